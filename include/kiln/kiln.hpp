@@ -1,0 +1,9 @@
+// kiln/kiln.hpp — everything a trainer needs.
+#pragma once
+#include "kiln/dtype.hpp"
+#include "kiln/errors.hpp"
+#include "kiln/model.hpp"
+#include "kiln/ops/rms_norm.hpp"
+#include "kiln/runtime.hpp"
+#include "kiln/tensor.hpp"
+#include "kiln/version.hpp"

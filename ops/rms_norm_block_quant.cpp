@@ -1,0 +1,161 @@
+// Host recipe: RMSNorm + fp8 1×128 block quantization (templates/kiln/rms_norm_block_quant.cuh).
+// Spec: ../shared/spec/linghe-kernels.md §2–§3.
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "kiln/ops/rms_norm.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+#include "kiln/rms_norm_block_quant_args.h"
+
+namespace kiln {
+namespace {
+using namespace detail;
+
+enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
+enum { P_N, P_MODE, P_ROUND, P_W_F32 };
+enum { C_WARPS, C_COL_BLOCKS, C_THREADS };
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
+  const auto& p = s.params;
+  const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
+  if (s.kernel == kRowKernel)
+    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], round, wf32);
+  else
+    name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       s.config[C_THREADS], p[P_MODE], round, wf32);
+}
+
+int smem_bytes(const Specialization& s) {
+  return s.kernel == kTileKernel ? rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS]) : 0;
+}
+
+// The heuristic default config (the tuner, when it has an entry, overrides it).
+Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32);
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+
+FamilyDef g_family{
+    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "threads"},
+    render, smem_bytes, enumerate};
+
+Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.params[P_N] = N;
+  s.params[P_MODE] = mode;
+  s.params[P_ROUND] = round;
+  s.params[P_W_F32] = w_f32;
+  if (mode == 0) {
+    s.kernel = kRowKernel;
+    s.config[C_WARPS] = N <= 4096 ? 8 : 4;
+  } else {
+    s.kernel = kTileKernel;
+    // Column blocks per CTA: 2 (a 64 KiB tile, three CTAs per SM) where the cluster stays ≤ 16 CTAs, else the
+    // smallest count that divides N/128 and keeps it ≤ 16. Mode 1 needs no cluster and always takes 2 (or 1).
+    const int nb = static_cast<int>(N / 128);
+    int cb = nb % 2 == 0 ? 2 : 1;
+    if (mode == 2) {
+      cb = 0;  // none fits: the op reports it
+      for (int c : {2, 1, 3, 4})
+        if (nb % c == 0 && nb / c <= 16 && rms_norm_block_quant_tile_smem_bytes(c) <= 227 * 1024) { cb = c; break; }
+    }
+    s.config[C_COL_BLOCKS] = cb;
+    s.config[C_THREADS] = cb >= 4 ? 512 : 256;
+  }
+  return s;
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  if (m.hidden_size <= 0 || m.hidden_size % 128 != 0 || m.hidden_size > kRmsNormBlockQuantMaxN) return;
+  for (int mode : {0, 1, 2})
+    for (bool round : {false, true}) {
+      Specialization s = make_spec(arch, m.hidden_size, mode, round, false);
+      if (s.kernel == kRowKernel || s.config[C_COL_BLOCKS] != 0) out.push_back(s);
+    }
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(rms_norm_block_quant, g_family)
+
+void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& rms_inv_in,
+                              const RmsNormBlockQuantOutputs& out, const RmsNormBlockQuantOptions& opts,
+                              Stream stream) {
+  const Check ck{"rms_norm_block_quant_fwd"};
+  const int mode = opts.output_mode;
+  if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
+  if (!(opts.eps >= 0.f) || !std::isfinite(opts.eps))
+    ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", opts.eps));
+  ck.dtype("x", x, {DType::bf16});
+  ck.rows("x", x, 16);
+  const int64_t M = x.shape[0], N = x.shape[1];
+  if (N <= 0 || N % 128 != 0)
+    ck.shape_error("x", fmt::format("expected the last dim N to be a positive multiple of 128, got N = {}", N));
+  if (N > kRmsNormBlockQuantMaxN)
+    ck.shape_error("x", fmt::format("expected N ≤ {}, got N = {}", kRmsNormBlockQuantMaxN, N));
+  ck.fits_int32("x", M, "M (rows)");
+  if ((M + 127) / 128 > 65535) ck.invalid("x", fmt::format("M = {} exceeds the grid limit of {} rows", M, 65535 * 128));
+  if (M > 0) ck.pointer("x", x, 16);
+  ck.tensor("weight", weight, {DType::bf16, DType::f32}, {N}, 4);
+
+  const bool row_out = mode != 1, col_out = mode != 0;
+  if (row_out) {
+    ck.tensor("q", out.q, {DType::e4m3}, {M, N}, 4);
+    ck.tensor("q_scale", out.q_scale, {DType::f32}, {N / 128, M}, 4);
+    if (out.rms_inv.defined()) ck.tensor("rms_inv", out.rms_inv, {DType::f32}, {M}, 4);
+  }
+  if (col_out) {
+    ck.tensor("qT", out.qT, {DType::e4m3}, {N, M}, 16);
+    ck.tensor("qT_scale", out.qT_scale, {DType::f32}, {(M + 127) / 128, N}, 4);
+  }
+  if (mode == 1) {
+    if (!rms_inv_in.defined())
+      ck.invalid("rms_inv_in", "output_mode 1 needs the rms_inv of an earlier mode-0/2 call, got none");
+    ck.tensor("rms_inv_in", rms_inv_in, {DType::f32}, {M}, 4);
+  } else if (rms_inv_in.defined()) {
+    ck.invalid("rms_inv_in", fmt::format("only output_mode 1 reads it, got one with output_mode {}", mode));
+  }
+  if (M == 0) return;
+
+  auto& impl = rt.impl();
+  const Specialization s = make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32);
+  if (s.kernel == kTileKernel && s.config[C_COL_BLOCKS] == 0)
+    ck.shape_error("x", fmt::format("output_mode 2 needs N/128 = {} to split into a cluster of ≤ 16 CTAs of ≤ 4 "
+                                    "column blocks each; N = {} does not",
+                                    N / 128, N));
+  RmsNormBlockQuantArgs a{};
+  a.x = x.data;
+  a.x_stride = x.strides[0];
+  a.w = weight.data;
+  a.q = static_cast<unsigned char*>(out.q.data);
+  a.q_scale = static_cast<float*>(out.q_scale.data);
+  a.rms_out = mode != 1 ? static_cast<float*>(out.rms_inv.data) : nullptr;
+  a.rms_in = mode == 1 ? static_cast<const float*>(rms_inv_in.data) : nullptr;
+  a.qT = static_cast<unsigned char*>(out.qT.data);
+  a.qT_scale = static_cast<float*>(out.qT_scale.data);
+  a.M = static_cast<int>(M);
+  a.eps = opts.eps;
+
+  LaunchDims d;
+  if (s.kernel == kRowKernel) {
+    const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
+    d.grid[0] = static_cast<unsigned>((M + warps - 1) / warps);
+    d.block[0] = warps * 32;
+  } else {
+    const int cb = s.config[C_COL_BLOCKS];
+    const unsigned split = static_cast<unsigned>(N / (128 * cb));
+    d.grid[0] = split;
+    d.grid[1] = static_cast<unsigned>((M + 127) / 128);
+    d.block[0] = static_cast<unsigned>(s.config[C_THREADS]);
+    d.smem = static_cast<unsigned>(rms_norm_block_quant_tile_smem_bytes(cb));
+    if (mode == 2) d.cluster[0] = split;
+  }
+  impl.launch(s, d, stream, a);
+}
+
+}  // namespace kiln

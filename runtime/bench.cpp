@@ -1,0 +1,192 @@
+// runtime/bench.cpp — the bench case registry, device helpers, and the timing harness behind `kiln bench`.
+//
+// Every number is a median of CUDA-event timings on the Runtime's device, with L2 flushed before each timed call,
+// so that a case reports what it costs when its inputs come from HBM, as they do inside a training step.
+#include "runtime/bench.hpp"
+
+#include <cuda.h>
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <utility>
+#include <vector>
+
+#include "runtime/driver.hpp"
+#include "runtime/nvrtc_compiler.hpp"
+#include "runtime/runtime_impl.hpp"
+
+namespace kiln::detail {
+namespace {
+
+// The copy-bandwidth probe: large enough that launch overhead and L2 do not matter (1 GiB ≫ 50 MB of L2).
+constexpr size_t kCopyProbeBytes = size_t{1} << 30;
+constexpr int kCopyProbeWarmup = 3;
+constexpr int kMinCopyProbeRepeats = 20;
+// Reading this much evicts everything a previous call left in L2 (50 MB on H100).
+constexpr size_t kL2FlushBytes = size_t{256} << 20;
+
+// A device allocation released on scope exit, so that a failing case does not leak gigabytes.
+class DeviceBuffer {
+ public:
+  explicit DeviceBuffer(size_t bytes) : ptr_(device_alloc(bytes)), bytes_(bytes) {}
+  ~DeviceBuffer() { device_free(ptr_); }
+  DeviceBuffer(const DeviceBuffer&) = delete;
+  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
+
+  CUdeviceptr get() const { return reinterpret_cast<CUdeviceptr>(ptr_); }
+  size_t bytes() const { return bytes_; }
+
+ private:
+  void* ptr_;
+  size_t bytes_;
+};
+
+class Event {
+ public:
+  Event() { check(driver().cuEventCreate(&event_, CU_EVENT_DEFAULT), "cuEventCreate"); }
+  ~Event() { driver().cuEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+
+  void record(Stream stream) { check(driver().cuEventRecord(event_, stream), "cuEventRecord"); }
+  // Milliseconds from `start` to this event; waits for this event.
+  float ms_since(const Event& start) const {
+    check(driver().cuEventSynchronize(event_), "cuEventSynchronize");
+    float ms = 0;
+    check(driver().cuEventElapsedTime(&ms, start.event_, event_), "cuEventElapsedTime");
+    return ms;
+  }
+
+ private:
+  CUevent event_ = nullptr;
+};
+
+// Reads kL2FlushBytes through a device-to-device copy. kiln ships no precompiled kernel to do a pure read, and
+// compiling one would make every bench run depend on NVRTC before the first case. The copy also writes 256 MB; the
+// last ~50 MB of those writes may still sit dirty in L2, which costs the timed call some write-back at most.
+class L2Flusher {
+ public:
+  L2Flusher() : source_(kL2FlushBytes), scratch_(kL2FlushBytes) {
+    check(driver().cuMemsetD8(source_.get(), 0x5a, kL2FlushBytes), "cuMemsetD8");
+  }
+  void flush(Stream stream) {
+    check(driver().cuMemcpyDtoDAsync(scratch_.get(), source_.get(), kL2FlushBytes, stream), "cuMemcpyDtoDAsync");
+  }
+
+ private:
+  DeviceBuffer source_, scratch_;
+};
+
+double median(std::vector<double> v) {
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// "13.0" from 13000 (the encoding of cuDriverGetVersion and CUDA_VERSION: 1000 × major + 10 × minor).
+std::string cuda_version_string(int v) { return fmt::format("{}.{}", v / 1000, (v % 1000) / 10); }
+
+// Bandwidth of a large device-to-device copy, counting bytes read + written: the ceiling a memory-bound op can hope
+// to approach, measured in the same run so that every case's percentage is relative to this GPU as it is now.
+double measure_copy_gbps(Stream stream, int repeats) {
+  const Driver& d = driver();
+  DeviceBuffer src(kCopyProbeBytes), dst(kCopyProbeBytes);
+  check(d.cuMemsetD8(src.get(), 0x3c, kCopyProbeBytes), "cuMemsetD8");
+  for (int i = 0; i < kCopyProbeWarmup; ++i)
+    check(d.cuMemcpyDtoDAsync(dst.get(), src.get(), kCopyProbeBytes, stream), "cuMemcpyDtoDAsync");
+
+  Event start, stop;
+  std::vector<double> ms;
+  for (int i = 0; i < std::max(repeats, kMinCopyProbeRepeats); ++i) {
+    start.record(stream);
+    check(d.cuMemcpyDtoDAsync(dst.get(), src.get(), kCopyProbeBytes, stream), "cuMemcpyDtoDAsync");
+    stop.record(stream);
+    ms.push_back(stop.ms_since(start));
+  }
+  return 2.0 * static_cast<double>(kCopyProbeBytes) / (median(ms) * 1e-3) / 1e9;
+}
+
+// Median microseconds of `fn`: warm-up calls (compilation, module load, first-touch), then each timed call on a
+// cold L2.
+double time_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, const BenchOptions& opts) {
+  for (int i = 0; i < opts.warmup; ++i) fn(stream);
+  check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
+
+  Event start, stop;
+  std::vector<double> ms;
+  for (int i = 0; i < std::max(opts.repeats, 1); ++i) {
+    l2.flush(stream);
+    start.record(stream);
+    fn(stream);
+    stop.record(stream);
+    ms.push_back(stop.ms_since(start));
+  }
+  return median(ms) * 1e3;
+}
+
+}  // namespace
+
+std::vector<BenchCase>& bench_cases() {
+  static std::vector<BenchCase> cases;
+  return cases;
+}
+
+void* device_alloc(size_t bytes) {
+  CUdeviceptr p = 0;
+  check(driver().cuMemAlloc(&p, bytes), "cuMemAlloc");
+  return reinterpret_cast<void*>(p);
+}
+
+void device_free(void* p) {
+  // Called from destructors: a failure here cannot be handled and must not throw.
+  if (p) driver().cuMemFree(reinterpret_cast<CUdeviceptr>(p));
+}
+
+void copy_to_device(void* dst, const void* src, size_t bytes) {
+  check(driver().cuMemcpyHtoD(reinterpret_cast<CUdeviceptr>(dst), src, bytes), "cuMemcpyHtoD");
+}
+
+void copy_to_host(void* dst, const void* src, size_t bytes) {
+  check(driver().cuMemcpyDtoH(dst, reinterpret_cast<CUdeviceptr>(src), bytes), "cuMemcpyDtoH");
+}
+
+void device_synchronize() { check(driver().cuCtxSynchronize(), "cuCtxSynchronize"); }
+
+BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
+                           const std::function<void(const BenchResult&)>& on_result) {
+  // Binds the Runtime's device (primary context) on this thread; every driver call below relies on it.
+  const DeviceInfo& dev = rt.impl().device();
+  const Driver& d = driver();
+  // The legacy default stream: the harness synchronizes after every timed call anyway.
+  const Stream stream = nullptr;
+
+  BenchReport report;
+  char name[256] = {};
+  check(d.cuDeviceGetName(name, sizeof(name), dev.device), "cuDeviceGetName");
+  report.device = name;
+  report.driver = cuda_version_string(d.version);
+  report.cuda = fmt::format("{} (nvrtc {})", cuda_version_string(CUDA_VERSION), nvrtc_version());
+  report.copy_gbps = measure_copy_gbps(stream, opts.repeats);
+
+  L2Flusher l2;
+  for (const BenchCase& c : bench_cases()) {
+    if (!opts.filter.empty() && (c.op + " " + c.shape).find(opts.filter) == std::string::npos) continue;
+
+    // Scoped to this iteration: the instance's buffers are freed before the next case allocates its own.
+    BenchInstance instance = c.prepare(rt);
+    BenchResult r;
+    r.op = c.op;
+    r.shape = c.shape;
+    r.bytes = instance.bytes;
+    r.us = time_us(instance.run, stream, l2, opts);
+    if (instance.baseline) r.baseline_us = time_us(instance.baseline, stream, l2, opts);
+    r.gbps = static_cast<double>(r.bytes) / r.us / 1e3;
+    r.pct_copy_bw = r.gbps / report.copy_gbps * 100.0;
+
+    if (on_result) on_result(r);
+    report.results.push_back(std::move(r));
+  }
+  return report;
+}
+
+}  // namespace kiln::detail

@@ -1,0 +1,68 @@
+// runtime/bench.hpp — benchmark cases (one per family and shape) and the harness `kiln bench` runs.
+//
+// Timing method (../shared/guide/h100.md): CUDA events around each call, L2 flushed before every timed call by
+// reading a 256 MB buffer, warm-up first, median of ≥ 20 repeats, fresh random non-zero inputs; the device-to-device
+// copy bandwidth is measured in the same run and every case reports its percent of it.
+#pragma once
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "kiln/runtime.hpp"
+
+namespace kiln::detail {
+
+// A prepared case: inputs allocated and filled, ready to run repeatedly.
+struct BenchInstance {
+  uint64_t bytes = 0;                        // minimal bytes moved (each input read once, each output written once)
+  std::function<void(Stream)> run;           // the kiln op
+  std::function<void(Stream)> baseline;      // a naive baseline (may be empty)
+  std::string baseline_name;                 // e.g. "naive two-pass"
+  std::shared_ptr<void> keepalive;           // owns the device buffers
+};
+
+struct BenchCase {
+  std::string op;     // "rms_norm_block_quant_fwd"
+  std::string shape;  // "M=8192 N=2048 mode=2 round_scale=1"
+  std::function<BenchInstance(Runtime&)> prepare;
+};
+
+// Cases register from each family's bench file (ops/<family>_bench.cpp is not required: any TU may register).
+std::vector<BenchCase>& bench_cases();
+struct BenchRegistrar {
+  explicit BenchRegistrar(std::function<void(std::vector<BenchCase>&)> add) { add(bench_cases()); }
+};
+
+struct BenchResult {
+  std::string op, shape;
+  double us = 0, baseline_us = 0;
+  uint64_t bytes = 0;
+  double gbps = 0, pct_copy_bw = 0;
+};
+
+struct BenchReport {
+  std::string device, driver, cuda;
+  double copy_gbps = 0;
+  std::vector<BenchResult> results;
+};
+
+struct BenchOptions {
+  int warmup = 5;
+  int repeats = 30;
+  std::string filter;  // substring of "op shape"
+};
+
+// Runs every registered case (needs a GPU).
+BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
+                           const std::function<void(const BenchResult&)>& on_result = {});
+
+// Device helpers for bench cases and tests (driver API; throw DeviceError).
+void* device_alloc(size_t bytes);
+void device_free(void* p);
+void copy_to_device(void* dst, const void* src, size_t bytes);
+void copy_to_host(void* dst, const void* src, size_t bytes);
+void device_synchronize();
+
+}  // namespace kiln::detail

@@ -1,0 +1,36 @@
+#include "runtime/family.hpp"
+
+#include <xxhash.h>
+
+#include <cstring>
+#include <mutex>
+
+namespace kiln::detail {
+
+void register_builtin_families();  // generated from ops/*.cpp (cmake/KilnEmbed.cmake)
+
+namespace {
+std::vector<FamilyDef*>& table() {
+  static std::vector<FamilyDef*> t;
+  return t;
+}
+}  // namespace
+
+void register_family(FamilyDef& def) {
+  def.id = XXH3_64bits(def.name, std::strlen(def.name));
+  table().push_back(&def);
+}
+
+const std::vector<FamilyDef*>& families() {
+  static std::once_flag once;
+  std::call_once(once, [] { register_builtin_families(); });
+  return table();
+}
+
+const FamilyDef* find_family(std::string_view name) {
+  for (FamilyDef* f : families())
+    if (name == f->name) return f;
+  return nullptr;
+}
+
+}  // namespace kiln::detail

@@ -1,0 +1,44 @@
+// runtime/family.hpp — how a kernel family describes itself to the runtime.
+//
+// A family's host recipe (ops/<family>.cpp) defines one static FamilyDef and registers it with
+// KILN_REGISTER_FAMILY. The runtime never names a family: it renders, compiles and enumerates through this table.
+#pragma once
+#include <string>
+#include <vector>
+
+#include "kiln/model.hpp"
+#include "runtime/specialization.hpp"
+
+namespace kiln::detail {
+
+struct FamilyDef {
+  const char* name;                       // "rms_norm_block_quant"; also the template file: templates/kiln/<name>.cuh
+  std::vector<const char*> kernels;       // kernel variants of the family ("fwd", "bwd", …)
+  std::vector<const char*> param_names;   // compile-time parameters, in Specialization::params order
+  std::vector<const char*> config_names;  // tile-config fields, in Specialization::config order
+
+  // NVRTC source for one specialization, and the C++ name expression of its __global__ function
+  // (NVRTC instantiates the template from the expression and reports the lowered name).
+  void (*render)(const Specialization& s, std::string& source, std::string& name_expression);
+
+  // Dynamic shared memory the kernel needs at its largest launch (set as the function's max dynamic smem at load).
+  int (*dynamic_smem_bytes)(const Specialization& s);
+
+  // The specializations `model` needs on `arch` (kiln prewarm).
+  void (*enumerate)(const ModelConfig& model, Arch arch, std::vector<Specialization>& out);
+
+  // Stable 64-bit id derived from `name` (filled in by registration).
+  uint64_t id = 0;
+};
+
+// Every registered family, in registration order.
+const std::vector<FamilyDef*>& families();
+const FamilyDef* find_family(std::string_view name);
+void register_family(FamilyDef& def);
+
+}  // namespace kiln::detail
+
+// Registers a family from its host recipe's translation unit. `var` is a FamilyDef with static storage.
+// Registration functions are collected by CMake (generated list), so static-library users keep every family.
+#define KILN_REGISTER_FAMILY(ident, var) \
+  extern "C" void kiln_register_family_##ident() { ::kiln::detail::register_family(var); }

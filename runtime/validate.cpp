@@ -1,0 +1,76 @@
+#include "runtime/validate.hpp"
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+
+namespace kiln::detail {
+
+std::string shape_str(const TensorRef& t) {
+  std::string s = "[";
+  for (int i = 0; i < t.ndim; ++i) s += fmt::format("{}{}", i ? ", " : "", t.shape[i]);
+  return s + "]";
+}
+
+void Check::invalid(const char* arg, const std::string& msg) const {
+  throw InvalidArgument(fmt::format("{}: argument '{}': {}", op, arg, msg));
+}
+void Check::shape_error(const char* arg, const std::string& msg) const {
+  throw ShapeMismatchError(fmt::format("{}: argument '{}': {}", op, arg, msg));
+}
+
+void Check::pointer(const char* arg, const TensorRef& t, int align) const {
+  if (t.data == nullptr) invalid(arg, "expected a device pointer, got null");
+  const auto addr = reinterpret_cast<uintptr_t>(t.data);
+  if (addr % static_cast<uintptr_t>(align) != 0)
+    invalid(arg, fmt::format("expected a {}-byte aligned pointer, got {:#x}", align, addr));
+}
+
+void Check::dtype(const char* arg, const TensorRef& t, std::initializer_list<DType> allowed) const {
+  for (DType d : allowed)
+    if (t.dtype == d) return;
+  std::string names;
+  for (DType d : allowed) names += fmt::format("{}{}", names.empty() ? "" : " or ", dtype_name(d));
+  throw UnsupportedDtypeError(fmt::format("{}: argument '{}': expected dtype {}, got {}", op, arg, names, dtype_name(t.dtype)));
+}
+
+void Check::shape(const char* arg, const TensorRef& t, std::initializer_list<int64_t> dims) const {
+  bool ok = t.ndim == static_cast<int>(dims.size());
+  int i = 0;
+  for (int64_t d : dims) {
+    if (ok && d >= 0 && t.shape[i] != d) ok = false;
+    ++i;
+  }
+  if (ok) {
+    for (int k = 0; k < t.ndim; ++k)
+      if (t.shape[k] < 0) ok = false;
+  }
+  if (ok) return;
+  std::string want = "[";
+  i = 0;
+  for (int64_t d : dims) want += fmt::format("{}{}", i++ ? ", " : "", d < 0 ? std::string("*") : std::to_string(d));
+  shape_error(arg, fmt::format("expected shape {}, got {}", want + "]", shape_str(t)));
+}
+
+void Check::contiguous(const char* arg, const TensorRef& t) const {
+  if (!t.is_contiguous()) shape_error(arg, fmt::format("expected a contiguous (row-major) tensor, got shape {} with "
+                                                       "strides [{}]", shape_str(t), fmt::join(t.strides.begin(),
+                                                       t.strides.begin() + t.ndim, ", ")));
+}
+
+void Check::rows(const char* arg, const TensorRef& t, int align) const {
+  if (t.ndim != 2) shape_error(arg, fmt::format("expected a 2-D tensor, got shape {}", shape_str(t)));
+  if (t.strides[1] != 1 && t.shape[1] != 1)
+    shape_error(arg, fmt::format("expected the last dim contiguous (stride 1), got stride {}", t.strides[1]));
+  if (t.shape[0] > 1 && t.strides[0] < t.shape[1])
+    shape_error(arg, fmt::format("expected a row stride ≥ {} elements, got {}", t.shape[1], t.strides[0]));
+  const int64_t row_bytes = t.strides[0] * static_cast<int64_t>(dtype_size(t.dtype));
+  if (t.shape[0] > 1 && row_bytes % align != 0)
+    invalid(arg, fmt::format("expected a row stride that keeps rows {}-byte aligned, got {} elements ({} bytes)", align,
+                             t.strides[0], row_bytes));
+}
+
+void Check::fits_int32(const char* arg, int64_t value, const char* what) const {
+  if (value > INT32_MAX) invalid(arg, fmt::format("{} = {} exceeds the int32 limit {}", what, value, INT32_MAX));
+}
+
+}  // namespace kiln::detail

@@ -1,0 +1,41 @@
+// runtime/validate.hpp — argument checks shared by every host recipe. Each throws the typed error with a message
+// "<op>: argument '<arg>': expected …, got …". They run before any GPU work and allocate only when they throw.
+#pragma once
+#include <cstdint>
+#include <initializer_list>
+#include <string>
+
+#include "kiln/errors.hpp"
+#include "kiln/tensor.hpp"
+
+namespace kiln::detail {
+
+struct Check {
+  const char* op;
+
+  // Non-null pointer whose address is a multiple of `align` bytes.
+  void pointer(const char* arg, const TensorRef& t, int align) const;
+  void dtype(const char* arg, const TensorRef& t, std::initializer_list<DType> allowed) const;
+  // Rank and dims; a dim of -1 accepts any size.
+  void shape(const char* arg, const TensorRef& t, std::initializer_list<int64_t> dims) const;
+  void contiguous(const char* arg, const TensorRef& t) const;
+  // 2-D, last dim contiguous; the row stride (elements) must keep rows `align`-byte aligned.
+  void rows(const char* arg, const TensorRef& t, int align) const;
+  // A dim that indexes with 32-bit ints.
+  void fits_int32(const char* arg, int64_t value, const char* what) const;
+  [[noreturn]] void invalid(const char* arg, const std::string& msg) const;
+  [[noreturn]] void shape_error(const char* arg, const std::string& msg) const;
+
+  // The whole standard set for a tensor the op reads or writes: non-null, aligned, dtype, exact shape, contiguous.
+  void tensor(const char* arg, const TensorRef& t, std::initializer_list<DType> dtypes,
+              std::initializer_list<int64_t> dims, int align = 16) const {
+    dtype(arg, t, dtypes);
+    shape(arg, t, dims);
+    contiguous(arg, t);
+    if (t.numel() > 0) pointer(arg, t, align);  // an empty tensor may be null
+  }
+};
+
+std::string shape_str(const TensorRef& t);
+
+}  // namespace kiln::detail

@@ -1,0 +1,126 @@
+// Every template compiles (sm_90a for everything a preset needs; the other archs for one of each kernel), and the
+// in-memory and on-disk keys change with everything that changes the binary.
+#include <gtest/gtest.h>
+
+#include <set>
+
+#include "kiln/kiln.hpp"
+#include "runtime/family.hpp"
+#include "runtime/registry.hpp"
+
+namespace kiln::detail {
+namespace {
+
+std::vector<Specialization> preset_specs(const std::string& arch) {
+  std::vector<Specialization> out;
+  std::set<std::string> seen;
+  for (const std::string& p : preset_names()) {
+    const ModelConfig m = load_model(p);
+    for (const FamilyDef* f : families()) {
+      std::vector<Specialization> part;
+      f->enumerate(m, Arch::parse(arch), part);
+      for (auto& s : part)
+        if (seen.insert(s.key().hex()).second) out.push_back(s);
+    }
+  }
+  return out;
+}
+
+TEST(Compile, EveryPresetSpecializationCompilesForSm90a) {
+  Runtime rt(RuntimeOptions{.memory_only = true});  // registers the families
+  const auto specs = preset_specs("sm_90a");
+  ASSERT_GE(specs.size(), 9u);
+  std::set<std::string> kernels;
+  Counters counters;
+  for (const auto& s : specs) {
+    EnsureResult r = ensure_cubin(s, nullptr, false, counters);
+    EXPECT_GT(r.cubin.size(), 1000u) << s.family->name << " " << s.describe();
+    EXPECT_FALSE(r.lowered_name.empty());
+    EXPECT_STREQ(r.status, "compiled");
+    kernels.insert(std::string(s.family->name) + "/" + s.family->kernels[s.kernel]);
+  }
+  // Every kernel of every family is covered by some preset.
+  size_t total = 0;
+  for (const FamilyDef* f : families()) total += f->kernels.size();
+  EXPECT_EQ(kernels.size(), total);
+  EXPECT_EQ(counters.compiles.load(), specs.size());
+}
+
+TEST(Compile, OtherArchs) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  Counters counters;
+  for (const char* arch : {"sm_80", "sm_89", "sm_100a"}) {
+    std::set<std::string> done;
+    for (const auto& s : preset_specs(arch)) {
+      const std::string k = std::string(s.family->name) + s.family->kernels[s.kernel];
+      if (!done.insert(k).second) continue;
+      EXPECT_GT(ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << arch << " " << k;
+    }
+  }
+}
+
+TEST(Keys, InMemoryKeyCoversFamilyKernelParamsConfigArch) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  const auto specs = preset_specs("sm_90a");
+  std::set<std::string> keys;
+  for (const auto& s : specs) keys.insert(s.key().hex());
+  EXPECT_EQ(keys.size(), specs.size());
+  const Specialization base = specs.front();
+  auto differs = [&](auto mutate) {
+    Specialization s = base;
+    mutate(s);
+    return !(s.key() == base.key());
+  };
+  EXPECT_TRUE(differs([](Specialization& s) { s.arch = Arch::parse("sm_100a"); }));
+  EXPECT_TRUE(differs([](Specialization& s) { s.arch = Arch::parse("sm_90"); }));
+  EXPECT_TRUE(differs([](Specialization& s) { s.params[0] += 128; }));
+  EXPECT_TRUE(differs([](Specialization& s) { s.params[kMaxParams - 1] = 1; }));
+  EXPECT_TRUE(differs([](Specialization& s) { s.config[0] += 1; }));
+  EXPECT_TRUE(differs([](Specialization& s) { s.kernel += 1; }));
+  EXPECT_FALSE(differs([](Specialization&) {}));
+}
+
+TEST(Keys, DiskKeyCoversSourceHeadersToolchainVersionFlags) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  const Specialization s = preset_specs("sm_90a").front();
+  const KeyInputs in = key_inputs(s);
+  const std::string k = disk_key(s, in);
+  EXPECT_EQ(k.size(), 32u);
+  EXPECT_EQ(k, disk_key(s, key_inputs(s)));  // stable
+  auto changed = [&](auto mutate) {
+    KeyInputs m = in;
+    mutate(m);
+    return disk_key(s, m) != k;
+  };
+  EXPECT_TRUE(changed([](KeyInputs& m) { m.source += " "; }));
+  EXPECT_TRUE(changed([](KeyInputs& m) { m.headers_hash[0] ^= 1; }));
+  EXPECT_TRUE(changed([](KeyInputs& m) { m.toolkit_fingerprint[0] ^= 1; }));
+  EXPECT_TRUE(changed([](KeyInputs& m) { m.nvrtc_version = "99.9"; }));
+  EXPECT_TRUE(changed([](KeyInputs& m) { m.kiln_version = "9.9.9"; }));
+  EXPECT_TRUE(changed([](KeyInputs& m) { m.flags += "-lineinfo "; }));
+  Specialization other = s;
+  other.arch = Arch::parse("sm_100a");
+  EXPECT_NE(disk_key(other, key_inputs(other)), k);
+}
+
+TEST(Keys, LineinfoChangesTheKey) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  const Specialization s = preset_specs("sm_90a").front();
+  const std::string plain = disk_key(s, key_inputs(s));
+  setenv("KILN_LINEINFO", "1", 1);
+  const std::string with = disk_key(s, key_inputs(s));
+  unsetenv("KILN_LINEINFO");
+  EXPECT_NE(plain, with);
+}
+
+TEST(Arch, ParseAndName) {
+  EXPECT_EQ(Arch::parse("sm_90a").name(), "sm_90a");
+  EXPECT_EQ(Arch::parse("sm_80").name(), "sm_80");
+  EXPECT_EQ(Arch::parse("sm_100a").virtual_name(), "compute_100a");
+  EXPECT_THROW(Arch::parse("90a"), InvalidArgument);
+  EXPECT_THROW(Arch::parse("sm_90x"), InvalidArgument);
+  EXPECT_THROW(Arch::parse("sm_"), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kiln::detail

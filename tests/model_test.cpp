@@ -1,0 +1,390 @@
+// Model configs: the built-in presets, Hugging Face config.json files, and the errors malformed configs raise.
+#include <gtest/gtest.h>
+#include <stdlib.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <string>
+
+#include "kiln/errors.hpp"
+#include "kiln/model.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// A directory under $TMPDIR removed at scope exit.
+class TempDir {
+ public:
+  TempDir() {
+    std::string tmpl = (fs::temp_directory_path() / "kiln_model_test_XXXXXX").string();
+    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
+    path_ = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    fs::remove_all(path_, ec);
+  }
+  const fs::path& path() const { return path_; }
+  fs::path write(const std::string& name, const std::string& text) const {
+    fs::path p = path_ / name;
+    std::ofstream(p) << text;
+    return p;
+  }
+
+ private:
+  fs::path path_;
+};
+
+// The message of the InvalidArgument `fn` throws ("" and a test failure if it throws nothing or something else).
+template <typename Fn>
+std::string invalid_argument_message(Fn&& fn) {
+  try {
+    fn();
+  } catch (const kiln::InvalidArgument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << "expected kiln::InvalidArgument, got: " << e.what();
+    return "";
+  }
+  ADD_FAILURE() << "expected kiln::InvalidArgument, nothing was thrown";
+  return "";
+}
+
+// Abridged from Qwen/Qwen3-30B-A3B's config.json (every key kiln reads, and a sample of those it ignores).
+constexpr const char* kQwen3MoeConfig = R"({
+  "architectures": ["Qwen3MoeForCausalLM"],
+  "attention_bias": false,
+  "attention_dropout": 0.0,
+  "bos_token_id": 151643,
+  "decoder_sparse_step": 1,
+  "eos_token_id": 151645,
+  "head_dim": 128,
+  "hidden_act": "silu",
+  "hidden_size": 2048,
+  "initializer_range": 0.02,
+  "intermediate_size": 6144,
+  "max_position_embeddings": 40960,
+  "max_window_layers": 48,
+  "mlp_only_layers": [],
+  "model_type": "qwen3_moe",
+  "moe_intermediate_size": 768,
+  "norm_topk_prob": true,
+  "num_attention_heads": 32,
+  "num_experts": 128,
+  "num_experts_per_tok": 8,
+  "num_hidden_layers": 48,
+  "num_key_value_heads": 4,
+  "output_router_logits": false,
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": null,
+  "rope_theta": 1000000.0,
+  "router_aux_loss_coef": 0.001,
+  "sliding_window": null,
+  "tie_word_embeddings": false,
+  "torch_dtype": "bfloat16",
+  "transformers_version": "4.51.0",
+  "use_cache": true,
+  "use_sliding_window": false,
+  "vocab_size": 151936
+})";
+
+// Abridged from deepseek-ai/DeepSeek-V3's config.json: MLA (no head_dim), n_routed_experts / n_shared_experts.
+constexpr const char* kDeepSeekV3Config = R"({
+  "architectures": ["DeepseekV3ForCausalLM"],
+  "auto_map": {"AutoConfig": "configuration_deepseek.DeepseekV3Config"},
+  "first_k_dense_replace": 3,
+  "hidden_act": "silu",
+  "hidden_size": 7168,
+  "intermediate_size": 18432,
+  "kv_lora_rank": 512,
+  "max_position_embeddings": 163840,
+  "model_type": "deepseek_v3",
+  "moe_intermediate_size": 2048,
+  "moe_layer_freq": 1,
+  "n_group": 8,
+  "n_routed_experts": 256,
+  "n_shared_experts": 1,
+  "norm_topk_prob": true,
+  "num_attention_heads": 128,
+  "num_experts_per_tok": 8,
+  "num_hidden_layers": 61,
+  "num_key_value_heads": 128,
+  "q_lora_rank": 1536,
+  "qk_nope_head_dim": 128,
+  "qk_rope_head_dim": 64,
+  "quantization_config": {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8",
+                          "weight_block_size": [128, 128]},
+  "rms_norm_eps": 1e-06,
+  "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "type": "yarn"},
+  "scoring_func": "sigmoid",
+  "topk_group": 4,
+  "topk_method": "noaux_tc",
+  "torch_dtype": "bfloat16",
+  "v_head_dim": 128,
+  "vocab_size": 129280
+})";
+
+constexpr const char* kMinimalPreset = R"({"name": "tiny", "hidden_size": 256, "num_attention_heads": 4,
+  "vocab_size": 1000})";
+
+TEST(ModelPresets, NamesListTheBuiltInPresets) {
+  const std::vector<std::string> names = kiln::preset_names();
+  for (const char* expected : {"ling-mini-2.0", "deepseek-v3", "qwen3-30b-a3b"})
+    EXPECT_NE(std::find(names.begin(), names.end(), expected), names.end()) << expected;
+  for (const std::string& name : names) EXPECT_FALSE(name.ends_with(".json")) << name;
+}
+
+TEST(ModelPresets, LingMini2) {
+  const kiln::ModelConfig m = kiln::load_model("ling-mini-2.0");
+  EXPECT_EQ(m.name, "ling-mini-2.0");
+  EXPECT_EQ(m.hidden_size, 2048);
+  EXPECT_EQ(m.num_attention_heads, 16);
+  EXPECT_EQ(m.num_key_value_heads, 4);
+  EXPECT_EQ(m.head_dim, 128);
+  EXPECT_EQ(m.num_experts, 256);
+  EXPECT_EQ(m.num_experts_per_tok, 8);
+  EXPECT_EQ(m.num_shared_experts, 1);
+  EXPECT_EQ(m.vocab_size, 157184);
+  EXPECT_EQ(m.moe_intermediate_size, 512);
+  EXPECT_EQ(m.intermediate_size, 5120);
+  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-6);
+}
+
+TEST(ModelPresets, DeepSeekV3) {
+  const kiln::ModelConfig m = kiln::load_model("deepseek-v3");
+  EXPECT_EQ(m.name, "deepseek-v3");
+  EXPECT_EQ(m.hidden_size, 7168);
+  EXPECT_EQ(m.num_attention_heads, 128);
+  EXPECT_EQ(m.num_key_value_heads, 128);
+  EXPECT_EQ(m.head_dim, 128);
+  EXPECT_EQ(m.num_experts, 256);
+  EXPECT_EQ(m.num_experts_per_tok, 8);
+  EXPECT_EQ(m.num_shared_experts, 1);
+  EXPECT_EQ(m.moe_intermediate_size, 2048);
+  EXPECT_EQ(m.intermediate_size, 18432);
+  EXPECT_EQ(m.vocab_size, 129280);
+}
+
+TEST(ModelPresets, Qwen3_30B_A3B) {
+  const kiln::ModelConfig m = kiln::load_model("qwen3-30b-a3b");
+  EXPECT_EQ(m.name, "qwen3-30b-a3b");
+  EXPECT_EQ(m.hidden_size, 2048);
+  EXPECT_EQ(m.num_attention_heads, 32);
+  EXPECT_EQ(m.num_key_value_heads, 4);
+  EXPECT_EQ(m.head_dim, 128);
+  EXPECT_EQ(m.num_experts, 128);
+  EXPECT_EQ(m.num_experts_per_tok, 8);
+  EXPECT_EQ(m.num_shared_experts, 0);
+  EXPECT_EQ(m.moe_intermediate_size, 768);
+  EXPECT_EQ(m.intermediate_size, 6144);
+  EXPECT_EQ(m.vocab_size, 151936);
+}
+
+TEST(ModelPresets, PresetFileOnDiskLoadsLikeTheEmbeddedOne) {
+  const kiln::ModelConfig embedded = kiln::load_model("ling-mini-2.0");
+  const kiln::ModelConfig file = kiln::load_model(KILN_SOURCE_DIR "/presets/ling-mini-2.0.json");
+  EXPECT_EQ(file.name, embedded.name);
+  EXPECT_EQ(file.hidden_size, embedded.hidden_size);
+  EXPECT_EQ(file.num_experts, embedded.num_experts);
+  EXPECT_EQ(file.vocab_size, embedded.vocab_size);
+}
+
+TEST(ModelPresets, UnknownNameListsThePresets) {
+  const std::string msg = invalid_argument_message([] { kiln::load_model("no-such-model"); });
+  EXPECT_NE(msg.find("no-such-model"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("ling-mini-2.0"), std::string::npos) << msg;
+}
+
+TEST(ModelHuggingFace, Qwen3MoeConfigMatchesThePreset) {
+  TempDir dir;
+  const kiln::ModelConfig m = kiln::load_model(dir.write("config.json", kQwen3MoeConfig).string());
+  const kiln::ModelConfig preset = kiln::load_model("qwen3-30b-a3b");
+  EXPECT_EQ(m.name, "qwen3_moe");  // no "_name_or_path": model_type names it
+  EXPECT_EQ(m.hidden_size, preset.hidden_size);
+  EXPECT_EQ(m.num_attention_heads, preset.num_attention_heads);
+  EXPECT_EQ(m.num_key_value_heads, preset.num_key_value_heads);
+  EXPECT_EQ(m.head_dim, preset.head_dim);
+  EXPECT_EQ(m.intermediate_size, preset.intermediate_size);
+  EXPECT_EQ(m.moe_intermediate_size, preset.moe_intermediate_size);
+  EXPECT_EQ(m.num_experts, preset.num_experts);
+  EXPECT_EQ(m.num_experts_per_tok, preset.num_experts_per_tok);
+  EXPECT_EQ(m.num_shared_experts, 0);
+  EXPECT_EQ(m.vocab_size, preset.vocab_size);
+  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-6);
+}
+
+TEST(ModelHuggingFace, DeepSeekV3ConfigMatchesThePreset) {
+  TempDir dir;
+  dir.write("config.json", kDeepSeekV3Config);
+  // A model directory stands for the config.json inside it.
+  const kiln::ModelConfig m = kiln::load_model(dir.path().string());
+  const kiln::ModelConfig preset = kiln::load_model("deepseek-v3");
+  EXPECT_EQ(m.name, "deepseek_v3");
+  EXPECT_EQ(m.hidden_size, preset.hidden_size);
+  EXPECT_EQ(m.num_attention_heads, preset.num_attention_heads);
+  EXPECT_EQ(m.num_key_value_heads, preset.num_key_value_heads);
+  EXPECT_EQ(m.head_dim, 128);  // MLA: v_head_dim, not hidden/heads = 56
+  EXPECT_EQ(m.num_experts, 256);
+  EXPECT_EQ(m.num_shared_experts, 1);
+  EXPECT_EQ(m.num_experts_per_tok, 8);
+  EXPECT_EQ(m.moe_intermediate_size, preset.moe_intermediate_size);
+  EXPECT_EQ(m.intermediate_size, preset.intermediate_size);
+  EXPECT_EQ(m.vocab_size, preset.vocab_size);
+}
+
+TEST(ModelHuggingFace, NameOrPathWinsOverModelType) {
+  const kiln::ModelConfig m = kiln::parse_model_json(
+      R"({"_name_or_path": "inclusionAI/Ling-mini-2.0", "model_type": "bailing_moe", "hidden_size": 2048,
+          "num_attention_heads": 16, "num_key_value_heads": 4, "head_dim": 128, "num_experts": 256,
+          "num_shared_experts": 1, "num_experts_per_tok": 8, "moe_intermediate_size": 512,
+          "intermediate_size": 5120, "vocab_size": 157184, "rms_norm_eps": 1e-06})",
+      "ling.json");
+  EXPECT_EQ(m.name, "inclusionAI/Ling-mini-2.0");
+  EXPECT_EQ(m.num_shared_experts, 1);
+}
+
+TEST(ModelHuggingFace, DenseDefaults) {
+  // Llama-style: no head_dim (hidden / heads), no experts; null means "not set".
+  const kiln::ModelConfig m = kiln::parse_model_json(
+      R"({"model_type": "llama", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": null,
+          "intermediate_size": 14336, "vocab_size": 128256, "rms_norm_eps": 1e-05})",
+      "llama.json");
+  EXPECT_EQ(m.head_dim, 128);
+  EXPECT_EQ(m.num_key_value_heads, 32);
+  EXPECT_EQ(m.num_experts, 0);
+  EXPECT_EQ(m.num_experts_per_tok, 0);
+  EXPECT_EQ(m.moe_intermediate_size, 0);
+  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-5);
+}
+
+TEST(ModelHuggingFace, MixtralExpertsUseIntermediateSize) {
+  const kiln::ModelConfig m = kiln::parse_model_json(
+      R"({"model_type": "mixtral", "hidden_size": 4096, "num_attention_heads": 32, "num_key_value_heads": 8,
+          "intermediate_size": 14336, "num_local_experts": 8, "num_experts_per_tok": 2, "vocab_size": 32000})",
+      "mixtral.json");
+  EXPECT_EQ(m.num_experts, 8);
+  EXPECT_EQ(m.num_experts_per_tok, 2);
+  EXPECT_EQ(m.moe_intermediate_size, 14336);
+}
+
+TEST(ModelKilnFormat, OptionalFieldsDefault) {
+  const kiln::ModelConfig m = kiln::parse_model_json(kMinimalPreset, "tiny.json");
+  EXPECT_EQ(m.name, "tiny");
+  EXPECT_EQ(m.head_dim, 64);
+  EXPECT_EQ(m.num_key_value_heads, 4);
+  EXPECT_EQ(m.num_experts, 0);
+  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-6);
+}
+
+TEST(ModelErrors, MalformedJsonNamesTheOrigin) {
+  const std::string msg = invalid_argument_message([] { kiln::parse_model_json("{\"hidden_size\": 2048,", "bad.json"); });
+  EXPECT_NE(msg.find("bad.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("JSON"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, EmptyFileIsMalformed) {
+  TempDir dir;
+  const std::string path = dir.write("empty.json", "").string();
+  const std::string msg = invalid_argument_message([&] { kiln::load_model(path); });
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, NotAnObject) {
+  const std::string msg = invalid_argument_message([] { kiln::parse_model_json("[1, 2]", "list.json"); });
+  EXPECT_NE(msg.find("list.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("object"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, MissingHiddenSizeNamesTheField) {
+  const std::string msg = invalid_argument_message(
+      [] { kiln::parse_model_json(R"({"model_type": "x", "num_attention_heads": 8, "vocab_size": 100})", "cfg.json"); });
+  EXPECT_NE(msg.find("hidden_size"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("cfg.json"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, MissingFieldInAFileNamesThePath) {
+  TempDir dir;
+  const std::string path = dir.write("config.json", R"({"model_type": "x", "hidden_size": 512})").string();
+  const std::string msg = invalid_argument_message([&] { kiln::load_model(path); });
+  EXPECT_NE(msg.find(path), std::string::npos) << msg;
+  EXPECT_NE(msg.find("num_attention_heads"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, NegativeValueNamesTheField) {
+  const std::string msg = invalid_argument_message([] {
+    kiln::parse_model_json(
+        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_experts": -4})",
+        "neg.json");
+  });
+  EXPECT_NE(msg.find("num_experts"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("-4"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, NonIntegerValuesNameTheField) {
+  for (const char* value : {"2048.5", "\"2048\"", "true", "[2048]", "1e12"}) {
+    const std::string text = std::string(R"({"model_type": "x", "num_attention_heads": 8, "vocab_size": 100, )") +
+                             R"("hidden_size": )" + value + "}";
+    const std::string msg = invalid_argument_message([&] { kiln::parse_model_json(text, "cfg.json"); });
+    EXPECT_NE(msg.find("hidden_size"), std::string::npos) << value << ": " << msg;
+  }
+}
+
+TEST(ModelErrors, AliasSpellingIsNamedInTheError) {
+  const std::string msg = invalid_argument_message([] {
+    kiln::parse_model_json(
+        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
+            "n_routed_experts": 1.5})",
+        "cfg.json");
+  });
+  EXPECT_NE(msg.find("n_routed_experts"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, BadEpsilon) {
+  const std::string msg = invalid_argument_message([] {
+    kiln::parse_model_json(
+        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "rms_norm_eps": 0})",
+        "cfg.json");
+  });
+  EXPECT_NE(msg.find("rms_norm_eps"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, InconsistentHeadsAndExperts) {
+  std::string msg = invalid_argument_message([] {
+    kiln::parse_model_json(
+        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 3,
+            "vocab_size": 100})",
+        "cfg.json");
+  });
+  EXPECT_NE(msg.find("num_key_value_heads"), std::string::npos) << msg;
+
+  msg = invalid_argument_message([] {
+    kiln::parse_model_json(
+        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
+            "num_experts": 4, "num_experts_per_tok": 8})",
+        "cfg.json");
+  });
+  EXPECT_NE(msg.find("num_experts_per_tok"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, KilnFormatRejectsUnknownFields) {
+  // A typo in a preset must not silently fall back to a default.
+  const std::string msg = invalid_argument_message([] {
+    kiln::parse_model_json(
+        R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_expert": 64})",
+        "t.json");
+  });
+  EXPECT_NE(msg.find("num_expert"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("t.json"), std::string::npos) << msg;
+}
+
+TEST(ModelErrors, KilnFormatNeedsANonEmptyName) {
+  const std::string msg = invalid_argument_message([] {
+    kiln::parse_model_json(R"({"name": "", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100})",
+                           "t.json");
+  });
+  EXPECT_NE(msg.find("name"), std::string::npos) << msg;
+}
+
+}  // namespace

@@ -1,0 +1,489 @@
+// tests/reference_test.cpp — CPU tests of the references and host number formats the GPU tests trust.
+//
+// Every encoder is checked against a second, independently written method: the table-search e4m3 reference against
+// a bit-level encoder and NVIDIA's own host conversion (cuda_fp8.h), bf16 against exact double arithmetic, fp16
+// against the compiler's _Float16.
+#include <cuda_fp8.h>
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cfloat>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <set>
+#include <vector>
+
+#include "reference/rms_norm.hpp"
+#include "test_util.hpp"
+
+namespace kiln::test {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+std::string hex(uint32_t v) {
+  char b[16];
+  std::snprintf(b, sizeof b, "0x%02x", v);
+  return b;
+}
+
+// ---- second e4m3 encoder: bit manipulation on the fp32 encoding ----------------------------------------------
+
+uint8_t e4m3_by_bits(float v) {
+  const uint32_t u = std::bit_cast<uint32_t>(v);
+  const uint8_t sign = static_cast<uint8_t>((u >> 24) & 0x80);
+  const uint32_t au = u & 0x7FFFFFFFu;
+  if (au > 0x7F800000u) return 0x7F;                 // NaN
+  if (au > 0x43E00000u) return sign | 0x7E;          // above 448.0f (0x43E00000), inf included: saturate
+  const int fexp = static_cast<int>(au >> 23);      // biased fp32 exponent
+  const uint32_t frac = au & 0x7FFFFFu;
+  if (fexp >= 121) {
+    // ≥ 2^-6: e4m3 normal with biased exponent fexp − 127 + 7; keep 3 of the 23 fraction bits, round the rest.
+    uint32_t code = (static_cast<uint32_t>(fexp - 120) << 3) | (frac >> 20);
+    const uint32_t rest = frac & 0xFFFFFu, half = 0x80000u;
+    if (rest > half || (rest == half && (code & 1u))) ++code;  // a carry into the exponent is still right
+    return static_cast<uint8_t>(sign | code);                  // ≤ 0x7E since |v| ≤ 448
+  }
+  // Below 2^-6: multiples of 2^-9. |v| = sig·2^(e−150) with sig the 24-bit significand, so |v|/2^-9 = sig·2^(e−141).
+  const uint32_t sig = fexp == 0 ? frac : (frac | 0x800000u);
+  const int e = fexp == 0 ? 1 : fexp;
+  const int shift = 141 - e;  // ≥ 21
+  if (shift >= 32) return sign;  // far below 2^-10
+  uint32_t q = sig >> shift;
+  const uint32_t rest = sig & ((1u << shift) - 1u), half = 1u << (shift - 1);
+  if (rest > half || (rest == half && (q & 1u))) ++q;
+  return static_cast<uint8_t>(sign | q);  // q == 8 is 2^-6, whose normal code is also 8
+}
+
+uint8_t e4m3_by_nvidia(float v) {
+  return static_cast<uint8_t>(__nv_cvt_float_to_fp8(v, __NV_SATFINITE, __NV_E4M3));
+}
+
+// Boundary values: every code's value and its fp32 neighbours, every midpoint between neighbouring codes and its
+// neighbours, both signs, and the specials.
+std::vector<float> e4m3_boundary_values() {
+  std::vector<float> mags;
+  for (int c = 0; c < 127; ++c) {
+    const float a = e4m3_to_float(static_cast<uint8_t>(c));
+    mags.insert(mags.end(), {a, std::nextafter(a, kInf), std::nextafter(a, 0.0f)});
+    if (c < 126) {
+      const float mid = (a + e4m3_to_float(static_cast<uint8_t>(c + 1))) * 0.5f;
+      mags.insert(mags.end(), {mid, std::nextafter(mid, kInf), std::nextafter(mid, 0.0f)});
+    }
+  }
+  mags.insert(mags.end(), {448.0f, 449.0f, 464.0f, 465.0f, 480.0f, 1e30f, FLT_MAX, kInf, 0x1p-10f, 0x1p-11f,
+                           std::nextafter(0x1p-10f, kInf), std::nextafter(0x1p-10f, 0.0f), 0x1p-6f, 0x1p-7f,
+                           std::numeric_limits<float>::denorm_min(), FLT_MIN, 1e-30f, 1e-40f, 0.0f});
+  std::vector<float> out;
+  for (float a : mags) out.insert(out.end(), {a, -a});
+  out.insert(out.end(), {kNaN, -kNaN});
+  return out;
+}
+
+// Random fp32 values: log-uniform magnitudes over [2^-20, 2^10) (the e4m3 range and a margin), random signs, plus
+// raw random bit patterns (every class: NaN, inf, huge, fp32 subnormals).
+std::vector<float> e4m3_random_values(uint64_t seed, size_t n) {
+  std::vector<float> out;
+  out.reserve(2 * n);
+  uint64_t s = seed;
+  auto next = [&] {
+    uint64_t z = (s += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  for (size_t i = 0; i < n; ++i) {
+    const uint64_t r = next();
+    const int e = static_cast<int>(r % 30) - 20;
+    const float m = 1.0f + static_cast<float>((r >> 8) & 0x7FFFFF) * 0x1p-23f;
+    const float v = std::ldexp(m, e);
+    out.push_back((r >> 40) & 1 ? -v : v);
+    out.push_back(std::bit_cast<float>(static_cast<uint32_t>(next())));
+  }
+  return out;
+}
+
+// ---- bf16 ----------------------------------------------------------------------------------------------------
+
+TEST(ReferenceBf16, RoundTripsEveryCode) {
+  for (uint32_t c = 0; c < 0x10000; ++c) {
+    const float f = bf16_to_float(static_cast<uint16_t>(c));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(f)))) << hex(c);
+    } else {
+      ASSERT_EQ(float_to_bf16(f), c) << hex(c);
+    }
+  }
+}
+
+TEST(ReferenceBf16, RoundsToNearestEven) {
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3F808000u)), 0x3F80);  // tie, even below
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3F818000u)), 0x3F82);  // tie, even above
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3F808001u)), 0x3F81);  // just above the tie
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x3F807FFFu)), 0x3F80);  // just below the tie
+  EXPECT_EQ(float_to_bf16(FLT_MAX), 0x7F80);                           // beyond the largest bf16 half-ulp: inf
+  EXPECT_EQ(float_to_bf16(-kInf), 0xFF80);
+  EXPECT_EQ(float_to_bf16(-0.0f), 0x8000);
+  EXPECT_TRUE(std::isnan(bf16_to_float(float_to_bf16(kNaN))));
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x00008000u)), 0x0000);  // fp32 subnormal tie → even (zero)
+  EXPECT_EQ(float_to_bf16(std::bit_cast<float>(0x00018000u)), 0x0002);
+}
+
+// Second method: pick the nearer of the two bf16 neighbours with exact double arithmetic.
+TEST(ReferenceBf16, MatchesExactArithmeticOnRandomBits) {
+  const std::vector<float> values = e4m3_random_values(11, 500000);
+  for (float f : values) {
+    if (std::isnan(f)) continue;
+    const uint32_t u = std::bit_cast<uint32_t>(f);
+    const uint32_t lo_code = u >> 16;  // truncation: the neighbour towards zero
+    const double a = std::fabs(static_cast<double>(f));
+    const double lo = std::fabs(static_cast<double>(bf16_to_float(static_cast<uint16_t>(lo_code))));
+    const int biased = static_cast<int>((lo_code >> 7) & 0xFF);
+    if (biased == 0xFF) {  // ±inf
+      EXPECT_EQ(float_to_bf16(f), lo_code);
+      continue;
+    }
+    const double ulp = std::ldexp(1.0, (biased == 0 ? 1 : biased) - 127 - 7);
+    const double d_lo = a - lo, d_hi = lo + ulp - a;  // both exact in double
+    const bool up = d_hi < d_lo || (d_hi == d_lo && (lo_code & 1));
+    ASSERT_EQ(float_to_bf16(f), up ? lo_code + 1 : lo_code) << "bits " << hex(u);
+  }
+}
+
+// ---- fp16 ----------------------------------------------------------------------------------------------------
+
+TEST(ReferenceF16, RoundTripsEveryCode) {
+  for (uint32_t c = 0; c < 0x10000; ++c) {
+    const float f = f16_to_float(static_cast<uint16_t>(c));
+    if (std::isnan(f)) {
+      EXPECT_TRUE(std::isnan(f16_to_float(float_to_f16(f)))) << hex(c);
+    } else {
+      ASSERT_EQ(float_to_f16(f), c) << hex(c);
+    }
+  }
+}
+
+TEST(ReferenceF16, RoundsToNearestEvenAndSaturatesToInf) {
+  EXPECT_EQ(float_to_f16(65504.0f), 0x7BFF);
+  EXPECT_EQ(float_to_f16(std::nextafter(65520.0f, 0.0f)), 0x7BFF);
+  EXPECT_EQ(float_to_f16(65520.0f), 0x7C00);  // tie between 65504 (odd) and 2^16: even = inf
+  EXPECT_EQ(float_to_f16(-1e10f), 0xFC00);
+  EXPECT_EQ(float_to_f16(0x1p-24f), 0x0001);
+  EXPECT_EQ(float_to_f16(0x1p-25f), 0x0000);          // tie → even (zero)
+  EXPECT_EQ(float_to_f16(-0x1p-25f), 0x8000);
+  EXPECT_EQ(float_to_f16(3 * 0x1p-25f), 0x0002);      // tie → even
+  EXPECT_EQ(float_to_f16(1.0f + 0x1p-11f), 0x3C00);   // tie → even
+  EXPECT_EQ(float_to_f16(1.0f + 3 * 0x1p-11f), 0x3C02);
+  EXPECT_EQ(float_to_f16(std::nextafter(0x1p-14f, 0.0f)), 0x0400);  // rounds up into the smallest normal
+}
+
+#ifdef __FLT16_MAX__
+TEST(ReferenceF16, MatchesCompilerFloat16) {
+  std::vector<float> values = e4m3_random_values(12, 500000);
+  for (float f : {65504.0f, 65519.0f, 65520.0f, 0x1p-24f, 0x1p-25f, 3 * 0x1p-25f, 0x1p-14f}) {
+    values.push_back(f);
+    values.push_back(std::nextafter(f, kInf));
+    values.push_back(std::nextafter(f, 0.0f));
+  }
+  for (float f : values) {
+    if (std::isnan(f)) continue;
+    const _Float16 h = static_cast<_Float16>(f);
+    ASSERT_EQ(float_to_f16(f), std::bit_cast<uint16_t>(h)) << "bits " << hex(std::bit_cast<uint32_t>(f));
+  }
+}
+#endif
+
+// ---- e4m3 -----------------------------------------------------------------------------------------------------
+
+TEST(ReferenceE4m3, DecodesKnownCodes) {
+  EXPECT_EQ(e4m3_to_float(0x00), 0.0f);
+  EXPECT_TRUE(std::signbit(e4m3_to_float(0x80)));
+  EXPECT_EQ(e4m3_to_float(0x01), 0x1p-9f);   // smallest subnormal
+  EXPECT_EQ(e4m3_to_float(0x07), 7 * 0x1p-9f);
+  EXPECT_EQ(e4m3_to_float(0x08), 0x1p-6f);   // smallest normal
+  EXPECT_EQ(e4m3_to_float(0x38), 1.0f);
+  EXPECT_EQ(e4m3_to_float(0x39), 1.125f);
+  EXPECT_EQ(e4m3_to_float(0x7E), 448.0f);
+  EXPECT_EQ(e4m3_to_float(0xFE), -448.0f);
+  EXPECT_EQ(e4m3_to_float(0x77), 240.0f);    // exponent field 14, no inf in e4m3fn
+  EXPECT_TRUE(std::isnan(e4m3_to_float(0x7F)));
+  EXPECT_TRUE(std::isnan(e4m3_to_float(0xFF)));
+  int nans = 0;
+  for (int c = 0; c < 256; ++c) nans += std::isnan(e4m3_to_float(static_cast<uint8_t>(c)));
+  EXPECT_EQ(nans, 2);
+}
+
+TEST(ReferenceE4m3, RoundTripsEveryFiniteCode) {
+  for (int c = 0; c < 256; ++c) {
+    if (e4m3_is_nan(static_cast<uint8_t>(c))) continue;
+    EXPECT_EQ(ref::e4m3_from_float(e4m3_to_float(static_cast<uint8_t>(c))), c) << hex(c);
+  }
+}
+
+TEST(ReferenceE4m3, SaturatesKeepsNanAndSignOfZero) {
+  EXPECT_EQ(ref::e4m3_from_float(448.0f), 0x7E);
+  EXPECT_EQ(ref::e4m3_from_float(449.0f), 0x7E);
+  EXPECT_EQ(ref::e4m3_from_float(464.0f), 0x7E);  // torch's cast gives NaN from here on; satfinite does not
+  EXPECT_EQ(ref::e4m3_from_float(1e30f), 0x7E);
+  EXPECT_EQ(ref::e4m3_from_float(kInf), 0x7E);
+  EXPECT_EQ(ref::e4m3_from_float(-kInf), 0xFE);
+  EXPECT_EQ(ref::e4m3_from_float(-500.0f), 0xFE);
+  EXPECT_TRUE(e4m3_is_nan(ref::e4m3_from_float(kNaN)));
+  EXPECT_TRUE(e4m3_is_nan(ref::e4m3_from_float(-kNaN)));
+  EXPECT_EQ(ref::e4m3_from_float(0.0f), 0x00);
+  EXPECT_EQ(ref::e4m3_from_float(-0.0f), 0x80);
+  EXPECT_EQ(ref::e4m3_from_float(-1e-10f), 0x80);  // underflow keeps the sign
+}
+
+TEST(ReferenceE4m3, TiesGoToTheEvenCode) {
+  EXPECT_EQ(ref::e4m3_from_float(1.0625f), 0x38);        // between 1.0 (0x38) and 1.125 (0x39)
+  EXPECT_EQ(ref::e4m3_from_float(1.1875f), 0x3A);        // between 1.125 (0x39) and 1.25 (0x3A)
+  EXPECT_EQ(ref::e4m3_from_float(432.0f), 0x7E);         // between 416 (0x7D) and 448 (0x7E)
+  EXPECT_EQ(ref::e4m3_from_float(0x1p-10f), 0x00);       // between 0 and 2^-9
+  EXPECT_EQ(ref::e4m3_from_float(3 * 0x1p-10f), 0x02);   // between 2^-9 (0x01) and 2·2^-9 (0x02)
+  EXPECT_EQ(ref::e4m3_from_float(15 * 0x1p-10f), 0x08);  // between 7·2^-9 (0x07) and 2^-6 (0x08)
+  EXPECT_EQ(ref::e4m3_from_float(-1.0625f), 0xB8);
+}
+
+TEST(ReferenceE4m3, MatchesBitLevelEncoder) {
+  std::vector<float> values = e4m3_boundary_values();
+  const std::vector<float> random = e4m3_random_values(13, 1000000);
+  values.insert(values.end(), random.begin(), random.end());
+  int64_t checked = 0;
+  for (float v : values) {
+    const uint8_t a = ref::e4m3_from_float(v), b = e4m3_by_bits(v);
+    ASSERT_EQ(a, b) << "v=" << v << " bits " << hex(std::bit_cast<uint32_t>(v));
+    ++checked;
+  }
+  EXPECT_GT(checked, 2000000);
+}
+
+// NVIDIA's host implementation of the conversion the kernels use (satfinite, round to nearest even).
+TEST(ReferenceE4m3, MatchesNvidiaHostConversion) {
+  std::vector<float> values = e4m3_boundary_values();
+  const std::vector<float> random = e4m3_random_values(14, 1000000);
+  values.insert(values.end(), random.begin(), random.end());
+  for (float v : values) {
+    const uint8_t a = ref::e4m3_from_float(v), b = e4m3_by_nvidia(v);
+    if (e4m3_is_nan(a) || e4m3_is_nan(b)) {
+      ASSERT_TRUE(e4m3_is_nan(a) && e4m3_is_nan(b)) << "v=" << v << " ref " << hex(a) << " nvidia " << hex(b);
+    } else {
+      ASSERT_EQ(a, b) << "v=" << v << " bits " << hex(std::bit_cast<uint32_t>(v));
+    }
+  }
+}
+
+// ---- the scale rule --------------------------------------------------------------------------------------------
+
+TEST(ReferenceBlockScale, ZeroBlockGetsTheFloor) {
+  EXPECT_EQ(ref::block_scale(0.0f, false), 1e-30f);
+  EXPECT_EQ(ref::block_scale(0.0f, true), std::ldexp(1.0f, -99));  // log2(1e-30) = −99.66 rounds up to −99
+  EXPECT_EQ(ref::block_scale(1e-35f, false), 1e-30f);
+  EXPECT_EQ(ref::block_scale(1e-35f, true), std::ldexp(1.0f, -99));
+}
+
+TEST(ReferenceBlockScale, ExactPowersOfTwo) {
+  for (int k = -40; k <= 40; ++k) {
+    const float p = std::ldexp(1.0f, k);
+    const float amax = 448.0f * p;
+    EXPECT_EQ(ref::block_scale(amax, false), p) << k;
+    EXPECT_EQ(ref::block_scale(amax, true), p) << k;
+    EXPECT_EQ(ref::block_scale(std::nextafter(amax, kInf), true), 2 * p) << k;
+    EXPECT_EQ(ref::block_scale(std::nextafter(amax, 0.0f), true), p) << k;
+  }
+}
+
+TEST(ReferenceBlockScale, RoundScaleIsTheSmallestPowerOfTwoNotBelow) {
+  for (float amax : e4m3_random_values(15, 100000)) {
+    amax = std::fabs(amax);
+    if (!std::isfinite(amax)) continue;
+    const float plain = ref::block_scale(amax, false);
+    const float rounded = ref::block_scale(amax, true);
+    int e = 0;
+    ASSERT_EQ(std::frexp(rounded, &e), 0.5f) << amax;  // a power of two
+    ASSERT_GE(rounded, plain) << amax;
+    ASSERT_LT(rounded / 2, plain) << amax;
+    // The fp32 division is correctly rounded (a double quotient of a/448 is never a float tie, so one more
+    // rounding to float gives the same value).
+    ASSERT_EQ(plain, std::max(static_cast<float>(static_cast<double>(amax) / 448.0), 1e-30f)) << amax;
+  }
+}
+
+// ---- block quantization layouts --------------------------------------------------------------------------------
+
+TEST(ReferenceBlockQuant, RowwiseScaleLayoutIsMMajor) {
+  const int64_t M = 3, N = 384;
+  std::vector<float> y(M * N, 0.25f);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t j = 0; j < N / 128; ++j) y[m * N + j * 128 + 5] = 448.0f * static_cast<float>((m + 1) * (j + 1));
+  }
+  std::vector<uint8_t> q(M * N);
+  std::vector<float> s(N / 128 * M);
+  ref::block_quant_rowwise(y, M, N, false, q, s);
+  for (int64_t m = 0; m < M; ++m) {
+    for (int64_t j = 0; j < N / 128; ++j) {
+      EXPECT_EQ(s[j * M + m], static_cast<float>((m + 1) * (j + 1))) << m << "," << j;
+      EXPECT_EQ(q[m * N + j * 128 + 5], 0x7E);
+      EXPECT_EQ(q[m * N + j * 128 + 6], ref::e4m3_from_float(0.25f / s[j * M + m]));
+    }
+  }
+}
+
+TEST(ReferenceBlockQuant, NanIsIgnoredByTheAmaxAndQuantizesToNan) {
+  const int64_t M = 2, N = 128;
+  std::vector<float> y(M * N, kNaN);  // row 1 is all NaN
+  for (int64_t k = 0; k < N; ++k) y[k] = static_cast<float>(k) - 64.0f;
+  y[10] = kNaN;
+  for (bool rs : {false, true}) {
+    std::vector<uint8_t> q(M * N);
+    std::vector<float> s(M);
+    ref::block_quant_rowwise(y, M, N, rs, q, s);
+    EXPECT_EQ(s[0], ref::block_scale(64.0f, rs));
+    EXPECT_TRUE(e4m3_is_nan(q[10]));
+    EXPECT_EQ(s[1], ref::block_scale(0.0f, rs));  // all-NaN block: amax 0
+    for (int64_t k = 0; k < N; ++k) EXPECT_TRUE(e4m3_is_nan(q[N + k]));
+  }
+}
+
+// The transposed layout equals the row-wise quantization of yᵀ zero-padded to whole token blocks (a partial block
+// uses its valid rows only, and zero padding cannot raise an amax).
+TEST(ReferenceBlockQuant, TransposedEqualsRowwiseOfPaddedTranspose) {
+  const int64_t M = 300, N = 256, Mp = 384;
+  std::vector<float> y = randn(M * N, 21, 3.0f);
+  for (int64_t m = 0; m < M; ++m) y[m * N + (m % N)] *= 100.0f;  // vary the block maxima
+  for (bool rs : {false, true}) {
+    std::vector<uint8_t> qT(M * N);
+    std::vector<float> sT(3 * N);
+    ref::block_quant_transposed(y, M, N, rs, qT, sT);
+    std::vector<float> yt(N * Mp, 0.0f);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t n = 0; n < N; ++n) yt[n * Mp + m] = y[m * N + n];
+    }
+    std::vector<uint8_t> q(N * Mp);
+    std::vector<float> s(Mp / 128 * N);
+    ref::block_quant_rowwise(yt, N, Mp, rs, q, s);
+    EXPECT_EQ(sT, s);
+    for (int64_t n = 0; n < N; ++n) {
+      for (int64_t m = 0; m < M; ++m) ASSERT_EQ(qT[n * M + m], q[n * Mp + m]) << n << "," << m;
+    }
+  }
+}
+
+TEST(ReferenceBlockQuant, DequantizesClose) {
+  const int64_t M = 64, N = 512;
+  std::vector<float> y = randn(M * N, 22);
+  for (int64_t i = 0; i < M * N; i += 97) y[i] *= 1e4f;
+  for (bool rs : {false, true}) {
+    std::vector<uint8_t> q(M * N);
+    std::vector<float> s(N / 128 * M);
+    ref::block_quant_rowwise(y, M, N, rs, q, s);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t k = 0; k < N; ++k) {
+        const float sc = s[(k / 128) * M + m];
+        const float back = e4m3_to_float(q[m * N + k]) * sc;
+        // Half an ulp of a 3-bit mantissa (2^-4 relative), or half the subnormal step 2^-9·s.
+        ASSERT_LE(std::fabs(back - y[m * N + k]), std::fabs(y[m * N + k]) * 0x1p-4f + sc * 0x1p-10f)
+            << m << "," << k << " rs=" << rs;
+      }
+    }
+  }
+}
+
+// ---- RMSNorm ------------------------------------------------------------------------------------------------
+
+TEST(ReferenceRmsNorm, RmsInvKnownRows) {
+  const int64_t N = 128;
+  std::vector<float> x(5 * N, 3.0f);
+  for (int64_t k = 0; k < N; ++k) x[N + k] = 0.0f;
+  x[2 * N + 7] = kInf;
+  x[3 * N + 9] = kNaN;
+  for (int64_t k = 0; k < N; ++k) x[4 * N + k] = 1e30f;  // fine in double, would overflow an fp32 sum
+  const std::vector<float> r = ref::rms_inv(x, 5, N, 1e-6f);
+  EXPECT_EQ(r[0], static_cast<float>(1.0 / std::sqrt(9.0 + static_cast<double>(1e-6f))));
+  EXPECT_EQ(r[1], static_cast<float>(1.0 / std::sqrt(static_cast<double>(1e-6f))));
+  EXPECT_EQ(r[2], 0.0f);
+  EXPECT_TRUE(std::isnan(r[3]));
+  EXPECT_FLOAT_EQ(r[4], 1e-30f);
+}
+
+TEST(ReferenceRmsNorm, ApplyRoundsAfterEachMultiply) {
+  // x·r = 1 + 2^-23 + 2^-24 + 2^-47 rounds up to 1 + 2^-22 before the weight multiply, so y = 1 + 2^-23; one
+  // rounding of the whole product x·r·w = 1 + 2^-24 − 2^-46 − … would give 1.0 instead.
+  const std::vector<float> x = {1.0f + 0x1p-23f}, r = {1.0f + 0x1p-24f}, w = {1.0f - 0x1p-23f};
+  const std::vector<float> y = ref::rms_norm_apply(x, w, r, 1, 1);
+  EXPECT_EQ(x[0] * r[0], 1.0f + 0x1p-22f);
+  EXPECT_EQ(y[0], 1.0f + 0x1p-23f);
+  EXPECT_EQ(static_cast<float>(static_cast<double>(x[0]) * r[0] * w[0]), 1.0f);
+}
+
+// The backward reference against central differences of a double forward, L = Σ dy·y.
+TEST(ReferenceRmsNorm, BackwardMatchesFiniteDifferences) {
+  const int64_t M = 3, N = 16;
+  const float eps = 1e-3f;
+  const std::vector<float> x = randn(M * N, 31), dy = randn(M * N, 32), w = randn(N, 33, 0.5f, 1.0f);
+  auto loss = [&](const std::vector<double>& xd, const std::vector<double>& wd) {
+    double L = 0;
+    for (int64_t m = 0; m < M; ++m) {
+      double ss = 0;
+      for (int64_t k = 0; k < N; ++k) ss += xd[m * N + k] * xd[m * N + k];
+      const double r = 1.0 / std::sqrt(ss / N + static_cast<double>(eps));
+      for (int64_t k = 0; k < N; ++k) L += dy[m * N + k] * xd[m * N + k] * r * wd[k];
+    }
+    return L;
+  };
+  const std::vector<double> xd(x.begin(), x.end()), wd(w.begin(), w.end());
+  const ref::RmsNormGrads g = ref::rms_norm_bwd(dy, x, w, M, N, eps);
+  const double h = 1e-6;
+  for (int64_t i = 0; i < M * N; ++i) {
+    auto xp = xd, xm = xd;
+    xp[i] += h;
+    xm[i] -= h;
+    EXPECT_NEAR(g.dx[i], (loss(xp, wd) - loss(xm, wd)) / (2 * h), 1e-6) << i;
+  }
+  for (int64_t k = 0; k < N; ++k) {
+    auto wp = wd, wm = wd;
+    wp[k] += h;
+    wm[k] -= h;
+    EXPECT_NEAR(g.dweight[k], (loss(xd, wp) - loss(xd, wm)) / (2 * h), 1e-6) << k;
+  }
+}
+
+// ---- test utilities ------------------------------------------------------------------------------------------
+
+TEST(ReferenceTestUtil, RandnIsDeterministicAndStandardNormal) {
+  const std::vector<float> a = randn(1 << 20, 41), b = randn(1 << 20, 41), c = randn(1 << 20, 42);
+  EXPECT_EQ(a, b);
+  EXPECT_NE(a, c);
+  double sum = 0, sq = 0;
+  for (float v : a) {
+    sum += v;
+    sq += static_cast<double>(v) * v;
+  }
+  const double mean = sum / a.size();
+  EXPECT_LT(std::fabs(mean), 0.01);
+  EXPECT_LT(std::fabs(sq / a.size() - mean * mean - 1.0), 0.01);
+  EXPECT_NE(mix_seed({1, 2}), mix_seed({2, 1}));
+}
+
+TEST(ReferenceTestUtil, MessageNamesMatchesWholeWords) {
+  EXPECT_TRUE(message_names("rms_norm_block_quant_fwd: argument 'x': expected bf16", "x"));
+  EXPECT_FALSE(message_names("expected dtype bf16", "x"));
+  EXPECT_FALSE(message_names("argument 'q_scale': bad shape", "q"));
+  EXPECT_TRUE(message_names("argument 'q_scale': bad shape", "q_scale"));
+  EXPECT_FALSE(message_names("argument 'rms_inv_in' missing", "rms_inv"));
+  EXPECT_TRUE(message_names("eps must be >= 0", "eps"));
+}
+
+TEST(ReferenceTestUtil, RelativeL2) {
+  const std::vector<float> got = {1.0f, 2.0f};
+  EXPECT_DOUBLE_EQ(relative_l2(got, std::vector<double>{1.0, 2.0}), 0.0);
+  EXPECT_NEAR(relative_l2(got, std::vector<double>{1.0, 2.5}), 0.5 / std::sqrt(7.25), 1e-12);
+  EXPECT_EQ(relative_l2(std::vector<float>{0.0f}, std::vector<double>{0.0}), 0.0);
+  EXPECT_TRUE(std::isinf(relative_l2(std::vector<float>{1.0f}, std::vector<double>{0.0})));
+  EXPECT_TRUE(std::isnan(relative_l2(std::vector<float>{kNaN}, std::vector<double>{1.0})));
+}
+
+}  // namespace
+}  // namespace kiln::test

@@ -1,0 +1,594 @@
+// tools/kiln.cpp — the `kiln` command line: prewarm a model's kernels, maintain the cubin cache, list presets, bench.
+//
+// A thin face over the library: each command is a few library calls plus formatting. Exit codes: 0 success,
+// 1 failure (the library or the OS said no), 2 bad usage (the command line itself is wrong).
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <string_view>
+#include <tuple>
+#include <vector>
+
+#include "cache/cubin_cache.hpp"
+#include "kiln/kiln.hpp"
+#include "runtime/bench.hpp"
+
+namespace {
+
+using ordered_json = nlohmann::ordered_json;
+
+constexpr const char* kUsage = R"(usage: kiln <command> [options]
+
+commands:
+  prewarm --model <preset|file> --arch sm_90a[,sm_100a] [--cache-dir DIR] [--jobs N] [--json]
+      Compile (or find in the cache) every kernel specialization a model needs. Needs no GPU.
+      --model takes a preset name (see `kiln presets`), a kiln preset file, or a Hugging Face config.json
+      (or the model directory holding it).
+
+  cache ls|stats|verify|prune|clear [--cache-dir DIR] [--json]
+      ls       every entry: group, key, size, last use, parameters
+      stats    entry count and size, per arch and per family
+      verify   check every entry's checksum; exit 1 if any is bad (--remove deletes the bad ones)
+      prune    drop least-recently-used entries until the cache fits --max-mb N (default $KILN_CACHE_MAX_MB)
+      clear    remove every entry
+      The cache is --cache-dir, else $KILN_CACHE_DIR, else $XDG_CACHE_HOME/kiln, else ~/.cache/kiln.
+
+  presets [--json]
+      List the built-in model presets and their dimensions.
+
+  bench [--json FILE] [--filter S] [--repeats N]
+      Time every benchmark case (or those whose "op shape" contains S) on the GPU, as a share of the
+      device-to-device copy bandwidth measured in the same run; --json writes the results to FILE.
+
+  help, --help       show this help
+  --version          print kiln's version
+)";
+
+int print_usage() {
+  fmt::print("{}", kUsage);
+  return 0;
+}
+
+// The command line is wrong: exit 2 and show the usage.
+class UsageError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// The options of one command: "--name value", "--name=value", flags, and positional arguments.
+class Args {
+ public:
+  Args(std::string_view command, std::span<const std::string_view> argv,
+       std::initializer_list<std::string_view> valued, std::initializer_list<std::string_view> flags)
+      : command_(command) {
+    auto known = [](std::initializer_list<std::string_view> names, std::string_view n) {
+      return std::find(names.begin(), names.end(), n) != names.end();
+    };
+    for (size_t i = 0; i < argv.size(); ++i) {
+      const std::string_view arg = argv[i];
+      if (arg == "--") {
+        positional_.insert(positional_.end(), argv.begin() + i + 1, argv.end());
+        break;
+      }
+      if (arg == "--help" || arg == "-h") {
+        help_ = true;
+        continue;
+      }
+      if (!arg.starts_with("-") || arg == "-") {
+        positional_.emplace_back(arg);
+        continue;
+      }
+      const size_t eq = arg.find('=');
+      const std::string_view name = arg.substr(0, eq);
+      if (known(valued, name)) {
+        if (eq != std::string_view::npos) {
+          values_[std::string(name)] = arg.substr(eq + 1);
+        } else if (i + 1 < argv.size() && !argv[i + 1].starts_with("--")) {
+          values_[std::string(name)] = argv[++i];
+        } else {
+          throw UsageError(fmt::format("{}: option {} needs a value", command_, name));
+        }
+      } else if (known(flags, name)) {
+        if (eq != std::string_view::npos) throw UsageError(fmt::format("{}: option {} takes no value", command_, name));
+        values_[std::string(name)] = "";
+      } else {
+        throw UsageError(fmt::format("{}: unknown option '{}'", command_, name));
+      }
+    }
+  }
+
+  bool help() const { return help_; }
+  bool has(std::string_view name) const { return values_.count(std::string(name)) > 0; }
+  std::optional<std::string> value(std::string_view name) const {
+    auto it = values_.find(std::string(name));
+    return it == values_.end() ? std::nullopt : std::optional<std::string>(it->second);
+  }
+  std::string required(std::string_view name) const {
+    std::optional<std::string> v = value(name);
+    if (!v || v->empty()) throw UsageError(fmt::format("{}: {} is required", command_, name));
+    return *v;
+  }
+  // An integer option in [min, max]; `fallback` if absent.
+  int integer(std::string_view name, int min, int max, int fallback) const {
+    std::optional<std::string> v = value(name);
+    return v ? parse_integer(fmt::format("{} {}", command_, name), *v, min, max) : fallback;
+  }
+  const std::vector<std::string>& positional() const { return positional_; }
+  void no_positional() const {
+    if (!positional_.empty()) throw UsageError(fmt::format("{}: unexpected argument '{}'", command_, positional_[0]));
+  }
+
+  static int parse_integer(std::string_view what, std::string_view text, int min, int max) {
+    int v = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (ec != std::errc() || end != text.data() + text.size() || v < min || v > max)
+      throw UsageError(fmt::format("{}: expected an integer in [{}, {}], got '{}'", what, min, max, text));
+    return v;
+  }
+
+ private:
+  std::string command_;
+  bool help_ = false;
+  std::map<std::string, std::string> values_;
+  std::vector<std::string> positional_;
+};
+
+// A plain-text table: columns sized to their widest cell, numbers right-aligned.
+class Table {
+ public:
+  Table(std::vector<std::string> header, std::vector<bool> right_aligned)
+      : header_(std::move(header)), right_(std::move(right_aligned)) {}
+  void add(std::vector<std::string> row) { rows_.push_back(std::move(row)); }
+  void print(std::FILE* out) const {
+    std::vector<size_t> width(header_.size());
+    for (size_t c = 0; c < header_.size(); ++c) width[c] = header_[c].size();
+    for (const auto& row : rows_)
+      for (size_t c = 0; c < row.size(); ++c) width[c] = std::max(width[c], display_width(row[c]));
+    print_row(out, header_, width);
+    for (const auto& row : rows_) print_row(out, row, width);
+  }
+
+ private:
+  // Cells are ASCII except for the odd "µ" or "…": count UTF-8 code points, not bytes.
+  static size_t display_width(const std::string& s) {
+    return static_cast<size_t>(std::count_if(s.begin(), s.end(), [](char ch) { return (ch & 0xC0) != 0x80; }));
+  }
+  void print_row(std::FILE* out, const std::vector<std::string>& row, const std::vector<size_t>& width) const {
+    std::string line;
+    for (size_t c = 0; c < row.size(); ++c) {
+      const std::string pad(width[c] - display_width(row[c]), ' ');
+      if (c) line += "  ";
+      line += right_[c] ? pad + row[c] : (c + 1 == row.size() ? row[c] : row[c] + pad);
+    }
+    fmt::print(out, "{}\n", line);
+  }
+
+  std::vector<std::string> header_;
+  std::vector<bool> right_;
+  std::vector<std::vector<std::string>> rows_;
+};
+
+std::string mib(uint64_t bytes) { return fmt::format("{:.1f}", static_cast<double>(bytes) / (1 << 20)); }
+std::string kib(uint64_t bytes) { return fmt::format("{:.1f}", static_cast<double>(bytes) / (1 << 10)); }
+
+std::vector<std::string> split_list(std::string_view text) {
+  std::vector<std::string> out;
+  while (!text.empty()) {
+    const size_t comma = text.find(',');
+    std::string_view item = text.substr(0, comma);
+    while (!item.empty() && item.front() == ' ') item.remove_prefix(1);
+    while (!item.empty() && item.back() == ' ') item.remove_suffix(1);
+    if (!item.empty()) out.emplace_back(item);
+    if (comma == std::string_view::npos) break;
+    text.remove_prefix(comma + 1);
+  }
+  return out;
+}
+
+std::string join(const std::vector<std::string>& items, std::string_view sep) {
+  std::string out;
+  for (const std::string& s : items) out += (out.empty() ? "" : std::string(sep)) + s;
+  return out;
+}
+
+// ---- prewarm -----------------------------------------------------------------------------------------------------
+
+// A one-line progress bar on stderr, redrawn as each specialization finishes. The library may report from its
+// compile workers, hence the lock.
+class ProgressBar {
+ public:
+  explicit ProgressBar(bool enabled) : enabled_(enabled) {}
+  ~ProgressBar() { finish(); }
+
+  static void on_entry(const kiln::PrewarmEntry& e, size_t done, size_t total, void* self) {
+    static_cast<ProgressBar*>(self)->draw(e, done, total);
+  }
+  void finish() {
+    std::lock_guard lock(mutex_);
+    if (drawn_) fmt::print(stderr, "\r\033[K");
+    drawn_ = false;
+  }
+
+ private:
+  void draw(const kiln::PrewarmEntry& e, size_t done, size_t total) {
+    if (!enabled_ || total == 0) return;
+    std::lock_guard lock(mutex_);
+    constexpr size_t kWidth = 30;
+    const size_t filled = kWidth * std::min(done, total) / total;
+    std::string what = fmt::format("{} {} {}", e.family, e.params, e.arch);
+    if (what.size() > 60) what = what.substr(0, 59) + "…";
+    fmt::print(stderr, "\r\033[K[{}{}] {}/{} {}", std::string(filled, '#'), std::string(kWidth - filled, '.'), done,
+               total, what);
+    std::fflush(stderr);
+    drawn_ = true;
+  }
+
+  bool enabled_;
+  bool drawn_ = false;
+  std::mutex mutex_;
+};
+
+int cmd_prewarm(std::span<const std::string_view> argv) {
+  const Args args("prewarm", argv, {"--model", "--arch", "--cache-dir", "--jobs"}, {"--json"});
+  if (args.help()) return print_usage();
+  args.no_positional();
+  const std::string model_name = args.required("--model");
+  const std::vector<std::string> archs = split_list(args.required("--arch"));
+  if (archs.empty()) throw UsageError("prewarm: --arch needs at least one arch, e.g. sm_90a");
+  const int jobs = args.integer("--jobs", 0, 1024, 0);
+  const bool json = args.has("--json");
+
+  const kiln::ModelConfig model = kiln::load_model(model_name);
+  kiln::RuntimeOptions options;
+  options.cache_dir = args.value("--cache-dir").value_or("");
+  kiln::Runtime rt(options);
+
+  const auto start = std::chrono::steady_clock::now();
+  std::vector<kiln::PrewarmEntry> entries;
+  {
+    ProgressBar progress(isatty(STDERR_FILENO) != 0);
+    entries = rt.prewarm(model, archs, jobs, &ProgressBar::on_entry, &progress);
+  }
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  std::map<std::string, size_t> by_status;
+  for (const auto& e : entries) ++by_status[e.status];
+  const std::string cache_dir = rt.cache_dir();
+
+  if (json) {
+    ordered_json out;
+    out["entries"] = ordered_json::array();
+    for (const auto& e : entries)
+      out["entries"].push_back({{"family", e.family}, {"key", e.key}, {"arch", e.arch}, {"params", e.params},
+                                {"status", e.status}, {"compile_ms", e.compile_ms}, {"cubin_bytes", e.cubin_bytes}});
+    out["summary"] = {{"model", model.name},          {"archs", archs},
+                      {"total", entries.size()},      {"compiled", by_status["compiled"]},
+                      {"hits", by_status["hit"]},     {"rebuilt", by_status["rebuilt"]},
+                      {"seconds", seconds},           {"cache_dir", cache_dir}};
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+
+  Table table({"family", "params", "arch", "status", "compile ms", "cubin KiB"}, {false, false, false, false, true, true});
+  for (const auto& e : entries)
+    table.add({e.family, e.params, e.arch, e.status, e.status == "hit" ? "-" : fmt::format("{:.1f}", e.compile_ms),
+               kib(e.cubin_bytes)});
+  table.print(stdout);
+  fmt::print("prewarm {}: {} specializations for {} — {} compiled, {} hits, {} rebuilt in {:.2f} s (cache: {})\n",
+             model.name, entries.size(), join(archs, ", "), by_status["compiled"], by_status["hit"],
+             by_status["rebuilt"], seconds, cache_dir.empty() ? "memory only" : cache_dir);
+  return 0;
+}
+
+// ---- cache -------------------------------------------------------------------------------------------------------
+
+std::string format_time(int64_t unix_seconds) {
+  if (unix_seconds <= 0) return "-";
+  const std::time_t t = static_cast<std::time_t>(unix_seconds);
+  std::tm tm{};
+  localtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M", &tm);
+  return buf;
+}
+
+// "<arch>/<family>" → {arch, family}.
+std::pair<std::string, std::string> split_group(const std::string& group) {
+  const size_t slash = group.find('/');
+  if (slash == std::string::npos) return {group, ""};
+  return {group.substr(0, slash), group.substr(slash + 1)};
+}
+
+// What an entry was compiled for: the runtime's "describe" line, else its "params" object as "name=value …".
+std::string manifest_params(const nlohmann::json& manifest) {
+  if (!manifest.is_object()) return "(manifest unreadable)";
+  if (auto it = manifest.find("describe"); it != manifest.end() && it->is_string()) return it->get<std::string>();
+  std::string out;
+  if (auto it = manifest.find("params"); it != manifest.end() && it->is_object())
+    for (const auto& [name, value] : it->items()) out += fmt::format("{}{}={}", out.empty() ? "" : " ", name, value.dump());
+  return out;
+}
+
+uint64_t total_bytes(const std::vector<kiln::cache::EntryInfo>& entries) {
+  uint64_t sum = 0;
+  for (const auto& e : entries) sum += e.bytes;
+  return sum;
+}
+
+int cache_ls(kiln::cache::CubinCache& cache, bool json) {
+  std::vector<kiln::cache::EntryInfo> entries = cache.list();
+  std::sort(entries.begin(), entries.end(),
+            [](const auto& a, const auto& b) { return std::tie(a.group, a.key) < std::tie(b.group, b.key); });
+  if (json) {
+    ordered_json out = ordered_json::array();
+    for (const auto& e : entries)
+      out.push_back({{"group", e.group}, {"key", e.key}, {"bytes", e.bytes}, {"last_used", e.last_used},
+                     // ordered_json and json do not convert into each other; a round trip through text does.
+                     {"manifest", ordered_json::parse(e.manifest.dump())}});
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  Table table({"group", "key", "KiB", "last used", "params"}, {false, false, true, false, false});
+  for (const auto& e : entries)
+    table.add({e.group, e.key, kib(e.bytes), format_time(e.last_used), manifest_params(e.manifest)});
+  table.print(stdout);
+  fmt::print("{} entries, {} MiB in {}\n", entries.size(), mib(total_bytes(entries)), cache.root());
+  return 0;
+}
+
+int cache_stats(kiln::cache::CubinCache& cache, bool json) {
+  const std::vector<kiln::cache::EntryInfo> entries = cache.list();
+  struct Tally {
+    size_t entries = 0;
+    uint64_t bytes = 0;
+  };
+  std::map<std::string, Tally> by_arch, by_family;
+  for (const auto& e : entries) {
+    const auto [arch, family] = split_group(e.group);
+    for (Tally* t : {&by_arch[arch], &by_family[family]}) {
+      ++t->entries;
+      t->bytes += e.bytes;
+    }
+  }
+  if (json) {
+    auto tallies = [](const std::map<std::string, Tally>& m) {
+      ordered_json o = ordered_json::object();
+      for (const auto& [name, t] : m) o[name] = {{"entries", t.entries}, {"bytes", t.bytes}};
+      return o;
+    };
+    ordered_json out = {{"root", cache.root()},        {"entries", entries.size()},
+                        {"bytes", total_bytes(entries)}, {"by_arch", tallies(by_arch)},
+                        {"by_family", tallies(by_family)}};
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  fmt::print("cache {}: {} entries, {} MiB\n", cache.root(), entries.size(), mib(total_bytes(entries)));
+  for (const auto& [title, tallies] : {std::pair{"arch", &by_arch}, std::pair{"family", &by_family}}) {
+    if (tallies->empty()) continue;
+    fmt::print("\n");
+    Table table({title, "entries", "MiB"}, {false, true, true});
+    for (const auto& [name, t] : *tallies) table.add({name, std::to_string(t.entries), mib(t.bytes)});
+    table.print(stdout);
+  }
+  return 0;
+}
+
+int cache_verify(kiln::cache::CubinCache& cache, bool remove, bool json) {
+  const kiln::cache::VerifyReport report = cache.verify(remove);
+  if (json) {
+    ordered_json out = {{"root", cache.root()}, {"ok", report.ok}, {"bad", report.bad}, {"removed", remove}};
+    fmt::print("{}\n", out.dump(2));
+  } else {
+    for (const std::string& bad : report.bad) fmt::print("bad: {}\n", bad);
+    fmt::print("verified {} entries in {}: {} ok, {} bad{}\n", report.ok + report.bad.size(), cache.root(), report.ok,
+               report.bad.size(), report.bad.empty() ? "" : remove ? " (removed)" : " (run with --remove to delete)");
+  }
+  return report.bad.empty() ? 0 : 1;
+}
+
+int cache_prune(kiln::cache::CubinCache& cache, const Args& args, bool json) {
+  std::optional<std::string> max_mb_text = args.value("--max-mb");
+  std::string what = "cache prune --max-mb";
+  if (!max_mb_text) {
+    if (const char* env = std::getenv("KILN_CACHE_MAX_MB"); env && *env) {
+      max_mb_text = env;
+      what = "KILN_CACHE_MAX_MB";
+    }
+  }
+  if (!max_mb_text) throw UsageError("cache prune: needs --max-mb N (or KILN_CACHE_MAX_MB)");
+  const int max_mb = Args::parse_integer(what, *max_mb_text, 0, 1 << 30);
+  const uint64_t max_bytes = static_cast<uint64_t>(max_mb) << 20;
+
+  const uint64_t before = total_bytes(cache.list());
+  const size_t removed = cache.prune(max_bytes);
+  const uint64_t after = total_bytes(cache.list());
+  if (json) {
+    ordered_json out = {{"root", cache.root()},     {"removed", removed},          {"bytes_before", before},
+                        {"bytes_after", after},     {"max_bytes", max_bytes}};
+    fmt::print("{}\n", out.dump(2));
+  } else {
+    fmt::print("pruned {} entries from {}: {} MiB → {} MiB (limit {} MiB)\n", removed, cache.root(), mib(before),
+               mib(after), max_mb);
+  }
+  return 0;
+}
+
+int cmd_cache(std::span<const std::string_view> argv) {
+  const Args args("cache", argv, {"--cache-dir", "--max-mb"}, {"--json", "--remove"});
+  if (args.help()) return print_usage();
+  if (args.positional().size() != 1)
+    throw UsageError(args.positional().empty() ? "cache: missing subcommand (ls|stats|verify|prune|clear)"
+                                               : "cache: takes exactly one subcommand");
+  const std::string sub = args.positional()[0];
+  static constexpr std::string_view kSubcommands[] = {"ls", "stats", "verify", "prune", "clear"};
+  if (std::find(std::begin(kSubcommands), std::end(kSubcommands), sub) == std::end(kSubcommands))
+    throw UsageError(fmt::format("cache: unknown subcommand '{}' (ls|stats|verify|prune|clear)", sub));
+  if (args.has("--max-mb") && sub != "prune") throw UsageError("cache: --max-mb belongs to 'cache prune'");
+  if (args.has("--remove") && sub != "verify") throw UsageError("cache: --remove belongs to 'cache verify'");
+  const bool json = args.has("--json");
+
+  kiln::cache::CubinCache cache(args.value("--cache-dir").value_or(kiln::cache::default_cache_root()));
+  if (!cache.enabled()) {
+    const std::string problem = fmt::format("cache {} is unusable: {}", cache.root(), cache.disabled_reason());
+    const bool writes = sub == "prune" || sub == "clear" || (sub == "verify" && args.has("--remove"));
+    if (writes) throw kiln::CacheError(problem);
+    fmt::print(stderr, "kiln: warning: {}\n", problem);
+  }
+
+  if (sub == "ls") return cache_ls(cache, json);
+  if (sub == "stats") return cache_stats(cache, json);
+  if (sub == "verify") return cache_verify(cache, args.has("--remove"), json);
+  if (sub == "prune") return cache_prune(cache, args, json);
+  const size_t removed = cache.clear();
+  if (json) {
+    fmt::print("{}\n", ordered_json({{"root", cache.root()}, {"removed", removed}}).dump(2));
+  } else {
+    fmt::print("removed {} entries from {}\n", removed, cache.root());
+  }
+  return 0;
+}
+
+// ---- presets -----------------------------------------------------------------------------------------------------
+
+int cmd_presets(std::span<const std::string_view> argv) {
+  const Args args("presets", argv, {}, {"--json"});
+  if (args.help()) return print_usage();
+  args.no_positional();
+
+  std::vector<kiln::ModelConfig> models;
+  for (const std::string& name : kiln::preset_names()) models.push_back(kiln::load_model(name));
+  if (args.has("--json")) {
+    ordered_json out = ordered_json::array();
+    for (const auto& m : models)
+      out.push_back({{"name", m.name},
+                     {"hidden_size", m.hidden_size},
+                     {"num_attention_heads", m.num_attention_heads},
+                     {"num_key_value_heads", m.num_key_value_heads},
+                     {"head_dim", m.head_dim},
+                     {"intermediate_size", m.intermediate_size},
+                     {"moe_intermediate_size", m.moe_intermediate_size},
+                     {"num_experts", m.num_experts},
+                     {"num_experts_per_tok", m.num_experts_per_tok},
+                     {"num_shared_experts", m.num_shared_experts},
+                     {"vocab_size", m.vocab_size},
+                     {"rms_norm_eps", m.rms_norm_eps}});
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  Table table({"preset", "hidden", "heads", "kv heads", "head dim", "ffn", "experts", "top-k", "shared", "expert ffn",
+               "vocab"},
+              {false, true, true, true, true, true, true, true, true, true, true});
+  for (const auto& m : models)
+    table.add({m.name, std::to_string(m.hidden_size), std::to_string(m.num_attention_heads),
+               std::to_string(m.num_key_value_heads), std::to_string(m.head_dim), std::to_string(m.intermediate_size),
+               std::to_string(m.num_experts), std::to_string(m.num_experts_per_tok),
+               std::to_string(m.num_shared_experts), std::to_string(m.moe_intermediate_size),
+               std::to_string(m.vocab_size)});
+  table.print(stdout);
+  return 0;
+}
+
+// ---- bench -------------------------------------------------------------------------------------------------------
+
+int cmd_bench(std::span<const std::string_view> argv) {
+  const Args args("bench", argv, {"--json", "--filter", "--repeats"}, {});
+  if (args.help()) return print_usage();
+  args.no_positional();
+  kiln::detail::BenchOptions options;
+  options.filter = args.value("--filter").value_or("");
+  options.repeats = args.integer("--repeats", 1, 100000, options.repeats);
+  const std::optional<std::string> json_path = args.value("--json");
+
+  // Rows are printed as each case finishes (a full run takes minutes), so size the columns from every case up front.
+  size_t op_width = 2, shape_width = 5;
+  for (const auto& c : kiln::detail::bench_cases()) {
+    op_width = std::max(op_width, c.op.size());
+    shape_width = std::max(shape_width, c.shape.size());
+  }
+  bool header_printed = false;
+  auto print_row = [&](const kiln::detail::BenchResult& r) {
+    if (!header_printed) {
+      fmt::print("{:<{}}  {:<{}}  {:>9}  {:>8}  {:>7}  {:>11}  {:>7}\n", "op", op_width, "shape", shape_width, "us",
+                 "GB/s", "% copy", "baseline us", "speedup");
+      header_printed = true;
+    }
+    const bool has_baseline = r.baseline_us > 0;
+    fmt::print("{:<{}}  {:<{}}  {:>9.2f}  {:>8.1f}  {:>7.1f}  {:>11}  {:>7}\n", r.op, op_width, r.shape, shape_width,
+               r.us, r.gbps, r.pct_copy_bw, has_baseline ? fmt::format("{:.2f}", r.baseline_us) : "-",
+               has_baseline ? fmt::format("{:.2f}x", r.baseline_us / r.us) : "-");
+    std::fflush(stdout);
+  };
+
+  kiln::Runtime rt;
+  const kiln::detail::BenchReport report = kiln::detail::run_benchmarks(rt, options, print_row);
+  fmt::print("device: {}, driver {}, cuda {}; device-to-device copy {:.0f} GB/s\n", report.device, report.driver,
+             report.cuda, report.copy_gbps);
+  if (report.results.empty())
+    throw kiln::Error(options.filter.empty() ? "no bench cases are registered"
+                                             : fmt::format("no bench case matches '{}'", options.filter));
+
+  if (json_path) {
+    ordered_json out = {{"device", report.device}, {"driver", report.driver}, {"cuda", report.cuda},
+                        {"copy_gbps", report.copy_gbps}, {"cases", ordered_json::array()}};
+    for (const auto& r : report.results)
+      out["cases"].push_back({{"op", r.op}, {"shape", r.shape}, {"us", r.us}, {"bytes", r.bytes}, {"gbps", r.gbps},
+                              {"pct_copy_bw", r.pct_copy_bw}, {"baseline_us", r.baseline_us}});
+    const std::filesystem::path path(*json_path);
+    if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
+    std::ofstream file(path);
+    file << out.dump(2) << "\n";
+    if (!file.flush()) throw kiln::Error(fmt::format("cannot write {}", path.string()));
+    fmt::print("wrote {}\n", path.string());
+  }
+  return 0;
+}
+
+int dispatch(std::span<const std::string_view> args) {
+  if (args.empty()) throw UsageError("missing command");
+  const std::string_view command = args[0];
+  const auto rest = args.subspan(1);
+  if (command == "help" || command == "--help" || command == "-h") return print_usage();
+  if (command == "--version" || command == "version") {
+    fmt::print("kiln {}\n", kiln::kVersion);
+    return 0;
+  }
+  if (command == "prewarm") return cmd_prewarm(rest);
+  if (command == "cache") return cmd_cache(rest);
+  if (command == "presets") return cmd_presets(rest);
+  if (command == "bench") return cmd_bench(rest);
+  throw UsageError(fmt::format("unknown command '{}'", command));
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::vector<std::string_view> args(argv + 1, argv + argc);
+  try {
+    return dispatch(args);
+  } catch (const UsageError& e) {
+    fmt::print(stderr, "kiln: error: {}\n\n{}", e.what(), kUsage);
+    return 2;
+  } catch (const kiln::CompileError& e) {
+    fmt::print(stderr, "kiln: error: {}\n{}", e.what(), e.log());
+    if (!e.source_path().empty()) fmt::print(stderr, "kiln: the rendered source is in {}\n", e.source_path());
+    return 1;
+  } catch (const std::exception& e) {
+    fmt::print(stderr, "kiln: error: {}\n", e.what());
+    return 1;
+  }
+}
