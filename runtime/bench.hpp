@@ -58,6 +58,9 @@ struct BenchOptions {
 BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
                            const std::function<void(const BenchResult&)>& on_result = {});
 
+// Reads `bytes` of `buf` through L2 with a kernel (a read leaves no dirty lines). `sink`: 4 writable bytes.
+void l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream stream);
+
 // Device helpers for bench cases and tests (driver API; throw DeviceError).
 void* device_alloc(size_t bytes);
 void device_free(void* p);
