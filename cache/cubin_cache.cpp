@@ -9,7 +9,6 @@
 //  * Names starting with '.' inside a group dir (temp, trash) and "*.lock" files are never entries.
 #include "cache/cubin_cache.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/file.h>
 #include <sys/stat.h>
@@ -60,9 +59,7 @@ bool valid_name(const std::string& s) {
 }
 
 // A key never contains '.', so "<key>.lock" can never be mistaken for another key.
-bool valid_key(const std::string& s) {
-  return valid_name(s) && s.find('.') == std::string::npos;
-}
+bool valid_key(const std::string& s) { return valid_name(s) && s.find('.') == std::string::npos; }
 
 // Exactly two components ("<arch>/<family>"): the tools walk the tree at that depth.
 bool valid_group(const std::string& g) {
@@ -349,12 +346,13 @@ bool CubinCache::store(const std::string& group, const std::string& key, const s
 
   manifest["cubin_xxh3_128"] = xxh3_128_hex(cubin.data(), cubin.size());
   manifest["cubin_bytes"] = uint64_t(cubin.size());
+  // Invalid UTF-8 in a caller's field must not make dump() throw.
+  const std::string manifest_text = manifest.dump(2, ' ', false, nlohmann::json::error_handler_t::replace) + "\n";
   {
     Fd d(::open(tmp.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC));
     if (d.fd < 0) return abandon(fmt::format("cannot open {}: {}", tmp, errno_text(errno)));
     std::string err;
-    bool ok = write_file_at(d.fd, kCubinFile, cubin, err) &&
-              write_file_at(d.fd, kManifestFile, manifest.dump(2) + "\n", err);
+    bool ok = write_file_at(d.fd, kCubinFile, cubin, err) && write_file_at(d.fd, kManifestFile, manifest_text, err);
     for (const auto& [name, data] : extra_files) ok = ok && write_file_at(d.fd, name, data, err);
     ok = ok && write_file_at(d.fd, kStampFile, "", err);
     if (!ok) return abandon(fmt::format("{}: {}", tmp, err));

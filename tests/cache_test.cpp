@@ -361,13 +361,12 @@ TEST_F(CacheTest, ConcurrentProcessesCompileOnce) {
         break;
     }
     // "Compile" slowly so that, without the lock, the others would miss too.
-    std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    if (!c.store(kGroup, kKey, cubin, {{"family", "rms_norm"}})) return 13;
     bump(counter);
-    return 0;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    return c.store(kGroup, kKey, cubin, {{"family", "rms_norm"}}) ? 0 : 13;
   });
   for (int code : codes) EXPECT_EQ(code, 0);
-  EXPECT_EQ(fs::file_size(counter), 1u);  // exactly one process compiled and stored
+  EXPECT_EQ(fs::file_size(counter), 1u);  // exactly one process compiled (and stored)
 
   CubinCache c(root_.string());
   ASSERT_EQ(c.list().size(), 1u);
@@ -401,19 +400,28 @@ TEST_F(CacheTest, ConcurrentUnlockedStoresPublishOneEntry) {
 }
 
 TEST_F(CacheTest, LockExcludesOtherProcesses) {
-  CubinCache c(root_.string());
-  auto held = c.lock(kGroup, kKey);
-  ASSERT_TRUE(held.acquired());
+  // Fork before locking: a forked child shares its parent's open lock file, and with it the flock.
+  int gate[2];
+  ASSERT_EQ(::pipe(gate), 0);
   const fs::path marker = base_ / "child-locked";
   const pid_t pid = ::fork();
   if (pid == 0) {
-    CubinCache cc(root_.string());
-    auto l = cc.lock(kGroup, kKey);  // blocks until the parent lets go
+    ::close(gate[1]);
+    char ch;
+    while (::read(gate[0], &ch, 1) < 0 && errno == EINTR) {
+    }
+    CubinCache c(root_.string());
+    auto l = c.lock(kGroup, kKey);  // blocks until the parent lets go
     bump(marker);
     ::_exit(l.acquired() ? 0 : 1);
   }
   ASSERT_GT(pid, 0);
-  std::this_thread::sleep_for(std::chrono::milliseconds(200));
+  ::close(gate[0]);
+  CubinCache c(root_.string());
+  auto held = c.lock(kGroup, kKey);
+  EXPECT_TRUE(held.acquired());
+  ::close(gate[1]);  // let the child try
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
   EXPECT_FALSE(fs::exists(marker));  // still blocked
   held = CubinCache::KeyLock();      // releases
   int status = 0;
@@ -438,6 +446,10 @@ TEST_F(CacheTest, DisabledWhenRootIsBelowARegularFile) {
   const std::string failed = c.failed_source_path(kGroup, kKey);
   EXPECT_EQ(failed.rfind("/tmp/kiln-failed-" + std::to_string(::getuid()) + "/", 0), 0u) << failed;
   EXPECT_TRUE(fs::is_directory(fs::path(failed).parent_path()));
+  // Tidy up <family>, <arch> and kiln-failed-<uid> where empty: the dir may be shared with real runs.
+  std::error_code ec;
+  fs::path d = fs::path(failed).parent_path();
+  for (int i = 0; i < 3; ++i, d = d.parent_path()) fs::remove(d, ec);
 }
 
 TEST_F(CacheTest, DisabledWhenRootIsReadOnly) {
@@ -498,8 +510,11 @@ TEST_F(CacheTest, ListReportsEntries) {
   set_mtime(entry_dir() / "manifest.json", 1'600'000'000);
   write_text(entry_dir(kKey2, "sm_80/softmax") / "manifest.json", "{oops");
   for (const auto& e : c.list()) {
-    if (e.key == kKey) EXPECT_EQ(e.last_used, 1'600'000'000);
-    if (e.key == kKey2) EXPECT_TRUE(e.manifest.is_null());
+    if (e.key == kKey) {
+      EXPECT_EQ(e.last_used, 1'600'000'000);
+    } else {
+      EXPECT_TRUE(e.manifest.is_null());
+    }
   }
 }
 
@@ -516,7 +531,7 @@ TEST_F(CacheTest, VerifyReportsAndOptionallyRemovesBadEntries) {
   EXPECT_EQ(report.ok, 1u);
   ASSERT_EQ(report.bad.size(), 2u);
   for (const auto& line : report.bad) EXPECT_EQ(line.rfind(std::string(kGroup) + "/", 0), 0u) << line;
-  EXPECT_TRUE(fs::exists(entry_dir(kKey2)));  // only reported
+  EXPECT_TRUE(fs::exists(entry_dir(kKey2)));          // only reported
   EXPECT_EQ(mtime(entry_dir() / "last_used"), 1000);  // verifying is not using
 
   report = c.verify(true);

@@ -17,6 +17,7 @@ std::vector<Specialization> preset_specs(const std::string& arch) {
   for (const std::string& p : preset_names()) {
     const ModelConfig m = load_model(p);
     for (const FamilyDef* f : families()) {
+      if (!f->enumerate) continue;
       std::vector<Specialization> part;
       f->enumerate(m, Arch::parse(arch), part);
       for (auto& s : part)

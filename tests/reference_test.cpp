@@ -409,13 +409,14 @@ TEST(ReferenceRmsNorm, RmsInvKnownRows) {
 }
 
 TEST(ReferenceRmsNorm, ApplyRoundsAfterEachMultiply) {
-  // x·r = 1 + 2^-23 + 2^-24 + 2^-47 rounds up to 1 + 2^-22 before the weight multiply, so y = 1 + 2^-23; one
-  // rounding of the whole product x·r·w = 1 + 2^-24 − 2^-46 − … would give 1.0 instead.
-  const std::vector<float> x = {1.0f + 0x1p-23f}, r = {1.0f + 0x1p-24f}, w = {1.0f - 0x1p-23f};
+  // x·r = 1 + 2^-11 + 2^-24 is a tie and rounds (to even) to 1 + 2^-11 before the weight multiply, so
+  // y = (1 + 2^-11)(1 − 2^-24) → 1 + 2^-11 − 2^-23. One rounding of the whole product, 1 + 2^-11 − 2^-35 − 2^-48,
+  // would give 1 + 2^-11 instead.
+  const std::vector<float> x = {1.0f + 0x1p-12f}, r = {1.0f + 0x1p-12f}, w = {1.0f - 0x1p-24f};
   const std::vector<float> y = ref::rms_norm_apply(x, w, r, 1, 1);
-  EXPECT_EQ(x[0] * r[0], 1.0f + 0x1p-22f);
-  EXPECT_EQ(y[0], 1.0f + 0x1p-23f);
-  EXPECT_EQ(static_cast<float>(static_cast<double>(x[0]) * r[0] * w[0]), 1.0f);
+  EXPECT_EQ(x[0] * r[0], 1.0f + 0x1p-11f);
+  EXPECT_EQ(y[0], 1.0f + 0x1p-11f - 0x1p-23f);
+  EXPECT_EQ(static_cast<float>(static_cast<double>(x[0]) * r[0] * w[0]), 1.0f + 0x1p-11f);
 }
 
 // The backward reference against central differences of a double forward, L = Σ dy·y.

@@ -15,6 +15,7 @@
 #include <numbers>
 #include <stdexcept>
 #include <thread>
+#include <utility>
 
 #include "runtime/runtime_impl.hpp"
 

@@ -4,6 +4,7 @@
 #include <gtest/gtest.h>
 
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -80,6 +81,21 @@ template <typename Equal, typename Describe>
   }
   if (bad == 0) return ::testing::AssertionSuccess();
   return ::testing::AssertionFailure() << what << ": " << bad << " of " << n << " elements differ; first:" << first;
+}
+
+// Element-wise bitwise equality of two arrays (NaN == NaN when the bits agree), reporting the first differences
+// instead of printing whole arrays.
+template <typename T>
+::testing::AssertionResult bitwise_equal(std::string_view what, const std::vector<T>& got, const std::vector<T>& want) {
+  if (got.size() != want.size())
+    return ::testing::AssertionFailure() << what << ": " << got.size() << " elements, expected " << want.size();
+  return all_equal(
+      what, static_cast<int64_t>(got.size()),
+      [&](int64_t i) { return std::memcmp(&got[i], &want[i], sizeof(T)) == 0; },
+      [&](int64_t i) {
+        return "[" + std::to_string(i) + "]: " + ::testing::PrintToString(got[i]) + " vs " +
+               ::testing::PrintToString(want[i]);
+      });
 }
 
 // ---- typed errors ---------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 
 #include "test_util.hpp"
@@ -114,6 +115,41 @@ std::vector<float> rms_inv(std::span<const float> x, int64_t M, int64_t N, float
     }
   });
   return r;
+}
+
+std::vector<RmsInvExpect> rms_inv_expectations(std::span<const float> x, int64_t M, int64_t N) {
+  require(static_cast<int64_t>(x.size()) == M * N, "rms_inv_expectations: sizes");
+  constexpr double kFltMax = std::numeric_limits<float>::max();
+  std::vector<RmsInvExpect> e(static_cast<size_t>(M));
+  test::parallel_for(M, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      bool nan = false, overflow = false;
+      double sum = 0.0;
+      for (int64_t k = 0; k < N; ++k) {
+        const double v = x[m * N + k];
+        nan |= std::isnan(v);
+        overflow |= !(v * v <= kFltMax);  // inf, or a square fp32 cannot hold
+        sum += v * v;
+      }
+      e[m] = nan ? RmsInvExpect::nan
+             : overflow ? RmsInvExpect::zero
+             : sum > kFltMax / 4 ? RmsInvExpect::unchecked
+             : RmsInvExpect::close;
+    }
+  });
+  return e;
+}
+
+bool rms_inv_agrees(RmsInvExpect e, float gpu, float reference) {
+  switch (e) {
+    case RmsInvExpect::nan: return std::isnan(gpu);
+    case RmsInvExpect::zero: return gpu == 0.0f;
+    case RmsInvExpect::unchecked: return true;
+    case RmsInvExpect::close:
+      if (std::isinf(reference)) return gpu == reference;  // eps = 0 and an all-zero row
+      return std::fabs(static_cast<double>(gpu) - reference) <= kRmsInvRelTol * reference;
+  }
+  return false;
 }
 
 std::vector<float> rms_norm_apply(std::span<const float> x, std::span<const float> w, std::span<const float> r,

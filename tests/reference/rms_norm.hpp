@@ -40,6 +40,17 @@ void block_quant_transposed(std::span<const float> y, int64_t M, int64_t N, bool
 // Rows with ±inf give 0, rows with NaN give NaN.
 std::vector<float> rms_inv(std::span<const float> x, int64_t M, int64_t N, float eps);
 
+// How a GPU rms_inv row can be compared with rms_inv() above. The kernel sums x² in fp32, the reference in double:
+//   nan        the row holds a NaN                           → the GPU value must be NaN
+//   zero       the row holds ±inf, or some x² overflows fp32 → 1/sqrt(inf) = 0 exactly
+//   unchecked  Σx² is near the fp32 limit                    → overflow depends on the GPU's summation order
+//   close      otherwise                                     → within kRmsInvRelTol of the reference
+enum class RmsInvExpect { close, nan, zero, unchecked };
+// A few fp32 ulps: the fp32 sum's rounding (halved by the square root) plus an approximate rsqrt.
+constexpr double kRmsInvRelTol = 4e-7;
+std::vector<RmsInvExpect> rms_inv_expectations(std::span<const float> x, int64_t M, int64_t N);
+bool rms_inv_agrees(RmsInvExpect e, float gpu, float reference);
+
 // y[m,k] = float(float(x[m,k]·r[m])·w[k]): kiln's operation order, two separate fp32 multiplies.
 std::vector<float> rms_norm_apply(std::span<const float> x, std::span<const float> w, std::span<const float> r,
                                   int64_t M, int64_t N);

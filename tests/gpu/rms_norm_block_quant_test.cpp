@@ -1,0 +1,433 @@
+// tests/gpu/rms_norm_block_quant_test.cpp — rms_norm_block_quant_fwd on the GPU against the CPU reference.
+//
+// Procedure (spec linghe-kernels.md §2, §3, §14.2): rms_inv is compared with a double-accumulating reference within a
+// few ulps (the GPU sums in its own order). The fp8 codes and scales are then required to match BIT-EXACTLY a
+// reference computed from the GPU's own rms_inv (mode 1: from the rms_inv_in we pass), because given r every later
+// step is deterministic: y = (x·r)·w in fp32, amax, the scale rule, a correctly rounded division and a
+// round-to-nearest-even saturating e4m3 conversion. Outputs and guard zones around them are poisoned before each run,
+// so unwritten elements and out-of-bounds writes are caught.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kiln/ops/rms_norm.hpp"
+#include "reference/rms_norm.hpp"
+#include "test_util.hpp"
+
+namespace kiln::test {
+namespace {
+
+constexpr float kDefaultEps = 1e-6f;
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+std::string show(float v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
+  return b;
+}
+std::string show_code(uint8_t c) {
+  char b[48];
+  std::snprintf(b, sizeof b, "0x%02x (%g)", c, e4m3_to_float(c));
+  return b;
+}
+
+// Host side of one call's inputs. x is kept dense [M, N]; on the device its rows are row_stride elements apart,
+// the gap filled with NaN so a kernel that reads past N poisons its row.
+struct Input {
+  int64_t M = 0, N = 0, row_stride = 0;
+  std::vector<float> x;  // [M, N], bf16 values
+  std::vector<float> w;  // [N], w_dtype values
+  DType w_dtype = DType::bf16;
+};
+
+Input random_input(int64_t M, int64_t N, uint64_t seed, DType w_dtype = DType::bf16, int64_t row_stride = 0) {
+  Input in;
+  in.M = M;
+  in.N = N;
+  in.row_stride = row_stride ? row_stride : N;
+  in.w_dtype = w_dtype;
+  in.x = randn(M * N, mix_seed({seed, 1}));
+  round_to(DType::bf16, in.x);
+  in.w = randn(N, mix_seed({seed, 2}));
+  round_to(w_dtype, in.w);
+  return in;
+}
+
+struct RunSpec {
+  int mode = 2;
+  bool round_scale = false;
+  float eps = kDefaultEps;
+  bool with_rms_inv = true;                          // modes 0, 2: ask for rms_inv
+  const std::vector<float>* rms_inv_in = nullptr;    // mode 1
+  uint8_t poison = DeviceBuffer::kPoison;
+};
+
+struct Result {
+  std::vector<uint8_t> q, qT;
+  std::vector<float> q_scale, qT_scale, rms_inv;
+  std::vector<std::string> written_outside;  // outputs whose guard zones were overwritten
+  uint64_t launches = 0;
+};
+
+bool rowwise(int mode) { return mode != 1; }
+bool transposed(int mode) { return mode != 0; }
+
+class RmsNormBlockQuantTest : public GpuTest {
+ protected:
+  static Result run(const Input& in, const RunSpec& spec) {
+    Runtime& r = rt();
+    const int64_t M = in.M, N = in.N, tblocks = (M + 127) / 128;
+
+    std::vector<float> x_padded(static_cast<size_t>(M * in.row_stride), kNaN);
+    for (int64_t m = 0; m < M; ++m) std::copy_n(&in.x[m * N], N, &x_padded[m * in.row_stride]);
+    DeviceBuffer x_buf(r, x_padded.size() * 2), w_buf(r, static_cast<size_t>(N) * dtype_size(in.w_dtype));
+    x_buf.upload(encode(DType::bf16, x_padded));
+    w_buf.upload(encode(in.w_dtype, in.w));
+
+    const bool row = rowwise(spec.mode), tr = transposed(spec.mode);
+    DeviceBuffer q(r, row ? M * N : 0), q_scale(r, row ? (N / 128) * M * 4 : 0),
+        rms_inv(r, row && spec.with_rms_inv ? M * 4 : 0), qT(r, tr ? N * M : 0), qT_scale(r, tr ? tblocks * N * 4 : 0);
+    for (DeviceBuffer* b : {&q, &q_scale, &rms_inv, &qT, &qT_scale}) b->poison(spec.poison);
+
+    RmsNormBlockQuantOutputs out;
+    if (row) {
+      out.q = q.ref(DType::e4m3, {M, N});
+      out.q_scale = q_scale.ref(DType::f32, {N / 128, M});
+      if (spec.with_rms_inv) out.rms_inv = rms_inv.ref(DType::f32, {M});
+    }
+    if (tr) {
+      out.qT = qT.ref(DType::e4m3, {N, M});
+      out.qT_scale = qT_scale.ref(DType::f32, {tblocks, N});
+    }
+    DeviceBuffer rin_buf;
+    TensorRef rin;
+    if (spec.mode == 1) {
+      rin_buf = DeviceBuffer(r, M * 4);
+      rin_buf.upload(*spec.rms_inv_in);
+      rin = rin_buf.ref(DType::f32, {M});
+    }
+    RmsNormBlockQuantOptions opts;
+    opts.eps = spec.eps;
+    opts.round_scale = spec.round_scale;
+    opts.output_mode = spec.mode;
+
+    const uint64_t launches_before = r.stats().launches;
+    rms_norm_block_quant_fwd(r, TensorRef::strided_2d(x_buf.data(), DType::bf16, M, N, in.row_stride),
+                             w_buf.ref(in.w_dtype, {N}), rin, out, opts, nullptr);
+    synchronize();
+
+    Result res;
+    res.launches = r.stats().launches - launches_before;
+    if (row) {
+      res.q = q.download<uint8_t>(M * N);
+      res.q_scale = q_scale.download<float>((N / 128) * M);
+      if (spec.with_rms_inv) res.rms_inv = rms_inv.download<float>(M);
+    }
+    if (tr) {
+      res.qT = qT.download<uint8_t>(N * M);
+      res.qT_scale = qT_scale.download<float>(tblocks * N);
+    }
+    const std::pair<const char*, const DeviceBuffer*> named[] = {
+        {"q", &q}, {"q_scale", &q_scale}, {"rms_inv", &rms_inv}, {"qT", &qT}, {"qT_scale", &qT_scale}};
+    for (const auto& [name, buf] : named) {
+      if (!buf->guards_intact()) res.written_outside.push_back(name);
+    }
+    return res;
+  }
+
+  // Full check of one run: guards, rms_inv against the double reference, then codes and scales bit-exact against
+  // the reference computed from the r the kernel used.
+  static void check(const Input& in, const RunSpec& spec, const Result& res) {
+    const int64_t M = in.M, N = in.N;
+    EXPECT_TRUE(res.written_outside.empty()) << "written outside their bounds: "
+                                             << ::testing::PrintToString(res.written_outside);
+    if (rowwise(spec.mode) && spec.with_rms_inv) {
+      const std::vector<float> r_ref = ref::rms_inv(in.x, M, N, spec.eps);
+      const std::vector<ref::RmsInvExpect> expect = ref::rms_inv_expectations(in.x, M, N);
+      EXPECT_TRUE(all_equal(
+          "rms_inv", M, [&](int64_t m) { return ref::rms_inv_agrees(expect[m], res.rms_inv[m], r_ref[m]); },
+          [&](int64_t m) {
+            return "rms_inv[" + std::to_string(m) + "]: got " + show(res.rms_inv[m]) + ", reference " + show(r_ref[m]);
+          }));
+    }
+    const std::vector<float>& r = spec.mode == 1 ? *spec.rms_inv_in : res.rms_inv;
+    ASSERT_EQ(static_cast<int64_t>(r.size()), M) << "no r to build the quantization reference from";
+    const ref::BlockQuantOutputs want =
+        ref::rms_norm_block_quant(in.x, in.w, r, M, N, spec.round_scale, rowwise(spec.mode), transposed(spec.mode));
+    auto y = [&](int64_t m, int64_t n) { return (in.x[m * N + n] * r[m]) * in.w[n]; };
+
+    if (rowwise(spec.mode)) {
+      EXPECT_TRUE(all_equal(
+          "q_scale [N/128, M]", (N / 128) * M,
+          [&](int64_t i) { return std::bit_cast<uint32_t>(res.q_scale[i]) == std::bit_cast<uint32_t>(want.q_scale[i]); },
+          [&](int64_t i) {
+            return "q_scale[j=" + std::to_string(i / M) + ", m=" + std::to_string(i % M) + "]: got " +
+                   show(res.q_scale[i]) + ", want " + show(want.q_scale[i]);
+          }));
+      EXPECT_TRUE(all_equal(
+          "q [M, N]", M * N, [&](int64_t i) { return codes_equal(res.q[i], want.q[i]); },
+          [&](int64_t i) {
+            const int64_t m = i / N, n = i % N;
+            return "q[m=" + std::to_string(m) + ", n=" + std::to_string(n) + "]: got " + show_code(res.q[i]) +
+                   ", want " + show_code(want.q[i]) + "; y " + show(y(m, n)) + ", scale " +
+                   show(want.q_scale[(n / 128) * M + m]);
+          }));
+    }
+    if (transposed(spec.mode)) {
+      EXPECT_TRUE(all_equal(
+          "qT_scale [ceil(M/128), N]", static_cast<int64_t>(want.qT_scale.size()),
+          [&](int64_t i) {
+            return std::bit_cast<uint32_t>(res.qT_scale[i]) == std::bit_cast<uint32_t>(want.qT_scale[i]);
+          },
+          [&](int64_t i) {
+            return "qT_scale[i=" + std::to_string(i / N) + ", n=" + std::to_string(i % N) + "]: got " +
+                   show(res.qT_scale[i]) + ", want " + show(want.qT_scale[i]);
+          }));
+      EXPECT_TRUE(all_equal(
+          "qT [N, M]", M * N, [&](int64_t i) { return codes_equal(res.qT[i], want.qT[i]); },
+          [&](int64_t i) {
+            const int64_t n = i / M, m = i % M;
+            return "qT[n=" + std::to_string(n) + ", m=" + std::to_string(m) + "]: got " + show_code(res.qT[i]) +
+                   ", want " + show_code(want.qT[i]) + "; y " + show(y(m, n)) + ", scale " +
+                   show(want.qT_scale[(m / 128) * N + n]);
+          }));
+    }
+  }
+
+  // Runs and checks; mode 1 gets the reference r as rms_inv_in.
+  static Result run_and_check(const Input& in, RunSpec spec) {
+    std::vector<float> r_in;
+    if (spec.mode == 1) {
+      r_in = ref::rms_inv(in.x, in.M, in.N, spec.eps);
+      spec.rms_inv_in = &r_in;
+    }
+    Result res = run(in, spec);
+    check(in, spec, res);
+    return res;
+  }
+
+  // e4m3 codes match when equal, or when both are NaN (0x7F and 0xFF are both NaN).
+  static bool codes_equal(uint8_t a, uint8_t b) { return a == b || (e4m3_is_nan(a) && e4m3_is_nan(b)); }
+};
+
+// ---- every shape -----------------------------------------------------------------------------------------------
+
+struct QuantCase {
+  int64_t N, M;
+  int mode;
+  bool round_scale;
+};
+
+void PrintTo(const QuantCase& c, std::ostream* os) {
+  *os << "N=" << c.N << " M=" << c.M << " mode=" << c.mode << " round_scale=" << c.round_scale;
+}
+
+std::vector<QuantCase> shape_cases() {
+  std::vector<QuantCase> cases;
+  // Mode 2 with power-of-two scales over the full grid of hidden sizes and token counts.
+  for (int64_t N : {128, 2048, 4096, 7168}) {
+    for (int64_t M : {0, 1, 7, 128, 1000, 8192}) cases.push_back({N, M, 2, true});
+  }
+  // The other mode / scale combinations on a subset that keeps the smallest and largest N, M = 0, a single row,
+  // partial token blocks, a whole block and one large shape.
+  const std::pair<int64_t, int64_t> subset[] = {{128, 0},   {128, 1000}, {2048, 7},   {2048, 8192},
+                                                {4096, 128}, {7168, 1},   {7168, 1000}};
+  const std::pair<int, bool> combos[] = {{2, false}, {0, false}, {0, true}, {1, false}, {1, true}};
+  for (const auto& [mode, rs] : combos) {
+    for (const auto& [N, M] : subset) cases.push_back({N, M, mode, rs});
+  }
+  return cases;
+}
+
+class RmsNormBlockQuantShapes : public RmsNormBlockQuantTest, public ::testing::WithParamInterface<QuantCase> {};
+
+TEST_P(RmsNormBlockQuantShapes, MatchesReference) {
+  const QuantCase c = GetParam();
+  const uint64_t seed = mix_seed({0x5a, static_cast<uint64_t>(c.N), static_cast<uint64_t>(c.M),
+                                  static_cast<uint64_t>(c.mode), c.round_scale});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Input in = random_input(c.M, c.N, seed);
+  RunSpec spec;
+  spec.mode = c.mode;
+  spec.round_scale = c.round_scale;
+  const Result res = run_and_check(in, spec);
+  if (c.M == 0) {
+    EXPECT_EQ(res.launches, 0u) << "M = 0 must launch nothing";
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RmsNormBlockQuantShapes, ::testing::ValuesIn(shape_cases()),
+                         [](const ::testing::TestParamInfo<QuantCase>& i) {
+                           return "N" + std::to_string(i.param.N) + "_M" + std::to_string(i.param.M) + "_mode" +
+                                  std::to_string(i.param.mode) + "_rs" + std::to_string(i.param.round_scale);
+                         });
+
+// ---- special values ----------------------------------------------------------------------------------------------
+
+// N = 2048, M = 700 (five whole token blocks and a partial one). Single special rows in the first block; whole
+// token blocks of one kind after it, so the transposed scales see zero, tiny and huge blocks too.
+Input special_input(uint64_t seed) {
+  const int64_t M = 700, N = 2048;
+  Input in = random_input(M, N, seed);
+  const std::vector<float> g = randn(M * N, mix_seed({seed, 3}));
+  auto fill_row = [&](int64_t m, float scale) {
+    for (int64_t k = 0; k < N; ++k) in.x[m * N + k] = scale * g[m * N + k];
+  };
+  auto fill_rows = [&](int64_t m0, int64_t m1, float scale) {
+    for (int64_t m = m0; m < m1; ++m) fill_row(m, scale);
+  };
+  const float bf16_max = bf16_to_float(0x7F7F);  // ≈ 3.39e38
+  fill_row(3, 0.0f);
+  fill_row(5, 1e30f);     // x² overflows fp32: r = 0
+  fill_row(6, 1e17f);     // large, but Σx² stays finite in fp32
+  fill_row(7, 1e-30f);    // x² underflows: r = 1/sqrt(eps)
+  fill_row(8, 1e-36f);    // y below the 1e-30 scale floor: subnormal fp8 codes
+  in.x[9 * N + 17] = kNaN;
+  in.x[10 * N + 200] = kInf;
+  in.x[11 * N + 1000] = -kInf;
+  in.x[11 * N + 1001] = kNaN;
+  fill_row(12, kNaN);
+  in.x[13 * N + 64] = 1e30f;  // one overflowing square in an ordinary row
+  fill_row(14, 0.0f);
+  in.x[14 * N + 5] = 1.0f;  // a single non-zero element
+  for (int64_t k = 0; k < N; ++k) in.x[15 * N + k] = 0.5f;
+  for (int64_t k = 0; k < N; ++k) in.x[16 * N + k] = (k % 2) ? bf16_max : -bf16_max;
+  fill_rows(128, 256, 0.0f);
+  fill_rows(256, 384, 1e-30f);
+  fill_rows(384, 512, 1e-36f);
+  fill_rows(512, 640, 1e30f);
+  fill_rows(640, 700, 1e17f);
+  round_to(DType::bf16, in.x);
+  return in;
+}
+
+class RmsNormBlockQuantSpecialValues : public RmsNormBlockQuantTest,
+                                       public ::testing::WithParamInterface<std::pair<int, bool>> {};
+
+TEST_P(RmsNormBlockQuantSpecialValues, MatchesReference) {
+  const auto [mode, rs] = GetParam();
+  const uint64_t seed = mix_seed({0x5b, static_cast<uint64_t>(mode), rs});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Input in = special_input(seed);
+  RunSpec spec;
+  spec.mode = mode;
+  spec.round_scale = rs;
+  spec.eps = 1e-5f;
+  run_and_check(in, spec);
+}
+
+INSTANTIATE_TEST_SUITE_P(Modes, RmsNormBlockQuantSpecialValues,
+                         ::testing::Values(std::pair{0, false}, std::pair{0, true}, std::pair{1, false},
+                                           std::pair{1, true}, std::pair{2, false}, std::pair{2, true}),
+                         [](const ::testing::TestParamInfo<std::pair<int, bool>>& i) {
+                           return "mode" + std::to_string(i.param.first) + "_rs" + std::to_string(i.param.second);
+                         });
+
+// ---- layouts, options and contracts ----------------------------------------------------------------------------
+
+// Rows 16-byte aligned but N + 64 elements apart; the gap holds NaN, so reading it would poison the row.
+TEST_F(RmsNormBlockQuantTest, StridedX) {
+  for (const auto& [mode, rs] : {std::pair{2, false}, std::pair{1, true}, std::pair{0, true}}) {
+    SCOPED_TRACE("mode " + std::to_string(mode) + " round_scale " + std::to_string(rs));
+    const Input in = random_input(1000, 2048, mix_seed({0x5c, static_cast<uint64_t>(mode)}), DType::bf16, 2048 + 64);
+    RunSpec spec;
+    spec.mode = mode;
+    spec.round_scale = rs;
+    run_and_check(in, spec);
+  }
+}
+
+// An fp32 weight is read as is (its values are not bf16-representable here).
+TEST_F(RmsNormBlockQuantTest, Fp32Weight) {
+  for (int mode : {0, 1, 2}) {
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    const Input in = random_input(300, 4096, mix_seed({0x5d, static_cast<uint64_t>(mode)}), DType::f32);
+    RunSpec spec;
+    spec.mode = mode;
+    run_and_check(in, spec);
+  }
+}
+
+// rms_inv is an optional output: leaving it out changes nothing else.
+TEST_F(RmsNormBlockQuantTest, RmsInvIsOptional) {
+  for (int mode : {0, 2}) {
+    SCOPED_TRACE("mode " + std::to_string(mode));
+    const Input in = random_input(1000, 2048, mix_seed({0x5e, static_cast<uint64_t>(mode)}));
+    RunSpec spec;
+    spec.mode = mode;
+    spec.round_scale = true;
+    const Result with = run_and_check(in, spec);
+    spec.with_rms_inv = false;
+    const Result without = run(in, spec);
+    EXPECT_TRUE(without.written_outside.empty());
+    EXPECT_TRUE(bitwise_equal("q", without.q, with.q));
+    EXPECT_TRUE(bitwise_equal("q_scale", without.q_scale, with.q_scale));
+    EXPECT_TRUE(bitwise_equal("qT", without.qT, with.qT));
+    EXPECT_TRUE(bitwise_equal("qT_scale", without.qT_scale, with.qT_scale));
+  }
+}
+
+// Two runs with different poison bytes must give identical outputs: an element the kernel never writes would keep
+// its poison and differ (a single run cannot tell an unwritten 0x55 from a computed 0x55 code).
+TEST_F(RmsNormBlockQuantTest, EveryOutputElementIsWritten) {
+  for (const auto& [N, M] : {std::pair<int64_t, int64_t>{2048, 1000}, {128, 7}, {7168, 130}}) {
+    for (int mode : {0, 1, 2}) {
+      SCOPED_TRACE("N " + std::to_string(N) + " M " + std::to_string(M) + " mode " + std::to_string(mode));
+      const Input in = random_input(M, N, mix_seed({0x5f, static_cast<uint64_t>(N), static_cast<uint64_t>(mode)}));
+      const std::vector<float> r_in = ref::rms_inv(in.x, M, N, kDefaultEps);
+      RunSpec spec;
+      spec.mode = mode;
+      spec.round_scale = mode == 1;
+      spec.rms_inv_in = &r_in;
+      spec.poison = 0x55;
+      const Result a = run(in, spec);
+      spec.poison = 0xAA;
+      const Result b = run(in, spec);
+      EXPECT_TRUE(bitwise_equal("q", a.q, b.q));
+      EXPECT_TRUE(bitwise_equal("q_scale", a.q_scale, b.q_scale));
+      EXPECT_TRUE(bitwise_equal("qT", a.qT, b.qT));
+      EXPECT_TRUE(bitwise_equal("qT_scale", a.qT_scale, b.qT_scale));
+      EXPECT_TRUE(bitwise_equal("rms_inv", a.rms_inv, b.rms_inv));
+      EXPECT_TRUE(a.written_outside.empty() && b.written_outside.empty());
+    }
+  }
+}
+
+// The recomputation flow: the forward's row-wise pass (mode 0) stores rms_inv; the backward rebuilds only the
+// transposed copy from it (mode 1), with no recomputed RMS.
+TEST_F(RmsNormBlockQuantTest, Mode1FromMode0RmsInv) {
+  const Input in = random_input(1000, 7168, mix_seed({0x60}));
+  RunSpec fwd;
+  fwd.mode = 0;
+  fwd.round_scale = true;
+  const Result row = run_and_check(in, fwd);
+  RunSpec recompute;
+  recompute.mode = 1;
+  recompute.round_scale = true;
+  recompute.rms_inv_in = &row.rms_inv;
+  check(in, recompute, run(in, recompute));
+}
+
+// eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
+TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
+  Input in = random_input(7, 128, mix_seed({0x61}));
+  std::fill_n(&in.x[2 * 128], 128, 0.0f);
+  for (float eps : {1e-6f, 0.25f, 3.0f}) {
+    SCOPED_TRACE("eps " + std::to_string(eps));
+    RunSpec spec;
+    spec.eps = eps;
+    const Result res = run_and_check(in, spec);
+    ASSERT_EQ(res.rms_inv.size(), 7u);
+    EXPECT_NEAR(res.rms_inv[2], 1.0 / std::sqrt(static_cast<double>(eps)), 4e-7 / std::sqrt(eps));
+  }
+}
+
+}  // namespace
+}  // namespace kiln::test
