@@ -1,13 +1,23 @@
 #!/usr/bin/env bash
 # Build, GPU tests and benchmarks in one go on the GPU machine (see ../shared/guide/h100.md). Logs go to $OUT (or
-# ./logs). Usage: bash bench/run_gpu.sh [gtest filter] [bench filter]
+# ./logs). Usage: bash bench/run_gpu.sh [gtest filter] [bench filter]   (KILN_SKIP_TORCH=1 skips the torch baselines)
 set -o pipefail
 OUT=${OUT:-$PWD/logs}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" 2>&1 | tail -3
-cmake --build build-gpu -j16 2>&1 | tail -3 || exit 1
+cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" 2>&1 | tail -1
+cmake --build build-gpu -j16 2>&1 | tail -1 || exit 1
 export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
-./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 --gtest_filter="${1:-*}" 2>&1 | tee "$OUT/gpu-tests.log" | tail -30
+T=./build-gpu/tests/kiln_gpu_tests
+$T --gtest_brief=1 --gtest_filter="${1:-*}" > "$OUT/gpu-tests.log" 2>&1
+rc=$?
+tail -25 "$OUT/gpu-tests.log"
+if [ $rc -gt 1 ]; then  # crashed: where
+  gdb -batch -ex run -ex bt --args $T --gtest_filter="${1:-*}" 2>&1 | tail -30 | tee "$OUT/gdb.log"
+fi
 ./build-gpu/tools/kiln bench --json "$OUT/bench.json" ${2:+--filter "$2"} 2>&1 | tee "$OUT/bench.log"
+for f in $(find "$KILN_CACHE_DIR" -name cubin); do
+  cuobjdump -res-usage "$f" 2>&1 | grep -A1 Function | tr '\n' ' ' | cut -c1-230; echo
+done > "$OUT/resources.txt"
+grep -o "Function [^ ]*\|REG:[0-9]*\|STACK:[0-9]*\|SHARED:[0-9]*\|LOCAL:[0-9]*" "$OUT/resources.txt" | paste - - - - - | sort -u | tail -20
 [ -n "${KILN_SKIP_TORCH:-}" ] || python3 bench/torch_baseline.py --json "$OUT/torch.json" 2>&1 | tail -12 | tee "$OUT/torch.log"

@@ -117,7 +117,7 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
   check_eps(ck, eps);
   const int64_t N = check_x(ck, x);
   const int64_t M = x.shape[0];
-  ck.tensor("weight", weight, {x.dtype, DType::f32}, {N}, 4);
+  ck.tensor("weight", weight, {x.dtype, DType::f32}, {N}, 16);
   check_rows(ck, "y", y, x.dtype, M, N);
   if (rms_inv.defined()) ck.tensor("rms_inv", rms_inv, {DType::f32}, {M}, 4);
   if (M == 0) return;
@@ -154,7 +154,7 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
   const int64_t M = x.shape[0];
   check_rows(ck, "dy", dy, x.dtype, M, N);
   check_rows(ck, "dx", dx, x.dtype, M, N);
-  ck.tensor("weight", weight, {x.dtype, DType::f32}, {N}, 4);
+  ck.tensor("weight", weight, {x.dtype, DType::f32}, {N}, 16);
   ck.tensor("dweight", dweight, {DType::f32, weight.dtype}, {N}, 4);
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 

@@ -16,7 +16,7 @@ using namespace detail;
 
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
-enum { C_WARPS, C_COL_BLOCKS, C_THREADS };
+enum { C_WARPS, C_COL_BLOCKS };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
@@ -25,8 +25,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kRowKernel)
     name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], round, wf32);
   else
-    name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
-                       s.config[C_THREADS], p[P_MODE], round, wf32);
+    name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       p[P_MODE], round, wf32);
 }
 
 int smem_bytes(const Specialization& s) {
@@ -39,7 +39,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
 FamilyDef g_family{
-    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "threads"},
+    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks"},
     render, smem_bytes, enumerate};
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
@@ -55,17 +55,14 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     s.config[C_WARPS] = N <= 4096 ? 8 : 4;
   } else {
     s.kernel = kTileKernel;
-    // Column blocks per CTA: 2 (a 64 KiB tile, three CTAs per SM) where the cluster stays ≤ 16 CTAs, else the
-    // smallest count that divides N/128 and keeps it ≤ 16. Mode 1 needs no cluster and always takes 2 (or 1).
+    // Column blocks per CTA. Mode 2: the fewest that divide N/128 into a portable cluster (≤ 8 CTAs; c = N/128,
+    // a cluster of one, always qualifies) — more CTAs per token block spread the work. Mode 1 needs no cluster:
+    // 2 blocks (1 if N/128 is odd).
     const int nb = static_cast<int>(N / 128);
     int cb = nb % 2 == 0 ? 2 : 1;
-    if (mode == 2) {
-      cb = 0;  // none fits: the op reports it
-      for (int c : {2, 1, 3, 4})
-        if (nb % c == 0 && nb / c <= 16 && rms_norm_block_quant_tile_smem_bytes(c) <= 227 * 1024) { cb = c; break; }
-    }
+    if (mode == 2)
+      for (cb = 1; nb % cb != 0 || nb / cb > 8;) ++cb;
     s.config[C_COL_BLOCKS] = cb;
-    s.config[C_THREADS] = cb >= 4 ? 512 : 256;
   }
   return s;
 }
@@ -74,8 +71,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (m.hidden_size <= 0 || m.hidden_size % 128 != 0 || m.hidden_size > kRmsNormBlockQuantMaxN) return;
   for (int mode : {0, 1, 2})
     for (bool round : {false, true}) {
-      Specialization s = make_spec(arch, m.hidden_size, mode, round, false);
-      if (s.kernel == kRowKernel || s.config[C_COL_BLOCKS] != 0) out.push_back(s);
+      out.push_back(make_spec(arch, m.hidden_size, mode, round, false));
     }
 }
 
@@ -101,7 +97,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   ck.fits_int32("x", M, "M (rows)");
   if ((M + 127) / 128 > 65535) ck.invalid("x", fmt::format("M = {} exceeds the grid limit of {} rows", M, 65535 * 128));
   if (M > 0) ck.pointer("x", x, 16);
-  ck.tensor("weight", weight, {DType::bf16, DType::f32}, {N}, 4);
+  ck.tensor("weight", weight, {DType::bf16, DType::f32}, {N}, 16);
 
   const bool row_out = mode != 1, col_out = mode != 0;
   if (row_out) {
@@ -124,10 +120,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
 
   auto& impl = rt.impl();
   const Specialization s = make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32);
-  if (s.kernel == kTileKernel && s.config[C_COL_BLOCKS] == 0)
-    ck.shape_error("x", fmt::format("output_mode 2 needs N/128 = {} to split into a cluster of ≤ 16 CTAs of ≤ 4 "
-                                    "column blocks each; N = {} does not",
-                                    N / 128, N));
   RmsNormBlockQuantArgs a{};
   a.x = x.data;
   a.x_stride = x.strides[0];
@@ -151,7 +143,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     const unsigned split = static_cast<unsigned>(N / (128 * cb));
     d.grid[0] = split;
     d.grid[1] = static_cast<unsigned>((M + 127) / 128);
-    d.block[0] = static_cast<unsigned>(s.config[C_THREADS]);
+    d.block[0] = 256;
     d.smem = static_cast<unsigned>(rms_norm_block_quant_tile_smem_bytes(cb));
     if (mode == 2) d.cluster[0] = split;
   }

@@ -81,6 +81,26 @@ template <> __device__ __forceinline__ void vec_set<f16>(Vec16& v, int i, float 
   v.w[i >> 1] = (i & 1) ? ((v.w[i >> 1] & 0xffffu) | (b << 16)) : ((v.w[i >> 1] & 0xffff0000u) | b);
 }
 
+// V consecutive elements of type T starting at element k0 (k0·sizeof(T) a multiple of V·sizeof(T), the base
+// 16-byte aligned), as floats, with the widest loads that fit: one 16-byte load covers 8 bf16 or 4 fp32.
+template <typename T, int V>
+__device__ __forceinline__ void load_floats(const void* base, int k0, float (&out)[V]) {
+  constexpr int BYTES = V * static_cast<int>(sizeof(T));
+  const char* p = static_cast<const char*>(base) + static_cast<long long>(k0) * sizeof(T);
+  if constexpr (BYTES % 16 == 0) {
+    constexpr int E = 16 / sizeof(T);
+#pragma unroll
+    for (int j = 0; j < BYTES / 16; ++j) {
+      const Vec16 v = load16(p + j * 16);
+#pragma unroll
+      for (int i = 0; i < E; ++i) out[j * E + i] = vec_get<T>(v, i);
+    }
+  } else {
+#pragma unroll
+    for (int i = 0; i < V; ++i) out[i] = to_float(reinterpret_cast<const T*>(p)[i]);
+  }
+}
+
 // ---- reductions -----------------------------------------------------------------------------------------------------
 // Butterfly over `width` lanes (a power of two ≤ 32); every lane of the group gets the result, the order is fixed.
 template <int width = 32>

@@ -12,7 +12,6 @@
 
 namespace kiln {
 
-template <typename W> __device__ __forceinline__ float wload(const void* w, int k) { return to_float(static_cast<const W*>(w)[k]); }
 
 // T: x/y dtype, W: weight dtype.
 template <int N, int WARPS, typename T, typename W>
@@ -44,9 +43,11 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
   for (int s = 0; s < STEPS; ++s) {
     const int c = s * 32 + lane;
     if (c < CHUNKS) {
+      float wv[V];
+      load_floats<W, V>(a.w, c * V, wv);
       Vec16 o;
 #pragma unroll
-      for (int i = 0; i < V; ++i) vec_set<T>(o, i, __fmul_rn(__fmul_rn(vec_get<T>(v[s], i), r), wload<W>(a.w, c * V + i)));
+      for (int i = 0; i < V; ++i) vec_set<T>(o, i, __fmul_rn(__fmul_rn(vec_get<T>(v[s], i), r), wv[i]));
       store16(yr + c * 16, o);
     }
   }
@@ -78,11 +79,13 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormB
         const Vec16 x16 = KEEP ? load16_stream(xr + c * 16) : load16(xr + c * 16);
         const Vec16 g16 = KEEP ? load16_stream(gr + c * 16) : load16(gr + c * 16);
         if constexpr (KEEP) { xv[s] = x16; gv[s] = g16; }
+        float wv[V];
+        load_floats<W, V>(a.w, c * V, wv);
 #pragma unroll
         for (int i = 0; i < V; ++i) {
           const float xf = vec_get<T>(x16, i), gf = vec_get<T>(g16, i);
           ss += xf * xf;
-          dot += xf * gf * wload<W>(a.w, c * V + i);
+          dot += xf * gf * wv[i];
         }
       }
     }
@@ -96,13 +99,23 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormB
       if (c < CHUNKS) {
         const Vec16 x16 = KEEP ? xv[KEEP ? s : 0] : load16(xr + c * 16);
         const Vec16 g16 = KEEP ? gv[KEEP ? s : 0] : load16(gr + c * 16);
+        float wv[V];
+        load_floats<W, V>(a.w, c * V, wv);
+        // This lane's dw slots for the chunk: V consecutive floats, read and written as 16-byte words.
+        float4* acc4 = reinterpret_cast<float4*>(my + c * V);
         Vec16 o;
 #pragma unroll
-        for (int i = 0; i < V; ++i) {
-          const int k = c * V + i;
-          const float xf = vec_get<T>(x16, i), gf = vec_get<T>(g16, i);
-          vec_set<T>(o, i, r * gf * wload<W>(a.w, k) - coef * xf);
-          my[k] += xf * gf * r;
+        for (int j = 0; j < V / 4; ++j) {
+          float4 d = acc4[j];
+          float* dv = reinterpret_cast<float*>(&d);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const int e = j * 4 + i;
+            const float xf = vec_get<T>(x16, e), gf = vec_get<T>(g16, e);
+            vec_set<T>(o, e, r * gf * wv[e] - coef * xf);
+            dv[i] += xf * gf * r;
+          }
+          acc4[j] = d;
         }
         store16(dxr + c * 16, o);
       }

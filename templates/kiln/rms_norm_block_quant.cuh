@@ -57,11 +57,15 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
   for (int s = 0; s < STEPS; ++s) {
     const int c = s * 32 + lane;
     const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
-    float y[8];
+    float w8[8], y[8];
+    if (active) {
+      if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
+      else load_floats<bf16, 8>(a.w, c * 8, w8);
+    }
     float amax = 0.f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v[s], i), r), load_weight<W_F32>(a.w, c * 8 + i)) : 0.f;
+      y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v[s], i), r), w8[i]) : 0.f;
       amax = fmaxf(amax, fabsf(y[i]));
     }
     amax = warp_max<16>(amax);
@@ -76,55 +80,79 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Modes 1 and 2. CTA (rank, tb) covers tokens [128·tb, 128·tb + 128) × columns [C·rank, C·rank + C), C = 128·CB.
-// MODE 2 launches clusters of S = N / C CTAs along x; MODE 1 reads r and needs no cluster.
-template <int N, int CB, int THREADS, int MODE, bool ROUND, bool W_F32>
-__global__ void __launch_bounds__(THREADS) rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+// Modes 1 and 2. CTA (rank, tb) covers tokens [128·tb, 128·tb + 128) × columns [C·rank, C·rank + C), C = 128·CB,
+// with 256 threads (8 warps).
+//  1. (mode 2) Σx² of its 128 rows over its C columns, straight from global memory (loads marked L2 evict_last: the
+//     same bytes are read again in step 2); the cluster of S = N/C CTAs adds the partial sums in rank order.
+//  2. For each 128-column block (double-buffered cp.async into shared memory, 32 KiB a block):
+//       row pass — a warp per row, 4 columns per lane: y, the row block's amax, codes, its scale (mode 2); every lane
+//                  also keeps the max |y| of its 4 columns over its 16 rows, for the column scales;
+//       column pass — a thread per (column pair, 16-token chunk): codes of 16 tokens of 2 channels, two 16-byte stores.
+template <int N, int CB, int MODE, bool ROUND, bool W_F32>
+__global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+  constexpr int THREADS = 256, WARPS = 8, ROWS = 128;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
-  constexpr int ROWS = 128;
-  constexpr int WARPS = THREADS / 32;
-  constexpr int CHUNKS = C / 8;  // 16-byte chunks per tile row
   static_assert(N % C == 0, "the cluster must tile N");
-  static_assert(THREADS % 32 == 0 && THREADS >= 128, "");
   static_assert(N <= kRmsNormBlockQuantMaxN, "");
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* tile = reinterpret_cast<bf16*>(smem_raw);                          // [ROWS][C]
-  float* wsm = reinterpret_cast<float*>(smem_raw + ROWS * C * 2);          // [C]
-  float* partial = wsm + C;                                                // [ROWS] this CTA's Σx² per row
-  float* rinv = partial + ROWS;                                            // [ROWS]
-  float* rscale = rinv + ROWS;                                             // [CB][ROWS] row-block scales
+  bf16* tiles = reinterpret_cast<bf16*>(smem_raw);                        // [2][ROWS][128]
+  float* partial = reinterpret_cast<float*>(smem_raw + 2 * ROWS * 128 * 2);  // [ROWS]
+  float* rinv = partial + ROWS;                                           // [ROWS]
+  float* wblk = rinv + ROWS;                                              // [2][128] weights of the block
+  float* colmax = wblk + 2 * 128;                                         // [WARPS][128]
+  float* colscale = colmax + WARPS * 128;                                 // [128]
+  float* rscale = colscale + 128;                                         // [CB][ROWS]
 
   const int rank = blockIdx.x;
   const int col0 = rank * C;
   const int m0 = blockIdx.y * ROWS;
   const int valid = min(ROWS, a.M - m0);
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const bf16* xg = static_cast<const bf16*>(a.x);
 
-  // 1. x slice → shared (rows past M are zero-filled: they add nothing to any amax).
-  for (int i = threadIdx.x; i < ROWS * CHUNKS; i += THREADS) {
-    const int r = i / CHUNKS, c = i % CHUNKS;
-    const bool ok = r < valid;
-    const bf16* src = static_cast<const bf16*>(a.x) + static_cast<i64>(m0 + (ok ? r : 0)) * a.x_stride + col0 + c * 8;
-    cp_async16(tile + r * C + c * 8, src, ok);
-  }
-  for (int i = threadIdx.x; i < C; i += THREADS) wsm[i] = load_weight<W_F32>(a.w, col0 + i);
-  cp_async_wait_all();
-  __syncthreads();
-
-  // 2. r per row.
-  if (MODE == 2) {
-    for (int r = warp; r < ROWS; r += WARPS) {
-      float ss = 0.f;
-      for (int c = lane; c < CHUNKS; c += 32) {
-        const Vec16 v = *reinterpret_cast<const Vec16*>(tile + r * C + c * 8);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v, i); ss += f * f; }
-      }
-      ss = warp_sum(ss);
-      if (lane == 0) partial[r] = ss;
+  // Stages block b (128 columns) of x and w into buffer b & 1.
+  auto stage = [&](int b) {
+    bf16* t = tiles + (b & 1) * ROWS * 128;
+    for (int i = threadIdx.x; i < ROWS * 16; i += THREADS) {
+      const int r = i >> 4, c = i & 15;
+      const bool ok = r < valid;
+      cp_async16(t + r * 128 + c * 8, xg + static_cast<i64>(m0 + (ok ? r : 0)) * a.x_stride + col0 + b * 128 + c * 8, ok);
     }
+    if (threadIdx.x < 128) wblk[(b & 1) * 128 + threadIdx.x] = load_weight<W_F32>(a.w, col0 + b * 128 + threadIdx.x);
+    asm volatile("cp.async.commit_group;" ::: "memory");
+  };
+
+  // 1. r per row.
+  if (MODE == 2) {
+    constexpr int CHUNKS = C / 8;
+    u64 keep;  // L2 policy: keep these lines, step 2 reads them again
+    asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
+    for (int r0 = warp * 16; r0 < warp * 16 + 16; r0 += 4) {
+      float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const int r = r0 + j;
+        if (r < valid) {
+          const bf16* row = xg + static_cast<i64>(m0 + r) * a.x_stride + col0;
+#pragma unroll
+          for (int c = lane; c < CHUNKS; c += 32) {
+            Vec16 v;
+            asm volatile("ld.global.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "l"(row + c * 8), "l"(keep));
+#pragma unroll
+            for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v, i); ss[j] += f * f; }
+          }
+        }
+      }
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float t = warp_sum(ss[j]);
+        if (lane == 0) partial[r0 + j] = t;
+      }
+    }
+    stage(0);  // overlap the first block's copy with the cluster exchange
     if (S > 1) cluster_sync(); else __syncthreads();
     for (int r = threadIdx.x; r < ROWS; r += THREADS) {
       float ss = 0.f;
@@ -133,69 +161,100 @@ __global__ void __launch_bounds__(THREADS) rms_norm_block_quant_tile_kernel(cons
       rinv[r] = rv;
       if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
     }
-    if (S > 1) cluster_arrive();  // our partial[] may be read until every CTA passes the wait at the end
+    if (S > 1) cluster_arrive();  // partial[] stays readable until every CTA passes the wait at the end
   } else {
+    stage(0);
     for (int r = threadIdx.x; r < ROWS; r += THREADS) rinv[r] = r < valid ? a.rms_in[m0 + r] : 0.f;
   }
-  __syncthreads();
 
-  // 3. Row-wise blocks (mode 2): a warp per row, 4 columns per lane per block.
-  if (MODE == 2) {
-    for (int r = warp; r < valid; r += WARPS) {
+  const i64 tb = blockIdx.y;
+  const bool aligned16 = (a.M % 16) == 0;
+#pragma unroll 1
+  for (int b = 0; b < CB; ++b) {
+    if (b + 1 < CB) {
+      stage(b + 1);
+      asm volatile("cp.async.wait_group 1;" ::: "memory");
+    } else {
+      asm volatile("cp.async.wait_group 0;" ::: "memory");
+    }
+    __syncthreads();
+    const bf16* t = tiles + (b & 1) * ROWS * 128;
+    const float* wb = wblk + (b & 1) * 128;
+
+    // Row pass: warp w owns rows 16w … 16w+15, lane l owns columns 4l … 4l+3.
+    const float4 w4 = *reinterpret_cast<const float4*>(wb + lane * 4);
+    float cm[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 4
+    for (int r = warp * 16; r < warp * 16 + 16; ++r) {
       const float rv = rinv[r];
+      const uint2 raw = *reinterpret_cast<const uint2*>(t + r * 128 + lane * 4);
+      float y[4];
+      y[0] = __fmul_rn(__fmul_rn(__uint_as_float(raw.x << 16), rv), w4.x);
+      y[1] = __fmul_rn(__fmul_rn(__uint_as_float(raw.x & 0xffff0000u), rv), w4.y);
+      y[2] = __fmul_rn(__fmul_rn(__uint_as_float(raw.y << 16), rv), w4.z);
+      y[3] = __fmul_rn(__fmul_rn(__uint_as_float(raw.y & 0xffff0000u), rv), w4.w);
 #pragma unroll
-      for (int b = 0; b < CB; ++b) {
-        const int c = b * 128 + lane * 4;
-        const uint2 raw = *reinterpret_cast<const uint2*>(tile + r * C + c);
-        float y[4];
-        y[0] = __fmul_rn(__fmul_rn(__uint_as_float(raw.x << 16), rv), wsm[c + 0]);
-        y[1] = __fmul_rn(__fmul_rn(__uint_as_float(raw.x & 0xffff0000u), rv), wsm[c + 1]);
-        y[2] = __fmul_rn(__fmul_rn(__uint_as_float(raw.y << 16), rv), wsm[c + 2]);
-        y[3] = __fmul_rn(__fmul_rn(__uint_as_float(raw.y & 0xffff0000u), rv), wsm[c + 3]);
+      for (int i = 0; i < 4; ++i) cm[i] = fmaxf(cm[i], fabsf(y[i]));
+      if (MODE == 2 && r < valid) {  // warp-uniform condition
         const float amax = warp_max(fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3]))));
         const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
-        *reinterpret_cast<u32*>(a.q + static_cast<i64>(m0 + r) * N + col0 + c) =
+        *reinterpret_cast<u32*>(a.q + static_cast<i64>(m0 + r) * N + col0 + b * 128 + lane * 4) =
             e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
         if (lane == 0) rscale[b * ROWS + r] = quant.s;
       }
     }
-  }
+    *reinterpret_cast<float4*>(colmax + warp * 128 + lane * 4) = make_float4(cm[0], cm[1], cm[2], cm[3]);
+    __syncthreads();
+    if (threadIdx.x < 128) {
+      float m = 0.f;
+#pragma unroll
+      for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
+      const float sc = block_scale<ROUND>(m);
+      colscale[threadIdx.x] = sc;
+      a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
+    }
+    __syncthreads();
 
-  // 4. Transposed blocks: a thread per column; amax over the 128 tokens, then 16 codes per 16-byte store.
-  const i64 tb = blockIdx.y;
-  const bool aligned16 = (a.M % 16) == 0;
-  for (int c = threadIdx.x; c < C; c += THREADS) {
-    const float wv = wsm[c];
-    float amax = 0.f;
-    for (int r = 0; r < ROWS; ++r)
-      amax = fmaxf(amax, fabsf(__fmul_rn(__fmul_rn(to_float(tile[r * C + c]), rinv[r]), wv)));
-    const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
-    const int n = col0 + c;
-    a.qT_scale[tb * N + n] = quant.s;
-    u8* dst = a.qT + static_cast<i64>(n) * a.M + m0;
-    for (int r0 = 0; r0 < valid; r0 += 16) {
-      u32 w4[4];
+    // Column pass: 64 column pairs × 8 chunks of 16 tokens; lanes take consecutive pairs (conflict-free 4-byte reads).
+    for (int item = threadIdx.x; item < 64 * 8; item += THREADS) {
+      const int p = item & 63, k = item >> 6;
+      const int r0 = k * 16;
+      if (r0 >= valid) continue;
+      const Quantizer<ROUND> q0(colscale[2 * p]), q1(colscale[2 * p + 1]);
+      const float w0 = wb[2 * p], w1 = wb[2 * p + 1];
+      u32 c0[4], c1[4];
 #pragma unroll
       for (int j = 0; j < 4; ++j) {
-        float y[4];
+        const float4 rv = *reinterpret_cast<const float4*>(rinv + r0 + j * 4);
+        const float rr[4] = {rv.x, rv.y, rv.z, rv.w};
+        float y0[4], y1[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int r = r0 + j * 4 + i;
-          y[i] = quant(__fmul_rn(__fmul_rn(to_float(tile[r * C + c]), rinv[r]), wv));
+          const u32 raw = *reinterpret_cast<const u32*>(t + (r0 + j * 4 + i) * 128 + 2 * p);
+          y0[i] = q0(__fmul_rn(__fmul_rn(__uint_as_float(raw << 16), rr[i]), w0));
+          y1[i] = q1(__fmul_rn(__fmul_rn(__uint_as_float(raw & 0xffff0000u), rr[i]), w1));
         }
-        w4[j] = e4m3x4(y[0], y[1], y[2], y[3]);
+        c0[j] = e4m3x4(y0[0], y0[1], y0[2], y0[3]);
+        c1[j] = e4m3x4(y1[0], y1[1], y1[2], y1[3]);
       }
+      const int n = col0 + b * 128 + 2 * p;
+      u8* d0 = a.qT + static_cast<i64>(n) * a.M + m0 + r0;
+      u8* d1 = d0 + a.M;
       if (aligned16 && r0 + 16 <= valid) {
-        store16(dst + r0, Vec16{{w4[0], w4[1], w4[2], w4[3]}});
+        store16(d0, Vec16{{c0[0], c0[1], c0[2], c0[3]}});
+        store16(d1, Vec16{{c1[0], c1[1], c1[2], c1[3]}});
       } else {
-        for (int i = 0; i < 16 && r0 + i < valid; ++i) dst[r0 + i] = static_cast<u8>(w4[i >> 2] >> ((i & 3) * 8));
+        for (int i = 0; i < 16 && r0 + i < valid; ++i) {
+          d0[i] = static_cast<u8>(c0[i >> 2] >> ((i & 3) * 8));
+          d1[i] = static_cast<u8>(c1[i >> 2] >> ((i & 3) * 8));
+        }
       }
     }
+    __syncthreads();  // the buffer is restaged two blocks later
   }
 
   // Row-wise scales, M-major: for block b the 128 rows are contiguous.
   if (MODE == 2) {
-    __syncthreads();
     for (int i = threadIdx.x; i < CB * ROWS; i += THREADS) {
       const int b = i / ROWS, r = i % ROWS;
       if (r < valid) a.q_scale[static_cast<i64>(col0 / 128 + b) * a.M + m0 + r] = rscale[i];

@@ -21,10 +21,10 @@ struct RmsNormBlockQuantArgs {
 // ≤ 4 column blocks.
 constexpr int kRmsNormBlockQuantMaxN = 8192;
 
-// Dynamic shared memory of the tile kernel with CB 128-column blocks: the bf16 tile, the weight slice (fp32), per-row
-// partial sums and 1/rms, and the row-block scales.
+// Dynamic shared memory of the tile kernel with CB 128-column blocks: two staged 128×128 bf16 blocks, per-row partial
+// sums and 1/rms, two weight blocks, per-warp column maxima, column scales, and the row-block scales.
 constexpr int rms_norm_block_quant_tile_smem_bytes(int CB) {
-  return 128 * CB * 128 * 2 + (CB * 128 + 128 + 128 + CB * 128) * 4;
+  return 2 * 128 * 128 * 2 + (128 + 128 + 2 * 128 + 8 * 128 + 128 + CB * 128) * 4;
 }
 
 }  // namespace kiln
