@@ -9,15 +9,22 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFI
 cmake --build build-gpu -j16 2>&1 | tail -1 || exit 1
 export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
 T=./build-gpu/tests/kiln_gpu_tests
-$T --gtest_brief=1 --gtest_filter="${1:-*}" > "$OUT/gpu-tests.log" 2>&1
+$T --gtest_filter="${1:-*}" > "$OUT/gpu-tests.log" 2>&1
 rc=$?
-tail -25 "$OUT/gpu-tests.log"
+grep -E "FAILED|^\[  PASSED|^\[  SKIPPED|tests ran" "$OUT/gpu-tests.log" | tail -30
 if [ $rc -gt 1 ]; then  # crashed: where
-  gdb -batch -ex run -ex bt --args $T --gtest_filter="${1:-*}" 2>&1 | tail -30 | tee "$OUT/gdb.log"
+  tail -5 "$OUT/gpu-tests.log"
+  cuda-gdb -batch -ex run -ex bt --args $T --gtest_filter="$(grep '^\[ RUN' "$OUT/gpu-tests.log" | tail -1 | awk '{print $4}')" 2>&1 | tail -30 | tee "$OUT/gdb.log"
 fi
 ./build-gpu/tools/kiln bench --json "$OUT/bench.json" ${2:+--filter "$2"} 2>&1 | tee "$OUT/bench.log"
 for f in $(find "$KILN_CACHE_DIR" -name cubin); do
   cuobjdump -res-usage "$f" 2>&1 | grep -A1 Function | tr '\n' ' ' | cut -c1-230; echo
 done > "$OUT/resources.txt"
 grep -o "Function [^ ]*\|REG:[0-9]*\|STACK:[0-9]*\|SHARED:[0-9]*\|LOCAL:[0-9]*" "$OUT/resources.txt" | paste - - - - - | sort -u | tail -20
+if [ -n "${KILN_NCU:-}" ]; then
+  ncu --clock-control none -k regex:"$KILN_NCU" -c 1 --section SpeedOfLight --section Occupancy --section WarpStateStats \
+    --section LaunchStats --section MemoryWorkloadAnalysis ./build-gpu/tools/kiln bench --repeats 1 --filter "$2" 2>&1 \
+    | grep -vE "^==PROF==|^ *-+ *$" | tail -80 > "$OUT/ncu.txt"
+  cat "$OUT/ncu.txt"
+fi
 [ -n "${KILN_SKIP_TORCH:-}" ] || python3 bench/torch_baseline.py --json "$OUT/torch.json" 2>&1 | tail -12 | tee "$OUT/torch.log"

@@ -19,21 +19,25 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
   constexpr int V = VecTraits<T>::kElems;  // elements per 16-byte chunk
   constexpr int CHUNKS = N / V;
   constexpr int STEPS = (CHUNKS + 31) / 32;
+  // Rows of up to 16 steps (4096 bf16) stay in registers; longer ones are re-read in the second pass (L1/L2 hits)
+  // rather than cutting occupancy.
+  constexpr bool KEEP = STEPS <= 16;
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
   if (row >= a.M) return;
   const char* xr = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * sizeof(T);
   char* yr = static_cast<char*>(a.y) + static_cast<i64>(row) * a.y_stride * sizeof(T);
 
-  Vec16 v[STEPS];
+  Vec16 v[KEEP ? STEPS : 1];
   float ss = 0.f;
 #pragma unroll
   for (int s = 0; s < STEPS; ++s) {
     const int c = s * 32 + lane;
     if (c < CHUNKS) {
-      v[s] = load16_stream(xr + c * 16);
+      const Vec16 x16 = KEEP ? load16_stream(xr + c * 16) : load16(xr + c * 16);
+      if constexpr (KEEP) v[s] = x16;
 #pragma unroll
-      for (int i = 0; i < V; ++i) { const float f = vec_get<T>(v[s], i); ss += f * f; }
+      for (int i = 0; i < V; ++i) { const float f = vec_get<T>(x16, i); ss += f * f; }
     }
   }
   ss = warp_sum(ss);
@@ -45,16 +49,18 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
     if (c < CHUNKS) {
       float wv[V];
       load_floats<W, V>(a.w, c * V, wv);
+      const Vec16 x16 = KEEP ? v[KEEP ? s : 0] : load16(xr + c * 16);
       Vec16 o;
 #pragma unroll
-      for (int i = 0; i < V; ++i) vec_set<T>(o, i, __fmul_rn(__fmul_rn(vec_get<T>(v[s], i), r), wv[i]));
+      for (int i = 0; i < V; ++i) vec_set<T>(o, i, __fmul_rn(__fmul_rn(vec_get<T>(x16, i), r), wv[i]));
       store16(yr + c * 16, o);
     }
   }
 }
 
 template <int N, int WARPS, typename T, typename W>
-__global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
+// Two CTAs per SM at least: the register cap keeps occupancy up (the row data alone is 64 registers at N = 2048).
+__global__ void __launch_bounds__(WARPS * 32, 2) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
   constexpr int V = VecTraits<T>::kElems;
   constexpr int CHUNKS = N / V;
   constexpr int STEPS = (CHUNKS + 31) / 32;

@@ -124,8 +124,29 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
     asm volatile("cp.async.commit_group;" ::: "memory");
   };
 
-  // 1. r per row.
+  // 1. r per row. With CB ≤ 2 the whole slice stays resident in shared memory (x is read exactly once, all of it in
+  // flight at once); wider slices stream Σx² from global memory and restage each block from L2 in step 2.
+  constexpr bool RESIDENT = CB <= 2;
+  if (RESIDENT) {
+    stage(0);
+    if (CB == 2) stage(1);
+    asm volatile("cp.async.wait_group 0;" ::: "memory");
+    __syncthreads();
+  }
   if (MODE == 2) {
+    if (RESIDENT) {
+      for (int r = warp * 16; r < warp * 16 + 16; ++r) {
+        float ss = 0.f;
+#pragma unroll
+        for (int c = lane; c < CB * 16; c += 32) {
+          const Vec16 v = *reinterpret_cast<const Vec16*>(tiles + (c >> 4) * ROWS * 128 + r * 128 + (c & 15) * 8);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v, i); ss += f * f; }
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) partial[r] = ss;
+      }
+    } else {
     constexpr int CHUNKS = C / 8;
     u64 keep;  // L2 policy: keep these lines, step 2 reads them again
     asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(keep));
@@ -153,6 +174,7 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
       }
     }
     stage(0);  // overlap the first block's copy with the cluster exchange
+    }
     if (S > 1) cluster_sync(); else __syncthreads();
     for (int r = threadIdx.x; r < ROWS; r += THREADS) {
       float ss = 0.f;
@@ -163,7 +185,7 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
     }
     if (S > 1) cluster_arrive();  // partial[] stays readable until every CTA passes the wait at the end
   } else {
-    stage(0);
+    if (!RESIDENT) stage(0);
     for (int r = threadIdx.x; r < ROWS; r += THREADS) rinv[r] = r < valid ? a.rms_in[m0 + r] : 0.f;
   }
 
@@ -171,11 +193,13 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
   const bool aligned16 = (a.M % 16) == 0;
 #pragma unroll 1
   for (int b = 0; b < CB; ++b) {
-    if (b + 1 < CB) {
-      stage(b + 1);
-      asm volatile("cp.async.wait_group 1;" ::: "memory");
-    } else {
-      asm volatile("cp.async.wait_group 0;" ::: "memory");
+    if (!RESIDENT) {
+      if (b + 1 < CB) {
+        stage(b + 1);
+        asm volatile("cp.async.wait_group 1;" ::: "memory");
+      } else {
+        asm volatile("cp.async.wait_group 0;" ::: "memory");
+      }
     }
     __syncthreads();
     const bf16* t = tiles + (b & 1) * ROWS * 128;
