@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
+#include <cstdlib>
 
 #include "kiln/ops/rms_norm.hpp"
 #include "runtime/family.hpp"
@@ -62,6 +63,12 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     int cb = nb % 2 == 0 ? 2 : 1;
     if (mode == 2)
       for (cb = 1; nb % cb != 0 || nb / cb > 8;) ++cb;
+    // KILN_RMSQ_COL_BLOCKS overrides the choice where it divides N/128 (a measurement knob until the tuner lands).
+    static const int forced = [] {
+      const char* v = std::getenv("KILN_RMSQ_COL_BLOCKS");
+      return v ? std::atoi(v) : 0;
+    }();
+    if (forced > 0 && nb % forced == 0 && (mode == 1 || nb / forced <= 16)) cb = forced;
     s.config[C_COL_BLOCKS] = cb;
   }
   return s;

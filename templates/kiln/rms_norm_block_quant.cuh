@@ -101,8 +101,8 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
   float* partial = reinterpret_cast<float*>(smem_raw + 2 * ROWS * 128 * 2);  // [ROWS]
   float* rinv = partial + ROWS;                                           // [ROWS]
   float* wblk = rinv + ROWS;                                              // [2][128] weights of the block
-  float* colmax = wblk + 2 * 128;                                         // [WARPS][128]
-  float* colscale = colmax + WARPS * 128;                                 // [128]
+  float* colmax = wblk + 2 * 128;                                         // [2·WARPS][128] per half-warp
+  float* colscale = colmax + 2 * WARPS * 128;                             // [128]
   float* rscale = colscale + 128;                                         // [CB][ROWS]
 
   const int rank = blockIdx.x;
@@ -205,34 +205,51 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
     const bf16* t = tiles + (b & 1) * ROWS * 128;
     const float* wb = wblk + (b & 1) * 128;
 
-    // Row pass: warp w owns rows 16w … 16w+15, lane l owns columns 4l … 4l+3.
-    const float4 w4 = *reinterpret_cast<const float4*>(wb + lane * 4);
-    float cm[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 4
-    for (int r = warp * 16; r < warp * 16 + 16; ++r) {
+    // Row pass: warp w owns rows 16w … 16w+15; half-warp h takes rows 16w + 2i + h, its lane l owns columns
+    // 8l … 8l+7 (one 16-byte read), so a row block's amax is a 16-lane butterfly.
+    const int hl = lane & 15, half = lane >> 4;
+    float w8[8];
+    {
+      const float4 wa = *reinterpret_cast<const float4*>(wb + hl * 8);
+      const float4 wc = *reinterpret_cast<const float4*>(wb + hl * 8 + 4);
+      w8[0] = wa.x; w8[1] = wa.y; w8[2] = wa.z; w8[3] = wa.w; w8[4] = wc.x; w8[5] = wc.y; w8[6] = wc.z; w8[7] = wc.w;
+    }
+    float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 2
+    for (int i = 0; i < 8; ++i) {
+      const int r = warp * 16 + 2 * i + half;
       const float rv = rinv[r];
-      const uint2 raw = *reinterpret_cast<const uint2*>(t + r * 128 + lane * 4);
-      float y[4];
-      y[0] = __fmul_rn(__fmul_rn(__uint_as_float(raw.x << 16), rv), w4.x);
-      y[1] = __fmul_rn(__fmul_rn(__uint_as_float(raw.x & 0xffff0000u), rv), w4.y);
-      y[2] = __fmul_rn(__fmul_rn(__uint_as_float(raw.y << 16), rv), w4.z);
-      y[3] = __fmul_rn(__fmul_rn(__uint_as_float(raw.y & 0xffff0000u), rv), w4.w);
+      const Vec16 raw = *reinterpret_cast<const Vec16*>(t + r * 128 + hl * 8);
+      float y[8];
+      float amax = 0.f;
 #pragma unroll
-      for (int i = 0; i < 4; ++i) cm[i] = fmaxf(cm[i], fabsf(y[i]));
-      if (MODE == 2 && r < valid) {  // warp-uniform condition
-        const float amax = warp_max(fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3]))));
-        const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
-        *reinterpret_cast<u32*>(a.q + static_cast<i64>(m0 + r) * N + col0 + b * 128 + lane * 4) =
-            e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-        if (lane == 0) rscale[b * ROWS + r] = quant.s;
+      for (int e = 0; e < 8; ++e) {
+        y[e] = __fmul_rn(__fmul_rn(vec_get<bf16>(raw, e), rv), w8[e]);
+        cm[e] = fmaxf(cm[e], fabsf(y[e]));
+        amax = fmaxf(amax, fabsf(y[e]));
+      }
+      if (MODE == 2) {
+        amax = warp_max<16>(amax);
+        if (r < valid) {
+          const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+          uint2 out;
+          out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+          out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+          *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + r) * N + col0 + b * 128 + hl * 8) = out;
+          if (hl == 0) rscale[b * ROWS + r] = quant.s;
+        }
       }
     }
-    *reinterpret_cast<float4*>(colmax + warp * 128 + lane * 4) = make_float4(cm[0], cm[1], cm[2], cm[3]);
+    {
+      float* dst = colmax + (warp * 2 + half) * 128 + hl * 8;
+      *reinterpret_cast<float4*>(dst) = make_float4(cm[0], cm[1], cm[2], cm[3]);
+      *reinterpret_cast<float4*>(dst + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
+    }
     __syncthreads();
     if (threadIdx.x < 128) {
       float m = 0.f;
 #pragma unroll
-      for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
+      for (int w = 0; w < 2 * WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
       const float sc = block_scale<ROUND>(m);
       colscale[threadIdx.x] = sc;
       a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;

@@ -22,9 +22,9 @@ struct RmsNormBlockQuantArgs {
 constexpr int kRmsNormBlockQuantMaxN = 8192;
 
 // Dynamic shared memory of the tile kernel with CB 128-column blocks: two staged 128×128 bf16 blocks, per-row partial
-// sums and 1/rms, two weight blocks, per-warp column maxima, column scales, and the row-block scales.
+// sums and 1/rms, two weight blocks, per-half-warp column maxima, column scales, and the row-block scales.
 constexpr int rms_norm_block_quant_tile_smem_bytes(int CB) {
-  return 2 * 128 * 128 * 2 + (128 + 128 + 2 * 128 + 8 * 128 + 128 + CB * 128) * 4;
+  return 2 * 128 * 128 * 2 + (128 + 128 + 2 * 128 + 16 * 128 + 128 + CB * 128) * 4;
 }
 
 }  // namespace kiln
