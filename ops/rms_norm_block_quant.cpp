@@ -17,14 +17,15 @@ using namespace detail;
 
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
-enum { C_WARPS, C_COL_BLOCKS };
+enum { C_WARPS, C_COL_BLOCKS, C_ROWS_PER_WARP };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel)
-    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], round, wf32);
+    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                       s.config[C_ROWS_PER_WARP], round, wf32);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        p[P_MODE], round, wf32);
@@ -40,7 +41,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
 FamilyDef g_family{
-    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks"},
+    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "rows_per_warp"},
     render, smem_bytes, enumerate};
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
@@ -54,6 +55,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
   if (mode == 0) {
     s.kernel = kRowKernel;
     s.config[C_WARPS] = N <= 4096 ? 8 : 4;
+    s.config[C_ROWS_PER_WARP] = N <= 2048 ? 2 : 1;  // rows of ≤ 8 steps: two per warp
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA. Mode 2: the fewest that divide N/128 into a portable cluster (≤ 8 CTAs; c = N/128,
@@ -143,7 +145,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   LaunchDims d;
   if (s.kernel == kRowKernel) {
     const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
-    d.grid[0] = static_cast<unsigned>((M + warps - 1) / warps);
+    const int64_t rows_per_cta = warps * s.config[C_ROWS_PER_WARP];
+    d.grid[0] = static_cast<unsigned>((M + rows_per_cta - 1) / rows_per_cta);
     d.block[0] = warps * 32;
   } else {
     const int cb = s.config[C_COL_BLOCKS];

@@ -19,9 +19,9 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
   constexpr int V = VecTraits<T>::kElems;  // elements per 16-byte chunk
   constexpr int CHUNKS = N / V;
   constexpr int STEPS = (CHUNKS + 31) / 32;
-  // Rows of up to 16 steps (4096 bf16) stay in registers; longer ones are re-read in the second pass (L1/L2 hits)
-  // rather than cutting occupancy.
-  constexpr bool KEEP = STEPS <= 16;
+  // Rows stay in registers between the two passes (x read once); measured: re-reading long rows from L1/L2 instead
+  // was slower at N = 7168 (118 vs 100 µs on H100).
+  constexpr bool KEEP = STEPS <= 32;
   const int lane = threadIdx.x & 31;
   const int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
   if (row >= a.M) return;
@@ -59,8 +59,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
 }
 
 template <int N, int WARPS, typename T, typename W>
-// Two CTAs per SM at least: the register cap keeps occupancy up (the row data alone is 64 registers at N = 2048).
-__global__ void __launch_bounds__(WARPS * 32, 2) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
+__global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
   constexpr int V = VecTraits<T>::kElems;
   constexpr int CHUNKS = N / V;
   constexpr int STEPS = (CHUNKS + 31) / 32;
@@ -74,8 +73,9 @@ __global__ void __launch_bounds__(WARPS * 32, 2) rms_norm_bwd_kernel(const RmsNo
     const char* xr = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * sizeof(T);
     const char* gr = static_cast<const char*>(a.dy) + static_cast<i64>(row) * a.dy_stride * sizeof(T);
     char* dxr = static_cast<char*>(a.dx) + static_cast<i64>(row) * a.dx_stride * sizeof(T);
-    // Rows up to 12 steps (3072 bf16) stay in registers; longer rows are re-read in the second pass (L1/L2 hits).
-    constexpr bool KEEP = STEPS <= 12;
+    // The second pass re-reads x and dy from L1 (this warp loaded them moments ago): holding both rows in registers
+    // cost 237 registers at N = 2048, one CTA per SM, and 81 µs instead of a memory-bound ~35.
+    constexpr bool KEEP = false;
     Vec16 xv[KEEP ? STEPS : 1], gv[KEEP ? STEPS : 1];
     float ss = 0.f, dot = 0.f;
 #pragma unroll
@@ -84,7 +84,10 @@ __global__ void __launch_bounds__(WARPS * 32, 2) rms_norm_bwd_kernel(const RmsNo
       if (c < CHUNKS) {
         const Vec16 x16 = KEEP ? load16_stream(xr + c * 16) : load16(xr + c * 16);
         const Vec16 g16 = KEEP ? load16_stream(gr + c * 16) : load16(gr + c * 16);
-        if constexpr (KEEP) { xv[s] = x16; gv[s] = g16; }
+        if constexpr (KEEP) {
+          xv[s] = x16;
+          gv[s] = g16;
+        }
         float wv[V];
         load_floats<W, V>(a.w, c * V, wv);
 #pragma unroll

@@ -29,53 +29,67 @@ __device__ __forceinline__ float load_weight(const void* w, int k) {
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Mode 0. N % 128 == 0. Each lane holds STEPS 16-byte chunks (8 bf16) of its row.
-template <int N, int WARPS, bool ROUND, bool W_F32>
+// R rows per warp: with short rows, R = 2 puts twice the loads in flight before the first reduction.
+template <int N, int WARPS, int R, bool ROUND, bool W_F32>
 __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int CHUNKS = N / 8;               // 16-byte chunks per row
   constexpr int STEPS = (CHUNKS + 31) / 32;   // 256-column steps
   const int lane = threadIdx.x & 31;
-  const int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
-  if (row >= a.M) return;
-  const bf16* xr = static_cast<const bf16*>(a.x) + static_cast<i64>(row) * a.x_stride;
+  const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
+  if (row0 >= a.M) return;
 
-  Vec16 v[STEPS];
-  float ss = 0.f;
+  Vec16 v[R][STEPS];
 #pragma unroll
-  for (int s = 0; s < STEPS; ++s) {
-    const int c = s * 32 + lane;
-    if (c < CHUNKS) {
-      v[s] = load16_stream(xr + c * 8);
+  for (int j = 0; j < R; ++j) {
+    const int row = min(row0 + j, a.M - 1);  // a duplicate row past M is loaded but never written
+    const bf16* xr = static_cast<const bf16*>(a.x) + static_cast<i64>(row) * a.x_stride;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v[s], i); ss += f * f; }
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      if (c < CHUNKS) v[j][s] = load16_stream(xr + c * 8);
     }
   }
-  ss = warp_sum(ss);
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
-  if (a.rms_out && lane == 0) a.rms_out[row] = r;
+#pragma unroll
+  for (int j = 0; j < R; ++j) {
+    const int row = row0 + j;
+    if (row >= a.M) break;  // warp-uniform
+    float ss = 0.f;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      if (c < CHUNKS) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v[j][s], i); ss += f * f; }
+      }
+    }
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+    if (a.rms_out && lane == 0) a.rms_out[row] = r;
 
 #pragma unroll
-  for (int s = 0; s < STEPS; ++s) {
-    const int c = s * 32 + lane;
-    const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
-    float w8[8], y[8];
-    if (active) {
-      if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
-      else load_floats<bf16, 8>(a.w, c * 8, w8);
-    }
-    float amax = 0.f;
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
+      float w8[8], y[8];
+      if (active) {
+        if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
+        else load_floats<bf16, 8>(a.w, c * 8, w8);
+      }
+      float amax = 0.f;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v[s], i), r), w8[i]) : 0.f;
-      amax = fmaxf(amax, fabsf(y[i]));
+      for (int i = 0; i < 8; ++i) {
+        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v[j][s], i), r), w8[i]) : 0.f;
+        amax = fmaxf(amax, fabsf(y[i]));
+      }
+      amax = warp_max<16>(amax);
+      if (!active) continue;
+      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      uint2 out;
+      out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+      out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
+      if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
     }
-    amax = warp_max<16>(amax);
-    if (!active) continue;
-    const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
-    uint2 out;
-    out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-    out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
-    *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
-    if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
   }
 }
 
