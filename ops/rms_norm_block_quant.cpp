@@ -58,19 +58,22 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     s.config[C_ROWS_PER_WARP] = N <= 2048 ? 2 : 1;  // rows of ≤ 8 steps: two per warp
   } else {
     s.kernel = kTileKernel;
-    // Column blocks per CTA. Mode 2: the fewest that divide N/128 into a portable cluster (≤ 8 CTAs; c = N/128,
-    // a cluster of one, always qualifies) — more CTAs per token block spread the work. Mode 1 needs no cluster:
-    // 2 blocks (1 if N/128 is odd).
+    // Column blocks per CTA (mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs):
+    //  * N/128 ≤ 16 on Hopper: one block per CTA (40 KiB of shared memory, five CTAs per SM, x read once);
+    //  * wider rows: the fewest blocks that keep the cluster portable (≤ 8 CTAs), streamed through two buffers;
+    //  * before sm_90 there are no clusters: one CTA takes the whole row (cb = N/128).
+    // Mode 1 needs no cluster: one block per CTA. (The tuner, when it has an entry, overrides this.)
     const int nb = static_cast<int>(N / 128);
-    int cb = nb % 2 == 0 ? 2 : 1;
-    if (mode == 2)
-      for (cb = 1; nb % cb != 0 || nb / cb > 8;) ++cb;
+    const int max_cluster = arch.sm >= 90 ? 8 : 1;
+    int cb = 1;
+    if (mode == 2 && !(arch.sm >= 90 && nb <= 16))
+      while (nb % cb != 0 || nb / cb > max_cluster) ++cb;
     // KILN_RMSQ_COL_BLOCKS overrides the choice where it divides N/128 (a measurement knob until the tuner lands).
     static const int forced = [] {
       const char* v = std::getenv("KILN_RMSQ_COL_BLOCKS");
       return v ? std::atoi(v) : 0;
     }();
-    if (forced > 0 && nb % forced == 0 && (mode == 1 || nb / forced <= 16)) cb = forced;
+    if (forced > 0 && nb % forced == 0 && (mode == 1 || nb / forced <= (arch.sm >= 90 ? 16 : 1))) cb = forced;
     s.config[C_COL_BLOCKS] = cb;
   }
   return s;

@@ -2,6 +2,9 @@
 #include "test_util.hpp"
 
 #include <cxxabi.h>
+#include <execinfo.h>
+#include <signal.h>
+#include <unistd.h>
 #include <stdlib.h>
 
 #include <algorithm>
@@ -330,6 +333,27 @@ void DeviceBuffer::download(void* dst, size_t n) const {
   if (n == 0) return;
   detail::check(detail::driver().cuMemcpyDtoH(dst, static_cast<CUdeviceptr>(base_ + kGuardBytes), n), "cuMemcpyDtoH");
 }
+
+// ---- crash reports ----------------------------------------------------------------------------------------------
+
+namespace {
+// A test binary that dies of a signal prints where (symbols need -rdynamic, which tests/CMakeLists.txt sets).
+void print_backtrace(int sig) {
+  void* frames[64];
+  const int n = backtrace(frames, 64);
+  const char msg[] = "\n*** kiln test binary: fatal signal, backtrace:\n";
+  (void)!write(2, msg, sizeof msg - 1);
+  backtrace_symbols_fd(frames, n, 2);
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+const bool g_backtrace_installed = [] {
+  signal(SIGSEGV, print_backtrace);
+  signal(SIGABRT, print_backtrace);
+  signal(SIGBUS, print_backtrace);
+  return true;
+}();
+}  // namespace
 
 // ---- GPU fixture -----------------------------------------------------------------------------------------------
 

@@ -110,13 +110,14 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
   static_assert(N % C == 0, "the cluster must tile N");
   static_assert(N <= kRmsNormBlockQuantMaxN, "");
 
+  constexpr int BUFS = rms_norm_block_quant_tile_buffers(CB);
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  bf16* tiles = reinterpret_cast<bf16*>(smem_raw);                        // [2][ROWS][128]
-  float* partial = reinterpret_cast<float*>(smem_raw + 2 * ROWS * 128 * 2);  // [ROWS]
+  bf16* tiles = reinterpret_cast<bf16*>(smem_raw);                        // [BUFS][ROWS][128]
+  float* partial = reinterpret_cast<float*>(smem_raw + BUFS * ROWS * 128 * 2);  // [ROWS]
   float* rinv = partial + ROWS;                                           // [ROWS]
-  float* wblk = rinv + ROWS;                                              // [2][128] weights of the block
-  float* colmax = wblk + 2 * 128;                                         // [2·WARPS][128] per half-warp
-  float* colscale = colmax + 2 * WARPS * 128;                             // [128]
+  float* wblk = rinv + ROWS;                                              // [BUFS][128] weights of the block
+  float* colmax = wblk + BUFS * 128;                                      // [WARPS][128]
+  float* colscale = colmax + WARPS * 128;                                 // [128]
   float* rscale = colscale + 128;                                         // [CB][ROWS]
 
   const int rank = blockIdx.x;
@@ -126,15 +127,15 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const bf16* xg = static_cast<const bf16*>(a.x);
 
-  // Stages block b (128 columns) of x and w into buffer b & 1.
+  // Stages block b (128 columns) of x and w into buffer b % BUFS.
   auto stage = [&](int b) {
-    bf16* t = tiles + (b & 1) * ROWS * 128;
+    bf16* t = tiles + (b % BUFS) * ROWS * 128;
     for (int i = threadIdx.x; i < ROWS * 16; i += THREADS) {
       const int r = i >> 4, c = i & 15;
       const bool ok = r < valid;
       cp_async16(t + r * 128 + c * 8, xg + static_cast<i64>(m0 + (ok ? r : 0)) * a.x_stride + col0 + b * 128 + c * 8, ok);
     }
-    if (threadIdx.x < 128) wblk[(b & 1) * 128 + threadIdx.x] = load_weight<W_F32>(a.w, col0 + b * 128 + threadIdx.x);
+    if (threadIdx.x < 128) wblk[(b % BUFS) * 128 + threadIdx.x] = load_weight<W_F32>(a.w, col0 + b * 128 + threadIdx.x);
     asm volatile("cp.async.commit_group;" ::: "memory");
   };
 
@@ -216,8 +217,8 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
       }
     }
     __syncthreads();
-    const bf16* t = tiles + (b & 1) * ROWS * 128;
-    const float* wb = wblk + (b & 1) * 128;
+    const bf16* t = tiles + (b % BUFS) * ROWS * 128;
+    const float* wb = wblk + (b % BUFS) * 128;
 
     // Row pass: warp w owns rows 16w … 16w+15; half-warp h takes rows 16w + 2i + h, its lane l owns columns
     // 8l … 8l+7 (one 16-byte read), so a row block's amax is a 16-lane butterfly.
@@ -254,8 +255,10 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
         }
       }
     }
-    {
-      float* dst = colmax + (warp * 2 + half) * 128 + hl * 8;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) cm[e] = fmaxf(cm[e], __shfl_xor_sync(0xffffffffu, cm[e], 16));  // both half-warps
+    if (half == 0) {
+      float* dst = colmax + warp * 128 + hl * 8;
       *reinterpret_cast<float4*>(dst) = make_float4(cm[0], cm[1], cm[2], cm[3]);
       *reinterpret_cast<float4*>(dst + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
     }
@@ -263,7 +266,7 @@ __global__ void __launch_bounds__(256) rms_norm_block_quant_tile_kernel(const Rm
     if (threadIdx.x < 128) {
       float m = 0.f;
 #pragma unroll
-      for (int w = 0; w < 2 * WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
+      for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
       const float sc = block_scale<ROUND>(m);
       colscale[threadIdx.x] = sc;
       a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
