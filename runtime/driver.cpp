@@ -31,14 +31,16 @@ Loaded load_driver() {
   }
   Driver& d = out.drv;
   std::string missing;
-  auto resolve = [&](const char* name, void** slot) {
+  auto resolve = [&](const char* name, void** slot, int version) {
     CUdriverProcAddressQueryResult status{};
-    if (get_proc(name, slot, CUDA_VERSION, CU_GET_PROC_ADDRESS_DEFAULT, &status) != CUDA_SUCCESS || !*slot)
+    if (get_proc(name, slot, version, CU_GET_PROC_ADDRESS_DEFAULT, &status) != CUDA_SUCCESS || !*slot)
       missing += fmt::format(" {}", name);
   };
-#define KILN_DRIVER_FN(name) resolve(#name, reinterpret_cast<void**>(&d.name));
+#define KILN_DRIVER_FN_AT(name, version) resolve(#name, reinterpret_cast<void**>(&d.name), version);
+#define KILN_DRIVER_FN(name) resolve(#name, reinterpret_cast<void**>(&d.name), CUDA_VERSION);  // # before expansion: base names
 #include "runtime/driver_fns.inc"
 #undef KILN_DRIVER_FN
+#undef KILN_DRIVER_FN_AT
   if (!missing.empty()) {
     out.error = fmt::format("CUDA driver lacks entry points:{}", missing);
     return out;

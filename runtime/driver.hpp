@@ -9,7 +9,9 @@ namespace kiln::detail {
 
 struct Driver {
 #define KILN_DRIVER_FN(name) decltype(&::name) name = nullptr;
+#define KILN_DRIVER_FN_AT(name, version) KILN_DRIVER_FN(name)
 #include "runtime/driver_fns.inc"
+#undef KILN_DRIVER_FN_AT
 #undef KILN_DRIVER_FN
   int version = 0;  // cuDriverGetVersion
 };
