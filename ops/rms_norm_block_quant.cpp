@@ -2,6 +2,7 @@
 // Spec: ../shared/spec/linghe-kernels.md §2–§3.
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 
@@ -17,15 +18,14 @@ using namespace detail;
 
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
-enum { C_WARPS, C_COL_BLOCKS, C_ROWS_PER_WARP };
+enum { C_WARPS, C_COL_BLOCKS, C_CTAS_PER_SM };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel)
-    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                       s.config[C_ROWS_PER_WARP], round, wf32);
+    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], round, wf32);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        p[P_MODE], round, wf32);
@@ -41,7 +41,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
 FamilyDef g_family{
-    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "rows_per_warp"},
+    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "ctas_per_sm"},
     render, smem_bytes, enumerate};
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
@@ -55,7 +55,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
   if (mode == 0) {
     s.kernel = kRowKernel;
     s.config[C_WARPS] = N <= 4096 ? 8 : 4;
-    s.config[C_ROWS_PER_WARP] = N <= 2048 ? 2 : 1;  // rows of ≤ 8 steps: two per warp
+    s.config[C_CTAS_PER_SM] = 2;  // persistent grid; two rows in flight a warp cost ~100 registers a lane
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA (mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs):
@@ -148,8 +148,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   LaunchDims d;
   if (s.kernel == kRowKernel) {
     const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
-    const int64_t rows_per_cta = warps * s.config[C_ROWS_PER_WARP];
-    d.grid[0] = static_cast<unsigned>((M + rows_per_cta - 1) / rows_per_cta);
+    const int64_t full = static_cast<int64_t>(impl.device().sm_count) * s.config[C_CTAS_PER_SM];
+    d.grid[0] = static_cast<unsigned>(std::min<int64_t>(full, (M + warps - 1) / warps));
     d.block[0] = warps * 32;
   } else {
     const int cb = s.config[C_COL_BLOCKS];

@@ -29,37 +29,43 @@ __device__ __forceinline__ float load_weight(const void* w, int k) {
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Mode 0. N % 128 == 0. Each lane holds STEPS 16-byte chunks (8 bf16) of its row.
-// R rows per warp: with short rows, R = 2 puts twice the loads in flight before the first reduction.
-template <int N, int WARPS, int R, bool ROUND, bool W_F32>
+// A persistent grid: warp w of CTA b takes rows w', w' + W, … (w' = b·WARPS + w, W = all warps), and loads its next
+// row while it reduces and quantizes the current one, so every warp keeps a row's worth of loads in flight.
+template <int N, int WARPS, bool ROUND, bool W_F32>
 __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int CHUNKS = N / 8;               // 16-byte chunks per row
   constexpr int STEPS = (CHUNKS + 31) / 32;   // 256-column steps
   const int lane = threadIdx.x & 31;
-  const int row0 = (blockIdx.x * WARPS + (threadIdx.x >> 5)) * R;
-  if (row0 >= a.M) return;
+  const int stride = gridDim.x * WARPS;
+  int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+  if (row >= a.M) return;
 
-  Vec16 v[R][STEPS];
-#pragma unroll
-  for (int j = 0; j < R; ++j) {
-    const int row = min(row0 + j, a.M - 1);  // a duplicate row past M is loaded but never written
-    const bf16* xr = static_cast<const bf16*>(a.x) + static_cast<i64>(row) * a.x_stride;
+  auto load_row = [&](int r, Vec16 (&v)[STEPS]) {
+    const bf16* xr = static_cast<const bf16*>(a.x) + static_cast<i64>(r) * a.x_stride;
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
       const int c = s * 32 + lane;
-      if (c < CHUNKS) v[j][s] = load16_stream(xr + c * 8);
+      if (c < CHUNKS) v[s] = load16_stream(xr + c * 8);
     }
-  }
-#pragma unroll
-  for (int j = 0; j < R; ++j) {
-    const int row = row0 + j;
-    if (row >= a.M) break;  // warp-uniform
+  };
+  // Two rows in registers up to 16 steps (4096 columns); longer rows are loaded one at a time.
+  constexpr bool PREFETCH = STEPS <= 16;
+  Vec16 cur[STEPS], nxt[PREFETCH ? STEPS : 1];
+  if (PREFETCH) load_row(row, cur);
+  for (; row < a.M; row += stride) {
+    if constexpr (PREFETCH) {
+      if (row + stride < a.M) load_row(row + stride, nxt);  // warp-uniform
+    } else {
+      load_row(row, cur);
+    }
+
     float ss = 0.f;
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
       const int c = s * 32 + lane;
       if (c < CHUNKS) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v[j][s], i); ss += f * f; }
+        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(cur[s], i); ss += f * f; }
       }
     }
     ss = warp_sum(ss);
@@ -78,7 +84,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       float amax = 0.f;
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
-        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v[j][s], i), r), w8[i]) : 0.f;
+        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(cur[s], i), r), w8[i]) : 0.f;
         amax = fmaxf(amax, fabsf(y[i]));
       }
       amax = warp_max<16>(amax);
@@ -89,6 +95,10 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
       *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
       if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
+    }
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int s = 0; s < STEPS; ++s) cur[s] = nxt[s];
     }
   }
 }
