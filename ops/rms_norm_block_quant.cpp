@@ -55,7 +55,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
   if (mode == 0) {
     s.kernel = kRowKernel;
     s.config[C_WARPS] = N <= 4096 ? 8 : 4;
-    s.config[C_CTAS_PER_SM] = 2;  // persistent grid; two rows in flight a warp cost ~100 registers a lane
+    // Persistent grid: two CTAs per SM when a warp holds two rows (~100 registers a lane, N ≤ 4096); longer rows
+    // are loaded one at a time and want every warp slot (measured at N = 7168: 2 per SM 110 µs, one row a warp 97).
+    s.config[C_CTAS_PER_SM] = N <= 4096 ? 2 : 64;
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA (mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs):
