@@ -134,17 +134,20 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
 }
 
 namespace {
-// Persistent grid of the backward: enough CTAs to fill the GPU, never more than there are row groups.
-int64_t bwd_grid(Runtime& rt, int64_t M, int64_t N) {
-  const int warps = bwd_warps(N);
-  const int64_t smem = static_cast<int64_t>(warps) * N * 4;
-  const int64_t per_sm = std::clamp<int64_t>((227 * 1024) / std::max<int64_t>(smem, 1), 1, 4);
-  const int64_t full = static_cast<int64_t>(rt.impl().device().sm_count) * per_sm;
+// Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups.
+int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
+  auto& impl = rt.impl();
+  const int warps = s.config[C_WARPS];
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
+  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
   return std::max<int64_t>(1, std::min<int64_t>(full, (M + warps - 1) / warps));
 }
 }  // namespace
 
-int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N) { return bwd_grid(rt, M, N) * N; }
+int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType dtype) {
+  const Specialization s = spec(rt.impl().target_arch(), kBwd, N, dtype, dtype, DType::f32);
+  return bwd_grid(rt, s, M) * N;
+}
 
 void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight, const TensorRef& dx,
                   const TensorRef& dweight, float eps, const TensorRef& workspace, Stream stream) {
@@ -161,18 +164,19 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const Specialization reduce = spec(arch, kDwReduce, N, x.dtype, weight.dtype, dweight.dtype);
-  const int64_t G = M == 0 ? 0 : bwd_grid(rt, M, N);
+  const Specialization s = spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype);
+  const int64_t G = M == 0 ? 0 : bwd_grid(rt, s, M);
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);
   if (M > 0) {
     if (workspace.defined() && workspace.numel() < G * N)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems), got {}",
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems with x's "
+                                              "dtype), got {}",
                                               G * N, workspace.numel()));
     if (!workspace.defined()) {
       owned = impl.alloc_async(static_cast<size_t>(G * N) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
-    const Specialization s = spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype);
     RmsNormBwdArgs a{dy.data, dy.strides[0], x.data, x.strides[0], weight.data, dx.data, dx.strides[0], partial,
                      static_cast<int>(M), eps};
     LaunchDims d;

@@ -18,14 +18,15 @@ using namespace detail;
 
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
-enum { C_WARPS, C_COL_BLOCKS, C_CTAS_PER_SM };
+enum { C_WARPS, C_COL_BLOCKS, C_PREFETCH };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel)
-    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], round, wf32);
+    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                       s.config[C_PREFETCH] != 0, round, wf32);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        p[P_MODE], round, wf32);
@@ -41,7 +42,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
 FamilyDef g_family{
-    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "ctas_per_sm"},
+    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "prefetch"},
     render, smem_bytes, enumerate};
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
@@ -55,9 +56,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
   if (mode == 0) {
     s.kernel = kRowKernel;
     s.config[C_WARPS] = N <= 4096 ? 8 : 4;
-    // Persistent grid: two CTAs per SM when a warp holds two rows (~100 registers a lane, N ≤ 4096); longer rows
-    // are loaded one at a time and want every warp slot (measured at N = 7168: 2 per SM 110 µs, one row a warp 97).
-    s.config[C_CTAS_PER_SM] = N <= 4096 ? 2 : 64;
+    // Rows up to 4096 columns: a persistent grid whose warps prefetch their next row (two rows in registers).
+    // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97).
+    s.config[C_PREFETCH] = N <= 4096;
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA (mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs):
@@ -150,8 +151,13 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   LaunchDims d;
   if (s.kernel == kRowKernel) {
     const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
-    const int64_t full = static_cast<int64_t>(impl.device().sm_count) * s.config[C_CTAS_PER_SM];
-    d.grid[0] = static_cast<unsigned>(std::min<int64_t>(full, (M + warps - 1) / warps));
+    int64_t grid = (M + warps - 1) / warps;
+    if (s.config[C_PREFETCH]) {
+      const Kernel& k = impl.kernel(s);
+      grid = std::min<int64_t>(grid, static_cast<int64_t>(impl.device().sm_count) *
+                                         impl.resident_per_sm(k, static_cast<int>(warps * 32), 0));
+    }
+    d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
   } else {
     const int cb = s.config[C_COL_BLOCKS];

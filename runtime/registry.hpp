@@ -18,6 +18,8 @@ namespace kiln::detail {
 struct Kernel {
   CUfunction fn = nullptr;
   int max_dynamic_smem = 0;
+  // CTAs of one SM at the launch shape a persistent recipe uses (0 until first asked; see Runtime::Impl).
+  mutable std::atomic<int> resident_per_sm{0};
 };
 
 // Result of making sure a specialization's cubin exists (no GPU needed).

@@ -125,6 +125,17 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   counters.launches.fetch_add(1, std::memory_order_relaxed);
 }
 
+int Runtime::Impl::resident_per_sm(const Kernel& k, int threads, int smem) {
+  int n = k.resident_per_sm.load(std::memory_order_relaxed);
+  if (n == 0) {
+    check(driver().cuOccupancyMaxActiveBlocksPerMultiprocessor(&n, k.fn, threads, static_cast<size_t>(smem)),
+          "cuOccupancyMaxActiveBlocksPerMultiprocessor");
+    n = std::max(n, 1);
+    k.resident_per_sm.store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
 CUdeviceptr Runtime::Impl::alloc_async(size_t bytes, Stream stream) {
   CUdeviceptr p = 0;
   check(driver().cuMemAllocAsync(&p, bytes, reinterpret_cast<CUstream>(stream)), "cuMemAllocAsync (workspace)");

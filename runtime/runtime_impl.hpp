@@ -55,14 +55,24 @@ struct Runtime::Impl {
   // The arch kernels are compiled for: options.arch if set, else the device's.
   Arch target_arch() { return arch_override_ ? *arch_override_ : device().arch; }
 
-  // Looks the specialization up (compiling if needed) and launches it with one by-value struct argument.
+  // The loaded kernel of a specialization (compiling or loading it on first use).
+  const Kernel& kernel(const Specialization& s) {
+    device();
+    return registry->get(s);
+  }
+  // How many CTAs of `threads` threads and `smem` dynamic shared memory fit on one SM (asked once per kernel:
+  // a persistent recipe always launches a kernel at one block shape).
+  int resident_per_sm(const Kernel& k, int threads, int smem);
+
+  // Launches with one by-value struct argument.
   template <typename Args>
-  void launch(const Specialization& s, const LaunchDims& d, Stream stream, const Args& args) {
-    const DeviceInfo& dev = device();
-    (void)dev;
-    const Kernel& k = registry->get(s);
+  void launch(const Kernel& k, const LaunchDims& d, Stream stream, const Args& args) {
     void* params[] = {const_cast<Args*>(&args)};
     launch_raw(k, d, stream, params);
+  }
+  template <typename Args>
+  void launch(const Specialization& s, const LaunchDims& d, Stream stream, const Args& args) {
+    launch(kernel(s), d, stream, args);
   }
   void launch_raw(const Kernel& k, const LaunchDims& d, Stream stream, void** params);
 
