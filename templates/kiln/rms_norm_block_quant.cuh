@@ -125,6 +125,9 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
   float* rinv = partial + ROWS;                        // [ROWS]
   float* colmax = rinv + ROWS;                         // [WARPS][128]
   float* colscale = colmax + WARPS * 128;              // [128]
+  // Transposed codes of the block, [128 channels][16 slots of 8 tokens], slot s of channel n stored at s ^ (n >> 3)
+  // so that the 16 lanes of a half-warp writing 8-byte slots of 16 different channels hit 32 different banks.
+  u64* codesT = reinterpret_cast<u64*>(colscale + 128);
 
   const int rank = blockIdx.x;
   const int col0 = rank * C;
@@ -175,7 +178,9 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
       rinv[r] = rv;
       if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
     }
-    if (S > 1) cluster_arrive();  // partial[] stays readable until every CTA passes the wait at the end
+    // partial[] stays readable until every CTA passes the wait at the end. Relaxed: the remote reads above have
+    // completed (their values are consumed), and nothing else needs ordering for the other CTAs.
+    if (S > 1) cluster_arrive_relaxed();
   } else {
     if (threadIdx.x < ROWS) rinv[threadIdx.x] = static_cast<int>(threadIdx.x) < valid ? a.rms_in[m0 + threadIdx.x] : 0.f;
   }
@@ -185,7 +190,7 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
   for (int i = 0; i < 8; ++i) rv[i] = rinv[g * 8 + i];
 
   const i64 tb = blockIdx.y;
-  const bool aligned8 = (a.M % 8) == 0;
+  const bool aligned16 = (a.M % 16) == 0;
 #pragma unroll 1
   for (int b = 0; b < CB; ++b) {
     if (MODE != 2 || CB > 1) load_block(b);
@@ -237,22 +242,29 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
     }
     __syncthreads();
 
-    // Transposed block: column cb0 + e gets the 8 codes of rows 8g … 8g+7 (8 contiguous bytes of qT).
-    const int r0 = g * 8;
-    if (r0 < valid) {
+    // Transposed block: channel 8·hl + e gets the 8 codes of tokens 8g … 8g+7, staged in shared memory so that the
+    // stores to qT go out as whole 128-byte rows (16 bytes a lane).
 #pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
-        uint2 out;
-        out.x = e4m3x4(quant(y[0][e]), quant(y[1][e]), quant(y[2][e]), quant(y[3][e]));
-        out.y = e4m3x4(quant(y[4][e]), quant(y[5][e]), quant(y[6][e]), quant(y[7][e]));
-        u8* dst = a.qT + static_cast<i64>(cb0 + e) * a.M + m0 + r0;
-        if (aligned8 && r0 + 8 <= valid) {
-          *reinterpret_cast<uint2*>(dst) = out;
-        } else {
-          for (int i = 0; i < 8 && r0 + i < valid; ++i)
-            dst[i] = static_cast<u8>((i < 4 ? out.x : out.y) >> ((i & 3) * 8));
-        }
+    for (int e = 0; e < 8; ++e) {
+      const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
+      const u32 lo = e4m3x4(quant(y[0][e]), quant(y[1][e]), quant(y[2][e]), quant(y[3][e]));
+      const u32 hi = e4m3x4(quant(y[4][e]), quant(y[5][e]), quant(y[6][e]), quant(y[7][e]));
+      codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
+    }
+    __syncthreads();
+    // Warp w writes channels 16w … 16w+15; 8 lanes cover a channel's 128 tokens, 4 channels per instruction.
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const int n = warp * 16 + k * 4 + (lane >> 3), j = lane & 7;  // channel in the block, 16-byte piece
+      const int sw = n >> 3;
+      const u64 a0 = codesT[n * 16 + ((2 * j) ^ sw)], a1 = codesT[n * 16 + ((2 * j + 1) ^ sw)];
+      u8* dst = a.qT + static_cast<i64>(col0 + b * 128 + n) * a.M + m0 + j * 16;
+      const int t0 = j * 16;  // first token of the piece
+      if (aligned16 && t0 + 16 <= valid) {
+        store16(dst, Vec16{{static_cast<u32>(a0), static_cast<u32>(a0 >> 32), static_cast<u32>(a1),
+                            static_cast<u32>(a1 >> 32)}});
+      } else {
+        for (int i = 0; i < 16 && t0 + i < valid; ++i) dst[i] = static_cast<u8>((i < 8 ? a0 : a1) >> ((i & 7) * 8));
       }
     }
     if (CB > 1) __syncthreads();  // colmax / colscale are reused by the next block
