@@ -128,6 +128,7 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
   // Transposed codes of the block, [128 channels][16 slots of 8 tokens], slot s of channel n stored at s ^ (n >> 3)
   // so that the 16 lanes of a half-warp writing 8-byte slots of 16 different channels hit 32 different banks.
   u64* codesT = reinterpret_cast<u64*>(colscale + 128);
+  float* rscale = reinterpret_cast<float*>(codesT + 128 * 16);  // [128] row-block scales, written out M-major at once
 
   const int rank = blockIdx.x;
   const int col0 = rank * C;
@@ -220,8 +221,8 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
           out.x = e4m3x4(quant(y[i][0]), quant(y[i][1]), quant(y[i][2]), quant(y[i][3]));
           out.y = e4m3x4(quant(y[i][4]), quant(y[i][5]), quant(y[i][6]), quant(y[i][7]));
           *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + r) * N + cb0) = out;
-          if (hl == 0) a.q_scale[static_cast<i64>(col0 / 128 + b) * a.M + m0 + r] = quant.s;
         }
+        if (hl == 0) rscale[r] = quant.s;
       }
     }
     // Column maxima: both half-warps of a warp hold the same columns; then across warps in shared memory.
@@ -232,6 +233,8 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
       *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8 + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
     }
     __syncthreads();
+    if (MODE == 2 && threadIdx.x >= 128 && static_cast<int>(threadIdx.x) - 128 < valid)
+      a.q_scale[static_cast<i64>(col0 / 128 + b) * a.M + m0 + threadIdx.x - 128] = rscale[threadIdx.x - 128];
     if (threadIdx.x < 128) {
       float m = 0.f;
 #pragma unroll

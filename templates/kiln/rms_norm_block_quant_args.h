@@ -22,7 +22,10 @@ struct RmsNormBlockQuantArgs {
 constexpr int kRmsNormBlockQuantMaxN = 8192;
 
 // Dynamic shared memory of the tile kernel: per-row partial sums and 1/rms, per-warp column maxima, column scales,
-// and the block's transposed codes (128 × 128 bytes). The tile itself lives in registers, so CB does not change it.
-constexpr int rms_norm_block_quant_tile_smem_bytes(int /*CB*/) { return (128 + 128 + 8 * 128 + 128) * 4 + 128 * 128; }
+// the block's transposed codes (128 × 128 bytes) and its row scales. The tile itself lives in registers, so CB does
+// not change it.
+constexpr int rms_norm_block_quant_tile_smem_bytes(int /*CB*/) {
+  return (128 + 128 + 8 * 128 + 128) * 4 + 128 * 128 + 128 * 4;
+}
 
 }  // namespace kiln
