@@ -18,6 +18,7 @@
 #include <set>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "runtime/driver.hpp"
@@ -407,6 +408,51 @@ TEST(CliPrewarm, CorruptEntriesAreRebuiltAndVerifyFindsThem) {
   EXPECT_EQ(json::parse(r.out).at("removed"), total - 1);
   r = run_kiln({"cache", "stats", "--cache-dir", dir.str(), "--json"});
   EXPECT_EQ(json::parse(r.out).at("entries"), 0) << r;
+}
+
+}  // namespace
+
+namespace {
+
+// Eight processes prewarm the same preset into one empty cache at once: the per-key locks make each entry compile
+// exactly once across all of them, and the cache verifies clean afterwards.
+TEST(CliPrewarm, EightConcurrentProcessesCompileEachEntryOnce) {
+  const TempDir dir;
+  std::vector<CliResult> results(8);
+  std::vector<std::thread> procs;
+  for (auto& r : results)
+    procs.emplace_back([&r, &dir] {
+      r = run_kiln({"prewarm", "--model", "ling-mini-2.0", "--arch", "sm_90a", "--cache-dir", dir.str(), "--json",
+                    "--jobs", "1"});
+    });
+  for (auto& t : procs) t.join();
+  std::map<std::string, int> compiled;  // key → processes that compiled it
+  size_t total = 0;
+  for (const CliResult& r : results) {
+    ASSERT_EQ(r.rc, 0) << r;
+    const json j = json::parse(r.out);
+    total = j.at("entries").size();
+    for (const json& e : j.at("entries")) {
+      EXPECT_NE(e.at("status"), "rebuilt") << e;  // nobody ever saw a half-written entry
+      if (e.at("status") == "compiled") ++compiled[e.at("key").get<std::string>()];
+    }
+  }
+  ASSERT_GT(total, 0u);
+  EXPECT_EQ(compiled.size(), total);  // every entry was compiled by someone…
+  for (const auto& [key, n] : compiled) EXPECT_EQ(n, 1) << key;  // …and by exactly one process
+  const CliResult v = run_kiln({"cache", "verify", "--cache-dir", dir.str(), "--json"});
+  EXPECT_EQ(v.rc, 0) << v;
+  const CliResult st = run_kiln({"cache", "stats", "--cache-dir", dir.str(), "--json"});
+  EXPECT_EQ(json::parse(st.out).at("entries"), total) << st;
+}
+
+// The key hashes content, never paths: a cache copied elsewhere (another node, a moved install) still hits.
+TEST(CliPrewarm, CopiedCacheStillHits) {
+  const TempDir a, b;
+  const json first = prewarm_json(a.str(), "sm_90a");
+  fs::copy(a.path(), b.path() / "copy", fs::copy_options::recursive);
+  const json second = prewarm_json((b.path() / "copy").string(), "sm_90a");
+  EXPECT_EQ(count_status(second, "hit"), first.at("entries").size());
 }
 
 }  // namespace
