@@ -182,7 +182,10 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
     r.shape = c.shape;
     r.bytes = instance.bytes;
     r.us = time_us(instance.run, stream, l2, opts);
-    if (instance.baseline) r.baseline_us = time_us(instance.baseline, stream, l2, opts);
+    if (instance.baseline) {
+      r.baseline_us = time_us(instance.baseline, stream, l2, opts);
+      r.baseline = instance.baseline_name;
+    }
     r.gbps = static_cast<double>(r.bytes) / r.us / 1e3;
     r.pct_copy_bw = r.gbps / report.copy_gbps * 100.0;
 

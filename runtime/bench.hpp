@@ -38,6 +38,7 @@ struct BenchRegistrar {
 struct BenchResult {
   std::string op, shape;
   double us = 0, baseline_us = 0;
+  std::string baseline;  // what the baseline is (empty: none)
   uint64_t bytes = 0;
   double gbps = 0, pct_copy_bw = 0;
 };

@@ -547,7 +547,8 @@ int cmd_bench(std::span<const std::string_view> argv) {
                         {"copy_gbps", report.copy_gbps}, {"cases", ordered_json::array()}};
     for (const auto& r : report.results)
       out["cases"].push_back({{"op", r.op}, {"shape", r.shape}, {"us", r.us}, {"bytes", r.bytes}, {"gbps", r.gbps},
-                              {"pct_copy_bw", r.pct_copy_bw}, {"baseline_us", r.baseline_us}});
+                              {"pct_copy_bw", r.pct_copy_bw}, {"baseline_us", r.baseline_us},
+                              {"baseline", r.baseline}});
     const std::filesystem::path path(*json_path);
     if (path.has_parent_path()) std::filesystem::create_directories(path.parent_path());
     std::ofstream file(path);
