@@ -36,10 +36,12 @@ template <int N, int WARPS, bool PREFETCH, bool ROUND, bool W_F32>
 __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int CHUNKS = N / 8;               // 16-byte chunks per row
   constexpr int STEPS = (CHUNKS + 31) / 32;   // 256-column steps
-  const int lane = threadIdx.x & 31;
+  constexpr int NB = N / 128;                 // scale blocks per row
+  // The CTA's WARPS consecutive rows' scales, staged so that each column block's scales leave as one 32-byte write
+  // (M-major layout) instead of WARPS scattered 4-byte ones. Double-buffered: one barrier per iteration.
+  __shared__ float sscale[2][NB][WARPS];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int stride = gridDim.x * WARPS;
-  int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
-  if (row >= a.M) return;
 
   auto load_row = [&](int r, Vec16 (&v)[STEPS]) {
     const bf16* xr = static_cast<const bf16*>(a.x) + static_cast<i64>(r) * a.x_stride;
@@ -51,69 +53,78 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
   };
   // PREFETCH: two rows in registers (the host picks it for rows up to 4096 columns); else one row at a time.
   Vec16 cur[STEPS], nxt[PREFETCH ? STEPS : 1];
-  if (PREFETCH) load_row(row, cur);
-  for (; row < a.M; row += stride) {
-    if constexpr (PREFETCH) {
-      if (row + stride < a.M) load_row(row + stride, nxt);  // warp-uniform
-    } else {
-      load_row(row, cur);
-    }
+  if (PREFETCH && blockIdx.x * WARPS + warp < a.M) load_row(blockIdx.x * WARPS + warp, cur);
+  int buf = 0;
+  for (int base = blockIdx.x * WARPS; base < a.M; base += stride, buf ^= 1) {  // CTA-uniform
+    const int row = base + warp;
+    if (row < a.M) {  // warp-uniform
+      if constexpr (PREFETCH) {
+        if (row + stride < a.M) load_row(row + stride, nxt);
+      } else {
+        load_row(row, cur);
+      }
 
-    float ss = 0.f;
+      float ss = 0.f;
 #pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-      const int c = s * 32 + lane;
-      if (c < CHUNKS) {
+      for (int s = 0; s < STEPS; ++s) {
+        const int c = s * 32 + lane;
+        if (c < CHUNKS) {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(cur[s], i); ss += f * f; }
+          for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(cur[s], i); ss += f * f; }
+        }
       }
-    }
-    ss = warp_sum(ss);
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
-    if (a.rms_out && lane == 0) a.rms_out[row] = r;
+      ss = warp_sum(ss);
+      const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+      if (a.rms_out && lane == 0) a.rms_out[row] = r;
 
 #pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-      const int c = s * 32 + lane;
-      const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
-      float w8[8], y[8];
-      if (active) {
-        if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
-        else load_floats<bf16, 8>(a.w, c * 8, w8);
-      }
-      float amax = 0.f;
+      for (int s = 0; s < STEPS; ++s) {
+        const int c = s * 32 + lane;
+        const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
+        float w8[8], y[8];
+        if (active) {
+          if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
+          else load_floats<bf16, 8>(a.w, c * 8, w8);
+        }
+        float amax = 0.f;
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(cur[s], i), r), w8[i]) : 0.f;
-        amax = fmaxf(amax, fabsf(y[i]));
+        for (int i = 0; i < 8; ++i) {
+          y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(cur[s], i), r), w8[i]) : 0.f;
+          amax = fmaxf(amax, fabsf(y[i]));
+        }
+        amax = warp_max<16>(amax);
+        if (!active) continue;
+        const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+        uint2 out;
+        out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+        out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+        *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
+        if ((lane & 15) == 0) sscale[buf][c / 16][warp] = quant.s;
       }
-      amax = warp_max<16>(amax);
-      if (!active) continue;
-      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
-      uint2 out;
-      out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-      out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
-      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
-      if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
+      if constexpr (PREFETCH) {
+#pragma unroll
+        for (int s = 0; s < STEPS; ++s) cur[s] = nxt[s];
+      }
     }
-    if constexpr (PREFETCH) {
-#pragma unroll
-      for (int s = 0; s < STEPS; ++s) cur[s] = nxt[s];
+    __syncthreads();
+    for (int i = threadIdx.x; i < NB * WARPS; i += WARPS * 32) {
+      const int j = i / WARPS, w = i % WARPS;
+      if (base + w < a.M) a.q_scale[static_cast<i64>(j) * a.M + base + w] = sscale[buf][j][w];
     }
   }
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Modes 1 and 2. CTA (rank, tb) covers tokens [128·tb, 128·tb + 128) × columns [C·rank, C·rank + C), C = 128·CB,
-// 256 threads. Every 128×128 block is held in registers, 8 rows × 8 columns a thread: half-warp g (0…15) owns rows
-// 8g … 8g+7 and its lane l columns 8l … 8l+7, so
+// 256 threads. Every 128×128 block of x is held in registers, 8 rows × 8 columns a thread: half-warp g (0…15) owns
+// rows 8g … 8g+7 and its lane l columns 8l … 8l+7, so
 //   a row block's amax is a 16-lane butterfly, a column's amax is a max over the thread's 8 rows, then over the 16
-//   half-warps (a shuffle and shared memory), and both quantizations read the same y from registers.
+//   half-warps (a shuffle and shared memory), and both quantizations compute y from the same registers.
 // Mode 2 first needs r: Σx² of the CTA's slice, exchanged across the cluster of S = N/C CTAs through distributed
 // shared memory (every CTA adds the partial sums in rank order, so all see the same r). With CB = 1 the block loaded
 // for Σx² stays in registers and x is read exactly once; with CB > 1 each block is loaded again (an L2 hit).
 template <int N, int CB, int MODE, bool ROUND, bool W_F32>
-__global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+__global__ void __launch_bounds__(256, 3) rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int ROWS = 128, WARPS = 8;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
@@ -200,16 +211,18 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
     if (W_F32) load_floats<float, 8>(a.w, cb0, w8);
     else load_floats<bf16, 8>(a.w, cb0, w8);
 
-    float y[8][8];
+    // y is recomputed from x (32 registers) for the transposed codes instead of held (64): three CTAs fit an SM.
+    auto y_at = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
     float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       float amax = 0.f;
+      float y[8];
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
-        amax = fmaxf(amax, fabsf(y[i][e]));
-        cm[e] = fmaxf(cm[e], fabsf(y[i][e]));
+        y[e] = y_at(i, e);
+        amax = fmaxf(amax, fabsf(y[e]));
+        cm[e] = fmaxf(cm[e], fabsf(y[e]));
       }
       // Row-wise block: 16 lanes share the row.
       if (MODE == 2) {
@@ -218,8 +231,8 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
         const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
         if (r < valid) {
           uint2 out;
-          out.x = e4m3x4(quant(y[i][0]), quant(y[i][1]), quant(y[i][2]), quant(y[i][3]));
-          out.y = e4m3x4(quant(y[i][4]), quant(y[i][5]), quant(y[i][6]), quant(y[i][7]));
+          out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+          out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
           *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + r) * N + cb0) = out;
         }
         if (hl == 0) rscale[r] = quant.s;
@@ -250,8 +263,8 @@ __global__ void __launch_bounds__(256, 2) rms_norm_block_quant_tile_kernel(const
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
       const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
-      const u32 lo = e4m3x4(quant(y[0][e]), quant(y[1][e]), quant(y[2][e]), quant(y[3][e]));
-      const u32 hi = e4m3x4(quant(y[4][e]), quant(y[5][e]), quant(y[6][e]), quant(y[7][e]));
+      const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
+      const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
       codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
     }
     __syncthreads();
