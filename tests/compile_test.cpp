@@ -2,7 +2,10 @@
 // in-memory and on-disk keys change with everything that changes the binary.
 #include <gtest/gtest.h>
 
+#include <filesystem>
+#include <fstream>
 #include <set>
+#include <sstream>
 
 #include "kiln/kiln.hpp"
 #include "runtime/family.hpp"
@@ -134,6 +137,56 @@ TEST(Arch, ParseAndName) {
   EXPECT_THROW(Arch::parse("90a"), InvalidArgument);
   EXPECT_THROW(Arch::parse("sm_90x"), InvalidArgument);
   EXPECT_THROW(Arch::parse("sm_"), InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kiln::detail
+
+namespace kiln::detail {
+namespace {
+
+// A template that does not compile raises CompileError carrying NVRTC's log and the rendered source on disk.
+TEST(Compile, BrokenTemplateRaisesCompileErrorWithLogAndSource) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  static FamilyDef broken{"broken_for_test", {"k"}, {"N"}, {},
+                          [](const Specialization&, std::string& source, std::string& name) {
+                            source = "#include \"kiln/common.cuh\"\ntemplate <int N> __global__ void k() { undeclared_x = N; }\n";
+                            name = "k<7>";
+                          },
+                          nullptr, nullptr};
+  Specialization s;
+  s.family = &broken;
+  s.arch = Arch::parse("sm_90a");
+  Counters counters;
+  try {
+    ensure_cubin(s, nullptr, false, counters);
+    FAIL() << "expected CompileError";
+  } catch (const CompileError& e) {
+    EXPECT_NE(e.log().find("undeclared_x"), std::string::npos) << e.log();
+    EXPECT_NE(std::string(e.what()).find(e.source_path()), std::string::npos);
+    std::ifstream f(e.source_path());
+    std::stringstream ss;
+    ss << f.rdbuf();
+    EXPECT_NE(ss.str().find("undeclared_x = N"), std::string::npos) << e.source_path();
+  }
+  EXPECT_EQ(counters.compiles.load(), 0u);
+}
+
+// KILN_DUMP keeps the rendered source and the PTX next to the cubin.
+TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
+  char tmpl[] = "/tmp/kiln_dump_XXXXXX";
+  const std::string dir = mkdtemp(tmpl);
+  setenv("KILN_DUMP", "ptx,source", 1);
+  Runtime rt(RuntimeOptions{.cache_dir = dir});
+  const auto entries = rt.prewarm(load_model("ling-mini-2.0"), {"sm_90a"}, 2);
+  unsetenv("KILN_DUMP");
+  ASSERT_FALSE(entries.empty());
+  const auto& e = entries.front();
+  const std::string entry = dir + "/sm_90a/" + e.family + "/" + e.key;
+  EXPECT_TRUE(std::filesystem::exists(entry + "/cubin"));
+  EXPECT_TRUE(std::filesystem::exists(entry + "/source.cu"));
+  EXPECT_GT(std::filesystem::file_size(entry + "/kernel.ptx"), 100u);
+  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

@@ -73,21 +73,15 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormB
     const char* xr = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * sizeof(T);
     const char* gr = static_cast<const char*>(a.dy) + static_cast<i64>(row) * a.dy_stride * sizeof(T);
     char* dxr = static_cast<char*>(a.dx) + static_cast<i64>(row) * a.dx_stride * sizeof(T);
-    // The second pass re-reads x and dy from L1 (this warp loaded them moments ago): holding both rows in registers
-    // cost 237 registers at N = 2048, one CTA per SM, and 81 µs instead of a memory-bound ~35.
-    constexpr bool KEEP = false;
-    Vec16 xv[KEEP ? STEPS : 1], gv[KEEP ? STEPS : 1];
+    // The second pass re-reads x and dy from L1/L2 (this warp loaded them moments ago): holding both rows in
+    // registers cost 237 registers at N = 2048, one CTA per SM, and 81 µs instead of 62 (bench/NOTES.md).
     float ss = 0.f, dot = 0.f;
 #pragma unroll
     for (int s = 0; s < STEPS; ++s) {
       const int c = s * 32 + lane;
       if (c < CHUNKS) {
-        const Vec16 x16 = KEEP ? load16_stream(xr + c * 16) : load16(xr + c * 16);
-        const Vec16 g16 = KEEP ? load16_stream(gr + c * 16) : load16(gr + c * 16);
-        if constexpr (KEEP) {
-          xv[s] = x16;
-          gv[s] = g16;
-        }
+        const Vec16 x16 = load16(xr + c * 16);
+        const Vec16 g16 = load16(gr + c * 16);
         float wv[V];
         load_floats<W, V>(a.w, c * V, wv);
 #pragma unroll
@@ -106,8 +100,8 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormB
     for (int s = 0; s < STEPS; ++s) {
       const int c = s * 32 + lane;
       if (c < CHUNKS) {
-        const Vec16 x16 = KEEP ? xv[KEEP ? s : 0] : load16(xr + c * 16);
-        const Vec16 g16 = KEEP ? gv[KEEP ? s : 0] : load16(gr + c * 16);
+        const Vec16 x16 = load16(xr + c * 16);
+        const Vec16 g16 = load16(gr + c * 16);
         float wv[V];
         load_floats<W, V>(a.w, c * V, wv);
         // This lane's dw slots for the chunk: V consecutive floats, read and written as 16-byte words.

@@ -10,22 +10,17 @@
 //    quantization, so x is read once. Lanes 0–15 own one 128-column block of each 256-column step, lanes 16–31 the
 //    next: a block's amax is a 16-lane butterfly.
 //  * tile_kernel (modes 1, 2): the transposed output needs a whole 128-token block per channel, and the norm needs a
-//    whole row, so a cluster of S CTAs splits a 128-token × N tile by columns. Each CTA copies its 128 × C slice of
-//    x into shared memory once (cp.async), sums squares per row, and the cluster exchanges the 128 partial sums
-//    through distributed shared memory (every CTA adds them in rank order, so all see the same r). Then it writes
-//    the row-wise blocks (a warp per row) and the transposed blocks (a thread per column) from shared memory.
+//    whole row, so a cluster of S CTAs splits a 128-token × N tile by columns. Each CTA holds a 128×128 block of x in
+//    registers (8×8 a thread), sums squares per row, and the cluster exchanges the 128 partial sums through
+//    distributed shared memory (every CTA adds them in rank order, so all see the same r). Both quantizations are
+//    computed from the same registers; the transposed codes go through shared memory so qT is written in whole
+//    128-byte rows.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
 
 namespace kiln {
-
-template <bool W_F32>
-__device__ __forceinline__ float load_weight(const void* w, int k) {
-  if (W_F32) return static_cast<const float*>(w)[k];
-  return to_float(static_cast<const bf16*>(w)[k]);
-}
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Mode 0. N % 128 == 0. Each lane holds STEPS 16-byte chunks (8 bf16) of its row.
