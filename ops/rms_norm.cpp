@@ -16,7 +16,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_N, P_DTYPE, P_W_DTYPE, P_DW_DTYPE };
-enum { C_WARPS };
+enum { C_WARPS, C_ROWS };
 
 const char* type_name(int64_t d) {
   switch (static_cast<DType>(d)) {
@@ -35,7 +35,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], type_name(p[P_DTYPE]),
+      name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_ROWS], type_name(p[P_DTYPE]),
                          type_name(p[P_W_DTYPE]));
       break;
     default:
@@ -43,16 +43,20 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-// The backward keeps one fp32 dw row per warp in shared memory; ≤ 64 KiB lets three CTAs share an SM.
-int bwd_warps(int64_t N) { return static_cast<int>(std::clamp<int64_t>(65536 / (N * 4), 1, 8)); }
+// The backward stages tiles of R rows of x and dy in shared memory: ≤ 64 KiB lets three CTAs share an SM.
+int bwd_rows(int64_t N, DType t) {
+  return static_cast<int>(std::clamp<int64_t>(65536 / (2 * N * static_cast<int64_t>(dtype_size(t))), 1, 16));
+}
 
 int smem_bytes(const Specialization& s) {
-  return s.kernel == kBwd ? static_cast<int>(s.config[C_WARPS] * s.params[P_N] * 4) : 0;
+  if (s.kernel != kBwd) return 0;
+  const int64_t elem = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  return static_cast<int>(2 * s.config[C_ROWS] * s.params[P_N] * elem + 2 * s.config[C_ROWS] * 4);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 
-FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps"},
+FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows"},
                    render,              smem_bytes,                  enumerate};
 
 Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DType dw) {
@@ -64,7 +68,10 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DTy
   if (kernel != kDwReduce) {
     s.params[P_DTYPE] = static_cast<int64_t>(t);
     s.params[P_W_DTYPE] = static_cast<int64_t>(w);
-    s.config[C_WARPS] = kernel == kFwd ? (N <= 4096 ? 8 : 4) : bwd_warps(N);
+    if (kernel == kFwd)
+      s.config[C_WARPS] = N <= 4096 ? 8 : 4;
+    else
+      s.config[C_ROWS] = bwd_rows(N, t);
   } else {
     s.params[P_DW_DTYPE] = static_cast<int64_t>(dw);
   }
@@ -137,10 +144,10 @@ namespace {
 // Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups.
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
-  const int warps = s.config[C_WARPS];
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
+  const int rows = s.config[C_ROWS];
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), 256, smem_bytes(s));
   const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, (M + warps - 1) / warps));
+  return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows - 1) / rows));
 }
 }  // namespace
 
@@ -181,7 +188,7 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
                      static_cast<int>(M), eps};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
-    d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    d.block[0] = 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
   }

@@ -147,4 +147,15 @@ __device__ __forceinline__ float cluster_load(const float* smem_ptr, u32 rank) {
 #endif
 }
 
+// ---- async copies (sm_80+) ---------------------------------------------------------------------------------------
+// 16 bytes global → shared; `valid` false zero-fills the destination instead of reading.
+__device__ __forceinline__ void cp_async16(void* smem_dst, const void* gmem_src, bool valid) {
+  const u32 dst = static_cast<u32>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" :: "r"(dst), "l"(gmem_src), "r"(valid ? 16 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void cp_async_wait_all() {
+  asm volatile("cp.async.commit_group;\ncp.async.wait_all;" ::: "memory");
+}
+
 }  // namespace kiln

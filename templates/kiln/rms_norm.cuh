@@ -2,10 +2,10 @@
 //
 //   forward:  r = 1/sqrt(Σx²/N + eps),  y = (x · r) · w                         (fp32 math, y in x's dtype)
 //   backward: dx = r·g·w − r³·x·(Σ_k x·g·w)/N,   dw = Σ_rows x·g·r
-// One warp per row; a row of x (and g) is held in registers between the reduction and the elementwise pass, so each
-// input is read from memory once. The backward's dw is reduced deterministically: every CTA of a persistent grid
-// accumulates its rows into its own slice of an fp32 workspace [grid, N] (per-warp rows in shared memory, summed in
-// warp order), and a second kernel adds the slices in CTA order.
+// Forward: one warp per row; the row of x is held in registers between the reduction and the elementwise pass, so x
+// is read from memory once. Backward: tiles of rows staged in shared memory (below); dw is reduced
+// deterministically: every CTA of a persistent grid accumulates its rows into its own slice of an fp32 workspace
+// [grid, N], and a second kernel adds the slices in CTA order.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/rms_norm_args.h"
@@ -58,30 +58,48 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
   }
 }
 
-template <int N, int WARPS, typename T, typename W>
-__global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
-  constexpr int V = VecTraits<T>::kElems;
+// Backward. A CTA of 256 threads takes tiles of R rows (grid-stride over tiles, a persistent grid):
+//  1. x and dy of the tile → shared memory (cp.async; rows past M zero-filled);
+//  2. a warp per row: Σx² and Σx·dy·w → r and coef = r³·Σx·dy·w / N;
+//  3. each thread owns 16-byte column chunks c = tid, tid + 256, …: dx for those chunks of every row of the tile
+//     (coalesced stores), and dweight for those columns accumulated in registers over all the CTA's tiles, in a fixed
+//     order, so the result is deterministic. The CTA's dweight slice goes to partial[blockIdx.x].
+template <int N, int R, typename T, typename W>
+__global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
+  constexpr int V = VecTraits<T>::kElems;  // elements per 16-byte chunk
   constexpr int CHUNKS = N / V;
-  constexpr int STEPS = (CHUNKS + 31) / 32;
+  constexpr int CPT = (CHUNKS + 255) / 256;  // chunks per thread
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  float* acc = reinterpret_cast<float*>(smem_raw);  // [WARPS][N] per-warp dw rows
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  float* my = acc + warp * N;
-  for (int k = lane; k < N; k += 32) my[k] = 0.f;
+  T* xs = reinterpret_cast<T*>(smem_raw);            // [R][N]
+  T* gs = xs + R * N;                                // [R][N]
+  float* rrow = reinterpret_cast<float*>(gs + R * N);  // [R]
+  float* crow = rrow + R;                            // [R]
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
-  for (int row = blockIdx.x * WARPS + warp; row < a.M; row += gridDim.x * WARPS) {
-    const char* xr = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * sizeof(T);
-    const char* gr = static_cast<const char*>(a.dy) + static_cast<i64>(row) * a.dy_stride * sizeof(T);
-    char* dxr = static_cast<char*>(a.dx) + static_cast<i64>(row) * a.dx_stride * sizeof(T);
-    // The second pass re-reads x and dy from L1/L2 (this warp loaded them moments ago): holding both rows in
-    // registers cost 237 registers at N = 2048, one CTA per SM, and 81 µs instead of 62 (bench/NOTES.md).
-    float ss = 0.f, dot = 0.f;
+  float dw[CPT][V];
 #pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-      const int c = s * 32 + lane;
-      if (c < CHUNKS) {
-        const Vec16 x16 = load16(xr + c * 16);
-        const Vec16 g16 = load16(gr + c * 16);
+  for (int k = 0; k < CPT; ++k)
+#pragma unroll
+    for (int e = 0; e < V; ++e) dw[k][e] = 0.f;
+
+  const int tiles = (a.M + R - 1) / R;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+    const int m0 = t * R;
+    for (int i = threadIdx.x; i < R * CHUNKS; i += 256) {
+      const int r = i / CHUNKS, c = i % CHUNKS;
+      const bool ok = m0 + r < a.M;
+      const i64 row = ok ? m0 + r : 0;
+      cp_async16(xs + r * N + c * V, static_cast<const T*>(a.x) + row * a.x_stride + c * V, ok);
+      cp_async16(gs + r * N + c * V, static_cast<const T*>(a.dy) + row * a.dy_stride + c * V, ok);
+    }
+    cp_async_wait_all();
+    __syncthreads();
+
+    for (int r = warp; r < R; r += 8) {
+      float ss = 0.f, dot = 0.f;
+      for (int c = lane; c < CHUNKS; c += 32) {
+        const Vec16 x16 = *reinterpret_cast<const Vec16*>(xs + r * N + c * V);
+        const Vec16 g16 = *reinterpret_cast<const Vec16*>(gs + r * N + c * V);
         float wv[V];
         load_floats<W, V>(a.w, c * V, wv);
 #pragma unroll
@@ -91,46 +109,48 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_bwd_kernel(const RmsNormB
           dot += xf * gf * wv[i];
         }
       }
-    }
-    ss = warp_sum(ss);
-    dot = warp_sum(dot);
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
-    const float coef = r * r * r * dot / static_cast<float>(N);
-#pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-      const int c = s * 32 + lane;
-      if (c < CHUNKS) {
-        const Vec16 x16 = load16(xr + c * 16);
-        const Vec16 g16 = load16(gr + c * 16);
-        float wv[V];
-        load_floats<W, V>(a.w, c * V, wv);
-        // This lane's dw slots for the chunk: V consecutive floats, read and written as 16-byte words.
-        float4* acc4 = reinterpret_cast<float4*>(my + c * V);
-        Vec16 o;
-#pragma unroll
-        for (int j = 0; j < V / 4; ++j) {
-          float4 d = acc4[j];
-          float* dv = reinterpret_cast<float*>(&d);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int e = j * 4 + i;
-            const float xf = vec_get<T>(x16, e), gf = vec_get<T>(g16, e);
-            vec_set<T>(o, e, r * gf * wv[e] - coef * xf);
-            dv[i] += xf * gf * r;
-          }
-          acc4[j] = d;
-        }
-        store16(dxr + c * 16, o);
+      ss = warp_sum(ss);
+      dot = warp_sum(dot);
+      if (lane == 0) {
+        const float rv = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+        rrow[r] = rv;
+        crow[r] = rv * rv * rv * dot / static_cast<float>(N);
       }
     }
-  }
-  __syncthreads();
-  float* out = a.partial + static_cast<i64>(blockIdx.x) * N;
-  for (int k = threadIdx.x; k < N; k += WARPS * 32) {
-    float s = 0.f;
+    __syncthreads();
+
+    for (int r = 0; r < R && m0 + r < a.M; ++r) {
+      const float rv = rrow[r], coef = crow[r];
+      char* dxr = static_cast<char*>(a.dx) + static_cast<i64>(m0 + r) * a.dx_stride * sizeof(T);
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) s += acc[w * N + k];
-    out[k] = s;
+      for (int k = 0; k < CPT; ++k) {
+        const int c = threadIdx.x + k * 256;
+        if (c < CHUNKS) {
+          const Vec16 x16 = *reinterpret_cast<const Vec16*>(xs + r * N + c * V);
+          const Vec16 g16 = *reinterpret_cast<const Vec16*>(gs + r * N + c * V);
+          float wv[V];
+          load_floats<W, V>(a.w, c * V, wv);
+          Vec16 o;
+#pragma unroll
+          for (int e = 0; e < V; ++e) {
+            const float xf = vec_get<T>(x16, e), gf = vec_get<T>(g16, e);
+            vec_set<T>(o, e, rv * gf * wv[e] - coef * xf);
+            dw[k][e] += xf * gf * rv;
+          }
+          store16(dxr + c * 16, o);
+        }
+      }
+    }
+    __syncthreads();  // the tile's buffers are restaged next
+  }
+
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * N;
+#pragma unroll
+  for (int k = 0; k < CPT; ++k) {
+    const int c = threadIdx.x + k * 256;
+    if (c < CHUNKS)
+#pragma unroll
+      for (int e = 0; e < V; ++e) out[c * V + e] = dw[k][e];
   }
 }
 
