@@ -59,8 +59,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
 }
 
 // Backward. A CTA of 256 threads takes tiles of R rows (grid-stride over tiles, a persistent grid):
-//  1. x and dy of the tile → shared memory (cp.async, double-buffered: the next tile's copy runs while this one is
-//     computed; rows past M zero-filled);
+//  1. x and dy of the tile → shared memory (cp.async; rows past M zero-filled);
 //  2. a warp per row: Σx² and Σx·dy·w → r and coef = r³·Σx·dy·w / N;
 //  3. each thread owns 16-byte column chunks c = tid, tid + 256, …: dx for those chunks of every row of the tile
 //     (coalesced stores), and dweight for those columns accumulated in registers over all the CTA's tiles, in a fixed
@@ -71,9 +70,10 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
   constexpr int CHUNKS = N / V;
   constexpr int CPT = (CHUNKS + 255) / 256;  // chunks per thread
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* stages = reinterpret_cast<T*>(smem_raw);                   // [2][x, dy][R][N]
-  float* rrow = reinterpret_cast<float*>(stages + 4 * R * N);  // [R]
-  float* crow = rrow + R;                                       // [R]
+  T* xs = reinterpret_cast<T*>(smem_raw);            // [R][N]
+  T* gs = xs + R * N;                                // [R][N]
+  float* rrow = reinterpret_cast<float*>(gs + R * N);  // [R]
+  float* crow = rrow + R;                            // [R]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
   float dw[CPT][V];
@@ -83,30 +83,17 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
     for (int e = 0; e < V; ++e) dw[k][e] = 0.f;
 
   const int tiles = (a.M + R - 1) / R;
-  // Copies tile t into stage `buf` (nothing past the last tile) and commits one group either way.
-  auto stage = [&](int t, int buf) {
-    if (t < tiles) {
-      T* xs = stages + buf * 2 * R * N;
-      T* gs = xs + R * N;
-      for (int i = threadIdx.x; i < R * CHUNKS; i += 256) {
-        const int r = i / CHUNKS, c = i % CHUNKS;
-        const bool ok = t * R + r < a.M;
-        const i64 row = ok ? t * R + r : 0;
-        cp_async16(xs + r * N + c * V, static_cast<const T*>(a.x) + row * a.x_stride + c * V, ok);
-        cp_async16(gs + r * N + c * V, static_cast<const T*>(a.dy) + row * a.dy_stride + c * V, ok);
-      }
-    }
-    asm volatile("cp.async.commit_group;" ::: "memory");
-  };
-  stage(blockIdx.x, 0);
-  int buf = 0;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x, buf ^= 1) {
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
     const int m0 = t * R;
-    stage(t + gridDim.x, buf ^ 1);  // the buffer the previous tile used; freed by its closing barrier
-    asm volatile("cp.async.wait_group 1;" ::: "memory");
+    for (int i = threadIdx.x; i < R * CHUNKS; i += 256) {
+      const int r = i / CHUNKS, c = i % CHUNKS;
+      const bool ok = m0 + r < a.M;
+      const i64 row = ok ? m0 + r : 0;
+      cp_async16(xs + r * N + c * V, static_cast<const T*>(a.x) + row * a.x_stride + c * V, ok);
+      cp_async16(gs + r * N + c * V, static_cast<const T*>(a.dy) + row * a.dy_stride + c * V, ok);
+    }
+    cp_async_wait_all();
     __syncthreads();
-    const T* xs = stages + buf * 2 * R * N;
-    const T* gs = xs + R * N;
 
     for (int r = warp; r < R; r += 8) {
       float ss = 0.f, dot = 0.f;
