@@ -82,7 +82,7 @@ class KernelRegistry {
   std::shared_mutex mutex_;
   std::unordered_map<Key128, std::unique_ptr<Kernel>, Key128Hash> map_;
   std::vector<CUmodule> modules_;
-  std::mutex build_mutex_;  // one in-process build at a time per key is enough; serialize builds
+  std::mutex build_mutex_;  // serializes this process's slow-path builds (the per-key file lock covers other processes)
 };
 
 }  // namespace kiln::detail
