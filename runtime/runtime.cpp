@@ -14,6 +14,7 @@
 #include "runtime/family.hpp"
 #include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
+#include "tuner/tuning_db.hpp"
 
 namespace kiln {
 namespace detail {
@@ -159,19 +160,14 @@ RuntimeStats Runtime::stats() const {
   return {c.memory_hits.load(), c.disk_hits.load(), c.compiles.load(), c.rebuilt.load(), c.launches.load()};
 }
 
-std::vector<PrewarmEntry> Runtime::prewarm(const ModelConfig& model, const std::vector<std::string>& archs, int jobs,
-                                           void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*), void* user) {
-  std::vector<Specialization> specs;
-  std::unordered_set<Key128, Key128Hash> seen;
-  for (const std::string& a : archs) {
-    const Arch arch = Arch::parse(a);
-    for (const FamilyDef* f : families()) {
-      std::vector<Specialization> part;
-      if (f->enumerate) f->enumerate(model, arch, part);
-      for (Specialization& s : part)
-        if (seen.insert(s.key()).second) specs.push_back(s);
-    }
-  }
+namespace {
+
+// Builds (or finds in the cache) every specialization in `specs` on a pool of `jobs` threads; reports each through
+// `on_entry` as it finishes and rethrows the first failure after all workers stop.
+std::vector<PrewarmEntry> prewarm_specializations(Runtime::Impl& impl, const std::vector<Specialization>& specs,
+                                                  int jobs,
+                                                  void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*),
+                                                  void* user) {
   std::vector<PrewarmEntry> entries(specs.size());
   std::atomic<size_t> next{0}, done{0};
   std::mutex cb_mutex;
@@ -181,7 +177,7 @@ std::vector<PrewarmEntry> Runtime::prewarm(const ModelConfig& model, const std::
       const Specialization& s = specs[i];
       PrewarmEntry& e = entries[i];
       try {
-        EnsureResult r = ensure_cubin(s, impl_->cache.get(), impl_->options.require_prewarmed, impl_->counters);
+        EnsureResult r = ensure_cubin(s, impl.cache.get(), impl.options.require_prewarmed, impl.counters);
         e = {s.family->name, r.disk_key, s.arch.name(), s.describe(), r.status, r.compile_ms, r.cubin.size()};
       } catch (...) {
         std::lock_guard g(cb_mutex);
@@ -201,6 +197,43 @@ std::vector<PrewarmEntry> Runtime::prewarm(const ModelConfig& model, const std::
   for (auto& t : pool) t.join();
   if (first_error) std::rethrow_exception(first_error);
   return entries;
+}
+
+}  // namespace
+
+std::vector<PrewarmEntry> Runtime::prewarm(const ModelConfig& model, const std::vector<std::string>& archs, int jobs,
+                                           void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*), void* user) {
+  std::vector<Specialization> specs;
+  std::unordered_set<Key128, Key128Hash> seen;
+  for (const std::string& a : archs) {
+    const Arch arch = Arch::parse(a);
+    for (const FamilyDef* f : families()) {
+      std::vector<Specialization> part;
+      if (f->enumerate) f->enumerate(model, arch, part);
+      for (Specialization& s : part)
+        if (seen.insert(s.key()).second) specs.push_back(s);
+    }
+  }
+  return prewarm_specializations(*impl_, specs, jobs, on_entry, user);
+}
+
+std::vector<PrewarmEntry> Runtime::prewarm_tuning(const std::string& tuning_file, const std::vector<std::string>& archs,
+                                                  int jobs,
+                                                  void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*),
+                                                  void* user) {
+  const tuner::TuningDb db = tuner::TuningDb::load(tuning_file);
+  std::unordered_set<std::string> wanted;
+  for (const std::string& a : archs) wanted.insert(Arch::parse(a).name());
+  std::vector<Specialization> specs;
+  std::unordered_set<Key128, Key128Hash> seen;  // entries for several token buckets often share one config
+  for (const tuner::TuningEntry& e : db.entries) {
+    if (!wanted.empty() && !wanted.count(e.key.arch)) continue;
+    Specialization s;
+    if (!tuner::to_specialization(e, s))
+      throw InvalidArgument(fmt::format("{}: entry {} does not fit this build's families", tuning_file, e.key.describe()));
+    if (seen.insert(s.key()).second) specs.push_back(s);
+  }
+  return prewarm_specializations(*impl_, specs, jobs, on_entry, user);
 }
 
 }  // namespace kiln

@@ -1,4 +1,4 @@
-// tools/kiln.cpp — the `kiln` command line: prewarm a model's kernels, maintain the cubin cache, list presets, bench.
+// tools/kiln.cpp — the `kiln` command line: prewarm a model's kernels, maintain the cubin cache and tuning files, list presets, bench.
 //
 // A thin face over the library: each command is a few library calls plus formatting. Exit codes: 0 success,
 // 1 failure (the library or the OS said no), 2 bad usage (the command line itself is wrong).
@@ -27,6 +27,7 @@
 #include "cache/cubin_cache.hpp"
 #include "kiln/kiln.hpp"
 #include "runtime/bench.hpp"
+#include "tuner/tuning_db.hpp"
 
 namespace {
 
@@ -39,6 +40,18 @@ commands:
       Compile (or find in the cache) every kernel specialization a model needs. Needs no GPU.
       --model takes a preset name (see `kiln presets`), a kiln preset file, or a Hugging Face config.json
       (or the model directory holding it).
+
+  prewarm --tuning FILE [--arch sm_90a[,sm_100a]] [--cache-dir DIR] [--jobs N] [--json]
+      Compile (or find in the cache) exactly the tuned configs of a tuning file (only those for --arch, if
+      given). --model and --tuning are mutually exclusive.
+
+  tuning show FILE [--json]            the entries of a tuning file, with their gain over the default config
+  tuning merge A B --out OUT           merge two files; for a key in both, keep the faster entry (says which)
+  tuning diff A B [--json]             added, removed and changed entries; exit 0 if none, 1 if any
+  tuning import FILE --into PATH       validate FILE and install it at PATH (merged with PATH if it exists)
+  tuning export --out OUT [FILE...]    merge FILEs (default: the ':'-separated $KILN_TUNING_DB) into one file
+      Tuning files are loaded strictly: any problem exits 1 naming file:line and the field.
+      A change is a different config, or a median time moved by more than 3 % (the noise band).
 
   cache ls|stats|verify|prune|clear [--cache-dir DIR] [--json]
       ls       every entry: group, key, size, last use, parameters
@@ -244,16 +257,27 @@ class ProgressBar {
 };
 
 int cmd_prewarm(std::span<const std::string_view> argv) {
-  const Args args("prewarm", argv, {"--model", "--arch", "--cache-dir", "--jobs"}, {"--json"});
+  const Args args("prewarm", argv, {"--model", "--tuning", "--arch", "--cache-dir", "--jobs"}, {"--json"});
   if (args.help()) return print_usage();
   args.no_positional();
-  const std::string model_name = args.required("--model");
-  const std::vector<std::string> archs = split_list(args.required("--arch"));
-  if (archs.empty()) throw UsageError("prewarm: --arch needs at least one arch, e.g. sm_90a");
+  const std::optional<std::string> tuning_file = args.value("--tuning");
+  if (tuning_file && args.has("--model")) throw UsageError("prewarm: --model and --tuning are mutually exclusive");
+  if (tuning_file && tuning_file->empty()) throw UsageError("prewarm: --tuning needs a file");
+  // A tuning file names its archs; --arch only narrows it. A model needs them spelled out.
+  const std::vector<std::string> archs =
+      tuning_file && !args.has("--arch") ? std::vector<std::string>{} : split_list(args.required("--arch"));
+  if (archs.empty() && args.has("--arch")) throw UsageError("prewarm: --arch needs at least one arch, e.g. sm_90a");
   const int jobs = args.integer("--jobs", 0, 1024, 0);
   const bool json = args.has("--json");
 
-  const kiln::ModelConfig model = kiln::load_model(model_name);
+  std::string source;  // what was prewarmed: the model's name or the tuning file
+  std::optional<kiln::ModelConfig> model;
+  if (tuning_file) {
+    source = *tuning_file;
+  } else {
+    model = kiln::load_model(args.required("--model"));
+    source = model->name;
+  }
   kiln::RuntimeOptions options;
   options.cache_dir = args.value("--cache-dir").value_or("");
   kiln::Runtime rt(options);
@@ -262,7 +286,8 @@ int cmd_prewarm(std::span<const std::string_view> argv) {
   std::vector<kiln::PrewarmEntry> entries;
   {
     ProgressBar progress(isatty(STDERR_FILENO) != 0);
-    entries = rt.prewarm(model, archs, jobs, &ProgressBar::on_entry, &progress);
+    entries = tuning_file ? rt.prewarm_tuning(*tuning_file, archs, jobs, &ProgressBar::on_entry, &progress)
+                          : rt.prewarm(*model, archs, jobs, &ProgressBar::on_entry, &progress);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -276,7 +301,7 @@ int cmd_prewarm(std::span<const std::string_view> argv) {
     for (const auto& e : entries)
       out["entries"].push_back({{"family", e.family}, {"key", e.key}, {"arch", e.arch}, {"params", e.params},
                                 {"status", e.status}, {"compile_ms", e.compile_ms}, {"cubin_bytes", e.cubin_bytes}});
-    out["summary"] = {{"model", model.name},          {"archs", archs},
+    out["summary"] = {{tuning_file ? "tuning" : "model", source}, {"archs", archs},
                       {"total", entries.size()},      {"compiled", by_status["compiled"]},
                       {"hits", by_status["hit"]},     {"rebuilt", by_status["rebuilt"]},
                       {"seconds", seconds},           {"cache_dir", cache_dir}};
@@ -290,9 +315,169 @@ int cmd_prewarm(std::span<const std::string_view> argv) {
                kib(e.cubin_bytes)});
   table.print(stdout);
   fmt::print("prewarm {}: {} specializations for {} — {} compiled, {} hits, {} rebuilt in {:.2f} s (cache: {})\n",
-             model.name, entries.size(), join(archs, ", "), by_status["compiled"], by_status["hit"],
+             source, entries.size(), archs.empty() ? "every arch in the file" : join(archs, ", "), by_status["compiled"], by_status["hit"],
              by_status["rebuilt"], seconds, cache_dir.empty() ? "memory only" : cache_dir);
   return 0;
+}
+
+// ---- tuning ------------------------------------------------------------------------------------------------------
+
+std::string named_values(const kiln::tuner::NamedValues& values) {
+  std::string out;
+  for (const auto& [name, value] : values) out += fmt::format("{}{}={}", out.empty() ? "" : " ", name, value);
+  return out;
+}
+
+ordered_json key_json(const kiln::tuner::TuningKey& k) {
+  ordered_json params = ordered_json::object();
+  for (const auto& [name, value] : k.params) params[name] = value;
+  return {{"family", k.family}, {"kernel", k.kernel}, {"arch", k.arch}, {"params", params}, {"tokens", k.tokens}};
+}
+
+ordered_json entry_json(const kiln::tuner::TuningEntry& e) {
+  ordered_json out = key_json(e.key);
+  ordered_json config = ordered_json::object();
+  for (const auto& [name, value] : e.config) config[name] = value;
+  out["config"] = config;
+  out["median_us"] = e.median_us;
+  out["default_us"] = e.default_us;
+  out["gain_percent"] = e.gain_percent();
+  out["gpu"] = e.provenance.gpu;
+  return out;
+}
+
+int tuning_show(const std::string& file, bool json) {
+  const kiln::tuner::TuningDb db = kiln::tuner::TuningDb::load(file);
+  if (json) {
+    ordered_json out = {{"file", file}, {"entries", ordered_json::array()}};
+    for (const auto& e : db.entries) out["entries"].push_back(entry_json(e));
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  Table table({"family", "kernel", "arch", "params", "tokens", "config", "median µs", "default µs", "gain %"},
+              {false, false, false, false, true, false, true, true, true});
+  for (const auto& e : db.entries)
+    table.add({e.key.family, e.key.kernel, e.key.arch, named_values(e.key.params), std::to_string(e.key.tokens),
+               named_values(e.config), fmt::format("{:.2f}", e.median_us), fmt::format("{:.2f}", e.default_us),
+               fmt::format("{:+.1f}", e.gain_percent())});
+  table.print(stdout);
+  fmt::print("{} entries in {}\n", db.entries.size(), file);
+  return 0;
+}
+
+// Merges `second` into `first`, printing which entry was taken for every key both have.
+kiln::tuner::TuningDb merge_reporting(const kiln::tuner::TuningDb& first, const std::string& first_name,
+                                      const kiln::tuner::TuningDb& second, const std::string& second_name) {
+  kiln::tuner::MergeResult merged = kiln::tuner::merge(first, second);
+  for (const auto& d : merged.decisions)
+    fmt::print("{}: took {} — {}\n", d.key.describe(), d.kept_first ? first_name : second_name, d.why());
+  return std::move(merged.db);
+}
+
+int tuning_diff(const std::string& before_file, const std::string& after_file, bool json) {
+  const auto before = kiln::tuner::TuningDb::load(before_file);
+  const auto after = kiln::tuner::TuningDb::load(after_file);
+  const kiln::tuner::TuningDiff d = kiln::tuner::diff(before, after);
+  if (json) {
+    ordered_json out = {{"identical", d.empty()},
+                        {"added", ordered_json::array()},
+                        {"removed", ordered_json::array()},
+                        {"changed", ordered_json::array()}};
+    for (const auto& e : d.added) out["added"].push_back(entry_json(e));
+    for (const auto& e : d.removed) out["removed"].push_back(entry_json(e));
+    for (const auto& c : d.changed)
+      out["changed"].push_back({{"before", entry_json(c.before)},
+                                {"after", entry_json(c.after)},
+                                {"config_changed", c.config_changed},
+                                {"time_change_percent", c.time_change_percent}});
+    fmt::print("{}\n", out.dump(2));
+  } else {
+    for (const auto& e : d.added)
+      fmt::print("+ {}: {} ({:.2f} µs)\n", e.key.describe(), named_values(e.config), e.median_us);
+    for (const auto& e : d.removed)
+      fmt::print("- {}: {} ({:.2f} µs)\n", e.key.describe(), named_values(e.config), e.median_us);
+    for (const auto& c : d.changed)
+      fmt::print("~ {}: {} → {}, {:.2f} → {:.2f} µs ({:+.1f} %)\n", c.after.key.describe(), named_values(c.before.config),
+                 named_values(c.after.config), c.before.median_us, c.after.median_us, c.time_change_percent);
+    fmt::print("{} added, {} removed, {} changed (noise band ±{:.0f} %)\n", d.added.size(), d.removed.size(),
+               d.changed.size(), kiln::tuner::kNoiseBand * 100);
+  }
+  return d.empty() ? 0 : 1;
+}
+
+int cmd_tuning(std::span<const std::string_view> argv) {
+  const Args args("tuning", argv, {"--out", "--into"}, {"--json"});
+  if (args.help()) return print_usage();
+  const std::vector<std::string>& pos = args.positional();
+  if (pos.empty()) throw UsageError("tuning: missing subcommand (show|merge|diff|import|export)");
+  const std::string& sub = pos[0];
+  const std::vector<std::string> files(pos.begin() + 1, pos.end());
+  auto expect_files = [&](size_t n, const char* what) {
+    if (files.size() != n) throw UsageError(fmt::format("tuning {}: expected {}", sub, what));
+  };
+  auto only_for = [&](std::string_view option, std::initializer_list<std::string_view> subs) {
+    if (args.has(option) && std::find(subs.begin(), subs.end(), sub) == subs.end())
+      throw UsageError(fmt::format("tuning {}: unknown option '{}'", sub, option));
+  };
+  only_for("--json", {"show", "diff"});
+  only_for("--out", {"merge", "export"});
+  only_for("--into", {"import"});
+
+  if (sub == "show") {
+    expect_files(1, "one FILE");
+    return tuning_show(files[0], args.has("--json"));
+  }
+  if (sub == "diff") {
+    expect_files(2, "two files, A B");
+    return tuning_diff(files[0], files[1], args.has("--json"));
+  }
+  if (sub == "merge") {
+    expect_files(2, "two files, A B");
+    const std::string out = args.required("--out");
+    const auto a = kiln::tuner::TuningDb::load(files[0]);
+    const auto b = kiln::tuner::TuningDb::load(files[1]);
+    const kiln::tuner::TuningDb merged = merge_reporting(a, files[0], b, files[1]);
+    merged.save(out);
+    fmt::print("merged {} + {} entries into {} entries in {}\n", a.entries.size(), b.entries.size(),
+               merged.entries.size(), out);
+    return 0;
+  }
+  if (sub == "import") {
+    expect_files(1, "one FILE");
+    const std::string into = args.required("--into");
+    // Validate the new file before touching the installed one: a bad file must never replace a good one.
+    const auto incoming = kiln::tuner::TuningDb::load(files[0]);
+    kiln::tuner::TuningDb result = incoming;
+    if (std::filesystem::exists(into))
+      result = merge_reporting(kiln::tuner::TuningDb::load(into), into, incoming, files[0]);
+    result.save(into);
+    fmt::print("imported {} entries from {} into {} ({} entries)\n", incoming.entries.size(), files[0], into,
+               result.entries.size());
+    return 0;
+  }
+  if (sub == "export") {
+    const std::string out = args.required("--out");
+    std::vector<std::string> inputs = files;
+    if (inputs.empty())
+      if (const char* env = std::getenv("KILN_TUNING_DB"))
+        for (std::string_view rest = env; !rest.empty();) {
+          const size_t colon = rest.find(':');
+          if (colon != 0) inputs.emplace_back(rest.substr(0, colon));
+          if (colon == std::string_view::npos) break;
+          rest.remove_prefix(colon + 1);
+        }
+    if (inputs.empty()) throw UsageError("tuning export: no FILE given and $KILN_TUNING_DB is empty");
+    kiln::tuner::TuningDb merged = kiln::tuner::TuningDb::load(inputs[0]);
+    std::string merged_name = inputs[0];
+    for (size_t i = 1; i < inputs.size(); ++i) {
+      merged = merge_reporting(merged, merged_name, kiln::tuner::TuningDb::load(inputs[i]), inputs[i]);
+      merged_name = "earlier files";
+    }
+    merged.save(out);
+    fmt::print("exported {} entries from {} files into {}\n", merged.entries.size(), inputs.size(), out);
+    return 0;
+  }
+  throw UsageError(fmt::format("tuning: unknown subcommand '{}' (show|merge|diff|import|export)", sub));
 }
 
 // ---- cache -------------------------------------------------------------------------------------------------------
@@ -570,6 +755,7 @@ int dispatch(std::span<const std::string_view> args) {
   }
   if (command == "prewarm") return cmd_prewarm(rest);
   if (command == "cache") return cmd_cache(rest);
+  if (command == "tuning") return cmd_tuning(rest);
   if (command == "presets") return cmd_presets(rest);
   if (command == "bench") return cmd_bench(rest);
   throw UsageError(fmt::format("unknown command '{}'", command));

@@ -73,6 +73,14 @@ class Runtime {
   std::vector<PrewarmEntry> prewarm(const ModelConfig& model, const std::vector<std::string>& archs, int jobs = 0,
                                     void (*on_entry)(const PrewarmEntry&, size_t done, size_t total, void* user) = nullptr,
                                     void* user = nullptr);
+  // Compile (or find in the cache) exactly the tuned configs of a tuning file (see tuner/tuning_db.hpp), those
+  // whose arch is in `archs` (every entry if `archs` is empty), each distinct specialization once. Needs no GPU.
+  // The file is loaded strictly: a malformed one throws InvalidArgument naming file:line and compiles nothing.
+  std::vector<PrewarmEntry> prewarm_tuning(const std::string& tuning_file, const std::vector<std::string>& archs,
+                                           int jobs = 0,
+                                           void (*on_entry)(const PrewarmEntry&, size_t done, size_t total,
+                                                            void* user) = nullptr,
+                                           void* user = nullptr);
 
   struct Impl;
   Impl& impl() { return *impl_; }
