@@ -55,9 +55,11 @@ int smem_bytes(const Specialization& s) {
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
 
 FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows"},
-                   render,              smem_bytes,                  enumerate};
+                   render,              smem_bytes,                  enumerate,
+                   search_space};
 
 Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DType dw) {
   Specialization s;
@@ -76,6 +78,30 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DTy
     s.params[P_DW_DTYPE] = static_cast<int64_t>(dw);
   }
   return s;
+}
+
+// fwd: 2–16 warps per CTA (a warp per row). bwd: rows per staged tile, powers of two up to 16 and the heuristic's
+// own choice, while the tile of x and dy fits shared memory. dw_reduce: nothing to tune.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel == kFwd) {
+    for (int warps : {2, 4, 8, 16}) {
+      s.config[C_WARPS] = warps;
+      out.push_back(s);
+    }
+  } else if (base.kernel == kBwd) {
+    const DType t = static_cast<DType>(base.params[P_DTYPE]);
+    const int heuristic = bwd_rows(base.params[P_N], t);
+    for (int rows : {1, 2, 4, 8, 16, heuristic}) {
+      s.config[C_ROWS] = rows;
+      if (smem_bytes(s) > 227 * 1024) continue;
+      if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
+        out.push_back(s);
+    }
+  } else {
+    out.push_back(s);
+  }
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {

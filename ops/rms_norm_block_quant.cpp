@@ -40,10 +40,11 @@ int smem_bytes(const Specialization& s) {
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32);
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
 
 FamilyDef g_family{
     "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "prefetch"},
-    render, smem_bytes, enumerate};
+    render, smem_bytes, enumerate, search_space};
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
   Specialization s;
@@ -79,6 +80,33 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     s.config[C_COL_BLOCKS] = cb;
   }
   return s;
+}
+
+// Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
+// Tile kernel: column blocks per CTA that divide N/128; in mode 2 the cluster they imply must be ≤ 16 CTAs on
+// Hopper (there are no clusters before sm_90: one CTA per row); mode 1 takes up to 8 blocks per CTA.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  const int64_t N = base.params[P_N];
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel == kRowKernel) {
+    for (int warps : {4, 8, 16})
+      for (int prefetch : {0, 1}) {
+        if (prefetch && N > 4096) continue;
+        s.config[C_WARPS] = warps;
+        s.config[C_PREFETCH] = prefetch;
+        out.push_back(s);
+      }
+    return;
+  }
+  const int nb = static_cast<int>(N / 128);
+  const int max_cluster = base.arch.sm >= 90 ? 16 : 1;
+  for (int cb = 1; cb <= nb; ++cb) {
+    if (nb % cb != 0) continue;
+    if (base.params[P_MODE] == 2 ? nb / cb > max_cluster : cb > 8) continue;
+    s.config[C_COL_BLOCKS] = cb;
+    out.push_back(s);
+  }
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {

@@ -27,6 +27,15 @@ const std::vector<FamilyDef*>& families() {
   return table();
 }
 
+bool in_search_space(const Specialization& s) {
+  if (!s.family || !s.family->search_space) return true;
+  std::vector<Specialization> space;
+  s.family->search_space(s, space);
+  for (const Specialization& c : space)
+    if (c.config == s.config) return true;
+  return false;
+}
+
 const FamilyDef* find_family(std::string_view name) {
   for (FamilyDef* f : families())
     if (name == f->name) return f;

@@ -27,9 +27,18 @@ struct FamilyDef {
   // The specializations `model` needs on `arch` (kiln prewarm).
   void (*enumerate)(const ModelConfig& model, Arch arch, std::vector<Specialization>& out);
 
+  // The tile configs the tuner may try for `s` (its kernel, params and arch; s.config ignored), already pruned to
+  // those valid for the shape and arch (divisibility, cluster size, shared memory, register budget). The heuristic
+  // default is always among them. A config outside this set is invalid (a tuning file naming one is rejected).
+  // Null: the family has nothing to tune.
+  void (*search_space)(const Specialization& s, std::vector<Specialization>& out) = nullptr;
+
   // Stable 64-bit id derived from `name` (filled in by registration).
   uint64_t id = 0;
 };
+
+// Whether s.config is one of its family's search-space points (true for families with no search space).
+bool in_search_space(const Specialization& s);
 
 // Every registered family, in registration order.
 const std::vector<FamilyDef*>& families();

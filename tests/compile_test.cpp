@@ -191,3 +191,81 @@ TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
 
 }  // namespace
 }  // namespace kiln::detail
+
+namespace kiln::detail {
+namespace {
+
+// Every specialization a preset needs has a search space holding its heuristic default, with distinct points.
+TEST(SearchSpace, HoldsTheDefaultAndDistinctPoints) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  for (const char* arch : {"sm_90a", "sm_80"})
+    for (const Specialization& s : preset_specs(arch)) {
+      if (!s.family->search_space) continue;
+      std::vector<Specialization> space;
+      s.family->search_space(s, space);
+      ASSERT_FALSE(space.empty()) << s.family->name << " " << s.describe();
+      EXPECT_TRUE(in_search_space(s)) << "default not in its space: " << s.family->name << " " << s.describe();
+      std::set<std::string> keys;
+      for (const auto& c : space) EXPECT_TRUE(keys.insert(c.key().hex()).second) << c.describe();
+    }
+}
+
+// Pruning: mode 2 never implies a cluster above 16 CTAs (and none before sm_90); the backward's tile must fit.
+TEST(SearchSpace, PrunesInvalidPoints) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  const FamilyDef* q = find_family("rms_norm_block_quant");
+  Specialization s;
+  s.family = q;
+  s.kernel = 1;  // tile
+  s.params = {7168, 2, 1, 0};
+  s.arch = Arch::parse("sm_90a");
+  std::vector<Specialization> space;
+  q->search_space(s, space);
+  std::set<int> cbs;
+  for (const auto& c : space) cbs.insert(c.config[1]);
+  EXPECT_EQ(cbs, (std::set<int>{4, 7, 8, 14, 28, 56}));  // the divisors of 56 with 56/cb ≤ 16
+  space.clear();
+  s.arch = Arch::parse("sm_80");
+  q->search_space(s, space);
+  ASSERT_EQ(space.size(), 1u);
+  EXPECT_EQ(space[0].config[1], 56);  // no clusters: one CTA per 128-token tile
+
+  const FamilyDef* n = find_family("rms_norm");
+  Specialization b;
+  b.family = n;
+  b.kernel = 1;  // bwd
+  b.params = {16384, static_cast<int64_t>(DType::f32), static_cast<int64_t>(DType::f32), 2};
+  b.arch = Arch::parse("sm_90a");
+  space.clear();
+  n->search_space(b, space);
+  for (const auto& c : space) EXPECT_LE(c.config[1] * 2 * 16384 * 4, 227 * 1024) << c.describe();
+  EXPECT_FALSE(space.empty());
+}
+
+// Every point of the N = 2048 spaces compiles (what the tuner would try).
+TEST(SearchSpace, EveryPointCompiles) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  const ModelConfig m = load_model("ling-mini-2.0");
+  Counters counters;
+  size_t points = 0;
+  for (const FamilyDef* f : families()) {
+    if (!f->enumerate || !f->search_space) continue;
+    std::vector<Specialization> specs;
+    f->enumerate(m, Arch::parse("sm_90a"), specs);
+    std::set<std::string> seen;
+    for (const Specialization& s : specs) {
+      if (s.params[2] != 1 && std::string(f->name) == "rms_norm_block_quant") continue;  // round_scale = 1 only
+      std::vector<Specialization> space;
+      f->search_space(s, space);
+      for (const auto& c : space)
+        if (seen.insert(c.key().hex()).second) {
+          EXPECT_GT(ensure_cubin(c, nullptr, false, counters).cubin.size(), 1000u) << f->name << " " << c.describe();
+          ++points;
+        }
+    }
+  }
+  EXPECT_GT(points, 20u);
+}
+
+}  // namespace
+}  // namespace kiln::detail

@@ -531,3 +531,23 @@ TEST(TuningDb, ToSpecializationRejectsWhatTheBuildLacks) {
 }
 
 }  // namespace
+
+namespace kiln::tuner {
+namespace {
+
+// A config outside the family's search space (col_blocks must divide N/128 = 16; fwd has no 3-warp point) is
+// rejected at load time with the line, the field and the valid choices.
+TEST(TuningDbStrict, ConfigOutsideTheSearchSpaceIsRejected) {
+  std::vector<json> entries = valid_entries();
+  entries[1]["config"]["col_blocks"] = 3;
+  std::string err = load_error(file_text(entries));
+  EXPECT_NE(err.find("tuning.json:4: entries[1].config"), std::string::npos) << err;
+  EXPECT_NE(err.find("col_blocks=1"), std::string::npos) << err;  // lists the valid points
+  entries = valid_entries();
+  entries[0]["config"]["warps"] = 3;
+  err = load_error(file_text(entries));
+  EXPECT_NE(err.find("tuning.json:3: entries[0].config"), std::string::npos) << err;
+}
+
+}  // namespace
+}  // namespace kiln::tuner

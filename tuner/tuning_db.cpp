@@ -2,6 +2,7 @@
 
 #include <fcntl.h>
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -264,6 +265,21 @@ class Validator {
 
     e.config = named_values(j["config"], path + ".config", family->config_names, "config field", 0,
                             std::numeric_limits<int32_t>::max());
+    // The config must be one the family's search space allows for this shape and arch (else it fails only at
+    // compile or launch time, far from the file that named it).
+    if (detail::Specialization spec; to_specialization(e, spec) && !detail::in_search_space(spec)) {
+      std::vector<detail::Specialization> space;
+      family->search_space(spec, space);
+      std::vector<std::string> valid;
+      for (const auto& c : space) {
+        std::string v;
+        for (size_t i = 0; i < family->config_names.size(); ++i)
+          v += fmt::format("{}{}={}", i ? " " : "", family->config_names[i], c.config[i]);
+        valid.push_back(v);
+      }
+      bad(path + ".config", fmt::format("not a valid config of {} {} on {} (valid: {})", k.family, k.kernel, k.arch,
+                                        fmt::join(valid, "; ")));
+    }
     e.median_us = microseconds(j["median_us"], path + ".median_us");
     e.default_us = microseconds(j["default_us"], path + ".default_us");
 
