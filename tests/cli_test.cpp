@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "runtime/driver.hpp"
+#include "test_util.hpp"
 
 extern char** environ;
 
@@ -29,99 +30,23 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
+using kiln::test::CliResult;
+using kiln::test::contains;
+using kiln::test::read_file;
+using kiln::test::run_kiln;
+using kiln::test::TempDir;
 
-constexpr const char* kKiln = KILN_TEST_BINARY_DIR "/tools/kiln";
 
-// A directory under $TMPDIR removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kiln_cli_test_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  std::string str() const { return path_.string(); }
 
- private:
-  fs::path path_;
-};
 
-struct CliResult {
-  int rc = -1;
-  std::string out, err;
-};
 
-std::ostream& operator<<(std::ostream& os, const CliResult& r) {
-  return os << "rc=" << r.rc << "\n--- stdout ---\n" << r.out << "\n--- stderr ---\n" << r.err;
-}
-
-std::string read_file(const fs::path& p) {
-  std::ifstream in(p, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
 
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
 }
 
-// Runs the CLI with `args`. `env` overrides (value set) or removes (value "") variables of this process's
-// environment; KILN_CACHE_DIR always points into a scratch directory so that no test touches ~/.cache.
-CliResult run_kiln(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {}) {
-  static const TempDir scratch;
-  std::map<std::string, std::string> overrides = {{"KILN_CACHE_DIR", (scratch.path() / "default-cache").string()},
-                                                   {"KILN_CACHE_MAX_MB", ""}};
-  for (const auto& [k, v] : env) overrides[k] = v;
 
-  std::vector<std::string> env_strings;
-  for (char** e = environ; *e; ++e) {
-    const std::string entry = *e;
-    if (!overrides.count(entry.substr(0, entry.find('=')))) env_strings.push_back(entry);
-  }
-  for (const auto& [k, v] : overrides)
-    if (!v.empty()) env_strings.push_back(k + "=" + v);
-
-  std::vector<char*> argv = {const_cast<char*>(kKiln)}, envp;
-  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
-  argv.push_back(nullptr);
-  for (std::string& e : env_strings) envp.push_back(e.data());
-  envp.push_back(nullptr);
-
-  // Files rather than pipes: no risk of a full pipe blocking the child while the parent waits.
-  const TempDir io;
-  const std::string out_path = (io.path() / "stdout").string(), err_path = (io.path() / "stderr").string();
-  posix_spawn_file_actions_t actions;
-  posix_spawn_file_actions_init(&actions);
-  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
-  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  pid_t pid = 0;
-  const int spawn_rc = posix_spawn(&pid, kKiln, &actions, nullptr, argv.data(), envp.data());
-  posix_spawn_file_actions_destroy(&actions);
-
-  CliResult r;
-  if (spawn_rc != 0) {
-    r.err = std::string("posix_spawn failed: ") + std::strerror(spawn_rc);
-    return r;
-  }
-  int status = 0;
-  waitpid(pid, &status, 0);
-  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
-  r.out = read_file(out_path);
-  r.err = read_file(err_path);
-  return r;
-}
-
-bool contains(const std::string& haystack, const std::string& needle) {
-  return haystack.find(needle) != std::string::npos;
-}
 
 // ---- usage, help, version ----------------------------------------------------------------------------------------
 

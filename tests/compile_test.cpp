@@ -10,6 +10,7 @@
 #include "kiln/kiln.hpp"
 #include "runtime/family.hpp"
 #include "runtime/registry.hpp"
+#include "test_util.hpp"
 
 namespace kiln::detail {
 namespace {
@@ -174,8 +175,8 @@ TEST(Compile, BrokenTemplateRaisesCompileErrorWithLogAndSource) {
 
 // KILN_DUMP keeps the rendered source and the PTX next to the cubin.
 TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
-  char tmpl[] = "/tmp/kiln_dump_XXXXXX";
-  const std::string dir = mkdtemp(tmpl);
+  const test::TempDir tmp("kiln-dump-");
+  const std::string dir = tmp.str();
   setenv("KILN_DUMP", "ptx,source", 1);
   Runtime rt(RuntimeOptions{.cache_dir = dir});
   const auto entries = rt.prewarm(load_model("ling-mini-2.0"), {"sm_90a"}, 2);
@@ -186,7 +187,6 @@ TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
   EXPECT_TRUE(std::filesystem::exists(entry + "/cubin"));
   EXPECT_TRUE(std::filesystem::exists(entry + "/source.cu"));
   EXPECT_GT(std::filesystem::file_size(entry + "/kernel.ptx"), 100u);
-  std::filesystem::remove_all(dir);
 }
 
 }  // namespace

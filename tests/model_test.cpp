@@ -9,33 +9,13 @@
 
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
+using kiln::test::TempDir;
 
-// A directory under $TMPDIR removed at scope exit.
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kiln_model_test_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-  fs::path write(const std::string& name, const std::string& text) const {
-    fs::path p = path_ / name;
-    std::ofstream(p) << text;
-    return p;
-  }
-
- private:
-  fs::path path_;
-};
 
 // The message of the InvalidArgument `fn` throws ("" and a test failure if it throws nothing or something else).
 template <typename Fn>

@@ -13,19 +13,11 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct ScopedDir {
-  fs::path path;
-  ScopedDir() {
-    std::string t = (fs::temp_directory_path() / "kiln_runtime_test_XXXXXX").string();
-    path = mkdtemp(t.data());
-  }
-  ~ScopedDir() { fs::remove_all(path); }
-};
 
 TEST(Runtime, RequirePrewarmedTurnsAMissIntoACacheErrorNamingTheSpecialization) {
-  ScopedDir dir;
+  const test::TempDir dir;
   RuntimeOptions o;
-  o.cache_dir = dir.path.string();
+  o.cache_dir = dir.str();
   o.require_prewarmed = true;
   Runtime rt(o);
   try {
@@ -50,10 +42,10 @@ TEST(Runtime, RequirePrewarmedTurnsAMissIntoACacheErrorNamingTheSpecialization) 
 }
 
 TEST(Runtime, RequirePrewarmedFromTheEnvironment) {
-  ScopedDir dir;
+  const test::TempDir dir;
   setenv("KILN_REQUIRE_PREWARMED", "1", 1);
   RuntimeOptions o;
-  o.cache_dir = dir.path.string();
+  o.cache_dir = dir.str();
   Runtime rt(o);
   unsetenv("KILN_REQUIRE_PREWARMED");
   EXPECT_TRUE(rt.options().require_prewarmed);
@@ -61,8 +53,8 @@ TEST(Runtime, RequirePrewarmedFromTheEnvironment) {
 }
 
 TEST(Runtime, UnwritableCacheDirDegradesToMemoryOnlyWithOneWarning) {
-  ScopedDir dir;
-  const fs::path file = dir.path / "not-a-dir";
+  const test::TempDir dir;
+  const fs::path file = dir.path() / "not-a-dir";
   std::ofstream(file) << "x";
   RuntimeOptions o;
   o.cache_dir = (file / "kiln").string();  // below a regular file: cannot be created, even by root

@@ -3,6 +3,9 @@
 
 #include <cxxabi.h>
 #include <execinfo.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <sys/wait.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -14,6 +17,8 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
+#include <sstream>
 #include <limits>
 #include <numbers>
 #include <stdexcept>
@@ -21,6 +26,8 @@
 #include <utility>
 
 #include "runtime/runtime_impl.hpp"
+
+extern char** environ;
 
 namespace kiln::test {
 
@@ -254,10 +261,75 @@ TempDir::~TempDir() {
   std::filesystem::remove_all(path_, ec);
 }
 
+std::filesystem::path TempDir::write(const std::string& name, const std::string& text) const {
+  const std::filesystem::path p = path_ / name;
+  std::ofstream(p, std::ios::binary) << text;
+  return p;
+}
+
+// ---- the kiln CLI as a child process --------------------------------------------------------------------------
+
+std::ostream& operator<<(std::ostream& os, const CliResult& r) {
+  return os << "rc=" << r.rc << "\n--- stdout ---\n" << r.out << "\n--- stderr ---\n" << r.err;
+}
+
+std::string read_file(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  std::ostringstream s;
+  s << in.rdbuf();
+  return s.str();
+}
+
+CliResult run_kiln(const std::vector<std::string>& args, const std::map<std::string, std::string>& env) {
+  static constexpr const char* kKiln = KILN_TEST_BINARY_DIR "/tools/kiln";
+  static const TempDir scratch("kiln-cli-");
+  std::map<std::string, std::string> overrides = {{"KILN_CACHE_DIR", (scratch.path() / "default-cache").string()},
+                                                   {"KILN_CACHE_MAX_MB", ""}};
+  for (const auto& [k, v] : env) overrides[k] = v;
+
+  std::vector<std::string> env_strings;
+  for (char** e = environ; *e; ++e) {
+    const std::string entry = *e;
+    if (!overrides.count(entry.substr(0, entry.find('=')))) env_strings.push_back(entry);
+  }
+  for (const auto& [k, v] : overrides)
+    if (!v.empty()) env_strings.push_back(k + "=" + v);
+
+  std::vector<char*> argv = {const_cast<char*>(kKiln)}, envp;
+  for (const std::string& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+  argv.push_back(nullptr);
+  for (std::string& e : env_strings) envp.push_back(e.data());
+  envp.push_back(nullptr);
+
+  // Files rather than pipes: no risk of a full pipe blocking the child while the parent waits.
+  const TempDir io("kiln-cli-io-");
+  const std::string out_path = (io.path() / "stdout").string(), err_path = (io.path() / "stderr").string();
+  posix_spawn_file_actions_t actions;
+  posix_spawn_file_actions_init(&actions);
+  posix_spawn_file_actions_addopen(&actions, STDIN_FILENO, "/dev/null", O_RDONLY, 0);
+  posix_spawn_file_actions_addopen(&actions, STDOUT_FILENO, out_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  posix_spawn_file_actions_addopen(&actions, STDERR_FILENO, err_path.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  pid_t pid = 0;
+  const int spawn_rc = posix_spawn(&pid, kKiln, &actions, nullptr, argv.data(), envp.data());
+  posix_spawn_file_actions_destroy(&actions);
+
+  CliResult r;
+  if (spawn_rc != 0) {
+    r.err = std::string("posix_spawn failed: ") + std::strerror(spawn_rc);
+    return r;
+  }
+  int status = 0;
+  waitpid(pid, &status, 0);
+  r.rc = WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+  r.out = read_file(out_path);
+  r.err = read_file(err_path);
+  return r;
+}
+
 RuntimeOptions test_runtime_options() {
   static const TempDir dir;  // one per process; removed when the process exits
   RuntimeOptions o;
-  o.cache_dir = dir.path() + "/cache";
+  o.cache_dir = (dir.path() / "cache").string();
   return o;
 }
 

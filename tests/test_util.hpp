@@ -5,6 +5,9 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <map>
+#include <ostream>
 #include <functional>
 #include <initializer_list>
 #include <memory>
@@ -138,11 +141,31 @@ class TempDir {
   ~TempDir();
   TempDir(const TempDir&) = delete;
   TempDir& operator=(const TempDir&) = delete;
-  const std::string& path() const { return path_; }
+  const std::filesystem::path& path() const { return path_; }
+  std::string str() const { return path_.string(); }
+  // Writes `text` to the file `name` in the directory; returns its path.
+  std::filesystem::path write(const std::string& name, const std::string& text) const;
 
  private:
-  std::string path_;
+  std::filesystem::path path_;
 };
+
+// ---- the kiln CLI as a child process --------------------------------------------------------------------------
+
+struct CliResult {
+  int rc = -1;
+  std::string out, err;
+};
+std::ostream& operator<<(std::ostream& os, const CliResult& r);
+
+// Runs the built `kiln` binary with `args`. `env` overrides (value set) or removes (value "") variables of this
+// process's environment; KILN_CACHE_DIR always points into a scratch directory so that no test touches ~/.cache.
+CliResult run_kiln(const std::vector<std::string>& args, const std::map<std::string, std::string>& env = {});
+
+std::string read_file(const std::filesystem::path& p);
+inline bool contains(const std::string& haystack, const std::string& needle) {
+  return haystack.find(needle) != std::string::npos;
+}
 
 // Default options with the cubin cache in a per-process temporary directory (removed at exit), so tests never
 // read or pollute the user's cache.

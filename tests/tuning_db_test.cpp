@@ -18,10 +18,12 @@
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
 #include "runtime/family.hpp"
+#include "test_util.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
+using kiln::test::TempDir;
 using nlohmann::json;
 using namespace kiln::tuner;
 
@@ -100,22 +102,6 @@ TuningDb db_of(std::vector<TuningEntry> entries) {
   return db;
 }
 
-class TempDir {
- public:
-  TempDir() {
-    std::string tmpl = (fs::temp_directory_path() / "kiln_tuning_test_XXXXXX").string();
-    if (!mkdtemp(tmpl.data())) throw std::runtime_error("mkdtemp failed");
-    path_ = tmpl;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    fs::remove_all(path_, ec);
-  }
-  const fs::path& path() const { return path_; }
-
- private:
-  fs::path path_;
-};
 
 // ---- round trip and canonical form -------------------------------------------------------------------------------
 
