@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Build, GPU tests and benchmarks in one go on the GPU machine (see ../shared/guide/h100.md). Logs go to $OUT (or
-# ./logs). Usage: bash bench/run_gpu.sh [gtest filter] [bench filter]   (KILN_SKIP_TORCH=1 skips the torch baselines)
+# ./logs). Usage: bash bench/run_gpu.sh [ctest regex] [bench filter 'a|b']
+#   KILN_SKIP_TORCH=1 skips the torch baselines; KILN_TORCH_ONLY=mod1,mod2 runs only those bench/torch modules.
 set -o pipefail
 OUT=${OUT:-$PWD/logs}
 mkdir -p "$OUT"
@@ -9,7 +10,7 @@ cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFI
 cmake --build build-gpu -j16 2>&1 | tail -1 || exit 1
 export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
 # GPU tests, one process per test (as CI's ctest runs them), then the whole binary in one process.
-(cd build-gpu && ctest -L gpu -j12 --timeout 300 > "$OUT/gpu-tests.log" 2>&1; tail -4 "$OUT/gpu-tests.log")
+(cd build-gpu && ctest -L gpu -j12 --timeout 300 ${1:+-R "$1"} > "$OUT/gpu-tests.log" 2>&1; grep -E "Failed|\*\*\*|tests passed" "$OUT/gpu-tests.log" | tail -40)
 ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 > "$OUT/gpu-tests-one-process.log" 2>&1
 echo "one-process run: rc=$? $(tail -2 "$OUT/gpu-tests-one-process.log" | tr '\n' ' ')"
 ./build-gpu/tools/kiln bench --json "$OUT/bench.json" ${2:+--filter "$2"} 2>&1 | tee "$OUT/bench.log"
@@ -23,4 +24,4 @@ if [ -n "${KILN_NCU:-}" ]; then
     | grep -vE "^==PROF==|^ *-+ *$" | tail -80 > "$OUT/ncu.txt"
   cat "$OUT/ncu.txt"
 fi
-[ -n "${KILN_SKIP_TORCH:-}" ] || python3 bench/torch_baseline.py --json "$OUT/torch.json" 2>&1 | tail -12 | tee "$OUT/torch.log"
+[ -n "${KILN_SKIP_TORCH:-}" ] || python3 bench/torch_baseline.py --json "$OUT/torch.json" ${KILN_TORCH_ONLY:+--only "$KILN_TORCH_ONLY"} 2>&1 | tail -40 | tee "$OUT/torch.log"

@@ -1,84 +1,30 @@
-"""PyTorch baselines (eager and torch.compile) at kiln's bench shapes, timed the way `kiln bench` times:
-CUDA events, L2 flushed before every timed call by reading a 256 MB buffer, median of 30 after warm-up.
-Run on the GPU machine: python3 bench/torch_baseline.py --json OUT.json"""
-import argparse, json, statistics
+"""PyTorch baselines (eager and torch.compile) at kiln's bench shapes, timed the way `kiln bench` times.
+Every module bench/torch/<family>.py defines cases() -> list of rows (op, shape, eager_us, compile_us); this driver
+runs them all (or those named with --only). Run on the GPU machine: python3 bench/torch_baseline.py --json OUT.json"""
+import argparse, glob, importlib, json, os, sys, traceback
 import torch
 
-FLUSH = torch.empty(256 << 20, dtype=torch.uint8, device="cuda")
-
-
-def time_us(fn, repeats=30, warmup=5):
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    out = []
-    for _ in range(repeats):
-        FLUSH.sum(dtype=torch.int32)  # a read: no dirty lines left for the timed call
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record(); fn(); b.record(); b.synchronize()
-        out.append(a.elapsed_time(b) * 1e3)
-    return statistics.median(out)
-
-
-def rms_block_quant(x, w, mode: int, eps: float = 1e-6):
-    xf = x.float()
-    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    y = xf * r * w.float()
-    M, N = y.shape
-
-    def quant(t):  # 1x128 blocks along the last dim, power-of-two scales
-        R, C = t.shape
-        tb = t.view(R, C // 128, 128)
-        s = torch.exp2(torch.ceil(torch.log2(torch.clamp(tb.abs().amax(-1) / 448.0, min=1e-30))))
-        q = (tb / s[..., None]).clamp(-448, 448).to(torch.float8_e4m3fn).view(R, C)
-        return q, s
-
-    outs = []
-    if mode in (0, 2):
-        q, s = quant(y)
-        outs += [q, s.t().contiguous(), r]
-    if mode in (1, 2):
-        outs += list(quant(y.t().contiguous()))
-    return outs
-
-
-def rms_fwd(x, w, eps=1e-6):
-    return torch.nn.functional.rms_norm(x, (x.shape[-1],), w, eps)
-
-
-def rms_bwd(g, x, w, eps=1e-6):
-    xf, gf, wf = x.float(), g.float(), w.float()
-    r = torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps)
-    dot = (xf * gf * wf).sum(-1, keepdim=True)
-    dx = r * gf * wf - r.pow(3) * xf * dot / x.shape[-1]
-    dw = (xf * gf * r).sum(0)
-    return dx.to(x.dtype), dw
+HERE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "torch")
+sys.path.insert(0, HERE)
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--json")
+    ap.add_argument("--only", help="comma-separated module names (default: all)")
     args = ap.parse_args()
-    torch.manual_seed(0)
+    names = sorted(os.path.basename(f)[:-3] for f in glob.glob(os.path.join(HERE, "*.py")))
+    names = [n for n in names if n != "common" and (not args.only or n in args.only.split(","))]
     rows = []
-    M = 8192
-    for N, mode in [(2048, 2), (7168, 2), (2048, 0), (7168, 0)]:
-        x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(N, device="cuda", dtype=torch.bfloat16) * 0.5
-        comp = torch.compile(lambda x, w, mode=mode: rms_block_quant(x, w, mode))
-        rows.append(dict(op="rms_norm_block_quant_fwd", shape=f"M={M} N={N} mode={mode} round_scale=1",
-                         eager_us=time_us(lambda: rms_block_quant(x, w, mode)), compile_us=time_us(lambda: comp(x, w))))
-    for N in (2048, 7168):
-        x = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
-        g = torch.randn(M, N, device="cuda", dtype=torch.bfloat16)
-        w = torch.randn(N, device="cuda", dtype=torch.bfloat16) * 0.5
-        cf, cb = torch.compile(rms_fwd), torch.compile(rms_bwd)
-        rows.append(dict(op="rms_norm_fwd", shape=f"M={M} N={N} bf16", eager_us=time_us(lambda: rms_fwd(x, w)),
-                         compile_us=time_us(lambda: cf(x, w))))
-        rows.append(dict(op="rms_norm_bwd", shape=f"M={M} N={N} bf16", eager_us=time_us(lambda: rms_bwd(g, x, w)),
-                         compile_us=time_us(lambda: cb(g, x, w))))
+    for n in names:
+        torch.manual_seed(0)
+        try:
+            rows += importlib.import_module(n).cases()
+        except Exception:  # one family's failure must not hide the others
+            traceback.print_exc()
+        torch.cuda.empty_cache()
     for r in rows:
-        print(f"{r['op']:28s} {r['shape']:36s} eager {r['eager_us']:8.1f} us   torch.compile {r['compile_us']:8.1f} us")
+        print(f"{r['op']:28s} {r['shape']:40s} eager {r['eager_us']:9.1f} us   torch.compile {r['compile_us']:9.1f} us")
     if args.json:
         json.dump(dict(device=torch.cuda.get_device_name(), torch=torch.__version__, cases=rows), open(args.json, "w"),
                   indent=1)

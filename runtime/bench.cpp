@@ -173,7 +173,17 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
 
   L2Flusher l2(rt, stream);
   for (const BenchCase& c : bench_cases()) {
-    if (!opts.filter.empty() && (c.op + " " + c.shape).find(opts.filter) == std::string::npos) continue;
+    if (!opts.filter.empty()) {  // '|'-separated substrings of "op shape"; a case runs if any matches
+      const std::string name = c.op + " " + c.shape;
+      bool hit = false;
+      for (size_t b = 0; !hit && b <= opts.filter.size();) {
+        size_t e = opts.filter.find('|', b);
+        if (e == std::string::npos) e = opts.filter.size();
+        hit = e > b && name.find(opts.filter.substr(b, e - b)) != std::string::npos;
+        b = e + 1;
+      }
+      if (!hit) continue;
+    }
 
     // Scoped to this iteration: the instance's buffers are freed before the next case allocates its own.
     BenchInstance instance = c.prepare(rt);

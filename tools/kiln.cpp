@@ -64,7 +64,7 @@ commands:
   presets [--json]
       List the built-in model presets and their dimensions.
 
-  bench [--json FILE] [--filter S] [--repeats N]
+  bench [--json FILE] [--filter S[|S…]] [--repeats N]
       Time every benchmark case (or those whose "op shape" contains S) on the GPU, as a share of the
       device-to-device copy bandwidth measured in the same run; --json writes the results to FILE.
 
