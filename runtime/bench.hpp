@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "kiln/runtime.hpp"
+#include "kiln/tensor.hpp"
 
 namespace kiln::detail {
 
@@ -21,6 +22,7 @@ struct BenchInstance {
   std::function<void(Stream)> baseline;      // a naive baseline (may be empty)
   std::string baseline_name;                 // e.g. "naive two-pass"
   std::shared_ptr<void> keepalive;           // owns the device buffers
+  std::vector<TensorRef> outputs;            // what run() writes (device tensors), compared across configs by the tuner
 };
 
 struct BenchCase {

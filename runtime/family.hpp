@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "kiln/model.hpp"
+#include "runtime/bench.hpp"
 #include "runtime/specialization.hpp"
 
 namespace kiln::detail {
@@ -32,6 +33,12 @@ struct FamilyDef {
   // default is always among them. A config outside this set is invalid (a tuning file naming one is rejected).
   // Null: the family has nothing to tune.
   void (*search_space)(const Specialization& s, std::vector<Specialization>& out) = nullptr;
+
+  // A runnable instance of `s` (kernel and params; s.config ignored) at `tokens` rows, for the tuner: inputs allocated
+  // and filled with random non-zero data, run(stream) calls the public op (which picks its config through
+  // Runtime::Impl::tuned, where the tuner forces the candidate), outputs lists the tensors to compare between
+  // configs. Null: the family has nothing to tune.
+  BenchInstance (*tune_instance)(Runtime& rt, const Specialization& s, int64_t tokens) = nullptr;
 
   // Stable 64-bit id derived from `name` (filled in by registration).
   uint64_t id = 0;

@@ -126,6 +126,10 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   counters.launches.fetch_add(1, std::memory_order_relaxed);
 }
 
+Specialization Runtime::Impl::tuned(const Specialization& s, int64_t /*tokens*/) {
+  return s;  // no tuning database support yet (issue 4): the heuristic default
+}
+
 int Runtime::Impl::resident_per_sm(const Kernel& k, int threads, int smem) {
   int n = k.resident_per_sm.load(std::memory_order_relaxed);
   if (n == 0) {

@@ -60,6 +60,12 @@ struct Runtime::Impl {
     device();
     return registry->get(s);
   }
+  // The specialization to launch for `tokens` rows (the op's run-time M): `s` carries the family's heuristic default
+  // config; when a tuning database is loaded (KILN_TUNING_DB) and holds an entry for s's family, kernel, params,
+  // arch and the token bucket of `tokens`, its config replaces s.config. Recipes derive their launch shape from the
+  // config this returns. A hit costs one hash lookup; nothing is formatted or read from disk.
+  Specialization tuned(const Specialization& s, int64_t tokens);
+
   // How many CTAs of `threads` threads and `smem` dynamic shared memory fit on one SM (asked once per kernel:
   // a persistent recipe always launches a kernel at one block shape).
   int resident_per_sm(const Kernel& k, int threads, int smem);
