@@ -1,17 +1,32 @@
 #!/usr/bin/env bash
-# GPU tests as separate processes (ctest), a crash backtrace, and a col_blocks sweep of the fused RMSNorm+quant kernel.
+# Measurement sweeps of knobs that the tuner does not cover yet (run after bench/run_gpu.sh built build-gpu/):
+# col_blocks of the fused RMSNorm+quant tile kernel and the staged tiles of the RMSNorm backward.
 set -o pipefail
 OUT=${OUT:-$PWD/logs}; mkdir -p "$OUT"
-cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" 2>&1 | tail -1
-cmake --build build-gpu -j16 2>&1 | tail -1 || exit 1
-(cd build-gpu && ctest -L gpu -j12 --timeout 300 2>&1 | tail -15 | tee "$OUT/ctest-gpu.log")
-cuda-gdb -batch -ex run -ex bt --args ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 \
-  --gtest_filter='RmsNormBlockQuantTest.*:RmsNormTest.FwdRmsInvIsOptional' 2>&1 | grep -vE "^\[(New|Thread)" | tail -25 > "$OUT/gdb.log"
-cat "$OUT/gdb.log"
-for cb in 0 1 2 4; do
-  echo "== col_blocks $cb"; KILN_RMSQ_COL_BLOCKS=$cb ./build-gpu/tools/kiln bench --filter "N=2048 mode=" 2>&1 | grep -E "^rms"
+export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
+K=./build-gpu/tools/kiln
+for cb in 1 2 4 8; do
+  echo "== N=2048 col_blocks $cb"; KILN_RMSQ_COL_BLOCKS=$cb $K bench --filter "N=2048 mode=2" 2>&1 | grep -E "^rms"
 done | tee "$OUT/sweep2048.log"
-for cb in 4 7 8; do
-  echo "== col_blocks $cb"; KILN_RMSQ_COL_BLOCKS=$cb ./build-gpu/tools/kiln bench --filter "N=7168 mode=2" 2>&1 | grep -E "^rms"
+for cb in 2 4; do
+  echo "== N=2048 staged col_blocks $cb"; KILN_RMSQ_STAGE=1 KILN_RMSQ_COL_BLOCKS=$cb $K bench --filter "N=2048 mode=2" 2>&1 | grep -E "^rms"
+done | tee -a "$OUT/sweep2048.log"
+echo "== N=7168 staged col_blocks 4"; KILN_RMSQ_STAGE=1 KILN_RMSQ_COL_BLOCKS=4 $K bench --filter "N=7168 mode=2" 2>&1 \
+  | grep -E "^rms" | tee "$OUT/sweep7168-staged.log"
+for cb in 4 7 8 14 28; do
+  echo "== N=7168 col_blocks $cb"; KILN_RMSQ_COL_BLOCKS=$cb $K bench --filter "N=7168 mode=2" 2>&1 | grep -E "^rms"
 done | tee "$OUT/sweep7168.log"
-./build-gpu/tools/kiln bench --filter rms_norm_ 2>&1 | grep -E "^rms_norm_(fwd|bwd)|device" | tee "$OUT/norm.log"
+for st in 1 2; do
+  echo "== bwd stages $st"; KILN_RMS_BWD_STAGES=$st $K bench --filter "rms_norm_bwd" 2>&1 | grep -E "^rms"
+done | tee "$OUT/sweep-bwd.log"
+# Correctness of the non-default variants (the GPU tests run the defaults).
+for cb in 2 4 8; do
+  KILN_RMSQ_COL_BLOCKS=$cb ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 --gtest_filter='RmsNormBlockQuant*' 2>&1 \
+    | tail -2 | sed "s/^/col_blocks $cb: /"
+done | tee "$OUT/variants.log"
+for cb in 2 4; do
+  KILN_RMSQ_STAGE=1 KILN_RMSQ_COL_BLOCKS=$cb ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 \
+    --gtest_filter='RmsNormBlockQuant*' 2>&1 | tail -2 | sed "s/^/staged col_blocks $cb: /"
+done | tee -a "$OUT/variants.log"
+KILN_RMS_BWD_STAGES=2 ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 --gtest_filter='RmsNorm*Bwd*:RmsNormTest.*' 2>&1 \
+  | tail -2 | sed "s/^/bwd stages 2: /" | tee -a "$OUT/variants.log"

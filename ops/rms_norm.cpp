@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/rms_norm_args.h"
@@ -16,7 +17,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_N, P_DTYPE, P_W_DTYPE, P_DW_DTYPE };
-enum { C_WARPS, C_ROWS };
+enum { C_WARPS, C_ROWS, C_STAGES };
 
 const char* type_name(int64_t d) {
   switch (static_cast<DType>(d)) {
@@ -35,29 +36,41 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_ROWS], type_name(p[P_DTYPE]),
-                         type_name(p[P_W_DTYPE]));
+      name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_ROWS],
+                         s.config[C_STAGES], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     default:
       name = fmt::format("kiln::rms_norm_dw_reduce_kernel<{}, {}>", p[P_N], type_name(p[P_DW_DTYPE]));
   }
 }
 
-// The backward stages tiles of R rows of x and dy in shared memory: ≤ 64 KiB lets three CTAs share an SM.
-int bwd_rows(int64_t N, DType t) {
-  return static_cast<int>(std::clamp<int64_t>(65536 / (2 * N * static_cast<int64_t>(dtype_size(t))), 1, 16));
+// The backward stages tiles of R rows of x and dy in shared memory (`stages` tiles per CTA): ≤ 64 KiB lets three
+// CTAs share an SM.
+int bwd_rows(int64_t N, DType t, int stages) {
+  return static_cast<int>(
+      std::clamp<int64_t>(65536 / (2 * stages * N * static_cast<int64_t>(dtype_size(t))), 1, 16));
+}
+
+// Staged tiles per backward CTA: 1 (only the SM's other CTAs overlap a CTA's loads with its compute) unless
+// KILN_RMS_BWD_STAGES=2 asks for double-buffered tiles (a measurement knob until the tuner picks per shape).
+int bwd_stages() {
+  static const int forced = [] {
+    const char* v = std::getenv("KILN_RMS_BWD_STAGES");
+    return v && std::atoi(v) == 2 ? 2 : 1;
+  }();
+  return forced;
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
   const int64_t elem = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  return static_cast<int>(2 * s.config[C_ROWS] * s.params[P_N] * elem + 2 * s.config[C_ROWS] * 4);
+  return static_cast<int>(2 * s.config[C_STAGES] * s.config[C_ROWS] * s.params[P_N] * elem + 2 * s.config[C_ROWS] * 4);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
-FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows"},
+FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows", "stages"},
                    render,              smem_bytes,                  enumerate,
                    search_space};
 
@@ -72,8 +85,10 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DTy
     s.params[P_W_DTYPE] = static_cast<int64_t>(w);
     if (kernel == kFwd)
       s.config[C_WARPS] = N <= 4096 ? 8 : 4;
-    else
-      s.config[C_ROWS] = bwd_rows(N, t);
+    else {
+      s.config[C_STAGES] = bwd_stages();
+      s.config[C_ROWS] = bwd_rows(N, t, s.config[C_STAGES]);
+    }
   } else {
     s.params[P_DW_DTYPE] = static_cast<int64_t>(dw);
   }
@@ -92,12 +107,15 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     }
   } else if (base.kernel == kBwd) {
     const DType t = static_cast<DType>(base.params[P_DTYPE]);
-    const int heuristic = bwd_rows(base.params[P_N], t);
-    for (int rows : {1, 2, 4, 8, 16, heuristic}) {
-      s.config[C_ROWS] = rows;
-      if (smem_bytes(s) > 227 * 1024) continue;
-      if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
-        out.push_back(s);
+    for (int stages : {1, 2}) {
+      const int heuristic = bwd_rows(base.params[P_N], t, stages);
+      for (int rows : {1, 2, 4, 8, 16, heuristic}) {
+        s.config[C_ROWS] = rows;
+        s.config[C_STAGES] = stages;
+        if (smem_bytes(s) > 227 * 1024) continue;
+        if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
+          out.push_back(s);
+      }
     }
   } else {
     out.push_back(s);

@@ -19,6 +19,9 @@ using namespace detail;
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
 enum { C_WARPS, C_COL_BLOCKS, C_PREFETCH };
+// The tile kernel stages at most this many 128×128 blocks in shared memory (6 × 32 KiB + the fixed 22 KiB ≤ 227 KiB).
+constexpr int kMaxStagedBlocks = 6;
+static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 227 * 1024, "");
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
@@ -28,12 +31,13 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
   else
-    name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
-                       p[P_MODE], round, wf32);
+    name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
 }
 
 int smem_bytes(const Specialization& s) {
-  return s.kernel == kTileKernel ? rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS]) : 0;
+  return s.kernel == kTileKernel ? rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0)
+                                  : 0;
 }
 
 // The heuristic default config (the tuner, when it has an entry, overrides it).
@@ -78,6 +82,13 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     }();
     if (forced > 0 && nb % forced == 0 && (mode == 1 || nb / forced <= (arch.sm >= 90 ? 16 : 1))) cb = forced;
     s.config[C_COL_BLOCKS] = cb;
+    // For the tile kernel "prefetch" means: stage the CTA's whole slice in shared memory (2 … 6 blocks).
+    // KILN_RMSQ_STAGE=1 asks for it where it fits (a measurement knob until the tuner picks per shape).
+    static const bool stage = [] {
+      const char* v = std::getenv("KILN_RMSQ_STAGE");
+      return v && std::atoi(v) == 1;
+    }();
+    s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
   }
   return s;
 }
@@ -105,7 +116,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (nb % cb != 0) continue;
     if (base.params[P_MODE] == 2 ? nb / cb > max_cluster : cb > 8) continue;
     s.config[C_COL_BLOCKS] = cb;
+    s.config[C_PREFETCH] = 0;
     out.push_back(s);
+    if (cb >= 2 && cb <= kMaxStagedBlocks) {  // the slice staged in shared memory
+      s.config[C_PREFETCH] = 1;
+      out.push_back(s);
+    }
   }
 }
 
@@ -192,7 +208,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     d.grid[0] = split;
     d.grid[1] = static_cast<unsigned>((M + 127) / 128);
     d.block[0] = 256;
-    d.smem = static_cast<unsigned>(rms_norm_block_quant_tile_smem_bytes(cb));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
   }
   impl.launch(s, d, stream, a);

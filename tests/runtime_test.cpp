@@ -65,8 +65,9 @@ TEST(Runtime, UnwritableCacheDirDegradesToMemoryOnlyWithOneWarning) {
   EXPECT_EQ(rt.cache_dir(), "");
   ASSERT_FALSE(entries.empty());
   for (const auto& e : entries) EXPECT_EQ(e.status, "compiled");
-  size_t warnings = 0;
-  for (size_t at = 0; (at = err.find("kiln: warn:", at)) != std::string::npos; ++at) ++warnings;
+  size_t warnings = 0;  // slow-compile notes (a loaded machine) are not about the cache
+  for (size_t at = 0; (at = err.find("kiln: warn:", at)) != std::string::npos; ++at)
+    if (err.substr(at, err.find('\n', at) - at).find("taking more than") == std::string::npos) ++warnings;
   EXPECT_EQ(warnings, 1u) << err;
   EXPECT_NE(err.find("memory only"), std::string::npos) << err;
 }

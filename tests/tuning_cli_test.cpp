@@ -53,7 +53,7 @@ json rms_fwd(int64_t N, uint64_t tokens, int warps, double us, const std::string
           {"arch", arch},
           {"params", {{"N", N}, {"dtype", 0}, {"w_dtype", 0}, {"dw_dtype", 0}}},
           {"tokens", tokens},
-          {"config", {{"warps", warps}, {"rows", 0}}},
+          {"config", {{"warps", warps}, {"rows", 0}, {"stages", 0}}},
           {"median_us", us},
           {"default_us", 20.0},
           {"provenance", provenance()}};
@@ -196,7 +196,7 @@ TEST(TuningCli, DiffExitCodes) {
   EXPECT_TRUE(contains(r.out, "+ rms_norm fwd sm_90a N=8192")) << r;
   EXPECT_TRUE(contains(r.out, "- rms_norm fwd sm_90a N=4096")) << r;
   EXPECT_TRUE(contains(r.out, "~ rms_norm fwd sm_90a N=2048 dtype=0 w_dtype=0 dw_dtype=0 tokens=1024: warps=4 rows=0 "
-                              "→ warps=8 rows=0")) << r;
+                              "stages=0 → warps=8 rows=0 stages=0")) << r;
   EXPECT_TRUE(contains(r.out, "1 added, 1 removed, 1 changed")) << r;
 
   r = run_kiln({"tuning", "diff", a, b, "--json"});
@@ -289,7 +289,7 @@ TEST(TuningCliPrewarm, CompilesExactlyTheTunedConfigsThenHits) {
                   m.at("arch").get<std::string>() + " " + m.at("params").dump() + " " + m.at("config").dump());
   }
   const std::set<std::string> expected = {
-      R"(rms_norm fwd sm_90a {"N":1024,"dtype":0,"dw_dtype":0,"w_dtype":0} {"rows":0,"warps":4})",
+      R"(rms_norm fwd sm_90a {"N":1024,"dtype":0,"dw_dtype":0,"w_dtype":0} {"rows":0,"stages":0,"warps":4})",
       R"(rms_norm_block_quant tile sm_90a {"N":1024,"mode":1,"round_scale":0,"w_f32":0} {"col_blocks":2,"prefetch":0,"warps":0})"};
   EXPECT_EQ(stored, expected);
 

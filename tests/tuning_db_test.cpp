@@ -41,7 +41,7 @@ std::vector<json> valid_entries() {
        {"arch", "sm_90a"},
        {"params", {{"N", 2048}, {"dtype", 0}, {"w_dtype", 0}, {"dw_dtype", 0}}},
        {"tokens", 4096},
-       {"config", {{"warps", 4}, {"rows", 0}}},
+       {"config", {{"warps", 4}, {"rows", 0}, {"stages", 0}}},
        {"median_us", 12.5},
        {"default_us", 13.1},
        {"provenance", provenance()}},
@@ -59,7 +59,7 @@ std::vector<json> valid_entries() {
        {"arch", "sm_100a"},
        {"params", {{"N", 4096}, {"dtype", 0}, {"w_dtype", 0}, {"dw_dtype", 0}}},
        {"tokens", 1024},
-       {"config", {{"warps", 0}, {"rows", 4}}},
+       {"config", {{"warps", 0}, {"rows", 4}, {"stages", 1}}},
        {"median_us", 80},
        {"default_us", 80},
        {"provenance", provenance()}},
@@ -173,12 +173,12 @@ TEST(TuningDb, TokenBucket) {
 // ---- merge and diff ----------------------------------------------------------------------------------------------
 
 TEST(TuningDb, MergeKeepsTheFasterAndSaysWhich) {
-  const TuningDb a = db_of({entry("rms_norm", "fwd", 1024, 1024, {{"warps", 4}, {"rows", 0}}, 10.0),
-                            entry("rms_norm", "fwd", 2048, 1024, {{"warps", 8}, {"rows", 0}}, 20.0),
-                            entry("rms_norm", "fwd", 4096, 1024, {{"warps", 8}, {"rows", 0}}, 30.0)});
-  const TuningDb b = db_of({entry("rms_norm", "fwd", 2048, 1024, {{"warps", 4}, {"rows", 0}}, 15.0),
-                            entry("rms_norm", "fwd", 4096, 1024, {{"warps", 4}, {"rows", 0}}, 30.0),
-                            entry("rms_norm", "bwd", 2048, 1024, {{"warps", 0}, {"rows", 2}}, 50.0)});
+  const TuningDb a = db_of({entry("rms_norm", "fwd", 1024, 1024, {{"warps", 4}, {"rows", 0}, {"stages", 0}}, 10.0),
+                            entry("rms_norm", "fwd", 2048, 1024, {{"warps", 8}, {"rows", 0}, {"stages", 0}}, 20.0),
+                            entry("rms_norm", "fwd", 4096, 1024, {{"warps", 8}, {"rows", 0}, {"stages", 0}}, 30.0)});
+  const TuningDb b = db_of({entry("rms_norm", "fwd", 2048, 1024, {{"warps", 4}, {"rows", 0}, {"stages", 0}}, 15.0),
+                            entry("rms_norm", "fwd", 4096, 1024, {{"warps", 4}, {"rows", 0}, {"stages", 0}}, 30.0),
+                            entry("rms_norm", "bwd", 2048, 1024, {{"warps", 0}, {"rows", 2}, {"stages", 1}}, 50.0)});
   const MergeResult r = merge(a, b);
   ASSERT_EQ(r.db.entries.size(), 4u);  // one only in a, one only in b, two shared
   ASSERT_EQ(r.decisions.size(), 2u);
@@ -208,7 +208,7 @@ TEST(TuningDb, MergeKeepsTheFasterAndSaysWhich) {
 
 TEST(TuningDb, DiffReportsAddedRemovedAndChangedOutsideTheNoiseBand) {
   const auto fwd = [](int64_t N, int warps, double us) {
-    return entry("rms_norm", "fwd", N, 1024, {{"warps", warps}, {"rows", 0}}, us);
+    return entry("rms_norm", "fwd", N, 1024, {{"warps", warps}, {"rows", 0}, {"stages", 0}}, us);
   };
   const TuningDb before = db_of({fwd(1024, 4, 10.0), fwd(2048, 4, 20.0), fwd(4096, 4, 30.0), fwd(8192, 4, 40.0)});
   TuningDb after = db_of({fwd(2048, 4, 20.5),    // +2.5 %: noise

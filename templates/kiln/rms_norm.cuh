@@ -59,21 +59,23 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
 }
 
 // Backward. A CTA of 256 threads takes tiles of R rows (grid-stride over tiles, a persistent grid):
-//  1. x and dy of the tile → shared memory (cp.async; rows past M zero-filled);
+//  1. x and dy of the tile → shared memory (cp.async; rows past M zero-filled). With STAGES = 2 the next tile is
+//     staged into the other buffer while this one is computed, so each CTA keeps loads in flight during its compute;
+//     with STAGES = 1 only the other CTAs of the SM overlap it;
 //  2. a warp per row: Σx² and Σx·dy·w → r and coef = r³·Σx·dy·w / N;
 //  3. each thread owns 16-byte column chunks c = tid, tid + 256, …: dx for those chunks of every row of the tile
 //     (coalesced stores), and dweight for those columns accumulated in registers over all the CTA's tiles, in a fixed
 //     order, so the result is deterministic. The CTA's dweight slice goes to partial[blockIdx.x].
-template <int N, int R, typename T, typename W>
+template <int N, int R, int STAGES, typename T, typename W>
 __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
+  static_assert(STAGES == 1 || STAGES == 2, "one or two staged tiles");
   constexpr int V = VecTraits<T>::kElems;  // elements per 16-byte chunk
   constexpr int CHUNKS = N / V;
   constexpr int CPT = (CHUNKS + 255) / 256;  // chunks per thread
   extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* xs = reinterpret_cast<T*>(smem_raw);            // [R][N]
-  T* gs = xs + R * N;                                // [R][N]
-  float* rrow = reinterpret_cast<float*>(gs + R * N);  // [R]
-  float* crow = rrow + R;                            // [R]
+  T* const stage0 = reinterpret_cast<T*>(smem_raw);  // STAGES × { x [R][N], dy [R][N] }
+  float* rrow = reinterpret_cast<float*>(stage0 + STAGES * 2 * R * N);  // [R]
+  float* crow = rrow + R;                                                // [R]
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
 
   float dw[CPT][V];
@@ -83,7 +85,10 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
     for (int e = 0; e < V; ++e) dw[k][e] = 0.f;
 
   const int tiles = (a.M + R - 1) / R;
-  for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
+  // Issues the copies of tile t into stage `b` as one cp.async group.
+  auto stage = [&](int t, int b) {
+    T* xs = stage0 + b * 2 * R * N;
+    T* gs = xs + R * N;
     const int m0 = t * R;
     for (int i = threadIdx.x; i < R * CHUNKS; i += 256) {
       const int r = i / CHUNKS, c = i % CHUNKS;
@@ -92,7 +97,24 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
       cp_async16(xs + r * N + c * V, static_cast<const T*>(a.x) + row * a.x_stride + c * V, ok);
       cp_async16(gs + r * N + c * V, static_cast<const T*>(a.dy) + row * a.dy_stride + c * V, ok);
     }
-    cp_async_wait_all();
+    cp_async_commit();
+  };
+  if (STAGES == 2 && static_cast<int>(blockIdx.x) < tiles) stage(blockIdx.x, 0);
+  int it = 0;
+  for (int t = blockIdx.x; t < tiles; t += gridDim.x, ++it) {
+    const int m0 = t * R;
+    const int b = STAGES == 2 ? (it & 1) : 0;
+    const T* xs = stage0 + b * 2 * R * N;
+    const T* gs = xs + R * N;
+    if constexpr (STAGES == 2) {
+      // The other buffer was last read in the previous iteration, which ended with a barrier.
+      if (t + static_cast<int>(gridDim.x) < tiles) stage(t + gridDim.x, b ^ 1);
+      else cp_async_commit();  // an empty group keeps the count: "all but the newest" is this tile
+      cp_async_wait_group<1>();
+    } else {
+      stage(t, 0);
+      cp_async_wait_group<0>();
+    }
     __syncthreads();
 
     for (int r = warp; r < R; r += 8) {
@@ -141,7 +163,7 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
         }
       }
     }
-    __syncthreads();  // the tile's buffers are restaged next
+    __syncthreads();  // this tile's buffer is restaged next (STAGES = 1) or in the next iteration (STAGES = 2)
   }
 
   float* out = a.partial + static_cast<i64>(blockIdx.x) * N;

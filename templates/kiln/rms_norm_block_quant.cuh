@@ -106,9 +106,20 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
 //   half-warps (a shuffle and shared memory), and both quantizations compute y from the same registers.
 // Mode 2 first needs r: Σx² of the CTA's slice, exchanged across the cluster of S = N/C CTAs through distributed
 // shared memory (every CTA adds the partial sums in rank order, so all see the same r). With CB = 1 the block loaded
-// for Σx² stays in registers and x is read exactly once; with CB > 1 each block is loaded again (an L2 hit).
-template <int N, int CB, int MODE, bool ROUND, bool W_F32>
-__global__ void __launch_bounds__(256, CB == 1 ? 3 : 2) rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+// for Σx² stays in registers and x is read exactly once; with CB > 1 each block but the last is loaded again in the
+// second pass, newest first (L2 hits), with the next block's loads in flight during each block's compute.
+//
+// STAGE (CB ≥ 2): the CTA first issues cp.async copies of its whole slice (CB blocks, one group each) into shared
+// memory, so the whole slice is in flight at once; the first pass consumes block b as soon as its group lands, and
+// the second pass reads the blocks from shared memory (x leaves HBM once, and nothing is re-read from L2).
+template <int CB, bool STAGE>
+constexpr int rms_norm_block_quant_tile_min_blocks() {
+  return STAGE ? (CB >= 3 ? 1 : 2) : (CB == 1 ? 3 : (CB >= 8 ? 1 : 2));
+}
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE = false>
+__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, STAGE>()))
+    rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+  static_assert(!STAGE || (CB >= 2 && CB <= 6), "a staged slice is 2 … 6 blocks (shared memory)");
   constexpr int ROWS = 128, WARPS = 8;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
@@ -124,6 +135,8 @@ __global__ void __launch_bounds__(256, CB == 1 ? 3 : 2) rms_norm_block_quant_til
   // so that the 16 lanes of a half-warp writing 8-byte slots of 16 different channels hit 32 different banks.
   u64* codesT = reinterpret_cast<u64*>(colscale + 128);
   float* rscale = reinterpret_cast<float*>(codesT + 128 * 16);  // [128] row-block scales, written out M-major at once
+  // STAGE: the slice, [CB][128 rows][128 columns] bf16.
+  bf16* slice = reinterpret_cast<bf16*>(smem_raw + kRmsNormBlockQuantTileBaseSmem);
 
   const int rank = blockIdx.x;
   const int col0 = rank * C;
@@ -135,28 +148,59 @@ __global__ void __launch_bounds__(256, CB == 1 ? 3 : 2) rms_norm_block_quant_til
   const bf16* xg = static_cast<const bf16*>(a.x);
 
   // Rows 8g … 8g+7 of block b, columns 8·hl … 8·hl+7 (rows past M read as zero).
-  Vec16 xv[8];
-  auto load_block = [&](int b) {
+  // With CB > 1 both passes keep the next block's loads in flight (xn) while the current one (xv) is computed.
+  constexpr bool PREFETCH = CB > 1 && !STAGE;
+  Vec16 xv[8], xn[PREFETCH ? 8 : 1];
+  auto load_block = [&](int b, Vec16* dst) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
       const int r = g * 8 + i;
-      if (r < valid)
-        xv[i] = load16(xg + static_cast<i64>(m0 + r) * a.x_stride + col0 + b * 128 + hl * 8);
-      else
-        xv[i] = Vec16{{0u, 0u, 0u, 0u}};
+      if constexpr (STAGE) {
+        dst[i] = *reinterpret_cast<const Vec16*>(slice + (b * 128 + r) * 128 + hl * 8);  // rows past M were zero-filled
+      } else if (r < valid) {
+        dst[i] = load16(xg + static_cast<i64>(m0 + r) * a.x_stride + col0 + b * 128 + hl * 8);
+      } else {
+        dst[i] = Vec16{{0u, 0u, 0u, 0u}};
+      }
+    }
+  };
+  if constexpr (STAGE) {
+#pragma unroll 1
+    for (int b = 0; b < CB; ++b) {
+      for (int i = threadIdx.x; i < 128 * 16; i += 256) {
+        const int r = i >> 4, c = i & 15;
+        const bool ok = r < valid;
+        cp_async16(slice + (b * 128 + r) * 128 + c * 8,
+                   xg + static_cast<i64>(m0 + (ok ? r : 0)) * a.x_stride + col0 + b * 128 + c * 8, ok);
+      }
+      cp_async_commit();
+    }
+  }
+  auto advance = [&]() {
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) xv[i] = xn[i];
     }
   };
 
-  // 1. r per row.
+  // 1. r per row. Blocks 0 … CB-1; the last one stays in registers for the second pass, which runs backwards (the
+  // blocks it reloads were read most recently: L2 hits).
   if (MODE == 2) {
     float ss[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    if constexpr (!STAGE) load_block(0, xv);
 #pragma unroll 1
     for (int b = 0; b < CB; ++b) {
-      load_block(b);
+      if constexpr (STAGE) {
+        cp_async_wait_group_dyn(CB - 1 - b);  // this thread's copies of block b have landed
+        __syncthreads();                      // and everyone else's
+        load_block(b, xv);
+      }
+      if (PREFETCH && b + 1 < CB) load_block(b + 1, xn);
 #pragma unroll
       for (int i = 0; i < 8; ++i)
 #pragma unroll
         for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
+      if (PREFETCH && b + 1 < CB) advance();
     }
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
@@ -187,9 +231,17 @@ __global__ void __launch_bounds__(256, CB == 1 ? 3 : 2) rms_norm_block_quant_til
 
   const i64 tb = blockIdx.y;
   const bool aligned16 = (a.M % 16) == 0;
+  if (MODE != 2) {
+    if constexpr (STAGE) {
+      cp_async_wait_group<0>();
+      __syncthreads();
+    }
+    load_block(CB - 1, xv);
+  }
 #pragma unroll 1
-  for (int b = 0; b < CB; ++b) {
-    if (MODE != 2 || CB > 1) load_block(b);
+  for (int b = CB - 1; b >= 0; --b) {
+    if (STAGE && b < CB - 1) load_block(b, xv);
+    if (PREFETCH && b > 0) load_block(b - 1, xn);
     const int cb0 = col0 + b * 128 + hl * 8;  // this thread's first column
     float w8[8];
     if (W_F32) load_floats<float, 8>(a.w, cb0, w8);
@@ -268,7 +320,10 @@ __global__ void __launch_bounds__(256, CB == 1 ? 3 : 2) rms_norm_block_quant_til
         for (int i = 0; i < 16 && t0 + i < valid; ++i) dst[i] = static_cast<u8>((i < 8 ? a0 : a1) >> ((i & 7) * 8));
       }
     }
-    if (CB > 1) __syncthreads();  // colmax / colscale are reused by the next block
+    if (CB > 1) {
+      __syncthreads();  // colmax / colscale are reused by the next block
+      advance();
+    }
   }
   if (MODE == 2 && S > 1) cluster_wait();
 }

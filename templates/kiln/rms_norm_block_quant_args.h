@@ -22,10 +22,11 @@ struct RmsNormBlockQuantArgs {
 constexpr int kRmsNormBlockQuantMaxN = 8192;
 
 // Dynamic shared memory of the tile kernel: per-row partial sums and 1/rms, per-warp column maxima, column scales,
-// the block's transposed codes (128 × 128 bytes) and its row scales. The tile itself lives in registers, so CB does
-// not change it.
-constexpr int rms_norm_block_quant_tile_smem_bytes(int /*CB*/) {
-  return (128 + 128 + 8 * 128 + 128) * 4 + 128 * 128 + 128 * 4;
+// the block's transposed codes (128 × 128 bytes) and its row scales; with STAGE, then the CTA's whole slice of x
+// (CB blocks of 128 × 128 bf16). Without STAGE the tile lives in registers, so CB does not change it.
+constexpr int kRmsNormBlockQuantTileBaseSmem = (128 + 128 + 8 * 128 + 128) * 4 + 128 * 128 + 128 * 4;
+constexpr int rms_norm_block_quant_tile_smem_bytes(int CB, bool stage = false) {
+  return kRmsNormBlockQuantTileBaseSmem + (stage ? CB * 128 * 128 * 2 : 0);
 }
 
 }  // namespace kiln
