@@ -6,6 +6,7 @@
 
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/rms_norm_args.h"
+#include "ops/bench/rms_norm.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -56,10 +57,11 @@ int smem_bytes(const Specialization& s) {
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows"},
                    render,              smem_bytes,                  enumerate,
-                   search_space};
+                   search_space,        tune_instance};
 
 Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DType dw) {
   Specialization s;
@@ -112,6 +114,17 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(spec(arch, kDwReduce, N, DType::bf16, DType::bf16, DType::f32));
 }
 
+// The op at `tokens` rows with random inputs of the specialization's dtypes. The backward's dweight is fp32 (the
+// dw_reduce kernel's own dtype parameter is not part of the bwd specialization).
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const auto& p = s.params;
+  const DType t = static_cast<DType>(p[P_DTYPE]), w = static_cast<DType>(p[P_W_DTYPE]);
+  if (s.kernel == kFwd) return rms_norm_fwd_instance(rt, tokens, p[P_N], t, w);
+  if (s.kernel == kBwd) return rms_norm_bwd_instance(rt, tokens, p[P_N], t, w, DType::f32, 0);
+  // dw_reduce is tuned as part of nothing (one config); run the backward that launches it.
+  return rms_norm_bwd_instance(rt, tokens, p[P_N], DType::bf16, DType::bf16, static_cast<DType>(p[P_DW_DTYPE]), 0);
+}
+
 constexpr int64_t kMaxN = 16384;
 
 // Common checks of a [M, N] activation in x's dtype.
@@ -156,7 +169,7 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = spec(impl.target_arch(), kFwd, N, x.dtype, weight.dtype, DType::f32);
+  const Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, N, x.dtype, weight.dtype, DType::f32), M);
   RmsNormFwdArgs a{x.data, x.strides[0], weight.data, y.data, y.strides[0], static_cast<float*>(rms_inv.data),
                    static_cast<int>(M), eps};
   LaunchDims d;
@@ -167,6 +180,9 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
 }
 
 namespace {
+// The backward's CTAs have 256 threads: no SM of sm_80..sm_100 holds more than 2048 threads, so 8 per SM.
+constexpr int64_t kMaxBwdCtasPerSm = 8;
+
 // Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups.
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
@@ -177,9 +193,11 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
 }
 }  // namespace
 
-int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType dtype) {
-  const Specialization s = spec(rt.impl().target_arch(), kBwd, N, dtype, dtype, DType::f32);
-  return bwd_grid(rt, s, M) * N;
+// An upper bound of bwd_grid · N over every tile config (≥ 1 row per CTA, ≤ 8 CTAs per SM), so that a workspace
+// sized by it fits whichever config the tuning database picks, and sizing it compiles nothing.
+int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType /*dtype*/) {
+  const int64_t full = static_cast<int64_t>(rt.impl().device().sm_count) * kMaxBwdCtasPerSm;
+  return std::max<int64_t>(1, std::min<int64_t>(full, M)) * N;
 }
 
 void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight, const TensorRef& dx,
@@ -196,15 +214,14 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  const Specialization reduce = spec(arch, kDwReduce, N, x.dtype, weight.dtype, dweight.dtype);
-  const Specialization s = spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype);
+  const Specialization reduce = impl.tuned(spec(arch, kDwReduce, N, x.dtype, weight.dtype, dweight.dtype), M);
+  const Specialization s = impl.tuned(spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype), M);
   const int64_t G = M == 0 ? 0 : bwd_grid(rt, s, M);
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);
   if (M > 0) {
     if (workspace.defined() && workspace.numel() < G * N)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems with x's "
-                                              "dtype), got {}",
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems), got {}",
                                               G * N, workspace.numel()));
     if (!workspace.defined()) {
       owned = impl.alloc_async(static_cast<size_t>(G * N) * 4, stream);
