@@ -261,12 +261,12 @@ Specialization Runtime::Impl::autotune_slow(const Specialization& s, int64_t tok
     if (auto done = lookup()) return *done;
   }
 
-  device();
   if (!tuner::tunable(s)) {  // one config only, or the family cannot be tuned: the heuristic, without asking again
     std::lock_guard g(tuning_mutex_);
     pin_heuristic(s, bucket);
     return s;
   }
+  device();
   log(LogLevel::info, "KILN_AUTOTUNE: tuning {} [{}] for {} rows (bucket {})", s.family->name, s.describe(), tokens,
       bucket);
   // Quiesce the device so that the caller's queued work does not land in the timings.
