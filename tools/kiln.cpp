@@ -571,8 +571,8 @@ int cmd_tune(std::span<const std::string_view> argv) {
   const auto start = std::chrono::steady_clock::now();
   auto print_result = [&](const kiln::tuner::TuneResult& r) {
     if (json) return;
-    const std::string what = fmt::format("{} {} {}", r.base.family->name, r.base.family->kernels.at(r.base.kernel),
-                                         r.base.describe().substr(0, r.base.describe().find(" |")));
+    const std::string shape = r.base.describe();  // "[kernel ]params | config"
+    const std::string what = fmt::format("{} {}", r.base.family->name, shape.substr(0, shape.find(" |")));
     if (!r.has_entry) {
       fmt::print("{} tokens={}: no entry: {}\n", what, r.tokens, r.note);
     } else {

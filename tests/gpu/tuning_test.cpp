@@ -116,7 +116,6 @@ TEST_F(TunerGpu, WrongCandidateThatIsFastestIsRejected) {
   double fastest_real = 1e30;
   for (const CandidateResult& c : res.candidates)
     if (!c.injected && c.ok()) fastest_real = std::min(fastest_real, c.us);
-  EXPECT_GT(nothing->us, 0);
   EXPECT_LT(nothing->us, fastest_real);
   EXPECT_LT(zeros->us, fastest_real);
   // …and none of them won.
