@@ -114,17 +114,6 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(spec(arch, kDwReduce, N, DType::bf16, DType::bf16, DType::f32));
 }
 
-// The op at `tokens` rows with random inputs of the specialization's dtypes. The backward's dweight is fp32 (the
-// dw_reduce kernel's own dtype parameter is not part of the bwd specialization).
-BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  const auto& p = s.params;
-  const DType t = static_cast<DType>(p[P_DTYPE]), w = static_cast<DType>(p[P_W_DTYPE]);
-  if (s.kernel == kFwd) return rms_norm_fwd_instance(rt, tokens, p[P_N], t, w);
-  if (s.kernel == kBwd) return rms_norm_bwd_instance(rt, tokens, p[P_N], t, w, DType::f32, 0);
-  // dw_reduce is tuned as part of nothing (one config); run the backward that launches it.
-  return rms_norm_bwd_instance(rt, tokens, p[P_N], DType::bf16, DType::bf16, static_cast<DType>(p[P_DW_DTYPE]), 0);
-}
-
 constexpr int64_t kMaxN = 16384;
 
 // Common checks of a [M, N] activation in x's dtype.
@@ -180,9 +169,6 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
 }
 
 namespace {
-// The backward's CTAs have 256 threads: no SM of sm_80..sm_100 holds more than 2048 threads, so 8 per SM.
-constexpr int64_t kMaxBwdCtasPerSm = 8;
-
 // Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups.
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
@@ -193,12 +179,30 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
 }
 }  // namespace
 
-// An upper bound of bwd_grid · N over every tile config (≥ 1 row per CTA, ≤ 8 CTAs per SM), so that a workspace
-// sized by it fits whichever config the tuning database picks, and sizing it compiles nothing.
-int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType /*dtype*/) {
-  const int64_t full = static_cast<int64_t>(rt.impl().device().sm_count) * kMaxBwdCtasPerSm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, M)) * N;
+int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType dtype) {
+  auto& impl = rt.impl();
+  const Specialization s = impl.tuned(spec(impl.target_arch(), kBwd, N, dtype, dtype, DType::f32), M);
+  return bwd_grid(rt, s, M) * N;
 }
+
+namespace {
+// The op at `tokens` rows with random inputs of the specialization's dtypes. The backward's workspace fits every
+// config of the search space (its grid depends on the config); dweight is fp32.
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const auto& p = s.params;
+  const DType t = static_cast<DType>(p[P_DTYPE]), w = static_cast<DType>(p[P_W_DTYPE]);
+  if (s.kernel == kFwd) return rms_norm_fwd_instance(rt, tokens, p[P_N], t, w);
+  if (s.kernel == kBwd) {
+    std::vector<Specialization> space;
+    search_space(s, space);
+    int64_t ws = 0;
+    for (const Specialization& c : space) ws = std::max(ws, bwd_grid(rt, c, tokens) * p[P_N]);
+    return rms_norm_bwd_instance(rt, tokens, p[P_N], t, w, DType::f32, ws);
+  }
+  // dw_reduce has one config; its instance is the backward that launches it.
+  return rms_norm_bwd_instance(rt, tokens, p[P_N], DType::bf16, DType::bf16, static_cast<DType>(p[P_DW_DTYPE]), 0);
+}
+}  // namespace
 
 void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight, const TensorRef& dx,
                   const TensorRef& dweight, float eps, const TensorRef& workspace, Stream stream) {
@@ -221,7 +225,8 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
   float* partial = static_cast<float*>(workspace.data);
   if (M > 0) {
     if (workspace.defined() && workspace.numel() < G * N)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems), got {}",
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems with x's "
+                                              "dtype), got {}",
                                               G * N, workspace.numel()));
     if (!workspace.defined()) {
       owned = impl.alloc_async(static_cast<size_t>(G * N) * 4, stream);
