@@ -272,9 +272,12 @@ Specialization Runtime::Impl::autotune_slow(const Specialization& s, int64_t tok
   // Quiesce the device so that the caller's queued work does not land in the timings.
   check(driver().cuCtxSynchronize(), "cuCtxSynchronize");
   tuner::TuneResult r;
-  {
+  try {
     L2Flusher l2(owner, nullptr);
     r = tuner::tune_one(owner, s, tokens, tuner::TuneOptions{}, l2);
+  } catch (const std::exception& e) {
+    r.has_entry = false;
+    r.note = e.what();
   }
   std::lock_guard g(tuning_mutex_);
   if (!r.has_entry) {

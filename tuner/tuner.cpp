@@ -300,7 +300,13 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
     r.candidates.push_back(std::move(c));
   }
 
-  const BenchInstance inst = f.tune_instance(rt, base, tokens);
+  BenchInstance inst;
+  try {
+    inst = f.tune_instance(rt, base, tokens);
+  } catch (const std::exception& e) {
+    r.note = fmt::format("error preparing the inputs: {}", e.what());
+    return finish();
+  }
   if (inst.outputs.empty()) {
     r.note = fmt::format("{}'s tune instance lists no outputs: candidates cannot be checked", f.name);
     return finish();
@@ -439,7 +445,14 @@ std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& spe
         r.tokens = m;
         r.note = fmt::format("skipped: run time budget of {:.0f} s spent", opts.run_budget_s);
       } else {
-        r = tune_one(rt, s, m, opts, l2, run_deadline);
+        try {
+          r = tune_one(rt, s, m, opts, l2, run_deadline);
+        } catch (const std::exception& e) {  // one broken family must not end the run
+          r = TuneResult{};
+          r.base = s;
+          r.tokens = m;
+          r.note = fmt::format("error: {}", e.what());
+        }
       }
       if (on_result) on_result(r);
       results.push_back(std::move(r));

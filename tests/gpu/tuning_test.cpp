@@ -156,6 +156,24 @@ TEST_F(TunerGpu, TunedIsNeverSlowerThanTheDefaultBeyondNoise) {
   }
 }
 
+// Two tuning runs of the same specializations change no entry outside the noise band: either the same config
+// wins, or the two winners' times are within the band of each other (then either is a right answer).
+TEST_F(TunerGpu, TwoRunsAgreeWithinTheNoiseBand) {
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  for (const Specialization& base : {norm_fwd(r), quant_mode2(r)}) {
+    const TuneResult a = tuner::tune_one(r, base, 8192, {}, l2);
+    const TuneResult b = tuner::tune_one(r, base, 8192, {}, l2);
+    ASSERT_TRUE(a.has_entry && b.has_entry) << a.note << " / " << b.note;
+    std::printf("run 1: %srun 2: %s", describe(a).c_str(), describe(b).c_str());
+    if (a.entry.config != b.entry.config) {
+      const double band = tuner::noise_band_us(std::max(a.best_us, b.best_us));
+      EXPECT_LE(std::abs(a.best_us - b.best_us), band) << "run 1 picked " << a.candidates[a.winner].label
+                                                        << ", run 2 " << b.candidates[b.winner].label;
+    }
+  }
+}
+
 std::string write_fwd_db(const std::filesystem::path& path, const Specialization& fwd, int warps, uint64_t tokens) {
   tuner::TuningEntry e;
   e.key = {"rms_norm", "fwd", fwd.arch.name(),
