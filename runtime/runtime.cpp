@@ -249,7 +249,12 @@ Specialization Runtime::Impl::autotune_slow(const Specialization& s, int64_t tok
 
   // Another process may have stored it since this Runtime started.
   if (std::filesystem::exists(autotune_file)) {
-    const tuner::TuningDb db = tuner::TuningDb::load(autotune_file);
+    tuner::TuningDb db;
+    try {
+      db = tuner::TuningDb::load(autotune_file);
+    } catch (const std::exception& e) {  // stores would fail too; this process still tunes for itself
+      log(LogLevel::warn, "KILN_AUTOTUNE: cannot re-read {}: {}", autotune_file, e.what());
+    }
     std::vector<tuner::TableEntry> fresh;
     for (tuner::TableEntry& e : tuner::table_entries(db, autotune_file, 0))
       if (tuner::shape_key(e.spec) == shape) fresh.push_back(std::move(e));

@@ -348,6 +348,13 @@ TEST(TuningRuntime, AutotuneWithoutAGpu) {
   EXPECT_THROW(rt.impl().tuned(fwd, 4096), kiln::DeviceError);
   EXPECT_EQ(rt.stats().tunes, 0u);
   EXPECT_FALSE(fs::exists(o.tuning_db));
+  // Another process stores the entry after this Runtime started: the next call adopts it instead of tuning.
+  const Specialization theirs = other_config(fwd, 1);
+  store_entries(o.tuning_db, {entry_for(theirs, 4096, 7.0)});
+  EXPECT_EQ(rt.impl().tuned(fwd, 4096).config, theirs.config);
+  EXPECT_EQ(rt.impl().tuned(fwd, 3000).config, theirs.config);
+  EXPECT_EQ(rt.stats().tunes, 0u);
+  EXPECT_THROW(rt.impl().tuned(fwd, 8192), kiln::DeviceError);  // a bucket nobody measured still needs a tune
 }
 
 // ---- the autotune writer: several processes, one file, nothing lost ----------------------------------------------
