@@ -568,6 +568,17 @@ int cmd_tune(std::span<const std::string_view> argv) {
                  return t;
                }(), ","));
 
+  if (!json) {
+    size_t candidates = 0;
+    for (const auto& s : specs) {
+      std::vector<kiln::detail::Specialization> space;
+      s.family->search_space(s, space);
+      candidates += space.size();
+    }
+    fmt::print("compiling {} candidate configs (cached ones load), then timing each at every token count\n",
+               candidates);
+    std::fflush(stdout);
+  }
   const auto start = std::chrono::steady_clock::now();
   auto print_result = [&](const kiln::tuner::TuneResult& r) {
     if (json) return;
