@@ -94,14 +94,16 @@ std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rto
                      name, bad, n, rtol, atol, rel, first_bad, value(false, first_bad), value(true, first_bad));
 }
 
-// fp8 (sign-magnitude): the magnitude codes of a one-step flip differ by one, same sign.
-std::string compare_fp8(const uint8_t* ref, const uint8_t* got, size_t n, const char* name) {
+// fp8 (sign-magnitude): the magnitude codes of a one-step flip differ by one, same sign, neither a NaN/inf code
+// (e4m3: 0x7f; e5m2: above 0x7b).
+std::string compare_fp8(const uint8_t* ref, const uint8_t* got, size_t n, const char* name, int max_finite) {
   const size_t allowed = std::max<size_t>(2, n / 1000);
   size_t flips = 0, bad = 0, first_bad = 0, first_flip = 0;
   for (size_t i = 0; i < n; ++i) {
     if (ref[i] == got[i]) continue;
     const int dr = ref[i] & 0x7f, dg = got[i] & 0x7f;
-    const bool one_step = (ref[i] & 0x80) == (got[i] & 0x80) && std::abs(dr - dg) == 1;
+    const bool one_step =
+        (ref[i] & 0x80) == (got[i] & 0x80) && std::abs(dr - dg) == 1 && dr <= max_finite && dg <= max_finite;
     if (one_step) {
       if (flips++ == 0) first_flip = i;
     } else if (bad++ == 0) {
@@ -232,8 +234,9 @@ std::string compare_outputs(DType dtype, const void* ref_ptr, const void* got_pt
           },
           1e-5, 1e-4, name.c_str());
     case DType::e4m3:
+      return compare_fp8(ref, got, n, name.c_str(), 0x7e);
     case DType::e5m2:
-      return compare_fp8(ref, got, n, name.c_str());
+      return compare_fp8(ref, got, n, name.c_str(), 0x7b);
     default:
       return compare_exact(ref, got, n, dtype_size(dtype), name.c_str());
   }
