@@ -271,6 +271,61 @@ TEST_F(TunerGpu, AutotuneTunesOnceStoresAndIsReused) {
   EXPECT_EQ(again.stats().tunes, 0u);
 }
 
+// A rank's start on the GPU: imported database + cache prewarmed from it and from the model; the real ops then load
+// every kernel from disk, compile nothing (KILN_REQUIRE_PREWARMED would throw) and tune nothing (autotune is on).
+TEST_F(TunerGpu, RanksWithADatabaseAndAPrewarmedCacheNeitherCompileNorTune) {
+  const TempDir dir;
+  Runtime& fixture = rt();
+  const Specialization fwd = norm_fwd(fixture);
+  const Specialization bwd = ling_spec(fixture, "rms_norm", "bwd", [](const Specialization&) { return true; });
+  std::vector<Specialization> fwd_space, bwd_space;
+  fwd.family->search_space(fwd, fwd_space);
+  bwd.family->search_space(bwd, bwd_space);
+  auto entry = [](const Specialization& s, uint64_t tokens) {
+    tuner::TuningEntry e;
+    const detail::FamilyDef& f = *s.family;
+    e.key = {f.name, f.kernels.at(s.kernel), s.arch.name(), {}, tokens};
+    for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], s.params[i]);
+    for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], s.config[i]);
+    e.median_us = e.default_us = 10;
+    e.provenance = {"some GPU", 1, "13.0", "13.0", "13.0", "0.1.0", "2026-11-26T00:00:00Z", "test"};
+    return e;
+  };
+  tuner::TuningDb db;
+  db.entries = {entry(fwd_space.front(), 4096), entry(bwd_space.front(), 4096)};
+  db.sort_entries();
+  const std::string file = (dir.path() / "tuning.json").string();
+  db.save(file);
+  RuntimeOptions o;
+  o.read_env = false;
+  o.cache_dir = (dir.path() / "cache").string();
+  const std::string arch = fixture.impl().target_arch().name();
+  {
+    Runtime node(o);
+    node.prewarm_tuning(file, {arch});
+    node.prewarm(load_model("ling-mini-2.0"), {arch}, 0, nullptr, nullptr, {"rms_norm"});
+  }
+  o.tuning_db = file;
+  o.require_prewarmed = true;
+  o.autotune = true;
+  Runtime rank(o);
+  constexpr int64_t M = 4000, N = 2048;
+  ASSERT_EQ(fwd.params[0], N);
+  DeviceBuffer x(rank, M * N * 2), w(rank, N * 2), y(rank, M * N * 2), dy(rank, M * N * 2), dx(rank, M * N * 2),
+      dw(rank, N * 4);
+  x.upload(encode(DType::bf16, randn(M * N, 11)));
+  dy.upload(encode(DType::bf16, randn(M * N, 12)));
+  w.upload(encode(DType::bf16, randn(N, 13, 0.5f)));
+  rms_norm_fwd(rank, x.ref(DType::bf16, {M, N}), w.ref(DType::bf16, {N}), y.ref(DType::bf16, {M, N}), {}, 1e-6f,
+               nullptr);
+  rms_norm_bwd(rank, dy.ref(DType::bf16, {M, N}), x.ref(DType::bf16, {M, N}), w.ref(DType::bf16, {N}),
+               dx.ref(DType::bf16, {M, N}), dw.ref(DType::f32, {N}), 1e-6f, {}, nullptr);
+  synchronize();
+  EXPECT_EQ(rank.stats().compiles, 0u);
+  EXPECT_EQ(rank.stats().tunes, 0u);
+  EXPECT_EQ(rank.stats().disk_hits, 3u);  // fwd and bwd at their tuned configs, and dw_reduce
+}
+
 // With a tuning database loaded, an op call on an in-memory hit still costs ≤ 2 µs of host time beyond the launch.
 TEST_F(TunerGpu, HitPathWithADatabaseStaysWithinTheHostBudget) {
   const TempDir dir;
