@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Build, GPU tests and benchmarks in one go on the GPU machine (see ../shared/guide/h100.md). Logs go to $OUT (or
 # ./logs). Usage: bash bench/run_gpu.sh [ctest regex] [bench filter 'a|b']
-#   KILN_SKIP_TORCH=1 skips the torch baselines; KILN_TORCH_ONLY=mod1,mod2 runs only those bench/torch modules.
+#   KILN_SKIP_TORCH=1 skips the torch baselines; KILN_TORCH_ONLY=mod1,mod2 runs only those bench/torch modules;
+#   KILN_TUNE=1 also runs `kiln tune` on ling-mini-2.0 (writes $OUT/h100-ling-mini-2.0.json).
 set -o pipefail
 OUT=${OUT:-$PWD/logs}
 mkdir -p "$OUT"
@@ -13,6 +14,13 @@ export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
 (cd build-gpu && ctest -L gpu -j12 --timeout 300 ${1:+-R "$1"} > "$OUT/gpu-tests.log" 2>&1; grep -E "Failed|\*\*\*|tests passed" "$OUT/gpu-tests.log" | tail -40)
 ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 > "$OUT/gpu-tests-one-process.log" 2>&1
 echo "one-process run: rc=$? $(tail -2 "$OUT/gpu-tests-one-process.log" | tr '\n' ' ')"
+# KILN_TUNE=1: tune the Ling-mini-2.0 preset at three token counts; the file lands in $OUT (commit it as
+# tuner/configs/h100-ling-mini-2.0.json) and in tuner/configs/ of this checkout.
+if [ -n "${KILN_TUNE:-}" ]; then
+  ./build-gpu/tools/kiln tune --model ling-mini-2.0 --tokens 1024,4096,8192 --out "$OUT/h100-ling-mini-2.0.json" 2>&1 | tee "$OUT/tune.log"
+  mkdir -p tuner/configs && cp "$OUT/h100-ling-mini-2.0.json" tuner/configs/ 2>/dev/null
+  ./build-gpu/tools/kiln tuning show "$OUT/h100-ling-mini-2.0.json" 2>&1 | tail -40
+fi
 ./build-gpu/tools/kiln bench --json "$OUT/bench.json" ${2:+--filter "$2"} 2>&1 | tee "$OUT/bench.log"
 for f in $(find "$KILN_CACHE_DIR" -name cubin); do
   cuobjdump -res-usage "$f" 2>&1 | grep -A1 Function | tr '\n' ' ' | cut -c1-230; echo

@@ -7,6 +7,7 @@
 
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/rms_norm_args.h"
+#include "ops/bench/rms_norm.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -69,10 +70,11 @@ int smem_bytes(const Specialization& s) {
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows", "stages"},
                    render,              smem_bytes,                  enumerate,
-                   search_space};
+                   search_space,        tune_instance};
 
 Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DType dw) {
   Specialization s;
@@ -174,7 +176,7 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = spec(impl.target_arch(), kFwd, N, x.dtype, weight.dtype, DType::f32);
+  const Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, N, x.dtype, weight.dtype, DType::f32), M);
   RmsNormFwdArgs a{x.data, x.strides[0], weight.data, y.data, y.strides[0], static_cast<float*>(rms_inv.data),
                    static_cast<int>(M), eps};
   LaunchDims d;
@@ -196,9 +198,29 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
 }  // namespace
 
 int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType dtype) {
-  const Specialization s = spec(rt.impl().target_arch(), kBwd, N, dtype, dtype, DType::f32);
+  auto& impl = rt.impl();
+  const Specialization s = impl.tuned(spec(impl.target_arch(), kBwd, N, dtype, dtype, DType::f32), M);
   return bwd_grid(rt, s, M) * N;
 }
+
+namespace {
+// The op at `tokens` rows with random inputs of the specialization's dtypes. The backward's workspace fits every
+// config of the search space (its grid depends on the config); dweight is fp32.
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const auto& p = s.params;
+  const DType t = static_cast<DType>(p[P_DTYPE]), w = static_cast<DType>(p[P_W_DTYPE]);
+  if (s.kernel == kFwd) return rms_norm_fwd_instance(rt, tokens, p[P_N], t, w);
+  if (s.kernel == kBwd) {
+    std::vector<Specialization> space;
+    search_space(s, space);
+    int64_t ws = 0;
+    for (const Specialization& c : space) ws = std::max(ws, bwd_grid(rt, c, tokens) * p[P_N]);
+    return rms_norm_bwd_instance(rt, tokens, p[P_N], t, w, DType::f32, ws);
+  }
+  // dw_reduce has one config; its instance is the backward that launches it.
+  return rms_norm_bwd_instance(rt, tokens, p[P_N], DType::bf16, DType::bf16, static_cast<DType>(p[P_DW_DTYPE]), 0);
+}
+}  // namespace
 
 void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight, const TensorRef& dx,
                   const TensorRef& dweight, float eps, const TensorRef& workspace, Stream stream) {
@@ -214,8 +236,8 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  const Specialization reduce = spec(arch, kDwReduce, N, x.dtype, weight.dtype, dweight.dtype);
-  const Specialization s = spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype);
+  const Specialization reduce = impl.tuned(spec(arch, kDwReduce, N, x.dtype, weight.dtype, dweight.dtype), M);
+  const Specialization s = impl.tuned(spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype), M);
   const int64_t G = M == 0 ? 0 : bwd_grid(rt, s, M);
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);

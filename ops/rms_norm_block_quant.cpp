@@ -11,6 +11,7 @@
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 #include "kiln/rms_norm_block_quant_args.h"
+#include "ops/bench/rms_norm.hpp"
 
 namespace kiln {
 namespace {
@@ -46,9 +47,16 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
+// The op at `tokens` rows in the specialization's mode, with random inputs (bench preparation).
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const auto& p = s.params;
+  return rms_norm_block_quant_instance(rt, tokens, p[P_N], static_cast<int>(p[P_MODE]), p[P_ROUND] != 0,
+                                       p[P_W_F32] != 0);
+}
+
 FamilyDef g_family{
     "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "prefetch"},
-    render, smem_bytes, enumerate, search_space};
+    render, smem_bytes, enumerate, search_space, tune_instance};
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
   Specialization s;
@@ -177,7 +185,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32);
+  const Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
   RmsNormBlockQuantArgs a{};
   a.x = x.data;
   a.x_stride = x.strides[0];

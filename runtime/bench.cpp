@@ -61,34 +61,6 @@ class Event {
   CUevent event_ = nullptr;
 };
 
-// Reads kL2FlushBytes with kiln's l2_flush kernel: a read, so it leaves no dirty lines whose write-back the timed
-// call would pay for. The constructor runs it once so that its compilation is not part of any timing.
-class L2Flusher {
- public:
-  L2Flusher(Runtime& rt, Stream stream) : rt_(rt), buffer_(kL2FlushBytes), sink_(sizeof(unsigned)) {
-    check(driver().cuMemsetD8(buffer_.get(), 0x5a, kL2FlushBytes), "cuMemsetD8");
-    flush(stream);
-    check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
-  }
-  void flush(Stream stream) {
-    l2_flush(rt_, reinterpret_cast<const void*>(buffer_.get()), kL2FlushBytes,
-             reinterpret_cast<unsigned*>(sink_.get()), stream);
-  }
-
- private:
-  Runtime& rt_;
-  DeviceBuffer buffer_, sink_;
-};
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  const size_t n = v.size();
-  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
-}
-
-// "13.0" from 13000 (the encoding of cuDriverGetVersion and CUDA_VERSION: 1000 × major + 10 × minor).
-std::string cuda_version_string(int v) { return fmt::format("{}.{}", v / 1000, (v % 1000) / 10); }
-
 // Bandwidth of a large device-to-device copy, counting bytes read + written: the ceiling a memory-bound op can hope
 // to approach, measured in the same run so that every case's percentage is relative to this GPU as it is now.
 double measure_copy_gbps(Stream stream, int repeats) {
@@ -109,24 +81,60 @@ double measure_copy_gbps(Stream stream, int repeats) {
   return 2.0 * static_cast<double>(kCopyProbeBytes) / (median(ms) * 1e-3) / 1e9;
 }
 
-// Median microseconds of `fn`: warm-up calls (compilation, module load, first-touch), then each timed call on a
-// cold L2.
-double time_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, const BenchOptions& opts) {
-  for (int i = 0; i < opts.warmup; ++i) fn(stream);
-  check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
+}  // namespace
 
+std::string cuda_version_string(int v) { return fmt::format("{}.{}", v / 1000, (v % 1000) / 10); }
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+// A read, so it leaves no dirty lines whose write-back the timed call would pay for.
+L2Flusher::L2Flusher(Runtime& rt, Stream stream) : rt_(rt) {
+  buffer_ = device_alloc(kL2FlushBytes);
+  try {
+    sink_ = device_alloc(sizeof(unsigned));
+    check(driver().cuMemsetD8(reinterpret_cast<CUdeviceptr>(buffer_), 0x5a, kL2FlushBytes), "cuMemsetD8");
+    flush(stream);
+    check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
+  } catch (...) {
+    device_free(sink_);
+    device_free(buffer_);
+    throw;
+  }
+}
+
+L2Flusher::~L2Flusher() {
+  device_free(sink_);
+  device_free(buffer_);
+}
+
+void L2Flusher::flush(Stream stream) { l2_flush(rt_, buffer_, kL2FlushBytes, static_cast<unsigned*>(sink_), stream); }
+
+std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
+                                  int repeats) {
+  // Warm-up: compilation, module load, first touch.
+  for (int i = 0; i < warmup; ++i) fn(stream);
+  check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
   Event start, stop;
-  std::vector<double> ms;
-  for (int i = 0; i < std::max(opts.repeats, 1); ++i) {
+  std::vector<double> us;
+  for (int i = 0; i < std::max(repeats, 1); ++i) {
     l2.flush(stream);
     start.record(stream);
     fn(stream);
     stop.record(stream);
-    ms.push_back(stop.ms_since(start));
+    us.push_back(stop.ms_since(start) * 1e3);
   }
-  return median(ms) * 1e3;
+  return us;
 }
 
+namespace {
+double time_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, const BenchOptions& opts) {
+  return median(time_calls_us(fn, stream, l2, opts.warmup, opts.repeats));
+}
 }  // namespace
 
 std::vector<BenchCase>& bench_cases() {

@@ -64,6 +64,31 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
 // Reads `bytes` of `buf` through L2 with a kernel (a read leaves no dirty lines). `sink`: 4 writable bytes.
 void l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream stream);
 
+// Evicts L2 by reading a 256 MB buffer with kiln's l2_flush kernel. The constructor runs it once (so that its
+// compilation is part of no timing) and synchronizes.
+class L2Flusher {
+ public:
+  L2Flusher(Runtime& rt, Stream stream);
+  ~L2Flusher();
+  L2Flusher(const L2Flusher&) = delete;
+  L2Flusher& operator=(const L2Flusher&) = delete;
+  void flush(Stream stream);
+
+ private:
+  Runtime& rt_;
+  void* buffer_ = nullptr;
+  void* sink_ = nullptr;
+};
+
+// Per-call microseconds of `fn`: `warmup` untimed calls, then `repeats` calls each timed with CUDA events on a cold
+// L2 (flushed just before). Synchronizes.
+std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
+                                  int repeats);
+double median(std::vector<double> v);
+
+// "13.0" from 13000 (the encoding of cuDriverGetVersion and CUDA_VERSION: 1000 × major + 10 × minor).
+std::string cuda_version_string(int v);
+
 // Device helpers for bench cases and tests (driver API; throw DeviceError).
 void* device_alloc(size_t bytes);
 void device_free(void* p);

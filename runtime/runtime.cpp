@@ -4,6 +4,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdlib>
+#include <filesystem>
 #include <mutex>
 #include <thread>
 #include <unordered_set>
@@ -14,7 +15,10 @@
 #include "runtime/family.hpp"
 #include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
+#include "runtime/bench.hpp"
+#include "tuner/tuner.hpp"
 #include "tuner/tuning_db.hpp"
+#include "tuner/tuning_table.hpp"
 
 namespace kiln {
 namespace detail {
@@ -38,18 +42,32 @@ LogLevel parse_level(std::string_view v) {
   throw InvalidArgument(fmt::format("KILN_LOG_LEVEL: expected error|warn|info|debug, got '{}'", v));
 }
 
+std::vector<std::string> split_paths(std::string_view list) {
+  std::vector<std::string> out;
+  while (!list.empty()) {
+    const size_t colon = list.find(':');
+    if (colon != 0) out.emplace_back(list.substr(0, colon));
+    if (colon == std::string_view::npos) break;
+    list.remove_prefix(colon + 1);
+  }
+  return out;
+}
+
 }  // namespace
 }  // namespace detail
 
 using namespace detail;
 
-Runtime::Impl::Impl(RuntimeOptions o) : options(std::move(o)) {
+Runtime::Impl::Impl(RuntimeOptions o, Runtime& owner_) : options(std::move(o)), owner(owner_) {
   families();  // registration assigns family ids before any op builds a key
   if (options.read_env) {
     if (const char* v = env("KILN_LOG_LEVEL")) options.log_level = parse_level(v);
     if (options.arch.empty())
       if (const char* v = env("KILN_ARCH")) options.arch = v;
     if (env_true("KILN_REQUIRE_PREWARMED")) options.require_prewarmed = true;
+    if (options.tuning_db.empty())
+      if (const char* v = env("KILN_TUNING_DB")) options.tuning_db = v;
+    if (env_true("KILN_AUTOTUNE")) options.autotune = true;
   }
   set_log_level(options.log_level);
   if (!options.arch.empty()) arch_override_ = Arch::parse(options.arch);
@@ -60,6 +78,30 @@ Runtime::Impl::Impl(RuntimeOptions o) : options(std::move(o)) {
       log(LogLevel::warn, "cubin cache disabled, compiling in memory only: {}", cache->disabled_reason());
   }
   registry = std::make_unique<KernelRegistry>(cache.get(), options.require_prewarmed, counters);
+
+  // Tuning files: loaded strictly, once. Under autotune the first file is where results go and may not exist yet;
+  // with no file named, results go to <cache root>/tuning.json, loaded if present.
+  autotune = options.autotune;
+  tuning_files = split_paths(options.tuning_db);
+  autotune_file = !tuning_files.empty() ? tuning_files.front()
+                                        : (std::filesystem::path(cache && cache->enabled() ? cache->root()
+                                                                                           : cache::default_cache_root()) /
+                                           "tuning.json")
+                                              .string();
+  if (autotune && tuning_files.empty()) tuning_files.push_back(autotune_file);
+  for (size_t i = 0; i < tuning_files.size(); ++i) {
+    const std::string& f = tuning_files[i];
+    if (autotune && f == autotune_file && !std::filesystem::exists(f)) continue;
+    const tuner::TuningDb db = tuner::TuningDb::load(f);  // throws InvalidArgument naming file:line
+    std::vector<tuner::TableEntry> part = tuner::table_entries(db, f, i);
+    tuning_entries_.insert(tuning_entries_.end(), part.begin(), part.end());
+    log(LogLevel::info, "tuning file {}: {} entries", f, db.entries.size());
+  }
+  tuning_enabled_ = autotune || !tuning_entries_.empty();
+  if (tuning_enabled_) {
+    std::lock_guard g(tuning_mutex_);
+    rebuild_table();
+  }
 }
 
 void Runtime::Impl::init_device() {
@@ -126,8 +168,143 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   counters.launches.fetch_add(1, std::memory_order_relaxed);
 }
 
-Specialization Runtime::Impl::tuned(const Specialization& s, int64_t /*tokens*/) {
-  return s;  // no tuning database support yet (issue 4): the heuristic default
+// ---- tuned configs -------------------------------------------------------------------------------------------------
+
+const tuner::TuningTable* Runtime::Impl::rebuild_table() {
+  tuner::GpuIdentity gpu;
+  if (device_ready_.load(std::memory_order_acquire)) gpu = {device_.name, device_.sm_count};
+  auto table = std::make_unique<tuner::TuningTable>(tuning_entries_, gpu);
+  const tuner::TuningTable* t = table.get();
+  tables_.push_back(std::move(table));
+  table_knows_gpu_.store(gpu.known(), std::memory_order_release);
+  table_.store(t, std::memory_order_release);
+  return t;
+}
+
+// The table for the bound GPU: the one built at start knows no GPU (the device binds lazily); once the device is
+// bound, it is rebuilt once so that same-GPU entries win.
+const tuner::TuningTable* Runtime::Impl::current_table() {
+  const tuner::TuningTable* t = table_.load(std::memory_order_acquire);
+  if (table_knows_gpu_.load(std::memory_order_acquire) || !device_ready_.load(std::memory_order_acquire)) return t;
+  std::lock_guard g(tuning_mutex_);
+  if (table_knows_gpu_.load(std::memory_order_acquire)) return table_.load(std::memory_order_acquire);
+  return rebuild_table();
+}
+
+Specialization Runtime::Impl::tuned(const Specialization& s, int64_t tokens) {
+  ForcedConfig* forced = t_forced_config;
+  if (!forced && !tuning_enabled_) return s;
+  const Key128 shape = tuner::shape_key(s);
+  Specialization out = s;
+  if (forced && forced->shape == shape) {
+    ++forced->applied;
+    out.config = forced->config;
+    return out;
+  }
+  if (!tuning_enabled_) return s;
+  const tuner::TuningTable::Hit hit = current_table()->find(shape, tuner::bucket_log2(tokens));
+  if (hit.config && (hit.exact || !autotune)) {
+    out.config = *hit.config;
+    return out;
+  }
+  if (autotune && t_tuning_depth == 0) return autotune_slow(s, tokens, shape);
+  if (hit.config) out.config = *hit.config;
+  return out;
+}
+
+std::string Runtime::Impl::tuning_source(const Specialization& s, int64_t tokens) {
+  if (!tuning_enabled_) return "heuristic";
+  const tuner::TuningTable* t = current_table();
+  const tuner::TableEntry* e = t->explain(tuner::shape_key(s), tuner::bucket_log2(tokens));
+  if (!e) return "heuristic";
+  if (e->median_us <= 0) return "heuristic (nothing to tune)";
+  return fmt::format("tuned ({}, bucket {}{}{})", e->source, e->bucket, e->provenance.gpu.empty() ? "" : ", ",
+                     e->provenance.gpu);
+}
+
+void Runtime::Impl::pin_heuristic(const Specialization& s, uint64_t bucket) {
+  tuner::TableEntry e;
+  e.spec = s;
+  e.bucket = bucket;
+  e.provenance.gpu = device_.name;
+  e.provenance.sm_count = device_.sm_count;
+  e.source = "(in memory)";
+  tuning_entries_.push_back(std::move(e));
+  rebuild_table();
+}
+
+// KILN_AUTOTUNE's slow path: this bucket of `s` has no entry measured at it.
+Specialization Runtime::Impl::autotune_slow(const Specialization& s, int64_t tokens, const Key128& shape) {
+  std::lock_guard one_at_a_time(autotune_mutex_);
+  const int b = tuner::bucket_log2(tokens);
+  const uint64_t bucket = uint64_t{1} << b;
+  auto lookup = [&]() -> std::optional<Specialization> {
+    const tuner::TuningTable::Hit hit = current_table()->find(shape, b);
+    if (!hit.config || !hit.exact) return std::nullopt;
+    Specialization out = s;
+    out.config = *hit.config;
+    return out;
+  };
+  if (auto done = lookup()) return *done;  // another thread tuned it while this one waited
+
+  // Another process may have stored it since this Runtime started.
+  if (std::filesystem::exists(autotune_file)) {
+    tuner::TuningDb db;
+    try {
+      db = tuner::TuningDb::load(autotune_file);
+    } catch (const std::exception& e) {  // stores would fail too; this process still tunes for itself
+      log(LogLevel::warn, "KILN_AUTOTUNE: cannot re-read {}: {}", autotune_file, e.what());
+    }
+    std::vector<tuner::TableEntry> fresh;
+    for (tuner::TableEntry& e : tuner::table_entries(db, autotune_file, 0))
+      if (tuner::shape_key(e.spec) == shape) fresh.push_back(std::move(e));
+    if (!fresh.empty()) {
+      std::lock_guard g(tuning_mutex_);
+      tuning_entries_.insert(tuning_entries_.end(), fresh.begin(), fresh.end());
+      rebuild_table();
+    }
+    if (auto done = lookup()) return *done;
+  }
+
+  if (!tuner::tunable(s)) {  // one config only, or the family cannot be tuned: the heuristic, without asking again
+    std::lock_guard g(tuning_mutex_);
+    pin_heuristic(s, bucket);
+    return s;
+  }
+  device();
+  log(LogLevel::info, "KILN_AUTOTUNE: tuning {} [{}] for {} rows (bucket {})", s.family->name, s.describe(), tokens,
+      bucket);
+  // Quiesce the device so that the caller's queued work does not land in the timings.
+  check(driver().cuCtxSynchronize(), "cuCtxSynchronize");
+  tuner::TuneResult r;
+  try {
+    L2Flusher l2(owner, nullptr);
+    r = tuner::tune_one(owner, s, tokens, tuner::TuneOptions{}, l2);
+  } catch (const std::exception& e) {
+    r.has_entry = false;
+    r.note = e.what();
+  }
+  std::lock_guard g(tuning_mutex_);
+  if (!r.has_entry) {
+    log(LogLevel::warn, "KILN_AUTOTUNE: {} [{}]: {}; using the heuristic", s.family->name, s.describe(), r.note);
+    pin_heuristic(s, bucket);
+    return s;
+  }
+  tunes.fetch_add(1, std::memory_order_relaxed);
+  try {
+    tuner::store_entries(autotune_file, {r.entry});
+  } catch (const std::exception& e) {
+    log(LogLevel::warn, "KILN_AUTOTUNE: could not store the result in {}: {}", autotune_file, e.what());
+  }
+  std::vector<tuner::TableEntry> part = tuner::table_entries(tuner::TuningDb{{r.entry}}, autotune_file, 0);
+  tuning_entries_.insert(tuning_entries_.end(), part.begin(), part.end());
+  rebuild_table();
+  log(LogLevel::info, "KILN_AUTOTUNE: {} [{}] at bucket {}: {} ({:.2f} µs, default {:.2f} µs, {} rejected) in {:.2f} s",
+      s.family->name, s.describe(), bucket, r.candidates[r.winner].label, r.best_us, r.default_us, r.rejected(),
+      r.seconds);
+  Specialization out = s;
+  out.config = r.candidates[r.winner].spec.config;
+  return out;
 }
 
 int Runtime::Impl::resident_per_sm(const Kernel& k, int threads, int smem) {
@@ -151,7 +328,7 @@ void Runtime::Impl::free_async(CUdeviceptr p, Stream stream) {
   check(driver().cuMemFreeAsync(p, reinterpret_cast<CUstream>(stream)), "cuMemFreeAsync (workspace)");
 }
 
-Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>(std::move(options))) {}
+Runtime::Runtime(RuntimeOptions options) : impl_(std::make_unique<Impl>(std::move(options), *this)) {}
 Runtime::~Runtime() = default;
 
 const RuntimeOptions& Runtime::options() const { return impl_->options; }
@@ -161,17 +338,14 @@ std::string Runtime::cache_dir() const {
 
 RuntimeStats Runtime::stats() const {
   const auto& c = impl_->counters;
-  return {c.memory_hits.load(), c.disk_hits.load(), c.compiles.load(), c.rebuilt.load(), c.launches.load()};
+  return {c.memory_hits.load(), c.disk_hits.load(), c.compiles.load(), c.rebuilt.load(), c.launches.load(),
+          impl_->tunes.load()};
 }
 
-namespace {
-
-// Builds (or finds in the cache) every specialization in `specs` on a pool of `jobs` threads; reports each through
-// `on_entry` as it finishes and rethrows the first failure after all workers stop.
-std::vector<PrewarmEntry> prewarm_specializations(Runtime::Impl& impl, const std::vector<Specialization>& specs,
-                                                  int jobs,
-                                                  void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*),
-                                                  void* user) {
+std::vector<PrewarmEntry> Runtime::Impl::ensure_all(const std::vector<Specialization>& specs, int jobs,
+                                                    void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*),
+                                                    void* user) {
+  Runtime::Impl& impl = *this;
   std::vector<PrewarmEntry> entries(specs.size());
   std::atomic<size_t> next{0}, done{0};
   std::mutex cb_mutex;
@@ -203,22 +377,37 @@ std::vector<PrewarmEntry> prewarm_specializations(Runtime::Impl& impl, const std
   return entries;
 }
 
+namespace {
+bool wanted_family(const FamilyDef* f, const std::vector<std::string>& families) {
+  return families.empty() || std::find(families.begin(), families.end(), f->name) != families.end();
+}
+void check_family_names(const std::vector<std::string>& families) {
+  for (const std::string& name : families)
+    if (!find_family(name)) {
+      std::string known;
+      for (const FamilyDef* f : detail::families()) known += (known.empty() ? "" : ", ") + std::string(f->name);
+      throw InvalidArgument(fmt::format("families: unknown family '{}' (this kiln has {})", name, known));
+    }
+}
 }  // namespace
 
 std::vector<PrewarmEntry> Runtime::prewarm(const ModelConfig& model, const std::vector<std::string>& archs, int jobs,
-                                           void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*), void* user) {
+                                           void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*), void* user,
+                                           const std::vector<std::string>& families) {
+  check_family_names(families);
   std::vector<Specialization> specs;
   std::unordered_set<Key128, Key128Hash> seen;
   for (const std::string& a : archs) {
     const Arch arch = Arch::parse(a);
-    for (const FamilyDef* f : families()) {
+    for (const FamilyDef* f : detail::families()) {
+      if (!wanted_family(f, families)) continue;
       std::vector<Specialization> part;
       if (f->enumerate) f->enumerate(model, arch, part);
       for (Specialization& s : part)
         if (seen.insert(s.key()).second) specs.push_back(s);
     }
   }
-  return prewarm_specializations(*impl_, specs, jobs, on_entry, user);
+  return impl_->ensure_all(specs, jobs, on_entry, user);
 }
 
 std::vector<PrewarmEntry> Runtime::prewarm_tuning(const std::string& tuning_file, const std::vector<std::string>& archs,
@@ -237,7 +426,47 @@ std::vector<PrewarmEntry> Runtime::prewarm_tuning(const std::string& tuning_file
       throw InvalidArgument(fmt::format("{}: entry {} does not fit this build's families", tuning_file, e.key.describe()));
     if (seen.insert(s.key()).second) specs.push_back(s);
   }
-  return prewarm_specializations(*impl_, specs, jobs, on_entry, user);
+  return impl_->ensure_all(specs, jobs, on_entry, user);
+}
+
+std::vector<ResolvedEntry> Runtime::resolve(const ModelConfig& model, const std::vector<int64_t>& tokens,
+                                            const std::string& arch_name, const std::vector<std::string>& families) {
+  check_family_names(families);
+  const Arch arch = Arch::parse(arch_name);
+  std::vector<Specialization> specs;
+  std::unordered_set<Key128, Key128Hash> seen;
+  for (const FamilyDef* f : detail::families()) {
+    if (!wanted_family(f, families) || !f->enumerate) continue;
+    std::vector<Specialization> part;
+    f->enumerate(model, arch, part);
+    for (Specialization& s : part)
+      if (seen.insert(s.key()).second) specs.push_back(s);
+  }
+  std::vector<ResolvedEntry> out;
+  std::unordered_map<Key128, EnsureResult, Key128Hash> fetched;  // one cache fetch per distinct cubin
+  for (const Specialization& s : specs)
+    for (int64_t m : tokens) {
+      // Exactly what an op does: the heuristic spec, then the tuning database's choice for m rows.
+      const Specialization t = impl_->tuned(s, m);
+      auto it = fetched.find(t.key());
+      if (it == fetched.end())
+        it = fetched.emplace(t.key(), ensure_cubin(t, impl_->cache.get(), impl_->options.require_prewarmed,
+                                                   impl_->counters)).first;
+      ResolvedEntry e;
+      e.family = s.family->name;
+      e.kernel = s.family->kernels.at(s.kernel);
+      e.arch = arch.name();
+      for (size_t i = 0; i < s.family->param_names.size(); ++i)
+        e.params += fmt::format("{}{}={}", i ? " " : "", s.family->param_names[i], s.params[i]);
+      e.tokens = m;
+      for (size_t i = 0; i < s.family->config_names.size(); ++i)
+        e.config += fmt::format("{}{}={}", i ? " " : "", s.family->config_names[i], t.config[i]);
+      e.source = impl_->tuning_source(s, m);
+      e.key = it->second.disk_key;
+      e.status = it->second.status;
+      out.push_back(std::move(e));
+    }
+  return out;
 }
 
 }  // namespace kiln

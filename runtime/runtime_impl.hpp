@@ -10,8 +10,44 @@
 #include "kiln/runtime.hpp"
 #include "runtime/registry.hpp"
 #include "runtime/specialization.hpp"
+#include "tuner/tuning_table.hpp"
 
 namespace kiln::detail {
+
+// How the tuner runs one candidate config through a public op: while a ForcedConfig is installed on a thread,
+// Runtime::Impl::tuned returns its config for the specialization it names (at any token count), on that thread only.
+struct ForcedConfig {
+  Key128 shape;                                // tuner::shape_key of the specialization
+  std::array<int32_t, kMaxConfig> config{};
+  uint64_t applied = 0;  // times tuned() returned it: 0 after a run means the op never asked (cannot be tuned)
+};
+inline thread_local ForcedConfig* t_forced_config = nullptr;
+// > 0 while this thread is tuning: an op a tune instance runs for another specialization (preparing inputs) uses the
+// table or the heuristic and never starts a nested online tune.
+inline thread_local int t_tuning_depth = 0;
+
+// Installs a ForcedConfig for `candidate` (its shape and config) on this thread for the scope's lifetime.
+class ForceConfigScope {
+ public:
+  explicit ForceConfigScope(const Specialization& candidate) : previous_(t_forced_config) {
+    forced_.shape = tuner::shape_key(candidate);
+    forced_.config = candidate.config;
+    t_forced_config = &forced_;
+  }
+  ~ForceConfigScope() { t_forced_config = previous_; }
+  ForceConfigScope(const ForceConfigScope&) = delete;
+  ForceConfigScope& operator=(const ForceConfigScope&) = delete;
+  uint64_t applied() const { return forced_.applied; }
+
+ private:
+  ForcedConfig forced_;
+  ForcedConfig* previous_;
+};
+
+struct TuningDepthScope {
+  TuningDepthScope() { ++t_tuning_depth; }
+  ~TuningDepthScope() { --t_tuning_depth; }
+};
 
 struct DeviceInfo {
   int ordinal = 0;
@@ -40,9 +76,10 @@ using detail::LaunchDims;
 using detail::Specialization;
 
 struct Runtime::Impl {
-  explicit Impl(RuntimeOptions o);
+  Impl(RuntimeOptions o, Runtime& owner);
 
   RuntimeOptions options;
+  Runtime& owner;  // the public handle (families' tune instances take it)
   std::unique_ptr<cache::CubinCache> cache;  // null when memory-only
   detail::Counters counters;
   std::unique_ptr<detail::KernelRegistry> registry;
@@ -64,7 +101,23 @@ struct Runtime::Impl {
   // config; when a tuning database is loaded (KILN_TUNING_DB) and holds an entry for s's family, kernel, params,
   // arch and the token bucket of `tokens`, its config replaces s.config. Recipes derive their launch shape from the
   // config this returns. A hit costs one hash lookup; nothing is formatted or read from disk.
+  // With no database and no autotune this is a thread-local read and a branch. Under KILN_AUTOTUNE a bucket with no
+  // entry measured at it is tuned on the spot (slow path, once per specialization and bucket per process).
   Specialization tuned(const Specialization& s, int64_t tokens);
+  // Where tuned(s, tokens)'s config comes from: "tuned (FILE, bucket B, GPU G)" or "heuristic" (slow path).
+  std::string tuning_source(const Specialization& s, int64_t tokens);
+
+  // Tuning files loaded at start (in precedence order), and where online tuning stores its results.
+  std::vector<std::string> tuning_files;
+  std::string autotune_file;
+  bool autotune = false;
+  std::atomic<uint64_t> tunes{0};
+
+  // Finds or builds every specialization's cubin through the cache on `jobs` threads (0: one per core); reports each
+  // through `on_entry` as it finishes; rethrows the first failure after all workers stop. Needs no GPU.
+  std::vector<PrewarmEntry> ensure_all(const std::vector<Specialization>& specs, int jobs,
+                                       void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*) = nullptr,
+                                       void* user = nullptr);
 
   // How many CTAs of `threads` threads and `smem` dynamic shared memory fit on one SM (asked once per kernel:
   // a persistent recipe always launches a kernel at one block shape).
@@ -88,6 +141,19 @@ struct Runtime::Impl {
 
  private:
   void init_device();
+  const tuner::TuningTable* current_table();
+  const tuner::TuningTable* rebuild_table();  // caller holds tuning_mutex_
+  Specialization autotune_slow(const Specialization& s, int64_t tokens, const detail::Key128& shape);
+  void pin_heuristic(const Specialization& s, uint64_t bucket);  // caller holds tuning_mutex_
+
+  bool tuning_enabled_ = false;  // a file is loaded or autotune is on (else tuned() returns at once)
+  std::atomic<const tuner::TuningTable*> table_{nullptr};
+  std::atomic<bool> table_knows_gpu_{false};
+  std::vector<std::unique_ptr<tuner::TuningTable>> tables_;  // every table built: a reader may still hold an old one
+  std::vector<tuner::TableEntry> tuning_entries_;
+  std::mutex tuning_mutex_;    // guards tables_ and tuning_entries_
+  std::mutex autotune_mutex_;  // one online tune at a time in this process
+
   std::mutex device_mutex_;
   std::atomic<bool> device_ready_{false};
   DeviceInfo device_;

@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
@@ -27,6 +28,9 @@
 #include "cache/cubin_cache.hpp"
 #include "kiln/kiln.hpp"
 #include "runtime/bench.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "tuner/tuner.hpp"
 #include "tuner/tuning_db.hpp"
 
 namespace {
@@ -41,9 +45,26 @@ commands:
       --model takes a preset name (see `kiln presets`), a kiln preset file, or a Hugging Face config.json
       (or the model directory holding it).
 
+  prewarm ... [--families a,b]   only those kernel families (with --model)
+
   prewarm --tuning FILE [--arch sm_90a[,sm_100a]] [--cache-dir DIR] [--jobs N] [--json]
       Compile (or find in the cache) exactly the tuned configs of a tuning file (only those for --arch, if
       given). --model and --tuning are mutually exclusive.
+
+  tune --model <preset|file> --out FILE [--tokens 1024,4096,8192] [--budget-s N] [--spec-budget-s N]
+       [--families a,b] [--repeats N] [--jobs N] [--json]
+      Measure every tile config of each tunable specialization the model needs, at each token count, on this
+      GPU; keep the fastest one whose outputs match the default config's (ties within max(3 %, 0.5 µs) go to the
+      default) and write the tuning file (replacing FILE). Prints per specialization the default and best µs,
+      the gain and the rejected candidates, then the gain per family. --budget-s bounds the whole run (default:
+      none), --spec-budget-s each specialization and token count (default 60). Needs a GPU.
+
+  resolve --model <preset|file> --arch sm_90a [--tokens 1024,4096,8192] [--families a,b] [--tuning FILES]
+          [--cache-dir DIR] [--json]
+      What each op of the model would run at each token count: the tile config the tuning files
+      (--tuning, else $KILN_TUNING_DB, ':'-separated) or the heuristic pick, and its cubin fetched from the
+      cache (compiled if missing; $KILN_REQUIRE_PREWARMED=1 makes a miss an error). Launches nothing; needs no
+      GPU. The summary counts compiles, cache hits and online tunes.
 
   tuning show FILE [--json]            the entries of a tuning file, with their gain over the default config
   tuning merge A B --out OUT           merge two files; for a key in both, keep the faster entry (says which)
@@ -257,11 +278,13 @@ class ProgressBar {
 };
 
 int cmd_prewarm(std::span<const std::string_view> argv) {
-  const Args args("prewarm", argv, {"--model", "--tuning", "--arch", "--cache-dir", "--jobs"}, {"--json"});
+  const Args args("prewarm", argv, {"--model", "--tuning", "--arch", "--cache-dir", "--jobs", "--families"}, {"--json"});
   if (args.help()) return print_usage();
   args.no_positional();
   const std::optional<std::string> tuning_file = args.value("--tuning");
   if (tuning_file && args.has("--model")) throw UsageError("prewarm: --model and --tuning are mutually exclusive");
+  if (tuning_file && args.has("--families")) throw UsageError("prewarm: --families goes with --model");
+  const std::vector<std::string> families = split_list(args.value("--families").value_or(""));
   if (tuning_file && tuning_file->empty()) throw UsageError("prewarm: --tuning needs a file");
   // A tuning file names its archs; --arch only narrows it. A model needs them spelled out.
   const std::vector<std::string> archs =
@@ -287,7 +310,7 @@ int cmd_prewarm(std::span<const std::string_view> argv) {
   {
     ProgressBar progress(isatty(STDERR_FILENO) != 0);
     entries = tuning_file ? rt.prewarm_tuning(*tuning_file, archs, jobs, &ProgressBar::on_entry, &progress)
-                          : rt.prewarm(*model, archs, jobs, &ProgressBar::on_entry, &progress);
+                          : rt.prewarm(*model, archs, jobs, &ProgressBar::on_entry, &progress, families);
   }
   const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
 
@@ -478,6 +501,213 @@ int cmd_tuning(std::span<const std::string_view> argv) {
     return 0;
   }
   throw UsageError(fmt::format("tuning: unknown subcommand '{}' (show|merge|diff|import|export)", sub));
+}
+
+// ---- tune / resolve ----------------------------------------------------------------------------------------------
+
+std::vector<int64_t> parse_tokens(const std::string& text) {
+  std::vector<int64_t> out;
+  for (const std::string& item : split_list(text)) out.push_back(Args::parse_integer("--tokens", item, 1, 1 << 30));
+  if (out.empty()) throw UsageError("--tokens: expected a comma list of token counts, e.g. 1024,4096,8192");
+  return out;
+}
+
+double parse_seconds(std::string_view what, const std::string& text) {
+  double v = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || end != text.data() + text.size() || !(v > 0))
+    throw UsageError(fmt::format("{}: expected a positive number of seconds, got '{}'", what, text));
+  return v;
+}
+
+std::string short_status(const kiln::tuner::CandidateResult& c) {
+  std::string s = c.status;
+  if (s.size() > 160) s = s.substr(0, 157) + "...";
+  return s;
+}
+
+int cmd_tune(std::span<const std::string_view> argv) {
+  const Args args("tune", argv,
+                  {"--model", "--out", "--tokens", "--budget-s", "--spec-budget-s", "--families", "--repeats", "--jobs"},
+                  {"--json"});
+  if (args.help()) return print_usage();
+  args.no_positional();
+  const kiln::ModelConfig model = kiln::load_model(args.required("--model"));
+  const std::string out = args.required("--out");
+  const std::vector<int64_t> tokens = parse_tokens(args.value("--tokens").value_or("1024,4096,8192"));
+  kiln::tuner::TuneOptions opts;
+  if (auto v = args.value("--budget-s")) opts.run_budget_s = parse_seconds("tune --budget-s", *v);
+  if (auto v = args.value("--spec-budget-s")) opts.spec_budget_s = parse_seconds("tune --spec-budget-s", *v);
+  opts.repeats = args.integer("--repeats", 20, 100000, opts.repeats);
+  opts.compile_jobs = args.integer("--jobs", 0, 1024, 0);
+  const std::vector<std::string> families = split_list(args.value("--families").value_or(""));
+  for (const std::string& f : families)
+    if (!kiln::detail::find_family(f)) throw UsageError(fmt::format("tune: unknown family '{}'", f));
+  const bool json = args.has("--json");
+
+  kiln::RuntimeOptions options;
+  options.autotune = false;
+  kiln::Runtime rt(options);
+  const kiln::detail::Arch arch = rt.impl().target_arch();  // binds the GPU (DeviceError without one)
+  std::vector<kiln::detail::Specialization> specs;
+  for (const kiln::detail::FamilyDef* f : kiln::detail::families()) {
+    if (!f->enumerate || (!families.empty() && std::find(families.begin(), families.end(), f->name) == families.end()))
+      continue;
+    std::vector<kiln::detail::Specialization> part;
+    f->enumerate(model, arch, part);
+    for (const auto& s : part)
+      if (kiln::tuner::tunable(s)) specs.push_back(s);
+  }
+  if (specs.empty()) throw kiln::Error(fmt::format("tune: {} has no tunable specialization", model.name));
+  if (!json)
+    fmt::print("tuning {} specializations of {} on {} ({} SMs, {}) at tokens {}\n", specs.size(), model.name,
+               rt.impl().device().name, rt.impl().device().sm_count, arch.name(),
+               join([&] {
+                 std::vector<std::string> t;
+                 for (int64_t m : tokens) t.push_back(std::to_string(m));
+                 return t;
+               }(), ","));
+
+  if (!json) {
+    size_t candidates = 0;
+    for (const auto& s : specs) {
+      std::vector<kiln::detail::Specialization> space;
+      s.family->search_space(s, space);
+      candidates += space.size();
+    }
+    fmt::print("compiling {} candidate configs (cached ones load), then timing each at every token count\n",
+               candidates);
+    std::fflush(stdout);
+  }
+  const auto start = std::chrono::steady_clock::now();
+  auto print_result = [&](const kiln::tuner::TuneResult& r) {
+    if (json) return;
+    const std::string shape = r.base.describe();  // "[kernel ]params | config"
+    const std::string what = fmt::format("{} {}", r.base.family->name, shape.substr(0, shape.find(" |")));
+    if (!r.has_entry) {
+      fmt::print("{} tokens={}: no entry: {}\n", what, r.tokens, r.note);
+    } else {
+      const auto& w = r.candidates[r.winner];
+      fmt::print("{} tokens={}: default {:.2f} µs, best {:.2f} µs ({:+.1f} %) with {}{}; {} candidates, {} rejected "
+                 "({:.1f} s)\n",
+                 what, r.tokens, r.default_us, r.best_us, r.gain_percent(), w.label, r.winner == 0 ? " (default)" : "",
+                 r.candidates.size(), r.rejected(), r.seconds);
+      if (!r.note.empty()) fmt::print("    note: {}\n", r.note);
+    }
+    for (const auto& c : r.candidates)
+      if (!c.ok() && c.status.rfind("skipped", 0) != 0)
+        fmt::print("    rejected {}: {}{}\n", c.label, short_status(c),
+                   c.us > 0 ? fmt::format(" (would have run {:.2f} µs)", c.us) : "");
+    std::fflush(stdout);
+  };
+  const std::vector<kiln::tuner::TuneResult> results = kiln::tuner::tune(rt, specs, tokens, opts, print_result);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+
+  kiln::tuner::TuningDb db;
+  for (const auto& r : results)
+    if (r.has_entry) db.entries.push_back(r.entry);
+  db.sort_entries();
+  if (db.entries.empty()) throw kiln::Error("tune: no specialization could be measured; nothing written");
+  db.save(out);
+
+  struct FamilyGain {
+    size_t entries = 0, changed = 0, rejected = 0;
+    double default_us = 0, best_us = 0, log_gain = 0;
+  };
+  std::map<std::string, FamilyGain> per_family;
+  for (const auto& r : results) {
+    if (!r.has_entry) continue;
+    FamilyGain& g = per_family[r.base.family->name];
+    ++g.entries;
+    g.changed += r.winner != 0;
+    g.rejected += r.rejected();
+    g.default_us += r.default_us;
+    g.best_us += r.best_us;
+    g.log_gain += std::log(r.default_us / r.best_us);
+  }
+  if (json) {
+    ordered_json j = {{"model", model.name}, {"out", out}, {"seconds", seconds}, {"results", ordered_json::array()},
+                      {"families", ordered_json::object()}};
+    for (const auto& r : results) {
+      ordered_json c = ordered_json::array();
+      for (const auto& cand : r.candidates)
+        c.push_back({{"config", cand.label}, {"us", cand.us}, {"status", cand.status}, {"default", cand.is_default}});
+      j["results"].push_back({{"family", r.base.family->name},
+                              {"kernel", r.base.family->kernels.at(r.base.kernel)},
+                              {"specialization", r.base.describe()},
+                              {"tokens", r.tokens},
+                              {"has_entry", r.has_entry},
+                              {"default_us", r.default_us},
+                              {"best_us", r.best_us},
+                              {"gain_percent", r.gain_percent()},
+                              {"config", r.has_entry ? r.candidates[r.winner].label : ""},
+                              {"rejected", r.rejected()},
+                              {"note", r.note},
+                              {"seconds", r.seconds},
+                              {"candidates", c}});
+    }
+    for (const auto& [name, g] : per_family)
+      j["families"][name] = {{"entries", g.entries},
+                             {"changed", g.changed},
+                             {"rejected", g.rejected},
+                             {"default_us", g.default_us},
+                             {"best_us", g.best_us},
+                             {"geomean_gain_percent", (std::exp(g.log_gain / g.entries) - 1) * 100}};
+    fmt::print("{}\n", j.dump(2));
+    return 0;
+  }
+  fmt::print("\n");
+  Table table({"family", "entries", "non-default", "rejected", "default µs", "tuned µs", "total gain %", "geomean gain %"},
+              {false, true, true, true, true, true, true, true});
+  for (const auto& [name, g] : per_family)
+    table.add({name, std::to_string(g.entries), std::to_string(g.changed), std::to_string(g.rejected),
+               fmt::format("{:.1f}", g.default_us), fmt::format("{:.1f}", g.best_us),
+               fmt::format("{:+.1f}", (g.default_us / g.best_us - 1) * 100),
+               fmt::format("{:+.1f}", (std::exp(g.log_gain / g.entries) - 1) * 100)});
+  table.print(stdout);
+  fmt::print("wrote {} entries to {} in {:.1f} s\n", db.entries.size(), out, seconds);
+  return 0;
+}
+
+int cmd_resolve(std::span<const std::string_view> argv) {
+  const Args args("resolve", argv, {"--model", "--arch", "--tokens", "--families", "--tuning", "--cache-dir"},
+                  {"--json"});
+  if (args.help()) return print_usage();
+  args.no_positional();
+  const kiln::ModelConfig model = kiln::load_model(args.required("--model"));
+  const std::string arch = args.required("--arch");
+  const std::vector<int64_t> tokens = parse_tokens(args.value("--tokens").value_or("1024,4096,8192"));
+  const std::vector<std::string> families = split_list(args.value("--families").value_or(""));
+  kiln::RuntimeOptions options;
+  options.cache_dir = args.value("--cache-dir").value_or("");
+  options.tuning_db = args.value("--tuning").value_or("");
+  kiln::Runtime rt(options);
+  const std::vector<kiln::ResolvedEntry> entries = rt.resolve(model, tokens, arch, families);
+  const kiln::RuntimeStats st = rt.stats();
+  const size_t tuned = static_cast<size_t>(std::count_if(entries.begin(), entries.end(), [](const auto& e) {
+    return e.source.rfind("tuned", 0) == 0;
+  }));
+  if (args.has("--json")) {
+    ordered_json j = {{"entries", ordered_json::array()}};
+    for (const auto& e : entries)
+      j["entries"].push_back({{"family", e.family}, {"kernel", e.kernel}, {"arch", e.arch}, {"params", e.params},
+                              {"tokens", e.tokens}, {"config", e.config}, {"source", e.source}, {"key", e.key},
+                              {"status", e.status}});
+    j["summary"] = {{"model", model.name}, {"entries", entries.size()}, {"tuned", tuned},
+                    {"heuristic", entries.size() - tuned}, {"compiles", st.compiles}, {"disk_hits", st.disk_hits},
+                    {"tunes", st.tunes}, {"tuning_files", rt.impl().tuning_files}};
+    fmt::print("{}\n", j.dump(2));
+    return 0;
+  }
+  Table table({"family", "kernel", "params", "tokens", "config", "source", "cubin"},
+              {false, false, false, true, false, false, false});
+  for (const auto& e : entries)
+    table.add({e.family, e.kernel, e.params, std::to_string(e.tokens), e.config, e.source, e.status});
+  table.print(stdout);
+  fmt::print("resolve {} on {}: {} (specialization, tokens) pairs, {} tuned, {} heuristic; {} compiles, {} cache "
+             "hits, {} tunes\n",
+             model.name, arch, entries.size(), tuned, entries.size() - tuned, st.compiles, st.disk_hits, st.tunes);
+  return 0;
 }
 
 // ---- cache -------------------------------------------------------------------------------------------------------
@@ -756,6 +986,8 @@ int dispatch(std::span<const std::string_view> args) {
   if (command == "prewarm") return cmd_prewarm(rest);
   if (command == "cache") return cmd_cache(rest);
   if (command == "tuning") return cmd_tuning(rest);
+  if (command == "tune") return cmd_tune(rest);
+  if (command == "resolve") return cmd_resolve(rest);
   if (command == "presets") return cmd_presets(rest);
   if (command == "bench") return cmd_bench(rest);
   throw UsageError(fmt::format("unknown command '{}'", command));

@@ -1,6 +1,7 @@
 #include "tuner/tuning_db.hpp"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 #include <sys/stat.h>
@@ -493,6 +494,34 @@ TuningDiff diff(const TuningDb& before, const TuningDb& after) {
   }
   for (const auto& [key, e] : old_entries) d.removed.push_back(*e);
   return d;
+}
+
+TuningDb store_entries(const std::string& path, const std::vector<TuningEntry>& entries) {
+  namespace fs = std::filesystem;
+  const fs::path target(path);
+  if (target.has_parent_path()) {
+    std::error_code ec;
+    fs::create_directories(target.parent_path(), ec);
+  }
+  // The lock lives in its own file: the data file is replaced by rename, so a lock on it would guard a stale inode.
+  const std::string lock_path = path + ".lock";
+  const int fd = ::open(lock_path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(fmt::format("cannot open {}: {}", lock_path, std::strerror(errno)));
+  struct Unlock {
+    int fd;
+    ~Unlock() { ::close(fd); }  // closing releases the flock
+  } unlock{fd};
+  while (::flock(fd, LOCK_EX) != 0)
+    if (errno != EINTR) throw Error(fmt::format("cannot lock {}: {}", lock_path, std::strerror(errno)));
+
+  TuningDb current;
+  if (fs::exists(target)) current = TuningDb::load(path);
+  TuningDb incoming;
+  incoming.entries = entries;
+  incoming.sort_entries();
+  MergeResult merged = merge(current, incoming);
+  merged.db.save(path);
+  return std::move(merged.db);
 }
 
 bool to_specialization(const TuningEntry& entry, detail::Specialization& out) {

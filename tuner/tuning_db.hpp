@@ -119,6 +119,13 @@ struct TuningDiff {
 // What changed from `before` to `after`. Provenance and default_us alone never count as a change.
 TuningDiff diff(const TuningDb& before, const TuningDb& after);
 
+// Adds `entries` to the tuning file at `path` safely with other processes doing the same: takes an exclusive flock
+// on `path`.lock, re-reads the file (if any), merges (a key already there keeps the faster entry), and saves
+// atomically. No entry another writer stored meanwhile is lost. Creates the file and its directory if needed.
+// Returns what the file holds afterwards. Throws InvalidArgument if the existing file is malformed (it is left
+// untouched), kiln::Error on I/O failure.
+TuningDb store_entries(const std::string& path, const std::vector<TuningEntry>& entries);
+
 // The runtime specialization an entry names (family pointer, kernel index, params and config in the family's
 // declared order, arch). False if this build has no such family, kernel or field names (a loaded entry always fits).
 bool to_specialization(const TuningEntry& entry, detail::Specialization& out);

@@ -30,6 +30,14 @@ struct RuntimeOptions {
   bool require_prewarmed = false;
   // Messages at or below this level go to stderr. Default: warn, or $KILN_LOG_LEVEL (error|warn|info|debug).
   LogLevel log_level = LogLevel::warn;
+  // Tuning files (see `kiln tune`), ':'-separated, earlier files winning ties. Loaded strictly when the Runtime is
+  // created (a malformed file throws InvalidArgument naming file:line); ops then run the tuned config of each
+  // specialization for the current GPU and token count, else the family's heuristic. Empty: $KILN_TUNING_DB.
+  std::string tuning_db;
+  // Online tuning: the first call of a specialization at a token bucket with no tuned entry measures every config
+  // of its search space on this GPU (synchronizing the device, on buffers of its own), stores the winner in the
+  // first tuning file (else <cache dir>/tuning.json), and uses it from then on. Also $KILN_AUTOTUNE=1.
+  bool autotune = false;
   // Read KILN_* environment variables for anything left at its default.
   bool read_env = true;
 };
@@ -41,6 +49,7 @@ struct RuntimeStats {
   uint64_t compiles = 0;       // NVRTC compilations
   uint64_t rebuilt = 0;        // corrupt disk entries detected, removed and rebuilt
   uint64_t launches = 0;
+  uint64_t tunes = 0;          // specializations tuned online (KILN_AUTOTUNE)
 };
 
 // One specialization a prewarm handled.
@@ -52,6 +61,19 @@ struct PrewarmEntry {
   std::string status;    // "hit" | "compiled" | "rebuilt"
   double compile_ms = 0;
   uint64_t cubin_bytes = 0;
+};
+
+// How one specialization resolves at a token count (Runtime::resolve).
+struct ResolvedEntry {
+  std::string family;
+  std::string kernel;
+  std::string arch;
+  std::string params;   // "N=2048 mode=2 …"
+  int64_t tokens = 0;
+  std::string config;   // "warps=8 rows=0" (the config an op would launch)
+  std::string source;   // "tuned (FILE, bucket B, GPU …)" | "heuristic"
+  std::string key;      // the cubin's cache key (32 hex digits)
+  std::string status;   // "hit" | "compiled" | "rebuilt"
 };
 
 struct ModelConfig;
@@ -70,9 +92,10 @@ class Runtime {
 
   // Compile (or find in the cache) every specialization `model` needs for each arch. Needs no GPU.
   // `jobs` compiles run in parallel (0 = hardware concurrency). `on_entry` is called as each finishes.
+  // `families` (empty: all) narrows it to those kernel families.
   std::vector<PrewarmEntry> prewarm(const ModelConfig& model, const std::vector<std::string>& archs, int jobs = 0,
                                     void (*on_entry)(const PrewarmEntry&, size_t done, size_t total, void* user) = nullptr,
-                                    void* user = nullptr);
+                                    void* user = nullptr, const std::vector<std::string>& families = {});
   // Compile (or find in the cache) exactly the tuned configs of a tuning file (see tuner/tuning_db.hpp), those
   // whose arch is in `archs` (every entry if `archs` is empty), each distinct specialization once. Needs no GPU.
   // The file is loaded strictly: a malformed one throws InvalidArgument naming file:line and compiles nothing.
@@ -81,6 +104,13 @@ class Runtime {
                                            void (*on_entry)(const PrewarmEntry&, size_t done, size_t total,
                                                             void* user) = nullptr,
                                            void* user = nullptr);
+
+  // The specializations `model` needs on `arch` (as prewarm lists them), each with the tile config its op would run
+  // at each token count (tuning database or heuristic, exactly as the op picks it) and that config's cubin fetched
+  // from the cache (compiled if missing, unless require_prewarmed is set). Launches nothing and needs no GPU, so a
+  // cluster's start-up path can be checked anywhere. `families` (empty: all) narrows it.
+  std::vector<ResolvedEntry> resolve(const ModelConfig& model, const std::vector<int64_t>& tokens,
+                                     const std::string& arch, const std::vector<std::string>& families = {});
 
   struct Impl;
   Impl& impl() { return *impl_; }

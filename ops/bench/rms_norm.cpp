@@ -2,10 +2,13 @@
 // output written once. Shapes are the targets (M = 8192 tokens; Ling-mini-2.0 and DeepSeek-V3 hidden sizes).
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
+
+#include "ops/bench/rms_norm.hpp"
 
 #include "kiln/ops/rms_norm.hpp"
 #include "runtime/bench.hpp"
@@ -24,20 +27,49 @@ struct Buffers {
     return ptrs.back();
   }
   // N(0, sigma) bf16 values (fresh seed per call), as 16-bit words.
-  void* random_bf16(size_t n, float sigma, uint32_t seed) {
-    std::vector<uint16_t> h(n);
+  void* random_bf16(size_t n, float sigma, uint32_t seed) { return random(DType::bf16, n, sigma, seed); }
+  // N(0, sigma) values of a float dtype (bf16, fp16 or fp32), never zero: zeros hide unwritten outputs and can run
+  // faster.
+  void* random(DType dtype, size_t n, float sigma, uint32_t seed) {
+    const size_t elem = dtype_size(dtype);
+    std::vector<uint8_t> h(n * elem);
     std::mt19937 rng(seed);
     std::normal_distribution<float> dist(0.f, sigma);
-    for (auto& v : h) {
+    for (size_t i = 0; i < n; ++i) {
       float f = dist(rng);
-      if (f == 0.f) f = 1e-3f;  // never zeros: they hide unwritten outputs and can run faster
+      if (f == 0.f) f = 1e-3f;
       uint32_t b;
       std::memcpy(&b, &f, 4);
-      v = static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+      if (dtype == DType::f32) {
+        std::memcpy(&h[4 * i], &f, 4);
+      } else if (dtype == DType::bf16) {
+        const uint16_t v = static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+        std::memcpy(&h[2 * i], &v, 2);
+      } else {  // fp16: |f| < 8 here, so normal or subnormal; round to nearest even through the float's bits
+        const uint16_t v = float_to_half(f);
+        std::memcpy(&h[2 * i], &v, 2);
+      }
     }
-    void* d = alloc(n * 2);
-    copy_to_device(d, h.data(), n * 2);
+    void* d = alloc(n * elem);
+    copy_to_device(d, h.data(), h.size());
     return d;
+  }
+  static uint16_t float_to_half(float f) {
+    uint32_t x;
+    std::memcpy(&x, &f, 4);
+    const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
+    const float a = std::fabs(f);
+    if (a >= 65520.f) return sign | 0x7c00;
+    if (a < 6.103515625e-05f) {  // subnormal: a multiple of 2^-24
+      return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.f));
+    }
+    uint32_t y;
+    std::memcpy(&y, &a, 4);
+    const uint32_t exp = ((y >> 23) & 0xff) - 127 + 15, mant = y & 0x7fffff;
+    uint32_t h = (exp << 10) | (mant >> 13);
+    const uint32_t rest = mant & 0x1fff;
+    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // may carry into the exponent: still correct
+    return sign | static_cast<uint16_t>(h);
   }
 };
 
@@ -46,11 +78,13 @@ uint32_t fresh_seed() {
   return rd();
 }
 
-BenchInstance block_quant(Runtime& rt, int64_t M, int64_t N, int mode, bool round) {
+}  // namespace
+
+BenchInstance rms_norm_block_quant_instance(Runtime& rt, int64_t M, int64_t N, int mode, bool round, bool w_f32) {
   auto b = std::make_shared<Buffers>();
   const int64_t mb = (M + 127) / 128;
   void* x = b->random_bf16(M * N, 1.0f, fresh_seed());
-  void* w = b->random_bf16(N, 0.5f, fresh_seed());
+  void* w = b->random(w_f32 ? DType::f32 : DType::bf16, N, 0.5f, fresh_seed());
   RmsNormBlockQuantOutputs out;
   out.q = TensorRef::contiguous(b->alloc(M * N), DType::e4m3, {M, N});
   out.q_scale = TensorRef::contiguous(b->alloc(N / 128 * M * 4), DType::f32, {N / 128, M});
@@ -58,7 +92,7 @@ BenchInstance block_quant(Runtime& rt, int64_t M, int64_t N, int mode, bool roun
   out.qT = TensorRef::contiguous(b->alloc(M * N), DType::e4m3, {N, M});
   out.qT_scale = TensorRef::contiguous(b->alloc(mb * N * 4), DType::f32, {mb, N});
   const TensorRef xt = TensorRef::contiguous(x, DType::bf16, {M, N});
-  const TensorRef wt = TensorRef::contiguous(w, DType::bf16, {N});
+  const TensorRef wt = TensorRef::contiguous(w, w_f32 ? DType::f32 : DType::bf16, {N});
   const uint64_t row_bytes = M * N + N / 128 * M * 4 + M * 4, col_bytes = M * N + mb * N * 4;
 
   BenchInstance inst;
@@ -70,9 +104,12 @@ BenchInstance block_quant(Runtime& rt, int64_t M, int64_t N, int mode, bool roun
     const TensorRef rms = out.rms_inv;
     inst.bytes = M * N * 2 + N * 2 + M * 4 + col_bytes;
     inst.run = [=](Stream s) { rms_norm_block_quant_fwd(*r, xt, wt, rms, out, {1e-6f, round, 1}, s); };
+    inst.outputs = {out.qT, out.qT_scale};
     return inst;
   }
   inst.bytes = M * N * 2 + N * 2 + row_bytes + (mode == 2 ? col_bytes : 0);
+  inst.outputs = {out.q, out.q_scale, out.rms_inv};
+  if (mode == 2) inst.outputs.insert(inst.outputs.end(), {out.qT, out.qT_scale});
   inst.run = [=](Stream s) { rms_norm_block_quant_fwd(*r, xt, wt, {}, out, {1e-6f, round, mode}, s); };
   if (mode == 2) {
     // linghe HEAD's strategy for mode 2: a row-wise kernel, then a transposed kernel that re-reads x.
@@ -85,41 +122,57 @@ BenchInstance block_quant(Runtime& rt, int64_t M, int64_t N, int mode, bool roun
   return inst;
 }
 
-BenchInstance norm_fwd(Runtime& rt, int64_t M, int64_t N) {
+BenchInstance rms_norm_fwd_instance(Runtime& rt, int64_t M, int64_t N, DType dtype, DType w_dtype) {
   auto b = std::make_shared<Buffers>();
-  const TensorRef x = TensorRef::contiguous(b->random_bf16(M * N, 1.0f, fresh_seed()), DType::bf16, {M, N});
-  const TensorRef w = TensorRef::contiguous(b->random_bf16(N, 0.5f, fresh_seed()), DType::bf16, {N});
-  const TensorRef y = TensorRef::contiguous(b->alloc(M * N * 2), DType::bf16, {M, N});
+  const int64_t e = static_cast<int64_t>(dtype_size(dtype)), we = static_cast<int64_t>(dtype_size(w_dtype));
+  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, fresh_seed()), dtype, {M, N});
+  const TensorRef w = TensorRef::contiguous(b->random(w_dtype, N, 0.5f, fresh_seed()), w_dtype, {N});
+  const TensorRef y = TensorRef::contiguous(b->alloc(M * N * e), dtype, {M, N});
   const TensorRef rms = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   BenchInstance inst;
   inst.keepalive = b;
-  inst.bytes = 2 * M * N * 2 + N * 2 + M * 4;
+  inst.bytes = 2 * M * N * e + N * we + M * 4;
   Runtime* r = &rt;
   inst.run = [=](Stream s) { rms_norm_fwd(*r, x, w, y, rms, 1e-6f, s); };
+  inst.outputs = {y, rms};
   inst.baseline_name = "device-to-device copy of x";
   inst.baseline = [=](Stream s) {
     check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(y.data), reinterpret_cast<CUdeviceptr>(x.data),
-                                     M * N * 2, reinterpret_cast<CUstream>(s)),
+                                     M * N * e, reinterpret_cast<CUstream>(s)),
           "cuMemcpyDtoDAsync");
   };
   return inst;
 }
 
-BenchInstance norm_bwd(Runtime& rt, int64_t M, int64_t N) {
+BenchInstance rms_norm_bwd_instance(Runtime& rt, int64_t M, int64_t N, DType dtype, DType w_dtype, DType dw_dtype,
+                                    int64_t workspace_elems) {
   auto b = std::make_shared<Buffers>();
-  const TensorRef x = TensorRef::contiguous(b->random_bf16(M * N, 1.0f, fresh_seed()), DType::bf16, {M, N});
-  const TensorRef g = TensorRef::contiguous(b->random_bf16(M * N, 1.0f, fresh_seed()), DType::bf16, {M, N});
-  const TensorRef w = TensorRef::contiguous(b->random_bf16(N, 0.5f, fresh_seed()), DType::bf16, {N});
-  const TensorRef dx = TensorRef::contiguous(b->alloc(M * N * 2), DType::bf16, {M, N});
-  const TensorRef dw = TensorRef::contiguous(b->alloc(N * 4), DType::f32, {N});
-  const int64_t ws_elems = rms_norm_bwd_workspace_elems(rt, M, N);
+  const int64_t e = static_cast<int64_t>(dtype_size(dtype));
+  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, fresh_seed()), dtype, {M, N});
+  const TensorRef g = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, fresh_seed()), dtype, {M, N});
+  const TensorRef w = TensorRef::contiguous(b->random(w_dtype, N, 0.5f, fresh_seed()), w_dtype, {N});
+  const TensorRef dx = TensorRef::contiguous(b->alloc(M * N * e), dtype, {M, N});
+  const TensorRef dw = TensorRef::contiguous(b->alloc(N * dtype_size(dw_dtype)), dw_dtype, {N});
+  const int64_t ws_elems = workspace_elems > 0 ? workspace_elems : rms_norm_bwd_workspace_elems(rt, M, N, dtype);
   const TensorRef ws = TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems});
   BenchInstance inst;
   inst.keepalive = b;
-  inst.bytes = 3 * M * N * 2 + N * 2 + N * 4;
+  inst.bytes = 3 * M * N * e + N * dtype_size(w_dtype) + N * dtype_size(dw_dtype);
   Runtime* r = &rt;
   inst.run = [=](Stream s) { rms_norm_bwd(*r, g, x, w, dx, dw, 1e-6f, ws, s); };
+  inst.outputs = {dx, dw};
   return inst;
+}
+
+namespace {
+BenchInstance block_quant(Runtime& rt, int64_t M, int64_t N, int mode, bool round) {
+  return rms_norm_block_quant_instance(rt, M, N, mode, round, false);
+}
+BenchInstance norm_fwd(Runtime& rt, int64_t M, int64_t N) {
+  return rms_norm_fwd_instance(rt, M, N, DType::bf16, DType::bf16);
+}
+BenchInstance norm_bwd(Runtime& rt, int64_t M, int64_t N) {
+  return rms_norm_bwd_instance(rt, M, N, DType::bf16, DType::bf16, DType::f32, 0);
 }
 
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {

@@ -1,0 +1,467 @@
+#include "tuner/tuner.hpp"
+
+#include <cuda.h>
+#include <fmt/format.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <ctime>
+#include <limits>
+
+#include "kiln/errors.hpp"
+#include "kiln/version.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/family.hpp"
+#include "runtime/log.hpp"
+#include "runtime/nvrtc_compiler.hpp"
+#include "runtime/runtime_impl.hpp"
+
+namespace kiln::tuner {
+namespace {
+
+using detail::BenchInstance;
+using detail::Specialization;
+using Clock = std::chrono::steady_clock;
+
+// Written over every output before a candidate's checked run: an output the candidate never writes keeps it and
+// cannot match the default's.
+constexpr unsigned char kPoison = 0xA5;
+
+std::string config_label(const Specialization& s) {
+  std::string out;
+  for (size_t i = 0; s.family && i < s.family->config_names.size(); ++i)
+    out += fmt::format("{}{}={}", i ? " " : "", s.family->config_names[i], s.config[i]);
+  return out.empty() ? "(no config)" : out;
+}
+
+// ---- output comparison ------------------------------------------------------------------------------------------
+
+float bf16_value(uint16_t b) {
+  const uint32_t u = static_cast<uint32_t>(b) << 16;
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+float f16_value(uint16_t h) {
+  const uint32_t sign = (h >> 15) & 1, exp = (h >> 10) & 0x1f, mant = h & 0x3ff;
+  float v;
+  if (exp == 0)
+    v = std::ldexp(static_cast<float>(mant), -24);
+  else if (exp == 31)
+    v = mant ? std::numeric_limits<float>::quiet_NaN() : std::numeric_limits<float>::infinity();
+  else
+    v = std::ldexp(static_cast<float>(mant | 0x400), static_cast<int>(exp) - 25);
+  return sign ? -v : v;
+}
+
+template <typename Decode>
+std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rtol, const char* name) {
+  double ref_sq = 0;
+  size_t finite = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double r = value(true, i);
+    if (std::isfinite(r)) {
+      ref_sq += r * r;
+      ++finite;
+    }
+  }
+  const double rms = finite ? std::sqrt(ref_sq / static_cast<double>(finite)) : 0.0;
+  const double atol = rtol * rms;
+  double diff_sq = 0;
+  size_t bad = 0, first_bad = 0;
+  for (size_t i = 0; i < n; ++i) {
+    const double r = value(true, i), g = value(false, i);
+    bool ok;
+    if (!std::isfinite(r))
+      ok = (std::isnan(r) && std::isnan(g)) || r == g;  // NaN where ref has NaN, the same inf where it has inf
+    else if (!std::isfinite(g))
+      ok = false;
+    else {
+      diff_sq += (g - r) * (g - r);
+      ok = std::abs(g - r) <= atol + rtol * std::abs(r);
+    }
+    if (!ok && bad++ == 0) first_bad = i;
+  }
+  const double rel = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : (diff_sq > 0 ? INFINITY : 0.0);
+  if (bad == 0 && rel <= max_rel_l2) return "";
+  if (bad == 0)
+    return fmt::format("{}: relative L2 {:.3g} > {:.3g}", name, rel, max_rel_l2);
+  return fmt::format("{}: {} of {} elements differ beyond {:.3g}·|ref| + {:.3g} (relative L2 {:.3g}); first at [{}]: "
+                     "got {:.6g}, default {:.6g}",
+                     name, bad, n, rtol, atol, rel, first_bad, value(false, first_bad), value(true, first_bad));
+}
+
+// fp8 (sign-magnitude): the magnitude codes of a one-step flip differ by one, same sign, neither a NaN/inf code
+// (e4m3: 0x7f; e5m2: above 0x7b).
+std::string compare_fp8(const uint8_t* ref, const uint8_t* got, size_t n, const char* name, int max_finite) {
+  const size_t allowed = std::max<size_t>(2, n / 1000);
+  size_t flips = 0, bad = 0, first_bad = 0, first_flip = 0;
+  for (size_t i = 0; i < n; ++i) {
+    if (ref[i] == got[i]) continue;
+    const int dr = ref[i] & 0x7f, dg = got[i] & 0x7f;
+    const bool one_step =
+        (ref[i] & 0x80) == (got[i] & 0x80) && std::abs(dr - dg) == 1 && dr <= max_finite && dg <= max_finite;
+    if (one_step) {
+      if (flips++ == 0) first_flip = i;
+    } else if (bad++ == 0) {
+      first_bad = i;
+    }
+  }
+  if (bad)
+    return fmt::format("{}: {} of {} codes differ by more than one step; first at [{}]: got 0x{:02x}, default 0x{:02x}",
+                       name, bad, n, first_bad, got[first_bad], ref[first_bad]);
+  if (flips > allowed)
+    return fmt::format("{}: {} one-step code flips (at most {} allowed); first at [{}]: got 0x{:02x}, default 0x{:02x}",
+                       name, flips, allowed, first_flip, got[first_flip], ref[first_flip]);
+  return "";
+}
+
+std::string compare_exact(const uint8_t* ref, const uint8_t* got, size_t n, size_t elem, const char* name) {
+  for (size_t i = 0; i < n; ++i)
+    if (std::memcmp(ref + i * elem, got + i * elem, elem) != 0) {
+      int64_t r = 0, g = 0;
+      std::memcpy(&r, ref + i * elem, std::min<size_t>(elem, 8));
+      std::memcpy(&g, got + i * elem, std::min<size_t>(elem, 8));
+      size_t count = 0;
+      for (size_t j = i; j < n; ++j) count += std::memcmp(ref + j * elem, got + j * elem, elem) != 0;
+      return fmt::format("{}: {} of {} elements differ; first at [{}]: got {}, default {}", name, count, n, i, g, r);
+    }
+  return "";
+}
+
+// ---- timing -------------------------------------------------------------------------------------------------------
+
+std::string iso_utc_now() {
+  const std::time_t t = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&t, &tm);
+  char buf[32];
+  std::strftime(buf, sizeof buf, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return buf;
+}
+
+struct HostOutput {
+  std::vector<uint8_t> bytes;
+};
+
+size_t output_bytes(const TensorRef& t) { return static_cast<size_t>(t.numel()) * dtype_size(t.dtype); }
+
+void poison(const std::vector<TensorRef>& outputs) {
+  for (const TensorRef& t : outputs)
+    if (const size_t b = output_bytes(t))
+      detail::check(detail::driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(t.data), kPoison, b, nullptr),
+                    "cuMemsetD8Async (poison outputs)");
+}
+
+std::vector<HostOutput> download(const std::vector<TensorRef>& outputs) {
+  detail::check(detail::driver().cuStreamSynchronize(nullptr), "cuStreamSynchronize");
+  std::vector<HostOutput> out(outputs.size());
+  for (size_t i = 0; i < outputs.size(); ++i) {
+    out[i].bytes.resize(output_bytes(outputs[i]));
+    if (!out[i].bytes.empty()) detail::copy_to_host(out[i].bytes.data(), outputs[i].data, out[i].bytes.size());
+  }
+  return out;
+}
+
+TuningEntry make_entry(Runtime& rt, const Specialization& base, const Specialization& winner, int64_t tokens,
+                       double median_us, double default_us) {
+  const detail::FamilyDef& f = *base.family;
+  TuningEntry e;
+  e.key.family = f.name;
+  e.key.kernel = f.kernels.at(base.kernel);
+  e.key.arch = base.arch.name();
+  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], base.params[i]);
+  e.key.tokens = token_bucket(tokens);
+  for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], winner.config[i]);
+  // The file format wants positive times; an event pair never measures below its 0.5 µs resolution anyway.
+  e.median_us = std::max(median_us, 1e-3);
+  e.default_us = std::max(default_us, 1e-3);
+  e.provenance = current_provenance(rt);
+  return e;
+}
+
+}  // namespace
+
+Provenance current_provenance(Runtime& rt) {
+  const detail::DeviceInfo& dev = rt.impl().device();
+  Provenance p;
+  p.gpu = dev.name;
+  p.sm_count = dev.sm_count;
+  p.driver = detail::cuda_version_string(detail::driver().version);
+  p.cuda = detail::cuda_version_string(CUDA_VERSION);
+  p.nvrtc = detail::nvrtc_version();
+  p.kiln_version = kVersion;
+  p.date = iso_utc_now();
+  char host[256] = {};
+  if (::gethostname(host, sizeof host - 1) != 0) std::strcpy(host, "unknown");
+  p.host = host;
+  return p;
+}
+
+std::string compare_outputs(DType dtype, const void* ref_ptr, const void* got_ptr, size_t n) {
+  const auto* ref = static_cast<const uint8_t*>(ref_ptr);
+  const auto* got = static_cast<const uint8_t*>(got_ptr);
+  const std::string name(dtype_name(dtype));
+  switch (dtype) {
+    case DType::bf16:
+      return compare_floats(
+          n,
+          [&](bool r, size_t i) {
+            uint16_t b;
+            std::memcpy(&b, (r ? ref : got) + 2 * i, 2);
+            return static_cast<double>(bf16_value(b));
+          },
+          8e-3, 1.0 / 64, name.c_str());  // a config only reorders fp32 sums: ≤ 2 bf16 ulps per element
+    case DType::f16:
+      return compare_floats(
+          n,
+          [&](bool r, size_t i) {
+            uint16_t h;
+            std::memcpy(&h, (r ? ref : got) + 2 * i, 2);
+            return static_cast<double>(f16_value(h));
+          },
+          2e-3, 1.0 / 512, name.c_str());
+    case DType::f32:
+      return compare_floats(
+          n,
+          [&](bool r, size_t i) {
+            float f;
+            std::memcpy(&f, (r ? ref : got) + 4 * i, 4);
+            return static_cast<double>(f);
+          },
+          1e-5, 1e-4, name.c_str());
+    case DType::e4m3:
+      return compare_fp8(ref, got, n, name.c_str(), 0x7e);
+    case DType::e5m2:
+      return compare_fp8(ref, got, n, name.c_str(), 0x7b);
+    default:
+      return compare_exact(ref, got, n, dtype_size(dtype), name.c_str());
+  }
+}
+
+size_t choose(const std::vector<CandidateResult>& c) {
+  auto timed = [&](size_t i) { return c[i].ok() && c[i].us > 0; };
+  if (c.empty() || !timed(0)) return 0;
+  size_t best = 0;
+  for (size_t i = 1; i < c.size(); ++i)
+    if (timed(i) && c[i].us < c[best].us) best = i;
+  const double d = c[0].us, must_beat = d - noise_band_us(d);
+  if (best == 0 || c[best].us >= must_beat) return 0;  // a tie with the default goes to the default
+  // Candidates within the band of the fastest are the same speed: take the earliest, so that runs agree.
+  const double within = c[best].us + noise_band_us(c[best].us);
+  for (size_t i = 1; i < c.size(); ++i)
+    if (timed(i) && c[i].us <= within && c[i].us < must_beat) return i;
+  return best;
+}
+
+size_t TuneResult::rejected() const {
+  return static_cast<size_t>(std::count_if(candidates.begin(), candidates.end(), [](const CandidateResult& c) {
+    return c.status.rfind("mismatch", 0) == 0 || c.status.rfind("error", 0) == 0;
+  }));
+}
+
+bool tunable(const Specialization& s) {
+  if (!s.family || !s.family->tune_instance || !s.family->search_space) return false;
+  std::vector<Specialization> space;
+  s.family->search_space(s, space);
+  return space.size() > 1;
+}
+
+TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, const TuneOptions& opts,
+                    detail::L2Flusher& l2, Clock::time_point deadline) {
+  const auto start = Clock::now();
+  deadline = std::min(deadline, start + std::chrono::duration_cast<Clock::duration>(
+                                            std::chrono::duration<double>(opts.spec_budget_s)));
+  detail::TuningDepthScope tuning;  // ops the instance runs for other specializations never autotune
+  TuneResult r;
+  r.base = base;
+  r.tokens = tokens;
+  const detail::FamilyDef& f = *base.family;
+  auto finish = [&] {
+    r.seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    return r;
+  };
+  if (!f.tune_instance || !f.search_space) {
+    r.note = fmt::format("{} has nothing to tune", f.name);
+    return finish();
+  }
+
+  // Candidates: the default first, then the search space in its order.
+  std::vector<Specialization> space;
+  f.search_space(base, space);
+  r.candidates.push_back({config_label(base), base, true});
+  for (const Specialization& s : space)
+    if (s.config != base.config) r.candidates.push_back({config_label(s), s});
+  for (const InjectedCandidate& inj : opts.inject) {
+    Specialization s = base;
+    s.config = inj.config.config;
+    CandidateResult c{inj.name, s};
+    c.injected = true;
+    r.candidates.push_back(std::move(c));
+  }
+
+  BenchInstance inst;
+  try {
+    inst = f.tune_instance(rt, base, tokens);
+  } catch (const std::exception& e) {
+    r.note = fmt::format("error preparing the inputs: {}", e.what());
+    return finish();
+  }
+  if (inst.outputs.empty()) {
+    r.note = fmt::format("{}'s tune instance lists no outputs: candidates cannot be checked", f.name);
+    return finish();
+  }
+  for (const TensorRef& t : inst.outputs)
+    if (!t.is_contiguous()) {
+      r.note = fmt::format("{}'s tune instance has a non-contiguous output", f.name);
+      return finish();
+    }
+
+  const int repeats = std::max(opts.repeats, 20);
+  std::vector<HostOutput> reference;
+  for (size_t i = 0; i < r.candidates.size(); ++i) {
+    CandidateResult& c = r.candidates[i];
+    if (i > 0 && Clock::now() > deadline) {
+      c.status = "skipped: time budget";
+      continue;
+    }
+    const InjectedCandidate* inj = c.injected ? &opts.inject[i - (r.candidates.size() - opts.inject.size())] : nullptr;
+    std::function<void(Stream)> run;
+    if (inj)
+      run = [&, inj](Stream st) { inj->run(inst, st); };
+    else
+      run = inst.run;
+    try {
+      detail::ForceConfigScope force(c.spec);
+      poison(inst.outputs);
+      run(nullptr);
+      std::vector<HostOutput> got = download(inst.outputs);
+      if (!inj && force.applied() == 0)
+        throw Error(fmt::format("the op of {} did not pick its config through Runtime::Impl::tuned", f.name));
+      if (i == 0) {
+        reference = std::move(got);
+      } else {
+        for (size_t o = 0; o < got.size() && c.ok(); ++o) {
+          const std::string why = compare_outputs(inst.outputs[o].dtype, reference[o].bytes.data(), got[o].bytes.data(),
+                                                  static_cast<size_t>(inst.outputs[o].numel()));
+          if (!why.empty()) c.status = fmt::format("mismatch: output {} {}", o, why);
+        }
+      }
+      // Mismatches are timed too, so that a report shows what a wrong config would have "won".
+      c.us = detail::median(detail::time_calls_us(run, nullptr, l2, opts.warmup, repeats));
+    } catch (const std::exception& e) {
+      c.status = fmt::format("error: {}", e.what());
+      if (i == 0) {
+        r.note = fmt::format("the default config failed: {}", e.what());
+        return finish();
+      }
+    }
+  }
+
+  r.winner = choose(r.candidates);
+  r.default_us = r.best_us = r.candidates[0].us;
+  if (r.winner != 0) {
+    // Confirmation: the default and the winner alternately, each call on a cold L2, so that drift over the run
+    // (clocks, temperature) hits both alike.
+    const CandidateResult& w = r.candidates[r.winner];
+    const InjectedCandidate* inj =
+        w.injected ? &opts.inject[r.winner - (r.candidates.size() - opts.inject.size())] : nullptr;
+    std::vector<double> d_us, w_us;
+    for (int k = 0; k < repeats; ++k) {
+      {
+        detail::ForceConfigScope force(r.candidates[0].spec);
+        d_us.push_back(detail::time_calls_us(inst.run, nullptr, l2, k == 0 ? 2 : 0, 1)[0]);
+      }
+      {
+        detail::ForceConfigScope force(w.spec);
+        std::function<void(Stream)> run = inst.run;
+        if (inj) run = [&, inj](Stream st) { inj->run(inst, st); };
+        w_us.push_back(detail::time_calls_us(run, nullptr, l2, k == 0 ? 2 : 0, 1)[0]);
+      }
+    }
+    const double dm = detail::median(d_us), wm = detail::median(w_us);
+    r.default_us = dm;
+    if (dm - wm <= noise_band_us(dm)) {
+      r.note = fmt::format("{} measured {:.2f} µs vs the default's {:.2f} µs, but re-timed side by side {:.2f} vs "
+                           "{:.2f} µs: within the noise band, kept the default",
+                           w.label, w.us, r.candidates[0].us, wm, dm);
+      r.winner = 0;
+      r.best_us = dm;
+    } else {
+      r.best_us = wm;
+    }
+  }
+  const size_t skipped = static_cast<size_t>(std::count_if(r.candidates.begin(), r.candidates.end(), [](const auto& c) {
+    return c.status.rfind("skipped", 0) == 0;
+  }));
+  if (skipped)
+    r.note += fmt::format("{}{} of {} candidates skipped (time budget {:.0f} s)", r.note.empty() ? "" : "; ", skipped,
+                          r.candidates.size(), opts.spec_budget_s);
+  r.entry = make_entry(rt, base, r.candidates[r.winner].spec, tokens, r.best_us, r.default_us);
+  r.has_entry = true;
+  return finish();
+}
+
+std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& specs, const std::vector<int64_t>& tokens,
+                             const TuneOptions& opts, const std::function<void(const TuneResult&)>& on_result) {
+  const auto start = Clock::now();
+  const auto run_deadline =
+      opts.run_budget_s > 0
+          ? start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.run_budget_s))
+          : Clock::time_point::max();
+  auto& impl = rt.impl();
+  impl.device();
+
+  // Every candidate of every specialization, compiled in parallel through the cache before anything is timed.
+  std::vector<Specialization> all;
+  for (const Specialization& s : specs) {
+    if (!tunable(s)) continue;
+    std::vector<Specialization> space;
+    s.family->search_space(s, space);
+    all.push_back(s);
+    all.insert(all.end(), space.begin(), space.end());
+  }
+  std::vector<Specialization> unique;
+  {
+    std::vector<detail::Key128> seen;
+    for (const Specialization& s : all) {
+      const detail::Key128 k = s.key();
+      if (std::find(seen.begin(), seen.end(), k) == seen.end()) {
+        seen.push_back(k);
+        unique.push_back(s);
+      }
+    }
+  }
+  impl.ensure_all(unique, opts.compile_jobs);
+
+  detail::L2Flusher l2(rt, nullptr);
+  std::vector<TuneResult> results;
+  for (const Specialization& s : specs) {
+    if (!tunable(s)) continue;
+    for (int64_t m : tokens) {
+      TuneResult r;
+      if (Clock::now() > run_deadline) {
+        r.base = s;
+        r.tokens = m;
+        r.note = fmt::format("skipped: run time budget of {:.0f} s spent", opts.run_budget_s);
+      } else {
+        try {
+          r = tune_one(rt, s, m, opts, l2, run_deadline);
+        } catch (const std::exception& e) {  // one broken family must not end the run
+          r = TuneResult{};
+          r.base = s;
+          r.tokens = m;
+          r.note = fmt::format("error: {}", e.what());
+        }
+      }
+      if (on_result) on_result(r);
+      results.push_back(std::move(r));
+    }
+  }
+  return results;
+}
+
+}  // namespace kiln::tuner
