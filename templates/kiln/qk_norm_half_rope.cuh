@@ -1,0 +1,370 @@
+// kiln/qk_norm_half_rope.cuh — split qkv, per-head RMSNorm of q and k, rotate-half RoPE on the first D/2 channels,
+// transpose to [B, S, heads, D] (forward), and its exact adjoint (backward). Spec: linghe-kernels.md §4, §14.8.
+//
+//   per (s, b, q/k head):  r = 1/sqrt(Σ_{c<D} t_c²/D + eps)  (fp32),  n_c = t_c·r·w_c
+//     for j < Q = D/4:  out_j   = n_j·cos f_j     − n_{j+Q}·sin f_j
+//                       out_j+Q = n_{j+Q}·cos f_{j+Q} + n_j·sin f_{j+Q}       (f = freqs[pos], angle of the output channel)
+//     for D/2 ≤ c < D:  out_c = n_c;            v heads: copied
+//   backward (g = gradient of out):  g'_j = g_j·cos f_j + g_{j+Q}·sin f_{j+Q},  g'_{j+Q} = g_{j+Q}·cos f_{j+Q} − g_j·sin f_j
+//     P = Σ_c t_c·g'_c·w_c,  dt_c = r·g'_c·w_c − (r³/D)·t_c·P,  dw_c = Σ_{rows, heads} t_c·r·g'_c,  dv = gv
+//
+// Work mapping. A head of D 16-bit values is D/8 16-byte chunks; LH = D/16 lanes own one head, two chunks each, chosen
+// so that both members of every rotation pair sit in the same thread: lane l < D/32 takes chunks l and l + D/32
+// (channels j and j+Q of the rotated half), lane l ≥ D/32 takes chunks l + D/32 and l + D/16 (the unrotated half).
+// So the rotation needs no shuffle, the head's sums need log2(LH) shuffles, and every 16-byte access of a warp covers
+// whole 32-byte sectors. A warp owns 32/LH rows (s, b) and walks the H + 2h head slots of its rows in qkv order,
+// BATCH slots per step with all their loads issued before any use; each slot is written to its [B, S, heads, D] place
+// (256 contiguous bytes at D = 128, so the transposed writes stay coalesced). cos/sin of a row's 16 channels per lane
+// are computed once per row (sincosf, accurate for large angles) and reused for all its q and k heads.
+// Backward: a persistent grid; each CTA accumulates dq_w/dk_w for its rows in registers (fixed order), reduces its
+// warps through shared memory in warp order, and writes one partial per CTA; a second kernel sums the partials in CTA
+// order. The result is deterministic (no float atomics) and costs no second pass over the data.
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/qk_norm_half_rope_args.h"
+
+namespace kiln {
+
+// Head slot j of a qkv row → kind (0 q, 1 k, 2 v) and head index. Interleaved (Megatron linear_qkv): h groups of
+// [H/h query heads, key, value]; otherwise [H q | h k | h v].
+template <int H, int HG, bool IL>
+__device__ __forceinline__ void qkv_slot(int j, int& kind, int& idx) {
+  if constexpr (IL) {
+    constexpr int W = H / HG;
+    const int g = j / (W + 2), p = j - g * (W + 2);
+    kind = p < W ? 0 : (p == W ? 1 : 2);
+    idx = p < W ? g * W + p : g;
+  } else {
+    kind = j < H ? 0 : (j < H + HG ? 1 : 2);
+    idx = j < H ? j : (j < H + HG ? j - H : j - H - HG);
+  }
+}
+
+// The rotary position of row s (see QkRopePositions); -1 when it has no row in the table.
+__device__ __forceinline__ long long qk_rope_position(const QkRopePositions& p, int s) {
+  long long start = 0;
+  if (p.cu_seqlens) {
+    int lo = 0, hi = p.num_seqs;  // the last i in [0, num_seqs] with cu_seqlens[i] ≤ s
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (__ldg(p.cu_seqlens + mid) <= s) lo = mid;
+      else hi = mid - 1;
+    }
+    start = __ldg(p.cu_seqlens + lo);
+  }
+  const long long pos = p.pos_offset + s - start;
+  return pos >= 0 && pos < p.freqs_rows ? pos : -1;
+}
+
+// cos/sin of the 16 channels a rotating lane owns (chunks c0 and c1 of the first half), from row `pos` of freqs.
+template <int D>
+__device__ __forceinline__ void qk_rope_angles(const float* freqs, long long pos, int c0, int c1, float (&cs0)[8],
+                                               float (&sn0)[8], float (&cs1)[8], float (&sn1)[8]) {
+  const float* row = freqs + pos * (D / 2);
+  float f0[8], f1[8];
+  load_floats<float, 8>(row, c0 * 8, f0);
+  load_floats<float, 8>(row, c1 * 8, f1);
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    sincosf(f0[i], &sn0[i], &cs0[i]);
+    sincosf(f1[i], &sn1[i], &cs1[i]);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const Vec16& a, const Vec16& b, float (&t)[16]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    t[i] = vec_get<T>(a, i);
+    t[8 + i] = vec_get<T>(b, i);
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void pack16(const float (&t)[16], Vec16& a, Vec16& b) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    vec_set<T>(a, i, t[i]);
+    vec_set<T>(b, i, t[8 + i]);
+  }
+}
+
+__device__ __forceinline__ Vec16 zero16() {
+  Vec16 v;
+  v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
+  return v;
+}
+
+// Per-lane constants of a row group: which chunks, whether they rotate, the weights of those channels.
+template <int D, typename W>
+struct QkLane {
+  static constexpr int LH = D / 16, QC = D / 32;
+  int l, c0, c1;
+  bool rot;
+  float wq[16], wk[16];
+  __device__ __forceinline__ QkLane(int lane, const void* wq_p, const void* wk_p) {
+    l = lane & (LH - 1);
+    rot = l < QC;
+    c0 = rot ? l : l + QC;
+    c1 = c0 + QC;
+    float a[8], b[8];
+    load_floats<W, 8>(wq_p, c0 * 8, a);
+    load_floats<W, 8>(wq_p, c1 * 8, b);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) { wq[i] = a[i]; wq[8 + i] = b[i]; }
+    load_floats<W, 8>(wk_p, c0 * 8, a);
+    load_floats<W, 8>(wk_p, c1 * 8, b);
+#pragma unroll
+    for (int i = 0; i < 8; ++i) { wk[i] = a[i]; wk[8 + i] = b[i]; }
+  }
+};
+
+// T: qkv/q/k/v dtype (16-bit), W: norm weight dtype. WARPS warps per CTA, BATCH head slots loaded per step.
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
+__global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const QkNormRopeFwdArgs a) {
+  static_assert(sizeof(T) == 2, "16-bit activations");
+  static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
+  static_assert(H % HG == 0, "H must be a multiple of h");
+  constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG;
+  const int lane = threadIdx.x & 31;
+  const QkLane<D, W> L(lane, a.wq, a.wk);
+  const int M = a.S * a.B;
+  const int m = (blockIdx.x * WARPS + static_cast<int>(threadIdx.x >> 5)) * RPW + lane / LH;
+  const bool active = m < M;
+  const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
+
+  float cs0[8], sn0[8], cs1[8], sn1[8];
+  const long long pos = active ? qk_rope_position(a.pos, s) : 0;
+  const bool pos_ok = !active || pos >= 0;
+  if (active && pos_ok && L.rot) {
+    qk_rope_angles<D>(a.pos.freqs, pos, L.c0, L.c1, cs0, sn0, cs1, sn1);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) { cs0[i] = cs1[i] = 1.f; sn0[i] = sn1[i] = 0.f; }
+  }
+
+  const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
+                  static_cast<i64>(b) * a.qkv_b_stride;
+  const i64 bs = static_cast<i64>(b) * a.S + s;  // row of the [B, S] outputs
+
+#pragma unroll 1
+  for (int j0 = 0; j0 < NH; j0 += BATCH) {
+    Vec16 x0[BATCH], x1[BATCH];
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u) {
+      const int j = j0 + u;
+      if (active && j < NH) {
+        x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
+        x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
+      } else {
+        x0[u] = x1[u] = zero16();
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u) {
+      const int j = j0 + u;
+      if (j < NH) {  // warp-uniform
+        int kind, idx;
+        qkv_slot<H, HG, IL>(j, kind, idx);
+        if (kind == 2) {
+          if (active) {
+            T* dst = static_cast<T*>(a.v) + (bs * HG + idx) * D;
+            store16(dst + L.c0 * 8, x0[u]);
+            store16(dst + L.c1 * 8, x1[u]);
+          }
+        } else {
+          const bool isq = kind == 0;
+          float t[16];
+          unpack16<T>(x0[u], x1[u], t);
+          float ss = 0.f;
+#pragma unroll
+          for (int i = 0; i < 16; ++i) ss = fmaf(t[i], t[i], ss);
+          ss = warp_sum<LH>(ss);
+          float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
+          if (!pos_ok) r = __int_as_float(0x7fc00000);  // no rotary row for this position: NaN, not garbage
+          float n[16];
+#pragma unroll
+          for (int i = 0; i < 16; ++i) n[i] = t[i] * r * (isq ? L.wq[i] : L.wk[i]);
+          float o[16];
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float na = n[i], nb = n[8 + i];
+            o[i] = L.rot ? na * cs0[i] - nb * sn0[i] : na;
+            o[8 + i] = L.rot ? nb * cs1[i] + na * sn1[i] : nb;
+          }
+          if (active) {
+            T* dst = isq ? static_cast<T*>(a.q) + (bs * H + idx) * D : static_cast<T*>(a.k) + (bs * HG + idx) * D;
+            Vec16 y0, y1;
+            pack16<T>(o, y0, y1);
+            store16(dst + L.c0 * 8, y0);
+            store16(dst + L.c1 * 8, y1);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Backward: persistent grid over tiles of WARPS·32/LH rows (tile t, t + gridDim.x, …, a fixed assignment).
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
+__global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
+  static_assert(sizeof(T) == 2, "16-bit activations");
+  static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
+  static_assert(H % HG == 0, "H must be a multiple of h");
+  constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG, TILE = WARPS * RPW;
+  __shared__ float red[WARPS][2 * D];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const QkLane<D, W> L(lane, a.wq, a.wk);
+  const int M = a.S * a.B;
+  const int tiles = (M + TILE - 1) / TILE;
+
+  float dq[16], dk[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) dq[i] = dk[i] = 0.f;
+
+#pragma unroll 1
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int m = tile * TILE + warp * RPW + lane / LH;
+    const bool active = m < M;
+    const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
+    float cs0[8], sn0[8], cs1[8], sn1[8];
+    const long long pos = active ? qk_rope_position(a.pos, s) : 0;
+    const bool pos_ok = !active || pos >= 0;
+    if (active && pos_ok && L.rot) {
+      qk_rope_angles<D>(a.pos.freqs, pos, L.c0, L.c1, cs0, sn0, cs1, sn1);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) { cs0[i] = cs1[i] = 1.f; sn0[i] = sn1[i] = 0.f; }
+    }
+    const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
+                    static_cast<i64>(b) * a.qkv_b_stride;
+    T* drow = static_cast<T*>(a.dqkv) + static_cast<i64>(s) * a.dqkv_s_stride + static_cast<i64>(b) * a.dqkv_b_stride;
+    const i64 bs = static_cast<i64>(b) * a.S + s;
+
+#pragma unroll 1
+    for (int j0 = 0; j0 < NH; j0 += BATCH) {
+      Vec16 g0[BATCH], g1[BATCH], x0[BATCH], x1[BATCH];
+#pragma unroll
+      for (int u = 0; u < BATCH; ++u) {
+        const int j = j0 + u;
+        g0[u] = g1[u] = x0[u] = x1[u] = zero16();
+        if (j < NH) {
+          int kind, idx;
+          qkv_slot<H, HG, IL>(j, kind, idx);
+          if (active) {
+            const T* g = kind == 0 ? static_cast<const T*>(a.gq) + (bs * H + idx) * D
+                                   : static_cast<const T*>(kind == 1 ? a.gk : a.gv) + (bs * HG + idx) * D;
+            g0[u] = load16_stream(g + L.c0 * 8);
+            g1[u] = load16_stream(g + L.c1 * 8);
+            if (kind != 2) {
+              x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
+              x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
+            }
+          }
+        }
+      }
+#pragma unroll
+      for (int u = 0; u < BATCH; ++u) {
+        const int j = j0 + u;
+        if (j < NH) {  // warp-uniform
+          int kind, idx;
+          qkv_slot<H, HG, IL>(j, kind, idx);
+          T* dst = drow + j * D;
+          if (kind == 2) {
+            if (active) {
+              store16(dst + L.c0 * 8, g0[u]);
+              store16(dst + L.c1 * 8, g1[u]);
+            }
+          } else {
+            const bool isq = kind == 0;
+            float t[16], g[16], gp[16];
+            unpack16<T>(x0[u], x1[u], t);
+            unpack16<T>(g0[u], g1[u], g);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {  // transposed rotation (identity on the unrotated lanes)
+              const float ga = g[i], gb = g[8 + i];
+              gp[i] = L.rot ? ga * cs0[i] + gb * sn1[i] : ga;
+              gp[8 + i] = L.rot ? gb * cs1[i] - ga * sn0[i] : gb;
+            }
+            float ss = 0.f, dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+              const float w = isq ? L.wq[i] : L.wk[i];
+              ss = fmaf(t[i], t[i], ss);
+              dot = fmaf(t[i] * gp[i], w, dot);
+            }
+            ss = warp_sum<LH>(ss);
+            dot = warp_sum<LH>(dot);
+            float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
+            if (!pos_ok) r = __int_as_float(0x7fc00000);
+            const float coef = r * r * r * dot * (1.0f / D);
+            float d[16];
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+              const float w = isq ? L.wq[i] : L.wk[i];
+              d[i] = r * gp[i] * w - coef * t[i];
+              const float dw = t[i] * r * gp[i];
+              if (isq) dq[i] += dw;
+              else dk[i] += dw;
+            }
+            if (active) {
+              Vec16 y0, y1;
+              pack16<T>(d, y0, y1);
+              store16(dst + L.c0 * 8, y0);
+              store16(dst + L.c1 * 8, y1);
+            }
+          }
+        }
+      }
+    }
+  }
+
+  // The warp's row groups own the same channels: add them (fixed butterfly order), then the warps in warp order.
+#pragma unroll
+  for (int o = LH; o < 32; o <<= 1) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      dq[i] += __shfl_xor_sync(0xffffffffu, dq[i], o);
+      dk[i] += __shfl_xor_sync(0xffffffffu, dk[i], o);
+    }
+  }
+  if (lane < LH) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      red[warp][L.c0 * 8 + i] = dq[i];
+      red[warp][L.c1 * 8 + i] = dq[8 + i];
+      red[warp][D + L.c0 * 8 + i] = dk[i];
+      red[warp][D + L.c1 * 8 + i] = dk[8 + i];
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < 2 * D; c += WARPS * 32) {
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) acc += red[w][c];
+    a.partial[static_cast<i64>(blockIdx.x) * 2 * D + c] = acc;
+  }
+}
+
+// dq_w, dk_w = Σ over the G per-CTA partials, in CTA order within each of 16 strided lanes of CTAs, then the 16
+// lane sums in order: a fixed order for a given G. One CTA per 32 of the 2·D columns.
+template <int D>
+__global__ void __launch_bounds__(512) qk_norm_half_rope_dw_reduce_kernel(const QkNormRopeDwArgs a) {
+  __shared__ float part[16][33];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int col = blockIdx.x * 32 + lane;  // < 2·D (2·D is a multiple of 32)
+  float acc = 0.f;
+#pragma unroll 4
+  for (int g = warp; g < a.G; g += 16) acc += a.partial[static_cast<i64>(g) * 2 * D + col];
+  part[warp][lane] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < 16; ++w) sum += part[w][lane];
+    if (col < D) a.dq_w[col] = sum;
+    else a.dk_w[col - D] = sum;
+  }
+}
+
+}  // namespace kiln
