@@ -14,8 +14,10 @@
 // So the rotation needs no shuffle, the head's sums need log2(LH) shuffles, and every 16-byte access of a warp covers
 // whole 32-byte sectors. A warp owns 32/LH rows (s, b) and walks the H + 2h head slots of its rows in qkv order,
 // BATCH slots per step with all their loads issued before any use; each slot is written to its [B, S, heads, D] place
-// (256 contiguous bytes at D = 128, so the transposed writes stay coalesced). cos/sin of a row's 16 channels per lane
-// are computed once per row (sincosf, accurate for large angles) and reused for all its q and k heads.
+// (256 contiguous bytes at D = 128, so the transposed writes stay coalesced). cos/sin of a row's D/2 rotated channels
+// are computed once per row (8 sincosf per lane, accurate for large angles) into a per-warp shared-memory table and
+// read back by the rotating lanes for each q and k head; the norm weights stay packed in registers. Both keep the
+// register count low enough for ~16–28 resident warps per SM, which the loads in flight need.
 // Backward: a persistent grid; each CTA accumulates dq_w/dk_w for its rows in registers (fixed order), reduces its
 // warps through shared memory in warp order, and writes one partial per CTA; a second kernel sums the partials in CTA
 // order. The result is deterministic (no float atomics) and costs no second pass over the data.
@@ -56,18 +58,35 @@ __device__ __forceinline__ long long qk_rope_position(const QkRopePositions& p, 
   return pos >= 0 && pos < p.freqs_rows ? pos : -1;
 }
 
-// cos/sin of the 16 channels a rotating lane owns (chunks c0 and c1 of the first half), from row `pos` of freqs.
+// The rotary table of one row in shared memory: cos and sin of the D/2 rotated channels, fp32. The LH lanes of the
+// row's group each compute 8 of them (sincosf: accurate at large angles); rotating lanes read theirs per head.
 template <int D>
-__device__ __forceinline__ void qk_rope_angles(const float* freqs, long long pos, int c0, int c1, float (&cs0)[8],
-                                               float (&sn0)[8], float (&cs1)[8], float (&sn1)[8]) {
-  const float* row = freqs + pos * (D / 2);
-  float f0[8], f1[8];
-  load_floats<float, 8>(row, c0 * 8, f0);
-  load_floats<float, 8>(row, c1 * 8, f1);
-#pragma unroll
+struct QkRopeRow {
+  float cs[D / 2];
+  float sn[D / 2];
+};
+
+// Fills the group's row table (pos < 0: identity rotation; the caller makes such rows NaN). Call between __syncwarp()s.
+template <int D>
+__device__ __forceinline__ void qk_rope_fill(QkRopeRow<D>& t, const float* freqs, long long pos, int l) {
+  const float* f = freqs + (pos >= 0 ? pos : 0) * (D / 2) + l * 8;
+  // Not unrolled: sincosf carries a large slow path (Payne–Hanek, |x| > 105615); one copy keeps the code small.
+#pragma unroll 1
   for (int i = 0; i < 8; ++i) {
-    sincosf(f0[i], &sn0[i], &cs0[i]);
-    sincosf(f1[i], &sn1[i], &cs1[i]);
+    float sv, cv;
+    sincosf(pos >= 0 ? f[i] : 0.f, &sv, &cv);
+    t.cs[l * 8 + i] = cv;
+    t.sn[l * 8 + i] = sv;
+  }
+}
+
+// 8 consecutive floats of shared memory (32-byte aligned) into registers.
+__device__ __forceinline__ void lds8(const float* p, float (&out)[8]) {
+  const Vec16 a = *reinterpret_cast<const Vec16*>(p), b = *reinterpret_cast<const Vec16*>(p + 4);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    out[i] = __uint_as_float(a.w[i]);
+    out[4 + i] = __uint_as_float(b.w[i]);
   }
 }
 
@@ -95,27 +114,42 @@ __device__ __forceinline__ Vec16 zero16() {
   return v;
 }
 
-// Per-lane constants of a row group: which chunks, whether they rotate, the weights of those channels.
+// Per-lane constants of a row group: which chunks, whether they rotate, and the norm weights of those 16 channels,
+// kept packed in W (16 registers for bf16) and widened at use.
 template <int D, typename W>
 struct QkLane {
-  static constexpr int LH = D / 16, QC = D / 32;
+  static constexpr int LH = D / 16, QC = D / 32, E = 16 / static_cast<int>(sizeof(W)), NV = 16 / E;
   int l, c0, c1;
   bool rot;
-  float wq[16], wk[16];
+  Vec16 wq[NV], wk[NV];  // elements 0..7: channels of chunk c0, 8..15: chunk c1
   __device__ __forceinline__ QkLane(int lane, const void* wq_p, const void* wk_p) {
     l = lane & (LH - 1);
     rot = l < QC;
     c0 = rot ? l : l + QC;
     c1 = c0 + QC;
-    float a[8], b[8];
-    load_floats<W, 8>(wq_p, c0 * 8, a);
-    load_floats<W, 8>(wq_p, c1 * 8, b);
+    const char* q = static_cast<const char*>(wq_p);
+    const char* k = static_cast<const char*>(wk_p);
+    constexpr int CB = 8 * static_cast<int>(sizeof(W));  // bytes of one chunk's 8 weights
 #pragma unroll
-    for (int i = 0; i < 8; ++i) { wq[i] = a[i]; wq[8 + i] = b[i]; }
-    load_floats<W, 8>(wk_p, c0 * 8, a);
-    load_floats<W, 8>(wk_p, c1 * 8, b);
-#pragma unroll
-    for (int i = 0; i < 8; ++i) { wk[i] = a[i]; wk[8 + i] = b[i]; }
+    for (int v = 0; v < NV / 2; ++v) {
+      wq[v] = load16(q + c0 * CB + 16 * v);
+      wq[NV / 2 + v] = load16(q + c1 * CB + 16 * v);
+      wk[v] = load16(k + c0 * CB + 16 * v);
+      wk[NV / 2 + v] = load16(k + c1 * CB + 16 * v);
+    }
+  }
+  __device__ __forceinline__ float w(bool isq, int i) const {
+    const float a = vec_get<W>(wq[i / E], i % E), b = vec_get<W>(wk[i / E], i % E);  // values, not a pointer select
+    return isq ? a : b;
+  }
+  // cos/sin of this lane's 16 channels (rotating lanes only).
+  template <int DD>
+  __device__ __forceinline__ void angles(const QkRopeRow<DD>& t, float (&cs0)[8], float (&sn0)[8], float (&cs1)[8],
+                                         float (&sn1)[8]) const {
+    lds8(&t.cs[c0 * 8], cs0);
+    lds8(&t.sn[c0 * 8], sn0);
+    lds8(&t.cs[c1 * 8], cs1);
+    lds8(&t.sn[c1 * 8], sn1);
   }
 };
 
@@ -126,22 +160,18 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
   static_assert(H % HG == 0, "H must be a multiple of h");
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG;
-  const int lane = threadIdx.x & 31;
+  __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const QkLane<D, W> L(lane, a.wq, a.wk);
   const int M = a.S * a.B;
-  const int m = (blockIdx.x * WARPS + static_cast<int>(threadIdx.x >> 5)) * RPW + lane / LH;
+  const int m = (blockIdx.x * WARPS + warp) * RPW + lane / LH;
   const bool active = m < M;
   const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
-
-  float cs0[8], sn0[8], cs1[8], sn1[8];
   const long long pos = active ? qk_rope_position(a.pos, s) : 0;
   const bool pos_ok = !active || pos >= 0;
-  if (active && pos_ok && L.rot) {
-    qk_rope_angles<D>(a.pos.freqs, pos, L.c0, L.c1, cs0, sn0, cs1, sn1);
-  } else {
-#pragma unroll
-    for (int i = 0; i < 8; ++i) { cs0[i] = cs1[i] = 1.f; sn0[i] = sn1[i] = 0.f; }
-  }
+  QkRopeRow<D>& row_rope = rope[warp][lane / LH];
+  qk_rope_fill<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+  __syncwarp();
 
   const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                   static_cast<i64>(b) * a.qkv_b_stride;
@@ -182,15 +212,18 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
           ss = warp_sum<LH>(ss);
           float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
           if (!pos_ok) r = __int_as_float(0x7fc00000);  // no rotary row for this position: NaN, not garbage
-          float n[16];
-#pragma unroll
-          for (int i = 0; i < 16; ++i) n[i] = t[i] * r * (isq ? L.wq[i] : L.wk[i]);
           float o[16];
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const float na = n[i], nb = n[8 + i];
-            o[i] = L.rot ? na * cs0[i] - nb * sn0[i] : na;
-            o[8 + i] = L.rot ? nb * cs1[i] + na * sn1[i] : nb;
+          for (int i = 0; i < 16; ++i) o[i] = t[i] * r * L.w(isq, i);
+          if (L.rot) {
+            float cs0[8], sn0[8], cs1[8], sn1[8];
+            L.angles(row_rope, cs0, sn0, cs1, sn1);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+              const float na = o[i], nb = o[8 + i];
+              o[i] = na * cs0[i] - nb * sn0[i];
+              o[8 + i] = nb * cs1[i] + na * sn1[i];
+            }
           }
           if (active) {
             T* dst = isq ? static_cast<T*>(a.q) + (bs * H + idx) * D : static_cast<T*>(a.k) + (bs * HG + idx) * D;
@@ -206,15 +239,18 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
 }
 
 // Backward: persistent grid over tiles of WARPS·32/LH rows (tile t, t + gridDim.x, …, a fixed assignment).
+// ≥ 16 resident warps per SM (≤ 128 registers): 131 unconstrained would leave one 8-warp CTA per SM.
 template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
-__global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
+__global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
   static_assert(sizeof(T) == 2, "16-bit activations");
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
   static_assert(H % HG == 0, "H must be a multiple of h");
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG, TILE = WARPS * RPW;
+  __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
   __shared__ float red[WARPS][2 * D];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const QkLane<D, W> L(lane, a.wq, a.wk);
+  QkRopeRow<D>& row_rope = rope[warp][lane / LH];
   const int M = a.S * a.B;
   const int tiles = (M + TILE - 1) / TILE;
 
@@ -227,15 +263,11 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_bwd_kernel(const
     const int m = tile * TILE + warp * RPW + lane / LH;
     const bool active = m < M;
     const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
-    float cs0[8], sn0[8], cs1[8], sn1[8];
     const long long pos = active ? qk_rope_position(a.pos, s) : 0;
     const bool pos_ok = !active || pos >= 0;
-    if (active && pos_ok && L.rot) {
-      qk_rope_angles<D>(a.pos.freqs, pos, L.c0, L.c1, cs0, sn0, cs1, sn1);
-    } else {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) { cs0[i] = cs1[i] = 1.f; sn0[i] = sn1[i] = 0.f; }
-    }
+    __syncwarp();  // the previous tile's reads of the table are done
+    qk_rope_fill<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+    __syncwarp();
     const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                     static_cast<i64>(b) * a.qkv_b_stride;
     T* drow = static_cast<T*>(a.dqkv) + static_cast<i64>(s) * a.dqkv_s_stride + static_cast<i64>(b) * a.dqkv_b_stride;
@@ -277,21 +309,24 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_bwd_kernel(const
             }
           } else {
             const bool isq = kind == 0;
-            float t[16], g[16], gp[16];
+            float t[16], gp[16];
             unpack16<T>(x0[u], x1[u], t);
-            unpack16<T>(g0[u], g1[u], g);
+            unpack16<T>(g0[u], g1[u], gp);
+            if (L.rot) {  // transposed rotation (the unrotated lanes pass g through)
+              float cs0[8], sn0[8], cs1[8], sn1[8];
+              L.angles(row_rope, cs0, sn0, cs1, sn1);
 #pragma unroll
-            for (int i = 0; i < 8; ++i) {  // transposed rotation (identity on the unrotated lanes)
-              const float ga = g[i], gb = g[8 + i];
-              gp[i] = L.rot ? ga * cs0[i] + gb * sn1[i] : ga;
-              gp[8 + i] = L.rot ? gb * cs1[i] - ga * sn0[i] : gb;
+              for (int i = 0; i < 8; ++i) {
+                const float ga = gp[i], gb = gp[8 + i];
+                gp[i] = ga * cs0[i] + gb * sn1[i];
+                gp[8 + i] = gb * cs1[i] - ga * sn0[i];
+              }
             }
             float ss = 0.f, dot = 0.f;
 #pragma unroll
             for (int i = 0; i < 16; ++i) {
-              const float w = isq ? L.wq[i] : L.wk[i];
               ss = fmaf(t[i], t[i], ss);
-              dot = fmaf(t[i] * gp[i], w, dot);
+              dot = fmaf(t[i] * gp[i], L.w(isq, i), dot);
             }
             ss = warp_sum<LH>(ss);
             dot = warp_sum<LH>(dot);
@@ -301,11 +336,10 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_bwd_kernel(const
             float d[16];
 #pragma unroll
             for (int i = 0; i < 16; ++i) {
-              const float w = isq ? L.wq[i] : L.wk[i];
-              d[i] = r * gp[i] * w - coef * t[i];
-              const float dw = t[i] * r * gp[i];
-              if (isq) dq[i] += dw;
-              else dk[i] += dw;
+              const float rg = r * gp[i];
+              d[i] = rg * L.w(isq, i) - coef * t[i];
+              if (isq) dq[i] = fmaf(t[i], rg, dq[i]);
+              else dk[i] = fmaf(t[i], rg, dk[i]);
             }
             if (active) {
               Vec16 y0, y1;
