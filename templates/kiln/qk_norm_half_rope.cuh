@@ -42,6 +42,12 @@ __device__ __forceinline__ void qkv_slot(int j, int& kind, int& idx) {
   }
 }
 
+__device__ __forceinline__ Vec16 zero16() {
+  Vec16 v;
+  v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
+  return v;
+}
+
 // The rotary position of row s (see QkRopePositions); -1 when it has no row in the table.
 __device__ __forceinline__ long long qk_rope_position(const QkRopePositions& p, int s) {
   long long start = 0;
@@ -66,28 +72,37 @@ struct QkRopeRow {
   float sn[D / 2];
 };
 
-// Fills the group's row table (pos < 0: identity rotation; the caller makes such rows NaN). Call between __syncwarp()s.
+// Fills the group's row table in two steps, so a batch of loads can be issued in between: qk_rope_stage copies the
+// lane's 8 angles of row `pos` into the cos slots (two 16-byte loads; pos < 0: zeros, an identity rotation — the
+// caller makes such rows NaN), qk_rope_finish turns them into cos and sin. Each lane touches only its own 8 entries.
 template <int D>
-__device__ __forceinline__ void qk_rope_fill(QkRopeRow<D>& t, const float* freqs, long long pos, int l) {
-  const float* f = freqs + (pos >= 0 ? pos : 0) * (D / 2) + l * 8;
+__device__ __forceinline__ void qk_rope_stage(QkRopeRow<D>& t, const float* freqs, long long pos, int l) {
+  Vec16 a = zero16(), b = zero16();
+  if (pos >= 0) {
+    const float* f = freqs + pos * (D / 2) + l * 8;
+    a = load16(f);
+    b = load16(f + 4);
+  }
+  *reinterpret_cast<Vec16*>(&t.cs[l * 8]) = a;
+  *reinterpret_cast<Vec16*>(&t.cs[l * 8 + 4]) = b;
+}
+template <int D>
+__device__ __forceinline__ void qk_rope_finish(QkRopeRow<D>& t, int l) {
   // Not unrolled: sincosf carries a large slow path (Payne–Hanek, |x| > 105615); one copy keeps the code small.
 #pragma unroll 1
   for (int i = 0; i < 8; ++i) {
     float sv, cv;
-    sincosf(pos >= 0 ? f[i] : 0.f, &sv, &cv);
+    sincosf(t.cs[l * 8 + i], &sv, &cv);
     t.cs[l * 8 + i] = cv;
     t.sn[l * 8 + i] = sv;
   }
 }
 
-// 8 consecutive floats of shared memory (32-byte aligned) into registers.
-__device__ __forceinline__ void lds8(const float* p, float (&out)[8]) {
-  const Vec16 a = *reinterpret_cast<const Vec16*>(p), b = *reinterpret_cast<const Vec16*>(p + 4);
+// 4 consecutive floats of shared memory (16-byte aligned) into registers.
+__device__ __forceinline__ void lds4(const float* p, float (&out)[4]) {
+  const Vec16 a = *reinterpret_cast<const Vec16*>(p);
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    out[i] = __uint_as_float(a.w[i]);
-    out[4 + i] = __uint_as_float(b.w[i]);
-  }
+  for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(a.w[i]);
 }
 
 template <typename T>
@@ -108,48 +123,64 @@ __device__ __forceinline__ void pack16(const float (&t)[16], Vec16& a, Vec16& b)
   }
 }
 
-__device__ __forceinline__ Vec16 zero16() {
-  Vec16 v;
-  v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
-  return v;
+// The CTA's copy of the two norm weight vectors (q: [0], k: [1]) in shared memory. Call before a __syncthreads().
+template <int D, typename W>
+__device__ __forceinline__ void qk_stage_weights(W (&ws)[2][D], const void* wq, const void* wk) {
+  constexpr int NVEC = D * static_cast<int>(sizeof(W)) / 16;  // 16-byte vectors per weight vector
+  for (int i = threadIdx.x; i < 2 * NVEC; i += blockDim.x) {
+    const char* src = static_cast<const char*>(i < NVEC ? wq : wk) + (i % NVEC) * 16;
+    reinterpret_cast<Vec16*>(&ws[0][0])[i] = load16(src);
+  }
 }
 
-// Per-lane constants of a row group: which chunks, whether they rotate, and the norm weights of those 16 channels,
-// kept packed in W (16 registers for bf16) and widened at use.
+// Per-lane constants of a row group: which chunks it owns and whether they rotate. The norm weights of its 16
+// channels are read from the CTA's shared copy per head (2 or 4 16-byte loads), not held in registers: the backward
+// needs those registers for its weight-gradient accumulators.
 template <int D, typename W>
 struct QkLane {
   static constexpr int LH = D / 16, QC = D / 32, E = 16 / static_cast<int>(sizeof(W)), NV = 16 / E;
   int l, c0, c1;
   bool rot;
-  Vec16 wq[NV], wk[NV];  // elements 0..7: channels of chunk c0, 8..15: chunk c1
-  __device__ __forceinline__ QkLane(int lane, const void* wq_p, const void* wk_p) {
+  __device__ __forceinline__ explicit QkLane(int lane) {
     l = lane & (LH - 1);
     rot = l < QC;
     c0 = rot ? l : l + QC;
     c1 = c0 + QC;
-    const char* q = static_cast<const char*>(wq_p);
-    const char* k = static_cast<const char*>(wk_p);
-    constexpr int CB = 8 * static_cast<int>(sizeof(W));  // bytes of one chunk's 8 weights
+  }
+  // Elements 0..7: the weights of chunk c0's channels, 8..15: chunk c1's.
+  __device__ __forceinline__ void weights(const W (&ws)[2][D], bool isq, Vec16 (&w)[NV]) const {
+    const W* row = ws[isq ? 0 : 1];
 #pragma unroll
     for (int v = 0; v < NV / 2; ++v) {
-      wq[v] = load16(q + c0 * CB + 16 * v);
-      wq[NV / 2 + v] = load16(q + c1 * CB + 16 * v);
-      wk[v] = load16(k + c0 * CB + 16 * v);
-      wk[NV / 2 + v] = load16(k + c1 * CB + 16 * v);
+      w[v] = *reinterpret_cast<const Vec16*>(row + c0 * 8 + v * E);
+      w[NV / 2 + v] = *reinterpret_cast<const Vec16*>(row + c1 * 8 + v * E);
     }
   }
-  __device__ __forceinline__ float w(bool isq, int i) const {
-    const float a = vec_get<W>(wq[i / E], i % E), b = vec_get<W>(wk[i / E], i % E);  // values, not a pointer select
-    return isq ? a : b;
-  }
-  // cos/sin of this lane's 16 channels (rotating lanes only).
-  template <int DD>
-  __device__ __forceinline__ void angles(const QkRopeRow<DD>& t, float (&cs0)[8], float (&sn0)[8], float (&cs1)[8],
-                                         float (&sn1)[8]) const {
-    lds8(&t.cs[c0 * 8], cs0);
-    lds8(&t.sn[c0 * 8], sn0);
-    lds8(&t.cs[c1 * 8], cs1);
-    lds8(&t.sn[c1 * 8], sn1);
+  static __device__ __forceinline__ float w(const Vec16 (&wv)[NV], int i) { return vec_get<W>(wv[i / E], i % E); }
+  // Rotates the lane's 8 pairs (v[i], v[8+i]) (rotating lanes only), 4 pairs at a time so that at most 16 cos/sin
+  // values are live. Forward: (a, b) → (a·cos f_a − b·sin f_a, b·cos f_b + a·sin f_b). Transposed (the backward's
+  // un-rotation): (a, b) → (a·cos f_a + b·sin f_b, b·cos f_b − a·sin f_a).
+  template <bool TRANSPOSED, int DD>
+  __device__ __forceinline__ void rotate(const QkRopeRow<DD>& t, float (&v)[16]) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float ca[4], sa[4], cb[4], sb[4];
+      lds4(&t.cs[c0 * 8 + 4 * h], ca);
+      lds4(&t.sn[c0 * 8 + 4 * h], sa);
+      lds4(&t.cs[c1 * 8 + 4 * h], cb);
+      lds4(&t.sn[c1 * 8 + 4 * h], sb);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float x = v[4 * h + i], y = v[8 + 4 * h + i];
+        if constexpr (TRANSPOSED) {
+          v[4 * h + i] = x * ca[i] + y * sb[i];
+          v[8 + 4 * h + i] = y * cb[i] - x * sa[i];
+        } else {
+          v[4 * h + i] = x * ca[i] - y * sa[i];
+          v[8 + 4 * h + i] = y * cb[i] + x * sb[i];
+        }
+      }
+    }
   }
 };
 
@@ -161,25 +192,21 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
   static_assert(H % HG == 0, "H must be a multiple of h");
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG;
   __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
+  __shared__ __align__(16) W wsm[2][D];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const QkLane<D, W> L(lane, a.wq, a.wk);
+  const QkLane<D, W> L(lane);
+  qk_stage_weights<D, W>(wsm, a.wq, a.wk);
   const int M = a.S * a.B;
   const int m = (blockIdx.x * WARPS + warp) * RPW + lane / LH;
   const bool active = m < M;
   const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
-  const long long pos = active ? qk_rope_position(a.pos, s) : 0;
-  const bool pos_ok = !active || pos >= 0;
   QkRopeRow<D>& row_rope = rope[warp][lane / LH];
-  qk_rope_fill<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
-  __syncwarp();
-
   const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                   static_cast<i64>(b) * a.qkv_b_stride;
   const i64 bs = static_cast<i64>(b) * a.S + s;  // row of the [B, S] outputs
 
-#pragma unroll 1
-  for (int j0 = 0; j0 < NH; j0 += BATCH) {
-    Vec16 x0[BATCH], x1[BATCH];
+  Vec16 x0[BATCH], x1[BATCH];
+  auto load_batch = [&](int j0) {
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int j = j0 + u;
@@ -190,6 +217,17 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
         x0[u] = x1[u] = zero16();
       }
     }
+  };
+  const long long pos = active ? qk_rope_position(a.pos, s) : 0;
+  const bool pos_ok = !active || pos >= 0;
+  qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+  load_batch(0);  // in flight while the rotary table is computed
+  qk_rope_finish<D>(row_rope, L.l);
+  __syncthreads();  // the weights (and the warp's rotary table)
+
+#pragma unroll 1
+  for (int j0 = 0; j0 < NH; j0 += BATCH) {
+    if (j0 > 0) load_batch(j0);
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int j = j0 + u;
@@ -212,19 +250,12 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
           ss = warp_sum<LH>(ss);
           float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
           if (!pos_ok) r = __int_as_float(0x7fc00000);  // no rotary row for this position: NaN, not garbage
+          Vec16 wv[QkLane<D, W>::NV];
+          L.weights(wsm, isq, wv);
           float o[16];
 #pragma unroll
-          for (int i = 0; i < 16; ++i) o[i] = t[i] * r * L.w(isq, i);
-          if (L.rot) {
-            float cs0[8], sn0[8], cs1[8], sn1[8];
-            L.angles(row_rope, cs0, sn0, cs1, sn1);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) {
-              const float na = o[i], nb = o[8 + i];
-              o[i] = na * cs0[i] - nb * sn0[i];
-              o[8 + i] = nb * cs1[i] + na * sn1[i];
-            }
-          }
+          for (int i = 0; i < 16; ++i) o[i] = t[i] * r * L.w(wv, i);
+          if (L.rot) L.template rotate<false>(row_rope, o);
           if (active) {
             T* dst = isq ? static_cast<T*>(a.q) + (bs * H + idx) * D : static_cast<T*>(a.k) + (bs * HG + idx) * D;
             Vec16 y0, y1;
@@ -248,8 +279,11 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG, TILE = WARPS * RPW;
   __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
   __shared__ float red[WARPS][2 * D];
+  __shared__ __align__(16) W wsm[2][D];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const QkLane<D, W> L(lane, a.wq, a.wk);
+  const QkLane<D, W> L(lane);
+  qk_stage_weights<D, W>(wsm, a.wq, a.wk);
+  __syncthreads();
   QkRopeRow<D>& row_rope = rope[warp][lane / LH];
   const int M = a.S * a.B;
   const int tiles = (M + TILE - 1) / TILE;
@@ -263,19 +297,13 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
     const int m = tile * TILE + warp * RPW + lane / LH;
     const bool active = m < M;
     const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
-    const long long pos = active ? qk_rope_position(a.pos, s) : 0;
-    const bool pos_ok = !active || pos >= 0;
-    __syncwarp();  // the previous tile's reads of the table are done
-    qk_rope_fill<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
-    __syncwarp();
     const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                     static_cast<i64>(b) * a.qkv_b_stride;
     T* drow = static_cast<T*>(a.dqkv) + static_cast<i64>(s) * a.dqkv_s_stride + static_cast<i64>(b) * a.dqkv_b_stride;
     const i64 bs = static_cast<i64>(b) * a.S + s;
 
-#pragma unroll 1
-    for (int j0 = 0; j0 < NH; j0 += BATCH) {
-      Vec16 g0[BATCH], g1[BATCH], x0[BATCH], x1[BATCH];
+    Vec16 g0[BATCH], g1[BATCH], x0[BATCH], x1[BATCH];
+    auto load_batch = [&](int j0) {
 #pragma unroll
       for (int u = 0; u < BATCH; ++u) {
         const int j = j0 + u;
@@ -295,6 +323,18 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
           }
         }
       }
+    };
+    const long long pos = active ? qk_rope_position(a.pos, s) : 0;
+    const bool pos_ok = !active || pos >= 0;
+    __syncwarp();  // the previous tile's reads of the table are done
+    qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+    load_batch(0);  // in flight while the rotary table is computed
+    qk_rope_finish<D>(row_rope, L.l);
+    __syncwarp();
+
+#pragma unroll 1
+    for (int j0 = 0; j0 < NH; j0 += BATCH) {
+      if (j0 > 0) load_batch(j0);
 #pragma unroll
       for (int u = 0; u < BATCH; ++u) {
         const int j = j0 + u;
@@ -312,21 +352,14 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
             float t[16], gp[16];
             unpack16<T>(x0[u], x1[u], t);
             unpack16<T>(g0[u], g1[u], gp);
-            if (L.rot) {  // transposed rotation (the unrotated lanes pass g through)
-              float cs0[8], sn0[8], cs1[8], sn1[8];
-              L.angles(row_rope, cs0, sn0, cs1, sn1);
-#pragma unroll
-              for (int i = 0; i < 8; ++i) {
-                const float ga = gp[i], gb = gp[8 + i];
-                gp[i] = ga * cs0[i] + gb * sn1[i];
-                gp[8 + i] = gb * cs1[i] - ga * sn0[i];
-              }
-            }
+            if (L.rot) L.template rotate<true>(row_rope, gp);  // the unrotated lanes pass g through
+            Vec16 wv[QkLane<D, W>::NV];
+            L.weights(wsm, isq, wv);
             float ss = 0.f, dot = 0.f;
 #pragma unroll
             for (int i = 0; i < 16; ++i) {
               ss = fmaf(t[i], t[i], ss);
-              dot = fmaf(t[i] * gp[i], L.w(isq, i), dot);
+              dot = fmaf(t[i] * gp[i], L.w(wv, i), dot);
             }
             ss = warp_sum<LH>(ss);
             dot = warp_sum<LH>(dot);
@@ -338,7 +371,7 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
 #pragma unroll
             for (int i = 0; i < 16; ++i) {
               const float rg = r * gp[i];
-              d[i] = rg * L.w(isq, i) - coef * t[i];
+              d[i] = rg * L.w(wv, i) - coef * t[i];
               if (isq) dq[i] = fmaf(t[i], rg, dq[i]);
               else dk[i] = fmaf(t[i], rg, dk[i]);
             }
