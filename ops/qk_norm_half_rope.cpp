@@ -3,6 +3,11 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <span>
+#include <tuple>
+#include <utility>
 
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/qk_norm_half_rope_args.h"
@@ -60,8 +65,30 @@ FamilyDef g_family{"qk_norm_half_rope",
                    search_space,
                    tune_instance};
 
-// Heuristic defaults. Forward: 4 warps (16 rows at D = 128) per CTA, 4 head slots (128 bytes a lane) loaded per
-// step. Backward: 8 warps per CTA of a persistent grid, 2 slots per step (gradient + input: 128 bytes a lane).
+// Tile configs (warps per CTA, head slots loaded per step); the first is the heuristic default. Forward: 4 warps
+// (16 rows at D = 128) per CTA, 4 slots (128 bytes a lane) per step. Backward: 8 warps per CTA of a persistent grid,
+// 2 slots (gradient + input: 128 bytes a lane); ≥ 16 warps/SM caps it at 128 registers, so deeper batches would
+// spill. Static shared memory (2 KiB of rotary tables per warp) keeps WARPS ≤ 8.
+constexpr std::pair<int, int> kFwdPoints[] = {{4, 4}, {2, 4}, {8, 4}, {4, 8}, {4, 2}};
+constexpr std::pair<int, int> kBwdPoints[] = {{8, 2}, {4, 2}, {8, 1}, {4, 1}};
+
+// KILN_QKROPE_FWD / KILN_QKROPE_BWD = "warps,batch" force a search-space point (a measurement knob until the tuning
+// database lands; ignored when not a point of the space).
+std::pair<int, int> forced_config(bool fwd) {
+  static const auto parse = [](const char* name, bool f) -> std::pair<int, int> {
+    const char* v = std::getenv(name);
+    int w = 0, b = 0;
+    if (!v || std::sscanf(v, "%d,%d", &w, &b) != 2) return {0, 0};
+    const std::span<const std::pair<int, int>> points =
+        f ? std::span<const std::pair<int, int>>(kFwdPoints) : std::span<const std::pair<int, int>>(kBwdPoints);
+    for (const auto& p : points)
+      if (p.first == w && p.second == b) return p;
+    return {0, 0};
+  };
+  static const std::pair<int, int> f = parse("KILN_QKROPE_FWD", true), b = parse("KILN_QKROPE_BWD", false);
+  return fwd ? f : b;
+}
+
 Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interleaved, DType t, DType w) {
   Specialization s;
   s.family = &g_family;
@@ -74,8 +101,10 @@ Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interl
   s.params[P_INTERLEAVED] = interleaved;
   s.params[P_DTYPE] = static_cast<int64_t>(t);
   s.params[P_W_DTYPE] = static_cast<int64_t>(w);
-  s.config[C_WARPS] = kernel == kFwd ? 4 : 8;
-  s.config[C_BATCH] = kernel == kFwd ? 4 : 2;
+  auto [warps, batch] = kernel == kFwd ? kFwdPoints[0] : kBwdPoints[0];
+  if (const auto forced = forced_config(kernel == kFwd); forced.first > 0) std::tie(warps, batch) = forced;
+  s.config[C_WARPS] = warps;
+  s.config[C_BATCH] = batch;
   return s;
 }
 
@@ -87,10 +116,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  // fwd: the default (4 warps, 4 slots), CTA sizes 2 and 8, a deeper load; bwd: the default (8, 2), 4 warps, 4 slots.
-  static const std::pair<int, int> fwd_points[] = {{4, 4}, {2, 4}, {8, 4}, {4, 8}};
-  static const std::pair<int, int> bwd_points[] = {{8, 2}, {4, 2}, {8, 4}, {4, 4}};
-  for (const auto& [warps, batch] : base.kernel == kFwd ? fwd_points : bwd_points) {
+  const std::span<const std::pair<int, int>> points =
+      base.kernel == kFwd ? std::span<const std::pair<int, int>>(kFwdPoints) : std::span<const std::pair<int, int>>(kBwdPoints);
+  for (const auto& [warps, batch] : points) {
     s.config[C_WARPS] = warps;
     s.config[C_BATCH] = batch;
     out.push_back(s);
