@@ -114,12 +114,25 @@ __device__ __forceinline__ void unpack16(const Vec16& a, const Vec16& b, float (
   }
 }
 
+// Two floats → one word of two 16-bit values (element 2i in the low half), rounded to nearest even.
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 pack2<bf16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
 template <typename T>
 __device__ __forceinline__ void pack16(const float (&t)[16], Vec16& a, Vec16& b) {
 #pragma unroll
-  for (int i = 0; i < 8; ++i) {
-    vec_set<T>(a, i, t[i]);
-    vec_set<T>(b, i, t[8 + i]);
+  for (int i = 0; i < 4; ++i) {
+    a.w[i] = pack2<T>(t[2 * i], t[2 * i + 1]);
+    b.w[i] = pack2<T>(t[8 + 2 * i], t[8 + 2 * i + 1]);
   }
 }
 
@@ -221,13 +234,14 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
   const long long pos = active ? qk_rope_position(a.pos, s) : 0;
   const bool pos_ok = !active || pos >= 0;
   qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
-  load_batch(0);  // in flight while the rotary table is computed
-  qk_rope_finish<D>(row_rope, L.l);
-  __syncthreads();  // the weights (and the warp's rotary table)
 
 #pragma unroll 1
   for (int j0 = 0; j0 < NH; j0 += BATCH) {
-    if (j0 > 0) load_batch(j0);
+    load_batch(j0);
+    if (j0 == 0) {  // the first loads are in flight while the rotary table is computed
+      qk_rope_finish<D>(row_rope, L.l);
+      __syncthreads();  // the weights and the warp's rotary table
+    }
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int j = j0 + u;
@@ -328,13 +342,14 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
     const bool pos_ok = !active || pos >= 0;
     __syncwarp();  // the previous tile's reads of the table are done
     qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
-    load_batch(0);  // in flight while the rotary table is computed
-    qk_rope_finish<D>(row_rope, L.l);
-    __syncwarp();
 
 #pragma unroll 1
     for (int j0 = 0; j0 < NH; j0 += BATCH) {
-      if (j0 > 0) load_batch(j0);
+      load_batch(j0);
+      if (j0 == 0) {  // the first loads are in flight while the rotary table is computed
+        qk_rope_finish<D>(row_rope, L.l);
+        __syncwarp();
+      }
 #pragma unroll
       for (int u = 0; u < BATCH; ++u) {
         const int j = j0 + u;
