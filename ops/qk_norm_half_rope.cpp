@@ -196,9 +196,10 @@ void check_qkv_layout(const Check& ck, const char* arg, const TensorRef& t, DTyp
                                   "[{}, {}, 1]", 16 / dtype_size(dtype), t.strides[0], t.strides[1]));
   }
   // Rows do not overlap: one of the two row axes steps over whole rows and the other over the whole first axis.
-  const bool b_inner = s1 >= Wd && s0 >= (B - 1) * s1 + Wd;
-  const bool s_inner = s0 >= Wd && s1 >= (S - 1) * s0 + Wd;
-  if (!(b_inner || s_inner || (S == 1 && B == 1)))
+  // The stride of a dim of size 1 is never used, so it is not checked.
+  const bool b_inner = (B == 1 || s1 >= Wd) && (S == 1 || s0 >= (B - 1) * s1 + Wd);
+  const bool s_inner = (S == 1 || s0 >= Wd) && (B == 1 || s1 >= (S - 1) * s0 + Wd);
+  if (!(b_inner || s_inner))
     ck.shape_error(arg, fmt::format("expected rows that do not overlap, got shape {} with strides [{}, {}, 1]",
                                     shape_str(t), t.strides[0], t.strides[1]));
   ck.pointer(arg, t, 16);

@@ -347,6 +347,45 @@ TEST_F(QkNormRopeErrors, ValidCallsReachTheDevice) {
   EXPECT_THROW_NAMING(bwd(), "", DeviceError);
 }
 
+// A dim of size 1 may carry any stride (torch reports the row length, or anything after a slice): never an error.
+TEST_F(QkNormRopeErrors, SizeOneDimsIgnoreTheirStride) {
+  if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run";
+  for (const auto& [s1, s0] : {std::pair<int64_t, int64_t>{W, W}, {5, W}, {0, W + 64}, {3 * W, 2 * W}}) {
+    SCOPED_TRACE("B = 1, strides [" + std::to_string(s0) + ", " + std::to_string(s1) + ", 1]");
+    qkv = strided3(fake(0), DType::bf16, S, 1, W, s0, s1);
+    dqkv = strided3(fake(10), DType::bf16, S, 1, W, s0, s1);
+    q = TensorRef::contiguous(fake(4), DType::bf16, {1, S, H, D});
+    k = TensorRef::contiguous(fake(5), DType::bf16, {1, S, h, D});
+    v = TensorRef::contiguous(fake(6), DType::bf16, {1, S, h, D});
+    gq = q;
+    gk = k;
+    gv = v;
+    EXPECT_THROW_NAMING(fwd(), "", DeviceError);
+    EXPECT_THROW_NAMING(bwd(), "", DeviceError);
+  }
+  // S = 1 with any stride along S.
+  freqs = TensorRef::contiguous(fake(3), DType::f32, {1, D / 2});
+  for (const int64_t s0 : {int64_t{0}, int64_t{7}, B * W}) {
+    qkv = strided3(fake(0), DType::bf16, 1, B, W, s0, W);
+    dqkv = strided3(fake(10), DType::bf16, 1, B, W, s0, W + 64);
+    q = TensorRef::contiguous(fake(4), DType::bf16, {B, 1, H, D});
+    k = TensorRef::contiguous(fake(5), DType::bf16, {B, 1, h, D});
+    v = TensorRef::contiguous(fake(6), DType::bf16, {B, 1, h, D});
+    gq = q;
+    gk = k;
+    gv = v;
+    EXPECT_THROW_NAMING(fwd(), "", DeviceError);
+    EXPECT_THROW_NAMING(bwd(), "", DeviceError);
+  }
+  // But with B = 1 the S rows still must not overlap.
+  qkv = strided3(fake(0), DType::bf16, S, 1, W, W - 8, W);
+  q = TensorRef::contiguous(fake(4), DType::bf16, {1, S, H, D});
+  k = TensorRef::contiguous(fake(5), DType::bf16, {1, S, h, D});
+  v = TensorRef::contiguous(fake(6), DType::bf16, {1, S, h, D});
+  freqs = TensorRef::contiguous(fake(3), DType::f32, {S, D / 2});
+  EXPECT_THROW_NAMING(fwd(), "qkv", ShapeMismatchError);
+}
+
 TEST_F(QkNormRopeErrors, EmptyInputsLaunchNothing) {
   // S = 0: the forward returns after validation without touching the device (no outputs to write).
   qkv = TensorRef::contiguous(nullptr, DType::bf16, {0, B, W});
