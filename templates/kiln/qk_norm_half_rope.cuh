@@ -218,34 +218,28 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
                   static_cast<i64>(b) * a.qkv_b_stride;
   const i64 bs = static_cast<i64>(b) * a.S + s;  // row of the [B, S] outputs
 
+  // A ring of BATCH slots in registers: slot j lives in entry j % BATCH; as soon as it is processed, the entry is
+  // refilled with slot j + BATCH, so every warp keeps BATCH slots of loads in flight all the time.
   Vec16 x0[BATCH], x1[BATCH];
-  auto load_batch = [&](int j0) {
-#pragma unroll
-    for (int u = 0; u < BATCH; ++u) {
-      const int j = j0 + u;
-      if (active && j < NH) {
-        x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
-        x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
-      } else {
-        x0[u] = x1[u] = zero16();
-      }
+  auto load_slot = [&](int u, int j) {
+    if (active && j < NH) {
+      x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
+      x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
+    } else {
+      x0[u] = x1[u] = zero16();
     }
   };
   const long long pos = active ? qk_rope_position(a.pos, s) : 0;
   const bool pos_ok = !active || pos >= 0;
   qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
 
+  // Round j0 = −BATCH only fills the ring (those loads are in flight while the rotary table is computed).
 #pragma unroll 1
-  for (int j0 = 0; j0 < NH; j0 += BATCH) {
-    load_batch(j0);
-    if (j0 == 0) {  // the first loads are in flight while the rotary table is computed
-      qk_rope_finish<D>(row_rope, L.l);
-      __syncthreads();  // the weights and the warp's rotary table
-    }
+  for (int j0 = -BATCH; j0 < NH; j0 += BATCH) {
 #pragma unroll
     for (int u = 0; u < BATCH; ++u) {
       const int j = j0 + u;
-      if (j < NH) {  // warp-uniform
+      if (j >= 0 && j < NH) {  // warp-uniform
         int kind, idx;
         qkv_slot<H, HG, IL>(j, kind, idx);
         if (kind == 2) {
@@ -279,6 +273,11 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
           }
         }
       }
+      load_slot(u, j + BATCH);
+    }
+    if (j0 < 0) {
+      qk_rope_finish<D>(row_rope, L.l);
+      __syncthreads();  // the weights and the warp's rotary table
     }
   }
 }
@@ -316,25 +315,20 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
     T* drow = static_cast<T*>(a.dqkv) + static_cast<i64>(s) * a.dqkv_s_stride + static_cast<i64>(b) * a.dqkv_b_stride;
     const i64 bs = static_cast<i64>(b) * a.S + s;
 
+    // The ring of BATCH slots, as in the forward: gradient (and, for q/k heads, input) of slot j in entry j % BATCH.
     Vec16 g0[BATCH], g1[BATCH], x0[BATCH], x1[BATCH];
-    auto load_batch = [&](int j0) {
-#pragma unroll
-      for (int u = 0; u < BATCH; ++u) {
-        const int j = j0 + u;
-        g0[u] = g1[u] = x0[u] = x1[u] = zero16();
-        if (j < NH) {
-          int kind, idx;
-          qkv_slot<H, HG, IL>(j, kind, idx);
-          if (active) {
-            const T* g = kind == 0 ? static_cast<const T*>(a.gq) + (bs * H + idx) * D
-                                   : static_cast<const T*>(kind == 1 ? a.gk : a.gv) + (bs * HG + idx) * D;
-            g0[u] = load16_stream(g + L.c0 * 8);
-            g1[u] = load16_stream(g + L.c1 * 8);
-            if (kind != 2) {
-              x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
-              x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
-            }
-          }
+    auto load_slot = [&](int u, int j) {
+      g0[u] = g1[u] = x0[u] = x1[u] = zero16();
+      if (active && j < NH) {
+        int kind, idx;
+        qkv_slot<H, HG, IL>(j, kind, idx);
+        const T* g = kind == 0 ? static_cast<const T*>(a.gq) + (bs * H + idx) * D
+                               : static_cast<const T*>(kind == 1 ? a.gk : a.gv) + (bs * HG + idx) * D;
+        g0[u] = load16_stream(g + L.c0 * 8);
+        g1[u] = load16_stream(g + L.c1 * 8);
+        if (kind != 2) {
+          x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
+          x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
         }
       }
     };
@@ -344,16 +338,11 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
     qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
 
 #pragma unroll 1
-    for (int j0 = 0; j0 < NH; j0 += BATCH) {
-      load_batch(j0);
-      if (j0 == 0) {  // the first loads are in flight while the rotary table is computed
-        qk_rope_finish<D>(row_rope, L.l);
-        __syncwarp();
-      }
+    for (int j0 = -BATCH; j0 < NH; j0 += BATCH) {  // round −BATCH only fills the ring
 #pragma unroll
       for (int u = 0; u < BATCH; ++u) {
         const int j = j0 + u;
-        if (j < NH) {  // warp-uniform
+        if (j >= 0 && j < NH) {  // warp-uniform
           int kind, idx;
           qkv_slot<H, HG, IL>(j, kind, idx);
           T* dst = drow + j * D;
@@ -398,6 +387,11 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
             }
           }
         }
+        load_slot(u, j + BATCH);
+      }
+      if (j0 < 0) {
+        qk_rope_finish<D>(row_rope, L.l);
+        __syncwarp();
       }
     }
   }
