@@ -431,7 +431,7 @@ __global__ void __launch_bounds__(512) qk_norm_half_rope_dw_reduce_kernel(const 
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int col = blockIdx.x * 32 + lane;  // < 2·D (2·D is a multiple of 32)
   float acc = 0.f;
-#pragma unroll 4
+#pragma unroll 8  // independent loads: one or two L2 round trips for a grid of ≤ 264 CTAs
   for (int g = warp; g < a.G; g += 16) acc += a.partial[static_cast<i64>(g) * 2 * D + col];
   part[warp][lane] = acc;
   __syncthreads();
