@@ -73,7 +73,8 @@ def cases():
         gk = 0.1 * torch.randn(B, S, h, D, device=dev, dtype=torch.bfloat16)
         gv = 0.1 * torch.randn(B, S, h, D, device=dev, dtype=torch.bfloat16)
         shape = f"S={S} B={B} H={H} h={h} D={D}"
-        cf, cb = torch.compile(fwd), torch.compile(bwd)
+        # dynamic=False: the second shape must not turn the first compile into a dynamic-shape kernel.
+        cf, cb = torch.compile(fwd, dynamic=False), torch.compile(bwd, dynamic=False)
         rows.append(dict(op="qk_norm_half_rope_fwd", shape=shape,
                          eager_us=time_us(lambda: fwd(qkv, wq, wk, freqs, H, h)),
                          compile_us=time_us(lambda: cf(qkv, wq, wk, freqs, H, h))))
