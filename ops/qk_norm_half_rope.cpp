@@ -1,0 +1,392 @@
+// Host recipe: qk-norm + half RoPE forward/backward (templates/kiln/qk_norm_half_rope.cuh). Spec: linghe-kernels.md §4.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <span>
+#include <tuple>
+#include <utility>
+
+#include "kiln/ops/qk_norm_half_rope.hpp"
+#include "kiln/qk_norm_half_rope_args.h"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// ops/bench/qk_norm_half_rope.cpp: a prepared forward (bwd = false) or backward call on random data.
+BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64_t B, int H, int h, int D,
+                                         bool interleaved, DType dtype, DType w_dtype);
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
+enum { P_H, P_HG, P_D, P_INTERLEAVED, P_DTYPE, P_W_DTYPE };
+enum { C_WARPS, C_BATCH };
+
+const char* type_name(int64_t d) {
+  switch (static_cast<DType>(d)) {
+    case DType::bf16: return "kiln::bf16";
+    case DType::f16: return "kiln::f16";
+    default: return "float";
+  }
+}
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/qk_norm_half_rope.cuh\"\n";
+  const auto& p = s.params;
+  if (s.kernel == kDwReduce) {
+    name = fmt::format("kiln::qk_norm_half_rope_dw_reduce_kernel<{}>", p[P_D]);
+    return;
+  }
+  name = fmt::format("kiln::qk_norm_half_rope_{}_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", s.kernel == kFwd ? "fwd" : "bwd",
+                     p[P_H], p[P_HG], p[P_D], p[P_INTERLEAVED] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
+                     s.config[C_WARPS], s.config[C_BATCH]);
+}
+
+int smem_bytes(const Specialization&) { return 0; }  // static shared memory only
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"qk_norm_half_rope",
+                   {"fwd", "bwd", "dw_reduce"},
+                   {"H", "h", "D", "interleaved", "dtype", "w_dtype"},
+                   {"warps", "batch"},
+                   render,
+                   smem_bytes,
+                   enumerate,
+                   search_space,
+                   tune_instance};
+
+// Tile configs (warps per CTA, head slots loaded per step); the first is the heuristic default. Forward: 4 warps
+// (16 rows at D = 128) per CTA, 4 slots (128 bytes a lane) per step. Backward: 8 warps per CTA of a persistent grid,
+// 2 slots (gradient + input: 128 bytes a lane); ≥ 16 warps/SM caps it at 128 registers, so deeper batches would
+// spill. Static shared memory (2 KiB of rotary tables per warp) keeps WARPS ≤ 8.
+constexpr std::pair<int, int> kFwdPoints[] = {{4, 4}, {2, 4}, {8, 4}, {4, 8}, {4, 2}};
+constexpr std::pair<int, int> kBwdPoints[] = {{8, 2}, {4, 2}, {8, 1}, {4, 1}};
+
+// KILN_QKROPE_FWD / KILN_QKROPE_BWD = "warps,batch" force a search-space point (a measurement knob until the tuning
+// database lands; ignored when not a point of the space).
+std::pair<int, int> forced_config(bool fwd) {
+  static const auto parse = [](const char* name, bool f) -> std::pair<int, int> {
+    const char* v = std::getenv(name);
+    int w = 0, b = 0;
+    if (!v || std::sscanf(v, "%d,%d", &w, &b) != 2) return {0, 0};
+    const std::span<const std::pair<int, int>> points =
+        f ? std::span<const std::pair<int, int>>(kFwdPoints) : std::span<const std::pair<int, int>>(kBwdPoints);
+    for (const auto& p : points)
+      if (p.first == w && p.second == b) return p;
+    return {0, 0};
+  };
+  static const std::pair<int, int> f = parse("KILN_QKROPE_FWD", true), b = parse("KILN_QKROPE_BWD", false);
+  return fwd ? f : b;
+}
+
+Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interleaved, DType t, DType w) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  s.params[P_D] = D;
+  if (kernel == kDwReduce) return s;
+  s.params[P_H] = H;
+  s.params[P_HG] = h;
+  s.params[P_INTERLEAVED] = interleaved;
+  s.params[P_DTYPE] = static_cast<int64_t>(t);
+  s.params[P_W_DTYPE] = static_cast<int64_t>(w);
+  auto [warps, batch] = kernel == kFwd ? kFwdPoints[0] : kBwdPoints[0];
+  if (const auto forced = forced_config(kernel == kFwd); forced.first > 0) std::tie(warps, batch) = forced;
+  s.config[C_WARPS] = warps;
+  s.config[C_BATCH] = batch;
+  return s;
+}
+
+// A handful of points around the default (every point is compiled in CI): CTA size and load depth.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel == kDwReduce) {
+    out.push_back(s);
+    return;
+  }
+  const std::span<const std::pair<int, int>> points =
+      base.kernel == kFwd ? std::span<const std::pair<int, int>>(kFwdPoints) : std::span<const std::pair<int, int>>(kBwdPoints);
+  for (const auto& [warps, batch] : points) {
+    s.config[C_WARPS] = warps;
+    s.config[C_BATCH] = batch;
+    out.push_back(s);
+  }
+}
+
+bool supported_head_dim(int64_t D) { return D >= 32 && D <= 256 && (D & (D - 1)) == 0; }
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int H = m.num_attention_heads, h = m.num_key_value_heads, D = m.head_dim;
+  if (H <= 0 || h <= 0 || H % h != 0 || !supported_head_dim(D)) return;
+  out.push_back(spec(arch, kFwd, H, h, D, true, DType::bf16, DType::bf16));
+  out.push_back(spec(arch, kBwd, H, h, D, true, DType::bf16, DType::bf16));
+  out.push_back(spec(arch, kDwReduce, H, h, D, true, DType::bf16, DType::bf16));
+}
+
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const auto& p = s.params;
+  const int D = static_cast<int>(p[P_D]);
+  if (s.kernel == kDwReduce)  // tuned through the backward that launches it (nothing to tune on its own)
+    return qk_norm_half_rope_instance(rt, true, tokens, 1, 1, 1, D, true, DType::bf16, DType::bf16);
+  return qk_norm_half_rope_instance(rt, s.kernel == kBwd, tokens, 1, static_cast<int>(p[P_H]),
+                                    static_cast<int>(p[P_HG]), D, p[P_INTERLEAVED] != 0,
+                                    static_cast<DType>(p[P_DTYPE]), static_cast<DType>(p[P_W_DTYPE]));
+}
+
+// ---- validation -----------------------------------------------------------------------------------------------
+
+struct Geometry {
+  int64_t S = 0, B = 0, D = 0;
+  int H = 0, h = 0;
+  int64_t width() const { return (H + 2 * h) * D; }
+};
+
+void check_options(const Check& ck, const QkNormHalfRopeOptions& o) {
+  if (o.num_heads <= 0) ck.invalid("num_heads", fmt::format("expected H > 0, got {}", o.num_heads));
+  if (o.num_groups <= 0) ck.invalid("num_groups", fmt::format("expected h > 0, got {}", o.num_groups));
+  if (o.num_heads % o.num_groups != 0)
+    ck.invalid("num_groups", fmt::format("expected a divisor of num_heads = {} (h query groups of H/h heads), got {}",
+                                         o.num_heads, o.num_groups));
+  if (!(o.eps >= 0.f) || !std::isfinite(o.eps)) ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", o.eps));
+  if (o.position_offset < 0 || o.position_offset > INT32_MAX)
+    ck.invalid("position_offset", fmt::format("expected a value in [0, {}], got {}", INT32_MAX, o.position_offset));
+  if (o.cu_seqlens.defined()) {
+    ck.dtype("cu_seqlens", o.cu_seqlens, {DType::i32});
+    ck.shape("cu_seqlens", o.cu_seqlens, {-1});
+    if (o.cu_seqlens.shape[0] < 2)
+      ck.shape_error("cu_seqlens", fmt::format("expected [n + 1] with n ≥ 1 sequences, got {}", shape_str(o.cu_seqlens)));
+    ck.contiguous("cu_seqlens", o.cu_seqlens);
+    ck.fits_int32("cu_seqlens", o.cu_seqlens.shape[0], "the number of entries");
+    ck.pointer("cu_seqlens", o.cu_seqlens, 4);
+    if (o.max_seqlen < 0) ck.invalid("max_seqlen", fmt::format("expected ≥ 0 (0: S), got {}", o.max_seqlen));
+  } else if (o.max_seqlen != 0) {
+    ck.invalid("max_seqlen", fmt::format("expected 0 without cu_seqlens, got {}", o.max_seqlen));
+  }
+}
+
+// A [S, B, (H+2h)·D] qkv-layout tensor: last dim contiguous, rows 16-byte aligned, rows of distinct (s, b) disjoint.
+void check_qkv_layout(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const Geometry* want) {
+  ck.dtype(arg, t, {dtype});
+  if (t.ndim != 3) ck.shape_error(arg, fmt::format("expected a 3-D tensor [S, B, (H+2h)·D], got {}", shape_str(t)));
+  if (want && (t.shape[0] != want->S || t.shape[1] != want->B || t.shape[2] != want->width()))
+    ck.shape_error(arg, fmt::format("expected shape [{}, {}, {}] (as qkv), got {}", want->S, want->B, want->width(),
+                                    shape_str(t)));
+  if (t.shape[0] < 0 || t.shape[1] < 0 || t.shape[2] < 0) ck.shape_error(arg, "negative dims");
+  if (t.strides[2] != 1 && t.shape[2] > 1)
+    ck.shape_error(arg, fmt::format("expected the last dim contiguous (stride 1), got stride {}", t.strides[2]));
+  const int64_t S = t.shape[0], B = t.shape[1], Wd = t.shape[2];
+  if (S * B == 0) return;
+  const int64_t s0 = S > 1 ? t.strides[0] : 0, s1 = B > 1 ? t.strides[1] : 0;
+  for (const int64_t st : {s0, s1}) {
+    if (st < 0) ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
+    if ((st * static_cast<int64_t>(dtype_size(dtype))) % 16 != 0)
+      ck.invalid(arg, fmt::format("expected strides that keep rows 16-byte aligned (multiples of {} elements), got "
+                                  "[{}, {}, 1]", 16 / dtype_size(dtype), t.strides[0], t.strides[1]));
+  }
+  // Rows do not overlap: one of the two row axes steps over whole rows and the other over the whole first axis.
+  // The stride of a dim of size 1 is never used, so it is not checked.
+  const bool b_inner = (B == 1 || s1 >= Wd) && (S == 1 || s0 >= (B - 1) * s1 + Wd);
+  const bool s_inner = (S == 1 || s0 >= Wd) && (B == 1 || s1 >= (S - 1) * s0 + Wd);
+  if (!(b_inner || s_inner))
+    ck.shape_error(arg, fmt::format("expected rows that do not overlap, got shape {} with strides [{}, {}, 1]",
+                                    shape_str(t), t.strides[0], t.strides[1]));
+  ck.pointer(arg, t, 16);
+}
+
+Geometry check_qkv(const Check& ck, const TensorRef& qkv, const QkNormHalfRopeOptions& o) {
+  check_options(ck, o);
+  ck.dtype("qkv", qkv, {DType::bf16, DType::f16});
+  check_qkv_layout(ck, "qkv", qkv, qkv.dtype, nullptr);
+  Geometry g;
+  g.S = qkv.shape[0];
+  g.B = qkv.shape[1];
+  g.H = o.num_heads;
+  g.h = o.num_groups;
+  const int64_t heads = g.H + 2 * static_cast<int64_t>(g.h);
+  if (qkv.shape[2] % heads != 0)
+    ck.shape_error("qkv", fmt::format("expected the last dim to be (H + 2h)·D = {}·D, got {}", heads, qkv.shape[2]));
+  g.D = qkv.shape[2] / heads;
+  if (!supported_head_dim(g.D))
+    ck.shape_error("qkv", fmt::format("expected a head dim D = last dim / (H + 2h) that is a power of two in [32, 256], "
+                                      "got D = {} (last dim {}, H + 2h = {})", g.D, qkv.shape[2], heads));
+  ck.fits_int32("qkv", g.S * g.B, "S·B (rows)");
+  return g;
+}
+
+void check_weights(const Check& ck, const TensorRef& wq, const TensorRef& wk, const TensorRef& qkv, int64_t D) {
+  ck.tensor("q_norm_weight", wq, {qkv.dtype, DType::f32}, {D}, 16);
+  ck.tensor("k_norm_weight", wk, {wq.dtype}, {D}, 16);
+}
+
+void check_freqs(const Check& ck, const TensorRef& freqs, const Geometry& g, const QkNormHalfRopeOptions& o) {
+  ck.dtype("freqs", freqs, {DType::f32});
+  ck.shape("freqs", freqs, {-1, g.D / 2});
+  ck.contiguous("freqs", freqs);
+  const int64_t span = o.cu_seqlens.defined() && o.max_seqlen > 0 ? o.max_seqlen : g.S;
+  const int64_t need = o.position_offset + span;
+  if (freqs.shape[0] < need)
+    ck.shape_error("freqs", fmt::format("expected at least {} rows (position_offset {} + {} {}) of D/2 = {} angles, got {}",
+                                        need, o.position_offset, o.cu_seqlens.defined() && o.max_seqlen > 0
+                                            ? "max_seqlen" : "S", span, g.D / 2, shape_str(freqs)));
+  if (freqs.numel() > 0) ck.pointer("freqs", freqs, 16);
+}
+
+void check_heads(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const Geometry& g, int heads) {
+  ck.tensor(arg, t, {dtype}, {g.B, g.S, heads, g.D}, 16);
+}
+
+QkRopePositions positions(const TensorRef& freqs, const QkNormHalfRopeOptions& o) {
+  QkRopePositions p{};
+  p.freqs = static_cast<const float*>(freqs.data);
+  p.freqs_rows = freqs.shape[0];
+  p.cu_seqlens = o.cu_seqlens.defined() ? static_cast<const int*>(o.cu_seqlens.data) : nullptr;
+  p.num_seqs = o.cu_seqlens.defined() ? static_cast<int>(o.cu_seqlens.shape[0] - 1) : 0;
+  p.pos_offset = o.position_offset;
+  return p;
+}
+
+int rows_per_cta(const Specialization& s) {
+  return s.config[C_WARPS] * (32 / static_cast<int>(s.params[P_D] / 16));
+}
+
+// Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are tiles.
+int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
+  auto& impl = rt.impl();
+  const int threads = s.config[C_WARPS] * 32;
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), threads, 0);
+  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
+  const int64_t tiles = (M + rows_per_cta(s) - 1) / rows_per_cta(s);
+  return std::max<int64_t>(1, std::min(full, tiles));
+}
+
+constexpr int64_t kMaxCtasPerSm = 32;  // the hardware limit on every arch kiln targets
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(qk_norm_half_rope, g_family)
+
+void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q_norm_weight,
+                           const TensorRef& k_norm_weight, const TensorRef& freqs, const TensorRef& q,
+                           const TensorRef& k, const TensorRef& v, const QkNormHalfRopeOptions& opts, Stream stream) {
+  const Check ck{"qk_norm_half_rope_fwd"};
+  const Geometry g = check_qkv(ck, qkv, opts);
+  check_weights(ck, q_norm_weight, k_norm_weight, qkv, g.D);
+  check_freqs(ck, freqs, g, opts);
+  check_heads(ck, "q", q, qkv.dtype, g, g.H);
+  check_heads(ck, "k", k, qkv.dtype, g, g.h);
+  check_heads(ck, "v", v, qkv.dtype, g, g.h);
+  const int64_t M = g.S * g.B;
+  if (M == 0) return;
+
+  auto& impl = rt.impl();
+  const Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, g.H, g.h, static_cast<int>(g.D), opts.interleaved,
+                                           qkv.dtype, q_norm_weight.dtype),
+                                      M);
+  QkNormRopeFwdArgs a{};
+  a.qkv = qkv.data;
+  a.qkv_s_stride = qkv.strides[0];
+  a.qkv_b_stride = qkv.strides[1];
+  a.wq = q_norm_weight.data;
+  a.wk = k_norm_weight.data;
+  a.pos = positions(freqs, opts);
+  a.q = q.data;
+  a.k = k.data;
+  a.v = v.data;
+  a.S = static_cast<int>(g.S);
+  a.B = static_cast<int>(g.B);
+  a.eps = opts.eps;
+  LaunchDims d;
+  const int rows = rows_per_cta(s);
+  d.grid[0] = static_cast<unsigned>((M + rows - 1) / rows);
+  d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+  impl.launch(s, d, stream, a);
+}
+
+int64_t qk_norm_half_rope_bwd_workspace_elems(Runtime& rt, int64_t head_dim) {
+  if (!supported_head_dim(head_dim))
+    throw InvalidArgument(fmt::format("qk_norm_half_rope_bwd_workspace_elems: argument 'head_dim': expected a power "
+                                      "of two in [32, 256], got {}", head_dim));
+  return static_cast<int64_t>(rt.impl().device().sm_count) * kMaxCtasPerSm * 2 * head_dim;
+}
+
+void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk, const TensorRef& gv,
+                           const TensorRef& qkv, const TensorRef& q_norm_weight, const TensorRef& k_norm_weight,
+                           const TensorRef& freqs, const TensorRef& dqkv, const TensorRef& dq_norm_weight,
+                           const TensorRef& dk_norm_weight, const QkNormHalfRopeOptions& opts,
+                           const TensorRef& workspace, Stream stream) {
+  const Check ck{"qk_norm_half_rope_bwd"};
+  const Geometry g = check_qkv(ck, qkv, opts);
+  check_weights(ck, q_norm_weight, k_norm_weight, qkv, g.D);
+  check_freqs(ck, freqs, g, opts);
+  check_heads(ck, "gq", gq, qkv.dtype, g, g.H);
+  check_heads(ck, "gk", gk, qkv.dtype, g, g.h);
+  check_heads(ck, "gv", gv, qkv.dtype, g, g.h);
+  check_qkv_layout(ck, "dqkv", dqkv, qkv.dtype, &g);
+  ck.tensor("dq_norm_weight", dq_norm_weight, {DType::f32}, {g.D}, 4);
+  ck.tensor("dk_norm_weight", dk_norm_weight, {DType::f32}, {g.D}, 4);
+  if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  const int D = static_cast<int>(g.D);
+  const int64_t M = g.S * g.B;
+  const Specialization reduce = spec(arch, kDwReduce, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype);
+  int64_t G = 0;
+  CUdeviceptr owned = 0;
+  float* partial = static_cast<float*>(workspace.data);
+  if (M > 0) {
+    const Specialization s =
+        impl.tuned(spec(arch, kBwd, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype), M);
+    G = bwd_grid(rt, s, M);
+    if (workspace.defined() && workspace.numel() < G * 2 * g.D)
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (qk_norm_half_rope_bwd_workspace_elems), "
+                                              "got {}", G * 2 * g.D, workspace.numel()));
+    if (!workspace.defined()) {
+      owned = impl.alloc_async(static_cast<size_t>(G * 2 * g.D) * 4, stream);
+      partial = reinterpret_cast<float*>(owned);
+    }
+    QkNormRopeBwdArgs a{};
+    a.gq = gq.data;
+    a.gk = gk.data;
+    a.gv = gv.data;
+    a.qkv = qkv.data;
+    a.qkv_s_stride = qkv.strides[0];
+    a.qkv_b_stride = qkv.strides[1];
+    a.wq = q_norm_weight.data;
+    a.wk = k_norm_weight.data;
+    a.pos = positions(freqs, opts);
+    a.dqkv = dqkv.data;
+    a.dqkv_s_stride = dqkv.strides[0];
+    a.dqkv_b_stride = dqkv.strides[1];
+    a.partial = partial;
+    a.S = static_cast<int>(g.S);
+    a.B = static_cast<int>(g.B);
+    a.eps = opts.eps;
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(G);
+    d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    impl.launch(s, d, stream, a);
+  }
+  // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
+  QkNormRopeDwArgs r{partial, static_cast<float*>(dq_norm_weight.data), static_cast<float*>(dk_norm_weight.data),
+                     static_cast<int>(G)};
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(2 * D / 32);
+  d.block[0] = 512;
+  impl.launch(reduce, d, stream, r);
+  if (owned) impl.free_async(owned, stream);
+}
+
+}  // namespace kiln

@@ -1,0 +1,447 @@
+// kiln/qk_norm_half_rope.cuh — split qkv, per-head RMSNorm of q and k, rotate-half RoPE on the first D/2 channels,
+// transpose to [B, S, heads, D] (forward), and its exact adjoint (backward). Spec: linghe-kernels.md §4, §14.8.
+//
+//   per (s, b, q/k head):  r = 1/sqrt(Σ_{c<D} t_c²/D + eps)  (fp32),  n_c = t_c·r·w_c
+//     for j < Q = D/4:  out_j   = n_j·cos f_j     − n_{j+Q}·sin f_j
+//                       out_j+Q = n_{j+Q}·cos f_{j+Q} + n_j·sin f_{j+Q}       (f = freqs[pos], angle of the output channel)
+//     for D/2 ≤ c < D:  out_c = n_c;            v heads: copied
+//   backward (g = gradient of out):  g'_j = g_j·cos f_j + g_{j+Q}·sin f_{j+Q},  g'_{j+Q} = g_{j+Q}·cos f_{j+Q} − g_j·sin f_j
+//     P = Σ_c t_c·g'_c·w_c,  dt_c = r·g'_c·w_c − (r³/D)·t_c·P,  dw_c = Σ_{rows, heads} t_c·r·g'_c,  dv = gv
+//
+// Work mapping. A head of D 16-bit values is D/8 16-byte chunks; LH = D/16 lanes own one head, two chunks each, chosen
+// so that both members of every rotation pair sit in the same thread: lane l < D/32 takes chunks l and l + D/32
+// (channels j and j+Q of the rotated half), lane l ≥ D/32 takes chunks l + D/32 and l + D/16 (the unrotated half).
+// So the rotation needs no shuffle, the head's sums need log2(LH) shuffles, and every 16-byte access of a warp covers
+// whole 32-byte sectors. A warp owns 32/LH rows (s, b) and walks the H + 2h head slots of its rows in qkv order,
+// BATCH slots per step with all their loads issued before any use; each slot is written to its [B, S, heads, D] place
+// (256 contiguous bytes at D = 128, so the transposed writes stay coalesced). cos/sin of a row's D/2 rotated channels
+// are computed once per row (8 sincosf per lane, accurate for large angles) into a per-warp shared-memory table and
+// read back by the rotating lanes for each q and k head; the norm weights stay packed in registers. Both keep the
+// register count low enough for ~16–28 resident warps per SM, which the loads in flight need.
+// Backward: a persistent grid; each CTA accumulates dq_w/dk_w for its rows in registers (fixed order), reduces its
+// warps through shared memory in warp order, and writes one partial per CTA; a second kernel sums the partials in CTA
+// order. The result is deterministic (no float atomics) and costs no second pass over the data.
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/qk_norm_half_rope_args.h"
+
+namespace kiln {
+
+// Head slot j of a qkv row → kind (0 q, 1 k, 2 v) and head index. Interleaved (Megatron linear_qkv): h groups of
+// [H/h query heads, key, value]; otherwise [H q | h k | h v].
+template <int H, int HG, bool IL>
+__device__ __forceinline__ void qkv_slot(int j, int& kind, int& idx) {
+  if constexpr (IL) {
+    constexpr int W = H / HG;
+    const int g = j / (W + 2), p = j - g * (W + 2);
+    kind = p < W ? 0 : (p == W ? 1 : 2);
+    idx = p < W ? g * W + p : g;
+  } else {
+    kind = j < H ? 0 : (j < H + HG ? 1 : 2);
+    idx = j < H ? j : (j < H + HG ? j - H : j - H - HG);
+  }
+}
+
+__device__ __forceinline__ Vec16 zero16() {
+  Vec16 v;
+  v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
+  return v;
+}
+
+// The rotary position of row s (see QkRopePositions); -1 when it has no row in the table.
+__device__ __forceinline__ long long qk_rope_position(const QkRopePositions& p, int s) {
+  long long start = 0;
+  if (p.cu_seqlens) {
+    int lo = 0, hi = p.num_seqs;  // the last i in [0, num_seqs] with cu_seqlens[i] ≤ s
+    while (lo < hi) {
+      const int mid = (lo + hi + 1) >> 1;
+      if (__ldg(p.cu_seqlens + mid) <= s) lo = mid;
+      else hi = mid - 1;
+    }
+    start = __ldg(p.cu_seqlens + lo);
+  }
+  const long long pos = p.pos_offset + s - start;
+  return pos >= 0 && pos < p.freqs_rows ? pos : -1;
+}
+
+// The rotary table of one row in shared memory: cos and sin of the D/2 rotated channels, fp32. The LH lanes of the
+// row's group each compute 8 of them (sincosf: accurate at large angles); rotating lanes read theirs per head.
+template <int D>
+struct QkRopeRow {
+  float cs[D / 2];
+  float sn[D / 2];
+};
+
+// Fills the group's row table in two steps, so a batch of loads can be issued in between: qk_rope_stage copies the
+// lane's 8 angles of row `pos` into the cos slots (two 16-byte loads; pos < 0: zeros, an identity rotation — the
+// caller makes such rows NaN), qk_rope_finish turns them into cos and sin. Each lane touches only its own 8 entries.
+template <int D>
+__device__ __forceinline__ void qk_rope_stage(QkRopeRow<D>& t, const float* freqs, long long pos, int l) {
+  Vec16 a = zero16(), b = zero16();
+  if (pos >= 0) {
+    const float* f = freqs + pos * (D / 2) + l * 8;
+    a = load16(f);
+    b = load16(f + 4);
+  }
+  *reinterpret_cast<Vec16*>(&t.cs[l * 8]) = a;
+  *reinterpret_cast<Vec16*>(&t.cs[l * 8 + 4]) = b;
+}
+template <int D>
+__device__ __forceinline__ void qk_rope_finish(QkRopeRow<D>& t, int l) {
+  // Not unrolled: sincosf carries a large slow path (Payne–Hanek, |x| > 105615); one copy keeps the code small.
+#pragma unroll 1
+  for (int i = 0; i < 8; ++i) {
+    float sv, cv;
+    sincosf(t.cs[l * 8 + i], &sv, &cv);
+    t.cs[l * 8 + i] = cv;
+    t.sn[l * 8 + i] = sv;
+  }
+}
+
+// 4 consecutive floats of shared memory (16-byte aligned) into registers.
+__device__ __forceinline__ void lds4(const float* p, float (&out)[4]) {
+  const Vec16 a = *reinterpret_cast<const Vec16*>(p);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(a.w[i]);
+}
+
+template <typename T>
+__device__ __forceinline__ void unpack16(const Vec16& a, const Vec16& b, float (&t)[16]) {
+#pragma unroll
+  for (int i = 0; i < 8; ++i) {
+    t[i] = vec_get<T>(a, i);
+    t[8 + i] = vec_get<T>(b, i);
+  }
+}
+
+// Two floats → one word of two 16-bit values (element 2i in the low half), rounded to nearest even.
+template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
+template <> __device__ __forceinline__ u32 pack2<bf16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ void pack16(const float (&t)[16], Vec16& a, Vec16& b) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    a.w[i] = pack2<T>(t[2 * i], t[2 * i + 1]);
+    b.w[i] = pack2<T>(t[8 + 2 * i], t[8 + 2 * i + 1]);
+  }
+}
+
+// The CTA's copy of the two norm weight vectors (q: [0], k: [1]) in shared memory. Call before a __syncthreads().
+template <int D, typename W>
+__device__ __forceinline__ void qk_stage_weights(W (&ws)[2][D], const void* wq, const void* wk) {
+  constexpr int NVEC = D * static_cast<int>(sizeof(W)) / 16;  // 16-byte vectors per weight vector
+  for (int i = threadIdx.x; i < 2 * NVEC; i += blockDim.x) {
+    const char* src = static_cast<const char*>(i < NVEC ? wq : wk) + (i % NVEC) * 16;
+    reinterpret_cast<Vec16*>(&ws[0][0])[i] = load16(src);
+  }
+}
+
+// Per-lane constants of a row group: which chunks it owns and whether they rotate. The norm weights of its 16
+// channels are read from the CTA's shared copy per head (2 or 4 16-byte loads), not held in registers: the backward
+// needs those registers for its weight-gradient accumulators.
+template <int D, typename W>
+struct QkLane {
+  static constexpr int LH = D / 16, QC = D / 32, E = 16 / static_cast<int>(sizeof(W)), NV = 16 / E;
+  int l, c0, c1;
+  bool rot;
+  __device__ __forceinline__ explicit QkLane(int lane) {
+    l = lane & (LH - 1);
+    rot = l < QC;
+    c0 = rot ? l : l + QC;
+    c1 = c0 + QC;
+  }
+  // Elements 0..7: the weights of chunk c0's channels, 8..15: chunk c1's.
+  __device__ __forceinline__ void weights(const W (&ws)[2][D], bool isq, Vec16 (&w)[NV]) const {
+    const W* row = ws[isq ? 0 : 1];
+#pragma unroll
+    for (int v = 0; v < NV / 2; ++v) {
+      w[v] = *reinterpret_cast<const Vec16*>(row + c0 * 8 + v * E);
+      w[NV / 2 + v] = *reinterpret_cast<const Vec16*>(row + c1 * 8 + v * E);
+    }
+  }
+  static __device__ __forceinline__ float w(const Vec16 (&wv)[NV], int i) { return vec_get<W>(wv[i / E], i % E); }
+  // Rotates the lane's 8 pairs (v[i], v[8+i]) (rotating lanes only), 4 pairs at a time so that at most 16 cos/sin
+  // values are live. Forward: (a, b) → (a·cos f_a − b·sin f_a, b·cos f_b + a·sin f_b). Transposed (the backward's
+  // un-rotation): (a, b) → (a·cos f_a + b·sin f_b, b·cos f_b − a·sin f_a).
+  template <bool TRANSPOSED, int DD>
+  __device__ __forceinline__ void rotate(const QkRopeRow<DD>& t, float (&v)[16]) const {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      float ca[4], sa[4], cb[4], sb[4];
+      lds4(&t.cs[c0 * 8 + 4 * h], ca);
+      lds4(&t.sn[c0 * 8 + 4 * h], sa);
+      lds4(&t.cs[c1 * 8 + 4 * h], cb);
+      lds4(&t.sn[c1 * 8 + 4 * h], sb);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float x = v[4 * h + i], y = v[8 + 4 * h + i];
+        if constexpr (TRANSPOSED) {
+          v[4 * h + i] = x * ca[i] + y * sb[i];
+          v[8 + 4 * h + i] = y * cb[i] - x * sa[i];
+        } else {
+          v[4 * h + i] = x * ca[i] - y * sa[i];
+          v[8 + 4 * h + i] = y * cb[i] + x * sb[i];
+        }
+      }
+    }
+  }
+};
+
+// T: qkv/q/k/v dtype (16-bit), W: norm weight dtype. WARPS warps per CTA, BATCH head slots loaded per step.
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
+__global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const QkNormRopeFwdArgs a) {
+  static_assert(sizeof(T) == 2, "16-bit activations");
+  static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
+  static_assert(H % HG == 0, "H must be a multiple of h");
+  constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG;
+  __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
+  __shared__ __align__(16) W wsm[2][D];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const QkLane<D, W> L(lane);
+  qk_stage_weights<D, W>(wsm, a.wq, a.wk);
+  const int M = a.S * a.B;
+  const int m = (blockIdx.x * WARPS + warp) * RPW + lane / LH;
+  const bool active = m < M;
+  const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
+  QkRopeRow<D>& row_rope = rope[warp][lane / LH];
+  const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
+                  static_cast<i64>(b) * a.qkv_b_stride;
+  const i64 bs = static_cast<i64>(b) * a.S + s;  // row of the [B, S] outputs
+
+  // A ring of BATCH slots in registers: slot j lives in entry j % BATCH; as soon as it is processed, the entry is
+  // refilled with slot j + BATCH, so every warp keeps BATCH slots of loads in flight all the time.
+  Vec16 x0[BATCH], x1[BATCH];
+  auto load_slot = [&](int u, int j) {
+    if (active && j < NH) {
+      x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
+      x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
+    } else {
+      x0[u] = x1[u] = zero16();
+    }
+  };
+  const long long pos = active ? qk_rope_position(a.pos, s) : 0;
+  const bool pos_ok = !active || pos >= 0;
+  qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+
+  // Round j0 = −BATCH only fills the ring (those loads are in flight while the rotary table is computed).
+#pragma unroll 1
+  for (int j0 = -BATCH; j0 < NH; j0 += BATCH) {
+#pragma unroll
+    for (int u = 0; u < BATCH; ++u) {
+      const int j = j0 + u;
+      if (j >= 0 && j < NH) {  // warp-uniform
+        int kind, idx;
+        qkv_slot<H, HG, IL>(j, kind, idx);
+        if (kind == 2) {
+          if (active) {
+            T* dst = static_cast<T*>(a.v) + (bs * HG + idx) * D;
+            store16(dst + L.c0 * 8, x0[u]);
+            store16(dst + L.c1 * 8, x1[u]);
+          }
+        } else {
+          const bool isq = kind == 0;
+          float t[16];
+          unpack16<T>(x0[u], x1[u], t);
+          float ss = 0.f;
+#pragma unroll
+          for (int i = 0; i < 16; ++i) ss = fmaf(t[i], t[i], ss);
+          ss = warp_sum<LH>(ss);
+          float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
+          if (!pos_ok) r = __int_as_float(0x7fc00000);  // no rotary row for this position: NaN, not garbage
+          Vec16 wv[QkLane<D, W>::NV];
+          L.weights(wsm, isq, wv);
+          float o[16];
+#pragma unroll
+          for (int i = 0; i < 16; ++i) o[i] = t[i] * r * L.w(wv, i);
+          if (L.rot) L.template rotate<false>(row_rope, o);
+          if (active) {
+            T* dst = isq ? static_cast<T*>(a.q) + (bs * H + idx) * D : static_cast<T*>(a.k) + (bs * HG + idx) * D;
+            Vec16 y0, y1;
+            pack16<T>(o, y0, y1);
+            store16(dst + L.c0 * 8, y0);
+            store16(dst + L.c1 * 8, y1);
+          }
+        }
+      }
+      load_slot(u, j + BATCH);
+    }
+    if (j0 < 0) {
+      qk_rope_finish<D>(row_rope, L.l);
+      __syncthreads();  // the weights and the warp's rotary table
+    }
+  }
+}
+
+// Backward: persistent grid over tiles of WARPS·32/LH rows (tile t, t + gridDim.x, …, a fixed assignment).
+// ≥ 16 resident warps per SM (≤ 128 registers): 131 unconstrained would leave one 8-warp CTA per SM.
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
+__global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
+  static_assert(sizeof(T) == 2, "16-bit activations");
+  static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
+  static_assert(H % HG == 0, "H must be a multiple of h");
+  constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG, TILE = WARPS * RPW;
+  __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
+  __shared__ float red[WARPS][2 * D];
+  __shared__ __align__(16) W wsm[2][D];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const QkLane<D, W> L(lane);
+  qk_stage_weights<D, W>(wsm, a.wq, a.wk);
+  __syncthreads();
+  QkRopeRow<D>& row_rope = rope[warp][lane / LH];
+  const int M = a.S * a.B;
+  const int tiles = (M + TILE - 1) / TILE;
+
+  float dq[16], dk[16];
+#pragma unroll
+  for (int i = 0; i < 16; ++i) dq[i] = dk[i] = 0.f;
+
+#pragma unroll 1
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int m = tile * TILE + warp * RPW + lane / LH;
+    const bool active = m < M;
+    const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
+    const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
+                    static_cast<i64>(b) * a.qkv_b_stride;
+    T* drow = static_cast<T*>(a.dqkv) + static_cast<i64>(s) * a.dqkv_s_stride + static_cast<i64>(b) * a.dqkv_b_stride;
+    const i64 bs = static_cast<i64>(b) * a.S + s;
+
+    // The ring of BATCH slots, as in the forward: gradient (and, for q/k heads, input) of slot j in entry j % BATCH.
+    Vec16 g0[BATCH], g1[BATCH], x0[BATCH], x1[BATCH];
+    auto load_slot = [&](int u, int j) {
+      g0[u] = g1[u] = x0[u] = x1[u] = zero16();
+      if (active && j < NH) {
+        int kind, idx;
+        qkv_slot<H, HG, IL>(j, kind, idx);
+        const T* g = kind == 0 ? static_cast<const T*>(a.gq) + (bs * H + idx) * D
+                               : static_cast<const T*>(kind == 1 ? a.gk : a.gv) + (bs * HG + idx) * D;
+        g0[u] = load16_stream(g + L.c0 * 8);
+        g1[u] = load16_stream(g + L.c1 * 8);
+        if (kind != 2) {
+          x0[u] = load16_stream(xrow + j * D + L.c0 * 8);
+          x1[u] = load16_stream(xrow + j * D + L.c1 * 8);
+        }
+      }
+    };
+    const long long pos = active ? qk_rope_position(a.pos, s) : 0;
+    const bool pos_ok = !active || pos >= 0;
+    __syncwarp();  // the previous tile's reads of the table are done
+    qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+
+#pragma unroll 1
+    for (int j0 = -BATCH; j0 < NH; j0 += BATCH) {  // round −BATCH only fills the ring
+#pragma unroll
+      for (int u = 0; u < BATCH; ++u) {
+        const int j = j0 + u;
+        if (j >= 0 && j < NH) {  // warp-uniform
+          int kind, idx;
+          qkv_slot<H, HG, IL>(j, kind, idx);
+          T* dst = drow + j * D;
+          if (kind == 2) {
+            if (active) {
+              store16(dst + L.c0 * 8, g0[u]);
+              store16(dst + L.c1 * 8, g1[u]);
+            }
+          } else {
+            const bool isq = kind == 0;
+            float t[16], gp[16];
+            unpack16<T>(x0[u], x1[u], t);
+            unpack16<T>(g0[u], g1[u], gp);
+            if (L.rot) L.template rotate<true>(row_rope, gp);  // the unrotated lanes pass g through
+            Vec16 wv[QkLane<D, W>::NV];
+            L.weights(wsm, isq, wv);
+            float ss = 0.f, dot = 0.f;
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+              ss = fmaf(t[i], t[i], ss);
+              dot = fmaf(t[i] * gp[i], L.w(wv, i), dot);
+            }
+            ss = warp_sum<LH>(ss);
+            dot = warp_sum<LH>(dot);
+            float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
+            if (!pos_ok) r = __int_as_float(0x7fc00000);
+            // r·(r·(r·P)): r·P stays O(|g|·√D) for any scale of t, where r³ alone underflows fp32 once |t| ≳ 1e13.
+            const float coef = r * (r * (r * dot)) * (1.0f / D);
+            float d[16];
+#pragma unroll
+            for (int i = 0; i < 16; ++i) {
+              const float rg = r * gp[i];
+              d[i] = rg * L.w(wv, i) - coef * t[i];
+              if (isq) dq[i] = fmaf(t[i], rg, dq[i]);
+              else dk[i] = fmaf(t[i], rg, dk[i]);
+            }
+            if (active) {
+              Vec16 y0, y1;
+              pack16<T>(d, y0, y1);
+              store16(dst + L.c0 * 8, y0);
+              store16(dst + L.c1 * 8, y1);
+            }
+          }
+        }
+        load_slot(u, j + BATCH);
+      }
+      if (j0 < 0) {
+        qk_rope_finish<D>(row_rope, L.l);
+        __syncwarp();
+      }
+    }
+  }
+
+  // The warp's row groups own the same channels: add them (fixed butterfly order), then the warps in warp order.
+#pragma unroll
+  for (int o = LH; o < 32; o <<= 1) {
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      dq[i] += __shfl_xor_sync(0xffffffffu, dq[i], o);
+      dk[i] += __shfl_xor_sync(0xffffffffu, dk[i], o);
+    }
+  }
+  if (lane < LH) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      red[warp][L.c0 * 8 + i] = dq[i];
+      red[warp][L.c1 * 8 + i] = dq[8 + i];
+      red[warp][D + L.c0 * 8 + i] = dk[i];
+      red[warp][D + L.c1 * 8 + i] = dk[8 + i];
+    }
+  }
+  __syncthreads();
+  for (int c = threadIdx.x; c < 2 * D; c += WARPS * 32) {
+    float acc = 0.f;
+#pragma unroll
+    for (int w = 0; w < WARPS; ++w) acc += red[w][c];
+    a.partial[static_cast<i64>(blockIdx.x) * 2 * D + c] = acc;
+  }
+}
+
+// dq_w, dk_w = Σ over the G per-CTA partials, in CTA order within each of 16 strided lanes of CTAs, then the 16
+// lane sums in order: a fixed order for a given G. One CTA per 32 of the 2·D columns.
+template <int D>
+__global__ void __launch_bounds__(512) qk_norm_half_rope_dw_reduce_kernel(const QkNormRopeDwArgs a) {
+  __shared__ float part[16][33];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int col = blockIdx.x * 32 + lane;  // < 2·D (2·D is a multiple of 32)
+  float acc = 0.f;
+#pragma unroll 8  // independent loads: one or two L2 round trips for a grid of ≤ 264 CTAs
+  for (int g = warp; g < a.G; g += 16) acc += a.partial[static_cast<i64>(g) * 2 * D + col];
+  part[warp][lane] = acc;
+  __syncthreads();
+  if (warp == 0) {
+    float sum = 0.f;
+#pragma unroll
+    for (int w = 0; w < 16; ++w) sum += part[w][lane];
+    if (col < D) a.dq_w[col] = sum;
+    else a.dk_w[col - D] = sum;
+  }
+}
+
+}  // namespace kiln
