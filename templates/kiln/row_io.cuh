@@ -1,0 +1,162 @@
+// kiln/row_io.cuh — pieces shared by the row-wise norm families whose vector width depends on a feature dim
+// (rms_norm_rope, group_rms_norm_gate):
+//   * Raw<BYTES>: 2/4/8/16 bytes of a row held as loaded (packed 16-bit values stay packed: half the registers);
+//     ld_raw / st_raw move them with one instruction of exactly that width;
+//   * load_f<T, E>: E consecutive elements of type T as floats, with the widest loads that fit (16 bytes at most);
+//   * dw_reduce_kernel: the second stage of a deterministic weight-gradient reduction: out[j] = Σ_g Σ_f
+//     partial[g][f·NOUT + j] in a fixed order (g ascending, split over 8 slices summed in slice order).
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/dw_reduce_args.h"
+
+namespace kiln {
+
+template <typename A, typename B> struct IsSame { static constexpr bool value = false; };
+template <typename A> struct IsSame<A, A> { static constexpr bool value = true; };
+
+template <int BYTES>
+struct Raw {
+  static_assert(BYTES == 2 || BYTES == 4 || BYTES == 8 || BYTES == 16, "2, 4, 8 or 16 bytes");
+  u32 w[BYTES >= 4 ? BYTES / 4 : 1];
+};
+
+// STREAM: the bytes are read once (do not allocate in L1).
+template <int BYTES, bool STREAM>
+__device__ __forceinline__ Raw<BYTES> ld_raw(const void* p) {
+  Raw<BYTES> r;
+  if constexpr (BYTES == 16) {
+    if constexpr (STREAM)
+      asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                   : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
+    else
+      asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+                   : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
+  } else if constexpr (BYTES == 8) {
+    if constexpr (STREAM)
+      asm volatile("ld.global.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.w[0]), "=r"(r.w[1]) : "l"(p));
+    else
+      asm volatile("ld.global.v2.u32 {%0,%1}, [%2];" : "=r"(r.w[0]), "=r"(r.w[1]) : "l"(p));
+  } else if constexpr (BYTES == 4) {
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(r.w[0]) : "l"(p));
+  } else {
+    u16 h;
+    asm volatile("ld.global.u16 %0, [%1];" : "=h"(h) : "l"(p));
+    r.w[0] = h;
+  }
+  return r;
+}
+
+template <int BYTES>
+__device__ __forceinline__ void st_raw(void* p, const Raw<BYTES>& r) {
+  if constexpr (BYTES == 16)
+    asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" :: "l"(p), "r"(r.w[0]), "r"(r.w[1]), "r"(r.w[2]),
+                 "r"(r.w[3]) : "memory");
+  else if constexpr (BYTES == 8)
+    asm volatile("st.global.v2.u32 [%0], {%1,%2};" :: "l"(p), "r"(r.w[0]), "r"(r.w[1]) : "memory");
+  else if constexpr (BYTES == 4)
+    asm volatile("st.global.u32 [%0], %1;" :: "l"(p), "r"(r.w[0]) : "memory");
+  else
+    asm volatile("st.global.u16 [%0], %1;" :: "l"(p), "h"(static_cast<u16>(r.w[0])) : "memory");
+}
+
+// Makes the compiler forget what a Raw holds (no instruction is emitted). A row kept in registers between two passes
+// is laundered before the second, so the fp32 values the first pass unpacked are not kept alive instead (common
+// subexpression elimination would otherwise double the registers the row occupies).
+template <int BYTES>
+__device__ __forceinline__ void launder(Raw<BYTES>& r) {
+#pragma unroll
+  for (int i = 0; i < (BYTES >= 4 ? BYTES / 4 : 1); ++i) asm volatile("" : "+r"(r.w[i]));
+}
+
+// Element i of a Raw holding values of type T, as float; and the reverse.
+template <typename T, int BYTES>
+__device__ __forceinline__ float raw_get(const Raw<BYTES>& r, int i) {
+  if constexpr (sizeof(T) == 4) {
+    return __uint_as_float(r.w[i]);
+  } else {
+    const u32 word = r.w[i >> 1];
+    const u16 h = static_cast<u16>((i & 1) ? (word >> 16) : (word & 0xffffu));
+    return to_float(T{h});
+  }
+}
+template <typename T, int BYTES>
+__device__ __forceinline__ void raw_set(Raw<BYTES>& r, int i, float f) {
+  if constexpr (sizeof(T) == 4) {
+    r.w[i] = __float_as_uint(f);
+  } else {
+    const u32 b = from_float<T>(f).bits;
+    u32& word = r.w[i >> 1];
+    word = (i & 1) ? ((word & 0xffffu) | (b << 16)) : ((word & 0xffff0000u) | b);
+  }
+}
+
+// Elements i and i + 1 (i even) of a Raw holding 16-bit values, from two floats with one conversion.
+template <typename T, int BYTES>
+__device__ __forceinline__ void raw_set2(Raw<BYTES>& r, int i, float lo, float hi) {
+  if constexpr (sizeof(T) == 4) {
+    r.w[i] = __float_as_uint(lo);
+    r.w[i + 1] = __float_as_uint(hi);
+  } else if constexpr (IsSame<T, bf16>::value) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.w[i >> 1]) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r.w[i >> 1]) : "f"(hi), "f"(lo));
+  }
+}
+
+// E consecutive elements of type T at element offset k of `base` (the address aligned to min(16, E·sizeof(T))).
+template <typename T, int E>
+__device__ __forceinline__ void load_f(const void* base, i64 k, float (&out)[E]) {
+  constexpr int BYTES = E * static_cast<int>(sizeof(T));
+  const char* p = static_cast<const char*>(base) + k * static_cast<i64>(sizeof(T));
+  if constexpr (BYTES > 16) {
+    constexpr int PER = 16 / static_cast<int>(sizeof(T));
+#pragma unroll
+    for (int j = 0; j < BYTES / 16; ++j) {
+      const Raw<16> r = ld_raw<16, false>(p + j * 16);
+#pragma unroll
+      for (int i = 0; i < PER; ++i) out[j * PER + i] = raw_get<T>(r, i);
+    }
+  } else {
+    const Raw<BYTES> r = ld_raw<BYTES, false>(p);
+#pragma unroll
+    for (int i = 0; i < E; ++i) out[i] = raw_get<T>(r, i);
+  }
+}
+
+// The largest power of two dividing n, capped at `cap` (a power of two).
+__host__ __device__ constexpr int pow2_divisor(int n, int cap) {
+  int e = 1;
+  while (e < cap && n % (2 * e) == 0) e *= 2;
+  return e;
+}
+
+// Stage 2 of a deterministic weight gradient. partial: [G][FOLD·NOUT] fp32 (one row per CTA of stage 1);
+// out[j] = Σ_g Σ_f partial[g][f·NOUT + j]. A CTA of 256 threads takes 32 output columns; thread (ty, tx) sums rows
+// g ≡ ty (mod 8) of column tx in ascending g, then slice sums are added in ty order: a fixed order, so the result
+// does not depend on timing. Coalesced: a warp reads 32 consecutive floats of one row.
+template <int NOUT, int FOLD, typename DW>
+__global__ void __launch_bounds__(256) dw_reduce_kernel(const DwReduceArgs a) {
+  const float* __restrict__ partial = a.partial;
+  const int G = a.G;
+  __shared__ float slice[8][33];
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int j = blockIdx.x * 32 + tx;
+  float s = 0.f;
+  if (j < NOUT) {
+    for (int g = ty; g < G; g += 8) {
+      const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
+#pragma unroll
+      for (int f = 0; f < FOLD; ++f) s += row[f * NOUT + j];
+    }
+  }
+  slice[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && j < NOUT) {
+    float t = slice[0][tx];
+#pragma unroll
+    for (int k = 1; k < 8; ++k) t += slice[k][tx];
+    static_cast<DW*>(a.dw)[j] = from_float<DW>(t);
+  }
+}
+
+}  // namespace kiln
