@@ -283,11 +283,16 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
 }
 }  // namespace
 
+// The workspace bound uses the thread limit (64 warps per SM) instead of the occupancy, which depends on the weight
+// and table dtypes: it covers every specialization of the shape.
 int64_t rms_norm_rope_bwd_workspace_elems(Runtime& rt, int64_t rows, int64_t hidden, int64_t head_dim, DType dtype) {
+  if (rows <= 0 || hidden <= 0) return 0;
   auto& impl = rt.impl();
   const Specialization s =
       impl.tuned(spec(impl.target_arch(), kBwd, hidden, head_dim, dtype, dtype, dtype), rows);
-  return rows <= 0 ? 0 : bwd_grid(rt, s, rows) * hidden;
+  const int warps = s.config[C_WARPS];
+  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * std::max(1, 64 / warps);
+  return std::max<int64_t>(1, std::min<int64_t>(full, (rows + warps - 1) / warps)) * hidden;
 }
 
 void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,

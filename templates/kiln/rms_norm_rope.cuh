@@ -39,41 +39,6 @@ struct RopeLayout {
   static __device__ __forceinline__ int col(int p) { return (p % PPH) * E; }
 };
 
-// E fp32 values added to shared memory at p (p 4·E-byte aligned when E ≥ 4), with the widest accesses that fit.
-template <int E>
-__device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
-  if constexpr (E % 4 == 0) {
-#pragma unroll
-    for (int j = 0; j < E; j += 4) {
-      float4 t = *reinterpret_cast<float4*>(p + j);
-      t.x += v[j]; t.y += v[j + 1]; t.z += v[j + 2]; t.w += v[j + 3];
-      *reinterpret_cast<float4*>(p + j) = t;
-    }
-  } else if constexpr (E % 2 == 0) {
-#pragma unroll
-    for (int j = 0; j < E; j += 2) {
-      float2 t = *reinterpret_cast<float2*>(p + j);
-      t.x += v[j]; t.y += v[j + 1];
-      *reinterpret_cast<float2*>(p + j) = t;
-    }
-  } else {
-#pragma unroll
-    for (int j = 0; j < E; ++j) p[j] += v[j];
-  }
-}
-
-// Stores out[e] for e < E into a Raw of T (pairs converted together when E is even).
-template <typename T, int E, int B>
-__device__ __forceinline__ void raw_fill(Raw<B>& r, const float (&out)[E]) {
-  if constexpr (E % 2 == 0) {
-#pragma unroll
-    for (int e = 0; e < E; e += 2) raw_set2<T>(r, e, out[e], out[e + 1]);
-  } else {
-#pragma unroll
-    for (int e = 0; e < E; ++e) raw_set<T>(r, e, out[e]);
-  }
-}
-
 // cos/sin of one pair-chunk, kept as loaded (packed when 16-bit) and converted on use. When every step of a lane
 // lands on the same column (32 % PPH == 0, e.g. D = 128 in bf16: PPH = 8), the row's values are loaded once and
 // kept; otherwise per step.
