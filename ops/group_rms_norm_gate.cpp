@@ -169,6 +169,9 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 // ---- validation --------------------------------------------------------------------------------------------------
 
+// The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
+int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
+
 // A 3-D activation whose token (b, s) row is at b·stride[bdim] + s·stride[sdim]: shape [B, S, dim] (bdim 0) or
 // [S, B, dim] (bdim 1), dense last dim, non-negative strides keeping every row `vec`-element aligned.
 void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dtype, int64_t B, int64_t S,
@@ -180,9 +183,10 @@ void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dt
                                     shape_str(t)));
   if (t.strides[2] != 1 && dim > 1)
     ck.shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
-  if (t.strides[0] < 0 || t.strides[1] < 0)
+  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
+  if (s0 < 0 || s1 < 0)
     ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
-  if (t.strides[0] % vec != 0 || t.strides[1] % vec != 0)
+  if (s0 % vec != 0 || s1 % vec != 0)
     ck.invalid(arg, fmt::format("expected strides that are multiples of {} elements (rows aligned to the {}-byte "
                                 "vector width), got [{}, {}, 1]",
                                 vec, vec * static_cast<int64_t>(dtype_size(t.dtype)), t.strides[0], t.strides[1]));
@@ -242,8 +246,8 @@ const char* out_layout(bool transpose) {
 
 // Strides of token (b, s) in a tensor of x's layout or of gate's layout.
 std::pair<long long, long long> bs_strides(const TensorRef& t, bool seq_first) {
-  return seq_first ? std::pair<long long, long long>{t.strides[1], t.strides[0]}
-                   : std::pair<long long, long long>{t.strides[0], t.strides[1]};
+  return seq_first ? std::pair<long long, long long>{stride_of(t, 1), stride_of(t, 0)}
+                   : std::pair<long long, long long>{stride_of(t, 0), stride_of(t, 1)};
 }
 
 // Persistent grid of the backward: the x dimension (token slots) holds every CTA that fits on the GPU at once, split

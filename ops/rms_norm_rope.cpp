@@ -143,6 +143,9 @@ void check_eps(const Check& ck, float eps) {
   if (!(eps >= 0.f) || !std::isfinite(eps)) ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", eps));
 }
 
+// The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
+int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
+
 // A [B, S, Hd] activation: rank 3, dense last dim, non-negative strides that keep every row `vec`-element aligned.
 void check_bsh(const Check& ck, const char* arg, const TensorRef& t, std::initializer_list<DType> dtypes, int64_t B,
                int64_t S, int64_t Hd, int64_t vec) {
@@ -152,9 +155,10 @@ void check_bsh(const Check& ck, const char* arg, const TensorRef& t, std::initia
     ck.shape_error(arg, fmt::format("expected shape [{}, {}, {}] (as x), got {}", B, S, Hd, shape_str(t)));
   if (t.strides[2] != 1 && t.shape[2] > 1)
     ck.shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
-  if (t.strides[0] < 0 || t.strides[1] < 0)
+  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
+  if (s0 < 0 || s1 < 0)
     ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
-  if (t.strides[0] % vec != 0 || t.strides[1] % vec != 0)
+  if (s0 % vec != 0 || s1 % vec != 0)
     ck.invalid(arg, fmt::format("expected batch and sequence strides that are multiples of {} elements (rows aligned "
                                 "to the {}-byte vector width), got [{}, {}, 1]",
                                 vec, vec * static_cast<int64_t>(dtype_size(t.dtype)), t.strides[0], t.strides[1]));
@@ -262,9 +266,9 @@ void rms_norm_rope_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight,
   auto& impl = rt.impl();
   const Specialization s =
       impl.tuned(spec(impl.target_arch(), kFwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
-  RmsNormRopeFwdArgs a{x.data,    x.strides[0], x.strides[1], weight.data, cos.data,
-                       g.cos_ss,  sin.data,     g.sin_ss,     y.data,      y.strides[0],
-                       y.strides[1], static_cast<int>(g.M), static_cast<int>(g.S), eps};
+  RmsNormRopeFwdArgs a{x.data,  stride_of(x, 0), stride_of(x, 1), weight.data,     cos.data,
+                       g.cos_ss, sin.data,        g.sin_ss,        y.data,          stride_of(y, 0),
+                       stride_of(y, 1), static_cast<int>(g.M), static_cast<int>(g.S), eps};
   LaunchDims d;
   const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
   d.grid[0] = static_cast<unsigned>((g.M + warps - 1) / warps);
@@ -321,10 +325,11 @@ void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, con
       owned = impl.alloc_async(static_cast<size_t>(G * g.Hd) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
-    RmsNormRopeBwdArgs a{dy.data,     dy.strides[0], dy.strides[1], x.data,        x.strides[0],
-                         x.strides[1], weight.data,  cos.data,      g.cos_ss,      sin.data,
-                         g.sin_ss,    dx.data,       dx.strides[0], dx.strides[1], partial,
-                         static_cast<int>(g.M), static_cast<int>(g.S), eps};
+    RmsNormRopeBwdArgs a{dy.data,         stride_of(dy, 0), stride_of(dy, 1), x.data,
+                         stride_of(x, 0), stride_of(x, 1),  weight.data,      cos.data,
+                         g.cos_ss,        sin.data,         g.sin_ss,         dx.data,
+                         stride_of(dx, 0), stride_of(dx, 1), partial,         static_cast<int>(g.M),
+                         static_cast<int>(g.S), eps};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);

@@ -242,6 +242,14 @@ TEST_F(GroupRmsNormGateErrors, OddSequenceLengthIsAccepted) {  // linghe's backw
   out.data = fake(3);
   EXPECT_REACHES_DEVICE(fwd());
 }
+TEST_F(GroupRmsNormGateErrors, StridesOfUnitDimsAreIgnored) {  // frameworks leave any stride on a dim of extent 1
+  x = TensorRef::contiguous(fake(0), DType::bf16, {1, S, dim});
+  x.strides[0] = 5;
+  gate = TensorRef::contiguous(fake(1), DType::bf16, {S, 1, dim});
+  gate.strides[1] = 1;
+  out = TensorRef::contiguous(fake(3), DType::bf16, {S, 1, dim});
+  EXPECT_REACHES_DEVICE(fwd());
+}
 TEST_F(GroupRmsNormGateErrors, EmptyInputLaunchesNothing) {
   x = TensorRef::contiguous(fake(0), DType::bf16, {0, S, dim});
   gate = TensorRef::contiguous(fake(1), DType::bf16, {S, 0, dim});

@@ -247,6 +247,13 @@ TEST_F(RmsNormRopeErrors, ValidVariantsReachTheDevice) {
   EXPECT_REACHES_DEVICE(fwd());
   EXPECT_REACHES_DEVICE(bwd());
 }
+TEST_F(RmsNormRopeErrors, StridesOfUnitDimsAreIgnored) {  // frameworks leave any stride on a dim of extent 1
+  x = TensorRef::contiguous(fake(0), DType::bf16, {1, S, Hd});
+  x.strides[0] = 3;
+  y = TensorRef::contiguous(fake(4), DType::bf16, {1, S, Hd});
+  y.strides[0] = -1;
+  EXPECT_REACHES_DEVICE(fwd());
+}
 TEST_F(RmsNormRopeErrors, EmptyInputLaunchesNothing) {
   for (int64_t b : {int64_t{0}, B}) {
     const int64_t s = b == 0 ? S : 0;
