@@ -349,7 +349,7 @@ void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& 
   const int64_t nout = g.shared ? g.d : g.dim;
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((nout + 31) / 32);
-  d.block[0] = 256;
+  d.block[0] = kDwReduceThreads;
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

@@ -340,7 +340,7 @@ void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, con
   DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((g.Hd + 31) / 32);
-  d.block[0] = 256;
+  d.block[0] = kDwReduceThreads;
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

@@ -3,6 +3,8 @@
 
 namespace kiln {
 
+constexpr int kDwReduceThreads = 1024;  // block size of dw_reduce_kernel: 32 columns × 32 row slices
+
 struct DwReduceArgs {
   const float* partial;  // [G][FOLD·NOUT] fp32, one row per CTA of the first stage
   void* dw;              // [NOUT]

@@ -40,20 +40,28 @@ struct GateLayout {
 };
 
 // σ(g) = 1/(1 + e^−g), and 1 − σ(g) = e^−g·σ(g) (accurate where σ rounds to 1; e^−g = inf gives σ = 0, 1 − σ = 1).
-// 16-bit outputs use the fast exp (ex2.approx, ~2e-6 relative); fp32 outputs the accurate one.
+// 16-bit outputs use the fast exp and reciprocal (ex2/rcp.approx, a few 1e-7 relative: far below their rounding);
+// fp32 outputs the accurate exp and a correctly rounded reciprocal.
+template <typename T>
+__device__ __forceinline__ float sigmoid_of_exp(float e) {
+  return sizeof(T) == 4 ? __frcp_rn(1.0f + e) : __fdividef(1.0f, 1.0f + e);  // e = inf: 0 either way
+}
+template <typename T>
+__device__ __forceinline__ float exp_neg(float g) {
+  return sizeof(T) == 4 ? expf(-g) : __expf(-g);
+}
 template <typename T>
 struct Sigmoid {
   float s, one_minus;
   __device__ __forceinline__ explicit Sigmoid(float g) {
-    const float e = sizeof(T) == 4 ? expf(-g) : __expf(-g);
-    s = __frcp_rn(1.0f + e);
+    const float e = exp_neg<T>(g);
+    s = sigmoid_of_exp<T>(e);
     one_minus = fminf(e * s, 1.0f);  // inf·0 = NaN → 1
   }
 };
 template <typename T>
 __device__ __forceinline__ float sigmoid(float g) {
-  const float e = sizeof(T) == 4 ? expf(-g) : __expf(-g);
-  return __frcp_rn(1.0f + e);
+  return sigmoid_of_exp<T>(exp_neg<T>(g));
 }
 
 // v[k] for the runtime index q < N, without dynamic register indexing.
