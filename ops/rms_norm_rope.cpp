@@ -16,7 +16,7 @@ namespace kiln {
 namespace detail {
 // ops/bench/rms_norm_rope.cpp: a runnable forward/backward at x [B, S, Hd] (also the tuner's instance).
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
-                                     DType dtype);
+                                     DType dtype, int rows, int warps);
 }  // namespace detail
 
 namespace {
@@ -24,7 +24,10 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_HD, P_D, P_DTYPE, P_W_DTYPE, P_CS_DTYPE };
-enum { C_WARPS, C_KEEP };
+enum { C_WARPS, C_ROWS };
+// C_ROWS (bwd): where the second pass finds x and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in shared
+// memory one row ahead (cp.async double buffer; rms_norm_rope_bwd_staged_kernel).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
 
 constexpr int64_t kMaxHidden = 32768;
 
@@ -46,14 +49,19 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kFwd)
     name = fmt::format("kiln::rms_norm_rope_fwd_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D], s.config[C_WARPS],
                        type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+  else if (s.config[C_ROWS] == kRowsStaged)
+    name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
+                       s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
   else
     name = fmt::format("kiln::rms_norm_rope_bwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
-                       s.config[C_WARPS], s.config[C_KEEP] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
-                       type_name(p[P_CS_DTYPE]));
+                       s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, type_name(p[P_DTYPE]),
+                       type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
 }
 
 int smem_bytes(const Specialization& s) {
-  return s.kernel == kBwd ? static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * 4) : 0;
+  if (s.kernel != kBwd) return 0;
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  return static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * (s.config[C_ROWS] == kRowsStaged ? 4 * es : 4));
 }
 
 // The channels one access moves: the largest power of two dividing D/2, at most 16 bytes of x's dtype.
@@ -62,6 +70,14 @@ int64_t vec_elems(int64_t D, DType t) {
   int64_t e = 1;
   while (e < cap && (D / 2) % (2 * e) == 0) e *= 2;
   return e;
+}
+
+// The staged backward needs 16-byte pair-chunks and dw for a lane's columns in ≤ 64 registers (RopeStaged::OK).
+bool staged_ok(const Specialization& s) {
+  const int64_t Hd = s.params[P_HD], D = s.params[P_D];
+  const DType t = static_cast<DType>(s.params[P_DTYPE]);
+  const int64_t e = vec_elems(D, t), steps = (Hd / (2 * e) + 31) / 32;
+  return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
 }
 
 // Backward warps per CTA: each warp owns an fp32 dw slice of Hd floats in shared memory; at most 64 KiB of them per
@@ -79,7 +95,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"rms_norm_rope",
                    {"fwd", "bwd", "dw_reduce"},
                    {"Hd", "D", "dtype", "w_dtype", "cs_dtype"},
-                   {"warps", "keep_rows"},
+                   {"warps", "rows"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -102,8 +118,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   return s;
 }
 
-// fwd: 2–16 warps per CTA. bwd: 1–16 warps while their dw slices fit 227 KiB, each with rows kept in registers
-// between the passes or re-read. dw_reduce: nothing to tune.
+// fwd: 2–16 warps per CTA. bwd: 1–16 warps × where the second pass finds the rows (re-read, registers, staged),
+// while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
@@ -113,10 +129,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   }
   for (int w : {1, 2, 4, 8, 16}) {
     if (base.kernel == kFwd && w < 2) continue;
-    for (int keep : {0, 1}) {
-      if (base.kernel == kFwd && keep) continue;
+    for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
+      if (base.kernel == kFwd && rows != kRowsReread) continue;
+      if (rows == kRowsStaged && !staged_ok(base)) continue;
       s.config[C_WARPS] = w;
-      s.config[C_KEEP] = keep;
+      s.config[C_ROWS] = rows;
       if (smem_bytes(s) > 227 * 1024) continue;
       out.push_back(s);
     }
@@ -134,7 +151,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return rms_norm_rope_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_HD],
-                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]));
+                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]), -1, 0);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
@@ -299,9 +316,25 @@ int64_t rms_norm_rope_bwd_workspace_elems(Runtime& rt, int64_t rows, int64_t hid
   return std::max<int64_t>(1, std::min<int64_t>(full, (rows + warps - 1) / warps)) * hidden;
 }
 
+namespace detail {
+// rms_norm_rope_bwd with the backward's config forced (rows mode and warps; the bench's measurement hook until the
+// tuner can pick configs per shape). rows < 0: the tuned/heuristic config.
+void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                              const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
+                              float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
+                              int warps);
+}  // namespace detail
+
 void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                        const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                        float eps, int num_heads, const TensorRef& workspace, Stream stream) {
+  detail::rms_norm_rope_bwd_config(rt, dy, x, weight, cos, sin, dx, dweight, eps, num_heads, workspace, stream, -1, 0);
+}
+
+void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                                      const TensorRef& cos, const TensorRef& sin, const TensorRef& dx,
+                                      const TensorRef& dweight, float eps, int num_heads, const TensorRef& workspace,
+                                      Stream stream, int rows, int warps) {
   const Check ck{"rms_norm_rope_bwd"};
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "dy", dy, {x.dtype}, g.B, g.S, g.Hd, g.vec);
@@ -316,7 +349,13 @@ void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, con
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);
   if (g.M > 0) {
-    const Specialization s = impl.tuned(spec(arch, kBwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
+    Specialization s = impl.tuned(spec(arch, kBwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
+    if (rows >= 0) {
+      s.config[C_ROWS] = rows;
+      s.config[C_WARPS] = warps;
+      if (!in_search_space(s))
+        ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+    }
     G = bwd_grid(rt, s, g.M);
     if (workspace.defined() && workspace.numel() < G * g.Hd)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_rope_bwd_workspace_elems), got {}",

@@ -143,8 +143,9 @@ const detail::FamilyDef& family() {
   return *f;
 }
 
-// kernel 0 fwd, 1 bwd, 2 dw_reduce; params Hd, D, dtype, w_dtype, cs_dtype; config warps, keep_rows.
-detail::Specialization make(uint32_t kernel, int64_t Hd, int64_t D, DType t, DType w, DType cs, int warps, int keep) {
+// kernel 0 fwd, 1 bwd, 2 dw_reduce; params Hd, D, dtype, w_dtype, cs_dtype; config warps, rows (0 re-read, 1 kept
+// in registers, 2 staged in shared memory).
+detail::Specialization make(uint32_t kernel, int64_t Hd, int64_t D, DType t, DType w, DType cs, int warps, int rows) {
   detail::Specialization s;
   s.family = &family();
   s.arch = detail::Arch::parse("sm_90a");
@@ -156,7 +157,7 @@ detail::Specialization make(uint32_t kernel, int64_t Hd, int64_t D, DType t, DTy
     s.params[3] = static_cast<int64_t>(w);
     s.params[4] = static_cast<int64_t>(cs);
     s.config[0] = warps;
-    s.config[1] = keep;
+    s.config[1] = rows;
   }
   return s;
 }
@@ -170,6 +171,7 @@ TEST(RmsNormRopeCompile, SpecializationsCompileForSm90a) {
       make(0, 2048, 128, DType::f16, DType::f32, DType::f32, 8, 0),
       make(0, 18, 6, DType::f32, DType::bf16, DType::f16, 4, 0),
       make(1, 2048, 128, DType::bf16, DType::bf16, DType::bf16, 8, 1),
+      make(1, 2048, 128, DType::bf16, DType::f32, DType::f32, 4, 2),  // the staged backward
       make(1, 4096, 64, DType::f32, DType::f32, DType::bf16, 4, 0),
       make(1, 18, 6, DType::f16, DType::f16, DType::f32, 2, 0),
       make(0, 7168, 128, DType::bf16, DType::bf16, DType::bf16, 4, 0),
@@ -202,6 +204,17 @@ TEST(RmsNormRopeCompile, SearchSpaceHoldsTheDefaultAndFitsSharedMemory) {
   // The backward's default: 8 warps of 8 KiB dw slices at Hd = 2048 (two CTAs per SM).
   EXPECT_EQ(specs[1].config[0], 8);
   EXPECT_EQ(family().dynamic_smem_bytes(specs[1]), 8 * 2048 * 4);
+  // The staged variant is offered where it applies (16-byte pair-chunks, dw in ≤ 64 registers) and only there.
+  auto has_staged = [&](const detail::Specialization& s) {
+    std::vector<detail::Specialization> space;
+    family().search_space(s, space);
+    for (const auto& c : space)
+      if (c.config[1] == 2) return true;
+    return false;
+  };
+  EXPECT_TRUE(has_staged(specs[1]));
+  EXPECT_FALSE(has_staged(make(1, 7168, 128, DType::bf16, DType::bf16, DType::bf16, 2, 0)));  // dw: 224 per lane
+  EXPECT_FALSE(has_staged(make(1, 60, 6, DType::bf16, DType::bf16, DType::bf16, 8, 0)));      // 2-byte chunks
 }
 
 // ---- argument errors --------------------------------------------------------------------------------------------

@@ -15,6 +15,10 @@
 #include "runtime/driver.hpp"
 
 namespace kiln::detail {
+void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                              const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
+                              float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
+                              int warps);
 namespace {
 
 struct Buffers {
@@ -60,8 +64,9 @@ uint32_t fresh_seed() {
 
 }  // namespace
 
+// rows ≥ 0 forces the backward's config (rows mode, warps); see ops/rms_norm_rope.cpp.
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
-                                     DType dtype) {
+                                     DType dtype, int rows = -1, int warps = 0) {
   auto b = std::make_shared<Buffers>();
   const int64_t M = B * S;
   const size_t es = dtype_size(dtype);
@@ -92,7 +97,7 @@ BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int6
   const int64_t ws_elems = rms_norm_rope_bwd_workspace_elems(rt, M, Hd, D, dtype);
   const TensorRef ws = TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems});
   inst.bytes = 3 * M * Hd * es + Hd * es + table_bytes + Hd * 4;
-  inst.run = [=](Stream s) { rms_norm_rope_bwd(*r, dy, x, w, cos, sin, dx, dw, 1e-6f, 0, ws, s); };
+  inst.run = [=](Stream s) { rms_norm_rope_bwd_config(*r, dy, x, w, cos, sin, dx, dw, 1e-6f, 0, ws, s, rows, warps); };
   inst.outputs = {dx, dw};
   return inst;
 }
@@ -103,6 +108,13 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [](Runtime& rt) { return rms_norm_rope_instance(rt, false, 2, 4096, 2048, 128, DType::bf16); }});
   cases.push_back({"rms_norm_rope_bwd", "B=2 S=4096 Hd=2048 D=128 bf16",
                    [](Runtime& rt) { return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16); }});
+  // Backward variants (config forced) until the tuner picks per shape: rows re-read / kept / staged × warps.
+  for (const auto& [rows, warps] : {std::pair{0, 4}, {1, 8}, {2, 8}, {2, 4}, {2, 2}}) {
+    cases.push_back({"rms_norm_rope_bwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={}", rows, warps),
+                     [rows, warps](Runtime& rt) {
+                       return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16, rows, warps);
+                     }});
+  }
 });
 }  // namespace
 

@@ -258,4 +258,164 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) rms_
   }
 }
 
+// ---- staged backward -----------------------------------------------------------------------------------------
+// The same math with the loads decoupled from the compute: each warp double-buffers its rows in shared memory,
+// copying row i+1 (x and dy, cp.async, 16-byte chunks) while it computes row i from the other buffer, so every warp
+// keeps a whole row (2·HD·sizeof(T) bytes) in flight at all times without holding it in registers. dw for the lane's
+// columns lives in registers (STEPS·2·E floats, ≤ 64); at the end the CTA adds its warps' dw in warp order through
+// the (then idle) staging buffers. Needs 16-byte pair-chunks (E·sizeof(T) = 16). Shared memory: WARPS·4·HD·sizeof(T).
+template <int HD, int D, typename T>
+struct RopeStaged {
+  using L = RopeLayout<HD, D, T>;
+  static constexpr bool OK = L::BYTES == 16 && L::STEPS * 2 * L::E <= 64;
+  static constexpr int smem_bytes(int warps) { return warps * 4 * HD * static_cast<int>(sizeof(T)); }
+};
+
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// 16 bytes from shared memory. volatile: the second pass re-reads the row instead of the compiler keeping the first
+// pass's values alive in registers (which is what staging avoids).
+__device__ __forceinline__ Raw<16> lds16(const void* p) {
+  Raw<16> r;
+  const u32 a = static_cast<u32>(__cvta_generic_to_shared(p));
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "r"(a));
+  return r;
+}
+
+template <int HD, int D, int WARPS, typename T, typename W, typename C>
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+  using L = RopeLayout<HD, D, T>;
+  static_assert(RopeStaged<HD, D, T>::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
+  constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
+  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
+  constexpr int CH = HD / V;                            // chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 4 * HD;  // [stage][x | dy][HD]
+
+  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
+  // Copies row `row` (if any) into stage `st`; always commits a group, so wait_group counts stay uniform.
+  auto issue = [&](i64 row, int st) {
+    if (row < a.M) {
+      const i64 b = row / a.S, s = row - b * a.S;
+      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
+      const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
+      T* xs = buf + (st * 2) * HD;
+      T* gs = xs + HD;
+#pragma unroll 4
+      for (int c = lane; c < CH; c += 32) {
+        cp_async16(xs + c * V, xr + c * V, true);
+        cp_async16(gs + c * V, gr + c * V, true);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float dw1[STEPS][E], dw2[STEPS][E];
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+    for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
+
+  issue(first, 0);
+  int stage = 0;
+  for (i64 row = first; row < a.M; row += stride, stage ^= 1) {
+    issue(row + stride, stage ^ 1);
+    cp_async_wait<1>();  // this lane's copies of `row` have landed
+    __syncwarp();        // … and every other lane's
+    const i64 b = row / a.S, s = row - b * a.S;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
+    const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
+    const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
+    const T* xs = buf + (stage * 2) * HD;
+    const T* gs = xs + HD;
+    RopeTable<L, C> tab;
+    if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
+
+    float ss = 0.f, P = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (p < NP) {
+        const int o = L::chan(p);
+        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
+        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        float w1[E], w2[E];
+        load_f<W, E>(a.w, o, w1);
+        load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
+          ss = fmaf(xa, xa, ss);
+          ss = fmaf(xb, xb, ss);
+          P = fmaf(xa * w1[e], na, P);
+          P = fmaf(xb * w2[e], nb, P);
+        }
+      }
+    }
+    ss = warp_sum(ss);
+    P = warp_sum(P);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
+    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (p < NP) {
+        const int o = L::chan(p);
+        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
+        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        float w1[E], w2[E], d1[E], d2[E];
+        load_f<W, E>(a.w, o, w1);
+        load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
+          d1[e] = r * w1[e] * na - coef * xa;
+          d2[e] = r * w2[e] * nb - coef * xb;
+          dw1[st][e] = fmaf(xa * r, na, dw1[st][e]);
+          dw2[st][e] = fmaf(xb * r, nb, dw2[st][e]);
+        }
+        Raw<16> o1, o2;
+        raw_fill<T>(o1, d1);
+        raw_fill<T>(o2, d2);
+        st_raw(dxr + o, o1);
+        st_raw(dxr + o + H2, o2);
+      }
+    }
+    __syncwarp();  // every lane is done with this stage before the next iteration refills it
+  }
+  cp_async_wait<0>();  // the last (empty or out-of-range) group
+
+  // CTA sum of the warps' dw in warp order, through the staging buffers (WARPS·HD floats ≤ their size).
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int p = st * 32 + lane;
+    if (p < NP) {
+      const int o = L::chan(p);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        red[warp * HD + o + e] = dw1[st][e];
+        red[warp * HD + o + H2 + e] = dw2[st][e];
+      }
+    }
+  }
+  __syncthreads();
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * HD;
+  for (int k = threadIdx.x; k < HD; k += WARPS * 32) {
+    float t = red[k];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) t += red[w * HD + k];
+    out[k] = t;
+  }
+}
+
 }  // namespace kiln

@@ -21,6 +21,13 @@
 #include "reference/rms_norm_rope.hpp"
 #include "test_util.hpp"
 
+namespace kiln::detail {
+void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                              const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
+                              float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
+                              int warps);
+}  // namespace kiln::detail
+
 namespace kiln::test {
 namespace {
 
@@ -207,7 +214,8 @@ class RmsNormRopeGpu : public GpuTest {
     std::vector<float> dx, dweight;
     bool guards_ok = false;
   };
-  static Bwd run_bwd(const Data& d) {
+  // rows ≥ 0 forces the backward's config (0 re-read, 1 kept in registers, 2 staged in shared memory; warps).
+  static Bwd run_bwd(const Data& d, int rows = -1, int warps = 0) {
     Runtime& r = rt();
     DeviceBuffer x = d.upload_rows(r, d.x), dy = d.upload_rows(r, d.dy), w = upload_plain(r, d.c.w_dtype, d.w);
     DeviceBuffer cos = d.upload_table(r, d.cos), sin = d.upload_table(r, d.sin);
@@ -215,8 +223,9 @@ class RmsNormRopeGpu : public GpuTest {
     DeviceBuffer dw(r, d.c.Hd * 4);
     dx.poison();
     dw.poison();
-    rms_norm_rope_bwd(r, d.rows_ref(dy), d.rows_ref(x), w.ref(d.c.w_dtype, {d.c.Hd}), d.table_ref(cos),
-                      d.table_ref(sin), d.rows_ref(dx), dw.ref(DType::f32, {d.c.Hd}), kEps, 0, {}, nullptr);
+    detail::rms_norm_rope_bwd_config(r, d.rows_ref(dy), d.rows_ref(x), w.ref(d.c.w_dtype, {d.c.Hd}),
+                                     d.table_ref(cos), d.table_ref(sin), d.rows_ref(dx),
+                                     dw.ref(DType::f32, {d.c.Hd}), kEps, 0, {}, nullptr, rows, warps);
     synchronize();
     Bwd b;
     b.dx = d.download_rows(dx);
@@ -333,6 +342,24 @@ TEST_F(RmsNormRopeGpu, InPlaceForward) {
   const Data d = make_data(c, 0x66);
   const Fwd a = run_fwd(d), b = run_fwd(d, true);
   EXPECT_TRUE(bitwise_equal("y (in place vs out of place)", b.y, a.y));
+}
+
+// Every backward variant the tuner may pick (rows re-read, kept in registers, staged in shared memory; warps per CTA)
+// against the reference, on shapes where each applies.
+TEST_F(RmsNormRopeGpu, BackwardVariants) {
+  for (const Case& c : {Case{2, 1000, 2048, 128, DType::bf16}, Case{3, 37, 1024, 64, DType::f16, DType::f32,
+                                                                      DType::f32, 64}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x69);
+    const ref::RmsNormRopeGrads g = ref::rms_norm_rope_bwd(d.dy, d.x, d.w, d.cos, d.sin, c.B, c.S, c.Hd, c.D, kEps);
+    for (const auto& [rows, warps] : {std::pair{0, 8}, {0, 2}, {1, 8}, {1, 4}, {2, 8}, {2, 4}, {2, 2}, {2, 1}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps));
+      const Bwd b = run_bwd(d, rows, warps);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.Hd, c.dtype));
+      EXPECT_LE(relative_l2(b.dweight, g.dweight), 1e-4) << "dweight relative L2";
+    }
+  }
 }
 
 // The fixed-order reduction: repeated runs are bitwise identical.
