@@ -16,7 +16,8 @@ namespace kiln {
 namespace detail {
 // ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
-                                           bool shared_weight, bool transpose, DType dtype);
+                                           bool shared_weight, bool transpose, DType dtype, int rows, int warps,
+                                           int seg);
 }  // namespace detail
 
 namespace {
@@ -24,7 +25,10 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
-enum { C_WARPS, C_SEG, C_KEEP };
+enum { C_WARPS, C_SEG, C_ROWS };
+// C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
+// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -48,9 +52,14 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
-                         s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], s.config[C_KEEP] != 0,
-                         type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+      if (s.config[C_ROWS] == kRowsStaged)
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
+                           p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
+                           type_name(p[P_W_DTYPE]));
+      else
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
+                           s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], s.config[C_ROWS] == kRowsKept,
+                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -62,7 +71,18 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int64_t group_dim(const Specialization& s) { return s.params[P_DIM] / s.params[P_G]; }
 
 int smem_bytes(const Specialization& s) {
-  return s.kernel == kBwd ? static_cast<int>(s.config[C_WARPS] * s.config[C_SEG] * group_dim(s) * 4) : 0;
+  if (s.kernel != kBwd) return 0;
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  return static_cast<int>(s.config[C_WARPS] * s.config[C_SEG] * group_dim(s) *
+                          (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
+}
+
+// The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
+bool staged_ok(const Specialization& s, int seg) {
+  const int64_t d = group_dim(s);
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  const int64_t e = 16 / es, nc = seg * d / e;
+  return (d * es) % 16 == 0 && (nc + 31) / 32 * e <= 64;
 }
 
 // Groups per warp item: the most that keep a segment within `max_bytes` of x's dtype (at least one group).
@@ -88,7 +108,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"group_rms_norm_gate",
                    {"fwd", "bwd", "dw_reduce"},
                    {"dim", "G", "shared_w", "dtype", "w_dtype"},
-                   {"warps", "seg_groups", "keep_rows"},
+                   {"warps", "seg_groups", "rows"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -114,13 +134,13 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
     // Backward: segments of ≤ 2 KiB per tensor so x, gate and dy stay in 48 registers per lane under the 128 cap.
     s.config[C_SEG] = seg_groups(dim, G, t, 2048);
     s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
-    s.config[C_KEEP] = 1;
+    s.config[C_ROWS] = kRowsKept;
   }
   return s;
 }
 
-// fwd: 2–16 warps × segments (divisors of G, ≤ 8 KiB). bwd: 1–16 warps × segments × kept rows, while the dw slices
-// fit 227 KiB. dw_reduce: nothing to tune.
+// fwd: 2–16 warps × segments (divisors of G, ≤ 8 KiB). bwd: 1–16 warps × segments × where the second pass finds the
+// rows (re-read, registers, staged), while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
@@ -137,11 +157,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int keep : {0, 1}) {
-        if (base.kernel == kFwd && (keep || w < 2)) continue;
+      for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
+        if (base.kernel == kFwd && (rows != kRowsReread || w < 2)) continue;
+        if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
         s.config[C_WARPS] = w;
         s.config[C_SEG] = static_cast<int>(seg);
-        s.config[C_KEEP] = keep;
+        s.config[C_ROWS] = rows;
         if (smem_bytes(s) > 227 * 1024) continue;
         out.push_back(s);
       }
@@ -164,7 +185,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
                                       static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
-                                      static_cast<DType>(s.params[P_DTYPE]));
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
@@ -301,10 +322,28 @@ int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int
   return bwd_grid_x_bound(rt, s, tokens) * dim;
 }
 
+namespace detail {
+// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups; the bench's
+// measurement hook until the tuner picks configs per shape). rows < 0: the tuned/heuristic config.
+void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
+                                    const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
+                                    const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+}  // namespace detail
+
 void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                              const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                              const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                              const TensorRef& workspace, Stream stream) {
+  detail::group_rms_norm_gate_bwd_config(rt, dy, x, gate, weight, dx, dgate, dweight, opts, workspace, stream, -1, 0,
+                                         0);
+}
+
+void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x,
+                                            const TensorRef& gate, const TensorRef& weight, const TensorRef& dx,
+                                            const TensorRef& dgate, const TensorRef& dweight,
+                                            const GroupRmsNormGateOptions& opts, const TensorRef& workspace,
+                                            Stream stream, int rows, int warps, int seg) {
   const Check ck{"group_rms_norm_gate_bwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
@@ -320,7 +359,13 @@ void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& 
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);
   if (g.M > 0) {
-    const Specialization s = impl.tuned(spec(arch, kBwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
+    Specialization s = impl.tuned(spec(arch, kBwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
+    if (rows >= 0) {
+      s.config[C_ROWS] = rows;
+      s.config[C_WARPS] = warps;
+      s.config[C_SEG] = seg;
+      if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+    }
     X = bwd_grid_x(rt, s, g.M);
     if (workspace.defined() && workspace.numel() < X * g.dim)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (group_rms_norm_gate_bwd_workspace_elems), "

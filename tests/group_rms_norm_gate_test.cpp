@@ -121,9 +121,10 @@ const detail::FamilyDef& family() {
   return *f;
 }
 
-// kernel 0 fwd, 1 bwd, 2 dw_reduce; params dim, G, shared_w, dtype, w_dtype; config warps, seg_groups, keep_rows.
+// kernel 0 fwd, 1 bwd, 2 dw_reduce; params dim, G, shared_w, dtype, w_dtype; config warps, seg_groups, rows (0
+// re-read, 1 kept in registers, 2 staged in shared memory).
 detail::Specialization make(uint32_t kernel, int64_t dim, int64_t G, bool shared, DType t, DType w, int warps, int seg,
-                            int keep) {
+                            int rows) {
   detail::Specialization s;
   s.family = &family();
   s.arch = detail::Arch::parse("sm_90a");
@@ -134,7 +135,7 @@ detail::Specialization make(uint32_t kernel, int64_t dim, int64_t G, bool shared
   } else {
     s.config[0] = warps;
     s.config[1] = seg;
-    s.config[2] = keep;
+    s.config[2] = rows;
   }
   return s;
 }
@@ -150,6 +151,8 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 1536, 4, true, DType::f32, DType::f32, 4, 1, 1),
       make(1, 18, 3, true, DType::bf16, DType::bf16, 2, 3, 1),      // d = 6: 4-byte chunks
       make(2, 1536, 4, true, DType::bf16, DType::bf16, 0, 0, 0),    // shared-weight reduce (folds 4 groups)
+      make(1, 2048, 4, false, DType::bf16, DType::f32, 8, 2, 2),    // the staged backward
+      make(1, 1536, 4, true, DType::f16, DType::bf16, 4, 4, 2),
   };
   for (const auto& s : specs) {
     SCOPED_TRACE(s.describe());

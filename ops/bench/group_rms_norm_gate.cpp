@@ -14,6 +14,10 @@
 #include "runtime/driver.hpp"
 
 namespace kiln::detail {
+void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
+                                    const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
+                                    const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
 namespace {
 
 struct Buffers {
@@ -59,8 +63,10 @@ uint32_t fresh_seed() {
 
 }  // namespace
 
+// rows ≥ 0 forces the backward's config (rows mode, warps, segment groups); see ops/group_rms_norm_gate.cpp.
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
-                                           bool shared_weight, bool transpose, DType dtype) {
+                                           bool shared_weight, bool transpose, DType dtype, int rows = -1,
+                                           int warps = 0, int seg = 0) {
   auto b = std::make_shared<Buffers>();
   const int64_t M = B * S, wn = shared_weight ? dim / groups : dim;
   const size_t es = dtype_size(dtype);
@@ -88,7 +94,9 @@ BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B
   const int64_t ws_elems = group_rms_norm_gate_bwd_workspace_elems(rt, M, dim, groups, dtype);
   const TensorRef ws = TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems});
   inst.bytes = 5 * M * dim * es + wn * es + wn * 4;
-  inst.run = [=](Stream s) { group_rms_norm_gate_bwd(*r, dy, x, gate, w, dx, dgate, dw, opts, ws, s); };
+  inst.run = [=](Stream s) {
+    group_rms_norm_gate_bwd_config(*r, dy, x, gate, w, dx, dgate, dw, opts, ws, s, rows, warps, seg);
+  };
   inst.outputs = {dx, dgate, dw};
   return inst;
 }
@@ -102,6 +110,15 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      }});
     cases.push_back({op, "B=2 S=4096 dim=2048 G=4 bf16 transpose=0 shared_w=1", [bwd](Runtime& rt) {
                        return group_rms_norm_gate_instance(rt, bwd, 2, 4096, 2048, 4, true, false, DType::bf16);
+                     }});
+  }
+  // Backward variants (config forced) until the tuner picks per shape: (rows mode, warps, segment groups).
+  for (const auto& [rows, warps, seg] : {std::tuple{2, 8, 2}, {2, 4, 4}, {2, 8, 1}, {1, 8, 1}, {0, 8, 4}}) {
+    cases.push_back({"group_rms_norm_gate_bwd",
+                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows={} warps={} seg={}", rows, warps, seg),
+                     [rows, warps, seg](Runtime& rt) {
+                       return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, rows,
+                                                           warps, seg);
                      }});
   }
 });

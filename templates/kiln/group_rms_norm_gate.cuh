@@ -269,4 +269,144 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   }
 }
 
+// ---- staged backward -----------------------------------------------------------------------------------------
+// The same math with each warp double-buffering its (token, segment) rows of x, gate and dy in shared memory: it
+// copies token i+1 (cp.async) while it computes token i, so a whole item (3·SEG·d·sizeof(T) bytes) is always in
+// flight per warp without occupying registers; dw for the lane's columns lives in registers (STEPS·E ≤ 64 floats).
+// Needs 16-byte chunks. Shared memory: WARPS·6·SEG·d·sizeof(T) bytes.
+template <int DIM, int G, int SEG, typename T>
+struct GateStaged {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static constexpr bool OK = L::BYTES == 16 && L::STEPS * L::E <= 64;
+};
+
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_staged_kernel(
+    const GroupNormGateBwdArgs a) {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
+  constexpr int E = L::E, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seg = blockIdx.y, c0 = seg * SEGC;
+  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 6 * SEGC;  // [stage][x | gate | dy][SEGC]
+
+  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
+  auto issue = [&](i64 token, int st) {
+    if (token < a.M) {
+      const i64 b = token / a.S, s = token - b * a.S;
+      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+      const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+      const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
+      T* xs = buf + st * 3 * SEGC;
+#pragma unroll 4
+      for (int c = lane; c < NC; c += 32) {
+        cp_async16(xs + c * E, xr + c * E, true);
+        cp_async16(xs + SEGC + c * E, gr + c * E, true);
+        cp_async16(xs + 2 * SEGC + c * E, yr + c * E, true);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float dwr[STEPS][E];
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+    for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
+
+  issue(first, 0);
+  int stage = 0;
+  for (i64 token = first; token < a.M; token += stride, stage ^= 1) {
+    issue(token + stride, stage ^ 1);
+    cp_async_wait<1>();
+    __syncwarp();
+    const i64 b = token / a.S, s = token - b * a.S;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
+    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
+    const T* xs = buf + stage * 3 * SEGC;
+    const T* gs = xs + SEGC;
+    const T* ys = xs + 2 * SEGC;
+
+    float ss[SEG], Q[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
+        const int ch = c0 + c * E;
+        float w[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        float p_ss = 0.f, p_q = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e);
+          const float t = raw_get<T>(yraw, e) * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+          p_ss = fmaf(xf, xf, p_ss);
+          p_q = fmaf(xf, t, p_q);
+        }
+        const int q = L::group(st, lane);
+        add_at(ss, q, p_ss);
+        add_at(Q, q, p_q);
+      }
+    }
+    float r[SEG], coef[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) {
+      r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+      coef[k] = (warp_sum(Q[k]) / static_cast<float>(d)) * r[k] * r[k] * r[k];
+    }
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
+        const int q = L::group(st, lane);
+        const float rq = pick(r, q), cq = pick(coef, q);
+        const int ch = c0 + c * E;
+        float w[E], dxo[E], dgo[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
+          const Sigmoid<T> sg(raw_get<T>(graw, e));
+          const float ys_ = yf * sg.s;
+          const float t = ys_ * w[e];
+          const float n = xf * rq;
+          dxo[e] = rq * t - cq * xf;
+          dgo[e] = n * t * sg.one_minus;
+          dwr[st][e] = fmaf(n, ys_, dwr[st][e]);
+        }
+        Raw<16> o1, o2;
+        raw_fill<T>(o1, dxo);
+        raw_fill<T>(o2, dgo);
+        st_raw(dxr + c * E, o1);
+        st_raw(dgr + c * E, o2);
+      }
+    }
+    __syncwarp();
+  }
+  cp_async_wait<0>();
+
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem_raw);  // [WARPS][SEGC] fp32 ≤ the staging buffers
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (c < NC)
+#pragma unroll
+      for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
+  }
+  __syncthreads();
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * DIM + c0;
+  for (int k = threadIdx.x; k < SEGC; k += WARPS * 32) {
+    float t = red[k];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) t += red[w * SEGC + k];
+    out[k] = t;
+  }
+}
+
 }  // namespace kiln

@@ -271,19 +271,6 @@ struct RopeStaged {
   static constexpr int smem_bytes(int warps) { return warps * 4 * HD * static_cast<int>(sizeof(T)); }
 };
 
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
-
-// 16 bytes from shared memory. volatile: the second pass re-reads the row instead of the compiler keeping the first
-// pass's values alive in registers (which is what staging avoids).
-__device__ __forceinline__ Raw<16> lds16(const void* p) {
-  Raw<16> r;
-  const u32 a = static_cast<u32>(__cvta_generic_to_shared(p));
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "r"(a));
-  return r;
-}
-
 template <int HD, int D, int WARPS, typename T, typename W, typename C>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
   using L = RopeLayout<HD, D, T>;

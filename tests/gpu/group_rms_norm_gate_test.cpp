@@ -18,6 +18,13 @@
 #include "reference/group_rms_norm_gate.hpp"
 #include "test_util.hpp"
 
+namespace kiln::detail {
+void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
+                                    const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
+                                    const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+}  // namespace kiln::detail
+
 namespace kiln::test {
 namespace {
 
@@ -172,7 +179,8 @@ class GroupRmsNormGateGpu : public GpuTest {
     std::vector<float> dx, dgate, dweight;
     bool guards_ok = false;
   };
-  static Bwd run_bwd(const Data& d, int64_t workspace_elems = -1) {
+  // rows ≥ 0 forces the backward's config (0 re-read, 1 registers, 2 staged in shared memory; warps; segment groups).
+  static Bwd run_bwd(const Data& d, int64_t workspace_elems = -1, int rows = -1, int warps = 0, int seg = 0) {
     Runtime& r = rt();
     const bool T = d.c.transpose;
     DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), dy = d.upload(r, d.dy, T);
@@ -182,9 +190,10 @@ class GroupRmsNormGateGpu : public GpuTest {
     w.upload(encode(d.c.w_dtype, d.w));
     dw.poison();
     ws.poison();
-    group_rms_norm_gate_bwd(r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}),
-                            d.ref(dx, false), d.ref(dgate, T), dw.ref(DType::f32, {d.wn()}), options(d.c),
-                            workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr);
+    detail::group_rms_norm_gate_bwd_config(
+        r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}), d.ref(dx, false),
+        d.ref(dgate, T), dw.ref(DType::f32, {d.wn()}), options(d.c),
+        workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr, rows, warps, seg);
     synchronize();
     Bwd b;
     b.dx = d.download(dx, false);
@@ -297,6 +306,25 @@ TEST_F(GroupRmsNormGateGpu, EmptyInputs) {
     EXPECT_EQ(run_fwd(d).launches, 0u);
     const Bwd b = run_bwd(d);
     for (float v : b.dweight) EXPECT_EQ(v, 0.f);
+  }
+}
+
+// Every backward variant the tuner may pick (rows re-read / in registers / staged in shared memory, warps, segment
+// groups) against the reference.
+TEST_F(GroupRmsNormGateGpu, BackwardVariants) {
+  for (const Case& c : {Case{2, 777, 2048, 4}, Case{3, 37, 1536, 4, DType::f16, DType::f32, false, true, 64}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x88);
+    const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+    for (const auto& [rows, warps, seg] : {std::tuple{0, 8, 4}, {0, 4, 1}, {1, 8, 1}, {1, 8, 2}, {2, 8, 2}, {2, 4, 4},
+                                           {2, 8, 1}, {2, 1, 2}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
+      const Bwd b = run_bwd(d, -1, rows, warps, seg);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype));
+      EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype));
+      EXPECT_LE(relative_l2(b.dweight, g.dweight), 1e-4) << "dweight relative L2";
+    }
   }
 }
 
