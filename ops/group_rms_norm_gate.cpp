@@ -292,25 +292,43 @@ int64_t bwd_grid_x_bound(Runtime& rt, const Specialization& s, int64_t M) {
 
 KILN_REGISTER_FAMILY(group_rms_norm_gate, g_family)
 
+namespace detail {
+// group_rms_norm_gate_fwd with the config forced (warps, segment groups; warps ≤ 0: the tuned/heuristic config).
+void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
+                                    const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
+                                    int warps, int seg);
+}  // namespace detail
+
 void group_rms_norm_gate_fwd(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                              const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream) {
+  detail::group_rms_norm_gate_fwd_config(rt, x, gate, weight, out, opts, stream, 0, 0);
+}
+
+void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate,
+                                            const TensorRef& weight, const TensorRef& out,
+                                            const GroupRmsNormGateOptions& opts, Stream stream, int warps, int seg) {
   const Check ck{"group_rms_norm_gate_fwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "out", out, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
   if (g.M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
+  Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
+  if (warps > 0) {
+    s.config[C_WARPS] = warps;
+    s.config[C_SEG] = seg;
+    if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+  }
   const auto [x_sb, x_ss] = bs_strides(x, false);
   const auto [g_sb, g_ss] = bs_strides(gate, opts.transpose);
   const auto [o_sb, o_ss] = bs_strides(out, opts.transpose);
   GroupNormGateFwdArgs a{x.data, x_sb, x_ss, gate.data, g_sb, g_ss, weight.data, out.data, o_sb, o_ss,
                          static_cast<int>(g.M), static_cast<int>(g.S), opts.eps};
   const int64_t items = g.M * (g.G / s.config[C_SEG]);
-  const int64_t warps = s.config[C_WARPS];
+  const int64_t cta_warps = s.config[C_WARPS];
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((items + warps - 1) / warps);
-  d.block[0] = static_cast<unsigned>(warps * 32);
+  d.grid[0] = static_cast<unsigned>((items + cta_warps - 1) / cta_warps);
+  d.block[0] = static_cast<unsigned>(cta_warps * 32);
   impl.launch(s, d, stream, a);
 }
 

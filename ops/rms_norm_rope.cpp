@@ -273,23 +273,39 @@ Geometry check_common(const Check& ck, const TensorRef& x, const TensorRef& weig
 
 KILN_REGISTER_FAMILY(rms_norm_rope, g_family)
 
+namespace detail {
+// rms_norm_rope_fwd with the warps per CTA forced (≤ 0: the tuned/heuristic config).
+void rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                              const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream,
+                              int warps);
+}  // namespace detail
+
 void rms_norm_rope_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
                        const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream) {
+  detail::rms_norm_rope_fwd_config(rt, x, weight, cos, sin, y, eps, num_heads, stream, 0);
+}
+
+void detail::rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                                      const TensorRef& sin, const TensorRef& y, float eps, int num_heads,
+                                      Stream stream, int warps) {
   const Check ck{"rms_norm_rope_fwd"};
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "y", y, {x.dtype}, g.B, g.S, g.Hd, g.vec);
   if (g.M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s =
-      impl.tuned(spec(impl.target_arch(), kFwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
+  Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
+  if (warps > 0) {
+    s.config[C_WARPS] = warps;
+    if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+  }
   RmsNormRopeFwdArgs a{x.data,  stride_of(x, 0), stride_of(x, 1), weight.data,     cos.data,
                        g.cos_ss, sin.data,        g.sin_ss,        y.data,          stride_of(y, 0),
                        stride_of(y, 1), static_cast<int>(g.M), static_cast<int>(g.S), eps};
   LaunchDims d;
-  const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
-  d.grid[0] = static_cast<unsigned>((g.M + warps - 1) / warps);
-  d.block[0] = warps * 32;
+  const unsigned cta_warps = static_cast<unsigned>(s.config[C_WARPS]);
+  d.grid[0] = static_cast<unsigned>((g.M + cta_warps - 1) / cta_warps);
+  d.block[0] = cta_warps * 32;
   impl.launch(s, d, stream, a);
 }
 

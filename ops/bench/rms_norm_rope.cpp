@@ -19,6 +19,9 @@ void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef&
                               const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                               float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
                               int warps);
+void rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                              const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream,
+                              int warps);
 namespace {
 
 struct Buffers {
@@ -64,7 +67,7 @@ uint32_t fresh_seed() {
 
 }  // namespace
 
-// rows ≥ 0 forces the backward's config (rows mode, warps); see ops/rms_norm_rope.cpp.
+// rows ≥ 0 forces the backward's config (rows mode, warps), warps > 0 alone the forward's; see ops/rms_norm_rope.cpp.
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
                                      DType dtype, int rows = -1, int warps = 0) {
   auto b = std::make_shared<Buffers>();
@@ -81,7 +84,7 @@ BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int6
   if (!backward) {
     const TensorRef y = TensorRef::contiguous(b->alloc(M * Hd * es), dtype, {B, S, Hd});
     inst.bytes = 2 * M * Hd * es + Hd * es + table_bytes;
-    inst.run = [=](Stream s) { rms_norm_rope_fwd(*r, x, w, cos, sin, y, 1e-6f, 0, s); };
+    inst.run = [=](Stream s) { rms_norm_rope_fwd_config(*r, x, w, cos, sin, y, 1e-6f, 0, s, warps); };
     inst.outputs = {y};
     inst.baseline_name = "device-to-device copy of x";
     inst.baseline = [=](Stream s) {
@@ -108,6 +111,12 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [](Runtime& rt) { return rms_norm_rope_instance(rt, false, 2, 4096, 2048, 128, DType::bf16); }});
   cases.push_back({"rms_norm_rope_bwd", "B=2 S=4096 Hd=2048 D=128 bf16",
                    [](Runtime& rt) { return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16); }});
+  for (int warps : {4, 16}) {
+    cases.push_back({"rms_norm_rope_fwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 warps={}", warps),
+                     [warps](Runtime& rt) {
+                       return rms_norm_rope_instance(rt, false, 2, 4096, 2048, 128, DType::bf16, -1, warps);
+                     }});
+  }
   // Backward variants (config forced) until the tuner picks per shape: rows re-read / kept / staged × warps.
   for (const auto& [rows, warps] : {std::pair{0, 4}, {1, 8}, {2, 8}, {2, 4}, {2, 2}}) {
     cases.push_back({"rms_norm_rope_bwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={}", rows, warps),
