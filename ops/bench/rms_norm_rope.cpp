@@ -118,7 +118,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      }});
   }
   // Backward variants (config forced) until the tuner picks per shape: rows re-read / kept / staged × warps.
-  for (const auto& [rows, warps] : {std::pair{0, 4}, {1, 8}, {2, 8}, {2, 4}, {2, 2}}) {
+  for (const auto& [rows, warps] : {std::pair{0, 4}, {1, 8}, {1, 4}, {2, 8}, {2, 4}, {2, 2}}) {
     cases.push_back({"rms_norm_rope_bwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={}", rows, warps),
                      [rows, warps](Runtime& rt) {
                        return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16, rows, warps);

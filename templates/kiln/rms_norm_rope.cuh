@@ -135,10 +135,11 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_rope_fwd_kernel(const Rms
 
 // Persistent grid; dynamic shared memory WARPS·HD floats (one dw slice per warp). Registers capped at 128 (16 warps
 // per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x and dy
-// from registers (≤ 64 per lane; at the 128 cap this spills ~100 bytes at Hd = 2048 bf16) instead of re-reading
-// them (L1/L2 hits; no spills): a tuning choice, re-reading is the default.
+// from registers (≤ 64 per lane) instead of re-reading them (L1/L2 hits); it needs ~170 registers (at 128 it spills
+// ~100 bytes at Hd = 2048 bf16), so its cap is 12 warps per SM. A tuning choice; re-reading is the default.
 template <int HD, int D, int WARPS, bool KEEP_ROWS, typename T, typename W, typename C>
-__global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) rms_norm_rope_bwd_kernel(
+__global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS ? 12 : 16) / WARPS > 0 ? (KEEP_ROWS ? 12 : 16) / WARPS : 1)
+    rms_norm_rope_bwd_kernel(
     const RmsNormRopeBwdArgs a) {
   using L = RopeLayout<HD, D, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
