@@ -193,6 +193,19 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 // The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
 int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
 
+// An output's rows (dims 0 and 1 of a 3-D tensor whose last dim is dense) must not overlap: a sufficient test is that
+// the dims, ordered by stride, nest (the smaller stride spans a row, the larger spans the smaller dim).
+void check_no_overlap(const Check& ck, const char* arg, const TensorRef& t) {
+  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
+  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
+  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
+  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
+  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
+  if (!ok)
+    ck.invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
+                                shape_str(t), t.strides[0], t.strides[1]));
+}
+
 // A 3-D activation whose token (b, s) row is at b·stride[bdim] + s·stride[sdim]: shape [B, S, dim] (bdim 0) or
 // [S, B, dim] (bdim 1), dense last dim, non-negative strides keeping every row `vec`-element aligned.
 void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dtype, int64_t B, int64_t S,
@@ -310,6 +323,7 @@ void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, con
   const Check ck{"group_rms_norm_gate_fwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "out", out, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
+  check_no_overlap(ck, "out", out);
   if (g.M == 0) return;
 
   auto& impl = rt.impl();
@@ -366,7 +380,9 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
   check_tokens(ck, "dx", dx, x.dtype, g.B, g.S, g.dim, false, g.vec, "[B, S, dim]: x's layout");
+  check_no_overlap(ck, "dx", dx);
   check_tokens(ck, "dgate", dgate, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, "gate's layout");
+  check_no_overlap(ck, "dgate", dgate);
   ck.tensor("dweight", dweight, {DType::f32}, {weight.shape[0]}, 4);
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 

@@ -163,6 +163,19 @@ void check_eps(const Check& ck, float eps) {
 // The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
 int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
 
+// An output's rows (dims 0 and 1 of a 3-D tensor whose last dim is dense) must not overlap: a sufficient test is that
+// the dims, ordered by stride, nest (the smaller stride spans a row, the larger spans the smaller dim).
+void check_no_overlap(const Check& ck, const char* arg, const TensorRef& t) {
+  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
+  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
+  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
+  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
+  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
+  if (!ok)
+    ck.invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
+                                shape_str(t), t.strides[0], t.strides[1]));
+}
+
 // A [B, S, Hd] activation: rank 3, dense last dim, non-negative strides that keep every row `vec`-element aligned.
 void check_bsh(const Check& ck, const char* arg, const TensorRef& t, std::initializer_list<DType> dtypes, int64_t B,
                int64_t S, int64_t Hd, int64_t vec) {
@@ -291,6 +304,7 @@ void detail::rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const Ten
   const Check ck{"rms_norm_rope_fwd"};
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "y", y, {x.dtype}, g.B, g.S, g.Hd, g.vec);
+  check_no_overlap(ck, "y", y);
   if (g.M == 0) return;
 
   auto& impl = rt.impl();
@@ -355,6 +369,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "dy", dy, {x.dtype}, g.B, g.S, g.Hd, g.vec);
   check_bsh(ck, "dx", dx, {x.dtype}, g.B, g.S, g.Hd, g.vec);
+  check_no_overlap(ck, "dx", dx);
   ck.tensor("dweight", dweight, {DType::f32}, {g.Hd}, 4);
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 

@@ -364,6 +364,16 @@ TEST_F(GroupRmsNormGateErrors, UnsupportedDtypes) {
   workspace = TensorRef::contiguous(fake(8), DType::bf16, {1024});
   EXPECT_THROW_NAMING(bwd(), "workspace", UnsupportedDtypeError);
 }
+TEST_F(GroupRmsNormGateErrors, OverlappingOutputRows) {
+  out.strides = {0, dim, 1};  // every position writes the same B rows
+  EXPECT_THROW_NAMING(fwd(), "out", InvalidArgument);
+  out = TensorRef::contiguous(fake(3), DType::bf16, {S, B, dim});
+  dgate.strides = {B * dim, dim / 2, 1};
+  EXPECT_THROW_NAMING(bwd(), "dgate", InvalidArgument);
+  dgate = TensorRef::contiguous(fake(6), DType::bf16, {S, B, dim});
+  dx.strides = {dim, dim, 1};
+  EXPECT_THROW_NAMING(bwd(), "dx", InvalidArgument);
+}
 TEST_F(GroupRmsNormGateErrors, Eps) {
   for (float e : {-1.0f, std::nanf(""), INFINITY}) {
     opts.eps = e;

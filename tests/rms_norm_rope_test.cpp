@@ -393,6 +393,21 @@ TEST_F(RmsNormRopeErrors, ShapesOfOutputsAndWeight) {
   workspace = TensorRef::contiguous(fake(8), DType::bf16, {1024});
   EXPECT_THROW_NAMING(bwd(), "workspace", UnsupportedDtypeError);
 }
+TEST_F(RmsNormRopeErrors, OverlappingOutputRows) {
+  y.strides = {S * Hd, Hd / 2, 1};  // consecutive rows share half their channels
+  EXPECT_THROW_NAMING(fwd(), "y", InvalidArgument);
+  y.strides = {0, Hd, 1};  // every batch writes the same rows
+  EXPECT_THROW_NAMING(fwd(), "y", InvalidArgument);
+  y = TensorRef::contiguous(fake(4), DType::bf16, {B, S, Hd});
+  dx.strides = {Hd, Hd, 1};  // (b 1, s 0) and (b 0, s 1) are one row
+  EXPECT_THROW_NAMING(bwd(), "dx", InvalidArgument);
+  dx.strides = {Hd, B * Hd, 1};  // [S, B]-ordered rows: fine
+  EXPECT_REACHES_DEVICE(bwd());
+}
+TEST_F(RmsNormRopeErrors, BroadcastInputsAreAllowed) {
+  x.strides = {0, Hd, 1};  // the same x for every batch entry
+  EXPECT_REACHES_DEVICE(fwd());
+}
 TEST_F(RmsNormRopeErrors, Eps) {
   for (float e : {-1.0f, std::nanf(""), INFINITY}) {
     eps = e;
