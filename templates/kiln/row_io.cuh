@@ -136,9 +136,24 @@ __device__ __forceinline__ void raw_fill(Raw<B>& r, const float (&out)[E]) {
 }
 
 // E fp32 values added to shared memory at p (p 4·E-byte aligned when E ≥ 4), with the widest accesses that fit.
+// With E = 8, lanes whose bit 2 is set take their second float4 first: when consecutive lanes own consecutive 32-byte
+// runs, the 8 lanes of a quarter-warp then hit 8 different 16-byte bank groups instead of 4 (no 2-way conflict).
 template <int E>
 __device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
-  if constexpr (E % 4 == 0) {
+  if constexpr (E == 8) {
+    const int first = (threadIdx.x >> 2) & 1;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int j = 4 * (k ^ first);
+      float4 t = *reinterpret_cast<float4*>(p + j);
+      // v[j..j+3] with j runtime: select between the two halves without dynamic register indexing.
+      t.x += first ^ k ? v[4] : v[0];
+      t.y += first ^ k ? v[5] : v[1];
+      t.z += first ^ k ? v[6] : v[2];
+      t.w += first ^ k ? v[7] : v[3];
+      *reinterpret_cast<float4*>(p + j) = t;
+    }
+  } else if constexpr (E % 4 == 0) {
 #pragma unroll
     for (int j = 0; j < E; j += 4) {
       float4 t = *reinterpret_cast<float4*>(p + j);
