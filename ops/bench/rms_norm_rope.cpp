@@ -1,0 +1,130 @@
+// Bench cases of fused RMSNorm + RoPE (kiln bench) at the target shape, x [2, 4096, 2048], D = 128, bf16.
+// Minimal bytes: every input read once, every output written once; cos/sin count only the D/2 columns the kernel
+// reads (the other half is never touched):
+//   fwd: x + y (2·B·S·Hd·2) + weight (Hd·2) + cos, sin (2·S·D/2·2)        = 68,161,536 bytes at the target shape
+//   bwd: dy + x + dx (3·B·S·Hd·2) + weight + cos, sin + dweight (Hd·4)    = 101,724,160 bytes
+#include <fmt/format.h>
+
+#include <cstring>
+#include <memory>
+#include <random>
+#include <vector>
+
+#include "kiln/ops/rms_norm_rope.hpp"
+#include "runtime/bench.hpp"
+#include "runtime/driver.hpp"
+
+namespace kiln::detail {
+void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                              const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
+                              float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
+                              int warps);
+void rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                              const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream,
+                              int warps);
+namespace {
+
+struct Buffers {
+  std::vector<void*> ptrs;
+  ~Buffers() {
+    for (void* p : ptrs) device_free(p);
+  }
+  void* alloc(size_t bytes) {
+    ptrs.push_back(device_alloc(bytes == 0 ? 16 : bytes));
+    return ptrs.back();
+  }
+  // N(0, sigma) values in `dtype` (never exactly zero: zeros hide unwritten outputs).
+  void* random(DType dtype, size_t n, float sigma, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.f, sigma);
+    const size_t es = dtype_size(dtype);
+    std::vector<uint8_t> h(n * es);
+    for (size_t i = 0; i < n; ++i) {
+      float f = dist(rng);
+      if (f == 0.f) f = 1e-3f;
+      if (dtype == DType::f32) {
+        std::memcpy(&h[i * 4], &f, 4);
+      } else if (dtype == DType::bf16) {
+        uint32_t b;
+        std::memcpy(&b, &f, 4);
+        const uint16_t v = static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+        std::memcpy(&h[i * 2], &v, 2);
+      } else {
+        const _Float16 v = static_cast<_Float16>(f);
+        std::memcpy(&h[i * 2], &v, 2);
+      }
+    }
+    void* d = alloc(h.size());
+    copy_to_device(d, h.data(), h.size());
+    return d;
+  }
+};
+
+uint32_t fresh_seed() {
+  static std::random_device rd;
+  return rd();
+}
+
+}  // namespace
+
+// rows ≥ 0 forces the backward's config (rows mode, warps), warps > 0 alone the forward's; see ops/rms_norm_rope.cpp.
+BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
+                                     DType dtype, int rows = -1, int warps = 0) {
+  auto b = std::make_shared<Buffers>();
+  const int64_t M = B * S;
+  const size_t es = dtype_size(dtype);
+  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, fresh_seed()), dtype, {B, S, Hd});
+  const TensorRef w = TensorRef::contiguous(b->random(dtype, Hd, 0.5f, fresh_seed()), dtype, {Hd});
+  const TensorRef cos = TensorRef::contiguous(b->random(dtype, S * D, 0.7f, fresh_seed()), dtype, {S, D});
+  const TensorRef sin = TensorRef::contiguous(b->random(dtype, S * D, 0.7f, fresh_seed()), dtype, {S, D});
+  const uint64_t table_bytes = 2 * S * (D / 2) * es;
+  BenchInstance inst;
+  inst.keepalive = b;
+  Runtime* r = &rt;
+  if (!backward) {
+    const TensorRef y = TensorRef::contiguous(b->alloc(M * Hd * es), dtype, {B, S, Hd});
+    inst.bytes = 2 * M * Hd * es + Hd * es + table_bytes;
+    inst.run = [=](Stream s) { rms_norm_rope_fwd_config(*r, x, w, cos, sin, y, 1e-6f, 0, s, warps); };
+    inst.outputs = {y};
+    inst.baseline_name = "device-to-device copy of x";
+    inst.baseline = [=](Stream s) {
+      check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(y.data), reinterpret_cast<CUdeviceptr>(x.data),
+                                       M * Hd * es, reinterpret_cast<CUstream>(s)),
+            "cuMemcpyDtoDAsync");
+    };
+    return inst;
+  }
+  const TensorRef dy = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, fresh_seed()), dtype, {B, S, Hd});
+  const TensorRef dx = TensorRef::contiguous(b->alloc(M * Hd * es), dtype, {B, S, Hd});
+  const TensorRef dw = TensorRef::contiguous(b->alloc(Hd * 4), DType::f32, {Hd});
+  const int64_t ws_elems = rms_norm_rope_bwd_workspace_elems(rt, M, Hd, D, dtype);
+  const TensorRef ws = TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems});
+  inst.bytes = 3 * M * Hd * es + Hd * es + table_bytes + Hd * 4;
+  inst.run = [=](Stream s) { rms_norm_rope_bwd_config(*r, dy, x, w, cos, sin, dx, dw, 1e-6f, 0, ws, s, rows, warps); };
+  inst.outputs = {dx, dw};
+  return inst;
+}
+
+namespace {
+const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
+  cases.push_back({"rms_norm_rope_fwd", "B=2 S=4096 Hd=2048 D=128 bf16",
+                   [](Runtime& rt) { return rms_norm_rope_instance(rt, false, 2, 4096, 2048, 128, DType::bf16); }});
+  cases.push_back({"rms_norm_rope_bwd", "B=2 S=4096 Hd=2048 D=128 bf16",
+                   [](Runtime& rt) { return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16); }});
+  for (int warps : {4, 16}) {
+    cases.push_back({"rms_norm_rope_fwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 warps={}", warps),
+                     [warps](Runtime& rt) {
+                       return rms_norm_rope_instance(rt, false, 2, 4096, 2048, 128, DType::bf16, -1, warps);
+                     }});
+  }
+  // Backward variants (config forced) until the tuner picks per shape: rows re-read / kept / staged × warps.
+  for (const auto& [rows, warps] : {std::pair{0, 4}, {1, 8}, {1, 4}, {2, 8}, {2, 4}, {2, 2}}) {
+    cases.push_back({"rms_norm_rope_bwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={}", rows, warps),
+                     [rows, warps](Runtime& rt) {
+                       return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16, rows, warps);
+                     }});
+  }
+});
+}  // namespace
+
+}  // namespace kiln::detail

@@ -1,0 +1,436 @@
+// Host recipe: group RMSNorm × sigmoid gate, forward and backward (templates/kiln/group_rms_norm_gate.cuh).
+// Spec: ../shared/spec/linghe-kernels.md §11.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kiln/dw_reduce_args.h"
+#include "kiln/group_rms_norm_gate_args.h"
+#include "kiln/ops/group_rms_norm_gate.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
+BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
+                                           bool shared_weight, bool transpose, DType dtype, int rows, int warps,
+                                           int seg);
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
+enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
+enum { C_WARPS, C_SEG, C_ROWS };
+// C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
+// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
+
+constexpr int64_t kMaxDim = 65536;
+constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
+
+const char* type_name(int64_t d) {
+  switch (static_cast<DType>(d)) {
+    case DType::bf16: return "kiln::bf16";
+    case DType::f16: return "kiln::f16";
+    default: return "float";
+  }
+}
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/group_rms_norm_gate.cuh\"\n";
+  const auto& p = s.params;
+  const int64_t d = p[P_DIM] / p[P_G];
+  switch (s.kernel) {
+    case kFwd:
+      name = fmt::format("kiln::group_rms_norm_gate_fwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
+                         s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
+                         type_name(p[P_W_DTYPE]));
+      break;
+    case kBwd:
+      if (s.config[C_ROWS] == kRowsStaged)
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
+                           p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
+                           type_name(p[P_W_DTYPE]));
+      else
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
+                           s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], s.config[C_ROWS] == kRowsKept,
+                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+      break;
+    default:
+      // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
+      name = p[P_SHARED] ? fmt::format("kiln::dw_reduce_kernel<{}, {}, float>", d, p[P_G])
+                         : fmt::format("kiln::dw_reduce_kernel<{}, 1, float>", p[P_DIM]);
+  }
+}
+
+int64_t group_dim(const Specialization& s) { return s.params[P_DIM] / s.params[P_G]; }
+
+int smem_bytes(const Specialization& s) {
+  if (s.kernel != kBwd) return 0;
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  return static_cast<int>(s.config[C_WARPS] * s.config[C_SEG] * group_dim(s) *
+                          (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
+}
+
+// The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
+bool staged_ok(const Specialization& s, int seg) {
+  const int64_t d = group_dim(s);
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  const int64_t e = 16 / es, nc = seg * d / e;
+  return (d * es) % 16 == 0 && (nc + 31) / 32 * e <= 64;
+}
+
+// Groups per warp item: the most that keep a segment within `max_bytes` of x's dtype (at least one group).
+int seg_groups(int64_t dim, int64_t G, DType t, int64_t max_bytes) {
+  const int64_t d = dim / G, es = static_cast<int64_t>(dtype_size(t));
+  int best = 1;
+  for (int64_t k = 1; k <= G && k <= 16; ++k)
+    if (G % k == 0 && k * d * es <= max_bytes) best = static_cast<int>(k);
+  return best;
+}
+
+// Backward warps per CTA: each owns an fp32 dw slice of SEG·d floats; at most 64 KiB of them per CTA.
+int bwd_warps(int64_t seg_channels) {
+  int w = 8;
+  while (w > 1 && w * seg_channels * 4 > 65536) w /= 2;
+  return w;
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"group_rms_norm_gate",
+                   {"fwd", "bwd", "dw_reduce"},
+                   {"dim", "G", "shared_w", "dtype", "w_dtype"},
+                   {"warps", "seg_groups", "rows"},
+                   render,
+                   smem_bytes,
+                   enumerate,
+                   search_space,
+                   tune_instance};
+
+Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool shared, DType t, DType w) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  s.params[P_DIM] = dim;
+  s.params[P_G] = G;
+  s.params[P_SHARED] = shared;
+  if (kernel == kDwReduce) return s;
+  s.params[P_DTYPE] = static_cast<int64_t>(t);
+  s.params[P_W_DTYPE] = static_cast<int64_t>(w);
+  if (kernel == kFwd) {
+    // Forward: segments of ≤ 4 KiB per tensor (x and gate in registers), 8 warps per CTA.
+    s.config[C_SEG] = seg_groups(dim, G, t, 4096);
+    s.config[C_WARPS] = 8;
+  } else {
+    // Backward: segments of ≤ 2 KiB per tensor so x, gate and dy stay in 48 registers per lane under the 128 cap.
+    s.config[C_SEG] = seg_groups(dim, G, t, 2048);
+    s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
+    s.config[C_ROWS] = kRowsKept;
+  }
+  return s;
+}
+
+// fwd: 2–16 warps × segments (divisors of G, ≤ 8 KiB). bwd: 1–16 warps × segments × where the second pass finds the
+// rows (re-read, registers, staged), while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel == kDwReduce) {
+    out.push_back(s);
+    return;
+  }
+  const int64_t dim = base.params[P_DIM], G = base.params[P_G];
+  const DType t = static_cast<DType>(base.params[P_DTYPE]);
+  const int64_t es = static_cast<int64_t>(dtype_size(t)), d = dim / G;
+  const Specialization def = spec(base.arch, base.kernel, dim, G, base.params[P_SHARED] != 0, t,
+                                  static_cast<DType>(base.params[P_W_DTYPE]));
+  for (int64_t seg = 1; seg <= G && seg <= 16; ++seg) {
+    if (G % seg != 0) continue;
+    if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
+    for (int w : {1, 2, 4, 8, 16}) {
+      for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
+        if (base.kernel == kFwd && (rows != kRowsReread || w < 2)) continue;
+        if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
+        s.config[C_WARPS] = w;
+        s.config[C_SEG] = static_cast<int>(seg);
+        s.config[C_ROWS] = rows;
+        if (smem_bytes(s) > 227 * 1024) continue;
+        out.push_back(s);
+      }
+    }
+  }
+}
+
+// What `kiln prewarm` compiles: dim = num_attention_heads·head_dim (the attention output the gate multiplies) and
+// G = num_key_value_heads: one group per query group (GQA), i.e. the heads that share a key/value head are normalized
+// together. Ling-mini-2.0: dim 2048, G 4 — linghe's own bench configuration (4 groups of 512 = 4 heads each).
+// Per-channel bf16 weight and the transposed layout (the layout is run-time, so it needs no extra specialization).
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int64_t dim = static_cast<int64_t>(m.num_attention_heads) * m.head_dim, G = m.num_key_value_heads;
+  if (dim <= 0 || G <= 0 || dim % G != 0 || dim > kMaxDim || dim / G > kMaxGroupDim) return;
+  out.push_back(spec(arch, kFwd, dim, G, false, DType::bf16, DType::bf16));
+  out.push_back(spec(arch, kBwd, dim, G, false, DType::bf16, DType::bf16));
+  out.push_back(spec(arch, kDwReduce, dim, G, false, DType::bf16, DType::bf16));
+}
+
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
+                                      static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0);
+}
+
+// ---- validation --------------------------------------------------------------------------------------------------
+
+// The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
+int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
+
+// An output's rows (dims 0 and 1 of a 3-D tensor whose last dim is dense) must not overlap: a sufficient test is that
+// the dims, ordered by stride, nest (the smaller stride spans a row, the larger spans the smaller dim).
+void check_no_overlap(const Check& ck, const char* arg, const TensorRef& t) {
+  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
+  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
+  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
+  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
+  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
+  if (!ok)
+    ck.invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
+                                shape_str(t), t.strides[0], t.strides[1]));
+}
+
+// A 3-D activation whose token (b, s) row is at b·stride[bdim] + s·stride[sdim]: shape [B, S, dim] (bdim 0) or
+// [S, B, dim] (bdim 1), dense last dim, non-negative strides keeping every row `vec`-element aligned.
+void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dtype, int64_t B, int64_t S,
+                  int64_t dim, bool seq_first, int64_t vec, const char* layout_note) {
+  ck.dtype(arg, t, {dtype});
+  const int64_t d0 = seq_first ? S : B, d1 = seq_first ? B : S;
+  if (t.ndim != 3 || t.shape[0] != d0 || t.shape[1] != d1 || t.shape[2] != dim)
+    ck.shape_error(arg, fmt::format("expected shape [{}, {}, {}] ({}), got {}", d0, d1, dim, layout_note,
+                                    shape_str(t)));
+  if (t.strides[2] != 1 && dim > 1)
+    ck.shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
+  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
+  if (s0 < 0 || s1 < 0)
+    ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
+  if (s0 % vec != 0 || s1 % vec != 0)
+    ck.invalid(arg, fmt::format("expected strides that are multiples of {} elements (rows aligned to the {}-byte "
+                                "vector width), got [{}, {}, 1]",
+                                vec, vec * static_cast<int64_t>(dtype_size(t.dtype)), t.strides[0], t.strides[1]));
+  if (t.numel() > 0) ck.pointer(arg, t, static_cast<int>(vec * static_cast<int64_t>(dtype_size(t.dtype))));
+}
+
+struct Geometry {
+  int64_t B = 0, S = 0, dim = 0, G = 0, d = 0, M = 0, vec = 1;
+  bool shared = false;
+};
+
+Geometry check_common(const Check& ck, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
+                      const GroupRmsNormGateOptions& o) {
+  if (!(o.eps >= 0.f) || !std::isfinite(o.eps))
+    ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", o.eps));
+  Geometry g;
+  ck.dtype("x", x, {DType::bf16, DType::f16, DType::f32});
+  if (x.ndim != 3) ck.shape_error("x", fmt::format("expected a 3-D tensor [B, S, dim], got shape {}", shape_str(x)));
+  g.B = x.shape[0];
+  g.S = x.shape[1];
+  g.dim = x.shape[2];
+  if (g.dim <= 0 || g.dim > kMaxDim)
+    ck.shape_error("x", fmt::format("expected a last dim (dim) in [1, {}], got {}", kMaxDim, g.dim));
+  if (o.groups <= 0 || g.dim % o.groups != 0)
+    ck.invalid("groups", fmt::format("expected a positive divisor of dim = {} (the number of groups), got {}", g.dim,
+                                     o.groups));
+  g.G = o.groups;
+  g.d = g.dim / g.G;
+  if (g.d > kMaxGroupDim)
+    ck.invalid("groups", fmt::format("expected groups of at most {} channels (groups ≥ {}), got dim/groups = {}",
+                                     kMaxGroupDim, (g.dim + kMaxGroupDim - 1) / kMaxGroupDim, g.d));
+  int64_t e = 1;
+  while (e < 16 / static_cast<int64_t>(dtype_size(x.dtype)) && g.d % (2 * e) == 0) e *= 2;
+  g.vec = e;
+  check_tokens(ck, "x", x, x.dtype, g.B, g.S, g.dim, false, g.vec, "[B, S, dim]");
+  check_tokens(ck, "gate", gate, x.dtype, g.B, g.S, g.dim, o.transpose, g.vec,
+               o.transpose ? "[S, B, dim]: transpose=true takes the sequence-first layout"
+                           : "[B, S, dim]: transpose=false takes x's layout");
+  ck.fits_int32("x", g.B, "B");
+  ck.fits_int32("x", g.S, "S");
+  g.M = g.B * g.S;
+  ck.fits_int32("x", g.M * g.G, "B·S·groups (warp items)");
+
+  ck.dtype("weight", weight, {DType::bf16, DType::f16, DType::f32});
+  if (weight.ndim != 1 || (weight.shape[0] != g.dim && weight.shape[0] != g.d))
+    ck.shape_error("weight", fmt::format("expected shape [{}] (per channel) or [{}] (shared by the {} groups), got {}",
+                                         g.dim, g.d, g.G, shape_str(weight)));
+  g.shared = weight.shape[0] != g.dim;
+  ck.tensor("weight", weight, {DType::bf16, DType::f16, DType::f32}, {weight.shape[0]},
+            static_cast<int>(std::min<int64_t>(16, g.vec * static_cast<int64_t>(dtype_size(weight.dtype)))));
+  return g;
+}
+
+const char* out_layout(bool transpose) {
+  return transpose ? "[S, B, dim]: transpose=true" : "[B, S, dim]: transpose=false";
+}
+
+// Strides of token (b, s) in a tensor of x's layout or of gate's layout.
+std::pair<long long, long long> bs_strides(const TensorRef& t, bool seq_first) {
+  return seq_first ? std::pair<long long, long long>{stride_of(t, 1), stride_of(t, 0)}
+                   : std::pair<long long, long long>{stride_of(t, 0), stride_of(t, 1)};
+}
+
+// Persistent grid of the backward: the x dimension (token slots) holds every CTA that fits on the GPU at once, split
+// over the segments, never more than there are token groups. The workspace bound uses the thread limit instead of
+// the occupancy (which depends on the weight dtype), so it covers every specialization of the shape.
+int64_t bwd_grid_x(Runtime& rt, const Specialization& s, int64_t M) {
+  auto& impl = rt.impl();
+  const int warps = s.config[C_WARPS];
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
+  const int64_t nseg = s.params[P_G] / s.config[C_SEG];
+  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
+  return std::max<int64_t>(1, std::min<int64_t>(full / nseg, (M + warps - 1) / warps));
+}
+int64_t bwd_grid_x_bound(Runtime& rt, const Specialization& s, int64_t M) {
+  const int warps = s.config[C_WARPS];
+  const int64_t full = static_cast<int64_t>(rt.impl().device().sm_count) * std::max(1, 64 / warps);
+  return std::max<int64_t>(1, std::min<int64_t>(full, (M + warps - 1) / warps));
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(group_rms_norm_gate, g_family)
+
+namespace detail {
+// group_rms_norm_gate_fwd with the config forced (warps, segment groups; warps ≤ 0: the tuned/heuristic config).
+void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
+                                    const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
+                                    int warps, int seg);
+}  // namespace detail
+
+void group_rms_norm_gate_fwd(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
+                             const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream) {
+  detail::group_rms_norm_gate_fwd_config(rt, x, gate, weight, out, opts, stream, 0, 0);
+}
+
+void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate,
+                                            const TensorRef& weight, const TensorRef& out,
+                                            const GroupRmsNormGateOptions& opts, Stream stream, int warps, int seg) {
+  const Check ck{"group_rms_norm_gate_fwd"};
+  const Geometry g = check_common(ck, x, gate, weight, opts);
+  check_tokens(ck, "out", out, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
+  check_no_overlap(ck, "out", out);
+  if (g.M == 0) return;
+
+  auto& impl = rt.impl();
+  Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
+  if (warps > 0) {
+    s.config[C_WARPS] = warps;
+    s.config[C_SEG] = seg;
+    if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+  }
+  const auto [x_sb, x_ss] = bs_strides(x, false);
+  const auto [g_sb, g_ss] = bs_strides(gate, opts.transpose);
+  const auto [o_sb, o_ss] = bs_strides(out, opts.transpose);
+  GroupNormGateFwdArgs a{x.data, x_sb, x_ss, gate.data, g_sb, g_ss, weight.data, out.data, o_sb, o_ss,
+                         static_cast<int>(g.M), static_cast<int>(g.S), opts.eps};
+  const int64_t items = g.M * (g.G / s.config[C_SEG]);
+  const int64_t cta_warps = s.config[C_WARPS];
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>((items + cta_warps - 1) / cta_warps);
+  d.block[0] = static_cast<unsigned>(cta_warps * 32);
+  impl.launch(s, d, stream, a);
+}
+
+int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int64_t dim, int groups, DType dtype) {
+  if (tokens <= 0 || groups <= 0 || dim % groups != 0) return 0;
+  auto& impl = rt.impl();
+  const Specialization s =
+      impl.tuned(spec(impl.target_arch(), kBwd, dim, groups, false, dtype, dtype), tokens);
+  return bwd_grid_x_bound(rt, s, tokens) * dim;
+}
+
+namespace detail {
+// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups; the bench's
+// measurement hook until the tuner picks configs per shape). rows < 0: the tuned/heuristic config.
+void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
+                                    const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
+                                    const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+}  // namespace detail
+
+void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
+                             const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
+                             const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
+                             const TensorRef& workspace, Stream stream) {
+  detail::group_rms_norm_gate_bwd_config(rt, dy, x, gate, weight, dx, dgate, dweight, opts, workspace, stream, -1, 0,
+                                         0);
+}
+
+void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x,
+                                            const TensorRef& gate, const TensorRef& weight, const TensorRef& dx,
+                                            const TensorRef& dgate, const TensorRef& dweight,
+                                            const GroupRmsNormGateOptions& opts, const TensorRef& workspace,
+                                            Stream stream, int rows, int warps, int seg) {
+  const Check ck{"group_rms_norm_gate_bwd"};
+  const Geometry g = check_common(ck, x, gate, weight, opts);
+  check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
+  check_tokens(ck, "dx", dx, x.dtype, g.B, g.S, g.dim, false, g.vec, "[B, S, dim]: x's layout");
+  check_no_overlap(ck, "dx", dx);
+  check_tokens(ck, "dgate", dgate, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, "gate's layout");
+  check_no_overlap(ck, "dgate", dgate);
+  ck.tensor("dweight", dweight, {DType::f32}, {weight.shape[0]}, 4);
+  if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  const Specialization reduce = spec(arch, kDwReduce, g.dim, g.G, g.shared, x.dtype, weight.dtype);
+  int64_t X = 0;
+  CUdeviceptr owned = 0;
+  float* partial = static_cast<float*>(workspace.data);
+  if (g.M > 0) {
+    Specialization s = impl.tuned(spec(arch, kBwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
+    if (rows >= 0) {
+      s.config[C_ROWS] = rows;
+      s.config[C_WARPS] = warps;
+      s.config[C_SEG] = seg;
+      if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+    }
+    X = bwd_grid_x(rt, s, g.M);
+    if (workspace.defined() && workspace.numel() < X * g.dim)
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (group_rms_norm_gate_bwd_workspace_elems), "
+                                              "got {}",
+                                              X * g.dim, workspace.numel()));
+    if (!workspace.defined()) {
+      owned = impl.alloc_async(static_cast<size_t>(X * g.dim) * 4, stream);
+      partial = reinterpret_cast<float*>(owned);
+    }
+    const auto [dy_sb, dy_ss] = bs_strides(dy, opts.transpose);
+    const auto [x_sb, x_ss] = bs_strides(x, false);
+    const auto [g_sb, g_ss] = bs_strides(gate, opts.transpose);
+    const auto [dx_sb, dx_ss] = bs_strides(dx, false);
+    const auto [dg_sb, dg_ss] = bs_strides(dgate, opts.transpose);
+    GroupNormGateBwdArgs a{dy.data,  dy_sb,    dy_ss,     x.data,  x_sb,  x_ss,    gate.data, g_sb,
+                           g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
+                           partial,  static_cast<int>(g.M), static_cast<int>(g.S), opts.eps};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(X);
+    d.grid[1] = static_cast<unsigned>(g.G / s.config[C_SEG]);
+    d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+  }
+  DwReduceArgs r{partial, dweight.data, static_cast<int>(X)};
+  const int64_t nout = g.shared ? g.d : g.dim;
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>((nout + 31) / 32);
+  d.block[0] = kDwReduceThreads;
+  impl.launch(reduce, d, stream, r);
+  if (owned) impl.free_async(owned, stream);
+}
+
+}  // namespace kiln

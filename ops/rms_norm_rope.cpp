@@ -1,0 +1,418 @@
+// Host recipe: fused RMSNorm + rotate-half RoPE, forward and backward (templates/kiln/rms_norm_rope.cuh).
+// Spec: ../shared/spec/triton-ops.md §2 (fused_rmsnorm_rope; the backward is §2.4).
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kiln/dw_reduce_args.h"
+#include "kiln/ops/rms_norm_rope.hpp"
+#include "kiln/rms_norm_rope_args.h"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// ops/bench/rms_norm_rope.cpp: a runnable forward/backward at x [B, S, Hd] (also the tuner's instance).
+BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
+                                     DType dtype, int rows, int warps);
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
+enum { P_HD, P_D, P_DTYPE, P_W_DTYPE, P_CS_DTYPE };
+enum { C_WARPS, C_ROWS };
+// C_ROWS (bwd): where the second pass finds x and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in shared
+// memory one row ahead (cp.async double buffer; rms_norm_rope_bwd_staged_kernel).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
+
+constexpr int64_t kMaxHidden = 32768;
+
+const char* type_name(int64_t d) {
+  switch (static_cast<DType>(d)) {
+    case DType::bf16: return "kiln::bf16";
+    case DType::f16: return "kiln::f16";
+    default: return "float";
+  }
+}
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/rms_norm_rope.cuh\"\n";
+  const auto& p = s.params;
+  if (s.kernel == kDwReduce) {
+    name = fmt::format("kiln::dw_reduce_kernel<{}, 1, float>", p[P_HD]);
+    return;
+  }
+  if (s.kernel == kFwd)
+    name = fmt::format("kiln::rms_norm_rope_fwd_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D], s.config[C_WARPS],
+                       type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+  else if (s.config[C_ROWS] == kRowsStaged)
+    name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
+                       s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+  else
+    name = fmt::format("kiln::rms_norm_rope_bwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
+                       s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, type_name(p[P_DTYPE]),
+                       type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+}
+
+int smem_bytes(const Specialization& s) {
+  if (s.kernel != kBwd) return 0;
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  return static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * (s.config[C_ROWS] == kRowsStaged ? 4 * es : 4));
+}
+
+// The channels one access moves: the largest power of two dividing D/2, at most 16 bytes of x's dtype.
+int64_t vec_elems(int64_t D, DType t) {
+  const int64_t cap = 16 / static_cast<int64_t>(dtype_size(t));
+  int64_t e = 1;
+  while (e < cap && (D / 2) % (2 * e) == 0) e *= 2;
+  return e;
+}
+
+// The staged backward needs 16-byte pair-chunks and dw for a lane's columns in ≤ 64 registers (RopeStaged::OK).
+bool staged_ok(const Specialization& s) {
+  const int64_t Hd = s.params[P_HD], D = s.params[P_D];
+  const DType t = static_cast<DType>(s.params[P_DTYPE]);
+  const int64_t e = vec_elems(D, t), steps = (Hd / (2 * e) + 31) / 32;
+  return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
+}
+
+// Backward warps per CTA: each warp owns an fp32 dw slice of Hd floats in shared memory; at most 64 KiB of them per
+// CTA so that two or more CTAs share an SM (8 warps at Hd = 2048).
+int bwd_warps(int64_t Hd) {
+  int w = 8;
+  while (w > 1 && w * Hd * 4 > 65536) w /= 2;
+  return w;
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"rms_norm_rope",
+                   {"fwd", "bwd", "dw_reduce"},
+                   {"Hd", "D", "dtype", "w_dtype", "cs_dtype"},
+                   {"warps", "rows"},
+                   render,
+                   smem_bytes,
+                   enumerate,
+                   search_space,
+                   tune_instance};
+
+Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, DType w, DType cs) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  s.params[P_HD] = Hd;
+  if (kernel == kDwReduce) return s;
+  s.params[P_D] = D;
+  s.params[P_DTYPE] = static_cast<int64_t>(t);
+  s.params[P_W_DTYPE] = static_cast<int64_t>(w);
+  s.params[P_CS_DTYPE] = static_cast<int64_t>(cs);
+  // Forward: 8 warps (rows) per CTA while a row is ≤ 8 KiB, else 4 (as rms_norm_fwd, measured there).
+  s.config[C_WARPS] = kernel == kFwd ? (Hd * static_cast<int64_t>(dtype_size(t)) <= 8192 ? 8 : 4) : bwd_warps(Hd);
+  return s;
+}
+
+// fwd: 2–16 warps per CTA. bwd: 1–16 warps × where the second pass finds the rows (re-read, registers, staged),
+// while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel == kDwReduce) {
+    out.push_back(s);
+    return;
+  }
+  for (int w : {1, 2, 4, 8, 16}) {
+    if (base.kernel == kFwd && w < 2) continue;
+    for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
+      if (base.kernel == kFwd && rows != kRowsReread) continue;
+      if (rows == kRowsStaged && !staged_ok(base)) continue;
+      s.config[C_WARPS] = w;
+      s.config[C_ROWS] = rows;
+      if (smem_bytes(s) > 227 * 1024) continue;
+      out.push_back(s);
+    }
+  }
+}
+
+// What `kiln prewarm` compiles: the model's hidden_size with its head_dim, bf16 activations, weight and cos/sin.
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int64_t Hd = m.hidden_size, D = m.head_dim;
+  if (Hd <= 0 || D <= 0 || D % 2 != 0 || Hd % D != 0 || Hd > kMaxHidden) return;
+  out.push_back(spec(arch, kFwd, Hd, D, DType::bf16, DType::bf16, DType::bf16));
+  out.push_back(spec(arch, kBwd, Hd, D, DType::bf16, DType::bf16, DType::bf16));
+  out.push_back(spec(arch, kDwReduce, Hd, D, DType::bf16, DType::bf16, DType::bf16));
+}
+
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  return rms_norm_rope_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_HD],
+                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]), -1, 0);
+}
+
+// ---- validation --------------------------------------------------------------------------------------------------
+
+void check_eps(const Check& ck, float eps) {
+  if (!(eps >= 0.f) || !std::isfinite(eps)) ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", eps));
+}
+
+// The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
+int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
+
+// An output's rows (dims 0 and 1 of a 3-D tensor whose last dim is dense) must not overlap: a sufficient test is that
+// the dims, ordered by stride, nest (the smaller stride spans a row, the larger spans the smaller dim).
+void check_no_overlap(const Check& ck, const char* arg, const TensorRef& t) {
+  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
+  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
+  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
+  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
+  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
+  if (!ok)
+    ck.invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
+                                shape_str(t), t.strides[0], t.strides[1]));
+}
+
+// A [B, S, Hd] activation: rank 3, dense last dim, non-negative strides that keep every row `vec`-element aligned.
+void check_bsh(const Check& ck, const char* arg, const TensorRef& t, std::initializer_list<DType> dtypes, int64_t B,
+               int64_t S, int64_t Hd, int64_t vec) {
+  ck.dtype(arg, t, dtypes);
+  if (t.ndim != 3) ck.shape_error(arg, fmt::format("expected a 3-D tensor [B, S, Hd], got shape {}", shape_str(t)));
+  if (B >= 0 && (t.shape[0] != B || t.shape[1] != S || t.shape[2] != Hd))
+    ck.shape_error(arg, fmt::format("expected shape [{}, {}, {}] (as x), got {}", B, S, Hd, shape_str(t)));
+  if (t.strides[2] != 1 && t.shape[2] > 1)
+    ck.shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
+  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
+  if (s0 < 0 || s1 < 0)
+    ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
+  if (s0 % vec != 0 || s1 % vec != 0)
+    ck.invalid(arg, fmt::format("expected batch and sequence strides that are multiples of {} elements (rows aligned "
+                                "to the {}-byte vector width), got [{}, {}, 1]",
+                                vec, vec * static_cast<int64_t>(dtype_size(t.dtype)), t.strides[0], t.strides[1]));
+  if (t.numel() > 0) ck.pointer(arg, t, static_cast<int>(vec * static_cast<int64_t>(dtype_size(t.dtype))));
+}
+
+struct Geometry {
+  int64_t B = 0, S = 0, Hd = 0, D = 0, M = 0, vec = 1;
+  int64_t cos_ss = 0, sin_ss = 0;
+  DType cs_dtype = DType::bf16;
+};
+
+// The checks both directions share: x, weight, cos/sin, num_heads, eps.
+Geometry check_common(const Check& ck, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                      const TensorRef& sin, float eps, int num_heads) {
+  check_eps(ck, eps);
+  Geometry g;
+  ck.dtype("x", x, {DType::bf16, DType::f16, DType::f32});
+  if (x.ndim != 3) ck.shape_error("x", fmt::format("expected a 3-D tensor [B, S, Hd], got shape {}", shape_str(x)));
+  g.B = x.shape[0];
+  g.S = x.shape[1];
+  g.Hd = x.shape[2];
+
+  // cos/sin: [S, D] or [1, S, 1, D].
+  ck.dtype("cos", cos, {DType::bf16, DType::f16, DType::f32});
+  int64_t cs_rows = 0, cos_row_stride = 0;
+  if (cos.ndim == 2) {
+    cs_rows = cos.shape[0];
+    g.D = cos.shape[1];
+    cos_row_stride = cos.strides[0];
+  } else if (cos.ndim == 4 && cos.shape[0] == 1 && cos.shape[2] == 1) {
+    cs_rows = cos.shape[1];
+    g.D = cos.shape[3];
+    cos_row_stride = cos.strides[1];
+  } else {
+    ck.shape_error("cos", fmt::format("expected shape [S, D] or [1, S, 1, D], got {}", shape_str(cos)));
+  }
+  if (cs_rows != g.S)
+    ck.shape_error("cos", fmt::format("expected {} rows (x's sequence length S), got shape {}", g.S, shape_str(cos)));
+  if (g.D <= 0 || g.D % 2 != 0)
+    ck.shape_error("cos", fmt::format("expected an even head dim D > 0 as the last dim, got shape {}", shape_str(cos)));
+  if (cos.strides[cos.ndim - 1] != 1 && g.D > 1)
+    ck.shape_error("cos", fmt::format("expected the last dim dense (inner stride 1), got stride {}",
+                                      cos.strides[cos.ndim - 1]));
+  ck.dtype("sin", sin, {cos.dtype});
+  bool same = sin.ndim == cos.ndim;
+  for (int k = 0; same && k < cos.ndim; ++k) same = sin.shape[k] == cos.shape[k];
+  if (!same) ck.shape_error("sin", fmt::format("expected cos's shape {}, got {}", shape_str(cos), shape_str(sin)));
+  if (sin.strides[sin.ndim - 1] != 1 && g.D > 1)
+    ck.shape_error("sin", fmt::format("expected the last dim dense (inner stride 1), got stride {}",
+                                      sin.strides[sin.ndim - 1]));
+  const int64_t sin_row_stride = sin.ndim == 2 ? sin.strides[0] : sin.strides[1];
+  g.cs_dtype = cos.dtype;
+
+  // Heads.
+  if (num_heads < 0) ck.invalid("num_heads", fmt::format("expected 0 (Hd/D) or a positive count, got {}", num_heads));
+  if (num_heads == 0 && (g.Hd <= 0 || g.Hd % g.D != 0))
+    ck.shape_error("x", fmt::format("expected a hidden dim Hd that is a positive multiple of the head dim D = {} "
+                                    "(cos's last dim), got Hd = {}",
+                                    g.D, g.Hd));
+  if (num_heads > 0 && static_cast<int64_t>(num_heads) * g.D != g.Hd)
+    ck.shape_error("num_heads", fmt::format("expected num_heads·D == Hd, i.e. num_heads = {} for Hd = {}, D = {}; got "
+                                            "{}",
+                                            g.Hd % g.D == 0 ? fmt::format("{}", g.Hd / g.D) : std::string("none"),
+                                            g.Hd, g.D, num_heads));
+  if (g.Hd > kMaxHidden)
+    ck.shape_error("x", fmt::format("expected a hidden dim Hd ≤ {}, got {}", kMaxHidden, g.Hd));
+
+  g.vec = vec_elems(g.D, x.dtype);
+  check_bsh(ck, "x", x, {DType::bf16, DType::f16, DType::f32}, -1, 0, 0, g.vec);
+  ck.fits_int32("x", g.B, "B");
+  ck.fits_int32("x", g.S, "S");
+  g.M = g.B * g.S;
+  ck.fits_int32("x", g.M, "B·S (rows)");
+
+  const int64_t cs_align = std::min<int64_t>(16, g.vec * static_cast<int64_t>(dtype_size(cos.dtype)));
+  const int64_t cs_vec = cs_align / static_cast<int64_t>(dtype_size(cos.dtype));
+  auto check_table = [&](const char* arg, const TensorRef& t, int64_t stride) {
+    if (g.S > 1 && (stride < 0 || stride % cs_vec != 0))
+      ck.invalid(arg, fmt::format("expected a non-negative row stride that is a multiple of {} elements, got {}",
+                                  cs_vec, stride));
+    if (g.S > 0) ck.pointer(arg, t, static_cast<int>(cs_align));
+  };
+  check_table("cos", cos, cos_row_stride);
+  check_table("sin", sin, sin_row_stride);
+  g.cos_ss = cos_row_stride;
+  g.sin_ss = sin_row_stride;
+
+  ck.tensor("weight", weight, {DType::bf16, DType::f16, DType::f32}, {g.Hd},
+            static_cast<int>(std::min<int64_t>(16, g.vec * static_cast<int64_t>(dtype_size(weight.dtype)))));
+  return g;
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(rms_norm_rope, g_family)
+
+namespace detail {
+// rms_norm_rope_fwd with the warps per CTA forced (≤ 0: the tuned/heuristic config).
+void rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                              const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream,
+                              int warps);
+}  // namespace detail
+
+void rms_norm_rope_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                       const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream) {
+  detail::rms_norm_rope_fwd_config(rt, x, weight, cos, sin, y, eps, num_heads, stream, 0);
+}
+
+void detail::rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
+                                      const TensorRef& sin, const TensorRef& y, float eps, int num_heads,
+                                      Stream stream, int warps) {
+  const Check ck{"rms_norm_rope_fwd"};
+  const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
+  check_bsh(ck, "y", y, {x.dtype}, g.B, g.S, g.Hd, g.vec);
+  check_no_overlap(ck, "y", y);
+  if (g.M == 0) return;
+
+  auto& impl = rt.impl();
+  Specialization s = impl.tuned(spec(impl.target_arch(), kFwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
+  if (warps > 0) {
+    s.config[C_WARPS] = warps;
+    if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+  }
+  RmsNormRopeFwdArgs a{x.data,  stride_of(x, 0), stride_of(x, 1), weight.data,     cos.data,
+                       g.cos_ss, sin.data,        g.sin_ss,        y.data,          stride_of(y, 0),
+                       stride_of(y, 1), static_cast<int>(g.M), static_cast<int>(g.S), eps};
+  LaunchDims d;
+  const unsigned cta_warps = static_cast<unsigned>(s.config[C_WARPS]);
+  d.grid[0] = static_cast<unsigned>((g.M + cta_warps - 1) / cta_warps);
+  d.block[0] = cta_warps * 32;
+  impl.launch(s, d, stream, a);
+}
+
+namespace {
+// Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups.
+int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
+  auto& impl = rt.impl();
+  const int warps = s.config[C_WARPS];
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
+  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
+  return std::max<int64_t>(1, std::min<int64_t>(full, (M + warps - 1) / warps));
+}
+}  // namespace
+
+// The workspace bound uses the thread limit (64 warps per SM) instead of the occupancy, which depends on the weight
+// and table dtypes: it covers every specialization of the shape.
+int64_t rms_norm_rope_bwd_workspace_elems(Runtime& rt, int64_t rows, int64_t hidden, int64_t head_dim, DType dtype) {
+  if (rows <= 0 || hidden <= 0) return 0;
+  auto& impl = rt.impl();
+  const Specialization s =
+      impl.tuned(spec(impl.target_arch(), kBwd, hidden, head_dim, dtype, dtype, dtype), rows);
+  const int warps = s.config[C_WARPS];
+  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * std::max(1, 64 / warps);
+  return std::max<int64_t>(1, std::min<int64_t>(full, (rows + warps - 1) / warps)) * hidden;
+}
+
+namespace detail {
+// rms_norm_rope_bwd with the backward's config forced (rows mode and warps; the bench's measurement hook until the
+// tuner can pick configs per shape). rows < 0: the tuned/heuristic config.
+void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                              const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
+                              float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
+                              int warps);
+}  // namespace detail
+
+void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                       const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
+                       float eps, int num_heads, const TensorRef& workspace, Stream stream) {
+  detail::rms_norm_rope_bwd_config(rt, dy, x, weight, cos, sin, dx, dweight, eps, num_heads, workspace, stream, -1, 0);
+}
+
+void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
+                                      const TensorRef& cos, const TensorRef& sin, const TensorRef& dx,
+                                      const TensorRef& dweight, float eps, int num_heads, const TensorRef& workspace,
+                                      Stream stream, int rows, int warps) {
+  const Check ck{"rms_norm_rope_bwd"};
+  const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
+  check_bsh(ck, "dy", dy, {x.dtype}, g.B, g.S, g.Hd, g.vec);
+  check_bsh(ck, "dx", dx, {x.dtype}, g.B, g.S, g.Hd, g.vec);
+  check_no_overlap(ck, "dx", dx);
+  ck.tensor("dweight", dweight, {DType::f32}, {g.Hd}, 4);
+  if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  const Specialization reduce = spec(arch, kDwReduce, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype);
+  int64_t G = 0;
+  CUdeviceptr owned = 0;
+  float* partial = static_cast<float*>(workspace.data);
+  if (g.M > 0) {
+    Specialization s = impl.tuned(spec(arch, kBwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
+    if (rows >= 0) {
+      s.config[C_ROWS] = rows;
+      s.config[C_WARPS] = warps;
+      if (!in_search_space(s))
+        ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+    }
+    G = bwd_grid(rt, s, g.M);
+    if (workspace.defined() && workspace.numel() < G * g.Hd)
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_rope_bwd_workspace_elems), got {}",
+                                              G * g.Hd, workspace.numel()));
+    if (!workspace.defined()) {
+      owned = impl.alloc_async(static_cast<size_t>(G * g.Hd) * 4, stream);
+      partial = reinterpret_cast<float*>(owned);
+    }
+    RmsNormRopeBwdArgs a{dy.data,         stride_of(dy, 0), stride_of(dy, 1), x.data,
+                         stride_of(x, 0), stride_of(x, 1),  weight.data,      cos.data,
+                         g.cos_ss,        sin.data,         g.sin_ss,         dx.data,
+                         stride_of(dx, 0), stride_of(dx, 1), partial,         static_cast<int>(g.M),
+                         static_cast<int>(g.S), eps};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(G);
+    d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+  }
+  // dweight = Σ over CTA slices (zeros when there are no rows: the sum over G = 0 slices).
+  DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>((g.Hd + 31) / 32);
+  d.block[0] = kDwReduceThreads;
+  impl.launch(reduce, d, stream, r);
+  if (owned) impl.free_async(owned, stream);
+}
+
+}  // namespace kiln

@@ -1,0 +1,412 @@
+// kiln/group_rms_norm_gate.cuh — group RMSNorm × sigmoid gate (linghe GroupNormGateFunction), forward/backward.
+//
+//   token (b, s), channel c in group q (G groups of d = DIM/G contiguous channels), σ = sigmoid(gate):
+//     forward:  r_q = 1/sqrt(Σ_{c∈q} x_c²/d + eps),   out_c = x_c·r_q·w_c·σ_c                 (fp32 math)
+//     backward: t_c = dy_c·w_c·σ_c,   Q_q = Σ_{c∈q} x_c·t_c
+//               dx_c = r_q·t_c − (r_q³/d)·x_c·Q_q,   dgate_c = x_c·r_q·t_c·(1 − σ_c),   dw_c += x_c·r_q·dy_c·σ_c
+//   SHARED_W: one weight of d channels serves every group (w index c mod d); dw then sums over groups too.
+//
+// Work mapping. A warp takes one (token, segment): SEG consecutive groups (SEG·d channels), in 16-byte chunks
+// (E channels each; E divides d, so no chunk straddles two groups), lane l taking chunks l, l + 32, …. Every row of
+// every tensor is contiguous, so the transposed layouts cost nothing: a warp reads and writes whole rows.
+// Group sums: each lane adds its chunk's partial to the accumulator of the chunk's group (SEG accumulators; the
+// group is a compile-time constant when a group spans whole warp steps), then one butterfly per group.
+// Backward: a persistent grid (x: token slots, y: segment); each warp walks tokens with a fixed lane → column map
+// and accumulates dw for its columns in its own shared-memory slice; the CTA adds its warps' slices in warp order
+// into partial[blockIdx.x][seg's channels], and dw_reduce_kernel adds the CTA rows in order: deterministic.
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/group_rms_norm_gate_args.h"
+#include "kiln/row_io.cuh"
+
+namespace kiln {
+
+template <int DIM, int G, int SEG, typename T>
+struct GateLayout {
+  static_assert(DIM % G == 0 && G % SEG == 0, "G divides DIM, SEG divides G");
+  static constexpr int d = DIM / G;                                               // channels per group
+  static constexpr int E = pow2_divisor(d, 16 / static_cast<int>(sizeof(T)));    // channels per chunk
+  static constexpr int BYTES = E * static_cast<int>(sizeof(T));
+  static constexpr int CPG = d / E;            // chunks per group
+  static constexpr int SEGC = SEG * d;         // channels per segment
+  static constexpr int NC = SEGC / E;          // chunks per segment
+  static constexpr int NSEG = G / SEG;
+  static constexpr int STEPS = (NC + 31) / 32;
+  // The segment-local group of the chunk lane `lane` takes at step `st`.
+  static __device__ __forceinline__ int group(int st, int lane) {
+    if constexpr (CPG % 32 == 0) return (st * 32) / CPG;  // a group spans whole steps: compile-time
+    else return (st * 32 + lane) / CPG;
+  }
+};
+
+// σ(g) = 1/(1 + e^−g), and 1 − σ(g) = e^−g·σ(g) (accurate where σ rounds to 1; e^−g = inf gives σ = 0, 1 − σ = 1).
+// 16-bit outputs use the fast exp and reciprocal (ex2/rcp.approx, a few 1e-7 relative: far below their rounding);
+// fp32 outputs the accurate exp and a correctly rounded reciprocal.
+template <typename T>
+__device__ __forceinline__ float sigmoid_of_exp(float e) {
+  return sizeof(T) == 4 ? __frcp_rn(1.0f + e) : __fdividef(1.0f, 1.0f + e);  // e = inf: 0 either way
+}
+template <typename T>
+__device__ __forceinline__ float exp_neg(float g) {
+  return sizeof(T) == 4 ? expf(-g) : __expf(-g);
+}
+template <typename T>
+struct Sigmoid {
+  float s, one_minus;
+  __device__ __forceinline__ explicit Sigmoid(float g) {
+    const float e = exp_neg<T>(g);
+    s = sigmoid_of_exp<T>(e);
+    one_minus = fminf(e * s, 1.0f);  // inf·0 = NaN → 1
+  }
+};
+template <typename T>
+__device__ __forceinline__ float sigmoid(float g) {
+  return sigmoid_of_exp<T>(exp_neg<T>(g));
+}
+
+// v[k] for the runtime index q < N, without dynamic register indexing.
+template <int N>
+__device__ __forceinline__ float pick(const float (&v)[N], int q) {
+  float r = v[0];
+#pragma unroll
+  for (int k = 1; k < N; ++k) r = q == k ? v[k] : r;
+  return r;
+}
+template <int N>
+__device__ __forceinline__ void add_at(float (&v)[N], int q, float a) {
+#pragma unroll
+  for (int k = 0; k < N; ++k) v[k] += q == k ? a : 0.f;
+}
+
+// One warp per (token, segment); WARPS per CTA. T: x/gate/out dtype, W: weight dtype.
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_kernel(const GroupNormGateFwdArgs a) {
+  using L = GateLayout<DIM, G, SEG, T>;
+  constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d;
+  constexpr bool KEEP = STEPS * 2 * B <= 512;  // x and gate in registers: ≤ 128 per lane
+  const int lane = threadIdx.x & 31;
+  const int item = blockIdx.x * WARPS + (threadIdx.x >> 5);
+  const int token = item / L::NSEG, seg = item - token * L::NSEG;
+  if (token >= a.M) return;
+  const int b = token / a.S, s = token - b * a.S;
+  const int c0 = seg * L::SEGC;  // first channel of the segment
+  const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+  const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+  T* orow = static_cast<T*>(a.out) + b * a.o_sb + s * a.o_ss + c0;
+
+  Raw<B> xv[KEEP ? STEPS : 1], gv[KEEP ? STEPS : 1];
+  float ss[SEG];
+#pragma unroll
+  for (int k = 0; k < SEG; ++k) ss[k] = 0.f;
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (c < NC) {
+      const Raw<B> xraw = ld_raw<B, KEEP>(xr + c * E);
+      if constexpr (KEEP) {
+        xv[st] = xraw;
+        gv[st] = ld_raw<B, true>(gr + c * E);
+      }
+      float part = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float f = raw_get<T>(xraw, e);
+        part = fmaf(f, f, part);
+      }
+      add_at(ss, L::group(st, lane), part);
+    }
+  }
+  float r[SEG];
+#pragma unroll
+  for (int k = 0; k < SEG; ++k) r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (c < NC) {
+      Raw<B> xraw, graw;
+      if constexpr (KEEP) {
+        xraw = xv[st];
+        graw = gv[st];
+        launder(xraw);
+      } else {
+        xraw = ld_raw<B, false>(xr + c * E);
+        graw = ld_raw<B, true>(gr + c * E);
+      }
+      const float rq = pick(r, L::group(st, lane));
+      const int ch = c0 + c * E;  // channel of the chunk in the row
+      float w[E], o[E];
+      load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+      for (int e = 0; e < E; ++e) o[e] = raw_get<T>(xraw, e) * rq * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+      Raw<B> out;
+      raw_fill<T>(out, o);
+      st_raw(orow + c * E, out);
+    }
+  }
+}
+
+// Persistent grid (gridDim.y = segments); dynamic shared memory WARPS·SEG·d floats. Registers capped at 128 (16 warps
+// per SM). KEEP_ROWS: x, gate and dy stay in registers between the passes when they fit 48 registers per lane;
+// otherwise (or when off) the second pass re-reads them (L1/L2 hits).
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
+    const GroupNormGateBwdArgs a) {
+  using L = GateLayout<DIM, G, SEG, T>;
+  constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
+  constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
+  extern __shared__ __align__(16) float dws[];  // [WARPS][SEGC]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seg = blockIdx.y, c0 = seg * SEGC;
+  float* dw = dws + warp * SEGC;
+  for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
+  __syncwarp();
+
+  for (i64 token = static_cast<i64>(blockIdx.x) * WARPS + warp; token < a.M;
+       token += static_cast<i64>(gridDim.x) * WARPS) {
+    const i64 b = token / a.S, s = token - b * a.S;
+    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+    const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+    const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
+    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
+
+    Raw<B> xv[KEEP ? STEPS : 1], gv[KEEP ? STEPS : 1], yv[KEEP ? STEPS : 1];
+    if constexpr (KEEP) {
+#pragma unroll
+      for (int st = 0; st < STEPS; ++st) {
+        const int c = st * 32 + lane;
+        if (c < NC) {
+          xv[st] = ld_raw<B, true>(xr + c * E);
+          gv[st] = ld_raw<B, true>(gr + c * E);
+          yv[st] = ld_raw<B, true>(yr + c * E);
+        }
+      }
+    }
+    float ss[SEG], Q[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        Raw<B> xraw, graw, yraw;
+        if constexpr (KEEP) {
+          xraw = xv[st]; graw = gv[st]; yraw = yv[st];
+        } else {
+          xraw = ld_raw<B, false>(xr + c * E); graw = ld_raw<B, false>(gr + c * E);
+          yraw = ld_raw<B, false>(yr + c * E);
+        }
+        const int ch = c0 + c * E;
+        float w[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        float p_ss = 0.f, p_q = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e);
+          const float t = raw_get<T>(yraw, e) * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+          p_ss = fmaf(xf, xf, p_ss);
+          p_q = fmaf(xf, t, p_q);
+        }
+        const int q = L::group(st, lane);
+        add_at(ss, q, p_ss);
+        add_at(Q, q, p_q);
+      }
+    }
+    float r[SEG], coef[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) {
+      r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+      // (Q/d)·r first: r³ alone underflows fp32 for groups of rms ≳ 1e13.
+      coef[k] = (warp_sum(Q[k]) / static_cast<float>(d)) * r[k] * r[k] * r[k];
+    }
+
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        Raw<B> xraw, graw, yraw;
+        if constexpr (KEEP) {
+          xraw = xv[st]; graw = gv[st]; yraw = yv[st];
+          launder(xraw); launder(graw); launder(yraw);
+        } else {
+          xraw = ld_raw<B, false>(xr + c * E); graw = ld_raw<B, false>(gr + c * E);
+          yraw = ld_raw<B, false>(yr + c * E);
+        }
+        const int q = L::group(st, lane);
+        const float rq = pick(r, q), cq = pick(coef, q);
+        const int ch = c0 + c * E;
+        float w[E], dxo[E], dgo[E], acc[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
+          const Sigmoid<T> sg(raw_get<T>(graw, e));
+          const float ys = yf * sg.s;
+          const float t = ys * w[e];
+          const float n = xf * rq;
+          dxo[e] = rq * t - cq * xf;
+          dgo[e] = n * t * sg.one_minus;
+          acc[e] = n * ys;
+        }
+        Raw<B> o1, o2;
+        raw_fill<T>(o1, dxo);
+        raw_fill<T>(o2, dgo);
+        st_raw(dxr + c * E, o1);
+        st_raw(dgr + c * E, o2);
+        smem_add<E>(dw + c * E, acc);
+      }
+    }
+  }
+
+  __syncthreads();
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * DIM + c0;
+  for (int k = threadIdx.x; k < SEGC; k += WARPS * 32) {
+    float t = dws[k];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) t += dws[w * SEGC + k];
+    out[k] = t;
+  }
+}
+
+// ---- staged backward -----------------------------------------------------------------------------------------
+// The same math with each warp double-buffering its (token, segment) rows of x, gate and dy in shared memory: it
+// copies token i+1 (cp.async) while it computes token i, so a whole item (3·SEG·d·sizeof(T) bytes) is always in
+// flight per warp without occupying registers; dw for the lane's columns lives in registers (STEPS·E ≤ 64 floats).
+// Needs 16-byte chunks. Shared memory: WARPS·6·SEG·d·sizeof(T) bytes.
+template <int DIM, int G, int SEG, typename T>
+struct GateStaged {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static constexpr bool OK = L::BYTES == 16 && L::STEPS * L::E <= 64;
+};
+
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_staged_kernel(
+    const GroupNormGateBwdArgs a) {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
+  constexpr int E = L::E, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seg = blockIdx.y, c0 = seg * SEGC;
+  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 6 * SEGC;  // [stage][x | gate | dy][SEGC]
+
+  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
+  auto issue = [&](i64 token, int st) {
+    if (token < a.M) {
+      const i64 b = token / a.S, s = token - b * a.S;
+      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+      const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+      const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
+      T* xs = buf + st * 3 * SEGC;
+#pragma unroll 4
+      for (int c = lane; c < NC; c += 32) {
+        cp_async16(xs + c * E, xr + c * E, true);
+        cp_async16(xs + SEGC + c * E, gr + c * E, true);
+        cp_async16(xs + 2 * SEGC + c * E, yr + c * E, true);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float dwr[STEPS][E];
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+    for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
+
+  issue(first, 0);
+  int stage = 0;
+  for (i64 token = first; token < a.M; token += stride, stage ^= 1) {
+    issue(token + stride, stage ^ 1);
+    cp_async_wait<1>();
+    __syncwarp();
+    const i64 b = token / a.S, s = token - b * a.S;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
+    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
+    const T* xs = buf + stage * 3 * SEGC;
+    const T* gs = xs + SEGC;
+    const T* ys = xs + 2 * SEGC;
+
+    float ss[SEG], Q[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
+        const int ch = c0 + c * E;
+        float w[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        float p_ss = 0.f, p_q = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e);
+          const float t = raw_get<T>(yraw, e) * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+          p_ss = fmaf(xf, xf, p_ss);
+          p_q = fmaf(xf, t, p_q);
+        }
+        const int q = L::group(st, lane);
+        add_at(ss, q, p_ss);
+        add_at(Q, q, p_q);
+      }
+    }
+    float r[SEG], coef[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) {
+      r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+      coef[k] = (warp_sum(Q[k]) / static_cast<float>(d)) * r[k] * r[k] * r[k];
+    }
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
+        const int q = L::group(st, lane);
+        const float rq = pick(r, q), cq = pick(coef, q);
+        const int ch = c0 + c * E;
+        float w[E], dxo[E], dgo[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
+          const Sigmoid<T> sg(raw_get<T>(graw, e));
+          const float ys_ = yf * sg.s;
+          const float t = ys_ * w[e];
+          const float n = xf * rq;
+          dxo[e] = rq * t - cq * xf;
+          dgo[e] = n * t * sg.one_minus;
+          dwr[st][e] = fmaf(n, ys_, dwr[st][e]);
+        }
+        Raw<16> o1, o2;
+        raw_fill<T>(o1, dxo);
+        raw_fill<T>(o2, dgo);
+        st_raw(dxr + c * E, o1);
+        st_raw(dgr + c * E, o2);
+      }
+    }
+    __syncwarp();
+  }
+  cp_async_wait<0>();
+
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem_raw);  // [WARPS][SEGC] fp32 ≤ the staging buffers
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (c < NC)
+#pragma unroll
+      for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
+  }
+  __syncthreads();
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * DIM + c0;
+  for (int k = threadIdx.x; k < SEGC; k += WARPS * 32) {
+    float t = red[k];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) t += red[w * SEGC + k];
+    out[k] = t;
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,31 @@
+// kiln/group_rms_norm_gate_args.h — kernel argument blocks of group RMSNorm × sigmoid gate forward/backward (template
+// and host). Token (b, s) of every tensor is the row at base + b·*_sb + s·*_ss (elements; last dim dense), so the
+// transposed [S, B, dim] and the plain [B, S, dim] layouts (and strided slices of either) are the same kernel.
+#pragma once
+
+namespace kiln {
+
+struct GroupNormGateFwdArgs {
+  const void* x; long long x_sb, x_ss;
+  const void* gate; long long g_sb, g_ss;
+  const void* w;
+  void* out; long long o_sb, o_ss;
+  int M;  // B·S tokens
+  int S;
+  float eps;
+};
+
+struct GroupNormGateBwdArgs {
+  const void* dy; long long dy_sb, dy_ss;  // out's layout
+  const void* x; long long x_sb, x_ss;
+  const void* gate; long long g_sb, g_ss;
+  const void* w;
+  void* dx; long long dx_sb, dx_ss;        // x's layout
+  void* dgate; long long dg_sb, dg_ss;     // gate's layout
+  float* partial;  // [gridDim.x, dim] fp32: one dweight slice per CTA column (CTA (x, seg) writes seg's channels)
+  int M;
+  int S;
+  float eps;
+};
+
+}  // namespace kiln

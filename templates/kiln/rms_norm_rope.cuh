@@ -1,0 +1,409 @@
+// kiln/rms_norm_rope.cuh — fused RMSNorm over the whole hidden dim + rotate-half RoPE per head, forward/backward.
+//
+//   forward (row (b, s) of HD = heads·D channels; pair i < D/2 of a head: channels i and i + D/2):
+//     r  = 1/sqrt(Σ_c x_c²/HD + eps),   n_c = x_c·r·w_c                    (fp32; n is not rounded)
+//     y_i = n_i·cos_i − n_{i+D/2}·sin_i,   y_{i+D/2} = n_i·sin_i + n_{i+D/2}·cos_i   (cos/sin row s, columns < D/2)
+//   backward (the rotation's adjoint, then RMSNorm's):
+//     gn_i = dy_i·cos_i + dy_{i+D/2}·sin_i,   gn_{i+D/2} = dy_{i+D/2}·cos_i − dy_i·sin_i
+//     P = Σ_c x_c·w_c·gn_c,   dx_c = r·w_c·gn_c − (r³/HD)·x_c·P,   dw_c = Σ_rows x_c·r·gn_c
+//
+// Work mapping. A row is cut into pair-chunks: E consecutive channels of a head's first half together with the E
+// channels D/2 further on (E = 16 bytes of T when D/2 allows it), so a lane holds both members of every pair it
+// rotates and no shuffles are needed. Lane l takes pair-chunks l, l + 32, …; the first halves a warp loads are
+// contiguous runs of D/2 channels, the second halves likewise: every 32-byte sector is used in full.
+// Forward: one warp per row, the row kept in registers between the Σx² reduction and the output pass (x read
+// once). Backward: a persistent grid; each warp walks rows with a fixed lane → column map, so it accumulates dw for
+// its columns in its own shared-memory slice without races; at the end the CTA adds its warps' slices in warp order
+// into partial[blockIdx.x], and dw_reduce_kernel adds the CTA slices in CTA order: deterministic, no atomics.
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/rms_norm_rope_args.h"
+#include "kiln/row_io.cuh"
+
+namespace kiln {
+
+template <int HD, int D, typename T>
+struct RopeLayout {
+  static_assert(D % 2 == 0 && HD % D == 0, "D even and dividing HD");
+  static constexpr int H2 = D / 2;
+  static constexpr int E = pow2_divisor(H2, 16 / static_cast<int>(sizeof(T)));  // channels per access
+  static constexpr int BYTES = E * static_cast<int>(sizeof(T));
+  static constexpr int PPH = H2 / E;         // pair-chunks per head
+  static constexpr int NP = HD / (2 * E);    // pair-chunks per row
+  static constexpr int STEPS = (NP + 31) / 32;
+  // First-half channel of pair-chunk p (its partner chunk starts H2 later) and its cos/sin column.
+  static __device__ __forceinline__ int chan(int p) {
+    const int h = p / PPH;
+    return h * D + (p - h * PPH) * E;
+  }
+  static __device__ __forceinline__ int col(int p) { return (p % PPH) * E; }
+};
+
+// cos/sin of one pair-chunk, kept as loaded (packed when 16-bit) and converted on use. When every step of a lane
+// lands on the same column (32 % PPH == 0, e.g. D = 128 in bf16: PPH = 8), the row's values are loaded once and
+// kept; otherwise per step.
+template <typename L, typename C>
+struct RopeTable {
+  static constexpr bool ONCE = 32 % L::PPH == 0;
+  static constexpr int E = L::E, CB = E * static_cast<int>(sizeof(C));
+  static constexpr int PARTS = CB > 16 ? CB / 16 : 1, PB = CB > 16 ? 16 : CB, PE = E / PARTS;
+  Raw<PB> c[PARTS], s[PARTS];
+  __device__ __forceinline__ void load(const C* cr, const C* sr, int p) {
+#pragma unroll
+    for (int j = 0; j < PARTS; ++j) {
+      c[j] = ld_raw<PB, false>(cr + L::col(p) + j * PE);
+      s[j] = ld_raw<PB, false>(sr + L::col(p) + j * PE);
+    }
+  }
+  __device__ __forceinline__ float cos_(int e) const { return raw_get<C>(c[e / PE], e % PE); }
+  __device__ __forceinline__ float sin_(int e) const { return raw_get<C>(s[e / PE], e % PE); }
+};
+
+// T: x/y dtype, W: weight dtype, C: cos/sin dtype. One warp per row; WARPS rows per CTA.
+template <int HD, int D, int WARPS, typename T, typename W, typename C>
+__global__ void __launch_bounds__(WARPS * 32) rms_norm_rope_fwd_kernel(const RmsNormRopeFwdArgs a) {
+  using L = RopeLayout<HD, D, T>;
+  constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
+  constexpr bool KEEP = STEPS * 2 * B <= 512;  // ≤ 128 registers of row data per lane
+  const int lane = threadIdx.x & 31;
+  const int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+  if (row >= a.M) return;
+  const int b = row / a.S, s = row - b * a.S;
+  const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
+  T* yr = static_cast<T*>(a.y) + b * a.y_sb + s * a.y_ss;
+  const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
+  const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
+
+  Raw<B> v1[KEEP ? STEPS : 1], v2[KEEP ? STEPS : 1];
+  float ss = 0.f;
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int p = st * 32 + lane;
+    if (p < NP) {
+      const int o = L::chan(p);
+      const Raw<B> r1 = ld_raw<B, KEEP>(xr + o), r2 = ld_raw<B, KEEP>(xr + o + H2);
+      if constexpr (KEEP) {
+        v1[st] = r1;
+        v2[st] = r2;
+      }
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float f1 = raw_get<T>(r1, e), f2 = raw_get<T>(r2, e);
+        ss = fmaf(f1, f1, ss);
+        ss = fmaf(f2, f2, ss);
+      }
+    }
+  }
+  RopeTable<L, C> tab;
+  if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
+  ss = warp_sum(ss);
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
+
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int p = st * 32 + lane;
+    if (p < NP) {
+      const int o = L::chan(p);
+      Raw<B> r1, r2;
+      if constexpr (KEEP) {
+        r1 = v1[st];
+        r2 = v2[st];
+        launder(r1);
+        launder(r2);
+      } else {
+        r1 = ld_raw<B, false>(xr + o);
+        r2 = ld_raw<B, false>(xr + o + H2);
+      }
+      if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+      float w1[E], w2[E], y1[E], y2[E];
+      load_f<W, E>(a.w, o, w1);
+      load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float n1 = raw_get<T>(r1, e) * r * w1[e], n2 = raw_get<T>(r2, e) * r * w2[e];
+        y1[e] = n1 * tab.cos_(e) - n2 * tab.sin_(e);
+        y2[e] = n1 * tab.sin_(e) + n2 * tab.cos_(e);
+      }
+      Raw<B> o1, o2;
+      raw_fill<T>(o1, y1);
+      raw_fill<T>(o2, y2);
+      st_raw(yr + o, o1);
+      st_raw(yr + o + H2, o2);
+    }
+  }
+}
+
+// Persistent grid; dynamic shared memory WARPS·HD floats (one dw slice per warp). Registers capped at 128 (16 warps
+// per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x and dy
+// from registers (≤ 64 per lane) instead of re-reading them (L1/L2 hits); it needs ~170 registers (at 128 it spills
+// ~100 bytes at Hd = 2048 bf16), so its cap is 12 warps per SM. A tuning choice; re-reading is the default.
+template <int HD, int D, int WARPS, bool KEEP_ROWS, typename T, typename W, typename C>
+__global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS ? 12 : 16) / WARPS > 0 ? (KEEP_ROWS ? 12 : 16) / WARPS : 1)
+    rms_norm_rope_bwd_kernel(
+    const RmsNormRopeBwdArgs a) {
+  using L = RopeLayout<HD, D, T>;
+  constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
+  constexpr bool KEEP = KEEP_ROWS && STEPS * 4 * B <= 256;
+  extern __shared__ __align__(16) float dws[];  // [WARPS][HD]
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  float* dw = dws + warp * HD;
+  for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
+  __syncwarp();
+
+  for (i64 row = static_cast<i64>(blockIdx.x) * WARPS + warp; row < a.M; row += static_cast<i64>(gridDim.x) * WARPS) {
+    const i64 b = row / a.S, s = row - b * a.S;
+    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
+    const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
+    const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
+    const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
+
+    Raw<B> x1v[KEEP ? STEPS : 1], x2v[KEEP ? STEPS : 1], g1v[KEEP ? STEPS : 1], g2v[KEEP ? STEPS : 1];
+    if constexpr (KEEP) {
+      // All loads of the row first: 4·STEPS independent loads in flight per lane.
+#pragma unroll
+      for (int st = 0; st < STEPS; ++st) {
+        const int p = st * 32 + lane;
+        if (p < NP) {
+          const int o = L::chan(p);
+          x1v[st] = ld_raw<B, true>(xr + o);
+          x2v[st] = ld_raw<B, true>(xr + o + H2);
+          g1v[st] = ld_raw<B, true>(gr + o);
+          g2v[st] = ld_raw<B, true>(gr + o + H2);
+        }
+      }
+    }
+    RopeTable<L, C> tab;
+    if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
+
+    float ss = 0.f, P = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (p < NP) {
+        const int o = L::chan(p);
+        Raw<B> x1, x2, g1, g2;
+        if constexpr (KEEP) {
+          x1 = x1v[st]; x2 = x2v[st]; g1 = g1v[st]; g2 = g2v[st];
+        } else {
+          x1 = ld_raw<B, false>(xr + o); x2 = ld_raw<B, false>(xr + o + H2);
+          g1 = ld_raw<B, false>(gr + o); g2 = ld_raw<B, false>(gr + o + H2);
+        }
+        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        float w1[E], w2[E];
+        load_f<W, E>(a.w, o, w1);
+        load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
+          ss = fmaf(xa, xa, ss);
+          ss = fmaf(xb, xb, ss);
+          P = fmaf(xa * w1[e], na, P);
+          P = fmaf(xb * w2[e], nb, P);
+        }
+      }
+    }
+    ss = warp_sum(ss);
+    P = warp_sum(P);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
+    // (P/HD)·r first: r³ alone underflows fp32 for rows of rms ≳ 1e13, while the product stays representable.
+    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (p < NP) {
+        const int o = L::chan(p);
+        Raw<B> x1, x2, g1, g2;
+        if constexpr (KEEP) {
+          x1 = x1v[st]; x2 = x2v[st]; g1 = g1v[st]; g2 = g2v[st];
+          launder(x1); launder(x2); launder(g1); launder(g2);
+        } else {
+          x1 = ld_raw<B, false>(xr + o); x2 = ld_raw<B, false>(xr + o + H2);
+          g1 = ld_raw<B, false>(gr + o); g2 = ld_raw<B, false>(gr + o + H2);
+        }
+        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        float w1[E], w2[E], d1[E], d2[E], a1[E], a2[E];
+        load_f<W, E>(a.w, o, w1);
+        load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
+          d1[e] = r * w1[e] * na - coef * xa;
+          d2[e] = r * w2[e] * nb - coef * xb;
+          a1[e] = xa * r * na;
+          a2[e] = xb * r * nb;
+        }
+        Raw<B> o1, o2;
+        raw_fill<T>(o1, d1);
+        raw_fill<T>(o2, d2);
+        st_raw(dxr + o, o1);
+        st_raw(dxr + o + H2, o2);
+        smem_add<E>(dw + o, a1);
+        smem_add<E>(dw + o + H2, a2);
+      }
+    }
+  }
+
+  __syncthreads();
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * HD;
+  for (int k = threadIdx.x; k < HD; k += WARPS * 32) {
+    float t = dws[k];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) t += dws[w * HD + k];
+    out[k] = t;
+  }
+}
+
+// ---- staged backward -----------------------------------------------------------------------------------------
+// The same math with the loads decoupled from the compute: each warp double-buffers its rows in shared memory,
+// copying row i+1 (x and dy, cp.async, 16-byte chunks) while it computes row i from the other buffer, so every warp
+// keeps a whole row (2·HD·sizeof(T) bytes) in flight at all times without holding it in registers. dw for the lane's
+// columns lives in registers (STEPS·2·E floats, ≤ 64); at the end the CTA adds its warps' dw in warp order through
+// the (then idle) staging buffers. Needs 16-byte pair-chunks (E·sizeof(T) = 16). Shared memory: WARPS·4·HD·sizeof(T).
+template <int HD, int D, typename T>
+struct RopeStaged {
+  using L = RopeLayout<HD, D, T>;
+  static constexpr bool OK = L::BYTES == 16 && L::STEPS * 2 * L::E <= 64;
+  static constexpr int smem_bytes(int warps) { return warps * 4 * HD * static_cast<int>(sizeof(T)); }
+};
+
+template <int HD, int D, int WARPS, typename T, typename W, typename C>
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+  using L = RopeLayout<HD, D, T>;
+  static_assert(RopeStaged<HD, D, T>::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
+  constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
+  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
+  constexpr int CH = HD / V;                            // chunks per row
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 4 * HD;  // [stage][x | dy][HD]
+
+  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
+  // Copies row `row` (if any) into stage `st`; always commits a group, so wait_group counts stay uniform.
+  auto issue = [&](i64 row, int st) {
+    if (row < a.M) {
+      const i64 b = row / a.S, s = row - b * a.S;
+      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
+      const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
+      T* xs = buf + (st * 2) * HD;
+      T* gs = xs + HD;
+#pragma unroll 4
+      for (int c = lane; c < CH; c += 32) {
+        cp_async16(xs + c * V, xr + c * V, true);
+        cp_async16(gs + c * V, gr + c * V, true);
+      }
+    }
+    cp_async_commit();
+  };
+
+  float dw1[STEPS][E], dw2[STEPS][E];
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+    for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
+
+  issue(first, 0);
+  int stage = 0;
+  for (i64 row = first; row < a.M; row += stride, stage ^= 1) {
+    issue(row + stride, stage ^ 1);
+    cp_async_wait<1>();  // this lane's copies of `row` have landed
+    __syncwarp();        // … and every other lane's
+    const i64 b = row / a.S, s = row - b * a.S;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
+    const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
+    const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
+    const T* xs = buf + (stage * 2) * HD;
+    const T* gs = xs + HD;
+    RopeTable<L, C> tab;
+    if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
+
+    float ss = 0.f, P = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (p < NP) {
+        const int o = L::chan(p);
+        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
+        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        float w1[E], w2[E];
+        load_f<W, E>(a.w, o, w1);
+        load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
+          ss = fmaf(xa, xa, ss);
+          ss = fmaf(xb, xb, ss);
+          P = fmaf(xa * w1[e], na, P);
+          P = fmaf(xb * w2[e], nb, P);
+        }
+      }
+    }
+    ss = warp_sum(ss);
+    P = warp_sum(P);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
+    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (p < NP) {
+        const int o = L::chan(p);
+        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
+        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        float w1[E], w2[E], d1[E], d2[E];
+        load_f<W, E>(a.w, o, w1);
+        load_f<W, E>(a.w, o + H2, w2);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
+          d1[e] = r * w1[e] * na - coef * xa;
+          d2[e] = r * w2[e] * nb - coef * xb;
+          dw1[st][e] = fmaf(xa * r, na, dw1[st][e]);
+          dw2[st][e] = fmaf(xb * r, nb, dw2[st][e]);
+        }
+        Raw<16> o1, o2;
+        raw_fill<T>(o1, d1);
+        raw_fill<T>(o2, d2);
+        st_raw(dxr + o, o1);
+        st_raw(dxr + o + H2, o2);
+      }
+    }
+    __syncwarp();  // every lane is done with this stage before the next iteration refills it
+  }
+  cp_async_wait<0>();  // the last (empty or out-of-range) group
+
+  // CTA sum of the warps' dw in warp order, through the staging buffers (WARPS·HD floats ≤ their size).
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem_raw);
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int p = st * 32 + lane;
+    if (p < NP) {
+      const int o = L::chan(p);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        red[warp * HD + o + e] = dw1[st][e];
+        red[warp * HD + o + H2 + e] = dw2[st][e];
+      }
+    }
+  }
+  __syncthreads();
+  float* out = a.partial + static_cast<i64>(blockIdx.x) * HD;
+  for (int k = threadIdx.x; k < HD; k += WARPS * 32) {
+    float t = red[k];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) t += red[w * HD + k];
+    out[k] = t;
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,228 @@
+// kiln/row_io.cuh — pieces shared by the row-wise norm families whose vector width depends on a feature dim
+// (rms_norm_rope, group_rms_norm_gate):
+//   * Raw<BYTES>: 2/4/8/16 bytes of a row held as loaded (packed 16-bit values stay packed: half the registers);
+//     ld_raw / st_raw move them with one instruction of exactly that width;
+//   * load_f<T, E>: E consecutive elements of type T as floats, with the widest loads that fit (16 bytes at most);
+//   * dw_reduce_kernel: the second stage of a deterministic weight-gradient reduction: out[j] = Σ_g Σ_f
+//     partial[g][f·NOUT + j] in a fixed order (g ascending within 32 slices, the slices summed in order).
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/dw_reduce_args.h"
+
+namespace kiln {
+
+template <typename A, typename B> struct IsSame { static constexpr bool value = false; };
+template <typename A> struct IsSame<A, A> { static constexpr bool value = true; };
+
+template <int BYTES>
+struct Raw {
+  static_assert(BYTES == 2 || BYTES == 4 || BYTES == 8 || BYTES == 16, "2, 4, 8 or 16 bytes");
+  u32 w[BYTES >= 4 ? BYTES / 4 : 1];
+};
+
+// STREAM: the bytes are read once (do not allocate in L1).
+template <int BYTES, bool STREAM>
+__device__ __forceinline__ Raw<BYTES> ld_raw(const void* p) {
+  Raw<BYTES> r;
+  if constexpr (BYTES == 16) {
+    if constexpr (STREAM)
+      asm volatile("ld.global.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];"
+                   : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
+    else
+      asm volatile("ld.global.v4.u32 {%0,%1,%2,%3}, [%4];"
+                   : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "l"(p));
+  } else if constexpr (BYTES == 8) {
+    if constexpr (STREAM)
+      asm volatile("ld.global.L1::no_allocate.v2.u32 {%0,%1}, [%2];" : "=r"(r.w[0]), "=r"(r.w[1]) : "l"(p));
+    else
+      asm volatile("ld.global.v2.u32 {%0,%1}, [%2];" : "=r"(r.w[0]), "=r"(r.w[1]) : "l"(p));
+  } else if constexpr (BYTES == 4) {
+    asm volatile("ld.global.u32 %0, [%1];" : "=r"(r.w[0]) : "l"(p));
+  } else {
+    u16 h;
+    asm volatile("ld.global.u16 %0, [%1];" : "=h"(h) : "l"(p));
+    r.w[0] = h;
+  }
+  return r;
+}
+
+template <int BYTES>
+__device__ __forceinline__ void st_raw(void* p, const Raw<BYTES>& r) {
+  if constexpr (BYTES == 16)
+    asm volatile("st.global.v4.u32 [%0], {%1,%2,%3,%4};" :: "l"(p), "r"(r.w[0]), "r"(r.w[1]), "r"(r.w[2]),
+                 "r"(r.w[3]) : "memory");
+  else if constexpr (BYTES == 8)
+    asm volatile("st.global.v2.u32 [%0], {%1,%2};" :: "l"(p), "r"(r.w[0]), "r"(r.w[1]) : "memory");
+  else if constexpr (BYTES == 4)
+    asm volatile("st.global.u32 [%0], %1;" :: "l"(p), "r"(r.w[0]) : "memory");
+  else
+    asm volatile("st.global.u16 [%0], %1;" :: "l"(p), "h"(static_cast<u16>(r.w[0])) : "memory");
+}
+
+// Makes the compiler forget what a Raw holds (no instruction is emitted). A row kept in registers between two passes
+// is laundered before the second, so the fp32 values the first pass unpacked are not kept alive instead (common
+// subexpression elimination would otherwise double the registers the row occupies).
+template <int BYTES>
+__device__ __forceinline__ void launder(Raw<BYTES>& r) {
+#pragma unroll
+  for (int i = 0; i < (BYTES >= 4 ? BYTES / 4 : 1); ++i) asm volatile("" : "+r"(r.w[i]));
+}
+
+// Element i of a Raw holding values of type T, as float; and the reverse.
+template <typename T, int BYTES>
+__device__ __forceinline__ float raw_get(const Raw<BYTES>& r, int i) {
+  if constexpr (sizeof(T) == 4) {
+    return __uint_as_float(r.w[i]);
+  } else {
+    const u32 word = r.w[i >> 1];
+    const u16 h = static_cast<u16>((i & 1) ? (word >> 16) : (word & 0xffffu));
+    return to_float(T{h});
+  }
+}
+template <typename T, int BYTES>
+__device__ __forceinline__ void raw_set(Raw<BYTES>& r, int i, float f) {
+  if constexpr (sizeof(T) == 4) {
+    r.w[i] = __float_as_uint(f);
+  } else {
+    const u32 b = from_float<T>(f).bits;
+    u32& word = r.w[i >> 1];
+    word = (i & 1) ? ((word & 0xffffu) | (b << 16)) : ((word & 0xffff0000u) | b);
+  }
+}
+
+// Elements i and i + 1 (i even) of a Raw holding 16-bit values, from two floats with one conversion.
+template <typename T, int BYTES>
+__device__ __forceinline__ void raw_set2(Raw<BYTES>& r, int i, float lo, float hi) {
+  if constexpr (sizeof(T) == 4) {
+    r.w[i] = __float_as_uint(lo);
+    r.w[i + 1] = __float_as_uint(hi);
+  } else if constexpr (IsSame<T, bf16>::value) {
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.w[i >> 1]) : "f"(hi), "f"(lo));
+  } else {
+    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r.w[i >> 1]) : "f"(hi), "f"(lo));
+  }
+}
+
+// E consecutive elements of type T at element offset k of `base` (the address aligned to min(16, E·sizeof(T))).
+template <typename T, int E>
+__device__ __forceinline__ void load_f(const void* base, i64 k, float (&out)[E]) {
+  constexpr int BYTES = E * static_cast<int>(sizeof(T));
+  const char* p = static_cast<const char*>(base) + k * static_cast<i64>(sizeof(T));
+  if constexpr (BYTES > 16) {
+    constexpr int PER = 16 / static_cast<int>(sizeof(T));
+#pragma unroll
+    for (int j = 0; j < BYTES / 16; ++j) {
+      const Raw<16> r = ld_raw<16, false>(p + j * 16);
+#pragma unroll
+      for (int i = 0; i < PER; ++i) out[j * PER + i] = raw_get<T>(r, i);
+    }
+  } else {
+    const Raw<BYTES> r = ld_raw<BYTES, false>(p);
+#pragma unroll
+    for (int i = 0; i < E; ++i) out[i] = raw_get<T>(r, i);
+  }
+}
+
+// Stores out[e] for e < E into a Raw of T (pairs converted together when E is even).
+template <typename T, int E, int B>
+__device__ __forceinline__ void raw_fill(Raw<B>& r, const float (&out)[E]) {
+  if constexpr (E % 2 == 0) {
+#pragma unroll
+    for (int e = 0; e < E; e += 2) raw_set2<T>(r, e, out[e], out[e + 1]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) raw_set<T>(r, e, out[e]);
+  }
+}
+
+// E fp32 values added to shared memory at p (p 4·E-byte aligned when E ≥ 4), with the widest accesses that fit.
+// With E = 8, lanes whose bit 2 is set take their second float4 first: when consecutive lanes own consecutive 32-byte
+// runs, the 8 lanes of a quarter-warp then hit 8 different 16-byte bank groups instead of 4 (no 2-way conflict).
+template <int E>
+__device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
+  if constexpr (E == 8) {
+    const int first = (threadIdx.x >> 2) & 1;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int j = 4 * (k ^ first);
+      float4 t = *reinterpret_cast<float4*>(p + j);
+      // v[j..j+3] with j runtime: select between the two halves without dynamic register indexing.
+      t.x += first ^ k ? v[4] : v[0];
+      t.y += first ^ k ? v[5] : v[1];
+      t.z += first ^ k ? v[6] : v[2];
+      t.w += first ^ k ? v[7] : v[3];
+      *reinterpret_cast<float4*>(p + j) = t;
+    }
+  } else if constexpr (E % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < E; j += 4) {
+      float4 t = *reinterpret_cast<float4*>(p + j);
+      t.x += v[j]; t.y += v[j + 1]; t.z += v[j + 2]; t.w += v[j + 3];
+      *reinterpret_cast<float4*>(p + j) = t;
+    }
+  } else if constexpr (E % 2 == 0) {
+#pragma unroll
+    for (int j = 0; j < E; j += 2) {
+      float2 t = *reinterpret_cast<float2*>(p + j);
+      t.x += v[j]; t.y += v[j + 1];
+      *reinterpret_cast<float2*>(p + j) = t;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < E; ++j) p[j] += v[j];
+  }
+}
+
+// ---- staging rows in shared memory (cp.async, sm_80+) ----------------------------------------------------------
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+// 16 bytes from shared memory. volatile: the second pass re-reads the row instead of the compiler keeping the first
+// pass's values alive in registers (which is what staging avoids).
+__device__ __forceinline__ Raw<16> lds16(const void* p) {
+  Raw<16> r;
+  const u32 a = static_cast<u32>(__cvta_generic_to_shared(p));
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "r"(a));
+  return r;
+}
+
+// The largest power of two dividing n, capped at `cap` (a power of two).
+__host__ __device__ constexpr int pow2_divisor(int n, int cap) {
+  int e = 1;
+  while (e < cap && n % (2 * e) == 0) e *= 2;
+  return e;
+}
+
+// Stage 2 of a deterministic weight gradient. partial: [G][FOLD·NOUT] fp32 (one row per CTA of stage 1);
+// out[j] = Σ_g Σ_f partial[g][f·NOUT + j]. A CTA of 1024 threads takes 32 output columns: warp ty sums rows
+// g ≡ ty (mod 32) of column tx in ascending g (a warp reads 128 contiguous bytes of a row), then the 32 slice sums
+// are added in ty order. A fixed order: the result does not depend on timing. Short per-thread chains (G/32 rows,
+// unrolled) keep it a ~1 µs tail after the main kernel.
+template <int NOUT, int FOLD, typename DW>
+__global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwReduceArgs a) {
+  constexpr int SLICES = kDwReduceThreads / 32;
+  __shared__ float slice[SLICES][33];
+  const float* __restrict__ partial = a.partial;
+  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
+  const int j = blockIdx.x * 32 + tx;
+  float s = 0.f;
+  if (j < NOUT) {
+#pragma unroll 4
+    for (int g = ty; g < a.G; g += SLICES) {
+      const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
+#pragma unroll
+      for (int f = 0; f < FOLD; ++f) s += row[f * NOUT + j];
+    }
+  }
+  slice[ty][tx] = s;
+  __syncthreads();
+  if (ty == 0 && j < NOUT) {
+    float t = slice[0][tx];
+#pragma unroll
+    for (int k = 1; k < SLICES; ++k) t += slice[k][tx];
+    static_cast<DW*>(a.dw)[j] = from_float<DW>(t);
+  }
+}
+
+}  // namespace kiln

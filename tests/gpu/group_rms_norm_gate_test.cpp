@@ -1,0 +1,355 @@
+// tests/gpu/group_rms_norm_gate_test.cpp — group_rms_norm_gate_fwd / _bwd on the GPU against the double reference.
+//
+// Tolerances. The GPU computes in fp32 and rounds once to the output dtype, so per element
+//   |got − ref| ≤ K·ulp_T(|ref|) + A·rms(ref row)
+// with K = 2, A = 1e-3 for bf16/fp16 (≤ ½ ulp of rounding; fp32 error in r and the group sums, the fast exp's ~2e-6)
+// and K = 64, A = 1e-6 for fp32 (the accurate exp; fp32 sums over a group). Relative L2: bf16 2.5e-3 (rounding alone
+// ≈1.6e-3), fp16 5e-4, fp32 2e-6. dweight: an fp32 sum over all tokens in a fixed order, relative L2 ≤ 1e-4, and runs
+// are bitwise reproducible. Outputs and guard zones are poisoned first.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kiln/ops/group_rms_norm_gate.hpp"
+#include "reference/group_rms_norm_gate.hpp"
+#include "test_util.hpp"
+
+namespace kiln::detail {
+void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
+                                    const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
+                                    const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+}  // namespace kiln::detail
+
+namespace kiln::test {
+namespace {
+
+std::string show(double v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.9g", v);
+  return b;
+}
+int mantissa_bits(DType d) { return d == DType::bf16 ? 7 : d == DType::f16 ? 10 : 23; }
+double ulp(DType d, double v) {
+  v = std::fabs(v);
+  if (v == 0 || !std::isfinite(v)) return 0;
+  return std::ldexp(1.0, std::ilogb(v) - mantissa_bits(d));
+}
+double rel_l2_tol(DType d) { return d == DType::bf16 ? 2.5e-3 : d == DType::f16 ? 5e-4 : 2e-6; }
+
+::testing::AssertionResult close_rows(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
+                                      int64_t rows, int64_t n, DType dtype) {
+  const double K = dtype == DType::f32 ? 64 : 2, A = dtype == DType::f32 ? 1e-6 : 1e-3;
+  std::vector<double> rms(rows, 0.0);
+  for (int64_t m = 0; m < rows; ++m) {
+    double s = 0;
+    int64_t cnt = 0;
+    for (int64_t c = 0; c < n; ++c)
+      if (std::isfinite(ref[m * n + c])) {
+        s += ref[m * n + c] * ref[m * n + c];
+        ++cnt;
+      }
+    rms[m] = cnt ? std::sqrt(s / cnt) : 0;
+  }
+  return all_equal(
+      what, rows * n,
+      [&](int64_t i) {
+        const double r = ref[i], g = got[i];
+        if (std::isnan(r)) return std::isnan(g);
+        if (std::isinf(r)) return g == r;
+        return std::fabs(g - r) <= K * ulp(dtype, r) + A * rms[i / n];
+      },
+      [&](int64_t i) {
+        return "[token " + std::to_string(i / n) + ", channel " + std::to_string(i % n) + "]: got " + show(got[i]) +
+               ", reference " + show(ref[i]) + " (row rms " + show(rms[i / n]) + ")";
+      });
+}
+
+std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev = 1.0f) {
+  std::vector<float> v = randn(n, seed, stddev);
+  round_to(dtype, v);
+  return v;
+}
+
+struct Case {
+  int64_t B, S, dim, G;
+  DType dtype = DType::bf16, w_dtype = DType::bf16;
+  bool transpose = true, shared = false;
+  int64_t pad = 0;            // extra elements after every row of every activation (strided views); multiple of 8
+  float x_scale = 1.0f, gate_scale = 2.0f;
+};
+
+std::string scale_name(const char* what, float s) {
+  if (s == 0) return std::string("_") + what + "0";
+  const int e = static_cast<int>(std::lround(std::log10(s)));
+  return std::string("_") + what + "E" + (e < 0 ? "m" : "") + std::to_string(std::abs(e));
+}
+std::string name(const Case& c) {
+  return "B" + std::to_string(c.B) + "_S" + std::to_string(c.S) + "_dim" + std::to_string(c.dim) + "_G" +
+         std::to_string(c.G) + "_" + std::string(dtype_name(c.dtype)) + "_w" + std::string(dtype_name(c.w_dtype)) +
+         (c.transpose ? "_T" : "_N") + (c.shared ? "_shared" : "") + (c.pad ? "_pad" + std::to_string(c.pad) : "") +
+         (c.x_scale != 1.0f ? scale_name("x", c.x_scale) : "") +
+         (c.gate_scale != 2.0f ? scale_name("gate", c.gate_scale) : "");
+}
+void PrintTo(const Case& c, std::ostream* os) { *os << name(c); }
+
+// Token-order host data ([M, dim], row m = b·S + s) and the device layouts of the case.
+struct Data {
+  Case c;
+  std::vector<float> x, gate, w, dy;
+  int64_t M() const { return c.B * c.S; }
+  int64_t rs() const { return c.dim + c.pad; }
+  int64_t wn() const { return c.shared ? c.dim / c.G : c.dim; }
+  // Row of token m in a tensor of x's layout (seq_first false) or gate's layout.
+  int64_t row(int64_t m, bool seq_first) const {
+    const int64_t b = m / c.S, s = m % c.S;
+    return seq_first ? s * c.B + b : b * c.S + s;
+  }
+  DeviceBuffer upload(Runtime& rt, const std::vector<float>& v, bool seq_first) const {
+    std::vector<float> p(static_cast<size_t>(std::max<int64_t>(M() * rs(), 1)), 1e30f);  // padding: poison values
+    for (int64_t m = 0; m < M(); ++m)
+      for (int64_t k = 0; k < c.dim; ++k) p[row(m, seq_first) * rs() + k] = v[m * c.dim + k];
+    round_to(c.dtype, p);
+    DeviceBuffer b(rt, p.size() * dtype_size(c.dtype));
+    b.poison();
+    b.upload(encode(c.dtype, p));
+    return b;
+  }
+  DeviceBuffer alloc(Runtime& rt) const {
+    DeviceBuffer b(rt, static_cast<size_t>(std::max<int64_t>(M() * rs(), 1)) * dtype_size(c.dtype));
+    b.poison();
+    return b;
+  }
+  TensorRef ref(const DeviceBuffer& b, bool seq_first) const {
+    TensorRef t = seq_first ? b.ref(c.dtype, {c.S, c.B, c.dim}) : b.ref(c.dtype, {c.B, c.S, c.dim});
+    t.strides = {(seq_first ? c.B : c.S) * rs(), rs(), 1};
+    return t;
+  }
+  std::vector<float> download(const DeviceBuffer& b, bool seq_first) const {
+    const std::vector<float> p =
+        decode(c.dtype, b.download<uint8_t>(static_cast<size_t>(M() * rs()) * dtype_size(c.dtype)));
+    std::vector<float> v(static_cast<size_t>(M() * c.dim));
+    for (int64_t m = 0; m < M(); ++m)
+      for (int64_t k = 0; k < c.dim; ++k) v[m * c.dim + k] = p[row(m, seq_first) * rs() + k];
+    return v;
+  }
+};
+
+Data make_data(const Case& c, uint64_t seed) {
+  Data d;
+  d.c = c;
+  d.x = random_values(c.B * c.S * c.dim, mix_seed({seed, 1}), c.dtype, c.x_scale);
+  d.gate = random_values(c.B * c.S * c.dim, mix_seed({seed, 2}), c.dtype, c.gate_scale);
+  d.w = random_values(d.wn(), mix_seed({seed, 3}), c.w_dtype, 0.5f);
+  d.dy = random_values(c.B * c.S * c.dim, mix_seed({seed, 4}), c.dtype);
+  return d;
+}
+
+constexpr float kEps = 1e-6f;
+
+class GroupRmsNormGateGpu : public GpuTest {
+ protected:
+  static GroupRmsNormGateOptions options(const Case& c) { return {static_cast<int>(c.G), kEps, c.transpose}; }
+  struct Fwd {
+    std::vector<float> out;
+    bool guards_ok = false;
+    uint64_t launches = 0;
+  };
+  static Fwd run_fwd(const Data& d) {
+    Runtime& r = rt();
+    const bool T = d.c.transpose;
+    DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), out = d.alloc(r);
+    DeviceBuffer w(r, std::max<int64_t>(d.wn(), 1) * dtype_size(d.c.w_dtype));
+    w.upload(encode(d.c.w_dtype, d.w));
+    const uint64_t before = r.stats().launches;
+    group_rms_norm_gate_fwd(r, d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}), d.ref(out, T),
+                            options(d.c), nullptr);
+    synchronize();
+    Fwd f;
+    f.launches = r.stats().launches - before;
+    f.out = d.download(out, T);
+    f.guards_ok = out.guards_intact();
+    return f;
+  }
+  struct Bwd {
+    std::vector<float> dx, dgate, dweight;
+    bool guards_ok = false;
+  };
+  // rows ≥ 0 forces the backward's config (0 re-read, 1 registers, 2 staged in shared memory; warps; segment groups).
+  static Bwd run_bwd(const Data& d, int64_t workspace_elems = -1, int rows = -1, int warps = 0, int seg = 0) {
+    Runtime& r = rt();
+    const bool T = d.c.transpose;
+    DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), dy = d.upload(r, d.dy, T);
+    DeviceBuffer dx = d.alloc(r), dgate = d.alloc(r);
+    DeviceBuffer w(r, std::max<int64_t>(d.wn(), 1) * dtype_size(d.c.w_dtype)), dw(r, d.wn() * 4);
+    DeviceBuffer ws(r, std::max<int64_t>(workspace_elems, 1) * 4);
+    w.upload(encode(d.c.w_dtype, d.w));
+    dw.poison();
+    ws.poison();
+    detail::group_rms_norm_gate_bwd_config(
+        r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}), d.ref(dx, false),
+        d.ref(dgate, T), dw.ref(DType::f32, {d.wn()}), options(d.c),
+        workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr, rows, warps, seg);
+    synchronize();
+    Bwd b;
+    b.dx = d.download(dx, false);
+    b.dgate = d.download(dgate, T);
+    b.dweight = dw.download<float>(d.wn());
+    b.guards_ok = dx.guards_intact() && dgate.guards_intact() && dw.guards_intact() && ws.guards_intact();
+    return b;
+  }
+};
+
+std::vector<Case> cases() {
+  using enum DType;
+  return {
+      {2, 4096, 2048, 4},                                      // the target (Ling-mini-2.0, linghe's bench)
+      {2, 4096, 2048, 4, bf16, bf16, false},                   // non-transposed gate/out
+      {2, 4096, 2048, 4, bf16, bf16, true, true},              // shared weight [dim/G]
+      {1, 1, 2048, 4},                                         // one token
+      {3, 37, 2048, 4},                                        // odd B and S (linghe's backward needs S % 8 == 0)
+      {2, 4095, 2048, 4, bf16, bf16, true, true},
+      {1, 4096, 4096, 4},                                      // linghe's second test shape (Qwen3-30B-A3B dims)
+      {2, 33, 1536, 4, bf16, bf16, true, true},                // d = 384 (HEAD's non-power-of-two test dim)
+      {2, 9, 16384, 128},                                      // DeepSeek-V3: 128 groups of 128, 8 segments
+      {2, 50, 2048, 4, f16, f16},
+      {2, 50, 2048, 4, f32, f32, false},
+      {2, 50, 2048, 4, bf16, f32},                             // fp32 weight
+      {3, 5, 40, 5, bf16, bf16, true, true},                   // d = 8
+      {3, 7, 18, 3, f32, f16, false, false},                   // d = 6 fp32: 8-byte chunks
+      {2, 31, 2048, 4, bf16, bf16, true, false, 64},           // strided rows everywhere
+      {2, 64, 2048, 4, bf16, bf16, true, false, 0, 1.0f, 1e4f},  // saturated gates (linghe's coef 1e4)
+      {2, 64, 2048, 4, bf16, bf16, true, false, 0, 1.0f, 0.0f},  // gate 0: σ = ½ (linghe's coef 0)
+      {2, 16, 2048, 4, bf16, bf16, true, false, 0, 1e17f},     // huge x (group Σx² ~ 5e36, finite in fp32)
+      {2, 16, 2048, 4, bf16, bf16, true, false, 0, 1e-20f},    // tiny x: eps dominates
+  };
+}
+
+class GroupRmsNormGateFwd : public GroupRmsNormGateGpu, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(GroupRmsNormGateFwd, MatchesReference) {
+  const Case c = GetParam();
+  const uint64_t seed = mix_seed({0x81, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
+                                  static_cast<uint64_t>(c.dim), static_cast<uint64_t>(c.G),
+                                  static_cast<uint64_t>(c.dtype), c.transpose, c.shared});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Data d = make_data(c, seed);
+  const Fwd f = run_fwd(d);
+  EXPECT_TRUE(f.guards_ok) << "written outside out";
+  const std::vector<double> want = ref::group_rms_norm_gate_fwd(d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+  EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype));
+  const double err = relative_l2(f.out, want);
+  EXPECT_LE(err, rel_l2_tol(c.dtype)) << "out relative L2";
+  RecordProperty("out_rel_l2", std::to_string(err));
+}
+
+class GroupRmsNormGateBwd : public GroupRmsNormGateGpu, public ::testing::WithParamInterface<Case> {};
+
+TEST_P(GroupRmsNormGateBwd, MatchesReference) {
+  const Case c = GetParam();
+  const uint64_t seed = mix_seed({0x82, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
+                                  static_cast<uint64_t>(c.dim), static_cast<uint64_t>(c.G),
+                                  static_cast<uint64_t>(c.dtype), c.transpose, c.shared});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const Data d = make_data(c, seed);
+  const Bwd b = run_bwd(d);
+  EXPECT_TRUE(b.guards_ok) << "written outside dx, dgate or dweight";
+  const ref::GroupRmsNormGateGrads g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+  EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype));
+  EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype));
+  const double dx_err = relative_l2(b.dx, g.dx), dg_err = relative_l2(b.dgate, g.dgate);
+  const double dw_err = relative_l2(b.dweight, g.dweight);
+  EXPECT_LE(dx_err, rel_l2_tol(c.dtype)) << "dx relative L2";
+  // dgate of saturated gates is ~0 where the reference is tiny but non-zero: the element-wise check above covers it.
+  if (c.gate_scale < 100) EXPECT_LE(dg_err, rel_l2_tol(c.dtype)) << "dgate relative L2";
+  EXPECT_LE(dw_err, 1e-4) << "dweight relative L2";
+  RecordProperty("dx_rel_l2", std::to_string(dx_err));
+  RecordProperty("dgate_rel_l2", std::to_string(dg_err));
+  RecordProperty("dweight_rel_l2", std::to_string(dw_err));
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, GroupRmsNormGateFwd, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return name(i.param); });
+INSTANTIATE_TEST_SUITE_P(Grid, GroupRmsNormGateBwd, ::testing::ValuesIn(cases()),
+                         [](const ::testing::TestParamInfo<Case>& i) { return name(i.param); });
+
+// Zero groups give r = 1/sqrt(eps) and out = 0; NaN in one group poisons that group only; inf gives r = 0, out = 0
+// except NaN (inf·0) at the inf.
+TEST_F(GroupRmsNormGateGpu, ZeroNanAndInfGroups) {
+  const Case c{1, 4, 2048, 4};
+  Data d = make_data(c, 0x83);
+  for (int64_t k = 0; k < 512; ++k) d.x[k] = 0.f;                 // token 0, group 0
+  d.x[1 * 2048 + 512 + 7] = std::numeric_limits<float>::quiet_NaN();  // token 1, group 1
+  d.x[2 * 2048 + 1500] = std::numeric_limits<float>::infinity();   // token 2, group 2
+  const Fwd f = run_fwd(d);
+  const std::vector<double> want = ref::group_rms_norm_gate_fwd(d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+  EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype));
+  for (int64_t k = 0; k < 512; ++k) EXPECT_EQ(f.out[k], 0.f) << k;
+  for (int64_t k = 0; k < 2048; ++k)  // only group 1 of token 1 is NaN
+    EXPECT_EQ(std::isnan(f.out[2048 + k]), k >= 512 && k < 1024) << k;
+  Data z = make_data(c, 0x84);
+  for (int64_t k = 0; k < 512; ++k) z.x[k] = 0.f;
+  const Bwd b = run_bwd(z);
+  const auto g = ref::group_rms_norm_gate_bwd(z.dy, z.x, z.gate, z.w, z.M(), c.dim, c.G, kEps);
+  EXPECT_TRUE(close_rows("dx", b.dx, g.dx, z.M(), c.dim, c.dtype));
+  EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, z.M(), c.dim, c.dtype));
+}
+
+TEST_F(GroupRmsNormGateGpu, EmptyInputs) {
+  for (const auto& [B, S] : {std::pair<int64_t, int64_t>{0, 16}, {2, 0}}) {
+    const Case c{B, S, 2048, 4};
+    const Data d = make_data(c, 0x85);
+    EXPECT_EQ(run_fwd(d).launches, 0u);
+    const Bwd b = run_bwd(d);
+    for (float v : b.dweight) EXPECT_EQ(v, 0.f);
+  }
+}
+
+// Every backward variant the tuner may pick (rows re-read / in registers / staged in shared memory, warps, segment
+// groups) against the reference.
+TEST_F(GroupRmsNormGateGpu, BackwardVariants) {
+  for (const Case& c : {Case{2, 777, 2048, 4}, Case{3, 37, 1536, 4, DType::f16, DType::f32, false, true, 64}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x88);
+    const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+    for (const auto& [rows, warps, seg] : {std::tuple{0, 8, 4}, {0, 4, 1}, {1, 8, 1}, {1, 8, 2}, {2, 8, 2}, {2, 4, 4},
+                                           {2, 8, 1}, {2, 1, 2}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
+      const Bwd b = run_bwd(d, -1, rows, warps, seg);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype));
+      EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype));
+      EXPECT_LE(relative_l2(b.dweight, g.dweight), 1e-4) << "dweight relative L2";
+    }
+  }
+}
+
+TEST_F(GroupRmsNormGateGpu, BackwardIsDeterministic) {
+  const Case c{2, 4096, 2048, 4};
+  const Data d = make_data(c, 0x86);
+  const Bwd a = run_bwd(d), b = run_bwd(d);
+  EXPECT_TRUE(bitwise_equal("dx", a.dx, b.dx));
+  EXPECT_TRUE(bitwise_equal("dgate", a.dgate, b.dgate));
+  EXPECT_TRUE(bitwise_equal("dweight", a.dweight, b.dweight));
+}
+
+TEST_F(GroupRmsNormGateGpu, ExplicitWorkspace) {
+  for (const Case& c : {Case{2, 300, 2048, 4}, Case{2, 300, 2048, 4, DType::bf16, DType::f32, true, true}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x87);
+    const int64_t elems = group_rms_norm_gate_bwd_workspace_elems(rt(), d.M(), c.dim, static_cast<int>(c.G));
+    ASSERT_GT(elems, 0);
+    const Bwd own = run_bwd(d), given = run_bwd(d, elems);
+    EXPECT_TRUE(given.guards_ok);
+    EXPECT_TRUE(bitwise_equal("dweight", given.dweight, own.dweight));
+    EXPECT_TRUE(bitwise_equal("dx", given.dx, own.dx));
+    EXPECT_TRUE(bitwise_equal("dgate", given.dgate, own.dgate));
+  }
+}
+
+}  // namespace
+}  // namespace kiln::test
