@@ -5,6 +5,7 @@
 #include <array>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <random>
 #include <vector>
 
@@ -482,7 +483,8 @@ struct RouterGemmBuffers {
 };
 
 // A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
-BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part) {
+BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
+                                   const RouterGemmConfig* force = nullptr) {
   static std::random_device rd;
   auto b = std::make_shared<RouterGemmBuffers>();
   const TensorRef x = TensorRef::contiguous(b->random(T * K, 1.0f, true, rd()), DType::bf16, {T, K});
@@ -493,7 +495,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   if (part == "fwd") {
     const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});
     inst.bytes = static_cast<uint64_t>(T * K * 2 + E * K * 2 + T * E * 4);
-    inst.run = [=](Stream s) { router_gemm_fp32_fwd(*r, x, w, y, s); };
+    const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
+    inst.run = [=](Stream s) { router_gemm_fp32_fwd_config(*r, x, w, y, cfg ? &*cfg : nullptr, s); };
     inst.outputs = {y};
     return inst;
   }
@@ -501,13 +504,18 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   const bool want_dx = part != "dw", want_dw = part != "dx";
   const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
-  const int64_t ws_elems = want_dw ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  // A forced config brings its own split plan: kiln allocates the workspace (stream-ordered) then.
+  const int64_t ws_elems = want_dw && !force ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
+  const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
   inst.bytes = static_cast<uint64_t>(T * E * 4 + E * K * 2 + (want_dx ? T * K * 2 : 0) +
                                      (want_dw ? T * K * 2 + E * K * 4 : 0));
-  inst.run = [=](Stream s) { router_gemm_fp32_bwd(*r, g, x, w, dx, dw, ws, s); };
+  inst.run = [=](Stream s) {
+    const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
+    router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, want_dx ? c : nullptr, want_dx ? nullptr : c, s);
+  };
   if (want_dx) inst.outputs.push_back(dx);
   if (want_dw) inst.outputs.push_back(dw);
   return inst;
