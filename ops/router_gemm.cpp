@@ -20,8 +20,9 @@ namespace detail {
 // Internal entry points with a forced tile config (a search-space point; null = the tuned default). Tests use them to
 // check every point the tuner may pick; the public ops call them with null.
 using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
+// variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
 void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
-                                 const RouterGemmConfig* force, Stream stream);
+                                 int variant, const RouterGemmConfig* force, Stream stream);
 void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
                                  const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw, Stream stream);
@@ -30,7 +31,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 namespace {
 using namespace detail;
 
-enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3 };
+enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4 };
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
 
@@ -47,6 +48,12 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
+  if (s.kernel == kFwd90) {
+    source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES]);
+    return;
+  }
   if (s.kernel == kDwReduce) {
     name = "kiln::router_gemm_dw_reduce_kernel<4>";
     return;
@@ -60,6 +67,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
+  if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
+    const int bm = s.config[C_BM];
+    const int e = static_cast<int>(s.params[P_E]);
+    const int stage = bm * 128 + static_cast<int>(round_up(e * 128, 1024));
+    return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
+  }
   const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
   int a = 0, b = 0, out_elem = 4;
   switch (s.kernel) {
@@ -88,6 +101,11 @@ bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
+  if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, one or two warpgroups of 64 tokens, K chunks of 64
+    return s.arch.sm == 90 && s.arch.suffix == 'a' && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) &&
+           c[C_BM] == 64 * c[C_WM] && c[C_BN] == E && c[C_BK] == 64 && c[C_WN] == 1 && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+  }
   const int bm = c[C_BM], bn = c[C_BN], bk = c[C_BK], wm = c[C_WM], wn = c[C_WN], stages = c[C_STAGES];
   if (bm <= 0 || bn <= 0 || bk <= 0 || wm <= 0 || wn <= 0 || stages < 2 || stages > 8) return false;
   if (bm % (wm * 16) != 0 || bn % (wn * 16) != 0 || bk % 16 != 0) return false;
@@ -108,7 +126,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce"},
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -141,6 +159,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
+    case kFwd90:
+      set_config(s, 64, static_cast<int>(E), 64, 1, 1, 4);
+      break;
     case kFwd: {
       const int wn = E > 128 ? 4 : 2, wm = 8 / wn;
       const int bn = static_cast<int>(std::min<int64_t>(round_up(E, wn * 16), 256));
@@ -183,6 +204,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
+    case kFwd90:
+      for (int nwg : {1, 2})
+        for (int stages : {3, 4, 5, 6}) {
+          set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, 1, stages);
+          add(s);
+        }
+      break;
     case kFwd: {
       const int bn_full = def.config[C_BN];
       set_config(s, 64, bn_full, 64, 2, 4, 3);
@@ -216,10 +244,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   }
 }
 
+bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
+
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
   const int64_t K = m.hidden_size, E = m.num_experts;
   if (E <= 0 || K < kMinK || K > kMaxK || K % 8 != 0 || E < kMinE || E > kMaxE || E % 8 != 0) return;
   for (uint32_t k : {kFwd, kDx, kDw, kDwReduce}) out.push_back(spec(arch, k, K, E));
+  if (has_wgmma(arch) && E <= 256) out.push_back(spec(arch, kFwd90, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -344,7 +375,7 @@ Specialization pick(Runtime& rt, const Check& ck, Specialization s, int64_t T, c
 }  // namespace
 
 void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
-                                         const RouterGemmConfig* force, Stream stream) {
+                                         int variant, const RouterGemmConfig* force, Stream stream) {
   const Check ck{"router_gemm_fp32_fwd"};
   const Rows xr = check_x(ck, x);
   const int64_t K = xr.cols, T = xr.rows;
@@ -353,20 +384,25 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (T == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = pick(rt, ck, spec(impl.target_arch(), kFwd, K, E), T, force);
+  const Arch arch = impl.target_arch();
+  // The mma.sync kernel until the wgmma kernel has been measured on the H100 (both are tested there).
+  if (variant < 0) variant = 0;
+  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
+    ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kFwd90 : kFwd, K, E), T, force);
   const RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
                             static_cast<int>(T)};
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
-  d.grid[1] = static_cast<unsigned>((E + s.config[C_BN] - 1) / s.config[C_BN]);
-  d.block[0] = static_cast<unsigned>(threads(s));
+  d.grid[1] = s.kernel == kFwd90 ? 1u : static_cast<unsigned>((E + s.config[C_BN] - 1) / s.config[C_BN]);
+  d.block[0] = static_cast<unsigned>(s.kernel == kFwd90 ? 128 * s.config[C_WM] : threads(s));
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);
 }
 
 void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
                           Stream stream) {
-  detail::router_gemm_fp32_fwd_config(rt, x, w, logits, nullptr, stream);
+  detail::router_gemm_fp32_fwd_config(rt, x, w, logits, -1, nullptr, stream);
 }
 
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
@@ -492,11 +528,12 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   BenchInstance inst;
   inst.keepalive = b;
   Runtime* r = &rt;
-  if (part == "fwd") {
+  if (part == "fwd" || part == "fwd_sm90") {
+    const int variant = part == "fwd" ? -1 : 1;
     const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});
     inst.bytes = static_cast<uint64_t>(T * K * 2 + E * K * 2 + T * E * 4);
     const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
-    inst.run = [=](Stream s) { router_gemm_fp32_fwd_config(*r, x, w, y, cfg ? &*cfg : nullptr, s); };
+    inst.run = [=](Stream s) { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); };
     inst.outputs = {y};
     return inst;
   }
@@ -525,7 +562,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd", "dx", "dw", "dw"};
+  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

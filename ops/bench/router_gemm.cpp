@@ -28,6 +28,13 @@ constexpr std::array<std::array<int32_t, 6>, 6> kFwdSweep = {{{64, 256, 64, 2, 4
                                                               {128, 256, 32, 4, 2, 4},
                                                               {64, 128, 64, 2, 4, 4},
                                                               {64, 256, 32, 2, 4, 6}}};
+// The sm_90a wgmma forward: one or two warpgroups of 64 tokens, 3–6 stages.
+constexpr std::array<std::array<int32_t, 6>, 6> kFwd90Sweep = {{{64, 256, 64, 1, 1, 4},
+                                                                {64, 256, 64, 1, 1, 3},
+                                                                {64, 256, 64, 1, 1, 5},
+                                                                {64, 256, 64, 1, 1, 6},
+                                                                {128, 256, 64, 2, 1, 3},
+                                                                {128, 256, 64, 2, 1, 4}}};
 constexpr std::array<std::array<int32_t, 6>, 6> kDxSweep = {{{128, 128, 32, 8, 1, 3},
                                                              {128, 128, 32, 8, 1, 4},
                                                              {64, 128, 32, 4, 1, 4},
@@ -55,6 +62,8 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
+    cases.push_back({"router_gemm_sweep_fwd_sm90", shape + " default",
+                     [K](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, "fwd_sm90"); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
@@ -63,6 +72,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd", kFwdSweep);
+  add_sweep(cases, "fwd_sm90", kFwd90Sweep);
   add_sweep(cases, "dx", kDxSweep);
   add_sweep(cases, "dw", kDwSweep);
 });

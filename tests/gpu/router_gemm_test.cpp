@@ -25,13 +25,14 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "reference/router_gemm.hpp"
 #include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "runtime/specialization.hpp"
 #include "test_util.hpp"
 
 namespace kiln::detail {
 using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
 void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
-                                 const RouterGemmConfig* force, Stream stream);
+                                 int variant, const RouterGemmConfig* force, Stream stream);
 void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
                                  const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw, Stream stream);
@@ -125,7 +126,8 @@ class RouterGemmTest : public GpuTest {
   };
   // x [T, K] (row stride x_ld ≥ K), w [E, K]; logits [T, E] with row stride y_ld ≥ E.
   static Fwd run_fwd(const std::vector<float>& x, const std::vector<float>& w, int64_t T, int64_t K, int64_t E,
-                     const detail::RouterGemmConfig* cfg = nullptr, int64_t x_ld = 0, int64_t y_ld = 0) {
+                     const detail::RouterGemmConfig* cfg = nullptr, int64_t x_ld = 0, int64_t y_ld = 0,
+                     int variant = -1) {
     Runtime& r = rt();
     if (x_ld == 0) x_ld = K;
     if (y_ld == 0) y_ld = E;
@@ -138,7 +140,8 @@ class RouterGemmTest : public GpuTest {
     const uint64_t before = r.stats().launches;
     detail::router_gemm_fp32_fwd_config(r, TensorRef::strided_2d(xb.data(), DType::bf16, T, K, x_ld),
                                         wb.ref(DType::bf16, {E, K}),
-                                        TensorRef::strided_2d(yb.data(), DType::f32, T, E, y_ld), cfg, nullptr);
+                                        TensorRef::strided_2d(yb.data(), DType::f32, T, E, y_ld), variant, cfg,
+                                        nullptr);
     synchronize();
     Fwd f;
     f.launches = r.stats().launches - before;
@@ -281,6 +284,56 @@ TEST_F(RouterGemmTest, Fwd3dEqualsFlat) {
   const std::vector<float> y3 = yb.download<float>(T * E);
   const Fwd flat = run_fwd(x, w, T, K, E);
   EXPECT_TRUE(bitwise_equal("logits 3-D vs 2-D", y3, flat.y));
+}
+
+// ---- the sm_90a wgmma forward ------------------------------------------------------------------------------------
+
+bool device_has_wgmma(Runtime& r) { return r.impl().device().arch.sm == 90; }
+
+class RouterGemmFwdSm90 : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmFwdSm90, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  if (E > 256) GTEST_SKIP();
+  const uint64_t seed = mix_seed({0x9b, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/1);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
+  EXPECT_TRUE(r);
+  RecordProperty("result", r.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdSm90, ::testing::ValuesIn(shapes()), shape_name);
+
+TEST_F(RouterGemmTest, FwdSm90EveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    for (const auto& c : space(4, K, E)) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 1);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+  }
+}
+
+TEST_F(RouterGemmTest, FwdSm90StridedRows) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 300, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 1);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
 }
 
 // NaN and ±inf in x propagate like IEEE arithmetic; large and small magnitudes keep their relative accuracy.
