@@ -25,13 +25,14 @@ void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRe
                                  int variant, const RouterGemmConfig* force, Stream stream);
 void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                 const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw, Stream stream);
+                                 int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
+                                 Stream stream);
 }  // namespace detail
 
 namespace {
 using namespace detail;
 
-enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4 };
+enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6 };
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
 
@@ -46,12 +47,26 @@ int smem_limit(Arch a) {
 
 int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
+// wgmma (warpgroup MMA) exists on sm_90a only.
+bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
   if (s.kernel == kFwd90) {
     source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
     name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                        s.config[C_WM], s.config[C_STAGES]);
+    return;
+  }
+  if (s.kernel == kDx90 || s.kernel == kDw90) {
+    source = "#include \"kiln/router_gemm_bwd_sm90.cuh\"\n";
+    const auto& c = s.config;
+    if (s.kernel == kDx90)
+      name = fmt::format("kiln::router_gemm_dx_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E], c[C_BN],
+                         c[C_WM], c[C_STAGES]);
+    else
+      name = fmt::format("kiln::router_gemm_dw_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         c[C_BN], c[C_WM], c[C_WN], c[C_STAGES]);
     return;
   }
   if (s.kernel == kDwReduce) {
@@ -73,6 +88,11 @@ int smem_bytes(const Specialization& s) {
     const int stage = bm * 128 + static_cast<int>(round_up(e * 128, 1024));
     return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
   }
+  if (s.kernel == kDx90 || s.kernel == kDw90) {  // slack + ring (fp32 g tile, bf16 operand tile) + hi/lo ×2 buffers
+    const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
+    const int ring = stages * (bk * bm * 4 + bk * bn * 2), cvt = 4 * bk * bm * 2;
+    return 1024 + std::max(ring + cvt, bm * (bn + 8) * (s.kernel == kDx90 ? 2 : 4));
+  }
   const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
   int a = 0, b = 0, out_elem = 4;
   switch (s.kernel) {
@@ -92,7 +112,11 @@ int smem_bytes(const Specialization& s) {
   return std::max(stages * (a + b), bm * (bn + 8) * out_elem);
 }
 
-int threads(const Specialization& s) { return s.config[C_WM] * s.config[C_WN] * 32; }
+// CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
+int threads(const Specialization& s) {
+  const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
+  return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
+}
 
 // A config is valid when the warp grid tiles the CTA tile with m16 × (2 × n8) MMA fragments, the accumulators fit
 // (≤ 128 fp32 registers a thread), the CTA has 2–16 warps, shared memory fits, and no CTA column/row block is
@@ -101,6 +125,14 @@ bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
+  if (s.kernel == kDx90 || s.kernel == kDw90) {  // wgmma backward: sm_90a; wm = warpgroups, wn = m64 blocks each
+    const bool dx = s.kernel == kDx90;
+    const int nwg = c[C_WM], mt = c[C_WN];
+    return has_wgmma(s.arch) && (c[C_BN] == 64 || c[C_BN] == 128 || c[C_BN] == 256) && nwg >= 1 && nwg <= 4 &&
+           (dx ? (mt == 1 && nwg <= 2 && c[C_BK] == 64) : (mt >= 1 && mt <= 2 && c[C_BK] == 32)) &&
+           c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
+           (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
+  }
   if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, one or two warpgroups of 64 tokens, K chunks of 64
     return s.arch.sm == 90 && s.arch.suffix == 'a' && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) &&
            c[C_BM] == 64 * c[C_WM] && c[C_BN] == E && c[C_BK] == 64 && c[C_WN] == 1 && c[C_STAGES] >= 2 &&
@@ -126,7 +158,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90"},
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -162,6 +194,15 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
     case kFwd90:
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 4);
       break;
+    case kDx90:  // two warpgroups × 64 tokens × 256 columns, two stages (the hi/lo tiles fill the rest)
+      set_config(s, 128, 256, 64, 2, 1, 2);
+      break;
+    case kDw90: {  // every expert in one CTA: 64-expert blocks over ≤ 4 warpgroups (two blocks each when even)
+      const int blocks = static_cast<int>((std::min<int64_t>(E, 256) + 63) / 64);
+      const int mt = blocks % 2 == 0 ? 2 : 1, nwg = blocks / mt;
+      set_config(s, 64 * blocks, 128, 32, nwg, mt, 3);
+      break;
+    }
     case kFwd: {
       const int wn = E > 128 ? 4 : 2, wm = 8 / wn;
       const int bn = static_cast<int>(std::min<int64_t>(round_up(E, wn * 16), 256));
@@ -211,6 +252,25 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           add(s);
         }
       break;
+    case kDx90:
+      for (int bn : {256, 128})
+        for (int nwg : {2, 1})
+          for (int stages : {2, 3, 4}) {
+            set_config(s, 64 * nwg, bn, 64, nwg, 1, stages);
+            add(s);
+          }
+      break;
+    case kDw90: {
+      const int bm = def.config[C_BM];
+      for (int bn : {128, 64, 256})
+        for (int mt : {1, 2})
+          for (int stages : {3, 2, 4}) {
+            if ((bm / 64) % mt != 0) continue;
+            set_config(s, bm, bn, 32, bm / 64 / mt, mt, stages);
+            add(s);
+          }
+      break;
+    }
     case kFwd: {
       const int bn_full = def.config[C_BN];
       set_config(s, 64, bn_full, 64, 2, 4, 3);
@@ -244,13 +304,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   }
 }
 
-bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
-
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
   const int64_t K = m.hidden_size, E = m.num_experts;
   if (E <= 0 || K < kMinK || K > kMaxK || K % 8 != 0 || E < kMinE || E > kMaxE || E % 8 != 0) return;
   for (uint32_t k : {kFwd, kDx, kDw, kDwReduce}) out.push_back(spec(arch, k, K, E));
-  if (has_wgmma(arch) && E <= 256) out.push_back(spec(arch, kFwd90, K, E));
+  if (has_wgmma(arch) && E <= 256)
+    for (uint32_t k : {kFwd90, kDx90, kDw90}) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -395,7 +454,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
   d.grid[1] = s.kernel == kFwd90 ? 1u : static_cast<unsigned>((E + s.config[C_BN] - 1) / s.config[C_BN]);
-  d.block[0] = static_cast<unsigned>(s.kernel == kFwd90 ? 128 * s.config[C_WM] : threads(s));
+  d.block[0] = static_cast<unsigned>(threads(s));
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);
 }
@@ -413,8 +472,8 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
 
 void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                          const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                         const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
-                                         Stream stream) {
+                                         int variant, const RouterGemmConfig* force_dx,
+                                         const RouterGemmConfig* force_dw, Stream stream) {
   const Check ck{"router_gemm_fp32_bwd"};
   const Rows xr = check_x(ck, x);
   const int64_t K = xr.cols, T = xr.rows;
@@ -428,8 +487,12 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
+  // The mma.sync kernels until the wgmma ones have been measured on the H100 (both are tested there).
+  if (variant < 0) variant = 0;
+  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
+    ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (dx.defined() && T > 0) {
-    const Specialization s = pick(rt, ck, spec(arch, kDx, K, E), T, force_dx);
+    const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDx90 : kDx, K, E), T, force_dx);
     const RouterGemmDxArgs a{static_cast<const float*>(g.data), gr.stride, w.data, dx.data, dxr.stride,
                              static_cast<int>(T)};
     LaunchDims d;
@@ -441,7 +504,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   }
   if (!dw.defined()) return;
 
-  const Specialization s = pick(rt, ck, spec(arch, kDw, K, E), T, force_dw);
+  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDw90 : kDw, K, E), T, force_dw);
   const DwPlan plan = T > 0 ? dw_plan(s, T, sm_count(rt)) : DwPlan{};
   if (plan.workspace_elems > 0 && workspace.defined() && workspace.numel() < plan.workspace_elems)
     ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
@@ -479,7 +542,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
 void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
                           const TensorRef& dw, const TensorRef& workspace, Stream stream) {
-  detail::router_gemm_fp32_bwd_config(rt, g, x, w, dx, dw, workspace, nullptr, nullptr, stream);
+  detail::router_gemm_fp32_bwd_config(rt, g, x, w, dx, dw, workspace, -1, nullptr, nullptr, stream);
 }
 
 // ---- tuner and bench instances -------------------------------------------------------------------------------
@@ -538,11 +601,13 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     return inst;
   }
   const TensorRef g = TensorRef::contiguous(b->random(T * E, 1e-3f, false, rd()), DType::f32, {T, E});
-  const bool want_dx = part != "dw", want_dw = part != "dx";
+  const bool sm90 = part.ends_with("_sm90");
+  const std::string base_part = sm90 ? part.substr(0, part.size() - 5) : part;
+  const bool want_dx = base_part != "dw", want_dw = base_part != "dx";
   const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
   // A forced config brings its own split plan: kiln allocates the workspace (stream-ordered) then.
-  const int64_t ws_elems = want_dw && !force ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  const int64_t ws_elems = want_dw && !force && !sm90 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
@@ -551,7 +616,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                      (want_dw ? T * K * 2 + E * K * 4 : 0));
   inst.run = [=](Stream s) {
     const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
-    router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, want_dx ? c : nullptr, want_dx ? nullptr : c, s);
+    router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, sm90 ? 1 : -1, want_dx ? c : nullptr, want_dx ? nullptr : c,
+                                s);
   };
   if (want_dx) inst.outputs.push_back(dx);
   if (want_dw) inst.outputs.push_back(dw);
@@ -562,7 +628,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90"};
+  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

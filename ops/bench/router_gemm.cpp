@@ -35,6 +35,17 @@ constexpr std::array<std::array<int32_t, 6>, 6> kFwd90Sweep = {{{64, 256, 64, 1,
                                                                 {64, 256, 64, 1, 1, 6},
                                                                 {128, 256, 64, 2, 1, 3},
                                                                 {128, 256, 64, 2, 1, 4}}};
+// The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
+constexpr std::array<std::array<int32_t, 6>, 5> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
+                                                               {128, 128, 64, 2, 1, 3},
+                                                               {128, 128, 64, 2, 1, 2},
+                                                               {64, 256, 64, 1, 1, 3},
+                                                               {64, 128, 64, 1, 1, 4}}};
+constexpr std::array<std::array<int32_t, 6>, 5> kDw90Sweep = {{{256, 128, 32, 2, 2, 3},
+                                                               {256, 128, 32, 4, 1, 3},
+                                                               {256, 64, 32, 4, 1, 4},
+                                                               {256, 256, 32, 4, 1, 2},
+                                                               {256, 128, 32, 2, 2, 2}}};
 constexpr std::array<std::array<int32_t, 6>, 6> kDxSweep = {{{128, 128, 32, 8, 1, 3},
                                                              {128, 128, 32, 8, 1, 4},
                                                              {64, 128, 32, 4, 1, 4},
@@ -62,8 +73,9 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    cases.push_back({"router_gemm_sweep_fwd_sm90", shape + " default",
-                     [K](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, "fwd_sm90"); }});
+    for (const char* part : {"fwd_sm90", "bwd_sm90"})
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
+                       [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
@@ -73,6 +85,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd", kFwdSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);
+  add_sweep(cases, "dx_sm90", kDx90Sweep);
+  add_sweep(cases, "dw_sm90", kDw90Sweep);
   add_sweep(cases, "dx", kDxSweep);
   add_sweep(cases, "dw", kDwSweep);
 });

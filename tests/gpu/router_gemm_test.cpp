@@ -35,7 +35,8 @@ void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRe
                                  int variant, const RouterGemmConfig* force, Stream stream);
 void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                 const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw, Stream stream);
+                                 int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
+                                 Stream stream);
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -166,7 +167,7 @@ class RouterGemmTest : public GpuTest {
   static Bwd run_bwd(const std::vector<float>& g, const std::vector<float>& x, const std::vector<float>& w, int64_t T,
                      int64_t K, int64_t E, bool want_dx = true, bool want_dw = true,
                      const detail::RouterGemmConfig* cfg_dx = nullptr, const detail::RouterGemmConfig* cfg_dw = nullptr,
-                     bool user_workspace = false) {
+                     bool user_workspace = false, int variant = 0) {
     Runtime& r = rt();
     DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
     DeviceBuffer dxb(r, std::max<int64_t>(T * K, 1) * 2), dwb(r, E * K * 4);
@@ -178,7 +179,7 @@ class RouterGemmTest : public GpuTest {
     detail::router_gemm_fp32_bwd_config(
         r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
         want_dx ? dxb.ref(DType::bf16, {T, K}) : TensorRef{}, want_dw ? dwb.ref(DType::f32, {E, K}) : TensorRef{},
-        user_workspace ? wsb.ref(DType::f32, {ws_elems}) : TensorRef{}, cfg_dx, cfg_dw, nullptr);
+        user_workspace ? wsb.ref(DType::f32, {ws_elems}) : TensorRef{}, variant, cfg_dx, cfg_dw, nullptr);
     synchronize();
     Bwd b;
     if (want_dx) b.dx = download(dxb, DType::bf16, T * K);
@@ -392,7 +393,7 @@ TEST_F(RouterGemmTest, BwdIsDeterministic) {
   const std::vector<float> w = bf16_values(E * K, mix_seed({0xa2}), 0.02f);
   const std::vector<float> g = randn(T * E, mix_seed({0xa3}), 1e-4f);
   const Bwd a = run_bwd(g, x, w, T, K, E);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
   EXPECT_TRUE(b.guards_ok);
   EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
   EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
@@ -432,6 +433,74 @@ TEST_F(RouterGemmTest, BwdEveryConfig) {
       EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
     }
   }
+}
+
+// ---- the sm_90a wgmma backward -----------------------------------------------------------------------------------
+
+class RouterGemmBwdSm90 : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmBwdSm90, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  const uint64_t seed = mix_seed({0xc0, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/1);
+  EXPECT_TRUE(b.guards_ok) << "written outside dx, dw or the workspace";
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const auto rdx = close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); });
+  EXPECT_TRUE(rdx);
+  const auto rdw = close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); });
+  EXPECT_TRUE(rdw);
+  RecordProperty("dx", rdx.message());
+  RecordProperty("dw", rdw.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdSm90, ::testing::ValuesIn(shapes()), shape_name);
+
+TEST_F(RouterGemmTest, BwdSm90EveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0xc1, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0xc2, static_cast<uint64_t>(E)}), 0.02f);
+    const std::vector<float> g = randn(T * E, mix_seed({0xc3, static_cast<uint64_t>(E)}), 1e-4f);
+    const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+    const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+    for (const auto& c : space(5, K, E)) {
+      SCOPED_TRACE("dx_sm90 " + fmt_config(c) + " E=" + std::to_string(E));
+      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr, false, 1);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+    }
+    for (const auto& c : space(6, K, E)) {
+      SCOPED_TRACE("dw_sm90 " + fmt_config(c) + " E=" + std::to_string(E));
+      const Bwd b = run_bwd(g, x, w, T, K, E, false, true, nullptr, &c, false, 1);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+    }
+  }
+}
+
+// The wgmma backward reduces in a fixed order too: bitwise repeatable, and non-finite g propagates.
+TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 4096, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xc4}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xc5}), 0.02f);
+  std::vector<float> g = randn(T * E, mix_seed({0xc6}), 1e-4f);
+  g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
+  g[50 * E + 100] = std::numeric_limits<float>::infinity();
+  const Bwd a = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
+  EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  EXPECT_TRUE(close_to("dx", a.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", a.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
 }
 
 // g with NaN / ±inf, and g at the scales gradients take (tiny and large).
