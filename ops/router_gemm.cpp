@@ -54,8 +54,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
   if (s.kernel == kFwd90) {
     source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES]);
+    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN]);
     return;
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {
@@ -133,9 +133,9 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, one or two warpgroups of 64 tokens, K chunks of 64
-    return s.arch.sm == 90 && s.arch.suffix == 'a' && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_BM] == 64 * c[C_WM] && c[C_BN] == E && c[C_BK] == 64 && c[C_WN] == 1 && c[C_STAGES] >= 2 &&
+  if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
+    return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
+           c[C_BN] == E && c[C_BK] == 64 && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
   }
   const int bm = c[C_BM], bn = c[C_BN], bk = c[C_BK], wm = c[C_WM], wn = c[C_WN], stages = c[C_STAGES];
@@ -246,11 +246,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   Specialization s = def;
   switch (base.kernel) {
     case kFwd90:
-      for (int nwg : {1, 2})
-        for (int stages : {3, 4, 5, 6}) {
-          set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, 1, stages);
-          add(s);
-        }
+      for (int ksplit : {1, 2})
+        for (int nwg : {1, 2})
+          for (int stages : {3, 4, 5}) {
+            set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, ksplit, stages);
+            add(s);
+          }
       break;
     case kDx90:
       for (int bn : {256, 128})
@@ -453,7 +454,12 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
                             static_cast<int>(T)};
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
-  d.grid[1] = s.kernel == kFwd90 ? 1u : static_cast<unsigned>((E + s.config[C_BN] - 1) / s.config[C_BN]);
+  if (s.kernel == kFwd90) {  // K split over a cluster of (1, wn, 1)
+    d.grid[1] = static_cast<unsigned>(s.config[C_WN]);
+    d.cluster[1] = static_cast<unsigned>(s.config[C_WN]);
+  } else {
+    d.grid[1] = static_cast<unsigned>((E + s.config[C_BN] - 1) / s.config[C_BN]);
+  }
   d.block[0] = static_cast<unsigned>(threads(s));
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);

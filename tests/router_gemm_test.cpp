@@ -149,6 +149,10 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   std::vector<Specialization> space;
   family().search_space(enumerated(7168, 256, "sm_90a")[0], space);
   specs.push_back(space.back());
+  space.clear();
+  family().search_space(enumerated(2048, 256, "sm_90a")[4], space);  // wgmma forward: its last point splits K
+  ASSERT_EQ(space.back().config[4], 2);
+  specs.push_back(space.back());
   for (const auto& s : specs) {
     const detail::EnsureResult r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();

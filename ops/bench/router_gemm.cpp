@@ -28,13 +28,14 @@ constexpr std::array<std::array<int32_t, 6>, 6> kFwdSweep = {{{64, 256, 64, 2, 4
                                                               {128, 256, 32, 4, 2, 4},
                                                               {64, 128, 64, 2, 4, 4},
                                                               {64, 256, 32, 2, 4, 6}}};
-// The sm_90a wgmma forward: one or two warpgroups of 64 tokens, 3–6 stages.
-constexpr std::array<std::array<int32_t, 6>, 6> kFwd90Sweep = {{{64, 256, 64, 1, 1, 4},
+// The sm_90a wgmma forward: wm warpgroups of 64 tokens, K split over a cluster of wn CTAs, stages.
+constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1, 1, 4},
                                                                 {64, 256, 64, 1, 1, 3},
                                                                 {64, 256, 64, 1, 1, 5},
-                                                                {64, 256, 64, 1, 1, 6},
-                                                                {128, 256, 64, 2, 1, 3},
-                                                                {128, 256, 64, 2, 1, 4}}};
+                                                                {128, 256, 64, 2, 1, 4},
+                                                                {128, 256, 64, 2, 2, 4},
+                                                                {128, 256, 64, 2, 2, 3},
+                                                                {64, 256, 64, 1, 2, 4}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 5> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},

@@ -156,8 +156,11 @@ struct WgmmaRow<E, E> {
 
 }  // namespace rg90
 
-// Grid: ceil(T / (64·NWG)) CTAs of NWG·128 threads. Dynamic shared memory: router_gemm_sm90 smem (host recipe).
-template <int K, int E, int NWG, int STAGES>
+// Grid: (ceil(T / (64·NWG)), KSPLIT) CTAs of NWG·128 threads; KSPLIT > 1 launches clusters of (1, KSPLIT, 1): the
+// CTAs of a cluster share one token block, each takes its own range of K, and they add their fp32 tiles through
+// distributed shared memory in cluster-rank order (deterministic), each CTA finishing BM/KSPLIT rows. Splitting K
+// halves the w traffic a token block costs at the same MMA work per CTA. Dynamic shared memory: host recipe.
+template <int K, int E, int NWG, int STAGES, int KSPLIT>
 __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(const RouterGemmFwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
@@ -166,7 +169,10 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
   constexpr int STAGE = A_BYTES + ((B_BYTES + 1023) / 1024) * 1024;  // every tile 1024-byte aligned
   static_assert(A_BYTES % 1024 == 0, "A tile: whole swizzle atoms");
   using Row = rg90::WgmmaRow<E, 0>;
-  constexpr int CHUNKS = (K + BK - 1) / BK;
+  constexpr int ALL_CHUNKS = (K + BK - 1) / BK, PER_SPLIT = (ALL_CHUNKS + KSPLIT - 1) / KSPLIT;
+  static_assert(KSPLIT == 1 || (KSPLIT == 2 && BM % 2 == 0), "KSPLIT: 1 or 2");
+  const int c0 = static_cast<int>(blockIdx.y) * PER_SPLIT;  // this CTA's first K chunk
+  const int CHUNKS = ALL_CHUNKS - c0 < PER_SPLIT ? ALL_CHUNKS - c0 : PER_SPLIT;
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -182,7 +188,8 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
 
   // Copies chunk kc (K columns [64·kc, 64·kc + 64)) into stage s: 16-byte piece j of row r lands at
   // r·128 + ((j ^ (r & 7))·16), the 128-byte swizzle wgmma expects.
-  auto load = [&](int s, int kc) {
+  auto load = [&](int s, int kc_local) {
+    const int kc = c0 + kc_local;
     char* sa = smem + s * STAGE;
     char* sb = sa + A_BYTES;
     const int kbytes = (K - kc * BK) * 2;  // valid bytes of a row in this chunk (≥ 16, a multiple of 16)
@@ -235,13 +242,42 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
 
   constexpr int PITCH = (E + 8) * 4;
   Row::stage(acc, base, wg * 64 + ((tid & 127) >> 5) * 16 + ((tid & 31) >> 2), tid & 31, PITCH);
-  __syncthreads();
   constexpr int CPR = E / 4;  // 16-byte pieces per row
   char* out = reinterpret_cast<char*>(a.out + static_cast<i64>(m0) * a.out_stride);
-  for (int i = tid; i < BM * CPR; i += THREADS) {
-    const int r = i / CPR, c = i - r * CPR;
-    if (r < rows_valid)
-      store16(out + r * a.out_stride * 4 + c * 16, *reinterpret_cast<const Vec16*>(smem + r * PITCH + c * 16));
+  if constexpr (KSPLIT == 1) {
+    __syncthreads();
+    for (int i = tid; i < BM * CPR; i += THREADS) {
+      const int r = i / CPR, c = i - r * CPR;
+      if (r < rows_valid)
+        store16(out + r * a.out_stride * 4 + c * 16, *reinterpret_cast<const Vec16*>(smem + r * PITCH + c * 16));
+    }
+  } else {
+    cluster_sync();  // every CTA of the cluster has staged its partial tile
+    u32 rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    constexpr int ROWS = BM / KSPLIT;
+    for (int i = tid; i < ROWS * CPR; i += THREADS) {
+      const int r = static_cast<int>(rank) * ROWS + i / CPR, c = i % CPR;
+      const u32 local = base + r * PITCH + c * 16;
+      float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int q = 0; q < KSPLIT; ++q) {  // cluster-rank order: the same bits whichever CTA adds
+        u32 remote;
+        float v[4];
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
+        asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                     : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "r"(remote) : "memory");
+#pragma unroll
+        for (int j = 0; j < 4; ++j) sum[j] += v[j];
+      }
+      if (r < rows_valid) {
+        Vec16 o;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) o.w[j] = __float_as_uint(sum[j]);
+        store16(out + r * a.out_stride * 4 + c * 16, o);
+      }
+    }
+    cluster_sync();  // keep this CTA's tile alive until the other CTAs have read it
   }
 #else
   __trap();  // sm_90a only (the host recipe never launches it elsewhere)
