@@ -37,11 +37,12 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
                                                                 {128, 256, 64, 2, 2, 3},
                                                                 {64, 256, 64, 1, 2, 4}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
-constexpr std::array<std::array<int32_t, 6>, 5> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
+constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},
                                                                {128, 128, 64, 2, 1, 2},
                                                                {64, 256, 64, 1, 1, 3},
-                                                               {64, 128, 64, 1, 1, 4}}};
+                                                               {64, 128, 64, 1, 1, 4},
+                                                               {64, 128, 64, 1, 1, 2}}};
 constexpr std::array<std::array<int32_t, 6>, 5> kDw90Sweep = {{{256, 128, 32, 2, 2, 3},
                                                                {256, 128, 32, 4, 1, 3},
                                                                {256, 64, 32, 4, 1, 4},
