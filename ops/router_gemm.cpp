@@ -248,7 +248,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     case kFwd90:
       for (int ksplit : {1, 2})
         for (int nwg : {1, 2})
-          for (int stages : {3, 4, 5}) {
+          for (int stages : {3, 4}) {
             set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, ksplit, stages);
             add(s);
           }
@@ -256,7 +256,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     case kDx90:
       for (int bn : {256, 128})
         for (int nwg : {2, 1})
-          for (int stages : {2, 3, 4}) {
+          for (int stages : {2, 3}) {
             set_config(s, 64 * nwg, bn, 64, nwg, 1, stages);
             add(s);
           }
@@ -265,7 +265,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int bm = def.config[C_BM];
       for (int bn : {128, 64, 256})
         for (int mt : {1, 2})
-          for (int stages : {3, 2, 4}) {
+          for (int stages : {3, 2}) {
             if ((bm / 64) % mt != 0) continue;
             set_config(s, bm, bn, 32, bm / 64 / mt, mt, stages);
             add(s);

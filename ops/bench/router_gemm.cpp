@@ -46,7 +46,7 @@ constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2,
 constexpr std::array<std::array<int32_t, 6>, 5> kDw90Sweep = {{{256, 128, 32, 2, 2, 3},
                                                                {256, 128, 32, 4, 1, 3},
                                                                {256, 64, 32, 4, 1, 4},
-                                                               {256, 256, 32, 4, 1, 2},
+                                                               {256, 64, 32, 2, 2, 3},
                                                                {256, 128, 32, 2, 2, 2}}};
 constexpr std::array<std::array<int32_t, 6>, 6> kDxSweep = {{{128, 128, 32, 8, 1, 3},
                                                              {128, 128, 32, 8, 1, 4},
