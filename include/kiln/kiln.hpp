@@ -7,6 +7,7 @@
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "kiln/ops/rms_norm_rope.hpp"
+#include "kiln/ops/router_gemm.hpp"
 #include "kiln/runtime.hpp"
 #include "kiln/tensor.hpp"
 #include "kiln/version.hpp"

@@ -1,0 +1,97 @@
+// Bench cases of the fp32 router GEMM (kiln bench): forward and backward (dx + dw) at the target shape
+// (8192 tokens × hidden 2048 → 256 experts, Ling-mini-2.0) and at DeepSeek-V3's (hidden 7168 → 256), dx and dw alone,
+// and a sweep of every search-space tile config at the target shape (op "router_gemm_sweep_*", config in the shape
+// string), so one GPU run also tunes. Bytes are the minimal traffic (every input read once, every output written
+// once); floors at 3025 GB/s and FLOPs (2·T·K·E per product):
+//   fwd 8192×2048→256: 42.9 MB → 14.2 µs;  8.59 GFLOP        fwd 8192×7168→256: 149 MB → 49.3 µs;  30.1 GFLOP
+//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products, run as 34.4 GFLOP of bf16 MMAs (g = hi + lo)
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+
+#include "runtime/bench.hpp"
+#include "runtime/specialization.hpp"
+
+namespace kiln::detail {
+using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
+BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
+                                   const RouterGemmConfig* force = nullptr);
+
+namespace {
+
+// Tile configs swept at the target shape (bm, bn, bk, wm, wn, stages): the search spaces of K = 2048, E = 256 plus
+// points outside them worth a measurement.
+constexpr std::array<std::array<int32_t, 6>, 6> kFwdSweep = {{{64, 256, 64, 2, 4, 4},
+                                                              {64, 256, 64, 2, 4, 3},
+                                                              {32, 256, 64, 1, 8, 4},
+                                                              {128, 256, 32, 4, 2, 4},
+                                                              {64, 128, 64, 2, 4, 4},
+                                                              {64, 256, 32, 2, 4, 6}}};
+// The sm_90a wgmma forward: wm warpgroups of 64 tokens, K split over a cluster of wn CTAs, stages.
+constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1, 1, 4},
+                                                                {64, 256, 64, 1, 1, 3},
+                                                                {64, 256, 64, 1, 1, 5},
+                                                                {128, 256, 64, 2, 1, 4},
+                                                                {128, 256, 64, 2, 2, 4},
+                                                                {128, 256, 64, 2, 2, 3},
+                                                                {64, 256, 64, 1, 2, 4}}};
+// The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
+constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
+                                                               {128, 128, 64, 2, 1, 3},
+                                                               {128, 128, 64, 2, 1, 2},
+                                                               {64, 256, 64, 1, 1, 3},
+                                                               {64, 128, 64, 1, 1, 4},
+                                                               {64, 128, 64, 1, 1, 2}}};
+constexpr std::array<std::array<int32_t, 6>, 5> kDw90Sweep = {{{256, 128, 32, 2, 2, 3},
+                                                               {256, 128, 32, 4, 1, 3},
+                                                               {256, 64, 32, 4, 1, 4},
+                                                               {256, 64, 32, 2, 2, 3},
+                                                               {256, 128, 32, 2, 2, 2}}};
+constexpr std::array<std::array<int32_t, 6>, 6> kDxSweep = {{{128, 128, 32, 8, 1, 3},
+                                                             {128, 128, 32, 8, 1, 4},
+                                                             {64, 128, 32, 4, 1, 4},
+                                                             {128, 256, 32, 8, 1, 3},
+                                                             {128, 64, 32, 8, 1, 4},
+                                                             {64, 256, 32, 4, 1, 3}}};
+constexpr std::array<std::array<int32_t, 6>, 5> kDwSweep = {{{256, 128, 32, 8, 1, 4},
+                                                             {256, 128, 32, 8, 1, 3},
+                                                             {256, 64, 32, 8, 1, 4},
+                                                             {256, 128, 64, 8, 1, 2},
+                                                             {128, 128, 32, 8, 1, 4}}};
+
+template <size_t N>
+void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array<std::array<int32_t, 6>, N>& list) {
+  for (const auto& c : list) {
+    RouterGemmConfig cfg{};
+    std::copy(c.begin(), c.end(), cfg.begin());
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part),
+                     fmt::format("T=8192 K=2048 E=256 bm={} bn={} bk={} wm={} wn={} stages={}", c[0], c[1], c[2], c[3],
+                                 c[4], c[5]),
+                     [part, cfg](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part, &cfg); }});
+  }
+}
+
+const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
+  for (int64_t K : {2048, 7168}) {
+    const std::string shape = fmt::format("T=8192 K={} E=256", K);
+    for (const char* part : {"fwd_sm90", "bwd_sm90"})
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
+                       [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
+    for (const char* part : {"fwd", "bwd"})
+      cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
+                       [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
+  }
+  for (const char* part : {"dx", "dw"})
+    cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  add_sweep(cases, "fwd", kFwdSweep);
+  add_sweep(cases, "fwd_sm90", kFwd90Sweep);
+  add_sweep(cases, "dx_sm90", kDx90Sweep);
+  add_sweep(cases, "dw_sm90", kDw90Sweep);
+  add_sweep(cases, "dx", kDxSweep);
+  add_sweep(cases, "dw", kDwSweep);
+});
+
+}  // namespace
+}  // namespace kiln::detail

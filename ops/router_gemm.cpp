@@ -1,0 +1,643 @@
+// Host recipe: the fp32 router GEMM, forward and backward (templates/kiln/router_gemm.cuh). Spec: linghe-kernels.md §5.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <array>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <random>
+#include <vector>
+
+#include "kiln/ops/router_gemm.hpp"
+#include "kiln/router_gemm_args.h"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// Internal entry points with a forced tile config (a search-space point; null = the tuned default). Tests use them to
+// check every point the tuner may pick; the public ops call them with null.
+using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
+// variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
+void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
+                                 int variant, const RouterGemmConfig* force, Stream stream);
+void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
+                                 const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
+                                 int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
+                                 Stream stream);
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6 };
+enum { P_K, P_E };
+enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
+
+constexpr int64_t kMinK = 16, kMaxK = 16384, kMinE = 8, kMaxE = 1024;
+
+// Opt-in shared memory a CTA may use: 227 KiB on sm_90 and sm_100, 163 KiB on sm_80/87, 99 KiB on sm_86/89/120.
+int smem_limit(Arch a) {
+  if (a.sm == 90 || a.sm == 100 || a.sm == 103) return 227 * 1024;
+  if (a.sm == 80 || a.sm == 87) return 163 * 1024;
+  return 99 * 1024;
+}
+
+int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
+
+// wgmma (warpgroup MMA) exists on sm_90a only.
+bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/router_gemm.cuh\"\n";
+  if (s.kernel == kFwd90) {
+    source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN]);
+    return;
+  }
+  if (s.kernel == kDx90 || s.kernel == kDw90) {
+    source = "#include \"kiln/router_gemm_bwd_sm90.cuh\"\n";
+    const auto& c = s.config;
+    if (s.kernel == kDx90)
+      name = fmt::format("kiln::router_gemm_dx_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E], c[C_BN],
+                         c[C_WM], c[C_STAGES]);
+    else
+      name = fmt::format("kiln::router_gemm_dw_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         c[C_BN], c[C_WM], c[C_WN], c[C_STAGES]);
+    return;
+  }
+  if (s.kernel == kDwReduce) {
+    name = "kiln::router_gemm_dw_reduce_kernel<4>";
+    return;
+  }
+  static const char* const kNames[] = {"router_gemm_fwd_kernel", "router_gemm_dx_kernel", "router_gemm_dw_kernel"};
+  const auto& c = s.config;
+  name = fmt::format("kiln::{}<{}, {}, {}, {}, {}, {}, {}, {}>", kNames[s.kernel], s.params[P_K], s.params[P_E],
+                     c[C_BM], c[C_BN], c[C_BK], c[C_WM], c[C_WN], c[C_STAGES]);
+}
+
+// Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
+int smem_bytes(const Specialization& s) {
+  if (s.kernel == kDwReduce) return 0;
+  if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
+    const int bm = s.config[C_BM];
+    const int e = static_cast<int>(s.params[P_E]);
+    const int stage = bm * 128 + static_cast<int>(round_up(e * 128, 1024));
+    return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
+  }
+  if (s.kernel == kDx90 || s.kernel == kDw90) {  // slack + ring (fp32 g tile, bf16 operand tile) + hi/lo ×2 buffers
+    const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
+    const int ring = stages * (bk * bm * 4 + bk * bn * 2), cvt = 4 * bk * bm * 2;
+    return 1024 + std::max(ring + cvt, bm * (bn + 8) * (s.kernel == kDx90 ? 2 : 4));
+  }
+  const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
+  int a = 0, b = 0, out_elem = 4;
+  switch (s.kernel) {
+    case kFwd:  // x [BM][BK+8] bf16, w [BN][BK+8] bf16
+      a = bm * (bk + 8) * 2;
+      b = bn * (bk + 8) * 2;
+      break;
+    case kDx:  // g [BM][BK+8] fp32, w [BK][BN+8] bf16; dx staged as bf16
+      a = bm * (bk + 8) * 4;
+      b = bk * (bn + 8) * 2;
+      out_elem = 2;
+      break;
+    default:  // dw: g [BK][BM+4] fp32, x [BK][BN+8] bf16
+      a = bk * (bm + 4) * 4;
+      b = bk * (bn + 8) * 2;
+  }
+  return std::max(stages * (a + b), bm * (bn + 8) * out_elem);
+}
+
+// CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
+int threads(const Specialization& s) {
+  const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
+  return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
+}
+
+// A config is valid when the warp grid tiles the CTA tile with m16 × (2 × n8) MMA fragments, the accumulators fit
+// (≤ 128 fp32 registers a thread), the CTA has 2–16 warps, shared memory fits, and no CTA column/row block is
+// entirely padding (BN ≤ the N extent rounded to the warp-column granule).
+bool valid(const Specialization& s) {
+  if (s.kernel == kDwReduce) return true;
+  const auto& c = s.config;
+  const int64_t K = s.params[P_K], E = s.params[P_E];
+  if (s.kernel == kDx90 || s.kernel == kDw90) {  // wgmma backward: sm_90a; wm = warpgroups, wn = m64 blocks each
+    const bool dx = s.kernel == kDx90;
+    const int nwg = c[C_WM], mt = c[C_WN];
+    return has_wgmma(s.arch) && (c[C_BN] == 64 || c[C_BN] == 128 || c[C_BN] == 256) && nwg >= 1 && nwg <= 4 &&
+           (dx ? (mt == 1 && nwg <= 2 && c[C_BK] == 64) : (mt >= 1 && mt <= 2 && c[C_BK] == 32)) &&
+           c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
+           (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
+  }
+  if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
+    return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
+           c[C_BN] == E && c[C_BK] == 64 && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+  }
+  const int bm = c[C_BM], bn = c[C_BN], bk = c[C_BK], wm = c[C_WM], wn = c[C_WN], stages = c[C_STAGES];
+  if (bm <= 0 || bn <= 0 || bk <= 0 || wm <= 0 || wn <= 0 || stages < 2 || stages > 8) return false;
+  if (bm % (wm * 16) != 0 || bn % (wn * 16) != 0 || bk % 16 != 0) return false;
+  const int warps = wm * wn;
+  if (warps < 2 || warps > 16) return false;
+  if ((bm / wm / 16) * (bn / wn / 8) * 4 > 128) return false;
+  if (smem_bytes(s) > smem_limit(s.arch)) return false;
+  switch (s.kernel) {
+    case kFwd: return bn <= round_up(E, wn * 16) && bk <= round_up(K, 16);
+    case kDx: return bn <= round_up(K, wn * 16) && bk % 32 == 0 && bk <= round_up(E, 32);
+    case kDw: return bm <= round_up(E, wm * 16) && bn <= round_up(K, wn * 16);
+    default: return true;
+  }
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"router_gemm",
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90"},
+                   {"K", "E"},
+                   {"bm", "bn", "bk", "wm", "wn", "stages"},
+                   render,
+                   smem_bytes,
+                   enumerate,
+                   search_space,
+                   tune_instance};
+
+void set_config(Specialization& s, int bm, int bn, int bk, int wm, int wn, int stages) {
+  s.config = {};
+  s.config[C_BM] = bm;
+  s.config[C_BN] = bn;
+  s.config[C_BK] = bk;
+  s.config[C_WM] = wm;
+  s.config[C_WN] = wn;
+  s.config[C_STAGES] = stages;
+}
+
+// The heuristic defaults (H100: 132 SMs, 227 KiB of shared memory a CTA).
+//  fwd: 64 tokens × all experts (up to 256) a CTA, so x is read exactly once and w comes from L2; 8 warps, 2 × 4.
+//  dx:  128 tokens × 128 hidden columns, 8 warps stacked along tokens (each warp splits its own g rows once).
+//  dw:  all experts (up to 256) × 128 hidden columns, warps stacked along experts (each warp splits its own g
+//       columns once); T cut into ranges so the grid fills the GPU (see dw_splits).
+Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  if (kernel == kDwReduce) return s;  // shape-independent
+  s.params[P_K] = K;
+  s.params[P_E] = E;
+  switch (kernel) {
+    case kFwd90:
+      set_config(s, 64, static_cast<int>(E), 64, 1, 1, 4);
+      break;
+    case kDx90:  // two warpgroups × 64 tokens × 256 columns, two stages (the hi/lo tiles fill the rest)
+      set_config(s, 128, 256, 64, 2, 1, 2);
+      break;
+    case kDw90: {  // every expert in one CTA: 64-expert blocks over ≤ 4 warpgroups (two blocks each when even)
+      const int blocks = static_cast<int>((std::min<int64_t>(E, 256) + 63) / 64);
+      const int mt = blocks % 2 == 0 ? 2 : 1, nwg = blocks / mt;
+      set_config(s, 64 * blocks, 128, 32, nwg, mt, 3);
+      break;
+    }
+    case kFwd: {
+      const int wn = E > 128 ? 4 : 2, wm = 8 / wn;
+      const int bn = static_cast<int>(std::min<int64_t>(round_up(E, wn * 16), 256));
+      set_config(s, 64, bn, 64, wm, wn, 4);
+      break;
+    }
+    case kDx:
+      set_config(s, 128, 128, 32, 8, 1, 3);
+      break;
+    default: {
+      if (E <= 128) {
+        const int bm = static_cast<int>(round_up(E, 16));
+        const int wm = std::max(2, bm / 16);
+        set_config(s, static_cast<int>(round_up(bm, wm * 16)), 128, 32, wm, 1, 4);
+      } else {
+        const int bm = static_cast<int>(std::min<int64_t>(round_up(E, 32), 256));
+        set_config(s, bm, 128, 32, bm / 32, 1, 4);
+      }
+      break;
+    }
+  }
+  // Smaller GPUs: fewer stages first, then narrower tiles.
+  const int limit = smem_limit(arch);
+  while (smem_bytes(s) > limit && s.config[C_STAGES] > 2) --s.config[C_STAGES];
+  while (smem_bytes(s) > limit && s.config[C_BN] % (2 * 16 * s.config[C_WN]) == 0) s.config[C_BN] /= 2;
+  while (smem_bytes(s) > limit && s.config[C_BM] % (2 * 16 * s.config[C_WM]) == 0) s.config[C_BM] /= 2;
+  return s;
+}
+
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  const Specialization def = spec(base.arch, base.kernel, base.params[P_K], base.params[P_E]);
+  auto add = [&](const Specialization& s) {
+    if (!valid(s)) return;
+    for (const auto& o : out)
+      if (o.config == s.config) return;
+    out.push_back(s);
+  };
+  add(def);
+  if (base.kernel == kDwReduce) return;
+  const int64_t E = base.params[P_E];
+  Specialization s = def;
+  switch (base.kernel) {
+    case kFwd90:
+      for (int ksplit : {1, 2})
+        for (int nwg : {1, 2})
+          for (int stages : {3, 4}) {
+            set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, ksplit, stages);
+            add(s);
+          }
+      break;
+    case kDx90:
+      for (int bn : {256, 128})
+        for (int nwg : {2, 1})
+          for (int stages : {2, 3}) {
+            set_config(s, 64 * nwg, bn, 64, nwg, 1, stages);
+            add(s);
+          }
+      break;
+    case kDw90: {
+      const int bm = def.config[C_BM];
+      for (int bn : {128, 64, 256})
+        for (int mt : {1, 2})
+          for (int stages : {3, 2}) {
+            if ((bm / 64) % mt != 0) continue;
+            set_config(s, bm, bn, 32, bm / 64 / mt, mt, stages);
+            add(s);
+          }
+      break;
+    }
+    case kFwd: {
+      const int bn_full = def.config[C_BN];
+      set_config(s, 64, bn_full, 64, 2, 4, 3);
+      add(s);
+      set_config(s, 32, static_cast<int>(std::min<int64_t>(round_up(E, 128), 256)), 64, 1, 8, 4);  // 256 CTAs at 8192
+      add(s);
+      set_config(s, 128, static_cast<int>(std::min<int64_t>(round_up(E, 32), 256)), 32, 4, 2, 4);  // big T
+      add(s);
+      set_config(s, 64, 128, 64, 2, 4, 4);  // experts split over two CTAs
+      add(s);
+      break;
+    }
+    case kDx:
+      set_config(s, 128, 128, 32, 8, 1, 4);
+      add(s);
+      set_config(s, 64, 128, 32, 4, 1, 4);
+      add(s);
+      set_config(s, 128, 256, 32, 8, 1, 3);
+      add(s);
+      set_config(s, 128, 64, 32, 8, 1, 4);
+      add(s);
+      break;
+    default:
+      set_config(s, def.config[C_BM], 128, 32, def.config[C_WM], 1, 3);
+      add(s);
+      set_config(s, def.config[C_BM], 64, 32, def.config[C_WM], 1, 4);
+      add(s);
+      set_config(s, def.config[C_BM], 128, 64, def.config[C_WM], 1, 2);
+      add(s);
+      break;
+  }
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int64_t K = m.hidden_size, E = m.num_experts;
+  if (E <= 0 || K < kMinK || K > kMaxK || K % 8 != 0 || E < kMinE || E > kMaxE || E % 8 != 0) return;
+  for (uint32_t k : {kFwd, kDx, kDw, kDwReduce}) out.push_back(spec(arch, k, K, E));
+  if (has_wgmma(arch) && E <= 256)
+    for (uint32_t k : {kFwd90, kDx90, kDw90}) out.push_back(spec(arch, k, K, E));
+}
+
+// ---- validation -----------------------------------------------------------------------------------------------
+
+// A [rows, cols] view of a 2-D tensor (any row stride keeping rows `align`-byte aligned) or a contiguous 3-D one.
+struct Rows {
+  void* data = nullptr;
+  int64_t rows = 0, cols = 0, stride = 0;
+  int64_t lead[2] = {0, 0};  // leading dims as given (rank 2: {rows, -1})
+  int rank = 0;
+};
+
+Rows as_rows(const Check& ck, const char* arg, const TensorRef& t, int align) {
+  Rows r;
+  r.rank = t.ndim;
+  if (t.ndim == 2) {
+    ck.rows(arg, t, align);
+    r.rows = t.shape[0];
+    r.cols = t.shape[1];
+    r.stride = t.shape[0] > 1 ? t.strides[0] : t.shape[1];
+    r.lead[0] = t.shape[0];
+    r.lead[1] = -1;
+  } else if (t.ndim == 3) {
+    ck.contiguous(arg, t);
+    r.rows = t.shape[0] * t.shape[1];
+    r.cols = t.shape[2];
+    r.stride = t.shape[2];
+    r.lead[0] = t.shape[0];
+    r.lead[1] = t.shape[1];
+  } else {
+    ck.shape_error(arg, fmt::format("expected a 2-D [T, {}] or 3-D [B, S, {}] tensor, got shape {}", "*", "*",
+                                    shape_str(t)));
+  }
+  r.data = t.data;
+  if (r.rows > 0 && r.cols > 0) ck.pointer(arg, t, 16);
+  return r;
+}
+
+// x: bf16 [T, K] / [B, S, K]; returns its view (K and T checked).
+Rows check_x(const Check& ck, const TensorRef& x) {
+  ck.dtype("x", x, {DType::bf16});
+  if (x.ndim == 2 || x.ndim == 3) {  // K first: its message says more than the row alignment it implies
+    const int64_t K = x.shape[x.ndim - 1];
+    if (K < kMinK || K > kMaxK || K % 8 != 0)
+      ck.shape_error("x", fmt::format("expected the hidden size K (last dim) to be a multiple of 8 in [{}, {}], got {}",
+                                      kMinK, kMaxK, K));
+  }
+  const Rows r = as_rows(ck, "x", x, 16);
+  ck.fits_int32("x", r.rows, "T (tokens)");
+  return r;
+}
+
+int64_t check_w(const Check& ck, const TensorRef& w, int64_t K) {
+  ck.dtype("w", w, {DType::bf16});
+  if (w.ndim != 2 || w.shape[1] != K)
+    ck.shape_error("w", fmt::format("expected shape [E, {}] (K from x), got {}", K, shape_str(w)));
+  ck.contiguous("w", w);
+  const int64_t E = w.shape[0];
+  if (E < kMinE || E > kMaxE || E % 8 != 0)
+    ck.shape_error("w", fmt::format("expected the expert count E (first dim) to be a multiple of 8 in [{}, {}], got {}",
+                                    kMinE, kMaxE, E));
+  ck.pointer("w", w, 16);
+  return E;
+}
+
+// A tensor with x's leading dims and last dim `cols`.
+Rows check_like_x(const Check& ck, const char* arg, const TensorRef& t, DType dtype, const Rows& x, int64_t cols,
+                  const char* cols_name) {
+  ck.dtype(arg, t, {dtype});
+  const Rows r = as_rows(ck, arg, t, 16);
+  const bool lead_ok = r.rank == x.rank && r.lead[0] == x.lead[0] && (x.rank == 2 || r.lead[1] == x.lead[1]);
+  if (!lead_ok || r.cols != cols) {
+    const std::string want = x.rank == 2 ? fmt::format("[{}, {}]", x.rows, cols)
+                                         : fmt::format("[{}, {}, {}]", x.lead[0], x.lead[1], cols);
+    ck.shape_error(arg, fmt::format("expected shape {} (x's leading dims, last dim {}), got {}", want, cols_name,
+                                    shape_str(t)));
+  }
+  return r;
+}
+
+// ---- the split of T for dw -------------------------------------------------------------------------------------
+
+struct DwPlan {
+  int splits = 0;      // 0 when T = 0
+  int split_rows = 0;  // rows per split (a multiple of the T chunk)
+  int64_t workspace_elems = 0;
+};
+
+// Enough T ranges that tiles × splits fills the GPU once (each CTA takes a whole SM), each range at least 4 chunks.
+DwPlan dw_plan(const Specialization& s, int64_t T, int sm_count) {
+  DwPlan p;
+  if (T <= 0) return p;
+  const int64_t K = s.params[P_K], E = s.params[P_E];
+  const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK];
+  const int64_t tiles = ((E + bm - 1) / bm) * ((K + bn - 1) / bn);
+  const int64_t chunks = (T + bk - 1) / bk;
+  int64_t splits = std::max<int64_t>(1, sm_count / tiles);
+  splits = std::min<int64_t>(splits, std::max<int64_t>(1, chunks / 4));
+  const int64_t chunks_per = (chunks + splits - 1) / splits;
+  p.split_rows = static_cast<int>(chunks_per * bk);
+  p.splits = static_cast<int>((T + p.split_rows - 1) / p.split_rows);
+  p.workspace_elems = p.splits > 1 ? p.splits * E * K : 0;
+  return p;
+}
+
+int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(router_gemm, g_family)
+
+namespace {
+// The config to launch: the tuned default, or a caller's override (tests run every search-space point this way).
+Specialization pick(Runtime& rt, const Check& ck, Specialization s, int64_t T, const detail::RouterGemmConfig* force) {
+  s = rt.impl().tuned(s, T);
+  if (force) {
+    std::copy(force->begin(), force->end(), s.config.begin());
+    if (!valid(s)) ck.invalid("config", fmt::format("not a valid tile config: {}", s.describe()));
+  }
+  return s;
+}
+}  // namespace
+
+void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
+                                         int variant, const RouterGemmConfig* force, Stream stream) {
+  const Check ck{"router_gemm_fp32_fwd"};
+  const Rows xr = check_x(ck, x);
+  const int64_t K = xr.cols, T = xr.rows;
+  const int64_t E = check_w(ck, w, K);
+  const Rows lr = check_like_x(ck, "logits", logits, DType::f32, xr, E, "E");
+  if (T == 0) return;
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  // sm_90a: the wgmma kernel (H100, 8192 × 2048 → 256: 27.0 µs vs 43.5 µs for the mma.sync kernel).
+  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 1 : 0;
+  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
+    ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kFwd90 : kFwd, K, E), T, force);
+  const RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
+                            static_cast<int>(T)};
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
+  if (s.kernel == kFwd90) {  // K split over a cluster of (1, wn, 1)
+    d.grid[1] = static_cast<unsigned>(s.config[C_WN]);
+    d.cluster[1] = static_cast<unsigned>(s.config[C_WN]);
+  } else {
+    d.grid[1] = static_cast<unsigned>((E + s.config[C_BN] - 1) / s.config[C_BN]);
+  }
+  d.block[0] = static_cast<unsigned>(threads(s));
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  impl.launch(s, d, stream, a);
+}
+
+void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
+                          Stream stream) {
+  detail::router_gemm_fp32_fwd_config(rt, x, w, logits, -1, nullptr, stream);
+}
+
+int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
+  auto& impl = rt.impl();
+  const Specialization s = impl.tuned(spec(impl.target_arch(), kDw, K, E), T);
+  return dw_plan(s, T, sm_count(rt)).workspace_elems;
+}
+
+void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
+                                         const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
+                                         int variant, const RouterGemmConfig* force_dx,
+                                         const RouterGemmConfig* force_dw, Stream stream) {
+  const Check ck{"router_gemm_fp32_bwd"};
+  const Rows xr = check_x(ck, x);
+  const int64_t K = xr.cols, T = xr.rows;
+  const int64_t E = check_w(ck, w, K);
+  const Rows gr = check_like_x(ck, "g", g, DType::f32, xr, E, "E");
+  if (!dx.defined() && !dw.defined()) ck.invalid("dx", "expected dx or dw (or both) to be given, got neither");
+  Rows dxr;
+  if (dx.defined()) dxr = check_like_x(ck, "dx", dx, DType::bf16, xr, K, "K");
+  if (dw.defined()) ck.tensor("dw", dw, {DType::f32}, {E, K}, 16);
+  if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  // The mma.sync kernels until the wgmma ones have been measured on the H100 (both are tested there).
+  if (variant < 0) variant = 0;
+  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
+    ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (dx.defined() && T > 0) {
+    const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDx90 : kDx, K, E), T, force_dx);
+    const RouterGemmDxArgs a{static_cast<const float*>(g.data), gr.stride, w.data, dx.data, dxr.stride,
+                             static_cast<int>(T)};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
+    d.grid[1] = static_cast<unsigned>((K + s.config[C_BN] - 1) / s.config[C_BN]);
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+  }
+  if (!dw.defined()) return;
+
+  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDw90 : kDw, K, E), T, force_dw);
+  const DwPlan plan = T > 0 ? dw_plan(s, T, sm_count(rt)) : DwPlan{};
+  if (plan.workspace_elems > 0 && workspace.defined() && workspace.numel() < plan.workspace_elems)
+    ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
+                                            plan.workspace_elems, workspace.numel()));
+  CUdeviceptr owned = 0;
+  float* partial = nullptr;
+  if (plan.workspace_elems > 0) {
+    if (workspace.defined()) {
+      partial = static_cast<float*>(workspace.data);
+    } else {
+      owned = impl.alloc_async(static_cast<size_t>(plan.workspace_elems) * 4, stream);
+      partial = reinterpret_cast<float*>(owned);
+    }
+  }
+  if (plan.splits > 0) {
+    const RouterGemmDwArgs a{static_cast<const float*>(g.data), gr.stride, x.data, xr.stride,
+                             static_cast<float*>(dw.data), partial, static_cast<int>(T), plan.split_rows};
+    const int64_t tiles = ((E + s.config[C_BM] - 1) / s.config[C_BM]) * ((K + s.config[C_BN] - 1) / s.config[C_BN]);
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(tiles);
+    d.grid[1] = static_cast<unsigned>(plan.splits);
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+  }
+  if (plan.splits != 1) {  // several partials to add, or T = 0 (zeros)
+    const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.splits};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
+    d.block[0] = 256;
+    impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
+  }
+  if (owned) impl.free_async(owned, stream);
+}
+
+void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
+                          const TensorRef& dw, const TensorRef& workspace, Stream stream) {
+  detail::router_gemm_fp32_bwd_config(rt, g, x, w, dx, dw, workspace, -1, nullptr, nullptr, stream);
+}
+
+// ---- tuner and bench instances -------------------------------------------------------------------------------
+
+namespace detail {
+
+struct RouterGemmBuffers {
+  std::vector<void*> ptrs;
+  ~RouterGemmBuffers() {
+    for (void* p : ptrs) device_free(p);
+  }
+  void* alloc(size_t bytes) {
+    ptrs.push_back(device_alloc(std::max<size_t>(bytes, 16)));
+    return ptrs.back();
+  }
+  // N(0, sigma) values (never zero) in bf16 or fp32.
+  void* random(size_t n, float sigma, bool bf16, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::normal_distribution<float> dist(0.f, sigma);
+    std::vector<uint32_t> f(n);
+    for (auto& v : f) {
+      float x = dist(rng);
+      if (x == 0.f) x = sigma * 1e-3f;
+      std::memcpy(&v, &x, 4);
+    }
+    if (!bf16) {
+      void* d = alloc(n * 4);
+      copy_to_device(d, f.data(), n * 4);
+      return d;
+    }
+    std::vector<uint16_t> h(n);
+    for (size_t i = 0; i < n; ++i) h[i] = static_cast<uint16_t>((f[i] + 0x7fff + ((f[i] >> 16) & 1)) >> 16);
+    void* d = alloc(n * 2);
+    copy_to_device(d, h.data(), n * 2);
+    return d;
+  }
+};
+
+// A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
+BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
+                                   const RouterGemmConfig* force = nullptr) {
+  static std::random_device rd;
+  auto b = std::make_shared<RouterGemmBuffers>();
+  const TensorRef x = TensorRef::contiguous(b->random(T * K, 1.0f, true, rd()), DType::bf16, {T, K});
+  const TensorRef w = TensorRef::contiguous(b->random(E * K, 0.02f, true, rd()), DType::bf16, {E, K});
+  BenchInstance inst;
+  inst.keepalive = b;
+  Runtime* r = &rt;
+  if (part == "fwd" || part == "fwd_sm90") {
+    const int variant = part == "fwd" ? -1 : 1;
+    const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});
+    inst.bytes = static_cast<uint64_t>(T * K * 2 + E * K * 2 + T * E * 4);
+    const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
+    inst.run = [=](Stream s) { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); };
+    inst.outputs = {y};
+    return inst;
+  }
+  const TensorRef g = TensorRef::contiguous(b->random(T * E, 1e-3f, false, rd()), DType::f32, {T, E});
+  const bool sm90 = part.ends_with("_sm90");
+  const std::string base_part = sm90 ? part.substr(0, part.size() - 5) : part;
+  const bool want_dx = base_part != "dw", want_dw = base_part != "dx";
+  const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
+  const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
+  // A forced config brings its own split plan: kiln allocates the workspace (stream-ordered) then.
+  const int64_t ws_elems = want_dw && !force && !sm90 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  const TensorRef ws =
+      ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
+  const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
+  // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
+  inst.bytes = static_cast<uint64_t>(T * E * 4 + E * K * 2 + (want_dx ? T * K * 2 : 0) +
+                                     (want_dw ? T * K * 2 + E * K * 4 : 0));
+  inst.run = [=](Stream s) {
+    const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
+    router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, sm90 ? 1 : -1, want_dx ? c : nullptr, want_dx ? nullptr : c,
+                                s);
+  };
+  if (want_dx) inst.outputs.push_back(dx);
+  if (want_dw) inst.outputs.push_back(dw);
+  return inst;
+}
+
+}  // namespace detail
+
+namespace {
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90"};
+  return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
+                                      s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
+}
+}  // namespace
+
+}  // namespace kiln

@@ -1,0 +1,41 @@
+// kiln/router_gemm_args.h — kernel argument blocks of the fp32 router GEMM, shared by template and host recipe.
+#pragma once
+
+namespace kiln {
+
+// logits[T, E] fp32 = x[T, K] bf16 · w[E, K]ᵀ bf16.
+struct RouterGemmFwdArgs {
+  const void* x; long long x_stride;    // elements between rows of x
+  const void* w;                        // [E, K] contiguous
+  float* out; long long out_stride;     // elements between rows of logits
+  int T;
+};
+
+// dx[T, K] bf16 = g[T, E] fp32 · w[E, K] bf16.
+struct RouterGemmDxArgs {
+  const float* g; long long g_stride;
+  const void* w;                        // [E, K] contiguous
+  void* dx; long long dx_stride;
+  int T;
+};
+
+// dw[E, K] fp32 = g[T, E]ᵀ · x[T, K], the T axis cut into `splits` ranges of `split_rows` rows (a multiple of the
+// kernel's T chunk). splits == 1: the kernel writes dw; otherwise split s writes partial[s] ([splits, E, K]) and
+// router_gemm_dw_reduce_kernel adds the partials in split order.
+struct RouterGemmDwArgs {
+  const float* g; long long g_stride;
+  const void* x; long long x_stride;
+  float* dw;                            // [E, K] contiguous
+  float* partial;                       // [splits, E, K] or null when splits == 1
+  int T;
+  int split_rows;
+};
+
+struct RouterGemmDwReduceArgs {
+  const float* partial;                 // [splits, n]
+  float* dw;                            // [n]
+  long long n;                          // E·K (a multiple of 4)
+  int splits;                           // 0 writes zeros (T = 0)
+};
+
+}  // namespace kiln

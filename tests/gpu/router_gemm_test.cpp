@@ -1,0 +1,552 @@
+// tests/gpu/router_gemm_test.cpp — router_gemm_fp32_fwd / _bwd on the GPU against the double-precision reference.
+//
+// Tolerances follow from the numerics (u = 2⁻²⁴, the fp32 unit roundoff; S = Σ|products| of the output element):
+//  * products of bf16 values are exact; each mma.sync adds a 16-term dot product into the fp32 accumulator, so an
+//    output of reduction length n sees a chain of about n/16 + 4 fp32 additions. With up to 2u per addition
+//    (truncating tensor-core adds), |got − exact| ≤ 2u·(n/16 + 4)·S (worst case; typical errors are far smaller).
+//  * backward: g enters as bf16 hi + lo, |g − hi − lo| ≤ 2⁻¹⁷|g|, adding 2⁻¹⁷·S; both halves are MMAs, so the chain
+//    doubles (n/8 + 8); dw adds its split partials in order (+ splits, ≤ 256).
+//  * dx is rounded once to bf16 (8 significant bits): + 2⁻⁸·(|exact| + the bound above).
+// Every element must be within its bound, and the relative L2 error over the whole output must be small as well
+// (≤ 2e-5 for fp32 outputs, ≤ 3e-3 for bf16 dx, whose rounding alone gives ≈ 1e-3), so a systematic error cannot hide
+// below the worst-case bound. Outputs and guard zones are poisoned before each run; non-finite references must be
+// matched in kind (NaN, +inf, −inf).
+#include <gtest/gtest.h>
+
+#include <array>
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kiln/ops/router_gemm.hpp"
+#include "reference/router_gemm.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/specialization.hpp"
+#include "test_util.hpp"
+
+namespace kiln::detail {
+using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
+void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
+                                 int variant, const RouterGemmConfig* force, Stream stream);
+void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
+                                 const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
+                                 int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
+                                 Stream stream);
+}  // namespace kiln::detail
+
+namespace kiln::test {
+namespace {
+
+constexpr double kU = 5.9604644775390625e-08;  // 2⁻²⁴
+constexpr double kSplit = 7.62939453125e-06;   // 2⁻¹⁷
+constexpr double kBf16Round = 3.90625e-03;     // 2⁻⁸: bf16's unit roundoff (8 significant bits)
+
+std::string show(float v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
+  return b;
+}
+
+std::string fmt_config(const detail::RouterGemmConfig& c) {
+  return "bm=" + std::to_string(c[0]) + " bn=" + std::to_string(c[1]) + " bk=" + std::to_string(c[2]) +
+         " wm=" + std::to_string(c[3]) + " wn=" + std::to_string(c[4]) + " stages=" + std::to_string(c[5]);
+}
+
+std::vector<float> bf16_values(int64_t n, uint64_t seed, float stddev) {
+  std::vector<float> v = randn(n, seed, stddev);
+  round_to(DType::bf16, v);
+  return v;
+}
+
+DeviceBuffer upload(Runtime& rt, DType dtype, const std::vector<float>& v) {
+  DeviceBuffer b(rt, std::max<size_t>(v.size(), 1) * dtype_size(dtype));
+  if (!v.empty()) b.upload(encode(dtype, v));
+  return b;
+}
+
+std::vector<float> download(const DeviceBuffer& b, DType dtype, int64_t n) {
+  return decode(dtype, b.download<uint8_t>(static_cast<size_t>(n) * dtype_size(dtype)));
+}
+
+bool same_kind(float got, double want) {
+  if (std::isnan(want)) return std::isnan(got);
+  return std::isinf(got) && (got > 0) == (want > 0);
+}
+
+// Checks got against the reference: every element within `bound(i)` (non-finite references matched in kind), and
+// the relative L2 error over the finite elements ≤ rel_l2_max. `cols` names the 2-D position in messages.
+::testing::AssertionResult close_to(const char* what, const std::vector<float>& got, const ref::GemmRef& want,
+                                    int64_t cols, double rel_l2_max, const std::function<double(int64_t)>& bound) {
+  const int64_t n = static_cast<int64_t>(want.value.size());
+  if (static_cast<int64_t>(got.size()) != n)
+    return ::testing::AssertionFailure() << what << ": " << got.size() << " elements, expected " << n;
+  double num = 0, den = 0;
+  const auto r = all_equal(
+      what, n,
+      [&](int64_t i) {
+        const double v = want.value[i];
+        if (!std::isfinite(v)) return same_kind(got[i], v);
+        if (!std::isfinite(got[i])) return false;
+        const double d = got[i] - v;
+        num += d * d;
+        den += v * v;
+        return std::fabs(d) <= bound(i);
+      },
+      [&](int64_t i) {
+        char b[160];
+        std::snprintf(b, sizeof b, ", exact %.9g, |diff| %.3g, bound %.3g, Σ|products| %.3g", want.value[i],
+                      std::fabs(got[i] - want.value[i]), bound(i), want.abs[i]);
+        return std::string(what) + "[" + std::to_string(i / cols) + ", " + std::to_string(i % cols) + "]: got " +
+               show(got[i]) + b;
+      });
+  if (!r) return r;
+  const double rel = den > 0 ? std::sqrt(num / den) : (num > 0 ? INFINITY : 0.0);
+  if (!(rel <= rel_l2_max))
+    return ::testing::AssertionFailure() << what << ": relative L2 error " << rel << " > " << rel_l2_max;
+  return ::testing::AssertionSuccess() << what << ": relative L2 error " << rel;
+}
+
+double fwd_bound(const ref::GemmRef& r, int64_t i, int64_t K) { return 2 * kU * (K / 16.0 + 4) * r.abs[i]; }
+double dx_bound(const ref::GemmRef& r, int64_t i, int64_t E) {
+  const double acc = (2 * kU * (E / 8.0 + 8) + kSplit) * r.abs[i];
+  return kBf16Round * (std::fabs(r.value[i]) + acc) + acc;
+}
+double dw_bound(const ref::GemmRef& r, int64_t i, int64_t T) {
+  return (2 * kU * (T / 8.0 + 8 + 256) + kSplit) * r.abs[i];
+}
+
+class RouterGemmTest : public GpuTest {
+ protected:
+  struct Fwd {
+    std::vector<float> y;
+    bool guards_ok = false;
+    uint64_t launches = 0;
+  };
+  // x [T, K] (row stride x_ld ≥ K), w [E, K]; logits [T, E] with row stride y_ld ≥ E.
+  static Fwd run_fwd(const std::vector<float>& x, const std::vector<float>& w, int64_t T, int64_t K, int64_t E,
+                     const detail::RouterGemmConfig* cfg = nullptr, int64_t x_ld = 0, int64_t y_ld = 0,
+                     int variant = -1) {
+    Runtime& r = rt();
+    if (x_ld == 0) x_ld = K;
+    if (y_ld == 0) y_ld = E;
+    std::vector<float> xs(T * x_ld, 0.f);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t k = 0; k < K; ++k) xs[t * x_ld + k] = x[t * K + k];
+    DeviceBuffer xb = upload(r, DType::bf16, xs), wb = upload(r, DType::bf16, w);
+    DeviceBuffer yb(r, std::max<int64_t>(T * y_ld, 1) * 4);
+    yb.poison();
+    const uint64_t before = r.stats().launches;
+    detail::router_gemm_fp32_fwd_config(r, TensorRef::strided_2d(xb.data(), DType::bf16, T, K, x_ld),
+                                        wb.ref(DType::bf16, {E, K}),
+                                        TensorRef::strided_2d(yb.data(), DType::f32, T, E, y_ld), variant, cfg,
+                                        nullptr);
+    synchronize();
+    Fwd f;
+    f.launches = r.stats().launches - before;
+    const std::vector<float> all = yb.download<float>(T * y_ld);
+    f.y.resize(T * E);
+    for (int64_t t = 0; t < T; ++t)
+      for (int64_t e = 0; e < E; ++e) f.y[t * E + e] = all[t * y_ld + e];
+    // Padding columns of a strided logits buffer must keep the poison.
+    f.guards_ok = yb.guards_intact();
+    for (int64_t t = 0; t < T && f.guards_ok; ++t)
+      for (int64_t e = E; e < y_ld; ++e)
+        if (std::bit_cast<uint32_t>(all[t * y_ld + e]) != 0x55555555u) f.guards_ok = false;
+    return f;
+  }
+
+  struct Bwd {
+    std::vector<float> dx, dw;
+    bool guards_ok = false;
+  };
+  static Bwd run_bwd(const std::vector<float>& g, const std::vector<float>& x, const std::vector<float>& w, int64_t T,
+                     int64_t K, int64_t E, bool want_dx = true, bool want_dw = true,
+                     const detail::RouterGemmConfig* cfg_dx = nullptr, const detail::RouterGemmConfig* cfg_dw = nullptr,
+                     bool user_workspace = false, int variant = 0) {
+    Runtime& r = rt();
+    DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
+    DeviceBuffer dxb(r, std::max<int64_t>(T * K, 1) * 2), dwb(r, E * K * 4);
+    dxb.poison();
+    dwb.poison();
+    const int64_t ws_elems = user_workspace ? router_gemm_fp32_bwd_workspace_elems(r, T, K, E) : 0;
+    DeviceBuffer wsb(r, std::max<int64_t>(ws_elems, 1) * 4);
+    wsb.poison();
+    detail::router_gemm_fp32_bwd_config(
+        r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+        want_dx ? dxb.ref(DType::bf16, {T, K}) : TensorRef{}, want_dw ? dwb.ref(DType::f32, {E, K}) : TensorRef{},
+        user_workspace ? wsb.ref(DType::f32, {ws_elems}) : TensorRef{}, variant, cfg_dx, cfg_dw, nullptr);
+    synchronize();
+    Bwd b;
+    if (want_dx) b.dx = download(dxb, DType::bf16, T * K);
+    if (want_dw) b.dw = dwb.download<float>(E * K);
+    b.guards_ok = dxb.guards_intact() && dwb.guards_intact() && wsb.guards_intact();
+    if (!want_dx) b.guards_ok = b.guards_ok && dxb.download<uint8_t>(1)[0] == DeviceBuffer::kPoison;
+    return b;
+  }
+
+  static std::vector<detail::RouterGemmConfig> space(uint32_t kernel, int64_t K, int64_t E) {
+    Runtime& r = rt();
+    (void)r;
+    const detail::FamilyDef* f = detail::find_family("router_gemm");
+    ModelConfig m;
+    m.hidden_size = static_cast<int>(K);
+    m.num_experts = static_cast<int>(E);
+    std::vector<detail::Specialization> specs, pts;
+    f->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+    for (const auto& s : specs)
+      if (s.kernel == kernel) f->search_space(s, pts);
+    std::vector<detail::RouterGemmConfig> out;
+    for (const auto& p : pts) out.push_back(p.config);
+    return out;
+  }
+};
+
+// ---- forward ---------------------------------------------------------------------------------------------------
+
+struct Shape {
+  int64_t T, K, E;
+};
+void PrintTo(const Shape& c, std::ostream* os) { *os << "T=" << c.T << " K=" << c.K << " E=" << c.E; }
+std::string shape_name(const ::testing::TestParamInfo<Shape>& i) {
+  return "T" + std::to_string(i.param.T) + "_K" + std::to_string(i.param.K) + "_E" + std::to_string(i.param.E);
+}
+
+std::vector<Shape> shapes() {
+  std::vector<Shape> v;
+  for (int64_t T : {0, 1, 7, 127, 4096, 8192})
+    for (auto [K, E] : {std::pair<int64_t, int64_t>{2048, 256}, {2048, 160}, {1536, 64}}) v.push_back({T, K, E});
+  v.push_back({7, 7168, 256});
+  v.push_back({4096, 7168, 256});
+  v.push_back({8192, 1536, 160});
+  v.push_back({1000, 4096, 128});
+  v.push_back({333, 2056, 8});  // K not a multiple of the tile's BK, E below one warp column
+  return v;
+}
+
+class RouterGemmFwd : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmFwd, MatchesReference) {
+  const auto [T, K, E] = GetParam();
+  const uint64_t seed = mix_seed({0x90, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/0);  // the mma.sync kernel (any arch)
+  EXPECT_TRUE(f.guards_ok) << "written outside logits";
+  if (T == 0) EXPECT_EQ(f.launches, 0u) << "T = 0 must launch nothing";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
+  EXPECT_TRUE(r);
+  RecordProperty("result", r.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwd, ::testing::ValuesIn(shapes()), shape_name);
+
+// Every tile config the tuner may pick, at shapes that leave partial tiles in T (and in E for E = 160).
+TEST_F(RouterGemmTest, FwdEveryConfig) {
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x91, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x92, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    for (const auto& c : space(0, K, E)) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 0);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+  }
+}
+
+// A row stride on x and on logits (the padding columns of logits stay untouched).
+TEST_F(RouterGemmTest, FwdStridedRows) {
+  const int64_t T = 300, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x93}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x94}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 0);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+}
+
+// 3-D input [B, S, K] with 3-D logits gives the same bits as the flattened 2-D call.
+TEST_F(RouterGemmTest, Fwd3dEqualsFlat) {
+  Runtime& r = rt();
+  const int64_t B = 3, S = 50, K = 2048, E = 256, T = B * S;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x95}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x96}), 0.02f);
+  DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+  yb.poison();
+  router_gemm_fp32_fwd(r, xb.ref(DType::bf16, {B, S, K}), wb.ref(DType::bf16, {E, K}), yb.ref(DType::f32, {B, S, E}),
+                       nullptr);
+  synchronize();
+  const std::vector<float> y3 = yb.download<float>(T * E);
+  const Fwd flat = run_fwd(x, w, T, K, E);
+  EXPECT_TRUE(bitwise_equal("logits 3-D vs 2-D", y3, flat.y));
+}
+
+// ---- the sm_90a wgmma forward ------------------------------------------------------------------------------------
+
+bool device_has_wgmma(Runtime& r) { return r.impl().device().arch.sm == 90; }
+
+class RouterGemmFwdSm90 : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmFwdSm90, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  if (E > 256) GTEST_SKIP();
+  const uint64_t seed = mix_seed({0x9b, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/1);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
+  EXPECT_TRUE(r);
+  RecordProperty("result", r.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdSm90, ::testing::ValuesIn(shapes()), shape_name);
+
+TEST_F(RouterGemmTest, FwdSm90EveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    for (const auto& c : space(4, K, E)) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 1);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+  }
+}
+
+TEST_F(RouterGemmTest, FwdSm90StridedRows) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 300, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 1);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+}
+
+// NaN and ±inf in x propagate like IEEE arithmetic; large and small magnitudes keep their relative accuracy.
+TEST_F(RouterGemmTest, FwdNonFiniteAndExtremeMagnitudes) {
+  const int64_t T = 64, K = 2048, E = 256;
+  std::vector<float> x = bf16_values(T * K, mix_seed({0x97}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x98}), 0.02f);
+  x[3 * K + 5] = std::numeric_limits<float>::quiet_NaN();
+  x[10 * K + 100] = std::numeric_limits<float>::infinity();
+  x[20 * K + 7] = -std::numeric_limits<float>::infinity();
+  const Fwd f = run_fwd(x, w, T, K, E);
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  for (float scale : {1e-15f, 1e15f}) {
+    SCOPED_TRACE("x and w scaled by " + std::to_string(scale));
+    std::vector<float> xs = bf16_values(T * K, mix_seed({0x99}), scale);
+    std::vector<float> ws = bf16_values(E * K, mix_seed({0x9a}), scale);
+    const Fwd fs = run_fwd(xs, ws, T, K, E);
+    const ref::GemmRef ws_ref = ref::router_gemm_fwd(xs, ws, T, K, E);
+    EXPECT_TRUE(close_to("logits", fs.y, ws_ref, E, 2e-5, [&](int64_t i) { return fwd_bound(ws_ref, i, K); }));
+  }
+}
+
+// ---- backward --------------------------------------------------------------------------------------------------
+
+class RouterGemmBwd : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmBwd, MatchesReference) {
+  const auto [T, K, E] = GetParam();
+  const uint64_t seed = mix_seed({0xa0, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);  // full fp32 mantissas
+  const Bwd b = run_bwd(g, x, w, T, K, E);
+  EXPECT_TRUE(b.guards_ok) << "written outside dx, dw or the workspace";
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const auto rdx = close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); });
+  EXPECT_TRUE(rdx);
+  // T = 0: dw is an empty sum, zeros (the poison would fail the bound of 0).
+  const auto rdw = close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); });
+  EXPECT_TRUE(rdw);
+  RecordProperty("dx", rdx.message());
+  RecordProperty("dw", rdw.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwd, ::testing::ValuesIn(shapes()), shape_name);
+
+// dw adds its T-split partials in a fixed order: repeated runs are bitwise identical (dx too).
+TEST_F(RouterGemmTest, BwdIsDeterministic) {
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xa1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xa2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xa3}), 1e-4f);
+  const Bwd a = run_bwd(g, x, w, T, K, E);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
+  EXPECT_TRUE(b.guards_ok);
+  EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
+  EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
+}
+
+// Only dx, or only dw: the other output is not touched.
+TEST_F(RouterGemmTest, BwdOneOutputOnly) {
+  const int64_t T = 1000, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xa4}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xa5}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xa6}), 1e-4f);
+  const Bwd both = run_bwd(g, x, w, T, K, E);
+  const Bwd only_dx = run_bwd(g, x, w, T, K, E, true, false);
+  const Bwd only_dw = run_bwd(g, x, w, T, K, E, false, true);
+  EXPECT_TRUE(only_dx.guards_ok && only_dw.guards_ok);
+  EXPECT_TRUE(bitwise_equal("dx alone", only_dx.dx, both.dx));
+  EXPECT_TRUE(bitwise_equal("dw alone", only_dw.dw, both.dw));
+}
+
+TEST_F(RouterGemmTest, BwdEveryConfig) {
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0xa7, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0xa8, static_cast<uint64_t>(E)}), 0.02f);
+    const std::vector<float> g = randn(T * E, mix_seed({0xa9, static_cast<uint64_t>(E)}), 1e-4f);
+    const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+    const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+    for (const auto& c : space(1, K, E)) {
+      SCOPED_TRACE("dx " + fmt_config(c) + " E=" + std::to_string(E));
+      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+    }
+    for (const auto& c : space(2, K, E)) {
+      SCOPED_TRACE("dw " + fmt_config(c) + " E=" + std::to_string(E));
+      const Bwd b = run_bwd(g, x, w, T, K, E, false, true, nullptr, &c);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+    }
+  }
+}
+
+// ---- the sm_90a wgmma backward -----------------------------------------------------------------------------------
+
+class RouterGemmBwdSm90 : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmBwdSm90, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  const uint64_t seed = mix_seed({0xc0, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/1);
+  EXPECT_TRUE(b.guards_ok) << "written outside dx, dw or the workspace";
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const auto rdx = close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); });
+  EXPECT_TRUE(rdx);
+  const auto rdw = close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); });
+  EXPECT_TRUE(rdw);
+  RecordProperty("dx", rdx.message());
+  RecordProperty("dw", rdw.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdSm90, ::testing::ValuesIn(shapes()), shape_name);
+
+TEST_F(RouterGemmTest, BwdSm90EveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0xc1, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0xc2, static_cast<uint64_t>(E)}), 0.02f);
+    const std::vector<float> g = randn(T * E, mix_seed({0xc3, static_cast<uint64_t>(E)}), 1e-4f);
+    const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+    const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+    for (const auto& c : space(5, K, E)) {
+      SCOPED_TRACE("dx_sm90 " + fmt_config(c) + " E=" + std::to_string(E));
+      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr, false, 1);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+    }
+    for (const auto& c : space(6, K, E)) {
+      SCOPED_TRACE("dw_sm90 " + fmt_config(c) + " E=" + std::to_string(E));
+      const Bwd b = run_bwd(g, x, w, T, K, E, false, true, nullptr, &c, false, 1);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+    }
+  }
+}
+
+// The wgmma backward reduces in a fixed order too: bitwise repeatable, and non-finite g propagates.
+TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 4096, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xc4}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xc5}), 0.02f);
+  std::vector<float> g = randn(T * E, mix_seed({0xc6}), 1e-4f);
+  g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
+  g[50 * E + 100] = std::numeric_limits<float>::infinity();
+  const Bwd a = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
+  EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  EXPECT_TRUE(close_to("dx", a.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", a.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+}
+
+// g with NaN / ±inf, and g at the scales gradients take (tiny and large).
+TEST_F(RouterGemmTest, BwdNonFiniteAndExtremeMagnitudes) {
+  const int64_t T = 200, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb0}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb1}), 0.02f);
+  std::vector<float> g = randn(T * E, mix_seed({0xb2}), 1e-4f);
+  g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
+  g[50 * E + 100] = std::numeric_limits<float>::infinity();
+  g[150 * E + 200] = -std::numeric_limits<float>::infinity();
+  const Bwd b = run_bwd(g, x, w, T, K, E);
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+  for (float scale : {1e-12f, 1e6f}) {
+    SCOPED_TRACE("g scaled to " + std::to_string(scale));
+    const std::vector<float> gs = randn(T * E, mix_seed({0xb3}), scale);
+    const Bwd bs = run_bwd(gs, x, w, T, K, E);
+    const ref::GemmRef dxs = ref::router_gemm_dx(gs, w, T, K, E);
+    const ref::GemmRef dws = ref::router_gemm_dw(gs, x, T, K, E);
+    EXPECT_TRUE(close_to("dx", bs.dx, dxs, K, 3e-3, [&](int64_t i) { return dx_bound(dxs, i, E); }));
+    EXPECT_TRUE(close_to("dw", bs.dw, dws, K, 2e-5, [&](int64_t i) { return dw_bound(dws, i, T); }));
+  }
+}
+
+// The point of the hi/lo split: dw keeps fp32-grade accuracy where rounding g to bf16 would not. g values with a
+// long mantissa; the relative L2 error of dw must sit far below what bf16(g) gives (≈ 1e-3).
+TEST_F(RouterGemmTest, BwdKeepsTheFp32Gradient) {
+  const int64_t T = 4096, K = 1536, E = 64;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb4}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb5}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xb6}), 1e-3f);
+  std::vector<float> g16 = g;
+  round_to(DType::bf16, g16);
+  const Bwd b = run_bwd(g, x, w, T, K, E, false, true);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const ref::GemmRef dw16 = ref::router_gemm_dw(g16, x, T, K, E);
+  std::vector<float> dw16f(dw16.value.begin(), dw16.value.end());
+  const double err = relative_l2(b.dw, dw.value), err16 = relative_l2(dw16f, dw.value);
+  EXPECT_LE(err, 1e-5);
+  EXPECT_GE(err16, 20 * err) << "a bf16 g would be about as good: the test lost its point";
+  RecordProperty("dw_rel_l2", std::to_string(err));
+  RecordProperty("bf16_g_rel_l2", std::to_string(err16));
+}
+
+}  // namespace
+}  // namespace kiln::test

@@ -1,0 +1,344 @@
+// tests/router_gemm_test.cpp — the fp32 router GEMM on the CPU (runs in CI without a driver): the reference on
+// hand-checked cases, the hi/lo split of g, the family's specializations and search space (render + NVRTC compile
+// for sm_90a), and every argument check of router_gemm_fp32_fwd / _bwd.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <set>
+
+#include "kiln/ops/router_gemm.hpp"
+#include "reference/router_gemm.hpp"
+#include "runtime/family.hpp"
+#include "runtime/registry.hpp"
+#include "test_util.hpp"
+
+namespace kiln::test {
+namespace {
+
+// ---- reference --------------------------------------------------------------------------------------------------
+
+TEST(RouterGemmReference, SmallCasesByHand) {
+  // T = 2, K = 3, E = 2.   x = [[1, 2, 3], [-1, 0, 0.5]],  w = [[1, 1, 1], [0.5, -2, 4]]
+  const std::vector<float> x = {1, 2, 3, -1, 0, 0.5f}, w = {1, 1, 1, 0.5f, -2, 4};
+  const ref::GemmRef y = ref::router_gemm_fwd(x, w, 2, 3, 2);
+  EXPECT_EQ(y.value, (std::vector<double>{6, 8.5, -0.5, 1.5}));
+  EXPECT_EQ(y.abs, (std::vector<double>{6, 16.5, 1.5, 2.5}));
+  // dx = g · w with g = [[1, -1], [0.25, 2]]
+  const std::vector<float> g = {1, -1, 0.25f, 2};
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, 2, 3, 2);
+  EXPECT_EQ(dx.value, (std::vector<double>{0.5, 3, -3, 1.25, -3.75, 8.25}));
+  EXPECT_EQ(dx.abs, (std::vector<double>{1.5, 3, 5, 1.25, 4.25, 8.25}));
+  // dw = gᵀ · x
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, 2, 3, 2);
+  EXPECT_EQ(dw.value, (std::vector<double>{0.75, 2, 3.125, -3, -2, -2}));
+  EXPECT_EQ(dw.abs, (std::vector<double>{1.25, 2, 3.125, 3, 2, 4}));
+}
+
+TEST(RouterGemmReference, EmptyReductionIsZero) {
+  const ref::GemmRef dw = ref::router_gemm_dw({}, {}, 0, 16, 8);
+  EXPECT_EQ(dw.value, std::vector<double>(128, 0.0));
+}
+
+// The two-term split keeps 16 significant bits: |g − hi − lo| ≤ 2⁻¹⁷·|g| for normal g (hi carries 8 bits, lo the
+// next 8 of the remainder, each rounded to nearest); non-finite values pass through hi.
+TEST(RouterGemmReference, SplitKeepsSixteenBits) {
+  const std::vector<float> v = randn(100000, 0x5eed, 1.0f);
+  for (float scale : {1.0f, 1e-30f, 1e-6f, 3e4f, 1e30f}) {
+    for (float f : v) {
+      const float g = f * scale;
+      float hi, lo;
+      ref::split_bf16(g, hi, lo);
+      const double residual = std::fabs(static_cast<double>(g) - hi - lo);
+      ASSERT_LE(residual, std::ldexp(std::fabs(static_cast<double>(g)), -17) + 1e-45) << "g = " << g;
+    }
+  }
+  float hi, lo;
+  ref::split_bf16(std::numeric_limits<float>::infinity(), hi, lo);
+  EXPECT_TRUE(std::isinf(hi) && hi > 0);
+  EXPECT_EQ(lo, 0.f);
+  ref::split_bf16(std::numeric_limits<float>::quiet_NaN(), hi, lo);
+  EXPECT_TRUE(std::isnan(hi));
+  EXPECT_EQ(lo, 0.f);
+  ref::split_bf16(3.4e38f, hi, lo);  // rounds up to inf in bf16: lo dropped, so the product is ±inf, not NaN
+  EXPECT_TRUE(std::isinf(hi));
+  EXPECT_EQ(lo, 0.f);
+}
+
+// ---- specializations and search space ---------------------------------------------------------------------------
+
+using detail::Arch;
+using detail::Specialization;
+
+const detail::FamilyDef& family() {
+  static Runtime rt(RuntimeOptions{.memory_only = true});  // registers the families
+  const detail::FamilyDef* f = detail::find_family("router_gemm");
+  EXPECT_NE(f, nullptr);
+  return *f;
+}
+
+std::vector<Specialization> enumerated(int K, int E, const char* arch) {
+  ModelConfig m;
+  m.hidden_size = K;
+  m.num_experts = E;
+  std::vector<Specialization> out;
+  family().enumerate(m, Arch::parse(arch), out);
+  return out;
+}
+
+TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
+  const auto specs = enumerated(2048, 256, "sm_90a");
+  ASSERT_EQ(specs.size(), 7u);
+  std::set<uint32_t> kernels;
+  for (const auto& s : specs) kernels.insert(s.kernel);
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6}));  // 4–6: the wgmma kernels, sm_90a only
+  EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
+  EXPECT_EQ(enumerated(2048, 256, "sm_100a").size(), 4u);
+  EXPECT_EQ(enumerated(2048, 384, "sm_90a").size(), 4u);  // E > 256: mma.sync only
+  EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
+  EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
+  const auto ds = enumerated(7168, 256, "sm_90a");
+  ASSERT_EQ(ds.size(), 7u);
+  EXPECT_EQ(ds[0].params[0], 7168);
+  EXPECT_EQ(ds[0].params[1], 256);
+}
+
+// Every default is in its search space, every point is distinct and fits shared memory, for the shapes the issue
+// names (E not a power of two included) and for the archs kiln compiles.
+TEST(RouterGemmFamily, SearchSpacesHoldTheDefaultAndFit) {
+  for (const char* arch : {"sm_90a", "sm_80", "sm_89"}) {
+    const int limit = std::string(arch) == "sm_90a" ? 227 * 1024 : std::string(arch) == "sm_80" ? 163 * 1024 : 99 * 1024;
+    for (int K : {1536, 2048, 4096, 7168})
+      for (int E : {8, 64, 128, 160, 256, 384}) {
+        for (const Specialization& s : enumerated(K, E, arch)) {
+          std::vector<Specialization> space;
+          family().search_space(s, space);
+          ASSERT_FALSE(space.empty()) << arch << " " << s.describe();
+          EXPECT_TRUE(detail::in_search_space(s)) << arch << " default not in its space: " << s.describe();
+          std::set<std::string> keys;
+          for (const auto& c : space) {
+            EXPECT_TRUE(keys.insert(c.key().hex()).second) << c.describe();
+            EXPECT_LE(family().dynamic_smem_bytes(c), limit) << arch << " " << c.describe();
+          }
+          if (std::string(arch) == "sm_90a" && s.kernel != 3) EXPECT_GE(space.size(), 3u) << s.describe();
+          if (s.kernel >= 4) EXPECT_EQ(std::string(arch), "sm_90a");
+        }
+      }
+  }
+}
+
+TEST(RouterGemmFamily, InvalidConfigsAreOutsideTheSpace) {
+  Specialization s = enumerated(2048, 256, "sm_90a")[0];  // fwd
+  Specialization bad = s;
+  bad.config[1] = 200;  // BN not a multiple of WN·16
+  EXPECT_FALSE(detail::in_search_space(bad));
+  bad = s;
+  bad.config[5] = 12;  // 12 stages of 46 KiB
+  EXPECT_FALSE(detail::in_search_space(bad));
+}
+
+// Render + NVRTC for sm_90a: the defaults at shapes outside the presets (E = 160 and 64, K = 1536) and a few search
+// points (compile_test covers every preset default and the whole ling-mini-2.0 space).
+TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
+  detail::Counters counters;
+  std::vector<Specialization> specs;
+  for (auto [K, E] : {std::pair{1536, 160}, std::pair{2048, 64}, std::pair{2056, 8}})
+    for (const auto& s : enumerated(K, E, "sm_90a"))
+      if (s.kernel != 3) specs.push_back(s);
+  std::vector<Specialization> space;
+  family().search_space(enumerated(7168, 256, "sm_90a")[0], space);
+  specs.push_back(space.back());
+  space.clear();
+  family().search_space(enumerated(2048, 256, "sm_90a")[4], space);  // wgmma forward: its last point splits K
+  ASSERT_EQ(space.back().config[4], 2);
+  specs.push_back(space.back());
+  for (const auto& s : specs) {
+    const detail::EnsureResult r = detail::ensure_cubin(s, nullptr, false, counters);
+    EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
+    EXPECT_NE(r.lowered_name.find("router_gemm"), std::string::npos) << r.lowered_name;
+  }
+}
+
+// ---- argument checks --------------------------------------------------------------------------------------------
+
+void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
+
+RuntimeOptions cpu_options() {
+  RuntimeOptions o;
+  o.memory_only = true;
+  return o;
+}
+
+#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
+  do {                                                                                                \
+    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
+    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
+  } while (0)
+
+class RouterGemmErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t T = 96, K = 2048, E = 160;
+  void fwd() { router_gemm_fp32_fwd(rt, x, w, logits, nullptr); }
+  void bwd() { router_gemm_fp32_bwd(rt, g, x, w, dx, dw, ws, nullptr); }
+
+  Runtime rt{cpu_options()};
+  TensorRef x = TensorRef::contiguous(fake(0), DType::bf16, {T, K});
+  TensorRef w = TensorRef::contiguous(fake(1), DType::bf16, {E, K});
+  TensorRef logits = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  TensorRef g = TensorRef::contiguous(fake(3), DType::f32, {T, E});
+  TensorRef dx = TensorRef::contiguous(fake(4), DType::bf16, {T, K});
+  TensorRef dw = TensorRef::contiguous(fake(5), DType::f32, {E, K});
+  TensorRef ws;
+};
+
+TEST_F(RouterGemmErrors, ValidCallsReachTheDevice) {
+  EXPECT_REACHES_DEVICE(fwd());
+  EXPECT_REACHES_DEVICE(bwd());
+}
+TEST_F(RouterGemmErrors, Valid3dAndStridedCallsReachTheDevice) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {4, T / 4, K});
+  logits = TensorRef::contiguous(fake(2), DType::f32, {4, T / 4, E});
+  EXPECT_REACHES_DEVICE(fwd());
+  x = TensorRef::strided_2d(fake(0), DType::bf16, T, K, K + 64);
+  logits = TensorRef::strided_2d(fake(2), DType::f32, T, E, E + 4);
+  EXPECT_REACHES_DEVICE(fwd());
+}
+TEST_F(RouterGemmErrors, OnlyDxOrOnlyDwReachTheDevice) {
+  dw = {};
+  EXPECT_REACHES_DEVICE(bwd());
+  dw = TensorRef::contiguous(fake(5), DType::f32, {E, K});
+  dx = {};
+  EXPECT_REACHES_DEVICE(bwd());
+}
+
+TEST_F(RouterGemmErrors, WrongDtypes) {
+  for (DType d : {DType::f32, DType::f16, DType::e4m3}) {
+    TensorRef bad = x;
+    bad.dtype = d;
+    EXPECT_THROW_NAMING(router_gemm_fp32_fwd(rt, bad, w, logits, nullptr), "x", UnsupportedDtypeError);
+  }
+  w.dtype = DType::f32;  // linghe takes weight.data in bf16; kiln does too
+  EXPECT_THROW_NAMING(fwd(), "w", UnsupportedDtypeError);
+  w.dtype = DType::bf16;
+  logits.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(fwd(), "logits", UnsupportedDtypeError);
+  g.dtype = DType::bf16;  // the gradient is fp32
+  EXPECT_THROW_NAMING(bwd(), "g", UnsupportedDtypeError);
+  g.dtype = DType::f32;
+  dx.dtype = DType::f32;
+  EXPECT_THROW_NAMING(bwd(), "dx", UnsupportedDtypeError);
+  dx.dtype = DType::bf16;
+  dw.dtype = DType::bf16;  // kiln returns dw in fp32 (linghe HEAD)
+  EXPECT_THROW_NAMING(bwd(), "dw", UnsupportedDtypeError);
+}
+
+TEST_F(RouterGemmErrors, HiddenSizeOutOfRange) {
+  for (int64_t k : {int64_t{2044}, int64_t{8}, int64_t{16392}}) {
+    x = TensorRef::contiguous(fake(0), DType::bf16, {T, k});
+    w = TensorRef::contiguous(fake(1), DType::bf16, {E, k});
+    EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  }
+}
+
+TEST_F(RouterGemmErrors, ExpertCountOutOfRange) {
+  for (int64_t e : {int64_t{100}, int64_t{0}, int64_t{1032}}) {
+    w = TensorRef::contiguous(fake(1), DType::bf16, {e, K});
+    logits = TensorRef::contiguous(fake(2), DType::f32, {T, e});
+    EXPECT_THROW_NAMING(fwd(), "w", ShapeMismatchError);
+  }
+}
+
+TEST_F(RouterGemmErrors, WeightShapeOrLayout) {
+  w = TensorRef::contiguous(fake(1), DType::bf16, {E, K + 8});  // K differs from x's
+  EXPECT_THROW_NAMING(fwd(), "w", ShapeMismatchError);
+  w = TensorRef::contiguous(fake(1), DType::bf16, {E * K});
+  EXPECT_THROW_NAMING(fwd(), "w", ShapeMismatchError);
+  w = TensorRef::strided_2d(fake(1), DType::bf16, E, K, K + 8);  // rows must be packed
+  EXPECT_THROW_NAMING(fwd(), "w", ShapeMismatchError);
+}
+
+TEST_F(RouterGemmErrors, OutputShapes) {
+  logits = TensorRef::contiguous(fake(2), DType::f32, {T, E + 8});
+  EXPECT_THROW_NAMING(fwd(), "logits", ShapeMismatchError);
+  logits = TensorRef::contiguous(fake(2), DType::f32, {T + 1, E});
+  EXPECT_THROW_NAMING(fwd(), "logits", ShapeMismatchError);
+  logits = TensorRef::contiguous(fake(2), DType::f32, {2, T / 2, E});  // rank differs from x's
+  EXPECT_THROW_NAMING(fwd(), "logits", ShapeMismatchError);
+  g = TensorRef::contiguous(fake(3), DType::f32, {T, E - 8});
+  EXPECT_THROW_NAMING(bwd(), "g", ShapeMismatchError);
+  g = TensorRef::contiguous(fake(3), DType::f32, {T, E});
+  dx = TensorRef::contiguous(fake(4), DType::bf16, {T, K - 8});
+  EXPECT_THROW_NAMING(bwd(), "dx", ShapeMismatchError);
+  dx = TensorRef::contiguous(fake(4), DType::bf16, {T, K});
+  dw = TensorRef::contiguous(fake(5), DType::f32, {K, E});
+  EXPECT_THROW_NAMING(bwd(), "dw", ShapeMismatchError);
+}
+
+TEST_F(RouterGemmErrors, ThreeDimLeadingDimsMustMatch) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {4, T / 4, K});
+  logits = TensorRef::contiguous(fake(2), DType::f32, {T / 4, 4, E});
+  EXPECT_THROW_NAMING(fwd(), "logits", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {2, 2, T / 4, K});  // rank 4
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+}
+
+TEST_F(RouterGemmErrors, NonContiguousOrMisalignedRows) {
+  x.strides = {2 * K, 2};
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  x = TensorRef::strided_2d(fake(0), DType::bf16, T, K, K + 4);  // rows 8-byte aligned only
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {T, K});
+  logits = TensorRef::strided_2d(fake(2), DType::f32, T, E, E + 2);
+  EXPECT_THROW_NAMING(fwd(), "logits", InvalidArgument);
+  logits = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  x = TensorRef::contiguous(fake(0), DType::bf16, {4, T / 4, K});
+  x.strides = {T / 4 * K * 2, K * 2, 1};  // 3-D views must be contiguous
+  logits = TensorRef::contiguous(fake(2), DType::f32, {4, T / 4, E});
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+}
+
+TEST_F(RouterGemmErrors, NullOrMisalignedPointers) {
+  x.data = nullptr;
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+  x.data = static_cast<char*>(fake(0)) + 8;
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+  x.data = fake(0);
+  w.data = static_cast<char*>(fake(1)) + 2;
+  EXPECT_THROW_NAMING(fwd(), "w", InvalidArgument);
+  w.data = fake(1);
+  logits.data = static_cast<char*>(fake(2)) + 4;
+  EXPECT_THROW_NAMING(fwd(), "logits", InvalidArgument);
+  g.data = nullptr;
+  EXPECT_THROW_NAMING(bwd(), "g", InvalidArgument);
+  g.data = fake(3);
+  dw.data = static_cast<char*>(fake(5)) + 4;
+  EXPECT_THROW_NAMING(bwd(), "dw", InvalidArgument);
+}
+
+TEST_F(RouterGemmErrors, BackwardNeedsAnOutput) {
+  dx = {};
+  dw = {};
+  EXPECT_THROW_NAMING(bwd(), "dx", InvalidArgument);
+}
+
+TEST_F(RouterGemmErrors, WorkspaceOfWrongDtype) {
+  ws = TensorRef::contiguous(fake(6), DType::bf16, {1 << 20});
+  EXPECT_THROW_NAMING(bwd(), "workspace", UnsupportedDtypeError);
+}
+
+TEST_F(RouterGemmErrors, TooManyTokens) {
+  const int64_t t = int64_t{1} << 31;
+  x = TensorRef::contiguous(fake(0), DType::bf16, {t, K});
+  logits = TensorRef::contiguous(fake(2), DType::f32, {t, E});
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+}
+
+TEST_F(RouterGemmErrors, EmptyInputsNeedNoDeviceForTheForward) {
+  x = TensorRef::contiguous(nullptr, DType::bf16, {0, K});
+  logits = TensorRef::contiguous(nullptr, DType::f32, {0, E});
+  EXPECT_NO_THROW(fwd());  // T = 0: nothing to launch
+}
+
+}  // namespace
+}  // namespace kiln::test
