@@ -3,6 +3,7 @@
 #include "kiln/dtype.hpp"
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
+#include "kiln/ops/moe.hpp"
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/runtime.hpp"
 #include "kiln/tensor.hpp"

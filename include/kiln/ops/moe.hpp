@@ -1,0 +1,61 @@
+// kiln/ops/moe.hpp — MoE dispatch: top-k routing (forward, backward), the padded row-id map, permute, unpermute.
+//
+// Semantics: ../shared/spec/linghe-kernels.md §6 (map, permute, unpermute), §13 (HEAD group_topk_score) and
+// ../shared/spec/fp4-moe.md §3 (routing methods). Everything runs on the device with no host synchronization: counts
+// and offsets stay on the GPU, grids are sized from upper bounds, so every op can be captured in a CUDA graph.
+// Compile-time (specialization key): E, top_k, score function, n_group, topk_group, renormalize, bias presence;
+// the row width and dtypes of the permutes. Run-time: T, pointers, scaling factor, multiple_of, num_out_tokens.
+#pragma once
+#include <cstdint>
+
+#include "kiln/runtime.hpp"
+#include "kiln/tensor.hpp"
+
+namespace kiln {
+
+enum class MoeScore : int { softmax = 0, sigmoid = 1 };
+
+struct MoeRoutingOptions {
+  int top_k = 8;
+  MoeScore score = MoeScore::softmax;
+  int n_group = 1;             // DeepSeek-V3 grouped top-k: E/n_group contiguous experts per group …
+  int topk_group = 1;          // … of which the topk_group best (sum of each group's two largest keys) stay eligible
+  bool renormalize = false;    // p = s / (Σ_selected s + 1e-20)
+  float scaling_factor = 1.0f; // routed scaling factor, applied last
+};
+
+// The padded row-id map (linghe triton_make_row_id_map_and_indices, plus kiln's counts and offsets).
+struct MoeRowIdMap {
+  TensorRef row_id_map;         // [T, E] int32: destination row of (t, e), −1 where t is not routed to e
+  TensorRef row_id_indices;     // [num_out] int32, optional: token of each row; −1 on padding rows and past the end
+  TensorRef tokens_per_expert;  // [E] int32: real counts c_e
+  TensorRef padded_counts;      // [E] int32, optional: roundup(c_e, multiple_of)
+  TensorRef offsets;            // [E + 1] int32, optional: off_e = Σ_{e'<e} padded counts; [E] = rows used
+};
+
+// Upper bound of the rows a map with at most `k` experts per token can use: T·k + min(E, T·k)·(multiple_of − 1).
+int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of);
+
+// Top-k routing from fp32 logits [T, E] (E % 4 == 0, E ≤ 1024, top_k ≤ E, n_group | E, n_group ≤ 32,
+// topk_group ≤ n_group, top_k ≤ topk_group·E/n_group). expert_bias [E] fp32 optional (selection only).
+// Outputs: probs [T, E] fp32 (0 where not routed), routing_map [T, E] uint8 (0/1), tokens_per_expert [E] int32.
+// Selection: scores s = softmax(z) or σ(z); key = s + bias with a bias, else z (same order as s); ties go to the
+// lower expert index. If `map` is given (its tokens_per_expert may be left empty: the op's own is used), the padded
+// row-id map is built in the same call (multiple_of ∈ {1, 2, …, 128}), sharing the per-block histograms.
+void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
+                          const TensorRef& routing_map, const TensorRef& tokens_per_expert,
+                          const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map = nullptr,
+                          int multiple_of = 1);
+
+// dlogits [T, E] fp32 from dprobs [T, E] fp32, the forward's logits and routing_map (opts as in the forward).
+void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
+                          const TensorRef& routing_map, const TensorRef& dlogits, const MoeRoutingOptions& opts,
+                          Stream stream);
+
+// Row-id map of any routing map [T, E] (uint8 or int32, nonzero = routed): expert-major rows, each expert's segment
+// padded to a multiple of `multiple_of` (1 … 128), tokens in order inside a segment. `max_per_token` bounds the
+// routed experts per token (default E) and sets the least row_id_indices length (moe_max_out_rows).
+void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRowIdMap& out, int multiple_of,
+                         Stream stream, int max_per_token = 0);
+
+}  // namespace kiln
