@@ -350,5 +350,115 @@ TEST(MoeRowIdMapErrors, Validation) {
                       UnsupportedDtypeError);
 }
 
+class MoePermuteErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t T = 128, E = 64, Hd = 2048, K = 8, P = 16;
+  static constexpr int64_t kOut = T * K + E * (P - 1);  // moe_max_out_rows(T, E, K, P)
+  void permute() { moe_permute(rt, inp, scale, probs, map, out, scale_out, probs_out, opts, nullptr); }
+  void unpermute() { moe_unpermute(rt, x, map.row_id_map, weights, uout, restore, opts, nullptr); }
+  Runtime rt{cpu_options()};
+  TensorRef inp = TensorRef::contiguous(fake(0), DType::e4m3, {T, Hd});
+  TensorRef scale = TensorRef::contiguous(fake(1), DType::f32, {Hd / 128, T});
+  TensorRef probs = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  MoeRowIdMap map{TensorRef::contiguous(fake(3), DType::i32, {T, E}), {},
+                  TensorRef::contiguous(fake(4), DType::i32, {E}), {}, TensorRef::contiguous(fake(5), DType::i32, {E + 1})};
+  TensorRef out = TensorRef::contiguous(fake(6), DType::e4m3, {kOut, Hd});
+  TensorRef scale_out = TensorRef::contiguous(fake(7), DType::f32, {Hd / 128, kOut});
+  TensorRef probs_out = TensorRef::contiguous(fake(8), DType::f32, {kOut});
+  MoePermuteOptions opts{8, 16};
+  TensorRef x = TensorRef::contiguous(fake(9), DType::bf16, {kOut, Hd});
+  TensorRef weights = TensorRef::contiguous(fake(10), DType::f32, {kOut});
+  TensorRef uout = TensorRef::contiguous(fake(11), DType::bf16, {T, Hd});
+  TensorRef restore = TensorRef::contiguous(fake(12), DType::f32, {T, E});
+};
+
+TEST_F(MoePermuteErrors, ValidCallsReachTheDevice) {
+  EXPECT_REACHES_DEVICE(permute());
+  EXPECT_REACHES_DEVICE(unpermute());
+}
+TEST_F(MoePermuteErrors, TokenMajorScalesAreAccepted) {
+  scale = TensorRef::contiguous(fake(1), DType::f32, {T, Hd / 128});
+  EXPECT_REACHES_DEVICE(permute());
+}
+TEST_F(MoePermuteErrors, ScaleFittingNeitherLayout) {
+  scale = TensorRef::contiguous(fake(1), DType::f32, {T, Hd / 64});
+  EXPECT_THROW_NAMING(permute(), "scale", ShapeMismatchError);
+  scale = TensorRef::contiguous(fake(1), DType::f32, {Hd / 128, T, 1});
+  EXPECT_THROW_NAMING(permute(), "scale", ShapeMismatchError);
+  opts.scale_layout = MoeScaleLayout::token_major;  // an M-major tensor declared token-major
+  scale = TensorRef::contiguous(fake(1), DType::f32, {Hd / 128, T});
+  EXPECT_THROW_NAMING(permute(), "scale", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, AmbiguousScaleLayoutNeedsTheFlag) {
+  const int64_t t = Hd / 128;  // T == Hd/128: both layouts fit
+  inp = TensorRef::contiguous(fake(0), DType::e4m3, {t, Hd});
+  scale = TensorRef::contiguous(fake(1), DType::f32, {t, t});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {t, E});
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {t, E});
+  EXPECT_THROW_NAMING(permute(), "scale", InvalidArgument);
+  opts.scale_layout = MoeScaleLayout::m_major;
+  EXPECT_REACHES_DEVICE(permute());
+}
+TEST_F(MoePermuteErrors, ScalesOnlyWithFp8Rows) {
+  inp.dtype = DType::bf16;
+  out.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(permute(), "scale", InvalidArgument);
+  scale = {};
+  EXPECT_THROW_NAMING(permute(), "scale_out", InvalidArgument);
+}
+TEST_F(MoePermuteErrors, NumOutTokensTooSmall) {
+  out = TensorRef::contiguous(fake(6), DType::e4m3, {kOut - 1, Hd});
+  EXPECT_THROW_NAMING(permute(), "out", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(9), DType::bf16, {kOut - 1, Hd});
+  EXPECT_THROW_NAMING(unpermute(), "x", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, Int32OffsetOverflow) {
+  const int64_t big = int64_t{1} << 31;
+  out = TensorRef::contiguous(fake(6), DType::e4m3, {big, Hd});
+  EXPECT_THROW_NAMING(permute(), "out", InvalidArgument);
+}
+TEST_F(MoePermuteErrors, MapAndProbsMismatch) {
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {T + 1, E});
+  EXPECT_THROW_NAMING(permute(), "inp", ShapeMismatchError);
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i64, {T, E});
+  EXPECT_THROW_NAMING(permute(), "row_id_map", UnsupportedDtypeError);
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {T, E});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, E + 1});
+  EXPECT_THROW_NAMING(permute(), "probs", ShapeMismatchError);
+  probs = TensorRef::contiguous(fake(2), DType::bf16, {T, E});
+  EXPECT_THROW_NAMING(permute(), "probs", UnsupportedDtypeError);
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  probs_out = TensorRef::contiguous(fake(8), DType::f32, {kOut + 1});
+  EXPECT_THROW_NAMING(permute(), "probs_out", ShapeMismatchError);
+  map.offsets = TensorRef::contiguous(fake(5), DType::i32, {E});
+  probs_out = TensorRef::contiguous(fake(8), DType::f32, {kOut});
+  EXPECT_THROW_NAMING(permute(), "offsets", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, OutputDtypeAndRowAlignment) {
+  out.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(permute(), "out", UnsupportedDtypeError);
+  inp = TensorRef::contiguous(fake(0), DType::bf16, {T, 100});  // 200-byte rows
+  EXPECT_THROW_NAMING(permute(), "inp", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, UnpermuteArguments) {
+  restore = TensorRef::contiguous(fake(12), DType::f32, {T, E + 4});
+  EXPECT_THROW_NAMING(unpermute(), "restore_probs", ShapeMismatchError);
+  restore = TensorRef::contiguous(fake(12), DType::f32, {T, E});
+  weights = {};
+  EXPECT_THROW_NAMING(unpermute(), "restore_probs", InvalidArgument);
+  weights = TensorRef::contiguous(fake(10), DType::bf16, {kOut});
+  EXPECT_THROW_NAMING(unpermute(), "weights", UnsupportedDtypeError);
+  weights = TensorRef::contiguous(fake(10), DType::f32, {kOut});
+  uout = TensorRef::contiguous(fake(11), DType::f32, {T, Hd});
+  EXPECT_THROW_NAMING(unpermute(), "out", UnsupportedDtypeError);
+  uout = TensorRef::contiguous(fake(11), DType::bf16, {T - 1, Hd});
+  EXPECT_THROW_NAMING(unpermute(), "out", ShapeMismatchError);
+  x.dtype = DType::e4m3;
+  EXPECT_THROW_NAMING(unpermute(), "x", UnsupportedDtypeError);
+  opts.top_k = E + 1;
+  x.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(unpermute(), "top_k", InvalidArgument);
+}
+
 }  // namespace
 }  // namespace kiln::test

@@ -52,7 +52,8 @@ RowIdMapResult row_id_map(std::span<const uint8_t> flags, int64_t T, int64_t E, 
 
 // Permute of rows of `row_bytes` bytes: out [num_out, row_bytes]; scales (optional; token-major [T, ns] or M-major
 // [ns, T]) → scale_out [ns, num_out]; probs (optional) [T, E] → probs_out [num_out]. Padding rows (in a segment past
-// its real count, and rows ≥ offsets[E]): data 0, scale `pad_scale`, prob 0.
+// its real count, and rows ≥ offsets[E]; a test compares those only with fill_tail): data 0, scale `pad_scale`,
+// prob 0.
 struct PermuteResult {
   std::vector<uint8_t> out;
   std::vector<float> scale_out, probs_out;

@@ -58,4 +58,44 @@ void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef&
 void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRowIdMap& out, int multiple_of,
                          Stream stream, int max_per_token = 0);
 
+// ---- permute / unpermute -----------------------------------------------------------------------------------------
+
+enum class MoeScaleLayout : int {
+  automatic = 0,    // from the shape; a typed error when both or neither fit (T == Hd/128 is ambiguous)
+  token_major = 1,  // [T, Hd/128] (linghe's permute)
+  m_major = 2,      // [Hd/128, T] (kiln's and linghe's quantizers, DeepGEMM's LHS scales)
+};
+
+struct MoePermuteOptions {
+  // The routing the map came from, for the host-side bound num_out ≥ moe_max_out_rows(T, E, top_k, multiple_of)
+  // (the counts themselves live on the device). top_k 0 means E.
+  int top_k = 0;
+  int multiple_of = 1;
+  MoeScaleLayout scale_layout = MoeScaleLayout::automatic;
+  bool round_scale = false;  // padding rows get scale 2^-99 (the power-of-two rule's zero-block scale), else 1e-30
+  // Also write the rows past offsets[E] (the slack of a num_out sized for the worst case) as padding rows. Off by
+  // default: no consumer reads them (grouped GEMMs take the offsets), and at T = 8192, top-8, P = 16 they would
+  // add ≈ 2000 rows of writes.
+  bool fill_tail = false;
+};
+
+// Rows of inp [T, Hd] (bf16 or fp8 e4m3; copied verbatim, Hd·size a multiple of 16) into the expert-major rows of a
+// row-id map: out [num_out, Hd] (inp's dtype). Optional: fp8 1×128 block scales `scale` (fp32, token-major [T, Hd/128]
+// or M-major [Hd/128, T]; e4m3 input only) → scale_out [Hd/128, num_out] (M-major over the permuted rows); router
+// probs [T, E] fp32 → probs_out [num_out]. map.row_id_map is required; with map.offsets and map.tokens_per_expert the
+// padding rows inside each expert's padded segment (and, with fill_tail, every row past offsets[E]) are written by
+// the same launch: data 0, scale 1e-30 (2^-99 with round_scale), prob 0. Without them the map must be unpadded and
+// only the routed rows are written.
+void moe_permute(Runtime& rt, const TensorRef& inp, const TensorRef& scale, const TensorRef& probs,
+                 const MoeRowIdMap& map, const TensorRef& out, const TensorRef& scale_out, const TensorRef& probs_out,
+                 const MoePermuteOptions& opts, Stream stream);
+
+// out[t] = Σ_{e ascending, r = row_id_map[t, e] ≥ 0} weights[r]·x[r] (fp32, fma in that order, rounded once to x's
+// dtype; without weights a plain sum). x [num_out, H] bf16 or fp32, out [T, H] x's dtype, weights [num_out] fp32
+// optional (the prob-weighted combine). restore_probs [T, E] fp32 optional (needs weights): weights[r] where routed,
+// 0 elsewhere — the backward of the probs permutation. Deterministic (no atomics); padding rows are never read.
+void moe_unpermute(Runtime& rt, const TensorRef& x, const TensorRef& row_id_map, const TensorRef& weights,
+                   const TensorRef& out, const TensorRef& restore_probs, const MoePermuteOptions& opts,
+                   Stream stream);
+
 }  // namespace kiln

@@ -1,0 +1,277 @@
+// Host recipe: MoE permute / unpermute (templates/kiln/moe_permute.cuh). Spec: linghe-kernels.md §6.2–§6.4, §14.5.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kiln/moe_permute_args.h"
+#include "kiln/ops/moe.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace {
+using namespace detail;
+
+enum : uint32_t { kPermute = 0, kUnpermute = 1 };
+enum { P_ROW_BYTES, P_E, P_SCALE_BLOCKS, P_M_MAJOR, P_PROBS, P_DTYPE, P_WEIGHTS, P_RESTORE };
+enum { C_THREADS };
+
+constexpr int64_t kMaxRowBytes = 65536;
+constexpr int64_t kMaxExperts = 1024;
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/moe_permute.cuh\"\n";
+  const auto& p = s.params;
+  if (s.kernel == kPermute) {
+    name = fmt::format("kiln::moe_permute_kernel<{}, {}, {}, {}, {}, {}>", p[P_ROW_BYTES], p[P_E], p[P_SCALE_BLOCKS],
+                       p[P_M_MAJOR] != 0, p[P_PROBS] != 0, s.config[C_THREADS]);
+  } else {
+    const bool f32 = static_cast<DType>(p[P_DTYPE]) == DType::f32;
+    const int64_t H = p[P_ROW_BYTES] / (f32 ? 4 : 2);
+    name = fmt::format("kiln::moe_unpermute_kernel<{}, {}, {}, {}, {}, {}>", H, f32 ? "float" : "kiln::bf16", p[P_E],
+                       p[P_WEIGHTS] != 0, p[P_RESTORE] != 0, s.config[C_THREADS]);
+  }
+}
+
+int smem_bytes(const Specialization&) { return 0; }
+
+// Threads per CTA (a CTA per token): two 16-byte vectors of the row per thread, 64 … 512 threads.
+int default_threads(int64_t row_bytes) {
+  const int64_t nv = row_bytes / 16;
+  const int64_t t = ((nv + 1) / 2 + 31) / 32 * 32;
+  return static_cast<int>(std::clamp<int64_t>(t, 64, 512));
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+
+FamilyDef g_family{"moe_permute",
+                   {"permute", "unpermute"},
+                   {"row_bytes", "E", "scale_blocks", "m_major", "probs", "dtype", "weights", "restore"},
+                   {"threads"},
+                   render,
+                   smem_bytes,
+                   enumerate,
+                   search_space};
+
+Specialization permute_spec(Arch arch, int64_t row_bytes, int64_t E, int64_t ns, bool m_major, bool probs) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kPermute;
+  s.params[P_ROW_BYTES] = row_bytes;
+  s.params[P_E] = E;
+  s.params[P_SCALE_BLOCKS] = ns;
+  s.params[P_M_MAJOR] = ns > 0 && m_major;
+  s.params[P_PROBS] = probs;
+  s.config[C_THREADS] = default_threads(row_bytes);
+  return s;
+}
+
+Specialization unpermute_spec(Arch arch, int64_t H, DType dtype, int64_t E, bool weights, bool restore) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kUnpermute;
+  s.params[P_ROW_BYTES] = H * static_cast<int64_t>(dtype_size(dtype));
+  s.params[P_E] = E;
+  s.params[P_DTYPE] = static_cast<int64_t>(dtype);
+  s.params[P_WEIGHTS] = weights;
+  s.params[P_RESTORE] = restore;
+  s.config[C_THREADS] = default_threads(s.params[P_ROW_BYTES]);
+  return s;
+}
+
+// Threads 64 … 512 (powers of two) and the heuristic's, while a thread holds at most 8 vectors of the row.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  const int64_t nv = base.params[P_ROW_BYTES] / 16;
+  for (int t : {64, 128, 256, 512, default_threads(base.params[P_ROW_BYTES])}) {
+    if ((nv + t - 1) / t > 8) continue;
+    s.config[C_THREADS] = t;
+    if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
+      out.push_back(s);
+  }
+}
+
+// A model's dispatch: bf16 rows with probs, fp8 rows with M-major scales and probs; the combine (prob-weighted,
+// restoring probs for the backward) and the plain sum (the permute's backward).
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int64_t H = m.hidden_size, E = m.num_experts;
+  if (E <= 0 || E > kMaxExperts || H <= 0 || H % 128 != 0) return;
+  out.push_back(permute_spec(arch, 2 * H, E, 0, false, true));
+  out.push_back(permute_spec(arch, H, E, H / 128, true, true));
+  out.push_back(unpermute_spec(arch, H, DType::bf16, E, true, true));
+  out.push_back(unpermute_spec(arch, H, DType::bf16, E, false, false));
+}
+
+void check_map_tensor(const Check& ck, const TensorRef& map, int64_t& T, int64_t& E) {
+  ck.dtype("row_id_map", map, {DType::i32});
+  ck.shape("row_id_map", map, {-1, -1});
+  ck.contiguous("row_id_map", map);
+  T = map.shape[0];
+  E = map.shape[1];
+  if (E < 1 || E > kMaxExperts)
+    ck.shape_error("row_id_map", fmt::format("expected 1 … {} experts (last dim), got {}", kMaxExperts, E));
+  ck.fits_int32("row_id_map", T, "T (tokens)");
+  if (T > 0) ck.pointer("row_id_map", map, 4);
+}
+
+void check_num_out(const Check& ck, const char* arg, int64_t num_out, int64_t T, int64_t E,
+                   const MoePermuteOptions& o) {
+  if (o.top_k < 0 || o.top_k > E) ck.invalid("top_k", fmt::format("expected 0 (= E) … E = {}, got {}", E, o.top_k));
+  if (o.multiple_of < 1 || o.multiple_of > 128)
+    ck.invalid("multiple_of", fmt::format("expected 1 … 128, got {}", o.multiple_of));
+  ck.fits_int32(arg, num_out, "num_out_tokens");
+  const int64_t need = moe_max_out_rows(T, E, o.top_k == 0 ? E : o.top_k, o.multiple_of);
+  if (num_out < need)
+    ck.shape_error(arg, fmt::format("num_out_tokens = {} is smaller than the map may need: {} rows (T = {}, E = {}, "
+                                    "top_k = {}, multiple_of = {})",
+                                    num_out, need, T, E, o.top_k == 0 ? E : o.top_k, o.multiple_of));
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(moe_permute, g_family)
+
+void moe_permute(Runtime& rt, const TensorRef& inp, const TensorRef& scale, const TensorRef& probs,
+                 const MoeRowIdMap& map, const TensorRef& out, const TensorRef& scale_out, const TensorRef& probs_out,
+                 const MoePermuteOptions& opts, Stream stream) {
+  const Check ck{"moe_permute"};
+  int64_t T = 0, E = 0;
+  check_map_tensor(ck, map.row_id_map, T, E);
+  ck.dtype("inp", inp, {DType::bf16, DType::e4m3});
+  ck.shape("inp", inp, {T, -1});
+  ck.contiguous("inp", inp);
+  const int64_t Hd = inp.shape[1];
+  const int64_t row_bytes = Hd * static_cast<int64_t>(dtype_size(inp.dtype));
+  if (Hd <= 0 || row_bytes % 16 != 0 || row_bytes > kMaxRowBytes)
+    ck.shape_error("inp", fmt::format("expected rows of a multiple of 16 bytes up to {} (Hd = {} {})", kMaxRowBytes,
+                                      Hd, dtype_name(inp.dtype)));
+  if (T > 0) ck.pointer("inp", inp, 16);
+  ck.dtype("out", out, {inp.dtype});
+  ck.shape("out", out, {-1, Hd});
+  ck.contiguous("out", out);
+  const int64_t num_out = out.shape[0];
+  check_num_out(ck, "out", num_out, T, E, opts);
+  if (num_out > 0) ck.pointer("out", out, 16);
+
+  int64_t ns = 0;
+  bool m_major = false;
+  if (scale.defined()) {
+    if (inp.dtype != DType::e4m3)
+      ck.invalid("scale", fmt::format("block scales go with fp8_e4m3 rows, got inp of dtype {}", dtype_name(inp.dtype)));
+    if (Hd % 128 != 0) ck.shape_error("inp", fmt::format("1×128 block scales need Hd % 128 == 0, got Hd = {}", Hd));
+    ns = Hd / 128;
+    ck.dtype("scale", scale, {DType::f32});
+    ck.contiguous("scale", scale);
+    const bool tok = scale.ndim == 2 && scale.shape[0] == T && scale.shape[1] == ns;
+    const bool mm = scale.ndim == 2 && scale.shape[0] == ns && scale.shape[1] == T;
+    switch (opts.scale_layout) {
+      case MoeScaleLayout::automatic:
+        if (!tok && !mm)
+          ck.shape_error("scale", fmt::format("expected [T, Hd/128] = [{}, {}] (token-major) or [Hd/128, T] = [{}, {}] "
+                                              "(M-major), got {}",
+                                              T, ns, ns, T, shape_str(scale)));
+        if (tok && mm)
+          ck.invalid("scale", fmt::format("shape {} fits both layouts (T == Hd/128 = {}): pass scale_layout",
+                                          shape_str(scale), T));
+        m_major = mm;
+        break;
+      case MoeScaleLayout::token_major:
+        ck.shape("scale", scale, {T, ns});
+        break;
+      case MoeScaleLayout::m_major:
+        ck.shape("scale", scale, {ns, T});
+        m_major = true;
+        break;
+      default: ck.invalid("scale_layout", fmt::format("unknown value {}", static_cast<int>(opts.scale_layout)));
+    }
+    if (T > 0) ck.pointer("scale", scale, 4);
+    if (!scale_out.defined()) ck.invalid("scale_out", "scale is given, so scale_out [Hd/128, num_out] is required");
+    ck.tensor("scale_out", scale_out, {DType::f32}, {ns, num_out}, 4);
+  } else if (scale_out.defined()) {
+    ck.invalid("scale_out", "given without scale");
+  }
+  if (probs.defined()) {
+    ck.tensor("probs", probs, {DType::f32}, {T, E}, 4);
+    if (!probs_out.defined()) ck.invalid("probs_out", "probs is given, so probs_out [num_out] is required");
+    ck.tensor("probs_out", probs_out, {DType::f32}, {num_out}, 4);
+  } else if (probs_out.defined()) {
+    ck.invalid("probs_out", "given without probs");
+  }
+  const bool pad = map.offsets.defined() || map.tokens_per_expert.defined();
+  if (pad) {
+    ck.tensor("offsets", map.offsets, {DType::i32}, {E + 1}, 4);
+    ck.tensor("tokens_per_expert", map.tokens_per_expert, {DType::i32}, {E}, 4);
+  }
+  if (opts.fill_tail && !pad)
+    ck.invalid("fill_tail", "needs the map's offsets and tokens_per_expert to know where the tail starts");
+  if (T == 0 && !(pad && opts.fill_tail)) return;
+
+  auto& impl = rt.impl();
+  const Specialization s =
+      impl.tuned(permute_spec(impl.target_arch(), row_bytes, E, ns, m_major, probs.defined()), T);
+  MoePermuteArgs a{};
+  a.inp = inp.data;
+  a.scale = static_cast<const float*>(scale.data);
+  a.probs = static_cast<const float*>(probs.data);
+  a.row_id_map = static_cast<const int*>(map.row_id_map.data);
+  a.offsets = static_cast<const int*>(map.offsets.data);
+  a.counts = static_cast<const int*>(map.tokens_per_expert.data);
+  a.out = out.data;
+  a.scale_out = static_cast<float*>(scale_out.data);
+  a.probs_out = static_cast<float*>(probs_out.data);
+  a.T = static_cast<int>(T);
+  a.num_out = static_cast<int>(num_out);
+  a.pad_scale = opts.round_scale ? std::ldexp(1.0f, -99) : 1e-30f;
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(T + (pad ? E + (opts.fill_tail ? kMoePermuteTailCtas : 0) : 0));
+  d.block[0] = static_cast<unsigned>(s.config[C_THREADS]);
+  impl.launch(s, d, stream, a);
+}
+
+void moe_unpermute(Runtime& rt, const TensorRef& x, const TensorRef& row_id_map, const TensorRef& weights,
+                   const TensorRef& out, const TensorRef& restore_probs, const MoePermuteOptions& opts,
+                   Stream stream) {
+  const Check ck{"moe_unpermute"};
+  int64_t T = 0, E = 0;
+  check_map_tensor(ck, row_id_map, T, E);
+  ck.dtype("x", x, {DType::bf16, DType::f32});
+  ck.shape("x", x, {-1, -1});
+  ck.contiguous("x", x);
+  const int64_t num_out = x.shape[0], H = x.shape[1];
+  const int64_t row_bytes = H * static_cast<int64_t>(dtype_size(x.dtype));
+  if (H <= 0 || row_bytes % 16 != 0 || row_bytes > kMaxRowBytes)
+    ck.shape_error("x", fmt::format("expected rows of a multiple of 16 bytes up to {} (H = {} {})", kMaxRowBytes, H,
+                                    dtype_name(x.dtype)));
+  check_num_out(ck, "x", num_out, T, E, opts);
+  if (num_out > 0) ck.pointer("x", x, 16);
+  ck.tensor("out", out, {x.dtype}, {T, H}, 16);
+  if (weights.defined()) ck.tensor("weights", weights, {DType::f32}, {num_out}, 4);
+  if (restore_probs.defined()) {
+    if (!weights.defined()) ck.invalid("restore_probs", "restoring probs needs the permuted probs as weights");
+    ck.tensor("restore_probs", restore_probs, {DType::f32}, {T, E}, 4);
+  }
+  if (T == 0) return;
+
+  auto& impl = rt.impl();
+  const Specialization s = impl.tuned(
+      unpermute_spec(impl.target_arch(), H, x.dtype, E, weights.defined(), restore_probs.defined()), T);
+  MoeUnpermuteArgs a{x.data,
+                     static_cast<const float*>(weights.data),
+                     static_cast<const int*>(row_id_map.data),
+                     out.data,
+                     static_cast<float*>(restore_probs.data),
+                     static_cast<int>(T),
+                     static_cast<int>(num_out)};
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(T);
+  d.block[0] = static_cast<unsigned>(s.config[C_THREADS]);
+  impl.launch(s, d, stream, a);
+}
+
+}  // namespace kiln
