@@ -14,8 +14,8 @@ namespace kiln {
 namespace {
 using namespace detail;
 
-enum : uint32_t { kPermute = 0, kUnpermute = 1 };
-enum { P_ROW_BYTES, P_E, P_SCALE_BLOCKS, P_M_MAJOR, P_PROBS, P_DTYPE, P_WEIGHTS, P_RESTORE };
+enum : uint32_t { kPermute = 0, kUnpermute = 1, kPermuteBlockQuant = 2 };
+enum { P_ROW_BYTES, P_E, P_SCALE_BLOCKS, P_M_MAJOR, P_PROBS, P_DTYPE, P_WEIGHTS, P_RESTORE, P_ROUND };
 enum { C_THREADS };
 
 constexpr int64_t kMaxRowBytes = 65536;
@@ -24,7 +24,10 @@ constexpr int64_t kMaxExperts = 1024;
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_permute.cuh\"\n";
   const auto& p = s.params;
-  if (s.kernel == kPermute) {
+  if (s.kernel == kPermuteBlockQuant) {
+    name = fmt::format("kiln::moe_permute_block_quant_kernel<{}, {}, {}, {}>", p[P_ROW_BYTES] / 2, p[P_E],
+                       p[P_ROUND] != 0, p[P_PROBS] != 0);
+  } else if (s.kernel == kPermute) {
     name = fmt::format("kiln::moe_permute_kernel<{}, {}, {}, {}, {}, {}>", p[P_ROW_BYTES], p[P_E], p[P_SCALE_BLOCKS],
                        p[P_M_MAJOR] != 0, p[P_PROBS] != 0, s.config[C_THREADS]);
   } else {
@@ -48,8 +51,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
 FamilyDef g_family{"moe_permute",
-                   {"permute", "unpermute"},
-                   {"row_bytes", "E", "scale_blocks", "m_major", "probs", "dtype", "weights", "restore"},
+                   {"permute", "unpermute", "permute_block_quant"},
+                   {"row_bytes", "E", "scale_blocks", "m_major", "probs", "dtype", "weights", "restore", "round_scale"},
                    {"threads"},
                    render,
                    smem_bytes,
@@ -84,10 +87,29 @@ Specialization unpermute_spec(Arch arch, int64_t H, DType dtype, int64_t E, bool
   return s;
 }
 
+Specialization block_quant_spec(Arch arch, int64_t Hd, int64_t E, bool round, bool probs) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kPermuteBlockQuant;
+  s.params[P_ROW_BYTES] = 2 * Hd;
+  s.params[P_E] = E;
+  s.params[P_PROBS] = probs;
+  s.params[P_ROUND] = round;
+  s.config[C_THREADS] = 256;
+  return s;
+}
+
 // Threads 64 … 512 (powers of two) and the heuristic's, while a thread holds at most 8 vectors of the row.
+// permute_block_quant: fixed (a 128 × 128 tile per CTA of 256 threads).
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
+  if (base.kernel == kPermuteBlockQuant) {
+    s.config[C_THREADS] = 256;
+    out.push_back(s);
+    return;
+  }
   const int64_t nv = base.params[P_ROW_BYTES] / 16;
   for (int t : {64, 128, 256, 512, default_threads(base.params[P_ROW_BYTES])}) {
     if ((nv + t - 1) / t > 8) continue;
@@ -106,6 +128,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(permute_spec(arch, H, E, H / 128, true, true));
   out.push_back(unpermute_spec(arch, H, DType::bf16, E, true, true));
   out.push_back(unpermute_spec(arch, H, DType::bf16, E, false, false));
+  out.push_back(block_quant_spec(arch, H, E, true, true));
 }
 
 void check_map_tensor(const Check& ck, const TensorRef& map, int64_t& T, int64_t& E) {
@@ -271,6 +294,72 @@ void moe_unpermute(Runtime& rt, const TensorRef& x, const TensorRef& row_id_map,
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>(T);
   d.block[0] = static_cast<unsigned>(s.config[C_THREADS]);
+  impl.launch(s, d, stream, a);
+}
+
+int64_t moe_block_quant_scale_blocks(int64_t num_out, int64_t E) { return (num_out + 127) / 128 + E; }
+
+void moe_permute_block_quant(Runtime& rt, const TensorRef& x, const TensorRef& probs, const MoeRowIdMap& map,
+                             const MoeBlockQuantPermuteOutputs& out, const MoePermuteOptions& opts, Stream stream) {
+  const Check ck{"moe_permute_block_quant"};
+  ck.dtype("x", x, {DType::bf16});
+  ck.shape("x", x, {-1, -1});
+  ck.contiguous("x", x);
+  const int64_t T = x.shape[0], Hd = x.shape[1];
+  if (Hd <= 0 || Hd % 128 != 0 || Hd * 2 > kMaxRowBytes)
+    ck.shape_error("x", fmt::format("expected Hd a multiple of 128 up to {}, got {}", kMaxRowBytes / 2, Hd));
+  ck.fits_int32("x", T, "T (tokens)");
+  if (T > 0) ck.pointer("x", x, 16);
+  if (!map.offsets.defined()) ck.invalid("offsets", "the block-quantized permute needs the map's offsets [E + 1]");
+  ck.dtype("offsets", map.offsets, {DType::i32});
+  ck.shape("offsets", map.offsets, {-1});
+  const int64_t E = map.offsets.shape[0] - 1;
+  if (E < 1 || E > kMaxExperts)
+    ck.shape_error("offsets", fmt::format("expected [E + 1] with 1 ≤ E ≤ {}, got {}", kMaxExperts, shape_str(map.offsets)));
+  ck.tensor("offsets", map.offsets, {DType::i32}, {E + 1}, 4);
+  if (!map.row_id_indices.defined())
+    ck.invalid("row_id_indices", "the block-quantized permute gathers rows through the map's inverse indices");
+  ck.tensor("row_id_indices", map.row_id_indices, {DType::i32}, {-1}, 4);
+  const int64_t num_out = map.row_id_indices.shape[0];
+  check_num_out(ck, "row_id_indices", num_out, T, E, opts);
+  if (opts.multiple_of % 4 != 0)
+    ck.invalid("multiple_of", fmt::format("the transposed segments need a multiple of 4 (16 in linghe), got {}",
+                                          opts.multiple_of));
+  const int64_t ns = Hd / 128, nb = moe_block_quant_scale_blocks(num_out, E);
+  ck.tensor("q", out.q, {DType::e4m3}, {num_out, Hd}, 16);
+  ck.tensor("q_scale", out.q_scale, {DType::f32}, {num_out * ns}, 4);
+  ck.tensor("qT", out.qT, {DType::e4m3}, {num_out * Hd}, 16);
+  ck.tensor("qT_scale", out.qT_scale, {DType::f32}, {nb * Hd}, 4);
+  if (probs.defined()) {
+    ck.tensor("probs", probs, {DType::f32}, {T, E}, 4);
+    if (!out.probs_out.defined()) ck.invalid("probs_out", "probs is given, so probs_out [num_out] is required");
+    ck.tensor("probs_out", out.probs_out, {DType::f32}, {num_out}, 4);
+  } else if (out.probs_out.defined()) {
+    ck.invalid("probs_out", "given without probs");
+  }
+  if (nb > 0x7fffffff) ck.invalid("row_id_indices", "too many row blocks for one grid");
+  if (num_out == 0) return;
+
+  auto& impl = rt.impl();
+  const Specialization s =
+      impl.tuned(block_quant_spec(impl.target_arch(), Hd, E, opts.round_scale, probs.defined()), T);
+  MoePermuteBlockQuantArgs a{};
+  a.x = x.data;
+  a.probs = static_cast<const float*>(probs.data);
+  a.row_id_indices = static_cast<const int*>(map.row_id_indices.data);
+  a.offsets = static_cast<const int*>(map.offsets.data);
+  a.q = static_cast<unsigned char*>(out.q.data);
+  a.q_scale = static_cast<float*>(out.q_scale.data);
+  a.qT = static_cast<unsigned char*>(out.qT.data);
+  a.qT_scale = static_cast<float*>(out.qT_scale.data);
+  a.probs_out = static_cast<float*>(out.probs_out.data);
+  a.T = static_cast<int>(T);
+  a.num_out = static_cast<int>(num_out);
+  a.max_blocks = static_cast<int>(nb);
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(nb);
+  d.grid[1] = static_cast<unsigned>(ns);
+  d.block[0] = 256;
   impl.launch(s, d, stream, a);
 }
 

@@ -460,5 +460,58 @@ TEST_F(MoePermuteErrors, UnpermuteArguments) {
   EXPECT_THROW_NAMING(unpermute(), "top_k", InvalidArgument);
 }
 
+class MoeBlockQuantPermuteErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t T = 128, E = 64, Hd = 2048, K = 8, P = 16;
+  static constexpr int64_t kOut = T * K + E * (P - 1);
+  static constexpr int64_t kBlocks = (kOut + 127) / 128 + E;
+  void call() { moe_permute_block_quant(rt, x, probs, map, out, opts, nullptr); }
+  Runtime rt{cpu_options()};
+  TensorRef x = TensorRef::contiguous(fake(0), DType::bf16, {T, Hd});
+  TensorRef probs = TensorRef::contiguous(fake(1), DType::f32, {T, E});
+  MoeRowIdMap map{{}, TensorRef::contiguous(fake(2), DType::i32, {kOut}), {}, {},
+                  TensorRef::contiguous(fake(3), DType::i32, {E + 1})};
+  MoeBlockQuantPermuteOutputs out{TensorRef::contiguous(fake(4), DType::e4m3, {kOut, Hd}),
+                                  TensorRef::contiguous(fake(5), DType::f32, {kOut * Hd / 128}),
+                                  TensorRef::contiguous(fake(6), DType::e4m3, {kOut * Hd}),
+                                  TensorRef::contiguous(fake(7), DType::f32, {kBlocks * Hd}),
+                                  TensorRef::contiguous(fake(8), DType::f32, {kOut})};
+  MoePermuteOptions opts{8, 16};
+};
+
+TEST_F(MoeBlockQuantPermuteErrors, ValidCallReachesTheDevice) {
+  EXPECT_EQ(moe_block_quant_scale_blocks(kOut, E), kBlocks);
+  EXPECT_REACHES_DEVICE(call());
+}
+TEST_F(MoeBlockQuantPermuteErrors, NeedsInverseIndicesAndOffsets) {
+  map.row_id_indices = {};
+  EXPECT_THROW_NAMING(call(), "row_id_indices", InvalidArgument);
+  map.row_id_indices = TensorRef::contiguous(fake(2), DType::i32, {kOut});
+  map.offsets = {};
+  EXPECT_THROW_NAMING(call(), "offsets", InvalidArgument);
+}
+TEST_F(MoeBlockQuantPermuteErrors, ShapesAndDtypes) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {T, 2000});
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::e4m3, {T, Hd});
+  EXPECT_THROW_NAMING(call(), "x", UnsupportedDtypeError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {T, Hd});
+  out.qT_scale = TensorRef::contiguous(fake(7), DType::f32, {(kBlocks - 1) * Hd});
+  EXPECT_THROW_NAMING(call(), "qT_scale", ShapeMismatchError);
+  out.qT_scale = TensorRef::contiguous(fake(7), DType::f32, {kBlocks * Hd});
+  out.q_scale = TensorRef::contiguous(fake(5), DType::f32, {Hd / 128, kOut});
+  EXPECT_THROW_NAMING(call(), "q_scale", ShapeMismatchError);
+  out.q_scale = TensorRef::contiguous(fake(5), DType::f32, {kOut * Hd / 128});
+  probs = TensorRef::contiguous(fake(1), DType::f32, {T, E + 4});
+  EXPECT_THROW_NAMING(call(), "probs", ShapeMismatchError);
+}
+TEST_F(MoeBlockQuantPermuteErrors, NumOutAndMultipleOf) {
+  map.row_id_indices = TensorRef::contiguous(fake(2), DType::i32, {kOut - 1});
+  EXPECT_THROW_NAMING(call(), "row_id_indices", ShapeMismatchError);
+  map.row_id_indices = TensorRef::contiguous(fake(2), DType::i32, {kOut});
+  opts.multiple_of = 6;
+  EXPECT_THROW_NAMING(call(), "", ShapeMismatchError, InvalidArgument);
+}
+
 }  // namespace
 }  // namespace kiln::test

@@ -190,6 +190,43 @@ BenchInstance unpermute(Runtime& rt) {
   return inst;
 }
 
+// The fused permute + pad + 1×128 quantize of bf16 rows into both fp8 layouts (power-of-two scales), probs along.
+BenchInstance permute_block_quant(Runtime& rt) {
+  auto b = std::make_shared<Buffers>();
+  const Routed r = route(rt, *b, kT, kE, kK, kP, true);
+  const auto xf = normal(kT * kH, 1.0f);
+  std::vector<uint16_t> xb(xf.size());
+  for (size_t i = 0; i < xf.size(); ++i) {
+    uint32_t u;
+    std::memcpy(&u, &xf[i], 4);
+    xb[i] = static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
+  }
+  const TensorRef x = TensorRef::contiguous(b->upload(xb.data(), xb.size() * 2), DType::bf16, {kT, kH});
+  const int64_t n = r.num_out, nb = moe_block_quant_scale_blocks(n, kE), ns = kH / 128;
+  MoeBlockQuantPermuteOutputs out{TensorRef::contiguous(b->alloc(n * kH), DType::e4m3, {n, kH}),
+                                  TensorRef::contiguous(b->alloc(n * ns * 4), DType::f32, {n * ns}),
+                                  TensorRef::contiguous(b->alloc(n * kH), DType::e4m3, {n * kH}),
+                                  TensorRef::contiguous(b->alloc(nb * kH * 4), DType::f32, {nb * kH}),
+                                  TensorRef::contiguous(b->alloc(n * 4), DType::f32, {n})};
+  // Token blocks actually used: Σ ceil(pc_e/128), read back from the padded counts.
+  std::vector<int32_t> pc(kE);
+  copy_to_host(pc.data(), r.padded.data, kE * 4);
+  int64_t blocks = 0;
+  for (int32_t c : pc) blocks += (c + 127) / 128;
+  BenchInstance inst;
+  inst.keepalive = b;
+  inst.bytes = kT * kH * 2 + kT * kE * 4 + r.used_rows * 4 + (kE + 1) * 4 + 2 * r.used_rows * kH +
+               r.used_rows * ns * 4 + blocks * kH * 4 + r.used_rows * 4;
+  Runtime* p = &rt;
+  MoePermuteOptions o;
+  o.top_k = kK;
+  o.multiple_of = kP;
+  o.round_scale = true;
+  inst.run = [=](Stream s) { moe_permute_block_quant(*p, x, r.probs, r.map(), out, o, s); };
+  inst.outputs = {out.q, out.q_scale, out.qT, out.qT_scale, out.probs_out};
+  return inst;
+}
+
 const std::string kShape = fmt::format("T={} E={} k={}", kT, kE, kK);
 
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
@@ -202,6 +239,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   cases.push_back({"moe_permute", kShape + " H=2048 P=16 bf16 probs", [](Runtime& rt) { return permute(rt, false); }});
   cases.push_back({"moe_permute", kShape + " H=2048 P=16 fp8 m_major_scales probs",
                    [](Runtime& rt) { return permute(rt, true); }});
+  cases.push_back({"moe_permute_block_quant", kShape + " H=2048 P=16 round_scale=1 probs",
+                   [](Runtime& rt) { return permute_block_quant(rt); }});
   cases.push_back({"moe_unpermute", kShape + " H=2048 P=16 bf16 weighted restore",
                    [](Runtime& rt) { return unpermute(rt); }});
 });

@@ -10,8 +10,13 @@
 //   warp 0 compacts the map row into (row, weight) pairs and writes restore[t, e] = w[r] or 0; the sum runs in
 //   fp32 in ascending expert order (fma with weights, plain adds without), four rows' loads in flight, and is
 //   rounded once to the output dtype. No atomics: the same inputs give the same bits.
+// permute_block_quant (linghe HEAD's block-padded permute), a CTA per (128-row block of one expert's padded segment,
+//   128 channels): the block's source rows (row_id_indices; padding rows and rows past the segment read as 0) are
+//   gathered into shared memory once, then quantized 1×128 both ways: row-wise (q rows, q_scale) and transposed
+//   (128 tokens of one channel: qT, qT_scale), in §2's per-expert segmented layout with c_e = the padded count.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/fp8.cuh"
 #include "kiln/moe_permute_args.h"
 
 namespace kiln {
@@ -168,6 +173,137 @@ __global__ void __launch_bounds__(THREADS) moe_unpermute_kernel(const MoeUnpermu
 #pragma unroll
       for (int u = 0; u < V; ++u) vec_set<T>(o, u, acc[k][u]);
       store16(dst + idx * 16, o);
+    }
+  }
+}
+
+// Exclusive scan of ceil((offsets[e+1] − offsets[e]) / 128) over experts into b[0 … E] (256 threads).
+template <int E>
+__device__ __forceinline__ void expert_block_offsets(const int* offsets, int* b, int* warp_tot) {
+  constexpr int EPT = (E + 255) / 256;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int nb[EPT], local = 0;
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    nb[k] = e < E ? (offsets[e + 1] - offsets[e] + 127) / 128 : 0;
+    local += nb[k];
+  }
+  int inc = local;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  if (lane == 31) warp_tot[w] = inc;
+  __syncthreads();
+  int run = inc - local, total = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int x = warp_tot[k];
+    if (k < w) run += x;
+    total += x;
+  }
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    if (e < E) b[e] = run;
+    run += nb[k];
+  }
+  if (threadIdx.x == 0) b[E] = total;
+  __syncthreads();
+}
+
+template <int HD, int E, bool ROUND, bool PROBS>
+__global__ void __launch_bounds__(256) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
+  static_assert(HD % 128 == 0, "1x128 blocks");
+  constexpr int NS = HD / 128;
+  __shared__ int b[E + 1];
+  __shared__ int warp_tot[8];
+  __shared__ int src[128];
+  __shared__ __align__(16) bf16 tile[128][128 + 8];  // +8: rows 16-byte aligned, column reads spread over banks
+  __shared__ float colmax[2][128];
+  __shared__ float rowscale[128];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  expert_block_offsets<E>(a.offsets, b, warp_tot);
+  const int gb = blockIdx.x, cb = blockIdx.y;
+  if (gb >= b[E]) return;
+  // The expert whose blocks hold gb: the last e with b[e] ≤ gb (experts with no rows have b[e] = b[e+1]).
+  int lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (b[mid] <= gb) lo = mid; else hi = mid - 1;
+  }
+  const int e = lo;
+  const int off = a.offsets[e], pc = a.offsets[e + 1] - off;
+  const int i0 = (gb - b[e]) * 128;            // first row of the block inside the segment
+  const int rows = min(128, pc - i0);          // rows of the segment in this block
+  if (tid < 128) {
+    const int r = off + i0 + tid;
+    const int t = tid < rows && r < a.num_out ? a.row_id_indices[r] : -1;
+    src[tid] = t >= 0 && t < a.T ? t : -1;
+    if (PROBS && cb == 0 && tid < rows && r < a.num_out)
+      a.probs_out[r] = t >= 0 && t < a.T ? a.probs[static_cast<i64>(t) * E + e] : 0.0f;
+  }
+  __syncthreads();
+  // Gather: 128 rows × 16 vectors of 8 bf16.
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int v = tid + k * 256, row = v >> 4, c = v & 15;
+    const int t = src[row];
+    const char* g = static_cast<const char*>(a.x) + (static_cast<i64>(t < 0 ? 0 : t) * HD + cb * 128 + c * 8) * 2;
+    cp_async16(&tile[row][c * 8], g, t >= 0);
+  }
+  cp_async_wait_all();
+  __syncthreads();
+
+  // Row-wise: a warp per row (16 rows per warp), a lane per 4 channels.
+  for (int row = warp; row < rows; row += 8) {
+    float y[4];
+    const uint2 raw = *reinterpret_cast<const uint2*>(&tile[row][lane * 4]);
+    y[0] = __uint_as_float(raw.x << 16);
+    y[1] = __uint_as_float(raw.x & 0xffff0000u);
+    y[2] = __uint_as_float(raw.y << 16);
+    y[3] = __uint_as_float(raw.y & 0xffff0000u);
+    float m = fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3])));
+    m = warp_max(m);
+    const float sc = block_scale<ROUND>(m);
+    const Quantizer<ROUND> quant(sc);
+    const int r = off + i0 + row;
+    *reinterpret_cast<u32*>(a.q + static_cast<i64>(r) * HD + cb * 128 + lane * 4) =
+        e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+    if (lane == 0) rowscale[row] = sc;
+  }
+  // Column maxima: two threads per channel, 64 rows each (rows past the segment are zero in the tile).
+  {
+    const int n = tid & 127, h = tid >> 7;
+    float m = 0.0f;
+#pragma unroll 8
+    for (int row = h * 64; row < h * 64 + 64; ++row) m = fmaxf(m, fabsf(to_float(tile[row][n])));
+    colmax[h][n] = m;
+  }
+  __syncthreads();
+  if (tid < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + tid] = rowscale[tid];
+  if (tid < 128) {
+    const float sc = block_scale<ROUND>(fmaxf(colmax[0][tid], colmax[1][tid]));
+    colmax[0][tid] = sc;
+    a.qT_scale[(static_cast<i64>(b[e]) + (gb - b[e])) * HD + cb * 128 + tid] = sc;
+  }
+  __syncthreads();
+  // Transposed: a warp per channel (16 channels per warp), a lane per 4 tokens.
+  for (int n = warp; n < 128; n += 8) {
+    const Quantizer<ROUND> quant(colmax[0][n]);
+    const int i = lane * 4;
+    if (i < rows) {
+      const float y0 = to_float(tile[i][n]), y1 = to_float(tile[i + 1][n]), y2 = to_float(tile[i + 2][n]),
+                  y3 = to_float(tile[i + 3][n]);
+      const u32 codes = e4m3x4(quant(y0), quant(y1), quant(y2), quant(y3));
+      unsigned char* d = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0 + i;
+      if (i + 4 <= rows) {
+        *reinterpret_cast<u32*>(d) = codes;
+      } else {
+        for (int k = 0; i + k < rows; ++k) d[k] = static_cast<unsigned char>(codes >> (8 * k));
+      }
     }
   }
 }

@@ -28,6 +28,21 @@ struct MoeUnpermuteArgs {
   int num_out;
 };
 
+struct MoePermuteBlockQuantArgs {
+  const void* x;              // [T, HD] bf16
+  const float* probs;         // [T, E] or null
+  const int* row_id_indices;  // [num_out]: token of each row, −1 on padding rows
+  const int* offsets;         // [E + 1] padded expert offsets
+  unsigned char* q;           // [num_out, HD] e4m3
+  float* q_scale;             // segmented: expert e at offsets[e]·HD/128, [HD/128, pc_e]
+  unsigned char* qT;          // segmented: expert e at offsets[e]·HD, [HD, pc_e]
+  float* qT_scale;            // segmented: expert e at b_e·HD, [ceil(pc_e/128), HD]
+  float* probs_out;           // [num_out] or null
+  int T;
+  int num_out;
+  int max_blocks;             // grid.x: an upper bound of Σ_e ceil(pc_e/128)
+};
+
 // CTAs that fill the rows past offsets[E] (when num_out exceeds what the map used).
 constexpr int kMoePermuteTailCtas = 32;
 

@@ -244,6 +244,66 @@ TEST_F(MoePermuteTest, UnpermuteOddShapes) {
   unpermute_case(make_routing(65536, 256, 8, 16, 16, -1, 0), 256, DType::bf16, true);
 }
 
+// The fused permute + pad + 1×128 quantize, both layouts, per-expert segmented; regions outside the segments must
+// keep the poison.
+class MoePermuteBlockQuantTest : public GpuTest {
+ protected:
+  static void run(const Routing& r, int64_t Hd, bool round_scale) {
+    SCOPED_TRACE("T=" + std::to_string(r.T) + " E=" + std::to_string(r.E) + " k=" + std::to_string(r.k) +
+                 " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " round=" + std::to_string(round_scale));
+    Runtime& rt = GpuTest::rt();
+    const int64_t T = r.T, E = r.E, num_out = r.num_out, ns = Hd / 128;
+    const int64_t nb = moe_block_quant_scale_blocks(num_out, E);
+    std::vector<float> x = randn(T * Hd, mix_seed({static_cast<uint64_t>(T), static_cast<uint64_t>(Hd), 21}), 3.0f);
+    for (int64_t i = 0; i < T * Hd; i += 977) x[i] *= 1e4f;  // a few large values set their blocks' scales
+    round_to(DType::bf16, x);
+    const float poison = std::bit_cast<float>(0x55555555u);
+    ref::BlockQuantPermuteResult want;
+    want.q.assign(num_out * Hd, DeviceBuffer::kPoison);
+    want.qT.assign(num_out * Hd, DeviceBuffer::kPoison);
+    want.q_scale.assign(num_out * ns, poison);
+    want.qT_scale.assign(nb * Hd, poison);
+    want.probs_out.assign(num_out, poison);
+    ref::permute_block_quant(x, T, Hd, r.probs, r.map, E, num_out, round_scale, want);
+    ASSERT_LE(want.scale_blocks_used, nb);
+
+    DeviceBuffer xb(rt, T * Hd * 2), pb(rt, T * E * 4), ib(rt, num_out * 4), ob(rt, (E + 1) * 4), q(rt, num_out * Hd),
+        qs(rt, num_out * ns * 4), qT(rt, num_out * Hd), qTs(rt, nb * Hd * 4), po(rt, num_out * 4);
+    xb.upload(encode(DType::bf16, x));
+    pb.upload(r.probs);
+    ib.upload(r.map.row_id_indices);
+    ob.upload(r.map.offsets);
+    for (DeviceBuffer* b : {&q, &qs, &qT, &qTs, &po}) b->poison();
+    MoeRowIdMap map;
+    map.row_id_indices = ib.ref(DType::i32, {num_out});
+    map.offsets = ob.ref(DType::i32, {E + 1});
+    MoeBlockQuantPermuteOutputs out{q.ref(DType::e4m3, {num_out, Hd}), qs.ref(DType::f32, {num_out * ns}),
+                                    qT.ref(DType::e4m3, {num_out * Hd}), qTs.ref(DType::f32, {nb * Hd}),
+                                    po.ref(DType::f32, {num_out})};
+    MoePermuteOptions o;
+    o.top_k = r.k;
+    o.multiple_of = r.P;
+    o.round_scale = round_scale;
+    moe_permute_block_quant(rt, xb.ref(DType::bf16, {T, Hd}), pb.ref(DType::f32, {T, E}), map, out, o, nullptr);
+    synchronize();
+    for (DeviceBuffer* b : {&q, &qs, &qT, &qTs, &po}) EXPECT_TRUE(b->guards_intact()) << "written out of bounds";
+    EXPECT_TRUE(same_bits("q [num_out, Hd]", q.download<uint8_t>(num_out * Hd), want.q, Hd));
+    EXPECT_TRUE(same_bits("q_scale (segmented)", qs.download<float>(num_out * ns), want.q_scale, ns));
+    EXPECT_TRUE(same_bits("qT (segmented)", qT.download<uint8_t>(num_out * Hd), want.qT, Hd));
+    EXPECT_TRUE(same_bits("qT_scale (segmented)", qTs.download<float>(nb * Hd), want.qT_scale, Hd));
+    EXPECT_TRUE(same_bits("probs_out", po.download<float>(num_out), want.probs_out, num_out));
+  }
+};
+
+TEST_F(MoePermuteBlockQuantTest, TargetShape) { run(make_routing(8192, 256, 8, 16, 31), 2048, true); }
+TEST_F(MoePermuteBlockQuantTest, OddShapes) {
+  run(make_routing(7, 64, 2, 128, 32), 7168, false);
+  run(make_routing(1000, 8, 1, 16, 33), 1536, false);
+  run(make_routing(4096, 64, 1, 16, 34, 17), 2048, true);  // one expert: 32 full token blocks
+  run(make_routing(300, 160, 8, 32, 35), 1536, true);
+  run(make_routing(0, 64, 2, 16, 36, -1, 40), 2048, false);
+}
+
 // Permute then unpermute without weights gives k·x for a token routed to k experts (bf16 exact for small k).
 TEST_F(MoePermuteTest, DeterministicAcrossRuns) {
   Runtime& rt = GpuTest::rt();

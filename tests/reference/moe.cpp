@@ -1,6 +1,8 @@
 // tests/reference/moe.cpp — see moe.hpp.
 #include "reference/moe.hpp"
 
+#include "reference/rms_norm.hpp"
+
 #include <algorithm>
 #include <bit>
 #include <cmath>
@@ -228,6 +230,32 @@ void unpermute(std::span<const float> x, int64_t H, std::span<const float> weigh
       }
     }
   }
+}
+
+void permute_block_quant(std::span<const float> x, int64_t T, int64_t Hd, std::span<const float> probs,
+                         const RowIdMapResult& map, int64_t E, int64_t num_out, bool round_scale,
+                         BlockQuantPermuteResult& out) {
+  const int64_t ns = Hd / 128;
+  int64_t b = 0;
+  for (int64_t e = 0; e < E; ++e) {
+    const int64_t off = map.offsets[e], pc = map.offsets[e + 1] - off;
+    if (pc == 0) continue;
+    std::vector<float> y(pc * Hd, 0.0f);
+    for (int64_t i = 0; i < pc; ++i) {
+      const int32_t t = map.row_id_indices[off + i];
+      if (t >= 0) std::copy_n(&x[t * Hd], Hd, &y[i * Hd]);
+      if (!probs.empty()) out.probs_out[off + i] = t >= 0 ? probs[t * E + e] : 0.0f;
+    }
+    block_quant_rowwise(y, pc, Hd, round_scale, std::span<uint8_t>(&out.q[off * Hd], pc * Hd),
+                        std::span<float>(&out.q_scale[off * ns], pc * ns));
+    const int64_t nb = (pc + 127) / 128;
+    block_quant_transposed(y, pc, Hd, round_scale, std::span<uint8_t>(&out.qT[off * Hd], pc * Hd),
+                           std::span<float>(&out.qT_scale[b * Hd], nb * Hd));
+    b += nb;
+  }
+  out.scale_blocks_used = b;
+  (void)T;
+  (void)num_out;
 }
 
 }  // namespace kiln::ref

@@ -67,4 +67,16 @@ PermuteResult permute(std::span<const uint8_t> inp, int64_t row_bytes, std::span
 void unpermute(std::span<const float> x, int64_t H, std::span<const float> weights, std::span<const int32_t> map,
                int64_t T, int64_t E, std::vector<float>& out, std::vector<float>& restore);
 
+// Fused permute + pad + 1×128 quantization (kiln moe_permute_block_quant): x [T, Hd] bf16 values as floats, the
+// map's inverse indices and offsets; outputs sized like the op's (q [num_out·Hd], q_scale [num_out·Hd/128],
+// qT [num_out·Hd], qT_scale [(ceil(num_out/128) + E)·Hd], probs_out [num_out]); only the segments are written.
+struct BlockQuantPermuteResult {
+  std::vector<uint8_t> q, qT;
+  std::vector<float> q_scale, qT_scale, probs_out;
+  int64_t scale_blocks_used = 0;  // Σ_e ceil(pc_e/128)
+};
+void permute_block_quant(std::span<const float> x, int64_t T, int64_t Hd, std::span<const float> probs,
+                         const RowIdMapResult& map, int64_t E, int64_t num_out, bool round_scale,
+                         BlockQuantPermuteResult& out);
+
 }  // namespace kiln::ref

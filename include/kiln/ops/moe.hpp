@@ -98,4 +98,23 @@ void moe_unpermute(Runtime& rt, const TensorRef& x, const TensorRef& row_id_map,
                    const TensorRef& out, const TensorRef& restore_probs, const MoePermuteOptions& opts,
                    Stream stream);
 
+// Fused permute + pad + fp8 1×128 block quantization of bf16 rows in both layouts (linghe HEAD's block-padded
+// permute), reading x once: the rows of each expert's padded segment (the map's multiple_of, a multiple of 4; 16 in
+// linghe) are gathered through map.row_id_indices (padding rows read as 0) and quantized with linghe-kernels.md §2's
+// rule and per-expert segmented layout, with c_e = the padded count pc_e and off_e = offsets[e]:
+//   q         [num_out, Hd] e4m3        rows off_e … off_e + pc_e − 1 (row-wise 1×128 blocks)
+//   q_scale   [num_out·Hd/128] fp32     expert e at off_e·Hd/128, shaped [Hd/128, pc_e]
+//   qT        [num_out·Hd] e4m3         expert e at off_e·Hd, shaped [Hd, pc_e] (128 tokens × 1 channel blocks)
+//   qT_scale  [moe_block_quant_scale_blocks(num_out, E)·Hd] fp32: expert e at b_e·Hd, [ceil(pc_e/128), Hd],
+//             b_e = Σ_{e'<e} ceil(pc_e'/128) (a partial last token block is quantized as if zero-padded)
+//   probs_out [num_out] fp32 optional (from probs [T, E]; 0 on padding rows)
+// Padding rows get codes 0 and scale 1e-30 (2^-99 with round_scale), the quantization of a zero block. Rows past
+// offsets[E] are not written. map needs row_id_indices and offsets.
+struct MoeBlockQuantPermuteOutputs {
+  TensorRef q, q_scale, qT, qT_scale, probs_out;
+};
+int64_t moe_block_quant_scale_blocks(int64_t num_out, int64_t E);  // ceil(num_out/128) + E ≥ Σ_e ceil(pc_e/128)
+void moe_permute_block_quant(Runtime& rt, const TensorRef& x, const TensorRef& probs, const MoeRowIdMap& map,
+                             const MoeBlockQuantPermuteOutputs& out, const MoePermuteOptions& opts, Stream stream);
+
 }  // namespace kiln
