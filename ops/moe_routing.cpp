@@ -25,9 +25,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kTopkFwd:
-      name = fmt::format("kiln::moe_topk_fwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
-                         p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
-                         s.config[C_WARPS]);
+      name = fmt::format("kiln::moe_topk_fwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K], p[P_SIGMOID] != 0,
+                         p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -62,7 +61,11 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// Top-k forward: 8 warps over a 64-token block (8 tokens per warp): at T = 8192 that is 128 CTAs, about one per SM.
+// Lanes per token of the top-k forward (templates: MoeTopkLanes): a lane owns E/L contiguous experts.
+int64_t topk_lanes(int64_t E) { return E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1; }
+
+// Top-k forward: a CTA per 64-token map block with L lanes per token (2L warps): at T = 8192 and E = 256 that is
+// 128 CTAs of 16 warps. The launch shape follows from E, so the config only records it.
 Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias) {
   Specialization s = base_spec(arch, kTopkFwd, E);
   s.params[P_K] = o.top_k;
@@ -71,7 +74,7 @@ Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool b
   s.params[P_TOPK_GROUPS] = o.topk_group;
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
-  s.config[C_WARPS] = 8;
+  s.config[C_WARPS] = static_cast<int32_t>(2 * topk_lanes(E));
   return s;
 }
 
@@ -89,11 +92,14 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// topk_fwd: 4, 8 or 16 warps per 64-token block; topk_bwd: 4, 8 or 16 warps (a warp per token). Map kernels: fixed.
+// topk_bwd: 4, 8 or 16 warps (a warp per token). topk_fwd (shape fixed by E) and the map kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kTopkFwd || base.kernel == kTopkBwd) {
+  if (base.kernel == kTopkFwd) {
+    s.config[C_WARPS] = static_cast<int32_t>(2 * topk_lanes(base.params[P_E]));
+    out.push_back(s);
+  } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;
       out.push_back(s);
@@ -119,6 +125,9 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (E <= 0 || E % 4 != 0 || E > kMoeMaxExperts || m.num_experts_per_tok <= 0) return;
   const MoeRoutingOptions o = model_routing(m);
   if (E % o.n_group != 0 || o.n_group > 32 || o.topk_group > o.n_group) return;
+  if (E > kMoeTopkMaxExperts || E / topk_lanes(E) > 64) return;
+  const int64_t el = E / topk_lanes(E), gs = E / o.n_group;
+  if (o.n_group > 1 && el % gs != 0 && gs % el != 0) return;
   out.push_back(fwd_spec(arch, E, o, m.expert_bias));
   out.push_back(bwd_spec(arch, E, o));
   out.push_back(map_spec(arch, kMapCount, E, false));
@@ -194,7 +203,18 @@ int64_t check_logits(const Check& ck, const char* arg, const TensorRef& t) {
   return E;
 }
 
-void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E) {
+void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E, bool forward) {
+  if (forward) {
+    const int64_t L = topk_lanes(E), el = E / L;
+    if (E > kMoeTopkMaxExperts || el > 64)
+      ck.invalid("logits", fmt::format("top-k routing supports E ≤ {} with E/{} ≤ 64 experts per lane (E a multiple "
+                                       "of 32 above 64), got E = {}",
+                                       kMoeTopkMaxExperts, L, E));
+    if (o.n_group > 1 && E % o.n_group == 0 && el % (E / o.n_group) != 0 && (E / o.n_group) % el != 0)
+      ck.invalid("n_group", fmt::format("groups of {} experts must divide or be a multiple of the {} experts a lane "
+                                        "owns (E = {}); n_group = {} does not fit",
+                                        E / o.n_group, el, E, o.n_group));
+  }
   if (o.top_k < 1 || o.top_k > E) ck.invalid("top_k", fmt::format("expected 1 ≤ top_k ≤ E = {}, got {}", E, o.top_k));
   if (o.score != MoeScore::softmax && o.score != MoeScore::sigmoid)
     ck.invalid("score", fmt::format("expected softmax or sigmoid, got {}", static_cast<int>(o.score)));
@@ -224,7 +244,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   const Check ck{"moe_topk_routing_fwd"};
   const int64_t E = check_logits(ck, "logits", logits);
   const int64_t T = logits.shape[0];
-  check_options(ck, opts, E);
+  check_options(ck, opts, E, true);
   if (expert_bias.defined()) ck.tensor("expert_bias", expert_bias, {DType::f32}, {E}, 16);
   ck.tensor("probs", probs, {DType::f32}, {T, E}, 16);
   ck.tensor("routing_map", routing_map, {DType::u8}, {T, E}, 4);
@@ -268,7 +288,7 @@ void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef&
   const Check ck{"moe_topk_routing_bwd"};
   const int64_t E = check_logits(ck, "logits", logits);
   const int64_t T = logits.shape[0];
-  check_options(ck, opts, E);
+  check_options(ck, opts, E, false);
   ck.tensor("dprobs", dprobs, {DType::f32}, {T, E}, 16);
   ck.tensor("routing_map", routing_map, {DType::u8}, {T, E}, 4);
   ck.tensor("dlogits", dlogits, {DType::f32}, {T, E}, 16);

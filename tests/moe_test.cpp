@@ -213,9 +213,12 @@ TEST(MoeCompile, NonPresetVariants) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // A non-default search-space point of topk_fwd.
+  // topk_fwd's launch shape follows from E (one config); a non-default search-space point of topk_bwd.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
+  EXPECT_EQ(space.size(), 1u);
+  space.clear();
+  fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
@@ -254,6 +257,23 @@ TEST_F(MoeRoutingErrors, NGroupMustDivideE) {
   EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
   opts.n_group = 64;  // > 32
   EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, GroupsMustAlignWithLanes) {
+  // E = 96: 8 lanes of 12 experts; 8 groups of 12, 4 of 24 and 2 of 48 fit, 6 groups of 16 do not.
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 96});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, 96});
+  rmap = TensorRef::contiguous(fake(3), DType::u8, {T, 96});
+  bias = TensorRef::contiguous(fake(1), DType::f32, {96});
+  counts = TensorRef::contiguous(fake(4), DType::i32, {96});
+  with_map = false;
+  opts = {4, MoeScore::sigmoid, 6, 2, true, 1.0f};
+  EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
+  opts.n_group = 8;
+  EXPECT_REACHES_DEVICE(call());
+}
+TEST_F(MoeRoutingErrors, TooManyExpertsForTopk) {
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 1024});
+  EXPECT_THROW_NAMING(call(), "logits", InvalidArgument);
 }
 TEST_F(MoeRoutingErrors, TopkGroupAboveNGroup) {
   opts.topk_group = 9;

@@ -1,6 +1,6 @@
 // kiln/moe_routing.cuh — MoE top-k routing (forward, backward) and the padded row-id map.
 //
-// Top-k forward, per token t (a warp per token; lane l holds experts 128i + 4l + j, j < 4, as float4 chunks):
+// Top-k forward, per token t (L = 8 lanes per token for E % 32 == 0, each owning E/L contiguous experts):
 //   s = softmax(z) or σ(z)                         (kiln_exp below: fixed fp32 operation sequence, CPU-reproducible)
 //   key = s + bias (BIAS) or z (no bias: s is monotone in z, so the selection is the same and exact)
 //   grouped (G > 1): group score = sum of the two largest keys of the group (DeepSeek-V3); keep the TG best groups
@@ -102,158 +102,179 @@ __device__ __forceinline__ void moe_scores(const float (&z)[(E + 127) / 128][4],
 }
 
 // ---- top-k forward ----------------------------------------------------------------------------------------------
-// CTA: WARPS warps over one map block of 64 tokens (64/WARPS tokens per warp, in order).
-template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, int WARPS>
-__global__ void __launch_bounds__(WARPS * 32) moe_topk_fwd_kernel(const MoeTopkFwdArgs a) {
-  static_assert(E % 4 == 0 && E <= kMoeMaxExperts && K >= 1 && K <= E, "bad E/K");
-  static_assert(G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad groups");
-  constexpr int NI = (E + 127) / 128;
+// L lanes per token (the largest power of two ≤ 8 with E % 4L == 0); lane j of a token owns the EL = E/L contiguous
+// experts j·EL … j·EL + EL − 1 in registers, so a warp routes 32/L tokens at once and every cross-lane step
+// (softmax max/sum, group merges, the K picks) takes log2(L) shuffles instead of 5.
+template <int E>
+struct MoeTopkLanes {
+  static constexpr int L = E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1;
+  static constexpr int EL = E / L;
+};
+
+// CTA: one map block of 64 tokens, 64·L threads.
+template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS>
+__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L)
+    moe_topk_fwd_kernel(const MoeTopkFwdArgs a) {
+  constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
   constexpr int GS = E / G;
-  constexpr int TPW = kMoeMapBlockTokens / WARPS;
+  constexpr int THREADS = kMoeMapBlockTokens * L;
+  static_assert(E % 4 == 0 && EL <= 64 && K >= 1 && K <= E, "bad E/K");
+  static_assert(G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad groups");
+  static_assert(G == 1 || EL % GS == 0 || GS % EL == 0, "groups must align with the lanes' expert ranges");
   __shared__ int hist[E];
-  for (int e = threadIdx.x; e < E; e += WARPS * 32) hist[e] = 0;
+  for (int e = threadIdx.x; e < E; e += THREADS) hist[e] = 0;
   __syncthreads();
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int lane = threadIdx.x & 31, j = lane & (L - 1), seg = lane & ~(L - 1);
+  const int t = blockIdx.x * kMoeMapBlockTokens + static_cast<int>(threadIdx.x) / L;
+  const bool valid = t < a.T;
+  const int e0 = j * EL;
   const float neg_inf = -__int_as_float(0x7f800000);
 
-  for (int k = 0; k < TPW; ++k) {
-    const int t = blockIdx.x * kMoeMapBlockTokens + warp * TPW + k;
-    if (t >= a.T) break;
-    const float* zr = a.logits + static_cast<i64>(t) * E;
-    float z[NI][4], s[NI][4], key[NI][4];
+  float z[EL], s[EL], kf[EL];
+  {
+    const float* zr = a.logits + static_cast<i64>(valid ? t : 0) * E + e0;
 #pragma unroll
-    for (int i = 0; i < NI; ++i) {
-      const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        const Vec16 v = load16_stream(zr + e0);
+    for (int c = 0; c < NC; ++c) {
+      const Vec16 v = valid ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
 #pragma unroll
-        for (int j = 0; j < 4; ++j) z[i][j] = __uint_as_float(v.w[j]);
-      } else {
-#pragma unroll
-        for (int j = 0; j < 4; ++j) z[i][j] = neg_inf;
-      }
+      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(v.w[q]);
     }
-    moe_scores<E, SIGMOID>(z, s, lane);
-    // Selection keys; NaN counts as −inf. Bit (4i + j) of `live`: a candidate (valid, in a kept group, not yet taken).
-    u32 live = 0;
+  }
+  if constexpr (SIGMOID) {
 #pragma unroll
-    for (int i = 0; i < NI; ++i) {
-      const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        float b[4] = {0.f, 0.f, 0.f, 0.f};
-        if constexpr (BIAS) {
-          const Vec16 v = load16(a.bias + e0);
+    for (int c = 0; c < EL; ++c) s[c] = kiln_sigmoid(z[c]);
+  } else {
+    float m = neg_inf;
 #pragma unroll
-          for (int j = 0; j < 4; ++j) b[j] = __uint_as_float(v.w[j]);
-        }
+    for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float kv = BIAS ? __fadd_rn(s[i][j], b[j]) : z[i][j];
-          key[i][j] = kv != kv ? neg_inf : kv;
-          live |= 1u << (4 * i + j);
-        }
-      } else {
+    for (int o = L / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float sum = 0.0f;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) key[i][j] = neg_inf;
-      }
+    for (int c = 0; c < EL; ++c) {
+      s[c] = kiln_exp(__fsub_rn(z[c], m));
+      sum = __fadd_rn(sum, s[c]);
     }
-    if constexpr (G > 1) {
-      // Group scores: the two largest keys of each group, merged across the warp.
-      float my_score = neg_inf;
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+#pragma unroll
+    for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
+  }
+  // Selection keys; NaN counts as −inf.
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    float b[4] = {0.f, 0.f, 0.f, 0.f};
+    if constexpr (BIAS) {
+      const Vec16 v = load16(a.bias + e0 + 4 * c);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) b[q] = __uint_as_float(v.w[q]);
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float k = BIAS ? __fadd_rn(s[4 * c + q], b[q]) : z[4 * c + q];
+      kf[4 * c + q] = k != k ? neg_inf : k;
+    }
+  }
+  unsigned long long live = EL == 64 ? ~0ull : (1ull << EL) - 1ull;
+  if constexpr (G > 1) {
+    // Group scores (the sum of a group's two largest keys) and the TG best groups, ties to the lower group.
+    constexpr int NGL = EL % GS == 0 ? EL / GS : 1;      // whole groups in this lane …
+    constexpr int SPAN = EL % GS == 0 ? 1 : GS / EL;      // … or lanes sharing one group
+    float gsc[NGL];
+#pragma unroll
+    for (int q = 0; q < NGL; ++q) {
+      constexpr int W = EL % GS == 0 ? GS : EL;
+      float a1 = neg_inf, a2 = neg_inf;
+#pragma unroll
+      for (int c = q * W; c < q * W + W; ++c) {
+        const float v = kf[c];
+        if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
+      }
+#pragma unroll
+      for (int o = 1; o < SPAN; o <<= 1) {
+        const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
+        if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
+      }
+      const float sc = GS >= 2 ? __fadd_rn(a1, a2) : a1;
+      gsc[q] = sc != sc ? neg_inf : sc;
+    }
+    const int g0 = EL % GS == 0 ? j * NGL : j / SPAN;  // group of gsc[0]
+    u32 kept = 0;
 #pragma unroll 1
-      for (int g = 0; g < G; ++g) {
-        float a1 = neg_inf, a2 = neg_inf;
+    for (int r = 0; r < TG; ++r) {
+      unsigned long long best = 0;
 #pragma unroll
-        for (int i = 0; i < NI; ++i)
-#pragma unroll
-          for (int j = 0; j < 4; ++j) {
-            const int e = 128 * i + 4 * lane + j;
-            if ((live >> (4 * i + j) & 1u) && e / GS == g) {
-              const float v = key[i][j];
-              if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
-            }
-          }
-#pragma unroll
-        for (int o = 16; o > 0; o >>= 1) {
-          const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
-          if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
-        }
-        float score = GS >= 2 ? __fadd_rn(a1, a2) : a1;
-        if (score != score) score = neg_inf;
-        if (lane == g) my_score = score;
-      }
-      u32 kept = 0;
-#pragma unroll 1
-      for (int r = 0; r < TG; ++r) {
-        u32 kk = (lane < G && !(kept >> lane & 1u)) ? ordered_bits(my_score) : 0u, ki = lane;
-        warp_argmax(kk, ki);
-        kept |= 1u << ki;
+      for (int q = 0; q < NGL; ++q) {
+        const u32 g = static_cast<u32>(g0 + q);
+        const unsigned long long k =
+            (kept >> g & 1u) ? 0ull : (static_cast<unsigned long long>(ordered_bits(gsc[q])) << 32) | (0xffffffffu - g);
+        best = k > best ? k : best;
       }
 #pragma unroll
-      for (int i = 0; i < NI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const int e = 128 * i + 4 * lane + j;
-          if ((live >> (4 * i + j) & 1u) && !(kept >> (e / GS) & 1u)) live &= ~(1u << (4 * i + j));
-        }
+      for (int o = 1; o < L; o <<= 1) {
+        const unsigned long long other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+      }
+      kept |= 1u << (0xffffffffu - static_cast<u32>(best));
     }
-    // K picks.
-    u32 taken = 0;
-    float denom = 0.0f;
+#pragma unroll
+    for (int c = 0; c < EL; ++c)
+      if (!(kept >> ((e0 + c) / GS) & 1u)) live &= ~(1ull << c);
+  }
+  u32 ok[EL];
+#pragma unroll
+  for (int c = 0; c < EL; ++c) ok[c] = ordered_bits(kf[c]);
+  // K picks: each lane's best live key, then the segment's maximum of (key, −e).
+  unsigned long long taken = 0;
+  float denom = 0.0f;
 #pragma unroll 1
-    for (int r = 0; r < K; ++r) {
-      u32 bk = 0, bi = 0xffffffffu;
+  for (int r = 0; r < K; ++r) {
+    u32 bk = 0;
+    int bc = 0;
+    float bs = 0.0f;
 #pragma unroll
-      for (int i = 0; i < NI; ++i)
+    for (int c = 0; c < EL; ++c)
+      if ((live >> c & 1ull) && ok[c] > bk) { bk = ok[c]; bc = c; bs = s[c]; }
+    unsigned long long key =
+        bk ? (static_cast<unsigned long long>(bk) << 32) | (0xffffffffu - static_cast<u32>(e0 + bc)) : 0ull;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const u32 o = ordered_bits(key[i][j]);
-          if ((live >> (4 * i + j) & 1u) && o > bk) { bk = o; bi = 128 * i + 4 * lane + j; }
-        }
-      warp_argmax(bk, bi);
-      const int wi = static_cast<int>(bi) >> 7, wj = static_cast<int>(bi) & 3;
-      const int owner = (static_cast<int>(bi) & 127) >> 2;
-      float sv = 0.0f;
-#pragma unroll
-      for (int i = 0; i < NI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (i == wi && j == wj) sv = s[i][j];
-      sv = __shfl_sync(0xffffffffu, sv, owner);
-      denom = __fadd_rn(denom, sv);
-      if (lane == owner) {
-        taken |= 1u << (4 * wi + wj);
-        live &= ~(1u << (4 * wi + wj));
-      }
+    for (int o = 1; o < L; o <<= 1) {
+      const unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
+      key = other > key ? other : key;
     }
+    const int we = static_cast<int>(0xffffffffu - static_cast<u32>(key));
+    const int wl = we / EL;
+    denom = __fadd_rn(denom, __shfl_sync(0xffffffffu, bs, seg | wl));
+    if (j == wl) {
+      live &= ~(1ull << bc);
+      taken |= 1ull << bc;
+    }
+  }
+  if (valid) {
     const float d = __fadd_rn(denom, 1e-20f);
-    float* pr = a.probs + static_cast<i64>(t) * E;
-    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E;
+    float* pr = a.probs + static_cast<i64>(t) * E + e0;
+    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
 #pragma unroll
-    for (int i = 0; i < NI; ++i) {
-      const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        Vec16 pv;
-        u32 mv = 0;
+    for (int c = 0; c < NC; ++c) {
+      Vec16 pv;
+      u32 mv = 0;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const bool sel = taken >> (4 * i + j) & 1u;
-          float p = 0.0f;
-          if (sel) {
-            p = RENORM ? __fdiv_rn(s[i][j], d) : s[i][j];
-            p = __fmul_rn(p, a.scale);
-            mv |= 1u << (8 * j);
-            atomicAdd(&hist[e0 + j], 1);
-          }
-          pv.w[j] = __float_as_uint(p);
+      for (int q = 0; q < 4; ++q) {
+        const int cc = 4 * c + q;
+        float p = 0.0f;
+        if (taken >> cc & 1ull) {
+          p = __fmul_rn(RENORM ? __fdiv_rn(s[cc], d) : s[cc], a.scale);
+          mv |= 1u << (8 * q);
+          atomicAdd(&hist[e0 + cc], 1);
         }
-        store16(pr + e0, pv);
-        *reinterpret_cast<u32*>(mr + e0) = mv;
+        pv.w[q] = __float_as_uint(p);
       }
+      store16(pr + 4 * c, pv);
+      *reinterpret_cast<u32*>(mr + 4 * c) = mv;
     }
   }
   __syncthreads();
-  for (int e = threadIdx.x; e < E; e += WARPS * 32) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
+  for (int e = threadIdx.x; e < E; e += THREADS) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
 }
 
 // ---- top-k backward ---------------------------------------------------------------------------------------------

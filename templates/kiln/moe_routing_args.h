@@ -10,6 +10,8 @@ constexpr int kMoeMapBlockTokens = 64;
 // Largest expert count: top-k keeps E/32 scores per lane in registers; the map writer keeps E offsets and masks in
 // shared memory.
 constexpr int kMoeMaxExperts = 1024;
+// Top-k routing keeps a lane's E/L experts in registers (at most 64 per lane, 8 lanes per token).
+constexpr int kMoeTopkMaxExperts = 512;
 
 struct MoeTopkFwdArgs {
   const float* logits;         // [T, E]

@@ -120,7 +120,9 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32}, 3);
   run_case({1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16}, 4);
   run_case({1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1}, 5);
-  run_case({300, 1024, {8, MoeScore::sigmoid, 32, 4, true, 2.0f}, true, 64}, 6);
+  run_case({300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64}, 6);    // two groups per lane
+  run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
+  run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
 

@@ -55,7 +55,7 @@ TopkResult topk_routing(std::span<const float> logits, int64_t T, int64_t E, std
   res.scores.assign(T * E, 0.0f);
   res.keys.assign(T * E, 0.0f);
   res.picks.assign(T * o.top_k, -1);
-  const int64_t NI = (E + 127) / 128, GS = E / o.n_group;
+  const int64_t GS = E / o.n_group;
   std::vector<float> s(E), key(E);
   std::vector<char> live(E);
   for (int64_t t = 0; t < T; ++t) {
@@ -65,23 +65,22 @@ TopkResult topk_routing(std::span<const float> logits, int64_t T, int64_t E, std
     } else {
       float m = -kInf;
       for (int64_t e = 0; e < E; ++e) m = std::fmax(m, z[e]);
-      // Lane sums in the GPU's order (lane l: chunks i, elements j), then the xor butterfly.
-      float lanes[32];
-      for (int l = 0; l < 32; ++l) {
+      // Lane sums in the GPU's order (L lanes per token, lane l sums its E/L contiguous experts in order), then
+      // the xor butterfly over the L lanes (offsets L/2 … 1).
+      const int64_t L = E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1, EL = E / L;
+      float lanes[8];
+      for (int64_t l = 0; l < L; ++l) {
         float sum = 0.0f;
-        for (int64_t i = 0; i < NI; ++i)
-          for (int j = 0; j < 4; ++j) {
-            const int64_t e = 128 * i + 4 * l + j;
-            const float v = (128 * i + 4 * l < E) ? kiln_exp(z[e] - m) : 0.0f;
-            if (e < E) s[e] = v;
-            sum = sum + v;
-          }
+        for (int64_t e = l * EL; e < (l + 1) * EL; ++e) {
+          s[e] = kiln_exp(z[e] - m);
+          sum = sum + s[e];
+        }
         lanes[l] = sum;
       }
-      for (int off = 16; off > 0; off >>= 1) {
-        float next[32];
-        for (int l = 0; l < 32; ++l) next[l] = lanes[l] + lanes[l ^ off];
-        std::memcpy(lanes, next, sizeof lanes);
+      for (int64_t off = L / 2; off > 0; off >>= 1) {
+        float next[8];
+        for (int64_t l = 0; l < L; ++l) next[l] = lanes[l] + lanes[l ^ off];
+        std::memcpy(lanes, next, sizeof next);
       }
       for (int64_t e = 0; e < E; ++e) s[e] = s[e] / lanes[0];
     }
