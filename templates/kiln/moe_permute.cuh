@@ -25,15 +25,19 @@ namespace kiln {
 // `visit(e, r, ok, pos)` is called for every expert (ok: r is a destination, stored at rows[pos]).
 template <int E, typename Visit>
 __device__ __forceinline__ int compact_map_row(const int* mr, int num_out, int lane, int* rows, Visit visit) {
+  constexpr int NCH = (E + 31) / 32;
+  int rr[NCH];
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) rr[c] = 32 * c + lane < E ? mr[32 * c + lane] : -1;  // all loads in flight at once
   int n = 0;
-#pragma unroll 1
-  for (int c = 0; c < E; c += 32) {
-    const int e = c + lane;
-    const int r = e < E ? mr[e] : -1;
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) {
+    const int e = 32 * c + lane, r = rr[c];
     const bool ok = r >= 0 && r < num_out;
     const u32 bal = __ballot_sync(0xffffffffu, ok);
-    if (ok) rows[n + __popc(bal & ((1u << lane) - 1u))] = r;
-    if (e < E) visit(e, r, ok, n + __popc(bal & ((1u << lane) - 1u)));
+    const int pos = n + __popc(bal & ((1u << lane) - 1u));
+    if (ok) rows[pos] = r;
+    if (e < E) visit(e, r, ok, pos);
     n += __popc(bal);
   }
   return n;
