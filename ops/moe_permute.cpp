@@ -6,6 +6,7 @@
 
 #include "kiln/moe_permute_args.h"
 #include "kiln/ops/moe.hpp"
+#include "ops/bench/moe_instances.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -15,24 +16,29 @@ namespace {
 using namespace detail;
 
 enum : uint32_t { kPermute = 0, kUnpermute = 1, kPermuteBlockQuant = 2 };
-enum { P_ROW_BYTES, P_E, P_SCALE_BLOCKS, P_M_MAJOR, P_PROBS, P_DTYPE, P_WEIGHTS, P_RESTORE, P_ROUND };
+enum { P_N, P_E, P_SCALE_BLOCKS, P_M_MAJOR, P_PROBS, P_DTYPE, P_WEIGHTS, P_RESTORE, P_ROUND };
 enum { C_THREADS };
 
 constexpr int64_t kMaxRowBytes = 65536;
 constexpr int64_t kMaxExperts = 1024;
 
+// Bytes of one row: N elements of the specialization's dtype.
+int64_t row_bytes(const Specialization& s) {
+  return s.params[P_N] * static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+}
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_permute.cuh\"\n";
   const auto& p = s.params;
   if (s.kernel == kPermuteBlockQuant) {
-    name = fmt::format("kiln::moe_permute_block_quant_kernel<{}, {}, {}, {}>", p[P_ROW_BYTES] / 2, p[P_E],
+    name = fmt::format("kiln::moe_permute_block_quant_kernel<{}, {}, {}, {}>", p[P_N], p[P_E],
                        p[P_ROUND] != 0, p[P_PROBS] != 0);
   } else if (s.kernel == kPermute) {
-    name = fmt::format("kiln::moe_permute_kernel<{}, {}, {}, {}, {}, {}>", p[P_ROW_BYTES], p[P_E], p[P_SCALE_BLOCKS],
+    name = fmt::format("kiln::moe_permute_kernel<{}, {}, {}, {}, {}, {}>", row_bytes(s), p[P_E], p[P_SCALE_BLOCKS],
                        p[P_M_MAJOR] != 0, p[P_PROBS] != 0, s.config[C_THREADS]);
   } else {
     const bool f32 = static_cast<DType>(p[P_DTYPE]) == DType::f32;
-    const int64_t H = p[P_ROW_BYTES] / (f32 ? 4 : 2);
+    const int64_t H = p[P_N];
     name = fmt::format("kiln::moe_unpermute_kernel<{}, {}, {}, {}, {}, {}>", H, f32 ? "float" : "kiln::bf16", p[P_E],
                        p[P_WEIGHTS] != 0, p[P_RESTORE] != 0, s.config[C_THREADS]);
   }
@@ -50,26 +56,47 @@ int default_threads(int64_t row_bytes) {
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
+// The tuner's instance of `s` at `tokens` tokens: random logits routed top-min(8, E) with softmax, padded to 16.
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const auto& p = s.params;
+  const int64_t E = p[P_E];
+  const int k = static_cast<int>(std::min<int64_t>(8, E));
+  if (s.kernel == kPermute) {
+    const bool fp8 = static_cast<DType>(p[P_DTYPE]) == DType::e4m3;
+    return moe_permute_instance(rt, tokens, E, k, 16, p[P_N], fp8,
+                                p[P_M_MAJOR] != 0, p[P_PROBS] != 0);
+  }
+  if (s.kernel == kUnpermute) {
+    const DType dt = static_cast<DType>(p[P_DTYPE]);
+    return moe_unpermute_instance(rt, tokens, E, k, 16, p[P_N], dt,
+                                  p[P_WEIGHTS] != 0, p[P_RESTORE] != 0);
+  }
+  return moe_permute_block_quant_instance(rt, tokens, E, k, 16, p[P_N], p[P_ROUND] != 0,
+                                          p[P_PROBS] != 0);
+}
+
 FamilyDef g_family{"moe_permute",
                    {"permute", "unpermute", "permute_block_quant"},
-                   {"row_bytes", "E", "scale_blocks", "m_major", "probs", "dtype", "weights", "restore", "round_scale"},
+                   {"N", "E", "scale_blocks", "m_major", "probs", "dtype", "weights", "restore", "round_scale"},
                    {"threads"},
                    render,
                    smem_bytes,
                    enumerate,
-                   search_space};
+                   search_space,
+                   tune_instance};
 
-Specialization permute_spec(Arch arch, int64_t row_bytes, int64_t E, int64_t ns, bool m_major, bool probs) {
+Specialization permute_spec(Arch arch, int64_t N, DType dtype, int64_t E, int64_t ns, bool m_major, bool probs) {
   Specialization s;
   s.family = &g_family;
   s.arch = arch;
   s.kernel = kPermute;
-  s.params[P_ROW_BYTES] = row_bytes;
+  s.params[P_N] = N;
+  s.params[P_DTYPE] = static_cast<int64_t>(dtype);
   s.params[P_E] = E;
   s.params[P_SCALE_BLOCKS] = ns;
   s.params[P_M_MAJOR] = ns > 0 && m_major;
   s.params[P_PROBS] = probs;
-  s.config[C_THREADS] = default_threads(row_bytes);
+  s.config[C_THREADS] = default_threads(row_bytes(s));
   return s;
 }
 
@@ -78,12 +105,12 @@ Specialization unpermute_spec(Arch arch, int64_t H, DType dtype, int64_t E, bool
   s.family = &g_family;
   s.arch = arch;
   s.kernel = kUnpermute;
-  s.params[P_ROW_BYTES] = H * static_cast<int64_t>(dtype_size(dtype));
+  s.params[P_N] = H;
   s.params[P_E] = E;
   s.params[P_DTYPE] = static_cast<int64_t>(dtype);
   s.params[P_WEIGHTS] = weights;
   s.params[P_RESTORE] = restore;
-  s.config[C_THREADS] = default_threads(s.params[P_ROW_BYTES]);
+  s.config[C_THREADS] = default_threads(row_bytes(s));
   return s;
 }
 
@@ -92,7 +119,8 @@ Specialization block_quant_spec(Arch arch, int64_t Hd, int64_t E, bool round, bo
   s.family = &g_family;
   s.arch = arch;
   s.kernel = kPermuteBlockQuant;
-  s.params[P_ROW_BYTES] = 2 * Hd;
+  s.params[P_N] = Hd;
+  s.params[P_DTYPE] = static_cast<int64_t>(DType::bf16);
   s.params[P_E] = E;
   s.params[P_PROBS] = probs;
   s.params[P_ROUND] = round;
@@ -110,8 +138,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  const int64_t nv = base.params[P_ROW_BYTES] / 16;
-  for (int t : {64, 128, 256, 512, default_threads(base.params[P_ROW_BYTES])}) {
+  const int64_t nv = row_bytes(base) / 16;
+  for (int t : {64, 128, 256, 512, default_threads(row_bytes(base))}) {
     if ((nv + t - 1) / t > 8) continue;
     s.config[C_THREADS] = t;
     if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
@@ -124,8 +152,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
   const int64_t H = m.hidden_size, E = m.num_experts;
   if (E <= 0 || E > kMaxExperts || H <= 0 || H % 128 != 0) return;
-  out.push_back(permute_spec(arch, 2 * H, E, 0, false, true));
-  out.push_back(permute_spec(arch, H, E, H / 128, true, true));
+  out.push_back(permute_spec(arch, H, DType::bf16, E, 0, false, true));
+  out.push_back(permute_spec(arch, H, DType::e4m3, E, H / 128, true, true));
   out.push_back(unpermute_spec(arch, H, DType::bf16, E, true, true));
   out.push_back(unpermute_spec(arch, H, DType::bf16, E, false, false));
   out.push_back(block_quant_spec(arch, H, E, true, true));
@@ -237,7 +265,7 @@ void moe_permute(Runtime& rt, const TensorRef& inp, const TensorRef& scale, cons
 
   auto& impl = rt.impl();
   const Specialization s =
-      impl.tuned(permute_spec(impl.target_arch(), row_bytes, E, ns, m_major, probs.defined()), T);
+      impl.tuned(permute_spec(impl.target_arch(), Hd, inp.dtype, E, ns, m_major, probs.defined()), T);
   MoePermuteArgs a{};
   a.inp = inp.data;
   a.scale = static_cast<const float*>(scale.data);

@@ -7,6 +7,7 @@
 
 #include "kiln/moe_routing_args.h"
 #include "kiln/ops/moe.hpp"
+#include "ops/bench/moe_instances.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -43,6 +44,23 @@ int smem_bytes(const Specialization&) { return 0; }
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
+// The tuner's instance of `s` at `tokens` rows: the forward (with the map, padded to 16) for topk_fwd and the map
+// kernels, the backward for topk_bwd; random logits, routed once on the device.
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const int64_t E = s.params[P_E];
+  MoeRoutingOptions o;
+  o.top_k = s.params[P_K] > 0 ? static_cast<int>(s.params[P_K]) : static_cast<int>(std::min<int64_t>(8, E));
+  o.score = s.params[P_SIGMOID] ? MoeScore::sigmoid : MoeScore::softmax;
+  o.renormalize = s.params[P_RENORM] != 0;
+  if (s.kernel == kTopkFwd) {
+    o.n_group = static_cast<int>(s.params[P_GROUPS]);
+    o.topk_group = static_cast<int>(s.params[P_TOPK_GROUPS]);
+    return moe_routing_fwd_instance(rt, tokens, E, o, s.params[P_BIAS] != 0, true, 16);
+  }
+  if (s.kernel == kTopkBwd) return moe_routing_bwd_instance(rt, tokens, E, o);
+  return moe_row_id_map_instance(rt, tokens, E, o.top_k, 16);
+}
+
 FamilyDef g_family{"moe_routing",
                    {"topk_fwd", "topk_bwd", "map_count", "map_scan", "map_write"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32"},
@@ -50,7 +68,8 @@ FamilyDef g_family{"moe_routing",
                    render,
                    smem_bytes,
                    enumerate,
-                   search_space};
+                   search_space,
+                   tune_instance};
 
 Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   Specialization s;

@@ -42,7 +42,8 @@ __device__ __forceinline__ float kiln_exp(float x) {
   return __fmul_rn(__fmul_rn(p, __int_as_float((n1 + 127) << 23)), __int_as_float((n2 + 127) << 23));
 }
 
-__device__ __forceinline__ float kiln_sigmoid(float z) { return __fdiv_rn(1.0f, __fadd_rn(1.0f, kiln_exp(-z))); }
+// 1/(1 + e^−z): __frcp_rn is the correctly rounded reciprocal, the same value as an IEEE 1.0f / x.
+__device__ __forceinline__ float kiln_sigmoid(float z) { return __frcp_rn(__fadd_rn(1.0f, kiln_exp(-z))); }
 
 // Order-preserving map of a float to u32 (NaN must be sanitized first); 0 is below every float (−inf ↦ 0x007fffff).
 __device__ __forceinline__ u32 ordered_bits(float f) {
@@ -492,18 +493,26 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       a.row_id_indices[r] = -1;
   __syncthreads();
 
-  // The block's token sets per expert.
-#pragma unroll 1
-  for (int k = 0; k < TPW; ++k) {
-    const int lt = warp * TPW + k, t = block * kMoeMapBlockTokens + lt;
-    if (t >= a.T) break;
+  // The block's token sets per expert (the warp's flags loaded first, all in flight at once).
+  {
+    u32 f[TPW][NI];
 #pragma unroll
-    for (int i = 0; i < NI; ++i) {
-      const int e0 = 128 * i + 4 * lane;
-      const u32 f = e0 < E ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
+    for (int k = 0; k < TPW; ++k) {
+      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
 #pragma unroll
-      for (int j = 0; j < 4; ++j)
-        if (f >> j & 1u) atomicOr(&mask[e0 + j][lt >> 5], 1u << (lt & 31));
+      for (int i = 0; i < NI; ++i) {
+        const int e0 = 128 * i + 4 * lane;
+        f[k][i] = (t < a.T && e0 < E) ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < TPW; ++k) {
+      const int lt = warp * TPW + k;
+#pragma unroll
+      for (int i = 0; i < NI; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (f[k][i] >> j & 1u) atomicOr(&mask[128 * i + 4 * lane + j][lt >> 5], 1u << (lt & 31));
     }
   }
   __syncthreads();
