@@ -83,8 +83,8 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
 // Lanes per token of the top-k forward (templates: MoeTopkLanes): a lane owns E/L contiguous experts.
 int64_t topk_lanes(int64_t E) { return E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1; }
 
-// Top-k forward: a CTA per 64-token map block with L lanes per token (2L warps): at T = 8192 and E = 256 that is
-// 128 CTAs of 16 warps. The launch shape follows from E, so the config only records it.
+// Top-k forward: a CTA per 32-token map block with L lanes per token (L warps): at T = 8192 and E = 256 that is
+// 256 CTAs of 8 warps, two per SM. The launch shape follows from E, so the config only records it.
 Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias) {
   Specialization s = base_spec(arch, kTopkFwd, E);
   s.params[P_K] = o.top_k;
@@ -93,7 +93,7 @@ Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool b
   s.params[P_TOPK_GROUPS] = o.topk_group;
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
-  s.config[C_WARPS] = static_cast<int32_t>(2 * topk_lanes(E));
+  s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(E));
   return s;
 }
 
@@ -116,7 +116,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   Specialization s = base;
   s.config = {};
   if (base.kernel == kTopkFwd) {
-    s.config[C_WARPS] = static_cast<int32_t>(2 * topk_lanes(base.params[P_E]));
+    s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
     out.push_back(s);
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {

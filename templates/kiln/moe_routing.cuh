@@ -112,9 +112,9 @@ struct MoeTopkLanes {
   static constexpr int EL = E / L;
 };
 
-// CTA: one map block of 64 tokens, 64·L threads.
+// CTA: one map block of 32 tokens, 32·L threads.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS>
-__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L)
+__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, 2)
     moe_topk_fwd_kernel(const MoeTopkFwdArgs a) {
   constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
   constexpr int GS = E / G;
@@ -364,7 +364,7 @@ __device__ __forceinline__ u32 load_flags4(const void* map, i64 off) {
   }
 }
 
-// Per-block histograms of an arbitrary routing map (u8 or i32). CTA: 8 warps over one 64-token block.
+// Per-block histograms of an arbitrary routing map (u8 or i32). CTA: 8 warps over one 32-token block.
 template <int E, typename MapT>
 __global__ void __launch_bounds__(256) moe_map_count_kernel(const MoeMapCountArgs a) {
   constexpr int NI = (E + 127) / 128;
@@ -400,8 +400,10 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
   const int chunk = (a.nblocks + 31) / 32;
   const int b0 = min(a.nblocks, w * chunk), b1 = min(a.nblocks, b0 + chunk);
   int sum = 0;
-  if (e < E)
+  if (e < E) {
+#pragma unroll 8
     for (int b = b0; b < b1; ++b) sum += a.hist[static_cast<i64>(b) * E + e];
+  }
   part[w][lane] = sum;
   __syncthreads();
   if (w == 0) {
@@ -416,6 +418,7 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
   __syncthreads();
   int run = part[w][lane];
   if (e < E)
+#pragma unroll 8
     for (int b = b0; b < b1; ++b) {
       int* p = a.hist + static_cast<i64>(b) * E + e;
       const int v = *p;
@@ -446,14 +449,15 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int
   return before + inc - v;
 }
 
-// Destinations. CTA: 8 warps over one 64-token block (8 tokens per warp).
+// Destinations. CTA: 8 warps over one 32-token block (4 tokens per warp).
 template <int E, typename MapT>
 __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArgs a) {
   constexpr int NI = (E + 127) / 128;
   constexpr int EPT = (E + 255) / 256;  // experts per thread in the offset scan
   constexpr int TPW = kMoeMapBlockTokens / 8;
   __shared__ int base[E];
-  __shared__ u32 mask[E][2];
+  constexpr int W = kMoeMapBlockTokens / 32;  // mask words per expert
+  __shared__ u32 mask[E][W];
   __shared__ int warp_tot[8];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int P = a.multiple_of;
@@ -475,8 +479,8 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
       base[e] = off + (block * kMoeMapBlockTokens < a.T ? a.prefix[static_cast<i64>(block) * E + e] : 0);
-      mask[e][0] = 0u;
-      mask[e][1] = 0u;
+#pragma unroll
+      for (int w = 0; w < W; ++w) mask[e][w] = 0u;
       if (block == 0) {
         if (a.padded_counts) a.padded_counts[e] = pc[k];
         if (a.offsets) a.offsets[e] = off;
@@ -533,8 +537,10 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
         for (int j = 0; j < 4; ++j) {
           int row = -1;
           if (f >> j & 1u) {
-            const u32 m0 = mask[e0 + j][0], m1 = mask[e0 + j][1];
-            const int rank = lt < 32 ? __popc(m0 & below) : __popc(m0) + __popc(m1 & below);
+            int rank = 0;
+#pragma unroll
+            for (int w = 0; w < W; ++w)
+              rank += w < (lt >> 5) ? __popc(mask[e0 + j][w]) : w == (lt >> 5) ? __popc(mask[e0 + j][w] & below) : 0;
             row = base[e0 + j] + rank;
             if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
           }

@@ -4,9 +4,10 @@
 
 namespace kiln {
 
-// Tokens per map block: the unit of the per-block expert histograms (hist[ceil(T/64), E]) that the map writer turns
-// into destination rows. A block's token order inside one expert is a 64-bit mask (two words) in shared memory.
-constexpr int kMoeMapBlockTokens = 64;
+// Tokens per map block: the unit of the per-block expert histograms (hist[ceil(T/32), E]) that the map writer turns
+// into destination rows. A block's token order inside one expert is a 32-bit mask in shared memory. 32 tokens keep
+// the top-k CTAs small (256 threads at E = 256) so two share an SM and overlap their loads, math and stores.
+constexpr int kMoeMapBlockTokens = 32;
 // Largest expert count: top-k keeps E/32 scores per lane in registers; the map writer keeps E offsets and masks in
 // shared memory.
 constexpr int kMoeMaxExperts = 1024;
@@ -18,7 +19,7 @@ struct MoeTopkFwdArgs {
   const float* bias;           // [E] or null (selection only)
   float* probs;                // [T, E]
   unsigned char* routing_map;  // [T, E] 0/1
-  int* hist;                   // [ceil(T/64), E] per-block expert counts (workspace)
+  int* hist;                   // [ceil(T/32), E] per-block expert counts (workspace)
   int T;
   float scale;                 // routed scaling factor
 };
@@ -34,7 +35,7 @@ struct MoeTopkBwdArgs {
 
 struct MoeMapCountArgs {
   const void* routing_map;  // [T, E] u8 or i32, nonzero = routed
-  int* hist;                // [ceil(T/64), E]
+  int* hist;                // [ceil(T/32), E]
   int T;
 };
 
