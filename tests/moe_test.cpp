@@ -46,7 +46,10 @@ TEST(MoeReference, KilnExpIsAccurate) {
   EXPECT_EQ(ref::kiln_exp(0.0f), 1.0f);
   EXPECT_EQ(ref::kiln_exp(-std::numeric_limits<float>::infinity()), 0.0f);
   EXPECT_TRUE(std::isinf(ref::kiln_exp(100.0f)));
-  EXPECT_TRUE(std::isnan(ref::kiln_exp(std::numeric_limits<float>::quiet_NaN())));
+  EXPECT_EQ(ref::kiln_exp(std::numeric_limits<float>::quiet_NaN()), 0.0f);
+  EXPECT_TRUE(std::isinf(ref::kiln_exp(std::numeric_limits<float>::infinity())));
+  EXPECT_EQ(ref::kiln_exp(-200.0f), 0.0f);
+  EXPECT_GT(ref::kiln_exp(-103.0f), 0.0f);  // subnormal, not flushed
 }
 
 // Plain top-k picks the k largest logits (sorted, ties to the lower index) and softmax probs sum to the kept mass.

@@ -20,12 +20,12 @@
 
 namespace kiln {
 
-// exp(x) from a fixed sequence of correctly rounded fp32 operations (range reduction by n·ln2 in two fma steps,
-// degree-7 Taylor polynomial in Horner form, scaling by 2^n in two exact-exponent multiplies), so a CPU reference
-// running the same operations gets the same bits. Max error ≈ 2 ulp.
+// exp(x) from a fixed sequence of correctly rounded fp32 operations (x clamped to [−104, 88.75], range reduction
+// by n·ln2 in two fma steps, degree-7 Taylor polynomial in Horner form, scaling by 2^n in two exact-exponent
+// multiplies), so a CPU reference running the same operations gets the same bits. Max error ≈ 2 ulp; exp(−inf) = 0,
+// exp(+inf) = inf, and a NaN argument counts as −104 (result 0), so a NaN logit gets no probability.
 __device__ __forceinline__ float kiln_exp(float x) {
-  if (!(x > -104.0f)) return x != x ? x : 0.0f;
-  if (x > 88.75f) return __int_as_float(0x7f800000);
+  x = fminf(fmaxf(x, -104.0f), 88.75f);
   const float n = rintf(__fmul_rn(x, 1.44269504f));
   float r = __fmaf_rn(n, -0.693145751953125f, x);
   r = __fmaf_rn(n, -1.42860677e-06f, r);
@@ -38,7 +38,7 @@ __device__ __forceinline__ float kiln_exp(float x) {
   p = __fmaf_rn(p, r, 1.0f);
   p = __fmaf_rn(p, r, 1.0f);
   const int ni = static_cast<int>(n);
-  const int n1 = ni / 2, n2 = ni - n1;
+  const int n1 = ni >> 1, n2 = ni - n1;      // both in [−75, 64]: normal powers of two
   return __fmul_rn(__fmul_rn(p, __int_as_float((n1 + 127) << 23)), __int_as_float((n2 + 127) << 23));
 }
 

@@ -26,8 +26,7 @@ float sigmoid(float z) { return 1.0f / (1.0f + kiln_exp(-z)); }
 }  // namespace
 
 float kiln_exp(float x) {
-  if (!(x > -104.0f)) return std::isnan(x) ? x : 0.0f;
-  if (x > 88.75f) return kInf;
+  x = std::fmin(std::fmax(x, -104.0f), 88.75f);  // NaN → −104 (fmax ignores NaN), as fmaxf/fminf on the GPU
   const float n = std::nearbyint(x * 1.44269504f);
   float r = std::fma(n, -0.693145751953125f, x);
   r = std::fma(n, -1.42860677e-06f, r);
@@ -40,7 +39,7 @@ float kiln_exp(float x) {
   p = std::fma(p, r, 1.0f);
   p = std::fma(p, r, 1.0f);
   const int ni = static_cast<int>(n);
-  const int n1 = ni / 2, n2 = ni - n1;
+  const int n1 = ni >> 1, n2 = ni - n1;
   const float s1 = from_bits(static_cast<uint32_t>(n1 + 127) << 23), s2 = from_bits(static_cast<uint32_t>(n2 + 127) << 23);
   const float a = p * s1;
   return a * s2;
