@@ -225,8 +225,8 @@ __global__ void __launch_bounds__(256) moe_permute_block_quant_kernel(const MoeP
   __shared__ int b[E + 1];
   __shared__ int warp_tot[8];
   __shared__ int src[128];
-  __shared__ __align__(16) bf16 tile[128][128 + 8];  // +8: rows 16-byte aligned, column reads spread over banks
-  __shared__ float colmax[2][128];
+  // Rows padded to 68 words: 16-byte aligned for cp.async, and rows 32 apart (one lane each) hit 8 banks, not 1.
+  __shared__ __align__(16) bf16 tile[128][128 + 8];
   __shared__ float rowscale[128];
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   expert_block_offsets<E>(a.offsets, b, warp_tot);
@@ -278,35 +278,41 @@ __global__ void __launch_bounds__(256) moe_permute_block_quant_kernel(const MoeP
         e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
     if (lane == 0) rowscale[row] = sc;
   }
-  // Column maxima: two threads per channel, 64 rows each (rows past the segment are zero in the tile).
-  {
-    const int n = tid & 127, h = tid >> 7;
-    float m = 0.0f;
-#pragma unroll 8
-    for (int row = h * 64; row < h * 64 + 64; ++row) m = fmaxf(m, fabsf(to_float(tile[row][n])));
-    colmax[h][n] = m;
-  }
   __syncthreads();
   if (tid < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + tid] = rowscale[tid];
-  if (tid < 128) {
-    const float sc = block_scale<ROUND>(fmaxf(colmax[0][tid], colmax[1][tid]));
-    colmax[0][tid] = sc;
-    a.qT_scale[(static_cast<i64>(b[e]) + (gb - b[e])) * HD + cb * 128 + tid] = sc;
-  }
-  __syncthreads();
-  // Transposed: a warp per channel (16 channels per warp), a lane per 4 tokens.
-  for (int n = warp; n < 128; n += 8) {
-    const Quantizer<ROUND> quant(colmax[0][n]);
-    const int i = lane * 4;
-    if (i < rows) {
-      const float y0 = to_float(tile[i][n]), y1 = to_float(tile[i + 1][n]), y2 = to_float(tile[i + 2][n]),
-                  y3 = to_float(tile[i + 3][n]);
-      const u32 codes = e4m3x4(quant(y0), quant(y1), quant(y2), quant(y3));
-      unsigned char* d = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0 + i;
-      if (i + 4 <= rows) {
-        *reinterpret_cast<u32*>(d) = codes;
-      } else {
-        for (int k = 0; i + k < rows; ++k) d[k] = static_cast<unsigned char>(codes >> (8 * k));
+  // Transposed: a warp per pair of channels (8 pairs per warp); lane l holds tokens l, l+32, l+64, l+96 (rows 32
+  // apart fall in different banks; a 32-bit read gives both channels). Column amax by a warp reduction.
+#pragma unroll 1
+  for (int pair = warp; pair < 64; pair += 8) {
+    const int n = 2 * pair;
+    float y0[4], y1[4];
+    float m0 = 0.0f, m1 = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const u32 w = *reinterpret_cast<const u32*>(&tile[lane + 32 * q][n]);
+      y0[q] = __uint_as_float(w << 16);
+      y1[q] = __uint_as_float(w & 0xffff0000u);
+      m0 = fmaxf(m0, fabsf(y0[q]));
+      m1 = fmaxf(m1, fabsf(y1[q]));
+    }
+    m0 = warp_max(m0);
+    m1 = warp_max(m1);
+    const float s0 = block_scale<ROUND>(m0), s1 = block_scale<ROUND>(m1);
+    if (lane == 0) {
+      float* ts = a.qT_scale + static_cast<i64>(gb) * HD + cb * 128 + n;  // b[e] + (gb − b[e]) = gb
+      ts[0] = s0;
+      ts[1] = s1;
+    }
+    const Quantizer<ROUND> q0(s0), q1(s1);
+    unsigned char* d0 = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0;
+    unsigned char* d1 = d0 + pc;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int i = lane + 32 * q;
+      if (i < rows) {
+        const u32 c = e4m3x2(q0(y0[q]), q1(y1[q]));
+        d0[i] = static_cast<unsigned char>(c & 0xffu);
+        d1[i] = static_cast<unsigned char>(c >> 8);
       }
     }
   }
