@@ -35,7 +35,7 @@ constexpr std::string_view kPresetExtension = ".json";
 constexpr const char* kKilnKeys[] = {
     "name", "hidden_size", "num_attention_heads", "num_key_value_heads", "head_dim", "intermediate_size",
     "moe_intermediate_size", "num_experts", "num_experts_per_tok", "num_shared_experts", "vocab_size",
-    "rms_norm_eps",
+    "rms_norm_eps", "scoring_func", "n_group", "topk_group", "routed_scaling_factor", "norm_topk_prob", "expert_bias",
 };
 
 [[noreturn]] void fail(const std::string& origin, const std::string& message) {
@@ -89,6 +89,13 @@ class FieldReader {
     return v->get<double>();
   }
 
+  std::optional<bool> boolean(const char* key) const {
+    const json* v = find({key});
+    if (!v) return std::nullopt;
+    if (!v->is_boolean()) fail(origin_, fmt::format("field '{}': expected true or false, got {}", key, v->dump()));
+    return v->get<bool>();
+  }
+
   std::optional<std::string> string(const char* key) const {
     const json* v = find({key});
     if (!v) return std::nullopt;
@@ -110,6 +117,8 @@ void reject_unknown_kiln_keys(const json& doc, const std::string& origin) {
   }
 }
 
+void validate_routing(const ModelConfig& m, const std::string& origin);
+
 // Relations between fields that every later enumeration relies on.
 void validate(const ModelConfig& m, const std::string& origin) {
   if (m.num_key_value_heads == 0 || m.num_attention_heads % m.num_key_value_heads != 0)
@@ -119,6 +128,17 @@ void validate(const ModelConfig& m, const std::string& origin) {
   if (m.num_experts > 0 && (m.num_experts_per_tok == 0 || m.num_experts_per_tok > m.num_experts))
     fail(origin, fmt::format("num_experts_per_tok ({}) must be between 1 and num_experts ({})", m.num_experts_per_tok,
                              m.num_experts));
+  validate_routing(m, origin);
+}
+
+void validate_routing(const ModelConfig& m, const std::string& origin) {
+  if (m.topk_group > m.n_group)
+    fail(origin, fmt::format("topk_group ({}) must not exceed n_group ({})", m.topk_group, m.n_group));
+  if (m.num_experts > 0 && m.num_experts % m.n_group != 0)
+    fail(origin, fmt::format("n_group ({}) does not divide num_experts ({})", m.n_group, m.num_experts));
+  if (m.num_experts > 0 && m.num_experts_per_tok > m.topk_group * (m.num_experts / m.n_group))
+    fail(origin, fmt::format("num_experts_per_tok ({}) exceeds the experts of topk_group ({}) groups of {}",
+                             m.num_experts_per_tok, m.topk_group, m.num_experts / m.n_group));
 }
 
 std::string join(const std::vector<std::string>& items) {
@@ -199,6 +219,27 @@ ModelConfig parse_model_json(const std::string& text, const std::string& origin)
                             : (!kiln_format && m.num_experts > 0) ? m.intermediate_size
                                                                   : 0;
   m.rms_norm_eps = r.number("rms_norm_eps").value_or(1e-6);
+
+  // MoE routing.
+  const char* score_key = "scoring_func";
+  std::optional<std::string> score = r.string("scoring_func");
+  if (!score && !kiln_format && (score = r.string("score_function"))) score_key = "score_function";
+  if (score) {
+    if (*score != "softmax" && *score != "sigmoid")
+      fail(origin, fmt::format("field '{}': expected \"softmax\" or \"sigmoid\", got \"{}\"", score_key, *score));
+    m.scoring_func = *score;
+  }
+  m.n_group = std::max(1, r.integer({"n_group"}).value_or(1));
+  m.topk_group = std::max(1, r.integer({"topk_group"}).value_or(1));
+  m.routed_scaling_factor = r.number("routed_scaling_factor").value_or(1.0);
+  m.norm_topk_prob = r.boolean("norm_topk_prob").value_or(false);
+  if (kiln_format) {
+    m.expert_bias = r.boolean("expert_bias").value_or(false);
+  } else {
+    const std::optional<std::string> method = r.string("topk_method");
+    m.expert_bias = (method && *method == "noaux_tc") || r.boolean("moe_router_enable_expert_bias").value_or(false) ||
+                    doc.contains("e_score_correction_bias");
+  }
 
   validate(m, origin);
   return m;

@@ -98,6 +98,7 @@ constexpr const char* kDeepSeekV3Config = R"({
                           "weight_block_size": [128, 128]},
   "rms_norm_eps": 1e-06,
   "rope_scaling": {"beta_fast": 32, "beta_slow": 1, "factor": 40, "type": "yarn"},
+  "routed_scaling_factor": 2.5,
   "scoring_func": "sigmoid",
   "topk_group": 4,
   "topk_method": "noaux_tc",
@@ -357,6 +358,71 @@ TEST(ModelErrors, KilnFormatRejectsUnknownFields) {
   });
   EXPECT_NE(msg.find("num_expert"), std::string::npos) << msg;
   EXPECT_NE(msg.find("t.json"), std::string::npos) << msg;
+}
+
+// ---- MoE routing fields ----------------------------------------------------------------------------------------
+
+void expect_routing(const kiln::ModelConfig& m, const char* score, int n_group, int topk_group, double scale,
+                    bool norm, bool bias) {
+  EXPECT_EQ(m.scoring_func, score) << m.name;
+  EXPECT_EQ(m.n_group, n_group) << m.name;
+  EXPECT_EQ(m.topk_group, topk_group) << m.name;
+  EXPECT_DOUBLE_EQ(m.routed_scaling_factor, scale) << m.name;
+  EXPECT_EQ(m.norm_topk_prob, norm) << m.name;
+  EXPECT_EQ(m.expert_bias, bias) << m.name;
+}
+
+TEST(ModelRouting, Presets) {
+  expect_routing(kiln::load_model("ling-mini-2.0"), "sigmoid", 8, 4, 2.5, true, true);
+  expect_routing(kiln::load_model("deepseek-v3"), "sigmoid", 8, 4, 2.5, true, true);
+  expect_routing(kiln::load_model("qwen3-30b-a3b"), "softmax", 1, 1, 1.0, true, false);
+}
+
+TEST(ModelRouting, HuggingFaceConfigsMatchThePresets) {
+  expect_routing(kiln::parse_model_json(kDeepSeekV3Config, "ds.json"), "sigmoid", 8, 4, 2.5, true, true);
+  expect_routing(kiln::parse_model_json(kQwen3MoeConfig, "qwen.json"), "softmax", 1, 1, 1.0, true, false);
+  // BailingMoeV2 (Ling 2.0) spells the score function and the bias switch its own way.
+  const kiln::ModelConfig ling = kiln::parse_model_json(
+      R"({"model_type": "bailing_moe", "hidden_size": 2048, "num_attention_heads": 16, "num_key_value_heads": 4,
+          "head_dim": 128, "num_experts": 256, "num_experts_per_tok": 8, "vocab_size": 157184,
+          "score_function": "sigmoid", "n_group": 8, "topk_group": 4, "routed_scaling_factor": 2.5,
+          "norm_topk_prob": true, "moe_router_enable_expert_bias": true})",
+      "ling.json");
+  expect_routing(ling, "sigmoid", 8, 4, 2.5, true, true);
+  // A config that stores the correction bias itself.
+  const kiln::ModelConfig withbias = kiln::parse_model_json(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_experts": 16,
+          "num_experts_per_tok": 2, "e_score_correction_bias": [0.0]})",
+      "cfg.json");
+  expect_routing(withbias, "softmax", 1, 1, 1.0, false, true);
+}
+
+TEST(ModelRouting, DefaultsWithoutRoutingFields) {
+  expect_routing(kiln::parse_model_json(kMinimalPreset, "tiny.json"), "softmax", 1, 1, 1.0, false, false);
+}
+
+TEST(ModelRouting, Errors) {
+  auto msg = [](const char* extra) {
+    return invalid_argument_message([&] {
+      kiln::parse_model_json(std::string(R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8,
+          "vocab_size": 100, "num_experts": 64, "num_experts_per_tok": 8, )") + extra + "}",
+                             "t.json");
+    });
+  };
+  std::string m = msg(R"("scoring_func": "relu")");
+  EXPECT_NE(m.find("scoring_func"), std::string::npos) << m;
+  m = msg(R"("n_group": 6)");
+  EXPECT_NE(m.find("n_group"), std::string::npos) << m;
+  m = msg(R"("n_group": 8, "topk_group": 9)");
+  EXPECT_NE(m.find("topk_group"), std::string::npos) << m;
+  m = msg(R"("n_group": 16, "topk_group": 1)");  // 4 experts per group < top-8
+  EXPECT_NE(m.find("num_experts_per_tok"), std::string::npos) << m;
+  m = msg(R"("routed_scaling_factor": -1)");
+  EXPECT_NE(m.find("routed_scaling_factor"), std::string::npos) << m;
+  m = msg(R"("norm_topk_prob": 1)");
+  EXPECT_NE(m.find("norm_topk_prob"), std::string::npos) << m;
+  m = msg(R"("expert_bias": "yes")");
+  EXPECT_NE(m.find("expert_bias"), std::string::npos) << m;
 }
 
 TEST(ModelErrors, KilnFormatNeedsANonEmptyName) {

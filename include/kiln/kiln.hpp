@@ -4,6 +4,7 @@
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
 #include "kiln/ops/qk_norm_half_rope.hpp"
+#include "kiln/ops/moe.hpp"
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "kiln/ops/rms_norm_rope.hpp"

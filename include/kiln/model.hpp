@@ -18,6 +18,15 @@ struct ModelConfig {
   int num_shared_experts = 0;
   int vocab_size = 0;
   double rms_norm_eps = 1e-6;
+  // MoE routing (optional; the defaults are plain softmax top-k). Hugging Face names: scoring_func / score_function,
+  // n_group, topk_group, routed_scaling_factor, norm_topk_prob; expert_bias from topk_method "noaux_tc",
+  // moe_router_enable_expert_bias or an e_score_correction_bias entry.
+  std::string scoring_func = "softmax";  // "softmax" or "sigmoid"
+  int n_group = 1;                       // expert groups (DeepSeek-V3 grouped top-k); 1 = no grouping
+  int topk_group = 1;                    // groups kept per token
+  double routed_scaling_factor = 1.0;
+  bool norm_topk_prob = false;           // renormalize the selected probabilities
+  bool expert_bias = false;              // a selection-only expert bias (aux-loss-free balancing)
 };
 
 // Built-in presets: "ling-mini-2.0", "deepseek-v3", "qwen3-30b-a3b".

@@ -1,0 +1,363 @@
+// Host recipe: MoE top-k routing (forward, backward) and the padded row-id map (templates/kiln/moe_routing.cuh).
+// Spec: linghe-kernels.md §6.1, §13 (HEAD group_topk_score); fp4-moe.md §3.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <cmath>
+
+#include "kiln/moe_routing_args.h"
+#include "kiln/ops/moe.hpp"
+#include "ops/bench/moe_instances.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace {
+using namespace detail;
+
+enum : uint32_t { kTopkFwd = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4 };
+enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32 };
+enum { C_WARPS };
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/moe_routing.cuh\"\n";
+  const auto& p = s.params;
+  const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
+  switch (s.kernel) {
+    case kTopkFwd:
+      name = fmt::format("kiln::moe_topk_fwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K], p[P_SIGMOID] != 0,
+                         p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0);
+      break;
+    case kTopkBwd:
+      name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
+                         s.config[C_WARPS]);
+      break;
+    case kMapCount: name = fmt::format("kiln::moe_map_count_kernel<{}, {}>", p[P_E], map_t); break;
+    case kMapScan: name = fmt::format("kiln::moe_map_scan_kernel<{}>", p[P_E]); break;
+    default: name = fmt::format("kiln::moe_map_write_kernel<{}, {}>", p[P_E], map_t);
+  }
+}
+
+int smem_bytes(const Specialization&) { return 0; }
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+
+// The tuner's instance of `s` at `tokens` rows: the forward (with the map, padded to 16) for topk_fwd and the map
+// kernels, the backward for topk_bwd; random logits, routed once on the device.
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  const int64_t E = s.params[P_E];
+  MoeRoutingOptions o;
+  o.top_k = s.params[P_K] > 0 ? static_cast<int>(s.params[P_K]) : static_cast<int>(std::min<int64_t>(8, E));
+  o.score = s.params[P_SIGMOID] ? MoeScore::sigmoid : MoeScore::softmax;
+  o.renormalize = s.params[P_RENORM] != 0;
+  if (s.kernel == kTopkFwd) {
+    o.n_group = static_cast<int>(s.params[P_GROUPS]);
+    o.topk_group = static_cast<int>(s.params[P_TOPK_GROUPS]);
+    return moe_routing_fwd_instance(rt, tokens, E, o, s.params[P_BIAS] != 0, true, 16);
+  }
+  if (s.kernel == kTopkBwd) return moe_routing_bwd_instance(rt, tokens, E, o);
+  return moe_row_id_map_instance(rt, tokens, E, o.top_k, 16);
+}
+
+FamilyDef g_family{"moe_routing",
+                   {"topk_fwd", "topk_bwd", "map_count", "map_scan", "map_write"},
+                   {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32"},
+                   {"warps"},
+                   render,
+                   smem_bytes,
+                   enumerate,
+                   search_space,
+                   tune_instance};
+
+Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  s.params[P_E] = E;
+  return s;
+}
+
+// Lanes per token of the top-k forward (templates: MoeTopkLanes): a lane owns E/L contiguous experts.
+int64_t topk_lanes(int64_t E) { return E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1; }
+
+// Top-k forward: a CTA per 32-token map block with L lanes per token (L warps): at T = 8192 and E = 256 that is
+// 256 CTAs of 8 warps, two per SM. The launch shape follows from E, so the config only records it.
+Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias) {
+  Specialization s = base_spec(arch, kTopkFwd, E);
+  s.params[P_K] = o.top_k;
+  s.params[P_SIGMOID] = o.score == MoeScore::sigmoid;
+  s.params[P_GROUPS] = o.n_group;
+  s.params[P_TOPK_GROUPS] = o.topk_group;
+  s.params[P_RENORM] = o.renormalize;
+  s.params[P_BIAS] = bias;
+  s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(E));
+  return s;
+}
+
+Specialization bwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o) {
+  Specialization s = base_spec(arch, kTopkBwd, E);
+  s.params[P_SIGMOID] = o.score == MoeScore::sigmoid;
+  s.params[P_RENORM] = o.renormalize;
+  s.config[C_WARPS] = 8;
+  return s;
+}
+
+Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
+  Specialization s = base_spec(arch, kernel, E);
+  if (kernel != kMapScan) s.params[P_MAP_I32] = map_i32;
+  return s;
+}
+
+// topk_bwd: 4, 8 or 16 warps (a warp per token). topk_fwd (shape fixed by E) and the map kernels: one config.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel == kTopkFwd) {
+    s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
+    out.push_back(s);
+  } else if (base.kernel == kTopkBwd) {
+    for (int w : {4, 8, 16}) {
+      s.config[C_WARPS] = w;
+      out.push_back(s);
+    }
+  } else {
+    out.push_back(s);
+  }
+}
+
+MoeRoutingOptions model_routing(const ModelConfig& m) {
+  MoeRoutingOptions o;
+  o.top_k = m.num_experts_per_tok;
+  o.score = m.scoring_func == "sigmoid" ? MoeScore::sigmoid : MoeScore::softmax;
+  o.n_group = std::max(1, m.n_group);
+  o.topk_group = std::max(1, m.topk_group);
+  o.renormalize = m.norm_topk_prob;
+  o.scaling_factor = static_cast<float>(m.routed_scaling_factor);
+  return o;
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int64_t E = m.num_experts;
+  if (E <= 0 || E % 4 != 0 || E > kMoeMaxExperts || m.num_experts_per_tok <= 0) return;
+  const MoeRoutingOptions o = model_routing(m);
+  if (E % o.n_group != 0 || o.n_group > 32 || o.topk_group > o.n_group) return;
+  if (E > kMoeTopkMaxExperts || E / topk_lanes(E) > 64) return;
+  const int64_t el = E / topk_lanes(E), gs = E / o.n_group;
+  if (o.n_group > 1 && el % gs != 0 && gs % el != 0) return;
+  out.push_back(fwd_spec(arch, E, o, m.expert_bias));
+  out.push_back(bwd_spec(arch, E, o));
+  out.push_back(map_spec(arch, kMapCount, E, false));
+  out.push_back(map_spec(arch, kMapScan, E, false));
+  out.push_back(map_spec(arch, kMapWrite, E, false));
+}
+
+int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }
+
+void check_multiple_of(const Check& ck, int P) {
+  if (P < 1 || P > 128) ck.invalid("multiple_of", fmt::format("expected 1 … 128, got {}", P));
+}
+
+// Validates the map outputs for a [T, E] routing with at most k experts per token.
+void check_map(const Check& ck, const MoeRowIdMap& m, int64_t T, int64_t E, int64_t k, int P, bool need_counts) {
+  ck.tensor("row_id_map", m.row_id_map, {DType::i32}, {T, E}, 16);
+  if (need_counts) ck.tensor("tokens_per_expert", m.tokens_per_expert, {DType::i32}, {E}, 4);
+  if (m.padded_counts.defined()) ck.tensor("padded_counts", m.padded_counts, {DType::i32}, {E}, 4);
+  if (m.offsets.defined()) ck.tensor("offsets", m.offsets, {DType::i32}, {E + 1}, 4);
+  const int64_t need = moe_max_out_rows(T, E, k, P);
+  if (need > INT32_MAX)
+    ck.invalid("row_id_map", fmt::format("the map may need {} rows (T·k plus padding), which exceeds the int32 row "
+                                         "index limit {}",
+                                         need, INT32_MAX));
+  if (m.row_id_indices.defined()) {
+    ck.tensor("row_id_indices", m.row_id_indices, {DType::i32}, {-1}, 4);
+    const int64_t n = m.row_id_indices.shape[0];
+    if (n < need)
+      ck.shape_error("row_id_indices", fmt::format("num_out_tokens = {} is smaller than the map may need: {} rows "
+                                                   "(T = {}, {} experts per token, multiple_of = {})",
+                                                   n, need, T, k, P));
+    ck.fits_int32("row_id_indices", n, "num_out_tokens");
+  }
+}
+
+// map_scan + map_write over the block histograms in `hist`.
+void launch_map(Runtime::Impl& impl, Arch arch, const TensorRef& routing_map, const MoeRowIdMap& m,
+                const TensorRef& counts, int* hist, int64_t T, int64_t E, int P, Stream stream) {
+  const int64_t NB = nblocks(T);
+  MoeMapScanArgs sa{hist, static_cast<int*>(counts.data), static_cast<int>(NB)};
+  LaunchDims ds;
+  ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
+  ds.block[0] = 1024;
+  impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
+
+  MoeMapWriteArgs wa{};
+  wa.routing_map = routing_map.data;
+  wa.prefix = hist;
+  wa.counts = static_cast<const int*>(counts.data);
+  wa.row_id_map = static_cast<int*>(m.row_id_map.data);
+  wa.row_id_indices = static_cast<int*>(m.row_id_indices.data);
+  wa.padded_counts = static_cast<int*>(m.padded_counts.data);
+  wa.offsets = static_cast<int*>(m.offsets.data);
+  wa.T = static_cast<int>(T);
+  wa.multiple_of = P;
+  wa.num_out = m.row_id_indices.defined() ? static_cast<int>(m.row_id_indices.shape[0]) : 0;
+  LaunchDims dw;
+  dw.grid[0] = static_cast<unsigned>(std::max<int64_t>(NB, 1));
+  dw.block[0] = 256;
+  impl.launch(impl.tuned(map_spec(arch, kMapWrite, E, routing_map.dtype == DType::i32), T), dw, stream, wa);
+}
+
+int64_t check_logits(const Check& ck, const char* arg, const TensorRef& t) {
+  ck.dtype(arg, t, {DType::f32});
+  ck.shape(arg, t, {-1, -1});
+  ck.contiguous(arg, t);
+  const int64_t T = t.shape[0], E = t.shape[1];
+  if (E <= 0 || E % 4 != 0 || E > kMoeMaxExperts)
+    ck.shape_error(arg, fmt::format("expected the expert count E (last dim) to be a multiple of 4 in [4, {}], got {}",
+                                    kMoeMaxExperts, E));
+  ck.fits_int32(arg, T, "T (tokens)");
+  if (T > 0) ck.pointer(arg, t, 16);
+  return E;
+}
+
+void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E, bool forward) {
+  if (forward) {
+    const int64_t L = topk_lanes(E), el = E / L;
+    if (E > kMoeTopkMaxExperts || el > 64)
+      ck.invalid("logits", fmt::format("top-k routing supports E ≤ {} with E/{} ≤ 64 experts per lane (E a multiple "
+                                       "of 32 above 64), got E = {}",
+                                       kMoeTopkMaxExperts, L, E));
+    if (o.n_group > 1 && E % o.n_group == 0 && el % (E / o.n_group) != 0 && (E / o.n_group) % el != 0)
+      ck.invalid("n_group", fmt::format("groups of {} experts must divide or be a multiple of the {} experts a lane "
+                                        "owns (E = {}); n_group = {} does not fit",
+                                        E / o.n_group, el, E, o.n_group));
+  }
+  if (o.top_k < 1 || o.top_k > E) ck.invalid("top_k", fmt::format("expected 1 ≤ top_k ≤ E = {}, got {}", E, o.top_k));
+  if (o.score != MoeScore::softmax && o.score != MoeScore::sigmoid)
+    ck.invalid("score", fmt::format("expected softmax or sigmoid, got {}", static_cast<int>(o.score)));
+  if (o.n_group < 1 || o.n_group > 32 || E % o.n_group != 0)
+    ck.invalid("n_group", fmt::format("expected a divisor of E = {} in [1, 32], got {}", E, o.n_group));
+  if (o.topk_group < 1 || o.topk_group > o.n_group)
+    ck.invalid("topk_group", fmt::format("expected 1 ≤ topk_group ≤ n_group = {}, got {}", o.n_group, o.topk_group));
+  if (o.top_k > o.topk_group * (E / o.n_group))
+    ck.invalid("top_k", fmt::format("top_k = {} exceeds the experts of the kept groups (topk_group {} × {} per group)",
+                                    o.top_k, o.topk_group, E / o.n_group));
+  if (!std::isfinite(o.scaling_factor))
+    ck.invalid("scaling_factor", fmt::format("expected a finite value, got {}", o.scaling_factor));
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(moe_routing, g_family)
+
+int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of) {
+  const int64_t routed = T * std::min(k, E);
+  return routed + std::min(E, routed) * (multiple_of - 1);
+}
+
+void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
+                          const TensorRef& routing_map, const TensorRef& tokens_per_expert,
+                          const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map, int multiple_of) {
+  const Check ck{"moe_topk_routing_fwd"};
+  const int64_t E = check_logits(ck, "logits", logits);
+  const int64_t T = logits.shape[0];
+  check_options(ck, opts, E, true);
+  if (expert_bias.defined()) ck.tensor("expert_bias", expert_bias, {DType::f32}, {E}, 16);
+  ck.tensor("probs", probs, {DType::f32}, {T, E}, 16);
+  ck.tensor("routing_map", routing_map, {DType::u8}, {T, E}, 4);
+  ck.tensor("tokens_per_expert", tokens_per_expert, {DType::i32}, {E}, 4);
+  if (map) {
+    check_multiple_of(ck, multiple_of);
+    check_map(ck, *map, T, E, opts.top_k, multiple_of, false);
+  }
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  const int64_t NB = nblocks(T);
+  CUdeviceptr ws = impl.alloc_async(static_cast<size_t>(std::max<int64_t>(NB, 1) * E) * 4, stream);
+  int* hist = reinterpret_cast<int*>(ws);
+  if (T > 0) {
+    const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), T);
+    MoeTopkFwdArgs a{static_cast<const float*>(logits.data), static_cast<const float*>(expert_bias.data),
+                     static_cast<float*>(probs.data),        static_cast<unsigned char*>(routing_map.data),
+                     hist,                                   static_cast<int>(T),
+                     opts.scaling_factor};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(NB);
+    d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    impl.launch(s, d, stream, a);
+  }
+  if (map) {
+    launch_map(impl, arch, routing_map, *map, tokens_per_expert, hist, T, E, multiple_of, stream);
+  } else {
+    MoeMapScanArgs sa{hist, static_cast<int*>(tokens_per_expert.data), static_cast<int>(NB)};
+    LaunchDims ds;
+    ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
+    ds.block[0] = 1024;
+    impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
+  }
+  impl.free_async(ws, stream);
+}
+
+void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
+                          const TensorRef& routing_map, const TensorRef& dlogits, const MoeRoutingOptions& opts,
+                          Stream stream) {
+  const Check ck{"moe_topk_routing_bwd"};
+  const int64_t E = check_logits(ck, "logits", logits);
+  const int64_t T = logits.shape[0];
+  check_options(ck, opts, E, false);
+  ck.tensor("dprobs", dprobs, {DType::f32}, {T, E}, 16);
+  ck.tensor("routing_map", routing_map, {DType::u8}, {T, E}, 4);
+  ck.tensor("dlogits", dlogits, {DType::f32}, {T, E}, 16);
+  if (T == 0) return;
+  auto& impl = rt.impl();
+  const Specialization s = impl.tuned(bwd_spec(impl.target_arch(), E, opts), T);
+  const int warps = s.config[C_WARPS];
+  MoeTopkBwdArgs a{static_cast<const float*>(dprobs.data), static_cast<const float*>(logits.data),
+                   static_cast<const unsigned char*>(routing_map.data), static_cast<float*>(dlogits.data),
+                   static_cast<int>(T), opts.scaling_factor};
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>((T + warps - 1) / warps);
+  d.block[0] = static_cast<unsigned>(warps * 32);
+  impl.launch(s, d, stream, a);
+}
+
+void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRowIdMap& out, int multiple_of,
+                         Stream stream, int max_per_token) {
+  const Check ck{"moe_make_row_id_map"};
+  ck.dtype("routing_map", routing_map, {DType::u8, DType::i32});
+  ck.shape("routing_map", routing_map, {-1, -1});
+  ck.contiguous("routing_map", routing_map);
+  const int64_t T = routing_map.shape[0], E = routing_map.shape[1];
+  if (E <= 0 || E % 4 != 0 || E > kMoeMaxExperts)
+    ck.shape_error("routing_map", fmt::format("expected the expert count E (last dim) to be a multiple of 4 in "
+                                              "[4, {}], got {}",
+                                              kMoeMaxExperts, E));
+  ck.fits_int32("routing_map", T, "T (tokens)");
+  if (T > 0) ck.pointer("routing_map", routing_map, 16);
+  check_multiple_of(ck, multiple_of);
+  if (max_per_token < 0 || max_per_token > E)
+    ck.invalid("max_per_token", fmt::format("expected 0 (= E) … E = {}, got {}", E, max_per_token));
+  const int64_t k = max_per_token == 0 ? E : max_per_token;
+  check_map(ck, out, T, E, k, multiple_of, true);
+
+  auto& impl = rt.impl();
+  const Arch arch = impl.target_arch();
+  const bool i32 = routing_map.dtype == DType::i32;
+  const int64_t NB = nblocks(T);
+  CUdeviceptr ws = impl.alloc_async(static_cast<size_t>(std::max<int64_t>(NB, 1) * E) * 4, stream);
+  int* hist = reinterpret_cast<int*>(ws);
+  if (T > 0) {
+    MoeMapCountArgs a{routing_map.data, hist, static_cast<int>(T)};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(NB);
+    d.block[0] = 256;
+    impl.launch(impl.tuned(map_spec(arch, kMapCount, E, i32), T), d, stream, a);
+  }
+  launch_map(impl, arch, routing_map, out, out.tokens_per_expert, hist, T, E, multiple_of, stream);
+  impl.free_async(ws, stream);
+}
+
+}  // namespace kiln

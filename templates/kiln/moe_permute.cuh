@@ -1,0 +1,321 @@
+// kiln/moe_permute.cuh — MoE permute (token rows → padded expert-major rows) and unpermute (combine back).
+//
+// permute, a CTA per token t (scatter: every input row is read from memory exactly once):
+//   the row of t is loaded into registers while warp 0 compacts the map row (E ints) into the list of t's
+//   destinations in ascending expert order (ballot + popc); then the row is stored to every destination,
+//   scale_out[j, r] = scale(t, j) (token-major [T, NS] or M-major [NS, T] input) and probs_out[r] = probs[t, e].
+//   CTAs T … T+E−1 fill expert e's padding rows offsets[e] + counts[e] … offsets[e+1] − 1, and the last
+//   kMoePermuteTailCtas CTAs the rows offsets[E] … num_out − 1: data 0, scale pad_scale, prob 0 — the same launch.
+// unpermute, a CTA per token t (gather: out[t] = Σ_{e ascending, r = map[t,e] ≥ 0} w[r]·x[r]):
+//   warp 0 compacts the map row into (row, weight) pairs and writes restore[t, e] = w[r] or 0; the sum runs in
+//   fp32 in ascending expert order (fma with weights, plain adds without), four rows' loads in flight, and is
+//   rounded once to the output dtype. No atomics: the same inputs give the same bits.
+// permute_block_quant (linghe HEAD's block-padded permute), a CTA per (128-row block of one expert's padded segment,
+//   128 channels): the block's source rows (row_id_indices; padding rows and rows past the segment read as 0) are
+//   gathered into shared memory once, then quantized 1×128 both ways: row-wise (q rows, q_scale) and transposed
+//   (128 tokens of one channel: qT, qT_scale), in §2's per-expert segmented layout with c_e = the padded count.
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/fp8.cuh"
+#include "kiln/moe_permute_args.h"
+
+namespace kiln {
+
+// Warp 0 (lane `lane`) compacts row t of the map into rows[] (ascending e); returns the count on every lane.
+// `visit(e, r, ok, pos)` is called for every expert (ok: r is a destination, stored at rows[pos]).
+template <int E, typename Visit>
+__device__ __forceinline__ int compact_map_row(const int* mr, int num_out, int lane, int* rows, Visit visit) {
+  constexpr int NCH = (E + 31) / 32;
+  int rr[NCH];
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) rr[c] = 32 * c + lane < E ? mr[32 * c + lane] : -1;  // all loads in flight at once
+  int n = 0;
+#pragma unroll
+  for (int c = 0; c < NCH; ++c) {
+    const int e = 32 * c + lane, r = rr[c];
+    const bool ok = r >= 0 && r < num_out;
+    const u32 bal = __ballot_sync(0xffffffffu, ok);
+    const int pos = n + __popc(bal & ((1u << lane) - 1u));
+    if (ok) rows[pos] = r;
+    if (e < E) visit(e, r, ok, pos);
+    n += __popc(bal);
+  }
+  return n;
+}
+
+template <int ROW_BYTES, int E, int NS, bool M_MAJOR, bool PROBS, int THREADS>
+__global__ void __launch_bounds__(THREADS) moe_permute_kernel(const MoePermuteArgs a) {
+  static_assert(ROW_BYTES % 16 == 0, "rows are copied in 16-byte vectors");
+  constexpr int NV = ROW_BYTES / 16;
+  constexpr int VPT = (NV + THREADS - 1) / THREADS;
+  __shared__ int dst[E];
+  __shared__ int ndst;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int b = blockIdx.x;
+  if (b < a.T) {
+    const int t = b;
+    const char* src = static_cast<const char*>(a.inp) + static_cast<i64>(t) * ROW_BYTES;
+    Vec16 v[VPT];
+#pragma unroll
+    for (int k = 0; k < VPT; ++k) {
+      const int idx = tid + k * THREADS;
+      if (idx < NV) v[k] = load16_stream(src + idx * 16);
+    }
+    if (tid < 32) {
+      const float* pr = a.probs + static_cast<i64>(t) * E;
+      const int n = compact_map_row<E>(a.row_id_map + static_cast<i64>(t) * E, a.num_out, lane, dst,
+                                       [&](int e, int r, bool ok, int) {
+                                         if (PROBS && ok) a.probs_out[r] = pr[e];
+                                       });
+      if (lane == 0) ndst = n;
+    }
+    __syncthreads();
+    const int n = ndst;
+#pragma unroll 1
+    for (int i = 0; i < n; ++i) {
+      char* d = static_cast<char*>(a.out) + static_cast<i64>(dst[i]) * ROW_BYTES;
+#pragma unroll
+      for (int k = 0; k < VPT; ++k) {
+        const int idx = tid + k * THREADS;
+        if (idx < NV) store16(d + idx * 16, v[k]);
+      }
+    }
+    if constexpr (NS > 0) {
+      for (int idx = tid; idx < NS * n; idx += THREADS) {
+        const int j = idx / n, i = idx - j * n;
+        const float s = M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j];
+        a.scale_out[static_cast<i64>(j) * a.num_out + dst[i]] = s;
+      }
+    }
+    return;
+  }
+  // Padding rows.
+  int r0, r1, step;
+  if (b < a.T + E) {
+    const int e = b - a.T;
+    r0 = a.offsets[e] + a.counts[e];
+    r1 = a.offsets[e + 1];
+    step = 1;
+  } else {
+    r0 = a.offsets[E] + (b - a.T - E);
+    r1 = a.num_out;
+    step = kMoePermuteTailCtas;
+  }
+  r1 = min(r1, a.num_out);
+  const Vec16 zero{{0u, 0u, 0u, 0u}};
+#pragma unroll 1
+  for (int r = r0; r < r1; r += step) {
+    char* d = static_cast<char*>(a.out) + static_cast<i64>(r) * ROW_BYTES;
+    for (int idx = tid; idx < NV; idx += THREADS) store16(d + idx * 16, zero);
+    if constexpr (NS > 0)
+      for (int j = tid; j < NS; j += THREADS) a.scale_out[static_cast<i64>(j) * a.num_out + r] = a.pad_scale;
+    if (PROBS && tid == 0) a.probs_out[r] = 0.0f;
+  }
+}
+
+template <int H, typename T, int E, bool WEIGHTS, bool RESTORE, int THREADS>
+__global__ void __launch_bounds__(THREADS) moe_unpermute_kernel(const MoeUnpermuteArgs a) {
+  constexpr int V = VecTraits<T>::kElems;
+  static_assert(H % V == 0, "rows are read in 16-byte vectors");
+  constexpr int NV = H / V;
+  constexpr int VPT = (NV + THREADS - 1) / THREADS;
+  constexpr int ROW_BYTES = H * static_cast<int>(sizeof(T));
+  __shared__ int rows[E];
+  __shared__ float ws[E];
+  __shared__ int nrows;
+  const int tid = threadIdx.x, lane = tid & 31;
+  const int t = blockIdx.x;
+  if (tid < 32) {
+    float* rr = RESTORE ? a.restore + static_cast<i64>(t) * E : nullptr;
+    const int n = compact_map_row<E>(a.row_id_map + static_cast<i64>(t) * E, a.num_out, lane, rows,
+                                     [&](int e, int r, bool ok, int pos) {
+                                       const float w = (WEIGHTS && ok) ? a.weights[r] : 0.0f;
+                                       if (ok) ws[pos] = w;
+                                       if (RESTORE) rr[e] = w;
+                                     });
+    if (lane == 0) nrows = n;
+  }
+  __syncthreads();
+  const int n = nrows;
+  float acc[VPT][V];
+#pragma unroll
+  for (int k = 0; k < VPT; ++k)
+#pragma unroll
+    for (int u = 0; u < V; ++u) acc[k][u] = 0.0f;
+#pragma unroll 1
+  for (int i0 = 0; i0 < n; i0 += 4) {
+    Vec16 x[4][VPT];
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (i0 + q < n) {
+        const char* src = static_cast<const char*>(a.x) + static_cast<i64>(rows[i0 + q]) * ROW_BYTES;
+#pragma unroll
+        for (int k = 0; k < VPT; ++k) {
+          const int idx = tid + k * THREADS;
+          if (idx < NV) x[q][k] = load16(src + idx * 16);
+        }
+      }
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+      if (i0 + q < n) {
+        const float w = ws[i0 + q];
+#pragma unroll
+        for (int k = 0; k < VPT; ++k)
+#pragma unroll
+          for (int u = 0; u < V; ++u) {
+            const float xv = vec_get<T>(x[q][k], u);
+            acc[k][u] = WEIGHTS ? __fmaf_rn(xv, w, acc[k][u]) : __fadd_rn(acc[k][u], xv);
+          }
+      }
+  }
+  char* dst = static_cast<char*>(a.out) + static_cast<i64>(t) * ROW_BYTES;
+#pragma unroll
+  for (int k = 0; k < VPT; ++k) {
+    const int idx = tid + k * THREADS;
+    if (idx < NV) {
+      Vec16 o;
+#pragma unroll
+      for (int u = 0; u < V; ++u) vec_set<T>(o, u, acc[k][u]);
+      store16(dst + idx * 16, o);
+    }
+  }
+}
+
+// Exclusive scan of ceil((offsets[e+1] − offsets[e]) / 128) over experts into b[0 … E] (256 threads).
+template <int E>
+__device__ __forceinline__ void expert_block_offsets(const int* offsets, int* b, int* warp_tot) {
+  constexpr int EPT = (E + 255) / 256;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int nb[EPT], local = 0;
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    nb[k] = e < E ? (offsets[e + 1] - offsets[e] + 127) / 128 : 0;
+    local += nb[k];
+  }
+  int inc = local;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  if (lane == 31) warp_tot[w] = inc;
+  __syncthreads();
+  int run = inc - local, total = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int x = warp_tot[k];
+    if (k < w) run += x;
+    total += x;
+  }
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    if (e < E) b[e] = run;
+    run += nb[k];
+  }
+  if (threadIdx.x == 0) b[E] = total;
+  __syncthreads();
+}
+
+template <int HD, int E, bool ROUND, bool PROBS>
+__global__ void __launch_bounds__(256) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
+  static_assert(HD % 128 == 0, "1x128 blocks");
+  constexpr int NS = HD / 128;
+  __shared__ int b[E + 1];
+  __shared__ int warp_tot[8];
+  __shared__ int src[128];
+  // Rows padded to 68 words: 16-byte aligned for cp.async, and rows 32 apart (one lane each) hit 8 banks, not 1.
+  __shared__ __align__(16) bf16 tile[128][128 + 8];
+  __shared__ float rowscale[128];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  expert_block_offsets<E>(a.offsets, b, warp_tot);
+  const int gb = blockIdx.x, cb = blockIdx.y;
+  if (gb >= b[E]) return;
+  // The expert whose blocks hold gb: the last e with b[e] ≤ gb (experts with no rows have b[e] = b[e+1]).
+  int lo = 0, hi = E - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) >> 1;
+    if (b[mid] <= gb) lo = mid; else hi = mid - 1;
+  }
+  const int e = lo;
+  const int off = a.offsets[e], pc = a.offsets[e + 1] - off;
+  const int i0 = (gb - b[e]) * 128;            // first row of the block inside the segment
+  const int rows = min(128, pc - i0);          // rows of the segment in this block
+  if (tid < 128) {
+    const int r = off + i0 + tid;
+    const int t = tid < rows && r < a.num_out ? a.row_id_indices[r] : -1;
+    src[tid] = t >= 0 && t < a.T ? t : -1;
+    if (PROBS && cb == 0 && tid < rows && r < a.num_out)
+      a.probs_out[r] = t >= 0 && t < a.T ? a.probs[static_cast<i64>(t) * E + e] : 0.0f;
+  }
+  __syncthreads();
+  // Gather: 128 rows × 16 vectors of 8 bf16.
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int v = tid + k * 256, row = v >> 4, c = v & 15;
+    const int t = src[row];
+    const char* g = static_cast<const char*>(a.x) + (static_cast<i64>(t < 0 ? 0 : t) * HD + cb * 128 + c * 8) * 2;
+    cp_async16(&tile[row][c * 8], g, t >= 0);
+  }
+  cp_async_wait_all();
+  __syncthreads();
+
+  // Row-wise: a warp per row (16 rows per warp), a lane per 4 channels.
+  for (int row = warp; row < rows; row += 8) {
+    float y[4];
+    const uint2 raw = *reinterpret_cast<const uint2*>(&tile[row][lane * 4]);
+    y[0] = __uint_as_float(raw.x << 16);
+    y[1] = __uint_as_float(raw.x & 0xffff0000u);
+    y[2] = __uint_as_float(raw.y << 16);
+    y[3] = __uint_as_float(raw.y & 0xffff0000u);
+    float m = fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3])));
+    m = warp_max(m);
+    const float sc = block_scale<ROUND>(m);
+    const Quantizer<ROUND> quant(sc);
+    const int r = off + i0 + row;
+    *reinterpret_cast<u32*>(a.q + static_cast<i64>(r) * HD + cb * 128 + lane * 4) =
+        e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+    if (lane == 0) rowscale[row] = sc;
+  }
+  __syncthreads();
+  if (tid < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + tid] = rowscale[tid];
+  // Transposed: a warp per pair of channels (8 pairs per warp); lane l holds tokens l, l+32, l+64, l+96 (rows 32
+  // apart fall in different banks; a 32-bit read gives both channels). Column amax by a warp reduction.
+#pragma unroll 1
+  for (int pair = warp; pair < 64; pair += 8) {
+    const int n = 2 * pair;
+    float y0[4], y1[4];
+    float m0 = 0.0f, m1 = 0.0f;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const u32 w = *reinterpret_cast<const u32*>(&tile[lane + 32 * q][n]);
+      y0[q] = __uint_as_float(w << 16);
+      y1[q] = __uint_as_float(w & 0xffff0000u);
+      m0 = fmaxf(m0, fabsf(y0[q]));
+      m1 = fmaxf(m1, fabsf(y1[q]));
+    }
+    m0 = warp_max(m0);
+    m1 = warp_max(m1);
+    const float s0 = block_scale<ROUND>(m0), s1 = block_scale<ROUND>(m1);
+    if (lane == 0) {
+      float* ts = a.qT_scale + static_cast<i64>(gb) * HD + cb * 128 + n;  // b[e] + (gb − b[e]) = gb
+      ts[0] = s0;
+      ts[1] = s1;
+    }
+    const Quantizer<ROUND> q0(s0), q1(s1);
+    unsigned char* d0 = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0;
+    unsigned char* d1 = d0 + pc;
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const int i = lane + 32 * q;
+      if (i < rows) {
+        const u32 c = e4m3x2(q0(y0[q]), q1(y1[q]));
+        d0[i] = static_cast<unsigned char>(c & 0xffu);
+        d1[i] = static_cast<unsigned char>(c >> 8);
+      }
+    }
+  }
+}
+
+}  // namespace kiln

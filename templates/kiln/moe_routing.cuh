@@ -1,0 +1,555 @@
+// kiln/moe_routing.cuh — MoE top-k routing (forward, backward) and the padded row-id map.
+//
+// Top-k forward, per token t (L = 8 lanes per token for E % 32 == 0, each owning E/L contiguous experts):
+//   s = softmax(z) or σ(z)                         (kiln_exp below: fixed fp32 operation sequence, CPU-reproducible)
+//   key = s + bias (BIAS) or z (no bias: s is monotone in z, so the selection is the same and exact)
+//   grouped (G > 1): group score = sum of the two largest keys of the group (DeepSeek-V3); keep the TG best groups
+//   top-K of key over the kept experts, ties → lower expert index (one warp argmax over (key, −e) per pick)
+//   p_e = s_e [/ (Σ_sel s + 1e-20), summed in pick order] · scale for selected e, 0 elsewhere
+//   writes probs [T, E], routing_map [T, E] (u8 0/1) and the CTA's per-expert histogram hist[block, E]
+// Backward from dprobs g, recomputing s from the logits and the selection from the routing map:
+//   ds_k = scale·g_k (no renorm) or (scale/D)(g_k − Σ_j g_j s_j / D) for selected k, 0 elsewhere
+//   dz = s ⊙ (ds − Σ ds·s) (softmax) or ds ⊙ s(1 − s) (sigmoid)
+// Row-id map (three launches, no host sync): per-block histograms (from top-k, or map_count from any routing map) →
+// map_scan (per expert: exclusive prefix over blocks, totals) → map_write (expert offsets off_e = Σ_{e'<e}
+// roundup(c_e', P), each token's destination off_e + prefix[block][e] + rank of the token among the block's tokens
+// routed to e, the inverse index list, padding entries −1). Integer counts only: deterministic by construction.
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/moe_routing_args.h"
+
+namespace kiln {
+
+// exp(x) from a fixed sequence of correctly rounded fp32 operations (x clamped to [−104, 88.75], range reduction
+// by n·ln2 in two fma steps, degree-7 Taylor polynomial in Horner form, scaling by 2^n in two exact-exponent
+// multiplies), so a CPU reference running the same operations gets the same bits. Max error ≈ 2 ulp; exp(−inf) = 0,
+// exp(+inf) = inf, and a NaN argument counts as −104 (result 0), so a NaN logit gets no probability.
+__device__ __forceinline__ float kiln_exp(float x) {
+  x = fminf(fmaxf(x, -104.0f), 88.75f);
+  const float n = rintf(__fmul_rn(x, 1.44269504f));
+  float r = __fmaf_rn(n, -0.693145751953125f, x);
+  r = __fmaf_rn(n, -1.42860677e-06f, r);
+  float p = 1.98412701e-04f;                 // 1/5040
+  p = __fmaf_rn(p, r, 1.38888892e-03f);      // 1/720
+  p = __fmaf_rn(p, r, 8.33333377e-03f);      // 1/120
+  p = __fmaf_rn(p, r, 4.16666679e-02f);      // 1/24
+  p = __fmaf_rn(p, r, 1.66666672e-01f);      // 1/6
+  p = __fmaf_rn(p, r, 0.5f);
+  p = __fmaf_rn(p, r, 1.0f);
+  p = __fmaf_rn(p, r, 1.0f);
+  const int ni = static_cast<int>(n);
+  const int n1 = ni >> 1, n2 = ni - n1;      // both in [−75, 64]: normal powers of two
+  return __fmul_rn(__fmul_rn(p, __int_as_float((n1 + 127) << 23)), __int_as_float((n2 + 127) << 23));
+}
+
+// 1/(1 + e^−z): __frcp_rn is the correctly rounded reciprocal, the same value as an IEEE 1.0f / x.
+__device__ __forceinline__ float kiln_sigmoid(float z) { return __frcp_rn(__fadd_rn(1.0f, kiln_exp(-z))); }
+
+// Order-preserving map of a float to u32 (NaN must be sanitized first); 0 is below every float (−inf ↦ 0x007fffff).
+__device__ __forceinline__ u32 ordered_bits(float f) {
+  const u32 u = __float_as_uint(f);
+  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+}
+
+// Fixed-order butterfly sum (the CPU reference replays it lane by lane).
+__device__ __forceinline__ float warp_sum_rn(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
+  return v;
+}
+
+// Warp argmax over (key, lowest index): every lane ends with the winner.
+__device__ __forceinline__ void warp_argmax(u32& key, u32& idx) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const u32 ok = __shfl_xor_sync(0xffffffffu, key, o), oi = __shfl_xor_sync(0xffffffffu, idx, o);
+    if (ok > key || (ok == key && oi < idx)) { key = ok; idx = oi; }
+  }
+}
+
+// Scores of one token row: z in, s out (NI chunks of 4 per lane, chunk i valid when 128i + 4·lane < E).
+template <int E, bool SIGMOID>
+__device__ __forceinline__ void moe_scores(const float (&z)[(E + 127) / 128][4], float (&s)[(E + 127) / 128][4],
+                                           int lane) {
+  constexpr int NI = (E + 127) / 128;
+  if constexpr (SIGMOID) {
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[i][j] = kiln_sigmoid(z[i][j]);
+  } else {
+    float m = -__int_as_float(0x7f800000);
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+      if (128 * i + 4 * lane < E)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) m = fmaxf(m, z[i][j]);
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float sum = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        s[i][j] = (128 * i + 4 * lane < E) ? kiln_exp(__fsub_rn(z[i][j], m)) : 0.0f;
+        sum = __fadd_rn(sum, s[i][j]);
+      }
+    sum = warp_sum_rn(sum);
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) s[i][j] = __fdiv_rn(s[i][j], sum);
+  }
+}
+
+// ---- top-k forward ----------------------------------------------------------------------------------------------
+// L lanes per token (the largest power of two ≤ 8 with E % 4L == 0); lane j of a token owns the EL = E/L contiguous
+// experts j·EL … j·EL + EL − 1 in registers, so a warp routes 32/L tokens at once and every cross-lane step
+// (softmax max/sum, group merges, the K picks) takes log2(L) shuffles instead of 5.
+template <int E>
+struct MoeTopkLanes {
+  static constexpr int L = E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1;
+  static constexpr int EL = E / L;
+};
+
+// CTA: one map block of 32 tokens, 32·L threads.
+template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS>
+__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, 2)
+    moe_topk_fwd_kernel(const MoeTopkFwdArgs a) {
+  constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
+  constexpr int GS = E / G;
+  constexpr int THREADS = kMoeMapBlockTokens * L;
+  static_assert(E % 4 == 0 && EL <= 64 && K >= 1 && K <= E, "bad E/K");
+  static_assert(G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad groups");
+  static_assert(G == 1 || EL % GS == 0 || GS % EL == 0, "groups must align with the lanes' expert ranges");
+  __shared__ int hist[E];
+  for (int e = threadIdx.x; e < E; e += THREADS) hist[e] = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, j = lane & (L - 1), seg = lane & ~(L - 1);
+  const int t = blockIdx.x * kMoeMapBlockTokens + static_cast<int>(threadIdx.x) / L;
+  const bool valid = t < a.T;
+  const int e0 = j * EL;
+  const float neg_inf = -__int_as_float(0x7f800000);
+
+  float z[EL], s[EL], kf[EL];
+  {
+    const float* zr = a.logits + static_cast<i64>(valid ? t : 0) * E + e0;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      const Vec16 v = valid ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+#pragma unroll
+      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(v.w[q]);
+    }
+  }
+  if constexpr (SIGMOID) {
+#pragma unroll
+    for (int c = 0; c < EL; ++c) s[c] = kiln_sigmoid(z[c]);
+  } else {
+    float m = neg_inf;
+#pragma unroll
+    for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+    float sum = 0.0f;
+#pragma unroll
+    for (int c = 0; c < EL; ++c) {
+      s[c] = kiln_exp(__fsub_rn(z[c], m));
+      sum = __fadd_rn(sum, s[c]);
+    }
+#pragma unroll
+    for (int o = L / 2; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+#pragma unroll
+    for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
+  }
+  // Selection keys; NaN counts as −inf.
+#pragma unroll
+  for (int c = 0; c < NC; ++c) {
+    float b[4] = {0.f, 0.f, 0.f, 0.f};
+    if constexpr (BIAS) {
+      const Vec16 v = load16(a.bias + e0 + 4 * c);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) b[q] = __uint_as_float(v.w[q]);
+    }
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const float k = BIAS ? __fadd_rn(s[4 * c + q], b[q]) : z[4 * c + q];
+      kf[4 * c + q] = k != k ? neg_inf : k;
+    }
+  }
+  unsigned long long live = EL == 64 ? ~0ull : (1ull << EL) - 1ull;
+  if constexpr (G > 1) {
+    // Group scores (the sum of a group's two largest keys) and the TG best groups, ties to the lower group.
+    constexpr int NGL = EL % GS == 0 ? EL / GS : 1;      // whole groups in this lane …
+    constexpr int SPAN = EL % GS == 0 ? 1 : GS / EL;      // … or lanes sharing one group
+    float gsc[NGL];
+#pragma unroll
+    for (int q = 0; q < NGL; ++q) {
+      constexpr int W = EL % GS == 0 ? GS : EL;
+      float a1 = neg_inf, a2 = neg_inf;
+#pragma unroll
+      for (int c = q * W; c < q * W + W; ++c) {
+        const float v = kf[c];
+        if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
+      }
+#pragma unroll
+      for (int o = 1; o < SPAN; o <<= 1) {
+        const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
+        if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
+      }
+      const float sc = GS >= 2 ? __fadd_rn(a1, a2) : a1;
+      gsc[q] = sc != sc ? neg_inf : sc;
+    }
+    const int g0 = EL % GS == 0 ? j * NGL : j / SPAN;  // group of gsc[0]
+    u32 kept = 0;
+#pragma unroll 1
+    for (int r = 0; r < TG; ++r) {
+      unsigned long long best = 0;
+#pragma unroll
+      for (int q = 0; q < NGL; ++q) {
+        const u32 g = static_cast<u32>(g0 + q);
+        const unsigned long long k =
+            (kept >> g & 1u) ? 0ull : (static_cast<unsigned long long>(ordered_bits(gsc[q])) << 32) | (0xffffffffu - g);
+        best = k > best ? k : best;
+      }
+#pragma unroll
+      for (int o = 1; o < L; o <<= 1) {
+        const unsigned long long other = __shfl_xor_sync(0xffffffffu, best, o);
+        best = other > best ? other : best;
+      }
+      kept |= 1u << (0xffffffffu - static_cast<u32>(best));
+    }
+#pragma unroll
+    for (int c = 0; c < EL; ++c)
+      if (!(kept >> ((e0 + c) / GS) & 1u)) live &= ~(1ull << c);
+  }
+  u32 ok[EL];
+#pragma unroll
+  for (int c = 0; c < EL; ++c) ok[c] = ordered_bits(kf[c]);
+  // K picks: each lane's best live key, then the segment's maximum of (key, −e).
+  unsigned long long taken = 0;
+  float denom = 0.0f;
+#pragma unroll 1
+  for (int r = 0; r < K; ++r) {
+    u32 bk = 0;
+    int bc = 0;
+    float bs = 0.0f;
+#pragma unroll
+    for (int c = 0; c < EL; ++c)
+      if ((live >> c & 1ull) && ok[c] > bk) { bk = ok[c]; bc = c; bs = s[c]; }
+    unsigned long long key =
+        bk ? (static_cast<unsigned long long>(bk) << 32) | (0xffffffffu - static_cast<u32>(e0 + bc)) : 0ull;
+#pragma unroll
+    for (int o = 1; o < L; o <<= 1) {
+      const unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
+      key = other > key ? other : key;
+    }
+    const int we = static_cast<int>(0xffffffffu - static_cast<u32>(key));
+    const int wl = we / EL;
+    denom = __fadd_rn(denom, __shfl_sync(0xffffffffu, bs, seg | wl));
+    if (j == wl) {
+      live &= ~(1ull << bc);
+      taken |= 1ull << bc;
+    }
+  }
+  if (valid) {
+    const float d = __fadd_rn(denom, 1e-20f);
+    float* pr = a.probs + static_cast<i64>(t) * E + e0;
+    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      Vec16 pv;
+      u32 mv = 0;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) {
+        const int cc = 4 * c + q;
+        float p = 0.0f;
+        if (taken >> cc & 1ull) {
+          p = __fmul_rn(RENORM ? __fdiv_rn(s[cc], d) : s[cc], a.scale);
+          mv |= 1u << (8 * q);
+          atomicAdd(&hist[e0 + cc], 1);
+        }
+        pv.w[q] = __float_as_uint(p);
+      }
+      store16(pr + 4 * c, pv);
+      *reinterpret_cast<u32*>(mr + 4 * c) = mv;
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += THREADS) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
+}
+
+// ---- top-k backward ---------------------------------------------------------------------------------------------
+template <int E, bool SIGMOID, bool RENORM, int WARPS>
+__global__ void __launch_bounds__(WARPS * 32) moe_topk_bwd_kernel(const MoeTopkBwdArgs a) {
+  constexpr int NI = (E + 127) / 128;
+  const int lane = threadIdx.x & 31;
+  const int t = blockIdx.x * WARPS + (threadIdx.x >> 5);
+  if (t >= a.T) return;
+  const i64 base = static_cast<i64>(t) * E;
+  float z[NI][4], s[NI][4], g[NI][4];
+  u32 sel = 0;
+#pragma unroll
+  for (int i = 0; i < NI; ++i) {
+    const int e0 = 128 * i + 4 * lane;
+    if (e0 < E) {
+      const Vec16 zv = load16_stream(a.logits + base + e0), gv = load16_stream(a.dprobs + base + e0);
+      const u32 m = *reinterpret_cast<const u32*>(a.routing_map + base + e0);
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        z[i][j] = __uint_as_float(zv.w[j]);
+        g[i][j] = __uint_as_float(gv.w[j]);
+        if ((m >> (8 * j)) & 0xffu) sel |= 1u << (4 * i + j);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < 4; ++j) { z[i][j] = -__int_as_float(0x7f800000); g[i][j] = 0.0f; }
+    }
+  }
+  moe_scores<E, SIGMOID>(z, s, lane);
+  float ds[NI][4];
+  if constexpr (RENORM) {
+    float d = 0.0f, c = 0.0f;
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j)
+        if (sel >> (4 * i + j) & 1u) { d += s[i][j]; c += g[i][j] * s[i][j]; }
+    d = warp_sum(d) + 1e-20f;
+    c = warp_sum(c);
+    const float f = a.scale / d, cd = c / d;
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) ds[i][j] = (sel >> (4 * i + j) & 1u) ? f * (g[i][j] - cd) : 0.0f;
+  } else {
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) ds[i][j] = (sel >> (4 * i + j) & 1u) ? a.scale * g[i][j] : 0.0f;
+  }
+  float dot = 0.0f;
+  if constexpr (!SIGMOID) {
+#pragma unroll
+    for (int i = 0; i < NI; ++i)
+#pragma unroll
+      for (int j = 0; j < 4; ++j) dot += ds[i][j] * s[i][j];
+    dot = warp_sum(dot);
+  }
+#pragma unroll
+  for (int i = 0; i < NI; ++i) {
+    const int e0 = 128 * i + 4 * lane;
+    if (e0 < E) {
+      Vec16 o;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) {
+        const float v = SIGMOID ? ds[i][j] * s[i][j] * (1.0f - s[i][j]) : s[i][j] * (ds[i][j] - dot);
+        o.w[j] = __float_as_uint(v);
+      }
+      store16(a.dlogits + base + e0, o);
+    }
+  }
+}
+
+// ---- row-id map -------------------------------------------------------------------------------------------------
+// Four routing flags (nonzero = routed) of experts e0 … e0+3 of one row, as bits 0..3.
+template <typename MapT>
+__device__ __forceinline__ u32 load_flags4(const void* map, i64 off) {
+  if constexpr (sizeof(MapT) == 1) {
+    const u32 w = *reinterpret_cast<const u32*>(static_cast<const u8*>(map) + off);
+    return ((w & 0xffu) != 0) | (((w >> 8) & 0xffu) != 0) << 1 | (((w >> 16) & 0xffu) != 0) << 2 |
+           ((w >> 24) != 0) << 3;
+  } else {
+    const Vec16 v = load16(static_cast<const int*>(map) + off);
+    return (v.w[0] != 0) | (v.w[1] != 0) << 1 | (v.w[2] != 0) << 2 | (v.w[3] != 0) << 3;
+  }
+}
+
+// Per-block histograms of an arbitrary routing map (u8 or i32). CTA: 8 warps over one 32-token block.
+template <int E, typename MapT>
+__global__ void __launch_bounds__(256) moe_map_count_kernel(const MoeMapCountArgs a) {
+  constexpr int NI = (E + 127) / 128;
+  __shared__ int hist[E];
+  for (int e = threadIdx.x; e < E; e += 256) hist[e] = 0;
+  __syncthreads();
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  for (int k = 0; k < kMoeMapBlockTokens / 8; ++k) {
+    const int t = blockIdx.x * kMoeMapBlockTokens + warp * (kMoeMapBlockTokens / 8) + k;
+    if (t >= a.T) break;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      const int e0 = 128 * i + 4 * lane;
+      if (e0 < E) {
+        const u32 f = load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0);
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (f >> j & 1u) atomicAdd(&hist[e0 + j], 1);
+      }
+    }
+  }
+  __syncthreads();
+  for (int e = threadIdx.x; e < E; e += 256) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
+}
+
+// Per expert: exclusive prefix of the block histograms (in place) and the total. CTA: 32 experts (lanes) × 32
+// slices of the blocks (warps); grid ceil(E/32).
+template <int E>
+__global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs a) {
+  __shared__ int part[32][33];
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const int e = blockIdx.x * 32 + lane;
+  const int chunk = (a.nblocks + 31) / 32;
+  const int b0 = min(a.nblocks, w * chunk), b1 = min(a.nblocks, b0 + chunk);
+  int sum = 0;
+  if (e < E) {
+#pragma unroll 8
+    for (int b = b0; b < b1; ++b) sum += a.hist[static_cast<i64>(b) * E + e];
+  }
+  part[w][lane] = sum;
+  __syncthreads();
+  if (w == 0) {
+    int run = 0;
+    for (int k = 0; k < 32; ++k) {
+      const int v = part[k][lane];
+      part[k][lane] = run;
+      run += v;
+    }
+    if (e < E) a.counts[e] = run;
+  }
+  __syncthreads();
+  int run = part[w][lane];
+  if (e < E)
+#pragma unroll 8
+    for (int b = b0; b < b1; ++b) {
+      int* p = a.hist + static_cast<i64>(b) * E + e;
+      const int v = *p;
+      *p = run;
+      run += v;
+    }
+}
+
+// Exclusive block-wide scan of one int per thread (256 threads); returns the prefix, `total` gets the sum.
+__device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int& total) {
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int inc = v;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  if (lane == 31) warp_tot[w] = inc;
+  __syncthreads();
+  int before = 0;
+  total = 0;
+#pragma unroll
+  for (int k = 0; k < 8; ++k) {
+    const int x = warp_tot[k];
+    if (k < w) before += x;
+    total += x;
+  }
+  return before + inc - v;
+}
+
+// Destinations. CTA: 8 warps over one 32-token block (4 tokens per warp).
+template <int E, typename MapT>
+__global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArgs a) {
+  constexpr int NI = (E + 127) / 128;
+  constexpr int EPT = (E + 255) / 256;  // experts per thread in the offset scan
+  constexpr int TPW = kMoeMapBlockTokens / 8;
+  __shared__ int base[E];
+  constexpr int W = kMoeMapBlockTokens / 32;  // mask words per expert
+  __shared__ u32 mask[E][W];
+  __shared__ int warp_tot[8];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int P = a.multiple_of;
+
+  // Expert offsets: exclusive scan of roundup(count, P) over experts.
+  int c[EPT], pc[EPT], local = 0;
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    c[k] = e < E ? a.counts[e] : 0;
+    pc[k] = (c[k] + P - 1) / P * P;
+    local += pc[k];
+  }
+  int total;
+  int off = block_exclusive_scan256(local, warp_tot, total);
+  const int block = blockIdx.x;
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    if (e < E) {
+      base[e] = off + (block * kMoeMapBlockTokens < a.T ? a.prefix[static_cast<i64>(block) * E + e] : 0);
+#pragma unroll
+      for (int w = 0; w < W; ++w) mask[e][w] = 0u;
+      if (block == 0) {
+        if (a.padded_counts) a.padded_counts[e] = pc[k];
+        if (a.offsets) a.offsets[e] = off;
+      }
+      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
+      if (a.row_id_indices && e % gridDim.x == block)
+        for (int r = off + c[k]; r < off + pc[k] && r < a.num_out; ++r) a.row_id_indices[r] = -1;
+    }
+    off += pc[k];
+  }
+  if (block == 0 && threadIdx.x == 0 && a.offsets) a.offsets[E] = total;
+  if (a.row_id_indices)
+    for (i64 r = total + static_cast<i64>(block) * 256 + threadIdx.x; r < a.num_out; r += static_cast<i64>(gridDim.x) * 256)
+      a.row_id_indices[r] = -1;
+  __syncthreads();
+
+  // The block's token sets per expert (the warp's flags loaded first, all in flight at once).
+  {
+    u32 f[TPW][NI];
+#pragma unroll
+    for (int k = 0; k < TPW; ++k) {
+      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
+#pragma unroll
+      for (int i = 0; i < NI; ++i) {
+        const int e0 = 128 * i + 4 * lane;
+        f[k][i] = (t < a.T && e0 < E) ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
+      }
+    }
+#pragma unroll
+    for (int k = 0; k < TPW; ++k) {
+      const int lt = warp * TPW + k;
+#pragma unroll
+      for (int i = 0; i < NI; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j)
+          if (f[k][i] >> j & 1u) atomicOr(&mask[128 * i + 4 * lane + j][lt >> 5], 1u << (lt & 31));
+    }
+  }
+  __syncthreads();
+
+  // Destinations (the flags are read again: an L1 hit, and no per-token registers to keep).
+#pragma unroll 1
+  for (int k = 0; k < TPW; ++k) {
+    const int lt = warp * TPW + k, t = block * kMoeMapBlockTokens + lt;
+    if (t >= a.T) break;
+    const u32 below = (1u << (lt & 31)) - 1u;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      const int e0 = 128 * i + 4 * lane;
+      if (e0 < E) {
+        const u32 f = load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0);
+        Vec16 v;
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          int row = -1;
+          if (f >> j & 1u) {
+            int rank = 0;
+#pragma unroll
+            for (int w = 0; w < W; ++w)
+              rank += w < (lt >> 5) ? __popc(mask[e0 + j][w]) : w == (lt >> 5) ? __popc(mask[e0 + j][w] & below) : 0;
+            row = base[e0 + j] + rank;
+            if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
+          }
+          v.w[j] = static_cast<u32>(row);
+        }
+        store16(a.row_id_map + static_cast<i64>(t) * E + e0, v);
+      }
+    }
+  }
+}
+
+}  // namespace kiln

@@ -1,0 +1,239 @@
+// tests/gpu/moe_routing_test.cpp — top-k routing and the row-id map on the GPU against the CPU reference.
+//
+// The forward replays kiln's fp32 operation sequence on the CPU (reference/moe.cpp), so probs, routing map and
+// counts are compared BIT-EXACTLY; the map (row ids, inverse indices, counts, padded counts, offsets) is compared
+// exactly with the map the reference builds from the reference routing. The backward is compared with a double
+// reference by relative L2 (tolerance 1e-5: fp32 sums in a different order). Outputs are poisoned first and their
+// guard zones checked, so unwritten elements and out-of-bounds writes fail.
+#include <gtest/gtest.h>
+
+#include <bit>
+#include <cmath>
+#include <cstdio>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "kiln/ops/moe.hpp"
+#include "reference/moe.hpp"
+#include "test_util.hpp"
+
+namespace kiln::test {
+namespace {
+
+std::string show(float v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
+  return b;
+}
+
+struct Case {
+  int64_t T, E;
+  MoeRoutingOptions o;
+  bool bias = false;
+  int P = 16;
+  bool indices = true;
+};
+
+std::string name(const Case& c) {
+  char b[200];
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d",
+                static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
+                c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
+                c.o.scaling_factor, c.bias, c.P);
+  return b;
+}
+
+ref::TopkOptions ref_opts(const MoeRoutingOptions& o) {
+  return {o.top_k, o.score == MoeScore::sigmoid, o.n_group, o.topk_group, o.renormalize, o.scaling_factor};
+}
+
+template <typename T>
+::testing::AssertionResult exact(const char* what, const std::vector<T>& got, const std::vector<T>& want,
+                                 int64_t row_len = 0) {
+  if (got.size() != want.size()) return ::testing::AssertionFailure() << what << ": size " << got.size() << " vs " << want.size();
+  return all_equal(
+      what, static_cast<int64_t>(got.size()),
+      [&](int64_t i) { return std::memcmp(&got[i], &want[i], sizeof(T)) == 0; },
+      [&](int64_t i) {
+        std::string at = row_len ? "[" + std::to_string(i / row_len) + ", " + std::to_string(i % row_len) + "]"
+                                 : "[" + std::to_string(i) + "]";
+        if constexpr (std::is_same_v<T, float>) return at + ": got " + show(got[i]) + ", want " + show(want[i]);
+        else return at + ": got " + std::to_string(got[i]) + ", want " + std::to_string(want[i]);
+      });
+}
+
+class MoeRoutingTest : public GpuTest {
+ protected:
+  // Routes random logits (with a few special values) through moe_topk_routing_fwd with the map fused, and checks
+  // everything against the reference.
+  static void run_case(const Case& c, uint64_t seed) {
+    SCOPED_TRACE(name(c));
+    Runtime& r = rt();
+    const int64_t T = c.T, E = c.E;
+    std::vector<float> z = randn(T * E, mix_seed({seed, 1}), 2.0f);
+    for (int64_t t = 0; t < T; t += 97) z[t * E + (t % E)] = -std::numeric_limits<float>::infinity();
+    for (int64_t t = 5; t < T; t += 131) z[t * E + ((3 * t) % E)] = 60.0f;  // a dominant expert
+    std::vector<float> b;
+    if (c.bias) b = randn(E, mix_seed({seed, 2}), 0.05f);
+    const auto want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
+    const int64_t num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
+    const auto want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
+
+    DeviceBuffer zb(r, T * E * 4), bb(r, E * 4), pb(r, T * E * 4), mb(r, T * E), cb(r, E * 4), rb(r, T * E * 4),
+        ib(r, num_out * 4), pcb(r, E * 4), ob(r, (E + 1) * 4);
+    zb.upload(z);
+    if (c.bias) bb.upload(b);
+    for (DeviceBuffer* x : {&pb, &mb, &cb, &rb, &ib, &pcb, &ob}) x->poison();
+    MoeRowIdMap map{rb.ref(DType::i32, {T, E}), c.indices ? ib.ref(DType::i32, {num_out}) : TensorRef{}, {},
+                    pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
+    moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
+                         pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o, nullptr,
+                         &map, c.P);
+    synchronize();
+    for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
+                         {"row_id_map", &rb}, {"row_id_indices", &ib}, {"padded_counts", &pcb}, {"offsets", &ob}})
+      EXPECT_TRUE(x->guards_intact()) << nm << " written outside its bounds";
+    EXPECT_TRUE(exact("routing_map", mb.download<uint8_t>(T * E), want.routing_map, E));
+    EXPECT_TRUE(exact("probs", pb.download<float>(T * E), want.probs, E));
+    EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
+    EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want_map.row_id_map, E));
+    if (c.indices) EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want_map.row_id_indices));
+    EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want_map.padded_counts));
+    EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), want_map.offsets));
+  }
+};
+
+const MoeRoutingOptions kLing{8, MoeScore::sigmoid, 8, 4, true, 2.5f};
+const MoeRoutingOptions kQwen{8, MoeScore::softmax, 1, 1, true, 1.0f};
+
+TEST_F(MoeRoutingTest, LingMiniGroupedSigmoidBias) {
+  for (int64_t T : {1, 7, 4096, 8192}) run_case({T, 256, kLing, true, 16}, 100 + T);
+}
+TEST_F(MoeRoutingTest, LingMini65536Tokens) { run_case({65536, 256, kLing, true, 16}, 7); }
+TEST_F(MoeRoutingTest, QwenSoftmaxRenormalized) {
+  for (int64_t T : {1, 7, 4096}) run_case({T, 128, kQwen, false, 1}, 200 + T);
+}
+TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
+  run_case({777, 8, {1, MoeScore::softmax, 1, 1, false, 1.0f}, false, 128}, 1);
+  run_case({4096, 64, {2, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 2);
+  run_case({4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32}, 3);
+  run_case({1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16}, 4);
+  run_case({1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1}, 5);
+  run_case({300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64}, 6);    // two groups per lane
+  run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
+  run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
+}
+TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
+
+TEST_F(MoeRoutingTest, ZeroTokensGiveZeroCounts) {
+  Runtime& r = rt();
+  const int64_t E = 64;
+  DeviceBuffer zb(r, 16), pb(r, 16), mb(r, 16), cb(r, E * 4), rb(r, 16), ob(r, (E + 1) * 4), ib(r, 64 * 4);
+  cb.poison();
+  ob.poison();
+  ib.poison();
+  MoeRowIdMap map{rb.ref(DType::i32, {0, E}), ib.ref(DType::i32, {64}), {}, {}, ob.ref(DType::i32, {E + 1})};
+  moe_topk_routing_fwd(r, zb.ref(DType::f32, {0, E}), {}, pb.ref(DType::f32, {0, E}), mb.ref(DType::u8, {0, E}),
+                       cb.ref(DType::i32, {E}), kQwen, nullptr, &map, 16);
+  synchronize();
+  EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), std::vector<int32_t>(E, 0)));
+  EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), std::vector<int32_t>(E + 1, 0)));
+  EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(64), std::vector<int32_t>(64, -1)));
+}
+
+// moe_make_row_id_map from given routing maps (uint8 and int32): all tokens to one expert, experts without tokens,
+// every multiple_of.
+class MoeRowIdMapTest : public GpuTest {
+ protected:
+  static void run_map(const std::vector<uint8_t>& flags, int64_t T, int64_t E, int P, bool i32, int k) {
+    SCOPED_TRACE("T=" + std::to_string(T) + " E=" + std::to_string(E) + " P=" + std::to_string(P) +
+                 (i32 ? " int32" : " uint8"));
+    Runtime& r = rt();
+    const int64_t num_out = moe_max_out_rows(T, E, k, P) + 5;  // a tail of unused rows
+    const auto want = ref::row_id_map(flags, T, E, P, num_out);
+    DeviceBuffer fb(r, T * E * (i32 ? 4 : 1)), rb(r, T * E * 4), ib(r, num_out * 4), cb(r, E * 4), pcb(r, E * 4),
+        ob(r, (E + 1) * 4);
+    if (i32) fb.upload(std::vector<int32_t>(flags.begin(), flags.end()));
+    else fb.upload(flags);
+    for (DeviceBuffer* x : {&rb, &ib, &cb, &pcb, &ob}) x->poison();
+    MoeRowIdMap m{rb.ref(DType::i32, {T, E}), ib.ref(DType::i32, {num_out}), cb.ref(DType::i32, {E}),
+                  pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
+    moe_make_row_id_map(r, fb.ref(i32 ? DType::i32 : DType::u8, {T, E}), m, P, nullptr, k);
+    synchronize();
+    for (DeviceBuffer* x : {&rb, &ib, &cb, &pcb, &ob}) EXPECT_TRUE(x->guards_intact());
+    EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want.row_id_map, E));
+    EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want.row_id_indices));
+    EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
+    EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want.padded_counts));
+    EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), want.offsets));
+  }
+};
+
+TEST_F(MoeRowIdMapTest, AllTokensToOneExpert) {
+  for (int64_t T : {1, 7, 4096, 65536}) {
+    const int64_t E = 64;
+    std::vector<uint8_t> f(T * E, 0);
+    for (int64_t t = 0; t < T; ++t) f[t * E + 37] = 1;
+    for (int P : {1, 16, 128}) run_map(f, T, E, P, T == 4096, 1);
+  }
+}
+
+TEST_F(MoeRowIdMapTest, SparseExpertsAndVariableFanOut) {
+  // Tokens routed to 0 … 3 experts, only even experts used; E = 160.
+  const int64_t T = 8192, E = 160;
+  std::vector<uint8_t> f(T * E, 0);
+  uint64_t s = 12345;
+  for (int64_t t = 0; t < T; ++t) {
+    const int n = static_cast<int>(t % 4);
+    for (int i = 0; i < n; ++i) {
+      s = s * 6364136223846793005ull + 1442695040888963407ull;
+      f[t * E + 2 * ((s >> 33) % (E / 2))] = 1;
+    }
+  }
+  for (int P : {1, 16, 64}) run_map(f, T, E, P, P == 64, 3);
+}
+
+TEST_F(MoeRowIdMapTest, DenseRandomTop8) {
+  const int64_t T = 4096, E = 256;
+  std::vector<float> z = randn(T * E, 77);
+  const auto routed = ref::topk_routing(z, T, E, {}, {8, false, 1, 1, false, 1.0f});
+  run_map(routed.routing_map, T, E, 16, false, 8);
+  run_map(routed.routing_map, T, E, 128, true, 8);
+}
+
+TEST_F(MoeRoutingTest, BackwardMatchesDoubleReference) {
+  Runtime& r = rt();
+  struct B { int64_t T, E; MoeRoutingOptions o; };
+  for (const B& c : {B{4096, 256, kLing}, B{4096, 128, kQwen}, B{7, 64, {2, MoeScore::softmax, 1, 1, false, 1.0f}},
+                     B{1, 160, {8, MoeScore::sigmoid, 1, 1, false, 2.0f}}, B{1000, 8, {1, MoeScore::softmax, 1, 1, true, 1.0f}}}) {
+    SCOPED_TRACE(name({c.T, c.E, c.o}));
+    const int64_t T = c.T, E = c.E;
+    std::vector<float> z = randn(T * E, mix_seed({9, static_cast<uint64_t>(T), static_cast<uint64_t>(E)}));
+    std::vector<float> g = randn(T * E, mix_seed({10, static_cast<uint64_t>(T)}));
+    const auto fwd = ref::topk_routing(z, T, E, {}, ref_opts(c.o));
+    const auto want = ref::topk_routing_bwd(g, z, fwd.routing_map, T, E, ref_opts(c.o));
+    DeviceBuffer zb(r, T * E * 4), gb(r, T * E * 4), mb(r, T * E), db(r, T * E * 4);
+    zb.upload(z);
+    gb.upload(g);
+    mb.upload(fwd.routing_map);
+    db.poison();
+    moe_topk_routing_bwd(r, gb.ref(DType::f32, {T, E}), zb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}),
+                         db.ref(DType::f32, {T, E}), c.o, nullptr);
+    synchronize();
+    const auto got = db.download<float>(T * E);
+    const double err = relative_l2(got, want);
+    EXPECT_LT(err, 1e-5) << "relative L2 error";
+    double worst = 0;
+    int64_t at = 0;
+    for (int64_t i = 0; i < T * E; ++i) {
+      const double d = std::abs(got[i] - want[i]);
+      if (!(d <= worst)) { worst = d; at = i; }
+    }
+    EXPECT_LT(worst, 1e-5) << "max abs error at [" << at / E << ", " << at % E << "]: got " << got[at] << ", want "
+                           << want[at];
+  }
+}
+
+}  // namespace
+}  // namespace kiln::test

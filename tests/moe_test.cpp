@@ -1,0 +1,540 @@
+// tests/moe_test.cpp — MoE routing, row-id map, permute, unpermute on the CPU: reference sanity checks, NVRTC
+// compiles of non-preset specializations, and every argument error (fake pointers, never dereferenced).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <set>
+
+#include "kiln/kiln.hpp"
+#include "reference/moe.hpp"
+#include "runtime/family.hpp"
+#include "runtime/registry.hpp"
+#include "test_util.hpp"
+
+namespace kiln::test {
+namespace {
+
+void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
+
+RuntimeOptions cpu_options() {
+  RuntimeOptions o;
+  o.memory_only = true;
+  return o;
+}
+
+#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
+  do {                                                                                                \
+    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
+    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
+  } while (0)
+
+// ---- references ---------------------------------------------------------------------------------------------------
+
+TEST(MoeReference, KilnExpIsAccurate) {
+  int64_t worst = 0;
+  for (float x = -100.0f; x < 88.0f; x += 0.0137f) {
+    const float got = ref::kiln_exp(x), want = static_cast<float>(std::exp(static_cast<double>(x)));
+    if (want < 1.2e-38f) continue;  // subnormal results: absolute error only
+    const int64_t ulps = std::abs(static_cast<int64_t>(std::bit_cast<int32_t>(got)) - std::bit_cast<int32_t>(want));
+    worst = std::max(worst, ulps);
+  }
+  EXPECT_LE(worst, 3);
+  EXPECT_EQ(ref::kiln_exp(0.0f), 1.0f);
+  EXPECT_EQ(ref::kiln_exp(-std::numeric_limits<float>::infinity()), 0.0f);
+  EXPECT_TRUE(std::isinf(ref::kiln_exp(100.0f)));
+  EXPECT_EQ(ref::kiln_exp(std::numeric_limits<float>::quiet_NaN()), 0.0f);
+  EXPECT_TRUE(std::isinf(ref::kiln_exp(std::numeric_limits<float>::infinity())));
+  EXPECT_EQ(ref::kiln_exp(-200.0f), 0.0f);
+  EXPECT_GT(ref::kiln_exp(-103.0f), 0.0f);  // subnormal, not flushed
+}
+
+// Plain top-k picks the k largest logits (sorted, ties to the lower index) and softmax probs sum to the kept mass.
+TEST(MoeReference, TopkSoftmaxPicksTheLargestLogits) {
+  const int64_t T = 64, E = 160;
+  std::vector<float> z = randn(T * E, 11);
+  for (int64_t e = 0; e < E; e += 7) z[3 * E + e] = 0.5f;  // ties on token 3
+  ref::TopkOptions o;
+  o.top_k = 8;
+  const auto r = ref::topk_routing(z, T, E, {}, o);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<int> idx(E);
+    std::iota(idx.begin(), idx.end(), 0);
+    std::stable_sort(idx.begin(), idx.end(), [&](int a, int b) { return z[t * E + a] > z[t * E + b]; });
+    double mass = 0;
+    for (int k = 0; k < o.top_k; ++k) {
+      EXPECT_EQ(r.picks[t * o.top_k + k], idx[k]) << "t " << t << " k " << k;
+      mass += r.probs[t * E + idx[k]];
+    }
+    double all = 0;
+    for (int64_t e = 0; e < E; ++e) all += r.scores[t * E + e];
+    EXPECT_NEAR(all, 1.0, 1e-5);
+    EXPECT_LT(mass, 1.0);
+  }
+  EXPECT_EQ(std::accumulate(r.counts.begin(), r.counts.end(), 0), T * o.top_k);
+}
+
+// Grouped sigmoid routing with a bias: picks lie in the topk_group groups with the best top-2 sums, probs are the
+// unbiased sigmoids renormalized and scaled.
+TEST(MoeReference, GroupedSigmoidWithBias) {
+  const int64_t T = 32, E = 256;
+  std::vector<float> z = randn(T * E, 12), b = randn(E, 13, 0.1f);
+  ref::TopkOptions o{8, true, 8, 4, true, 2.5f};
+  const auto r = ref::topk_routing(z, T, E, b, o);
+  for (int64_t t = 0; t < T; ++t) {
+    std::vector<std::pair<double, int>> gs;
+    for (int g = 0; g < 8; ++g) {
+      std::vector<double> k;
+      for (int e = g * 32; e < (g + 1) * 32; ++e) k.push_back(r.keys[t * E + e]);
+      std::sort(k.rbegin(), k.rend());
+      gs.push_back({k[0] + k[1], g});
+    }
+    std::sort(gs.begin(), gs.end(), [](auto a, auto c) { return a.first > c.first || (a.first == c.first && a.second < c.second); });
+    std::set<int> kept;
+    for (int i = 0; i < 4; ++i) kept.insert(gs[i].second);
+    double sum = 0;
+    for (int k = 0; k < 8; ++k) {
+      const int e = r.picks[t * 8 + k];
+      EXPECT_TRUE(kept.count(e / 32)) << "t " << t << " expert " << e;
+      sum += r.probs[t * E + e];
+      const double s = 1 / (1 + std::exp(-static_cast<double>(z[t * E + e])));
+      EXPECT_NEAR(r.scores[t * E + e], s, 1e-6);
+      EXPECT_FLOAT_EQ(r.keys[t * E + e], r.scores[t * E + e] + b[e]);
+    }
+    EXPECT_NEAR(sum, 2.5, 1e-5);
+  }
+}
+
+TEST(MoeReference, BackwardMatchesFiniteDifferences) {
+  const int64_t T = 3, E = 64;
+  std::vector<float> z = randn(T * E, 14), g = randn(T * E, 15);
+  for (bool sig : {false, true})
+    for (bool renorm : {false, true}) {
+      ref::TopkOptions o{4, sig, 1, 1, renorm, 1.5f};
+      const auto fwd = ref::topk_routing(z, T, E, {}, o);
+      const auto dz = ref::topk_routing_bwd(g, z, fwd.routing_map, T, E, o);
+      // d/dz_e of Σ g·p with the selection held fixed, in double.
+      auto loss = [&](std::vector<double> zz, int64_t t) {
+        std::vector<double> s(E);
+        double m = -INFINITY, sum = 0;
+        for (int64_t e = 0; e < E; ++e) m = std::max(m, zz[e]);
+        for (int64_t e = 0; e < E; ++e) s[e] = sig ? 1 / (1 + std::exp(-zz[e])) : std::exp(zz[e] - m);
+        if (!sig) {
+          for (double v : s) sum += v;
+          for (double& v : s) v /= sum;
+        }
+        double D = 1e-20;
+        for (int64_t e = 0; e < E; ++e) if (fwd.routing_map[t * E + e]) D += s[e];
+        double l = 0;
+        for (int64_t e = 0; e < E; ++e)
+          if (fwd.routing_map[t * E + e]) l += g[t * E + e] * (renorm ? s[e] / D : s[e]) * 1.5;
+        return l;
+      };
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < E; e += 5) {
+          std::vector<double> zz(z.begin() + t * E, z.begin() + (t + 1) * E);
+          const double h = 1e-5;
+          zz[e] += h;
+          const double lp = loss(zz, t);
+          zz[e] -= 2 * h;
+          const double lm = loss(zz, t);
+          EXPECT_NEAR(dz[t * E + e], (lp - lm) / (2 * h), 1e-6) << "sig " << sig << " renorm " << renorm;
+        }
+    }
+}
+
+TEST(MoeReference, RowIdMapIsExpertMajorPaddedAndOrdered) {
+  const int64_t T = 7, E = 8;
+  std::vector<uint8_t> f(T * E, 0);
+  const int routes[][2] = {{0, 3}, {0, 5}, {1, 3}, {2, 0}, {3, 3}, {4, 7}, {5, 0}, {6, 3}};
+  for (auto [t, e] : routes) f[t * E + e] = 1;
+  const auto m = ref::row_id_map(f, T, E, 4, 24);
+  EXPECT_EQ(m.counts, (std::vector<int32_t>{2, 0, 0, 4, 0, 1, 0, 1}));
+  EXPECT_EQ(m.padded_counts, (std::vector<int32_t>{4, 0, 0, 4, 0, 4, 0, 4}));
+  EXPECT_EQ(m.offsets, (std::vector<int32_t>{0, 4, 4, 4, 8, 8, 12, 12, 16}));
+  EXPECT_EQ(m.row_id_map[2 * E + 0], 0);
+  EXPECT_EQ(m.row_id_map[5 * E + 0], 1);
+  EXPECT_EQ(m.row_id_map[0 * E + 3], 4);
+  EXPECT_EQ(m.row_id_map[6 * E + 3], 7);
+  EXPECT_EQ(m.row_id_map[0 * E + 5], 8);
+  EXPECT_EQ(m.row_id_map[4 * E + 7], 12);
+  EXPECT_EQ(m.row_id_map[1 * E + 1], -1);
+  EXPECT_EQ(m.row_id_indices, (std::vector<int32_t>{2, 5, -1, -1, 0, 1, 3, 6, 0, -1, -1, -1, 4, -1, -1, -1, -1, -1,
+                                                    -1, -1, -1, -1, -1, -1}));
+}
+
+TEST(MoeReference, PermuteAndUnpermuteRoundTrip) {
+  const int64_t T = 5, E = 4, H = 3;
+  std::vector<uint8_t> f(T * E, 0);
+  for (int64_t t = 0; t < T; ++t) { f[t * E + t % E] = 1; f[t * E + (t + 1) % E] = 1; }
+  const auto m = ref::row_id_map(f, T, E, 2, 16);
+  std::vector<float> x(T * H);
+  for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i + 1);
+  std::vector<uint8_t> bytes(x.size() * 4);
+  std::memcpy(bytes.data(), x.data(), bytes.size());
+  std::vector<float> probs(T * E, 0.0f);
+  for (int64_t i = 0; i < T * E; ++i) probs[i] = f[i] ? 0.25f * static_cast<float>(i % 3 + 1) : 0.0f;
+  const auto p = ref::permute(bytes, H * 4, {}, 0, false, probs, m, T, E, 16, 1e-30f);
+  std::vector<float> rows(16 * H);
+  std::memcpy(rows.data(), p.out.data(), p.out.size());
+  std::vector<float> out, restore;
+  ref::unpermute(rows, H, {}, m.row_id_map, T, E, out, restore);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t h = 0; h < H; ++h) EXPECT_EQ(out[t * H + h], 2 * x[t * H + h]);
+  ref::unpermute(rows, H, p.probs_out, m.row_id_map, T, E, out, restore);
+  EXPECT_EQ(restore, probs);
+  for (int64_t r = m.offsets[E]; r < 16; ++r) EXPECT_EQ(p.probs_out[r], 0.0f);
+}
+
+// ---- compiles ---------------------------------------------------------------------------------------------------
+
+// Routing variants no preset enumerates (softmax with groups and bias, E not a power of two, top-1, an int32
+// routing map) compile for sm_90a; the presets' own specializations are compiled by Compile.* in compile_test.
+TEST(MoeCompile, NonPresetVariants) {
+  Runtime rt(cpu_options());
+  ModelConfig m;
+  m.name = "test";
+  m.hidden_size = 1536;
+  m.num_experts = 160;
+  m.num_experts_per_tok = 1;
+  m.n_group = 4;
+  m.topk_group = 2;
+  m.expert_bias = true;
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  std::vector<detail::Specialization> specs;
+  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  ASSERT_EQ(specs.size(), 5u);
+  detail::Counters counters;
+  // topk_fwd with groups + bias + softmax, and the map writer for an int32 routing map.
+  detail::Specialization wr = specs[4];
+  wr.params[7] = 1;
+  for (const auto& s : {specs[0], wr}) {
+    const auto r = detail::ensure_cubin(s, nullptr, false, counters);
+    EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
+  }
+  // topk_fwd's launch shape follows from E (one config); a non-default search-space point of topk_bwd.
+  std::vector<detail::Specialization> space;
+  fam->search_space(specs[0], space);
+  EXPECT_EQ(space.size(), 1u);
+  space.clear();
+  fam->search_space(specs[1], space);
+  ASSERT_EQ(space.size(), 3u);
+  EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
+}
+
+// ---- argument errors ------------------------------------------------------------------------------------------
+
+class MoeRoutingErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t T = 256, E = 64;
+  void call() {
+    moe_topk_routing_fwd(rt, logits, bias, probs, rmap, counts, opts, nullptr, with_map ? &map : nullptr, P);
+  }
+  Runtime rt{cpu_options()};
+  TensorRef logits = TensorRef::contiguous(fake(0), DType::f32, {T, E});
+  TensorRef bias = TensorRef::contiguous(fake(1), DType::f32, {E});
+  TensorRef probs = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  TensorRef rmap = TensorRef::contiguous(fake(3), DType::u8, {T, E});
+  TensorRef counts = TensorRef::contiguous(fake(4), DType::i32, {E});
+  MoeRoutingOptions opts{8, MoeScore::sigmoid, 8, 4, true, 2.5f};
+  MoeRowIdMap map{TensorRef::contiguous(fake(5), DType::i32, {T, E}),
+                  TensorRef::contiguous(fake(6), DType::i32, {moe_max_out_rows(T, E, 8, 16)}), {},
+                  TensorRef::contiguous(fake(7), DType::i32, {E}), TensorRef::contiguous(fake(8), DType::i32, {E + 1})};
+  bool with_map = true;
+  int P = 16;
+};
+
+TEST_F(MoeRoutingErrors, ValidCallReachesTheDevice) { EXPECT_REACHES_DEVICE(call()); }
+TEST_F(MoeRoutingErrors, TopKLargerThanE) {
+  opts = {E + 1, MoeScore::softmax, 1, 1, false, 1.0f};
+  EXPECT_THROW_NAMING(call(), "top_k", InvalidArgument);
+  opts.top_k = 0;
+  EXPECT_THROW_NAMING(call(), "top_k", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, NGroupMustDivideE) {
+  opts.n_group = 6;
+  EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
+  opts.n_group = 64;  // > 32
+  EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, GroupsMustAlignWithLanes) {
+  // E = 96: 8 lanes of 12 experts; 8 groups of 12, 4 of 24 and 2 of 48 fit, 6 groups of 16 do not.
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 96});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, 96});
+  rmap = TensorRef::contiguous(fake(3), DType::u8, {T, 96});
+  bias = TensorRef::contiguous(fake(1), DType::f32, {96});
+  counts = TensorRef::contiguous(fake(4), DType::i32, {96});
+  with_map = false;
+  opts = {4, MoeScore::sigmoid, 6, 2, true, 1.0f};
+  EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
+  opts.n_group = 8;
+  EXPECT_REACHES_DEVICE(call());
+}
+TEST_F(MoeRoutingErrors, TooManyExpertsForTopk) {
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 1024});
+  EXPECT_THROW_NAMING(call(), "logits", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, TopkGroupAboveNGroup) {
+  opts.topk_group = 9;
+  EXPECT_THROW_NAMING(call(), "topk_group", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, TopKBeyondKeptGroups) {
+  opts.topk_group = 1;  // 8 experts per group, 9 wanted
+  opts.top_k = 9;
+  EXPECT_THROW_NAMING(call(), "top_k", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, NonFiniteScaling) {
+  opts.scaling_factor = std::numeric_limits<float>::infinity();
+  EXPECT_THROW_NAMING(call(), "scaling_factor", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, LogitsDtypeAndShape) {
+  logits.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(call(), "logits", UnsupportedDtypeError);
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 62});
+  EXPECT_THROW_NAMING(call(), "logits", ShapeMismatchError);
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, E, 1});
+  EXPECT_THROW_NAMING(call(), "logits", ShapeMismatchError);
+}
+TEST_F(MoeRoutingErrors, ProbsShapeOrDtypeMismatch) {
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, E + 4});
+  EXPECT_THROW_NAMING(call(), "probs", ShapeMismatchError);
+  probs = TensorRef::contiguous(fake(2), DType::bf16, {T, E});
+  EXPECT_THROW_NAMING(call(), "probs", UnsupportedDtypeError);
+}
+TEST_F(MoeRoutingErrors, RoutingMapShapeOrDtypeMismatch) {
+  rmap = TensorRef::contiguous(fake(3), DType::u8, {T - 1, E});
+  EXPECT_THROW_NAMING(call(), "routing_map", ShapeMismatchError);
+  rmap = TensorRef::contiguous(fake(3), DType::f32, {T, E});
+  EXPECT_THROW_NAMING(call(), "routing_map", UnsupportedDtypeError);
+}
+TEST_F(MoeRoutingErrors, BiasAndCounts) {
+  bias = TensorRef::contiguous(fake(1), DType::f32, {E - 4});
+  EXPECT_THROW_NAMING(call(), "expert_bias", ShapeMismatchError);
+  bias = TensorRef::contiguous(static_cast<char*>(fake(1)) + 4, DType::f32, {E});
+  EXPECT_THROW_NAMING(call(), "expert_bias", InvalidArgument);
+  bias = {};
+  counts.dtype = DType::i64;
+  EXPECT_THROW_NAMING(call(), "tokens_per_expert", UnsupportedDtypeError);
+}
+TEST_F(MoeRoutingErrors, NumOutTokensTooSmall) {
+  map.row_id_indices = TensorRef::contiguous(fake(6), DType::i32, {moe_max_out_rows(T, E, 8, 16) - 1});
+  EXPECT_THROW_NAMING(call(), "row_id_indices", ShapeMismatchError);
+}
+TEST_F(MoeRoutingErrors, MultipleOfRange) {
+  P = 0;
+  EXPECT_THROW_NAMING(call(), "multiple_of", InvalidArgument);
+  P = 256;
+  EXPECT_THROW_NAMING(call(), "multiple_of", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, MapShapes) {
+  map.row_id_map = TensorRef::contiguous(fake(5), DType::i32, {T, E - 4});
+  EXPECT_THROW_NAMING(call(), "row_id_map", ShapeMismatchError);
+  map.row_id_map = TensorRef::contiguous(fake(5), DType::i32, {T, E});
+  map.offsets = TensorRef::contiguous(fake(8), DType::i32, {E});
+  EXPECT_THROW_NAMING(call(), "offsets", ShapeMismatchError);
+}
+TEST_F(MoeRoutingErrors, Int32RowOverflow) {
+  const int64_t t = (int64_t{1} << 31) / 8;  // T·8 + padding > INT32_MAX
+  logits = TensorRef::contiguous(fake(0), DType::f32, {t, E});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {t, E});
+  rmap = TensorRef::contiguous(fake(3), DType::u8, {t, E});
+  map.row_id_map = TensorRef::contiguous(fake(5), DType::i32, {t, E});
+  EXPECT_THROW_NAMING(call(), "row_id_map", InvalidArgument);
+}
+TEST_F(MoeRoutingErrors, BackwardShapes) {
+  const TensorRef g = TensorRef::contiguous(fake(9), DType::f32, {T, E});
+  TensorRef dz = TensorRef::contiguous(fake(10), DType::f32, {T, E});
+  EXPECT_REACHES_DEVICE(moe_topk_routing_bwd(rt, g, logits, rmap, dz, opts, nullptr));
+  dz = TensorRef::contiguous(fake(10), DType::f32, {T, E / 2});
+  EXPECT_THROW_NAMING(moe_topk_routing_bwd(rt, g, logits, rmap, dz, opts, nullptr), "dlogits", ShapeMismatchError);
+  EXPECT_THROW_NAMING(moe_topk_routing_bwd(rt, logits, logits, probs, logits, opts, nullptr), "routing_map",
+                      UnsupportedDtypeError);
+}
+
+TEST(MoeRowIdMapErrors, Validation) {
+  Runtime rt(cpu_options());
+  const int64_t T = 100, E = 32;
+  TensorRef rm = TensorRef::contiguous(fake(0), DType::i32, {T, E});
+  MoeRowIdMap out{TensorRef::contiguous(fake(1), DType::i32, {T, E}),
+                  TensorRef::contiguous(fake(2), DType::i32, {moe_max_out_rows(T, E, 2, 16)}),
+                  TensorRef::contiguous(fake(3), DType::i32, {E}), {}, {}};
+  EXPECT_REACHES_DEVICE(moe_make_row_id_map(rt, rm, out, 16, nullptr, 2));
+  EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 0), "row_id_indices", ShapeMismatchError);
+  EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 33), "max_per_token", InvalidArgument);
+  rm.dtype = DType::f32;
+  EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 2), "routing_map", UnsupportedDtypeError);
+  rm.dtype = DType::u8;
+  out.tokens_per_expert = {};
+  EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 2), "tokens_per_expert", ShapeMismatchError,
+                      UnsupportedDtypeError);
+}
+
+class MoePermuteErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t T = 128, E = 64, Hd = 2048, K = 8, P = 16;
+  static constexpr int64_t kOut = T * K + E * (P - 1);  // moe_max_out_rows(T, E, K, P)
+  void permute() { moe_permute(rt, inp, scale, probs, map, out, scale_out, probs_out, opts, nullptr); }
+  void unpermute() { moe_unpermute(rt, x, map.row_id_map, weights, uout, restore, opts, nullptr); }
+  Runtime rt{cpu_options()};
+  TensorRef inp = TensorRef::contiguous(fake(0), DType::e4m3, {T, Hd});
+  TensorRef scale = TensorRef::contiguous(fake(1), DType::f32, {Hd / 128, T});
+  TensorRef probs = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  MoeRowIdMap map{TensorRef::contiguous(fake(3), DType::i32, {T, E}), {},
+                  TensorRef::contiguous(fake(4), DType::i32, {E}), {}, TensorRef::contiguous(fake(5), DType::i32, {E + 1})};
+  TensorRef out = TensorRef::contiguous(fake(6), DType::e4m3, {kOut, Hd});
+  TensorRef scale_out = TensorRef::contiguous(fake(7), DType::f32, {Hd / 128, kOut});
+  TensorRef probs_out = TensorRef::contiguous(fake(8), DType::f32, {kOut});
+  MoePermuteOptions opts{8, 16};
+  TensorRef x = TensorRef::contiguous(fake(9), DType::bf16, {kOut, Hd});
+  TensorRef weights = TensorRef::contiguous(fake(10), DType::f32, {kOut});
+  TensorRef uout = TensorRef::contiguous(fake(11), DType::bf16, {T, Hd});
+  TensorRef restore = TensorRef::contiguous(fake(12), DType::f32, {T, E});
+};
+
+TEST_F(MoePermuteErrors, ValidCallsReachTheDevice) {
+  EXPECT_REACHES_DEVICE(permute());
+  EXPECT_REACHES_DEVICE(unpermute());
+}
+TEST_F(MoePermuteErrors, TokenMajorScalesAreAccepted) {
+  scale = TensorRef::contiguous(fake(1), DType::f32, {T, Hd / 128});
+  EXPECT_REACHES_DEVICE(permute());
+}
+TEST_F(MoePermuteErrors, ScaleFittingNeitherLayout) {
+  scale = TensorRef::contiguous(fake(1), DType::f32, {T, Hd / 64});
+  EXPECT_THROW_NAMING(permute(), "scale", ShapeMismatchError);
+  scale = TensorRef::contiguous(fake(1), DType::f32, {Hd / 128, T, 1});
+  EXPECT_THROW_NAMING(permute(), "scale", ShapeMismatchError);
+  opts.scale_layout = MoeScaleLayout::token_major;  // an M-major tensor declared token-major
+  scale = TensorRef::contiguous(fake(1), DType::f32, {Hd / 128, T});
+  EXPECT_THROW_NAMING(permute(), "scale", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, AmbiguousScaleLayoutNeedsTheFlag) {
+  const int64_t t = Hd / 128;  // T == Hd/128: both layouts fit
+  inp = TensorRef::contiguous(fake(0), DType::e4m3, {t, Hd});
+  scale = TensorRef::contiguous(fake(1), DType::f32, {t, t});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {t, E});
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {t, E});
+  EXPECT_THROW_NAMING(permute(), "scale", InvalidArgument);
+  opts.scale_layout = MoeScaleLayout::m_major;
+  EXPECT_REACHES_DEVICE(permute());
+}
+TEST_F(MoePermuteErrors, ScalesOnlyWithFp8Rows) {
+  inp.dtype = DType::bf16;
+  out.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(permute(), "scale", InvalidArgument);
+  scale = {};
+  EXPECT_THROW_NAMING(permute(), "scale_out", InvalidArgument);
+}
+TEST_F(MoePermuteErrors, NumOutTokensTooSmall) {
+  out = TensorRef::contiguous(fake(6), DType::e4m3, {kOut - 1, Hd});
+  EXPECT_THROW_NAMING(permute(), "out", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(9), DType::bf16, {kOut - 1, Hd});
+  EXPECT_THROW_NAMING(unpermute(), "x", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, Int32OffsetOverflow) {
+  const int64_t big = int64_t{1} << 31;
+  out = TensorRef::contiguous(fake(6), DType::e4m3, {big, Hd});
+  EXPECT_THROW_NAMING(permute(), "out", InvalidArgument);
+}
+TEST_F(MoePermuteErrors, MapAndProbsMismatch) {
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {T + 1, E});
+  EXPECT_THROW_NAMING(permute(), "inp", ShapeMismatchError);
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i64, {T, E});
+  EXPECT_THROW_NAMING(permute(), "row_id_map", UnsupportedDtypeError);
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {T, E});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, E + 1});
+  EXPECT_THROW_NAMING(permute(), "probs", ShapeMismatchError);
+  probs = TensorRef::contiguous(fake(2), DType::bf16, {T, E});
+  EXPECT_THROW_NAMING(permute(), "probs", UnsupportedDtypeError);
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, E});
+  probs_out = TensorRef::contiguous(fake(8), DType::f32, {kOut + 1});
+  EXPECT_THROW_NAMING(permute(), "probs_out", ShapeMismatchError);
+  map.offsets = TensorRef::contiguous(fake(5), DType::i32, {E});
+  probs_out = TensorRef::contiguous(fake(8), DType::f32, {kOut});
+  EXPECT_THROW_NAMING(permute(), "offsets", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, OutputDtypeAndRowAlignment) {
+  out.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(permute(), "out", UnsupportedDtypeError);
+  inp = TensorRef::contiguous(fake(0), DType::bf16, {T, 100});  // 200-byte rows
+  EXPECT_THROW_NAMING(permute(), "inp", ShapeMismatchError);
+}
+TEST_F(MoePermuteErrors, UnpermuteArguments) {
+  restore = TensorRef::contiguous(fake(12), DType::f32, {T, E + 4});
+  EXPECT_THROW_NAMING(unpermute(), "restore_probs", ShapeMismatchError);
+  restore = TensorRef::contiguous(fake(12), DType::f32, {T, E});
+  weights = {};
+  EXPECT_THROW_NAMING(unpermute(), "restore_probs", InvalidArgument);
+  weights = TensorRef::contiguous(fake(10), DType::bf16, {kOut});
+  EXPECT_THROW_NAMING(unpermute(), "weights", UnsupportedDtypeError);
+  weights = TensorRef::contiguous(fake(10), DType::f32, {kOut});
+  uout = TensorRef::contiguous(fake(11), DType::f32, {T, Hd});
+  EXPECT_THROW_NAMING(unpermute(), "out", UnsupportedDtypeError);
+  uout = TensorRef::contiguous(fake(11), DType::bf16, {T - 1, Hd});
+  EXPECT_THROW_NAMING(unpermute(), "out", ShapeMismatchError);
+  x.dtype = DType::e4m3;
+  EXPECT_THROW_NAMING(unpermute(), "x", UnsupportedDtypeError);
+  opts.top_k = E + 1;
+  x.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(unpermute(), "top_k", InvalidArgument);
+}
+
+class MoeBlockQuantPermuteErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t T = 128, E = 64, Hd = 2048, K = 8, P = 16;
+  static constexpr int64_t kOut = T * K + E * (P - 1);
+  static constexpr int64_t kBlocks = (kOut + 127) / 128 + E;
+  void call() { moe_permute_block_quant(rt, x, probs, map, out, opts, nullptr); }
+  Runtime rt{cpu_options()};
+  TensorRef x = TensorRef::contiguous(fake(0), DType::bf16, {T, Hd});
+  TensorRef probs = TensorRef::contiguous(fake(1), DType::f32, {T, E});
+  MoeRowIdMap map{{}, TensorRef::contiguous(fake(2), DType::i32, {kOut}), {}, {},
+                  TensorRef::contiguous(fake(3), DType::i32, {E + 1})};
+  MoeBlockQuantPermuteOutputs out{TensorRef::contiguous(fake(4), DType::e4m3, {kOut, Hd}),
+                                  TensorRef::contiguous(fake(5), DType::f32, {kOut * Hd / 128}),
+                                  TensorRef::contiguous(fake(6), DType::e4m3, {kOut * Hd}),
+                                  TensorRef::contiguous(fake(7), DType::f32, {kBlocks * Hd}),
+                                  TensorRef::contiguous(fake(8), DType::f32, {kOut})};
+  MoePermuteOptions opts{8, 16};
+};
+
+TEST_F(MoeBlockQuantPermuteErrors, ValidCallReachesTheDevice) {
+  EXPECT_EQ(moe_block_quant_scale_blocks(kOut, E), kBlocks);
+  EXPECT_REACHES_DEVICE(call());
+}
+TEST_F(MoeBlockQuantPermuteErrors, NeedsInverseIndicesAndOffsets) {
+  map.row_id_indices = {};
+  EXPECT_THROW_NAMING(call(), "row_id_indices", InvalidArgument);
+  map.row_id_indices = TensorRef::contiguous(fake(2), DType::i32, {kOut});
+  map.offsets = {};
+  EXPECT_THROW_NAMING(call(), "offsets", InvalidArgument);
+}
+TEST_F(MoeBlockQuantPermuteErrors, ShapesAndDtypes) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {T, 2000});
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::e4m3, {T, Hd});
+  EXPECT_THROW_NAMING(call(), "x", UnsupportedDtypeError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {T, Hd});
+  out.qT_scale = TensorRef::contiguous(fake(7), DType::f32, {(kBlocks - 1) * Hd});
+  EXPECT_THROW_NAMING(call(), "qT_scale", ShapeMismatchError);
+  out.qT_scale = TensorRef::contiguous(fake(7), DType::f32, {kBlocks * Hd});
+  out.q_scale = TensorRef::contiguous(fake(5), DType::f32, {Hd / 128, kOut});
+  EXPECT_THROW_NAMING(call(), "q_scale", ShapeMismatchError);
+  out.q_scale = TensorRef::contiguous(fake(5), DType::f32, {kOut * Hd / 128});
+  probs = TensorRef::contiguous(fake(1), DType::f32, {T, E + 4});
+  EXPECT_THROW_NAMING(call(), "probs", ShapeMismatchError);
+}
+TEST_F(MoeBlockQuantPermuteErrors, NumOutAndMultipleOf) {
+  map.row_id_indices = TensorRef::contiguous(fake(2), DType::i32, {kOut - 1});
+  EXPECT_THROW_NAMING(call(), "row_id_indices", ShapeMismatchError);
+  map.row_id_indices = TensorRef::contiguous(fake(2), DType::i32, {kOut});
+  opts.multiple_of = 6;
+  EXPECT_THROW_NAMING(call(), "", ShapeMismatchError, InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kiln::test
