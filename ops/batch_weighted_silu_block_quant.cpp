@@ -229,7 +229,7 @@ void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const 
   const Common c = check_inputs(ck, x, prob, counts);
   const int64_t capacity = check_outputs(ck, out, c, c.n, mode != 1, mode != 0);
   check_status(ck, status);
-  if (capacity * (c.n / 128) > INT32_MAX) ck.invalid("x", "too many tiles for int32 tile indices");
+  if (capacity * (c.n / 128) > INT32_MAX / 2) ck.invalid("x", "too many tiles for int32 tile indices");
   if (c.M == 0 && !status.defined()) return;
 
   auto& impl = rt.impl();
@@ -270,7 +270,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
   ck.contiguous("dprob", dprob);
   if (c.M > 0) ck.pointer("dprob", dprob, 4);
   check_status(ck, status);
-  if (capacity * (c.n / 128) > INT32_MAX) ck.invalid("x", "too many tiles for int32 tile indices");
+  if (capacity * (c.n / 128) > INT32_MAX / 2) ck.invalid("x", "too many tiles for int32 tile indices");
   if (c.M == 0 && !status.defined()) return;
 
   auto& impl = rt.impl();

@@ -137,7 +137,7 @@ void silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const SiluBlockQuantO
   if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
   const int64_t n = check_x(ck, x);
   const int64_t M = x.shape[0];
-  if ((M + 127) / 128 * (n / 128) > INT32_MAX) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
+  if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
   check_outputs(ck, out, M, n, mode != 1, mode != 0);
   if (M == 0) return;
 
@@ -162,7 +162,7 @@ void silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, c
   if (g.shape[0] != M || g.shape[1] != n)
     ck.shape_error("g", fmt::format("expected [{}, {}] (x is [M, 2n]), got {}", M, n, shape_str(g)));
   if (M > 0) ck.pointer("g", g, 16);
-  if ((M + 127) / 128 * (n / 128) > INT32_MAX) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
+  if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
   check_outputs(ck, dx, M, 2 * n, true, true);
   if (M == 0) return;
 

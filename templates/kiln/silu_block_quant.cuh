@@ -73,15 +73,21 @@ struct SiluTile {
   int row0, valid, seg_start, seg_rows, local0, gtb, cb;
 };
 
+// The schedule entry of tile t (batched; loaded ahead of use so its latency hides behind a tile's compute).
 template <int N, bool BATCHED>
-__device__ __forceinline__ SiluTile silu_tile_info(const SiluBlockQuantArgs& a, int t) {
+__device__ __forceinline__ int4 silu_tile_entry(const SiluBlockQuantArgs& a, int t) {
+  if constexpr (BATCHED) return reinterpret_cast<const int4*>(a.schedule + 4)[t / (N / 128)];
+  else return make_int4(0, 0, 0, 0);
+}
+
+template <int N, bool BATCHED>
+__device__ __forceinline__ SiluTile silu_tile_info(const SiluBlockQuantArgs& a, int t, int4 e) {
   constexpr int NB = N / 128;
   SiluTile ti;
   const int tb = t / NB;
   ti.cb = t - tb * NB;
   ti.gtb = tb;
   if constexpr (BATCHED) {
-    const int4 e = reinterpret_cast<const int4*>(a.schedule + 4)[tb];
     ti.seg_start = e.x;
     ti.seg_rows = e.y;
     ti.local0 = e.z * 128;
@@ -156,24 +162,24 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
 
   for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
 
+  const int G = gridDim.x;
   int t = blockIdx.x;
   if (t >= total) return;
-  SiluTile cur = silu_tile_info<N, BATCHED>(a, t);
+  SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
+  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // entry of tile t + G
   if (STAGES == 2) {
     silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
     silu_cp_async_commit();
   }
 #pragma unroll 1
-  for (int it = 0; t < total; t += gridDim.x, ++it) {
+  for (int it = 0; t < total; t += G, ++it) {
     u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
-    SiluTile nxt{};
-    const bool has_next = t + static_cast<int>(gridDim.x) < total;
+    const bool has_next = t + G < total;
+    const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
     if (STAGES == 2) {
       // The other stage was last read before the previous tile's first barrier after its compute.
-      if (has_next) {
-        nxt = silu_tile_info<N, BATCHED>(a, t + gridDim.x);
-        silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
-      }
+      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
       silu_cp_async_commit();
       silu_cp_async_wait<1>();
     } else {
@@ -308,7 +314,8 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
           if (aligned && t0 + 16 <= cur.valid) {
             store16(dst, c);
           } else {
-            for (int b = 0; b < 16 && t0 + b < cur.valid; ++b) dst[b] = static_cast<u8>(c.w[b >> 2] >> ((b & 3) * 8));
+            const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+            for (int b = 0; b < 16 && t0 + b < cur.valid; ++b) dst[b] = static_cast<u8>((b < 8 ? lo : hi) >> ((b & 7) * 8));
           }
         }
       }
@@ -316,7 +323,6 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
     // The next iteration's writes to rscale / colmax / codesT come after its first barrier, and its cp.async writes
     // go to a stage whose last reads (the values above) precede this iteration's second barrier.
     cur = nxt;
-    if (STAGES == 1 && has_next) cur = silu_tile_info<N, BATCHED>(a, t + gridDim.x);
   }
   silu_cp_async_wait<0>();
 }
