@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 
 #include "kiln/ops/silu.hpp"
 #include "kiln/silu_block_quant_args.h"
@@ -20,6 +21,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
+extern std::atomic<int> g_silu_forced_stages;  // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -87,11 +89,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
   const int64_t n = m.moe_intermediate_size;
   if (m.num_experts <= 0 || n <= 0 || n % 128 != 0 || n > kSiluMaxN) return;
-  // Output mode 2 (both layouts, what a training step uses), both scale rules; modes 0 and 1 compile on first use.
-  for (bool round : {false, true}) {
-    out.push_back(make_spec(arch, kFwd, n, 2, round));
-    out.push_back(make_spec(arch, kBwd, n, 2, round));
-  }
+  // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
+  // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
+  out.push_back(make_spec(arch, kFwd, n, 2, true));
+  out.push_back(make_spec(arch, kBwd, n, 2, true));
   out.push_back(make_spec(arch, kSchedule, 0, 0, false));
   out.push_back(make_spec(arch, kDwReduce, n, 0, false));
 }
@@ -186,6 +187,7 @@ void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& coun
 void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
                   const SiluBlockQuantArgs& a, Stream stream) {
   s = impl.tuned(s, c.M);
+  if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);
   const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));

@@ -4,6 +4,7 @@
 // input read once, every output written once. The op/shape strings match bench/torch/silu.py.
 #include <fmt/format.h>
 
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -13,6 +14,8 @@
 #include "runtime/bench.hpp"
 
 namespace kiln::detail {
+extern std::atomic<int> g_silu_forced_stages;  // ops/silu_block_quant.cpp
+
 namespace {
 
 struct Buffers {
@@ -151,18 +154,42 @@ BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, 
 
 namespace {
 
+// The same instance with the tile kernel's stages forced (the search space's other point), for comparison.
+BenchCase with_stages(BenchCase c, int stages) {
+  c.shape += fmt::format(" stages={}", stages);
+  auto prep = c.prepare;
+  c.prepare = [prep, stages](Runtime& rt) {
+    BenchInstance inst = prep(rt);
+    auto run = inst.run;
+    inst.run = [run, stages](Stream s) {
+      g_silu_forced_stages.store(stages);
+      run(s);
+      g_silu_forced_stages.store(0);
+    };
+    return inst;
+  };
+  return c;
+}
+
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
-  cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=2 round_scale=1",
-                   [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 2, true); }});
-  cases.push_back({"silu_block_quant_bwd", "M=16384 n=512 round_scale=1",
-                   [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, true, 2, true); }});
   const std::vector<int> counts = silu_bench_counts();
   int64_t M = 0;
   for (int c : counts) M += c;
-  cases.push_back({"batch_weighted_silu_block_quant_fwd", fmt::format("E=32 M={} n=1024 mode=2 round_scale=1", M),
-                   [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, false, 2, true); }});
-  cases.push_back({"batch_weighted_silu_block_quant_bwd", fmt::format("E=32 M={} n=1024 round_scale=1", M),
-                   [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, true, 2, true); }});
+  const BenchCase main[] = {
+      {"silu_block_quant_fwd", "M=16384 n=512 mode=2 round_scale=1",
+       [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 2, true); }},
+      {"silu_block_quant_bwd", "M=16384 n=512 round_scale=1",
+       [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, true, 2, true); }},
+      {"batch_weighted_silu_block_quant_fwd", fmt::format("E=32 M={} n=1024 mode=2 round_scale=1", M),
+       [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, false, 2, true); }},
+      {"batch_weighted_silu_block_quant_bwd", fmt::format("E=32 M={} n=1024 round_scale=1", M),
+       [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, true, 2, true); }},
+  };
+  for (const BenchCase& c : main) cases.push_back(c);
+  for (const BenchCase& c : main) cases.push_back(with_stages(c, 1));
+  // Row-wise only (the forward's recomputation-free path), default config.
+  cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=0 round_scale=1",
+                   [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 0, true); }});
 });
 
 }  // namespace
