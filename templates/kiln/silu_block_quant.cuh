@@ -54,6 +54,18 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
+// ---- quantizer ------------------------------------------------------------------------------------------------------
+// Quantizer<ROUND> of fp8.cuh with the power-of-two reciprocal formed from the exponent bits instead of a division
+// (same bits: for s = 2^e, e in [-99, 120], 1/s = 2^-e exactly; s = inf gives 0 = 1/inf).
+template <bool ROUND> struct SiluQuant {
+  float s, inv;
+  __device__ __forceinline__ explicit SiluQuant(float scale) : s(scale) {
+    if (ROUND) inv = scale == __int_as_float(0x7f800000) ? 0.0f : __uint_as_float(0x7f000000u - __float_as_uint(scale));
+    else inv = scale;
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
+};
+
 // ---- async copies ---------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void silu_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
   const u32 dst = static_cast<u32>(__cvta_generic_to_shared(smem_dst));
@@ -237,7 +249,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
 #pragma unroll
           for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[h][i][e]));
           amax = warp_max<16>(amax);
-          const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+          const SiluQuant<ROUND> quant(block_scale<ROUND>(amax));
           if (r < cur.valid) {
             uint2 out;
             out.x = e4m3x4(quant(v[h][i][0]), quant(v[h][i][1]), quant(v[h][i][2]), quant(v[h][i][3]));
@@ -296,7 +308,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
         __syncthreads();  // colscale ready (h = 0); codesT free again (h = 1)
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          const Quantizer<ROUND> quant(colscale[h * 128 + c0 + e]);
+          const SiluQuant<ROUND> quant(colscale[h * 128 + c0 + e]);
           codesT[(c0 + e) * 32 + (hw ^ (2 * hl))] =
               e4m3x4(quant(v[h][0][e]), quant(v[h][1][e]), quant(v[h][2][e]), quant(v[h][3][e]));
         }
