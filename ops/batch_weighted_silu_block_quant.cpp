@@ -21,7 +21,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-extern std::atomic<int> g_silu_forced_stages;  // ops/silu_block_quant.cpp
+extern std::atomic<int> g_silu_forced_stages, g_silu_forced_table;  // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -29,7 +29,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kSchedule = 2, kDwReduce = 3 };
 enum { P_N, P_MODE, P_ROUND };
-enum { C_STAGES };
+enum { C_STAGES, C_TABLE };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/batch_weighted_silu_block_quant.cuh\"\n";
@@ -38,14 +38,14 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kSchedule: name = "kiln::silu_schedule_kernel"; break;
     case kDwReduce: name = fmt::format("kiln::silu_dw_reduce_kernel<{}>", p[P_N] / 128); break;
     default:
-      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
-                         p[P_ROUND] != 0, s.config[C_STAGES]);
+      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
+                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
   }
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kFwd && s.kernel != kBwd) return 0;
-  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES]);
+  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE] != 0);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -53,7 +53,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"batch_weighted_silu_block_quant", {"fwd", "bwd", "schedule", "dw_reduce"},
-                   {"n", "mode", "round_scale"}, {"stages"}, render, smem_bytes, enumerate, search_space,
+                   {"n", "mode", "round_scale"}, {"stages", "sigma_table"}, render, smem_bytes, enumerate, search_space,
                    tune_instance};
 
 Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
@@ -66,6 +66,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
     s.params[P_MODE] = kernel == kBwd ? 2 : mode;
     s.params[P_ROUND] = round;
     s.config[C_STAGES] = 2;
+  s.config[C_TABLE] = 1;
   } else if (kernel == kDwReduce) {
     s.params[P_N] = n;
   }
@@ -79,8 +80,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  for (int stages : {1, 2}) {
+  // Two stages with the σ table (default), one stage (two CTAs an SM in the forward), σ always computed.
+  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
     s.config[C_STAGES] = stages;
+    s.config[C_TABLE] = table;
     out.push_back(s);
   }
 }
@@ -188,6 +191,7 @@ void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_
                   const SiluBlockQuantArgs& a, Stream stream) {
   s = impl.tuned(s, c.M);
   if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
+  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);
   const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));

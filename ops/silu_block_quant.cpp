@@ -15,9 +15,10 @@ namespace kiln {
 namespace detail {
 // ops/bench/silu.cpp: a prepared instance at the bench's shapes (also what the tuner runs).
 BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round);
-// Measurement hook until the tuning database lands: a non-zero value replaces the stages of both SiLU families'
-// tile kernels (bench cases "… stages=1" set it around their call).
+// Measurement hooks until the tuning database lands: a non-zero stages / a table flag ≥ 0 replace the config of both
+// SiLU families' tile kernels (bench cases "… stages=1" and "… sigma_table=0" set them around their call).
 std::atomic<int> g_silu_forced_stages{0};
+std::atomic<int> g_silu_forced_table{-1};
 }  // namespace detail
 
 namespace {
@@ -25,22 +26,22 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1 };
 enum { P_N, P_MODE, P_ROUND };
-enum { C_STAGES };
+enum { C_STAGES, C_TABLE };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
   const auto& p = s.params;
-  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
-                     p[P_ROUND] != 0, s.config[C_STAGES]);
+  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
+                     p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
 }
 
-int smem_bytes(const Specialization& s) { return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES]); }
+int smem_bytes(const Specialization& s) { return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE] != 0); }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
-FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"}, {"stages"},
+FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"}, {"stages", "sigma_table"},
                    render, smem_bytes, enumerate, search_space, tune_instance};
 
 Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
@@ -53,6 +54,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.params[P_ROUND] = round;
   // Two stages: the next tile's inputs stream into shared memory while this one is computed (one CTA per SM).
   s.config[C_STAGES] = 2;
+  s.config[C_TABLE] = 1;
   return s;
 }
 
@@ -60,8 +62,10 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  for (int stages : {1, 2}) {
+  // Two stages with the σ table (default), one stage (two CTAs an SM in the forward), σ always computed.
+  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
     s.config[C_STAGES] = stages;
+    s.config[C_TABLE] = table;
     out.push_back(s);
   }
 }
@@ -118,6 +122,7 @@ void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stre
   const int64_t n = s.params[P_N];
   s = impl.tuned(s, M);
   if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
+  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
   const int64_t tiles = (M + 127) / 128 * (n / 128);
   a.tiles = static_cast<int>(tiles);
   const int smem = smem_bytes(s);

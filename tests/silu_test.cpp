@@ -5,11 +5,13 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <limits>
 
 #include "kiln/ops/silu.hpp"
+#include "kiln/silu_block_quant_args.h"
 #include "reference/silu.hpp"
 #include "runtime/family.hpp"
 #include "runtime/registry.hpp"
@@ -70,6 +72,32 @@ TEST(SiluReference, SigmoidSpecialValues) {
   for (float a : {0.5f, 1.0f, 3.0f, 10.0f, 40.0f, 86.9f}) {
     const double want = std::exp(-static_cast<double>(a));
     EXPECT_NEAR(ref::silu_exp_neg_abs(a), want, want * 2.5 * std::ldexp(1.0, -24)) << a;
+  }
+}
+
+// The kernels' σ table (templates/kiln/silu_block_quant.cuh: fill and lookup, transcribed): every bf16 value it
+// covers looks up exactly the σ computed for it, and it covers the documented exponent range.
+TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
+  for (bool bwd : {false, true}) {
+    const uint32_t E0 = silu_table_e0(bwd), SPAN = silu_table_exponents(bwd) * 128;
+    ASSERT_EQ(silu_table_bytes(bwd), static_cast<int>(2 * SPAN * 4));
+    std::vector<float> table(2 * SPAN);
+    for (uint32_t i = 0; i < 2 * SPAN; ++i) {
+      const uint32_t b = (i >= SPAN ? 0x8000u : 0u) | ((E0 << 7) + i % SPAN);
+      table[i] = ref::silu_sigmoid(bf16_to_float(static_cast<uint16_t>(b)));
+    }
+    int64_t covered = 0;
+    for (uint32_t b = 0; b < 0x10000; ++b) {
+      const float a = bf16_to_float(static_cast<uint16_t>(b));
+      const uint32_t off = (b & 0x7fffu) - (E0 << 7);
+      if (off >= SPAN) continue;
+      ++covered;
+      const float looked_up = table[off + ((b & 0x8000u) ? SPAN : 0u)];
+      ASSERT_EQ(std::bit_cast<uint32_t>(looked_up), std::bit_cast<uint32_t>(ref::silu_sigmoid(a))) << a;
+      ASSERT_GE(std::fabs(a), std::ldexp(1.0f, static_cast<int>(E0) - 127));
+      ASSERT_LT(std::fabs(a), 32.0f);
+    }
+    EXPECT_EQ(covered, 2 * static_cast<int64_t>(SPAN));
   }
 }
 
@@ -190,7 +218,8 @@ TEST(SiluCompile, OutputModesAndStagesCompile) {
       s.params[0] = 128;
       s.params[1] = mode;
       s.params[2] = mode;  // round_scale 0 with mode 0, 1 with mode 1
-      s.config[0] = mode + 1;
+      s.config[0] = mode == 0 ? 1 : 2;  // the search space's non-default points: one stage; σ computed
+      s.config[1] = mode == 0 ? 1 : 0;
       EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
       EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << fam << " " << s.describe();
     }

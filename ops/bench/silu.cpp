@@ -14,7 +14,7 @@
 #include "runtime/bench.hpp"
 
 namespace kiln::detail {
-extern std::atomic<int> g_silu_forced_stages;  // ops/silu_block_quant.cpp
+extern std::atomic<int> g_silu_forced_stages, g_silu_forced_table;  // ops/silu_block_quant.cpp
 
 namespace {
 
@@ -154,17 +154,19 @@ BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, 
 
 namespace {
 
-// The same instance with the tile kernel's stages forced (the search space's other point), for comparison.
-BenchCase with_stages(BenchCase c, int stages) {
-  c.shape += fmt::format(" stages={}", stages);
+// The same instance with the tile kernel's config forced to another search-space point, for comparison.
+BenchCase with_config(BenchCase c, int stages, int table) {
+  c.shape += stages ? fmt::format(" stages={}", stages) : fmt::format(" sigma_table={}", table);
   auto prep = c.prepare;
-  c.prepare = [prep, stages](Runtime& rt) {
+  c.prepare = [prep, stages, table](Runtime& rt) {
     BenchInstance inst = prep(rt);
     auto run = inst.run;
-    inst.run = [run, stages](Stream s) {
+    inst.run = [run, stages, table](Stream s) {
       g_silu_forced_stages.store(stages);
+      g_silu_forced_table.store(table);
       run(s);
       g_silu_forced_stages.store(0);
+      g_silu_forced_table.store(-1);
     };
     return inst;
   };
@@ -186,7 +188,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
        [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, true, 2, true); }},
   };
   for (const BenchCase& c : main) cases.push_back(c);
-  for (const BenchCase& c : main) cases.push_back(with_stages(c, 1));
+  for (const BenchCase& c : main) cases.push_back(with_config(c, 1, -1));
+  for (const BenchCase& c : main) cases.push_back(with_config(c, 0, 0));
   // Row-wise only (the forward's recomputation-free path), default config.
   cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=0 round_scale=1",
                    [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 0, true); }});

@@ -54,6 +54,17 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
+// σ of a bf16 gate value (raw bits `b`, value `a`): from the shared-memory table where it covers a, else computed.
+template <bool TABLE, bool BWD>
+__device__ __forceinline__ float silu_sigma(u32 b, float a, const float* table) {
+  if constexpr (TABLE) {
+    constexpr u32 E0 = silu_table_e0(BWD), SPAN = silu_table_exponents(BWD) * 128;
+    const u32 off = (b & 0x7fffu) - (E0 << 7);
+    if (off < SPAN) return table[off + ((b & 0x8000u) ? SPAN : 0u)];
+  }
+  return silu_sigmoid(a);
+}
+
 // ---- quantizer ------------------------------------------------------------------------------------------------------
 // Quantizer<ROUND> of fp8.cuh with the power-of-two reciprocal formed from the exponent bits instead of a division
 // (same bits: for s = 2^e, e in [-99, 120], 1/s = 2^-e exactly; s = inf gives 0 = 1/inf).
@@ -145,7 +156,7 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
 // Column-max slot of channel c: padded so that the 16 lanes of a half-warp (channels 8l + e) hit 16 banks.
 __device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
 
-template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES>
+template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, bool TABLE>
 __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const SiluBlockQuantArgs a) {
   constexpr int NB = N / 128;
   constexpr int HALVES = BWD ? 2 : 1;  // output channel blocks per tile: dx₁ and dx₂ in the backward
@@ -162,6 +173,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
   u32* colmax = codesT + 128 * 32;                                // [HALVES][132] float bits (padded slots)
   float* colscale = reinterpret_cast<float*>(colmax + HALVES * 132);  // [HALVES][128]
   float* rscale = colscale + HALVES * 128;                        // [HALVES][128]
+  float* table = rscale + HALVES * 128;                           // σ table (TABLE)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -173,6 +185,13 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
   else total = a.tiles;
 
   for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
+  if constexpr (TABLE) {  // first read after the loop's first barrier
+    constexpr int SPAN = silu_table_exponents(BWD) * 128;
+    for (int i = tid; i < 2 * SPAN; i += kSiluTileThreads) {
+      const u32 b = (i >= SPAN ? 0x8000u : 0u) | static_cast<u32>((silu_table_e0(BWD) << 7) + i % SPAN);
+      table[i] = silu_sigmoid(__uint_as_float(b << 16));
+    }
+  }
 
   const int G = gridDim.x;
   int t = blockIdx.x;
@@ -220,7 +239,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float ga = vec_get<bf16>(av, e), ub = vec_get<bf16>(bv, e);
-        const float sig = silu_sigmoid(ga);
+        const float sig = silu_sigma<TABLE, BWD>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, ga, table);
         const float s = __fmul_rn(ga, sig);  // silu(a)
         if constexpr (!BWD) {
           const float y = __fmul_rn(s, ub);

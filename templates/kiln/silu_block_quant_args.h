@@ -46,12 +46,20 @@ constexpr int kSiluScheduleThreads = 1024;
 constexpr int kSiluTileThreads = 512;
 constexpr int kSiluMaxN = 32768;  // n ≤ 32768: tile and element indices stay in int32 / int64 as used
 
+// σ table (TABLE = true): σ(a) for every bf16 a with biased exponent in [E0, E0 + NE), both signs (256 entries per
+// exponent), filled once per CTA with the same deterministic σ the kernel computes otherwise. Forward: |a| in
+// [2^-11, 32); backward (less shared memory left): |a| in [2^-9, 32).
+constexpr int silu_table_e0(bool bwd) { return bwd ? 118 : 116; }
+constexpr int silu_table_exponents(bool bwd) { return bwd ? 14 : 16; }
+constexpr int silu_table_bytes(bool bwd) { return silu_table_exponents(bwd) * 256 * 4; }
+
 // Dynamic shared memory of the tile kernel: STAGES input stages (gate, up [, grad] tiles of 128×128 bf16 [, 128 row
 // weights]), the transposed codes of one 128-channel block (16 KiB), column maxima, column scales and row scales per
-// output half.
+// output half, and the σ table.
 constexpr int silu_stage_bytes(bool bwd, bool batched) { return (bwd ? 3 : 2) * 128 * 128 * 2 + (batched ? 512 : 0); }
-constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages) {
-  return stages * silu_stage_bytes(bwd, batched) + 128 * 128 + (bwd ? 2 : 1) * (132 + 128 + 128) * 4;
+constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, bool table) {
+  return stages * silu_stage_bytes(bwd, batched) + 128 * 128 + (bwd ? 2 : 1) * (132 + 128 + 128) * 4 +
+         (table ? silu_table_bytes(bwd) : 0);
 }
 
 }  // namespace kiln

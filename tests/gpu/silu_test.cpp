@@ -634,56 +634,61 @@ TEST_F(SiluGpuTest, OneExpertWithUnitProbIsTheSharedOp) {
   }
 }
 
-// The tuner's alternative config (one stage, no prefetch) computes the same bits as the default (two stages):
-// launched directly through the runtime with the same arguments the recipe builds.
-TEST_F(SiluGpuTest, OneStageConfigSameBits) {
-  for (bool bwd : {false, true}) {
-    SCOPED_TRACE(bwd ? "bwd" : "fwd");
-    const int64_t M = 1500, n = 512, W = bwd ? 2 * n : n, mb = (M + 127) / 128;
-    const Input in = random_input(M, n, mix_seed({0x60, bwd}));
-    RunSpec spec;
-    spec.bwd = bwd;
-    spec.round_scale = true;
-    const Result def = run_and_check(in, spec);
+// The search space's other points (one stage; σ computed instead of looked up) compute the same bits as the default
+// (two stages, σ table): launched directly through the runtime with the arguments the recipe builds.
+TEST_F(SiluGpuTest, OtherConfigsSameBits) {
+  for (bool bwd : {false, true})
+    for (const auto& [stages, table] : {std::pair{1, 1}, std::pair{2, 0}}) {
+      SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages) + " table " +
+                   std::to_string(table));
+      const int64_t M = 1500, n = 512, W = bwd ? 2 * n : n, mb = (M + 127) / 128;
+      Input in = random_input(M, n, mix_seed({0x60, bwd}));
+      for (int64_t k = 0; k < 64; ++k) in.x[7 * 2 * n + k] = 1e-5f * static_cast<float>(k);  // below the table
+      round_to(DType::bf16, in.x);
+      RunSpec spec;
+      spec.bwd = bwd;
+      spec.round_scale = true;
+      const Result def = run_and_check(in, spec);
 
-    Runtime& r = rt();
-    auto& impl = r.impl();
-    DeviceBuffer x(r, M * 2 * n * 2), g(r, M * n * 2), q(r, M * W), qs(r, W / 128 * M * 4), qT(r, M * W),
-        qTs(r, mb * W * 4);
-    x.upload(encode(DType::bf16, in.x));
-    g.upload(encode(DType::bf16, in.g));
-    detail::Specialization s;
-    s.family = detail::find_family("silu_block_quant");
-    ASSERT_NE(s.family, nullptr);
-    s.arch = impl.target_arch();
-    s.kernel = bwd ? 1 : 0;
-    s.params[0] = n;
-    s.params[1] = 2;
-    s.params[2] = 1;
-    s.config[0] = 1;
-    ASSERT_TRUE(detail::in_search_space(s));
-    SiluBlockQuantArgs a{};
-    a.x = x.data();
-    a.x_stride = 2 * n;
-    a.g = g.data();
-    a.g_stride = n;
-    a.q = static_cast<unsigned char*>(q.data());
-    a.q_scale = static_cast<float*>(qs.data());
-    a.qT = static_cast<unsigned char*>(qT.data());
-    a.qT_scale = static_cast<float*>(qTs.data());
-    a.M = static_cast<int>(M);
-    a.tiles = static_cast<int>(mb * (n / 128));
-    detail::LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(std::min<int64_t>(a.tiles, impl.device().sm_count));
-    d.block[0] = kSiluTileThreads;
-    d.smem = static_cast<unsigned>(silu_tile_smem_bytes(bwd, false, 1));
-    impl.launch(s, d, nullptr, a);
-    synchronize();
-    EXPECT_TRUE(bitwise_equal("q", q.download<uint8_t>(M * W), def.q));
-    EXPECT_TRUE(bitwise_equal("q_scale", qs.download<float>(W / 128 * M), def.q_scale));
-    EXPECT_TRUE(bitwise_equal("qT", qT.download<uint8_t>(M * W), def.qT));
-    EXPECT_TRUE(bitwise_equal("qT_scale", qTs.download<float>(mb * W), def.qT_scale));
-  }
+      Runtime& r = rt();
+      auto& impl = r.impl();
+      DeviceBuffer x(r, M * 2 * n * 2), g(r, M * n * 2), q(r, M * W), qs(r, W / 128 * M * 4), qT(r, M * W),
+          qTs(r, mb * W * 4);
+      x.upload(encode(DType::bf16, in.x));
+      g.upload(encode(DType::bf16, in.g));
+      detail::Specialization s;
+      s.family = detail::find_family("silu_block_quant");
+      ASSERT_NE(s.family, nullptr);
+      s.arch = impl.target_arch();
+      s.kernel = bwd ? 1 : 0;
+      s.params[0] = n;
+      s.params[1] = 2;
+      s.params[2] = 1;
+      s.config[0] = stages;
+      s.config[1] = table;
+      ASSERT_TRUE(detail::in_search_space(s));
+      SiluBlockQuantArgs a{};
+      a.x = x.data();
+      a.x_stride = 2 * n;
+      a.g = g.data();
+      a.g_stride = n;
+      a.q = static_cast<unsigned char*>(q.data());
+      a.q_scale = static_cast<float*>(qs.data());
+      a.qT = static_cast<unsigned char*>(qT.data());
+      a.qT_scale = static_cast<float*>(qTs.data());
+      a.M = static_cast<int>(M);
+      a.tiles = static_cast<int>(mb * (n / 128));
+      detail::LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(std::min<int64_t>(a.tiles, impl.device().sm_count));
+      d.block[0] = kSiluTileThreads;
+      d.smem = static_cast<unsigned>(silu_tile_smem_bytes(bwd, false, stages, table != 0));
+      impl.launch(s, d, nullptr, a);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal("q", q.download<uint8_t>(M * W), def.q));
+      EXPECT_TRUE(bitwise_equal("q_scale", qs.download<float>(W / 128 * M), def.q_scale));
+      EXPECT_TRUE(bitwise_equal("qT", qT.download<uint8_t>(M * W), def.qT));
+      EXPECT_TRUE(bitwise_equal("qT_scale", qTs.download<float>(mb * W), def.qT_scale));
+    }
 }
 
 }  // namespace
