@@ -9,6 +9,7 @@
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "kiln/ops/rms_norm_rope.hpp"
 #include "kiln/ops/router_gemm.hpp"
+#include "kiln/ops/silu.hpp"
 #include "kiln/runtime.hpp"
 #include "kiln/tensor.hpp"
 #include "kiln/version.hpp"

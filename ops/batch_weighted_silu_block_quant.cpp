@@ -1,0 +1,310 @@
+// Host recipe: batched prob-weighted SwiGLU + fp8 1×128 block quantization for routed experts, forward and backward
+// (templates/kiln/batch_weighted_silu_block_quant.cuh). Spec: ../shared/spec/linghe-kernels.md §2, §7.3–7.4.
+//
+// Per call: a one-CTA schedule kernel reads counts [E] on the device and writes the token-block schedule into a
+// stream-ordered workspace; the persistent tile kernel walks it (grid sized from the bound Σ ceil(c_e/128) ≤
+// (M + 127·E)/128, so the host never reads the counts); the backward adds a dprob reduction over column blocks.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "kiln/ops/silu.hpp"
+#include "kiln/silu_block_quant_args.h"
+#include "runtime/driver.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
+BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
+                                        bool round);
+extern std::atomic<int> g_silu_forced_stages, g_silu_forced_table;  // ops/silu_block_quant.cpp
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0, kBwd = 1, kSchedule = 2, kDwReduce = 3 };
+enum { P_N, P_MODE, P_ROUND };
+enum { C_STAGES, C_TABLE };
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/batch_weighted_silu_block_quant.cuh\"\n";
+  const auto& p = s.params;
+  switch (s.kernel) {
+    case kSchedule: name = "kiln::silu_schedule_kernel"; break;
+    case kDwReduce: name = fmt::format("kiln::silu_dw_reduce_kernel<{}>", p[P_N] / 128); break;
+    default:
+      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
+                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
+  }
+}
+
+int smem_bytes(const Specialization& s) {
+  if (s.kernel != kFwd && s.kernel != kBwd) return 0;
+  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE] != 0);
+}
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"batch_weighted_silu_block_quant", {"fwd", "bwd", "schedule", "dw_reduce"},
+                   {"n", "mode", "round_scale"}, {"stages", "sigma_table"}, render, smem_bytes, enumerate, search_space,
+                   tune_instance};
+
+Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  if (kernel == kFwd || kernel == kBwd) {
+    s.params[P_N] = n;
+    s.params[P_MODE] = kernel == kBwd ? 2 : mode;
+    s.params[P_ROUND] = round;
+    s.config[C_STAGES] = 2;
+  s.config[C_TABLE] = 1;
+  } else if (kernel == kDwReduce) {
+    s.params[P_N] = n;
+  }
+  return s;
+}
+
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  if (base.kernel != kFwd && base.kernel != kBwd) {
+    out.push_back(s);
+    return;
+  }
+  // Two stages with the σ table (default), one stage (two CTAs an SM in the forward), σ always computed.
+  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
+    s.config[C_STAGES] = stages;
+    s.config[C_TABLE] = table;
+    out.push_back(s);
+  }
+}
+
+// Routed experts: n = moe_intermediate_size.
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  const int64_t n = m.moe_intermediate_size;
+  if (m.num_experts <= 0 || n <= 0 || n % 128 != 0 || n > kSiluMaxN) return;
+  // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
+  // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
+  out.push_back(make_spec(arch, kFwd, n, 2, true));
+  out.push_back(make_spec(arch, kBwd, n, 2, true));
+  out.push_back(make_spec(arch, kSchedule, 0, 0, false));
+  out.push_back(make_spec(arch, kDwReduce, n, 0, false));
+}
+
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  return batch_silu_bench_instance(rt, tokens, 32, s.params[P_N], s.kernel == kBwd,
+                                   static_cast<int>(s.params[P_MODE]), s.params[P_ROUND] != 0);
+}
+
+struct Common {
+  int64_t M = 0, n = 0, E = 0;
+};
+
+Common check_inputs(const Check& ck, const TensorRef& x, const TensorRef& prob, const TensorRef& counts) {
+  Common c;
+  ck.dtype("x", x, {DType::bf16});
+  ck.rows("x", x, 16);
+  const int64_t two_n = x.shape[1];
+  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
+    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
+                                    shape_str(x)));
+  c.M = x.shape[0];
+  c.n = two_n / 2;
+  ck.fits_int32("x", c.M, "M (rows)");
+  if (c.M > 0) ck.pointer("x", x, 16);
+  ck.dtype("prob", prob, {DType::f32});
+  if (!((prob.ndim == 1 && prob.shape[0] == c.M) || (prob.ndim == 2 && prob.shape[0] == c.M && prob.shape[1] == 1)))
+    ck.shape_error("prob", fmt::format("expected [{}] or [{}, 1] (one weight per row of x), got {}", c.M, c.M,
+                                       shape_str(prob)));
+  ck.contiguous("prob", prob);
+  if (c.M > 0) ck.pointer("prob", prob, 4);
+  ck.dtype("counts", counts, {DType::i32});
+  if (counts.ndim != 1 || counts.shape[0] < 1)
+    ck.shape_error("counts", fmt::format("expected [E] with E ≥ 1 experts, got {}", shape_str(counts)));
+  ck.contiguous("counts", counts);
+  ck.pointer("counts", counts, 4);
+  c.E = counts.shape[0];
+  ck.fits_int32("counts", c.E, "E (experts)");
+  return c;
+}
+
+// Flat per-expert segmented outputs (§2). Returns the transposed-scale capacity in token blocks.
+int64_t check_outputs(const Check& ck, const SiluBlockQuantOutputs& o, const Common& c, int64_t W, bool row,
+                      bool col) {
+  if (row) {
+    ck.tensor("q", o.q, {DType::e4m3}, {c.M, W}, 16);
+    ck.tensor("q_scale", o.q_scale, {DType::f32}, {c.M * (W / 128)}, 4);
+  }
+  int64_t cap = batch_weighted_silu_max_token_blocks(c.M, c.E);
+  if (col) {
+    ck.tensor("qT", o.qT, {DType::e4m3}, {c.M * W}, 16);
+    ck.dtype("qT_scale", o.qT_scale, {DType::f32});
+    if (o.qT_scale.ndim != 1 || o.qT_scale.shape[0] % W != 0)
+      ck.shape_error("qT_scale", fmt::format("expected a flat [L] buffer with L a multiple of {} (Σ_e ceil(c_e/128) "
+                                             "rows of {}), got {}", W, W, shape_str(o.qT_scale)));
+    ck.contiguous("qT_scale", o.qT_scale);
+    if (o.qT_scale.numel() > 0) ck.pointer("qT_scale", o.qT_scale, 4);
+    cap = std::min(cap, o.qT_scale.shape[0] / W);
+  }
+  return cap;
+}
+
+void check_status(const Check& ck, const TensorRef& status) {
+  if (status.defined()) ck.tensor("status", status, {DType::i32}, {1}, 4);
+}
+
+// Workspace: the schedule (4 + 4·capacity ints), then (backward) the dprob partials [n/128, M] fp32.
+struct Workspace {
+  CUdeviceptr base = 0;
+  int* ws = nullptr;
+  float* partial = nullptr;
+};
+
+Workspace alloc_workspace(Runtime::Impl& impl, int64_t capacity, int64_t partial_floats, Stream stream) {
+  const size_t sched_bytes = (static_cast<size_t>(4 + 4 * capacity) * 4 + 255) / 256 * 256;
+  Workspace w;
+  w.base = impl.alloc_async(sched_bytes + static_cast<size_t>(partial_floats) * 4, stream);
+  w.ws = reinterpret_cast<int*>(w.base);
+  if (partial_floats > 0) w.partial = reinterpret_cast<float*>(w.base + sched_bytes);
+  return w;
+}
+
+void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& counts, int64_t capacity, int* ws,
+                     const TensorRef& status, Stream stream) {
+  SiluScheduleArgs s{static_cast<const int*>(counts.data), static_cast<int>(c.E), static_cast<int>(c.M),
+                     static_cast<int>(capacity), ws, static_cast<int*>(status.data)};
+  LaunchDims d;
+  d.block[0] = kSiluScheduleThreads;
+  impl.launch(make_spec(impl.target_arch(), kSchedule, 0, 0, false), d, stream, s);
+}
+
+void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
+                  const SiluBlockQuantArgs& a, Stream stream) {
+  s = impl.tuned(s, c.M);
+  if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
+  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
+  const int smem = smem_bytes(s);
+  const Kernel& k = impl.kernel(s);
+  const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
+  const int64_t max_tiles = capacity * (c.n / 128);
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_tiles, per_sm * impl.device().sm_count)));
+  d.block[0] = kSiluTileThreads;
+  d.smem = static_cast<unsigned>(smem);
+  impl.launch(k, d, stream, a);
+}
+
+// options.check_counts: wait for the schedule and throw if the counts were invalid.
+void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspace& w, bool sync_check, Stream stream) {
+  int head[4] = {0, 0, 0, 0};
+  if (sync_check) {
+    check(driver().cuStreamSynchronize(reinterpret_cast<CUstream>(stream)), "cuStreamSynchronize");
+    check(driver().cuMemcpyDtoH(head, w.base, sizeof head), "cuMemcpyDtoH");
+  }
+  impl.free_async(w.base, stream);
+  if (!sync_check) return;
+  if (head[1] == 0) return;
+  if (head[3] >= 0) ck.invalid("counts", fmt::format("expected counts ≥ 0, got a negative count at expert {}", head[3]));
+  if (head[2] != c.M)
+    ck.invalid("counts", fmt::format("expected counts summing to M = {} (the rows of x), got Σ = {}{}", c.M, head[2],
+                                     head[2] == INT32_MAX ? " or more" : ""));
+  ck.invalid("counts", "expected Σ_e ceil(c_e/128) token blocks to fit qT_scale; they do not");
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(batch_weighted_silu_block_quant, g_family)
+
+int64_t batch_weighted_silu_max_token_blocks(int64_t M, int64_t E) { return (M + 127 * E) / 128; }
+
+void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& prob,
+                                         const TensorRef& counts, const SiluBlockQuantOutputs& out,
+                                         const TensorRef& status, const BatchSiluOptions& opts, Stream stream) {
+  const Check ck{"batch_weighted_silu_block_quant_fwd"};
+  const int mode = opts.output_mode;
+  if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
+  const Common c = check_inputs(ck, x, prob, counts);
+  const int64_t capacity = check_outputs(ck, out, c, c.n, mode != 1, mode != 0);
+  check_status(ck, status);
+  if (capacity * (c.n / 128) > INT32_MAX / 2) ck.invalid("x", "too many tiles for int32 tile indices");
+  if (c.M == 0 && !status.defined()) return;
+
+  auto& impl = rt.impl();
+  const Workspace w = alloc_workspace(impl, capacity, 0, stream);
+  launch_schedule(impl, c, counts, capacity, w.ws, status, stream);
+  if (c.M > 0) {
+    SiluBlockQuantArgs a{};
+    a.x = x.data;
+    a.x_stride = x.strides[0];
+    a.w = static_cast<const float*>(prob.data);
+    a.q = static_cast<unsigned char*>(out.q.data);
+    a.q_scale = static_cast<float*>(out.q_scale.data);
+    a.qT = static_cast<unsigned char*>(out.qT.data);
+    a.qT_scale = static_cast<float*>(out.qT_scale.data);
+    a.schedule = w.ws;
+    a.M = static_cast<int>(c.M);
+    launch_tiles(impl, make_spec(impl.target_arch(), kFwd, c.n, mode, opts.round_scale), c, capacity, a, stream);
+  }
+  finish(impl, ck, c, w, opts.check_counts, stream);
+}
+
+void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& prob,
+                                         const TensorRef& counts, const SiluBlockQuantOutputs& dx,
+                                         const TensorRef& dprob, const TensorRef& status,
+                                         const BatchSiluOptions& opts, Stream stream) {
+  const Check ck{"batch_weighted_silu_block_quant_bwd"};
+  const Common c = check_inputs(ck, x, prob, counts);
+  ck.dtype("g", g, {DType::bf16});
+  ck.rows("g", g, 16);
+  if (g.shape[0] != c.M || g.shape[1] != c.n)
+    ck.shape_error("g", fmt::format("expected [{}, {}] (x is [M, 2n]), got {}", c.M, c.n, shape_str(g)));
+  if (c.M > 0) ck.pointer("g", g, 16);
+  const int64_t capacity = check_outputs(ck, dx, c, 2 * c.n, true, true);
+  ck.dtype("dprob", dprob, {DType::f32});
+  if (!((dprob.ndim == 1 && dprob.shape[0] == c.M) ||
+        (dprob.ndim == 2 && dprob.shape[0] == c.M && dprob.shape[1] == 1)))
+    ck.shape_error("dprob", fmt::format("expected [{}] or [{}, 1] (as prob), got {}", c.M, c.M, shape_str(dprob)));
+  ck.contiguous("dprob", dprob);
+  if (c.M > 0) ck.pointer("dprob", dprob, 4);
+  check_status(ck, status);
+  if (capacity * (c.n / 128) > INT32_MAX / 2) ck.invalid("x", "too many tiles for int32 tile indices");
+  if (c.M == 0 && !status.defined()) return;
+
+  auto& impl = rt.impl();
+  const Workspace w = alloc_workspace(impl, capacity, (c.n / 128) * c.M, stream);
+  launch_schedule(impl, c, counts, capacity, w.ws, status, stream);
+  if (c.M > 0) {
+    SiluBlockQuantArgs a{};
+    a.x = x.data;
+    a.x_stride = x.strides[0];
+    a.g = g.data;
+    a.g_stride = g.strides[0];
+    a.w = static_cast<const float*>(prob.data);
+    a.q = static_cast<unsigned char*>(dx.q.data);
+    a.q_scale = static_cast<float*>(dx.q_scale.data);
+    a.qT = static_cast<unsigned char*>(dx.qT.data);
+    a.qT_scale = static_cast<float*>(dx.qT_scale.data);
+    a.dw_partial = w.partial;
+    a.schedule = w.ws;
+    a.M = static_cast<int>(c.M);
+    launch_tiles(impl, make_spec(impl.target_arch(), kBwd, c.n, 2, opts.round_scale), c, capacity, a, stream);
+
+    SiluDwReduceArgs r{w.partial, w.ws, static_cast<float*>(dprob.data), static_cast<int>(c.M)};
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>((c.M + 255) / 256);
+    d.block[0] = 256;
+    impl.launch(make_spec(impl.target_arch(), kDwReduce, c.n, 0, false), d, stream, r);
+  }
+  finish(impl, ck, c, w, opts.check_counts, stream);
+}
+
+}  // namespace kiln

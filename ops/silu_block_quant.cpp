@@ -1,0 +1,191 @@
+// Host recipe: SwiGLU + fp8 1×128 block quantization for the shared/dense expert, forward and backward
+// (templates/kiln/silu_block_quant.cuh). Spec: ../shared/spec/linghe-kernels.md §2, §7.1–7.2.
+#include <fmt/format.h>
+
+#include <algorithm>
+#include <atomic>
+
+#include "kiln/ops/silu.hpp"
+#include "kiln/silu_block_quant_args.h"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "runtime/validate.hpp"
+
+namespace kiln {
+namespace detail {
+// ops/bench/silu.cpp: a prepared instance at the bench's shapes (also what the tuner runs).
+BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round);
+// Measurement hooks until the tuning database lands: a non-zero stages / a table flag ≥ 0 replace the config of both
+// SiLU families' tile kernels (bench cases "… stages=1" and "… sigma_table=0" set them around their call).
+std::atomic<int> g_silu_forced_stages{0};
+std::atomic<int> g_silu_forced_table{-1};
+}  // namespace detail
+
+namespace {
+using namespace detail;
+
+enum : uint32_t { kFwd = 0, kBwd = 1 };
+enum { P_N, P_MODE, P_ROUND };
+enum { C_STAGES, C_TABLE };
+
+void render(const Specialization& s, std::string& source, std::string& name) {
+  source = "#include \"kiln/silu_block_quant.cuh\"\n";
+  const auto& p = s.params;
+  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
+                     p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
+}
+
+int smem_bytes(const Specialization& s) { return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE] != 0); }
+
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
+void search_space(const Specialization& s, std::vector<Specialization>& out);
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
+
+FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"}, {"stages", "sigma_table"},
+                   render, smem_bytes, enumerate, search_space, tune_instance};
+
+Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
+  Specialization s;
+  s.family = &g_family;
+  s.arch = arch;
+  s.kernel = kernel;
+  s.params[P_N] = n;
+  s.params[P_MODE] = kernel == kBwd ? 2 : mode;
+  s.params[P_ROUND] = round;
+  // Two stages: the next tile's inputs stream into shared memory while this one is computed (one CTA per SM).
+  s.config[C_STAGES] = 2;
+  s.config[C_TABLE] = 1;
+  return s;
+}
+
+// One stage (no prefetch) or two.
+void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  // Two stages with the σ table (default), one stage (two CTAs an SM in the forward), σ always computed.
+  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
+    s.config[C_STAGES] = stages;
+    s.config[C_TABLE] = table;
+    out.push_back(s);
+  }
+}
+
+bool valid_n(int64_t n) { return n > 0 && n % 128 == 0 && n <= kSiluMaxN; }
+
+// The shared expert (moe_intermediate_size × num_shared_experts) and the dense MLP (intermediate_size).
+void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
+  std::vector<int64_t> ns;
+  if (m.num_shared_experts > 0) ns.push_back(static_cast<int64_t>(m.moe_intermediate_size) * m.num_shared_experts);
+  ns.push_back(m.intermediate_size);
+  std::sort(ns.begin(), ns.end());
+  ns.erase(std::unique(ns.begin(), ns.end()), ns.end());
+  for (int64_t n : ns) {
+    if (!valid_n(n)) continue;
+    // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
+    // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
+    out.push_back(make_spec(arch, kFwd, n, 2, true));
+    out.push_back(make_spec(arch, kBwd, n, 2, true));
+  }
+}
+
+BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
+  return silu_bench_instance(rt, tokens, s.params[P_N], s.kernel == kBwd, static_cast<int>(s.params[P_MODE]),
+                             s.params[P_ROUND] != 0);
+}
+
+// x [M, 2n] bf16 with 16-byte aligned rows; returns n.
+int64_t check_x(const Check& ck, const TensorRef& x) {
+  ck.dtype("x", x, {DType::bf16});
+  ck.rows("x", x, 16);
+  const int64_t two_n = x.shape[1];
+  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
+    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
+                                    shape_str(x)));
+  ck.fits_int32("x", x.shape[0], "M (rows)");
+  if (x.shape[0] > 0) ck.pointer("x", x, 16);
+  return two_n / 2;
+}
+
+void check_outputs(const Check& ck, const SiluBlockQuantOutputs& o, int64_t M, int64_t W, bool row, bool col) {
+  if (row) {
+    ck.tensor("q", o.q, {DType::e4m3}, {M, W}, 16);
+    ck.tensor("q_scale", o.q_scale, {DType::f32}, {W / 128, M}, 4);
+  }
+  if (col) {
+    ck.tensor("qT", o.qT, {DType::e4m3}, {W, M}, 16);
+    ck.tensor("qT_scale", o.qT_scale, {DType::f32}, {(M + 127) / 128, W}, 4);
+  }
+}
+
+void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stream stream) {
+  auto& impl = rt.impl();
+  const int64_t n = s.params[P_N];
+  s = impl.tuned(s, M);
+  if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
+  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
+  const int64_t tiles = (M + 127) / 128 * (n / 128);
+  a.tiles = static_cast<int>(tiles);
+  const int smem = smem_bytes(s);
+  const Kernel& k = impl.kernel(s);
+  const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, per_sm * impl.device().sm_count));
+  d.block[0] = kSiluTileThreads;
+  d.smem = static_cast<unsigned>(smem);
+  impl.launch(k, d, stream, a);
+}
+
+}  // namespace
+
+KILN_REGISTER_FAMILY(silu_block_quant, g_family)
+
+void silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const SiluBlockQuantOutputs& out,
+                          const SiluBlockQuantOptions& opts, Stream stream) {
+  const Check ck{"silu_block_quant_fwd"};
+  const int mode = opts.output_mode;
+  if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
+  const int64_t n = check_x(ck, x);
+  const int64_t M = x.shape[0];
+  if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
+  check_outputs(ck, out, M, n, mode != 1, mode != 0);
+  if (M == 0) return;
+
+  SiluBlockQuantArgs a{};
+  a.x = x.data;
+  a.x_stride = x.strides[0];
+  a.q = static_cast<unsigned char*>(out.q.data);
+  a.q_scale = static_cast<float*>(out.q_scale.data);
+  a.qT = static_cast<unsigned char*>(out.qT.data);
+  a.qT_scale = static_cast<float*>(out.qT_scale.data);
+  a.M = static_cast<int>(M);
+  launch(rt, make_spec(rt.impl().target_arch(), kFwd, n, mode, opts.round_scale), M, a, stream);
+}
+
+void silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const SiluBlockQuantOutputs& dx,
+                          bool round_scale, Stream stream) {
+  const Check ck{"silu_block_quant_bwd"};
+  const int64_t n = check_x(ck, x);
+  const int64_t M = x.shape[0];
+  ck.dtype("g", g, {DType::bf16});
+  ck.rows("g", g, 16);
+  if (g.shape[0] != M || g.shape[1] != n)
+    ck.shape_error("g", fmt::format("expected [{}, {}] (x is [M, 2n]), got {}", M, n, shape_str(g)));
+  if (M > 0) ck.pointer("g", g, 16);
+  if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
+  check_outputs(ck, dx, M, 2 * n, true, true);
+  if (M == 0) return;
+
+  SiluBlockQuantArgs a{};
+  a.x = x.data;
+  a.x_stride = x.strides[0];
+  a.g = g.data;
+  a.g_stride = g.strides[0];
+  a.q = static_cast<unsigned char*>(dx.q.data);
+  a.q_scale = static_cast<float*>(dx.q_scale.data);
+  a.qT = static_cast<unsigned char*>(dx.qT.data);
+  a.qT_scale = static_cast<float*>(dx.qT_scale.data);
+  a.M = static_cast<int>(M);
+  launch(rt, make_spec(rt.impl().target_arch(), kBwd, n, 2, round_scale), M, a, stream);
+}
+
+}  // namespace kiln

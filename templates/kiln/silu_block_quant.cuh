@@ -1,0 +1,361 @@
+// kiln/silu_block_quant.cuh — SwiGLU (SiLU(gate)·up) fused with fp8 e4m3 1×128 block quantization, forward and
+// backward, for the shared expert and (BATCHED) for E routed experts whose rows lie back to back in x.
+//
+//   x [M, 2n] bf16: gate a = x[:, :n], up b = x[:, n:];  σ = sigmoid(a) (kiln's deterministic sigmoid below)
+//   forward   y  = (a·σ)·b                      batched: y = ((a·σ)·b)·w[m]
+//   backward  gw = g                            batched: gw = g·w[m]
+//             dx₂ = gw·(a·σ)
+//             dx₁ = ((gw·b)·σ)·(1 + a·(1 − σ))
+//             batched: dw[m] = Σ_k ((a·σ)·b)·g   (fp32; per 128-column partial, then summed in column order)
+// every operation one correctly rounded fp32 op in exactly this order (explicit intrinsics: no FMA contraction), so a
+// CPU reference that performs the same operations reproduces y and dx bit for bit, and with them every scale and code.
+// Quantization (linghe §2): 1×128 blocks along the last axis of each output; the forward's y [M, n] row-wise and yᵀ
+// [n, M]; the backward's dx [M, 2n] (dx₁ columns, then dx₂) row-wise and dxᵀ [2n, M]. Batched outputs use the
+// per-expert segmented layout (each expert's pieces laid out like a standalone M = c_e tensor).
+//
+// One tile kernel: a persistent grid of 512-thread CTAs walks 128-token × 128-channel tiles (tile t: token block
+// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, STAGES deep: with two
+// stages the next tile streams in while this one is computed. Thread (half-warp h = 0…31, lane l = 0…15) computes rows
+// 4h … 4h+3 × channels 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a column's amax a max over 4
+// rows, a shuffle and a shared-memory atomicMax; both quantizations come from the same registers. The transposed codes
+// are staged in shared memory (swizzled: conflict-free 4-byte writes) and leave as 128-byte rows (16 bytes a lane).
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/fp8.cuh"
+#include "kiln/silu_block_quant_args.h"
+
+namespace kiln {
+
+// ---- deterministic sigmoid ------------------------------------------------------------------------------------------
+// e = exp(−|a|) by Cody–Waite reduction and a degree-7 polynomial (Cephes expf coefficients), then
+// σ = 1/(1+e) for a ≥ 0 and e·(1/(1+e)) for a < 0. Every step is one IEEE fp32 operation (fma where written), so the
+// CPU reference (tests/reference/silu.cpp) computes the same bits. |a| > 87 gives e = 0 (σ = 1 or 0 exactly); NaN
+// gives e = 0, σ = 0, and the NaN propagates through a·σ. Accuracy ≈ 2 ulp.
+__device__ __forceinline__ float silu_exp_neg_abs(float a) {
+  const float t = -fabsf(a);
+  if (!(t >= -87.0f)) return 0.0f;
+  const float k = rintf(__fmul_rn(t, 1.44269504088896341f));
+  float r = __fmaf_rn(-k, 0.693359375f, t);
+  r = __fmaf_rn(-k, -2.12194440e-4f, r);
+  float p = 1.9875691500e-4f;
+  p = __fmaf_rn(p, r, 1.3981999507e-3f);
+  p = __fmaf_rn(p, r, 8.3334519073e-3f);
+  p = __fmaf_rn(p, r, 4.1665795894e-2f);
+  p = __fmaf_rn(p, r, 1.6666665459e-1f);
+  p = __fmaf_rn(p, r, 5.0000001201e-1f);
+  p = __fmaf_rn(p, __fmul_rn(r, r), r);
+  p = __fadd_rn(p, 1.0f);
+  // k in [-126, 0]: 2^k is a normal float.
+  return __fmul_rn(p, __uint_as_float(static_cast<u32>(static_cast<int>(k) + 127) << 23));
+}
+__device__ __forceinline__ float silu_sigmoid(float a) {
+  const float e = silu_exp_neg_abs(a);
+  const float r = __frcp_rn(__fadd_rn(1.0f, e));
+  return a >= 0.0f ? r : __fmul_rn(e, r);
+}
+
+// σ of a bf16 gate value (raw bits `b`, value `a`): from the shared-memory table where it covers a, else computed.
+template <bool TABLE, bool BWD>
+__device__ __forceinline__ float silu_sigma(u32 b, float a, const float* table) {
+  if constexpr (TABLE) {
+    constexpr u32 E0 = silu_table_e0(BWD), SPAN = silu_table_exponents(BWD) * 128;
+    const u32 off = (b & 0x7fffu) - (E0 << 7);
+    if (off < SPAN) return table[off + ((b & 0x8000u) ? SPAN : 0u)];
+  }
+  return silu_sigmoid(a);
+}
+
+// ---- quantizer ------------------------------------------------------------------------------------------------------
+// Quantizer<ROUND> of fp8.cuh with the power-of-two reciprocal formed from the exponent bits instead of a division
+// (same bits: for s = 2^e, e in [-99, 120], 1/s = 2^-e exactly; s = inf gives 0 = 1/inf).
+template <bool ROUND> struct SiluQuant {
+  float s, inv;
+  __device__ __forceinline__ explicit SiluQuant(float scale) : s(scale) {
+    if (ROUND) inv = scale == __int_as_float(0x7f800000) ? 0.0f : __uint_as_float(0x7f000000u - __float_as_uint(scale));
+    else inv = scale;
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
+};
+
+// ---- async copies ---------------------------------------------------------------------------------------------------
+__device__ __forceinline__ void silu_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
+  const u32 dst = static_cast<u32>(__cvta_generic_to_shared(smem_dst));
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(gmem_src), "r"(valid ? 4 : 0)
+               : "memory");
+}
+__device__ __forceinline__ void silu_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void silu_cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+
+__device__ __forceinline__ Vec16 lds16(const void* p) { return *static_cast<const Vec16*>(p); }
+
+// What a tile is: rows [row0, row0 + valid) of x, inside a segment (expert) of seg_rows rows starting at seg_start
+// (the shared expert: one segment of M rows); local0 = row0 − seg_start; gtb = the token block's index in the
+// transposed-scale buffer; cb = the channel block.
+struct SiluTile {
+  int row0, valid, seg_start, seg_rows, local0, gtb, cb;
+};
+
+// The schedule entry of tile t (batched; loaded ahead of use so its latency hides behind a tile's compute).
+template <int N, bool BATCHED>
+__device__ __forceinline__ int4 silu_tile_entry(const SiluBlockQuantArgs& a, int t) {
+  if constexpr (BATCHED) return reinterpret_cast<const int4*>(a.schedule + 4)[t / (N / 128)];
+  else return make_int4(0, 0, 0, 0);
+}
+
+template <int N, bool BATCHED>
+__device__ __forceinline__ SiluTile silu_tile_info(const SiluBlockQuantArgs& a, int t, int4 e) {
+  constexpr int NB = N / 128;
+  SiluTile ti;
+  const int tb = t / NB;
+  ti.cb = t - tb * NB;
+  ti.gtb = tb;
+  if constexpr (BATCHED) {
+    ti.seg_start = e.x;
+    ti.seg_rows = e.y;
+    ti.local0 = e.z * 128;
+  } else {
+    ti.seg_start = 0;
+    ti.seg_rows = a.M;
+    ti.local0 = tb * 128;
+  }
+  ti.row0 = ti.seg_start + ti.local0;
+  ti.valid = min(128, ti.seg_rows - ti.local0);
+  return ti;
+}
+
+// Stage layout: gate tile [128][128] bf16 (256 bytes a row), up tile, (backward) grad tile, (batched) 128 fp32
+// weights. Rows past the tile's valid rows are zero-filled, so they act as zero padding for the column maxima.
+template <int N, bool BWD, bool BATCHED>
+__device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, const SiluTile& ti, u8* stage) {
+  constexpr int ARRAYS = BWD ? 3 : 2;
+  const int tid = threadIdx.x;
+  const bf16* x = static_cast<const bf16*>(a.x);
+  const bf16* g = static_cast<const bf16*>(a.g);
+#pragma unroll
+  for (int k = 0; k < 4; ++k) {
+    const int c = tid + k * kSiluTileThreads;  // 16-byte chunk of a 128×128 bf16 tile
+    const int row = c >> 4, ch = c & 15;
+    const bool ok = row < ti.valid;
+    const i64 grow = static_cast<i64>(ti.row0 + (ok ? row : 0));
+    const int col = ti.cb * 128 + ch * 8;
+    const bf16* xr = x + grow * a.x_stride + col;
+    cp_async16(stage + row * 256 + ch * 16, ok ? static_cast<const void*>(xr) : a.x, ok);
+    cp_async16(stage + 32768 + row * 256 + ch * 16, ok ? static_cast<const void*>(xr + N) : a.x, ok);
+    if (BWD) {
+      const bf16* gr = g + grow * a.g_stride + col;
+      cp_async16(stage + 65536 + row * 256 + ch * 16, ok ? static_cast<const void*>(gr) : a.g, ok);
+    }
+  }
+  if (BATCHED && tid < 128) {
+    const bool ok = tid < ti.valid;
+    silu_cp_async4(stage + ARRAYS * 32768 + tid * 4, ok ? static_cast<const void*>(a.w + ti.row0 + tid) : a.w, ok);
+  }
+}
+
+// Column-max slot of channel c: padded so that the 16 lanes of a half-warp (channels 8l + e) hit 16 banks.
+__device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
+
+template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, bool TABLE>
+__global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const SiluBlockQuantArgs a) {
+  constexpr int NB = N / 128;
+  constexpr int HALVES = BWD ? 2 : 1;  // output channel blocks per tile: dx₁ and dx₂ in the backward
+  constexpr int W = HALVES * N;        // output row width
+  constexpr int ARRAYS = BWD ? 3 : 2;
+  constexpr int STAGE = silu_stage_bytes(BWD, BATCHED);
+  constexpr bool ROWWISE = BWD || MODE != 1;
+  constexpr bool COLWISE = BWD || MODE != 0;
+  static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
+  static_assert(STAGES == 1 || STAGES == 2, "");
+
+  extern __shared__ __align__(128) u8 smem[];
+  u32* codesT = reinterpret_cast<u32*>(smem + STAGES * STAGE);   // [128 channels][32 slots of 4 tokens], swizzled
+  u32* colmax = codesT + 128 * 32;                                // [HALVES][132] float bits (padded slots)
+  float* colscale = reinterpret_cast<float*>(colmax + HALVES * 132);  // [HALVES][128]
+  float* rscale = colscale + HALVES * 128;                        // [HALVES][128]
+  float* table = rscale + HALVES * 128;                           // σ table (TABLE)
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hl = lane & 15, half = lane >> 4;
+  const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
+  const int c0 = hl * 8;           // channels c0 … c0+7 of the block
+
+  int total;
+  if constexpr (BATCHED) total = a.schedule[0] * NB;
+  else total = a.tiles;
+
+  for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
+  if constexpr (TABLE) {  // first read after the loop's first barrier
+    constexpr int SPAN = silu_table_exponents(BWD) * 128;
+    for (int i = tid; i < 2 * SPAN; i += kSiluTileThreads) {
+      const u32 b = (i >= SPAN ? 0x8000u : 0u) | static_cast<u32>((silu_table_e0(BWD) << 7) + i % SPAN);
+      table[i] = silu_sigmoid(__uint_as_float(b << 16));
+    }
+  }
+
+  const int G = gridDim.x;
+  int t = blockIdx.x;
+  if (t >= total) return;
+  SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
+  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // entry of tile t + G
+  if (STAGES == 2) {
+    silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
+    silu_cp_async_commit();
+  }
+#pragma unroll 1
+  for (int it = 0; t < total; t += G, ++it) {
+    u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
+    const bool has_next = t + G < total;
+    const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+    if (STAGES == 2) {
+      // The other stage was last read before the previous tile's first barrier after its compute.
+      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
+      silu_cp_async_commit();
+      silu_cp_async_wait<1>();
+    } else {
+      silu_issue_tile<N, BWD, BATCHED>(a, cur, stage);
+      silu_cp_async_commit();
+      silu_cp_async_wait<0>();
+    }
+    __syncthreads();
+
+    // ---- values: v[h][i][e] = output half h, row 4·hw + i, channel c0 + e -------------------------------------
+    float v[HALVES][4][8];
+    float dwp[4];
+    const u8* gate_s = stage;
+    const u8* up_s = stage + 32768;
+    const u8* grad_s = stage + 65536;
+    const float* w_s = reinterpret_cast<const float*>(stage + ARRAYS * 32768);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = hw * 4 + i;
+      const Vec16 av = lds16(gate_s + r * 256 + hl * 16);
+      const Vec16 bv = lds16(up_s + r * 256 + hl * 16);
+      Vec16 gv;
+      if (BWD) gv = lds16(grad_s + r * 256 + hl * 16);
+      const float wr = BATCHED ? w_s[r] : 1.0f;
+      float dsum = 0.0f;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const float ga = vec_get<bf16>(av, e), ub = vec_get<bf16>(bv, e);
+        const float sig = silu_sigma<TABLE, BWD>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, ga, table);
+        const float s = __fmul_rn(ga, sig);  // silu(a)
+        if constexpr (!BWD) {
+          const float y = __fmul_rn(s, ub);
+          v[0][i][e] = BATCHED ? __fmul_rn(y, wr) : y;
+        } else {
+          const float gg = vec_get<bf16>(gv, e);
+          const float gw = BATCHED ? __fmul_rn(gg, wr) : gg;
+          v[1][i][e] = __fmul_rn(gw, s);
+          const float one_m = __fadd_rn(1.0f, -sig);
+          const float deriv = __fadd_rn(1.0f, __fmul_rn(ga, one_m));
+          v[0][i][e] = __fmul_rn(__fmul_rn(__fmul_rn(gw, ub), sig), deriv);
+          if (BATCHED) dsum = __fadd_rn(dsum, __fmul_rn(__fmul_rn(s, ub), gg));
+        }
+      }
+      dwp[i] = dsum;
+    }
+
+    // ---- row-wise blocks: 16 lanes share a row's 128 channels --------------------------------------------------
+    if constexpr (ROWWISE) {
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int r = hw * 4 + i;
+          float amax = 0.0f;
+#pragma unroll
+          for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[h][i][e]));
+          amax = warp_max<16>(amax);
+          const SiluQuant<ROUND> quant(block_scale<ROUND>(amax));
+          if (r < cur.valid) {
+            uint2 out;
+            out.x = e4m3x4(quant(v[h][i][0]), quant(v[h][i][1]), quant(v[h][i][2]), quant(v[h][i][3]));
+            out.y = e4m3x4(quant(v[h][i][4]), quant(v[h][i][5]), quant(v[h][i][6]), quant(v[h][i][7]));
+            *reinterpret_cast<uint2*>(a.q + static_cast<i64>(cur.row0 + r) * W + h * N + cur.cb * 128 + c0) = out;
+          }
+          if (hl == 0) rscale[h * 128 + r] = quant.s;
+        }
+    }
+    if constexpr (BWD && BATCHED) {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float s = warp_sum<16>(dwp[i]);
+        const int r = hw * 4 + i;
+        if (hl == 0 && r < cur.valid) a.dw_partial[static_cast<i64>(cur.cb) * a.M + cur.row0 + r] = s;
+      }
+    }
+    // ---- column maxima ---------------------------------------------------------------------------------------
+    if constexpr (COLWISE) {
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          float m = 0.0f;
+#pragma unroll
+          for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
+          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
+          if (half == 0) atomicMax(&colmax[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
+        }
+    }
+    __syncthreads();
+
+    // ---- scales out: column scales (threads 0…255), row scales (threads 256…511) -------------------------------
+    if (COLWISE && tid < HALVES * 128) {
+      const int h = tid >> 7, c = tid & 127;
+      u32* slot = &colmax[h * 132 + silu_colmax_slot(c)];
+      const float sc = block_scale<ROUND>(__uint_as_float(*slot));
+      *slot = 0u;  // ready for the next tile (read again only after two more barriers)
+      colscale[h * 128 + c] = sc;
+      a.qT_scale[static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c] = sc;
+    }
+    if (ROWWISE && tid >= 256 && tid - 256 < HALVES * 128) {
+      const int h = (tid - 256) >> 7, r = tid & 127;
+      if (r < cur.valid)
+        a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
+                  cur.local0 + r] = rscale[h * 128 + r];
+    }
+
+    // ---- transposed blocks: channel c0 + e gets the 4 codes of rows 4·hw … 4·hw+3 ------------------------------
+    if constexpr (COLWISE) {
+      // Slot s of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels 8l + e, slots 2w + half)
+      // write 32 different banks.
+      const bool aligned = cur.seg_rows % 16 == 0;  // qT's base, s_e·W and local0 are 16-byte aligned
+#pragma unroll
+      for (int h = 0; h < HALVES; ++h) {
+        __syncthreads();  // colscale ready (h = 0); codesT free again (h = 1)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const SiluQuant<ROUND> quant(colscale[h * 128 + c0 + e]);
+          codesT[(c0 + e) * 32 + (hw ^ (2 * hl))] =
+              e4m3x4(quant(v[h][0][e]), quant(v[h][1][e]), quant(v[h][2][e]), quant(v[h][3][e]));
+        }
+        __syncthreads();
+        // Warp w writes channels 8w … 8w+7, four per instruction: 8 lanes × 16 bytes cover a channel's 128 tokens.
+#pragma unroll
+        for (int k = 0; k < 2; ++k) {
+          const int n = warp * 8 + k * 4 + (lane >> 3), j = lane & 7;
+          const int f = 2 * (n >> 3);
+          Vec16 c = lds16(codesT + n * 32 + 4 * (j ^ (f >> 2)));
+          if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+          u8* dst = a.qT + static_cast<i64>(cur.seg_start) * W +
+                    static_cast<i64>(h * N + cur.cb * 128 + n) * cur.seg_rows + cur.local0 + j * 16;
+          const int t0 = j * 16;
+          if (aligned && t0 + 16 <= cur.valid) {
+            store16(dst, c);
+          } else {
+            const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+            for (int b = 0; b < 16 && t0 + b < cur.valid; ++b) dst[b] = static_cast<u8>((b < 8 ? lo : hi) >> ((b & 7) * 8));
+          }
+        }
+      }
+    }
+    // The next iteration's writes to rscale / colmax / codesT come after its first barrier, and its cp.async writes
+    // go to a stage whose last reads (the values above) precede this iteration's second barrier.
+    cur = nxt;
+  }
+  silu_cp_async_wait<0>();
+}
+
+}  // namespace kiln

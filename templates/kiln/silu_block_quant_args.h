@@ -1,0 +1,65 @@
+// kiln/silu_block_quant_args.h — kernel argument blocks of the SiLU + block-quant families (shared expert and
+// batched prob-weighted experts), shared by the device templates and the host recipes.
+#pragma once
+
+namespace kiln {
+
+// One tile kernel serves the forward and backward of both families.
+struct SiluBlockQuantArgs {
+  const void* x;          // [M, 2n] bf16: gate = columns [0, n), up = [n, 2n)
+  long long x_stride;     // elements between rows of x
+  const void* g;          // backward: [M, n] bf16 incoming gradient
+  long long g_stride;
+  const float* w;         // batched: [M] fp32 per-row prob weight
+  unsigned char* q;       // forward: y [M, n] e4m3; backward: dx [M, 2n] e4m3 (row-wise 1×128 blocks)
+  float* q_scale;         // row-wise scales: [W/128, M], or per expert [W/128, c_e] at s_e·W/128   (W = n or 2n)
+  unsigned char* qT;      // transposed codes: [W, M], or per expert [W, c_e] at s_e·W
+  float* qT_scale;        // transposed scales: [ceil(M/128), W], or per expert [ceil(c_e/128), W] at b_e·W
+  float* dw_partial;      // batched backward: [n/128, M] fp32, Σ over each tile's 128 columns
+  const int* schedule;    // batched: the schedule kernel's output (see below)
+  int M;                  // rows of x
+  int tiles;              // shared expert: ceil(M/128)·(n/128); batched: unused (read from the schedule)
+};
+
+// Batched families: a one-CTA kernel turns counts [E] into the token-block schedule the tile kernel walks.
+// Layout of `ws` (int32): [0] number of token blocks T, [1] status (0 ok, 1 counts invalid: negative, or not summing
+// to M), [2] Σ counts clamped to int32, [3] index of the first negative count or -1; then from element 4 (16-byte
+// aligned) T entries {s_e, c_e, i, 0}: token block b_e + i is rows [s_e + 128·i, s_e + min(128·(i+1), c_e)).
+struct SiluScheduleArgs {
+  const int* counts;  // [E] int32 (device)
+  int E;
+  int M;
+  int capacity;       // entries the workspace holds: (M + 127·E)/128 + 1 ≥ Σ ceil(c_e/128) for valid counts
+  int* ws;
+  int* status;        // optional [1] int32 copy of ws[1] for the caller (null: none)
+};
+
+// Batched backward: dw[m] = Σ_j dw_partial[j, m] in column-block order (deterministic); NaN when counts were invalid.
+struct SiluDwReduceArgs {
+  const float* partial;  // [n/128, M]
+  const int* ws;         // the schedule (status)
+  float* dw;             // [M] fp32
+  int M;
+};
+
+constexpr int kSiluScheduleThreads = 1024;
+constexpr int kSiluTileThreads = 512;
+constexpr int kSiluMaxN = 32768;  // n ≤ 32768: tile and element indices stay in int32 / int64 as used
+
+// σ table (TABLE = true): σ(a) for every bf16 a with biased exponent in [E0, E0 + NE), both signs (256 entries per
+// exponent), filled once per CTA with the same deterministic σ the kernel computes otherwise. Forward: |a| in
+// [2^-11, 32); backward (less shared memory left): |a| in [2^-9, 32).
+constexpr int silu_table_e0(bool bwd) { return bwd ? 118 : 116; }
+constexpr int silu_table_exponents(bool bwd) { return bwd ? 14 : 16; }
+constexpr int silu_table_bytes(bool bwd) { return silu_table_exponents(bwd) * 256 * 4; }
+
+// Dynamic shared memory of the tile kernel: STAGES input stages (gate, up [, grad] tiles of 128×128 bf16 [, 128 row
+// weights]), the transposed codes of one 128-channel block (16 KiB), column maxima, column scales and row scales per
+// output half, and the σ table.
+constexpr int silu_stage_bytes(bool bwd, bool batched) { return (bwd ? 3 : 2) * 128 * 128 * 2 + (batched ? 512 : 0); }
+constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, bool table) {
+  return stages * silu_stage_bytes(bwd, batched) + 128 * 128 + (bwd ? 2 : 1) * (132 + 128 + 128) * 4 +
+         (table ? silu_table_bytes(bwd) : 0);
+}
+
+}  // namespace kiln

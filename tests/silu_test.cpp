@@ -1,0 +1,460 @@
+// tests/silu_test.cpp — the SiLU + block-quant families on the CPU (runs in CI without a driver): the reference's
+// deterministic sigmoid against double precision over every bf16 input, the forward/backward value formulas against
+// double math and finite differences, the per-expert segmented layout, NVRTC compilation of the specializations the
+// presets do not enumerate, and every argument check of the four ops (typed errors naming the argument).
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <bit>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+#include "kiln/ops/silu.hpp"
+#include "kiln/silu_block_quant_args.h"
+#include "reference/silu.hpp"
+#include "runtime/family.hpp"
+#include "runtime/registry.hpp"
+#include "test_util.hpp"
+
+namespace kiln::test {
+namespace {
+
+constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+double sigmoid_exact(double a) { return a >= 0 ? 1.0 / (1.0 + std::exp(-a)) : std::exp(a) / (1.0 + std::exp(a)); }
+
+// ---- the deterministic sigmoid ----------------------------------------------------------------------------------
+
+// Every finite bf16 gate value (the kernels' whole input domain): within 3 fp32 ulps (relative 3·2^-24) of the exact
+// sigmoid where it is a normal float; exactly 0.5 at 0; monotone.
+TEST(SiluReference, SigmoidOverEveryBf16) {
+  double worst = 0;
+  float worst_at = 0;
+  for (uint32_t b = 0; b < 0x10000; ++b) {
+    const float a = bf16_to_float(static_cast<uint16_t>(b));
+    if (!std::isfinite(a)) continue;
+    const float s = ref::silu_sigmoid(a);
+    const double want = sigmoid_exact(a);
+    ASSERT_TRUE(s >= 0.0f && s <= 1.0f) << a;
+    if (a < -87.0f) {  // exp(−|a|) flushed to 0: σ = 0 where the exact value is below 1.7e-38
+      EXPECT_EQ(s, 0.0f) << a;
+      continue;
+    }
+    const double rel = std::fabs(s - want) / want;
+    if (rel > worst) {
+      worst = rel;
+      worst_at = a;
+    }
+  }
+  EXPECT_LE(worst, 3.0 * std::ldexp(1.0, -24)) << "at a = " << worst_at;
+  EXPECT_EQ(ref::silu_sigmoid(0.0f), 0.5f);
+  EXPECT_EQ(ref::silu_sigmoid(-0.0f), 0.5f);
+  float prev = 0.0f;
+  for (float a = -100.0f; a <= 100.0f; a += 0.03125f) {
+    const float s = ref::silu_sigmoid(a);
+    EXPECT_GE(s, prev) << a;
+    prev = s;
+  }
+}
+
+TEST(SiluReference, SigmoidSpecialValues) {
+  EXPECT_EQ(ref::silu_sigmoid(kInf), 1.0f);
+  EXPECT_EQ(ref::silu_sigmoid(-kInf), 0.0f);
+  EXPECT_EQ(ref::silu_sigmoid(1e30f), 1.0f);
+  EXPECT_EQ(ref::silu_sigmoid(-1e30f), 0.0f);
+  EXPECT_EQ(ref::silu_sigmoid(100.0f), 1.0f);
+  // NaN: σ = 0, and a·σ = NaN carries the NaN into y and dx.
+  EXPECT_TRUE(std::isnan(kNaN * ref::silu_sigmoid(kNaN)));
+  // exp(−|a|) is exact at 0 and within 2 ulps elsewhere in range.
+  EXPECT_EQ(ref::silu_exp_neg_abs(0.0f), 1.0f);
+  for (float a : {0.5f, 1.0f, 3.0f, 10.0f, 40.0f, 86.9f}) {
+    const double want = std::exp(-static_cast<double>(a));
+    EXPECT_NEAR(ref::silu_exp_neg_abs(a), want, want * 2.5 * std::ldexp(1.0, -24)) << a;
+  }
+}
+
+// The kernels' σ table (templates/kiln/silu_block_quant.cuh: fill and lookup, transcribed): every bf16 value it
+// covers looks up exactly the σ computed for it, and it covers the documented exponent range.
+TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
+  for (bool bwd : {false, true}) {
+    const uint32_t E0 = silu_table_e0(bwd), SPAN = silu_table_exponents(bwd) * 128;
+    ASSERT_EQ(silu_table_bytes(bwd), static_cast<int>(2 * SPAN * 4));
+    std::vector<float> table(2 * SPAN);
+    for (uint32_t i = 0; i < 2 * SPAN; ++i) {
+      const uint32_t b = (i >= SPAN ? 0x8000u : 0u) | ((E0 << 7) + i % SPAN);
+      table[i] = ref::silu_sigmoid(bf16_to_float(static_cast<uint16_t>(b)));
+    }
+    int64_t covered = 0;
+    for (uint32_t b = 0; b < 0x10000; ++b) {
+      const float a = bf16_to_float(static_cast<uint16_t>(b));
+      const uint32_t off = (b & 0x7fffu) - (E0 << 7);
+      if (off >= SPAN) continue;
+      ++covered;
+      const float looked_up = table[off + ((b & 0x8000u) ? SPAN : 0u)];
+      ASSERT_EQ(std::bit_cast<uint32_t>(looked_up), std::bit_cast<uint32_t>(ref::silu_sigmoid(a))) << a;
+      ASSERT_GE(std::fabs(a), std::ldexp(1.0f, static_cast<int>(E0) - 127));
+      ASSERT_LT(std::fabs(a), 32.0f);
+    }
+    EXPECT_EQ(covered, 2 * static_cast<int64_t>(SPAN));
+  }
+}
+
+// ---- value formulas -----------------------------------------------------------------------------------------------
+
+struct Data {
+  int64_t M, n;
+  std::vector<float> x, g, prob;
+};
+Data random_data(int64_t M, int64_t n, uint64_t seed) {
+  Data d{M, n, randn(M * 2 * n, mix_seed({seed, 1}), 2.0f), randn(M * n, mix_seed({seed, 2})), {}};
+  round_to(DType::bf16, d.x);
+  round_to(DType::bf16, d.g);
+  d.prob = randn(M, mix_seed({seed, 3}), 0.3f, 0.5f);
+  return d;
+}
+
+TEST(SiluReference, ForwardValuesMatchDoubleMath) {
+  const Data d = random_data(64, 256, 11);
+  for (bool weighted : {false, true}) {
+    const std::vector<float> y =
+        ref::silu_fwd_values(d.x, d.M, d.n, weighted ? std::span<const float>(d.prob) : std::span<const float>{});
+    for (int64_t m = 0; m < d.M; ++m)
+      for (int64_t k = 0; k < d.n; ++k) {
+        const double a = d.x[m * 2 * d.n + k], b = d.x[m * 2 * d.n + d.n + k];
+        const double want = a * sigmoid_exact(a) * b * (weighted ? d.prob[m] : 1.0);
+        ASSERT_NEAR(y[m * d.n + k], want, 8e-7 * std::fabs(want) + 1e-30) << m << "," << k;
+      }
+  }
+}
+
+// The backward formula is the derivative of the forward: checked against central differences in double, and the
+// fp32 reference against the double formula.
+TEST(SiluReference, BackwardValuesAreTheGradient) {
+  const Data d = random_data(32, 128, 12);
+  const ref::SiluGrads gr = ref::silu_bwd_values(d.g, d.x, d.M, d.n, d.prob);
+  auto f = [](double a, double b) { return a * sigmoid_exact(a) * b; };
+  for (int64_t m = 0; m < d.M; ++m) {
+    double dprob = 0;
+    for (int64_t k = 0; k < d.n; ++k) {
+      const double a = d.x[m * 2 * d.n + k], b = d.x[m * 2 * d.n + d.n + k], g = d.g[m * d.n + k], w = d.prob[m];
+      const double h = 1e-5;
+      const double da = g * w * (f(a + h, b) - f(a - h, b)) / (2 * h);
+      const double db = g * w * (f(a, b + h) - f(a, b - h)) / (2 * h);
+      ASSERT_NEAR(gr.dx[m * 2 * d.n + k], da, 1e-5 * (1 + std::fabs(da))) << m << "," << k;
+      ASSERT_NEAR(gr.dx[m * 2 * d.n + d.n + k], db, 1e-5 * (1 + std::fabs(db))) << m << "," << k;
+      dprob += g * f(a, b);
+    }
+    EXPECT_NEAR(gr.dprob[m], dprob, 1e-5 * (1 + std::fabs(dprob))) << m;
+  }
+}
+
+// ---- segmented layout -------------------------------------------------------------------------------------------
+
+TEST(SiluReference, SegmentedLayoutIsPerExpertStandalone) {
+  const int64_t W = 256;
+  const std::vector<int> counts = {130, 0, 1, 128, 0, 77};
+  int64_t M = 0;
+  for (int c : counts) M += c;
+  std::vector<float> y = randn(M * W, 21);
+  std::fill_n(y.begin() + 131 * W, 128 * W, 0.0f);  // expert 3 all zero: scales 1e-30
+  const ref::QuantOutputs seg = ref::quantize_segmented(y, counts, W, true, true, true);
+  EXPECT_EQ(ref::token_blocks(counts), 2 + 1 + 1 + 1);
+  ASSERT_EQ(seg.qT_scale.size(), static_cast<size_t>(5 * W));
+  int64_t s = 0, b = 0;
+  for (int c : counts) {
+    const ref::QuantOutputs e =
+        ref::quantize_plain(std::span<const float>(y).subspan(s * W, c * W), c, W, true, true, true);
+    for (size_t i = 0; i < e.q_scale.size(); ++i) ASSERT_EQ(seg.q_scale[s * W / 128 + i], e.q_scale[i]);
+    for (size_t i = 0; i < e.qT.size(); ++i) ASSERT_EQ(seg.qT[s * W + i], e.qT[i]);
+    for (size_t i = 0; i < e.qT_scale.size(); ++i) ASSERT_EQ(seg.qT_scale[b * W + i], e.qT_scale[i]);
+    s += c;
+    b += (c + 127) / 128;
+  }
+  EXPECT_EQ(seg.qT_scale[3 * W], std::ldexp(1.0f, -99));  // expert 3's first token block (zero): 2^-99
+  // One expert is the plain layout.
+  const std::vector<int> one = {static_cast<int>(M)};
+  const ref::QuantOutputs a = ref::quantize_segmented(y, one, W, false, true, true);
+  const ref::QuantOutputs p = ref::quantize_plain(y, M, W, false, true, true);
+  EXPECT_TRUE(bitwise_equal("q", a.q, p.q));
+  EXPECT_TRUE(bitwise_equal("q_scale", a.q_scale, p.q_scale));
+  EXPECT_TRUE(bitwise_equal("qT", a.qT, p.qT));
+  EXPECT_TRUE(bitwise_equal("qT_scale", a.qT_scale, p.qT_scale));
+}
+
+TEST(SiluReference, MaxTokenBlocksBoundsEveryValidSplit) {
+  for (int64_t E : {1, 7, 32, 256}) {
+    for (uint64_t seed = 0; seed < 20; ++seed) {
+      std::vector<int> counts(static_cast<size_t>(E));
+      int64_t M = 0;
+      uint64_t r = mix_seed({seed, static_cast<uint64_t>(E)});
+      for (auto& c : counts) {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        c = static_cast<int>((r >> 33) % 300);
+        M += c;
+      }
+      EXPECT_LE(ref::token_blocks(counts), batch_weighted_silu_max_token_blocks(M, E));
+    }
+    // The worst case: every expert one row past a multiple of 128.
+    std::vector<int> counts(static_cast<size_t>(E), 129);
+    EXPECT_LE(ref::token_blocks(counts), batch_weighted_silu_max_token_blocks(129 * E, E));
+  }
+}
+
+// ---- NVRTC: specializations outside the presets' enumeration (modes 0 and 1, one stage) -------------------------
+
+TEST(SiluCompile, OutputModesAndStagesCompile) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  detail::Counters counters;
+  for (const char* fam : {"silu_block_quant", "batch_weighted_silu_block_quant"}) {
+    const detail::FamilyDef* f = detail::find_family(fam);
+    ASSERT_NE(f, nullptr) << fam;
+    for (int mode : {0, 1}) {
+      detail::Specialization s;
+      s.family = f;
+      s.arch = detail::Arch::parse("sm_90a");
+      s.kernel = 0;  // fwd
+      s.params[0] = 128;
+      s.params[1] = mode;
+      s.params[2] = mode;  // round_scale 0 with mode 0, 1 with mode 1
+      s.config[0] = mode == 0 ? 1 : 2;  // the search space's non-default points: one stage; σ computed
+      s.config[1] = mode == 0 ? 1 : 0;
+      EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
+      EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << fam << " " << s.describe();
+    }
+  }
+}
+
+// ---- argument checks ----------------------------------------------------------------------------------------------
+
+void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
+
+RuntimeOptions cpu_options() {
+  RuntimeOptions o;
+  o.memory_only = true;
+  return o;
+}
+
+#define EXPECT_REACHES_DEVICE(stmt)                                                                       \
+  do {                                                                                                  \
+    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
+    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                           \
+  } while (0)
+
+SiluBlockQuantOutputs plain_outputs(int64_t M, int64_t W) {
+  SiluBlockQuantOutputs o;
+  o.q = TensorRef::contiguous(fake(2), DType::e4m3, {M, W});
+  o.q_scale = TensorRef::contiguous(fake(3), DType::f32, {W / 128, M});
+  o.qT = TensorRef::contiguous(fake(4), DType::e4m3, {W, M});
+  o.qT_scale = TensorRef::contiguous(fake(5), DType::f32, {(M + 127) / 128, W});
+  return o;
+}
+
+class SiluErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t M = 300, n = 512;
+  void fwd() { silu_block_quant_fwd(rt, x, out, opts, nullptr); }
+  void bwd() { silu_block_quant_bwd(rt, g, x, dx, false, nullptr); }
+  Runtime rt{cpu_options()};
+  TensorRef x = TensorRef::contiguous(fake(0), DType::bf16, {M, 2 * n});
+  TensorRef g = TensorRef::contiguous(fake(1), DType::bf16, {M, n});
+  SiluBlockQuantOutputs out = plain_outputs(M, n);
+  SiluBlockQuantOutputs dx = plain_outputs(M, 2 * n);
+  SiluBlockQuantOptions opts;
+};
+
+TEST_F(SiluErrors, ValidCallsReachTheDevice) {
+  EXPECT_REACHES_DEVICE(fwd());
+  EXPECT_REACHES_DEVICE(bwd());
+  opts.output_mode = 0;
+  out.qT = {};
+  out.qT_scale = {};
+  EXPECT_REACHES_DEVICE(fwd());
+}
+
+TEST_F(SiluErrors, EmptyInputLaunchesNothing) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {0, 2 * n});
+  g = TensorRef::contiguous(fake(1), DType::bf16, {0, n});
+  out = plain_outputs(0, n);
+  dx = plain_outputs(0, 2 * n);
+  EXPECT_NO_THROW(fwd());
+  EXPECT_NO_THROW(bwd());
+}
+
+TEST_F(SiluErrors, NNotAMultipleOf128) {
+  for (int64_t bad : {64, 200, 1000}) {
+    x = TensorRef::contiguous(fake(0), DType::bf16, {M, 2 * bad});
+    EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+    EXPECT_THROW_NAMING(bwd(), "x", ShapeMismatchError);
+  }
+  x = TensorRef::contiguous(fake(0), DType::bf16, {M, 2 * n + 8});  // odd split
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+}
+
+TEST_F(SiluErrors, WrongDtypes) {
+  for (DType d : {DType::f32, DType::f16, DType::e4m3}) {
+    x.dtype = d;
+    EXPECT_THROW_NAMING(fwd(), "x", UnsupportedDtypeError);
+    EXPECT_THROW_NAMING(bwd(), "x", UnsupportedDtypeError);
+  }
+  x.dtype = DType::bf16;
+  g.dtype = DType::f32;
+  EXPECT_THROW_NAMING(bwd(), "g", UnsupportedDtypeError);
+  out.q.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(fwd(), "q", UnsupportedDtypeError);
+  out = plain_outputs(M, n);
+  out.qT_scale.dtype = DType::bf16;
+  EXPECT_THROW_NAMING(fwd(), "qT_scale", UnsupportedDtypeError);
+}
+
+TEST_F(SiluErrors, WrongShapes) {
+  g = TensorRef::contiguous(fake(1), DType::bf16, {M, 2 * n});
+  EXPECT_THROW_NAMING(bwd(), "g", ShapeMismatchError);
+  g = TensorRef::contiguous(fake(1), DType::bf16, {M + 1, n});
+  EXPECT_THROW_NAMING(bwd(), "g", ShapeMismatchError);
+  out.q_scale = TensorRef::contiguous(fake(3), DType::f32, {M, n / 128});  // token-major: not the §2 layout
+  EXPECT_THROW_NAMING(fwd(), "q_scale", ShapeMismatchError);
+  out = plain_outputs(M, n);
+  out.qT = TensorRef::contiguous(fake(4), DType::e4m3, {M, n});
+  EXPECT_THROW_NAMING(fwd(), "qT", ShapeMismatchError);
+  out = plain_outputs(M, n);
+  out.qT_scale = TensorRef::contiguous(fake(5), DType::f32, {M / 128, n});  // floor instead of ceil
+  EXPECT_THROW_NAMING(fwd(), "qT_scale", ShapeMismatchError);
+  g = TensorRef::contiguous(fake(1), DType::bf16, {M, n});
+  dx = plain_outputs(M, n);  // the backward's outputs are 2n wide
+  EXPECT_THROW_NAMING(bwd(), "q", ShapeMismatchError);
+}
+
+TEST_F(SiluErrors, OutputModeAndMissingOutputs) {
+  opts.output_mode = 3;
+  EXPECT_THROW_NAMING(fwd(), "output_mode", InvalidArgument);
+  opts.output_mode = 1;
+  out.qT = {};
+  EXPECT_THROW_NAMING(fwd(), "qT", ShapeMismatchError, InvalidArgument, UnsupportedDtypeError);
+  dx = plain_outputs(M, 2 * n);
+  dx.q_scale = {};
+  EXPECT_THROW_NAMING(bwd(), "q_scale", ShapeMismatchError, InvalidArgument, UnsupportedDtypeError);
+}
+
+TEST_F(SiluErrors, MisalignedRows) {
+  x = TensorRef::strided_2d(fake(0), DType::bf16, M, 2 * n, 2 * n + 1);
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError, InvalidArgument);
+  x = TensorRef::contiguous(static_cast<char*>(fake(0)) + 2, DType::bf16, {M, 2 * n});
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+}
+
+class BatchSiluErrors : public ::testing::Test {
+ protected:
+  static constexpr int64_t M = 1000, n = 256, E = 7;
+  static SiluBlockQuantOutputs seg_outputs(int64_t m, int64_t W, int64_t e) {
+    SiluBlockQuantOutputs o;
+    o.q = TensorRef::contiguous(fake(2), DType::e4m3, {m, W});
+    o.q_scale = TensorRef::contiguous(fake(3), DType::f32, {m * W / 128});
+    o.qT = TensorRef::contiguous(fake(4), DType::e4m3, {m * W});
+    o.qT_scale =
+        TensorRef::contiguous(fake(5), DType::f32, {batch_weighted_silu_max_token_blocks(m, e) * W});
+    return o;
+  }
+  void fwd() { batch_weighted_silu_block_quant_fwd(rt, x, prob, counts, out, status, opts, nullptr); }
+  void bwd() { batch_weighted_silu_block_quant_bwd(rt, g, x, prob, counts, dx, dprob, status, opts, nullptr); }
+  Runtime rt{cpu_options()};
+  TensorRef x = TensorRef::contiguous(fake(0), DType::bf16, {M, 2 * n});
+  TensorRef g = TensorRef::contiguous(fake(1), DType::bf16, {M, n});
+  TensorRef prob = TensorRef::contiguous(fake(6), DType::f32, {M});
+  TensorRef counts = TensorRef::contiguous(fake(7), DType::i32, {E});
+  TensorRef dprob = TensorRef::contiguous(fake(8), DType::f32, {M});
+  TensorRef status;
+  SiluBlockQuantOutputs out = seg_outputs(M, n, E);
+  SiluBlockQuantOutputs dx = seg_outputs(M, 2 * n, E);
+  BatchSiluOptions opts;
+};
+
+TEST_F(BatchSiluErrors, ValidCallsReachTheDevice) {
+  EXPECT_REACHES_DEVICE(fwd());
+  EXPECT_REACHES_DEVICE(bwd());
+  prob = TensorRef::contiguous(fake(6), DType::f32, {M, 1});  // [M, 1] as linghe passes it
+  status = TensorRef::contiguous(fake(9), DType::i32, {1});
+  EXPECT_REACHES_DEVICE(fwd());
+  // M = 0 still validates the counts on the device when a status is requested.
+  x = TensorRef::contiguous(fake(0), DType::bf16, {0, 2 * n});
+  prob = TensorRef::contiguous(fake(6), DType::f32, {0});
+  out = seg_outputs(0, n, E);
+  EXPECT_REACHES_DEVICE(fwd());
+}
+
+TEST_F(BatchSiluErrors, EmptyInputWithoutStatusLaunchesNothing) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {0, 2 * n});
+  g = TensorRef::contiguous(fake(1), DType::bf16, {0, n});
+  prob = TensorRef::contiguous(fake(6), DType::f32, {0});
+  dprob = TensorRef::contiguous(fake(8), DType::f32, {0});
+  out = seg_outputs(0, n, E);
+  dx = seg_outputs(0, 2 * n, E);
+  EXPECT_NO_THROW(fwd());
+  EXPECT_NO_THROW(bwd());
+}
+
+TEST_F(BatchSiluErrors, ProbOfWrongLengthOrDtype) {
+  prob = TensorRef::contiguous(fake(6), DType::f32, {M - 1});
+  EXPECT_THROW_NAMING(fwd(), "prob", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "prob", ShapeMismatchError);
+  prob = TensorRef::contiguous(fake(6), DType::f32, {M, 2});
+  EXPECT_THROW_NAMING(fwd(), "prob", ShapeMismatchError);
+  prob = TensorRef::contiguous(fake(6), DType::bf16, {M});
+  EXPECT_THROW_NAMING(fwd(), "prob", UnsupportedDtypeError);
+}
+
+TEST_F(BatchSiluErrors, CountsOfWrongDtypeOrShape) {
+  counts.dtype = DType::f32;
+  EXPECT_THROW_NAMING(fwd(), "counts", UnsupportedDtypeError);
+  counts = TensorRef::contiguous(fake(7), DType::i32, {0});
+  EXPECT_THROW_NAMING(fwd(), "counts", ShapeMismatchError);
+  counts = TensorRef::contiguous(fake(7), DType::i32, {E, 2});
+  EXPECT_THROW_NAMING(bwd(), "counts", ShapeMismatchError);
+  counts = TensorRef::contiguous(nullptr, DType::i32, {E});
+  EXPECT_THROW_NAMING(fwd(), "counts", InvalidArgument);
+}
+
+TEST_F(BatchSiluErrors, NNotAMultipleOf128) {
+  x = TensorRef::contiguous(fake(0), DType::bf16, {M, 2 * 200});
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "x", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::f16, {M, 2 * n});
+  EXPECT_THROW_NAMING(fwd(), "x", UnsupportedDtypeError);
+}
+
+TEST_F(BatchSiluErrors, SegmentedOutputsOfWrongShape) {
+  out.q_scale = TensorRef::contiguous(fake(3), DType::f32, {n / 128, M});  // flat, not 2-D
+  EXPECT_THROW_NAMING(fwd(), "q_scale", ShapeMismatchError);
+  out = seg_outputs(M, n, E);
+  out.qT = TensorRef::contiguous(fake(4), DType::e4m3, {n, M});
+  EXPECT_THROW_NAMING(fwd(), "qT", ShapeMismatchError);
+  out = seg_outputs(M, n, E);
+  out.qT_scale = TensorRef::contiguous(fake(5), DType::f32, {10 * n + 1});
+  EXPECT_THROW_NAMING(fwd(), "qT_scale", ShapeMismatchError);
+  dx.q = TensorRef::contiguous(fake(2), DType::e4m3, {M, n});
+  EXPECT_THROW_NAMING(bwd(), "q", ShapeMismatchError);
+}
+
+TEST_F(BatchSiluErrors, GradAndDprob) {
+  g = TensorRef::contiguous(fake(1), DType::bf16, {M, 2 * n});
+  EXPECT_THROW_NAMING(bwd(), "g", ShapeMismatchError);
+  g = TensorRef::contiguous(fake(1), DType::bf16, {M, n});
+  dprob = TensorRef::contiguous(fake(8), DType::f32, {M + 1});
+  EXPECT_THROW_NAMING(bwd(), "dprob", ShapeMismatchError);
+  dprob = TensorRef::contiguous(fake(8), DType::bf16, {M});
+  EXPECT_THROW_NAMING(bwd(), "dprob", UnsupportedDtypeError);
+}
+
+TEST_F(BatchSiluErrors, StatusAndOptions) {
+  status = TensorRef::contiguous(fake(9), DType::f32, {1});
+  EXPECT_THROW_NAMING(fwd(), "status", UnsupportedDtypeError);
+  status = TensorRef::contiguous(fake(9), DType::i32, {2});
+  EXPECT_THROW_NAMING(fwd(), "status", ShapeMismatchError);
+  status = {};
+  opts.output_mode = -1;
+  EXPECT_THROW_NAMING(fwd(), "output_mode", InvalidArgument);
+}
+
+}  // namespace
+}  // namespace kiln::test
