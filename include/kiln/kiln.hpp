@@ -4,6 +4,7 @@
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
 #include "kiln/ops/rms_norm.hpp"
+#include "kiln/ops/softmax_cross_entropy.hpp"
 #include "kiln/runtime.hpp"
 #include "kiln/tensor.hpp"
 #include "kiln/version.hpp"
