@@ -60,5 +60,42 @@ def ce_rows():
     return rows
 
 
+def uniform_list():
+    return [4096 * 8192] * 32
+
+
+def ep_list():  # as ops/bench/batch_reduce.cpp: 1423 fp32 tensors, 11.5 GB
+    v = []
+    for _ in range(20):
+        v += [2048, 2048, 128, 128, 3072 * 2048, 2048 * 2048, 256 * 2048, 1024 * 2048, 2048 * 512]
+        v += [1024 * 2048, 2048 * 512] * 31
+    return v + [157184 * 2048, 2048, 157184 * 2048]
+
+
+def reduce_rows():
+    rows = []
+
+    def sq_sum(xs):  # Σx² over the list, as clip_grad_norm_ forms it
+        return torch.stack(torch._foreach_norm(xs, 2)).pow(2).sum()
+
+    def count_zero(xs):
+        return sum((x == 0).sum() for x in xs)
+
+    for name, sizes in (("32x4096x8192 fp32", uniform_list()), ("ep-list 1423 fp32 11.4GB", ep_list())):
+        flat = torch.randn(sum((n + 63) // 64 * 64 for n in sizes), device="cuda") * 1e-3
+        xs, off = [], 0
+        for n in sizes:
+            xs.append(flat[off:off + n])
+            off += (n + 63) // 64 * 64
+        cs, cz = torch.compile(sq_sum), torch.compile(count_zero)
+        rows.append(dict(op="batch_sum_with_ord", shape=f"{name} ord=2", eager_us=time_us(lambda: sq_sum(xs)),
+                         compile_us=time_us(lambda: cs(xs))))
+        rows.append(dict(op="batch_count_zero", shape=name, eager_us=time_us(lambda: count_zero(xs)),
+                         compile_us=time_us(lambda: cz(xs))))
+        del xs, flat
+        torch.cuda.empty_cache()
+    return rows
+
+
 def cases():
-    return ce_rows()
+    return ce_rows() + reduce_rows()
