@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -133,20 +135,39 @@ Specialization make(Arch arch, uint32_t kernel, int64_t V, DType t, DType label,
   return s;
 }
 
+// KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>" replace the heuristic where valid (a measurement
+// knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it).
+void env_override(const char* var, Specialization& s) {
+  const char* v = std::getenv(var);
+  if (!v) return;
+  int split = 0, threads = 0;
+  if (std::sscanf(v, "%dx%d", &split, &threads) != 2) return;
+  if (split < 1 || split > 16 || (threads != 128 && threads != 256 && threads != 512 && threads != 1024)) return;
+  if (s.kernel != kBwd && split > max_cluster(s.arch)) return;
+  Specialization o = s;
+  o.config[C_SPLIT] = split;
+  o.config[C_THREADS] = threads;
+  if (s.kernel == kFused && (s.config[C_SPLIT] == 0 || smem_bytes(o) > kSmemBudget)) return;
+  s = o;
+}
+
 Specialization fwd_spec(Arch arch, int64_t V, DType t, DType label, bool smooth) {
   Specialization s = make(arch, kFwd, V, t, label, smooth);
   fwd_default(arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  env_override("KILN_CE_FWD", s);
   return s;
 }
 Specialization fused_spec(Arch arch, int64_t V, DType t, DType label, bool smooth) {
   Specialization s = make(arch, kFused, V, t, label, smooth);
   fused_default(arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  env_override("KILN_CE_FUSED", s);
   return s;
 }
 Specialization bwd_spec(Arch arch, int64_t V, DType t, DType label, DType grad, bool smooth) {
   Specialization s = make(arch, kBwd, V, t, label, smooth);
   s.params[P_GRAD] = static_cast<int64_t>(grad);
   bwd_default(V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  env_override("KILN_CE_BWD", s);
   return s;
 }
 Specialization merge_spec(Arch arch, DType label, bool smooth) { return make(arch, kMerge, 0, DType::f32, label, smooth); }
@@ -358,11 +379,12 @@ float* f32(const TensorRef& t) { return static_cast<float*>(t.data); }
 // reduction's per-row gradient, and the fallback's statistics. The label check happens in finish().
 class CallScratch {
  public:
-  CallScratch(Runtime::Impl& impl, const Check& ck, Stream stream, const CrossEntropyOptions& o, int64_t stat_rows)
+  CallScratch(Runtime::Impl& impl, const Check& ck, Stream stream, const CrossEntropyOptions& o, int64_t stat_rows,
+              bool need_scale = false)
       : impl_(impl), ck_(ck), stream_(stream) {
     own_flag_ = !o.bad_label_row.defined();
-    const size_t bytes = 16 + static_cast<size_t>(stat_rows) * 8;
-    base_ = impl.alloc_async(bytes, stream);
+    if (own_flag_ || need_scale || stat_rows > 0)
+      base_ = impl.alloc_async(16 + static_cast<size_t>(stat_rows) * 8, stream);
     flag_ = own_flag_ ? reinterpret_cast<int*>(base_) : static_cast<int*>(o.bad_label_row.data);
     check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(flag_), 0x7fffffffu, 1,
                                     reinterpret_cast<CUstream>(stream)),
@@ -376,7 +398,7 @@ class CallScratch {
       }
   }
   int* flag() const { return flag_; }
-  float* scale() const { return reinterpret_cast<float*>(base_ + 4); }
+  float* scale() const { return base_ ? reinterpret_cast<float*>(base_ + 4) : nullptr; }
   float* row_max() const { return reinterpret_cast<float*>(base_ + 16); }
   float* sum_exp() const { return row_max() + stat_rows_; }
 
@@ -391,7 +413,7 @@ class CallScratch {
       check(d.cuStreamSynchronize(s), "cuStreamSynchronize (label check)");
     }
     base_ = 0;
-    impl_.free_async(base, stream_);
+    if (base) impl_.free_async(base, stream_);
     if (bad >= M) return;
     int64_t value = 0;
     const size_t eb = dtype_size(labels.dtype);
@@ -567,8 +589,8 @@ void softmax_cross_entropy_fused(Runtime& rt, const TensorRef& logits, const Ten
   const Specialization s = impl.tuned(fused_spec(impl.target_arch(), x.V, x.dtype, labels.dtype, smooth), x.M);
   const bool single_pass = s.config[C_SPLIT] > 0;
   const bool keep_stats = fused.row_max.defined();
-  CallScratch scratch(impl, ck, stream, opts, single_pass || keep_stats ? 0 : x.M);
   const bool mean = fused.reduction == LossReduction::mean;
+  CallScratch scratch(impl, ck, stream, opts, single_pass || keep_stats ? 0 : x.M, mean);
   CeBatchArgs b{labels.data, f32(loss), scratch.flag(), scratch.scale(), f32(fused.loss_total), nullptr, fused.scale,
                 opts.ignore_index, v.total, static_cast<int>(x.M)};
   if (mean) launch_batch(impl, labels, 0, b, stream);  // scale() = scale / N_valid

@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <fstream>
+#include <regex>
 #include <string>
 
 #include "kiln/kiln.hpp"
@@ -27,7 +28,9 @@ TEST(Runtime, RequirePrewarmedTurnsAMissIntoACacheErrorNamingTheSpecialization) 
     const std::string what = e.what();
     EXPECT_NE(what.find("KILN_REQUIRE_PREWARMED"), std::string::npos) << what;
     EXPECT_NE(what.find("sm_90a"), std::string::npos) << what;
-    EXPECT_NE(what.find("N=2048"), std::string::npos) << what;  // the specialization's parameters
+    // The specialization's parameters and config ("<family> [<params> | <config>]"); which specialization is
+    // missed first depends on the registration order of the families, so any is accepted.
+    EXPECT_TRUE(std::regex_search(what, std::regex(R"(\[[^\]]*=[^\]]*\|[^\]]*\])"))) << what;
   }
   EXPECT_EQ(rt.stats().compiles, 0u);
 
@@ -65,8 +68,12 @@ TEST(Runtime, UnwritableCacheDirDegradesToMemoryOnlyWithOneWarning) {
   EXPECT_EQ(rt.cache_dir(), "");
   ASSERT_FALSE(entries.empty());
   for (const auto& e : entries) EXPECT_EQ(e.status, "compiled");
+  // One warning about the cache; slow-compile notices ("taking more than 1 s") depend on the machine's load.
   size_t warnings = 0;
-  for (size_t at = 0; (at = err.find("kiln: warn:", at)) != std::string::npos; ++at) ++warnings;
+  for (size_t at = 0; (at = err.find("kiln: warn:", at)) != std::string::npos; ++at)
+    if (err.compare(err.find_first_not_of(' ', at + 11), 10, "compiling ") != 0 ||
+        err.find("taking more than", at) > err.find('\n', at))
+      ++warnings;
   EXPECT_EQ(warnings, 1u) << err;
   EXPECT_NE(err.find("memory only"), std::string::npos) << err;
 }
