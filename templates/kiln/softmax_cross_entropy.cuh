@@ -42,16 +42,23 @@ __device__ __forceinline__ float exp_approx(float x) {
   return y;
 }
 
-// Running statistics of a set of logits: max m, s = Σ exp(z − m), z = Σ z (label smoothing only).
+// Running statistics of a set of logits: max m, s = Σ exp(z − m), and for label smoothing zs = Σ (z − m) over the c
+// elements seen (kept relative to the running max, so rows of large-magnitude logits lose nothing to cancellation).
 struct Stat {
-  float m, s, z;
+  float m, s, zs, c;
 };
-__device__ __forceinline__ Stat stat_identity() { return Stat{kLowest, 0.f, 0.f}; }
+__device__ __forceinline__ Stat stat_identity() { return Stat{kLowest, 0.f, 0.f, 0.f}; }
+
+// Σ(z − m_old) → Σ(z − m_new) over c elements.
+__device__ __forceinline__ float shift(float zs, float c, float m_old, float m_new) {
+  return c != 0.f ? zs + c * (m_old - m_new) : zs;
+}
 
 // Commutative merge (a ⊕ b == b ⊕ a bit for bit), so butterflies leave every lane with the same value.
 __device__ __forceinline__ Stat merge(const Stat& a, const Stat& b) {
   const float m = fmaxf(a.m, b.m);
-  return Stat{m, a.s * exp_approx(a.m - m) + b.s * exp_approx(b.m - m), a.z + b.z};
+  return Stat{m, a.s * exp_approx(a.m - m) + b.s * exp_approx(b.m - m),
+              shift(a.zs, a.c, a.m, m) + shift(b.zs, b.c, b.m, m), a.c + b.c};
 }
 
 // Absorbs n ≤ U chunks (the first n of v) of element type T: one max over the group, one rescale, then the terms.
@@ -65,21 +72,36 @@ __device__ __forceinline__ void absorb(Stat& st, const Vec16 (&v)[U], int n) {
 #pragma unroll
       for (int e = 0; e < E; ++e) gm = fmaxf(gm, vec_get<T>(v[u], e));
   const float m = fmaxf(st.m, gm);
-  float s = st.s * exp_approx(st.m - m), z = st.z;
+  float s = st.s * exp_approx(st.m - m), zs = 0.f;
 #pragma unroll
   for (int u = 0; u < U; ++u)
     if (u < n)
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        const float x = vec_get<T>(v[u], e);
-        s += exp_approx(x - m);
-        if constexpr (SMOOTH) z += x;
+        const float d = vec_get<T>(v[u], e) - m;
+        s += exp_approx(d);
+        if constexpr (SMOOTH) zs += d;
       }
-  st = Stat{m, s, z};
+  if constexpr (SMOOTH) {
+    st = Stat{m, s, shift(st.zs, st.c, st.m, m) + zs, st.c + static_cast<float>(n * E)};
+  } else {
+    st.m = m;
+    st.s = s;
+  }
 }
 __device__ __forceinline__ void absorb1(Stat& st, float x, bool smooth) {
   const float m = fmaxf(st.m, x);
-  st = Stat{m, st.s * exp_approx(st.m - m) + exp_approx(x - m), smooth ? st.z + x : st.z};
+  st.s = st.s * exp_approx(st.m - m) + exp_approx(x - m);
+  if (smooth) {
+    st.zs = shift(st.zs, st.c, st.m, m) + (x - m);
+    st.c += 1.f;
+  }
+  st.m = m;
+}
+
+__device__ __forceinline__ Stat shfl_stat(const Stat& st, int o) {
+  return Stat{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o),
+              __shfl_xor_sync(0xffffffffu, st.zs, o), __shfl_xor_sync(0xffffffffu, st.c, o)};
 }
 
 // Block-wide merge (fixed order: butterfly within warps, then warps 0..W−1 by warp 0). Every thread of warp 0 returns
@@ -87,25 +109,22 @@ __device__ __forceinline__ void absorb1(Stat& st, float x, bool smooth) {
 template <int THREADS>
 __device__ __forceinline__ Stat block_merge(Stat st, Stat* red) {
 #pragma unroll
-  for (int o = 16; o > 0; o >>= 1)
-    st = merge(st, Stat{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o),
-                        __shfl_xor_sync(0xffffffffu, st.z, o)});
+  for (int o = 16; o > 0; o >>= 1) st = merge(st, shfl_stat(st, o));
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   if (lane == 0) red[warp] = st;
   __syncthreads();
   if (warp == 0) {
     st = lane < THREADS / 32 ? red[lane] : stat_identity();
 #pragma unroll
-    for (int o = 16; o > 0; o >>= 1)
-      st = merge(st, Stat{__shfl_xor_sync(0xffffffffu, st.m, o), __shfl_xor_sync(0xffffffffu, st.s, o),
-                          __shfl_xor_sync(0xffffffffu, st.z, o)});
+    for (int o = 16; o > 0; o >>= 1) st = merge(st, shfl_stat(st, o));
   }
   return st;
 }
 
-// One CTA's statistics as pushed to the cluster: (m, s, Σz, target logit or −inf).
+// One CTA's statistics as pushed to the cluster, and the target logit (rank 0's; −inf elsewhere).
 struct alignas(16) Slot {
-  float m, s, z, t;
+  Stat st;
+  float t, pad[3];
 };
 
 __device__ __forceinline__ u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
@@ -125,42 +144,51 @@ __device__ __forceinline__ void cluster_store_slot(Slot* slot, u32 rank, const S
 #if __CUDA_ARCH__ >= 900
   u32 remote;
   asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(slot)), "r"(rank));
-  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(remote), "f"(v.m), "f"(v.s), "f"(v.z),
-               "f"(v.t)
+  asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(remote), "f"(v.st.m), "f"(v.st.s),
+               "f"(v.st.zs), "f"(v.st.c)
                : "memory");
+  asm volatile("st.shared::cluster.f32 [%0+16], %1;" ::"r"(remote), "f"(v.t) : "memory");
 #else
   *slot = v;
 #endif
 }
 
 // Publishes this CTA's statistics (held by every thread of warp 0; `t` by thread 0) to all CL CTAs and returns, in
-// every thread, the merge of the CL slots in rank order: (global max, global Σexp, global Σz, the target logit of
-// rank 0). The caller has done cluster_arrive_relaxed() at its start (CL > 1).
+// every thread, the merge of the CL slots in rank order (global max, Σexp, Σ(z − max), count) and rank 0's target
+// logit. The caller has done cluster_arrive_relaxed() at its start (CL > 1).
 template <int CL>
 __device__ __forceinline__ Slot exchange(const Stat& st, float t, Slot* slots, u32 rank) {
   t = __shfl_sync(0xffffffffu, t, 0);
+  Slot mine;
+  mine.st = st;
+  mine.t = t;
   if constexpr (CL > 1) {
     cluster_wait();  // every CTA of the cluster is running: its shared memory may be written
-    if (threadIdx.x < CL) cluster_store_slot(&slots[rank], threadIdx.x, Slot{st.m, st.s, st.z, t});
+    if (threadIdx.x < CL) cluster_store_slot(&slots[rank], threadIdx.x, mine);
     cluster_arrive();
     cluster_wait();
   } else {
-    if (threadIdx.x == 0) slots[0] = Slot{st.m, st.s, st.z, t};
+    if (threadIdx.x == 0) slots[0] = mine;
     __syncthreads();
   }
-  Stat g = Stat{slots[0].m, slots[0].s, slots[0].z};
+  Slot g;
+  g.st = slots[0].st;
 #pragma unroll
-  for (int r = 1; r < CL; ++r) g = merge(g, Stat{slots[r].m, slots[r].s, slots[r].z});
-  return Slot{g.m, g.s, g.z, slots[0].t};
+  for (int r = 1; r < CL; ++r) g.st = merge(g.st, slots[r].st);
+  g.t = slots[0].t;
+  return g;
 }
 
-// Per-token loss from global statistics: lse − (1−ε)·t − (ε/V)·Σz + λ·lse².
-__device__ __forceinline__ float token_loss(float m, float s, float z, float t, float eps, float lambda,
-                                            long long vocab, bool smooth) {
-  const float lse = m + logf(s);
-  float loss = lse - t;
-  if (smooth && eps != 0.f) loss = lse - (1.f - eps) * t - (eps / static_cast<float>(vocab)) * z;
-  if (lambda != 0.f) loss += lambda * lse * lse;
+// Per-token loss lse − (1−ε)·t − (ε/V)·Σz + λ·lse² written without cancellation between lse and t:
+// (1−ε)·(m − t) + log s − ε·zmean + λ·lse², zmean = mean(z) − m.
+__device__ __forceinline__ float token_loss(float m, float s, float t, float zmean, float eps, float lambda,
+                                            bool smooth) {
+  float loss = (m - t) + logf(s);
+  if (smooth && eps != 0.f) loss = (1.f - eps) * (m - t) + logf(s) - eps * zmean;
+  if (lambda != 0.f) {
+    const float lse = m + logf(s);
+    loss += lambda * lse * lse;
+  }
   return loss;
 }
 
@@ -274,16 +302,19 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fwd_kernel(cons
   if (bad && a.bad_row) atomicMin(a.bad_row, static_cast<int>(row));
   if (a.partial) {
     const long long M = a.M;
-    a.partial[row] = active ? g.m : 0.f;
-    a.partial[M + row] = active ? g.s : 0.f;
+    a.partial[row] = active ? g.st.m : 0.f;
+    a.partial[M + row] = active ? g.st.s : 0.f;
     a.partial[2 * M + row] = active ? g.t : ninf();
-    a.partial[3 * M + row] = active ? g.z : 0.f;
+    // Σz for the merge (plain, in fp32: rounded once from double).
+    a.partial[3 * M + row] =
+        active ? static_cast<float>(static_cast<double>(g.st.zs) + static_cast<double>(g.st.c) * g.st.m) : 0.f;
     return;
   }
-  a.loss[row] = active ? token_loss(g.m, g.s, g.z, g.t, a.smoothing, a.z_loss, a.vocab_total, SMOOTH)
+  a.loss[row] = active ? token_loss(g.st.m, g.st.s, g.t, g.st.zs / static_cast<float>(V), a.smoothing, a.z_loss,
+                                    SMOOTH)
                        : (bad ? qnan() : 0.f);
-  if (a.row_max) a.row_max[row] = active ? g.m : 0.f;
-  if (a.sum_exp) a.sum_exp[row] = active ? g.s : 0.f;
+  if (a.row_max) a.row_max[row] = active ? g.st.m : 0.f;
+  if (a.sum_exp) a.sum_exp[row] = active ? g.st.s : 0.f;
 }
 
 // ---- fused forward + backward ---------------------------------------------------------------------------------------
@@ -367,9 +398,9 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   const Slot g = exchange<CL>(st, target, slots, rank);
 
   if (active) {
-    const float lse = g.m + logf(g.s);
+    const float lse = g.st.m + logf(g.st.s);
     const float scale = a.scale_dev ? *a.scale_dev : a.scale;
-    float coef = scale / g.s;
+    float coef = scale / g.st.s;
     if (a.z_loss != 0.f) coef *= 1.f + 2.f * a.z_loss * lse;
     const float sub_all = SMOOTH ? scale * a.smoothing / static_cast<float>(V) : 0.f;
     const float sub_target = SMOOTH ? scale * (1.f - a.smoothing) : scale;
@@ -381,7 +412,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
       Vec16 o;
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        float d = coef * exp_approx(vec_get<T>(v, e) - g.m);
+        float d = coef * exp_approx(vec_get<T>(v, e) - g.st.m);
         if constexpr (SMOOTH) d -= sub_all;
         if (c0 + i == lc && e == le) d -= sub_target;
         vec_set<T>(o, e, d);
@@ -389,7 +420,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
       store16(gbody + static_cast<long long>(c0 + i) * E, o);
     }
     if (head_thread || tail_thread) {
-      float d = coef * exp_approx(edge - g.m);
+      float d = coef * exp_approx(edge - g.st.m);
       if constexpr (SMOOTH) d -= sub_all;
       if (edge_col == label) d -= sub_target;
       growp[edge_col] = from_float<T>(d);
@@ -402,9 +433,11 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   }
   if (rank != 0 || threadIdx.x != 0) return;
   if (bad && a.bad_row) atomicMin(a.bad_row, static_cast<int>(row));
-  a.loss[row] = active ? token_loss(g.m, g.s, g.z, g.t, a.smoothing, a.z_loss, V, SMOOTH) : (bad ? qnan() : 0.f);
-  if (a.row_max) a.row_max[row] = active ? g.m : 0.f;
-  if (a.sum_exp) a.sum_exp[row] = active ? g.s : 0.f;
+  a.loss[row] = active ? token_loss(g.st.m, g.st.s, g.t, g.st.zs / static_cast<float>(V), a.smoothing, a.z_loss,
+                                    SMOOTH)
+                       : (bad ? qnan() : 0.f);
+  if (a.row_max) a.row_max[row] = active ? g.st.m : 0.f;
+  if (a.sum_exp) a.sum_exp[row] = active ? g.st.s : 0.f;
 }
 
 // ---- backward from saved statistics ----------------------------------------------------------------------------------
@@ -488,18 +521,20 @@ __global__ void __launch_bounds__(256) softmax_cross_entropy_merge_kernel(const 
   const bool ignored = label == a.ignore_index;
   const bool active = !ignored && label >= 0 && label < a.vocab_total;
   const long long M = a.M;
-  Stat g = stat_identity();
-  float t = ninf();
+  float m = kLowest, s = 0.f, t = ninf();
+  double z = 0;
   for (int r = 0; r < a.tp; ++r) {
     const float* p = a.partials + static_cast<long long>(r) * 4 * M;
-    g = merge(g, Stat{p[row], p[M + row], p[3 * M + row]});
-    const float tr = p[2 * M + row];
-    if (t == ninf()) t = tr;
+    const float mr = p[row], mn = fmaxf(m, mr);
+    s = s * exp_approx(m - mn) + p[M + row] * exp_approx(mr - mn);
+    m = mn;
+    if (t == ninf()) t = p[2 * M + row];
+    z += p[3 * M + row];
   }
-  a.loss[row] = active ? token_loss(g.m, g.s, g.z, t, a.smoothing, a.z_loss, a.vocab_total, SMOOTH)
-                       : (ignored ? 0.f : qnan());
-  if (a.row_max) a.row_max[row] = active ? g.m : 0.f;
-  if (a.sum_exp) a.sum_exp[row] = active ? g.s : 0.f;
+  const float zmean = static_cast<float>(z / static_cast<double>(a.vocab_total) - m);
+  a.loss[row] = active ? token_loss(m, s, t, zmean, a.smoothing, a.z_loss, SMOOTH) : (ignored ? 0.f : qnan());
+  if (a.row_max) a.row_max[row] = active ? m : 0.f;
+  if (a.sum_exp) a.sum_exp[row] = active ? s : 0.f;
 }
 
 // ---- whole-batch helpers (one CTA of 1024 threads) -------------------------------------------------------------------
