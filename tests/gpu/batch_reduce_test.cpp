@@ -178,20 +178,43 @@ TEST_F(BatchReduceTest, EmptyListAndEmptyTensorsGiveZero) {
   EXPECT_EQ(zeros(empties), 0);
 }
 
-TEST_F(BatchReduceTest, NanPropagatesAndSignedZerosCount) {
-  DeviceList l = make_list(rt(), 3, 3, Mix::f32, 50000, 0);
-  l.values[1][123] = std::numeric_limits<float>::quiet_NaN();
-  l.values[2][7] = -0.f;
-  l.values[2][8] = 0.f;
-  for (int i = 0; i < 3; ++i) {
-    const std::vector<uint8_t> e = encode(DType::f32, l.values[i]);
-    detail::check(detail::driver().cuMemcpyHtoD(reinterpret_cast<CUdeviceptr>(l.refs[i].data), e.data(), e.size()), "upload");
+// Uploads explicit fp32 tensors as a list (each at a 256-byte boundary).
+DeviceList explicit_list(Runtime& rt, std::vector<std::vector<float>> values) {
+  DeviceList l;
+  size_t bytes = 0;
+  std::vector<size_t> offsets;
+  for (const auto& v : values) {
+    offsets.push_back(bytes);
+    bytes += (v.size() * 4 + 255) / 256 * 256;
   }
+  l.buf = DeviceBuffer(rt, std::max<size_t>(bytes, 16));
+  std::vector<uint8_t> host(std::max<size_t>(bytes, 16), 0);
+  for (size_t i = 0; i < values.size(); ++i) {
+    std::memcpy(host.data() + offsets[i], values[i].data(), values[i].size() * 4);
+    l.refs.push_back(TensorRef::contiguous(static_cast<char*>(l.buf.data()) + offsets[i], DType::f32,
+                                           {static_cast<int64_t>(values[i].size())}));
+    l.dtypes.push_back(DType::f32);
+  }
+  l.buf.upload(host);
+  l.values = std::move(values);
+  return l;
+}
+
+TEST_F(BatchReduceTest, NanPropagatesAndSignedZerosCount) {
+  std::vector<std::vector<float>> v = {randn(1000, 31), randn(5000, 32), randn(77, 33)};
+  v[1][123] = std::numeric_limits<float>::quiet_NaN();
+  v[2][7] = -0.f;
+  v[2][8] = 0.f;
+  const DeviceList l = explicit_list(rt(), v);
   EXPECT_TRUE(std::isnan(sum(l, {NormOrd::l2})));
   EXPECT_TRUE(std::isnan(sum(l, {NormOrd::l1})));
   EXPECT_TRUE(std::isnan(sum(l, {NormOrd::inf})));
   EXPECT_EQ(zeros(l), static_cast<int64_t>(ref::list_reduce(l.spans(), ref::ListReduce::count_zero)));
   EXPECT_GE(zeros(l), 2);
+  // Without the NaN, max|x| is exact.
+  v[1][123] = 0.5f;
+  const DeviceList clean = explicit_list(rt(), v);
+  EXPECT_EQ(sum(clean, {NormOrd::inf}), static_cast<float>(ref::list_reduce(clean.spans(), ref::ListReduce::max_abs)));
 }
 
 // Large tensors (2048 chunks, 32 groups): the sums stay within tolerance, the count exact.
