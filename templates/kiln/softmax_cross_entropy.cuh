@@ -217,6 +217,29 @@ __device__ __forceinline__ long long load_label(const void* labels, long long ro
   return static_cast<long long>(static_cast<const L*>(labels)[row]);
 }
 
+template <typename T> struct IsBf16 { static constexpr bool value = false; };
+template <> struct IsBf16<bf16> { static constexpr bool value = true; };
+
+// Packs 16/sizeof(T) floats into a 16-byte vector of T, rounding to nearest even (two elements per cvt for 16-bit T).
+template <typename T>
+__device__ __forceinline__ Vec16 pack(const float (&d)[VecTraits<T>::kElems]) {
+  Vec16 v;
+  if constexpr (sizeof(T) == 4) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) v.w[i] = __float_as_uint(d[i]);
+  } else {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      // The first source goes to the upper half: element 2i+1.
+      if constexpr (IsBf16<T>::value)
+        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(v.w[i]) : "f"(d[2 * i + 1]), "f"(d[2 * i]));
+      else
+        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(v.w[i]) : "f"(d[2 * i + 1]), "f"(d[2 * i]));
+    }
+  }
+  return v;
+}
+
 // ---- TMA bulk copies and mbarriers (sm_90) ------------------------------------------------------------------------
 __device__ __forceinline__ void mbar_init(u64* bar) {
 #if __CUDA_ARCH__ >= 900
@@ -409,15 +432,14 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
     const int le = lc >= 0 ? static_cast<int>(lb - static_cast<long long>(lc) * E) : -1;
     for (int i = static_cast<int>(threadIdx.x); i < count; i += THREADS) {
       const Vec16 v = buf[i];
-      Vec16 o;
+      float d[E];
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        float d = coef * exp_approx(vec_get<T>(v, e) - g.st.m);
-        if constexpr (SMOOTH) d -= sub_all;
-        if (c0 + i == lc && e == le) d -= sub_target;
-        vec_set<T>(o, e, d);
+        d[e] = coef * exp_approx(vec_get<T>(v, e) - g.st.m);
+        if constexpr (SMOOTH) d[e] -= sub_all;
+        if (c0 + i == lc && e == le) d[e] -= sub_target;
       }
-      store16(gbody + static_cast<long long>(c0 + i) * E, o);
+      store16(gbody + static_cast<long long>(c0 + i) * E, pack<T>(d));
     }
     if (head_thread || tail_thread) {
       float d = coef * exp_approx(edge - g.st.m);
@@ -490,15 +512,14 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_bwd_kernel(cons
     for (int u = 0; u < U; ++u) {
       const int cc = c + u * THREADS;
       if (cc < c1) {
-        Vec16 o;
+        float d[E];
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-          float d = coef * exp_approx(vec_get<T>(v[u], e) - m);
-          if constexpr (SMOOTH) d -= sub_all;
-          if (cc == lc && e == le) d -= sub_target;
-          vec_set<T>(o, e, d);
+          d[e] = coef * exp_approx(vec_get<T>(v[u], e) - m);
+          if constexpr (SMOOTH) d[e] -= sub_all;
+          if (cc == lc && e == le) d[e] -= sub_target;
         }
-        store16(gbody + static_cast<long long>(cc) * E, o);
+        store16(gbody + static_cast<long long>(cc) * E, pack<T>(d));
       }
     }
   }
