@@ -164,9 +164,8 @@ __global__ void __launch_bounds__(WARPS * 32) batch_reduce_kernel(const BatchRed
   double* gpart = a.partials + a.num_chunks;
   unsigned* gcount = a.counters + 2;
 
-  // Takes the next chunk and finds its tensor (the last one whose first chunk is ≤ c: empty tensors own no chunk).
-  auto grab = [&](int slot) {
-    const int c = static_cast<int>(atomicAdd(&a.counters[0], 1u));
+  // Records chunk c and its tensor (the last one whose first chunk is ≤ c: empty tensors own no chunk) in `slot`.
+  auto record = [&](int slot, int c) {
     int lo = 0;
     if (c < a.num_chunks) {
       int hi = a.num_tensors;
@@ -180,13 +179,33 @@ __global__ void __launch_bounds__(WARPS * 32) batch_reduce_kernel(const BatchRed
     s_tensor[slot] = lo;
   };
 
-  if (threadIdx.x == 0) grab(0);
+  // Group g is reduced (fixed warp tree over its 64 chunk results) by the CTA that finished its last chunk. Thread 0
+  // learns that from its group-counter atomic, whose result it reads one chunk later (latency hidden).
+  int pend_g = -1;
+  unsigned pend_old = 0, pend_size = 0;
+  auto flag_pending = [&]() {
+    s_flag = pend_g >= 0 && pend_old == pend_size - 1 ? pend_g : -1;
+    pend_g = -1;
+  };
+  auto reduce_group = [&](int g) {
+    __threadfence();
+    const int k0 = g * kGroup + 2 * lane;
+    double v = comb_d<OP>(k0 < a.num_chunks ? load_cg(&a.partials[k0]) : 0.0,
+                          k0 + 1 < a.num_chunks ? load_cg(&a.partials[k0 + 1]) : 0.0);
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) v = comb_d<OP>(v, __shfl_xor_sync(0xffffffffu, v, o));
+    if (lane == 0) gpart[g] = v;
+  };
+
+  if (threadIdx.x == 0) record(0, static_cast<int>(atomicAdd(&a.counters[0], 1u)));
   __syncthreads();
   for (int buf = 0;; buf ^= 1) {
     const int c = s_chunk[buf];
     if (c >= a.num_chunks) break;
     const int t = s_tensor[buf];
-    if (threadIdx.x == 0) grab(buf ^ 1);  // the next chunk's id arrives while this one is read
+    // The next chunk's id is taken now and used after this chunk's loads: the atomic's latency hides behind them.
+    unsigned next = 0;
+    if (threadIdx.x == 0) next = atomicAdd(&a.counters[0], 1u);
     const BatchReduceTensor tt = a.tensors[t];
     const long long c0 = (c - a.chunk_start[t]) * kBatchReduceChunk;
     const long long c1 = min(c0 + kBatchReduceChunk, tt.numel);
@@ -201,29 +220,27 @@ __global__ void __launch_bounds__(WARPS * 32) batch_reduce_kernel(const BatchRed
       }
       if (lane == 0) sub[j] = static_cast<double>(r);
     }
-    __syncthreads();
+    if (threadIdx.x == 0) {
+      record(buf ^ 1, static_cast<int>(next));
+      flag_pending();
+    }
+    __syncthreads();  // sub[] complete, s_flag set
     if (threadIdx.x == 0) {
       a.partials[c] = tree16<OP>(sub);
       __threadfence();
-      const int g = c / kGroup;
-      const unsigned size = static_cast<unsigned>(min(kGroup, a.num_chunks - g * kGroup));
-      s_flag = atomicAdd(&gcount[g], 1u) == size - 1 ? g : -1;
+      pend_g = c / kGroup;
+      pend_size = static_cast<unsigned>(min(kGroup, a.num_chunks - pend_g * kGroup));
+      pend_old = atomicAdd(&gcount[pend_g], 1u);
     }
-    __syncthreads();
-    const int g = s_flag;
-    if (g >= 0 && warp == 0) {  // this CTA finished group g's last chunk: reduce the group (fixed warp tree)
-      __threadfence();
-      const int k0 = g * kGroup + 2 * lane;
-      double v = comb_d<OP>(k0 < a.num_chunks ? load_cg(&a.partials[k0]) : 0.0,
-                            k0 + 1 < a.num_chunks ? load_cg(&a.partials[k0 + 1]) : 0.0);
-#pragma unroll
-      for (int o = 1; o < 32; o <<= 1) v = comb_d<OP>(v, __shfl_xor_sync(0xffffffffu, v, o));
-      if (lane == 0) gpart[g] = v;
-    }
+    if (warp == 0 && s_flag >= 0) reduce_group(s_flag);
     __syncthreads();  // sub[] and s_flag are reused; the prefetched chunk id is visible
   }
+  if (threadIdx.x == 0) flag_pending();
+  __syncthreads();
+  if (warp == 0 && s_flag >= 0) reduce_group(s_flag);
 
   // The last CTA to finish reduces the group results.
+  __syncthreads();
   if (threadIdx.x == 0) {
     __threadfence();
     s_flag = atomicAdd(&a.counters[1], 1u) == gridDim.x - 1;
