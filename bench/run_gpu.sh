@@ -12,6 +12,7 @@ cmake --build build-gpu -j16 2>&1 | tail -1 || exit 1
 export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
 # GPU tests, one process per test (as CI's ctest runs them), then the whole binary in one process.
 (cd build-gpu && ctest -L gpu -j12 --timeout 300 ${1:+-R "$1"} > "$OUT/gpu-tests.log" 2>&1; grep -E "Failed|\*\*\*|tests passed" "$OUT/gpu-tests.log" | tail -40)
+gzip -c build-gpu/Testing/Temporary/LastTest.log > "$OUT/LastTest.log.gz" 2>/dev/null
 ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 > "$OUT/gpu-tests-one-process.log" 2>&1
 echo "one-process run: rc=$? $(tail -2 "$OUT/gpu-tests-one-process.log" | tr '\n' ' ')"
 # KILN_TUNE=1: tune the Ling-mini-2.0 preset at three token counts; the file lands in $OUT (commit it as

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "runtime/driver.hpp"
+#include "runtime/log.hpp"
 #include "runtime/nvrtc_compiler.hpp"
 #include "runtime/runtime_impl.hpp"
 
@@ -194,15 +195,25 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
     }
 
     // Scoped to this iteration: the instance's buffers are freed before the next case allocates its own.
-    BenchInstance instance = c.prepare(rt);
+    // A case that throws (a rejected argument, a compile error) is reported and the run goes on; a device fault
+    // leaves the context unusable, so DeviceError ends the run.
     BenchResult r;
     r.op = c.op;
     r.shape = c.shape;
-    r.bytes = instance.bytes;
-    r.us = time_us(instance.run, stream, l2, opts);
-    if (instance.baseline) {
-      r.baseline_us = time_us(instance.baseline, stream, l2, opts);
-      r.baseline = instance.baseline_name;
+    try {
+      BenchInstance instance = c.prepare(rt);
+      r.bytes = instance.bytes;
+      r.us = time_us(instance.run, stream, l2, opts);
+      if (instance.baseline) {
+        r.baseline_us = time_us(instance.baseline, stream, l2, opts);
+        r.baseline = instance.baseline_name;
+      }
+    } catch (const DeviceError&) {
+      throw;
+    } catch (const Error& e) {
+      report.failures.push_back(fmt::format("{} {}: {}", c.op, c.shape, e.what()));
+      log_line(LogLevel::error, "bench case failed: " + report.failures.back());
+      continue;
     }
     r.gbps = static_cast<double>(r.bytes) / r.us / 1e3;
     r.pct_copy_bw = r.gbps / report.copy_gbps * 100.0;

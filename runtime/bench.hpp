@@ -49,6 +49,7 @@ struct BenchReport {
   std::string device, driver, cuda;
   double copy_gbps = 0;
   std::vector<BenchResult> results;
+  std::vector<std::string> failures;  // "op shape: error" of cases that threw (the run goes on without them)
 };
 
 struct BenchOptions {

@@ -953,7 +953,7 @@ int cmd_bench(std::span<const std::string_view> argv) {
   const kiln::detail::BenchReport report = kiln::detail::run_benchmarks(rt, options, print_row);
   fmt::print("device: {}, driver {}, cuda {}; device-to-device copy {:.0f} GB/s\n", report.device, report.driver,
              report.cuda, report.copy_gbps);
-  if (report.results.empty())
+  if (report.results.empty() && report.failures.empty())
     throw kiln::Error(options.filter.empty() ? "no bench cases are registered"
                                              : fmt::format("no bench case matches '{}'", options.filter));
 
@@ -970,6 +970,11 @@ int cmd_bench(std::span<const std::string_view> argv) {
     file << out.dump(2) << "\n";
     if (!file.flush()) throw kiln::Error(fmt::format("cannot write {}", path.string()));
     fmt::print("wrote {}\n", path.string());
+  }
+  if (!report.failures.empty()) {
+    fmt::print(stderr, "kiln: {} bench case(s) failed:\n", report.failures.size());
+    for (const auto& f : report.failures) fmt::print(stderr, "  {}\n", f);
+    return 1;
   }
   return 0;
 }
