@@ -11,6 +11,7 @@
 #include <utility>
 #include <vector>
 
+#include "kiln/errors.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/log.hpp"
 #include "runtime/nvrtc_compiler.hpp"
@@ -208,9 +209,9 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
         r.baseline_us = time_us(instance.baseline, stream, l2, opts);
         r.baseline = instance.baseline_name;
       }
-    } catch (const DeviceError&) {
+    } catch (const kiln::DeviceError&) {
       throw;
-    } catch (const Error& e) {
+    } catch (const kiln::Error& e) {
       report.failures.push_back(fmt::format("{} {}: {}", c.op, c.shape, e.what()));
       log_line(LogLevel::error, "bench case failed: " + report.failures.back());
       continue;
