@@ -8,10 +8,11 @@ OUT=${OUT:-$PWD/logs}
 mkdir -p "$OUT"
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,memory.total --format=csv | tee "$OUT/gpu.txt"
 cmake -S . -B build-gpu -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$PWD/.deps/usr" 2>&1 | tail -1
-cmake --build build-gpu -j16 2>&1 | tail -1 || exit 1
+cmake --build build-gpu -j16 > "$OUT/build.log" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.log" | head -60; exit 1; }
+tail -1 "$OUT/build.log"
 export KILN_CACHE_DIR=$PWD/build-gpu/kiln-cache
 # GPU tests, one process per test (as CI's ctest runs them), then the whole binary in one process.
-(cd build-gpu && ctest -L gpu -j12 --timeout 300 ${1:+-R "$1"} > "$OUT/gpu-tests.log" 2>&1; grep -E "Failed|\*\*\*|tests passed" "$OUT/gpu-tests.log" | tail -40)
+(cd build-gpu && ctest -L gpu -j12 --timeout 300 --output-on-failure ${1:+-R "$1"} > "$OUT/gpu-tests.log" 2>&1; grep -E "Failed|\*\*\*|tests passed" "$OUT/gpu-tests.log" | tail -40)
 gzip -c build-gpu/Testing/Temporary/LastTest.log > "$OUT/LastTest.log.gz" 2>/dev/null
 ./build-gpu/tests/kiln_gpu_tests --gtest_brief=1 > "$OUT/gpu-tests-one-process.log" 2>&1
 echo "one-process run: rc=$? $(tail -2 "$OUT/gpu-tests-one-process.log" | tr '\n' ' ')"
