@@ -616,7 +616,7 @@ TEST(TuningCluster, EightRanksStartWithZeroCompilesAndZeroTunes) {
       const Specialization& s = e.at("kernel") == "fwd" ? fwd : bwd;
       const TuningEntry* want = nullptr;
       for (const TuningEntry& t : shipped_entries)
-        if (t.key.kernel == e.at("kernel") && t.key.tokens == e.at("tokens").get<uint64_t>()) want = &t;
+        if (t.key.kernel == e.at("kernel").get<std::string>() && t.key.tokens == e.at("tokens").get<uint64_t>()) want = &t;
       ASSERT_NE(want, nullptr) << e;
       EXPECT_EQ(e.at("config"), config_text(*want)) << e;
       EXPECT_TRUE(contains(e.at("source").get<std::string>(), "tuned (" + node_db)) << e;
