@@ -174,7 +174,6 @@ __device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
 }
 
 // ---- staging rows in shared memory (cp.async, sm_80+) ----------------------------------------------------------
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
