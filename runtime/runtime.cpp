@@ -141,6 +141,14 @@ void Runtime::Impl::init_device() {
   device_ready_.store(true, std::memory_order_release);
 }
 
+const DeviceInfo& Runtime::Impl::bind_device() {
+  const DeviceInfo& dev = device();
+  CUcontext cur = nullptr;
+  if (driver().cuCtxGetCurrent(&cur) != CUDA_SUCCESS || cur != dev.context)
+    check(driver().cuCtxSetCurrent(dev.context), "cuCtxSetCurrent");
+  return dev;
+}
+
 void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream stream, void** params) {
   const Driver& d = driver();
   // The calling thread may have no context current (a fresh worker thread): bind the runtime's device.
@@ -271,7 +279,7 @@ Specialization Runtime::Impl::autotune_slow(const Specialization& s, int64_t tok
     pin_heuristic(s, bucket);
     return s;
   }
-  device();
+  bind_device();
   log(LogLevel::info, "KILN_AUTOTUNE: tuning {} [{}] for {} rows (bucket {})", s.family->name, s.describe(), tokens,
       bucket);
   // Quiesce the device so that the caller's queued work does not land in the timings.

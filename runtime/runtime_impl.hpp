@@ -89,6 +89,9 @@ struct Runtime::Impl {
     if (!device_ready_.load(std::memory_order_acquire)) init_device();
     return device_;
   }
+  // device(), and its context made current on the calling thread (for driver calls outside launch: allocations,
+  // copies, events on a thread that has not run an op yet).
+  const DeviceInfo& bind_device();
   // The arch kernels are compiled for: options.arch if set, else the device's.
   Arch target_arch() { return arch_override_ ? *arch_override_ : device().arch; }
 

@@ -276,6 +276,7 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
   deadline = std::min(deadline, start + std::chrono::duration_cast<Clock::duration>(
                                             std::chrono::duration<double>(opts.spec_budget_s)));
   detail::TuningDepthScope tuning;  // ops the instance runs for other specializations never autotune
+  rt.impl().bind_device();
   TuneResult r;
   r.base = base;
   r.tokens = tokens;
@@ -413,7 +414,7 @@ std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& spe
           ? start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.run_budget_s))
           : Clock::time_point::max();
   auto& impl = rt.impl();
-  impl.device();
+  impl.bind_device();
 
   // Every candidate of every specialization, compiled in parallel through the cache before anything is timed.
   std::vector<Specialization> all;
