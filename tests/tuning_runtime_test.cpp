@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -355,6 +356,47 @@ TEST(TuningRuntime, AutotuneWithoutAGpu) {
   EXPECT_EQ(rt.impl().tuned(fwd, 3000).config, theirs.config);
   EXPECT_EQ(rt.stats().tunes, 0u);
   EXPECT_THROW(rt.impl().tuned(fwd, 8192), kiln::DeviceError);  // a bucket nobody measured still needs a tune
+}
+
+// Lookups from several threads while another thread makes the runtime adopt new entries (each adoption rebuilds
+// the table): every lookup returns a config that was valid at some point, never garbage, and the final table has
+// every entry.
+TEST(TuningRuntime, LookupsStayConsistentWhileTheTableIsRebuilt) {
+  const TempDir dir;
+  kiln::RuntimeOptions o = cpu_options((dir.path() / "auto.json").string());
+  o.autotune = true;
+  kiln::Runtime rt(o);
+  const Specialization fwd = ling("rms_norm", "fwd");
+  std::vector<Specialization> space;
+  fwd.family->search_space(fwd, space);
+  std::set<std::array<int32_t, kiln::detail::kMaxConfig>> valid;
+  for (const Specialization& c : space) valid.insert(c.config);
+  std::atomic<bool> stop{false};
+  std::atomic<size_t> bad{0}, lookups{0};
+  std::vector<std::thread> readers;
+  for (int t = 0; t < 3; ++t)
+    readers.emplace_back([&] {
+      while (!stop.load()) {
+        // Buckets ≥ 2^21 are never stored: only table reads (nearest bucket, or the heuristic before any entry).
+        for (int64_t m : {int64_t{1} << 21, int64_t{1} << 25}) {
+          kiln::detail::t_tuning_depth = 1;  // reads only: a miss must not start a tune on this thread
+          const Specialization r = rt.impl().tuned(fwd, m);
+          kiln::detail::t_tuning_depth = 0;
+          if (!valid.count(r.config)) ++bad;
+          ++lookups;
+        }
+      }
+    });
+  for (int b = 0; b < 12; ++b) {
+    const Specialization c = space[static_cast<size_t>(b) % space.size()];
+    store_entries(o.tuning_db, {entry_for(c, uint64_t{1} << b, 5.0 + b)});
+    EXPECT_EQ(rt.impl().tuned(fwd, int64_t{1} << b).config, c.config) << b;  // adopted from the file
+  }
+  stop = true;
+  for (auto& t : readers) t.join();
+  EXPECT_EQ(bad.load(), 0u);
+  EXPECT_GT(lookups.load(), 0u);
+  EXPECT_EQ(rt.stats().tunes, 0u);
 }
 
 // ---- the autotune writer: several processes, one file, nothing lost ----------------------------------------------
