@@ -293,6 +293,11 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
   // Candidates: the default first, then the search space in its order.
   std::vector<Specialization> space;
   f.search_space(base, space);
+  if (std::none_of(space.begin(), space.end(), [&](const Specialization& c) { return c.config == base.config; })) {
+    // An entry naming it could never be loaded (tuning files must name a search-space config).
+    r.note = fmt::format("{}'s heuristic default [{}] is not in its search space: not tuned", f.name, base.describe());
+    return finish();
+  }
   r.candidates.push_back({config_label(base), base, true});
   for (const Specialization& s : space)
     if (s.config != base.config) r.candidates.push_back({config_label(s), s});
