@@ -450,16 +450,22 @@ std::vector<ResolvedEntry> Runtime::resolve(const ModelConfig& model, const std:
     for (Specialization& s : part)
       if (seen.insert(s.key()).second) specs.push_back(s);
   }
+  // Exactly what an op does: the heuristic spec, then the tuning database's choice for m rows.
+  std::vector<Specialization> chosen;
+  for (const Specialization& s : specs)
+    for (int64_t m : tokens) chosen.push_back(impl_->tuned(s, m));
+  // Each distinct cubin fetched once (in parallel, as prewarm does).
+  std::vector<Specialization> distinct;
+  std::unordered_map<Key128, size_t, Key128Hash> index;
+  for (const Specialization& t : chosen)
+    if (index.emplace(t.key(), distinct.size()).second) distinct.push_back(t);
+  const std::vector<PrewarmEntry> fetched = impl_->ensure_all(distinct, 0);
   std::vector<ResolvedEntry> out;
-  std::unordered_map<Key128, EnsureResult, Key128Hash> fetched;  // one cache fetch per distinct cubin
+  size_t k = 0;
   for (const Specialization& s : specs)
     for (int64_t m : tokens) {
-      // Exactly what an op does: the heuristic spec, then the tuning database's choice for m rows.
-      const Specialization t = impl_->tuned(s, m);
-      auto it = fetched.find(t.key());
-      if (it == fetched.end())
-        it = fetched.emplace(t.key(), ensure_cubin(t, impl_->cache.get(), impl_->options.require_prewarmed,
-                                                   impl_->counters)).first;
+      const Specialization& t = chosen[k++];
+      const PrewarmEntry& f = fetched[index.at(t.key())];
       ResolvedEntry e;
       e.family = s.family->name;
       e.kernel = s.family->kernels.at(s.kernel);
@@ -470,8 +476,8 @@ std::vector<ResolvedEntry> Runtime::resolve(const ModelConfig& model, const std:
       for (size_t i = 0; i < s.family->config_names.size(); ++i)
         e.config += fmt::format("{}{}={}", i ? " " : "", s.family->config_names[i], t.config[i]);
       e.source = impl_->tuning_source(s, m);
-      e.key = it->second.disk_key;
-      e.status = it->second.status;
+      e.key = f.key;
+      e.status = f.status;
       out.push_back(std::move(e));
     }
   return out;
