@@ -11,6 +11,8 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
+#include <cstdio>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
@@ -241,6 +243,32 @@ TEST(TuningRuntime, OpsSpecializationsTakeTheDatabasesConfigPerBucket) {
   EXPECT_EQ(impl.tuning_source(bwd, 8192), "heuristic");
   EXPECT_EQ(rt.stats().tunes, 0u);
   EXPECT_EQ(rt.stats().compiles, 0u);
+}
+
+// The op-time lookup with a database loaded costs well under the 2 µs host budget of a whole op call (measured
+// here on the CPU alone: median over rounds, so that a loaded CI machine does not make it flaky).
+TEST(TuningRuntime, LookupIsCheap) {
+  const TempDir dir;
+  const Specialization fwd = ling("rms_norm", "fwd");
+  std::vector<TuningEntry> entries;
+  for (int b = 0; b < 14; b += 2) entries.push_back(entry_for(other_config(fwd, static_cast<size_t>(b / 2) % 3), uint64_t{1} << b, 5));
+  for (int n = 1; n <= 200; ++n) {  // other specializations in the table
+    Specialization s = fwd;
+    s.params[0] = 8 * n;
+    entries.push_back(entry_for(other_config(s), 4096, 5));
+  }
+  kiln::Runtime rt(cpu_options(save(dir.path() / "t.json", entries)));
+  auto& impl = rt.impl();
+  std::vector<double> rounds;
+  int64_t sink = 0;
+  for (int round = 0; round < 31; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 10000; ++i) sink += impl.tuned(fwd, 1 + (i & 8191)).config[0];
+    rounds.push_back(std::chrono::duration<double, std::nano>(std::chrono::steady_clock::now() - t0).count() / 10000);
+  }
+  std::nth_element(rounds.begin(), rounds.begin() + 15, rounds.end());
+  std::printf("[ lookup ] tuned(): %.0f ns per call (sink %lld)\n", rounds[15], static_cast<long long>(sink));
+  EXPECT_LE(rounds[15], 500.0);
 }
 
 // Several files: for one key, the lower median wins (GPU unknown: one tier), then the earlier file.
