@@ -352,9 +352,10 @@ RuntimeStats Runtime::stats() const {
 
 std::vector<PrewarmEntry> Runtime::Impl::ensure_all(const std::vector<Specialization>& specs, int jobs,
                                                     void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*),
-                                                    void* user) {
+                                                    void* user, std::vector<std::string>* errors) {
   Runtime::Impl& impl = *this;
   std::vector<PrewarmEntry> entries(specs.size());
+  if (errors) errors->assign(specs.size(), std::string());
   std::atomic<size_t> next{0}, done{0};
   std::mutex cb_mutex;
   std::exception_ptr first_error;
@@ -365,6 +366,13 @@ std::vector<PrewarmEntry> Runtime::Impl::ensure_all(const std::vector<Specializa
       try {
         EnsureResult r = ensure_cubin(s, impl.cache.get(), impl.options.require_prewarmed, impl.counters);
         e = {s.family->name, r.disk_key, s.arch.name(), s.describe(), r.status, r.compile_ms, r.cubin.size()};
+      } catch (const std::exception& ex) {
+        std::lock_guard g(cb_mutex);
+        if (errors)
+          (*errors)[i] = ex.what();
+        else if (!first_error)
+          first_error = std::current_exception();
+        continue;
       } catch (...) {
         std::lock_guard g(cb_mutex);
         if (!first_error) first_error = std::current_exception();
