@@ -96,6 +96,7 @@ double median(std::vector<double> v) {
 
 // A read, so it leaves no dirty lines whose write-back the timed call would pay for.
 L2Flusher::L2Flusher(Runtime& rt, Stream stream) : rt_(rt) {
+  rt.impl().bind_device();
   buffer_ = device_alloc(kL2FlushBytes);
   try {
     sink_ = device_alloc(sizeof(unsigned));

@@ -141,6 +141,14 @@ void Runtime::Impl::init_device() {
   device_ready_.store(true, std::memory_order_release);
 }
 
+const DeviceInfo& Runtime::Impl::bind_device() {
+  const DeviceInfo& dev = device();
+  CUcontext cur = nullptr;
+  if (driver().cuCtxGetCurrent(&cur) != CUDA_SUCCESS || cur != dev.context)
+    check(driver().cuCtxSetCurrent(dev.context), "cuCtxSetCurrent");
+  return dev;
+}
+
 void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream stream, void** params) {
   const Driver& d = driver();
   // The calling thread may have no context current (a fresh worker thread): bind the runtime's device.
@@ -271,7 +279,7 @@ Specialization Runtime::Impl::autotune_slow(const Specialization& s, int64_t tok
     pin_heuristic(s, bucket);
     return s;
   }
-  device();
+  bind_device();
   log(LogLevel::info, "KILN_AUTOTUNE: tuning {} [{}] for {} rows (bucket {})", s.family->name, s.describe(), tokens,
       bucket);
   // Quiesce the device so that the caller's queued work does not land in the timings.
@@ -344,9 +352,10 @@ RuntimeStats Runtime::stats() const {
 
 std::vector<PrewarmEntry> Runtime::Impl::ensure_all(const std::vector<Specialization>& specs, int jobs,
                                                     void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*),
-                                                    void* user) {
+                                                    void* user, std::vector<std::string>* errors) {
   Runtime::Impl& impl = *this;
   std::vector<PrewarmEntry> entries(specs.size());
+  if (errors) errors->assign(specs.size(), std::string());
   std::atomic<size_t> next{0}, done{0};
   std::mutex cb_mutex;
   std::exception_ptr first_error;
@@ -357,6 +366,13 @@ std::vector<PrewarmEntry> Runtime::Impl::ensure_all(const std::vector<Specializa
       try {
         EnsureResult r = ensure_cubin(s, impl.cache.get(), impl.options.require_prewarmed, impl.counters);
         e = {s.family->name, r.disk_key, s.arch.name(), s.describe(), r.status, r.compile_ms, r.cubin.size()};
+      } catch (const std::exception& ex) {
+        std::lock_guard g(cb_mutex);
+        if (errors)
+          (*errors)[i] = ex.what();
+        else if (!first_error)
+          first_error = std::current_exception();
+        continue;
       } catch (...) {
         std::lock_guard g(cb_mutex);
         if (!first_error) first_error = std::current_exception();
@@ -442,16 +458,22 @@ std::vector<ResolvedEntry> Runtime::resolve(const ModelConfig& model, const std:
     for (Specialization& s : part)
       if (seen.insert(s.key()).second) specs.push_back(s);
   }
+  // Exactly what an op does: the heuristic spec, then the tuning database's choice for m rows.
+  std::vector<Specialization> chosen;
+  for (const Specialization& s : specs)
+    for (int64_t m : tokens) chosen.push_back(impl_->tuned(s, m));
+  // Each distinct cubin fetched once (in parallel, as prewarm does).
+  std::vector<Specialization> distinct;
+  std::unordered_map<Key128, size_t, Key128Hash> index;
+  for (const Specialization& t : chosen)
+    if (index.emplace(t.key(), distinct.size()).second) distinct.push_back(t);
+  const std::vector<PrewarmEntry> fetched = impl_->ensure_all(distinct, 0);
   std::vector<ResolvedEntry> out;
-  std::unordered_map<Key128, EnsureResult, Key128Hash> fetched;  // one cache fetch per distinct cubin
+  size_t k = 0;
   for (const Specialization& s : specs)
     for (int64_t m : tokens) {
-      // Exactly what an op does: the heuristic spec, then the tuning database's choice for m rows.
-      const Specialization t = impl_->tuned(s, m);
-      auto it = fetched.find(t.key());
-      if (it == fetched.end())
-        it = fetched.emplace(t.key(), ensure_cubin(t, impl_->cache.get(), impl_->options.require_prewarmed,
-                                                   impl_->counters)).first;
+      const Specialization& t = chosen[k++];
+      const PrewarmEntry& f = fetched[index.at(t.key())];
       ResolvedEntry e;
       e.family = s.family->name;
       e.kernel = s.family->kernels.at(s.kernel);
@@ -462,8 +484,8 @@ std::vector<ResolvedEntry> Runtime::resolve(const ModelConfig& model, const std:
       for (size_t i = 0; i < s.family->config_names.size(); ++i)
         e.config += fmt::format("{}{}={}", i ? " " : "", s.family->config_names[i], t.config[i]);
       e.source = impl_->tuning_source(s, m);
-      e.key = it->second.disk_key;
-      e.status = it->second.status;
+      e.key = f.key;
+      e.status = f.status;
       out.push_back(std::move(e));
     }
   return out;

@@ -89,6 +89,9 @@ struct Runtime::Impl {
     if (!device_ready_.load(std::memory_order_acquire)) init_device();
     return device_;
   }
+  // device(), and its context made current on the calling thread (for driver calls outside launch: allocations,
+  // copies, events on a thread that has not run an op yet).
+  const DeviceInfo& bind_device();
   // The arch kernels are compiled for: options.arch if set, else the device's.
   Arch target_arch() { return arch_override_ ? *arch_override_ : device().arch; }
 
@@ -114,10 +117,11 @@ struct Runtime::Impl {
   std::atomic<uint64_t> tunes{0};
 
   // Finds or builds every specialization's cubin through the cache on `jobs` threads (0: one per core); reports each
-  // through `on_entry` as it finishes; rethrows the first failure after all workers stop. Needs no GPU.
+  // through `on_entry` as it finishes; rethrows the first failure after all workers stop, or, with `errors`, records
+  // each failure's message at its index ("" for success) and goes on. Needs no GPU.
   std::vector<PrewarmEntry> ensure_all(const std::vector<Specialization>& specs, int jobs,
                                        void (*on_entry)(const PrewarmEntry&, size_t, size_t, void*) = nullptr,
-                                       void* user = nullptr);
+                                       void* user = nullptr, std::vector<std::string>* errors = nullptr);
 
   // How many CTAs of `threads` threads and `smem` dynamic shared memory fit on one SM (asked once per kernel:
   // a persistent recipe always launches a kernel at one block shape).

@@ -276,6 +276,7 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
   deadline = std::min(deadline, start + std::chrono::duration_cast<Clock::duration>(
                                             std::chrono::duration<double>(opts.spec_budget_s)));
   detail::TuningDepthScope tuning;  // ops the instance runs for other specializations never autotune
+  rt.impl().bind_device();
   TuneResult r;
   r.base = base;
   r.tokens = tokens;
@@ -292,6 +293,11 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
   // Candidates: the default first, then the search space in its order.
   std::vector<Specialization> space;
   f.search_space(base, space);
+  if (std::none_of(space.begin(), space.end(), [&](const Specialization& c) { return c.config == base.config; })) {
+    // An entry naming it could never be loaded (tuning files must name a search-space config).
+    r.note = fmt::format("{}'s heuristic default [{}] is not in its search space: not tuned", f.name, base.describe());
+    return finish();
+  }
   r.candidates.push_back({config_label(base), base, true});
   for (const Specialization& s : space)
     if (s.config != base.config) r.candidates.push_back({config_label(s), s});
@@ -334,6 +340,14 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
       run = [&, inj](Stream st) { inj->run(inst, st); };
     else
       run = inst.run;
+    if (auto bad = opts.compile_errors.find(c.spec.key()); bad != opts.compile_errors.end()) {
+      c.status = fmt::format("error: does not compile: {}", bad->second);
+      if (i == 0) {
+        r.note = fmt::format("the default config does not compile: {}", bad->second);
+        return finish();
+      }
+      continue;
+    }
     try {
       detail::ForceConfigScope force(c.spec);
       poison(inst.outputs);
@@ -413,7 +427,7 @@ std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& spe
           ? start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(opts.run_budget_s))
           : Clock::time_point::max();
   auto& impl = rt.impl();
-  impl.device();
+  impl.bind_device();
 
   // Every candidate of every specialization, compiled in parallel through the cache before anything is timed.
   std::vector<Specialization> all;
@@ -435,7 +449,17 @@ std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& spe
       }
     }
   }
-  impl.ensure_all(unique, opts.compile_jobs);
+  // A candidate that fails to compile (a family's bug) is rejected, not fatal to the run.
+  std::vector<std::string> errors;
+  impl.ensure_all(unique, opts.compile_jobs, nullptr, nullptr, &errors);
+  TuneOptions run_opts = opts;
+  for (size_t i = 0; i < unique.size(); ++i)
+    if (!errors[i].empty()) {
+      const std::string first_line = errors[i].substr(0, errors[i].find('\n'));
+      detail::log(LogLevel::warn, "tune: {} [{}] does not compile: {}", unique[i].family->name, unique[i].describe(),
+          first_line);
+      run_opts.compile_errors.emplace(unique[i].key(), first_line);
+    }
 
   detail::L2Flusher l2(rt, nullptr);
   std::vector<TuneResult> results;
@@ -449,7 +473,7 @@ std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& spe
         r.note = fmt::format("skipped: run time budget of {:.0f} s spent", opts.run_budget_s);
       } else {
         try {
-          r = tune_one(rt, s, m, opts, l2, run_deadline);
+          r = tune_one(rt, s, m, run_opts, l2, run_deadline);
         } catch (const std::exception& e) {  // one broken family must not end the run
           r = TuneResult{};
           r.base = s;

@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <unordered_map>
 #include <vector>
 
 #include "kiln/dtype.hpp"
@@ -48,6 +49,9 @@ struct TuneOptions {
   double run_budget_s = 0;       // whole run; 0 = no limit
   int compile_jobs = 0;          // parallel compiles of all candidates up front (0: one per core)
   std::vector<InjectedCandidate> inject;  // tests only
+  // Candidates known not to compile (key → the compiler's message): rejected without another attempt. tune() fills
+  // it from its parallel compile.
+  std::unordered_map<detail::Key128, std::string, detail::Key128Hash> compile_errors;
 };
 
 struct CandidateResult {
