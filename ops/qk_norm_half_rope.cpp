@@ -19,7 +19,7 @@ namespace kiln {
 namespace detail {
 // ops/bench/qk_norm_half_rope.cpp: a prepared forward (bwd = false) or backward call on random data.
 BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64_t B, int H, int h, int D,
-                                         bool interleaved, DType dtype, DType w_dtype);
+                                         bool interleaved, DType dtype, DType w_dtype, bool weight_grads);
 }  // namespace detail
 
 namespace {
@@ -139,10 +139,10 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   const auto& p = s.params;
   const int D = static_cast<int>(p[P_D]);
   if (s.kernel == kDwReduce)  // tuned through the backward that launches it (nothing to tune on its own)
-    return qk_norm_half_rope_instance(rt, true, tokens, 1, 1, 1, D, true, DType::bf16, DType::bf16);
+    return qk_norm_half_rope_instance(rt, true, tokens, 1, 1, 1, D, true, DType::bf16, DType::bf16, true);
   return qk_norm_half_rope_instance(rt, s.kernel == kBwd, tokens, 1, static_cast<int>(p[P_H]),
                                     static_cast<int>(p[P_HG]), D, p[P_INTERLEAVED] != 0,
-                                    static_cast<DType>(p[P_DTYPE]), static_cast<DType>(p[P_W_DTYPE]));
+                                    static_cast<DType>(p[P_DTYPE]), static_cast<DType>(p[P_W_DTYPE]), true);
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -334,8 +334,10 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   check_heads(ck, "gk", gk, qkv.dtype, g, g.h);
   check_heads(ck, "gv", gv, qkv.dtype, g, g.h);
   check_qkv_layout(ck, "dqkv", dqkv, qkv.dtype, &g);
-  ck.tensor("dq_norm_weight", dq_norm_weight, {DType::f32}, {g.D}, 4);
-  ck.tensor("dk_norm_weight", dk_norm_weight, {DType::f32}, {g.D}, 4);
+  // Weight gradients are optional (frozen norm weights): with neither, no partials and no reduction.
+  if (dq_norm_weight.defined()) ck.tensor("dq_norm_weight", dq_norm_weight, {DType::f32}, {g.D}, 4);
+  if (dk_norm_weight.defined()) ck.tensor("dk_norm_weight", dk_norm_weight, {DType::f32}, {g.D}, 4);
+  const bool want_dw = dq_norm_weight.defined() || dk_norm_weight.defined();
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 
   auto& impl = rt.impl();
@@ -350,10 +352,12 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     const Specialization s =
         impl.tuned(spec(arch, kBwd, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype), M);
     G = bwd_grid(rt, s, M);
-    if (workspace.defined() && workspace.numel() < G * 2 * g.D)
+    if (want_dw && workspace.defined() && workspace.numel() < G * 2 * g.D)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (qk_norm_half_rope_bwd_workspace_elems), "
                                               "got {}", G * 2 * g.D, workspace.numel()));
-    if (!workspace.defined()) {
+    if (!want_dw) {
+      partial = nullptr;
+    } else if (!workspace.defined()) {
       owned = impl.alloc_async(static_cast<size_t>(G * 2 * g.D) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
@@ -379,6 +383,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
     impl.launch(s, d, stream, a);
   }
+  if (!want_dw) return;
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
   QkNormRopeDwArgs r{partial, static_cast<float*>(dq_norm_weight.data), static_cast<float*>(dk_norm_weight.data),
                      static_cast<int>(G)};

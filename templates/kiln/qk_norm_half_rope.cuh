@@ -381,6 +381,7 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
     }
   }
 
+  if (a.partial == nullptr) return;  // no weight gradients wanted (uniform: the whole grid)
   // The warp's row groups own the same channels: add them (fixed butterfly order), then the warps in warp order.
 #pragma unroll
   for (int o = LH; o < 32; o <<= 1) {
@@ -424,8 +425,11 @@ __global__ void __launch_bounds__(512) qk_norm_half_rope_dw_reduce_kernel(const 
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < 16; ++w) sum += part[w][lane];
-    if (col < D) a.dq_w[col] = sum;
-    else a.dk_w[col - D] = sum;
+    if (col < D) {
+      if (a.dq_w) a.dq_w[col] = sum;
+    } else if (a.dk_w) {
+      a.dk_w[col - D] = sum;
+    }
   }
 }
 

@@ -30,15 +30,15 @@ struct QkNormRopeBwdArgs {
   const void* wq; const void* wk;
   QkRopePositions pos;
   void* dqkv; long long dqkv_s_stride, dqkv_b_stride;     // qkv's head layout, its own strides
-  float* partial;                                         // [gridDim.x, 2, D] fp32: per-CTA dq_w, dk_w partials
+  float* partial;  // [gridDim.x, 2, D] fp32: per-CTA dq_w, dk_w partials; null: no weight gradients
   int S, B;
   float eps;
 };
 
 struct QkNormRopeDwArgs {
   const float* partial;  // [G, 2, D]
-  float* dq_w;           // [D]
-  float* dk_w;           // [D]
+  float* dq_w;           // [D] or null
+  float* dk_w;           // [D] or null
   int G;
 };
 

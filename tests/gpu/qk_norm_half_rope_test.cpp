@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -415,14 +416,16 @@ TEST_F(QkNormRopeGpu, BackwardWorkspace) {
   ASSERT_GT(elems, 0);
   DeviceBuffer ws_d(r, elems * 4);
   const QkNormHalfRopeOptions o = options(c, {});
-  auto run = [&](const TensorRef& ws) {
+  // want: 0 none, 1 dq only, 2 dk only, 3 both weight gradients. Returns dq (D), dk (D), then dqkv's raw words;
+  // gradients not asked for come back as the poison pattern, which must be left untouched.
+  auto run = [&](const TensorRef& ws, int want = 3) {
     DeviceBuffer dqkv_d(r, M * W * 2), dwq_d(r, D * 4), dwk_d(r, D * 4);
-    ws_d.poison();
+    for (DeviceBuffer* b : {&ws_d, &dqkv_d, &dwq_d, &dwk_d}) b->poison();
     qk_norm_half_rope_bwd(r, gq_d.ref(DType::bf16, {B, S, 16, D}), gk_d.ref(DType::bf16, {B, S, 4, D}),
                           gv_d.ref(DType::bf16, {B, S, 4, D}), qkv_d.ref(DType::bf16, {S, B, W}),
                           wq_d.ref(DType::bf16, {D}), wk_d.ref(DType::bf16, {D}), fr_d.ref(DType::f32, {S, D / 2}),
-                          dqkv_d.ref(DType::bf16, {S, B, W}), dwq_d.ref(DType::f32, {D}), dwk_d.ref(DType::f32, {D}), o,
-                          ws, nullptr);
+                          dqkv_d.ref(DType::bf16, {S, B, W}), (want & 1) ? dwq_d.ref(DType::f32, {D}) : TensorRef{},
+                          (want & 2) ? dwk_d.ref(DType::f32, {D}) : TensorRef{}, o, ws, nullptr);
     synchronize();
     std::vector<float> out = dwq_d.download<float>(D), k = dwk_d.download<float>(D);
     out.insert(out.end(), k.begin(), k.end());
@@ -435,6 +438,20 @@ TEST_F(QkNormRopeGpu, BackwardWorkspace) {
   EXPECT_TRUE(bitwise_equal("dqkv + weight gradients", given, own));
   // One element: far fewer than the partials of 600 rows.
   EXPECT_THROW_NAMING(run(ws_d.ref(DType::f32, {1})), "workspace", ShapeMismatchError);
+
+  // Optional weight gradients: dqkv is the same without them, an asked-for one is the same bits, the other untouched.
+  float poison;
+  std::memset(&poison, DeviceBuffer::kPoison, 4);
+  for (int want : {0, 1, 2}) {
+    SCOPED_TRACE("weight gradients asked for: " + std::to_string(want));
+    const std::vector<float> part = run({}, want);
+    std::vector<float> expect = own;
+    for (int c = 0; c < D; ++c) {
+      if (!(want & 1)) expect[c] = poison;
+      if (!(want & 2)) expect[D + c] = poison;
+    }
+    EXPECT_TRUE(bitwise_equal("dq, dk, dqkv", part, expect));
+  }
 }
 
 }  // namespace
