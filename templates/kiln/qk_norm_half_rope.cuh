@@ -42,6 +42,12 @@ __device__ __forceinline__ void qkv_slot(int j, int& kind, int& idx) {
   }
 }
 
+template <bool V> struct QkBool { static constexpr bool value = V; };
+
+// 1/sqrt(x) for the norm: the approximate reciprocal square root (≤ 2 ulp; the outputs are 16-bit), as linghe HEAD
+// (tl.rsqrt). IEEE sqrt + division would cost ~20 more instructions per head.
+__device__ __forceinline__ float qk_rms_inv(float x) { return rsqrtf(x); }
+
 __device__ __forceinline__ Vec16 zero16() {
   Vec16 v;
   v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
@@ -243,7 +249,7 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
 #pragma unroll
           for (int i = 0; i < 16; ++i) ss = fmaf(t[i], t[i], ss);
           ss = warp_sum<LH>(ss);
-          float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
+          float r = qk_rms_inv(ss * (1.0f / D) + a.eps);
           if (!pos_ok) r = __int_as_float(0x7fc00000);  // no rotary row for this position: NaN, not garbage
           Vec16 wv[QkLane<D, W>::NV];
           L.weights(wsm, isq, wv);
@@ -291,11 +297,49 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
   float dq[16], dk[16];
 #pragma unroll
   for (int i = 0; i < 16; ++i) dq[i] = dk[i] = 0.f;
+  bool active = false, pos_ok = true;  // of the current tile's row
+
+  // One q or k head of the current row: dt into dst, t·r·g' into that kind's weight-gradient accumulator.
+  auto qk_grad = [&](auto isq_c, const Vec16 x0v, const Vec16 x1v, const Vec16 g0v, const Vec16 g1v, T* dst) {
+    constexpr bool ISQ = decltype(isq_c)::value;
+    float(&acc)[16] = ISQ ? dq : dk;
+    float t[16], gp[16];
+    unpack16<T>(x0v, x1v, t);
+    unpack16<T>(g0v, g1v, gp);
+    L.template rotate<true>(lane_rope, gp);
+    Vec16 wv[QkLane<D, W>::NV];
+    L.weights(wsm, ISQ, wv);
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      ss = fmaf(t[i], t[i], ss);
+      dot = fmaf(t[i] * gp[i], L.w(wv, i), dot);
+    }
+    ss = warp_sum<LH>(ss);
+    dot = warp_sum<LH>(dot);
+    float r = qk_rms_inv(ss * (1.0f / D) + a.eps);
+    if (!pos_ok) r = __int_as_float(0x7fc00000);
+    // r·(r·(r·P)): r·P stays O(|g|·√D) for any scale of t, where r³ alone underflows fp32 once |t| ≳ 1e13.
+    const float coef = r * (r * (r * dot)) * (1.0f / D);
+    float d[16];
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      const float rg = r * gp[i];
+      d[i] = rg * L.w(wv, i) - coef * t[i];
+      acc[i] = fmaf(t[i], rg, acc[i]);
+    }
+    if (active) {
+      Vec16 y0, y1;
+      pack16<T>(d, y0, y1);
+      store16(dst + L.c0 * 8, y0);
+      store16(dst + L.c1 * 8, y1);
+    }
+  };
 
 #pragma unroll 1
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int m = tile * TILE + warp * RPW + lane / LH;
-    const bool active = m < M;
+    active = m < M;
     const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
     const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                     static_cast<i64>(b) * a.qkv_b_stride;
@@ -320,7 +364,7 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
       }
     };
     const long long pos = active ? qk_rope_position(a.pos, s) : 0;
-    const bool pos_ok = !active || pos >= 0;
+    pos_ok = !active || pos >= 0;
     qk_rope_stage<D>(lane_rope, lane, a.pos.freqs, pos_ok ? pos : -1, L.l);
 
 #pragma unroll 1
@@ -338,39 +382,9 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
               store16(dst + L.c1 * 8, g1[u]);
             }
           } else {
-            const bool isq = kind == 0;
-            float t[16], gp[16];
-            unpack16<T>(x0[u], x1[u], t);
-            unpack16<T>(g0[u], g1[u], gp);
-            L.template rotate<true>(lane_rope, gp);
-            Vec16 wv[QkLane<D, W>::NV];
-            L.weights(wsm, isq, wv);
-            float ss = 0.f, dot = 0.f;
-#pragma unroll
-            for (int i = 0; i < 16; ++i) {
-              ss = fmaf(t[i], t[i], ss);
-              dot = fmaf(t[i] * gp[i], L.w(wv, i), dot);
-            }
-            ss = warp_sum<LH>(ss);
-            dot = warp_sum<LH>(dot);
-            float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
-            if (!pos_ok) r = __int_as_float(0x7fc00000);
-            // r·(r·(r·P)): r·P stays O(|g|·√D) for any scale of t, where r³ alone underflows fp32 once |t| ≳ 1e13.
-            const float coef = r * (r * (r * dot)) * (1.0f / D);
-            float d[16];
-#pragma unroll
-            for (int i = 0; i < 16; ++i) {
-              const float rg = r * gp[i];
-              d[i] = rg * L.w(wv, i) - coef * t[i];
-              if (isq) dq[i] = fmaf(t[i], rg, dq[i]);
-              else dk[i] = fmaf(t[i], rg, dk[i]);
-            }
-            if (active) {
-              Vec16 y0, y1;
-              pack16<T>(d, y0, y1);
-              store16(dst + L.c0 * 8, y0);
-              store16(dst + L.c1 * 8, y1);
-            }
+            // Separate q and k code paths: no per-element selects between the two weight-gradient accumulators.
+            if (kind == 0) qk_grad(QkBool<true>{}, x0[u], x1[u], g0[u], g1[u], dst);
+            else qk_grad(QkBool<false>{}, x0[u], x1[u], g0[u], g1[u], dst);
           }
         }
         load_slot(u, j + BATCH);
