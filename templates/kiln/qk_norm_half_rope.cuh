@@ -277,24 +277,34 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
 
 // Backward: persistent grid over tiles of WARPS·32/LH rows (tile t, t + gridDim.x, …, a fixed assignment).
 // ≥ 16 resident warps per SM (≤ 128 registers): 131 unconstrained would leave one 8-warp CTA per SM.
-template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
+// ACC_SMEM: the weight-gradient accumulators live in shared memory (private to each lane, read-modify-write per
+// head) instead of 32 registers, which buys a deeper ring (BATCH) at the same 16 warps per SM.
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH, bool ACC_SMEM>
 __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
   static_assert(sizeof(T) == 2, "16-bit activations");
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
   static_assert(H % HG == 0, "H must be a multiple of h");
+  static_assert(sizeof(QkRopeLane) == 2048 && 2 * D * 4 <= 2048, "a warp's partials fit its rotary table");
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG, TILE = WARPS * RPW;
-  __shared__ QkRopeLane rope[WARPS];
-  __shared__ float red[WARPS][2 * D];
-  __shared__ __align__(16) W wsm[2][D];
+  constexpr int OFF_ROPE = (2 * D * static_cast<int>(sizeof(W)) + 15) / 16 * 16, OFF_ACC = OFF_ROPE + WARPS * 2048;
+  extern __shared__ __align__(16) unsigned char qk_smem[];  // qk_norm_half_rope_bwd_smem_bytes
+  W(&wsm)[2][D] = *reinterpret_cast<W(*)[2][D]>(qk_smem);
+  QkRopeLane* rope = reinterpret_cast<QkRopeLane*>(qk_smem + OFF_ROPE);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // This lane's accumulators (ACC_SMEM): entry k (elements 4k … 4k+3) of kind q (0) / k (1) at acc_at(kind)[32·k].
+  Vec16* acc_base = reinterpret_cast<Vec16*>(qk_smem + OFF_ACC) + warp * 256 + lane;
   const QkLane<D, W> L(lane);
   qk_stage_weights<D, W>(wsm, a.wq, a.wk);
+  if constexpr (ACC_SMEM) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc_base[32 * k] = zero16();
+  }
   __syncthreads();
   QkRopeLane& lane_rope = rope[warp];
   const int M = a.S * a.B;
   const int tiles = (M + TILE - 1) / TILE;
 
-  float dq[16], dk[16];
+  float dq[16], dk[16];  // register accumulators (unused with ACC_SMEM until the end)
 #pragma unroll
   for (int i = 0; i < 16; ++i) dq[i] = dk[i] = 0.f;
   bool active = false, pos_ok = true;  // of the current tile's row
@@ -322,11 +332,20 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
     // r·(r·(r·P)): r·P stays O(|g|·√D) for any scale of t, where r³ alone underflows fp32 once |t| ≳ 1e13.
     const float coef = r * (r * (r * dot)) * (1.0f / D);
     float d[16];
+    Vec16* at = acc_base + (ISQ ? 0 : 128);  // ACC_SMEM: entries k = 0 … 3 at at[32·k]
 #pragma unroll
-    for (int i = 0; i < 16; ++i) {
-      const float rg = r * gp[i];
-      d[i] = rg * L.w(wv, i) - coef * t[i];
-      acc[i] = fmaf(t[i], rg, acc[i]);
+    for (int k = 0; k < 4; ++k) {
+      Vec16 v;
+      if constexpr (ACC_SMEM) v = at[32 * k];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * k + e;
+        const float rg = r * gp[i];
+        d[i] = rg * L.w(wv, i) - coef * t[i];
+        if constexpr (ACC_SMEM) v.w[e] = __float_as_uint(fmaf(t[i], rg, __uint_as_float(v.w[e])));
+        else acc[i] = fmaf(t[i], rg, acc[i]);
+      }
+      if constexpr (ACC_SMEM) at[32 * k] = v;
     }
     if (active) {
       Vec16 y0, y1;
@@ -396,7 +415,20 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
   }
 
   if (a.partial == nullptr) return;  // no weight gradients wanted (uniform: the whole grid)
+  if constexpr (ACC_SMEM) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const Vec16 q = acc_base[32 * k], kk = acc_base[128 + 32 * k];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        dq[4 * k + e] = __uint_as_float(q.w[e]);
+        dk[4 * k + e] = __uint_as_float(kk.w[e]);
+      }
+    }
+  }
   // The warp's row groups own the same channels: add them (fixed butterfly order), then the warps in warp order.
+  // The warp's partials go to its own rotary table, which it no longer reads (the shuffles order its lanes).
+  float* red_w = reinterpret_cast<float*>(rope + warp);
 #pragma unroll
   for (int o = LH; o < 32; o <<= 1) {
 #pragma unroll
@@ -405,20 +437,21 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
       dk[i] += __shfl_xor_sync(0xffffffffu, dk[i], o);
     }
   }
+  __syncwarp();
   if (lane < LH) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      red[warp][L.c0 * 8 + i] = dq[i];
-      red[warp][L.c1 * 8 + i] = dq[8 + i];
-      red[warp][D + L.c0 * 8 + i] = dk[i];
-      red[warp][D + L.c1 * 8 + i] = dk[8 + i];
+      red_w[L.c0 * 8 + i] = dq[i];
+      red_w[L.c1 * 8 + i] = dq[8 + i];
+      red_w[D + L.c0 * 8 + i] = dk[i];
+      red_w[D + L.c1 * 8 + i] = dk[8 + i];
     }
   }
   __syncthreads();
   for (int c = threadIdx.x; c < 2 * D; c += WARPS * 32) {
     float acc = 0.f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) acc += red[w][c];
+    for (int w = 0; w < WARPS; ++w) acc += reinterpret_cast<const float*>(rope + w)[c];
     a.partial[static_cast<i64>(blockIdx.x) * 2 * D + c] = acc;
   }
 }
