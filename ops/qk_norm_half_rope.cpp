@@ -19,7 +19,7 @@ namespace kiln {
 namespace detail {
 // ops/bench/qk_norm_half_rope.cpp: a prepared forward (bwd = false) or backward call on random data.
 BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64_t B, int H, int h, int D,
-                                         bool interleaved, DType dtype, DType w_dtype);
+                                         bool interleaved, DType dtype, DType w_dtype, bool weight_grads);
 }  // namespace detail
 
 namespace {
@@ -27,7 +27,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_H, P_HG, P_D, P_INTERLEAVED, P_DTYPE, P_W_DTYPE };
-enum { C_WARPS, C_BATCH };
+enum { C_WARPS, C_BATCH, C_ACC_SMEM };
 
 const char* type_name(int64_t d) {
   switch (static_cast<DType>(d)) {
@@ -44,12 +44,19 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::qk_norm_half_rope_dw_reduce_kernel<{}>", p[P_D]);
     return;
   }
-  name = fmt::format("kiln::qk_norm_half_rope_{}_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", s.kernel == kFwd ? "fwd" : "bwd",
+  name = fmt::format("kiln::qk_norm_half_rope_{}_kernel<{}, {}, {}, {}, {}, {}, {}, {}{}>", s.kernel == kFwd ? "fwd" : "bwd",
                      p[P_H], p[P_HG], p[P_D], p[P_INTERLEAVED] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
-                     s.config[C_WARPS], s.config[C_BATCH]);
+                     s.config[C_WARPS], s.config[C_BATCH],
+                     s.kernel == kBwd ? (s.config[C_ACC_SMEM] ? ", true" : ", false") : "");
 }
 
-int smem_bytes(const Specialization&) { return 0; }  // static shared memory only
+// The backward's shared memory is dynamic (weights, rotary tables, optionally the accumulators); the others' static.
+int smem_bytes(const Specialization& s) {
+  if (s.kernel != kBwd) return 0;
+  return qk_norm_half_rope_bwd_smem_bytes(s.config[C_WARPS], static_cast<int>(s.params[P_D]),
+                                          static_cast<int>(dtype_size(static_cast<DType>(s.params[P_W_DTYPE]))),
+                                          s.config[C_ACC_SMEM] != 0);
+}
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
@@ -58,35 +65,48 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"qk_norm_half_rope",
                    {"fwd", "bwd", "dw_reduce"},
                    {"H", "h", "D", "interleaved", "dtype", "w_dtype"},
-                   {"warps", "batch"},
+                   {"warps", "batch", "acc_smem"},
                    render,
                    smem_bytes,
                    enumerate,
                    search_space,
                    tune_instance};
 
-// Tile configs (warps per CTA, head slots loaded per step); the first is the heuristic default. Forward: 4 warps
-// (16 rows at D = 128) per CTA, 4 slots (128 bytes a lane) per step. Backward: 8 warps per CTA of a persistent grid,
-// 2 slots (gradient + input: 128 bytes a lane); ≥ 16 warps/SM caps it at 128 registers, so deeper batches would
-// spill. Static shared memory (2 KiB of rotary tables per warp) keeps WARPS ≤ 8.
-constexpr std::pair<int, int> kFwdPoints[] = {{4, 4}, {2, 4}, {8, 4}, {4, 8}, {4, 2}};
-constexpr std::pair<int, int> kBwdPoints[] = {{8, 2}, {4, 2}, {8, 1}, {4, 1}};
+// Tile configs (warps per CTA, head slots in the register ring, weight-gradient accumulators in shared memory); the
+// first is the heuristic default. Forward: 4 warps (16 rows at D = 128) per CTA, a 4-slot ring (128 bytes a lane).
+// Backward: 8 warps per CTA of a persistent grid, ≥ 16 warps/SM (≤ 128 registers); a 3-slot ring (gradient + input:
+// 192 bytes a lane) fits without spills only with the accumulators in shared memory (4 slots spill 16 bytes). Static shared memory (the forward's 2 KiB
+// rotary table per warp) keeps the forward's WARPS ≤ 8.
+struct Point { int warps, batch, acc_smem; };
+constexpr Point kFwdPoints[] = {{4, 4, 0}, {2, 4, 0}, {8, 4, 0}, {4, 8, 0}, {4, 2, 0}};
+// Backward: with acc_smem the weight-gradient accumulators leave the registers, so a 4-slot ring fits.
+constexpr Point kBwdPoints[] = {{8, 3, 1}, {8, 2, 0}, {4, 2, 0}, {8, 1, 0}, {8, 4, 1}};
 
-// KILN_QKROPE_FWD / KILN_QKROPE_BWD = "warps,batch" force a search-space point (a measurement knob until the tuning
-// database lands; ignored when not a point of the space).
-std::pair<int, int> forced_config(bool fwd) {
-  static const auto parse = [](const char* name, bool f) -> std::pair<int, int> {
-    const char* v = std::getenv(name);
-    int w = 0, b = 0;
-    if (!v || std::sscanf(v, "%d,%d", &w, &b) != 2) return {0, 0};
-    const std::span<const std::pair<int, int>> points =
-        f ? std::span<const std::pair<int, int>>(kFwdPoints) : std::span<const std::pair<int, int>>(kBwdPoints);
-    for (const auto& p : points)
-      if (p.first == w && p.second == b) return p;
-    return {0, 0};
-  };
-  static const std::pair<int, int> f = parse("KILN_QKROPE_FWD", true), b = parse("KILN_QKROPE_BWD", false);
-  return fwd ? f : b;
+bool in_space(bool fwd, const Point& p) {
+  const std::span<const Point> points = fwd ? std::span<const Point>(kFwdPoints) : std::span<const Point>(kBwdPoints);
+  for (const Point& q : points)
+    if (q.warps == p.warps && q.batch == p.batch && q.acc_smem == p.acc_smem) return true;
+  return false;
+}
+
+// A forced search-space point per kernel ({0, 0, 0}: the default). KILN_QKROPE_FWD = "warps,batch" and
+// KILN_QKROPE_BWD = "warps,batch,acc_smem" set them at start-up (a measurement knob until the tuning database lands;
+// ignored when not a point of the space); tests set them through qk_norm_half_rope_force_config.
+struct Forced {
+  Point fwd{0, 0, 0}, bwd{0, 0, 0};
+};
+Forced& forced() {
+  static Forced f = [] {
+    Forced x;
+    for (const bool fwd : {true, false}) {
+      const char* v = std::getenv(fwd ? "KILN_QKROPE_FWD" : "KILN_QKROPE_BWD");
+      Point p{0, 0, 0};
+      if (v && std::sscanf(v, "%d,%d,%d", &p.warps, &p.batch, &p.acc_smem) >= 2 && in_space(fwd, p))
+        (fwd ? x.fwd : x.bwd) = p;
+    }
+    return x;
+  }();
+  return f;
 }
 
 Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interleaved, DType t, DType w) {
@@ -101,10 +121,11 @@ Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interl
   s.params[P_INTERLEAVED] = interleaved;
   s.params[P_DTYPE] = static_cast<int64_t>(t);
   s.params[P_W_DTYPE] = static_cast<int64_t>(w);
-  auto [warps, batch] = kernel == kFwd ? kFwdPoints[0] : kBwdPoints[0];
-  if (const auto forced = forced_config(kernel == kFwd); forced.first > 0) std::tie(warps, batch) = forced;
-  s.config[C_WARPS] = warps;
-  s.config[C_BATCH] = batch;
+  Point c = kernel == kFwd ? kFwdPoints[0] : kBwdPoints[0];
+  if (const Point f = kernel == kFwd ? forced().fwd : forced().bwd; f.warps > 0) c = f;
+  s.config[C_WARPS] = c.warps;
+  s.config[C_BATCH] = c.batch;
+  s.config[C_ACC_SMEM] = c.acc_smem;
   return s;
 }
 
@@ -116,11 +137,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  const std::span<const std::pair<int, int>> points =
-      base.kernel == kFwd ? std::span<const std::pair<int, int>>(kFwdPoints) : std::span<const std::pair<int, int>>(kBwdPoints);
-  for (const auto& [warps, batch] : points) {
-    s.config[C_WARPS] = warps;
-    s.config[C_BATCH] = batch;
+  const std::span<const Point> points =
+      base.kernel == kFwd ? std::span<const Point>(kFwdPoints) : std::span<const Point>(kBwdPoints);
+  for (const Point& c : points) {
+    s.config[C_WARPS] = c.warps;
+    s.config[C_BATCH] = c.batch;
+    s.config[C_ACC_SMEM] = c.acc_smem;
     out.push_back(s);
   }
 }
@@ -139,10 +161,10 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   const auto& p = s.params;
   const int D = static_cast<int>(p[P_D]);
   if (s.kernel == kDwReduce)  // tuned through the backward that launches it (nothing to tune on its own)
-    return qk_norm_half_rope_instance(rt, true, tokens, 1, 1, 1, D, true, DType::bf16, DType::bf16);
+    return qk_norm_half_rope_instance(rt, true, tokens, 1, 1, 1, D, true, DType::bf16, DType::bf16, true);
   return qk_norm_half_rope_instance(rt, s.kernel == kBwd, tokens, 1, static_cast<int>(p[P_H]),
                                     static_cast<int>(p[P_HG]), D, p[P_INTERLEAVED] != 0,
-                                    static_cast<DType>(p[P_DTYPE]), static_cast<DType>(p[P_W_DTYPE]));
+                                    static_cast<DType>(p[P_DTYPE]), static_cast<DType>(p[P_W_DTYPE]), true);
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -265,7 +287,7 @@ int rows_per_cta(const Specialization& s) {
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int threads = s.config[C_WARPS] * 32;
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), threads, 0);
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), threads, smem_bytes(s));
   const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
   const int64_t tiles = (M + rows_per_cta(s) - 1) / rows_per_cta(s);
   return std::max<int64_t>(1, std::min(full, tiles));
@@ -274,6 +296,18 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
 constexpr int64_t kMaxCtasPerSm = 32;  // the hardware limit on every arch kiln targets
 
 }  // namespace
+
+namespace detail {
+// Test and measurement hook: every later call of the forward (fwd) or backward uses this search-space point
+// (warps 0 restores the heuristic default). Returns false, changing nothing, for a point outside the space.
+// Not synchronized: call it while no op of this family runs.
+bool qk_norm_half_rope_force_config(bool fwd, int warps, int batch, int acc_smem) {
+  const Point p{warps, batch, acc_smem};
+  if (warps != 0 && !in_space(fwd, p)) return false;
+  (fwd ? forced().fwd : forced().bwd) = warps != 0 ? p : Point{0, 0, 0};
+  return true;
+}
+}  // namespace detail
 
 KILN_REGISTER_FAMILY(qk_norm_half_rope, g_family)
 
@@ -334,8 +368,10 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   check_heads(ck, "gk", gk, qkv.dtype, g, g.h);
   check_heads(ck, "gv", gv, qkv.dtype, g, g.h);
   check_qkv_layout(ck, "dqkv", dqkv, qkv.dtype, &g);
-  ck.tensor("dq_norm_weight", dq_norm_weight, {DType::f32}, {g.D}, 4);
-  ck.tensor("dk_norm_weight", dk_norm_weight, {DType::f32}, {g.D}, 4);
+  // Weight gradients are optional (frozen norm weights): with neither, no partials and no reduction.
+  if (dq_norm_weight.defined()) ck.tensor("dq_norm_weight", dq_norm_weight, {DType::f32}, {g.D}, 4);
+  if (dk_norm_weight.defined()) ck.tensor("dk_norm_weight", dk_norm_weight, {DType::f32}, {g.D}, 4);
+  const bool want_dw = dq_norm_weight.defined() || dk_norm_weight.defined();
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 
   auto& impl = rt.impl();
@@ -350,10 +386,12 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     const Specialization s =
         impl.tuned(spec(arch, kBwd, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype), M);
     G = bwd_grid(rt, s, M);
-    if (workspace.defined() && workspace.numel() < G * 2 * g.D)
+    if (want_dw && workspace.defined() && workspace.numel() < G * 2 * g.D)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (qk_norm_half_rope_bwd_workspace_elems), "
                                               "got {}", G * 2 * g.D, workspace.numel()));
-    if (!workspace.defined()) {
+    if (!want_dw) {
+      partial = nullptr;
+    } else if (!workspace.defined()) {
       owned = impl.alloc_async(static_cast<size_t>(G * 2 * g.D) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
@@ -377,8 +415,10 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
   }
+  if (!want_dw) return;
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
   QkNormRopeDwArgs r{partial, static_cast<float*>(dq_norm_weight.data), static_cast<float*>(dk_norm_weight.data),
                      static_cast<int>(G)};

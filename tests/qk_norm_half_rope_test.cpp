@@ -347,6 +347,17 @@ TEST_F(QkNormRopeErrors, ValidCallsReachTheDevice) {
   EXPECT_THROW_NAMING(bwd(), "", DeviceError);
 }
 
+// The weight gradients are optional, each on its own.
+TEST_F(QkNormRopeErrors, WeightGradientsAreOptional) {
+  if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run";
+  dwq = {};
+  EXPECT_THROW_NAMING(bwd(), "", DeviceError);
+  dwk = {};
+  EXPECT_THROW_NAMING(bwd(), "", DeviceError);
+  dwq = TensorRef::contiguous(fake(11), DType::f32, {D});
+  EXPECT_THROW_NAMING(bwd(), "", DeviceError);
+}
+
 // A dim of size 1 may carry any stride (torch reports the row length, or anything after a slice): never an error.
 TEST_F(QkNormRopeErrors, SizeOneDimsIgnoreTheirStride) {
   if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run";

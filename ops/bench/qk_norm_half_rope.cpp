@@ -91,7 +91,7 @@ std::vector<float> qk_half_rope_freqs(int64_t P, int64_t D) {
 }
 
 BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64_t B, int H, int h, int D,
-                                         bool interleaved, DType dtype, DType w_dtype) {
+                                         bool interleaved, DType dtype, DType w_dtype, bool weight_grads) {
   auto buf = std::make_shared<Buffers>();
   const int64_t Wd = static_cast<int64_t>(H + 2 * h) * D, rows = S * B, el = 2;
   const TensorRef qkv =
@@ -129,9 +129,14 @@ BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64
     const TensorRef dwk = TensorRef::contiguous(buf->alloc(D * 4), DType::f32, {D});
     const int64_t ws_elems = qk_norm_half_rope_bwd_workspace_elems(rt, D);
     const TensorRef ws = TensorRef::contiguous(buf->alloc(ws_elems * 4), DType::f32, {ws_elems});
-    inst.bytes = 2 * all + qk + side + 2 * D * 4;
-    inst.run = [=](Stream s) { qk_norm_half_rope_bwd(*r, gq, gk, gv, qkv, wq, wk, freqs, dqkv, dwq, dwk, o, ws, s); };
-    inst.outputs = {dqkv, dwq, dwk};
+    inst.bytes = 2 * all + qk + side + (weight_grads ? 2 * D * 4 : 0);
+    if (weight_grads) {
+      inst.run = [=](Stream s) { qk_norm_half_rope_bwd(*r, gq, gk, gv, qkv, wq, wk, freqs, dqkv, dwq, dwk, o, ws, s); };
+      inst.outputs = {dqkv, dwq, dwk};
+    } else {
+      inst.run = [=](Stream s) { qk_norm_half_rope_bwd(*r, gq, gk, gv, qkv, wq, wk, freqs, dqkv, {}, {}, o, {}, s); };
+      inst.outputs = {dqkv};
+    }
   }
   inst.baseline_name = "device-to-device copy of qkv";
   const size_t copy_bytes = static_cast<size_t>(all);
@@ -152,13 +157,18 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     const std::string shape = fmt::format("S={} B={} H={} h={} D={}", c.S, c.B, c.H, c.h, c.D);
     cases.push_back({"qk_norm_half_rope_fwd", shape, [c](Runtime& rt) {
                        return qk_norm_half_rope_instance(rt, false, c.S, c.B, c.H, c.h, c.D, true, DType::bf16,
-                                                         DType::bf16);
+                                                         DType::bf16, true);
                      }});
     cases.push_back({"qk_norm_half_rope_bwd", shape, [c](Runtime& rt) {
                        return qk_norm_half_rope_instance(rt, true, c.S, c.B, c.H, c.h, c.D, true, DType::bf16,
-                                                         DType::bf16);
+                                                         DType::bf16, true);
                      }});
   }
+  // Without weight gradients (frozen norm weights): the main kernel alone, no partials and no reduction kernel.
+  cases.push_back({"qk_norm_half_rope_bwd", "S=4096 B=2 H=16 h=4 D=128 no_weight_grads", [](Runtime& rt) {
+                     return qk_norm_half_rope_instance(rt, true, 4096, 2, 16, 4, 128, true, DType::bf16, DType::bf16,
+                                                       false);
+                   }});
 });
 
 }  // namespace

@@ -8,16 +8,16 @@
 //   backward (g = gradient of out):  g'_j = g_j·cos f_j + g_{j+Q}·sin f_{j+Q},  g'_{j+Q} = g_{j+Q}·cos f_{j+Q} − g_j·sin f_j
 //     P = Σ_c t_c·g'_c·w_c,  dt_c = r·g'_c·w_c − (r³/D)·t_c·P,  dw_c = Σ_{rows, heads} t_c·r·g'_c,  dv = gv
 //
-// Work mapping. A head of D 16-bit values is D/8 16-byte chunks; LH = D/16 lanes own one head, two chunks each, chosen
-// so that both members of every rotation pair sit in the same thread: lane l < D/32 takes chunks l and l + D/32
-// (channels j and j+Q of the rotated half), lane l ≥ D/32 takes chunks l + D/32 and l + D/16 (the unrotated half).
-// So the rotation needs no shuffle, the head's sums need log2(LH) shuffles, and every 16-byte access of a warp covers
-// whole 32-byte sectors. A warp owns 32/LH rows (s, b) and walks the H + 2h head slots of its rows in qkv order,
-// BATCH slots per step with all their loads issued before any use; each slot is written to its [B, S, heads, D] place
-// (256 contiguous bytes at D = 128, so the transposed writes stay coalesced). cos/sin of a row's D/2 rotated channels
-// are computed once per row (8 sincosf per lane, accurate for large angles) into a per-warp shared-memory table and
-// read back by the rotating lanes for each q and k head; the norm weights stay packed in registers. Both keep the
-// register count low enough for ~16–28 resident warps per SM, which the loads in flight need.
+// Work mapping. A head of D 16-bit values is D/8 16-byte chunks; LH = D/16 lanes own one head, two chunks each:
+// lane l takes chunk l of the rotated half [0, D/2) and chunk l + LH of the unrotated half. So each of a warp's
+// 16-byte loads and stores covers whole 128-byte lines (D ≥ 128) or whole heads, the head's sums need log2(LH)
+// shuffles, and the rotation pairs lane l with lane l ^ LH/2 (channel j < D/4 with j + D/4): 8 shuffles per head.
+// A warp owns 32/LH rows (s, b) and walks the H + 2h head slots of its rows in qkv order through a register ring of
+// BATCH slots (a slot's entry is refilled as soon as it is processed, so loads stay in flight); each slot is written
+// to its [B, S, heads, D] place (contiguous heads, so the transposed writes stay coalesced). cos and ±sin of a lane's
+// 8 rotated channels are computed once per row (sincosf, accurate for large angles) into the lane's private slots of
+// a shared-memory table (no register arrays indexed in a loop) and read back per q/k head; the norm weights are
+// staged once per CTA in shared memory.
 // Backward: a persistent grid; each CTA accumulates dq_w/dk_w for its rows in registers (fixed order), reduces its
 // warps through shared memory in warp order, and writes one partial per CTA; a second kernel sums the partials in CTA
 // order. The result is deterministic (no float atomics) and costs no second pass over the data.
@@ -42,6 +42,12 @@ __device__ __forceinline__ void qkv_slot(int j, int& kind, int& idx) {
   }
 }
 
+template <bool V> struct QkBool { static constexpr bool value = V; };
+
+// 1/sqrt(x) for the norm: the approximate reciprocal square root (≤ 2 ulp; the outputs are 16-bit), as linghe HEAD
+// (tl.rsqrt). IEEE sqrt + division would cost ~20 more instructions per head.
+__device__ __forceinline__ float qk_rms_inv(float x) { return rsqrtf(x); }
+
 __device__ __forceinline__ Vec16 zero16() {
   Vec16 v;
   v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
@@ -64,45 +70,39 @@ __device__ __forceinline__ long long qk_rope_position(const QkRopePositions& p, 
   return pos >= 0 && pos < p.freqs_rows ? pos : -1;
 }
 
-// The rotary table of one row in shared memory: cos and sin of the D/2 rotated channels, fp32. The LH lanes of the
-// row's group each compute 8 of them (sincosf: accurate at large angles); rotating lanes read theirs per head.
-template <int D>
-struct QkRopeRow {
-  float cs[D / 2];
-  float sn[D / 2];
+// A lane's rotary coefficients for its current row, in shared memory private to the lane: entries [0], [1] hold cos of
+// its 8 rotated channels, [2], [3] the signed sin (−sin for channels j < D/4, whose partner is subtracted; +sin for
+// j ≥ D/4). Layout [4][32 lanes] of 16-byte vectors: a warp's accesses are conflict-free.
+struct QkRopeLane {
+  Vec16 v[4][32];
 };
 
-// Fills the group's row table in two steps, so a batch of loads can be issued in between: qk_rope_stage copies the
-// lane's 8 angles of row `pos` into the cos slots (two 16-byte loads; pos < 0: zeros, an identity rotation — the
-// caller makes such rows NaN), qk_rope_finish turns them into cos and sin. Each lane touches only its own 8 entries.
+// Two steps, so a ring of loads can be issued in between: qk_rope_stage loads the lane's 8 angles of row `pos`
+// (channels 8·l … 8·l + 7; pos < 0: zeros, an identity rotation — the caller makes such rows NaN) into the cos
+// entries, qk_rope_finish turns them into cos and signed sin.
 template <int D>
-__device__ __forceinline__ void qk_rope_stage(QkRopeRow<D>& t, const float* freqs, long long pos, int l) {
+__device__ __forceinline__ void qk_rope_stage(QkRopeLane& t, int lane, const float* freqs, long long pos, int l) {
   Vec16 a = zero16(), b = zero16();
   if (pos >= 0) {
     const float* f = freqs + pos * (D / 2) + l * 8;
     a = load16(f);
     b = load16(f + 4);
   }
-  *reinterpret_cast<Vec16*>(&t.cs[l * 8]) = a;
-  *reinterpret_cast<Vec16*>(&t.cs[l * 8 + 4]) = b;
+  t.v[0][lane] = a;
+  t.v[1][lane] = b;
 }
-template <int D>
-__device__ __forceinline__ void qk_rope_finish(QkRopeRow<D>& t, int l) {
+__device__ __forceinline__ void qk_rope_finish(QkRopeLane& t, int lane, bool first_quarter) {
+  float* cs = reinterpret_cast<float*>(&t.v[0][0]);
+  float* sn = reinterpret_cast<float*>(&t.v[2][0]);
   // Not unrolled: sincosf carries a large slow path (Payne–Hanek, |x| > 105615); one copy keeps the code small.
 #pragma unroll 1
   for (int i = 0; i < 8; ++i) {
+    const int at = (i >> 2) * 128 + lane * 4 + (i & 3);  // float index of element i in entries [i/4][lane]
     float sv, cv;
-    sincosf(t.cs[l * 8 + i], &sv, &cv);
-    t.cs[l * 8 + i] = cv;
-    t.sn[l * 8 + i] = sv;
+    sincosf(cs[at], &sv, &cv);
+    cs[at] = cv;
+    sn[at] = first_quarter ? -sv : sv;
   }
-}
-
-// 4 consecutive floats of shared memory (16-byte aligned) into registers.
-__device__ __forceinline__ void lds4(const float* p, float (&out)[4]) {
-  const Vec16 a = *reinterpret_cast<const Vec16*>(p);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) out[i] = __uint_as_float(a.w[i]);
 }
 
 template <typename T>
@@ -146,20 +146,20 @@ __device__ __forceinline__ void qk_stage_weights(W (&ws)[2][D], const void* wq, 
   }
 }
 
-// Per-lane constants of a row group: which chunks it owns and whether they rotate. The norm weights of its 16
-// channels are read from the CTA's shared copy per head (2 or 4 16-byte loads), not held in registers: the backward
-// needs those registers for its weight-gradient accumulators.
+// Per-lane constants of a row group: the lane's chunks (c0 = l in the rotated half, c1 = l + LH in the other) and
+// its rotation partner. The norm weights of its 16 channels are read from the CTA's shared copy per head (2 or 4
+// 16-byte loads), not held in registers: the backward needs those for its weight-gradient accumulators.
 template <int D, typename W>
 struct QkLane {
-  static constexpr int LH = D / 16, QC = D / 32, E = 16 / static_cast<int>(sizeof(W)), NV = 16 / E;
-  int l, c0, c1;
-  bool rot;
-  __device__ __forceinline__ explicit QkLane(int lane) {
+  static constexpr int LH = D / 16, E = 16 / static_cast<int>(sizeof(W)), NV = 16 / E;
+  int lane, l, c0, c1;
+  __device__ __forceinline__ explicit QkLane(int lane_) {
+    lane = lane_;
     l = lane & (LH - 1);
-    rot = l < QC;
-    c0 = rot ? l : l + QC;
-    c1 = c0 + QC;
+    c0 = l;
+    c1 = l + LH;
   }
+  __device__ __forceinline__ bool first_quarter() const { return l < LH / 2; }
   // Elements 0..7: the weights of chunk c0's channels, 8..15: chunk c1's.
   __device__ __forceinline__ void weights(const W (&ws)[2][D], bool isq, Vec16 (&w)[NV]) const {
     const W* row = ws[isq ? 0 : 1];
@@ -170,27 +170,20 @@ struct QkLane {
     }
   }
   static __device__ __forceinline__ float w(const Vec16 (&wv)[NV], int i) { return vec_get<W>(wv[i / E], i % E); }
-  // Rotates the lane's 8 pairs (v[i], v[8+i]) (rotating lanes only), 4 pairs at a time so that at most 16 cos/sin
-  // values are live. Forward: (a, b) → (a·cos f_a − b·sin f_a, b·cos f_b + a·sin f_b). Transposed (the backward's
-  // un-rotation): (a, b) → (a·cos f_a + b·sin f_b, b·cos f_b − a·sin f_a).
-  template <bool TRANSPOSED, int DD>
-  __device__ __forceinline__ void rotate(const QkRopeRow<DD>& t, float (&v)[16]) const {
+  // Elements 0..7 of v (the rotated chunk): forward v·cos + partner(v)·(±sin); transposed (the backward's
+  // un-rotation) v·cos + partner(v·(±sin)). Every lane of the warp must call it (shuffles within the row's group).
+  template <bool TRANSPOSED>
+  __device__ __forceinline__ void rotate(const QkRopeLane& t, float (&v)[16]) const {
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      float ca[4], sa[4], cb[4], sb[4];
-      lds4(&t.cs[c0 * 8 + 4 * h], ca);
-      lds4(&t.sn[c0 * 8 + 4 * h], sa);
-      lds4(&t.cs[c1 * 8 + 4 * h], cb);
-      lds4(&t.sn[c1 * 8 + 4 * h], sb);
+      const Vec16 c = t.v[h][lane], sg = t.v[2 + h][lane];
 #pragma unroll
       for (int i = 0; i < 4; ++i) {
-        const float x = v[4 * h + i], y = v[8 + 4 * h + i];
+        const float x = v[4 * h + i], cv = __uint_as_float(c.w[i]), sv = __uint_as_float(sg.w[i]);
         if constexpr (TRANSPOSED) {
-          v[4 * h + i] = x * ca[i] + y * sb[i];
-          v[8 + 4 * h + i] = y * cb[i] - x * sa[i];
+          v[4 * h + i] = fmaf(x, cv, __shfl_xor_sync(0xffffffffu, x * sv, LH / 2));
         } else {
-          v[4 * h + i] = x * ca[i] - y * sa[i];
-          v[8 + 4 * h + i] = y * cb[i] + x * sb[i];
+          v[4 * h + i] = fmaf(__shfl_xor_sync(0xffffffffu, x, LH / 2), sv, x * cv);
         }
       }
     }
@@ -204,7 +197,7 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
   static_assert(H % HG == 0, "H must be a multiple of h");
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG;
-  __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
+  __shared__ QkRopeLane rope[WARPS];
   __shared__ __align__(16) W wsm[2][D];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const QkLane<D, W> L(lane);
@@ -213,7 +206,7 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
   const int m = (blockIdx.x * WARPS + warp) * RPW + lane / LH;
   const bool active = m < M;
   const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
-  QkRopeRow<D>& row_rope = rope[warp][lane / LH];
+  QkRopeLane& lane_rope = rope[warp];
   const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                   static_cast<i64>(b) * a.qkv_b_stride;
   const i64 bs = static_cast<i64>(b) * a.S + s;  // row of the [B, S] outputs
@@ -231,7 +224,7 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
   };
   const long long pos = active ? qk_rope_position(a.pos, s) : 0;
   const bool pos_ok = !active || pos >= 0;
-  qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+  qk_rope_stage<D>(lane_rope, lane, a.pos.freqs, pos_ok ? pos : -1, L.l);
 
   // Round j0 = −BATCH only fills the ring (those loads are in flight while the rotary table is computed).
 #pragma unroll 1
@@ -256,14 +249,14 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
 #pragma unroll
           for (int i = 0; i < 16; ++i) ss = fmaf(t[i], t[i], ss);
           ss = warp_sum<LH>(ss);
-          float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
+          float r = qk_rms_inv(ss * (1.0f / D) + a.eps);
           if (!pos_ok) r = __int_as_float(0x7fc00000);  // no rotary row for this position: NaN, not garbage
           Vec16 wv[QkLane<D, W>::NV];
           L.weights(wsm, isq, wv);
           float o[16];
 #pragma unroll
           for (int i = 0; i < 16; ++i) o[i] = t[i] * r * L.w(wv, i);
-          if (L.rot) L.template rotate<false>(row_rope, o);
+          L.template rotate<false>(lane_rope, o);
           if (active) {
             T* dst = isq ? static_cast<T*>(a.q) + (bs * H + idx) * D : static_cast<T*>(a.k) + (bs * HG + idx) * D;
             Vec16 y0, y1;
@@ -276,39 +269,96 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
       load_slot(u, j + BATCH);
     }
     if (j0 < 0) {
-      qk_rope_finish<D>(row_rope, L.l);
-      __syncthreads();  // the weights and the warp's rotary table
+      qk_rope_finish(lane_rope, lane, L.first_quarter());
+      __syncthreads();  // the weights
     }
   }
 }
 
 // Backward: persistent grid over tiles of WARPS·32/LH rows (tile t, t + gridDim.x, …, a fixed assignment).
 // ≥ 16 resident warps per SM (≤ 128 registers): 131 unconstrained would leave one 8-warp CTA per SM.
-template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH>
+// ACC_SMEM: the weight-gradient accumulators live in shared memory (private to each lane, read-modify-write per
+// head) instead of 32 registers, which buys a deeper ring (BATCH) at the same 16 warps per SM.
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH, bool ACC_SMEM>
 __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
   static_assert(sizeof(T) == 2, "16-bit activations");
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
   static_assert(H % HG == 0, "H must be a multiple of h");
+  static_assert(sizeof(QkRopeLane) == 2048 && 2 * D * 4 <= 2048, "a warp's partials fit its rotary table");
   constexpr int LH = D / 16, RPW = 32 / LH, NH = H + 2 * HG, TILE = WARPS * RPW;
-  __shared__ __align__(16) QkRopeRow<D> rope[WARPS][RPW];
-  __shared__ float red[WARPS][2 * D];
-  __shared__ __align__(16) W wsm[2][D];
+  constexpr int OFF_ROPE = (2 * D * static_cast<int>(sizeof(W)) + 15) / 16 * 16, OFF_ACC = OFF_ROPE + WARPS * 2048;
+  extern __shared__ __align__(16) unsigned char qk_smem[];  // qk_norm_half_rope_bwd_smem_bytes
+  W(&wsm)[2][D] = *reinterpret_cast<W(*)[2][D]>(qk_smem);
+  QkRopeLane* rope = reinterpret_cast<QkRopeLane*>(qk_smem + OFF_ROPE);
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  // This lane's accumulators (ACC_SMEM): entry k (elements 4k … 4k+3) of kind q (0) / k (1) at acc_at(kind)[32·k].
+  Vec16* acc_base = reinterpret_cast<Vec16*>(qk_smem + OFF_ACC) + warp * 256 + lane;
   const QkLane<D, W> L(lane);
   qk_stage_weights<D, W>(wsm, a.wq, a.wk);
+  if constexpr (ACC_SMEM) {
+#pragma unroll
+    for (int k = 0; k < 8; ++k) acc_base[32 * k] = zero16();
+  }
   __syncthreads();
-  QkRopeRow<D>& row_rope = rope[warp][lane / LH];
+  QkRopeLane& lane_rope = rope[warp];
   const int M = a.S * a.B;
   const int tiles = (M + TILE - 1) / TILE;
 
-  float dq[16], dk[16];
+  float dq[16], dk[16];  // register accumulators (unused with ACC_SMEM until the end)
 #pragma unroll
   for (int i = 0; i < 16; ++i) dq[i] = dk[i] = 0.f;
+  bool active = false, pos_ok = true;  // of the current tile's row
+
+  // One q or k head of the current row: dt into dst, t·r·g' into that kind's weight-gradient accumulator.
+  auto qk_grad = [&](auto isq_c, const Vec16 x0v, const Vec16 x1v, const Vec16 g0v, const Vec16 g1v, T* dst) {
+    constexpr bool ISQ = decltype(isq_c)::value;
+    float(&acc)[16] = ISQ ? dq : dk;
+    float t[16], gp[16];
+    unpack16<T>(x0v, x1v, t);
+    unpack16<T>(g0v, g1v, gp);
+    L.template rotate<true>(lane_rope, gp);
+    Vec16 wv[QkLane<D, W>::NV];
+    L.weights(wsm, ISQ, wv);
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < 16; ++i) {
+      ss = fmaf(t[i], t[i], ss);
+      dot = fmaf(t[i] * gp[i], L.w(wv, i), dot);
+    }
+    ss = warp_sum<LH>(ss);
+    dot = warp_sum<LH>(dot);
+    float r = qk_rms_inv(ss * (1.0f / D) + a.eps);
+    if (!pos_ok) r = __int_as_float(0x7fc00000);
+    // r·(r·(r·P)): r·P stays O(|g|·√D) for any scale of t, where r³ alone underflows fp32 once |t| ≳ 1e13.
+    const float coef = r * (r * (r * dot)) * (1.0f / D);
+    float d[16];
+    Vec16* at = acc_base + (ISQ ? 0 : 128);  // ACC_SMEM: entries k = 0 … 3 at at[32·k]
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      Vec16 v;
+      if constexpr (ACC_SMEM) v = at[32 * k];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int i = 4 * k + e;
+        const float rg = r * gp[i];
+        d[i] = rg * L.w(wv, i) - coef * t[i];
+        if constexpr (ACC_SMEM) v.w[e] = __float_as_uint(fmaf(t[i], rg, __uint_as_float(v.w[e])));
+        else acc[i] = fmaf(t[i], rg, acc[i]);
+      }
+      if constexpr (ACC_SMEM) at[32 * k] = v;
+    }
+    if (active) {
+      Vec16 y0, y1;
+      pack16<T>(d, y0, y1);
+      store16(dst + L.c0 * 8, y0);
+      store16(dst + L.c1 * 8, y1);
+    }
+  };
 
 #pragma unroll 1
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
     const int m = tile * TILE + warp * RPW + lane / LH;
-    const bool active = m < M;
+    active = m < M;
     const int s = active ? m / a.B : 0, b = active ? m - s * a.B : 0;
     const T* xrow = static_cast<const T*>(a.qkv) + static_cast<i64>(s) * a.qkv_s_stride +
                     static_cast<i64>(b) * a.qkv_b_stride;
@@ -333,9 +383,8 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
       }
     };
     const long long pos = active ? qk_rope_position(a.pos, s) : 0;
-    const bool pos_ok = !active || pos >= 0;
-    __syncwarp();  // the previous tile's reads of the table are done
-    qk_rope_stage<D>(row_rope, a.pos.freqs, pos_ok ? pos : -1, L.l);
+    pos_ok = !active || pos >= 0;
+    qk_rope_stage<D>(lane_rope, lane, a.pos.freqs, pos_ok ? pos : -1, L.l);
 
 #pragma unroll 1
     for (int j0 = -BATCH; j0 < NH; j0 += BATCH) {  // round −BATCH only fills the ring
@@ -352,51 +401,34 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
               store16(dst + L.c1 * 8, g1[u]);
             }
           } else {
-            const bool isq = kind == 0;
-            float t[16], gp[16];
-            unpack16<T>(x0[u], x1[u], t);
-            unpack16<T>(g0[u], g1[u], gp);
-            if (L.rot) L.template rotate<true>(row_rope, gp);  // the unrotated lanes pass g through
-            Vec16 wv[QkLane<D, W>::NV];
-            L.weights(wsm, isq, wv);
-            float ss = 0.f, dot = 0.f;
-#pragma unroll
-            for (int i = 0; i < 16; ++i) {
-              ss = fmaf(t[i], t[i], ss);
-              dot = fmaf(t[i] * gp[i], L.w(wv, i), dot);
-            }
-            ss = warp_sum<LH>(ss);
-            dot = warp_sum<LH>(dot);
-            float r = 1.0f / sqrtf(ss * (1.0f / D) + a.eps);
-            if (!pos_ok) r = __int_as_float(0x7fc00000);
-            // r·(r·(r·P)): r·P stays O(|g|·√D) for any scale of t, where r³ alone underflows fp32 once |t| ≳ 1e13.
-            const float coef = r * (r * (r * dot)) * (1.0f / D);
-            float d[16];
-#pragma unroll
-            for (int i = 0; i < 16; ++i) {
-              const float rg = r * gp[i];
-              d[i] = rg * L.w(wv, i) - coef * t[i];
-              if (isq) dq[i] = fmaf(t[i], rg, dq[i]);
-              else dk[i] = fmaf(t[i], rg, dk[i]);
-            }
-            if (active) {
-              Vec16 y0, y1;
-              pack16<T>(d, y0, y1);
-              store16(dst + L.c0 * 8, y0);
-              store16(dst + L.c1 * 8, y1);
-            }
+            // Separate q and k code paths: no per-element selects between the two weight-gradient accumulators.
+            if (kind == 0) qk_grad(QkBool<true>{}, x0[u], x1[u], g0[u], g1[u], dst);
+            else qk_grad(QkBool<false>{}, x0[u], x1[u], g0[u], g1[u], dst);
           }
         }
         load_slot(u, j + BATCH);
       }
       if (j0 < 0) {
-        qk_rope_finish<D>(row_rope, L.l);
-        __syncwarp();
+        qk_rope_finish(lane_rope, lane, L.first_quarter());
       }
     }
   }
 
+  if (a.partial == nullptr) return;  // no weight gradients wanted (uniform: the whole grid)
+  if constexpr (ACC_SMEM) {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const Vec16 q = acc_base[32 * k], kk = acc_base[128 + 32 * k];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        dq[4 * k + e] = __uint_as_float(q.w[e]);
+        dk[4 * k + e] = __uint_as_float(kk.w[e]);
+      }
+    }
+  }
   // The warp's row groups own the same channels: add them (fixed butterfly order), then the warps in warp order.
+  // The warp's partials go to its own rotary table, which it no longer reads (the shuffles order its lanes).
+  float* red_w = reinterpret_cast<float*>(rope + warp);
 #pragma unroll
   for (int o = LH; o < 32; o <<= 1) {
 #pragma unroll
@@ -405,20 +437,21 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
       dk[i] += __shfl_xor_sync(0xffffffffu, dk[i], o);
     }
   }
+  __syncwarp();
   if (lane < LH) {
 #pragma unroll
     for (int i = 0; i < 8; ++i) {
-      red[warp][L.c0 * 8 + i] = dq[i];
-      red[warp][L.c1 * 8 + i] = dq[8 + i];
-      red[warp][D + L.c0 * 8 + i] = dk[i];
-      red[warp][D + L.c1 * 8 + i] = dk[8 + i];
+      red_w[L.c0 * 8 + i] = dq[i];
+      red_w[L.c1 * 8 + i] = dq[8 + i];
+      red_w[D + L.c0 * 8 + i] = dk[i];
+      red_w[D + L.c1 * 8 + i] = dk[8 + i];
     }
   }
   __syncthreads();
   for (int c = threadIdx.x; c < 2 * D; c += WARPS * 32) {
     float acc = 0.f;
 #pragma unroll
-    for (int w = 0; w < WARPS; ++w) acc += red[w][c];
+    for (int w = 0; w < WARPS; ++w) acc += reinterpret_cast<const float*>(rope + w)[c];
     a.partial[static_cast<i64>(blockIdx.x) * 2 * D + c] = acc;
   }
 }
@@ -439,8 +472,11 @@ __global__ void __launch_bounds__(512) qk_norm_half_rope_dw_reduce_kernel(const 
     float sum = 0.f;
 #pragma unroll
     for (int w = 0; w < 16; ++w) sum += part[w][lane];
-    if (col < D) a.dq_w[col] = sum;
-    else a.dk_w[col - D] = sum;
+    if (col < D) {
+      if (a.dq_w) a.dq_w[col] = sum;
+    } else if (a.dk_w) {
+      a.dk_w[col - D] = sum;
+    }
   }
 }
 

@@ -30,15 +30,22 @@ struct QkNormRopeBwdArgs {
   const void* wq; const void* wk;
   QkRopePositions pos;
   void* dqkv; long long dqkv_s_stride, dqkv_b_stride;     // qkv's head layout, its own strides
-  float* partial;                                         // [gridDim.x, 2, D] fp32: per-CTA dq_w, dk_w partials
+  float* partial;  // [gridDim.x, 2, D] fp32: per-CTA dq_w, dk_w partials; null: no weight gradients
   int S, B;
   float eps;
 };
 
+// Dynamic shared memory of the backward kernel (bytes): the norm weights [2][D], a 2 KiB rotary table per warp (the
+// warp's partial weight gradients reuse it at the end), and with acc_smem the weight-gradient accumulators
+// (2 kinds × 16 floats per lane: 4 KiB per warp) instead of registers.
+constexpr int qk_norm_half_rope_bwd_smem_bytes(int warps, int d, int w_bytes, bool acc_smem) {
+  return (2 * d * w_bytes + 15) / 16 * 16 + warps * 2048 + (acc_smem ? warps * 4096 : 0);
+}
+
 struct QkNormRopeDwArgs {
   const float* partial;  // [G, 2, D]
-  float* dq_w;           // [D]
-  float* dk_w;           // [D]
+  float* dq_w;           // [D] or null
+  float* dk_w;           // [D] or null
   int G;
 };
 

@@ -15,6 +15,7 @@
 #include <bit>
 #include <cmath>
 #include <cstdio>
+#include <cstring>
 #include <limits>
 #include <span>
 #include <string>
@@ -23,6 +24,10 @@
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "reference/qk_norm_half_rope.hpp"
 #include "test_util.hpp"
+
+namespace kiln::detail {
+bool qk_norm_half_rope_force_config(bool fwd, int warps, int batch, int acc_smem);  // ops/qk_norm_half_rope.cpp
+}
 
 namespace kiln::test {
 namespace {
@@ -191,9 +196,45 @@ QkNormHalfRopeOptions options(const Case& c, const TensorRef& cu) {
   return o;
 }
 
-TEST_P(QkNormRopeGpu, ForwardAndBackwardMatchReference) {
-  const Case c = GetParam();
-  Runtime& r = rt();
+void check_case(Runtime& r, const Case& c);
+
+TEST_P(QkNormRopeGpu, ForwardAndBackwardMatchReference) { check_case(rt(), GetParam()); }
+
+// Every search-space point (the configs a tuner may pick) on a few shapes: odd rows, D = 64 and 256, the plain layout,
+// strided qkv/dqkv, packed sequences.
+TEST_F(QkNormRopeGpu, EverySearchSpacePointMatchesReference) {
+  const int fwd_points[][3] = {{4, 4, 0}, {2, 4, 0}, {8, 4, 0}, {4, 8, 0}, {4, 2, 0}};
+  const int bwd_points[][3] = {{8, 3, 1}, {8, 2, 0}, {4, 2, 0}, {8, 1, 0}, {8, 4, 1}};
+  std::vector<Case> shapes;
+  shapes.push_back({129, 3, 16, 4, 128});
+  shapes.push_back({57, 2, 32, 8, 64, false});
+  {
+    Case c{40, 3, 8, 2, 256};
+    c.qkv_mode = 2;
+    c.dqkv_mode = 1;
+    shapes.push_back(c);
+    Case d{64, 1, 16, 4, 128};
+    d.cu = {0, 10, 41, 60};
+    d.max_seqlen = 31;
+    shapes.push_back(d);
+  }
+  for (size_t p = 0; p < 5; ++p) {
+    const int* f = fwd_points[p];
+    const int* b = bwd_points[p];
+    ASSERT_TRUE(detail::qk_norm_half_rope_force_config(true, f[0], f[1], f[2]));
+    ASSERT_TRUE(detail::qk_norm_half_rope_force_config(false, b[0], b[1], b[2]));
+    for (const Case& c : shapes) {
+      SCOPED_TRACE("fwd config " + std::to_string(f[0]) + "," + std::to_string(f[1]) + "; bwd config " +
+                   std::to_string(b[0]) + "," + std::to_string(b[1]) + "," + std::to_string(b[2]) + "; " + name_of(c));
+      check_case(rt(), c);
+    }
+  }
+  detail::qk_norm_half_rope_force_config(true, 0, 0, 0);
+  detail::qk_norm_half_rope_force_config(false, 0, 0, 0);
+  EXPECT_FALSE(detail::qk_norm_half_rope_force_config(false, 8, 4, 0));  // not a point of the space
+}
+
+void check_case(Runtime& r, const Case& c) {
   const Inputs in = make_inputs(c);
   const QkRopeProblem& p = in.p;
   const int64_t S = c.S, B = c.B, D = c.D, W = p.width(), M = S * B;
@@ -415,14 +456,16 @@ TEST_F(QkNormRopeGpu, BackwardWorkspace) {
   ASSERT_GT(elems, 0);
   DeviceBuffer ws_d(r, elems * 4);
   const QkNormHalfRopeOptions o = options(c, {});
-  auto run = [&](const TensorRef& ws) {
+  // want: 0 none, 1 dq only, 2 dk only, 3 both weight gradients. Returns dq (D), dk (D), then dqkv's raw words;
+  // gradients not asked for come back as the poison pattern, which must be left untouched.
+  auto run = [&](const TensorRef& ws, int want = 3) {
     DeviceBuffer dqkv_d(r, M * W * 2), dwq_d(r, D * 4), dwk_d(r, D * 4);
-    ws_d.poison();
+    for (DeviceBuffer* b : {&ws_d, &dqkv_d, &dwq_d, &dwk_d}) b->poison();
     qk_norm_half_rope_bwd(r, gq_d.ref(DType::bf16, {B, S, 16, D}), gk_d.ref(DType::bf16, {B, S, 4, D}),
                           gv_d.ref(DType::bf16, {B, S, 4, D}), qkv_d.ref(DType::bf16, {S, B, W}),
                           wq_d.ref(DType::bf16, {D}), wk_d.ref(DType::bf16, {D}), fr_d.ref(DType::f32, {S, D / 2}),
-                          dqkv_d.ref(DType::bf16, {S, B, W}), dwq_d.ref(DType::f32, {D}), dwk_d.ref(DType::f32, {D}), o,
-                          ws, nullptr);
+                          dqkv_d.ref(DType::bf16, {S, B, W}), (want & 1) ? dwq_d.ref(DType::f32, {D}) : TensorRef{},
+                          (want & 2) ? dwk_d.ref(DType::f32, {D}) : TensorRef{}, o, ws, nullptr);
     synchronize();
     std::vector<float> out = dwq_d.download<float>(D), k = dwk_d.download<float>(D);
     out.insert(out.end(), k.begin(), k.end());
@@ -435,6 +478,20 @@ TEST_F(QkNormRopeGpu, BackwardWorkspace) {
   EXPECT_TRUE(bitwise_equal("dqkv + weight gradients", given, own));
   // One element: far fewer than the partials of 600 rows.
   EXPECT_THROW_NAMING(run(ws_d.ref(DType::f32, {1})), "workspace", ShapeMismatchError);
+
+  // Optional weight gradients: dqkv is the same without them, an asked-for one is the same bits, the other untouched.
+  float poison;
+  std::memset(&poison, DeviceBuffer::kPoison, 4);
+  for (int want : {0, 1, 2}) {
+    SCOPED_TRACE("weight gradients asked for: " + std::to_string(want));
+    const std::vector<float> part = run({}, want);
+    std::vector<float> expect = own;
+    for (int c = 0; c < D; ++c) {
+      if (!(want & 1)) expect[c] = poison;
+      if (!(want & 2)) expect[D + c] = poison;
+    }
+    EXPECT_TRUE(bitwise_equal("dq, dk, dqkv", part, expect));
+  }
 }
 
 }  // namespace

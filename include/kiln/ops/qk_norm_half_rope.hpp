@@ -52,7 +52,8 @@ void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q
 
 // gq [B, S, H, D], gk, gv [B, S, h, D]: qkv's dtype, contiguous. qkv, weights, freqs and options as in the forward.
 // dqkv [S, B, (H+2h)·D]: qkv's dtype and head layout, its own strides (rules as qkv's; every element of the view is
-// written). dq_norm_weight, dk_norm_weight [D] fp32 (overwritten, not accumulated).
+// written). dq_norm_weight, dk_norm_weight [D] fp32 (overwritten, not accumulated); either may be empty (not computed;
+// with both empty the weight-gradient reduction is skipped entirely, e.g. for frozen norm weights).
 // workspace: optional fp32 buffer of at least qk_norm_half_rope_bwd_workspace_elems(rt, D) elements; if empty, kiln
 // allocates one stream-ordered on `stream` and frees it after the launches.
 void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk, const TensorRef& gv,
