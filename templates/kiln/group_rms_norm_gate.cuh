@@ -186,7 +186,7 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
         cp_async16(xs + SEGC + c * E, gr + c * E, true);
       }
     }
-    cp_async_commit();
+    stage_commit();
   };
 
   issue(first, 0);
@@ -404,7 +404,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
         cp_async16(xs + 2 * SEGC + c * E, yr + c * E, true);
       }
     }
-    cp_async_commit();
+    stage_commit();
   };
 
   float dwr[STEPS][E];

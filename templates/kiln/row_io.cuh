@@ -174,7 +174,6 @@ __device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
 }
 
 // ---- staging rows in shared memory (cp.async, sm_80+) ----------------------------------------------------------
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
@@ -186,6 +185,10 @@ __device__ __forceinline__ Raw<16> lds16(const void* p) {
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "r"(a));
   return r;
 }
+
+// Closes the group of cp.async copies issued so far (named apart from common.cuh's cp_async_commit, which some
+// trees have and some do not).
+__device__ __forceinline__ void stage_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
 
 // The largest power of two dividing n, capped at `cap` (a power of two).
 __host__ __device__ constexpr int pow2_divisor(int n, int cap) {
