@@ -47,9 +47,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const int64_t d = p[P_DIM] / p[P_G];
   switch (s.kernel) {
     case kFwd:
-      name = fmt::format("kiln::group_rms_norm_gate_fwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
-                         s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
-                         type_name(p[P_W_DTYPE]));
+      name = fmt::format("kiln::group_rms_norm_gate_fwd{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
+                         s.config[C_ROWS] == kRowsStaged ? "_staged" : "", p[P_DIM], p[P_G], s.config[C_SEG],
+                         p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
       if (s.config[C_ROWS] == kRowsStaged)
@@ -71,10 +71,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int64_t group_dim(const Specialization& s) { return s.params[P_DIM] / s.params[P_G]; }
 
 int smem_bytes(const Specialization& s) {
-  if (s.kernel != kBwd) return 0;
   const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  return static_cast<int>(s.config[C_WARPS] * s.config[C_SEG] * group_dim(s) *
-                          (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
+  const int64_t seg_channels = s.config[C_SEG] * group_dim(s);
+  if (s.kernel == kFwd)  // the staged forward: two stages of x and gate per warp
+    return s.config[C_ROWS] == kRowsStaged ? static_cast<int>(s.config[C_WARPS] * seg_channels * 4 * es) : 0;
+  if (s.kernel != kBwd) return 0;
+  return static_cast<int>(s.config[C_WARPS] * seg_channels * (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
 }
 
 // The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
@@ -82,7 +84,8 @@ bool staged_ok(const Specialization& s, int seg) {
   const int64_t d = group_dim(s);
   const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
   const int64_t e = 16 / es, nc = seg * d / e;
-  return (d * es) % 16 == 0 && (nc + 31) / 32 * e <= 64;
+  if ((d * es) % 16 != 0) return false;
+  return s.kernel == kFwd || (nc + 31) / 32 * e <= 64;  // the backward keeps dw in registers
 }
 
 // Groups per warp item: the most that keep a segment within `max_bytes` of x's dtype (at least one group).
@@ -158,7 +161,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
       for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
-        if (base.kernel == kFwd && (rows != kRowsReread || w < 2)) continue;
+        if (base.kernel == kFwd && (rows == kRowsKept || w < 2)) continue;
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
         s.config[C_WARPS] = w;
         s.config[C_SEG] = static_cast<int>(seg);
@@ -306,20 +309,22 @@ int64_t bwd_grid_x_bound(Runtime& rt, const Specialization& s, int64_t M) {
 KILN_REGISTER_FAMILY(group_rms_norm_gate, g_family)
 
 namespace detail {
-// group_rms_norm_gate_fwd with the config forced (warps, segment groups; warps ≤ 0: the tuned/heuristic config).
+// group_rms_norm_gate_fwd with the config forced (warps, segment groups, rows mode 0 per item / 2 staged; warps ≤ 0:
+// the tuned/heuristic config).
 void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                                     const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
-                                    int warps, int seg);
+                                    int warps, int seg, int rows);
 }  // namespace detail
 
 void group_rms_norm_gate_fwd(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                              const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream) {
-  detail::group_rms_norm_gate_fwd_config(rt, x, gate, weight, out, opts, stream, 0, 0);
+  detail::group_rms_norm_gate_fwd_config(rt, x, gate, weight, out, opts, stream, 0, 0, 0);
 }
 
 void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate,
                                             const TensorRef& weight, const TensorRef& out,
-                                            const GroupRmsNormGateOptions& opts, Stream stream, int warps, int seg) {
+                                            const GroupRmsNormGateOptions& opts, Stream stream, int warps, int seg,
+                                            int rows) {
   const Check ck{"group_rms_norm_gate_fwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "out", out, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
@@ -331,18 +336,28 @@ void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, con
   if (warps > 0) {
     s.config[C_WARPS] = warps;
     s.config[C_SEG] = seg;
+    s.config[C_ROWS] = rows;
     if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
   }
   const auto [x_sb, x_ss] = bs_strides(x, false);
   const auto [g_sb, g_ss] = bs_strides(gate, opts.transpose);
   const auto [o_sb, o_ss] = bs_strides(out, opts.transpose);
-  GroupNormGateFwdArgs a{x.data, x_sb, x_ss, gate.data, g_sb, g_ss, weight.data, out.data, o_sb, o_ss,
-                         static_cast<int>(g.M), static_cast<int>(g.S), opts.eps};
-  const int64_t items = g.M * (g.G / s.config[C_SEG]);
+  GroupNormGateFwdArgs a{x.data,  x_sb,  x_ss,  gate.data, g_sb, g_ss, weight.data, out.data, o_sb, o_ss,
+                         static_cast<int>(g.M), static_cast<int>(g.B), static_cast<int>(g.S), opts.transpose,
+                         opts.eps};
+  const int64_t nseg = g.G / s.config[C_SEG];
   const int64_t cta_warps = s.config[C_WARPS];
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((items + cta_warps - 1) / cta_warps);
   d.block[0] = static_cast<unsigned>(cta_warps * 32);
+  if (s.config[C_ROWS] == kRowsStaged) {  // persistent: the CTAs that fit at once, split over the segments
+    const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(cta_warps * 32), smem_bytes(s));
+    const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
+    d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min(full / nseg, (g.M + cta_warps - 1) / cta_warps)));
+    d.grid[1] = static_cast<unsigned>(nseg);
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+  } else {  // one warp per (token, segment)
+    d.grid[0] = static_cast<unsigned>((g.M * nseg + cta_warps - 1) / cta_warps);
+  }
   impl.launch(s, d, stream, a);
 }
 
@@ -416,7 +431,8 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     const auto [dg_sb, dg_ss] = bs_strides(dgate, opts.transpose);
     GroupNormGateBwdArgs a{dy.data,  dy_sb,    dy_ss,     x.data,  x_sb,  x_ss,    gate.data, g_sb,
                            g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
-                           partial,  static_cast<int>(g.M), static_cast<int>(g.S), opts.eps};
+                           partial,  static_cast<int>(g.M), static_cast<int>(g.B), static_cast<int>(g.S),
+                           opts.transpose, opts.eps};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(X);
     d.grid[1] = static_cast<unsigned>(g.G / s.config[C_SEG]);

@@ -152,6 +152,7 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 18, 3, true, DType::bf16, DType::bf16, 2, 3, 1),      // d = 6: 4-byte chunks
       make(2, 1536, 4, true, DType::bf16, DType::bf16, 0, 0, 0),    // shared-weight reduce (folds 4 groups)
       make(1, 2048, 4, false, DType::bf16, DType::f32, 8, 2, 2),    // the staged backward
+      make(0, 2048, 4, false, DType::bf16, DType::bf16, 8, 2, 2),   // the staged forward
       make(1, 1536, 4, true, DType::f16, DType::bf16, 4, 4, 2),
   };
   for (const auto& s : specs) {

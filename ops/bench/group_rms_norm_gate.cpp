@@ -20,7 +20,7 @@ void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const Tens
                                     const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
 void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                                     const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
-                                    int warps, int seg);
+                                    int warps, int seg, int rows);
 namespace {
 
 struct Buffers {
@@ -66,8 +66,8 @@ uint32_t fresh_seed() {
 
 }  // namespace
 
-// rows ≥ 0 forces the backward's config (rows mode, warps, segment groups), warps > 0 the forward's (warps, segment
-// groups); see ops/group_rms_norm_gate.cpp.
+// warps > 0 forces the config (rows mode, warps, segment groups) of the forward or backward; see
+// ops/group_rms_norm_gate.cpp.
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows = -1,
                                            int warps = 0, int seg = 0) {
@@ -87,7 +87,9 @@ BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B
   if (!backward) {
     const TensorRef out = gate_like(b->alloc(M * dim * es));
     inst.bytes = 3 * M * dim * es + wn * es;
-    inst.run = [=](Stream s) { group_rms_norm_gate_fwd_config(*r, x, gate, w, out, opts, s, warps, seg); };
+    inst.run = [=](Stream s) {
+      group_rms_norm_gate_fwd_config(*r, x, gate, w, out, opts, s, warps, seg, rows < 0 ? 0 : rows);
+    };
     inst.outputs = {out};
     return inst;
   }
@@ -116,13 +118,14 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                        return group_rms_norm_gate_instance(rt, bwd, 2, 4096, 2048, 4, true, false, DType::bf16);
                      }});
   }
-  // Forward variants (config forced): (warps, segment groups).
-  for (const auto& [warps, seg] : {std::pair{4, 4}, {16, 4}, {8, 2}, {4, 1}}) {
+  // Forward variants (config forced): (rows mode 0 per item / 2 staged, warps, segment groups).
+  for (const auto& [rows, warps, seg] : {std::tuple{0, 4, 4}, {0, 16, 4}, {0, 8, 2}, {0, 4, 1}, {2, 8, 2}, {2, 8, 1},
+                                         {2, 4, 4}}) {
     cases.push_back({"group_rms_norm_gate_fwd",
-                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 warps={} seg={}", warps, seg),
-                     [warps, seg](Runtime& rt) {
-                       return group_rms_norm_gate_instance(rt, false, 2, 4096, 2048, 4, false, true, DType::bf16, -1,
-                                                           warps, seg);
+                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows={} warps={} seg={}", rows, warps, seg),
+                     [rows, warps, seg](Runtime& rt) {
+                       return group_rms_norm_gate_instance(rt, false, 2, 4096, 2048, 4, false, true, DType::bf16,
+                                                           rows, warps, seg);
                      }});
   }
   // Backward variants (config forced) until the tuner picks per shape: (rows mode, warps, segment groups).

@@ -64,6 +64,18 @@ __device__ __forceinline__ float sigmoid(float g) {
   return sigmoid_of_exp<T>(exp_neg<T>(g));
 }
 
+// (b, s) of the t-th token in walking order (see GroupNormGateFwdArgs).
+template <typename Args, typename I>
+__device__ __forceinline__ void token_bs(const Args& a, I t, I& b, I& s) {
+  if (a.seq_major) {
+    s = t / a.B;
+    b = t - s * a.B;
+  } else {
+    b = t / a.S;
+    s = t - b * a.S;
+  }
+}
+
 // v[k] for the runtime index q < N, without dynamic register indexing.
 template <int N>
 __device__ __forceinline__ float pick(const float (&v)[N], int q) {
@@ -88,7 +100,8 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_kernel(con
   const int item = blockIdx.x * WARPS + (threadIdx.x >> 5);
   const int token = item / L::NSEG, seg = item - token * L::NSEG;
   if (token >= a.M) return;
-  const int b = token / a.S, s = token - b * a.S;
+  int b, s;
+  token_bs(a, token, b, s);
   const int c0 = seg * L::SEGC;  // first channel of the segment
   const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
   const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
@@ -146,6 +159,89 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_kernel(con
   }
 }
 
+// Staged forward: a persistent grid (gridDim.y = segments) whose warps double-buffer their items' x and gate rows in
+// shared memory (cp.async), copying item i+1 while computing item i, so each warp always has an item in flight and
+// the next one's loads never wait behind this one's math. Needs 16-byte chunks. Shared memory WARPS·4·SEG·d·sizeof(T).
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_kernel(const GroupNormGateFwdArgs a) {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static_assert(L::BYTES == 16, "staged forward: 16-byte chunks");
+  constexpr int E = L::E, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int seg = blockIdx.y, c0 = seg * SEGC;
+  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 4 * SEGC;  // [stage][x | gate][SEGC]
+
+  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
+  auto issue = [&](i64 token, int st) {
+    if (token < a.M) {
+      i64 b, s;
+      token_bs(a, token, b, s);
+      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+      const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+      T* xs = buf + st * 2 * SEGC;
+#pragma unroll 4
+      for (int c = lane; c < NC; c += 32) {
+        cp_async16(xs + c * E, xr + c * E, true);
+        cp_async16(xs + SEGC + c * E, gr + c * E, true);
+      }
+    }
+    stage_commit();
+  };
+
+  issue(first, 0);
+  int stage = 0;
+  for (i64 token = first; token < a.M; token += stride, stage ^= 1) {
+    issue(token + stride, stage ^ 1);
+    cp_async_wait<1>();
+    __syncwarp();
+    i64 b, s;
+    token_bs(a, token, b, s);
+    T* orow = static_cast<T*>(a.out) + b * a.o_sb + s * a.o_ss + c0;
+    const T* xs = buf + stage * 2 * SEGC;
+    const T* gs = xs + SEGC;
+
+    float ss[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) ss[k] = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E);
+        float part = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float f = raw_get<T>(xraw, e);
+          part = fmaf(f, f, part);
+        }
+        add_at(ss, L::group(st, lane), part);
+      }
+    }
+    float r[SEG];
+#pragma unroll
+    for (int k = 0; k < SEG; ++k) r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E);
+        const float rq = pick(r, L::group(st, lane));
+        const int ch = c0 + c * E;
+        float w[E], o[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+        for (int e = 0; e < E; ++e) o[e] = raw_get<T>(xraw, e) * rq * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+        Raw<16> out;
+        raw_fill<T>(out, o);
+        st_raw(orow + c * E, out);
+      }
+    }
+    __syncwarp();
+  }
+  cp_async_wait<0>();
+}
+
 // Persistent grid (gridDim.y = segments); dynamic shared memory WARPS·SEG·d floats. Registers capped at 128 (16 warps
 // per SM). KEEP_ROWS: x, gate and dy stay in registers between the passes when they fit 48 registers per lane;
 // otherwise (or when off) the second pass re-reads them (L1/L2 hits).
@@ -164,7 +260,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 
   for (i64 token = static_cast<i64>(blockIdx.x) * WARPS + warp; token < a.M;
        token += static_cast<i64>(gridDim.x) * WARPS) {
-    const i64 b = token / a.S, s = token - b * a.S;
+    i64 b, s;
+    token_bs(a, token, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
     const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
     const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
@@ -294,7 +391,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
   auto issue = [&](i64 token, int st) {
     if (token < a.M) {
-      const i64 b = token / a.S, s = token - b * a.S;
+      i64 b, s;
+    token_bs(a, token, b, s);
       const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
       const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
       const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
@@ -306,7 +404,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
         cp_async16(xs + 2 * SEGC + c * E, yr + c * E, true);
       }
     }
-    cp_async_commit();
+    stage_commit();
   };
 
   float dwr[STEPS][E];
@@ -321,7 +419,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
     issue(token + stride, stage ^ 1);
     cp_async_wait<1>();
     __syncwarp();
-    const i64 b = token / a.S, s = token - b * a.S;
+    i64 b, s;
+    token_bs(a, token, b, s);
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = buf + stage * 3 * SEGC;

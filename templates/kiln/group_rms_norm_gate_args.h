@@ -5,13 +5,16 @@
 
 namespace kiln {
 
+// Tokens are walked in the order of gate's layout: t = s·B + b when seq_major (transpose: gate, out, dy, dgate
+// sequential, x and dx as B interleaved sequential streams), else t = b·S + s.
 struct GroupNormGateFwdArgs {
   const void* x; long long x_sb, x_ss;
   const void* gate; long long g_sb, g_ss;
   const void* w;
   void* out; long long o_sb, o_ss;
   int M;  // B·S tokens
-  int S;
+  int B, S;
+  int seq_major;
   float eps;
 };
 
@@ -24,7 +27,8 @@ struct GroupNormGateBwdArgs {
   void* dgate; long long dg_sb, dg_ss;     // gate's layout
   float* partial;  // [gridDim.x, dim] fp32: one dweight slice per CTA column (CTA (x, seg) writes seg's channels)
   int M;
-  int S;
+  int B, S;
+  int seq_major;
   float eps;
 };
 

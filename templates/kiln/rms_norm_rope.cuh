@@ -298,7 +298,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_n
         cp_async16(gs + c * V, gr + c * V, true);
       }
     }
-    cp_async_commit();
+    stage_commit();
   };
 
   float dw1[STEPS][E], dw2[STEPS][E];

@@ -186,6 +186,10 @@ __device__ __forceinline__ Raw<16> lds16(const void* p) {
   return r;
 }
 
+// Closes the group of cp.async copies issued so far (named apart from common.cuh's cp_async_commit, which some
+// trees have and some do not).
+__device__ __forceinline__ void stage_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+
 // The largest power of two dividing n, capped at `cap` (a power of two).
 __host__ __device__ constexpr int pow2_divisor(int n, int cap) {
   int e = 1;

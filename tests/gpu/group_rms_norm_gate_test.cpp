@@ -19,6 +19,9 @@
 #include "test_util.hpp"
 
 namespace kiln::detail {
+void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
+                                    const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
+                                    int warps, int seg, int rows);
 void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
@@ -159,15 +162,16 @@ class GroupRmsNormGateGpu : public GpuTest {
     bool guards_ok = false;
     uint64_t launches = 0;
   };
-  static Fwd run_fwd(const Data& d) {
+  // warps > 0 forces the forward's config (rows mode 0 per item / 2 staged, warps, segment groups).
+  static Fwd run_fwd(const Data& d, int rows = 0, int warps = 0, int seg = 0) {
     Runtime& r = rt();
     const bool T = d.c.transpose;
     DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), out = d.alloc(r);
     DeviceBuffer w(r, std::max<int64_t>(d.wn(), 1) * dtype_size(d.c.w_dtype));
     w.upload(encode(d.c.w_dtype, d.w));
     const uint64_t before = r.stats().launches;
-    group_rms_norm_gate_fwd(r, d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}), d.ref(out, T),
-                            options(d.c), nullptr);
+    detail::group_rms_norm_gate_fwd_config(r, d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}),
+                                           d.ref(out, T), options(d.c), nullptr, warps, seg, rows);
     synchronize();
     Fwd f;
     f.launches = r.stats().launches - before;
@@ -306,6 +310,21 @@ TEST_F(GroupRmsNormGateGpu, EmptyInputs) {
     EXPECT_EQ(run_fwd(d).launches, 0u);
     const Bwd b = run_bwd(d);
     for (float v : b.dweight) EXPECT_EQ(v, 0.f);
+  }
+}
+
+// Every forward variant the tuner may pick (one warp per item or staged; warps; segment groups).
+TEST_F(GroupRmsNormGateGpu, ForwardVariants) {
+  for (const Case& c : {Case{2, 777, 2048, 4}, Case{3, 37, 1536, 4, DType::f16, DType::f32, false, true, 64}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x89);
+    const std::vector<double> want = ref::group_rms_norm_gate_fwd(d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+    for (const auto& [rows, warps, seg] : {std::tuple{0, 4, 4}, {0, 16, 1}, {2, 8, 2}, {2, 4, 4}, {2, 2, 1}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
+      const Fwd f = run_fwd(d, rows, warps, seg);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype));
+    }
   }
 }
 
