@@ -191,8 +191,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
-    case kFwd90:
-      set_config(s, 64, static_cast<int>(E), 64, 1, 1, 4);
+    case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
+      set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
     case kDx90:  // two warpgroups × 64 tokens × 256 columns, two stages (the hi/lo tiles fill the rest)
       set_config(s, 128, 256, 64, 2, 1, 2);
@@ -229,6 +229,22 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   while (smem_bytes(s) > limit && s.config[C_STAGES] > 2) --s.config[C_STAGES];
   while (smem_bytes(s) > limit && s.config[C_BN] % (2 * 16 * s.config[C_WN]) == 0) s.config[C_BN] /= 2;
   while (smem_bytes(s) > limit && s.config[C_BM] % (2 * 16 * s.config[C_WM]) == 0) s.config[C_BM] /= 2;
+  return s;
+}
+
+// The wgmma forward's config for T tokens on `sms` SMs. w (E·K bf16) is read from L2 once per CTA, so big token
+// blocks save L2 bandwidth (the limit: 64-token CTAs moved 160 MB through L2 at 8192 × 2048 → 256, 27 µs): 128
+// tokens (two warpgroups) a CTA where that fills the GPU, else 128 tokens with K split over a 2-CTA cluster (same
+// w traffic per token, twice the CTAs), else 64 tokens with K split.
+Specialization fwd90_for_tokens(Specialization s, int64_t T, int sms) {
+  const int64_t blocks128 = (T + 127) / 128;
+  const int e = static_cast<int>(s.params[P_E]);
+  if (blocks128 >= sms)
+    set_config(s, 128, e, 64, 2, 1, 4);
+  else if (2 * blocks128 * 10 >= 9 * static_cast<int64_t>(sms))
+    set_config(s, 128, e, 64, 2, 2, 4);
+  else
+    set_config(s, 64, e, 64, 1, 2, 4);
   return s;
 }
 
@@ -309,8 +325,11 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   const int64_t K = m.hidden_size, E = m.num_experts;
   if (E <= 0 || K < kMinK || K > kMaxK || K % 8 != 0 || E < kMinE || E > kMaxE || E % 8 != 0) return;
   for (uint32_t k : {kFwd, kDx, kDw, kDwReduce}) out.push_back(spec(arch, k, K, E));
-  if (has_wgmma(arch) && E <= 256)
+  if (has_wgmma(arch) && E <= 256) {
     for (uint32_t k : {kFwd90, kDx90, kDw90}) out.push_back(spec(arch, k, K, E));
+    for (int64_t T : {int64_t{1} << 16, int64_t{1024}})  // the forward's other token-count configs (H100: 132 SMs)
+      out.push_back(fwd90_for_tokens(spec(arch, kFwd90, K, E), T, 132));
+  }
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -449,7 +468,9 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 1 : 0;
   if (variant == 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
-  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kFwd90 : kFwd, K, E), T, force);
+  Specialization base = spec(arch, variant == 1 ? kFwd90 : kFwd, K, E);
+  if (variant == 1) base = fwd90_for_tokens(base, T, impl.device().sm_count);
+  const Specialization s = pick(rt, ck, base, T, force);
   const RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
                             static_cast<int>(T)};
   LaunchDims d;
