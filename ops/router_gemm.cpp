@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -27,6 +28,9 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
                                  int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
                                  Stream stream);
+
+// Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
+std::atomic<int> router_gemm_measure_flags{0};
 }  // namespace detail
 
 namespace {
@@ -472,7 +476,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (variant == 1) base = fwd90_for_tokens(base, T, impl.device().sm_count);
   const Specialization s = pick(rt, ck, base, T, force);
   const RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
-                            static_cast<int>(T)};
+                            static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed)};
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
   if (s.kernel == kFwd90) {  // K split over a cluster of (1, wn, 1)
@@ -532,7 +536,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   if (dx.defined() && T > 0) {
     const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDx90 : kDx, K, E), T, force_dx);
     const RouterGemmDxArgs a{static_cast<const float*>(g.data), gr.stride, w.data, dx.data, dxr.stride,
-                             static_cast<int>(T)};
+                             static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed)};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
     d.grid[1] = static_cast<unsigned>((K + s.config[C_BN] - 1) / s.config[C_BN]);
@@ -559,7 +563,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   }
   if (plan.splits > 0) {
     const RouterGemmDwArgs a{static_cast<const float*>(g.data), gr.stride, x.data, xr.stride,
-                             static_cast<float*>(dw.data), partial, static_cast<int>(T), plan.split_rows};
+                             static_cast<float*>(dw.data), partial, static_cast<int>(T), plan.split_rows,
+                             router_gemm_measure_flags.load(std::memory_order_relaxed)};
     const int64_t tiles = ((E + s.config[C_BM] - 1) / s.config[C_BM]) * ((K + s.config[C_BN] - 1) / s.config[C_BN]);
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(tiles);
@@ -620,8 +625,27 @@ struct RouterGemmBuffers {
 };
 
 // A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
-BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
+BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
                                    const RouterGemmConfig* force = nullptr) {
+  // part: fwd | bwd | dx | dw, then optionally _sm90 (wgmma kernels) or _mma (mma.sync kernels), then optionally
+  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*).
+  std::string part = part_in;
+  int flags = 0;
+  if (part.ends_with("_nofence2")) {
+    flags = kRgSkipCopyFence | kRgSkipSplitFence;
+    part.resize(part.size() - 9);
+  } else if (part.ends_with("_nofence")) {
+    flags = kRgSkipCopyFence;
+    part.resize(part.size() - 8);
+  }
+  int variant = -1;
+  if (part.ends_with("_sm90")) {
+    variant = 1;
+    part.resize(part.size() - 5);
+  } else if (part.ends_with("_mma")) {
+    variant = 0;
+    part.resize(part.size() - 4);
+  }
   static std::random_device rd;
   auto b = std::make_shared<RouterGemmBuffers>();
   const TensorRef x = TensorRef::contiguous(b->random(T * K, 1.0f, true, rd()), DType::bf16, {T, K});
@@ -629,33 +653,37 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   BenchInstance inst;
   inst.keepalive = b;
   Runtime* r = &rt;
-  if (part == "fwd" || part == "fwd_sm90") {
-    const int variant = part == "fwd" ? -1 : 1;
+  const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
+  auto with_flags = [flags](auto&& fn) {
+    router_gemm_measure_flags.store(flags);
+    fn();
+    router_gemm_measure_flags.store(0);
+  };
+  if (part == "fwd") {
     const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});
     inst.bytes = static_cast<uint64_t>(T * K * 2 + E * K * 2 + T * E * 4);
-    const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
-    inst.run = [=](Stream s) { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); };
+    inst.run = [=](Stream s) {
+      with_flags([&] { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); });
+    };
     inst.outputs = {y};
     return inst;
   }
   const TensorRef g = TensorRef::contiguous(b->random(T * E, 1e-3f, false, rd()), DType::f32, {T, E});
-  const bool sm90 = part.ends_with("_sm90");
-  const std::string base_part = sm90 ? part.substr(0, part.size() - 5) : part;
-  const bool want_dx = base_part != "dw", want_dw = base_part != "dx";
+  const bool want_dx = part != "dw", want_dw = part != "dx";
   const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
-  // A forced config brings its own split plan: kiln allocates the workspace (stream-ordered) then.
-  const int64_t ws_elems = want_dw && !force && !sm90 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  // A forced config or kernel brings its own split plan: kiln allocates the workspace (stream-ordered) then.
+  const int64_t ws_elems = want_dw && !force && variant < 0 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
-  const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
   inst.bytes = static_cast<uint64_t>(T * E * 4 + E * K * 2 + (want_dx ? T * K * 2 : 0) +
                                      (want_dw ? T * K * 2 + E * K * 4 : 0));
   inst.run = [=](Stream s) {
     const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
-    router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, sm90 ? 1 : -1, want_dx ? c : nullptr, want_dx ? nullptr : c,
-                                s);
+    with_flags([&] {
+      router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, variant, want_dx ? c : nullptr, want_dx ? nullptr : c, s);
+    });
   };
   if (want_dx) inst.outputs.push_back(dx);
   if (want_dw) inst.outputs.push_back(dw);

@@ -170,7 +170,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
     rg::cp_async_wait<STAGES - 2>();
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
     const u32 hi = cvt_base + (kc & 1) * 2 * CVT, lo = hi + CVT;
@@ -182,7 +182,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
       rg90::sts16(hi + rg90::swz(r, j), h);
       rg90::sts16(lo + rg90::swz(r, j), l);
     }
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipSplitFence)) rg90::fence_async_shared();
     __syncthreads();
     rg90::fence_acc(acc);
     rg90::wgmma_fence();
@@ -280,7 +280,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
   }
   for (int kc = 0; kc < chunks; ++kc) {
     rg::cp_async_wait<STAGES - 2>();
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
     const u32 hi = cvt_base + (kc & 1) * 2 * CVT, lo = hi + CVT;
@@ -294,7 +294,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
       rg90::sts16(hi + off, h);
       rg90::sts16(lo + off, l);
     }
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipSplitFence)) rg90::fence_async_shared();
     __syncthreads();
     rg90::fence_acc(acc);
     rg90::wgmma_fence();

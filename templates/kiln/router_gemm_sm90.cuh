@@ -219,7 +219,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
     rg::cp_async_wait<STAGES - 2>();
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();  // chunk kc is in shared memory, visible to the async proxy
     const u32 sa = base + (kc % STAGES) * STAGE + wg * 64 * 128;
     const u32 sb = base + (kc % STAGES) * STAGE + A_BYTES;
