@@ -58,8 +58,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
   if (s.kernel == kFwd90) {
     source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN]);
+    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN], s.config[C_BK]);
     return;
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {
@@ -87,9 +87,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
-    const int bm = s.config[C_BM];
+    const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
     const int e = static_cast<int>(s.params[P_E]);
-    const int stage = bm * 128 + static_cast<int>(round_up(e * 128, 1024));
+    const int stage = atoms * (bm * 128 + static_cast<int>(round_up(e * 128, 1024)));
     return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {  // slack + ring (fp32 g tile, bf16 operand tile) + hi/lo ×2 buffers
@@ -139,7 +139,7 @@ bool valid(const Specialization& s) {
   }
   if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
     return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
-           c[C_BN] == E && c[C_BK] == 64 && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
+           c[C_BN] == E && (c[C_BK] == 64 || c[C_BK] == 128) && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
   }
   const int bm = c[C_BM], bn = c[C_BN], bk = c[C_BK], wm = c[C_WM], wn = c[C_WN], stages = c[C_STAGES];
@@ -267,11 +267,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   switch (base.kernel) {
     case kFwd90:
       for (int ksplit : {1, 2})
-        for (int nwg : {1, 2})
+        for (int nwg : {1, 2}) {
           for (int stages : {3, 4}) {
             set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, ksplit, stages);
             add(s);
           }
+          set_config(s, 64 * nwg, static_cast<int>(E), 128, nwg, ksplit, 2);  // 128 K columns a stage
+          add(s);
+        }
       break;
     case kDx90:
       for (int bn : {256, 128})

@@ -95,8 +95,11 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  static constexpr std::array<int32_t, 6> kTwoPerSm = {64, 256, 64, 1, 2, 2};  // 2 CTAs an SM, K split
-  add_sweep(cases, "fwd_sm90", std::array<std::array<int32_t, 6>, 1>{kTwoPerSm});
+  // 2 CTAs an SM with K split; 128 K columns a stage (fewer barriers per MMA).
+  add_sweep(cases, "fwd_sm90", std::array<std::array<int32_t, 6>, 4>{{{64, 256, 64, 1, 2, 2},
+                                                                       {64, 256, 128, 1, 1, 2},
+                                                                       {128, 256, 128, 2, 2, 2},
+                                                                       {64, 256, 128, 1, 2, 2}}});
 });
 
 }  // namespace
