@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -27,6 +28,9 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
                                  int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
                                  Stream stream);
+
+// Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
+std::atomic<int> router_gemm_measure_flags{0};
 }  // namespace detail
 
 namespace {
@@ -54,8 +58,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
   if (s.kernel == kFwd90) {
     source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN]);
+    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN], s.config[C_BK]);
     return;
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {
@@ -83,9 +87,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
-    const int bm = s.config[C_BM];
+    const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
     const int e = static_cast<int>(s.params[P_E]);
-    const int stage = bm * 128 + static_cast<int>(round_up(e * 128, 1024));
+    const int stage = atoms * (bm * 128 + static_cast<int>(round_up(e * 128, 1024)));
     return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {  // slack + ring (fp32 g tile, bf16 operand tile) + hi/lo ×2 buffers
@@ -135,7 +139,7 @@ bool valid(const Specialization& s) {
   }
   if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
     return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
-           c[C_BN] == E && c[C_BK] == 64 && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
+           c[C_BN] == E && (c[C_BK] == 64 || c[C_BK] == 128) && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
   }
   const int bm = c[C_BM], bn = c[C_BN], bk = c[C_BK], wm = c[C_WM], wn = c[C_WN], stages = c[C_STAGES];
@@ -191,8 +195,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
-    case kFwd90:
-      set_config(s, 64, static_cast<int>(E), 64, 1, 1, 4);
+    case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
+      set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
     case kDx90:  // two warpgroups × 64 tokens × 256 columns, two stages (the hi/lo tiles fill the rest)
       set_config(s, 128, 256, 64, 2, 1, 2);
@@ -232,6 +236,22 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   return s;
 }
 
+// The wgmma forward's config for T tokens on `sms` SMs. w (E·K bf16) is read from L2 once per CTA, so big token
+// blocks save L2 bandwidth (the limit: 64-token CTAs moved 160 MB through L2 at 8192 × 2048 → 256, 27 µs): 128
+// tokens (two warpgroups) a CTA where that fills the GPU, else 128 tokens with K split over a 2-CTA cluster (same
+// w traffic per token, twice the CTAs), else 64 tokens with K split.
+Specialization fwd90_for_tokens(Specialization s, int64_t T, int sms) {
+  const int64_t blocks128 = (T + 127) / 128;
+  const int e = static_cast<int>(s.params[P_E]);
+  if (blocks128 >= sms)
+    set_config(s, 128, e, 64, 2, 1, 4);
+  else if (2 * blocks128 * 10 >= 9 * static_cast<int64_t>(sms))
+    set_config(s, 128, e, 64, 2, 2, 4);
+  else
+    set_config(s, 64, e, 64, 1, 2, 4);
+  return s;
+}
+
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   const Specialization def = spec(base.arch, base.kernel, base.params[P_K], base.params[P_E]);
   auto add = [&](const Specialization& s) {
@@ -247,11 +267,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   switch (base.kernel) {
     case kFwd90:
       for (int ksplit : {1, 2})
-        for (int nwg : {1, 2})
+        for (int nwg : {1, 2}) {
           for (int stages : {3, 4}) {
             set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, ksplit, stages);
             add(s);
           }
+          set_config(s, 64 * nwg, static_cast<int>(E), 128, nwg, ksplit, 2);  // 128 K columns a stage
+          add(s);
+        }
       break;
     case kDx90:
       for (int bn : {256, 128})
@@ -309,8 +332,11 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   const int64_t K = m.hidden_size, E = m.num_experts;
   if (E <= 0 || K < kMinK || K > kMaxK || K % 8 != 0 || E < kMinE || E > kMaxE || E % 8 != 0) return;
   for (uint32_t k : {kFwd, kDx, kDw, kDwReduce}) out.push_back(spec(arch, k, K, E));
-  if (has_wgmma(arch) && E <= 256)
+  if (has_wgmma(arch) && E <= 256) {
     for (uint32_t k : {kFwd90, kDx90, kDw90}) out.push_back(spec(arch, k, K, E));
+    for (int64_t T : {int64_t{1} << 16, int64_t{1024}})  // the forward's other token-count configs (H100: 132 SMs)
+      out.push_back(fwd90_for_tokens(spec(arch, kFwd90, K, E), T, 132));
+  }
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -449,9 +475,11 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 1 : 0;
   if (variant == 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
-  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kFwd90 : kFwd, K, E), T, force);
+  Specialization base = spec(arch, variant == 1 ? kFwd90 : kFwd, K, E);
+  if (variant == 1) base = fwd90_for_tokens(base, T, impl.device().sm_count);
+  const Specialization s = pick(rt, ck, base, T, force);
   const RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
-                            static_cast<int>(T)};
+                            static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed)};
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
   if (s.kernel == kFwd90) {  // K split over a cluster of (1, wn, 1)
@@ -470,9 +498,17 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
   detail::router_gemm_fp32_fwd_config(rt, x, w, logits, -1, nullptr, stream);
 }
 
+namespace {
+// The backward's kernels by default: the wgmma ones on sm_90a (H100, 8192 × 2048 → 256, run 78: 128.0 µs vs 136.0 µs
+// for the mma.sync ones; 390.8 vs 448.7 µs at K = 7168).
+int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 1 : 0; }
+}  // namespace
+
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
   auto& impl = rt.impl();
-  const Specialization s = impl.tuned(spec(impl.target_arch(), kDw, K, E), T);
+  const Arch arch = impl.target_arch();
+  const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
+  const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
 
@@ -493,14 +529,13 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // The mma.sync kernels until the wgmma ones have been measured on the H100 (both are tested there).
-  if (variant < 0) variant = 0;
+  if (variant < 0) variant = default_bwd_variant(arch, E);
   if (variant == 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (dx.defined() && T > 0) {
     const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDx90 : kDx, K, E), T, force_dx);
     const RouterGemmDxArgs a{static_cast<const float*>(g.data), gr.stride, w.data, dx.data, dxr.stride,
-                             static_cast<int>(T)};
+                             static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed)};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
     d.grid[1] = static_cast<unsigned>((K + s.config[C_BN] - 1) / s.config[C_BN]);
@@ -527,7 +562,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   }
   if (plan.splits > 0) {
     const RouterGemmDwArgs a{static_cast<const float*>(g.data), gr.stride, x.data, xr.stride,
-                             static_cast<float*>(dw.data), partial, static_cast<int>(T), plan.split_rows};
+                             static_cast<float*>(dw.data), partial, static_cast<int>(T), plan.split_rows,
+                             router_gemm_measure_flags.load(std::memory_order_relaxed)};
     const int64_t tiles = ((E + s.config[C_BM] - 1) / s.config[C_BM]) * ((K + s.config[C_BN] - 1) / s.config[C_BN]);
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(tiles);
@@ -588,8 +624,27 @@ struct RouterGemmBuffers {
 };
 
 // A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
-BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
+BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
                                    const RouterGemmConfig* force = nullptr) {
+  // part: fwd | bwd | dx | dw, then optionally _sm90 (wgmma kernels) or _mma (mma.sync kernels), then optionally
+  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*).
+  std::string part = part_in;
+  int flags = 0;
+  if (part.ends_with("_nofence2")) {
+    flags = kRgSkipCopyFence | kRgSkipSplitFence;
+    part.resize(part.size() - 9);
+  } else if (part.ends_with("_nofence")) {
+    flags = kRgSkipCopyFence;
+    part.resize(part.size() - 8);
+  }
+  int variant = -1;
+  if (part.ends_with("_sm90")) {
+    variant = 1;
+    part.resize(part.size() - 5);
+  } else if (part.ends_with("_mma")) {
+    variant = 0;
+    part.resize(part.size() - 4);
+  }
   static std::random_device rd;
   auto b = std::make_shared<RouterGemmBuffers>();
   const TensorRef x = TensorRef::contiguous(b->random(T * K, 1.0f, true, rd()), DType::bf16, {T, K});
@@ -597,33 +652,37 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   BenchInstance inst;
   inst.keepalive = b;
   Runtime* r = &rt;
-  if (part == "fwd" || part == "fwd_sm90") {
-    const int variant = part == "fwd" ? -1 : 1;
+  const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
+  auto with_flags = [flags](auto&& fn) {
+    router_gemm_measure_flags.store(flags);
+    fn();
+    router_gemm_measure_flags.store(0);
+  };
+  if (part == "fwd") {
     const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});
     inst.bytes = static_cast<uint64_t>(T * K * 2 + E * K * 2 + T * E * 4);
-    const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
-    inst.run = [=](Stream s) { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); };
+    inst.run = [=](Stream s) {
+      with_flags([&] { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); });
+    };
     inst.outputs = {y};
     return inst;
   }
   const TensorRef g = TensorRef::contiguous(b->random(T * E, 1e-3f, false, rd()), DType::f32, {T, E});
-  const bool sm90 = part.ends_with("_sm90");
-  const std::string base_part = sm90 ? part.substr(0, part.size() - 5) : part;
-  const bool want_dx = base_part != "dw", want_dw = base_part != "dx";
+  const bool want_dx = part != "dw", want_dw = part != "dx";
   const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
-  // A forced config brings its own split plan: kiln allocates the workspace (stream-ordered) then.
-  const int64_t ws_elems = want_dw && !force && !sm90 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  // A forced config or kernel brings its own split plan: kiln allocates the workspace (stream-ordered) then.
+  const int64_t ws_elems = want_dw && !force && variant < 0 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
-  const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
   inst.bytes = static_cast<uint64_t>(T * E * 4 + E * K * 2 + (want_dx ? T * K * 2 : 0) +
                                      (want_dw ? T * K * 2 + E * K * 4 : 0));
   inst.run = [=](Stream s) {
     const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
-    router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, sm90 ? 1 : -1, want_dx ? c : nullptr, want_dx ? nullptr : c,
-                                s);
+    with_flags([&] {
+      router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, variant, want_dx ? c : nullptr, want_dx ? nullptr : c, s);
+    });
   };
   if (want_dx) inst.outputs.push_back(dx);
   if (want_dw) inst.outputs.push_back(dw);

@@ -85,12 +85,21 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"dx", "dw"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  add_sweep(cases, "fwd", kFwdSweep);
+  add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);
   add_sweep(cases, "dx_sm90", kDx90Sweep);
   add_sweep(cases, "dw_sm90", kDw90Sweep);
-  add_sweep(cases, "dx", kDxSweep);
-  add_sweep(cases, "dw", kDwSweep);
+  add_sweep(cases, "dx_mma", kDxSweep);
+  add_sweep(cases, "dw_mma", kDwSweep);
+  // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
+  for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // 2 CTAs an SM with K split; 128 K columns a stage (fewer barriers per MMA).
+  add_sweep(cases, "fwd_sm90", std::array<std::array<int32_t, 6>, 4>{{{64, 256, 64, 1, 2, 2},
+                                                                       {64, 256, 128, 1, 1, 2},
+                                                                       {128, 256, 128, 2, 2, 2},
+                                                                       {64, 256, 128, 1, 2, 2}}});
 });
 
 }  // namespace

@@ -9,7 +9,12 @@ struct RouterGemmFwdArgs {
   const void* w;                        // [E, K] contiguous
   float* out; long long out_stride;     // elements between rows of logits
   int T;
+  int flags;                            // sm_90a kernels, measurement only (0 in every op): see kRgSkip*
 };
+
+// Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
+// cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
+enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2 };
 
 // dx[T, K] bf16 = g[T, E] fp32 · w[E, K] bf16.
 struct RouterGemmDxArgs {
@@ -17,6 +22,7 @@ struct RouterGemmDxArgs {
   const void* w;                        // [E, K] contiguous
   void* dx; long long dx_stride;
   int T;
+  int flags;                            // see kRgSkip*
 };
 
 // dw[E, K] fp32 = g[T, E]ᵀ · x[T, K], the T axis cut into `splits` ranges of `split_rows` rows (a multiple of the
@@ -29,6 +35,7 @@ struct RouterGemmDwArgs {
   float* partial;                       // [splits, E, K] or null when splits == 1
   int T;
   int split_rows;
+  int flags;                            // see kRgSkip*
 };
 
 struct RouterGemmDwReduceArgs {

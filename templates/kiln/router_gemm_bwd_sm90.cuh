@@ -163,14 +163,17 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) acc[0][i] = 0.f;
 
+  // Prefetch distance: as in the forward (router_gemm_sm90.cuh).
+  constexpr bool EARLY = STAGES >= 3;
+  constexpr int PRE = EARLY ? STAGES - 2 : STAGES - 1;
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < PRE; ++s) {
     if (s < CHUNKS) load(s, s);
     rg::cp_async_commit();
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
-    rg::cp_async_wait<STAGES - 2>();
-    rg90::fence_async_shared();
+    rg::cp_async_wait<PRE - 1>();
+    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
     const u32 hi = cvt_base + (kc & 1) * 2 * CVT, lo = hi + CVT;
@@ -182,7 +185,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
       rg90::sts16(hi + rg90::swz(r, j), h);
       rg90::sts16(lo + rg90::swz(r, j), l);
     }
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipSplitFence)) rg90::fence_async_shared();
     __syncthreads();
     rg90::fence_acc(acc);
     rg90::wgmma_fence();
@@ -193,12 +196,18 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
       rg90::wgmma_ss<BN, 0, 1>(acc[0], rg90::desc_sw128(lo + wg * 64 * 128 + ks * 32), b);
     }
     rg90::wgmma_commit();
-    rg90::wgmma_wait<1>();
-    rg90::fence_acc(acc);
-    __syncthreads();
-    const int next = kc + STAGES - 1;
+    if constexpr (!EARLY) {
+      rg90::wgmma_wait<1>();
+      rg90::fence_acc(acc);
+      __syncthreads();
+    }
+    const int next = kc + PRE;
     if (next < CHUNKS) load(next % STAGES, next);
     rg::cp_async_commit();
+    if constexpr (EARLY) {
+      rg90::wgmma_wait<1>();
+      rg90::fence_acc(acc);
+    }
   }
   rg90::wgmma_wait<0>();
   rg90::fence_acc(acc);
@@ -273,14 +282,17 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[mt][i] = 0.f;
 
+  // Prefetch distance: as in the forward (router_gemm_sm90.cuh).
+  constexpr bool EARLY = STAGES >= 3;
+  constexpr int PRE = EARLY ? STAGES - 2 : STAGES - 1;
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < PRE; ++s) {
     if (s < chunks) load(s, s);
     rg::cp_async_commit();
   }
   for (int kc = 0; kc < chunks; ++kc) {
-    rg::cp_async_wait<STAGES - 2>();
-    rg90::fence_async_shared();
+    rg::cp_async_wait<PRE - 1>();
+    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
     const u32 hi = cvt_base + (kc & 1) * 2 * CVT, lo = hi + CVT;
@@ -294,7 +306,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
       rg90::sts16(hi + off, h);
       rg90::sts16(lo + off, l);
     }
-    rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipSplitFence)) rg90::fence_async_shared();
     __syncthreads();
     rg90::fence_acc(acc);
     rg90::wgmma_fence();
@@ -309,12 +321,18 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
       }
     }
     rg90::wgmma_commit();
-    rg90::wgmma_wait<1>();
-    rg90::fence_acc(acc);
-    __syncthreads();
-    const int next = kc + STAGES - 1;
+    if constexpr (!EARLY) {
+      rg90::wgmma_wait<1>();
+      rg90::fence_acc(acc);
+      __syncthreads();
+    }
+    const int next = kc + PRE;
     if (next < chunks) load(next % STAGES, next);
     rg::cp_async_commit();
+    if constexpr (EARLY) {
+      rg90::wgmma_wait<1>();
+      rg90::fence_acc(acc);
+    }
   }
   rg90::wgmma_wait<0>();
   rg90::fence_acc(acc);

@@ -160,14 +160,16 @@ struct WgmmaRow<E, E> {
 // CTAs of a cluster share one token block, each takes its own range of K, and they add their fp32 tiles through
 // distributed shared memory in cluster-rank order (deterministic), each CTA finishing BM/KSPLIT rows. Splitting K
 // halves the w traffic a token block costs at the same MMA work per CTA. Dynamic shared memory: host recipe.
-template <int K, int E, int NWG, int STAGES, int KSPLIT>
+// BK (64 or 128): K columns a stage holds, as BK/64 swizzle atoms (64 columns each) per tile.
+template <int K, int E, int NWG, int STAGES, int KSPLIT, int BK = 64>
 __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(const RouterGemmFwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
-  constexpr int BM = 64 * NWG, BK = 64, THREADS = NWG * 128;
-  constexpr int A_BYTES = BM * 128, B_BYTES = E * 128;
-  constexpr int STAGE = A_BYTES + ((B_BYTES + 1023) / 1024) * 1024;  // every tile 1024-byte aligned
-  static_assert(A_BYTES % 1024 == 0, "A tile: whole swizzle atoms");
+  static_assert(BK == 64 || BK == 128, "BK: one or two 64-column atoms");
+  constexpr int BM = 64 * NWG, THREADS = NWG * 128, ATOMS = BK / 64;
+  constexpr int A_ATOM = BM * 128, B_ATOM = ((E * 128 + 1023) / 1024) * 1024;  // every tile 1024-byte aligned
+  constexpr int A_BYTES = ATOMS * A_ATOM, STAGE = A_BYTES + ATOMS * B_ATOM;
+  static_assert(A_ATOM % 1024 == 0, "A tile: whole swizzle atoms");
   using Row = rg90::WgmmaRow<E, 0>;
   constexpr int ALL_CHUNKS = (K + BK - 1) / BK, PER_SPLIT = (ALL_CHUNKS + KSPLIT - 1) / KSPLIT;
   static_assert(KSPLIT == 1 || (KSPLIT == 2 && BM % 2 == 0), "KSPLIT: 1 or 2");
@@ -194,46 +196,60 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
     char* sb = sa + A_BYTES;
     const int kbytes = (K - kc * BK) * 2;  // valid bytes of a row in this chunk (≥ 16, a multiple of 16)
 #pragma unroll
-    for (int it = 0; it < BM * 8 / THREADS; ++it) {
-      const int i = it * THREADS + tid, r = i >> 3, j = i & 7;
-      const bool ok = r < rows_valid && j * 16 < kbytes;
-      cp_async16(sa + r * 128 + ((j ^ (r & 7)) << 4), ok ? x + r * xld + kc * 128 + j * 16 : a.x, ok);
+    for (int it = 0; it < BM * 8 * ATOMS / THREADS; ++it) {
+      const int i = it * THREADS + tid, r = (i >> 3) % BM, j = i & 7, at = (i >> 3) / BM;
+      const bool ok = r < rows_valid && at * 128 + j * 16 < kbytes;
+      cp_async16(sa + at * A_ATOM + r * 128 + ((j ^ (r & 7)) << 4),
+                 ok ? x + r * xld + kc * BK * 2 + at * 128 + j * 16 : a.x, ok);
     }
 #pragma unroll
-    for (int it = 0; it < (E * 8 + THREADS - 1) / THREADS; ++it) {
-      const int i = it * THREADS + tid, r = i >> 3, j = i & 7;
-      if ((E * 8) % THREADS != 0 && i >= E * 8) break;
-      const bool ok = j * 16 < kbytes;
-      cp_async16(sb + r * 128 + ((j ^ (r & 7)) << 4), ok ? w + static_cast<i64>(r) * K * 2 + kc * 128 + j * 16 : w,
-                 ok);
+    for (int it = 0; it < (E * 8 * ATOMS + THREADS - 1) / THREADS; ++it) {
+      const int i = it * THREADS + tid, r = (i >> 3) % E, j = i & 7, at = (i >> 3) / E;
+      if ((E * 8 * ATOMS) % THREADS != 0 && i >= E * 8 * ATOMS) break;
+      const bool ok = at * 128 + j * 16 < kbytes;
+      cp_async16(sb + at * B_ATOM + r * 128 + ((j ^ (r & 7)) << 4),
+                 ok ? w + static_cast<i64>(r) * K * 2 + kc * BK * 2 + at * 128 + j * 16 : w, ok);
     }
   };
 
   typename Row::Acc acc;
   Row::zero(acc);
 
+  // Prefetch distance. With ≥ 3 stages the copies for chunk kc + STAGES − 2 are issued right after chunk kc's MMAs,
+  // into the stage chunk kc − 2 used (its MMAs finished: every warp waited for them last iteration, before this
+  // iteration's barrier), so the copy instructions overlap the MMAs in flight and one barrier a chunk suffices.
+  // With 2 stages: wait for chunk kc − 1's MMAs, barrier, refill its stage.
+  constexpr bool EARLY = STAGES >= 3;
+  constexpr int PRE = EARLY ? STAGES - 2 : STAGES - 1;
 #pragma unroll
-  for (int s = 0; s < STAGES - 1; ++s) {
+  for (int s = 0; s < PRE; ++s) {
     if (s < CHUNKS) load(s, s);
     rg::cp_async_commit();
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
-    rg::cp_async_wait<STAGES - 2>();
-    rg90::fence_async_shared();
+    rg::cp_async_wait<PRE - 1>();
+    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();  // chunk kc is in shared memory, visible to the async proxy
     const u32 sa = base + (kc % STAGES) * STAGE + wg * 64 * 128;
     const u32 sb = base + (kc % STAGES) * STAGE + A_BYTES;
     Row::fence(acc);
     rg90::wgmma_fence();
 #pragma unroll
-    for (int ks = 0; ks < BK / 16; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
+    for (int ks = 0; ks < BK / 16; ++ks)  // atom ks/4, k16 step ks%4 inside it
+      Row::mma(acc, rg90::desc_sw128(sa + (ks >> 2) * A_ATOM + (ks & 3) * 32), sb + (ks >> 2) * B_ATOM + (ks & 3) * 32);
     rg90::wgmma_commit();
-    rg90::wgmma_wait<1>();  // chunk kc − 1's MMAs are done: its stage may be refilled
-    Row::fence(acc);
-    __syncthreads();
-    const int next = kc + STAGES - 1;
+    if constexpr (!EARLY) {
+      rg90::wgmma_wait<1>();  // chunk kc − 1's MMAs are done: its stage may be refilled
+      Row::fence(acc);
+      __syncthreads();
+    }
+    const int next = kc + PRE;
     if (next < CHUNKS) load(next % STAGES, next);
     rg::cp_async_commit();
+    if constexpr (EARLY) {
+      rg90::wgmma_wait<1>();  // chunk kc − 1's MMAs are done (its stage is refilled next iteration)
+      Row::fence(acc);
+    }
   }
   rg90::wgmma_wait<0>();
   Row::fence(acc);

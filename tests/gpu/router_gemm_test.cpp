@@ -14,6 +14,7 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -23,6 +24,7 @@
 #include <vector>
 
 #include "kiln/ops/router_gemm.hpp"
+#include "kiln/router_gemm_args.h"
 #include "reference/router_gemm.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
@@ -37,6 +39,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
                                  int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
                                  Stream stream);
+extern std::atomic<int> router_gemm_measure_flags;
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -393,7 +396,7 @@ TEST_F(RouterGemmTest, BwdIsDeterministic) {
   const std::vector<float> w = bf16_values(E * K, mix_seed({0xa2}), 0.02f);
   const std::vector<float> g = randn(T * E, mix_seed({0xa3}), 1e-4f);
   const Bwd a = run_bwd(g, x, w, T, K, E);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/0);
   EXPECT_TRUE(b.guards_ok);
   EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
   EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
@@ -494,13 +497,35 @@ TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
   const Bwd a = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  // The public op's default on sm_90a is the wgmma backward, with a caller's workspace of the advertised size.
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
+  EXPECT_TRUE(b.guards_ok);
   EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
   EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
   const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
   const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
   EXPECT_TRUE(close_to("dx", a.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
   EXPECT_TRUE(close_to("dw", a.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+}
+
+// Measurement switch: the sm_90a kernels without the proxy fence after their cp.async copies (what the bench's
+// *_nofence rows time). Recorded here so a faster variant is only adopted with its results checked.
+TEST_F(RouterGemmTest, Sm90WithoutCopyFence) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xd0}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xd1}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xd2}), 1e-4f);
+  detail::router_gemm_measure_flags.store(kRgSkipCopyFence);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, 1);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  detail::router_gemm_measure_flags.store(0);
+  const ref::GemmRef y = ref::router_gemm_fwd(x, w, T, K, E);
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, y, E, 2e-5, [&](int64_t i) { return fwd_bound(y, i, K); }));
+  EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
 }
 
 // g with NaN / ±inf, and g at the scales gradients take (tiny and large).
