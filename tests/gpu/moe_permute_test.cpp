@@ -111,7 +111,8 @@ class MoePermuteTest : public GpuTest {
       for (float& v : scale) v = std::abs(v) + 1e-3f;
     }
     const float pad = round_scale ? std::ldexp(1.0f, -99) : 1e-30f;
-    auto want = ref::permute(inp, row_bytes, scale, ns, scale_kind == 2, r.probs, r.map, T, E, num_out, pad);
+    auto want =
+        ref::permute(inp, row_bytes, scale, fp8 ? ns : 0, scale_kind == 2, r.probs, true, r.map, T, E, num_out, pad);
     if (!fill_tail) {
       // Rows past offsets[E] must stay untouched (still the poison).
       const int64_t used = r.map.offsets[E];
