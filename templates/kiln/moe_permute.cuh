@@ -1,11 +1,12 @@
 // kiln/moe_permute.cuh — MoE permute (token rows → padded expert-major rows) and unpermute (combine back).
 //
-// permute, a CTA per token t (scatter: every input row is read from memory exactly once):
-//   the row of t is loaded into registers while warp 0 compacts the map row (E ints) into the list of t's
-//   destinations in ascending expert order (ballot + popc); then the row is stored to every destination,
-//   scale_out[j, r] = scale(t, j) (token-major [T, NS] or M-major [NS, T] input) and probs_out[r] = probs[t, e].
-//   CTAs T … T+E−1 fill expert e's padding rows offsets[e] + counts[e] … offsets[e+1] − 1, and the last
-//   kMoePermuteTailCtas CTAs the rows offsets[E] … num_out − 1: data 0, scale pad_scale, prob 0 — the same launch.
+// permute, a CTA per TPC tokens (scatter: every input row is read from memory exactly once):
+//   the rows are loaded into registers while warp q compacts token q's map row (E ints) into its destinations in
+//   ascending expert order (ballot + popc); then each row is stored to every destination and probs_out[r] =
+//   probs[t, e]. The CTAs after the token CTAs, in the same launch: expert e's padding rows offsets[e] + counts[e]
+//   … offsets[e+1] − 1 (data 0, scale pad_scale, prob 0), optionally the tail offsets[E] … num_out − 1, and, given
+//   the inverse indices, the scales by gather: THREADS consecutive rows per CTA, scale_out[j, r] = scale(row's
+//   token, j) or pad_scale, so each store is coalesced (a scatter would leave partial sectors to merge in L2).
 // unpermute, a CTA per token t (gather: out[t] = Σ_{e ascending, r = map[t,e] ≥ 0} w[r]·x[r]):
 //   warp 0 compacts the map row into (row, weight) pairs and writes restore[t, e] = w[r] or 0; the sum runs in
 //   fp32 in ascending expert order (fma with weights, plain adds without), four rows' loads in flight, and is
@@ -43,61 +44,92 @@ __device__ __forceinline__ int compact_map_row(const int* mr, int num_out, int l
   return n;
 }
 
-template <int ROW_BYTES, int E, int NS, bool M_MAJOR, bool PROBS, int THREADS>
+template <int ROW_BYTES, int E, int NS, bool M_MAJOR, bool PROBS, int THREADS, int TPC>
 __global__ void __launch_bounds__(THREADS) moe_permute_kernel(const MoePermuteArgs a) {
   static_assert(ROW_BYTES % 16 == 0, "rows are copied in 16-byte vectors");
+  static_assert(THREADS >= 32 * TPC, "a warp per token compacts the map rows");
   constexpr int NV = ROW_BYTES / 16;
-  constexpr int VPT = (NV + THREADS - 1) / THREADS;
-  __shared__ int dst[E];
-  __shared__ int ndst;
-  const int tid = threadIdx.x, lane = tid & 31;
+  constexpr int VPT = (TPC * NV + THREADS - 1) / THREADS;
+  __shared__ int dst[TPC][E];
+  __shared__ int ndst[TPC];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.x;
-  if (b < a.T) {
-    const int t = b;
-    const char* src = static_cast<const char*>(a.inp) + static_cast<i64>(t) * ROW_BYTES;
+  // Scales by gather (rows in order, coalesced stores) when the inverse indices are at hand.
+  const bool gather_scales = NS > 0 && a.row_id_indices != nullptr;
+  if (b < a.token_ctas) {
+    const int t0 = b * TPC;
     Vec16 v[VPT];
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      const int idx = tid + k * THREADS;
-      if (idx < NV) v[k] = load16_stream(src + idx * 16);
+      const int f = tid + k * THREADS, q = f / NV, idx = f - q * NV;
+      if (f < TPC * NV && t0 + q < a.T)
+        v[k] = load16_stream(static_cast<const char*>(a.inp) + static_cast<i64>(t0 + q) * ROW_BYTES + idx * 16);
     }
-    if (tid < 32) {
-      const float* pr = a.probs + static_cast<i64>(t) * E;
-      const int n = compact_map_row<E>(a.row_id_map + static_cast<i64>(t) * E, a.num_out, lane, dst,
-                                       [&](int e, int r, bool ok, int) {
-                                         if (PROBS && ok) a.probs_out[r] = pr[e];
-                                       });
-      if (lane == 0) ndst = n;
+    if (warp < TPC) {
+      const int t = t0 + warp;
+      int n = 0;
+      if (t < a.T) {
+        const float* pr = a.probs + static_cast<i64>(t) * E;
+        n = compact_map_row<E>(a.row_id_map + static_cast<i64>(t) * E, a.num_out, lane, dst[warp],
+                               [&](int e, int r, bool ok, int) {
+                                 if (PROBS && ok) a.probs_out[r] = pr[e];
+                               });
+      }
+      if (lane == 0) ndst[warp] = n;
     }
     __syncthreads();
-    const int n = ndst;
-#pragma unroll 1
-    for (int i = 0; i < n; ++i) {
-      char* d = static_cast<char*>(a.out) + static_cast<i64>(dst[i]) * ROW_BYTES;
 #pragma unroll
-      for (int k = 0; k < VPT; ++k) {
-        const int idx = tid + k * THREADS;
-        if (idx < NV) store16(d + idx * 16, v[k]);
+    for (int k = 0; k < VPT; ++k) {
+      const int f = tid + k * THREADS, q = f / NV, idx = f - q * NV;
+      if (f < TPC * NV && t0 + q < a.T) {
+        const int n = ndst[q];
+#pragma unroll 1
+        for (int i = 0; i < n; ++i)
+          store16(static_cast<char*>(a.out) + static_cast<i64>(dst[q][i]) * ROW_BYTES + idx * 16, v[k]);
       }
     }
     if constexpr (NS > 0) {
-      for (int idx = tid; idx < NS * n; idx += THREADS) {
-        const int j = idx / n, i = idx - j * n;
-        const float s = M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j];
-        a.scale_out[static_cast<i64>(j) * a.num_out + dst[i]] = s;
+      if (!gather_scales) {
+#pragma unroll 1
+        for (int q = 0; q < TPC; ++q) {
+          const int t = t0 + q, n = ndst[q];
+          if (t >= a.T) break;
+          for (int idx = tid; idx < NS * n; idx += THREADS) {
+            const int j = idx / n, i = idx - j * n;
+            const float s = M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j];
+            a.scale_out[static_cast<i64>(j) * a.num_out + dst[q][i]] = s;
+          }
+        }
       }
     }
     return;
   }
-  // Padding rows.
+  const int used = a.offsets ? a.offsets[E] : a.num_out;
+  const int pb = b - a.token_ctas;
+  if (pb >= a.pad_ctas + a.tail_ctas) {
+    // Scale CTAs: THREADS consecutive rows each, one per thread, every block j in turn.
+    if constexpr (NS > 0) {
+      const int r = (pb - a.pad_ctas - a.tail_ctas) * THREADS + tid;
+      if (r < a.num_out && (r < used || a.tail_ctas > 0)) {
+        const int t = r < used ? a.row_id_indices[r] : -1;
+#pragma unroll 4
+        for (int j = 0; j < NS; ++j) {
+          const float s = t < 0 ? a.pad_scale
+                                : (M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j]);
+          a.scale_out[static_cast<i64>(j) * a.num_out + r] = s;
+        }
+      }
+    }
+    return;
+  }
+  // Padding rows: expert pb's (pb < pad_ctas), or the tail past offsets[E].
   int r0, r1, step;
-  if (b < a.T + E) {
-    const int e = b - a.T;
-    r0 = a.offsets[e] + a.counts[e];
-    r1 = a.offsets[e + 1];
+  if (pb < a.pad_ctas) {
+    r0 = a.offsets[pb] + a.counts[pb];
+    r1 = a.offsets[pb + 1];
     step = 1;
   } else {
-    r0 = a.offsets[E] + (b - a.T - E);
+    r0 = used + (pb - a.pad_ctas);
     r1 = a.num_out;
     step = kMoePermuteTailCtas;
   }
@@ -108,7 +140,8 @@ __global__ void __launch_bounds__(THREADS) moe_permute_kernel(const MoePermuteAr
     char* d = static_cast<char*>(a.out) + static_cast<i64>(r) * ROW_BYTES;
     for (int idx = tid; idx < NV; idx += THREADS) store16(d + idx * 16, zero);
     if constexpr (NS > 0)
-      for (int j = tid; j < NS; j += THREADS) a.scale_out[static_cast<i64>(j) * a.num_out + r] = a.pad_scale;
+      if (!gather_scales)
+        for (int j = tid; j < NS; j += THREADS) a.scale_out[static_cast<i64>(j) * a.num_out + r] = a.pad_scale;
     if (PROBS && tid == 0) a.probs_out[r] = 0.0f;
   }
 }
