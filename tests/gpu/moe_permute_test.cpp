@@ -118,6 +118,9 @@ class MoePermuteTest : public GpuTest {
     const float pad = round_scale ? std::ldexp(1.0f, -99) : 1e-30f;
     auto want =
         ref::permute(inp, row_bytes, scale, fp8 ? ns : 0, scale_kind == 2, r.probs, true, r.map, T, E, num_out, pad);
+    ASSERT_EQ(static_cast<int64_t>(want.out.size()), num_out * row_bytes);
+    ASSERT_EQ(static_cast<int64_t>(want.probs_out.size()), num_out);
+    ASSERT_EQ(static_cast<int64_t>(want.scale_out.size()), fp8 ? ns * num_out : 0);
     if (!fill_tail) {
       // Rows past offsets[E] must stay untouched (still the poison).
       const int64_t used = r.map.offsets[E];
