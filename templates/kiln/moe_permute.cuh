@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(THREADS) moe_unpermute_kernel(const MoeUnpermu
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
           const int idx = tid + k * THREADS;
-          if (idx < NV) x[q][k] = load16(src + idx * 16);
+          if (idx < NV) x[q][k] = load16_stream(src + idx * 16);  // each permuted row is read once
         }
       }
 #pragma unroll
