@@ -491,6 +491,25 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   __shared__ int warp_tot[8];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int P = a.multiple_of;
+  const int block = blockIdx.x;
+
+  // Every load the CTA needs is issued first: the warp's routing flags, the counts, the block's prefixes.
+  u32 f[TPW][NI];
+#pragma unroll
+  for (int k = 0; k < TPW; ++k) {
+    const int t = block * kMoeMapBlockTokens + warp * TPW + k;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      const int e0 = 128 * i + 4 * lane;
+      f[k][i] = (t < a.T && e0 < E) ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
+    }
+  }
+  int pre[EPT];
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    pre[k] = (e < E && block * kMoeMapBlockTokens < a.T) ? a.prefix[static_cast<i64>(block) * E + e] : 0;
+  }
 
   // Expert offsets: exclusive scan of roundup(count, P) over experts.
   int c[EPT], pc[EPT], local = 0;
@@ -503,12 +522,11 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   }
   int total;
   int off = block_exclusive_scan256(local, warp_tot, total);
-  const int block = blockIdx.x;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      base[e] = off + (block * kMoeMapBlockTokens < a.T ? a.prefix[static_cast<i64>(block) * E + e] : 0);
+      base[e] = off + pre[k];
 #pragma unroll
       for (int w = 0; w < W; ++w) mask[e][w] = 0u;
       if (block == 0) {
@@ -527,18 +545,8 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       a.row_id_indices[r] = -1;
   __syncthreads();
 
-  // The block's token sets per expert (the warp's flags loaded first, all in flight at once).
+  // The block's token sets per expert (flags loaded at the start, with the counts and prefixes).
   {
-    u32 f[TPW][NI];
-#pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
-#pragma unroll
-      for (int i = 0; i < NI; ++i) {
-        const int e0 = 128 * i + 4 * lane;
-        f[k][i] = (t < a.T && e0 < E) ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
-      }
-    }
 #pragma unroll
     for (int k = 0; k < TPW; ++k) {
       const int lt = warp * TPW + k;
