@@ -17,7 +17,7 @@ using namespace detail;
 
 enum : uint32_t { kPermute = 0, kUnpermute = 1, kPermuteBlockQuant = 2 };
 enum { P_N, P_E, P_SCALE_BLOCKS, P_M_MAJOR, P_PROBS, P_DTYPE, P_WEIGHTS, P_RESTORE, P_ROUND };
-enum { C_THREADS };
+enum { C_THREADS, C_TOKENS };
 
 constexpr int64_t kMaxRowBytes = 65536;
 constexpr int64_t kMaxExperts = 1024;
@@ -34,8 +34,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::moe_permute_block_quant_kernel<{}, {}, {}, {}>", p[P_N], p[P_E],
                        p[P_ROUND] != 0, p[P_PROBS] != 0);
   } else if (s.kernel == kPermute) {
-    name = fmt::format("kiln::moe_permute_kernel<{}, {}, {}, {}, {}, {}>", row_bytes(s), p[P_E], p[P_SCALE_BLOCKS],
-                       p[P_M_MAJOR] != 0, p[P_PROBS] != 0, s.config[C_THREADS]);
+    name = fmt::format("kiln::moe_permute_kernel<{}, {}, {}, {}, {}, {}, {}>", row_bytes(s), p[P_E], p[P_SCALE_BLOCKS],
+                       p[P_M_MAJOR] != 0, p[P_PROBS] != 0, s.config[C_THREADS], s.config[C_TOKENS]);
   } else {
     const bool f32 = static_cast<DType>(p[P_DTYPE]) == DType::f32;
     const int64_t H = p[P_N];
@@ -78,7 +78,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"moe_permute",
                    {"permute", "unpermute", "permute_block_quant"},
                    {"N", "E", "scale_blocks", "m_major", "probs", "dtype", "weights", "restore", "round_scale"},
-                   {"threads"},
+                   {"threads", "tokens"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -96,7 +96,11 @@ Specialization permute_spec(Arch arch, int64_t N, DType dtype, int64_t E, int64_
   s.params[P_SCALE_BLOCKS] = ns;
   s.params[P_M_MAJOR] = ns > 0 && m_major;
   s.params[P_PROBS] = probs;
-  s.config[C_THREADS] = default_threads(row_bytes(s));
+  // Tokens per CTA: short rows share a CTA (fewer CTAs, the compaction latency shared); then two vectors per thread.
+  const int64_t nv = row_bytes(s) / 16;
+  const int tpc = static_cast<int>(std::clamp<int64_t>(256 / nv, 1, 8));
+  s.config[C_TOKENS] = tpc;
+  s.config[C_THREADS] = std::max(32 * tpc, default_threads(tpc * row_bytes(s)));
   return s;
 }
 
@@ -139,11 +143,24 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     return;
   }
   const int64_t nv = row_bytes(base) / 16;
-  for (int t : {64, 128, 256, 512, default_threads(row_bytes(base))}) {
-    if ((nv + t - 1) / t > 8) continue;
-    s.config[C_THREADS] = t;
+  Specialization def = base;
+  if (base.kernel == kPermute) def = permute_spec(base.arch, base.params[P_N], static_cast<DType>(base.params[P_DTYPE]),
+                                                  base.params[P_E], base.params[P_SCALE_BLOCKS],
+                                                  base.params[P_M_MAJOR] != 0, base.params[P_PROBS] != 0);
+  auto add = [&](int threads, int tokens) {
+    s.config[C_THREADS] = threads;
+    s.config[C_TOKENS] = base.kernel == kPermute ? tokens : 0;
     if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
       out.push_back(s);
+  };
+  if (base.kernel == kPermute) add(def.config[C_THREADS], def.config[C_TOKENS]);
+  else add(default_threads(row_bytes(base)), 0);
+  for (int tokens : {1, 2, 4, 8}) {
+    if (base.kernel != kPermute && tokens > 1) break;
+    for (int t : {64, 128, 256, 512}) {
+      if (t < 32 * tokens || (tokens * nv + t - 1) / t > 8) continue;
+      add(t, tokens);
+    }
   }
 }
 
@@ -259,9 +276,12 @@ void moe_permute(Runtime& rt, const TensorRef& inp, const TensorRef& scale, cons
     ck.tensor("offsets", map.offsets, {DType::i32}, {E + 1}, 4);
     ck.tensor("tokens_per_expert", map.tokens_per_expert, {DType::i32}, {E}, 4);
   }
+  // The inverse indices let the scales be gathered in row order (coalesced stores); used only with scales.
+  const bool gather = scale.defined() && map.row_id_indices.defined();
+  if (gather) ck.tensor("row_id_indices", map.row_id_indices, {DType::i32}, {num_out}, 4);
   if (opts.fill_tail && !pad)
     ck.invalid("fill_tail", "needs the map's offsets and tokens_per_expert to know where the tail starts");
-  if (T == 0 && !(pad && opts.fill_tail)) return;
+  if (T == 0 && !(pad && opts.fill_tail) && !(gather && num_out > 0)) return;
 
   auto& impl = rt.impl();
   const Specialization s =
@@ -279,9 +299,16 @@ void moe_permute(Runtime& rt, const TensorRef& inp, const TensorRef& scale, cons
   a.T = static_cast<int>(T);
   a.num_out = static_cast<int>(num_out);
   a.pad_scale = opts.round_scale ? std::ldexp(1.0f, -99) : 1e-30f;
+  a.row_id_indices = gather ? static_cast<const int*>(map.row_id_indices.data) : nullptr;
+  const int threads = s.config[C_THREADS], tpc = s.config[C_TOKENS];
+  a.token_ctas = static_cast<int>((T + tpc - 1) / tpc);
+  a.pad_ctas = pad ? static_cast<int>(E) : 0;
+  a.tail_ctas = pad && opts.fill_tail ? kMoePermuteTailCtas : 0;
+  const int64_t scale_ctas = gather ? (num_out + threads - 1) / threads : 0;
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>(T + (pad ? E + (opts.fill_tail ? kMoePermuteTailCtas : 0) : 0));
-  d.block[0] = static_cast<unsigned>(s.config[C_THREADS]);
+  d.grid[0] = static_cast<unsigned>(a.token_ctas + a.pad_ctas + a.tail_ctas + scale_ctas);
+  d.block[0] = static_cast<unsigned>(threads);
+  if (d.grid[0] == 0) return;
   impl.launch(s, d, stream, a);
 }
 

@@ -248,9 +248,21 @@ void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E, bool 
     ck.invalid("scaling_factor", fmt::format("expected a finite value, got {}", o.scaling_factor));
 }
 
+// Validates a caller's workspace for the per-block histograms of T tokens.
+void check_workspace(const Check& ck, const TensorRef& ws, int64_t T, int64_t E) {
+  if (!ws.defined()) return;
+  ck.tensor("workspace", ws, {DType::i32}, {-1}, 4);
+  const int64_t need = std::max<int64_t>(nblocks(T), 1) * E;
+  if (ws.shape[0] < need)
+    ck.shape_error("workspace",
+                   fmt::format("expected ≥ {} int32 elements (moe_routing_workspace_elems), got {}", need, ws.shape[0]));
+}
+
 }  // namespace
 
 KILN_REGISTER_FAMILY(moe_routing, g_family)
+
+int64_t moe_routing_workspace_elems(int64_t T, int64_t E) { return std::max<int64_t>(nblocks(T), 1) * E; }
 
 int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of) {
   const int64_t routed = T * std::min(k, E);
@@ -259,7 +271,8 @@ int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of) {
 
 void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
                           const TensorRef& routing_map, const TensorRef& tokens_per_expert,
-                          const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map, int multiple_of) {
+                          const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map, int multiple_of,
+                          const TensorRef& workspace) {
   const Check ck{"moe_topk_routing_fwd"};
   const int64_t E = check_logits(ck, "logits", logits);
   const int64_t T = logits.shape[0];
@@ -272,12 +285,13 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     check_multiple_of(ck, multiple_of);
     check_map(ck, *map, T, E, opts.top_k, multiple_of, false);
   }
+  check_workspace(ck, workspace, T, E);
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const int64_t NB = nblocks(T);
-  CUdeviceptr ws = impl.alloc_async(static_cast<size_t>(std::max<int64_t>(NB, 1) * E) * 4, stream);
-  int* hist = reinterpret_cast<int*>(ws);
+  const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E)) * 4, stream);
+  int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
   if (T > 0) {
     const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), T);
     MoeTopkFwdArgs a{static_cast<const float*>(logits.data), static_cast<const float*>(expert_bias.data),
@@ -298,7 +312,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     ds.block[0] = 1024;
     impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
   }
-  impl.free_async(ws, stream);
+  if (ws) impl.free_async(ws, stream);
 }
 
 void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
@@ -325,7 +339,7 @@ void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef&
 }
 
 void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRowIdMap& out, int multiple_of,
-                         Stream stream, int max_per_token) {
+                         Stream stream, int max_per_token, const TensorRef& workspace) {
   const Check ck{"moe_make_row_id_map"};
   ck.dtype("routing_map", routing_map, {DType::u8, DType::i32});
   ck.shape("routing_map", routing_map, {-1, -1});
@@ -342,13 +356,14 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
     ck.invalid("max_per_token", fmt::format("expected 0 (= E) … E = {}, got {}", E, max_per_token));
   const int64_t k = max_per_token == 0 ? E : max_per_token;
   check_map(ck, out, T, E, k, multiple_of, true);
+  check_workspace(ck, workspace, T, E);
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const bool i32 = routing_map.dtype == DType::i32;
   const int64_t NB = nblocks(T);
-  CUdeviceptr ws = impl.alloc_async(static_cast<size_t>(std::max<int64_t>(NB, 1) * E) * 4, stream);
-  int* hist = reinterpret_cast<int*>(ws);
+  const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E)) * 4, stream);
+  int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
   if (T > 0) {
     MoeMapCountArgs a{routing_map.data, hist, static_cast<int>(T)};
     LaunchDims d;
@@ -357,7 +372,7 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
     impl.launch(impl.tuned(map_spec(arch, kMapCount, E, i32), T), d, stream, a);
   }
   launch_map(impl, arch, routing_map, out, out.tokens_per_expert, hist, T, E, multiple_of, stream);
-  impl.free_async(ws, stream);
+  if (ws) impl.free_async(ws, stream);
 }
 
 }  // namespace kiln

@@ -177,7 +177,7 @@ TEST(MoeReference, PermuteAndUnpermuteRoundTrip) {
   std::memcpy(bytes.data(), x.data(), bytes.size());
   std::vector<float> probs(T * E, 0.0f);
   for (int64_t i = 0; i < T * E; ++i) probs[i] = f[i] ? 0.25f * static_cast<float>(i % 3 + 1) : 0.0f;
-  const auto p = ref::permute(bytes, H * 4, {}, 0, false, probs, m, T, E, 16, 1e-30f);
+  const auto p = ref::permute(bytes, H * 4, {}, 0, false, probs, true, m, T, E, 16, 1e-30f);
   std::vector<float> rows(16 * H);
   std::memcpy(rows.data(), p.out.data(), p.out.size());
   std::vector<float> out, restore;
@@ -323,6 +323,18 @@ TEST_F(MoeRoutingErrors, BiasAndCounts) {
 TEST_F(MoeRoutingErrors, NumOutTokensTooSmall) {
   map.row_id_indices = TensorRef::contiguous(fake(6), DType::i32, {moe_max_out_rows(T, E, 8, 16) - 1});
   EXPECT_THROW_NAMING(call(), "row_id_indices", ShapeMismatchError);
+}
+TEST_F(MoeRoutingErrors, WorkspaceTooSmallOrWrongType) {
+  const int64_t need = moe_routing_workspace_elems(T, E);
+  EXPECT_EQ(need, (T + 31) / 32 * E);
+  const TensorRef ws = TensorRef::contiguous(fake(12), DType::i32, {need});
+  EXPECT_REACHES_DEVICE(moe_topk_routing_fwd(rt, logits, bias, probs, rmap, counts, opts, nullptr, &map, P, ws));
+  const TensorRef small = TensorRef::contiguous(fake(12), DType::i32, {need - 1});
+  EXPECT_THROW_NAMING(moe_topk_routing_fwd(rt, logits, bias, probs, rmap, counts, opts, nullptr, &map, P, small),
+                      "workspace", ShapeMismatchError);
+  const TensorRef f32 = TensorRef::contiguous(fake(12), DType::f32, {need});
+  EXPECT_THROW_NAMING(moe_topk_routing_fwd(rt, logits, bias, probs, rmap, counts, opts, nullptr, &map, P, f32),
+                      "workspace", UnsupportedDtypeError);
 }
 TEST_F(MoeRoutingErrors, MultipleOfRange) {
   P = 0;

@@ -55,7 +55,7 @@ constexpr int64_t kT = 8192, kE = 256, kH = 2048, kK = 8, kP = 16;
 
 // Routing state on the device: logits, bias, probs, routing map, and the padded map.
 struct Routed {
-  TensorRef logits, bias, probs, rmap, counts, row_id_map, indices, padded, offsets;
+  TensorRef logits, bias, probs, rmap, counts, row_id_map, indices, padded, offsets, workspace;
   MoeRowIdMap map() const { return {row_id_map, indices, counts, padded, offsets}; }
   int64_t num_out = 0, used_rows = 0;
 };
@@ -74,6 +74,8 @@ Routed route(Runtime& rt, Buffers& b, int64_t T, int64_t E, const MoeRoutingOpti
   r.indices = TensorRef::contiguous(b.alloc(r.num_out * 4), DType::i32, {r.num_out});
   r.padded = TensorRef::contiguous(b.alloc(E * 4), DType::i32, {E});
   r.offsets = TensorRef::contiguous(b.alloc((E + 1) * 4), DType::i32, {E + 1});
+  const int64_t ws = moe_routing_workspace_elems(T, E);
+  r.workspace = TensorRef::contiguous(b.alloc(ws * 4), DType::i32, {ws});
   const MoeRowIdMap m = r.map();
   moe_topk_routing_fwd(rt, r.logits, r.bias, r.probs, r.rmap, r.counts, o, nullptr, &m, P);
   device_synchronize();
@@ -115,7 +117,8 @@ BenchInstance moe_routing_fwd_instance(Runtime& rt, int64_t T, int64_t E, const 
   Runtime* p = &rt;
   inst.run = [=](Stream s) {
     const MoeRowIdMap m = r.map();
-    moe_topk_routing_fwd(*p, r.logits, r.bias, r.probs, r.rmap, r.counts, o, s, with_map ? &m : nullptr, P);
+    moe_topk_routing_fwd(*p, r.logits, r.bias, r.probs, r.rmap, r.counts, o, s, with_map ? &m : nullptr, P,
+                         r.workspace);
   };
   inst.outputs = {r.probs, r.rmap, r.counts};
   if (with_map) inst.outputs.insert(inst.outputs.end(), {r.row_id_map, r.indices, r.offsets});
@@ -146,7 +149,7 @@ BenchInstance moe_row_id_map_instance(Runtime& rt, int64_t T, int64_t E, int k, 
   inst.keepalive = b;
   inst.bytes = T * E + T * E * 4 + r.num_out * 4 + 3 * E * 4 + 4;
   Runtime* p = &rt;
-  inst.run = [=](Stream s) { moe_make_row_id_map(*p, r.rmap, r.map(), P, s, k); };
+  inst.run = [=](Stream s) { moe_make_row_id_map(*p, r.rmap, r.map(), P, s, k, r.workspace); };
   inst.outputs = {r.row_id_map, r.indices, r.counts, r.offsets};
   return inst;
 }

@@ -1,11 +1,12 @@
 // kiln/moe_permute.cuh — MoE permute (token rows → padded expert-major rows) and unpermute (combine back).
 //
-// permute, a CTA per token t (scatter: every input row is read from memory exactly once):
-//   the row of t is loaded into registers while warp 0 compacts the map row (E ints) into the list of t's
-//   destinations in ascending expert order (ballot + popc); then the row is stored to every destination,
-//   scale_out[j, r] = scale(t, j) (token-major [T, NS] or M-major [NS, T] input) and probs_out[r] = probs[t, e].
-//   CTAs T … T+E−1 fill expert e's padding rows offsets[e] + counts[e] … offsets[e+1] − 1, and the last
-//   kMoePermuteTailCtas CTAs the rows offsets[E] … num_out − 1: data 0, scale pad_scale, prob 0 — the same launch.
+// permute, a CTA per TPC tokens (scatter: every input row is read from memory exactly once):
+//   the rows are loaded into registers while warp q compacts token q's map row (E ints) into its destinations in
+//   ascending expert order (ballot + popc); then each row is stored to every destination and probs_out[r] =
+//   probs[t, e]. The CTAs after the token CTAs, in the same launch: expert e's padding rows offsets[e] + counts[e]
+//   … offsets[e+1] − 1 (data 0, scale pad_scale, prob 0), optionally the tail offsets[E] … num_out − 1, and, given
+//   the inverse indices, the scales by gather: THREADS consecutive rows per CTA, scale_out[j, r] = scale(row's
+//   token, j) or pad_scale, so each store is coalesced (a scatter would leave partial sectors to merge in L2).
 // unpermute, a CTA per token t (gather: out[t] = Σ_{e ascending, r = map[t,e] ≥ 0} w[r]·x[r]):
 //   warp 0 compacts the map row into (row, weight) pairs and writes restore[t, e] = w[r] or 0; the sum runs in
 //   fp32 in ascending expert order (fma with weights, plain adds without), four rows' loads in flight, and is
@@ -43,61 +44,92 @@ __device__ __forceinline__ int compact_map_row(const int* mr, int num_out, int l
   return n;
 }
 
-template <int ROW_BYTES, int E, int NS, bool M_MAJOR, bool PROBS, int THREADS>
+template <int ROW_BYTES, int E, int NS, bool M_MAJOR, bool PROBS, int THREADS, int TPC>
 __global__ void __launch_bounds__(THREADS) moe_permute_kernel(const MoePermuteArgs a) {
   static_assert(ROW_BYTES % 16 == 0, "rows are copied in 16-byte vectors");
+  static_assert(THREADS >= 32 * TPC, "a warp per token compacts the map rows");
   constexpr int NV = ROW_BYTES / 16;
-  constexpr int VPT = (NV + THREADS - 1) / THREADS;
-  __shared__ int dst[E];
-  __shared__ int ndst;
-  const int tid = threadIdx.x, lane = tid & 31;
+  constexpr int VPT = (TPC * NV + THREADS - 1) / THREADS;
+  __shared__ int dst[TPC][E];
+  __shared__ int ndst[TPC];
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int b = blockIdx.x;
-  if (b < a.T) {
-    const int t = b;
-    const char* src = static_cast<const char*>(a.inp) + static_cast<i64>(t) * ROW_BYTES;
+  // Scales by gather (rows in order, coalesced stores) when the inverse indices are at hand.
+  const bool gather_scales = NS > 0 && a.row_id_indices != nullptr;
+  if (b < a.token_ctas) {
+    const int t0 = b * TPC;
     Vec16 v[VPT];
 #pragma unroll
     for (int k = 0; k < VPT; ++k) {
-      const int idx = tid + k * THREADS;
-      if (idx < NV) v[k] = load16_stream(src + idx * 16);
+      const int f = tid + k * THREADS, q = f / NV, idx = f - q * NV;
+      if (f < TPC * NV && t0 + q < a.T)
+        v[k] = load16_stream(static_cast<const char*>(a.inp) + static_cast<i64>(t0 + q) * ROW_BYTES + idx * 16);
     }
-    if (tid < 32) {
-      const float* pr = a.probs + static_cast<i64>(t) * E;
-      const int n = compact_map_row<E>(a.row_id_map + static_cast<i64>(t) * E, a.num_out, lane, dst,
-                                       [&](int e, int r, bool ok, int) {
-                                         if (PROBS && ok) a.probs_out[r] = pr[e];
-                                       });
-      if (lane == 0) ndst = n;
+    if (warp < TPC) {
+      const int t = t0 + warp;
+      int n = 0;
+      if (t < a.T) {
+        const float* pr = a.probs + static_cast<i64>(t) * E;
+        n = compact_map_row<E>(a.row_id_map + static_cast<i64>(t) * E, a.num_out, lane, dst[warp],
+                               [&](int e, int r, bool ok, int) {
+                                 if (PROBS && ok) a.probs_out[r] = pr[e];
+                               });
+      }
+      if (lane == 0) ndst[warp] = n;
     }
     __syncthreads();
-    const int n = ndst;
-#pragma unroll 1
-    for (int i = 0; i < n; ++i) {
-      char* d = static_cast<char*>(a.out) + static_cast<i64>(dst[i]) * ROW_BYTES;
 #pragma unroll
-      for (int k = 0; k < VPT; ++k) {
-        const int idx = tid + k * THREADS;
-        if (idx < NV) store16(d + idx * 16, v[k]);
+    for (int k = 0; k < VPT; ++k) {
+      const int f = tid + k * THREADS, q = f / NV, idx = f - q * NV;
+      if (f < TPC * NV && t0 + q < a.T) {
+        const int n = ndst[q];
+#pragma unroll 1
+        for (int i = 0; i < n; ++i)
+          store16(static_cast<char*>(a.out) + static_cast<i64>(dst[q][i]) * ROW_BYTES + idx * 16, v[k]);
       }
     }
     if constexpr (NS > 0) {
-      for (int idx = tid; idx < NS * n; idx += THREADS) {
-        const int j = idx / n, i = idx - j * n;
-        const float s = M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j];
-        a.scale_out[static_cast<i64>(j) * a.num_out + dst[i]] = s;
+      if (!gather_scales) {
+#pragma unroll 1
+        for (int q = 0; q < TPC; ++q) {
+          const int t = t0 + q, n = ndst[q];
+          if (t >= a.T) break;
+          for (int idx = tid; idx < NS * n; idx += THREADS) {
+            const int j = idx / n, i = idx - j * n;
+            const float s = M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j];
+            a.scale_out[static_cast<i64>(j) * a.num_out + dst[q][i]] = s;
+          }
+        }
       }
     }
     return;
   }
-  // Padding rows.
+  const int used = a.offsets ? a.offsets[E] : a.num_out;
+  const int pb = b - a.token_ctas;
+  if (pb >= a.pad_ctas + a.tail_ctas) {
+    // Scale CTAs: THREADS consecutive rows each, one per thread, every block j in turn.
+    if constexpr (NS > 0) {
+      const int r = (pb - a.pad_ctas - a.tail_ctas) * THREADS + tid;
+      if (r < a.num_out && (r < used || a.tail_ctas > 0)) {
+        const int t = r < used ? a.row_id_indices[r] : -1;
+#pragma unroll 4
+        for (int j = 0; j < NS; ++j) {
+          const float s = t < 0 ? a.pad_scale
+                                : (M_MAJOR ? a.scale[static_cast<i64>(j) * a.T + t] : a.scale[static_cast<i64>(t) * NS + j]);
+          a.scale_out[static_cast<i64>(j) * a.num_out + r] = s;
+        }
+      }
+    }
+    return;
+  }
+  // Padding rows: expert pb's (pb < pad_ctas), or the tail past offsets[E].
   int r0, r1, step;
-  if (b < a.T + E) {
-    const int e = b - a.T;
-    r0 = a.offsets[e] + a.counts[e];
-    r1 = a.offsets[e + 1];
+  if (pb < a.pad_ctas) {
+    r0 = a.offsets[pb] + a.counts[pb];
+    r1 = a.offsets[pb + 1];
     step = 1;
   } else {
-    r0 = a.offsets[E] + (b - a.T - E);
+    r0 = used + (pb - a.pad_ctas);
     r1 = a.num_out;
     step = kMoePermuteTailCtas;
   }
@@ -108,7 +140,8 @@ __global__ void __launch_bounds__(THREADS) moe_permute_kernel(const MoePermuteAr
     char* d = static_cast<char*>(a.out) + static_cast<i64>(r) * ROW_BYTES;
     for (int idx = tid; idx < NV; idx += THREADS) store16(d + idx * 16, zero);
     if constexpr (NS > 0)
-      for (int j = tid; j < NS; j += THREADS) a.scale_out[static_cast<i64>(j) * a.num_out + r] = a.pad_scale;
+      if (!gather_scales)
+        for (int j = tid; j < NS; j += THREADS) a.scale_out[static_cast<i64>(j) * a.num_out + r] = a.pad_scale;
     if (PROBS && tid == 0) a.probs_out[r] = 0.0f;
   }
 }
@@ -152,7 +185,7 @@ __global__ void __launch_bounds__(THREADS) moe_unpermute_kernel(const MoeUnpermu
 #pragma unroll
         for (int k = 0; k < VPT; ++k) {
           const int idx = tid + k * THREADS;
-          if (idx < NV) x[q][k] = load16(src + idx * 16);
+          if (idx < NV) x[q][k] = load16_stream(src + idx * 16);  // each permuted row is read once
         }
       }
 #pragma unroll
@@ -218,17 +251,21 @@ __device__ __forceinline__ void expert_block_offsets(const int* offsets, int* b,
   __syncthreads();
 }
 
+// Shared-memory tile of the block-quantized permute: 128 rows × 128 bf16 as 64 words per row, 16-byte chunk c of row
+// r stored at chunk c ^ 2(r & 3). Row-wise reads (8 lanes on 4 rows × 2 chunk parities per quarter-warp), column
+// reads (a warp on one row, 32 channel pairs) and the cp.async writes all hit distinct banks.
+__device__ __forceinline__ int bq_word(int row, int chunk) { return row * 64 + ((chunk ^ ((row & 3) << 1)) << 2); }
+
 template <int HD, int E, bool ROUND, bool PROBS>
-__global__ void __launch_bounds__(256) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
+__global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
   static_assert(HD % 128 == 0, "1x128 blocks");
   constexpr int NS = HD / 128;
   __shared__ int b[E + 1];
   __shared__ int warp_tot[8];
   __shared__ int src[128];
-  // Rows padded to 68 words: 16-byte aligned for cp.async, and rows 32 apart (one lane each) hit 8 banks, not 1.
-  __shared__ __align__(16) bf16 tile[128][128 + 8];
-  __shared__ float rowscale[128];
-  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  __shared__ __align__(16) u32 tile[128 * 64];
+  __shared__ float part[4][128];
+  const int tid = threadIdx.x;
   expert_block_offsets<E>(a.offsets, b, warp_tot);
   const int gb = blockIdx.x, cb = blockIdx.y;
   if (gb >= b[E]) return;
@@ -250,69 +287,90 @@ __global__ void __launch_bounds__(256) moe_permute_block_quant_kernel(const MoeP
       a.probs_out[r] = t >= 0 && t < a.T ? a.probs[static_cast<i64>(t) * E + e] : 0.0f;
   }
   __syncthreads();
-  // Gather: 128 rows × 16 vectors of 8 bf16.
+  // Gather: 128 rows × 16 chunks of 8 bf16 (rows past the segment and padding rows read as zeros).
 #pragma unroll
   for (int k = 0; k < 8; ++k) {
     const int v = tid + k * 256, row = v >> 4, c = v & 15;
     const int t = src[row];
     const char* g = static_cast<const char*>(a.x) + (static_cast<i64>(t < 0 ? 0 : t) * HD + cb * 128 + c * 8) * 2;
-    cp_async16(&tile[row][c * 8], g, t >= 0);
+    cp_async16(&tile[bq_word(row, c)], g, t >= 0);
   }
   cp_async_wait_all();
   __syncthreads();
 
-  // Row-wise: a warp per row (16 rows per warp), a lane per 4 channels.
-  for (int row = warp; row < rows; row += 8) {
-    float y[4];
-    const uint2 raw = *reinterpret_cast<const uint2*>(&tile[row][lane * 4]);
-    y[0] = __uint_as_float(raw.x << 16);
-    y[1] = __uint_as_float(raw.x & 0xffff0000u);
-    y[2] = __uint_as_float(raw.y << 16);
-    y[3] = __uint_as_float(raw.y & 0xffff0000u);
-    float m = fmaxf(fmaxf(fabsf(y[0]), fabsf(y[1])), fmaxf(fabsf(y[2]), fabsf(y[3])));
-    m = warp_max(m);
+  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values.
+  {
+    const int row = tid >> 1, h = tid & 1;
+    Vec16 v[8];
+    float m = 0.0f;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      v[k] = *reinterpret_cast<const Vec16*>(&tile[bq_word(row, 2 * k + h)]);
+#pragma unroll
+      for (int u = 0; u < 8; ++u) m = fmaxf(m, fabsf(vec_get<bf16>(v[k], u)));
+    }
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     const float sc = block_scale<ROUND>(m);
     const Quantizer<ROUND> quant(sc);
-    const int r = off + i0 + row;
-    *reinterpret_cast<u32*>(a.q + static_cast<i64>(r) * HD + cb * 128 + lane * 4) =
-        e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-    if (lane == 0) rowscale[row] = sc;
+    if (row < rows) {
+      unsigned char* d = a.q + static_cast<i64>(off + i0 + row) * HD + cb * 128;
+#pragma unroll
+      for (int k = 0; k < 8; ++k) {
+        const Vec16& x = v[k];
+        uint2 o;
+        o.x = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
+                     quant(vec_get<bf16>(x, 3)));
+        o.y = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
+                     quant(vec_get<bf16>(x, 7)));
+        *reinterpret_cast<uint2*>(d + (2 * k + h) * 8) = o;
+      }
+      if (h == 0) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
+    }
   }
-  __syncthreads();
-  if (tid < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + tid] = rowscale[tid];
-  // Transposed: a warp per pair of channels (8 pairs per warp); lane l holds tokens l, l+32, l+64, l+96 (rows 32
-  // apart fall in different banks; a 32-bit read gives both channels). Column amax by a warp reduction.
-#pragma unroll 1
-  for (int pair = warp; pair < 64; pair += 8) {
-    const int n = 2 * pair;
-    float y0[4], y1[4];
+
+  // Transposed: thread (channel pair p, token quarter qq) holds 32 tokens × 2 channels; column amax over the four
+  // quarters through shared memory.
+  {
+    const int p = tid & 63, qq = tid >> 6;
+    u32 w[32];
     float m0 = 0.0f, m1 = 0.0f;
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const u32 w = *reinterpret_cast<const u32*>(&tile[lane + 32 * q][n]);
-      y0[q] = __uint_as_float(w << 16);
-      y1[q] = __uint_as_float(w & 0xffff0000u);
-      m0 = fmaxf(m0, fabsf(y0[q]));
-      m1 = fmaxf(m1, fabsf(y1[q]));
+    for (int i = 0; i < 32; ++i) {
+      w[i] = tile[bq_word(qq * 32 + i, p >> 2) + (p & 3)];
+      m0 = fmaxf(m0, fabsf(__uint_as_float(w[i] << 16)));
+      m1 = fmaxf(m1, fabsf(__uint_as_float(w[i] & 0xffff0000u)));
     }
-    m0 = warp_max(m0);
-    m1 = warp_max(m1);
+    part[qq][2 * p] = m0;
+    part[qq][2 * p + 1] = m1;
+    __syncthreads();
+    m0 = fmaxf(fmaxf(part[0][2 * p], part[1][2 * p]), fmaxf(part[2][2 * p], part[3][2 * p]));
+    m1 = fmaxf(fmaxf(part[0][2 * p + 1], part[1][2 * p + 1]), fmaxf(part[2][2 * p + 1], part[3][2 * p + 1]));
     const float s0 = block_scale<ROUND>(m0), s1 = block_scale<ROUND>(m1);
-    if (lane == 0) {
-      float* ts = a.qT_scale + static_cast<i64>(gb) * HD + cb * 128 + n;  // b[e] + (gb − b[e]) = gb
+    if (qq == 0) {
+      float* ts = a.qT_scale + static_cast<i64>(gb) * HD + cb * 128 + 2 * p;  // b[e] + (gb − b[e]) = gb
       ts[0] = s0;
       ts[1] = s1;
     }
     const Quantizer<ROUND> q0(s0), q1(s1);
-    unsigned char* d0 = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0;
+    unsigned char* d0 = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + 2 * p) * pc + i0 + qq * 32;
     unsigned char* d1 = d0 + pc;
+    const int valid = rows - qq * 32;  // tokens of this quarter inside the segment
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const int i = lane + 32 * q;
-      if (i < rows) {
-        const u32 c = e4m3x2(q0(y0[q]), q1(y1[q]));
-        d0[i] = static_cast<unsigned char>(c & 0xffu);
-        d1[i] = static_cast<unsigned char>(c >> 8);
+    for (int g = 0; g < 8; ++g) {
+      if (4 * g >= valid) break;
+      const u32 c0 = e4m3x4(q0(__uint_as_float(w[4 * g] << 16)), q0(__uint_as_float(w[4 * g + 1] << 16)),
+                            q0(__uint_as_float(w[4 * g + 2] << 16)), q0(__uint_as_float(w[4 * g + 3] << 16)));
+      const u32 c1 = e4m3x4(q1(__uint_as_float(w[4 * g] & 0xffff0000u)), q1(__uint_as_float(w[4 * g + 1] & 0xffff0000u)),
+                            q1(__uint_as_float(w[4 * g + 2] & 0xffff0000u)),
+                            q1(__uint_as_float(w[4 * g + 3] & 0xffff0000u)));
+      if (4 * g + 4 <= valid) {
+        *reinterpret_cast<u32*>(d0 + 4 * g) = c0;
+        *reinterpret_cast<u32*>(d1 + 4 * g) = c1;
+      } else {
+        for (int k = 0; 4 * g + k < valid; ++k) {
+          d0[4 * g + k] = static_cast<unsigned char>(c0 >> (8 * k));
+          d1[4 * g + k] = static_cast<unsigned char>(c1 >> (8 * k));
+        }
       }
     }
   }

@@ -13,9 +13,13 @@ struct MoePermuteArgs {
   void* out;               // [num_out, ROW_BYTES]
   float* scale_out;        // [NS, num_out]
   float* probs_out;        // [num_out]
+  const int* row_id_indices;  // [num_out] or null: with scales, the scale CTAs gather scale_out row by row
   int T;
   int num_out;
   float pad_scale;         // scale of padding rows: 1e-30, or 2^-99 under power-of-two scales
+  int token_ctas;          // ceil(T / TPC)
+  int pad_ctas;            // E (offsets given) or 0
+  int tail_ctas;           // kMoePermuteTailCtas (fill_tail) or 0
 };
 
 struct MoeUnpermuteArgs {

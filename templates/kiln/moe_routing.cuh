@@ -225,19 +225,45 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, 2)
   u32 ok[EL];
 #pragma unroll
   for (int c = 0; c < EL; ++c) ok[c] = ordered_bits(kf[c]);
-  // K picks: each lane's best live key, then the segment's maximum of (key, −e).
+  // K picks. Each lane keeps its four best live keys in order (ties: lower expert first, as the scan goes up); a
+  // pick is the segment's maximum of (key, −e) over the lanes' heads, and the winner pops its head. A lane whose
+  // list runs dry while it still has live experts rescans (rare: a warp-uniform branch).
+  u32 hk[4] = {0u, 0u, 0u, 0u};
+  int hc[4] = {0, 0, 0, 0};
+  float hs[4] = {0.f, 0.f, 0.f, 0.f};
+  auto fill = [&]() {
+#pragma unroll
+    for (int c = 0; c < EL; ++c) {
+      const u32 k = (live >> c & 1ull) ? ok[c] : 0u;
+      if (k > hk[3]) {
+        if (k > hk[0]) {
+          hk[3] = hk[2]; hc[3] = hc[2]; hs[3] = hs[2];
+          hk[2] = hk[1]; hc[2] = hc[1]; hs[2] = hs[1];
+          hk[1] = hk[0]; hc[1] = hc[0]; hs[1] = hs[0];
+          hk[0] = k; hc[0] = c; hs[0] = s[c];
+        } else if (k > hk[1]) {
+          hk[3] = hk[2]; hc[3] = hc[2]; hs[3] = hs[2];
+          hk[2] = hk[1]; hc[2] = hc[1]; hs[2] = hs[1];
+          hk[1] = k; hc[1] = c; hs[1] = s[c];
+        } else if (k > hk[2]) {
+          hk[3] = hk[2]; hc[3] = hc[2]; hs[3] = hs[2];
+          hk[2] = k; hc[2] = c; hs[2] = s[c];
+        } else {
+          hk[3] = k; hc[3] = c; hs[3] = s[c];
+        }
+      }
+    }
+  };
+  fill();
   unsigned long long taken = 0;
   float denom = 0.0f;
 #pragma unroll 1
   for (int r = 0; r < K; ++r) {
-    u32 bk = 0;
-    int bc = 0;
-    float bs = 0.0f;
-#pragma unroll
-    for (int c = 0; c < EL; ++c)
-      if ((live >> c & 1ull) && ok[c] > bk) { bk = ok[c]; bc = c; bs = s[c]; }
+    if (__any_sync(0xffffffffu, hk[0] == 0u && live != 0ull)) {
+      if (hk[0] == 0u && live != 0ull) fill();
+    }
     unsigned long long key =
-        bk ? (static_cast<unsigned long long>(bk) << 32) | (0xffffffffu - static_cast<u32>(e0 + bc)) : 0ull;
+        hk[0] ? (static_cast<unsigned long long>(hk[0]) << 32) | (0xffffffffu - static_cast<u32>(e0 + hc[0])) : 0ull;
 #pragma unroll
     for (int o = 1; o < L; o <<= 1) {
       const unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
@@ -245,10 +271,14 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, 2)
     }
     const int we = static_cast<int>(0xffffffffu - static_cast<u32>(key));
     const int wl = we / EL;
-    denom = __fadd_rn(denom, __shfl_sync(0xffffffffu, bs, seg | wl));
+    denom = __fadd_rn(denom, __shfl_sync(0xffffffffu, hs[0], seg | wl));
     if (j == wl) {
-      live &= ~(1ull << bc);
-      taken |= 1ull << bc;
+      live &= ~(1ull << hc[0]);
+      taken |= 1ull << hc[0];
+      hk[0] = hk[1]; hc[0] = hc[1]; hs[0] = hs[1];
+      hk[1] = hk[2]; hc[1] = hc[2]; hs[1] = hs[2];
+      hk[2] = hk[3]; hc[2] = hc[3]; hs[2] = hs[3];
+      hk[3] = 0u;
     }
   }
   if (valid) {
@@ -461,6 +491,25 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   __shared__ int warp_tot[8];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int P = a.multiple_of;
+  const int block = blockIdx.x;
+
+  // Every load the CTA needs is issued first: the warp's routing flags, the counts, the block's prefixes.
+  u32 f[TPW][NI];
+#pragma unroll
+  for (int k = 0; k < TPW; ++k) {
+    const int t = block * kMoeMapBlockTokens + warp * TPW + k;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) {
+      const int e0 = 128 * i + 4 * lane;
+      f[k][i] = (t < a.T && e0 < E) ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
+    }
+  }
+  int pre[EPT];
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    pre[k] = (e < E && block * kMoeMapBlockTokens < a.T) ? a.prefix[static_cast<i64>(block) * E + e] : 0;
+  }
 
   // Expert offsets: exclusive scan of roundup(count, P) over experts.
   int c[EPT], pc[EPT], local = 0;
@@ -473,12 +522,11 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   }
   int total;
   int off = block_exclusive_scan256(local, warp_tot, total);
-  const int block = blockIdx.x;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      base[e] = off + (block * kMoeMapBlockTokens < a.T ? a.prefix[static_cast<i64>(block) * E + e] : 0);
+      base[e] = off + pre[k];
 #pragma unroll
       for (int w = 0; w < W; ++w) mask[e][w] = 0u;
       if (block == 0) {
@@ -497,18 +545,8 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       a.row_id_indices[r] = -1;
   __syncthreads();
 
-  // The block's token sets per expert (the warp's flags loaded first, all in flight at once).
+  // The block's token sets per expert (flags loaded at the start, with the counts and prefixes).
   {
-    u32 f[TPW][NI];
-#pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
-#pragma unroll
-      for (int i = 0; i < NI; ++i) {
-        const int e0 = 128 * i + 4 * lane;
-        f[k][i] = (t < a.T && e0 < E) ? load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
-      }
-    }
 #pragma unroll
     for (int k = 0; k < TPW; ++k) {
       const int lt = warp * TPW + k;

@@ -75,26 +75,31 @@ Routing make_routing(int64_t T, int64_t E, int k, int P, uint64_t seed, int one 
 }
 
 struct MapBuffers {
-  DeviceBuffer map, offsets, counts;
+  DeviceBuffer map, offsets, counts, indices;
   MoeRowIdMap ref;
   MapBuffers(Runtime& rt, const Routing& r)
-      : map(rt, r.T * r.E * 4), offsets(rt, (r.E + 1) * 4), counts(rt, r.E * 4) {
+      : map(rt, r.T * r.E * 4), offsets(rt, (r.E + 1) * 4), counts(rt, r.E * 4), indices(rt, r.num_out * 4) {
     map.upload(r.map.row_id_map);
     offsets.upload(r.map.offsets);
     counts.upload(r.map.counts);
+    indices.upload(r.map.row_id_indices);
     ref.row_id_map = map.ref(DType::i32, {r.T, r.E});
     ref.offsets = offsets.ref(DType::i32, {r.E + 1});
     ref.tokens_per_expert = counts.ref(DType::i32, {r.E});
+    ref.row_id_indices = indices.ref(DType::i32, {r.num_out});
   }
 };
 
 class MoePermuteTest : public GpuTest {
  protected:
   // bf16 (scale_kind 0) or fp8 rows with token-major (1) or M-major (2) scales.
+  // indices: pass the map's inverse indices (the scales are then gathered row by row) or not (scattered per token).
   static void permute_case(const Routing& r, int64_t Hd, int scale_kind, bool round_scale, bool padded = true,
-                           bool fill_tail = false) {
+                           bool fill_tail = false, bool indices = true) {
     SCOPED_TRACE("T=" + std::to_string(r.T) + " E=" + std::to_string(r.E) + " k=" + std::to_string(r.k) +
-                 " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " scales=" + std::to_string(scale_kind));
+                 " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " scales=" + std::to_string(scale_kind) +
+                 " padded=" + std::to_string(padded) + " fill_tail=" + std::to_string(fill_tail) +
+                 " indices=" + std::to_string(indices));
     Runtime& rt = GpuTest::rt();
     const int64_t T = r.T, E = r.E, num_out = r.num_out;
     const bool fp8 = scale_kind > 0;
@@ -111,7 +116,11 @@ class MoePermuteTest : public GpuTest {
       for (float& v : scale) v = std::abs(v) + 1e-3f;
     }
     const float pad = round_scale ? std::ldexp(1.0f, -99) : 1e-30f;
-    auto want = ref::permute(inp, row_bytes, scale, ns, scale_kind == 2, r.probs, r.map, T, E, num_out, pad);
+    auto want =
+        ref::permute(inp, row_bytes, scale, fp8 ? ns : 0, scale_kind == 2, r.probs, true, r.map, T, E, num_out, pad);
+    ASSERT_EQ(static_cast<int64_t>(want.out.size()), num_out * row_bytes);
+    ASSERT_EQ(static_cast<int64_t>(want.probs_out.size()), num_out);
+    ASSERT_EQ(static_cast<int64_t>(want.scale_out.size()), fp8 ? ns * num_out : 0);
     if (!fill_tail) {
       // Rows past offsets[E] must stay untouched (still the poison).
       const int64_t used = r.map.offsets[E];
@@ -126,6 +135,7 @@ class MoePermuteTest : public GpuTest {
     MapBuffers mb(rt, r);
     MoeRowIdMap map = mb.ref;
     if (!padded) map.offsets = map.tokens_per_expert = {};
+    if (!indices) map.row_id_indices = {};
     DeviceBuffer ib(rt, inp.size()), sb(rt, scale.size() * 4), pb(rt, r.probs.size() * 4), ob(rt, num_out * row_bytes),
         sob(rt, fp8 ? ns * num_out * 4 : 0), pob(rt, num_out * 4);
     ib.upload(inp);
@@ -215,10 +225,13 @@ TEST_F(MoePermuteTest, Fp8RowsWithBothScaleLayouts) {
   const Routing r = make_routing(4096, 256, 8, 16, 2);
   permute_case(r, 2048, 1, false);
   permute_case(r, 2048, 2, true, true, true);
+  permute_case(r, 2048, 1, false, true, false, false);  // scales scattered per token
+  permute_case(r, 2048, 2, true, true, true, false);
 }
 TEST_F(MoePermuteTest, OddShapes) {
   permute_case(make_routing(7, 64, 2, 128, 3), 7168, 0, false);
   permute_case(make_routing(7, 64, 2, 128, 3), 7168, 2, false);
+  permute_case(make_routing(7, 64, 2, 128, 3), 7168, 2, false, true, true, false);
   permute_case(make_routing(1, 160, 8, 16, 4), 1536, 1, false);
   permute_case(make_routing(1000, 8, 1, 32, 5), 1536, 0, false, true, true);
   permute_case(make_routing(4096, 64, 1, 16, 6, 17), 2048, 0, false);  // all tokens to expert 17

@@ -33,6 +33,7 @@ struct Case {
   bool bias = false;
   int P = 16;
   bool indices = true;
+  bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
 };
 
 std::string name(const Case& c) {
@@ -87,9 +88,12 @@ class MoeRoutingTest : public GpuTest {
     for (DeviceBuffer* x : {&pb, &mb, &cb, &rb, &ib, &pcb, &ob}) x->poison();
     MoeRowIdMap map{rb.ref(DType::i32, {T, E}), c.indices ? ib.ref(DType::i32, {num_out}) : TensorRef{}, {},
                     pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
+    const int64_t ws_elems = moe_routing_workspace_elems(T, E);
+    DeviceBuffer wsb(r, c.workspace ? ws_elems * 4 : 0);
+    wsb.poison();
     moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
                          pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o, nullptr,
-                         &map, c.P);
+                         &map, c.P, c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
     synchronize();
     for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
                          {"row_id_map", &rb}, {"row_id_indices", &ib}, {"padded_counts", &pcb}, {"offsets", &ob}})
@@ -108,7 +112,7 @@ const MoeRoutingOptions kLing{8, MoeScore::sigmoid, 8, 4, true, 2.5f};
 const MoeRoutingOptions kQwen{8, MoeScore::softmax, 1, 1, true, 1.0f};
 
 TEST_F(MoeRoutingTest, LingMiniGroupedSigmoidBias) {
-  for (int64_t T : {1, 7, 4096, 8192}) run_case({T, 256, kLing, true, 16}, 100 + T);
+  for (int64_t T : {1, 7, 4096, 8192}) run_case({T, 256, kLing, true, 16, true, T == 4096}, 100 + T);
 }
 TEST_F(MoeRoutingTest, LingMini65536Tokens) { run_case({65536, 256, kLing, true, 16}, 7); }
 TEST_F(MoeRoutingTest, QwenSoftmaxRenormalized) {
@@ -222,16 +226,21 @@ TEST_F(MoeRoutingTest, BackwardMatchesDoubleReference) {
                          db.ref(DType::f32, {T, E}), c.o, nullptr);
     synchronize();
     const auto got = db.download<float>(T * E);
-    const double err = relative_l2(got, want);
-    EXPECT_LT(err, 1e-5) << "relative L2 error";
-    double worst = 0;
+    // Errors are measured against the size of the incoming gradient (|dz| ≲ scale·|g|): the reference can be near 0
+    // where the math cancels (top-1 renormalized: p ≡ 1, dz = 0 up to rounding), so a plain relative error of dz
+    // would compare rounding noise with nothing.
+    double err2 = 0, g2 = 0, gmax = 0, worst = 0;
     int64_t at = 0;
     for (int64_t i = 0; i < T * E; ++i) {
       const double d = std::abs(got[i] - want[i]);
+      err2 += d * d;
+      g2 += static_cast<double>(g[i]) * g[i] * c.o.scaling_factor * c.o.scaling_factor;
+      gmax = std::max(gmax, std::abs(static_cast<double>(g[i])) * c.o.scaling_factor);
       if (!(d <= worst)) { worst = d; at = i; }
     }
-    EXPECT_LT(worst, 1e-5) << "max abs error at [" << at / E << ", " << at % E << "]: got " << got[at] << ", want "
-                           << want[at];
+    EXPECT_LE(std::sqrt(err2), 1e-5 * std::sqrt(g2)) << "L2 error of dlogits relative to ||scale·dprobs||";
+    EXPECT_LE(worst, 1e-5 * gmax) << "max abs error at [" << at / E << ", " << at % E << "]: got " << got[at]
+                                  << ", want " << want[at];
   }
 }
 

@@ -191,20 +191,20 @@ RowIdMapResult row_id_map(std::span<const uint8_t> flags, int64_t T, int64_t E, 
 }
 
 PermuteResult permute(std::span<const uint8_t> inp, int64_t row_bytes, std::span<const float> scale, int64_t ns,
-                      bool scale_m_major, std::span<const float> probs, const RowIdMapResult& map, int64_t T,
-                      int64_t E, int64_t num_out, float pad_scale) {
+                      bool scale_m_major, std::span<const float> probs, bool has_probs, const RowIdMapResult& map,
+                      int64_t T, int64_t E, int64_t num_out, float pad_scale) {
   PermuteResult p;
   p.out.assign(num_out * row_bytes, 0);
-  if (!scale.empty()) p.scale_out.assign(ns * num_out, pad_scale);
-  if (!probs.empty()) p.probs_out.assign(num_out, 0.0f);
+  if (ns > 0) p.scale_out.assign(ns * num_out, pad_scale);
+  if (has_probs) p.probs_out.assign(num_out, 0.0f);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t e = 0; e < E; ++e) {
       const int32_t r = map.row_id_map[t * E + e];
       if (r < 0 || r >= num_out) continue;
       std::memcpy(&p.out[r * row_bytes], &inp[t * row_bytes], row_bytes);
-      for (int64_t j = 0; j < ns && !scale.empty(); ++j)
+      for (int64_t j = 0; j < ns; ++j)
         p.scale_out[j * num_out + r] = scale_m_major ? scale[j * T + t] : scale[t * ns + j];
-      if (!probs.empty()) p.probs_out[r] = probs[t * E + e];
+      if (has_probs) p.probs_out[r] = probs[t * E + e];
     }
   return p;
 }

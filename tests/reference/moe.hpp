@@ -58,9 +58,10 @@ struct PermuteResult {
   std::vector<uint8_t> out;
   std::vector<float> scale_out, probs_out;
 };
+// ns = 0: no scales; has_probs: probs_out is produced (probs may be empty when T = 0).
 PermuteResult permute(std::span<const uint8_t> inp, int64_t row_bytes, std::span<const float> scale, int64_t ns,
-                      bool scale_m_major, std::span<const float> probs, const RowIdMapResult& map, int64_t T,
-                      int64_t E, int64_t num_out, float pad_scale);
+                      bool scale_m_major, std::span<const float> probs, bool has_probs, const RowIdMapResult& map,
+                      int64_t T, int64_t E, int64_t num_out, float pad_scale);
 
 // out[t] = Σ_{e ascending, r = map[t,e] ≥ 0} x[r]·w[r] in fp32 (fma; without weights plain adds), x given as floats
 // [num_out, H]; returned in fp32 (the caller rounds to the output dtype). restore [T, E] = w[r] or 0.

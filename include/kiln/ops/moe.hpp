@@ -42,10 +42,14 @@ int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of);
 // Selection: scores s = softmax(z) or σ(z); key = s + bias with a bias, else z (same order as s); ties go to the
 // lower expert index. If `map` is given (its tokens_per_expert may be left empty: the op's own is used), the padded
 // row-id map is built in the same call (multiple_of ∈ {1, 2, …, 128}), sharing the per-block histograms.
+// workspace: optional int32 [≥ moe_routing_workspace_elems(T, E)] for the per-block histograms; if empty, kiln
+// allocates one stream-ordered (cuMemAllocAsync) and frees it after the launches — pass one on hot paths: with the
+// default pool's release threshold an allocation after a synchronization maps memory again (tens of µs).
 void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
                           const TensorRef& routing_map, const TensorRef& tokens_per_expert,
                           const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map = nullptr,
-                          int multiple_of = 1);
+                          int multiple_of = 1, const TensorRef& workspace = {});
+int64_t moe_routing_workspace_elems(int64_t T, int64_t E);  // ceil(T/32)·E
 
 // dlogits [T, E] fp32 from dprobs [T, E] fp32, the forward's logits and routing_map (opts as in the forward).
 void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
@@ -54,9 +58,10 @@ void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef&
 
 // Row-id map of any routing map [T, E] (uint8 or int32, nonzero = routed): expert-major rows, each expert's segment
 // padded to a multiple of `multiple_of` (1 … 128), tokens in order inside a segment. `max_per_token` bounds the
-// routed experts per token (default E) and sets the least row_id_indices length (moe_max_out_rows).
+// routed experts per token (default E) and sets the least row_id_indices length (moe_max_out_rows). workspace as
+// in moe_topk_routing_fwd.
 void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRowIdMap& out, int multiple_of,
-                         Stream stream, int max_per_token = 0);
+                         Stream stream, int max_per_token = 0, const TensorRef& workspace = {});
 
 // ---- permute / unpermute -----------------------------------------------------------------------------------------
 
