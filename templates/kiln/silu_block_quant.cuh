@@ -54,15 +54,15 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
-// σ of a bf16 gate value (raw bits `b`, value `a`): from the shared-memory table where it covers a, else computed.
-template <bool TABLE, bool BWD>
-__device__ __forceinline__ float silu_sigma(u32 b, float a, const float* table) {
-  if constexpr (TABLE) {
-    constexpr u32 E0 = silu_table_e0(BWD), SPAN = silu_table_exponents(BWD) * 128;
-    const u32 off = (b & 0x7fffu) - (E0 << 7);
-    if (off < SPAN) return table[off + ((b & 0x8000u) ? SPAN : 0u)];
-  }
-  return silu_sigmoid(a);
+// Where the σ table (see SiluTableShape) holds σ of the bf16 bits b; `fallback` is set where it does not (the index
+// is then clamped into the table, so loading it is harmless).
+template <bool BWD, int STAGES>
+__device__ __forceinline__ u32 silu_table_index(u32 b, bool& fallback) {
+  constexpr SiluTableShape T = silu_table_shape(BWD, STAGES);
+  const int E = static_cast<int>((b >> 7) & 0xffu);
+  fallback = (!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi);
+  const int row = min(max(E - T.lo + (T.low_const ? 1 : 0), 0), T.rows() - 1);
+  return ((b >> 15) * T.rows() + static_cast<u32>(row)) * 128u + (b & 0x7fu);
 }
 
 // ---- quantizer ------------------------------------------------------------------------------------------------------
@@ -157,7 +157,8 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
 __device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
 
 template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, bool TABLE>
-__global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const SiluBlockQuantArgs a) {
+// The one-stage forward is meant to run two CTAs an SM (its table is sized for that): at most 64 registers.
+__global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 1) silu_tile_kernel(const SiluBlockQuantArgs a) {
   constexpr int NB = N / 128;
   constexpr int HALVES = BWD ? 2 : 1;  // output channel blocks per tile: dx₁ and dx₂ in the backward
   constexpr int W = HALVES * N;        // output row width
@@ -186,38 +187,42 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
 
   for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
   if constexpr (TABLE) {  // first read after the loop's first barrier
-    constexpr int SPAN = silu_table_exponents(BWD) * 128;
-    for (int i = tid; i < 2 * SPAN; i += kSiluTileThreads) {
-      const u32 b = (i >= SPAN ? 0x8000u : 0u) | static_cast<u32>((silu_table_e0(BWD) << 7) + i % SPAN);
-      table[i] = silu_sigmoid(__uint_as_float(b << 16));
+    constexpr SiluTableShape T = silu_table_shape(BWD, STAGES);
+    constexpr int R = T.rows();
+    for (int i = tid; i < 2 * R * 128; i += kSiluTileThreads) {
+      const int sign = i / (R * 128), row = (i / 128) % R, m = i % 128;
+      float v;
+      if (T.low_const && row == 0) v = 0.5f;                                 // exponents < 102
+      else if (T.high_const && row == R - 1) v = sign ? 0.0f : 1.0f;         // exponents ≥ 134
+      else {
+        const u32 E = static_cast<u32>(T.lo + row - (T.low_const ? 1 : 0));
+        v = silu_sigmoid(__uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16));
+      }
+      table[i] = v;
     }
   }
 
+  // Pipeline: a stage is refilled as soon as its tile has been read into registers (after the first barrier of the
+  // tile's iteration), so with two stages the next two tiles are in flight while this one is quantized and written.
   const int G = gridDim.x;
   int t = blockIdx.x;
   if (t >= total) return;
   SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
-  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // entry of tile t + G
+  SiluTile nxt = t + G < total ? silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G)) : cur;
+  silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
+  silu_cp_async_commit();
   if (STAGES == 2) {
-    silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
+    if (t + G < total) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + STAGE);
     silu_cp_async_commit();
   }
+  // The schedule entry of the tile issued in the middle of this iteration (t + 2G with two stages, t + G with one).
+  const int ahead_by = STAGES == 2 ? 2 : 1;
+  int4 ahead = t + ahead_by * G < total ? silu_tile_entry<N, BATCHED>(a, t + ahead_by * G) : make_int4(0, 0, 0, 0);
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
     u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
-    const bool has_next = t + G < total;
-    const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
-    ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
-    if (STAGES == 2) {
-      // The other stage was last read before the previous tile's first barrier after its compute.
-      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
-      silu_cp_async_commit();
-      silu_cp_async_wait<1>();
-    } else {
-      silu_issue_tile<N, BWD, BATCHED>(a, cur, stage);
-      silu_cp_async_commit();
-      silu_cp_async_wait<0>();
-    }
+    if (STAGES == 2) silu_cp_async_wait<1>();
+    else silu_cp_async_wait<0>();
     __syncthreads();
 
     // ---- values: v[h][i][e] = output half h, row 4·hw + i, channel c0 + e -------------------------------------
@@ -235,12 +240,31 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
       Vec16 gv;
       if (BWD) gv = lds16(grad_s + r * 256 + hl * 16);
       const float wr = BATCHED ? w_s[r] : 1.0f;
+      float sig[8];
+      if constexpr (TABLE) {
+        constexpr SiluTableShape T = silu_table_shape(BWD, STAGES);
+        bool fb[8], any = false;
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          sig[e] = table[silu_table_index<BWD, STAGES>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, fb[e])];
+          any |= fb[e];
+        }
+        if constexpr (!T.complete()) {
+          if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row
+#pragma unroll
+            for (int e = 0; e < 8; ++e)
+              if (fb[e]) sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
+          }
+        }
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
+      }
       float dsum = 0.0f;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float ga = vec_get<bf16>(av, e), ub = vec_get<bf16>(bv, e);
-        const float sig = silu_sigma<TABLE, BWD>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, ga, table);
-        const float s = __fmul_rn(ga, sig);  // silu(a)
+        const float s = __fmul_rn(ga, sig[e]);  // silu(a)
         if constexpr (!BWD) {
           const float y = __fmul_rn(s, ub);
           v[0][i][e] = BATCHED ? __fmul_rn(y, wr) : y;
@@ -248,9 +272,9 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
           const float gg = vec_get<bf16>(gv, e);
           const float gw = BATCHED ? __fmul_rn(gg, wr) : gg;
           v[1][i][e] = __fmul_rn(gw, s);
-          const float one_m = __fadd_rn(1.0f, -sig);
+          const float one_m = __fadd_rn(1.0f, -sig[e]);
           const float deriv = __fadd_rn(1.0f, __fmul_rn(ga, one_m));
-          v[0][i][e] = __fmul_rn(__fmul_rn(__fmul_rn(gw, ub), sig), deriv);
+          v[0][i][e] = __fmul_rn(__fmul_rn(__fmul_rn(gw, ub), sig[e]), deriv);
           if (BATCHED) dsum = __fadd_rn(dsum, __fmul_rn(__fmul_rn(s, ub), gg));
         }
       }
@@ -300,6 +324,16 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
         }
     }
     __syncthreads();
+
+    // ---- the stage is free: refill it with the tile after the next (two stages) or the next (one stage) ---------
+    SiluTile issued = cur;
+    if (t + ahead_by * G < total) {
+      issued = silu_tile_info<N, BATCHED>(a, t + ahead_by * G, ahead);
+      silu_issue_tile<N, BWD, BATCHED>(a, issued, stage);
+    }
+    silu_cp_async_commit();
+    ahead = t + (ahead_by + 1) * G < total ? silu_tile_entry<N, BATCHED>(a, t + (ahead_by + 1) * G)
+                                           : make_int4(0, 0, 0, 0);
 
     // ---- scales out: column scales (threads 0…255), row scales (threads 256…511) -------------------------------
     if (COLWISE && tid < HALVES * 128) {
@@ -351,9 +385,13 @@ __global__ void __launch_bounds__(kSiluTileThreads, 1) silu_tile_kernel(const Si
         }
       }
     }
-    // The next iteration's writes to rscale / colmax / codesT come after its first barrier, and its cp.async writes
-    // go to a stage whose last reads (the values above) precede this iteration's second barrier.
-    cur = nxt;
+    // The next iteration's writes to rscale / colmax / codesT come after its first barrier.
+    if (STAGES == 2) {
+      cur = nxt;
+      nxt = issued;
+    } else {
+      cur = issued;
+    }
   }
   silu_cp_async_wait<0>();
 }

@@ -46,12 +46,27 @@ constexpr int kSiluScheduleThreads = 1024;
 constexpr int kSiluTileThreads = 512;
 constexpr int kSiluMaxN = 32768;  // n ≤ 32768: tile and element indices stay in int32 / int64 as used
 
-// σ table (TABLE = true): σ(a) for every bf16 a with biased exponent in [E0, E0 + NE), both signs (256 entries per
-// exponent), filled once per CTA with the same deterministic σ the kernel computes otherwise. Forward: |a| in
-// [2^-11, 32); backward (less shared memory left): |a| in [2^-9, 32).
-constexpr int silu_table_e0(bool bwd) { return bwd ? 118 : 116; }
-constexpr int silu_table_exponents(bool bwd) { return bwd ? 14 : 16; }
-constexpr int silu_table_bytes(bool bwd) { return silu_table_exponents(bwd) * 256 * 4; }
+// σ table (TABLE = true), filled once per CTA with the same deterministic σ the kernel computes otherwise, indexed by
+// a bf16 gate's bits: [sign][row][7-bit mantissa]. Rows: an optional constant row for every biased exponent below
+// 102 (σ = 0.5 exactly there: |a| < 2^-25), one exact row per exponent in [lo, hi), an optional constant row for
+// exponents ≥ 134 (|a| ≥ 128, inf: σ = 1 for a > 0, 0 for a < 0). Exponents outside a table without the matching
+// constant row fall back to computing σ (one warp-uniform branch per row of 8 values). Sizes follow the shared
+// memory each variant has left: the two-stage forward holds the full table (34 rows, no fallback), the one-stage
+// forward 30 rows (two CTAs an SM), the backward 14 exact rows (|a| in [2^-9, 32)).
+struct SiluTableShape {
+  int lo, hi;
+  bool low_const, high_const;
+  constexpr int rows() const { return hi - lo + (low_const ? 1 : 0) + (high_const ? 1 : 0); }
+  constexpr int bytes() const { return 2 * rows() * 128 * 4; }
+  constexpr bool complete() const { return low_const && high_const; }
+};
+constexpr int kSiluSigmaHalfBelow = 102;  // σ(a) == 0.5 for every bf16 a with a biased exponent below this
+constexpr int kSiluSigmaSatFrom = 134;    // σ(a) == (a > 0) for every non-NaN bf16 a with a biased exponent from here
+constexpr SiluTableShape silu_table_shape(bool bwd, int stages) {
+  return bwd ? SiluTableShape{118, 132, false, false}
+             : stages == 2 ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
+                           : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
+}
 
 // Dynamic shared memory of the tile kernel: STAGES input stages (gate, up [, grad] tiles of 128×128 bf16 [, 128 row
 // weights]), the transposed codes of one 128-channel block (16 KiB), column maxima, column scales and row scales per
@@ -59,7 +74,7 @@ constexpr int silu_table_bytes(bool bwd) { return silu_table_exponents(bwd) * 25
 constexpr int silu_stage_bytes(bool bwd, bool batched) { return (bwd ? 3 : 2) * 128 * 128 * 2 + (batched ? 512 : 0); }
 constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, bool table) {
   return stages * silu_stage_bytes(bwd, batched) + 128 * 128 + (bwd ? 2 : 1) * (132 + 128 + 128) * 4 +
-         (table ? silu_table_bytes(bwd) : 0);
+         (table ? silu_table_shape(bwd, stages).bytes() : 0);
 }
 
 }  // namespace kiln
