@@ -210,6 +210,7 @@ TEST_P(SoftmaxCrossEntropyOps, MatchReference) {
 
   const std::vector<uint8_t> host_logits = encode_parallel(p.dtype, p.logits);
   DeviceBuffer x(rt, std::max<size_t>(bytes, 16)), dx(rt, std::max<size_t>(bytes, 16));
+  x.poison();  // guard zones armed (the in-place runs write into x)
   x.upload(host_logits.data(), bytes);
   DeviceBuffer lab = upload_labels(rt, p);
   DeviceBuffer loss(rt, M * 4 + 16), rmax(rt, M * 4 + 16), sexp(rt, M * 4 + 16), gl(rt, M * 4 + 16);
