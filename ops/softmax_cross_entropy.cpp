@@ -26,7 +26,9 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kFused = 1, kBwd = 2, kMerge = 3, kBatch = 4 };
 enum { P_V, P_DTYPE, P_LABEL, P_SMOOTH, P_GRAD, P_MODE };
-enum { C_SPLIT, C_THREADS };  // split: CTAs per row (the cluster size of fwd/fused, independent parts in bwd)
+// split: CTAs per row (the cluster size of fwd/fused, independent parts in bwd); unroll: 16-byte loads in flight per
+// thread (fwd, bwd).
+enum { C_SPLIT, C_THREADS, C_UNROLL };
 
 constexpr int kSmemBudget = 227 * 1024 - 1024;  // opt-in shared memory per CTA on sm_90, less the static arrays
 constexpr int64_t kMaxV = 1 << 26;               // keeps every in-row index in int32
@@ -47,14 +49,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   switch (s.kernel) {
     case kFwd:
     case kFused:
-      name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwd ? "fwd" : "fused",
-                         p[P_V], type_name(p[P_DTYPE]), label_name(p[P_LABEL]), s.config[C_SPLIT],
-                         s.config[C_THREADS], smooth);
+      name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}{}>",
+                         s.kernel == kFwd ? "fwd" : "fused", p[P_V], type_name(p[P_DTYPE]), label_name(p[P_LABEL]),
+                         s.config[C_SPLIT], s.config[C_THREADS], smooth,
+                         s.kernel == kFwd ? fmt::format(", {}", s.config[C_UNROLL]) : std::string());
       break;
     case kBwd:
-      name = fmt::format("kiln::softmax_cross_entropy_bwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_V],
+      name = fmt::format("kiln::softmax_cross_entropy_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_V],
                          type_name(p[P_DTYPE]), label_name(p[P_LABEL]), type_name(p[P_GRAD]), s.config[C_SPLIT],
-                         s.config[C_THREADS], smooth);
+                         s.config[C_THREADS], smooth, s.config[C_UNROLL]);
       break;
     case kMerge:
       name = fmt::format("kiln::softmax_cross_entropy_merge_kernel<{}, {}>", label_name(p[P_LABEL]), smooth);
@@ -114,7 +117,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 FamilyDef g_family{"softmax_cross_entropy",
                    {"fwd", "fused", "bwd", "merge", "batch"},
                    {"V", "dtype", "label_dtype", "smoothing", "grad_dtype", "mode"},
-                   {"split", "threads"},
+                   {"split", "threads", "unroll"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -140,13 +143,15 @@ Specialization make(Arch arch, uint32_t kernel, int64_t V, DType t, DType label,
 void env_override(const char* var, Specialization& s) {
   const char* v = std::getenv(var);
   if (!v) return;
-  int split = 0, threads = 0;
-  if (std::sscanf(v, "%dx%d", &split, &threads) != 2) return;
+  int split = 0, threads = 0, unroll = s.config[C_UNROLL];
+  if (std::sscanf(v, "%dx%dx%d", &split, &threads, &unroll) < 2) return;
+  if (s.kernel != kFused && unroll != 2 && unroll != 4 && unroll != 8) return;
   if (split < 1 || split > 16 || (threads != 128 && threads != 256 && threads != 512 && threads != 1024)) return;
   if (s.kernel != kBwd && split > max_cluster(s.arch)) return;
   Specialization o = s;
   o.config[C_SPLIT] = split;
   o.config[C_THREADS] = threads;
+  if (s.kernel != kFused) o.config[C_UNROLL] = unroll;
   if (s.kernel == kFused && (s.config[C_SPLIT] == 0 || smem_bytes(o) > kSmemBudget)) return;
   s = o;
 }
@@ -154,6 +159,7 @@ void env_override(const char* var, Specialization& s) {
 Specialization fwd_spec(Arch arch, int64_t V, DType t, DType label, bool smooth) {
   Specialization s = make(arch, kFwd, V, t, label, smooth);
   fwd_default(arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  s.config[C_UNROLL] = 4;
   env_override("KILN_CE_FWD", s);
   return s;
 }
@@ -167,6 +173,7 @@ Specialization bwd_spec(Arch arch, int64_t V, DType t, DType label, DType grad, 
   Specialization s = make(arch, kBwd, V, t, label, smooth);
   s.params[P_GRAD] = static_cast<int64_t>(grad);
   bwd_default(V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  s.config[C_UNROLL] = 4;
   env_override("KILN_CE_BWD", s);
   return s;
 }
@@ -190,12 +197,17 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const DType t = static_cast<DType>(base.params[P_DTYPE]);
   switch (base.kernel) {
     case kFwd: {
+      s.config = {};
       fwd_default(base.arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+      s.config[C_UNROLL] = 4;
+      add_unique(out, s);
+      const Specialization d = s;
+      s.config[C_UNROLL] = 8;
       add_unique(out, s);
       for (int cl : {1, 2, 4, 8})
         for (int th : {256, 512}) {
           if (cl > max_cluster(base.arch)) continue;
-          s.config = {};
+          s = d;
           s.config[C_SPLIT] = cl;
           s.config[C_THREADS] = th;
           add_unique(out, s);
@@ -203,6 +215,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     }
     case kFused: {
+      s.config = {};
       fused_default(base.arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
       if (s.config[C_SPLIT] == 0) {  // not viable: the op never launches it; the default stands alone
         out.push_back(s);
@@ -220,9 +233,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     }
     case kBwd: {
+      s.config = {};
       bwd_default(V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+      s.config[C_UNROLL] = 4;
       add_unique(out, s);
       const int d = s.config[C_SPLIT];
+      s.config[C_UNROLL] = 8;
+      add_unique(out, s);
+      s.config[C_UNROLL] = 4;
       for (int parts : {std::max(1, d / 2), d, d * 2})
         for (int th : {256, 512, 1024}) {
           if (parts != d && th != 512) continue;
