@@ -473,7 +473,10 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_bwd_kernel(cons
   constexpr int PER = ce_slice_chunks(V, sizeof(T), PARTS);
   const long long row = blockIdx.x / PARTS;
   const int part = static_cast<int>(blockIdx.x % PARTS);
+  // The row's label, upstream gradient and statistics are loaded together (one latency, not two).
   const long long label = load_label<L>(a.labels, row);
+  const float gl_row = a.grad_loss ? to_float(static_cast<const G*>(a.grad_loss)[row]) : 0.f;
+  const float m = a.row_max[row], s = a.sum_exp[row];
   const bool active = label != a.ignore_index && label >= 0 && label < a.vocab_total;
   const T* rowp = static_cast<const T*>(a.logits) + row * a.stride;
   T* growp = static_cast<T*>(a.grad) + row * a.grad_stride;
@@ -492,8 +495,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_bwd_kernel(cons
     if (head_thread || tail_thread) growp[edge_col] = from_float<T>(0.f);
     return;
   }
-  const float gl = a.grad_loss ? to_float(static_cast<const G*>(a.grad_loss)[row]) : a.scale_dev ? *a.scale_dev : a.scale;
-  const float m = a.row_max[row], s = a.sum_exp[row];
+  const float gl = a.grad_loss ? gl_row : a.scale_dev ? *a.scale_dev : a.scale;
   float coef = gl / s;
   if (a.z_loss != 0.f) coef *= 1.f + 2.f * a.z_loss * (m + logf(s));
   const float sub_all = SMOOTH ? gl * a.smoothing / static_cast<float>(a.vocab_total) : 0.f;
