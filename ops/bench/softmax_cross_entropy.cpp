@@ -101,9 +101,10 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
   const TensorRef loss = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   const TensorRef row_max = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   const TensorRef sum_exp = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
-  CrossEntropyOptions opts;
+  CrossEntropyOptions bopts;  // the backward's (it does not check labels: no flag)
+  if (smooth) bopts.label_smoothing = 0.1f;
+  CrossEntropyOptions opts = bopts;
   opts.bad_label_row = TensorRef::contiguous(b->alloc(4), DType::i32, {1});
-  if (smooth) opts.label_smoothing = 0.1f;
   BenchInstance inst;
   inst.keepalive = b;
   Runtime* r = &rt;
@@ -122,7 +123,7 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
       inst.bytes = 2 * logits_bytes + M * lb + 2 * M * 4 + M * dtype_size(grad_dtype);
       // In place, as a training step runs it (the logits are not needed after the backward).
       inst.run = [=](Stream s) {
-        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, grad_loss, logits, opts, s);
+        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, grad_loss, logits, bopts, s);
       };
       inst.outputs = {logits};
       break;
@@ -137,7 +138,7 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
       inst.baseline_name = "forward then backward (two passes over the logits)";
       inst.baseline = [=](Stream s) {
         softmax_cross_entropy_fwd(*r, logits, labels, loss, row_max, sum_exp, opts, s);
-        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, loss, logits, opts, s);
+        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, loss, logits, bopts, s);
       };
       break;
     }
