@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -138,13 +140,23 @@ Specialization make(Arch arch, uint32_t kernel, int64_t V, DType t, DType label,
   return s;
 }
 
-// KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>" replace the heuristic where valid (a measurement
-// knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it).
+// A launch shape forced by the bench's sweep cases (softmax_cross_entropy_force_config), per kernel fwd/fused/bwd.
+std::array<std::array<std::atomic<int>, 3>, 3> g_forced{};
+
+// KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>[x<unroll>]" replace the heuristic where valid (a
+// measurement knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it), as does a shape forced
+// by the bench.
 void env_override(const char* var, Specialization& s) {
-  const char* v = std::getenv(var);
-  if (!v) return;
   int split = 0, threads = 0, unroll = s.config[C_UNROLL];
-  if (std::sscanf(v, "%dx%dx%d", &split, &threads, &unroll) < 2) return;
+  const auto& f = g_forced[s.kernel];
+  if (f[0].load(std::memory_order_relaxed) > 0) {
+    split = f[0].load(std::memory_order_relaxed);
+    threads = f[1].load(std::memory_order_relaxed);
+    if (f[2].load(std::memory_order_relaxed) > 0) unroll = f[2].load(std::memory_order_relaxed);
+  } else {
+    const char* v = std::getenv(var);
+    if (!v || std::sscanf(v, "%dx%dx%d", &split, &threads, &unroll) < 2) return;
+  }
   if (s.kernel != kFused && unroll != 2 && unroll != 4 && unroll != 8) return;
   if (split < 1 || split > 16 || (threads != 128 && threads != 256 && threads != 512 && threads != 1024)) return;
   if (s.kernel != kBwd && split > max_cluster(s.arch)) return;
@@ -504,6 +516,15 @@ void launch_batch(Runtime::Impl& impl, const TensorRef& labels, int mode, const 
 }  // namespace
 
 KILN_REGISTER_FAMILY(softmax_cross_entropy, g_family)
+
+namespace detail {
+void softmax_cross_entropy_force_config(int kernel, int split, int threads, int unroll) {
+  if (kernel < 0 || kernel > 2) return;
+  g_forced[kernel][1].store(threads, std::memory_order_relaxed);
+  g_forced[kernel][2].store(unroll, std::memory_order_relaxed);
+  g_forced[kernel][0].store(split, std::memory_order_relaxed);
+}
+}  // namespace detail
 
 void softmax_cross_entropy_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& labels, const TensorRef& loss,
                                const TensorRef& row_max, const TensorRef& sum_exp, const CrossEntropyOptions& opts,
