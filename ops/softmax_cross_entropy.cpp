@@ -2,6 +2,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -26,7 +28,9 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kFused = 1, kBwd = 2, kMerge = 3, kBatch = 4 };
 enum { P_V, P_DTYPE, P_LABEL, P_SMOOTH, P_GRAD, P_MODE };
-enum { C_SPLIT, C_THREADS };  // split: CTAs per row (the cluster size of fwd/fused, independent parts in bwd)
+// split: CTAs per row (the cluster size of fwd/fused, independent parts in bwd); unroll: 16-byte loads in flight per
+// thread (fwd, bwd).
+enum { C_SPLIT, C_THREADS, C_UNROLL };
 
 constexpr int kSmemBudget = 227 * 1024 - 1024;  // opt-in shared memory per CTA on sm_90, less the static arrays
 constexpr int64_t kMaxV = 1 << 26;               // keeps every in-row index in int32
@@ -47,14 +51,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   switch (s.kernel) {
     case kFwd:
     case kFused:
-      name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwd ? "fwd" : "fused",
-                         p[P_V], type_name(p[P_DTYPE]), label_name(p[P_LABEL]), s.config[C_SPLIT],
-                         s.config[C_THREADS], smooth);
+      name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}{}>",
+                         s.kernel == kFwd ? "fwd" : "fused", p[P_V], type_name(p[P_DTYPE]), label_name(p[P_LABEL]),
+                         s.config[C_SPLIT], s.config[C_THREADS], smooth,
+                         s.kernel == kFwd ? fmt::format(", {}", s.config[C_UNROLL]) : std::string());
       break;
     case kBwd:
-      name = fmt::format("kiln::softmax_cross_entropy_bwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_V],
+      name = fmt::format("kiln::softmax_cross_entropy_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_V],
                          type_name(p[P_DTYPE]), label_name(p[P_LABEL]), type_name(p[P_GRAD]), s.config[C_SPLIT],
-                         s.config[C_THREADS], smooth);
+                         s.config[C_THREADS], smooth, s.config[C_UNROLL]);
       break;
     case kMerge:
       name = fmt::format("kiln::softmax_cross_entropy_merge_kernel<{}, {}>", label_name(p[P_LABEL]), smooth);
@@ -114,7 +119,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 FamilyDef g_family{"softmax_cross_entropy",
                    {"fwd", "fused", "bwd", "merge", "batch"},
                    {"V", "dtype", "label_dtype", "smoothing", "grad_dtype", "mode"},
-                   {"split", "threads"},
+                   {"split", "threads", "unroll"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -135,18 +140,30 @@ Specialization make(Arch arch, uint32_t kernel, int64_t V, DType t, DType label,
   return s;
 }
 
-// KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>" replace the heuristic where valid (a measurement
-// knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it).
+// A launch shape forced by the bench's sweep cases (softmax_cross_entropy_force_config), per kernel fwd/fused/bwd.
+std::array<std::array<std::atomic<int>, 3>, 3> g_forced{};
+
+// KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>[x<unroll>]" replace the heuristic where valid (a
+// measurement knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it), as does a shape forced
+// by the bench.
 void env_override(const char* var, Specialization& s) {
-  const char* v = std::getenv(var);
-  if (!v) return;
-  int split = 0, threads = 0;
-  if (std::sscanf(v, "%dx%d", &split, &threads) != 2) return;
+  int split = 0, threads = 0, unroll = s.config[C_UNROLL];
+  const auto& f = g_forced[s.kernel];
+  if (f[0].load(std::memory_order_relaxed) > 0) {
+    split = f[0].load(std::memory_order_relaxed);
+    threads = f[1].load(std::memory_order_relaxed);
+    if (f[2].load(std::memory_order_relaxed) > 0) unroll = f[2].load(std::memory_order_relaxed);
+  } else {
+    const char* v = std::getenv(var);
+    if (!v || std::sscanf(v, "%dx%dx%d", &split, &threads, &unroll) < 2) return;
+  }
+  if (s.kernel != kFused && unroll != 2 && unroll != 4 && unroll != 8) return;
   if (split < 1 || split > 16 || (threads != 128 && threads != 256 && threads != 512 && threads != 1024)) return;
   if (s.kernel != kBwd && split > max_cluster(s.arch)) return;
   Specialization o = s;
   o.config[C_SPLIT] = split;
   o.config[C_THREADS] = threads;
+  if (s.kernel != kFused) o.config[C_UNROLL] = unroll;
   if (s.kernel == kFused && (s.config[C_SPLIT] == 0 || smem_bytes(o) > kSmemBudget)) return;
   s = o;
 }
@@ -154,6 +171,7 @@ void env_override(const char* var, Specialization& s) {
 Specialization fwd_spec(Arch arch, int64_t V, DType t, DType label, bool smooth) {
   Specialization s = make(arch, kFwd, V, t, label, smooth);
   fwd_default(arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  s.config[C_UNROLL] = 4;
   env_override("KILN_CE_FWD", s);
   return s;
 }
@@ -167,6 +185,7 @@ Specialization bwd_spec(Arch arch, int64_t V, DType t, DType label, DType grad, 
   Specialization s = make(arch, kBwd, V, t, label, smooth);
   s.params[P_GRAD] = static_cast<int64_t>(grad);
   bwd_default(V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+  s.config[C_UNROLL] = 4;
   env_override("KILN_CE_BWD", s);
   return s;
 }
@@ -190,12 +209,17 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const DType t = static_cast<DType>(base.params[P_DTYPE]);
   switch (base.kernel) {
     case kFwd: {
+      s.config = {};
       fwd_default(base.arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+      s.config[C_UNROLL] = 4;
+      add_unique(out, s);
+      const Specialization d = s;
+      s.config[C_UNROLL] = 8;
       add_unique(out, s);
       for (int cl : {1, 2, 4, 8})
         for (int th : {256, 512}) {
           if (cl > max_cluster(base.arch)) continue;
-          s.config = {};
+          s = d;
           s.config[C_SPLIT] = cl;
           s.config[C_THREADS] = th;
           add_unique(out, s);
@@ -203,6 +227,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     }
     case kFused: {
+      s.config = {};
       fused_default(base.arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
       if (s.config[C_SPLIT] == 0) {  // not viable: the op never launches it; the default stands alone
         out.push_back(s);
@@ -220,9 +245,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     }
     case kBwd: {
+      s.config = {};
       bwd_default(V, t, s.config[C_SPLIT], s.config[C_THREADS]);
+      s.config[C_UNROLL] = 4;
       add_unique(out, s);
       const int d = s.config[C_SPLIT];
+      s.config[C_UNROLL] = 8;
+      add_unique(out, s);
+      s.config[C_UNROLL] = 4;
       for (int parts : {std::max(1, d / 2), d, d * 2})
         for (int th : {256, 512, 1024}) {
           if (parts != d && th != 512) continue;
@@ -486,6 +516,15 @@ void launch_batch(Runtime::Impl& impl, const TensorRef& labels, int mode, const 
 }  // namespace
 
 KILN_REGISTER_FAMILY(softmax_cross_entropy, g_family)
+
+namespace detail {
+void softmax_cross_entropy_force_config(int kernel, int split, int threads, int unroll) {
+  if (kernel < 0 || kernel > 2) return;
+  g_forced[kernel][1].store(threads, std::memory_order_relaxed);
+  g_forced[kernel][2].store(unroll, std::memory_order_relaxed);
+  g_forced[kernel][0].store(split, std::memory_order_relaxed);
+}
+}  // namespace detail
 
 void softmax_cross_entropy_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& labels, const TensorRef& loss,
                                const TensorRef& row_max, const TensorRef& sum_exp, const CrossEntropyOptions& opts,

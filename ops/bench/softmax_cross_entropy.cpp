@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <random>
@@ -17,6 +18,9 @@
 #include "runtime/family.hpp"
 
 namespace kiln::detail {
+// ops/softmax_cross_entropy.cpp: forces kernel 0 (fwd), 1 (fused) or 2 (bwd) to a launch shape (split 0: heuristic).
+void softmax_cross_entropy_force_config(int kernel, int split, int threads, int unroll);
+
 namespace {
 
 struct Buffers {
@@ -101,9 +105,10 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
   const TensorRef loss = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   const TensorRef row_max = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   const TensorRef sum_exp = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
-  CrossEntropyOptions opts;
+  CrossEntropyOptions bopts;  // the backward's (it does not check labels: no flag)
+  if (smooth) bopts.label_smoothing = 0.1f;
+  CrossEntropyOptions opts = bopts;
   opts.bad_label_row = TensorRef::contiguous(b->alloc(4), DType::i32, {1});
-  if (smooth) opts.label_smoothing = 0.1f;
   BenchInstance inst;
   inst.keepalive = b;
   Runtime* r = &rt;
@@ -122,7 +127,7 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
       inst.bytes = 2 * logits_bytes + M * lb + 2 * M * 4 + M * dtype_size(grad_dtype);
       // In place, as a training step runs it (the logits are not needed after the backward).
       inst.run = [=](Stream s) {
-        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, grad_loss, logits, opts, s);
+        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, grad_loss, logits, bopts, s);
       };
       inst.outputs = {logits};
       break;
@@ -137,11 +142,23 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
       inst.baseline_name = "forward then backward (two passes over the logits)";
       inst.baseline = [=](Stream s) {
         softmax_cross_entropy_fwd(*r, logits, labels, loss, row_max, sum_exp, opts, s);
-        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, loss, logits, opts, s);
+        softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, loss, logits, bopts, s);
       };
       break;
     }
   }
+  return inst;
+}
+
+// A case with a forced launch shape {split, threads, unroll} of `kernel` (a sweep point; the op's result is unchanged).
+BenchInstance forced(BenchInstance inst, int kernel, std::array<int, 3> cfg) {
+  auto run = inst.run;
+  inst.run = [run, kernel, cfg](Stream s) {
+    softmax_cross_entropy_force_config(kernel, cfg[0], cfg[1], cfg[2]);
+    run(s);
+    softmax_cross_entropy_force_config(kernel, 0, 0, 0);
+  };
+  inst.baseline = {};
   return inst;
 }
 
@@ -157,6 +174,23 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   cases.push_back({"softmax_cross_entropy_fused", fmt::format("M={} V=157184 bf16 inplace mean", M), [](Runtime& rt) {
                      return ce_instance(rt, Kind::fused, M, 157184, DType::bf16, DType::i64, false, DType::f32);
                    }});
+  // Launch-shape sweep points at the target shape (split x threads x loads in flight), until the tuner lands.
+  const std::vector<std::pair<Kind, std::array<int, 3>>> sweep = {
+      {Kind::fwd, {1, 1024, 4}},   {Kind::fwd, {2, 512, 4}},   {Kind::fwd, {4, 256, 8}},  {Kind::fwd, {4, 512, 8}},
+      {Kind::fwd, {8, 256, 4}},    {Kind::bwd, {5, 256, 4}},   {Kind::bwd, {10, 256, 4}}, {Kind::bwd, {5, 256, 8}},
+      {Kind::bwd, {2, 512, 4}},    {Kind::bwd, {1, 1024, 4}},  {Kind::fused, {8, 128, 0}}, {Kind::fused, {8, 512, 0}},
+      {Kind::fused, {4, 256, 0}},  {Kind::fused, {16, 256, 0}}};
+  for (const auto& [kind, cfg] : sweep) {
+    const char* op = kind == Kind::fwd ? "softmax_cross_entropy_fwd" : kind == Kind::bwd ? "softmax_cross_entropy_bwd"
+                                                                                         : "softmax_cross_entropy_fused";
+    const std::string shape = fmt::format("M={} V=157184 bf16{} cfg={}x{}{}", M, kind == Kind::fwd ? "" : kind == Kind::bwd ? " inplace" : " inplace mean",
+                                          cfg[0], cfg[1], cfg[2] ? fmt::format("x{}", cfg[2]) : std::string());
+    const int kernel = kind == Kind::fwd ? 0 : kind == Kind::fused ? 1 : 2;
+    cases.push_back({op, shape, [kind, kernel, cfg](Runtime& rt) {
+                       return forced(ce_instance(rt, kind, M, 157184, DType::bf16, DType::i64, false, DType::f32),
+                                     kernel, cfg);
+                     }});
+  }
 });
 
 }  // namespace

@@ -11,7 +11,8 @@
 // result: which CTA or warp reduces a piece never changes how it is reduced. So the bits are the same for any grid
 // size, block size or SM count.
 //
-// Accumulation: A (float or double) within a sub-chunk; every result above it is combined in double. max|x| and the
+// Accumulation: each 16-byte vector's terms in fp32, then A (float or double) within a sub-chunk; every result above it
+// is combined in double. max|x| and the
 // zero count are exact; max propagates NaN (a NaN gradient must not vanish from the norm), the count ignores it.
 #pragma once
 #include "kiln/batch_reduce_args.h"
@@ -132,9 +133,22 @@ __device__ __forceinline__ typename Op<OP, A>::V reduce_sub(const T* base, long 
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const int k = lane + 32 * (i0 + u);
-      if (k < nv)
+      if (k < nv) {
+        if constexpr (OP == kSumAbs || OP == kSumSq) {
+          // Sums: the vector's E terms in fp32 (a short chain of positive terms: ≤ E·2^-24 relative error), then one
+          // addition in A. One fp64 conversion and add per 16 bytes instead of per element.
+          float p = 0.f;
 #pragma unroll
-        for (int e = 0; e < E; ++e) acc[u & 3] = P::f(acc[u & 3], vec_get<T>(v[u], e));
+          for (int e = 0; e < E; ++e) {
+            const float x = vec_get<T>(v[u], e);
+            p = OP == kSumSq ? fmaf(x, x, p) : p + fabsf(x);
+          }
+          acc[u & 3] += static_cast<A>(p);
+        } else {
+#pragma unroll
+          for (int e = 0; e < E; ++e) acc[u & 3] = P::f(acc[u & 3], vec_get<T>(v[u], e));
+        }
+      }
     }
   }
   V tl = V(0);

@@ -30,7 +30,7 @@ namespace ce {
 
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLowest = -3.402823466e38f;  // running-max identity: finite, so an all −inf row never gives inf − inf
-constexpr int kUnroll = 4;                   // 16-byte chunks in flight per thread in the streaming kernels
+constexpr int kUnroll = 4;                   // 16-byte chunks per thread per step of the shared-memory passes
 
 __device__ __forceinline__ float ninf() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float qnan() { return __int_as_float(0x7fffffff); }
@@ -279,12 +279,12 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 
 // ---- forward (full or vocab-parallel partial) ---------------------------------------------------------------------
 // Grid: M·CL CTAs in clusters of CL (row = blockIdx.x / CL). L: label type (long long or int).
-template <int V, typename T, typename L, int CL, int THREADS, bool SMOOTH>
+// U: 16-byte loads in flight per thread.
+template <int V, typename T, typename L, int CL, int THREADS, bool SMOOTH, int U>
 __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fwd_kernel(const CeFwdArgs a) {
   using namespace ce;
   constexpr int E = VecTraits<T>::kElems;
   constexpr int PER = ce_slice_chunks(V, sizeof(T), CL);
-  constexpr int U = kUnroll;
   __shared__ Stat red[THREADS / 32];
   __shared__ Slot slots[CL];
   if constexpr (CL > 1) cluster_arrive_relaxed();
@@ -465,15 +465,18 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
 // ---- backward from saved statistics ----------------------------------------------------------------------------------
 // Grid: M·PARTS CTAs; CTA (row, part) takes part `part` of the row's chunks. G: upstream-gradient type. In place when
 // grad == logits (each element is read and written by the same thread).
-template <int V, typename T, typename L, typename G, int PARTS, int THREADS, bool SMOOTH>
+// U: 16-byte loads in flight per thread.
+template <int V, typename T, typename L, typename G, int PARTS, int THREADS, bool SMOOTH, int U>
 __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_bwd_kernel(const CeBwdArgs a) {
   using namespace ce;
   constexpr int E = VecTraits<T>::kElems;
   constexpr int PER = ce_slice_chunks(V, sizeof(T), PARTS);
-  constexpr int U = kUnroll;
   const long long row = blockIdx.x / PARTS;
   const int part = static_cast<int>(blockIdx.x % PARTS);
+  // The row's label, upstream gradient and statistics are loaded together (one latency, not two).
   const long long label = load_label<L>(a.labels, row);
+  const float gl_row = a.grad_loss ? to_float(static_cast<const G*>(a.grad_loss)[row]) : 0.f;
+  const float m = a.row_max[row], s = a.sum_exp[row];
   const bool active = label != a.ignore_index && label >= 0 && label < a.vocab_total;
   const T* rowp = static_cast<const T*>(a.logits) + row * a.stride;
   T* growp = static_cast<T*>(a.grad) + row * a.grad_stride;
@@ -492,8 +495,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_bwd_kernel(cons
     if (head_thread || tail_thread) growp[edge_col] = from_float<T>(0.f);
     return;
   }
-  const float gl = a.grad_loss ? to_float(static_cast<const G*>(a.grad_loss)[row]) : a.scale_dev ? *a.scale_dev : a.scale;
-  const float m = a.row_max[row], s = a.sum_exp[row];
+  const float gl = a.grad_loss ? gl_row : a.scale_dev ? *a.scale_dev : a.scale;
   float coef = gl / s;
   if (a.z_loss != 0.f) coef *= 1.f + 2.f * a.z_loss * (m + logf(s));
   const float sub_all = SMOOTH ? gl * a.smoothing / static_cast<float>(a.vocab_total) : 0.f;

@@ -210,6 +210,7 @@ TEST_P(SoftmaxCrossEntropyOps, MatchReference) {
 
   const std::vector<uint8_t> host_logits = encode_parallel(p.dtype, p.logits);
   DeviceBuffer x(rt, std::max<size_t>(bytes, 16)), dx(rt, std::max<size_t>(bytes, 16));
+  x.poison();  // guard zones armed (the in-place runs write into x)
   x.upload(host_logits.data(), bytes);
   DeviceBuffer lab = upload_labels(rt, p);
   DeviceBuffer loss(rt, M * 4 + 16), rmax(rt, M * 4 + 16), sexp(rt, M * 4 + 16), gl(rt, M * 4 + 16);
@@ -444,6 +445,38 @@ TEST_F(SoftmaxCrossEntropyTest, NanRowAndStridedRows) {
   const std::vector<ref::CeRow> want = ref::softmax_cross_entropy(p.logits, M, V, V, p.labels, {});
   ASSERT_TRUE(std::isnan(want[7].loss));
   EXPECT_TRUE(loss_agrees(want, l, nullptr, nullptr));
+}
+
+// ignore_index 0 (HEAD's tests use −100 and 0); the fused op's optional statistics, single-pass and fallback.
+TEST_F(SoftmaxCrossEntropyTest, IgnoreIndexZeroAndFusedStatistics) {
+  Runtime& r = rt();
+  for (const auto& [M, V, dtype] : {std::tuple<int64_t, int64_t, DType>{257, 32768, DType::bf16},
+                                    {5, int64_t{1} << 20, DType::f32}}) {
+    SCOPED_TRACE("V " + std::to_string(V));
+    Problem p = make_problem(M, V, dtype, DType::i64, mix_seed({0xd6, static_cast<uint64_t>(V)}));
+    for (int64_t m = 0; m < M; m += 3) p.labels[m] = 0;  // ignored
+    ref::CeOptions ro;
+    ro.ignore_index = 0;
+    const std::vector<ref::CeRow> want = ref::softmax_cross_entropy(p.logits, M, V, V, p.labels, ro);
+    const size_t bytes = static_cast<size_t>(M * V) * dtype_size(dtype);
+    DeviceBuffer x(r, bytes), loss(r, M * 4), rmax(r, M * 4), sexp(r, M * 4);
+    for (DeviceBuffer* b : {&x, &loss, &rmax, &sexp}) b->poison();
+    x.upload(encode_parallel(dtype, p.logits));
+    DeviceBuffer lab = upload_labels(r, p);
+    CrossEntropyOptions opts;
+    opts.ignore_index = 0;
+    FusedCrossEntropyOptions f;
+    f.reduction = LossReduction::sum;
+    f.row_max = rmax.ref(DType::f32, {M});
+    f.sum_exp = sexp.ref(DType::f32, {M});
+    softmax_cross_entropy_fused(r, x.ref(dtype, {M, V}), lab.ref(DType::i64, {M}), loss.ref(DType::f32, {M}),
+                                x.ref(dtype, {M, V}), f, opts, nullptr);
+    synchronize();
+    const std::vector<float> l = loss.download<float>(M), mx = rmax.download<float>(M), se = sexp.download<float>(M);
+    EXPECT_TRUE(loss_agrees(want, l, &mx, &se));
+    EXPECT_TRUE(grad_agrees(p, want, ro, std::vector<double>(static_cast<size_t>(M), 1.0), x.download<uint8_t>(bytes), V));
+    EXPECT_TRUE(x.guards_intact() && loss.guards_intact() && rmax.guards_intact() && sexp.guards_intact());
+  }
 }
 
 }  // namespace

@@ -21,8 +21,8 @@ enum class NormOrd {
   inf,  // max|x| (NaN if any element is NaN)
 };
 
-// Precision of the per-element accumulation (within each 4096-element sub-chunk); every level above a sub-chunk
-// combines in fp64 either way.
+// Precision of the accumulation within each 4096-element sub-chunk (the terms of one 16-byte vector, 4 fp32 or 8 bf16
+// elements, are added in fp32 first); every level above a sub-chunk combines in fp64 either way.
 enum class Accumulate { f32, f64 };
 
 struct BatchNormOptions {
