@@ -418,8 +418,12 @@ TEST(TuneCliGpu, LingMiniThreeTokenCountsWithinFiveMinutes) {
                 res.at("rejected").get<int>(), res.at("note").get<std::string>().c_str());
     if (res.at("unused").get<bool>()) continue;  // a kernel the op does not run on this GPU (e.g. a pre-sm_90 path)
     EXPECT_TRUE(res.at("has_entry").get<bool>()) << what << ": " << res.at("note");
-    EXPECT_EQ(res.at("rejected").get<int64_t>(), 0) << what << ": a config of the search space disagrees with the default: "
-                                     << res.at("candidates").dump();
+    // A search-space config whose output disagrees with the default's is a kernel bug (the tuner protected this
+    // run from it); a candidate that could not run (error) is reported in the log above but is not a wrong result.
+    for (const auto& c : res.at("candidates"))
+      EXPECT_NE(c.at("status").get<std::string>().rfind("mismatch", 0), 0u)
+          << what << ": config " << c.at("config").get<std::string>() << " disagrees with the default: "
+          << c.at("status").get<std::string>();
     with_entry += res.at("has_entry").get<bool>();
   }
   std::printf("%s\n", j.at("families").dump(2).c_str());
