@@ -206,6 +206,10 @@ Specialization Runtime::Impl::tuned(const Specialization& s, int64_t tokens) {
   Specialization out = s;
   if (forced && forced->shape == shape) {
     ++forced->applied;
+    if (forced->observe) {
+      forced->observed = s.config;
+      return s;
+    }
     out.config = forced->config;
     return out;
   }

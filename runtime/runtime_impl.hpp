@@ -20,6 +20,10 @@ struct ForcedConfig {
   Key128 shape;                                // tuner::shape_key of the specialization
   std::array<int32_t, kMaxConfig> config{};
   uint64_t applied = 0;  // times tuned() returned it: 0 after a run means the op never asked (cannot be tuned)
+  // Observe instead of force: tuned() returns the op's own heuristic config (no table, no autotune) and records it
+  // here; the tuner learns what the op runs by default at a token count (a heuristic may depend on M).
+  bool observe = false;
+  std::array<int32_t, kMaxConfig> observed{};
 };
 inline thread_local ForcedConfig* t_forced_config = nullptr;
 // > 0 while this thread is tuning: an op a tune instance runs for another specialization (preparing inputs) uses the
@@ -29,15 +33,17 @@ inline thread_local int t_tuning_depth = 0;
 // Installs a ForcedConfig for `candidate` (its shape and config) on this thread for the scope's lifetime.
 class ForceConfigScope {
  public:
-  explicit ForceConfigScope(const Specialization& candidate) : previous_(t_forced_config) {
+  explicit ForceConfigScope(const Specialization& candidate, bool observe = false) : previous_(t_forced_config) {
     forced_.shape = tuner::shape_key(candidate);
     forced_.config = candidate.config;
+    forced_.observe = observe;
     t_forced_config = &forced_;
   }
   ~ForceConfigScope() { t_forced_config = previous_; }
   ForceConfigScope(const ForceConfigScope&) = delete;
   ForceConfigScope& operator=(const ForceConfigScope&) = delete;
   uint64_t applied() const { return forced_.applied; }
+  const std::array<int32_t, kMaxConfig>& observed() const { return forced_.observed; }
 
  private:
   ForcedConfig forced_;

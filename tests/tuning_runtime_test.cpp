@@ -315,6 +315,27 @@ TEST(TuningRuntime, ForcedConfigOverridesOnlyItsSpecializationOnThisThread) {
   EXPECT_EQ(plain.impl().tuned(fwd, 1).config, forced_cfg.config);
 }
 
+// The tuner's observation mode: tuned() runs the op's own heuristic (not the database's config) and records it.
+TEST(TuningRuntime, ObserveRecordsTheOpsOwnConfig) {
+  const TempDir dir;
+  const Specialization fwd = ling("rms_norm", "fwd");
+  kiln::Runtime rt(cpu_options(save(dir.path() / "t.json", {entry_for(other_config(fwd), 1024, 5)})));
+  Specialization asked = fwd;
+  asked.config[0] = 16;  // what an op with an M-dependent heuristic might ask for at this M
+  kiln::detail::ForceConfigScope watch(other_config(fwd, 1), /*observe=*/true);
+  EXPECT_EQ(rt.impl().tuned(asked, 1024).config, asked.config);
+  EXPECT_EQ(watch.applied(), 1u);
+  EXPECT_EQ(watch.observed(), asked.config);
+}
+
+TEST(TunerSpecs, UniqueTunableDropsRepeatsAndUntunable) {
+  const Specialization fwd = ling("rms_norm", "fwd"), bwd = ling("rms_norm", "bwd"), red = ling("rms_norm", "dw_reduce");
+  const std::vector<Specialization> u = unique_tunable({fwd, other_config(fwd), red, bwd, other_config(bwd), fwd});
+  ASSERT_EQ(u.size(), 2u);
+  EXPECT_EQ(u[0].config, fwd.config);  // the first of a shape is kept
+  EXPECT_EQ(u[1].kernel, bwd.kernel);
+}
+
 TEST(TuningRuntime, FilesAreLoadedStrictlyAtStart) {
   const TempDir dir;
   const Specialization fwd = ling("rms_norm", "fwd");

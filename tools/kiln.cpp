@@ -555,9 +555,9 @@ int cmd_tune(std::span<const std::string_view> argv) {
       continue;
     std::vector<kiln::detail::Specialization> part;
     f->enumerate(model, arch, part);
-    for (const auto& s : part)
-      if (kiln::tuner::tunable(s)) specs.push_back(s);
+    specs.insert(specs.end(), part.begin(), part.end());
   }
+  specs = kiln::tuner::unique_tunable(specs);
   if (specs.empty()) throw kiln::Error(fmt::format("tune: {} has no tunable specialization", model.name));
   if (!json)
     fmt::print("tuning {} specializations of {} on {} ({} SMs, {}) at tokens {}\n", specs.size(), model.name,
@@ -584,7 +584,9 @@ int cmd_tune(std::span<const std::string_view> argv) {
     if (json) return;
     const std::string shape = r.base.describe();  // "[kernel ]params | config"
     const std::string what = fmt::format("{} {}", r.base.family->name, shape.substr(0, shape.find(" |")));
-    if (!r.has_entry) {
+    if (r.unused) {
+      fmt::print("{} tokens={}: skipped: {}\n", what, r.tokens, r.note);
+    } else if (!r.has_entry) {
       fmt::print("{} tokens={}: no entry: {}\n", what, r.tokens, r.note);
     } else {
       const auto& w = r.candidates[r.winner];
@@ -600,15 +602,19 @@ int cmd_tune(std::span<const std::string_view> argv) {
                    c.us > 0 ? fmt::format(" (would have run {:.2f} µs)", c.us) : "");
     std::fflush(stdout);
   };
-  const std::vector<kiln::tuner::TuneResult> results = kiln::tuner::tune(rt, specs, tokens, opts, print_result);
-  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-
+  // The file is rewritten after every measured specialization, so that a run cut short keeps what it measured.
   kiln::tuner::TuningDb db;
-  for (const auto& r : results)
-    if (r.has_entry) db.entries.push_back(r.entry);
-  db.sort_entries();
+  auto on_result = [&](const kiln::tuner::TuneResult& r) {
+    print_result(r);
+    if (!r.has_entry) return;
+    kiln::tuner::TuningDb one;
+    one.entries.push_back(r.entry);
+    db = kiln::tuner::merge(db, one).db;  // a key seen twice keeps the faster entry, never fails the run
+    db.save(out);
+  };
+  const std::vector<kiln::tuner::TuneResult> results = kiln::tuner::tune(rt, specs, tokens, opts, on_result);
+  const double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   if (db.entries.empty()) throw kiln::Error("tune: no specialization could be measured; nothing written");
-  db.save(out);
 
   struct FamilyGain {
     size_t entries = 0, changed = 0, rejected = 0;
@@ -637,6 +643,7 @@ int cmd_tune(std::span<const std::string_view> argv) {
                               {"specialization", r.base.describe()},
                               {"tokens", r.tokens},
                               {"has_entry", r.has_entry},
+                              {"unused", r.unused},
                               {"default_us", r.default_us},
                               {"best_us", r.best_us},
                               {"gain_percent", r.gain_percent()},

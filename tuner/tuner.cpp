@@ -17,6 +17,7 @@
 #include "runtime/log.hpp"
 #include "runtime/nvrtc_compiler.hpp"
 #include "runtime/runtime_impl.hpp"
+#include "tuner/tuning_table.hpp"
 
 namespace kiln::tuner {
 namespace {
@@ -290,25 +291,6 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
     return finish();
   }
 
-  // Candidates: the default first, then the search space in its order.
-  std::vector<Specialization> space;
-  f.search_space(base, space);
-  if (std::none_of(space.begin(), space.end(), [&](const Specialization& c) { return c.config == base.config; })) {
-    // An entry naming it could never be loaded (tuning files must name a search-space config).
-    r.note = fmt::format("{}'s heuristic default [{}] is not in its search space: not tuned", f.name, base.describe());
-    return finish();
-  }
-  r.candidates.push_back({config_label(base), base, true});
-  for (const Specialization& s : space)
-    if (s.config != base.config) r.candidates.push_back({config_label(s), s});
-  for (const InjectedCandidate& inj : opts.inject) {
-    Specialization s = base;
-    s.config = inj.config.config;
-    CandidateResult c{inj.name, s};
-    c.injected = true;
-    r.candidates.push_back(std::move(c));
-  }
-
   BenchInstance inst;
   try {
     inst = f.tune_instance(rt, base, tokens);
@@ -325,6 +307,44 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
       r.note = fmt::format("{}'s tune instance has a non-contiguous output", f.name);
       return finish();
     }
+
+  // The default: the config the op picks by itself at this token count.
+  Specialization def = base;
+  try {
+    detail::ForceConfigScope watch(base, /*observe=*/true);
+    inst.run(nullptr);
+    detail::check(detail::driver().cuStreamSynchronize(nullptr), "cuStreamSynchronize");
+    if (watch.applied() == 0) {
+      r.unused = true;
+      r.note = "the op does not run this kernel for this shape on this GPU (it never asked for its config): "
+               "nothing to tune";
+      return finish();
+    }
+    def.config = watch.observed();
+  } catch (const std::exception& e) {
+    r.note = fmt::format("the default config failed: {}", e.what());
+    return finish();
+  }
+  r.base = def;
+
+  // Candidates: the default first, then the search space in its order.
+  std::vector<Specialization> space;
+  f.search_space(def, space);
+  if (std::none_of(space.begin(), space.end(), [&](const Specialization& c) { return c.config == def.config; })) {
+    // An entry naming it could never be loaded (tuning files must name a search-space config).
+    r.note = fmt::format("{}'s default [{}] is not in its search space: not tuned", f.name, def.describe());
+    return finish();
+  }
+  r.candidates.push_back({config_label(def), def, true});
+  for (const Specialization& s : space)
+    if (s.config != def.config) r.candidates.push_back({config_label(s), s});
+  for (const InjectedCandidate& inj : opts.inject) {
+    Specialization s = def;
+    s.config = inj.config.config;
+    CandidateResult c{inj.name, s};
+    c.injected = true;
+    r.candidates.push_back(std::move(c));
+  }
 
   const int repeats = std::max(opts.repeats, 20);
   std::vector<HostOutput> reference;
@@ -414,13 +434,28 @@ TuneResult tune_one(Runtime& rt, const Specialization& base, int64_t tokens, con
   if (skipped)
     r.note += fmt::format("{}{} of {} candidates skipped (time budget {:.0f} s)", r.note.empty() ? "" : "; ", skipped,
                           r.candidates.size(), opts.spec_budget_s);
-  r.entry = make_entry(rt, base, r.candidates[r.winner].spec, tokens, r.best_us, r.default_us);
+  r.entry = make_entry(rt, def, r.candidates[r.winner].spec, tokens, r.best_us, r.default_us);
   r.has_entry = true;
   return finish();
 }
 
-std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& specs, const std::vector<int64_t>& tokens,
-                             const TuneOptions& opts, const std::function<void(const TuneResult&)>& on_result) {
+std::vector<Specialization> unique_tunable(const std::vector<Specialization>& specs) {
+  std::vector<Specialization> out;
+  std::vector<detail::Key128> seen;
+  for (const Specialization& s : specs) {
+    if (!tunable(s)) continue;
+    const detail::Key128 k = shape_key(s);
+    if (std::find(seen.begin(), seen.end(), k) != seen.end()) continue;  // a family may list one shape twice
+    seen.push_back(k);
+    out.push_back(s);
+  }
+  return out;
+}
+
+std::vector<TuneResult> tune(Runtime& rt, const std::vector<Specialization>& all_specs,
+                             const std::vector<int64_t>& tokens, const TuneOptions& opts,
+                             const std::function<void(const TuneResult&)>& on_result) {
+  const std::vector<Specialization> specs = unique_tunable(all_specs);
   const auto start = Clock::now();
   const auto run_deadline =
       opts.run_budget_s > 0

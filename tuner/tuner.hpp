@@ -65,8 +65,9 @@ struct CandidateResult {
 };
 
 struct TuneResult {
-  detail::Specialization base;     // the specialization with the heuristic default config
+  detail::Specialization base;     // the specialization, with the config the op runs by default at `tokens`
   int64_t tokens = 0;
+  bool unused = false;             // the op never runs this kernel for this shape on this GPU: nothing to tune
   std::vector<CandidateResult> candidates;  // [0] = the default
   size_t winner = 0;               // index into candidates
   double default_us = 0, best_us = 0;       // after confirmation (the entry's default_us and median_us)
@@ -91,7 +92,9 @@ std::string compare_outputs(DType dtype, const void* ref, const void* got, size_
 size_t choose(const std::vector<CandidateResult>& candidates);
 
 // Tunes one specialization at `tokens` rows (its candidates must already be compiled or will compile on first
-// use). `deadline`: stop timing new candidates after it. Needs the GPU; runs on the legacy default stream.
+// use). The default is what the op itself runs at `tokens` with no database (observed through one call: a family's
+// heuristic may depend on M), whatever config `base` carries. `deadline`: stop timing new candidates after it.
+// Needs the GPU; runs on the legacy default stream.
 TuneResult tune_one(Runtime& rt, const detail::Specialization& base, int64_t tokens, const TuneOptions& opts,
                     detail::L2Flusher& l2,
                     std::chrono::steady_clock::time_point deadline = std::chrono::steady_clock::time_point::max());
@@ -99,8 +102,11 @@ TuneResult tune_one(Runtime& rt, const detail::Specialization& base, int64_t tok
 // Which specializations can be tuned: the family has a tune_instance and more than one search-space point.
 bool tunable(const detail::Specialization& s);
 
-// Tunes every (specialization, token count): compiles all candidates in parallel through the cache first, then
-// measures one by one. `on_result` is called as each finishes.
+// The tunable specializations of `specs`, one per shape (family, kernel, params, arch; configs ignored), in order.
+std::vector<detail::Specialization> unique_tunable(const std::vector<detail::Specialization>& specs);
+
+// Tunes every (specialization, token count) of unique_tunable(specs): compiles all candidates in parallel through
+// the cache first, then measures one by one. `on_result` is called as each finishes.
 std::vector<TuneResult> tune(Runtime& rt, const std::vector<detail::Specialization>& specs,
                              const std::vector<int64_t>& tokens, const TuneOptions& opts,
                              const std::function<void(const TuneResult&)>& on_result = {});

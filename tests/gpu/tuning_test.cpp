@@ -140,7 +140,7 @@ TEST_F(TunerGpu, TunedIsNeverSlowerThanTheDefaultBeyondNoise) {
       std::vector<double> d_us, t_us;
       for (int k = 0; k < 60; ++k) {
         {
-          detail::ForceConfigScope f(base);
+          detail::ForceConfigScope f(res.base);  // the default the op picked at this token count
           d_us.push_back(detail::time_calls_us(inst.run, nullptr, l2, k == 0 ? 3 : 0, 1)[0]);
         }
         {
@@ -416,9 +416,14 @@ TEST(TuneCliGpu, LingMiniThreeTokenCountsWithinFiveMinutes) {
                 res.at("default_us").get<double>(), res.at("best_us").get<double>(),
                 res.at("gain_percent").get<double>(), res.at("config").get<std::string>().c_str(),
                 res.at("rejected").get<int>(), res.at("note").get<std::string>().c_str());
+    if (res.at("unused").get<bool>()) continue;  // a kernel the op does not run on this GPU (e.g. a pre-sm_90 path)
     EXPECT_TRUE(res.at("has_entry").get<bool>()) << what << ": " << res.at("note");
-    EXPECT_EQ(res.at("rejected").get<int64_t>(), 0) << what << ": a config of the search space disagrees with the default: "
-                                     << res.at("candidates").dump();
+    // A search-space config whose output disagrees with the default's is a kernel bug (the tuner protected this
+    // run from it); a candidate that could not run (error) is reported in the log above but is not a wrong result.
+    for (const auto& c : res.at("candidates"))
+      EXPECT_NE(c.at("status").get<std::string>().rfind("mismatch", 0), 0u)
+          << what << ": config " << c.at("config").get<std::string>() << " disagrees with the default: "
+          << c.at("status").get<std::string>();
     with_entry += res.at("has_entry").get<bool>();
   }
   std::printf("%s\n", j.at("families").dump(2).c_str());
@@ -427,14 +432,10 @@ TEST(TuneCliGpu, LingMiniThreeTokenCountsWithinFiveMinutes) {
   for (const tuner::TuningEntry& e : db.entries) EXPECT_LE(e.median_us, e.default_us) << e.key.describe();
   // Every tunable specialization of the preset was tuned at the three token counts.
   Runtime rt0(test_runtime_options());
-  size_t tunable = 0;
-  for (const detail::FamilyDef* f : detail::families()) {
-    if (!f->enumerate) continue;
-    std::vector<Specialization> specs;
-    f->enumerate(load_model("ling-mini-2.0"), rt0.impl().target_arch(), specs);
-    for (const Specialization& s : specs) tunable += tuner::tunable(s);
-  }
-  EXPECT_EQ(j.at("results").size(), tunable * 3);
+  std::vector<Specialization> specs;
+  for (const detail::FamilyDef* f : detail::families())
+    if (f->enumerate) f->enumerate(load_model("ling-mini-2.0"), rt0.impl().target_arch(), specs);
+  EXPECT_EQ(j.at("results").size(), tuner::unique_tunable(specs).size() * 3);
 }
 
 }  // namespace
