@@ -2,8 +2,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
-#include <random>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -29,7 +27,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_H, P_HG, P_D, P_INTERLEAVED, P_DTYPE, P_W_DTYPE };
-enum { C_WARPS, C_BATCH, C_ACC_SMEM, C_FUSED };
+enum { C_WARPS, C_BATCH, C_ACC_SMEM };
 
 const char* type_name(int64_t d) {
   switch (static_cast<DType>(d)) {
@@ -49,7 +47,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   name = fmt::format("kiln::qk_norm_half_rope_{}_kernel<{}, {}, {}, {}, {}, {}, {}, {}{}>", s.kernel == kFwd ? "fwd" : "bwd",
                      p[P_H], p[P_HG], p[P_D], p[P_INTERLEAVED] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
                      s.config[C_WARPS], s.config[C_BATCH],
-                     s.kernel == kBwd ? fmt::format(", {}, {}", s.config[C_ACC_SMEM] != 0, s.config[C_FUSED] != 0) : "");
+                     s.kernel == kBwd ? (s.config[C_ACC_SMEM] ? ", true" : ", false") : "");
 }
 
 // The backward's shared memory is dynamic (weights, rotary tables, optionally the accumulators); the others' static.
@@ -67,7 +65,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"qk_norm_half_rope",
                    {"fwd", "bwd", "dw_reduce"},
                    {"H", "h", "D", "interleaved", "dtype", "w_dtype"},
-                   {"warps", "batch", "acc_smem", "fused"},
+                   {"warps", "batch", "acc_smem"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -79,33 +77,31 @@ FamilyDef g_family{"qk_norm_half_rope",
 // Backward: 8 warps per CTA of a persistent grid, ≥ 16 warps/SM (≤ 128 registers); a 3-slot ring (gradient + input:
 // 192 bytes a lane) fits without spills only with the accumulators in shared memory (4 slots spill 16 bytes). Static shared memory (the forward's 2 KiB
 // rotary table per warp) keeps the forward's WARPS ≤ 8.
-struct Point { int warps, batch, acc_smem, fused; };
-constexpr Point kFwdPoints[] = {{4, 4, 0, 0}, {2, 4, 0, 0}, {8, 4, 0, 0}, {4, 8, 0, 0}, {4, 2, 0, 0}};
+struct Point { int warps, batch, acc_smem; };
+constexpr Point kFwdPoints[] = {{4, 4, 0}, {2, 4, 0}, {8, 4, 0}, {4, 8, 0}, {4, 2, 0}};
 // Backward: with acc_smem the weight-gradient accumulators leave the registers, so a 4-slot ring fits.
-// fused: the weight-gradient reduction runs at the end of the backward kernel (no second launch; measured 3.8 µs for
-// partials + reduce kernel at the Ling-mini-2.0 shape).
-constexpr Point kBwdPoints[] = {{8, 3, 1, 1}, {8, 3, 1, 0}, {8, 2, 0, 1}, {4, 2, 0, 1}, {8, 1, 0, 1}, {8, 4, 1, 1}};
+constexpr Point kBwdPoints[] = {{8, 3, 1}, {8, 2, 0}, {4, 2, 0}, {8, 1, 0}, {8, 4, 1}};
 
 bool in_space(bool fwd, const Point& p) {
   const std::span<const Point> points = fwd ? std::span<const Point>(kFwdPoints) : std::span<const Point>(kBwdPoints);
   for (const Point& q : points)
-    if (q.warps == p.warps && q.batch == p.batch && q.acc_smem == p.acc_smem && q.fused == p.fused) return true;
+    if (q.warps == p.warps && q.batch == p.batch && q.acc_smem == p.acc_smem) return true;
   return false;
 }
 
 // A forced search-space point per kernel ({0, 0, 0}: the default). KILN_QKROPE_FWD = "warps,batch" and
-// KILN_QKROPE_BWD = "warps,batch,acc_smem,fused" set them at start-up (a measurement knob until the tuning database lands;
+// KILN_QKROPE_BWD = "warps,batch,acc_smem" set them at start-up (a measurement knob until the tuning database lands;
 // ignored when not a point of the space); tests set them through qk_norm_half_rope_force_config.
 struct Forced {
-  Point fwd{0, 0, 0, 0}, bwd{0, 0, 0, 0};
+  Point fwd{0, 0, 0}, bwd{0, 0, 0};
 };
 Forced& forced() {
   static Forced f = [] {
     Forced x;
     for (const bool fwd : {true, false}) {
       const char* v = std::getenv(fwd ? "KILN_QKROPE_FWD" : "KILN_QKROPE_BWD");
-      Point p{0, 0, 0, 0};
-      if (v && std::sscanf(v, "%d,%d,%d,%d", &p.warps, &p.batch, &p.acc_smem, &p.fused) >= 2 && in_space(fwd, p))
+      Point p{0, 0, 0};
+      if (v && std::sscanf(v, "%d,%d,%d", &p.warps, &p.batch, &p.acc_smem) >= 2 && in_space(fwd, p))
         (fwd ? x.fwd : x.bwd) = p;
     }
     return x;
@@ -130,7 +126,6 @@ Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interl
   s.config[C_WARPS] = c.warps;
   s.config[C_BATCH] = c.batch;
   s.config[C_ACC_SMEM] = c.acc_smem;
-  s.config[C_FUSED] = c.fused;
   return s;
 }
 
@@ -148,7 +143,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_WARPS] = c.warps;
     s.config[C_BATCH] = c.batch;
     s.config[C_ACC_SMEM] = c.acc_smem;
-    s.config[C_FUSED] = c.fused;
     out.push_back(s);
   }
 }
@@ -301,31 +295,16 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
 
 constexpr int64_t kMaxCtasPerSm = 32;  // the hardware limit on every arch kiln targets
 
-// The fused backward's flag value for one call. The workspace is never cleared, so a flag must not match by accident:
-// a bijective 64-bit mix (splitmix64) of a per-process counter xor a random seed never repeats within the process,
-// and stale or foreign bytes (a small integer left by a freed tensor, say) equal it with probability 2^-64.
-unsigned long long next_epoch() {
-  static const unsigned long long seed = [] {
-    std::random_device rd;
-    return (static_cast<unsigned long long>(rd()) << 32) ^ rd();
-  }();
-  static std::atomic<unsigned long long> counter{0};
-  unsigned long long z = (counter.fetch_add(1, std::memory_order_relaxed) ^ seed) + 0x9E3779B97F4A7C15ull;
-  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
-  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
-  return z ^ (z >> 31);
-}
-
 }  // namespace
 
 namespace detail {
 // Test and measurement hook: every later call of the forward (fwd) or backward uses this search-space point
 // (warps 0 restores the heuristic default). Returns false, changing nothing, for a point outside the space.
 // Not synchronized: call it while no op of this family runs.
-bool qk_norm_half_rope_force_config(bool fwd, int warps, int batch, int acc_smem, int fused) {
-  const Point p{warps, batch, acc_smem, fused};
+bool qk_norm_half_rope_force_config(bool fwd, int warps, int batch, int acc_smem) {
+  const Point p{warps, batch, acc_smem};
   if (warps != 0 && !in_space(fwd, p)) return false;
-  (fwd ? forced().fwd : forced().bwd) = warps != 0 ? p : Point{0, 0, 0, 0};
+  (fwd ? forced().fwd : forced().bwd) = warps != 0 ? p : Point{0, 0, 0};
   return true;
 }
 }  // namespace detail
@@ -373,7 +352,7 @@ int64_t qk_norm_half_rope_bwd_workspace_elems(Runtime& rt, int64_t head_dim) {
   if (!supported_head_dim(head_dim))
     throw InvalidArgument(fmt::format("qk_norm_half_rope_bwd_workspace_elems: argument 'head_dim': expected a power "
                                       "of two in [32, 256], got {}", head_dim));
-  return static_cast<int64_t>(rt.impl().device().sm_count) * kMaxCtasPerSm * (2 * head_dim + 2);
+  return static_cast<int64_t>(rt.impl().device().sm_count) * kMaxCtasPerSm * 2 * head_dim;
 }
 
 void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk, const TensorRef& gv,
@@ -401,23 +380,19 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   const int64_t M = g.S * g.B;
   const Specialization reduce = spec(arch, kDwReduce, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype);
   int64_t G = 0;
-  bool fused = false;
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);
   if (M > 0) {
     const Specialization s =
         impl.tuned(spec(arch, kBwd, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype), M);
     G = bwd_grid(rt, s, M);
-    fused = s.config[C_FUSED] != 0;
-    // Partials [G][2·D] fp32, then (fused) one 8-byte flag per CTA.
-    const int64_t ws_elems = G * 2 * g.D + (fused ? 2 * G : 0);
-    if (want_dw && workspace.defined() && workspace.numel() < ws_elems)
+    if (want_dw && workspace.defined() && workspace.numel() < G * 2 * g.D)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (qk_norm_half_rope_bwd_workspace_elems), "
-                                              "got {}", ws_elems, workspace.numel()));
+                                              "got {}", G * 2 * g.D, workspace.numel()));
     if (!want_dw) {
       partial = nullptr;
     } else if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(ws_elems) * 4, stream);
+      owned = impl.alloc_async(static_cast<size_t>(G * 2 * g.D) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
     QkNormRopeBwdArgs a{};
@@ -434,12 +409,6 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     a.dqkv_s_stride = dqkv.strides[0];
     a.dqkv_b_stride = dqkv.strides[1];
     a.partial = partial;
-    if (fused && partial) {
-      a.flags = reinterpret_cast<unsigned long long*>(partial + G * 2 * g.D);
-      a.epoch = next_epoch();
-      a.dq_w = static_cast<float*>(dq_norm_weight.data);
-      a.dk_w = static_cast<float*>(dk_norm_weight.data);
-    }
     a.S = static_cast<int>(g.S);
     a.B = static_cast<int>(g.B);
     a.eps = opts.eps;
@@ -449,10 +418,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
   }
-  if (!want_dw || (fused && M > 0)) {
-    if (owned) impl.free_async(owned, stream);
-    return;
-  }
+  if (!want_dw) return;
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
   QkNormRopeDwArgs r{partial, static_cast<float*>(dq_norm_weight.data), static_cast<float*>(dk_norm_weight.data),
                      static_cast<int>(G)};

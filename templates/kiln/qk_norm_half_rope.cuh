@@ -18,10 +18,9 @@
 // 8 rotated channels are computed once per row (sincosf, accurate for large angles) into the lane's private slots of
 // a shared-memory table (no register arrays indexed in a loop) and read back per q/k head; the norm weights are
 // staged once per CTA in shared memory.
-// Backward: a persistent grid; each CTA accumulates dq_w/dk_w for its rows (registers, or lane-private shared memory
-// with ACC_SMEM) in a fixed order, reduces its warps through shared memory in warp order and writes one partial per
-// CTA; the first 2·D/32 CTAs then sum the partials in a fixed order once every CTA's flag says its partial is written
-// (FUSED; otherwise a second kernel does). Deterministic (no float atomics), and no second pass over the data.
+// Backward: a persistent grid; each CTA accumulates dq_w/dk_w for its rows in registers (fixed order), reduces its
+// warps through shared memory in warp order, and writes one partial per CTA; a second kernel sums the partials in CTA
+// order. The result is deterministic (no float atomics) and costs no second pass over the data.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/qk_norm_half_rope_args.h"
@@ -48,13 +47,6 @@ template <bool V> struct QkBool { static constexpr bool value = V; };
 // 1/sqrt(x) for the norm: the approximate reciprocal square root (≤ 2 ulp; the outputs are 16-bit), as linghe HEAD
 // (tl.rsqrt). IEEE sqrt + division would cost ~20 more instructions per head.
 __device__ __forceinline__ float qk_rms_inv(float x) { return rsqrtf(x); }
-
-// A float another CTA wrote during this kernel: read at L2 (global scope), never from this SM's L1.
-__device__ __forceinline__ float qk_ld_cg(const float* p) {
-  float v;
-  asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p));
-  return v;
-}
 
 __device__ __forceinline__ Vec16 zero16() {
   Vec16 v;
@@ -287,12 +279,7 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
 // ≥ 16 resident warps per SM (≤ 128 registers): 131 unconstrained would leave one 8-warp CTA per SM.
 // ACC_SMEM: the weight-gradient accumulators live in shared memory (private to each lane, read-modify-write per
 // head) instead of 32 registers, which buys a deeper ring (BATCH) at the same 16 warps per SM.
-// FUSED: no second kernel for the weight gradients. Every CTA publishes its partial with a release store of the
-// call's epoch into its flag; CTA c < 2·D/32 then waits (acquire loads) until every flag holds the epoch and sums
-// column group c over the partials in the fixed order of qk_norm_half_rope_dw_reduce_kernel. Only those CTAs wait,
-// after their own work, and every other CTA finishes without waiting, so the wait ends even when the grid is not
-// co-resident.
-template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH, bool ACC_SMEM, bool FUSED>
+template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH, bool ACC_SMEM>
 __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
   static_assert(sizeof(T) == 2, "16-bit activations");
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
@@ -466,44 +453,6 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) acc += reinterpret_cast<const float*>(rope + w)[c];
     a.partial[static_cast<i64>(blockIdx.x) * 2 * D + c] = acc;
-  }
-  if constexpr (FUSED) {
-    __syncthreads();  // the CTA's partial is written
-    if (threadIdx.x == 0) {
-      __threadfence();
-      asm volatile("st.release.gpu.global.u64 [%0], %1;" :: "l"(a.flags + blockIdx.x), "l"(a.epoch) : "memory");
-    }
-    constexpr int GROUPS = 2 * D / 32;
-    float* part = reinterpret_cast<float*>(rope);  // [WARPS][32] (the rotary tables are no longer used)
-    const int G = gridDim.x;
-    for (int grp = blockIdx.x; grp < GROUPS; grp += G) {
-      for (int b = threadIdx.x; b < G; b += WARPS * 32) {
-        unsigned long long f;
-        while (true) {
-          asm volatile("ld.acquire.gpu.global.u64 %0, [%1];" : "=l"(f) : "l"(a.flags + b) : "memory");
-          if (f == a.epoch) break;
-          __nanosleep(64);
-        }
-      }
-      __syncthreads();  // every partial is visible to the whole CTA
-      const int col = grp * 32 + lane;
-      float acc = 0.f;
-#pragma unroll 8
-      for (int g = warp; g < G; g += WARPS) acc += qk_ld_cg(a.partial + static_cast<i64>(g) * 2 * D + col);
-      part[warp * 32 + lane] = acc;
-      __syncthreads();
-      if (warp == 0) {
-        float sum = 0.f;
-#pragma unroll
-        for (int w = 0; w < WARPS; ++w) sum += part[w * 32 + lane];
-        if (col < D) {
-          if (a.dq_w) a.dq_w[col] = sum;
-        } else if (a.dk_w) {
-          a.dk_w[col - D] = sum;
-        }
-      }
-      __syncthreads();  // part is reused by the next group
-    }
   }
 }
 

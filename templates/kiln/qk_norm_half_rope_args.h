@@ -31,13 +31,6 @@ struct QkNormRopeBwdArgs {
   QkRopePositions pos;
   void* dqkv; long long dqkv_s_stride, dqkv_b_stride;     // qkv's head layout, its own strides
   float* partial;  // [gridDim.x, 2, D] fp32: per-CTA dq_w, dk_w partials; null: no weight gradients
-  // Fused reduction (FUSED kernels): flags [gridDim.x] (each CTA stores `epoch` once its partial is written; no
-  // initialization needed: epochs are distinct, well-mixed 64-bit values), and the outputs the first 2·D/32 CTAs
-  // reduce into (either may be null).
-  unsigned long long* flags;
-  unsigned long long epoch;
-  float* dq_w;
-  float* dk_w;
   int S, B;
   float eps;
 };

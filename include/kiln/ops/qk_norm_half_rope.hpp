@@ -10,8 +10,7 @@
 //   out_c   = n_c                                          D/2 ≤ c < D
 //   v heads are copied.
 // Backward: the exact adjoint (dqkv, and dq_norm_weight / dk_norm_weight = Σ over rows and heads of t·r·g', with g'
-// the gradient un-rotated), reduced deterministically (per-CTA partials summed in a fixed order; no float atomics), in
-// one kernel: the last step waits on per-CTA flags instead of launching a second kernel.
+// the gradient un-rotated), reduced deterministically (per-CTA partials summed in a fixed order; no float atomics).
 //
 // Compile-time (specialization key): H, h, D, head layout, dtypes. Run-time: S, B, strides, eps, positions.
 #pragma once
@@ -55,9 +54,8 @@ void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q
 // dqkv [S, B, (H+2h)·D]: qkv's dtype and head layout, its own strides (rules as qkv's; every element of the view is
 // written). dq_norm_weight, dk_norm_weight [D] fp32 (overwritten, not accumulated); either may be empty (not computed;
 // with both empty the weight-gradient reduction is skipped entirely, e.g. for frozen norm weights).
-// workspace: optional fp32 buffer of at least qk_norm_half_rope_bwd_workspace_elems(rt, D) elements (any contents; one
-// buffer per call in flight: two concurrent calls must not share it); if empty, kiln allocates one stream-ordered on
-// `stream` and frees it after the launch.
+// workspace: optional fp32 buffer of at least qk_norm_half_rope_bwd_workspace_elems(rt, D) elements; if empty, kiln
+// allocates one stream-ordered on `stream` and frees it after the launches.
 void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk, const TensorRef& gv,
                            const TensorRef& qkv, const TensorRef& q_norm_weight, const TensorRef& k_norm_weight,
                            const TensorRef& freqs, const TensorRef& dqkv, const TensorRef& dq_norm_weight,
