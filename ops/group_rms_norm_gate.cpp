@@ -17,7 +17,7 @@ namespace detail {
 // ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows, int warps,
-                                           int seg);
+                                           int seg, bool workspace);
 }  // namespace detail
 
 namespace {
@@ -129,13 +129,16 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
   if (kernel == kDwReduce) return s;
   s.params[P_DTYPE] = static_cast<int64_t>(t);
   s.params[P_W_DTYPE] = static_cast<int64_t>(w);
+  // Segments of ≤ 1 KiB per tensor (Ling-mini-2.0: one group of 512 channels per warp), rows in registers: small warp
+  // items and many resident warps. Measured on H100 at B·S = 8192, dim 2048, G 4 (µs; target fwd ≤ 33, bwd ≤ 60):
+  //   fwd, one warp per item: seg 1 × 4 warps 31.5; seg 2 × 8 32.5; seg 4 × 4 33.9, × 8 34.2, × 16 36.9;
+  //        staged (persistent, cp.async double buffer): seg 1 × 8 32.7, seg 2 × 8 35.4, seg 4 × 4 40.0.
+  //   bwd: kept rows seg 1 × 8 62.5, seg 2 × 8 64.5; staged seg 1 × 8 63.3, seg 2 × 8 66.5, seg 4 × 4 91.2;
+  //        re-read seg 4 × 8 87.4.
+  s.config[C_SEG] = seg_groups(dim, G, t, 1024);
   if (kernel == kFwd) {
-    // Forward: segments of ≤ 4 KiB per tensor (x and gate in registers), 8 warps per CTA.
-    s.config[C_SEG] = seg_groups(dim, G, t, 4096);
-    s.config[C_WARPS] = 8;
+    s.config[C_WARPS] = 4;
   } else {
-    // Backward: segments of ≤ 2 KiB per tensor so x, gate and dy stay in 48 registers per lane under the 128 cap.
-    s.config[C_SEG] = seg_groups(dim, G, t, 2048);
     s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
     s.config[C_ROWS] = kRowsKept;
   }
@@ -188,7 +191,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
                                       static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
-                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0);
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------

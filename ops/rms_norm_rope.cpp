@@ -16,7 +16,7 @@ namespace kiln {
 namespace detail {
 // ops/bench/rms_norm_rope.cpp: a runnable forward/backward at x [B, S, Hd] (also the tuner's instance).
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
-                                     DType dtype, int rows, int warps);
+                                     DType dtype, int rows, int warps, bool workspace);
 }  // namespace detail
 
 namespace {
@@ -80,6 +80,14 @@ bool staged_ok(const Specialization& s) {
   return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
 }
 
+// Rows kept in registers between the backward's passes: x and dy of a lane in ≤ 64 registers (the kernel's KEEP).
+bool kept_ok(const Specialization& s) {
+  const int64_t Hd = s.params[P_HD], D = s.params[P_D];
+  const DType t = static_cast<DType>(s.params[P_DTYPE]);
+  const int64_t e = vec_elems(D, t), steps = (Hd / (2 * e) + 31) / 32;
+  return steps * 4 * e * static_cast<int64_t>(dtype_size(t)) <= 256;
+}
+
 // Backward warps per CTA: each warp owns an fp32 dw slice of Hd floats in shared memory; at most 64 KiB of them per
 // CTA so that two or more CTAs share an SM (8 warps at Hd = 2048).
 int bwd_warps(int64_t Hd) {
@@ -113,8 +121,18 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   s.params[P_DTYPE] = static_cast<int64_t>(t);
   s.params[P_W_DTYPE] = static_cast<int64_t>(w);
   s.params[P_CS_DTYPE] = static_cast<int64_t>(cs);
-  // Forward: 8 warps (rows) per CTA while a row is ≤ 8 KiB, else 4 (as rms_norm_fwd, measured there).
-  s.config[C_WARPS] = kernel == kFwd ? (Hd * static_cast<int64_t>(dtype_size(t)) <= 8192 ? 8 : 4) : bwd_warps(Hd);
+  // Measured on H100 at x [2, 4096, 2048], D 128 bf16 (µs; floors 22.5 / 33.6):
+  //   fwd: 4 warps per CTA 22.5, 8 22.8, 16 24.2.
+  //   bwd: rows kept in registers × 4 warps (3 CTAs, 12 warps per SM) 40.9, × 8 warps 42.5; re-read × 8 45.7,
+  //        × 4 47.6; staged (cp.async double buffer, dw in registers) × 2/4/8 warps 44.8/44.8/45.0.
+  if (kernel == kFwd) {
+    s.config[C_WARPS] = 4;
+  } else if (kept_ok(s)) {
+    s.config[C_WARPS] = 4;
+    s.config[C_ROWS] = kRowsKept;
+  } else {
+    s.config[C_WARPS] = bwd_warps(Hd);
+  }
   return s;
 }
 
@@ -127,11 +145,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  for (int w : {1, 2, 4, 8, 16}) {
-    if (base.kernel == kFwd && w < 2) continue;
+  for (int w : {1, 2, 4, 8, 12, 16}) {
+    if (base.kernel == kFwd && (w < 2 || w == 12)) continue;
     for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
       if (base.kernel == kFwd && rows != kRowsReread) continue;
-      if (rows == kRowsStaged && !staged_ok(base)) continue;
+      if (rows == kRowsStaged && (!staged_ok(base) || w == 12)) continue;
+      if (rows == kRowsKept && !kept_ok(base)) continue;
       s.config[C_WARPS] = w;
       s.config[C_ROWS] = rows;
       if (smem_bytes(s) > 227 * 1024) continue;
@@ -151,7 +170,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return rms_norm_rope_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_HD],
-                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]), -1, 0);
+                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]), -1, 0, false);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
