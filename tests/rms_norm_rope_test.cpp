@@ -144,7 +144,7 @@ const detail::FamilyDef& family() {
 }
 
 // kernel 0 fwd, 1 bwd, 2 dw_reduce; params Hd, D, dtype, w_dtype, cs_dtype; config warps, rows (0 re-read, 1 kept
-// in registers, 2 staged in shared memory).
+// in registers, 2 staged in shared memory), split (warps per row; 0 = 1).
 detail::Specialization make(uint32_t kernel, int64_t Hd, int64_t D, DType t, DType w, DType cs, int warps, int rows) {
   detail::Specialization s;
   s.family = &family();
@@ -164,10 +164,10 @@ detail::Specialization make(uint32_t kernel, int64_t Hd, int64_t D, DType t, DTy
 
 TEST(RmsNormRopeCompile, SpecializationsCompileForSm90a) {
   ASSERT_EQ(family().param_names.size(), 5u);
-  ASSERT_EQ(family().config_names.size(), 2u);
+  ASSERT_EQ(family().config_names.size(), 3u);
   detail::Counters counters;
   // Mixed dtypes, a head dim whose half is odd (scalar accesses), kept rows, fp32 tables, a wide hidden dim.
-  const std::vector<detail::Specialization> specs = {
+  std::vector<detail::Specialization> specs = {
       make(0, 2048, 128, DType::f16, DType::f32, DType::f32, 8, 0),
       make(0, 18, 6, DType::f32, DType::bf16, DType::f16, 4, 0),
       make(1, 2048, 128, DType::bf16, DType::bf16, DType::bf16, 8, 1),
@@ -176,6 +176,12 @@ TEST(RmsNormRopeCompile, SpecializationsCompileForSm90a) {
       make(1, 18, 6, DType::f16, DType::f16, DType::f32, 2, 0),
       make(0, 7168, 128, DType::bf16, DType::bf16, DType::bf16, 4, 0),
   };
+  auto split = [](detail::Specialization s, int k) {
+    s.config[2] = k;
+    return s;
+  };
+  specs.push_back(split(make(1, 2048, 128, DType::bf16, DType::bf16, DType::bf16, 8, 1), 2));  // 2 warps per row
+  specs.push_back(split(make(1, 1024, 64, DType::f16, DType::f32, DType::bf16, 16, 0), 4));
   for (const auto& s : specs) {
     SCOPED_TRACE(s.describe());
     const detail::EnsureResult r = detail::ensure_cubin(s, nullptr, false, counters);
