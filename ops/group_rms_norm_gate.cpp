@@ -27,8 +27,9 @@ enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
 enum { C_WARPS, C_SEG, C_ROWS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
-// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
+// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel), 3 kept in registers
+// together with the first pass's sigmoids (≤ 16 channels per lane).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -57,9 +58,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
                            type_name(p[P_W_DTYPE]));
       else
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
-                           s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], s.config[C_ROWS] == kRowsKept,
-                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
+                           p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
+                           s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] == kRowsKeptSigmoid,
+                           s.config[C_ROWS] == kRowsKeptSigmoid, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -77,6 +79,16 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_ROWS] == kRowsStaged ? static_cast<int>(s.config[C_WARPS] * seg_channels * 4 * es) : 0;
   if (s.kernel != kBwd) return 0;
   return static_cast<int>(s.config[C_WARPS] * seg_channels * (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
+}
+
+// Kept sigmoids: the rows are kept (x, gate, dy in ≤ 48 registers per lane) and a lane holds ≤ 16 channels.
+bool kept_sigmoid_ok(const Specialization& s, int seg) {
+  const int64_t d = group_dim(s);
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  int64_t e = 1;
+  while (e < 16 / es && d % (2 * e) == 0) e *= 2;
+  const int64_t steps = (seg * d / e + 31) / 32;
+  return steps * 3 * e * es <= 192 && steps * e <= 16;
 }
 
 // The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
@@ -163,9 +175,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
-        if (base.kernel == kFwd && (rows == kRowsKept || w < 2)) continue;
+      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid}) {
+        if (base.kernel == kFwd && (rows == kRowsKept || rows == kRowsKeptSigmoid || w < 2)) continue;
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
+        if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         s.config[C_WARPS] = w;
         s.config[C_SEG] = static_cast<int>(seg);
         s.config[C_ROWS] = rows;

@@ -153,6 +153,8 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(2, 1536, 4, true, DType::bf16, DType::bf16, 0, 0, 0),    // shared-weight reduce (folds 4 groups)
       make(1, 2048, 4, false, DType::bf16, DType::f32, 8, 2, 2),    // the staged backward
       make(0, 2048, 4, false, DType::bf16, DType::bf16, 8, 2, 2),   // the staged forward
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3),   // kept rows and sigmoids
+      make(1, 1536, 4, true, DType::f32, DType::f32, 4, 1, 3),
       make(1, 1536, 4, true, DType::f16, DType::bf16, 4, 4, 2),
   };
   for (const auto& s : specs) {
