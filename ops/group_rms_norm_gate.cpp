@@ -17,7 +17,7 @@ namespace detail {
 // ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows, int warps,
-                                           int seg);
+                                           int seg, bool workspace);
 }  // namespace detail
 
 namespace {
@@ -27,8 +27,9 @@ enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
 enum { C_WARPS, C_SEG, C_ROWS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
-// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
+// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel), 3 kept in registers
+// together with the first pass's sigmoids (≤ 16 channels per lane).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -57,9 +58,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
                            type_name(p[P_W_DTYPE]));
       else
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM], p[P_G],
-                           s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], s.config[C_ROWS] == kRowsKept,
-                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
+                           p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
+                           s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] == kRowsKeptSigmoid,
+                           s.config[C_ROWS] == kRowsKeptSigmoid, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -77,6 +79,16 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_ROWS] == kRowsStaged ? static_cast<int>(s.config[C_WARPS] * seg_channels * 4 * es) : 0;
   if (s.kernel != kBwd) return 0;
   return static_cast<int>(s.config[C_WARPS] * seg_channels * (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
+}
+
+// Kept sigmoids: the rows are kept (x, gate, dy in ≤ 48 registers per lane) and a lane holds ≤ 16 channels.
+bool kept_sigmoid_ok(const Specialization& s, int seg) {
+  const int64_t d = group_dim(s);
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  int64_t e = 1;
+  while (e < 16 / es && d % (2 * e) == 0) e *= 2;
+  const int64_t steps = (seg * d / e + 31) / 32;
+  return steps * 3 * e * es <= 192 && steps * e <= 16;
 }
 
 // The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
@@ -129,13 +141,16 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
   if (kernel == kDwReduce) return s;
   s.params[P_DTYPE] = static_cast<int64_t>(t);
   s.params[P_W_DTYPE] = static_cast<int64_t>(w);
+  // Segments of ≤ 1 KiB per tensor (Ling-mini-2.0: one group of 512 channels per warp), rows in registers: small warp
+  // items and many resident warps. Measured on H100 at B·S = 8192, dim 2048, G 4 (µs; target fwd ≤ 33, bwd ≤ 60):
+  //   fwd, one warp per item: seg 1 × 4 warps 31.5; seg 2 × 8 32.5; seg 4 × 4 33.9, × 8 34.2, × 16 36.9;
+  //        staged (persistent, cp.async double buffer): seg 1 × 8 32.7, seg 2 × 8 35.4, seg 4 × 4 40.0.
+  //   bwd: kept rows seg 1 × 8 62.5, seg 2 × 8 64.5; staged seg 1 × 8 63.3, seg 2 × 8 66.5, seg 4 × 4 91.2;
+  //        re-read seg 4 × 8 87.4.
+  s.config[C_SEG] = seg_groups(dim, G, t, 1024);
   if (kernel == kFwd) {
-    // Forward: segments of ≤ 4 KiB per tensor (x and gate in registers), 8 warps per CTA.
-    s.config[C_SEG] = seg_groups(dim, G, t, 4096);
-    s.config[C_WARPS] = 8;
+    s.config[C_WARPS] = 4;
   } else {
-    // Backward: segments of ≤ 2 KiB per tensor so x, gate and dy stay in 48 registers per lane under the 128 cap.
-    s.config[C_SEG] = seg_groups(dim, G, t, 2048);
     s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
     s.config[C_ROWS] = kRowsKept;
   }
@@ -160,9 +175,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
-        if (base.kernel == kFwd && (rows == kRowsKept || w < 2)) continue;
+      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid}) {
+        if (base.kernel == kFwd && (rows == kRowsKept || rows == kRowsKeptSigmoid || w < 2)) continue;
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
+        if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         s.config[C_WARPS] = w;
         s.config[C_SEG] = static_cast<int>(seg);
         s.config[C_ROWS] = rows;
@@ -188,7 +204,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
                                       static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
-                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0);
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ namespace kiln {
 namespace detail {
 // ops/bench/rms_norm_rope.cpp: a runnable forward/backward at x [B, S, Hd] (also the tuner's instance).
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
-                                     DType dtype, int rows, int warps);
+                                     DType dtype, int rows, int warps, bool workspace, int split);
 }  // namespace detail
 
 namespace {
@@ -24,7 +24,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_HD, P_D, P_DTYPE, P_W_DTYPE, P_CS_DTYPE };
-enum { C_WARPS, C_ROWS };
+enum { C_WARPS, C_ROWS, C_SPLIT };
 // C_ROWS (bwd): where the second pass finds x and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in shared
 // memory one row ahead (cp.async double buffer; rms_norm_rope_bwd_staged_kernel).
 enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
@@ -38,6 +38,9 @@ const char* type_name(int64_t d) {
     default: return "float";
   }
 }
+
+// Warps sharing a row in the backward (config "split"; 0 in a hand-made config means 1).
+int split_of(const Specialization& s) { return std::max(1, static_cast<int>(s.config[C_SPLIT])); }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_rope.cuh\"\n";
@@ -53,8 +56,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
                        s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
   else
-    name = fmt::format("kiln::rms_norm_rope_bwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
-                       s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, type_name(p[P_DTYPE]),
+    name = fmt::format("kiln::rms_norm_rope_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
+                       s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, split_of(s), type_name(p[P_DTYPE]),
                        type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
 }
 
@@ -80,6 +83,14 @@ bool staged_ok(const Specialization& s) {
   return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
 }
 
+// Rows kept in registers between the backward's passes: x and dy of a lane in ≤ 64 registers (the kernel's KEEP).
+bool kept_ok(const Specialization& s) {
+  const int64_t Hd = s.params[P_HD], D = s.params[P_D];
+  const DType t = static_cast<DType>(s.params[P_DTYPE]);
+  const int64_t e = vec_elems(D, t), steps = (Hd / (2 * e) + 31) / 32;
+  return steps * 4 * e * static_cast<int64_t>(dtype_size(t)) <= 256;
+}
+
 // Backward warps per CTA: each warp owns an fp32 dw slice of Hd floats in shared memory; at most 64 KiB of them per
 // CTA so that two or more CTAs share an SM (8 warps at Hd = 2048).
 int bwd_warps(int64_t Hd) {
@@ -95,7 +106,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"rms_norm_rope",
                    {"fwd", "bwd", "dw_reduce"},
                    {"Hd", "D", "dtype", "w_dtype", "cs_dtype"},
-                   {"warps", "rows"},
+                   {"warps", "rows", "split"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -113,8 +124,20 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   s.params[P_DTYPE] = static_cast<int64_t>(t);
   s.params[P_W_DTYPE] = static_cast<int64_t>(w);
   s.params[P_CS_DTYPE] = static_cast<int64_t>(cs);
-  // Forward: 8 warps (rows) per CTA while a row is ≤ 8 KiB, else 4 (as rms_norm_fwd, measured there).
-  s.config[C_WARPS] = kernel == kFwd ? (Hd * static_cast<int64_t>(dtype_size(t)) <= 8192 ? 8 : 4) : bwd_warps(Hd);
+  // Measured on H100 at x [2, 4096, 2048], D 128 bf16 (µs; floors 22.5 / 33.6):
+  //   fwd: 4 warps per CTA 22.5, 8 22.8, 16 24.2.
+  //   bwd: rows kept in registers × 4 warps (3 CTAs, 12 warps per SM) 40.9, × 8 warps 42.5; re-read × 8 45.7,
+  //        × 4 47.6; staged (cp.async double buffer, dw in registers) × 2/4/8 warps 44.8/44.8/45.0.
+  if (kernel == kFwd) {
+    s.config[C_WARPS] = 4;
+  } else if (kept_ok(s)) {
+    s.config[C_WARPS] = 4;
+    s.config[C_ROWS] = kRowsKept;
+    s.config[C_SPLIT] = 1;
+  } else {
+    s.config[C_WARPS] = bwd_warps(Hd);
+    s.config[C_SPLIT] = 1;
+  }
   return s;
 }
 
@@ -127,15 +150,26 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  for (int w : {1, 2, 4, 8, 16}) {
-    if (base.kernel == kFwd && w < 2) continue;
-    for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
-      if (base.kernel == kFwd && rows != kRowsReread) continue;
-      if (rows == kRowsStaged && !staged_ok(base)) continue;
+  for (int w : {1, 2, 4, 8, 12, 16}) {
+    if (base.kernel == kFwd && (w < 2 || w == 12)) {
+      continue;
+    } else if (base.kernel == kFwd) {
       s.config[C_WARPS] = w;
-      s.config[C_ROWS] = rows;
-      if (smem_bytes(s) > 227 * 1024) continue;
       out.push_back(s);
+      continue;
+    }
+    for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
+      if (rows == kRowsStaged && (!staged_ok(base) || w == 12)) continue;
+      if (rows == kRowsKept && !kept_ok(base)) continue;
+      for (int split : {1, 2, 4}) {
+        // Warps sharing a row: they divide the CTA's warps, ≤ 15 groups (named barriers), not for staged rows.
+        if (split > 1 && (rows == kRowsStaged || w % split != 0 || w / split > 15)) continue;
+        s.config[C_WARPS] = w;
+        s.config[C_ROWS] = rows;
+        s.config[C_SPLIT] = split;
+        if (smem_bytes(s) > 227 * 1024) continue;
+        out.push_back(s);
+      }
     }
   }
 }
@@ -151,7 +185,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return rms_norm_rope_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_HD],
-                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]), -1, 0);
+                                s.params[P_D], static_cast<DType>(s.params[P_DTYPE]), -1, 0, false, 1);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
@@ -328,9 +362,10 @@ namespace {
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int warps = s.config[C_WARPS];
+  const int rows_per_cta = s.config[C_ROWS] == kRowsStaged ? warps : warps / split_of(s);
   const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
   const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, (M + warps - 1) / warps));
+  return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows_per_cta - 1) / rows_per_cta));
 }
 }  // namespace
 
@@ -341,9 +376,9 @@ int64_t rms_norm_rope_bwd_workspace_elems(Runtime& rt, int64_t rows, int64_t hid
   auto& impl = rt.impl();
   const Specialization s =
       impl.tuned(spec(impl.target_arch(), kBwd, hidden, head_dim, dtype, dtype, dtype), rows);
-  const int warps = s.config[C_WARPS];
+  const int warps = s.config[C_WARPS], rows_per_cta = std::max(1, warps / split_of(s));
   const int64_t full = static_cast<int64_t>(impl.device().sm_count) * std::max(1, 64 / warps);
-  return std::max<int64_t>(1, std::min<int64_t>(full, (rows + warps - 1) / warps)) * hidden;
+  return std::max<int64_t>(1, std::min<int64_t>(full, (rows + rows_per_cta - 1) / rows_per_cta)) * hidden;
 }
 
 namespace detail {
@@ -352,19 +387,20 @@ namespace detail {
 void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                               const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                               float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
-                              int warps);
+                              int warps, int split);
 }  // namespace detail
 
 void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                        const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                        float eps, int num_heads, const TensorRef& workspace, Stream stream) {
-  detail::rms_norm_rope_bwd_config(rt, dy, x, weight, cos, sin, dx, dweight, eps, num_heads, workspace, stream, -1, 0);
+  detail::rms_norm_rope_bwd_config(rt, dy, x, weight, cos, sin, dx, dweight, eps, num_heads, workspace, stream, -1, 0,
+                                   1);
 }
 
 void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                                       const TensorRef& cos, const TensorRef& sin, const TensorRef& dx,
                                       const TensorRef& dweight, float eps, int num_heads, const TensorRef& workspace,
-                                      Stream stream, int rows, int warps) {
+                                      Stream stream, int rows, int warps, int split) {
   const Check ck{"rms_norm_rope_bwd"};
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "dy", dy, {x.dtype}, g.B, g.S, g.Hd, g.vec);
@@ -384,6 +420,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
     if (rows >= 0) {
       s.config[C_ROWS] = rows;
       s.config[C_WARPS] = warps;
+      s.config[C_SPLIT] = split;
       if (!in_search_space(s))
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }

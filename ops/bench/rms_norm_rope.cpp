@@ -18,7 +18,7 @@ namespace kiln::detail {
 void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                               const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                               float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
-                              int warps);
+                              int warps, int split);
 void rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
                               const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream,
                               int warps);
@@ -68,8 +68,10 @@ uint32_t fresh_seed() {
 }  // namespace
 
 // rows ≥ 0 forces the backward's config (rows mode, warps), warps > 0 alone the forward's; see ops/rms_norm_rope.cpp.
+// workspace false: the backward allocates its own (the tuner's instances: a forced config may need a larger grid than
+// the default's workspace holds).
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
-                                     DType dtype, int rows = -1, int warps = 0) {
+                                     DType dtype, int rows = -1, int warps = 0, bool workspace = true, int split = 1) {
   auto b = std::make_shared<Buffers>();
   const int64_t M = B * S;
   const size_t es = dtype_size(dtype);
@@ -97,10 +99,13 @@ BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int6
   const TensorRef dy = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, fresh_seed()), dtype, {B, S, Hd});
   const TensorRef dx = TensorRef::contiguous(b->alloc(M * Hd * es), dtype, {B, S, Hd});
   const TensorRef dw = TensorRef::contiguous(b->alloc(Hd * 4), DType::f32, {Hd});
-  const int64_t ws_elems = rms_norm_rope_bwd_workspace_elems(rt, M, Hd, D, dtype);
-  const TensorRef ws = TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems});
+  const int64_t ws_elems = workspace ? rms_norm_rope_bwd_workspace_elems(rt, M, Hd, D, dtype) : 0;
+  const TensorRef ws =
+      workspace ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   inst.bytes = 3 * M * Hd * es + Hd * es + table_bytes + Hd * 4;
-  inst.run = [=](Stream s) { rms_norm_rope_bwd_config(*r, dy, x, w, cos, sin, dx, dw, 1e-6f, 0, ws, s, rows, warps); };
+  inst.run = [=](Stream s) {
+    rms_norm_rope_bwd_config(*r, dy, x, w, cos, sin, dx, dw, 1e-6f, 0, ws, s, rows, warps, split);
+  };
   inst.outputs = {dx, dw};
   return inst;
 }
@@ -118,10 +123,13 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      }});
   }
   // Backward variants (config forced) until the tuner picks per shape: rows re-read / kept / staged × warps.
-  for (const auto& [rows, warps] : {std::pair{0, 4}, {1, 8}, {1, 4}, {2, 8}, {2, 4}, {2, 2}}) {
-    cases.push_back({"rms_norm_rope_bwd", fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={}", rows, warps),
-                     [rows, warps](Runtime& rt) {
-                       return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16, rows, warps);
+  for (const auto& [rows, warps, split] : {std::tuple{1, 12, 1}, {1, 8, 2}, {1, 16, 2}, {1, 16, 4}, {1, 12, 2},
+                                           {0, 8, 1}, {0, 16, 2}}) {
+    cases.push_back({"rms_norm_rope_bwd",
+                     fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={} split={}", rows, warps, split),
+                     [rows, warps, split](Runtime& rt) {
+                       return rms_norm_rope_instance(rt, true, 2, 4096, 2048, 128, DType::bf16, rows, warps, true,
+                                                     split);
                      }});
   }
 });

@@ -244,13 +244,16 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
 
 // Persistent grid (gridDim.y = segments); dynamic shared memory WARPS·SEG·d floats. Registers capped at 128 (16 warps
 // per SM). KEEP_ROWS: x, gate and dy stay in registers between the passes when they fit 48 registers per lane;
-// otherwise (or when off) the second pass re-reads them (L1/L2 hits).
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, typename T, typename W>
+// otherwise (or when off) the second pass re-reads them (L1/L2 hits). KEEP_SIG (with kept rows of ≤ 16 channels per
+// lane): σ and 1 − σ of the first pass are kept too, so the second pass needs no exp and reciprocal (the SFU does
+// 16 of each per clock per SM: 4 per element would be a third of the kernel's time).
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
+  constexpr bool KSIG = KEEP && KEEP_SIG && STEPS * E <= 16;
   extern __shared__ __align__(16) float dws[];  // [WARPS][SEGC]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
@@ -281,6 +284,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
       }
     }
     float ss[SEG], Q[SEG];
+    float sgv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
 #pragma unroll
     for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
 #pragma unroll
@@ -301,7 +305,15 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e);
-          const float t = raw_get<T>(yraw, e) * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+          float sgm;
+          if constexpr (KSIG) {
+            const Sigmoid<T> sg(raw_get<T>(graw, e));
+            sgv[st][e] = sgm = sg.s;
+            omv[st][e] = sg.one_minus;
+          } else {
+            sgm = sigmoid<T>(raw_get<T>(graw, e));
+          }
+          const float t = raw_get<T>(yraw, e) * w[e] * sgm;
           p_ss = fmaf(xf, xf, p_ss);
           p_q = fmaf(xf, t, p_q);
         }
@@ -338,12 +350,20 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
-          const Sigmoid<T> sg(raw_get<T>(graw, e));
-          const float ys = yf * sg.s;
+          float sgm, om;
+          if constexpr (KSIG) {
+            sgm = sgv[st][e];
+            om = omv[st][e];
+          } else {
+            const Sigmoid<T> sg(raw_get<T>(graw, e));
+            sgm = sg.s;
+            om = sg.one_minus;
+          }
+          const float ys = yf * sgm;
           const float t = ys * w[e];
           const float n = xf * rq;
           dxo[e] = rq * t - cq * xf;
-          dgo[e] = n * t * sg.one_minus;
+          dgo[e] = n * t * om;
           acc[e] = n * ys;
         }
         Raw<B> o1, o2;

@@ -135,22 +135,32 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_rope_fwd_kernel(const Rms
 
 // Persistent grid; dynamic shared memory WARPS·HD floats (one dw slice per warp). Registers capped at 128 (16 warps
 // per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x and dy
-// from registers (≤ 64 per lane) instead of re-reading them (L1/L2 hits); it needs ~170 registers (at 128 it spills
-// ~100 bytes at Hd = 2048 bf16), so its cap is 12 warps per SM. A tuning choice; re-reading is the default.
-template <int HD, int D, int WARPS, bool KEEP_ROWS, typename T, typename W, typename C>
-__global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS ? 12 : 16) / WARPS > 0 ? (KEEP_ROWS ? 12 : 16) / WARPS : 1)
-    rms_norm_rope_bwd_kernel(
-    const RmsNormRopeBwdArgs a) {
+// from registers (≤ 64 per lane) instead of re-reading them (L1/L2 hits); with one warp per row it needs ~170
+// registers (at 128 it spills ~100 bytes at Hd = 2048 bf16), so its cap is then 12 warps per SM.
+// SPLIT warps share a row: warp `sub` of a group takes pair-chunks (st·SPLIT + sub)·32 + lane, the group adds its
+// partial Σx² and Σx·w·gn through shared memory in warp order (a named barrier per group): half or a quarter of the
+// registers per row, and SPLIT× finer work items for the persistent grid's last round.
+template <int HD, int D, int WARPS, bool KEEP_ROWS, int SPLIT, typename T, typename W, typename C>
+__global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16) / WARPS > 0
+                                                  ? (KEEP_ROWS && SPLIT == 1 ? 12 : 16) / WARPS : 1)
+    rms_norm_rope_bwd_kernel(const RmsNormRopeBwdArgs a) {
   using L = RopeLayout<HD, D, T>;
-  constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
+  static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || WARPS / SPLIT <= 15), "SPLIT divides WARPS; ≤ 15 groups");
+  constexpr int E = L::E, B = L::BYTES, NP = L::NP, H2 = L::H2;
+  constexpr int STEPS = (NP + 32 * SPLIT - 1) / (32 * SPLIT);  // steps of this warp's share of the row
   constexpr bool KEEP = KEEP_ROWS && STEPS * 4 * B <= 256;
+  constexpr int NG = WARPS / SPLIT;  // rows in flight per CTA
   extern __shared__ __align__(16) float dws[];  // [WARPS][HD]
+  __shared__ float xch[2][WARPS][2];            // per-row partial sums of a group, double-buffered by row parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp / SPLIT, sub = warp - group * SPLIT;
   float* dw = dws + warp * HD;
   for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
   __syncwarp();
 
-  for (i64 row = static_cast<i64>(blockIdx.x) * WARPS + warp; row < a.M; row += static_cast<i64>(gridDim.x) * WARPS) {
+  int parity = 0;
+  for (i64 row = static_cast<i64>(blockIdx.x) * NG + group; row < a.M;
+       row += static_cast<i64>(gridDim.x) * NG, parity ^= 1) {
     const i64 b = row / a.S, s = row - b * a.S;
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
     const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
@@ -163,7 +173,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS ? 12 : 16) / WARPS > 0 
       // All loads of the row first: 4·STEPS independent loads in flight per lane.
 #pragma unroll
       for (int st = 0; st < STEPS; ++st) {
-        const int p = st * 32 + lane;
+        const int p = (st * SPLIT + sub) * 32 + lane;
         if (p < NP) {
           const int o = L::chan(p);
           x1v[st] = ld_raw<B, true>(xr + o);
@@ -179,7 +189,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS ? 12 : 16) / WARPS > 0 
     float ss = 0.f, P = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
-      const int p = st * 32 + lane;
+      const int p = (st * SPLIT + sub) * 32 + lane;
       if (p < NP) {
         const int o = L::chan(p);
         Raw<B> x1, x2, g1, g2;
@@ -207,13 +217,27 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS ? 12 : 16) / WARPS > 0 
     }
     ss = warp_sum(ss);
     P = warp_sum(P);
+    if constexpr (SPLIT > 1) {
+      if (lane == 0) {
+        xch[parity][warp][0] = ss;
+        xch[parity][warp][1] = P;
+      }
+      asm volatile("bar.sync %0, %1;" :: "r"(1 + group), "r"(SPLIT * 32) : "memory");
+      ss = xch[parity][group * SPLIT][0];
+      P = xch[parity][group * SPLIT][1];
+#pragma unroll
+      for (int k = 1; k < SPLIT; ++k) {
+        ss += xch[parity][group * SPLIT + k][0];
+        P += xch[parity][group * SPLIT + k][1];
+      }
+    }
     const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
     // (P/HD)·r first: r³ alone underflows fp32 for rows of rms ≳ 1e13, while the product stays representable.
     const float coef = (P / static_cast<float>(HD)) * r * r * r;
 
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
-      const int p = st * 32 + lane;
+      const int p = (st * SPLIT + sub) * 32 + lane;
       if (p < NP) {
         const int o = L::chan(p);
         Raw<B> x1, x2, g1, g2;

@@ -25,7 +25,7 @@ namespace kiln::detail {
 void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                               const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                               float eps, int num_heads, const TensorRef& workspace, Stream stream, int rows,
-                              int warps);
+                              int warps, int split);
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -215,7 +215,7 @@ class RmsNormRopeGpu : public GpuTest {
     bool guards_ok = false;
   };
   // rows ≥ 0 forces the backward's config (0 re-read, 1 kept in registers, 2 staged in shared memory; warps).
-  static Bwd run_bwd(const Data& d, int rows = -1, int warps = 0) {
+  static Bwd run_bwd(const Data& d, int rows = -1, int warps = 0, int split = 1) {
     Runtime& r = rt();
     DeviceBuffer x = d.upload_rows(r, d.x), dy = d.upload_rows(r, d.dy), w = upload_plain(r, d.c.w_dtype, d.w);
     DeviceBuffer cos = d.upload_table(r, d.cos), sin = d.upload_table(r, d.sin);
@@ -225,7 +225,7 @@ class RmsNormRopeGpu : public GpuTest {
     dw.poison();
     detail::rms_norm_rope_bwd_config(r, d.rows_ref(dy), d.rows_ref(x), w.ref(d.c.w_dtype, {d.c.Hd}),
                                      d.table_ref(cos), d.table_ref(sin), d.rows_ref(dx),
-                                     dw.ref(DType::f32, {d.c.Hd}), kEps, 0, {}, nullptr, rows, warps);
+                                     dw.ref(DType::f32, {d.c.Hd}), kEps, 0, {}, nullptr, rows, warps, split);
     synchronize();
     Bwd b;
     b.dx = d.download_rows(dx);
@@ -352,9 +352,12 @@ TEST_F(RmsNormRopeGpu, BackwardVariants) {
     SCOPED_TRACE(name(c));
     const Data d = make_data(c, 0x69);
     const ref::RmsNormRopeGrads g = ref::rms_norm_rope_bwd(d.dy, d.x, d.w, d.cos, d.sin, c.B, c.S, c.Hd, c.D, kEps);
-    for (const auto& [rows, warps] : {std::pair{0, 8}, {0, 2}, {1, 8}, {1, 4}, {2, 8}, {2, 4}, {2, 2}, {2, 1}}) {
-      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps));
-      const Bwd b = run_bwd(d, rows, warps);
+    for (const auto& [rows, warps, split] : {std::tuple{0, 8, 1}, {0, 2, 1}, {1, 8, 1}, {1, 4, 1}, {1, 12, 1},
+                                             {1, 8, 2}, {1, 16, 4}, {0, 16, 2}, {0, 4, 4}, {2, 8, 1}, {2, 4, 1},
+                                             {2, 2, 1}, {2, 1, 1}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " split " +
+                   std::to_string(split));
+      const Bwd b = run_bwd(d, rows, warps, split);
       EXPECT_TRUE(b.guards_ok);
       EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.Hd, c.dtype));
       EXPECT_LE(relative_l2(b.dweight, g.dweight), 1e-4) << "dweight relative L2";
