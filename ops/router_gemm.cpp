@@ -36,7 +36,7 @@ std::atomic<int> router_gemm_measure_flags{0};
 namespace {
 using namespace detail;
 
-enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwd90P = 7, kPackW = 8 };
+enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6 };
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
 
@@ -56,16 +56,10 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
-  if (s.kernel == kFwd90 || s.kernel == kFwd90P) {
+  if (s.kernel == kFwd90) {
     source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN], s.config[C_BK],
-                       s.kernel == kFwd90P ? "true" : "false");
-    return;
-  }
-  if (s.kernel == kPackW) {
-    source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_pack_w_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
+    name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_WN], s.config[C_BK]);
     return;
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {
@@ -91,12 +85,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
-  if (s.kernel == kDwReduce || s.kernel == kPackW) return 0;
-  if (s.kernel == kFwd90 || s.kernel == kFwd90P) {  // 1 KiB slack + max(ring, fp32 epilogue tile) + mbarriers
+  if (s.kernel == kDwReduce) return 0;
+  if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = atoms * (bm * 128 + static_cast<int>(round_up(e * 128, 1024)));
-    return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4) + (s.kernel == kFwd90P ? 64 : 0);
+    return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
   }
   if (s.kernel == kDx90 || s.kernel == kDw90) {  // slack + ring (fp32 g tile, bf16 operand tile) + hi/lo ×2 buffers
     const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
@@ -124,7 +118,7 @@ int smem_bytes(const Specialization& s) {
 
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
-  const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90 || s.kernel == kFwd90P;
+  const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
   return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
 }
 
@@ -132,7 +126,7 @@ int threads(const Specialization& s) {
 // (≤ 128 fp32 registers a thread), the CTA has 2–16 warps, shared memory fits, and no CTA column/row block is
 // entirely padding (BN ≤ the N extent rounded to the warp-column granule).
 bool valid(const Specialization& s) {
-  if (s.kernel == kDwReduce || s.kernel == kPackW) return true;
+  if (s.kernel == kDwReduce) return true;
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   if (s.kernel == kDx90 || s.kernel == kDw90) {  // wgmma backward: sm_90a; wm = warpgroups, wn = m64 blocks each
@@ -143,9 +137,7 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwd90 || s.kernel == kFwd90P) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens,
-                                                     // K chunks of 64 (or 128, not packed), wn = K split
-    if (s.kernel == kFwd90P && c[C_BK] != 64) return false;
+  if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
     return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
            c[C_BN] == E && (c[C_BK] == 64 || c[C_BK] == 128) && (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
@@ -170,7 +162,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_sm90_packed", "pack_w"},
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -200,16 +192,10 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.arch = arch;
   s.kernel = kernel;
   if (kernel == kDwReduce) return s;  // shape-independent
-  if (kernel == kPackW) {
-    s.params[P_K] = K;
-    s.params[P_E] = E;
-    return s;
-  }
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
     case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
-    case kFwd90P:
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
     case kDx90:  // two warpgroups × 64 tokens × 256 columns, two stages (the hi/lo tiles fill the rest)
@@ -275,7 +261,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
   };
   add(def);
-  if (base.kernel == kDwReduce || base.kernel == kPackW) return;
+  if (base.kernel == kDwReduce) return;
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
@@ -289,15 +275,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           set_config(s, 64 * nwg, static_cast<int>(E), 128, nwg, ksplit, 2);  // 128 K columns a stage
           add(s);
         }
-      break;
-    case kFwd90P:
-      for (int ksplit : {1, 2})
-        for (int nwg : {1, 2}) {
-          set_config(s, 64 * nwg, static_cast<int>(E), 64, nwg, ksplit, 4);
-          add(s);
-        }
-      set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
-      add(s);
       break;
     case kDx90:
       for (int bn : {256, 128})
@@ -358,7 +335,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwd90P, kPackW}) out.push_back(spec(arch, k, K, E));
+    for (uint32_t k : {kFwd90, kDx90, kDw90}) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -495,28 +472,16 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   const Arch arch = impl.target_arch();
   // sm_90a: the wgmma kernel (H100, 8192 × 2048 → 256: 27.0 µs vs 43.5 µs for the mma.sync kernel).
   if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 1 : 0;
-  if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
+  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
-  const uint32_t kernel = variant == 2 ? kFwd90P : variant == 1 ? kFwd90 : kFwd;
-  Specialization base = spec(arch, kernel, K, E);
-  if (variant >= 1) base = fwd90_for_tokens(base, T, impl.device().sm_count);
+  Specialization base = spec(arch, variant == 1 ? kFwd90 : kFwd, K, E);
+  if (variant == 1) base = fwd90_for_tokens(base, T, impl.device().sm_count);
   const Specialization s = pick(rt, ck, base, T, force);
-  RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
-                      static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed), nullptr};
-  CUdeviceptr packed = 0;
-  if (kernel == kFwd90P) {  // w repacked into the swizzled chunks one bulk copy fetches
-    const int64_t chunks = (K + 63) / 64, bytes = chunks * round_up(E * 128, 1024);
-    packed = impl.alloc_async(static_cast<size_t>(bytes), stream);
-    const RouterGemmPackWArgs p{w.data, reinterpret_cast<void*>(packed)};
-    LaunchDims pd;
-    pd.grid[0] = static_cast<unsigned>((chunks * E * 8 + 255) / 256);
-    pd.block[0] = 256;
-    impl.launch(spec(arch, kPackW, K, E), pd, stream, p);
-    a.wp = reinterpret_cast<const void*>(packed);
-  }
+  const RouterGemmFwdArgs a{x.data, xr.stride, w.data, static_cast<float*>(logits.data), lr.stride,
+                            static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed)};
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((T + s.config[C_BM] - 1) / s.config[C_BM]);
-  if (s.kernel == kFwd90 || s.kernel == kFwd90P) {  // K split over a cluster of (1, wn, 1)
+  if (s.kernel == kFwd90) {  // K split over a cluster of (1, wn, 1)
     d.grid[1] = static_cast<unsigned>(s.config[C_WN]);
     d.cluster[1] = static_cast<unsigned>(s.config[C_WN]);
   } else {
@@ -525,7 +490,6 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   d.block[0] = static_cast<unsigned>(threads(s));
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);
-  if (packed) impl.free_async(packed, stream);
 }
 
 void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
@@ -673,10 +637,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 8);
   }
   int variant = -1;
-  if (part.ends_with("_packed")) {
-    variant = 2;
-    part.resize(part.size() - 7);
-  } else if (part.ends_with("_sm90")) {
+  if (part.ends_with("_sm90")) {
     variant = 1;
     part.resize(part.size() - 5);
   } else if (part.ends_with("_mma")) {
@@ -731,7 +692,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_packed", "fwd_packed"};
+  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

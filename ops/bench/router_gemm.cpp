@@ -75,7 +75,7 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    for (const char* part : {"fwd_sm90", "bwd_sm90", "fwd_packed"})
+    for (const char* part : {"fwd_sm90", "bwd_sm90"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
@@ -95,12 +95,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  // w by bulk copies (packed): the configs of its space.
-  add_sweep(cases, "fwd_packed", std::array<std::array<int32_t, 6>, 5>{{{128, 256, 64, 2, 2, 4},
-                                                                         {64, 256, 64, 1, 2, 4},
-                                                                         {64, 256, 64, 1, 1, 4},
-                                                                         {128, 256, 64, 2, 1, 4},
-                                                                         {64, 256, 64, 1, 1, 5}}});
   // 2 CTAs an SM with K split; 128 K columns a stage (fewer barriers per MMA).
   add_sweep(cases, "fwd_sm90", std::array<std::array<int32_t, 6>, 4>{{{64, 256, 64, 1, 2, 2},
                                                                        {64, 256, 128, 1, 1, 2},

@@ -10,14 +10,6 @@ struct RouterGemmFwdArgs {
   float* out; long long out_stride;     // elements between rows of logits
   int T;
   int flags;                            // sm_90a kernels, measurement only (0 in every op): see kRgSkip*
-  const void* wp;                       // fwd_sm90_packed only: w in router_gemm_pack_w_kernel's layout
-};
-
-// w repacked chunk by chunk (64 K columns) into the 128-byte-swizzled K-major tile wgmma reads, so the forward can
-// fetch a chunk of w with one bulk copy.
-struct RouterGemmPackWArgs {
-  const void* w;                        // [E, K]
-  void* wp;                             // [ceil(K/64)] × round_up(E·128, 1024) bytes
 };
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the

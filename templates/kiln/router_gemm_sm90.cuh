@@ -32,25 +32,6 @@ __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_grou
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 __device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
-// mbarriers and 1-D bulk copies (the TMA engine: deep request queues, no per-thread copy instructions).
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ bool mbar_try_wait(u32 bar, u32 parity) {
-  u32 ok;
-  asm volatile(
-      "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-      : "=r"(ok) : "r"(bar), "r"(parity) : "memory");
-  return ok != 0;
-}
-__device__ __forceinline__ void bulk_copy_g2s(u32 dst, const void* src, u32 bytes, u32 bar) {
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-               ::"r"(dst), "l"(src), "r"(bytes), "r"(bar) : "memory");
-}
-
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous MMAs.
 template <int R>
 __device__ __forceinline__ void fence_regs(float (&d)[R]) {
@@ -180,13 +161,10 @@ struct WgmmaRow<E, E> {
 // distributed shared memory in cluster-rank order (deterministic), each CTA finishing BM/KSPLIT rows. Splitting K
 // halves the w traffic a token block costs at the same MMA work per CTA. Dynamic shared memory: host recipe.
 // BK (64 or 128): K columns a stage holds, as BK/64 swizzle atoms (64 columns each) per tile.
-// PACKW: w comes pre-swizzled (a.wp, router_gemm_pack_w_kernel), one bulk copy a chunk completing on a per-stage
-// mbarrier, so only x goes through cp.async.
-template <int K, int E, int NWG, int STAGES, int KSPLIT, int BK = 64, bool PACKW = false>
+template <int K, int E, int NWG, int STAGES, int KSPLIT, int BK = 64>
 __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(const RouterGemmFwdArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
-  static_assert(!PACKW || BK == 64, "packed w: chunks of 64 K columns");
   static_assert(BK == 64 || BK == 128, "BK: one or two 64-column atoms");
   constexpr int BM = 64 * NWG, THREADS = NWG * 128, ATOMS = BK / 64;
   constexpr int A_ATOM = BM * 128, B_ATOM = ((E * 128 + 1023) / 1024) * 1024;  // every tile 1024-byte aligned
@@ -202,19 +180,9 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
   const u32 base = (raw + 1023u) & ~1023u;
   char* smem = smem_raw + (base - raw);
-  // Per-stage mbarriers of the packed-w copies, after everything the ring and the epilogue use.
-  constexpr int RING = STAGES * STAGE, EPI = BM * (E + 8) * 4;
-  const u32 bars = base + (RING > EPI ? RING : EPI);
 
   const int tid = threadIdx.x, wg = tid / 128;
   const int m0 = blockIdx.x * BM;
-  if constexpr (PACKW) {
-    if (tid == 0) {
-      for (int s = 0; s < STAGES; ++s) rg90::mbar_init(bars + s * 8, 1);
-      asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    }
-    __syncthreads();
-  }
   const int rows_valid = a.T - m0;
   const char* x = static_cast<const char*>(a.x) + static_cast<i64>(m0) * a.x_stride * 2;
   const char* w = static_cast<const char*>(a.w);
@@ -233,15 +201,6 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
       const bool ok = r < rows_valid && at * 128 + j * 16 < kbytes;
       cp_async16(sa + at * A_ATOM + r * 128 + ((j ^ (r & 7)) << 4),
                  ok ? x + r * xld + kc * BK * 2 + at * 128 + j * 16 : a.x, ok);
-    }
-    if constexpr (PACKW) {
-      if (tid == 0) {
-        const u32 bar = bars + s * 8;
-        rg90::mbar_expect_tx(bar, B_ATOM);
-        rg90::bulk_copy_g2s(base + s * STAGE + A_BYTES, static_cast<const char*>(a.wp) + static_cast<i64>(kc) * B_ATOM,
-                            B_ATOM, bar);
-      }
-      return;
     }
 #pragma unroll
     for (int it = 0; it < (E * 8 * ATOMS + THREADS - 1) / THREADS; ++it) {
@@ -264,9 +223,6 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
   for (int kc = 0; kc < CHUNKS; ++kc) {
     rg::cp_async_wait<STAGES - 2>();
     if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
-    if constexpr (PACKW)  // the stage's u-th use completes phase u
-      while (!rg90::mbar_try_wait(bars + (kc % STAGES) * 8, (kc / STAGES) & 1)) {
-      }
     __syncthreads();  // chunk kc is in shared memory, visible to the async proxy
     const u32 sa = base + (kc % STAGES) * STAGE + wg * 64 * 128;
     const u32 sb = base + (kc % STAGES) * STAGE + A_BYTES;
@@ -330,20 +286,6 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
 #else
   __trap();  // sm_90a only (the host recipe never launches it elsewhere)
 #endif
-}
-
-// w [E, K] → per chunk of 64 K columns, the 128-byte-swizzled K-major tile (row r at r·128, 16-byte piece j at
-// ((j ^ (r & 7))·16)), zero past K; chunks round_up(E·128, 1024) bytes apart. One 16-byte piece per thread.
-template <int K, int E>
-__global__ void __launch_bounds__(256) router_gemm_pack_w_kernel(const RouterGemmPackWArgs a) {
-  constexpr int CHUNKS = (K + 63) / 64, B_ATOM = ((E * 128 + 1023) / 1024) * 1024;
-  const i64 i = static_cast<i64>(blockIdx.x) * 256 + threadIdx.x;
-  if (i >= static_cast<i64>(CHUNKS) * E * 8) return;
-  const int kc = static_cast<int>(i / (E * 8)), rem = static_cast<int>(i % (E * 8)), r = rem >> 3, j = rem & 7;
-  const int k = kc * 64 + j * 8;
-  Vec16 v{};
-  if (k < K) v = load16(static_cast<const char*>(a.w) + (static_cast<i64>(r) * K + k) * 2);
-  store16(static_cast<char*>(a.wp) + static_cast<i64>(kc) * B_ATOM + r * 128 + ((j ^ (r & 7)) << 4), v);
 }
 
 }  // namespace kiln

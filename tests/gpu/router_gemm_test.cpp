@@ -331,39 +331,6 @@ TEST_F(RouterGemmTest, FwdSm90EveryConfig) {
   }
 }
 
-// The wgmma forward with w repacked and fetched by bulk copies (variant 2).
-class RouterGemmFwdPacked : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
-
-TEST_P(RouterGemmFwdPacked, MatchesReference) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const auto [T, K, E] = GetParam();
-  const uint64_t seed = mix_seed({0x9e, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/2);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-}
-
-INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdPacked, ::testing::ValuesIn(shapes()), shape_name);
-
-TEST_F(RouterGemmTest, FwdPackedEveryConfig) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9f, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xa0, static_cast<uint64_t>(E)}), 0.02f);
-    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    for (const auto& c : space(7, K, E)) {
-      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " E=" + std::to_string(E));
-      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 2);
-      EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-    }
-  }
-}
-
 TEST_F(RouterGemmTest, FwdSm90StridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 300, K = 2048, E = 160;
