@@ -89,17 +89,19 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 9u);  // + the wgmma forward's configs for 64Ki and 1Ki tokens
+  ASSERT_EQ(specs.size(), 7u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
   EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6}));  // 4–6: the wgmma kernels, sm_90a only
+  std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
+  for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
   EXPECT_EQ(enumerated(2048, 256, "sm_100a").size(), 4u);
   EXPECT_EQ(enumerated(2048, 384, "sm_90a").size(), 4u);  // E > 256: mma.sync only
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 9u);
+  ASSERT_EQ(ds.size(), 7u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }

@@ -163,16 +163,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
 #pragma unroll
   for (int i = 0; i < BN / 2; ++i) acc[0][i] = 0.f;
 
-  // Prefetch distance: as in the forward (router_gemm_sm90.cuh).
-  constexpr bool EARLY = STAGES >= 3;
-  constexpr int PRE = EARLY ? STAGES - 2 : STAGES - 1;
 #pragma unroll
-  for (int s = 0; s < PRE; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < CHUNKS) load(s, s);
     rg::cp_async_commit();
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
-    rg::cp_async_wait<PRE - 1>();
+    rg::cp_async_wait<STAGES - 2>();
     if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
@@ -196,18 +193,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
       rg90::wgmma_ss<BN, 0, 1>(acc[0], rg90::desc_sw128(lo + wg * 64 * 128 + ks * 32), b);
     }
     rg90::wgmma_commit();
-    if constexpr (!EARLY) {
-      rg90::wgmma_wait<1>();
-      rg90::fence_acc(acc);
-      __syncthreads();
-    }
-    const int next = kc + PRE;
+    rg90::wgmma_wait<1>();
+    rg90::fence_acc(acc);
+    __syncthreads();
+    const int next = kc + STAGES - 1;
     if (next < CHUNKS) load(next % STAGES, next);
     rg::cp_async_commit();
-    if constexpr (EARLY) {
-      rg90::wgmma_wait<1>();
-      rg90::fence_acc(acc);
-    }
   }
   rg90::wgmma_wait<0>();
   rg90::fence_acc(acc);
@@ -282,16 +273,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
 #pragma unroll
     for (int i = 0; i < BN / 2; ++i) acc[mt][i] = 0.f;
 
-  // Prefetch distance: as in the forward (router_gemm_sm90.cuh).
-  constexpr bool EARLY = STAGES >= 3;
-  constexpr int PRE = EARLY ? STAGES - 2 : STAGES - 1;
 #pragma unroll
-  for (int s = 0; s < PRE; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < chunks) load(s, s);
     rg::cp_async_commit();
   }
   for (int kc = 0; kc < chunks; ++kc) {
-    rg::cp_async_wait<PRE - 1>();
+    rg::cp_async_wait<STAGES - 2>();
     if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
@@ -321,18 +309,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
       }
     }
     rg90::wgmma_commit();
-    if constexpr (!EARLY) {
-      rg90::wgmma_wait<1>();
-      rg90::fence_acc(acc);
-      __syncthreads();
-    }
-    const int next = kc + PRE;
+    rg90::wgmma_wait<1>();
+    rg90::fence_acc(acc);
+    __syncthreads();
+    const int next = kc + STAGES - 1;
     if (next < chunks) load(next % STAGES, next);
     rg::cp_async_commit();
-    if constexpr (EARLY) {
-      rg90::wgmma_wait<1>();
-      rg90::fence_acc(acc);
-    }
   }
   rg90::wgmma_wait<0>();
   rg90::fence_acc(acc);

@@ -215,19 +215,13 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
   typename Row::Acc acc;
   Row::zero(acc);
 
-  // Prefetch distance. With ≥ 3 stages the copies for chunk kc + STAGES − 2 are issued right after chunk kc's MMAs,
-  // into the stage chunk kc − 2 used (its MMAs finished: every warp waited for them last iteration, before this
-  // iteration's barrier), so the copy instructions overlap the MMAs in flight and one barrier a chunk suffices.
-  // With 2 stages: wait for chunk kc − 1's MMAs, barrier, refill its stage.
-  constexpr bool EARLY = STAGES >= 3;
-  constexpr int PRE = EARLY ? STAGES - 2 : STAGES - 1;
 #pragma unroll
-  for (int s = 0; s < PRE; ++s) {
+  for (int s = 0; s < STAGES - 1; ++s) {
     if (s < CHUNKS) load(s, s);
     rg::cp_async_commit();
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
-    rg::cp_async_wait<PRE - 1>();
+    rg::cp_async_wait<STAGES - 2>();
     if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
     __syncthreads();  // chunk kc is in shared memory, visible to the async proxy
     const u32 sa = base + (kc % STAGES) * STAGE + wg * 64 * 128;
@@ -238,18 +232,12 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
     for (int ks = 0; ks < BK / 16; ++ks)  // atom ks/4, k16 step ks%4 inside it
       Row::mma(acc, rg90::desc_sw128(sa + (ks >> 2) * A_ATOM + (ks & 3) * 32), sb + (ks >> 2) * B_ATOM + (ks & 3) * 32);
     rg90::wgmma_commit();
-    if constexpr (!EARLY) {
-      rg90::wgmma_wait<1>();  // chunk kc − 1's MMAs are done: its stage may be refilled
-      Row::fence(acc);
-      __syncthreads();
-    }
-    const int next = kc + PRE;
+    rg90::wgmma_wait<1>();  // chunk kc − 1's MMAs are done: its stage may be refilled
+    Row::fence(acc);
+    __syncthreads();
+    const int next = kc + STAGES - 1;
     if (next < CHUNKS) load(next % STAGES, next);
     rg::cp_async_commit();
-    if constexpr (EARLY) {
-      rg90::wgmma_wait<1>();  // chunk kc − 1's MMAs are done (its stage is refilled next iteration)
-      Row::fence(acc);
-    }
   }
   rg90::wgmma_wait<0>();
   Row::fence(acc);
