@@ -44,7 +44,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-int smem_bytes(const Specialization&) { return 0; }
+int smem_bytes(const Specialization& s) {
+  return s.kernel == kPermuteBlockQuant ? moe_block_quant_smem_bytes(static_cast<int>(s.params[P_E])) : 0;
+}
 
 // Threads per CTA (a CTA per token): two 16-byte vectors of the row per thread, 64 … 512 threads.
 int default_threads(int64_t row_bytes) {
@@ -415,6 +417,7 @@ void moe_permute_block_quant(Runtime& rt, const TensorRef& x, const TensorRef& p
   d.grid[0] = static_cast<unsigned>(nb);
   d.grid[1] = static_cast<unsigned>(ns);
   d.block[0] = 256;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);
 }
 

@@ -81,10 +81,10 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
 }
 
 // Lanes per token of the top-k forward (templates: MoeTopkLanes): a lane owns E/L contiguous experts.
-int64_t topk_lanes(int64_t E) { return E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1; }
+int64_t topk_lanes(int64_t E) { return E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1; }
 
 // Top-k forward: a CTA per 32-token map block with L lanes per token (L warps): at T = 8192 and E = 256 that is
-// 256 CTAs of 8 warps, two per SM. The launch shape follows from E, so the config only records it.
+// 256 CTAs of 16 warps, two per SM. The launch shape follows from E, so the config only records it.
 Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias) {
   Specialization s = base_spec(arch, kTopkFwd, E);
   s.params[P_K] = o.top_k;

@@ -260,12 +260,16 @@ template <int HD, int E, bool ROUND, bool PROBS>
 __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
   static_assert(HD % 128 == 0, "1x128 blocks");
   constexpr int NS = HD / 128;
-  __shared__ int b[E + 1];
-  __shared__ int warp_tot[8];
-  __shared__ int src[128];
-  __shared__ __align__(16) u32 tile[128 * 64];
-  __shared__ float part[4][128];
-  const int tid = threadIdx.x;
+  constexpr int CS = 132;  // bytes per row of the code tiles
+  extern __shared__ __align__(16) unsigned char smem[];
+  u32* tile = reinterpret_cast<u32*>(smem);                          // [128][64] words, swizzled chunks
+  unsigned char* qs = smem + 128 * 128 * 2;                          // [128 rows][CS] row-wise codes
+  unsigned char* qts = qs + 128 * CS;                                // [128 channels][CS] transposed codes
+  float* part = reinterpret_cast<float*>(qts + 128 * CS);            // [4][128]
+  int* src = reinterpret_cast<int*>(part + 4 * 128);                 // [128]
+  int* warp_tot = src + 128;                                         // [8]
+  int* b = warp_tot + 8;                                             // [E + 1]
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   expert_block_offsets<E>(a.offsets, b, warp_tot);
   const int gb = blockIdx.x, cb = blockIdx.y;
   if (gb >= b[E]) return;
@@ -298,7 +302,7 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   cp_async_wait_all();
   __syncthreads();
 
-  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values.
+  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values; codes to qs.
   {
     const int row = tid >> 1, h = tid & 1;
     Vec16 v[8];
@@ -312,24 +316,20 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     const float sc = block_scale<ROUND>(m);
     const Quantizer<ROUND> quant(sc);
-    if (row < rows) {
-      unsigned char* d = a.q + static_cast<i64>(off + i0 + row) * HD + cb * 128;
+    u32* qrow = reinterpret_cast<u32*>(qs + row * CS);
 #pragma unroll
-      for (int k = 0; k < 8; ++k) {
-        const Vec16& x = v[k];
-        uint2 o;
-        o.x = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
-                     quant(vec_get<bf16>(x, 3)));
-        o.y = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
-                     quant(vec_get<bf16>(x, 7)));
-        *reinterpret_cast<uint2*>(d + (2 * k + h) * 8) = o;
-      }
-      if (h == 0) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
+    for (int k = 0; k < 8; ++k) {
+      const Vec16& x = v[k];
+      qrow[(2 * k + h) * 2] = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)),
+                                     quant(vec_get<bf16>(x, 2)), quant(vec_get<bf16>(x, 3)));
+      qrow[(2 * k + h) * 2 + 1] = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)),
+                                         quant(vec_get<bf16>(x, 6)), quant(vec_get<bf16>(x, 7)));
     }
+    if (h == 0 && row < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
   }
 
   // Transposed: thread (channel pair p, token quarter qq) holds 32 tokens × 2 channels; column amax over the four
-  // quarters through shared memory.
+  // quarters through shared memory; codes to qts.
   {
     const int p = tid & 63, qq = tid >> 6;
     u32 w[32];
@@ -340,11 +340,11 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
       m0 = fmaxf(m0, fabsf(__uint_as_float(w[i] << 16)));
       m1 = fmaxf(m1, fabsf(__uint_as_float(w[i] & 0xffff0000u)));
     }
-    part[qq][2 * p] = m0;
-    part[qq][2 * p + 1] = m1;
+    part[qq * 128 + 2 * p] = m0;
+    part[qq * 128 + 2 * p + 1] = m1;
     __syncthreads();
-    m0 = fmaxf(fmaxf(part[0][2 * p], part[1][2 * p]), fmaxf(part[2][2 * p], part[3][2 * p]));
-    m1 = fmaxf(fmaxf(part[0][2 * p + 1], part[1][2 * p + 1]), fmaxf(part[2][2 * p + 1], part[3][2 * p + 1]));
+    m0 = fmaxf(fmaxf(part[2 * p], part[128 + 2 * p]), fmaxf(part[256 + 2 * p], part[384 + 2 * p]));
+    m1 = fmaxf(fmaxf(part[2 * p + 1], part[129 + 2 * p]), fmaxf(part[257 + 2 * p], part[385 + 2 * p]));
     const float s0 = block_scale<ROUND>(m0), s1 = block_scale<ROUND>(m1);
     if (qq == 0) {
       float* ts = a.qT_scale + static_cast<i64>(gb) * HD + cb * 128 + 2 * p;  // b[e] + (gb − b[e]) = gb
@@ -352,26 +352,30 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
       ts[1] = s1;
     }
     const Quantizer<ROUND> q0(s0), q1(s1);
-    unsigned char* d0 = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + 2 * p) * pc + i0 + qq * 32;
-    unsigned char* d1 = d0 + pc;
-    const int valid = rows - qq * 32;  // tokens of this quarter inside the segment
+    u32* c0 = reinterpret_cast<u32*>(qts + (2 * p) * CS) + qq * 8;
+    u32* c1 = reinterpret_cast<u32*>(qts + (2 * p + 1) * CS) + qq * 8;
 #pragma unroll
     for (int g = 0; g < 8; ++g) {
-      if (4 * g >= valid) break;
-      const u32 c0 = e4m3x4(q0(__uint_as_float(w[4 * g] << 16)), q0(__uint_as_float(w[4 * g + 1] << 16)),
-                            q0(__uint_as_float(w[4 * g + 2] << 16)), q0(__uint_as_float(w[4 * g + 3] << 16)));
-      const u32 c1 = e4m3x4(q1(__uint_as_float(w[4 * g] & 0xffff0000u)), q1(__uint_as_float(w[4 * g + 1] & 0xffff0000u)),
-                            q1(__uint_as_float(w[4 * g + 2] & 0xffff0000u)),
-                            q1(__uint_as_float(w[4 * g + 3] & 0xffff0000u)));
-      if (4 * g + 4 <= valid) {
-        *reinterpret_cast<u32*>(d0 + 4 * g) = c0;
-        *reinterpret_cast<u32*>(d1 + 4 * g) = c1;
-      } else {
-        for (int k = 0; 4 * g + k < valid; ++k) {
-          d0[4 * g + k] = static_cast<unsigned char>(c0 >> (8 * k));
-          d1[4 * g + k] = static_cast<unsigned char>(c1 >> (8 * k));
-        }
-      }
+      c0[g] = e4m3x4(q0(__uint_as_float(w[4 * g] << 16)), q0(__uint_as_float(w[4 * g + 1] << 16)),
+                     q0(__uint_as_float(w[4 * g + 2] << 16)), q0(__uint_as_float(w[4 * g + 3] << 16)));
+      c1[g] = e4m3x4(q1(__uint_as_float(w[4 * g] & 0xffff0000u)), q1(__uint_as_float(w[4 * g + 1] & 0xffff0000u)),
+                     q1(__uint_as_float(w[4 * g + 2] & 0xffff0000u)), q1(__uint_as_float(w[4 * g + 3] & 0xffff0000u)));
+    }
+  }
+  __syncthreads();
+
+  // Coalesced write-out: a warp per row of codes, 4 bytes per lane (128 bytes per store instruction).
+  for (int row = warp; row < rows; row += 8) {
+    const u32 v = reinterpret_cast<const u32*>(qs + row * CS)[lane];
+    *reinterpret_cast<u32*>(a.q + static_cast<i64>(off + i0 + row) * HD + cb * 128 + lane * 4) = v;
+  }
+  for (int n = warp; n < 128; n += 8) {
+    const u32 v = reinterpret_cast<const u32*>(qts + n * CS)[lane];
+    unsigned char* d = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0 + lane * 4;
+    if (lane * 4 + 4 <= rows) {
+      *reinterpret_cast<u32*>(d) = v;
+    } else {
+      for (int k = 0; lane * 4 + k < rows; ++k) d[k] = static_cast<unsigned char>(v >> (8 * k));
     }
   }
 }

@@ -103,18 +103,19 @@ __device__ __forceinline__ void moe_scores(const float (&z)[(E + 127) / 128][4],
 }
 
 // ---- top-k forward ----------------------------------------------------------------------------------------------
-// L lanes per token (the largest power of two ≤ 8 with E % 4L == 0); lane j of a token owns the EL = E/L contiguous
+// L lanes per token (the largest power of two ≤ 16 with E % 4L == 0); lane j of a token owns the EL = E/L contiguous
 // experts j·EL … j·EL + EL − 1 in registers, so a warp routes 32/L tokens at once and every cross-lane step
-// (softmax max/sum, group merges, the K picks) takes log2(L) shuffles instead of 5.
+// (softmax max/sum, group merges, the K picks) takes log2(L) shuffles instead of 5. 16 lanes at E = 256: 4096 warps
+// for 8192 tokens, enough to hide the latency of the picks' shuffle chains.
 template <int E>
 struct MoeTopkLanes {
-  static constexpr int L = E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1;
+  static constexpr int L = E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1;
   static constexpr int EL = E / L;
 };
 
 // CTA: one map block of 32 tokens, 32·L threads.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS>
-__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, 2)
+__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTopkLanes<E>::EL <= 16 ? 2 : 1)
     moe_topk_fwd_kernel(const MoeTopkFwdArgs a) {
   constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
   constexpr int GS = E / G;

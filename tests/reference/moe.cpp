@@ -66,8 +66,8 @@ TopkResult topk_routing(std::span<const float> logits, int64_t T, int64_t E, std
       for (int64_t e = 0; e < E; ++e) m = std::fmax(m, z[e]);
       // Lane sums in the GPU's order (L lanes per token, lane l sums its E/L contiguous experts in order), then
       // the xor butterfly over the L lanes (offsets L/2 … 1).
-      const int64_t L = E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1, EL = E / L;
-      float lanes[8];
+      const int64_t L = E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1, EL = E / L;
+      float lanes[16];
       for (int64_t l = 0; l < L; ++l) {
         float sum = 0.0f;
         for (int64_t e = l * EL; e < (l + 1) * EL; ++e) {
@@ -77,7 +77,7 @@ TopkResult topk_routing(std::span<const float> logits, int64_t T, int64_t E, std
         lanes[l] = sum;
       }
       for (int64_t off = L / 2; off > 0; off >>= 1) {
-        float next[8];
+        float next[16];
         for (int64_t l = 0; l < L; ++l) next[l] = lanes[l] + lanes[l ^ off];
         std::memcpy(lanes, next, sizeof next);
       }
