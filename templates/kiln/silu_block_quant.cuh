@@ -202,27 +202,31 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     }
   }
 
-  // Pipeline: a stage is refilled as soon as its tile has been read into registers (after the first barrier of the
-  // tile's iteration), so with two stages the next two tiles are in flight while this one is quantized and written.
+  // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
+  // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
+  // 530 → 600 µs). One stage: the stage is refilled with the next tile as soon as this one is in registers (after
+  // the first barrier), so the load overlaps the quantization and the stores; two such CTAs share an SM.
   const int G = gridDim.x;
   int t = blockIdx.x;
   if (t >= total) return;
   SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
-  SiluTile nxt = t + G < total ? silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G)) : cur;
   silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
   silu_cp_async_commit();
-  if (STAGES == 2) {
-    if (t + G < total) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + STAGE);
-    silu_cp_async_commit();
-  }
-  // The schedule entry of the tile issued in the middle of this iteration (t + 2G with two stages, t + G with one).
-  const int ahead_by = STAGES == 2 ? 2 : 1;
-  int4 ahead = t + ahead_by * G < total ? silu_tile_entry<N, BATCHED>(a, t + ahead_by * G) : make_int4(0, 0, 0, 0);
+  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
     u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
-    if (STAGES == 2) silu_cp_async_wait<1>();
-    else silu_cp_async_wait<0>();
+    const bool has_next = t + G < total;
+    const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    if (STAGES == 2) {
+      // The other stage was last read before the previous iteration's second barrier.
+      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
+      silu_cp_async_commit();
+      ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+      silu_cp_async_wait<1>();
+    } else {
+      silu_cp_async_wait<0>();
+    }
     __syncthreads();
 
     // ---- values: v[h][i][e] = output half h, row 4·hw + i, channel c0 + e -------------------------------------
@@ -325,15 +329,12 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     }
     __syncthreads();
 
-    // ---- the stage is free: refill it with the tile after the next (two stages) or the next (one stage) ---------
-    SiluTile issued = cur;
-    if (t + ahead_by * G < total) {
-      issued = silu_tile_info<N, BATCHED>(a, t + ahead_by * G, ahead);
-      silu_issue_tile<N, BWD, BATCHED>(a, issued, stage);
+    // ---- one stage: the stage is free (every thread is past the barrier above): refill it with the next tile -----
+    if (STAGES == 1) {
+      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, stage);
+      silu_cp_async_commit();
+      ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
     }
-    silu_cp_async_commit();
-    ahead = t + (ahead_by + 1) * G < total ? silu_tile_entry<N, BATCHED>(a, t + (ahead_by + 1) * G)
-                                           : make_int4(0, 0, 0, 0);
 
     // ---- scales out: column scales (threads 0…255), row scales (threads 256…511) -------------------------------
     if (COLWISE && tid < HALVES * 128) {
@@ -386,12 +387,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       }
     }
     // The next iteration's writes to rscale / colmax / codesT come after its first barrier.
-    if (STAGES == 2) {
-      cur = nxt;
-      nxt = issued;
-    } else {
-      cur = issued;
-    }
+    cur = nxt;
   }
   silu_cp_async_wait<0>();
 }
