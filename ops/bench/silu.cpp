@@ -188,7 +188,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
        [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, true, 2, true); }},
   };
   for (const BenchCase& c : main) cases.push_back(c);
-  for (const BenchCase& c : main) cases.push_back(with_config(c, 1, -1));
+  // The other stage count (forward: two stages; backward: one), then σ computed instead of looked up.
+  for (int i = 0; i < 4; ++i) cases.push_back(with_config(main[i], i % 2 == 0 ? 2 : 1, -1));
   for (const BenchCase& c : main) cases.push_back(with_config(c, 0, 0));
   // Row-wise only (the forward's recomputation-free path), default config.
   cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=0 round_scale=1",
