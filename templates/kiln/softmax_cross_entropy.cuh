@@ -563,28 +563,42 @@ __global__ void __launch_bounds__(256) softmax_cross_entropy_merge_kernel(const 
 // ---- whole-batch helpers (one CTA of 1024 threads) -------------------------------------------------------------------
 // MODE 0: count the valid labels, report bad ones, scale_out = factor / max(valid, 1) (the mean reduction's g).
 // MODE 1: total_out = factor · Σ_rows loss, summed in double in a fixed order (thread t takes rows t, t + 1024, …,
-//         then a pairwise tree), so the result does not depend on anything but the data.
+//         then a pairwise tree), so the result does not depend on anything but the data. Loads: 8 rows in flight.
 template <typename L, int MODE>
 __global__ void __launch_bounds__(1024) softmax_cross_entropy_batch_kernel(const CeBatchArgs a) {
+  constexpr int UN = 8;  // rows in flight per thread
   __shared__ double part[1024];
+  if (MODE == 0 && a.init_flag && threadIdx.x == 0) *a.bad_row = 0x7fffffff;
   double acc = 0;
   int first_bad = 0x7fffffff;
-  for (long long row = threadIdx.x; row < a.M; row += 1024) {
+  for (long long base = threadIdx.x; base < a.M; base += 1024 * UN) {
     if constexpr (MODE == 0) {
-      const long long label = ce::load_label<L>(a.labels, row);
-      if (label == a.ignore_index) continue;
-      if (label < 0 || label >= a.vocab_total) {
-        if (first_bad == 0x7fffffff) first_bad = static_cast<int>(row);
-      } else {
-        acc += 1;
+      long long lab[UN];
+#pragma unroll
+      for (int u = 0; u < UN; ++u) {
+        const long long row = base + u * 1024;
+        lab[u] = row < a.M ? ce::load_label<L>(a.labels, row) : a.ignore_index;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; ++u) {
+        if (lab[u] == a.ignore_index) continue;
+        if (lab[u] < 0 || lab[u] >= a.vocab_total) first_bad = min(first_bad, static_cast<int>(base + u * 1024));
+        else acc += 1;
       }
     } else {
-      acc += static_cast<double>(a.loss[row]);
+      float l[UN];
+#pragma unroll
+      for (int u = 0; u < UN; ++u) {
+        const long long row = base + u * 1024;
+        l[u] = row < a.M ? a.loss[row] : 0.f;
+      }
+#pragma unroll
+      for (int u = 0; u < UN; ++u) acc += static_cast<double>(l[u]);
     }
   }
-  if (MODE == 0 && first_bad != 0x7fffffff && a.bad_row) atomicMin(a.bad_row, first_bad);
   part[threadIdx.x] = acc;
-  __syncthreads();
+  __syncthreads();  // also orders the flag's initialization before every atomicMin
+  if (MODE == 0 && first_bad != 0x7fffffff && a.bad_row) atomicMin(a.bad_row, first_bad);
 #pragma unroll 1
   for (int s = 512; s > 0; s >>= 1) {
     if (static_cast<int>(threadIdx.x) < s) part[threadIdx.x] += part[threadIdx.x + s];

@@ -79,6 +79,7 @@ struct CeBatchArgs {
   float factor;
   long long ignore_index, vocab_total;
   int M;
+  int init_flag;                         // count mode: store INT32_MAX to bad_row first (no separate memset)
 };
 
 // Chunks (16 bytes each) of one CTA's slice of a row, and the TMA pieces the fused kernel stages it in.
