@@ -17,6 +17,8 @@
 // permute; quantizing x row-wise before the permute gives the forward operand only and a second pass would be needed
 // for the transposed one. The fused op reads x once and writes both, padded, as a real fp8 layer (linghe HEAD's
 // block-padded permute) does. The same holds for dy in the backward.
+#include "reference/moe_layer.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -28,7 +30,6 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/ops/silu.hpp"
 #include "reference/moe.hpp"
-#include "reference/moe_layer.hpp"
 #include "reference/silu.hpp"
 #include "test_util.hpp"
 
@@ -53,18 +54,25 @@ class MoeLayerTest : public GpuTest {
         });
   }
 
-  void run(MoeLayerRouting routing, uint64_t seed) {
+  void run(size_t index) {
     Runtime& rt = GpuTest::rt();
-    const ref::MoeLayerShape s;  // T=512, H=256, E=16, top-4, n=128, padding 16
+    const std::vector<ref::MoeLayerCase> cases = ref::moe_layer_cases();
+    ASSERT_LT(index, cases.size());
+    const ref::MoeLayerCase& cs = cases[index];
+    const ref::MoeLayerShape& s = cs.shape;
+    const MoeLayerRouting routing = cs.routing;
+    const uint64_t seed = cs.seed;
     const int64_t T = s.T, H = s.H, E = s.E, n = s.n, num_out = s.num_out();
     const ref::MoeLayerInputs in = ref::make_moe_layer_inputs(s, seed, routing);
     const bool has_bias = !in.bias.empty();
-    SCOPED_TRACE("routing case " + std::to_string(static_cast<int>(routing)) + ", num_out " + std::to_string(num_out));
+    SCOPED_TRACE(std::string(cs.name) + ": routing " + std::to_string(static_cast<int>(routing)) + ", k " +
+                 std::to_string(s.k) + ", n " + std::to_string(n) + ", renormalize " + std::to_string(s.renormalize) +
+                 ", num_out " + std::to_string(num_out));
 
     MoeRoutingOptions ro;
     ro.top_k = static_cast<int>(s.k);
     ro.score = MoeScore::softmax;
-    ro.renormalize = true;
+    ro.renormalize = s.renormalize;
     MoePermuteOptions po;
     po.top_k = static_cast<int>(s.k);
     po.multiple_of = s.multiple_of;
@@ -99,7 +107,7 @@ class MoeLayerTest : public GpuTest {
     // Stage checks (exact rules; they localize a failure of the whole-layer comparison below).
     ref::TopkOptions to;
     to.top_k = ro.top_k;
-    to.renormalize = true;
+    to.renormalize = s.renormalize;
     const ref::TopkResult tk = ref::topk_routing(g.got.logits, T, E, in.bias, to);
     ASSERT_TRUE(same("routing_map", routing_map, tk.routing_map, T * E));
     EXPECT_TRUE(same("probs (exact top-k of the device's logits)", g.got.probs, tk.probs, T * E));
@@ -121,11 +129,11 @@ class MoeLayerTest : public GpuTest {
     DeviceBuffer xq(rt, num_out * H), xqs(rt, num_out * H / 128 * 4), xqT(rt, num_out * H), xqTs(rt, nbq * H * 4),
         pob(rt, num_out * 4);
     for (DeviceBuffer* b : {&xq, &xqs, &xqT, &xqTs, &pob}) b->poison();
-    moe_permute_block_quant(rt, x, probs, map,
-                            {xq.ref(DType::e4m3, {num_out, H}), xqs.ref(DType::f32, {num_out * H / 128}),
-                             xqT.ref(DType::e4m3, {num_out * H}), xqTs.ref(DType::f32, {nbq * H}),
-                             pob.ref(DType::f32, {num_out})},
-                            po, nullptr);
+    moe_permute_block_quant(
+        rt, x, probs, map,
+        {xq.ref(DType::e4m3, {num_out, H}), xqs.ref(DType::f32, {num_out * H / 128}),
+         xqT.ref(DType::e4m3, {num_out * H}), xqTs.ref(DType::f32, {nbq * H}), pob.ref(DType::f32, {num_out})},
+        po, nullptr);
     synchronize();
     const std::vector<uint8_t> xq_h = xq.download<uint8_t>(num_out * H), xqT_h = xqT.download<uint8_t>(num_out * H);
     const std::vector<float> xqs_h = xqs.download<float>(num_out * H / 128), xqTs_h = xqTs.download<float>(nbq * H);
@@ -147,11 +155,10 @@ class MoeLayerTest : public GpuTest {
     BatchSiluOptions so;
     so.output_mode = 2;
     so.check_counts = true;
-    batch_weighted_silu_block_quant_fwd(
-        rt, z1v, pv, counts,
-        {hq.ref(DType::e4m3, {M, n}), hqs.ref(DType::f32, {M * n / 128}), hqT.ref(DType::e4m3, {M * n}),
-         hqTs.ref(DType::f32, {L * n})},
-        status, so, nullptr);
+    batch_weighted_silu_block_quant_fwd(rt, z1v, pv, counts,
+                                        {hq.ref(DType::e4m3, {M, n}), hqs.ref(DType::f32, {M * n / 128}),
+                                         hqT.ref(DType::e4m3, {M * n}), hqTs.ref(DType::f32, {L * n})},
+                                        status, so, nullptr);
     synchronize();
     EXPECT_EQ(st.download<int32_t>(1)[0], 0) << "SiLU forward status";
     const std::vector<uint8_t> hq_h = hq.download<uint8_t>(M * n), hqT_h = hqT.download<uint8_t>(M * n);
@@ -184,14 +191,17 @@ class MoeLayerTest : public GpuTest {
     dyb.upload(encode(DType::bf16, in.dy));
     for (DeviceBuffer* b : {&dq, &dqs, &dqT, &dqTs}) b->poison();
     moe_permute_block_quant(rt, dyb.ref(DType::bf16, {T, H}), {}, map,
-                            {dq.ref(DType::e4m3, {num_out, H}), dqs.ref(DType::f32, {num_out * H / 128}),
-                             dqT.ref(DType::e4m3, {num_out * H}), dqTs.ref(DType::f32, {nbq * H}), {}},
+                            {dq.ref(DType::e4m3, {num_out, H}),
+                             dqs.ref(DType::f32, {num_out * H / 128}),
+                             dqT.ref(DType::e4m3, {num_out * H}),
+                             dqTs.ref(DType::f32, {nbq * H}),
+                             {}},
                             po, nullptr);
     synchronize();
-    const std::vector<float> dyd = ref::dequant_rowwise_segmented(
-        dq.download<uint8_t>(num_out * H), dqs.download<float>(num_out * H / 128), pc, H);
-    const std::vector<float> dyTd = ref::dequant_transposed_segmented(dqT.download<uint8_t>(num_out * H),
-                                                                      dqTs.download<float>(nbq * H), pc, H);
+    const std::vector<float> dyd = ref::dequant_rowwise_segmented(dq.download<uint8_t>(num_out * H),
+                                                                  dqs.download<float>(num_out * H / 128), pc, H);
+    const std::vector<float> dyTd =
+        ref::dequant_transposed_segmented(dqT.download<uint8_t>(num_out * H), dqTs.download<float>(nbq * H), pc, H);
     const std::vector<float> gh = ref::expert_gemm_nn(dyd, pc, in.w2, H, n);
     g.got.dw2 = ref::expert_wgrad(dyTd, hTd, pc, H, n);
 
@@ -200,11 +210,10 @@ class MoeLayerTest : public GpuTest {
         dzTs(rt, L * 2 * n * 4), dpb(rt, num_out * 4);
     ghb.upload(encode(DType::bf16, gh));
     for (DeviceBuffer* b : {&dz, &dzs, &dzT, &dzTs, &dpb, &st}) b->poison();
-    batch_weighted_silu_block_quant_bwd(
-        rt, ghb.ref(DType::bf16, {M, n}), z1v, pv, counts,
-        {dz.ref(DType::e4m3, {M, 2 * n}), dzs.ref(DType::f32, {M * 2 * n / 128}), dzT.ref(DType::e4m3, {M * 2 * n}),
-         dzTs.ref(DType::f32, {L * 2 * n})},
-        dpb.ref(DType::f32, {M}), status, so, nullptr);
+    batch_weighted_silu_block_quant_bwd(rt, ghb.ref(DType::bf16, {M, n}), z1v, pv, counts,
+                                        {dz.ref(DType::e4m3, {M, 2 * n}), dzs.ref(DType::f32, {M * 2 * n / 128}),
+                                         dzT.ref(DType::e4m3, {M * 2 * n}), dzTs.ref(DType::f32, {L * 2 * n})},
+                                        dpb.ref(DType::f32, {M}), status, so, nullptr);
     synchronize();
     EXPECT_EQ(st.download<int32_t>(1)[0], 0) << "SiLU backward status";
     const std::vector<uint8_t> dz_h = dz.download<uint8_t>(M * 2 * n), dzT_h = dzT.download<uint8_t>(M * 2 * n);
@@ -213,8 +222,7 @@ class MoeLayerTest : public GpuTest {
       const ref::SiluGrads sg = ref::silu_bwd_values(gh, z1, M, n, std::span<const float>(probs_out.data(), M));
       const ref::QuantOutputs w = ref::quantize_segmented(sg.dx, pc, 2 * n, false, true, true);
       EXPECT_TRUE(same("SiLU bwd q_scale (segmented)", dzs_h, w.q_scale, M * 2 * n / 128));
-      EXPECT_TRUE(
-          same("SiLU bwd qT_scale (segmented)", dzTs_h, w.qT_scale, static_cast<int64_t>(w.qT_scale.size())));
+      EXPECT_TRUE(same("SiLU bwd qT_scale (segmented)", dzTs_h, w.qT_scale, static_cast<int64_t>(w.qT_scale.size())));
       EXPECT_TRUE(same("SiLU bwd q", dz_h, w.q, M * 2 * n));
       EXPECT_TRUE(same("SiLU bwd qT (segmented)", dzT_h, w.qT, M * 2 * n));
     }
@@ -240,8 +248,8 @@ class MoeLayerTest : public GpuTest {
     router_gemm_fp32_bwd(rt, dlogits.ref(DType::f32, {T, E}), x, wr, dxr.ref(DType::bf16, {T, H}),
                          dwr.ref(DType::f32, {E, H}), {}, nullptr);
     synchronize();
-    for (DeviceBuffer* b : {&xq, &xqs, &xqT, &xqTs, &pob, &hq, &hqs, &hqT, &hqTs, &dq, &dqs, &dqT, &dqTs, &dz, &dzs,
-                            &dzT, &dzTs, &dxe, &dprobs, &dlogits, &dxr, &dwr})
+    for (DeviceBuffer* b : {&xq,  &xqs,  &xqT, &xqTs, &pob, &hq,   &hqs, &hqT,    &hqTs,    &dq,  &dqs,
+                            &dqT, &dqTs, &dz,  &dzs,  &dzT, &dzTs, &dxe, &dprobs, &dlogits, &dxr, &dwr})
       EXPECT_TRUE(b->guards_intact()) << "a buffer was written out of bounds";
     g.got.dx_expert = decode(DType::bf16, dxe.download<uint8_t>(T * H * 2));
     g.got.dprobs = dprobs.download<float>(T * E);
@@ -255,14 +263,18 @@ class MoeLayerTest : public GpuTest {
     bool all = true;
     for (const auto& c : checks) all = all && c.ok();
     EXPECT_TRUE(all) << "MoE layer vs double reference:" << ref::describe(checks);
-    std::printf("MoE layer (routing case %d) vs double reference:%s\n", static_cast<int>(routing),
+    std::printf("MoE layer, case %s (k %lld, n %lld, renormalize %d) vs double reference:%s\n", cs.name,
+                static_cast<long long>(s.k), static_cast<long long>(n), static_cast<int>(s.renormalize),
                 ref::describe(checks).c_str());
   }
 };
 
-TEST_F(MoeLayerTest, RandomRouting) { run(MoeLayerRouting::random, 1); }
-TEST_F(MoeLayerTest, ZeroCountExperts) { run(MoeLayerRouting::zero_count_experts, 2); }
-TEST_F(MoeLayerTest, AllTokensToFirstTopKExperts) { run(MoeLayerRouting::all_to_first_k, 3); }
+// The cases are listed in tests/reference/moe_layer.cpp (moe_layer_cases), where the CPU test emulates them too.
+TEST_F(MoeLayerTest, RandomRouting) { run(0); }
+TEST_F(MoeLayerTest, ZeroCountExperts) { run(1); }
+TEST_F(MoeLayerTest, AllTokensToFirstTopKExperts) { run(2); }
+TEST_F(MoeLayerTest, AllTokensToOneExpertTop1) { run(3); }
+TEST_F(MoeLayerTest, RandomRoutingN256) { run(4); }
 
 }  // namespace
 }  // namespace kiln::test
