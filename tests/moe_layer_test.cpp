@@ -73,6 +73,15 @@ TEST(MoeLayerReference, ExpertGemmsSegmentByCounts) {
   EXPECT_EQ(ref::expert_wgrad(a, a, counts, 2, 2), (std::vector<double>{1, 1, 1, 1, 0, 0, 0, 0, 5, 7, 7, 17}));
 }
 
+// Segmented [W/128, c_e] blocks → one M-major [W/128, num_out], by hand: counts {2, 0, 1}, W = 256, num_out 4.
+TEST(MoeLayerReference, SegmentedScalesToMMajor) {
+  const std::vector<int> counts{2, 0, 1};
+  // expert 0 at 0: [[a0 a1] [b0 b1]] (block 0 row, block 1 row); expert 2 at s=2·2: [[c0] [d0]]
+  const std::vector<float> seg{10, 11, 20, 21, 30, 40};
+  EXPECT_EQ(ref::segmented_scales_to_m_major(seg, counts, 256, 4, -1.0f),
+            (std::vector<float>{10, 11, 30, -1, 20, 21, 40, -1}));
+}
+
 // The double reference's backward is the derivative of its forward: L = ⟨dy, y⟩, central differences along random
 // directions of x, wr, w1, w2 (routing held fixed: it is piecewise constant).
 void check_backward_by_finite_differences(bool renormalize) {

@@ -30,6 +30,7 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/ops/silu.hpp"
 #include "reference/moe.hpp"
+#include "reference/rms_norm.hpp"
 #include "reference/silu.hpp"
 #include "test_util.hpp"
 
@@ -140,6 +141,44 @@ class MoeLayerTest : public GpuTest {
     const std::vector<float> probs_out = pob.download<float>(num_out);
     const std::vector<float> xd = ref::dequant_rowwise_segmented(xq_h, xqs_h, pc, H);
     const std::vector<float> xTd = ref::dequant_transposed_segmented(xqT_h, xqTs_h, pc, H);
+
+    // Cross-check of the other permute path: x quantized first (1×128 row-wise, as kiln's quantizers do, M-major
+    // scales [H/128, T]), then moe_permute of the fp8 rows + scales. A row's 1×128 quantization does not depend on
+    // where the row goes, so the codes must equal the fused op's bit for bit; the scales are the same numbers in
+    // another layout (one M-major [H/128, num_out] instead of per-expert segments) — which a consumer must know.
+    {
+      const int64_t ns = H / 128;
+      std::vector<uint8_t> q8(T * H);
+      std::vector<float> sc(ns * T);
+      ref::block_quant_rowwise(in.x, T, H, false, q8, sc);
+      DeviceBuffer q8b(rt, T * H), scb(rt, ns * T * 4), pq(rt, num_out * H), pqs(rt, ns * num_out * 4),
+          ppo(rt, num_out * 4);
+      q8b.upload(q8);
+      scb.upload(sc);
+      for (DeviceBuffer* b : {&pq, &pqs, &ppo}) b->poison();
+      MoePermuteOptions o = po;
+      o.scale_layout = MoeScaleLayout::m_major;
+      moe_permute(rt, q8b.ref(DType::e4m3, {T, H}), scb.ref(DType::f32, {ns, T}), probs, map,
+                  pq.ref(DType::e4m3, {num_out, H}), pqs.ref(DType::f32, {ns, num_out}), ppo.ref(DType::f32, {num_out}),
+                  o, nullptr);
+      synchronize();
+      for (DeviceBuffer* b : {&pq, &pqs, &ppo}) EXPECT_TRUE(b->guards_intact()) << "moe_permute wrote out of bounds";
+      EXPECT_TRUE(same("moe_permute(fp8) rows vs moe_permute_block_quant q", pq.download<uint8_t>(M * H), xq_h, M * H));
+      const std::vector<float> want_sc = ref::segmented_scales_to_m_major(xqs_h, pc, H, num_out, 0.0f);
+      const std::vector<float> got_sc = pqs.download<float>(ns * num_out);
+      EXPECT_TRUE(all_equal(
+          "moe_permute(fp8) scale_out [H/128, num_out] vs the fused op's segmented scales", ns * M,
+          [&](int64_t i) {
+            const int64_t j = i / M, r = i % M;
+            return std::memcmp(&got_sc[j * num_out + r], &want_sc[j * num_out + r], 4) == 0;
+          },
+          [&](int64_t i) {
+            const int64_t j = i / M, r = i % M;
+            return "block " + std::to_string(j) + " row " + std::to_string(r) + ": " +
+                   std::to_string(got_sc[j * num_out + r]) + " vs " + std::to_string(want_sc[j * num_out + r]);
+          }));
+      EXPECT_TRUE(same("moe_permute probs_out vs the fused op's", ppo.download<float>(M), probs_out, M));
+    }
 
     // ---- FC1 (host) → SiLU + quant (GPU) ----
     const std::vector<float> z1 = ref::expert_gemm_nt(xd, pc, in.w1, 2 * n, H);

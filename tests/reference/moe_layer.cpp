@@ -320,6 +320,19 @@ std::vector<float> dequant_transposed_segmented(std::span<const uint8_t> qT, std
   return dequant_transposed(qT, qT_scale, counts, W, TokenBlocks::per_expert);
 }
 
+std::vector<float> segmented_scales_to_m_major(std::span<const float> q_scale, std::span<const int> counts, int64_t W,
+                                               int64_t num_out, float fill) {
+  const Segments seg(counts);
+  const int64_t nb = W / 128;
+  require(seg.M <= num_out && static_cast<int64_t>(q_scale.size()) >= seg.M * nb, "segmented_scales_to_m_major: sizes");
+  std::vector<float> out(static_cast<size_t>(nb * num_out), fill);
+  for (size_t e = 0; e < counts.size(); ++e)
+    for (int64_t j = 0; j < nb; ++j)
+      for (int64_t i = 0; i < counts[e]; ++i)
+        out[j * num_out + seg.s[e] + i] = q_scale[seg.s[e] * nb + j * counts[e] + i];
+  return out;
+}
+
 std::vector<float> expert_gemm_nt(std::span<const float> a, std::span<const int> counts, std::span<const float> w,
                                   int64_t N, int64_t K) {
   const Segments seg(counts);

@@ -64,6 +64,11 @@ std::vector<float> dequant_rowwise_segmented(std::span<const uint8_t> q, std::sp
 std::vector<float> dequant_transposed_segmented(std::span<const uint8_t> qT, std::span<const float> qT_scale,
                                                 std::span<const int> counts, int64_t W);
 
+// Segmented row-wise scales (expert e at s_e·W/128, [W/128, c_e]) rearranged into one M-major [W/128, num_out]
+// (moe_permute's scale_out layout; DeepGEMM's LHS scales); columns past Σ counts get `fill`.
+std::vector<float> segmented_scales_to_m_major(std::span<const float> q_scale, std::span<const int> counts, int64_t W,
+                                               int64_t num_out, float fill);
+
 // The per-expert GEMMs (a plain reference loop in double, result rounded to bf16 like a grouped GEMM's output):
 //   expert_gemm_nt: out[r, i] = Σ_k a[r, k]·w[e][i, k]   (w [E, N, K]: forward FC1 and FC2)
 //   expert_gemm_nn: out[r, k] = Σ_i a[r, i]·w[e][i, k]   (w [E, N, K], a [M, N]: the data gradients)
