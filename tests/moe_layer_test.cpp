@@ -2,6 +2,8 @@
 // the per-expert segmented fp8 layouts, the double reference of the whole layer (against finite differences), the
 // error budget, and the whole chain emulated with the per-family references — which must pass the budget, while
 // deliberately broken layouts must fail it.
+#include "reference/moe_layer.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,7 +11,6 @@
 #include <vector>
 
 #include "reference/moe.hpp"
-#include "reference/moe_layer.hpp"
 #include "reference/silu.hpp"
 #include "test_util.hpp"
 
@@ -69,19 +70,29 @@ TEST(MoeLayerReference, ExpertGemmsSegmentByCounts) {
   const std::vector<float> a{1, 1, /*e2*/ 2, 4, 1, -1};
   EXPECT_EQ(ref::expert_gemm_nt(a, counts, w, 2, 2), (std::vector<float>{3, 7, 1, -4, 0.5f, 1}));
   EXPECT_EQ(ref::expert_gemm_nn(a, counts, w, 2, 2), (std::vector<float>{4, 6, 1, -4, 0.5f, 1}));
-  EXPECT_EQ(ref::expert_wgrad(a, a, counts, 2, 2),
-            (std::vector<double>{1, 1, 1, 1, 0, 0, 0, 0, 5, 7, 7, 17}));
+  EXPECT_EQ(ref::expert_wgrad(a, a, counts, 2, 2), (std::vector<double>{1, 1, 1, 1, 0, 0, 0, 0, 5, 7, 7, 17}));
+}
+
+// Segmented [W/128, c_e] blocks → one M-major [W/128, num_out], by hand: counts {2, 0, 1}, W = 256, num_out 4.
+TEST(MoeLayerReference, SegmentedScalesToMMajor) {
+  const std::vector<int> counts{2, 0, 1};
+  // expert 0 at 0: [[a0 a1] [b0 b1]] (block 0 row, block 1 row); expert 2 at s=2·2: [[c0] [d0]]
+  const std::vector<float> seg{10, 11, 20, 21, 30, 40};
+  EXPECT_EQ(ref::segmented_scales_to_m_major(seg, counts, 256, 4, -1.0f),
+            (std::vector<float>{10, 11, 30, -1, 20, 21, 40, -1}));
 }
 
 // The double reference's backward is the derivative of its forward: L = ⟨dy, y⟩, central differences along random
 // directions of x, wr, w1, w2 (routing held fixed: it is piecewise constant).
-TEST(MoeLayerReference, BackwardMatchesFiniteDifferences) {
+void check_backward_by_finite_differences(bool renormalize) {
+  SCOPED_TRACE(renormalize ? "renormalized" : "not renormalized");
   MoeLayerShape s;
   s.T = 24;
   s.H = 128;
   s.E = 8;
   s.k = 2;
   s.n = 128;
+  s.renormalize = renormalize;
   const ref::MoeLayerInputs in = ref::make_moe_layer_inputs(s, 11, MoeLayerRouting::random);
   const ref::MoeLayerEmulation em = ref::emulate_moe_layer(in, s);  // for a routing map
   const ref::MoeLayerRef r = ref::moe_layer_reference(in, s, em.routing_map);
@@ -120,6 +131,11 @@ TEST(MoeLayerReference, BackwardMatchesFiniteDifferences) {
     const double got = (loss(plus) - loss(minus)) / 2;
     EXPECT_NEAR(got, want, 1e-4 * norm) << p.name;
   }
+}
+
+TEST(MoeLayerReference, BackwardMatchesFiniteDifferences) {
+  check_backward_by_finite_differences(true);
+  check_backward_by_finite_differences(false);
 }
 
 TEST(MoeLayerReference, ToleranceBudget) {
@@ -162,14 +178,21 @@ class MoeLayerEmulationTest : public ::testing::Test {
   }
 };
 
-TEST_F(MoeLayerEmulationTest, CorrectChainPassesTheBudget) {
-  const auto checks = ref::compare_moe_layer(emulation().got, reference(), ref::moe_layer_tolerances());
-  bool all = true;
-  for (const auto& c : checks) all = all && c.ok();
-  EXPECT_TRUE(all) << ref::describe(checks);
-  // Quantization is really on the path (errors well above fp32 noise).
-  EXPECT_GT(err(checks, "y"), 1e-3) << ref::describe(checks);
-  std::printf("emulated chain:%s\n", ref::describe(checks).c_str());
+// Exactly the GPU test's cases, emulated: each output within half its budget (the GPU test asserts the budget; the
+// margin shows that its pass does not hinge on a lucky draw).
+TEST_F(MoeLayerEmulationTest, GpuCasesPassWithMargin) {
+  for (const ref::MoeLayerCase& c : ref::moe_layer_cases()) {
+    const ref::MoeLayerInputs in = ref::make_moe_layer_inputs(c.shape, c.seed, c.routing);
+    const ref::MoeLayerEmulation em = ref::emulate_moe_layer(in, c.shape);
+    const auto checks = ref::compare_moe_layer(em.got, ref::moe_layer_reference(in, c.shape, em.routing_map),
+                                               ref::moe_layer_tolerances());
+    bool all = true;
+    for (const auto& x : checks) all = all && x.err <= 0.5 * x.tol;
+    EXPECT_TRUE(all) << c.name << ":" << ref::describe(checks);
+    // Quantization is really on the path (errors well above fp32 noise).
+    EXPECT_GT(err(checks, "y"), 1e-2) << c.name << ref::describe(checks);
+    std::printf("emulated %s:%s\n", c.name, ref::describe(checks).c_str());
+  }
 }
 
 TEST_F(MoeLayerEmulationTest, BrokenScaleLayoutsFail) {
@@ -214,6 +237,14 @@ TEST(MoeLayerReference, RoutingCases) {
   EXPECT_GE(zero, 5);
   const ref::TopkResult b = ref::topk_routing(logits, s.T, s.E, all.bias, o);
   for (int64_t e = 0; e < s.E; ++e) EXPECT_EQ(b.counts[e], e < s.k ? s.T : 0) << e;
+  MoeLayerShape s1 = s;
+  s1.k = 1;
+  s1.renormalize = false;
+  const ref::MoeLayerInputs one = ref::make_moe_layer_inputs(s1, 3, MoeLayerRouting::all_to_one);
+  o.top_k = 1;
+  o.renormalize = false;
+  const ref::TopkResult c = ref::topk_routing(logits, s.T, s.E, one.bias, o);
+  for (int64_t e = 0; e < s.E; ++e) EXPECT_EQ(c.counts[e], e == 5 ? s.T : 0) << e;
 }
 
 }  // namespace

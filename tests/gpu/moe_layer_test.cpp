@@ -17,6 +17,8 @@
 // permute; quantizing x row-wise before the permute gives the forward operand only and a second pass would be needed
 // for the transposed one. The fused op reads x once and writes both, padded, as a real fp8 layer (linghe HEAD's
 // block-padded permute) does. The same holds for dy in the backward.
+#include "reference/moe_layer.hpp"
+
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -28,7 +30,7 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/ops/silu.hpp"
 #include "reference/moe.hpp"
-#include "reference/moe_layer.hpp"
+#include "reference/rms_norm.hpp"
 #include "reference/silu.hpp"
 #include "test_util.hpp"
 
@@ -53,18 +55,25 @@ class MoeLayerTest : public GpuTest {
         });
   }
 
-  void run(MoeLayerRouting routing, uint64_t seed) {
+  void run(size_t index) {
     Runtime& rt = GpuTest::rt();
-    const ref::MoeLayerShape s;  // T=512, H=256, E=16, top-4, n=128, padding 16
+    const std::vector<ref::MoeLayerCase> cases = ref::moe_layer_cases();
+    ASSERT_LT(index, cases.size());
+    const ref::MoeLayerCase& cs = cases[index];
+    const ref::MoeLayerShape& s = cs.shape;
+    const MoeLayerRouting routing = cs.routing;
+    const uint64_t seed = cs.seed;
     const int64_t T = s.T, H = s.H, E = s.E, n = s.n, num_out = s.num_out();
     const ref::MoeLayerInputs in = ref::make_moe_layer_inputs(s, seed, routing);
     const bool has_bias = !in.bias.empty();
-    SCOPED_TRACE("routing case " + std::to_string(static_cast<int>(routing)) + ", num_out " + std::to_string(num_out));
+    SCOPED_TRACE(std::string(cs.name) + ": routing " + std::to_string(static_cast<int>(routing)) + ", k " +
+                 std::to_string(s.k) + ", n " + std::to_string(n) + ", renormalize " + std::to_string(s.renormalize) +
+                 ", num_out " + std::to_string(num_out));
 
     MoeRoutingOptions ro;
     ro.top_k = static_cast<int>(s.k);
     ro.score = MoeScore::softmax;
-    ro.renormalize = true;
+    ro.renormalize = s.renormalize;
     MoePermuteOptions po;
     po.top_k = static_cast<int>(s.k);
     po.multiple_of = s.multiple_of;
@@ -99,7 +108,7 @@ class MoeLayerTest : public GpuTest {
     // Stage checks (exact rules; they localize a failure of the whole-layer comparison below).
     ref::TopkOptions to;
     to.top_k = ro.top_k;
-    to.renormalize = true;
+    to.renormalize = s.renormalize;
     const ref::TopkResult tk = ref::topk_routing(g.got.logits, T, E, in.bias, to);
     ASSERT_TRUE(same("routing_map", routing_map, tk.routing_map, T * E));
     EXPECT_TRUE(same("probs (exact top-k of the device's logits)", g.got.probs, tk.probs, T * E));
@@ -121,17 +130,55 @@ class MoeLayerTest : public GpuTest {
     DeviceBuffer xq(rt, num_out * H), xqs(rt, num_out * H / 128 * 4), xqT(rt, num_out * H), xqTs(rt, nbq * H * 4),
         pob(rt, num_out * 4);
     for (DeviceBuffer* b : {&xq, &xqs, &xqT, &xqTs, &pob}) b->poison();
-    moe_permute_block_quant(rt, x, probs, map,
-                            {xq.ref(DType::e4m3, {num_out, H}), xqs.ref(DType::f32, {num_out * H / 128}),
-                             xqT.ref(DType::e4m3, {num_out * H}), xqTs.ref(DType::f32, {nbq * H}),
-                             pob.ref(DType::f32, {num_out})},
-                            po, nullptr);
+    moe_permute_block_quant(
+        rt, x, probs, map,
+        {xq.ref(DType::e4m3, {num_out, H}), xqs.ref(DType::f32, {num_out * H / 128}),
+         xqT.ref(DType::e4m3, {num_out * H}), xqTs.ref(DType::f32, {nbq * H}), pob.ref(DType::f32, {num_out})},
+        po, nullptr);
     synchronize();
     const std::vector<uint8_t> xq_h = xq.download<uint8_t>(num_out * H), xqT_h = xqT.download<uint8_t>(num_out * H);
     const std::vector<float> xqs_h = xqs.download<float>(num_out * H / 128), xqTs_h = xqTs.download<float>(nbq * H);
     const std::vector<float> probs_out = pob.download<float>(num_out);
     const std::vector<float> xd = ref::dequant_rowwise_segmented(xq_h, xqs_h, pc, H);
     const std::vector<float> xTd = ref::dequant_transposed_segmented(xqT_h, xqTs_h, pc, H);
+
+    // Cross-check of the other permute path: x quantized first (1×128 row-wise, as kiln's quantizers do, M-major
+    // scales [H/128, T]), then moe_permute of the fp8 rows + scales. A row's 1×128 quantization does not depend on
+    // where the row goes, so the codes must equal the fused op's bit for bit; the scales are the same numbers in
+    // another layout (one M-major [H/128, num_out] instead of per-expert segments) — which a consumer must know.
+    {
+      const int64_t ns = H / 128;
+      std::vector<uint8_t> q8(T * H);
+      std::vector<float> sc(ns * T);
+      ref::block_quant_rowwise(in.x, T, H, false, q8, sc);
+      DeviceBuffer q8b(rt, T * H), scb(rt, ns * T * 4), pq(rt, num_out * H), pqs(rt, ns * num_out * 4),
+          ppo(rt, num_out * 4);
+      q8b.upload(q8);
+      scb.upload(sc);
+      for (DeviceBuffer* b : {&pq, &pqs, &ppo}) b->poison();
+      MoePermuteOptions o = po;
+      o.scale_layout = MoeScaleLayout::m_major;
+      moe_permute(rt, q8b.ref(DType::e4m3, {T, H}), scb.ref(DType::f32, {ns, T}), probs, map,
+                  pq.ref(DType::e4m3, {num_out, H}), pqs.ref(DType::f32, {ns, num_out}), ppo.ref(DType::f32, {num_out}),
+                  o, nullptr);
+      synchronize();
+      for (DeviceBuffer* b : {&pq, &pqs, &ppo}) EXPECT_TRUE(b->guards_intact()) << "moe_permute wrote out of bounds";
+      EXPECT_TRUE(same("moe_permute(fp8) rows vs moe_permute_block_quant q", pq.download<uint8_t>(M * H), xq_h, M * H));
+      const std::vector<float> want_sc = ref::segmented_scales_to_m_major(xqs_h, pc, H, num_out, 0.0f);
+      const std::vector<float> got_sc = pqs.download<float>(ns * num_out);
+      EXPECT_TRUE(all_equal(
+          "moe_permute(fp8) scale_out [H/128, num_out] vs the fused op's segmented scales", ns * M,
+          [&](int64_t i) {
+            const int64_t j = i / M, r = i % M;
+            return std::memcmp(&got_sc[j * num_out + r], &want_sc[j * num_out + r], 4) == 0;
+          },
+          [&](int64_t i) {
+            const int64_t j = i / M, r = i % M;
+            return "block " + std::to_string(j) + " row " + std::to_string(r) + ": " +
+                   std::to_string(got_sc[j * num_out + r]) + " vs " + std::to_string(want_sc[j * num_out + r]);
+          }));
+      EXPECT_TRUE(same("moe_permute probs_out vs the fused op's", ppo.download<float>(M), probs_out, M));
+    }
 
     // ---- FC1 (host) → SiLU + quant (GPU) ----
     const std::vector<float> z1 = ref::expert_gemm_nt(xd, pc, in.w1, 2 * n, H);
@@ -147,11 +194,10 @@ class MoeLayerTest : public GpuTest {
     BatchSiluOptions so;
     so.output_mode = 2;
     so.check_counts = true;
-    batch_weighted_silu_block_quant_fwd(
-        rt, z1v, pv, counts,
-        {hq.ref(DType::e4m3, {M, n}), hqs.ref(DType::f32, {M * n / 128}), hqT.ref(DType::e4m3, {M * n}),
-         hqTs.ref(DType::f32, {L * n})},
-        status, so, nullptr);
+    batch_weighted_silu_block_quant_fwd(rt, z1v, pv, counts,
+                                        {hq.ref(DType::e4m3, {M, n}), hqs.ref(DType::f32, {M * n / 128}),
+                                         hqT.ref(DType::e4m3, {M * n}), hqTs.ref(DType::f32, {L * n})},
+                                        status, so, nullptr);
     synchronize();
     EXPECT_EQ(st.download<int32_t>(1)[0], 0) << "SiLU forward status";
     const std::vector<uint8_t> hq_h = hq.download<uint8_t>(M * n), hqT_h = hqT.download<uint8_t>(M * n);
@@ -184,14 +230,17 @@ class MoeLayerTest : public GpuTest {
     dyb.upload(encode(DType::bf16, in.dy));
     for (DeviceBuffer* b : {&dq, &dqs, &dqT, &dqTs}) b->poison();
     moe_permute_block_quant(rt, dyb.ref(DType::bf16, {T, H}), {}, map,
-                            {dq.ref(DType::e4m3, {num_out, H}), dqs.ref(DType::f32, {num_out * H / 128}),
-                             dqT.ref(DType::e4m3, {num_out * H}), dqTs.ref(DType::f32, {nbq * H}), {}},
+                            {dq.ref(DType::e4m3, {num_out, H}),
+                             dqs.ref(DType::f32, {num_out * H / 128}),
+                             dqT.ref(DType::e4m3, {num_out * H}),
+                             dqTs.ref(DType::f32, {nbq * H}),
+                             {}},
                             po, nullptr);
     synchronize();
-    const std::vector<float> dyd = ref::dequant_rowwise_segmented(
-        dq.download<uint8_t>(num_out * H), dqs.download<float>(num_out * H / 128), pc, H);
-    const std::vector<float> dyTd = ref::dequant_transposed_segmented(dqT.download<uint8_t>(num_out * H),
-                                                                      dqTs.download<float>(nbq * H), pc, H);
+    const std::vector<float> dyd = ref::dequant_rowwise_segmented(dq.download<uint8_t>(num_out * H),
+                                                                  dqs.download<float>(num_out * H / 128), pc, H);
+    const std::vector<float> dyTd =
+        ref::dequant_transposed_segmented(dqT.download<uint8_t>(num_out * H), dqTs.download<float>(nbq * H), pc, H);
     const std::vector<float> gh = ref::expert_gemm_nn(dyd, pc, in.w2, H, n);
     g.got.dw2 = ref::expert_wgrad(dyTd, hTd, pc, H, n);
 
@@ -200,11 +249,10 @@ class MoeLayerTest : public GpuTest {
         dzTs(rt, L * 2 * n * 4), dpb(rt, num_out * 4);
     ghb.upload(encode(DType::bf16, gh));
     for (DeviceBuffer* b : {&dz, &dzs, &dzT, &dzTs, &dpb, &st}) b->poison();
-    batch_weighted_silu_block_quant_bwd(
-        rt, ghb.ref(DType::bf16, {M, n}), z1v, pv, counts,
-        {dz.ref(DType::e4m3, {M, 2 * n}), dzs.ref(DType::f32, {M * 2 * n / 128}), dzT.ref(DType::e4m3, {M * 2 * n}),
-         dzTs.ref(DType::f32, {L * 2 * n})},
-        dpb.ref(DType::f32, {M}), status, so, nullptr);
+    batch_weighted_silu_block_quant_bwd(rt, ghb.ref(DType::bf16, {M, n}), z1v, pv, counts,
+                                        {dz.ref(DType::e4m3, {M, 2 * n}), dzs.ref(DType::f32, {M * 2 * n / 128}),
+                                         dzT.ref(DType::e4m3, {M * 2 * n}), dzTs.ref(DType::f32, {L * 2 * n})},
+                                        dpb.ref(DType::f32, {M}), status, so, nullptr);
     synchronize();
     EXPECT_EQ(st.download<int32_t>(1)[0], 0) << "SiLU backward status";
     const std::vector<uint8_t> dz_h = dz.download<uint8_t>(M * 2 * n), dzT_h = dzT.download<uint8_t>(M * 2 * n);
@@ -213,8 +261,7 @@ class MoeLayerTest : public GpuTest {
       const ref::SiluGrads sg = ref::silu_bwd_values(gh, z1, M, n, std::span<const float>(probs_out.data(), M));
       const ref::QuantOutputs w = ref::quantize_segmented(sg.dx, pc, 2 * n, false, true, true);
       EXPECT_TRUE(same("SiLU bwd q_scale (segmented)", dzs_h, w.q_scale, M * 2 * n / 128));
-      EXPECT_TRUE(
-          same("SiLU bwd qT_scale (segmented)", dzTs_h, w.qT_scale, static_cast<int64_t>(w.qT_scale.size())));
+      EXPECT_TRUE(same("SiLU bwd qT_scale (segmented)", dzTs_h, w.qT_scale, static_cast<int64_t>(w.qT_scale.size())));
       EXPECT_TRUE(same("SiLU bwd q", dz_h, w.q, M * 2 * n));
       EXPECT_TRUE(same("SiLU bwd qT (segmented)", dzT_h, w.qT, M * 2 * n));
     }
@@ -240,8 +287,8 @@ class MoeLayerTest : public GpuTest {
     router_gemm_fp32_bwd(rt, dlogits.ref(DType::f32, {T, E}), x, wr, dxr.ref(DType::bf16, {T, H}),
                          dwr.ref(DType::f32, {E, H}), {}, nullptr);
     synchronize();
-    for (DeviceBuffer* b : {&xq, &xqs, &xqT, &xqTs, &pob, &hq, &hqs, &hqT, &hqTs, &dq, &dqs, &dqT, &dqTs, &dz, &dzs,
-                            &dzT, &dzTs, &dxe, &dprobs, &dlogits, &dxr, &dwr})
+    for (DeviceBuffer* b : {&xq,  &xqs,  &xqT, &xqTs, &pob, &hq,   &hqs, &hqT,    &hqTs,    &dq,  &dqs,
+                            &dqT, &dqTs, &dz,  &dzs,  &dzT, &dzTs, &dxe, &dprobs, &dlogits, &dxr, &dwr})
       EXPECT_TRUE(b->guards_intact()) << "a buffer was written out of bounds";
     g.got.dx_expert = decode(DType::bf16, dxe.download<uint8_t>(T * H * 2));
     g.got.dprobs = dprobs.download<float>(T * E);
@@ -255,14 +302,18 @@ class MoeLayerTest : public GpuTest {
     bool all = true;
     for (const auto& c : checks) all = all && c.ok();
     EXPECT_TRUE(all) << "MoE layer vs double reference:" << ref::describe(checks);
-    std::printf("MoE layer (routing case %d) vs double reference:%s\n", static_cast<int>(routing),
+    std::printf("MoE layer, case %s (k %lld, n %lld, renormalize %d) vs double reference:%s\n", cs.name,
+                static_cast<long long>(s.k), static_cast<long long>(n), static_cast<int>(s.renormalize),
                 ref::describe(checks).c_str());
   }
 };
 
-TEST_F(MoeLayerTest, RandomRouting) { run(MoeLayerRouting::random, 1); }
-TEST_F(MoeLayerTest, ZeroCountExperts) { run(MoeLayerRouting::zero_count_experts, 2); }
-TEST_F(MoeLayerTest, AllTokensToFirstTopKExperts) { run(MoeLayerRouting::all_to_first_k, 3); }
+// The cases are listed in tests/reference/moe_layer.cpp (moe_layer_cases), where the CPU test emulates them too.
+TEST_F(MoeLayerTest, RandomRouting) { run(0); }
+TEST_F(MoeLayerTest, ZeroCountExperts) { run(1); }
+TEST_F(MoeLayerTest, AllTokensToFirstTopKExperts) { run(2); }
+TEST_F(MoeLayerTest, AllTokensToOneExpertTop1) { run(3); }
+TEST_F(MoeLayerTest, RandomRoutingN256) { run(4); }
 
 }  // namespace
 }  // namespace kiln::test

@@ -5,7 +5,7 @@
 // The layer (router → top-k → padded map → fused permute + fp8 quant → FC1 → prob-weighted SiLU + fp8 quant → FC2 →
 // unweighted combine), with x [T, H], router weight wr [E, H], expert weights w1 [E, 2n, H] (gate rows first, then
 // up) and w2 [E, H, n]:
-//   logits = x·wrᵀ; probs = top-k softmax, renormalized over the k selected experts;
+//   logits = x·wrᵀ; probs = top-k softmax, renormalized over the k selected experts (or not: shape.renormalize);
 //   z1_r = x_t·w1[e]ᵀ; h_r = silu(z1_r[:n])·z1_r[n:]·p_te; y2_r = h_r·w2[e]ᵀ; y_t = Σ_e y2_r (r = row of (t, e)).
 // Backward from dy [T, H]: dprobs [T, E], dlogits [T, E], dx = dx_expert + dx_router, dwr [E, H], dw1, dw2.
 //
@@ -22,7 +22,8 @@ namespace kiln::ref {
 
 struct MoeLayerShape {
   int64_t T = 512, H = 256, E = 16, k = 4, n = 128;
-  int multiple_of = 16;  // the permute's padding (moe_permute_block_quant needs a multiple of 4)
+  int multiple_of = 16;     // the permute's padding (moe_permute_block_quant needs a multiple of 4)
+  bool renormalize = true;  // probs = softmax over the k selected logits; false: the full softmax's scores
   int64_t num_out() const;  // moe_max_out_rows(T, E, k, multiple_of)
 };
 
@@ -31,11 +32,21 @@ struct MoeLayerShape {
 struct MoeLayerInputs {
   std::vector<float> x, wr, w1, w2, dy, bias;
 };
-enum class MoeLayerRouting { random, zero_count_experts, all_to_first_k };
-// Heterogeneous magnitudes on purpose: per-token and per-128-column-block factors 2^{−2…2} on x and dy, per-expert
-// and per-output-channel factors on w1 and w2. Then every fp8 scale differs from its neighbours by up to 2^4, and a
-// scale read from the wrong block, token, channel or expert is an O(1) error, far above the tolerance.
+enum class MoeLayerRouting { random, zero_count_experts, all_to_first_k, all_to_one };  // all_to_one: expert 5 (k = 1)
+// Heterogeneous magnitudes on purpose: per-token and per-128-column-block factors 2^{−1…1} on x and dy (a 16×
+// spread of block scales), per-expert and per-output-channel factors on w1 (2^{−1…0}) and w2 (2^{−1…1}). A scale
+// read from the wrong block, token, channel or expert is then an O(1) error, far above the tolerance; and the gate
+// pre-activations a = x·w1ᵀ stay of order one (rms ≤ 4 per token), which the error budget's SiLU gain assumes.
 MoeLayerInputs make_moe_layer_inputs(const MoeLayerShape& s, uint64_t seed, MoeLayerRouting routing);
+
+// The cases the GPU test runs (its TEST_Fs index this list), so that the CPU test can emulate exactly them.
+struct MoeLayerCase {
+  const char* name;
+  MoeLayerRouting routing;
+  uint64_t seed;
+  MoeLayerShape shape;
+};
+std::vector<MoeLayerCase> moe_layer_cases();
 
 // The whole layer in double, with the selected experts taken from `routing_map` [T, E] (a discrete decision: the
 // caller checks separately that the map is the exact top-k of the device's logits).
@@ -52,6 +63,11 @@ std::vector<float> dequant_rowwise_segmented(std::span<const uint8_t> q, std::sp
                                              std::span<const int> counts, int64_t W);
 std::vector<float> dequant_transposed_segmented(std::span<const uint8_t> qT, std::span<const float> qT_scale,
                                                 std::span<const int> counts, int64_t W);
+
+// Segmented row-wise scales (expert e at s_e·W/128, [W/128, c_e]) rearranged into one M-major [W/128, num_out]
+// (moe_permute's scale_out layout; DeepGEMM's LHS scales); columns past Σ counts get `fill`.
+std::vector<float> segmented_scales_to_m_major(std::span<const float> q_scale, std::span<const int> counts, int64_t W,
+                                               int64_t num_out, float fill);
 
 // The per-expert GEMMs (a plain reference loop in double, result rounded to bf16 like a grouped GEMM's output):
 //   expert_gemm_nt: out[r, i] = Σ_k a[r, k]·w[e][i, k]   (w [E, N, K]: forward FC1 and FC2)
@@ -76,8 +92,8 @@ struct MoeLayerTolerances {
   double logits, probs, y, dprobs, dlogits, dx_expert, dx_router, dx, dwr, dw1, dw2;
 };
 MoeLayerTolerances moe_layer_tolerances();
-constexpr double kFp8Step = 0.0625;          // 2^-4: e4m3 round-to-nearest, relative, normal range
-constexpr double kBf16Step = 0.001953125;    // 2^-9: bf16 round-to-nearest, relative
+constexpr double kFp8Step = 0.0625;        // 2^-4: e4m3 round-to-nearest, relative, normal range
+constexpr double kBf16Step = 0.001953125;  // 2^-9: bf16 round-to-nearest, relative
 
 struct MoeLayerCheck {
   std::string name;
@@ -94,8 +110,8 @@ std::string describe(const std::vector<MoeLayerCheck>& checks);
 // Deliberately broken variants, to show that the comparison catches layout errors.
 enum class MoeLayerBreak {
   none,
-  x_scale_token_major,  // FC1 reads the permuted x's scales as [c_e, H/128] instead of [H/128, c_e]
-  h_qT_scale_unblocked, // dW2 reads the SiLU's transposed scales at s_e/128·W (ignores the per-expert rounding up)
+  x_scale_token_major,   // FC1 reads the permuted x's scales as [c_e, H/128] instead of [H/128, c_e]
+  h_qT_scale_unblocked,  // dW2 reads the SiLU's transposed scales at s_e/128·W (ignores the per-expert rounding up)
 };
 struct MoeLayerEmulation {
   MoeLayerGot got;
