@@ -7,7 +7,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
+#include <array>
+#include <vector>
 
 #include "kiln/ops/silu.hpp"
 #include "kiln/silu_block_quant_args.h"
@@ -21,7 +22,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-extern std::atomic<int> g_silu_forced_stages, g_silu_forced_table;  // ops/silu_block_quant.cpp
+std::vector<std::array<int, 2>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -41,13 +42,13 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kDwReduce: name = fmt::format("kiln::silu_dw_reduce_kernel<{}>", p[P_N] / 128); break;
     default:
       name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
-                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
+                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
   }
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kFwd && s.kernel != kBwd) return 0;
-  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE] != 0);
+  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE]);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -68,7 +69,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
     s.params[P_MODE] = kernel == kBwd ? 2 : mode;
     s.params[P_ROUND] = round;
     s.config[C_STAGES] = kernel == kBwd ? 2 : 1;  // see kStagesNote
-  s.config[C_TABLE] = 1;
+    s.config[C_TABLE] = 1;
   } else if (kernel == kDwReduce) {
     s.params[P_N] = n;
   }
@@ -82,8 +83,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  // Two stages (the backward's default), one stage (the forward's: two CTAs an SM), σ computed instead of looked up.
-  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
+  for (const auto& [stages, table] : silu_tile_configs(base.kernel == kBwd)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
     out.push_back(s);
@@ -192,8 +192,6 @@ void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& coun
 void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
                   const SiluBlockQuantArgs& a, Stream stream) {
   s = impl.tuned(s, c.M);
-  if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
-  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);
   const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));

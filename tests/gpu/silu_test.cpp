@@ -634,60 +634,50 @@ TEST_F(SiluGpuTest, OneExpertWithUnitProbIsTheSharedOp) {
   }
 }
 
-// Every search-space point (two stages, one stage, σ computed instead of looked up) computes the same bits as the
-// default the recipe picks: launched directly through the runtime with the arguments the recipe builds.
+// Every search-space point of both families (stages, σ table variants) computes the same bits as the default the
+// recipe picks, and those match the CPU reference: each point is forced through the public op with the tuner's
+// forced-config hook (ForceConfigScope), which also proves the op asks for its tuned config.
 TEST_F(SiluGpuTest, OtherConfigsSameBits) {
-  for (bool bwd : {false, true})
-    for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
-      SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages) + " table " +
-                   std::to_string(table));
-      const int64_t M = 1500, n = 512, W = bwd ? 2 * n : n, mb = (M + 127) / 128;
-      Input in = random_input(M, n, mix_seed({0x60, bwd}));
-      for (int64_t k = 0; k < 64; ++k) in.x[7 * 2 * n + k] = 1e-5f * static_cast<float>(k);  // below the table
+  for (bool batched : {false, true})
+    for (bool bwd : {false, true}) {
+      const int64_t M = 1500, n = 512;
+      Input in = random_input(M, n, mix_seed({0x60, batched, bwd}));
+      for (int64_t k = 0; k < 64; ++k) in.x[7 * 2 * n + k] = 1e-5f * static_cast<float>(k);  // below the tables
+      for (int64_t k = 0; k < 16; ++k) in.x[9 * 2 * n + k] = (k % 2 ? -1.0f : 1.0f) * 300.0f;  // above them
       round_to(DType::bf16, in.x);
+      if (batched) in.counts = random_counts(M, 5, 0x61);
       RunSpec spec;
+      spec.batched = batched;
       spec.bwd = bwd;
       spec.round_scale = true;
       const Result def = run_and_check(in, spec);
 
-      Runtime& r = rt();
-      auto& impl = r.impl();
-      DeviceBuffer x(r, M * 2 * n * 2), g(r, M * n * 2), q(r, M * W), qs(r, W / 128 * M * 4), qT(r, M * W),
-          qTs(r, mb * W * 4);
-      x.upload(encode(DType::bf16, in.x));
-      g.upload(encode(DType::bf16, in.g));
       detail::Specialization s;
-      s.family = detail::find_family("silu_block_quant");
+      s.family = detail::find_family(batched ? "batch_weighted_silu_block_quant" : "silu_block_quant");
       ASSERT_NE(s.family, nullptr);
-      s.arch = impl.target_arch();
+      s.arch = rt().impl().target_arch();
       s.kernel = bwd ? 1 : 0;
       s.params[0] = n;
       s.params[1] = 2;
       s.params[2] = 1;
-      s.config[0] = stages;
-      s.config[1] = table;
-      ASSERT_TRUE(detail::in_search_space(s));
-      SiluBlockQuantArgs a{};
-      a.x = x.data();
-      a.x_stride = 2 * n;
-      a.g = g.data();
-      a.g_stride = n;
-      a.q = static_cast<unsigned char*>(q.data());
-      a.q_scale = static_cast<float*>(qs.data());
-      a.qT = static_cast<unsigned char*>(qT.data());
-      a.qT_scale = static_cast<float*>(qTs.data());
-      a.M = static_cast<int>(M);
-      a.tiles = static_cast<int>(mb * (n / 128));
-      detail::LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(std::min<int64_t>(a.tiles, impl.device().sm_count));
-      d.block[0] = kSiluTileThreads;
-      d.smem = static_cast<unsigned>(silu_tile_smem_bytes(bwd, false, stages, table != 0));
-      impl.launch(s, d, nullptr, a);
-      synchronize();
-      EXPECT_TRUE(bitwise_equal("q", q.download<uint8_t>(M * W), def.q));
-      EXPECT_TRUE(bitwise_equal("q_scale", qs.download<float>(W / 128 * M), def.q_scale));
-      EXPECT_TRUE(bitwise_equal("qT", qT.download<uint8_t>(M * W), def.qT));
-      EXPECT_TRUE(bitwise_equal("qT_scale", qTs.download<float>(mb * W), def.qT_scale));
+      std::vector<detail::Specialization> points;
+      s.family->search_space(s, points);
+      ASSERT_GE(points.size(), 4u);
+      for (const detail::Specialization& p : points) {
+        SCOPED_TRACE(std::string(batched ? "batched " : "shared ") + (bwd ? "bwd " : "fwd ") + p.describe());
+        Result res;
+        {
+          detail::ForceConfigScope force(p);
+          res = run(in, spec);
+          EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
+        }
+        EXPECT_TRUE(res.written_outside.empty());
+        EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
+        EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
+        EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
+        EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
+        EXPECT_TRUE(bitwise_equal("dprob", res.dprob, def.dprob));
+      }
     }
 }
 
