@@ -180,10 +180,10 @@ Workspace alloc_workspace(Runtime::Impl& impl, int64_t capacity, int64_t partial
   return w;
 }
 
-void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& counts, int64_t capacity, int* ws,
-                     const TensorRef& status, Stream stream) {
+void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& counts, int64_t capacity, bool trailing,
+                     int* ws, const TensorRef& status, Stream stream) {
   SiluScheduleArgs s{static_cast<const int*>(counts.data), static_cast<int>(c.E), static_cast<int>(c.M),
-                     static_cast<int>(capacity), ws, static_cast<int*>(status.data)};
+                     trailing ? 1 : 0, static_cast<int>(capacity), ws, static_cast<int*>(status.data)};
   LaunchDims d;
   d.block[0] = kSiluScheduleThreads;
   impl.launch(make_spec(impl.target_arch(), kSchedule, 0, 0, false), d, stream, s);
@@ -204,7 +204,8 @@ void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_
 }
 
 // options.check_counts: wait for the schedule and throw if the counts were invalid.
-void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspace& w, bool sync_check, Stream stream) {
+void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspace& w, bool sync_check, bool trailing,
+            Stream stream) {
   int head[4] = {0, 0, 0, 0};
   if (sync_check) {
     check(driver().cuStreamSynchronize(reinterpret_cast<CUstream>(stream)), "cuStreamSynchronize");
@@ -214,9 +215,9 @@ void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspa
   if (!sync_check) return;
   if (head[1] == 0) return;
   if (head[3] >= 0) ck.invalid("counts", fmt::format("expected counts ≥ 0, got a negative count at expert {}", head[3]));
-  if (head[2] != c.M)
-    ck.invalid("counts", fmt::format("expected counts summing to M = {} (the rows of x), got Σ = {}{}", c.M, head[2],
-                                     head[2] == INT32_MAX ? " or more" : ""));
+  if (trailing ? head[2] > c.M : head[2] != c.M)
+    ck.invalid("counts", fmt::format("expected counts summing to {}M = {} (the rows of x), got Σ = {}{}",
+                                     trailing ? "at most " : "", c.M, head[2], head[2] == INT32_MAX ? " or more" : ""));
   ck.invalid("counts", "expected Σ_e ceil(c_e/128) token blocks to fit qT_scale; they do not");
 }
 
@@ -240,7 +241,7 @@ void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Workspace w = alloc_workspace(impl, capacity, 0, stream);
-  launch_schedule(impl, c, counts, capacity, w.ws, status, stream);
+  launch_schedule(impl, c, counts, capacity, opts.trailing_rows, w.ws, status, stream);
   if (c.M > 0) {
     SiluBlockQuantArgs a{};
     a.x = x.data;
@@ -254,7 +255,7 @@ void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const 
     a.M = static_cast<int>(c.M);
     launch_tiles(impl, make_spec(impl.target_arch(), kFwd, c.n, mode, opts.round_scale), c, capacity, a, stream);
   }
-  finish(impl, ck, c, w, opts.check_counts, stream);
+  finish(impl, ck, c, w, opts.check_counts, opts.trailing_rows, stream);
 }
 
 void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& prob,
@@ -281,7 +282,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Workspace w = alloc_workspace(impl, capacity, (c.n / 128) * c.M, stream);
-  launch_schedule(impl, c, counts, capacity, w.ws, status, stream);
+  launch_schedule(impl, c, counts, capacity, opts.trailing_rows, w.ws, status, stream);
   if (c.M > 0) {
     SiluBlockQuantArgs a{};
     a.x = x.data;
@@ -304,7 +305,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
     d.block[0] = 256;
     impl.launch(make_spec(impl.target_arch(), kDwReduce, c.n, 0, false), d, stream, r);
   }
-  finish(impl, ck, c, w, opts.check_counts, stream);
+  finish(impl, ck, c, w, opts.check_counts, opts.trailing_rows, stream);
 }
 
 }  // namespace kiln

@@ -23,18 +23,21 @@ struct SiluBlockQuantArgs {
 
 // Batched families: a one-CTA kernel turns counts [E] into the token-block schedule the tile kernel walks.
 // Layout of `ws` (int32): [0] number of token blocks T, [1] status (0 ok, 1 counts invalid: negative, or not summing
-// to M), [2] Σ counts clamped to int32, [3] index of the first negative count or -1; then from element 4 (16-byte
-// aligned) T entries {s_e, c_e, i, 0}: token block b_e + i is rows [s_e + 128·i, s_e + min(128·(i+1), c_e)).
+// to M (trailing: exceeding M)), [2] Σ counts clamped to int32, [3] index of the first negative count or -1; then from
+// element 4 (16-byte aligned) T entries {s_e, c_e, i, 0}: token block b_e + i is rows [s_e + 128·i,
+// s_e + min(128·(i+1), c_e)).
 struct SiluScheduleArgs {
   const int* counts;  // [E] int32 (device)
   int E;
   int M;
+  int trailing;       // 1: Σ counts ≤ M is valid (rows past Σ counts belong to no expert); 0: Σ counts = M
   int capacity;       // entries the workspace holds: (M + 127·E)/128 + 1 ≥ Σ ceil(c_e/128) for valid counts
   int* ws;
   int* status;        // optional [1] int32 copy of ws[1] for the caller (null: none)
 };
 
-// Batched backward: dw[m] = Σ_j dw_partial[j, m] in column-block order (deterministic); NaN when counts were invalid.
+// Batched backward: dw[m] = Σ_j dw_partial[j, m] in column-block order (deterministic); NaN when counts were invalid;
+// 0 for rows m ≥ Σ counts (trailing rows).
 struct SiluDwReduceArgs {
   const float* partial;  // [n/128, M]
   const int* ws;         // the schedule (status)

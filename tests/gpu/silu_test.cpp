@@ -108,6 +108,7 @@ struct RunSpec {
   uint8_t poison = DeviceBuffer::kPoison;
   bool with_status = false;
   bool check_counts = false;
+  bool trailing_rows = false;
   int64_t qT_scale_rows = -1;  // batched: rows of W in qT_scale (-1: exactly Σ ceil(c_e/128))
 };
 
@@ -166,7 +167,7 @@ class SiluGpuTest : public GpuTest {
       if (spec.bwd) silu_block_quant_bwd(r, g, x, out, spec.round_scale, nullptr);
       else silu_block_quant_fwd(r, x, out, {spec.round_scale, spec.mode}, nullptr);
     } else {
-      const BatchSiluOptions o{spec.round_scale, spec.mode, spec.check_counts};
+      const BatchSiluOptions o{spec.round_scale, spec.mode, spec.check_counts, spec.trailing_rows};
       const TensorRef p = p_buf.ref(DType::f32, {M}), c = c_buf.ref(DType::i32, {E});
       if (spec.bwd) batch_weighted_silu_block_quant_bwd(r, g, x, p, c, out, dprob.ref(DType::f32, {M}), st, o, nullptr);
       else batch_weighted_silu_block_quant_fwd(r, x, p, c, out, st, o, nullptr);
@@ -552,6 +553,70 @@ TEST_F(SiluGpuTest, BatchedInvalidCounts) {
   in.counts = {1, 1, 1, 497};  // 3 + 4 = 7 blocks
   spec.qT_scale_rows = 6;
   EXPECT_THROW_NAMING(run(in, spec), "counts", InvalidArgument);
+}
+
+// options.trailing_rows: x has more rows than the experts own (Σ counts < M, like a permute's num_out capacity). The
+// experts' segments hold exactly what the op computes for x cut to Σ counts rows; everything past them is untouched
+// (poison intact) and dprob is 0 on the trailing rows, which hold NaN (reading them would show). Without the option
+// such counts are invalid; with it, Σ counts > M still is.
+TEST_F(SiluGpuTest, BatchedTrailingRows) {
+  const int64_t M = 1000, S = 700, n = 256;
+  for (bool bwd : {false, true}) {
+    SCOPED_TRACE(bwd ? "bwd" : "fwd");
+    Input in = random_input(M, n, mix_seed({0x62, bwd}));
+    in.counts = random_counts(S, 7, mix_seed({0x63, bwd}));
+    for (int64_t i = S * 2 * n; i < M * 2 * n; ++i) in.x[i] = kNaN;
+    for (int64_t i = S * n; i < M * n; ++i) in.g[i] = kNaN;
+    Input cut = in;
+    cut.M = S;
+    cut.x.resize(S * 2 * n);
+    cut.g.resize(S * n);
+    cut.prob.resize(S);
+    RunSpec spec;
+    spec.batched = true;
+    spec.bwd = bwd;
+    spec.round_scale = true;
+    spec.poison = 0x55;
+    spec.with_status = true;
+    const Result want = run_and_check(cut, spec);
+
+    spec.trailing_rows = true;
+    const Result got = run(in, spec);
+    EXPECT_EQ(got.status, 0);
+    EXPECT_TRUE(got.written_outside.empty());
+    const int64_t W = bwd ? 2 * n : n;
+    auto head = [](const auto& v, int64_t k) { return std::vector(v.begin(), v.begin() + k); };
+    EXPECT_TRUE(bitwise_equal("q (expert rows)", head(got.q, S * W), want.q));
+    EXPECT_TRUE(bitwise_equal("q_scale (segments)", head(got.q_scale, S * W / 128), want.q_scale));
+    EXPECT_TRUE(bitwise_equal("qT (segments)", head(got.qT, S * W), want.qT));
+    EXPECT_TRUE(bitwise_equal("qT_scale", got.qT_scale, want.qT_scale));
+    EXPECT_TRUE(std::all_of(got.q.begin() + S * W, got.q.end(), [](uint8_t b) { return b == 0x55; })) << "q tail";
+    EXPECT_TRUE(std::all_of(got.qT.begin() + S * W, got.qT.end(), [](uint8_t b) { return b == 0x55; })) << "qT tail";
+    EXPECT_TRUE(std::all_of(got.q_scale.begin() + S * W / 128, got.q_scale.end(),
+                            [](float v) { return std::bit_cast<uint32_t>(v) == 0x55555555u; }))
+        << "q_scale tail";
+    if (bwd) {
+      EXPECT_TRUE(bitwise_equal("dprob (expert rows)", head(got.dprob, S), want.dprob));
+      EXPECT_TRUE(std::all_of(got.dprob.begin() + S, got.dprob.end(), [](float v) { return v == 0.0f; }))
+          << "dprob of trailing rows";
+    }
+    spec.check_counts = true;  // valid with the option: no throw
+    EXPECT_NO_THROW(run(in, spec));
+
+    spec.check_counts = false;
+    spec.trailing_rows = false;  // without the option these counts are invalid
+    EXPECT_EQ(run(in, spec).status, 1);
+    spec.check_counts = true;
+    EXPECT_THROW_NAMING(run(in, spec), "counts", InvalidArgument);
+
+    spec.trailing_rows = true;  // Σ counts > M stays invalid
+    Input over = cut;
+    over.counts.back() += 1;
+    spec.check_counts = false;
+    EXPECT_EQ(run(over, spec).status, 1);
+    spec.check_counts = true;
+    EXPECT_THROW_NAMING(run(over, spec), "counts", InvalidArgument);
+  }
 }
 
 // M = 0 with a status: the counts (all zero) are validated on the device, nothing else runs.
