@@ -7,7 +7,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
+#include <array>
+#include <vector>
 
 #include "kiln/ops/silu.hpp"
 #include "kiln/silu_block_quant_args.h"
@@ -21,7 +22,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-extern std::atomic<int> g_silu_forced_stages, g_silu_forced_table;  // ops/silu_block_quant.cpp
+std::vector<std::array<int, 2>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -41,13 +42,13 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kDwReduce: name = fmt::format("kiln::silu_dw_reduce_kernel<{}>", p[P_N] / 128); break;
     default:
       name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
-                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
+                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
   }
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kFwd && s.kernel != kBwd) return 0;
-  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE] != 0);
+  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE]);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -68,7 +69,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
     s.params[P_MODE] = kernel == kBwd ? 2 : mode;
     s.params[P_ROUND] = round;
     s.config[C_STAGES] = kernel == kBwd ? 2 : 1;  // see kStagesNote
-  s.config[C_TABLE] = 1;
+    s.config[C_TABLE] = 1;
   } else if (kernel == kDwReduce) {
     s.params[P_N] = n;
   }
@@ -82,8 +83,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  // Two stages (the backward's default), one stage (the forward's: two CTAs an SM), σ computed instead of looked up.
-  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
+  for (const auto& [stages, table] : silu_tile_configs(base.kernel == kBwd)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
     out.push_back(s);
@@ -180,10 +180,10 @@ Workspace alloc_workspace(Runtime::Impl& impl, int64_t capacity, int64_t partial
   return w;
 }
 
-void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& counts, int64_t capacity, int* ws,
-                     const TensorRef& status, Stream stream) {
+void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& counts, int64_t capacity, bool trailing,
+                     int* ws, const TensorRef& status, Stream stream) {
   SiluScheduleArgs s{static_cast<const int*>(counts.data), static_cast<int>(c.E), static_cast<int>(c.M),
-                     static_cast<int>(capacity), ws, static_cast<int*>(status.data)};
+                     trailing ? 1 : 0, static_cast<int>(capacity), ws, static_cast<int*>(status.data)};
   LaunchDims d;
   d.block[0] = kSiluScheduleThreads;
   impl.launch(make_spec(impl.target_arch(), kSchedule, 0, 0, false), d, stream, s);
@@ -192,8 +192,6 @@ void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& coun
 void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
                   const SiluBlockQuantArgs& a, Stream stream) {
   s = impl.tuned(s, c.M);
-  if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
-  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);
   const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
@@ -206,7 +204,8 @@ void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_
 }
 
 // options.check_counts: wait for the schedule and throw if the counts were invalid.
-void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspace& w, bool sync_check, Stream stream) {
+void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspace& w, bool sync_check, bool trailing,
+            Stream stream) {
   int head[4] = {0, 0, 0, 0};
   if (sync_check) {
     check(driver().cuStreamSynchronize(reinterpret_cast<CUstream>(stream)), "cuStreamSynchronize");
@@ -216,9 +215,9 @@ void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspa
   if (!sync_check) return;
   if (head[1] == 0) return;
   if (head[3] >= 0) ck.invalid("counts", fmt::format("expected counts ≥ 0, got a negative count at expert {}", head[3]));
-  if (head[2] != c.M)
-    ck.invalid("counts", fmt::format("expected counts summing to M = {} (the rows of x), got Σ = {}{}", c.M, head[2],
-                                     head[2] == INT32_MAX ? " or more" : ""));
+  if (trailing ? head[2] > c.M : head[2] != c.M)
+    ck.invalid("counts", fmt::format("expected counts summing to {}M = {} (the rows of x), got Σ = {}{}",
+                                     trailing ? "at most " : "", c.M, head[2], head[2] == INT32_MAX ? " or more" : ""));
   ck.invalid("counts", "expected Σ_e ceil(c_e/128) token blocks to fit qT_scale; they do not");
 }
 
@@ -242,7 +241,7 @@ void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Workspace w = alloc_workspace(impl, capacity, 0, stream);
-  launch_schedule(impl, c, counts, capacity, w.ws, status, stream);
+  launch_schedule(impl, c, counts, capacity, opts.trailing_rows, w.ws, status, stream);
   if (c.M > 0) {
     SiluBlockQuantArgs a{};
     a.x = x.data;
@@ -256,7 +255,7 @@ void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const 
     a.M = static_cast<int>(c.M);
     launch_tiles(impl, make_spec(impl.target_arch(), kFwd, c.n, mode, opts.round_scale), c, capacity, a, stream);
   }
-  finish(impl, ck, c, w, opts.check_counts, stream);
+  finish(impl, ck, c, w, opts.check_counts, opts.trailing_rows, stream);
 }
 
 void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& prob,
@@ -283,7 +282,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Workspace w = alloc_workspace(impl, capacity, (c.n / 128) * c.M, stream);
-  launch_schedule(impl, c, counts, capacity, w.ws, status, stream);
+  launch_schedule(impl, c, counts, capacity, opts.trailing_rows, w.ws, status, stream);
   if (c.M > 0) {
     SiluBlockQuantArgs a{};
     a.x = x.data;
@@ -306,7 +305,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
     d.block[0] = 256;
     impl.launch(make_spec(impl.target_arch(), kDwReduce, c.n, 0, false), d, stream, r);
   }
-  finish(impl, ck, c, w, opts.check_counts, stream);
+  finish(impl, ck, c, w, opts.check_counts, opts.trailing_rows, stream);
 }
 
 }  // namespace kiln

@@ -3,7 +3,8 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <atomic>
+#include <array>
+#include <vector>
 
 #include "kiln/ops/silu.hpp"
 #include "kiln/silu_block_quant_args.h"
@@ -15,10 +16,13 @@ namespace kiln {
 namespace detail {
 // ops/bench/silu.cpp: a prepared instance at the bench's shapes (also what the tuner runs).
 BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round);
-// Measurement hooks until the tuning database lands: a non-zero stages / a table flag ≥ 0 replace the config of both
-// SiLU families' tile kernels (bench cases "… stages=1" and "… sigma_table=0" set them around their call).
-std::atomic<int> g_silu_forced_stages{0};
-std::atomic<int> g_silu_forced_table{-1};
+// The tile kernel's search space (both SiLU families): {stages, sigma_table} points, the heuristic default first.
+std::vector<std::array<int, 2>> silu_tile_configs(bool bwd) {
+  // Stages 2 / 1 (the one-stage forward runs two CTAs an SM), each with the variant's σ table or σ computed; the
+  // one-stage backward also with the complete table (it has the shared memory for it: no fallback branch).
+  if (bwd) return {{2, 1}, {1, 1}, {1, 2}, {2, 0}, {1, 0}};
+  return {{1, 1}, {2, 1}, {2, 0}, {1, 0}};
+}
 }  // namespace detail
 
 namespace {
@@ -34,10 +38,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
   const auto& p = s.params;
   name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
-                     p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE] != 0);
+                     p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
 }
 
-int smem_bytes(const Specialization& s) { return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE] != 0); }
+int smem_bytes(const Specialization& s) {
+  return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE]);
+}
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
@@ -62,8 +68,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  // Two stages (the backward's default), one stage (the forward's: two CTAs an SM), σ computed instead of looked up.
-  for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
+  for (const auto& [stages, table] : silu_tile_configs(base.kernel == kBwd)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
     out.push_back(s);
@@ -121,8 +126,6 @@ void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stre
   auto& impl = rt.impl();
   const int64_t n = s.params[P_N];
   s = impl.tuned(s, M);
-  if (const int f = g_silu_forced_stages.load(std::memory_order_relaxed)) s.config[C_STAGES] = f;
-  if (const int f = g_silu_forced_table.load(std::memory_order_relaxed); f >= 0) s.config[C_TABLE] = f;
   const int64_t tiles = (M + 127) / 128 * (n / 128);
   a.tiles = static_cast<int>(tiles);
   const int smem = smem_bytes(s);

@@ -80,9 +80,15 @@ TEST(SiluReference, SigmoidSpecialValues) {
 // forward's table is complete (no fallback at all); the constant rows' claims (σ = 0.5 below exponent 102, σ = 1 or
 // 0 from exponent 134) hold for every bf16 value.
 TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
-  for (const auto& [bwd, stages] : {std::pair{false, 2}, std::pair{false, 1}, std::pair{true, 2}, std::pair{true, 1}}) {
-    SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages));
-    const SiluTableShape T = silu_table_shape(bwd, stages);
+  struct Variant {
+    bool bwd;
+    int stages, table;
+  };
+  for (const auto& [bwd, stages, tbl] : {Variant{false, 2, 1}, Variant{false, 1, 1}, Variant{true, 2, 1},
+                                           Variant{true, 1, 1}, Variant{true, 1, 2}, Variant{false, 1, 2}}) {
+    SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages) + " table " +
+                 std::to_string(tbl));
+    const SiluTableShape T = silu_table_shape(bwd, stages, tbl);
     const int R = T.rows();
     ASSERT_EQ(T.bytes(), 2 * R * 128 * 4);
     std::vector<float> table(2 * R * 128);
@@ -111,7 +117,8 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
       ASSERT_EQ(std::bit_cast<uint32_t>(table[idx]), std::bit_cast<uint32_t>(ref::silu_sigmoid(a))) << a;
     }
     if (T.complete()) EXPECT_EQ(fallbacks, 0);
-    EXPECT_LE(T.bytes(), bwd ? 15328 : 35840);
+    EXPECT_EQ(T.complete(), tbl == 2 || (!bwd && stages == 2));
+    EXPECT_LE(T.bytes(), bwd && tbl == 1 ? 15328 : 35840);
   }
 }
 
@@ -238,6 +245,37 @@ TEST(SiluCompile, OutputModesAndStagesCompile) {
       EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << fam << " " << s.describe();
     }
   }
+  // The one-stage backward with the complete σ table (a search-space point of the backward only).
+  detail::Specialization s;
+  s.family = detail::find_family("silu_block_quant");
+  s.arch = detail::Arch::parse("sm_90a");
+  s.kernel = 1;  // bwd
+  s.params = {256, 2, 1};
+  s.config = {1, 2};
+  EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
+  EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
+}
+
+// Shared memory of every search-space point: within the opt-in limit (227 KiB), and the one-stage forward small
+// enough for two CTAs an SM (228 KiB an SM, 1 KiB reserved per CTA).
+TEST(SiluCompile, SearchSpaceSharedMemoryFits) {
+  for (const char* fam : {"silu_block_quant", "batch_weighted_silu_block_quant"})
+    for (uint32_t kernel : {0u, 1u}) {
+      detail::Specialization s;
+      s.family = detail::find_family(fam);
+      ASSERT_NE(s.family, nullptr);
+      s.arch = detail::Arch::parse("sm_90a");
+      s.kernel = kernel;
+      s.params = {1024, 2, 1};
+      std::vector<detail::Specialization> points;
+      s.family->search_space(s, points);
+      ASSERT_FALSE(points.empty());
+      for (const detail::Specialization& p : points) {
+        const int smem = s.family->dynamic_smem_bytes(p);
+        EXPECT_LE(smem, 227 * 1024) << fam << " " << p.describe();
+        if (kernel == 0 && p.config[0] == 1) EXPECT_LE(smem, 114 * 1024 - 1024) << fam << " " << p.describe();
+      }
+    }
 }
 
 // ---- argument checks ----------------------------------------------------------------------------------------------

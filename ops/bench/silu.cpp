@@ -4,17 +4,20 @@
 // input read once, every output written once. The op/shape strings match bench/torch/silu.py.
 #include <fmt/format.h>
 
-#include <atomic>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
 
+#include "kiln/errors.hpp"
 #include "kiln/ops/silu.hpp"
 #include "runtime/bench.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 
 namespace kiln::detail {
-extern std::atomic<int> g_silu_forced_stages, g_silu_forced_table;  // ops/silu_block_quant.cpp
+std::vector<std::array<int, 2>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
 
 namespace {
 
@@ -154,19 +157,28 @@ BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, 
 
 namespace {
 
-// The same instance with the tile kernel's config forced to another search-space point, for comparison.
-BenchCase with_config(BenchCase c, int stages, int table) {
-  c.shape += stages ? fmt::format(" stages={}", stages) : fmt::format(" sigma_table={}", table);
+// The same instance with the tile kernel's config forced to another search-space point (the tuner's forced-config
+// hook), so that one bench run measures every variant.
+BenchCase with_config(BenchCase c, const char* family, bool bwd, int64_t n, int mode, int stages, int table) {
+  c.shape += fmt::format(" stages={} sigma_table={}", stages, table);
   auto prep = c.prepare;
-  c.prepare = [prep, stages, table](Runtime& rt) {
+  c.prepare = [prep, family, bwd, n, mode, stages, table](Runtime& rt) {
     BenchInstance inst = prep(rt);
+    Specialization cand;
+    cand.family = find_family(family);
+    if (!cand.family) throw kiln::Error(fmt::format("bench: no family {}", family));
+    cand.arch = rt.impl().target_arch();
+    cand.kernel = bwd ? 1 : 0;
+    cand.params[0] = n;
+    cand.params[1] = bwd ? 2 : mode;
+    cand.params[2] = 1;
+    cand.config[0] = stages;
+    cand.config[1] = table;
     auto run = inst.run;
-    inst.run = [run, stages, table](Stream s) {
-      g_silu_forced_stages.store(stages);
-      g_silu_forced_table.store(table);
+    inst.run = [run, cand](Stream s) {
+      ForceConfigScope force(cand);
       run(s);
-      g_silu_forced_stages.store(0);
-      g_silu_forced_table.store(-1);
+      if (force.applied() == 0) throw kiln::Error("bench: the SiLU op did not ask for its tuned config");
     };
     return inst;
   };
@@ -188,9 +200,14 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
        [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, true, 2, true); }},
   };
   for (const BenchCase& c : main) cases.push_back(c);
-  // The other stage count (forward: two stages; backward: one), then σ computed instead of looked up.
-  for (int i = 0; i < 4; ++i) cases.push_back(with_config(main[i], i % 2 == 0 ? 2 : 1, -1));
-  for (const BenchCase& c : main) cases.push_back(with_config(c, 0, 0));
+  // Every other search-space point of each case (the first point is the heuristic default).
+  for (int i = 0; i < 4; ++i) {
+    const bool bwd = i % 2 == 1;
+    const char* family = i < 2 ? "silu_block_quant" : "batch_weighted_silu_block_quant";
+    const std::vector<std::array<int, 2>> configs = silu_tile_configs(bwd);
+    for (size_t k = 1; k < configs.size(); ++k)
+      cases.push_back(with_config(main[i], family, bwd, i < 2 ? 512 : 1024, 2, configs[k][0], configs[k][1]));
+  }
   // Row-wise only (the forward's recomputation-free path), default config.
   cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=0 round_scale=1",
                    [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 0, true); }});

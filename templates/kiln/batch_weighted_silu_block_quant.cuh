@@ -6,7 +6,8 @@
 
 namespace kiln {
 
-// One CTA of 1024 threads. Pass 1 validates the counts (non-negative, Σ = M, schedule fits the workspace); pass 2
+// One CTA of 1024 threads. Pass 1 validates the counts (non-negative, Σ = M or with trailing rows Σ ≤ M, schedule
+// fits the workspace); pass 2
 // scans them 1024 experts at a time (warp shuffles, then the 32 warp totals) into row starts s_e and token-block
 // starts b_e, and each thread writes its expert's ceil(c_e/128) entries {s_e, c_e, i}. Invalid counts: T = 0 (the
 // tile kernel writes nothing), status 1.
@@ -48,7 +49,7 @@ __global__ void __launch_bounds__(kSiluScheduleThreads) silu_schedule_kernel(con
       b += red_blocks[w];
       n = min(n, red_neg[w]);
     }
-    const bool ok = n == 0x7fffffff && r == a.M && b <= a.capacity;
+    const bool ok = n == 0x7fffffff && (r == a.M || (a.trailing && r <= a.M)) && b <= a.capacity;
     a.ws[0] = ok ? static_cast<int>(b) : 0;
     a.ws[1] = ok ? 0 : 1;
     a.ws[2] = static_cast<int>(r > 0x7fffffffLL ? 0x7fffffffLL : r);
@@ -103,6 +104,10 @@ __global__ void __launch_bounds__(256) silu_dw_reduce_kernel(const SiluDwReduceA
   if (m >= a.M) return;
   if (a.ws[1] != 0) {
     a.dw[m] = __int_as_float(0x7fffffff);
+    return;
+  }
+  if (m >= a.ws[2]) {  // a trailing row (valid counts: ws[2] = Σ counts ≤ M, exact)
+    a.dw[m] = 0.0f;
     return;
   }
   float s = 0.0f;

@@ -56,9 +56,9 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
 
 // Where the σ table (see SiluTableShape) holds σ of the bf16 bits b; `fallback` is set where it does not (the index
 // is then clamped into the table, so loading it is harmless).
-template <bool BWD, int STAGES>
+template <bool BWD, int STAGES, int TABLE>
 __device__ __forceinline__ u32 silu_table_index(u32 b, bool& fallback) {
-  constexpr SiluTableShape T = silu_table_shape(BWD, STAGES);
+  constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
   const int E = static_cast<int>((b >> 7) & 0xffu);
   fallback = (!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi);
   const int row = min(max(E - T.lo + (T.low_const ? 1 : 0), 0), T.rows() - 1);
@@ -160,7 +160,7 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
 // Column-max slot of channel c: padded so that the 16 lanes of a half-warp (channels 8l + e) hit 16 banks.
 __device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
 
-template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, bool TABLE>
+template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, int TABLE>
 // The one-stage forward is meant to run two CTAs an SM (its table is sized for that): at most 64 registers.
 __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 1) silu_tile_kernel(const SiluBlockQuantArgs a) {
   constexpr int NB = N / 128;
@@ -189,9 +189,23 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   if constexpr (BATCHED) total = a.schedule[0] * NB;
   else total = a.tiles;
 
+  // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
+  // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
+  // 530 → 600 µs). One stage: each warp refills its rows with the next tile's as soon as it has read them, so the
+  // load overlaps the quantization and the stores; two such CTAs share an SM.
+  // The first tile is issued before the prologue (column maxima zeroed, σ table filled), so the table's computation
+  // overlaps the first loads' latency instead of delaying them.
+  const int G = gridDim.x;
+  int t = blockIdx.x;
+  if (t >= total) return;  // uniform per CTA (before any barrier)
+  SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
+  silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
+  silu_cp_async_commit();
+  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+
   for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
-  if constexpr (TABLE) {  // first read after the loop's first barrier
-    constexpr SiluTableShape T = silu_table_shape(BWD, STAGES);
+  if constexpr (TABLE) {  // first read after the barrier below
+    constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
     for (int i = tid; i < 2 * R * 128; i += kSiluTileThreads) {
       const int sign = i / (R * 128), row = (i / 128) % R, m = i % 128;
@@ -205,20 +219,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       table[i] = v;
     }
   }
-
   __syncthreads();  // colmax zeroed, σ table filled
-
-  // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
-  // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
-  // 530 → 600 µs). One stage: each warp refills its rows with the next tile's as soon as it has read them, so the
-  // load overlaps the quantization and the stores; two such CTAs share an SM.
-  const int G = gridDim.x;
-  int t = blockIdx.x;
-  if (t >= total) return;
-  SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
-  silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
-  silu_cp_async_commit();
-  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
     u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
@@ -252,11 +253,11 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       const float wr = BATCHED ? w_s[r] : 1.0f;
       float sig[8];
       if constexpr (TABLE) {
-        constexpr SiluTableShape T = silu_table_shape(BWD, STAGES);
+        constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
         bool fb[8], any = false;
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          sig[e] = table[silu_table_index<BWD, STAGES>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, fb[e])];
+          sig[e] = table[silu_table_index<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, fb[e])];
           any |= fb[e];
         }
         if constexpr (!T.complete()) {

@@ -23,18 +23,21 @@ struct SiluBlockQuantArgs {
 
 // Batched families: a one-CTA kernel turns counts [E] into the token-block schedule the tile kernel walks.
 // Layout of `ws` (int32): [0] number of token blocks T, [1] status (0 ok, 1 counts invalid: negative, or not summing
-// to M), [2] Σ counts clamped to int32, [3] index of the first negative count or -1; then from element 4 (16-byte
-// aligned) T entries {s_e, c_e, i, 0}: token block b_e + i is rows [s_e + 128·i, s_e + min(128·(i+1), c_e)).
+// to M (trailing: exceeding M)), [2] Σ counts clamped to int32, [3] index of the first negative count or -1; then from
+// element 4 (16-byte aligned) T entries {s_e, c_e, i, 0}: token block b_e + i is rows [s_e + 128·i,
+// s_e + min(128·(i+1), c_e)).
 struct SiluScheduleArgs {
   const int* counts;  // [E] int32 (device)
   int E;
   int M;
+  int trailing;       // 1: Σ counts ≤ M is valid (rows past Σ counts belong to no expert); 0: Σ counts = M
   int capacity;       // entries the workspace holds: (M + 127·E)/128 + 1 ≥ Σ ceil(c_e/128) for valid counts
   int* ws;
   int* status;        // optional [1] int32 copy of ws[1] for the caller (null: none)
 };
 
-// Batched backward: dw[m] = Σ_j dw_partial[j, m] in column-block order (deterministic); NaN when counts were invalid.
+// Batched backward: dw[m] = Σ_j dw_partial[j, m] in column-block order (deterministic); NaN when counts were invalid;
+// 0 for rows m ≥ Σ counts (trailing rows).
 struct SiluDwReduceArgs {
   const float* partial;  // [n/128, M]
   const int* ws;         // the schedule (status)
@@ -62,19 +65,22 @@ struct SiluTableShape {
 };
 constexpr int kSiluSigmaHalfBelow = 102;  // σ(a) == 0.5 for every bf16 a with a biased exponent below this
 constexpr int kSiluSigmaSatFrom = 134;    // σ(a) == (a > 0) for every non-NaN bf16 a with a biased exponent from here
-constexpr SiluTableShape silu_table_shape(bool bwd, int stages) {
-  return bwd ? SiluTableShape{118, 132, false, false}
-             : stages == 2 ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
-                           : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
+// table = 1: the variant's default size (above); table = 2: the complete table (34 rows) whatever the variant (used
+// where shared memory allows it: the one-stage backward).
+constexpr SiluTableShape silu_table_shape(bool bwd, int stages, int table = 1) {
+  return table == 2 || (!bwd && stages == 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
+         : bwd                               ? SiluTableShape{118, 132, false, false}
+                                             : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
 }
 
 // Dynamic shared memory of the tile kernel: STAGES input stages (gate, up [, grad] tiles of 128×128 bf16 [, 128 row
 // weights]), the transposed codes of one 128-channel block (16 KiB), column maxima, column scales and row scales per
 // output half, and the σ table.
 constexpr int silu_stage_bytes(bool bwd, bool batched) { return (bwd ? 3 : 2) * 128 * 128 * 2 + (batched ? 512 : 0); }
-constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, bool table) {
+// table: 0 none (σ computed), 1 the variant's default table, 2 the complete table.
+constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, int table) {
   return stages * silu_stage_bytes(bwd, batched) + 128 * 128 + (bwd ? 2 : 1) * (132 + 128 + 128) * 4 +
-         (table ? silu_table_shape(bwd, stages).bytes() : 0);
+         (table ? silu_table_shape(bwd, stages, table).bytes() : 0);
 }
 
 }  // namespace kiln

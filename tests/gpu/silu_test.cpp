@@ -108,6 +108,7 @@ struct RunSpec {
   uint8_t poison = DeviceBuffer::kPoison;
   bool with_status = false;
   bool check_counts = false;
+  bool trailing_rows = false;
   int64_t qT_scale_rows = -1;  // batched: rows of W in qT_scale (-1: exactly Σ ceil(c_e/128))
 };
 
@@ -166,7 +167,7 @@ class SiluGpuTest : public GpuTest {
       if (spec.bwd) silu_block_quant_bwd(r, g, x, out, spec.round_scale, nullptr);
       else silu_block_quant_fwd(r, x, out, {spec.round_scale, spec.mode}, nullptr);
     } else {
-      const BatchSiluOptions o{spec.round_scale, spec.mode, spec.check_counts};
+      const BatchSiluOptions o{spec.round_scale, spec.mode, spec.check_counts, spec.trailing_rows};
       const TensorRef p = p_buf.ref(DType::f32, {M}), c = c_buf.ref(DType::i32, {E});
       if (spec.bwd) batch_weighted_silu_block_quant_bwd(r, g, x, p, c, out, dprob.ref(DType::f32, {M}), st, o, nullptr);
       else batch_weighted_silu_block_quant_fwd(r, x, p, c, out, st, o, nullptr);
@@ -554,6 +555,70 @@ TEST_F(SiluGpuTest, BatchedInvalidCounts) {
   EXPECT_THROW_NAMING(run(in, spec), "counts", InvalidArgument);
 }
 
+// options.trailing_rows: x has more rows than the experts own (Σ counts < M, like a permute's num_out capacity). The
+// experts' segments hold exactly what the op computes for x cut to Σ counts rows; everything past them is untouched
+// (poison intact) and dprob is 0 on the trailing rows, which hold NaN (reading them would show). Without the option
+// such counts are invalid; with it, Σ counts > M still is.
+TEST_F(SiluGpuTest, BatchedTrailingRows) {
+  const int64_t M = 1000, S = 700, n = 256;
+  for (bool bwd : {false, true}) {
+    SCOPED_TRACE(bwd ? "bwd" : "fwd");
+    Input in = random_input(M, n, mix_seed({0x62, bwd}));
+    in.counts = random_counts(S, 7, mix_seed({0x63, bwd}));
+    for (int64_t i = S * 2 * n; i < M * 2 * n; ++i) in.x[i] = kNaN;
+    for (int64_t i = S * n; i < M * n; ++i) in.g[i] = kNaN;
+    Input cut = in;
+    cut.M = S;
+    cut.x.resize(S * 2 * n);
+    cut.g.resize(S * n);
+    cut.prob.resize(S);
+    RunSpec spec;
+    spec.batched = true;
+    spec.bwd = bwd;
+    spec.round_scale = true;
+    spec.poison = 0x55;
+    spec.with_status = true;
+    const Result want = run_and_check(cut, spec);
+
+    spec.trailing_rows = true;
+    const Result got = run(in, spec);
+    EXPECT_EQ(got.status, 0);
+    EXPECT_TRUE(got.written_outside.empty());
+    const int64_t W = bwd ? 2 * n : n;
+    auto head = [](const auto& v, int64_t k) { return std::vector(v.begin(), v.begin() + k); };
+    EXPECT_TRUE(bitwise_equal("q (expert rows)", head(got.q, S * W), want.q));
+    EXPECT_TRUE(bitwise_equal("q_scale (segments)", head(got.q_scale, S * W / 128), want.q_scale));
+    EXPECT_TRUE(bitwise_equal("qT (segments)", head(got.qT, S * W), want.qT));
+    EXPECT_TRUE(bitwise_equal("qT_scale", got.qT_scale, want.qT_scale));
+    EXPECT_TRUE(std::all_of(got.q.begin() + S * W, got.q.end(), [](uint8_t b) { return b == 0x55; })) << "q tail";
+    EXPECT_TRUE(std::all_of(got.qT.begin() + S * W, got.qT.end(), [](uint8_t b) { return b == 0x55; })) << "qT tail";
+    EXPECT_TRUE(std::all_of(got.q_scale.begin() + S * W / 128, got.q_scale.end(),
+                            [](float v) { return std::bit_cast<uint32_t>(v) == 0x55555555u; }))
+        << "q_scale tail";
+    if (bwd) {
+      EXPECT_TRUE(bitwise_equal("dprob (expert rows)", head(got.dprob, S), want.dprob));
+      EXPECT_TRUE(std::all_of(got.dprob.begin() + S, got.dprob.end(), [](float v) { return v == 0.0f; }))
+          << "dprob of trailing rows";
+    }
+    spec.check_counts = true;  // valid with the option: no throw
+    EXPECT_NO_THROW(run(in, spec));
+
+    spec.check_counts = false;
+    spec.trailing_rows = false;  // without the option these counts are invalid
+    EXPECT_EQ(run(in, spec).status, 1);
+    spec.check_counts = true;
+    EXPECT_THROW_NAMING(run(in, spec), "counts", InvalidArgument);
+
+    spec.trailing_rows = true;  // Σ counts > M stays invalid
+    Input over = cut;
+    over.counts.back() += 1;
+    spec.check_counts = false;
+    EXPECT_EQ(run(over, spec).status, 1);
+    spec.check_counts = true;
+    EXPECT_THROW_NAMING(run(over, spec), "counts", InvalidArgument);
+  }
+}
+
 // M = 0 with a status: the counts (all zero) are validated on the device, nothing else runs.
 TEST_F(SiluGpuTest, BatchedEmpty) {
   Input in = random_input(0, 256, 0x5a);
@@ -634,60 +699,50 @@ TEST_F(SiluGpuTest, OneExpertWithUnitProbIsTheSharedOp) {
   }
 }
 
-// Every search-space point (two stages, one stage, σ computed instead of looked up) computes the same bits as the
-// default the recipe picks: launched directly through the runtime with the arguments the recipe builds.
+// Every search-space point of both families (stages, σ table variants) computes the same bits as the default the
+// recipe picks, and those match the CPU reference: each point is forced through the public op with the tuner's
+// forced-config hook (ForceConfigScope), which also proves the op asks for its tuned config.
 TEST_F(SiluGpuTest, OtherConfigsSameBits) {
-  for (bool bwd : {false, true})
-    for (const auto& [stages, table] : {std::pair{2, 1}, std::pair{1, 1}, std::pair{2, 0}}) {
-      SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages) + " table " +
-                   std::to_string(table));
-      const int64_t M = 1500, n = 512, W = bwd ? 2 * n : n, mb = (M + 127) / 128;
-      Input in = random_input(M, n, mix_seed({0x60, bwd}));
-      for (int64_t k = 0; k < 64; ++k) in.x[7 * 2 * n + k] = 1e-5f * static_cast<float>(k);  // below the table
+  for (bool batched : {false, true})
+    for (bool bwd : {false, true}) {
+      const int64_t M = 1500, n = 512;
+      Input in = random_input(M, n, mix_seed({0x60, batched, bwd}));
+      for (int64_t k = 0; k < 64; ++k) in.x[7 * 2 * n + k] = 1e-5f * static_cast<float>(k);  // below the tables
+      for (int64_t k = 0; k < 16; ++k) in.x[9 * 2 * n + k] = (k % 2 ? -1.0f : 1.0f) * 300.0f;  // above them
       round_to(DType::bf16, in.x);
+      if (batched) in.counts = random_counts(M, 5, 0x61);
       RunSpec spec;
+      spec.batched = batched;
       spec.bwd = bwd;
       spec.round_scale = true;
       const Result def = run_and_check(in, spec);
 
-      Runtime& r = rt();
-      auto& impl = r.impl();
-      DeviceBuffer x(r, M * 2 * n * 2), g(r, M * n * 2), q(r, M * W), qs(r, W / 128 * M * 4), qT(r, M * W),
-          qTs(r, mb * W * 4);
-      x.upload(encode(DType::bf16, in.x));
-      g.upload(encode(DType::bf16, in.g));
       detail::Specialization s;
-      s.family = detail::find_family("silu_block_quant");
+      s.family = detail::find_family(batched ? "batch_weighted_silu_block_quant" : "silu_block_quant");
       ASSERT_NE(s.family, nullptr);
-      s.arch = impl.target_arch();
+      s.arch = rt().impl().target_arch();
       s.kernel = bwd ? 1 : 0;
       s.params[0] = n;
       s.params[1] = 2;
       s.params[2] = 1;
-      s.config[0] = stages;
-      s.config[1] = table;
-      ASSERT_TRUE(detail::in_search_space(s));
-      SiluBlockQuantArgs a{};
-      a.x = x.data();
-      a.x_stride = 2 * n;
-      a.g = g.data();
-      a.g_stride = n;
-      a.q = static_cast<unsigned char*>(q.data());
-      a.q_scale = static_cast<float*>(qs.data());
-      a.qT = static_cast<unsigned char*>(qT.data());
-      a.qT_scale = static_cast<float*>(qTs.data());
-      a.M = static_cast<int>(M);
-      a.tiles = static_cast<int>(mb * (n / 128));
-      detail::LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(std::min<int64_t>(a.tiles, impl.device().sm_count));
-      d.block[0] = kSiluTileThreads;
-      d.smem = static_cast<unsigned>(silu_tile_smem_bytes(bwd, false, stages, table != 0));
-      impl.launch(s, d, nullptr, a);
-      synchronize();
-      EXPECT_TRUE(bitwise_equal("q", q.download<uint8_t>(M * W), def.q));
-      EXPECT_TRUE(bitwise_equal("q_scale", qs.download<float>(W / 128 * M), def.q_scale));
-      EXPECT_TRUE(bitwise_equal("qT", qT.download<uint8_t>(M * W), def.qT));
-      EXPECT_TRUE(bitwise_equal("qT_scale", qTs.download<float>(mb * W), def.qT_scale));
+      std::vector<detail::Specialization> points;
+      s.family->search_space(s, points);
+      ASSERT_GE(points.size(), 4u);
+      for (const detail::Specialization& p : points) {
+        SCOPED_TRACE(std::string(batched ? "batched " : "shared ") + (bwd ? "bwd " : "fwd ") + p.describe());
+        Result res;
+        {
+          detail::ForceConfigScope force(p);
+          res = run(in, spec);
+          EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
+        }
+        EXPECT_TRUE(res.written_outside.empty());
+        EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
+        EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
+        EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
+        EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
+        EXPECT_TRUE(bitwise_equal("dprob", res.dprob, def.dprob));
+      }
     }
 }
 

@@ -49,14 +49,18 @@ void silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, c
 //   qT_scale  [L] fp32, L a multiple of W; expert e's segment at b_e·W, shaped [ceil(c_e/128), W]. Σ ceil(c_e/128)
 //             ≤ batch_weighted_silu_max_token_blocks(M, E): a buffer of that many rows always suffices; a smaller one
 //             (e.g. sized from a host copy of the counts) is fine when the counts fit it.
-// Counts contract: c_e ≥ 0, Σ c_e = M, Σ ceil(c_e/128)·W ≤ L. The op validates this on the device without stopping
-// the stream: if violated, nothing is written (dprob is set to NaN) and `status` (if given) gets 1 (else 0).
-// With options.check_counts the op also synchronizes the stream and throws InvalidArgument naming 'counts' (a
-// debugging aid: it costs a host synchronization).
+// Counts contract: c_e ≥ 0, Σ c_e = M (with options.trailing_rows: Σ c_e ≤ M), Σ ceil(c_e/128)·W ≤ L. The op
+// validates this on the device without stopping the stream: if violated, nothing is written (dprob is set to NaN)
+// and `status` (if given) gets 1 (else 0). With options.check_counts the op also synchronizes the stream and throws
+// InvalidArgument naming 'counts' (a debugging aid: it costs a host synchronization).
+// options.trailing_rows: x may hold more rows than the experts own (e.g. a permute's num_out capacity, so the caller
+// need not read Σ c_e = offsets[E] back to the host): rows Σ c_e … M−1 belong to no expert; they are not read, the
+// outputs past the experts' segments are left untouched, and dprob is 0 there.
 struct BatchSiluOptions {
   bool round_scale = false;
-  int output_mode = 2;        // forward only
-  bool check_counts = false;  // synchronize and throw on invalid counts
+  int output_mode = 2;         // forward only
+  bool check_counts = false;   // synchronize and throw on invalid counts
+  bool trailing_rows = false;  // allow Σ counts < M (rows past Σ counts ignored; dprob 0 there)
 };
 
 int64_t batch_weighted_silu_max_token_blocks(int64_t M, int64_t E);
