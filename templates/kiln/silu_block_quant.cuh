@@ -54,15 +54,36 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
-// Where the σ table (see SiluTableShape) holds σ of the bf16 bits b; `fallback` is set where it does not (the index
-// is then clamped into the table, so loading it is harmless).
+// Table positions of σ for the two bf16 gates packed in w (low half first). The magnitudes (bits & 0x7fff) are
+// clamped into the table's rows with 16-bit SIMD min/max (a constant row absorbs every magnitude beyond it, so any
+// position in it will do), then offset by the sign half: i = clamp(mag) − L + sign·R·128, both halves in one IMAD
+// (no carry: every half stays below 2^16). Returns whether either gate lies outside the table where it has no
+// constant row (the caller computes σ for such gates; their positions are clamped into the table, so loading
+// them is harmless).
 template <bool BWD, int STAGES, int TABLE>
-__device__ __forceinline__ u32 silu_table_index(u32 b, bool& fallback) {
+__device__ __forceinline__ bool silu_table_index2(u32 w, u32& i0, u32& i1) {
+  constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
+  constexpr u32 R128 = static_cast<u32>(T.rows()) * 128u;
+  constexpr u32 L = static_cast<u32>(T.lo - (T.low_const ? 1 : 0)) << 7;  // magnitude of row 0, mantissa 0
+  constexpr u32 U = L + R128 - 1;                                          // magnitude of the last position
+  static_assert(U + R128 - L < 0x10000u, "");
+  const u32 m = w & 0x7fff7fffu;
+  const u32 lo = __vmaxu2(m, L * 0x10001u);
+  const u32 c = __vminu2(lo, U * 0x10001u);
+  bool fallback = false;
+  if constexpr (!T.low_const) fallback = lo != m;
+  if constexpr (!T.high_const) fallback = fallback || c != lo;
+  const u32 idx = ((w >> 15) & 0x10001u) * R128 + (c - L * 0x10001u);
+  i0 = idx & 0xffffu;
+  i1 = idx >> 16;
+  return fallback;
+}
+// Whether the σ table holds σ for the bf16 bits b (the single-value form of the test above).
+template <bool BWD, int STAGES, int TABLE>
+__device__ __forceinline__ bool silu_table_has(u32 b) {
   constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
   const int E = static_cast<int>((b >> 7) & 0xffu);
-  fallback = (!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi);
-  const int row = min(max(E - T.lo + (T.low_const ? 1 : 0), 0), T.rows() - 1);
-  return ((b >> 15) * T.rows() + static_cast<u32>(row)) * 128u + (b & 0x7fu);
+  return !((!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi));
 }
 
 // ---- quantizer ------------------------------------------------------------------------------------------------------
@@ -254,17 +275,20 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       float sig[8];
       if constexpr (TABLE) {
         constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
-        bool fb[8], any = false;
+        bool any = false;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          sig[e] = table[silu_table_index<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, fb[e])];
-          any |= fb[e];
+        for (int p = 0; p < 4; ++p) {
+          u32 i0, i1;
+          any |= silu_table_index2<BWD, STAGES, TABLE>(av.w[p], i0, i1);
+          sig[2 * p] = table[i0];
+          sig[2 * p + 1] = table[i1];
         }
         if constexpr (!T.complete()) {
           if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-              if (fb[e]) sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
+              if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu))
+                sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
           }
         }
       } else {
