@@ -110,6 +110,19 @@ __device__ __forceinline__ void silu_cp_async_wait() { asm volatile("cp.async.wa
 
 __device__ __forceinline__ Vec16 lds16(const void* p) { return *static_cast<const Vec16*>(p); }
 
+// Programmatic dependent launch (the batched kernels are launched with LaunchDims::pdl): wait until the previous
+// kernel in the stream has completed and its writes are visible; let the next one start launching.
+__device__ __forceinline__ void silu_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void silu_grid_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
+
 // What a tile is: rows [row0, row0 + valid) of x, inside a segment (expert) of seg_rows rows starting at seg_start
 // (the shared expert: one segment of M rows); local0 = row0 − seg_start; gtb = the token block's index in the
 // transposed-scale buffer; cb = the channel block.
@@ -206,23 +219,29 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
 
-  int total;
-  if constexpr (BATCHED) total = a.schedule[0] * NB;
-  else total = a.tiles;
-
   // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
   // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
   // 530 → 600 µs). One stage: each warp refills its rows with the next tile's as soon as it has read them, so the
   // load overlaps the quantization and the stores; two such CTAs share an SM.
-  // The first tile is issued before the prologue (column maxima zeroed, σ table filled), so the table's computation
-  // overlaps the first loads' latency instead of delaying them.
+  // Prologue: column maxima zeroed, σ table filled. The shared expert issues its first tile before it, so the
+  // table's computation overlaps the first loads' latency. The batched kernel is launched programmatically after
+  // the schedule kernel: its prologue overlaps that kernel, then it waits for the schedule.
   const int G = gridDim.x;
   int t = blockIdx.x;
-  if (t >= total) return;  // uniform per CTA (before any barrier)
-  SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
-  silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
-  silu_cp_async_commit();
-  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+  int total = 0;
+  SiluTile cur;
+  int4 ahead;
+  auto first_tile = [&]() {
+    cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
+    silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
+    silu_cp_async_commit();
+    ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+  };
+  if constexpr (!BATCHED) {
+    total = a.tiles;
+    if (t >= total) return;  // uniform per CTA (before any barrier)
+    first_tile();
+  }
 
   for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
   if constexpr (TABLE) {  // first read after the barrier below
@@ -240,11 +259,18 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       table[i] = v;
     }
   }
+  if constexpr (BATCHED) {
+    silu_grid_wait();  // the schedule (and everything before it) is complete
+    total = a.schedule[0] * NB;
+    if (t >= total) return;  // uniform per CTA (before any barrier)
+    first_tile();
+  }
   __syncthreads();  // colmax zeroed, σ table filled
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
     u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
+    if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
     const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
     if (STAGES == 2) {
       // The other stage was last read before the previous iteration's second barrier.
