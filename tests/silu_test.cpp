@@ -145,6 +145,30 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
   }
 }
 
+// The kernels' division-free power-of-two scale (silu_block_scale<true>, transcribed) equals the reference scale
+// rule for a stride through every non-negative float, every boundary 448·2^k ± 1 ulp, zero, subnormals and inf
+// (the device formula was also checked against the division on every non-negative float).
+TEST(SiluReference, DivisionFreePowerOfTwoScale) {
+  auto fast = [](float amax) {
+    const uint32_t A = std::bit_cast<uint32_t>(amax);
+    if (A >= 0x7f800000u) return std::bit_cast<float>(0x7f800000u);
+    const int e = std::max(static_cast<int>(A >> 23) - 8 + ((A & 0x7fffffu) > 0x600000u ? 1 : 0), 28);
+    return std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  };
+  std::vector<uint32_t> bits = {0u, 1u, 0x7fffffu, 0x800000u, 0x7f7fffffu, 0x7f800000u};
+  for (uint64_t b = 0; b < 0x7f800000ull; b += 9973) bits.push_back(static_cast<uint32_t>(b));
+  for (int k = -140; k <= 120; ++k) {
+    const float t = std::ldexp(448.0f, k);
+    const uint32_t tb = std::bit_cast<uint32_t>(t);
+    if (!std::isfinite(t) || t == 0.0f) continue;
+    for (int d = -2; d <= 2; ++d) bits.push_back(tb + static_cast<uint32_t>(d));
+  }
+  for (uint32_t b : bits) {
+    const float a = std::bit_cast<float>(b);
+    ASSERT_EQ(std::bit_cast<uint32_t>(fast(a)), std::bit_cast<uint32_t>(ref::block_scale(a, true))) << std::hex << b;
+  }
+}
+
 // ---- value formulas -----------------------------------------------------------------------------------------------
 
 struct Data {

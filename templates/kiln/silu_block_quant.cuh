@@ -98,6 +98,22 @@ template <bool ROUND> struct SiluQuant {
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
 };
 
+// block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
+// ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
+// divides to more than half an ulp above 2^k), so s = 2^(E − 8 + (1.m > 1.75)), at least 2^−99 (the 1e-30 floor
+// rounded up), inf for inf. Equal to block_scale<true> for every non-negative float (checked exhaustively on the
+// host; tests/silu_test.cpp checks a sample).
+template <bool ROUND>
+__device__ __forceinline__ float silu_block_scale(float amax) {
+  if constexpr (!ROUND) {
+    return block_scale<false>(amax);
+  } else {
+    const u32 A = __float_as_uint(amax);
+    const int e = max(static_cast<int>(A >> 23) - 8 + ((A & 0x7fffffu) > 0x600000u ? 1 : 0), 28);
+    return A >= 0x7f800000u ? __uint_as_float(0x7f800000u) : __uint_as_float(static_cast<u32>(e) << 23);
+  }
+}
+
 // ---- async copies ---------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void silu_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
   const u32 dst = static_cast<u32>(__cvta_generic_to_shared(smem_dst));
@@ -359,7 +375,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
 #pragma unroll
           for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[h][i][e]));
           amax = warp_max<16>(amax);
-          const SiluQuant<ROUND> quant(block_scale<ROUND>(amax));
+          const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(amax));
           if (r < cur.valid) {
             uint2 out;
             out.x = e4m3x4(quant(v[h][i][0]), quant(v[h][i][1]), quant(v[h][i][2]), quant(v[h][i][3]));
@@ -396,7 +412,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     if (COLWISE && tid < HALVES * 128) {
       const int h = tid >> 7, c = tid & 127;
       u32* slot = &colmax[h * 132 + silu_colmax_slot(c)];
-      const float sc = block_scale<ROUND>(__uint_as_float(*slot));
+      const float sc = silu_block_scale<ROUND>(__uint_as_float(*slot));
       *slot = 0u;  // ready for the next tile (read again only after two more barriers)
       colscale[h * 128 + c] = sc;
       a.qT_scale[static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c] = sc;
