@@ -200,6 +200,7 @@ void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_
   d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_tiles, per_sm * impl.device().sm_count)));
   d.block[0] = kSiluTileThreads;
   d.smem = static_cast<unsigned>(smem);
+  d.pdl = true;  // the prologue overlaps the schedule kernel; the kernel waits for it (griddepcontrol.wait)
   impl.launch(k, d, stream, a);
 }
 
@@ -303,6 +304,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>((c.M + 255) / 256);
     d.block[0] = 256;
+    d.pdl = true;  // launches while the tile kernel drains; waits for it
     impl.launch(make_spec(impl.target_arch(), kDwReduce, c.n, 0, false), d, stream, r);
   }
   finish(impl, ck, c, w, opts.check_counts, opts.trailing_rows, stream);

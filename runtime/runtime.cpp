@@ -163,14 +163,23 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   cfg.blockDimZ = dims.block[2];
   cfg.sharedMemBytes = dims.smem;
   cfg.hStream = reinterpret_cast<CUstream>(stream);
-  CUlaunchAttribute attr[1];
+  CUlaunchAttribute attr[2];
+  unsigned na = 0;
   if (dims.cluster[0] * dims.cluster[1] * dims.cluster[2] > 1) {
-    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr[0].value.clusterDim.x = dims.cluster[0];
-    attr[0].value.clusterDim.y = dims.cluster[1];
-    attr[0].value.clusterDim.z = dims.cluster[2];
+    attr[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[na].value.clusterDim.x = dims.cluster[0];
+    attr[na].value.clusterDim.y = dims.cluster[1];
+    attr[na].value.clusterDim.z = dims.cluster[2];
+    ++na;
+  }
+  if (dims.pdl) {
+    attr[na].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr[na].value.programmaticStreamSerializationAllowed = 1;
+    ++na;
+  }
+  if (na > 0) {
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = na;
   }
   check(d.cuLaunchKernelEx(&cfg, k.fn, params, nullptr), "cuLaunchKernelEx");
   counters.launches.fetch_add(1, std::memory_order_relaxed);

@@ -70,6 +70,10 @@ struct LaunchDims {
   unsigned block[3] = {1, 1, 1};
   unsigned cluster[3] = {1, 1, 1};
   unsigned smem = 0;
+  // Programmatic dependent launch (sm_90+): the kernel may start before the previous kernel in the stream has
+  // finished (once that one executes griddepcontrol.launch_dependents or exits); it must execute
+  // griddepcontrol.wait before it reads anything the earlier work writes.
+  bool pdl = false;
 };
 
 }  // namespace kiln::detail

@@ -101,24 +101,71 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
         table[i] = ref::silu_sigmoid(bf16_to_float(static_cast<uint16_t>((sign << 15) | (E << 7) | m)));
       }
     }
+    // silu_table_index2 transcribed: 16-bit lane-wise clamp of the magnitudes, sign half, fallback test.
+    const uint32_t R128 = static_cast<uint32_t>(R) * 128u;
+    const uint32_t L = static_cast<uint32_t>(T.lo - (T.low_const ? 1 : 0)) << 7, U = L + R128 - 1;
+    ASSERT_LT(U + R128 - L, 0x10000u);
+    auto index2 = [&](uint32_t w, uint32_t& i0, uint32_t& i1) {
+      bool fallback = false;
+      uint32_t idx = 0;
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t half = (w >> (16 * h)) & 0xffffu, m = half & 0x7fffu;
+        const uint32_t lo = std::max(m, L), c = std::min(lo, U);
+        if (!T.low_const && lo != m) fallback = true;
+        if (!T.high_const && c != lo) fallback = true;
+        idx |= ((half >> 15) * R128 + (c - L)) << (16 * h);
+      }
+      i0 = idx & 0xffffu;
+      i1 = idx >> 16;
+      return fallback;
+    };
     int64_t fallbacks = 0;
     for (uint32_t b = 0; b < 0x10000; ++b) {
       const float a = bf16_to_float(static_cast<uint16_t>(b));
-      if (std::isnan(a)) continue;  // σ(NaN) is irrelevant: a·σ is NaN either way
       const int E = static_cast<int>((b >> 7) & 0xffu);
-      const bool fallback = (!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi);
-      const int row = std::min(std::max(E - T.lo + (T.low_const ? 1 : 0), 0), R - 1);
-      const uint32_t idx = ((b >> 15) * R + row) * 128u + (b & 0x7fu);
-      ASSERT_LT(idx, table.size());
-      if (fallback) {
-        ++fallbacks;
-        continue;
+      const bool has = !((!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi));  // silu_table_has
+      // b in either half, paired with a gate inside the table (1.0) so that only b can set the fallback flag.
+      for (int h = 0; h < 2; ++h) {
+        const uint32_t w = h ? (b << 16) | 0x3f80u : 0x3f800000u | b;
+        uint32_t i0, i1;
+        const bool fb = index2(w, i0, i1);
+        const uint32_t idx = h ? i1 : i0;
+        ASSERT_LT(idx, table.size());
+        ASSERT_EQ(fb, !has) << std::hex << b;
+        if (!has || std::isnan(a)) continue;  // σ(NaN) is irrelevant: a·σ is NaN either way
+        ASSERT_EQ(std::bit_cast<uint32_t>(table[idx]), std::bit_cast<uint32_t>(ref::silu_sigmoid(a))) << a;
+        const uint32_t other = h ? i0 : i1;
+        ASSERT_EQ(std::bit_cast<uint32_t>(table[other]), std::bit_cast<uint32_t>(ref::silu_sigmoid(1.0f)));
       }
-      ASSERT_EQ(std::bit_cast<uint32_t>(table[idx]), std::bit_cast<uint32_t>(ref::silu_sigmoid(a))) << a;
+      if (!has && !std::isnan(a)) ++fallbacks;
     }
     if (T.complete()) EXPECT_EQ(fallbacks, 0);
     EXPECT_EQ(T.complete(), tbl == 2 || (!bwd && stages == 2));
     EXPECT_LE(T.bytes(), bwd && tbl == 1 ? 15328 : 35840);
+  }
+}
+
+// The kernels' division-free power-of-two scale (silu_block_scale<true>, transcribed) equals the reference scale
+// rule for a stride through every non-negative float, every boundary 448·2^k ± 1 ulp, zero, subnormals and inf
+// (the device formula was also checked against the division on every non-negative float).
+TEST(SiluReference, DivisionFreePowerOfTwoScale) {
+  auto fast = [](float amax) {
+    const uint32_t A = std::bit_cast<uint32_t>(amax);
+    if (A >= 0x7f800000u) return std::bit_cast<float>(0x7f800000u);
+    const int e = std::max(static_cast<int>(A >> 23) - 8 + ((A & 0x7fffffu) > 0x600000u ? 1 : 0), 28);
+    return std::bit_cast<float>(static_cast<uint32_t>(e) << 23);
+  };
+  std::vector<uint32_t> bits = {0u, 1u, 0x7fffffu, 0x800000u, 0x7f7fffffu, 0x7f800000u};
+  for (uint64_t b = 0; b < 0x7f800000ull; b += 9973) bits.push_back(static_cast<uint32_t>(b));
+  for (int k = -140; k <= 120; ++k) {
+    const float t = std::ldexp(448.0f, k);
+    const uint32_t tb = std::bit_cast<uint32_t>(t);
+    if (!std::isfinite(t) || t == 0.0f) continue;
+    for (int d = -2; d <= 2; ++d) bits.push_back(tb + static_cast<uint32_t>(d));
+  }
+  for (uint32_t b : bits) {
+    const float a = std::bit_cast<float>(b);
+    ASSERT_EQ(std::bit_cast<uint32_t>(fast(a)), std::bit_cast<uint32_t>(ref::block_scale(a, true))) << std::hex << b;
   }
 }
 

@@ -54,15 +54,36 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
-// Where the σ table (see SiluTableShape) holds σ of the bf16 bits b; `fallback` is set where it does not (the index
-// is then clamped into the table, so loading it is harmless).
+// Table positions of σ for the two bf16 gates packed in w (low half first). The magnitudes (bits & 0x7fff) are
+// clamped into the table's rows with 16-bit SIMD min/max (a constant row absorbs every magnitude beyond it, so any
+// position in it will do), then offset by the sign half: i = clamp(mag) − L + sign·R·128, both halves in one IMAD
+// (no carry: every half stays below 2^16). Returns whether either gate lies outside the table where it has no
+// constant row (the caller computes σ for such gates; their positions are clamped into the table, so loading
+// them is harmless).
 template <bool BWD, int STAGES, int TABLE>
-__device__ __forceinline__ u32 silu_table_index(u32 b, bool& fallback) {
+__device__ __forceinline__ bool silu_table_index2(u32 w, u32& i0, u32& i1) {
+  constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
+  constexpr u32 R128 = static_cast<u32>(T.rows()) * 128u;
+  constexpr u32 L = static_cast<u32>(T.lo - (T.low_const ? 1 : 0)) << 7;  // magnitude of row 0, mantissa 0
+  constexpr u32 U = L + R128 - 1;                                          // magnitude of the last position
+  static_assert(U + R128 - L < 0x10000u, "");
+  const u32 m = w & 0x7fff7fffu;
+  const u32 lo = __vmaxu2(m, L * 0x10001u);
+  const u32 c = __vminu2(lo, U * 0x10001u);
+  bool fallback = false;
+  if constexpr (!T.low_const) fallback = lo != m;
+  if constexpr (!T.high_const) fallback = fallback || c != lo;
+  const u32 idx = ((w >> 15) & 0x10001u) * R128 + (c - L * 0x10001u);
+  i0 = idx & 0xffffu;
+  i1 = idx >> 16;
+  return fallback;
+}
+// Whether the σ table holds σ for the bf16 bits b (the single-value form of the test above).
+template <bool BWD, int STAGES, int TABLE>
+__device__ __forceinline__ bool silu_table_has(u32 b) {
   constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
   const int E = static_cast<int>((b >> 7) & 0xffu);
-  fallback = (!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi);
-  const int row = min(max(E - T.lo + (T.low_const ? 1 : 0), 0), T.rows() - 1);
-  return ((b >> 15) * T.rows() + static_cast<u32>(row)) * 128u + (b & 0x7fu);
+  return !((!T.low_const && E < T.lo) || (!T.high_const && E >= T.hi));
 }
 
 // ---- quantizer ------------------------------------------------------------------------------------------------------
@@ -77,6 +98,22 @@ template <bool ROUND> struct SiluQuant {
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
 };
 
+// block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
+// ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
+// divides to more than half an ulp above 2^k), so s = 2^(E − 8 + (1.m > 1.75)), at least 2^−99 (the 1e-30 floor
+// rounded up), inf for inf. Equal to block_scale<true> for every non-negative float (checked exhaustively on the
+// host; tests/silu_test.cpp checks a sample).
+template <bool ROUND>
+__device__ __forceinline__ float silu_block_scale(float amax) {
+  if constexpr (!ROUND) {
+    return block_scale<false>(amax);
+  } else {
+    const u32 A = __float_as_uint(amax);
+    const int e = max(static_cast<int>(A >> 23) - 8 + ((A & 0x7fffffu) > 0x600000u ? 1 : 0), 28);
+    return A >= 0x7f800000u ? __uint_as_float(0x7f800000u) : __uint_as_float(static_cast<u32>(e) << 23);
+  }
+}
+
 // ---- async copies ---------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void silu_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
   const u32 dst = static_cast<u32>(__cvta_generic_to_shared(smem_dst));
@@ -88,6 +125,19 @@ template <int N>
 __device__ __forceinline__ void silu_cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 __device__ __forceinline__ Vec16 lds16(const void* p) { return *static_cast<const Vec16*>(p); }
+
+// Programmatic dependent launch (the batched kernels are launched with LaunchDims::pdl): wait until the previous
+// kernel in the stream has completed and its writes are visible; let the next one start launching.
+__device__ __forceinline__ void silu_grid_wait() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void silu_grid_launch_dependents() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" :::);
+#endif
+}
 
 // What a tile is: rows [row0, row0 + valid) of x, inside a segment (expert) of seg_rows rows starting at seg_start
 // (the shared expert: one segment of M rows); local0 = row0 − seg_start; gtb = the token block's index in the
@@ -185,23 +235,29 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
 
-  int total;
-  if constexpr (BATCHED) total = a.schedule[0] * NB;
-  else total = a.tiles;
-
   // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
   // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
   // 530 → 600 µs). One stage: each warp refills its rows with the next tile's as soon as it has read them, so the
   // load overlaps the quantization and the stores; two such CTAs share an SM.
-  // The first tile is issued before the prologue (column maxima zeroed, σ table filled), so the table's computation
-  // overlaps the first loads' latency instead of delaying them.
+  // Prologue: column maxima zeroed, σ table filled. The shared expert issues its first tile before it, so the
+  // table's computation overlaps the first loads' latency. The batched kernel is launched programmatically after
+  // the schedule kernel: its prologue overlaps that kernel, then it waits for the schedule.
   const int G = gridDim.x;
   int t = blockIdx.x;
-  if (t >= total) return;  // uniform per CTA (before any barrier)
-  SiluTile cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
-  silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
-  silu_cp_async_commit();
-  int4 ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+  int total = 0;
+  SiluTile cur;
+  int4 ahead;
+  auto first_tile = [&]() {
+    cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
+    silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
+    silu_cp_async_commit();
+    ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+  };
+  if constexpr (!BATCHED) {
+    total = a.tiles;
+    if (t >= total) return;  // uniform per CTA (before any barrier)
+    first_tile();
+  }
 
   for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
   if constexpr (TABLE) {  // first read after the barrier below
@@ -219,11 +275,18 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       table[i] = v;
     }
   }
+  if constexpr (BATCHED) {
+    silu_grid_wait();  // the schedule (and everything before it) is complete
+    total = a.schedule[0] * NB;
+    if (t >= total) return;  // uniform per CTA (before any barrier)
+    first_tile();
+  }
   __syncthreads();  // colmax zeroed, σ table filled
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
     u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
+    if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
     const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
     if (STAGES == 2) {
       // The other stage was last read before the previous iteration's second barrier.
@@ -254,17 +317,20 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       float sig[8];
       if constexpr (TABLE) {
         constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
-        bool fb[8], any = false;
+        bool any = false;
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          sig[e] = table[silu_table_index<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu, fb[e])];
-          any |= fb[e];
+        for (int p = 0; p < 4; ++p) {
+          u32 i0, i1;
+          any |= silu_table_index2<BWD, STAGES, TABLE>(av.w[p], i0, i1);
+          sig[2 * p] = table[i0];
+          sig[2 * p + 1] = table[i1];
         }
         if constexpr (!T.complete()) {
           if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-              if (fb[e]) sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
+              if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu))
+                sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
           }
         }
       } else {
@@ -309,7 +375,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
 #pragma unroll
           for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[h][i][e]));
           amax = warp_max<16>(amax);
-          const SiluQuant<ROUND> quant(block_scale<ROUND>(amax));
+          const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(amax));
           if (r < cur.valid) {
             uint2 out;
             out.x = e4m3x4(quant(v[h][i][0]), quant(v[h][i][1]), quant(v[h][i][2]), quant(v[h][i][3]));
@@ -346,7 +412,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     if (COLWISE && tid < HALVES * 128) {
       const int h = tid >> 7, c = tid & 127;
       u32* slot = &colmax[h * 132 + silu_colmax_slot(c)];
-      const float sc = block_scale<ROUND>(__uint_as_float(*slot));
+      const float sc = silu_block_scale<ROUND>(__uint_as_float(*slot));
       *slot = 0u;  // ready for the next tile (read again only after two more barriers)
       colscale[h * 128 + c] = sc;
       a.qT_scale[static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c] = sc;
