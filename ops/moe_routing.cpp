@@ -190,6 +190,7 @@ void launch_map(Runtime::Impl& impl, Arch arch, const TensorRef& routing_map, co
   LaunchDims ds;
   ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
   ds.block[0] = 1024;
+  ds.pdl = true;  // waits for the histograms first
   impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
 
   MoeMapWriteArgs wa{};
@@ -206,6 +207,7 @@ void launch_map(Runtime::Impl& impl, Arch arch, const TensorRef& routing_map, co
   LaunchDims dw;
   dw.grid[0] = static_cast<unsigned>(std::max<int64_t>(NB, 1));
   dw.block[0] = 256;
+  dw.pdl = true;  // waits for the scan first
   impl.launch(impl.tuned(map_spec(arch, kMapWrite, E, routing_map.dtype == DType::i32), T), dw, stream, wa);
 }
 
@@ -310,6 +312,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     LaunchDims ds;
     ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
     ds.block[0] = 1024;
+  ds.pdl = true;  // waits for the histograms first
     impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
   }
   if (ws) impl.free_async(ws, stream);

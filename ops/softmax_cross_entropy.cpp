@@ -29,8 +29,9 @@ using namespace detail;
 enum : uint32_t { kFwd = 0, kFused = 1, kBwd = 2, kMerge = 3, kBatch = 4 };
 enum { P_V, P_DTYPE, P_LABEL, P_SMOOTH, P_GRAD, P_MODE };
 // split: CTAs per row (the cluster size of fwd/fused, independent parts in bwd); unroll: 16-byte loads in flight per
-// thread (fwd, bwd).
-enum { C_SPLIT, C_THREADS, C_UNROLL };
+// thread (fwd, bwd); store: how the fused kernel writes the gradient (0: 16-byte stores from registers, 1: TMA bulk
+// copies from shared memory).
+enum { C_SPLIT, C_THREADS, C_UNROLL, C_STORE };
 
 constexpr int kSmemBudget = 227 * 1024 - 1024;  // opt-in shared memory per CTA on sm_90, less the static arrays
 constexpr int64_t kMaxV = 1 << 26;               // keeps every in-row index in int32
@@ -51,10 +52,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   switch (s.kernel) {
     case kFwd:
     case kFused:
-      name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}{}>",
+      name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
                          s.kernel == kFwd ? "fwd" : "fused", p[P_V], type_name(p[P_DTYPE]), label_name(p[P_LABEL]),
                          s.config[C_SPLIT], s.config[C_THREADS], smooth,
-                         s.kernel == kFwd ? fmt::format(", {}", s.config[C_UNROLL]) : std::string());
+                         s.kernel == kFwd ? s.config[C_UNROLL] : s.config[C_STORE]);
       break;
     case kBwd:
       name = fmt::format("kiln::softmax_cross_entropy_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_V],
@@ -123,7 +124,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 FamilyDef g_family{"softmax_cross_entropy",
                    {"fwd", "fused", "bwd", "merge", "batch"},
                    {"V", "dtype", "label_dtype", "smoothing", "grad_dtype", "mode"},
-                   {"split", "threads", "unroll"},
+                   {"split", "threads", "unroll", "store"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -149,9 +150,9 @@ std::array<std::array<std::atomic<int>, 3>, 3> g_forced{};
 
 // KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>[x<unroll>]" replace the heuristic where valid (a
 // measurement knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it), as does a shape forced
-// by the bench.
+// by the bench. For the fused kernel the third number is the store mode (0 or 1).
 void env_override(const char* var, Specialization& s) {
-  int split = 0, threads = 0, unroll = s.config[C_UNROLL];
+  int split = 0, threads = 0, unroll = s.kernel == kFused ? s.config[C_STORE] : s.config[C_UNROLL];
   const auto& f = g_forced[s.kernel];
   if (f[0].load(std::memory_order_relaxed) > 0) {
     split = f[0].load(std::memory_order_relaxed);
@@ -162,12 +163,13 @@ void env_override(const char* var, Specialization& s) {
     if (!v || std::sscanf(v, "%dx%dx%d", &split, &threads, &unroll) < 2) return;
   }
   if (s.kernel != kFused && unroll != 2 && unroll != 4 && unroll != 8) return;
+  if (s.kernel == kFused && unroll != 0 && unroll != 1) return;
   if (split < 1 || split > 16 || (threads != 128 && threads != 256 && threads != 512 && threads != 1024)) return;
   if (s.kernel != kBwd && split > max_cluster(s.arch)) return;
   Specialization o = s;
   o.config[C_SPLIT] = split;
   o.config[C_THREADS] = threads;
-  if (s.kernel != kFused) o.config[C_UNROLL] = unroll;
+  o.config[s.kernel == kFused ? C_STORE : C_UNROLL] = unroll;
   if (s.kernel == kFused && (s.config[C_SPLIT] == 0 || smem_bytes(o) > kSmemBudget)) return;
   s = o;
 }
@@ -238,6 +240,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         break;
       }
       add_unique(out, s);
+      Specialization b = s;  // the gradient stored by bulk copies
+      b.config[C_STORE] = 1;
+      add_unique(out, b);
       for (int cl : {4, 8, 16})
         for (int th : {128, 256, 512}) {
           if (cl > max_cluster(base.arch) || (th != 256 && cl != s.config[C_SPLIT])) continue;
@@ -512,9 +517,11 @@ void launch_bwd(Runtime::Impl& impl, const Rows& x, const Rows& g, const TensorR
   impl.launch(s, row_dims(x.M, parts, s.config[C_THREADS], 0, false), stream, a);
 }
 
+// Mode 1 (the total) may start before the kernel that writes the losses completes (it waits for it first).
 void launch_batch(Runtime::Impl& impl, const TensorRef& labels, int mode, const CeBatchArgs& a, Stream stream) {
   LaunchDims d;
   d.block[0] = 1024;
+  d.pdl = mode == 1;
   impl.launch(batch_spec(impl.target_arch(), labels.dtype, mode), d, stream, a);
 }
 
@@ -645,7 +652,9 @@ void softmax_cross_entropy_fused(Runtime& rt, const TensorRef& logits, const Ten
     CeFusedArgs a{x.data,          x.stride,       g.data,           g.stride,         labels.data,
                   f32(loss),       f32(fused.row_max), f32(fused.sum_exp), scale_dev,  fused.scale,
                   scratch.flag(),  opts.ignore_index, opts.label_smoothing, opts.z_loss, static_cast<int>(x.M)};
-    impl.launch(s, row_dims(x.M, cl, s.config[C_THREADS], smem_bytes(s), true), stream, a);
+    LaunchDims d = row_dims(x.M, cl, s.config[C_THREADS], smem_bytes(s), true);
+    d.pdl = mean;  // after the count kernel (kiln's own): the fused kernel waits for it before it reads the scale
+    impl.launch(s, d, stream, a);
   } else {
     float* rm = keep_stats ? f32(fused.row_max) : scratch.row_max();
     float* se = keep_stats ? f32(fused.sum_exp) : scratch.sum_exp();

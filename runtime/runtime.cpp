@@ -164,22 +164,22 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   cfg.sharedMemBytes = dims.smem;
   cfg.hStream = reinterpret_cast<CUstream>(stream);
   CUlaunchAttribute attr[2];
-  unsigned na = 0;
+  unsigned n = 0;
   if (dims.cluster[0] * dims.cluster[1] * dims.cluster[2] > 1) {
-    attr[na].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr[na].value.clusterDim.x = dims.cluster[0];
-    attr[na].value.clusterDim.y = dims.cluster[1];
-    attr[na].value.clusterDim.z = dims.cluster[2];
-    ++na;
+    attr[n].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[n].value.clusterDim.x = dims.cluster[0];
+    attr[n].value.clusterDim.y = dims.cluster[1];
+    attr[n].value.clusterDim.z = dims.cluster[2];
+    ++n;
   }
-  if (dims.pdl) {
-    attr[na].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
-    attr[na].value.programmaticStreamSerializationAllowed = 1;
-    ++na;
+  if (dims.pdl && device_.arch.sm >= 90) {
+    attr[n].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr[n].value.programmaticStreamSerializationAllowed = 1;
+    ++n;
   }
-  if (na > 0) {
+  if (n) {
     cfg.attrs = attr;
-    cfg.numAttrs = na;
+    cfg.numAttrs = n;
   }
   check(d.cuLaunchKernelEx(&cfg, k.fn, params, nullptr), "cuLaunchKernelEx");
   counters.launches.fetch_add(1, std::memory_order_relaxed);

@@ -70,9 +70,11 @@ struct LaunchDims {
   unsigned block[3] = {1, 1, 1};
   unsigned cluster[3] = {1, 1, 1};
   unsigned smem = 0;
-  // Programmatic dependent launch (sm_90+): the kernel may start before the previous kernel in the stream has
-  // finished (once that one executes griddepcontrol.launch_dependents or exits); it must execute
-  // griddepcontrol.wait before it reads anything the earlier work writes.
+  // Programmatic dependent launch (sm_90+; ignored before): the kernel may start while the previous kernel on the
+  // stream is still running, once every CTA of that kernel has executed griddepcontrol.launch_dependents (or exited).
+  // Only for a kernel that executes griddepcontrol.wait (kiln/pdl.cuh) in every CTA before it reads anything the
+  // previous kernel writes or writes anything it reads, and whose previous kernel on the stream is kiln's own (a
+  // recipe's second or later launch): what ran before that kernel has completed when it started.
   bool pdl = false;
 };
 

@@ -17,6 +17,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/moe_routing_args.h"
+#include "kiln/pdl.cuh"
 
 namespace kiln {
 
@@ -307,6 +308,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += THREADS) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
+  pdl_launch_dependents();
 }
 
 // ---- top-k backward ---------------------------------------------------------------------------------------------
@@ -419,6 +421,7 @@ __global__ void __launch_bounds__(256) moe_map_count_kernel(const MoeMapCountArg
   }
   __syncthreads();
   for (int e = threadIdx.x; e < E; e += 256) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
+  pdl_launch_dependents();
 }
 
 // Per expert: exclusive prefix of the block histograms (in place) and the total. CTA: 32 experts (lanes) × 32
@@ -426,6 +429,7 @@ __global__ void __launch_bounds__(256) moe_map_count_kernel(const MoeMapCountArg
 template <int E>
 __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs a) {
   __shared__ int part[32][33];
+  pdl_wait();  // launched with LaunchDims::pdl after the histogram kernel
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   const int e = blockIdx.x * 32 + lane;
   const int chunk = (a.nblocks + 31) / 32;
@@ -456,6 +460,7 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
       *p = run;
       run += v;
     }
+  pdl_launch_dependents();
 }
 
 // Exclusive block-wide scan of one int per thread (256 threads); returns the prefix, `total` gets the sum.
@@ -493,6 +498,7 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int P = a.multiple_of;
   const int block = blockIdx.x;
+  pdl_wait();  // launched with LaunchDims::pdl after the scan
 
   // Every load the CTA needs is issued first: the warp's routing flags, the counts, the block's prefixes.
   u32 f[TPW][NI];

@@ -4,7 +4,8 @@
 //   lse  = m + log Σ_j exp(z_j − m)                      (m = max_j z_j: always max-subtracted)
 //   loss = lse − (1−ε)·z_y − (ε/V)·Σ_j z_j + λ·lse²       (ε: label smoothing, λ: z-loss; 0 and 0 by default)
 //   dz_j = g·(softmax_j·(1 + 2λ·lse) − (1−ε)·[j = y] − ε/V)
-// A row whose label is ignore_index has loss 0, max 0, sumexp 0 and a zero gradient row; its logits are not read.
+// A row whose label is ignore_index has loss 0, max 0, sumexp 0 and a zero gradient row (only the fused kernel reads
+// its logits: it loads its slice before it knows the label).
 // A label outside [0, V) (and not ignore_index) is never used as an index: the row is treated as ignored except that
 // its loss is NaN, and the smallest such row is recorded with atomicMin in bad_row for the host to report.
 //
@@ -23,6 +24,7 @@
 // Every reduction has a fixed order for a given configuration (warp butterflies, warps in order, ranks in order).
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/pdl.cuh"
 #include "kiln/softmax_cross_entropy_args.h"
 
 namespace kiln {
@@ -275,6 +277,28 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 #endif
 }
 
+// Bulk copy shared → global (16-byte aligned, a multiple of 16) in this thread's bulk group, committed.
+__device__ __forceinline__ void bulk_store(void* dst, const void* src, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst), "r"(smem_addr(src)),
+               "r"(bytes)
+               : "memory");
+  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+#endif
+}
+// Makes this thread's shared-memory writes visible to the bulk copies (the async proxy); a barrier follows.
+__device__ __forceinline__ void bulk_store_fence() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// Waits until this thread's bulk stores have read their shared-memory sources.
+__device__ __forceinline__ void bulk_store_wait_read() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+#endif
+}
+
 }  // namespace ce
 
 // ---- forward (full or vocab-parallel partial) ---------------------------------------------------------------------
@@ -342,8 +366,13 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fwd_kernel(cons
 
 // ---- fused forward + backward ---------------------------------------------------------------------------------------
 // Grid: M·CL CTAs in clusters of CL. Dynamic shared memory: ce_fused_smem_bytes(V, sizeof(T), CL, THREADS).
-// Requires sm_90 (TMA bulk copies, clusters).
-template <int V, typename T, typename L, int CL, int THREADS, bool SMOOTH>
+// Requires sm_90 (TMA bulk copies, clusters). The slice's bulk loads are issued first thing (before the label is
+// known: an ignored row's slice is loaded and not used), so a CTA's HBM reads start at once.
+// STORE 0: the gradient goes out as 16-byte stores from registers. STORE 1: it is written over the slice in shared
+// memory and stored by TMA bulk copies, one per piece as soon as the piece is done.
+// Launched with LaunchDims::pdl after the mean reduction's count kernel: scale_dev and bad_row are touched after
+// pdl_wait().
+template <int V, typename T, typename L, int CL, int THREADS, bool SMOOTH, int STORE>
 __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(const CeFusedArgs a) {
   using namespace ce;
   constexpr int E = VecTraits<T>::kElems;
@@ -351,6 +380,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   constexpr int PIECES = ce_fused_pieces(PER, THREADS);
   constexpr int PIECE = (PER + PIECES - 1) / PIECES;
   constexpr int U = kUnroll;
+  static_assert(STORE == 0 || STORE == 1, "STORE: 0 (registers) or 1 (bulk copies from shared memory)");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   Vec16* buf = reinterpret_cast<Vec16*>(smem_raw);          // [PER] the slice
   u64* bars = reinterpret_cast<u64*>(smem_raw + PER * 16);  // [PIECES]
@@ -359,10 +389,6 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   if constexpr (CL > 1) cluster_arrive_relaxed();
   const u32 rank = CL > 1 ? cluster_rank() : 0;
   const long long row = blockIdx.x / CL;
-  const long long label = load_label<L>(a.labels, row);
-  const bool ignored = label == a.ignore_index;
-  const bool bad = !ignored && (label < 0 || label >= V);
-  const bool active = !ignored && !bad;
   const T* rowp = static_cast<const T*>(a.logits) + row * a.stride;
   T* growp = static_cast<T*>(a.grad) + row * a.grad_stride;  // same 16-byte phase as rowp (checked by the host)
   const RowSplit<V, T> sp(rowp);
@@ -371,7 +397,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   const int c0 = static_cast<int>(rank) * PER;
   const int count = max(0, min(c0 + PER, sp.nb) - c0);
 
-  if (active && count > 0 && threadIdx.x == 0) {
+  if (count > 0 && threadIdx.x == 0) {
 #pragma unroll
     for (int p = 0; p < PIECES; ++p) mbar_init(&bars[p]);
     mbar_init_fence();
@@ -383,6 +409,10 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
                   &bars[p]);
     }
   }
+  const long long label = load_label<L>(a.labels, row);
+  const bool ignored = label == a.ignore_index;
+  const bool bad = !ignored && (label < 0 || label >= V);
+  const bool active = !ignored && !bad;
   // The target logit, head and tail elements are read before the exchange: no CTA of the cluster writes gradients
   // before every CTA has passed it, so in-place writes cannot overtake these reads.
   float target = ninf(), edge = 0.f;
@@ -398,12 +428,13 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
     }
   }
   __syncthreads();  // the barriers are initialized before anyone waits on them
-  if (active && count > 0) {
+  if (count > 0) {
 #pragma unroll 1
     for (int p = 0; p < PIECES; ++p) {
       const int base = p * PIECE, n = min(PIECE, count - base);
       if (n <= 0) break;
-      mbar_wait(&bars[p], 0);
+      mbar_wait(&bars[p], 0);  // also for an inactive row: no bulk copy may still be writing when the CTA exits
+      if (!active) continue;
       for (int i = static_cast<int>(threadIdx.x); i < n; i += THREADS * U) {
         Vec16 v[U];
         int k = 0;
@@ -419,6 +450,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   }
   st = block_merge<THREADS>(st, red);
   const Slot g = exchange<CL>(st, target, slots, rank);
+  pdl_wait();  // the count kernel's scale and bad-row flag
 
   if (active) {
     const float lse = g.st.m + logf(g.st.s);
@@ -427,19 +459,41 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
     if (a.z_loss != 0.f) coef *= 1.f + 2.f * a.z_loss * lse;
     const float sub_all = SMOOTH ? scale * a.smoothing / static_cast<float>(V) : 0.f;
     const float sub_target = SMOOTH ? scale * (1.f - a.smoothing) : scale;
+    const float mL = g.st.m * kLog2e;  // exp(z − m) = 2^(z·log2 e − m·log2 e): one FFMA per element
     const long long lb = label - sp.head;  // the label's index in the body (may be outside it)
     const int lc = lb >= 0 && lb < static_cast<long long>(sp.nb) * E ? static_cast<int>(lb / E) : -1;
     const int le = lc >= 0 ? static_cast<int>(lb - static_cast<long long>(lc) * E) : -1;
-    for (int i = static_cast<int>(threadIdx.x); i < count; i += THREADS) {
+    auto grad_chunk = [&](int i) {
       const Vec16 v = buf[i];
       float d[E];
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        d[e] = coef * exp_approx(vec_get<T>(v, e) - g.st.m);
+        float y;
+        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fmaf(vec_get<T>(v, e), kLog2e, -mL)));
+        d[e] = coef * y;
         if constexpr (SMOOTH) d[e] -= sub_all;
-        if (c0 + i == lc && e == le) d[e] -= sub_target;
       }
-      store16(gbody + static_cast<long long>(c0 + i) * E, pack<T>(d));
+      if (c0 + i == lc) {
+#pragma unroll
+        for (int e = 0; e < E; ++e)
+          if (e == le) d[e] -= sub_target;
+      }
+      return pack<T>(d);
+    };
+    if constexpr (STORE == 0) {
+      for (int i = static_cast<int>(threadIdx.x); i < count; i += THREADS)
+        store16(gbody + static_cast<long long>(c0 + i) * E, grad_chunk(i));
+    } else {
+#pragma unroll 1
+      for (int p = 0; p < PIECES; ++p) {
+        const int base = p * PIECE, n = min(PIECE, count - base);
+        if (n <= 0) break;
+        for (int i = base + static_cast<int>(threadIdx.x); i < base + n; i += THREADS) buf[i] = grad_chunk(i);
+        bulk_store_fence();
+        __syncthreads();
+        if (threadIdx.x == 0)
+          bulk_store(gbody + static_cast<long long>(c0 + base) * E, buf + base, static_cast<u32>(n) * 16);
+      }
     }
     if (head_thread || tail_thread) {
       float d = coef * exp_approx(edge - g.st.m);
@@ -452,6 +506,10 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
     for (int i = static_cast<int>(threadIdx.x); i < count; i += THREADS)
       store16(gbody + static_cast<long long>(c0 + i) * E, zero);
     if (head_thread || tail_thread) growp[edge_col] = from_float<T>(0.f);
+  }
+  pdl_launch_dependents();
+  if constexpr (STORE == 1) {
+    if (threadIdx.x == 0) bulk_store_wait_read();  // the shared memory stays valid until the copies have read it
   }
   if (rank != 0 || threadIdx.x != 0) return;
   if (bad && a.bad_row) atomicMin(a.bad_row, static_cast<int>(row));
@@ -568,6 +626,10 @@ template <typename L, int MODE>
 __global__ void __launch_bounds__(1024) softmax_cross_entropy_batch_kernel(const CeBatchArgs a) {
   constexpr int UN = 8;  // rows in flight per thread
   __shared__ double part[1024];
+  // MODE 0 runs before the fused kernel, which may start at once (it waits for this kernel before it reads the
+  // scale); MODE 1 runs after the kernel that writes the losses and may have been launched before it completed.
+  if constexpr (MODE == 0) pdl_launch_dependents();
+  else pdl_wait();
   if (MODE == 0 && a.init_flag && threadIdx.x == 0) *a.bad_row = 0x7fffffff;
   double acc = 0;
   int first_bad = 0x7fffffff;
