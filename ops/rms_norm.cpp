@@ -18,9 +18,13 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_N, P_DTYPE, P_W_DTYPE, P_DW_DTYPE };
-// Backward configs: rows > 0 is the tile kernel (rows per staged tile, `stages` tiles per CTA; warps and split 0);
-// rows = 0 is the pipelined kernel (warps per CTA, `stages` = ring slots per warp, `split` warps per row).
-enum { C_WARPS, C_ROWS, C_STAGES, C_SPLIT };
+// Backward configs: warps = 0 is the tile kernel (`rows` per staged tile, `stages` tiles per CTA); warps > 0 is the
+// pipelined kernel (`warps` per CTA, `rows` processed at once per CTA, i.e. warps/rows warps share a row, `stages`
+// ring slots per warp).
+enum { C_WARPS, C_ROWS, C_STAGES };
+
+bool is_pipe(const Specialization& s) { return s.config[C_WARPS] > 0; }
+int split_of(const Specialization& s) { return s.config[C_WARPS] / std::max(1, s.config[C_ROWS]); }
 
 const char* type_name(int64_t d) {
   switch (static_cast<DType>(d)) {
@@ -39,12 +43,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      if (s.config[C_ROWS] > 0)
+      if (!is_pipe(s))
         name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_ROWS],
                            s.config[C_STAGES], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       else
         name = fmt::format("kiln::rms_norm_bwd_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                           s.config[C_SPLIT], s.config[C_STAGES], s.arch.sm >= 90, type_name(p[P_DTYPE]),
+                           split_of(s), s.config[C_STAGES], s.arch.sm >= 90, type_name(p[P_DTYPE]),
                            type_name(p[P_W_DTYPE]));
       break;
     default:
@@ -83,8 +87,8 @@ bool pipe_ok(int64_t N, DType t, DType w, int warps, int split, int depth) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
   const DType t = static_cast<DType>(s.params[P_DTYPE]);
-  if (s.config[C_ROWS] == 0)
-    return static_cast<int>(pipe_smem(s.params[P_N], t, s.config[C_WARPS], s.config[C_SPLIT], s.config[C_STAGES]));
+  if (is_pipe(s))
+    return static_cast<int>(pipe_smem(s.params[P_N], t, s.config[C_WARPS], split_of(s), s.config[C_STAGES]));
   const int64_t elem = static_cast<int64_t>(dtype_size(t));
   return static_cast<int>(2 * s.config[C_STAGES] * s.config[C_ROWS] * s.params[P_N] * elem + 2 * s.config[C_ROWS] * 4);
 }
@@ -101,15 +105,13 @@ void bwd_default(Specialization& s) {
         if (!pipe_ok(N, t, w, warps, split, depth) || (depth == 3 && pipe_smem(N, t, warps, split, 3) > 200 * 1024))
           continue;
         s.config[C_WARPS] = warps;
-        s.config[C_ROWS] = 0;
+        s.config[C_ROWS] = warps / split;
         s.config[C_STAGES] = depth;
-        s.config[C_SPLIT] = split;
         return;
       }
   s.config[C_WARPS] = 0;
   s.config[C_STAGES] = 1;
   s.config[C_ROWS] = bwd_rows(N, t, 1);
-  s.config[C_SPLIT] = 0;
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -117,7 +119,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"},
-                   {"warps", "rows", "stages", "split"},
+                   {"warps", "rows", "stages"},
                    render,              smem_bytes,                  enumerate,
                    search_space,        tune_instance};
 
@@ -141,8 +143,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DTy
 }
 
 // fwd: 2–16 warps per CTA (a warp per row). bwd: the pipelined kernel's warps per CTA × warps per row × ring slots
-// (the valid points; pipe_ok), and the tile kernel at its heuristic rows with one and two stages, while the tile of
-// x and dy fits shared memory. dw_reduce: nothing to tune.
+// (the valid points; pipe_ok), and the tile kernel (rows per tile, powers of two up to 16 and the heuristic's, one
+// stage; two stages at the heuristic rows) while its tile of x and dy fits shared memory. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
@@ -165,12 +167,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       for (int split : {1, 2, 4, 8, 16})
         for (int depth : {2, 3}) {
           if (!pipe_ok(N, t, w, warps, split, depth) || (warps == 4 && split > 2)) continue;
-          s.config = {warps, 0, depth, split};
+          s.config = {warps, warps / split, depth};
           add(s);
         }
     for (int stages : {1, 2}) {
-      s.config = {0, bwd_rows(N, t, stages), stages, 0};
-      if (smem_bytes(s) <= 227 * 1024) add(s);
+      const int heuristic = bwd_rows(N, t, stages);
+      for (int rows : {1, 2, 4, 8, 16, heuristic}) {
+        if (stages == 2 && rows != heuristic) continue;
+        s.config = {0, rows, stages};
+        if (smem_bytes(s) <= 227 * 1024) add(s);
+      }
     }
   } else {
     out.push_back(s);
@@ -242,10 +248,10 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
 namespace {
 // Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups
 // (a tile of `rows` rows; the pipelined kernel's warp groups each take a row at a time).
-int64_t bwd_threads(const Specialization& s) { return s.config[C_ROWS] > 0 ? 256 : s.config[C_WARPS] * 32; }
+int64_t bwd_threads(const Specialization& s) { return is_pipe(s) ? s.config[C_WARPS] * 32 : 256; }
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
-  const int rows = s.config[C_ROWS] > 0 ? s.config[C_ROWS] : s.config[C_WARPS] / s.config[C_SPLIT];
+  const int rows = s.config[C_ROWS];
   const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(bwd_threads(s)), smem_bytes(s));
   const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
   return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows - 1) / rows));
