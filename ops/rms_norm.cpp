@@ -3,8 +3,8 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 
+#include "kiln/dw_reduce_args.h"
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/rms_norm_args.h"
 #include "ops/bench/rms_norm.hpp"
@@ -18,7 +18,13 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_N, P_DTYPE, P_W_DTYPE, P_DW_DTYPE };
+// Backward configs: warps = 0 is the tile kernel (`rows` per staged tile, `stages` tiles per CTA); warps > 0 is the
+// pipelined kernel (`warps` per CTA, `rows` processed at once per CTA, i.e. warps/rows warps share a row, `stages`
+// ring slots per warp).
 enum { C_WARPS, C_ROWS, C_STAGES };
+
+bool is_pipe(const Specialization& s) { return s.config[C_WARPS] > 0; }
+int split_of(const Specialization& s) { return s.config[C_WARPS] / std::max(1, s.config[C_ROWS]); }
 
 const char* type_name(int64_t d) {
   switch (static_cast<DType>(d)) {
@@ -37,11 +43,16 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_ROWS],
-                         s.config[C_STAGES], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+      if (!is_pipe(s))
+        name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_ROWS],
+                           s.config[C_STAGES], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+      else
+        name = fmt::format("kiln::rms_norm_bwd_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                           split_of(s), s.config[C_STAGES], s.arch.sm >= 90, type_name(p[P_DTYPE]),
+                           type_name(p[P_W_DTYPE]));
       break;
     default:
-      name = fmt::format("kiln::rms_norm_dw_reduce_kernel<{}, {}>", p[P_N], type_name(p[P_DW_DTYPE]));
+      name = fmt::format("kiln::dw_reduce_kernel<{}, 1, {}>", p[P_N], type_name(p[P_DW_DTYPE]));
   }
 }
 
@@ -52,27 +63,63 @@ int bwd_rows(int64_t N, DType t, int stages) {
       std::clamp<int64_t>(65536 / (2 * stages * N * static_cast<int64_t>(dtype_size(t))), 1, 16));
 }
 
-// Staged tiles per backward CTA: 1 (only the SM's other CTAs overlap a CTA's loads with its compute) unless
-// KILN_RMS_BWD_STAGES=2 asks for double-buffered tiles (a measurement knob until the tuner picks per shape).
-int bwd_stages() {
-  static const int forced = [] {
-    const char* v = std::getenv("KILN_RMS_BWD_STAGES");
-    return v && std::atoi(v) == 2 ? 2 : 1;
-  }();
-  return forced;
+// The pipelined backward (rms_norm_bwd_pipe_kernel): `warps` warps per CTA in groups of `split` sharing a row, a
+// ring of `depth` slots of x and dy per warp. Shared memory: the rings and one mbarrier per slot.
+int64_t pipe_smem(int64_t N, DType t, int warps, int split, int depth) {
+  return static_cast<int64_t>(warps) * depth * (2 * (N / split) * static_cast<int64_t>(dtype_size(t)) + 8);
+}
+
+// Whether a pipelined config is valid: 16-byte slices of ≥ 32 chunks (every lane busy) unless a warp takes the whole
+// row, ≤ 15 groups when warps share rows (named barriers), dw of a lane in ≤ 64 fp32 registers, the registers the
+// kernel then takes (measured with ptxas at N = 2048 and 7168 bf16: ≈ 3.3 per dw value + 16, as ptxas hoists both
+// passes' shared-memory loads; fp32 weights with 16-bit rows add half a register per value) within the register file
+// at one CTA per SM, and the rings in shared memory next to the kernel's static exchange buffer.
+bool pipe_ok(int64_t N, DType t, DType w, int warps, int split, int depth) {
+  const int64_t es = static_cast<int64_t>(dtype_size(t)), V = 16 / es;
+  if (split < 1 || warps % split != 0 || N % split != 0 || (N / split) % V != 0) return false;
+  if (split > 1 && (warps / split > 15 || N / split / V < 32)) return false;
+  const int64_t cpl = (N / split / V + 31) / 32, dw_regs = cpl * V;
+  const int64_t regs = (33 * dw_regs) / 10 + 16 + (dtype_size(w) > dtype_size(t) ? dw_regs / 2 : 0);
+  if (dw_regs > 64 || regs > 255 || regs * warps * 32 > 65536) return false;
+  return depth >= 2 && pipe_smem(N, t, warps, split, depth) <= 227 * 1024 - 512;
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
-  const int64_t elem = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  const DType t = static_cast<DType>(s.params[P_DTYPE]);
+  if (is_pipe(s))
+    return static_cast<int>(pipe_smem(s.params[P_N], t, s.config[C_WARPS], split_of(s), s.config[C_STAGES]));
+  const int64_t elem = static_cast<int64_t>(dtype_size(t));
   return static_cast<int>(2 * s.config[C_STAGES] * s.config[C_ROWS] * s.params[P_N] * elem + 2 * s.config[C_ROWS] * 4);
+}
+
+// The backward's default: the pipelined kernel with 8 warps, the fewest warps per row that keep a lane's dw in
+// registers, and 3 ring slots per warp where they fit 200 KiB (else 2); the tile kernel (one stage) where no
+// pipelined config fits (fp32 rows of 16384).
+void bwd_default(Specialization& s) {
+  const int64_t N = s.params[P_N];
+  const DType t = static_cast<DType>(s.params[P_DTYPE]), w = static_cast<DType>(s.params[P_W_DTYPE]);
+  for (int warps : {8, 16})
+    for (int split : {1, 2, 4, 8, 16})
+      for (int depth : {3, 2}) {
+        if (!pipe_ok(N, t, w, warps, split, depth) || (depth == 3 && pipe_smem(N, t, warps, split, 3) > 200 * 1024))
+          continue;
+        s.config[C_WARPS] = warps;
+        s.config[C_ROWS] = warps / split;
+        s.config[C_STAGES] = depth;
+        return;
+      }
+  s.config[C_WARPS] = 0;
+  s.config[C_STAGES] = 1;
+  s.config[C_ROWS] = bwd_rows(N, t, 1);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
-FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"}, {"warps", "rows", "stages"},
+FamilyDef g_family{"rms_norm",          {"fwd", "bwd", "dw_reduce"}, {"N", "dtype", "w_dtype", "dw_dtype"},
+                   {"warps", "rows", "stages"},
                    render,              smem_bytes,                  enumerate,
                    search_space,        tune_instance};
 
@@ -87,18 +134,17 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t N, DType t, DType w, DTy
     s.params[P_W_DTYPE] = static_cast<int64_t>(w);
     if (kernel == kFwd)
       s.config[C_WARPS] = N <= 4096 ? 8 : 4;
-    else {
-      s.config[C_STAGES] = bwd_stages();
-      s.config[C_ROWS] = bwd_rows(N, t, s.config[C_STAGES]);
-    }
+    else
+      bwd_default(s);
   } else {
     s.params[P_DW_DTYPE] = static_cast<int64_t>(dw);
   }
   return s;
 }
 
-// fwd: 2–16 warps per CTA (a warp per row). bwd: rows per staged tile, powers of two up to 16 and the heuristic's
-// own choice, while the tile of x and dy fits shared memory. dw_reduce: nothing to tune.
+// fwd: 2–16 warps per CTA (a warp per row). bwd: the pipelined kernel's warps per CTA × warps per row × ring slots
+// (the valid points; pipe_ok), and the tile kernel (rows per tile, powers of two up to 16 and the heuristic's, one
+// stage; two stages at the heuristic rows) while its tile of x and dy fits shared memory. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
@@ -108,15 +154,28 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       out.push_back(s);
     }
   } else if (base.kernel == kBwd) {
-    const DType t = static_cast<DType>(base.params[P_DTYPE]);
+    const int64_t N = base.params[P_N];
+    const DType t = static_cast<DType>(base.params[P_DTYPE]), w = static_cast<DType>(base.params[P_W_DTYPE]);
+    Specialization def = base;
+    bwd_default(def);
+    auto add = [&](const Specialization& c) {
+      if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == c.config; }))
+        out.push_back(c);
+    };
+    add(def);
+    for (int warps : {4, 8, 16})
+      for (int split : {1, 2, 4, 8, 16})
+        for (int depth : {2, 3}) {
+          if (!pipe_ok(N, t, w, warps, split, depth) || (warps == 4 && split > 2)) continue;
+          s.config = {warps, warps / split, depth};
+          add(s);
+        }
     for (int stages : {1, 2}) {
-      const int heuristic = bwd_rows(base.params[P_N], t, stages);
+      const int heuristic = bwd_rows(N, t, stages);
       for (int rows : {1, 2, 4, 8, 16, heuristic}) {
-        s.config[C_ROWS] = rows;
-        s.config[C_STAGES] = stages;
-        if (smem_bytes(s) > 227 * 1024) continue;
-        if (std::none_of(out.begin(), out.end(), [&](const Specialization& o) { return o.config == s.config; }))
-          out.push_back(s);
+        if (stages == 2 && rows != heuristic) continue;
+        s.config = {0, rows, stages};
+        if (smem_bytes(s) <= 227 * 1024) add(s);
       }
     }
   } else {
@@ -187,11 +246,13 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
 }
 
 namespace {
-// Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups.
+// Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are row groups
+// (a tile of `rows` rows; the pipelined kernel's warp groups each take a row at a time).
+int64_t bwd_threads(const Specialization& s) { return is_pipe(s) ? s.config[C_WARPS] * 32 : 256; }
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int rows = s.config[C_ROWS];
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), 256, smem_bytes(s));
+  const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(bwd_threads(s)), smem_bytes(s));
   const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
   return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows - 1) / rows));
 }
@@ -254,15 +315,15 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
                      static_cast<int>(M), eps};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
-    d.block[0] = 256;
+    d.block[0] = static_cast<unsigned>(bwd_threads(s));
     d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
   }
   // dweight = Σ over CTAs (zero when M == 0: the reduce over G = 0 slices writes zeros).
-  RmsNormDwArgs r{partial, dweight.data, static_cast<int>(G)};
+  DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((N + 255) / 256);
-  d.block[0] = 256;
+  d.grid[0] = static_cast<unsigned>((N + 31) / 32);
+  d.block[0] = kDwReduceThreads;
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

@@ -3,12 +3,15 @@
 //   forward:  r = 1/sqrt(Σx²/N + eps),  y = (x · r) · w                         (fp32 math, y in x's dtype)
 //   backward: dx = r·g·w − r³·x·(Σ_k x·g·w)/N,   dw = Σ_rows x·g·r
 // Forward: one warp per row; the row of x is held in registers between the reduction and the elementwise pass, so x
-// is read from memory once. Backward: tiles of rows staged in shared memory (below); dw is reduced
-// deterministically: every CTA of a persistent grid accumulates its rows into its own slice of an fp32 workspace
-// [grid, N], and a second kernel adds the slices in CTA order.
+// is read from memory once. Backward: a persistent grid whose warps stream their rows through shared-memory rings
+// (rms_norm_bwd_pipe_kernel; the older tile kernel stays as a search-space point and the fallback for rows too long
+// for it); dw is reduced deterministically (kiln/dw_reduce.cuh): every CTA accumulates its rows into its own row of
+// an fp32 workspace [grid, N], and dw_reduce_kernel adds the rows in CTA order.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/dw_reduce.cuh"
 #include "kiln/rms_norm_args.h"
+#include "kiln/row_pipe.cuh"
 
 namespace kiln {
 
@@ -176,13 +179,165 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
   }
 }
 
-template <int N, typename DW>
-__global__ void __launch_bounds__(256) rms_norm_dw_reduce_kernel(const RmsNormDwArgs a) {
-  const int k = blockIdx.x * 256 + threadIdx.x;
-  if (k >= N) return;
-  float s = 0.f;
-  for (int g = 0; g < a.G; ++g) s += a.partial[static_cast<i64>(g) * N + k];
-  static_cast<DW*>(a.dw)[k] = from_float<DW>(s);
+// ---- pipelined backward ----------------------------------------------------------------------------------------
+// Persistent grid sized to the GPU; CTA c takes a contiguous strip of rows (cta_strip: sizes differ by ≤ 1 row, so
+// every SM streams the same bytes). The WARPS warps form GROUPS = WARPS/SPLIT groups; group g takes rows
+// begin + g, begin + g + GROUPS, … of the strip, and warp `sub` of the group owns the contiguous column slice
+// [sub·NS, (sub+1)·NS) of those rows (NS = N/SPLIT). Each warp streams its slices of x and dy through its own ring of
+// DEPTH shared-memory slots (WarpRing: TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in
+// flight while it computes one, and no warp ever waits for another except the SPLIT warps sharing a row (one named
+// barrier per row to add their Σx² and Σx·dy·w). A lane owns chunks lane, lane + 32, … of its warp's slice: the
+// weights stay in registers as loaded, dw accumulates in fp32 registers over all the CTA's rows (fixed order), and at
+// the end the groups' dw go through shared memory and are added in group order into partial[blockIdx.x]
+// (dw_cta_partial), which dw_reduce_kernel adds in CTA order.
+template <int N, int SPLIT, typename T, typename W>
+struct RmsBwdPipeLayout {
+  static constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
+  static constexpr int NS = N / SPLIT;                         // columns per warp slice
+  static_assert(NS * SPLIT == N && NS % V == 0, "SPLIT cuts the row into 16-byte-aligned slices");
+  static constexpr int CS = NS / V;                            // chunks per slice
+  static constexpr int CPL = (CS + 31) / 32;                   // chunks per lane
+  static constexpr int WV = V * static_cast<int>(sizeof(W)) / 4;  // 32-bit words of weight per chunk
+  static constexpr int PIECE = NS * static_cast<int>(sizeof(T));  // bytes of one tensor's slice
+  static constexpr int SLOT = 2 * PIECE;                          // x slice, then dy slice
+};
+
+template <typename W, int WV>
+__device__ __forceinline__ float weight_at(const u32 (&w)[WV], int e) {
+  if constexpr (sizeof(W) == 4) return __uint_as_float(w[e]);
+  else return to_float(W{static_cast<u16>((e & 1) ? (w[e >> 1] >> 16) : (w[e >> 1] & 0xffffu))});
+}
+
+template <int N, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const RmsNormBwdArgs a) {
+  using L = RmsBwdPipeLayout<N, SPLIT, T, W>;
+  constexpr int V = L::V, NS = L::NS, CS = L::CS, CPL = L::CPL, WV = L::WV, PIECE = L::PIECE, SLOT = L::SLOT;
+  constexpr int GROUPS = WARPS / SPLIT;
+  static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || GROUPS <= 15), "SPLIT divides WARPS; ≤ 15 groups");
+  static_assert(DEPTH >= 2, "a ring of at least two slots");
+#if __CUDA_ARCH__ < 900
+  static_assert(!BULK, "TMA bulk copies need sm_90");
+#endif
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
+  __shared__ float xch[2][WARPS][2];  // per-row partial sums of a group's warps, double-buffered by row parity
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int group = warp / SPLIT, sub = warp - group * SPLIT;
+  const int col0 = sub * NS;
+
+  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
+                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  ring.init(lane);
+
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
+  const i64 first = begin + group;
+  const int rows = first < end ? static_cast<int>((end - first + GROUPS - 1) / GROUPS) : 0;  // this warp's rows
+  const T* const xg = static_cast<const T*>(a.x) + col0;
+  const T* const dyg = static_cast<const T*>(a.dy) + col0;
+  auto issue = [&](int k) {
+    const i64 row = first + static_cast<i64>(k) * GROUPS;
+    const void* const src[2] = {xg + row * a.x_stride, dyg + row * a.dy_stride};
+    ring.template issue<PIECE, 2>(k, k < rows, src, lane);
+  };
+#pragma unroll
+  for (int k = 0; k < DEPTH; ++k) issue(k);
+
+  // The lane's weights, as loaded (16-bit weights stay packed).
+  u32 wr[CPL][WV];
+#pragma unroll
+  for (int i = 0; i < CPL; ++i) {
+    const int c = lane + 32 * i;
+    if (CS % 32 == 0 || c < CS) {
+      const char* wp = static_cast<const char*>(a.w) + static_cast<i64>(col0 + c * V) * sizeof(W);
+#pragma unroll
+      for (int j = 0; j < WV / 4; ++j) {
+        const Vec16 v = load16(wp + 16 * j);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) wr[i][4 * j + q] = v.w[q];
+      }
+    }
+  }
+  float dw[CPL][V];
+#pragma unroll
+  for (int i = 0; i < CPL; ++i)
+#pragma unroll
+    for (int e = 0; e < V; ++e) dw[i][e] = 0.f;
+
+  for (int k = 0; k < rows; ++k) {
+    ring.wait(k);
+    const T* xs = reinterpret_cast<const T*>(ring.slot(k));
+    const T* gs = xs + NS;
+    float ss = 0.f, dot = 0.f;
+#pragma unroll
+    for (int i = 0; i < CPL; ++i) {
+      const int c = lane + 32 * i;
+      if (CS % 32 == 0 || c < CS) {
+        const Vec16 x16 = pipe_lds16(xs + c * V), g16 = pipe_lds16(gs + c * V);
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float xf = vec_get<T>(x16, e), gf = vec_get<T>(g16, e);
+          ss = fmaf(xf, xf, ss);
+          dot = fmaf(xf * gf, weight_at<W>(wr[i], e), dot);
+        }
+      }
+    }
+    ss = warp_sum(ss);
+    dot = warp_sum(dot);
+    if constexpr (SPLIT > 1) {
+      const int par = k & 1;
+      if (lane == 0) {
+        xch[par][warp][0] = ss;
+        xch[par][warp][1] = dot;
+      }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+      ss = xch[par][group * SPLIT][0];
+      dot = xch[par][group * SPLIT][1];
+#pragma unroll
+      for (int q = 1; q < SPLIT; ++q) {
+        ss += xch[par][group * SPLIT + q][0];
+        dot += xch[par][group * SPLIT + q][1];
+      }
+    }
+    const float rv = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+    // (dot/N)·r first: r³ alone underflows fp32 for rows of rms ≳ 1e13, while the product stays representable.
+    const float coef = (dot / static_cast<float>(N)) * rv * rv * rv;
+    const i64 row = first + static_cast<i64>(k) * GROUPS;
+    char* dxr = reinterpret_cast<char*>(static_cast<T*>(a.dx) + row * a.dx_stride + col0);
+#pragma unroll
+    for (int i = 0; i < CPL; ++i) {
+      const int c = lane + 32 * i;
+      if (CS % 32 == 0 || c < CS) {
+        const Vec16 x16 = pipe_lds16(xs + c * V), g16 = pipe_lds16(gs + c * V);
+        Vec16 o;
+#pragma unroll
+        for (int e = 0; e < V; ++e) {
+          const float xf = vec_get<T>(x16, e), gf = vec_get<T>(g16, e);
+          vec_set<T>(o, e, rv * gf * weight_at<W>(wr[i], e) - coef * xf);
+          dw[i][e] = fmaf(xf * gf, rv, dw[i][e]);
+        }
+        store16(dxr + c * 16, o);
+      }
+    }
+    ring.release();
+    issue(k + DEPTH);
+  }
+  ring.drain();
+
+  // The groups' dw through shared memory (the ring is idle: every copy issued was consumed), added in group order.
+  __syncthreads();
+  float* red = reinterpret_cast<float*>(smem_raw);  // [GROUPS][N] fp32 ≤ the ring (DEPTH·2·sizeof(T) ≥ 4)
+  static_assert(GROUPS * N * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the ring");
+#pragma unroll
+  for (int i = 0; i < CPL; ++i) {
+    const int c = lane + 32 * i;
+    if (CS % 32 == 0 || c < CS) {
+      float4* d = reinterpret_cast<float4*>(red + group * N + col0 + c * V);
+#pragma unroll
+      for (int e = 0; e < V; e += 4) d[e / 4] = float4{dw[i][e], dw[i][e + 1], dw[i][e + 2], dw[i][e + 3]};
+    }
+  }
+  __syncthreads();
+  dw_cta_partial<GROUPS, WARPS * 32, true>(red, N, N, a.partial + static_cast<i64>(blockIdx.x) * N, threadIdx.x);
 }
 
 }  // namespace kiln

@@ -22,10 +22,4 @@ struct RmsNormBwdArgs {
   float eps;
 };
 
-struct RmsNormDwArgs {
-  const float* partial;  // [G, N]
-  void* dw;              // [N]
-  int G;
-};
-
 }  // namespace kiln

@@ -3,11 +3,10 @@
 //   * Raw<BYTES>: 2/4/8/16 bytes of a row held as loaded (packed 16-bit values stay packed: half the registers);
 //     ld_raw / st_raw move them with one instruction of exactly that width;
 //   * load_f<T, E>: E consecutive elements of type T as floats, with the widest loads that fit (16 bytes at most);
-//   * dw_reduce_kernel: the second stage of a deterministic weight-gradient reduction: out[j] = Σ_g Σ_f
-//     partial[g][f·NOUT + j] in a fixed order (g ascending within 32 slices, the slices summed in order).
+//   (the deterministic weight-gradient reduction these families share is kiln/dw_reduce.cuh, included here).
 #pragma once
 #include "kiln/common.cuh"
-#include "kiln/dw_reduce_args.h"
+#include "kiln/dw_reduce.cuh"
 
 namespace kiln {
 
@@ -195,37 +194,6 @@ __host__ __device__ constexpr int pow2_divisor(int n, int cap) {
   int e = 1;
   while (e < cap && n % (2 * e) == 0) e *= 2;
   return e;
-}
-
-// Stage 2 of a deterministic weight gradient. partial: [G][FOLD·NOUT] fp32 (one row per CTA of stage 1);
-// out[j] = Σ_g Σ_f partial[g][f·NOUT + j]. A CTA of 1024 threads takes 32 output columns: warp ty sums rows
-// g ≡ ty (mod 32) of column tx in ascending g (a warp reads 128 contiguous bytes of a row), then the 32 slice sums
-// are added in ty order. A fixed order: the result does not depend on timing. Short per-thread chains (G/32 rows,
-// unrolled) keep it a ~1 µs tail after the main kernel.
-template <int NOUT, int FOLD, typename DW>
-__global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwReduceArgs a) {
-  constexpr int SLICES = kDwReduceThreads / 32;
-  __shared__ float slice[SLICES][33];
-  const float* __restrict__ partial = a.partial;
-  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
-  const int j = blockIdx.x * 32 + tx;
-  float s = 0.f;
-  if (j < NOUT) {
-#pragma unroll 4
-    for (int g = ty; g < a.G; g += SLICES) {
-      const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
-#pragma unroll
-      for (int f = 0; f < FOLD; ++f) s += row[f * NOUT + j];
-    }
-  }
-  slice[ty][tx] = s;
-  __syncthreads();
-  if (ty == 0 && j < NOUT) {
-    float t = slice[0][tx];
-#pragma unroll
-    for (int k = 1; k < SLICES; ++k) t += slice[k][tx];
-    static_cast<DW*>(a.dw)[j] = from_float<DW>(t);
-  }
 }
 
 }  // namespace kiln

@@ -16,6 +16,8 @@
 
 #include "kiln/ops/rms_norm.hpp"
 #include "reference/rms_norm.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -279,6 +281,41 @@ TEST_F(RmsNormTest, BwdExplicitWorkspace) {
     EXPECT_TRUE(given.guards_ok) << "written outside dx, dweight or the " << elems << "-element workspace";
     EXPECT_TRUE(bitwise_equal("dx", given.dx, own.dx));
     EXPECT_TRUE(bitwise_equal("dweight", given.dweight, own.dweight));
+  }
+}
+
+// Every point of the backward's search space (what the tuner may pick: pipelined kernels with 1–16 warps per row,
+// ring depths, the tile kernel) against the reference, forced through the tuner's hook, at the lengths where the
+// spaces differ: N = 2048 (one warp per row fits), 7168 (rows split over warps), 1000 (ragged lanes), with M not a
+// multiple of the CTA count. Each config must also be deterministic and write nothing outside its outputs.
+TEST_F(RmsNormTest, BwdEverySearchSpacePointMatchesReference) {
+  const detail::FamilyDef* f = detail::find_family("rms_norm");
+  ASSERT_NE(f, nullptr);
+  for (const auto& [N, M] : {std::pair<int64_t, int64_t>{2048, 1037}, {7168, 611}, {1000, 333}}) {
+    detail::Specialization base;
+    base.family = f;
+    base.arch = rt().impl().target_arch();
+    base.kernel = 1;  // bwd
+    base.params = {N, static_cast<int64_t>(DType::bf16), static_cast<int64_t>(DType::bf16), 0};
+    std::vector<detail::Specialization> space;
+    f->search_space(base, space);
+    ASSERT_GT(space.size(), 1u);
+    const std::vector<float> x = random_values(M * N, mix_seed({0x78, static_cast<uint64_t>(N)}), DType::bf16);
+    const std::vector<float> dy = random_values(M * N, mix_seed({0x79, static_cast<uint64_t>(N)}), DType::bf16);
+    const std::vector<float> w = random_values(N, mix_seed({0x7a, static_cast<uint64_t>(N)}), DType::bf16);
+    const ref::RmsNormGrads g = ref::rms_norm_bwd(dy, x, w, M, N, kEps);
+    for (const detail::Specialization& c : space) {
+      SCOPED_TRACE("N " + std::to_string(N) + " M " + std::to_string(M) + " config " + c.describe());
+      detail::ForceConfigScope force(c);
+      const Bwd a = run_bwd(dy, x, w, DType::bf16, DType::bf16, DType::f32, M, N, kEps);
+      const Bwd b = run_bwd(dy, x, w, DType::bf16, DType::bf16, DType::f32, M, N, kEps);
+      ASSERT_GT(force.applied(), 0u) << "the op did not run the forced config";
+      EXPECT_TRUE(a.guards_ok) << "written outside dx, dweight or the workspace";
+      EXPECT_LE(relative_l2(a.dx, g.dx), dx_tolerance(DType::bf16)) << "dx relative L2 error";
+      EXPECT_LE(relative_l2(a.dweight, g.dweight), dweight_tolerance(DType::f32)) << "dweight relative L2 error";
+      EXPECT_TRUE(bitwise_equal("dx", a.dx, b.dx));
+      EXPECT_TRUE(bitwise_equal("dweight", a.dweight, b.dweight));
+    }
   }
 }
 

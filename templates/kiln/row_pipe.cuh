@@ -1,0 +1,145 @@
+// kiln/row_pipe.cuh — streaming rows through shared memory for the persistent row-wise backward kernels.
+//
+//   * cta_strip: the CTA's contiguous strip of rows, balanced to within one row (the grid is sized to the GPU, so
+//     every SM streams the same number of bytes; a grid-stride split instead leaves some warps a whole extra row);
+//   * a per-warp ring of DEPTH slots: the warp copies row k + DEPTH into the slot row k used while it computes the
+//     rows in between, so DEPTH − 1 rows per warp are always in flight and no other warp has to be waited for.
+//     On sm_90 one lane issues a TMA bulk copy per tensor (cp.async.bulk, completion counted on the slot's
+//     mbarrier); before sm_90 every lane issues 16-byte cp.async copies and the warp waits on its commit groups.
+#pragma once
+#include "kiln/common.cuh"
+
+namespace kiln {
+
+// Rows [begin, end) of CTA `cta` of `ctas`: the M rows cut into contiguous strips whose sizes differ by at most one.
+__device__ __forceinline__ void cta_strip(i64 M, i64 cta, i64 ctas, i64& begin, i64& end) {
+  begin = M * cta / ctas;
+  end = M * (cta + 1) / ctas;
+}
+
+__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+
+// ---- mbarriers and TMA bulk copies (sm_90) ---------------------------------------------------------------------
+__device__ __forceinline__ void pipe_mbar_init(u64* bar, u32 count) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+// Makes initialized mbarriers visible to the async proxy (the bulk copies complete on them).
+__device__ __forceinline__ void pipe_mbar_init_fence() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// Orders this thread's earlier generic-proxy shared-memory accesses (and, after a __syncwarp, its warp's) before its
+// later async-proxy ones: a slot the warp has just read may then be refilled by a bulk copy.
+__device__ __forceinline__ void pipe_fence_async() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// One arrival on `bar` that also expects `bytes` of transactions (the copies that follow complete them).
+__device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) global → shared, completing on `bar`. The source is
+// read once: evict it from L2 first.
+__device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+      " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
+      ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      : "memory");
+#endif
+}
+__device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+  u32 done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+
+// 16 bytes from shared memory (volatile: a second pass re-reads instead of keeping the first pass's registers).
+__device__ __forceinline__ Vec16 pipe_lds16(const void* p) {
+  Vec16 r;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])
+               : "r"(smem_u32(p)));
+  return r;
+}
+
+// A warp's ring of DEPTH slots of SLOT bytes each (16-byte aligned), holding NT tensors' pieces of PIECE bytes
+// each at offsets 0, PIECE, 2·PIECE, …. BULK: TMA bulk copies on per-slot mbarriers (sm_90), else cp.async groups.
+// Every warp calls issue(k, …) for k = 0 … DEPTH − 1, then for each row k: wait(k), compute from slot(k),
+// release() (all lanes done reading), issue(k + DEPTH, …). issue() with valid = false copies nothing (but keeps the
+// cp.async group count uniform). Rows are waited in order.
+template <int DEPTH, int SLOT, bool BULK>
+struct WarpRing {
+  unsigned char* base;  // DEPTH · SLOT bytes
+  u64* bars;            // DEPTH mbarriers (BULK)
+
+  // Lane 0 initializes the barriers; the warp then synchronizes (call before the first issue).
+  __device__ __forceinline__ void init(int lane) {
+    if constexpr (BULK) {
+      if (lane == 0) {
+#pragma unroll
+        for (int s = 0; s < DEPTH; ++s) pipe_mbar_init(bars + s, 1);
+        pipe_mbar_init_fence();
+      }
+    }
+    __syncwarp();
+  }
+  __device__ __forceinline__ unsigned char* slot(int k) const { return base + (k % DEPTH) * SLOT; }
+
+  // Copies `pieces` contiguous global ranges of PIECE bytes (src[i] → slot offset i·PIECE) for row k.
+  template <int PIECE, int NP>
+  __device__ __forceinline__ void issue(int k, bool valid, const void* const (&src)[NP], int lane) {
+    static_assert(PIECE % 16 == 0 && NP * PIECE <= SLOT, "16-byte pieces that fit the slot");
+    unsigned char* dst = slot(k);
+    if constexpr (BULK) {
+      if (valid && lane == 0) {
+        u64* bar = bars + k % DEPTH;
+        pipe_fence_async();
+        pipe_arrive_expect(bar, NP * PIECE);
+#pragma unroll
+        for (int i = 0; i < NP; ++i) pipe_bulk_load(dst + i * PIECE, src[i], PIECE, bar);
+      }
+    } else {
+      if (valid) {
+#pragma unroll
+        for (int i = 0; i < NP; ++i)
+#pragma unroll 4
+          for (int c = lane; c < PIECE / 16; c += 32)
+            cp_async16(dst + i * PIECE + c * 16, static_cast<const unsigned char*>(src[i]) + c * 16, true);
+      }
+      cp_async_commit();
+    }
+  }
+  // Row k's copies have landed and are visible to every lane of the warp.
+  __device__ __forceinline__ void wait(int k) {
+    if constexpr (BULK) {
+      pipe_mbar_wait(bars + k % DEPTH, static_cast<u32>((k / DEPTH) & 1));
+    } else {
+      cp_async_wait_group<DEPTH - 1>();
+      __syncwarp();
+    }
+  }
+  // Every lane is done reading the slot of the row just computed (call before issuing into it).
+  __device__ __forceinline__ void release() { __syncwarp(); }
+  // No copy is left in flight (BULK: every issued row was waited).
+  __device__ __forceinline__ void drain() {
+    if constexpr (!BULK) cp_async_wait_group<0>();
+  }
+};
+
+}  // namespace kiln
