@@ -5,8 +5,12 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <mutex>
+#include <utility>
+#include <vector>
 
 #include "kiln/ops/rms_norm.hpp"
+#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -19,7 +23,7 @@ using namespace detail;
 
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
-enum { C_WARPS, C_COL_BLOCKS, C_PREFETCH };
+enum { C_WARPS, C_COL_BLOCKS, C_PREFETCH, C_STAGES, C_OVERLAP };
 // The tile kernel stages at most this many 128×128 blocks in shared memory (6 × 32 KiB + the fixed 22 KiB ≤ 227 KiB).
 constexpr int kMaxStagedBlocks = 6;
 static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 227 * 1024, "");
@@ -31,14 +35,18 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kRowKernel)
     name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
+  else if (s.config[C_STAGES] > 0)
+    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
 }
 
 int smem_bytes(const Specialization& s) {
-  return s.kernel == kTileKernel ? rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0)
-                                  : 0;
+  if (s.kernel != kTileKernel) return 0;
+  if (s.config[C_STAGES] > 0) return rms_norm_block_quant_ring_smem_bytes(s.config[C_STAGES]);
+  return rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0);
 }
 
 // The heuristic default config (the tuner, when it has an entry, overrides it).
@@ -55,8 +63,18 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 }
 
 FamilyDef g_family{
-    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"}, {"warps", "col_blocks", "prefetch"},
-    render, smem_bytes, enumerate, search_space, tune_instance};
+    "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"},
+    {"warps", "col_blocks", "prefetch", "stages", "overlap"}, render, smem_bytes, enumerate, search_space,
+    tune_instance};
+
+// Test hook (rms_norm_block_quant_force_tile): a tile-kernel config {col_blocks, prefetch, stages, overlap} that
+// make_spec uses for one (N, mode) wherever it is a point of the search space; N 0 = none.
+struct ForcedTile {
+  int64_t N = 0;
+  int mode = 0;
+  std::array<int32_t, 4> config{};
+};
+ForcedTile g_forced_tile;
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
   Specialization s;
@@ -97,8 +115,52 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
       return v && std::atoi(v) == 1;
     }();
     s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
+    // The persistent ring kernel (sm_90: bulk copies, mbarriers). Mode 2, N = 2048: one block per CTA (clusters of
+    // 16), four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
+    // (N = 7168: clusters of 14) and six slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
+    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0) {
+      if (nb <= 16) {
+        s.config[C_COL_BLOCKS] = 1;
+        s.config[C_STAGES] = 4;
+        s.config[C_OVERLAP] = 1;
+      } else if (nb % 4 == 0 && nb / 4 <= 16) {
+        s.config[C_COL_BLOCKS] = 4;
+        s.config[C_STAGES] = 6;
+        s.config[C_OVERLAP] = 0;
+      }
+    }
+    const ForcedTile& f = g_forced_tile;
+    if (f.N == N && f.mode == mode) {
+      Specialization t = s;
+      t.config[C_COL_BLOCKS] = f.config[0];
+      t.config[C_PREFETCH] = f.config[1];
+      t.config[C_STAGES] = f.config[2];
+      t.config[C_OVERLAP] = f.config[3];
+      if (in_search_space(t)) s = t;
+    }
   }
   return s;
+}
+
+// Ring-kernel points of the tile kernel (sm_90): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap), R ≤ 6
+// (shared memory); a subset of R keeps the space (and the compile test) small.
+void ring_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90) return;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_COL_BLOCKS] = cb;
+  const bool mode2 = base.params[P_MODE] == 2;
+  for (int overlap : {0, 1}) {
+    if (overlap && !mode2) continue;
+    for (int R : {1, 2, 4, 6}) {
+      if (R < (overlap ? 2 * cb : cb) || R > kRmsNormBlockQuantMaxRing) continue;
+      if (!mode2 && R > 4) continue;
+      if (R == 1 && mode2) continue;  // nothing of the next tile in flight
+      s.config[C_STAGES] = R;
+      s.config[C_OVERLAP] = overlap;
+      out.push_back(s);
+    }
+  }
 }
 
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
@@ -130,6 +192,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_PREFETCH] = 1;
       out.push_back(s);
     }
+    if (cb <= 4 && (base.params[P_MODE] == 2 || cb == 1)) ring_points(base, cb, out);
   }
 }
 
@@ -141,7 +204,66 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     }
 }
 
+// Persistent ring grid: clusters (of `split` CTAs in mode 2) that can be resident at once, cached per function.
+int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool cluster, unsigned smem) {
+  static std::mutex mu;
+  static std::vector<std::pair<CUfunction, int>> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [fn, n] : cache)
+      if (fn == k.fn) return n;
+  }
+  int n = 0;
+  if (cluster) {
+    CUlaunchConfig cfg{};
+    cfg.gridDimX = split;
+    cfg.gridDimY = 1;
+    cfg.gridDimZ = 1;
+    cfg.blockDimX = 256;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = smem;
+    CUlaunchAttribute attr[1];
+    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[0].value.clusterDim.x = split;
+    attr[0].value.clusterDim.y = 1;
+    attr[0].value.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    check(driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg), "cuOccupancyMaxActiveClusters");
+  } else {
+    n = impl.device().sm_count * impl.resident_per_sm(k, 256, static_cast<int>(smem)) / static_cast<int>(split);
+  }
+  n = std::max(n, 1);
+  std::lock_guard<std::mutex> lock(mu);
+  cache.emplace_back(k.fn, n);
+  return n;
+}
+
 }  // namespace
+
+namespace detail {
+// Test hook: later calls at hidden size N in output_mode `mode` (1 or 2) run the tile-kernel
+// config {col_blocks, prefetch, stages, overlap} (on sm_90a). Returns false, changing nothing, for a config outside
+// the search space; N = 0 restores the heuristic. Not synchronized: call it while no op of this family runs.
+bool rms_norm_block_quant_force_tile(int64_t N, int mode, int col_blocks, int prefetch, int stages, int overlap) {
+  if (N == 0) {
+    g_forced_tile = {};
+    return true;
+  }
+  if (mode < 1 || mode > 2 || N <= 0 || N % 128 != 0 || N > kRmsNormBlockQuantMaxN) return false;
+  for (bool round : {false, true}) {
+    Specialization t = make_spec(Arch::parse("sm_90a"), N, mode, round, false);
+    t.config[C_COL_BLOCKS] = col_blocks;
+    t.config[C_PREFETCH] = prefetch;
+    t.config[C_STAGES] = stages;
+    t.config[C_OVERLAP] = overlap;
+    if (!in_search_space(t)) return false;
+  }
+  g_forced_tile = {N, mode, {col_blocks, prefetch, stages, overlap}};
+  return true;
+}
+}  // namespace detail
 
 KILN_REGISTER_FAMILY(rms_norm_block_quant, g_family)
 
@@ -213,11 +335,15 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   } else {
     const int cb = s.config[C_COL_BLOCKS];
     const unsigned split = static_cast<unsigned>(N / (128 * cb));
+    const int64_t tiles = (M + 127) / 128;
     d.grid[0] = split;
-    d.grid[1] = static_cast<unsigned>((M + 127) / 128);
+    d.grid[1] = static_cast<unsigned>(tiles);
     d.block[0] = 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
+    if (s.config[C_STAGES] > 0)  // persistent: as many clusters as are resident at once, each looping over tiles
+      d.grid[1] = static_cast<unsigned>(
+          std::min<int64_t>(tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.smem)));
   }
   impl.launch(s, d, stream, a);
 }

@@ -15,6 +15,10 @@
 //    distributed shared memory (every CTA adds them in rank order, so all see the same r). Both quantizations are
 //    computed from the same registers; the transposed codes go through shared memory so qT is written in whole
 //    128-byte rows.
+//  * ring_kernel (modes 1, 2; the tile kernel made persistent): the same cluster split and the same per-block
+//    math, but each cluster loops over 128-token tiles, and x reaches shared memory through a ring of 128×128 block
+//    slots filled by TMA bulk copies (mbarrier completion), so the loads of later tiles are in flight while the
+//    current tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
@@ -326,6 +330,310 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     }
   }
   if (MODE == 2 && S > 1) cluster_wait();
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Persistent ring kernel (modes 1, 2). Grid (S, G): cluster y = blockIdx.y (S CTAs along x, clusters of S in mode 2)
+// takes the 128-token tiles y, y + G, y + 2G, …; CTA `rank` of it owns columns [C·rank, C·rank + C), C = 128·CB,
+// of every one of those tiles. The host makes G at most the number of clusters that can be resident at once.
+//
+// Shared memory (ring_smem_bytes):
+//   ring      [R][128 rows][128 columns] bf16   block slots, 256 bytes a row, unswizzled: a half-warp reads one
+//                                              row's 256 bytes, so a warp's 16-byte reads are 4 wavefronts, no conflict
+//   partial   [2][128] f32    this CTA's Σx² per row, double-buffered by tile parity (read by the cluster via DSMEM)
+//   rinv      [2][128] f32    1/rms per row, double-buffered by tile parity
+//   colmax, colscale, codesT, rscale   as in the tile kernel (one block at a time)
+//   full      [R] mbarrier    slot s holds its block once full[s] completes a phase
+//
+// The block sequence. The CTA's blocks are numbered k = it·CB + b (tile iteration it, column block b of its slice);
+// block k lives in slot k % R and is the (k / R)-th fill of that slot, so its consumers wait on full[k % R] with
+// parity (k / R) & 1. Warp 0 is the producer: lane 0 arms the slot's barrier with the bytes of the tile's valid rows
+// (arrive.expect_tx), then the lanes issue one 256-byte cp.async.bulk per valid row (rows past M are not loaded and
+// are read as zeros). The first R blocks are issued at the start; block k + R is issued as soon as every thread has
+// taken block k into registers for the last time (barrier (A) in pass 2), so R − CB blocks (R − 2·CB with OVERLAP)
+// of later tiles are always in flight.
+//
+// Per tile: pass 1 (mode 2) waits for the tile's CB blocks and sums squares per row from shared memory; the cluster
+// exchanges the partial sums (arrive.release after writing `partial`, wait.acquire, then every CTA adds the S
+// partial sums in rank order through ld.shared::cluster, so all CTAs get bitwise the same r). Pass 2 reads each
+// block again from its slot (8 rows × 8 columns a thread, as in the tile kernel), quantizes rows and columns and
+// stores them; then the slot is refilled.
+// OVERLAP (needs R ≥ 2·CB: two tiles resident): pass 1 of tile it+1 and its cluster arrive are done before pass 2 of
+// tile it, and the wait comes after it, so the cluster barrier's latency is hidden behind a tile's quantization.
+//
+// Reuse of the double buffers: partial[p] of tile it is rewritten at tile it+2, after this CTA passed the cluster
+// barrier of tile it+1, which every CTA arrives at only after reading tile it's partial sums. rinv[p] likewise is
+// rewritten two tiles later, after the __syncthreads of pass 2. A final cluster barrier keeps every CTA's shared
+// memory alive until the other CTAs have read its last partial sums.
+namespace rmsq {
+__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(u64* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+#endif
+}
+// Makes the initialized barriers visible to the async proxy (the bulk copies' complete_tx).
+__device__ __forceinline__ void mbar_init_fence() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// The producer's arrival for one fill of a slot: the phase completes when `bytes` have landed.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+// global → shared bulk copy (16-byte aligned, a multiple of 16 bytes) completing on `bar`.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+  u32 done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+}  // namespace rmsq
+
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP>
+__global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1))
+    rms_norm_block_quant_ring_kernel(const RmsNormBlockQuantArgs a) {
+  using namespace rmsq;
+  constexpr int ROWS = 128, WARPS = 8;
+  constexpr int C = CB * 128;
+  constexpr int S = N / C;
+  static_assert(N % C == 0, "the cluster must tile N");
+  static_assert(MODE == 1 || MODE == 2, "the ring kernel writes the transposed output");
+  static_assert(R >= (OVERLAP ? 2 * CB : CB) && R <= kRmsNormBlockQuantMaxRing,
+                "a tile's blocks (two tiles' with OVERLAP) must fit the ring");
+  static_assert(!OVERLAP || MODE == 2, "OVERLAP pipelines the mode-2 reduction");
+  constexpr bool CLUSTER = MODE == 2 && S > 1;
+  constexpr int BLOCK = ROWS * 128;  // elements of a slot
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  bf16* ring = reinterpret_cast<bf16*>(smem_raw);
+  float* partial = reinterpret_cast<float*>(smem_raw + R * BLOCK * 2);  // [2][ROWS]
+  float* rinv = partial + 2 * ROWS;                                     // [2][ROWS]
+  float* colmax = rinv + 2 * ROWS;                                      // [WARPS][128]
+  float* colscale = colmax + WARPS * 128;                               // [128]
+  u64* codesT = reinterpret_cast<u64*>(colscale + 128);                 // [128][16], swizzled as in the tile kernel
+  float* rscale = reinterpret_cast<float*>(codesT + 128 * 16);          // [128]
+  u64* full = reinterpret_cast<u64*>(rscale + 128);                     // [R]
+
+  const int rank = blockIdx.x;
+  const int col0 = rank * C;
+  const int group = blockIdx.y, groups = gridDim.y;
+  const int tiles = (a.M + ROWS - 1) / ROWS;
+  const int my_tiles = (tiles - 1 - group) / groups + 1;  // the host launches G ≤ tiles: at least one
+  const int nblk = my_tiles * CB;
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  const int hl = lane & 15, half = lane >> 4;
+  const int g = warp * 2 + half;  // row group: rows 8g … 8g+7
+  const bf16* xg = static_cast<const bf16*>(a.x);
+  auto tile_m0 = [&](int it) { return (group + it * groups) * ROWS; };
+
+  if (threadIdx.x == 0) {
+#pragma unroll 1
+    for (int s = 0; s < R; ++s) mbar_init(full + s);
+    mbar_init_fence();
+  }
+  __syncthreads();
+
+  // Producer (warp 0): block k of the sequence into slot k % R.
+  auto issue = [&](int k) {
+    const int it = k / CB, b = k - it * CB;
+    const int m0 = tile_m0(it);
+    const int valid = min(ROWS, a.M - m0);
+    u64* bar = full + k % R;
+    bf16* dst = ring + (k % R) * BLOCK;
+    if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<u32>(valid) * 256u);
+    __syncwarp();
+    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + col0 + b * 128;
+#pragma unroll 1
+    for (int r = lane; r < valid; r += 32) bulk_load(dst + r * 128, src + static_cast<i64>(r) * a.x_stride, 256u, bar);
+  };
+  if (warp == 0) {
+#pragma unroll 1
+    for (int k = 0; k < min(R, nblk); ++k) issue(k);
+  }
+  auto wait_block = [&](int k) { mbar_wait(full + k % R, static_cast<u32>(k / R) & 1u); };
+  // Rows 8g … 8g+7, columns 8·hl … 8·hl+7 of block k (rows past M read as zero: the slot holds stale data there).
+  auto read_block = [&](int k, int valid, Vec16 (&dst)[8]) {
+    const bf16* blk = ring + (k % R) * BLOCK;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int r = g * 8 + i;
+      dst[i] = r < valid ? *reinterpret_cast<const Vec16*>(blk + r * 128 + hl * 8) : Vec16{{0u, 0u, 0u, 0u}};
+    }
+  };
+
+  // Pass 1 of tile it (mode 2): Σx² of the CTA's slice per row into partial[it & 1], then the cluster arrive (or a
+  // CTA barrier when the CTA has the whole row).
+  auto pass1 = [&](int it) {
+    const int valid = min(ROWS, a.M - tile_m0(it));
+    float ss[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+    for (int b = 0; b < CB; ++b) {
+      const int k = it * CB + b;
+      wait_block(k);
+      Vec16 xv[8];
+      read_block(k, valid, xv);
+#pragma unroll
+      for (int i = 0; i < 8; ++i)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
+    }
+#pragma unroll
+    for (int i = 0; i < 8; ++i) ss[i] = warp_sum<16>(ss[i]);
+    if (hl == 0)
+#pragma unroll
+      for (int i = 0; i < 8; ++i) partial[(it & 1) * ROWS + g * 8 + i] = ss[i];
+    if constexpr (CLUSTER) cluster_arrive();
+    else __syncthreads();
+  };
+  // r of tile it into rinv[it & 1] (after pass 1; mode 1 reads rms_in).
+  auto finish_r = [&](int it) {
+    const int m0 = tile_m0(it);
+    const int valid = min(ROWS, a.M - m0);
+    if constexpr (MODE == 2) {
+      if constexpr (CLUSTER) cluster_wait();
+      if (threadIdx.x < ROWS) {
+        const int r = threadIdx.x;
+        const float* p = partial + (it & 1) * ROWS + r;
+        float t = 0.f;
+#pragma unroll 1
+        for (int q = 0; q < S; ++q) t += CLUSTER ? cluster_load(p, q) : *p;
+        const float rv = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
+        rinv[(it & 1) * ROWS + r] = rv;
+        if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
+      }
+    } else {
+      if (threadIdx.x < ROWS)
+        rinv[(it & 1) * ROWS + threadIdx.x] = static_cast<int>(threadIdx.x) < valid ? a.rms_in[m0 + threadIdx.x] : 0.f;
+    }
+  };
+
+  const bool aligned16 = (a.M % 16) == 0;
+  // Pass 2 of tile it: both quantizations, block by block; each block's slot is refilled once it is in registers.
+  auto pass2 = [&](int it) {
+    const int m0 = tile_m0(it);
+    const int valid = min(ROWS, a.M - m0);
+    const i64 tb = group + static_cast<i64>(it) * groups;
+    __syncthreads();  // rinv[it & 1] is complete
+    float rv[8];
+#pragma unroll
+    for (int i = 0; i < 8; ++i) rv[i] = rinv[(it & 1) * ROWS + g * 8 + i];
+#pragma unroll 1
+    for (int b = 0; b < CB; ++b) {
+      const int k = it * CB + b;
+      if constexpr (MODE != 2) wait_block(k);
+      Vec16 xv[8];
+      read_block(k, valid, xv);
+      const int cb0 = col0 + b * 128 + hl * 8;  // this thread's first column
+      float w8[8];
+      if (W_F32) load_floats<float, 8>(a.w, cb0, w8);
+      else load_floats<bf16, 8>(a.w, cb0, w8);
+      auto y_at = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
+      float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        float amax = 0.f;
+        float y[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          y[e] = y_at(i, e);
+          amax = fmaxf(amax, fabsf(y[e]));
+          cm[e] = fmaxf(cm[e], fabsf(y[e]));
+        }
+        if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
+          amax = warp_max<16>(amax);
+          const int r = g * 8 + i;
+          const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+          if (r < valid) {
+            uint2 out;
+            out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+            out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+            *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + r) * N + cb0) = out;
+          }
+          if (hl == 0) rscale[r] = quant.s;
+        }
+      }
+#pragma unroll
+      for (int e = 0; e < 8; ++e) cm[e] = fmaxf(cm[e], __shfl_xor_sync(0xffffffffu, cm[e], 16));
+      if (half == 0) {
+        *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8) = make_float4(cm[0], cm[1], cm[2], cm[3]);
+        *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8 + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
+      }
+      __syncthreads();  // (A) every thread holds block k in registers: its slot is free; colmax, rscale complete
+      if (warp == 0 && k + R < nblk) issue(k + R);
+      if (MODE == 2 && threadIdx.x >= 128 && static_cast<int>(threadIdx.x) - 128 < valid)
+        a.q_scale[static_cast<i64>(col0 / 128 + b) * a.M + m0 + threadIdx.x - 128] = rscale[threadIdx.x - 128];
+      if (threadIdx.x < 128) {
+        float m = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
+        const float sc = block_scale<ROUND>(m);
+        colscale[threadIdx.x] = sc;
+        a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
+      }
+      __syncthreads();  // (B) colscale complete
+#pragma unroll
+      for (int e = 0; e < 8; ++e) {
+        const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
+        const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
+        const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
+        codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
+      }
+      __syncthreads();  // (C) codesT complete
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        const int n = warp * 16 + kk * 4 + (lane >> 3), j = lane & 7;  // channel in the block, 16-byte piece
+        const int sw = n >> 3;
+        const u64 a0 = codesT[n * 16 + ((2 * j) ^ sw)], a1 = codesT[n * 16 + ((2 * j + 1) ^ sw)];
+        u8* dst = a.qT + static_cast<i64>(col0 + b * 128 + n) * a.M + m0 + j * 16;
+        const int t0 = j * 16;
+        if (aligned16 && t0 + 16 <= valid) {
+          store16(dst, Vec16{{static_cast<u32>(a0), static_cast<u32>(a0 >> 32), static_cast<u32>(a1),
+                              static_cast<u32>(a1 >> 32)}});
+        } else {
+          for (int i = 0; i < 16 && t0 + i < valid; ++i) dst[i] = static_cast<u8>((i < 8 ? a0 : a1) >> ((i & 7) * 8));
+        }
+      }
+      // No barrier here: the next block writes rscale and colmax before its (A), colscale after it and codesT after
+      // its (B); a thread there has passed this block's (C), so every thread has finished reading them.
+    }
+  };
+
+  if constexpr (OVERLAP) {
+    pass1(0);
+#pragma unroll 1
+    for (int it = 0; it < my_tiles; ++it) {
+      finish_r(it);                           // cluster wait of tile it
+      if (it + 1 < my_tiles) pass1(it + 1);   // cluster arrive of tile it+1 …
+      pass2(it);                              // … whose wait comes after this tile's quantization
+    }
+  } else {
+#pragma unroll 1
+    for (int it = 0; it < my_tiles; ++it) {
+      if constexpr (MODE == 2) pass1(it);
+      finish_r(it);
+      pass2(it);
+    }
+  }
+  if constexpr (CLUSTER) cluster_sync();  // keep `partial` alive until every CTA has read it
 }
 
 }  // namespace kiln
