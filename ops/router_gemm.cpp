@@ -12,6 +12,7 @@
 
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/router_gemm_args.h"
+#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -36,7 +37,7 @@ std::atomic<int> router_gemm_measure_flags{0};
 namespace {
 using namespace detail;
 
-enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6 };
+enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7 };
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
 
@@ -56,6 +57,13 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
+  if (s.kernel == kFwdTma) {  // bm = 64·wm, bn = E / (consumer warpgroups along E), wn = cluster (w multicast)
+    source = "#include \"kiln/router_gemm_tma.cuh\"\n";
+    const int e = static_cast<int>(s.params[P_E]);
+    name = fmt::format("kiln::router_gemm_fwd_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], e, s.config[C_WM],
+                       e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    return;
+  }
   if (s.kernel == kFwd90) {
     source = "#include \"kiln/router_gemm_sm90.cuh\"\n";
     name = fmt::format("kiln::router_gemm_fwd_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
@@ -86,6 +94,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
+  if (s.kernel == kFwdTma) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
+    const int e = static_cast<int>(s.params[P_E]);
+    const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
+    return 1024 + s.config[C_STAGES] * (stage + 16);
+  }
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
     const int e = static_cast<int>(s.params[P_E]);
@@ -118,6 +131,8 @@ int smem_bytes(const Specialization& s) {
 
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
+  if (s.kernel == kFwdTma)  // producer + wm × (E / bn) consumer warpgroups
+    return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
   const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
   return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
 }
@@ -136,6 +151,13 @@ bool valid(const Specialization& s) {
            (dx ? (mt == 1 && nwg <= 2 && c[C_BK] == 64) : (mt >= 1 && mt <= 2 && c[C_BK] == 32)) &&
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
+  }
+  if (s.kernel == kFwdTma) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups, cluster of 1, 2 or 4
+    if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
+    const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
+    return (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
+           c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && (cm == 1 || cm == 2 || cm == 4) &&
+           (E / cm) % 8 == 0 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
   }
   if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
     return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
@@ -162,7 +184,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90"},
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -195,6 +217,13 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
+    case kFwdTma: {  // 64 tokens a CTA (128 CTAs at 8192 tokens), two consumer warpgroups splitting E where E/2 is a
+                     // multiple of 8, w multicast to clusters of 2, 5 stages
+      const int e = static_cast<int>(E);
+      const int bn = e % 16 == 0 ? e / 2 : e;
+      set_config(s, 64, bn, 64, 1, (e / 2) % 8 == 0 ? 2 : 1, 5);
+      break;
+    }
     case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
@@ -265,6 +294,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
+    case kFwdTma: {
+      const int e = static_cast<int>(E);
+      for (int cm : {1, 2, 4})  // 64 tokens, two consumers splitting E
+        for (int stages : {4, 5, 6}) {
+          set_config(s, 64, e / 2, 64, 1, cm, stages);
+          add(s);
+        }
+      for (int cm : {1, 2}) {
+        set_config(s, 128, e, 64, 2, cm, 4);  // 128 tokens, each consumer all of E
+        add(s);
+        set_config(s, 64, e, 64, 1, cm, 6);  // 64 tokens, one consumer
+        add(s);
+      }
+      break;
+    }
     case kFwd90:
       for (int ksplit : {1, 2})
         for (int nwg : {1, 2}) {
@@ -335,7 +379,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90}) out.push_back(spec(arch, k, K, E));
+    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma}) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -443,6 +487,22 @@ DwPlan dw_plan(const Specialization& s, int64_t T, int sm_count) {
 
 int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 
+// A 2-D bf16 tensor map: `cols` contiguous elements a row (row pitch `pitch` bytes, a multiple of 16), boxes of
+// 64 columns (128 bytes, 128-byte swizzle: the K-major layout wgmma reads) × box_rows rows; reads outside the
+// tensor fill zeros.
+void encode_tma_2d(RgTensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows) {
+  static_assert(sizeof(RgTensorMap) == sizeof(CUtensorMap) && alignof(RgTensorMap) >= alignof(CUtensorMap));
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
+  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t elem[2] = {1, 1};
+  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                                        const_cast<void*>(data), dims, strides, box, elem,
+                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+        "cuTensorMapEncodeTiled");
+}
+
 }  // namespace
 
 KILN_REGISTER_FAMILY(router_gemm, g_family)
@@ -470,10 +530,30 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the wgmma kernel (H100, 8192 × 2048 → 256: 27.0 µs vs 43.5 µs for the mma.sync kernel).
-  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 1 : 0;
-  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
+  // sm_90a: the TMA wgmma kernel; elsewhere (or E > 256) the mma.sync kernel.
+  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 2 : 0;
+  if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (variant == 2) {
+    const Specialization s = pick(rt, ck, spec(arch, kFwdTma, K, E), T, force);
+    const int bm = s.config[C_BM], cm = s.config[C_WN];
+    RouterGemmFwdTmaArgs a{};
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cm));
+    a.out = static_cast<float*>(logits.data);
+    a.out_stride = lr.stride;
+    a.T = static_cast<int>(T);
+    a.tiles = static_cast<int>((T + bm - 1) / bm);
+    const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
+    const int64_t clusters = std::min<int64_t>(groups, std::max(1, impl.device().sm_count / cm));
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(clusters * cm);
+    d.cluster[0] = static_cast<unsigned>(cm);
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+    return;
+  }
   Specialization base = spec(arch, variant == 1 ? kFwd90 : kFwd, K, E);
   if (variant == 1) base = fwd90_for_tokens(base, T, impl.device().sm_count);
   const Specialization s = pick(rt, ck, base, T, force);
@@ -637,7 +717,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 8);
   }
   int variant = -1;
-  if (part.ends_with("_sm90")) {
+  if (part.ends_with("_tma")) {
+    variant = 2;
+    part.resize(part.size() - 4);
+  } else if (part.ends_with("_sm90")) {
     variant = 1;
     part.resize(part.size() - 5);
   } else if (part.ends_with("_mma")) {
@@ -692,7 +775,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90"};
+  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

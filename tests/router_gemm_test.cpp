@@ -89,10 +89,10 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 7u);
+  ASSERT_EQ(specs.size(), 8u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
-  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6}));  // 4–6: the wgmma kernels, sm_90a only
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7}));  // 4–7: the wgmma kernels, sm_90a only
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
   for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
@@ -101,7 +101,7 @@ TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 7u);
+  ASSERT_EQ(ds.size(), 8u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -155,6 +155,11 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   family().search_space(enumerated(2048, 256, "sm_90a")[4], space);  // wgmma forward: its last point splits K
   ASSERT_EQ(space.back().config[4], 2);
   specs.push_back(space.back());
+  // The TMA forward: every point at the target shape (clusters of 1, 2, 4; one or two consumer warpgroups).
+  space.clear();
+  family().search_space(enumerated(2048, 256, "sm_90a")[7], space);
+  EXPECT_GE(space.size(), 8u);
+  for (const auto& c : space) specs.push_back(c);
   for (const auto& s : specs) {
     const detail::EnsureResult r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();

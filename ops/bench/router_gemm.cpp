@@ -36,6 +36,18 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
                                                                 {128, 256, 64, 2, 2, 4},
                                                                 {128, 256, 64, 2, 2, 3},
                                                                 {64, 256, 64, 1, 2, 4}}};
+// The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
+// multicast, stages.
+constexpr std::array<std::array<int32_t, 6>, 10> kFwdTmaSweep = {{{64, 128, 64, 1, 2, 5},
+                                                                  {64, 128, 64, 1, 1, 5},
+                                                                  {64, 128, 64, 1, 4, 5},
+                                                                  {64, 128, 64, 1, 2, 4},
+                                                                  {64, 128, 64, 1, 4, 4},
+                                                                  {64, 128, 64, 1, 2, 6},
+                                                                  {128, 256, 64, 2, 1, 4},
+                                                                  {128, 256, 64, 2, 2, 4},
+                                                                  {64, 256, 64, 1, 1, 6},
+                                                                  {64, 256, 64, 1, 2, 6}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},
@@ -75,7 +87,7 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    for (const char* part : {"fwd_sm90", "bwd_sm90"})
+    for (const char* part : {"fwd_tma", "fwd_sm90", "bwd_sm90"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
@@ -86,6 +98,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
+  add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);
   add_sweep(cases, "dx_sm90", kDx90Sweep);
   add_sweep(cases, "dw_sm90", kDw90Sweep);

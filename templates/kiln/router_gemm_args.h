@@ -12,6 +12,22 @@ struct RouterGemmFwdArgs {
   int flags;                            // sm_90a kernels, measurement only (0 in every op): see kRgSkip*
 };
 
+// A CUtensorMap (cuda.h), opaque: 128 bytes, 128-byte aligned (as cuda.h 13 declares it); the host encodes it (cuTensorMapEncodeTiled) and the
+// kernel reads it from its __grid_constant__ parameter.
+struct alignas(128) RgTensorMap {
+  unsigned long long opaque[16];
+};
+
+// The TMA forward (router_gemm_tma.cuh): tmx = x [T, K] bf16 in boxes of 64 columns × BM rows, tmw = w [E, K] bf16
+// in boxes of 64 columns × E/CM rows, both 128-byte swizzled.
+struct RouterGemmFwdTmaArgs {
+  RgTensorMap tmx;
+  RgTensorMap tmw;
+  float* out; long long out_stride;     // elements between rows of logits
+  int T;
+  int tiles;                            // ceil(T / BM)
+};
+
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2 };

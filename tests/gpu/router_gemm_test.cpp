@@ -342,6 +342,61 @@ TEST_F(RouterGemmTest, FwdSm90StridedRows) {
   EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
 }
 
+// ---- the sm_90a TMA forward (the default on sm_90a) ------------------------------------------------------------------
+
+class RouterGemmFwdTma : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmFwdTma, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  if (E > 256) GTEST_SKIP();
+  const uint64_t seed = mix_seed({0x9b7, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/2);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits";
+  if (T == 0) EXPECT_EQ(f.launches, 0u) << "T = 0 must launch nothing";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
+  EXPECT_TRUE(r);
+  RecordProperty("result", r.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdTma, ::testing::ValuesIn(shapes()), shape_name);
+
+// Every search-space point (clusters of 1, 2, 4 multicasting w; one or two consumer warpgroups), at shapes with
+// partial tiles in T, E not a power of two, K not a multiple of 64, and T = 17000 where every CTA of the
+// persistent grid walks several token tiles (266 tiles of 64 > 132 SMs) and a cluster of 4 has padding tiles.
+TEST_F(RouterGemmTest, FwdTmaEveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}, Shape{17000, 1536, 64},
+                         Shape{1, 2048, 256}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c7, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d7, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const auto pts = space(7, K, E);
+    EXPECT_GE(pts.size(), E % 16 == 0 ? 8u : 2u);
+    for (const auto& c : pts) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 2);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+  }
+}
+
+TEST_F(RouterGemmTest, FwdTmaStridedRows) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 300, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e7}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f7}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 2);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+}
+
 // NaN and ±inf in x propagate like IEEE arithmetic; large and small magnitudes keep their relative accuracy.
 TEST_F(RouterGemmTest, FwdNonFiniteAndExtremeMagnitudes) {
   const int64_t T = 64, K = 2048, E = 256;

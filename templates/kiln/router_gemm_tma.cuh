@@ -1,0 +1,220 @@
+// kiln/router_gemm_tma.cuh — Hopper (sm_90a) router GEMM forward: TMA, an mbarrier pipeline, warp specialization.
+//
+//   logits[t, e] = Σ_k x[t, k] · w[e, k]      (bf16 × bf16 → fp32, exact products, fp32 accumulation)
+//
+// CTA = one producer warpgroup + WGM·WGN consumer warpgroups. The producer's first thread streams K chunks of 64
+// columns through a STAGES-deep ring: the x tile [BM = 64·WGM rows][64] and the whole w chunk [E][64] land by TMA
+// (cp.async.bulk.tensor, 128-byte swizzle = the K-major layout wgmma reads) and complete on the stage's `full`
+// mbarrier. Rows past T and columns past K are zero-filled by the copy engine. With a cluster of CM CTAs (CTAs
+// of consecutive token tiles), each CTA fetches E/CM rows of the w chunk and multicasts them to every CTA of the
+// cluster, so w leaves L2 once per cluster instead of once per CTA. Consumer warpgroup (i, j) computes tile rows
+// [64·i, 64·i + 64) × experts [j·E/WGN, (j+1)·E/WGN) with wgmma.m64nNk16 (operands from shared memory),
+// keeps one chunk of MMAs in flight, and releases a stage (its `empty` mbarrier in every CTA of the cluster, which
+// all wrote into it) once the MMAs reading it have completed. Persistent: a cluster walks token-tile groups
+// cluster_id, cluster_id + clusters, …; the producer runs ahead into the next tile while the consumers write the
+// last one: accumulators go straight to global memory (8-byte stores, each quad of lanes covering a 32-byte
+// sector of a row), rows past T masked.
+#pragma once
+#include "kiln/router_gemm_sm90.cuh"
+
+namespace kiln {
+namespace rgt {
+
+__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
+}
+__device__ __forceinline__ void fence_mbar_init() {
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+}
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
+}
+// Blocks until the phase of parity `parity` of the barrier has completed.
+__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
+  u32 done;
+  do {
+    asm volatile(
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+        : "=r"(done)
+        : "r"(bar), "r"(parity)
+        : "memory");
+  } while (!done);
+}
+__device__ __forceinline__ void mbar_arrive_local(u32 bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
+}
+// Arrives on the barrier at the same shared offset in CTA `rank` of this cluster.
+__device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
+  asm volatile(
+      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
+      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "r"(rank)
+      : "memory");
+}
+// 2-D tile copy global → this CTA's shared memory, completing on `bar`. c0: the inner (contiguous) coordinate.
+__device__ __forceinline__ void tma_load_2d(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
+          dst),
+      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+}
+// The same, written to the same shared offset of every CTA in `mask` (cluster ranks), each completing on its own
+// barrier at `bar`'s offset.
+__device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap, u32 bar, int c0, int c1,
+                                                      unsigned short mask) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
+      " [%0], [%1, {%4, %5}], [%2], %3;" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
+      : "memory");
+}
+__device__ __forceinline__ void prefetch_tmap(const void* tmap) {
+  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(tmap)) : "memory");
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
+}
+
+// Writes a consumer's accumulators (WgmmaRow<N, C0> of one m64 block) to global memory: register i of lane `lane`
+// holds row row0 + 8·((i/2) & 1) and column C0 + 8·(i/4) + 2·(lane & 3) + (i & 1); `out` points at column 0 of
+// this warpgroup's columns in row 0 of the tile. Rows at or past `rows_valid` are skipped.
+template <int N, int C0>
+struct StoreRow {
+  using Row = rg90::WgmmaRow<N, C0>;
+  __device__ __forceinline__ static void store(const typename Row::Acc& a, float* out, i64 ld, int row0, int lane,
+                                               int rows_valid) {
+    constexpr int W = Row::N;
+#pragma unroll
+    for (int i = 0; i < W / 2; i += 2) {
+      const int r = row0 + 8 * ((i >> 1) & 1), c = C0 + 8 * (i >> 2) + 2 * (lane & 3);
+      if (r < rows_valid)
+        asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(out + r * ld + c), "f"(a.d[i]), "f"(a.d[i + 1])
+                     : "memory");
+    }
+    StoreRow<N, C0 + W>::store(a.next, out, ld, row0, lane, rows_valid);
+  }
+};
+template <int N>
+struct StoreRow<N, N> {
+  __device__ __forceinline__ static void store(const typename rg90::WgmmaRow<N, N>::Acc&, float*, i64, int, int, int) {}
+};
+
+}  // namespace rgt
+
+// Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
+// 1 KiB alignment slack + STAGES × (x tile BM·128 B + w chunk E·128 B rounded to 1 KiB) + 2·STAGES mbarriers.
+template <int K, int E, int WGM, int WGN, int STAGES, int CM>
+__global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
+    router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 64 * WGM, EN = E / WGN, CONSUMERS = WGM * WGN;
+  static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
+  static_assert(EN * WGN == E && EN % 8 == 0, "E / WGN: a multiple of 8");
+  static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
+  static_assert((E / CM) % 8 == 0 && (E / CM) * CM == E, "E / CM rows per multicast slice: a multiple of 8");
+  constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
+  constexpr int CHUNKS = (K + 63) / 64;
+  constexpr u32 TX = BM * 128 + E * 128;  // bytes landing in each CTA's stage per chunk (x tile + all of w's chunk)
+  using Row = rg90::WgmmaRow<EN, 0>;
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
+  const u32 base = (raw + 1023u) & ~1023u;  // the same offset in every CTA (multicast writes rely on it)
+  const u32 bars = base + STAGES * STAGE;   // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
+  const int tid = threadIdx.x, wg = tid / 128;
+  const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
+  const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+  const int groups = (a.tiles + CM - 1) / CM;
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      rgt::mbar_init(bars + 8 * s, 1);                             // the producer's arrive (+ transaction bytes)
+      rgt::mbar_init(bars + 8 * (STAGES + s), CONSUMERS * CM);     // one arrive per consumer warpgroup of the cluster
+    }
+    rgt::fence_mbar_init();
+  }
+  if constexpr (CM > 1) cluster_sync(); else __syncthreads();
+
+  if (wg == 0) {  // producer
+    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_dec<40>();
+    if (tid == 0) {
+      rgt::prefetch_tmap(&a.tmx);
+      rgt::prefetch_tmap(&a.tmw);
+      int s = 0;
+      u32 phase = 0;
+      for (int grp = cluster; grp < groups; grp += clusters) {
+        const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
+        for (int kc = 0; kc < CHUNKS; ++kc) {
+          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // every consumer of the cluster released stage s
+          const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
+          // A tile entirely past T (the cluster's padding tile): only w arrives, its MMAs are never stored.
+          const bool rows = m0 < a.T;
+          rgt::mbar_expect_tx(full, rows ? TX : TX - BM * 128);
+          if (rows) rgt::tma_load_2d(sa, &a.tmx, full, kc * 64, m0);
+          if constexpr (CM == 1)
+            rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, 0);
+          else
+            rgt::tma_load_2d_multicast(sb + rank * (E / CM) * 128, &a.tmw, full, kc * 64,
+                                       static_cast<int>(rank) * (E / CM), static_cast<unsigned short>((1 << CM) - 1));
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {  // consumers
+    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_inc<232>();
+    const int c = wg - 1, wm = c / WGN, wn = c % WGN;
+    const int lane = tid & 31, warp = (tid & 127) >> 5;
+    int s = 0;
+    u32 phase = 0;
+    for (int grp = cluster; grp < groups; grp += clusters) {
+      const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
+      typename Row::Acc acc;
+      Row::zero(acc);
+      int prev = -1;
+      for (int kc = 0; kc < CHUNKS; ++kc) {
+        rgt::mbar_wait(bars + 8 * s, phase);
+        const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES + wn * EN * 128;
+        Row::fence(acc);
+        rg90::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
+        rg90::wgmma_commit();
+        rg90::wgmma_wait<1>();  // the previous chunk's MMAs are done: release its stage
+        Row::fence(acc);
+        if (prev >= 0 && (tid & 127) < CM) {
+          if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
+          else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+        }
+        prev = s;
+        if (++s == STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+      rg90::wgmma_wait<0>();
+      Row::fence(acc);
+      if ((tid & 127) < CM) {
+        if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
+        else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      }
+      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
+      rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+    }
+  }
+  // No CTA may leave while a peer can still multicast into its shared memory or arrive on its barriers.
+  if constexpr (CM > 1) cluster_sync();
+#else
+  __trap();  // sm_90a only (the host recipe never launches it elsewhere)
+#endif
+}
+
+}  // namespace kiln
