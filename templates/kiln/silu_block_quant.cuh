@@ -182,22 +182,33 @@ __device__ __forceinline__ SiluTile silu_tile_info(const SiluBlockQuantArgs& a, 
 template <int N, bool BWD, bool BATCHED>
 __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, const SiluTile& ti, u8* stage) {
   constexpr int ARRAYS = BWD ? 3 : 2;
+  // Lane l copies 16-byte chunk l & 15 of the warp's rows 8w + (l >> 4) + 2k, k = 0…3: one 64-bit base pointer per
+  // array, then constant steps of two rows. Rows past the valid ones read nothing (src-size 0) from the tile's
+  // first row (always valid memory).
   const int lane = threadIdx.x & 31, row0 = (threadIdx.x >> 5) * 8;
-  const bf16* x = static_cast<const bf16*>(a.x);
-  const bf16* g = static_cast<const bf16*>(a.g);
+  const int r = row0 + (lane >> 4), ch = lane & 15;
+  const i64 col = ti.cb * 128 + ch * 8;
+  const bf16* xt = static_cast<const bf16*>(a.x) + static_cast<i64>(ti.row0) * a.x_stride + col;
+  const bf16* xr = xt + static_cast<i64>(r) * a.x_stride;
+  const bf16* gt = BWD ? static_cast<const bf16*>(a.g) + static_cast<i64>(ti.row0) * a.g_stride + col : nullptr;
+  const bf16* gr = BWD ? gt + static_cast<i64>(r) * a.g_stride : nullptr;
+  u8* dst = stage + r * 256 + ch * 16;
+  if (ti.valid == 128) {  // a full tile (uniform): no masks
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int c = lane + k * 32;  // 16-byte chunk of the warp's 8 rows × 256 bytes
-    const int row = row0 + (c >> 4), ch = c & 15;
-    const bool ok = row < ti.valid;
-    const i64 grow = static_cast<i64>(ti.row0 + (ok ? row : 0));
-    const int col = ti.cb * 128 + ch * 8;
-    const bf16* xr = x + grow * a.x_stride + col;
-    cp_async16(stage + row * 256 + ch * 16, ok ? static_cast<const void*>(xr) : a.x, ok);
-    cp_async16(stage + 32768 + row * 256 + ch * 16, ok ? static_cast<const void*>(xr + N) : a.x, ok);
-    if (BWD) {
-      const bf16* gr = g + grow * a.g_stride + col;
-      cp_async16(stage + 65536 + row * 256 + ch * 16, ok ? static_cast<const void*>(gr) : a.g, ok);
+    for (int k = 0; k < 4; ++k) {
+      const bf16* src = xr + 2 * k * a.x_stride;
+      cp_async16(dst + k * 512, src, true);
+      cp_async16(dst + 32768 + k * 512, src + N, true);
+      if (BWD) cp_async16(dst + 65536 + k * 512, gr + 2 * k * a.g_stride, true);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const bool ok = r + 2 * k < ti.valid;
+      const bf16* src = ok ? xr + 2 * k * a.x_stride : xt;
+      cp_async16(dst + k * 512, src, ok);
+      cp_async16(dst + 32768 + k * 512, src + N, ok);
+      if (BWD) cp_async16(dst + 65536 + k * 512, ok ? gr + 2 * k * a.g_stride : gt, ok);
     }
   }
   if (BATCHED && lane < 8) {
@@ -419,11 +430,11 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
           float m = 0.0f;
 #pragma unroll
           for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
-          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
-          if (half == 0) atomicMax(&cm[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
+          // Both half-warps (rows 4·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
+          atomicMax(&cm[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
         }
-      u32* cm_next = colmax + ((it + 1) & 1) * (HALVES * 132);
-      for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) cm_next[i] = 0u;
+      static_assert(HALVES * 132 <= kSiluTileThreads, "");
+      if (tid < HALVES * 132) colmax[((it + 1) & 1) * (HALVES * 132) + tid] = 0u;
       // Slot s of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels 8l + e, slots 2w + half)
       // write 32 different banks.
       const bool aligned = cur.seg_rows % 16 == 0;  // qT's base, s_e·W and local0 are 16-byte aligned
@@ -433,9 +444,15 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         __syncthreads();  // h0 = 0: the column maxima are complete; h0 > 0: codesT is free again
 #pragma unroll
         for (int h = h0; h < h0 + CT; ++h) {
+          // The scales of channels c0 … c0+7: each half-warp forms four, the other half's come by a shuffle.
           float sc[8];
 #pragma unroll
-          for (int e = 0; e < 8; ++e) sc[e] = silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + silu_colmax_slot(c0 + e)]));
+          for (int e = 0; e < 4; ++e) {
+            const float mine = silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + silu_colmax_slot(c0 + 4 * half + e)]));
+            const float other = __shfl_xor_sync(0xffffffffu, mine, 16);
+            sc[e] = half ? other : mine;
+            sc[4 + e] = half ? mine : other;
+          }
           if (hw == 0) {  // channels 8l … 8l+7 of this half: 16 lanes write the tile's 128 column scales
             float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
             if (scale_aligned) {
