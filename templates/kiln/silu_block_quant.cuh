@@ -14,7 +14,7 @@
 // per-expert segmented layout (each expert's pieces laid out like a standalone M = c_e tensor).
 //
 // One tile kernel: a persistent grid of 512-thread CTAs walks 128-token × 128-channel tiles (tile t: token block
-// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, STAGES deep: with two
+// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, one or two buffers (STAGES): with two
 // stages the next tile streams in while this one is computed. Thread (half-warp h = 0…31, lane l = 0…15) computes rows
 // 4h … 4h+3 × channels 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a column's amax a max over 4
 // rows, a shuffle and a shared-memory atomicMax; both quantizations come from the same registers. The transposed codes
@@ -232,12 +232,13 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr bool ROWWISE = BWD || MODE != 1;
   constexpr bool COLWISE = BWD || MODE != 0;
   static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
-  static_assert(STAGES == 1 || STAGES == 2, "");
+  static_assert(STAGES >= 1 && STAGES <= 3, "");
+  constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
   // [CT halves][128 channels][32 slots of 4 tokens] transposed codes, swizzled; then [2 tiles][HALVES][132] column
   // maxima (float bits, padded slots); then the σ table.
-  u32* codesT = reinterpret_cast<u32*>(smem + STAGES * STAGE);
+  u32* codesT = reinterpret_cast<u32*>(smem + BUFS * STAGE);
   u32* colmax = codesT + silu_codes_halves(BWD, STAGES) * 128 * 32;
   float* table = reinterpret_cast<float*>(colmax + 2 * HALVES * 132);
 
@@ -246,23 +247,33 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
 
-  // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
-  // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
-  // 530 → 600 µs). One stage: each warp refills its rows with the next tile's as soon as it has read them, so the
-  // load overlaps the quantization and the stores; two such CTAs share an SM.
+  // Pipeline. STAGES = 2: two buffers, the next tile is issued into the other one at the top of each iteration (one
+  // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
+  // tile's as soon as it has read them, so the load overlaps the quantization and the stores (the forward runs two
+  // such CTAs an SM). STAGES = 3: two buffers refilled like the one-stage kernel's, two tiles ahead (tile t + 2G
+  // streams into this buffer while t + G is already in flight in the other).
   // Prologue: column maxima zeroed, σ table filled. The shared expert issues its first tile before it, so the
   // table's computation overlaps the first loads' latency. The batched kernel is launched programmatically after
   // the schedule kernel: its prologue overlaps that kernel, then it waits for the schedule.
   const int G = gridDim.x;
   int t = blockIdx.x;
   int total = 0;
-  SiluTile cur;
-  int4 ahead;
+  SiluTile cur, pend;  // pend (STAGES = 3): tile t + G, already issued into the other buffer
+  int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3: t + 2G)
   auto first_tile = [&]() {
     cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
     silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
     silu_cp_async_commit();
-    ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+    if constexpr (STAGES == 3) {
+      if (t + G < total) {
+        pend = silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G));
+        silu_issue_tile<N, BWD, BATCHED>(a, pend, smem + STAGE);
+      }
+      silu_cp_async_commit();
+      ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+    } else {
+      ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);
+    }
   };
   if constexpr (!BATCHED) {
     total = a.tiles;
@@ -295,10 +306,10 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   __syncthreads();  // colmax zeroed, σ table filled
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
-    u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
+    u8* stage = smem + (BUFS == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
     if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
-    const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    const SiluTile nxt = STAGES == 3 ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
     if (STAGES == 2) {
       // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
       // which its lanes have read: only the warp's own lanes need to be past those reads.
@@ -307,6 +318,8 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       silu_cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
       silu_cp_async_wait<1>();
+    } else if (STAGES == 3) {
+      silu_cp_async_wait<1>();  // all but the newest group (tile t + G, or empty) have landed
     } else {
       silu_cp_async_wait<0>();
     }
@@ -375,6 +388,15 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, stage);
       silu_cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+    }
+    if (STAGES == 3) {  // this warp has read its rows: refill them with tile t + 2G's
+      __syncwarp();
+      if (t + 2 * G < total) {
+        pend = silu_tile_info<N, BATCHED>(a, t + 2 * G, ahead);
+        silu_issue_tile<N, BWD, BATCHED>(a, pend, stage);
+      }
+      silu_cp_async_commit();
+      ahead = t + 3 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 3 * G) : make_int4(0, 0, 0, 0);
     }
 
     // ---- row-wise blocks: 16 lanes share a row's 128 channels --------------------------------------------------
