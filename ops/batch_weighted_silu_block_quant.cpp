@@ -31,8 +31,9 @@ using namespace detail;
 enum : uint32_t { kFwd = 0, kBwd = 1, kSchedule = 2, kDwReduce = 3 };
 enum { P_N, P_MODE, P_ROUND };
 enum { C_STAGES, C_TABLE };
-// kStagesNote — measured on H100 (bench/NOTES.md): the forward runs fastest as two one-stage CTAs per SM (batched
-// 314 µs vs 343 with two stages), the backward (96 KiB a stage, one CTA per SM) with two stages (530 vs 598 µs).
+// kStagesNote — measured on H100 (bench/NOTES.md, round of 03:40, v6): the forward runs fastest with two stages
+// (shared 21.1 vs 21.9 µs one stage, batched 279.4 vs 294.7), the backward with one stage (per-warp refill) and the
+// complete σ table (shared 33.7 vs 35.4 two stages, batched 494.8 vs 562.5). silu_tile_configs lists the default first.
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/batch_weighted_silu_block_quant.cuh\"\n";
@@ -68,8 +69,8 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
     s.params[P_N] = n;
     s.params[P_MODE] = kernel == kBwd ? 2 : mode;
     s.params[P_ROUND] = round;
-    s.config[C_STAGES] = kernel == kBwd ? 2 : 1;  // see kStagesNote
-    s.config[C_TABLE] = 1;
+    s.config[C_STAGES] = kernel == kBwd ? 1 : 2;  // see kStagesNote
+    s.config[C_TABLE] = kernel == kBwd ? 2 : 1;
   } else if (kernel == kDwReduce) {
     s.params[P_N] = n;
   }

@@ -18,10 +18,11 @@ namespace detail {
 BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round);
 // The tile kernel's search space (both SiLU families): {stages, sigma_table} points, the heuristic default first.
 std::vector<std::array<int, 2>> silu_tile_configs(bool bwd) {
-  // Stages 2 / 1 (the one-stage forward runs two CTAs an SM), each with the variant's σ table or σ computed; the
-  // one-stage backward also with the complete table (it has the shared memory for it: no fallback branch).
-  if (bwd) return {{2, 1}, {1, 1}, {1, 2}, {2, 0}, {1, 0}};
-  return {{1, 1}, {2, 1}, {2, 0}, {1, 0}};
+  // Stages 2 / 1 (the one-stage forward runs two CTAs an SM) / 3 (two buffers refilled two tiles ahead), with the
+  // variant's σ table or σ computed; the one-stage backward also with the complete table (it has the shared memory
+  // for it: no fallback branch).
+  if (bwd) return {{1, 2}, {1, 1}, {2, 1}, {3, 1}, {2, 0}, {1, 0}};
+  return {{2, 1}, {1, 1}, {3, 1}, {2, 0}, {1, 0}};
 }
 }  // namespace detail
 
@@ -31,8 +32,9 @@ using namespace detail;
 enum : uint32_t { kFwd = 0, kBwd = 1 };
 enum { P_N, P_MODE, P_ROUND };
 enum { C_STAGES, C_TABLE };
-// kStagesNote — measured on H100 (bench/NOTES.md): the forward runs fastest as two one-stage CTAs per SM (batched
-// 314 µs vs 343 with two stages), the backward (96 KiB a stage, one CTA per SM) with two stages (530 vs 598 µs).
+// kStagesNote — measured on H100 (bench/NOTES.md, round of 03:40, v6): the forward runs fastest with two stages
+// (shared 21.1 vs 21.9 µs one stage, batched 279.4 vs 294.7), the backward with one stage (per-warp refill) and the
+// complete σ table (shared 33.7 vs 35.4 two stages, batched 494.8 vs 562.5). silu_tile_configs lists the default first.
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
@@ -60,8 +62,8 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.params[P_N] = n;
   s.params[P_MODE] = kernel == kBwd ? 2 : mode;
   s.params[P_ROUND] = round;
-  s.config[C_STAGES] = kernel == kBwd ? 2 : 1;  // see kStagesNote
-  s.config[C_TABLE] = 1;
+  s.config[C_STAGES] = kernel == kBwd ? 1 : 2;  // see kStagesNote
+  s.config[C_TABLE] = kernel == kBwd ? 2 : 1;
   return s;
 }
 

@@ -14,7 +14,7 @@
 // per-expert segmented layout (each expert's pieces laid out like a standalone M = c_e tensor).
 //
 // One tile kernel: a persistent grid of 512-thread CTAs walks 128-token × 128-channel tiles (tile t: token block
-// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, STAGES deep: with two
+// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, one or two buffers (STAGES): with two
 // stages the next tile streams in while this one is computed. Thread (half-warp h = 0…31, lane l = 0…15) computes rows
 // 4h … 4h+3 × channels 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a column's amax a max over 4
 // rows, a shuffle and a shared-memory atomicMax; both quantizations come from the same registers. The transposed codes
@@ -182,22 +182,33 @@ __device__ __forceinline__ SiluTile silu_tile_info(const SiluBlockQuantArgs& a, 
 template <int N, bool BWD, bool BATCHED>
 __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, const SiluTile& ti, u8* stage) {
   constexpr int ARRAYS = BWD ? 3 : 2;
+  // Lane l copies 16-byte chunk l & 15 of the warp's rows 8w + (l >> 4) + 2k, k = 0…3: one 64-bit base pointer per
+  // array, then constant steps of two rows. Rows past the valid ones read nothing (src-size 0) from the tile's
+  // first row (always valid memory).
   const int lane = threadIdx.x & 31, row0 = (threadIdx.x >> 5) * 8;
-  const bf16* x = static_cast<const bf16*>(a.x);
-  const bf16* g = static_cast<const bf16*>(a.g);
+  const int r = row0 + (lane >> 4), ch = lane & 15;
+  const i64 col = ti.cb * 128 + ch * 8;
+  const bf16* xt = static_cast<const bf16*>(a.x) + static_cast<i64>(ti.row0) * a.x_stride + col;
+  const bf16* xr = xt + static_cast<i64>(r) * a.x_stride;
+  const bf16* gt = BWD ? static_cast<const bf16*>(a.g) + static_cast<i64>(ti.row0) * a.g_stride + col : nullptr;
+  const bf16* gr = BWD ? gt + static_cast<i64>(r) * a.g_stride : nullptr;
+  u8* dst = stage + r * 256 + ch * 16;
+  if (ti.valid == 128) {  // a full tile (uniform): no masks
 #pragma unroll
-  for (int k = 0; k < 4; ++k) {
-    const int c = lane + k * 32;  // 16-byte chunk of the warp's 8 rows × 256 bytes
-    const int row = row0 + (c >> 4), ch = c & 15;
-    const bool ok = row < ti.valid;
-    const i64 grow = static_cast<i64>(ti.row0 + (ok ? row : 0));
-    const int col = ti.cb * 128 + ch * 8;
-    const bf16* xr = x + grow * a.x_stride + col;
-    cp_async16(stage + row * 256 + ch * 16, ok ? static_cast<const void*>(xr) : a.x, ok);
-    cp_async16(stage + 32768 + row * 256 + ch * 16, ok ? static_cast<const void*>(xr + N) : a.x, ok);
-    if (BWD) {
-      const bf16* gr = g + grow * a.g_stride + col;
-      cp_async16(stage + 65536 + row * 256 + ch * 16, ok ? static_cast<const void*>(gr) : a.g, ok);
+    for (int k = 0; k < 4; ++k) {
+      const bf16* src = xr + 2 * k * a.x_stride;
+      cp_async16(dst + k * 512, src, true);
+      cp_async16(dst + 32768 + k * 512, src + N, true);
+      if (BWD) cp_async16(dst + 65536 + k * 512, gr + 2 * k * a.g_stride, true);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      const bool ok = r + 2 * k < ti.valid;
+      const bf16* src = ok ? xr + 2 * k * a.x_stride : xt;
+      cp_async16(dst + k * 512, src, ok);
+      cp_async16(dst + 32768 + k * 512, src + N, ok);
+      if (BWD) cp_async16(dst + 65536 + k * 512, ok ? gr + 2 * k * a.g_stride : gt, ok);
     }
   }
   if (BATCHED && lane < 8) {
@@ -221,37 +232,48 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr bool ROWWISE = BWD || MODE != 1;
   constexpr bool COLWISE = BWD || MODE != 0;
   static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
-  static_assert(STAGES == 1 || STAGES == 2, "");
+  static_assert(STAGES >= 1 && STAGES <= 3, "");
+  constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
-  u32* codesT = reinterpret_cast<u32*>(smem + STAGES * STAGE);   // [128 channels][32 slots of 4 tokens], swizzled
-  u32* colmax = codesT + 128 * 32;                                // [HALVES][132] float bits (padded slots)
-  float* colscale = reinterpret_cast<float*>(colmax + HALVES * 132);  // [HALVES][128]
-  float* rscale = colscale + HALVES * 128;                        // [HALVES][128]
-  float* table = rscale + HALVES * 128;                           // σ table (TABLE)
+  // [CT halves][128 channels][32 slots of 4 tokens] transposed codes, swizzled; then [2 tiles][HALVES][132] column
+  // maxima (float bits, padded slots); then the σ table.
+  u32* codesT = reinterpret_cast<u32*>(smem + BUFS * STAGE);
+  u32* colmax = codesT + silu_codes_halves(BWD, STAGES) * 128 * 32;
+  float* table = reinterpret_cast<float*>(colmax + 2 * HALVES * 132);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
   const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
 
-  // Pipeline. Two stages: the next tile is issued into the other stage at the top of each iteration (one tile in
-  // flight while this one is computed; refilling earlier, with two tiles in flight, measured slower: batched bwd
-  // 530 → 600 µs). One stage: each warp refills its rows with the next tile's as soon as it has read them, so the
-  // load overlaps the quantization and the stores; two such CTAs share an SM.
+  // Pipeline. STAGES = 2: two buffers, the next tile is issued into the other one at the top of each iteration (one
+  // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
+  // tile's as soon as it has read them, so the load overlaps the quantization and the stores (the forward runs two
+  // such CTAs an SM). STAGES = 3: two buffers refilled like the one-stage kernel's, two tiles ahead (tile t + 2G
+  // streams into this buffer while t + G is already in flight in the other).
   // Prologue: column maxima zeroed, σ table filled. The shared expert issues its first tile before it, so the
   // table's computation overlaps the first loads' latency. The batched kernel is launched programmatically after
   // the schedule kernel: its prologue overlaps that kernel, then it waits for the schedule.
   const int G = gridDim.x;
   int t = blockIdx.x;
   int total = 0;
-  SiluTile cur;
-  int4 ahead;
+  SiluTile cur, pend;  // pend (STAGES = 3): tile t + G, already issued into the other buffer
+  int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3: t + 2G)
   auto first_tile = [&]() {
     cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
     silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
     silu_cp_async_commit();
-    ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);  // tile t + G
+    if constexpr (STAGES == 3) {
+      if (t + G < total) {
+        pend = silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G));
+        silu_issue_tile<N, BWD, BATCHED>(a, pend, smem + STAGE);
+      }
+      silu_cp_async_commit();
+      ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+    } else {
+      ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);
+    }
   };
   if constexpr (!BATCHED) {
     total = a.tiles;
@@ -259,7 +281,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     first_tile();
   }
 
-  for (int i = tid; i < HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
+  for (int i = tid; i < 2 * HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
   if constexpr (TABLE) {  // first read after the barrier below
     constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
@@ -284,16 +306,20 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   __syncthreads();  // colmax zeroed, σ table filled
 #pragma unroll 1
   for (int it = 0; t < total; t += G, ++it) {
-    u8* stage = smem + (STAGES == 2 ? (it & 1) * STAGE : 0);
+    u8* stage = smem + (BUFS == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
     if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
-    const SiluTile nxt = has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    const SiluTile nxt = STAGES == 3 ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
     if (STAGES == 2) {
-      // The other stage was last read before the previous iteration's second barrier.
+      // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
+      // which its lanes have read: only the warp's own lanes need to be past those reads.
+      __syncwarp();
       if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
       silu_cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
       silu_cp_async_wait<1>();
+    } else if (STAGES == 3) {
+      silu_cp_async_wait<1>();  // all but the newest group (tile t + G, or empty) have landed
     } else {
       silu_cp_async_wait<0>();
     }
@@ -363,11 +389,23 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       silu_cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
     }
+    if (STAGES == 3) {  // this warp has read its rows: refill them with tile t + 2G's
+      __syncwarp();
+      if (t + 2 * G < total) {
+        pend = silu_tile_info<N, BATCHED>(a, t + 2 * G, ahead);
+        silu_issue_tile<N, BWD, BATCHED>(a, pend, stage);
+      }
+      silu_cp_async_commit();
+      ahead = t + 3 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 3 * G) : make_int4(0, 0, 0, 0);
+    }
 
     // ---- row-wise blocks: 16 lanes share a row's 128 channels --------------------------------------------------
+    // Codes straight from registers (16 lanes × 8 bytes: a row's 128 codes); lane i of the half-warp stores row
+    // 4·hw + i's scale.
     if constexpr (ROWWISE) {
 #pragma unroll
-      for (int h = 0; h < HALVES; ++h)
+      for (int h = 0; h < HALVES; ++h) {
+        float my_scale = 0.0f;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int r = hw * 4 + i;
@@ -382,8 +420,12 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
             out.y = e4m3x4(quant(v[h][i][4]), quant(v[h][i][5]), quant(v[h][i][6]), quant(v[h][i][7]));
             *reinterpret_cast<uint2*>(a.q + static_cast<i64>(cur.row0 + r) * W + h * N + cur.cb * 128 + c0) = out;
           }
-          if (hl == 0) rscale[h * 128 + r] = quant.s;
+          if (hl == i) my_scale = quant.s;
         }
+        if (hl < 4 && hw * 4 + hl < cur.valid)
+          a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
+                    cur.local0 + hw * 4 + hl] = my_scale;
+      }
     }
     if constexpr (BWD && BATCHED) {
 #pragma unroll
@@ -393,8 +435,16 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         if (hl == 0 && r < cur.valid) a.dw_partial[static_cast<i64>(cur.cb) * a.M + cur.row0 + r] = s;
       }
     }
-    // ---- column maxima ---------------------------------------------------------------------------------------
+
+    // ---- transposed blocks -------------------------------------------------------------------------------------
+    // Column maxima into this tile's colmax buffer (two buffers by tile parity: the other one, last read before the
+    // previous tile's second barrier, is cleared here for the next tile); one barrier; every thread forms the
+    // scales of its 8 channels, quantizes its 4 tokens of each and stages the codes (codesT holds CT halves); a
+    // second barrier; the codes leave as 128-byte channel rows. The next tile writes colmax and codesT only after
+    // its first barrier, which every thread reaches after this tile's stores.
     if constexpr (COLWISE) {
+      constexpr int CT = silu_codes_halves(BWD, STAGES);
+      u32* cm = colmax + (it & 1) * (HALVES * 132);
 #pragma unroll
       for (int h = 0; h < HALVES; ++h)
 #pragma unroll
@@ -402,65 +452,72 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
           float m = 0.0f;
 #pragma unroll
           for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
-          m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 16));
-          if (half == 0) atomicMax(&colmax[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
+          // Both half-warps (rows 4·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
+          atomicMax(&cm[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
         }
-    }
-    __syncthreads();
-
-    // ---- scales out: column scales (threads 0…255), row scales (threads 256…511) -------------------------------
-    if (COLWISE && tid < HALVES * 128) {
-      const int h = tid >> 7, c = tid & 127;
-      u32* slot = &colmax[h * 132 + silu_colmax_slot(c)];
-      const float sc = silu_block_scale<ROUND>(__uint_as_float(*slot));
-      *slot = 0u;  // ready for the next tile (read again only after two more barriers)
-      colscale[h * 128 + c] = sc;
-      a.qT_scale[static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c] = sc;
-    }
-    if (ROWWISE && tid >= 256 && tid - 256 < HALVES * 128) {
-      const int h = (tid - 256) >> 7, r = tid & 127;
-      if (r < cur.valid)
-        a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
-                  cur.local0 + r] = rscale[h * 128 + r];
-    }
-
-    // ---- transposed blocks: channel c0 + e gets the 4 codes of rows 4·hw … 4·hw+3 ------------------------------
-    if constexpr (COLWISE) {
+      static_assert(HALVES * 132 <= kSiluTileThreads, "");
+      if (tid < HALVES * 132) colmax[((it + 1) & 1) * (HALVES * 132) + tid] = 0u;
       // Slot s of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels 8l + e, slots 2w + half)
       // write 32 different banks.
       const bool aligned = cur.seg_rows % 16 == 0;  // qT's base, s_e·W and local0 are 16-byte aligned
+      const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
 #pragma unroll
-      for (int h = 0; h < HALVES; ++h) {
-        __syncthreads();  // colscale ready (h = 0); codesT free again (h = 1)
+      for (int h0 = 0; h0 < HALVES; h0 += CT) {
+        __syncthreads();  // h0 = 0: the column maxima are complete; h0 > 0: codesT is free again
 #pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const SiluQuant<ROUND> quant(colscale[h * 128 + c0 + e]);
-          codesT[(c0 + e) * 32 + (hw ^ (2 * hl))] =
-              e4m3x4(quant(v[h][0][e]), quant(v[h][1][e]), quant(v[h][2][e]), quant(v[h][3][e]));
+        for (int h = h0; h < h0 + CT; ++h) {
+          // The scales of channels c0 … c0+7: each half-warp forms four, the other half's come by a shuffle.
+          float sc[8];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const float mine = silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + silu_colmax_slot(c0 + 4 * half + e)]));
+            const float other = __shfl_xor_sync(0xffffffffu, mine, 16);
+            sc[e] = half ? other : mine;
+            sc[4 + e] = half ? mine : other;
+          }
+          if (hw == 0) {  // channels 8l … 8l+7 of this half: 16 lanes write the tile's 128 column scales
+            float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
+            if (scale_aligned) {
+              *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+              *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
+            } else {
+#pragma unroll
+              for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+            }
+          }
+          u32* ct = codesT + (h - h0) * (128 * 32);
+#pragma unroll
+          for (int e = 0; e < 8; ++e) {
+            const SiluQuant<ROUND> quant(sc[e]);
+            ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
+                e4m3x4(quant(v[h][0][e]), quant(v[h][1][e]), quant(v[h][2][e]), quant(v[h][3][e]));
+          }
         }
-        __syncthreads();
-        // Warp w writes channels 8w … 8w+7, four per instruction: 8 lanes × 16 bytes cover a channel's 128 tokens.
+        __syncthreads();  // codesT complete
 #pragma unroll
-        for (int k = 0; k < 2; ++k) {
-          const int n = warp * 8 + k * 4 + (lane >> 3), j = lane & 7;
-          const int f = 2 * (n >> 3);
-          Vec16 c = lds16(codesT + n * 32 + 4 * (j ^ (f >> 2)));
-          if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-          u8* dst = a.qT + static_cast<i64>(cur.seg_start) * W +
-                    static_cast<i64>(h * N + cur.cb * 128 + n) * cur.seg_rows + cur.local0 + j * 16;
-          const int t0 = j * 16;
-          if (aligned && t0 + 16 <= cur.valid) {
-            store16(dst, c);
-          } else {
-            const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
-            for (int b = 0; b < 16 && t0 + b < cur.valid; ++b) dst[b] = static_cast<u8>((b < 8 ? lo : hi) >> ((b & 7) * 8));
+        for (int h = h0; h < h0 + CT; ++h) {
+          const u32* ct = codesT + (h - h0) * (128 * 32);
+          // Warp w writes channels 8w … 8w+7, four per instruction: 8 lanes × 16 bytes cover a channel's 128 tokens.
+#pragma unroll
+          for (int k = 0; k < 2; ++k) {
+            const int n = warp * 8 + k * 4 + (lane >> 3), j = lane & 7;
+            const int f = 2 * (n >> 3);
+            Vec16 c = lds16(ct + n * 32 + 4 * (j ^ (f >> 2)));
+            if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+            u8* dst = a.qT + static_cast<i64>(cur.seg_start) * W +
+                      static_cast<i64>(h * N + cur.cb * 128 + n) * cur.seg_rows + cur.local0 + j * 16;
+            const int t0 = j * 16;
+            if (aligned && t0 + 16 <= cur.valid) {
+              store16(dst, c);
+            } else {
+              const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+              for (int b = 0; b < 16 && t0 + b < cur.valid; ++b) dst[b] = static_cast<u8>((b < 8 ? lo : hi) >> ((b & 7) * 8));
+            }
           }
         }
       }
     }
-    // The next tile's rscale / colmax / codesT writes come after every thread has passed the barriers of the
-    // transposed phase; without it (output mode 0) rscale needs one more barrier.
-    if (!COLWISE) __syncthreads();
+    // Output mode 0 needs no barrier at all: a warp reads and refills only its own rows, and nothing else is shared.
     cur = nxt;
   }
   silu_cp_async_wait<0>();

@@ -68,19 +68,20 @@ constexpr int kSiluSigmaSatFrom = 134;    // σ(a) == (a > 0) for every non-NaN 
 // table = 1: the variant's default size (above); table = 2: the complete table (34 rows) whatever the variant (used
 // where shared memory allows it: the one-stage backward).
 constexpr SiluTableShape silu_table_shape(bool bwd, int stages, int table = 1) {
-  return table == 2 || (!bwd && stages == 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
+  return table == 2 || (!bwd && stages >= 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
          : bwd                               ? SiluTableShape{118, 132, false, false}
                                              : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
 }
 
-// Dynamic shared memory of the tile kernel: STAGES input stages (gate, up [, grad] tiles of 128×128 bf16 [, 128 row
-// weights]), the transposed codes of one 128-channel block (16 KiB), column maxima, column scales and row scales per
-// output half, and the σ table.
+// Dynamic shared memory of the tile kernel: one (STAGES = 1) or two (STAGES = 2, 3) input buffers (gate, up [, grad]
+// tiles of 128×128 bf16 [, 128 row weights]), the transposed codes of one or (the one-stage backward: both output halves at once) two 128-channel
+// blocks (16 KiB each), two buffers of column maxima per output half (tile parity), and the σ table.
 constexpr int silu_stage_bytes(bool bwd, bool batched) { return (bwd ? 3 : 2) * 128 * 128 * 2 + (batched ? 512 : 0); }
+constexpr int silu_codes_halves(bool bwd, int stages) { return bwd && stages == 1 ? 2 : 1; }
 // table: 0 none (σ computed), 1 the variant's default table, 2 the complete table.
 constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, int table) {
-  return stages * silu_stage_bytes(bwd, batched) + 128 * 128 + (bwd ? 2 : 1) * (132 + 128 + 128) * 4 +
-         (table ? silu_table_shape(bwd, stages, table).bytes() : 0);
+  return (stages == 1 ? 1 : 2) * silu_stage_bytes(bwd, batched) + silu_codes_halves(bwd, stages) * 128 * 128 +
+         2 * (bwd ? 2 : 1) * 132 * 4 + (table ? silu_table_shape(bwd, stages, table).bytes() : 0);
 }
 
 }  // namespace kiln

@@ -210,6 +210,26 @@ class MoeLayerTest : public GpuTest {
       EXPECT_TRUE(same("SiLU fwd q", hq_h, w.q, M * n));
       EXPECT_TRUE(same("SiLU fwd qT (segmented)", hqT_h, w.qT, M * n));
     }
+    {  // The same SiLU without the host read of offsets[E]: x, prob and the outputs are the num_out-row buffers and
+       // trailing_rows accepts Σ counts ≤ num_out; the experts' segments must hold exactly the bits above.
+      const int64_t Lw = batch_weighted_silu_max_token_blocks(num_out, E);
+      DeviceBuffer wq(rt, num_out * n), wqs(rt, num_out * n / 128 * 4), wqT(rt, num_out * n), wqTs(rt, Lw * n * 4);
+      for (DeviceBuffer* b : {&wq, &wqs, &wqT, &wqTs, &st}) b->poison();
+      BatchSiluOptions wo;
+      wo.trailing_rows = true;
+      batch_weighted_silu_block_quant_fwd(rt, z1b.ref(DType::bf16, {num_out, 2 * n}), pob.ref(DType::f32, {num_out}),
+                                          counts,
+                                          {wq.ref(DType::e4m3, {num_out, n}), wqs.ref(DType::f32, {num_out * n / 128}),
+                                           wqT.ref(DType::e4m3, {num_out * n}), wqTs.ref(DType::f32, {Lw * n})},
+                                          status, wo, nullptr);
+      synchronize();
+      EXPECT_EQ(st.download<int32_t>(1)[0], 0) << "SiLU forward (trailing rows) status";
+      EXPECT_TRUE(same("SiLU fwd q (trailing rows)", wq.download<uint8_t>(num_out * n), hq_h, M * n));
+      EXPECT_TRUE(same("SiLU fwd q_scale (trailing rows)", wqs.download<float>(num_out * n / 128), hqs_h, M * n / 128));
+      EXPECT_TRUE(same("SiLU fwd qT (trailing rows)", wqT.download<uint8_t>(num_out * n), hqT_h, M * n));
+      const int64_t nb = ref::token_blocks(pc);
+      EXPECT_TRUE(same("SiLU fwd qT_scale (trailing rows)", wqTs.download<float>(Lw * n), hqTs_h, nb * n));
+    }
     const std::vector<float> hd = ref::dequant_rowwise_segmented(hq_h, hqs_h, pc, n);
     const std::vector<float> hTd = ref::dequant_transposed_segmented(hqT_h, hqTs_h, pc, n);
 
