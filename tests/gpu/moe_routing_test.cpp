@@ -14,8 +14,12 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "kiln/ops/moe.hpp"
 #include "reference/moe.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -34,14 +38,32 @@ struct Case {
   int P = 16;
   bool indices = true;
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
+  int pipeline = -1;       // the forward's pipeline: -1 the op's choice, 1 fused (route_zero → route → route_map),
+                           // 0 classic (topk_fwd → map_scan → map_write), forced through the tuner's hook
+  bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
 };
+
+// The top-k forward's specialization (ops/moe_routing.cpp fwd_spec: params E, top_k, sigmoid, n_group, topk_group,
+// renormalize, bias; config lanes per token, pipeline) with `pipeline` forced for the scope's lifetime.
+std::unique_ptr<detail::ForceConfigScope> force_pipeline(Runtime& r, const Case& c) {
+  if (c.pipeline < 0) return nullptr;
+  detail::Specialization s;
+  s.family = detail::find_family("moe_routing");
+  s.arch = r.impl().target_arch();
+  s.kernel = 0;
+  s.params = {c.E, c.o.top_k, c.o.score == MoeScore::sigmoid, c.o.n_group, c.o.topk_group, c.o.renormalize, c.bias};
+  const int64_t E = c.E;
+  s.config[0] = static_cast<int32_t>(E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1);
+  s.config[1] = c.pipeline;
+  return std::make_unique<detail::ForceConfigScope>(s);
+}
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d pipeline=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P);
+                c.o.scaling_factor, c.bias, c.P, c.pipeline, c.with_map);
   return b;
 }
 
@@ -91,9 +113,14 @@ class MoeRoutingTest : public GpuTest {
     const int64_t ws_elems = moe_routing_workspace_elems(T, E);
     DeviceBuffer wsb(r, c.workspace ? ws_elems * 4 : 0);
     wsb.poison();
-    moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
-                         pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o, nullptr,
-                         &map, c.P, c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
+    {
+      const auto forced = force_pipeline(r, c);
+      moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
+                           pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o,
+                           nullptr, c.with_map ? &map : nullptr, c.P,
+                           c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
+      if (forced) EXPECT_GT(forced->applied(), 0u) << "the forced pipeline was not asked for";
+    }
     synchronize();
     for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
                          {"row_id_map", &rb}, {"row_id_indices", &ib}, {"padded_counts", &pcb}, {"offsets", &ob}})
@@ -101,6 +128,7 @@ class MoeRoutingTest : public GpuTest {
     EXPECT_TRUE(exact("routing_map", mb.download<uint8_t>(T * E), want.routing_map, E));
     EXPECT_TRUE(exact("probs", pb.download<float>(T * E), want.probs, E));
     EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
+    if (!c.with_map) return;
     EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want_map.row_id_map, E));
     if (c.indices) EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want_map.row_id_indices));
     EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want_map.padded_counts));
@@ -127,6 +155,25 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64}, 6);    // two groups per lane
   run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
+}
+// Both pipelines of the forward (fused: route_zero → route → route_map; classic: topk_fwd → map_scan → map_write),
+// with and without the map, on the target routing and odd shapes.
+TEST_F(MoeRoutingTest, BothPipelinesWithAndWithoutTheMap) {
+  for (int pipe : {1, 0})
+    for (bool with_map : {true, false}) {
+      Case c{8192, 256, kLing, true, 16, true, with_map && pipe == 1};
+      c.pipeline = pipe;
+      c.with_map = with_map;
+      run_case(c, 300 + pipe);
+      for (Case o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
+                     Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
+                     Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
+                     Case{8500, 64, kQwen, false, 128}}) {
+        o.pipeline = pipe;
+        o.with_map = with_map;
+        run_case(o, 310 + pipe + 2 * with_map);
+      }
+    }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
 
