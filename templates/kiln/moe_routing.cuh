@@ -746,34 +746,45 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     }
   }
 
-  // Two-entry list of the lane's best live experts below (lk, lc) in (key desc, expert asc) order.
+  // Two-entry list of the lane's best live experts below (lk, lc) in (key desc, expert asc) order. UNIFORM: all of a
+  // lane's experts lie in one group (or there are no groups), so `live` is all or nothing until the first pick.
+  constexpr bool UNIFORM = G == 1 || EL <= GS;
   u32 h0 = 0u, h1 = 0u;
   int i0 = 0, i1 = 0;
   float s0 = 0.f, s1 = 0.f;
   u32 lk = 0xffffffffu;
-  int lc = -1;  // the lane's last pick (none yet: everything is below)
-  auto build = [&]() {
-    h0 = h1 = 0u;
-#pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      const bool below = ok[c] < lk || (ok[c] == lk && c > lc);
-      const u32 k = ((live >> c & 1ull) && below) ? ok[c] : 0u;
-      const bool gt0 = k > h0, gt1 = k > h1;
-      h1 = gt0 ? h0 : gt1 ? k : h1;
-      i1 = gt0 ? i0 : gt1 ? c : i1;
-      s1 = gt0 ? s0 : gt1 ? s[c] : s1;
-      h0 = gt0 ? k : h0;
-      i0 = gt0 ? c : i0;
-      s0 = gt0 ? s[c] : s0;
-    }
+  int lc = -1;  // the lane's last pick (none yet)
+  auto insert = [&](u32 k, int c) {
+    const bool gt0 = k > h0, gt1 = k > h1;
+    h1 = gt0 ? h0 : gt1 ? k : h1;
+    i1 = gt0 ? i0 : gt1 ? c : i1;
+    s1 = gt0 ? s0 : gt1 ? s[c] : s1;
+    h0 = gt0 ? k : h0;
+    i0 = gt0 ? c : i0;
+    s0 = gt0 ? s[c] : s0;
   };
-  build();
+  if (UNIFORM) {
+    if (live != 0ull)
+#pragma unroll
+      for (int c = 0; c < EL; ++c) insert(ok[c], c);
+  } else {
+#pragma unroll
+    for (int c = 0; c < EL; ++c) insert((live >> c & 1ull) ? ok[c] : 0u, c);
+  }
   int left = __popcll(live);  // live experts of this lane not picked yet
   float denom = 0.0f;
 #pragma unroll 1
   for (int r = 0; r < K; ++r) {
     if (__any_sync(0xffffffffu, h0 == 0u && left > 0)) {
-      if (h0 == 0u && left > 0) build();
+      if (h0 == 0u && left > 0) {
+        // Refill from the live experts below the last pick (this lane has picked both entries already).
+        h0 = h1 = 0u;
+#pragma unroll
+        for (int c = 0; c < EL; ++c) {
+          const bool below = ok[c] < lk || (ok[c] == lk && c > lc);
+          insert(((live >> c & 1ull) && below) ? ok[c] : 0u, c);
+        }
+      }
     }
     u32 m = h0;
 #pragma unroll
@@ -789,12 +800,12 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
       h1 = 0u;
     }
   }
-  // Selected: live experts at or above the lane's last pick.
+  // Selected: live experts at or above the lane's last pick (a lane that picked is live, all of it when UNIFORM).
   Mask taken = 0;
   if (lc >= 0) {
 #pragma unroll
     for (int c = 0; c < EL; ++c)
-      if ((live >> c & 1ull) && (ok[c] > lk || (ok[c] == lk && c <= lc))) taken |= 1ull << c;
+      if ((UNIFORM || (live >> c & 1ull)) && (ok[c] > lk || (ok[c] == lk && c <= lc))) taken |= 1ull << c;
   }
   if (valid) {
     const float d = __fadd_rn(denom, 1e-20f);
