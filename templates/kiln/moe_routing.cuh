@@ -49,7 +49,7 @@ __device__ __forceinline__ float kiln_sigmoid(float z) { return __frcp_rn(__fadd
 // Order-preserving map of a float to u32 (NaN must be sanitized first); 0 is below every float (−inf ↦ 0x007fffff).
 __device__ __forceinline__ u32 ordered_bits(float f) {
   const u32 u = __float_as_uint(f);
-  return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+  return u ^ (static_cast<u32>(static_cast<int>(u) >> 31) | 0x80000000u);  // negative: ~u; else u | sign bit
 }
 
 // Fixed-order butterfly sum (the CPU reference replays it lane by lane).
@@ -615,6 +615,9 @@ __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a
   for (int i = blockIdx.x * 256 + threadIdx.x; i < a.n; i += gridDim.x * 256) a.p[i] = 0;
 }
 
+template <bool NARROW> struct MoeLaneMask { using type = unsigned long long; };
+template <> struct MoeLaneMask<true> { using type = u32; };
+
 // CTA: one map block of 32 tokens, 32·L threads (L lanes per token, MoeTopkLanes).
 // Search: each lane keeps its two best live (key, expert, score) in order; a pick is the segment's maximum key over the
 // lanes' heads, the lowest lane among equal heads (lanes own ascending expert ranges and a head is its lane's lowest
@@ -631,8 +634,11 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
   static_assert(E % 4 == 0 && EL <= 64 && K >= 1 && K <= E, "bad E/K");
   static_assert(G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad groups");
   static_assert(G == 1 || EL % GS == 0 || GS % EL == 0, "groups must align with the lanes' expert ranges");
-  using Mask = unsigned long long;
+  using Mask = typename MoeLaneMask<(EL <= 32)>::type;  // one bit per expert of the lane
+  // Scores in shared memory (thread-major) for the output pass's picks, where they fit (E ≤ 256 at 16 lanes).
+  constexpr bool S_SMEM = THREADS * EL * 4 <= 32768;
   __shared__ int hist[E];
+  __shared__ __align__(16) float s_sm[S_SMEM ? THREADS * EL : 1];
   const int lane = threadIdx.x & 31, j = lane & (L - 1), seg = lane & ~(L - 1);
   const int t = blockIdx.x * kMoeMapBlockTokens + static_cast<int>(threadIdx.x) / L;
   const bool valid = t < a.T;
@@ -690,6 +696,16 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
 #pragma unroll
     for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
   }
+  if constexpr (S_SMEM) {
+    Vec16* sp = reinterpret_cast<Vec16*>(s_sm + threadIdx.x * EL);
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      Vec16 v;
+#pragma unroll
+      for (int q = 0; q < 4; ++q) v.w[q] = __float_as_uint(s[4 * c + q]);
+      sp[c] = v;
+    }
+  }
   // Selection keys (NaN counts as −inf) as order-preserving u32.
   u32 ok[EL];
   float kf[G > 1 ? EL : 1];
@@ -700,7 +716,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     if constexpr (G > 1) kf[c] = k;
     ok[c] = ordered_bits(k);
   }
-  Mask live = EL == 64 ? ~0ull : (1ull << EL) - 1ull;
+  Mask live = EL == 8 * sizeof(Mask) ? ~Mask(0) : (Mask(1) << EL) - Mask(1);
   if constexpr (G > 1) {
     // Group scores (the sum of a group's two largest keys), then each lane's groups kept iff fewer than TG groups
     // rank above them (score desc, group asc): the same groups as TG rounds of argmax.
@@ -742,7 +758,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
 #pragma unroll
     for (int c = 0; c < EL; ++c) {
       const int q = EL % GS == 0 ? c / GS : 0;
-      if (rank[q] >= TG) live &= ~(1ull << c);
+      if (rank[q] >= TG) live &= ~(Mask(1) << c);
     }
   }
 
@@ -764,14 +780,15 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     s0 = gt0 ? s[c] : s0;
   };
   if (UNIFORM) {
-    if (live != 0ull)
+    if (live != Mask(0))
 #pragma unroll
       for (int c = 0; c < EL; ++c) insert(ok[c], c);
   } else {
 #pragma unroll
-    for (int c = 0; c < EL; ++c) insert((live >> c & 1ull) ? ok[c] : 0u, c);
+    for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c);
   }
-  int left = __popcll(live);  // live experts of this lane not picked yet
+  Mask taken = 0;
+  int left = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live)) : __popcll(static_cast<unsigned long long>(live));  // live experts of this lane not picked yet
   float denom = 0.0f;
 #pragma unroll 1
   for (int r = 0; r < K; ++r) {
@@ -782,7 +799,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
 #pragma unroll
         for (int c = 0; c < EL; ++c) {
           const bool below = ok[c] < lk || (ok[c] == lk && c > lc);
-          insert(((live >> c & 1ull) && below) ? ok[c] : 0u, c);
+          insert(((live >> c & 1u) && below) ? ok[c] : 0u, c);
         }
       }
     }
@@ -795,19 +812,31 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     if (j == wl) {
       lk = h0;
       lc = i0;
+      taken |= Mask(1) << i0;
       --left;
       h0 = h1; i0 = i1; s0 = s1;
       h1 = 0u;
     }
   }
-  // Selected: live experts at or above the lane's last pick (a lane that picked is live, all of it when UNIFORM).
-  Mask taken = 0;
-  if (lc >= 0) {
+  if (S_SMEM && valid) {
+    // Zeros and the map bytes for the lane's experts, then one store per pick (the same thread: in order).
+    const float d = __fadd_rn(denom, 1e-20f);
+    float* pr = a.probs + static_cast<i64>(t) * E + e0;
+    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
+    const Vec16 zero{{0u, 0u, 0u, 0u}};
 #pragma unroll
-    for (int c = 0; c < EL; ++c)
-      if ((UNIFORM || (live >> c & 1ull)) && (ok[c] > lk || (ok[c] == lk && c <= lc))) taken |= 1ull << c;
-  }
-  if (valid) {
+    for (int c = 0; c < NC; ++c) {
+      store16(pr + 4 * c, zero);
+      const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
+      *reinterpret_cast<u32*>(mr + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
+    }
+    for (Mask m = taken; m != Mask(0); m &= m - Mask(1)) {
+      const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
+      const float sv = s_sm[threadIdx.x * EL + c];
+      pr[c] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+      atomicAdd(&hist[e0 + c], 1);
+    }
+  } else if (valid) {
     const float d = __fadd_rn(denom, 1e-20f);
     float* pr = a.probs + static_cast<i64>(t) * E + e0;
     unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
@@ -819,7 +848,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
       for (int q = 0; q < 4; ++q) {
         const int cc = 4 * c + q;
         float p = 0.0f;
-        if (taken >> cc & 1ull) {
+        if (taken >> cc & 1u) {
           p = __fmul_rn(RENORM ? __fdiv_rn(s[cc], d) : s[cc], a.scale);
           mv |= 1u << (8 * q);
           atomicAdd(&hist[e0 + cc], 1);
