@@ -890,6 +890,23 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   const int nsuper = (a.nblocks + kMoeSuperBlocks - 1) / kMoeSuperBlocks;
   const int sb = b0 / kMoeSuperBlocks;
 
+  // The first block's routing flags are loaded first (their latency overlaps the prefix sums below).
+  u32 f[TPW][NI];
+  auto load_flags = [&](int block) {
+#pragma unroll
+    for (int k = 0; k < TPW; ++k) {
+      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
+#pragma unroll
+      for (int i = 0; i < NI; ++i) {
+        const int e0 = 128 * i + 4 * lane;
+        f[k][i] = (block < b1 && t < a.T && e0 < E)
+                      ? load_flags4<unsigned char>(a.routing_map, static_cast<i64>(t) * E + e0)
+                      : 0u;
+      }
+    }
+  };
+  load_flags(b0);
+
   // Counts (all superblock rows) and the run's prefix (superblocks before sb, then blocks sb·16 … b0 − 1).
   int tot[EPT], pre[EPT];
 #pragma unroll
@@ -944,16 +961,7 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 
 #pragma unroll 1
   for (int block = b0; block < b1; ++block) {
-    u32 f[TPW][NI];
-#pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
-#pragma unroll
-      for (int i = 0; i < NI; ++i) {
-        const int e0 = 128 * i + 4 * lane;
-        f[k][i] = (t < a.T && e0 < E) ? load_flags4<unsigned char>(a.routing_map, static_cast<i64>(t) * E + e0) : 0u;
-      }
-    }
+    if (block != b0) load_flags(block);
     for (int e = threadIdx.x; e < E; e += 256)
 #pragma unroll
       for (int w = 0; w < W; ++w) mask[e][w] = 0u;
