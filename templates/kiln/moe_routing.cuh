@@ -890,19 +890,23 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   const int nsuper = (a.nblocks + kMoeSuperBlocks - 1) / kMoeSuperBlocks;
   const int sb = b0 / kMoeSuperBlocks;
 
-  // The first block's routing flags are loaded first (their latency overlaps the prefix sums below).
-  u32 f[TPW][NI];
+  // A lane's routing flags of one token as a bitmask (bit 4i + q: expert 128i + 4·lane + q); the routing map is
+  // moe_route's, so every byte is 0 or 1. The first block's are loaded first (their latency overlaps the prefix sums).
+  u32 fl[TPW];
   auto load_flags = [&](int block) {
 #pragma unroll
     for (int k = 0; k < TPW; ++k) {
       const int t = block * kMoeMapBlockTokens + warp * TPW + k;
+      u32 bits = 0;
 #pragma unroll
       for (int i = 0; i < NI; ++i) {
         const int e0 = 128 * i + 4 * lane;
-        f[k][i] = (block < b1 && t < a.T && e0 < E)
-                      ? load_flags4<unsigned char>(a.routing_map, static_cast<i64>(t) * E + e0)
-                      : 0u;
+        if (block < b1 && t < a.T && e0 < E) {
+          const u32 w = *reinterpret_cast<const u32*>(a.routing_map + static_cast<i64>(t) * E + e0);
+          bits |= ((w * 0x01020408u) >> 24) << (4 * i);  // bytes 0..3 (0/1) → bits 0..3
+        }
       }
+      fl[k] = bits;
     }
   };
   load_flags(b0);
@@ -969,31 +973,26 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 #pragma unroll
     for (int k = 0; k < TPW; ++k) {
       const int lt = warp * TPW + k;
-#pragma unroll
-      for (int i = 0; i < NI; ++i)
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          if (f[k][i] >> q & 1u) atomicOr(&mask[128 * i + 4 * lane + q][lt >> 5], 1u << (lt & 31));
+      for (u32 m = fl[k]; m; m &= m - 1u) {
+        const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
+        atomicOr(&mask[e][lt >> 5], 1u << (lt & 31));
+      }
     }
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < TPW; ++k) {
       const int lt = warp * TPW + k, t = block * kMoeMapBlockTokens + lt;
       const u32 below = (1u << (lt & 31)) - 1u;
+      for (u32 m = fl[k]; m; m &= m - 1u) {
+        const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
+        int rank = 0;
 #pragma unroll
-      for (int i = 0; i < NI; ++i)
-#pragma unroll
-        for (int q = 0; q < 4; ++q)
-          if (f[k][i] >> q & 1u) {
-            const int e = 128 * i + 4 * lane + q;
-            int rank = 0;
-#pragma unroll
-            for (int w = 0; w < W; ++w)
-              rank += w < (lt >> 5) ? __popc(mask[e][w]) : w == (lt >> 5) ? __popc(mask[e][w] & below) : 0;
-            const int row = base[e] + rank;
-            a.row_id_map[static_cast<i64>(t) * E + e] = row;
-            if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
-          }
+        for (int w = 0; w < W; ++w)
+          rank += w < (lt >> 5) ? __popc(mask[e][w]) : w == (lt >> 5) ? __popc(mask[e][w] & below) : 0;
+        const int row = base[e] + rank;
+        a.row_id_map[static_cast<i64>(t) * E + e] = row;
+        if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
+      }
     }
     __syncthreads();  // every rank read before the next block's base update
     for (int e = threadIdx.x; e < E; e += 256) {
