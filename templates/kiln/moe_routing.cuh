@@ -676,116 +676,192 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
   for (int e = threadIdx.x; e < E; e += THREADS) hist[e] = 0;
   __syncthreads();
 
-  if constexpr (SIGMOID) {
-#pragma unroll
-    for (int c = 0; c < EL; ++c) s[c] = kiln_sigmoid(z[c]);
-  } else {
-    float m = neg_inf;
-#pragma unroll
-    for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
-#pragma unroll
-    for (int o = L / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    float sum = 0.0f;
-#pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      s[c] = kiln_exp(__fsub_rn(z[c], m));
-      sum = __fadd_rn(sum, s[c]);
-    }
-#pragma unroll
-    for (int o = L / 2; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
-#pragma unroll
-    for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
-  }
-  if constexpr (S_SMEM) {
-    Vec16* sp = reinterpret_cast<Vec16*>(s_sm + threadIdx.x * EL);
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      Vec16 v;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) v.w[q] = __float_as_uint(s[4 * c + q]);
-      sp[c] = v;
-    }
-  }
-  // Selection keys (NaN counts as −inf) as order-preserving u32.
-  u32 ok[EL];
-  float kf[G > 1 ? EL : 1];
-#pragma unroll
-  for (int c = 0; c < EL; ++c) {
-    float k = BIAS ? __fadd_rn(s[c], bv[BIAS ? c : 0]) : z[c];
-    k = k != k ? neg_inf : k;
-    if constexpr (G > 1) kf[c] = k;
-    ok[c] = ordered_bits(k);
-  }
+  constexpr bool UNIFORM = G == 1 || EL <= GS;
+  // FAST: σ scores with a bias (the grouped sigmoid routers): exact scores only for each lane's candidates.
+  constexpr bool FAST = SIGMOID && BIAS && UNIFORM && S_SMEM;
   Mask live = EL == 8 * sizeof(Mask) ? ~Mask(0) : (Mask(1) << EL) - Mask(1);
-  if constexpr (G > 1) {
-    // Group scores (the sum of a group's two largest keys), then each lane's groups kept iff fewer than TG groups
-    // rank above them (score desc, group asc): the same groups as TG rounds of argmax.
-    constexpr int NGL = EL % GS == 0 ? EL / GS : 1;  // whole groups in this lane …
-    constexpr int SPAN = EL % GS == 0 ? 1 : GS / EL;  // … or lanes sharing one group
-    constexpr int W = EL % GS == 0 ? GS : EL;
-    float gsc[NGL];
-#pragma unroll
-    for (int q = 0; q < NGL; ++q) {
-      float a1 = neg_inf, a2 = neg_inf;
-#pragma unroll
-      for (int c = q * W; c < q * W + W; ++c) {
-        const float v = kf[c];
-        if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
-      }
-#pragma unroll
-      for (int o = 1; o < SPAN; o <<= 1) {
-        const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
-        if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
-      }
-      const float sc = GS >= 2 ? __fadd_rn(a1, a2) : a1;
-      gsc[q] = sc != sc ? neg_inf : sc;
-    }
-    const int g0 = EL % GS == 0 ? j * NGL : j / SPAN;  // group of gsc[0]
-    int rank[NGL];
-#pragma unroll
-    for (int q = 0; q < NGL; ++q) rank[q] = 0;
-#pragma unroll
-    for (int g = 0; g < G; ++g) {
-      // Group g's score lives in lane g / NGL (slot g % NGL), or in lane g·SPAN of the segment.
-      const int src = seg | (EL % GS == 0 ? g / NGL : g * SPAN);
-      const u32 og = ordered_bits(__shfl_sync(0xffffffffu, gsc[g % NGL], src));
-#pragma unroll
-      for (int q = 0; q < NGL; ++q) {
-        const u32 mine = ordered_bits(gsc[q]);
-        rank[q] += (og > mine || (og == mine && g < g0 + q)) ? 1 : 0;
-      }
-    }
-#pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      const int q = EL % GS == 0 ? c / GS : 0;
-      if (rank[q] >= TG) live &= ~(Mask(1) << c);
-    }
-  }
-
+  Mask cand = 0;  // FAST: the experts whose exact score is in s_sm (the rest hold their logit)
+  u32 ok[FAST ? 1 : EL];  // the generic path's order-preserving keys
   // Two-entry list of the lane's best live experts below (lk, lc) in (key desc, expert asc) order. UNIFORM: all of a
   // lane's experts lie in one group (or there are no groups), so `live` is all or nothing until the first pick.
-  constexpr bool UNIFORM = G == 1 || EL <= GS;
   u32 h0 = 0u, h1 = 0u;
   int i0 = 0, i1 = 0;
   float s0 = 0.f, s1 = 0.f;
   u32 lk = 0xffffffffu;
   int lc = -1;  // the lane's last pick (none yet)
-  auto insert = [&](u32 k, int c) {
+  auto insert = [&](u32 k, int c, float sv) {
     const bool gt0 = k > h0, gt1 = k > h1;
     h1 = gt0 ? h0 : gt1 ? k : h1;
     i1 = gt0 ? i0 : gt1 ? c : i1;
-    s1 = gt0 ? s0 : gt1 ? s[c] : s1;
+    s1 = gt0 ? s0 : gt1 ? sv : s1;
     h0 = gt0 ? k : h0;
     i0 = gt0 ? c : i0;
-    s0 = gt0 ? s[c] : s0;
+    s0 = gt0 ? sv : s0;
   };
-  if (UNIFORM) {
-    if (live != Mask(0))
+  if constexpr (FAST) {
+    // Approximate keys (MUFU exp and reciprocal, within δ of the exact ones), the lane's two largest, and candidates:
+    // every expert whose approximate key is ≥ a2 − 2δ. The lane's exact two largest keys are among them (any other
+    // expert's exact key is < a2 − δ, below both). Exact scores are computed for the candidates only (in key order of
+    // discovery: ascending expert), and z is staged in shared memory so that a candidate's logit is one load.
+    {
+      Vec16* zp = reinterpret_cast<Vec16*>(s_sm + threadIdx.x * EL);
 #pragma unroll
-      for (int c = 0; c < EL; ++c) insert(ok[c], c);
+      for (int c = 0; c < NC; ++c) {
+        Vec16 v;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v.w[q] = __float_as_uint(z[4 * c + q]);
+        zp[c] = v;
+      }
+    }
+    float A[EL];
+    float a1 = neg_inf, a2 = neg_inf;
+#pragma unroll
+    for (int c = 0; c < EL; ++c) {
+      const float x = fminf(fmaxf(-z[c], -104.0f), 88.75f);  // kiln_exp's clamp (a NaN logit: −104, as there)
+      float e, r;
+      asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * 1.44269504f));
+      asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
+      float k = r + bv[BIAS ? c : 0];
+      k = k != k ? neg_inf : k;
+      A[c] = k;
+      a2 = fmaxf(a2, fminf(a1, k));
+      a1 = fmaxf(a1, k);
+    }
+    // |approximate − exact| ≤ |σ error| (≤ 1e-6) + one rounding of the key: δ below is ten times that.
+    const float delta = 1e-5f + 2e-6f * (fabsf(a1) + fabsf(a2));
+    float thr = a2 - 2.0f * delta;
+    if (!(thr > neg_inf)) thr = neg_inf;  // fewer than two finite keys (or inf − inf): every expert is a candidate
+#pragma unroll
+    for (int c = 0; c < EL; ++c)
+      if (A[c] >= thr) cand |= Mask(1) << c;
+    for (Mask m = cand; m != Mask(0); m &= m - Mask(1)) {
+      const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
+      float* slot = s_sm + threadIdx.x * EL + c;
+      const float sc = kiln_sigmoid(*slot);
+      *slot = sc;  // the exact score replaces the logit
+      float k = __fadd_rn(sc, a.bias[e0 + c]);
+      k = k != k ? neg_inf : k;
+      insert(ordered_bits(k), c, sc);
+    }
+    if constexpr (G > 1) {
+      // The lane's (exact) two largest keys, merged over the SPAN lanes of its group: the group's two largest.
+      constexpr int SPAN = GS / EL;
+      auto key_of = [](u32 o) { return o == 0u ? -__int_as_float(0x7f800000)
+                                                 : __uint_as_float((o & 0x80000000u) ? (o ^ 0x80000000u) : ~o); };
+      float g1 = key_of(h0), g2 = key_of(h1);
+#pragma unroll
+      for (int o = 1; o < SPAN; o <<= 1) {
+        const float b1 = __shfl_xor_sync(0xffffffffu, g1, o), b2 = __shfl_xor_sync(0xffffffffu, g2, o);
+        if (b1 > g1) { g2 = fmaxf(g1, b2); g1 = b1; } else { g2 = fmaxf(g2, b1); }
+      }
+      float sc = GS >= 2 ? __fadd_rn(g1, g2) : g1;
+      sc = sc != sc ? neg_inf : sc;
+      const int g0 = j / SPAN;
+      const u32 mine = ordered_bits(sc);
+      int rank = 0;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        const u32 og = ordered_bits(__shfl_sync(0xffffffffu, sc, seg | (g * SPAN)));
+        rank += (og > mine || (og == mine && g < g0)) ? 1 : 0;
+      }
+      if (rank >= TG) {
+        live = 0;
+        h0 = h1 = 0u;
+      }
+    }
   } else {
+  if constexpr (SIGMOID) {
 #pragma unroll
-    for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c);
+      for (int c = 0; c < EL; ++c) s[c] = kiln_sigmoid(z[c]);
+    } else {
+      float m = neg_inf;
+#pragma unroll
+      for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
+#pragma unroll
+      for (int o = L / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      float sum = 0.0f;
+#pragma unroll
+      for (int c = 0; c < EL; ++c) {
+        s[c] = kiln_exp(__fsub_rn(z[c], m));
+        sum = __fadd_rn(sum, s[c]);
+      }
+#pragma unroll
+      for (int o = L / 2; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+#pragma unroll
+      for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
+    }
+    if constexpr (S_SMEM) {
+      Vec16* sp = reinterpret_cast<Vec16*>(s_sm + threadIdx.x * EL);
+#pragma unroll
+      for (int c = 0; c < NC; ++c) {
+        Vec16 v;
+#pragma unroll
+        for (int q = 0; q < 4; ++q) v.w[q] = __float_as_uint(s[4 * c + q]);
+        sp[c] = v;
+      }
+    }
+    // Selection keys (NaN counts as −inf) as order-preserving u32.
+    float kf[G > 1 ? EL : 1];
+#pragma unroll
+    for (int c = 0; c < EL; ++c) {
+      float k = BIAS ? __fadd_rn(s[c], bv[BIAS ? c : 0]) : z[c];
+      k = k != k ? neg_inf : k;
+      if constexpr (G > 1) kf[c] = k;
+      ok[c] = ordered_bits(k);
+    }
+    if constexpr (G > 1) {
+      // Group scores (the sum of a group's two largest keys), then each lane's groups kept iff fewer than TG groups
+      // rank above them (score desc, group asc): the same groups as TG rounds of argmax.
+      constexpr int NGL = EL % GS == 0 ? EL / GS : 1;  // whole groups in this lane …
+      constexpr int SPAN = EL % GS == 0 ? 1 : GS / EL;  // … or lanes sharing one group
+      constexpr int W = EL % GS == 0 ? GS : EL;
+      float gsc[NGL];
+#pragma unroll
+      for (int q = 0; q < NGL; ++q) {
+        float a1 = neg_inf, a2 = neg_inf;
+#pragma unroll
+        for (int c = q * W; c < q * W + W; ++c) {
+          const float v = kf[c];
+          if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
+        }
+#pragma unroll
+        for (int o = 1; o < SPAN; o <<= 1) {
+          const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
+          if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
+        }
+        const float sc = GS >= 2 ? __fadd_rn(a1, a2) : a1;
+        gsc[q] = sc != sc ? neg_inf : sc;
+      }
+      const int g0 = EL % GS == 0 ? j * NGL : j / SPAN;  // group of gsc[0]
+      int rank[NGL];
+#pragma unroll
+      for (int q = 0; q < NGL; ++q) rank[q] = 0;
+#pragma unroll
+      for (int g = 0; g < G; ++g) {
+        // Group g's score lives in lane g / NGL (slot g % NGL), or in lane g·SPAN of the segment.
+        const int src = seg | (EL % GS == 0 ? g / NGL : g * SPAN);
+        const u32 og = ordered_bits(__shfl_sync(0xffffffffu, gsc[g % NGL], src));
+#pragma unroll
+        for (int q = 0; q < NGL; ++q) {
+          const u32 mine = ordered_bits(gsc[q]);
+          rank[q] += (og > mine || (og == mine && g < g0 + q)) ? 1 : 0;
+        }
+      }
+#pragma unroll
+      for (int c = 0; c < EL; ++c) {
+        const int q = EL % GS == 0 ? c / GS : 0;
+        if (rank[q] >= TG) live &= ~(Mask(1) << c);
+      }
+    }
+  
+    if (UNIFORM) {
+      if (live != Mask(0))
+#pragma unroll
+        for (int c = 0; c < EL; ++c) insert(ok[c], c, s[c]);
+    } else {
+#pragma unroll
+      for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c, s[c]);
+    }
   }
   Mask taken = 0;
   int left = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live)) : __popcll(static_cast<unsigned long long>(live));  // live experts of this lane not picked yet
@@ -796,10 +872,26 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
       if (h0 == 0u && left > 0) {
         // Refill from the live experts below the last pick (this lane has picked both entries already).
         h0 = h1 = 0u;
+        if constexpr (FAST) {
+          // Exact scores for every expert of the lane now.
+#pragma unroll 1
+          for (int c = 0; c < EL; ++c) {
+            float* slot = s_sm + threadIdx.x * EL + c;
+            const float sc = (cand >> c & 1u) ? *slot : kiln_sigmoid(*slot);
+            *slot = sc;
+            float k = __fadd_rn(sc, a.bias[e0 + c]);
+            k = k != k ? neg_inf : k;
+            const u32 o = ordered_bits(k);
+            const bool below = o < lk || (o == lk && c > lc);
+            insert(((live >> c & 1u) && below) ? o : 0u, c, sc);
+          }
+          cand = ~Mask(0);
+        } else {
 #pragma unroll
-        for (int c = 0; c < EL; ++c) {
-          const bool below = ok[c] < lk || (ok[c] == lk && c > lc);
-          insert(((live >> c & 1u) && below) ? ok[c] : 0u, c);
+          for (int c = 0; c < EL; ++c) {
+            const bool below = ok[c] < lk || (ok[c] == lk && c > lc);
+            insert(((live >> c & 1u) && below) ? ok[c] : 0u, c, s[c]);
+          }
         }
       }
     }

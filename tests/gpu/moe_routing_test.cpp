@@ -41,6 +41,7 @@ struct Case {
   int pipeline = -1;       // the forward's pipeline: -1 the op's choice, 1 fused (route_zero → route → route_map),
                            // 0 classic (topk_fwd → map_scan → map_write), forced through the tuner's hook
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
+  int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
 };
 
 // The top-k forward's specialization (ops/moe_routing.cpp fwd_spec: params E, top_k, sigmoid, n_group, topk_group,
@@ -98,7 +99,25 @@ class MoeRoutingTest : public GpuTest {
     for (int64_t t = 0; t < T; t += 97) z[t * E + (t % E)] = -std::numeric_limits<float>::infinity();
     for (int64_t t = 5; t < T; t += 131) z[t * E + ((3 * t) % E)] = 60.0f;  // a dominant expert
     std::vector<float> b;
-    if (c.bias) b = randn(E, mix_seed({seed, 2}), 0.05f);
+    if (c.bias) b = randn(E, mix_seed({seed, 2}), c.pattern == 2 ? 500.0f : 0.05f);
+    if (c.pattern == 1) {
+      // Exact ties and near-ties (the fast σ path must fall back to exact keys and break ties by expert index).
+      if (c.bias)
+        for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 3) * 1e-7f;
+      const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+          float& v = z[t * E + e];
+          switch (t % 6) {
+            case 0: v = 0.5f; break;                                          // every key equal (per bias class)
+            case 1: v = 0.25f + static_cast<float>(e % 7) * 3e-8f; break;    // sub-ulp score differences
+            case 2: v = 1.0f + static_cast<float>((e * 37) % 11) * 1e-6f; break;  // ulp-level differences
+            case 3: v = e % 5 == 0 ? nan : e % 5 == 1 ? inf : e % 5 == 2 ? -inf : v; break;
+            case 4: v = e % 2 ? 30.0f : -30.0f; break;                         // saturated scores
+            default: break;                                                    // random
+          }
+        }
+    }
     const auto want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
     const int64_t num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
     const auto want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
@@ -173,6 +192,17 @@ TEST_F(MoeRoutingTest, BothPipelinesWithAndWithoutTheMap) {
         o.with_map = with_map;
         run_case(o, 310 + pipe + 2 * with_map);
       }
+    }
+}
+// Ties, ulp-level differences, NaN/±inf logits and huge biases: the grouped-σ path computes exact scores only for
+// each lane's candidates (approximate keys within a margin), so these must still match the reference bit for bit.
+TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
+  for (int pattern : {1, 2})
+    for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
+                                       MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
+      Case c{600, o.n_group == 4 ? 160 : 256, o, true, 16};
+      c.pattern = pattern;
+      run_case(c, 400 + pattern);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
