@@ -16,9 +16,14 @@ namespace kiln {
 namespace {
 using namespace detail;
 
-enum : uint32_t { kTopkFwd = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4 };
-enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32 };
-enum { C_WARPS };
+enum : uint32_t {
+  kTopkFwd = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRoute = 6, kRouteMap = 7
+};
+enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP };
+// warps: the top-k forward's lanes per token (recorded; fixed by E) or the backward's warps per CTA. pipeline (top-k
+// forward): 1 = the fused pipeline (route_zero → route → route_map, chained by programmatic dependent launch),
+// 0 = the classic one (topk_fwd → map_scan → map_write).
+enum { C_WARPS, C_PIPE };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
@@ -35,6 +40,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       break;
     case kMapCount: name = fmt::format("kiln::moe_map_count_kernel<{}, {}>", p[P_E], map_t); break;
     case kMapScan: name = fmt::format("kiln::moe_map_scan_kernel<{}>", p[P_E]); break;
+    case kRouteZero: name = "kiln::moe_route_zero_kernel"; break;
+    case kRoute:
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K], p[P_SIGMOID] != 0,
+                         p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0);
+      break;
+    case kRouteMap: name = fmt::format("kiln::moe_route_map_kernel<{}>", p[P_E]); break;
     default: name = fmt::format("kiln::moe_map_write_kernel<{}, {}>", p[P_E], map_t);
   }
 }
@@ -52,19 +63,20 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   o.top_k = s.params[P_K] > 0 ? static_cast<int>(s.params[P_K]) : static_cast<int>(std::min<int64_t>(8, E));
   o.score = s.params[P_SIGMOID] ? MoeScore::sigmoid : MoeScore::softmax;
   o.renormalize = s.params[P_RENORM] != 0;
-  if (s.kernel == kTopkFwd) {
+  if (s.kernel == kTopkFwd || s.kernel == kRoute) {
     o.n_group = static_cast<int>(s.params[P_GROUPS]);
     o.topk_group = static_cast<int>(s.params[P_TOPK_GROUPS]);
-    return moe_routing_fwd_instance(rt, tokens, E, o, s.params[P_BIAS] != 0, true, 16);
+    return moe_routing_fwd_instance(rt, tokens, E, o, s.params[P_BIAS] != 0, s.kernel == kTopkFwd || s.params[P_MAP],
+                                    16);
   }
   if (s.kernel == kTopkBwd) return moe_routing_bwd_instance(rt, tokens, E, o);
   return moe_row_id_map_instance(rt, tokens, E, o.top_k, 16);
 }
 
 FamilyDef g_family{"moe_routing",
-                   {"topk_fwd", "topk_bwd", "map_count", "map_scan", "map_write"},
-                   {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32"},
-                   {"warps"},
+                   {"topk_fwd", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route", "route_map"},
+                   {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map"},
+                   {"warps", "pipeline"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -94,6 +106,17 @@ Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool b
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
   s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(E));
+  s.config[C_PIPE] = 1;
+  return s;
+}
+
+// The fused pipeline's top-k kernel: the forward's params and whether the map is built.
+Specialization route_spec(const Specialization& fwd, bool map) {
+  Specialization s = fwd;
+  s.kernel = kRoute;
+  s.params[P_MAP] = map;
+  s.config = {};
+  s.config[C_WARPS] = fwd.config[C_WARPS];
   return s;
 }
 
@@ -111,11 +134,18 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// topk_bwd: 4, 8 or 16 warps (a warp per token). topk_fwd (shape fixed by E) and the map kernels: one config.
+// topk_bwd: 4, 8 or 16 warps (a warp per token). topk_fwd (shape fixed by E): the fused pipeline (default) and the
+// classic one. The map and route kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
   if (base.kernel == kTopkFwd) {
+    s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
+    for (int pipe : {1, 0}) {
+      s.config[C_PIPE] = pipe;
+      out.push_back(s);
+    }
+  } else if (base.kernel == kRoute) {
     s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
     out.push_back(s);
   } else if (base.kernel == kTopkBwd) {
@@ -147,14 +177,21 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (E > kMoeTopkMaxExperts || E / topk_lanes(E) > 64) return;
   const int64_t el = E / topk_lanes(E), gs = E / o.n_group;
   if (o.n_group > 1 && el % gs != 0 && gs % el != 0) return;
-  out.push_back(fwd_spec(arch, E, o, m.expert_bias));
+  const Specialization f = fwd_spec(arch, E, o, m.expert_bias);
+  out.push_back(f);
   out.push_back(bwd_spec(arch, E, o));
   out.push_back(map_spec(arch, kMapCount, E, false));
   out.push_back(map_spec(arch, kMapScan, E, false));
   out.push_back(map_spec(arch, kMapWrite, E, false));
+  out.push_back(route_spec(f, true));
+  out.push_back(route_spec(f, false));
+  out.push_back(base_spec(arch, kRouteZero, 0));
+  out.push_back(map_spec(arch, kRouteMap, E, false));
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }
+// Superblock rows of the fused pipeline (kMoeSuperBlocks map blocks each).
+int64_t nsuper(int64_t T) { return (nblocks(T) + kMoeSuperBlocks - 1) / kMoeSuperBlocks; }
 
 void check_multiple_of(const Check& ck, int P) {
   if (P < 1 || P > 128) ck.invalid("multiple_of", fmt::format("expected 1 … 128, got {}", P));
@@ -254,7 +291,7 @@ void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E, bool 
 void check_workspace(const Check& ck, const TensorRef& ws, int64_t T, int64_t E) {
   if (!ws.defined()) return;
   ck.tensor("workspace", ws, {DType::i32}, {-1}, 4);
-  const int64_t need = std::max<int64_t>(nblocks(T), 1) * E;
+  const int64_t need = moe_routing_workspace_elems(T, E);
   if (ws.shape[0] < need)
     ck.shape_error("workspace",
                    fmt::format("expected ≥ {} int32 elements (moe_routing_workspace_elems), got {}", need, ws.shape[0]));
@@ -264,7 +301,7 @@ void check_workspace(const Check& ck, const TensorRef& ws, int64_t T, int64_t E)
 
 KILN_REGISTER_FAMILY(moe_routing, g_family)
 
-int64_t moe_routing_workspace_elems(int64_t T, int64_t E) { return std::max<int64_t>(nblocks(T), 1) * E; }
+int64_t moe_routing_workspace_elems(int64_t T, int64_t E) { return (std::max<int64_t>(nblocks(T), 1) + nsuper(T)) * E; }
 
 int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of) {
   const int64_t routed = T * std::min(k, E);
@@ -294,25 +331,81 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   const int64_t NB = nblocks(T);
   const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E)) * 4, stream);
   int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
+  const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), std::max<int64_t>(T, 1));
+  int* counts = static_cast<int*>(tokens_per_expert.data);
+  if (s.config[C_PIPE] == 1) {
+    // Fused pipeline: zero → route (PDL) → route_map (PDL).
+    const int64_t NS = nsuper(T);
+    int* super = hist + std::max<int64_t>(NB, 1) * E;
+    const MoeZeroArgs za{map ? super : counts, static_cast<int>((map ? NS : 1) * E)};
+    if (za.n > 0) {
+      LaunchDims dz;
+      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
+      dz.block[0] = 256;
+      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+    }
+    if (T > 0) {
+      const Specialization rs = impl.tuned(route_spec(s, map != nullptr), T);
+      MoeRouteArgs a{static_cast<const float*>(logits.data),
+                     static_cast<const float*>(expert_bias.data),
+                     static_cast<float*>(probs.data),
+                     static_cast<unsigned char*>(routing_map.data),
+                     hist,
+                     super,
+                     counts,
+                     map ? static_cast<int*>(map->row_id_map.data) : nullptr,
+                     static_cast<int>(T),
+                     opts.scaling_factor};
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(NB);
+      d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
+      d.pdl = za.n > 0;  // after route_zero (kiln's own); waits for it before its atomics
+      impl.launch(rs, d, stream, a);
+    }
+    if (map) {
+      const int64_t target = std::max<int64_t>(1, 2 * static_cast<int64_t>(impl.device().sm_count));
+      const int64_t bpc = std::max<int64_t>(1, (NB + target - 1) / target);
+      MoeRouteMapArgs ma{};
+      ma.routing_map = static_cast<const unsigned char*>(routing_map.data);
+      ma.hist = hist;
+      ma.super = super;
+      ma.counts = counts;
+      ma.row_id_map = static_cast<int*>(map->row_id_map.data);
+      ma.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+      ma.padded_counts = static_cast<int*>(map->padded_counts.data);
+      ma.offsets = static_cast<int*>(map->offsets.data);
+      ma.T = static_cast<int>(T);
+      ma.nblocks = static_cast<int>(NB);
+      ma.blocks_per_cta = static_cast<int>(bpc);
+      ma.multiple_of = multiple_of;
+      ma.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+      LaunchDims dm;
+      dm.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, (NB + bpc - 1) / bpc));
+      dm.block[0] = 256;
+      dm.pdl = true;  // waits for route first
+      impl.launch(impl.tuned(map_spec(arch, kRouteMap, E, false), T), dm, stream, ma);
+    }
+    if (ws) impl.free_async(ws, stream);
+    return;
+  }
   if (T > 0) {
-    const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), T);
     MoeTopkFwdArgs a{static_cast<const float*>(logits.data), static_cast<const float*>(expert_bias.data),
                      static_cast<float*>(probs.data),        static_cast<unsigned char*>(routing_map.data),
                      hist,                                   static_cast<int>(T),
                      opts.scaling_factor};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NB);
-    d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
+    d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
     impl.launch(s, d, stream, a);
   }
   if (map) {
     launch_map(impl, arch, routing_map, *map, tokens_per_expert, hist, T, E, multiple_of, stream);
   } else {
-    MoeMapScanArgs sa{hist, static_cast<int*>(tokens_per_expert.data), static_cast<int>(NB)};
+    MoeMapScanArgs sa{hist, counts, static_cast<int>(NB)};
     LaunchDims ds;
     ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
     ds.block[0] = 1024;
-  ds.pdl = true;  // waits for the histograms first
+    ds.pdl = true;  // waits for the histograms first
     impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
   }
   if (ws) impl.free_async(ws, stream);

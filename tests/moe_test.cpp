@@ -207,19 +207,28 @@ TEST(MoeCompile, NonPresetVariants) {
   ASSERT_NE(fam, nullptr);
   std::vector<detail::Specialization> specs;
   fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
-  ASSERT_EQ(specs.size(), 5u);
+  // topk_fwd, topk_bwd, map_count, map_scan, map_write, then the fused pipeline's route (with and without the map),
+  // route_zero and route_map.
+  ASSERT_EQ(specs.size(), 9u);
+  EXPECT_EQ(specs[5].kernel, 6u);
+  EXPECT_EQ(specs[5].params[8], 1);
+  EXPECT_EQ(specs[6].params[8], 0);
   detail::Counters counters;
-  // topk_fwd with groups + bias + softmax, and the map writer for an int32 routing map.
+  // topk_fwd and the fused route kernel with groups + bias + softmax (lanes sharing a group at E = 160), the map
+  // writer for an int32 routing map, and the fused pipeline's map kernel.
   detail::Specialization wr = specs[4];
   wr.params[7] = 1;
-  for (const auto& s : {specs[0], wr}) {
+  for (const auto& s : {specs[0], wr, specs[5], specs[8]}) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // topk_fwd's launch shape follows from E (one config); a non-default search-space point of topk_bwd.
+  // topk_fwd's launch shape follows from E: the fused pipeline (default) and the classic one; a non-default
+  // search-space point of topk_bwd.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  EXPECT_EQ(space.size(), 1u);
+  ASSERT_EQ(space.size(), 2u);
+  EXPECT_EQ(space[0].config, specs[0].config);
+  EXPECT_EQ(space[1].config[1], 0);
   space.clear();
   fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);
@@ -326,7 +335,7 @@ TEST_F(MoeRoutingErrors, NumOutTokensTooSmall) {
 }
 TEST_F(MoeRoutingErrors, WorkspaceTooSmallOrWrongType) {
   const int64_t need = moe_routing_workspace_elems(T, E);
-  EXPECT_EQ(need, (T + 31) / 32 * E);
+  EXPECT_EQ(need, ((T + 31) / 32 + (T + 511) / 512) * E);  // block rows and superblock rows
   const TensorRef ws = TensorRef::contiguous(fake(12), DType::i32, {need});
   EXPECT_REACHES_DEVICE(moe_topk_routing_fwd(rt, logits, bias, probs, rmap, counts, opts, nullptr, &map, P, ws));
   const TensorRef small = TensorRef::contiguous(fake(12), DType::i32, {need - 1});

@@ -24,6 +24,45 @@ struct MoeTopkFwdArgs {
   float scale;                 // routed scaling factor
 };
 
+// Fused routing pipeline (moe_route_zero → moe_route → moe_route_map, chained by programmatic dependent launch).
+// Superblocks of kMoeSuperBlocks map blocks: moe_route adds each block's histogram into its superblock's row, so the
+// map kernel finds a block's prefix in ≤ ceil(nblocks/16) superblock rows plus ≤ 15 block rows.
+constexpr int kMoeSuperBlocks = 16;
+
+struct MoeZeroArgs {
+  int* p;  // [n] set to 0
+  int n;
+};
+
+struct MoeRouteArgs {
+  const float* logits;         // [T, E]
+  const float* bias;           // [E] or null (selection only)
+  float* probs;                // [T, E]
+  unsigned char* routing_map;  // [T, E] 0/1
+  int* hist;                   // MAP: [nblocks, E] per-block expert counts (workspace)
+  int* super;                  // MAP: [ceil(nblocks/16), E] per-superblock counts, zeroed by moe_route_zero
+  int* counts;                 // !MAP: [E] tokens per expert, zeroed by moe_route_zero, accumulated here
+  int* row_id_map;             // MAP: [T, E], −1 written here (the map kernel writes the routed entries)
+  int T;
+  float scale;                 // routed scaling factor
+};
+
+struct MoeRouteMapArgs {
+  const unsigned char* routing_map;  // [T, E] 0/1 (moe_route's)
+  const int* hist;                   // [nblocks, E]
+  const int* super;                  // [ceil(nblocks/16), E]
+  int* counts;                       // [E] real tokens per expert (out)
+  int* row_id_map;                   // [T, E]: the routed entries (the rest is moe_route's −1)
+  int* row_id_indices;               // [num_out] or null
+  int* padded_counts;                // [E] or null
+  int* offsets;                      // [E + 1] or null
+  int T;
+  int nblocks;
+  int blocks_per_cta;                // consecutive map blocks per CTA
+  int multiple_of;
+  int num_out;
+};
+
 struct MoeTopkBwdArgs {
   const float* dprobs;               // [T, E]
   const float* logits;               // [T, E]

@@ -459,7 +459,6 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
     if (a.z_loss != 0.f) coef *= 1.f + 2.f * a.z_loss * lse;
     const float sub_all = SMOOTH ? scale * a.smoothing / static_cast<float>(V) : 0.f;
     const float sub_target = SMOOTH ? scale * (1.f - a.smoothing) : scale;
-    const float mL = g.st.m * kLog2e;  // exp(z − m) = 2^(z·log2 e − m·log2 e): one FFMA per element
     const long long lb = label - sp.head;  // the label's index in the body (may be outside it)
     const int lc = lb >= 0 && lb < static_cast<long long>(sp.nb) * E ? static_cast<int>(lb / E) : -1;
     const int le = lc >= 0 ? static_cast<int>(lb - static_cast<long long>(lc) * E) : -1;
@@ -468,9 +467,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
       float d[E];
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        float y;
-        asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(fmaf(vec_get<T>(v, e), kLog2e, -mL)));
-        d[e] = coef * y;
+        d[e] = coef * exp_approx(vec_get<T>(v, e) - g.st.m);
         if constexpr (SMOOTH) d[e] -= sub_all;
       }
       if (c0 + i == lc) {

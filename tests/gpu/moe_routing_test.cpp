@@ -14,8 +14,12 @@
 #include <string>
 #include <vector>
 
+#include <memory>
+
 #include "kiln/ops/moe.hpp"
 #include "reference/moe.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -34,14 +38,33 @@ struct Case {
   int P = 16;
   bool indices = true;
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
+  int pipeline = -1;       // the forward's pipeline: -1 the op's choice, 1 fused (route_zero → route → route_map),
+                           // 0 classic (topk_fwd → map_scan → map_write), forced through the tuner's hook
+  bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
+  int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
 };
+
+// The top-k forward's specialization (ops/moe_routing.cpp fwd_spec: params E, top_k, sigmoid, n_group, topk_group,
+// renormalize, bias; config lanes per token, pipeline) with `pipeline` forced for the scope's lifetime.
+std::unique_ptr<detail::ForceConfigScope> force_pipeline(Runtime& r, const Case& c) {
+  if (c.pipeline < 0) return nullptr;
+  detail::Specialization s;
+  s.family = detail::find_family("moe_routing");
+  s.arch = r.impl().target_arch();
+  s.kernel = 0;
+  s.params = {c.E, c.o.top_k, c.o.score == MoeScore::sigmoid, c.o.n_group, c.o.topk_group, c.o.renormalize, c.bias};
+  const int64_t E = c.E;
+  s.config[0] = static_cast<int32_t>(E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1);
+  s.config[1] = c.pipeline;
+  return std::make_unique<detail::ForceConfigScope>(s);
+}
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d pipeline=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P);
+                c.o.scaling_factor, c.bias, c.P, c.pipeline, c.with_map);
   return b;
 }
 
@@ -76,7 +99,25 @@ class MoeRoutingTest : public GpuTest {
     for (int64_t t = 0; t < T; t += 97) z[t * E + (t % E)] = -std::numeric_limits<float>::infinity();
     for (int64_t t = 5; t < T; t += 131) z[t * E + ((3 * t) % E)] = 60.0f;  // a dominant expert
     std::vector<float> b;
-    if (c.bias) b = randn(E, mix_seed({seed, 2}), 0.05f);
+    if (c.bias) b = randn(E, mix_seed({seed, 2}), c.pattern == 2 ? 500.0f : 0.05f);
+    if (c.pattern == 1) {
+      // Exact ties and near-ties (the fast σ path must fall back to exact keys and break ties by expert index).
+      if (c.bias)
+        for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 3) * 1e-7f;
+      const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t e = 0; e < E; ++e) {
+          float& v = z[t * E + e];
+          switch (t % 6) {
+            case 0: v = 0.5f; break;                                          // every key equal (per bias class)
+            case 1: v = 0.25f + static_cast<float>(e % 7) * 3e-8f; break;    // sub-ulp score differences
+            case 2: v = 1.0f + static_cast<float>((e * 37) % 11) * 1e-6f; break;  // ulp-level differences
+            case 3: v = e % 5 == 0 ? nan : e % 5 == 1 ? inf : e % 5 == 2 ? -inf : v; break;
+            case 4: v = e % 2 ? 30.0f : -30.0f; break;                         // saturated scores
+            default: break;                                                    // random
+          }
+        }
+    }
     const auto want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
     const int64_t num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
     const auto want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
@@ -91,9 +132,14 @@ class MoeRoutingTest : public GpuTest {
     const int64_t ws_elems = moe_routing_workspace_elems(T, E);
     DeviceBuffer wsb(r, c.workspace ? ws_elems * 4 : 0);
     wsb.poison();
-    moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
-                         pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o, nullptr,
-                         &map, c.P, c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
+    {
+      const auto forced = force_pipeline(r, c);
+      moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
+                           pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o,
+                           nullptr, c.with_map ? &map : nullptr, c.P,
+                           c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
+      if (forced) EXPECT_GT(forced->applied(), 0u) << "the forced pipeline was not asked for";
+    }
     synchronize();
     for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
                          {"row_id_map", &rb}, {"row_id_indices", &ib}, {"padded_counts", &pcb}, {"offsets", &ob}})
@@ -101,6 +147,7 @@ class MoeRoutingTest : public GpuTest {
     EXPECT_TRUE(exact("routing_map", mb.download<uint8_t>(T * E), want.routing_map, E));
     EXPECT_TRUE(exact("probs", pb.download<float>(T * E), want.probs, E));
     EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
+    if (!c.with_map) return;
     EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want_map.row_id_map, E));
     if (c.indices) EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want_map.row_id_indices));
     EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want_map.padded_counts));
@@ -127,6 +174,36 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64}, 6);    // two groups per lane
   run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
+}
+// Both pipelines of the forward (fused: route_zero → route → route_map; classic: topk_fwd → map_scan → map_write),
+// with and without the map, on the target routing and odd shapes.
+TEST_F(MoeRoutingTest, BothPipelinesWithAndWithoutTheMap) {
+  for (int pipe : {1, 0})
+    for (bool with_map : {true, false}) {
+      Case c{8192, 256, kLing, true, 16, true, with_map && pipe == 1};
+      c.pipeline = pipe;
+      c.with_map = with_map;
+      run_case(c, 300 + pipe);
+      for (Case o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
+                     Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
+                     Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
+                     Case{8500, 64, kQwen, false, 128}}) {
+        o.pipeline = pipe;
+        o.with_map = with_map;
+        run_case(o, 310 + pipe + 2 * with_map);
+      }
+    }
+}
+// Ties, ulp-level differences, NaN/±inf logits and huge biases: the grouped-σ path computes exact scores only for
+// each lane's candidates (approximate keys within a margin), so these must still match the reference bit for bit.
+TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
+  for (int pattern : {1, 2})
+    for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
+                                       MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
+      Case c{600, o.n_group == 4 ? 160 : 256, o, true, 16};
+      c.pattern = pattern;
+      run_case(c, 400 + pattern);
+    }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
 

@@ -42,14 +42,15 @@ int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of);
 // Selection: scores s = softmax(z) or σ(z); key = s + bias with a bias, else z (same order as s); ties go to the
 // lower expert index. If `map` is given (its tokens_per_expert may be left empty: the op's own is used), the padded
 // row-id map is built in the same call (multiple_of ∈ {1, 2, …, 128}), sharing the per-block histograms.
-// workspace: optional int32 [≥ moe_routing_workspace_elems(T, E)] for the per-block histograms; if empty, kiln
+// workspace: optional int32 [≥ moe_routing_workspace_elems(T, E)] for the per-block (and per-512-token) histograms;
+// its contents need no initialization. If empty, kiln
 // allocates one stream-ordered (cuMemAllocAsync) and frees it after the launches — pass one on hot paths: with the
 // default pool's release threshold an allocation after a synchronization maps memory again (tens of µs).
 void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
                           const TensorRef& routing_map, const TensorRef& tokens_per_expert,
                           const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map = nullptr,
                           int multiple_of = 1, const TensorRef& workspace = {});
-int64_t moe_routing_workspace_elems(int64_t T, int64_t E);  // ceil(T/32)·E
+int64_t moe_routing_workspace_elems(int64_t T, int64_t E);  // (max(ceil(T/32), 1) + ceil(T/512))·E
 
 // dlogits [T, E] fp32 from dprobs [T, E] fp32, the forward's logits and routing_map (opts as in the forward).
 void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
