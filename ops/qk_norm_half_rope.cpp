@@ -426,6 +426,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((2 * D + 31) / 32);
   d.block[0] = kDwReduceThreads;
+  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

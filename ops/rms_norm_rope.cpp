@@ -470,6 +470,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>((g.Hd + 31) / 32);
   d.block[0] = kDwReduceThreads;
+  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

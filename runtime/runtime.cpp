@@ -163,14 +163,23 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   cfg.blockDimZ = dims.block[2];
   cfg.sharedMemBytes = dims.smem;
   cfg.hStream = reinterpret_cast<CUstream>(stream);
-  CUlaunchAttribute attr[1];
+  CUlaunchAttribute attr[2];
+  unsigned n = 0;
   if (dims.cluster[0] * dims.cluster[1] * dims.cluster[2] > 1) {
-    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr[0].value.clusterDim.x = dims.cluster[0];
-    attr[0].value.clusterDim.y = dims.cluster[1];
-    attr[0].value.clusterDim.z = dims.cluster[2];
+    attr[n].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[n].value.clusterDim.x = dims.cluster[0];
+    attr[n].value.clusterDim.y = dims.cluster[1];
+    attr[n].value.clusterDim.z = dims.cluster[2];
+    ++n;
+  }
+  if (dims.pdl && device_.arch.sm >= 90) {
+    attr[n].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+    attr[n].value.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (n) {
     cfg.attrs = attr;
-    cfg.numAttrs = 1;
+    cfg.numAttrs = n;
   }
   check(d.cuLaunchKernelEx(&cfg, k.fn, params, nullptr), "cuLaunchKernelEx");
   counters.launches.fetch_add(1, std::memory_order_relaxed);

@@ -70,6 +70,12 @@ struct LaunchDims {
   unsigned block[3] = {1, 1, 1};
   unsigned cluster[3] = {1, 1, 1};
   unsigned smem = 0;
+  // Programmatic dependent launch (sm_90+; ignored before): the kernel may start while the previous kernel on the
+  // stream is still running, once every CTA of that kernel has executed griddepcontrol.launch_dependents (or exited).
+  // Only for a kernel that executes griddepcontrol.wait (kiln/pdl.cuh) in every CTA before it reads anything the
+  // previous kernel writes or writes anything it reads, and whose previous kernel on the stream is kiln's own (a
+  // recipe's second or later launch): what ran before that kernel has completed when it started.
+  bool pdl = false;
 };
 
 }  // namespace kiln::detail

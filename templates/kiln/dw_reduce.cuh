@@ -8,6 +8,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/dw_reduce_args.h"
+#include "kiln/pdl.cuh"
 
 namespace kiln {
 
@@ -44,11 +45,13 @@ __device__ __forceinline__ void dw_cta_partial(const float* red, int stride, int
 // warp reads 128 contiguous bytes of a row), then the 32 slice sums are added in ty order. A fixed order: the result
 // does not depend on timing. Short per-thread chains (G/32 rows, unrolled) keep it a ~1 µs tail after the main kernel.
 // Output j < NLO goes to dw[j], j ≥ NLO to dw_hi[j − NLO] (two weights reduced by one launch); a null output pointer
-// skips its columns. G = 0 writes zeros (the gradient of an empty batch).
+// skips its columns. G = 0 writes zeros (the gradient of an empty batch). Launched with LaunchDims::pdl: it may start
+// while stage 1 finishes (stage 1 calls pdl_launch_dependents after its last row) and waits for it before reading.
 template <int NOUT, int FOLD, typename DW, int NLO = NOUT>
 __global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwReduceArgs a) {
   constexpr int SLICES = kDwReduceThreads / 32;
   __shared__ float slice[SLICES][33];
+  pdl_wait();  // stage 1 has completed and its partials are visible
   const float* __restrict__ partial = a.partial;
   const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
   const int j = blockIdx.x * 32 + tx;

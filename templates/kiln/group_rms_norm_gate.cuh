@@ -377,6 +377,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
     }
   }
 
+  pdl_launch_dependents();
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
@@ -528,6 +529,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
     issue(k + DEPTH);
   }
   ring.drain();
+  pdl_launch_dependents();  // dw_reduce_kernel may start launching; it waits for this grid before reading
 
   // CTA sum of the warps' dw in warp order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();

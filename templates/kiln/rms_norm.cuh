@@ -168,6 +168,7 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
     }
     __syncthreads();  // this tile's buffer is restaged next (STAGES = 1) or in the next iteration (STAGES = 2)
   }
+  pdl_launch_dependents();
 
   float* out = a.partial + static_cast<i64>(blockIdx.x) * N;
 #pragma unroll
@@ -322,6 +323,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const 
     issue(k + DEPTH);
   }
   ring.drain();
+  pdl_launch_dependents();  // dw_reduce_kernel may start launching; it waits for this grid before reading
 
   // The groups' dw through shared memory (the ring is idle: every copy issued was consumed), added in group order.
   __syncthreads();

@@ -274,6 +274,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
     }
   }
 
+  pdl_launch_dependents();
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, HD % 4 == 0>(dws, HD, HD, a.partial + static_cast<i64>(blockIdx.x) * HD,
                                                  threadIdx.x);
@@ -416,6 +417,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     issue(k + DEPTH);
   }
   ring.drain();
+  pdl_launch_dependents();  // dw_reduce_kernel may start launching; it waits for this grid before reading
 
   // CTA sum of the warps' dw in warp order, through the rings (WARPS·HD floats ≤ their size).
   __syncthreads();
