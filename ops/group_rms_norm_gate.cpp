@@ -479,7 +479,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
   DwReduceArgs r{partial, dweight.data, static_cast<int>(X)};
   const int64_t nout = g.shared ? g.d : g.dim;
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((nout + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((nout + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
   d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);

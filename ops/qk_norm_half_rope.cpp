@@ -424,7 +424,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
   DwReduceArgs r{partial, dq_norm_weight.data, static_cast<int>(G), dk_norm_weight.data};
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((2 * D + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((2 * D + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
   d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);

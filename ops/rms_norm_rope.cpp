@@ -468,7 +468,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
   // dweight = Σ over CTA slices (zeros when there are no rows: the sum over G = 0 slices).
   DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((g.Hd + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((g.Hd + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
   d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);

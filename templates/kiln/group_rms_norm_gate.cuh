@@ -251,6 +251,7 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
@@ -377,7 +378,6 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
     }
   }
 
-  pdl_launch_dependents();
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
@@ -401,6 +401,7 @@ struct GateStaged {
 
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
@@ -529,7 +530,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
     issue(k + DEPTH);
   }
   ring.drain();
-  pdl_launch_dependents();  // dw_reduce_kernel may start launching; it waits for this grid before reading
 
   // CTA sum of the warps' dw in warp order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();

@@ -145,6 +145,7 @@ template <int HD, int D, int WARPS, bool KEEP_ROWS, int SPLIT, typename T, typen
 __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16) / WARPS > 0
                                                   ? (KEEP_ROWS && SPLIT == 1 ? 12 : 16) / WARPS : 1)
     rms_norm_rope_bwd_kernel(const RmsNormRopeBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = RopeLayout<HD, D, T>;
   static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || WARPS / SPLIT <= 15), "SPLIT divides WARPS; ≤ 15 groups");
   constexpr int E = L::E, B = L::BYTES, NP = L::NP, H2 = L::H2;
@@ -274,7 +275,6 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
     }
   }
 
-  pdl_launch_dependents();
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, HD % 4 == 0>(dws, HD, HD, a.partial + static_cast<i64>(blockIdx.x) * HD,
                                                  threadIdx.x);
@@ -298,6 +298,7 @@ struct RopeStaged {
 
 template <int HD, int D, int WARPS, int DEPTH, bool BULK, typename T, typename W, typename C>
 __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = RopeLayout<HD, D, T>;
   using Tab = RopeTable<L, C>;
   static_assert(RopeStaged<HD, D, T>::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
@@ -417,7 +418,6 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     issue(k + DEPTH);
   }
   ring.drain();
-  pdl_launch_dependents();  // dw_reduce_kernel may start launching; it waits for this grid before reading
 
   // CTA sum of the warps' dw in warp order, through the rings (WARPS·HD floats ≤ their size).
   __syncthreads();

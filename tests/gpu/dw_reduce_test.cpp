@@ -69,7 +69,7 @@ void DwReduceGpu::check(const Specialization& s, const Layout& l, int G, bool lo
   dw_hi.poison();
   DwReduceArgs a{static_cast<const float*>(p.data()), lo ? dw.data() : nullptr, G, hi ? dw_hi.data() : nullptr};
   detail::LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((l.nout + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((l.nout + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
   d.pdl = pdl;
   r.impl().launch(s, d, nullptr, a);
