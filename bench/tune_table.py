@@ -1,15 +1,14 @@
 #!/usr/bin/env python3
-"""Prints the candidate table of a `kiln tune --json` result (stdin or a file): per specialization and token count,
-every candidate config with its µs and status, fastest first. Used by GPU rounds to report whole sweeps compactly."""
+"""Prints the candidate table of a `kiln tune --json` output: one line per measured config, fastest first."""
 import json
 import sys
 
-text = open(sys.argv[1]).read() if len(sys.argv) > 1 else sys.stdin.read()
-text = text[text.index("{"):]  # skip anything printed before the JSON object
-doc = json.loads(text)
-for r in doc.get("results", []):
-    head = {k: v for k, v in r.items() if k not in ("candidates",)}
-    print("==", json.dumps(head, ensure_ascii=False))
-    for c in sorted(r.get("candidates", []), key=lambda c: (c.get("us") or 1e30)):
-        mark = " (default)" if c.get("default") else ""
-        print(f"  {c.get('us') or 0:9.2f} us  {c.get('config')}{mark}  {c.get('status')}")
+for path in sys.argv[1:]:
+    with open(path) as f:
+        j = json.load(f)
+    for r in j["results"]:
+        print(f"== {r['family']} {r['specialization'].split(' |')[0]} tokens={r['tokens']}: "
+              f"default {r['default_us']:.2f} µs, best {r['best_us']:.2f} µs with {r['config']}")
+        for c in sorted(r["candidates"], key=lambda c: (c["us"] <= 0, c["us"])):
+            mark = " (default)" if c["default"] else ""
+            print(f"   {c['us']:8.2f}  {c['config']}{mark}  {c['status'] if c['status'] != 'ok' else ''}")
