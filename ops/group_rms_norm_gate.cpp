@@ -27,8 +27,9 @@ enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
 enum { C_WARPS, C_SEG, C_ROWS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
-// shared memory one token ahead (cp.async double buffer; group_rms_norm_gate_bwd_staged_kernel), 3 kept in registers
-// together with the first pass's sigmoids (≤ 16 channels per lane).
+// shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
+// streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
+// sigmoids (≤ 16 channels per lane).
 enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 
 constexpr int64_t kMaxDim = 65536;
@@ -42,6 +43,8 @@ const char* type_name(int64_t d) {
   }
 }
 
+int gate_depth(const Specialization& s);
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/group_rms_norm_gate.cuh\"\n";
   const auto& p = s.params;
@@ -54,9 +57,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       break;
     case kBwd:
       if (s.config[C_ROWS] == kRowsStaged)
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
-                           p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]),
-                           type_name(p[P_W_DTYPE]));
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>",
+                           p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
+                           s.arch.sm >= 90, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       else
         name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
@@ -78,7 +81,18 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel == kFwd)  // the staged forward: two stages of x and gate per warp
     return s.config[C_ROWS] == kRowsStaged ? static_cast<int>(s.config[C_WARPS] * seg_channels * 4 * es) : 0;
   if (s.kernel != kBwd) return 0;
-  return static_cast<int>(s.config[C_WARPS] * seg_channels * (s.config[C_ROWS] == kRowsStaged ? 6 * es : 4));
+  if (s.config[C_ROWS] == kRowsStaged)  // the staged backward's rings: x, gate, dy per slot, one mbarrier each
+    return static_cast<int>(s.config[C_WARPS] * gate_depth(s) * (3 * seg_channels * es + 8));
+  return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
+}
+
+// Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
+int gate_depth(const Specialization& s) {
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  const int64_t slot = 3 * s.config[C_SEG] * group_dim(s) * es + 8;
+  for (int depth : {3, 2})
+    if (s.config[C_WARPS] * depth * slot <= 227 * 1024 - 512) return depth;
+  return 0;
 }
 
 // Kept sigmoids: the rows are kept (x, gate, dy in ≤ 48 registers per lane) and a lane holds ≤ 16 channels.
@@ -145,11 +159,16 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
   // items and many resident warps. Measured on H100 at B·S = 8192, dim 2048, G 4 (µs; target fwd ≤ 33, bwd ≤ 60):
   //   fwd, one warp per item: seg 1 × 4 warps 31.5; seg 2 × 8 32.5; seg 4 × 4 33.9, × 8 34.2, × 16 36.9;
   //        staged (persistent, cp.async double buffer): seg 1 × 8 32.7, seg 2 × 8 35.4, seg 4 × 4 40.0.
-  //   bwd: kept rows seg 1 × 8 62.5, seg 2 × 8 64.5; staged seg 1 × 8 63.3, seg 2 × 8 66.5, seg 4 × 4 91.2;
-  //        re-read seg 4 × 8 87.4.
+  //   bwd: kept rows seg 1 × 8 62.5, seg 2 × 8 64.5; staged (grid-stride tokens, per-warp cp.async double buffer)
+  //        seg 1 × 8 63.3, seg 2 × 8 66.5, seg 4 × 4 91.2; re-read seg 4 × 8 87.4. The staged kernel now streams
+  //        balanced token strips through 3-slot TMA rings with the sigmoids kept between passes: the default where
+  //        it applies.
   s.config[C_SEG] = seg_groups(dim, G, t, 1024);
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
+  } else if (staged_ok(s, s.config[C_SEG])) {
+    s.config[C_WARPS] = 8;
+    s.config[C_ROWS] = kRowsStaged;
   } else {
     s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
     s.config[C_ROWS] = kRowsKept;
@@ -182,6 +201,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         s.config[C_WARPS] = w;
         s.config[C_SEG] = static_cast<int>(seg);
         s.config[C_ROWS] = rows;
+        if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
         if (smem_bytes(s) > 227 * 1024) continue;
         out.push_back(s);
       }
@@ -459,8 +479,9 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
   DwReduceArgs r{partial, dweight.data, static_cast<int>(X)};
   const int64_t nout = g.shared ? g.d : g.dim;
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((nout + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((nout + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
+  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

@@ -9,6 +9,7 @@
 #include <tuple>
 #include <utility>
 
+#include "kiln/dw_reduce_args.h"
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/qk_norm_half_rope_args.h"
 #include "runtime/family.hpp"
@@ -41,7 +42,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/qk_norm_half_rope.cuh\"\n";
   const auto& p = s.params;
   if (s.kernel == kDwReduce) {
-    name = fmt::format("kiln::qk_norm_half_rope_dw_reduce_kernel<{}>", p[P_D]);
+    // partial rows hold [dq_w | dk_w] (2·D); one launch writes both (kiln/dw_reduce.cuh).
+    name = fmt::format("kiln::dw_reduce_kernel<{}, 1, float, {}>", 2 * p[P_D], p[P_D]);
     return;
   }
   name = fmt::format("kiln::qk_norm_half_rope_{}_kernel<{}, {}, {}, {}, {}, {}, {}, {}{}>", s.kernel == kFwd ? "fwd" : "bwd",
@@ -420,11 +422,11 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   }
   if (!want_dw) return;
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
-  QkNormRopeDwArgs r{partial, static_cast<float*>(dq_norm_weight.data), static_cast<float*>(dk_norm_weight.data),
-                     static_cast<int>(G)};
+  DwReduceArgs r{partial, dq_norm_weight.data, static_cast<int>(G), dk_norm_weight.data};
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>(2 * D / 32);
-  d.block[0] = 512;
+  d.grid[0] = static_cast<unsigned>((2 * D + kDwReduceCols - 1) / kDwReduceCols);
+  d.block[0] = kDwReduceThreads;
+  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

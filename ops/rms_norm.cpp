@@ -322,8 +322,9 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
   // dweight = Σ over CTAs (zero when M == 0: the reduce over G = 0 slices writes zeros).
   DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((N + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((N + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
+  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

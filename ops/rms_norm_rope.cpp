@@ -26,7 +26,8 @@ enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_HD, P_D, P_DTYPE, P_W_DTYPE, P_CS_DTYPE };
 enum { C_WARPS, C_ROWS, C_SPLIT };
 // C_ROWS (bwd): where the second pass finds x and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in shared
-// memory one row ahead (cp.async double buffer; rms_norm_rope_bwd_staged_kernel).
+// memory (rms_norm_rope_bwd_staged_kernel: balanced row strips, a ring of rope_depth() rows per warp streamed by TMA
+// bulk copies on sm_90, cp.async before).
 enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
 
 constexpr int64_t kMaxHidden = 32768;
@@ -42,6 +43,8 @@ const char* type_name(int64_t d) {
 // Warps sharing a row in the backward (config "split"; 0 in a hand-made config means 1).
 int split_of(const Specialization& s) { return std::max(1, static_cast<int>(s.config[C_SPLIT])); }
 
+int rope_depth(const Specialization& s);
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_rope.cuh\"\n";
   const auto& p = s.params;
@@ -53,18 +56,31 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_rope_fwd_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D], s.config[C_WARPS],
                        type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
   else if (s.config[C_ROWS] == kRowsStaged)
-    name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
-                       s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+    name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
+                       s.config[C_WARPS], rope_depth(s), s.arch.sm >= 90, type_name(p[P_DTYPE]),
+                       type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
   else
     name = fmt::format("kiln::rms_norm_rope_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
                        s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, split_of(s), type_name(p[P_DTYPE]),
                        type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
 }
 
+// Shared memory of the staged backward at `depth` ring slots per warp: x and dy rows per slot, one mbarrier each.
+int64_t staged_smem(const Specialization& s, int depth) {
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  return static_cast<int64_t>(s.config[C_WARPS]) * depth * (2 * s.params[P_HD] * es + 8);
+}
+// Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
+int rope_depth(const Specialization& s) {
+  for (int depth : {3, 2})
+    if (staged_smem(s, depth) <= 227 * 1024 - 512) return depth;
+  return 0;
+}
+
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
-  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  return static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * (s.config[C_ROWS] == kRowsStaged ? 4 * es : 4));
+  if (s.config[C_ROWS] == kRowsStaged) return static_cast<int>(staged_smem(s, rope_depth(s)));
+  return static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * 4);
 }
 
 // The channels one access moves: the largest power of two dividing D/2, at most 16 bytes of x's dtype.
@@ -127,9 +143,15 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   // Measured on H100 at x [2, 4096, 2048], D 128 bf16 (µs; floors 22.5 / 33.6):
   //   fwd: 4 warps per CTA 22.5, 8 22.8, 16 24.2.
   //   bwd: rows kept in registers × 4 warps (3 CTAs, 12 warps per SM) 40.9, × 8 warps 42.5; re-read × 8 45.7,
-  //        × 4 47.6; staged (cp.async double buffer, dw in registers) × 2/4/8 warps 44.8/44.8/45.0.
+  //        × 4 47.6; staged (grid-stride rows, per-warp cp.async double buffer, dw in registers) × 2/4/8 warps
+  //        44.8/44.8/45.0. The staged kernel now streams balanced row strips through 3-slot TMA rings (one CTA of 8
+  //        warps per SM): the default where it applies.
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
+  } else if (staged_ok(s)) {
+    s.config[C_WARPS] = 8;
+    s.config[C_ROWS] = kRowsStaged;
+    s.config[C_SPLIT] = 1;
   } else if (kept_ok(s)) {
     s.config[C_WARPS] = 4;
     s.config[C_ROWS] = kRowsKept;
@@ -159,7 +181,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       continue;
     }
     for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
-      if (rows == kRowsStaged && (!staged_ok(base) || w == 12)) continue;
+      if (rows == kRowsStaged && !staged_ok(base)) continue;
       if (rows == kRowsKept && !kept_ok(base)) continue;
       for (int split : {1, 2, 4}) {
         // Warps sharing a row: they divide the CTA's warps, ≤ 15 groups (named barriers), not for staged rows.
@@ -167,7 +189,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         s.config[C_WARPS] = w;
         s.config[C_ROWS] = rows;
         s.config[C_SPLIT] = split;
-        if (smem_bytes(s) > 227 * 1024) continue;
+        if (rows == kRowsStaged ? rope_depth(s) == 0 : smem_bytes(s) > 227 * 1024) continue;
         out.push_back(s);
       }
     }
@@ -446,8 +468,9 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
   // dweight = Σ over CTA slices (zeros when there are no rows: the sum over G = 0 slices).
   DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
   LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((g.Hd + 31) / 32);
+  d.grid[0] = static_cast<unsigned>((g.Hd + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
+  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
   impl.launch(reduce, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }

@@ -8,6 +8,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/dw_reduce_args.h"
+#include "kiln/pdl.cuh"
 
 namespace kiln {
 
@@ -40,21 +41,24 @@ __device__ __forceinline__ void dw_cta_partial(const float* red, int stride, int
 }
 
 // Stage 2. partial: [G][FOLD·NOUT] fp32 (one row per CTA of stage 1); out[j] = Σ_g Σ_f partial[g][f·NOUT + j].
-// A CTA of 1024 threads takes 32 output columns: warp ty sums rows g ≡ ty (mod 32) of column tx in ascending g (a
-// warp reads 128 contiguous bytes of a row), then the 32 slice sums are added in ty order. A fixed order: the result
-// does not depend on timing. Short per-thread chains (G/32 rows, unrolled) keep it a ~1 µs tail after the main kernel.
-// Output j < NLO goes to dw[j], j ≥ NLO to dw_hi[j − NLO] (two weights reduced by one launch); a null output pointer
-// skips its columns. G = 0 writes zeros (the gradient of an empty batch).
+// A CTA of kDwReduceThreads threads takes kDwReduceCols (16) output columns: slice ty (of 8) sums rows g ≡ ty (mod 8)
+// of column tx in ascending g (16 lanes read 64 contiguous bytes of a row), then the 8 slice sums are added in ty
+// order. A fixed order: the result does not depend on timing. Output j < NLO goes to dw[j], j ≥ NLO to
+// dw_hi[j − NLO] (two weights reduced by one launch); a null output pointer skips its columns. G = 0 writes zeros
+// (the gradient of an empty batch). Launched with LaunchDims::pdl: stage 1 calls pdl_launch_dependents as it starts,
+// so these CTAs are placed beside it (≈ 4 K registers, < 1 KiB of shared memory each) and wait in pdl_wait until it
+// has completed; the sum then costs a few L2 round trips.
 template <int NOUT, int FOLD, typename DW, int NLO = NOUT>
 __global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwReduceArgs a) {
-  constexpr int SLICES = kDwReduceThreads / 32;
-  __shared__ float slice[SLICES][33];
+  constexpr int COLS = kDwReduceCols, SLICES = kDwReduceThreads / kDwReduceCols;
+  __shared__ float slice[SLICES][COLS + 1];
+  pdl_wait();  // stage 1 has completed and its partials are visible
   const float* __restrict__ partial = a.partial;
-  const int tx = threadIdx.x & 31, ty = threadIdx.x >> 5;
-  const int j = blockIdx.x * 32 + tx;
+  const int tx = threadIdx.x % COLS, ty = threadIdx.x / COLS;
+  const int j = blockIdx.x * COLS + tx;
   float s = 0.f;
   if (j < NOUT) {
-#pragma unroll 4
+#pragma unroll 8
     for (int g = ty; g < a.G; g += SLICES) {
       const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
 #pragma unroll

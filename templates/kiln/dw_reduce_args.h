@@ -3,7 +3,10 @@
 
 namespace kiln {
 
-constexpr int kDwReduceThreads = 1024;  // block size of dw_reduce_kernel: 32 columns × 32 row slices
+// dw_reduce_kernel's CTA: kDwReduceCols output columns × 8 row slices. Small on purpose: launched with PDL while the
+// backward runs, its CTAs fit beside the backward's on an SM and wait there, so it starts the moment the backward ends.
+constexpr int kDwReduceCols = 16;
+constexpr int kDwReduceThreads = kDwReduceCols * 8;
 
 struct DwReduceArgs {
   const float* partial;  // [G][FOLD·NOUT] fp32, one row per CTA of the first stage

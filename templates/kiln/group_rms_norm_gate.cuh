@@ -18,6 +18,7 @@
 #include "kiln/common.cuh"
 #include "kiln/group_rms_norm_gate_args.h"
 #include "kiln/row_io.cuh"
+#include "kiln/row_pipe.cuh"
 
 namespace kiln {
 
@@ -250,6 +251,7 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
@@ -377,55 +379,59 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   }
 
   __syncthreads();
-  float* out = a.partial + static_cast<i64>(blockIdx.x) * DIM + c0;
-  for (int k = threadIdx.x; k < SEGC; k += WARPS * 32) {
-    float t = dws[k];
-#pragma unroll
-    for (int w = 1; w < WARPS; ++w) t += dws[w * SEGC + k];
-    out[k] = t;
-  }
+  dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
+                                                   threadIdx.x);
 }
 
 // ---- staged backward -----------------------------------------------------------------------------------------
-// The same math with each warp double-buffering its (token, segment) rows of x, gate and dy in shared memory: it
-// copies token i+1 (cp.async) while it computes token i, so a whole item (3·SEG·d·sizeof(T) bytes) is always in
-// flight per warp without occupying registers; dw for the lane's columns lives in registers (STEPS·E ≤ 64 floats).
-// Needs 16-byte chunks. Shared memory: WARPS·6·SEG·d·sizeof(T) bytes.
+// The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid (gridDim.y =
+// segments) sized to the GPU; CTA (x, seg) takes a contiguous strip of tokens (cta_strip over gridDim.x: sizes
+// differ by ≤ 1), warp w of it tokens begin + w, begin + w + WARPS, …; each warp streams its items' x, gate and dy
+// rows through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1
+// items per warp are in flight while it computes one. σ and 1 − σ of the first pass stay in registers for the
+// second when a lane holds ≤ 16 channels (no second exp and reciprocal); dw for the lane's columns lives in registers
+// (STEPS·E ≤ 64). Needs 16-byte chunks. Shared memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
   static constexpr bool OK = L::BYTES == 16 && L::STEPS * L::E <= 64;
+  static constexpr int PIECE = L::SEGC * static_cast<int>(sizeof(T));
+  static constexpr int SLOT = 3 * PIECE;
 };
 
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, typename T, typename W>
-__global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_staged_kernel(
-    const GroupNormGateBwdArgs a) {
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
+  static_assert(DEPTH >= 2, "a ring of at least two slots");
+#if __CUDA_ARCH__ < 900
+  static_assert(!BULK, "TMA bulk copies need sm_90");
+#endif
   constexpr int E = L::E, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int PIECE = GateStaged<DIM, G, SEG, T>::PIECE, SLOT = GateStaged<DIM, G, SEG, T>::SLOT;
+  constexpr bool KSIG = STEPS * E <= 16;  // σ and 1 − σ kept between the passes
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
-  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 6 * SEGC;  // [stage][x | gate | dy][SEGC]
+  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
+                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  ring.init(lane);
 
-  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
-  auto issue = [&](i64 token, int st) {
-    if (token < a.M) {
-      i64 b, s;
-    token_bs(a, token, b, s);
-      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
-      const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
-      const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
-      T* xs = buf + st * 3 * SEGC;
-#pragma unroll 4
-      for (int c = lane; c < NC; c += 32) {
-        cp_async16(xs + c * E, xr + c * E, true);
-        cp_async16(xs + SEGC + c * E, gr + c * E, true);
-        cp_async16(xs + 2 * SEGC + c * E, yr + c * E, true);
-      }
-    }
-    stage_commit();
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
+  const i64 first = begin + warp;
+  const int items = first < end ? static_cast<int>((end - first + WARPS - 1) / WARPS) : 0;  // this warp's tokens
+  auto issue = [&](int k) {
+    i64 b, s;
+    token_bs(a, first + static_cast<i64>(k) * WARPS, b, s);
+    const void* const src[3] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
+                                static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0,
+                                static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
+    ring.template issue<PIECE, 3>(k, k < items, src, lane);
   };
+#pragma unroll
+  for (int k = 0; k < DEPTH; ++k) issue(k);
 
   float dwr[STEPS][E];
 #pragma unroll
@@ -433,27 +439,24 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 #pragma unroll
     for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
 
-  issue(first, 0);
-  int stage = 0;
-  for (i64 token = first; token < a.M; token += stride, stage ^= 1) {
-    issue(token + stride, stage ^ 1);
-    cp_async_wait<1>();
-    __syncwarp();
+  for (int k = 0; k < items; ++k) {
+    ring.wait(k);
     i64 b, s;
-    token_bs(a, token, b, s);
+    token_bs(a, first + static_cast<i64>(k) * WARPS, b, s);
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
-    const T* xs = buf + stage * 3 * SEGC;
+    const T* xs = reinterpret_cast<const T*>(ring.slot(k));
     const T* gs = xs + SEGC;
     const T* ys = xs + 2 * SEGC;
 
     float ss[SEG], Q[SEG];
+    float sgv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
 #pragma unroll
-    for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
+    for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int c = st * 32 + lane;
-      if (c < NC) {
+      if (NC % 32 == 0 || c < NC) {
         const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
         const int ch = c0 + c * E;
         float w[E];
@@ -462,7 +465,15 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e);
-          const float t = raw_get<T>(yraw, e) * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+          float sgm;
+          if constexpr (KSIG) {
+            const Sigmoid<T> sg(raw_get<T>(graw, e));
+            sgv[st][e] = sgm = sg.s;
+            omv[st][e] = sg.one_minus;
+          } else {
+            sgm = sigmoid<T>(raw_get<T>(graw, e));
+          }
+          const float t = raw_get<T>(yraw, e) * w[e] * sgm;
           p_ss = fmaf(xf, xf, p_ss);
           p_q = fmaf(xf, t, p_q);
         }
@@ -473,15 +484,17 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
     }
     float r[SEG], coef[SEG];
 #pragma unroll
-    for (int k = 0; k < SEG; ++k) {
-      r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
-      coef[k] = (warp_sum(Q[k]) / static_cast<float>(d)) * r[k] * r[k] * r[k];
+    for (int q = 0; q < SEG; ++q) {
+      r[q] = 1.0f / sqrtf(warp_sum(ss[q]) / static_cast<float>(d) + a.eps);
+      coef[q] = (warp_sum(Q[q]) / static_cast<float>(d)) * r[q] * r[q] * r[q];
     }
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int c = st * 32 + lane;
-      if (c < NC) {
-        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
+      if (NC % 32 == 0 || c < NC) {
+        const Raw<16> xraw = lds16(xs + c * E), yraw = lds16(ys + c * E);
+        Raw<16> graw;
+        if constexpr (!KSIG) graw = lds16(gs + c * E);
         const int q = L::group(st, lane);
         const float rq = pick(r, q), cq = pick(coef, q);
         const int ch = c0 + c * E;
@@ -490,12 +503,20 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
-          const Sigmoid<T> sg(raw_get<T>(graw, e));
-          const float ys_ = yf * sg.s;
+          float sgm, om;
+          if constexpr (KSIG) {
+            sgm = sgv[st][e];
+            om = omv[st][e];
+          } else {
+            const Sigmoid<T> sg(raw_get<T>(graw, e));
+            sgm = sg.s;
+            om = sg.one_minus;
+          }
+          const float ys_ = yf * sgm;
           const float t = ys_ * w[e];
           const float n = xf * rq;
           dxo[e] = rq * t - cq * xf;
-          dgo[e] = n * t * sg.one_minus;
+          dgo[e] = n * t * om;
           dwr[st][e] = fmaf(n, ys_, dwr[st][e]);
         }
         Raw<16> o1, o2;
@@ -505,27 +526,25 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
         st_raw(dgr + c * E, o2);
       }
     }
-    __syncwarp();
+    ring.release();
+    issue(k + DEPTH);
   }
-  cp_async_wait<0>();
+  ring.drain();
 
+  // CTA sum of the warps' dw in warp order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();
-  float* red = reinterpret_cast<float*>(smem_raw);  // [WARPS][SEGC] fp32 ≤ the staging buffers
+  float* red = reinterpret_cast<float*>(smem_raw);
+  static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
     const int c = st * 32 + lane;
-    if (c < NC)
+    if (NC % 32 == 0 || c < NC)
 #pragma unroll
       for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
   }
   __syncthreads();
-  float* out = a.partial + static_cast<i64>(blockIdx.x) * DIM + c0;
-  for (int k = threadIdx.x; k < SEGC; k += WARPS * 32) {
-    float t = red[k];
-#pragma unroll
-    for (int w = 1; w < WARPS; ++w) t += red[w * SEGC + k];
-    out[k] = t;
-  }
+  dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
+                                                   threadIdx.x);
 }
 
 }  // namespace kiln

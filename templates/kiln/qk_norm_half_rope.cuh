@@ -23,6 +23,7 @@
 // order. The result is deterministic (no float atomics) and costs no second pass over the data.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/dw_reduce.cuh"
 #include "kiln/qk_norm_half_rope_args.h"
 
 namespace kiln {
@@ -453,30 +454,6 @@ __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_
 #pragma unroll
     for (int w = 0; w < WARPS; ++w) acc += reinterpret_cast<const float*>(rope + w)[c];
     a.partial[static_cast<i64>(blockIdx.x) * 2 * D + c] = acc;
-  }
-}
-
-// dq_w, dk_w = Σ over the G per-CTA partials, in CTA order within each of 16 strided lanes of CTAs, then the 16
-// lane sums in order: a fixed order for a given G. One CTA per 32 of the 2·D columns.
-template <int D>
-__global__ void __launch_bounds__(512) qk_norm_half_rope_dw_reduce_kernel(const QkNormRopeDwArgs a) {
-  __shared__ float part[16][33];
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int col = blockIdx.x * 32 + lane;  // < 2·D (2·D is a multiple of 32)
-  float acc = 0.f;
-#pragma unroll 8  // independent loads: one or two L2 round trips for a grid of ≤ 264 CTAs
-  for (int g = warp; g < a.G; g += 16) acc += a.partial[static_cast<i64>(g) * 2 * D + col];
-  part[warp][lane] = acc;
-  __syncthreads();
-  if (warp == 0) {
-    float sum = 0.f;
-#pragma unroll
-    for (int w = 0; w < 16; ++w) sum += part[w][lane];
-    if (col < D) {
-      if (a.dq_w) a.dq_w[col] = sum;
-    } else if (a.dk_w) {
-      a.dk_w[col - D] = sum;
-    }
   }
 }
 

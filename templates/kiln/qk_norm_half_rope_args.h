@@ -42,11 +42,4 @@ constexpr int qk_norm_half_rope_bwd_smem_bytes(int warps, int d, int w_bytes, bo
   return (2 * d * w_bytes + 15) / 16 * 16 + warps * 2048 + (acc_smem ? warps * 4096 : 0);
 }
 
-struct QkNormRopeDwArgs {
-  const float* partial;  // [G, 2, D]
-  float* dq_w;           // [D] or null
-  float* dk_w;           // [D] or null
-  int G;
-};
-
 }  // namespace kiln

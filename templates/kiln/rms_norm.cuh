@@ -71,6 +71,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_fwd_kernel(const RmsNormF
 //     order, so the result is deterministic. The CTA's dweight slice goes to partial[blockIdx.x].
 template <int N, int R, int STAGES, typename T, typename W>
 __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   static_assert(STAGES == 1 || STAGES == 2, "one or two staged tiles");
   constexpr int V = VecTraits<T>::kElems;  // elements per 16-byte chunk
   constexpr int CHUNKS = N / V;
@@ -210,6 +211,7 @@ __device__ __forceinline__ float weight_at(const u32 (&w)[WV], int e) {
 
 template <int N, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const RmsNormBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = RmsBwdPipeLayout<N, SPLIT, T, W>;
   constexpr int V = L::V, NS = L::NS, CS = L::CS, CPL = L::CPL, WV = L::WV, PIECE = L::PIECE, SLOT = L::SLOT;
   constexpr int GROUPS = WARPS / SPLIT;

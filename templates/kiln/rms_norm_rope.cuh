@@ -19,6 +19,7 @@
 #include "kiln/common.cuh"
 #include "kiln/rms_norm_rope_args.h"
 #include "kiln/row_io.cuh"
+#include "kiln/row_pipe.cuh"
 
 namespace kiln {
 
@@ -144,6 +145,7 @@ template <int HD, int D, int WARPS, bool KEEP_ROWS, int SPLIT, typename T, typen
 __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16) / WARPS > 0
                                                   ? (KEEP_ROWS && SPLIT == 1 ? 12 : 16) / WARPS : 1)
     rms_norm_rope_bwd_kernel(const RmsNormRopeBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = RopeLayout<HD, D, T>;
   static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || WARPS / SPLIT <= 15), "SPLIT divides WARPS; ≤ 15 groups");
   constexpr int E = L::E, B = L::BYTES, NP = L::NP, H2 = L::H2;
@@ -274,56 +276,67 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
   }
 
   __syncthreads();
-  float* out = a.partial + static_cast<i64>(blockIdx.x) * HD;
-  for (int k = threadIdx.x; k < HD; k += WARPS * 32) {
-    float t = dws[k];
-#pragma unroll
-    for (int w = 1; w < WARPS; ++w) t += dws[w * HD + k];
-    out[k] = t;
-  }
+  dw_cta_partial<WARPS, WARPS * 32, HD % 4 == 0>(dws, HD, HD, a.partial + static_cast<i64>(blockIdx.x) * HD,
+                                                 threadIdx.x);
 }
 
 // ---- staged backward -----------------------------------------------------------------------------------------
-// The same math with the loads decoupled from the compute: each warp double-buffers its rows in shared memory,
-// copying row i+1 (x and dy, cp.async, 16-byte chunks) while it computes row i from the other buffer, so every warp
-// keeps a whole row (2·HD·sizeof(T) bytes) in flight at all times without holding it in registers. dw for the lane's
-// columns lives in registers (STEPS·2·E floats, ≤ 64); at the end the CTA adds its warps' dw in warp order through
-// the (then idle) staging buffers. Needs 16-byte pair-chunks (E·sizeof(T) = 16). Shared memory: WARPS·4·HD·sizeof(T).
+// The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid sized to the GPU,
+// CTA c taking a contiguous strip of rows (sizes differ by ≤ 1, so every SM streams the same bytes), warp w of it
+// rows begin + w, begin + w + WARPS, …; each warp streams its rows' x and dy through its own ring of DEPTH
+// shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in flight while it
+// computes one, and no warp waits for another. The cos/sin values of the next row are loaded into registers while
+// the current one is computed. dw for the lane's columns lives in registers (STEPS·2·E ≤ 64); at the end the CTA
+// adds its warps' dw in warp order through the (then idle) rings. Needs 16-byte pair-chunks (E·sizeof(T) = 16).
+// Shared memory: WARPS·DEPTH·(2·HD·sizeof(T) + 8).
 template <int HD, int D, typename T>
 struct RopeStaged {
   using L = RopeLayout<HD, D, T>;
   static constexpr bool OK = L::BYTES == 16 && L::STEPS * 2 * L::E <= 64;
-  static constexpr int smem_bytes(int warps) { return warps * 4 * HD * static_cast<int>(sizeof(T)); }
+  static constexpr int SLOT = 2 * HD * static_cast<int>(sizeof(T));
 };
 
-template <int HD, int D, int WARPS, typename T, typename W, typename C>
-__global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+template <int HD, int D, int WARPS, int DEPTH, bool BULK, typename T, typename W, typename C>
+__global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = RopeLayout<HD, D, T>;
+  using Tab = RopeTable<L, C>;
   static_assert(RopeStaged<HD, D, T>::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
+  static_assert(DEPTH >= 2, "a ring of at least two slots");
+#if __CUDA_ARCH__ < 900
+  static_assert(!BULK, "TMA bulk copies need sm_90");
+#endif
   constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
-  constexpr int V = 16 / static_cast<int>(sizeof(T));  // elements per 16-byte chunk
-  constexpr int CH = HD / V;                            // chunks per row
-  extern __shared__ __align__(16) unsigned char smem_raw[];
+  constexpr int PIECE = HD * static_cast<int>(sizeof(T)), SLOT = RopeStaged<HD, D, T>::SLOT;
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  T* buf = reinterpret_cast<T*>(smem_raw) + static_cast<i64>(warp) * 4 * HD;  // [stage][x | dy][HD]
+  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
+                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  ring.init(lane);
 
-  const i64 first = static_cast<i64>(blockIdx.x) * WARPS + warp, stride = static_cast<i64>(gridDim.x) * WARPS;
-  // Copies row `row` (if any) into stage `st`; always commits a group, so wait_group counts stay uniform.
-  auto issue = [&](i64 row, int st) {
-    if (row < a.M) {
-      const i64 b = row / a.S, s = row - b * a.S;
-      const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
-      const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
-      T* xs = buf + (st * 2) * HD;
-      T* gs = xs + HD;
-#pragma unroll 4
-      for (int c = lane; c < CH; c += 32) {
-        cp_async16(xs + c * V, xr + c * V, true);
-        cp_async16(gs + c * V, gr + c * V, true);
-      }
-    }
-    stage_commit();
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
+  const i64 first = begin + warp;
+  const int rows = first < end ? static_cast<int>((end - first + WARPS - 1) / WARPS) : 0;  // this warp's rows
+  auto issue = [&](int k) {
+    const i64 row = first + static_cast<i64>(k) * WARPS;
+    const i64 b = row / a.S, s = row - b * a.S;
+    const void* const src[2] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss,
+                                static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss};
+    ring.template issue<PIECE, 2>(k, k < rows, src, lane);
   };
+#pragma unroll
+  for (int k = 0; k < DEPTH; ++k) issue(k);
+
+  // cos/sin of row `row` for this lane (the whole row's values when every step lands on the same column).
+  auto table_of = [&](i64 row, Tab& t) {
+    const i64 s = row % a.S;
+    t.load(static_cast<const C*>(a.cos) + s * a.cos_ss, static_cast<const C*>(a.sin) + s * a.sin_ss, lane);
+  };
+  Tab tab;
+  if constexpr (Tab::ONCE) {
+    if (rows > 0) table_of(first, tab);
+  }
 
   float dw1[STEPS][E], dw2[STEPS][E];
 #pragma unroll
@@ -331,29 +344,28 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_n
 #pragma unroll
     for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
 
-  issue(first, 0);
-  int stage = 0;
-  for (i64 row = first; row < a.M; row += stride, stage ^= 1) {
-    issue(row + stride, stage ^ 1);
-    cp_async_wait<1>();  // this lane's copies of `row` have landed
-    __syncwarp();        // … and every other lane's
+  for (int k = 0; k < rows; ++k) {
+    const i64 row = first + static_cast<i64>(k) * WARPS;
     const i64 b = row / a.S, s = row - b * a.S;
+    Tab next;  // the next row's table, in flight while this row is computed
+    if constexpr (Tab::ONCE) {
+      if (k + 1 < rows) table_of(row + WARPS, next);
+    }
+    ring.wait(k);
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
     const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
     const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
-    const T* xs = buf + (stage * 2) * HD;
+    const T* xs = reinterpret_cast<const T*>(ring.slot(k));
     const T* gs = xs + HD;
-    RopeTable<L, C> tab;
-    if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
 
     float ss = 0.f, P = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = st * 32 + lane;
-      if (p < NP) {
+      if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
-        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E];
         load_f<W, E>(a.w, o, w1);
         load_f<W, E>(a.w, o + H2, w2);
@@ -377,10 +389,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_n
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = st * 32 + lane;
-      if (p < NP) {
+      if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
-        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E], d1[E], d2[E];
         load_f<W, E>(a.w, o, w1);
         load_f<W, E>(a.w, o + H2, w2);
@@ -401,17 +413,20 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_n
         st_raw(dxr + o + H2, o2);
       }
     }
-    __syncwarp();  // every lane is done with this stage before the next iteration refills it
+    if constexpr (Tab::ONCE) tab = next;
+    ring.release();
+    issue(k + DEPTH);
   }
-  cp_async_wait<0>();  // the last (empty or out-of-range) group
+  ring.drain();
 
-  // CTA sum of the warps' dw in warp order, through the staging buffers (WARPS·HD floats ≤ their size).
+  // CTA sum of the warps' dw in warp order, through the rings (WARPS·HD floats ≤ their size).
   __syncthreads();
   float* red = reinterpret_cast<float*>(smem_raw);
+  static_assert(WARPS * HD * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
     const int p = st * 32 + lane;
-    if (p < NP) {
+    if (NP % 32 == 0 || p < NP) {
       const int o = L::chan(p);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
@@ -421,13 +436,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 8 ? 1 : 12 / WARPS) rms_n
     }
   }
   __syncthreads();
-  float* out = a.partial + static_cast<i64>(blockIdx.x) * HD;
-  for (int k = threadIdx.x; k < HD; k += WARPS * 32) {
-    float t = red[k];
-#pragma unroll
-    for (int w = 1; w < WARPS; ++w) t += red[w * HD + k];
-    out[k] = t;
-  }
+  dw_cta_partial<WARPS, WARPS * 32, HD % 4 == 0>(red, HD, HD, a.partial + static_cast<i64>(blockIdx.x) * HD,
+                                                 threadIdx.x);
 }
 
 }  // namespace kiln
