@@ -636,4 +636,94 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
   if constexpr (CLUSTER) cluster_sync();  // keep `partial` alive until every CTA has read it
 }
 
+// ---------------------------------------------------------------------------------------------------------------------
+// Mode 0, persistent ring (row_kernel with stages > 0). Each warp owns STAGES row slots of shared memory and takes
+// rows w', w' + W, … (w' = blockIdx.x·WARPS + warp, W = all warps of the grid). Its j-th row is copied by ONE
+// cp.async.bulk (N·2 bytes, issued by lane 0) into slot j % STAGES and completes on that slot's mbarrier (parity
+// (j / STAGES) & 1), so a warp always has STAGES rows in flight and holds none in registers: it reads the row
+// twice from shared memory (Σx², then y and the quantization, 16 bytes a lane a step), and once every lane is done
+// with the slot (__syncwarp) lane 0 refills it with row j + STAGES. Few registers a thread (no row in registers),
+// so shared memory decides the warps per SM.
+// Shared memory: [WARPS][STAGES][N] bf16 rows, then [WARPS][STAGES] mbarriers (rms_norm_block_quant_row_ring_smem).
+template <int N, int WARPS, int STAGES, bool ROUND, bool W_F32>
+__global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kernel(const RmsNormBlockQuantArgs a) {
+  using namespace rmsq;
+  constexpr int CHUNKS = N / 8;              // 16-byte chunks per row
+  constexpr int STEPS = (CHUNKS + 31) / 32;  // 256-column steps
+  static_assert(N % 128 == 0 && N * 2 < (1 << 20), "one bulk copy per row");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  bf16* slots = reinterpret_cast<bf16*>(smem_raw) + warp * STAGES * N;
+  u64* bars = reinterpret_cast<u64*>(smem_raw + WARPS * STAGES * N * 2) + warp * STAGES;
+  const int W = gridDim.x * WARPS;
+  const int first = blockIdx.x * WARPS + warp;
+  if (first >= a.M) return;  // warp-uniform; no CTA-wide barrier below
+  const int nrows = (a.M - 1 - first) / W + 1;
+  const bf16* xg = static_cast<const bf16*>(a.x);
+
+  auto issue = [&](int j) {  // lane 0
+    u64* bar = bars + j % STAGES;
+    mbar_arrive_expect_tx(bar, N * 2);
+    bulk_load(slots + (j % STAGES) * N, xg + static_cast<i64>(first + static_cast<i64>(j) * W) * a.x_stride, N * 2,
+              bar);
+  };
+  if (lane == 0) {
+#pragma unroll 1
+    for (int s = 0; s < STAGES; ++s) mbar_init(bars + s);
+    mbar_init_fence();
+#pragma unroll 1
+    for (int j = 0; j < min(STAGES, nrows); ++j) issue(j);
+  }
+  __syncwarp();
+
+#pragma unroll 1
+  for (int j = 0; j < nrows; ++j) {
+    const int row = first + j * W;
+    const bf16* xr = slots + (j % STAGES) * N;
+    mbar_wait(bars + j % STAGES, static_cast<u32>(j / STAGES) & 1u);
+    float ss = 0.f;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      if (c < CHUNKS) {
+        const Vec16 v = *reinterpret_cast<const Vec16*>(xr + c * 8);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v, i); ss += f * f; }
+      }
+    }
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+    if (a.rms_out && lane == 0) a.rms_out[row] = r;
+
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
+      float w8[8], y[8];
+      Vec16 v{{0u, 0u, 0u, 0u}};
+      if (active) {
+        v = *reinterpret_cast<const Vec16*>(xr + c * 8);
+        if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
+        else load_floats<bf16, 8>(a.w, c * 8, w8);
+      }
+      float amax = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v, i), r), w8[i]) : 0.f;
+        amax = fmaxf(amax, fabsf(y[i]));
+      }
+      amax = warp_max<16>(amax);
+      if (!active) continue;
+      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      uint2 out;
+      out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+      out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
+      if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
+    }
+    __syncwarp();  // every lane has read the slot
+    if (lane == 0 && j + STAGES < nrows) issue(j + STAGES);
+  }
+}
+
 }  // namespace kiln

@@ -35,6 +35,10 @@ constexpr int kRmsNormBlockQuantMaxRing = 6;
 constexpr int rms_norm_block_quant_ring_smem_bytes(int R) {
   return R * 128 * 128 * 2 + (2 * 128 + 2 * 128 + 8 * 128 + 128) * 4 + 128 * 128 + 128 * 4 + 8 * R;
 }
+// Mode-0 ring kernel: STAGES row slots per warp, then one mbarrier per slot.
+constexpr int rms_norm_block_quant_row_ring_smem_bytes(int N, int warps, int stages) {
+  return warps * stages * (N * 2 + 8);
+}
 // At most this much dynamic shared memory lets two CTAs share an SM (228 KiB, 1 KiB reserved per CTA).
 constexpr int kRmsNormBlockQuantTwoCtaSmem = 228 * 1024 / 2 - 1024;
 
