@@ -39,8 +39,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.config[C_STAGES] > 0)
-    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0);
+    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
+                       s.config[C_WARPS]);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
@@ -51,7 +52,7 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_STAGES] > 0 ? rms_norm_block_quant_row_ring_smem_bytes(static_cast<int>(s.params[P_N]),
                                                                              s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
-  if (s.config[C_STAGES] > 0) return rms_norm_block_quant_ring_smem_bytes(s.config[C_STAGES]);
+  if (s.config[C_STAGES] > 0) return rms_norm_block_quant_ring_smem_bytes(s.config[C_STAGES], s.config[C_WARPS]);
   return rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0);
 }
 
@@ -132,6 +133,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     // 16), four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
     // (N = 7168: clusters of 14) and six slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
     if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0) {
+      s.config[C_WARPS] = 8;
       if (nb <= 16) {
         s.config[C_COL_BLOCKS] = 1;
         s.config[C_STAGES] = 4;
@@ -152,7 +154,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
 }
 
 // Ring-kernel points of the tile kernel (sm_90): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap), R ≤ 6
-// (shared memory); a subset of R keeps the space (and the compile test) small.
+// (shared memory), CTAs of 8 or (mode 2) 16 warps; a subset of R keeps the space (and the compile test) small.
 void ring_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   if (base.arch.sm < 90) return;
   Specialization s = base;
@@ -167,7 +169,11 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
       if (R == 1 && mode2) continue;  // nothing of the next tile in flight
       s.config[C_STAGES] = R;
       s.config[C_OVERLAP] = overlap;
-      out.push_back(s);
+      for (int warps : {8, 16}) {
+        if (warps == 16 && !mode2) continue;
+        s.config[C_WARPS] = warps;
+        out.push_back(s);
+      }
     }
   }
 }
@@ -224,7 +230,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 }
 
 // Persistent ring grid: clusters (of `split` CTAs in mode 2) that can be resident at once, cached per function.
-int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool cluster, unsigned smem) {
+int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool cluster, unsigned threads, unsigned smem) {
   static std::mutex mu;
   static std::vector<std::pair<CUfunction, int>> cache;
   {
@@ -238,7 +244,7 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
     cfg.gridDimX = split;
     cfg.gridDimY = 1;
     cfg.gridDimZ = 1;
-    cfg.blockDimX = 256;
+    cfg.blockDimX = threads;
     cfg.blockDimY = 1;
     cfg.blockDimZ = 1;
     cfg.sharedMemBytes = smem;
@@ -251,7 +257,8 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
     cfg.numAttrs = 1;
     check(driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg), "cuOccupancyMaxActiveClusters");
   } else {
-    n = impl.device().sm_count * impl.resident_per_sm(k, 256, static_cast<int>(smem)) / static_cast<int>(split);
+    n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem)) /
+        static_cast<int>(split);
   }
   n = std::max(n, 1);
   std::lock_guard<std::mutex> lock(mu);
@@ -357,12 +364,12 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     const int64_t tiles = (M + 127) / 128;
     d.grid[0] = split;
     d.grid[1] = static_cast<unsigned>(tiles);
-    d.block[0] = 256;
+    d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
     if (s.config[C_STAGES] > 0)  // persistent: as many clusters as are resident at once, each looping over tiles
-      d.grid[1] = static_cast<unsigned>(
-          std::min<int64_t>(tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.smem)));
+      d.grid[1] = static_cast<unsigned>(std::min<int64_t>(
+          tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.block[0], d.smem)));
   }
   impl.launch(s, d, stream, a);
 }

@@ -431,18 +431,20 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
     int64_t M;
   };
   std::vector<Point> points;
-  for (int overlap : {0, 1})
-    for (int R : {2, 4, 6}) {
-      points.push_back({2048, 2, 0, 1, 0, R, overlap, 8000});
-      points.push_back({128, 2, 0, 1, 0, R, overlap, 50001});  // one CTA per tile: no cluster
+  for (int warps : {8, 16}) {
+    for (int overlap : {0, 1})
+      for (int R : {2, 4, 6}) {
+        points.push_back({2048, 2, warps, 1, 0, R, overlap, 8000});
+        points.push_back({128, 2, warps, 1, 0, R, overlap, 50001});  // one CTA per tile: no cluster
+      }
+    for (int R : {2, 4, 6}) points.push_back({2048, 2, warps, 2, 0, R, 0, 8000});
+    for (int R : {4, 6}) {
+      points.push_back({2048, 2, warps, 2, 0, R, 1, 8000});
+      points.push_back({2048, 2, warps, 4, 0, R, 0, 8000});
+      points.push_back({7168, 2, warps, 4, 0, R, 0, 4003});
     }
-  for (int R : {2, 4, 6}) points.push_back({2048, 2, 0, 2, 0, R, 0, 8000});
-  for (int R : {4, 6}) {
-    points.push_back({2048, 2, 0, 2, 0, R, 1, 8000});
-    points.push_back({2048, 2, 0, 4, 0, R, 0, 8000});
-    points.push_back({7168, 2, 0, 4, 0, R, 0, 4003});
   }
-  for (int R : {1, 2, 4}) points.push_back({2048, 1, 0, 1, 0, R, 0, 8000});
+  for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 8000});  // the non-persistent tile kernel
   points.push_back({7168, 2, 0, 4, 0, 0, 0, 4003});
   for (int warps : {4, 8, 16})
@@ -471,7 +473,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   }
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0));
   // Not points: overlap with 4 blocks a CTA needs 8 slots; 16 warps × 4 row slots exceed shared memory.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 0, 4, 0, 4, 1));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0));
 }
 
