@@ -32,20 +32,27 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (s.kernel == kRowKernel)
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)
+    name = fmt::format("kiln::rms_norm_block_quant_row_ring_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                       s.config[C_STAGES], round, wf32);
+  else if (s.kernel == kRowKernel)
     name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.config[C_STAGES] > 0)
-    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0);
+    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
+                       s.config[C_WARPS]);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
 }
 
 int smem_bytes(const Specialization& s) {
-  if (s.kernel != kTileKernel) return 0;
-  if (s.config[C_STAGES] > 0) return rms_norm_block_quant_ring_smem_bytes(s.config[C_STAGES]);
+  if (s.kernel == kRowKernel)
+    return s.config[C_STAGES] > 0 ? rms_norm_block_quant_row_ring_smem_bytes(static_cast<int>(s.params[P_N]),
+                                                                             s.config[C_WARPS], s.config[C_STAGES])
+                                  : 0;
+  if (s.config[C_STAGES] > 0) return rms_norm_block_quant_ring_smem_bytes(s.config[C_STAGES], s.config[C_WARPS]);
   return rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0);
 }
 
@@ -67,14 +74,14 @@ FamilyDef g_family{
     {"warps", "col_blocks", "prefetch", "stages", "overlap"}, render, smem_bytes, enumerate, search_space,
     tune_instance};
 
-// Test hook (rms_norm_block_quant_force_tile): a tile-kernel config {col_blocks, prefetch, stages, overlap} that
+// Test hook (rms_norm_block_quant_force_config): a config {warps, col_blocks, prefetch, stages, overlap} that
 // make_spec uses for one (N, mode) wherever it is a point of the search space; N 0 = none.
-struct ForcedTile {
+struct ForcedConfig {
   int64_t N = 0;
   int mode = 0;
-  std::array<int32_t, 4> config{};
+  std::array<int32_t, 5> config{};
 };
-ForcedTile g_forced_tile;
+ForcedConfig g_forced;
 
 Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
   Specialization s;
@@ -90,6 +97,13 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     // Rows up to 4096 columns: a persistent grid whose warps prefetch their next row (two rows in registers).
     // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97).
     s.config[C_PREFETCH] = N <= 4096;
+    // sm_90: the persistent ring kernel (rows arrive by bulk copies into per-warp slots; no row in registers):
+    // 4 warps a CTA, 4 slots a warp up to 4096 columns (N = 2048: 64 KiB, 3 CTAs/SM), else 2.
+    if (arch.sm >= 90) {
+      s.config[C_WARPS] = 4;
+      s.config[C_PREFETCH] = 0;
+      s.config[C_STAGES] = N <= 4096 ? 4 : 2;
+    }
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA. Mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs: the fewest blocks
@@ -119,6 +133,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     // 16), four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
     // (N = 7168: clusters of 14) and six slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
     if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0) {
+      s.config[C_WARPS] = 8;
       if (nb <= 16) {
         s.config[C_COL_BLOCKS] = 1;
         s.config[C_STAGES] = 4;
@@ -129,21 +144,17 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
         s.config[C_OVERLAP] = 0;
       }
     }
-    const ForcedTile& f = g_forced_tile;
-    if (f.N == N && f.mode == mode) {
-      Specialization t = s;
-      t.config[C_COL_BLOCKS] = f.config[0];
-      t.config[C_PREFETCH] = f.config[1];
-      t.config[C_STAGES] = f.config[2];
-      t.config[C_OVERLAP] = f.config[3];
-      if (in_search_space(t)) s = t;
-    }
+  }
+  if (g_forced.N == N && g_forced.mode == mode) {
+    Specialization t = s;
+    for (int i = 0; i < 5; ++i) t.config[i] = g_forced.config[i];
+    if (in_search_space(t)) s = t;
   }
   return s;
 }
 
 // Ring-kernel points of the tile kernel (sm_90): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap), R ≤ 6
-// (shared memory); a subset of R keeps the space (and the compile test) small.
+// (shared memory), CTAs of 8 or (mode 2) 16 warps; a subset of R keeps the space (and the compile test) small.
 void ring_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   if (base.arch.sm < 90) return;
   Specialization s = base;
@@ -158,7 +169,11 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
       if (R == 1 && mode2) continue;  // nothing of the next tile in flight
       s.config[C_STAGES] = R;
       s.config[C_OVERLAP] = overlap;
-      out.push_back(s);
+      for (int warps : {8, 16}) {
+        if (warps == 16 && !mode2) continue;
+        s.config[C_WARPS] = warps;
+        out.push_back(s);
+      }
     }
   }
 }
@@ -178,6 +193,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         s.config[C_PREFETCH] = prefetch;
         out.push_back(s);
       }
+    if (base.arch.sm >= 90) {  // ring kernel: slots per warp that fit 227 KiB
+      s.config[C_PREFETCH] = 0;
+      for (int warps : {4, 8, 16})
+        for (int stages : {2, 3, 4}) {
+          if (rms_norm_block_quant_row_ring_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
+          s.config[C_WARPS] = warps;
+          s.config[C_STAGES] = stages;
+          out.push_back(s);
+        }
+    }
     return;
   }
   const int nb = static_cast<int>(N / 128);
@@ -205,7 +230,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 }
 
 // Persistent ring grid: clusters (of `split` CTAs in mode 2) that can be resident at once, cached per function.
-int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool cluster, unsigned smem) {
+int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool cluster, unsigned threads, unsigned smem) {
   static std::mutex mu;
   static std::vector<std::pair<CUfunction, int>> cache;
   {
@@ -219,7 +244,7 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
     cfg.gridDimX = split;
     cfg.gridDimY = 1;
     cfg.gridDimZ = 1;
-    cfg.blockDimX = 256;
+    cfg.blockDimX = threads;
     cfg.blockDimY = 1;
     cfg.blockDimZ = 1;
     cfg.sharedMemBytes = smem;
@@ -232,7 +257,8 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
     cfg.numAttrs = 1;
     check(driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg), "cuOccupancyMaxActiveClusters");
   } else {
-    n = impl.device().sm_count * impl.resident_per_sm(k, 256, static_cast<int>(smem)) / static_cast<int>(split);
+    n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem)) /
+        static_cast<int>(split);
   }
   n = std::max(n, 1);
   std::lock_guard<std::mutex> lock(mu);
@@ -243,24 +269,23 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 }  // namespace
 
 namespace detail {
-// Test hook: later calls at hidden size N in output_mode `mode` (1 or 2) run the tile-kernel
-// config {col_blocks, prefetch, stages, overlap} (on sm_90a). Returns false, changing nothing, for a config outside
-// the search space; N = 0 restores the heuristic. Not synchronized: call it while no op of this family runs.
-bool rms_norm_block_quant_force_tile(int64_t N, int mode, int col_blocks, int prefetch, int stages, int overlap) {
+// Test hook: later calls at hidden size N in output_mode `mode` run the config {warps, col_blocks, prefetch, stages,
+// overlap} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0 restores the
+// heuristic. Not synchronized: call it while no op of this family runs.
+bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
+                                       int overlap) {
   if (N == 0) {
-    g_forced_tile = {};
+    g_forced = {};
     return true;
   }
-  if (mode < 1 || mode > 2 || N <= 0 || N % 128 != 0 || N > kRmsNormBlockQuantMaxN) return false;
+  if (mode < 0 || mode > 2 || N <= 0 || N % 128 != 0 || N > kRmsNormBlockQuantMaxN) return false;
+  const std::array<int32_t, 5> config{warps, col_blocks, prefetch, stages, overlap};
   for (bool round : {false, true}) {
     Specialization t = make_spec(Arch::parse("sm_90a"), N, mode, round, false);
-    t.config[C_COL_BLOCKS] = col_blocks;
-    t.config[C_PREFETCH] = prefetch;
-    t.config[C_STAGES] = stages;
-    t.config[C_OVERLAP] = overlap;
+    for (int i = 0; i < 5; ++i) t.config[i] = config[i];
     if (!in_search_space(t)) return false;
   }
-  g_forced_tile = {N, mode, {col_blocks, prefetch, stages, overlap}};
+  g_forced = {N, mode, config};
   return true;
 }
 }  // namespace detail
@@ -325,10 +350,11 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (s.kernel == kRowKernel) {
     const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
     int64_t grid = (M + warps - 1) / warps;
-    if (s.config[C_PREFETCH]) {
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    if (s.config[C_PREFETCH] || s.config[C_STAGES] > 0) {  // persistent: one wave of resident CTAs
       const Kernel& k = impl.kernel(s);
       grid = std::min<int64_t>(grid, static_cast<int64_t>(impl.device().sm_count) *
-                                         impl.resident_per_sm(k, static_cast<int>(warps * 32), 0));
+                                         impl.resident_per_sm(k, static_cast<int>(warps * 32), static_cast<int>(d.smem)));
     }
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
@@ -338,12 +364,12 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     const int64_t tiles = (M + 127) / 128;
     d.grid[0] = split;
     d.grid[1] = static_cast<unsigned>(tiles);
-    d.block[0] = 256;
+    d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
     if (s.config[C_STAGES] > 0)  // persistent: as many clusters as are resident at once, each looping over tiles
-      d.grid[1] = static_cast<unsigned>(
-          std::min<int64_t>(tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.smem)));
+      d.grid[1] = static_cast<unsigned>(std::min<int64_t>(
+          tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.block[0], d.smem)));
   }
   impl.launch(s, d, stream, a);
 }

@@ -336,6 +336,8 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 // Persistent ring kernel (modes 1, 2). Grid (S, G): cluster y = blockIdx.y (S CTAs along x, clusters of S in mode 2)
 // takes the 128-token tiles y, y + G, y + 2G, …; CTA `rank` of it owns columns [C·rank, C·rank + C), C = 128·CB,
 // of every one of those tiles. The host makes G at most the number of clusters that can be resident at once.
+// WARPS = 8 or 16 (256 or 512 threads): half-warp g holds RPT = 2048 / threads rows (8 or 4) × 8 columns of a block,
+// so 512-thread CTAs put twice the warps on an SM at the same shared memory (the kernel is latency-bound).
 //
 // Shared memory (ring_smem_bytes):
 //   ring      [R][128 rows][128 columns] bf16   block slots, 256 bytes a row, unswizzled: a half-warp reads one
@@ -356,7 +358,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 // Per tile: pass 1 (mode 2) waits for the tile's CB blocks and sums squares per row from shared memory; the cluster
 // exchanges the partial sums (arrive.release after writing `partial`, wait.acquire, then every CTA adds the S
 // partial sums in rank order through ld.shared::cluster, so all CTAs get bitwise the same r). Pass 2 reads each
-// block again from its slot (8 rows × 8 columns a thread, as in the tile kernel), quantizes rows and columns and
+// block again from its slot (RPT rows × 8 columns a thread, as in the tile kernel), quantizes rows and columns and
 // stores them; then the slot is refilled.
 // OVERLAP (needs R ≥ 2·CB: two tiles resident): pass 1 of tile it+1 and its cluster arrive are done before pass 2 of
 // tile it, and the wait comes after it, so the cluster barrier's latency is hidden behind a tile's quantization.
@@ -408,11 +410,15 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 }
 }  // namespace rmsq
 
-template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP>
-__global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1))
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8>
+__global__ void __launch_bounds__(
+    WARPS * 32, (WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1))
     rms_norm_block_quant_ring_kernel(const RmsNormBlockQuantArgs a) {
   using namespace rmsq;
-  constexpr int ROWS = 128, WARPS = 8;
+  constexpr int ROWS = 128;
+  static_assert(WARPS == 8 || WARPS == 16, "256 or 512 threads");
+  constexpr int THREADS = WARPS * 32;
+  constexpr int RPT = 2048 / THREADS;  // rows a thread holds of a block (8 or 4), 8 columns each
   constexpr int C = CB * 128;
   constexpr int S = N / C;
   static_assert(N % C == 0, "the cluster must tile N");
@@ -429,7 +435,11 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
   float* rinv = partial + 2 * ROWS;                                     // [2][ROWS]
   float* colmax = rinv + 2 * ROWS;                                      // [WARPS][128]
   float* colscale = colmax + WARPS * 128;                               // [128]
-  u64* codesT = reinterpret_cast<u64*>(colscale + 128);                 // [128][16], swizzled as in the tile kernel
+  // Transposed codes of the block: channel n's 128 tokens as 128/RPT slots of RPT bytes (the RPT tokens of one
+  // thread). RPT = 8: slot s at s ^ (n >> 3), as in the tile kernel. RPT = 4: 32 four-byte slots, slot s at
+  // s ^ (2·(n >> 3)): the 32 lanes of a warp (same warp index, 16 channel groups × 2 half-warps) hit 32 banks.
+  u64* codesT = reinterpret_cast<u64*>(colscale + 128);
+  u32* codesT32 = reinterpret_cast<u32*>(codesT);
   float* rscale = reinterpret_cast<float*>(codesT + 128 * 16);          // [128]
   u64* full = reinterpret_cast<u64*>(rscale + 128);                     // [R]
 
@@ -441,7 +451,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
   const int nblk = my_tiles * CB;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hl = lane & 15, half = lane >> 4;
-  const int g = warp * 2 + half;  // row group: rows 8g … 8g+7
+  const int g = warp * 2 + half;  // row group: rows RPT·g … RPT·g + RPT-1
   const bf16* xg = static_cast<const bf16*>(a.x);
   auto tile_m0 = [&](int it) { return (group + it * groups) * ROWS; };
 
@@ -470,12 +480,12 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
     for (int k = 0; k < min(R, nblk); ++k) issue(k);
   }
   auto wait_block = [&](int k) { mbar_wait(full + k % R, static_cast<u32>(k / R) & 1u); };
-  // Rows 8g … 8g+7, columns 8·hl … 8·hl+7 of block k (rows past M read as zero: the slot holds stale data there).
-  auto read_block = [&](int k, int valid, Vec16 (&dst)[8]) {
+  // Rows RPT·g …, columns 8·hl … 8·hl+7 of block k (rows past M read as zero: the slot holds stale data there).
+  auto read_block = [&](int k, int valid, Vec16 (&dst)[RPT]) {
     const bf16* blk = ring + (k % R) * BLOCK;
 #pragma unroll
-    for (int i = 0; i < 8; ++i) {
-      const int r = g * 8 + i;
+    for (int i = 0; i < RPT; ++i) {
+      const int r = g * RPT + i;
       dst[i] = r < valid ? *reinterpret_cast<const Vec16*>(blk + r * 128 + hl * 8) : Vec16{{0u, 0u, 0u, 0u}};
     }
   };
@@ -484,23 +494,25 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
   // CTA barrier when the CTA has the whole row).
   auto pass1 = [&](int it) {
     const int valid = min(ROWS, a.M - tile_m0(it));
-    float ss[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+    float ss[RPT];
+#pragma unroll
+    for (int i = 0; i < RPT; ++i) ss[i] = 0.f;
 #pragma unroll 1
     for (int b = 0; b < CB; ++b) {
       const int k = it * CB + b;
       wait_block(k);
-      Vec16 xv[8];
+      Vec16 xv[RPT];
       read_block(k, valid, xv);
 #pragma unroll
-      for (int i = 0; i < 8; ++i)
+      for (int i = 0; i < RPT; ++i)
 #pragma unroll
         for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
     }
 #pragma unroll
-    for (int i = 0; i < 8; ++i) ss[i] = warp_sum<16>(ss[i]);
+    for (int i = 0; i < RPT; ++i) ss[i] = warp_sum<16>(ss[i]);
     if (hl == 0)
 #pragma unroll
-      for (int i = 0; i < 8; ++i) partial[(it & 1) * ROWS + g * 8 + i] = ss[i];
+      for (int i = 0; i < RPT; ++i) partial[(it & 1) * ROWS + g * RPT + i] = ss[i];
     if constexpr (CLUSTER) cluster_arrive();
     else __syncthreads();
   };
@@ -533,14 +545,14 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = group + static_cast<i64>(it) * groups;
     __syncthreads();  // rinv[it & 1] is complete
-    float rv[8];
+    float rv[RPT];
 #pragma unroll
-    for (int i = 0; i < 8; ++i) rv[i] = rinv[(it & 1) * ROWS + g * 8 + i];
+    for (int i = 0; i < RPT; ++i) rv[i] = rinv[(it & 1) * ROWS + g * RPT + i];
 #pragma unroll 1
     for (int b = 0; b < CB; ++b) {
       const int k = it * CB + b;
       if constexpr (MODE != 2) wait_block(k);
-      Vec16 xv[8];
+      Vec16 xv[RPT];
       read_block(k, valid, xv);
       const int cb0 = col0 + b * 128 + hl * 8;  // this thread's first column
       float w8[8];
@@ -549,7 +561,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
       auto y_at = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
       float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-      for (int i = 0; i < 8; ++i) {
+      for (int i = 0; i < RPT; ++i) {
         float amax = 0.f;
         float y[8];
 #pragma unroll
@@ -560,7 +572,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
         }
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
-          const int r = g * 8 + i;
+          const int r = g * RPT + i;
           const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
           if (r < valid) {
             uint2 out;
@@ -594,15 +606,28 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
       for (int e = 0; e < 8; ++e) {
         const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
         const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
-        const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
-        codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
+        if constexpr (RPT == 8) {
+          const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
+          codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
+        } else {
+          codesT32[(hl * 8 + e) * 32 + (g ^ (2 * hl))] = lo;
+        }
       }
       __syncthreads();  // (C) codesT complete
+      // Warp w writes channels (128/WARPS)·w …; 8 lanes cover a channel's 128 tokens, 4 channels per instruction.
 #pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        const int n = warp * 16 + kk * 4 + (lane >> 3), j = lane & 7;  // channel in the block, 16-byte piece
+      for (int kk = 0; kk < 128 / WARPS / 4; ++kk) {
+        const int n = warp * (128 / WARPS) + kk * 4 + (lane >> 3), j = lane & 7;  // channel in the block, piece
         const int sw = n >> 3;
-        const u64 a0 = codesT[n * 16 + ((2 * j) ^ sw)], a1 = codesT[n * 16 + ((2 * j + 1) ^ sw)];
+        u64 a0, a1;
+        if constexpr (RPT == 8) {
+          a0 = codesT[n * 16 + ((2 * j) ^ sw)];
+          a1 = codesT[n * 16 + ((2 * j + 1) ^ sw)];
+        } else {
+          const u32* c = codesT32 + n * 32;
+          a0 = static_cast<u64>(c[(4 * j) ^ (2 * sw)]) | (static_cast<u64>(c[(4 * j + 1) ^ (2 * sw)]) << 32);
+          a1 = static_cast<u64>(c[(4 * j + 2) ^ (2 * sw)]) | (static_cast<u64>(c[(4 * j + 3) ^ (2 * sw)]) << 32);
+        }
         u8* dst = a.qT + static_cast<i64>(col0 + b * 128 + n) * a.M + m0 + j * 16;
         const int t0 = j * 16;
         if (aligned16 && t0 + 16 <= valid) {
@@ -634,6 +659,96 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_ring_smem_bytes(R) 
     }
   }
   if constexpr (CLUSTER) cluster_sync();  // keep `partial` alive until every CTA has read it
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Mode 0, persistent ring (row_kernel with stages > 0). Each warp owns STAGES row slots of shared memory and takes
+// rows w', w' + W, … (w' = blockIdx.x·WARPS + warp, W = all warps of the grid). Its j-th row is copied by ONE
+// cp.async.bulk (N·2 bytes, issued by lane 0) into slot j % STAGES and completes on that slot's mbarrier (parity
+// (j / STAGES) & 1), so a warp always has STAGES rows in flight and holds none in registers: it reads the row
+// twice from shared memory (Σx², then y and the quantization, 16 bytes a lane a step), and once every lane is done
+// with the slot (__syncwarp) lane 0 refills it with row j + STAGES. Few registers a thread (no row in registers),
+// so shared memory decides the warps per SM.
+// Shared memory: [WARPS][STAGES][N] bf16 rows, then [WARPS][STAGES] mbarriers (rms_norm_block_quant_row_ring_smem).
+template <int N, int WARPS, int STAGES, bool ROUND, bool W_F32>
+__global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kernel(const RmsNormBlockQuantArgs a) {
+  using namespace rmsq;
+  constexpr int CHUNKS = N / 8;              // 16-byte chunks per row
+  constexpr int STEPS = (CHUNKS + 31) / 32;  // 256-column steps
+  static_assert(N % 128 == 0 && N * 2 < (1 << 20), "one bulk copy per row");
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+  bf16* slots = reinterpret_cast<bf16*>(smem_raw) + warp * STAGES * N;
+  u64* bars = reinterpret_cast<u64*>(smem_raw + WARPS * STAGES * N * 2) + warp * STAGES;
+  const int W = gridDim.x * WARPS;
+  const int first = blockIdx.x * WARPS + warp;
+  if (first >= a.M) return;  // warp-uniform; no CTA-wide barrier below
+  const int nrows = (a.M - 1 - first) / W + 1;
+  const bf16* xg = static_cast<const bf16*>(a.x);
+
+  auto issue = [&](int j) {  // lane 0
+    u64* bar = bars + j % STAGES;
+    mbar_arrive_expect_tx(bar, N * 2);
+    bulk_load(slots + (j % STAGES) * N, xg + static_cast<i64>(first + static_cast<i64>(j) * W) * a.x_stride, N * 2,
+              bar);
+  };
+  if (lane == 0) {
+#pragma unroll 1
+    for (int s = 0; s < STAGES; ++s) mbar_init(bars + s);
+    mbar_init_fence();
+#pragma unroll 1
+    for (int j = 0; j < min(STAGES, nrows); ++j) issue(j);
+  }
+  __syncwarp();
+
+#pragma unroll 1
+  for (int j = 0; j < nrows; ++j) {
+    const int row = first + j * W;
+    const bf16* xr = slots + (j % STAGES) * N;
+    mbar_wait(bars + j % STAGES, static_cast<u32>(j / STAGES) & 1u);
+    float ss = 0.f;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      if (c < CHUNKS) {
+        const Vec16 v = *reinterpret_cast<const Vec16*>(xr + c * 8);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v, i); ss += f * f; }
+      }
+    }
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+    if (a.rms_out && lane == 0) a.rms_out[row] = r;
+
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+      const int c = s * 32 + lane;
+      const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
+      float w8[8], y[8];
+      Vec16 v{{0u, 0u, 0u, 0u}};
+      if (active) {
+        v = *reinterpret_cast<const Vec16*>(xr + c * 8);
+        if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
+        else load_floats<bf16, 8>(a.w, c * 8, w8);
+      }
+      float amax = 0.f;
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v, i), r), w8[i]) : 0.f;
+        amax = fmaxf(amax, fabsf(y[i]));
+      }
+      amax = warp_max<16>(amax);
+      if (!active) continue;
+      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      uint2 out;
+      out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+      out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
+      if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
+    }
+    __syncwarp();  // every lane has read the slot
+    if (lane == 0 && j + STAGES < nrows) issue(j + STAGES);
+  }
 }
 
 }  // namespace kiln

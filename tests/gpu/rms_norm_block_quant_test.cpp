@@ -21,8 +21,9 @@
 #include "test_util.hpp"
 
 namespace kiln::detail {
-// ops/rms_norm_block_quant.cpp: forces a tile-kernel search-space point for (N, mode); false outside the space.
-bool rms_norm_block_quant_force_tile(int64_t N, int mode, int col_blocks, int prefetch, int stages, int overlap);
+// ops/rms_norm_block_quant.cpp: forces a search-space point for (N, mode); false outside the space.
+bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
+                                       int overlap);
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -420,38 +421,49 @@ TEST_F(RmsNormBlockQuantTest, Mode1FromMode0RmsInv) {
   check(in, recompute, run(in, recompute));
 }
 
-// Every point of the tile kernel's search space that the tuner may pick in modes 1 and 2 (the persistent ring
-// kernel's slot counts, overlap and column blocks, and the non-persistent kernel), at token counts where every
-// cluster loops over several tiles and the last tile is partial (M % 16 != 0 too: the byte-wise qT tail).
-TEST_F(RmsNormBlockQuantTest, EveryTileConfig) {
+// Search-space points the tuner may pick, forced: the persistent ring kernels (mode 0: warps and slots per warp;
+// modes 1, 2: slots, overlap and column blocks) and the earlier kernels, at token counts where every warp / cluster
+// loops over several rows / tiles and the last tile is partial (M % 16 != 0 too: the byte-wise qT tail).
+TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   struct Point {
     int64_t N;
-    int mode, col_blocks, prefetch, stages, overlap;
+    int mode, warps, col_blocks, prefetch, stages, overlap;
     int64_t M;
   };
   std::vector<Point> points;
-  for (int overlap : {0, 1})
-    for (int R : {2, 4, 6}) {
-      points.push_back({2048, 2, 1, 0, R, overlap, 8000});
-      points.push_back({128, 2, 1, 0, R, overlap, 50001});  // one CTA per tile: no cluster
+  for (int warps : {8, 16}) {
+    for (int overlap : {0, 1})
+      for (int R : {2, 4, 6}) {
+        points.push_back({2048, 2, warps, 1, 0, R, overlap, 8000});
+        points.push_back({128, 2, warps, 1, 0, R, overlap, 50001});  // one CTA per tile: no cluster
+      }
+    for (int R : {2, 4, 6}) points.push_back({2048, 2, warps, 2, 0, R, 0, 8000});
+    for (int R : {4, 6}) {
+      points.push_back({2048, 2, warps, 2, 0, R, 1, 8000});
+      points.push_back({2048, 2, warps, 4, 0, R, 0, 8000});
+      points.push_back({7168, 2, warps, 4, 0, R, 0, 4003});
     }
-  for (int R : {2, 4, 6}) points.push_back({2048, 2, 2, 0, R, 0, 8000});
-  for (int R : {4, 6}) {
-    points.push_back({2048, 2, 2, 0, R, 1, 8000});
-    points.push_back({2048, 2, 4, 0, R, 0, 8000});
-    points.push_back({7168, 2, 4, 0, R, 0, 4003});
   }
-  for (int R : {1, 2, 4}) points.push_back({2048, 1, 1, 0, R, 0, 8000});
-  points.push_back({2048, 2, 1, 0, 0, 0, 8000});  // the non-persistent tile kernel
-  points.push_back({7168, 2, 4, 0, 0, 0, 4003});
+  for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 8000});
+  points.push_back({2048, 2, 0, 1, 0, 0, 0, 8000});  // the non-persistent tile kernel
+  points.push_back({7168, 2, 0, 4, 0, 0, 0, 4003});
+  for (int warps : {4, 8, 16})
+    for (int stages : {2, 3}) points.push_back({2048, 0, warps, 0, 0, stages, 0, 20011});  // mode 0 ring
+  points.push_back({2048, 0, 4, 0, 0, 4, 0, 20011});
+  points.push_back({7168, 0, 4, 0, 0, 2, 0, 5003});
+  points.push_back({7168, 0, 8, 0, 0, 2, 0, 5003});
+  points.push_back({128, 0, 4, 0, 0, 4, 0, 100003});
+  points.push_back({2048, 0, 8, 0, 1, 0, 0, 20011});  // the register row kernel
+  points.push_back({7168, 0, 4, 0, 0, 0, 0, 5003});
   for (size_t i = 0; i < points.size(); ++i) {
     const Point& p = points[i];
     const std::string what = "N " + std::to_string(p.N) + " M " + std::to_string(p.M) + " mode " +
-                             std::to_string(p.mode) + " col_blocks " + std::to_string(p.col_blocks) + " prefetch " +
-                             std::to_string(p.prefetch) + " stages " + std::to_string(p.stages) + " overlap " +
-                             std::to_string(p.overlap);
+                             std::to_string(p.mode) + " warps " + std::to_string(p.warps) + " col_blocks " +
+                             std::to_string(p.col_blocks) + " prefetch " + std::to_string(p.prefetch) + " stages " +
+                             std::to_string(p.stages) + " overlap " + std::to_string(p.overlap);
     SCOPED_TRACE(what);
-    ASSERT_TRUE(detail::rms_norm_block_quant_force_tile(p.N, p.mode, p.col_blocks, p.prefetch, p.stages, p.overlap))
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, p.mode, p.warps, p.col_blocks, p.prefetch, p.stages,
+                                                          p.overlap))
         << "not a search-space point: " << what;
     const Input in = random_input(p.M, p.N, mix_seed({0x62, static_cast<uint64_t>(i)}));
     RunSpec spec;
@@ -459,8 +471,10 @@ TEST_F(RmsNormBlockQuantTest, EveryTileConfig) {
     spec.round_scale = i % 3 != 2;
     run_and_check(in, spec);
   }
-  EXPECT_TRUE(detail::rms_norm_block_quant_force_tile(0, 0, 0, 0, 0, 0));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_tile(2048, 2, 4, 0, 4, 1));  // overlap needs 8 slots: not a point
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0));
+  // Not points: overlap with 4 blocks a CTA needs 8 slots; 16 warps × 4 row slots exceed shared memory.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0));
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
