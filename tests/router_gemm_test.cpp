@@ -89,10 +89,11 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 8u);
+  ASSERT_EQ(specs.size(), 10u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
-  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7}));  // 4–7: the wgmma kernels, sm_90a only
+  // 4–9: the wgmma kernels, sm_90a only (10, 11: the TMA backward at the other precision, compiled on use)
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
   for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
@@ -101,7 +102,7 @@ TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 8u);
+  ASSERT_EQ(ds.size(), 10u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -160,6 +161,16 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   family().search_space(enumerated(2048, 256, "sm_90a")[7], space);
   EXPECT_GE(space.size(), 8u);
   for (const auto& c : space) specs.push_back(c);
+  // The TMA backward: one point of each kernel beyond the defaults (compiled above), both precisions.
+  for (uint32_t k : {8u, 9u}) {
+    space.clear();
+    family().search_space(enumerated(2048, 256, "sm_90a")[k], space);
+    EXPECT_GE(space.size(), 4u);
+    Specialization other = space.back();
+    other.kernel = k + 2;  // dx from g hi + lo, dw from bf16(g)
+    specs.push_back(space.back());
+    specs.push_back(other);
+  }
   for (const auto& s : specs) {
     const detail::EnsureResult r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
