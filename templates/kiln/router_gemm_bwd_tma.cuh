@@ -52,6 +52,34 @@ __device__ __forceinline__ float lds_f32(u32 addr) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
   return v;
 }
+// Rows [r0, r1) of the dw tile: the sum of the S staged partial tiles of this cluster, added in cluster-rank order
+// (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
+template <int BN, int PITCH, int E, int K>
+__device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, int r0, int r1, int e0, int n0, int S) {
+  for (int i = t; i < (r1 - r0) * (BN / 4); i += 256) {
+    const int r = r0 + i / (BN / 4), c4 = i % (BN / 4);
+    const u32 local = base + r * PITCH + c4 * 16;
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int q = 0; q < S; ++q) {
+      u32 remote;
+      float v[4];
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
+      asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                   : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+                   : "r"(remote)
+                   : "memory");
+#pragma unroll
+      for (int k = 0; k < 4; ++k) sum[k] += v[k];
+    }
+    if (e0 + r < E && n0 + c4 * 4 < K) {
+      Vec16 o;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
+      store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
+    }
+  }
+}
+
 template <int R>
 __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 #pragma unroll
@@ -357,35 +385,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(base + r * PITCH + col * 4), "f"(acc[i]), "f"(acc[i + 1])
                      : "memory");
       }
+      cluster_sync();  // all partial tiles of the cluster are staged
+      u32 rank;
+      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+      const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
+      const int r1 = r0 + per < BM ? r0 + per : BM;
+      rgt::dw_cluster_reduce<BN, PITCH, E, K>(a.dw, base, tid - 128, r0, r1, e0, n0, S);
+      cluster_sync();  // keep this CTA's tile alive until the others have read it
     }
   }
-  if (S > 1) {  // every thread of every CTA of the cluster takes part
-    cluster_sync();  // all partial tiles are staged
-    u32 rank;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-    const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
-    const int r1 = r0 + per < BM ? r0 + per : BM;
-    for (int i = tid; i < (r1 - r0) * (BN / 4); i += 384) {
-      const int r = r0 + i / (BN / 4), c4 = i % (BN / 4);
-      const u32 local = base + r * PITCH + c4 * 16;
-      float sum[4] = {0.f, 0.f, 0.f, 0.f};
-      for (int q = 0; q < S; ++q) {  // cluster-rank order: the same bits whichever CTA adds
-        u32 remote;
-        float v[4];
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
-        asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
-                     : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3]) : "r"(remote) : "memory");
-#pragma unroll
-        for (int k = 0; k < 4; ++k) sum[k] += v[k];
-      }
-      if (e0 + r < E && n0 + c4 * 4 < K) {
-        Vec16 o;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
-        store16(a.dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
-      }
-    }
-    cluster_sync();  // keep this CTA's tile alive until the others have read it
+  if (wg == 0 && S > 1) {  // the producer warpgroup takes part in the cluster barriers (no other work: 40 registers)
+    cluster_sync();
+    cluster_sync();
   }
 #else
   __trap();
