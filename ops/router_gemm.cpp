@@ -117,8 +117,11 @@ int smem_bytes(const Specialization& s) {
     return 1024 + s.config[C_STAGES] * (stage + 16);
   }
   if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + two rings of 32 KiB stages + mbarriers
+                              // (+ 1 KiB alignment and two 32 KiB output staging tiles where they fit: the kernel's
+                              // router_gemm_dx_staged)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES];
-    return 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + 2 * stages * (32768 + 16);
+    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + 2 * stages * (32768 + 16);
+    return core + 1024 + 65536 <= 227 * 1024 ? core + 1024 + 65536 : core;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
     const int stages = s.config[C_STAGES];
@@ -691,6 +694,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       const int cm = s.config[C_WN];
       RouterGemmDxTmaArgs a{};
       encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
+      encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
       a.g = static_cast<const float*>(g.data);
       a.g_stride = gr.stride;
       a.dx = dx.data;

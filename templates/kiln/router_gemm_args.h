@@ -34,6 +34,7 @@ struct RouterGemmFwdTmaArgs {
 // memory inside the cluster of those CTAs.
 struct RouterGemmDxTmaArgs {
   RgTensorMap tmw;
+  RgTensorMap tmdx;                     // dx [T, K] bf16 in boxes of 64 columns × 64 rows (the staged epilogue)
   const float* g; long long g_stride;
   void* dx; long long dx_stride;
   int T;

@@ -42,6 +42,23 @@ __device__ __forceinline__ void wgmma_rs_n256(float (&d)[128], const u32 (&a)[4]
 }
 
 __device__ __forceinline__ void bar_sync_consumers() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+// Named barrier 2 + j over the 128 threads of consumer warpgroup j.
+__device__ __forceinline__ void bar_sync_wg(int j) { asm volatile("bar.sync %0, 128;" ::"r"(2 + j) : "memory"); }
+__device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+// 2-D tile copy shared → global (rows / columns outside the tensor are not written), as a bulk async-group.
+__device__ __forceinline__ void tma_store_2d(const void* tmap, u32 src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<u64>(tmap)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until the committed bulk stores have finished reading shared memory.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
 __device__ __forceinline__ u32 cvt_bf16x2(float lo, float hi) {
   u32 r;
   asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
@@ -89,8 +106,17 @@ __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 }  // namespace rgt
 
 // ---- dx ---------------------------------------------------------------------------------------------------------
+// Whether the dx kernel stages its output blocks (two 32 KiB tiles) — where they fit next to the A tile and the rings
+// (the host's smem recipe mirrors this).
+__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT) {
+  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * 8192 + 2 * STAGES * 32768 + 32 * STAGES + 1024 + 65536 <= 227 * 1024;
+}
+
 // Grid: CM·clusters CTAs (clusters (CM, 1, 1)), 384 threads. Shared memory: 1 KiB slack, the A tile ((1 + SPLIT) ×
-// ceil(E/64) atoms of 64 rows × 128 B), two rings of STAGES × 32 KiB w chunks, 4·STAGES mbarriers.
+// ceil(E/64) atoms of 64 rows × 128 B), two rings of STAGES × 32 KiB w chunks, 4·STAGES mbarriers, and where it fits
+// (STAGED) a 32 KiB staging tile per consumer: the finished 64 × 256 block goes there by stmatrix (swizzled as
+// the dx tensor map's 64 × 64 boxes) and out by 4 TMA stores (full 128-byte rows; rows past T and columns past K
+// are clipped by the copy engine); else 4-byte stores straight from the accumulators.
 template <int K, int E, int STAGES, int CM, int SPLIT>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -98,6 +124,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, CHUNKS = NCH * EC;
   constexpr int A_TILE = EC * ATOM, A_BYTES = (1 + SPLIT) * A_TILE, STAGE = 4 * ATOM;
   constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
+  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT);
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
 
@@ -107,6 +134,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   // Ring q's stage s at ring + (q·STAGES + s)·STAGE; its full barrier at bars + 8·(q·STAGES + s), its empty barrier
   // 16·STAGES bytes further.
   const u32 ring = base + A_BYTES, bars = ring + 2 * STAGES * STAGE;
+  const u32 staging = bars + 32 * STAGES;  // 1 KiB aligned (STAGE is), then 32·STAGES bytes of barriers: realign
+  const u32 stg = (staging + 1023u) & ~1023u;
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
   const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
@@ -225,6 +254,32 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (2 * STAGES + prev), static_cast<u32>(tid & 127));
         }
+        if constexpr (STAGED) {
+          // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
+          // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
+          // 8m … 8m + 7: row half m & 1, octet o + m/2).
+          const u32 buf = stg + j * 32768;
+          if ((tid & 127) == 0) rgt::bulk_wait_read();  // the previous block's stores have read the buffer
+          rgt::bar_sync_wg(j);
+          const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
+#pragma unroll
+          for (int o = 0; o < 32; o += 2) {
+            const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
+            rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
+                             rgt::cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), rgt::cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
+                             rgt::cvt_bf16x2(acc[4 * o + 4], acc[4 * o + 5]),
+                             rgt::cvt_bf16x2(acc[4 * o + 6], acc[4 * o + 7]));
+          }
+          rg90::fence_async_shared();  // stmatrix writes → the copy engine's reads
+          rgt::bar_sync_wg(j);
+          if ((tid & 127) == 0 && m0 < a.T) {
+#pragma unroll
+            for (int at = 0; at < 4; ++at)
+              if (n * BN + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, n * BN + at * 64, m0);
+            rgt::bulk_commit();
+          }
+          continue;
+        }
         // 64 × 256 block → dx (bf16 pairs), rows past T and columns past K masked.
         const int rows_valid = a.T - m0;
         char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n * BN) * 2;
@@ -238,6 +293,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         }
       }
     }
+    if constexpr (STAGED)
+      if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
   }
   if constexpr (CM > 1) cluster_sync();
 #else
