@@ -40,7 +40,8 @@ using namespace detail;
 enum : uint32_t {
   kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7,
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
-  kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11
+  kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
+  kFwdTmaKs = 12  // the TMA forward with K split over a cluster (wn = split count)
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit; }
 bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16; }
@@ -64,11 +65,11 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
-  if (s.kernel == kFwdTma) {  // bm = 64·wm, bn = E / (consumer warpgroups along E), wn = cluster (w multicast)
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     const int e = static_cast<int>(s.params[P_E]);
-    name = fmt::format("kiln::router_gemm_fwd_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], e, s.config[C_WM],
-                       e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
+                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -111,7 +112,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
-  if (s.kernel == kFwdTma) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
     return 1024 + s.config[C_STAGES] * (stage + 16);
@@ -160,7 +161,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
-  if (s.kernel == kFwdTma)  // producer + wm × (E / bn) consumer warpgroups
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
   const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
   return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
@@ -188,12 +189,16 @@ bool valid(const Specialization& s) {
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, 2 consumers, up to wn (≤ 8) T ranges a cluster
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
            c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kFwdTma) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups, cluster of 1, 2 or 4
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
-    return (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
-           c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && (cm == 1 || cm == 2 || cm == 4) &&
-           (E / cm) % 8 == 0 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+    const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
+                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && c[C_STAGES] >= 2 &&
+                       c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+    if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
+      return shape && (cm == 2 || cm == 4) &&
+             c[C_BM] * (E + 8) * 4 <= c[C_STAGES] * (c[C_BM] * 128 + round_up(E * 128, 1024));
+    return shape && (cm == 1 || cm == 2 || cm == 4) && (E / cm) % 8 == 0;  // wn: CTAs sharing w by multicast
   }
   if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
     return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
@@ -221,7 +226,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
-                    "dx_tma_split", "dw_tma_bf16"},
+                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -263,12 +268,15 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       set_config(s, 128, 256, 64, 2, 8, 3);
       break;
     case kFwdTma: {  // 64 tokens a CTA (128 CTAs at 8192 tokens), two consumer warpgroups splitting E where E/2 is a
-                     // multiple of 8, w multicast to clusters of 2, 5 stages
+                     // multiple of 8, 5 stages, no multicast (run of 03:40: 22.8 µs; clusters of 2 / 4 sharing w by
+                     // multicast 39.2 / 67.1)
       const int e = static_cast<int>(E);
-      const int bn = e % 16 == 0 ? e / 2 : e;
-      set_config(s, 64, bn, 64, 1, (e / 2) % 8 == 0 ? 2 : 1, 5);
+      set_config(s, 64, e % 16 == 0 ? e / 2 : e, 64, 1, 1, 5);
       break;
     }
+    case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
+      set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
+      break;
     case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
@@ -365,9 +373,23 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       for (int cm : {1, 2}) {
         set_config(s, 128, e, 64, 2, cm, 4);  // 128 tokens, each consumer all of E
         add(s);
-        set_config(s, 64, e, 64, 1, cm, 6);  // 64 tokens, one consumer
+        for (int stages : {5, 4}) {
+          set_config(s, 64, e, 64, 1, cm, stages);  // 64 tokens, one consumer
+          add(s);
+        }
+      }
+      break;
+    }
+    case kFwdTmaKs: {
+      const int e = static_cast<int>(E);
+      for (int stages : {4, 3}) {
+        set_config(s, 128, e, 64, 2, 2, stages);  // 128 tokens, K halves
         add(s);
       }
+      set_config(s, 128, e, 64, 2, 4, 4);  // K quarters (small T)
+      add(s);
+      set_config(s, 64, e / 2, 64, 1, 2, 5);  // 64 tokens, consumers split E, K halves
+      add(s);
       break;
     }
     case kFwd90:
@@ -440,7 +462,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma}) out.push_back(spec(arch, k, K, E));
+    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs}) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -593,10 +615,31 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the TMA wgmma kernel; elsewhere (or E > 256) the mma.sync kernel.
-  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 2 : 0;
+  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster while 128-token tiles × 2 fill the GPU at most
+  // once (8192 tokens on 132 SMs), else the persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  const int sms = impl.device().sm_count;
+  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? ((T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (variant == 3) {
+    const Specialization s = pick(rt, ck, spec(arch, kFwdTmaKs, K, E), T, force);
+    const int bm = s.config[C_BM], ks = s.config[C_WN];
+    RouterGemmFwdTmaArgs a{};
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E));
+    a.out = static_cast<float*>(logits.data);
+    a.out_stride = lr.stride;
+    a.T = static_cast<int>(T);
+    a.tiles = static_cast<int>((T + bm - 1) / bm);
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(a.tiles);
+    d.grid[1] = static_cast<unsigned>(ks);
+    d.cluster[1] = static_cast<unsigned>(ks);
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+    return;
+  }
   if (variant == 2) {
     const Specialization s = pick(rt, ck, spec(arch, kFwdTma, K, E), T, force);
     const int bm = s.config[C_BM], cm = s.config[C_WN];
@@ -608,7 +651,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
-    const int64_t clusters = std::min<int64_t>(groups, std::max(1, impl.device().sm_count / cm));
+    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(clusters * cm);
     d.cluster[0] = static_cast<unsigned>(cm);
@@ -845,7 +888,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 8);
   }
   int variant = -1;
-  if (part.ends_with("_tma")) {
+  if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
+    variant = 3;
+    part.resize(part.size() - 6);
+  } else if (part.ends_with("_tma")) {
     variant = 2;
     part.resize(part.size() - 4);
   } else if (part.ends_with("_sm90")) {
@@ -903,8 +949,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd",     "dx",     "dw",     "dw",           "fwd_sm90",      "dx_sm90",
-                                       "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec"};
+  static const char* const kParts[] = {"fwd",     "dx",      "dw",     "dw",     "fwd_sm90",       "dx_sm90",
+                                       "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec",
+                                       "fwd_tmaks"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

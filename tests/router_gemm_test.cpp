@@ -89,11 +89,11 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 10u);
+  ASSERT_EQ(specs.size(), 11u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
-  // 4–9: the wgmma kernels, sm_90a only (10, 11: the TMA backward at the other precision, compiled on use)
-  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9}));
+  // 4–9 and 12: the wgmma kernels, sm_90a only (10, 11: the TMA backward at the other precision, compiled on use)
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12}));
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
   for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
@@ -102,7 +102,7 @@ TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 10u);
+  ASSERT_EQ(ds.size(), 11u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -162,6 +162,10 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   EXPECT_GE(space.size(), 8u);
   for (const auto& c : space) specs.push_back(c);
   // The TMA backward: one point of each kernel beyond the defaults (compiled above), both precisions.
+  space.clear();
+  family().search_space(enumerated(2048, 256, "sm_90a")[10], space);  // the TMA forward with K split
+  EXPECT_GE(space.size(), 4u);
+  for (const auto& c : space) specs.push_back(c);
   for (uint32_t k : {8u, 9u}) {
     space.clear();
     family().search_space(enumerated(2048, 256, "sm_90a")[k], space);

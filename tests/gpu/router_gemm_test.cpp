@@ -396,6 +396,39 @@ TEST_F(RouterGemmTest, FwdTmaEveryConfig) {
   }
 }
 
+// The K-split TMA forward (the default at up to ~8448 tokens on 132 SMs): every point, at the shapes above.
+TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}, Shape{8192, 2048, 256},
+                         Shape{1, 2048, 256}, Shape{4096, 7168, 256}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c8, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d8, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const auto pts = space(12, K, E);
+    EXPECT_GE(pts.size(), 3u);
+    for (const auto& c : pts) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 3);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+    // Deterministic: the cluster adds its partial tiles in rank order.
+    const Fwd a = run_fwd(x, w, T, K, E, nullptr, 0, 0, 3), b = run_fwd(x, w, T, K, E, nullptr, 0, 0, 3);
+    EXPECT_TRUE(bitwise_equal("logits twice", b.y, a.y));
+  }
+}
+
+TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 300, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e8}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f8}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 3);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+}
+
 TEST_F(RouterGemmTest, FwdTmaStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 300, K = 2048, E = 160;
