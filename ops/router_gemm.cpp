@@ -622,7 +622,9 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (variant == 3) {
-    const Specialization s = pick(rt, ck, spec(arch, kFwdTmaKs, K, E), T, force);
+    Specialization base = spec(arch, kFwdTmaKs, K, E);
+    if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
+    const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM], ks = s.config[C_WN];
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
