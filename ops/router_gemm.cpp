@@ -462,7 +462,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs}) out.push_back(spec(arch, k, K, E));
+    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16})
+      out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
