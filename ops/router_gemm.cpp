@@ -37,7 +37,15 @@ std::atomic<int> router_gemm_measure_flags{0};
 namespace {
 using namespace detail;
 
-enum : uint32_t { kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7 };
+enum : uint32_t {
+  kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7,
+  // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
+  kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
+  kFwdTmaKs = 12  // the TMA forward with K split over a cluster (wn = split count)
+};
+bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit; }
+bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16; }
+bool g_split(uint32_t k) { return k == kDwTma || k == kDxTmaSplit; }
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
 
@@ -57,11 +65,21 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
-  if (s.kernel == kFwdTma) {  // bm = 64·wm, bn = E / (consumer warpgroups along E), wn = cluster (w multicast)
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     const int e = static_cast<int>(s.params[P_E]);
-    name = fmt::format("kiln::router_gemm_fwd_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], e, s.config[C_WM],
-                       e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
+                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    return;
+  }
+  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
+    source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
+    if (is_dx_tma(s.kernel))
+      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0);
+    else
+      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], g_split(s.kernel) ? 1 : 0);
     return;
   }
   if (s.kernel == kFwd90) {
@@ -94,10 +112,21 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
-  if (s.kernel == kFwdTma) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
     return 1024 + s.config[C_STAGES] * (stage + 16);
+  }
+  if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + two rings of 32 KiB stages + mbarriers
+                              // (+ 1 KiB alignment and two 32 KiB output staging tiles where they fit: the kernel's
+                              // router_gemm_dx_staged)
+    const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES];
+    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + 2 * stages * (32768 + 16);
+    return core + 1024 + 65536 <= 227 * 1024 ? core + 1024 + 65536 : core;
+  }
+  if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
+    const int stages = s.config[C_STAGES];
+    return 1024 + std::max(stages * 65536, 128 * 264 * 4) + 16 * stages;
   }
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
@@ -131,7 +160,8 @@ int smem_bytes(const Specialization& s) {
 
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
-  if (s.kernel == kFwdTma)  // producer + wm × (E / bn) consumer warpgroups
+  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
   const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
   return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
@@ -152,12 +182,23 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwdTma) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups, cluster of 1, 2 or 4
+  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–3 stages a ring
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
+           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 &&
+           smem_bytes(s) <= smem_limit(s.arch);
+  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, 2 consumers, up to wn (≤ 8) T ranges a cluster
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
+           c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
-    return (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
-           c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && (cm == 1 || cm == 2 || cm == 4) &&
-           (E / cm) % 8 == 0 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+    const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
+                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && c[C_STAGES] >= 2 &&
+                       c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+    if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
+      return shape && (cm == 2 || cm == 4) &&
+             c[C_BM] * (E + 8) * 4 <= c[C_STAGES] * (c[C_BM] * 128 + round_up(E * 128, 1024));
+    return shape && (cm == 1 || cm == 2 || cm == 4) && (E / cm) % 8 == 0;  // wn: CTAs sharing w by multicast
   }
   if (s.kernel == kFwd90) {  // wgmma: sm_90a, E ≤ 256, 1–2 warpgroups of 64 tokens, K chunks of 64, wn = K split
     return has_wgmma(s.arch) && E <= 256 && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] &&
@@ -184,7 +225,8 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma"},
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
+                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -217,13 +259,24 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
+    case kDxTma:
+    case kDxTmaSplit:  // w multicast to clusters of 2; two stages a ring (three do not fit next to the hi/lo tiles)
+      set_config(s, 64, 256, 64, 2, 2, 2);
+      break;
+    case kDwTma:
+    case kDwTmaBf16:  // up to 8 T ranges (a cluster of 8: 16 tiles × 8 = 128 CTAs at E = 256, K = 2048), 3 stages
+      set_config(s, 128, 256, 64, 2, 8, 3);
+      break;
     case kFwdTma: {  // 64 tokens a CTA (128 CTAs at 8192 tokens), two consumer warpgroups splitting E where E/2 is a
-                     // multiple of 8, w multicast to clusters of 2, 5 stages
+                     // multiple of 8, 5 stages, no multicast (run of 03:40: 22.8 µs; clusters of 2 / 4 sharing w by
+                     // multicast 39.2 / 67.1)
       const int e = static_cast<int>(E);
-      const int bn = e % 16 == 0 ? e / 2 : e;
-      set_config(s, 64, bn, 64, 1, (e / 2) % 8 == 0 ? 2 : 1, 5);
+      set_config(s, 64, e % 16 == 0 ? e / 2 : e, 64, 1, 1, 5);
       break;
     }
+    case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
+      set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
+      break;
     case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
@@ -294,6 +347,22 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
+    case kDxTma:
+    case kDxTmaSplit:
+      for (int cm : {1, 2, 4})
+        for (int stages : {2, 3}) {
+          set_config(s, 64, 256, 64, 2, cm, stages);
+          add(s);
+        }
+      break;
+    case kDwTma:
+    case kDwTmaBf16:
+      for (int smax : {8, 4})
+        for (int stages : {3, 2}) {
+          set_config(s, 128, 256, 64, 2, smax, stages);
+          add(s);
+        }
+      break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
       for (int cm : {1, 2, 4})  // 64 tokens, two consumers splitting E
@@ -304,9 +373,23 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       for (int cm : {1, 2}) {
         set_config(s, 128, e, 64, 2, cm, 4);  // 128 tokens, each consumer all of E
         add(s);
-        set_config(s, 64, e, 64, 1, cm, 6);  // 64 tokens, one consumer
+        for (int stages : {5, 4}) {
+          set_config(s, 64, e, 64, 1, cm, stages);  // 64 tokens, one consumer
+          add(s);
+        }
+      }
+      break;
+    }
+    case kFwdTmaKs: {
+      const int e = static_cast<int>(E);
+      for (int stages : {4, 3}) {
+        set_config(s, 128, e, 64, 2, 2, stages);  // 128 tokens, K halves
         add(s);
       }
+      set_config(s, 128, e, 64, 2, 4, 4);  // K quarters (small T)
+      add(s);
+      set_config(s, 64, e / 2, 64, 1, 2, 5);  // 64 tokens, consumers split E, K halves
+      add(s);
       break;
     }
     case kFwd90:
@@ -379,7 +462,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma}) out.push_back(spec(arch, k, K, E));
+    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16})
+      out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -487,16 +571,18 @@ DwPlan dw_plan(const Specialization& s, int64_t T, int sm_count) {
 
 int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 
-// A 2-D bf16 tensor map: `cols` contiguous elements a row (row pitch `pitch` bytes, a multiple of 16), boxes of
-// 64 columns (128 bytes, 128-byte swizzle: the K-major layout wgmma reads) × box_rows rows; reads outside the
-// tensor fill zeros.
-void encode_tma_2d(RgTensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows) {
+// A 2-D bf16 (or fp32) tensor map: `cols` contiguous elements a row (row pitch `pitch` bytes, a multiple of 16),
+// boxes of 128 bytes (64 bf16 or 32 fp32 columns; 128-byte swizzle: the layout wgmma and the g fragment loads
+// read) × box_rows rows; reads outside the tensor fill zeros.
+void encode_tma_2d(RgTensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
+                   bool f32 = false) {
   static_assert(sizeof(RgTensorMap) == sizeof(CUtensorMap) && alignof(RgTensorMap) >= alignof(CUtensorMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
-  const cuuint32_t box[2] = {64, static_cast<cuuint32_t>(box_rows)};
+  const cuuint32_t box[2] = {f32 ? 32u : 64u, static_cast<cuuint32_t>(box_rows)};  // 128 bytes either way
   const cuuint32_t elem[2] = {1, 1};
-  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out),
+                                        f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
                                         const_cast<void*>(data), dims, strides, box, elem,
                                         CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
                                         CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
@@ -530,10 +616,33 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the TMA wgmma kernel; elsewhere (or E > 256) the mma.sync kernel.
-  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? 2 : 0;
+  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster while 128-token tiles × 2 fill the GPU at most
+  // once (8192 tokens on 132 SMs), else the persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  const int sms = impl.device().sm_count;
+  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? ((T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (variant == 3) {
+    Specialization base = spec(arch, kFwdTmaKs, K, E);
+    if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
+    const Specialization s = pick(rt, ck, base, T, force);
+    const int bm = s.config[C_BM], ks = s.config[C_WN];
+    RouterGemmFwdTmaArgs a{};
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E));
+    a.out = static_cast<float*>(logits.data);
+    a.out_stride = lr.stride;
+    a.T = static_cast<int>(T);
+    a.tiles = static_cast<int>((T + bm - 1) / bm);
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(a.tiles);
+    d.grid[1] = static_cast<unsigned>(ks);
+    d.cluster[1] = static_cast<unsigned>(ks);
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+    return;
+  }
   if (variant == 2) {
     const Specialization s = pick(rt, ck, spec(arch, kFwdTma, K, E), T, force);
     const int bm = s.config[C_BM], cm = s.config[C_WN];
@@ -545,7 +654,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
-    const int64_t clusters = std::min<int64_t>(groups, std::max(1, impl.device().sm_count / cm));
+    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(clusters * cm);
     d.cluster[0] = static_cast<unsigned>(cm);
@@ -580,12 +689,25 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 namespace {
 // The backward's kernels by default: the wgmma ones on sm_90a (H100, 8192 × 2048 → 256, run 78: 128.0 µs vs 136.0 µs
 // for the mma.sync ones; 390.8 vs 448.7 µs at K = 7168).
-int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 1 : 0; }
+// 2: the TMA kernels (sm_90a, E ≤ 256), which need no workspace; 1: the cp.async wgmma ones; 0: mma.sync.
+int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 2 : 0; }
+
+// The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8, one cluster), each a multiple
+// of 64 rows; returns {ranges, rows per range}.
+std::pair<int, int> dw_tma_split(const Specialization& s, int64_t T, int sms) {
+  const int64_t K = s.params[P_K], E = s.params[P_E];
+  const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
+  int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
+  ranges = std::min(ranges, chunks);
+  const int64_t rows = (chunks + ranges - 1) / ranges * 64;
+  return {static_cast<int>((T + rows - 1) / rows), static_cast<int>(rows)};
+}
 }  // namespace
 
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
+  if (default_bwd_variant(arch, E) == 2) return 0;
   const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
   const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
@@ -609,8 +731,57 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   if (variant < 0) variant = default_bwd_variant(arch, E);
-  if (variant == 1 && !(has_wgmma(arch) && E <= 256))
+  if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (variant == 2) {
+    const bool alt = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgAltPrecision;
+    if (dx.defined() && T > 0) {
+      const Specialization s = pick(rt, ck, spec(arch, alt ? kDxTmaSplit : kDxTma, K, E), T, force_dx);
+      const int cm = s.config[C_WN];
+      RouterGemmDxTmaArgs a{};
+      encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
+      encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
+      a.g = static_cast<const float*>(g.data);
+      a.g_stride = gr.stride;
+      a.dx = dx.data;
+      a.dx_stride = dxr.stride;
+      a.T = static_cast<int>(T);
+      a.tiles = static_cast<int>((T + 63) / 64);
+      const int64_t groups = (a.tiles + cm - 1) / cm;
+      const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(clusters * cm);
+      d.cluster[0] = static_cast<unsigned>(cm);
+      d.block[0] = static_cast<unsigned>(threads(s));
+      d.smem = static_cast<unsigned>(smem_bytes(s));
+      impl.launch(s, d, stream, a);
+    }
+    if (!dw.defined()) return;
+    if (T == 0) {  // an empty sum: zeros
+      const RouterGemmDwReduceArgs r{nullptr, static_cast<float*>(dw.data), E * K, 0};
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
+      d.block[0] = 256;
+      impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
+      return;
+    }
+    const Specialization s = pick(rt, ck, spec(arch, alt ? kDwTmaBf16 : kDwTma, K, E), T, force_dw);
+    const auto [ranges, rows] = dw_tma_split(s, T, sm_count(rt));
+    RouterGemmDwTmaArgs a{};
+    encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
+    a.dw = static_cast<float*>(dw.data);
+    a.T = static_cast<int>(T);
+    a.split_rows = rows;
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
+    d.grid[1] = static_cast<unsigned>(ranges);
+    d.cluster[1] = static_cast<unsigned>(ranges);
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+    return;
+  }
   if (dx.defined() && T > 0) {
     const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDx90 : kDx, K, E), T, force_dx);
     const RouterGemmDxArgs a{static_cast<const float*>(g.data), gr.stride, w.data, dx.data, dxr.stride,
@@ -709,7 +880,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*).
   std::string part = part_in;
   int flags = 0;
-  if (part.ends_with("_nofence2")) {
+  if (part.ends_with("_altprec")) {  // the TMA backward with the other precision choice (kRgAltPrecision)
+    flags = kRgAltPrecision;
+    part.resize(part.size() - 8);
+  } else if (part.ends_with("_nofence2")) {
     flags = kRgSkipCopyFence | kRgSkipSplitFence;
     part.resize(part.size() - 9);
   } else if (part.ends_with("_nofence")) {
@@ -717,7 +891,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 8);
   }
   int variant = -1;
-  if (part.ends_with("_tma")) {
+  if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
+    variant = 3;
+    part.resize(part.size() - 6);
+  } else if (part.ends_with("_tma")) {
     variant = 2;
     part.resize(part.size() - 4);
   } else if (part.ends_with("_sm90")) {
@@ -775,7 +952,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd", "dx", "dw", "dw", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma"};
+  static const char* const kParts[] = {"fwd",     "dx",      "dw",     "dw",     "fwd_sm90",       "dx_sm90",
+                                       "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec",
+                                       "fwd_tmaks"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -89,10 +89,11 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 8u);
+  ASSERT_EQ(specs.size(), 13u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
-  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7}));  // 4–7: the wgmma kernels, sm_90a only
+  // 4–12: the wgmma kernels, sm_90a only (10, 11: the TMA backward at the other precision, for the bench)
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
   for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
@@ -101,7 +102,7 @@ TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 8u);
+  ASSERT_EQ(ds.size(), 13u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -155,11 +156,22 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   family().search_space(enumerated(2048, 256, "sm_90a")[4], space);  // wgmma forward: its last point splits K
   ASSERT_EQ(space.back().config[4], 2);
   specs.push_back(space.back());
-  // The TMA forward: every point at the target shape (clusters of 1, 2, 4; one or two consumer warpgroups).
+  // The TMA forward: multicast clusters of 2 and 4 (space[1], space[4]) and 128-token tiles (compile_test covers
+  // every point); the K-split forward's quarters.
   space.clear();
   family().search_space(enumerated(2048, 256, "sm_90a")[7], space);
-  EXPECT_GE(space.size(), 8u);
-  for (const auto& c : space) specs.push_back(c);
+  ASSERT_GE(space.size(), 8u);
+  for (size_t i : {size_t{1}, size_t{4}, space.size() - 1}) specs.push_back(space[i]);
+  space.clear();
+  family().search_space(enumerated(2048, 256, "sm_90a")[10], space);  // the TMA forward with K split
+  ASSERT_GE(space.size(), 4u);
+  specs.push_back(space[2]);
+  for (uint32_t k : {8u, 9u}) {  // the TMA backward: a non-default point of each (the defaults compiled above)
+    space.clear();
+    family().search_space(enumerated(2048, 256, "sm_90a")[k], space);
+    EXPECT_GE(space.size(), 4u);
+    specs.push_back(space.back());
+  }
   for (const auto& s : specs) {
     const detail::EnsureResult r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();

@@ -4,7 +4,8 @@
 // string), so one GPU run also tunes. Bytes are the minimal traffic (every input read once, every output written
 // once); floors at 3025 GB/s and FLOPs (2·T·K·E per product):
 //   fwd 8192×2048→256: 42.9 MB → 14.2 µs;  8.59 GFLOP        fwd 8192×7168→256: 149 MB → 49.3 µs;  30.1 GFLOP
-//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products, run as 34.4 GFLOP of bf16 MMAs (g = hi + lo)
+//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward runs dx from bf16(g) and dw
+//   from g hi + lo: 25.8 GFLOP of bf16 MMAs (the older kernels: 34.4, both from hi + lo)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -37,17 +38,29 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
                                                                 {128, 256, 64, 2, 2, 3},
                                                                 {64, 256, 64, 1, 2, 4}}};
 // The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
-// multicast, stages.
-constexpr std::array<std::array<int32_t, 6>, 10> kFwdTmaSweep = {{{64, 128, 64, 1, 2, 5},
-                                                                  {64, 128, 64, 1, 1, 5},
-                                                                  {64, 128, 64, 1, 4, 5},
-                                                                  {64, 128, 64, 1, 2, 4},
-                                                                  {64, 128, 64, 1, 4, 4},
-                                                                  {64, 128, 64, 1, 2, 6},
-                                                                  {128, 256, 64, 2, 1, 4},
-                                                                  {128, 256, 64, 2, 2, 4},
-                                                                  {64, 256, 64, 1, 1, 6},
-                                                                  {64, 256, 64, 1, 2, 6}}};
+// multicast (fwd_tma) or splitting K (fwd_tmaks), stages. Run of 03:40 (H100): 64/128/1/1/5 22.82 µs; multicast
+// 64/128/1/2/5 39.15, 64/128/1/4/5 67.14; 128/256/2/1/4 27.10, 128/256/2/2/4 40.61.
+constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 128, 64, 1, 1, 5},
+                                                                 {64, 128, 64, 1, 1, 4},
+                                                                 {64, 128, 64, 1, 2, 5},
+                                                                 {128, 256, 64, 2, 1, 4},
+                                                                 {64, 256, 64, 1, 1, 5}}};
+constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
+                                                                   {128, 256, 64, 2, 2, 3},
+                                                                   {128, 256, 64, 2, 4, 4},
+                                                                   {64, 128, 64, 1, 2, 5}}};
+// The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages a ring) and dw (wn = most T
+// ranges a cluster, stages).
+constexpr std::array<std::array<int32_t, 6>, 6> kDxTmaSweep = {{{64, 256, 64, 2, 2, 2},
+                                                                {64, 256, 64, 2, 1, 2},
+                                                                {64, 256, 64, 2, 4, 2},
+                                                                {64, 256, 64, 2, 1, 3},
+                                                                {64, 256, 64, 2, 2, 3},
+                                                                {64, 256, 64, 2, 4, 3}}};
+constexpr std::array<std::array<int32_t, 6>, 4> kDwTmaSweep = {{{128, 256, 64, 2, 8, 3},
+                                                                {128, 256, 64, 2, 8, 2},
+                                                                {128, 256, 64, 2, 4, 3},
+                                                                {128, 256, 64, 2, 4, 2}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},
@@ -87,18 +100,21 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    for (const char* part : {"fwd_tma", "fwd_sm90", "bwd_sm90"})
+    for (const char* part : {"fwd_tma", "fwd_tmaks", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
-  for (const char* part : {"dx", "dw"})
+  for (const char* part : {"dx", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
+  add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);
+  add_sweep(cases, "dx_tma", kDxTmaSweep);
+  add_sweep(cases, "dw_tma", kDwTmaSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);
   add_sweep(cases, "dx_sm90", kDx90Sweep);
   add_sweep(cases, "dw_sm90", kDw90Sweep);

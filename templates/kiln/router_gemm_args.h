@@ -28,9 +28,31 @@ struct RouterGemmFwdTmaArgs {
   int tiles;                            // ceil(T / BM)
 };
 
+// The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
+// plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;
+// the T axis cut into gridDim.y ranges of split_rows rows (a multiple of 64), reduced through distributed shared
+// memory inside the cluster of those CTAs.
+struct RouterGemmDxTmaArgs {
+  RgTensorMap tmw;
+  RgTensorMap tmdx;                     // dx [T, K] bf16 in boxes of 64 columns × 64 rows (the staged epilogue)
+  const float* g; long long g_stride;
+  void* dx; long long dx_stride;
+  int T;
+  int tiles;                            // ceil(T / 64)
+};
+struct RouterGemmDwTmaArgs {
+  RgTensorMap tmg;
+  RgTensorMap tmx;
+  float* dw;                            // [E, K] contiguous
+  int T;
+  int split_rows;
+};
+
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
-enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2 };
+enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgAltPrecision = 4 };
+// kRgAltPrecision (host only, TMA backward): dx from g hi + lo and dw from bf16(g) instead of the default policy
+// (dx from bf16(g), dw from g hi + lo), so the bench can time what the other choice would cost.
 
 // dx[T, K] bf16 = g[T, E] fp32 · w[E, K] bf16.
 struct RouterGemmDxArgs {

@@ -43,11 +43,14 @@ __device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
 __device__ __forceinline__ void mbar_arrive_local(u32 bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
 }
-// Arrives on the barrier at the same shared offset in CTA `rank` of this cluster.
+// Arrives on the barrier at the same shared offset in CTA `rank` of this cluster. Default semantics (release at CTA
+// scope), as CUTLASS's ClusterBarrier: what it orders is this warpgroup's completed wgmma reads of the stage against
+// the peer's next TMA write into it. (.release.cluster is a cluster-scope fence per arrive: the run of 03:40 measured
+// clusters of 2 / 4 at 1.7× / 2.9× the time of no multicast with it.)
 __device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
   asm volatile(
       "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.release.cluster.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
+      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
       "r"(rank)
       : "memory");
 }
@@ -214,6 +217,128 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   if constexpr (CM > 1) cluster_sync();
 #else
   __trap();  // sm_90a only (the host recipe never launches it elsewhere)
+#endif
+}
+
+// K split over a cluster of KS CTAs (blockIdx.y = split, clusters (1, KS, 1)): CTA (m, r) computes token tile m over
+// K chunks [r·PER, (r + 1)·PER) with the same producer / consumer pipeline (no multicast, not persistent: grid.x =
+// tiles), stages its fp32 partial tile [BM][E] in shared memory (the drained ring), and CTA r adds rows
+// [r·BM/KS, (r + 1)·BM/KS) of all KS partials in cluster-rank order through distributed shared memory (deterministic)
+// and writes them with 16-byte stores. Halving K per CTA doubles the tokens a w chunk serves at the same CTA count:
+// 48 KiB of x + w per 128 × 256 × 64 chunk instead of 40 KiB per 64 × 256 × 64.
+template <int K, int E, int WGM, int WGN, int STAGES, int KS>
+__global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
+    router_gemm_fwd_tma_ksplit_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 64 * WGM, EN = E / WGN, CONSUMERS = WGM * WGN;
+  static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
+  static_assert(EN * WGN == E && EN % 8 == 0, "E / WGN: a multiple of 8");
+  static_assert(KS >= 2 && KS <= 4 && BM % KS == 0, "K split over 2–4 CTAs");
+  constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
+  constexpr int ALL = (K + 63) / 64, PER = (ALL + KS - 1) / KS;
+  constexpr int PITCH = (E + 8) * 4;  // staging rows: 32-byte shift per row, conflict-free 8-byte stores
+  static_assert(BM * PITCH <= STAGES * STAGE, "the partial tile is staged in the drained ring");
+  using Row = rg90::WgmmaRow<EN, 0>;
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
+  const u32 base = (raw + 1023u) & ~1023u;
+  const u32 bars = base + STAGES * STAGE;
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int m0 = blockIdx.x * BM, split = blockIdx.y;
+  const int c0 = split * PER, chunks = ALL - c0 < PER ? ALL - c0 : PER;
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      rgt::mbar_init(bars + 8 * s, 1);
+      rgt::mbar_init(bars + 8 * (STAGES + s), CONSUMERS);
+    }
+    rgt::fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_dec<40>();
+    if (tid == 0) {
+      rgt::prefetch_tmap(&a.tmx);
+      rgt::prefetch_tmap(&a.tmw);
+      int s = 0;
+      u32 phase = 0;
+      for (int kc = 0; kc < chunks; ++kc) {
+        rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+        const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
+        rgt::mbar_expect_tx(full, BM * 128 + E * 128);
+        rgt::tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
+        rgt::tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
+        if (++s == STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+    }
+    cluster_sync();  // the producer warpgroup only joins the cluster barriers
+    cluster_sync();
+  } else {  // consumers
+    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_inc<232>();
+    const int c = wg - 1, wm = c / WGN, wn = c % WGN;
+    const int lane = tid & 31, warp = (tid & 127) >> 5;
+    typename Row::Acc acc;
+    Row::zero(acc);
+    int s = 0, prev = -1;
+    u32 phase = 0;
+    for (int kc = 0; kc < chunks; ++kc) {
+      rgt::mbar_wait(bars + 8 * s, phase);
+      const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES + wn * EN * 128;
+      Row::fence(acc);
+      rg90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
+      rg90::wgmma_commit();
+      rg90::wgmma_wait<1>();
+      Row::fence(acc);
+      if (prev >= 0 && (tid & 127) == 0) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
+      prev = s;
+      if (++s == STAGES) {
+        s = 0;
+        phase ^= 1;
+      }
+    }
+    rg90::wgmma_wait<0>();
+    Row::fence(acc);
+    // Every consumer's MMAs are done and every loaded stage consumed: the ring becomes the staging tile.
+    asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
+    Row::stage(acc, base + wn * EN * 4, wm * 64 + warp * 16 + (lane >> 2), lane, PITCH);
+    cluster_sync();  // every partial tile of the cluster is staged
+    u32 rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    constexpr int ROWS = BM / KS, CPR = E / 4;  // rows this CTA finishes; 16-byte pieces a row
+    for (int i = tid - 128; i < ROWS * CPR; i += CONSUMERS * 128) {
+      const int r = static_cast<int>(rank) * ROWS + i / CPR, cc = i % CPR;
+      const u32 local = base + r * PITCH + cc * 16;
+      float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int q = 0; q < KS; ++q) {  // cluster-rank order: the same bits whichever CTA adds
+        u32 remote;
+        float v[4];
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
+        asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                     : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+                     : "r"(remote)
+                     : "memory");
+#pragma unroll
+        for (int k = 0; k < 4; ++k) sum[k] += v[k];
+      }
+      if (m0 + r < a.T) {
+        Vec16 o;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
+        store16(a.out + static_cast<i64>(m0 + r) * a.out_stride + cc * 4, o);
+      }
+    }
+    cluster_sync();  // keep this CTA's tile alive until the others have read it
+  }
+#else
+  __trap();
 #endif
 }
 

@@ -122,6 +122,16 @@ double dx_bound(const ref::GemmRef& r, int64_t i, int64_t E) {
 double dw_bound(const ref::GemmRef& r, int64_t i, int64_t T) {
   return (2 * kU * (T / 8.0 + 8 + 256) + kSplit) * r.abs[i];
 }
+// The TMA backward's policy: dx from bf16(g) (one MMA per product; g rounded once, |g − bf16(g)| ≤ 2⁻⁸|g|, adding
+// 2⁻⁸·S before dx's own bf16 rounding), dw from g hi + lo (dw_bound). The other choices (bench only): dx from hi + lo
+// (dx_bound) and dw from bf16(g) (dw_bound_bf16g).
+double dx_bound_bf16g(const ref::GemmRef& r, int64_t i, int64_t E) {
+  const double acc = (2 * kU * (E / 16.0 + 4) + kBf16Round) * r.abs[i];
+  return kBf16Round * (std::fabs(r.value[i]) + acc) + acc;
+}
+double dw_bound_bf16g(const ref::GemmRef& r, int64_t i, int64_t T) {
+  return (2 * kU * (T / 16.0 + 8 + 256) + kBf16Round) * r.abs[i];
+}
 
 class RouterGemmTest : public GpuTest {
  protected:
@@ -386,6 +396,39 @@ TEST_F(RouterGemmTest, FwdTmaEveryConfig) {
   }
 }
 
+// The K-split TMA forward (the default at up to ~8448 tokens on 132 SMs): every point, at the shapes above.
+TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}, Shape{8192, 2048, 256},
+                         Shape{1, 2048, 256}, Shape{4096, 7168, 256}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c8, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d8, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const auto pts = space(12, K, E);
+    EXPECT_GE(pts.size(), 3u);
+    for (const auto& c : pts) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 3);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+    // Deterministic: the cluster adds its partial tiles in rank order.
+    const Fwd a = run_fwd(x, w, T, K, E, nullptr, 0, 0, 3), b = run_fwd(x, w, T, K, E, nullptr, 0, 0, 3);
+    EXPECT_TRUE(bitwise_equal("logits twice", b.y, a.y));
+  }
+}
+
+TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 300, K = 2048, E = 160;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e8}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f8}), 0.02f);
+  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 3);
+  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
+  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+}
+
 TEST_F(RouterGemmTest, FwdTmaStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 300, K = 2048, E = 160;
@@ -552,15 +595,146 @@ TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
   const Bwd a = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
-  // The public op's default on sm_90a is the wgmma backward, with a caller's workspace of the advertised size.
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
-  EXPECT_TRUE(b.guards_ok);
-  EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
-  EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
+  const Bwd a2 = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
+  EXPECT_TRUE(bitwise_equal("dw (cp.async wgmma, twice)", a2.dw, a.dw));
+  EXPECT_TRUE(bitwise_equal("dx (cp.async wgmma, twice)", a2.dx, a.dx));
   const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
   const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
   EXPECT_TRUE(close_to("dx", a.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
   EXPECT_TRUE(close_to("dw", a.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+  // The public op's default on sm_90a is the TMA backward (no workspace: the advertised size is 0).
+  EXPECT_EQ(router_gemm_fp32_bwd_workspace_elems(rt(), T, K, E), 0);
+  const Bwd t = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
+  EXPECT_TRUE(b.guards_ok);
+  EXPECT_TRUE(bitwise_equal("dw (TMA vs default)", b.dw, t.dw));
+  EXPECT_TRUE(bitwise_equal("dx (TMA vs default)", b.dx, t.dx));
+  EXPECT_TRUE(close_to("dx", t.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", t.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+}
+
+// ---- the sm_90a TMA backward (the default on sm_90a) -----------------------------------------------------------------
+
+class RouterGemmBwdTma : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmBwdTma, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  const uint64_t seed = mix_seed({0xc7, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2);
+  EXPECT_TRUE(b.guards_ok) << "written outside dx or dw";
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const auto rdx = close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); });
+  EXPECT_TRUE(rdx);
+  const auto rdw = close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); });
+  EXPECT_TRUE(rdw);
+  RecordProperty("dx", rdx.message());
+  RecordProperty("dw", rdw.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdTma, ::testing::ValuesIn(shapes()), shape_name);
+
+// Every search-space point of dx (clusters of 1, 2, 4 multicasting w; 2 or 3 stages a ring) and dw (up to 8 or 4 T
+// ranges a cluster; 2 or 3 stages), and the other precision of each (kRgAltPrecision: dx from g hi + lo, dw from
+// bf16(g)). T = 17000 makes the persistent dx grid walk several token tiles; E = 8 / 160 leave partial expert tiles,
+// K = 2056 / 1536 partial column blocks; T = 333 at E = 8 gives dw 6 T ranges (a cluster of 6).
+TEST_F(RouterGemmTest, BwdTmaEveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] :
+       {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{333, 2056, 8}, Shape{17000, 1536, 64}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0xc8, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0xc9, static_cast<uint64_t>(E)}), 0.02f);
+    const std::vector<float> g = randn(T * E, mix_seed({0xca, static_cast<uint64_t>(E)}), 1e-4f);
+    const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+    const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+    for (int alt : {0, 1}) {
+      detail::router_gemm_measure_flags.store(alt ? kRgAltPrecision : 0);
+      for (const auto& c : space(8, K, E)) {
+        SCOPED_TRACE("dx_tma " + fmt_config(c) + " alt=" + std::to_string(alt) + " T=" + std::to_string(T) +
+                     " E=" + std::to_string(E));
+        const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr, false, 2);
+        EXPECT_TRUE(b.guards_ok);
+        EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) {
+          return alt ? dx_bound(dx, i, E) : dx_bound_bf16g(dx, i, E);
+        }));
+      }
+      for (const auto& c : space(9, K, E)) {
+        SCOPED_TRACE("dw_tma " + fmt_config(c) + " alt=" + std::to_string(alt) + " T=" + std::to_string(T) +
+                     " E=" + std::to_string(E));
+        const Bwd b = run_bwd(g, x, w, T, K, E, false, true, nullptr, &c, false, 2);
+        EXPECT_TRUE(b.guards_ok);
+        EXPECT_TRUE(close_to("dw", b.dw, dw, K, alt ? 3e-3 : 2e-5, [&](int64_t i) {
+          return alt ? dw_bound_bf16g(dw, i, T) : dw_bound(dw, i, T);
+        }));
+      }
+      detail::router_gemm_measure_flags.store(0);
+    }
+  }
+}
+
+// The precision policy, pinned: dx is exactly the fp32-accumulated product of bf16(g) and w (the g rounding is the
+// only approximation: against a reference built from bf16(g) it meets the accumulation-only bound), and dw keeps the
+// fp32 gradient (its error sits far below what bf16(g) would give).
+TEST_F(RouterGemmTest, BwdTmaPrecisionPolicy) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 4096, K = 1536, E = 64;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xcb}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xcc}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xcd}), 1e-3f);
+  std::vector<float> g16 = g;
+  round_to(DType::bf16, g16);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
+  const ref::GemmRef dx16 = ref::router_gemm_dx(g16, w, T, K, E);
+  EXPECT_TRUE(close_to("dx vs bf16(g) reference", b.dx, dx16, K, 3e-3, [&](int64_t i) {
+    const double acc = 2 * kU * (E / 16.0 + 4) * dx16.abs[i];
+    return kBf16Round * (std::fabs(dx16.value[i]) + acc) + acc;
+  }));
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const ref::GemmRef dw16 = ref::router_gemm_dw(g16, x, T, K, E);
+  std::vector<float> dw16f(dw16.value.begin(), dw16.value.end());
+  const double err = relative_l2(b.dw, dw.value), err16 = relative_l2(dw16f, dw.value);
+  EXPECT_LE(err, 1e-5);
+  EXPECT_GE(err16, 20 * err) << "a bf16 g would be about as good: the test lost its point";
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  std::vector<float> dx16f(dx16.value.begin(), dx16.value.end());
+  round_to(DType::bf16, dx16f);
+  RecordProperty("dx_rel_l2", std::to_string(relative_l2(b.dx, dx.value)));
+  RecordProperty("dx_bf16g_exact_rel_l2", std::to_string(relative_l2(dx16f, dx.value)));
+  RecordProperty("dw_rel_l2", std::to_string(err));
+}
+
+// NaN / ±inf in g propagate; tiny and large g keep their relative accuracy; repeated runs give the same bits.
+TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 1200, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xce}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xcf}), 0.02f);
+  std::vector<float> g = randn(T * E, mix_seed({0xd3}), 1e-4f);
+  g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
+  g[50 * E + 100] = std::numeric_limits<float>::infinity();
+  g[1150 * E + 200] = -std::numeric_limits<float>::infinity();
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
+  const Bwd b2 = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
+  EXPECT_TRUE(bitwise_equal("dw twice", b2.dw, b.dw));
+  EXPECT_TRUE(bitwise_equal("dx twice", b2.dx, b.dx));
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+  for (float scale : {1e-12f, 1e6f}) {
+    SCOPED_TRACE("g scaled to " + std::to_string(scale));
+    const std::vector<float> gs = randn(T * E, mix_seed({0xd4}), scale);
+    const Bwd bs = run_bwd(gs, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
+    const ref::GemmRef dxs = ref::router_gemm_dx(gs, w, T, K, E);
+    const ref::GemmRef dws = ref::router_gemm_dw(gs, x, T, K, E);
+    EXPECT_TRUE(close_to("dx", bs.dx, dxs, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dxs, i, E); }));
+    EXPECT_TRUE(close_to("dw", bs.dw, dws, K, 2e-5, [&](int64_t i) { return dw_bound(dws, i, T); }));
+  }
 }
 
 // Measurement switch: the sm_90a kernels without the proxy fence after their cp.async copies (what the bench's

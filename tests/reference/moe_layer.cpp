@@ -424,7 +424,8 @@ std::vector<double> expert_wgrad(std::span<const float> a, std::span<const float
 //   y         x→fp8 ─FC1→ z1 bf16 ─SiLU (G)→ h→fp8 ─FC2→ y2 bf16 ─combine→ y bf16
 //             = G·(ε8 + ε16) + ε8 + 2·ε16 (y2, y) … written out below
 //   dprobs    (G on z1's error) + (1 on g = FC2ᵀ(fp8 dy) bf16)
-//   dlogits   = dprobs' budget (gain 1), dwr the same + fp32, dx_router the same + ε16
+//   dlogits   = dprobs' budget (gain 1), dwr the same + fp32, dx_router the same + ε16 (output) + ε16 (the
+//             router GEMM's dx multiplies bf16(dlogits) on sm_90a: README, router_gemm)
 //   dx_expert (G on z1) + (1 on g) + ε8 (dz quantized) + ε16 (FC1ᵀ output) + ε16 (combine)
 //   dw2       ε8 (dyᵀ quantized) + G·(ε8 + ε16) (h's value) + ε8 (hᵀ quantized)
 //   dw1       dz's value (G on z1, 1 on g) + ε8 (dzᵀ quantized) + ε8 (xᵀ quantized)
@@ -444,7 +445,7 @@ MoeLayerTolerances moe_layer_tolerances() {
   t.dprobs = z1 + g;
   t.dlogits = t.dprobs;
   t.dwr = t.dlogits + 1e-5;
-  t.dx_router = t.dlogits + e16;
+  t.dx_router = t.dlogits + 2 * e16;
   t.dx_expert = z1 + g + e8 + 2 * e16;
   t.dx = 0;  // from the components (compare_moe_layer)
   t.dw2 = e8 + z1 + e8;

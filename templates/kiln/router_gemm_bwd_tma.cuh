@@ -1,0 +1,463 @@
+// kiln/router_gemm_bwd_tma.cuh — Hopper (sm_90a) router GEMM backward: TMA, mbarrier rings, warp specialization.
+//
+//   dx[t, k] = Σ_e g[t, e] · w[e, k]   (dx bf16)            dw[e, k] = Σ_t g[t, e] · x[t, k]   (dw fp32)
+//
+// g is fp32. It enters the MMAs as bf16 g_hi = bf16(g) alone (SPLIT = 0) or as g_hi and g_lo = bf16(g − g_hi), both
+// multiplied (SPLIT = 1: |g − g_hi − g_lo| ≤ 2⁻¹⁷·|g|, fp32-grade). Which product uses which is the host's policy.
+//
+// dx (router_gemm_dx_tma_kernel): CTA = producer warpgroup + 2 consumer warpgroups, persistent over tiles of 64
+// tokens. Per tile the consumers read the g rows once (plain 16-byte loads), convert them to bf16 (hi, and lo) into
+// the K-major 128-byte-swizzled A tile (all of E) in shared memory. The producer streams w in chunks of 64 experts ×
+// 256 hidden columns (4 N-major swizzled atoms of 64 × 64 by TMA; a cluster of CM CTAs of consecutive token tiles
+// multicasts them, each CTA fetching 4/CM atoms), in the order (column block n, expert chunk). The two consumers take
+// alternate column blocks (ping-pong): while one writes its finished 64 × 256 block (bf16, 4-byte stores), the
+// other's MMAs run. Column block n streams through ring n % 2 (STAGES stages each), so each consumer waits on every
+// stage of its own ring in order (an mbarrier phase can only be waited on one phase ahead).
+//
+// dw (router_gemm_dw_tma_kernel): CTA tile = 128 experts (a warpgroup per 64) × 256 hidden columns over one T range
+// (split); the producer streams, per 64 tokens, the g tile (4 fp32 boxes of 32 experts, 128-byte swizzled) and the
+// x tile (4 N-major atoms) by TMA. Each consumer builds its A fragments (gᵀ, 64 experts × 16 tokens per k16 step) in
+// registers from the fp32 g tile — conflict-free scalar loads thanks to the swizzle — converts them to bf16 (hi,
+// lo) and issues register-A wgmmas; the next chunk's g values are loaded while the current MMAs run. The T ranges of
+// one tile form a cluster (1, S, 1): each CTA stages its fp32 partial tile in shared memory, and CTA r adds rows
+// [r·R, r·R + R) of all S partials in cluster-rank order (deterministic) through distributed shared memory and
+// writes them. S = 1 writes straight from registers.
+#pragma once
+#include "kiln/router_gemm_bwd_sm90.cuh"
+#include "kiln/router_gemm_tma.cuh"
+
+namespace kiln {
+namespace rgt {
+
+// d[64 × 256] += A[64 × 16] (registers: the m16n8k16 A fragment of this warp's 16 rows) · B[256 × 16]ᵀ (shared
+// memory, N-major when TB = 1).
+template <int TB>
+__device__ __forceinline__ void wgmma_rs_n256(float (&d)[128], const u32 (&a)[4], u64 b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));
+}
+
+__device__ __forceinline__ void bar_sync_consumers() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
+// Named barrier 2 + j over the 128 threads of consumer warpgroup j.
+__device__ __forceinline__ void bar_sync_wg(int j) { asm volatile("bar.sync %0, 128;" ::"r"(2 + j) : "memory"); }
+__device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u32 r3) {
+  asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1),
+               "r"(r2), "r"(r3)
+               : "memory");
+}
+// 2-D tile copy shared → global (rows / columns outside the tensor are not written), as a bulk async-group.
+__device__ __forceinline__ void tma_store_2d(const void* tmap, u32 src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<u64>(tmap)),
+               "r"(src), "r"(c0), "r"(c1)
+               : "memory");
+}
+__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
+// Until the committed bulk stores have finished reading shared memory.
+__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
+__device__ __forceinline__ u32 cvt_bf16x2(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+__device__ __forceinline__ float lds_f32(u32 addr) {
+  float v;
+  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
+  return v;
+}
+// Rows [r0, r1) of the dw tile: the sum of the S staged partial tiles of this cluster, added in cluster-rank order
+// (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
+template <int BN, int PITCH, int E, int K>
+__device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, int r0, int r1, int e0, int n0, int S) {
+  for (int i = t; i < (r1 - r0) * (BN / 4); i += 256) {
+    const int r = r0 + i / (BN / 4), c4 = i % (BN / 4);
+    const u32 local = base + r * PITCH + c4 * 16;
+    float sum[4] = {0.f, 0.f, 0.f, 0.f};
+    for (int q = 0; q < S; ++q) {
+      u32 remote;
+      float v[4];
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
+      asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                   : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
+                   : "r"(remote)
+                   : "memory");
+#pragma unroll
+      for (int k = 0; k < 4; ++k) sum[k] += v[k];
+    }
+    if (e0 + r < E && n0 + c4 * 4 < K) {
+      Vec16 o;
+#pragma unroll
+      for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
+      store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
+    }
+  }
+}
+
+template <int R>
+__device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
+#pragma unroll
+  for (int i = 0; i < R; ++i) asm volatile("" : "+r"(r[i])::"memory");
+}
+
+}  // namespace rgt
+
+// ---- dx ---------------------------------------------------------------------------------------------------------
+// Whether the dx kernel stages its output blocks (two 32 KiB tiles) — where they fit next to the A tile and the rings
+// (the host's smem recipe mirrors this).
+__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT) {
+  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * 8192 + 2 * STAGES * 32768 + 32 * STAGES + 1024 + 65536 <= 227 * 1024;
+}
+
+// Grid: CM·clusters CTAs (clusters (CM, 1, 1)), 384 threads. Shared memory: 1 KiB slack, the A tile ((1 + SPLIT) ×
+// ceil(E/64) atoms of 64 rows × 128 B), two rings of STAGES × 32 KiB w chunks, 4·STAGES mbarriers, and where it fits
+// (STAGED) a 32 KiB staging tile per consumer: the finished 64 × 256 block goes there by stmatrix (swizzled as
+// the dx tensor map's 64 × 64 boxes) and out by 4 TMA stores (full 128-byte rows; rows past T and columns past K
+// are clipped by the copy engine); else 4-byte stores straight from the accumulators.
+template <int K, int E, int STAGES, int CM, int SPLIT>
+__global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 64, BN = 256, ATOM = 64 * 128;
+  constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, CHUNKS = NCH * EC;
+  constexpr int A_TILE = EC * ATOM, A_BYTES = (1 + SPLIT) * A_TILE, STAGE = 4 * ATOM;
+  constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
+  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT);
+  static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
+  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
+  const u32 base = (raw + 1023u) & ~1023u;
+  // Ring q's stage s at ring + (q·STAGES + s)·STAGE; its full barrier at bars + 8·(q·STAGES + s), its empty barrier
+  // 16·STAGES bytes further.
+  const u32 ring = base + A_BYTES, bars = ring + 2 * STAGES * STAGE;
+  const u32 staging = bars + 32 * STAGES;  // 1 KiB aligned (STAGE is), then 32·STAGES bytes of barriers: realign
+  const u32 stg = (staging + 1023u) & ~1023u;
+  const int tid = threadIdx.x, wg = tid / 128;
+  const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
+  const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+  const int groups = (a.tiles + CM - 1) / CM;
+
+  if (tid == 0) {
+    for (int s = 0; s < 2 * STAGES; ++s) {
+      rgt::mbar_init(bars + 8 * s, 1);
+      rgt::mbar_init(bars + 8 * (2 * STAGES + s), CM);  // the one consumer warpgroup of each CTA that reads the ring
+    }
+    rgt::fence_mbar_init();
+  }
+  if constexpr (CM > 1) cluster_sync(); else __syncthreads();
+
+  if (wg == 0) {  // producer
+    rgt::setmaxnreg_dec<40>();
+    if (tid == 0) {
+      rgt::prefetch_tmap(&a.tmw);
+      u32 pos0 = 0, pos1 = 0;  // per ring: stage in bits 0..7, phase in bit 8
+      for (int grp = cluster; grp < groups; grp += clusters) {
+        for (int c = 0; c < CHUNKS; ++c) {
+          const int n = c / EC, ec = c - n * EC, q = n & 1;
+          const u32 cur = q ? pos1 : pos0;
+          const int idx = q * STAGES + static_cast<int>(cur & 0xff);
+          rgt::mbar_wait(bars + 8 * (2 * STAGES + idx), ((cur >> 8) & 1) ^ 1);
+          const u32 full = bars + 8 * idx, st = ring + idx * STAGE;
+          // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
+          const int atoms = (K - n * BN + 63) / 64 < 4 ? (K - n * BN + 63) / 64 : 4;
+          rgt::mbar_expect_tx(full, atoms * ATOM);
+#pragma unroll
+          for (int p = 0; p < PER_CTA; ++p) {
+            const int at = static_cast<int>(rank) * PER_CTA + p;
+            if (at >= atoms) continue;
+            if constexpr (CM == 1)
+              rgt::tma_load_2d(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64);
+            else
+              rgt::tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
+                                         static_cast<unsigned short>((1 << CM) - 1));
+          }
+          const u32 nxt = (cur & 0xff) + 1 == STAGES ? (cur & 0x100) ^ 0x100 : cur + 1;
+          if (q) pos1 = nxt; else pos0 = nxt;
+        }
+      }
+    }
+  } else {  // consumers: warpgroup j takes column blocks j, j + 2, …
+    rgt::setmaxnreg_inc<232>();
+    const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
+    int s = 0;  // this warpgroup's ring: stage and phase
+    u32 phase = 0;
+    for (int grp = cluster; grp < groups; grp += clusters) {
+      const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
+      // g rows m0 … m0 + 63 → the bf16 A tile(s). Both warpgroups are done with the previous tile's MMAs.
+      rgt::bar_sync_consumers();
+      constexpr int UNITS = BM * EC * 8, ITERS = (UNITS + 255) / 256;  // 8-column units (16 bytes of bf16)
+#pragma unroll 4
+      for (int it = 0; it < ITERS; ++it) {
+        const int u = it * 256 + ct;
+        if (UNITS % 256 != 0 && u >= UNITS) break;
+        const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7, e = at * 64 + jj * 8;
+        Vec16 hi{}, lo{};
+        if (m0 + r < a.T && e < E) {
+          const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
+          const float4 v0 = __ldg(src), v1 = __ldg(src + 1);
+          if constexpr (SPLIT) {
+            rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
+            rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
+            rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
+            rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
+          } else {
+            hi.w[0] = rgt::cvt_bf16x2(v0.x, v0.y);
+            hi.w[1] = rgt::cvt_bf16x2(v0.z, v0.w);
+            hi.w[2] = rgt::cvt_bf16x2(v1.x, v1.y);
+            hi.w[3] = rgt::cvt_bf16x2(v1.z, v1.w);
+          }
+        }
+        const u32 off = at * ATOM + rg90::swz(r, jj);
+        rg90::sts16(base + off, hi);
+        if constexpr (SPLIT) rg90::sts16(base + A_TILE + off, lo);
+      }
+      rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
+      rgt::bar_sync_consumers();
+
+      for (int n = j; n < NCH; n += 2) {
+        float acc[128];
+#pragma unroll
+        for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+        int prev = -1;
+        for (int ec = 0; ec < EC; ++ec) {
+          const int idx = j * STAGES + s;
+          rgt::mbar_wait(bars + 8 * idx, phase);
+          const u32 st = ring + idx * STAGE;
+          rg90::fence_regs(acc);
+          rg90::wgmma_fence();
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks) {
+            const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
+            rg90::wgmma_ss<256, 0, 1>(acc, rg90::desc_sw128(base + ec * ATOM + ks * 32), b);
+            if constexpr (SPLIT) rg90::wgmma_ss<256, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * ATOM + ks * 32), b);
+          }
+          rg90::wgmma_commit();
+          rg90::wgmma_wait<1>();
+          rg90::fence_regs(acc);
+          if (prev >= 0 && (tid & 127) < CM) {
+            if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + prev));
+            else rgt::mbar_arrive_cluster(bars + 8 * (2 * STAGES + prev), static_cast<u32>(tid & 127));
+          }
+          prev = idx;
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
+        rg90::wgmma_wait<0>();
+        rg90::fence_regs(acc);
+        if ((tid & 127) < CM) {
+          if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + prev));
+          else rgt::mbar_arrive_cluster(bars + 8 * (2 * STAGES + prev), static_cast<u32>(tid & 127));
+        }
+        if constexpr (STAGED) {
+          // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
+          // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
+          // 8m … 8m + 7: row half m & 1, octet o + m/2).
+          const u32 buf = stg + j * 32768;
+          if ((tid & 127) == 0) rgt::bulk_wait_read();  // the previous block's stores have read the buffer
+          rgt::bar_sync_wg(j);
+          const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
+#pragma unroll
+          for (int o = 0; o < 32; o += 2) {
+            const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
+            rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
+                             rgt::cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), rgt::cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
+                             rgt::cvt_bf16x2(acc[4 * o + 4], acc[4 * o + 5]),
+                             rgt::cvt_bf16x2(acc[4 * o + 6], acc[4 * o + 7]));
+          }
+          rg90::fence_async_shared();  // stmatrix writes → the copy engine's reads
+          rgt::bar_sync_wg(j);
+          if ((tid & 127) == 0 && m0 < a.T) {
+#pragma unroll
+            for (int at = 0; at < 4; ++at)
+              if (n * BN + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, n * BN + at * 64, m0);
+            rgt::bulk_commit();
+          }
+          continue;
+        }
+        // 64 × 256 block → dx (bf16 pairs), rows past T and columns past K masked.
+        const int rows_valid = a.T - m0;
+        char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n * BN) * 2;
+#pragma unroll
+        for (int i = 0; i < 128; i += 2) {
+          const int r = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
+          if (r < rows_valid && n * BN + col < K)
+            asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(r) * a.dx_stride + col) * 2),
+                         "r"(rgt::cvt_bf16x2(acc[i], acc[i + 1]))
+                         : "memory");
+        }
+      }
+    }
+    if constexpr (STAGED)
+      if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
+  }
+  if constexpr (CM > 1) cluster_sync();
+#else
+  __trap();
+#endif
+}
+
+// ---- dw ---------------------------------------------------------------------------------------------------------
+// Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, S, 1) when S > 1. Shared memory: 1 KiB slack +
+// max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging tile when S > 1) + mbarriers.
+template <int K, int E, int STAGES, int SPLIT>
+__global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int BM = 128, BN = 256, BK = 64, ATOM = 64 * 128, GBOX = 64 * 128;
+  constexpr int TILES_N = (K + BN - 1) / BN;
+  constexpr int STAGE = 4 * GBOX + 4 * ATOM;  // g: 4 boxes of 32 experts × 64 tokens; x: 4 atoms of 64 × 64
+  constexpr int PITCH = (BN + 8) * 4, STAGING = BM * PITCH;
+  constexpr int RING = STAGES * STAGE > STAGING ? STAGES * STAGE : STAGING;
+  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
+  const u32 base = (raw + 1023u) & ~1023u;
+  const u32 bars = base + RING;
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int S = gridDim.y;
+  const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
+  const int t0 = blockIdx.y * a.split_rows;
+  const int rows = a.T - t0 < a.split_rows ? a.T - t0 : a.split_rows;
+  const int chunks = (rows + BK - 1) / BK;
+  const int gboxes = (E - e0 + 31) / 32 < 4 ? (E - e0 + 31) / 32 : 4, xatoms = (K - n0 + 63) / 64 < 4 ? (K - n0 + 63) / 64 : 4;
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      rgt::mbar_init(bars + 8 * s, 1);
+      rgt::mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
+    }
+    rgt::fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer
+    rgt::setmaxnreg_dec<40>();
+    if (tid == 0) {
+      rgt::prefetch_tmap(&a.tmg);
+      rgt::prefetch_tmap(&a.tmx);
+      int s = 0;
+      u32 phase = 0;
+      for (int c = 0; c < chunks; ++c) {
+        rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+        const u32 full = bars + 8 * s, st = base + s * STAGE;
+        // Boxes entirely past E or K are not fetched: the accumulator rows / columns they feed are never stored.
+        rgt::mbar_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
+        const int t = t0 + c * BK;
+#pragma unroll
+        for (int b = 0; b < 4; ++b)
+          if (b < gboxes) rgt::tma_load_2d(st + b * GBOX, &a.tmg, full, e0 + b * 32, t);
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          if (q < xatoms) rgt::tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
+        if (++s == STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+    }
+  } else {  // consumers: warpgroup j = experts e0 + 64j …
+    rgt::setmaxnreg_inc<232>();
+    const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    float acc[128];
+#pragma unroll
+    for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+    // A fragment of k16 step ks, register i (0..3): expert row 16·warp + lane/4 + 8·(i & 1) of this warpgroup's 64,
+    // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
+    // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
+    const int el = 64 * j + 16 * warp + (lane >> 2);
+    float rawv[4][4][2];  // [ks][i][token pair]: the fp32 g values of one chunk's A fragments
+    auto load_raw = [&](u32 st, float(&r)[4][4][2]) {
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const int e = el + 8 * (i & 1), box = e >> 5, col = e & 31;
+#pragma unroll
+          for (int h = 0; h < 2; ++h) {
+            const int t = ks * 16 + 2 * (lane & 3) + 8 * (i >> 1) + h;
+            r[ks][i][h] = rgt::lds_f32(st + box * GBOX + t * 128 + ((((col >> 2) ^ (t & 7))) << 4) + (col & 3) * 4);
+          }
+        }
+    };
+    if (chunks > 0) {
+      rgt::mbar_wait(bars, 0);
+      load_raw(base, rawv);
+    }
+    for (int c = 0; c < chunks; ++c) {
+      const int s = c % STAGES;
+      const u32 st = base + s * STAGE;
+      u32 ahi[4][4], alo[4][4];
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if constexpr (SPLIT)
+            rg::split_bf16x2(rawv[ks][i][0], rawv[ks][i][1], ahi[ks][i], alo[ks][i]);
+          else
+            ahi[ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
+        }
+      rg90::fence_regs(acc);
+      rg90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {
+        const u64 b = rg90::desc_sw128_mn(st + 4 * GBOX + ks * 2048, ATOM);
+        rgt::wgmma_rs_n256<1>(acc, ahi[ks], b);
+        if constexpr (SPLIT) rgt::wgmma_rs_n256<1>(acc, alo[ks], b);
+      }
+      rg90::wgmma_commit();
+      if (c + 1 < chunks) {  // the next chunk's g values, while these MMAs run
+        const int s1 = (c + 1) % STAGES;
+        rgt::mbar_wait(bars + 8 * s1, static_cast<u32>((c + 1) / STAGES) & 1);
+        load_raw(base + s1 * STAGE, rawv);
+      }
+      rg90::wgmma_wait<0>();
+      rg90::fence_regs(acc);
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks) {  // the A registers stayed allocated until the MMAs reading them finished
+        rgt::fence_u32(ahi[ks]);
+        if constexpr (SPLIT) rgt::fence_u32(alo[ks]);
+      }
+      if ((tid & 127) == 0) rgt::mbar_arrive_local(bars + 8 * (STAGES + s));
+    }
+    if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
+#pragma unroll
+      for (int i = 0; i < 128; i += 2) {
+        const int e = e0 + el + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
+        if (e < E && col < K)
+          asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(a.dw + static_cast<i64>(e) * K + col), "f"(acc[i]),
+                       "f"(acc[i + 1])
+                       : "memory");
+      }
+    } else {
+      rgt::bar_sync_consumers();  // every MMA of both warpgroups is done: the ring becomes the staging tile
+#pragma unroll
+      for (int i = 0; i < 128; i += 2) {
+        const int r = el + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
+        asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(base + r * PITCH + col * 4), "f"(acc[i]), "f"(acc[i + 1])
+                     : "memory");
+      }
+      cluster_sync();  // all partial tiles of the cluster are staged
+      u32 rank;
+      asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+      const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
+      const int r1 = r0 + per < BM ? r0 + per : BM;
+      rgt::dw_cluster_reduce<BN, PITCH, E, K>(a.dw, base, tid - 128, r0, r1, e0, n0, S);
+      cluster_sync();  // keep this CTA's tile alive until the others have read it
+    }
+  }
+  if (wg == 0 && S > 1) {  // the producer warpgroup takes part in the cluster barriers (no other work: 40 registers)
+    cluster_sync();
+    cluster_sync();
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace kiln
