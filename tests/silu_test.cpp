@@ -93,8 +93,8 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
     const int R = T.rows();
     ASSERT_EQ(T.bytes(), 2 * R * 128 * 4);
     std::vector<float> table(2 * R * 128);
-    for (int i = 0; i < 2 * R * 128; ++i) {
-      const int sign = i / (R * 128), row = (i / 128) % R, m = i % 128;
+    for (int i = 0; i < 2 * R * 128; ++i) {  // layout [row][mantissa][sign]
+      const int sign = i & 1, row = i / 256, m = (i / 2) % 128;
       if (T.low_const && row == 0) table[i] = 0.5f;
       else if (T.high_const && row == R - 1) table[i] = sign ? 0.0f : 1.0f;
       else {
@@ -102,7 +102,8 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
         table[i] = ref::silu_sigmoid(bf16_to_float(static_cast<uint16_t>((sign << 15) | (E << 7) | m)));
       }
     }
-    // silu_table_index2 transcribed: 16-bit lane-wise clamp of the magnitudes, sign half, fallback test.
+    // silu_table_offset2 transcribed: 16-bit lane-wise clamp of the magnitudes, (clamped − L)·8 | sign·4 per half,
+    // fallback test; the element index is the byte offset / 4.
     const uint32_t R128 = static_cast<uint32_t>(R) * 128u;
     const uint32_t L = static_cast<uint32_t>(T.lo - (T.low_const ? 1 : 0)) << 7, U = L + R128 - 1;
     ASSERT_LT(U + R128 - L, 0x10000u);
@@ -114,10 +115,12 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
         const uint32_t lo = std::max(m, L), c = std::min(lo, U);
         if (!T.low_const && lo != m) fallback = true;
         if (!T.high_const && c != lo) fallback = true;
-        idx |= ((half >> 15) * R128 + (c - L)) << (16 * h);
+        const uint32_t off = ((c - L) << 3) | ((half >> 15) << 2);
+        EXPECT_LT(off, 0x10000u);
+        idx |= off << (16 * h);
       }
-      i0 = idx & 0xffffu;
-      i1 = idx >> 16;
+      i0 = (idx & 0xffffu) / 4;
+      i1 = (idx >> 16) / 4;
       return fallback;
     };
     int64_t fallbacks = 0;

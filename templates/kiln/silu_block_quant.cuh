@@ -54,28 +54,28 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
-// Table positions of σ for the two bf16 gates packed in w (low half first). The magnitudes (bits & 0x7fff) are
-// clamped into the table's rows with 16-bit SIMD min/max (a constant row absorbs every magnitude beyond it, so any
-// position in it will do), then offset by the sign half: i = clamp(mag) − L + sign·R·128, both halves in one IMAD
-// (no carry: every half stays below 2^16). Returns whether either gate lies outside the table where it has no
-// constant row (the caller computes σ for such gates; their positions are clamped into the table, so loading
-// them is harmless).
+// Byte offsets into the σ table of the two bf16 gates packed in w (low half first). The table is laid out
+// [row][mantissa][sign] (see the fill in silu_tile_kernel). The magnitudes (bits & 0x7fff) are clamped into the
+// table's rows with 16-bit SIMD min/max (a constant row absorbs every magnitude beyond it, so any position in it will
+// do); then, in both 16-bit halves at once, (clamped − L)·8 | sign·4 (every half stays below 2^16: no carry).
+// Returns whether either gate lies outside the table where it has no constant row (the caller computes σ for such
+// gates; their offsets are clamped into the table, so loading them is harmless).
 template <bool BWD, int STAGES, int TABLE>
-__device__ __forceinline__ bool silu_table_index2(u32 w, u32& i0, u32& i1) {
+__device__ __forceinline__ bool silu_table_offset2(u32 w, u32& o0, u32& o1) {
   constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
   constexpr u32 R128 = static_cast<u32>(T.rows()) * 128u;
   constexpr u32 L = static_cast<u32>(T.lo - (T.low_const ? 1 : 0)) << 7;  // magnitude of row 0, mantissa 0
   constexpr u32 U = L + R128 - 1;                                          // magnitude of the last position
-  static_assert(U + R128 - L < 0x10000u, "");
+  static_assert((R128 - 1) * 8 + 4 < 0x10000u, "");
   const u32 m = w & 0x7fff7fffu;
   const u32 lo = __vmaxu2(m, L * 0x10001u);
   const u32 c = __vminu2(lo, U * 0x10001u);
   bool fallback = false;
   if constexpr (!T.low_const) fallback = lo != m;
   if constexpr (!T.high_const) fallback = fallback || c != lo;
-  const u32 idx = ((w >> 15) & 0x10001u) * R128 + (c - L * 0x10001u);
-  i0 = idx & 0xffffu;
-  i1 = idx >> 16;
+  const u32 off = ((c - L * 0x10001u) << 3) | ((w >> 13) & 0x00040004u);
+  o0 = off & 0xffffu;
+  o1 = off >> 16;
   return fallback;
 }
 // Whether the σ table holds σ for the bf16 bits b (the single-value form of the test above).
@@ -286,7 +286,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
     for (int i = tid; i < 2 * R * 128; i += kSiluTileThreads) {
-      const int sign = i / (R * 128), row = (i / 128) % R, m = i % 128;
+      const int sign = i & 1, row = i / 256, m = (i / 2) % 128;  // layout [row][mantissa][sign]
       float v;
       if (T.low_const && row == 0) v = 0.5f;                                 // exponents < 102
       else if (T.high_const && row == R - 1) v = sign ? 0.0f : 1.0f;         // exponents ≥ 134
@@ -346,10 +346,10 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         bool any = false;
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-          u32 i0, i1;
-          any |= silu_table_index2<BWD, STAGES, TABLE>(av.w[p], i0, i1);
-          sig[2 * p] = table[i0];
-          sig[2 * p + 1] = table[i1];
+          u32 o0, o1;
+          any |= silu_table_offset2<BWD, STAGES, TABLE>(av.w[p], o0, o1);
+          sig[2 * p] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o0);
+          sig[2 * p + 1] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o1);
         }
         if constexpr (!T.complete()) {
           if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row

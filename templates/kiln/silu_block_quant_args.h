@@ -50,7 +50,7 @@ constexpr int kSiluTileThreads = 512;
 constexpr int kSiluMaxN = 32768;  // n ≤ 32768: tile and element indices stay in int32 / int64 as used
 
 // σ table (TABLE = true), filled once per CTA with the same deterministic σ the kernel computes otherwise, indexed by
-// a bf16 gate's bits: [sign][row][7-bit mantissa]. Rows: an optional constant row for every biased exponent below
+// a bf16 gate's bits: [row][7-bit mantissa][sign]. Rows: an optional constant row for every biased exponent below
 // 102 (σ = 0.5 exactly there: |a| < 2^-25), one exact row per exponent in [lo, hi), an optional constant row for
 // exponents ≥ 134 (|a| ≥ 128, inf: σ = 1 for a > 0, 0 for a < 0). Exponents outside a table without the matching
 // constant row fall back to computing σ (one warp-uniform branch per row of 8 values). Sizes follow the shared
