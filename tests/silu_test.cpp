@@ -86,7 +86,7 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
   };
   for (const auto& [bwd, stages, tbl] : {Variant{false, 2, 1}, Variant{false, 1, 1}, Variant{true, 2, 1},
                                            Variant{true, 1, 1}, Variant{true, 1, 2}, Variant{false, 1, 2},
-                                           Variant{false, 3, 1}, Variant{true, 3, 1}}) {
+                                           Variant{false, 3, 1}, Variant{true, 3, 1}, Variant{false, 4, 1}}) {
     SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages) + " table " +
                  std::to_string(tbl));
     const SiluTableShape T = silu_table_shape(bwd, stages, tbl);

@@ -232,7 +232,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr bool ROWWISE = BWD || MODE != 1;
   constexpr bool COLWISE = BWD || MODE != 0;
   static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
-  static_assert(STAGES >= 1 && STAGES <= 3, "");
+  static_assert(STAGES >= 1 && STAGES <= 4, "");
   constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
@@ -251,20 +251,21 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
   // tile's as soon as it has read them, so the load overlaps the quantization and the stores (the forward runs two
   // such CTAs an SM). STAGES = 3: two buffers refilled like the one-stage kernel's, two tiles ahead (tile t + 2G
-  // streams into this buffer while t + G is already in flight in the other).
+  // streams into this buffer while t + G is already in flight in the other). STAGES = 4: as 2, but the prologue
+  // issues both buffers' tiles (the second tile's load is not held up by the σ table's fill).
   // Prologue: column maxima zeroed, σ table filled. The shared expert issues its first tile before it, so the
   // table's computation overlaps the first loads' latency. The batched kernel is launched programmatically after
   // the schedule kernel: its prologue overlaps that kernel, then it waits for the schedule.
   const int G = gridDim.x;
   int t = blockIdx.x;
   int total = 0;
-  SiluTile cur, pend;  // pend (STAGES = 3): tile t + G, already issued into the other buffer
-  int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3: t + 2G)
+  SiluTile cur, pend;  // pend (STAGES = 3; 4 before the loop): tile t + G, already issued into the other buffer
+  int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3, 4: t + 2G)
   auto first_tile = [&]() {
     cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
     silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
     silu_cp_async_commit();
-    if constexpr (STAGES == 3) {
+    if constexpr (STAGES == 3 || STAGES == 4) {
       if (t + G < total) {
         pend = silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G));
         silu_issue_tile<N, BWD, BATCHED>(a, pend, smem + STAGE);
@@ -309,14 +310,17 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     u8* stage = smem + (BUFS == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
     if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
-    const SiluTile nxt = STAGES == 3 ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
-    if (STAGES == 2) {
-      // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
-      // which its lanes have read: only the warp's own lanes need to be past those reads.
-      __syncwarp();
-      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
-      silu_cp_async_commit();
-      ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+    const bool issued = STAGES == 3 || (STAGES == 4 && it == 0);  // tile t + G is in flight already
+    const SiluTile nxt = issued ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    if (STAGES == 2 || STAGES == 4) {
+      if (!issued) {
+        // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
+        // which its lanes have read: only the warp's own lanes need to be past those reads.
+        __syncwarp();
+        if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
+        silu_cp_async_commit();
+        ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+      }
       silu_cp_async_wait<1>();
     } else if (STAGES == 3) {
       silu_cp_async_wait<1>();  // all but the newest group (tile t + G, or empty) have landed
