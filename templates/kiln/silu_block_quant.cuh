@@ -233,6 +233,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr bool COLWISE = BWD || MODE != 0;
   static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
   static_assert(STAGES >= 1 && STAGES <= 4, "");
+  static_assert(TABLE >= 0 && TABLE <= 3 && !(BWD && TABLE == 3), "the silu(a) table serves the forward only");
   constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
@@ -293,7 +294,8 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       else if (T.high_const && row == R - 1) v = sign ? 0.0f : 1.0f;         // exponents ≥ 134
       else {
         const u32 E = static_cast<u32>(T.lo + row - (T.low_const ? 1 : 0));
-        v = silu_sigmoid(__uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16));
+        const float g = __uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16);
+        v = TABLE == 3 ? __fmul_rn(g, silu_sigmoid(g)) : silu_sigmoid(g);
       }
       table[i] = v;
     }
@@ -344,7 +346,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       Vec16 gv;
       if (BWD) gv = lds16(grad_s + r * 256 + hl * 16);
       const float wr = BATCHED ? w_s[r] : 1.0f;
-      float sig[8];
+      float sig[8];  // σ(a), or (TABLE = 3) silu(a) = a·σ(a)
       if constexpr (TABLE) {
         constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
         bool any = false;
@@ -359,8 +361,10 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
           if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-              if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu))
-                sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
+              if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu)) {
+                const float g = vec_get<bf16>(av, e);
+                sig[e] = TABLE == 3 ? __fmul_rn(g, silu_sigmoid(g)) : silu_sigmoid(g);
+              }
           }
         }
       } else {
@@ -371,7 +375,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float ga = vec_get<bf16>(av, e), ub = vec_get<bf16>(bv, e);
-        const float s = __fmul_rn(ga, sig[e]);  // silu(a)
+        const float s = TABLE == 3 ? sig[e] : __fmul_rn(ga, sig[e]);  // silu(a)
         if constexpr (!BWD) {
           const float y = __fmul_rn(s, ub);
           v[0][i][e] = BATCHED ? __fmul_rn(y, wr) : y;

@@ -67,8 +67,11 @@ constexpr int kSiluSigmaHalfBelow = 102;  // σ(a) == 0.5 for every bf16 a with 
 constexpr int kSiluSigmaSatFrom = 134;    // σ(a) == (a > 0) for every non-NaN bf16 a with a biased exponent from here
 // table = 1: the variant's default size (above); table = 2: the complete table (34 rows) whatever the variant (used
 // where shared memory allows it: the one-stage backward).
+// table = 3 (forward only): the table holds silu(a) = a·σ(a) (the same fp32 product the kernel would form) for the
+// exponents [102, 134) — no constant rows (a·σ is not constant there): gates outside compute it.
 constexpr SiluTableShape silu_table_shape(bool bwd, int stages, int table = 1) {
-  return table == 2 || (!bwd && stages >= 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
+  return table == 3 ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, false, false}
+         : table == 2 || (!bwd && stages >= 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
          : bwd                               ? SiluTableShape{118, 132, false, false}
                                              : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
 }
