@@ -66,14 +66,15 @@ __device__ __forceinline__ bool silu_table_offset2(u32 w, u32& o0, u32& o1) {
   constexpr u32 R128 = static_cast<u32>(T.rows()) * 128u;
   constexpr u32 L = static_cast<u32>(T.lo - (T.low_const ? 1 : 0)) << 7;  // magnitude of row 0, mantissa 0
   constexpr u32 U = L + R128 - 1;                                          // magnitude of the last position
-  static_assert((R128 - 1) * 8 + 4 < 0x10000u, "");
+  constexpr int SH = T.entry == 8 ? 4 : 3;  // offset = (clamped − L)·2·entry | sign·entry
+  static_assert(((R128 - 1) << SH) + T.entry < 0x10000u, "");
   const u32 m = w & 0x7fff7fffu;
   const u32 lo = __vmaxu2(m, L * 0x10001u);
   const u32 c = __vminu2(lo, U * 0x10001u);
   bool fallback = false;
   if constexpr (!T.low_const) fallback = lo != m;
   if constexpr (!T.high_const) fallback = fallback || c != lo;
-  const u32 off = ((c - L * 0x10001u) << 3) | ((w >> 13) & 0x00040004u);
+  const u32 off = ((c - L * 0x10001u) << SH) | ((w >> (15 - (SH - 1))) & (0x00010001u << (SH - 1)));
   o0 = off & 0xffffu;
   o1 = off >> 16;
   return fallback;
@@ -233,7 +234,8 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr bool COLWISE = BWD || MODE != 0;
   static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
   static_assert(STAGES >= 1 && STAGES <= 4, "");
-  static_assert(TABLE >= 0 && TABLE <= 3 && !(BWD && TABLE == 3), "the silu(a) table serves the forward only");
+  static_assert(TABLE >= 0 && TABLE <= 4 && !(BWD && TABLE == 3) && !(!BWD && TABLE == 4),
+                "the silu(a) table serves the forward, the {σ, derivative factor} table the backward");
   constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
@@ -289,15 +291,18 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     constexpr int R = T.rows();
     for (int i = tid; i < 2 * R * 128; i += kSiluTileThreads) {
       const int sign = i & 1, row = i / 256, m = (i / 2) % 128;  // layout [row][mantissa][sign]
-      float v;
+      float v, d = 0.0f;
       if (T.low_const && row == 0) v = 0.5f;                                 // exponents < 102
       else if (T.high_const && row == R - 1) v = sign ? 0.0f : 1.0f;         // exponents ≥ 134
       else {
         const u32 E = static_cast<u32>(T.lo + row - (T.low_const ? 1 : 0));
         const float g = __uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16);
-        v = TABLE == 3 ? __fmul_rn(g, silu_sigmoid(g)) : silu_sigmoid(g);
+        const float sg = silu_sigmoid(g);
+        v = TABLE == 3 ? __fmul_rn(g, sg) : sg;
+        d = __fadd_rn(1.0f, __fmul_rn(g, __fadd_rn(1.0f, -sg)));
       }
-      table[i] = v;
+      if constexpr (T.entry == 8) reinterpret_cast<float2*>(table)[i] = make_float2(v, d);
+      else table[i] = v;
     }
   }
   if constexpr (BATCHED) {
@@ -347,6 +352,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       if (BWD) gv = lds16(grad_s + r * 256 + hl * 16);
       const float wr = BATCHED ? w_s[r] : 1.0f;
       float sig[8];  // σ(a), or (TABLE = 3) silu(a) = a·σ(a)
+      float dfac[8];  // TABLE = 4: 1 + a·(1 − σ(a))
       if constexpr (TABLE) {
         constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
         bool any = false;
@@ -354,16 +360,26 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         for (int p = 0; p < 4; ++p) {
           u32 o0, o1;
           any |= silu_table_offset2<BWD, STAGES, TABLE>(av.w[p], o0, o1);
-          sig[2 * p] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o0);
-          sig[2 * p + 1] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o1);
+          if constexpr (T.entry == 8) {
+            const float2 e0 = *reinterpret_cast<const float2*>(reinterpret_cast<const u8*>(table) + o0);
+            const float2 e1 = *reinterpret_cast<const float2*>(reinterpret_cast<const u8*>(table) + o1);
+            sig[2 * p] = e0.x;
+            dfac[2 * p] = e0.y;
+            sig[2 * p + 1] = e1.x;
+            dfac[2 * p + 1] = e1.y;
+          } else {
+            sig[2 * p] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o0);
+            sig[2 * p + 1] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o1);
+          }
         }
         if constexpr (!T.complete()) {
           if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row
 #pragma unroll
             for (int e = 0; e < 8; ++e)
               if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu)) {
-                const float g = vec_get<bf16>(av, e);
-                sig[e] = TABLE == 3 ? __fmul_rn(g, silu_sigmoid(g)) : silu_sigmoid(g);
+                const float g = vec_get<bf16>(av, e), sg = silu_sigmoid(g);
+                sig[e] = TABLE == 3 ? __fmul_rn(g, sg) : sg;
+                if (TABLE == 4) dfac[e] = __fadd_rn(1.0f, __fmul_rn(g, __fadd_rn(1.0f, -sg)));
               }
           }
         }
@@ -383,8 +399,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
           const float gg = vec_get<bf16>(gv, e);
           const float gw = BATCHED ? __fmul_rn(gg, wr) : gg;
           v[1][i][e] = __fmul_rn(gw, s);
-          const float one_m = __fadd_rn(1.0f, -sig[e]);
-          const float deriv = __fadd_rn(1.0f, __fmul_rn(ga, one_m));
+          const float deriv = TABLE == 4 ? dfac[e] : __fadd_rn(1.0f, __fmul_rn(ga, __fadd_rn(1.0f, -sig[e])));
           v[0][i][e] = __fmul_rn(__fmul_rn(__fmul_rn(gw, ub), sig[e]), deriv);
           if (BATCHED) dsum = __fadd_rn(dsum, __fmul_rn(__fmul_rn(s, ub), gg));
         }
