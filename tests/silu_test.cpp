@@ -86,23 +86,36 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
   };
   for (const auto& [bwd, stages, tbl] : {Variant{false, 2, 1}, Variant{false, 1, 1}, Variant{true, 2, 1},
                                            Variant{true, 1, 1}, Variant{true, 1, 2}, Variant{false, 1, 2},
-                                           Variant{false, 3, 1}, Variant{true, 3, 1}}) {
+                                           Variant{false, 3, 1}, Variant{true, 3, 1}, Variant{false, 4, 1},
+                                           Variant{false, 2, 3}, Variant{true, 1, 4}}) {
     SCOPED_TRACE(std::string(bwd ? "bwd" : "fwd") + " stages " + std::to_string(stages) + " table " +
                  std::to_string(tbl));
     const SiluTableShape T = silu_table_shape(bwd, stages, tbl);
     const int R = T.rows();
-    ASSERT_EQ(T.bytes(), 2 * R * 128 * 4);
-    std::vector<float> table(2 * R * 128);
-    for (int i = 0; i < 2 * R * 128; ++i) {
-      const int sign = i / (R * 128), row = (i / 128) % R, m = i % 128;
-      if (T.low_const && row == 0) table[i] = 0.5f;
-      else if (T.high_const && row == R - 1) table[i] = sign ? 0.0f : 1.0f;
+    const int F = T.entry / 4;  // floats an entry (table 4: {σ, 1 + a·(1 − σ)})
+    ASSERT_EQ(T.entry, tbl == 4 ? 8 : 4);
+    ASSERT_EQ(T.bytes(), 2 * R * 128 * T.entry);
+    // The derivative factor as tests/reference/silu.cpp forms it: fp32 operations one at a time.
+    auto dfac = [](float g, float sg) {
+      volatile float one_m = 1.0f - sg;
+      volatile float prod = g * one_m;
+      return 1.0f + prod;
+    };
+    std::vector<float> table(2 * R * 128 * F);
+    for (int i = 0; i < 2 * R * 128; ++i) {  // layout [row][mantissa][sign]
+      const int sign = i & 1, row = i / 256, m = (i / 2) % 128;
+      if (T.low_const && row == 0) table[F * i] = 0.5f;
+      else if (T.high_const && row == R - 1) table[F * i] = sign ? 0.0f : 1.0f;
       else {
         const uint32_t E = static_cast<uint32_t>(T.lo + row - (T.low_const ? 1 : 0));
-        table[i] = ref::silu_sigmoid(bf16_to_float(static_cast<uint16_t>((sign << 15) | (E << 7) | m)));
+        const float g = bf16_to_float(static_cast<uint16_t>((sign << 15) | (E << 7) | m));
+        const float sg = ref::silu_sigmoid(g);
+        table[F * i] = tbl == 3 ? g * sg : sg;  // table 3: silu(a) = a·σ(a)
+        if (F == 2) table[F * i + 1] = dfac(g, sg);
       }
     }
-    // silu_table_index2 transcribed: 16-bit lane-wise clamp of the magnitudes, sign half, fallback test.
+    // silu_table_offset2 transcribed: 16-bit lane-wise clamp of the magnitudes, (clamped − L)·8 | sign·4 per half,
+    // fallback test; the element index is the byte offset / 4.
     const uint32_t R128 = static_cast<uint32_t>(R) * 128u;
     const uint32_t L = static_cast<uint32_t>(T.lo - (T.low_const ? 1 : 0)) << 7, U = L + R128 - 1;
     ASSERT_LT(U + R128 - L, 0x10000u);
@@ -114,10 +127,12 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
         const uint32_t lo = std::max(m, L), c = std::min(lo, U);
         if (!T.low_const && lo != m) fallback = true;
         if (!T.high_const && c != lo) fallback = true;
-        idx |= ((half >> 15) * R128 + (c - L)) << (16 * h);
+        const uint32_t off = ((c - L) << (F == 2 ? 4 : 3)) | ((half >> 15) << (F == 2 ? 3 : 2));
+        EXPECT_LT(off, 0x10000u);
+        idx |= off << (16 * h);
       }
-      i0 = idx & 0xffffu;
-      i1 = idx >> 16;
+      i0 = (idx & 0xffffu) / 4;
+      i1 = (idx >> 16) / 4;
       return fallback;
     };
     int64_t fallbacks = 0;
@@ -134,15 +149,19 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
         ASSERT_LT(idx, table.size());
         ASSERT_EQ(fb, !has) << std::hex << b;
         if (!has || std::isnan(a)) continue;  // σ(NaN) is irrelevant: a·σ is NaN either way
-        ASSERT_EQ(std::bit_cast<uint32_t>(table[idx]), std::bit_cast<uint32_t>(ref::silu_sigmoid(a))) << a;
+        const float want = tbl == 3 ? a * ref::silu_sigmoid(a) : ref::silu_sigmoid(a);
+        ASSERT_EQ(idx % F, 0u);
+        ASSERT_EQ(std::bit_cast<uint32_t>(table[idx]), std::bit_cast<uint32_t>(want)) << a;
+        if (F == 2)
+          ASSERT_EQ(std::bit_cast<uint32_t>(table[idx + 1]), std::bit_cast<uint32_t>(dfac(a, ref::silu_sigmoid(a)))) << a;
         const uint32_t other = h ? i0 : i1;
-        ASSERT_EQ(std::bit_cast<uint32_t>(table[other]), std::bit_cast<uint32_t>(ref::silu_sigmoid(1.0f)));
+        ASSERT_EQ(std::bit_cast<uint32_t>(table[other]), std::bit_cast<uint32_t>(ref::silu_sigmoid(1.0f)));  // 1·σ(1) = σ(1)
       }
       if (!has && !std::isnan(a)) ++fallbacks;
     }
     if (T.complete()) EXPECT_EQ(fallbacks, 0);
-    EXPECT_EQ(T.complete(), tbl == 2 || (!bwd && stages >= 2));
-    EXPECT_LE(T.bytes(), bwd && tbl == 1 ? 15328 : 35840);
+    EXPECT_EQ(T.complete(), tbl == 2 || (!bwd && stages >= 2 && tbl != 3 && tbl != 4));
+    EXPECT_LE(T.bytes(), bwd && tbl == 1 ? 15328 : tbl == 4 ? 65536 : 35840);
   }
 }
 

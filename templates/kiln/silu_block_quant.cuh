@@ -54,28 +54,29 @@ __device__ __forceinline__ float silu_sigmoid(float a) {
   return a >= 0.0f ? r : __fmul_rn(e, r);
 }
 
-// Table positions of σ for the two bf16 gates packed in w (low half first). The magnitudes (bits & 0x7fff) are
-// clamped into the table's rows with 16-bit SIMD min/max (a constant row absorbs every magnitude beyond it, so any
-// position in it will do), then offset by the sign half: i = clamp(mag) − L + sign·R·128, both halves in one IMAD
-// (no carry: every half stays below 2^16). Returns whether either gate lies outside the table where it has no
-// constant row (the caller computes σ for such gates; their positions are clamped into the table, so loading
-// them is harmless).
+// Byte offsets into the σ table of the two bf16 gates packed in w (low half first). The table is laid out
+// [row][mantissa][sign] (see the fill in silu_tile_kernel). The magnitudes (bits & 0x7fff) are clamped into the
+// table's rows with 16-bit SIMD min/max (a constant row absorbs every magnitude beyond it, so any position in it will
+// do); then, in both 16-bit halves at once, (clamped − L)·8 | sign·4 (every half stays below 2^16: no carry).
+// Returns whether either gate lies outside the table where it has no constant row (the caller computes σ for such
+// gates; their offsets are clamped into the table, so loading them is harmless).
 template <bool BWD, int STAGES, int TABLE>
-__device__ __forceinline__ bool silu_table_index2(u32 w, u32& i0, u32& i1) {
+__device__ __forceinline__ bool silu_table_offset2(u32 w, u32& o0, u32& o1) {
   constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
   constexpr u32 R128 = static_cast<u32>(T.rows()) * 128u;
   constexpr u32 L = static_cast<u32>(T.lo - (T.low_const ? 1 : 0)) << 7;  // magnitude of row 0, mantissa 0
   constexpr u32 U = L + R128 - 1;                                          // magnitude of the last position
-  static_assert(U + R128 - L < 0x10000u, "");
+  constexpr int SH = T.entry == 8 ? 4 : 3;  // offset = (clamped − L)·2·entry | sign·entry
+  static_assert(((R128 - 1) << SH) + T.entry < 0x10000u, "");
   const u32 m = w & 0x7fff7fffu;
   const u32 lo = __vmaxu2(m, L * 0x10001u);
   const u32 c = __vminu2(lo, U * 0x10001u);
   bool fallback = false;
   if constexpr (!T.low_const) fallback = lo != m;
   if constexpr (!T.high_const) fallback = fallback || c != lo;
-  const u32 idx = ((w >> 15) & 0x10001u) * R128 + (c - L * 0x10001u);
-  i0 = idx & 0xffffu;
-  i1 = idx >> 16;
+  const u32 off = ((c - L * 0x10001u) << SH) | ((w >> (15 - (SH - 1))) & (0x00010001u << (SH - 1)));
+  o0 = off & 0xffffu;
+  o1 = off >> 16;
   return fallback;
 }
 // Whether the σ table holds σ for the bf16 bits b (the single-value form of the test above).
@@ -232,7 +233,9 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr bool ROWWISE = BWD || MODE != 1;
   constexpr bool COLWISE = BWD || MODE != 0;
   static_assert(N % 128 == 0 && N <= kSiluMaxN, "n must be a multiple of 128, at most kSiluMaxN");
-  static_assert(STAGES >= 1 && STAGES <= 3, "");
+  static_assert(STAGES >= 1 && STAGES <= 4, "");
+  static_assert(TABLE >= 0 && TABLE <= 4 && !(BWD && TABLE == 3) && !(!BWD && TABLE == 4),
+                "the silu(a) table serves the forward, the {σ, derivative factor} table the backward");
   constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
@@ -251,20 +254,21 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
   // tile's as soon as it has read them, so the load overlaps the quantization and the stores (the forward runs two
   // such CTAs an SM). STAGES = 3: two buffers refilled like the one-stage kernel's, two tiles ahead (tile t + 2G
-  // streams into this buffer while t + G is already in flight in the other).
+  // streams into this buffer while t + G is already in flight in the other). STAGES = 4: as 2, but the prologue
+  // issues both buffers' tiles (the second tile's load is not held up by the σ table's fill).
   // Prologue: column maxima zeroed, σ table filled. The shared expert issues its first tile before it, so the
   // table's computation overlaps the first loads' latency. The batched kernel is launched programmatically after
   // the schedule kernel: its prologue overlaps that kernel, then it waits for the schedule.
   const int G = gridDim.x;
   int t = blockIdx.x;
   int total = 0;
-  SiluTile cur, pend;  // pend (STAGES = 3): tile t + G, already issued into the other buffer
-  int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3: t + 2G)
+  SiluTile cur, pend;  // pend (STAGES = 3; 4 before the loop): tile t + G, already issued into the other buffer
+  int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3, 4: t + 2G)
   auto first_tile = [&]() {
     cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
     silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
     silu_cp_async_commit();
-    if constexpr (STAGES == 3) {
+    if constexpr (STAGES == 3 || STAGES == 4) {
       if (t + G < total) {
         pend = silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G));
         silu_issue_tile<N, BWD, BATCHED>(a, pend, smem + STAGE);
@@ -286,15 +290,19 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
     for (int i = tid; i < 2 * R * 128; i += kSiluTileThreads) {
-      const int sign = i / (R * 128), row = (i / 128) % R, m = i % 128;
-      float v;
+      const int sign = i & 1, row = i / 256, m = (i / 2) % 128;  // layout [row][mantissa][sign]
+      float v, d = 0.0f;
       if (T.low_const && row == 0) v = 0.5f;                                 // exponents < 102
       else if (T.high_const && row == R - 1) v = sign ? 0.0f : 1.0f;         // exponents ≥ 134
       else {
         const u32 E = static_cast<u32>(T.lo + row - (T.low_const ? 1 : 0));
-        v = silu_sigmoid(__uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16));
+        const float g = __uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16);
+        const float sg = silu_sigmoid(g);
+        v = TABLE == 3 ? __fmul_rn(g, sg) : sg;
+        d = __fadd_rn(1.0f, __fmul_rn(g, __fadd_rn(1.0f, -sg)));
       }
-      table[i] = v;
+      if constexpr (T.entry == 8) reinterpret_cast<float2*>(table)[i] = make_float2(v, d);
+      else table[i] = v;
     }
   }
   if constexpr (BATCHED) {
@@ -309,14 +317,17 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     u8* stage = smem + (BUFS == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
     if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
-    const SiluTile nxt = STAGES == 3 ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
-    if (STAGES == 2) {
-      // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
-      // which its lanes have read: only the warp's own lanes need to be past those reads.
-      __syncwarp();
-      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
-      silu_cp_async_commit();
-      ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+    const bool issued = STAGES == 3 || (STAGES == 4 && it == 0);  // tile t + G is in flight already
+    const SiluTile nxt = issued ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
+    if (STAGES == 2 || STAGES == 4) {
+      if (!issued) {
+        // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
+        // which its lanes have read: only the warp's own lanes need to be past those reads.
+        __syncwarp();
+        if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
+        silu_cp_async_commit();
+        ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
+      }
       silu_cp_async_wait<1>();
     } else if (STAGES == 3) {
       silu_cp_async_wait<1>();  // all but the newest group (tile t + G, or empty) have landed
@@ -340,23 +351,36 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       Vec16 gv;
       if (BWD) gv = lds16(grad_s + r * 256 + hl * 16);
       const float wr = BATCHED ? w_s[r] : 1.0f;
-      float sig[8];
+      float sig[8];  // σ(a), or (TABLE = 3) silu(a) = a·σ(a)
+      float dfac[8];  // TABLE = 4: 1 + a·(1 − σ(a))
       if constexpr (TABLE) {
         constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
         bool any = false;
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
-          u32 i0, i1;
-          any |= silu_table_index2<BWD, STAGES, TABLE>(av.w[p], i0, i1);
-          sig[2 * p] = table[i0];
-          sig[2 * p + 1] = table[i1];
+          u32 o0, o1;
+          any |= silu_table_offset2<BWD, STAGES, TABLE>(av.w[p], o0, o1);
+          if constexpr (T.entry == 8) {
+            const float2 e0 = *reinterpret_cast<const float2*>(reinterpret_cast<const u8*>(table) + o0);
+            const float2 e1 = *reinterpret_cast<const float2*>(reinterpret_cast<const u8*>(table) + o1);
+            sig[2 * p] = e0.x;
+            dfac[2 * p] = e0.y;
+            sig[2 * p + 1] = e1.x;
+            dfac[2 * p + 1] = e1.y;
+          } else {
+            sig[2 * p] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o0);
+            sig[2 * p + 1] = *reinterpret_cast<const float*>(reinterpret_cast<const u8*>(table) + o1);
+          }
         }
         if constexpr (!T.complete()) {
           if (__any_sync(0xffffffffu, any)) {  // rare: a gate outside the table somewhere in this warp's row
 #pragma unroll
             for (int e = 0; e < 8; ++e)
-              if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu))
-                sig[e] = silu_sigmoid(vec_get<bf16>(av, e));
+              if (!silu_table_has<BWD, STAGES, TABLE>((av.w[e >> 1] >> ((e & 1) * 16)) & 0xffffu)) {
+                const float g = vec_get<bf16>(av, e), sg = silu_sigmoid(g);
+                sig[e] = TABLE == 3 ? __fmul_rn(g, sg) : sg;
+                if (TABLE == 4) dfac[e] = __fadd_rn(1.0f, __fmul_rn(g, __fadd_rn(1.0f, -sg)));
+              }
           }
         }
       } else {
@@ -367,7 +391,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         const float ga = vec_get<bf16>(av, e), ub = vec_get<bf16>(bv, e);
-        const float s = __fmul_rn(ga, sig[e]);  // silu(a)
+        const float s = TABLE == 3 ? sig[e] : __fmul_rn(ga, sig[e]);  // silu(a)
         if constexpr (!BWD) {
           const float y = __fmul_rn(s, ub);
           v[0][i][e] = BATCHED ? __fmul_rn(y, wr) : y;
@@ -375,8 +399,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
           const float gg = vec_get<bf16>(gv, e);
           const float gw = BATCHED ? __fmul_rn(gg, wr) : gg;
           v[1][i][e] = __fmul_rn(gw, s);
-          const float one_m = __fadd_rn(1.0f, -sig[e]);
-          const float deriv = __fadd_rn(1.0f, __fmul_rn(ga, one_m));
+          const float deriv = TABLE == 4 ? dfac[e] : __fadd_rn(1.0f, __fmul_rn(ga, __fadd_rn(1.0f, -sig[e])));
           v[0][i][e] = __fmul_rn(__fmul_rn(__fmul_rn(gw, ub), sig[e]), deriv);
           if (BATCHED) dsum = __fadd_rn(dsum, __fmul_rn(__fmul_rn(s, ub), gg));
         }

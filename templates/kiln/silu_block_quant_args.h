@@ -50,7 +50,7 @@ constexpr int kSiluTileThreads = 512;
 constexpr int kSiluMaxN = 32768;  // n ≤ 32768: tile and element indices stay in int32 / int64 as used
 
 // σ table (TABLE = true), filled once per CTA with the same deterministic σ the kernel computes otherwise, indexed by
-// a bf16 gate's bits: [sign][row][7-bit mantissa]. Rows: an optional constant row for every biased exponent below
+// a bf16 gate's bits: [row][7-bit mantissa][sign]. Rows: an optional constant row for every biased exponent below
 // 102 (σ = 0.5 exactly there: |a| < 2^-25), one exact row per exponent in [lo, hi), an optional constant row for
 // exponents ≥ 134 (|a| ≥ 128, inf: σ = 1 for a > 0, 0 for a < 0). Exponents outside a table without the matching
 // constant row fall back to computing σ (one warp-uniform branch per row of 8 values). Sizes follow the shared
@@ -60,15 +60,22 @@ struct SiluTableShape {
   int lo, hi;
   bool low_const, high_const;
   constexpr int rows() const { return hi - lo + (low_const ? 1 : 0) + (high_const ? 1 : 0); }
-  constexpr int bytes() const { return 2 * rows() * 128 * 4; }
+  int entry = 4;  // bytes an entry: σ (or silu(a)); 8: the pair {σ, 1 + a·(1 − σ)} (sigma_table = 4, backward)
+  constexpr int bytes() const { return 2 * rows() * 128 * entry; }
   constexpr bool complete() const { return low_const && high_const; }
 };
 constexpr int kSiluSigmaHalfBelow = 102;  // σ(a) == 0.5 for every bf16 a with a biased exponent below this
 constexpr int kSiluSigmaSatFrom = 134;    // σ(a) == (a > 0) for every non-NaN bf16 a with a biased exponent from here
 // table = 1: the variant's default size (above); table = 2: the complete table (34 rows) whatever the variant (used
 // where shared memory allows it: the one-stage backward).
+// table = 3 (forward only): the table holds silu(a) = a·σ(a) (the same fp32 product the kernel would form) for the
+// exponents [102, 134) — no constant rows (a·σ is not constant there): gates outside compute it.
+// table = 4 (backward only): entries {σ(a), 1 + a·(1 − σ(a))} (the derivative's factor, same fp32 operations) for
+// the exponents [102, 134); gates outside compute both.
 constexpr SiluTableShape silu_table_shape(bool bwd, int stages, int table = 1) {
-  return table == 2 || (!bwd && stages >= 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
+  return table == 4   ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, false, false, 8}
+         : table == 3 ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, false, false}
+         : table == 2 || (!bwd && stages >= 2) ? SiluTableShape{kSiluSigmaHalfBelow, kSiluSigmaSatFrom, true, true}
          : bwd                               ? SiluTableShape{118, 132, false, false}
                                              : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
 }

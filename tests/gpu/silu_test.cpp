@@ -709,6 +709,9 @@ TEST_F(SiluGpuTest, OtherConfigsSameBits) {
       Input in = random_input(M, n, mix_seed({0x60, batched, bwd}));
       for (int64_t k = 0; k < 64; ++k) in.x[7 * 2 * n + k] = 1e-5f * static_cast<float>(k);  // below the tables
       for (int64_t k = 0; k < 16; ++k) in.x[9 * 2 * n + k] = (k % 2 ? -1.0f : 1.0f) * 300.0f;  // above them
+      for (int64_t k = 0; k < 16; ++k) in.x[11 * 2 * n + k] = (k % 2 ? -1e-9f : 1e-9f) * static_cast<float>(k + 1);
+      const float special[] = {kNaN, kInf, -kInf, -300.0f, 0.0f, -0.0f};  // σ's constant rows / computed fallbacks
+      for (int64_t k = 0; k < 6; ++k) in.x[13 * 2 * n + 5 + k] = special[k];
       round_to(DType::bf16, in.x);
       if (batched) in.counts = random_counts(M, 5, 0x61);
       RunSpec spec;
