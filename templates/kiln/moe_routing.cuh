@@ -1013,7 +1013,7 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   int tot[EPT], pre[EPT];
 #pragma unroll
   for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
-#pragma unroll 4
+#pragma unroll 16
   for (int r = 0; r < nsuper; ++r)
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
@@ -1022,7 +1022,7 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
       tot[k] += v;
       pre[k] += r < sb ? v : 0;
     }
-#pragma unroll 4
+#pragma unroll 16
   for (int b = sb * kMoeSuperBlocks; b < b0; ++b)
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
