@@ -552,47 +552,46 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       a.row_id_indices[r] = -1;
   __syncthreads();
 
+  // Each lane's flags of a token as one bitmask (bit 4i + j: expert 128i + 4·lane + j): the loops below visit the set
+  // flags only (about one per lane per token), not every position.
+  u32 fl[TPW];
+#pragma unroll
+  for (int k = 0; k < TPW; ++k) {
+    fl[k] = 0;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) fl[k] |= f[k][i] << (4 * i);
+  }
   // The block's token sets per expert (flags loaded at the start, with the counts and prefixes).
-  {
 #pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int lt = warp * TPW + k;
-#pragma unroll
-      for (int i = 0; i < NI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (f[k][i] >> j & 1u) atomicOr(&mask[128 * i + 4 * lane + j][lt >> 5], 1u << (lt & 31));
+  for (int k = 0; k < TPW; ++k) {
+    const int lt = warp * TPW + k;
+    for (u32 m = fl[k]; m; m &= m - 1u) {
+      const int b = __ffs(m) - 1;
+      atomicOr(&mask[128 * (b >> 2) + 4 * lane + (b & 3)][lt >> 5], 1u << (lt & 31));
     }
   }
   __syncthreads();
 
-  // Destinations (the flags are read again: an L1 hit, and no per-token registers to keep).
-#pragma unroll 1
+  // Destinations: −1 over the token's row, then each routed entry (the same thread: in order).
+#pragma unroll
   for (int k = 0; k < TPW; ++k) {
     const int lt = warp * TPW + k, t = block * kMoeMapBlockTokens + lt;
     if (t >= a.T) break;
     const u32 below = (1u << (lt & 31)) - 1u;
+    int* rr = a.row_id_map + static_cast<i64>(t) * E;
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
 #pragma unroll
-    for (int i = 0; i < NI; ++i) {
-      const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        const u32 f = load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0);
-        Vec16 v;
+    for (int i = 0; i < NI; ++i)
+      if (128 * i + 4 * lane < E) store16(rr + 128 * i + 4 * lane, m1);
+    for (u32 m = fl[k]; m; m &= m - 1u) {
+      const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
+      int rank = 0;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          int row = -1;
-          if (f >> j & 1u) {
-            int rank = 0;
-#pragma unroll
-            for (int w = 0; w < W; ++w)
-              rank += w < (lt >> 5) ? __popc(mask[e0 + j][w]) : w == (lt >> 5) ? __popc(mask[e0 + j][w] & below) : 0;
-            row = base[e0 + j] + rank;
-            if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
-          }
-          v.w[j] = static_cast<u32>(row);
-        }
-        store16(a.row_id_map + static_cast<i64>(t) * E + e0, v);
-      }
+      for (int w = 0; w < W; ++w)
+        rank += w < (lt >> 5) ? __popc(mask[e][w]) : w == (lt >> 5) ? __popc(mask[e][w] & below) : 0;
+      const int row = base[e] + rank;
+      rr[e] = row;
+      if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
     }
   }
 }
