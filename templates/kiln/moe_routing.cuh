@@ -408,15 +408,15 @@ __global__ void __launch_bounds__(256) moe_map_count_kernel(const MoeMapCountArg
   for (int k = 0; k < kMoeMapBlockTokens / 8; ++k) {
     const int t = blockIdx.x * kMoeMapBlockTokens + warp * (kMoeMapBlockTokens / 8) + k;
     if (t >= a.T) break;
+    u32 fl = 0;  // bit 4i + j: expert 128i + 4·lane + j
 #pragma unroll
     for (int i = 0; i < NI; ++i) {
       const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        const u32 f = load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0);
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (f >> j & 1u) atomicAdd(&hist[e0 + j], 1);
-      }
+      if (e0 < E) fl |= load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) << (4 * i);
+    }
+    for (; fl; fl &= fl - 1u) {
+      const int b = __ffs(fl) - 1;
+      atomicAdd(&hist[128 * (b >> 2) + 4 * lane + (b & 3)], 1);
     }
   }
   __syncthreads();
