@@ -408,15 +408,15 @@ __global__ void __launch_bounds__(256) moe_map_count_kernel(const MoeMapCountArg
   for (int k = 0; k < kMoeMapBlockTokens / 8; ++k) {
     const int t = blockIdx.x * kMoeMapBlockTokens + warp * (kMoeMapBlockTokens / 8) + k;
     if (t >= a.T) break;
+    u32 fl = 0;  // bit 4i + j: expert 128i + 4·lane + j
 #pragma unroll
     for (int i = 0; i < NI; ++i) {
       const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        const u32 f = load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0);
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (f >> j & 1u) atomicAdd(&hist[e0 + j], 1);
-      }
+      if (e0 < E) fl |= load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0) << (4 * i);
+    }
+    for (; fl; fl &= fl - 1u) {
+      const int b = __ffs(fl) - 1;
+      atomicAdd(&hist[128 * (b >> 2) + 4 * lane + (b & 3)], 1);
     }
   }
   __syncthreads();
@@ -552,47 +552,46 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       a.row_id_indices[r] = -1;
   __syncthreads();
 
+  // Each lane's flags of a token as one bitmask (bit 4i + j: expert 128i + 4·lane + j): the loops below visit the set
+  // flags only (about one per lane per token), not every position.
+  u32 fl[TPW];
+#pragma unroll
+  for (int k = 0; k < TPW; ++k) {
+    fl[k] = 0;
+#pragma unroll
+    for (int i = 0; i < NI; ++i) fl[k] |= f[k][i] << (4 * i);
+  }
   // The block's token sets per expert (flags loaded at the start, with the counts and prefixes).
-  {
 #pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int lt = warp * TPW + k;
-#pragma unroll
-      for (int i = 0; i < NI; ++i)
-#pragma unroll
-        for (int j = 0; j < 4; ++j)
-          if (f[k][i] >> j & 1u) atomicOr(&mask[128 * i + 4 * lane + j][lt >> 5], 1u << (lt & 31));
+  for (int k = 0; k < TPW; ++k) {
+    const int lt = warp * TPW + k;
+    for (u32 m = fl[k]; m; m &= m - 1u) {
+      const int b = __ffs(m) - 1;
+      atomicOr(&mask[128 * (b >> 2) + 4 * lane + (b & 3)][lt >> 5], 1u << (lt & 31));
     }
   }
   __syncthreads();
 
-  // Destinations (the flags are read again: an L1 hit, and no per-token registers to keep).
-#pragma unroll 1
+  // Destinations: −1 over the token's row, then each routed entry (the same thread: in order).
+#pragma unroll
   for (int k = 0; k < TPW; ++k) {
     const int lt = warp * TPW + k, t = block * kMoeMapBlockTokens + lt;
     if (t >= a.T) break;
     const u32 below = (1u << (lt & 31)) - 1u;
+    int* rr = a.row_id_map + static_cast<i64>(t) * E;
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
 #pragma unroll
-    for (int i = 0; i < NI; ++i) {
-      const int e0 = 128 * i + 4 * lane;
-      if (e0 < E) {
-        const u32 f = load_flags4<MapT>(a.routing_map, static_cast<i64>(t) * E + e0);
-        Vec16 v;
+    for (int i = 0; i < NI; ++i)
+      if (128 * i + 4 * lane < E) store16(rr + 128 * i + 4 * lane, m1);
+    for (u32 m = fl[k]; m; m &= m - 1u) {
+      const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
+      int rank = 0;
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          int row = -1;
-          if (f >> j & 1u) {
-            int rank = 0;
-#pragma unroll
-            for (int w = 0; w < W; ++w)
-              rank += w < (lt >> 5) ? __popc(mask[e0 + j][w]) : w == (lt >> 5) ? __popc(mask[e0 + j][w] & below) : 0;
-            row = base[e0 + j] + rank;
-            if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
-          }
-          v.w[j] = static_cast<u32>(row);
-        }
-        store16(a.row_id_map + static_cast<i64>(t) * E + e0, v);
-      }
+      for (int w = 0; w < W; ++w)
+        rank += w < (lt >> 5) ? __popc(mask[e][w]) : w == (lt >> 5) ? __popc(mask[e][w] & below) : 0;
+      const int row = base[e] + rank;
+      rr[e] = row;
+      if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
     }
   }
 }
@@ -671,6 +670,18 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
       int* rr = a.row_id_map + static_cast<i64>(t) * E + e0;
 #pragma unroll
       for (int c = 0; c < NC; ++c) store16(rr + 4 * c, m1);
+    }
+  }
+  if (S_SMEM && valid) {
+    // Zero probs and routing-map rows now (they do not depend on the selection), so these bytes stream out while the
+    // scores are computed; the picks are stored over them at the end by the same thread (program order).
+    const Vec16 zero{{0u, 0u, 0u, 0u}};
+    float* pr = a.probs + static_cast<i64>(t) * E + e0;
+    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
+#pragma unroll
+    for (int c = 0; c < NC; ++c) {
+      store16(pr + 4 * c, zero);
+      *reinterpret_cast<u32*>(mr + 4 * c) = 0u;
     }
   }
   for (int e = threadIdx.x; e < E; e += THREADS) hist[e] = 0;
@@ -911,21 +922,15 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     }
   }
   if (S_SMEM && valid) {
-    // Zeros and the map bytes for the lane's experts, then one store per pick (the same thread: in order).
+    // One probability and one map byte per pick, over the zeros stored at the start (the same thread: in order).
     const float d = __fadd_rn(denom, 1e-20f);
     float* pr = a.probs + static_cast<i64>(t) * E + e0;
     unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
-    const Vec16 zero{{0u, 0u, 0u, 0u}};
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      store16(pr + 4 * c, zero);
-      const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
-      *reinterpret_cast<u32*>(mr + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
-    }
     for (Mask m = taken; m != Mask(0); m &= m - Mask(1)) {
       const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
       const float sv = s_sm[threadIdx.x * EL + c];
       pr[c] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+      mr[c] = 1;
       atomicAdd(&hist[e0 + c], 1);
     }
   } else if (valid) {
@@ -1007,7 +1012,7 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   int tot[EPT], pre[EPT];
 #pragma unroll
   for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
-#pragma unroll 4
+#pragma unroll 16
   for (int r = 0; r < nsuper; ++r)
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
@@ -1016,7 +1021,7 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
       tot[k] += v;
       pre[k] += r < sb ? v : 0;
     }
-#pragma unroll 4
+#pragma unroll 16
   for (int b = sb * kMoeSuperBlocks; b < b0; ++b)
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
