@@ -263,8 +263,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
   __syncwarp();
 
-  for (i64 token = static_cast<i64>(blockIdx.x) * WARPS + warp; token < a.M;
-       token += static_cast<i64>(gridDim.x) * WARPS) {
+  // The CTA's contiguous strip of tokens (sizes differ by ≤ 1), warp w taking tokens begin + w, begin + w + WARPS, ….
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
+  for (i64 token = begin + warp; token < end; token += WARPS) {
     i64 b, s;
     token_bs(a, token, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;

@@ -12,9 +12,10 @@
 // rotates and no shuffles are needed. Lane l takes pair-chunks l, l + 32, …; the first halves a warp loads are
 // contiguous runs of D/2 channels, the second halves likewise: every 32-byte sector is used in full.
 // Forward: one warp per row, the row kept in registers between the Σx² reduction and the output pass (x read
-// once). Backward: a persistent grid; each warp walks rows with a fixed lane → column map, so it accumulates dw for
-// its columns in its own shared-memory slice without races; at the end the CTA adds its warps' slices in warp order
-// into partial[blockIdx.x], and dw_reduce_kernel adds the CTA slices in CTA order: deterministic, no atomics.
+// once). Backward: a persistent grid of balanced row strips (kiln/row_pipe.cuh: cta_strip); each warp walks rows
+// with a fixed lane → column map, so it accumulates dw for its columns in its own shared-memory slice (or registers)
+// without races; at the end the CTA adds its warps' slices in warp order into partial[blockIdx.x], and
+// dw_reduce_kernel adds the CTA slices in CTA order: deterministic, no atomics.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/rms_norm_rope_args.h"
@@ -160,9 +161,12 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
   for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
   __syncwarp();
 
+  // The CTA's contiguous strip of rows (sizes differ by ≤ 1: every SM gets the same work; a grid-stride walk gave
+  // the first CTAs a whole extra round), group g taking rows begin + g, begin + g + NG, ….
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
   int parity = 0;
-  for (i64 row = static_cast<i64>(blockIdx.x) * NG + group; row < a.M;
-       row += static_cast<i64>(gridDim.x) * NG, parity ^= 1) {
+  for (i64 row = begin + group; row < end; row += NG, parity ^= 1) {
     const i64 b = row / a.S, s = row - b * a.S;
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
     const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
