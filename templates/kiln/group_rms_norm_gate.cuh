@@ -263,8 +263,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
   __syncwarp();
 
-  for (i64 token = static_cast<i64>(blockIdx.x) * WARPS + warp; token < a.M;
-       token += static_cast<i64>(gridDim.x) * WARPS) {
+  // The CTA's contiguous strip of tokens (sizes differ by ≤ 1), warp w taking tokens begin + w, begin + w + WARPS, ….
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
+  for (i64 token = begin + warp; token < end; token += WARPS) {
     i64 b, s;
     token_bs(a, token, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
@@ -388,9 +390,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // segments) sized to the GPU; CTA (x, seg) takes a contiguous strip of tokens (cta_strip over gridDim.x: sizes
 // differ by ≤ 1), warp w of it tokens begin + w, begin + w + WARPS, …; each warp streams its items' x, gate and dy
 // rows through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1
-// items per warp are in flight while it computes one. σ and 1 − σ of the first pass stay in registers for the
-// second when a lane holds ≤ 16 channels (no second exp and reciprocal); dw for the lane's columns lives in registers
-// (STEPS·E ≤ 64). Needs 16-byte chunks. Shared memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
+// items per warp are in flight while it computes one. σ and 1 − σ of the first pass, and the lane's weights, stay in
+// registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
+// lane's columns lives in registers (STEPS·E ≤ 64). Needs 16-byte chunks. Shared memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -411,6 +413,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
   constexpr int E = L::E, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr int PIECE = GateStaged<DIM, G, SEG, T>::PIECE, SLOT = GateStaged<DIM, G, SEG, T>::SLOT;
   constexpr bool KSIG = STEPS * E <= 16;  // σ and 1 − σ kept between the passes
+  constexpr bool WREG = STEPS * E <= 16;  // the lane's weights kept in registers (else re-read per item, L1 hits)
   extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
@@ -438,6 +441,15 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
   for (int st = 0; st < STEPS; ++st)
 #pragma unroll
     for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
+  float wk[WREG ? STEPS : 1][WREG ? E : 1];
+  if constexpr (WREG) {
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      const int ch = c0 + c * E;
+      if (NC % 32 == 0 || c < NC) load_f<W, E>(a.w, SHARED_W ? ch % d : ch, wk[st]);
+    }
+  }
 
   for (int k = 0; k < items; ++k) {
     ring.wait(k);
@@ -460,7 +472,12 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
         const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
         const int ch = c0 + c * E;
         float w[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        if constexpr (WREG) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) w[e] = wk[st][e];
+        } else {
+          load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        }
         float p_ss = 0.f, p_q = 0.f;
 #pragma unroll
         for (int e = 0; e < E; ++e) {
@@ -499,7 +516,12 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
         const float rq = pick(r, q), cq = pick(coef, q);
         const int ch = c0 + c * E;
         float w[E], dxo[E], dgo[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        if constexpr (WREG) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) w[e] = wk[st][e];
+        } else {
+          load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        }
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);

@@ -282,6 +282,7 @@ __global__ void __launch_bounds__(WARPS * 32) qk_norm_half_rope_fwd_kernel(const
 // head) instead of 32 registers, which buys a deeper ring (BATCH) at the same 16 warps per SM.
 template <int H, int HG, int D, bool IL, typename T, typename W, int WARPS, int BATCH, bool ACC_SMEM>
 __global__ void __launch_bounds__(WARPS * 32, 16 / WARPS) qk_norm_half_rope_bwd_kernel(const QkNormRopeBwdArgs a) {
+  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   static_assert(sizeof(T) == 2, "16-bit activations");
   static_assert(D >= 32 && D <= 256 && (D & (D - 1)) == 0, "D: a power of two in [32, 256]");
   static_assert(H % HG == 0, "H must be a multiple of h");

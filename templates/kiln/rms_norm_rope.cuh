@@ -12,9 +12,10 @@
 // rotates and no shuffles are needed. Lane l takes pair-chunks l, l + 32, …; the first halves a warp loads are
 // contiguous runs of D/2 channels, the second halves likewise: every 32-byte sector is used in full.
 // Forward: one warp per row, the row kept in registers between the Σx² reduction and the output pass (x read
-// once). Backward: a persistent grid; each warp walks rows with a fixed lane → column map, so it accumulates dw for
-// its columns in its own shared-memory slice without races; at the end the CTA adds its warps' slices in warp order
-// into partial[blockIdx.x], and dw_reduce_kernel adds the CTA slices in CTA order: deterministic, no atomics.
+// once). Backward: a persistent grid of balanced row strips (kiln/row_pipe.cuh: cta_strip); each warp walks rows
+// with a fixed lane → column map, so it accumulates dw for its columns in its own shared-memory slice (or registers)
+// without races; at the end the CTA adds its warps' slices in warp order into partial[blockIdx.x], and
+// dw_reduce_kernel adds the CTA slices in CTA order: deterministic, no atomics.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/rms_norm_rope_args.h"
@@ -160,9 +161,12 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
   for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
   __syncwarp();
 
+  // The CTA's contiguous strip of rows (sizes differ by ≤ 1: every SM gets the same work; a grid-stride walk gave
+  // the first CTAs a whole extra round), group g taking rows begin + g, begin + g + NG, ….
+  i64 begin, end;
+  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
   int parity = 0;
-  for (i64 row = static_cast<i64>(blockIdx.x) * NG + group; row < a.M;
-       row += static_cast<i64>(gridDim.x) * NG, parity ^= 1) {
+  for (i64 row = begin + group; row < end; row += NG, parity ^= 1) {
     const i64 b = row / a.S, s = row - b * a.S;
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
     const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
@@ -282,47 +286,61 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
 
 // ---- staged backward -----------------------------------------------------------------------------------------
 // The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid sized to the GPU,
-// CTA c taking a contiguous strip of rows (sizes differ by ≤ 1, so every SM streams the same bytes), warp w of it
-// rows begin + w, begin + w + WARPS, …; each warp streams its rows' x and dy through its own ring of DEPTH
-// shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in flight while it
-// computes one, and no warp waits for another. The cos/sin values of the next row are loaded into registers while
-// the current one is computed. dw for the lane's columns lives in registers (STEPS·2·E ≤ 64); at the end the CTA
-// adds its warps' dw in warp order through the (then idle) rings. Needs 16-byte pair-chunks (E·sizeof(T) = 16).
-// Shared memory: WARPS·DEPTH·(2·HD·sizeof(T) + 8).
-template <int HD, int D, typename T>
+// CTA c taking a contiguous strip of rows (sizes differ by ≤ 1, so every SM streams the same bytes). The WARPS warps
+// form GROUPS = WARPS/SPLIT groups; group g takes rows begin + g, begin + g + GROUPS, …, and warp `sub` of the group
+// the contiguous slice of HD/SPLIT channels (whole heads) [sub·HD/SPLIT, …) of those rows. Each warp streams its
+// slices of x and dy through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before),
+// so DEPTH − 1 rows per warp are in flight while it computes one; the SPLIT warps of a row add their Σx² and
+// Σx·w·gn through shared memory (one named barrier per row). The cos/sin values of the next row are loaded into
+// registers while the current one is computed; the lane's weights stay in registers when they fit 32 (SPLIT ≥ 2 at
+// Hd = 2048 bf16), else they are re-read per row (L1 hits). dw for the lane's columns lives in registers
+// (STEPS·2·E ≤ 64); at the end the groups' dw go through the (then idle) rings and are added in group order.
+// Needs 16-byte pair-chunks (E·sizeof(T) = 16) and SPLIT dividing the head count.
+// Shared memory: WARPS·DEPTH·(2·HD/SPLIT·sizeof(T) + 8).
+template <int HD, int D, int SPLIT, typename T>
 struct RopeStaged {
-  using L = RopeLayout<HD, D, T>;
+  static_assert(HD % (D * SPLIT) == 0, "SPLIT divides the heads");
+  static constexpr int HDS = HD / SPLIT;  // channels of a warp's slice
+  using L = RopeLayout<HDS, D, T>;
   static constexpr bool OK = L::BYTES == 16 && L::STEPS * 2 * L::E <= 64;
-  static constexpr int SLOT = 2 * HD * static_cast<int>(sizeof(T));
+  static constexpr int PIECE = HDS * static_cast<int>(sizeof(T));
+  static constexpr int SLOT = 2 * PIECE;
 };
 
-template <int HD, int D, int WARPS, int DEPTH, bool BULK, typename T, typename W, typename C>
+template <int HD, int D, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W, typename C>
 __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
   pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
-  using L = RopeLayout<HD, D, T>;
+  using St = RopeStaged<HD, D, SPLIT, T>;
+  using L = typename St::L;  // the layout of a warp's slice
   using Tab = RopeTable<L, C>;
-  static_assert(RopeStaged<HD, D, T>::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
+  static_assert(St::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
+  constexpr int GROUPS = WARPS / SPLIT;
+  static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || GROUPS <= 15), "SPLIT divides WARPS; ≤ 15 groups");
 #if __CUDA_ARCH__ < 900
   static_assert(!BULK, "TMA bulk copies need sm_90");
 #endif
-  constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2;
-  constexpr int PIECE = HD * static_cast<int>(sizeof(T)), SLOT = RopeStaged<HD, D, T>::SLOT;
+  constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2, HDS = St::HDS;
+  constexpr int PIECE = St::PIECE, SLOT = St::SLOT;
+  constexpr bool WREG = STEPS * 2 * E <= 32;  // the lane's weights kept in registers
   extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
+  __shared__ float xch[2][WARPS][2];  // per-row partial sums of a group's warps, double-buffered by row parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp / SPLIT, sub = warp - group * SPLIT;
+  const int c0 = sub * HDS;  // first channel of the warp's slice
   WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
   i64 begin, end;
   cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
-  const i64 first = begin + warp;
-  const int rows = first < end ? static_cast<int>((end - first + WARPS - 1) / WARPS) : 0;  // this warp's rows
+  const i64 first = begin + group;
+  const int rows = first < end ? static_cast<int>((end - first + GROUPS - 1) / GROUPS) : 0;  // this warp's rows
   auto issue = [&](int k) {
-    const i64 row = first + static_cast<i64>(k) * WARPS;
+    const i64 row = first + static_cast<i64>(k) * GROUPS;
     const i64 b = row / a.S, s = row - b * a.S;
-    const void* const src[2] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss,
-                                static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss};
+    const void* const src[2] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
+                                static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
     ring.template issue<PIECE, 2>(k, k < rows, src, lane);
   };
 #pragma unroll
@@ -337,6 +355,17 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
   if constexpr (Tab::ONCE) {
     if (rows > 0) table_of(first, tab);
   }
+  float wk1[WREG ? STEPS : 1][WREG ? E : 1], wk2[WREG ? STEPS : 1][WREG ? E : 1];
+  if constexpr (WREG) {
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int p = st * 32 + lane;
+      if (NP % 32 == 0 || p < NP) {
+        load_f<W, E>(a.w, c0 + L::chan(p), wk1[st]);
+        load_f<W, E>(a.w, c0 + L::chan(p) + H2, wk2[st]);
+      }
+    }
+  }
 
   float dw1[STEPS][E], dw2[STEPS][E];
 #pragma unroll
@@ -345,18 +374,18 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
 
   for (int k = 0; k < rows; ++k) {
-    const i64 row = first + static_cast<i64>(k) * WARPS;
+    const i64 row = first + static_cast<i64>(k) * GROUPS;
     const i64 b = row / a.S, s = row - b * a.S;
     Tab next;  // the next row's table, in flight while this row is computed
     if constexpr (Tab::ONCE) {
-      if (k + 1 < rows) table_of(row + WARPS, next);
+      if (k + 1 < rows) table_of(row + GROUPS, next);
     }
     ring.wait(k);
-    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
     const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k));
-    const T* gs = xs + HD;
+    const T* gs = xs + HDS;
 
     float ss = 0.f, P = 0.f;
 #pragma unroll
@@ -367,8 +396,13 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
         if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E];
-        load_f<W, E>(a.w, o, w1);
-        load_f<W, E>(a.w, o + H2, w2);
+        if constexpr (WREG) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) w1[e] = wk1[st][e], w2[e] = wk2[st][e];
+        } else {
+          load_f<W, E>(a.w, c0 + o, w1);
+          load_f<W, E>(a.w, c0 + o + H2, w2);
+        }
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
@@ -383,6 +417,21 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     }
     ss = warp_sum(ss);
     P = warp_sum(P);
+    if constexpr (SPLIT > 1) {
+      const int par = k & 1;
+      if (lane == 0) {
+        xch[par][warp][0] = ss;
+        xch[par][warp][1] = P;
+      }
+      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+      ss = xch[par][group * SPLIT][0];
+      P = xch[par][group * SPLIT][1];
+#pragma unroll
+      for (int q = 1; q < SPLIT; ++q) {
+        ss += xch[par][group * SPLIT + q][0];
+        P += xch[par][group * SPLIT + q][1];
+      }
+    }
     const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
     const float coef = (P / static_cast<float>(HD)) * r * r * r;
 
@@ -394,8 +443,13 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
         if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E], d1[E], d2[E];
-        load_f<W, E>(a.w, o, w1);
-        load_f<W, E>(a.w, o + H2, w2);
+        if constexpr (WREG) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) w1[e] = wk1[st][e], w2[e] = wk2[st][e];
+        } else {
+          load_f<W, E>(a.w, c0 + o, w1);
+          load_f<W, E>(a.w, c0 + o + H2, w2);
+        }
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
@@ -419,25 +473,25 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
   }
   ring.drain();
 
-  // CTA sum of the warps' dw in warp order, through the rings (WARPS·HD floats ≤ their size).
+  // The groups' dw through the rings ([GROUPS][HD] fp32 ≤ their size), added in group order.
   __syncthreads();
   float* red = reinterpret_cast<float*>(smem_raw);
-  static_assert(WARPS * HD * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
+  static_assert(GROUPS * HD * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
     const int p = st * 32 + lane;
     if (NP % 32 == 0 || p < NP) {
-      const int o = L::chan(p);
+      const int o = c0 + L::chan(p);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        red[warp * HD + o + e] = dw1[st][e];
-        red[warp * HD + o + H2 + e] = dw2[st][e];
+        red[group * HD + o + e] = dw1[st][e];
+        red[group * HD + o + H2 + e] = dw2[st][e];
       }
     }
   }
   __syncthreads();
-  dw_cta_partial<WARPS, WARPS * 32, HD % 4 == 0>(red, HD, HD, a.partial + static_cast<i64>(blockIdx.x) * HD,
-                                                 threadIdx.x);
+  dw_cta_partial<GROUPS, WARPS * 32, HD % 4 == 0>(red, HD, HD, a.partial + static_cast<i64>(blockIdx.x) * HD,
+                                                  threadIdx.x);
 }
 
 }  // namespace kiln
