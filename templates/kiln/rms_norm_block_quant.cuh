@@ -349,11 +349,13 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 //
 // The block sequence. The CTA's blocks are numbered k = it·CB + b (tile iteration it, column block b of its slice);
 // block k lives in slot k % R and is the (k / R)-th fill of that slot, so its consumers wait on full[k % R] with
-// parity (k / R) & 1. Warp 0 is the producer: lane 0 arms the slot's barrier with the bytes of the tile's valid rows
-// (arrive.expect_tx), then the lanes issue one 256-byte cp.async.bulk per valid row (rows past M are not loaded and
-// are read as zeros). The first R blocks are issued at the start; block k + R is issued as soon as every thread has
-// taken block k into registers for the last time (barrier (A) in pass 2), so R − CB blocks (R − 2·CB with OVERLAP)
-// of later tiles are always in flight.
+// parity (k / R) & 1. Every thread is a producer: it copies its 2048/threads 16-byte pieces of the block with
+// cp.async (rows past M zero-filled) and then arrives on the slot's barrier through cp.async.mbarrier.arrive.noinc
+// (the barrier counts all threads), so the phase completes when the whole block has landed. (BULK, a measurement
+// point: warp 0 issues one 256-byte cp.async.bulk per valid row instead; 128 tiny bulk copies a block measured
+// 2.5× slower than the old tile kernel.) The first R blocks are issued at the start; block k + R is issued as soon
+// as every thread has taken block k into registers for the last time (barrier (A) in pass 2), so R − CB blocks
+// (R − 2·CB with OVERLAP) of later tiles are always in flight.
 //
 // Per tile: pass 1 (mode 2) waits for the tile's CB blocks and sums squares per row from shared memory; the cluster
 // exchanges the partial sums (arrive.release after writing `partial`, wait.acquire, then every CTA adds the S
@@ -369,9 +371,16 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 // memory alive until the other CTAs have read its last partial sums.
 namespace rmsq {
 __device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar) {
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+// The barrier's phase counts this thread's arrival once all its earlier cp.async copies have landed (the arrival
+// was budgeted in the init count: .noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive(u64* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(smem_u32(bar)) : "memory");
 #endif
 }
 // Makes the initialized barriers visible to the async proxy (the bulk copies' complete_tx).
@@ -396,6 +405,18 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes,
                : "memory");
 #endif
 }
+// 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
+// `bytes` on that CTA's barrier at the address `local_bar` has here.
+__device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
+#if __CUDA_ARCH__ >= 900
+  u32 d, b;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
+               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
+               : "memory");
+#endif
+}
 __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 #if __CUDA_ARCH__ >= 900
   u32 done;
@@ -410,9 +431,13 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 }
 }  // namespace rmsq
 
-template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8>
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8, bool BULK = false,
+          bool PUSH = false>
 __global__ void __launch_bounds__(
-    WARPS * 32, (WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1))
+    WARPS * 32, (WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) <=
+                                   kRmsNormBlockQuantTwoCtaSmem
+                     ? 2
+                     : 1))
     rms_norm_block_quant_ring_kernel(const RmsNormBlockQuantArgs a) {
   using namespace rmsq;
   constexpr int ROWS = 128;
@@ -427,6 +452,7 @@ __global__ void __launch_bounds__(
                 "a tile's blocks (two tiles' with OVERLAP) must fit the ring");
   static_assert(!OVERLAP || MODE == 2, "OVERLAP pipelines the mode-2 reduction");
   constexpr bool CLUSTER = MODE == 2 && S > 1;
+  static_assert(!PUSH || CLUSTER, "PUSH exchanges partial sums within a cluster");
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -441,7 +467,9 @@ __global__ void __launch_bounds__(
   u64* codesT = reinterpret_cast<u64*>(colscale + 128);
   u32* codesT32 = reinterpret_cast<u32*>(codesT);
   float* rscale = reinterpret_cast<float*>(codesT + 128 * 16);          // [128]
-  u64* full = reinterpret_cast<u64*>(rscale + 128);                     // [R]
+  float* recv = rscale + 128;                                           // PUSH: [2][S][ROWS] partial sums received
+  u64* full = reinterpret_cast<u64*>(recv + (PUSH ? 2 * S * ROWS : 0));  // [R]
+  u64* rbar = full + R;                                                 // PUSH: [2] recv[p] has landed
 
   const int rank = blockIdx.x;
   const int col0 = rank * C;
@@ -457,36 +485,56 @@ __global__ void __launch_bounds__(
 
   if (threadIdx.x == 0) {
 #pragma unroll 1
-    for (int s = 0; s < R; ++s) mbar_init(full + s);
+    for (int s = 0; s < R; ++s) mbar_init(full + s, BULK ? 1 : THREADS);
+    if constexpr (PUSH) {
+      mbar_init(rbar);
+      mbar_init(rbar + 1);
+    }
     mbar_init_fence();
   }
-  __syncthreads();
+  if constexpr (PUSH) cluster_sync();  // every CTA's barriers exist before anyone pushes into them
+  else __syncthreads();
 
-  // Producer (warp 0): block k of the sequence into slot k % R.
+  // Producer: block k of the sequence into slot k % R. BULK: warp 0 issues one 256-byte bulk copy per valid row
+  // (measured: far too slow, the copies are too small); else every thread copies 2048/THREADS 16-byte pieces with
+  // cp.async (rows past M zero-filled) and arrives on the slot's barrier when its pieces have landed.
   auto issue = [&](int k) {
     const int it = k / CB, b = k - it * CB;
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     u64* bar = full + k % R;
     bf16* dst = ring + (k % R) * BLOCK;
-    if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<u32>(valid) * 256u);
-    __syncwarp();
     const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + col0 + b * 128;
+    if constexpr (BULK) {
+      if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<u32>(valid) * 256u);
+      __syncwarp();
 #pragma unroll 1
-    for (int r = lane; r < valid; r += 32) bulk_load(dst + r * 128, src + static_cast<i64>(r) * a.x_stride, 256u, bar);
+      for (int r = lane; r < valid; r += 32)
+        bulk_load(dst + r * 128, src + static_cast<i64>(r) * a.x_stride, 256u, bar);
+    } else {
+#pragma unroll
+      for (int j = 0; j < 2048 / THREADS; ++j) {
+        const int i = j * THREADS + threadIdx.x;
+        const int r = i >> 4, c = i & 15;  // 16 threads a row: 256 contiguous bytes
+        const bool ok = r < valid;
+        cp_async16(dst + r * 128 + c * 8, src + static_cast<i64>(ok ? r : 0) * a.x_stride + c * 8, ok);
+      }
+      cp_async_mbar_arrive(bar);
+    }
   };
-  if (warp == 0) {
+  if (!BULK || warp == 0) {
 #pragma unroll 1
     for (int k = 0; k < min(R, nblk); ++k) issue(k);
   }
   auto wait_block = [&](int k) { mbar_wait(full + k % R, static_cast<u32>(k / R) & 1u); };
-  // Rows RPT·g …, columns 8·hl … 8·hl+7 of block k (rows past M read as zero: the slot holds stale data there).
+  // Rows RPT·g …, columns 8·hl … 8·hl+7 of block k (rows past M read as zero: with BULK the slot holds stale data
+  // there).
   auto read_block = [&](int k, int valid, Vec16 (&dst)[RPT]) {
     const bf16* blk = ring + (k % R) * BLOCK;
 #pragma unroll
     for (int i = 0; i < RPT; ++i) {
       const int r = g * RPT + i;
-      dst[i] = r < valid ? *reinterpret_cast<const Vec16*>(blk + r * 128 + hl * 8) : Vec16{{0u, 0u, 0u, 0u}};
+      dst[i] = (!BULK || r < valid) ? *reinterpret_cast<const Vec16*>(blk + r * 128 + hl * 8) : Vec16{{0u, 0u, 0u, 0u}};
     }
   };
 
@@ -513,21 +561,41 @@ __global__ void __launch_bounds__(
     if (hl == 0)
 #pragma unroll
       for (int i = 0; i < RPT; ++i) partial[(it & 1) * ROWS + g * RPT + i] = ss[i];
-    if constexpr (CLUSTER) cluster_arrive();
-    else __syncthreads();
+    if constexpr (PUSH) {
+      // partial[] complete, and this CTA's reads of recv[it & 1] two tiles ago are done: a peer pushes tile it+2 into
+      // them only after it has received what this CTA pushes below.
+      __syncthreads();
+#pragma unroll 1
+      for (int u = threadIdx.x; u < S * 32; u += THREADS) {  // 32 pieces of 16 bytes to each of the S CTAs
+        const int q = u >> 5, c = u & 31;
+        const float4 v = *reinterpret_cast<const float4*>(partial + (it & 1) * ROWS + c * 4);
+        st_async16(recv + ((it & 1) * S + rank) * ROWS + c * 4, v, rbar + (it & 1), static_cast<u32>(q));
+      }
+    } else if constexpr (CLUSTER) {
+      cluster_arrive();
+    } else {
+      __syncthreads();
+    }
   };
   // r of tile it into rinv[it & 1] (after pass 1; mode 1 reads rms_in).
   auto finish_r = [&](int it) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     if constexpr (MODE == 2) {
-      if constexpr (CLUSTER) cluster_wait();
+      if constexpr (CLUSTER && !PUSH) cluster_wait();
       if (threadIdx.x < ROWS) {
         const int r = threadIdx.x;
         const float* p = partial + (it & 1) * ROWS + r;
         float t = 0.f;
+        if constexpr (PUSH) {  // the S partial sums of every row land in recv[it & 1] (S·512 bytes on rbar)
+          if (r == 0) mbar_arrive_expect_tx(rbar + (it & 1), S * ROWS * 4);
+          mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
 #pragma unroll 1
-        for (int q = 0; q < S; ++q) t += CLUSTER ? cluster_load(p, q) : *p;
+          for (int q = 0; q < S; ++q) t += recv[((it & 1) * S + q) * ROWS + r];
+        } else {
+#pragma unroll 1
+          for (int q = 0; q < S; ++q) t += CLUSTER ? cluster_load(p, q) : *p;
+        }
         const float rv = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
         rinv[(it & 1) * ROWS + r] = rv;
         if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
@@ -590,7 +658,7 @@ __global__ void __launch_bounds__(
         *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8 + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
       }
       __syncthreads();  // (A) every thread holds block k in registers: its slot is free; colmax, rscale complete
-      if (warp == 0 && k + R < nblk) issue(k + R);
+      if ((!BULK || warp == 0) && k + R < nblk) issue(k + R);
       if (MODE == 2 && threadIdx.x >= 128 && static_cast<int>(threadIdx.x) - 128 < valid)
         a.q_scale[static_cast<i64>(col0 / 128 + b) * a.M + m0 + threadIdx.x - 128] = rscale[threadIdx.x - 128];
       if (threadIdx.x < 128) {
