@@ -429,21 +429,44 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
   } while (!done);
 #endif
 }
+// Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
+// s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
+template <bool ROUND>
+struct Quant {
+  float s, inv;
+  __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
+    if constexpr (ROUND) {
+      const u32 b = __float_as_uint(scale);
+      inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
+    } else {
+      inv = scale;
+    }
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
+};
 }  // namespace rmsq
 
+// CTAs per SM the ring kernel is compiled for: two 256-thread CTAs where their shared memory allows (≤ 128 registers
+// a thread), else one (up to 255 registers with 256 threads, 128 with 512).
+template <int N, int CB, int R, int WARPS, bool PUSH>
+struct RmsNormBlockQuantRingMinBlocks {
+  static constexpr int value = WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) <=
+                                                 kRmsNormBlockQuantTwoCtaSmem
+                                   ? 2
+                                   : 1;
+};
 template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8, bool BULK = false,
           bool PUSH = false>
-__global__ void __launch_bounds__(
-    WARPS * 32, (WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) <=
-                                   kRmsNormBlockQuantTwoCtaSmem
-                     ? 2
-                     : 1))
+__global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value))
     rms_norm_block_quant_ring_kernel(const RmsNormBlockQuantArgs a) {
   using namespace rmsq;
   constexpr int ROWS = 128;
   static_assert(WARPS == 8 || WARPS == 16, "256 or 512 threads");
   constexpr int THREADS = WARPS * 32;
   constexpr int RPT = 2048 / THREADS;  // rows a thread holds of a block (8 or 4), 8 columns each
+  // With the register budget of one 256-thread CTA per SM, pass 2 keeps y (64 floats) for the transposed codes;
+  // otherwise it recomputes y from x (the same operations, so the same bits) to stay within 128 registers.
+  constexpr bool HOLD_Y = WARPS == 8 && RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value == 1;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
   static_assert(N % C == 0, "the cluster must tile N");
@@ -626,7 +649,9 @@ __global__ void __launch_bounds__(
       float w8[8];
       if (W_F32) load_floats<float, 8>(a.w, cb0, w8);
       else load_floats<bf16, 8>(a.w, cb0, w8);
-      auto y_at = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
+      auto y_of = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
+      float yh[HOLD_Y ? RPT : 1][8];
+      auto y_at = [&](int i, int e) { return HOLD_Y ? yh[HOLD_Y ? i : 0][e] : y_of(i, e); };
       float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int i = 0; i < RPT; ++i) {
@@ -634,14 +659,15 @@ __global__ void __launch_bounds__(
         float y[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          y[e] = y_at(i, e);
+          y[e] = y_of(i, e);
+          if constexpr (HOLD_Y) yh[i][e] = y[e];
           amax = fmaxf(amax, fabsf(y[e]));
           cm[e] = fmaxf(cm[e], fabsf(y[e]));
         }
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+          const Quant<ROUND> quant(block_scale<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -672,7 +698,7 @@ __global__ void __launch_bounds__(
       __syncthreads();  // (B) colscale complete
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
+        const Quant<ROUND> quant(colscale[hl * 8 + e]);
         const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
         if constexpr (RPT == 8) {
           const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
@@ -807,7 +833,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kern
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      const Quant<ROUND> quant(block_scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
