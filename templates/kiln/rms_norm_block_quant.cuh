@@ -631,11 +631,13 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 
   const bool aligned16 = (a.M % 16) == 0;
   // Pass 2 of tile it: both quantizations, block by block; each block's slot is refilled once it is in registers.
-  auto pass2 = [&](int it) {
+  // `synced`: a CTA barrier since finish_r(it) already made rinv[it & 1] visible (pass 1 of the next tile ends with
+  // one when the exchange is by pushes or there is no cluster).
+  auto pass2 = [&](int it, bool synced) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = group + static_cast<i64>(it) * groups;
-    __syncthreads();  // rinv[it & 1] is complete
+    if (!synced) __syncthreads();  // rinv[it & 1] is complete
     float rv[RPT];
 #pragma unroll
     for (int i = 0; i < RPT; ++i) rv[i] = rinv[(it & 1) * ROWS + g * RPT + i];
@@ -742,14 +744,14 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
     for (int it = 0; it < my_tiles; ++it) {
       finish_r(it);                           // cluster wait of tile it
       if (it + 1 < my_tiles) pass1(it + 1);   // cluster arrive of tile it+1 …
-      pass2(it);                              // … whose wait comes after this tile's quantization
+      pass2(it, (PUSH || !CLUSTER) && it + 1 < my_tiles);  // … whose wait comes after this tile's quantization
     }
   } else {
 #pragma unroll 1
     for (int it = 0; it < my_tiles; ++it) {
       if constexpr (MODE == 2) pass1(it);
       finish_r(it);
-      pass2(it);
+      pass2(it, false);
     }
   }
   if constexpr (CLUSTER) cluster_sync();  // keep `partial` alive until every CTA has read it
