@@ -61,7 +61,8 @@ int smem_bytes(const Specialization& s) {
 }
 
 // The heuristic default config (the tuner, when it has an entry, overrides it).
-Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32);
+// ring = false: never the persistent ring tile kernel (the fallback where its cluster cannot be co-scheduled).
+Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32, bool ring = true);
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
@@ -87,7 +88,7 @@ struct ForcedConfig {
 };
 ForcedConfig g_forced;
 
-Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
+Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32, bool ring) {
   Specialization s;
   s.family = &g_family;
   s.arch = arch;
@@ -137,7 +138,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
     // (st.async) instead of a cluster barrier per tile. Mode 2, N ≤ 2048: one block per CTA (clusters of N/128),
     // four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
     // (N = 7168: clusters of 14) and five slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
-    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0) {
+    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring) {
       s.config[C_WARPS] = 8;
       s.config[C_PREFETCH] = 0;
       if (nb <= 16) {
@@ -152,7 +153,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
       if (s.config[C_STAGES] > 0) s.config[C_EXCHANGE] = nb / s.config[C_COL_BLOCKS] > 1;
     }
   }
-  if (g_forced.N == N && g_forced.mode == mode) {
+  if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
     for (int i = 0; i < kConfigFields; ++i) t.config[i] = g_forced.config[i];
     if (in_search_space(t)) s = t;
@@ -276,12 +277,12 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
     attr[0].value.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    check(driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg), "cuOccupancyMaxActiveClusters");
+    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;  // treated as unschedulable
   } else {
     n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem)) /
         static_cast<int>(split);
   }
-  n = std::max(n, 1);
+  if (!cluster) n = std::max(n, 1);  // clusters: 0 = cannot be co-scheduled (the caller falls back)
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace_back(k.fn, n);
   return n;
@@ -353,7 +354,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
+  Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
   RmsNormBlockQuantArgs a{};
   a.x = x.data;
   a.x_stride = x.strides[0];
@@ -380,17 +381,22 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
   } else {
+    const int64_t tiles = (M + 127) / 128;
+    int groups = 0;
+    if (s.config[C_STAGES] > 0) {  // persistent: as many clusters as are resident at once, each looping over tiles
+      const unsigned split = static_cast<unsigned>(N / (128 * s.config[C_COL_BLOCKS]));
+      groups = ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, s.config[C_WARPS] * 32,
+                           static_cast<unsigned>(smem_bytes(s)));
+      // A cluster shape this GPU cannot co-schedule: the non-persistent tile kernel's default instead.
+      if (groups == 0) s.config = make_spec(s.arch, N, mode, opts.round_scale, false, false).config;
+    }
     const int cb = s.config[C_COL_BLOCKS];
     const unsigned split = static_cast<unsigned>(N / (128 * cb));
-    const int64_t tiles = (M + 127) / 128;
     d.grid[0] = split;
-    d.grid[1] = static_cast<unsigned>(tiles);
+    d.grid[1] = static_cast<unsigned>(s.config[C_STAGES] > 0 ? std::min<int64_t>(tiles, groups) : tiles);
     d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
-    if (s.config[C_STAGES] > 0)  // persistent: as many clusters as are resident at once, each looping over tiles
-      d.grid[1] = static_cast<unsigned>(std::min<int64_t>(
-          tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.block[0], d.smem)));
   }
   impl.launch(s, d, stream, a);
 }
