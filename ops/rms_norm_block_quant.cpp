@@ -161,10 +161,12 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
   return s;
 }
 
-// Ring-kernel points of the tile kernel (sm_90): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap) that
-// fit 227 KiB; CTAs of 8 or (mode 2) 16 warps; mode 2 with a cluster: exchange by cluster barrier or by pushes.
-// Copies by cp.async (prefetch 0); two points with 256-byte bulk copies (prefetch 1), the first design, for
-// comparison. A subset of R keeps the space (and the compile test) small.
+// Ring-kernel points of the tile kernel (sm_90), all within 227 KiB of shared memory:
+//  * the slice resident (prefetch 0): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap); CTAs of 8 or
+//    (mode 2) 16 warps; mode 2 with a cluster: exchange by cluster barrier or by pushes;
+//  * RELOAD (prefetch 1, mode 2, cb ≥ 2): each block passes through the ring twice (Σx², then the quantization, the
+//    second copy from L2), so cb is not bounded by the ring: 2 or 3 slots, 8 warps, pushes where there is a cluster.
+// A subset of R keeps the space (and the compile test) small.
 void ring_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   if (base.arch.sm < 90) return;
   Specialization s = base;
@@ -187,17 +189,20 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
           if (exchange && !(mode2 && S > 1)) continue;
           if (rms_norm_block_quant_ring_smem_bytes(R, warps, exchange ? S : 0) > 227 * 1024) continue;
           s.config[C_EXCHANGE] = exchange;
-          s.config[C_PREFETCH] = 0;
           out.push_back(s);
-          // The 256-byte bulk copies: at the default-like points only.
-          if (mode2 && warps == 8 && exchange == 0 && R == (cb == 1 ? 4 : cb == 4 ? 5 : 0) && overlap == (cb == 1)) {
-            s.config[C_PREFETCH] = 1;
-            out.push_back(s);
-          }
         }
       }
     }
   }
+  if (mode2 && cb >= 2)
+    for (int R : {2, 3}) {
+      s.config[C_PREFETCH] = 1;
+      s.config[C_STAGES] = R;
+      s.config[C_OVERLAP] = 0;
+      s.config[C_WARPS] = 8;
+      s.config[C_EXCHANGE] = S > 1;
+      out.push_back(s);
+    }
 }
 
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
@@ -239,7 +244,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_PREFETCH] = 1;
       out.push_back(s);
     }
-    if (cb <= 4 && (base.params[P_MODE] == 2 || cb == 1)) ring_points(base, cb, out);
+    if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
   }
 }
 

@@ -444,8 +444,10 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
       for (int R : {4, 5}) points.push_back({7168, 2, warps, 4, 0, R, 0, exchange, 4003});
     }
   points.push_back({7168, 2, 8, 4, 0, 6, 0, 0, 4003});
-  points.push_back({2048, 2, 8, 1, 1, 4, 1, 0, 8000});  // 256-byte bulk copies
-  points.push_back({7168, 2, 8, 4, 1, 5, 0, 0, 4003});
+  for (int R : {2, 3}) {  // RELOAD: every block through the ring twice
+    for (int cb : {2, 4, 8, 16}) points.push_back({2048, 2, 8, cb, 1, R, 0, cb < 16, 8000});
+    for (int cb : {7, 14, 56}) points.push_back({7168, 2, 8, cb, 1, R, 0, cb < 56, 4003});
+  }
   for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
   points.push_back({7168, 2, 0, 4, 0, 0, 0, 0, 4003});
