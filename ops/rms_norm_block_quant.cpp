@@ -23,7 +23,8 @@ using namespace detail;
 
 enum : uint32_t { kRowKernel = 0, kTileKernel = 1 };
 enum { P_N, P_MODE, P_ROUND, P_W_F32 };
-enum { C_WARPS, C_COL_BLOCKS, C_PREFETCH, C_STAGES, C_OVERLAP };
+enum { C_WARPS, C_COL_BLOCKS, C_PREFETCH, C_STAGES, C_OVERLAP, C_EXCHANGE };
+constexpr int kConfigFields = 6;
 // The tile kernel stages at most this many 128×128 blocks in shared memory (6 × 32 KiB + the fixed 22 KiB ≤ 227 KiB).
 constexpr int kMaxStagedBlocks = 6;
 static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 227 * 1024, "");
@@ -39,9 +40,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.config[C_STAGES] > 0)
-    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
-                       s.config[C_WARPS]);
+                       s.config[C_WARPS], s.config[C_PREFETCH] != 0, s.config[C_EXCHANGE] != 0);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
@@ -52,12 +53,16 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_STAGES] > 0 ? rms_norm_block_quant_row_ring_smem_bytes(static_cast<int>(s.params[P_N]),
                                                                              s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
-  if (s.config[C_STAGES] > 0) return rms_norm_block_quant_ring_smem_bytes(s.config[C_STAGES], s.config[C_WARPS]);
+  if (s.config[C_STAGES] > 0)
+    return rms_norm_block_quant_ring_smem_bytes(
+        s.config[C_STAGES], s.config[C_WARPS],
+        s.config[C_EXCHANGE] ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 0);
   return rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0);
 }
 
 // The heuristic default config (the tuner, when it has an entry, overrides it).
-Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32);
+// ring = false: never the persistent ring tile kernel (the fallback where its cluster cannot be co-scheduled).
+Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32, bool ring = true);
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
@@ -71,19 +76,19 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{
     "rms_norm_block_quant", {"row", "tile"}, {"N", "mode", "round_scale", "w_f32"},
-    {"warps", "col_blocks", "prefetch", "stages", "overlap"}, render, smem_bytes, enumerate, search_space,
+    {"warps", "col_blocks", "prefetch", "stages", "overlap", "exchange"}, render, smem_bytes, enumerate, search_space,
     tune_instance};
 
-// Test hook (rms_norm_block_quant_force_config): a config {warps, col_blocks, prefetch, stages, overlap} that
-// make_spec uses for one (N, mode) wherever it is a point of the search space; N 0 = none.
+// Test hook (rms_norm_block_quant_force_config): a config {warps, col_blocks, prefetch, stages, overlap, exchange}
+// that make_spec uses for one (N, mode) wherever it is a point of the search space; N 0 = none.
 struct ForcedConfig {
   int64_t N = 0;
   int mode = 0;
-  std::array<int32_t, 5> config{};
+  std::array<int32_t, kConfigFields> config{};
 };
 ForcedConfig g_forced;
 
-Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32) {
+Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32, bool ring) {
   Specialization s;
   s.family = &g_family;
   s.arch = arch;
@@ -129,53 +134,75 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32)
       return v && std::atoi(v) == 1;
     }();
     s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
-    // The persistent ring kernel (sm_90: bulk copies, mbarriers). Mode 2, N = 2048: one block per CTA (clusters of
-    // 16), four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
-    // (N = 7168: clusters of 14) and six slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
-    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0) {
+    // The persistent ring kernel (sm_90; cp.async into block slots, mbarriers), partial sums exchanged by pushes
+    // (st.async) instead of a cluster barrier per tile. Mode 2, N ≤ 2048: one block per CTA (clusters of N/128),
+    // four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
+    // (N = 7168: clusters of 14) and five slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
+    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring) {
       s.config[C_WARPS] = 8;
+      s.config[C_PREFETCH] = 0;
       if (nb <= 16) {
         s.config[C_COL_BLOCKS] = 1;
         s.config[C_STAGES] = 4;
         s.config[C_OVERLAP] = 1;
       } else if (nb % 4 == 0 && nb / 4 <= 16) {
         s.config[C_COL_BLOCKS] = 4;
-        s.config[C_STAGES] = 6;
+        s.config[C_STAGES] = 5;
         s.config[C_OVERLAP] = 0;
       }
+      if (s.config[C_STAGES] > 0) s.config[C_EXCHANGE] = nb / s.config[C_COL_BLOCKS] > 1;
     }
   }
-  if (g_forced.N == N && g_forced.mode == mode) {
+  if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
-    for (int i = 0; i < 5; ++i) t.config[i] = g_forced.config[i];
+    for (int i = 0; i < kConfigFields; ++i) t.config[i] = g_forced.config[i];
     if (in_search_space(t)) s = t;
   }
   return s;
 }
 
-// Ring-kernel points of the tile kernel (sm_90): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap), R ≤ 6
-// (shared memory), CTAs of 8 or (mode 2) 16 warps; a subset of R keeps the space (and the compile test) small.
+// Ring-kernel points of the tile kernel (sm_90), all within 227 KiB of shared memory:
+//  * the slice resident (prefetch 0): cb blocks per CTA with R ≥ cb slots (R ≥ 2·cb with overlap); CTAs of 8 or
+//    (mode 2) 16 warps; mode 2 with a cluster: exchange by cluster barrier or by pushes;
+//  * RELOAD (prefetch 1, mode 2, cb ≥ 2): each block passes through the ring twice (Σx², then the quantization, the
+//    second copy from L2), so cb is not bounded by the ring: 2 or 3 slots, 8 warps, pushes where there is a cluster.
+// A subset of R keeps the space (and the compile test) small.
 void ring_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   if (base.arch.sm < 90) return;
   Specialization s = base;
   s.config = {};
   s.config[C_COL_BLOCKS] = cb;
   const bool mode2 = base.params[P_MODE] == 2;
+  const int S = static_cast<int>(base.params[P_N] / (128 * cb));
+  const std::vector<int> slots = !mode2 ? std::vector<int>{1, 2, 4} : cb <= 2 ? std::vector<int>{2, 4}
+                                                                             : std::vector<int>{cb, cb + 1, cb + 2};
   for (int overlap : {0, 1}) {
     if (overlap && !mode2) continue;
-    for (int R : {1, 2, 4, 6}) {
+    for (int R : slots) {
       if (R < (overlap ? 2 * cb : cb) || R > kRmsNormBlockQuantMaxRing) continue;
-      if (!mode2 && R > 4) continue;
-      if (R == 1 && mode2) continue;  // nothing of the next tile in flight
       s.config[C_STAGES] = R;
       s.config[C_OVERLAP] = overlap;
       for (int warps : {8, 16}) {
         if (warps == 16 && !mode2) continue;
         s.config[C_WARPS] = warps;
-        out.push_back(s);
+        for (int exchange : {0, 1}) {
+          if (exchange && !(mode2 && S > 1)) continue;
+          if (rms_norm_block_quant_ring_smem_bytes(R, warps, exchange ? S : 0) > 227 * 1024) continue;
+          s.config[C_EXCHANGE] = exchange;
+          out.push_back(s);
+        }
       }
     }
   }
+  if (mode2 && cb >= 2)
+    for (int R : {2, 3}) {
+      s.config[C_PREFETCH] = 1;
+      s.config[C_STAGES] = R;
+      s.config[C_OVERLAP] = 0;
+      s.config[C_WARPS] = 8;
+      s.config[C_EXCHANGE] = S > 1;
+      out.push_back(s);
+    }
 }
 
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
@@ -217,7 +244,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_PREFETCH] = 1;
       out.push_back(s);
     }
-    if (cb <= 4 && (base.params[P_MODE] == 2 || cb == 1)) ring_points(base, cb, out);
+    if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
   }
 }
 
@@ -255,12 +282,12 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
     attr[0].value.clusterDim.z = 1;
     cfg.attrs = attr;
     cfg.numAttrs = 1;
-    check(driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg), "cuOccupancyMaxActiveClusters");
+    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;  // treated as unschedulable
   } else {
     n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem)) /
         static_cast<int>(split);
   }
-  n = std::max(n, 1);
+  if (!cluster) n = std::max(n, 1);  // clusters: 0 = cannot be co-scheduled (the caller falls back)
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace_back(k.fn, n);
   return n;
@@ -270,19 +297,19 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 
 namespace detail {
 // Test hook: later calls at hidden size N in output_mode `mode` run the config {warps, col_blocks, prefetch, stages,
-// overlap} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0 restores the
+// overlap, exchange} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0 restores the
 // heuristic. Not synchronized: call it while no op of this family runs.
 bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
-                                       int overlap) {
+                                       int overlap, int exchange) {
   if (N == 0) {
     g_forced = {};
     return true;
   }
   if (mode < 0 || mode > 2 || N <= 0 || N % 128 != 0 || N > kRmsNormBlockQuantMaxN) return false;
-  const std::array<int32_t, 5> config{warps, col_blocks, prefetch, stages, overlap};
+  const std::array<int32_t, kConfigFields> config{warps, col_blocks, prefetch, stages, overlap, exchange};
   for (bool round : {false, true}) {
     Specialization t = make_spec(Arch::parse("sm_90a"), N, mode, round, false);
-    for (int i = 0; i < 5; ++i) t.config[i] = config[i];
+    for (int i = 0; i < kConfigFields; ++i) t.config[i] = config[i];
     if (!in_search_space(t)) return false;
   }
   g_forced = {N, mode, config};
@@ -332,7 +359,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  const Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
+  Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
   RmsNormBlockQuantArgs a{};
   a.x = x.data;
   a.x_stride = x.strides[0];
@@ -359,17 +386,22 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
   } else {
+    const int64_t tiles = (M + 127) / 128;
+    int groups = 0;
+    if (s.config[C_STAGES] > 0) {  // persistent: as many clusters as are resident at once, each looping over tiles
+      const unsigned split = static_cast<unsigned>(N / (128 * s.config[C_COL_BLOCKS]));
+      groups = ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, s.config[C_WARPS] * 32,
+                           static_cast<unsigned>(smem_bytes(s)));
+      // A cluster shape this GPU cannot co-schedule: the non-persistent tile kernel's default instead.
+      if (groups == 0) s.config = make_spec(s.arch, N, mode, opts.round_scale, false, false).config;
+    }
     const int cb = s.config[C_COL_BLOCKS];
     const unsigned split = static_cast<unsigned>(N / (128 * cb));
-    const int64_t tiles = (M + 127) / 128;
     d.grid[0] = split;
-    d.grid[1] = static_cast<unsigned>(tiles);
+    d.grid[1] = static_cast<unsigned>(s.config[C_STAGES] > 0 ? std::min<int64_t>(tiles, groups) : tiles);
     d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
-    if (s.config[C_STAGES] > 0)  // persistent: as many clusters as are resident at once, each looping over tiles
-      d.grid[1] = static_cast<unsigned>(std::min<int64_t>(
-          tiles, ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, d.block[0], d.smem)));
   }
   impl.launch(s, d, stream, a);
 }

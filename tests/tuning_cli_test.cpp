@@ -66,7 +66,7 @@ json quant_tile(int64_t N, uint64_t tokens, int col_blocks, double us) {
           {"arch", "sm_90a"},
           {"params", {{"N", N}, {"mode", 1}, {"round_scale", 0}, {"w_f32", 0}}},
           {"tokens", tokens},
-          {"config", {{"warps", 0}, {"col_blocks", col_blocks}, {"prefetch", 0}, {"stages", 0}, {"overlap", 0}}},
+          {"config", {{"warps", 0}, {"col_blocks", col_blocks}, {"prefetch", 0}, {"stages", 0}, {"overlap", 0}, {"exchange", 0}}},
           {"median_us", us},
           {"default_us", 40.0},
           {"provenance", provenance()}};
@@ -98,7 +98,7 @@ TEST(TuningCli, ShowTableAndJson) {
   EXPECT_TRUE(contains(r.out, "family")) << r;
   EXPECT_TRUE(contains(r.out, "gain %")) << r;
   EXPECT_TRUE(contains(r.out, "N=2048 mode=1 round_scale=0 w_f32=0")) << r;
-  EXPECT_TRUE(contains(r.out, "warps=0 col_blocks=2 prefetch=0 stages=0 overlap=0")) << r;
+  EXPECT_TRUE(contains(r.out, "warps=0 col_blocks=2 prefetch=0 stages=0 overlap=0 exchange=0")) << r;
   EXPECT_TRUE(contains(r.out, "+25.0")) << r;  // 40 µs default / 32 µs tuned
   EXPECT_TRUE(contains(r.out, "2 entries in " + file)) << r;
 
@@ -290,7 +290,7 @@ TEST(TuningCliPrewarm, CompilesExactlyTheTunedConfigsThenHits) {
   }
   const std::set<std::string> expected = {
       R"(rms_norm fwd sm_90a {"N":1024,"dtype":0,"dw_dtype":0,"w_dtype":0} {"rows":0,"stages":0,"warps":4})",
-      R"(rms_norm_block_quant tile sm_90a {"N":1024,"mode":1,"round_scale":0,"w_f32":0} {"col_blocks":2,"overlap":0,"prefetch":0,"stages":0,"warps":0})"};
+      R"(rms_norm_block_quant tile sm_90a {"N":1024,"mode":1,"round_scale":0,"w_f32":0} {"col_blocks":2,"exchange":0,"overlap":0,"prefetch":0,"stages":0,"warps":0})"};
   EXPECT_EQ(stored, expected);
 
   const json second = prewarm();

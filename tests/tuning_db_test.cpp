@@ -50,7 +50,7 @@ std::vector<json> valid_entries() {
        {"arch", "sm_90a"},
        {"params", {{"N", 2048}, {"mode", 2}, {"round_scale", 1}, {"w_f32", 0}}},
        {"tokens", 8192},
-       {"config", {{"warps", 0}, {"col_blocks", 1}, {"prefetch", 0}, {"stages", 0}, {"overlap", 0}}},
+       {"config", {{"warps", 0}, {"col_blocks", 1}, {"prefetch", 0}, {"stages", 0}, {"overlap", 0}, {"exchange", 0}}},
        {"median_us", 38.7},
        {"default_us", 41.2},
        {"provenance", provenance()}},
@@ -117,7 +117,7 @@ TEST(TuningDb, ParsesEveryField) {
   EXPECT_EQ(q.key.arch, "sm_90a");
   EXPECT_EQ(q.key.params, (NamedValues{{"N", 2048}, {"mode", 2}, {"round_scale", 1}, {"w_f32", 0}}));
   EXPECT_EQ(q.key.tokens, 8192u);
-  EXPECT_EQ(q.config, (NamedValues{{"warps", 0}, {"col_blocks", 1}, {"prefetch", 0}, {"stages", 0}, {"overlap", 0}}));
+  EXPECT_EQ(q.config, (NamedValues{{"warps", 0}, {"col_blocks", 1}, {"prefetch", 0}, {"stages", 0}, {"overlap", 0}, {"exchange", 0}}));
   EXPECT_DOUBLE_EQ(q.median_us, 38.7);
   EXPECT_DOUBLE_EQ(q.default_us, 41.2);
   EXPECT_EQ(q.provenance.gpu, "NVIDIA H100 80GB HBM3");

@@ -4,7 +4,7 @@
 //   {"schema": "kiln-tuning", "version": 1, "entries": [
 //     {"family": "rms_norm_block_quant", "kernel": "tile", "arch": "sm_90a",
 //      "params": {"N": 2048, "mode": 2, "round_scale": 1, "w_f32": 0}, "tokens": 8192,
-//      "config": {"warps": 0, "col_blocks": 1, "prefetch": 0, "stages": 0, "overlap": 0}, "median_us": 38.7, "default_us": 41.2,
+//      "config": {"warps": 0, "col_blocks": 1, "prefetch": 0, "stages": 0, "overlap": 0, "exchange": 0}, "median_us": 38.7, "default_us": 41.2,
 //      "provenance": {"gpu": "…", "sm_count": 132, "driver": "13.0", "cuda": "13.0", "nvrtc": "13.0",
 //                     "kiln_version": "0.1.0", "date": "2026-11-25T23:00:00Z", "host": "…"}}]}
 // Loading is strict: a file that is not exactly this shape, or that names a family, kernel, parameter or config

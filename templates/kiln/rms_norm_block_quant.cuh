@@ -345,36 +345,44 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 //   partial   [2][128] f32    this CTA's Σx² per row, double-buffered by tile parity (read by the cluster via DSMEM)
 //   rinv      [2][128] f32    1/rms per row, double-buffered by tile parity
 //   colmax, colscale, codesT, rscale   as in the tile kernel (one block at a time)
-//   full      [R] mbarrier    slot s holds its block once full[s] completes a phase
+//   recv      [2][S][128] f32 (PUSH) the cluster's partial sums, pushed here; rbar [2] mbarriers (after 2·R words)
 //
-// The block sequence. The CTA's blocks are numbered k = it·CB + b (tile iteration it, column block b of its slice);
-// block k lives in slot k % R and is the (k / R)-th fill of that slot, so its consumers wait on full[k % R] with
-// parity (k / R) & 1. Warp 0 is the producer: lane 0 arms the slot's barrier with the bytes of the tile's valid rows
-// (arrive.expect_tx), then the lanes issue one 256-byte cp.async.bulk per valid row (rows past M are not loaded and
-// are read as zeros). The first R blocks are issued at the start; block k + R is issued as soon as every thread has
-// taken block k into registers for the last time (barrier (A) in pass 2), so R − CB blocks (R − 2·CB with OVERLAP)
-// of later tiles are always in flight.
+// The visit sequence. Every tile's blocks pass through the ring once (RELOAD: twice, pass 1 and pass 2 each
+// copying the block, the second copy from L2). The CTA's visits are numbered k = it·V + v (V = CB, or 2·CB with
+// RELOAD); visit k lives in slot k % R. Each thread copies exactly the 16-byte pieces it will read (rows RPT·g + j,
+// columns 8·hl …; a half-warp copies one row's 256 contiguous bytes) with cp.async, one commit group per visit (rows
+// past M zero-filled), so it waits only for its own copies (cp.async.wait_group: groups complete in order) and
+// refills a slot with visit k + R right after its own last read of visit k, with no barrier: the ring's producers
+// and consumers are the same threads. The first R visits are issued at the start, so R − CB visits (R − 2·CB with
+// OVERLAP, R − 1 with RELOAD) of later tiles are always in flight. (The first version had warp 0 issue one 256-byte
+// cp.async.bulk per row on an mbarrier: 128 tiny bulk copies a block ran 2.5× slower than the old tile kernel.)
 //
 // Per tile: pass 1 (mode 2) waits for the tile's CB blocks and sums squares per row from shared memory; the cluster
-// exchanges the partial sums (arrive.release after writing `partial`, wait.acquire, then every CTA adds the S
-// partial sums in rank order through ld.shared::cluster, so all CTAs get bitwise the same r). Pass 2 reads each
-// block again from its slot (RPT rows × 8 columns a thread, as in the tile kernel), quantizes rows and columns and
-// stores them; then the slot is refilled.
+// exchanges the partial sums, every CTA adding the S partial sums of a row in rank order, so all CTAs get bitwise
+// the same r. Exchange by cluster barrier: arrive.release after writing `partial`, wait.acquire, then
+// ld.shared::cluster from every CTA. PUSH: each CTA pushes its 512 bytes into every CTA's recv[it & 1][rank] with
+// st.async, completing on that CTA's rbar[it & 1] (armed with S·512 bytes by its thread 0), so no CTA ever waits
+// for the whole cluster, and nothing orders the CTA's global stores (a release arrive waits for them). Pass 2 reads
+// each block again from its slot (RPT rows × 8 columns a thread, as in the tile kernel), quantizes rows and columns
+// and stores them.
 // OVERLAP (needs R ≥ 2·CB: two tiles resident): pass 1 of tile it+1 and its cluster arrive are done before pass 2 of
 // tile it, and the wait comes after it, so the cluster barrier's latency is hidden behind a tile's quantization.
 //
 // Reuse of the double buffers: partial[p] of tile it is rewritten at tile it+2, after this CTA passed the cluster
-// barrier of tile it+1, which every CTA arrives at only after reading tile it's partial sums. rinv[p] likewise is
-// rewritten two tiles later, after the __syncthreads of pass 2. A final cluster barrier keeps every CTA's shared
-// memory alive until the other CTAs have read its last partial sums.
+// barrier of tile it+1, which every CTA arrives at only after reading tile it's partial sums. PUSH: a CTA pushes
+// tile it+2 into a peer's recv[p] only after it received the peer's tile it+1, which the peer pushed after a
+// __syncthreads that follows its reads of recv[p] for tile it; so rbar[p]'s phase of tile it has completed and been
+// consumed before any byte of tile it+2 arrives (bytes that arrive before the owner arms the phase leave the
+// tx-count negative, never complete it). rinv[p] is rewritten two tiles later, after the __syncthreads of pass 2. A
+// final cluster barrier keeps every CTA's shared memory alive until the other CTAs are done with it.
 namespace rmsq {
 __device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar) {
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_u32(bar)) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
 #endif
 }
-// Makes the initialized barriers visible to the async proxy (the bulk copies' complete_tx).
+// Makes the initialized barriers visible to the async proxy (bulk copies' and st.async's complete_tx) and the cluster.
 __device__ __forceinline__ void mbar_init_fence() {
 #if __CUDA_ARCH__ >= 900
   asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
@@ -396,6 +404,18 @@ __device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes,
                : "memory");
 #endif
 }
+// 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
+// `bytes` on that CTA's barrier at the address `local_bar` has here.
+__device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
+#if __CUDA_ARCH__ >= 900
+  u32 d, b;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
+               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
+               : "memory");
+#endif
+}
 __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 #if __CUDA_ARCH__ >= 900
   u32 done;
@@ -408,25 +428,54 @@ __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
   } while (!done);
 #endif
 }
+// Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
+// s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
+template <bool ROUND>
+struct Quant {
+  float s, inv;
+  __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
+    if constexpr (ROUND) {
+      const u32 b = __float_as_uint(scale);
+      inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
+    } else {
+      inv = scale;
+    }
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
+};
 }  // namespace rmsq
 
-template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8>
-__global__ void __launch_bounds__(
-    WARPS * 32, (WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1))
+// CTAs per SM the ring kernel is compiled for: two 256-thread CTAs where their shared memory allows (≤ 128 registers
+// a thread), else one (up to 255 registers with 256 threads, 128 with 512).
+template <int N, int CB, int R, int WARPS, bool PUSH>
+struct RmsNormBlockQuantRingMinBlocks {
+  static constexpr int value = WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) <=
+                                                 kRmsNormBlockQuantTwoCtaSmem
+                                   ? 2
+                                   : 1;
+};
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8, bool RELOAD = false,
+          bool PUSH = false>
+__global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value))
     rms_norm_block_quant_ring_kernel(const RmsNormBlockQuantArgs a) {
   using namespace rmsq;
   constexpr int ROWS = 128;
   static_assert(WARPS == 8 || WARPS == 16, "256 or 512 threads");
   constexpr int THREADS = WARPS * 32;
   constexpr int RPT = 2048 / THREADS;  // rows a thread holds of a block (8 or 4), 8 columns each
+  // With the register budget of one 256-thread CTA per SM, pass 2 keeps y (64 floats) for the transposed codes;
+  // otherwise it recomputes y from x (the same operations, so the same bits) to stay within 128 registers.
+  constexpr bool HOLD_Y = WARPS == 8 && RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value == 1;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
   static_assert(N % C == 0, "the cluster must tile N");
   static_assert(MODE == 1 || MODE == 2, "the ring kernel writes the transposed output");
-  static_assert(R >= (OVERLAP ? 2 * CB : CB) && R <= kRmsNormBlockQuantMaxRing,
+  static_assert(R >= (RELOAD ? 1 : OVERLAP ? 2 * CB : CB) && R <= kRmsNormBlockQuantMaxRing,
                 "a tile's blocks (two tiles' with OVERLAP) must fit the ring");
   static_assert(!OVERLAP || MODE == 2, "OVERLAP pipelines the mode-2 reduction");
+  static_assert(!RELOAD || (MODE == 2 && !OVERLAP), "RELOAD visits each block twice in the plain mode-2 order");
   constexpr bool CLUSTER = MODE == 2 && S > 1;
+  static_assert(!PUSH || CLUSTER, "PUSH exchanges partial sums within a cluster");
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -441,93 +490,124 @@ __global__ void __launch_bounds__(
   u64* codesT = reinterpret_cast<u64*>(colscale + 128);
   u32* codesT32 = reinterpret_cast<u32*>(codesT);
   float* rscale = reinterpret_cast<float*>(codesT + 128 * 16);          // [128]
-  u64* full = reinterpret_cast<u64*>(rscale + 128);                     // [R]
+  float* recv = rscale + 128;                                           // PUSH: [2][S][ROWS] partial sums received
+  u64* rbar = reinterpret_cast<u64*>(recv + (PUSH ? 2 * S * ROWS : 0) + 2 * R);  // PUSH: [2] recv[p] has landed
 
   const int rank = blockIdx.x;
   const int col0 = rank * C;
   const int group = blockIdx.y, groups = gridDim.y;
   const int tiles = (a.M + ROWS - 1) / ROWS;
   const int my_tiles = (tiles - 1 - group) / groups + 1;  // the host launches G ≤ tiles: at least one
-  const int nblk = my_tiles * CB;
+  constexpr int V = RELOAD ? 2 * CB : CB;  // block visits (ring fills) per tile
+  const int nblk = my_tiles * V;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hl = lane & 15, half = lane >> 4;
   const int g = warp * 2 + half;  // row group: rows RPT·g … RPT·g + RPT-1
   const bf16* xg = static_cast<const bf16*>(a.x);
   auto tile_m0 = [&](int it) { return (group + it * groups) * ROWS; };
 
-  if (threadIdx.x == 0) {
-#pragma unroll 1
-    for (int s = 0; s < R; ++s) mbar_init(full + s);
-    mbar_init_fence();
+  if constexpr (PUSH) {
+    if (threadIdx.x == 0) {
+      mbar_init(rbar);
+      mbar_init(rbar + 1);
+      mbar_init_fence();
+    }
+    cluster_sync();  // every CTA's barriers exist before anyone pushes into them
   }
-  __syncthreads();
 
-  // Producer (warp 0): block k of the sequence into slot k % R.
+  // Producer: visit k of the sequence into slot k % R. Every thread copies exactly the 16-byte pieces it reads
+  // (rows RPT·g + j, columns 8·hl …; a half-warp copies one row's 256 contiguous bytes), one cp.async group a visit,
+  // rows past M zero-filled. So a thread waits only for its own groups (cp.async.wait_group), and refills a slot
+  // right after its own last read of it, with no barrier.
+  int issued = 0;  // visits issued so far (the same in every thread)
   auto issue = [&](int k) {
-    const int it = k / CB, b = k - it * CB;
+    const int it = k / V, b = (k - it * V) % CB;
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
-    u64* bar = full + k % R;
     bf16* dst = ring + (k % R) * BLOCK;
-    if (lane == 0) mbar_arrive_expect_tx(bar, static_cast<u32>(valid) * 256u);
-    __syncwarp();
-    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + col0 + b * 128;
-#pragma unroll 1
-    for (int r = lane; r < valid; r += 32) bulk_load(dst + r * 128, src + static_cast<i64>(r) * a.x_stride, 256u, bar);
+    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + col0 + b * 128 + hl * 8;
+#pragma unroll
+    for (int j = 0; j < RPT; ++j) {
+      const int r = g * RPT + j;
+      const bool ok = r < valid;
+      cp_async16(dst + r * 128 + hl * 8, src + static_cast<i64>(ok ? r : 0) * a.x_stride, ok);
+    }
+    cp_async_commit();
+    ++issued;
   };
-  if (warp == 0) {
 #pragma unroll 1
-    for (int k = 0; k < min(R, nblk); ++k) issue(k);
-  }
-  auto wait_block = [&](int k) { mbar_wait(full + k % R, static_cast<u32>(k / R) & 1u); };
-  // Rows RPT·g …, columns 8·hl … 8·hl+7 of block k (rows past M read as zero: the slot holds stale data there).
-  auto read_block = [&](int k, int valid, Vec16 (&dst)[RPT]) {
+  for (int k = 0; k < min(R, nblk); ++k) issue(k);
+  // This thread's pieces of visit k have landed (groups complete in order; at most R − 1 newer ones are pending).
+  auto wait_block = [&](int k) { cp_async_wait_group_dyn(issued - k - 1); };
+  // After this thread's last read of visit k: the slot takes visit k + R.
+  auto release = [&](int k) {
+    if (k + R < nblk) issue(k + R);
+  };
+  // Rows RPT·g …, columns 8·hl … 8·hl+7 of visit k (rows past M were zero-filled).
+  auto read_block = [&](int k, Vec16 (&dst)[RPT]) {
     const bf16* blk = ring + (k % R) * BLOCK;
 #pragma unroll
-    for (int i = 0; i < RPT; ++i) {
-      const int r = g * RPT + i;
-      dst[i] = r < valid ? *reinterpret_cast<const Vec16*>(blk + r * 128 + hl * 8) : Vec16{{0u, 0u, 0u, 0u}};
-    }
+    for (int i = 0; i < RPT; ++i) dst[i] = *reinterpret_cast<const Vec16*>(blk + (g * RPT + i) * 128 + hl * 8);
   };
 
   // Pass 1 of tile it (mode 2): Σx² of the CTA's slice per row into partial[it & 1], then the cluster arrive (or a
   // CTA barrier when the CTA has the whole row).
   auto pass1 = [&](int it) {
-    const int valid = min(ROWS, a.M - tile_m0(it));
     float ss[RPT];
 #pragma unroll
     for (int i = 0; i < RPT; ++i) ss[i] = 0.f;
 #pragma unroll 1
     for (int b = 0; b < CB; ++b) {
-      const int k = it * CB + b;
+      const int k = it * V + b;
       wait_block(k);
       Vec16 xv[RPT];
-      read_block(k, valid, xv);
+      read_block(k, xv);
 #pragma unroll
       for (int i = 0; i < RPT; ++i)
 #pragma unroll
         for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
+      if constexpr (RELOAD) release(k);  // the values are consumed (ss depends on them): the slot is free
     }
 #pragma unroll
     for (int i = 0; i < RPT; ++i) ss[i] = warp_sum<16>(ss[i]);
     if (hl == 0)
 #pragma unroll
       for (int i = 0; i < RPT; ++i) partial[(it & 1) * ROWS + g * RPT + i] = ss[i];
-    if constexpr (CLUSTER) cluster_arrive();
-    else __syncthreads();
+    if constexpr (PUSH) {
+      // partial[] complete, and this CTA's reads of recv[it & 1] two tiles ago are done: a peer pushes tile it+2 into
+      // them only after it has received what this CTA pushes below.
+      __syncthreads();
+#pragma unroll 1
+      for (int u = threadIdx.x; u < S * 32; u += THREADS) {  // 32 pieces of 16 bytes to each of the S CTAs
+        const int q = u >> 5, c = u & 31;
+        const float4 v = *reinterpret_cast<const float4*>(partial + (it & 1) * ROWS + c * 4);
+        st_async16(recv + ((it & 1) * S + rank) * ROWS + c * 4, v, rbar + (it & 1), static_cast<u32>(q));
+      }
+    } else if constexpr (CLUSTER) {
+      cluster_arrive();
+    } else {
+      __syncthreads();
+    }
   };
   // r of tile it into rinv[it & 1] (after pass 1; mode 1 reads rms_in).
   auto finish_r = [&](int it) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     if constexpr (MODE == 2) {
-      if constexpr (CLUSTER) cluster_wait();
+      if constexpr (CLUSTER && !PUSH) cluster_wait();
       if (threadIdx.x < ROWS) {
         const int r = threadIdx.x;
         const float* p = partial + (it & 1) * ROWS + r;
         float t = 0.f;
+        if constexpr (PUSH) {  // the S partial sums of every row land in recv[it & 1] (S·512 bytes on rbar)
+          if (r == 0) mbar_arrive_expect_tx(rbar + (it & 1), S * ROWS * 4);
+          mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
 #pragma unroll 1
-        for (int q = 0; q < S; ++q) t += CLUSTER ? cluster_load(p, q) : *p;
+          for (int q = 0; q < S; ++q) t += recv[((it & 1) * S + q) * ROWS + r];
+        } else {
+#pragma unroll 1
+          for (int q = 0; q < S; ++q) t += CLUSTER ? cluster_load(p, q) : *p;
+        }
         const float rv = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
         rinv[(it & 1) * ROWS + r] = rv;
         if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
@@ -540,25 +620,32 @@ __global__ void __launch_bounds__(
 
   const bool aligned16 = (a.M % 16) == 0;
   // Pass 2 of tile it: both quantizations, block by block; each block's slot is refilled once it is in registers.
-  auto pass2 = [&](int it) {
+  // `synced`: a CTA barrier since finish_r(it) already made rinv[it & 1] visible (pass 1 of the next tile ends with
+  // one when the exchange is by pushes or there is no cluster).
+  auto pass2 = [&](int it, bool synced) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = group + static_cast<i64>(it) * groups;
-    __syncthreads();  // rinv[it & 1] is complete
+    if (!synced) __syncthreads();  // rinv[it & 1] is complete
     float rv[RPT];
 #pragma unroll
     for (int i = 0; i < RPT; ++i) rv[i] = rinv[(it & 1) * ROWS + g * RPT + i];
 #pragma unroll 1
     for (int b = 0; b < CB; ++b) {
-      const int k = it * CB + b;
-      if constexpr (MODE != 2) wait_block(k);
+      const int k = it * V + (RELOAD ? CB : 0) + b;
+      if constexpr (MODE != 2 || RELOAD) wait_block(k);
       Vec16 xv[RPT];
-      read_block(k, valid, xv);
+      read_block(k, xv);
       const int cb0 = col0 + b * 128 + hl * 8;  // this thread's first column
       float w8[8];
       if (W_F32) load_floats<float, 8>(a.w, cb0, w8);
       else load_floats<bf16, 8>(a.w, cb0, w8);
-      auto y_at = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
+      auto y_of = [&](int i, int e) { return __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]); };
+      float yh[HOLD_Y ? RPT : 1][8] = {};
+      auto y_at = [&](int i, int e) {
+        if constexpr (HOLD_Y) return yh[i][e];
+        else return y_of(i, e);
+      };
       float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
 #pragma unroll
       for (int i = 0; i < RPT; ++i) {
@@ -566,14 +653,15 @@ __global__ void __launch_bounds__(
         float y[8];
 #pragma unroll
         for (int e = 0; e < 8; ++e) {
-          y[e] = y_at(i, e);
+          y[e] = y_of(i, e);
+          if constexpr (HOLD_Y) yh[i][e] = y[e];
           amax = fmaxf(amax, fabsf(y[e]));
           cm[e] = fmaxf(cm[e], fabsf(y[e]));
         }
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+          const Quant<ROUND> quant(block_scale<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -589,8 +677,8 @@ __global__ void __launch_bounds__(
         *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8) = make_float4(cm[0], cm[1], cm[2], cm[3]);
         *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8 + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
       }
-      __syncthreads();  // (A) every thread holds block k in registers: its slot is free; colmax, rscale complete
-      if (warp == 0 && k + R < nblk) issue(k + R);
+      release(k);       // this thread's values of visit k are consumed (cm depends on them)
+      __syncthreads();  // (A) colmax, rscale complete
       if (MODE == 2 && threadIdx.x >= 128 && static_cast<int>(threadIdx.x) - 128 < valid)
         a.q_scale[static_cast<i64>(col0 / 128 + b) * a.M + m0 + threadIdx.x - 128] = rscale[threadIdx.x - 128];
       if (threadIdx.x < 128) {
@@ -604,7 +692,7 @@ __global__ void __launch_bounds__(
       __syncthreads();  // (B) colscale complete
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
+        const Quant<ROUND> quant(colscale[hl * 8 + e]);
         const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
         if constexpr (RPT == 8) {
           const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
@@ -648,14 +736,14 @@ __global__ void __launch_bounds__(
     for (int it = 0; it < my_tiles; ++it) {
       finish_r(it);                           // cluster wait of tile it
       if (it + 1 < my_tiles) pass1(it + 1);   // cluster arrive of tile it+1 …
-      pass2(it);                              // … whose wait comes after this tile's quantization
+      pass2(it, (PUSH || !CLUSTER) && it + 1 < my_tiles);  // … whose wait comes after this tile's quantization
     }
   } else {
 #pragma unroll 1
     for (int it = 0; it < my_tiles; ++it) {
       if constexpr (MODE == 2) pass1(it);
       finish_r(it);
-      pass2(it);
+      pass2(it, false);
     }
   }
   if constexpr (CLUSTER) cluster_sync();  // keep `partial` alive until every CTA has read it
@@ -739,7 +827,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kern
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      const Quant<ROUND> quant(block_scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));

@@ -32,9 +32,11 @@ constexpr int rms_norm_block_quant_tile_smem_bytes(int CB, bool stage = false) {
 // Ring kernel: R slots of one 128×128 bf16 block each, then double-buffered partial sums and 1/rms, the tile kernel's
 // per-block staging (column maxima and scales, transposed codes, row scales) and R mbarriers.
 constexpr int kRmsNormBlockQuantMaxRing = 6;
-// `warps` (8 or 16) sizes the per-warp column maxima.
-constexpr int rms_norm_block_quant_ring_smem_bytes(int R, int warps = 8) {
-  return R * 128 * 128 * 2 + (2 * 128 + 2 * 128 + warps * 128 + 128) * 4 + 128 * 128 + 128 * 4 + 8 * R;
+// `warps` (8 or 16) sizes the per-warp column maxima; `push_cluster` > 0 (the cluster size S, exchange by pushes)
+// adds the received partial sums [2][S][128] and their two barriers.
+constexpr int rms_norm_block_quant_ring_smem_bytes(int R, int warps = 8, int push_cluster = 0) {
+  return R * 128 * 128 * 2 + (2 * 128 + 2 * 128 + warps * 128 + 128) * 4 + 128 * 128 + 128 * 4 + 8 * R +
+         (push_cluster > 0 ? 2 * push_cluster * 128 * 4 + 16 : 0);
 }
 // Mode-0 ring kernel: STAGES row slots per warp, then one mbarrier per slot.
 constexpr int rms_norm_block_quant_row_ring_smem_bytes(int N, int warps, int stages) {

@@ -23,7 +23,7 @@
 namespace kiln::detail {
 // ops/rms_norm_block_quant.cpp: forces a search-space point for (N, mode); false outside the space.
 bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
-                                       int overlap);
+                                       int overlap, int exchange);
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -427,43 +427,48 @@ TEST_F(RmsNormBlockQuantTest, Mode1FromMode0RmsInv) {
 TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   struct Point {
     int64_t N;
-    int mode, warps, col_blocks, prefetch, stages, overlap;
+    int mode, warps, col_blocks, prefetch, stages, overlap, exchange;
     int64_t M;
   };
   std::vector<Point> points;
-  for (int warps : {8, 16}) {
-    for (int overlap : {0, 1})
-      for (int R : {2, 4, 6}) {
-        points.push_back({2048, 2, warps, 1, 0, R, overlap, 8000});
-        points.push_back({128, 2, warps, 1, 0, R, overlap, 50001});  // one CTA per tile: no cluster
-      }
-    for (int R : {2, 4, 6}) points.push_back({2048, 2, warps, 2, 0, R, 0, 8000});
-    for (int R : {4, 6}) {
-      points.push_back({2048, 2, warps, 2, 0, R, 1, 8000});
-      points.push_back({2048, 2, warps, 4, 0, R, 0, 8000});
-      points.push_back({7168, 2, warps, 4, 0, R, 0, 4003});
+  for (int warps : {8, 16})
+    for (int exchange : {0, 1}) {
+      for (int R : {2, 4})
+        for (int overlap : {0, 1}) {
+          points.push_back({2048, 2, warps, 1, 0, R, overlap, exchange, 8000});
+          if (exchange == 0) points.push_back({128, 2, warps, 1, 0, R, overlap, 0, 50001});  // no cluster
+        }
+      for (int R : {2, 4}) points.push_back({2048, 2, warps, 2, 0, R, 0, exchange, 8000});
+      points.push_back({2048, 2, warps, 2, 0, 4, 1, exchange, 8000});
+      for (int R : {4, 5, 6}) points.push_back({2048, 2, warps, 4, 0, R, 0, exchange, 8000});
+      for (int R : {4, 5}) points.push_back({7168, 2, warps, 4, 0, R, 0, exchange, 4003});
     }
+  points.push_back({7168, 2, 8, 4, 0, 6, 0, 0, 4003});
+  for (int R : {2, 3}) {  // RELOAD: every block through the ring twice
+    for (int cb : {2, 4, 8, 16}) points.push_back({2048, 2, 8, cb, 1, R, 0, cb < 16, 8000});
+    for (int cb : {7, 14, 56}) points.push_back({7168, 2, 8, cb, 1, R, 0, cb < 56, 4003});
   }
-  for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 8000});
-  points.push_back({2048, 2, 0, 1, 0, 0, 0, 8000});  // the non-persistent tile kernel
-  points.push_back({7168, 2, 0, 4, 0, 0, 0, 4003});
+  for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
+  points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
+  points.push_back({7168, 2, 0, 4, 0, 0, 0, 0, 4003});
   for (int warps : {4, 8, 16})
-    for (int stages : {2, 3}) points.push_back({2048, 0, warps, 0, 0, stages, 0, 20011});  // mode 0 ring
-  points.push_back({2048, 0, 4, 0, 0, 4, 0, 20011});
-  points.push_back({7168, 0, 4, 0, 0, 2, 0, 5003});
-  points.push_back({7168, 0, 8, 0, 0, 2, 0, 5003});
-  points.push_back({128, 0, 4, 0, 0, 4, 0, 100003});
-  points.push_back({2048, 0, 8, 0, 1, 0, 0, 20011});  // the register row kernel
-  points.push_back({7168, 0, 4, 0, 0, 0, 0, 5003});
+    for (int stages : {2, 3}) points.push_back({2048, 0, warps, 0, 0, stages, 0, 0, 20011});  // mode 0 ring
+  points.push_back({2048, 0, 4, 0, 0, 4, 0, 0, 20011});
+  points.push_back({7168, 0, 4, 0, 0, 2, 0, 0, 5003});
+  points.push_back({7168, 0, 8, 0, 0, 2, 0, 0, 5003});
+  points.push_back({128, 0, 4, 0, 0, 4, 0, 0, 100003});
+  points.push_back({2048, 0, 8, 0, 1, 0, 0, 0, 20011});  // the register row kernel
+  points.push_back({7168, 0, 4, 0, 0, 0, 0, 0, 5003});
   for (size_t i = 0; i < points.size(); ++i) {
     const Point& p = points[i];
     const std::string what = "N " + std::to_string(p.N) + " M " + std::to_string(p.M) + " mode " +
                              std::to_string(p.mode) + " warps " + std::to_string(p.warps) + " col_blocks " +
                              std::to_string(p.col_blocks) + " prefetch " + std::to_string(p.prefetch) + " stages " +
-                             std::to_string(p.stages) + " overlap " + std::to_string(p.overlap);
+                             std::to_string(p.stages) + " overlap " + std::to_string(p.overlap) + " exchange " +
+                             std::to_string(p.exchange);
     SCOPED_TRACE(what);
     ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, p.mode, p.warps, p.col_blocks, p.prefetch, p.stages,
-                                                          p.overlap))
+                                                          p.overlap, p.exchange))
         << "not a search-space point: " << what;
     const Input in = random_input(p.M, p.N, mix_seed({0x62, static_cast<uint64_t>(i)}));
     RunSpec spec;
@@ -471,10 +476,11 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
     spec.round_scale = i % 3 != 2;
     run_and_check(in, spec);
   }
-  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0));
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
   // Not points: overlap with 4 blocks a CTA needs 8 slots; 16 warps × 4 row slots exceed shared memory.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));  // exceeds shared memory
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
