@@ -117,12 +117,12 @@ int smem_bytes(const Specialization& s) {
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
     return 1024 + s.config[C_STAGES] * (stage + 16);
   }
-  if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + two rings of 32 KiB stages + mbarriers
-                              // (+ 1 KiB alignment and two 32 KiB output staging tiles where they fit: the kernel's
+  if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + a ring of 32 KiB stages + mbarriers
+                              // (+ 1 KiB alignment and two 16 KiB output staging tiles where they fit: the kernel's
                               // router_gemm_dx_staged)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES];
-    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + 2 * stages * (32768 + 16);
-    return core + 1024 + 65536 <= 227 * 1024 ? core + 1024 + 65536 : core;
+    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + stages * (32768 + 16);
+    return core + 1024 + 32768 <= 227 * 1024 ? core + 1024 + 32768 : core;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
     const int stages = s.config[C_STAGES];
@@ -182,9 +182,9 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–3 stages a ring
+  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 &&
+           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, 2 consumers, up to wn (≤ 8) T ranges a cluster
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
@@ -260,8 +260,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_E] = E;
   switch (kernel) {
     case kDxTma:
-    case kDxTmaSplit:  // w multicast to clusters of 2; two stages a ring (three do not fit next to the hi/lo tiles)
-      set_config(s, 64, 256, 64, 2, 2, 2);
+    case kDxTmaSplit:  // w multicast to clusters of 2; 5 stages (4 next to the hi/lo tiles and the staging tiles)
+      set_config(s, 64, 256, 64, 2, 2, kernel == kDxTma ? 5 : 4);
       break;
     case kDwTma:
     case kDwTmaBf16:  // up to 8 T ranges (a cluster of 8: 16 tiles × 8 = 128 CTAs at E = 256, K = 2048), 3 stages
@@ -350,7 +350,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     case kDxTma:
     case kDxTmaSplit:
       for (int cm : {1, 2, 4})
-        for (int stages : {2, 3}) {
+        for (int stages : {5, 4, 6}) {
           set_config(s, 64, 256, 64, 2, cm, stages);
           add(s);
         }
