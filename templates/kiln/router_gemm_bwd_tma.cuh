@@ -18,9 +18,11 @@
 // x tile (4 N-major atoms) by TMA. Each consumer builds its A fragments (gᵀ, 64 experts × 16 tokens per k16 step) in
 // registers from the fp32 g tile — conflict-free scalar loads thanks to the swizzle — converts them to bf16 (hi,
 // lo) and issues register-A wgmmas; the next chunk's g values are loaded while the current MMAs run. The T ranges of
-// one tile form a cluster (1, S, 1): each CTA stages its fp32 partial tile in shared memory, and CTA r adds rows
-// [r·R, r·R + R) of all S partials in cluster-rank order (deterministic) through distributed shared memory and
-// writes them. S = 1 writes straight from registers.
+// one tile form clusters of up to 4 (1, C, 1) (clusters of 8 did not all fit on the GPU at once: run of 04:00): each
+// CTA stages its fp32 partial tile in shared memory, and CTA r adds rows [r·R, r·R + R) of the cluster's C partials
+// in cluster-rank order (deterministic) through distributed shared memory and writes them — to dw, or with more than
+// one cluster per tile to that group's partial, which router_gemm_dw_reduce_kernel adds in group order. C = 1 writes
+// straight from registers.
 #pragma once
 #include "kiln/router_gemm_bwd_sm90.cuh"
 #include "kiln/router_gemm_tma.cuh"
@@ -300,8 +302,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 }
 
 // ---- dw ---------------------------------------------------------------------------------------------------------
-// Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, S, 1) when S > 1. Shared memory: 1 KiB slack +
-// max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging tile when S > 1) + mbarriers.
+// Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, C = a.cluster, 1) when C > 1; S / C groups.
+// Shared memory: 1 KiB slack + max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging
+// tile) + mbarriers. A group's result goes to dw (one group) or to partial[group].
 template <int K, int E, int STAGES, int SPLIT>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -317,7 +320,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 bars = base + RING;
   const int tid = threadIdx.x, wg = tid / 128;
-  const int S = gridDim.y;
+  const int S = a.cluster;  // T ranges reduced in this CTA's cluster
+  float* const out = gridDim.y == static_cast<unsigned>(S) ? a.dw : a.partial + (blockIdx.y / S) * static_cast<i64>(E) * K;
   const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
   const int t0 = blockIdx.y * a.split_rows;
   const int rows = a.T - t0 < a.split_rows ? a.T - t0 : a.split_rows;
@@ -427,7 +431,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       for (int i = 0; i < 128; i += 2) {
         const int e = e0 + el + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
         if (e < E && col < K)
-          asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(a.dw + static_cast<i64>(e) * K + col), "f"(acc[i]),
+          asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(out + static_cast<i64>(e) * K + col), "f"(acc[i]),
                        "f"(acc[i + 1])
                        : "memory");
       }
@@ -444,7 +448,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
       const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
       const int r1 = r0 + per < BM ? r0 + per : BM;
-      rgt::dw_cluster_reduce<BN, PITCH, E, K>(a.dw, base, tid - 128, r0, r1, e0, n0, S);
+      rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
       cluster_sync();  // keep this CTA's tile alive until the others have read it
     }
   }

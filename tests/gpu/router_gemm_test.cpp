@@ -494,7 +494,8 @@ TEST_F(RouterGemmTest, BwdIsDeterministic) {
   const std::vector<float> w = bf16_values(E * K, mix_seed({0xa2}), 0.02f);
   const std::vector<float> g = randn(T * E, mix_seed({0xa3}), 1e-4f);
   const Bwd a = run_bwd(g, x, w, T, K, E);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/0);
+  // (The advertised workspace size is the default kernels'; the portable ones allocate their own here.)
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/false, /*variant=*/0);
   EXPECT_TRUE(b.guards_ok);
   EXPECT_TRUE(bitwise_equal("dw", b.dw, a.dw));
   EXPECT_TRUE(bitwise_equal("dx", b.dx, a.dx));
@@ -602,8 +603,8 @@ TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
   const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
   EXPECT_TRUE(close_to("dx", a.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
   EXPECT_TRUE(close_to("dw", a.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
-  // The public op's default on sm_90a is the TMA backward (no workspace: the advertised size is 0).
-  EXPECT_EQ(router_gemm_fp32_bwd_workspace_elems(rt(), T, K, E), 0);
+  // The public op's default on sm_90a is the TMA backward; with a caller's workspace of the advertised size (the
+  // sums of dw's T-range groups: 2 groups of 4 ranges at 4096 tokens on 132 SMs) it gives the same bits.
   const Bwd t = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
   const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, /*variant=*/-1);
   EXPECT_TRUE(b.guards_ok);
