@@ -117,12 +117,12 @@ int smem_bytes(const Specialization& s) {
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
     return 1024 + s.config[C_STAGES] * (stage + 16);
   }
-  if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + two rings of 32 KiB stages + mbarriers
-                              // (+ 1 KiB alignment and two 32 KiB output staging tiles where they fit: the kernel's
+  if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + a ring of 32 KiB stages + mbarriers
+                              // (+ 1 KiB alignment and two 16 KiB output staging tiles where they fit: the kernel's
                               // router_gemm_dx_staged)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES];
-    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + 2 * stages * (32768 + 16);
-    return core + 1024 + 65536 <= 227 * 1024 ? core + 1024 + 65536 : core;
+    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + stages * (32768 + 16);
+    return core + 1024 + 32768 <= 227 * 1024 ? core + 1024 + 32768 : core;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
     const int stages = s.config[C_STAGES];
@@ -182,9 +182,9 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–3 stages a ring
+  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 &&
+           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, 2 consumers, up to wn (≤ 8) T ranges a cluster
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
@@ -260,20 +260,19 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_E] = E;
   switch (kernel) {
     case kDxTma:
-    case kDxTmaSplit:  // w multicast to clusters of 2; two stages a ring (three do not fit next to the hi/lo tiles)
-      set_config(s, 64, 256, 64, 2, 2, 2);
+    case kDxTmaSplit:  // no multicast (run of 04:00, the first dx: clusters of 1 / 2 / 4: 30.0 / 30.7 / 56.3 µs); 5
+                       // stages (4 next to the hi/lo tiles and the staging tiles)
+      set_config(s, 64, 256, 64, 2, 1, kernel == kDxTma ? 5 : 4);
       break;
     case kDwTma:
-    case kDwTmaBf16:  // up to 8 T ranges (a cluster of 8: 16 tiles × 8 = 128 CTAs at E = 256, K = 2048), 3 stages
+    case kDwTmaBf16:  // up to 8 T ranges (two clusters of 4: 16 tiles × 8 = 128 CTAs at E = 256, K = 2048), 3 stages
       set_config(s, 128, 256, 64, 2, 8, 3);
       break;
-    case kFwdTma: {  // 64 tokens a CTA (128 CTAs at 8192 tokens), two consumer warpgroups splitting E where E/2 is a
-                     // multiple of 8, 5 stages, no multicast (run of 03:40: 22.8 µs; clusters of 2 / 4 sharing w by
-                     // multicast 39.2 / 67.1)
-      const int e = static_cast<int>(E);
-      set_config(s, 64, e % 16 == 0 ? e / 2 : e, 64, 1, 1, 5);
+    case kFwdTma:  // 64 tokens a CTA (128 CTAs at 8192 tokens), one consumer warpgroup over all of E, 5 stages, no
+                   // multicast (run of 04:00: 21.8 µs; two consumers splitting E 22.3, clusters of 2 / 4 sharing w
+                   // 22.7 / 34.9)
+      set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
-    }
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
@@ -350,7 +349,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     case kDxTma:
     case kDxTmaSplit:
       for (int cm : {1, 2, 4})
-        for (int stages : {2, 3}) {
+        for (int stages : {5, 4, 6}) {
           set_config(s, 64, 256, 64, 2, cm, stages);
           add(s);
         }
@@ -692,22 +691,34 @@ namespace {
 // 2: the TMA kernels (sm_90a, E ≤ 256), which need no workspace; 1: the cp.async wgmma ones; 0: mma.sync.
 int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 2 : 0; }
 
-// The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8, one cluster), each a multiple
-// of 64 rows; returns {ranges, rows per range}.
-std::pair<int, int> dw_tma_split(const Specialization& s, int64_t T, int sms) {
+// The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8), each a multiple of 64 rows, in
+// clusters of up to 4 (run of 04:00: clusters of 8 did not all fit at once — 59.6 µs vs 48.5 with 4 on half the
+// SMs); more than 4 ranges make groups of 4 whose sums go through the workspace.
+struct DwTmaPlan {
+  int ranges = 0, rows = 0, cluster = 1, groups = 1;
+  int64_t workspace_elems = 0;
+};
+DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
+  DwTmaPlan p;
+  if (T <= 0) return p;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
   int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
-  const int64_t rows = (chunks + ranges - 1) / ranges * 64;
-  return {static_cast<int>((T + rows - 1) / rows), static_cast<int>(rows)};
+  p.cluster = static_cast<int>(std::min<int64_t>(ranges, 4));
+  p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
+  p.ranges = p.groups * p.cluster;  // the last ranges may be empty (rows past T): they add zeros
+  p.rows = static_cast<int>((chunks + p.ranges - 1) / p.ranges * 64);
+  p.workspace_elems = p.groups > 1 ? p.groups * E * K : 0;
+  return p;
 }
 }  // namespace
 
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  if (default_bwd_variant(arch, E) == 2) return 0;
+  if (default_bwd_variant(arch, E) == 2)
+    return dw_tma_plan(impl.tuned(spec(arch, kDwTma, K, E), T), T, sm_count(rt)).workspace_elems;
   const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
   const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
@@ -766,20 +777,43 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       return;
     }
     const Specialization s = pick(rt, ck, spec(arch, alt ? kDwTmaBf16 : kDwTma, K, E), T, force_dw);
-    const auto [ranges, rows] = dw_tma_split(s, T, sm_count(rt));
+    const DwTmaPlan plan = dw_tma_plan(s, T, sm_count(rt));
+    if (plan.workspace_elems > 0 && workspace.defined() && workspace.numel() < plan.workspace_elems)
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
+                                              plan.workspace_elems, workspace.numel()));
+    CUdeviceptr owned = 0;
+    float* partial = nullptr;
+    if (plan.workspace_elems > 0) {
+      if (workspace.defined()) {
+        partial = static_cast<float*>(workspace.data);
+      } else {
+        owned = impl.alloc_async(static_cast<size_t>(plan.workspace_elems) * 4, stream);
+        partial = reinterpret_cast<float*>(owned);
+      }
+    }
     RouterGemmDwTmaArgs a{};
     encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
     a.dw = static_cast<float*>(dw.data);
+    a.partial = partial;
     a.T = static_cast<int>(T);
-    a.split_rows = rows;
+    a.split_rows = plan.rows;
+    a.cluster = plan.cluster;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
-    d.grid[1] = static_cast<unsigned>(ranges);
-    d.cluster[1] = static_cast<unsigned>(ranges);
+    d.grid[1] = static_cast<unsigned>(plan.ranges);
+    d.cluster[1] = static_cast<unsigned>(plan.cluster);
     d.block[0] = static_cast<unsigned>(threads(s));
     d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
+    if (plan.groups > 1) {  // the groups' sums, added in group order
+      const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
+      LaunchDims rd;
+      rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
+      rd.block[0] = 256;
+      impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
+    }
+    if (owned) impl.free_async(owned, stream);
     return;
   }
   if (dx.defined() && T > 0) {

@@ -51,12 +51,12 @@ constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64
                                                                    {64, 128, 64, 1, 2, 5}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages a ring) and dw (wn = most T
 // ranges a cluster, stages).
-constexpr std::array<std::array<int32_t, 6>, 6> kDxTmaSweep = {{{64, 256, 64, 2, 2, 2},
-                                                                {64, 256, 64, 2, 1, 2},
-                                                                {64, 256, 64, 2, 4, 2},
-                                                                {64, 256, 64, 2, 1, 3},
-                                                                {64, 256, 64, 2, 2, 3},
-                                                                {64, 256, 64, 2, 4, 3}}};
+constexpr std::array<std::array<int32_t, 6>, 6> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
+                                                                {64, 256, 64, 2, 1, 5},
+                                                                {64, 256, 64, 2, 4, 5},
+                                                                {64, 256, 64, 2, 2, 4},
+                                                                {64, 256, 64, 2, 1, 6},
+                                                                {64, 256, 64, 2, 2, 6}}};
 constexpr std::array<std::array<int32_t, 6>, 4> kDwTmaSweep = {{{128, 256, 64, 2, 8, 3},
                                                                 {128, 256, 64, 2, 8, 2},
                                                                 {128, 256, 64, 2, 4, 3},

@@ -30,8 +30,9 @@ struct RouterGemmFwdTmaArgs {
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;
-// the T axis cut into gridDim.y ranges of split_rows rows (a multiple of 64), reduced through distributed shared
-// memory inside the cluster of those CTAs.
+// the T axis cut into gridDim.y ranges of split_rows rows (a multiple of 64); each cluster of `cluster` consecutive
+// ranges adds its partial tiles through distributed shared memory and writes dw (one group) or its group's partial
+// (router_gemm_dw_reduce_kernel then adds the groups in order).
 struct RouterGemmDxTmaArgs {
   RgTensorMap tmw;
   RgTensorMap tmdx;                     // dx [T, K] bf16 in boxes of 64 columns × 64 rows (the staged epilogue)
@@ -44,8 +45,10 @@ struct RouterGemmDwTmaArgs {
   RgTensorMap tmg;
   RgTensorMap tmx;
   float* dw;                            // [E, K] contiguous
+  float* partial;                       // [groups, E, K] when gridDim.y / cluster > 1 groups, else null
   int T;
   int split_rows;
+  int cluster;                          // T ranges a cluster reduces (≤ 4: larger clusters do not all fit at once)
 };
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the

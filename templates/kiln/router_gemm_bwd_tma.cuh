@@ -9,19 +9,20 @@
 // tokens. Per tile the consumers read the g rows once (plain 16-byte loads), convert them to bf16 (hi, and lo) into
 // the K-major 128-byte-swizzled A tile (all of E) in shared memory. The producer streams w in chunks of 64 experts ×
 // 256 hidden columns (4 N-major swizzled atoms of 64 × 64 by TMA; a cluster of CM CTAs of consecutive token tiles
-// multicasts them, each CTA fetching 4/CM atoms), in the order (column block n, expert chunk). The two consumers take
-// alternate column blocks (ping-pong): while one writes its finished 64 × 256 block (bf16, 4-byte stores), the
-// other's MMAs run. Column block n streams through ring n % 2 (STAGES stages each), so each consumer waits on every
-// stage of its own ring in order (an mbarrier phase can only be waited on one phase ahead).
+// multicasts them, each CTA fetching 4/CM atoms) through one STAGES ring, in the order (column block, expert chunk);
+// each consumer takes 128 of the 256 columns of every chunk, and writes its finished 64 × 128 block through a
+// staging tile with TMA stores.
 //
 // dw (router_gemm_dw_tma_kernel): CTA tile = 128 experts (a warpgroup per 64) × 256 hidden columns over one T range
 // (split); the producer streams, per 64 tokens, the g tile (4 fp32 boxes of 32 experts, 128-byte swizzled) and the
 // x tile (4 N-major atoms) by TMA. Each consumer builds its A fragments (gᵀ, 64 experts × 16 tokens per k16 step) in
 // registers from the fp32 g tile — conflict-free scalar loads thanks to the swizzle — converts them to bf16 (hi,
 // lo) and issues register-A wgmmas; the next chunk's g values are loaded while the current MMAs run. The T ranges of
-// one tile form a cluster (1, S, 1): each CTA stages its fp32 partial tile in shared memory, and CTA r adds rows
-// [r·R, r·R + R) of all S partials in cluster-rank order (deterministic) through distributed shared memory and
-// writes them. S = 1 writes straight from registers.
+// one tile form clusters of up to 4 (1, C, 1) (clusters of 8 did not all fit on the GPU at once: run of 04:00): each
+// CTA stages its fp32 partial tile in shared memory, and CTA r adds rows [r·R, r·R + R) of the cluster's C partials
+// in cluster-rank order (deterministic) through distributed shared memory and writes them — to dw, or with more than
+// one cluster per tile to that group's partial, which router_gemm_dw_reduce_kernel adds in group order. C = 1 writes
+// straight from registers.
 #pragma once
 #include "kiln/router_gemm_bwd_sm90.cuh"
 #include "kiln/router_gemm_tma.cuh"
@@ -106,17 +107,18 @@ __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 }  // namespace rgt
 
 // ---- dx ---------------------------------------------------------------------------------------------------------
-// Whether the dx kernel stages its output blocks (two 32 KiB tiles) — where they fit next to the A tile and the rings
+// Whether the dx kernel stages its output blocks (two 16 KiB tiles) — where they fit next to the A tile and the ring
 // (the host's smem recipe mirrors this).
 __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT) {
-  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * 8192 + 2 * STAGES * 32768 + 32 * STAGES + 1024 + 65536 <= 227 * 1024;
+  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * 8192 + STAGES * 32768 + 16 * STAGES + 1024 + 32768 <= 227 * 1024;
 }
 
 // Grid: CM·clusters CTAs (clusters (CM, 1, 1)), 384 threads. Shared memory: 1 KiB slack, the A tile ((1 + SPLIT) ×
-// ceil(E/64) atoms of 64 rows × 128 B), two rings of STAGES × 32 KiB w chunks, 4·STAGES mbarriers, and where it fits
-// (STAGED) a 32 KiB staging tile per consumer: the finished 64 × 256 block goes there by stmatrix (swizzled as
-// the dx tensor map's 64 × 64 boxes) and out by 4 TMA stores (full 128-byte rows; rows past T and columns past K
-// are clipped by the copy engine); else 4-byte stores straight from the accumulators.
+// ceil(E/64) atoms of 64 rows × 128 B), a ring of STAGES × 32 KiB w chunks, 2·STAGES mbarriers, and where it fits
+// (STAGED) a 16 KiB staging tile per consumer: its finished 64 × 128 block goes there by stmatrix (swizzled as the
+// dx tensor map's 64 × 64 boxes) and out by 2 TMA stores (rows past T and columns past K are clipped by the copy
+// engine); else 4-byte stores straight from the accumulators. Chunks stream in the order (column block n of 256,
+// expert chunk); consumer j takes columns [128·j, 128·j + 128) of every block, so both read every stage.
 template <int K, int E, int STAGES, int CM, int SPLIT>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -131,20 +133,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
   const u32 base = (raw + 1023u) & ~1023u;
-  // Ring q's stage s at ring + (q·STAGES + s)·STAGE; its full barrier at bars + 8·(q·STAGES + s), its empty barrier
-  // 16·STAGES bytes further.
-  const u32 ring = base + A_BYTES, bars = ring + 2 * STAGES * STAGE;
-  const u32 staging = bars + 32 * STAGES;  // 1 KiB aligned (STAGE is), then 32·STAGES bytes of barriers: realign
-  const u32 stg = (staging + 1023u) & ~1023u;
+  const u32 ring = base + A_BYTES, bars = ring + STAGES * STAGE;  // full[s] at bars + 8s, empty[s] after them
+  const u32 stg = (bars + 16 * STAGES + 1023u) & ~1023u;         // the staging tiles (STAGED)
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
   const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
   const int groups = (a.tiles + CM - 1) / CM;
 
   if (tid == 0) {
-    for (int s = 0; s < 2 * STAGES; ++s) {
+    for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (2 * STAGES + s), CM);  // the one consumer warpgroup of each CTA that reads the ring
+      rgt::mbar_init(bars + 8 * (STAGES + s), 2 * CM);  // both consumer warpgroups of every CTA of the cluster
     }
     rgt::fence_mbar_init();
   }
@@ -154,14 +153,13 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     rgt::setmaxnreg_dec<40>();
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmw);
-      u32 pos0 = 0, pos1 = 0;  // per ring: stage in bits 0..7, phase in bit 8
+      int s = 0;
+      u32 phase = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
         for (int c = 0; c < CHUNKS; ++c) {
-          const int n = c / EC, ec = c - n * EC, q = n & 1;
-          const u32 cur = q ? pos1 : pos0;
-          const int idx = q * STAGES + static_cast<int>(cur & 0xff);
-          rgt::mbar_wait(bars + 8 * (2 * STAGES + idx), ((cur >> 8) & 1) ^ 1);
-          const u32 full = bars + 8 * idx, st = ring + idx * STAGE;
+          const int n = c / EC, ec = c - n * EC;
+          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+          const u32 full = bars + 8 * s, st = ring + s * STAGE;
           // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
           const int atoms = (K - n * BN + 63) / 64 < 4 ? (K - n * BN + 63) / 64 : 4;
           rgt::mbar_expect_tx(full, atoms * ATOM);
@@ -175,15 +173,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
               rgt::tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
                                          static_cast<unsigned short>((1 << CM) - 1));
           }
-          const u32 nxt = (cur & 0xff) + 1 == STAGES ? (cur & 0x100) ^ 0x100 : cur + 1;
-          if (q) pos1 = nxt; else pos0 = nxt;
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
         }
       }
     }
-  } else {  // consumers: warpgroup j takes column blocks j, j + 2, …
+  } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     rgt::setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
-    int s = 0;  // this warpgroup's ring: stage and phase
+    int s = 0;
     u32 phase = 0;
     for (int grp = cluster; grp < groups; grp += clusters) {
       const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
@@ -218,31 +218,30 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
       rgt::bar_sync_consumers();
 
-      for (int n = j; n < NCH; n += 2) {
-        float acc[128];
+      for (int n = 0; n < NCH; ++n) {
+        float acc[64];
 #pragma unroll
-        for (int i = 0; i < 128; ++i) acc[i] = 0.f;
+        for (int i = 0; i < 64; ++i) acc[i] = 0.f;
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
-          const int idx = j * STAGES + s;
-          rgt::mbar_wait(bars + 8 * idx, phase);
-          const u32 st = ring + idx * STAGE;
+          rgt::mbar_wait(bars + 8 * s, phase);
+          const u32 st = ring + s * STAGE + 2 * j * ATOM;  // this warpgroup's two atoms (128 columns)
           rg90::fence_regs(acc);
           rg90::wgmma_fence();
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
             const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
-            rg90::wgmma_ss<256, 0, 1>(acc, rg90::desc_sw128(base + ec * ATOM + ks * 32), b);
-            if constexpr (SPLIT) rg90::wgmma_ss<256, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * ATOM + ks * 32), b);
+            rg90::wgmma_ss<128, 0, 1>(acc, rg90::desc_sw128(base + ec * ATOM + ks * 32), b);
+            if constexpr (SPLIT) rg90::wgmma_ss<128, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * ATOM + ks * 32), b);
           }
           rg90::wgmma_commit();
           rg90::wgmma_wait<1>();
           rg90::fence_regs(acc);
           if (prev >= 0 && (tid & 127) < CM) {
-            if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + prev));
-            else rgt::mbar_arrive_cluster(bars + 8 * (2 * STAGES + prev), static_cast<u32>(tid & 127));
+            if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
+            else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
           }
-          prev = idx;
+          prev = s;
           if (++s == STAGES) {
             s = 0;
             phase ^= 1;
@@ -251,19 +250,20 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         rg90::wgmma_wait<0>();
         rg90::fence_regs(acc);
         if ((tid & 127) < CM) {
-          if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + prev));
-          else rgt::mbar_arrive_cluster(bars + 8 * (2 * STAGES + prev), static_cast<u32>(tid & 127));
+          if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
+          else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
+        const int c0 = n * BN + j * 128;  // this warpgroup's first dx column of the block
         if constexpr (STAGED) {
           // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
           // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
           // 8m … 8m + 7: row half m & 1, octet o + m/2).
-          const u32 buf = stg + j * 32768;
+          const u32 buf = stg + j * 16384;
           if ((tid & 127) == 0) rgt::bulk_wait_read();  // the previous block's stores have read the buffer
           rgt::bar_sync_wg(j);
           const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
 #pragma unroll
-          for (int o = 0; o < 32; o += 2) {
+          for (int o = 0; o < 16; o += 2) {
             const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
             rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
                              rgt::cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), rgt::cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
@@ -274,22 +274,21 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           rgt::bar_sync_wg(j);
           if ((tid & 127) == 0 && m0 < a.T) {
 #pragma unroll
-            for (int at = 0; at < 4; ++at)
-              if (n * BN + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, n * BN + at * 64, m0);
+            for (int at = 0; at < 2; ++at)
+              if (c0 + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0);
             rgt::bulk_commit();
           }
-          continue;
-        }
-        // 64 × 256 block → dx (bf16 pairs), rows past T and columns past K masked.
-        const int rows_valid = a.T - m0;
-        char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n * BN) * 2;
+        } else {  // 64 × 128 block → dx (bf16 pairs), rows past T and columns past K masked
+          const int rows_valid = a.T - m0;
+          char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + c0) * 2;
 #pragma unroll
-        for (int i = 0; i < 128; i += 2) {
-          const int r = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
-          if (r < rows_valid && n * BN + col < K)
-            asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(r) * a.dx_stride + col) * 2),
-                         "r"(rgt::cvt_bf16x2(acc[i], acc[i + 1]))
-                         : "memory");
+          for (int i = 0; i < 64; i += 2) {
+            const int r = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
+            if (r < rows_valid && c0 + col < K)
+              asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(r) * a.dx_stride + col) * 2),
+                           "r"(rgt::cvt_bf16x2(acc[i], acc[i + 1]))
+                           : "memory");
+          }
         }
       }
     }
@@ -303,8 +302,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 }
 
 // ---- dw ---------------------------------------------------------------------------------------------------------
-// Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, S, 1) when S > 1. Shared memory: 1 KiB slack +
-// max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging tile when S > 1) + mbarriers.
+// Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, C = a.cluster, 1) when C > 1; S / C groups.
+// Shared memory: 1 KiB slack + max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging
+// tile) + mbarriers. A group's result goes to dw (one group) or to partial[group].
 template <int K, int E, int STAGES, int SPLIT>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -320,7 +320,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 bars = base + RING;
   const int tid = threadIdx.x, wg = tid / 128;
-  const int S = gridDim.y;
+  const int S = a.cluster;  // T ranges reduced in this CTA's cluster
+  float* const out = gridDim.y == static_cast<unsigned>(S) ? a.dw : a.partial + (blockIdx.y / S) * static_cast<i64>(E) * K;
   const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
   const int t0 = blockIdx.y * a.split_rows;
   const int rows = a.T - t0 < a.split_rows ? a.T - t0 : a.split_rows;
@@ -430,7 +431,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       for (int i = 0; i < 128; i += 2) {
         const int e = e0 + el + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
         if (e < E && col < K)
-          asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(a.dw + static_cast<i64>(e) * K + col), "f"(acc[i]),
+          asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(out + static_cast<i64>(e) * K + col), "f"(acc[i]),
                        "f"(acc[i + 1])
                        : "memory");
       }
@@ -447,7 +448,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
       const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
       const int r1 = r0 + per < BM ? r0 + per : BM;
-      rgt::dw_cluster_reduce<BN, PITCH, E, K>(a.dw, base, tid - 128, r0, r1, e0, n0, S);
+      rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
       cluster_sync();  // keep this CTA's tile alive until the others have read it
     }
   }
