@@ -23,6 +23,7 @@ namespace detail {
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
 std::vector<std::array<int, 2>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
+int silu_fwd_default_stages(int64_t tiles, int sm_count);     // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -31,9 +32,7 @@ using namespace detail;
 enum : uint32_t { kFwd = 0, kBwd = 1, kSchedule = 2, kDwReduce = 3 };
 enum { P_N, P_MODE, P_ROUND };
 enum { C_STAGES, C_TABLE };
-// kStagesNote — measured on H100 (bench/NOTES.md, round of 03:40, v6): the forward runs fastest with two stages
-// (shared 21.1 vs 21.9 µs one stage, batched 279.4 vs 294.7), the backward with one stage (per-warp refill) and the
-// complete σ table (shared 33.7 vs 35.4 two stages, batched 494.8 vs 562.5). silu_tile_configs lists the default first.
+// kStagesNote — see ops/silu_block_quant.cpp (the forward's stages depend on the tile count there).
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/batch_weighted_silu_block_quant.cuh\"\n";
@@ -97,7 +96,10 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (m.num_experts <= 0 || n <= 0 || n % 128 != 0 || n > kSiluMaxN) return;
   // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
   // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
-  out.push_back(make_spec(arch, kFwd, n, 2, true));
+  Specialization fwd = make_spec(arch, kFwd, n, 2, true);
+  out.push_back(fwd);
+  fwd.config[C_STAGES] = 4;  // the small-M default (silu_fwd_default_stages)
+  out.push_back(fwd);
   out.push_back(make_spec(arch, kBwd, n, 2, true));
   out.push_back(make_spec(arch, kSchedule, 0, 0, false));
   out.push_back(make_spec(arch, kDwReduce, n, 0, false));
@@ -192,11 +194,12 @@ void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& coun
 
 void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
                   const SiluBlockQuantArgs& a, Stream stream) {
+  const int64_t max_tiles = capacity * (c.n / 128);
+  if (s.kernel == kFwd) s.config[C_STAGES] = silu_fwd_default_stages(max_tiles, impl.device().sm_count);
   s = impl.tuned(s, c.M);
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);
   const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
-  const int64_t max_tiles = capacity * (c.n / 128);
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_tiles, per_sm * impl.device().sm_count)));
   d.block[0] = kSiluTileThreads;

@@ -17,6 +17,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared instance at the bench's shapes (also what the tuner runs).
 BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round);
 // The tile kernel's search space (both SiLU families): {stages, sigma_table} points, the heuristic default first.
+int silu_fwd_default_stages(int64_t tiles, int sm_count);
 std::vector<std::array<int, 2>> silu_tile_configs(bool bwd) {
   // Stages 2 / 1 (the one-stage forward runs two CTAs an SM) / 3 (two buffers refilled two tiles ahead) / 4 (as 2,
   // both buffers issued before the σ table's fill), with the variant's σ table or σ computed; the one-stage backward
@@ -27,6 +28,11 @@ std::vector<std::array<int, 2>> silu_tile_configs(bool bwd) {
   if (bwd) return {{1, 2}, {1, 4}, {1, 1}, {2, 1}, {3, 1}, {2, 0}, {1, 0}};
   return {{2, 1}, {2, 3}, {4, 1}, {4, 3}, {1, 1}, {3, 1}, {2, 0}, {1, 0}};
 }
+// The forward's heuristic stages for `tiles` 128×128 tiles (an upper bound for the batched op): with a few tiles per
+// SM the prologue weighs, and issuing both buffers before the σ table's fill wins (stages 4: shared expert
+// M = 16384, n = 512, 3.9 tiles an SM: 19.8 vs 20.3 µs); with many, the plain two-buffer pipeline (batched,
+// 62 tiles an SM: 277 vs 292 µs).
+int silu_fwd_default_stages(int64_t tiles, int sm_count) { return tiles <= 8 * static_cast<int64_t>(sm_count) ? 4 : 2; }
 }  // namespace detail
 
 namespace {
@@ -35,9 +41,10 @@ using namespace detail;
 enum : uint32_t { kFwd = 0, kBwd = 1 };
 enum { P_N, P_MODE, P_ROUND };
 enum { C_STAGES, C_TABLE };
-// kStagesNote — measured on H100 (bench/NOTES.md, round of 03:40, v6): the forward runs fastest with two stages
-// (shared 21.1 vs 21.9 µs one stage, batched 279.4 vs 294.7), the backward with one stage (per-warp refill) and the
-// complete σ table (shared 33.7 vs 35.4 two stages, batched 494.8 vs 562.5). silu_tile_configs lists the default first.
+// kStagesNote — measured on H100 (bench/NOTES.md, rounds of 03:40–04:26): the forward runs fastest with two buffers
+// (batched 277 vs 298 µs one buffer), at few tiles an SM with both issued before the σ table's fill (stages 4: shared
+// 19.8 vs 20.3; silu_fwd_default_stages), the backward with one buffer refilled per warp and the complete σ table
+// (shared 32.5 vs 34.6 two buffers, batched 479 vs 527). silu_tile_configs lists the default first.
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
@@ -93,7 +100,10 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     if (!valid_n(n)) continue;
     // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
     // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
-    out.push_back(make_spec(arch, kFwd, n, 2, true));
+    Specialization fwd = make_spec(arch, kFwd, n, 2, true);
+    out.push_back(fwd);
+    fwd.config[C_STAGES] = 4;  // the small-M default (silu_fwd_default_stages)
+    out.push_back(fwd);
     out.push_back(make_spec(arch, kBwd, n, 2, true));
   }
 }
@@ -130,8 +140,9 @@ void check_outputs(const Check& ck, const SiluBlockQuantOutputs& o, int64_t M, i
 void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stream stream) {
   auto& impl = rt.impl();
   const int64_t n = s.params[P_N];
-  s = impl.tuned(s, M);
   const int64_t tiles = (M + 127) / 128 * (n / 128);
+  if (s.kernel == kFwd) s.config[C_STAGES] = silu_fwd_default_stages(tiles, impl.device().sm_count);
+  s = impl.tuned(s, M);
   a.tiles = static_cast<int>(tiles);
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);

@@ -289,20 +289,30 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   if constexpr (TABLE) {  // first read after the barrier below
     constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
-    for (int i = tid; i < 2 * R * 128; i += kSiluTileThreads) {
-      const int sign = i & 1, row = i / 256, m = (i / 2) % 128;  // layout [row][mantissa][sign]
-      float v, d = 0.0f;
-      if (T.low_const && row == 0) v = 0.5f;                                 // exponents < 102
-      else if (T.high_const && row == R - 1) v = sign ? 0.0f : 1.0f;         // exponents ≥ 134
-      else {
+    // Layout [row][mantissa][sign]: one thread fills both signs of a position from one evaluation of e = exp(−|a|)
+    // and r = 1/(1 + e) (silu_sigmoid's own steps: σ = r for a ≥ 0, e·r for a < 0).
+    for (int p = tid; p < R * 128; p += kSiluTileThreads) {
+      const int row = p / 128, m = p % 128;
+      float v[2], d[2] = {0.0f, 0.0f};
+      if (T.low_const && row == 0) {  // exponents < 102
+        v[0] = v[1] = 0.5f;
+      } else if (T.high_const && row == R - 1) {  // exponents ≥ 134
+        v[0] = 1.0f;
+        v[1] = 0.0f;
+      } else {
         const u32 E = static_cast<u32>(T.lo + row - (T.low_const ? 1 : 0));
-        const float g = __uint_as_float(((static_cast<u32>(sign) << 15) | (E << 7) | static_cast<u32>(m)) << 16);
-        const float sg = silu_sigmoid(g);
-        v = TABLE == 3 ? __fmul_rn(g, sg) : sg;
-        d = __fadd_rn(1.0f, __fmul_rn(g, __fadd_rn(1.0f, -sg)));
+        const float gp = __uint_as_float(((E << 7) | static_cast<u32>(m)) << 16);
+        const float e = silu_exp_neg_abs(gp);
+        const float r = __frcp_rn(__fadd_rn(1.0f, e));
+#pragma unroll
+        for (int sign = 0; sign < 2; ++sign) {
+          const float g = sign ? -gp : gp, sg = sign ? __fmul_rn(e, r) : r;
+          v[sign] = TABLE == 3 ? __fmul_rn(g, sg) : sg;
+          d[sign] = __fadd_rn(1.0f, __fmul_rn(g, __fadd_rn(1.0f, -sg)));
+        }
       }
-      if constexpr (T.entry == 8) reinterpret_cast<float2*>(table)[i] = make_float2(v, d);
-      else table[i] = v;
+      if constexpr (T.entry == 8) reinterpret_cast<float4*>(table)[p] = make_float4(v[0], d[0], v[1], d[1]);
+      else reinterpret_cast<float2*>(table)[p] = make_float2(v[0], v[1]);
     }
   }
   if constexpr (BATCHED) {
