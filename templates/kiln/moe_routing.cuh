@@ -612,6 +612,7 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a) {
   pdl_launch_dependents();  // moe_route starts at once; it waits for this kernel before its first atomic
   for (int i = blockIdx.x * 256 + threadIdx.x; i < a.n; i += gridDim.x * 256) a.p[i] = 0;
+  if (a.q && blockIdx.x == 0 && threadIdx.x == 0) a.q[0] = 0;
 }
 
 template <bool NARROW> struct MoeLaneMask { using type = unsigned long long; };
@@ -623,7 +624,7 @@ template <> struct MoeLaneMask<true> { using type = u32; };
 // expert among equal keys), found with one ballot; the winner pops its head. A lane whose list runs dry while it has
 // live experts left refills it from the experts below its last pick (a warp-uniform, rare branch). A lane's selected
 // experts are then exactly its live experts at or above its last pick in (key desc, expert asc) order.
-template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP>
+template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool APPROX>
 __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTopkLanes<E>::EL <= 16 ? 2 : 1)
     moe_route_kernel(const MoeRouteArgs a) {
   constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
@@ -637,7 +638,8 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
   // Scores in shared memory (thread-major) for the output pass's picks, where they fit (E ≤ 256 at 16 lanes).
   constexpr bool S_SMEM = THREADS * EL * 4 <= 32768;
   __shared__ int hist[E];
-  __shared__ __align__(16) float s_sm[S_SMEM ? THREADS * EL : 1];
+  __shared__ float s_sm[S_SMEM ? THREADS * EL : 1];  // [c][thread]: conflict-free at any per-lane c
+  auto sm = [&](int c) -> float& { return s_sm[c * THREADS + threadIdx.x]; };
   const int lane = threadIdx.x & 31, j = lane & (L - 1), seg = lane & ~(L - 1);
   const int t = blockIdx.x * kMoeMapBlockTokens + static_cast<int>(threadIdx.x) / L;
   const bool valid = t < a.T;
@@ -689,7 +691,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
 
   constexpr bool UNIFORM = G == 1 || EL <= GS;
   // FAST: σ scores with a bias (the grouped sigmoid routers): exact scores only for each lane's candidates.
-  constexpr bool FAST = SIGMOID && BIAS && UNIFORM && S_SMEM;
+  constexpr bool FAST = APPROX && SIGMOID && BIAS && UNIFORM && S_SMEM;
   Mask live = EL == 8 * sizeof(Mask) ? ~Mask(0) : (Mask(1) << EL) - Mask(1);
   Mask cand = 0;  // FAST: the experts whose exact score is in s_sm (the rest hold their logit)
   u32 ok[FAST ? 1 : EL];  // the generic path's order-preserving keys
@@ -714,16 +716,8 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     // every expert whose approximate key is ≥ a2 − 2δ. The lane's exact two largest keys are among them (any other
     // expert's exact key is < a2 − δ, below both). Exact scores are computed for the candidates only (in key order of
     // discovery: ascending expert), and z is staged in shared memory so that a candidate's logit is one load.
-    {
-      Vec16* zp = reinterpret_cast<Vec16*>(s_sm + threadIdx.x * EL);
 #pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        Vec16 v;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) v.w[q] = __float_as_uint(z[4 * c + q]);
-        zp[c] = v;
-      }
-    }
+    for (int c = 0; c < EL; ++c) sm(c) = z[c];
     float A[EL];
     float a1 = neg_inf, a2 = neg_inf;
 #pragma unroll
@@ -747,9 +741,9 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
       if (A[c] >= thr) cand |= Mask(1) << c;
     for (Mask m = cand; m != Mask(0); m &= m - Mask(1)) {
       const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
-      float* slot = s_sm + threadIdx.x * EL + c;
-      const float sc = kiln_sigmoid(*slot);
-      *slot = sc;  // the exact score replaces the logit
+      float& slot = sm(c);
+      const float sc = kiln_sigmoid(slot);
+      slot = sc;  // the exact score replaces the logit
       float k = __fadd_rn(sc, a.bias[e0 + c]);
       k = k != k ? neg_inf : k;
       insert(ordered_bits(k), c, sc);
@@ -802,14 +796,8 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
       for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
     }
     if constexpr (S_SMEM) {
-      Vec16* sp = reinterpret_cast<Vec16*>(s_sm + threadIdx.x * EL);
 #pragma unroll
-      for (int c = 0; c < NC; ++c) {
-        Vec16 v;
-#pragma unroll
-        for (int q = 0; q < 4; ++q) v.w[q] = __float_as_uint(s[4 * c + q]);
-        sp[c] = v;
-      }
+      for (int c = 0; c < EL; ++c) sm(c) = s[c];
     }
     // Selection keys (NaN counts as −inf) as order-preserving u32.
     float kf[G > 1 ? EL : 1];
@@ -887,9 +875,9 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
           // Exact scores for every expert of the lane now.
 #pragma unroll 1
           for (int c = 0; c < EL; ++c) {
-            float* slot = s_sm + threadIdx.x * EL + c;
-            const float sc = (cand >> c & 1u) ? *slot : kiln_sigmoid(*slot);
-            *slot = sc;
+            float& slot = sm(c);
+            const float sc = (cand >> c & 1u) ? slot : kiln_sigmoid(slot);
+            slot = sc;
             float k = __fadd_rn(sc, a.bias[e0 + c]);
             k = k != k ? neg_inf : k;
             const u32 o = ordered_bits(k);
@@ -928,7 +916,7 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
     unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
     for (Mask m = taken; m != Mask(0); m &= m - Mask(1)) {
       const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
-      const float sv = s_sm[threadIdx.x * EL + c];
+      const float sv = sm(c);
       pr[c] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
       mr[c] = 1;
       atomicAdd(&hist[e0 + c], 1);
@@ -960,11 +948,24 @@ __global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTo
   pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   for (int e = threadIdx.x; e < E; e += THREADS) {
     const int h = hist[e];
-    if constexpr (MAP) {
-      a.hist[static_cast<i64>(blockIdx.x) * E + e] = h;
-      if (h) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / kMoeSuperBlocks) * E + e], h);
-    } else {
-      if (h) atomicAdd(&a.counts[e], h);
+    if constexpr (MAP) a.hist[static_cast<i64>(blockIdx.x) * E + e] = h;
+    if (h) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / kMoeSuperBlocks) * E + e], h);
+  }
+  if constexpr (!MAP) {
+    // The last CTA to finish sums the superblock rows into the counts (16 CTAs per atomic address, not all of them).
+    __shared__ int last;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(a.done, 1) == static_cast<int>(gridDim.x) - 1;
+    __syncthreads();
+    if (last) {
+      __threadfence();
+      const int nsuper = (static_cast<int>(gridDim.x) + kMoeSuperBlocks - 1) / kMoeSuperBlocks;
+      for (int e = threadIdx.x; e < E; e += THREADS) {
+        int n = 0;
+        for (int r = 0; r < nsuper; ++r) n += __ldcg(a.super + static_cast<i64>(r) * E + e);
+        a.counts[e] = n;
+      }
     }
   }
   pdl_launch_dependents();
