@@ -441,24 +441,33 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
   }
   part[w][lane] = sum;
   __syncthreads();
-  if (w == 0) {
-    int run = 0;
-    for (int k = 0; k < 32; ++k) {
-      const int v = part[k][lane];
-      part[k][lane] = run;
-      run += v;
+  {
+    // Warp w scans expert blockIdx.x·32 + w over the 32 slices (lane = slice): 5 shuffles, all warps at once.
+    const int x = part[lane][w];
+    int inc = x;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+      const int n = __shfl_up_sync(0xffffffffu, inc, o);
+      if (lane >= o) inc += n;
     }
-    if (e < E) a.counts[e] = run;
+    part[lane][w] = inc - x;
+    const int ew = blockIdx.x * 32 + w;
+    if (lane == 31 && ew < E) a.counts[ew] = inc;
   }
   __syncthreads();
   int run = part[w][lane];
   if (e < E)
-#pragma unroll 8
-    for (int b = b0; b < b1; ++b) {
-      int* p = a.hist + static_cast<i64>(b) * E + e;
-      const int v = *p;
-      *p = run;
-      run += v;
+    for (int b = b0; b < b1; b += 8) {
+      // Eight counts loaded together, then their prefixes stored (no load waits behind a store to the same array).
+      int v[8];
+#pragma unroll
+      for (int k = 0; k < 8; ++k) v[k] = b + k < b1 ? a.hist[static_cast<i64>(b + k) * E + e] : 0;
+#pragma unroll
+      for (int k = 0; k < 8; ++k)
+        if (b + k < b1) {
+          a.hist[static_cast<i64>(b + k) * E + e] = run;
+          run += v[k];
+        }
     }
   pdl_launch_dependents();
 }
