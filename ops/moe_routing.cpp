@@ -24,7 +24,7 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // warps: the top-k forward's lanes per token (recorded; fixed by E) or the backward's warps per CTA. pipeline (top-k
 // forward): 0 = the classic one (topk_fwd → map_scan → map_write; default), 1 = the fused pipeline (route_zero →
 // route → route_map, chained by programmatic dependent launch), 2 = the fused pipeline without route's approximate
-// candidate search (exact σ for every expert).
+// candidate search (exact σ for every expert), 3 = route's top-k with the classic scan and map kernels.
 enum { C_WARPS, C_PIPE };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -146,7 +146,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   s.config = {};
   if (base.kernel == kTopkFwd) {
     s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
-    for (int pipe : {0, 1, 2}) {
+    for (int pipe : {0, 1, 2, 3}) {
       s.config[C_PIPE] = pipe;
       out.push_back(s);
     }
@@ -338,6 +338,41 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
   const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), std::max<int64_t>(T, 1));
   int* counts = static_cast<int*>(tokens_per_expert.data);
+  if (s.config[C_PIPE] == 3) {
+    // The route kernel's top-k (block histograms only: no superblock rows, no map fill) → the classic scan and map.
+    if (T > 0) {
+      Specialization rs = route_spec(s, true);
+      rs.params[P_APPROX] = 1;
+      rs = impl.tuned(rs, T);
+      MoeRouteArgs a{static_cast<const float*>(logits.data),
+                     static_cast<const float*>(expert_bias.data),
+                     static_cast<float*>(probs.data),
+                     static_cast<unsigned char*>(routing_map.data),
+                     hist,
+                     nullptr,
+                     counts,
+                     hist,
+                     nullptr,
+                     static_cast<int>(T),
+                     opts.scaling_factor};
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(NB);
+      d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
+      impl.launch(rs, d, stream, a);
+    }
+    if (map) {
+      launch_map(impl, arch, routing_map, *map, tokens_per_expert, hist, T, E, multiple_of, stream);
+    } else {
+      MoeMapScanArgs sa{hist, counts, static_cast<int>(NB)};
+      LaunchDims ds;
+      ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
+      ds.block[0] = 1024;
+      ds.pdl = true;  // waits for the histograms first
+      impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
+    }
+    if (ws) impl.free_async(ws, stream);
+    return;
+  }
   if (s.config[C_PIPE] >= 1) {
     // Fused pipeline: zero → route (PDL) → route_map (PDL).
     const int64_t NS = nsuper(T);

@@ -226,10 +226,11 @@ TEST(MoeCompile, NonPresetVariants) {
   // the approximate candidate search; a non-default search-space point of topk_bwd.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 3u);
+  ASSERT_EQ(space.size(), 4u);
   EXPECT_EQ(space[0].config, specs[0].config);
   EXPECT_EQ(space[1].config[1], 1);
   EXPECT_EQ(space[2].config[1], 2);
+  EXPECT_EQ(space[3].config[1], 3);
   space.clear();
   fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);

@@ -179,7 +179,7 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
 // Both pipelines of the forward (fused: route_zero → route → route_map; classic: topk_fwd → map_scan → map_write),
 // with and without the map, on the target routing and odd shapes.
 TEST_F(MoeRoutingTest, BothPipelinesWithAndWithoutTheMap) {
-  for (int pipe : {1, 2, 0})
+  for (int pipe : {1, 2, 3, 0})
     for (bool with_map : {true, false}) {
       Case c{8192, 256, kLing, true, 16, true, with_map && pipe == 1};
       c.pipeline = pipe;
