@@ -209,10 +209,10 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
                                        MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
       Case c{600, o.n_group == 4 ? 160 : 256, o, true, 16};
       c.pattern = pattern;
-      c.pipeline = 1;  // the fused pipeline's approximate candidate search (the classic pipeline runs it as well)
-      run_case(c, 400 + pattern);
-      c.pipeline = 0;
-      run_case(c, 400 + pattern);
+      for (int pipe : {1, 3, 0}) {  // 1 and 3: route's approximate candidate search; 0: the classic top-k
+        c.pipeline = pipe;
+        run_case(c, 400 + pattern);
+      }
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
