@@ -8,6 +8,7 @@
 #include "kiln/moe_routing_args.h"
 #include "kiln/ops/moe.hpp"
 #include "ops/bench/moe_instances.hpp"
+#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -19,10 +20,11 @@ using namespace detail;
 enum : uint32_t {
   kTopkFwd = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRoute = 6, kRouteMap = 7
 };
-enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP };
+enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_APPROX };
 // warps: the top-k forward's lanes per token (recorded; fixed by E) or the backward's warps per CTA. pipeline (top-k
-// forward): 1 = the fused pipeline (route_zero → route → route_map, chained by programmatic dependent launch),
-// 0 = the classic one (topk_fwd → map_scan → map_write).
+// forward): 0 = the classic one (topk_fwd → map_scan → map_write; default), 1 = the fused pipeline (route_zero →
+// route → route_map, chained by programmatic dependent launch), 2 = the fused pipeline without route's approximate
+// candidate search (exact σ for every expert), 3 = route's top-k with the classic scan and map kernels.
 enum { C_WARPS, C_PIPE };
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -42,8 +44,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kMapScan: name = fmt::format("kiln::moe_map_scan_kernel<{}>", p[P_E]); break;
     case kRouteZero: name = "kiln::moe_route_zero_kernel"; break;
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K], p[P_SIGMOID] != 0,
-                         p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0);
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+                         p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
+                         p[P_MAP] != 0, p[P_APPROX] != 0);
       break;
     case kRouteMap: name = fmt::format("kiln::moe_route_map_kernel<{}>", p[P_E]); break;
     default: name = fmt::format("kiln::moe_map_write_kernel<{}, {}>", p[P_E], map_t);
@@ -75,7 +78,8 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{"moe_routing",
                    {"topk_fwd", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route", "route_map"},
-                   {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map"},
+                   {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
+                    "approx"},
                    {"warps", "pipeline"},
                    render,
                    smem_bytes,
@@ -106,7 +110,7 @@ Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool b
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
   s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(E));
-  s.config[C_PIPE] = 1;
+  s.config[C_PIPE] = 0;
   return s;
 }
 
@@ -115,6 +119,7 @@ Specialization route_spec(const Specialization& fwd, bool map) {
   Specialization s = fwd;
   s.kernel = kRoute;
   s.params[P_MAP] = map;
+  s.params[P_APPROX] = fwd.config[C_PIPE] != 2;
   s.config = {};
   s.config[C_WARPS] = fwd.config[C_WARPS];
   return s;
@@ -141,7 +146,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   s.config = {};
   if (base.kernel == kTopkFwd) {
     s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
-    for (int pipe : {1, 0}) {
+    for (int pipe : {0, 1, 2, 3}) {
       s.config[C_PIPE] = pipe;
       out.push_back(s);
     }
@@ -333,12 +338,52 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
   const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), std::max<int64_t>(T, 1));
   int* counts = static_cast<int*>(tokens_per_expert.data);
-  if (s.config[C_PIPE] == 1) {
+  if (s.config[C_PIPE] == 3) {
+    // The route kernel's top-k (block histograms only: no superblock rows, no map fill) → the classic scan and map.
+    if (T > 0) {
+      Specialization rs = route_spec(s, true);
+      rs.params[P_APPROX] = 1;
+      rs = impl.tuned(rs, T);
+      MoeRouteArgs a{static_cast<const float*>(logits.data),
+                     static_cast<const float*>(expert_bias.data),
+                     static_cast<float*>(probs.data),
+                     static_cast<unsigned char*>(routing_map.data),
+                     hist,
+                     nullptr,
+                     counts,
+                     hist,
+                     nullptr,
+                     static_cast<int>(T),
+                     opts.scaling_factor};
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(NB);
+      d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
+      impl.launch(rs, d, stream, a);
+    }
+    if (map) {
+      launch_map(impl, arch, routing_map, *map, tokens_per_expert, hist, T, E, multiple_of, stream);
+    } else {
+      MoeMapScanArgs sa{hist, counts, static_cast<int>(NB)};
+      LaunchDims ds;
+      ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
+      ds.block[0] = 1024;
+      ds.pdl = true;  // waits for the histograms first
+      impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
+    }
+    if (ws) impl.free_async(ws, stream);
+    return;
+  }
+  if (s.config[C_PIPE] >= 1) {
     // Fused pipeline: zero → route (PDL) → route_map (PDL).
     const int64_t NS = nsuper(T);
     int* super = hist + std::max<int64_t>(NB, 1) * E;
-    const MoeZeroArgs za{map ? super : counts, static_cast<int>((map ? NS : 1) * E)};
-    if (za.n > 0) {
+    // Without the map, the CTA counter of route's last-CTA step lives at the (unused) start of the block rows.
+    const MoeZeroArgs za{super, static_cast<int>(NS * E), map ? nullptr : hist};
+    if (!map && T == 0)
+      check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
+                                      reinterpret_cast<CUstream>(stream)),
+            "cuMemsetD32Async (tokens_per_expert)");
+    if (T > 0) {
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;
@@ -353,13 +398,14 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                      hist,
                      super,
                      counts,
+                     hist,
                      map ? static_cast<int*>(map->row_id_map.data) : nullptr,
                      static_cast<int>(T),
                      opts.scaling_factor};
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(NB);
       d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
-      d.pdl = za.n > 0;  // after route_zero (kiln's own); waits for it before its atomics
+      d.pdl = true;  // after route_zero (kiln's own); waits for it before its atomics
       impl.launch(rs, d, stream, a);
     }
     if (map) {

@@ -222,13 +222,15 @@ TEST(MoeCompile, NonPresetVariants) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // topk_fwd's launch shape follows from E: the fused pipeline (default) and the classic one; a non-default
-  // search-space point of topk_bwd.
+  // topk_fwd's launch shape follows from E: the classic pipeline (default), the fused one, and the fused one without
+  // the approximate candidate search; a non-default search-space point of topk_bwd.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 2u);
+  ASSERT_EQ(space.size(), 4u);
   EXPECT_EQ(space[0].config, specs[0].config);
-  EXPECT_EQ(space[1].config[1], 0);
+  EXPECT_EQ(space[1].config[1], 1);
+  EXPECT_EQ(space[2].config[1], 2);
+  EXPECT_EQ(space[3].config[1], 3);
   space.clear();
   fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);

@@ -293,7 +293,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, kLing, true, true, P); }});
   cases.push_back({"moe_topk_routing_fwd", kShape + " sigmoid groups=8/4 bias",
                    [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, kLing, true, false, P); }});
-  for (int pipe : {1, 0})
+  for (int pipe : {0, 1, 2, 3})
     for (bool with_map : {true, false})
       cases.push_back({"moe_topk_routing_fwd",
                        kShape + " sigmoid groups=8/4 bias" + (with_map ? " map P=16" : "") + fmt::format(" pipeline={}", pipe),

@@ -32,6 +32,7 @@ constexpr int kMoeSuperBlocks = 16;
 struct MoeZeroArgs {
   int* p;  // [n] set to 0
   int n;
+  int* q;  // [1] set to 0, or null
 };
 
 struct MoeRouteArgs {
@@ -40,8 +41,9 @@ struct MoeRouteArgs {
   float* probs;                // [T, E]
   unsigned char* routing_map;  // [T, E] 0/1
   int* hist;                   // MAP: [nblocks, E] per-block expert counts (workspace)
-  int* super;                  // MAP: [ceil(nblocks/16), E] per-superblock counts, zeroed by moe_route_zero
-  int* counts;                 // !MAP: [E] tokens per expert, zeroed by moe_route_zero, accumulated here
+  int* super;                  // [ceil(nblocks/16), E] per-superblock counts, zeroed by moe_route_zero
+  int* counts;                 // !MAP: [E] tokens per expert, written by the last CTA to finish
+  int* done;                   // !MAP: [1] CTAs finished, zeroed by moe_route_zero
   int* row_id_map;             // MAP: [T, E], −1 written here (the map kernel writes the routed entries)
   int T;
   float scale;                 // routed scaling factor

@@ -38,8 +38,9 @@ struct Case {
   int P = 16;
   bool indices = true;
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
-  int pipeline = -1;       // the forward's pipeline: -1 the op's choice, 1 fused (route_zero → route → route_map),
-                           // 0 classic (topk_fwd → map_scan → map_write), forced through the tuner's hook
+  int pipeline = -1;       // the forward's pipeline: -1 the op's choice, 0 classic (topk_fwd → map_scan →
+                           // map_write), 1 fused (route_zero → route → route_map), 2 fused with exact σ everywhere;
+                           // forced through the tuner's hook
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
 };
@@ -178,12 +179,18 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
 // Both pipelines of the forward (fused: route_zero → route → route_map; classic: topk_fwd → map_scan → map_write),
 // with and without the map, on the target routing and odd shapes.
 TEST_F(MoeRoutingTest, BothPipelinesWithAndWithoutTheMap) {
-  for (int pipe : {1, 0})
+  for (int pipe : {1, 2, 3, 0})
     for (bool with_map : {true, false}) {
       Case c{8192, 256, kLing, true, 16, true, with_map && pipe == 1};
       c.pipeline = pipe;
       c.with_map = with_map;
       run_case(c, 300 + pipe);
+      if (pipe == 1 && with_map) {  // multi-block runs per map CTA (8 blocks at 65536 tokens)
+        Case big{65536, 256, kLing, true, 16};
+        big.pipeline = 1;
+        run_case(big, 320);
+      }
+      if (pipe == 2) continue;  // the exact-σ variant: the target routing only
       for (Case o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
                      Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
                      Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
@@ -202,7 +209,10 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
                                        MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
       Case c{600, o.n_group == 4 ? 160 : 256, o, true, 16};
       c.pattern = pattern;
-      run_case(c, 400 + pattern);
+      for (int pipe : {1, 3, 0}) {  // 1 and 3: route's approximate candidate search; 0: the classic top-k
+        c.pipeline = pipe;
+        run_case(c, 400 + pattern);
+      }
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
