@@ -26,12 +26,12 @@ struct CtaRows {
   __device__ __forceinline__ i64 row(int k) const { return c + (group + static_cast<i64>(k) * groups) * G; }
 };
 
-__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ u32 pipe_smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
 
 // ---- mbarriers and TMA bulk copies (sm_90) ---------------------------------------------------------------------
 __device__ __forceinline__ void pipe_mbar_init(u64* bar, u32 count) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(pipe_smem_u32(bar)), "r"(count) : "memory");
 #endif
 }
 // Makes initialized mbarriers visible to the async proxy (the bulk copies complete on them).
@@ -51,7 +51,7 @@ __device__ __forceinline__ void pipe_fence_async() {
 // One arrival on `bar` that also expects `bytes` of transactions (the copies that follow complete them).
 __device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(pipe_smem_u32(bar)), "r"(bytes) : "memory");
 #endif
 }
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) global → shared, completing on `bar`. The source is
@@ -61,7 +61,7 @@ __device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 b
   asm volatile(
       "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
       " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
-      ::"r"(smem_u32(dst)), "l"(src), "r"(bytes), "r"(smem_u32(bar))
+      ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
       : "memory");
 #endif
 }
@@ -72,7 +72,7 @@ __device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) {
     asm volatile(
         "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
         : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
+        : "r"(pipe_smem_u32(bar)), "r"(parity)
         : "memory");
   } while (!done);
 #endif
@@ -83,7 +83,7 @@ __device__ __forceinline__ Vec16 pipe_lds16(const void* p) {
   Vec16 r;
   asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
                : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])
-               : "r"(smem_u32(p)));
+               : "r"(pipe_smem_u32(p)));
   return r;
 }
 
