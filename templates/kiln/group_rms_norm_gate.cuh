@@ -263,10 +263,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
   __syncwarp();
 
-  // The CTA's contiguous strip of tokens (sizes differ by ≤ 1), warp w taking tokens begin + w, begin + w + WARPS, ….
-  i64 begin, end;
-  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
-  for (i64 token = begin + warp; token < end; token += WARPS) {
+  // The CTA's tokens c, c + gridDim.x, … (counts differ by ≤ 1), warp w taking every WARPS-th of them.
+  const CtaRows strip(a.M, warp, WARPS);
+  for (int k = 0; k < strip.n; ++k) {
+    const i64 token = strip.row(k);
     i64 b, s;
     token_bs(a, token, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
@@ -387,8 +387,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 
 // ---- staged backward -----------------------------------------------------------------------------------------
 // The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid (gridDim.y =
-// segments) sized to the GPU; CTA (x, seg) takes a contiguous strip of tokens (cta_strip over gridDim.x: sizes
-// differ by ≤ 1), warp w of it tokens begin + w, begin + w + WARPS, …; each warp streams its items' x, gate and dy
+// segments) sized to the GPU; CTA (x, seg) takes tokens x, x + gridDim.x, … (CtaRows: counts differ by ≤ 1), warp w
+// every WARPS-th of them; each warp streams its items' x, gate and dy
 // rows through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1
 // items per warp are in flight while it computes one. σ and 1 − σ of the first pass, and the lane's weights, stay in
 // registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
@@ -421,13 +421,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
-  i64 begin, end;
-  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
-  const i64 first = begin + warp;
-  const int items = first < end ? static_cast<int>((end - first + WARPS - 1) / WARPS) : 0;  // this warp's tokens
+  const CtaRows strip(a.M, warp, WARPS);
+  const int items = strip.n;  // this warp's tokens
   auto issue = [&](int k) {
     i64 b, s;
-    token_bs(a, first + static_cast<i64>(k) * WARPS, b, s);
+    token_bs(a, strip.row(k), b, s);
     const void* const src[3] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
                                 static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0,
                                 static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
@@ -454,7 +452,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
   for (int k = 0; k < items; ++k) {
     ring.wait(k);
     i64 b, s;
-    token_bs(a, first + static_cast<i64>(k) * WARPS, b, s);
+    token_bs(a, strip.row(k), b, s);
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k));

@@ -181,9 +181,9 @@ __global__ void __launch_bounds__(256) rms_norm_bwd_kernel(const RmsNormBwdArgs 
 }
 
 // ---- pipelined backward ----------------------------------------------------------------------------------------
-// Persistent grid sized to the GPU; CTA c takes a contiguous strip of rows (cta_strip: sizes differ by ≤ 1 row, so
-// every SM streams the same bytes). The WARPS warps form GROUPS = WARPS/SPLIT groups; group g takes rows
-// begin + g, begin + g + GROUPS, … of the strip, and warp `sub` of the group owns the contiguous column slice
+// Persistent grid sized to the GPU; CTA c of G takes rows c, c + G, … (CtaRows: counts differ by ≤ 1 row, so every SM
+// streams the same bytes). The WARPS warps form GROUPS = WARPS/SPLIT groups; group g takes every GROUPS-th of the
+// CTA's rows, starting with its g-th, and warp `sub` of the group owns the contiguous column slice
 // [sub·NS, (sub+1)·NS) of those rows (NS = N/SPLIT). Each warp streams its slices of x and dy through its own ring of
 // DEPTH shared-memory slots (WarpRing: TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in
 // flight while it computes one, and no warp ever waits for another except the SPLIT warps sharing a row (one named
@@ -230,14 +230,12 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const 
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
-  i64 begin, end;
-  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
-  const i64 first = begin + group;
-  const int rows = first < end ? static_cast<int>((end - first + GROUPS - 1) / GROUPS) : 0;  // this warp's rows
+  const CtaRows strip(a.M, group, GROUPS);
+  const int rows = strip.n;  // this warp's rows
   const T* const xg = static_cast<const T*>(a.x) + col0;
   const T* const dyg = static_cast<const T*>(a.dy) + col0;
   auto issue = [&](int k) {
-    const i64 row = first + static_cast<i64>(k) * GROUPS;
+    const i64 row = strip.row(k);
     const void* const src[2] = {xg + row * a.x_stride, dyg + row * a.dy_stride};
     ring.template issue<PIECE, 2>(k, k < rows, src, lane);
   };
@@ -303,7 +301,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const 
     const float rv = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
     // (dot/N)·r first: r³ alone underflows fp32 for rows of rms ≳ 1e13, while the product stays representable.
     const float coef = (dot / static_cast<float>(N)) * rv * rv * rv;
-    const i64 row = first + static_cast<i64>(k) * GROUPS;
+    const i64 row = strip.row(k);
     char* dxr = reinterpret_cast<char*>(static_cast<T*>(a.dx) + row * a.dx_stride + col0);
 #pragma unroll
     for (int i = 0; i < CPL; ++i) {

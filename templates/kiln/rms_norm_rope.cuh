@@ -12,7 +12,7 @@
 // rotates and no shuffles are needed. Lane l takes pair-chunks l, l + 32, …; the first halves a warp loads are
 // contiguous runs of D/2 channels, the second halves likewise: every 32-byte sector is used in full.
 // Forward: one warp per row, the row kept in registers between the Σx² reduction and the output pass (x read
-// once). Backward: a persistent grid of balanced row strips (kiln/row_pipe.cuh: cta_strip); each warp walks rows
+// once). Backward: a persistent grid with balanced rows per CTA (kiln/row_pipe.cuh: CtaRows); each warp walks rows
 // with a fixed lane → column map, so it accumulates dw for its columns in its own shared-memory slice (or registers)
 // without races; at the end the CTA adds its warps' slices in warp order into partial[blockIdx.x], and
 // dw_reduce_kernel adds the CTA slices in CTA order: deterministic, no atomics.
@@ -161,12 +161,12 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
   for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
   __syncwarp();
 
-  // The CTA's contiguous strip of rows (sizes differ by ≤ 1: every SM gets the same work; a grid-stride walk gave
-  // the first CTAs a whole extra round), group g taking rows begin + g, begin + g + NG, ….
-  i64 begin, end;
-  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
+  // The CTA's rows c, c + G, … (counts differ by ≤ 1: every SM gets the same work; a grid-stride walk over groups
+  // of NG rows gave the first CTAs a whole extra round), group g taking every NG-th of them.
+  const CtaRows strip(a.M, group, NG);
   int parity = 0;
-  for (i64 row = begin + group; row < end; row += NG, parity ^= 1) {
+  for (int k = 0; k < strip.n; ++k, parity ^= 1) {
+    const i64 row = strip.row(k);
     const i64 b = row / a.S, s = row - b * a.S;
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
     const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
@@ -287,7 +287,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
 // ---- staged backward -----------------------------------------------------------------------------------------
 // The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid sized to the GPU,
 // CTA c taking a contiguous strip of rows (sizes differ by ≤ 1, so every SM streams the same bytes). The WARPS warps
-// form GROUPS = WARPS/SPLIT groups; group g takes rows begin + g, begin + g + GROUPS, …, and warp `sub` of the group
+// form GROUPS = WARPS/SPLIT groups; group g takes every GROUPS-th of the CTA's rows (CtaRows), and warp `sub` of the group
 // the contiguous slice of HD/SPLIT channels (whole heads) [sub·HD/SPLIT, …) of those rows. Each warp streams its
 // slices of x and dy through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before),
 // so DEPTH − 1 rows per warp are in flight while it computes one; the SPLIT warps of a row add their Σx² and
@@ -332,12 +332,10 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
-  i64 begin, end;
-  cta_strip(a.M, blockIdx.x, gridDim.x, begin, end);
-  const i64 first = begin + group;
-  const int rows = first < end ? static_cast<int>((end - first + GROUPS - 1) / GROUPS) : 0;  // this warp's rows
+  const CtaRows strip(a.M, group, GROUPS);
+  const int rows = strip.n;  // this warp's rows
   auto issue = [&](int k) {
-    const i64 row = first + static_cast<i64>(k) * GROUPS;
+    const i64 row = strip.row(k);
     const i64 b = row / a.S, s = row - b * a.S;
     const void* const src[2] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
                                 static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
@@ -353,7 +351,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
   };
   Tab tab;
   if constexpr (Tab::ONCE) {
-    if (rows > 0) table_of(first, tab);
+    if (rows > 0) table_of(strip.row(0), tab);
   }
   float wk1[WREG ? STEPS : 1][WREG ? E : 1], wk2[WREG ? STEPS : 1][WREG ? E : 1];
   if constexpr (WREG) {
@@ -374,11 +372,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
 
   for (int k = 0; k < rows; ++k) {
-    const i64 row = first + static_cast<i64>(k) * GROUPS;
+    const i64 row = strip.row(k);
     const i64 b = row / a.S, s = row - b * a.S;
     Tab next;  // the next row's table, in flight while this row is computed
     if constexpr (Tab::ONCE) {
-      if (k + 1 < rows) table_of(row + GROUPS, next);
+      if (k + 1 < rows) table_of(strip.row(k + 1), next);
     }
     ring.wait(k);
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
