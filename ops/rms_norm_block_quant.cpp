@@ -98,17 +98,12 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
   s.params[P_W_F32] = w_f32;
   if (mode == 0) {
     s.kernel = kRowKernel;
-    s.config[C_WARPS] = N <= 4096 ? 8 : 4;
+    s.config[C_WARPS] = N <= 4096 ? 8 : 16;
     // Rows up to 4096 columns: a persistent grid whose warps prefetch their next row (two rows in registers).
-    // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97).
+    // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97; 16 warps
+    // a CTA 92.4, 4 warps 96.4). The persistent row ring kernel (stages > 0) measured slower (round 3: 24.2 µs at
+    // best at N = 2048, 132 at 7168): it is a search-space point only.
     s.config[C_PREFETCH] = N <= 4096;
-    // sm_90: the persistent ring kernel (rows arrive by bulk copies into per-warp slots; no row in registers):
-    // 4 warps a CTA, 4 slots a warp up to 4096 columns (N = 2048: 64 KiB, 3 CTAs/SM), else 2.
-    if (arch.sm >= 90) {
-      s.config[C_WARPS] = 4;
-      s.config[C_PREFETCH] = 0;
-      s.config[C_STAGES] = N <= 4096 ? 4 : 2;
-    }
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA. Mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs: the fewest blocks
@@ -134,20 +129,20 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       return v && std::atoi(v) == 1;
     }();
     s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
-    // The persistent ring kernel (sm_90; cp.async into block slots, mbarriers), partial sums exchanged by pushes
-    // (st.async) instead of a cluster barrier per tile. Mode 2, N ≤ 2048: one block per CTA (clusters of N/128),
-    // four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
-    // (N = 7168: clusters of 14) and five slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
+    // The persistent ring kernel (sm_90): 512-thread CTAs (it is latency-bound: warps per SM count most, measured),
+    // partial sums pushed (st.async) instead of a cluster barrier per tile. Mode 2, N ≤ 2048: one block per CTA
+    // (clusters of N/128), two slots (two CTAs an SM), the next tile's reduction overlapping this tile's
+    // quantization. Larger N: four blocks per CTA (N = 7168: clusters of 14), four slots. Mode 1 keeps the tile kernel.
     if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring) {
-      s.config[C_WARPS] = 8;
+      s.config[C_WARPS] = 16;
       s.config[C_PREFETCH] = 0;
       if (nb <= 16) {
         s.config[C_COL_BLOCKS] = 1;
-        s.config[C_STAGES] = 4;
+        s.config[C_STAGES] = 2;
         s.config[C_OVERLAP] = 1;
       } else if (nb % 4 == 0 && nb / 4 <= 16) {
         s.config[C_COL_BLOCKS] = 4;
-        s.config[C_STAGES] = 5;
+        s.config[C_STAGES] = 4;
         s.config[C_OVERLAP] = 0;
       }
       if (s.config[C_STAGES] > 0) s.config[C_EXCHANGE] = nb / s.config[C_COL_BLOCKS] > 1;
@@ -174,7 +169,7 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
   s.config[C_COL_BLOCKS] = cb;
   const bool mode2 = base.params[P_MODE] == 2;
   const int S = static_cast<int>(base.params[P_N] / (128 * cb));
-  const std::vector<int> slots = !mode2 ? std::vector<int>{1, 2, 4} : cb <= 2 ? std::vector<int>{2, 4}
+  const std::vector<int> slots = !mode2 ? std::vector<int>{1, 2, 4} : cb <= 2 ? std::vector<int>{1, 2, 4}
                                                                              : std::vector<int>{cb, cb + 1, cb + 2};
   for (int overlap : {0, 1}) {
     if (overlap && !mode2) continue;

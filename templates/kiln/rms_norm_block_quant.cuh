@@ -445,14 +445,15 @@ struct Quant {
 };
 }  // namespace rmsq
 
-// CTAs per SM the ring kernel is compiled for: two 256-thread CTAs where their shared memory allows (≤ 128 registers
-// a thread), else one (up to 255 registers with 256 threads, 128 with 512).
+// CTAs per SM the ring kernel is compiled for (the register cap follows): as many as shared memory allows (228 KiB
+// an SM, 1 KiB reserved per CTA), at most three 256-thread CTAs (85 registers) or two 512-thread ones (64). The
+// kernel is latency-bound: warps per SM matter more than slots per CTA (measured).
 template <int N, int CB, int R, int WARPS, bool PUSH>
 struct RmsNormBlockQuantRingMinBlocks {
-  static constexpr int value = WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) <=
-                                                 kRmsNormBlockQuantTwoCtaSmem
-                                   ? 2
-                                   : 1;
+  static constexpr int by_smem =
+      228 * 1024 / (rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) + 1024);
+  static constexpr int cap = WARPS == 8 ? 3 : 2;
+  static constexpr int value = by_smem < 1 ? 1 : by_smem > cap ? cap : by_smem;
 };
 template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8, bool RELOAD = false,
           bool PUSH = false>

@@ -433,6 +433,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   std::vector<Point> points;
   for (int warps : {8, 16})
     for (int exchange : {0, 1}) {
+      points.push_back({2048, 2, warps, 1, 0, 1, 0, exchange, 8000});  // one slot: two or three CTAs an SM
       for (int R : {2, 4})
         for (int overlap : {0, 1}) {
           points.push_back({2048, 2, warps, 1, 0, R, overlap, exchange, 8000});
