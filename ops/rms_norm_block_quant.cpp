@@ -129,24 +129,8 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       return v && std::atoi(v) == 1;
     }();
     s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
-    // The persistent ring kernel (sm_90): 512-thread CTAs (it is latency-bound: warps per SM count most, measured),
-    // partial sums pushed (st.async) instead of a cluster barrier per tile. Mode 2, N ≤ 2048: one block per CTA
-    // (clusters of N/128), two slots (two CTAs an SM), the next tile's reduction overlapping this tile's
-    // quantization. Larger N: four blocks per CTA (N = 7168: clusters of 14), four slots. Mode 1 keeps the tile kernel.
-    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring) {
-      s.config[C_WARPS] = 16;
-      s.config[C_PREFETCH] = 0;
-      if (nb <= 16) {
-        s.config[C_COL_BLOCKS] = 1;
-        s.config[C_STAGES] = 2;
-        s.config[C_OVERLAP] = 1;
-      } else if (nb % 4 == 0 && nb / 4 <= 16) {
-        s.config[C_COL_BLOCKS] = 4;
-        s.config[C_STAGES] = 4;
-        s.config[C_OVERLAP] = 0;
-      }
-      if (s.config[C_STAGES] > 0) s.config[C_EXCHANGE] = nb / s.config[C_COL_BLOCKS] > 1;
-    }
+    // The persistent ring kernel (stages > 0) is a search-space point only until it measures faster than this
+    // tile kernel (rounds 2 and 3: every ring point was slower; see bench/NOTES.md).
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
