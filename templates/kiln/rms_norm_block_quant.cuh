@@ -5,7 +5,7 @@
 //   row-wise   q[m, :], q_scale[N/128, M]   : blocks of 128 columns of a row          (modes 0, 2)
 //   transposed qT[n, :], qT_scale[M/128, N] : blocks of 128 consecutive tokens of a channel (modes 1, 2)
 //
-// Two kernels:
+// Kernels:
 //  * row_kernel (mode 0): one warp per row. The row stays in registers between the sum of squares and the
 //    quantization, so x is read once. Lanes 0–15 own one 128-column block of each 256-column step, lanes 16–31 the
 //    next: a block's amax is a 16-lane butterfly.
@@ -15,16 +15,91 @@
 //    distributed shared memory (every CTA adds them in rank order, so all see the same r). Both quantizations are
 //    computed from the same registers; the transposed codes go through shared memory so qT is written in whole
 //    128-byte rows.
-//  * ring_kernel (modes 1, 2; the tile kernel made persistent): the same cluster split and the same per-block
-//    math, but each cluster loops over 128-token tiles, and x reaches shared memory through a ring of 128×128 block
-//    slots filled by TMA bulk copies (mbarrier completion), so the loads of later tiles are in flight while the
-//    current tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
+//  * ring_kernel (modes 1, 2; the tile kernel made persistent, a search-space point): the same cluster split and
+//    the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through a
+//    ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
+//    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
+//  * row_ring_kernel (mode 0, a search-space point): the row kernel with rows arriving by bulk copies into per-warp
+//    shared-memory slots instead of registers.
+// Every quantizer multiplies by the exact reciprocal of a power-of-two scale built from its bits (rmsq::Quant).
+
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
 
 namespace kiln {
+
+// ---- helpers of this family (sm_90 copies, mbarriers, the quantizer with an exact power-of-two reciprocal) ----
+namespace rmsq {
+__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+// Makes the initialized barriers visible to the async proxy (bulk copies' and st.async's complete_tx) and the cluster.
+__device__ __forceinline__ void mbar_init_fence() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// The producer's arrival for one fill of a slot: the phase completes when `bytes` have landed.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+// global → shared bulk copy (16-byte aligned, a multiple of 16 bytes) completing on `bar`.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+#endif
+}
+// 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
+// `bytes` on that CTA's barrier at the address `local_bar` has here.
+__device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
+#if __CUDA_ARCH__ >= 900
+  u32 d, b;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
+               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+  u32 done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+// Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
+// s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
+template <bool ROUND>
+struct Quant {
+  float s, inv;
+  __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
+    if constexpr (ROUND) {
+      const u32 b = __float_as_uint(scale);
+      inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
+    } else {
+      inv = scale;
+    }
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
+};
+}  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Mode 0. N % 128 == 0. Each lane holds STEPS 16-byte chunks (8 bf16) of its row.
@@ -88,7 +163,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
@@ -269,7 +344,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       if (MODE == 2) {
         amax = warp_max<16>(amax);
         const int r = g * 8 + i;
-        const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+        const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
         if (r < valid) {
           uint2 out;
           out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -303,7 +378,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     // stores to qT go out as whole 128-byte rows (16 bytes a lane).
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
+      const rmsq::Quant<ROUND> quant(colscale[hl * 8 + e]);
       const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
       const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
       codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
@@ -375,75 +450,6 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 // consumed before any byte of tile it+2 arrives (bytes that arrive before the owner arms the phase leave the
 // tx-count negative, never complete it). rinv[p] is rewritten two tiles later, after the __syncthreads of pass 2. A
 // final cluster barrier keeps every CTA's shared memory alive until the other CTAs are done with it.
-namespace rmsq {
-__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-#endif
-}
-// Makes the initialized barriers visible to the async proxy (bulk copies' and st.async's complete_tx) and the cluster.
-__device__ __forceinline__ void mbar_init_fence() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// The producer's arrival for one fill of a slot: the phase completes when `bytes` have landed.
-__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-#endif
-}
-// global → shared bulk copy (16-byte aligned, a multiple of 16 bytes) completing on `bar`.
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-#endif
-}
-// 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
-// `bytes` on that CTA's barrier at the address `local_bar` has here.
-__device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
-#if __CUDA_ARCH__ >= 900
-  u32 d, b;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
-               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-#if __CUDA_ARCH__ >= 900
-  u32 done;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-#endif
-}
-// Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
-// s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
-template <bool ROUND>
-struct Quant {
-  float s, inv;
-  __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
-    if constexpr (ROUND) {
-      const u32 b = __float_as_uint(scale);
-      inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
-    } else {
-      inv = scale;
-    }
-  }
-  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
-};
-}  // namespace rmsq
 
 // CTAs per SM the ring kernel is compiled for (the register cap follows): as many as shared memory allows (228 KiB
 // an SM, 1 KiB reserved per CTA), at most three 256-thread CTAs (85 registers) or two 512-thread ones (64). The
@@ -662,7 +668,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const Quant<ROUND> quant(block_scale<ROUND>(amax));
+          const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -693,7 +699,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
       __syncthreads();  // (B) colscale complete
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const Quant<ROUND> quant(colscale[hl * 8 + e]);
+        const rmsq::Quant<ROUND> quant(colscale[hl * 8 + e]);
         const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
         if constexpr (RPT == 8) {
           const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
@@ -828,7 +834,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kern
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const Quant<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
