@@ -36,8 +36,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_row_ring_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_STAGES], round, wf32);
-  else if (s.kernel == kRowKernel)
-    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+  else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
+    name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
+                       s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
@@ -192,13 +193,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   Specialization s = base;
   s.config = {};
   if (base.kernel == kRowKernel) {
-    for (int warps : {4, 8, 16})
-      for (int prefetch : {0, 1}) {
-        if (prefetch && N > 4096) continue;
-        s.config[C_WARPS] = warps;
-        s.config[C_PREFETCH] = prefetch;
-        out.push_back(s);
-      }
+    for (int col_blocks : {0, 4})  // 16 or (row8 kernel) 8 lanes a 128-column block
+      for (int warps : {4, 8, 16})
+        for (int prefetch : {0, 1}) {
+          if (prefetch && N > 4096) continue;
+          s.config[C_COL_BLOCKS] = col_blocks;
+          s.config[C_WARPS] = warps;
+          s.config[C_PREFETCH] = prefetch;
+          out.push_back(s);
+        }
+    s.config[C_COL_BLOCKS] = 0;
     if (base.arch.sm >= 90) {  // ring kernel: slots per warp that fit 227 KiB
       s.config[C_PREFETCH] = 0;
       for (int warps : {4, 8, 16})

@@ -459,6 +459,13 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   points.push_back({7168, 0, 8, 0, 0, 2, 0, 0, 5003});
   points.push_back({128, 0, 4, 0, 0, 4, 0, 0, 100003});
   points.push_back({2048, 0, 8, 0, 1, 0, 0, 0, 20011});  // the register row kernel
+  for (int warps : {4, 8, 16}) {  // the row8 kernel (8 lanes a block)
+    points.push_back({2048, 0, warps, 4, 1, 0, 0, 0, 20011});
+    points.push_back({2048, 0, warps, 4, 0, 0, 0, 0, 20011});
+    points.push_back({7168, 0, warps, 4, 0, 0, 0, 0, 5003});
+  }
+  points.push_back({128, 0, 4, 4, 1, 0, 0, 0, 100003});  // a partial step: one block of four
+  points.push_back({640, 0, 8, 4, 1, 0, 0, 0, 20011});   // five blocks: a full step and a partial one
   points.push_back({7168, 0, 4, 0, 0, 0, 0, 0, 5003});
   for (size_t i = 0; i < points.size(); ++i) {
     const Point& p = points[i];
