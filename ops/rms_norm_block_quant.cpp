@@ -130,8 +130,21 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       return v && std::atoi(v) == 1;
     }();
     s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
-    // The persistent ring kernel (stages > 0) is a search-space point only until it measures faster than this
-    // tile kernel (rounds 2 and 3: every ring point was slower; see bench/NOTES.md).
+    // Mode 2 on sm_90: the persistent ring kernel, 256-thread CTAs with two slots (two CTAs an SM), partial sums
+    // pushed (st.async). Up to 2 blocks a CTA the slice stays in the ring between the passes; wider slices pass
+    // through it twice (RELOAD). Measured (round 4, H100, M = 8192, round_scale 1): N = 2048 cb 2 33.1–33.7 µs
+    // (cb 1 + overlap 34.8, old tile kernel 38.3); N = 7168 RELOAD cb 4 125.1–125.6 (old tile kernel 165–171).
+    int rcb = nb % 2 == 0 ? 2 : 1;
+    while (nb % rcb != 0 || nb / rcb > 16) ++rcb;
+    // (A prime number of blocks above 16 leaves one CTA a row: the tile kernel's default stays.)
+    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring && (rcb <= 2 || nb / rcb > 1)) {
+      s.config[C_WARPS] = 8;
+      s.config[C_COL_BLOCKS] = rcb;
+      s.config[C_STAGES] = 2;
+      s.config[C_PREFETCH] = rcb > 2;          // RELOAD
+      s.config[C_OVERLAP] = rcb == 1;          // two slots hold two tiles only with one block a CTA
+      s.config[C_EXCHANGE] = nb / rcb > 1;     // pushes where there is a cluster
+    }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
@@ -174,7 +187,7 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
       }
     }
   }
-  if (mode2 && cb >= 2)
+  if (mode2 && cb >= 2 && S > 1)  // (one CTA a row: its serial Σx² over the whole row drifts a few ulps)
     for (int R : {2, 3}) {
       s.config[C_PREFETCH] = 1;
       s.config[C_STAGES] = R;

@@ -446,8 +446,8 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
     }
   points.push_back({7168, 2, 8, 4, 0, 6, 0, 0, 4003});
   for (int R : {2, 3}) {  // RELOAD: every block through the ring twice
-    for (int cb : {2, 4, 8, 16}) points.push_back({2048, 2, 8, cb, 1, R, 0, cb < 16, 8000});
-    for (int cb : {7, 14, 56}) points.push_back({7168, 2, 8, cb, 1, R, 0, cb < 56, 4003});
+    for (int cb : {2, 4, 8}) points.push_back({2048, 2, 8, cb, 1, R, 0, 1, 8000});
+    for (int cb : {4, 7, 14, 28}) points.push_back({7168, 2, 8, cb, 1, R, 0, 1, 4003});
   }
   for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
@@ -489,6 +489,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));  // exceeds shared memory
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));  // RELOAD needs a cluster
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
