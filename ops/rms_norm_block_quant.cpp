@@ -36,8 +36,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_row_ring_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
                        s.config[C_STAGES], round, wf32);
-  else if (s.kernel == kRowKernel)
-    name = fmt::format("kiln::rms_norm_block_quant_row_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+  else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
+    name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
+                       s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
@@ -98,17 +99,12 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
   s.params[P_W_F32] = w_f32;
   if (mode == 0) {
     s.kernel = kRowKernel;
-    s.config[C_WARPS] = N <= 4096 ? 8 : 4;
+    s.config[C_WARPS] = N <= 4096 ? 8 : 16;
     // Rows up to 4096 columns: a persistent grid whose warps prefetch their next row (two rows in registers).
-    // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97).
+    // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97; 16 warps
+    // a CTA 92.4, 4 warps 96.4). The persistent row ring kernel (stages > 0) measured slower (round 3: 24.2 µs at
+    // best at N = 2048, 132 at 7168): it is a search-space point only.
     s.config[C_PREFETCH] = N <= 4096;
-    // sm_90: the persistent ring kernel (rows arrive by bulk copies into per-warp slots; no row in registers):
-    // 4 warps a CTA, 4 slots a warp up to 4096 columns (N = 2048: 64 KiB, 3 CTAs/SM), else 2.
-    if (arch.sm >= 90) {
-      s.config[C_WARPS] = 4;
-      s.config[C_PREFETCH] = 0;
-      s.config[C_STAGES] = N <= 4096 ? 4 : 2;
-    }
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA. Mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs: the fewest blocks
@@ -134,23 +130,20 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       return v && std::atoi(v) == 1;
     }();
     s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
-    // The persistent ring kernel (sm_90; cp.async into block slots, mbarriers), partial sums exchanged by pushes
-    // (st.async) instead of a cluster barrier per tile. Mode 2, N ≤ 2048: one block per CTA (clusters of N/128),
-    // four slots, the next tile's reduction overlapping this tile's quantization. Larger N: four blocks per CTA
-    // (N = 7168: clusters of 14) and five slots, no overlap (it needs 2·cb slots). Mode 1 keeps the tile kernel.
-    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring) {
+    // Mode 2 on sm_90: the persistent ring kernel, 256-thread CTAs with two slots (two CTAs an SM), partial sums
+    // pushed (st.async). Up to 2 blocks a CTA the slice stays in the ring between the passes; wider slices pass
+    // through it twice (RELOAD). Measured (round 4, H100, M = 8192, round_scale 1): N = 2048 cb 2 33.1–33.7 µs
+    // (cb 1 + overlap 34.8, old tile kernel 38.3); N = 7168 RELOAD cb 4 125.1–125.6 (old tile kernel 165–171).
+    int rcb = nb % 2 == 0 ? 2 : 1;
+    while (nb % rcb != 0 || nb / rcb > 16) ++rcb;
+    // (A prime number of blocks above 16 leaves one CTA a row: the tile kernel's default stays.)
+    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring && (rcb <= 2 || nb / rcb > 1)) {
       s.config[C_WARPS] = 8;
-      s.config[C_PREFETCH] = 0;
-      if (nb <= 16) {
-        s.config[C_COL_BLOCKS] = 1;
-        s.config[C_STAGES] = 4;
-        s.config[C_OVERLAP] = 1;
-      } else if (nb % 4 == 0 && nb / 4 <= 16) {
-        s.config[C_COL_BLOCKS] = 4;
-        s.config[C_STAGES] = 5;
-        s.config[C_OVERLAP] = 0;
-      }
-      if (s.config[C_STAGES] > 0) s.config[C_EXCHANGE] = nb / s.config[C_COL_BLOCKS] > 1;
+      s.config[C_COL_BLOCKS] = rcb;
+      s.config[C_STAGES] = 2;
+      s.config[C_PREFETCH] = rcb > 2;          // RELOAD
+      s.config[C_OVERLAP] = rcb == 1;          // two slots hold two tiles only with one block a CTA
+      s.config[C_EXCHANGE] = nb / rcb > 1;     // pushes where there is a cluster
     }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
@@ -174,7 +167,7 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
   s.config[C_COL_BLOCKS] = cb;
   const bool mode2 = base.params[P_MODE] == 2;
   const int S = static_cast<int>(base.params[P_N] / (128 * cb));
-  const std::vector<int> slots = !mode2 ? std::vector<int>{1, 2, 4} : cb <= 2 ? std::vector<int>{2, 4}
+  const std::vector<int> slots = !mode2 ? std::vector<int>{1, 2, 4} : cb <= 2 ? std::vector<int>{1, 2, 4}
                                                                              : std::vector<int>{cb, cb + 1, cb + 2};
   for (int overlap : {0, 1}) {
     if (overlap && !mode2) continue;
@@ -194,7 +187,7 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
       }
     }
   }
-  if (mode2 && cb >= 2)
+  if (mode2 && cb >= 2 && S > 1)  // (one CTA a row: its serial Σx² over the whole row drifts a few ulps)
     for (int R : {2, 3}) {
       s.config[C_PREFETCH] = 1;
       s.config[C_STAGES] = R;
@@ -213,13 +206,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   Specialization s = base;
   s.config = {};
   if (base.kernel == kRowKernel) {
-    for (int warps : {4, 8, 16})
-      for (int prefetch : {0, 1}) {
-        if (prefetch && N > 4096) continue;
-        s.config[C_WARPS] = warps;
-        s.config[C_PREFETCH] = prefetch;
-        out.push_back(s);
-      }
+    for (int col_blocks : {0, 4})  // 16 or (row8 kernel) 8 lanes a 128-column block
+      for (int warps : {4, 8, 16})
+        for (int prefetch : {0, 1}) {
+          if (prefetch && N > 4096) continue;
+          s.config[C_COL_BLOCKS] = col_blocks;
+          s.config[C_WARPS] = warps;
+          s.config[C_PREFETCH] = prefetch;
+          out.push_back(s);
+        }
+    s.config[C_COL_BLOCKS] = 0;
     if (base.arch.sm >= 90) {  // ring kernel: slots per warp that fit 227 KiB
       s.config[C_PREFETCH] = 0;
       for (int warps : {4, 8, 16})

@@ -242,6 +242,22 @@ TEST(SearchSpace, PrunesInvalidPoints) {
   EXPECT_FALSE(space.empty());
 }
 
+// rms_norm_block_quant's heuristic default is a point of its own space at every hidden size it accepts (N a
+// multiple of 128 up to 8192), in every mode, with and without clusters.
+TEST(SearchSpace, RmsNormBlockQuantDefaultsAtEveryN) {
+  const FamilyDef* q = find_family("rms_norm_block_quant");
+  ASSERT_NE(q, nullptr);
+  for (const char* arch : {"sm_90a", "sm_80"})
+    for (int N = 128; N <= 8192; N += 128) {
+      ModelConfig m;
+      m.hidden_size = N;
+      std::vector<Specialization> specs;
+      q->enumerate(m, Arch::parse(arch), specs);
+      ASSERT_EQ(specs.size(), 6u) << N;
+      for (const Specialization& s : specs) EXPECT_TRUE(in_search_space(s)) << arch << " " << s.describe();
+    }
+}
+
 // Every point of the N = 2048 spaces compiles (what the tuner would try).
 TEST(SearchSpace, EveryPointCompiles) {
   Runtime rt(RuntimeOptions{.memory_only = true});

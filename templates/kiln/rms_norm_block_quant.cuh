@@ -5,7 +5,7 @@
 //   row-wise   q[m, :], q_scale[N/128, M]   : blocks of 128 columns of a row          (modes 0, 2)
 //   transposed qT[n, :], qT_scale[M/128, N] : blocks of 128 consecutive tokens of a channel (modes 1, 2)
 //
-// Two kernels:
+// Kernels:
 //  * row_kernel (mode 0): one warp per row. The row stays in registers between the sum of squares and the
 //    quantization, so x is read once. Lanes 0–15 own one 128-column block of each 256-column step, lanes 16–31 the
 //    next: a block's amax is a 16-lane butterfly.
@@ -15,16 +15,91 @@
 //    distributed shared memory (every CTA adds them in rank order, so all see the same r). Both quantizations are
 //    computed from the same registers; the transposed codes go through shared memory so qT is written in whole
 //    128-byte rows.
-//  * ring_kernel (modes 1, 2; the tile kernel made persistent): the same cluster split and the same per-block
-//    math, but each cluster loops over 128-token tiles, and x reaches shared memory through a ring of 128×128 block
-//    slots filled by TMA bulk copies (mbarrier completion), so the loads of later tiles are in flight while the
-//    current tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
+//  * ring_kernel (modes 1, 2; the tile kernel made persistent, a search-space point): the same cluster split and
+//    the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through a
+//    ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
+//    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
+//  * row_ring_kernel (mode 0, a search-space point): the row kernel with rows arriving by bulk copies into per-warp
+//    shared-memory slots instead of registers.
+// Every quantizer multiplies by the exact reciprocal of a power-of-two scale built from its bits (rmsq::Quant).
+
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
 
 namespace kiln {
+
+// ---- helpers of this family (sm_90 copies, mbarriers, the quantizer with an exact power-of-two reciprocal) ----
+namespace rmsq {
+__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
+__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
+#endif
+}
+// Makes the initialized barriers visible to the async proxy (bulk copies' and st.async's complete_tx) and the cluster.
+__device__ __forceinline__ void mbar_init_fence() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+#endif
+}
+// The producer's arrival for one fill of a slot: the phase completes when `bytes` have landed.
+__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
+#endif
+}
+// global → shared bulk copy (16-byte aligned, a multiple of 16 bytes) completing on `bar`.
+__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                   smem_u32(dst)),
+               "l"(src), "r"(bytes), "r"(smem_u32(bar))
+               : "memory");
+#endif
+}
+// 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
+// `bytes` on that CTA's barrier at the address `local_bar` has here.
+__device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
+#if __CUDA_ARCH__ >= 900
+  u32 d, b;
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
+  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
+               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
+               : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
+#if __CUDA_ARCH__ >= 900
+  u32 done;
+  do {
+    asm volatile(
+        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done)
+        : "r"(smem_u32(bar)), "r"(parity)
+        : "memory");
+  } while (!done);
+#endif
+}
+// Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
+// s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
+template <bool ROUND>
+struct Quant {
+  float s, inv;
+  __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
+    if constexpr (ROUND) {
+      const u32 b = __float_as_uint(scale);
+      inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
+    } else {
+      inv = scale;
+    }
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
+};
+}  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
 // Mode 0. N % 128 == 0. Each lane holds STEPS 16-byte chunks (8 bf16) of its row.
@@ -88,7 +163,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
@@ -98,6 +173,94 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
     if constexpr (PREFETCH) {
 #pragma unroll
       for (int s = 0; s < STEPS; ++s) cur[s] = nxt[s];
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Mode 0 with 8 lanes per 128-column block (row8_kernel; the row kernel's config col_blocks = 4: four blocks a warp
+// step). A step covers 512 columns: lanes 8j … 8j+7 own block j of the step, lane l its 16-byte chunks (l & 7) and
+// (l & 7) + 8 of the block, so a warp's load instruction still reads whole 128-byte segments (8 lanes × 16
+// contiguous bytes) and a block's amax is an 8-lane butterfly over 16 values a lane: half the scale computations
+// and fewer shuffles per element than 16 lanes × 8 values. Otherwise as the row kernel (grid-stride, PREFETCH).
+template <int N, int WARPS, bool PREFETCH, bool ROUND, bool W_F32>
+__global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row8_kernel(const RmsNormBlockQuantArgs a) {
+  constexpr int NB = N / 128;             // column blocks per row
+  constexpr int STEPS = (NB + 3) / 4;     // 512-column steps
+  const int lane = threadIdx.x & 31;
+  const int blk = lane >> 3, c = lane & 7;  // block of the step, chunk pair in the block
+  const int stride = gridDim.x * WARPS;
+  int row = blockIdx.x * WARPS + (threadIdx.x >> 5);
+  if (row >= a.M) return;
+
+  auto active = [&](int s) { return s * 4 + blk < NB; };  // 8-lane-group uniform
+  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
+  auto load_row = [&](int r, Vec16 (&v)[STEPS][2]) {
+    const bf16* xr = static_cast<const bf16*>(a.x) + static_cast<i64>(r) * a.x_stride;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s)
+      if (active(s)) {
+        v[s][0] = load16_stream(xr + col_of(s, 0));
+        v[s][1] = load16_stream(xr + col_of(s, 1));
+      }
+  };
+  Vec16 cur[STEPS][2], nxt[PREFETCH ? STEPS : 1][2];
+  if (PREFETCH) load_row(row, cur);
+  for (; row < a.M; row += stride) {
+    if constexpr (PREFETCH) {
+      if (row + stride < a.M) load_row(row + stride, nxt);  // warp-uniform
+    } else {
+      load_row(row, cur);
+    }
+
+    float ss = 0.f;
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s)
+      if (active(s))
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(cur[s][h], i); ss += f * f; }
+    ss = warp_sum(ss);
+    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+    if (a.rms_out && lane == 0) a.rms_out[row] = r;
+
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s) {
+      const bool on = active(s);
+      float y[2][8];
+      float amax = 0.f;
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        float w8[8];
+        if (on) {
+          if (W_F32) load_floats<float, 8>(a.w, col_of(s, h), w8);
+          else load_floats<bf16, 8>(a.w, col_of(s, h), w8);
+        }
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          y[h][i] = on ? __fmul_rn(__fmul_rn(vec_get<bf16>(cur[s][h], i), r), w8[i]) : 0.f;
+          amax = fmaxf(amax, fabsf(y[h][i]));
+        }
+      }
+      amax = warp_max<8>(amax);
+      if (!on) continue;
+      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint2 out;
+        out.x = e4m3x4(quant(y[h][0]), quant(y[h][1]), quant(y[h][2]), quant(y[h][3]));
+        out.y = e4m3x4(quant(y[h][4]), quant(y[h][5]), quant(y[h][6]), quant(y[h][7]));
+        *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + col_of(s, h)) = out;
+      }
+      if (c == 0) a.q_scale[static_cast<i64>(s * 4 + blk) * a.M + row] = quant.s;
+    }
+    if constexpr (PREFETCH) {
+#pragma unroll
+      for (int s = 0; s < STEPS; ++s) {
+        cur[s][0] = nxt[s][0];
+        cur[s][1] = nxt[s][1];
+      }
     }
   }
 }
@@ -269,7 +432,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       if (MODE == 2) {
         amax = warp_max<16>(amax);
         const int r = g * 8 + i;
-        const Quantizer<ROUND> quant(block_scale<ROUND>(amax));
+        const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
         if (r < valid) {
           uint2 out;
           out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -303,7 +466,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     // stores to qT go out as whole 128-byte rows (16 bytes a lane).
 #pragma unroll
     for (int e = 0; e < 8; ++e) {
-      const Quantizer<ROUND> quant(colscale[hl * 8 + e]);
+      const rmsq::Quant<ROUND> quant(colscale[hl * 8 + e]);
       const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
       const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
       codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
@@ -375,84 +538,16 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
 // consumed before any byte of tile it+2 arrives (bytes that arrive before the owner arms the phase leave the
 // tx-count negative, never complete it). rinv[p] is rewritten two tiles later, after the __syncthreads of pass 2. A
 // final cluster barrier keeps every CTA's shared memory alive until the other CTAs are done with it.
-namespace rmsq {
-__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-#endif
-}
-// Makes the initialized barriers visible to the async proxy (bulk copies' and st.async's complete_tx) and the cluster.
-__device__ __forceinline__ void mbar_init_fence() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// The producer's arrival for one fill of a slot: the phase completes when `bytes` have landed.
-__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-#endif
-}
-// global → shared bulk copy (16-byte aligned, a multiple of 16 bytes) completing on `bar`.
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-#endif
-}
-// 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
-// `bytes` on that CTA's barrier at the address `local_bar` has here.
-__device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
-#if __CUDA_ARCH__ >= 900
-  u32 d, b;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
-               "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-#if __CUDA_ARCH__ >= 900
-  u32 done;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-#endif
-}
-// Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
-// s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
-template <bool ROUND>
-struct Quant {
-  float s, inv;
-  __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
-    if constexpr (ROUND) {
-      const u32 b = __float_as_uint(scale);
-      inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
-    } else {
-      inv = scale;
-    }
-  }
-  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
-};
-}  // namespace rmsq
 
-// CTAs per SM the ring kernel is compiled for: two 256-thread CTAs where their shared memory allows (≤ 128 registers
-// a thread), else one (up to 255 registers with 256 threads, 128 with 512).
+// CTAs per SM the ring kernel is compiled for (the register cap follows): as many as shared memory allows (228 KiB
+// an SM, 1 KiB reserved per CTA), at most three 256-thread CTAs (85 registers) or two 512-thread ones (64). The
+// kernel is latency-bound: warps per SM matter more than slots per CTA (measured).
 template <int N, int CB, int R, int WARPS, bool PUSH>
 struct RmsNormBlockQuantRingMinBlocks {
-  static constexpr int value = WARPS == 8 && rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) <=
-                                                 kRmsNormBlockQuantTwoCtaSmem
-                                   ? 2
-                                   : 1;
+  static constexpr int by_smem =
+      228 * 1024 / (rms_norm_block_quant_ring_smem_bytes(R, WARPS, PUSH ? N / (CB * 128) : 0) + 1024);
+  static constexpr int cap = WARPS == 8 ? 3 : 2;
+  static constexpr int value = by_smem < 1 ? 1 : by_smem > cap ? cap : by_smem;
 };
 template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8, bool RELOAD = false,
           bool PUSH = false>
@@ -661,7 +756,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const Quant<ROUND> quant(block_scale<ROUND>(amax));
+          const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -692,7 +787,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
       __syncthreads();  // (B) colscale complete
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        const Quant<ROUND> quant(colscale[hl * 8 + e]);
+        const rmsq::Quant<ROUND> quant(colscale[hl * 8 + e]);
         const u32 lo = e4m3x4(quant(y_at(0, e)), quant(y_at(1, e)), quant(y_at(2, e)), quant(y_at(3, e)));
         if constexpr (RPT == 8) {
           const u32 hi = e4m3x4(quant(y_at(4, e)), quant(y_at(5, e)), quant(y_at(6, e)), quant(y_at(7, e)));
@@ -827,7 +922,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kern
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const Quant<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));

@@ -433,6 +433,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   std::vector<Point> points;
   for (int warps : {8, 16})
     for (int exchange : {0, 1}) {
+      points.push_back({2048, 2, warps, 1, 0, 1, 0, exchange, 8000});  // one slot: two or three CTAs an SM
       for (int R : {2, 4})
         for (int overlap : {0, 1}) {
           points.push_back({2048, 2, warps, 1, 0, R, overlap, exchange, 8000});
@@ -445,8 +446,8 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
     }
   points.push_back({7168, 2, 8, 4, 0, 6, 0, 0, 4003});
   for (int R : {2, 3}) {  // RELOAD: every block through the ring twice
-    for (int cb : {2, 4, 8, 16}) points.push_back({2048, 2, 8, cb, 1, R, 0, cb < 16, 8000});
-    for (int cb : {7, 14, 56}) points.push_back({7168, 2, 8, cb, 1, R, 0, cb < 56, 4003});
+    for (int cb : {2, 4, 8}) points.push_back({2048, 2, 8, cb, 1, R, 0, 1, 8000});
+    for (int cb : {4, 7, 14, 28}) points.push_back({7168, 2, 8, cb, 1, R, 0, 1, 4003});
   }
   for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
@@ -458,6 +459,13 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   points.push_back({7168, 0, 8, 0, 0, 2, 0, 0, 5003});
   points.push_back({128, 0, 4, 0, 0, 4, 0, 0, 100003});
   points.push_back({2048, 0, 8, 0, 1, 0, 0, 0, 20011});  // the register row kernel
+  for (int warps : {4, 8, 16}) {  // the row8 kernel (8 lanes a block)
+    points.push_back({2048, 0, warps, 4, 1, 0, 0, 0, 20011});
+    points.push_back({2048, 0, warps, 4, 0, 0, 0, 0, 20011});
+    points.push_back({7168, 0, warps, 4, 0, 0, 0, 0, 5003});
+  }
+  points.push_back({128, 0, 4, 4, 1, 0, 0, 0, 100003});  // a partial step: one block of four
+  points.push_back({640, 0, 8, 4, 1, 0, 0, 0, 20011});   // five blocks: a full step and a partial one
   points.push_back({7168, 0, 4, 0, 0, 0, 0, 0, 5003});
   for (size_t i = 0; i < points.size(); ++i) {
     const Point& p = points[i];
@@ -481,6 +489,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));  // exceeds shared memory
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));  // RELOAD needs a cluster
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
