@@ -186,9 +186,10 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
            (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            smem_bytes(s) <= smem_limit(s.arch);
-  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, 2 consumers, up to wn (≤ 8) T ranges a cluster
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
+  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 &&
+           (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
@@ -265,7 +266,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       set_config(s, 64, 256, 64, 2, 1, kernel == kDxTma ? 5 : 4);
       break;
     case kDwTma:
-    case kDwTmaBf16:  // up to 8 T ranges (two clusters of 4: 16 tiles × 8 = 128 CTAs at E = 256, K = 2048), 3 stages
+    case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
+                      // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
+                      // once), 3 stages
       set_config(s, 128, 256, 64, 2, 8, 3);
       break;
     case kFwdTma:  // 64 tokens a CTA (128 CTAs at 8192 tokens), one consumer warpgroup over all of E, 5 stages, no
@@ -356,11 +359,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     case kDwTma:
     case kDwTmaBf16:
-      for (int smax : {8, 4})
+      for (int cluster : {2, 1, 4})
         for (int stages : {3, 2}) {
-          set_config(s, 128, 256, 64, 2, smax, stages);
+          set_config(s, 128, 256, 64, cluster, 8, stages);
           add(s);
         }
+      set_config(s, 128, 256, 64, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
+      add(s);
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
@@ -615,10 +620,12 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster while 128-token tiles × 2 fill the GPU at most
-  // once (8192 tokens on 132 SMs), else the persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill
+  // the GPU at most once (run of 04:17, 8192 tokens: K = 7168 53.7 µs vs 59.6; K = 2048 22.8 vs 21.6), else the
+  // persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
   const int sms = impl.device().sm_count;
-  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? ((T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
+  if (variant < 0)
+    variant = has_wgmma(arch) && E <= 256 ? (K >= 4096 && (T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (variant == 3) {
@@ -692,8 +699,8 @@ namespace {
 int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 2 : 0; }
 
 // The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8), each a multiple of 64 rows, in
-// clusters of up to 4 (run of 04:00: clusters of 8 did not all fit at once — 59.6 µs vs 48.5 with 4 on half the
-// SMs); more than 4 ranges make groups of 4 whose sums go through the workspace.
+// clusters of up to wm (1, 2 or 4; run of 04:00: clusters of 8 did not all fit at once — 59.6 µs vs 48.5 with 4 on
+// half the SMs); more ranges than a cluster make groups whose sums go through the workspace.
 struct DwTmaPlan {
   int ranges = 0, rows = 0, cluster = 1, groups = 1;
   int64_t workspace_elems = 0;
@@ -705,7 +712,7 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
   int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
-  p.cluster = static_cast<int>(std::min<int64_t>(ranges, 4));
+  p.cluster = static_cast<int>(std::min<int64_t>(ranges, s.config[C_WM]));
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
   p.ranges = p.groups * p.cluster;  // the last ranges may be empty (rows past T): they add zeros
   p.rows = static_cast<int>((chunks + p.ranges - 1) / p.ranges * 64);
@@ -964,8 +971,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   const bool want_dx = part != "dw", want_dw = part != "dx";
   const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
-  // A forced config or kernel brings its own split plan: kiln allocates the workspace (stream-ordered) then.
-  const int64_t ws_elems = want_dw && !force && variant < 0 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  // A workspace for every dw variant (a forced config or kernel brings its own split plan; without one the op would
+  // allocate stream-ordered in every timed call): the advertised size, at least 16 partials.
+  const int64_t ws_elems = want_dw ? std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(rt, T, K, E), 16 * E * K) : 0;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
