@@ -70,32 +70,20 @@ __device__ __forceinline__ float lds_f32(u32 addr) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
   return v;
 }
-// Rows [r0, r1) of the dw tile: the sum of the S staged partial tiles of this cluster, added in cluster-rank order
-// (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
+// Rows [r0, r1) of the dw tile: the sum of the S (2–4) staged partial tiles of this cluster, added in cluster-rank
+// order (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
 template <int BN, int PITCH, int E, int K>
 __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, int r0, int r1, int e0, int n0, int S) {
-  for (int i = t; i < (r1 - r0) * (BN / 4); i += 256) {
-    const int r = r0 + i / (BN / 4), c4 = i % (BN / 4);
-    const u32 local = base + r * PITCH + c4 * 16;
-    float sum[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int q = 0; q < S; ++q) {
-      u32 remote;
-      float v[4];
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
-      asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
-                   : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
-                   : "r"(remote)
-                   : "memory");
-#pragma unroll
-      for (int k = 0; k < 4; ++k) sum[k] += v[k];
-    }
-    if (e0 + r < E && n0 + c4 * 4 < K) {
-      Vec16 o;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
-      store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
-    }
-  }
+  constexpr int CPR = BN / 4;
+  auto off = [&](int i) { return (r0 + i / CPR) * PITCH + (i % CPR) * 16; };
+  auto emit = [&](int i, const Vec16& o) {
+    const int r = r0 + i / CPR, c4 = i % CPR;
+    if (r < r1 && e0 + r < E && n0 + c4 * 4 < K) store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
+  };
+  // ceil(128 / S) rows a CTA (the caller's r1 − r0, or fewer for the last rank: emit skips rows past r1).
+  if (S == 2) cluster_sum_rows<2, 256, 64 * CPR>(base, t, off, emit);
+  else if (S == 3) cluster_sum_rows<3, 256, 43 * CPR>(base, t, off, emit);
+  else cluster_sum_rows<4, 256, 32 * CPR>(base, t, off, emit);
 }
 
 template <int R>
