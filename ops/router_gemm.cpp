@@ -75,8 +75,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     if (is_dx_tma(s.kernel))
-      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0);
+      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0, s.config[C_BM]);
     else
       name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], g_split(s.kernel) ? 1 : 0);
@@ -120,9 +120,9 @@ int smem_bytes(const Specialization& s) {
   if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + a ring of 32 KiB stages + mbarriers
                               // (+ 1 KiB alignment and two 16 KiB output staging tiles where they fit: the kernel's
                               // router_gemm_dx_staged)
-    const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES];
-    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + stages * (32768 + 16);
-    return core + 1024 + 32768 <= 227 * 1024 ? core + 1024 + 32768 : core;
+    const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES], tm = s.config[C_BM];
+    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * tm * 128 + stages * (32768 + 16);
+    return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512 : core;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
     const int stages = s.config[C_STAGES];
@@ -182,10 +182,11 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–6 stages
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
-           smem_bytes(s) <= smem_limit(s.arch);
+  if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
+                            // 256-column blocks, 2 consumers, 2–6 stages
+    return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
+           c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
+           c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
@@ -356,6 +357,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           set_config(s, 64, 256, 64, 2, cm, stages);
           add(s);
         }
+      for (int stages : {3, 2}) {  // 128 tokens × half the columns a unit
+        set_config(s, 128, 256, 64, 2, 1, stages);
+        add(s);
+      }
       break;
     case kDwTma:
     case kDwTmaBf16:
@@ -764,7 +769,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.dx = dx.data;
       a.dx_stride = dxr.stride;
       a.T = static_cast<int>(T);
-      a.tiles = static_cast<int>((T + 63) / 64);
+      const int tm = s.config[C_BM];
+      a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
