@@ -75,8 +75,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     if (is_dx_tma(s.kernel))
-      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0);
+      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0, s.config[C_BM]);
     else
       name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], g_split(s.kernel) ? 1 : 0);
@@ -120,9 +120,9 @@ int smem_bytes(const Specialization& s) {
   if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + a ring of 32 KiB stages + mbarriers
                               // (+ 1 KiB alignment and two 16 KiB output staging tiles where they fit: the kernel's
                               // router_gemm_dx_staged)
-    const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES];
-    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * 8192 + stages * (32768 + 16);
-    return core + 1024 + 32768 <= 227 * 1024 ? core + 1024 + 32768 : core;
+    const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES], tm = s.config[C_BM];
+    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * tm * 128 + stages * (32768 + 16);
+    return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512 : core;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
     const int stages = s.config[C_STAGES];
@@ -182,13 +182,15 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (is_dx_tma(s.kernel))  // 64 tokens × 256 columns a block, 2 consumers, cluster of 1/2/4, 2–6 stages
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
-           smem_bytes(s) <= smem_limit(s.arch);
-  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, 2 consumers, up to wn (≤ 8) T ranges a cluster
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 && c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
+  if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
+                            // 256-column blocks, 2 consumers, 2–6 stages
+    return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
+           c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
+           c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
+  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 &&
+           (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
@@ -265,7 +267,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       set_config(s, 64, 256, 64, 2, 1, kernel == kDxTma ? 5 : 4);
       break;
     case kDwTma:
-    case kDwTmaBf16:  // up to 8 T ranges (two clusters of 4: 16 tiles × 8 = 128 CTAs at E = 256, K = 2048), 3 stages
+    case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
+                      // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
+                      // once), 3 stages
       set_config(s, 128, 256, 64, 2, 8, 3);
       break;
     case kFwdTma:  // 64 tokens a CTA (128 CTAs at 8192 tokens), one consumer warpgroup over all of E, 5 stages, no
@@ -353,14 +357,20 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           set_config(s, 64, 256, 64, 2, cm, stages);
           add(s);
         }
+      for (int stages : {3, 2}) {  // 128 tokens × half the columns a unit
+        set_config(s, 128, 256, 64, 2, 1, stages);
+        add(s);
+      }
       break;
     case kDwTma:
     case kDwTmaBf16:
-      for (int smax : {8, 4})
+      for (int cluster : {2, 1, 4})
         for (int stages : {3, 2}) {
-          set_config(s, 128, 256, 64, 2, smax, stages);
+          set_config(s, 128, 256, 64, cluster, 8, stages);
           add(s);
         }
+      set_config(s, 128, 256, 64, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
+      add(s);
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
@@ -615,10 +625,12 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster while 128-token tiles × 2 fill the GPU at most
-  // once (8192 tokens on 132 SMs), else the persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill
+  // the GPU at most once (run of 04:17, 8192 tokens: K = 7168 53.7 µs vs 59.6; K = 2048 22.8 vs 21.6), else the
+  // persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
   const int sms = impl.device().sm_count;
-  if (variant < 0) variant = has_wgmma(arch) && E <= 256 ? ((T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
+  if (variant < 0)
+    variant = has_wgmma(arch) && E <= 256 ? (K >= 4096 && (T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (variant == 3) {
@@ -692,8 +704,8 @@ namespace {
 int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 2 : 0; }
 
 // The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8), each a multiple of 64 rows, in
-// clusters of up to 4 (run of 04:00: clusters of 8 did not all fit at once — 59.6 µs vs 48.5 with 4 on half the
-// SMs); more than 4 ranges make groups of 4 whose sums go through the workspace.
+// clusters of up to wm (1, 2 or 4; run of 04:00: clusters of 8 did not all fit at once — 59.6 µs vs 48.5 with 4 on
+// half the SMs); more ranges than a cluster make groups whose sums go through the workspace.
 struct DwTmaPlan {
   int ranges = 0, rows = 0, cluster = 1, groups = 1;
   int64_t workspace_elems = 0;
@@ -705,7 +717,7 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
   int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
-  p.cluster = static_cast<int>(std::min<int64_t>(ranges, 4));
+  p.cluster = static_cast<int>(std::min<int64_t>(ranges, s.config[C_WM]));
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
   p.ranges = p.groups * p.cluster;  // the last ranges may be empty (rows past T): they add zeros
   p.rows = static_cast<int>((chunks + p.ranges - 1) / p.ranges * 64);
@@ -757,7 +769,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.dx = dx.data;
       a.dx_stride = dxr.stride;
       a.T = static_cast<int>(T);
-      a.tiles = static_cast<int>((T + 63) / 64);
+      const int tm = s.config[C_BM];
+      a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
@@ -964,8 +977,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   const bool want_dx = part != "dw", want_dw = part != "dx";
   const TensorRef dx = want_dx ? TensorRef::contiguous(b->alloc(T * K * 2), DType::bf16, {T, K}) : TensorRef{};
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
-  // A forced config or kernel brings its own split plan: kiln allocates the workspace (stream-ordered) then.
-  const int64_t ws_elems = want_dw && !force && variant < 0 ? router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) : 0;
+  // A workspace for every dw variant (a forced config or kernel brings its own split plan; without one the op would
+  // allocate stream-ordered in every timed call): the advertised size, at least 16 partials.
+  const int64_t ws_elems = want_dw ? std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(rt, T, K, E), 16 * E * K) : 0;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.

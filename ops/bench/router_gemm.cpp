@@ -49,18 +49,23 @@ constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};
-// The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages a ring) and dw (wn = most T
-// ranges a cluster, stages).
-constexpr std::array<std::array<int32_t, 6>, 6> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
+// The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
+// 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
+constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
                                                                 {64, 256, 64, 2, 1, 5},
                                                                 {64, 256, 64, 2, 4, 5},
                                                                 {64, 256, 64, 2, 2, 4},
                                                                 {64, 256, 64, 2, 1, 6},
-                                                                {64, 256, 64, 2, 2, 6}}};
-constexpr std::array<std::array<int32_t, 6>, 4> kDwTmaSweep = {{{128, 256, 64, 2, 8, 3},
+                                                                {64, 256, 64, 2, 2, 6},
+                                                                {128, 256, 64, 2, 1, 3},
+                                                                {128, 256, 64, 2, 1, 2}}};
+// dw: wm = T ranges a cluster reduces (the rest go through the workspace in groups), wn = T ranges. Run of 04:17
+// (clusters of 4): wn 8 stages 3 61.4 µs (with workspace), wn 4 stages 3 48.7.
+constexpr std::array<std::array<int32_t, 6>, 5> kDwTmaSweep = {{{128, 256, 64, 2, 8, 3},
+                                                                {128, 256, 64, 1, 8, 3},
+                                                                {128, 256, 64, 4, 8, 3},
                                                                 {128, 256, 64, 2, 8, 2},
-                                                                {128, 256, 64, 2, 4, 3},
-                                                                {128, 256, 64, 2, 4, 2}}};
+                                                                {128, 256, 64, 4, 4, 3}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},

@@ -70,32 +70,20 @@ __device__ __forceinline__ float lds_f32(u32 addr) {
   asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
   return v;
 }
-// Rows [r0, r1) of the dw tile: the sum of the S staged partial tiles of this cluster, added in cluster-rank order
-// (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
+// Rows [r0, r1) of the dw tile: the sum of the S (2–4) staged partial tiles of this cluster, added in cluster-rank
+// order (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
 template <int BN, int PITCH, int E, int K>
 __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, int r0, int r1, int e0, int n0, int S) {
-  for (int i = t; i < (r1 - r0) * (BN / 4); i += 256) {
-    const int r = r0 + i / (BN / 4), c4 = i % (BN / 4);
-    const u32 local = base + r * PITCH + c4 * 16;
-    float sum[4] = {0.f, 0.f, 0.f, 0.f};
-    for (int q = 0; q < S; ++q) {
-      u32 remote;
-      float v[4];
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
-      asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
-                   : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
-                   : "r"(remote)
-                   : "memory");
-#pragma unroll
-      for (int k = 0; k < 4; ++k) sum[k] += v[k];
-    }
-    if (e0 + r < E && n0 + c4 * 4 < K) {
-      Vec16 o;
-#pragma unroll
-      for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
-      store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
-    }
-  }
+  constexpr int CPR = BN / 4;
+  auto off = [&](int i) { return (r0 + i / CPR) * PITCH + (i % CPR) * 16; };
+  auto emit = [&](int i, const Vec16& o) {
+    const int r = r0 + i / CPR, c4 = i % CPR;
+    if (r < r1 && e0 + r < E && n0 + c4 * 4 < K) store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
+  };
+  // ceil(128 / S) rows a CTA (the caller's r1 − r0, or fewer for the last rank: emit skips rows past r1).
+  if (S == 2) cluster_sum_rows<2, 256, 64 * CPR>(base, t, off, emit);
+  else if (S == 3) cluster_sum_rows<3, 256, 43 * CPR>(base, t, off, emit);
+  else cluster_sum_rows<4, 256, 32 * CPR>(base, t, off, emit);
 }
 
 template <int R>
@@ -109,8 +97,9 @@ __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 // ---- dx ---------------------------------------------------------------------------------------------------------
 // Whether the dx kernel stages its output blocks (two 16 KiB tiles) — where they fit next to the A tile and the ring
 // (the host's smem recipe mirrors this).
-__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT) {
-  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * 8192 + STAGES * 32768 + 16 * STAGES + 1024 + 32768 <= 227 * 1024;
+__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT, int TM = 64) {
+  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 + TM * 512 <=
+         227 * 1024;
 }
 
 // Grid: CM·clusters CTAs (clusters (CM, 1, 1)), 384 threads. Shared memory: 1 KiB slack, the A tile ((1 + SPLIT) ×
@@ -119,14 +108,18 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 // dx tensor map's 64 × 64 boxes) and out by 2 TMA stores (rows past T and columns past K are clipped by the copy
 // engine); else 4-byte stores straight from the accumulators. Chunks stream in the order (column block n of 256,
 // expert chunk); consumer j takes columns [128·j, 128·j + 128) of every block, so both read every stage.
-template <int K, int E, int STAGES, int CM, int SPLIT>
+// TM = 128 (no multicast): a work unit is 128 tokens × one half of the 256-column blocks; consumer j takes token rows
+// [64·j, 64·j + 64) and all 256 columns of each chunk (m64n256), so each w chunk that lands serves 128 tokens: about
+// 40 % fewer bytes into each SM than TM = 64 (the g rows are read by both halves' units).
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = 64, BN = 256, ATOM = 64 * 128;
-  constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, CHUNKS = NCH * EC;
-  constexpr int A_TILE = EC * ATOM, A_BYTES = (1 + SPLIT) * A_TILE, STAGE = 4 * ATOM;
+  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1, NW = TM == 128 ? 256 : 128;
+  constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
+  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (1 + SPLIT) * A_TILE, STAGE = 4 * ATOM;
   constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
-  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT);
+  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM);
+  static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
 
@@ -156,7 +149,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       int s = 0;
       u32 phase = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
-        for (int c = 0; c < CHUNKS; ++c) {
+        const int half = (grp * CM + static_cast<int>(rank)) % HALVES;
+        const int nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
+        for (int c = nb0 * EC; c < nb1 * EC; ++c) {
           const int n = c / EC, ec = c - n * EC;
           rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
           const u32 full = bars + 8 * s, st = ring + s * STAGE;
@@ -186,8 +181,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     int s = 0;
     u32 phase = 0;
     for (int grp = cluster; grp < groups; grp += clusters) {
-      const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
-      // g rows m0 … m0 + 63 → the bf16 A tile(s). Both warpgroups are done with the previous tile's MMAs.
+      const int unit = grp * CM + static_cast<int>(rank), half = unit % HALVES;
+      const int m0 = (unit / HALVES) * BM, nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
+      // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
       rgt::bar_sync_consumers();
       constexpr int UNITS = BM * EC * 8, ITERS = (UNITS + 255) / 256;  // 8-column units (16 bytes of bf16)
 #pragma unroll 4
@@ -211,28 +207,32 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             hi.w[3] = rgt::cvt_bf16x2(v1.z, v1.w);
           }
         }
-        const u32 off = at * ATOM + rg90::swz(r, jj);
+        const u32 off = at * A_ATOM + rg90::swz(r, jj);
         rg90::sts16(base + off, hi);
         if constexpr (SPLIT) rg90::sts16(base + A_TILE + off, lo);
       }
       rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
       rgt::bar_sync_consumers();
 
-      for (int n = 0; n < NCH; ++n) {
-        float acc[64];
+      // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
+      const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = TM == 128 ? 0 : 2 * j * ATOM;
+      const int row0 = TM == 128 ? j * 64 : 0;  // this warpgroup's first tile row
+      for (int n = nb0; n < nb1; ++n) {
+        float acc[NW / 2];
 #pragma unroll
-        for (int i = 0; i < 64; ++i) acc[i] = 0.f;
+        for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
-          const u32 st = ring + s * STAGE + 2 * j * ATOM;  // this warpgroup's two atoms (128 columns)
+          const u32 st = ring + s * STAGE + b_cols;
           rg90::fence_regs(acc);
           rg90::wgmma_fence();
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
             const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
-            rg90::wgmma_ss<128, 0, 1>(acc, rg90::desc_sw128(base + ec * ATOM + ks * 32), b);
-            if constexpr (SPLIT) rg90::wgmma_ss<128, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * ATOM + ks * 32), b);
+            rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
+            if constexpr (SPLIT)
+              rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
           }
           rg90::wgmma_commit();
           rg90::wgmma_wait<1>();
@@ -253,17 +253,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
-        const int c0 = n * BN + j * 128;  // this warpgroup's first dx column of the block
+        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
         if constexpr (STAGED) {
           // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
           // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
           // 8m … 8m + 7: row half m & 1, octet o + m/2).
-          const u32 buf = stg + j * 16384;
+          const u32 buf = stg + j * (NW * 128);
           if ((tid & 127) == 0) rgt::bulk_wait_read();  // the previous block's stores have read the buffer
           rgt::bar_sync_wg(j);
           const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
 #pragma unroll
-          for (int o = 0; o < 16; o += 2) {
+          for (int o = 0; o < NW / 8; o += 2) {
             const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
             rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
                              rgt::cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), rgt::cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
@@ -272,17 +272,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
           rg90::fence_async_shared();  // stmatrix writes → the copy engine's reads
           rgt::bar_sync_wg(j);
-          if ((tid & 127) == 0 && m0 < a.T) {
+          if ((tid & 127) == 0 && m0 + row0 < a.T) {
 #pragma unroll
-            for (int at = 0; at < 2; ++at)
-              if (c0 + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0);
+            for (int at = 0; at < NW / 64; ++at)
+              if (c0 + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0 + row0);
             rgt::bulk_commit();
           }
-        } else {  // 64 × 128 block → dx (bf16 pairs), rows past T and columns past K masked
-          const int rows_valid = a.T - m0;
-          char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + c0) * 2;
+        } else {  // 64 × NW block → dx (bf16 pairs), rows past T and columns past K masked
+          const int rows_valid = a.T - m0 - row0;
+          char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0 + row0) * a.dx_stride + c0) * 2;
 #pragma unroll
-          for (int i = 0; i < 64; i += 2) {
+          for (int i = 0; i < NW / 2; i += 2) {
             const int r = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
             if (r < rows_valid && c0 + col < K)
               asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(r) * a.dx_stride + col) * 2),

@@ -84,6 +84,49 @@ __device__ __forceinline__ void setmaxnreg_dec() {
   asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
 }
 
+// The sum over the Q CTAs of this cluster (in cluster-rank order: the same bits whichever CTA adds) of `pieces`
+// 16-byte fp32 pieces at shared offsets off(i) from `base`, piece i handed to emit(i, sum); NT threads, t = 0 … NT−1.
+// Loads are issued in batches of 4 pieces × Q CTAs before the first add, so distributed-shared-memory latency is
+// paid once per batch, not once per load.
+template <int Q, int NT, int PIECES, typename Off, typename Emit>
+__device__ __forceinline__ void cluster_sum_rows(u32 base, int t, Off off, Emit emit) {
+  constexpr int BATCH = 4;
+  u32 rbase[Q];
+#pragma unroll
+  for (int q = 0; q < Q; ++q) asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rbase[q]) : "r"(base), "r"(q));
+  for (int i0 = t; i0 < PIECES; i0 += NT * BATCH) {
+    float v[BATCH][Q][4];
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) {
+      const int i = i0 + b * NT;
+      if (i < PIECES) {
+        const u32 o = static_cast<u32>(off(i));
+#pragma unroll
+        for (int q = 0; q < Q; ++q)
+          asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
+                       : "=f"(v[b][q][0]), "=f"(v[b][q][1]), "=f"(v[b][q][2]), "=f"(v[b][q][3])
+                       : "r"(rbase[q] + o)
+                       : "memory");
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < BATCH; ++b) {
+      const int i = i0 + b * NT;
+      if (i < PIECES) {
+        float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int q = 0; q < Q; ++q)
+#pragma unroll
+          for (int k = 0; k < 4; ++k) sum[k] += v[b][q][k];
+        Vec16 o;
+#pragma unroll
+        for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
+        emit(i, o);
+      }
+    }
+  }
+}
+
 // Writes a consumer's accumulators (WgmmaRow<N, C0> of one m64 block) to global memory: register i of lane `lane`
 // holds row row0 + 8·((i/2) & 1) and column C0 + 8·(i/4) + 2·(lane & 3) + (i & 1); `out` points at column 0 of
 // this warpgroup's columns in row 0 of the tile. Rows at or past `rows_valid` are skipped.
@@ -312,29 +355,12 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     constexpr int ROWS = BM / KS, CPR = E / 4;  // rows this CTA finishes; 16-byte pieces a row
-    for (int i = tid - 128; i < ROWS * CPR; i += CONSUMERS * 128) {
-      const int r = static_cast<int>(rank) * ROWS + i / CPR, cc = i % CPR;
-      const u32 local = base + r * PITCH + cc * 16;
-      float sum[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int q = 0; q < KS; ++q) {  // cluster-rank order: the same bits whichever CTA adds
-        u32 remote;
-        float v[4];
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(q));
-        asm volatile("ld.shared::cluster.v4.f32 {%0,%1,%2,%3}, [%4];"
-                     : "=f"(v[0]), "=f"(v[1]), "=f"(v[2]), "=f"(v[3])
-                     : "r"(remote)
-                     : "memory");
-#pragma unroll
-        for (int k = 0; k < 4; ++k) sum[k] += v[k];
-      }
-      if (m0 + r < a.T) {
-        Vec16 o;
-#pragma unroll
-        for (int k = 0; k < 4; ++k) o.w[k] = __float_as_uint(sum[k]);
-        store16(a.out + static_cast<i64>(m0 + r) * a.out_stride + cc * 4, o);
-      }
-    }
+    rgt::cluster_sum_rows<KS, CONSUMERS * 128, ROWS * CPR>(
+        base, tid - 128, [&](int i) { return (static_cast<int>(rank) * ROWS + i / CPR) * PITCH + (i % CPR) * 16; },
+        [&](int i, const Vec16& o) {
+          const int r = static_cast<int>(rank) * ROWS + i / CPR;
+          if (m0 + r < a.T) store16(a.out + static_cast<i64>(m0 + r) * a.out_stride + (i % CPR) * 4, o);
+        });
     cluster_sync();  // keep this CTA's tile alive until the others have read it
   }
 #else
