@@ -163,7 +163,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
   //        seg 1 × 8 63.3, seg 2 × 8 66.5, seg 4 × 4 91.2; re-read seg 4 × 8 87.4. The staged kernel now streams
   //        balanced token strips through 3-slot TMA rings with the sigmoids kept between passes: × 8 warps 62.7
   //        (per-item weight loads: L1 long-scoreboard stalls; now kept in registers); kept rows and sigmoids (rows 3)
-  //        × 8 warps 60.4, the default where it applies.
+  //        × 8 warps 60.7 (tuner 62.5, the best point; staged × 8 with weights in registers 63.9), the default
+  //        where it applies.
   s.config[C_SEG] = seg_groups(dim, G, t, 1024);
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;

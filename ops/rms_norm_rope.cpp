@@ -149,8 +149,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   //        × 4 47.6; staged (grid-stride rows, per-warp cp.async double buffer, dw in registers) × 2/4/8 warps
   //        44.8/44.8/45.0. Staged rebuilt on row_pipe (balanced strips, 3-slot TMA rings, a row per warp):
   //        × 8 warps 44.8 (255 registers: 2 warps per scheduler, issue-latency bound), × 4 46.7, × 12 45.3; with
-  //        2–4 warps per row (117–206 registers) 45.1–50.9. Kept rows with balanced rows per CTA: 8 warps, 2 per row
-  //        40.8 (tuner 42.9, the best point), × 4 warps 42.1.
+  //        2–4 warps per row (117–206 registers) 45.1–50.9. Kept rows with balanced rows per CTA (CtaRows): 8 warps,
+  //        2 per row 40.2 (tuner 42.4; 12 warps × 1 per row 42.1, a tie), × 4 warps 43.3 (tuner).
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
   } else if (kept_ok(s)) {
