@@ -307,8 +307,8 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 
 namespace detail {
 // Test hook: later calls at hidden size N in output_mode `mode` run the config {warps, col_blocks, prefetch, stages,
-// overlap, exchange} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0 restores the
-// heuristic. Not synchronized: call it while no op of this family runs.
+// overlap, exchange} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0
+// restores the heuristic. Not synchronized: call it while no op of this family runs.
 bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
                                        int overlap, int exchange) {
   if (N == 0) {
@@ -369,7 +369,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
+  Specialization s =
+      impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
   RmsNormBlockQuantArgs a{};
   a.x = x.data;
   a.x_stride = x.strides[0];
@@ -391,7 +392,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     if (s.config[C_PREFETCH] || s.config[C_STAGES] > 0) {  // persistent: one wave of resident CTAs
       const Kernel& k = impl.kernel(s);
       grid = std::min<int64_t>(grid, static_cast<int64_t>(impl.device().sm_count) *
-                                         impl.resident_per_sm(k, static_cast<int>(warps * 32), static_cast<int>(d.smem)));
+                                         impl.resident_per_sm(k, static_cast<int>(warps * 32),
+                                                              static_cast<int>(d.smem)));
     }
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
