@@ -99,12 +99,16 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
   s.params[P_W_F32] = w_f32;
   if (mode == 0) {
     s.kernel = kRowKernel;
-    s.config[C_WARPS] = N <= 4096 ? 8 : 16;
-    // Rows up to 4096 columns: a persistent grid whose warps prefetch their next row (two rows in registers).
-    // Longer rows: one row per warp and every warp slot filled (measured at N = 7168: persistent 110 µs, 97; 16 warps
-    // a CTA 92.4, 4 warps 96.4). The persistent row ring kernel (stages > 0) measured slower (round 3: 24.2 µs at
-    // best at N = 2048, 132 at 7168): it is a search-space point only.
-    s.config[C_PREFETCH] = N <= 4096;
+    // Rows up to 4096 columns: a persistent grid whose warps prefetch their next row (two rows in registers), the
+    // row8 kernel (col_blocks 4: 8 lanes a 128-column block), 8 warps. Measured (round 5, H100, M = 8192): N = 2048
+    // round_scale 1: 20.3 µs (row kernel 22.5–22.7), round_scale 0: 26.1 (row kernel 27.4–33.5).
+    // Longer rows, one row per warp: round_scale 1 the row8 kernel with 4 warps (N = 7168: 82.6; row kernel 16 warps
+    // 89.1), round_scale 0 the row kernel with 16 warps (115.1; row8 127.4). The persistent row ring kernel
+    // (stages > 0) measured slower everywhere (N = 2048: 24.3 at best): it is a search-space point only.
+    const bool long_row = N > 4096;
+    s.config[C_COL_BLOCKS] = long_row && !round ? 0 : 4;
+    s.config[C_WARPS] = !long_row ? 8 : round ? 4 : 16;
+    s.config[C_PREFETCH] = !long_row;
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA. Mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs: the fewest blocks
@@ -134,16 +138,26 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
     // pushed (st.async). Up to 2 blocks a CTA the slice stays in the ring between the passes; wider slices pass
     // through it twice (RELOAD). Measured (round 4, H100, M = 8192, round_scale 1): N = 2048 cb 2 33.1–33.7 µs
     // (cb 1 + overlap 34.8, old tile kernel 38.3); N = 7168 RELOAD cb 4 125.1–125.6 (old tile kernel 165–171).
+    // round_scale 0 (a division per element: more math per byte) prefers more warps or wider slices (round 5:
+    // N = 2048 cb 1, one slot, 16 warps 52.6 µs vs 56.8 with the round_scale-1 choice; N = 7168 RELOAD cb 8 178.7
+    // vs cb 4 197.1).
     int rcb = nb % 2 == 0 ? 2 : 1;
     while (nb % rcb != 0 || nb / rcb > 16) ++rcb;
+    if (!round && nb <= 16) rcb = 1;
+    if (!round && nb > 16) {
+      int wide = 8;
+      while (wide < nb && (nb % wide != 0 || nb / wide > 16)) ++wide;
+      if (wide < nb) rcb = wide;
+    }
     // (A prime number of blocks above 16 leaves one CTA a row: the tile kernel's default stays.)
     if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring && (rcb <= 2 || nb / rcb > 1)) {
-      s.config[C_WARPS] = 8;
+      const bool one_slot = !round && nb <= 16;  // cb 1, one slot, 512 threads (two CTAs an SM)
+      s.config[C_WARPS] = one_slot ? 16 : 8;
       s.config[C_COL_BLOCKS] = rcb;
-      s.config[C_STAGES] = 2;
-      s.config[C_PREFETCH] = rcb > 2;          // RELOAD
-      s.config[C_OVERLAP] = rcb == 1;          // two slots hold two tiles only with one block a CTA
-      s.config[C_EXCHANGE] = nb / rcb > 1;     // pushes where there is a cluster
+      s.config[C_STAGES] = one_slot ? 1 : 2;
+      s.config[C_PREFETCH] = rcb > 2;                  // RELOAD
+      s.config[C_OVERLAP] = rcb == 1 && !one_slot;     // two slots hold two tiles only with one block a CTA
+      s.config[C_EXCHANGE] = nb / rcb > 1;             // pushes where there is a cluster
     }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
@@ -293,8 +307,8 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 
 namespace detail {
 // Test hook: later calls at hidden size N in output_mode `mode` run the config {warps, col_blocks, prefetch, stages,
-// overlap, exchange} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0 restores the
-// heuristic. Not synchronized: call it while no op of this family runs.
+// overlap, exchange} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0
+// restores the heuristic. Not synchronized: call it while no op of this family runs.
 bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
                                        int overlap, int exchange) {
   if (N == 0) {
@@ -355,7 +369,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (M == 0) return;
 
   auto& impl = rt.impl();
-  Specialization s = impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
+  Specialization s =
+      impl.tuned(make_spec(impl.target_arch(), N, mode, opts.round_scale, weight.dtype == DType::f32), M);
   RmsNormBlockQuantArgs a{};
   a.x = x.data;
   a.x_stride = x.strides[0];
@@ -377,7 +392,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     if (s.config[C_PREFETCH] || s.config[C_STAGES] > 0) {  // persistent: one wave of resident CTAs
       const Kernel& k = impl.kernel(s);
       grid = std::min<int64_t>(grid, static_cast<int64_t>(impl.device().sm_count) *
-                                         impl.resident_per_sm(k, static_cast<int>(warps * 32), static_cast<int>(d.smem)));
+                                         impl.resident_per_sm(k, static_cast<int>(warps * 32),
+                                                              static_cast<int>(d.smem)));
     }
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;

@@ -9,20 +9,21 @@
 //  * row_kernel (mode 0): one warp per row. The row stays in registers between the sum of squares and the
 //    quantization, so x is read once. Lanes 0–15 own one 128-column block of each 256-column step, lanes 16–31 the
 //    next: a block's amax is a 16-lane butterfly.
+//  * row8_kernel (mode 0, the default): the same with 8 lanes a block (16 values a lane, 512-column steps): half the
+//    scale computations and fewer shuffles per element.
 //  * tile_kernel (modes 1, 2): the transposed output needs a whole 128-token block per channel, and the norm needs a
 //    whole row, so a cluster of S CTAs splits a 128-token × N tile by columns. Each CTA holds a 128×128 block of x in
 //    registers (8×8 a thread), sums squares per row, and the cluster exchanges the 128 partial sums through
 //    distributed shared memory (every CTA adds them in rank order, so all see the same r). Both quantizations are
 //    computed from the same registers; the transposed codes go through shared memory so qT is written in whole
 //    128-byte rows.
-//  * ring_kernel (modes 1, 2; the tile kernel made persistent, a search-space point): the same cluster split and
-//    the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through a
-//    ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
+//  * ring_kernel (modes 1, 2; the tile kernel made persistent; mode 2's default on sm_90): the same cluster split
+//    and the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through
+//    a ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
 //    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
 //  * row_ring_kernel (mode 0, a search-space point): the row kernel with rows arriving by bulk copies into per-warp
 //    shared-memory slots instead of registers.
 // Every quantizer multiplies by the exact reciprocal of a power-of-two scale built from its bits (rmsq::Quant).
-
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"

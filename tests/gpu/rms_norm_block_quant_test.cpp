@@ -447,7 +447,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   points.push_back({7168, 2, 8, 4, 0, 6, 0, 0, 4003});
   for (int R : {2, 3}) {  // RELOAD: every block through the ring twice
     for (int cb : {2, 4, 8}) points.push_back({2048, 2, 8, cb, 1, R, 0, 1, 8000});
-    for (int cb : {4, 7, 14, 28}) points.push_back({7168, 2, 8, cb, 1, R, 0, 1, 4003});
+    for (int cb : {4, 7, 8, 14, 28}) points.push_back({7168, 2, 8, cb, 1, R, 0, 1, 4003});
   }
   for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
