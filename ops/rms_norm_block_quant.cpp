@@ -120,20 +120,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
     int cb = 1;
     if (mode == 2)
       while (nb % cb != 0 || nb / cb > max_cluster) ++cb;
-    // KILN_RMSQ_COL_BLOCKS overrides the choice where it divides N/128 (a measurement knob until the tuner lands).
-    static const int forced = [] {
-      const char* v = std::getenv("KILN_RMSQ_COL_BLOCKS");
-      return v ? std::atoi(v) : 0;
-    }();
-    if (forced > 0 && nb % forced == 0 && (mode == 1 || nb / forced <= (arch.sm >= 90 ? 16 : 1))) cb = forced;
     s.config[C_COL_BLOCKS] = cb;
-    // For the tile kernel "prefetch" means: stage the CTA's whole slice in shared memory (2 … 6 blocks).
-    // KILN_RMSQ_STAGE=1 asks for it where it fits (a measurement knob until the tuner picks per shape).
-    static const bool stage = [] {
-      const char* v = std::getenv("KILN_RMSQ_STAGE");
-      return v && std::atoi(v) == 1;
-    }();
-    s.config[C_PREFETCH] = stage && cb >= 2 && cb <= kMaxStagedBlocks;
+    // For the tile kernel "prefetch" means: stage the CTA's whole slice in shared memory (2 … 6 blocks); never the
+    // default (measured slower), a search-space point for the tuner.
+    s.config[C_PREFETCH] = 0;
     // Mode 2 on sm_90: the persistent ring kernel, 256-thread CTAs with two slots (two CTAs an SM), partial sums
     // pushed (st.async). Up to 2 blocks a CTA the slice stays in the ring between the passes; wider slices pass
     // through it twice (RELOAD). Measured (round 4, H100, M = 8192, round_scale 1): N = 2048 cb 2 33.1–33.7 µs
@@ -150,7 +140,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       if (wide < nb) rcb = wide;
     }
     // (A prime number of blocks above 16 leaves one CTA a row: the tile kernel's default stays.)
-    if (mode == 2 && arch.sm >= 90 && !stage && forced <= 0 && ring && (rcb <= 2 || nb / rcb > 1)) {
+    if (mode == 2 && arch.sm >= 90 && ring && (rcb <= 2 || nb / rcb > 1)) {
       const bool one_slot = !round && nb <= 16;  // cb 1, one slot, 512 threads (two CTAs an SM)
       s.config[C_WARPS] = one_slot ? 16 : 8;
       s.config[C_COL_BLOCKS] = rcb;
