@@ -17,24 +17,31 @@ namespace kiln {
 namespace {
 using namespace detail;
 
-enum : uint32_t {
-  kTopkFwd = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRoute = 6, kRouteMap = 7
-};
-enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_APPROX };
-// warps: the top-k forward's lanes per token (recorded; fixed by E) or the backward's warps per CTA. pipeline (top-k
-// forward): 0 = the classic one (topk_fwd → map_scan → map_write; default), 1 = the fused pipeline (route_zero →
-// route → route_map, chained by programmatic dependent launch), 2 = the fused pipeline without route's approximate
-// candidate search (exact σ for every expert), 3 = route's top-k with the classic scan and map kernels.
-enum { C_WARPS, C_PIPE };
+enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6 };
+enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
+// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA) and where the −1 fill
+// of row_id_map happens (0: route, with its other stores; 1: route_map, whole rows). topk_bwd: warps per CTA.
+enum { C_WARPS, C_TPW, C_FILL };
+
+// Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
+// either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
+// softmax sum in this lane order.)
+int64_t lane_experts(int64_t E, int64_t G) {
+  const int64_t GS = E / std::max<int64_t>(G, 1);
+  for (int64_t el = 4 * ((E + 127) / 128); el <= 64; el += 4)
+    if (G <= 1 || el % GS == 0 || GS % el == 0) return el;
+  return 0;
+}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
   const auto& p = s.params;
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
-    case kTopkFwd:
-      name = fmt::format("kiln::moe_topk_fwd_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K], p[P_SIGMOID] != 0,
-                         p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0);
+    case kRoute:
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+                         p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
+                         p[P_MAP] != 0, s.config[C_FILL] != 0, lane_experts(p[P_E], p[P_GROUPS]), s.config[C_WARPS]);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -43,44 +50,47 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kMapCount: name = fmt::format("kiln::moe_map_count_kernel<{}, {}>", p[P_E], map_t); break;
     case kMapScan: name = fmt::format("kiln::moe_map_scan_kernel<{}>", p[P_E]); break;
     case kRouteZero: name = "kiln::moe_route_zero_kernel"; break;
-    case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
-                         p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
-                         p[P_MAP] != 0, p[P_APPROX] != 0);
-      break;
-    case kRouteMap: name = fmt::format("kiln::moe_route_map_kernel<{}>", p[P_E]); break;
+    case kRouteMap: name = fmt::format("kiln::moe_route_map_kernel<{}, {}, {}>", p[P_E], p[P_K], p[P_FILL] != 0); break;
     default: name = fmt::format("kiln::moe_map_write_kernel<{}, {}>", p[P_E], map_t);
   }
 }
 
-int smem_bytes(const Specialization&) { return 0; }
+// route: cnt [W][E], picks [W][K] × 2, records [W·tpw][K] (map).
+int64_t route_smem(int64_t E, int64_t K, bool map, int64_t W, int64_t tpw) {
+  return 4 * (W * E + 2 * W * K + (map ? W * tpw * K : 0));
+}
+
+int smem_bytes(const Specialization& s) {
+  if (s.kernel != kRoute) return 0;
+  return static_cast<int>(route_smem(s.params[P_E], s.params[P_K], s.params[P_MAP] != 0, s.config[C_WARPS],
+                                     s.config[C_TPW]));
+}
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 
-// The tuner's instance of `s` at `tokens` rows: the forward (with the map, padded to 16) for topk_fwd and the map
-// kernels, the backward for topk_bwd; random logits, routed once on the device.
+// The tuner's instance of `s` at `tokens` rows: the forward (with the map if `s` builds it, padded to 16) for route
+// and the map kernels, the backward for topk_bwd; random logits, routed once on the device.
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   const int64_t E = s.params[P_E];
   MoeRoutingOptions o;
   o.top_k = s.params[P_K] > 0 ? static_cast<int>(s.params[P_K]) : static_cast<int>(std::min<int64_t>(8, E));
   o.score = s.params[P_SIGMOID] ? MoeScore::sigmoid : MoeScore::softmax;
   o.renormalize = s.params[P_RENORM] != 0;
-  if (s.kernel == kTopkFwd || s.kernel == kRoute) {
+  if (s.kernel == kRoute) {
     o.n_group = static_cast<int>(s.params[P_GROUPS]);
     o.topk_group = static_cast<int>(s.params[P_TOPK_GROUPS]);
-    return moe_routing_fwd_instance(rt, tokens, E, o, s.params[P_BIAS] != 0, s.kernel == kTopkFwd || s.params[P_MAP],
-                                    16);
+    return moe_routing_fwd_instance(rt, tokens, E, o, s.params[P_BIAS] != 0, s.params[P_MAP] != 0, 16);
   }
   if (s.kernel == kTopkBwd) return moe_routing_bwd_instance(rt, tokens, E, o);
   return moe_row_id_map_instance(rt, tokens, E, o.top_k, 16);
 }
 
 FamilyDef g_family{"moe_routing",
-                   {"topk_fwd", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route", "route_map"},
+                   {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
-                    "approx"},
-                   {"warps", "pipeline"},
+                    "map_fill"},
+                   {"warps", "tokens_per_warp", "fill"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -96,32 +106,27 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// Lanes per token of the top-k forward (templates: MoeTopkLanes): a lane owns E/L contiguous experts.
-int64_t topk_lanes(int64_t E) { return E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1; }
-
-// Top-k forward: a CTA per 32-token map block with L lanes per token (L warps): at T = 8192 and E = 256 that is
-// 256 CTAs of 16 warps, two per SM. The launch shape follows from E, so the config only records it.
-Specialization fwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias) {
-  Specialization s = base_spec(arch, kTopkFwd, E);
+// The route kernel (the forward's tunable launch): 8 warps of 4 tokens (32-token chunks: 256 CTAs at T = 8192, all
+// resident at once), the −1 fill with its other stores.
+Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
+  Specialization s = base_spec(arch, kRoute, E);
   s.params[P_K] = o.top_k;
   s.params[P_SIGMOID] = o.score == MoeScore::sigmoid;
   s.params[P_GROUPS] = o.n_group;
   s.params[P_TOPK_GROUPS] = o.topk_group;
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
-  s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(E));
-  s.config[C_PIPE] = 0;
+  s.params[P_MAP] = map;
+  s.config[C_WARPS] = 8;
+  s.config[C_TPW] = 4;
+  s.config[C_FILL] = 0;
   return s;
 }
 
-// The fused pipeline's top-k kernel: the forward's params and whether the map is built.
-Specialization route_spec(const Specialization& fwd, bool map) {
-  Specialization s = fwd;
-  s.kernel = kRoute;
-  s.params[P_MAP] = map;
-  s.params[P_APPROX] = fwd.config[C_PIPE] != 2;
-  s.config = {};
-  s.config[C_WARPS] = fwd.config[C_WARPS];
+Specialization route_map_spec(Arch arch, int64_t E, int64_t K, bool fill) {
+  Specialization s = base_spec(arch, kRouteMap, E);
+  s.params[P_K] = K;
+  s.params[P_FILL] = fill;
   return s;
 }
 
@@ -139,20 +144,25 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// topk_bwd: 4, 8 or 16 warps (a warp per token). topk_fwd (shape fixed by E): the fused pipeline (default) and the
-// classic one. The map and route kernels: one config.
+// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (4, 8), (8, 8), (16, 4)} (chunks of 32 … 64 tokens) × the −1
+// fill in route or in route_map (the same kernel without the map: fill 0 only), within 160 KB of shared memory.
+// topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kTopkFwd) {
-    s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
-    for (int pipe : {0, 1, 2, 3}) {
-      s.config[C_PIPE] = pipe;
-      out.push_back(s);
+  if (base.kernel == kRoute) {
+    const int64_t E = base.params[P_E], K = base.params[P_K];
+    const bool map = base.params[P_MAP] != 0;
+    for (int fill : {0, 1}) {
+      if (fill && !map) continue;
+      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {4, 8}, {8, 8}, {16, 4}}) {
+        if (!(w == 8 && tpw == 4) && route_smem(E, K, map, w, tpw) > 160 * 1024) continue;
+        s.config[C_WARPS] = w;
+        s.config[C_TPW] = tpw;
+        s.config[C_FILL] = fill;
+        out.push_back(s);
+      }
     }
-  } else if (base.kernel == kRoute) {
-    s.config[C_WARPS] = static_cast<int32_t>(topk_lanes(base.params[P_E]));
-    out.push_back(s);
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;
@@ -178,25 +188,28 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   const int64_t E = m.num_experts;
   if (E <= 0 || E % 4 != 0 || E > kMoeMaxExperts || m.num_experts_per_tok <= 0) return;
   const MoeRoutingOptions o = model_routing(m);
-  if (E % o.n_group != 0 || o.n_group > 32 || o.topk_group > o.n_group) return;
-  if (E > kMoeTopkMaxExperts || E / topk_lanes(E) > 64) return;
-  const int64_t el = E / topk_lanes(E), gs = E / o.n_group;
-  if (o.n_group > 1 && el % gs != 0 && gs % el != 0) return;
-  const Specialization f = fwd_spec(arch, E, o, m.expert_bias);
-  out.push_back(f);
+  if (E % o.n_group != 0 || o.n_group > 32 || o.topk_group > o.n_group || o.top_k > E) return;
+  if (E > kMoeTopkMaxExperts || lane_experts(E, o.n_group) == 0) return;
+  out.push_back(route_spec(arch, E, o, m.expert_bias, true));
   out.push_back(bwd_spec(arch, E, o));
   out.push_back(map_spec(arch, kMapCount, E, false));
   out.push_back(map_spec(arch, kMapScan, E, false));
   out.push_back(map_spec(arch, kMapWrite, E, false));
-  out.push_back(route_spec(f, true));
-  out.push_back(route_spec(f, false));
+  out.push_back(route_spec(arch, E, o, m.expert_bias, false));
   out.push_back(base_spec(arch, kRouteZero, 0));
-  out.push_back(map_spec(arch, kRouteMap, E, false));
+  out.push_back(route_map_spec(arch, E, o.top_k, false));
+  out.push_back(route_map_spec(arch, E, o.top_k, true));
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }
-// Superblock rows of the fused pipeline (kMoeSuperBlocks map blocks each).
-int64_t nsuper(int64_t T) { return (nblocks(T) + kMoeSuperBlocks - 1) / kMoeSuperBlocks; }
+int64_t nsuper(int64_t T) { return (nblocks(T) + 15) / 16; }
+// Chunks per superblock of the route kernel's counts: ≥ 16 (so its rows fit the workspace's ceil(T/512) superblock
+// rows), about √chunks so that route_map reads about as many superblock rows as chunk rows.
+int64_t super_chunks(int64_t nchunks) {
+  int64_t sc = 16;
+  while (sc * sc < nchunks) ++sc;
+  return sc;
+}
 
 void check_multiple_of(const Check& ck, int P) {
   if (P < 1 || P > 128) ck.invalid("multiple_of", fmt::format("expected 1 … 128, got {}", P));
@@ -267,17 +280,8 @@ int64_t check_logits(const Check& ck, const char* arg, const TensorRef& t) {
 }
 
 void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E, bool forward) {
-  if (forward) {
-    const int64_t L = topk_lanes(E), el = E / L;
-    if (E > kMoeTopkMaxExperts || el > 64)
-      ck.invalid("logits", fmt::format("top-k routing supports E ≤ {} with E/{} ≤ 64 experts per lane (E a multiple "
-                                       "of 32 above 64), got E = {}",
-                                       kMoeTopkMaxExperts, L, E));
-    if (o.n_group > 1 && E % o.n_group == 0 && el % (E / o.n_group) != 0 && (E / o.n_group) % el != 0)
-      ck.invalid("n_group", fmt::format("groups of {} experts must divide or be a multiple of the {} experts a lane "
-                                        "owns (E = {}); n_group = {} does not fit",
-                                        E / o.n_group, el, E, o.n_group));
-  }
+  if (forward && E > kMoeTopkMaxExperts)
+    ck.invalid("logits", fmt::format("top-k routing supports E ≤ {}, got E = {}", kMoeTopkMaxExperts, E));
   if (o.top_k < 1 || o.top_k > E) ck.invalid("top_k", fmt::format("expected 1 ≤ top_k ≤ E = {}, got {}", E, o.top_k));
   if (o.score != MoeScore::softmax && o.score != MoeScore::sigmoid)
     ck.invalid("score", fmt::format("expected softmax or sigmoid, got {}", static_cast<int>(o.score)));
@@ -290,23 +294,30 @@ void check_options(const Check& ck, const MoeRoutingOptions& o, int64_t E, bool 
                                     o.top_k, o.topk_group, E / o.n_group));
   if (!std::isfinite(o.scaling_factor))
     ck.invalid("scaling_factor", fmt::format("expected a finite value, got {}", o.scaling_factor));
+  if (forward && lane_experts(E, o.n_group) == 0)
+    ck.invalid("n_group", fmt::format("groups of {} experts (E = {}, n_group = {}) fit no lane layout: a lane owns a "
+                                      "multiple of 4 experts (≥ E/32, ≤ 64) that must divide or be a multiple of the "
+                                      "group size",
+                                      E / o.n_group, E, o.n_group));
 }
 
-// Validates a caller's workspace for the per-block histograms of T tokens.
-void check_workspace(const Check& ck, const TensorRef& ws, int64_t T, int64_t E) {
+// Validates a caller's workspace of at least `need` int32 elements.
+void check_workspace(const Check& ck, const TensorRef& ws, int64_t need) {
   if (!ws.defined()) return;
   ck.tensor("workspace", ws, {DType::i32}, {-1}, 4);
-  const int64_t need = moe_routing_workspace_elems(T, E);
   if (ws.shape[0] < need)
-    ck.shape_error("workspace",
-                   fmt::format("expected ≥ {} int32 elements (moe_routing_workspace_elems), got {}", need, ws.shape[0]));
+    ck.shape_error("workspace", fmt::format("expected ≥ {} int32 elements (moe_routing_workspace_elems), got {}", need,
+                                            ws.shape[0]));
 }
 
 }  // namespace
 
 KILN_REGISTER_FAMILY(moe_routing, g_family)
 
-int64_t moe_routing_workspace_elems(int64_t T, int64_t E) { return (std::max<int64_t>(nblocks(T), 1) + nsuper(T)) * E; }
+int64_t moe_routing_workspace_elems(int64_t T, int64_t E, int64_t top_k) {
+  const int64_t k = top_k > 0 ? std::min(top_k, E) : E;
+  return (std::max<int64_t>(nblocks(T), 1) + nsuper(T)) * E + T * k;
+}
 
 int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of) {
   const int64_t routed = T * std::min(k, E);
@@ -329,132 +340,78 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     check_multiple_of(ck, multiple_of);
     check_map(ck, *map, T, E, opts.top_k, multiple_of, false);
   }
-  check_workspace(ck, workspace, T, E);
+  const int64_t K = opts.top_k;
+  check_workspace(ck, workspace, moe_routing_workspace_elems(T, E, K));
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  const int64_t NB = nblocks(T);
-  const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E)) * 4, stream);
-  int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
-  const Specialization s = impl.tuned(fwd_spec(arch, E, opts, expert_bias.defined()), std::max<int64_t>(T, 1));
   int* counts = static_cast<int*>(tokens_per_expert.data);
-  if (s.config[C_PIPE] == 3) {
-    // The route kernel's top-k (block histograms only: no superblock rows, no map fill) → the classic scan and map.
-    if (T > 0) {
-      Specialization rs = route_spec(s, true);
-      rs.params[P_APPROX] = 1;
-      rs = impl.tuned(rs, T);
-      MoeRouteArgs a{static_cast<const float*>(logits.data),
-                     static_cast<const float*>(expert_bias.data),
-                     static_cast<float*>(probs.data),
-                     static_cast<unsigned char*>(routing_map.data),
-                     hist,
-                     nullptr,
-                     counts,
-                     hist,
-                     nullptr,
-                     static_cast<int>(T),
-                     opts.scaling_factor};
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(NB);
-      d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
-      impl.launch(rs, d, stream, a);
-    }
-    if (map) {
-      launch_map(impl, arch, routing_map, *map, tokens_per_expert, hist, T, E, multiple_of, stream);
-    } else {
-      MoeMapScanArgs sa{hist, counts, static_cast<int>(NB)};
-      LaunchDims ds;
-      ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
-      ds.block[0] = 1024;
-      ds.pdl = true;  // waits for the histograms first
-      impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
-    }
-    if (ws) impl.free_async(ws, stream);
+  const Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
+                                      std::max<int64_t>(T, 1));
+  const int64_t W = s.config[C_WARPS], tpw = s.config[C_TPW], CT = W * tpw;
+  const bool fill_in_map = map && s.config[C_FILL] != 0;
+  const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
+  if (!map && T == 0) {
+    check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
+                                    reinterpret_cast<CUstream>(stream)),
+          "cuMemsetD32Async (tokens_per_expert)");
     return;
   }
-  if (s.config[C_PIPE] >= 1) {
-    // Fused pipeline: zero → route (PDL) → route_map (PDL).
-    const int64_t NS = nsuper(T);
-    int* super = hist + std::max<int64_t>(NB, 1) * E;
-    // Without the map, the CTA counter of route's last-CTA step lives at the (unused) start of the block rows.
-    const MoeZeroArgs za{super, static_cast<int>(NS * E), map ? nullptr : hist};
-    if (!map && T == 0)
-      check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
-                                      reinterpret_cast<CUstream>(stream)),
-            "cuMemsetD32Async (tokens_per_expert)");
-    if (T > 0) {
-      LaunchDims dz;
-      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
-      dz.block[0] = 256;
-      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
-    }
-    if (T > 0) {
-      const Specialization rs = impl.tuned(route_spec(s, map != nullptr), T);
-      MoeRouteArgs a{static_cast<const float*>(logits.data),
-                     static_cast<const float*>(expert_bias.data),
-                     static_cast<float*>(probs.data),
-                     static_cast<unsigned char*>(routing_map.data),
-                     hist,
-                     super,
-                     counts,
-                     hist,
-                     map ? static_cast<int*>(map->row_id_map.data) : nullptr,
-                     static_cast<int>(T),
-                     opts.scaling_factor};
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(NB);
-      d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
-      d.pdl = true;  // after route_zero (kiln's own); waits for it before its atomics
-      impl.launch(rs, d, stream, a);
-    }
-    if (map) {
-      const int64_t target = std::max<int64_t>(1, 2 * static_cast<int64_t>(impl.device().sm_count));
-      const int64_t bpc = std::max<int64_t>(1, (NB + target - 1) / target);
-      MoeRouteMapArgs ma{};
-      ma.routing_map = static_cast<const unsigned char*>(routing_map.data);
-      ma.hist = hist;
-      ma.super = super;
-      ma.counts = counts;
-      ma.row_id_map = static_cast<int*>(map->row_id_map.data);
-      ma.row_id_indices = static_cast<int*>(map->row_id_indices.data);
-      ma.padded_counts = static_cast<int*>(map->padded_counts.data);
-      ma.offsets = static_cast<int*>(map->offsets.data);
-      ma.T = static_cast<int>(T);
-      ma.nblocks = static_cast<int>(NB);
-      ma.blocks_per_cta = static_cast<int>(bpc);
-      ma.multiple_of = multiple_of;
-      ma.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
-      LaunchDims dm;
-      dm.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, (NB + bpc - 1) / bpc));
-      dm.block[0] = 256;
-      dm.pdl = true;  // waits for route first
-      impl.launch(impl.tuned(map_spec(arch, kRouteMap, E, false), T), dm, stream, ma);
-    }
-    if (ws) impl.free_async(ws, stream);
-    return;
-  }
+  const CUdeviceptr wsp =
+      workspace.defined() || !map ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+  int* chunk_counts = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
+  int* super = map ? chunk_counts + NC * E : nullptr;
+  unsigned* records = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
   if (T > 0) {
-    MoeTopkFwdArgs a{static_cast<const float*>(logits.data), static_cast<const float*>(expert_bias.data),
-                     static_cast<float*>(probs.data),        static_cast<unsigned char*>(routing_map.data),
-                     hist,                                   static_cast<int>(T),
-                     opts.scaling_factor};
+    const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E : E)};
+    LaunchDims dz;
+    dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
+    dz.block[0] = 256;
+    impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+
+    MoeRouteArgs a{static_cast<const float*>(logits.data),
+                   static_cast<const float*>(expert_bias.data),
+                   static_cast<float*>(probs.data),
+                   static_cast<unsigned char*>(routing_map.data),
+                   chunk_counts,
+                   super,
+                   counts,
+                   records,
+                   map && !fill_in_map ? static_cast<int*>(map->row_id_map.data) : nullptr,
+                   static_cast<int>(T),
+                   static_cast<int>(tpw),
+                   static_cast<int>(SC),
+                   opts.scaling_factor};
     LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(NB);
-    d.block[0] = static_cast<unsigned>(topk_lanes(E) * kMoeMapBlockTokens);
+    d.grid[0] = static_cast<unsigned>(NC);
+    d.block[0] = static_cast<unsigned>(W * 32);
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.pdl = true;  // after route_zero (kiln's own); waits for it before its atomics
     impl.launch(s, d, stream, a);
   }
   if (map) {
-    launch_map(impl, arch, routing_map, *map, tokens_per_expert, hist, T, E, multiple_of, stream);
-  } else {
-    MoeMapScanArgs sa{hist, counts, static_cast<int>(NB)};
-    LaunchDims ds;
-    ds.grid[0] = static_cast<unsigned>((E + 31) / 32);
-    ds.block[0] = 1024;
-    ds.pdl = true;  // waits for the histograms first
-    impl.launch(impl.tuned(map_spec(arch, kMapScan, E, false), T), ds, stream, sa);
+    MoeRouteMapArgs ma{};
+    ma.records = records;
+    ma.chunk_counts = chunk_counts;
+    ma.super = super;
+    ma.counts = counts;
+    ma.row_id_map = static_cast<int*>(map->row_id_map.data);
+    ma.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+    ma.padded_counts = static_cast<int*>(map->padded_counts.data);
+    ma.offsets = static_cast<int*>(map->offsets.data);
+    ma.T = static_cast<int>(T);
+    ma.nchunks = static_cast<int>(NC);
+    ma.chunk_tokens = static_cast<int>(CT);
+    ma.super_chunks = static_cast<int>(SC);
+    ma.multiple_of = multiple_of;
+    ma.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+    LaunchDims dm;
+    dm.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, NC));
+    dm.block[0] = 256;
+    dm.pdl = T > 0;  // waits for route first (with T = 0 it is the recipe's first launch)
+    impl.launch(impl.tuned(route_map_spec(arch, E, K, fill_in_map), std::max<int64_t>(T, 1)), dm, stream, ma);
   }
-  if (ws) impl.free_async(ws, stream);
+  if (wsp) impl.free_async(wsp, stream);
 }
 
 void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
@@ -498,13 +455,13 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
     ck.invalid("max_per_token", fmt::format("expected 0 (= E) … E = {}, got {}", E, max_per_token));
   const int64_t k = max_per_token == 0 ? E : max_per_token;
   check_map(ck, out, T, E, k, multiple_of, true);
-  check_workspace(ck, workspace, T, E);
+  check_workspace(ck, workspace, std::max<int64_t>(nblocks(T), 1) * E);
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const bool i32 = routing_map.dtype == DType::i32;
   const int64_t NB = nblocks(T);
-  const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E)) * 4, stream);
+  const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>((std::max<int64_t>(NB, 1)) * E) * 4, stream);
   int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
   if (T > 0) {
     MoeMapCountArgs a{routing_map.data, hist, static_cast<int>(T)};

@@ -207,30 +207,41 @@ TEST(MoeCompile, NonPresetVariants) {
   ASSERT_NE(fam, nullptr);
   std::vector<detail::Specialization> specs;
   fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
-  // topk_fwd, topk_bwd, map_count, map_scan, map_write, then the fused pipeline's route (with and without the map),
-  // route_zero and route_map.
+  // route (with the map), topk_bwd, map_count, map_scan, map_write, route without the map, route_zero, route_map
+  // (−1 fill in route, then in route_map).
   ASSERT_EQ(specs.size(), 9u);
-  EXPECT_EQ(specs[5].kernel, 6u);
-  EXPECT_EQ(specs[5].params[8], 1);
-  EXPECT_EQ(specs[6].params[8], 0);
+  EXPECT_EQ(specs[0].kernel, 0u);
+  EXPECT_EQ(specs[0].params[8], 1);
+  EXPECT_EQ(specs[5].kernel, 0u);
+  EXPECT_EQ(specs[5].params[8], 0);
+  EXPECT_EQ(specs[8].kernel, 6u);
+  EXPECT_EQ(specs[8].params[9], 1);
   detail::Counters counters;
-  // topk_fwd and the fused route kernel with groups + bias + softmax (lanes sharing a group at E = 160), the map
-  // writer for an int32 routing map, and the fused pipeline's map kernel.
+  // route with groups + bias + softmax (E = 160 in 4 groups of 40: 8 experts per lane, a group spans 5 lanes), the
+  // map writer for an int32 routing map, route without the map, and route_map writing whole rows.
   detail::Specialization wr = specs[4];
   wr.params[7] = 1;
   for (const auto& s : {specs[0], wr, specs[5], specs[8]}) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // topk_fwd's launch shape follows from E: the classic pipeline (default), the fused one, and the fused one without
-  // the approximate candidate search; a non-default search-space point of topk_bwd.
+  // route's search space: (warps, tokens per warp) × where the −1 fill happens, the default first; a non-default
+  // point compiles. Without the map: the fill in route only.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 4u);
+  ASSERT_EQ(space.size(), 10u);
   EXPECT_EQ(space[0].config, specs[0].config);
-  EXPECT_EQ(space[1].config[1], 1);
-  EXPECT_EQ(space[2].config[1], 2);
-  EXPECT_EQ(space[3].config[1], 3);
+  EXPECT_EQ(space[6].config[0], 16);
+  EXPECT_EQ(space[6].config[1], 2);
+  EXPECT_EQ(space[6].config[2], 1);
+  EXPECT_GT(detail::ensure_cubin(space[6], nullptr, false, counters).cubin.size(), 1000u);
+  space.clear();
+  fam->search_space(specs[5], space);
+  EXPECT_EQ(space.size(), 5u);
+  // Two groups per lane (E = 8 in 4 groups of 2, sigmoid, no bias, top-3): the per-lane group layout.
+  detail::Specialization small = specs[5];
+  small.params = {8, 3, 1, 4, 2, 0, 0, 0, 0, 0};
+  EXPECT_GT(detail::ensure_cubin(small, nullptr, false, counters).cubin.size(), 1000u);
   space.clear();
   fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);
@@ -273,16 +284,17 @@ TEST_F(MoeRoutingErrors, NGroupMustDivideE) {
   EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
 }
 TEST_F(MoeRoutingErrors, GroupsMustAlignWithLanes) {
-  // E = 96: 8 lanes of 12 experts; 8 groups of 12, 4 of 24 and 2 of 48 fit, 6 groups of 16 do not.
-  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 96});
-  probs = TensorRef::contiguous(fake(2), DType::f32, {T, 96});
-  rmap = TensorRef::contiguous(fake(3), DType::u8, {T, 96});
-  bias = TensorRef::contiguous(fake(1), DType::f32, {96});
-  counts = TensorRef::contiguous(fake(4), DType::i32, {96});
+  // E = 396: a lane owns a multiple of 4 experts ≥ 13 (≤ 64) that divides or is a multiple of the group size: groups of
+  // 132 (n_group 3) fit 44 per lane; groups of 99 (n_group 4) fit none.
+  logits = TensorRef::contiguous(fake(0), DType::f32, {T, 396});
+  probs = TensorRef::contiguous(fake(2), DType::f32, {T, 396});
+  rmap = TensorRef::contiguous(fake(3), DType::u8, {T, 396});
+  bias = TensorRef::contiguous(fake(1), DType::f32, {396});
+  counts = TensorRef::contiguous(fake(4), DType::i32, {396});
   with_map = false;
-  opts = {4, MoeScore::sigmoid, 6, 2, true, 1.0f};
+  opts = {4, MoeScore::sigmoid, 4, 2, true, 1.0f};
   EXPECT_THROW_NAMING(call(), "n_group", InvalidArgument);
-  opts.n_group = 8;
+  opts.n_group = 3;
   EXPECT_REACHES_DEVICE(call());
 }
 TEST_F(MoeRoutingErrors, TooManyExpertsForTopk) {
@@ -336,8 +348,10 @@ TEST_F(MoeRoutingErrors, NumOutTokensTooSmall) {
   EXPECT_THROW_NAMING(call(), "row_id_indices", ShapeMismatchError);
 }
 TEST_F(MoeRoutingErrors, WorkspaceTooSmallOrWrongType) {
-  const int64_t need = moe_routing_workspace_elems(T, E);
-  EXPECT_EQ(need, ((T + 31) / 32 + (T + 511) / 512) * E);  // block rows and superblock rows
+  const int64_t need = moe_routing_workspace_elems(T, E, opts.top_k);
+  // Block (chunk) rows, superblock rows and the picks' records.
+  EXPECT_EQ(need, ((T + 31) / 32 + (T + 511) / 512) * E + T * opts.top_k);
+  EXPECT_EQ(moe_routing_workspace_elems(T, E), ((T + 31) / 32 + (T + 511) / 512) * E + T * E);
   const TensorRef ws = TensorRef::contiguous(fake(12), DType::i32, {need});
   EXPECT_REACHES_DEVICE(moe_topk_routing_fwd(rt, logits, bias, probs, rmap, counts, opts, nullptr, &map, P, ws));
   const TensorRef small = TensorRef::contiguous(fake(12), DType::i32, {need - 1});

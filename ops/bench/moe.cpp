@@ -76,7 +76,7 @@ Routed route(Runtime& rt, Buffers& b, int64_t T, int64_t E, const MoeRoutingOpti
   r.indices = TensorRef::contiguous(b.alloc(r.num_out * 4), DType::i32, {r.num_out});
   r.padded = TensorRef::contiguous(b.alloc(E * 4), DType::i32, {E});
   r.offsets = TensorRef::contiguous(b.alloc((E + 1) * 4), DType::i32, {E + 1});
-  const int64_t ws = moe_routing_workspace_elems(T, E);
+  const int64_t ws = moe_routing_workspace_elems(T, E, o.top_k);
   r.workspace = TensorRef::contiguous(b.alloc(ws * 4), DType::i32, {ws});
   const MoeRowIdMap m = r.map();
   moe_topk_routing_fwd(rt, r.logits, r.bias, r.probs, r.rmap, r.counts, o, nullptr, &m, P);
@@ -268,36 +268,12 @@ namespace {
 
 const std::string kShape = fmt::format("T={} E={} k={}", kT, kE, kK);
 
-// The forward at the target shape with its pipeline forced (1 fused, 0 classic; ops/moe_routing.cpp fwd_spec's params
-// and config), through the tuner's hook: a sweep point whose outputs equal the default's.
-BenchInstance forced_pipeline(Runtime& rt, bool with_map, int pipe) {
-  BenchInstance inst = moe_routing_fwd_instance(rt, kT, kE, kLing, true, with_map, static_cast<int>(kP));
-  Specialization s;
-  s.family = find_family("moe_routing");
-  s.arch = rt.impl().target_arch();
-  s.kernel = 0;
-  s.params = {kE, kLing.top_k, 1, kLing.n_group, kLing.topk_group, kLing.renormalize, 1};
-  s.config[0] = 16;
-  s.config[1] = pipe;
-  auto run = inst.run;
-  inst.run = [run, s](Stream st) {
-    ForceConfigScope force(s);
-    run(st);
-  };
-  return inst;
-}
-
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   const int k = static_cast<int>(kK), P = static_cast<int>(kP);
   cases.push_back({"moe_topk_routing_fwd", kShape + " sigmoid groups=8/4 bias map P=16",
                    [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, kLing, true, true, P); }});
   cases.push_back({"moe_topk_routing_fwd", kShape + " sigmoid groups=8/4 bias",
                    [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, kLing, true, false, P); }});
-  for (int pipe : {0, 1, 2, 3})
-    for (bool with_map : {true, false})
-      cases.push_back({"moe_topk_routing_fwd",
-                       kShape + " sigmoid groups=8/4 bias" + (with_map ? " map P=16" : "") + fmt::format(" pipeline={}", pipe),
-                       [=](Runtime& rt) { return forced_pipeline(rt, with_map, pipe); }});
   cases.push_back({"moe_topk_routing_bwd", kShape + " sigmoid renorm",
                    [=](Runtime& rt) { return moe_routing_bwd_instance(rt, kT, kE, kLing); }});
   cases.push_back({"moe_make_row_id_map", kShape + " P=16",

@@ -1,19 +1,21 @@
 // kiln/moe_routing.cuh — MoE top-k routing (forward, backward) and the padded row-id map.
 //
-// Top-k forward, per token t (L = 8 lanes per token for E % 32 == 0, each owning E/L contiguous experts):
-//   s = softmax(z) or σ(z)                         (kiln_exp below: fixed fp32 operation sequence, CPU-reproducible)
+// Top-k forward, per token t (one warp; lane l owns EL contiguous experts, see moe_route_kernel):
+//   s = softmax(z) or σ(z)                         (kiln_exp below: fixed fp32 operation sequence, CPU-reproducible;
+//                                                   the softmax sum: lane sums in expert order, then a 32-lane butterfly)
 //   key = s + bias (BIAS) or z (no bias: s is monotone in z, so the selection is the same and exact)
-//   grouped (G > 1): group score = sum of the two largest keys of the group (DeepSeek-V3); keep the TG best groups
-//   top-K of key over the kept experts, ties → lower expert index (one warp argmax over (key, −e) per pick)
+//   grouped (G > 1): group score = sum of the group's two largest keys (largest by ordered bits, so −0 < +0);
+//   keep the TG best groups (score desc, group asc)
+//   top-K of key over the kept experts, ties → lower expert index
 //   p_e = s_e [/ (Σ_sel s + 1e-20), summed in pick order] · scale for selected e, 0 elsewhere
-//   writes probs [T, E], routing_map [T, E] (u8 0/1) and the CTA's per-expert histogram hist[block, E]
 // Backward from dprobs g, recomputing s from the logits and the selection from the routing map:
 //   ds_k = scale·g_k (no renorm) or (scale/D)(g_k − Σ_j g_j s_j / D) for selected k, 0 elsewhere
 //   dz = s ⊙ (ds − Σ ds·s) (softmax) or ds ⊙ s(1 − s) (sigmoid)
-// Row-id map (three launches, no host sync): per-block histograms (from top-k, or map_count from any routing map) →
-// map_scan (per expert: exclusive prefix over blocks, totals) → map_write (expert offsets off_e = Σ_{e'<e}
-// roundup(c_e', P), each token's destination off_e + prefix[block][e] + rank of the token among the block's tokens
-// routed to e, the inverse index list, padding entries −1). Integer counts only: deterministic by construction.
+// Row-id map of any routing map (three launches, no host sync): per-block histograms (map_count) → map_scan (per
+// expert: exclusive prefix over blocks, totals) → map_write (expert offsets off_e = Σ_{e'<e} roundup(c_e', P), each
+// token's destination off_e + prefix[block][e] + rank of the token among the block's tokens routed to e, the inverse
+// index list, padding entries −1). The forward builds the map itself (moe_route → moe_route_map). Integer counts
+// only: deterministic by construction.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/moe_routing_args.h"
@@ -27,7 +29,10 @@ namespace kiln {
 // exp(+inf) = inf, and a NaN argument counts as −104 (result 0), so a NaN logit gets no probability.
 __device__ __forceinline__ float kiln_exp(float x) {
   x = fminf(fmaxf(x, -104.0f), 88.75f);
-  const float n = rintf(__fmul_rn(x, 1.44269504f));
+  // rint(x·log2 e) by adding 1.5·2^23 (exact round-to-nearest-even for |x·log2 e| < 2^22), and its integer from the
+  // sum's low bits: no conversion instructions.
+  const float big = __fadd_rn(__fmul_rn(x, 1.44269504f), 12582912.0f);
+  const float n = __fsub_rn(big, 12582912.0f);
   float r = __fmaf_rn(n, -0.693145751953125f, x);
   r = __fmaf_rn(n, -1.42860677e-06f, r);
   float p = 1.98412701e-04f;                 // 1/5040
@@ -38,7 +43,7 @@ __device__ __forceinline__ float kiln_exp(float x) {
   p = __fmaf_rn(p, r, 0.5f);
   p = __fmaf_rn(p, r, 1.0f);
   p = __fmaf_rn(p, r, 1.0f);
-  const int ni = static_cast<int>(n);
+  const int ni = __float_as_int(big) - 0x4b400000;
   const int n1 = ni >> 1, n2 = ni - n1;      // both in [−75, 64]: normal powers of two
   return __fmul_rn(__fmul_rn(p, __int_as_float((n1 + 127) << 23)), __int_as_float((n2 + 127) << 23));
 }
@@ -57,15 +62,6 @@ __device__ __forceinline__ float warp_sum_rn(float v) {
 #pragma unroll
   for (int o = 16; o > 0; o >>= 1) v = __fadd_rn(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
-}
-
-// Warp argmax over (key, lowest index): every lane ends with the winner.
-__device__ __forceinline__ void warp_argmax(u32& key, u32& idx) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const u32 ok = __shfl_xor_sync(0xffffffffu, key, o), oi = __shfl_xor_sync(0xffffffffu, idx, o);
-    if (ok > key || (ok == key && oi < idx)) { key = ok; idx = oi; }
-  }
 }
 
 // Scores of one token row: z in, s out (NI chunks of 4 per lane, chunk i valid when 128i + 4·lane < E).
@@ -101,214 +97,6 @@ __device__ __forceinline__ void moe_scores(const float (&z)[(E + 127) / 128][4],
 #pragma unroll
       for (int j = 0; j < 4; ++j) s[i][j] = __fdiv_rn(s[i][j], sum);
   }
-}
-
-// ---- top-k forward ----------------------------------------------------------------------------------------------
-// L lanes per token (the largest power of two ≤ 16 with E % 4L == 0); lane j of a token owns the EL = E/L contiguous
-// experts j·EL … j·EL + EL − 1 in registers, so a warp routes 32/L tokens at once and every cross-lane step
-// (softmax max/sum, group merges, the K picks) takes log2(L) shuffles instead of 5. 16 lanes at E = 256: 4096 warps
-// for 8192 tokens, enough to hide the latency of the picks' shuffle chains.
-template <int E>
-struct MoeTopkLanes {
-  static constexpr int L = E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1;
-  static constexpr int EL = E / L;
-};
-
-// CTA: one map block of 32 tokens, 32·L threads.
-template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS>
-__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTopkLanes<E>::EL <= 16 ? 2 : 1)
-    moe_topk_fwd_kernel(const MoeTopkFwdArgs a) {
-  constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
-  constexpr int GS = E / G;
-  constexpr int THREADS = kMoeMapBlockTokens * L;
-  static_assert(E % 4 == 0 && EL <= 64 && K >= 1 && K <= E, "bad E/K");
-  static_assert(G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad groups");
-  static_assert(G == 1 || EL % GS == 0 || GS % EL == 0, "groups must align with the lanes' expert ranges");
-  __shared__ int hist[E];
-  for (int e = threadIdx.x; e < E; e += THREADS) hist[e] = 0;
-  __syncthreads();
-  const int lane = threadIdx.x & 31, j = lane & (L - 1), seg = lane & ~(L - 1);
-  const int t = blockIdx.x * kMoeMapBlockTokens + static_cast<int>(threadIdx.x) / L;
-  const bool valid = t < a.T;
-  const int e0 = j * EL;
-  const float neg_inf = -__int_as_float(0x7f800000);
-
-  float z[EL], s[EL], kf[EL];
-  {
-    const float* zr = a.logits + static_cast<i64>(valid ? t : 0) * E + e0;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const Vec16 v = valid ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(v.w[q]);
-    }
-  }
-  if constexpr (SIGMOID) {
-#pragma unroll
-    for (int c = 0; c < EL; ++c) s[c] = kiln_sigmoid(z[c]);
-  } else {
-    float m = neg_inf;
-#pragma unroll
-    for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
-#pragma unroll
-    for (int o = L / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
-    float sum = 0.0f;
-#pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      s[c] = kiln_exp(__fsub_rn(z[c], m));
-      sum = __fadd_rn(sum, s[c]);
-    }
-#pragma unroll
-    for (int o = L / 2; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
-#pragma unroll
-    for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
-  }
-  // Selection keys; NaN counts as −inf.
-#pragma unroll
-  for (int c = 0; c < NC; ++c) {
-    float b[4] = {0.f, 0.f, 0.f, 0.f};
-    if constexpr (BIAS) {
-      const Vec16 v = load16(a.bias + e0 + 4 * c);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) b[q] = __uint_as_float(v.w[q]);
-    }
-#pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const float k = BIAS ? __fadd_rn(s[4 * c + q], b[q]) : z[4 * c + q];
-      kf[4 * c + q] = k != k ? neg_inf : k;
-    }
-  }
-  unsigned long long live = EL == 64 ? ~0ull : (1ull << EL) - 1ull;
-  if constexpr (G > 1) {
-    // Group scores (the sum of a group's two largest keys) and the TG best groups, ties to the lower group.
-    constexpr int NGL = EL % GS == 0 ? EL / GS : 1;      // whole groups in this lane …
-    constexpr int SPAN = EL % GS == 0 ? 1 : GS / EL;      // … or lanes sharing one group
-    float gsc[NGL];
-#pragma unroll
-    for (int q = 0; q < NGL; ++q) {
-      constexpr int W = EL % GS == 0 ? GS : EL;
-      float a1 = neg_inf, a2 = neg_inf;
-#pragma unroll
-      for (int c = q * W; c < q * W + W; ++c) {
-        const float v = kf[c];
-        if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
-      }
-#pragma unroll
-      for (int o = 1; o < SPAN; o <<= 1) {
-        const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
-        if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
-      }
-      const float sc = GS >= 2 ? __fadd_rn(a1, a2) : a1;
-      gsc[q] = sc != sc ? neg_inf : sc;
-    }
-    const int g0 = EL % GS == 0 ? j * NGL : j / SPAN;  // group of gsc[0]
-    u32 kept = 0;
-#pragma unroll 1
-    for (int r = 0; r < TG; ++r) {
-      unsigned long long best = 0;
-#pragma unroll
-      for (int q = 0; q < NGL; ++q) {
-        const u32 g = static_cast<u32>(g0 + q);
-        const unsigned long long k =
-            (kept >> g & 1u) ? 0ull : (static_cast<unsigned long long>(ordered_bits(gsc[q])) << 32) | (0xffffffffu - g);
-        best = k > best ? k : best;
-      }
-#pragma unroll
-      for (int o = 1; o < L; o <<= 1) {
-        const unsigned long long other = __shfl_xor_sync(0xffffffffu, best, o);
-        best = other > best ? other : best;
-      }
-      kept |= 1u << (0xffffffffu - static_cast<u32>(best));
-    }
-#pragma unroll
-    for (int c = 0; c < EL; ++c)
-      if (!(kept >> ((e0 + c) / GS) & 1u)) live &= ~(1ull << c);
-  }
-  u32 ok[EL];
-#pragma unroll
-  for (int c = 0; c < EL; ++c) ok[c] = ordered_bits(kf[c]);
-  // K picks. Each lane keeps its four best live keys in order (ties: lower expert first, as the scan goes up); a
-  // pick is the segment's maximum of (key, −e) over the lanes' heads, and the winner pops its head. A lane whose
-  // list runs dry while it still has live experts rescans (rare: a warp-uniform branch).
-  u32 hk[4] = {0u, 0u, 0u, 0u};
-  int hc[4] = {0, 0, 0, 0};
-  float hs[4] = {0.f, 0.f, 0.f, 0.f};
-  auto fill = [&]() {
-#pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      const u32 k = (live >> c & 1ull) ? ok[c] : 0u;
-      if (k > hk[3]) {
-        if (k > hk[0]) {
-          hk[3] = hk[2]; hc[3] = hc[2]; hs[3] = hs[2];
-          hk[2] = hk[1]; hc[2] = hc[1]; hs[2] = hs[1];
-          hk[1] = hk[0]; hc[1] = hc[0]; hs[1] = hs[0];
-          hk[0] = k; hc[0] = c; hs[0] = s[c];
-        } else if (k > hk[1]) {
-          hk[3] = hk[2]; hc[3] = hc[2]; hs[3] = hs[2];
-          hk[2] = hk[1]; hc[2] = hc[1]; hs[2] = hs[1];
-          hk[1] = k; hc[1] = c; hs[1] = s[c];
-        } else if (k > hk[2]) {
-          hk[3] = hk[2]; hc[3] = hc[2]; hs[3] = hs[2];
-          hk[2] = k; hc[2] = c; hs[2] = s[c];
-        } else {
-          hk[3] = k; hc[3] = c; hs[3] = s[c];
-        }
-      }
-    }
-  };
-  fill();
-  unsigned long long taken = 0;
-  float denom = 0.0f;
-#pragma unroll 1
-  for (int r = 0; r < K; ++r) {
-    if (__any_sync(0xffffffffu, hk[0] == 0u && live != 0ull)) {
-      if (hk[0] == 0u && live != 0ull) fill();
-    }
-    unsigned long long key =
-        hk[0] ? (static_cast<unsigned long long>(hk[0]) << 32) | (0xffffffffu - static_cast<u32>(e0 + hc[0])) : 0ull;
-#pragma unroll
-    for (int o = 1; o < L; o <<= 1) {
-      const unsigned long long other = __shfl_xor_sync(0xffffffffu, key, o);
-      key = other > key ? other : key;
-    }
-    const int we = static_cast<int>(0xffffffffu - static_cast<u32>(key));
-    const int wl = we / EL;
-    denom = __fadd_rn(denom, __shfl_sync(0xffffffffu, hs[0], seg | wl));
-    if (j == wl) {
-      live &= ~(1ull << hc[0]);
-      taken |= 1ull << hc[0];
-      hk[0] = hk[1]; hc[0] = hc[1]; hs[0] = hs[1];
-      hk[1] = hk[2]; hc[1] = hc[2]; hs[1] = hs[2];
-      hk[2] = hk[3]; hc[2] = hc[3]; hs[2] = hs[3];
-      hk[3] = 0u;
-    }
-  }
-  if (valid) {
-    const float d = __fadd_rn(denom, 1e-20f);
-    float* pr = a.probs + static_cast<i64>(t) * E + e0;
-    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      Vec16 pv;
-      u32 mv = 0;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int cc = 4 * c + q;
-        float p = 0.0f;
-        if (taken >> cc & 1ull) {
-          p = __fmul_rn(RENORM ? __fdiv_rn(s[cc], d) : s[cc], a.scale);
-          mv |= 1u << (8 * q);
-          atomicAdd(&hist[e0 + cc], 1);
-        }
-        pv.w[q] = __float_as_uint(p);
-      }
-      store16(pr + 4 * c, pv);
-      *reinterpret_cast<u32*>(mr + 4 * c) = mv;
-    }
-  }
-  __syncthreads();
-  for (int e = threadIdx.x; e < E; e += THREADS) a.hist[static_cast<i64>(blockIdx.x) * E + e] = hist[e];
-  pdl_launch_dependents();
 }
 
 // ---- top-k backward ---------------------------------------------------------------------------------------------
@@ -605,420 +393,320 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   }
 }
 
-// ---- fused routing pipeline -------------------------------------------------------------------------------------
+// ---- top-k forward ----------------------------------------------------------------------------------------------
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
-//   moe_route_zero  zeroes the superblock counts (map) or tokens_per_expert (no map);
-//   moe_route       top-k of one 32-token map block per CTA (the same selection and fp32 operation sequence as
-//                   moe_topk_fwd_kernel, a cheaper search), probs, routing map, and with the map: −1 over the
-//                   block's rows of row_id_map (issued while the logits are in flight), the block's histogram row and
-//                   one atomic add per expert into its superblock row; without: one atomic add per expert into the
-//                   counts;
-//   moe_route_map   per CTA a run of consecutive blocks: counts = Σ superblock rows, expert offsets (exclusive scan
-//                   of the padded counts), the run's prefix = its superblock's predecessors + ≤ 15 block rows, then
-//                   the routed entries of row_id_map (off_e + prefix + rank of the token among the block's tokens
-//                   routed to e) and the inverse index list.
+//   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);
+//   moe_route       one warp per token (tokens_per_warp tokens in sequence, the next token's logits loaded while the
+//                   current one is routed); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
+//                   the routing map and (map, fill = 0) the −1 rows of row_id_map; counts the CTA's chunk of tokens
+//                   per expert and adds them into the superblock row (map) or tokens_per_expert (no map); with the
+//                   map also each pick's record (expert, rank among the chunk's tokens routed to that expert);
+//   moe_route_map   (map only) one CTA per chunk: counts = Σ superblock rows, offsets (exclusive scan of the padded
+//                   counts), the chunk's prefix (its superblock's predecessors + ≤ super_chunks − 1 chunk rows), then
+//                   each record's row of row_id_map and the inverse index list (fill = 1: it writes the whole rows).
+//
+// Selection in moe_route: each lane keeps its two best live (key, expert, score) in (key desc, expert asc) order; a
+// pick is the warp's maximum key over the lanes' heads (redux.sync), the lowest lane holding it (one ballot: lanes own
+// ascending expert ranges, a head is its lane's lowest expert among equal keys) wins and pops its head. A lane whose
+// list runs dry while it has live experts left refills it from its experts below its last pick (a warp-uniform, rare
+// branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
 
 __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a) {
   pdl_launch_dependents();  // moe_route starts at once; it waits for this kernel before its first atomic
   for (int i = blockIdx.x * 256 + threadIdx.x; i < a.n; i += gridDim.x * 256) a.p[i] = 0;
-  if (a.q && blockIdx.x == 0 && threadIdx.x == 0) a.q[0] = 0;
 }
 
 template <bool NARROW> struct MoeLaneMask { using type = unsigned long long; };
 template <> struct MoeLaneMask<true> { using type = u32; };
 
-// CTA: one map block of 32 tokens, 32·L threads (L lanes per token, MoeTopkLanes).
-// Search: each lane keeps its two best live (key, expert, score) in order; a pick is the segment's maximum key over the
-// lanes' heads, the lowest lane among equal heads (lanes own ascending expert ranges and a head is its lane's lowest
-// expert among equal keys), found with one ballot; the winner pops its head. A lane whose list runs dry while it has
-// live experts left refills it from the experts below its last pick (a warp-uniform, rare branch). A lane's selected
-// experts are then exactly its live experts at or above its last pick in (key desc, expert asc) order.
-template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool APPROX>
-__global__ void __launch_bounds__(kMoeMapBlockTokens * MoeTopkLanes<E>::L, MoeTopkLanes<E>::EL <= 16 ? 2 : 1)
-    moe_route_kernel(const MoeRouteArgs a) {
-  constexpr int L = MoeTopkLanes<E>::L, EL = MoeTopkLanes<E>::EL, NC = EL / 4;
-  constexpr int GS = E / G;
-  constexpr int THREADS = kMoeMapBlockTokens * L;
-  constexpr u32 SEGMASK = L == 32 ? 0xffffffffu : (1u << L) - 1u;
-  static_assert(E % 4 == 0 && EL <= 64 && K >= 1 && K <= E, "bad E/K");
-  static_assert(G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad groups");
-  static_assert(G == 1 || EL % GS == 0 || GS % EL == 0, "groups must align with the lanes' expert ranges");
-  using Mask = typename MoeLaneMask<(EL <= 32)>::type;  // one bit per expert of the lane
-  // Scores in shared memory (thread-major) for the output pass's picks, where they fit (E ≤ 256 at 16 lanes).
-  constexpr bool S_SMEM = THREADS * EL * 4 <= 32768;
-  __shared__ int hist[E];
-  __shared__ float s_sm[S_SMEM ? THREADS * EL : 1];  // [c][thread]: conflict-free at any per-lane c
-  auto sm = [&](int c) -> float& { return s_sm[c * THREADS + threadIdx.x]; };
-  const int lane = threadIdx.x & 31, j = lane & (L - 1), seg = lane & ~(L - 1);
-  const int t = blockIdx.x * kMoeMapBlockTokens + static_cast<int>(threadIdx.x) / L;
-  const bool valid = t < a.T;
-  const int e0 = j * EL;
-  const float neg_inf = -__int_as_float(0x7f800000);
+// Inverse of ordered_bits (0 ↦ NaN: never a real key).
+__device__ __forceinline__ float ordered_float(u32 o) {
+  return __uint_as_float(o ^ (~static_cast<u32>(static_cast<int>(o) >> 31) | 0x80000000u));
+}
 
-  float z[EL], s[EL];
-  {
-    const float* zr = a.logits + static_cast<i64>(valid ? t : 0) * E + e0;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const Vec16 v = valid ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-#pragma unroll
-      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(v.w[q]);
-    }
-  }
+// Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), picks
+// [W][K] (expert int, score float), and with the map the chunk's records [W·tokens_per_warp][K] u32.
+// EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
+// (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
+template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W>
+__global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
+  constexpr int NCH = EL / 4;
+  constexpr int GS = E / G;
+  constexpr bool FULLW = E == 32 * EL;                    // every lane owns EL experts
+  constexpr bool UNIFORM = G == 1 || GS % EL == 0;        // a lane's experts lie in one group
+  constexpr int SPAN = (G > 1 && GS % EL == 0) ? GS / EL : 1;
+  constexpr int NGL = UNIFORM ? 1 : EL / GS;              // groups per lane (!UNIFORM)
+  constexpr u32 ALL = 0xffffffffu;
+  static_assert(EL % 4 == 0 && EL >= 4 && EL <= 64 && 32 * EL >= E && E % 4 == 0, "bad lane layout");
+  static_assert(K >= 1 && K <= E && G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad K/groups");
+  static_assert(UNIFORM || EL % GS == 0, "groups must align with the lanes' expert ranges");
+  using Mask = typename MoeLaneMask<(EL <= 32)>::type;
+  extern __shared__ __align__(16) int moe_smem[];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  int* cnt = moe_smem + warp * E;
+  int* pe = moe_smem + W * E + warp * K;
+  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * K) + warp * K;
+  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + 2 * W * K);
+  pdl_launch_dependents();  // moe_route_map (map) waits for this grid before it reads anything
+  for (int e = lane; e < E; e += 32) cnt[e] = 0;
+  __syncwarp();
+
+  const int e0 = lane * EL;
+  const int nvalid = FULLW ? EL : max(0, min(EL, E - e0));
+  const float neg_inf = -__int_as_float(0x7f800000);
+  auto valid = [&](int c) { return FULLW || e0 + c < E; };
   float bv[BIAS ? EL : 1];
   if constexpr (BIAS) {
 #pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      const Vec16 v = load16(a.bias + e0 + 4 * c);
+    for (int c = 0; c < NCH; ++c) {
+      const Vec16 v = valid(4 * c) ? load16(a.bias + e0 + 4 * c) : Vec16{{0u, 0u, 0u, 0u}};
 #pragma unroll
       for (int q = 0; q < 4; ++q) bv[4 * c + q] = __uint_as_float(v.w[q]);
     }
   }
-  if constexpr (MAP) {
-    // The block's rows of row_id_map start as −1 (moe_route_map writes the routed entries after this kernel).
-    if (valid && a.row_id_map) {
-      const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
-      int* rr = a.row_id_map + static_cast<i64>(t) * E + e0;
+
+  const int tpw = a.tpw;
+  const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
+  const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
+  Vec16 nz[NCH];
+  auto load_row = [&](int t) {
+    const float* zr = a.logits + static_cast<i64>(t) * E + e0;
 #pragma unroll
-      for (int c = 0; c < NC; ++c) store16(rr + 4 * c, m1);
-    }
-  }
-
-  for (int e = threadIdx.x; e < E; e += THREADS) hist[e] = 0;
-  __syncthreads();
-
-  constexpr bool UNIFORM = G == 1 || EL <= GS;
-  // FAST: σ scores with a bias (the grouped sigmoid routers): exact scores only for each lane's candidates.
-  constexpr bool FAST = APPROX && SIGMOID && BIAS && UNIFORM && S_SMEM;
-  Mask live = EL == 8 * sizeof(Mask) ? ~Mask(0) : (Mask(1) << EL) - Mask(1);
-  Mask cand = 0;  // FAST: the experts whose exact score is in s_sm (the rest hold their logit)
-  u32 ok[FAST ? 1 : EL];  // the generic path's order-preserving keys
-  // Two-entry list of the lane's best live experts below (lk, lc) in (key desc, expert asc) order. UNIFORM: all of a
-  // lane's experts lie in one group (or there are no groups), so `live` is all or nothing until the first pick.
-  u32 h0 = 0u, h1 = 0u;
-  int i0 = 0, i1 = 0;
-  float s0 = 0.f, s1 = 0.f;
-  u32 lk = 0xffffffffu;
-  int lc = -1;  // the lane's last pick (none yet)
-  auto insert = [&](u32 k, int c, float sv) {
-    const bool gt0 = k > h0, gt1 = k > h1;
-    h1 = gt0 ? h0 : gt1 ? k : h1;
-    i1 = gt0 ? i0 : gt1 ? c : i1;
-    s1 = gt0 ? s0 : gt1 ? sv : s1;
-    h0 = gt0 ? k : h0;
-    i0 = gt0 ? c : i0;
-    s0 = gt0 ? sv : s0;
+    for (int c = 0; c < NCH; ++c)
+      nz[c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
   };
-  if constexpr (FAST) {
-    // Approximate keys (MUFU exp and reciprocal, within δ of the exact ones), the lane's two largest, and candidates:
-    // every expert whose approximate key is ≥ a2 − 2δ. The lane's exact two largest keys are among them (any other
-    // expert's exact key is < a2 − δ, below both). Exact scores are computed for the candidates only (in key order of
-    // discovery: ascending expert), and z is staged in shared memory so that a candidate's logit is one load.
+  if (tb < te) load_row(tb);
+#pragma unroll 1
+  for (int t = tb; t < te; ++t) {
+    float z[EL];
 #pragma unroll
-    for (int c = 0; c < EL; ++c) sm(c) = z[c];
-    float A[EL];
-    float a1 = neg_inf, a2 = neg_inf;
+    for (int c = 0; c < NCH; ++c)
 #pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      const float x = fminf(fmaxf(-z[c], -104.0f), 88.75f);  // kiln_exp's clamp (a NaN logit: −104, as there)
-      float e, r;
-      asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(e) : "f"(x * 1.44269504f));
-      asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(1.0f + e));
-      float k = r + bv[BIAS ? c : 0];
-      k = k != k ? neg_inf : k;
-      A[c] = k;
-      a2 = fmaxf(a2, fminf(a1, k));
-      a1 = fmaxf(a1, k);
-    }
-    // |approximate − exact| ≤ |σ error| (≤ 1e-6) + one rounding of the key: δ below is ten times that.
-    const float delta = 1e-5f + 2e-6f * (fabsf(a1) + fabsf(a2));
-    float thr = a2 - 2.0f * delta;
-    if (!(thr > neg_inf)) thr = neg_inf;  // fewer than two finite keys (or inf − inf): every expert is a candidate
+      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
+    if (t + 1 < te) load_row(t + 1);
+
+    float s[EL];
+    if constexpr (SIGMOID) {
 #pragma unroll
-    for (int c = 0; c < EL; ++c)
-      if (A[c] >= thr) cand |= Mask(1) << c;
-    for (Mask m = cand; m != Mask(0); m &= m - Mask(1)) {
-      const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
-      float& slot = sm(c);
-      const float sc = kiln_sigmoid(slot);
-      slot = sc;  // the exact score replaces the logit
-      float k = __fadd_rn(sc, a.bias[e0 + c]);
-      k = k != k ? neg_inf : k;
-      insert(ordered_bits(k), c, sc);
-    }
-    if constexpr (G > 1) {
-      // The lane's (exact) two largest keys, merged over the SPAN lanes of its group: the group's two largest.
-      constexpr int SPAN = GS / EL;
-      auto key_of = [](u32 o) { return o == 0u ? -__int_as_float(0x7f800000)
-                                                 : __uint_as_float((o & 0x80000000u) ? (o ^ 0x80000000u) : ~o); };
-      float g1 = key_of(h0), g2 = key_of(h1);
-#pragma unroll
-      for (int o = 1; o < SPAN; o <<= 1) {
-        const float b1 = __shfl_xor_sync(0xffffffffu, g1, o), b2 = __shfl_xor_sync(0xffffffffu, g2, o);
-        if (b1 > g1) { g2 = fmaxf(g1, b2); g1 = b1; } else { g2 = fmaxf(g2, b1); }
-      }
-      float sc = GS >= 2 ? __fadd_rn(g1, g2) : g1;
-      sc = sc != sc ? neg_inf : sc;
-      const int g0 = j / SPAN;
-      const u32 mine = ordered_bits(sc);
-      int rank = 0;
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const u32 og = ordered_bits(__shfl_sync(0xffffffffu, sc, seg | (g * SPAN)));
-        rank += (og > mine || (og == mine && g < g0)) ? 1 : 0;
-      }
-      if (rank >= TG) {
-        live = 0;
-        h0 = h1 = 0u;
-      }
-    }
-  } else {
-  if constexpr (SIGMOID) {
-#pragma unroll
-      for (int c = 0; c < EL; ++c) s[c] = kiln_sigmoid(z[c]);
+      for (int c = 0; c < EL; ++c) s[c] = valid(c) ? kiln_sigmoid(z[c]) : 0.0f;
     } else {
       float m = neg_inf;
 #pragma unroll
       for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
 #pragma unroll
-      for (int o = L / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(ALL, m, o));
       float sum = 0.0f;
 #pragma unroll
       for (int c = 0; c < EL; ++c) {
-        s[c] = kiln_exp(__fsub_rn(z[c], m));
+        s[c] = valid(c) ? kiln_exp(__fsub_rn(z[c], m)) : 0.0f;
         sum = __fadd_rn(sum, s[c]);
       }
-#pragma unroll
-      for (int o = L / 2; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(0xffffffffu, sum, o));
+      sum = warp_sum_rn(sum);
 #pragma unroll
       for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
     }
-    if constexpr (S_SMEM) {
-#pragma unroll
-      for (int c = 0; c < EL; ++c) sm(c) = s[c];
-    }
-    // Selection keys (NaN counts as −inf) as order-preserving u32.
-    float kf[G > 1 ? EL : 1];
+    // Selection keys as order-preserving u32 (NaN counts as −inf; 0 = no expert, below every real key).
+    u32 ok[EL];
 #pragma unroll
     for (int c = 0; c < EL; ++c) {
       float k = BIAS ? __fadd_rn(s[c], bv[BIAS ? c : 0]) : z[c];
       k = k != k ? neg_inf : k;
-      if constexpr (G > 1) kf[c] = k;
-      ok[c] = ordered_bits(k);
+      ok[c] = valid(c) ? ordered_bits(k) : 0u;
     }
-    if constexpr (G > 1) {
-      // Group scores (the sum of a group's two largest keys), then each lane's groups kept iff fewer than TG groups
-      // rank above them (score desc, group asc): the same groups as TG rounds of argmax.
-      constexpr int NGL = EL % GS == 0 ? EL / GS : 1;  // whole groups in this lane …
-      constexpr int SPAN = EL % GS == 0 ? 1 : GS / EL;  // … or lanes sharing one group
-      constexpr int W = EL % GS == 0 ? GS : EL;
-      float gsc[NGL];
+
+    u32 h0 = 0u, h1 = 0u;
+    int i0 = 0, i1 = 0;
+    float s0 = 0.f, s1 = 0.f;
+    auto insert = [&](u32 k, int c, float sv) {
+      const bool gt0 = k > h0, gt1 = k > h1;
+      h1 = gt0 ? h0 : gt1 ? k : h1;
+      i1 = gt0 ? i0 : gt1 ? c : i1;
+      s1 = gt0 ? s0 : gt1 ? sv : s1;
+      h0 = gt0 ? k : h0;
+      i0 = gt0 ? c : i0;
+      s0 = gt0 ? sv : s0;
+    };
+    Mask live = 0;  // !UNIFORM: the lane's experts in kept groups
+    int left;       // live experts of this lane not picked yet
+    if constexpr (UNIFORM) {
 #pragma unroll
-      for (int q = 0; q < NGL; ++q) {
-        float a1 = neg_inf, a2 = neg_inf;
-#pragma unroll
-        for (int c = q * W; c < q * W + W; ++c) {
-          const float v = kf[c];
-          if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
-        }
+      for (int c = 0; c < EL; ++c) insert(ok[c], c, s[c]);
+      bool kept = true;
+      if constexpr (G > 1) {
+        // The group's two largest keys (ordered, so ±0 and ties are order-independent): merged down to the group's
+        // first lane over its SPAN lanes, then summed as floats.
+        u32 a1 = h0, a2 = h1;
 #pragma unroll
         for (int o = 1; o < SPAN; o <<= 1) {
-          const float b1 = __shfl_xor_sync(0xffffffffu, a1, o), b2 = __shfl_xor_sync(0xffffffffu, a2, o);
-          if (b1 > a1) { a2 = fmaxf(a1, b2); a1 = b1; } else { a2 = fmaxf(a2, b1); }
+          const u32 b1 = __shfl_down_sync(ALL, a1, o), b2 = __shfl_down_sync(ALL, a2, o);
+          if (lane % SPAN + o < SPAN) {
+            a2 = max(min(a1, b1), max(a2, b2));
+            a1 = max(a1, b1);
+          }
         }
-        const float sc = GS >= 2 ? __fadd_rn(a1, a2) : a1;
-        gsc[q] = sc != sc ? neg_inf : sc;
+        float sc = __fadd_rn(ordered_float(a1), ordered_float(a2));
+        sc = sc != sc ? neg_inf : sc;
+        const u32 gsc = ordered_bits(sc);
+        const int gi = lane / SPAN;
+        const u32 mine = __shfl_sync(ALL, gsc, gi * SPAN);
+        // Kept iff fewer than TG groups rank above (score desc, group asc): the same groups as TG rounds of argmax.
+        int rank = 0;
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          const u32 og = __shfl_sync(ALL, gsc, g * SPAN);
+          rank += (og > mine || (og == mine && g < gi)) ? 1 : 0;
+        }
+        kept = rank < TG;
+        if (!kept) h0 = h1 = 0u;
       }
-      const int g0 = EL % GS == 0 ? j * NGL : j / SPAN;  // group of gsc[0]
+      left = kept ? nvalid : 0;
+    } else {
+      // NGL whole groups per lane.
+      u32 gsc[NGL];
+#pragma unroll
+      for (int q = 0; q < NGL; ++q) {
+        u32 a1 = 0u, a2 = 0u;
+#pragma unroll
+        for (int c = q * GS; c < q * GS + GS; ++c) {
+          a2 = max(a2, min(a1, ok[c]));
+          a1 = max(a1, ok[c]);
+        }
+        float sc = GS >= 2 ? __fadd_rn(ordered_float(a1), ordered_float(a2)) : ordered_float(a1);
+        sc = sc != sc ? neg_inf : sc;
+        gsc[q] = ordered_bits(sc);
+      }
       int rank[NGL];
 #pragma unroll
       for (int q = 0; q < NGL; ++q) rank[q] = 0;
 #pragma unroll
       for (int g = 0; g < G; ++g) {
-        // Group g's score lives in lane g / NGL (slot g % NGL), or in lane g·SPAN of the segment.
-        const int src = seg | (EL % GS == 0 ? g / NGL : g * SPAN);
-        const u32 og = ordered_bits(__shfl_sync(0xffffffffu, gsc[g % NGL], src));
+        const u32 og = __shfl_sync(ALL, gsc[g % NGL], g / NGL);
 #pragma unroll
-        for (int q = 0; q < NGL; ++q) {
-          const u32 mine = ordered_bits(gsc[q]);
-          rank[q] += (og > mine || (og == mine && g < g0 + q)) ? 1 : 0;
-        }
+        for (int q = 0; q < NGL; ++q)
+          rank[q] += (og > gsc[q] || (og == gsc[q] && g < lane * NGL + q)) ? 1 : 0;
       }
 #pragma unroll
-      for (int c = 0; c < EL; ++c) {
-        const int q = EL % GS == 0 ? c / GS : 0;
-        if (rank[q] >= TG) live &= ~(Mask(1) << c);
-      }
-    }
-  
-    if (UNIFORM) {
-      if (live != Mask(0))
-#pragma unroll
-        for (int c = 0; c < EL; ++c) insert(ok[c], c, s[c]);
-    } else {
+      for (int c = 0; c < EL; ++c)
+        if (rank[c / GS] < TG && ok[c] != 0u) live |= Mask(1) << c;
 #pragma unroll
       for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c, s[c]);
+      left = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live)) : __popcll(static_cast<unsigned long long>(live));
     }
-  }
-  Mask taken = 0;
-  int left = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live)) : __popcll(static_cast<unsigned long long>(live));  // live experts of this lane not picked yet
-  float denom = 0.0f;
-#pragma unroll 1
-  for (int r = 0; r < K; ++r) {
-    if (__any_sync(0xffffffffu, h0 == 0u && left > 0)) {
-      if (h0 == 0u && left > 0) {
-        // Refill from the live experts below the last pick (this lane has picked both entries already).
-        h0 = h1 = 0u;
-        if constexpr (FAST) {
-          // Exact scores for every expert of the lane now.
-#pragma unroll 1
-          for (int c = 0; c < EL; ++c) {
-            float& slot = sm(c);
-            const float sc = (cand >> c & 1u) ? slot : kiln_sigmoid(slot);
-            slot = sc;
-            float k = __fadd_rn(sc, a.bias[e0 + c]);
-            k = k != k ? neg_inf : k;
-            const u32 o = ordered_bits(k);
-            const bool below = o < lk || (o == lk && c > lc);
-            insert(((live >> c & 1u) && below) ? o : 0u, c, sc);
-          }
-          cand = ~Mask(0);
-        } else {
+
+    Mask taken = 0;
+    u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
+    int lc = -1;
+    auto pick = [&](int r) {
+      if (__any_sync(ALL, h0 == 0u && left > 0)) {
+        if (h0 == 0u && left > 0) {
+          // Refill from the live experts below the last pick (this lane has picked both entries already).
 #pragma unroll
           for (int c = 0; c < EL; ++c) {
-            const bool below = ok[c] < lk || (ok[c] == lk && c > lc);
-            insert(((live >> c & 1u) && below) ? ok[c] : 0u, c, s[c]);
+            const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
+            const bool below = k < lk || (k == lk && c > lc);
+            insert(below ? k : 0u, c, s[c]);
           }
         }
       }
-    }
-    u32 m = h0;
-#pragma unroll
-    for (int o = 1; o < L; o <<= 1) m = max(m, __shfl_xor_sync(0xffffffffu, m, o));
-    const u32 heads = __ballot_sync(0xffffffffu, h0 == m);
-    const int wl = __ffs((heads >> seg) & SEGMASK) - 1;  // the segment's lowest lane holding the maximum
-    denom = __fadd_rn(denom, __shfl_sync(0xffffffffu, s0, seg | wl));
-    if (j == wl) {
-      lk = h0;
-      lc = i0;
-      taken |= Mask(1) << i0;
-      --left;
-      h0 = h1; i0 = i1; s0 = s1;
-      h1 = 0u;
-    }
-  }
-  if (S_SMEM && valid) {
-    // Zeros and the map bytes for the lane's experts, then one store per pick (the same thread: in order). (Zeroing
-    // these rows at the start, with the loads in flight, measured slower: 56.2 vs 44.6 µs.)
-    const float d = __fadd_rn(denom, 1e-20f);
-    float* pr = a.probs + static_cast<i64>(t) * E + e0;
-    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
-    const Vec16 zero{{0u, 0u, 0u, 0u}};
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      store16(pr + 4 * c, zero);
-      const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
-      *reinterpret_cast<u32*>(mr + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
-    }
-    for (Mask m = taken; m != Mask(0); m &= m - Mask(1)) {
-      const int c = sizeof(Mask) == 4 ? __ffs(static_cast<u32>(m)) - 1 : __ffsll(static_cast<long long>(m)) - 1;
-      const float sv = sm(c);
-      pr[c] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
-      atomicAdd(&hist[e0 + c], 1);
-    }
-  } else if (valid) {
-    const float d = __fadd_rn(denom, 1e-20f);
-    float* pr = a.probs + static_cast<i64>(t) * E + e0;
-    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E + e0;
-#pragma unroll
-    for (int c = 0; c < NC; ++c) {
-      Vec16 pv;
-      u32 mv = 0;
-#pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const int cc = 4 * c + q;
-        float p = 0.0f;
-        if (taken >> cc & 1u) {
-          p = __fmul_rn(RENORM ? __fdiv_rn(s[cc], d) : s[cc], a.scale);
-          mv |= 1u << (8 * q);
-          atomicAdd(&hist[e0 + cc], 1);
-        }
-        pv.w[q] = __float_as_uint(p);
+      const u32 m = __reduce_max_sync(ALL, h0);
+      const int wl = __ffs(__ballot_sync(ALL, h0 == m)) - 1;
+      if (lane == wl) {
+        pe[r] = e0 + i0;
+        ps[r] = s0;
+        lk = h0;
+        lc = i0;
+        taken |= Mask(1) << i0;
+        --left;
+        h0 = h1; i0 = i1; s0 = s1;
+        h1 = 0u;
       }
-      store16(pr + 4 * c, pv);
-      *reinterpret_cast<u32*>(mr + 4 * c) = mv;
+    };
+    if constexpr (K <= 8) {
+#pragma unroll
+      for (int r = 0; r < K; ++r) pick(r);
+    } else {
+#pragma unroll 1
+      for (int r = 0; r < K; ++r) pick(r);
     }
+    __syncwarp();
+    // Renormalization denominator in pick order (the CPU reference's order).
+    float denom = 0.0f;
+#pragma unroll 8
+    for (int r = 0; r < K; ++r) denom = __fadd_rn(denom, ps[r]);
+    const float d = __fadd_rn(denom, 1e-20f);
+
+    // Zeros, the map bytes (and −1 map rows) over the lane's experts, then one store per pick by lane r.
+    float* pr = a.probs + static_cast<i64>(t) * E;
+    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E;
+    const Vec16 zero{{0u, 0u, 0u, 0u}}, m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+#pragma unroll
+    for (int c = 0; c < NCH; ++c)
+      if (valid(4 * c)) {
+        store16(pr + e0 + 4 * c, zero);
+        const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
+        *reinterpret_cast<u32*>(mr + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
+        if constexpr (MAP && !FILL) store16(a.row_id_map + static_cast<i64>(t) * E + e0 + 4 * c, m1);
+      }
+    __syncwarp();  // the zeros before the picks' stores (other lanes, same addresses)
+    for (int r = lane; r < K; r += 32) {
+      const int e = pe[r];
+      const float sv = ps[r];
+      pr[e] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+      const int rk = cnt[e];  // the pick's rank among this warp's tokens routed to e (tokens in order)
+      cnt[e] = rk + 1;
+      if constexpr (MAP) rec[(t - tc0) * K + r] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
+    }
+    __syncwarp();  // picks and counts read before the next token writes them
   }
+
   __syncthreads();
   pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
-  for (int e = threadIdx.x; e < E; e += THREADS) {
-    const int h = hist[e];
-    if constexpr (MAP) a.hist[static_cast<i64>(blockIdx.x) * E + e] = h;
-    if (h && a.super) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / kMoeSuperBlocks) * E + e], h);
-  }
-  if constexpr (!MAP) {
-    // The last CTA to finish sums the superblock rows into the counts (16 CTAs per atomic address, not all of them).
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(a.done, 1) == static_cast<int>(gridDim.x) - 1;
-    __syncthreads();
-    if (last) {
-      __threadfence();
-      const int nsuper = (static_cast<int>(gridDim.x) + kMoeSuperBlocks - 1) / kMoeSuperBlocks;
-      for (int e = threadIdx.x; e < E; e += THREADS) {
-        int n = 0;
-        for (int r = 0; r < nsuper; ++r) n += __ldcg(a.super + static_cast<i64>(r) * E + e);
-        a.counts[e] = n;
-      }
+  for (int e = threadIdx.x; e < E; e += W * 32) {
+    int run = 0;
+#pragma unroll
+    for (int w = 0; w < W; ++w) {
+      const int c = moe_smem[w * E + e];
+      moe_smem[w * E + e] = run;  // exclusive prefix over warps (= over the chunk's tokens in order)
+      run += c;
+    }
+    if constexpr (MAP) {
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = run;
+      if (run) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], run);
+    } else {
+      if (run) atomicAdd(&a.counts[e], run);
     }
   }
-  pdl_launch_dependents();
+  if constexpr (MAP) {
+    __syncthreads();
+    const int nt = min(W * tpw, a.T - tc0);
+    for (int i = threadIdx.x; i < nt * K; i += W * 32) {
+      const u32 v = rec[i];
+      const int e = static_cast<int>(v & 0xffffu), w = i / K / tpw;
+      a.records[static_cast<i64>(tc0) * K + i] = static_cast<u32>(e) | static_cast<u32>(moe_smem[w * E + e] + static_cast<int>(v >> 16)) << 16;
+    }
+  }
 }
 
-// CTA: 8 warps over a run of blocks_per_cta consecutive 32-token map blocks (4 tokens per warp per block).
-template <int E>
+// CTA: one chunk of moe_route (chunk_tokens tokens), 8 warps.
+template <int E, int K, bool FILL>
 __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArgs a) {
-  constexpr int NI = (E + 127) / 128;
   constexpr int EPT = (E + 255) / 256;  // experts per thread in the offset scan
-  constexpr int TPW = kMoeMapBlockTokens / 8;
-  constexpr int W = kMoeMapBlockTokens / 32;  // mask words per expert
   __shared__ int base[E];
-  __shared__ u32 mask[E][W];
   __shared__ int warp_tot[8];
-  pdl_wait();  // moe_route's routing map, histograms and superblock counts
+  pdl_wait();  // moe_route's records, chunk rows and superblock counts
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int P = a.multiple_of;
-  const int b0 = blockIdx.x * a.blocks_per_cta, b1 = min(b0 + a.blocks_per_cta, a.nblocks);
-  const int nsuper = (a.nblocks + kMoeSuperBlocks - 1) / kMoeSuperBlocks;
-  const int sb = b0 / kMoeSuperBlocks;
+  const int c = blockIdx.x;
+  const int sb = c / a.super_chunks;
+  const int nsuper = (a.nchunks + a.super_chunks - 1) / a.super_chunks;
+  const int t0 = c * a.chunk_tokens;
+  const int nt = min(a.chunk_tokens, a.T - t0);
 
-  // A lane's routing flags of one token as a bitmask (bit 4i + q: expert 128i + 4·lane + q); the routing map is
-  // moe_route's, so every byte is 0 or 1. The first block's are loaded first (their latency overlaps the prefix sums).
-  u32 fl[TPW];
-  auto load_flags = [&](int block) {
-#pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int t = block * kMoeMapBlockTokens + warp * TPW + k;
-      u32 bits = 0;
-#pragma unroll
-      for (int i = 0; i < NI; ++i) {
-        const int e0 = 128 * i + 4 * lane;
-        if (block < b1 && t < a.T && e0 < E) {
-          const u32 w = *reinterpret_cast<const u32*>(a.routing_map + static_cast<i64>(t) * E + e0);
-          bits |= ((w * 0x01020408u) >> 24) << (4 * i);  // bytes 0..3 (0/1) → bits 0..3
-        }
-      }
-      fl[k] = bits;
-    }
-  };
-  load_flags(b0);
-
-  // Counts (all superblock rows) and the run's prefix (superblocks before sb, then blocks sb·16 … b0 − 1).
+  // Counts (all superblock rows) and the chunk's prefix (superblocks before sb, then chunks sb·SC … c − 1).
   int tot[EPT], pre[EPT];
 #pragma unroll
   for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
-#pragma unroll 16
+#pragma unroll 8
   for (int r = 0; r < nsuper; ++r)
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
@@ -1027,12 +715,12 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
       tot[k] += v;
       pre[k] += r < sb ? v : 0;
     }
-#pragma unroll 16
-  for (int b = sb * kMoeSuperBlocks; b < b0; ++b)
+#pragma unroll 8
+  for (int b = sb * a.super_chunks; b < c; ++b)
 #pragma unroll
     for (int k = 0; k < EPT; ++k) {
       const int e = threadIdx.x * EPT + k;
-      pre[k] += e < E ? a.hist[static_cast<i64>(b) * E + e] : 0;
+      pre[k] += e < E ? a.chunk_counts[static_cast<i64>(b) * E + e] : 0;
     }
 
   // Expert offsets: exclusive scan of roundup(count, P) over experts.
@@ -1049,61 +737,43 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
       base[e] = off + pre[k];
-      if (blockIdx.x == 0) {
+      if (c == 0) {
         a.counts[e] = tot[k];
         if (a.padded_counts) a.padded_counts[e] = pc[k];
         if (a.offsets) a.offsets[e] = off;
       }
       // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
-      if (a.row_id_indices && e % gridDim.x == blockIdx.x)
+      if (a.row_id_indices && e % gridDim.x == c)
         for (int r = off + tot[k]; r < off + pc[k] && r < a.num_out; ++r) a.row_id_indices[r] = -1;
     }
     off += pc[k];
   }
-  if (blockIdx.x == 0 && threadIdx.x == 0 && a.offsets) a.offsets[E] = total;
+  if (c == 0 && threadIdx.x == 0 && a.offsets) a.offsets[E] = total;
   if (a.row_id_indices)
-    for (i64 r = total + static_cast<i64>(blockIdx.x) * 256 + threadIdx.x; r < a.num_out;
-         r += static_cast<i64>(gridDim.x) * 256)
+    for (i64 r = total + static_cast<i64>(c) * 256 + threadIdx.x; r < a.num_out; r += static_cast<i64>(gridDim.x) * 256)
       a.row_id_indices[r] = -1;
+  __syncthreads();  // base[]
 
-#pragma unroll 1
-  for (int block = b0; block < b1; ++block) {
-    if (block != b0) load_flags(block);
-    for (int e = threadIdx.x; e < E; e += 256)
-#pragma unroll
-      for (int w = 0; w < W; ++w) mask[e][w] = 0u;
-    __syncthreads();  // base[] written, masks cleared (and the previous block's reads of them done)
-#pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int lt = warp * TPW + k;
-      for (u32 m = fl[k]; m; m &= m - 1u) {
-        const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
-        atomicOr(&mask[e][lt >> 5], 1u << (lt & 31));
-      }
+  auto put = [&](i64 t, u32 v) {
+    const int e = static_cast<int>(v & 0xffffu);
+    const int row = base[e] + static_cast<int>(v >> 16);
+    a.row_id_map[t * E + e] = row;
+    if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = static_cast<int>(t);
+  };
+  if constexpr (FILL) {
+    // A warp per token: −1 over the row, then the routed entries (lane r: pick r).
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    for (int tl = warp; tl < nt; tl += 8) {
+      const i64 t = t0 + tl;
+      const u32 v0 = lane < K ? a.records[t * K + lane] : 0u;
+      int* rr = a.row_id_map + t * E;
+      for (int q = lane; q < E / 4; q += 32) store16(rr + 4 * q, m1);
+      __syncwarp();
+      if (lane < K) put(t, v0);
+      for (int r = lane + 32; r < K; r += 32) put(t, a.records[t * K + r]);
     }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < TPW; ++k) {
-      const int lt = warp * TPW + k, t = block * kMoeMapBlockTokens + lt;
-      const u32 below = (1u << (lt & 31)) - 1u;
-      for (u32 m = fl[k]; m; m &= m - 1u) {
-        const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
-        int rank = 0;
-#pragma unroll
-        for (int w = 0; w < W; ++w)
-          rank += w < (lt >> 5) ? __popc(mask[e][w]) : w == (lt >> 5) ? __popc(mask[e][w] & below) : 0;
-        const int row = base[e] + rank;
-        a.row_id_map[static_cast<i64>(t) * E + e] = row;
-        if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = t;
-      }
-    }
-    __syncthreads();  // every rank read before the next block's base update
-    for (int e = threadIdx.x; e < E; e += 256) {
-      int n = 0;
-#pragma unroll
-      for (int w = 0; w < W; ++w) n += __popc(mask[e][w]);
-      base[e] += n;
-    }
+  } else {
+    for (int i = threadIdx.x; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
   }
 }
 

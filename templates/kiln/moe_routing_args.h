@@ -5,34 +5,18 @@
 namespace kiln {
 
 // Tokens per map block: the unit of the per-block expert histograms (hist[ceil(T/32), E]) that the map writer turns
-// into destination rows. A block's token order inside one expert is a 32-bit mask in shared memory. 32 tokens keep
-// the top-k CTAs small (256 threads at E = 256) so two share an SM and overlap their loads, math and stores.
+// into destination rows. A block's token order inside one expert is a 32-bit mask in shared memory. The top-k
+// forward's chunks are at least this long, so its chunk and superblock rows fit the same workspace.
 constexpr int kMoeMapBlockTokens = 32;
-// Largest expert count: top-k keeps E/32 scores per lane in registers; the map writer keeps E offsets and masks in
-// shared memory.
+// Largest expert count: the map writer keeps E offsets and masks in shared memory.
 constexpr int kMoeMaxExperts = 1024;
-// Top-k routing keeps a lane's E/L experts in registers (at most 64 per lane, 8 lanes per token).
+// Top-k routing keeps a lane's experts in registers (32 lanes per token, at most 64 experts per lane).
 constexpr int kMoeTopkMaxExperts = 512;
 
-struct MoeTopkFwdArgs {
-  const float* logits;         // [T, E]
-  const float* bias;           // [E] or null (selection only)
-  float* probs;                // [T, E]
-  unsigned char* routing_map;  // [T, E] 0/1
-  int* hist;                   // [ceil(T/32), E] per-block expert counts (workspace)
-  int T;
-  float scale;                 // routed scaling factor
-};
-
-// Fused routing pipeline (moe_route_zero → moe_route → moe_route_map, chained by programmatic dependent launch).
-// Superblocks of kMoeSuperBlocks map blocks: moe_route adds each block's histogram into its superblock's row, so the
-// map kernel finds a block's prefix in ≤ ceil(nblocks/16) superblock rows plus ≤ 15 block rows.
-constexpr int kMoeSuperBlocks = 16;
-
+// Top-k forward: moe_route_zero → moe_route → moe_route_map (map only), chained by programmatic dependent launch.
 struct MoeZeroArgs {
   int* p;  // [n] set to 0
   int n;
-  int* q;  // [1] set to 0, or null
 };
 
 struct MoeRouteArgs {
@@ -40,27 +24,30 @@ struct MoeRouteArgs {
   const float* bias;           // [E] or null (selection only)
   float* probs;                // [T, E]
   unsigned char* routing_map;  // [T, E] 0/1
-  int* hist;                   // MAP: [nblocks, E] per-block expert counts (workspace)
-  int* super;                  // [ceil(nblocks/16), E] per-superblock counts, zeroed by moe_route_zero
-  int* counts;                 // !MAP: [E] tokens per expert, written by the last CTA to finish
-  int* done;                   // !MAP: [1] CTAs finished, zeroed by moe_route_zero
-  int* row_id_map;             // MAP: [T, E], −1 written here (the map kernel writes the routed entries)
+  int* chunk_counts;           // MAP: [nchunks, E] tokens of each chunk per expert
+  int* super;                  // MAP: [ceil(nchunks / super_chunks), E] per-superblock counts (zeroed first)
+  int* counts;                 // !MAP: [E] tokens per expert (zeroed first)
+  unsigned* records;           // MAP: [T, K] per pick: expert | rank among the chunk's tokens routed to it << 16
+  int* row_id_map;             // MAP, fill 0: [T, E] set to −1 here (moe_route_map writes the routed entries)
   int T;
+  int tpw;                     // tokens per warp (a chunk is warps · tpw tokens)
+  int super_chunks;            // chunks per superblock
   float scale;                 // routed scaling factor
 };
 
 struct MoeRouteMapArgs {
-  const unsigned char* routing_map;  // [T, E] 0/1 (moe_route's)
-  const int* hist;                   // [nblocks, E]
-  const int* super;                  // [ceil(nblocks/16), E]
-  int* counts;                       // [E] real tokens per expert (out)
-  int* row_id_map;                   // [T, E]: the routed entries (the rest is moe_route's −1)
-  int* row_id_indices;               // [num_out] or null
-  int* padded_counts;                // [E] or null
-  int* offsets;                      // [E + 1] or null
+  const unsigned* records;  // [T, K]
+  const int* chunk_counts;  // [nchunks, E]
+  const int* super;         // [ceil(nchunks / super_chunks), E]
+  int* counts;              // [E] real tokens per expert (out)
+  int* row_id_map;          // [T, E]
+  int* row_id_indices;      // [num_out] or null
+  int* padded_counts;       // [E] or null
+  int* offsets;             // [E + 1] or null
   int T;
-  int nblocks;
-  int blocks_per_cta;                // consecutive map blocks per CTA
+  int nchunks;
+  int chunk_tokens;
+  int super_chunks;
   int multiple_of;
   int num_out;
 };

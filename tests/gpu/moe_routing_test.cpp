@@ -38,34 +38,37 @@ struct Case {
   int P = 16;
   bool indices = true;
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
-  int pipeline = -1;       // the forward's pipeline: -1 the op's choice, 0 classic (topk_fwd → map_scan →
-                           // map_write), 1 fused (route_zero → route → route_map), 2 fused with exact σ everywhere;
-                           // forced through the tuner's hook
+  int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
+  int fill = 0;            // forced through the tuner's hook together with where the −1 fill of row_id_map happens
+                           // (0: route, 1: route_map)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
 };
 
-// The top-k forward's specialization (ops/moe_routing.cpp fwd_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias; config lanes per token, pipeline) with `pipeline` forced for the scope's lifetime.
-std::unique_ptr<detail::ForceConfigScope> force_pipeline(Runtime& r, const Case& c) {
-  if (c.pipeline < 0) return nullptr;
+// The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
+// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill) with the case's config forced for
+// the scope's lifetime.
+std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
+  if (c.warps == 0) return nullptr;
   detail::Specialization s;
   s.family = detail::find_family("moe_routing");
   s.arch = r.impl().target_arch();
   s.kernel = 0;
-  s.params = {c.E, c.o.top_k, c.o.score == MoeScore::sigmoid, c.o.n_group, c.o.topk_group, c.o.renormalize, c.bias};
-  const int64_t E = c.E;
-  s.config[0] = static_cast<int32_t>(E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1);
-  s.config[1] = c.pipeline;
+  s.params = {c.E, c.o.top_k, c.o.score == MoeScore::sigmoid, c.o.n_group, c.o.topk_group, c.o.renormalize, c.bias,
+              0, c.with_map, 0};
+  s.config[0] = c.warps;
+  s.config[1] = c.tpw;
+  s.config[2] = c.fill;
+  EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
   return std::make_unique<detail::ForceConfigScope>(s);
 }
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d pipeline=%d map=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.pipeline, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.with_map);
   return b;
 }
 
@@ -134,12 +137,12 @@ class MoeRoutingTest : public GpuTest {
     DeviceBuffer wsb(r, c.workspace ? ws_elems * 4 : 0);
     wsb.poison();
     {
-      const auto forced = force_pipeline(r, c);
+      const auto forced = force_config(r, c);
       moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
                            pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o,
                            nullptr, c.with_map ? &map : nullptr, c.P,
                            c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
-      if (forced) EXPECT_GT(forced->applied(), 0u) << "the forced pipeline was not asked for";
+      if (forced) EXPECT_GT(forced->applied(), 0u) << "the forced config was not asked for";
     }
     synchronize();
     for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
@@ -176,43 +179,45 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
-// Both pipelines of the forward (fused: route_zero → route → route_map; classic: topk_fwd → map_scan → map_write),
-// with and without the map, on the target routing and odd shapes.
-TEST_F(MoeRoutingTest, BothPipelinesWithAndWithoutTheMap) {
-  for (int pipe : {1, 2, 3, 0})
+// Every route config of the search space (chunks of 32 … 64 tokens, the −1 fill in route or route_map), with and
+// without the map, on the target routing and odd shapes (a partial last lane, groups spanning 5 lanes, two groups
+// per lane, one lane per token).
+TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
+  struct Cfg { int warps, tpw, fill; };
+  for (const Cfg& k : {Cfg{8, 4, 0}, Cfg{16, 2, 1}, Cfg{4, 8, 0}, Cfg{8, 8, 1}, Cfg{16, 4, 0}, Cfg{8, 4, 1}})
     for (bool with_map : {true, false}) {
-      Case c{8192, 256, kLing, true, 16, true, with_map && pipe == 1};
-      c.pipeline = pipe;
-      c.with_map = with_map;
-      run_case(c, 300 + pipe);
-      if (pipe == 1 && with_map) {  // multi-block runs per map CTA (8 blocks at 65536 tokens)
-        Case big{65536, 256, kLing, true, 16};
-        big.pipeline = 1;
-        run_case(big, 320);
-      }
-      if (pipe == 2) continue;  // the exact-σ variant: the target routing only
-      for (Case o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
-                     Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
-                     Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
-                     Case{8500, 64, kQwen, false, 128}}) {
-        o.pipeline = pipe;
-        o.with_map = with_map;
-        run_case(o, 310 + pipe + 2 * with_map);
-      }
+      if (k.fill && !with_map) continue;
+      auto forced = [&](Case c) {
+        c.warps = k.warps;
+        c.tpw = k.tpw;
+        c.fill = k.fill;
+        c.with_map = with_map;
+        return c;
+      };
+      run_case(forced({8192, 256, kLing, true, 16, true, with_map && k.warps == 16}), 300 + k.warps + k.tpw);
+      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill);
+      for (const Case& o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
+                            Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
+                            Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
+                            Case{333, 8, {3, MoeScore::sigmoid, 4, 2, true, 1.0f}, true, 16},
+                            Case{8500, 64, kQwen, false, 128}})
+        run_case(forced(o), 310 + k.tpw + 2 * with_map);
     }
 }
-// Ties, ulp-level differences, NaN/±inf logits and huge biases: the grouped-σ path computes exact scores only for
-// each lane's candidates (approximate keys within a margin), so these must still match the reference bit for bit.
+// Ties, ulp-level differences, NaN/±inf logits and huge biases must match the reference bit for bit (ties to the lower
+// expert index; refills of a lane's two-entry list when it wins more than two picks).
 TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
   for (int pattern : {1, 2})
     for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
-                                       MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
+                                       MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f},
+                                       MoeRoutingOptions{8, MoeScore::softmax, 8, 4, true, 1.0f}}) {
       Case c{600, o.n_group == 4 ? 160 : 256, o, true, 16};
       c.pattern = pattern;
-      for (int pipe : {1, 3, 0}) {  // 1 and 3: route's approximate candidate search; 0: the classic top-k
-        c.pipeline = pipe;
-        run_case(c, 400 + pattern);
-      }
+      run_case(c, 400 + pattern);
+      c.warps = 16;
+      c.tpw = 2;
+      c.fill = 1;
+      run_case(c, 410 + pattern);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }

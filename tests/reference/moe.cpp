@@ -21,7 +21,18 @@ uint32_t ordered_bits(float f) {
   return (u & 0x80000000u) ? ~u : (u | 0x80000000u);
 }
 
+uint32_t to_ordered_inverse(uint32_t o) { return (o & 0x80000000u) ? (o ^ 0x80000000u) : ~o; }
+float ordered_float(uint32_t o) { return from_bits(to_ordered_inverse(o)); }
+
 float sigmoid(float z) { return 1.0f / (1.0f + kiln_exp(-z)); }
+
+// Experts per lane of kiln's routing kernel (ops/moe_routing.cpp lane_experts).
+int64_t lane_experts(int64_t E, int64_t G) {
+  const int64_t GS = E / std::max<int64_t>(G, 1);
+  for (int64_t el = 4 * ((E + 127) / 128); el <= 64; el += 4)
+    if (G <= 1 || el % GS == 0 || GS % el == 0) return el;
+  return 64;
+}
 
 }  // namespace
 
@@ -64,21 +75,21 @@ TopkResult topk_routing(std::span<const float> logits, int64_t T, int64_t E, std
     } else {
       float m = -kInf;
       for (int64_t e = 0; e < E; ++e) m = std::fmax(m, z[e]);
-      // Lane sums in the GPU's order (L lanes per token, lane l sums its E/L contiguous experts in order), then
-      // the xor butterfly over the L lanes (offsets L/2 … 1).
-      const int64_t L = E % 64 == 0 ? 16 : E % 32 == 0 ? 8 : E % 16 == 0 ? 4 : E % 8 == 0 ? 2 : 1, EL = E / L;
-      float lanes[16];
-      for (int64_t l = 0; l < L; ++l) {
+      // Lane sums in the GPU's order (32 lanes per token, lane l sums its EL contiguous experts in order; EL as
+      // ops/moe_routing.cpp lane_experts picks it), then the xor butterfly over the 32 lanes (offsets 16 … 1).
+      const int64_t EL = lane_experts(E, o.n_group);
+      float lanes[32];
+      for (int64_t l = 0; l < 32; ++l) {
         float sum = 0.0f;
-        for (int64_t e = l * EL; e < (l + 1) * EL; ++e) {
+        for (int64_t e = l * EL; e < std::min(E, (l + 1) * EL); ++e) {
           s[e] = kiln_exp(z[e] - m);
           sum = sum + s[e];
         }
         lanes[l] = sum;
       }
-      for (int64_t off = L / 2; off > 0; off >>= 1) {
-        float next[16];
-        for (int64_t l = 0; l < L; ++l) next[l] = lanes[l] + lanes[l ^ off];
+      for (int64_t off = 16; off > 0; off >>= 1) {
+        float next[32];
+        for (int64_t l = 0; l < 32; ++l) next[l] = lanes[l] + lanes[l ^ off];
         std::memcpy(lanes, next, sizeof next);
       }
       for (int64_t e = 0; e < E; ++e) s[e] = s[e] / lanes[0];
@@ -93,12 +104,14 @@ TopkResult topk_routing(std::span<const float> logits, int64_t T, int64_t E, std
     if (o.n_group > 1) {
       std::vector<float> gscore(o.n_group);
       for (int g = 0; g < o.n_group; ++g) {
-        float a1 = -kInf, a2 = -kInf;
+        // The two largest keys by ordered bits (−0 < +0), so the sum does not depend on the scan order.
+        uint32_t a1 = 0, a2 = 0;
         for (int64_t e = g * GS; e < (g + 1) * GS; ++e) {
-          const float v = key[e];
-          if (v > a1) { a2 = a1; a1 = v; } else if (v > a2) { a2 = v; }
+          const uint32_t v = ordered_bits(key[e]);
+          a2 = std::max(a2, std::min(a1, v));
+          a1 = std::max(a1, v);
         }
-        float sc = GS >= 2 ? a1 + a2 : a1;
+        float sc = GS >= 2 ? ordered_float(a1) + ordered_float(a2) : ordered_float(a1);
         gscore[g] = std::isnan(sc) ? -kInf : sc;
       }
       std::vector<char> kept(o.n_group, 0);

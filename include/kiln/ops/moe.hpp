@@ -36,21 +36,26 @@ struct MoeRowIdMap {
 // Upper bound of the rows a map with at most `k` experts per token can use: T·k + min(E, T·k)·(multiple_of − 1).
 int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of);
 
-// Top-k routing from fp32 logits [T, E] (E % 4 == 0, E ≤ 1024, top_k ≤ E, n_group | E, n_group ≤ 32,
-// topk_group ≤ n_group, top_k ≤ topk_group·E/n_group). expert_bias [E] fp32 optional (selection only).
+// Top-k routing from fp32 logits [T, E] (E % 4 == 0, E ≤ 512, top_k ≤ E, n_group | E, n_group ≤ 32,
+// topk_group ≤ n_group, top_k ≤ topk_group·E/n_group; groups of E/n_group experts must fit a lane layout: a multiple
+// of 4 experts per lane, ≥ E/32 and ≤ 64, dividing or divisible by the group size — true for every group size that is
+// a multiple of 4 and most others). expert_bias [E] fp32 optional (selection only).
 // Outputs: probs [T, E] fp32 (0 where not routed), routing_map [T, E] uint8 (0/1), tokens_per_expert [E] int32.
 // Selection: scores s = softmax(z) or σ(z); key = s + bias with a bias, else z (same order as s); ties go to the
 // lower expert index. If `map` is given (its tokens_per_expert may be left empty: the op's own is used), the padded
-// row-id map is built in the same call (multiple_of ∈ {1, 2, …, 128}), sharing the per-block histograms.
-// workspace: optional int32 [≥ moe_routing_workspace_elems(T, E)] for the per-block (and per-512-token) histograms;
-// its contents need no initialization. If empty, kiln
-// allocates one stream-ordered (cuMemAllocAsync) and frees it after the launches — pass one on hot paths: with the
-// default pool's release threshold an allocation after a synchronization maps memory again (tens of µs).
+// row-id map is built in the same call (multiple_of ∈ {1, 2, …, 128}) from the routing kernel's per-chunk counts and
+// per-pick records.
+// workspace: optional int32 [≥ moe_routing_workspace_elems(T, E, top_k)] (chunk and superblock counts, the picks'
+// records); its contents need no initialization. If empty, kiln allocates one stream-ordered (cuMemAllocAsync) and
+// frees it after the launches — pass one on hot paths: with the default pool's release threshold an allocation after
+// a synchronization maps memory again (tens of µs).
 void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
                           const TensorRef& routing_map, const TensorRef& tokens_per_expert,
                           const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map = nullptr,
                           int multiple_of = 1, const TensorRef& workspace = {});
-int64_t moe_routing_workspace_elems(int64_t T, int64_t E);  // (max(ceil(T/32), 1) + ceil(T/512))·E
+// (max(ceil(T/32), 1) + ceil(T/512))·E + T·k, k = min(top_k, E) (top_k 0: E, enough for any routing and for
+// moe_make_row_id_map, which needs the first term only).
+int64_t moe_routing_workspace_elems(int64_t T, int64_t E, int64_t top_k = 0);
 
 // dlogits [T, E] fp32 from dprobs [T, E] fp32, the forward's logits and routing_map (opts as in the forward).
 void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
