@@ -594,10 +594,12 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
 
     Mask taken = 0;
+    const u32 below_me = (1u << lane) - 1u;
     u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
     int lc = -1;
     auto pick = [&](int r) {
-      if (__any_sync(ALL, h0 == 0u && left > 0)) {
+      // (A list runs dry only after two pops: never before the third pick.)
+      if (r >= 2 && __any_sync(ALL, h0 == 0u && left > 0)) {
         if (h0 == 0u && left > 0) {
           // Refill from the live experts below the last pick (this lane has picked both entries already).
 #pragma unroll
@@ -609,8 +611,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         }
       }
       const u32 m = __reduce_max_sync(ALL, h0);
-      const int wl = __ffs(__ballot_sync(ALL, h0 == m)) - 1;
-      if (lane == wl) {
+      // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
+      const bool top = h0 == m;
+      const u32 tops = __ballot_sync(ALL, top);
+      if (top && (tops & below_me) == 0u) {
         pe[r] = e0 + i0;
         ps[r] = s0;
         lk = h0;
