@@ -487,8 +487,25 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 
     float s[EL];
     if constexpr (SIGMOID) {
+      // σ = 1/(1 + e^−z) correctly rounded: MUFU.RCP and one Newton step are exact while 1 + e^−z < 2^126, i.e. for
+      // z > −87 (or NaN: kiln_exp treats it as −104); one check per lane instead of one per score.
+      float zmin = __int_as_float(0x7f800000), d[EL];
 #pragma unroll
-      for (int c = 0; c < EL; ++c) s[c] = valid(c) ? kiln_sigmoid(z[c]) : 0.0f;
+      for (int c = 0; c < EL; ++c) {
+        zmin = valid(c) ? fminf(zmin, z[c]) : zmin;
+        d[c] = __fadd_rn(1.0f, kiln_exp(-z[c]));
+      }
+      if (!(zmin <= -87.0f)) {
+#pragma unroll
+        for (int c = 0; c < EL; ++c) {
+          float r;
+          asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[c]));
+          s[c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[c], r, 1.0f), r) : 0.0f;
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < EL; ++c) s[c] = valid(c) ? __frcp_rn(d[c]) : 0.0f;
+      }
     } else {
       float m = neg_inf;
 #pragma unroll
@@ -598,18 +615,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
     int lc = -1;
     auto pick = [&](int r) {
-      // (A list runs dry only after two pops: never before the third pick.)
-      if (r >= 2 && __any_sync(ALL, h0 == 0u && left > 0)) {
-        if (h0 == 0u && left > 0) {
-          // Refill from the live experts below the last pick (this lane has picked both entries already).
-#pragma unroll
-          for (int c = 0; c < EL; ++c) {
-            const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
-            const bool below = k < lk || (k == lk && c > lc);
-            insert(below ? k : 0u, c, s[c]);
-          }
-        }
-      }
       const u32 m = __reduce_max_sync(ALL, h0);
       // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
       const bool top = h0 == m;
@@ -623,6 +628,15 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         --left;
         h0 = h1; i0 = i1; s0 = s1;
         h1 = 0u;
+        if (r + 1 < K && h0 == 0u && left > 0) {
+          // The list ran dry (this lane won its third pick … ): refill it from the live experts below the last pick.
+#pragma unroll
+          for (int c = 0; c < EL; ++c) {
+            const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
+            const bool below = k < lk || (k == lk && c > lc);
+            insert(below ? k : 0u, c, s[c]);
+          }
+        }
       }
     };
     if constexpr (K <= 8) {
@@ -706,26 +720,30 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   const int t0 = c * a.chunk_tokens;
   const int nt = min(a.chunk_tokens, a.T - t0);
 
-  // Counts (all superblock rows) and the chunk's prefix (superblocks before sb, then chunks sb·SC … c − 1).
+  // Counts (all superblock rows) and the chunk's prefix (superblocks before sb, then chunks sb·SC … c − 1): rows
+  // loaded 16 at a time (one memory latency per batch, not per row).
   int tot[EPT], pre[EPT];
 #pragma unroll
   for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
-#pragma unroll 8
-  for (int r = 0; r < nsuper; ++r)
+  auto rows = [&](const int* src, int r0, int r1, bool to_tot, int split) {
+#pragma unroll 1
+    for (int rb = r0; rb < r1; rb += 16) {
 #pragma unroll
-    for (int k = 0; k < EPT; ++k) {
-      const int e = threadIdx.x * EPT + k;
-      const int v = e < E ? a.super[static_cast<i64>(r) * E + e] : 0;
-      tot[k] += v;
-      pre[k] += r < sb ? v : 0;
-    }
-#pragma unroll 8
-  for (int b = sb * a.super_chunks; b < c; ++b)
+      for (int k = 0; k < EPT; ++k) {
+        const int e = threadIdx.x * EPT + k;
+        int v[16];
 #pragma unroll
-    for (int k = 0; k < EPT; ++k) {
-      const int e = threadIdx.x * EPT + k;
-      pre[k] += e < E ? a.chunk_counts[static_cast<i64>(b) * E + e] : 0;
+        for (int j = 0; j < 16; ++j) v[j] = (rb + j < r1 && e < E) ? src[static_cast<i64>(rb + j) * E + e] : 0;
+#pragma unroll
+        for (int j = 0; j < 16; ++j) {
+          if (to_tot) tot[k] += v[j];
+          pre[k] += rb + j < split ? v[j] : 0;
+        }
+      }
     }
+  };
+  rows(a.super, 0, nsuper, true, sb);
+  rows(a.chunk_counts, sb * a.super_chunks, c, false, c);
 
   // Expert offsets: exclusive scan of roundup(count, P) over experts.
   int pc[EPT], local = 0;

@@ -82,7 +82,13 @@ template <typename T>
   if (got.size() != want.size()) return ::testing::AssertionFailure() << what << ": size " << got.size() << " vs " << want.size();
   return all_equal(
       what, static_cast<int64_t>(got.size()),
-      [&](int64_t i) { return std::memcmp(&got[i], &want[i], sizeof(T)) == 0; },
+      [&](int64_t i) {
+        // Bit for bit; a NaN matches any NaN (its sign and payload come from the platform's default NaN: the CPU's
+        // 0xffc00000, the GPU's 0x7fffffff).
+        if constexpr (std::is_same_v<T, float>)
+          if (std::isnan(got[i]) && std::isnan(want[i])) return true;
+        return std::memcmp(&got[i], &want[i], sizeof(T)) == 0;
+      },
       [&](int64_t i) {
         std::string at = row_len ? "[" + std::to_string(i / row_len) + ", " + std::to_string(i % row_len) + "]"
                                  : "[" + std::to_string(i) + "]";
