@@ -55,15 +55,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-// route: cnt [W][E], picks [W][K] × 2, records [W·tpw][K] (map).
-int64_t route_smem(int64_t E, int64_t K, bool map, int64_t W, int64_t tpw) {
-  return 4 * (W * E + 2 * W * K + (map ? W * tpw * K : 0));
+// route: cnt [W][E], scores [W][32·EL], picks [W][K] × 2, records [W·tpw][K] (map).
+int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw) {
+  return 4 * (W * E + W * 32 * lane_experts(E, G) + 2 * W * K + (map ? W * tpw * K : 0));
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
-  return static_cast<int>(route_smem(s.params[P_E], s.params[P_K], s.params[P_MAP] != 0, s.config[C_WARPS],
-                                     s.config[C_TPW]));
+  return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
+                                     s.config[C_WARPS], s.config[C_TPW]));
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -151,12 +151,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   Specialization s = base;
   s.config = {};
   if (base.kernel == kRoute) {
-    const int64_t E = base.params[P_E], K = base.params[P_K];
+    const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
     for (int fill : {0, 1}) {
       if (fill && !map) continue;
       for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {4, 8}, {8, 8}, {16, 4}}) {
-        if (!(w == 8 && tpw == 4) && route_smem(E, K, map, w, tpw) > 160 * 1024) continue;
+        if (!(w == 8 && tpw == 4) && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
         s.config[C_WARPS] = w;
         s.config[C_TPW] = tpw;
         s.config[C_FILL] = fill;

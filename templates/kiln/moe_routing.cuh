@@ -424,8 +424,9 @@ __device__ __forceinline__ float ordered_float(u32 o) {
   return __uint_as_float(o ^ (~static_cast<u32>(static_cast<int>(o) >> 31) | 0x80000000u));
 }
 
-// Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), picks
-// [W][K] (expert int, score float), and with the map the chunk's records [W·tokens_per_warp][K] u32.
+// Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the token's
+// scores [W][32·EL], picks [W][K] (expert int, score float), and with the map the chunk's records
+// [W·tokens_per_warp][K] u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W>
@@ -444,9 +445,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   int* cnt = moe_smem + warp * E;
-  int* pe = moe_smem + W * E + warp * K;
-  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * K) + warp * K;
-  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + 2 * W * K);
+  float* srow = reinterpret_cast<float*>(moe_smem + W * E) + warp * 32 * EL;
+  int* pe = moe_smem + W * E + W * 32 * EL + warp * K;
+  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * 32 * EL + W * K) + warp * K;
+  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + W * 32 * EL + 2 * W * K);
   pdl_launch_dependents();  // moe_route_map (map) waits for this grid before it reads anything
   for (int e = lane; e < E; e += 32) cnt[e] = 0;
   __syncwarp();
@@ -522,7 +524,12 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll
       for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
     }
-    // Selection keys as order-preserving u32 (NaN counts as −inf; 0 = no expert, below every real key).
+    // The scores to shared memory (a pick's score is read from there), the keys as order-preserving u32 (NaN counts as
+    // −inf; 0 = no expert, below every real key).
+#pragma unroll
+    for (int c = 0; c < NCH; ++c)
+      *reinterpret_cast<Vec16*>(srow + e0 + 4 * c) = Vec16{{__float_as_uint(s[4 * c]), __float_as_uint(s[4 * c + 1]),
+                                                            __float_as_uint(s[4 * c + 2]), __float_as_uint(s[4 * c + 3])}};
     u32 ok[EL];
 #pragma unroll
     for (int c = 0; c < EL; ++c) {
@@ -533,21 +540,18 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 
     u32 h0 = 0u, h1 = 0u;
     int i0 = 0, i1 = 0;
-    float s0 = 0.f, s1 = 0.f;
-    auto insert = [&](u32 k, int c, float sv) {
+    auto insert = [&](u32 k, int c) {
       const bool gt0 = k > h0, gt1 = k > h1;
       h1 = gt0 ? h0 : gt1 ? k : h1;
       i1 = gt0 ? i0 : gt1 ? c : i1;
-      s1 = gt0 ? s0 : gt1 ? sv : s1;
       h0 = gt0 ? k : h0;
       i0 = gt0 ? c : i0;
-      s0 = gt0 ? sv : s0;
     };
     Mask live = 0;  // !UNIFORM: the lane's experts in kept groups
     int left;       // live experts of this lane not picked yet
     if constexpr (UNIFORM) {
 #pragma unroll
-      for (int c = 0; c < EL; ++c) insert(ok[c], c, s[c]);
+      for (int c = 0; c < EL; ++c) insert(ok[c], c);
       bool kept = true;
       if constexpr (G > 1) {
         // The group's two largest keys (ordered, so ±0 and ties are order-independent): merged down to the group's
@@ -606,7 +610,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       for (int c = 0; c < EL; ++c)
         if (rank[c / GS] < TG && ok[c] != 0u) live |= Mask(1) << c;
 #pragma unroll
-      for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c, s[c]);
+      for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c);
       left = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live)) : __popcll(static_cast<unsigned long long>(live));
     }
 
@@ -621,12 +625,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       const u32 tops = __ballot_sync(ALL, top);
       if (top && (tops & below_me) == 0u) {
         pe[r] = e0 + i0;
-        ps[r] = s0;
         lk = h0;
         lc = i0;
         taken |= Mask(1) << i0;
         --left;
-        h0 = h1; i0 = i1; s0 = s1;
+        h0 = h1; i0 = i1;
         h1 = 0u;
         if (r + 1 < K && h0 == 0u && left > 0) {
           // The list ran dry (this lane won its third pick … ): refill it from the live experts below the last pick.
@@ -634,7 +637,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
           for (int c = 0; c < EL; ++c) {
             const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
             const bool below = k < lk || (k == lk && c > lc);
-            insert(below ? k : 0u, c, s[c]);
+            insert(below ? k : 0u, c);
           }
         }
       }
@@ -646,6 +649,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll 1
       for (int r = 0; r < K; ++r) pick(r);
     }
+    __syncwarp();
+    for (int r = lane; r < K; r += 32) ps[r] = srow[pe[r]];
     __syncwarp();
     // Renormalization denominator in pick order (the CPU reference's order).
     float denom = 0.0f;
