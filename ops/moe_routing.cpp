@@ -19,9 +19,10 @@ using namespace detail;
 
 enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6 };
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
-// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA) and where the −1 fill
-// of row_id_map happens (0: route, with its other stores; 1: route_map, whole rows). topk_bwd: warps per CTA.
-enum { C_WARPS, C_TPW, C_FILL };
+// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), where the −1 fill
+// of row_id_map happens (0: route, with its other stores; 1: route_map, whole rows) and how a pick finds the maximum
+// (0: redux.sync, 1: xor-shuffle butterfly). topk_bwd: warps per CTA.
+enum { C_WARPS, C_TPW, C_FILL, C_PICK };
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -39,9 +40,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
                          p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
-                         p[P_MAP] != 0, s.config[C_FILL] != 0, lane_experts(p[P_E], p[P_GROUPS]), s.config[C_WARPS]);
+                         p[P_MAP] != 0, s.config[C_FILL] != 0, lane_experts(p[P_E], p[P_GROUPS]), s.config[C_WARPS],
+                         s.config[C_PICK] != 0);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -90,7 +92,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill"},
+                   {"warps", "tokens_per_warp", "fill", "pick"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -144,8 +146,9 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (4, 8), (8, 8), (16, 4)} (chunks of 32 … 64 tokens) × the −1
-// fill in route or in route_map (the same kernel without the map: fill 0 only), within 160 KB of shared memory.
+// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × the −1 fill in route or
+// in route_map (the same kernel without the map: fill 0 only) × redux or shuffles for the picks, within 160 KB of
+// shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -153,16 +156,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    for (int fill : {0, 1}) {
-      if (fill && !map) continue;
-      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {4, 8}, {8, 8}, {16, 4}}) {
-        if (!(w == 8 && tpw == 4) && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-        s.config[C_WARPS] = w;
-        s.config[C_TPW] = tpw;
-        s.config[C_FILL] = fill;
-        out.push_back(s);
+    for (int pick : {0, 1})
+      for (int fill : {0, 1}) {
+        if (fill && !map) continue;
+        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+          if (!(w == 8 && tpw == 4) && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+          s.config[C_WARPS] = w;
+          s.config[C_TPW] = tpw;
+          s.config[C_FILL] = fill;
+          s.config[C_PICK] = pick;
+          out.push_back(s);
+        }
       }
-    }
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;

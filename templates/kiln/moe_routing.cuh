@@ -429,7 +429,9 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 // [W·tokens_per_warp][K] u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
-template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W>
+// PICK_SHFL: each pick's maximum by a 5-step xor-shuffle butterfly instead of redux.sync (a tuning point).
+template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
+          bool PICK_SHFL>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -619,7 +621,14 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
     int lc = -1;
     auto pick = [&](int r) {
-      const u32 m = __reduce_max_sync(ALL, h0);
+      u32 m;
+      if constexpr (PICK_SHFL) {
+        m = h0;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(ALL, m, o));
+      } else {
+        m = __reduce_max_sync(ALL, h0);
+      }
       // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
       const bool top = h0 == m;
       const u32 tops = __ballot_sync(ALL, top);
