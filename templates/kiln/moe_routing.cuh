@@ -465,7 +465,12 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     for (int c = 0; c < NCH; ++c) {
       const Vec16 v = valid(4 * c) ? load16(a.bias + e0 + 4 * c) : Vec16{{0u, 0u, 0u, 0u}};
 #pragma unroll
-      for (int q = 0; q < 4; ++q) bv[4 * c + q] = __uint_as_float(v.w[q]);
+      for (int q = 0; q < 4; ++q) {
+        // A NaN bias makes every key of that expert NaN, which counts as −inf: with σ (never NaN) −inf gives the same
+        // key, so the σ path needs no NaN test per token.
+        const float b = __uint_as_float(v.w[q]);
+        bv[4 * c + q] = SIGMOID && b != b ? neg_inf : b;
+      }
     }
   }
 
@@ -536,7 +541,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll
     for (int c = 0; c < EL; ++c) {
       float k = BIAS ? __fadd_rn(s[c], bv[BIAS ? c : 0]) : z[c];
-      k = k != k ? neg_inf : k;
+      if constexpr (!(SIGMOID && BIAS)) k = k != k ? neg_inf : k;
       ok[c] = valid(c) ? ordered_bits(k) : 0u;
     }
 
