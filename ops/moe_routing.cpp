@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "kiln/moe_routing_args.h"
 #include "kiln/ops/moe.hpp"
@@ -21,9 +22,8 @@ enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWri
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), where the −1 fill
 // of row_id_map happens (0: route, with its other stores; 1: route_map, whole rows) and how a pick finds the maximum
-// (0: redux.sync, 1: xor-shuffle butterfly), tokens a warp routes at once (1 or 2, interleaved). topk_bwd: warps per
-// CTA.
-enum { C_WARPS, C_TPW, C_FILL, C_PICK, C_NT };
+// (0: redux.sync, 1: xor-shuffle butterfly). topk_bwd: warps per CTA.
+enum { C_WARPS, C_TPW, C_FILL, C_PICK };
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -41,10 +41,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
                          p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, s.config[C_FILL] != 0, lane_experts(p[P_E], p[P_GROUPS]), s.config[C_WARPS],
-                         s.config[C_PICK] != 0, s.config[C_NT]);
+                         s.config[C_PICK] != 0);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -58,15 +58,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-// route: cnt [W][E], scores [W][NT][32·EL], picks [W][NT][K] × 2, records [W·tpw][K] (map).
-int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw, int64_t nt) {
-  return 4 * (W * E + W * nt * 32 * lane_experts(E, G) + 2 * W * nt * K + (map ? W * tpw * K : 0));
+// route: cnt [W][E], scores [W][32·EL], picks [W][K] × 2, records [W·tpw][K] (map).
+int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw) {
+  return 4 * (W * E + W * 32 * lane_experts(E, G) + 2 * W * K + (map ? W * tpw * K : 0));
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
-                                     s.config[C_WARPS], s.config[C_TPW], s.config[C_NT]));
+                                     s.config[C_WARPS], s.config[C_TPW]));
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -93,7 +93,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "pick", "nt"},
+                   {"warps", "tokens_per_warp", "fill", "pick"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -109,8 +109,13 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// The route kernel (the forward's tunable launch): 8 warps of 4 tokens (32-token chunks: 256 CTAs at T = 8192, all
-// resident at once), the −1 fill with its other stores.
+// The route kernel's default shape (H100, T = 8192, E = 256, bench/NOTES.md): with the map 8 warps of 4 tokens
+// (23.2 µs; 16 × 2 27.3: its CTAs fill the register file and route_map's CTAs wait for them), without it 16 warps of
+// 2 tokens (14.9 µs against 16.0: 31 warps per SM instead of 16 hide more of the picks' latency). 32-token chunks
+// either way: 256 CTAs at T = 8192, all resident at once.
+std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
+
+// The route kernel (the forward's tunable launch): the default shape, the −1 fill with its other stores, redux picks.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
   Specialization s = base_spec(arch, kRoute, E);
   s.params[P_K] = o.top_k;
@@ -120,11 +125,9 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
   s.params[P_MAP] = map;
-  s.config[C_WARPS] = 8;
-  s.config[C_TPW] = 4;
+  s.config[C_WARPS] = route_shape(map).first;
+  s.config[C_TPW] = route_shape(map).second;
   s.config[C_FILL] = 0;
-  s.config[C_PICK] = 0;
-  s.config[C_NT] = 1;
   return s;
 }
 
@@ -150,8 +153,8 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × the −1 fill in route or
-// in route_map (the same kernel without the map: fill 0 only) × {redux, one token at a time; shuffles, one token;
-// redux, two tokens at once}, within 160 KB of shared memory.
+// in route_map (the same kernel without the map: fill 0 only) × redux or shuffles for the picks, within 160 KB of
+// shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -159,16 +162,15 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    for (auto [pick, nt] : {std::pair{0, 1}, {1, 1}, {0, 2}})
+    for (int pick : {0, 1})
       for (int fill : {0, 1}) {
         if (fill && !map) continue;
         for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-          if (!(w == 8 && tpw == 4 && nt == 1) && route_smem(E, G, K, map, w, tpw, nt) > 160 * 1024) continue;
+          if (std::pair{w, tpw} != route_shape(map) && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
           s.config[C_WARPS] = w;
           s.config[C_TPW] = tpw;
           s.config[C_FILL] = fill;
           s.config[C_PICK] = pick;
-          s.config[C_NT] = nt;
           out.push_back(s);
         }
       }

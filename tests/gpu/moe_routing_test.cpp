@@ -40,8 +40,7 @@ struct Case {
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
   int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
   int fill = 0;            // forced through the tuner's hook together with where the −1 fill of row_id_map happens
-  int pick = 0;            // (0: route, 1: route_map), the picks' maximum (0: redux.sync, 1: shuffles) and the
-  int nt = 1;              // tokens a warp routes at once
+  int pick = 0;            // (0: route, 1: route_map) and the picks' maximum (0: redux.sync, 1: shuffles)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
 };
@@ -61,17 +60,16 @@ std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
   s.config[3] = c.pick;
-  s.config[4] = c.nt;
   EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
   return std::make_unique<detail::ForceConfigScope>(s);
 }
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d pick=%d nt=%d map=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d pick=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.pick, c.nt, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.pick, c.with_map);
   return b;
 }
 
@@ -192,9 +190,8 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
 // for the picks), with and without the map, on the target routing and odd shapes (a partial last lane, groups
 // spanning 5 lanes, two groups per lane, one lane per token).
 TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
-  struct Cfg { int warps, tpw, fill, pick, nt; };
-  for (const Cfg& k : {Cfg{8, 4, 0, 0, 1}, Cfg{16, 2, 1, 0, 1}, Cfg{16, 4, 0, 1, 1}, Cfg{8, 4, 1, 1, 1},
-                       Cfg{16, 2, 0, 1, 1}, Cfg{8, 4, 0, 0, 2}, Cfg{16, 2, 1, 0, 2}})
+  struct Cfg { int warps, tpw, fill, pick; };
+  for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
       auto forced = [&](Case c) {
@@ -202,7 +199,6 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
         c.tpw = k.tpw;
         c.fill = k.fill;
         c.pick = k.pick;
-        c.nt = k.nt;
         c.with_map = with_map;
         return c;
       };
@@ -231,9 +227,6 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       c.fill = 1;
       c.pick = 1;
       run_case(c, 410 + pattern);
-      c.pick = 0;
-      c.nt = 2;
-      run_case(c, 420 + pattern);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
