@@ -61,11 +61,18 @@ constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2,
                                                                 {128, 256, 64, 2, 1, 2}}};
 // dw: wm = T ranges a cluster reduces (the rest go through the workspace in groups), wn = T ranges. Run of 04:17
 // (clusters of 4): wn 8 stages 3 61.4 µs (with workspace), wn 4 stages 3 48.7.
-constexpr std::array<std::array<int32_t, 6>, 5> kDwTmaSweep = {{{128, 256, 64, 2, 8, 3},
+// bk = tokens of A fragments a consumer holds in registers: 64 (split after the previous MMAs) or 128 (the next
+// chunk split while the current MMAs run).
+constexpr std::array<std::array<int32_t, 6>, 8> kDwTmaSweep = {{{128, 256, 128, 2, 8, 3},
+                                                                {128, 256, 128, 1, 8, 3},
+                                                                {128, 256, 128, 4, 8, 3},
+                                                                {128, 256, 128, 2, 8, 2},
+                                                                {128, 256, 128, 4, 4, 3},
+                                                                {128, 256, 64, 2, 8, 3},
                                                                 {128, 256, 64, 1, 8, 3},
-                                                                {128, 256, 64, 4, 8, 3},
-                                                                {128, 256, 64, 2, 8, 2},
                                                                 {128, 256, 64, 4, 4, 3}}};
+// dx with the w slice resident: stages = chunks in each consumer's ring (3 at most next to a 256-expert slice).
+constexpr std::array<std::array<int32_t, 6>, 2> kDxWresSweep = {{{64, 256, 64, 2, 1, 3}, {64, 256, 64, 2, 1, 2}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},
@@ -105,14 +112,14 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    for (const char* part : {"fwd_tma", "fwd_tmaks", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
+    for (const char* part : {"fwd_tma", "fwd_tmaks", "fwd_sm90", "bwd_tma", "bwd_wres", "bwd_sm90", "bwd_tma_altprec"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
-  for (const char* part : {"dx", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
+  for (const char* part : {"dx", "dx_wres", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
@@ -120,11 +127,16 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);
   add_sweep(cases, "dx_tma", kDxTmaSweep);
   add_sweep(cases, "dw_tma", kDwTmaSweep);
+  add_sweep(cases, "dx_wres", kDxWresSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);
   add_sweep(cases, "dx_sm90", kDx90Sweep);
   add_sweep(cases, "dw_sm90", kDw90Sweep);
   add_sweep(cases, "dx_mma", kDxSweep);
   add_sweep(cases, "dw_mma", kDwSweep);
+  // The TMA forwards' main loops alone (no logits written, no K-split exchange): what the epilogue costs.
+  for (const char* part : {"fwd_tma_nostore", "fwd_tmaks_nostore"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

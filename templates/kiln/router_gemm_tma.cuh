@@ -253,7 +253,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       }
       float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
-      rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+      if (!(a.flags & kRgSkipStore))
+        rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
     }
   }
   // No CTA may leave while a peer can still multicast into its shared memory or arrive on its barriers.
@@ -280,7 +281,11 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int ALL = (K + 63) / 64, PER = (ALL + KS - 1) / KS;
   constexpr int PITCH = (E + 8) * 4;  // staging rows: 32-byte shift per row, conflict-free 8-byte stores
-  static_assert(BM * PITCH <= STAGES * STAGE, "the partial tile is staged in the drained ring");
+  // A pair whose consumers each own 64 rows × all of E: the partials cross in registers → peer shared memory
+  // (64 rows a CTA), not through a fully staged tile.
+  constexpr bool PAIR = KS == 2 && WGM == 2 && WGN == 1;
+  static_assert(BM * PITCH <= STAGES * STAGE || PAIR, "the partial tile is staged in the drained ring");
+  static_assert(64 * PITCH <= STAGES * STAGE, "the partial rows are staged in the drained ring");
   using Row = rg90::WgmmaRow<EN, 0>;
 
   extern __shared__ __align__(16) char smem_raw[];
@@ -348,14 +353,32 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     }
     rg90::wgmma_wait<0>();
     Row::fence(acc);
+    u32 rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    if constexpr (PAIR) {
+      // CTA r finishes the rows of its consumer r; consumer 1 − r hands its partial of those rows to the other CTA.
+      const int row0 = warp * 16 + (lane >> 2);
+      cluster_sync();  // every MMA of the cluster has completed: both rings are free
+      if (wm != static_cast<int>(rank) && !(a.flags & kRgSkipStore)) {
+        u32 peer;
+        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(peer) : "r"(base), "r"(rank ^ 1u));
+        Row::stage_remote(acc, peer, row0, lane, PITCH);
+      }
+      cluster_sync();  // the other CTA's partial of this CTA's rows has landed (release / acquire)
+      if (wm == static_cast<int>(rank) && !(a.flags & kRgSkipStore)) {
+        Row::add_staged(acc, base, row0, lane, PITCH);  // p_r + p_(1−r): the same bits in either CTA
+        rgt::StoreRow<EN, 0>::store(acc, a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride, a.out_stride, row0,
+                                    lane, a.T - m0 - wm * 64);
+      }
+      return;
+    }
     // Every consumer's MMAs are done and every loaded stage consumed: the ring becomes the staging tile.
     asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
     Row::stage(acc, base + wn * EN * 4, wm * 64 + warp * 16 + (lane >> 2), lane, PITCH);
     cluster_sync();  // every partial tile of the cluster is staged
-    u32 rank;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     constexpr int ROWS = BM / KS, CPR = E / 4;  // rows this CTA finishes; 16-byte pieces a row
-    rgt::cluster_sum_rows<KS, CONSUMERS * 128, ROWS * CPR>(
+    if (!(a.flags & kRgSkipStore))
+      rgt::cluster_sum_rows<KS, CONSUMERS * 128, ROWS * CPR>(
         base, tid - 128, [&](int i) { return (static_cast<int>(rank) * ROWS + i / CPR) * PITCH + (i % CPR) * 16; },
         [&](int i, const Vec16& o) {
           const int r = static_cast<int>(rank) * ROWS + i / CPR;
