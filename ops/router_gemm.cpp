@@ -853,6 +853,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       }
     }
     RouterGemmDwTmaArgs a{};
+    const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
     encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
     a.dw = static_cast<float*>(dw.data);
@@ -866,12 +867,14 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     d.cluster[1] = static_cast<unsigned>(plan.cluster);
     d.block[0] = static_cast<unsigned>(threads(s));
     d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
     impl.launch(s, d, stream, a);
     if (plan.groups > 1) {  // the groups' sums, added in group order
       const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
       LaunchDims rd;
       rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
       rd.block[0] = 256;
+      rd.pdl = true;  // starts while the dw kernel drains; waits for it (griddepcontrol.wait)
       impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
     }
     if (owned) impl.free_async(owned, stream);

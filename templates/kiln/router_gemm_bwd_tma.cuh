@@ -122,6 +122,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+  pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -317,6 +318,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   constexpr int RING = STAGES * STAGE > STAGING ? STAGES * STAGE : STAGING;
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
   static_assert(PP == 1 || PP == 2, "one or two chunks of A fragments in registers");
+  // Launched with PDL after the op's dx kernel: it reads only g and x and writes only dw / the workspace, none of
+  // which dx touches, so it need not wait for it; it lets the dw_reduce kernel launch early (that one waits).
+  pdl_launch_dependents();
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -542,6 +546,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_wres_kernel(const __gri
   constexpr int EC = (E + 63) / 64, NB = (K + BN - 1) / BN;
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
   static_assert(STAGES >= 2 && router_gemm_dx_wres_smem(E, STAGES) <= 227 * 1024, "shared memory");
+  pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
