@@ -74,8 +74,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     const int e = static_cast<int>(s.params[P_E]);
-    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
-                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
+                       s.kernel == kFwdTmaKs ? "_ksplit" : "", s.params[P_K], e, s.config[C_WM], e / s.config[C_BN],
+                       s.config[C_STAGES], s.config[C_WN], s.config[C_BK] / 64);
     return;
   }
   if (s.kernel == kDxWres) {
@@ -208,11 +209,14 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 128) &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
+  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups; bk = the K columns of x the producer keeps requested
+  // ahead (64: the ring's loads only; 512 / 1024: also the next 7 / 15 chunks prefetched into L2)
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
     const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
-                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && c[C_STAGES] >= 2 &&
+                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 &&
+                       (c[C_BK] == 64 || c[C_BK] == 512 || c[C_BK] == 1024) && c[C_STAGES] >= 2 &&
                        c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
     if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
       return shape && (cm == 2 || cm == 4) &&
@@ -404,6 +408,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
+      for (int bk : {512, 1024})  // the default with x prefetched into L2 ahead of the ring
+        for (int stages : {5, 4}) {
+          set_config(s, 64, e, bk, 1, 1, stages);
+          add(s);
+        }
       for (int cm : {1, 2, 4})  // 64 tokens, two consumers splitting E
         for (int stages : {4, 5, 6}) {
           set_config(s, 64, e / 2, 64, 1, cm, stages);
@@ -423,6 +432,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int e = static_cast<int>(E);
       for (int stages : {4, 3}) {
         set_config(s, 128, e, 64, 2, 2, stages);  // 128 tokens, K halves
+        add(s);
+      }
+      for (int bk : {512, 1024}) {  // x prefetched into L2 ahead of the ring
+        set_config(s, 128, e, bk, 2, 2, 4);
         add(s);
       }
       set_config(s, 128, e, 64, 2, 4, 4);  // K quarters (small T)

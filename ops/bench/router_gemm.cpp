@@ -40,12 +40,18 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
 // The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
 // multicast (fwd_tma) or splitting K (fwd_tmaks), stages. Run of 03:40 (H100): 64/128/1/1/5 22.82 µs; multicast
 // 64/128/1/2/5 39.15, 64/128/1/4/5 67.14; 128/256/2/1/4 27.10, 128/256/2/2/4 40.61.
-constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 128, 64, 1, 1, 5},
-                                                                 {64, 128, 64, 1, 1, 4},
+// bk: K columns of x requested ahead (64: the ring only; 512 / 1024: the next 7 / 15 chunks prefetched into L2).
+constexpr std::array<std::array<int32_t, 6>, 8> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
+                                                                 {64, 256, 512, 1, 1, 5},
+                                                                 {64, 256, 1024, 1, 1, 5},
+                                                                 {64, 256, 512, 1, 1, 4},
+                                                                 {64, 256, 1024, 1, 1, 4},
+                                                                 {64, 128, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 2, 5},
-                                                                 {128, 256, 64, 2, 1, 4},
-                                                                 {64, 256, 64, 1, 1, 5}}};
-constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
+                                                                 {128, 256, 64, 2, 1, 4}}};
+constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
+                                                                   {128, 256, 512, 2, 2, 4},
+                                                                   {128, 256, 1024, 2, 2, 4},
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};

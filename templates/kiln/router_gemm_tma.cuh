@@ -72,6 +72,12 @@ __device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap,
       "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
       : "memory");
 }
+// The same box fetched into L2 only (no shared memory, no barrier): x chunks the ring has no room for yet.
+__device__ __forceinline__ void tma_prefetch_2d(const void* tmap, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
+               "r"(c0), "r"(c1)
+               : "memory");
+}
 __device__ __forceinline__ void prefetch_tmap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(tmap)) : "memory");
 }
@@ -153,9 +159,11 @@ struct StoreRow<N, N> {
 
 }  // namespace rgt
 
+// PF > 1: the producer also keeps the x chunks up to PF ahead of the one it loads requested into L2 (TMA prefetch,
+// no shared memory), so more of x is in flight from DRAM than the ring could hold (its stages are mostly w).
 // Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
 // 1 KiB alignment slack + STAGES × (x tile BM·128 B + w chunk E·128 B rounded to 1 KiB) + 2·STAGES mbarriers.
-template <int K, int E, int WGM, int WGN, int STAGES, int CM>
+template <int K, int E, int WGM, int WGN, int STAGES, int CM, int PF = 1>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -196,7 +204,12 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
       u32 phase = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
         const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
+        if constexpr (PF > 1)  // x chunks 1 … PF − 1 into L2; then chunk kc + PF as chunk kc is loaded
+          if (m0 < a.T)
+            for (int p = 1; p < PF && p < CHUNKS; ++p) rgt::tma_prefetch_2d(&a.tmx, p * 64, m0);
         for (int kc = 0; kc < CHUNKS; ++kc) {
+          if constexpr (PF > 1)
+            if (m0 < a.T && kc + PF < CHUNKS) rgt::tma_prefetch_2d(&a.tmx, (kc + PF) * 64, m0);
           rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // every consumer of the cluster released stage s
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
           // A tile entirely past T (the cluster's padding tile): only w arrives, its MMAs are never stored.
@@ -270,7 +283,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // [r·BM/KS, (r + 1)·BM/KS) of all KS partials in cluster-rank order through distributed shared memory (deterministic)
 // and writes them with 16-byte stores. Halving K per CTA doubles the tokens a w chunk serves at the same CTA count:
 // 48 KiB of x + w per 128 × 256 × 64 chunk instead of 40 KiB per 64 × 256 × 64.
-template <int K, int E, int WGM, int WGN, int STAGES, int KS>
+template <int K, int E, int WGM, int WGN, int STAGES, int KS, int PF = 1>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_ksplit_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -312,7 +325,11 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
       rgt::prefetch_tmap(&a.tmw);
       int s = 0;
       u32 phase = 0;
+      if constexpr (PF > 1)  // x chunks 1 … PF − 1 into L2; then chunk kc + PF as chunk kc is loaded
+        for (int p = 1; p < PF && p < chunks; ++p) rgt::tma_prefetch_2d(&a.tmx, (c0 + p) * 64, m0);
       for (int kc = 0; kc < chunks; ++kc) {
+        if constexpr (PF > 1)
+          if (kc + PF < chunks) rgt::tma_prefetch_2d(&a.tmx, (c0 + kc + PF) * 64, m0);
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
         rgt::mbar_expect_tx(full, BM * 128 + E * 128);
