@@ -81,7 +81,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kDxWres) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_dx_wres_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E], s.config[C_STAGES]);
+    name = fmt::format("kiln::router_gemm_dx_wres_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_STAGES], s.config[C_WN] - 1);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -195,9 +196,11 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kDxWres)  // 64-token tiles × 256 columns, 2 consumers, 2–6 stages a consumer ring (as they fit)
+  if (s.kernel == kDxWres)  // 64-token tiles × 256 columns, 2 consumers, 2–6 stages a consumer ring (as they fit),
+                            // wn = 2: each ring's next tile of g prefetched into L2 (1: not)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           c[C_WN] == 1 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
+           smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -390,10 +393,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       }
       break;
     case kDxWres:
-      for (int stages = 2; stages <= 6; ++stages) {
-        set_config(s, 64, 256, 64, 2, 1, stages);
-        add(s);
-      }
+      for (int stages = 2; stages <= 6; ++stages)
+        for (int pf : {1, 2}) {
+          set_config(s, 64, 256, 64, 2, pf, stages);
+          add(s);
+        }
       break;
     case kDwTma:
     case kDwTmaBf16:

@@ -77,8 +77,10 @@ constexpr std::array<std::array<int32_t, 6>, 8> kDwTmaSweep = {{{128, 256, 128, 
                                                                 {128, 256, 64, 2, 8, 3},
                                                                 {128, 256, 64, 1, 8, 3},
                                                                 {128, 256, 64, 4, 4, 3}}};
-// dx with the w slice resident: stages = chunks in each consumer's ring (3 at most next to a 256-expert slice).
-constexpr std::array<std::array<int32_t, 6>, 2> kDxWresSweep = {{{64, 256, 64, 2, 1, 3}, {64, 256, 64, 2, 1, 2}}};
+// dx with the w slice resident: stages = chunks in each consumer's ring (3 at most next to a 256-expert slice);
+// wn = 2: the next tile's g prefetched into L2.
+constexpr std::array<std::array<int32_t, 6>, 4> kDxWresSweep = {
+    {{64, 256, 64, 2, 1, 3}, {64, 256, 64, 2, 2, 3}, {64, 256, 64, 2, 1, 2}, {64, 256, 64, 2, 2, 2}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},

@@ -539,7 +539,7 @@ __host__ __device__ constexpr int router_gemm_dx_wres_smem(int E, int STAGES) {
   return 1024 + ((E + 63) / 64) * 32768 + 2 * STAGES * 16384 + 8 * (4 * STAGES + (E + 63) / 64);
 }
 
-template <int K, int E, int STAGES>
+template <int K, int E, int STAGES, int PF = 0>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_wres_kernel(const __grid_constant__ RouterGemmDxWresArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BN = 256, ATOM = 64 * 128, GBOX = 64 * 128, ECH = 4 * ATOM, GST = 2 * GBOX;
@@ -583,6 +583,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_wres_kernel(const __gri
       u32 phase = 0;
       for (int q = r; q < ntiles; q += 2) {
         const int m0 = (p + q * a.par) * 64;
+        if constexpr (PF > 0)  // PF = 1: the g rows of this ring's next tile into L2 while this one loads
+          if (q + 2 < ntiles)
+            for (int b = 0; b < (E + 31) / 32; ++b) rgt::tma_prefetch_2d(&a.tmg, b * 32, m0 + 2 * a.par * 64);
 #pragma unroll
         for (int ec = 0; ec < EC; ++ec) {
           if (r == 0 && q == 0) {  // w e-chunk ec, just ahead of the first g chunk that needs it
