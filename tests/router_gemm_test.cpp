@@ -167,7 +167,7 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   family().search_space(enumerated(2048, 256, "sm_90a")[10], space);  // the TMA forward with K split
   ASSERT_GE(space.size(), 4u);
   specs.push_back(space[2]);
-  for (uint32_t k : {8u, 9u}) {  // the TMA backward: a non-default point of each (the defaults compiled above)
+  for (uint32_t k : {8u, 9u, 13u}) {  // the TMA backward: a non-default point of each (defaults compiled above)
     space.clear();
     family().search_space(enumerated(2048, 256, "sm_90a")[k], space);
     EXPECT_GE(space.size(), 4u);
