@@ -42,7 +42,8 @@ enum : uint32_t {
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
   kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
   kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
-  kDxWres = 13     // dx with the w slice resident (bf16(g)): CTAs own a 256-column block and stream g
+  kDxWres = 13,    // dx with the w slice resident (bf16(g)): CTAs own a 256-column block and stream g
+  kFwdTmaXmc = 14  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit; }
 // Mirrors router_gemm_dx_wres_smem (router_gemm_bwd_tma.cuh).
@@ -77,6 +78,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
                        s.kernel == kFwdTmaKs ? "_ksplit" : "", s.params[P_K], e, s.config[C_WM], e / s.config[C_BN],
                        s.config[C_STAGES], s.config[C_WN], s.config[C_BK] / 64);
+    return;
+  }
+  if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, bk = x columns requested ahead
+    source = "#include \"kiln/router_gemm_tma.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64);
     return;
   }
   if (s.kernel == kDxWres) {
@@ -126,6 +133,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
   if (s.kernel == kDxWres) return dx_wres_smem(s.params[P_E], s.config[C_STAGES]);
+  if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
+    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
@@ -175,6 +184,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || s.kernel == kDxWres) return 384;  // producer + 2 consumers
+  if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
   const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
@@ -196,6 +206,10 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2
+    return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
+           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && (c[C_BK] == 64 || c[C_BK] == 512 || c[C_BK] == 1024) &&
+           c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kDxWres)  // 64-token tiles × 256 columns, 2 consumers, 2–6 stages a consumer ring (as they fit),
                             // wn = 2: each ring's next tile of g prefetched into L2 (1: not)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
@@ -252,7 +266,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
-                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "dx_wres"},
+                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "dx_wres", "fwd_tma_xmc"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -301,6 +315,10 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
                    // 22.7 / 34.9)
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
+    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA, x (7 chunks ahead) prefetched into L2, 6 stages
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 512, 2, 2, 6);
+      break;
+    }
     case kDxWres: {  // the deepest rings that fit next to the w slice, at most 4 chunks each
       int st = 4;
       while (st > 2 && dx_wres_smem(E, st) > smem_limit(arch)) --st;
@@ -392,6 +410,17 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         add(s);
       }
       break;
+    case kFwdTmaXmc: {
+      const int eh = static_cast<int>(E / 2);
+      for (int bk : {512, 64})
+        for (int stages : {6, 7, 4}) {
+          set_config(s, 128, eh, bk, 2, 2, stages);
+          add(s);
+        }
+      set_config(s, 64, eh, 512, 1, 2, 8);  // 64 tokens × E/2
+      add(s);
+      break;
+    }
     case kDxWres:
       for (int stages = 2; stages <= 6; ++stages)
         for (int pf : {1, 2}) {
@@ -518,8 +547,9 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kDxWres})
-      out.push_back(spec(arch, k, K, E));
+    for (uint32_t k :
+         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kDxWres, kFwdTmaXmc})
+      if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -680,6 +710,27 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     variant = has_wgmma(arch) && E <= 256 ? (K >= 4096 && (T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (variant == 5) {
+    if (E % 16 != 0) ck.invalid("variant", fmt::format("the expert-pair forward needs E % 16 == 0, got E = {}", E));
+    const Specialization s = pick(rt, ck, spec(arch, kFwdTmaXmc, K, E), T, force);
+    const int bm = s.config[C_BM];
+    RouterGemmFwdTmaArgs a{};
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
+    a.out = static_cast<float*>(logits.data);
+    a.out_stride = lr.stride;
+    a.T = static_cast<int>(T);
+    a.tiles = static_cast<int>((T + bm - 1) / bm);
+    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
+    const int64_t clusters = std::min<int64_t>(a.tiles, std::max(1, sms / 2));  // persistent over token tiles
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(clusters * 2);
+    d.cluster[0] = 2;
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+    return;
+  }
   if (variant == 3) {
     Specialization base = spec(arch, kFwdTmaKs, K, E);
     if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
@@ -1009,7 +1060,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 8);
   }
   int variant = -1;
-  if (part.ends_with("_wres")) {  // the TMA backward with dx from the resident-w kernel
+  if (part.ends_with("_tmaxmc")) {  // the TMA forward over expert pairs (x multicast)
+    variant = 5;
+    part.resize(part.size() - 7);
+  } else if (part.ends_with("_wres")) {  // the TMA backward with dx from the resident-w kernel
     variant = 4;
     part.resize(part.size() - 5);
   } else if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
@@ -1076,7 +1130,7 @@ namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   static const char* const kParts[] = {"fwd",     "dx",      "dw",     "dw",     "fwd_sm90",       "dx_sm90",
                                        "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec",
-                                       "fwd_tmaks", "dx_wres"};
+                                       "fwd_tmaks", "dx_wres", "fwd_tmaxmc"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -55,6 +55,14 @@ constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaKsSweep = {{{128, 256, 64
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};
+// The forward over expert pairs (x multicast in clusters of 2): bm = 64·wm tokens × bn = E/2 experts a CTA,
+// bk = x columns requested ahead (L2 prefetch), stages.
+constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaXmcSweep = {{{128, 128, 512, 2, 2, 6},
+                                                                    {128, 128, 64, 2, 2, 6},
+                                                                    {128, 128, 512, 2, 2, 7},
+                                                                    {128, 128, 1024, 2, 2, 6},
+                                                                    {128, 128, 512, 2, 2, 4},
+                                                                    {64, 128, 512, 1, 2, 8}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
 constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
@@ -120,7 +128,8 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    for (const char* part : {"fwd_tma", "fwd_tmaks", "fwd_sm90", "bwd_tma", "bwd_wres", "bwd_sm90", "bwd_tma_altprec"})
+    for (const char* part :
+         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_wres", "bwd_sm90", "bwd_tma_altprec"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
@@ -133,6 +142,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);
+  add_sweep(cases, "fwd_tmaxmc", kFwdTmaXmcSweep);
   add_sweep(cases, "dx_tma", kDxTmaSweep);
   add_sweep(cases, "dw_tma", kDwTmaSweep);
   add_sweep(cases, "dx_wres", kDxWresSweep);
@@ -142,7 +152,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "dx_mma", kDxSweep);
   add_sweep(cases, "dw_mma", kDwSweep);
   // The TMA forwards' main loops alone (no logits written, no K-split exchange): what the epilogue costs.
-  for (const char* part : {"fwd_tma_nostore", "fwd_tmaks_nostore"})
+  for (const char* part : {"fwd_tma_nostore", "fwd_tmaks_nostore", "fwd_tmaxmc_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
