@@ -42,15 +42,10 @@ enum : uint32_t {
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
   kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
   kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
-  kDxWres = 13,    // dx with the w slice resident (bf16(g)): CTAs own a 256-column block and stream g
-  kFwdTmaXmc = 14  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
+  kFwdTmaXmc = 13  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit; }
-// Mirrors router_gemm_dx_wres_smem (router_gemm_bwd_tma.cuh).
-int dx_wres_smem(int64_t E, int stages) {
-  const int ec = static_cast<int>((E + 63) / 64);
-  return 1024 + ec * 32768 + 2 * stages * 16384 + 8 * (4 * stages + ec);
-}
+
 bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16; }
 bool g_split(uint32_t k) { return k == kDwTma || k == kDxTmaSplit; }
 enum { P_K, P_E };
@@ -75,21 +70,14 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     const int e = static_cast<int>(s.params[P_E]);
-    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
-                       s.kernel == kFwdTmaKs ? "_ksplit" : "", s.params[P_K], e, s.config[C_WM], e / s.config[C_BN],
-                       s.config[C_STAGES], s.config[C_WN], s.config[C_BK] / 64);
+    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
+                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
     return;
   }
-  if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, bk = x columns requested ahead
+  if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, bk = 128: TMA-store epilogue
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64);
-    return;
-  }
-  if (s.kernel == kDxWres) {
-    source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_dx_wres_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_STAGES], s.config[C_WN] - 1);
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] == 128 ? 1 : 0);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -98,8 +86,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0, s.config[C_BM]);
     else
-      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], g_split(s.kernel) ? 1 : 0, s.config[C_BK] / 64);
+      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], g_split(s.kernel) ? 1 : 0);
     return;
   }
   if (s.kernel == kFwd90) {
@@ -132,7 +120,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
-  if (s.kernel == kDxWres) return dx_wres_smem(s.params[P_E], s.config[C_STAGES]);
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
@@ -183,7 +170,7 @@ int smem_bytes(const Specialization& s) {
 
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
-  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || s.kernel == kDxWres) return 384;  // producer + 2 consumers
+  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
@@ -206,34 +193,26 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2; bk = 64:
+                               // logits stored from registers, 128: a CTA's last tile through TMA stores (E % 64)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && (c[C_BK] == 64 || c[C_BK] == 512 || c[C_BK] == 1024) &&
-           c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kDxWres)  // 64-token tiles × 256 columns, 2 consumers, 2–6 stages a consumer ring (as they fit),
-                            // wn = 2: each ring's next tile of g prefetched into L2 (1: not)
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 &&
-           (c[C_WN] == 1 || c[C_WN] == 2) && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
-           smem_bytes(s) <= smem_limit(s.arch);
+           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && (c[C_BK] == 64 || (c[C_BK] == 128 && E % 64 == 0)) &&
+           c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch) &&
+           (c[C_BK] == 64 || c[C_WM] * E / 2 * 256 <= c[C_STAGES] * (c[C_BM] * 128 + round_up(E / 2 * 128, 1024)));
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
            c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
            c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
-  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
-                            // bk = tokens of A fragments in registers (64: one chunk, 128: two, the next chunk's
-                            // split overlapping the current MMAs)
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 128) &&
+  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups; bk = the K columns of x the producer keeps requested
-  // ahead (64: the ring's loads only; 512 / 1024: also the next 7 / 15 chunks prefetched into L2)
-  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {
+  if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
     const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
-                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 &&
-                       (c[C_BK] == 64 || c[C_BK] == 512 || c[C_BK] == 1024) && c[C_STAGES] >= 2 &&
+                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && c[C_STAGES] >= 2 &&
                        c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
     if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
       return shape && (cm == 2 || cm == 4) &&
@@ -266,7 +245,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
-                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "dx_wres", "fwd_tma_xmc"},
+                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -307,22 +286,17 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
     case kDwTma:
     case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
                       // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
-                      // once), 3 stages; two chunks of A fragments in registers
-      set_config(s, 128, 256, 128, 2, 8, 3);
+                      // once), 3 stages
+      set_config(s, 128, 256, 64, 2, 8, 3);
       break;
     case kFwdTma:  // 64 tokens a CTA (128 CTAs at 8192 tokens), one consumer warpgroup over all of E, 5 stages, no
                    // multicast (run of 04:00: 21.8 µs; two consumers splitting E 22.3, clusters of 2 / 4 sharing w
                    // 22.7 / 34.9)
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
-    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA, x (7 chunks ahead) prefetched into L2, 6 stages
-      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 512, 2, 2, 6);
-      break;
-    }
-    case kDxWres: {  // the deepest rings that fit next to the w slice, at most 4 chunks each
-      int st = 4;
-      while (st > 2 && dx_wres_smem(E, st) > smem_limit(arch)) --st;
-      set_config(s, 64, 256, 64, 2, 1, st);
+    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages,
+                        // the last tile through TMA stores where E % 64 == 0
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), E % 64 == 0 ? 128 : 64, 2, 2, 6);
       break;
     }
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
@@ -412,40 +386,27 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     case kFwdTmaXmc: {
       const int eh = static_cast<int>(E / 2);
-      for (int bk : {512, 64})
+      for (int bk : {128, 64})
         for (int stages : {6, 7, 4}) {
           set_config(s, 128, eh, bk, 2, 2, stages);
           add(s);
         }
-      set_config(s, 64, eh, 512, 1, 2, 8);  // 64 tokens × E/2
+      set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
       add(s);
       break;
     }
-    case kDxWres:
-      for (int stages = 2; stages <= 6; ++stages)
-        for (int pf : {1, 2}) {
-          set_config(s, 64, 256, 64, 2, pf, stages);
-          add(s);
-        }
-      break;
     case kDwTma:
     case kDwTmaBf16:
-      for (int bk : {128, 64})
-        for (int cluster : {2, 1, 4})
-          for (int stages : {3, 2}) {
-            set_config(s, 128, 256, bk, cluster, 8, stages);
-            add(s);
-          }
-      set_config(s, 128, 256, 128, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
+      for (int cluster : {2, 1, 4})
+        for (int stages : {3, 2}) {
+          set_config(s, 128, 256, 64, cluster, 8, stages);
+          add(s);
+        }
+      set_config(s, 128, 256, 64, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
       add(s);
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
-      for (int bk : {512, 1024})  // the default with x prefetched into L2 ahead of the ring
-        for (int stages : {5, 4}) {
-          set_config(s, 64, e, bk, 1, 1, stages);
-          add(s);
-        }
       for (int cm : {1, 2, 4})  // 64 tokens, two consumers splitting E
         for (int stages : {4, 5, 6}) {
           set_config(s, 64, e / 2, 64, 1, cm, stages);
@@ -465,10 +426,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int e = static_cast<int>(E);
       for (int stages : {4, 3}) {
         set_config(s, 128, e, 64, 2, 2, stages);  // 128 tokens, K halves
-        add(s);
-      }
-      for (int bk : {512, 1024}) {  // x prefetched into L2 ahead of the ring
-        set_config(s, 128, e, bk, 2, 2, 4);
         add(s);
       }
       set_config(s, 128, e, 64, 2, 4, 4);  // K quarters (small T)
@@ -548,7 +505,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
-         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kDxWres, kFwdTmaXmc})
+         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -717,6 +674,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
     encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
+    encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 64, /*f32=*/true);
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
@@ -856,25 +814,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   if (variant < 0) variant = default_bwd_variant(arch, E);
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
-  if (variant == 2 || variant == 4) {
+  if (variant == 2) {
     const bool alt = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgAltPrecision;
-    if (variant == 4 && !alt && dx.defined() && T > 0) {  // dx with the w slice resident
-      const Specialization s = pick(rt, ck, spec(arch, kDxWres, K, E), T, force_dx);
-      RouterGemmDxWresArgs a{};
-      encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
-      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
-      a.dx = dx.data;
-      a.dx_stride = dxr.stride;
-      a.T = static_cast<int>(T);
-      a.tiles = static_cast<int>((T + 63) / 64);
-      const int64_t blocks = (K + 255) / 256;
-      a.par = static_cast<int>(std::clamp<int64_t>(sm_count(rt) / blocks, 1, a.tiles));
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(blocks * a.par);
-      d.block[0] = static_cast<unsigned>(threads(s));
-      d.smem = static_cast<unsigned>(smem_bytes(s));
-      impl.launch(s, d, stream, a);
-    } else if (dx.defined() && T > 0) {
+    if (dx.defined() && T > 0) {
       const Specialization s = pick(rt, ck, spec(arch, alt ? kDxTmaSplit : kDxTma, K, E), T, force_dx);
       const int cm = s.config[C_WN];
       RouterGemmDxTmaArgs a{};
@@ -1063,9 +1005,6 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   if (part.ends_with("_tmaxmc")) {  // the TMA forward over expert pairs (x multicast)
     variant = 5;
     part.resize(part.size() - 7);
-  } else if (part.ends_with("_wres")) {  // the TMA backward with dx from the resident-w kernel
-    variant = 4;
-    part.resize(part.size() - 5);
   } else if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
     variant = 3;
     part.resize(part.size() - 6);
@@ -1130,7 +1069,7 @@ namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   static const char* const kParts[] = {"fwd",     "dx",      "dw",     "dw",     "fwd_sm90",       "dx_sm90",
                                        "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec",
-                                       "fwd_tmaks", "dx_wres", "fwd_tmaxmc"};
+                                       "fwd_tmaks", "fwd_tmaxmc"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -40,29 +40,23 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
 // The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
 // multicast (fwd_tma) or splitting K (fwd_tmaks), stages. Run of 03:40 (H100): 64/128/1/1/5 22.82 µs; multicast
 // 64/128/1/2/5 39.15, 64/128/1/4/5 67.14; 128/256/2/1/4 27.10, 128/256/2/2/4 40.61.
-// bk: K columns of x requested ahead (64: the ring only; 512 / 1024: the next 7 / 15 chunks prefetched into L2).
-constexpr std::array<std::array<int32_t, 6>, 8> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
-                                                                 {64, 256, 512, 1, 1, 5},
-                                                                 {64, 256, 1024, 1, 1, 5},
-                                                                 {64, 256, 512, 1, 1, 4},
-                                                                 {64, 256, 1024, 1, 1, 4},
+constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 2, 5},
-                                                                 {128, 256, 64, 2, 1, 4}}};
-constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
-                                                                   {128, 256, 512, 2, 2, 4},
-                                                                   {128, 256, 1024, 2, 2, 4},
+                                                                 {128, 256, 64, 2, 1, 4},
+                                                                 {64, 256, 64, 1, 1, 4}}};
+constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};
-// The forward over expert pairs (x multicast in clusters of 2): bm = 64·wm tokens × bn = E/2 experts a CTA,
-// bk = x columns requested ahead (L2 prefetch), stages.
-constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaXmcSweep = {{{128, 128, 512, 2, 2, 6},
+// The forward over expert pairs (x multicast in clusters of 2; cuBLAS's tile): bm = 64·wm tokens × bn = E/2 experts a
+// CTA, bk = 128: the last tile leaves by TMA stores (64: 8-byte stores from the registers), stages.
+constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaXmcSweep = {{{128, 128, 128, 2, 2, 6},
                                                                     {128, 128, 64, 2, 2, 6},
-                                                                    {128, 128, 512, 2, 2, 7},
-                                                                    {128, 128, 1024, 2, 2, 6},
-                                                                    {128, 128, 512, 2, 2, 4},
-                                                                    {64, 128, 512, 1, 2, 8}}};
+                                                                    {128, 128, 128, 2, 2, 7},
+                                                                    {128, 128, 64, 2, 2, 7},
+                                                                    {128, 128, 128, 2, 2, 4},
+                                                                    {64, 128, 64, 1, 2, 8}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
 constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
@@ -75,20 +69,11 @@ constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2,
                                                                 {128, 256, 64, 2, 1, 2}}};
 // dw: wm = T ranges a cluster reduces (the rest go through the workspace in groups), wn = T ranges. Run of 04:17
 // (clusters of 4): wn 8 stages 3 61.4 µs (with workspace), wn 4 stages 3 48.7.
-// bk = tokens of A fragments a consumer holds in registers: 64 (split after the previous MMAs) or 128 (the next
-// chunk split while the current MMAs run).
-constexpr std::array<std::array<int32_t, 6>, 8> kDwTmaSweep = {{{128, 256, 128, 2, 8, 3},
-                                                                {128, 256, 128, 1, 8, 3},
-                                                                {128, 256, 128, 4, 8, 3},
-                                                                {128, 256, 128, 2, 8, 2},
-                                                                {128, 256, 128, 4, 4, 3},
-                                                                {128, 256, 64, 2, 8, 3},
+constexpr std::array<std::array<int32_t, 6>, 5> kDwTmaSweep = {{{128, 256, 64, 2, 8, 3},
                                                                 {128, 256, 64, 1, 8, 3},
+                                                                {128, 256, 64, 4, 8, 3},
+                                                                {128, 256, 64, 2, 8, 2},
                                                                 {128, 256, 64, 4, 4, 3}}};
-// dx with the w slice resident: stages = chunks in each consumer's ring (3 at most next to a 256-expert slice);
-// wn = 2: the next tile's g prefetched into L2.
-constexpr std::array<std::array<int32_t, 6>, 4> kDxWresSweep = {
-    {{64, 256, 64, 2, 1, 3}, {64, 256, 64, 2, 2, 3}, {64, 256, 64, 2, 1, 2}, {64, 256, 64, 2, 2, 2}}};
 // The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
 constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
                                                                {128, 128, 64, 2, 1, 3},
@@ -129,14 +114,14 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
     for (const char* part :
-         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_wres", "bwd_sm90", "bwd_tma_altprec"})
+         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
-  for (const char* part : {"dx", "dx_wres", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
+  for (const char* part : {"dx", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
@@ -145,7 +130,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "fwd_tmaxmc", kFwdTmaXmcSweep);
   add_sweep(cases, "dx_tma", kDxTmaSweep);
   add_sweep(cases, "dw_tma", kDwTmaSweep);
-  add_sweep(cases, "dx_wres", kDxWresSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);
   add_sweep(cases, "dx_sm90", kDx90Sweep);
   add_sweep(cases, "dw_sm90", kDw90Sweep);

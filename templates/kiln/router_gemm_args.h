@@ -23,6 +23,7 @@ struct alignas(128) RgTensorMap {
 struct RouterGemmFwdTmaArgs {
   RgTensorMap tmx;
   RgTensorMap tmw;
+  RgTensorMap tmo;                      // logits [T, E] fp32 in boxes of 32 columns × 64 rows (expert-pair kernel)
   float* out; long long out_stride;     // elements between rows of logits
   int T;
   int tiles;                            // ceil(T / BM)
@@ -41,17 +42,6 @@ struct RouterGemmDxTmaArgs {
   void* dx; long long dx_stride;
   int T;
   int tiles;                            // ceil(T / 64)
-};
-// dx with the w slice resident (router_gemm_dx_wres_kernel): tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows,
-// tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows (both 128-byte swizzled). CTA c owns the 256-column block
-// c % blocks and the token tiles c / blocks, c / blocks + par, …
-struct RouterGemmDxWresArgs {
-  RgTensorMap tmw;
-  RgTensorMap tmg;
-  void* dx; long long dx_stride;        // elements between rows of dx
-  int T;
-  int tiles;                            // ceil(T / 64)
-  int par;                              // CTAs per column block (gridDim.x = blocks · par)
 };
 struct RouterGemmDwTmaArgs {
   RgTensorMap tmg;

@@ -305,10 +305,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 // ---- dw ---------------------------------------------------------------------------------------------------------
 // Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, C = a.cluster, 1) when C > 1; S / C groups.
 // Shared memory: 1 KiB slack + max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging
-// tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. PP: chunks of A fragments each
-// consumer holds in registers — 2: chunk c + 1 is loaded and split while chunk c's MMAs run (acc 128 + 2 × 32
-// registers); 1: its fp32 values are loaded then, and split only after chunk c's MMAs have completed.
-template <int K, int E, int STAGES, int SPLIT, int PP = 2>
+// tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. The fp32 g values of chunk c + 1
+// are loaded while chunk c's MMAs run and split after them (splitting them then too, with two chunks of A fragments
+// in registers, measured the same: 35.6 µs both, run of 06:30).
+template <int K, int E, int STAGES, int SPLIT>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = 128, BN = 256, BK = 64, ATOM = 64 * 128, GBOX = 64 * 128;
@@ -317,7 +317,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   constexpr int PITCH = (BN + 8) * 4, STAGING = BM * PITCH;
   constexpr int RING = STAGES * STAGE > STAGING ? STAGES * STAGE : STAGING;
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
-  static_assert(PP == 1 || PP == 2, "one or two chunks of A fragments in registers");
   // Launched with PDL after the op's dx kernel: it reads only g and x and writes only dw / the workspace, none of
   // which dx touches, so it need not wait for it; it lets the dw_reduce kernel launch early (that one waits).
   pdl_launch_dependents();
@@ -379,25 +378,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
     // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
     const int el = 64 * j + 16 * warp + (lane >> 2);
-    // The A fragments of one chunk: [hi / lo][ks][i], split from the fp32 g values of stage `st`.
-    auto load_split = [&](u32 st, u32(&A)[2][4][4]) {
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const int e = el + 8 * (i & 1), box = e >> 5, col = e & 31;
-          float v[2];
-#pragma unroll
-          for (int h = 0; h < 2; ++h) {
-            const int t = ks * 16 + 2 * (lane & 3) + 8 * (i >> 1) + h;
-            v[h] = rgt::lds_f32(st + box * GBOX + t * 128 + ((((col >> 2) ^ (t & 7))) << 4) + (col & 3) * 4);
-          }
-          if constexpr (SPLIT)
-            rg::split_bf16x2(v[0], v[1], A[0][ks][i], A[1][ks][i]);
-          else
-            A[0][ks][i] = rgt::cvt_bf16x2(v[0], v[1]);
-        }
-    };
     auto issue = [&](u32 st, u32(&A)[2][4][4]) {
       rg90::fence_regs(acc);
       rg90::wgmma_fence();
@@ -423,65 +403,42 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     };
     auto stage_of = [&](int c) { return base + (c % STAGES) * STAGE; };
     auto wait_full = [&](int c) { rgt::mbar_wait(bars + 8 * (c % STAGES), static_cast<u32>(c / STAGES) & 1); };
-    if constexpr (PP == 2) {
-      // Two chunks of A fragments in registers: chunk c + 1 is loaded and split while chunk c's MMAs run, so the
-      // tensor cores wait only for the issue of the next MMAs, not for the split.
-      u32 a0[2][4][4], a1[2][4][4];
-      if (chunks > 0) {
-        wait_full(0);
-        load_split(stage_of(0), a0);
-      }
-      auto step = [&](int c, u32(&cur)[2][4][4], u32(&nxt)[2][4][4]) {
-        issue(stage_of(c), cur);
-        if (c + 1 < chunks) {
-          wait_full(c + 1);
-          load_split(stage_of(c + 1), nxt);
-        }
-        retire(c % STAGES, cur);
-      };
-#pragma unroll 1
-      for (int c = 0; c < chunks; c += 2) {
-        step(c, a0, a1);
-        if (c + 1 < chunks) step(c + 1, a1, a0);
-      }
-    } else {
-      // One chunk of A fragments: the fp32 values of chunk c + 1 are loaded while chunk c's MMAs run and split after.
-      float rawv[4][4][2];
-      auto load_raw = [&](u32 st) {
+    // One chunk of A fragments: the fp32 values of chunk c + 1 are loaded while chunk c's MMAs run and split after.
+    float rawv[4][4][2];
+    auto load_raw = [&](u32 st) {
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
+      for (int ks = 0; ks < 4; ++ks)
 #pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int e = el + 8 * (i & 1), box = e >> 5, col = e & 31;
+        for (int i = 0; i < 4; ++i) {
+          const int e = el + 8 * (i & 1), box = e >> 5, col = e & 31;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) {
-              const int t = ks * 16 + 2 * (lane & 3) + 8 * (i >> 1) + h;
-              rawv[ks][i][h] = rgt::lds_f32(st + box * GBOX + t * 128 + ((((col >> 2) ^ (t & 7))) << 4) + (col & 3) * 4);
-            }
+          for (int h = 0; h < 2; ++h) {
+            const int t = ks * 16 + 2 * (lane & 3) + 8 * (i >> 1) + h;
+            rawv[ks][i][h] = rgt::lds_f32(st + box * GBOX + t * 128 + ((((col >> 2) ^ (t & 7))) << 4) + (col & 3) * 4);
           }
-      };
-      if (chunks > 0) {
-        wait_full(0);
-        load_raw(stage_of(0));
-      }
-      for (int c = 0; c < chunks; ++c) {
-        u32 a[2][4][4];
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            if constexpr (SPLIT)
-              rg::split_bf16x2(rawv[ks][i][0], rawv[ks][i][1], a[0][ks][i], a[1][ks][i]);
-            else
-              a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
-          }
-        issue(stage_of(c), a);
-        if (c + 1 < chunks) {
-          wait_full(c + 1);
-          load_raw(stage_of(c + 1));
         }
-        retire(c % STAGES, a);
+    };
+    if (chunks > 0) {
+      wait_full(0);
+      load_raw(stage_of(0));
+    }
+    for (int c = 0; c < chunks; ++c) {
+      u32 a[2][4][4];
+#pragma unroll
+      for (int ks = 0; ks < 4; ++ks)
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          if constexpr (SPLIT)
+            rg::split_bf16x2(rawv[ks][i][0], rawv[ks][i][1], a[0][ks][i], a[1][ks][i]);
+          else
+            a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
+        }
+      issue(stage_of(c), a);
+      if (c + 1 < chunks) {
+        wait_full(c + 1);
+        load_raw(stage_of(c + 1));
       }
+      retire(c % STAGES, a);
     }
     if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
 #pragma unroll
@@ -519,184 +476,5 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 }
 
 
-// ---- dx with the w slice resident --------------------------------------------------------------------------------
-// CTA c owns the 256-column block nb = c % NB of dx and the token tiles (64 rows) p, p + par, … (p = c / NB). Its
-// slice of w (all E rows × 256 columns, bf16, 32 KiB per 64 experts) is loaded once by TMA and stays in shared memory;
-// only g streams through: per tile, E/64 chunks of 64 tokens × 64 experts fp32 (two 128-byte-swizzled boxes of 32
-// experts). Each SM thus receives its w slice once plus the g rows of its tiles (≈ 640 KB at T = 8192, K = 2048,
-// E = 256), against ≈ 1 MB of w chunks per 64-token tile when w streams. Consumer warpgroup j takes the tiles
-// q ≡ j (mod 2) of the CTA, each through its own ring of STAGES chunks filled by its own producer thread (warp j of
-// the producer warpgroup), so the two warpgroups never share a ring slot and one's epilogue overlaps the other's
-// MMAs. Per chunk a consumer loads its A fragments (64 tokens × 16 experts a k16 step) from the fp32 g tile, rounds
-// them to bf16 (the policy: dx from bf16(g)), and issues register-A wgmma.m64n256k16 against the resident w slice;
-// the next chunk's fragments are loaded while these MMAs run, and each warp hands a g chunk back to the producer as
-// soon as its fragments are in registers (the MMAs read only the resident w slice). Epilogue: bf16 pairs transposed across each quad of
-// lanes (shuffles) into 16-byte stores, a quad writing 64 contiguous bytes of a row; rows past T and columns past K
-// are not stored. Rows past T and experts past E come in as zeros (TMA fill); w rows past E likewise, so they add
-// nothing; w atoms past K are not loaded (their columns are never stored).
-// Shared memory: 1 KiB slack, the w slice, 2 rings × STAGES × 16 KiB, mbarriers (router_gemm_dx_wres_smem).
-__host__ __device__ constexpr int router_gemm_dx_wres_smem(int E, int STAGES) {
-  return 1024 + ((E + 63) / 64) * 32768 + 2 * STAGES * 16384 + 8 * (4 * STAGES + (E + 63) / 64);
-}
-
-template <int K, int E, int STAGES, int PF = 0>
-__global__ void __launch_bounds__(384, 1) router_gemm_dx_wres_kernel(const __grid_constant__ RouterGemmDxWresArgs a) {
-#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BN = 256, ATOM = 64 * 128, GBOX = 64 * 128, ECH = 4 * ATOM, GST = 2 * GBOX;
-  constexpr int EC = (E + 63) / 64, NB = (K + BN - 1) / BN;
-  static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
-  static_assert(STAGES >= 2 && router_gemm_dx_wres_smem(E, STAGES) <= 227 * 1024, "shared memory");
-  pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
-
-  extern __shared__ __align__(16) char smem_raw[];
-  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
-  const u32 wsl = (raw + 1023u) & ~1023u;  // the w slice: e-chunk ec at wsl + ec·ECH, 4 atoms of 64 columns
-  const u32 ring = wsl + EC * ECH;          // ring r (consumer r) at ring + r·STAGES·GST
-  const u32 bars = ring + 2 * STAGES * GST;
-  // ring r: full[s] at bars + 16·r·STAGES + 8s, empty[s] 8·STAGES further; w e-chunk ec at bars + 32·STAGES + 8·ec
-  const u32 wbars = bars + 32 * STAGES;
-  const int tid = threadIdx.x, wg = tid / 128;
-  const int nb = static_cast<int>(blockIdx.x) % NB, p = static_cast<int>(blockIdx.x) / NB, n0 = nb * BN;
-  const int ntiles = p < a.tiles ? (a.tiles - p + a.par - 1) / a.par : 0;  // tiles p, p + par, …
-  const int atoms = (K - n0 + 63) / 64 < 4 ? (K - n0 + 63) / 64 : 4;
-
-  if (tid == 0) {
-    for (int s = 0; s < 2 * STAGES; ++s) {  // both rings: full (the producer's arrive + bytes), empty (the 4 warps
-                                            // of one consumer)
-      const int r = s / STAGES, k = s % STAGES;
-      rgt::mbar_init(bars + 16 * r * STAGES + 8 * k, 1);
-      rgt::mbar_init(bars + 16 * r * STAGES + 8 * (STAGES + k), 4);
-    }
-    for (int ec = 0; ec < EC; ++ec) rgt::mbar_init(wbars + 8 * ec, 1);
-    rgt::fence_mbar_init();
-  }
-  __syncthreads();
-
-  if (wg == 0) {  // producer: thread 32·r fills ring r with the chunks of tiles q ≡ r (mod 2)
-    rgt::setmaxnreg_dec<40>();
-    if (tid == 0 || tid == 32) {
-      const int r = tid >> 5;
-      rgt::prefetch_tmap(&a.tmg);
-      if (r == 0) rgt::prefetch_tmap(&a.tmw);
-      const u32 rr = ring + r * STAGES * GST, rb = bars + 16 * r * STAGES;
-      int s = 0;
-      u32 phase = 0;
-      for (int q = r; q < ntiles; q += 2) {
-        const int m0 = (p + q * a.par) * 64;
-        if constexpr (PF > 0)  // PF = 1: the g rows of this ring's next tile into L2 while this one loads
-          if (q + 2 < ntiles)
-            for (int b = 0; b < (E + 31) / 32; ++b) rgt::tma_prefetch_2d(&a.tmg, b * 32, m0 + 2 * a.par * 64);
-#pragma unroll
-        for (int ec = 0; ec < EC; ++ec) {
-          if (r == 0 && q == 0) {  // w e-chunk ec, just ahead of the first g chunk that needs it
-            const u32 wb = wbars + 8 * ec;
-            rgt::mbar_expect_tx(wb, atoms * ATOM);
-            for (int at = 0; at < atoms; ++at)
-              rgt::tma_load_2d(wsl + ec * ECH + at * ATOM, &a.tmw, wb, n0 + at * 64, ec * 64);
-          }
-          const int boxes = (E - ec * 64 + 31) / 32 < 2 ? (E - ec * 64 + 31) / 32 : 2;
-          rgt::mbar_wait(rb + 8 * (STAGES + s), phase ^ 1);
-          rgt::mbar_expect_tx(rb + 8 * s, boxes * GBOX);
-          for (int b = 0; b < boxes; ++b)
-            rgt::tma_load_2d(rr + s * GST + b * GBOX, &a.tmg, rb + 8 * s, ec * 64 + b * 32, m0);
-          if (++s == STAGES) {
-            s = 0;
-            phase ^= 1;
-          }
-        }
-      }
-    }
-  } else {  // consumer warpgroup j: tiles q ≡ j (mod 2), all 256 columns, 64 rows each
-    rgt::setmaxnreg_inc<232>();
-    const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5, gid = lane >> 2, tig = lane & 3;
-    const u32 rr = ring + j * STAGES * GST, rb = bars + 16 * j * STAGES;
-    int c = 0;  // chunks of ring j consumed so far
-    for (int q = j; q < ntiles; q += 2) {
-      const int m0 = (p + q * a.par) * 64;
-      float acc[128];
-#pragma unroll
-      for (int i = 0; i < 128; ++i) acc[i] = 0.f;
-      // A fragment register i of k16 step ks: token row 16·warp + gid + 8·(i & 1), experts 16·ks + 2·tig + 8·(i >> 1)
-      // and the next one (adjacent fp32 values of one box row: one 8-byte load).
-      auto load_a = [&](int cc, u32(&f)[4][4]) {
-        const u32 st = rr + (cc % STAGES) * GST;
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const int t = 16 * warp + gid + 8 * (i & 1), e = 16 * ks + 2 * tig + 8 * (i >> 1);
-            const int box = e >> 5, col = e & 31;
-            float v0, v1;
-            rg::lds_f32x2(v0, v1, st + box * GBOX + t * 128 + (((col >> 2) ^ (t & 7)) << 4) + (col & 3) * 4);
-            f[ks][i] = rgt::cvt_bf16x2(v0, v1);
-          }
-      };
-      auto wait_full = [&](int cc) { rgt::mbar_wait(rb + 8 * (cc % STAGES), static_cast<u32>(cc / STAGES) & 1); };
-      // The A fragments live in registers once loaded, so a warp hands the g chunk back right after its loads (the
-      // MMAs read only the resident w slice from shared memory).
-      auto release = [&](int cc) {
-        __syncwarp();
-        if (lane == 0) rgt::mbar_arrive_local(rb + 8 * (STAGES + cc % STAGES));
-      };
-      u32 af[EC][4][4];
-      wait_full(c);
-      load_a(c, af[0]);
-      release(c);
-#pragma unroll
-      for (int ec = 0; ec < EC; ++ec) {
-        const int nks = (E - ec * 64 + 15) / 16 < 4 ? (E - ec * 64 + 15) / 16 : 4;  // k16 steps inside E
-        rgt::mbar_wait(wbars + 8 * ec, 0);  // the w slice's e-chunk (completes once)
-        rg90::fence_regs(acc);
-        rg90::wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
-          if (ks < nks) rgt::wgmma_rs_n256<1>(acc, af[ec][ks], rg90::desc_sw128_mn(wsl + ec * ECH + ks * 2048, ATOM));
-        rg90::wgmma_commit();
-        if (ec + 1 < EC) {  // the next chunk's fragments while these MMAs run
-          wait_full(c + 1);
-          load_a(c + 1, af[ec + 1 < EC ? ec + 1 : ec]);
-          release(c + 1);
-        }
-        rg90::wgmma_wait<0>();
-        rg90::fence_regs(acc);
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) rgt::fence_u32(af[ec][ks]);
-        ++c;
-      }
-      // Epilogue. Register i holds row 16·warp + gid + 8·((i/2) & 1), columns 8·(i/4) + 2·tig + {0, 1}: for each
-      // row half h and group of four octets o = 4·g4 … 4·g4 + 3, lane tig collects octet 4·g4 + tig from the four
-      // lanes of its quad (word k from lane k) and stores it as one 16-byte piece.
-      const int rows_valid = a.T - m0;
-      char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n0) * 2;
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        const int row = 16 * warp + gid + 8 * h;
-#pragma unroll
-        for (int g4 = 0; g4 < 8; ++g4) {
-          u32 v[4], rot[4];
-#pragma unroll
-          for (int k = 0; k < 4; ++k) v[k] = rgt::cvt_bf16x2(acc[4 * (4 * g4 + k) + 2 * h], acc[4 * (4 * g4 + k) + 2 * h + 1]);
-#pragma unroll
-          for (int jr = 0; jr < 4; ++jr) {  // round jr: send octet (tig + jr) & 3, receive from lane (tig − jr) & 3
-            const int ss = (tig + jr) & 3;
-            const u32 send = ss == 0 ? v[0] : ss == 1 ? v[1] : ss == 2 ? v[2] : v[3];
-            rot[jr] = __shfl_sync(0xffffffffu, send, (lane & ~3) | ((tig - jr) & 3));
-          }
-          Vec16 o;
-#pragma unroll
-          for (int k = 0; k < 4; ++k) {  // word k came from lane k, in round (tig − k) & 3
-            const int jr = (tig - k) & 3;
-            o.w[k] = jr == 0 ? rot[0] : jr == 1 ? rot[1] : jr == 2 ? rot[2] : rot[3];
-          }
-          const int col = 8 * (4 * g4 + tig);
-          if (row < rows_valid && n0 + col < K) store16(out + (static_cast<i64>(row) * a.dx_stride + col) * 2, o);
-        }
-      }
-    }
-  }
-#else
-  __trap();
-#endif
-}
 
 }  // namespace kiln

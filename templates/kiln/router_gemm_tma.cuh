@@ -72,10 +72,11 @@ __device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap,
       "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
       : "memory");
 }
-// The same box fetched into L2 only (no shared memory, no barrier): x chunks the ring has no room for yet.
-__device__ __forceinline__ void tma_prefetch_2d(const void* tmap, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
-               "r"(c0), "r"(c1)
+// 2-D tile copy shared → global (parts outside the tensor are not written), as a bulk async-group.
+__device__ __forceinline__ void tma_store_2d_f(const void* tmap, u32 src, int c0, int c1) {
+  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
+                   reinterpret_cast<u64>(tmap)),
+               "r"(src), "r"(c0), "r"(c1)
                : "memory");
 }
 __device__ __forceinline__ void prefetch_tmap(const void* tmap) {
@@ -159,11 +160,9 @@ struct StoreRow<N, N> {
 
 }  // namespace rgt
 
-// PF > 1: the producer also keeps the x chunks up to PF ahead of the one it loads requested into L2 (TMA prefetch,
-// no shared memory), so more of x is in flight from DRAM than the ring could hold (its stages are mostly w).
 // Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
 // 1 KiB alignment slack + STAGES × (x tile BM·128 B + w chunk E·128 B rounded to 1 KiB) + 2·STAGES mbarriers.
-template <int K, int E, int WGM, int WGN, int STAGES, int CM, int PF = 1>
+template <int K, int E, int WGM, int WGN, int STAGES, int CM>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -204,12 +203,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
       u32 phase = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
         const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
-        if constexpr (PF > 1)  // x chunks 1 … PF − 1 into L2; then chunk kc + PF as chunk kc is loaded
-          if (m0 < a.T)
-            for (int p = 1; p < PF && p < CHUNKS; ++p) rgt::tma_prefetch_2d(&a.tmx, p * 64, m0);
         for (int kc = 0; kc < CHUNKS; ++kc) {
-          if constexpr (PF > 1)
-            if (m0 < a.T && kc + PF < CHUNKS) rgt::tma_prefetch_2d(&a.tmx, (kc + PF) * 64, m0);
           rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // every consumer of the cluster released stage s
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
           // A tile entirely past T (the cluster's padding tile): only w arrives, its MMAs are never stored.
@@ -283,7 +277,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // [r·BM/KS, (r + 1)·BM/KS) of all KS partials in cluster-rank order through distributed shared memory (deterministic)
 // and writes them with 16-byte stores. Halving K per CTA doubles the tokens a w chunk serves at the same CTA count:
 // 48 KiB of x + w per 128 × 256 × 64 chunk instead of 40 KiB per 64 × 256 × 64.
-template <int K, int E, int WGM, int WGN, int STAGES, int KS, int PF = 1>
+template <int K, int E, int WGM, int WGN, int STAGES, int KS>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_ksplit_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -294,11 +288,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int ALL = (K + 63) / 64, PER = (ALL + KS - 1) / KS;
   constexpr int PITCH = (E + 8) * 4;  // staging rows: 32-byte shift per row, conflict-free 8-byte stores
-  // A pair whose consumers each own 64 rows × all of E: the partials cross in registers → peer shared memory
-  // (64 rows a CTA), not through a fully staged tile.
-  constexpr bool PAIR = KS == 2 && WGM == 2 && WGN == 1;
-  static_assert(BM * PITCH <= STAGES * STAGE || PAIR, "the partial tile is staged in the drained ring");
-  static_assert(64 * PITCH <= STAGES * STAGE, "the partial rows are staged in the drained ring");
+  static_assert(BM * PITCH <= STAGES * STAGE, "the partial tile is staged in the drained ring");
   using Row = rg90::WgmmaRow<EN, 0>;
 
   extern __shared__ __align__(16) char smem_raw[];
@@ -325,11 +315,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
       rgt::prefetch_tmap(&a.tmw);
       int s = 0;
       u32 phase = 0;
-      if constexpr (PF > 1)  // x chunks 1 … PF − 1 into L2; then chunk kc + PF as chunk kc is loaded
-        for (int p = 1; p < PF && p < chunks; ++p) rgt::tma_prefetch_2d(&a.tmx, (c0 + p) * 64, m0);
       for (int kc = 0; kc < chunks; ++kc) {
-        if constexpr (PF > 1)
-          if (kc + PF < chunks) rgt::tma_prefetch_2d(&a.tmx, (c0 + kc + PF) * 64, m0);
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
         rgt::mbar_expect_tx(full, BM * 128 + E * 128);
@@ -372,23 +358,6 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     Row::fence(acc);
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
-    if constexpr (PAIR) {
-      // CTA r finishes the rows of its consumer r; consumer 1 − r hands its partial of those rows to the other CTA.
-      const int row0 = warp * 16 + (lane >> 2);
-      cluster_sync();  // every MMA of the cluster has completed: both rings are free
-      if (wm != static_cast<int>(rank) && !(a.flags & kRgSkipStore)) {
-        u32 peer;
-        asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(peer) : "r"(base), "r"(rank ^ 1u));
-        Row::stage_remote(acc, peer, row0, lane, PITCH);
-      }
-      cluster_sync();  // the other CTA's partial of this CTA's rows has landed (release / acquire)
-      if (wm == static_cast<int>(rank) && !(a.flags & kRgSkipStore)) {
-        Row::add_staged(acc, base, row0, lane, PITCH);  // p_r + p_(1−r): the same bits in either CTA
-        rgt::StoreRow<EN, 0>::store(acc, a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride, a.out_stride, row0,
-                                    lane, a.T - m0 - wm * 64);
-      }
-      return;
-    }
     // Every consumer's MMAs are done and every loaded stage consumed: the ring becomes the staging tile.
     asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
     Row::stage(acc, base + wn * EN * 4, wm * 64 + warp * 16 + (lane >> 2), lane, PITCH);
@@ -414,13 +383,16 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // fetches BM/2 rows of x and multicasts them into both CTAs' stage, and its own E/2 rows of w: 16 + 16 KiB land
 // per 128 × 128 × 64 chunk (BM = 128, E = 256) against 40 KiB per 64 × 256 × 64 without the pair. Persistent: cluster
 // c walks token tiles c, c + clusters, …; a stage is refilled once the consumers of both CTAs released it (the
-// multicast writes into both). PF > 1: x chunks up to PF ahead prefetched into L2, as in the kernel above.
-template <int K, int E, int WGM, int STAGES, int PF = 1>
+// multicast writes into both). TS = 1: a CTA's last tile leaves through shared memory (the drained ring, 128-byte
+// swizzled boxes of 32 columns × 64 rows) by TMA stores instead of 8-byte stores from the registers.
+template <int K, int E, int WGM, int STAGES, int TS = 0>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int CM = 2, EH = E / 2, BM = 64 * WGM, XR = BM / CM;
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
+  static_assert(TS == 0 || (EH % 32 == 0 && WGM * EH * 256 <= STAGES * (BM * 128 + ((EH * 128 + 1023) / 1024) * 1024)),
+                "TMA-store epilogue: whole 32-column boxes, staged in the drained ring");
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
@@ -455,12 +427,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         // accumulator rows they feed are never stored.
         const bool mine = x0 < a.T;
         const u32 tx = EH * 128 + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
-        if constexpr (PF > 1)
-          if (mine)
-            for (int p = 1; p < PF && p < CHUNKS; ++p) rgt::tma_prefetch_2d(&a.tmx, p * 64, x0);
         for (int kc = 0; kc < CHUNKS; ++kc) {
-          if constexpr (PF > 1)
-            if (mine && kc + PF < CHUNKS) rgt::tma_prefetch_2d(&a.tmx, (kc + PF) * 64, x0);
           rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // both CTAs' consumers released stage s
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
           rgt::mbar_expect_tx(full, tx);
@@ -504,9 +471,25 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       rg90::wgmma_wait<0>();
       Row::fence(acc);
       if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
-      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
-      if (!(a.flags & kRgSkipStore))
+      if (a.flags & kRgSkipStore) continue;
+      if (TS && t + clusters >= a.tiles) {  // this CTA's last tile: no more loads, the ring is free once every
+                                            // consumer's MMAs are done
+        if constexpr (WGM > 1) asm volatile("bar.sync 1, %0;" ::"n"(WGM * 128) : "memory");
+        const u32 tile = base + wm * (EH * 256);  // EH/32 boxes of 64 rows × 128 bytes
+        Row::stage_sw128(acc, tile, warp * 16 + (lane >> 2), lane);
+        rg90::fence_async_shared();  // generic writes → the copy engine's reads
+        asm volatile("bar.sync %0, 128;" ::"r"(2 + wm) : "memory");
+        if ((tid & 127) == 0) {
+#pragma unroll
+          for (int b = 0; b < EH / 32; ++b)
+            rgt::tma_store_2d_f(&a.tmo, tile + b * 8192, static_cast<int>(rank) * EH + b * 32, m0 + wm * 64);
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // shared memory read before exit
+        }
+      } else {
+        float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
         rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+      }
     }
   }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.

@@ -418,8 +418,8 @@ TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
   }
 }
 
-// The forward over expert pairs (variant 5: clusters of 2 CTAs, E/2 experts each, x multicast): every search-space
-// point at shapes with a partial last tile (T = 1: the second CTA's half of the x tile entirely past T), E = 160 /
+// The forward over expert pairs (variant 5: clusters of 2 CTAs, E/2 experts each, x multicast; bk = 128: the last
+// tile of a CTA leaves by TMA stores): every search-space point at shapes with a partial last tile (T = 1: the second CTA's half of the x tile entirely past T), E = 160 /
 // 64 / 16, K not a multiple of 64, and T = 17000 (a persistent cluster walks several tiles); strided rows.
 TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -428,7 +428,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
     const std::vector<float> x = bf16_values(T * K, mix_seed({0x9ca, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0x9da, static_cast<uint64_t>(E)}), 0.02f);
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    const auto pts = space(14, K, E);
+    const auto pts = space(13, K, E);
     EXPECT_GE(pts.size(), 4u);
     for (const auto& c : pts) {
       SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
@@ -437,13 +437,15 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
       EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
     }
   }
-  const int64_t T = 300, K = 2048, E = 160;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9eb}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9fb}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 5);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  for (int64_t E : {160, 128}) {  // 128: the TMA-store epilogue writes a strided logits view (its tensor map's pitch)
+    const int64_t T = 300, K = 2048;
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9eb}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9fb}), 0.02f);
+    const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 5);
+    EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view, E = " << E;
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  }
 }
 
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
@@ -763,83 +765,6 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
     const ref::GemmRef dws = ref::router_gemm_dw(gs, x, T, K, E);
     EXPECT_TRUE(close_to("dx", bs.dx, dxs, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dxs, i, E); }));
     EXPECT_TRUE(close_to("dw", bs.dw, dws, K, 2e-5, [&](int64_t i) { return dw_bound(dws, i, T); }));
-  }
-}
-
-// ---- dx with the w slice resident (router_gemm_dx_wres_kernel; the TMA backward's variant 4) ---------------------
-
-class RouterGemmBwdWres : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
-
-// Against the fp64 reference at the default config: dx from bf16(g) (dx_bound_bf16g), dw as in the TMA backward.
-TEST_P(RouterGemmBwdWres, MatchesReference) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const auto [T, K, E] = GetParam();
-  const uint64_t seed = mix_seed({0xe1, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
-  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/4);
-  EXPECT_TRUE(b.guards_ok) << "written outside dx or dw";
-  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
-  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
-  const auto rdx = close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); });
-  EXPECT_TRUE(rdx);
-  EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
-  RecordProperty("dx", rdx.message());
-}
-
-// T = 0 / 1 / 7 / 127, E = 8 (one box of 32 experts, half a k16 step past E), 160 (a 32-expert last chunk), 64,
-// K = 2056 (a last column block of 8 columns: one w atom), 7168 (28 blocks), 17000 tokens (many tiles a CTA).
-std::vector<Shape> wres_shapes() {
-  return {{0, 2048, 256},   {1, 2048, 256},   {7, 2048, 160},     {127, 1536, 64},   {4096, 2048, 256},
-          {8192, 2048, 256}, {333, 2056, 8},   {1000, 4096, 128}, {7, 7168, 256},    {17000, 1536, 64},
-          {2049, 1536, 160}};
-}
-INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdWres, ::testing::ValuesIn(wres_shapes()), shape_name);
-
-// Every search-space point (ring depths 2 … 6 where they fit) on shapes with partial tiles of every kind.
-TEST_F(RouterGemmTest, BwdWresEveryConfig) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{333, 2056, 8}, Shape{17000, 1536, 64}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0xe2, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xe3, static_cast<uint64_t>(E)}), 0.02f);
-    const std::vector<float> g = randn(T * E, mix_seed({0xe4, static_cast<uint64_t>(E)}), 1e-4f);
-    const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
-    const auto pts = space(13, K, E);
-    EXPECT_GE(pts.size(), 1u);
-    for (const auto& c : pts) {
-      SCOPED_TRACE("dx_wres " + fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) +
-                   " E=" + std::to_string(E));
-      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr, false, 4);
-      EXPECT_TRUE(b.guards_ok);
-      EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); }));
-    }
-  }
-}
-
-// NaN / ±inf in g reach exactly the dx rows they belong to; tiny and large g keep their relative accuracy; the
-// same inputs give the same bits; and dx equals the TMA kernel's dx (same bf16(g) policy) to within the bound.
-TEST_F(RouterGemmTest, BwdWresNonFiniteExtremeAndDeterministic) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int64_t T = 1200, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xe5}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xe6}), 0.02f);
-  std::vector<float> g = randn(T * E, mix_seed({0xe7}), 1e-4f);
-  g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
-  g[50 * E + 100] = std::numeric_limits<float>::infinity();
-  g[1150 * E + 200] = -std::numeric_limits<float>::infinity();
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 4);
-  const Bwd b2 = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 4);
-  EXPECT_TRUE(bitwise_equal("dx twice", b2.dx, b.dx));
-  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
-  EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); }));
-  for (float scale : {1e-12f, 1e6f}) {
-    SCOPED_TRACE("g scaled to " + std::to_string(scale));
-    const std::vector<float> gs = randn(T * E, mix_seed({0xe8}), scale);
-    const Bwd bs = run_bwd(gs, x, w, T, K, E, true, false, nullptr, nullptr, false, 4);
-    const ref::GemmRef dxs = ref::router_gemm_dx(gs, w, T, K, E);
-    EXPECT_TRUE(close_to("dx", bs.dx, dxs, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dxs, i, E); }));
   }
 }
 
