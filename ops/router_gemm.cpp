@@ -70,8 +70,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     const int e = static_cast<int>(s.params[P_E]);
-    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
-                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}{}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
+                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN],
+                       s.kernel == kFwdTmaKs ? (s.config[C_BK] == 16 ? ", 1" : ", 0") : "");
     return;
   }
   if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, bk = 128: TMA-store epilogue
@@ -212,7 +213,10 @@ bool valid(const Specialization& s) {
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
     const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
-                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && c[C_STAGES] >= 2 &&
+                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 &&
+                       // bk = 16 (K split only, E % 64 == 0): x and w fetched as 64-row TMA boxes
+                       (c[C_BK] == 64 || (c[C_BK] == 16 && s.kernel == kFwdTmaKs && E % 64 == 0)) &&
+                       c[C_STAGES] >= 2 &&
                        c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
     if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
       return shape && (cm == 2 || cm == 4) &&
@@ -429,6 +433,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         add(s);
       }
       set_config(s, 128, e, 64, 2, 4, 4);  // K quarters (small T)
+      add(s);
+      set_config(s, 128, e, 16, 2, 2, 4);  // 64-row TMA boxes
       add(s);
       set_config(s, 64, e / 2, 64, 1, 2, 5);  // 64 tokens, consumers split E, K halves
       add(s);
@@ -694,9 +700,10 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM], ks = s.config[C_WN];
+    const bool small_boxes = s.config[C_BK] == 16;
     RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E));
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, small_boxes ? 64 : bm);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, small_boxes ? 64 : static_cast<int>(E));
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);

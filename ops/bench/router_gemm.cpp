@@ -45,7 +45,9 @@ constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 256, 64, 1
                                                                  {64, 128, 64, 1, 2, 5},
                                                                  {128, 256, 64, 2, 1, 4},
                                                                  {64, 256, 64, 1, 1, 4}}};
-constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
+// bk = 16: x and w fetched as 64-row TMA boxes (64: one box each).
+constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
+                                                                   {128, 256, 16, 2, 2, 4},
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};
@@ -128,6 +130,9 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);
   add_sweep(cases, "fwd_tmaxmc", kFwdTmaXmcSweep);
+  // Main loops alone (no logits written): one box vs 64-row boxes (K split), TMA-store vs register epilogue (pairs).
+  add_sweep(cases, "fwd_tmaks_nostore", std::array<std::array<int32_t, 6>, 2>{{{128, 256, 64, 2, 2, 4}, {128, 256, 16, 2, 2, 4}}});
+  add_sweep(cases, "fwd_tmaxmc_nostore", std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 6}}});
   add_sweep(cases, "dx_tma", kDxTmaSweep);
   add_sweep(cases, "dw_tma", kDwTmaSweep);
   add_sweep(cases, "fwd_sm90", kFwd90Sweep);

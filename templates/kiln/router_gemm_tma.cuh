@@ -277,7 +277,9 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // [r·BM/KS, (r + 1)·BM/KS) of all KS partials in cluster-rank order through distributed shared memory (deterministic)
 // and writes them with 16-byte stores. Halving K per CTA doubles the tokens a w chunk serves at the same CTA count:
 // 48 KiB of x + w per 128 × 256 × 64 chunk instead of 40 KiB per 64 × 256 × 64.
-template <int K, int E, int WGM, int WGN, int STAGES, int KS>
+// SB = 1: the x tile and the w chunk are fetched as boxes of 64 rows (the host's tensor maps say so) instead of one
+// box each (BM and E rows).
+template <int K, int E, int WGM, int WGN, int STAGES, int KS, int SB = 0>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_ksplit_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -285,6 +287,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
   static_assert(EN * WGN == E && EN % 8 == 0, "E / WGN: a multiple of 8");
   static_assert(KS >= 2 && KS <= 4 && BM % KS == 0, "K split over 2–4 CTAs");
+  static_assert(SB == 0 || E % 64 == 0, "64-row w boxes: whole boxes");
   constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int ALL = (K + 63) / 64, PER = (ALL + KS - 1) / KS;
   constexpr int PITCH = (E + 8) * 4;  // staging rows: 32-byte shift per row, conflict-free 8-byte stores
@@ -319,8 +322,15 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
         rgt::mbar_expect_tx(full, BM * 128 + E * 128);
-        rgt::tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
-        rgt::tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
+        if constexpr (SB) {
+#pragma unroll
+          for (int r = 0; r < BM / 64; ++r) rgt::tma_load_2d(sa + r * 8192, &a.tmx, full, (c0 + kc) * 64, m0 + r * 64);
+#pragma unroll
+          for (int r = 0; r < E / 64; ++r) rgt::tma_load_2d(sb + r * 8192, &a.tmw, full, (c0 + kc) * 64, r * 64);
+        } else {
+          rgt::tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
+          rgt::tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
+        }
         if (++s == STAGES) {
           s = 0;
           phase ^= 1;
