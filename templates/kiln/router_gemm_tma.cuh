@@ -489,7 +489,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         Row::stage_sw128(acc, tile, warp * 16 + (lane >> 2), lane);
         rg90::fence_async_shared();  // generic writes → the copy engine's reads
         asm volatile("bar.sync %0, 128;" ::"r"(2 + wm) : "memory");
-        if ((tid & 127) == 0) {
+        if ((tid & 127) == 0 && m0 + wm * 64 < a.T) {  // rows past T are clipped by the copy engine
 #pragma unroll
           for (int b = 0; b < EH / 32; ++b)
             rgt::tma_store_2d_f(&a.tmo, tile + b * 8192, static_cast<int>(rank) * EH + b * 32, m0 + wm * 64);
