@@ -72,7 +72,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     const int e = static_cast<int>(s.params[P_E]);
     name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}{}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
                        s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN],
-                       s.kernel == kFwdTmaKs ? (s.config[C_BK] == 16 ? ", 1" : ", 0") : "");
+                       s.config[C_BK] == 16 || s.config[C_BK] == 128 ? ", 1" : ", 0");
     return;
   }
   if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, bk = 128: TMA-store epilogue
@@ -214,8 +214,10 @@ bool valid(const Specialization& s) {
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
     const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
                        c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 &&
-                       // bk = 16 (K split only, E % 64 == 0): x and w fetched as 64-row TMA boxes
-                       (c[C_BK] == 64 || (c[C_BK] == 16 && s.kernel == kFwdTmaKs && E % 64 == 0)) &&
+                       // bk = 16 (K split only, E % 64 == 0): x and w fetched as 64-row TMA boxes; bk = 128 (the
+                       // persistent kernel, bn % 32 == 0): a CTA's last tile stored by TMA from shared memory
+                       (c[C_BK] == 64 || (c[C_BK] == 16 && s.kernel == kFwdTmaKs && E % 64 == 0) ||
+                        (c[C_BK] == 128 && s.kernel == kFwdTma && c[C_BN] % 32 == 0)) &&
                        c[C_STAGES] >= 2 &&
                        c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
     if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
@@ -411,6 +413,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
+      for (int stages : {5, 4}) {  // the default's last tile stored by TMA
+        set_config(s, 64, e, 128, 1, 1, stages);
+        add(s);
+      }
       for (int cm : {1, 2, 4})  // 64 tokens, two consumers splitting E
         for (int stages : {4, 5, 6}) {
           set_config(s, 64, e / 2, 64, 1, cm, stages);
@@ -724,6 +730,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
     encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cm));
+    if (s.config[C_BK] == 128) encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 64, /*f32=*/true);
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);

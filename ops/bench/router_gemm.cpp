@@ -40,7 +40,9 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
 // The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
 // multicast (fwd_tma) or splitting K (fwd_tmaks), stages. Run of 03:40 (H100): 64/128/1/1/5 22.82 µs; multicast
 // 64/128/1/2/5 39.15, 64/128/1/4/5 67.14; 128/256/2/1/4 27.10, 128/256/2/2/4 40.61.
-constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
+// bk = 128: a CTA's last tile stored by TMA from shared memory (64: 8-byte stores from the registers).
+constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
+                                                                 {64, 256, 128, 1, 1, 5},
                                                                  {64, 128, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 2, 5},
                                                                  {128, 256, 64, 2, 1, 4},

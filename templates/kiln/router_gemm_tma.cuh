@@ -160,9 +160,11 @@ struct StoreRow<N, N> {
 
 }  // namespace rgt
 
+// TS = 1: a CTA's last tile leaves through shared memory (the drained ring, 128-byte swizzled fp32 boxes of 32
+// columns × 64 rows) by TMA stores (a.tmo) instead of 8-byte stores from the registers.
 // Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
 // 1 KiB alignment slack + STAGES × (x tile BM·128 B + w chunk E·128 B rounded to 1 KiB) + 2·STAGES mbarriers.
-template <int K, int E, int WGM, int WGN, int STAGES, int CM>
+template <int K, int E, int WGM, int WGN, int STAGES, int CM, int TS = 0>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -174,6 +176,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   constexpr u32 TX = BM * 128 + E * 128;  // bytes landing in each CTA's stage per chunk (x tile + all of w's chunk)
+  static_assert(TS == 0 || (EN % 32 == 0 && CONSUMERS * EN * 256 <= STAGES * STAGE),
+                "TMA-store epilogue: whole 32-column boxes, staged in the drained ring");
   using Row = rg90::WgmmaRow<EN, 0>;
 
   extern __shared__ __align__(16) char smem_raw[];
@@ -259,9 +263,24 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
         else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       }
-      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
-      if (!(a.flags & kRgSkipStore))
+      if (a.flags & kRgSkipStore) continue;
+      if (TS && grp + clusters >= groups) {  // this CTA's last tile: the ring is free once every consumer of this CTA
+                                             // is done (every chunk it waited for has landed, peers' multicasts too)
+        if constexpr (CONSUMERS > 1) asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
+        const u32 tile = base + c * (EN * 256);  // EN/32 boxes of 64 rows × 128 bytes
+        Row::stage_sw128(acc, tile, warp * 16 + (lane >> 2), lane);
+        rg90::fence_async_shared();  // generic writes → the copy engine's reads
+        asm volatile("bar.sync %0, 128;" ::"r"(2 + c) : "memory");
+        if ((tid & 127) == 0 && m0 + wm * 64 < a.T) {  // rows past T are clipped by the copy engine
+#pragma unroll
+          for (int b = 0; b < EN / 32; ++b) rgt::tma_store_2d_f(&a.tmo, tile + b * 8192, wn * EN + b * 32, m0 + wm * 64);
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // shared memory read before exit
+        }
+      } else {
+        float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
         rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+      }
     }
   }
   // No CTA may leave while a peer can still multicast into its shared memory or arrive on its barriers.

@@ -468,6 +468,11 @@ TEST_F(RouterGemmTest, FwdTmaStridedRows) {
   EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
   const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
   EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  // The TMA-store epilogue (bk = 128) into the same strided view: its tensor map carries the row pitch.
+  const detail::RouterGemmConfig ts{64, 160, 128, 1, 1, 5};
+  const Fwd g = run_fwd(x, w, T, K, E, &ts, K + 64, E + 12, 2);
+  EXPECT_TRUE(g.guards_ok) << "TMA-store epilogue: written outside logits' [T, E] view";
+  EXPECT_TRUE(close_to("logits (TMA store)", g.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
 }
 
 // NaN and ±inf in x propagate like IEEE arithmetic; large and small magnitudes keep their relative accuracy.
