@@ -70,15 +70,14 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
     const int e = static_cast<int>(s.params[P_E]);
-    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}{}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
-                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN],
-                       s.config[C_BK] == 16 || s.config[C_BK] == 128 ? ", 1" : ", 0");
+    name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
+                       s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
     return;
   }
-  if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, bk = 128: TMA-store epilogue
+  if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, wn = 2 (the pair)
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] == 128 ? 1 : 0);
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES]);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -194,12 +193,10 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2; bk = 64:
-                               // logits stored from registers, 128: a CTA's last tile through TMA stores (E % 64)
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && (c[C_BK] == 64 || (c[C_BK] == 128 && E % 64 == 0)) &&
-           c[C_STAGES] >= 2 && c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch) &&
-           (c[C_BK] == 64 || c[C_WM] * E / 2 * 256 <= c[C_STAGES] * (c[C_BM] * 128 + round_up(E / 2 * 128, 1024)));
+           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && c[C_BK] == 64 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 &&
+           smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -213,12 +210,7 @@ bool valid(const Specialization& s) {
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
     const bool shape = (c[C_WM] == 1 || c[C_WM] == 2) && c[C_BM] == 64 * c[C_WM] && (wgn == 1 || wgn == 2) &&
-                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 &&
-                       // bk = 16 (K split only, E % 64 == 0): x and w fetched as 64-row TMA boxes; bk = 128 (the
-                       // persistent kernel, bn % 32 == 0): a CTA's last tile stored by TMA from shared memory
-                       (c[C_BK] == 64 || (c[C_BK] == 16 && s.kernel == kFwdTmaKs && E % 64 == 0) ||
-                        (c[C_BK] == 128 && s.kernel == kFwdTma && c[C_BN] % 32 == 0)) &&
-                       c[C_STAGES] >= 2 &&
+                       c[C_WM] * wgn <= 2 && c[C_BN] % 8 == 0 && c[C_BK] == 64 && c[C_STAGES] >= 2 &&
                        c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
     if (s.kernel == kFwdTmaKs)  // K split over wn = 2 or 4 CTAs; the fp32 partial tile is staged in the ring
       return shape && (cm == 2 || cm == 4) &&
@@ -300,9 +292,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
                    // 22.7 / 34.9)
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
-    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages,
-                        // the last tile through TMA stores where E % 64 == 0
-      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), E % 64 == 0 ? 128 : 64, 2, 2, 6);
+    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages
+                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8)
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, 6);
       break;
     }
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
@@ -392,11 +384,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     case kFwdTmaXmc: {
       const int eh = static_cast<int>(E / 2);
-      for (int bk : {128, 64})
-        for (int stages : {6, 7, 4}) {
-          set_config(s, 128, eh, bk, 2, 2, stages);
-          add(s);
-        }
+      for (int stages : {6, 7, 4}) {
+        set_config(s, 128, eh, 64, 2, 2, stages);
+        add(s);
+      }
       set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
       add(s);
       break;
@@ -413,10 +404,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
-      for (int stages : {5, 4}) {  // the default's last tile stored by TMA
-        set_config(s, 64, e, 128, 1, 1, stages);
-        add(s);
-      }
       for (int cm : {1, 2, 4})  // 64 tokens, two consumers splitting E
         for (int stages : {4, 5, 6}) {
           set_config(s, 64, e / 2, 64, 1, cm, stages);
@@ -439,8 +426,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         add(s);
       }
       set_config(s, 128, e, 64, 2, 4, 4);  // K quarters (small T)
-      add(s);
-      set_config(s, 128, e, 16, 2, 2, 4);  // 64-row TMA boxes
       add(s);
       set_config(s, 64, e / 2, 64, 1, 2, 5);  // 64 tokens, consumers split E, K halves
       add(s);
@@ -671,12 +656,18 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill
-  // the GPU at most once (run of 04:17, 8192 tokens: K = 7168 53.7 µs vs 59.6; K = 2048 22.8 vs 21.6), else the
-  // persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  // sm_90a: the TMA wgmma kernels — the expert-pair kernel (cuBLAS's tiling) where E % 16 == 0 and its pairs of
+  // CTAs fill ≥ 90 % of the SMs (run of 07:10, 8192 tokens: K = 2048 20.5 µs vs 22.4 for 64-token tiles and 23.0
+  // for the K split; K = 7168 51.5 vs 52.9 K split); below that (measured only at 8192 tokens) the earlier choice:
+  // K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill the GPU at most once, else the
+  // persistent kernel over 64-token tiles; elsewhere (or E > 256) mma.sync.
   const int sms = impl.device().sm_count;
-  if (variant < 0)
-    variant = has_wgmma(arch) && E <= 256 ? (K >= 4096 && (T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
+  if (variant < 0) {
+    const int64_t pair_ctas = (T + 127) / 128 * 2;
+    if (!(has_wgmma(arch) && E <= 256)) variant = 0;
+    else if (E % 16 == 0 && pair_ctas * 10 >= static_cast<int64_t>(sms) * 9) variant = 5;
+    else variant = K >= 4096 && pair_ctas <= sms + sms / 10 ? 3 : 2;
+  }
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (variant == 5) {
@@ -686,7 +677,6 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
     encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
-    encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 64, /*f32=*/true);
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
@@ -706,10 +696,9 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM], ks = s.config[C_WN];
-    const bool small_boxes = s.config[C_BK] == 16;
     RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, small_boxes ? 64 : bm);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, small_boxes ? 64 : static_cast<int>(E));
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E));
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
@@ -730,7 +719,6 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
     encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cm));
-    if (s.config[C_BK] == 128) encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 64, /*f32=*/true);
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);

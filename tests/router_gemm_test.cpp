@@ -167,8 +167,6 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   family().search_space(enumerated(2048, 256, "sm_90a")[10], space);  // the TMA forward with K split
   ASSERT_GE(space.size(), 4u);
   specs.push_back(space[2]);
-  for (const auto& c : space)
-    if (c.config[2] == 16) specs.push_back(c);  // 64-row TMA boxes
   for (uint32_t k : {8u, 9u, 13u}) {  // TMA dx, dw, expert-pair forward: a non-default point of each
     space.clear();
     family().search_space(enumerated(2048, 256, "sm_90a")[k], space);

@@ -40,26 +40,23 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
 // The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
 // multicast (fwd_tma) or splitting K (fwd_tmaks), stages. Run of 03:40 (H100): 64/128/1/1/5 22.82 µs; multicast
 // 64/128/1/2/5 39.15, 64/128/1/4/5 67.14; 128/256/2/1/4 27.10, 128/256/2/2/4 40.61.
-// bk = 128: a CTA's last tile stored by TMA from shared memory (64: 8-byte stores from the registers).
-constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
-                                                                 {64, 256, 128, 1, 1, 5},
+// Runs of 06:30 / 07:10 (µs): 64/256/64/1/1/5 22.2; 64/128/64/1/1/5 22.9–23.2; 64/128/64/1/2/5 22.9–23.2;
+// 128/256/64/2/1/4 27.5; 64/256/64/1/1/4 24.9. K split: 128/256/64/2/2/4 23.0; stages 3 25.4; wn 4 42.3; 64/128/1/2/5 26.1.
+constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 2, 5},
                                                                  {128, 256, 64, 2, 1, 4},
                                                                  {64, 256, 64, 1, 1, 4}}};
-// bk = 16: x and w fetched as 64-row TMA boxes (64: one box each).
-constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
-                                                                   {128, 256, 16, 2, 2, 4},
+constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};
 // The forward over expert pairs (x multicast in clusters of 2; cuBLAS's tile): bm = 64·wm tokens × bn = E/2 experts a
-// CTA, bk = 128: the last tile leaves by TMA stores (64: 8-byte stores from the registers), stages.
-constexpr std::array<std::array<int32_t, 6>, 6> kFwdTmaXmcSweep = {{{128, 128, 128, 2, 2, 6},
-                                                                    {128, 128, 64, 2, 2, 6},
-                                                                    {128, 128, 128, 2, 2, 7},
+// CTA, stages. Run of 07:10 (µs): 128/128/64/2/2/6 20.5–20.7, stages 7 20.6, 4 (with a TMA-store epilogue) 22.5,
+// 64/128/64/1/2/8 21.8.
+constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
                                                                     {128, 128, 64, 2, 2, 7},
-                                                                    {128, 128, 128, 2, 2, 4},
+                                                                    {128, 128, 64, 2, 2, 4},
                                                                     {64, 128, 64, 1, 2, 8}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
@@ -132,16 +129,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);
   add_sweep(cases, "fwd_tmaxmc", kFwdTmaXmcSweep);
-  // Main loops alone (no logits written): one box vs 64-row boxes (K split), TMA-store vs register epilogue (pairs).
-  add_sweep(cases, "fwd_tmaks_nostore", std::array<std::array<int32_t, 6>, 2>{{{128, 256, 64, 2, 2, 4}, {128, 256, 16, 2, 2, 4}}});
-  add_sweep(cases, "fwd_tmaxmc_nostore", std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 6}}});
-  add_sweep(cases, "dx_tma", kDxTmaSweep);
-  add_sweep(cases, "dw_tma", kDwTmaSweep);
-  add_sweep(cases, "fwd_sm90", kFwd90Sweep);
-  add_sweep(cases, "dx_sm90", kDx90Sweep);
-  add_sweep(cases, "dw_sm90", kDw90Sweep);
-  add_sweep(cases, "dx_mma", kDxSweep);
-  add_sweep(cases, "dw_mma", kDwSweep);
   // The TMA forwards' main loops alone (no logits written, no K-split exchange): what the epilogue costs.
   for (const char* part : {"fwd_tma_nostore", "fwd_tmaks_nostore", "fwd_tmaxmc_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

@@ -23,7 +23,6 @@ struct alignas(128) RgTensorMap {
 struct RouterGemmFwdTmaArgs {
   RgTensorMap tmx;
   RgTensorMap tmw;
-  RgTensorMap tmo;                      // logits [T, E] fp32 in boxes of 32 columns × 64 rows (expert-pair kernel)
   float* out; long long out_stride;     // elements between rows of logits
   int T;
   int tiles;                            // ceil(T / BM)

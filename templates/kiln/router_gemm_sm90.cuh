@@ -144,17 +144,6 @@ struct WgmmaRow {
     }
     Next::stage(a.next, tile, row0, lane, pitch);
   }
-  // The same values as fp32 TMA boxes of 32 columns × 64 rows, 128-byte swizzled: column c of row r at
-  // tile + (c / 32)·8192 + r·128 + ((c % 32 / 4) ^ (r % 8))·16 + (c % 4)·4.
-  __device__ __forceinline__ static void stage_sw128(const Acc& a, u32 tile, int row0, int lane) {
-#pragma unroll
-    for (int i = 0; i < N / 2; i += 2) {
-      const int r = row0 + 8 * ((i >> 1) & 1), c = C0 + 8 * (i >> 2) + 2 * (lane & 3);
-      const u32 addr = tile + (c >> 5) * 8192 + r * 128 + ((((c & 31) >> 2) ^ (r & 7)) << 4) + (c & 3) * 4;
-      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(a.d[i]), "f"(a.d[i + 1]) : "memory");
-    }
-    Next::stage_sw128(a.next, tile, row0, lane);
-  }
 };
 template <int E>
 struct WgmmaRow<E, E> {
@@ -163,7 +152,6 @@ struct WgmmaRow<E, E> {
   __device__ __forceinline__ static void fence(Acc&) {}
   __device__ __forceinline__ static void mma(Acc&, u64, u32) {}
   __device__ __forceinline__ static void stage(const Acc&, u32, int, int, int) {}
-  __device__ __forceinline__ static void stage_sw128(const Acc&, u32, int, int) {}
 };
 
 }  // namespace rg90

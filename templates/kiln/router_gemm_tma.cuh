@@ -72,13 +72,6 @@ __device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap,
       "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
       : "memory");
 }
-// 2-D tile copy shared → global (parts outside the tensor are not written), as a bulk async-group.
-__device__ __forceinline__ void tma_store_2d_f(const void* tmap, u32 src, int c0, int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
-                   reinterpret_cast<u64>(tmap)),
-               "r"(src), "r"(c0), "r"(c1)
-               : "memory");
-}
 __device__ __forceinline__ void prefetch_tmap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(tmap)) : "memory");
 }
@@ -160,11 +153,9 @@ struct StoreRow<N, N> {
 
 }  // namespace rgt
 
-// TS = 1: a CTA's last tile leaves through shared memory (the drained ring, 128-byte swizzled fp32 boxes of 32
-// columns × 64 rows) by TMA stores (a.tmo) instead of 8-byte stores from the registers.
 // Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
 // 1 KiB alignment slack + STAGES × (x tile BM·128 B + w chunk E·128 B rounded to 1 KiB) + 2·STAGES mbarriers.
-template <int K, int E, int WGM, int WGN, int STAGES, int CM, int TS = 0>
+template <int K, int E, int WGM, int WGN, int STAGES, int CM>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -176,8 +167,6 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   constexpr u32 TX = BM * 128 + E * 128;  // bytes landing in each CTA's stage per chunk (x tile + all of w's chunk)
-  static_assert(TS == 0 || (EN % 32 == 0 && CONSUMERS * EN * 256 <= STAGES * STAGE),
-                "TMA-store epilogue: whole 32-column boxes, staged in the drained ring");
   using Row = rg90::WgmmaRow<EN, 0>;
 
   extern __shared__ __align__(16) char smem_raw[];
@@ -264,23 +253,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       }
       if (a.flags & kRgSkipStore) continue;
-      if (TS && grp + clusters >= groups) {  // this CTA's last tile: the ring is free once every consumer of this CTA
-                                             // is done (every chunk it waited for has landed, peers' multicasts too)
-        if constexpr (CONSUMERS > 1) asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
-        const u32 tile = base + c * (EN * 256);  // EN/32 boxes of 64 rows × 128 bytes
-        Row::stage_sw128(acc, tile, warp * 16 + (lane >> 2), lane);
-        rg90::fence_async_shared();  // generic writes → the copy engine's reads
-        asm volatile("bar.sync %0, 128;" ::"r"(2 + c) : "memory");
-        if ((tid & 127) == 0 && m0 + wm * 64 < a.T) {  // rows past T are clipped by the copy engine
-#pragma unroll
-          for (int b = 0; b < EN / 32; ++b) rgt::tma_store_2d_f(&a.tmo, tile + b * 8192, wn * EN + b * 32, m0 + wm * 64);
-          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // shared memory read before exit
-        }
-      } else {
-        float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
-        rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
-      }
+      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
+      rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
     }
   }
   // No CTA may leave while a peer can still multicast into its shared memory or arrive on its barriers.
@@ -296,9 +270,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // [r·BM/KS, (r + 1)·BM/KS) of all KS partials in cluster-rank order through distributed shared memory (deterministic)
 // and writes them with 16-byte stores. Halving K per CTA doubles the tokens a w chunk serves at the same CTA count:
 // 48 KiB of x + w per 128 × 256 × 64 chunk instead of 40 KiB per 64 × 256 × 64.
-// SB = 1: the x tile and the w chunk are fetched as boxes of 64 rows (the host's tensor maps say so) instead of one
-// box each (BM and E rows).
-template <int K, int E, int WGM, int WGN, int STAGES, int KS, int SB = 0>
+template <int K, int E, int WGM, int WGN, int STAGES, int KS>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_ksplit_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -306,7 +278,6 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
   static_assert(EN * WGN == E && EN % 8 == 0, "E / WGN: a multiple of 8");
   static_assert(KS >= 2 && KS <= 4 && BM % KS == 0, "K split over 2–4 CTAs");
-  static_assert(SB == 0 || E % 64 == 0, "64-row w boxes: whole boxes");
   constexpr int A_BYTES = BM * 128, B_BYTES = ((E * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int ALL = (K + 63) / 64, PER = (ALL + KS - 1) / KS;
   constexpr int PITCH = (E + 8) * 4;  // staging rows: 32-byte shift per row, conflict-free 8-byte stores
@@ -341,15 +312,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
         rgt::mbar_expect_tx(full, BM * 128 + E * 128);
-        if constexpr (SB) {
-#pragma unroll
-          for (int r = 0; r < BM / 64; ++r) rgt::tma_load_2d(sa + r * 8192, &a.tmx, full, (c0 + kc) * 64, m0 + r * 64);
-#pragma unroll
-          for (int r = 0; r < E / 64; ++r) rgt::tma_load_2d(sb + r * 8192, &a.tmw, full, (c0 + kc) * 64, r * 64);
-        } else {
-          rgt::tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
-          rgt::tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
-        }
+        rgt::tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
+        rgt::tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
         if (++s == STAGES) {
           s = 0;
           phase ^= 1;
@@ -412,16 +376,13 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // fetches BM/2 rows of x and multicasts them into both CTAs' stage, and its own E/2 rows of w: 16 + 16 KiB land
 // per 128 × 128 × 64 chunk (BM = 128, E = 256) against 40 KiB per 64 × 256 × 64 without the pair. Persistent: cluster
 // c walks token tiles c, c + clusters, …; a stage is refilled once the consumers of both CTAs released it (the
-// multicast writes into both). TS = 1: a CTA's last tile leaves through shared memory (the drained ring, 128-byte
-// swizzled boxes of 32 columns × 64 rows) by TMA stores instead of 8-byte stores from the registers.
-template <int K, int E, int WGM, int STAGES, int TS = 0>
+// multicast writes into both).
+template <int K, int E, int WGM, int STAGES>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int CM = 2, EH = E / 2, BM = 64 * WGM, XR = BM / CM;
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
-  static_assert(TS == 0 || (EH % 32 == 0 && WGM * EH * 256 <= STAGES * (BM * 128 + ((EH * 128 + 1023) / 1024) * 1024)),
-                "TMA-store epilogue: whole 32-column boxes, staged in the drained ring");
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
@@ -501,24 +462,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       Row::fence(acc);
       if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       if (a.flags & kRgSkipStore) continue;
-      if (TS && t + clusters >= a.tiles) {  // this CTA's last tile: no more loads, the ring is free once every
-                                            // consumer's MMAs are done
-        if constexpr (WGM > 1) asm volatile("bar.sync 1, %0;" ::"n"(WGM * 128) : "memory");
-        const u32 tile = base + wm * (EH * 256);  // EH/32 boxes of 64 rows × 128 bytes
-        Row::stage_sw128(acc, tile, warp * 16 + (lane >> 2), lane);
-        rg90::fence_async_shared();  // generic writes → the copy engine's reads
-        asm volatile("bar.sync %0, 128;" ::"r"(2 + wm) : "memory");
-        if ((tid & 127) == 0 && m0 + wm * 64 < a.T) {  // rows past T are clipped by the copy engine
-#pragma unroll
-          for (int b = 0; b < EH / 32; ++b)
-            rgt::tma_store_2d_f(&a.tmo, tile + b * 8192, static_cast<int>(rank) * EH + b * 32, m0 + wm * 64);
-          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-          asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // shared memory read before exit
-        }
-      } else {
-        float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
-        rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
-      }
+      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
+      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
     }
   }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.

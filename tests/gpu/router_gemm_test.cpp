@@ -418,8 +418,8 @@ TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
   }
 }
 
-// The forward over expert pairs (variant 5: clusters of 2 CTAs, E/2 experts each, x multicast; bk = 128: the last
-// tile of a CTA leaves by TMA stores): every search-space point at shapes with a partial last tile (T = 1: the second CTA's half of the x tile entirely past T), E = 160 /
+// The forward over expert pairs (variant 5, the default on sm_90a where E % 16 == 0 and T ≥ ~7600: clusters of 2
+// CTAs, E/2 experts each, x multicast): every search-space point at shapes with a partial last tile (T = 1: the second CTA's half of the x tile entirely past T), E = 160 /
 // 64 / 16, K not a multiple of 64, and T = 17000 (a persistent cluster walks several tiles); strided rows.
 TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -437,7 +437,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
       EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
     }
   }
-  for (int64_t E : {160, 128}) {  // 128: the TMA-store epilogue writes a strided logits view (its tensor map's pitch)
+  for (int64_t E : {160, 128}) {
     const int64_t T = 300, K = 2048;
     const std::vector<float> x = bf16_values(T * K, mix_seed({0x9eb}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0x9fb}), 0.02f);
@@ -468,11 +468,6 @@ TEST_F(RouterGemmTest, FwdTmaStridedRows) {
   EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
   const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
   EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-  // The TMA-store epilogue (bk = 128) into the same strided view: its tensor map carries the row pitch.
-  const detail::RouterGemmConfig ts{64, 160, 128, 1, 1, 5};
-  const Fwd g = run_fwd(x, w, T, K, E, &ts, K + 64, E + 12, 2);
-  EXPECT_TRUE(g.guards_ok) << "TMA-store epilogue: written outside logits' [T, E] view";
-  EXPECT_TRUE(close_to("logits (TMA store)", g.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
 }
 
 // NaN and ±inf in x propagate like IEEE arithmetic; large and small magnitudes keep their relative accuracy.
