@@ -475,6 +475,4 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #endif
 }
 
-
-
 }  // namespace kiln
