@@ -41,9 +41,11 @@ enum : uint32_t {
   kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7,
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
   kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
-  kFwdTmaKs = 12  // the TMA forward with K split over a cluster (wn = split count)
+  kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
+  kFwdTmaXmc = 13  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit; }
+
 bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16; }
 bool g_split(uint32_t k) { return k == kDwTma || k == kDxTmaSplit; }
 enum { P_K, P_E };
@@ -70,6 +72,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     const int e = static_cast<int>(s.params[P_E]);
     name = fmt::format("kiln::router_gemm_fwd_tma{}_kernel<{}, {}, {}, {}, {}, {}>", s.kernel == kFwdTmaKs ? "_ksplit" : "",
                        s.params[P_K], e, s.config[C_WM], e / s.config[C_BN], s.config[C_STAGES], s.config[C_WN]);
+    return;
+  }
+  if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, wn = 2 (the pair)
+    source = "#include \"kiln/router_gemm_tma.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES]);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -112,6 +120,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce) return 0;
+  if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
+    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
@@ -161,6 +171,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
+  if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
   const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
@@ -182,6 +193,10 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2
+    return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
+           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && c[C_BK] == 64 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 &&
+           smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -228,7 +243,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
-                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit"},
+                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -277,6 +292,11 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
                    // 22.7 / 34.9)
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
+    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages
+                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8)
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, 6);
+      break;
+    }
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
@@ -362,6 +382,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         add(s);
       }
       break;
+    case kFwdTmaXmc: {
+      const int eh = static_cast<int>(E / 2);
+      for (int stages : {6, 7, 4}) {
+        set_config(s, 128, eh, 64, 2, 2, stages);
+        add(s);
+      }
+      set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
+      add(s);
+      break;
+    }
     case kDwTma:
     case kDwTmaBf16:
       for (int cluster : {2, 1, 4})
@@ -471,8 +501,9 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // One entry per kernel and shape (the tuning database keys on them); the forward's other token-count tiles
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
-    for (uint32_t k : {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16})
-      out.push_back(spec(arch, k, K, E));
+    for (uint32_t k :
+         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc})
+      if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -625,14 +656,41 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  // sm_90a: the TMA wgmma kernels — K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill
-  // the GPU at most once (run of 04:17, 8192 tokens: K = 7168 53.7 µs vs 59.6; K = 2048 22.8 vs 21.6), else the
-  // persistent one over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  // sm_90a: the TMA wgmma kernels — the expert-pair kernel (cuBLAS's tiling) where E % 16 == 0 and its pairs of
+  // CTAs fill ≥ 90 % of the SMs (run of 07:10, 8192 tokens: K = 2048 20.5 µs vs 22.4 for 64-token tiles and 23.0
+  // for the K split; K = 7168 51.5 vs 52.9 K split); below that (measured only at 8192 tokens) the earlier choice:
+  // K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill the GPU at most once, else the
+  // persistent kernel over 64-token tiles; elsewhere (or E > 256) mma.sync.
   const int sms = impl.device().sm_count;
-  if (variant < 0)
-    variant = has_wgmma(arch) && E <= 256 ? (K >= 4096 && (T + 127) / 128 * 2 <= sms + sms / 10 ? 3 : 2) : 0;
+  if (variant < 0) {
+    const int64_t pair_ctas = (T + 127) / 128 * 2;
+    if (!(has_wgmma(arch) && E <= 256)) variant = 0;
+    else if (E % 16 == 0 && pair_ctas * 10 >= static_cast<int64_t>(sms) * 9) variant = 5;
+    else variant = K >= 4096 && pair_ctas <= sms + sms / 10 ? 3 : 2;
+  }
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (variant == 5) {
+    if (E % 16 != 0) ck.invalid("variant", fmt::format("the expert-pair forward needs E % 16 == 0, got E = {}", E));
+    const Specialization s = pick(rt, ck, spec(arch, kFwdTmaXmc, K, E), T, force);
+    const int bm = s.config[C_BM];
+    RouterGemmFwdTmaArgs a{};
+    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
+    a.out = static_cast<float*>(logits.data);
+    a.out_stride = lr.stride;
+    a.T = static_cast<int>(T);
+    a.tiles = static_cast<int>((T + bm - 1) / bm);
+    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
+    const int64_t clusters = std::min<int64_t>(a.tiles, std::max(1, sms / 2));  // persistent over token tiles
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(clusters * 2);
+    d.cluster[0] = 2;
+    d.block[0] = static_cast<unsigned>(threads(s));
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    impl.launch(s, d, stream, a);
+    return;
+  }
   if (variant == 3) {
     Specialization base = spec(arch, kFwdTmaKs, K, E);
     if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
@@ -645,6 +703,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
+    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(a.tiles);
     d.grid[1] = static_cast<unsigned>(ks);
@@ -664,6 +723,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
+    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
@@ -729,7 +789,7 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  if (default_bwd_variant(arch, E) == 2)
+  if (default_bwd_variant(arch, E) >= 2)
     return dw_tma_plan(impl.tuned(spec(arch, kDwTma, K, E), T), T, sm_count(rt)).workspace_elems;
   const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
   const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
@@ -805,6 +865,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       }
     }
     RouterGemmDwTmaArgs a{};
+    const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
     encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
     a.dw = static_cast<float*>(dw.data);
@@ -818,12 +879,14 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     d.cluster[1] = static_cast<unsigned>(plan.cluster);
     d.block[0] = static_cast<unsigned>(threads(s));
     d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
     impl.launch(s, d, stream, a);
     if (plan.groups > 1) {  // the groups' sums, added in group order
       const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
       LaunchDims rd;
       rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
       rd.block[0] = 256;
+      rd.pdl = true;  // starts while the dw kernel drains; waits for it (griddepcontrol.wait)
       impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
     }
     if (owned) impl.free_async(owned, stream);
@@ -927,7 +990,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*).
   std::string part = part_in;
   int flags = 0;
-  if (part.ends_with("_altprec")) {  // the TMA backward with the other precision choice (kRgAltPrecision)
+  if (part.ends_with("_nostore")) {  // the TMA forward without its output stores (kRgSkipStore)
+    flags = kRgSkipStore;
+    part.resize(part.size() - 8);
+  } else if (part.ends_with("_altprec")) {  // the TMA backward with the other precision choice (kRgAltPrecision)
     flags = kRgAltPrecision;
     part.resize(part.size() - 8);
   } else if (part.ends_with("_nofence2")) {
@@ -938,7 +1004,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 8);
   }
   int variant = -1;
-  if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
+  if (part.ends_with("_tmaxmc")) {  // the TMA forward over expert pairs (x multicast)
+    variant = 5;
+    part.resize(part.size() - 7);
+  } else if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
     variant = 3;
     part.resize(part.size() - 6);
   } else if (part.ends_with("_tma")) {
@@ -1002,7 +1071,7 @@ namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   static const char* const kParts[] = {"fwd",     "dx",      "dw",     "dw",     "fwd_sm90",       "dx_sm90",
                                        "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec",
-                                       "fwd_tmaks"};
+                                       "fwd_tmaks", "fwd_tmaxmc"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -89,11 +89,12 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 13u);
+  ASSERT_EQ(specs.size(), 14u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
-  // 4–12: the wgmma kernels, sm_90a only (10, 11: the TMA backward at the other precision, for the bench)
-  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}));
+  // 4–13: the wgmma kernels, sm_90a only (10, 11: the TMA backward at the other precision, for the bench; 13: the
+  // forward over expert pairs, E % 16 == 0)
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}));
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
   for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
@@ -102,7 +103,7 @@ TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 13u);
+  ASSERT_EQ(ds.size(), 14u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -166,7 +167,7 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
   family().search_space(enumerated(2048, 256, "sm_90a")[10], space);  // the TMA forward with K split
   ASSERT_GE(space.size(), 4u);
   specs.push_back(space[2]);
-  for (uint32_t k : {8u, 9u}) {  // the TMA backward: a non-default point of each (the defaults compiled above)
+  for (uint32_t k : {8u, 9u, 13u}) {  // TMA dx, dw, expert-pair forward: a non-default point of each
     space.clear();
     family().search_space(enumerated(2048, 256, "sm_90a")[k], space);
     EXPECT_GE(space.size(), 4u);

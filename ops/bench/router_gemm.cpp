@@ -40,15 +40,24 @@ constexpr std::array<std::array<int32_t, 6>, 7> kFwd90Sweep = {{{64, 256, 64, 1,
 // The sm_90a TMA forward: bm = 64·wm tokens, bn experts per consumer warpgroup, wn = cluster CTAs sharing w by
 // multicast (fwd_tma) or splitting K (fwd_tmaks), stages. Run of 03:40 (H100): 64/128/1/1/5 22.82 µs; multicast
 // 64/128/1/2/5 39.15, 64/128/1/4/5 67.14; 128/256/2/1/4 27.10, 128/256/2/2/4 40.61.
-constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 128, 64, 1, 1, 5},
-                                                                 {64, 128, 64, 1, 1, 4},
+// Runs of 06:30 / 07:10 (µs): 64/256/64/1/1/5 22.2; 64/128/64/1/1/5 22.9–23.2; 64/128/64/1/2/5 22.9–23.2;
+// 128/256/64/2/1/4 27.5; 64/256/64/1/1/4 24.9. K split: 128/256/64/2/2/4 23.0; stages 3 25.4; wn 4 42.3; 64/128/1/2/5 26.1.
+constexpr std::array<std::array<int32_t, 6>, 5> kFwdTmaSweep = {{{64, 256, 64, 1, 1, 5},
+                                                                 {64, 128, 64, 1, 1, 5},
                                                                  {64, 128, 64, 1, 2, 5},
                                                                  {128, 256, 64, 2, 1, 4},
-                                                                 {64, 256, 64, 1, 1, 5}}};
+                                                                 {64, 256, 64, 1, 1, 4}}};
 constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64, 2, 2, 4},
                                                                    {128, 256, 64, 2, 2, 3},
                                                                    {128, 256, 64, 2, 4, 4},
                                                                    {64, 128, 64, 1, 2, 5}}};
+// The forward over expert pairs (x multicast in clusters of 2; cuBLAS's tile): bm = 64·wm tokens × bn = E/2 experts a
+// CTA, stages. Run of 07:10 (µs): 128/128/64/2/2/6 20.5–20.7, stages 7 20.6, 4 (with a TMA-store epilogue) 22.5,
+// 64/128/64/1/2/8 21.8.
+constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
+                                                                    {128, 128, 64, 2, 2, 7},
+                                                                    {128, 128, 64, 2, 2, 4},
+                                                                    {64, 128, 64, 1, 2, 8}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
 constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
@@ -105,7 +114,8 @@ void add_sweep(std::vector<BenchCase>& cases, const char* part, const std::array
 const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
-    for (const char* part : {"fwd_tma", "fwd_tmaks", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
+    for (const char* part :
+         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
@@ -118,13 +128,11 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);
-  add_sweep(cases, "dx_tma", kDxTmaSweep);
-  add_sweep(cases, "dw_tma", kDwTmaSweep);
-  add_sweep(cases, "fwd_sm90", kFwd90Sweep);
-  add_sweep(cases, "dx_sm90", kDx90Sweep);
-  add_sweep(cases, "dw_sm90", kDw90Sweep);
-  add_sweep(cases, "dx_mma", kDxSweep);
-  add_sweep(cases, "dw_mma", kDwSweep);
+  add_sweep(cases, "fwd_tmaxmc", kFwdTmaXmcSweep);
+  // The TMA forwards' main loops alone (no logits written, no K-split exchange): what the epilogue costs.
+  for (const char* part : {"fwd_tma_nostore", "fwd_tmaks_nostore", "fwd_tmaxmc_nostore"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

@@ -20,6 +20,7 @@
 // (deterministic: no atomics).
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/pdl.cuh"
 #include "kiln/router_gemm_args.h"
 
 namespace kiln {
@@ -329,10 +330,12 @@ __global__ void __launch_bounds__(WM * WN * 32, 1) router_gemm_dw_kernel(const R
                            K - n0);
 }
 
-// dw = Σ_s partial[s] in split order (splits = 0: zeros). VEC = 4 floats (one 16-byte access) per thread.
+// dw = Σ_s partial[s] in split order (splits = 0: zeros). VEC = 4 floats (one 16-byte access) per thread. After the
+// TMA dw it is launched with PDL: it waits here for that kernel's partials.
 template <int VEC>
 __global__ void __launch_bounds__(256) router_gemm_dw_reduce_kernel(const RouterGemmDwReduceArgs a) {
   static_assert(VEC == 4, "one 16-byte vector per thread");
+  pdl_wait();
   const i64 i = (static_cast<i64>(blockIdx.x) * 256 + threadIdx.x) * VEC;
   if (i >= a.n) return;
   float s[4] = {0.f, 0.f, 0.f, 0.f};

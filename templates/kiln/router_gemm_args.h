@@ -26,6 +26,7 @@ struct RouterGemmFwdTmaArgs {
   float* out; long long out_stride;     // elements between rows of logits
   int T;
   int tiles;                            // ceil(T / BM)
+  int flags;                            // measurement only (0 in the ops): kRgSkipStore
 };
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
@@ -53,7 +54,9 @@ struct RouterGemmDwTmaArgs {
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
-enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgAltPrecision = 4 };
+enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgAltPrecision = 4, kRgSkipStore = 8 };
+// kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
+// bench can time the main loop alone; the output is garbage.
 // kRgAltPrecision (host only, TMA backward): dx from g hi + lo and dw from bf16(g) instead of the default policy
 // (dx from bf16(g), dw from g hi + lo), so the bench can time what the other choice would cost.
 

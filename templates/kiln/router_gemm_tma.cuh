@@ -252,6 +252,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
         else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       }
+      if (a.flags & kRgSkipStore) continue;
       float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
       rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
     }
@@ -348,14 +349,15 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     }
     rg90::wgmma_wait<0>();
     Row::fence(acc);
+    u32 rank;
+    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     // Every consumer's MMAs are done and every loaded stage consumed: the ring becomes the staging tile.
     asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
     Row::stage(acc, base + wn * EN * 4, wm * 64 + warp * 16 + (lane >> 2), lane, PITCH);
     cluster_sync();  // every partial tile of the cluster is staged
-    u32 rank;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     constexpr int ROWS = BM / KS, CPR = E / 4;  // rows this CTA finishes; 16-byte pieces a row
-    rgt::cluster_sum_rows<KS, CONSUMERS * 128, ROWS * CPR>(
+    if (!(a.flags & kRgSkipStore))
+      rgt::cluster_sum_rows<KS, CONSUMERS * 128, ROWS * CPR>(
         base, tid - 128, [&](int i) { return (static_cast<int>(rank) * ROWS + i / CPR) * PITCH + (i % CPR) * 16; },
         [&](int i, const Vec16& o) {
           const int r = static_cast<int>(rank) * ROWS + i / CPR;
@@ -363,6 +365,109 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
         });
     cluster_sync();  // keep this CTA's tile alive until the others have read it
   }
+#else
+  __trap();
+#endif
+}
+
+
+// x multicast over an expert pair: a cluster of 2 CTAs shares one token tile of BM = 64·WGM rows, CTA r computing
+// experts [r·E/2, r·E/2 + E/2) (consumer warpgroup i: rows 64·i …, wgmma m64n(E/2)). Per 64-column chunk each CTA
+// fetches BM/2 rows of x and multicasts them into both CTAs' stage, and its own E/2 rows of w: 16 + 16 KiB land
+// per 128 × 128 × 64 chunk (BM = 128, E = 256) against 40 KiB per 64 × 256 × 64 without the pair. Persistent: cluster
+// c walks token tiles c, c + clusters, …; a stage is refilled once the consumers of both CTAs released it (the
+// multicast writes into both).
+template <int K, int E, int WGM, int STAGES>
+__global__ void __launch_bounds__((1 + WGM) * 128, 1)
+    router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int CM = 2, EH = E / 2, BM = 64 * WGM, XR = BM / CM;
+  static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
+  constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
+  constexpr int CHUNKS = (K + 63) / 64;
+  using Row = rg90::WgmmaRow<EH, 0>;
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
+  const u32 base = (raw + 1023u) & ~1023u;  // the same offset in both CTAs (multicast writes rely on it)
+  const u32 bars = base + STAGES * STAGE;   // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
+  const int tid = threadIdx.x, wg = tid / 128;
+  const u32 rank = blockIdx.x % CM;
+  const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+
+  if (tid == 0) {
+    for (int s = 0; s < STAGES; ++s) {
+      rgt::mbar_init(bars + 8 * s, 1);
+      rgt::mbar_init(bars + 8 * (STAGES + s), WGM * CM);  // every consumer warpgroup of both CTAs
+    }
+    rgt::fence_mbar_init();
+  }
+  cluster_sync();
+
+  if (wg == 0) {  // producer
+    if constexpr (WGM > 1) rgt::setmaxnreg_dec<40>();
+    if (tid == 0) {
+      rgt::prefetch_tmap(&a.tmx);
+      rgt::prefetch_tmap(&a.tmw);
+      int s = 0;
+      u32 phase = 0;
+      for (int t = cluster; t < a.tiles; t += clusters) {
+        const int m0 = t * BM, x0 = m0 + static_cast<int>(rank) * XR;  // this CTA's x rows
+        // Halves of the x tile entirely past T are not fetched (by either CTA; both count the same bytes): the
+        // accumulator rows they feed are never stored.
+        const bool mine = x0 < a.T;
+        const u32 tx = EH * 128 + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
+        for (int kc = 0; kc < CHUNKS; ++kc) {
+          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // both CTAs' consumers released stage s
+          const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
+          rgt::mbar_expect_tx(full, tx);
+          if (mine)
+            rgt::tma_load_2d_multicast(sa + rank * XR * 128, &a.tmx, full, kc * 64, x0, static_cast<unsigned short>(3));
+          rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, static_cast<int>(rank) * EH);
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
+      }
+    }
+  } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
+    if constexpr (WGM > 1) rgt::setmaxnreg_inc<232>();
+    const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    int s = 0;
+    u32 phase = 0;
+    for (int t = cluster; t < a.tiles; t += clusters) {
+      const int m0 = t * BM;
+      typename Row::Acc acc;
+      Row::zero(acc);
+      int prev = -1;
+      for (int kc = 0; kc < CHUNKS; ++kc) {
+        rgt::mbar_wait(bars + 8 * s, phase);
+        const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES;
+        Row::fence(acc);
+        rg90::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
+        rg90::wgmma_commit();
+        rg90::wgmma_wait<1>();  // the previous chunk's MMAs are done: release its stage in both CTAs
+        Row::fence(acc);
+        if (prev >= 0 && (tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+        prev = s;
+        if (++s == STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+      rg90::wgmma_wait<0>();
+      Row::fence(acc);
+      if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      if (a.flags & kRgSkipStore) continue;
+      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
+      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+    }
+  }
+  // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.
+  cluster_sync();
 #else
   __trap();
 #endif

@@ -418,6 +418,36 @@ TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
   }
 }
 
+// The forward over expert pairs (variant 5, the default on sm_90a where E % 16 == 0 and T ≥ ~7600: clusters of 2
+// CTAs, E/2 experts each, x multicast): every search-space point at shapes with a partial last tile (T = 1: the second CTA's half of the x tile entirely past T), E = 160 /
+// 64 / 16, K not a multiple of 64, and T = 17000 (a persistent cluster walks several tiles); strided rows.
+TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 16}, Shape{17000, 1536, 64},
+                         Shape{1, 2048, 256}, Shape{8192, 2048, 256}, Shape{33, 7168, 256}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9ca, static_cast<uint64_t>(E)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9da, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const auto pts = space(13, K, E);
+    EXPECT_GE(pts.size(), 4u);
+    for (const auto& c : pts) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 5);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+    }
+  }
+  for (int64_t E : {160, 128}) {
+    const int64_t T = 300, K = 2048;
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9eb}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9fb}), 0.02f);
+    const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 5);
+    EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view, E = " << E;
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  }
+}
+
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 300, K = 2048, E = 160;
