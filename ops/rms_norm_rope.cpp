@@ -65,11 +65,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
 }
 
-// Shared memory of the staged backward at `depth` ring slots per warp: a warp's slices (Hd/split channels) of x and
-// dy per slot, one mbarrier each.
+// Shared memory of the staged backward at `depth` ring slots per warp: the fp32 weights, then per warp and slot its
+// slices (Hd/split channels) of x and dy and one mbarrier.
 int64_t staged_smem(const Specialization& s, int depth) {
   const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  return static_cast<int64_t>(s.config[C_WARPS]) * depth * (2 * s.params[P_HD] / split_of(s) * es + 8);
+  return 4 * s.params[P_HD] +
+         static_cast<int64_t>(s.config[C_WARPS]) * depth * (2 * s.params[P_HD] / split_of(s) * es + 8);
 }
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
 int rope_depth(const Specialization& s) {
@@ -100,6 +101,15 @@ bool staged_ok(const Specialization& s, int split = 1) {
   if ((Hd / D) % split != 0) return false;
   const int64_t e = vec_elems(D, t), steps = (Hd / split / (2 * e) + 31) / 32;
   return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
+}
+
+// The staged backward at `warps` per CTA and `split` warps per row has room for a ring of ≥ 2 slots per warp.
+bool staged_fits(const Specialization& base, int warps, int split) {
+  Specialization s = base;
+  s.config[C_WARPS] = warps;
+  s.config[C_ROWS] = kRowsStaged;
+  s.config[C_SPLIT] = split;
+  return rope_depth(s) > 0;
 }
 
 // Rows kept in registers between the backward's passes: x and dy of a lane in ≤ 64 registers (the kernel's KEEP).
@@ -151,8 +161,16 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   //        × 8 warps 44.8 (255 registers: 2 warps per scheduler, issue-latency bound), × 4 46.7, × 12 45.3; with
   //        2–4 warps per row (117–206 registers) 45.1–50.9. Kept rows with balanced rows per CTA (CtaRows): 8 warps,
   //        2 per row 40.2 (tuner 42.4; 12 warps × 1 per row 42.1, a tie), × 4 warps 43.3 (tuner).
+  //   v5 (session 4): the staged kernel rewritten for fewer instructions per element (dy rotated once and kept in
+  //        fp32 registers between the passes, dx = r·(w·gn − k·x), fp32 weights in shared memory, dw in registers, no
+  //        division per row: ≈ 740 instead of ≈ 970 instructions per warp and row of 1024 channels), 2 warps per row,
+  //        8 warps per CTA (127 registers, 2 CTAs = 16 warps per SM).
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
+  } else if (staged_ok(s, 2) && staged_fits(s, 8, 2)) {
+    s.config[C_WARPS] = 8;
+    s.config[C_ROWS] = kRowsStaged;
+    s.config[C_SPLIT] = 2;
   } else if (kept_ok(s)) {
     s.config[C_WARPS] = 8;
     s.config[C_ROWS] = kRowsKept;

@@ -285,35 +285,63 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
 }
 
 // ---- staged backward -----------------------------------------------------------------------------------------
-// The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid sized to the GPU,
-// CTA c taking a contiguous strip of rows (sizes differ by ≤ 1, so every SM streams the same bytes). The WARPS warps
-// form GROUPS = WARPS/SPLIT groups; group g takes every GROUPS-th of the CTA's rows (CtaRows), and warp `sub` of the group
-// the contiguous slice of HD/SPLIT channels (whole heads) [sub·HD/SPLIT, …) of those rows. Each warp streams its
-// slices of x and dy through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before),
-// so DEPTH − 1 rows per warp are in flight while it computes one; the SPLIT warps of a row add their Σx² and
-// Σx·w·gn through shared memory (one named barrier per row). The cos/sin values of the next row are loaded into
-// registers while the current one is computed; the lane's weights stay in registers when they fit 32 (SPLIT ≥ 2 at
-// Hd = 2048 bf16), else they are re-read per row (L1 hits). dw for the lane's columns lives in registers
-// (STEPS·2·E ≤ 64); at the end the groups' dw go through the (then idle) rings and are added in group order.
-// Needs 16-byte pair-chunks (E·sizeof(T) = 16) and SPLIT dividing the head count.
-// Shared memory: WARPS·DEPTH·(2·HD/SPLIT·sizeof(T) + 8).
+// The same math with the loads decoupled from the compute (kiln/row_pipe.cuh) and the fewest instructions per
+// element: a persistent grid sized to the GPU; the WARPS warps form GROUPS = WARPS/SPLIT groups; group g takes every
+// GROUPS-th of the CTA's rows c, c + G, … (CtaRows), and warp `sub` of the group the contiguous slice of HD/SPLIT
+// channels (whole heads) [sub·HD/SPLIT, …) of those rows. Each warp streams its slices of x and dy through its own
+// ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in
+// flight while it computes one; the SPLIT warps of a row add their Σx² and Σx·w·gn through shared memory (one named
+// barrier per row). Per element (bf16, D = 128): the first pass unpacks x and dy, rotates dy once (gn, kept in fp32
+// registers for the second pass) and accumulates Σx² and Σx·w·gn; the second pass unpacks x again and computes
+// dx = r·(w·gn − k·x) with k = (P/HD)·r² and dw += x·gn·r — about 14 instructions per element instead of 30 when the
+// rotation and the unpacking of dy were repeated and dw went through shared memory. The weights live in shared
+// memory as fp32 (no unpacking; the halves of 8-channel chunks in two planes, so 8 lanes read 128 contiguous bytes);
+// the cos/sin values of the next row are loaded while the current one is computed and converted once per row; dw for
+// the lane's columns lives in registers; rows are walked with RowWalker (no division per row). At the end the
+// groups' dw go through the (then idle) rings and are added in group order. Needs 16-byte pair-chunks and SPLIT
+// dividing the head count. Shared memory: HD·4 + WARPS·DEPTH·(2·HD/SPLIT·sizeof(T) + 8).
 template <int HD, int D, int SPLIT, typename T>
 struct RopeStaged {
   static_assert(HD % (D * SPLIT) == 0, "SPLIT divides the heads");
   static constexpr int HDS = HD / SPLIT;  // channels of a warp's slice
   using L = RopeLayout<HDS, D, T>;
-  static constexpr bool OK = L::BYTES == 16 && L::STEPS * 2 * L::E <= 64;
+  static constexpr int CH = L::STEPS * 2 * L::E;  // channels per lane: gn and dw registers each
+  static constexpr bool OK = L::BYTES == 16 && CH <= 64;
   static constexpr int PIECE = HDS * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 2 * PIECE;
+  // Resident warps per SM the register cap aims at: 16 (≤ 128 registers) with ≤ 32 channels per lane, else 8.
+  static constexpr int TARGET_WARPS = CH <= 32 ? 16 : 8;
 };
 
+// Index of channel c in the shared-memory weight table: with 8-channel chunks, elements 0–3 of every chunk in the
+// first plane and 4–7 in the second, so a chunk is two float4 loads that 8 consecutive lanes make contiguous.
+template <int HD, int E>
+__device__ __forceinline__ int rope_wpos(int c) {
+  if constexpr (E == 8) return ((c & 4) ? HD / 2 : 0) + (c >> 3) * 4 + (c & 3);
+  else return c;
+}
+template <int HD, int E>
+__device__ __forceinline__ void rope_wload(const float* wsm, int o, float (&w)[E]) {
+  if constexpr (E == 8) {
+    const float4 lo = *reinterpret_cast<const float4*>(wsm + (o >> 3) * 4);
+    const float4 hi = *reinterpret_cast<const float4*>(wsm + HD / 2 + (o >> 3) * 4);
+    w[0] = lo.x; w[1] = lo.y; w[2] = lo.z; w[3] = lo.w;
+    w[4] = hi.x; w[5] = hi.y; w[6] = hi.z; w[7] = hi.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) w[e] = wsm[o + e];
+  }
+}
+
 template <int HD, int D, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W, typename C>
-__global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+__global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGET_WARPS / WARPS > 0
+                                                  ? RopeStaged<HD, D, SPLIT, T>::TARGET_WARPS / WARPS : 1)
+    rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
   pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using St = RopeStaged<HD, D, SPLIT, T>;
   using L = typename St::L;  // the layout of a warp's slice
   using Tab = RopeTable<L, C>;
-  static_assert(St::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
+  static_assert(St::OK, "staged backward: 16-byte pair-chunks and ≤ 64 channels per lane");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
   constexpr int GROUPS = WARPS / SPLIT;
   static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || GROUPS <= 15), "SPLIT divides WARPS; ≤ 15 groups");
@@ -322,48 +350,48 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
 #endif
   constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2, HDS = St::HDS;
   constexpr int PIECE = St::PIECE, SLOT = St::SLOT;
-  constexpr bool WREG = STEPS * 2 * E <= 32;  // the lane's weights kept in registers
-  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
+  // [HD] fp32 weights (rope_wpos order), [WARPS][DEPTH][SLOT] rings, [WARPS][DEPTH] mbarriers.
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ float xch[2][WARPS][2];  // per-row partial sums of a group's warps, double-buffered by row parity
+  float* wsm = reinterpret_cast<float*>(smem_raw);
+  unsigned char* rings = smem_raw + HD * 4;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int group = warp / SPLIT, sub = warp - group * SPLIT;
   const int c0 = sub * HDS;  // first channel of the warp's slice
-  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
-                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  WarpRing<DEPTH, SLOT, BULK> ring{rings + warp * DEPTH * SLOT,
+                                   reinterpret_cast<u64*>(rings + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
   const CtaRows strip(a.M, group, GROUPS);
   const int rows = strip.n;  // this warp's rows
+  RowWalker iw(strip, 0, a.S);  // (b, s) of the next row to issue
   auto issue = [&](int k) {
-    const i64 row = strip.row(k);
-    const i64 b = row / a.S, s = row - b * a.S;
-    const void* const src[2] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
-                                static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
+    const void* const src[2] = {static_cast<const T*>(a.x) + iw.q * a.x_sb + iw.m * a.x_ss + c0,
+                                static_cast<const T*>(a.dy) + iw.q * a.dy_sb + iw.m * a.dy_ss + c0};
     ring.template issue<PIECE, 2>(k, k < rows, src, lane);
+    iw.next();
   };
 #pragma unroll
   for (int k = 0; k < DEPTH; ++k) issue(k);
 
-  // cos/sin of row `row` for this lane (the whole row's values when every step lands on the same column).
-  auto table_of = [&](i64 row, Tab& t) {
-    const i64 s = row % a.S;
-    t.load(static_cast<const C*>(a.cos) + s * a.cos_ss, static_cast<const C*>(a.sin) + s * a.sin_ss, lane);
-  };
+  for (int i = threadIdx.x; i < HD; i += WARPS * 32)
+    wsm[rope_wpos<HD, E>(i)] = to_float(static_cast<const W*>(a.w)[i]);
+
+  // cos/sin: with every step of a lane on one column (ONCE), the row's values as floats, the next row's in flight.
+  const C* const cosb = static_cast<const C*>(a.cos);
+  const C* const sinb = static_cast<const C*>(a.sin);
+  float cf[Tab::ONCE ? E : 1], sf[Tab::ONCE ? E : 1];
   Tab tab;
+  RowWalker cw(strip, 0, a.S);  // (b, s) of the row being computed
+  RowWalker tw(strip, 1, a.S);  // (b, s) of the row after it
   if constexpr (Tab::ONCE) {
-    if (rows > 0) table_of(strip.row(0), tab);
-  }
-  float wk1[WREG ? STEPS : 1][WREG ? E : 1], wk2[WREG ? STEPS : 1][WREG ? E : 1];
-  if constexpr (WREG) {
+    if (rows > 0) {
+      tab.load(cosb + cw.m * a.cos_ss, sinb + cw.m * a.sin_ss, lane);
 #pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int p = st * 32 + lane;
-      if (NP % 32 == 0 || p < NP) {
-        load_f<W, E>(a.w, c0 + L::chan(p), wk1[st]);
-        load_f<W, E>(a.w, c0 + L::chan(p) + H2, wk2[st]);
-      }
+      for (int e = 0; e < E; ++e) cf[e] = tab.cos_(e), sf[e] = tab.sin_(e);
     }
   }
+  __syncthreads();  // the weight table is complete
 
   float dw1[STEPS][E], dw2[STEPS][E];
 #pragma unroll
@@ -372,49 +400,47 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
 
   for (int k = 0; k < rows; ++k) {
-    const i64 row = strip.row(k);
-    const i64 b = row / a.S, s = row - b * a.S;
-    Tab next;  // the next row's table, in flight while this row is computed
     if constexpr (Tab::ONCE) {
-      if (k + 1 < rows) table_of(strip.row(k + 1), next);
+      if (k + 1 < rows) tab.load(cosb + tw.m * a.cos_ss, sinb + tw.m * a.sin_ss, lane);  // in flight meanwhile
+      tw.next();
     }
     ring.wait(k);
-    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
-    const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
-    const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k));
     const T* gs = xs + HDS;
+    const C* cr = cosb + cw.m * a.cos_ss;
+    const C* sr = sinb + cw.m * a.sin_ss;
 
-    float ss = 0.f, P = 0.f;
+    float gn1[STEPS][E], gn2[STEPS][E];  // the rotated dy, fp32, for the second pass
+    float ss0 = 0.f, ss1 = 0.f, P0 = 0.f, P1 = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = st * 32 + lane;
       if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
-        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
+        Tab t2;
+        if constexpr (!Tab::ONCE) t2.load(cr, sr, p);
         float w1[E], w2[E];
-        if constexpr (WREG) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) w1[e] = wk1[st][e], w2[e] = wk2[st][e];
-        } else {
-          load_f<W, E>(a.w, c0 + o, w1);
-          load_f<W, E>(a.w, c0 + o + H2, w2);
-        }
+        rope_wload<HD, E>(wsm, c0 + o, w1);
+        rope_wload<HD, E>(wsm, c0 + o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
+          float c, s;
+          if constexpr (Tab::ONCE) c = cf[e], s = sf[e];
+          else c = t2.cos_(e), s = t2.sin_(e);
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
           const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          ss = fmaf(xa, xa, ss);
-          ss = fmaf(xb, xb, ss);
-          P = fmaf(xa * w1[e], na, P);
-          P = fmaf(xb * w2[e], nb, P);
+          const float na = fmaf(gb, s, ga * c), nb = fmaf(-ga, s, gb * c);
+          gn1[st][e] = na;
+          gn2[st][e] = nb;
+          ss0 = fmaf(xa, xa, ss0);
+          ss1 = fmaf(xb, xb, ss1);
+          P0 = fmaf(xa * w1[e], na, P0);
+          P1 = fmaf(xb * w2[e], nb, P1);
         }
       }
     }
-    ss = warp_sum(ss);
-    P = warp_sum(P);
+    float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
     if constexpr (SPLIT > 1) {
       const int par = k & 1;
       if (lane == 0) {
@@ -430,33 +456,28 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
         P += xch[par][group * SPLIT + q][1];
       }
     }
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
-    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+    const float r = rsqrtf(ss / static_cast<float>(HD) + a.eps);
+    // dx = r·w·gn − (P/HD)·r³·x = r·(w·gn − k·x), k = (P/HD)·r·r (P/HD first: r³ alone under/overflows fp32 for
+    // rows of rms ≳ 1e13 or ≲ 1e-13 with eps = 0, while k·x stays of the order of gn).
+    const float kx = (P / static_cast<float>(HD)) * r * r;
 
+    T* dxr = static_cast<T*>(a.dx) + cw.q * a.dx_sb + cw.m * a.dx_ss + c0;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = st * 32 + lane;
       if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
-        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
-        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
+        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2);
         float w1[E], w2[E], d1[E], d2[E];
-        if constexpr (WREG) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) w1[e] = wk1[st][e], w2[e] = wk2[st][e];
-        } else {
-          load_f<W, E>(a.w, c0 + o, w1);
-          load_f<W, E>(a.w, c0 + o + H2, w2);
-        }
+        rope_wload<HD, E>(wsm, c0 + o, w1);
+        rope_wload<HD, E>(wsm, c0 + o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          d1[e] = r * w1[e] * na - coef * xa;
-          d2[e] = r * w2[e] * nb - coef * xb;
-          dw1[st][e] = fmaf(xa * r, na, dw1[st][e]);
-          dw2[st][e] = fmaf(xb * r, nb, dw2[st][e]);
+          d1[e] = r * fmaf(-kx, xa, w1[e] * gn1[st][e]);
+          d2[e] = r * fmaf(-kx, xb, w2[e] * gn2[st][e]);
+          dw1[st][e] = fmaf(xa * gn1[st][e], r, dw1[st][e]);
+          dw2[st][e] = fmaf(xb * gn2[st][e], r, dw2[st][e]);
         }
         Raw<16> o1, o2;
         raw_fill<T>(o1, d1);
@@ -465,7 +486,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
         st_raw(dxr + o + H2, o2);
       }
     }
-    if constexpr (Tab::ONCE) tab = next;
+    if constexpr (Tab::ONCE) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) cf[e] = tab.cos_(e), sf[e] = tab.sin_(e);
+    }
+    cw.next();
     ring.release();
     issue(k + DEPTH);
   }
@@ -473,7 +498,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
 
   // The groups' dw through the rings ([GROUPS][HD] fp32 ≤ their size), added in group order.
   __syncthreads();
-  float* red = reinterpret_cast<float*>(smem_raw);
+  float* red = reinterpret_cast<float*>(rings);
   static_assert(GROUPS * HD * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
