@@ -82,7 +82,7 @@ int rope_depth(const Specialization& s) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
   if (s.config[C_ROWS] == kRowsStaged) return static_cast<int>(staged_smem(s, rope_depth(s)));
-  return static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * 4);
+  return static_cast<int>((s.config[C_WARPS] + 1) * s.params[P_HD] * 4);  // fp32 weights, a dw slice per warp
 }
 
 // The channels one access moves: the largest power of two dividing D/2, at most 16 bytes of x's dtype.

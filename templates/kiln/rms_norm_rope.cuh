@@ -135,10 +135,31 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_rope_fwd_kernel(const Rms
   }
 }
 
-// Persistent grid; dynamic shared memory WARPS·HD floats (one dw slice per warp). Registers capped at 128 (16 warps
-// per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x and dy
-// from registers (≤ 64 per lane) instead of re-reading them (L1/L2 hits); with one warp per row it needs ~170
-// registers (at 128 it spills ~100 bytes at Hd = 2048 bf16), so its cap is then 12 warps per SM.
+// Index of channel c in the shared-memory weight table: with 8-channel chunks, elements 0–3 of every chunk in the
+// first plane and 4–7 in the second, so a chunk is two float4 loads that 8 consecutive lanes make contiguous.
+template <int HD, int E>
+__device__ __forceinline__ int rope_wpos(int c) {
+  if constexpr (E == 8) return ((c & 4) ? HD / 2 : 0) + (c >> 3) * 4 + (c & 3);
+  else return c;
+}
+template <int HD, int E>
+__device__ __forceinline__ void rope_wload(const float* wsm, int o, float (&w)[E]) {
+  if constexpr (E == 8) {
+    const float4 lo = *reinterpret_cast<const float4*>(wsm + (o >> 3) * 4);
+    const float4 hi = *reinterpret_cast<const float4*>(wsm + HD / 2 + (o >> 3) * 4);
+    w[0] = lo.x; w[1] = lo.y; w[2] = lo.z; w[3] = lo.w;
+    w[4] = hi.x; w[5] = hi.y; w[6] = hi.z; w[7] = hi.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) w[e] = wsm[o + e];
+  }
+}
+
+// Persistent grid; dynamic shared memory HD + WARPS·HD floats (the weights in fp32, then one dw slice per warp).
+// Registers capped at 128 (16 warps per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x from
+// registers and the rotated dy (gn, fp32, computed once in the first pass) from registers (≤ 64 bytes of rows per
+// lane) instead of re-reading and re-rotating (L1/L2 hits); with one warp per row it needs ~170 registers, so its cap
+// is then 12 warps per SM. dx = r·(w·gn − k·x) with k = (P/HD)·r². Rows are walked with RowWalker (no division).
 // SPLIT warps share a row: warp `sub` of a group takes pair-chunks (st·SPLIT + sub)·32 + lane, the group adds its
 // partial Σx² and Σx·w·gn through shared memory in warp order (a named barrier per group): half or a quarter of the
 // registers per row, and SPLIT× finer work items for the persistent grid's last round.
@@ -153,21 +174,25 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
   constexpr int STEPS = (NP + 32 * SPLIT - 1) / (32 * SPLIT);  // steps of this warp's share of the row
   constexpr bool KEEP = KEEP_ROWS && STEPS * 4 * B <= 256;
   constexpr int NG = WARPS / SPLIT;  // rows in flight per CTA
-  extern __shared__ __align__(16) float dws[];  // [WARPS][HD]
+  extern __shared__ __align__(16) float smf[];  // [HD] weights (rope_wpos order), then [WARPS][HD] dw slices
   __shared__ float xch[2][WARPS][2];            // per-row partial sums of a group, double-buffered by row parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int group = warp / SPLIT, sub = warp - group * SPLIT;
+  float* const wsm = smf;
+  float* const dws = smf + HD;
   float* dw = dws + warp * HD;
   for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
-  __syncwarp();
+  for (int i = threadIdx.x; i < HD; i += WARPS * 32)
+    wsm[rope_wpos<HD, E>(i)] = to_float(static_cast<const W*>(a.w)[i]);
+  __syncthreads();
 
   // The CTA's rows c, c + G, … (counts differ by ≤ 1: every SM gets the same work; a grid-stride walk over groups
   // of NG rows gave the first CTAs a whole extra round), group g taking every NG-th of them.
   const CtaRows strip(a.M, group, NG);
+  RowWalker walk(strip, 0, a.S);
   int parity = 0;
-  for (int k = 0; k < strip.n; ++k, parity ^= 1) {
-    const i64 row = strip.row(k);
-    const i64 b = row / a.S, s = row - b * a.S;
+  for (int k = 0; k < strip.n; ++k, parity ^= 1, walk.next()) {
+    const i64 b = walk.q, s = walk.m;
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
     const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
@@ -189,10 +214,17 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
         }
       }
     }
-    RopeTable<L, C> tab;
-    if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
+    using Tab = RopeTable<L, C>;
+    Tab tab;
+    float cf[Tab::ONCE ? E : 1], sf[Tab::ONCE ? E : 1];  // the row's cos/sin, converted once
+    if constexpr (Tab::ONCE) {
+      tab.load(cr, sr, lane);
+#pragma unroll
+      for (int e = 0; e < E; ++e) cf[e] = tab.cos_(e), sf[e] = tab.sin_(e);
+    }
 
-    float ss = 0.f, P = 0.f;
+    float gk1[KEEP ? STEPS : 1][KEEP ? E : 1], gk2[KEEP ? STEPS : 1][KEEP ? E : 1];  // gn kept for the second pass
+    float ss0 = 0.f, ss1 = 0.f, P0 = 0.f, P1 = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = (st * SPLIT + sub) * 32 + lane;
@@ -205,24 +237,30 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
           x1 = ld_raw<B, false>(xr + o); x2 = ld_raw<B, false>(xr + o + H2);
           g1 = ld_raw<B, false>(gr + o); g2 = ld_raw<B, false>(gr + o + H2);
         }
-        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E];
-        load_f<W, E>(a.w, o, w1);
-        load_f<W, E>(a.w, o + H2, w2);
+        rope_wload<HD, E>(wsm, o, w1);
+        rope_wload<HD, E>(wsm, o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
           const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          ss = fmaf(xa, xa, ss);
-          ss = fmaf(xb, xb, ss);
-          P = fmaf(xa * w1[e], na, P);
-          P = fmaf(xb * w2[e], nb, P);
+          float c, sn;
+          if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
+          else c = tab.cos_(e), sn = tab.sin_(e);
+          const float na = fmaf(gb, sn, ga * c), nb = fmaf(-ga, sn, gb * c);
+          if constexpr (KEEP) {
+            gk1[st][e] = na;
+            gk2[st][e] = nb;
+          }
+          ss0 = fmaf(xa, xa, ss0);
+          ss1 = fmaf(xb, xb, ss1);
+          P0 = fmaf(xa * w1[e], na, P0);
+          P1 = fmaf(xb * w2[e], nb, P1);
         }
       }
     }
-    ss = warp_sum(ss);
-    P = warp_sum(P);
+    float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
     if constexpr (SPLIT > 1) {
       if (lane == 0) {
         xch[parity][warp][0] = ss;
@@ -237,44 +275,55 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
         P += xch[parity][group * SPLIT + k][1];
       }
     }
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
-    // (P/HD)·r first: r³ alone underflows fp32 for rows of rms ≳ 1e13, while the product stays representable.
-    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+    const float r = rsqrtf(ss / static_cast<float>(HD) + a.eps);
+    // dx = r·w·gn − (P/HD)·r³·x = r·(w·gn − k·x), k = (P/HD)·r·r (P/HD first: r³ alone under/overflows fp32 for
+    // rows of rms ≳ 1e13 or, with eps = 0, ≲ 1e-13, while k·x stays of the order of gn).
+    const float kx = (P / static_cast<float>(HD)) * r * r;
 
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = (st * SPLIT + sub) * 32 + lane;
       if (p < NP) {
         const int o = L::chan(p);
-        Raw<B> x1, x2, g1, g2;
+        Raw<B> x1, x2;
+        float n1[E], n2[E];  // gn
         if constexpr (KEEP) {
-          x1 = x1v[st]; x2 = x2v[st]; g1 = g1v[st]; g2 = g2v[st];
-          launder(x1); launder(x2); launder(g1); launder(g2);
+          x1 = x1v[st]; x2 = x2v[st];
+          launder(x1); launder(x2);
+#pragma unroll
+          for (int e = 0; e < E; ++e) n1[e] = gk1[st][e], n2[e] = gk2[st][e];
         } else {
           x1 = ld_raw<B, false>(xr + o); x2 = ld_raw<B, false>(xr + o + H2);
-          g1 = ld_raw<B, false>(gr + o); g2 = ld_raw<B, false>(gr + o + H2);
+          const Raw<B> g1 = ld_raw<B, false>(gr + o), g2 = ld_raw<B, false>(gr + o + H2);
+          if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+            float c, sn;
+            if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
+            else c = tab.cos_(e), sn = tab.sin_(e);
+            n1[e] = fmaf(gb, sn, ga * c);
+            n2[e] = fmaf(-ga, sn, gb * c);
+          }
         }
-        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E], d1[E], d2[E], a1[E], a2[E];
-        load_f<W, E>(a.w, o, w1);
-        load_f<W, E>(a.w, o + H2, w2);
+        rope_wload<HD, E>(wsm, o, w1);
+        rope_wload<HD, E>(wsm, o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          d1[e] = r * w1[e] * na - coef * xa;
-          d2[e] = r * w2[e] * nb - coef * xb;
-          a1[e] = xa * r * na;
-          a2[e] = xb * r * nb;
+          d1[e] = r * fmaf(-kx, xa, w1[e] * n1[e]);
+          d2[e] = r * fmaf(-kx, xb, w2[e] * n2[e]);
+          a1[e] = xa * n1[e];
+          a2[e] = xb * n2[e];
         }
         Raw<B> o1, o2;
         raw_fill<T>(o1, d1);
         raw_fill<T>(o2, d2);
         st_raw(dxr + o, o1);
         st_raw(dxr + o + H2, o2);
-        smem_add<E>(dw + o, a1);
-        smem_add<E>(dw + o + H2, a2);
+        smem_fma<E>(dw + o, a1, r);  // dw += x·gn·r
+        smem_fma<E>(dw + o + H2, a2, r);
       }
     }
   }
@@ -312,26 +361,6 @@ struct RopeStaged {
   // Resident warps per SM the register cap aims at: 16 (≤ 128 registers) with ≤ 32 channels per lane, else 8.
   static constexpr int TARGET_WARPS = CH <= 32 ? 16 : 8;
 };
-
-// Index of channel c in the shared-memory weight table: with 8-channel chunks, elements 0–3 of every chunk in the
-// first plane and 4–7 in the second, so a chunk is two float4 loads that 8 consecutive lanes make contiguous.
-template <int HD, int E>
-__device__ __forceinline__ int rope_wpos(int c) {
-  if constexpr (E == 8) return ((c & 4) ? HD / 2 : 0) + (c >> 3) * 4 + (c & 3);
-  else return c;
-}
-template <int HD, int E>
-__device__ __forceinline__ void rope_wload(const float* wsm, int o, float (&w)[E]) {
-  if constexpr (E == 8) {
-    const float4 lo = *reinterpret_cast<const float4*>(wsm + (o >> 3) * 4);
-    const float4 hi = *reinterpret_cast<const float4*>(wsm + HD / 2 + (o >> 3) * 4);
-    w[0] = lo.x; w[1] = lo.y; w[2] = lo.z; w[3] = lo.w;
-    w[4] = hi.x; w[5] = hi.y; w[6] = hi.z; w[7] = hi.w;
-  } else {
-#pragma unroll
-    for (int e = 0; e < E; ++e) w[e] = wsm[o + e];
-  }
-}
 
 template <int HD, int D, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W, typename C>
 __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGET_WARPS / WARPS > 0
