@@ -83,7 +83,7 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
   if (s.config[C_ROWS] == kRowsStaged)  // the staged backward's rings: x, gate, dy per slot, one mbarrier each
     return static_cast<int>(s.config[C_WARPS] * gate_depth(s) * (3 * seg_channels * es + 8));
-  return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
+  return static_cast<int>((s.config[C_WARPS] + 1) * seg_channels * 4);  // fp32 weights, a dw slice per warp
 }
 
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).

@@ -156,10 +156,10 @@ __device__ __forceinline__ void rope_wload(const float* wsm, int o, float (&w)[E
 }
 
 // Persistent grid; dynamic shared memory HD + WARPS·HD floats (the weights in fp32, then one dw slice per warp).
-// Registers capped at 128 (16 warps per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x from
-// registers and the rotated dy (gn, fp32, computed once in the first pass) from registers (≤ 64 bytes of rows per
-// lane) instead of re-reading and re-rotating (L1/L2 hits); with one warp per row it needs ~170 registers, so its cap
-// is then 12 warps per SM. dx = r·(w·gn − k·x) with k = (P/HD)·r². Rows are walked with RowWalker (no division).
+// Registers capped at 128 (16 warps per SM; unbounded, ptxas hoists every load of the row and takes ~250).
+// KEEP_ROWS: the second pass takes x and the rotated dy (gn, fp32, computed once in the first pass) from registers
+// (≤ 64 bytes of rows per lane) instead of re-reading and re-rotating (L1/L2 hits); with one warp per row it needs
+// ~170 registers, so its cap is then 12 warps per SM. dx = r·(w·gn − k·x) with k = (P/HD)·r². Rows are walked with RowWalker (no division).
 // SPLIT warps share a row: warp `sub` of a group takes pair-chunks (st·SPLIT + sub)·32 + lane, the group adds its
 // partial Σx² and Σx·w·gn through shared memory in warp order (a named barrier per group): half or a quarter of the
 // registers per row, and SPLIT× finer work items for the persistent grid's last round.
