@@ -341,7 +341,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
 // ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in
 // flight while it computes one; the SPLIT warps of a row add their Σx² and Σx·w·gn through shared memory (one named
 // barrier per row). Per element (bf16, D = 128): the first pass unpacks x and dy, rotates dy once (gn, kept in fp32
-// registers for the second pass) and accumulates Σx² and Σx·w·gn; the second pass unpacks x again and computes
+// registers for the second pass when a lane holds ≤ 32 channels) and accumulates Σx² and Σx·w·gn; the second pass unpacks x again and computes
 // dx = r·(w·gn − k·x) with k = (P/HD)·r² and dw += x·gn·r — about 14 instructions per element instead of 30 when the
 // rotation and the unpacking of dy were repeated and dw went through shared memory. The weights live in shared
 // memory as fp32 (no unpacking; the halves of 8-channel chunks in two planes, so 8 lanes read 128 contiguous bytes);
@@ -354,8 +354,11 @@ struct RopeStaged {
   static_assert(HD % (D * SPLIT) == 0, "SPLIT divides the heads");
   static constexpr int HDS = HD / SPLIT;  // channels of a warp's slice
   using L = RopeLayout<HDS, D, T>;
-  static constexpr int CH = L::STEPS * 2 * L::E;  // channels per lane: gn and dw registers each
+  static constexpr int CH = L::STEPS * 2 * L::E;  // channels per lane: dw registers (and gn ones when CARRY)
   static constexpr bool OK = L::BYTES == 16 && CH <= 64;
+  // gn kept in fp32 registers between the passes with ≤ 32 channels per lane; with more (one warp per row at
+  // Hd = 2048) the second pass reads dy again and re-rotates it (64 more registers would spill).
+  static constexpr bool CARRY = CH <= 32;
   static constexpr int PIECE = HDS * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 2 * PIECE;
   // Resident warps per SM the register cap aims at: 16 (≤ 128 registers) with ≤ 32 channels per lane, else 8.
@@ -379,6 +382,7 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
 #endif
   constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2, HDS = St::HDS;
   constexpr int PIECE = St::PIECE, SLOT = St::SLOT;
+  constexpr bool CARRY = St::CARRY;
   // [HD] fp32 weights (rope_wpos order), [WARPS][DEPTH][SLOT] rings, [WARPS][DEPTH] mbarriers.
   extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ float xch[2][WARPS][2];  // per-row partial sums of a group's warps, double-buffered by row parity
@@ -439,7 +443,7 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
     const C* cr = cosb + cw.m * a.cos_ss;
     const C* sr = sinb + cw.m * a.sin_ss;
 
-    float gn1[STEPS][E], gn2[STEPS][E];  // the rotated dy, fp32, for the second pass
+    float gn1[CARRY ? STEPS : 1][CARRY ? E : 1], gn2[CARRY ? STEPS : 1][CARRY ? E : 1];  // gn for the second pass
     float ss0 = 0.f, ss1 = 0.f, P0 = 0.f, P1 = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
@@ -460,8 +464,10 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
           const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
           const float na = fmaf(gb, s, ga * c), nb = fmaf(-ga, s, gb * c);
-          gn1[st][e] = na;
-          gn2[st][e] = nb;
+          if constexpr (CARRY) {
+            gn1[st][e] = na;
+            gn2[st][e] = nb;
+          }
           ss0 = fmaf(xa, xa, ss0);
           ss1 = fmaf(xb, xb, ss1);
           P0 = fmaf(xa * w1[e], na, P0);
@@ -497,16 +503,34 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
       if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2);
+        float n1[E], n2[E];
+        if constexpr (CARRY) {
+#pragma unroll
+          for (int e = 0; e < E; ++e) n1[e] = gn1[st][e], n2[e] = gn2[st][e];
+        } else {
+          const Raw<16> g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
+          Tab t2;
+          if constexpr (!Tab::ONCE) t2.load(cr, sr, p);
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            float c, sn;
+            if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
+            else c = t2.cos_(e), sn = t2.sin_(e);
+            const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+            n1[e] = fmaf(gb, sn, ga * c);
+            n2[e] = fmaf(-ga, sn, gb * c);
+          }
+        }
         float w1[E], w2[E], d1[E], d2[E];
         rope_wload<HD, E>(wsm, c0 + o, w1);
         rope_wload<HD, E>(wsm, c0 + o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          d1[e] = r * fmaf(-kx, xa, w1[e] * gn1[st][e]);
-          d2[e] = r * fmaf(-kx, xb, w2[e] * gn2[st][e]);
-          dw1[st][e] = fmaf(xa * gn1[st][e], r, dw1[st][e]);
-          dw2[st][e] = fmaf(xb * gn2[st][e], r, dw2[st][e]);
+          d1[e] = r * fmaf(-kx, xa, w1[e] * n1[e]);
+          d2[e] = r * fmaf(-kx, xb, w2[e] * n2[e]);
+          dw1[st][e] = fmaf(xa * n1[e], r, dw1[st][e]);
+          dw2[st][e] = fmaf(xb * n2[e], r, dw2[st][e]);
         }
         Raw<16> o1, o2;
         raw_fill<T>(o1, d1);
