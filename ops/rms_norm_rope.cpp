@@ -95,11 +95,13 @@ int64_t vec_elems(int64_t D, DType t) {
 
 // The staged backward with `split` warps per row needs 16-byte pair-chunks, split dividing the head count and dw
 // for a lane's columns of its slice in ≤ 64 registers (RopeStaged::OK).
+// Eight warps per row only where each still keeps all 32 lanes busy (≥ 32 pair-chunks in its slice).
 bool staged_ok(const Specialization& s, int split = 1) {
   const int64_t Hd = s.params[P_HD], D = s.params[P_D];
   const DType t = static_cast<DType>(s.params[P_DTYPE]);
   if ((Hd / D) % split != 0) return false;
-  const int64_t e = vec_elems(D, t), steps = (Hd / split / (2 * e) + 31) / 32;
+  const int64_t e = vec_elems(D, t), chunks = Hd / split / (2 * e), steps = (chunks + 31) / 32;
+  if (split == 8 && chunks < 32) return false;
   return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
 }
 
@@ -163,14 +165,15 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   //        2 per row 40.2 (tuner 42.4; 12 warps × 1 per row 42.1, a tie), × 4 warps 43.3 (tuner).
   //   v5 (session 4): the staged kernel rewritten for fewer instructions per element (dy rotated once and kept in
   //        fp32 registers between the passes, dx = r·(w·gn − k·x), fp32 weights in shared memory, dw in registers, no
-  //        division per row: ≈ 740 instead of ≈ 970 instructions per warp and row of 1024 channels), 2 warps per row,
-  //        8 warps per CTA (127 registers, 2 CTAs = 16 warps per SM).
+  //        division per row: ≈ 740 instead of ≈ 970 instructions per warp and row of 1024 channels). Bench (round 1):
+  //        staged 16 warps × 4 per row (96 registers, one CTA per SM) 36.75; × 2 per row 39.26; 8 warps × 2 per row
+  //        39.78, × 1 per row 50.98; 4 warps × 2 per row 39.66; kept rows × 8 warps 2 per row 40.78, 12 × 1 40.69.
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
-  } else if (staged_ok(s, 2) && staged_fits(s, 8, 2)) {
-    s.config[C_WARPS] = 8;
+  } else if (staged_ok(s, 4) && staged_fits(s, 16, 4)) {
+    s.config[C_WARPS] = 16;
     s.config[C_ROWS] = kRowsStaged;
-    s.config[C_SPLIT] = 2;
+    s.config[C_SPLIT] = 4;
   } else if (kept_ok(s)) {
     s.config[C_WARPS] = 8;
     s.config[C_ROWS] = kRowsKept;
@@ -199,8 +202,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   auto add = [&](const Specialization& c) {
     if (c.config != def.config) out.push_back(c);
   };
-  for (int w : {1, 2, 4, 8, 12, 16}) {
-    if (base.kernel == kFwd && (w < 2 || w == 12)) {
+  for (int w : {1, 2, 4, 8, 12, 16, 20, 24}) {
+    if (base.kernel == kFwd && (w < 2 || w == 12 || w > 16)) {
       continue;
     } else if (base.kernel == kFwd) {
       s.config[C_WARPS] = w;
@@ -212,9 +215,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // Measured at Hd = 2048 (bench/NOTES.md): one warp per CTA, and re-read rows with < 4 warps or 4 per row, are
       // far behind (≥ 47 µs against 41–43): not offered.
       if (w == 1 || (rows == kRowsReread && w < 4)) continue;
-      for (int split : {1, 2, 4}) {
+      // More than 16 warps per CTA, and 8 warps per row: the staged kernel only (≤ 96 registers; the others need more).
+      if (w > 16 && rows != kRowsStaged) continue;
+      for (int split : {1, 2, 4, 8}) {
         // Warps sharing a row: they divide the CTA's warps, ≤ 15 groups (named barriers); staged: whole heads each.
         if (split > 1 && (w % split != 0 || w / split > 15)) continue;
+        if (split == 8 && rows != kRowsStaged) continue;
         if (rows == kRowsReread && split == 4) continue;
         if (rows == kRowsStaged && !staged_ok(base, split)) continue;
         s.config[C_WARPS] = w;

@@ -295,8 +295,11 @@ __device__ __forceinline__ void gate_wload(const float* wsm, int o, float (&w)[E
 // reciprocal (the SFU does 16 of each per clock per SM: 4 per element would be a third of the kernel's time) and no
 // unpacking of dy. dw for the lane's columns accumulates in registers when a lane holds ≤ 32 channels (else in the
 // warp's shared-memory slice); the warps' slices are added in warp order at the end. Tokens are walked with
-// RowWalker (no division per token).
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
+// RowWalker (no division per token). PF > 0 (sm_90): as it starts an item, lane 0 asks for the x, gate and dy rows of
+// the warp's item PF ahead to be brought into L2 (bulk prefetches: no registers, no shared memory), so DRAM keeps
+// streaming while the warp computes and its own loads wait for L2 only.
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W,
+          int PF = 0>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
   pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
@@ -325,7 +328,25 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   // The CTA's tokens c, c + gridDim.x, … (counts differ by ≤ 1), warp w taking every WARPS-th of them.
   const CtaRows strip(a.M, warp, WARPS);
   RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
+  RowWalker pfw(strip, 1, a.seq_major ? a.B : a.S);  // the next item to prefetch (PF > 0): 1, 2, …
+  auto prefetch = [&](int k) {
+    if (lane == 0 && k < strip.n) {
+      i64 b, s;
+      walker_bs(a, pfw, b, s);
+      constexpr u32 BYTES = SEGC * sizeof(T);
+      pipe_prefetch_l2(static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0, BYTES);
+      pipe_prefetch_l2(static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0, BYTES);
+      pipe_prefetch_l2(static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0, BYTES);
+    }
+    pfw.next();
+  };
+  if constexpr (PF > 0) {
+    static_assert(SEGC * sizeof(T) % 16 == 0, "L2 prefetch: whole 16-byte pieces");
+#pragma unroll
+    for (int k = 1; k < PF; ++k) prefetch(k);  // item 0 is loaded right away; items 1 … PF − 1 before the loop
+  }
   for (int k = 0; k < strip.n; ++k, walk.next()) {
+    if constexpr (PF > 0) prefetch(k + PF);
     i64 b, s;
     walker_bs(a, walk, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;

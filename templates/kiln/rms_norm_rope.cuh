@@ -361,8 +361,9 @@ struct RopeStaged {
   static constexpr bool CARRY = CH <= 32;
   static constexpr int PIECE = HDS * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 2 * PIECE;
-  // Resident warps per SM the register cap aims at: 16 (≤ 128 registers) with ≤ 32 channels per lane, else 8.
-  static constexpr int TARGET_WARPS = CH <= 32 ? 16 : 8;
+  // Resident warps per SM the register cap aims at: 24 (≤ 85 registers) with ≤ 16 channels per lane, 16 (≤ 128)
+  // with ≤ 32, else 8. CTAs of more warps than that are capped by their own size.
+  static constexpr int TARGET_WARPS = CH <= 16 ? 24 : CH <= 32 ? 16 : 8;
 };
 
 template <int HD, int D, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W, typename C>

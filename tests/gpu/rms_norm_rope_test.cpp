@@ -354,7 +354,8 @@ TEST_F(RmsNormRopeGpu, BackwardVariants) {
     const ref::RmsNormRopeGrads g = ref::rms_norm_rope_bwd(d.dy, d.x, d.w, d.cos, d.sin, c.B, c.S, c.Hd, c.D, kEps);
     for (const auto& [rows, warps, split] : {std::tuple{0, 8, 1}, {0, 4, 1}, {1, 8, 1}, {1, 4, 1}, {1, 12, 1},
                                              {1, 8, 2}, {1, 16, 4}, {0, 16, 2}, {0, 8, 2}, {2, 8, 1}, {2, 4, 1},
-                                             {2, 2, 1}, {2, 8, 2}, {2, 16, 4}, {2, 4, 4}, {2, 12, 2}}) {
+                                             {2, 2, 1}, {2, 8, 2}, {2, 16, 4}, {2, 4, 4}, {2, 12, 2}, {2, 20, 4},
+                                             {2, 24, 4}}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " split " +
                    std::to_string(split));
       const Bwd b = run_bwd(d, rows, warps, split);
