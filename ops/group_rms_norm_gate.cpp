@@ -29,9 +29,10 @@ enum { C_WARPS, C_SEG, C_ROWS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
 // shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
 // streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
-// sigmoids (≤ 16 channels per lane), 4 as 3 with the x, gate and dy rows of the warp's item two ahead prefetched into
-// L2 (bulk prefetch, sm_90).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsKeptSigmoidPf = 4 };
+// sigmoids (≤ 16 channels per lane), 4 and 5 as 3 with the x, gate and dy rows of the warp's item two (4) or one (5)
+// ahead prefetched into L2 (bulk prefetch, sm_90).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsKeptSigmoidPf = 4,
+       kRowsKeptSigmoidPf1 = 5 };
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -45,6 +46,11 @@ const char* type_name(int64_t d) {
 }
 
 int gate_depth(const Specialization& s);
+
+// Items ahead whose rows the kept-rows backward prefetches into L2 (rows modes 4 and 5).
+int prefetch_ahead(const Specialization& s) {
+  return s.config[C_ROWS] == kRowsKeptSigmoidPf ? 2 : s.config[C_ROWS] == kRowsKeptSigmoidPf1 ? 1 : 0;
+}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/group_rms_norm_gate.cuh\"\n";
@@ -66,7 +72,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
                            s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] >= kRowsKeptSigmoid,
                            s.config[C_ROWS] >= kRowsKeptSigmoid, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
-                           s.config[C_ROWS] == kRowsKeptSigmoidPf ? 2 : 0);
+                           prefetch_ahead(s));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -198,9 +204,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsKeptSigmoidPf}) {
+      for (int rows :
+           {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsKeptSigmoidPf, kRowsKeptSigmoidPf1}) {
         if (base.kernel == kFwd && (rows == kRowsKept || rows >= kRowsKeptSigmoid || w < 2)) continue;
-        if (rows == kRowsKeptSigmoidPf && (base.arch.sm < 90 || (s.params[P_DIM] / s.params[P_G] * seg *
+        if (rows >= kRowsKeptSigmoidPf && (base.arch.sm < 90 || (s.params[P_DIM] / s.params[P_G] * seg *
                                                                  static_cast<int64_t>(dtype_size(t))) % 16 != 0))
           continue;
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
