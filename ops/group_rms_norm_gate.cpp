@@ -207,9 +207,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       for (int rows :
            {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsKeptSigmoidPf, kRowsKeptSigmoidPf1}) {
         if (base.kernel == kFwd && (rows == kRowsKept || rows >= kRowsKeptSigmoid || w < 2)) continue;
-        if (rows >= kRowsKeptSigmoidPf && (base.arch.sm < 90 || (s.params[P_DIM] / s.params[P_G] * seg *
-                                                                 static_cast<int64_t>(dtype_size(t))) % 16 != 0))
-          continue;
+        // L2 prefetch (sm_90, whole 16-byte pieces), offered with ≥ 4 warps per CTA.
+        if (rows >= kRowsKeptSigmoidPf && (base.arch.sm < 90 || w < 4 || d * seg * es % 16 != 0)) continue;
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
         if (rows >= kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         s.config[C_WARPS] = w;
