@@ -29,10 +29,8 @@ enum { C_WARPS, C_SEG, C_ROWS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
 // shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
 // streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
-// sigmoids (≤ 16 channels per lane), 4 and 5 as 3 with the x, gate and dy rows of the warp's item two (4) or one (5)
-// ahead prefetched into L2 (bulk prefetch, sm_90).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsKeptSigmoidPf = 4,
-       kRowsKeptSigmoidPf1 = 5 };
+// sigmoids (≤ 16 channels per lane).
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -46,11 +44,6 @@ const char* type_name(int64_t d) {
 }
 
 int gate_depth(const Specialization& s);
-
-// Items ahead whose rows the kept-rows backward prefetches into L2 (rows modes 4 and 5).
-int prefetch_ahead(const Specialization& s) {
-  return s.config[C_ROWS] == kRowsKeptSigmoidPf ? 2 : s.config[C_ROWS] == kRowsKeptSigmoidPf1 ? 1 : 0;
-}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/group_rms_norm_gate.cuh\"\n";
@@ -68,11 +61,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                            p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
                            s.arch.sm >= 90, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       else
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
-                           s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] >= kRowsKeptSigmoid,
-                           s.config[C_ROWS] >= kRowsKeptSigmoid, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
-                           prefetch_ahead(s));
+                           s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] == kRowsKeptSigmoid,
+                           s.config[C_ROWS] == kRowsKeptSigmoid, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -91,7 +83,7 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
   if (s.config[C_ROWS] == kRowsStaged)  // the staged backward's rings: x, gate, dy per slot, one mbarrier each
     return static_cast<int>(s.config[C_WARPS] * gate_depth(s) * (3 * seg_channels * es + 8));
-  return static_cast<int>((s.config[C_WARPS] + 1) * seg_channels * 4);  // fp32 weights, a dw slice per warp
+  return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
 }
 
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
@@ -204,13 +196,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows :
-           {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsKeptSigmoidPf, kRowsKeptSigmoidPf1}) {
-        if (base.kernel == kFwd && (rows == kRowsKept || rows >= kRowsKeptSigmoid || w < 2)) continue;
-        // L2 prefetch (sm_90, whole 16-byte pieces), offered with ≥ 4 warps per CTA.
-        if (rows >= kRowsKeptSigmoidPf && (base.arch.sm < 90 || w < 4 || d * seg * es % 16 != 0)) continue;
+      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid}) {
+        if (base.kernel == kFwd && (rows == kRowsKept || rows == kRowsKeptSigmoid || w < 2)) continue;
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
-        if (rows >= kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
+        if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         s.config[C_WARPS] = w;
         s.config[C_SEG] = static_cast<int>(seg);
         s.config[C_ROWS] = rows;

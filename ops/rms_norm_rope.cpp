@@ -28,11 +28,8 @@ enum { C_WARPS, C_ROWS, C_SPLIT };
 // C_ROWS (bwd): where the second pass finds x and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in shared
 // memory (rms_norm_rope_bwd_staged_kernel: balanced row strips, a ring of rope_depth() rows per warp streamed by TMA
 // bulk copies on sm_90, cp.async before).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsStagedDeep = 3 };
-// 3: staged with 4 ring slots per warp (3 rows in flight) where they fit.
-bool staged(const Specialization& s) {
-  return s.config[C_ROWS] == kRowsStaged || s.config[C_ROWS] == kRowsStagedDeep;
-}
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
+bool staged(const Specialization& s) { return s.config[C_ROWS] == kRowsStaged; }
 
 constexpr int64_t kMaxHidden = 32768;
 
@@ -77,9 +74,7 @@ int64_t staged_smem(const Specialization& s, int depth) {
          static_cast<int64_t>(s.config[C_WARPS]) * depth * (2 * s.params[P_HD] / split_of(s) * es + 8);
 }
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
-// Rows mode 3: 4 slots, or none.
 int rope_depth(const Specialization& s) {
-  if (s.config[C_ROWS] == kRowsStagedDeep) return staged_smem(s, 4) <= 227 * 1024 - 512 ? 4 : 0;
   for (int depth : {3, 2})
     if (staged_smem(s, depth) <= 227 * 1024 - 512) return depth;
   return 0;
@@ -216,27 +211,26 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       add(s);
       continue;
     }
-    for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsStagedDeep}) {
+    for (int rows : {kRowsReread, kRowsKept, kRowsStaged}) {
       if (rows == kRowsKept && !kept_ok(base)) continue;
       // Measured at Hd = 2048 (bench/NOTES.md): one warp per CTA, and re-read rows with < 4 warps or 4 per row, are
       // far behind (≥ 47 µs against 41–43): not offered.
       if (w == 1 || (rows == kRowsReread && w < 4)) continue;
       // More than 16 warps per CTA, and 8 warps per row: the staged kernel only (≤ 96 registers; the others need more).
-      if (w > 16 && rows < kRowsStaged) continue;
+      if (w > 16 && rows != kRowsStaged) continue;
       for (int split : {1, 2, 4, 8}) {
         // Warps sharing a row: they divide the CTA's warps, ≤ 15 groups (named barriers); staged: whole heads each.
         if (split > 1 && (w % split != 0 || w / split > 15)) continue;
-        if (split == 8 && rows < kRowsStaged) continue;
-        // Measured (round 1): the staged kernel is fastest with 4 warps per row; the deeper ring and CTAs of more
-        // than 16 warps are offered with ≥ 4 per row only (CI compiles every point).
-        if ((rows == kRowsStagedDeep || w > 16) && split < 4) continue;
+        if (split == 8 && rows != kRowsStaged) continue;
+        // Measured (round 1): the staged kernel is fastest with 4 warps per row; CTAs of more than 16 warps are
+        // offered with ≥ 4 per row only (CI compiles every point).
+        if (w > 16 && split < 4) continue;
         if (rows == kRowsReread && split == 4) continue;
-        if (rows >= kRowsStaged && !staged_ok(base, split)) continue;
+        if (rows == kRowsStaged && !staged_ok(base, split)) continue;
         s.config[C_WARPS] = w;
         s.config[C_ROWS] = rows;
         s.config[C_SPLIT] = split;
-        if (rows >= kRowsStaged ? rope_depth(s) < (rows == kRowsStagedDeep ? 4 : 2) : smem_bytes(s) > 227 * 1024)
-          continue;
+        if (rows == kRowsStaged ? rope_depth(s) == 0 : smem_bytes(s) > 227 * 1024) continue;
         add(s);
       }
     }

@@ -266,40 +266,15 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
   }
 }
 
-// Index of segment channel i in the shared-memory weight table: with 8-channel chunks, elements 0–3 of every chunk
-// in the first plane and 4–7 in the second, so a chunk is two float4 loads that 8 consecutive lanes make contiguous
-// (no bank conflicts).
-template <int SEGC, int E>
-__device__ __forceinline__ int gate_wpos(int i) {
-  if constexpr (E == 8) return ((i & 4) ? SEGC / 2 : 0) + (i >> 3) * 4 + (i & 3);
-  else return i;
-}
-template <int SEGC, int E>
-__device__ __forceinline__ void gate_wload(const float* wsm, int o, float (&w)[E]) {
-  if constexpr (E == 8) {
-    const float4 lo = *reinterpret_cast<const float4*>(wsm + (o >> 3) * 4);
-    const float4 hi = *reinterpret_cast<const float4*>(wsm + SEGC / 2 + (o >> 3) * 4);
-    w[0] = lo.x; w[1] = lo.y; w[2] = lo.z; w[3] = lo.w;
-    w[4] = hi.x; w[5] = hi.y; w[6] = hi.z; w[7] = hi.w;
-  } else {
-#pragma unroll
-    for (int e = 0; e < E; ++e) w[e] = wsm[o + e];
-  }
-}
-
-// Persistent grid (gridDim.y = segments); dynamic shared memory (WARPS + 1)·SEG·d floats (the segment's weights in
-// fp32, then a dw slice per warp). Registers capped at 128 (16 warps per SM). KEEP_ROWS: x, gate and dy stay in
-// registers between the passes when they fit 48 registers per lane; otherwise (or when off) the second pass re-reads
-// them (L1/L2 hits). KEEP_SIG (with kept rows of ≤ 16 channels per
+// Persistent grid (gridDim.y = segments); dynamic shared memory WARPS·SEG·d floats. Registers capped at 128 (16 warps
+// per SM). KEEP_ROWS: x, gate and dy stay in registers between the passes when they fit 48 registers per lane;
+// otherwise (or when off) the second pass re-reads them (L1/L2 hits). KEEP_SIG (with kept rows of ≤ 16 channels per
 // lane): y·σ and 1 − σ of the first pass are kept instead of gate and dy, so the second pass needs no exp and
 // reciprocal (the SFU does 16 of each per clock per SM: 4 per element would be a third of the kernel's time) and no
 // unpacking of dy. dw for the lane's columns accumulates in registers when a lane holds ≤ 32 channels (else in the
 // warp's shared-memory slice); the warps' slices are added in warp order at the end. Tokens are walked with
-// RowWalker (no division per token). PF > 0 (sm_90): as it starts an item, lane 0 asks for the x, gate and dy rows of
-// the warp's item PF ahead to be brought into L2 (bulk prefetches: no registers, no shared memory), so DRAM keeps
-// streaming while the warp computes and its own loads wait for L2 only.
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W,
-          int PF = 0>
+// RowWalker (no division per token).
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
   pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
@@ -308,17 +283,14 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
   constexpr bool KSIG = KEEP && KEEP_SIG && STEPS * E <= 16;
   constexpr bool DWREG = STEPS * E <= 32;
-  extern __shared__ __align__(16) float smf[];  // [SEGC] fp32 weights (gate_wpos order), then [WARPS][SEGC] dw
+  extern __shared__ __align__(16) float dws[];  // [WARPS][SEGC]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
-  float* const wsm = smf;
-  float* const dws = smf + SEGC;
   float* dw = dws + warp * SEGC;
-  if constexpr (!DWREG)
+  if constexpr (!DWREG) {
     for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
-  for (int i = threadIdx.x; i < SEGC; i += WARPS * 32)
-    wsm[gate_wpos<SEGC, E>(i)] = to_float(static_cast<const W*>(a.w)[SHARED_W ? (c0 + i) % d : c0 + i]);
-  __syncthreads();
+    __syncwarp();
+  }
   float dwr[DWREG ? STEPS : 1][DWREG ? E : 1];
 #pragma unroll
   for (int st = 0; st < (DWREG ? STEPS : 1); ++st)
@@ -328,25 +300,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   // The CTA's tokens c, c + gridDim.x, … (counts differ by ≤ 1), warp w taking every WARPS-th of them.
   const CtaRows strip(a.M, warp, WARPS);
   RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
-  RowWalker pfw(strip, 1, a.seq_major ? a.B : a.S);  // the next item to prefetch (PF > 0): 1, 2, …
-  auto prefetch = [&](int k) {
-    if (lane == 0 && k < strip.n) {
-      i64 b, s;
-      walker_bs(a, pfw, b, s);
-      constexpr u32 BYTES = SEGC * sizeof(T);
-      pipe_prefetch_l2(static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0, BYTES);
-      pipe_prefetch_l2(static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0, BYTES);
-      pipe_prefetch_l2(static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0, BYTES);
-    }
-    pfw.next();
-  };
-  if constexpr (PF > 0) {
-    static_assert(SEGC * sizeof(T) % 16 == 0, "L2 prefetch: whole 16-byte pieces");
-#pragma unroll
-    for (int k = 1; k < PF; ++k) prefetch(k);  // item 0 is loaded right away; items 1 … PF − 1 before the loop
-  }
   for (int k = 0; k < strip.n; ++k, walk.next()) {
-    if constexpr (PF > 0) prefetch(k + PF);
     i64 b, s;
     walker_bs(a, walk, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
@@ -382,8 +336,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
           xraw = ld_raw<B, false>(xr + c * E); graw = ld_raw<B, false>(gr + c * E);
           yraw = ld_raw<B, false>(yr + c * E);
         }
+        const int ch = c0 + c * E;
         float w[E];
-        gate_wload<SEGC, E>(wsm, c * E, w);
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
         float p_ss = 0.f, p_q = 0.f;
 #pragma unroll
         for (int e = 0; e < E; ++e) {
@@ -430,8 +385,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
         }
         const int q = L::group(st, lane);
         const float rq = pick(r, q), cq = pick(coef, q);
+        const int ch = c0 + c * E;
         float w[E], dxo[E], dgo[E], acc[E];
-        gate_wload<SEGC, E>(wsm, c * E, w);
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e);

@@ -87,13 +87,6 @@ __device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 b
       : "memory");
 #endif
 }
-// `bytes` (a multiple of 16; the address 16-byte aligned) global → L2, no destination and no completion to wait for:
-// a later ordinary load of the range hits L2 instead of waiting for DRAM.
-__device__ __forceinline__ void pipe_prefetch_l2(const void* src, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(src), "r"(bytes) : "memory");
-#endif
-}
 __device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) {
 #if __CUDA_ARCH__ >= 900
   u32 done;

@@ -336,8 +336,7 @@ TEST_F(GroupRmsNormGateGpu, BackwardVariants) {
     const Data d = make_data(c, 0x88);
     const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
     for (const auto& [rows, warps, seg] : {std::tuple{0, 8, 4}, {0, 4, 1}, {1, 8, 1}, {1, 8, 2}, {2, 8, 2}, {2, 4, 4},
-                                           {2, 8, 1}, {2, 1, 2}, {3, 8, 1}, {3, 4, 1}, {4, 8, 1}, {4, 16, 1},
-                                           {4, 4, 1}, {5, 8, 1}}) {
+                                           {2, 8, 1}, {2, 1, 2}, {3, 8, 1}, {3, 4, 1}}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
       const Bwd b = run_bwd(d, -1, rows, warps, seg);
       EXPECT_TRUE(b.guards_ok);

@@ -214,8 +214,7 @@ class RmsNormRopeGpu : public GpuTest {
     std::vector<float> dx, dweight;
     bool guards_ok = false;
   };
-  // rows ≥ 0 forces the backward's config (0 re-read, 1 kept in registers, 2 staged in shared memory, 3 staged with
-  // 4 slots; warps).
+  // rows ≥ 0 forces the backward's config (0 re-read, 1 kept in registers, 2 staged in shared memory; warps).
   static Bwd run_bwd(const Data& d, int rows = -1, int warps = 0, int split = 1) {
     Runtime& r = rt();
     DeviceBuffer x = d.upload_rows(r, d.x), dy = d.upload_rows(r, d.dy), w = upload_plain(r, d.c.w_dtype, d.w);
@@ -356,7 +355,7 @@ TEST_F(RmsNormRopeGpu, BackwardVariants) {
     for (const auto& [rows, warps, split] : {std::tuple{0, 8, 1}, {0, 4, 1}, {1, 8, 1}, {1, 4, 1}, {1, 12, 1},
                                              {1, 8, 2}, {1, 16, 4}, {0, 16, 2}, {0, 8, 2}, {2, 8, 1}, {2, 4, 1},
                                              {2, 2, 1}, {2, 8, 2}, {2, 16, 4}, {2, 4, 4}, {2, 12, 2}, {2, 20, 4},
-                                             {2, 24, 4}, {3, 16, 4}}) {
+                                             {2, 24, 4}}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " split " +
                    std::to_string(split));
       const Bwd b = run_bwd(d, rows, warps, split);
@@ -378,7 +377,10 @@ TEST_F(RmsNormRopeGpu, BackwardIsDeterministic) {
 
 // A caller-provided workspace (poisoned) gives the result of kiln's own; a short one is rejected.
 TEST_F(RmsNormRopeGpu, ExplicitWorkspace) {
-  const Case c{2, 300, 2048, 128, DType::bf16};
+  // rms_norm_rope_bwd_workspace_elems is an upper bound over the shape's specializations (it counts the CTAs the
+  // thread limit allows, not the occupancy); it is exact where every CTA of the persistent grid is bound by the row
+  // count: 120 rows are 30 CTAs of the default's 4 rows, fewer than the GPU holds, so elems − 1 is too short.
+  const Case c{2, 60, 2048, 128, DType::bf16};
   const Data d = make_data(c, 0x68);
   Runtime& r = rt();
   const Bwd own = run_bwd(d);
