@@ -29,6 +29,7 @@ enum { C_WARPS, C_ROWS, C_SPLIT };
 // memory (rms_norm_rope_bwd_staged_kernel: balanced row strips, a ring of rope_depth() rows per warp streamed by TMA
 // bulk copies on sm_90, cp.async before).
 enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2 };
+bool staged(const Specialization& s) { return s.config[C_ROWS] == kRowsStaged; }
 
 constexpr int64_t kMaxHidden = 32768;
 
@@ -55,7 +56,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kFwd)
     name = fmt::format("kiln::rms_norm_rope_fwd_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D], s.config[C_WARPS],
                        type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
-  else if (s.config[C_ROWS] == kRowsStaged)
+  else if (staged(s))
     name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
                        s.config[C_WARPS], split_of(s), rope_depth(s), s.arch.sm >= 90, type_name(p[P_DTYPE]),
                        type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
@@ -65,11 +66,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
 }
 
-// Shared memory of the staged backward at `depth` ring slots per warp: a warp's slices (Hd/split channels) of x and
-// dy per slot, one mbarrier each.
+// Shared memory of the staged backward at `depth` ring slots per warp: the fp32 weights, then per warp and slot its
+// slices (Hd/split channels) of x and dy and one mbarrier.
 int64_t staged_smem(const Specialization& s, int depth) {
   const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  return static_cast<int64_t>(s.config[C_WARPS]) * depth * (2 * s.params[P_HD] / split_of(s) * es + 8);
+  return 4 * s.params[P_HD] +
+         static_cast<int64_t>(s.config[C_WARPS]) * depth * (2 * s.params[P_HD] / split_of(s) * es + 8);
 }
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
 int rope_depth(const Specialization& s) {
@@ -80,8 +82,8 @@ int rope_depth(const Specialization& s) {
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
-  if (s.config[C_ROWS] == kRowsStaged) return static_cast<int>(staged_smem(s, rope_depth(s)));
-  return static_cast<int>(s.config[C_WARPS] * s.params[P_HD] * 4);
+  if (staged(s)) return static_cast<int>(staged_smem(s, rope_depth(s)));
+  return static_cast<int>((s.config[C_WARPS] + 1) * s.params[P_HD] * 4);  // fp32 weights, a dw slice per warp
 }
 
 // The channels one access moves: the largest power of two dividing D/2, at most 16 bytes of x's dtype.
@@ -94,12 +96,23 @@ int64_t vec_elems(int64_t D, DType t) {
 
 // The staged backward with `split` warps per row needs 16-byte pair-chunks, split dividing the head count and dw
 // for a lane's columns of its slice in ≤ 64 registers (RopeStaged::OK).
+// Eight warps per row only where each still keeps all 32 lanes busy (≥ 32 pair-chunks in its slice).
 bool staged_ok(const Specialization& s, int split = 1) {
   const int64_t Hd = s.params[P_HD], D = s.params[P_D];
   const DType t = static_cast<DType>(s.params[P_DTYPE]);
   if ((Hd / D) % split != 0) return false;
-  const int64_t e = vec_elems(D, t), steps = (Hd / split / (2 * e) + 31) / 32;
+  const int64_t e = vec_elems(D, t), chunks = Hd / split / (2 * e), steps = (chunks + 31) / 32;
+  if (split == 8 && chunks < 32) return false;
   return e * static_cast<int64_t>(dtype_size(t)) == 16 && steps * 2 * e <= 64;
+}
+
+// The staged backward at `warps` per CTA and `split` warps per row has room for a ring of ≥ 2 slots per warp.
+bool staged_fits(const Specialization& base, int warps, int split) {
+  Specialization s = base;
+  s.config[C_WARPS] = warps;
+  s.config[C_ROWS] = kRowsStaged;
+  s.config[C_SPLIT] = split;
+  return rope_depth(s) > 0;
 }
 
 // Rows kept in registers between the backward's passes: x and dy of a lane in ≤ 64 registers (the kernel's KEEP).
@@ -151,8 +164,17 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   //        × 8 warps 44.8 (255 registers: 2 warps per scheduler, issue-latency bound), × 4 46.7, × 12 45.3; with
   //        2–4 warps per row (117–206 registers) 45.1–50.9. Kept rows with balanced rows per CTA (CtaRows): 8 warps,
   //        2 per row 40.2 (tuner 42.4; 12 warps × 1 per row 42.1, a tie), × 4 warps 43.3 (tuner).
+  //   v5 (session 4): the staged kernel rewritten for fewer instructions per element (dy rotated once and kept in
+  //        fp32 registers between the passes, dx = r·(w·gn − k·x), fp32 weights in shared memory, dw in registers, no
+  //        division per row: ≈ 740 instead of ≈ 970 instructions per warp and row of 1024 channels). Bench (round 1):
+  //        staged 16 warps × 4 per row (96 registers, one CTA per SM) 36.75; × 2 per row 39.26; 8 warps × 2 per row
+  //        39.78, × 1 per row 50.98; 4 warps × 2 per row 39.66; kept rows × 8 warps 2 per row 40.78, 12 × 1 40.69.
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
+  } else if (staged_ok(s, 4) && staged_fits(s, 16, 4)) {
+    s.config[C_WARPS] = 16;
+    s.config[C_ROWS] = kRowsStaged;
+    s.config[C_SPLIT] = 4;
   } else if (kept_ok(s)) {
     s.config[C_WARPS] = 8;
     s.config[C_ROWS] = kRowsKept;
@@ -181,8 +203,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   auto add = [&](const Specialization& c) {
     if (c.config != def.config) out.push_back(c);
   };
-  for (int w : {1, 2, 4, 8, 12, 16}) {
-    if (base.kernel == kFwd && (w < 2 || w == 12)) {
+  for (int w : {1, 2, 4, 8, 12, 16, 20, 24}) {
+    if (base.kernel == kFwd && (w < 2 || w == 12 || w > 16)) {
       continue;
     } else if (base.kernel == kFwd) {
       s.config[C_WARPS] = w;
@@ -194,9 +216,15 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // Measured at Hd = 2048 (bench/NOTES.md): one warp per CTA, and re-read rows with < 4 warps or 4 per row, are
       // far behind (≥ 47 µs against 41–43): not offered.
       if (w == 1 || (rows == kRowsReread && w < 4)) continue;
-      for (int split : {1, 2, 4}) {
+      // More than 16 warps per CTA, and 8 warps per row: the staged kernel only (≤ 96 registers; the others need more).
+      if (w > 16 && rows != kRowsStaged) continue;
+      for (int split : {1, 2, 4, 8}) {
         // Warps sharing a row: they divide the CTA's warps, ≤ 15 groups (named barriers); staged: whole heads each.
         if (split > 1 && (w % split != 0 || w / split > 15)) continue;
+        if (split == 8 && rows != kRowsStaged) continue;
+        // Measured (round 1): the staged kernel is fastest with 4 warps per row; CTAs of more than 16 warps are
+        // offered with ≥ 4 per row only (CI compiles every point).
+        if (w > 16 && split < 4) continue;
         if (rows == kRowsReread && split == 4) continue;
         if (rows == kRowsStaged && !staged_ok(base, split)) continue;
         s.config[C_WARPS] = w;

@@ -130,7 +130,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      }});
   }
   // Backward variants (config forced) until the tuner picks per shape: (rows mode, warps, segment groups).
-  for (const auto& [rows, warps, seg] : {std::tuple{3, 8, 1}, {3, 4, 1}, {1, 4, 1}, {1, 16, 1}, {2, 8, 1}}) {
+  for (const auto& [rows, warps, seg] : {std::tuple{3, 8, 1}, {3, 4, 1}, {3, 16, 1}, {1, 16, 1}, {2, 8, 1}, {2, 16, 1},
+                                           {2, 4, 1}}) {
     cases.push_back({"group_rms_norm_gate_bwd",
                      fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows={} warps={} seg={}", rows, warps, seg),
                      [rows, warps, seg](Runtime& rt) {

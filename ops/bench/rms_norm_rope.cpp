@@ -123,8 +123,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      }});
   }
   // Backward variants (config forced) until the tuner picks per shape: rows re-read / kept / staged × warps.
-  for (const auto& [rows, warps, split] : {std::tuple{1, 12, 1}, {1, 8, 2}, {1, 16, 2}, {1, 16, 4}, {1, 12, 2},
-                                           {0, 8, 1}, {0, 16, 2}}) {
+  for (const auto& [rows, warps, split] : {std::tuple{1, 8, 2}, {2, 16, 2}, {2, 8, 4}, {2, 20, 4}, {2, 24, 4}}) {
     cases.push_back({"rms_norm_rope_bwd",
                      fmt::format("B=2 S=4096 Hd=2048 D=128 bf16 rows={} warps={} split={}", rows, warps, split),
                      [rows, warps, split](Runtime& rt) {

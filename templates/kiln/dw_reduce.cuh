@@ -58,8 +58,21 @@ __global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwRed
   const int j = blockIdx.x * COLS + tx;
   float s = 0.f;
   if (j < NOUT) {
+    int g = ty;
+    if constexpr (FOLD == 1) {
+      // 16 rows' loads in flight at once, then added in ascending g (the order of the loop below): a slice of 264
+      // CTA rows takes 3 L2 round trips instead of 5.
+      constexpr int U = 16;
+      for (; g + (U - 1) * SLICES < a.G; g += U * SLICES) {
+        float v[U];
+#pragma unroll
+        for (int u = 0; u < U; ++u) v[u] = partial[static_cast<i64>(g + u * SLICES) * NOUT + j];
+#pragma unroll
+        for (int u = 0; u < U; ++u) s += v[u];
+      }
+    }
 #pragma unroll 8
-    for (int g = ty; g < a.G; g += SLICES) {
+    for (; g < a.G; g += SLICES) {
       const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
 #pragma unroll
       for (int f = 0; f < FOLD; ++f) s += row[f * NOUT + j];

@@ -41,15 +41,26 @@ struct GateLayout {
 };
 
 // σ(g) = 1/(1 + e^−g), and 1 − σ(g) = e^−g·σ(g) (accurate where σ rounds to 1; e^−g = inf gives σ = 0, 1 − σ = 1).
-// 16-bit outputs use the fast exp and reciprocal (ex2/rcp.approx, a few 1e-7 relative: far below their rounding);
-// fp32 outputs the accurate exp and a correctly rounded reciprocal.
+// 16-bit outputs use the fast exp and reciprocal (ex2/rcp.approx.ftz, a few 1e-7 relative: far below their
+// rounding; two instructions each — the non-ftz ex2 needs three more to scale denormal results; flushing them only
+// turns 1 − σ < 1.2e-38 (g > 87) into 0); fp32 outputs the accurate exp and a correctly rounded reciprocal.
+__device__ __forceinline__ float ex2_ftz(float v) {
+  float r;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
+__device__ __forceinline__ float rcp_ftz(float v) {
+  float r;
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
+  return r;
+}
 template <typename T>
 __device__ __forceinline__ float sigmoid_of_exp(float e) {
-  return sizeof(T) == 4 ? __frcp_rn(1.0f + e) : __fdividef(1.0f, 1.0f + e);  // e = inf: 0 either way
+  return sizeof(T) == 4 ? __frcp_rn(1.0f + e) : rcp_ftz(1.0f + e);  // e = inf: 0 either way
 }
 template <typename T>
 __device__ __forceinline__ float exp_neg(float g) {
-  return sizeof(T) == 4 ? expf(-g) : __expf(-g);
+  return sizeof(T) == 4 ? expf(-g) : ex2_ftz(g * -1.4426950408889634f);
 }
 template <typename T>
 struct Sigmoid {
@@ -243,11 +254,26 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
   cp_async_wait<0>();
 }
 
+// (b, s) of the token a RowWalker over walking order stands on (its divisor is B when seq_major, else S).
+template <typename Args>
+__device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64& b, i64& s) {
+  if (a.seq_major) {
+    s = w.q;
+    b = w.m;
+  } else {
+    b = w.q;
+    s = w.m;
+  }
+}
+
 // Persistent grid (gridDim.y = segments); dynamic shared memory WARPS·SEG·d floats. Registers capped at 128 (16 warps
 // per SM). KEEP_ROWS: x, gate and dy stay in registers between the passes when they fit 48 registers per lane;
 // otherwise (or when off) the second pass re-reads them (L1/L2 hits). KEEP_SIG (with kept rows of ≤ 16 channels per
-// lane): σ and 1 − σ of the first pass are kept too, so the second pass needs no exp and reciprocal (the SFU does
-// 16 of each per clock per SM: 4 per element would be a third of the kernel's time).
+// lane): y·σ and 1 − σ of the first pass are kept instead of gate and dy, so the second pass needs no exp and
+// reciprocal (the SFU does 16 of each per clock per SM: 4 per element would be a third of the kernel's time) and no
+// unpacking of dy. dw for the lane's columns accumulates in registers when a lane holds ≤ 32 channels (else in the
+// warp's shared-memory slice); the warps' slices are added in warp order at the end. Tokens are walked with
+// RowWalker (no division per token).
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
@@ -256,19 +282,27 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
   constexpr bool KSIG = KEEP && KEEP_SIG && STEPS * E <= 16;
+  constexpr bool DWREG = STEPS * E <= 32;
   extern __shared__ __align__(16) float dws[];  // [WARPS][SEGC]
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
   float* dw = dws + warp * SEGC;
-  for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
-  __syncwarp();
+  if constexpr (!DWREG) {
+    for (int i = lane; i < SEGC; i += 32) dw[i] = 0.f;
+    __syncwarp();
+  }
+  float dwr[DWREG ? STEPS : 1][DWREG ? E : 1];
+#pragma unroll
+  for (int st = 0; st < (DWREG ? STEPS : 1); ++st)
+#pragma unroll
+    for (int e = 0; e < (DWREG ? E : 1); ++e) dwr[st][e] = 0.f;
 
   // The CTA's tokens c, c + gridDim.x, … (counts differ by ≤ 1), warp w taking every WARPS-th of them.
   const CtaRows strip(a.M, warp, WARPS);
-  for (int k = 0; k < strip.n; ++k) {
-    const i64 token = strip.row(k);
+  RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
+  for (int k = 0; k < strip.n; ++k, walk.next()) {
     i64 b, s;
-    token_bs(a, token, b, s);
+    walker_bs(a, walk, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
     const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
     const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
@@ -288,7 +322,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
       }
     }
     float ss[SEG], Q[SEG];
-    float sgv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
+    float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
 #pragma unroll
     for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
 #pragma unroll
@@ -309,17 +343,16 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e);
-          float sgm;
+          float ys;
           if constexpr (KSIG) {
             const Sigmoid<T> sg(raw_get<T>(graw, e));
-            sgv[st][e] = sgm = sg.s;
+            ysv[st][e] = ys = raw_get<T>(yraw, e) * sg.s;
             omv[st][e] = sg.one_minus;
           } else {
-            sgm = sigmoid<T>(raw_get<T>(graw, e));
+            ys = raw_get<T>(yraw, e) * sigmoid<T>(raw_get<T>(graw, e));
           }
-          const float t = raw_get<T>(yraw, e) * w[e] * sgm;
           p_ss = fmaf(xf, xf, p_ss);
-          p_q = fmaf(xf, t, p_q);
+          p_q = fmaf(xf, ys * w[e], p_q);
         }
         const int q = L::group(st, lane);
         add_at(ss, q, p_ss);
@@ -340,8 +373,12 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
       if (c < NC) {
         Raw<B> xraw, graw, yraw;
         if constexpr (KEEP) {
-          xraw = xv[st]; graw = gv[st]; yraw = yv[st];
-          launder(xraw); launder(graw); launder(yraw);
+          xraw = xv[st];
+          launder(xraw);
+          if constexpr (!KSIG) {
+            graw = gv[st]; yraw = yv[st];
+            launder(graw); launder(yraw);
+          }
         } else {
           xraw = ld_raw<B, false>(xr + c * E); graw = ld_raw<B, false>(gr + c * E);
           yraw = ld_raw<B, false>(yr + c * E);
@@ -353,33 +390,42 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
         load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
-          float sgm, om;
+          const float xf = raw_get<T>(xraw, e);
+          float ys, om;
           if constexpr (KSIG) {
-            sgm = sgv[st][e];
+            ys = ysv[st][e];
             om = omv[st][e];
           } else {
             const Sigmoid<T> sg(raw_get<T>(graw, e));
-            sgm = sg.s;
+            ys = raw_get<T>(yraw, e) * sg.s;
             om = sg.one_minus;
           }
-          const float ys = yf * sgm;
           const float t = ys * w[e];
           const float n = xf * rq;
-          dxo[e] = rq * t - cq * xf;
+          dxo[e] = fmaf(rq, t, -cq * xf);
           dgo[e] = n * t * om;
-          acc[e] = n * ys;
+          if constexpr (DWREG) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
+          else acc[e] = n * ys;
         }
         Raw<B> o1, o2;
         raw_fill<T>(o1, dxo);
         raw_fill<T>(o2, dgo);
         st_raw(dxr + c * E, o1);
         st_raw(dgr + c * E, o2);
-        smem_add<E>(dw + c * E, acc);
+        if constexpr (!DWREG) smem_add<E>(dw + c * E, acc);
       }
     }
   }
 
+  if constexpr (DWREG) {  // the warp's slice from its registers (every channel of the segment is some lane's)
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (c < NC)
+#pragma unroll
+        for (int e = 0; e < E; ++e) dw[c * E + e] = dwr[st][e];
+    }
+  }
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
@@ -390,9 +436,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // segments) sized to the GPU; CTA (x, seg) takes tokens x, x + gridDim.x, … (CtaRows: counts differ by ≤ 1), warp w
 // every WARPS-th of them; each warp streams its items' x, gate and dy
 // rows through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1
-// items per warp are in flight while it computes one. σ and 1 − σ of the first pass, and the lane's weights, stay in
+// items per warp are in flight while it computes one. y·σ and 1 − σ of the first pass, and the lane's weights, stay in
 // registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
-// lane's columns lives in registers (STEPS·E ≤ 64). Needs 16-byte chunks. Shared memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
+// lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
+// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -402,7 +449,8 @@ struct GateStaged {
 };
 
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, typename T, typename W>
-__global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 16 warps per SM: ≤ 128 registers
+    group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
   pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
@@ -412,7 +460,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
 #endif
   constexpr int E = L::E, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr int PIECE = GateStaged<DIM, G, SEG, T>::PIECE, SLOT = GateStaged<DIM, G, SEG, T>::SLOT;
-  constexpr bool KSIG = STEPS * E <= 16;  // σ and 1 − σ kept between the passes
+  constexpr bool KSIG = STEPS * E <= 16;  // y·σ and 1 − σ kept between the passes
   constexpr bool WREG = STEPS * E <= 16;  // the lane's weights kept in registers (else re-read per item, L1 hits)
   extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -423,9 +471,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
 
   const CtaRows strip(a.M, warp, WARPS);
   const int items = strip.n;  // this warp's tokens
+  RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // the tokens being issued / computed
   auto issue = [&](int k) {
     i64 b, s;
-    token_bs(a, strip.row(k), b, s);
+    walker_bs(a, iw, b, s);
+    iw.next();
     const void* const src[3] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
                                 static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0,
                                 static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
@@ -452,7 +502,8 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
   for (int k = 0; k < items; ++k) {
     ring.wait(k);
     i64 b, s;
-    token_bs(a, strip.row(k), b, s);
+    walker_bs(a, cw, b, s);
+    cw.next();
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k));
@@ -460,7 +511,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
     const T* ys = xs + 2 * SEGC;
 
     float ss[SEG], Q[SEG];
-    float sgv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
+    float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
 #pragma unroll
     for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
 #pragma unroll
@@ -480,17 +531,16 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xf = raw_get<T>(xraw, e);
-          float sgm;
+          float yg;
           if constexpr (KSIG) {
             const Sigmoid<T> sg(raw_get<T>(graw, e));
-            sgv[st][e] = sgm = sg.s;
+            ysv[st][e] = yg = raw_get<T>(yraw, e) * sg.s;
             omv[st][e] = sg.one_minus;
           } else {
-            sgm = sigmoid<T>(raw_get<T>(graw, e));
+            yg = raw_get<T>(yraw, e) * sigmoid<T>(raw_get<T>(graw, e));
           }
-          const float t = raw_get<T>(yraw, e) * w[e] * sgm;
           p_ss = fmaf(xf, xf, p_ss);
-          p_q = fmaf(xf, t, p_q);
+          p_q = fmaf(xf, yg * w[e], p_q);
         }
         const int q = L::group(st, lane);
         add_at(ss, q, p_ss);
@@ -507,9 +557,9 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
     for (int st = 0; st < STEPS; ++st) {
       const int c = st * 32 + lane;
       if (NC % 32 == 0 || c < NC) {
-        const Raw<16> xraw = lds16(xs + c * E), yraw = lds16(ys + c * E);
-        Raw<16> graw;
-        if constexpr (!KSIG) graw = lds16(gs + c * E);
+        const Raw<16> xraw = lds16(xs + c * E);
+        Raw<16> graw, yraw;
+        if constexpr (!KSIG) graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
         const int q = L::group(st, lane);
         const float rq = pick(r, q), cq = pick(coef, q);
         const int ch = c0 + c * E;
@@ -522,20 +572,19 @@ __global__ void __launch_bounds__(WARPS * 32, 1) group_rms_norm_gate_bwd_staged_
         }
 #pragma unroll
         for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e), yf = raw_get<T>(yraw, e);
-          float sgm, om;
+          const float xf = raw_get<T>(xraw, e);
+          float ys_, om;
           if constexpr (KSIG) {
-            sgm = sgv[st][e];
+            ys_ = ysv[st][e];
             om = omv[st][e];
           } else {
             const Sigmoid<T> sg(raw_get<T>(graw, e));
-            sgm = sg.s;
+            ys_ = raw_get<T>(yraw, e) * sg.s;
             om = sg.one_minus;
           }
-          const float ys_ = yf * sgm;
           const float t = ys_ * w[e];
           const float n = xf * rq;
-          dxo[e] = rq * t - cq * xf;
+          dxo[e] = fmaf(rq, t, -cq * xf);
           dgo[e] = n * t * om;
           dwr[st][e] = fmaf(n, ys_, dwr[st][e]);
         }

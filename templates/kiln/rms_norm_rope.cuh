@@ -135,10 +135,31 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_rope_fwd_kernel(const Rms
   }
 }
 
-// Persistent grid; dynamic shared memory WARPS·HD floats (one dw slice per warp). Registers capped at 128 (16 warps
-// per SM; unbounded, ptxas hoists every load of the row and takes ~250). KEEP_ROWS: the second pass takes x and dy
-// from registers (≤ 64 per lane) instead of re-reading them (L1/L2 hits); with one warp per row it needs ~170
-// registers (at 128 it spills ~100 bytes at Hd = 2048 bf16), so its cap is then 12 warps per SM.
+// Index of channel c in the shared-memory weight table: with 8-channel chunks, elements 0–3 of every chunk in the
+// first plane and 4–7 in the second, so a chunk is two float4 loads that 8 consecutive lanes make contiguous.
+template <int HD, int E>
+__device__ __forceinline__ int rope_wpos(int c) {
+  if constexpr (E == 8) return ((c & 4) ? HD / 2 : 0) + (c >> 3) * 4 + (c & 3);
+  else return c;
+}
+template <int HD, int E>
+__device__ __forceinline__ void rope_wload(const float* wsm, int o, float (&w)[E]) {
+  if constexpr (E == 8) {
+    const float4 lo = *reinterpret_cast<const float4*>(wsm + (o >> 3) * 4);
+    const float4 hi = *reinterpret_cast<const float4*>(wsm + HD / 2 + (o >> 3) * 4);
+    w[0] = lo.x; w[1] = lo.y; w[2] = lo.z; w[3] = lo.w;
+    w[4] = hi.x; w[5] = hi.y; w[6] = hi.z; w[7] = hi.w;
+  } else {
+#pragma unroll
+    for (int e = 0; e < E; ++e) w[e] = wsm[o + e];
+  }
+}
+
+// Persistent grid; dynamic shared memory HD + WARPS·HD floats (the weights in fp32, then one dw slice per warp).
+// Registers capped at 128 (16 warps per SM; unbounded, ptxas hoists every load of the row and takes ~250).
+// KEEP_ROWS: the second pass takes x and the rotated dy (gn, fp32, computed once in the first pass) from registers
+// (≤ 64 bytes of rows per lane) instead of re-reading and re-rotating (L1/L2 hits); with one warp per row it needs
+// ~170 registers, so its cap is then 12 warps per SM. dx = r·(w·gn − k·x) with k = (P/HD)·r². Rows are walked with RowWalker (no division).
 // SPLIT warps share a row: warp `sub` of a group takes pair-chunks (st·SPLIT + sub)·32 + lane, the group adds its
 // partial Σx² and Σx·w·gn through shared memory in warp order (a named barrier per group): half or a quarter of the
 // registers per row, and SPLIT× finer work items for the persistent grid's last round.
@@ -153,21 +174,25 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
   constexpr int STEPS = (NP + 32 * SPLIT - 1) / (32 * SPLIT);  // steps of this warp's share of the row
   constexpr bool KEEP = KEEP_ROWS && STEPS * 4 * B <= 256;
   constexpr int NG = WARPS / SPLIT;  // rows in flight per CTA
-  extern __shared__ __align__(16) float dws[];  // [WARPS][HD]
+  extern __shared__ __align__(16) float smf[];  // [HD] weights (rope_wpos order), then [WARPS][HD] dw slices
   __shared__ float xch[2][WARPS][2];            // per-row partial sums of a group, double-buffered by row parity
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int group = warp / SPLIT, sub = warp - group * SPLIT;
+  float* const wsm = smf;
+  float* const dws = smf + HD;
   float* dw = dws + warp * HD;
   for (int i = lane; i < HD; i += 32) dw[i] = 0.f;
-  __syncwarp();
+  for (int i = threadIdx.x; i < HD; i += WARPS * 32)
+    wsm[rope_wpos<HD, E>(i)] = to_float(static_cast<const W*>(a.w)[i]);
+  __syncthreads();
 
   // The CTA's rows c, c + G, … (counts differ by ≤ 1: every SM gets the same work; a grid-stride walk over groups
   // of NG rows gave the first CTAs a whole extra round), group g taking every NG-th of them.
   const CtaRows strip(a.M, group, NG);
+  RowWalker walk(strip, 0, a.S);
   int parity = 0;
-  for (int k = 0; k < strip.n; ++k, parity ^= 1) {
-    const i64 row = strip.row(k);
-    const i64 b = row / a.S, s = row - b * a.S;
+  for (int k = 0; k < strip.n; ++k, parity ^= 1, walk.next()) {
+    const i64 b = walk.q, s = walk.m;
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss;
     const T* gr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss;
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss;
@@ -189,10 +214,17 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
         }
       }
     }
-    RopeTable<L, C> tab;
-    if constexpr (RopeTable<L, C>::ONCE) tab.load(cr, sr, lane);
+    using Tab = RopeTable<L, C>;
+    Tab tab;
+    float cf[Tab::ONCE ? E : 1], sf[Tab::ONCE ? E : 1];  // the row's cos/sin, converted once
+    if constexpr (Tab::ONCE) {
+      tab.load(cr, sr, lane);
+#pragma unroll
+      for (int e = 0; e < E; ++e) cf[e] = tab.cos_(e), sf[e] = tab.sin_(e);
+    }
 
-    float ss = 0.f, P = 0.f;
+    float gk1[KEEP ? STEPS : 1][KEEP ? E : 1], gk2[KEEP ? STEPS : 1][KEEP ? E : 1];  // gn kept for the second pass
+    float ss0 = 0.f, ss1 = 0.f, P0 = 0.f, P1 = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = (st * SPLIT + sub) * 32 + lane;
@@ -205,24 +237,30 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
           x1 = ld_raw<B, false>(xr + o); x2 = ld_raw<B, false>(xr + o + H2);
           g1 = ld_raw<B, false>(gr + o); g2 = ld_raw<B, false>(gr + o + H2);
         }
-        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
+        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E];
-        load_f<W, E>(a.w, o, w1);
-        load_f<W, E>(a.w, o + H2, w2);
+        rope_wload<HD, E>(wsm, o, w1);
+        rope_wload<HD, E>(wsm, o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
           const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          ss = fmaf(xa, xa, ss);
-          ss = fmaf(xb, xb, ss);
-          P = fmaf(xa * w1[e], na, P);
-          P = fmaf(xb * w2[e], nb, P);
+          float c, sn;
+          if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
+          else c = tab.cos_(e), sn = tab.sin_(e);
+          const float na = fmaf(gb, sn, ga * c), nb = fmaf(-ga, sn, gb * c);
+          if constexpr (KEEP) {
+            gk1[st][e] = na;
+            gk2[st][e] = nb;
+          }
+          ss0 = fmaf(xa, xa, ss0);
+          ss1 = fmaf(xb, xb, ss1);
+          P0 = fmaf(xa * w1[e], na, P0);
+          P1 = fmaf(xb * w2[e], nb, P1);
         }
       }
     }
-    ss = warp_sum(ss);
-    P = warp_sum(P);
+    float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
     if constexpr (SPLIT > 1) {
       if (lane == 0) {
         xch[parity][warp][0] = ss;
@@ -237,44 +275,55 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
         P += xch[parity][group * SPLIT + k][1];
       }
     }
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
-    // (P/HD)·r first: r³ alone underflows fp32 for rows of rms ≳ 1e13, while the product stays representable.
-    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+    const float r = rsqrtf(ss / static_cast<float>(HD) + a.eps);
+    // dx = r·w·gn − (P/HD)·r³·x = r·(w·gn − k·x), k = (P/HD)·r·r (P/HD first: r³ alone under/overflows fp32 for
+    // rows of rms ≳ 1e13 or, with eps = 0, ≲ 1e-13, while k·x stays of the order of gn).
+    const float kx = (P / static_cast<float>(HD)) * r * r;
 
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = (st * SPLIT + sub) * 32 + lane;
       if (p < NP) {
         const int o = L::chan(p);
-        Raw<B> x1, x2, g1, g2;
+        Raw<B> x1, x2;
+        float n1[E], n2[E];  // gn
         if constexpr (KEEP) {
-          x1 = x1v[st]; x2 = x2v[st]; g1 = g1v[st]; g2 = g2v[st];
-          launder(x1); launder(x2); launder(g1); launder(g2);
+          x1 = x1v[st]; x2 = x2v[st];
+          launder(x1); launder(x2);
+#pragma unroll
+          for (int e = 0; e < E; ++e) n1[e] = gk1[st][e], n2[e] = gk2[st][e];
         } else {
           x1 = ld_raw<B, false>(xr + o); x2 = ld_raw<B, false>(xr + o + H2);
-          g1 = ld_raw<B, false>(gr + o); g2 = ld_raw<B, false>(gr + o + H2);
+          const Raw<B> g1 = ld_raw<B, false>(gr + o), g2 = ld_raw<B, false>(gr + o + H2);
+          if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+            float c, sn;
+            if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
+            else c = tab.cos_(e), sn = tab.sin_(e);
+            n1[e] = fmaf(gb, sn, ga * c);
+            n2[e] = fmaf(-ga, sn, gb * c);
+          }
         }
-        if constexpr (!RopeTable<L, C>::ONCE) tab.load(cr, sr, p);
         float w1[E], w2[E], d1[E], d2[E], a1[E], a2[E];
-        load_f<W, E>(a.w, o, w1);
-        load_f<W, E>(a.w, o + H2, w2);
+        rope_wload<HD, E>(wsm, o, w1);
+        rope_wload<HD, E>(wsm, o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          d1[e] = r * w1[e] * na - coef * xa;
-          d2[e] = r * w2[e] * nb - coef * xb;
-          a1[e] = xa * r * na;
-          a2[e] = xb * r * nb;
+          d1[e] = r * fmaf(-kx, xa, w1[e] * n1[e]);
+          d2[e] = r * fmaf(-kx, xb, w2[e] * n2[e]);
+          a1[e] = xa * n1[e];
+          a2[e] = xb * n2[e];
         }
         Raw<B> o1, o2;
         raw_fill<T>(o1, d1);
         raw_fill<T>(o2, d2);
         st_raw(dxr + o, o1);
         st_raw(dxr + o + H2, o2);
-        smem_add<E>(dw + o, a1);
-        smem_add<E>(dw + o + H2, a2);
+        smem_fma<E>(dw + o, a1, r);  // dw += x·gn·r
+        smem_fma<E>(dw + o + H2, a2, r);
       }
     }
   }
@@ -285,35 +334,47 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
 }
 
 // ---- staged backward -----------------------------------------------------------------------------------------
-// The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid sized to the GPU,
-// CTA c taking a contiguous strip of rows (sizes differ by ≤ 1, so every SM streams the same bytes). The WARPS warps
-// form GROUPS = WARPS/SPLIT groups; group g takes every GROUPS-th of the CTA's rows (CtaRows), and warp `sub` of the group
-// the contiguous slice of HD/SPLIT channels (whole heads) [sub·HD/SPLIT, …) of those rows. Each warp streams its
-// slices of x and dy through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before),
-// so DEPTH − 1 rows per warp are in flight while it computes one; the SPLIT warps of a row add their Σx² and
-// Σx·w·gn through shared memory (one named barrier per row). The cos/sin values of the next row are loaded into
-// registers while the current one is computed; the lane's weights stay in registers when they fit 32 (SPLIT ≥ 2 at
-// Hd = 2048 bf16), else they are re-read per row (L1 hits). dw for the lane's columns lives in registers
-// (STEPS·2·E ≤ 64); at the end the groups' dw go through the (then idle) rings and are added in group order.
-// Needs 16-byte pair-chunks (E·sizeof(T) = 16) and SPLIT dividing the head count.
-// Shared memory: WARPS·DEPTH·(2·HD/SPLIT·sizeof(T) + 8).
+// The same math with the loads decoupled from the compute (kiln/row_pipe.cuh) and the fewest instructions per
+// element: a persistent grid sized to the GPU; the WARPS warps form GROUPS = WARPS/SPLIT groups; group g takes every
+// GROUPS-th of the CTA's rows c, c + G, … (CtaRows), and warp `sub` of the group the contiguous slice of HD/SPLIT
+// channels (whole heads) [sub·HD/SPLIT, …) of those rows. Each warp streams its slices of x and dy through its own
+// ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 rows per warp are in
+// flight while it computes one; the SPLIT warps of a row add their Σx² and Σx·w·gn through shared memory (one named
+// barrier per row). Per element (bf16, D = 128): the first pass unpacks x and dy, rotates dy once (gn, kept in fp32
+// registers for the second pass when a lane holds ≤ 32 channels) and accumulates Σx² and Σx·w·gn; the second pass unpacks x again and computes
+// dx = r·(w·gn − k·x) with k = (P/HD)·r² and dw += x·gn·r — about 14 instructions per element instead of 30 when the
+// rotation and the unpacking of dy were repeated and dw went through shared memory. The weights live in shared
+// memory as fp32 (no unpacking; the halves of 8-channel chunks in two planes, so 8 lanes read 128 contiguous bytes);
+// the cos/sin values of the next row are loaded while the current one is computed and converted once per row; dw for
+// the lane's columns lives in registers; rows are walked with RowWalker (no division per row). At the end the
+// groups' dw go through the (then idle) rings and are added in group order. Needs 16-byte pair-chunks and SPLIT
+// dividing the head count. Shared memory: HD·4 + WARPS·DEPTH·(2·HD/SPLIT·sizeof(T) + 8).
 template <int HD, int D, int SPLIT, typename T>
 struct RopeStaged {
   static_assert(HD % (D * SPLIT) == 0, "SPLIT divides the heads");
   static constexpr int HDS = HD / SPLIT;  // channels of a warp's slice
   using L = RopeLayout<HDS, D, T>;
-  static constexpr bool OK = L::BYTES == 16 && L::STEPS * 2 * L::E <= 64;
+  static constexpr int CH = L::STEPS * 2 * L::E;  // channels per lane: dw registers (and gn ones when CARRY)
+  static constexpr bool OK = L::BYTES == 16 && CH <= 64;
+  // gn kept in fp32 registers between the passes with ≤ 32 channels per lane; with more (one warp per row at
+  // Hd = 2048) the second pass reads dy again and re-rotates it (64 more registers would spill).
+  static constexpr bool CARRY = CH <= 32;
   static constexpr int PIECE = HDS * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 2 * PIECE;
+  // Resident warps per SM the register cap aims at: 24 (≤ 85 registers) with ≤ 16 channels per lane, 16 (≤ 128)
+  // with ≤ 32, else 8. CTAs of more warps than that are capped by their own size.
+  static constexpr int TARGET_WARPS = CH <= 16 ? 24 : CH <= 32 ? 16 : 8;
 };
 
 template <int HD, int D, int WARPS, int SPLIT, int DEPTH, bool BULK, typename T, typename W, typename C>
-__global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
+__global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGET_WARPS / WARPS > 0
+                                                  ? RopeStaged<HD, D, SPLIT, T>::TARGET_WARPS / WARPS : 1)
+    rms_norm_rope_bwd_staged_kernel(const RmsNormRopeBwdArgs a) {
   pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
   using St = RopeStaged<HD, D, SPLIT, T>;
   using L = typename St::L;  // the layout of a warp's slice
   using Tab = RopeTable<L, C>;
-  static_assert(St::OK, "staged backward: 16-byte pair-chunks and dw in ≤ 64 registers");
+  static_assert(St::OK, "staged backward: 16-byte pair-chunks and ≤ 64 channels per lane");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
   constexpr int GROUPS = WARPS / SPLIT;
   static_assert(WARPS % SPLIT == 0 && (SPLIT == 1 || GROUPS <= 15), "SPLIT divides WARPS; ≤ 15 groups");
@@ -322,48 +383,49 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
 #endif
   constexpr int E = L::E, STEPS = L::STEPS, NP = L::NP, H2 = L::H2, HDS = St::HDS;
   constexpr int PIECE = St::PIECE, SLOT = St::SLOT;
-  constexpr bool WREG = STEPS * 2 * E <= 32;  // the lane's weights kept in registers
-  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
+  constexpr bool CARRY = St::CARRY;
+  // [HD] fp32 weights (rope_wpos order), [WARPS][DEPTH][SLOT] rings, [WARPS][DEPTH] mbarriers.
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   __shared__ float xch[2][WARPS][2];  // per-row partial sums of a group's warps, double-buffered by row parity
+  float* wsm = reinterpret_cast<float*>(smem_raw);
+  unsigned char* rings = smem_raw + HD * 4;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int group = warp / SPLIT, sub = warp - group * SPLIT;
   const int c0 = sub * HDS;  // first channel of the warp's slice
-  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
-                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  WarpRing<DEPTH, SLOT, BULK> ring{rings + warp * DEPTH * SLOT,
+                                   reinterpret_cast<u64*>(rings + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
   const CtaRows strip(a.M, group, GROUPS);
   const int rows = strip.n;  // this warp's rows
+  RowWalker iw(strip, 0, a.S);  // (b, s) of the next row to issue
   auto issue = [&](int k) {
-    const i64 row = strip.row(k);
-    const i64 b = row / a.S, s = row - b * a.S;
-    const void* const src[2] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
-                                static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
+    const void* const src[2] = {static_cast<const T*>(a.x) + iw.q * a.x_sb + iw.m * a.x_ss + c0,
+                                static_cast<const T*>(a.dy) + iw.q * a.dy_sb + iw.m * a.dy_ss + c0};
     ring.template issue<PIECE, 2>(k, k < rows, src, lane);
+    iw.next();
   };
 #pragma unroll
   for (int k = 0; k < DEPTH; ++k) issue(k);
 
-  // cos/sin of row `row` for this lane (the whole row's values when every step lands on the same column).
-  auto table_of = [&](i64 row, Tab& t) {
-    const i64 s = row % a.S;
-    t.load(static_cast<const C*>(a.cos) + s * a.cos_ss, static_cast<const C*>(a.sin) + s * a.sin_ss, lane);
-  };
+  for (int i = threadIdx.x; i < HD; i += WARPS * 32)
+    wsm[rope_wpos<HD, E>(i)] = to_float(static_cast<const W*>(a.w)[i]);
+
+  // cos/sin: with every step of a lane on one column (ONCE), the row's values as floats, the next row's in flight.
+  const C* const cosb = static_cast<const C*>(a.cos);
+  const C* const sinb = static_cast<const C*>(a.sin);
+  float cf[Tab::ONCE ? E : 1], sf[Tab::ONCE ? E : 1];
   Tab tab;
+  RowWalker cw(strip, 0, a.S);  // (b, s) of the row being computed
+  RowWalker tw(strip, 1, a.S);  // (b, s) of the row after it
   if constexpr (Tab::ONCE) {
-    if (rows > 0) table_of(strip.row(0), tab);
-  }
-  float wk1[WREG ? STEPS : 1][WREG ? E : 1], wk2[WREG ? STEPS : 1][WREG ? E : 1];
-  if constexpr (WREG) {
+    if (rows > 0) {
+      tab.load(cosb + cw.m * a.cos_ss, sinb + cw.m * a.sin_ss, lane);
 #pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int p = st * 32 + lane;
-      if (NP % 32 == 0 || p < NP) {
-        load_f<W, E>(a.w, c0 + L::chan(p), wk1[st]);
-        load_f<W, E>(a.w, c0 + L::chan(p) + H2, wk2[st]);
-      }
+      for (int e = 0; e < E; ++e) cf[e] = tab.cos_(e), sf[e] = tab.sin_(e);
     }
   }
+  __syncthreads();  // the weight table is complete
 
   float dw1[STEPS][E], dw2[STEPS][E];
 #pragma unroll
@@ -372,49 +434,49 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
     for (int e = 0; e < E; ++e) dw1[st][e] = dw2[st][e] = 0.f;
 
   for (int k = 0; k < rows; ++k) {
-    const i64 row = strip.row(k);
-    const i64 b = row / a.S, s = row - b * a.S;
-    Tab next;  // the next row's table, in flight while this row is computed
     if constexpr (Tab::ONCE) {
-      if (k + 1 < rows) table_of(strip.row(k + 1), next);
+      if (k + 1 < rows) tab.load(cosb + tw.m * a.cos_ss, sinb + tw.m * a.sin_ss, lane);  // in flight meanwhile
+      tw.next();
     }
     ring.wait(k);
-    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
-    const C* cr = static_cast<const C*>(a.cos) + s * a.cos_ss;
-    const C* sr = static_cast<const C*>(a.sin) + s * a.sin_ss;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k));
     const T* gs = xs + HDS;
+    const C* cr = cosb + cw.m * a.cos_ss;
+    const C* sr = sinb + cw.m * a.sin_ss;
 
-    float ss = 0.f, P = 0.f;
+    float gn1[CARRY ? STEPS : 1][CARRY ? E : 1], gn2[CARRY ? STEPS : 1][CARRY ? E : 1];  // gn for the second pass
+    float ss0 = 0.f, ss1 = 0.f, P0 = 0.f, P1 = 0.f;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = st * 32 + lane;
       if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
         const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
-        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
+        Tab t2;
+        if constexpr (!Tab::ONCE) t2.load(cr, sr, p);
         float w1[E], w2[E];
-        if constexpr (WREG) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) w1[e] = wk1[st][e], w2[e] = wk2[st][e];
-        } else {
-          load_f<W, E>(a.w, c0 + o, w1);
-          load_f<W, E>(a.w, c0 + o + H2, w2);
-        }
+        rope_wload<HD, E>(wsm, c0 + o, w1);
+        rope_wload<HD, E>(wsm, c0 + o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
+          float c, s;
+          if constexpr (Tab::ONCE) c = cf[e], s = sf[e];
+          else c = t2.cos_(e), s = t2.sin_(e);
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
           const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          ss = fmaf(xa, xa, ss);
-          ss = fmaf(xb, xb, ss);
-          P = fmaf(xa * w1[e], na, P);
-          P = fmaf(xb * w2[e], nb, P);
+          const float na = fmaf(gb, s, ga * c), nb = fmaf(-ga, s, gb * c);
+          if constexpr (CARRY) {
+            gn1[st][e] = na;
+            gn2[st][e] = nb;
+          }
+          ss0 = fmaf(xa, xa, ss0);
+          ss1 = fmaf(xb, xb, ss1);
+          P0 = fmaf(xa * w1[e], na, P0);
+          P1 = fmaf(xb * w2[e], nb, P1);
         }
       }
     }
-    ss = warp_sum(ss);
-    P = warp_sum(P);
+    float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
     if constexpr (SPLIT > 1) {
       const int par = k & 1;
       if (lane == 0) {
@@ -430,33 +492,46 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
         P += xch[par][group * SPLIT + q][1];
       }
     }
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(HD) + a.eps);
-    const float coef = (P / static_cast<float>(HD)) * r * r * r;
+    const float r = rsqrtf(ss / static_cast<float>(HD) + a.eps);
+    // dx = r·w·gn − (P/HD)·r³·x = r·(w·gn − k·x), k = (P/HD)·r·r (P/HD first: r³ alone under/overflows fp32 for
+    // rows of rms ≳ 1e13 or ≲ 1e-13 with eps = 0, while k·x stays of the order of gn).
+    const float kx = (P / static_cast<float>(HD)) * r * r;
 
+    T* dxr = static_cast<T*>(a.dx) + cw.q * a.dx_sb + cw.m * a.dx_ss + c0;
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int p = st * 32 + lane;
       if (NP % 32 == 0 || p < NP) {
         const int o = L::chan(p);
-        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2), g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
-        if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
-        float w1[E], w2[E], d1[E], d2[E];
-        if constexpr (WREG) {
+        const Raw<16> x1 = lds16(xs + o), x2 = lds16(xs + o + H2);
+        float n1[E], n2[E];
+        if constexpr (CARRY) {
 #pragma unroll
-          for (int e = 0; e < E; ++e) w1[e] = wk1[st][e], w2[e] = wk2[st][e];
+          for (int e = 0; e < E; ++e) n1[e] = gn1[st][e], n2[e] = gn2[st][e];
         } else {
-          load_f<W, E>(a.w, c0 + o, w1);
-          load_f<W, E>(a.w, c0 + o + H2, w2);
+          const Raw<16> g1 = lds16(gs + o), g2 = lds16(gs + o + H2);
+          Tab t2;
+          if constexpr (!Tab::ONCE) t2.load(cr, sr, p);
+#pragma unroll
+          for (int e = 0; e < E; ++e) {
+            float c, sn;
+            if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
+            else c = t2.cos_(e), sn = t2.sin_(e);
+            const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+            n1[e] = fmaf(gb, sn, ga * c);
+            n2[e] = fmaf(-ga, sn, gb * c);
+          }
         }
+        float w1[E], w2[E], d1[E], d2[E];
+        rope_wload<HD, E>(wsm, c0 + o, w1);
+        rope_wload<HD, E>(wsm, c0 + o + H2, w2);
 #pragma unroll
         for (int e = 0; e < E; ++e) {
           const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = ga * tab.cos_(e) + gb * tab.sin_(e), nb = gb * tab.cos_(e) - ga * tab.sin_(e);
-          d1[e] = r * w1[e] * na - coef * xa;
-          d2[e] = r * w2[e] * nb - coef * xb;
-          dw1[st][e] = fmaf(xa * r, na, dw1[st][e]);
-          dw2[st][e] = fmaf(xb * r, nb, dw2[st][e]);
+          d1[e] = r * fmaf(-kx, xa, w1[e] * n1[e]);
+          d2[e] = r * fmaf(-kx, xb, w2[e] * n2[e]);
+          dw1[st][e] = fmaf(xa * n1[e], r, dw1[st][e]);
+          dw2[st][e] = fmaf(xb * n2[e], r, dw2[st][e]);
         }
         Raw<16> o1, o2;
         raw_fill<T>(o1, d1);
@@ -465,7 +540,11 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
         st_raw(dxr + o + H2, o2);
       }
     }
-    if constexpr (Tab::ONCE) tab = next;
+    if constexpr (Tab::ONCE) {
+#pragma unroll
+      for (int e = 0; e < E; ++e) cf[e] = tab.cos_(e), sf[e] = tab.sin_(e);
+    }
+    cw.next();
     ring.release();
     issue(k + DEPTH);
   }
@@ -473,7 +552,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_rope_bwd_staged_kernel
 
   // The groups' dw through the rings ([GROUPS][HD] fp32 ≤ their size), added in group order.
   __syncthreads();
-  float* red = reinterpret_cast<float*>(smem_raw);
+  float* red = reinterpret_cast<float*>(rings);
   static_assert(GROUPS * HD * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {

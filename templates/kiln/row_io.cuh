@@ -172,6 +172,43 @@ __device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
   }
 }
 
+// p[j] += v[j]·scale for j < E (fp32 in shared memory; one FFMA per value instead of a multiply and an add), with the
+// accesses of smem_add.
+template <int E>
+__device__ __forceinline__ void smem_fma(float* p, const float (&v)[E], float scale) {
+  if constexpr (E == 8) {
+    const int first = (threadIdx.x >> 2) & 1;
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int j = 4 * (k ^ first);
+      float4 t = *reinterpret_cast<float4*>(p + j);
+      t.x = fmaf(first ^ k ? v[4] : v[0], scale, t.x);
+      t.y = fmaf(first ^ k ? v[5] : v[1], scale, t.y);
+      t.z = fmaf(first ^ k ? v[6] : v[2], scale, t.z);
+      t.w = fmaf(first ^ k ? v[7] : v[3], scale, t.w);
+      *reinterpret_cast<float4*>(p + j) = t;
+    }
+  } else if constexpr (E % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < E; j += 4) {
+      float4 t = *reinterpret_cast<float4*>(p + j);
+      t.x = fmaf(v[j], scale, t.x); t.y = fmaf(v[j + 1], scale, t.y);
+      t.z = fmaf(v[j + 2], scale, t.z); t.w = fmaf(v[j + 3], scale, t.w);
+      *reinterpret_cast<float4*>(p + j) = t;
+    }
+  } else if constexpr (E % 2 == 0) {
+#pragma unroll
+    for (int j = 0; j < E; j += 2) {
+      float2 t = *reinterpret_cast<float2*>(p + j);
+      t.x = fmaf(v[j], scale, t.x); t.y = fmaf(v[j + 1], scale, t.y);
+      *reinterpret_cast<float2*>(p + j) = t;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < E; ++j) p[j] = fmaf(v[j], scale, p[j]);
+  }
+}
+
 // ---- staging rows in shared memory (cp.async, sm_80+) ----------------------------------------------------------
 template <int N>
 __device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }

@@ -3,9 +3,9 @@
 //
 // The partials are small integers, so every sum is exact in fp32 whatever the order: the result must equal the
 // integer sum bit for bit (fp32 out), or its round-to-nearest-even (bf16 out). Covered: G = 0 (zeros), 1, a ragged
-// 33, 700 (> the 32 row slices × the 4-way unroll); column counts that are not multiples of 32; FOLD > 1 (a shared
-// weight folding G groups onto one); the two-output split (qk-norm's dq_w | dk_w) with either output null; launched
-// with and without PDL. Guard zones catch writes outside the outputs.
+// 33, 135 (one batch of 16 loads per slice and a remainder), 700 (several batches); column counts that are not
+// multiples of 32; FOLD > 1 (a shared weight folding G groups onto one); the two-output split (qk-norm's dq_w | dk_w)
+// with either output null; launched with and without PDL. Guard zones catch writes outside the outputs.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -112,7 +112,7 @@ TEST_F(DwReduceGpu, SumsExactlyInEveryLayout) {
   });
   // qk_norm_half_rope: D = 128, partial rows [dq_w | dk_w].
   const Specialization split = reduce_spec("qk_norm_half_rope", [](Specialization&) {});
-  for (int G : {0, 1, 33, 700}) {
+  for (int G : {0, 1, 33, 135, 700}) {
     for (bool pdl : {false, true}) {
       check(f32, {1000, 1, 1000, DType::f32}, G, true, false, pdl);
       check(b16, {1000, 1, 1000, DType::bf16}, G, true, false, pdl);
