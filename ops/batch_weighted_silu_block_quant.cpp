@@ -41,8 +41,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kSchedule: name = "kiln::silu_schedule_kernel"; break;
     case kDwReduce: name = fmt::format("kiln::silu_dw_reduce_kernel<{}>", p[P_N] / 128); break;
     default:
-      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
-                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
+      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}, {}, 1>", p[P_N], s.kernel == kBwd,
+                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE], kSiluTileThreads);
   }
 }
 

@@ -33,6 +33,16 @@ std::vector<std::array<int, 2>> silu_tile_configs(bool bwd) {
 // M = 16384, n = 512, 3.9 tiles an SM: 19.8 vs 20.3 µs); with many, the plain two-buffer pipeline (batched,
 // 62 tiles an SM: 277 vs 292 µs).
 int silu_fwd_default_stages(int64_t tiles, int sm_count) { return tiles <= 8 * static_cast<int64_t>(sm_count) ? 4 : 2; }
+// The shared family's further points {stages, sigma_table, threads, code_buffers} (the batched family has only the
+// 512-thread, one-code-buffer points of silu_tile_configs): threads = 1024: two rows a half-warp instead of four,
+// twice the warps an SM to hide latencies (registers capped at 64; one CTA an SM, as every point listed here);
+// code_buffers = 2: the transposed codes staged by tile parity and stored after the next tile's barrier (one block
+// barrier a tile instead of two).
+std::vector<std::array<int, 4>> silu_shared_extra_configs(bool bwd) {
+  if (bwd) return {{1, 2, 1024, 1}, {1, 4, 1024, 1}, {1, 2, 512, 2}, {1, 2, 1024, 2}};
+  return {{4, 1, 1024, 1}, {2, 1, 1024, 1}, {3, 1, 1024, 1}, {4, 1, 512, 2}, {2, 1, 512, 2}, {4, 1, 1024, 2},
+          {2, 1, 1024, 2}};
+}
 }  // namespace detail
 
 namespace {
@@ -40,7 +50,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1 };
 enum { P_N, P_MODE, P_ROUND };
-enum { C_STAGES, C_TABLE };
+enum { C_STAGES, C_TABLE, C_THREADS, C_CODEBUF };
 // kStagesNote — measured on H100 (bench/NOTES.md, rounds of 03:40–04:26): the forward runs fastest with two buffers
 // (batched 277 vs 298 µs one buffer), at few tiles an SM with both issued before the σ table's fill (stages 4: shared
 // 19.8 vs 20.3; silu_fwd_default_stages), the backward with one buffer refilled per warp and the complete σ table
@@ -49,20 +59,21 @@ enum { C_STAGES, C_TABLE };
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
   const auto& p = s.params;
-  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
-                     p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
+  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
+                     p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE], s.config[C_THREADS],
+                     s.config[C_CODEBUF]);
 }
 
 int smem_bytes(const Specialization& s) {
-  return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE]);
+  return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE], s.config[C_CODEBUF]);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
-FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"}, {"stages", "sigma_table"},
-                   render, smem_bytes, enumerate, search_space, tune_instance};
+FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"},
+                   {"stages", "sigma_table", "threads", "code_buffers"}, render, smem_bytes, enumerate, search_space, tune_instance};
 
 Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
   Specialization s;
@@ -74,15 +85,21 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.params[P_ROUND] = round;
   s.config[C_STAGES] = kernel == kBwd ? 1 : 2;  // see kStagesNote
   s.config[C_TABLE] = kernel == kBwd ? 2 : 1;
+  s.config[C_THREADS] = kSiluTileThreads;
+  s.config[C_CODEBUF] = 1;
   return s;
 }
 
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  for (const auto& [stages, table] : silu_tile_configs(base.kernel == kBwd)) {
-    s.config[C_STAGES] = stages;
-    s.config[C_TABLE] = table;
+  const bool bwd = base.kernel == kBwd;
+  for (const auto& [stages, table] : silu_tile_configs(bwd)) {
+    s.config = {stages, table, kSiluTileThreads, 1};
+    out.push_back(s);
+  }
+  for (const auto& [stages, table, threads, code_buffers] : silu_shared_extra_configs(bwd)) {
+    s.config = {stages, table, threads, code_buffers};
     out.push_back(s);
   }
 }
@@ -146,10 +163,11 @@ void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stre
   a.tiles = static_cast<int>(tiles);
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);
-  const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
+  const int threads = s.config[C_THREADS];
+  const int64_t per_sm = std::max(1, impl.resident_per_sm(k, threads, smem));
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, per_sm * impl.device().sm_count));
-  d.block[0] = kSiluTileThreads;
+  d.block[0] = static_cast<unsigned>(threads);
   d.smem = static_cast<unsigned>(smem);
   impl.launch(k, d, stream, a);
 }
