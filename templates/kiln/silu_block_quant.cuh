@@ -98,7 +98,14 @@ template <bool ROUND> struct SiluQuant {
     else inv = scale;
   }
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
+  // What operator() applies (inv with ROUND, else s): the one number a lane needs to quantize with this scale.
+  __device__ __forceinline__ float param() const { return ROUND ? inv : s; }
 };
+// SiluQuant<ROUND>(s)(y), given its param().
+template <bool ROUND>
+__device__ __forceinline__ float silu_quant(float y, float param) {
+  return ROUND ? __fmul_rn(y, param) : __fdiv_rn(y, param);
+}
 
 // block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
 // ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
@@ -291,6 +298,9 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
   const int hl = lane & 15, half = lane >> 4;
   const int hw = warp * 2 + half;  // rows RPT·hw … RPT·hw + RPT − 1
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
+  // Column-max slot of channel c0 + e, e < 8: cs0 + e (c0 + e and c0 share c >> 5), so the slots are immediate
+  // offsets from one address.
+  const int cs0 = silu_colmax_slot(c0);
 
   // Pipeline. STAGES = 2: two buffers, the next tile is issued into the other one at the top of each iteration (one
   // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
@@ -478,31 +488,55 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
     }
 
     // ---- row-wise blocks: 16 lanes share a row's 128 channels --------------------------------------------------
-    // Codes straight from registers (16 lanes × 8 bytes: a row's 128 codes); lane i of the half-warp stores row
-    // RPT·hw + i's scale.
+    // Each lane's partial maxima of its RPT rows are reduced over the half-warp by a transposing butterfly: the
+    // first exchange(s) split the rows between the lane halves (bit 3, then bit 2 with four rows), so that after
+    // four shuffle rounds lane l holds the complete amax of row R = l >> 2 (four rows) or l >> 3 (two rows). It
+    // forms that row's scale (once, not in every lane), lanes 4R (8R) store it, and the quantizers' parameters
+    // come back by RPT broadcasts. Max is order-independent (fmaxf ignores NaN; every chain starts at 0), so the
+    // scale is bitwise the one a plain per-row butterfly gives. Codes straight from registers (16 lanes × 8 bytes:
+    // a row's 128 codes).
     if constexpr (ROWWISE) {
+      const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
+      constexpr int RSH = RPT == 4 ? 2 : 3;  // lane l holds row l >> RSH
 #pragma unroll
       for (int h = 0; h < HALVES; ++h) {
-        float my_scale = 0.0f;
+        float pm[RPT];
 #pragma unroll
         for (int i = 0; i < RPT; ++i) {
-          const int r = hw * RPT + i;
-          float amax = 0.0f;
+          pm[i] = 0.0f;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[h][i][e]));
-          amax = warp_max<16>(amax);
-          const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(amax));
+          for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(v[h][i][e]));
+        }
+        float k;
+        if constexpr (RPT == 4) {
+          float k0 = b3 ? pm[2] : pm[0], k1 = b3 ? pm[3] : pm[1];
+          k0 = fmaxf(k0, __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[2], 8));
+          k1 = fmaxf(k1, __shfl_xor_sync(0xffffffffu, b3 ? pm[1] : pm[3], 8));
+          k = fmaxf(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
+        } else {
+          k = fmaxf(b3 ? pm[1] : pm[0], __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[1], 8));
+          k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 4));
+        }
+        k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 2));
+        k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 1));
+        const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(k));
+        const int R = hl >> RSH;
+        if ((hl & ((1 << RSH) - 1)) == 0 && hw * RPT + R < cur.valid)
+          a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
+                    cur.local0 + hw * RPT + R] = quant.s;
+#pragma unroll
+        for (int i = 0; i < RPT; ++i) {
+          const float qp = __shfl_sync(0xffffffffu, quant.param(), (lane & 16) | (i << RSH));
+          const int r = hw * RPT + i;
           if (r < cur.valid) {
             uint2 out;
-            out.x = e4m3x4(quant(v[h][i][0]), quant(v[h][i][1]), quant(v[h][i][2]), quant(v[h][i][3]));
-            out.y = e4m3x4(quant(v[h][i][4]), quant(v[h][i][5]), quant(v[h][i][6]), quant(v[h][i][7]));
+            out.x = e4m3x4(silu_quant<ROUND>(v[h][i][0], qp), silu_quant<ROUND>(v[h][i][1], qp),
+                           silu_quant<ROUND>(v[h][i][2], qp), silu_quant<ROUND>(v[h][i][3], qp));
+            out.y = e4m3x4(silu_quant<ROUND>(v[h][i][4], qp), silu_quant<ROUND>(v[h][i][5], qp),
+                           silu_quant<ROUND>(v[h][i][6], qp), silu_quant<ROUND>(v[h][i][7], qp));
             *reinterpret_cast<uint2*>(a.q + static_cast<i64>(cur.row0 + r) * W + h * N + cur.cb * 128 + c0) = out;
           }
-          if (hl == i) my_scale = quant.s;
         }
-        if (hl < RPT && hw * RPT + hl < cur.valid)
-          a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
-                    cur.local0 + hw * RPT + hl] = my_scale;
       }
     }
     if constexpr (BWD && BATCHED) {
@@ -533,7 +567,7 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
 #pragma unroll
           for (int i = 0; i < RPT; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
           // Both half-warps (rows RPT·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
-          atomicMax(&cm[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
+          atomicMax(&cm[h * 132 + cs0 + e], __float_as_uint(m));
         }
       static_assert(HALVES * 132 <= THREADS, "");
       if (tid < HALVES * 132) colmax[(cmi == NCM - 1 ? 0 : cmi + 1) * (HALVES * 132) + tid] = 0u;
@@ -550,35 +584,48 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
         }
 #pragma unroll
         for (int h = h0; h < h0 + CT; ++h) {
-          // The scales of channels c0 … c0+7: each half-warp forms four, the other half's come by a shuffle.
-          float sc[8];
+          // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
+          // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
+          float qp[8];
+          float mine_s[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float mine = silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + silu_colmax_slot(c0 + 4 * half + e)]));
-            const float other = __shfl_xor_sync(0xffffffffu, mine, 16);
-            sc[e] = half ? other : mine;
-            sc[4 + e] = half ? mine : other;
+            const SiluQuant<ROUND> quant(
+                silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + cs0 + 4 * half + e])));
+            mine_s[e] = quant.s;
+            const float other = __shfl_xor_sync(0xffffffffu, quant.param(), 16);
+            qp[e] = half ? other : quant.param();
+            qp[4 + e] = half ? quant.param() : other;
           }
-          if (hw == 0) {  // channels 8l … 8l+7 of this half: 16 lanes write the tile's 128 column scales
-            float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
-            if (scale_aligned) {
-              *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-              *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
-            } else {
+          if (warp == 0) {  // half-warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
+            float sc[8];
 #pragma unroll
-              for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+            for (int e = 0; e < 4; ++e) {
+              const float other = __shfl_xor_sync(0xffffffffu, mine_s[e], 16);
+              sc[e] = half ? other : mine_s[e];
+              sc[4 + e] = half ? mine_s[e] : other;
+            }
+            if (half == 0) {
+              float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
+              if (scale_aligned) {
+                *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+                *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
+              } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+              }
             }
           }
           u32* ct = codes + (h - h0) * (128 * 32);
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            const SiluQuant<ROUND> quant(sc[e]);
             if constexpr (RPT == 4) {
               ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
-                  e4m3x4(quant(v[h][0][e]), quant(v[h][1][e]), quant(v[h][2][e]), quant(v[h][3][e]));
+                  e4m3x4(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e]),
+                         silu_quant<ROUND>(v[h][2][e], qp[e]), silu_quant<ROUND>(v[h][3][e], qp[e]));
             } else {
               reinterpret_cast<u16*>(ct)[((c0 + e) * 32 + ((hw >> 1) ^ (2 * hl))) * 2 + (hw & 1)] =
-                  static_cast<u16>(e4m3x2(quant(v[h][0][e]), quant(v[h][1][e])));
+                  static_cast<u16>(e4m3x2(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e])));
             }
           }
         }
