@@ -13,13 +13,13 @@
 // [n, M]; the backward's dx [M, 2n] (dx₁ columns, then dx₂) row-wise and dxᵀ [2n, M]. Batched outputs use the
 // per-expert segmented layout (each expert's pieces laid out like a standalone M = c_e tensor).
 //
-// One tile kernel: a persistent grid of 512-thread (or 1024-thread: THREADS) CTAs walks 128-token × 128-channel tiles
-// (tile t: token block t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, one
-// or two buffers (STAGES): with two stages the next tile streams in while this one is computed. Thread (half-warp
-// h, lane l = 0…15) computes rows RPT·h … RPT·h + RPT − 1 (RPT = 4 with 512 threads, 2 with 1024) × channels
-// 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a column's amax a max over RPT rows and a
-// shared-memory atomicMax; both quantizations come from the same registers. The transposed codes are staged in shared
-// memory (swizzled: conflict-free writes) and leave as 128-byte rows (16 bytes a lane).
+// One tile kernel: a persistent grid of 512-thread CTAs walks 128-token × 128-channel tiles (tile t: token block
+// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, one or two buffers
+// (STAGES): with two stages the next tile streams in while this one is computed. Thread (half-warp h = 0…31, lane
+// l = 0…15) computes rows 4h … 4h+3 × channels 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a
+// column's amax a max over 4 rows and a shared-memory atomicMax; both quantizations come from the same registers.
+// The transposed codes are staged in shared memory (swizzled: conflict-free 4-byte writes) and leave as 128-byte
+// rows (16 bytes a lane).
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
@@ -185,17 +185,16 @@ __device__ __forceinline__ SiluTile silu_tile_info(const SiluBlockQuantArgs& a, 
 
 // Stage layout: gate tile [128][128] bf16 (256 bytes a row), up tile, (backward) grad tile, (batched) 128 fp32
 // weights. Rows past the tile's valid rows are zero-filled, so they act as zero padding for the column maxima.
-// Warp w copies exactly the rows it computes (RPW·w … RPW·w + RPW − 1), so a warp needs only its own copies to have
-// landed (cp.async.wait_group + __syncwarp) and may refill its rows as soon as it has read them: no block barrier
-// guards the stages.
-template <int N, bool BWD, bool BATCHED, int THREADS>
+// Warp w copies exactly the rows it computes (8w … 8w+7), so a warp needs only its own copies to have landed
+// (cp.async.wait_group + __syncwarp) and may refill its rows as soon as it has read them: no block barrier guards
+// the stages.
+template <int N, bool BWD, bool BATCHED>
 __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, const SiluTile& ti, u8* stage) {
   constexpr int ARRAYS = BWD ? 3 : 2;
-  constexpr int RPW = 128 / (THREADS / 32);  // rows a warp computes (and copies): 8, or 4 with 1024 threads
-  // Lane l copies 16-byte chunk l & 15 of the warp's rows RPW·w + (l >> 4) + 2k, k < RPW/2: one 64-bit base pointer
-  // per array, then constant steps of two rows. Rows past the valid ones read nothing (src-size 0) from the tile's
+  // Lane l copies 16-byte chunk l & 15 of the warp's rows 8w + (l >> 4) + 2k, k = 0…3: one 64-bit base pointer per
+  // array, then constant steps of two rows. Rows past the valid ones read nothing (src-size 0) from the tile's
   // first row (always valid memory).
-  const int lane = threadIdx.x & 31, row0 = (threadIdx.x >> 5) * RPW;
+  const int lane = threadIdx.x & 31, row0 = (threadIdx.x >> 5) * 8;
   const int r = row0 + (lane >> 4), ch = lane & 15;
   const i64 col = ti.cb * 128 + ch * 8;
   const bf16* xt = static_cast<const bf16*>(a.x) + static_cast<i64>(ti.row0) * a.x_stride + col;
@@ -205,7 +204,7 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
   u8* dst = stage + r * 256 + ch * 16;
   if (ti.valid == 128) {  // a full tile (uniform): no masks
 #pragma unroll
-    for (int k = 0; k < RPW / 2; ++k) {
+    for (int k = 0; k < 4; ++k) {
       const bf16* src = xr + 2 * k * a.x_stride;
       cp_async16(dst + k * 512, src, true);
       cp_async16(dst + 32768 + k * 512, src + N, true);
@@ -213,7 +212,7 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
     }
   } else {
 #pragma unroll
-    for (int k = 0; k < RPW / 2; ++k) {
+    for (int k = 0; k < 4; ++k) {
       const bool ok = r + 2 * k < ti.valid;
       const bf16* src = ok ? xr + 2 * k * a.x_stride : xt;
       cp_async16(dst + k * 512, src, ok);
@@ -221,7 +220,7 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
       if (BWD) cp_async16(dst + 65536 + k * 512, ok ? gr + 2 * k * a.g_stride : gt, ok);
     }
   }
-  if (BATCHED && lane < RPW) {
+  if (BATCHED && lane < 8) {
     const int row = row0 + lane;
     const bool ok = row < ti.valid;
     silu_cp_async4(stage + ARRAYS * 32768 + row * 4, ok ? static_cast<const void*>(a.w + ti.row0 + row) : a.w, ok);
@@ -233,19 +232,17 @@ __device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
 
 // Stores the staged transposed codes of tile ti's output halves h0 … h0 + CT − 1 (codes: CT staged halves of
 // [128 channels][32 swizzled slots of 4 tokens], see the staging in silu_tile_kernel) as 128-byte channel rows.
-// Warp w writes channels CPW·w … CPW·w + CPW − 1, four per instruction: 8 lanes × 16 bytes cover a channel's 128
-// tokens.
-template <int N, int W, int WARPS, int CT>
+// Warp w writes channels 8w … 8w+7, four per instruction: 8 lanes × 16 bytes cover a channel's 128 tokens.
+template <int N, int W, int CT>
 __device__ __forceinline__ void silu_store_codes(const SiluBlockQuantArgs& a, const SiluTile& ti, const u32* codes,
                                                  int h0, int warp, int lane) {
-  constexpr int CPW = 128 / WARPS;
   const bool aligned = ti.seg_rows % 16 == 0;  // qT's base, s_e·W and local0 are 16-byte aligned
 #pragma unroll
   for (int h = h0; h < h0 + CT; ++h) {
     const u32* ct = codes + (h - h0) * (128 * 32);
 #pragma unroll
-    for (int k = 0; k < CPW / 4; ++k) {
-      const int n = warp * CPW + k * 4 + (lane >> 3), j = lane & 7;
+    for (int k = 0; k < 2; ++k) {
+      const int n = warp * 8 + k * 4 + (lane >> 3), j = lane & 7;
       const int f = 2 * (n >> 3);
       Vec16 c = lds16(ct + n * 32 + 4 * (j ^ (f >> 2)));
       if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
@@ -264,16 +261,12 @@ __device__ __forceinline__ void silu_store_codes(const SiluBlockQuantArgs& a, co
 
 // CODEBUF = 2: the transposed codes are staged in two buffers by tile parity, and a tile's codes are stored after the
 // next tile's barrier (one barrier a tile instead of two); needs every output half staged at once (CT = HALVES).
-template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, int TABLE, int THREADS, int CODEBUF>
-// The one-stage forward of 512 threads is meant to run two CTAs an SM (its table is sized for that): at most 64
-// registers (as every 1024-thread variant).
-__global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 512) ? 2 : 1)
+template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, int TABLE, int CODEBUF>
+// The one-stage forward is meant to run two CTAs an SM (its table is sized for that): at most 64 registers.
+__global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 1)
     silu_tile_kernel(const SiluBlockQuantArgs a) {
-  static_assert(THREADS == 512 || THREADS == 1024, "");
   static_assert(CODEBUF == 1 || (CODEBUF == 2 && silu_codes_halves(BWD, STAGES) == (BWD ? 2 : 1)), "");
   constexpr int NCM = CODEBUF == 2 ? 3 : 2;  // column-maxima buffers (rotating by tile)
-  constexpr int WARPS = THREADS / 32;
-  constexpr int RPT = 128 / (2 * WARPS);  // rows a half-warp computes: 4 (512 threads) or 2 (1024)
   constexpr int NB = N / 128;
   constexpr int HALVES = BWD ? 2 : 1;  // output channel blocks per tile: dx₁ and dx₂ in the backward
   constexpr int W = HALVES * N;        // output row width
@@ -296,7 +289,7 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
-  const int hw = warp * 2 + half;  // rows RPT·hw … RPT·hw + RPT − 1
+  const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
   // Column-max slot of channel c0 + e, e < 8: cs0 + e (c0 + e and c0 share c >> 5), so the slots are immediate
   // offsets from one address.
@@ -318,12 +311,12 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
   int4 ahead;          // the schedule entry of the next tile to issue (t + G; STAGES = 3, 4: t + 2G)
   auto first_tile = [&]() {
     cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
-    silu_issue_tile<N, BWD, BATCHED, THREADS>(a, cur, smem);
+    silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
     silu_cp_async_commit();
     if constexpr (STAGES == 3 || STAGES == 4) {
       if (t + G < total) {
         pend = silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G));
-        silu_issue_tile<N, BWD, BATCHED, THREADS>(a, pend, smem + STAGE);
+        silu_issue_tile<N, BWD, BATCHED>(a, pend, smem + STAGE);
       }
       silu_cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
@@ -337,13 +330,13 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
     first_tile();
   }
 
-  for (int i = tid; i < NCM * HALVES * 132; i += THREADS) colmax[i] = 0u;
+  for (int i = tid; i < NCM * HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
   if constexpr (TABLE) {  // first read after the barrier below
     constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
     // Layout [row][mantissa][sign]: one thread fills both signs of a position from one evaluation of e = exp(−|a|)
     // and r = 1/(1 + e) (silu_sigmoid's own steps: σ = r for a ≥ 0, e·r for a < 0).
-    for (int p = tid; p < R * 128; p += THREADS) {
+    for (int p = tid; p < R * 128; p += kSiluTileThreads) {
       const int row = p / 128, m = p % 128;
       float v[2], d[2] = {0.0f, 0.0f};
       if (T.low_const && row == 0) {  // exponents < 102
@@ -389,7 +382,7 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
         // The other stage holds this warp's rows of the previous tile (a warp copies exactly the rows it computes),
         // which its lanes have read: only the warp's own lanes need to be past those reads.
         __syncwarp();
-        if (has_next) silu_issue_tile<N, BWD, BATCHED, THREADS>(a, nxt, smem + ((it + 1) & 1) * STAGE);
+        if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
         silu_cp_async_commit();
         ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
       }
@@ -401,16 +394,16 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
     }
     __syncwarp();  // this warp's rows (copied by its own lanes) are in shared memory
 
-    // ---- values: v[h][i][e] = output half h, row RPT·hw + i, channel c0 + e ---------------------------------
-    float v[HALVES][RPT][8];
-    float dwp[RPT];
+    // ---- values: v[h][i][e] = output half h, row 4·hw + i, channel c0 + e -------------------------------------
+    float v[HALVES][4][8];
+    float dwp[4];
     const u8* gate_s = stage;
     const u8* up_s = stage + 32768;
     const u8* grad_s = stage + 65536;
     const float* w_s = reinterpret_cast<const float*>(stage + ARRAYS * 32768);
 #pragma unroll
-    for (int i = 0; i < RPT; ++i) {
-      const int r = hw * RPT + i;
+    for (int i = 0; i < 4; ++i) {
+      const int r = hw * 4 + i;
       const Vec16 av = lds16(gate_s + r * 256 + hl * 16);
       const Vec16 bv = lds16(up_s + r * 256 + hl * 16);
       Vec16 gv;
@@ -473,7 +466,7 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
     }
     if (STAGES == 1) {  // this warp has read its rows: refill them with the next tile's
       __syncwarp();
-      if (has_next) silu_issue_tile<N, BWD, BATCHED, THREADS>(a, nxt, stage);
+      if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, stage);
       silu_cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
     }
@@ -481,53 +474,45 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
       __syncwarp();
       if (t + 2 * G < total) {
         pend = silu_tile_info<N, BATCHED>(a, t + 2 * G, ahead);
-        silu_issue_tile<N, BWD, BATCHED, THREADS>(a, pend, stage);
+        silu_issue_tile<N, BWD, BATCHED>(a, pend, stage);
       }
       silu_cp_async_commit();
       ahead = t + 3 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 3 * G) : make_int4(0, 0, 0, 0);
     }
 
     // ---- row-wise blocks: 16 lanes share a row's 128 channels --------------------------------------------------
-    // Each lane's partial maxima of its RPT rows are reduced over the half-warp by a transposing butterfly: the
-    // first exchange(s) split the rows between the lane halves (bit 3, then bit 2 with four rows), so that after
-    // four shuffle rounds lane l holds the complete amax of row R = l >> 2 (four rows) or l >> 3 (two rows). It
-    // forms that row's scale (once, not in every lane), lanes 4R (8R) store it, and the quantizers' parameters
-    // come back by RPT broadcasts. Max is order-independent (fmaxf ignores NaN; every chain starts at 0), so the
-    // scale is bitwise the one a plain per-row butterfly gives. Codes straight from registers (16 lanes × 8 bytes:
-    // a row's 128 codes).
+    // Each lane's partial maxima of its 4 rows are reduced over the half-warp by a transposing butterfly: the first
+    // two exchanges split the rows between the lane halves (bit 3, then bit 2), so that after four shuffle rounds
+    // lane l holds the complete amax of row R = l >> 2. It forms that row's scale (once, not in every lane), lane 4R
+    // stores it, and the quantizers' parameters come back by 4 broadcasts. Max is order-independent (fmaxf ignores
+    // NaN; every chain starts at 0), so the scale is bitwise the one a plain per-row butterfly gives. Codes straight
+    // from registers (16 lanes × 8 bytes: a row's 128 codes).
     if constexpr (ROWWISE) {
       const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
-      constexpr int RSH = RPT == 4 ? 2 : 3;  // lane l holds row l >> RSH
 #pragma unroll
       for (int h = 0; h < HALVES; ++h) {
-        float pm[RPT];
+        float pm[4];
 #pragma unroll
-        for (int i = 0; i < RPT; ++i) {
+        for (int i = 0; i < 4; ++i) {
           pm[i] = 0.0f;
 #pragma unroll
           for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(v[h][i][e]));
         }
-        float k;
-        if constexpr (RPT == 4) {
-          float k0 = b3 ? pm[2] : pm[0], k1 = b3 ? pm[3] : pm[1];
-          k0 = fmaxf(k0, __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[2], 8));
-          k1 = fmaxf(k1, __shfl_xor_sync(0xffffffffu, b3 ? pm[1] : pm[3], 8));
-          k = fmaxf(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
-        } else {
-          k = fmaxf(b3 ? pm[1] : pm[0], __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[1], 8));
-          k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 4));
-        }
+        float k0 = b3 ? pm[2] : pm[0], k1 = b3 ? pm[3] : pm[1];
+        k0 = fmaxf(k0, __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[2], 8));
+        k1 = fmaxf(k1, __shfl_xor_sync(0xffffffffu, b3 ? pm[1] : pm[3], 8));
+        float k = fmaxf(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
         k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 2));
         k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 1));
         const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(k));
-        const int R = hl >> RSH;
-        if ((hl & ((1 << RSH) - 1)) == 0 && hw * RPT + R < cur.valid)
+        const int R = hl >> 2;
+        if ((hl & 3) == 0 && hw * 4 + R < cur.valid)
           a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
-                    cur.local0 + hw * RPT + R] = quant.s;
+                    cur.local0 + hw * 4 + R] = quant.s;
 #pragma unroll
-        for (int i = 0; i < RPT; ++i) {
-          const float qp = __shfl_sync(0xffffffffu, quant.param(), (lane & 16) | (i << RSH));
-          const int r = hw * RPT + i;
+        for (int i = 0; i < 4; ++i) {
+          const float qp = __shfl_sync(0xffffffffu, quant.param(), (lane & 16) | (i << 2));
+          const int r = hw * 4 + i;
           if (r < cur.valid) {
             uint2 out;
             out.x = e4m3x4(silu_quant<ROUND>(v[h][i][0], qp), silu_quant<ROUND>(v[h][i][1], qp),
@@ -541,9 +526,9 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
     }
     if constexpr (BWD && BATCHED) {
 #pragma unroll
-      for (int i = 0; i < RPT; ++i) {
+      for (int i = 0; i < 4; ++i) {
         const float s = warp_sum<16>(dwp[i]);
-        const int r = hw * RPT + i;
+        const int r = hw * 4 + i;
         if (hl == 0 && r < cur.valid) a.dw_partial[static_cast<i64>(cur.cb) * a.M + cur.row0 + r] = s;
       }
     }
@@ -551,7 +536,7 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
     // ---- transposed blocks -------------------------------------------------------------------------------------
     // Column maxima into this tile's colmax buffer (NCM buffers rotating by tile: the next tile's, last read before
     // the previous tile's barrier, is cleared here); one barrier; every thread forms the scales of its 8 channels,
-    // quantizes its RPT tokens of each and stages the codes (codesT holds CT halves); CODEBUF = 1: a second barrier,
+    // quantizes its 4 tokens of each and stages the codes (codesT holds CT halves); CODEBUF = 1: a second barrier,
     // then the codes leave as 128-byte channel rows (the next tile writes codesT only after its first barrier, which
     // every thread reaches after this tile's stores). CODEBUF = 2: the codes go to this tile's buffer (parity) and
     // leave after the next tile's barrier (or the one after the loop); three column-maxima buffers, since a tile's
@@ -565,22 +550,21 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
         for (int e = 0; e < 8; ++e) {
           float m = 0.0f;
 #pragma unroll
-          for (int i = 0; i < RPT; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
-          // Both half-warps (rows RPT·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
+          for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
+          // Both half-warps (rows 4·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
           atomicMax(&cm[h * 132 + cs0 + e], __float_as_uint(m));
         }
-      static_assert(HALVES * 132 <= THREADS, "");
+      static_assert(HALVES * 132 <= kSiluTileThreads, "");
       if (tid < HALVES * 132) colmax[(cmi == NCM - 1 ? 0 : cmi + 1) * (HALVES * 132) + tid] = 0u;
       // Slot s (tokens 4s … 4s+3) of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels
-      // 8l + e, slots 2w + half) write 32 different banks. With 1024 threads a half-warp holds two tokens: both
-      // half-warps of a warp write the two 16-bit halves of slot w (one word: no conflict).
+      // 8l + e, slots 2w + half) write 32 different banks.
       const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
       u32* codes = codesT + (CODEBUF == 2 ? (it & 1) * (CT * 128 * 32) : 0);
 #pragma unroll
       for (int h0 = 0; h0 < HALVES; h0 += CT) {
         __syncthreads();  // h0 = 0: the column maxima are complete; h0 > 0: codesT is free again
         if constexpr (CODEBUF == 2) {  // the previous tile's codes are complete: store them
-          if (it > 0) silu_store_codes<N, W, WARPS, CT>(a, prev, codesT + ((it + 1) & 1) * (CT * 128 * 32), 0, warp, lane);
+          if (it > 0) silu_store_codes<N, W, CT>(a, prev, codesT + ((it + 1) & 1) * (CT * 128 * 32), 0, warp, lane);
         }
 #pragma unroll
         for (int h = h0; h < h0 + CT; ++h) {
@@ -619,19 +603,14 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
           u32* ct = codes + (h - h0) * (128 * 32);
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            if constexpr (RPT == 4) {
-              ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
-                  e4m3x4(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e]),
-                         silu_quant<ROUND>(v[h][2][e], qp[e]), silu_quant<ROUND>(v[h][3][e], qp[e]));
-            } else {
-              reinterpret_cast<u16*>(ct)[((c0 + e) * 32 + ((hw >> 1) ^ (2 * hl))) * 2 + (hw & 1)] =
-                  static_cast<u16>(e4m3x2(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e])));
-            }
+            ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
+                e4m3x4(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e]),
+                       silu_quant<ROUND>(v[h][2][e], qp[e]), silu_quant<ROUND>(v[h][3][e], qp[e]));
           }
         }
         if constexpr (CODEBUF == 1) {
           __syncthreads();  // codesT complete
-          silu_store_codes<N, W, WARPS, CT>(a, cur, codesT, h0, warp, lane);
+          silu_store_codes<N, W, CT>(a, cur, codesT, h0, warp, lane);
         }
       }
       if constexpr (CODEBUF == 2) prev = cur;
@@ -641,7 +620,7 @@ __global__ void __launch_bounds__(THREADS, (STAGES == 1 && !BWD && THREADS == 51
   }
   if constexpr (COLWISE && CODEBUF == 2) {  // the last tile's codes (this CTA had at least one tile)
     __syncthreads();
-    silu_store_codes<N, W, WARPS, silu_codes_halves(BWD, STAGES)>(
+    silu_store_codes<N, W, silu_codes_halves(BWD, STAGES)>(
         a, prev, codesT + ((it + 1) & 1) * (silu_codes_halves(BWD, STAGES) * 128 * 32), 0, warp, lane);
   }
   silu_cp_async_wait<0>();
