@@ -22,7 +22,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-std::vector<std::array<int, 3>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
+std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched);  // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -67,7 +67,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
     s.params[P_N] = n;
     s.params[P_MODE] = kernel == kBwd ? 2 : mode;
     s.params[P_ROUND] = round;
-    const std::array<int, 3> d = silu_tile_configs(kernel == kBwd)[0];  // see kDefaultNote
+    const std::array<int, 3> d = silu_tile_configs(kernel == kBwd, true)[0];  // see kDefaultNote
     s.config[C_STAGES] = d[0];
     s.config[C_TABLE] = d[1];
     s.config[C_CODEBUF] = d[2];
@@ -84,7 +84,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd)) {
+  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, true)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
     s.config[C_CODEBUF] = code_buffers;

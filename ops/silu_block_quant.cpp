@@ -25,9 +25,11 @@ BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, i
 // table (three operations less per value, 8-byte lookups). code_buffers: 2 = the transposed codes staged by tile
 // parity and stored after the next tile's barrier (one block barrier a tile instead of two; the forward's and the
 // one-stage backward's points only, as it needs every output half staged at once). Points measured far slower were
-// dropped (σ computed without a table: +30–50 %; bench/NOTES.md).
-std::vector<std::array<int, 3>> silu_tile_configs(bool bwd) {
+// dropped (σ computed without a table: +30–50 %; bench/NOTES.md). Both families have the same points; only the
+// batched forward's default differs (one code buffer: 276.5 vs 278.7 µs at the shape, session 4 round 2).
+std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched) {
   if (bwd) return {{1, 2, 2}, {1, 2, 1}, {1, 4, 1}, {1, 1, 1}, {2, 1, 1}, {3, 1, 1}};
+  if (batched) return {{2, 1, 1}, {2, 1, 2}, {4, 1, 2}, {2, 3, 2}, {4, 1, 1}, {2, 3, 1}, {1, 1, 1}, {3, 1, 1}};
   return {{2, 1, 2}, {4, 1, 2}, {2, 3, 2}, {2, 1, 1}, {4, 1, 1}, {2, 3, 1}, {1, 1, 1}, {3, 1, 1}};
 }
 }  // namespace detail
@@ -40,8 +42,9 @@ enum { P_N, P_MODE, P_ROUND };
 enum { C_STAGES, C_TABLE, C_CODEBUF };
 // kDefaultNote — measured on H100 (bench/NOTES.md): the forward runs fastest with two buffers (batched 277 vs 298 µs
 // one buffer), the backward with one buffer refilled per warp and the complete σ table (shared 32.5 vs 34.6 two
-// buffers, batched 479 vs 527), both with two code buffers (session 4 round 1: shared forward 18.8 vs 19.6 µs,
-// backward 28.9 vs 29.7). silu_tile_configs lists the default first.
+// buffers, batched 479 vs 527); two code buffers everywhere but in the batched forward (session 4 rounds 1–2: shared
+// forward 18.8 vs 18.9 µs, backward 28.9 vs 29.8, batched backward 479 vs 510; batched forward 278.7 vs 276.5).
+// silu_tile_configs lists the default first.
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
@@ -69,7 +72,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.params[P_N] = n;
   s.params[P_MODE] = kernel == kBwd ? 2 : mode;
   s.params[P_ROUND] = round;
-  const std::array<int, 3> d = silu_tile_configs(kernel == kBwd)[0];  // see kDefaultNote
+  const std::array<int, 3> d = silu_tile_configs(kernel == kBwd, false)[0];  // see kDefaultNote
   s.config[C_STAGES] = d[0];
   s.config[C_TABLE] = d[1];
   s.config[C_CODEBUF] = d[2];
@@ -79,7 +82,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd)) {
+  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, false)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
     s.config[C_CODEBUF] = code_buffers;

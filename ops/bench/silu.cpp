@@ -17,7 +17,7 @@
 #include "runtime/runtime_impl.hpp"
 
 namespace kiln::detail {
-std::vector<std::array<int, 3>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
+std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched);  // ops/silu_block_quant.cpp
 
 namespace {
 
@@ -206,7 +206,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int i = 0; i < 4; ++i) {
     const bool bwd = i % 2 == 1;
     const char* family = i < 2 ? "silu_block_quant" : "batch_weighted_silu_block_quant";
-    const std::vector<std::array<int, 3>> configs = silu_tile_configs(bwd);
+    const std::vector<std::array<int, 3>> configs = silu_tile_configs(bwd, i >= 2);
     for (size_t k = 1; k < configs.size(); ++k)
       cases.push_back(
           with_config(main[i], family, bwd, i < 2 ? 512 : 1024, 2, configs[k][0], configs[k][1], configs[k][2]));
