@@ -22,8 +22,7 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-std::vector<std::array<int, 2>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
-int silu_fwd_default_stages(int64_t tiles, int sm_count);     // ops/silu_block_quant.cpp
+std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched);  // ops/silu_block_quant.cpp
 }  // namespace detail
 
 namespace {
@@ -31,8 +30,8 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kSchedule = 2, kDwReduce = 3 };
 enum { P_N, P_MODE, P_ROUND };
-enum { C_STAGES, C_TABLE };
-// kStagesNote — see ops/silu_block_quant.cpp (the forward's stages depend on the tile count there).
+enum { C_STAGES, C_TABLE, C_CODEBUF };
+// kDefaultNote — see ops/silu_block_quant.cpp (both families share the tile kernel and its search space).
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/batch_weighted_silu_block_quant.cuh\"\n";
@@ -41,14 +40,14 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kSchedule: name = "kiln::silu_schedule_kernel"; break;
     case kDwReduce: name = fmt::format("kiln::silu_dw_reduce_kernel<{}>", p[P_N] / 128); break;
     default:
-      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
-                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
+      name = fmt::format("kiln::silu_tile_kernel<{}, {}, true, {}, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
+                         p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE], s.config[C_CODEBUF]);
   }
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kFwd && s.kernel != kBwd) return 0;
-  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE]);
+  return silu_tile_smem_bytes(s.kernel == kBwd, true, s.config[C_STAGES], s.config[C_TABLE], s.config[C_CODEBUF]);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -56,8 +55,8 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"batch_weighted_silu_block_quant", {"fwd", "bwd", "schedule", "dw_reduce"},
-                   {"n", "mode", "round_scale"}, {"stages", "sigma_table"}, render, smem_bytes, enumerate, search_space,
-                   tune_instance};
+                   {"n", "mode", "round_scale"}, {"stages", "sigma_table", "code_buffers"}, render, smem_bytes, enumerate,
+                   search_space, tune_instance};
 
 Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
   Specialization s;
@@ -68,8 +67,10 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
     s.params[P_N] = n;
     s.params[P_MODE] = kernel == kBwd ? 2 : mode;
     s.params[P_ROUND] = round;
-    s.config[C_STAGES] = kernel == kBwd ? 1 : 2;  // see kStagesNote
-    s.config[C_TABLE] = kernel == kBwd ? 2 : 1;
+    const std::array<int, 3> d = silu_tile_configs(kernel == kBwd, true)[0];  // see kDefaultNote
+    s.config[C_STAGES] = d[0];
+    s.config[C_TABLE] = d[1];
+    s.config[C_CODEBUF] = d[2];
   } else if (kernel == kDwReduce) {
     s.params[P_N] = n;
   }
@@ -83,9 +84,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  for (const auto& [stages, table] : silu_tile_configs(base.kernel == kBwd)) {
+  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, true)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
+    s.config[C_CODEBUF] = code_buffers;
     out.push_back(s);
   }
 }
@@ -96,10 +98,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (m.num_experts <= 0 || n <= 0 || n % 128 != 0 || n > kSiluMaxN) return;
   // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
   // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
-  Specialization fwd = make_spec(arch, kFwd, n, 2, true);
-  out.push_back(fwd);
-  fwd.config[C_STAGES] = 4;  // the small-M default (silu_fwd_default_stages)
-  out.push_back(fwd);
+  out.push_back(make_spec(arch, kFwd, n, 2, true));
   out.push_back(make_spec(arch, kBwd, n, 2, true));
   out.push_back(make_spec(arch, kSchedule, 0, 0, false));
   out.push_back(make_spec(arch, kDwReduce, n, 0, false));
@@ -195,7 +194,6 @@ void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& coun
 void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
                   const SiluBlockQuantArgs& a, Stream stream) {
   const int64_t max_tiles = capacity * (c.n / 128);
-  if (s.kernel == kFwd) s.config[C_STAGES] = silu_fwd_default_stages(max_tiles, impl.device().sm_count);
   s = impl.tuned(s, c.M);
   const int smem = smem_bytes(s);
   const Kernel& k = impl.kernel(s);

@@ -3,8 +3,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <span>
 #include <tuple>
 #include <utility>
@@ -91,23 +89,13 @@ bool in_space(bool fwd, const Point& p) {
   return false;
 }
 
-// A forced search-space point per kernel ({0, 0, 0}: the default). KILN_QKROPE_FWD = "warps,batch" and
-// KILN_QKROPE_BWD = "warps,batch,acc_smem" set them at start-up (a measurement knob until the tuning database lands;
-// ignored when not a point of the space); tests set them through qk_norm_half_rope_force_config.
+// A forced search-space point per kernel ({0, 0, 0}: the default), set by tests through
+// qk_norm_half_rope_force_config.
 struct Forced {
   Point fwd{0, 0, 0}, bwd{0, 0, 0};
 };
 Forced& forced() {
-  static Forced f = [] {
-    Forced x;
-    for (const bool fwd : {true, false}) {
-      const char* v = std::getenv(fwd ? "KILN_QKROPE_FWD" : "KILN_QKROPE_BWD");
-      Point p{0, 0, 0};
-      if (v && std::sscanf(v, "%d,%d,%d", &p.warps, &p.batch, &p.acc_smem) >= 2 && in_space(fwd, p))
-        (fwd ? x.fwd : x.bwd) = p;
-    }
-    return x;
-  }();
+  static Forced f;
   return f;
 }
 

@@ -16,23 +16,22 @@ namespace kiln {
 namespace detail {
 // ops/bench/silu.cpp: a prepared instance at the bench's shapes (also what the tuner runs).
 BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round);
-// The tile kernel's search space (both SiLU families): {stages, sigma_table} points, the heuristic default first.
-int silu_fwd_default_stages(int64_t tiles, int sm_count);
-std::vector<std::array<int, 2>> silu_tile_configs(bool bwd) {
-  // Stages 2 / 1 (the one-stage forward runs two CTAs an SM) / 3 (two buffers refilled two tiles ahead) / 4 (as 2,
-  // both buffers issued before the σ table's fill), with the variant's σ table or σ computed; the one-stage backward
-  // also with the complete table (it has the shared memory for it: no fallback branch); the forward also with the
-  // silu(a) table (sigma_table = 3: one multiply and the gate's unpacking less per value).
-  // The backward also with the {σ, derivative factor} table (sigma_table = 4: three operations less per value,
-  // 8-byte lookups).
-  if (bwd) return {{1, 2}, {1, 4}, {1, 1}, {2, 1}, {3, 1}, {2, 0}, {1, 0}};
-  return {{2, 1}, {2, 3}, {4, 1}, {4, 3}, {1, 1}, {3, 1}, {2, 0}, {1, 0}};
+// The tile kernel's search space (both SiLU families): {stages, sigma_table, code_buffers} points, the heuristic
+// default first. stages: 2 = two buffers (the next tile streams in while this one is computed), 1 = one buffer
+// refilled per warp right after it is read (the one-stage forward runs two CTAs an SM), 3 = two buffers refilled two
+// tiles ahead, 4 = as 2 with both buffers issued before the σ table's fill. sigma_table: 1 the variant's table,
+// 2 the complete table (the one-stage backward has the shared memory for it: no fallback branch), 3 (forward) the
+// silu(a) table (one multiply and the gate's unpacking less per value), 4 (backward) the {σ, derivative factor}
+// table (three operations less per value, 8-byte lookups). code_buffers: 2 = the transposed codes staged by tile
+// parity and stored after the next tile's barrier (one block barrier a tile instead of two; the forward's and the
+// one-stage backward's points only, as it needs every output half staged at once). Points measured far slower were
+// dropped (σ computed without a table: +30–50 %; bench/NOTES.md). Both families have the same points; only the
+// batched forward's default differs (one code buffer: 276.5 vs 278.7 µs at the shape, session 4 round 2).
+std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched) {
+  if (bwd) return {{1, 2, 2}, {1, 2, 1}, {1, 4, 1}, {1, 1, 1}, {2, 1, 1}, {3, 1, 1}};
+  if (batched) return {{2, 1, 1}, {2, 1, 2}, {4, 1, 2}, {2, 3, 2}, {4, 1, 1}, {2, 3, 1}, {1, 1, 1}, {3, 1, 1}};
+  return {{2, 1, 2}, {4, 1, 2}, {2, 3, 2}, {2, 1, 1}, {4, 1, 1}, {2, 3, 1}, {1, 1, 1}, {3, 1, 1}};
 }
-// The forward's heuristic stages for `tiles` 128×128 tiles (an upper bound for the batched op): with a few tiles per
-// SM the prologue weighs, and issuing both buffers before the σ table's fill wins (stages 4: shared expert
-// M = 16384, n = 512, 3.9 tiles an SM: 19.8 vs 20.3 µs); with many, the plain two-buffer pipeline (batched,
-// 62 tiles an SM: 277 vs 292 µs).
-int silu_fwd_default_stages(int64_t tiles, int sm_count) { return tiles <= 8 * static_cast<int64_t>(sm_count) ? 4 : 2; }
 }  // namespace detail
 
 namespace {
@@ -40,29 +39,30 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1 };
 enum { P_N, P_MODE, P_ROUND };
-enum { C_STAGES, C_TABLE };
-// kStagesNote — measured on H100 (bench/NOTES.md, rounds of 03:40–04:26): the forward runs fastest with two buffers
-// (batched 277 vs 298 µs one buffer), at few tiles an SM with both issued before the σ table's fill (stages 4: shared
-// 19.8 vs 20.3; silu_fwd_default_stages), the backward with one buffer refilled per warp and the complete σ table
-// (shared 32.5 vs 34.6 two buffers, batched 479 vs 527). silu_tile_configs lists the default first.
+enum { C_STAGES, C_TABLE, C_CODEBUF };
+// kDefaultNote — measured on H100 (bench/NOTES.md): the forward runs fastest with two buffers (batched 277 vs 298 µs
+// one buffer), the backward with one buffer refilled per warp and the complete σ table (shared 32.5 vs 34.6 two
+// buffers, batched 479 vs 527); two code buffers everywhere but in the batched forward (session 4 rounds 1–2: shared
+// forward 18.8 vs 18.9 µs, backward 28.9 vs 29.8, batched backward 479 vs 510; batched forward 278.7 vs 276.5).
+// silu_tile_configs lists the default first.
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
   const auto& p = s.params;
-  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd, p[P_MODE],
-                     p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE]);
+  name = fmt::format("kiln::silu_tile_kernel<{}, {}, false, {}, {}, {}, {}, {}>", p[P_N], s.kernel == kBwd,
+                     p[P_MODE], p[P_ROUND] != 0, s.config[C_STAGES], s.config[C_TABLE], s.config[C_CODEBUF]);
 }
 
 int smem_bytes(const Specialization& s) {
-  return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE]);
+  return silu_tile_smem_bytes(s.kernel == kBwd, false, s.config[C_STAGES], s.config[C_TABLE], s.config[C_CODEBUF]);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
 void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
-FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"}, {"stages", "sigma_table"},
-                   render, smem_bytes, enumerate, search_space, tune_instance};
+FamilyDef g_family{"silu_block_quant", {"fwd", "bwd"}, {"n", "mode", "round_scale"},
+                   {"stages", "sigma_table", "code_buffers"}, render, smem_bytes, enumerate, search_space, tune_instance};
 
 Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool round) {
   Specialization s;
@@ -72,17 +72,20 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.params[P_N] = n;
   s.params[P_MODE] = kernel == kBwd ? 2 : mode;
   s.params[P_ROUND] = round;
-  s.config[C_STAGES] = kernel == kBwd ? 1 : 2;  // see kStagesNote
-  s.config[C_TABLE] = kernel == kBwd ? 2 : 1;
+  const std::array<int, 3> d = silu_tile_configs(kernel == kBwd, false)[0];  // see kDefaultNote
+  s.config[C_STAGES] = d[0];
+  s.config[C_TABLE] = d[1];
+  s.config[C_CODEBUF] = d[2];
   return s;
 }
 
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
-  for (const auto& [stages, table] : silu_tile_configs(base.kernel == kBwd)) {
+  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, false)) {
     s.config[C_STAGES] = stages;
     s.config[C_TABLE] = table;
+    s.config[C_CODEBUF] = code_buffers;
     out.push_back(s);
   }
 }
@@ -100,10 +103,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     if (!valid_n(n)) continue;
     // Output mode 2 (both layouts, what a training step uses) with power-of-two scales (the fp8 blockwise recipes'
     // default); the other modes and scale rule compile on first use (prewarm stays cheap: these kernels are large).
-    Specialization fwd = make_spec(arch, kFwd, n, 2, true);
-    out.push_back(fwd);
-    fwd.config[C_STAGES] = 4;  // the small-M default (silu_fwd_default_stages)
-    out.push_back(fwd);
+    out.push_back(make_spec(arch, kFwd, n, 2, true));
     out.push_back(make_spec(arch, kBwd, n, 2, true));
   }
 }
@@ -141,7 +141,6 @@ void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stre
   auto& impl = rt.impl();
   const int64_t n = s.params[P_N];
   const int64_t tiles = (M + 127) / 128 * (n / 128);
-  if (s.kernel == kFwd) s.config[C_STAGES] = silu_fwd_default_stages(tiles, impl.device().sm_count);
   s = impl.tuned(s, M);
   a.tiles = static_cast<int>(tiles);
   const int smem = smem_bytes(s);

@@ -5,8 +5,6 @@
 #include <array>
 #include <atomic>
 #include <cmath>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -148,20 +146,15 @@ Specialization make(Arch arch, uint32_t kernel, int64_t V, DType t, DType label,
 // A launch shape forced by the bench's sweep cases (softmax_cross_entropy_force_config), per kernel fwd/fused/bwd.
 std::array<std::array<std::atomic<int>, 3>, 3> g_forced{};
 
-// KILN_CE_FWD / KILN_CE_FUSED / KILN_CE_BWD = "<split>x<threads>[x<unroll>]" replace the heuristic where valid (a
-// measurement knob for sweeps until the tuning database lands; bench/sweep_loss.sh uses it), as does a shape forced
-// by the bench. For the fused kernel the third number is the store mode (0 or 1).
-void env_override(const char* var, Specialization& s) {
-  int split = 0, threads = 0, unroll = s.kernel == kFused ? s.config[C_STORE] : s.config[C_UNROLL];
+// A launch shape forced by the bench ({split, threads, unroll}; for the fused kernel the third number is the store
+// mode, 0 or 1) replaces the heuristic where valid; none forced (split 0): the heuristic stays.
+void forced_override(Specialization& s) {
   const auto& f = g_forced[s.kernel];
-  if (f[0].load(std::memory_order_relaxed) > 0) {
-    split = f[0].load(std::memory_order_relaxed);
-    threads = f[1].load(std::memory_order_relaxed);
-    if (f[2].load(std::memory_order_relaxed) > 0) unroll = f[2].load(std::memory_order_relaxed);
-  } else {
-    const char* v = std::getenv(var);
-    if (!v || std::sscanf(v, "%dx%dx%d", &split, &threads, &unroll) < 2) return;
-  }
+  const int split = f[0].load(std::memory_order_relaxed);
+  if (split <= 0) return;
+  const int threads = f[1].load(std::memory_order_relaxed);
+  int unroll = s.kernel == kFused ? s.config[C_STORE] : s.config[C_UNROLL];
+  if (f[2].load(std::memory_order_relaxed) > 0) unroll = f[2].load(std::memory_order_relaxed);
   if (s.kernel != kFused && unroll != 2 && unroll != 4 && unroll != 8) return;
   if (s.kernel == kFused && unroll != 0 && unroll != 1) return;
   if (split < 1 || split > 16 || (threads != 128 && threads != 256 && threads != 512 && threads != 1024)) return;
@@ -178,13 +171,13 @@ Specialization fwd_spec(Arch arch, int64_t V, DType t, DType label, bool smooth)
   Specialization s = make(arch, kFwd, V, t, label, smooth);
   fwd_default(arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
   s.config[C_UNROLL] = 4;
-  env_override("KILN_CE_FWD", s);
+  forced_override(s);
   return s;
 }
 Specialization fused_spec(Arch arch, int64_t V, DType t, DType label, bool smooth) {
   Specialization s = make(arch, kFused, V, t, label, smooth);
   fused_default(arch, V, t, s.config[C_SPLIT], s.config[C_THREADS]);
-  env_override("KILN_CE_FUSED", s);
+  forced_override(s);
   return s;
 }
 Specialization bwd_spec(Arch arch, int64_t V, DType t, DType label, DType grad, bool smooth) {
@@ -192,7 +185,7 @@ Specialization bwd_spec(Arch arch, int64_t V, DType t, DType label, DType grad, 
   s.params[P_GRAD] = static_cast<int64_t>(grad);
   bwd_default(V, t, s.config[C_SPLIT], s.config[C_THREADS]);
   s.config[C_UNROLL] = 8;
-  env_override("KILN_CE_BWD", s);
+  forced_override(s);
   return s;
 }
 Specialization merge_spec(Arch arch, DType label, bool smooth) { return make(arch, kMerge, 0, DType::f32, label, smooth); }

@@ -306,8 +306,9 @@ TEST(SiluCompile, OutputModesAndStagesCompile) {
       s.params[0] = 128;
       s.params[1] = mode;
       s.params[2] = mode;  // round_scale 0 with mode 0, 1 with mode 1
-      s.config[0] = mode == 0 ? 1 : 2;  // the search space's non-default points: one stage; σ computed
-      s.config[1] = mode == 0 ? 1 : 0;
+      // The search space's non-default points: one stage; the silu(a) table with one code buffer.
+      if (mode == 0) s.config = {1, 1, 1};
+      else s.config = {2, 3, 1};
       EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
       EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << fam << " " << s.describe();
     }
@@ -318,7 +319,7 @@ TEST(SiluCompile, OutputModesAndStagesCompile) {
   s.arch = detail::Arch::parse("sm_90a");
   s.kernel = 1;  // bwd
   s.params = {256, 2, 1};
-  s.config = {1, 2};
+  s.config = {1, 2, 1};
   EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
   EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
 }

@@ -17,7 +17,7 @@
 #include "runtime/runtime_impl.hpp"
 
 namespace kiln::detail {
-std::vector<std::array<int, 2>> silu_tile_configs(bool bwd);  // ops/silu_block_quant.cpp
+std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched);  // ops/silu_block_quant.cpp
 
 namespace {
 
@@ -159,10 +159,11 @@ namespace {
 
 // The same instance with the tile kernel's config forced to another search-space point (the tuner's forced-config
 // hook), so that one bench run measures every variant.
-BenchCase with_config(BenchCase c, const char* family, bool bwd, int64_t n, int mode, int stages, int table) {
-  c.shape += fmt::format(" stages={} sigma_table={}", stages, table);
+BenchCase with_config(BenchCase c, const char* family, bool bwd, int64_t n, int mode, int stages, int table,
+                      int code_buffers) {
+  c.shape += fmt::format(" stages={} sigma_table={} code_buffers={}", stages, table, code_buffers);
   auto prep = c.prepare;
-  c.prepare = [prep, family, bwd, n, mode, stages, table](Runtime& rt) {
+  c.prepare = [prep, family, bwd, n, mode, stages, table, code_buffers](Runtime& rt) {
     BenchInstance inst = prep(rt);
     Specialization cand;
     cand.family = find_family(family);
@@ -174,6 +175,7 @@ BenchCase with_config(BenchCase c, const char* family, bool bwd, int64_t n, int 
     cand.params[2] = 1;
     cand.config[0] = stages;
     cand.config[1] = table;
+    cand.config[2] = code_buffers;
     auto run = inst.run;
     inst.run = [run, cand](Stream s) {
       ForceConfigScope force(cand);
@@ -204,9 +206,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int i = 0; i < 4; ++i) {
     const bool bwd = i % 2 == 1;
     const char* family = i < 2 ? "silu_block_quant" : "batch_weighted_silu_block_quant";
-    const std::vector<std::array<int, 2>> configs = silu_tile_configs(bwd);
+    const std::vector<std::array<int, 3>> configs = silu_tile_configs(bwd, i >= 2);
     for (size_t k = 1; k < configs.size(); ++k)
-      cases.push_back(with_config(main[i], family, bwd, i < 2 ? 512 : 1024, 2, configs[k][0], configs[k][1]));
+      cases.push_back(
+          with_config(main[i], family, bwd, i < 2 ? 512 : 1024, 2, configs[k][0], configs[k][1], configs[k][2]));
   }
   // Row-wise only (the forward's recomputation-free path), default config.
   cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=0 round_scale=1",

@@ -14,11 +14,12 @@
 // per-expert segmented layout (each expert's pieces laid out like a standalone M = c_e tensor).
 //
 // One tile kernel: a persistent grid of 512-thread CTAs walks 128-token × 128-channel tiles (tile t: token block
-// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, one or two buffers (STAGES): with two
-// stages the next tile streams in while this one is computed. Thread (half-warp h = 0…31, lane l = 0…15) computes rows
-// 4h … 4h+3 × channels 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a column's amax a max over 4
-// rows, a shuffle and a shared-memory atomicMax; both quantizations come from the same registers. The transposed codes
-// are staged in shared memory (swizzled: conflict-free 4-byte writes) and leave as 128-byte rows (16 bytes a lane).
+// t / (n/128), channel block t % (n/128)). Inputs are staged in shared memory with cp.async, one or two buffers
+// (STAGES): with two stages the next tile streams in while this one is computed. Thread (half-warp h = 0…31, lane
+// l = 0…15) computes rows 4h … 4h+3 × channels 8l … 8l+7 of the tile: a row block's amax is a 16-lane butterfly, a
+// column's amax a max over 4 rows and a shared-memory atomicMax; both quantizations come from the same registers.
+// The transposed codes are staged in shared memory (swizzled: conflict-free 4-byte writes) and leave as 128-byte
+// rows (16 bytes a lane).
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
@@ -97,7 +98,14 @@ template <bool ROUND> struct SiluQuant {
     else inv = scale;
   }
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
+  // What operator() applies (inv with ROUND, else s): the one number a lane needs to quantize with this scale.
+  __device__ __forceinline__ float param() const { return ROUND ? inv : s; }
 };
+// SiluQuant<ROUND>(s)(y), given its param().
+template <bool ROUND>
+__device__ __forceinline__ float silu_quant(float y, float param) {
+  return ROUND ? __fmul_rn(y, param) : __fdiv_rn(y, param);
+}
 
 // block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
 // ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
@@ -222,9 +230,43 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
 // Column-max slot of channel c: padded so that the 16 lanes of a half-warp (channels 8l + e) hit 16 banks.
 __device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
 
-template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, int TABLE>
+// Stores the staged transposed codes of tile ti's output halves h0 … h0 + CT − 1 (codes: CT staged halves of
+// [128 channels][32 swizzled slots of 4 tokens], see the staging in silu_tile_kernel) as 128-byte channel rows.
+// Warp w writes channels 8w … 8w+7, four per instruction: 8 lanes × 16 bytes cover a channel's 128 tokens.
+template <int N, int W, int CT>
+__device__ __forceinline__ void silu_store_codes(const SiluBlockQuantArgs& a, const SiluTile& ti, const u32* codes,
+                                                 int h0, int warp, int lane) {
+  const bool aligned = ti.seg_rows % 16 == 0;  // qT's base, s_e·W and local0 are 16-byte aligned
+#pragma unroll
+  for (int h = h0; h < h0 + CT; ++h) {
+    const u32* ct = codes + (h - h0) * (128 * 32);
+#pragma unroll
+    for (int k = 0; k < 2; ++k) {
+      const int n = warp * 8 + k * 4 + (lane >> 3), j = lane & 7;
+      const int f = 2 * (n >> 3);
+      Vec16 c = lds16(ct + n * 32 + 4 * (j ^ (f >> 2)));
+      if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+      u8* dst = a.qT + static_cast<i64>(ti.seg_start) * W + static_cast<i64>(h * N + ti.cb * 128 + n) * ti.seg_rows +
+                ti.local0 + j * 16;
+      const int t0 = j * 16;
+      if (aligned && t0 + 16 <= ti.valid) {
+        store16(dst, c);
+      } else {
+        const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+        for (int b = 0; b < 16 && t0 + b < ti.valid; ++b) dst[b] = static_cast<u8>((b < 8 ? lo : hi) >> ((b & 7) * 8));
+      }
+    }
+  }
+}
+
+// CODEBUF = 2: the transposed codes are staged in two buffers by tile parity, and a tile's codes are stored after the
+// next tile's barrier (one barrier a tile instead of two); needs every output half staged at once (CT = HALVES).
+template <int N, bool BWD, bool BATCHED, int MODE, bool ROUND, int STAGES, int TABLE, int CODEBUF>
 // The one-stage forward is meant to run two CTAs an SM (its table is sized for that): at most 64 registers.
-__global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 1) silu_tile_kernel(const SiluBlockQuantArgs a) {
+__global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 1)
+    silu_tile_kernel(const SiluBlockQuantArgs a) {
+  static_assert(CODEBUF == 1 || (CODEBUF == 2 && silu_codes_halves(BWD, STAGES) == (BWD ? 2 : 1)), "");
+  constexpr int NCM = CODEBUF == 2 ? 3 : 2;  // column-maxima buffers (rotating by tile)
   constexpr int NB = N / 128;
   constexpr int HALVES = BWD ? 2 : 1;  // output channel blocks per tile: dx₁ and dx₂ in the backward
   constexpr int W = HALVES * N;        // output row width
@@ -239,16 +281,19 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   constexpr int BUFS = STAGES == 1 ? 1 : 2;  // input buffers
 
   extern __shared__ __align__(128) u8 smem[];
-  // [CT halves][128 channels][32 slots of 4 tokens] transposed codes, swizzled; then [2 tiles][HALVES][132] column
-  // maxima (float bits, padded slots); then the σ table.
+  // [CODEBUF][CT halves][128 channels][32 slots of 4 tokens] transposed codes, swizzled; then [NCM tiles][HALVES][132]
+  // column maxima (float bits, padded slots); then the σ table.
   u32* codesT = reinterpret_cast<u32*>(smem + BUFS * STAGE);
-  u32* colmax = codesT + silu_codes_halves(BWD, STAGES) * 128 * 32;
-  float* table = reinterpret_cast<float*>(colmax + 2 * HALVES * 132);
+  u32* colmax = codesT + CODEBUF * silu_codes_halves(BWD, STAGES) * 128 * 32;
+  float* table = reinterpret_cast<float*>(colmax + NCM * HALVES * 132);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
   const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
+  // Column-max slot of channel c0 + e, e < 8: cs0 + e (c0 + e and c0 share c >> 5), so the slots are immediate
+  // offsets from one address.
+  const int cs0 = silu_colmax_slot(c0);
 
   // Pipeline. STAGES = 2: two buffers, the next tile is issued into the other one at the top of each iteration (one
   // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
@@ -285,7 +330,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     first_tile();
   }
 
-  for (int i = tid; i < 2 * HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
+  for (int i = tid; i < NCM * HALVES * 132; i += kSiluTileThreads) colmax[i] = 0u;
   if constexpr (TABLE) {  // first read after the barrier below
     constexpr SiluTableShape T = silu_table_shape(BWD, STAGES, TABLE);
     constexpr int R = T.rows();
@@ -322,8 +367,11 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     first_tile();
   }
   __syncthreads();  // colmax zeroed, σ table filled
+  SiluTile prev;  // CODEBUF = 2: the previous tile (its codes are stored after this tile's barrier)
+  int it = 0;
+  int cmi = 0;  // this tile's column-maxima buffer: it % NCM
 #pragma unroll 1
-  for (int it = 0; t < total; t += G, ++it) {
+  for (; t < total; t += G, ++it, cmi = cmi == NCM - 1 ? 0 : cmi + 1) {
     u8* stage = smem + (BUFS == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
     if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
@@ -433,31 +481,47 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     }
 
     // ---- row-wise blocks: 16 lanes share a row's 128 channels --------------------------------------------------
-    // Codes straight from registers (16 lanes × 8 bytes: a row's 128 codes); lane i of the half-warp stores row
-    // 4·hw + i's scale.
+    // Each lane's partial maxima of its 4 rows are reduced over the half-warp by a transposing butterfly: the first
+    // two exchanges split the rows between the lane halves (bit 3, then bit 2), so that after four shuffle rounds
+    // lane l holds the complete amax of row R = l >> 2. It forms that row's scale (once, not in every lane), lane 4R
+    // stores it, and the quantizers' parameters come back by 4 broadcasts. Max is order-independent (fmaxf ignores
+    // NaN; every chain starts at 0), so the scale is bitwise the one a plain per-row butterfly gives. Codes straight
+    // from registers (16 lanes × 8 bytes: a row's 128 codes).
     if constexpr (ROWWISE) {
+      const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
 #pragma unroll
       for (int h = 0; h < HALVES; ++h) {
-        float my_scale = 0.0f;
+        float pm[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const int r = hw * 4 + i;
-          float amax = 0.0f;
+          pm[i] = 0.0f;
 #pragma unroll
-          for (int e = 0; e < 8; ++e) amax = fmaxf(amax, fabsf(v[h][i][e]));
-          amax = warp_max<16>(amax);
-          const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(amax));
+          for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(v[h][i][e]));
+        }
+        float k0 = b3 ? pm[2] : pm[0], k1 = b3 ? pm[3] : pm[1];
+        k0 = fmaxf(k0, __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[2], 8));
+        k1 = fmaxf(k1, __shfl_xor_sync(0xffffffffu, b3 ? pm[1] : pm[3], 8));
+        float k = fmaxf(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
+        k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 2));
+        k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 1));
+        const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(k));
+        const int R = hl >> 2;
+        if ((hl & 3) == 0 && hw * 4 + R < cur.valid)
+          a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
+                    cur.local0 + hw * 4 + R] = quant.s;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const float qp = __shfl_sync(0xffffffffu, quant.param(), (lane & 16) | (i << 2));
+          const int r = hw * 4 + i;
           if (r < cur.valid) {
             uint2 out;
-            out.x = e4m3x4(quant(v[h][i][0]), quant(v[h][i][1]), quant(v[h][i][2]), quant(v[h][i][3]));
-            out.y = e4m3x4(quant(v[h][i][4]), quant(v[h][i][5]), quant(v[h][i][6]), quant(v[h][i][7]));
+            out.x = e4m3x4(silu_quant<ROUND>(v[h][i][0], qp), silu_quant<ROUND>(v[h][i][1], qp),
+                           silu_quant<ROUND>(v[h][i][2], qp), silu_quant<ROUND>(v[h][i][3], qp));
+            out.y = e4m3x4(silu_quant<ROUND>(v[h][i][4], qp), silu_quant<ROUND>(v[h][i][5], qp),
+                           silu_quant<ROUND>(v[h][i][6], qp), silu_quant<ROUND>(v[h][i][7], qp));
             *reinterpret_cast<uint2*>(a.q + static_cast<i64>(cur.row0 + r) * W + h * N + cur.cb * 128 + c0) = out;
           }
-          if (hl == i) my_scale = quant.s;
         }
-        if (hl < 4 && hw * 4 + hl < cur.valid)
-          a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
-                    cur.local0 + hw * 4 + hl] = my_scale;
       }
     }
     if constexpr (BWD && BATCHED) {
@@ -470,14 +534,16 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     }
 
     // ---- transposed blocks -------------------------------------------------------------------------------------
-    // Column maxima into this tile's colmax buffer (two buffers by tile parity: the other one, last read before the
-    // previous tile's second barrier, is cleared here for the next tile); one barrier; every thread forms the
-    // scales of its 8 channels, quantizes its 4 tokens of each and stages the codes (codesT holds CT halves); a
-    // second barrier; the codes leave as 128-byte channel rows. The next tile writes colmax and codesT only after
-    // its first barrier, which every thread reaches after this tile's stores.
+    // Column maxima into this tile's colmax buffer (NCM buffers rotating by tile: the next tile's, last read before
+    // the previous tile's barrier, is cleared here); one barrier; every thread forms the scales of its 8 channels,
+    // quantizes its 4 tokens of each and stages the codes (codesT holds CT halves); CODEBUF = 1: a second barrier,
+    // then the codes leave as 128-byte channel rows (the next tile writes codesT only after its first barrier, which
+    // every thread reaches after this tile's stores). CODEBUF = 2: the codes go to this tile's buffer (parity) and
+    // leave after the next tile's barrier (or the one after the loop); three column-maxima buffers, since a tile's
+    // buffer must be cleared before the barrier preceding its atomics, after the reads of the tile NCM before it.
     if constexpr (COLWISE) {
       constexpr int CT = silu_codes_halves(BWD, STAGES);
-      u32* cm = colmax + (it & 1) * (HALVES * 132);
+      u32* cm = colmax + cmi * (HALVES * 132);
 #pragma unroll
       for (int h = 0; h < HALVES; ++h)
 #pragma unroll
@@ -486,72 +552,76 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
 #pragma unroll
           for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
           // Both half-warps (rows 4·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
-          atomicMax(&cm[h * 132 + silu_colmax_slot(c0 + e)], __float_as_uint(m));
+          atomicMax(&cm[h * 132 + cs0 + e], __float_as_uint(m));
         }
       static_assert(HALVES * 132 <= kSiluTileThreads, "");
-      if (tid < HALVES * 132) colmax[((it + 1) & 1) * (HALVES * 132) + tid] = 0u;
-      // Slot s of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels 8l + e, slots 2w + half)
-      // write 32 different banks.
-      const bool aligned = cur.seg_rows % 16 == 0;  // qT's base, s_e·W and local0 are 16-byte aligned
+      if (tid < HALVES * 132) colmax[(cmi == NCM - 1 ? 0 : cmi + 1) * (HALVES * 132) + tid] = 0u;
+      // Slot s (tokens 4s … 4s+3) of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels
+      // 8l + e, slots 2w + half) write 32 different banks.
       const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
+      u32* codes = codesT + (CODEBUF == 2 ? (it & 1) * (CT * 128 * 32) : 0);
 #pragma unroll
       for (int h0 = 0; h0 < HALVES; h0 += CT) {
         __syncthreads();  // h0 = 0: the column maxima are complete; h0 > 0: codesT is free again
+        if constexpr (CODEBUF == 2) {  // the previous tile's codes are complete: store them
+          if (it > 0) silu_store_codes<N, W, CT>(a, prev, codesT + ((it + 1) & 1) * (CT * 128 * 32), 0, warp, lane);
+        }
 #pragma unroll
         for (int h = h0; h < h0 + CT; ++h) {
-          // The scales of channels c0 … c0+7: each half-warp forms four, the other half's come by a shuffle.
-          float sc[8];
+          // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
+          // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
+          float qp[8];
+          float mine_s[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
-            const float mine = silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + silu_colmax_slot(c0 + 4 * half + e)]));
-            const float other = __shfl_xor_sync(0xffffffffu, mine, 16);
-            sc[e] = half ? other : mine;
-            sc[4 + e] = half ? mine : other;
+            const SiluQuant<ROUND> quant(
+                silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + cs0 + 4 * half + e])));
+            mine_s[e] = quant.s;
+            const float other = __shfl_xor_sync(0xffffffffu, quant.param(), 16);
+            qp[e] = half ? other : quant.param();
+            qp[4 + e] = half ? quant.param() : other;
           }
-          if (hw == 0) {  // channels 8l … 8l+7 of this half: 16 lanes write the tile's 128 column scales
-            float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
-            if (scale_aligned) {
-              *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-              *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
-            } else {
+          if (warp == 0) {  // half-warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
+            float sc[8];
 #pragma unroll
-              for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+            for (int e = 0; e < 4; ++e) {
+              const float other = __shfl_xor_sync(0xffffffffu, mine_s[e], 16);
+              sc[e] = half ? other : mine_s[e];
+              sc[4 + e] = half ? mine_s[e] : other;
+            }
+            if (half == 0) {
+              float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
+              if (scale_aligned) {
+                *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+                *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
+              } else {
+#pragma unroll
+                for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+              }
             }
           }
-          u32* ct = codesT + (h - h0) * (128 * 32);
+          u32* ct = codes + (h - h0) * (128 * 32);
 #pragma unroll
           for (int e = 0; e < 8; ++e) {
-            const SiluQuant<ROUND> quant(sc[e]);
             ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
-                e4m3x4(quant(v[h][0][e]), quant(v[h][1][e]), quant(v[h][2][e]), quant(v[h][3][e]));
+                e4m3x4(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e]),
+                       silu_quant<ROUND>(v[h][2][e], qp[e]), silu_quant<ROUND>(v[h][3][e], qp[e]));
           }
         }
-        __syncthreads();  // codesT complete
-#pragma unroll
-        for (int h = h0; h < h0 + CT; ++h) {
-          const u32* ct = codesT + (h - h0) * (128 * 32);
-          // Warp w writes channels 8w … 8w+7, four per instruction: 8 lanes × 16 bytes cover a channel's 128 tokens.
-#pragma unroll
-          for (int k = 0; k < 2; ++k) {
-            const int n = warp * 8 + k * 4 + (lane >> 3), j = lane & 7;
-            const int f = 2 * (n >> 3);
-            Vec16 c = lds16(ct + n * 32 + 4 * (j ^ (f >> 2)));
-            if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-            u8* dst = a.qT + static_cast<i64>(cur.seg_start) * W +
-                      static_cast<i64>(h * N + cur.cb * 128 + n) * cur.seg_rows + cur.local0 + j * 16;
-            const int t0 = j * 16;
-            if (aligned && t0 + 16 <= cur.valid) {
-              store16(dst, c);
-            } else {
-              const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
-              for (int b = 0; b < 16 && t0 + b < cur.valid; ++b) dst[b] = static_cast<u8>((b < 8 ? lo : hi) >> ((b & 7) * 8));
-            }
-          }
+        if constexpr (CODEBUF == 1) {
+          __syncthreads();  // codesT complete
+          silu_store_codes<N, W, CT>(a, cur, codesT, h0, warp, lane);
         }
       }
+      if constexpr (CODEBUF == 2) prev = cur;
     }
     // Output mode 0 needs no barrier at all: a warp reads and refills only its own rows, and nothing else is shared.
     cur = nxt;
+  }
+  if constexpr (COLWISE && CODEBUF == 2) {  // the last tile's codes (this CTA had at least one tile)
+    __syncthreads();
+    silu_store_codes<N, W, silu_codes_halves(BWD, STAGES)>(
+        a, prev, codesT + ((it + 1) & 1) * (silu_codes_halves(BWD, STAGES) * 128 * 32), 0, warp, lane);
   }
   silu_cp_async_wait<0>();
 }

@@ -80,15 +80,18 @@ constexpr SiluTableShape silu_table_shape(bool bwd, int stages, int table = 1) {
                                              : SiluTableShape{105, kSiluSigmaSatFrom, false, true};
 }
 
-// Dynamic shared memory of the tile kernel: one (STAGES = 1) or two (STAGES = 2, 3) input buffers (gate, up [, grad]
-// tiles of 128×128 bf16 [, 128 row weights]), the transposed codes of one or (the one-stage backward: both output halves at once) two 128-channel
-// blocks (16 KiB each), two buffers of column maxima per output half (tile parity), and the σ table.
+// Dynamic shared memory of the tile kernel: one (STAGES = 1) or two (STAGES = 2, 3, 4) input buffers (gate, up
+// [, grad] tiles of 128×128 bf16 [, 128 row weights]), the transposed codes of one or (the one-stage backward: both
+// output halves at once) two 128-channel blocks (16 KiB each; twice with two code buffers), two (three) buffers of
+// column maxima per output half, and the σ table.
 constexpr int silu_stage_bytes(bool bwd, bool batched) { return (bwd ? 3 : 2) * 128 * 128 * 2 + (batched ? 512 : 0); }
 constexpr int silu_codes_halves(bool bwd, int stages) { return bwd && stages == 1 ? 2 : 1; }
-// table: 0 none (σ computed), 1 the variant's default table, 2 the complete table.
-constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, int table) {
-  return (stages == 1 ? 1 : 2) * silu_stage_bytes(bwd, batched) + silu_codes_halves(bwd, stages) * 128 * 128 +
-         2 * (bwd ? 2 : 1) * 132 * 4 + (table ? silu_table_shape(bwd, stages, table).bytes() : 0);
+// table: 0 none (σ computed), 1 the variant's default table, 2 the complete table. code_buffers: 2 = the codes staged
+// by tile parity (one barrier a tile; three column-maxima buffers instead of two).
+constexpr int silu_tile_smem_bytes(bool bwd, bool batched, int stages, int table, int code_buffers = 1) {
+  return (stages == 1 ? 1 : 2) * silu_stage_bytes(bwd, batched) +
+         code_buffers * silu_codes_halves(bwd, stages) * 128 * 128 +
+         (code_buffers == 2 ? 3 : 2) * (bwd ? 2 : 1) * 132 * 4 + (table ? silu_table_shape(bwd, stages, table).bytes() : 0);
 }
 
 }  // namespace kiln

@@ -749,5 +749,53 @@ TEST_F(SiluGpuTest, OtherConfigsSameBits) {
     }
 }
 
+// The shared family's search-space points over many tiles a CTA (M = 16549: 130 token blocks × 4 channel blocks =
+// 520 tiles ≈ 4 a CTA, the last token block partial), where the pipelines' cross-tile paths run: a tile's codes
+// stored after the next tile's barrier (code_buffers = 2), the rotating column-maxima buffers, the refills. Every
+// point computes the bits of the default, which is checked against the CPU reference here; output modes 0 and 1 for
+// the one-code-buffer points (the default has two).
+TEST_F(SiluGpuTest, SharedConfigsManyTilesPerCta) {
+  const int64_t M = 16549, n = 512;
+  struct Run {
+    bool bwd;
+    int mode;
+  };
+  for (const Run& run_spec : {Run{false, 2}, Run{true, 2}, Run{false, 0}, Run{false, 1}}) {
+    Input in = random_input(M, n, mix_seed({0x62, run_spec.bwd, static_cast<uint64_t>(run_spec.mode)}));
+    round_to(DType::bf16, in.x);
+    RunSpec spec;
+    spec.bwd = run_spec.bwd;
+    spec.mode = run_spec.mode;
+    spec.round_scale = true;
+    const Result def = run_and_check(in, spec);
+
+    detail::Specialization s;
+    s.family = detail::find_family("silu_block_quant");
+    ASSERT_NE(s.family, nullptr);
+    s.arch = rt().impl().target_arch();
+    s.kernel = run_spec.bwd ? 1 : 0;
+    s.params[0] = n;
+    s.params[1] = run_spec.mode;
+    s.params[2] = 1;
+    std::vector<detail::Specialization> points;
+    s.family->search_space(s, points);
+    for (const detail::Specialization& p : points) {
+      if (run_spec.mode != 2 && p.config[2] != 1) continue;
+      SCOPED_TRACE(std::string(run_spec.bwd ? "bwd " : "fwd ") + p.describe());
+      Result res;
+      {
+        detail::ForceConfigScope force(p);
+        res = run(in, spec);
+        EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
+      }
+      EXPECT_TRUE(res.written_outside.empty());
+      EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
+      EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
+      EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
+      EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kiln::test
