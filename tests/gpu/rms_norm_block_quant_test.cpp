@@ -336,6 +336,28 @@ INSTANTIATE_TEST_SUITE_P(Modes, RmsNormBlockQuantSpecialValues,
                            return "mode" + std::to_string(i.param.first) + "_rs" + std::to_string(i.param.second);
                          });
 
+// The same special values through every mode-0 kernel (the default one above; here the row8 kernel and the pipe
+// kernel with weights loaded and in registers): all-NaN, inf, overflowing and tiny rows reach the scale rule.
+TEST_F(RmsNormBlockQuantTest, SpecialValuesEveryMode0Kernel) {
+  struct Cfg {
+    int warps, col_blocks, prefetch, stages;
+  };
+  for (const Cfg& k : {Cfg{8, 4, 1, 0}, Cfg{8, 4, 0, 3}, Cfg{16, 4, 1, 2}, Cfg{4, 4, 1, 4}})
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE("warps " + std::to_string(k.warps) + " col_blocks " + std::to_string(k.col_blocks) + " prefetch " +
+                   std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " round_scale " +
+                   std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, 0, 0));
+      const Input in = special_input(mix_seed({0x64, static_cast<uint64_t>(k.stages), rs}));
+      RunSpec spec;
+      spec.mode = 0;
+      spec.round_scale = rs;
+      spec.eps = 1e-5f;
+      run_and_check(in, spec);
+    }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // ---- layouts, options and contracts ----------------------------------------------------------------------------
 
 // Rows 16-byte aligned but N + 64 elements apart; the gap holds NaN, so reading it would poison the row.
@@ -359,6 +381,20 @@ TEST_F(RmsNormBlockQuantTest, Fp32Weight) {
     spec.mode = mode;
     run_and_check(in, spec);
   }
+}
+
+// fp32 weights through the mode-0 pipe kernel, loaded every row and held in registers.
+TEST_F(RmsNormBlockQuantTest, Fp32WeightPipe) {
+  for (int wreg : {0, 1}) {
+    SCOPED_TRACE("weights in registers " + std::to_string(wreg));
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, wreg, 3, 0, 0));
+    const Input in = random_input(3001, 2048, mix_seed({0x63, static_cast<uint64_t>(wreg)}), DType::f32);
+    RunSpec spec;
+    spec.mode = 0;
+    spec.round_scale = wreg == 1;
+    run_and_check(in, spec);
+  }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
 // rms_inv is an optional output: leaving it out changes nothing else.
@@ -452,12 +488,19 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
   points.push_back({7168, 2, 0, 4, 0, 0, 0, 0, 4003});
-  for (int warps : {4, 8, 16})
-    for (int stages : {2, 3}) points.push_back({2048, 0, warps, 0, 0, stages, 0, 0, 20011});  // mode 0 ring
-  points.push_back({2048, 0, 4, 0, 0, 4, 0, 0, 20011});
-  points.push_back({7168, 0, 4, 0, 0, 2, 0, 0, 5003});
-  points.push_back({7168, 0, 8, 0, 0, 2, 0, 0, 5003});
-  points.push_back({128, 0, 4, 0, 0, 4, 0, 0, 100003});
+  for (int warps : {4, 8, 16})  // mode 0 pipe kernel: warps × slots a warp × weights in registers
+    for (int stages : {2, 3})
+      for (int wreg : {0, 1}) points.push_back({2048, 0, warps, 4, wreg, stages, 0, 0, 20011});
+  points.push_back({2048, 0, 4, 4, 1, 4, 0, 0, 20011});
+  points.push_back({2048, 0, 8, 4, 0, 4, 0, 0, 20011});
+  points.push_back({7168, 0, 4, 4, 0, 2, 0, 0, 5003});
+  points.push_back({7168, 0, 8, 4, 0, 2, 0, 0, 5003});
+  points.push_back({4096, 0, 8, 4, 0, 3, 0, 0, 9001});
+  points.push_back({128, 0, 4, 4, 1, 4, 0, 0, 100003});  // a partial step: one block of four
+  points.push_back({640, 0, 8, 4, 1, 2, 0, 0, 20011});   // five blocks: a full step and a partial one
+  points.push_back({640, 0, 16, 4, 0, 3, 0, 0, 20011});
+  points.push_back({2048, 0, 8, 4, 1, 3, 0, 0, 131});    // fewer rows than warps of the grid
+  points.push_back({2048, 0, 16, 4, 0, 2, 0, 0, 1});
   points.push_back({2048, 0, 8, 0, 1, 0, 0, 0, 20011});  // the register row kernel
   for (int warps : {4, 8, 16}) {  // the row8 kernel (8 lanes a block)
     points.push_back({2048, 0, warps, 4, 1, 0, 0, 0, 20011});
@@ -487,7 +530,8 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
   // Not points: overlap with 4 blocks a CTA needs 8 slots; 16 warps × 4 row slots exceed shared memory.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1, 0));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 4, 0, 4, 0, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(4096, 0, 8, 4, 1, 2, 0, 0));  // weights in registers: N ≤ 2048
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));  // exceeds shared memory
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));  // RELOAD needs a cluster
 }
