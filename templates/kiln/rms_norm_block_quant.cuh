@@ -23,7 +23,8 @@
 //    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
 //  * pipe_kernel (mode 0): the row8 math on kiln/row_pipe.cuh (balanced rows per CTA, per-warp rings of row slots
 //    filled by TMA bulk copies), weights in registers, the power-of-two scale from the bits of amax.
-// Every quantizer multiplies by the exact reciprocal of a power-of-two scale built from its bits (rmsq::Quant).
+// Every power-of-two scale is built from the bits of amax without a division (rmsq::scale), and every quantizer
+// multiplies by its exact reciprocal, also built from bits (rmsq::Quant).
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
@@ -101,10 +102,12 @@ struct Quant {
   }
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
 };
-// block_scale<true>(amax) for amax ≥ 0 (never NaN: every amax here is a max from 0 that ignores NaN), without the
-// division: see rms_norm_block_quant_pow2_scale_bits.
-__device__ __forceinline__ float pow2_scale(float amax) {
-  return __uint_as_float(rms_norm_block_quant_pow2_scale_bits(__float_as_uint(amax)));
+// rmsq::scale<ROUND>(amax); with ROUND from the bits of amax, without the division
+// (rms_norm_block_quant_pow2_scale_bits: the same value for every input).
+template <bool ROUND>
+__device__ __forceinline__ float scale(float amax) {
+  if constexpr (ROUND) return __uint_as_float(rms_norm_block_quant_pow2_scale_bits(__float_as_uint(amax)));
+  else return block_scale<false>(amax);
 }
 }  // namespace rmsq
 
@@ -170,7 +173,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
@@ -252,7 +255,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row8_kernel(c
       }
       amax = warp_max<8>(amax);
       if (!on) continue;
-      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint2 out;
@@ -439,7 +442,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       if (MODE == 2) {
         amax = warp_max<16>(amax);
         const int r = g * 8 + i;
-        const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+        const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
         if (r < valid) {
           uint2 out;
           out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -463,7 +466,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       float m = 0.f;
 #pragma unroll
       for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-      const float sc = block_scale<ROUND>(m);
+      const float sc = rmsq::scale<ROUND>(m);
       colscale[threadIdx.x] = sc;
       a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
     }
@@ -763,7 +766,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+          const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -787,7 +790,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         float m = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-        const float sc = block_scale<ROUND>(m);
+        const float sc = rmsq::scale<ROUND>(m);
         colscale[threadIdx.x] = sc;
         a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
       }
@@ -861,8 +864,8 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 //  * WREG (N ≤ 2048): the lane's weights held in registers as fp32 for the whole kernel, instead of loaded (L1
 //    hits) for every row;
 //  * Σx² in four interleaved accumulators, the block amax as a tree;
-//  * ROUND: the power-of-two scale from the bits of amax (rms_norm_block_quant_pow2_scale_bits: no division) and
-//    its reciprocal from its bits (rmsq::Quant).
+//  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale: no division) and its reciprocal from its
+//    bits (rmsq::Quant), as in every kernel here.
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
 // Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
 template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32>
@@ -966,7 +969,7 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
       for (int j = 0; j < 4; ++j) m[j] = fmaxf(m[j], m[j + 4]);
       const float amax = warp_max<8>(fmaxf(fmaxf(fmaxf(m[0], m[2]), fmaxf(m[1], m[3])), 0.f));
       if (!on) continue;
-      const rmsq::Quant<ROUND> quant(ROUND ? rmsq::pow2_scale(amax) : block_scale<false>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint2 out;
