@@ -40,6 +40,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
+  else if (s.config[C_EXCHANGE] == 2)  // rowcol: col_blocks = blocks a CTA quantizes by columns, warps = row warps
+    name = fmt::format("kiln::rms_norm_block_quant_rowcol_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       p[P_N] / (128 * s.config[C_COL_BLOCKS]), s.config[C_WARPS], s.config[C_STAGES], round, wf32);
   else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
@@ -54,6 +57,9 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
                                                                          s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
+  if (s.config[C_EXCHANGE] == 2)
+    return rms_norm_block_quant_rowcol_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
+                                                  s.config[C_STAGES]);
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -204,6 +210,29 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
     }
 }
 
+// Rowcol points (mode 2, sm_90): cb column blocks a CTA quantizes, so clusters of S = N/(128·cb) CTAs (4, 8 or 16:
+// fewer leave too few clusters to pipeline tiles); 2 or 3 row slots for each of 8 row warps, or 4 row warps where 8
+// do not fit 227 KiB.
+void rowcol_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
+  const int N = static_cast<int>(base.params[P_N]);
+  const int S = N / (128 * cb);
+  if (S != 4 && S != 8 && S != 16) return;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_COL_BLOCKS] = cb;
+  s.config[C_EXCHANGE] = 2;
+  for (int depth : {2, 3}) {
+    for (int rw : {8, 4}) {
+      if ((128 / S) % rw != 0 || rms_norm_block_quant_rowcol_smem_bytes(N, rw, depth) > 227 * 1024) continue;
+      s.config[C_WARPS] = rw;
+      s.config[C_STAGES] = depth;
+      out.push_back(s);
+      break;
+    }
+  }
+}
+
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
 // Tile kernel: column blocks per CTA that divide N/128; in mode 2 the cluster they imply must be ≤ 16 CTAs on
 // Hopper (there are no clusters before sm_90: one CTA per row); mode 1 takes up to 8 blocks per CTA.
@@ -251,6 +280,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       out.push_back(s);
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
+    rowcol_points(base, cb, out);
   }
 }
 
@@ -398,8 +428,9 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     int groups = 0;
     if (s.config[C_STAGES] > 0) {  // persistent: as many clusters as are resident at once, each looping over tiles
       const unsigned split = static_cast<unsigned>(N / (128 * s.config[C_COL_BLOCKS]));
-      groups = ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, s.config[C_WARPS] * 32,
-                           static_cast<unsigned>(smem_bytes(s)));
+      const bool rowcol = s.config[C_EXCHANGE] == 2;  // always a cluster (of one CTA where N = 128·cb)
+      groups = ring_groups(impl, impl.kernel(s), split, rowcol || (mode == 2 && split > 1),
+                           rowcol ? 256 : s.config[C_WARPS] * 32, static_cast<unsigned>(smem_bytes(s)));
       // A cluster shape this GPU cannot co-schedule: the non-persistent tile kernel's default instead.
       if (groups == 0) s.config = make_spec(s.arch, N, mode, opts.round_scale, false, false).config;
     }
@@ -407,7 +438,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     const unsigned split = static_cast<unsigned>(N / (128 * cb));
     d.grid[0] = split;
     d.grid[1] = static_cast<unsigned>(s.config[C_STAGES] > 0 ? std::min<int64_t>(tiles, groups) : tiles);
-    d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
+    d.block[0] = s.config[C_STAGES] > 0 && s.config[C_EXCHANGE] != 2 ? static_cast<unsigned>(s.config[C_WARPS]) * 32
+                                                                      : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
   }

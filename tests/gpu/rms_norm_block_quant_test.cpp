@@ -358,6 +358,29 @@ TEST_F(RmsNormBlockQuantTest, SpecialValuesEveryMode0Kernel) {
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
+// Mode 2's rowcol kernel (rows, then columns re-read, per tile): special values, and rms_inv left out.
+TEST_F(RmsNormBlockQuantTest, RowcolSpecialValuesAndOptionalRmsInv) {
+  for (int cb : {1, 2})
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE("col_blocks " + std::to_string(cb) + " round_scale " + std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 2, 8, cb, 0, 2, 0, 2));
+      const Input in = special_input(mix_seed({0x65, static_cast<uint64_t>(cb), rs}));
+      RunSpec spec;
+      spec.mode = 2;
+      spec.round_scale = rs;
+      spec.eps = 1e-5f;
+      const Result with = run_and_check(in, spec);
+      spec.with_rms_inv = false;
+      const Result without = run(in, spec);
+      EXPECT_TRUE(without.written_outside.empty());
+      EXPECT_TRUE(bitwise_equal("q", without.q, with.q));
+      EXPECT_TRUE(bitwise_equal("q_scale", without.q_scale, with.q_scale));
+      EXPECT_TRUE(bitwise_equal("qT", without.qT, with.qT));
+      EXPECT_TRUE(bitwise_equal("qT_scale", without.qT_scale, with.qT_scale));
+    }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // ---- layouts, options and contracts ----------------------------------------------------------------------------
 
 // Rows 16-byte aligned but N + 64 elements apart; the gap holds NaN, so reading it would poison the row.
@@ -485,6 +508,13 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
     for (int cb : {2, 4, 8}) points.push_back({2048, 2, 8, cb, 1, R, 0, 1, 8000});
     for (int cb : {4, 7, 8, 14, 28}) points.push_back({7168, 2, 8, cb, 1, R, 0, 1, 4003});
   }
+  for (int depth : {2, 3}) {  // mode 2 rowcol: clusters of 16, 8, 4 CTAs (N = 2048), 8 and 4 (N = 7168, 4 row warps)
+    for (int cb : {1, 2, 4}) points.push_back({2048, 2, 8, cb, 0, depth, 0, 2, 8000});
+    for (int cb : {7, 14}) points.push_back({7168, 2, 4, cb, 0, depth, 0, 2, 4003});
+  }
+  points.push_back({2048, 2, 8, 2, 0, 2, 0, 2, 1});
+  points.push_back({2048, 2, 8, 1, 0, 3, 0, 2, 130});
+  points.push_back({2048, 2, 8, 4, 0, 2, 0, 2, 50001});  // many tiles a cluster: the recv buffers are reused
   for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
   points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
   points.push_back({7168, 2, 0, 4, 0, 0, 0, 0, 4003});
