@@ -23,7 +23,7 @@
 //    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
 //  * pipe_kernel (mode 0): the row8 math on kiln/row_pipe.cuh (balanced rows per CTA, per-warp rings of row slots
 //    filled by TMA bulk copies), weights in registers, the power-of-two scale from the bits of amax.
-// Every power-of-two scale is built from the bits of amax without a division (rmsq::scale), and every quantizer
+// Every power-of-two scale is built from the bits of amax without a division (rmsq::scale_of_max), and every quantizer
 // multiplies by its exact reciprocal, also built from bits (rmsq::Quant).
 #pragma once
 #include "kiln/common.cuh"
@@ -112,11 +112,11 @@ struct Quant {
   }
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
 };
-// rmsq::scale<ROUND>(amax); with ROUND from the bits of amax, without the division
-// (rms_norm_block_quant_pow2_scale_bits: the same value for every input).
+// block_scale<ROUND>(amax) for an amax that is a max from 0 ignoring NaN (≥ 0, never NaN), as every amax here is;
+// with ROUND from the bits of amax, branch-free and without the division (rms_norm_block_quant_pow2_scale_bits_of_max).
 template <bool ROUND>
-__device__ __forceinline__ float scale(float amax) {
-  if constexpr (ROUND) return __uint_as_float(rms_norm_block_quant_pow2_scale_bits(__float_as_uint(amax)));
+__device__ __forceinline__ float scale_of_max(float amax) {
+  if constexpr (ROUND) return __uint_as_float(rms_norm_block_quant_pow2_scale_bits_of_max(__float_as_uint(amax)));
   else return block_scale<false>(amax);
 }
 }  // namespace rmsq
@@ -183,7 +183,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
@@ -265,7 +265,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row8_kernel(c
       }
       amax = warp_max<8>(amax);
       if (!on) continue;
-      const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint2 out;
@@ -452,7 +452,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       if (MODE == 2) {
         amax = warp_max<16>(amax);
         const int r = g * 8 + i;
-        const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
+        const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
         if (r < valid) {
           uint2 out;
           out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -476,7 +476,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       float m = 0.f;
 #pragma unroll
       for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-      const float sc = rmsq::scale<ROUND>(m);
+      const float sc = rmsq::scale_of_max<ROUND>(m);
       colscale[threadIdx.x] = sc;
       a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
     }
@@ -776,7 +776,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const rmsq::Quant<ROUND> quant(rmsq::scale<ROUND>(amax));
+          const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -800,7 +800,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         float m = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-        const float sc = rmsq::scale<ROUND>(m);
+        const float sc = rmsq::scale_of_max<ROUND>(m);
         colscale[threadIdx.x] = sc;
         a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
       }
@@ -878,6 +878,10 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
   const int blk = lane >> 3, c = lane & 7;
   auto active = [&](int s) { return s * 4 + blk < NB; };                           // 8-lane-group uniform
   auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
+  // Output pointers of step 0, advanced by constants (no 64-bit index arithmetic per step).
+  u8* const qrow = a.q + row * N + blk * 128 + c * 8;          // + 512·s + 64·h
+  float* qs = a.q_scale + static_cast<i64>(blk) * a.M + row;   // + 4·M a step
+  const i64 qs_step = 4 * static_cast<i64>(a.M);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int s = 0; s < STEPS; ++s)
@@ -919,16 +923,18 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 #pragma unroll
     for (int j = 0; j < 4; ++j) m[j] = fmaxf(m[j], m[j + 4]);
     const float amax = warp_max<8>(fmaxf(fmaxf(fmaxf(m[0], m[2]), fmaxf(m[1], m[3])), 0.f));
-    if (!on) continue;
-    const Quant<ROUND> quant(scale<ROUND>(amax));
+    if (on) {
+      const Quant<ROUND> quant(scale_of_max<ROUND>(amax));
 #pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      uint2 out;
-      out.x = e4m3x4(quant(y[8 * h + 0]), quant(y[8 * h + 1]), quant(y[8 * h + 2]), quant(y[8 * h + 3]));
-      out.y = e4m3x4(quant(y[8 * h + 4]), quant(y[8 * h + 5]), quant(y[8 * h + 6]), quant(y[8 * h + 7]));
-      *reinterpret_cast<uint2*>(a.q + row * N + col_of(s, h)) = out;
+      for (int h = 0; h < 2; ++h) {
+        uint2 out;
+        out.x = e4m3x4(quant(y[8 * h + 0]), quant(y[8 * h + 1]), quant(y[8 * h + 2]), quant(y[8 * h + 3]));
+        out.y = e4m3x4(quant(y[8 * h + 4]), quant(y[8 * h + 5]), quant(y[8 * h + 6]), quant(y[8 * h + 7]));
+        *reinterpret_cast<uint2*>(qrow + 512 * s + 64 * h) = out;
+      }
+      if (c == 0) *qs = quant.s;
     }
-    if (c == 0) a.q_scale[static_cast<i64>(s * 4 + blk) * a.M + row] = quant.s;
+    qs += qs_step;
   }
   return r;
 }
@@ -944,8 +950,8 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 //  * WREG (N ≤ 2048): the lane's weights held in registers as fp32 for the whole kernel, instead of loaded (L1
 //    hits) for every row;
 //  * Σx² in four interleaved accumulators, the block amax as a tree;
-//  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale: no division) and its reciprocal from its
-//    bits (rmsq::Quant), as in every kernel here.
+//  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale_of_max: no division) and its reciprocal
+//    from its bits (rmsq::Quant), as in every kernel here.
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
 // Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
 template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32>
@@ -1174,7 +1180,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_rowcol_min_blocks(N
         float m = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-        const float sc = scale<ROUND>(m);
+        const float sc = scale_of_max<ROUND>(m);
         colscale[threadIdx.x] = sc;
         a.qT_scale[(m0 / ROWS) * N + c0 + threadIdx.x] = sc;
       }

@@ -23,18 +23,17 @@ struct RmsNormBlockQuantArgs {
 #define KILN_RMSQ_HD
 #endif
 
-// The power-of-two block scale s = 2^ceil(log2(max(fl(amax / 448), 1e-30))) (spec §2, round_scale) as fp32 bits, from
-// the bits of amax, with no division. fl(amax/448) ≤ 2^k exactly when amax ≤ 448·2^k: a quotient
-// within half an ulp above 2^k rounds down to it (ties to even), and the float after 448·2^k = 1.75·2^(k+8) lies
-// 2^-23/1.75 > 2^-24 (relative) above it. With amax = m·2^e (m in [1, 2)) the smallest such k is e − 8 for
-// m ≤ 1.75 (mantissa field ≤ 0x600000) and e − 7 above: adding 0x1FFFFF carries into the exponent field exactly then.
-// Floored at 2^-99 (the power of two above 1e-30: zero, subnormal, negative and NaN amax land there, as
-// max(NaN, 1e-30) = 1e-30); amax = +inf gives inf.
-constexpr KILN_RMSQ_HD unsigned rms_norm_block_quant_pow2_scale_bits(unsigned amax_bits) {
-  if (amax_bits > 0x7f800000u) return 28u << 23;  // NaN or negative
-  if (amax_bits == 0x7f800000u) return 0x7f800000u;
+// The power-of-two block scale s = 2^ceil(log2(max(fl(amax / 448), 1e-30))) (spec §2, round_scale) as fp32 bits,
+// from the bits of an amax that is a max from 0 ignoring NaN (so ≥ 0 and never NaN: bits ≤ 0x7f800000), with no
+// division and no branch. fl(amax/448) ≤ 2^k exactly when amax ≤ 448·2^k: a quotient within half an ulp above 2^k
+// rounds down to it (ties to even), and the float after 448·2^k = 1.75·2^(k+8) lies 2^-23/1.75 > 2^-24 (relative)
+// above it. With amax = m·2^e (m in [1, 2)) the smallest such k is e − 8 for m ≤ 1.75 (mantissa field ≤ 0x600000)
+// and e − 7 above: adding 0x1FFFFF carries into the exponent field exactly then. Floored at 2^-99 (the power of two
+// above 1e-30; zero and subnormal amax land there); amax = inf gives inf.
+constexpr KILN_RMSQ_HD unsigned rms_norm_block_quant_pow2_scale_bits_of_max(unsigned amax_bits) {
   const int k = static_cast<int>((amax_bits + 0x1fffffu) & 0x7f800000u) - (8 << 23);
-  return static_cast<unsigned>(k > (28 << 23) ? k : (28 << 23));  // 2^-99 = (127 − 99) << 23
+  const unsigned floored = static_cast<unsigned>(k > (28 << 23) ? k : (28 << 23));  // 2^-99 = (127 − 99) << 23
+  return amax_bits >= 0x7f800000u ? 0x7f800000u : floored;
 }
 
 // Largest N: the row kernel keeps N/32 values per lane in registers; the tile kernel's cluster is ≤ 16 CTAs of
