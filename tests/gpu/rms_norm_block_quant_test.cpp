@@ -523,6 +523,11 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
       for (int wreg : {0, 1}) points.push_back({2048, 0, warps, 4, wreg, stages, 0, 0, 20011});
   points.push_back({2048, 0, 4, 4, 1, 4, 0, 0, 20011});
   points.push_back({2048, 0, 8, 4, 0, 4, 0, 0, 20011});
+  for (int warps : {4, 8, 16})  // AHEAD: refilled on the next row's wait
+    points.push_back({2048, 0, warps, 4, 1, 3, 1, 0, 20011});
+  points.push_back({2048, 0, 4, 4, 1, 4, 1, 0, 20011});
+  points.push_back({640, 0, 8, 4, 1, 3, 1, 0, 3001});
+  points.push_back({2048, 0, 16, 4, 1, 3, 1, 0, 17});
   points.push_back({7168, 0, 4, 4, 0, 2, 0, 0, 5003});
   points.push_back({7168, 0, 8, 4, 0, 2, 0, 0, 5003});
   points.push_back({4096, 0, 8, 4, 0, 3, 0, 0, 9001});
@@ -562,6 +567,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 4, 0, 4, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(4096, 0, 8, 4, 1, 2, 0, 0));  // weights in registers: N ≤ 2048
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 2, 1, 0));  // AHEAD needs three slots
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));  // exceeds shared memory
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));  // RELOAD needs a cluster
 }
