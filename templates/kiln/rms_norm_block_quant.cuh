@@ -1146,15 +1146,21 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_rowcol_min_blocks(N
     const int p = t & 1;
     const bf16* xg = static_cast<const bf16*>(a.x);
     float rv[8];
-#pragma unroll 1
-    for (int b = 0; b < CBC; ++b) {
-      const int c0 = (rank * CBC + b) * 128;  // first channel of the block
-      Vec16 xv[8];
+    // Rows 8g … 8g+7, columns 8hl … of block b (rows past M read as zero). Block b + 1 is loaded as soon as block b's
+    // transposed codes are staged (y is consumed then), so its L2 latency hides behind the barrier and the stores.
+    Vec16 xv[8];
+    auto load_block = [&](int b) {
 #pragma unroll
       for (int i = 0; i < 8; ++i) {
         const int r = g * 8 + i;
-        xv[i] = r < valid ? load16_stream(xg + (m0 + r) * a.x_stride + c0 + hl * 8) : Vec16{{0u, 0u, 0u, 0u}};
+        xv[i] = r < valid ? load16_stream(xg + (m0 + r) * a.x_stride + (rank * CBC + b) * 128 + hl * 8)
+                          : Vec16{{0u, 0u, 0u, 0u}};
       }
+    };
+    load_block(0);
+#pragma unroll 1
+    for (int b = 0; b < CBC; ++b) {
+      const int c0 = (rank * CBC + b) * 128;  // first channel of the block
       if (b == 0) {  // r of the tile's rows: the cluster's pushes (rows past M pushed 0)
         if (threadIdx.x == 0) mbar_arrive_expect_tx(rbar + p, ROWS * 4);
         mbar_wait(rbar + p, static_cast<u32>(t >> 1) & 1u);
@@ -1196,6 +1202,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_rowcol_min_blocks(N
         const u32 hi = e4m3x4(quant(y[4][e]), quant(y[5][e]), quant(y[6][e]), quant(y[7][e]));
         codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
       }
+      if (b + 1 < CBC) load_block(b + 1);  // y is consumed: its registers take the next block, in flight from here
       __syncthreads();  // (C) codesT complete
       // Warp w writes channels 16w … 16w+15; 8 lanes cover a channel's 128 tokens, 4 channels per instruction.
 #pragma unroll
