@@ -34,16 +34,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers
-    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
-                       s.config[C_OVERLAP] != 0);
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                       s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
-  else if (s.config[C_EXCHANGE] == 2)  // rowcol: col_blocks = blocks a CTA quantizes by columns, warps = row warps
-    name = fmt::format("kiln::rms_norm_block_quant_rowcol_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       p[P_N] / (128 * s.config[C_COL_BLOCKS]), s.config[C_WARPS], s.config[C_STAGES], round, wf32);
   else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
@@ -58,9 +54,6 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
                                                                          s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
-  if (s.config[C_EXCHANGE] == 2)
-    return rms_norm_block_quant_rowcol_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
-                                                  s.config[C_STAGES]);
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -118,9 +111,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
     s.config[C_WARPS] = !long_row ? 8 : round ? 4 : 16;
     s.config[C_PREFETCH] = !long_row;
     if (arch.sm >= 90 && N <= 2048) {
-      // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4 round 1, H100, M = 8192,
-      // N = 2048): round_scale 1 8 warps 18.94 µs (16 warps 19.15, 4 warps 19.33; row8 20.32; three slots 20.7,
-      // weights reloaded every row 23.0); round_scale 0 16 warps 25.02 (8 warps 25.41; row8 25.92).
+      // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
+      // N = 2048): round_scale 1 8 warps 18.67 µs in round 2 (round 1 tune: 18.94; 16 warps 19.15, 4 warps 19.33;
+      // row8 20.32; three slots 20.7, weights reloaded every row 23.0); round_scale 0 16 warps 25.02 (8 warps
+      // 25.41; row8 25.92). At N = 7168 (weights cannot stay in registers) it lost to row8: 86.1 vs 79.5.
       s.config[C_WARPS] = round ? 8 : 16;
       s.config[C_STAGES] = 2;
       s.config[C_PREFETCH] = 1;
@@ -218,29 +212,6 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
     }
 }
 
-// Rowcol points (mode 2, sm_90): cb column blocks a CTA quantizes, so clusters of S = N/(128·cb) CTAs (4, 8 or 16:
-// fewer leave too few clusters to pipeline tiles); 2 or 3 row slots for each of 8 row warps, or 4 row warps where 8
-// do not fit 227 KiB.
-void rowcol_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
-  if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
-  const int N = static_cast<int>(base.params[P_N]);
-  const int S = N / (128 * cb);
-  if (S != 4 && S != 8 && S != 16) return;
-  Specialization s = base;
-  s.config = {};
-  s.config[C_COL_BLOCKS] = cb;
-  s.config[C_EXCHANGE] = 2;
-  for (int depth : {2, 3}) {
-    for (int rw : {8, 4}) {
-      if ((128 / S) % rw != 0 || rms_norm_block_quant_rowcol_smem_bytes(N, rw, depth) > 227 * 1024) continue;
-      s.config[C_WARPS] = rw;
-      s.config[C_STAGES] = depth;
-      out.push_back(s);
-      break;
-    }
-  }
-}
-
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
 // Tile kernel: column blocks per CTA that divide N/128; in mode 2 the cluster they imply must be ≤ 16 CTAs on
 // Hopper (there are no clusters before sm_90: one CTA per row); mode 1 takes up to 8 blocks per CTA.
@@ -262,21 +233,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_COL_BLOCKS] = 4;
       // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048.
       const bool wreg_fits = N <= 2048;
-      // overlap 1 (AHEAD: refill on the next row's wait, a smaller start burst) with three or more slots and the
-      // weights in registers.
       for (int warps : {4, 8, 16})
         for (int stages : {2, 3, 4})
-          for (int wreg : {0, 1})
-            for (int ahead : {0, 1}) {
-              if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
-              if (wreg && !wreg_fits) continue;
-              if (ahead && (stages < 3 || !wreg)) continue;
-              s.config[C_WARPS] = warps;
-              s.config[C_STAGES] = stages;
-              s.config[C_PREFETCH] = wreg;
-              s.config[C_OVERLAP] = ahead;
-              out.push_back(s);
-            }
+          for (int wreg : {0, 1}) {
+            if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
+            if (wreg && !wreg_fits) continue;
+            s.config[C_WARPS] = warps;
+            s.config[C_STAGES] = stages;
+            s.config[C_PREFETCH] = wreg;
+            out.push_back(s);
+          }
     }
     return;
   }
@@ -293,7 +259,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       out.push_back(s);
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
-    rowcol_points(base, cb, out);
   }
 }
 
@@ -441,9 +406,8 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     int groups = 0;
     if (s.config[C_STAGES] > 0) {  // persistent: as many clusters as are resident at once, each looping over tiles
       const unsigned split = static_cast<unsigned>(N / (128 * s.config[C_COL_BLOCKS]));
-      const bool rowcol = s.config[C_EXCHANGE] == 2;  // always a cluster (of one CTA where N = 128·cb)
-      groups = ring_groups(impl, impl.kernel(s), split, rowcol || (mode == 2 && split > 1),
-                           rowcol ? 256 : s.config[C_WARPS] * 32, static_cast<unsigned>(smem_bytes(s)));
+      groups = ring_groups(impl, impl.kernel(s), split, mode == 2 && split > 1, s.config[C_WARPS] * 32,
+                           static_cast<unsigned>(smem_bytes(s)));
       // A cluster shape this GPU cannot co-schedule: the non-persistent tile kernel's default instead.
       if (groups == 0) s.config = make_spec(s.arch, N, mode, opts.round_scale, false, false).config;
     }
@@ -451,8 +415,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     const unsigned split = static_cast<unsigned>(N / (128 * cb));
     d.grid[0] = split;
     d.grid[1] = static_cast<unsigned>(s.config[C_STAGES] > 0 ? std::min<int64_t>(tiles, groups) : tiles);
-    d.block[0] = s.config[C_STAGES] > 0 && s.config[C_EXCHANGE] != 2 ? static_cast<unsigned>(s.config[C_WARPS]) * 32
-                                                                      : 256;
+    d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
   }

@@ -75,16 +75,6 @@ __device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* loca
                : "memory");
 #endif
 }
-// 4 bytes into the shared memory of CTA `rank` of the cluster, as st_async16.
-__device__ __forceinline__ void st_async_b32(float* local_dst, float v, u64* local_bar, u32 rank) {
-#if __CUDA_ARCH__ >= 900
-  u32 d, b;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
-  asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [%0], %1, [%2];" ::"r"(d), "f"(v), "r"(b)
-               : "memory");
-#endif
-}
 __device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
 #if __CUDA_ARCH__ >= 900
   u32 done;
@@ -865,7 +855,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Mode 0's math for one row held in shared memory (the pipe and rowcol kernels): the row8 layout (lane = 8·blk + c:
+// Mode 0's math for one row held in shared memory (the pipe kernel): the row8 layout (lane = 8·blk + c:
 // block blk of each 512-column step, its 16-byte chunks c and c + 8), Σx² in four interleaved accumulators, the
 // block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of `row`;
 // returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats.
@@ -954,17 +944,14 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 //    from its bits (rmsq::Quant), as in every kernel here.
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
 // Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
-// AHEAD: a row's slot is refilled when the next row is waited for (row k + DEPTH − 1 issued as row k lands) rather
-// than after it is computed: the same DEPTH − 1 rows in flight during a computation, but a start burst of DEPTH − 1
-// rows a warp instead of DEPTH (measured: deeper rings lost, 8 warps × 3 slots 20.7 µs vs × 2 slots 18.9).
-template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, bool AHEAD = false>
+template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32>
 __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH)))
     rms_norm_block_quant_pipe_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int NB = N / 128;          // column blocks per row
   constexpr int STEPS = (NB + 3) / 4;  // 512-column steps
   constexpr int SLOT = N * 2;          // one bf16 row
   static_assert(N % 128 == 0 && SLOT < (1 << 20), "one bulk copy a row");
-  static_assert(DEPTH >= (AHEAD ? 3 : 2), "a ring of at least two slots (three with AHEAD)");
+  static_assert(DEPTH >= 2, "a ring of at least two slots");
   static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
   static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -980,7 +967,7 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
     ring.template issue<SLOT, 1>(k, k < rows, src, lane);
   };
 #pragma unroll 1
-  for (int k = 0; k < (AHEAD ? DEPTH - 1 : DEPTH); ++k) issue(k);
+  for (int k = 0; k < DEPTH; ++k) issue(k);
 
   auto active = [&](int s) { return s * 4 + blk < NB; };                           // 8-lane-group uniform
   auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
@@ -1014,230 +1001,11 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
 #pragma unroll 1
   for (int k = 0; k < rows; ++k) {
     ring.wait(k);
-    if constexpr (AHEAD) issue(k + DEPTH - 1);  // into the slot of row k − 1, released below in the last iteration
     rmsq::row8_smem<N, ROUND>(a, ring.slot(k), strip.row(k), lane, weights);
     ring.release();  // every lane has read the slot
-    if constexpr (!AHEAD) issue(k + DEPTH);
+    issue(k + DEPTH);
   }
   ring.drain();
-}
-
-// ---------------------------------------------------------------------------------------------------------------------
-// Mode 2, "rowcol" (tile kernel config exchange = 2): rows and columns in two phases per 128-token tile, so no
-// partial sums cross CTAs. A cluster of S CTAs takes tiles group, group + G, … (persistent, G clusters resident);
-// CTA `rank` of it:
-//  * row phase of tile t: its 128/S rows of the tile, whole rows, rank·(128/S) + RW·j + warp (j < RPW), streamed by
-//    its RW row warps through per-warp rings of DEPTH row slots (TMA bulk copies, normal L2 policy: the column
-//    phase re-reads the tile) with mode 0's math (rmsq::row8_smem: q, q_scale, rms_out and r); each row's r is
-//    pushed by st.async into recv[t & 1][row] of all S CTAs (rows past M push 0), completing 512 bytes a tile on
-//    each CTA's rbar[t & 1];
-//  * column phase of tile t − 1 (after the row phase of tile t, so the pushes of tile t − 1 had a whole row phase to
-//    land): its CBC = N / (128·S) column blocks of 128 channels × 128 tokens, x re-read from L2 (the cluster's row
-//    phases just streamed it), y = (x·r)·w from registers (8 rows × 8 columns a thread, as the tile kernel), column
-//    amax across the CTA (colmax in shared memory), transposed codes staged in shared memory and stored as whole
-//    128-byte rows of qT.
-// recv[p] is rewritten (pushes of tile t + 2) only after every CTA of the cluster has finished the column phase of
-// tile t: a cluster barrier arrive (release) follows each column phase, its wait precedes the next-but-one tile's
-// pushes, a whole row phase later. A final wait keeps this CTA's shared memory alive until every CTA is done.
-// Shared memory (rms_norm_block_quant_rowcol_smem_bytes): [RW][DEPTH][N] bf16 row slots, [RW][DEPTH] + [2] mbarriers,
-// recv [2][128] f32, colmax [8][128] f32, colscale [128] f32, codesT [128][16] u64, rstash [128] f32.
-template <int N, int S, int RW, int DEPTH, bool ROUND, bool W_F32>
-__global__ void __launch_bounds__(256, (rms_norm_block_quant_rowcol_min_blocks(N, RW, DEPTH)))
-    rms_norm_block_quant_rowcol_kernel(const RmsNormBlockQuantArgs a) {
-  using namespace rmsq;
-  constexpr int ROWS = 128, WARPS = 8;
-  constexpr int RPC = ROWS / S;    // rows of a tile a CTA takes in the row phase
-  constexpr int RPW = RPC / RW;    // … each row warp
-  constexpr int CBC = N / (128 * S);  // column blocks a CTA quantizes in the column phase
-  constexpr int SLOT = N * 2;
-  static_assert(ROWS % S == 0 && RPC % RW == 0 && RPW >= 1, "S CTAs split 128 rows over RW warps each");
-  static_assert(N % (128 * S) == 0 && CBC >= 1, "S CTAs split the column blocks");
-  static_assert(RW == 4 || RW == 8, "4 or 8 row warps");
-  static_assert(DEPTH >= 2 && SLOT < (1 << 20), "");
-
-  extern __shared__ __align__(128) unsigned char smem_raw[];
-  u64* ring_bars = reinterpret_cast<u64*>(smem_raw + RW * DEPTH * SLOT);  // [RW][DEPTH]
-  u64* rbar = ring_bars + RW * DEPTH;                                      // [2]
-  float* recv = reinterpret_cast<float*>(rbar + 2);                        // [2][ROWS]
-  float* colmax = recv + 2 * ROWS;                                         // [WARPS][128]
-  float* colscale = colmax + WARPS * 128;                                  // [128]
-  u64* codesT = reinterpret_cast<u64*>(colscale + 128);                    // [128][16], slot s at s ^ (n >> 3)
-  float* rstash = reinterpret_cast<float*>(codesT + 128 * 16);            // [RW][RPW] r of the row phase's rows
-
-  const int rank = static_cast<int>(blockIdx.x);
-  const int group = static_cast<int>(blockIdx.y), groups = static_cast<int>(gridDim.y);
-  const int tiles = (a.M + ROWS - 1) / ROWS;
-  const int T = (tiles - 1 - group) / groups + 1;  // this cluster's tiles (the host launches G ≤ tiles)
-  auto tile_m0 = [&](int t) { return static_cast<i64>(group + t * groups) * ROWS; };
-  const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const bool row_warp = warp < RW;
-
-  // ---- row phase state: warp `warp` (< RW) takes row k = t·RPW + j of its sequence ----
-  unsigned char* slots = smem_raw + warp * DEPTH * SLOT;
-  u64* bars = ring_bars + warp * DEPTH;
-  const int nk = T * RPW;
-  auto row_of = [&](int k) {
-    const int t = k / RPW, j = k - t * RPW;
-    return tile_m0(t) + rank * RPC + j * RW + warp;
-  };
-  auto issue = [&](int k) {  // lane 0; the slot's previous row has been read by the whole warp
-    if (k < nk && row_of(k) < a.M) {
-      u64* bar = bars + k % DEPTH;
-      pipe_fence_async();
-      mbar_arrive_expect_tx(bar, SLOT);
-      bulk_load(slots + (k % DEPTH) * SLOT, static_cast<const bf16*>(a.x) + row_of(k) * a.x_stride, SLOT, bar);
-    }
-  };
-  if (threadIdx.x == 0) {
-    mbar_init(rbar);
-    mbar_init(rbar + 1);
-  }
-  if (row_warp && lane == 0) {
-#pragma unroll 1
-    for (int d = 0; d < DEPTH; ++d) mbar_init(bars + d);
-  }
-  if (threadIdx.x == 0 || (row_warp && lane == 0)) mbar_init_fence();
-  __syncthreads();
-  cluster_sync();  // every CTA's barriers exist before anyone pushes into them
-  if (row_warp && lane == 0) {
-#pragma unroll 1
-    for (int k = 0; k < DEPTH; ++k) issue(k);
-  }
-  __syncwarp();
-
-  auto weights = [&](int s, int h, float (&w8)[8]) {
-    const int col = (s * 4 + (lane >> 3)) * 128 + ((lane & 7) + 8 * h) * 8;
-    if (W_F32) load_floats<float, 8>(a.w, col, w8);
-    else load_floats<bf16, 8>(a.w, col, w8);
-  };
-  // Row phase of tile t (row warps); before its pushes, the cluster wait `wait_first` (recv[t & 1] free again).
-  auto row_phase = [&](int t, bool wait_first) {
-#pragma unroll 1
-    for (int j = 0; j < RPW; ++j) {
-      const int k = t * RPW + j;
-      const i64 row = row_of(k);
-      float r = 0.f;
-      if (row < a.M) {
-        mbar_wait(bars + k % DEPTH, static_cast<u32>(k / DEPTH) & 1u);
-        r = row8_smem<N, ROUND>(a, slots + (k % DEPTH) * SLOT, row, lane, weights);
-      }
-      if (lane == 0) rstash[warp * RPW + j] = r;
-      __syncwarp();  // every lane has read the slot (and rstash is written)
-      if (lane == 0) issue(k + DEPTH);
-    }
-    __syncwarp();
-    if (wait_first) cluster_wait();
-    if (lane < S) {
-      const int p = t & 1;
-#pragma unroll 1
-      for (int j = 0; j < RPW; ++j)
-        st_async_b32(recv + p * ROWS + rank * RPC + j * RW + warp, rstash[warp * RPW + j], rbar + p,
-                     static_cast<u32>(lane));
-    }
-  };
-
-  // ---- column phase of tile t: all 256 threads; half-warp g holds rows 8g … 8g+7, lane hl columns 8hl … 8hl+7 ----
-  const int hl = lane & 15, half = lane >> 4;
-  const int g = warp * 2 + half;
-  const bool aligned16 = (a.M % 16) == 0;
-  auto col_phase = [&](int t) {
-    const i64 m0 = tile_m0(t);
-    const int valid = static_cast<int>(min(static_cast<i64>(ROWS), a.M - m0));
-    const int p = t & 1;
-    const bf16* xg = static_cast<const bf16*>(a.x);
-    float rv[8];
-    // Rows 8g … 8g+7, columns 8hl … of block b (rows past M read as zero). Block b + 1 is loaded as soon as block b's
-    // transposed codes are staged (y is consumed then), so its L2 latency hides behind the barrier and the stores.
-    Vec16 xv[8];
-    auto load_block = [&](int b) {
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        const int r = g * 8 + i;
-        xv[i] = r < valid ? load16_stream(xg + (m0 + r) * a.x_stride + (rank * CBC + b) * 128 + hl * 8)
-                          : Vec16{{0u, 0u, 0u, 0u}};
-      }
-    };
-    load_block(0);
-#pragma unroll 1
-    for (int b = 0; b < CBC; ++b) {
-      const int c0 = (rank * CBC + b) * 128;  // first channel of the block
-      if (b == 0) {  // r of the tile's rows: the cluster's pushes (rows past M pushed 0)
-        if (threadIdx.x == 0) mbar_arrive_expect_tx(rbar + p, ROWS * 4);
-        mbar_wait(rbar + p, static_cast<u32>(t >> 1) & 1u);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) rv[i] = recv[p * ROWS + g * 8 + i];
-      }
-      float w8[8];
-      if (W_F32) load_floats<float, 8>(a.w, c0 + hl * 8, w8);
-      else load_floats<bf16, 8>(a.w, c0 + hl * 8, w8);
-      float y[8][8];
-      float cm[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
-          cm[e] = fmaxf(cm[e], fabsf(y[i][e]));
-        }
-#pragma unroll
-      for (int e = 0; e < 8; ++e) cm[e] = fmaxf(cm[e], __shfl_xor_sync(0xffffffffu, cm[e], 16));
-      if (half == 0) {
-        *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8) = make_float4(cm[0], cm[1], cm[2], cm[3]);
-        *reinterpret_cast<float4*>(colmax + warp * 128 + hl * 8 + 4) = make_float4(cm[4], cm[5], cm[6], cm[7]);
-      }
-      __syncthreads();  // (A) colmax complete
-      if (threadIdx.x < 128) {
-        float m = 0.f;
-#pragma unroll
-        for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-        const float sc = scale_of_max<ROUND>(m);
-        colscale[threadIdx.x] = sc;
-        a.qT_scale[(m0 / ROWS) * N + c0 + threadIdx.x] = sc;
-      }
-      __syncthreads();  // (B) colscale complete
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const Quant<ROUND> quant(colscale[hl * 8 + e]);
-        const u32 lo = e4m3x4(quant(y[0][e]), quant(y[1][e]), quant(y[2][e]), quant(y[3][e]));
-        const u32 hi = e4m3x4(quant(y[4][e]), quant(y[5][e]), quant(y[6][e]), quant(y[7][e]));
-        codesT[(hl * 8 + e) * 16 + (g ^ hl)] = static_cast<u64>(lo) | (static_cast<u64>(hi) << 32);
-      }
-      if (b + 1 < CBC) load_block(b + 1);  // y is consumed: its registers take the next block, in flight from here
-      __syncthreads();  // (C) codesT complete
-      // Warp w writes channels 16w … 16w+15; 8 lanes cover a channel's 128 tokens, 4 channels per instruction.
-#pragma unroll
-      for (int kk = 0; kk < 4; ++kk) {
-        const int n = warp * 16 + kk * 4 + (lane >> 3), j = lane & 7;
-        const int sw = n >> 3;
-        const u64 a0 = codesT[n * 16 + ((2 * j) ^ sw)], a1 = codesT[n * 16 + ((2 * j + 1) ^ sw)];
-        u8* dst = a.qT + static_cast<i64>(c0 + n) * a.M + m0 + j * 16;
-        const int t0 = j * 16;
-        if (aligned16 && t0 + 16 <= valid) {
-          store16(dst, Vec16{{static_cast<u32>(a0), static_cast<u32>(a0 >> 32), static_cast<u32>(a1),
-                              static_cast<u32>(a1 >> 32)}});
-        } else {
-          for (int i = 0; i < 16 && t0 + i < valid; ++i) dst[i] = static_cast<u8>((i < 8 ? a0 : a1) >> ((i & 7) * 8));
-        }
-      }
-      // No barrier: the next block (or tile) writes colmax before its (A), colscale after it and codesT after its
-      // (B), so every thread has finished reading this block's.
-    }
-  };
-
-  // Pipeline: row phase of tile t, then the column phase of tile t − 1. Cluster barrier arrive/wait alternate in
-  // every thread: arrive after the column phase of tile t − 1, its wait before the pushes of tile t + 1.
-#pragma unroll 1
-  for (int t = 0; t <= T; ++t) {
-    if (t < T && row_warp) row_phase(t, t >= 2);
-    else if (t < T && t >= 2) cluster_wait();  // the other warps keep the barrier sequence
-    if (t >= 1) {
-      col_phase(t - 1);
-      __syncwarp();  // the .aligned cluster barrier wants converged warps
-      if (t == T && t >= 2) cluster_wait();
-      cluster_arrive();
-    }
-  }
-  cluster_wait();
 }
 
 }  // namespace kiln

@@ -67,15 +67,6 @@ constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages)
   const int want = 16 / warps;
   return by_smem < 1 ? 1 : by_smem < want ? by_smem : want;
 }
-// Mode-2 rowcol kernel: RW row warps × DEPTH row slots, their mbarriers and two more, recv [2][128], colmax [8][128],
-// colscale [128] (f32), codesT [128][16] (u64), rstash [128] (f32).
-constexpr int rms_norm_block_quant_rowcol_smem_bytes(int N, int RW, int DEPTH) {
-  return RW * DEPTH * N * 2 + (RW * DEPTH + 2) * 8 + (2 * 128 + 8 * 128 + 128) * 4 + 128 * 16 * 8 + 128 * 4;
-}
-// CTAs an SM the rowcol kernel asks registers for: two where shared memory allows (128 registers), else one.
-constexpr int rms_norm_block_quant_rowcol_min_blocks(int N, int RW, int DEPTH) {
-  return 228 * 1024 / (rms_norm_block_quant_rowcol_smem_bytes(N, RW, DEPTH) + 1024) >= 2 ? 2 : 1;
-}
 // At most this much dynamic shared memory lets two CTAs share an SM (228 KiB, 1 KiB reserved per CTA).
 constexpr int kRmsNormBlockQuantTwoCtaSmem = 228 * 1024 / 2 - 1024;
 
