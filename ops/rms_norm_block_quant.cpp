@@ -33,9 +33,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)
-    name = fmt::format("kiln::rms_norm_block_quant_row_ring_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                       s.config[C_STAGES], round, wf32);
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                       s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
@@ -51,8 +51,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kRowKernel)
-    return s.config[C_STAGES] > 0 ? rms_norm_block_quant_row_ring_smem_bytes(static_cast<int>(s.params[P_N]),
-                                                                             s.config[C_WARPS], s.config[C_STAGES])
+    return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
+                                                                         s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -103,12 +103,22 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
     // row8 kernel (col_blocks 4: 8 lanes a 128-column block), 8 warps. Measured (round 5, H100, M = 8192): N = 2048
     // round_scale 1: 20.3 µs (row kernel 22.5–22.7), round_scale 0: 26.1 (row kernel 27.4–33.5).
     // Longer rows, one row per warp: round_scale 1 the row8 kernel with 4 warps (N = 7168: 82.6; row kernel 16 warps
-    // 89.1), round_scale 0 the row kernel with 16 warps (115.1; row8 127.4). The persistent row ring kernel
-    // (stages > 0) measured slower everywhere (N = 2048: 24.3 at best): it is a search-space point only.
+    // 89.1), round_scale 0 the row kernel with 16 warps (115.1; row8 127.4). Up to N = 2048 on sm_90 the pipe
+    // kernel (stages > 0: rows through per-warp shared-memory rings, weights in registers, the power-of-two scale
+    // from bits) instead; longer rows cannot keep their weights in registers (without, the pipe lost at N = 2048).
     const bool long_row = N > 4096;
     s.config[C_COL_BLOCKS] = long_row && !round ? 0 : 4;
     s.config[C_WARPS] = !long_row ? 8 : round ? 4 : 16;
     s.config[C_PREFETCH] = !long_row;
+    if (arch.sm >= 90 && N <= 2048) {
+      // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
+      // N = 2048): round_scale 1 8 warps 18.67 µs in round 2 (round 1 tune: 18.94; 16 warps 19.15, 4 warps 19.33;
+      // row8 20.32; three slots 20.7, weights reloaded every row 23.0); round_scale 0 16 warps 25.02 (8 warps
+      // 25.41; row8 25.92). At N = 7168 (weights cannot stay in registers) it lost to row8: 86.1 vs 79.5.
+      s.config[C_WARPS] = round ? 8 : 16;
+      s.config[C_STAGES] = 2;
+      s.config[C_PREFETCH] = 1;
+    }
   } else {
     s.kernel = kTileKernel;
     // Column blocks per CTA. Mode 2 splits a 128-token tile over a cluster of N/(128·cb) CTAs: the fewest blocks
@@ -219,16 +229,20 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           s.config[C_PREFETCH] = prefetch;
           out.push_back(s);
         }
-    s.config[C_COL_BLOCKS] = 0;
-    if (base.arch.sm >= 90) {  // ring kernel: slots per warp that fit 227 KiB
-      s.config[C_PREFETCH] = 0;
+    if (base.arch.sm >= 90) {  // pipe kernel (col_blocks 4: the row8 layout): row slots a warp that fit 227 KiB
+      s.config[C_COL_BLOCKS] = 4;
+      // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048.
+      const bool wreg_fits = N <= 2048;
       for (int warps : {4, 8, 16})
-        for (int stages : {2, 3, 4}) {
-          if (rms_norm_block_quant_row_ring_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
-          s.config[C_WARPS] = warps;
-          s.config[C_STAGES] = stages;
-          out.push_back(s);
-        }
+        for (int stages : {2, 3, 4})
+          for (int wreg : {0, 1}) {
+            if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
+            if (wreg && !wreg_fits) continue;
+            s.config[C_WARPS] = warps;
+            s.config[C_STAGES] = stages;
+            s.config[C_PREFETCH] = wreg;
+            out.push_back(s);
+          }
     }
     return;
   }

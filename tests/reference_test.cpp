@@ -14,6 +14,7 @@
 #include <set>
 #include <vector>
 
+#include "kiln/rms_norm_block_quant_args.h"
 #include "reference/rms_norm.hpp"
 #include "test_util.hpp"
 
@@ -312,6 +313,43 @@ TEST(ReferenceBlockScale, RoundScaleIsTheSmallestPowerOfTwoNotBelow) {
 }
 
 // ---- block quantization layouts --------------------------------------------------------------------------------
+
+// The kernels' power-of-two scale from the bits of amax (no division) equals the rule's
+// exp2(ceil(log2(max(amax/448, 1e-30)))) for every amax they can see (a max from 0 ignoring NaN: +0 … +inf): every
+// 127th float, all around each 448·2^k and each power of two, the mantissa boundary 1.75, zero, subnormals, the
+// largest float and inf.
+TEST(ReferenceBlockQuant, Pow2ScaleBitsWithoutDivision) {
+  auto check = [](uint32_t bits) {
+    const float amax = std::bit_cast<float>(bits);
+    const uint32_t got = kiln::rms_norm_block_quant_pow2_scale_bits_of_max(bits);
+    const uint32_t want = std::bit_cast<uint32_t>(ref::block_scale(amax, true));
+    if (got != want) {
+      ADD_FAILURE() << "amax " << amax << " (0x" << std::hex << bits << "): got 0x" << got << ", want 0x" << want;
+      return false;
+    }
+    return true;
+  };
+  size_t n = 0;
+  for (uint64_t b = 0; b <= 0x7f800000u; b += 127) {
+    if (!check(static_cast<uint32_t>(b))) return;
+    ++n;
+  }
+  for (int k = -160; k <= 130; ++k)
+    for (const float base : {448.0f, 1.0f, 1.75f}) {
+      const float v = std::ldexp(base, k);
+      if (!(v < std::numeric_limits<float>::infinity()) || v == 0.0f) continue;
+      const uint32_t vb = std::bit_cast<uint32_t>(v);
+      for (int64_t d = -3; d <= 3; ++d) {
+        const int64_t b = static_cast<int64_t>(vb) + d;
+        if (b < 0 || b > 0x7f800000) continue;
+        if (!check(static_cast<uint32_t>(b))) return;
+        ++n;
+      }
+    }
+  for (uint32_t b : {0u, 1u, 0x007fffffu, 0x00800000u, 0x7f7fffffu, 0x7f800000u, 0x43e00000u, 0x43dfffffu, 0x43e00001u})
+    if (!check(b)) return;
+  EXPECT_GT(n, 16000000u);
+}
 
 TEST(ReferenceBlockQuant, RowwiseScaleLayoutIsMMajor) {
   const int64_t M = 3, N = 384;

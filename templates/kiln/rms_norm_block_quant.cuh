@@ -21,13 +21,15 @@
 //    and the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through
 //    a ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
 //    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
-//  * row_ring_kernel (mode 0, a search-space point): the row kernel with rows arriving by bulk copies into per-warp
-//    shared-memory slots instead of registers.
-// Every quantizer multiplies by the exact reciprocal of a power-of-two scale built from its bits (rmsq::Quant).
+//  * pipe_kernel (mode 0): the row8 math on kiln/row_pipe.cuh (balanced rows per CTA, per-warp rings of row slots
+//    filled by TMA bulk copies), weights in registers, the power-of-two scale from the bits of amax.
+// Every power-of-two scale is built from the bits of amax without a division (rmsq::scale_of_max), and every quantizer
+// multiplies by its exact reciprocal, also built from bits (rmsq::Quant).
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
+#include "kiln/row_pipe.cuh"
 
 namespace kiln {
 
@@ -100,6 +102,13 @@ struct Quant {
   }
   __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
 };
+// block_scale<ROUND>(amax) for an amax that is a max from 0 ignoring NaN (≥ 0, never NaN), as every amax here is;
+// with ROUND from the bits of amax, branch-free and without the division (rms_norm_block_quant_pow2_scale_bits_of_max).
+template <bool ROUND>
+__device__ __forceinline__ float scale_of_max(float amax) {
+  if constexpr (ROUND) return __uint_as_float(rms_norm_block_quant_pow2_scale_bits_of_max(__float_as_uint(amax)));
+  else return block_scale<false>(amax);
+}
 }  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -164,7 +173,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_kernel(co
       }
       amax = warp_max<16>(amax);
       if (!active) continue;
-      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
       uint2 out;
       out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
       out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
@@ -246,7 +255,7 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row8_kernel(c
       }
       amax = warp_max<8>(amax);
       if (!on) continue;
-      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+      const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         uint2 out;
@@ -433,7 +442,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       if (MODE == 2) {
         amax = warp_max<16>(amax);
         const int r = g * 8 + i;
-        const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+        const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
         if (r < valid) {
           uint2 out;
           out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -457,7 +466,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       float m = 0.f;
 #pragma unroll
       for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-      const float sc = block_scale<ROUND>(m);
+      const float sc = rmsq::scale_of_max<ROUND>(m);
       colscale[threadIdx.x] = sc;
       a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
     }
@@ -757,7 +766,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
           amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
+          const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
           if (r < valid) {
             uint2 out;
             out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
@@ -781,7 +790,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         float m = 0.f;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) m = fmaxf(m, colmax[w * 128 + threadIdx.x]);
-        const float sc = block_scale<ROUND>(m);
+        const float sc = rmsq::scale_of_max<ROUND>(m);
         colscale[threadIdx.x] = sc;
         a.qT_scale[tb * N + col0 + b * 128 + threadIdx.x] = sc;
       }
@@ -846,93 +855,157 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// Mode 0, persistent ring (row_kernel with stages > 0). Each warp owns STAGES row slots of shared memory and takes
-// rows w', w' + W, … (w' = blockIdx.x·WARPS + warp, W = all warps of the grid). Its j-th row is copied by ONE
-// cp.async.bulk (N·2 bytes, issued by lane 0) into slot j % STAGES and completes on that slot's mbarrier (parity
-// (j / STAGES) & 1), so a warp always has STAGES rows in flight and holds none in registers: it reads the row
-// twice from shared memory (Σx², then y and the quantization, 16 bytes a lane a step), and once every lane is done
-// with the slot (__syncwarp) lane 0 refills it with row j + STAGES. Few registers a thread (no row in registers),
-// so shared memory decides the warps per SM.
-// Shared memory: [WARPS][STAGES][N] bf16 rows, then [WARPS][STAGES] mbarriers (rms_norm_block_quant_row_ring_smem).
-template <int N, int WARPS, int STAGES, bool ROUND, bool W_F32>
-__global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row_ring_kernel(const RmsNormBlockQuantArgs a) {
-  using namespace rmsq;
-  constexpr int CHUNKS = N / 8;              // 16-byte chunks per row
-  constexpr int STEPS = (CHUNKS + 31) / 32;  // 256-column steps
-  static_assert(N % 128 == 0 && N * 2 < (1 << 20), "one bulk copy per row");
+// Mode 0's math for one row held in shared memory (the pipe kernel): the row8 layout (lane = 8·blk + c:
+// block blk of each 512-column step, its 16-byte chunks c and c + 8), Σx² in four interleaved accumulators, the
+// block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of `row`;
+// returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats.
+namespace rmsq {
+template <int N, bool ROUND, typename WeightsFn>
+__device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const unsigned char* xs, i64 row, int lane,
+                                           WeightsFn&& weights) {
+  constexpr int NB = N / 128;          // column blocks per row
+  constexpr int STEPS = (NB + 3) / 4;  // 512-column steps
+  const int blk = lane >> 3, c = lane & 7;
+  auto active = [&](int s) { return s * 4 + blk < NB; };                           // 8-lane-group uniform
+  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
+  // Output pointers of step 0, advanced by constants (no 64-bit index arithmetic per step).
+  u8* const qrow = a.q + row * N + blk * 128 + c * 8;          // + 512·s + 64·h
+  float* qs = a.q_scale + static_cast<i64>(blk) * a.M + row;   // + 4·M a step
+  const i64 qs_step = 4 * static_cast<i64>(a.M);
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int s = 0; s < STEPS; ++s)
+    if (active(s))
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float f = vec_get<bf16>(v, i);
+          acc[i & 3] = fmaf(f, f, acc[i & 3]);
+        }
+      }
+  const float ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+  if (a.rms_out && lane == 0) a.rms_out[row] = r;
+
+#pragma unroll
+  for (int s = 0; s < STEPS; ++s) {
+    const bool on = active(s);
+    float y[16];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      if (on) {
+        const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
+        float w8[8];
+        weights(s, h, w8);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) y[8 * h + i] = __fmul_rn(__fmul_rn(vec_get<bf16>(v, i), r), w8[i]);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) y[8 * h + i] = 0.f;
+      }
+    }
+    // Tree of fmaxf (NaN ignored); the final max with 0 turns an all-NaN lane into 0, as a running max from 0.
+    float m[8];
+#pragma unroll
+    for (int j = 0; j < 8; ++j) m[j] = fmaxf(fabsf(y[2 * j]), fabsf(y[2 * j + 1]));
+#pragma unroll
+    for (int j = 0; j < 4; ++j) m[j] = fmaxf(m[j], m[j + 4]);
+    const float amax = warp_max<8>(fmaxf(fmaxf(fmaxf(m[0], m[2]), fmaxf(m[1], m[3])), 0.f));
+    if (on) {
+      const Quant<ROUND> quant(scale_of_max<ROUND>(amax));
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        uint2 out;
+        out.x = e4m3x4(quant(y[8 * h + 0]), quant(y[8 * h + 1]), quant(y[8 * h + 2]), quant(y[8 * h + 3]));
+        out.y = e4m3x4(quant(y[8 * h + 4]), quant(y[8 * h + 5]), quant(y[8 * h + 6]), quant(y[8 * h + 7]));
+        *reinterpret_cast<uint2*>(qrow + 512 * s + 64 * h) = out;
+      }
+      if (c == 0) *qs = quant.s;
+    }
+    qs += qs_step;
+  }
+  return r;
+}
+}  // namespace rmsq
+
+// ---------------------------------------------------------------------------------------------------------------------
+// Mode 0 on kiln/row_pipe.cuh (pipe_kernel: the row kernel's config with stages > 0). A persistent grid sized to the
+// GPU; CTA c of G takes rows c, c + G, … (CtaRows: counts differ by ≤ 1), its warp w every WARPS-th of them, and
+// streams them through its own ring of DEPTH row slots in shared memory (one TMA bulk copy a row, L2 evict-first,
+// one mbarrier a slot), so DEPTH − 1 rows per warp are in flight while it computes one and no warp waits for
+// another. The row is read from its slot twice (Σx², then the quantization): no row is held in registers. The math
+// is the row8 kernel's layout (8 lanes a 128-column block, 16 values a lane) with fewer instructions an element:
+//  * WREG (N ≤ 2048): the lane's weights held in registers as fp32 for the whole kernel, instead of loaded (L1
+//    hits) for every row;
+//  * Σx² in four interleaved accumulators, the block amax as a tree;
+//  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale_of_max: no division) and its reciprocal
+//    from its bits (rmsq::Quant), as in every kernel here.
+// Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
+// Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
+template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32>
+__global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH)))
+    rms_norm_block_quant_pipe_kernel(const RmsNormBlockQuantArgs a) {
+  constexpr int NB = N / 128;          // column blocks per row
+  constexpr int STEPS = (NB + 3) / 4;  // 512-column steps
+  constexpr int SLOT = N * 2;          // one bf16 row
+  static_assert(N % 128 == 0 && SLOT < (1 << 20), "one bulk copy a row");
+  static_assert(DEPTH >= 2, "a ring of at least two slots");
+  static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
+  static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  bf16* slots = reinterpret_cast<bf16*>(smem_raw) + warp * STAGES * N;
-  u64* bars = reinterpret_cast<u64*>(smem_raw + WARPS * STAGES * N * 2) + warp * STAGES;
-  const int W = gridDim.x * WARPS;
-  const int first = blockIdx.x * WARPS + warp;
-  if (first >= a.M) return;  // warp-uniform; no CTA-wide barrier below
-  const int nrows = (a.M - 1 - first) / W + 1;
-  const bf16* xg = static_cast<const bf16*>(a.x);
-
-  auto issue = [&](int j) {  // lane 0
-    u64* bar = bars + j % STAGES;
-    mbar_arrive_expect_tx(bar, N * 2);
-    bulk_load(slots + (j % STAGES) * N, xg + static_cast<i64>(first + static_cast<i64>(j) * W) * a.x_stride, N * 2,
-              bar);
+  const int blk = lane >> 3, c = lane & 7;  // block of the step, chunk pair in the block
+  WarpRing<DEPTH, SLOT, true> ring{smem_raw + warp * DEPTH * SLOT,
+                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  ring.init(lane);
+  const CtaRows strip(a.M, warp, WARPS);
+  const int rows = strip.n;  // this warp's rows
+  auto issue = [&](int k) {
+    const void* const src[1] = {static_cast<const bf16*>(a.x) + strip.row(k) * a.x_stride};
+    ring.template issue<SLOT, 1>(k, k < rows, src, lane);
   };
-  if (lane == 0) {
 #pragma unroll 1
-    for (int s = 0; s < STAGES; ++s) mbar_init(bars + s);
-    mbar_init_fence();
-#pragma unroll 1
-    for (int j = 0; j < min(STAGES, nrows); ++j) issue(j);
+  for (int k = 0; k < DEPTH; ++k) issue(k);
+
+  auto active = [&](int s) { return s * 4 + blk < NB; };                           // 8-lane-group uniform
+  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
+  float wr[WREG ? STEPS : 1][2][WREG ? 8 : 1];
+  if constexpr (WREG) {
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s)
+#pragma unroll
+      for (int h = 0; h < 2; ++h) {
+        if (!active(s)) {
+#pragma unroll
+          for (int j = 0; j < 8; ++j) wr[s][h][j] = 0.f;
+        } else if (W_F32) {
+          load_floats<float, 8>(a.w, col_of(s, h), wr[s][h]);
+        } else {
+          load_floats<bf16, 8>(a.w, col_of(s, h), wr[s][h]);
+        }
+      }
   }
-  __syncwarp();
+  // The 8 weights of chunk h of step s (an active step), as floats.
+  auto weights = [&](int s, int h, float (&w8)[8]) {
+    if constexpr (WREG) {
+#pragma unroll
+      for (int i = 0; i < 8; ++i) w8[i] = wr[s][h][i];
+    } else {
+      if (W_F32) load_floats<float, 8>(a.w, col_of(s, h), w8);
+      else load_floats<bf16, 8>(a.w, col_of(s, h), w8);
+    }
+  };
 
 #pragma unroll 1
-  for (int j = 0; j < nrows; ++j) {
-    const int row = first + j * W;
-    const bf16* xr = slots + (j % STAGES) * N;
-    mbar_wait(bars + j % STAGES, static_cast<u32>(j / STAGES) & 1u);
-    float ss = 0.f;
-#pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-      const int c = s * 32 + lane;
-      if (c < CHUNKS) {
-        const Vec16 v = *reinterpret_cast<const Vec16*>(xr + c * 8);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) { const float f = vec_get<bf16>(v, i); ss += f * f; }
-      }
-    }
-    ss = warp_sum(ss);
-    const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
-    if (a.rms_out && lane == 0) a.rms_out[row] = r;
-
-#pragma unroll
-    for (int s = 0; s < STEPS; ++s) {
-      const int c = s * 32 + lane;
-      const bool active = c < CHUNKS;  // half-warp uniform: CHUNKS is a multiple of 16
-      float w8[8], y[8];
-      Vec16 v{{0u, 0u, 0u, 0u}};
-      if (active) {
-        v = *reinterpret_cast<const Vec16*>(xr + c * 8);
-        if (W_F32) load_floats<float, 8>(a.w, c * 8, w8);
-        else load_floats<bf16, 8>(a.w, c * 8, w8);
-      }
-      float amax = 0.f;
-#pragma unroll
-      for (int i = 0; i < 8; ++i) {
-        y[i] = active ? __fmul_rn(__fmul_rn(vec_get<bf16>(v, i), r), w8[i]) : 0.f;
-        amax = fmaxf(amax, fabsf(y[i]));
-      }
-      amax = warp_max<16>(amax);
-      if (!active) continue;
-      const rmsq::Quant<ROUND> quant(block_scale<ROUND>(amax));
-      uint2 out;
-      out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-      out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
-      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + c * 8) = out;
-      if ((lane & 15) == 0) a.q_scale[static_cast<i64>(c / 16) * a.M + row] = quant.s;
-    }
-    __syncwarp();  // every lane has read the slot
-    if (lane == 0 && j + STAGES < nrows) issue(j + STAGES);
+  for (int k = 0; k < rows; ++k) {
+    ring.wait(k);
+    rmsq::row8_smem<N, ROUND>(a, ring.slot(k), strip.row(k), lane, weights);
+    ring.release();  // every lane has read the slot
+    issue(k + DEPTH);
   }
+  ring.drain();
 }
 
 }  // namespace kiln

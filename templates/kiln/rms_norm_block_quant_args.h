@@ -17,6 +17,25 @@ struct RmsNormBlockQuantArgs {
   float eps;
 };
 
+#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
+#define KILN_RMSQ_HD __host__ __device__
+#else
+#define KILN_RMSQ_HD
+#endif
+
+// The power-of-two block scale s = 2^ceil(log2(max(fl(amax / 448), 1e-30))) (spec §2, round_scale) as fp32 bits,
+// from the bits of an amax that is a max from 0 ignoring NaN (so ≥ 0 and never NaN: bits ≤ 0x7f800000), with no
+// division and no branch. fl(amax/448) ≤ 2^k exactly when amax ≤ 448·2^k: a quotient within half an ulp above 2^k
+// rounds down to it (ties to even), and the float after 448·2^k = 1.75·2^(k+8) lies 2^-23/1.75 > 2^-24 (relative)
+// above it. With amax = m·2^e (m in [1, 2)) the smallest such k is e − 8 for m ≤ 1.75 (mantissa field ≤ 0x600000)
+// and e − 7 above: adding 0x1FFFFF carries into the exponent field exactly then. Floored at 2^-99 (the power of two
+// above 1e-30; zero and subnormal amax land there); amax = inf gives inf.
+constexpr KILN_RMSQ_HD unsigned rms_norm_block_quant_pow2_scale_bits_of_max(unsigned amax_bits) {
+  const int k = static_cast<int>((amax_bits + 0x1fffffu) & 0x7f800000u) - (8 << 23);
+  const unsigned floored = static_cast<unsigned>(k > (28 << 23) ? k : (28 << 23));  // 2^-99 = (127 − 99) << 23
+  return amax_bits >= 0x7f800000u ? 0x7f800000u : floored;
+}
+
 // Largest N: the row kernel keeps N/32 values per lane in registers; the tile kernel's cluster is ≤ 16 CTAs of
 // ≤ 4 column blocks.
 constexpr int kRmsNormBlockQuantMaxN = 8192;
@@ -38,9 +57,15 @@ constexpr int rms_norm_block_quant_ring_smem_bytes(int R, int warps = 8, int pus
   return R * 128 * 128 * 2 + (2 * 128 + 2 * 128 + warps * 128 + 128) * 4 + 128 * 128 + 128 * 4 + 8 * R +
          (push_cluster > 0 ? 2 * push_cluster * 128 * 4 + 16 : 0);
 }
-// Mode-0 ring kernel: STAGES row slots per warp, then one mbarrier per slot.
-constexpr int rms_norm_block_quant_row_ring_smem_bytes(int N, int warps, int stages) {
+// Mode-0 pipe kernel: STAGES row slots per warp, then one mbarrier per slot.
+constexpr int rms_norm_block_quant_pipe_smem_bytes(int N, int warps, int stages) {
   return warps * stages * (N * 2 + 8);
+}
+// CTAs an SM the pipe kernel asks registers for (__launch_bounds__): 16 warps an SM where shared memory allows.
+constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages) {
+  const int by_smem = 228 * 1024 / (rms_norm_block_quant_pipe_smem_bytes(N, warps, stages) + 1024);
+  const int want = 16 / warps;
+  return by_smem < 1 ? 1 : by_smem < want ? by_smem : want;
 }
 // At most this much dynamic shared memory lets two CTAs share an SM (228 KiB, 1 KiB reserved per CTA).
 constexpr int kRmsNormBlockQuantTwoCtaSmem = 228 * 1024 / 2 - 1024;

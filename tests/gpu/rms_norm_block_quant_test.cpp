@@ -86,7 +86,7 @@ bool rowwise(int mode) { return mode != 1; }
 bool transposed(int mode) { return mode != 0; }
 
 class RmsNormBlockQuantTest : public GpuTest {
- protected:
+ public:  // (check_points below runs them too)
   static Result run(const Input& in, const RunSpec& spec) {
     Runtime& r = rt();
     const int64_t M = in.M, N = in.N, tblocks = (M + 127) / 128;
@@ -336,6 +336,28 @@ INSTANTIATE_TEST_SUITE_P(Modes, RmsNormBlockQuantSpecialValues,
                            return "mode" + std::to_string(i.param.first) + "_rs" + std::to_string(i.param.second);
                          });
 
+// The same special values through every mode-0 kernel (the default one above; here the row8 kernel and the pipe
+// kernel with weights loaded and in registers): all-NaN, inf, overflowing and tiny rows reach the scale rule.
+TEST_F(RmsNormBlockQuantTest, SpecialValuesEveryMode0Kernel) {
+  struct Cfg {
+    int warps, col_blocks, prefetch, stages;
+  };
+  for (const Cfg& k : {Cfg{8, 4, 1, 0}, Cfg{8, 4, 0, 3}, Cfg{16, 4, 1, 2}, Cfg{4, 4, 1, 4}})
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE("warps " + std::to_string(k.warps) + " col_blocks " + std::to_string(k.col_blocks) + " prefetch " +
+                   std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " round_scale " +
+                   std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, 0, 0));
+      const Input in = special_input(mix_seed({0x64, static_cast<uint64_t>(k.stages), rs}));
+      RunSpec spec;
+      spec.mode = 0;
+      spec.round_scale = rs;
+      spec.eps = 1e-5f;
+      run_and_check(in, spec);
+    }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // ---- layouts, options and contracts ----------------------------------------------------------------------------
 
 // Rows 16-byte aligned but N + 64 elements apart; the gap holds NaN, so reading it would poison the row.
@@ -359,6 +381,20 @@ TEST_F(RmsNormBlockQuantTest, Fp32Weight) {
     spec.mode = mode;
     run_and_check(in, spec);
   }
+}
+
+// fp32 weights through the mode-0 pipe kernel, loaded every row and held in registers.
+TEST_F(RmsNormBlockQuantTest, Fp32WeightPipe) {
+  for (int wreg : {0, 1}) {
+    SCOPED_TRACE("weights in registers " + std::to_string(wreg));
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, wreg, 3, 0, 0));
+    const Input in = random_input(3001, 2048, mix_seed({0x63, static_cast<uint64_t>(wreg)}), DType::f32);
+    RunSpec spec;
+    spec.mode = 0;
+    spec.round_scale = wreg == 1;
+    run_and_check(in, spec);
+  }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
 // rms_inv is an optional output: leaving it out changes nothing else.
@@ -421,54 +457,18 @@ TEST_F(RmsNormBlockQuantTest, Mode1FromMode0RmsInv) {
   check(in, recompute, run(in, recompute));
 }
 
-// Search-space points the tuner may pick, forced: the persistent ring kernels (mode 0: warps and slots per warp;
-// modes 1, 2: slots, overlap and column blocks) and the earlier kernels, at token counts where every warp / cluster
-// loops over several rows / tiles and the last tile is partial (M % 16 != 0 too: the byte-wise qT tail).
-TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
-  struct Point {
-    int64_t N;
-    int mode, warps, col_blocks, prefetch, stages, overlap, exchange;
-    int64_t M;
-  };
-  std::vector<Point> points;
-  for (int warps : {8, 16})
-    for (int exchange : {0, 1}) {
-      points.push_back({2048, 2, warps, 1, 0, 1, 0, exchange, 8000});  // one slot: two or three CTAs an SM
-      for (int R : {2, 4})
-        for (int overlap : {0, 1}) {
-          points.push_back({2048, 2, warps, 1, 0, R, overlap, exchange, 8000});
-          if (exchange == 0) points.push_back({128, 2, warps, 1, 0, R, overlap, 0, 50001});  // no cluster
-        }
-      for (int R : {2, 4}) points.push_back({2048, 2, warps, 2, 0, R, 0, exchange, 8000});
-      points.push_back({2048, 2, warps, 2, 0, 4, 1, exchange, 8000});
-      for (int R : {4, 5, 6}) points.push_back({2048, 2, warps, 4, 0, R, 0, exchange, 8000});
-      for (int R : {4, 5}) points.push_back({7168, 2, warps, 4, 0, R, 0, exchange, 4003});
-    }
-  points.push_back({7168, 2, 8, 4, 0, 6, 0, 0, 4003});
-  for (int R : {2, 3}) {  // RELOAD: every block through the ring twice
-    for (int cb : {2, 4, 8}) points.push_back({2048, 2, 8, cb, 1, R, 0, 1, 8000});
-    for (int cb : {4, 7, 8, 14, 28}) points.push_back({7168, 2, 8, cb, 1, R, 0, 1, 4003});
-  }
-  for (int R : {1, 2, 4}) points.push_back({2048, 1, 8, 1, 0, R, 0, 0, 8000});
-  points.push_back({2048, 2, 0, 1, 0, 0, 0, 0, 8000});  // the non-persistent tile kernel
-  points.push_back({7168, 2, 0, 4, 0, 0, 0, 0, 4003});
-  for (int warps : {4, 8, 16})
-    for (int stages : {2, 3}) points.push_back({2048, 0, warps, 0, 0, stages, 0, 0, 20011});  // mode 0 ring
-  points.push_back({2048, 0, 4, 0, 0, 4, 0, 0, 20011});
-  points.push_back({7168, 0, 4, 0, 0, 2, 0, 0, 5003});
-  points.push_back({7168, 0, 8, 0, 0, 2, 0, 0, 5003});
-  points.push_back({128, 0, 4, 0, 0, 4, 0, 0, 100003});
-  points.push_back({2048, 0, 8, 0, 1, 0, 0, 0, 20011});  // the register row kernel
-  for (int warps : {4, 8, 16}) {  // the row8 kernel (8 lanes a block)
-    points.push_back({2048, 0, warps, 4, 1, 0, 0, 0, 20011});
-    points.push_back({2048, 0, warps, 4, 0, 0, 0, 0, 20011});
-    points.push_back({7168, 0, warps, 4, 0, 0, 0, 0, 5003});
-  }
-  points.push_back({128, 0, 4, 4, 1, 0, 0, 0, 100003});  // a partial step: one block of four
-  points.push_back({640, 0, 8, 4, 1, 0, 0, 0, 20011});   // five blocks: a full step and a partial one
-  points.push_back({7168, 0, 4, 0, 0, 0, 0, 0, 5003});
+// A search-space point the tuner may pick: (N, mode) and the config {warps, col_blocks, prefetch, stages, overlap,
+// exchange}, run at M tokens.
+struct SpacePoint {
+  int64_t N;
+  int mode, warps, col_blocks, prefetch, stages, overlap, exchange;
+  int64_t M;
+};
+
+// Forces every point in turn and checks it bit-exactly (round_scale on for two points in three).
+void check_points(const std::vector<SpacePoint>& points, uint64_t seed) {
   for (size_t i = 0; i < points.size(); ++i) {
-    const Point& p = points[i];
+    const SpacePoint& p = points[i];
     const std::string what = "N " + std::to_string(p.N) + " M " + std::to_string(p.M) + " mode " +
                              std::to_string(p.mode) + " warps " + std::to_string(p.warps) + " col_blocks " +
                              std::to_string(p.col_blocks) + " prefetch " + std::to_string(p.prefetch) + " stages " +
@@ -478,18 +478,84 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
     ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, p.mode, p.warps, p.col_blocks, p.prefetch, p.stages,
                                                           p.overlap, p.exchange))
         << "not a search-space point: " << what;
-    const Input in = random_input(p.M, p.N, mix_seed({0x62, static_cast<uint64_t>(i)}));
+    const Input in = random_input(p.M, p.N, mix_seed({seed, static_cast<uint64_t>(i)}));
     RunSpec spec;
     spec.mode = p.mode;
     spec.round_scale = i % 3 != 2;
-    run_and_check(in, spec);
+    RmsNormBlockQuantTest::run_and_check(in, spec);
   }
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
-  // Not points: overlap with 4 blocks a CTA needs 8 slots; 16 warps × 4 row slots exceed shared memory.
+}
+
+// Search-space points of modes 1 and 2, forced: every structural variant of the persistent ring kernel (one slot,
+// two and more, overlap, 8 / 16 warps, cluster barrier / pushes, no cluster at N = 128, multi-block slices, RELOAD)
+// and the tile kernel, at token counts where every cluster loops over several tiles and the last tile is partial
+// (M % 16 != 0 too: the byte-wise qT tail). One or two points a variant (each point is an NVRTC compile).
+TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 8, 2, 0, 2, 0, 1, 8000},   // the default (N = 2048, round_scale 1)
+      {2048, 2, 16, 1, 0, 1, 0, 1, 8000},  // one slot (round_scale 0 default)
+      {2048, 2, 8, 1, 0, 1, 0, 0, 8000},
+      {2048, 2, 8, 1, 0, 2, 0, 1, 8000},
+      {2048, 2, 8, 1, 0, 2, 1, 0, 8000},   // overlap
+      {2048, 2, 16, 1, 0, 4, 1, 1, 8000},
+      {128, 2, 8, 1, 0, 2, 0, 0, 50001},   // no cluster
+      {128, 2, 16, 1, 0, 4, 1, 0, 50001},
+      {2048, 2, 16, 2, 0, 4, 1, 1, 8000},
+      {2048, 2, 8, 4, 0, 5, 0, 0, 8000},
+      {2048, 2, 16, 4, 0, 6, 0, 1, 8000},
+      {7168, 2, 16, 4, 0, 4, 0, 1, 4003},
+      {7168, 2, 8, 4, 0, 6, 0, 0, 4003},
+      {2048, 2, 8, 2, 1, 2, 0, 1, 8000},   // RELOAD: every block through the ring twice
+      {2048, 2, 8, 8, 1, 3, 0, 1, 8000},
+      {7168, 2, 8, 4, 1, 2, 0, 1, 4003},   // the default (N = 7168, round_scale 1)
+      {7168, 2, 8, 8, 1, 2, 0, 1, 4003},   // (round_scale 0)
+      {7168, 2, 8, 7, 1, 3, 0, 1, 4003},
+      {7168, 2, 8, 28, 1, 3, 0, 1, 4003},
+      {2048, 1, 8, 1, 0, 1, 0, 0, 8000},   // mode 1 ring
+      {2048, 1, 8, 1, 0, 4, 0, 0, 8000},
+      {2048, 2, 0, 1, 0, 0, 0, 0, 8000},   // the non-persistent tile kernel
+      {7168, 2, 0, 4, 0, 0, 0, 0, 4003},
+  };
+  check_points(points, 0x62);
+  // Not points: overlap with 4 blocks a CTA needs 8 slots; shared memory; RELOAD needs a cluster.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 4, 0, 4, 1, 0));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 0, 0, 4, 0, 0));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));  // exceeds shared memory
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));  // RELOAD needs a cluster
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 4, 0, 6, 0, 1));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));
+}
+
+// Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
+// reloaded; partial steps; fewer rows than warps) with enough rows that every ring slot is refilled several times,
+// and the row8 and row kernels.
+TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
+  const std::vector<SpacePoint> points = {
+      {2048, 0, 8, 4, 1, 2, 0, 0, 20011},  // the default (round_scale 1)
+      {2048, 0, 16, 4, 1, 2, 0, 0, 20011}, // (round_scale 0)
+      {2048, 0, 4, 4, 1, 2, 0, 0, 20011},
+      {2048, 0, 8, 4, 0, 2, 0, 0, 20011},
+      {2048, 0, 16, 4, 1, 3, 0, 0, 20011},
+      {2048, 0, 4, 4, 0, 4, 0, 0, 20011},
+      {2048, 0, 8, 4, 1, 4, 0, 0, 20011},
+      {7168, 0, 4, 4, 0, 2, 0, 0, 5003},
+      {4096, 0, 8, 4, 0, 3, 0, 0, 9001},
+      {128, 0, 4, 4, 1, 4, 0, 0, 100003},  // a partial step: one block of four
+      {640, 0, 8, 4, 1, 2, 0, 0, 20011},   // five blocks: a full step and a partial one
+      {640, 0, 16, 4, 0, 3, 0, 0, 20011},
+      {2048, 0, 8, 4, 1, 3, 0, 0, 131},    // fewer rows than warps of the grid
+      {2048, 0, 16, 4, 0, 2, 0, 0, 1},
+      {2048, 0, 8, 4, 1, 0, 0, 0, 20011},  // the row8 kernel (8 lanes a block)
+      {2048, 0, 4, 4, 0, 0, 0, 0, 20011},
+      {7168, 0, 4, 4, 0, 0, 0, 0, 5003},   // (N = 7168 default)
+      {7168, 0, 16, 4, 0, 0, 0, 0, 5003},
+      {128, 0, 4, 4, 1, 0, 0, 0, 100003},
+      {640, 0, 8, 4, 1, 0, 0, 0, 20011},
+      {2048, 0, 8, 0, 1, 0, 0, 0, 20011},  // the register row kernel
+      {7168, 0, 16, 0, 0, 0, 0, 0, 5003},  // (N = 7168, round_scale 0 default)
+  };
+  check_points(points, 0x66);
+  // Not points: 16 warps × 4 row slots exceed shared memory; weights in registers only up to N = 2048.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 4, 0, 4, 0, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(4096, 0, 8, 4, 1, 2, 0, 0));
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
