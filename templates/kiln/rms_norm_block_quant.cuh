@@ -33,58 +33,19 @@
 
 namespace kiln {
 
-// ---- helpers of this family (sm_90 copies, mbarriers, the quantizer with an exact power-of-two reciprocal) ----
+// ---- helpers of this family (st.async pushes, the quantizer with an exact power-of-two reciprocal); the mbarrier
+// primitives are row_pipe.cuh's ----
 namespace rmsq {
-__device__ __forceinline__ u32 smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-__device__ __forceinline__ void mbar_init(u64* bar, u32 count = 1) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count) : "memory");
-#endif
-}
-// Makes the initialized barriers visible to the async proxy (bulk copies' and st.async's complete_tx) and the cluster.
-__device__ __forceinline__ void mbar_init_fence() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// The producer's arrival for one fill of a slot: the phase completes when `bytes` have landed.
-__device__ __forceinline__ void mbar_arrive_expect_tx(u64* bar, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-#endif
-}
-// global → shared bulk copy (16-byte aligned, a multiple of 16 bytes) completing on `bar`.
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_u32(dst)),
-               "l"(src), "r"(bytes), "r"(smem_u32(bar))
-               : "memory");
-#endif
-}
 // 16 bytes into the shared memory of CTA `rank` of the cluster (at the address `local_dst` has here), completing
 // `bytes` on that CTA's barrier at the address `local_bar` has here.
 __device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
 #if __CUDA_ARCH__ >= 900
   u32 d, b;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(pipe_smem_u32(local_dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(pipe_smem_u32(local_bar)), "r"(rank));
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
                "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
                : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-#if __CUDA_ARCH__ >= 900
-  u32 done;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
 #endif
 }
 // Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
@@ -613,9 +574,9 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 
   if constexpr (PUSH) {
     if (threadIdx.x == 0) {
-      mbar_init(rbar);
-      mbar_init(rbar + 1);
-      mbar_init_fence();
+      pipe_mbar_init(rbar, 1);
+      pipe_mbar_init(rbar + 1, 1);
+      pipe_mbar_init_fence();
     }
     cluster_sync();  // every CTA's barriers exist before anyone pushes into them
   }
@@ -705,8 +666,8 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         const float* p = partial + (it & 1) * ROWS + r;
         float t = 0.f;
         if constexpr (PUSH) {  // the S partial sums of every row land in recv[it & 1] (S·512 bytes on rbar)
-          if (r == 0) mbar_arrive_expect_tx(rbar + (it & 1), S * ROWS * 4);
-          mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
+          if (r == 0) pipe_arrive_expect(rbar + (it & 1), S * ROWS * 4);
+          pipe_mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
 #pragma unroll 1
           for (int q = 0; q < S; ++q) t += recv[((it & 1) * S + q) * ROWS + r];
         } else {

@@ -155,6 +155,27 @@ __device__ __forceinline__ void rope_wload(const float* wsm, int o, float (&w)[E
   }
 }
 
+// The row's Σx² (ss) and Σx·w·gn (P) over the SPLIT warps of a group that share it: each warp's lane 0 posts its
+// sums to slot[warp], a named barrier per group, then every warp adds the group's slots in warp order (the same
+// bits in each warp). slot = this row parity's [WARPS][2] exchange buffer. SPLIT = 1: the warp's sums as they are.
+template <int SPLIT>
+__device__ __forceinline__ void rope_group_sums(float (*slot)[2], int warp, int group, int lane, float& ss, float& P) {
+  if constexpr (SPLIT > 1) {
+    if (lane == 0) {
+      slot[warp][0] = ss;
+      slot[warp][1] = P;
+    }
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+    ss = slot[group * SPLIT][0];
+    P = slot[group * SPLIT][1];
+#pragma unroll
+    for (int q = 1; q < SPLIT; ++q) {
+      ss += slot[group * SPLIT + q][0];
+      P += slot[group * SPLIT + q][1];
+    }
+  }
+}
+
 // Persistent grid; dynamic shared memory HD + WARPS·HD floats (the weights in fp32, then one dw slice per warp).
 // Registers capped at 128 (16 warps per SM; unbounded, ptxas hoists every load of the row and takes ~250).
 // KEEP_ROWS: the second pass takes x and the rotated dy (gn, fp32, computed once in the first pass) from registers
@@ -261,20 +282,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
       }
     }
     float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
-    if constexpr (SPLIT > 1) {
-      if (lane == 0) {
-        xch[parity][warp][0] = ss;
-        xch[parity][warp][1] = P;
-      }
-      asm volatile("bar.sync %0, %1;" :: "r"(1 + group), "r"(SPLIT * 32) : "memory");
-      ss = xch[parity][group * SPLIT][0];
-      P = xch[parity][group * SPLIT][1];
-#pragma unroll
-      for (int k = 1; k < SPLIT; ++k) {
-        ss += xch[parity][group * SPLIT + k][0];
-        P += xch[parity][group * SPLIT + k][1];
-      }
-    }
+    rope_group_sums<SPLIT>(xch[parity], warp, group, lane, ss, P);
     const float r = rsqrtf(ss / static_cast<float>(HD) + a.eps);
     // dx = r·w·gn − (P/HD)·r³·x = r·(w·gn − k·x), k = (P/HD)·r·r (P/HD first: r³ alone under/overflows fp32 for
     // rows of rms ≳ 1e13 or, with eps = 0, ≲ 1e-13, while k·x stays of the order of gn).
@@ -477,21 +485,7 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
       }
     }
     float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
-    if constexpr (SPLIT > 1) {
-      const int par = k & 1;
-      if (lane == 0) {
-        xch[par][warp][0] = ss;
-        xch[par][warp][1] = P;
-      }
-      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
-      ss = xch[par][group * SPLIT][0];
-      P = xch[par][group * SPLIT][1];
-#pragma unroll
-      for (int q = 1; q < SPLIT; ++q) {
-        ss += xch[par][group * SPLIT + q][0];
-        P += xch[par][group * SPLIT + q][1];
-      }
-    }
+    rope_group_sums<SPLIT>(xch[k & 1], warp, group, lane, ss, P);
     const float r = rsqrtf(ss / static_cast<float>(HD) + a.eps);
     // dx = r·w·gn − (P/HD)·r³·x = r·(w·gn − k·x), k = (P/HD)·r·r (P/HD first: r³ alone under/overflows fp32 for
     // rows of rms ≳ 1e13 or ≲ 1e-13 with eps = 0, while k·x stays of the order of gn).
