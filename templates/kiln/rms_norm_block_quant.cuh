@@ -70,6 +70,22 @@ __device__ __forceinline__ float scale_of_max(float amax) {
   if constexpr (ROUND) return __uint_as_float(rms_norm_block_quant_pow2_scale_bits_of_max(__float_as_uint(amax)));
   else return block_scale<false>(amax);
 }
+// One row's 8 values of a 128-column block (16 lanes of a half-warp share the block): the block's scale from the
+// half-warp's amax, 8 e4m3 codes stored at `q` when `store`, and the scale (by the half-warp's lane 0, hl == 0) at
+// `scale`. The tile and ring kernels' row-wise output.
+template <bool ROUND>
+__device__ __forceinline__ void row_block_codes(const float (&y)[8], float amax, bool store, u8* q, int hl,
+                                                float* scale) {
+  amax = warp_max<16>(amax);
+  const Quant<ROUND> quant(scale_of_max<ROUND>(amax));
+  if (store) {
+    uint2 out;
+    out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+    out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+    *reinterpret_cast<uint2*>(q) = out;
+  }
+  if (hl == 0) *scale = quant.s;
+}
 }  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -401,16 +417,8 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       }
       // Row-wise block: 16 lanes share the row.
       if (MODE == 2) {
-        amax = warp_max<16>(amax);
         const int r = g * 8 + i;
-        const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
-        if (r < valid) {
-          uint2 out;
-          out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-          out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
-          *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + r) * N + cb0) = out;
-        }
-        if (hl == 0) rscale[r] = quant.s;
+        rmsq::row_block_codes<ROUND>(y, amax, r < valid, a.q + static_cast<i64>(m0 + r) * N + cb0, hl, rscale + r);
       }
     }
     // Column maxima: both half-warps of a warp hold the same columns; then across warps in shared memory.
@@ -725,16 +733,8 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
           cm[e] = fmaxf(cm[e], fabsf(y[e]));
         }
         if (MODE == 2) {  // row-wise block: the 16 lanes of a half-warp share the row
-          amax = warp_max<16>(amax);
           const int r = g * RPT + i;
-          const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
-          if (r < valid) {
-            uint2 out;
-            out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-            out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
-            *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + r) * N + cb0) = out;
-          }
-          if (hl == 0) rscale[r] = quant.s;
+          rmsq::row_block_codes<ROUND>(y, amax, r < valid, a.q + static_cast<i64>(m0 + r) * N + cb0, hl, rscale + r);
         }
       }
 #pragma unroll
