@@ -12,9 +12,11 @@
 #include "kiln/ops/rms_norm.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 #include "kiln/rms_norm_block_quant_args.h"
+#include "kiln/rms_norm_block_quant_stream_args.h"
 #include "ops/bench/rms_norm.hpp"
 
 namespace kiln {
@@ -29,6 +31,16 @@ constexpr int kConfigFields = 6;
 constexpr int kMaxStagedBlocks = 6;
 static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 227 * 1024, "");
 
+// Tile-kernel configs with exchange = 2 run the stream kernel (rms_norm_block_quant_stream.cuh): 16 warps,
+// col_blocks = CB, stages = ring slots, overlap, prefetch = where a tile's x waits between the passes (0 registers,
+// 1 its ring slot, 2 reloaded from L2).
+constexpr int kStreamExchange = 2;
+bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamExchange; }
+// Cluster size of a mode-2 tile config (1 in mode 1).
+int cluster_of(const Specialization& s) {
+  return s.params[P_MODE] == 2 ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 1;
+}
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
@@ -40,7 +52,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
-  else if (s.config[C_STAGES] > 0)
+  else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
+    source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
+                       s.config[C_PREFETCH]);
+  } else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
                        s.config[C_WARPS], s.config[C_PREFETCH] != 0, s.config[C_EXCHANGE] != 0);
@@ -54,6 +71,7 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
                                                                          s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
+  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], cluster_of(s));
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -212,6 +230,43 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
     }
 }
 
+// Stream-kernel points (sm_90; exchange = 2, 16 warps), within 227 KiB of shared memory:
+//  * a tile's x in registers between the passes (prefetch 0): up to 2 blocks a CTA, 2 or 4 slots, with and without
+//    overlap (mode 1: one block a CTA, no cluster);
+//  * in its ring slots (prefetch 1, mode 2): with overlap, slots for two tiles (+ 1);
+//  * reloaded from L2 (prefetch 2, mode 2, cluster, ≤ 14 blocks a CTA: a thread's serial Σx² stays short): 3 slots
+//    (2 and 4 with overlap).
+void stream_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90) return;
+  const bool mode2 = base.params[P_MODE] == 2;
+  if (!mode2 && cb != 1) return;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_WARPS] = kRmsqStreamThreads / 32;
+  s.config[C_COL_BLOCKS] = cb;
+  s.config[C_EXCHANGE] = kStreamExchange;
+  const int S = mode2 ? static_cast<int>(base.params[P_N] / (128 * cb)) : 1;
+  auto add = [&](int keep, int R, int overlap) {
+    if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, S) > 227 * 1024) return;
+    s.config[C_PREFETCH] = keep;
+    s.config[C_STAGES] = R;
+    s.config[C_OVERLAP] = overlap;
+    out.push_back(s);
+  };
+  if (cb <= 2)
+    for (int overlap : {0, 1})
+      for (int R : {2, 4}) add(0, R, overlap);
+  if (mode2 && cb <= 2) {
+    add(1, 2 * cb, 1);
+    add(1, 2 * cb + 1, 1);
+  }
+  if (mode2 && cb >= 2 && cb <= 14 && S > 1) {
+    add(2, 3, 0);
+    add(2, 2, 1);
+    add(2, 4, 1);
+  }
+}
+
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
 // Tile kernel: column blocks per CTA that divide N/128; in mode 2 the cluster they imply must be ≤ 16 CTAs on
 // Hopper (there are no clusters before sm_90: one CTA per row); mode 1 takes up to 8 blocks per CTA.
@@ -259,6 +314,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       out.push_back(s);
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
+    stream_points(base, cb, out);
   }
 }
 
@@ -302,6 +358,8 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
         static_cast<int>(split);
   }
   if (!cluster) n = std::max(n, 1);  // clusters: 0 = cannot be co-scheduled (the caller falls back)
+  log(LogLevel::debug, "rms_norm_block_quant: {} {} of {} CTAs ({} threads, {} B shared) resident at once", n,
+      cluster ? "clusters" : "groups", split, threads, smem);
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace_back(k.fn, n);
   return n;

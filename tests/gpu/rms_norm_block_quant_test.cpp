@@ -524,6 +524,96 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));
 }
 
+// The stream kernel (exchange 2, 16 warps; rms_norm_block_quant_stream.cuh), forced: x kept in registers / in its
+// ring slots / reloaded from L2 (prefetch 0 / 1 / 2), with and without overlap, clusters of 16, 8, 4, 2 and none,
+// 1 to 14 blocks a CTA, mode 1, at token counts where clusters loop over several tiles, the last one partial and
+// (1000, 4003, 50001) M % 16 != 0: the byte-wise qT tail.
+// (Two tests of about eight points: each point is an NVRTC compile.)
+TEST_F(RmsNormBlockQuantTest, StreamKernelPoints2048) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 16, 2, 0, 4, 1, 2, 8000},  // registers, overlap, clusters of 8
+      {2048, 2, 16, 2, 0, 2, 0, 2, 8000},
+      {2048, 2, 16, 1, 0, 4, 1, 2, 8000},  // clusters of 16
+      {2048, 2, 16, 1, 0, 2, 0, 2, 1000},
+      {2048, 2, 16, 2, 1, 5, 1, 2, 8000},  // x in its ring slots
+      {2048, 2, 16, 1, 1, 2, 1, 2, 8000},
+      {2048, 2, 16, 4, 2, 3, 0, 2, 8000},  // reloaded
+      {2048, 2, 16, 8, 2, 4, 1, 2, 8000},
+  };
+  check_points(points, 0x67);
+}
+
+TEST_F(RmsNormBlockQuantTest, StreamKernelPoints) {
+  const std::vector<SpacePoint> points = {
+      {7168, 2, 16, 7, 2, 2, 1, 2, 4003},
+      {7168, 2, 16, 4, 2, 3, 0, 2, 4003},
+      {7168, 2, 16, 14, 2, 4, 1, 2, 1000},
+      {128, 2, 16, 1, 0, 2, 1, 2, 50001},  // no cluster
+      {128, 2, 16, 1, 1, 3, 1, 2, 50001},
+      {4096, 2, 16, 2, 0, 4, 1, 2, 3001},  // clusters of 16 at 2 blocks a CTA
+      {2048, 1, 16, 1, 0, 4, 1, 2, 8000},  // mode 1
+      {2048, 1, 16, 1, 0, 2, 0, 2, 1001},
+  };
+  check_points(points, 0x6b);
+  // Not points: registers hold at most 2 blocks a CTA; slots for two tiles of 2 blocks need 4; no reload without a
+  // cluster or in mode 1; 16 warps only.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 4, 1, 2));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 3, 1, 2));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 2, 3, 0, 2));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 2, 3, 0, 2));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 2, 0, 4, 1, 2));
+}
+
+// The stream kernel at the edges: M = 1, 7, 129 (a whole tile and one row), 1000 at every hidden size of the issue,
+// and the special values (NaN, ±inf, overflowing / underflowing squares, all-zero and tiny rows and token blocks)
+// through each way of keeping x, in both scale modes.
+TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
+  struct Cfg {
+    int64_t N;
+    int col_blocks, prefetch, stages, overlap;
+  };
+  const Cfg cfgs[] = {{128, 1, 0, 4, 1},  {2048, 2, 0, 4, 1}, {2048, 1, 1, 3, 1},
+                      {4096, 4, 2, 3, 0}, {7168, 7, 2, 3, 1}};
+  for (const Cfg& c : cfgs)
+    for (int64_t M : {1, 7, 129, 1000}) {
+      SCOPED_TRACE("N " + std::to_string(c.N) + " M " + std::to_string(M) + " col_blocks " +
+                   std::to_string(c.col_blocks) + " prefetch " + std::to_string(c.prefetch) + " stages " +
+                   std::to_string(c.stages) + " overlap " + std::to_string(c.overlap));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages,
+                                                            c.overlap, 2));
+      const Input in = random_input(M, c.N, mix_seed({0x68, static_cast<uint64_t>(c.N), static_cast<uint64_t>(M)}));
+      RunSpec spec;
+      spec.mode = 2;
+      spec.round_scale = true;
+      run_and_check(in, spec);
+    }
+  const Cfg special[] = {{2048, 2, 0, 4, 1}, {2048, 1, 1, 3, 1}, {2048, 4, 2, 4, 1}};
+  for (const Cfg& c : special)
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE("special values, col_blocks " + std::to_string(c.col_blocks) + " prefetch " +
+                   std::to_string(c.prefetch) + " round_scale " + std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 2, 16, c.col_blocks, c.prefetch, c.stages,
+                                                            c.overlap, 2));
+      const Input in = special_input(mix_seed({0x69, static_cast<uint64_t>(c.prefetch), rs}));
+      RunSpec spec;
+      spec.mode = 2;
+      spec.round_scale = rs;
+      spec.eps = 1e-5f;
+      run_and_check(in, spec);
+    }
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 0, 4, 1, 2));  // mode 1, special values
+  {
+    SCOPED_TRACE("special values, mode 1");
+    const Input in = special_input(mix_seed({0x6a}));
+    RunSpec spec;
+    spec.mode = 1;
+    spec.round_scale = true;
+    spec.eps = 1e-5f;
+    run_and_check(in, spec);
+  }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
 // reloaded; partial steps; fewer rows than warps) with enough rows that every ring slot is refilled several times,
 // and the row8 and row kernels.
