@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
@@ -31,14 +32,21 @@ constexpr int kConfigFields = 6;
 constexpr int kMaxStagedBlocks = 6;
 static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 227 * 1024, "");
 
-// Tile-kernel configs with exchange = 2 run the stream kernel (rms_norm_block_quant_stream.cuh): 16 warps,
+// Tile-kernel configs with exchange = 2 or 3 run the stream kernel (rms_norm_block_quant_stream.cuh): 16 warps,
 // col_blocks = CB, stages = ring slots, overlap, prefetch = where a tile's x waits between the passes (0 registers,
-// 1 its ring slot, 2 reloaded from L2).
-constexpr int kStreamExchange = 2;
-bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamExchange; }
-// Cluster size of a mode-2 tile config (1 in mode 1).
+// 1 its ring slot, 2 reloaded from L2). exchange 2: clusters of N/(128·CB) CTAs exchange the row sums through
+// distributed shared memory; exchange 3 (GLOBAL): no clusters, a persistent grid takes the (tile, chunk) items in
+// turn and the row sums go through a tagged global workspace.
+constexpr int kStreamExchange = 2, kStreamGlobal = 3;
+bool is_stream(const Specialization& s) {
+  return s.kernel == kTileKernel && (s.config[C_EXCHANGE] == kStreamExchange || s.config[C_EXCHANGE] == kStreamGlobal);
+}
+bool is_stream_global(const Specialization& s) { return is_stream(s) && s.config[C_EXCHANGE] == kStreamGlobal; }
+// Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
+int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
+// Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
-  return s.params[P_MODE] == 2 ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 1;
+  return s.params[P_MODE] == 2 && !is_stream_global(s) ? chunks_of(s) : 1;
 }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -54,9 +62,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
-                       s.config[C_PREFETCH]);
+                       s.config[C_PREFETCH], is_stream_global(s));
   } else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
@@ -230,13 +238,14 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
     }
 }
 
-// Stream-kernel points (sm_90; exchange = 2, 16 warps), within 227 KiB of shared memory:
+// Stream-kernel points (sm_90, 16 warps), within 227 KiB of shared memory. exchange 2 (clusters, cb with
+// N/(128·cb) ≤ 16) and 3 (GLOBAL: any cb dividing N/128):
 //  * a tile's x in registers between the passes (prefetch 0): up to 2 blocks a CTA, 2 or 4 slots, with and without
-//    overlap (mode 1: one block a CTA, no cluster);
+//    overlap (mode 1: one block a CTA, no exchange);
 //  * in its ring slots (prefetch 1, mode 2): with overlap, slots for two tiles (+ 1);
-//  * reloaded from L2 (prefetch 2, mode 2, cluster, ≤ 14 blocks a CTA: a thread's serial Σx² stays short): 3 slots
-//    (2 and 4 with overlap).
-void stream_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+//  * reloaded from L2 (prefetch 2, mode 2, 2 … 14 blocks a CTA: a thread's serial Σx² stays short, and more than
+//    one chunk a row): 3 slots (2 and 4 with overlap).
+void stream_points(const Specialization& base, int cb, bool global, std::vector<Specialization>& out) {
   if (base.arch.sm < 90) return;
   const bool mode2 = base.params[P_MODE] == 2;
   if (!mode2 && cb != 1) return;
@@ -244,10 +253,11 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config = {};
   s.config[C_WARPS] = kRmsqStreamThreads / 32;
   s.config[C_COL_BLOCKS] = cb;
-  s.config[C_EXCHANGE] = kStreamExchange;
-  const int S = mode2 ? static_cast<int>(base.params[P_N] / (128 * cb)) : 1;
+  s.config[C_EXCHANGE] = global ? kStreamGlobal : kStreamExchange;
+  const int S = static_cast<int>(base.params[P_N] / (128 * cb));  // chunks a row
+  if (!global && mode2 && S > 16) return;
   auto add = [&](int keep, int R, int overlap) {
-    if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, S) > 227 * 1024) return;
+    if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, cluster_of(s)) > 227 * 1024) return;
     s.config[C_PREFETCH] = keep;
     s.config[C_STAGES] = R;
     s.config[C_OVERLAP] = overlap;
@@ -314,8 +324,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       out.push_back(s);
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
-    stream_points(base, cb, out);
+    stream_points(base, cb, false, out);
   }
+  for (int cb = 1; cb <= std::min(nb, 14); ++cb)  // the GLOBAL stream kernel: no cluster-size bound
+    if (nb % cb == 0) stream_points(base, cb, true, out);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -363,6 +375,47 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
   std::lock_guard<std::mutex> lock(mu);
   cache.emplace_back(k.fn, n);
   return n;
+}
+
+// Launches a stream-kernel config (is_stream(s)); false, launching nothing, when its clusters cannot be
+// co-scheduled on this GPU (s.config is then the tile kernel's default).
+bool launch_stream(Runtime::Impl& impl, Specialization& s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
+  static std::atomic<uint32_t> last_tag{0};
+  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
+  const int chunks = chunks_of(s);
+  LaunchDims d;
+  d.block[0] = kRmsqStreamThreads;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  RmsqStreamArgs sa{a, nullptr, 0};
+  CUdeviceptr ws = 0;
+  const Kernel& k = impl.kernel(s);
+  if (is_stream_global(s)) {
+    // One wave of resident CTAs over the tiles·chunks items. The row sums go through a workspace of tagged pairs:
+    // stream-ordered scratch, never cleared (a pair counts only with this launch's tag, never 0: fresh memory).
+    const int64_t wave = static_cast<int64_t>(impl.device().sm_count) *
+                         impl.resident_per_sm(k, kRmsqStreamThreads, static_cast<int>(d.smem));
+    d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(tiles * chunks, wave)));
+    if (mode == 2 && chunks > 1) {
+      ws = impl.alloc_async(static_cast<size_t>(tiles * chunks * 128 * 8), stream);
+      sa.ws = reinterpret_cast<unsigned long long*>(ws);
+      uint32_t tag;
+      do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0);
+      sa.tag = tag;
+    }
+  } else {
+    const int split = cluster_of(s);
+    const int groups = ring_groups(impl, k, static_cast<unsigned>(chunks), split > 1, kRmsqStreamThreads, d.smem);
+    if (groups == 0) {
+      s.config = make_spec(s.arch, s.params[P_N], mode, s.params[P_ROUND] != 0, s.params[P_W_F32] != 0, false).config;
+      return false;
+    }
+    d.grid[0] = static_cast<unsigned>(chunks);
+    d.grid[1] = static_cast<unsigned>(std::min<int64_t>(tiles, groups));
+    d.cluster[0] = static_cast<unsigned>(split);
+  }
+  impl.launch(s, d, stream, sa);
+  if (ws) impl.free_async(ws, stream);
+  return true;
 }
 
 }  // namespace
@@ -447,6 +500,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   a.eps = opts.eps;
 
   LaunchDims d;
+  if (is_stream(s) && launch_stream(impl, s, mode, a, stream)) return;
   if (s.kernel == kRowKernel) {
     const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
     int64_t grid = (M + warps - 1) / warps;

@@ -63,20 +63,35 @@ __device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) 
   k = op(k, __shfl_xor_sync(0xffffffffu, k, 2));
   return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
 }
+// GLOBAL exchange: a partial sum tagged with the launch ({float bits, tag}: one 8-byte access, so a reader sees
+// a whole pair), stored and polled at GPU scope (L2).
+__device__ __forceinline__ u64 stream_tagged(float v, u32 tag) {
+  return static_cast<u64>(__float_as_uint(v)) | (static_cast<u64>(tag) << 32);
+}
+__device__ __forceinline__ void stream_st_relaxed(u64* p, u64 v) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
+  u64 v;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
 }  // namespace rmsq
 
-template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int KEEP>
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int KEEP, bool GLOBAL = false>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
-    rms_norm_block_quant_stream_kernel(const RmsNormBlockQuantArgs a) {
+    rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   using namespace rmsq;
+  const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
-  constexpr int S = N / C;
-  constexpr bool CLUSTER = MODE == 2 && S > 1;
+  constexpr int S = N / C;  // column chunks of a row (the cluster size, without GLOBAL)
+  constexpr bool CLUSTER = !GLOBAL && MODE == 2 && S > 1;
+  constexpr bool GX = GLOBAL && MODE == 2 && S > 1;  // partial sums exchanged through global memory
   constexpr bool INREG = KEEP == 0, INSLOT = KEEP == 1, RELOAD = KEEP == 2;
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
-  static_assert(N % C == 0 && S <= 16, "the cluster must tile N, at most 16 CTAs");
+  static_assert(N % C == 0 && (GLOBAL || S <= 16), "the cluster must tile N, at most 16 CTAs");
   static_assert(MODE == 1 || MODE == 2, "the stream kernel writes the transposed output");
   static_assert(KEEP >= 0 && KEEP <= 2, "");
   static_assert(MODE == 2 || INREG, "mode 1 has no first pass to keep the block across");
@@ -97,14 +112,23 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   const int hw = warp * 2 + half;    // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;             // channels c0 … c0+7 of a block
   const int cs0 = c0 + (c0 >> 5);    // column-max slot of channel c0 (c0 + e: cs0 + e)
-  const int rank = blockIdx.x;       // rank in the cluster (the cluster spans gridDim.x)
-  const int col0 = rank * C;
-  const int group = blockIdx.y, groups = gridDim.y;
+  const int rank = blockIdx.x;       // rank in the cluster (the cluster spans gridDim.x; GLOBAL: the CTA)
   const int tiles = (a.M + ROWS - 1) / ROWS;
-  const int T = (tiles - 1 - group) / groups + 1;  // this cluster's tiles (the host launches G ≤ tiles)
+  // The CTA's work items it = 0 … T − 1, each a 128-token tile × C columns. Clusters: tile y + it·G, columns of
+  // `rank`. GLOBAL: item u = b + it·P of all tiles·S (tile u / S, chunk u % S; the host launches P ≤ tiles·S CTAs).
+  const int T = GLOBAL ? (tiles * S - 1 - rank) / static_cast<int>(gridDim.x) + 1
+                       : (tiles - 1 - static_cast<int>(blockIdx.y)) / static_cast<int>(gridDim.y) + 1;
+  auto item_tile = [&](int it) {
+    if constexpr (GLOBAL) return (rank + it * static_cast<int>(gridDim.x)) / S;
+    else return static_cast<int>(blockIdx.y) + it * static_cast<int>(gridDim.y);
+  };
+  auto item_col = [&](int it) {  // first column of the item's chunk
+    if constexpr (GLOBAL) return ((rank + it * static_cast<int>(gridDim.x)) % S) * C;
+    else return rank * C;
+  };
+  auto tile_m0 = [&](int it) { return item_tile(it) * ROWS; };
   const int nvis = T * V;
   const bf16* xg = static_cast<const bf16*>(a.x);
-  auto tile_m0 = [&](int it) { return (group + it * groups) * ROWS; };
 
   // ---- the ring ----
   auto visit_tile = [&](int k, int& b) {
@@ -121,7 +145,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     bf16* dst = ring + (k % R) * BLOCK + 4 * hw * 128 + c0;
-    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + col0 + b * 128 + c0;
+    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + item_col(it) + b * 128 + c0;
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
       const int r = 4 * hw + i;
@@ -195,10 +219,38 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
         if (q < S)
           st_async16(recv + (((it & 1) * WARPS + warp) * S + rank) * 8 + 4 * p, v, rbar + (it & 1) * WARPS + warp,
                      static_cast<u32>(q));
+      } else if constexpr (GX) {
+        // Lanes j < 8 store row 8w + j's partial sum (held by lane 16·(j >> 2) + 4·(j & 3)), tagged with this launch.
+        const int j = lane & 7;
+        const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
+        if (lane < 8)
+          stream_st_relaxed(sa.ws + (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + 8 * warp + j,
+                            stream_tagged(v, sa.tag));
       } else {
         own = sum;
       }
     }
+  };
+  // GX fallback: the partial sums of chunk q of tile it for rows 8w … 8w+7 computed here from x (the same
+  // operations in the same order as the owner's pass 1, so the same bits); lane 16·(j >> 2) + 4·(j & 3) gets row j's.
+  auto chunk_sum = [&](int it, int q) {
+    const int m0 = tile_m0(it);
+    const int valid = min(ROWS, a.M - m0);
+    float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+    for (int b = 0; b < CB; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = 4 * hw + i;
+        const Vec16 xv = r < valid ? load16(xg + static_cast<i64>(m0 + r) * a.x_stride + q * C + b * 128 + c0)
+                                   : Vec16{{0u, 0u, 0u, 0u}};
+#pragma unroll
+        for (int e = 0; e < 8; ++e) {
+          const float f = vec_get<bf16>(xv, e);
+          ss[i] = fmaf(f, f, ss[i]);
+        }
+      }
+    return transpose_reduce4<false>(ss, hl);
   };
 
   // r of the thread's 4 rows of tile it (mode 1: from rms_in).
@@ -217,11 +269,59 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
         t = 0.f;
 #pragma unroll
         for (int q = 0; q < S; ++q) t += rc[q * 8];
+      } else if constexpr (GX) {
+        // The S × 8 tagged partial sums of the warp's rows, pair (q, j) = idx = lane + 32k; polled until every tag is
+        // this launch's (a bounded wait: then the missing chunks are summed here, so no CTA depends on another CTA
+        // being resident); then row j's in chunk order.
+        constexpr int KQ = (S * 8 + 31) / 32;
+        const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
+        u64 got[KQ];
+        bool ready[KQ];
+#pragma unroll
+        for (int k = 0; k < KQ; ++k) {
+          const int idx = lane + 32 * k;
+          got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
+          ready[k] = idx >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag;
+        }
+#pragma unroll 1
+        for (int tries = 0;; ++tries) {
+          bool mine = true;
+#pragma unroll
+          for (int k = 0; k < KQ; ++k) mine = mine && ready[k];
+          if (__all_sync(0xffffffffu, mine)) break;
+          if (tries == kRmsqStreamSpinLimit) {
+#pragma unroll
+            for (int k = 0; k < KQ; ++k) {
+              const u32 ok = __ballot_sync(0xffffffffu, ready[k]);
+#pragma unroll 1
+              for (int q4 = 0; q4 < 4; ++q4) {
+                const int q = 4 * k + q4;
+                if (q >= S || ((ok >> (8 * q4)) & 0xffu) == 0xffu) continue;  // warp-uniform
+                const float v = chunk_sum(it, q);
+                const float w = __shfl_sync(0xffffffffu, v, 16 * (j >> 2) + 4 * (j & 3));
+                if ((lane >> 3) == q4) got[k] = stream_tagged(w, sa.tag);
+              }
+            }
+            break;
+          }
+          __nanosleep(64);
+#pragma unroll
+          for (int k = 0; k < KQ; ++k)
+            if (!ready[k]) {
+              const int idx = lane + 32 * k;
+              got[k] = stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7));
+              ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
+            }
+        }
+        t = 0.f;
+#pragma unroll
+        for (int q = 0; q < S; ++q) t += __shfl_sync(0xffffffffu, __uint_as_float(static_cast<u32>(got[q >> 2])),
+                                                     8 * (q & 3) + j);
       } else {
         t = __shfl_sync(0xffffffffu, own, 16 * (j >> 2) + 4 * (j & 3));
       }
       rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-      if (rank == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
+      if (item_col(it) == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
       __syncwarp();  // the warp's reads of recv are done before its next push
     } else {
       rr = 8 * warp + j < valid ? a.rms_in[m0 + 8 * warp + j] : 0.f;
@@ -259,10 +359,10 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   auto pass2 = [&](int it, Vec16 (&xk)[INREG ? CB : 1][4], const float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
-    const i64 tb = group + static_cast<i64>(it) * groups;
+    const i64 tb = item_tile(it);
 #pragma unroll(INREG ? CB : 1)
     for (int b = 0; b < CB; ++b) {
-      const int col = col0 + b * 128;
+      const int col = item_col(it) + b * 128;
       Vec16 xv[4];
       int k = 0;
       if constexpr (INREG) {

@@ -1,8 +1,20 @@
 // kiln/rms_norm_block_quant_stream_args.h — shared-memory sizes of the stream kernel (modes 1, 2;
 // templates/kiln/rms_norm_block_quant_stream.cuh), shared by the device template and the host recipe.
 #pragma once
+#include "kiln/rms_norm_block_quant_args.h"
 
 namespace kiln {
+
+// The stream kernel's arguments: the family's, plus (GLOBAL exchange) the partial-sum workspace
+// [tiles][N/C][128] of {fp32 bits, tag} and this launch's tag (unique per launch: stale pairs never match).
+struct RmsqStreamArgs {
+  RmsNormBlockQuantArgs a;
+  unsigned long long* ws;
+  unsigned tag;
+};
+// Polls of a warp's partial sums before it sums the missing chunks itself (≈ 64 ns apart: ≈ 0.3 ms). Reached only
+// when a CTA owning a chunk is not resident (another stream's kernels hold SMs): progress without co-residency.
+constexpr int kRmsqStreamSpinLimit = 4096;
 
 // The stream kernel's CTA: 16 warps (512 threads), one CTA an SM.
 constexpr int kRmsqStreamThreads = 512;

@@ -543,6 +543,26 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelPoints2048) {
   check_points(points, 0x67);
 }
 
+// The GLOBAL stream kernel (exchange 3: no clusters, one wave of CTAs over the (tile, chunk) items, row sums through a
+// tagged global workspace): every way of keeping x, 1 to 14 blocks a CTA (16 to 4 chunks a row; 56 at N = 7168
+// cb 1), mode 1, no exchange at N = 128.
+TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 16, 1, 0, 4, 1, 3, 8000},  // registers, overlap, 16 chunks a row
+      {2048, 2, 16, 2, 0, 2, 0, 3, 8000},
+      {2048, 2, 16, 1, 1, 3, 1, 3, 1000},  // x in its ring slot
+      {2048, 2, 16, 4, 2, 3, 0, 3, 8000},  // reloaded
+      {7168, 2, 16, 1, 0, 4, 1, 3, 4003},  // 56 chunks a row
+      {7168, 2, 16, 4, 2, 4, 1, 3, 4003},
+      {7168, 2, 16, 14, 2, 2, 1, 3, 1000},
+      {128, 2, 16, 1, 0, 2, 1, 3, 50001},  // one chunk: no exchange
+      {2048, 1, 16, 1, 0, 4, 1, 3, 8000},  // mode 1
+  };
+  check_points(points, 0x6c);
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 28, 2, 3, 0, 3));  // > 14 blocks a CTA
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 2, 3, 0, 3));    // reload: one chunk
+}
+
 TEST_F(RmsNormBlockQuantTest, StreamKernelPoints) {
   const std::vector<SpacePoint> points = {
       {7168, 2, 16, 7, 2, 2, 1, 2, 4003},
@@ -572,28 +592,36 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
     int64_t N;
     int col_blocks, prefetch, stages, overlap;
   };
-  const Cfg cfgs[] = {{128, 1, 0, 4, 1},  {2048, 2, 0, 4, 1}, {2048, 1, 1, 3, 1},
-                      {4096, 4, 2, 3, 0}, {7168, 7, 2, 3, 1}};
-  for (const Cfg& c : cfgs)
+  struct XCfg {
+    Cfg c;
+    int exchange;
+  };
+  const XCfg cfgs[] = {{{128, 1, 0, 4, 1}, 2},  {{2048, 2, 0, 4, 1}, 2}, {{2048, 1, 1, 3, 1}, 2},
+                       {{4096, 4, 2, 3, 0}, 2}, {{7168, 7, 2, 4, 1}, 2}, {{2048, 1, 0, 4, 1}, 3},
+                       {{4096, 2, 1, 5, 1}, 3}, {{7168, 1, 0, 4, 1}, 3}};
+  for (const auto& [c, exchange] : cfgs)
     for (int64_t M : {1, 7, 129, 1000}) {
       SCOPED_TRACE("N " + std::to_string(c.N) + " M " + std::to_string(M) + " col_blocks " +
                    std::to_string(c.col_blocks) + " prefetch " + std::to_string(c.prefetch) + " stages " +
-                   std::to_string(c.stages) + " overlap " + std::to_string(c.overlap));
+                   std::to_string(c.stages) + " overlap " + std::to_string(c.overlap) + " exchange " +
+                   std::to_string(exchange));
       ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages,
-                                                            c.overlap, 2));
+                                                            c.overlap, exchange));
       const Input in = random_input(M, c.N, mix_seed({0x68, static_cast<uint64_t>(c.N), static_cast<uint64_t>(M)}));
       RunSpec spec;
       spec.mode = 2;
       spec.round_scale = true;
       run_and_check(in, spec);
     }
-  const Cfg special[] = {{2048, 2, 0, 4, 1}, {2048, 1, 1, 3, 1}, {2048, 4, 2, 4, 1}};
-  for (const Cfg& c : special)
+  const XCfg special[] = {{{2048, 2, 0, 4, 1}, 2}, {{2048, 1, 1, 3, 1}, 2}, {{2048, 4, 2, 4, 1}, 2},
+                          {{2048, 1, 0, 4, 1}, 3}};
+  for (const auto& [c, exchange] : special)
     for (bool rs : {false, true}) {
       SCOPED_TRACE("special values, col_blocks " + std::to_string(c.col_blocks) + " prefetch " +
-                   std::to_string(c.prefetch) + " round_scale " + std::to_string(rs));
+                   std::to_string(c.prefetch) + " exchange " + std::to_string(exchange) + " round_scale " +
+                   std::to_string(rs));
       ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 2, 16, c.col_blocks, c.prefetch, c.stages,
-                                                            c.overlap, 2));
+                                                            c.overlap, exchange));
       const Input in = special_input(mix_seed({0x69, static_cast<uint64_t>(c.prefetch), rs}));
       RunSpec spec;
       spec.mode = 2;
