@@ -91,7 +91,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   constexpr bool INREG = KEEP == 0, INSLOT = KEEP == 1, RELOAD = KEEP == 2;
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
-  static_assert(N % C == 0 && (GLOBAL || S <= 16), "the cluster must tile N, at most 16 CTAs");
+  static_assert(N % C == 0 && (!CLUSTER || S <= 16), "the cluster must tile N, at most 16 CTAs");
   static_assert(MODE == 1 || MODE == 2, "the stream kernel writes the transposed output");
   static_assert(KEEP >= 0 && KEEP <= 2, "");
   static_assert(MODE == 2 || INREG, "mode 1 has no first pass to keep the block across");
