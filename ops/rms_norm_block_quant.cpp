@@ -381,6 +381,7 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 // co-scheduled on this GPU (s.config is then the tile kernel's default).
 bool launch_stream(Runtime::Impl& impl, Specialization& s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
   static std::atomic<uint32_t> last_tag{0};
+  constexpr uint32_t kCapturedTag = 0xffffffffu;
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
@@ -396,11 +397,24 @@ bool launch_stream(Runtime::Impl& impl, Specialization& s, int mode, const RmsNo
                          impl.resident_per_sm(k, kRmsqStreamThreads, static_cast<int>(d.smem));
     d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(tiles * chunks, wave)));
     if (mode == 2 && chunks > 1) {
-      ws = impl.alloc_async(static_cast<size_t>(tiles * chunks * 128 * 8), stream);
+      const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
+      ws = impl.alloc_async(words * 4, stream);
       sa.ws = reinterpret_cast<unsigned long long*>(ws);
-      uint32_t tag;
-      do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0);
-      sa.tag = tag;
+      // A tag unique to this launch makes stale pairs (earlier launches' scratch) never count, with no clearing. A
+      // CUDA graph replays a captured launch with the same tag, so under capture the workspace is cleared first
+      // (a memset node) and the tag is one no uncaptured launch uses.
+      CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+      if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+        capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+      if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+        check(driver().cuMemsetD32Async(ws, 0, words, reinterpret_cast<CUstream>(stream)),
+              "cuMemsetD32Async (rms_norm_block_quant workspace)");
+        sa.tag = kCapturedTag;
+      } else {
+        uint32_t tag;
+        do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
+        sa.tag = tag;
+      }
     }
   } else {
     const int split = cluster_of(s);

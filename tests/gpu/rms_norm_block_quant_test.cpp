@@ -18,6 +18,7 @@
 
 #include "kiln/ops/rms_norm.hpp"
 #include "reference/rms_norm.hpp"
+#include "runtime/driver.hpp"
 #include "test_util.hpp"
 
 namespace kiln::detail {
@@ -582,6 +583,64 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelPoints) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 2, 3, 0, 2));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 2, 3, 0, 2));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 2, 0, 4, 1, 2));
+}
+
+// The GLOBAL stream kernel captured in a CUDA graph: a replay reuses the launch's tag, so under capture the row-sum
+// workspace is cleared first (a memset node). Two replays with different x in the same buffers must each match the
+// reference for their own x (stale partial sums of the first replay would give the second the first's r).
+TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
+  const auto& d = detail::driver();
+  const int64_t M = 1000, N = 2048;
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(N, 2, 16, 1, 0, 4, 1, 3));
+  const Input a = random_input(M, N, mix_seed({0x6d, 1})), b = random_input(M, N, mix_seed({0x6d, 2}));
+  Input b_with_a_weight = b;
+  b_with_a_weight.w = a.w;
+  Runtime& r = rt();
+  DeviceBuffer x(r, M * N * 2), w(r, N * 2), q(r, M * N), q_scale(r, (N / 128) * M * 4), rms_inv(r, M * 4),
+      qT(r, N * M), qT_scale(r, ((M + 127) / 128) * N * 4);
+  w.upload(encode(DType::bf16, a.w));
+  RmsNormBlockQuantOutputs out;
+  out.q = q.ref(DType::e4m3, {M, N});
+  out.q_scale = q_scale.ref(DType::f32, {N / 128, M});
+  out.rms_inv = rms_inv.ref(DType::f32, {M});
+  out.qT = qT.ref(DType::e4m3, {N, M});
+  out.qT_scale = qT_scale.ref(DType::f32, {(M + 127) / 128, N});
+  RmsNormBlockQuantOptions opts;
+  opts.round_scale = true;
+  opts.output_mode = 2;
+  const TensorRef xt = x.ref(DType::bf16, {M, N}), wt = w.ref(DType::bf16, {N});
+  x.upload(encode(DType::bf16, a.x));
+  rms_norm_block_quant_fwd(r, xt, wt, {}, out, opts, nullptr);  // compiled and loaded before the capture
+  synchronize();
+
+  CUstream s = nullptr;
+  ASSERT_EQ(d.cuStreamCreate(&s, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(d.cuStreamBeginCapture(s, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), CUDA_SUCCESS);
+  rms_norm_block_quant_fwd(r, xt, wt, {}, out, opts, reinterpret_cast<Stream>(s));
+  CUgraph graph = nullptr;
+  ASSERT_EQ(d.cuStreamEndCapture(s, &graph), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(d.cuGraphInstantiateWithFlags(&exec, graph, 0), CUDA_SUCCESS);
+  RunSpec spec;
+  spec.round_scale = true;
+  for (const Input* in : {&a, static_cast<const Input*>(&b_with_a_weight), &a}) {
+    SCOPED_TRACE(in == &a ? "replay with x = a" : "replay with x = b");
+    x.upload(encode(DType::bf16, in->x));
+    for (DeviceBuffer* buf : {&q, &q_scale, &rms_inv, &qT, &qT_scale}) buf->poison();
+    ASSERT_EQ(d.cuGraphLaunch(exec, s), CUDA_SUCCESS);
+    synchronize();
+    Result res;
+    res.q = q.download<uint8_t>(M * N);
+    res.q_scale = q_scale.download<float>((N / 128) * M);
+    res.rms_inv = rms_inv.download<float>(M);
+    res.qT = qT.download<uint8_t>(N * M);
+    res.qT_scale = qT_scale.download<float>(((M + 127) / 128) * N);
+    check(*in, spec, res);
+  }
+  d.cuGraphExecDestroy(exec);
+  d.cuGraphDestroy(graph);
+  d.cuStreamDestroy(s);
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
 // The stream kernel at the edges: M = 1, 7, 129 (a whole tile and one row), 1000 at every hidden size of the issue,
