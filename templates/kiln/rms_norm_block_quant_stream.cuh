@@ -253,6 +253,21 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     return transpose_reduce4<false>(ss, hl);
   };
 
+  // GX: the warp's S × 8 tagged partial sums of item it, pair (q, j) = idx = lane + 32k, loaded by poll_issue(it) and
+  // checked by finish(it).
+  constexpr int KQ = GX ? (S * 8 + 31) / 32 : 1;
+  u64 got[KQ];
+  auto poll_issue = [&](int it) {
+    if constexpr (GX) {
+      const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
+#pragma unroll
+      for (int k = 0; k < KQ; ++k) {
+        const int idx = lane + 32 * k;
+        got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
+      }
+    }
+  };
+
   // r of the thread's 4 rows of tile it (mode 1: from rms_in).
   auto finish = [&](int it, float (&rv)[4]) {
     const int m0 = tile_m0(it);
@@ -273,16 +288,11 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
         // The S × 8 tagged partial sums of the warp's rows, pair (q, j) = idx = lane + 32k; polled until every tag is
         // this launch's (a bounded wait: then the missing chunks are summed here, so no CTA depends on another CTA
         // being resident); then row j's in chunk order.
-        constexpr int KQ = (S * 8 + 31) / 32;
+        // (The first loads were issued by poll_issue(it), before pass 1 of the next item.)
         const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
-        u64 got[KQ];
         bool ready[KQ];
 #pragma unroll
-        for (int k = 0; k < KQ; ++k) {
-          const int idx = lane + 32 * k;
-          got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
-          ready[k] = idx >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag;
-        }
+        for (int k = 0; k < KQ; ++k) ready[k] = lane + 32 * k >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag;
 #pragma unroll 1
         for (int tries = 0;; ++tries) {
           bool mine = true;
@@ -477,11 +487,15 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     pass1(0, xa);
 #pragma unroll 1
     for (int it = 0; it < T; ++it) {
-      finish(it, rv);
+      // Clusters: the finish of item it before the pushes of item it+1 (the receive buffers are double-buffered).
+      // GX: the workspace is not reused, so the poll of item it flies during pass 1 of item it+1.
+      if constexpr (GX) poll_issue(it);
+      else finish(it, rv);
       if (it + 1 < T) {
         if constexpr (INREG) pass1(it + 1, xb);
         else pass1(it + 1, xa);
       }
+      if constexpr (GX) finish(it, rv);
       pass2(it, xa, rv);
       if constexpr (INREG) {
 #pragma unroll
@@ -494,6 +508,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 #pragma unroll 1
     for (int it = 0; it < T; ++it) {
       pass1(it, xa);
+      poll_issue(it);
       finish(it, rv);
       pass2(it, xa, rv);
     }
