@@ -323,10 +323,14 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
               ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
             }
         }
+        // Row j's sum in a fixed order (the same in every CTA, so all get the same r): each lane adds its chunks
+        // q = (lane >> 3) + 4k in k order, then the four lane groups pairwise (+ commutes: all lanes alike).
         t = 0.f;
 #pragma unroll
-        for (int q = 0; q < S; ++q) t += __shfl_sync(0xffffffffu, __uint_as_float(static_cast<u32>(got[q >> 2])),
-                                                     8 * (q & 3) + j);
+        for (int k = 0; k < KQ; ++k)
+          if (lane + 32 * k < S * 8) t += __uint_as_float(static_cast<u32>(got[k]));
+        t += __shfl_xor_sync(0xffffffffu, t, 8);
+        t += __shfl_xor_sync(0xffffffffu, t, 16);
       } else {
         t = __shfl_sync(0xffffffffu, own, 16 * (j >> 2) + 4 * (j & 3));
       }
