@@ -37,16 +37,20 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // 1 its ring slot, 2 reloaded from L2). exchange 2: clusters of N/(128·CB) CTAs exchange the row sums through
 // distributed shared memory; exchange 3 (GLOBAL): no clusters, a persistent grid takes the (tile, chunk) items in
 // turn and the row sums go through a tagged global workspace.
-constexpr int kStreamExchange = 2, kStreamGlobal = 3;
+// exchange 4: the ring kernel (256 or 512 threads, several CTAs an SM) with the GLOBAL item walk and workspace.
+constexpr int kStreamExchange = 2, kStreamGlobal = 3, kRingGlobal = 4;
 bool is_stream(const Specialization& s) {
   return s.kernel == kTileKernel && (s.config[C_EXCHANGE] == kStreamExchange || s.config[C_EXCHANGE] == kStreamGlobal);
 }
 bool is_stream_global(const Specialization& s) { return is_stream(s) && s.config[C_EXCHANGE] == kStreamGlobal; }
+bool is_ring_global(const Specialization& s) {
+  return s.kernel == kTileKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE] == kRingGlobal;
+}
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
-  return s.params[P_MODE] == 2 && !is_stream_global(s) ? chunks_of(s) : 1;
+  return s.params[P_MODE] == 2 && !is_stream_global(s) && !is_ring_global(s) ? chunks_of(s) : 1;
 }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -66,9 +70,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
                        s.config[C_PREFETCH], is_stream_global(s));
   } else if (s.config[C_STAGES] > 0)
-    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
-                       s.config[C_WARPS], s.config[C_PREFETCH] != 0, s.config[C_EXCHANGE] != 0);
+                       s.config[C_WARPS], s.config[C_PREFETCH] != 0, s.config[C_EXCHANGE] == 1,
+                       s.config[C_EXCHANGE] == kRingGlobal);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
@@ -83,7 +88,7 @@ int smem_bytes(const Specialization& s) {
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
-        s.config[C_EXCHANGE] ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 0);
+        s.config[C_EXCHANGE] == 1 ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 0);
   return rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0);
 }
 
@@ -185,6 +190,20 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] = rcb == 1 && !one_slot;     // two slots hold two tiles only with one block a CTA
       s.config[C_EXCHANGE] = nb / rcb > 1;             // pushes where there is a cluster
     }
+    // Mode 2 on sm_90 with more than 16 blocks a row, or without power-of-two scales: the stream kernel on the GLOBAL
+    // walk (no clusters), 2 blocks an item kept in their ring slots between the passes, 4 slots, overlap. Measured
+    // (session 5 round 1, H100, M = 8192, tune): N = 7168 round_scale 1 102.6 µs (ring 120.9), round_scale 0 150.9
+    // (ring 178.1); N = 2048 round_scale 0 48.6 (ring 52.1). N = 2048 round_scale 1 stays on the ring (31.6 vs 32.5).
+    if (mode == 2 && arch.sm >= 90 && ring && (nb > 16 || !round)) {
+      const int scb = nb % 2 == 0 ? 2 : 1;
+      s.config = {};
+      s.config[C_WARPS] = kRmsqStreamThreads / 32;
+      s.config[C_COL_BLOCKS] = scb;
+      s.config[C_PREFETCH] = 1;  // x kept in its ring slots
+      s.config[C_STAGES] = 2 * scb;
+      s.config[C_OVERLAP] = 1;
+      s.config[C_EXCHANGE] = kStreamGlobal;
+    }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
@@ -236,6 +255,43 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
       s.config[C_EXCHANGE] = S > 1;
       out.push_back(s);
     }
+}
+
+// Ring-kernel GLOBAL points (exchange 4, sm_90; no clusters, so any cb dividing N/128): one slot (8 warps: three
+// CTAs an SM; 16 warps: two), two slots (8 warps; with overlap at cb 1), and with cb ≥ 2 in mode 2 RELOAD with 2 or 3
+// slots. Mode 1 (no exchange; the GLOBAL walk balances the items): cb 1, one or two slots, 8 warps.
+void ring_global_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90) return;
+  const bool mode2 = base.params[P_MODE] == 2;
+  if (!mode2 && cb != 1) return;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_COL_BLOCKS] = cb;
+  s.config[C_EXCHANGE] = kRingGlobal;
+  const int S = static_cast<int>(base.params[P_N] / (128 * cb));
+  auto add = [&](int warps, int R, int overlap, int reload) {
+    if (R > kRmsNormBlockQuantMaxRing || rms_norm_block_quant_ring_smem_bytes(R, warps, 0) > 227 * 1024) return;
+    s.config[C_WARPS] = warps;
+    s.config[C_STAGES] = R;
+    s.config[C_OVERLAP] = overlap;
+    s.config[C_PREFETCH] = reload;
+    out.push_back(s);
+  };
+  if (!mode2) {
+    add(8, 1, 0, 0);
+    add(8, 2, 0, 0);
+    return;
+  }
+  if (cb <= 2) {
+    add(8, cb, 0, 0);
+    add(16, cb, 0, 0);
+    add(8, 2 * cb, 1, 0);
+    if (cb == 1) add(8, 2, 0, 0);
+  }
+  if (cb >= 2 && S > 1) {
+    add(8, 2, 0, 1);
+    add(8, 3, 0, 1);
+  }
 }
 
 // Stream-kernel points (sm_90, 16 warps), within 227 KiB of shared memory. exchange 2 (clusters, cb with
@@ -327,7 +383,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     stream_points(base, cb, false, out);
   }
   for (int cb = 1; cb <= std::min(nb, 14); ++cb)  // the GLOBAL stream kernel: no cluster-size bound
-    if (nb % cb == 0) stream_points(base, cb, true, out);
+    if (nb % cb == 0) {
+      stream_points(base, cb, true, out);
+      ring_global_points(base, cb, out);
+    }
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -377,11 +436,43 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
   return n;
 }
 
+// The GLOBAL exchange's row-sum workspace for `tiles` × `chunks` items (mode 2 with more than one chunk a row):
+// tagged pairs in stream-ordered scratch, never cleared — a pair counts only with this launch's tag (never 0, so
+// fresh memory never does). A CUDA graph replays a captured launch with the same tag, so under capture the workspace
+// is cleared first (a memset node) and the tag is one no uncaptured launch uses. Returns the allocation (0: none).
+CUdeviceptr global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
+                             RmsqStreamArgs& sa) {
+  static std::atomic<uint32_t> last_tag{0};
+  constexpr uint32_t kCapturedTag = 0xffffffffu;
+  if (mode != 2 || chunks <= 1) return 0;
+  const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
+  const CUdeviceptr ws = impl.alloc_async(words * 4, stream);
+  sa.ws = reinterpret_cast<unsigned long long*>(ws);
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+    check(driver().cuMemsetD32Async(ws, 0, words, reinterpret_cast<CUstream>(stream)),
+          "cuMemsetD32Async (rms_norm_block_quant workspace)");
+    sa.tag = kCapturedTag;
+  } else {
+    uint32_t tag;
+    do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
+    sa.tag = tag;
+  }
+  return ws;
+}
+
+// One wave of resident CTAs of kernel k over `items` (the GLOBAL walk).
+unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int threads, unsigned smem) {
+  const int64_t wave = static_cast<int64_t>(impl.device().sm_count) *
+                       impl.resident_per_sm(k, threads, static_cast<int>(smem));
+  return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, wave)));
+}
+
 // Launches a stream-kernel config (is_stream(s)); false, launching nothing, when its clusters cannot be
 // co-scheduled on this GPU (s.config is then the tile kernel's default).
 bool launch_stream(Runtime::Impl& impl, Specialization& s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
-  static std::atomic<uint32_t> last_tag{0};
-  constexpr uint32_t kCapturedTag = 0xffffffffu;
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
@@ -391,31 +482,8 @@ bool launch_stream(Runtime::Impl& impl, Specialization& s, int mode, const RmsNo
   CUdeviceptr ws = 0;
   const Kernel& k = impl.kernel(s);
   if (is_stream_global(s)) {
-    // One wave of resident CTAs over the tiles·chunks items. The row sums go through a workspace of tagged pairs:
-    // stream-ordered scratch, never cleared (a pair counts only with this launch's tag, never 0: fresh memory).
-    const int64_t wave = static_cast<int64_t>(impl.device().sm_count) *
-                         impl.resident_per_sm(k, kRmsqStreamThreads, static_cast<int>(d.smem));
-    d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(tiles * chunks, wave)));
-    if (mode == 2 && chunks > 1) {
-      const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
-      ws = impl.alloc_async(words * 4, stream);
-      sa.ws = reinterpret_cast<unsigned long long*>(ws);
-      // A tag unique to this launch makes stale pairs (earlier launches' scratch) never count, with no clearing. A
-      // CUDA graph replays a captured launch with the same tag, so under capture the workspace is cleared first
-      // (a memset node) and the tag is one no uncaptured launch uses.
-      CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
-      if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
-        capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
-      if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
-        check(driver().cuMemsetD32Async(ws, 0, words, reinterpret_cast<CUstream>(stream)),
-              "cuMemsetD32Async (rms_norm_block_quant workspace)");
-        sa.tag = kCapturedTag;
-      } else {
-        uint32_t tag;
-        do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
-        sa.tag = tag;
-      }
-    }
+    d.grid[0] = global_grid(impl, k, tiles * chunks, kRmsqStreamThreads, d.smem);
+    ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   } else {
     const int split = cluster_of(s);
     const int groups = ring_groups(impl, k, static_cast<unsigned>(chunks), split > 1, kRmsqStreamThreads, d.smem);
@@ -527,6 +595,17 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     }
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
+  } else if (is_ring_global(s)) {  // the ring kernel on the GLOBAL walk: one wave of CTAs over tiles × chunks
+    const int64_t tiles = (M + 127) / 128;
+    const int chunks = chunks_of(s);
+    d.block[0] = static_cast<unsigned>(s.config[C_WARPS]) * 32;
+    d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, static_cast<int>(d.block[0]), d.smem);
+    RmsqStreamArgs sa{a, nullptr, 0};
+    const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
+    impl.launch(s, d, stream, sa);
+    if (ws) impl.free_async(ws, stream);
+    return;
   } else {
     const int64_t tiles = (M + 127) / 128;
     int groups = 0;
@@ -544,6 +623,10 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
+    if (s.config[C_STAGES] > 0) {  // the ring kernel takes the stream kernel's argument block (no workspace here)
+      impl.launch(s, d, stream, RmsqStreamArgs{a, nullptr, 0});
+      return;
+    }
   }
   impl.launch(s, d, stream, a);
 }
