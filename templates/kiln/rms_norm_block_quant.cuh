@@ -129,12 +129,12 @@ __device__ __noinline__ float ring_chunk_partial(const bf16* x_chunk, bool row_v
   }
   return v[0];
 }
-// Row r's Σx² of the ring kernel's GLOBAL exchange: the S tagged partial sums of items item0 … item0 + S − 1, polled
-// BATCH at a time and added in chunk order (the same in every CTA); a pair still stale after the spin limit is
-// computed here from x (xrow: the row's first element; row_valid false: a zero row past M).
-template <int S, int CB, int BATCH>
-__device__ __forceinline__ float ring_global_row_sum(const RmsqStreamArgs& sa, i64 item0, int r, const bf16* xrow,
-                                                     bool row_valid) {
+// Part of row r's Σx² in the ring kernel's GLOBAL exchange: the nq tagged partial sums of items item0 … item0 + nq − 1,
+// polled BATCH at a time and added in chunk order (the same in every CTA); a pair still stale after the spin limit is
+// computed here from x (xrow: the row's first element of chunk item0's columns; row_valid false: a zero row past M).
+template <int CB, int BATCH>
+__device__ __forceinline__ float ring_global_row_sum(const RmsqStreamArgs& sa, i64 item0, int S, int r,
+                                                     const bf16* xrow, bool row_valid) {
   float t = 0.f;
 #pragma unroll 1
   for (int q0 = 0; q0 < S; q0 += BATCH) {
@@ -762,7 +762,26 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
   auto finish_r = [&](int it) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
-    if constexpr (MODE == 2) {
+    if constexpr (GX) {
+      // Threads 0 … 255: row r = tid & 127 polls half h = tid >> 7 of the row's S chunk sums (partial[h][r]; partial
+      // is free on the GLOBAL walk), then r = f(partial[0][r] + partial[1][r]): a fixed order in every CTA.
+      constexpr int S2 = (S + 1) / 2;
+      constexpr int BATCH = RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value > 2 ? 4 : 8;
+      if (threadIdx.x < 2 * ROWS) {
+        const int r = threadIdx.x & (ROWS - 1), h = static_cast<int>(threadIdx.x) >> 7;
+        const int q0 = h * S2;
+        partial[h * ROWS + r] = ring_global_row_sum<CB, BATCH>(
+            sa, static_cast<i64>(item_tile(it)) * S + q0, min(S, q0 + S2) - q0, r,
+            xg + static_cast<i64>(m0 + (r < valid ? r : 0)) * a.x_stride + q0 * C, r < valid);
+      }
+      __syncthreads();
+      if (threadIdx.x < ROWS) {
+        const int r = threadIdx.x;
+        const float rv = 1.0f / sqrtf((partial[r] + partial[ROWS + r]) / static_cast<float>(N) + a.eps);
+        rinv[(it & 1) * ROWS + r] = rv;
+        if (item_col(it) == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
+      }
+    } else if constexpr (MODE == 2) {
       if constexpr (CLUSTER && !PUSH) cluster_wait();
       if (threadIdx.x < ROWS) {
         const int r = threadIdx.x;
@@ -773,9 +792,6 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
           pipe_mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
 #pragma unroll 1
           for (int q = 0; q < S; ++q) t += recv[((it & 1) * S + q) * ROWS + r];
-        } else if constexpr (GX) {
-          t = ring_global_row_sum<S, CB, (RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value > 2 ? 4 : 8)>(sa, static_cast<i64>(item_tile(it)) * S, r,
-                                         xg + static_cast<i64>(m0 + (r < valid ? r : 0)) * a.x_stride, r < valid);
         } else {
 #pragma unroll 1
           for (int q = 0; q < S; ++q) t += CLUSTER ? cluster_load(p, q) : *p;
