@@ -32,17 +32,12 @@ constexpr int kConfigFields = 6;
 constexpr int kMaxStagedBlocks = 6;
 static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 227 * 1024, "");
 
-// Tile-kernel configs with exchange = 2 or 3 run the stream kernel (rms_norm_block_quant_stream.cuh): 16 warps,
-// col_blocks = CB, stages = ring slots, overlap, prefetch = where a tile's x waits between the passes (0 registers,
-// 1 its ring slot, 2 reloaded from L2). exchange 2: clusters of N/(128·CB) CTAs exchange the row sums through
-// distributed shared memory; exchange 3 (GLOBAL): no clusters, a persistent grid takes the (tile, chunk) items in
-// turn and the row sums go through a tagged global workspace.
-// exchange 4: the ring kernel (256 or 512 threads, several CTAs an SM) with the GLOBAL item walk and workspace.
-constexpr int kStreamExchange = 2, kStreamGlobal = 3, kRingGlobal = 4;
-bool is_stream(const Specialization& s) {
-  return s.kernel == kTileKernel && (s.config[C_EXCHANGE] == kStreamExchange || s.config[C_EXCHANGE] == kStreamGlobal);
-}
-bool is_stream_global(const Specialization& s) { return is_stream(s) && s.config[C_EXCHANGE] == kStreamGlobal; }
+// The GLOBAL walk (no clusters: a persistent grid takes the (token tile, column chunk) items in turn and the row
+// sums go through a tagged global workspace): exchange 3 = the stream kernel (rms_norm_block_quant_stream.cuh, mode
+// 2: 16 warps, col_blocks = CB, stages = ring slots; prefetch 1 and overlap 1: each item's blocks stay in their ring
+// slots between the passes and the next item's pass 1 runs first); exchange 4 = the ring kernel on that walk.
+constexpr int kStreamGlobal = 3, kRingGlobal = 4;
+bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 bool is_ring_global(const Specialization& s) {
   return s.kernel == kTileKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE] == kRingGlobal;
 }
@@ -50,7 +45,7 @@ bool is_ring_global(const Specialization& s) {
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
-  return s.params[P_MODE] == 2 && !is_stream_global(s) && !is_ring_global(s) ? chunks_of(s) : 1;
+  return s.params[P_MODE] == 2 && !is_stream(s) && !is_ring_global(s) ? chunks_of(s) : 1;
 }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -66,9 +61,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
-                       s.config[C_PREFETCH], is_stream_global(s));
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       round, wf32, s.config[C_STAGES]);
   } else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
@@ -84,7 +78,7 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
                                                                          s.config[C_WARPS], s.config[C_STAGES])
                                   : 0;
-  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], cluster_of(s));
+  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -294,42 +288,24 @@ void ring_global_points(const Specialization& base, int cb, std::vector<Speciali
   }
 }
 
-// Stream-kernel points (sm_90, 16 warps), within 227 KiB of shared memory. exchange 2 (clusters, cb with
-// N/(128·cb) ≤ 16) and 3 (GLOBAL: any cb dividing N/128):
-//  * a tile's x in registers between the passes (prefetch 0): up to 2 blocks a CTA, 2 or 4 slots, with and without
-//    overlap (mode 1: one block a CTA, no exchange);
-//  * in its ring slots (prefetch 1, mode 2): with overlap, slots for two tiles (+ 1);
-//  * reloaded from L2 (prefetch 2, mode 2, 2 … 14 blocks a CTA: a thread's serial Σx² stays short, and more than
-//    one chunk a row): 3 slots (2 and 4 with overlap).
-void stream_points(const Specialization& base, int cb, bool global, std::vector<Specialization>& out) {
-  if (base.arch.sm < 90) return;
-  const bool mode2 = base.params[P_MODE] == 2;
-  if (!mode2 && cb != 1) return;
+// Stream-kernel points (exchange 3, sm_90, mode 2): 1 or 2 blocks an item, kept in their ring slots between the
+// passes (prefetch 1), the next item's pass 1 first (overlap 1), slots for two items or one more. (Session 5 round 1
+// measured the other variants slower and they were removed: the block kept in registers, 35–49 µs at N = 2048 vs
+// 32.5; reloaded from L2, 120.8+ at N = 7168 vs 102.6; clusters with DSMEM pushes instead of the GLOBAL walk, 31.4 /
+// 128.0 vs the ring's 31.6 / 120.9; mode 1, 22.4–25 vs the tile kernel's 19.0.)
+void stream_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2) return;
   Specialization s = base;
   s.config = {};
   s.config[C_WARPS] = kRmsqStreamThreads / 32;
   s.config[C_COL_BLOCKS] = cb;
-  s.config[C_EXCHANGE] = global ? kStreamGlobal : kStreamExchange;
-  const int S = static_cast<int>(base.params[P_N] / (128 * cb));  // chunks a row
-  if (!global && mode2 && S > 16) return;
-  auto add = [&](int keep, int R, int overlap) {
-    if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, cluster_of(s)) > 227 * 1024) return;
-    s.config[C_PREFETCH] = keep;
+  s.config[C_EXCHANGE] = kStreamGlobal;
+  s.config[C_PREFETCH] = 1;
+  s.config[C_OVERLAP] = 1;
+  for (int R : {2 * cb, 2 * cb + 1}) {
+    if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
     s.config[C_STAGES] = R;
-    s.config[C_OVERLAP] = overlap;
     out.push_back(s);
-  };
-  if (cb <= 2)
-    for (int overlap : {0, 1})
-      for (int R : {2, 4}) add(0, R, overlap);
-  if (mode2 && cb <= 2) {
-    add(1, 2 * cb, 1);
-    add(1, 2 * cb + 1, 1);
-  }
-  if (mode2 && cb >= 2 && cb <= 14 && S > 1) {
-    add(2, 3, 0);
-    add(2, 2, 1);
-    add(2, 4, 1);
   }
 }
 
@@ -380,11 +356,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       out.push_back(s);
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
-    stream_points(base, cb, false, out);
   }
   for (int cb = 1; cb <= std::min(nb, 14); ++cb)  // the GLOBAL stream kernel: no cluster-size bound
     if (nb % cb == 0) {
-      stream_points(base, cb, true, out);
+      stream_points(base, cb, out);
       ring_global_points(base, cb, out);
     }
 }
@@ -470,34 +445,19 @@ unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int th
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, wave)));
 }
 
-// Launches a stream-kernel config (is_stream(s)); false, launching nothing, when its clusters cannot be
-// co-scheduled on this GPU (s.config is then the tile kernel's default).
-bool launch_stream(Runtime::Impl& impl, Specialization& s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
+// Launches a stream-kernel config (is_stream(s)): one wave of resident CTAs over the tiles × chunks items.
+void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const RmsNormBlockQuantArgs& a,
+                   Stream stream) {
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
   d.block[0] = kRmsqStreamThreads;
   d.smem = static_cast<unsigned>(smem_bytes(s));
+  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0};
-  CUdeviceptr ws = 0;
-  const Kernel& k = impl.kernel(s);
-  if (is_stream_global(s)) {
-    d.grid[0] = global_grid(impl, k, tiles * chunks, kRmsqStreamThreads, d.smem);
-    ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
-  } else {
-    const int split = cluster_of(s);
-    const int groups = ring_groups(impl, k, static_cast<unsigned>(chunks), split > 1, kRmsqStreamThreads, d.smem);
-    if (groups == 0) {
-      s.config = make_spec(s.arch, s.params[P_N], mode, s.params[P_ROUND] != 0, s.params[P_W_F32] != 0, false).config;
-      return false;
-    }
-    d.grid[0] = static_cast<unsigned>(chunks);
-    d.grid[1] = static_cast<unsigned>(std::min<int64_t>(tiles, groups));
-    d.cluster[0] = static_cast<unsigned>(split);
-  }
+  const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);
-  return true;
 }
 
 }  // namespace
@@ -582,7 +542,10 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   a.eps = opts.eps;
 
   LaunchDims d;
-  if (is_stream(s) && launch_stream(impl, s, mode, a, stream)) return;
+  if (is_stream(s)) {
+    launch_stream(impl, s, mode, a, stream);
+    return;
+  }
   if (s.kernel == kRowKernel) {
     const unsigned warps = static_cast<unsigned>(s.config[C_WARPS]);
     int64_t grid = (M + warps - 1) / warps;

@@ -1,5 +1,6 @@
-// kiln/rms_norm_block_quant_stream_args.h — shared-memory sizes of the stream kernel (modes 1, 2;
-// templates/kiln/rms_norm_block_quant_stream.cuh), shared by the device template and the host recipe.
+// kiln/rms_norm_block_quant_stream_args.h — the argument block and shared-memory size of the stream kernel (mode 2;
+// templates/kiln/rms_norm_block_quant_stream.cuh) and the GLOBAL walk's workspace protocol (also used by the ring
+// kernel), shared by the device templates and the host recipe.
 #pragma once
 #include "kiln/rms_norm_block_quant_args.h"
 
@@ -22,10 +23,7 @@ constexpr int kRmsqStreamThreads = 512;
 constexpr int kRmsqStreamMaxRing = 5;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
-// column-maxima buffers (132 padded slots), then with a cluster of S > 1 CTAs the received partial sums
-// [2 tile parities][16 warps][S][8 rows] and their [2][16] mbarriers.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, int S) {
-  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (S > 1 ? 2 * 16 * S * 8 * 4 : 0) + 2 * 16 * 8;
-}
+// column-maxima buffers (132 padded slots).
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R) { return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4; }
 
 }  // namespace kiln

@@ -525,43 +525,27 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 8, 56, 1, 2, 0, 0));
 }
 
-// The stream kernel (exchange 2, 16 warps; rms_norm_block_quant_stream.cuh), forced: x kept in registers / in its
-// ring slots / reloaded from L2 (prefetch 0 / 1 / 2), with and without overlap, clusters of 16, 8, 4, 2 and none,
-// 1 to 14 blocks a CTA, mode 1, at token counts where clusters loop over several tiles, the last one partial and
-// (1000, 4003, 50001) M % 16 != 0: the byte-wise qT tail.
-// (Two tests of about eight points: each point is an NVRTC compile.)
-TEST_F(RmsNormBlockQuantTest, StreamKernelPoints2048) {
-  const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 2, 0, 4, 1, 2, 8000},  // registers, overlap, clusters of 8
-      {2048, 2, 16, 2, 0, 2, 0, 2, 8000},
-      {2048, 2, 16, 1, 0, 4, 1, 2, 8000},  // clusters of 16
-      {2048, 2, 16, 1, 0, 2, 0, 2, 1000},
-      {2048, 2, 16, 2, 1, 5, 1, 2, 8000},  // x in its ring slots
-      {2048, 2, 16, 1, 1, 2, 1, 2, 8000},
-      {2048, 2, 16, 4, 2, 3, 0, 2, 8000},  // reloaded
-      {2048, 2, 16, 8, 2, 4, 1, 2, 8000},
-  };
-  check_points(points, 0x67);
-}
-
-// The GLOBAL stream kernel (exchange 3: no clusters, one wave of CTAs over the (tile, chunk) items, row sums through a
-// tagged global workspace): every way of keeping x, 1 to 14 blocks a CTA (16 to 4 chunks a row; 56 at N = 7168
-// cb 1), mode 1, no exchange at N = 128.
+// The stream kernel (exchange 3, 16 warps; rms_norm_block_quant_stream.cuh: no clusters, one wave of CTAs over the
+// (tile, chunk) items, row sums through a tagged global workspace), forced: every point of its space (1 or 2 blocks
+// an item kept in their ring slots, slots for two items or one more) at N = 2048 (16 / 8 chunks a row), 7168 (56 /
+// 28), 4096 (32 / 16) and 128 (one chunk: no exchange), at token counts where CTAs loop over several items, the last
+// tile partial, M % 16 != 0 (1000, 4003, 50001: the byte-wise qT tail).
 TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 1, 0, 4, 1, 3, 8000},  // registers, overlap, 16 chunks a row
-      {2048, 2, 16, 2, 0, 2, 0, 3, 8000},
-      {2048, 2, 16, 1, 1, 3, 1, 3, 1000},  // x in its ring slot
-      {2048, 2, 16, 4, 2, 3, 0, 3, 8000},  // reloaded
-      {7168, 2, 16, 1, 0, 4, 1, 3, 4003},  // 56 chunks a row
-      {7168, 2, 16, 4, 2, 4, 1, 3, 4003},
-      {7168, 2, 16, 14, 2, 2, 1, 3, 1000},
-      {128, 2, 16, 1, 0, 2, 1, 3, 50001},  // one chunk: no exchange
-      {2048, 1, 16, 1, 0, 4, 1, 3, 8000},  // mode 1
+      {2048, 2, 16, 1, 1, 2, 1, 3, 8000},  {2048, 2, 16, 1, 1, 3, 1, 3, 1000},  {2048, 2, 16, 2, 1, 4, 1, 3, 8000},
+      {2048, 2, 16, 2, 1, 5, 1, 3, 4003},  {7168, 2, 16, 1, 1, 2, 1, 3, 4003},  {7168, 2, 16, 2, 1, 4, 1, 3, 4003},
+      {7168, 2, 16, 2, 1, 5, 1, 3, 1000},  {4096, 2, 16, 2, 1, 4, 1, 3, 3001},  {128, 2, 16, 1, 1, 2, 1, 3, 50001},
+      {128, 2, 16, 1, 1, 3, 1, 3, 50001},
   };
   check_points(points, 0x6c);
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 28, 2, 3, 0, 3));  // > 14 blocks a CTA
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 2, 3, 0, 3));    // reload: one chunk
+  // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
+  // than two items.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 4, 1, 5, 1, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 0, 4, 1, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 2, 3, 0, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 0, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 1, 2, 1, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 3, 1, 3));
 }
 
 // The ring kernel on the GLOBAL walk (exchange 4: no clusters, one wave of 256/512-thread CTAs over the (tile, chunk)
@@ -585,34 +569,13 @@ TEST_F(RmsNormBlockQuantTest, RingGlobalPoints) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 8, 1, 1, 2, 0, 4));    // RELOAD: one chunk
 }
 
-TEST_F(RmsNormBlockQuantTest, StreamKernelPoints) {
-  const std::vector<SpacePoint> points = {
-      {7168, 2, 16, 7, 2, 2, 1, 2, 4003},
-      {7168, 2, 16, 4, 2, 3, 0, 2, 4003},
-      {7168, 2, 16, 14, 2, 4, 1, 2, 1000},
-      {128, 2, 16, 1, 0, 2, 1, 2, 50001},  // no cluster
-      {128, 2, 16, 1, 1, 3, 1, 2, 50001},
-      {4096, 2, 16, 2, 0, 4, 1, 2, 3001},  // clusters of 16 at 2 blocks a CTA
-      {2048, 1, 16, 1, 0, 4, 1, 2, 8000},  // mode 1
-      {2048, 1, 16, 1, 0, 2, 0, 2, 1001},
-  };
-  check_points(points, 0x6b);
-  // Not points: registers hold at most 2 blocks a CTA; slots for two tiles of 2 blocks need 4; no reload without a
-  // cluster or in mode 1; 16 warps only.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 4, 1, 2));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 3, 1, 2));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 2, 3, 0, 2));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 2, 3, 0, 2));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 2, 0, 4, 1, 2));
-}
-
 // The GLOBAL stream kernel captured in a CUDA graph: a replay reuses the launch's tag, so under capture the row-sum
 // workspace is cleared first (a memset node). Two replays with different x in the same buffers must each match the
 // reference for their own x (stale partial sums of the first replay would give the second the first's r).
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   const auto& d = detail::driver();
   const int64_t M = 1000, N = 2048;
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(N, 2, 16, 1, 0, 4, 1, 3));
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(N, 2, 16, 1, 1, 2, 1, 3));
   const Input a = random_input(M, N, mix_seed({0x6d, 1})), b = random_input(M, N, mix_seed({0x6d, 2}));
   Input b_with_a_weight = b;
   b_with_a_weight.w = a.w;
@@ -664,9 +627,9 @@ TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
-// The stream kernel at the edges: M = 1, 7, 129 (a whole tile and one row), 1000 at every hidden size of the issue,
-// and the special values (NaN, ±inf, overflowing / underflowing squares, all-zero and tiny rows and token blocks)
-// through each way of keeping x, in both scale modes.
+// The GLOBAL walk (stream kernel, exchange 3; ring kernel, exchange 4) at the edges: M = 1, 7, 129 (a whole tile and
+// one row), 1000 at every hidden size of the issue, and the special values (NaN, ±inf, overflowing / underflowing
+// squares, all-zero and tiny rows and token blocks) in both scale modes, mode 1 included.
 TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
   struct Cfg {
     int64_t N;
@@ -676,9 +639,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
     Cfg c;
     int exchange;
   };
-  const XCfg cfgs[] = {{{128, 1, 0, 4, 1}, 2},  {{2048, 2, 0, 4, 1}, 2}, {{2048, 1, 1, 3, 1}, 2},
-                       {{4096, 4, 2, 3, 0}, 2}, {{7168, 7, 2, 4, 1}, 2}, {{2048, 1, 0, 4, 1}, 3},
-                       {{4096, 2, 1, 5, 1}, 3}, {{7168, 1, 0, 4, 1}, 3}};
+  const XCfg cfgs[] = {{{128, 1, 1, 2, 1}, 3}, {{2048, 1, 1, 2, 1}, 3}, {{2048, 2, 1, 4, 1}, 3},
+                       {{4096, 2, 1, 5, 1}, 3}, {{7168, 2, 1, 4, 1}, 3}, {{7168, 1, 1, 3, 1}, 3}};
   // (the ring kernel on the GLOBAL walk: warps 8, prefetch = RELOAD)
   const XCfg ring_cfgs[] = {{{2048, 1, 0, 1, 0}, 4}, {{7168, 4, 1, 2, 0}, 4}, {{128, 1, 0, 1, 0}, 4}};
   for (const auto& [c, exchange] : ring_cfgs)
@@ -708,8 +670,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
       spec.round_scale = true;
       run_and_check(in, spec);
     }
-  const XCfg special[] = {{{2048, 2, 0, 4, 1}, 2}, {{2048, 1, 1, 3, 1}, 2}, {{2048, 4, 2, 4, 1}, 2},
-                          {{2048, 1, 0, 4, 1}, 3}, {{2048, 1, 0, 1, 0}, 4}};
+  const XCfg special[] = {{{2048, 2, 1, 4, 1}, 3}, {{2048, 1, 1, 3, 1}, 3}, {{2048, 1, 0, 1, 0}, 4},
+                          {{2048, 2, 1, 3, 0}, 4}};
   for (const auto& [c, exchange] : special)
     for (bool rs : {false, true}) {
       SCOPED_TRACE("special values, col_blocks " + std::to_string(c.col_blocks) + " prefetch " +
@@ -724,9 +686,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
       spec.eps = 1e-5f;
       run_and_check(in, spec);
     }
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 0, 4, 1, 2));  // mode 1, special values
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 1, 8, 1, 0, 1, 0, 4));  // mode 1, special values
   {
-    SCOPED_TRACE("special values, mode 1");
+    SCOPED_TRACE("special values, mode 1 (ring kernel, GLOBAL walk)");
     const Input in = special_input(mix_seed({0x6a}));
     RunSpec spec;
     spec.mode = 1;
