@@ -20,7 +20,12 @@
 //  * ring_kernel (modes 1, 2; the tile kernel made persistent; mode 2's default on sm_90): the same cluster split
 //    and the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through
 //    a ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
-//    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
+//    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline. GLOBAL (config
+//    exchange 4): no clusters; a persistent grid walks the (token tile, column chunk) items and the row sums go
+//    through a tagged global workspace (kiln/rms_norm_block_quant_stream_args.h).
+//  * stream_kernel (mode 2; kiln/rms_norm_block_quant_stream.cuh, config exchange 3): the SiLU block-quant tile
+//    structure (512 threads, one block barrier a block) on the same GLOBAL walk; mode 2's default on sm_90 for
+//    N > 2048 or round_scale 0.
 //  * pipe_kernel (mode 0): the row8 math on kiln/row_pipe.cuh (balanced rows per CTA, per-warp rings of row slots
 //    filled by TMA bulk copies), weights in registers, the power-of-two scale from the bits of amax.
 // Every power-of-two scale is built from the bits of amax without a division (rmsq::scale_of_max), and every quantizer
