@@ -35,17 +35,16 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // The GLOBAL walk (no clusters: a persistent grid takes the (token tile, column chunk) items in turn and the row
 // sums go through a tagged global workspace): exchange 3 = the stream kernel (rms_norm_block_quant_stream.cuh, mode
 // 2: 16 warps, col_blocks = CB, stages = ring slots; prefetch 1 and overlap 1: each item's blocks stay in their ring
-// slots between the passes and the next item's pass 1 runs first); exchange 4 = the ring kernel on that walk.
-constexpr int kStreamGlobal = 3, kRingGlobal = 4;
+// slots between the passes and the next item's pass 1 runs first). (Session 5 round 2 also measured the ring kernel's
+// per-block code on that walk, exchange 4: 33.5 µs at best at N = 2048 against the ring's 31.3, and stalls where an
+// item's wait preceded the next item's pass 1; removed.)
+constexpr int kStreamGlobal = 3;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
-bool is_ring_global(const Specialization& s) {
-  return s.kernel == kTileKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE] == kRingGlobal;
-}
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
-  return s.params[P_MODE] == 2 && !is_stream(s) && !is_ring_global(s) ? chunks_of(s) : 1;
+  return s.params[P_MODE] == 2 && !is_stream(s) ? chunks_of(s) : 1;
 }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -64,10 +63,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, s.config[C_STAGES]);
   } else if (s.config[C_STAGES] > 0)
-    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+    name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
-                       s.config[C_WARPS], s.config[C_PREFETCH] != 0, s.config[C_EXCHANGE] == 1,
-                       s.config[C_EXCHANGE] == kRingGlobal);
+                       s.config[C_WARPS], s.config[C_PREFETCH] != 0, s.config[C_EXCHANGE] != 0);
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
@@ -82,7 +80,7 @@ int smem_bytes(const Specialization& s) {
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
-        s.config[C_EXCHANGE] == 1 ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 0);
+        s.config[C_EXCHANGE] ? static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) : 0);
   return rms_norm_block_quant_tile_smem_bytes(s.config[C_COL_BLOCKS], s.config[C_PREFETCH] != 0);
 }
 
@@ -251,43 +249,6 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
     }
 }
 
-// Ring-kernel GLOBAL points (exchange 4, sm_90; no clusters, so any cb dividing N/128): one slot (8 warps: three
-// CTAs an SM; 16 warps: two), two slots (8 warps; with overlap at cb 1), and with cb ≥ 2 in mode 2 RELOAD with 2 or 3
-// slots. Mode 1 (no exchange; the GLOBAL walk balances the items): cb 1, one or two slots, 8 warps.
-void ring_global_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
-  if (base.arch.sm < 90) return;
-  const bool mode2 = base.params[P_MODE] == 2;
-  if (!mode2 && cb != 1) return;
-  Specialization s = base;
-  s.config = {};
-  s.config[C_COL_BLOCKS] = cb;
-  s.config[C_EXCHANGE] = kRingGlobal;
-  const int S = static_cast<int>(base.params[P_N] / (128 * cb));
-  auto add = [&](int warps, int R, int overlap, int reload) {
-    if (R > kRmsNormBlockQuantMaxRing || rms_norm_block_quant_ring_smem_bytes(R, warps, 0) > 227 * 1024) return;
-    s.config[C_WARPS] = warps;
-    s.config[C_STAGES] = R;
-    s.config[C_OVERLAP] = overlap;
-    s.config[C_PREFETCH] = reload;
-    out.push_back(s);
-  };
-  if (!mode2) {
-    add(8, 1, 0, 0);
-    add(8, 2, 0, 0);
-    return;
-  }
-  if (cb <= 2) {
-    add(8, cb, 0, 0);
-    add(16, cb, 0, 0);
-    add(8, 2 * cb, 1, 0);
-    if (cb == 1) add(8, 2, 0, 0);
-  }
-  if (cb >= 2 && S > 1) {
-    add(8, 2, 0, 1);
-    add(8, 3, 0, 1);
-  }
-}
-
 // Stream-kernel points (exchange 3, sm_90, mode 2): 1 or 2 blocks an item, kept in their ring slots between the
 // passes (prefetch 1), the next item's pass 1 first (overlap 1), slots for two items or one more. (Session 5 round 1
 // measured the other variants slower and they were removed: the block kept in registers, 35–49 µs at N = 2048 vs
@@ -357,11 +318,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
   }
-  for (int cb = 1; cb <= std::min(nb, 14); ++cb)  // the GLOBAL stream kernel: no cluster-size bound
-    if (nb % cb == 0) {
-      stream_points(base, cb, out);
-      ring_global_points(base, cb, out);
-    }
+  for (int cb = 1; cb <= std::min(nb, 2); ++cb)  // the stream kernel (GLOBAL walk: no cluster-size bound)
+    if (nb % cb == 0) stream_points(base, cb, out);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -558,17 +516,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     }
     d.grid[0] = static_cast<unsigned>(grid);
     d.block[0] = warps * 32;
-  } else if (is_ring_global(s)) {  // the ring kernel on the GLOBAL walk: one wave of CTAs over tiles × chunks
-    const int64_t tiles = (M + 127) / 128;
-    const int chunks = chunks_of(s);
-    d.block[0] = static_cast<unsigned>(s.config[C_WARPS]) * 32;
-    d.smem = static_cast<unsigned>(smem_bytes(s));
-    d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, static_cast<int>(d.block[0]), d.smem);
-    RmsqStreamArgs sa{a, nullptr, 0};
-    const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
-    impl.launch(s, d, stream, sa);
-    if (ws) impl.free_async(ws, stream);
-    return;
   } else {
     const int64_t tiles = (M + 127) / 128;
     int groups = 0;
@@ -586,10 +533,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
     d.block[0] = s.config[C_STAGES] > 0 ? static_cast<unsigned>(s.config[C_WARPS]) * 32 : 256;
     d.smem = static_cast<unsigned>(smem_bytes(s));
     if (mode == 2) d.cluster[0] = split;
-    if (s.config[C_STAGES] > 0) {  // the ring kernel takes the stream kernel's argument block (no workspace here)
-      impl.launch(s, d, stream, RmsqStreamArgs{a, nullptr, 0});
-      return;
-    }
   }
   impl.launch(s, d, stream, a);
 }

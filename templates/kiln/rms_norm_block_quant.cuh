@@ -20,12 +20,7 @@
 //  * ring_kernel (modes 1, 2; the tile kernel made persistent; mode 2's default on sm_90): the same cluster split
 //    and the same per-block math, but each cluster loops over 128-token tiles, and x reaches shared memory through
 //    a ring of 128×128 block slots filled by cp.async, so the loads of later tiles are in flight while the current
-//    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline. GLOBAL (config
-//    exchange 4): no clusters; a persistent grid walks the (token tile, column chunk) items and the row sums go
-//    through a tagged global workspace (kiln/rms_norm_block_quant_stream_args.h).
-//  * stream_kernel (mode 2; kiln/rms_norm_block_quant_stream.cuh, config exchange 3): the SiLU block-quant tile
-//    structure (512 threads, one block barrier a block) on the same GLOBAL walk; mode 2's default on sm_90 for
-//    N > 2048 or round_scale 0.
+//    tile is reduced, exchanged and quantized. See the comment above the kernel for the pipeline.
 //  * pipe_kernel (mode 0): the row8 math on kiln/row_pipe.cuh (balanced rows per CTA, per-warp rings of row slots
 //    filled by TMA bulk copies), weights in registers, the power-of-two scale from the bits of amax.
 // Every power-of-two scale is built from the bits of amax without a division (rmsq::scale_of_max), and every quantizer
@@ -34,7 +29,6 @@
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
-#include "kiln/rms_norm_block_quant_stream_args.h"
 #include "kiln/row_pipe.cuh"
 
 namespace kiln {
@@ -91,78 +85,6 @@ __device__ __forceinline__ void row_block_codes(const float (&y)[8], float amax,
     *reinterpret_cast<uint2*>(q) = out;
   }
   if (hl == 0) *scale = quant.s;
-}
-// GLOBAL exchange (ring and stream kernels): a partial sum tagged with the launch ({float bits, tag}: one 8-byte
-// access, so a reader sees a whole pair), stored and polled at GPU scope (L2).
-__device__ __forceinline__ u64 stream_tagged(float v, u32 tag) {
-  return static_cast<u64>(__float_as_uint(v)) | (static_cast<u64>(tag) << 32);
-}
-__device__ __forceinline__ void stream_st_relaxed(u64* p, u64 v) {
-  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
-  u64 v;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-// The ring kernel's partial sum of row r over column chunk q (CB blocks from x_chunk = the row's first column of
-// the chunk), computed by one thread exactly as pass 1 computes it: lane hl's fmaf chain over blocks then its 8
-// columns, then warp_sum<16>'s butterfly as lane 0 sees it. (The GLOBAL poll's fallback.)
-template <int CB>
-__device__ __noinline__ float ring_chunk_partial(const bf16* x_chunk, bool row_valid) {
-  float v[16];
-#pragma unroll 1
-  for (int l = 0; l < 16; ++l) {
-    float s = 0.f;
-    for (int b = 0; b < CB; ++b) {
-      const Vec16 xv = row_valid ? load16(x_chunk + b * 128 + l * 8) : Vec16{{0u, 0u, 0u, 0u}};
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        const float f = vec_get<bf16>(xv, e);
-        s = fmaf(f, f, s);
-      }
-    }
-    v[l] = s;
-  }
-#pragma unroll
-  for (int o = 8; o > 0; o >>= 1) {
-    float w[16];
-#pragma unroll
-    for (int l = 0; l < 16; ++l) w[l] = v[l] + v[l ^ o];
-#pragma unroll
-    for (int l = 0; l < 16; ++l) v[l] = w[l];
-  }
-  return v[0];
-}
-// Part of row r's Σx² in the ring kernel's GLOBAL exchange: the nq tagged partial sums of items item0 … item0 + nq − 1,
-// polled BATCH at a time and added in chunk order (the same in every CTA); a pair still stale after the spin limit is
-// computed here from x (xrow: the row's first element of chunk item0's columns; row_valid false: a zero row past M).
-template <int CB, int BATCH>
-__device__ __forceinline__ float ring_global_row_sum(const RmsqStreamArgs& sa, i64 item0, int S, int r,
-                                                     const bf16* xrow, bool row_valid) {
-  float t = 0.f;
-#pragma unroll 1
-  for (int q0 = 0; q0 < S; q0 += BATCH) {
-    u64 v[BATCH];
-#pragma unroll
-    for (int j = 0; j < BATCH; ++j)
-      if (q0 + j < S) v[j] = stream_ld_relaxed(sa.ws + (item0 + q0 + j) * 128 + r);
-#pragma unroll
-    for (int j = 0; j < BATCH; ++j)
-      if (q0 + j < S) {
-        int tries = 0;
-        while (static_cast<u32>(v[j] >> 32) != sa.tag) {
-          if (++tries > kRmsqStreamSpinLimit) {
-            v[j] = stream_tagged(ring_chunk_partial<CB>(xrow + (q0 + j) * CB * 128, row_valid), sa.tag);
-            break;
-          }
-          __nanosleep(64);
-          v[j] = stream_ld_relaxed(sa.ws + (item0 + q0 + j) * 128 + r);
-        }
-        t += __uint_as_float(static_cast<u32>(v[j]));
-      }
-  }
-  return t;
 }
 }  // namespace rmsq
 
@@ -606,15 +528,11 @@ struct RmsNormBlockQuantRingMinBlocks {
   static constexpr int cap = WARPS == 8 ? 3 : 2;
   static constexpr int value = by_smem < 1 ? 1 : by_smem > cap ? cap : by_smem;
 };
-// GLOBAL: no clusters; a persistent 1-D grid takes the (tile, column chunk) items u = b, b + P, … (tile u / S, chunk
-// u % S), and the row partial sums go through the tagged global workspace of the stream kernel (rmsq_global_*:
-// bounded polls, then the missing chunks summed here with pass 1's operations in its order).
 template <int N, int CB, int MODE, bool ROUND, bool W_F32, int R, bool OVERLAP, int WARPS = 8, bool RELOAD = false,
-          bool PUSH = false, bool GLOBAL = false>
+          bool PUSH = false>
 __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value))
-    rms_norm_block_quant_ring_kernel(const RmsqStreamArgs sa) {
+    rms_norm_block_quant_ring_kernel(const RmsNormBlockQuantArgs a) {
   using namespace rmsq;
-  const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128;
   static_assert(WARPS == 8 || WARPS == 16, "256 or 512 threads");
   constexpr int THREADS = WARPS * 32;
@@ -630,8 +548,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
                 "a tile's blocks (two tiles' with OVERLAP) must fit the ring");
   static_assert(!OVERLAP || MODE == 2, "OVERLAP pipelines the mode-2 reduction");
   static_assert(!RELOAD || (MODE == 2 && !OVERLAP), "RELOAD visits each block twice in the plain mode-2 order");
-  constexpr bool CLUSTER = MODE == 2 && S > 1 && !GLOBAL;
-  constexpr bool GX = GLOBAL && MODE == 2 && S > 1;  // partial sums through the global workspace
+  constexpr bool CLUSTER = MODE == 2 && S > 1;
   static_assert(!PUSH || CLUSTER, "PUSH exchanges partial sums within a cluster");
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
 
@@ -651,26 +568,17 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
   u64* rbar = reinterpret_cast<u64*>(recv + (PUSH ? 2 * S * ROWS : 0) + 2 * R);  // PUSH: [2] recv[p] has landed
 
   const int rank = blockIdx.x;
+  const int col0 = rank * C;
+  const int group = blockIdx.y, groups = gridDim.y;
   const int tiles = (a.M + ROWS - 1) / ROWS;
-  // The CTA's items it = 0 … my_tiles − 1 (the host launches at most one CTA an item). Clusters: tile y + it·G,
-  // columns of `rank`; GLOBAL: item u = b + it·P (tile u / S, chunk u % S).
-  const int my_tiles = GLOBAL ? (tiles * S - 1 - rank) / static_cast<int>(gridDim.x) + 1
-                              : (tiles - 1 - static_cast<int>(blockIdx.y)) / static_cast<int>(gridDim.y) + 1;
-  auto item_tile = [&](int it) {
-    if constexpr (GLOBAL) return (rank + it * static_cast<int>(gridDim.x)) / S;
-    else return static_cast<int>(blockIdx.y) + it * static_cast<int>(gridDim.y);
-  };
-  auto item_col = [&](int it) {  // first column of the item's chunk
-    if constexpr (GLOBAL) return ((rank + it * static_cast<int>(gridDim.x)) % S) * C;
-    else return rank * C;
-  };
+  const int my_tiles = (tiles - 1 - group) / groups + 1;  // the host launches G ≤ tiles: at least one
   constexpr int V = RELOAD ? 2 * CB : CB;  // block visits (ring fills) per tile
   const int nblk = my_tiles * V;
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int hl = lane & 15, half = lane >> 4;
   const int g = warp * 2 + half;  // row group: rows RPT·g … RPT·g + RPT-1
   const bf16* xg = static_cast<const bf16*>(a.x);
-  auto tile_m0 = [&](int it) { return item_tile(it) * ROWS; };
+  auto tile_m0 = [&](int it) { return (group + it * groups) * ROWS; };
 
   if constexpr (PUSH) {
     if (threadIdx.x == 0) {
@@ -691,7 +599,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     bf16* dst = ring + (k % R) * BLOCK;
-    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + item_col(it) + b * 128 + hl * 8;
+    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + col0 + b * 128 + hl * 8;
 #pragma unroll
     for (int j = 0; j < RPT; ++j) {
       const int r = g * RPT + j;
@@ -731,19 +639,11 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 #pragma unroll
       for (int i = 0; i < RPT; ++i)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] = fmaf(f, f, ss[i]); }
+        for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
       if constexpr (RELOAD) release(k);  // the values are consumed (ss depends on them): the slot is free
     }
 #pragma unroll
     for (int i = 0; i < RPT; ++i) ss[i] = warp_sum<16>(ss[i]);
-    if constexpr (GX) {  // lane 0 of each half-warp stores its RPT rows' partial sums, tagged with the launch
-      if (hl == 0) {
-        u64* dst = sa.ws + (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + g * RPT;
-#pragma unroll
-        for (int i = 0; i < RPT; ++i) stream_st_relaxed(dst + i, stream_tagged(ss[i], sa.tag));
-      }
-      return;
-    }
     if (hl == 0)
 #pragma unroll
       for (int i = 0; i < RPT; ++i) partial[(it & 1) * ROWS + g * RPT + i] = ss[i];
@@ -767,26 +667,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
   auto finish_r = [&](int it) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
-    if constexpr (GX) {
-      // Threads 0 … 255: row r = tid & 127 polls half h = tid >> 7 of the row's S chunk sums (partial[h][r]; partial
-      // is free on the GLOBAL walk), then r = f(partial[0][r] + partial[1][r]): a fixed order in every CTA.
-      constexpr int S2 = (S + 1) / 2;
-      constexpr int BATCH = RmsNormBlockQuantRingMinBlocks<N, CB, R, WARPS, PUSH>::value > 2 ? 4 : 8;
-      if (threadIdx.x < 2 * ROWS) {
-        const int r = threadIdx.x & (ROWS - 1), h = static_cast<int>(threadIdx.x) >> 7;
-        const int q0 = h * S2;
-        partial[h * ROWS + r] = ring_global_row_sum<CB, BATCH>(
-            sa, static_cast<i64>(item_tile(it)) * S + q0, min(S, q0 + S2) - q0, r,
-            xg + static_cast<i64>(m0 + (r < valid ? r : 0)) * a.x_stride + q0 * C, r < valid);
-      }
-      __syncthreads();
-      if (threadIdx.x < ROWS) {
-        const int r = threadIdx.x;
-        const float rv = 1.0f / sqrtf((partial[r] + partial[ROWS + r]) / static_cast<float>(N) + a.eps);
-        rinv[(it & 1) * ROWS + r] = rv;
-        if (item_col(it) == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
-      }
-    } else if constexpr (MODE == 2) {
+    if constexpr (MODE == 2) {
       if constexpr (CLUSTER && !PUSH) cluster_wait();
       if (threadIdx.x < ROWS) {
         const int r = threadIdx.x;
@@ -803,7 +684,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         }
         const float rv = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
         rinv[(it & 1) * ROWS + r] = rv;
-        if (item_col(it) == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
+        if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
       }
     } else {
       if (threadIdx.x < ROWS)
@@ -818,8 +699,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
   auto pass2 = [&](int it, bool synced) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
-    const i64 tb = item_tile(it);
-    const int col0 = item_col(it);
+    const i64 tb = group + static_cast<i64>(it) * groups;
     if (!synced) __syncthreads();  // rinv[it & 1] is complete
     float rv[RPT];
 #pragma unroll
@@ -922,7 +802,7 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
     for (int it = 0; it < my_tiles; ++it) {
       finish_r(it);                           // cluster wait of tile it
       if (it + 1 < my_tiles) pass1(it + 1);   // cluster arrive of tile it+1 …
-      pass2(it, (PUSH || !CLUSTER) && !GX && it + 1 < my_tiles);  // … whose wait comes after this tile's quantization
+      pass2(it, (PUSH || !CLUSTER) && it + 1 < my_tiles);  // … whose wait comes after this tile's quantization
     }
   } else {
 #pragma unroll 1

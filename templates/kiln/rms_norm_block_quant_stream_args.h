@@ -1,6 +1,6 @@
 // kiln/rms_norm_block_quant_stream_args.h — the argument block and shared-memory size of the stream kernel (mode 2;
-// templates/kiln/rms_norm_block_quant_stream.cuh) and the GLOBAL walk's workspace protocol (also used by the ring
-// kernel), shared by the device templates and the host recipe.
+// templates/kiln/rms_norm_block_quant_stream.cuh) and its GLOBAL walk's workspace protocol, shared by the device
+// template and the host recipe.
 #pragma once
 #include "kiln/rms_norm_block_quant_args.h"
 
