@@ -495,7 +495,7 @@ void check_points(const std::vector<SpacePoint>& points, uint64_t seed) {
 TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   const std::vector<SpacePoint> points = {
       {2048, 2, 8, 2, 0, 2, 0, 1, 8000},   // the default (N = 2048, round_scale 1)
-      {2048, 2, 16, 1, 0, 1, 0, 1, 8000},  // one slot (round_scale 0 default)
+      {2048, 2, 16, 1, 0, 1, 0, 1, 8000},  // one slot (round_scale 0's default before the stream kernel)
       {2048, 2, 8, 1, 0, 1, 0, 0, 8000},
       {2048, 2, 8, 1, 0, 2, 0, 1, 8000},
       {2048, 2, 8, 1, 0, 2, 1, 0, 8000},   // overlap
@@ -509,8 +509,8 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
       {7168, 2, 8, 4, 0, 6, 0, 0, 4003},
       {2048, 2, 8, 2, 1, 2, 0, 1, 8000},   // RELOAD: every block through the ring twice
       {2048, 2, 8, 8, 1, 3, 0, 1, 8000},
-      {7168, 2, 8, 4, 1, 2, 0, 1, 4003},   // the default (N = 7168, round_scale 1)
-      {7168, 2, 8, 8, 1, 2, 0, 1, 4003},   // (round_scale 0)
+      {7168, 2, 8, 4, 1, 2, 0, 1, 4003},   // (N = 7168, round_scale 1's default before the stream kernel)
+      {7168, 2, 8, 8, 1, 2, 0, 1, 4003},   // (round_scale 0's, before the stream kernel)
       {7168, 2, 8, 7, 1, 3, 0, 1, 4003},
       {7168, 2, 8, 28, 1, 3, 0, 1, 4003},
       {2048, 1, 8, 1, 0, 1, 0, 0, 8000},   // mode 1 ring
