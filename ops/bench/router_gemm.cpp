@@ -4,8 +4,9 @@
 // string), so one GPU run also tunes. Bytes are the minimal traffic (every input read once, every output written
 // once); floors at 3025 GB/s and FLOPs (2·T·K·E per product):
 //   fwd 8192×2048→256: 42.9 MB → 14.2 µs;  8.59 GFLOP        fwd 8192×7168→256: 149 MB → 49.3 µs;  30.1 GFLOP
-//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward runs dx from bf16(g) and dw
-//   from g hi + lo: 25.8 GFLOP of bf16 MMAs (the older kernels: 34.4, both from hi + lo)
+//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward at precision tf32 (default)
+//   runs one fp16 pass each: 17.2 GFLOP of MMAs (+ the 2 MB w16 prep); high (hi + lo) 34.4 (the older kernels too);
+//   *_bf16g rows: bf16(g) alone, 17.2 (measurement only: 8 significant bits of g)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -115,16 +116,19 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
     for (const char* part :
-         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
+         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_high"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
-  for (const char* part : {"dx", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
+  for (const char* part : {"dx", "dw", "dx_tma_high", "dw_tma_high", "dx_tma_bf16g", "dw_tma_bf16g", "dx_sm90",
+                           "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  cases.push_back({"router_gemm_sweep_bwd_tma_bf16g", "T=8192 K=2048 E=256 default",
+                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_bf16g"); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);

@@ -389,7 +389,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 #pragma unroll
           for (int i = 0; i < NW / 2; i += 4) {
             const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
-            const float2 cf = col < K ? __ldg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
+            const float2 cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
             acc[i] = acc[i] * rf[0] * cf.x;
             acc[i + 1] = acc[i + 1] * rf[0] * cf.y;
             acc[i + 2] = acc[i + 2] * rf[1] * cf.x;
