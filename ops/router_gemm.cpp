@@ -94,8 +94,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM]);
     else
-      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], g_mode(s.kernel));
+      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
     return;
   }
   if (s.kernel == kW16) {
@@ -148,10 +148,11 @@ int smem_bytes(const Specialization& s) {
     return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512
                                                 : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
-  if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
+  if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
                               // fp16 pass's 8 x-amax slots)
     const int stages = s.config[C_STAGES];
-    return 1024 + std::max(stages * 65536, 128 * 264 * 4) + 16 * stages + (g_mode(s.kernel) == 2 ? 64 : 0);
+    return 1024 + std::max(stages * 8 * s.config[C_BK] * 128, 128 * 264 * 4) + 16 * stages +
+           (g_mode(s.kernel) == 2 ? 64 : 0);
   }
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
@@ -219,10 +220,11 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
            c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
            c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
-  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 &&
+  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
+                            // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
-           c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
+           c[C_STAGES] <= (c[C_BK] == 32 ? 6 : 3) && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
@@ -425,6 +427,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       set_config(s, 128, 256, 64, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
       add(s);
+      for (int stages : {6, 5}) {  // 32-token chunks: a deeper ring of the same bytes (stages are freed sooner)
+        set_config(s, 128, 256, 32, 2, 8, stages);
+        add(s);
+      }
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
@@ -927,8 +933,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       float* partial = plan.workspace_elems > 0 ? ws : nullptr;
       RouterGemmDwTmaArgs a{};
       const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
-      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
-      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
+      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, sdw.config[C_BK], /*f32=*/true);
+      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, sdw.config[C_BK]);
       a.dw = static_cast<float*>(dw.data);
       a.partial = partial;
       a.T = static_cast<int>(T);

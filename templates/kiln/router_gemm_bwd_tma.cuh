@@ -14,7 +14,7 @@
 // staging tile with TMA stores.
 //
 // dw (router_gemm_dw_tma_kernel): CTA tile = 128 experts (a warpgroup per 64) × 256 hidden columns over one T range
-// (split); the producer streams, per 64 tokens, the g tile (4 fp32 boxes of 32 experts, 128-byte swizzled) and the
+// (split); the producer streams, per chunk of BK = 64 (or 32) tokens, the g tile (4 fp32 boxes of 32 experts, 128-byte swizzled) and the
 // x tile (4 N-major atoms) by TMA. Each consumer builds its A fragments (gᵀ, 64 experts × 16 tokens per k16 step) in
 // registers from the fp32 g tile — conflict-free scalar loads thanks to the swizzle — converts them to bf16 (hi,
 // lo) and issues register-A wgmmas; the next chunk's g values are loaded while the current MMAs run. The T ranges of
@@ -507,16 +507,17 @@ __global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW1
 
 // ---- dw ---------------------------------------------------------------------------------------------------------
 // Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, C = a.cluster, 1) when C > 1; S / C groups.
-// Shared memory: 1 KiB slack + max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging
+// Shared memory: 1 KiB slack + max(STAGES × BK KiB (g tile BK/2 KiB + x tile BK/2 KiB), the 128 × 264 fp32 staging
 // tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. The fp32 g values of chunk c + 1
 // are loaded while chunk c's MMAs run and split after them (splitting them then too, with two chunks of A fragments
 // in registers, measured the same: 35.6 µs both, run of 06:30).
-template <int K, int E, int STAGES, int SPLIT>
+template <int K, int E, int STAGES, int SPLIT, int BK = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = 128, BN = 256, BK = 64, ATOM = 64 * 128, GBOX = 64 * 128;
+  constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
+  static_assert(BK == 64 || BK == 32, "T chunks of 64 or 32 tokens");
   constexpr int TILES_N = (K + BN - 1) / BN;
-  constexpr int STAGE = 4 * GBOX + 4 * ATOM;  // g: 4 boxes of 32 experts × 64 tokens; x: 4 atoms of 64 × 64
+  constexpr int STAGE = 4 * GBOX + 4 * ATOM;  // g: 4 boxes of 32 experts × BK tokens; x: 4 atoms of BK × 64
   constexpr int PITCH = (BN + 8) * 4, STAGING = BM * PITCH;
   constexpr int RING = STAGES * STAGE > STAGING ? STAGES * STAGE : STAGING;
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
@@ -581,11 +582,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
     // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
     const int el = 64 * j + 16 * warp + (lane >> 2);
-    auto issue = [&](u32 st, u32(&A)[2][4][4]) {
+    auto issue = [&](u32 st, u32(&A)[2][KS][4]) {
       rg90::fence_regs(acc);
       rg90::wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
+      for (int ks = 0; ks < KS; ++ks) {
         const u64 b = rg90::desc_sw128_mn(st + 4 * GBOX + ks * 2048, ATOM);
         if constexpr (SPLIT == 2) {
           rgt::wgmma_rs_f16_n256<1>(acc, A[0][ks], b);
@@ -598,11 +599,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     };
     // After the MMAs of chunk c (stage s) have completed: the A registers they read stay allocated until here, and
     // the stage goes back to the producer.
-    auto retire = [&](int s, u32(&A)[2][4][4]) {
+    auto retire = [&](int s, u32(&A)[2][KS][4]) {
       rg90::wgmma_wait<0>();
       rg90::fence_regs(acc);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
+      for (int ks = 0; ks < KS; ++ks) {
         rgt::fence_u32(A[0][ks]);
         if constexpr (SPLIT == 1) rgt::fence_u32(A[1][ks]);
       }
@@ -611,10 +612,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     auto stage_of = [&](int c) { return base + (c % STAGES) * STAGE; };
     auto wait_full = [&](int c) { rgt::mbar_wait(bars + 8 * (c % STAGES), static_cast<u32>(c / STAGES) & 1); };
     // One chunk of A fragments: the fp32 values of chunk c + 1 are loaded while chunk c's MMAs run and split after.
-    float rawv[4][4][2];
+    float rawv[KS][4][2];
     auto load_raw = [&](u32 st) {
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
+      for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int e = el + 8 * (i & 1), box = e >> 5, col = e & 31;
@@ -631,7 +632,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       int Srow[2] = {-100, -100}, sig = -100;
       const u32 xslot = bars + 16 * STAGES;  // 8 × u32: the chunk's x amax of each consumer warp
       const int ct = tid - 128, cw = ct >> 5;
-      u32 an[2][4][4];  // the next chunk's fp16 A fragments ([1] unused)
+      u32 an[2][KS][4];  // the next chunk's fp16 A fragments ([1] unused)
       int Tn[2] = {-200, -200}, Tc[2] = {-200, -200};
       // Chunk c: its g rows' amax → Srow, its fp16 A fragments; its x tile's amax (all consumers) → sig, and the x
       // tile converted in place to fp16 × 2^−sig (same layout); a consumer barrier before any MMA reads it.
@@ -641,7 +642,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         load_raw(st);
         u32 m[2] = {0u, 0u};
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
+        for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
           for (int i = 0; i < 4; ++i)
 #pragma unroll
@@ -650,7 +651,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
               m[i & 1] = b > m[i & 1] ? b : m[i & 1];
             }
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {  // the quad (lanes 4q … 4q + 3) holds the row's 64 tokens
+        for (int r = 0; r < 2; ++r) {  // the quad (lanes 4q … 4q + 3) holds the row's BK tokens
           u32 o = __shfl_xor_sync(0xffffffffu, m[r], 1);
           m[r] = o > m[r] ? o : m[r];
           o = __shfl_xor_sync(0xffffffffu, m[r], 2);
@@ -660,18 +661,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         }
         const float gi[2] = {rgt::pow2i(-Srow[0]), rgt::pow2i(-Srow[1])};
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
+        for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             an[0][ks][i] = rgt::cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
-        // x: 32 KiB = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p = 0 … 7: atom p / 2). Atoms past K
-        // were not fetched (stale bytes): left out of the amax (their columns are never stored).
-        Vec16 xv[8];
+        // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
+        // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
+        constexpr int XP = BK / 8;
+        Vec16 xv[XP];
         u32 xm = 0u;
 #pragma unroll
-        for (int p = 0; p < 8; ++p) {
+        for (int p = 0; p < XP; ++p) {
           xv[p] = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);
-          if (p < 2 * xatoms)
+          if (p * 32 / BK < xatoms)
 #pragma unroll
             for (int q = 0; q < 4; ++q) {
               const u32 b = rgt::bf16x2_finite_abs_max(xv[p].w[q]);
@@ -692,7 +694,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         sig = se > sig ? se : sig;
         const float xi = rgt::pow2i(-sig);
 #pragma unroll
-        for (int p = 0; p < 8; ++p) {
+        for (int p = 0; p < XP; ++p) {
           Vec16 o;
 #pragma unroll
           for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(xv[p].w[q], xi);
@@ -705,9 +707,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       };
       if (chunks > 0) prep(0);
       for (int c = 0; c < chunks; ++c) {
-        u32 a[2][4][4];
+        u32 a[2][KS][4];
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
+        for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
           for (int i = 0; i < 4; ++i) a[0][ks][i] = an[0][ks][i];
         // The MMAs before chunk c have completed (retire): bring the accumulator rows to chunk c's scale (exact
@@ -734,9 +736,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         load_raw(stage_of(0));
       }
       for (int c = 0; c < chunks; ++c) {
-        u32 a[2][4][4];
+        u32 a[2][KS][4];
 #pragma unroll
-        for (int ks = 0; ks < 4; ++ks)
+        for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             if constexpr (SPLIT == 1)
