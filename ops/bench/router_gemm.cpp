@@ -127,6 +127,14 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                            "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // The TMA backward's fp16 pass (tf32, the default): dw with 32-token chunks (6 / 5 stages: a deeper ring of the
+  // same bytes) and clusters of 1 against the default (64-token chunks, 3 stages, clusters of 2); dx with 128-token
+  // units against the default 64-token tiles.
+  add_sweep(cases, "dw_tma", std::array<std::array<int32_t, 6>, 4>{{{128, 256, 64, 2, 8, 3},
+                                                                     {128, 256, 32, 2, 8, 6},
+                                                                     {128, 256, 32, 2, 8, 5},
+                                                                     {128, 256, 64, 1, 8, 3}}});
+  add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 1, 5}, {128, 256, 64, 2, 1, 3}}});
   cases.push_back({"router_gemm_sweep_bwd_tma_bf16g", "T=8192 K=2048 E=256 default",
                    [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_bf16g"); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
