@@ -96,6 +96,12 @@ __device__ __forceinline__ int bf16_scale_exp(u32 amax_bits) {
 }
 // 2^n for n in [−126, 127] (exact).
 __device__ __forceinline__ float pow2i(int n) { return __uint_as_float(static_cast<u32>(n + 127) << 23); }
+// Per-halfword unsigned max (sm_90).
+__device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
+  u32 r;
+  asm("max.u16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
 __device__ __forceinline__ u32 redux_max(u32 v) {
   u32 r;
   asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
@@ -548,7 +554,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   __syncthreads();
 
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<40>();
+    rgt::setmaxnreg_dec<SPLIT == 2 ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmg);
       rgt::prefetch_tmap(&a.tmx);
@@ -573,7 +579,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       }
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
-    rgt::setmaxnreg_inc<232>();
+    rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[128];
 #pragma unroll
@@ -630,7 +636,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       // Running power-of-two scales (exponents): Srow of this thread's two expert rows el, el + 8, sig of the x
       // tiles; the accumulator rows hold Σ g·x·2^−(Srow + sig), at Tc = Srow + sig.
       int Srow[2] = {-100, -100}, sig = -100;
-      const u32 xslot = bars + 16 * STAGES;  // 8 × u32: the chunk's x amax of each consumer warp
+      const u32 xslot = bars + 16 * STAGES;  // 2 × 8 × u32: the chunk's x amax of each consumer warp (2 rounds)
       const int ct = tid - 128, cw = ct >> 5;
       u32 an[2][KS][4];  // the next chunk's fp16 A fragments ([1] unused)
       int Tn[2] = {-200, -200}, Tc[2] = {-200, -200};
@@ -640,22 +646,43 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         wait_full(c);
         const u32 st = stage_of(c);
         load_raw(st);
+        // Row amax: the max of all |bits| (2 instructions a value); only where that is NaN / inf (≥ 0x7f800000) is
+        // it recomputed over the finite values (a warp-uniform branch, taken for rows holding a non-finite g).
         u32 m[2] = {0u, 0u};
+        auto quad_max = [&]() {  // the quad (lanes 4q … 4q + 3) holds the row's BK tokens
+#pragma unroll
+          for (int r = 0; r < 2; ++r) {
+            u32 o = __shfl_xor_sync(0xffffffffu, m[r], 1);
+            m[r] = o > m[r] ? o : m[r];
+            o = __shfl_xor_sync(0xffffffffu, m[r], 2);
+            m[r] = o > m[r] ? o : m[r];
+          }
+        };
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
           for (int i = 0; i < 4; ++i)
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-              const u32 b = rgt::finite_abs_bits(rawv[ks][i][h]);
+              const u32 b = __float_as_uint(rawv[ks][i][h]) & 0x7fffffffu;
               m[i & 1] = b > m[i & 1] ? b : m[i & 1];
             }
+        quad_max();
+        if (__any_sync(0xffffffffu, m[0] >= 0x7f800000u || m[1] >= 0x7f800000u)) {
+          m[0] = m[1] = 0u;
 #pragma unroll
-        for (int r = 0; r < 2; ++r) {  // the quad (lanes 4q … 4q + 3) holds the row's BK tokens
-          u32 o = __shfl_xor_sync(0xffffffffu, m[r], 1);
-          m[r] = o > m[r] ? o : m[r];
-          o = __shfl_xor_sync(0xffffffffu, m[r], 2);
-          m[r] = o > m[r] ? o : m[r];
+          for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const u32 b = rgt::finite_abs_bits(rawv[ks][i][h]);
+                m[i & 1] = b > m[i & 1] ? b : m[i & 1];
+              }
+          quad_max();
+        }
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
           const int se = rgt::f32_scale_exp(m[r]);
           Srow[r] = se > Srow[r] ? se : Srow[r];
         }
@@ -668,27 +695,44 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
         // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
         constexpr int XP = BK / 8;
+        // The tile's amax: packed max of all |bits| (2 instructions a word), then warp and CTA maxima; only when
+        // that is NaN / inf (≥ 0x7f80: CTA-uniform) a second round over the finite values, through 8 more slots.
         Vec16 xv[XP];
-        u32 xm = 0u;
+        u32 xm2 = 0u;
 #pragma unroll
         for (int p = 0; p < XP; ++p) {
           xv[p] = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);
           if (p * 32 / BK < xatoms)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) {
-              const u32 b = rgt::bf16x2_finite_abs_max(xv[p].w[q]);
-              xm = b > xm ? b : xm;
-            }
+            for (int q = 0; q < 4; ++q) xm2 = rgt::max_u16x2(xm2, xv[p].w[q] & 0x7fff7fffu);
         }
-        xm = rgt::redux_max(xm);
-        if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(xslot + cw * 4), "r"(xm) : "memory");
-        rgt::bar_sync_consumers();
-        u32 mm = 0u;
+        auto cta_max = [&](u32 v, u32 slots) {
+          v = rgt::redux_max(v);
+          if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(slots + cw * 4), "r"(v) : "memory");
+          rgt::bar_sync_consumers();
+          u32 mx = 0u;
 #pragma unroll
-        for (int w = 0; w < 8; ++w) {
-          u32 v;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(xslot + w * 4));
-          mm = v > mm ? v : mm;
+          for (int w = 0; w < 8; ++w) {
+            u32 o;
+            asm volatile("ld.shared.u32 %0, [%1];" : "=r"(o) : "r"(slots + w * 4));
+            mx = o > mx ? o : mx;
+          }
+          return mx;
+        };
+        u32 mm = cta_max((xm2 & 0xffffu) > (xm2 >> 16) ? (xm2 & 0xffffu) : (xm2 >> 16), xslot);
+        if (mm >= 0x7f80u) {
+          u32 xm = 0u;
+#pragma unroll
+          for (int p = 0; p < XP; ++p)
+            if (p * 32 / BK < xatoms) {
+              const Vec16 v = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);  // (not converted yet)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
+                xm = b > xm ? b : xm;
+              }
+            }
+          mm = cta_max(xm, xslot + 32);
         }
         const int se = rgt::bf16_scale_exp(mm);
         sig = se > sig ? se : sig;
