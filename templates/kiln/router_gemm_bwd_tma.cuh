@@ -350,6 +350,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         float acc[NW / 2];
 #pragma unroll
         for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
+        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
+        // F16: the block's column scales 2^c_k (this thread's NW/8 column pairs), loaded now and used in the
+        // epilogue, so their L2 latency hides under the MMAs (NW = 128: 32 registers; NW = 256 loads them late).
+        constexpr int CP = F16 && NW == 128 ? NW / 8 : 1;
+        float2 cfe[CP];
+        auto load_colf = [&](float2 (&cf)[CP]) {
+#pragma unroll
+          for (int q = 0; q < CP; ++q) {
+            const int col = c0 + 8 * q + 2 * (lane & 3);
+            cf[q] = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
+          }
+        };
+        if constexpr (F16 && NW == 128) load_colf(cfe);
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
@@ -386,7 +399,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
-        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
         if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
           const int rr = row0 + warp * 16 + (lane >> 2);
           float rf[2];
@@ -394,8 +406,13 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           asm volatile("ld.shared.f32 %0, [%1];" : "=f"(rf[1]) : "r"(rowf + (rr + 8) * 4));
 #pragma unroll
           for (int i = 0; i < NW / 2; i += 4) {
-            const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
-            const float2 cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
+            float2 cf;
+            if constexpr (NW == 128) {
+              cf = cfe[i >> 2];
+            } else {
+              const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
+              cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
+            }
             acc[i] = acc[i] * rf[0] * cf.x;
             acc[i + 1] = acc[i + 1] * rf[0] * cf.y;
             acc[i + 2] = acc[i + 2] * rf[1] * cf.x;
