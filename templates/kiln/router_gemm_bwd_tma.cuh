@@ -467,64 +467,72 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 }
 
 // ---- the fp16 pass's w operand ------------------------------------------------------------------------------------
-// Grid ceil(K/64) CTAs of 256 threads: thread (rg = tid / 8, p = tid % 8) holds the 8 columns k0 … k0 + 7 of rows
-// rg, rg + 32, … of w (E ≤ 256: ≤ 8 rows). Column amax (finite |values|) over E: within the warp by shuffles, across
+// Few CTAs of 1024 threads (the host launches about 4: they run on the SMs the dx grid leaves free, so no dx CTA
+// waits for an SM), each 4 groups of 256 threads; a group takes 64-column blocks cb = 4·blockIdx.x + group, stepping
+// by 4·gridDim.x. In a group, thread (rg = tid / 8, p = tid % 8) holds the 8 columns k0 … k0 + 7 of rows rg,
+// rg + 32, … of w (E ≤ 256: ≤ 8 rows). Column amax (finite |values|) over E: within the warp by shuffles, across
 // warps by shared atomics; then w16 = fp16(w · 2^−c_k) (exact for |w| ≥ amax·2⁻²⁸) and colf[k] = 2^c_k.
 template <int K, int E>
-__global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW16Args a) {
+__global__ void __launch_bounds__(1024) router_gemm_w16_kernel(const RouterGemmW16Args a) {
   pdl_launch_dependents();  // the dx kernel converts its g rows meanwhile; it waits (pdl_wait) before w16 / colf
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
-  constexpr int NR = (E + 31) / 32;
-  __shared__ unsigned cmax[64];
-  const int tid = threadIdx.x, p = tid & 7, rg = tid >> 3;
-  const int k0 = blockIdx.x * 64 + p * 8;
-  if (tid < 64) cmax[tid] = 0u;
-  __syncthreads();
-  Vec16 v[NR];
-  u32 m[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+  constexpr int NR = (E + 31) / 32, BLOCKS = (K + 63) / 64;
+  __shared__ unsigned cmax[4][64];
+  const int grp = threadIdx.x >> 8, tid = threadIdx.x & 255, p = tid & 7, rg = tid >> 3;
+  const int stride = 4 * static_cast<int>(gridDim.x), iters = (BLOCKS + stride - 1) / stride;
+  for (int it = 0; it < iters; ++it) {  // the same count in every group: the barriers match
+    const int cb = it * stride + 4 * static_cast<int>(blockIdx.x) + grp;
+    const int k0 = cb * 64 + p * 8;
+    const bool live = cb < BLOCKS && k0 < K;
+    if (tid < 64) cmax[grp][tid] = 0u;
+    __syncthreads();
+    Vec16 v[NR];
+    u32 m[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 #pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    const int e = rg + 32 * r;
-    v[r] = Vec16{};
-    if (e < E && k0 < K) v[r] = load16(static_cast<const char*>(a.w) + (static_cast<i64>(e) * K + k0) * 2);
+    for (int r = 0; r < NR; ++r) {
+      const int e = rg + 32 * r;
+      v[r] = Vec16{};
+      if (e < E && live) v[r] = load16(static_cast<const char*>(a.w) + (static_cast<i64>(e) * K + k0) * 2);
 #pragma unroll
-    for (int q = 0; q < 4; ++q) {
-      const u32 lo = v[r].w[q] & 0x7fffu, hi = (v[r].w[q] >> 16) & 0x7fffu;
-      if (lo < 0x7f80u && lo > m[2 * q]) m[2 * q] = lo;
-      if (hi < 0x7f80u && hi > m[2 * q + 1]) m[2 * q + 1] = hi;
+      for (int q = 0; q < 4; ++q) {
+        const u32 lo = v[r].w[q] & 0x7fffu, hi = (v[r].w[q] >> 16) & 0x7fffu;
+        if (lo < 0x7f80u && lo > m[2 * q]) m[2 * q] = lo;
+        if (hi < 0x7f80u && hi > m[2 * q + 1]) m[2 * q + 1] = hi;
+      }
     }
-  }
 #pragma unroll
-  for (int c = 0; c < 8; ++c) {  // lanes l, l ^ 8, l ^ 16, l ^ 24 hold the same columns
-    u32 o = __shfl_xor_sync(0xffffffffu, m[c], 8);
-    m[c] = o > m[c] ? o : m[c];
-    o = __shfl_xor_sync(0xffffffffu, m[c], 16);
-    m[c] = o > m[c] ? o : m[c];
-    if ((tid & 31) < 8) atomicMax(&cmax[p * 8 + c], m[c]);
-  }
-  __syncthreads();
-  float inv[8], f[8];
-#pragma unroll
-  for (int c = 0; c < 8; ++c) {
-    const int ce = rgt::bf16_scale_exp(cmax[p * 8 + c]);
-    inv[c] = rgt::pow2i(-ce);
-    f[c] = rgt::pow2i(ce);
-  }
-#pragma unroll
-  for (int r = 0; r < NR; ++r) {
-    const int e = rg + 32 * r;
-    if (e < E && k0 < K) {
-      Vec16 o;
-#pragma unroll
-      for (int q = 0; q < 4; ++q)
-        o.w[q] = rgt::cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
-                                __uint_as_float(v[r].w[q] & 0xffff0000u) * inv[2 * q + 1]);
-      store16(static_cast<char*>(a.w16) + (static_cast<i64>(e) * K + k0) * 2, o);
+    for (int c = 0; c < 8; ++c) {  // lanes l, l ^ 8, l ^ 16, l ^ 24 hold the same columns
+      u32 o = __shfl_xor_sync(0xffffffffu, m[c], 8);
+      m[c] = o > m[c] ? o : m[c];
+      o = __shfl_xor_sync(0xffffffffu, m[c], 16);
+      m[c] = o > m[c] ? o : m[c];
+      if ((tid & 31) < 8) atomicMax(&cmax[grp][p * 8 + c], m[c]);
     }
-  }
-  if (rg == 0 && k0 < K) {
-    store16(a.colf + k0, Vec16{{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])}});
-    store16(a.colf + k0 + 4, Vec16{{__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7])}});
+    __syncthreads();
+    float inv[8], f[8];
+#pragma unroll
+    for (int c = 0; c < 8; ++c) {
+      const int ce = rgt::bf16_scale_exp(cmax[grp][p * 8 + c]);
+      inv[c] = rgt::pow2i(-ce);
+      f[c] = rgt::pow2i(ce);
+    }
+#pragma unroll
+    for (int r = 0; r < NR; ++r) {
+      const int e = rg + 32 * r;
+      if (e < E && live) {
+        Vec16 o;
+#pragma unroll
+        for (int q = 0; q < 4; ++q)
+          o.w[q] = rgt::cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
+                                  __uint_as_float(v[r].w[q] & 0xffff0000u) * inv[2 * q + 1]);
+        store16(static_cast<char*>(a.w16) + (static_cast<i64>(e) * K + k0) * 2, o);
+      }
+    }
+    if (rg == 0 && live) {
+      store16(a.colf + k0, Vec16{{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])}});
+      store16(a.colf + k0 + 4, Vec16{{__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7])}});
+    }
+    __syncthreads();  // cmax is reset by the next iteration
   }
 }
 
