@@ -224,7 +224,7 @@ bool valid(const Specialization& s) {
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
-           c[C_STAGES] <= (c[C_BK] == 32 ? 6 : 3) && smem_bytes(s) <= smem_limit(s.arch);
+           c[C_STAGES] <= (c[C_BK] == 32 ? 7 : 3) && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
@@ -431,7 +431,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       set_config(s, 128, 256, 64, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
       add(s);
       if (base.kernel != kDwTmaBf16)  // 32-token chunks: a deeper ring of the same bytes (stages are freed sooner)
-        for (int stages : {6, 5}) {
+        for (int stages : {6, 7}) {
           set_config(s, 128, 256, 32, 2, 8, stages);
           add(s);
         }

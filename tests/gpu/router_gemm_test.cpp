@@ -739,15 +739,23 @@ TEST_P(RouterGemmBwdTma, MatchesReference) {
 
 INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdTma, ::testing::ValuesIn(shapes()), shape_name);
 
-// Every search-space point of dx (clusters of 1, 2, 4 multicasting w; 2–6 stages, staged or direct epilogue, 64- or
-// 128-token units) and dw (up to 8 or 4 T ranges, clusters of 1, 2, 4; 2 or 3 stages), at each precision (the fp16
-// pass, hi + lo, bf16(g)). T = 17000 makes the persistent dx grid walk several token tiles; E = 8 / 160 leave partial
-// expert tiles, K = 2056 / 1536 partial column blocks (dw: x atoms past K not fetched).
-TEST_F(RouterGemmTest, BwdTmaEveryConfig) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  constexpr uint32_t kDxKernel[] = {14, 10, 8}, kDwKernel[] = {15, 9, 11};
-  for (auto [T, K, E] :
-       {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{333, 2056, 8}, Shape{17000, 1536, 64}}) {
+// Search-space points beyond the defaults, split so each test compiles only a few kernels (every NVRTC compile takes
+// seconds): the fp16 pass's dx with 128-token units and with w multicast to a cluster of 2; its dw with 32-token
+// chunks (6 stages), with clusters of 1 (dw stored straight from registers) and of 4 ranges; `high` dw with 32-token
+// chunks; the bf16(g) kernels' defaults; and the defaults at T = 17000 (several token tiles a persistent dx CTA:
+// row scales rewritten between units). E = 160 leaves a partial expert tile, K = 1536 partial column blocks; the
+// defaults at every shape are in Grid/RouterGemmBwdTma.
+struct TmaCase {
+  int prec;                   // 0 tf32, 1 high, 2 bf16(g)
+  bool dx;                    // else dw
+  std::array<int32_t, 6> c;   // bm bn bk wm wn stages
+};
+
+class RouterGemmBwdTmaConfigs : public RouterGemmTest {
+ public:
+  void check(int64_t T, int64_t K, int64_t E, std::initializer_list<TmaCase> cases) {
+    if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+    constexpr uint32_t kDxKernel[] = {14, 10, 8}, kDwKernel[] = {15, 9, 11};
     const std::vector<float> x = bf16_values(T * K, mix_seed({0xc8, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0xc9, static_cast<uint64_t>(E)}), 0.02f);
     const std::vector<float> g = randn(T * E, mix_seed({0xca, static_cast<uint64_t>(E)}), 1e-4f);
@@ -755,19 +763,22 @@ TEST_F(RouterGemmTest, BwdTmaEveryConfig) {
     const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
     const DxF16 fx(g, w, T, K, E);
     const DwF16 fw(g, x, T, K, E);
-    for (int prec : {0, 1, 2}) {
-      for (const auto& c : space(kDxKernel[prec], K, E)) {
-        SCOPED_TRACE(std::string("dx_tma ") + kPrecName[prec] + " " + fmt_config(c) + " T=" + std::to_string(T) +
-                     " E=" + std::to_string(E));
+    for (const TmaCase& tc : cases) {
+      detail::RouterGemmConfig c{};
+      std::copy(tc.c.begin(), tc.c.end(), c.begin());
+      const int prec = tc.prec;
+      SCOPED_TRACE(std::string(tc.dx ? "dx_tma " : "dw_tma ") + kPrecName[prec] + " " + fmt_config(c) +
+                   " T=" + std::to_string(T) + " E=" + std::to_string(E));
+      bool listed = false;  // every point tested here is one the tuner may pick
+      for (const auto& p : space(tc.dx ? kDxKernel[prec] : kDwKernel[prec], K, E)) listed = listed || p == c;
+      EXPECT_TRUE(listed) << "not in the search space";
+      if (tc.dx) {
         const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr, false, 2, prec);
         EXPECT_TRUE(b.guards_ok);
         EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) {
           return prec == 0 ? fx.bound(dx, i, K, E) : prec == 1 ? dx_bound(dx, i, E) : dx_bound_bf16g(dx, i, E);
         }));
-      }
-      for (const auto& c : space(kDwKernel[prec], K, E)) {
-        SCOPED_TRACE(std::string("dw_tma ") + kPrecName[prec] + " " + fmt_config(c) + " T=" + std::to_string(T) +
-                     " E=" + std::to_string(E));
+      } else {
         const Bwd b = run_bwd(g, x, w, T, K, E, false, true, nullptr, &c, false, 2, prec);
         EXPECT_TRUE(b.guards_ok);
         EXPECT_TRUE(close_to("dw", b.dw, dw, K, prec == 0 ? 5e-4 : prec == 1 ? 2e-5 : 3e-3, [&](int64_t i) {
@@ -776,6 +787,25 @@ TEST_F(RouterGemmTest, BwdTmaEveryConfig) {
       }
     }
   }
+};
+
+TEST_F(RouterGemmBwdTmaConfigs, Fp16Dx) {
+  check(1000, 2048, 256, {{0, true, {128, 256, 64, 2, 1, 3}}, {0, true, {64, 256, 64, 2, 2, 5}}});
+}
+TEST_F(RouterGemmBwdTmaConfigs, Fp16DwDeepRing) {
+  check(1000, 2048, 256, {{0, false, {128, 256, 32, 2, 8, 6}}, {0, false, {128, 256, 32, 2, 8, 7}}});
+}
+TEST_F(RouterGemmBwdTmaConfigs, Fp16DwClusters) {
+  check(777, 1536, 160, {{0, false, {128, 256, 64, 1, 8, 3}}, {0, false, {128, 256, 64, 4, 4, 3}}});
+}
+TEST_F(RouterGemmBwdTmaConfigs, HighDwDeepRing) {
+  check(777, 1536, 160, {{1, false, {128, 256, 32, 2, 8, 6}}});
+}
+TEST_F(RouterGemmBwdTmaConfigs, Bf16gDefaults) {
+  check(1000, 2048, 256, {{2, true, {64, 256, 64, 2, 1, 5}}, {2, false, {128, 256, 64, 2, 8, 3}}});
+}
+TEST_F(RouterGemmBwdTmaConfigs, PersistentDxTiles) {
+  check(17000, 1536, 64, {{0, true, {64, 256, 64, 2, 1, 5}}, {1, true, {64, 256, 64, 2, 1, 4}}});
 }
 
 // The precision of each choice, pinned. tf32: dx is the fp32-accumulated product of exactly the values
