@@ -363,6 +363,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
         };
         if constexpr (F16 && NW == 128) load_colf(cfe);
+        if constexpr (F16 && NW == 256)  // the block's 256 scales (8 lines) into L1 now; read in the epilogue
+          if ((tid & 127) < 8 && c0 + 32 * (tid & 127) < K)
+            asm volatile("prefetch.global.L1 [%0];" ::"l"(a.colf + c0 + 32 * (tid & 127)));
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
@@ -411,7 +414,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
               cf = cfe[i >> 2];
             } else {
               const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
-              cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
+              cf = col < K ? __ldca(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
             }
             acc[i] = acc[i] * rf[0] * cf.x;
             acc[i + 1] = acc[i + 1] * rf[0] * cf.y;
