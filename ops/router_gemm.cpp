@@ -46,15 +46,16 @@ enum : uint32_t {
   kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
   kFwdTmaXmc = 13,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16
+  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16,
+  kDwTmaF16P = 17  // the fp16-pass dw with the x tiles converted by producer warps (precision 3, measurement)
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
-bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16; }
+bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16 || k == kDwTmaF16P; }
 // How a TMA backward kernel takes g (its SPLIT template argument): 0 bf16(g), 1 hi + lo, 2 fp16 with scales.
 int g_mode(uint32_t k) {
   if (k == kDwTma || k == kDxTmaSplit) return 1;
-  return k == kDxTmaF16 || k == kDwTmaF16 ? 2 : 0;
+  return k == kDxTmaF16 || k == kDwTmaF16 || k == kDwTmaF16P ? 2 : 0;
 }
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
@@ -94,8 +95,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM]);
     else
-      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
+      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK], s.kernel == kDwTmaF16P ? 1 : 0);
     return;
   }
   if (s.kernel == kW16) {
@@ -152,7 +153,7 @@ int smem_bytes(const Specialization& s) {
                               // fp16 pass's 8 x-amax slots)
     const int stages = s.config[C_STAGES];
     return 1024 + std::max(stages * 8 * s.config[C_BK] * 128, 128 * 264 * 4) + 16 * stages +
-           (g_mode(s.kernel) == 2 ? 64 : 0);
+           (g_mode(s.kernel) == 2 ? 64 : 0) + (s.kernel == kDwTmaF16P ? 128 : 0);
   }
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
@@ -263,7 +264,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "dw_tma_f16p"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -306,6 +307,7 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       break;
     case kDwTma:
     case kDwTmaF16:
+    case kDwTmaF16P:
     case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
                       // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
                       // once), 3 stages
@@ -421,10 +423,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     }
     case kDwTma:
     case kDwTmaF16:
+    case kDwTmaF16P:
     case kDwTmaBf16:
       for (int cluster : {2, 1, 4})
         for (int stages : {3, 2}) {
-          if (base.kernel == kDwTmaF16 && cluster != 2 && stages == 2) continue;  // (fewer compiles in CI)
+          if ((base.kernel == kDwTmaF16 || base.kernel == kDwTmaF16P) && cluster != 2 && stages == 2)
+            continue;  // (fewer compiles in CI)
           set_config(s, 128, 256, 64, cluster, 8, stages);
           add(s);
         }
@@ -537,7 +541,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
          {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
-          kDwTmaF16, kW16})
+          kDwTmaF16, kW16, kDwTmaF16P})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -820,8 +824,13 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   return p;
 }
 // The TMA backward's kernels by precision (0 tf32, 1 high, 2 bf16(g)).
-uint32_t dx_tma_kernel(int precision) { return precision == 0 ? kDxTmaF16 : precision == 1 ? kDxTmaSplit : kDxTma; }
-uint32_t dw_tma_kernel(int precision) { return precision == 0 ? kDwTmaF16 : precision == 1 ? kDwTma : kDwTmaBf16; }
+// 3: tf32 with dw's x tiles converted by producer warps (kDwTmaF16P; measurement).
+uint32_t dx_tma_kernel(int precision) {
+  return precision == 0 || precision == 3 ? kDxTmaF16 : precision == 1 ? kDxTmaSplit : kDxTma;
+}
+uint32_t dw_tma_kernel(int precision) {
+  return precision == 0 ? kDwTmaF16 : precision == 3 ? kDwTmaF16P : precision == 1 ? kDwTma : kDwTmaBf16;
+}
 // The fp16 pass's w operand in the workspace, after dw's partials: w16 [E, K] fp16 (E·K/2 fp32 slots) and 2^c_k [K].
 int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 
@@ -863,7 +872,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   if (variant < 0) variant = default_bwd_variant(arch, E);
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
-  if (precision < 0 || precision > 2)
+  if (precision < 0 || precision > 3)
     ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
   if (variant == 2) {
     if (T == 0) {  // dx has no rows; dw is an empty sum: zeros
@@ -875,7 +884,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
       return;
     }
-    const bool f16_dx = dx.defined() && precision == 0;
+    const bool f16_dx = dx.defined() && (precision == 0 || precision == 3);
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
     Specialization sdw;
     DwTmaPlan plan;
@@ -1082,6 +1091,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   } else if (part.ends_with("_bf16g")) {
     precision = 2;
     part.resize(part.size() - 6);
+  } else if (part.ends_with("_tf32p")) {
+    precision = 3;
+    part.resize(part.size() - 6);
   } else if (part.ends_with("_nofence2")) {
     flags = kRgSkipCopyFence | kRgSkipSplitFence;
     part.resize(part.size() - 9);
@@ -1159,7 +1171,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "dx_sm90",    "dw_sm90",     "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma",
-                                       "dw_tma",     "dx_tma"};
+                                       "dw_tma",     "dx_tma",      "dw_tma_tf32p"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

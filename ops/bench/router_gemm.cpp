@@ -144,13 +144,16 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const Pt& pt : {Pt{"dw_tma", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma", {128, 256, 32, 2, 8, 7}},
                        Pt{"dw_tma", {128, 256, 32, 2, 8, 5}}, Pt{"dw_tma", {128, 256, 64, 1, 8, 3}},
                        Pt{"dw_tma_high", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_high", {128, 256, 32, 2, 8, 7}},
+                       Pt{"dw_tma_tf32p", {128, 256, 64, 2, 8, 3}}, Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 6}},
+                       Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 7}},
                        Pt{"dx_tma", {128, 256, 64, 2, 1, 3}}, Pt{"dx_tma", {64, 256, 64, 2, 2, 5}}}) {
     RouterGemmConfig cfg{};
     std::copy(pt.c.begin(), pt.c.end(), cfg.begin());
     const std::string part = pt.part;
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}_cfg", part.substr(0, 2)),
                      fmt::format("T=8192 K=2048 E=256 {} bm={} bk={} wm={} wn={} stages={}",
-                                 part.ends_with("_high") ? "high" : "tf32", pt.c[0], pt.c[2], pt.c[3], pt.c[4], pt.c[5]),
+                                 part.ends_with("_high") ? "high" : part.ends_with("_tf32p") ? "tf32p" : "tf32", pt.c[0],
+                                 pt.c[2], pt.c[3], pt.c[4], pt.c[5]),
                      [part, cfg](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part, &cfg); }});
   }
   cases.push_back({"router_gemm_sweep_bwd_tma_bf16g", "T=8192 K=2048 E=256 default",

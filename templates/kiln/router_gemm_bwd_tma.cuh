@@ -545,7 +545,10 @@ __global__ void __launch_bounds__(1024) router_gemm_w16_kernel(const RouterGemmW
 // tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. The fp32 g values of chunk c + 1
 // are loaded while chunk c's MMAs run and split after them (splitting them then too, with two chunks of A fragments
 // in registers, measured the same: 35.6 µs both, run of 06:30).
-template <int K, int E, int STAGES, int SPLIT, int BK = 64>
+// PCVT (SPLIT = 2 only): producer warps 1–3 convert each landed x tile (amax → running scale → fp16 in place) and
+// signal a third mbarrier per stage with the scale in a per-stage slot, instead of the consumers (who then only
+// build their A fragments: no x work, no consumer barriers).
+template <int K, int E, int STAGES, int SPLIT, int BK = 64, int PCVT = 0>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
@@ -576,13 +579,63 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
       rgt::mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
+      if constexpr (PCVT) rgt::mbar_init(bars + 8 * (2 * STAGES + s), 1);  // x converted (producer warps 1–3)
     }
     rgt::fence_mbar_init();
   }
   __syncthreads();
 
+  static_assert(PCVT == 0 || SPLIT == 2, "the producer-side x convert belongs to the fp16 pass");
+  // PCVT: after the 3·STAGES mbarriers, STAGES scale slots (sig of each stage's x tile) and 3 amax slots.
+  const u32 sig_slots = bars + 24 * STAGES, cv_slots = sig_slots + 4 * STAGES;
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<SPLIT == 2 ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
+    rgt::setmaxnreg_dec<SPLIT == 2 && !PCVT ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
+    if (PCVT && tid >= 32) {  // warps 1–3: x tiles → fp16 × 2^−sig in place, sig a running maximum
+      const int ct = tid - 32, cw = ct >> 5, lane = tid & 31;
+      int sig = -100;
+      constexpr int PIECES = BK * 512 / 16, XA = BK * 128;  // 16-byte pieces of the x tile; bytes of one atom
+      for (int c = 0; c < chunks; ++c) {
+        const int s = c % STAGES;
+        rgt::mbar_wait(bars + 8 * s, static_cast<u32>(c / STAGES) & 1);
+        const u32 xt = base + s * STAGE + 4 * GBOX;
+        u32 xm = 0u;  // finite |bf16| max over the fetched atoms (atoms past K hold stale bytes)
+        for (int i = ct; i < PIECES; i += 96) {
+          if (i * 16 / XA >= xatoms) continue;
+          const Vec16 v = rg90::lds16(xt + i * 16);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
+            xm = b > xm ? b : xm;
+          }
+        }
+        xm = rgt::redux_max(xm);
+        if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(cv_slots + cw * 4), "r"(xm) : "memory");
+        asm volatile("bar.sync 4, 96;" ::: "memory");
+        u32 mm = 0u;
+#pragma unroll
+        for (int w = 0; w < 3; ++w) {
+          u32 o;
+          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(o) : "r"(cv_slots + w * 4));
+          mm = o > mm ? o : mm;
+        }
+        const int se = rgt::bf16_scale_exp(mm);
+        sig = se > sig ? se : sig;
+        const float xi = rgt::pow2i(-sig);
+        for (int i = ct; i < PIECES; i += 96) {
+          const Vec16 v = rg90::lds16(xt + i * 16);
+          Vec16 o;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(v.w[q], xi);
+          rg90::sts16(xt + i * 16, o);
+        }
+        rg90::fence_async_shared();  // the converted tile is read by the tensor cores
+        asm volatile("bar.sync 4, 96;" ::: "memory");  // all converted; the amax slots read
+        if (ct == 0) {
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(sig_slots + 4 * s), "r"(sig) : "memory");
+          rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + s));  // release: the slot and the tile
+        }
+      }
+    }
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmg);
       rgt::prefetch_tmap(&a.tmx);
@@ -607,7 +660,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       }
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
-    rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
+    rgt::setmaxnreg_inc<SPLIT == 2 && !PCVT ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[128];
 #pragma unroll
@@ -671,7 +724,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       // Chunk c: its g rows' amax → Srow, its fp16 A fragments; its x tile's amax (all consumers) → sig, and the x
       // tile converted in place to fp16 × 2^−sig (same layout); a consumer barrier before any MMA reads it.
       auto prep = [&](int c) {
-        wait_full(c);
+        if constexpr (PCVT)  // the producer warps have converted the x tile (implies it landed)
+          rgt::mbar_wait(bars + 8 * (2 * STAGES + c % STAGES), static_cast<u32>(c / STAGES) & 1);
+        else
+          wait_full(c);
         const u32 st = stage_of(c);
         load_raw(st);
         // Row amax: the max of all |bits| (2 instructions a value); only where that is NaN / inf (≥ 0x7f800000) is
@@ -720,6 +776,14 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             an[0][ks][i] = rgt::cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
+        if constexpr (PCVT) {
+          u32 sv;
+          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(sv) : "r"(sig_slots + 4 * (c % STAGES)));
+          sig = static_cast<int>(sv);
+          Tn[0] = Srow[0] + sig;
+          Tn[1] = Srow[1] + sig;
+          return;
+        }
         // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
         // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
         constexpr int XP = BK / 8;
