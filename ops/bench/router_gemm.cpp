@@ -4,9 +4,9 @@
 // string), so one GPU run also tunes. Bytes are the minimal traffic (every input read once, every output written
 // once); floors at 3025 GB/s and FLOPs (2·T·K·E per product):
 //   fwd 8192×2048→256: 42.9 MB → 14.2 µs;  8.59 GFLOP        fwd 8192×7168→256: 149 MB → 49.3 µs;  30.1 GFLOP
-//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward at precision tf32 (default)
-//   runs one fp16 pass each: 17.2 GFLOP of MMAs (+ the 2 MB w16 prep); high (hi + lo) 34.4 (the older kernels too);
-//   *_bf16g rows: bf16(g) alone, 17.2 (measurement only: 8 significant bits of g)
+//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward at precision standard (default:
+//   dx from bf16(g), dw from hi + lo) 25.8 GFLOP of MMAs; tf32 (one fp16 pass each) 17.2 (+ the 2 MB w16 prep); high
+//   (hi + lo) 34.4 (the older kernels too); *_bf16g rows: bf16(g) alone, 17.2 (measurement only)
 #include <fmt/format.h>
 
 #include <algorithm>
@@ -124,29 +124,29 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
-  for (const char* part : {"dx", "dw", "dx_tma_high", "dw_tma_high", "dx_tma_bf16g", "dw_tma_bf16g", "dx_sm90",
-                           "dw_sm90"})
+  for (const char* part : {"dx", "dw", "dx_tma_tf32", "dw_tma_tf32", "dx_tma_high", "dw_tma_high", "dx_tma_bf16g",
+                           "dw_tma_bf16g", "dw_tma_tf32p", "dx_sm90", "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The TMA backward's fp16 pass (tf32, the default): dw with 32-token chunks (6 / 5 stages: a deeper ring of the
   // same bytes) and clusters of 1 against the default (64-token chunks, 3 stages, clusters of 2); dx with 128-token
   // units against the default 64-token tiles.
-  add_sweep(cases, "dw_tma", std::array<std::array<int32_t, 6>, 4>{{{128, 256, 64, 2, 8, 3},
+  add_sweep(cases, "dw_tma_tf32", std::array<std::array<int32_t, 6>, 4>{{{128, 256, 64, 2, 8, 3},
                                                                      {128, 256, 32, 2, 8, 6},
                                                                      {128, 256, 32, 2, 8, 7},
                                                                      {128, 256, 64, 1, 8, 3}}});
-  add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 1, 5}, {128, 256, 64, 2, 1, 3}}});
+  add_sweep(cases, "dx_tma_tf32", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 1, 5}, {128, 256, 64, 2, 1, 3}}});
   // The same points as plain rows of the bwd ops (op names the bwd filter selects), precision tf32 and high.
   struct Pt {
     const char* part;
     std::array<int32_t, 6> c;
   };
-  for (const Pt& pt : {Pt{"dw_tma", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma", {128, 256, 32, 2, 8, 7}},
-                       Pt{"dw_tma", {128, 256, 32, 2, 8, 5}}, Pt{"dw_tma", {128, 256, 64, 1, 8, 3}},
+  for (const Pt& pt : {Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 7}},
+                       Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 5}}, Pt{"dw_tma_tf32", {128, 256, 64, 1, 8, 3}},
                        Pt{"dw_tma_high", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_high", {128, 256, 32, 2, 8, 7}},
                        Pt{"dw_tma_tf32p", {128, 256, 64, 2, 8, 3}}, Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 6}},
                        Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 7}},
-                       Pt{"dx_tma", {128, 256, 64, 2, 1, 3}}, Pt{"dx_tma", {64, 256, 64, 2, 2, 5}}}) {
+                       Pt{"dx_tma_tf32", {128, 256, 64, 2, 1, 3}}, Pt{"dx_tma_tf32", {64, 256, 64, 2, 2, 5}}}) {
     RouterGemmConfig cfg{};
     std::copy(pt.c.begin(), pt.c.end(), cfg.begin());
     const std::string part = pt.part;
@@ -156,8 +156,9 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                  pt.c[2], pt.c[3], pt.c[4], pt.c[5]),
                      [part, cfg](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part, &cfg); }});
   }
-  cases.push_back({"router_gemm_sweep_bwd_tma_bf16g", "T=8192 K=2048 E=256 default",
-                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_bf16g"); }});
+  for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32", "bwd_tma_tf32p"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);
   add_sweep(cases, "fwd_tmaks", kFwdTmaKsSweep);

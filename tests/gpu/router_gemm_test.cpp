@@ -240,7 +240,9 @@ class RouterGemmTest : public GpuTest {
     dxb.poison();
     dwb.poison();
     RouterGemmBwdOptions opt;
-    opt.precision = precision == 1 ? RouterGemmPrecision::high : RouterGemmPrecision::tf32;
+    opt.precision = precision == 1   ? RouterGemmPrecision::high
+                    : precision == 4 ? RouterGemmPrecision::standard
+                                     : RouterGemmPrecision::tf32;
     const int64_t ws_elems = user_workspace ? router_gemm_fp32_bwd_workspace_elems(r, T, K, E, opt) : 0;
     DeviceBuffer wsb(r, std::max<int64_t>(ws_elems, 1) * 4);
     wsb.poison();
@@ -809,6 +811,26 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDefaults) {
 }
 TEST_F(RouterGemmBwdTmaConfigs, PersistentDxTiles) {
   check(17000, 1536, 64, {{0, true, {64, 256, 64, 2, 1, 5}}, {1, true, {64, 256, 64, 2, 1, 4}}});
+}
+
+// The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
+// bf16(g) dx and the `high` dw, within their bounds; with the advertised workspace.
+TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 4096, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xe8}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xe9}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xea}), 1e-4f);
+  const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, -1, /*precision=*/4);
+  const Bwd lo = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 2, /*precision=*/2);
+  const Bwd hi = run_bwd(g, x, w, T, K, E, false, true, nullptr, nullptr, false, 2, /*precision=*/1);
+  EXPECT_TRUE(d.guards_ok);
+  EXPECT_TRUE(bitwise_equal("dx (standard vs bf16(g))", d.dx, lo.dx));
+  EXPECT_TRUE(bitwise_equal("dw (standard vs high)", d.dw, hi.dw));
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  EXPECT_TRUE(close_to("dx", d.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", d.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
 }
 
 // The precision of each choice, pinned. tf32: dx is the fp32-accumulated product of exactly the values

@@ -28,18 +28,21 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 // workspace: optional fp32 buffer of router_gemm_fp32_bwd_workspace_elems(rt, T, K, E[, options]) elements (0 when
 // none is needed); if empty and one is needed, kiln allocates it stream-ordered on `stream` and frees it after the launch.
 //
-// Precision of g in the backward (kiln differs from linghe only in offering `high`):
-//  * tf32 (default; linghe's class): one fp16 tensor-core pass with power-of-two scales. dx: each g row scaled by
+// Precision of g in the backward (where kiln differs from linghe, which rounds g to TF32, 11 significant bits):
+//  * standard (default, the fastest measured): dx from bf16(g) — 8 significant bits of g, the precision dx is stored
+//    in — and dw from g = bf16(g) + bf16(g − bf16(g)), both multiplied (relative residual ≤ 2⁻¹⁷): fp32-grade dw.
+//  * tf32 (linghe's class, for both): one fp16 tensor-core pass with power-of-two scales. dx: each g row scaled by
 //    2^−s_t (its amax → [2¹⁴, 2¹⁵)), each w column by 2^−c_k (a small prep kernel writes w16 and 2^c_k into the
 //    workspace); dw: running per-expert scales of g and a per-chunk scale of x (x converted to fp16 in shared memory),
 //    the accumulator rescaled by exact powers of two when a running maximum grows. g keeps 11 significant bits
 //    (relative error ≤ 2⁻¹¹, TF32's) for every value ≥ 2⁻²⁸ of its row's (dw: its expert's running) max; x and w are
-//    exact above the same threshold (bf16 fits fp16's 11 bits). Products exact, fp32 accumulation.
-//  * high: g = bf16(g) + bf16(g − bf16(g)), both multiplied (relative residual ≤ 2⁻¹⁷): fp32-grade, two MMA passes.
-// The sm_80 (mma.sync) and older sm_90a kernels always use `high`.
-enum class RouterGemmPrecision : int { tf32 = 0, high = 1 };
+//    exact above the same threshold (bf16 fits fp16's 11 bits). Products exact, fp32 accumulation. Slower than
+//    standard today (H100, 8192 × 2048 → 256: 80.7 µs against 58.6; bench/NOTES.md).
+//  * high: hi + lo for both products (fp32-grade dx and dw; 71.1 µs).
+// The sm_80 (mma.sync) and older sm_90a kernels always use hi + lo.
+enum class RouterGemmPrecision : int { tf32 = 0, high = 1, standard = 4 };
 struct RouterGemmBwdOptions {
-  RouterGemmPrecision precision = RouterGemmPrecision::tf32;
+  RouterGemmPrecision precision = RouterGemmPrecision::standard;
 };
 void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
                           const TensorRef& dw, const TensorRef& workspace, const RouterGemmBwdOptions& options,
