@@ -186,7 +186,8 @@ TEST(RouterGemmFamily, SearchSpacesHoldTheDefaultAndFit) {
             EXPECT_TRUE(keys.insert(c.key().hex()).second) << c.describe();
             EXPECT_LE(family().dynamic_smem_bytes(c), limit) << arch << " " << c.describe();
           }
-          if (std::string(arch) == "sm_90a" && s.kernel != 3 && s.kernel != 16)  // dw_reduce, w16: no tiles
+          // dw_reduce, w16: no tiles; 17 (dw_tma_f16p, measurement only): its default and the deep ring
+          if (std::string(arch) == "sm_90a" && s.kernel != 3 && s.kernel != 16 && s.kernel != 17)
             EXPECT_GE(space.size(), 3u) << s.describe();
           if (s.kernel >= 4) EXPECT_EQ(std::string(arch), "sm_90a");
         }
