@@ -188,7 +188,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
-  if (s.kernel == kW16) return 1024;
+  if (s.kernel == kW16) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
@@ -919,10 +919,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         void* w16 = ws + part_elems;
         float* colf = ws + part_elems + E * K / 2;
         const RouterGemmW16Args wa{w.data, w16, colf};
-        // About 4 CTAs (the SMs the dx grid of 128 leaves free on an H100), more for long K (≤ 2 blocks a group).
         LaunchDims wd;
-        wd.grid[0] = static_cast<unsigned>(std::max<int64_t>(4, ((K + 63) / 64 + 7) / 8));
-        wd.block[0] = 1024;
+        wd.grid[0] = static_cast<unsigned>((K + 63) / 64);
+        wd.block[0] = 256;
         impl.launch(spec(arch, kW16, K, E), wd, stream, wa);
         encode_tma_2d(a.tmw, w16, K, E, K * 2, 64);
         a.colf = colf;

@@ -350,22 +350,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         float acc[NW / 2];
 #pragma unroll
         for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
-        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
-        // F16: the block's column scales 2^c_k (this thread's NW/8 column pairs), loaded now and used in the
-        // epilogue, so their L2 latency hides under the MMAs (NW = 128: 32 registers; NW = 256 loads them late).
-        constexpr int CP = F16 && NW == 128 ? NW / 8 : 1;
-        float2 cfe[CP];
-        auto load_colf = [&](float2 (&cf)[CP]) {
-#pragma unroll
-          for (int q = 0; q < CP; ++q) {
-            const int col = c0 + 8 * q + 2 * (lane & 3);
-            cf[q] = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
-          }
-        };
-        if constexpr (F16 && NW == 128) load_colf(cfe);
-        if constexpr (F16 && NW == 256)  // the block's 256 scales (8 lines) into L1 now; read in the epilogue
-          if ((tid & 127) < 8 && c0 + 32 * (tid & 127) < K)
-            asm volatile("prefetch.global.L1 [%0];" ::"l"(a.colf + c0 + 32 * (tid & 127)));
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
@@ -402,6 +386,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
+        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
         if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
           const int rr = row0 + warp * 16 + (lane >> 2);
           float rf[2];
@@ -409,13 +394,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           asm volatile("ld.shared.f32 %0, [%1];" : "=f"(rf[1]) : "r"(rowf + (rr + 8) * 4));
 #pragma unroll
           for (int i = 0; i < NW / 2; i += 4) {
-            float2 cf;
-            if constexpr (NW == 128) {
-              cf = cfe[i >> 2];
-            } else {
-              const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
-              cf = col < K ? __ldca(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
-            }
+            const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
+            const float2 cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
             acc[i] = acc[i] * rf[0] * cf.x;
             acc[i + 1] = acc[i + 1] * rf[0] * cf.y;
             acc[i + 2] = acc[i + 2] * rf[1] * cf.x;
@@ -470,72 +450,64 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 }
 
 // ---- the fp16 pass's w operand ------------------------------------------------------------------------------------
-// Few CTAs of 1024 threads (the host launches about 4: they run on the SMs the dx grid leaves free, so no dx CTA
-// waits for an SM), each 4 groups of 256 threads; a group takes 64-column blocks cb = 4·blockIdx.x + group, stepping
-// by 4·gridDim.x. In a group, thread (rg = tid / 8, p = tid % 8) holds the 8 columns k0 … k0 + 7 of rows rg,
-// rg + 32, … of w (E ≤ 256: ≤ 8 rows). Column amax (finite |values|) over E: within the warp by shuffles, across
+// Grid ceil(K/64) CTAs of 256 threads: thread (rg = tid / 8, p = tid % 8) holds the 8 columns k0 … k0 + 7 of rows
+// rg, rg + 32, … of w (E ≤ 256: ≤ 8 rows). Column amax (finite |values|) over E: within the warp by shuffles, across
 // warps by shared atomics; then w16 = fp16(w · 2^−c_k) (exact for |w| ≥ amax·2⁻²⁸) and colf[k] = 2^c_k.
 template <int K, int E>
-__global__ void __launch_bounds__(1024) router_gemm_w16_kernel(const RouterGemmW16Args a) {
+__global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW16Args a) {
   pdl_launch_dependents();  // the dx kernel converts its g rows meanwhile; it waits (pdl_wait) before w16 / colf
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
-  constexpr int NR = (E + 31) / 32, BLOCKS = (K + 63) / 64;
-  __shared__ unsigned cmax[4][64];
-  const int grp = threadIdx.x >> 8, tid = threadIdx.x & 255, p = tid & 7, rg = tid >> 3;
-  const int stride = 4 * static_cast<int>(gridDim.x), iters = (BLOCKS + stride - 1) / stride;
-  for (int it = 0; it < iters; ++it) {  // the same count in every group: the barriers match
-    const int cb = it * stride + 4 * static_cast<int>(blockIdx.x) + grp;
-    const int k0 = cb * 64 + p * 8;
-    const bool live = cb < BLOCKS && k0 < K;
-    if (tid < 64) cmax[grp][tid] = 0u;
-    __syncthreads();
-    Vec16 v[NR];
-    u32 m[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+  constexpr int NR = (E + 31) / 32;
+  __shared__ unsigned cmax[64];
+  const int tid = threadIdx.x, p = tid & 7, rg = tid >> 3;
+  const int k0 = blockIdx.x * 64 + p * 8;
+  if (tid < 64) cmax[tid] = 0u;
+  __syncthreads();
+  Vec16 v[NR];
+  u32 m[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      const int e = rg + 32 * r;
-      v[r] = Vec16{};
-      if (e < E && live) v[r] = load16(static_cast<const char*>(a.w) + (static_cast<i64>(e) * K + k0) * 2);
+  for (int r = 0; r < NR; ++r) {
+    const int e = rg + 32 * r;
+    v[r] = Vec16{};
+    if (e < E && k0 < K) v[r] = load16(static_cast<const char*>(a.w) + (static_cast<i64>(e) * K + k0) * 2);
 #pragma unroll
-      for (int q = 0; q < 4; ++q) {
-        const u32 lo = v[r].w[q] & 0x7fffu, hi = (v[r].w[q] >> 16) & 0x7fffu;
-        if (lo < 0x7f80u && lo > m[2 * q]) m[2 * q] = lo;
-        if (hi < 0x7f80u && hi > m[2 * q + 1]) m[2 * q + 1] = hi;
-      }
+    for (int q = 0; q < 4; ++q) {
+      const u32 lo = v[r].w[q] & 0x7fffu, hi = (v[r].w[q] >> 16) & 0x7fffu;
+      if (lo < 0x7f80u && lo > m[2 * q]) m[2 * q] = lo;
+      if (hi < 0x7f80u && hi > m[2 * q + 1]) m[2 * q + 1] = hi;
     }
+  }
 #pragma unroll
-    for (int c = 0; c < 8; ++c) {  // lanes l, l ^ 8, l ^ 16, l ^ 24 hold the same columns
-      u32 o = __shfl_xor_sync(0xffffffffu, m[c], 8);
-      m[c] = o > m[c] ? o : m[c];
-      o = __shfl_xor_sync(0xffffffffu, m[c], 16);
-      m[c] = o > m[c] ? o : m[c];
-      if ((tid & 31) < 8) atomicMax(&cmax[grp][p * 8 + c], m[c]);
-    }
-    __syncthreads();
-    float inv[8], f[8];
+  for (int c = 0; c < 8; ++c) {  // lanes l, l ^ 8, l ^ 16, l ^ 24 hold the same columns
+    u32 o = __shfl_xor_sync(0xffffffffu, m[c], 8);
+    m[c] = o > m[c] ? o : m[c];
+    o = __shfl_xor_sync(0xffffffffu, m[c], 16);
+    m[c] = o > m[c] ? o : m[c];
+    if ((tid & 31) < 8) atomicMax(&cmax[p * 8 + c], m[c]);
+  }
+  __syncthreads();
+  float inv[8], f[8];
 #pragma unroll
-    for (int c = 0; c < 8; ++c) {
-      const int ce = rgt::bf16_scale_exp(cmax[grp][p * 8 + c]);
-      inv[c] = rgt::pow2i(-ce);
-      f[c] = rgt::pow2i(ce);
-    }
+  for (int c = 0; c < 8; ++c) {
+    const int ce = rgt::bf16_scale_exp(cmax[p * 8 + c]);
+    inv[c] = rgt::pow2i(-ce);
+    f[c] = rgt::pow2i(ce);
+  }
 #pragma unroll
-    for (int r = 0; r < NR; ++r) {
-      const int e = rg + 32 * r;
-      if (e < E && live) {
-        Vec16 o;
+  for (int r = 0; r < NR; ++r) {
+    const int e = rg + 32 * r;
+    if (e < E && k0 < K) {
+      Vec16 o;
 #pragma unroll
-        for (int q = 0; q < 4; ++q)
-          o.w[q] = rgt::cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
-                                  __uint_as_float(v[r].w[q] & 0xffff0000u) * inv[2 * q + 1]);
-        store16(static_cast<char*>(a.w16) + (static_cast<i64>(e) * K + k0) * 2, o);
-      }
+      for (int q = 0; q < 4; ++q)
+        o.w[q] = rgt::cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
+                                __uint_as_float(v[r].w[q] & 0xffff0000u) * inv[2 * q + 1]);
+      store16(static_cast<char*>(a.w16) + (static_cast<i64>(e) * K + k0) * 2, o);
     }
-    if (rg == 0 && live) {
-      store16(a.colf + k0, Vec16{{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])}});
-      store16(a.colf + k0 + 4, Vec16{{__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7])}});
-    }
-    __syncthreads();  // cmax is reset by the next iteration
+  }
+  if (rg == 0 && k0 < K) {
+    store16(a.colf + k0, Vec16{{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])}});
+    store16(a.colf + k0 + 4, Vec16{{__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7])}});
   }
 }
 
