@@ -37,7 +37,7 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 //    the accumulator rescaled by exact powers of two when a running maximum grows. g keeps 11 significant bits
 //    (relative error ≤ 2⁻¹¹, TF32's) for every value ≥ 2⁻²⁸ of its row's (dw: its expert's running) max; x and w are
 //    exact above the same threshold (bf16 fits fp16's 11 bits). Products exact, fp32 accumulation. Slower than
-//    standard today (H100, 8192 × 2048 → 256: 80.7 µs against 58.6; bench/NOTES.md).
+//    standard today (H100, 8192 × 2048 → 256: 80.7 µs against ≈ 60; bench/NOTES.md).
 //  * high: hi + lo for both products (fp32-grade dx and dw; 71.1 µs).
 // The sm_80 (mma.sync) and older sm_90a kernels always use hi + lo.
 enum class RouterGemmPrecision : int { tf32 = 0, high = 1, standard = 4 };
