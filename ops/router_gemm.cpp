@@ -25,10 +25,12 @@ using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
 // variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
 void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
                                  int variant, const RouterGemmConfig* force, Stream stream);
+// precision (the TMA backward; the other kernels always split g into hi + lo): 0 = tf32 (one fp16 pass with
+// power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g).
 void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                 int variant, const RouterGemmConfig* force_dx, const RouterGemmConfig* force_dw,
-                                 Stream stream);
+                                 int variant, int precision, const RouterGemmConfig* force_dx,
+                                 const RouterGemmConfig* force_dw, Stream stream);
 
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
@@ -42,12 +44,19 @@ enum : uint32_t {
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
   kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
   kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
-  kFwdTmaXmc = 13  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
+  kFwdTmaXmc = 13,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
+  // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
+  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16,
+  kDwTmaF16P = 17  // the fp16-pass dw with the x tiles converted by producer warps (precision 3, measurement)
 };
-bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit; }
+bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
-bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16; }
-bool g_split(uint32_t k) { return k == kDwTma || k == kDxTmaSplit; }
+bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16 || k == kDwTmaF16P; }
+// How a TMA backward kernel takes g (its SPLIT template argument): 0 bf16(g), 1 hi + lo, 2 fp16 with scales.
+int g_mode(uint32_t k) {
+  if (k == kDwTma || k == kDxTmaSplit) return 1;
+  return k == kDxTmaF16 || k == kDwTmaF16 || k == kDwTmaF16P ? 2 : 0;
+}
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
 
@@ -84,10 +93,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     if (is_dx_tma(s.kernel))
       name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], s.config[C_WN], g_split(s.kernel) ? 1 : 0, s.config[C_BM]);
+                         s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM]);
     else
-      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], g_split(s.kernel) ? 1 : 0);
+      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK], s.kernel == kDwTmaF16P ? 1 : 0);
+    return;
+  }
+  if (s.kernel == kW16) {
+    source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_w16_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
     return;
   }
   if (s.kernel == kFwd90) {
@@ -119,7 +133,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
-  if (s.kernel == kDwReduce) return 0;
+  if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
@@ -129,14 +143,17 @@ int smem_bytes(const Specialization& s) {
   }
   if (is_dx_tma(s.kernel)) {  // slack + A tile(s) (64 rows × E, bf16) + a ring of 32 KiB stages + mbarriers
                               // (+ 1 KiB alignment and two 16 KiB output staging tiles where they fit: the kernel's
-                              // router_gemm_dx_staged)
+                              // router_gemm_dx_staged; the fp16 pass keeps its row scales after the mbarriers)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES], tm = s.config[C_BM];
-    const int core = 1024 + (g_split(s.kernel) ? 2 : 1) * ec * tm * 128 + stages * (32768 + 16);
-    return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512 : core;
+    const int core = 1024 + (g_mode(s.kernel) == 1 ? 2 : 1) * ec * tm * 128 + stages * (32768 + 16);
+    return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512
+                                                : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
-  if (is_dw_tma(s.kernel)) {  // slack + max(ring of 64 KiB stages, 128 × 264 fp32 staging tile) + mbarriers
+  if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
+                              // fp16 pass's 8 x-amax slots)
     const int stages = s.config[C_STAGES];
-    return 1024 + std::max(stages * 65536, 128 * 264 * 4) + 16 * stages;
+    return 1024 + std::max(stages * 8 * s.config[C_BK] * 128, 128 * 264 * 4) + 16 * stages +
+           (g_mode(s.kernel) == 2 ? 64 : 0) + (s.kernel == kDwTmaF16P ? 128 : 0);
   }
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
@@ -171,6 +188,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
+  if (s.kernel == kW16) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
@@ -183,6 +201,7 @@ int threads(const Specialization& s) {
 // entirely padding (BN ≤ the N extent rounded to the warp-column granule).
 bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
+  if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   if (s.kernel == kDx90 || s.kernel == kDw90) {  // wgmma backward: sm_90a; wm = warpgroups, wn = m64 blocks each
@@ -202,10 +221,11 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
            c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
            c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
-  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster
-    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && c[C_BK] == 64 &&
+  if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
+                            // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
-           c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
+           c[C_STAGES] <= (c[C_BK] == 32 ? 7 : 3) && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // TMA + wgmma: sm_90a, E ≤ 256, 1–2 consumer warpgroups
     if (!has_wgmma(s.arch) || E > 256 || c[C_BN] <= 0 || E % c[C_BN] != 0) return false;
     const int wgn = static_cast<int>(E / c[C_BN]), cm = c[C_WN];
@@ -243,7 +263,8 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
-                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc"},
+                    "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
+                    "dx_tma_f16", "dw_tma_f16", "w16", "dw_tma_f16p"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -276,12 +297,17 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_K] = K;
   s.params[P_E] = E;
   switch (kernel) {
+    case kW16:  // no tile config
+      break;
     case kDxTma:
+    case kDxTmaF16:
     case kDxTmaSplit:  // no multicast (run of 04:00, the first dx: clusters of 1 / 2 / 4: 30.0 / 30.7 / 56.3 µs); 5
                        // stages (4 next to the hi/lo tiles and the staging tiles)
-      set_config(s, 64, 256, 64, 2, 1, kernel == kDxTma ? 5 : 4);
+      set_config(s, 64, 256, 64, 2, 1, kernel == kDxTmaSplit ? 4 : 5);
       break;
     case kDwTma:
+    case kDwTmaF16:
+    case kDwTmaF16P:
     case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
                       // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
                       // once), 3 stages
@@ -366,14 +392,17 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
   };
   add(def);
-  if (base.kernel == kDwReduce) return;
+  if (base.kernel == kDwReduce || base.kernel == kW16) return;
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
     case kDxTma:
+    case kDxTmaF16:
     case kDxTmaSplit:
       for (int cm : {1, 2, 4})
         for (int stages : {5, 4, 6}) {
+          // fp16 pass: multicast only at 5 stages (clusters were slower for the bf16 kernels: runs of 04:17, 06:30)
+          if (base.kernel == kDxTmaF16 && (cm == 4 || (cm == 2 && stages != 5))) continue;
           set_config(s, 64, 256, 64, 2, cm, stages);
           add(s);
         }
@@ -392,15 +421,26 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       add(s);
       break;
     }
+    case kDwTmaF16P:  // measurement only: the default and the deep ring
+      set_config(s, 128, 256, 32, 2, 8, 6);
+      add(s);
+      break;
     case kDwTma:
+    case kDwTmaF16:
     case kDwTmaBf16:
       for (int cluster : {2, 1, 4})
         for (int stages : {3, 2}) {
+          if (base.kernel == kDwTmaF16 && cluster != 2 && stages == 2) continue;  // (fewer compiles in CI)
           set_config(s, 128, 256, 64, cluster, 8, stages);
           add(s);
         }
       set_config(s, 128, 256, 64, 4, 4, 3);  // one cluster of 4 a tile (64 CTAs at 8192 tokens)
       add(s);
+      if (base.kernel != kDwTmaBf16)  // 32-token chunks: a deeper ring of the same bytes (stages are freed sooner)
+        for (int stages : {6, 7}) {
+          set_config(s, 128, 256, 32, 2, 8, stages);
+          add(s);
+        }
       break;
     case kFwdTma: {
       const int e = static_cast<int>(E);
@@ -502,7 +542,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
-         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc})
+         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
+          kDwTmaF16, kW16, kDwTmaF16P})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -784,21 +825,41 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   p.workspace_elems = p.groups > 1 ? p.groups * E * K : 0;
   return p;
 }
+// The TMA backward's kernels by precision (0 tf32, 1 high, 2 bf16(g)).
+// 3: tf32 with dw's x tiles converted by producer warps (kDwTmaF16P; measurement). 4 (standard, the default): dx
+// from bf16(g), dw from hi + lo — the fastest measured (≈ 60 µs: dx 23.9 + dw 35.3 in session 5's round 2, against
+// tf32 80.7 and high 71.1).
+uint32_t dx_tma_kernel(int precision) {
+  return precision == 0 || precision == 3 ? kDxTmaF16 : precision == 1 ? kDxTmaSplit : kDxTma;
+}
+uint32_t dw_tma_kernel(int precision) {
+  return precision == 0 ? kDwTmaF16 : precision == 3 ? kDwTmaF16P : precision == 1 || precision == 4 ? kDwTma
+                                                                                                      : kDwTmaBf16;
+}
+// The fp16 pass's w operand in the workspace, after dw's partials: w16 [E, K] fp16 (E·K/2 fp32 slots) and 2^c_k [K].
+int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
+
 }  // namespace
 
-int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
+int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E,
+                                             const RouterGemmBwdOptions& options) {
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
+  const int precision = static_cast<int>(options.precision);
   if (default_bwd_variant(arch, E) >= 2)
-    return dw_tma_plan(impl.tuned(spec(arch, kDwTma, K, E), T), T, sm_count(rt)).workspace_elems;
+    return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
+           ((precision == 0 || precision == 3) && T > 0 ? w16_elems(K, E) : 0);
   const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
   const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
+int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
+  return router_gemm_fp32_bwd_workspace_elems(rt, T, K, E, RouterGemmBwdOptions{});
+}
 
 void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                          const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                         int variant, const RouterGemmConfig* force_dx,
+                                         int variant, int precision, const RouterGemmConfig* force_dx,
                                          const RouterGemmConfig* force_dw, Stream stream) {
   const Check ck{"router_gemm_fp32_bwd"};
   const Rows xr = check_x(ck, x);
@@ -816,13 +877,58 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   if (variant < 0) variant = default_bwd_variant(arch, E);
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
+  if (precision < 0 || precision > 4)
+    ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
   if (variant == 2) {
-    const bool alt = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgAltPrecision;
-    if (dx.defined() && T > 0) {
-      const Specialization s = pick(rt, ck, spec(arch, alt ? kDxTmaSplit : kDxTma, K, E), T, force_dx);
+    if (T == 0) {  // dx has no rows; dw is an empty sum: zeros
+      if (!dw.defined()) return;
+      const RouterGemmDwReduceArgs r{nullptr, static_cast<float*>(dw.data), E * K, 0};
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
+      d.block[0] = 256;
+      impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
+      return;
+    }
+    const bool f16_dx = dx.defined() && (precision == 0 || precision == 3);
+    // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
+    Specialization sdw;
+    DwTmaPlan plan;
+    if (dw.defined()) {
+      sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
+      plan = dw_tma_plan(sdw, T, sm_count(rt));
+    }
+    const int64_t part_elems = dw.defined() ? plan.workspace_elems : 0;
+    const int64_t need = part_elems + (f16_dx ? w16_elems(K, E) : 0);
+    if (need > 0 && workspace.defined() && workspace.numel() < need)
+      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
+                                              need, workspace.numel()));
+    CUdeviceptr owned = 0;
+    float* ws = nullptr;
+    if (need > 0) {
+      if (workspace.defined()) {
+        ws = static_cast<float*>(workspace.data);
+      } else {
+        owned = impl.alloc_async(static_cast<size_t>(need) * 4, stream);
+        ws = reinterpret_cast<float*>(owned);
+      }
+    }
+    if (dx.defined()) {
+      const Specialization s = pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);
       const int cm = s.config[C_WN];
       RouterGemmDxTmaArgs a{};
-      encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
+      if (f16_dx) {  // w → w16 (fp16, column scales 2^−c_k) and 2^c_k; the dx kernel waits for it (PDL)
+        void* w16 = ws + part_elems;
+        float* colf = ws + part_elems + E * K / 2;
+        const RouterGemmW16Args wa{w.data, w16, colf};
+        LaunchDims wd;
+        wd.grid[0] = static_cast<unsigned>((K + 63) / 64);
+        wd.block[0] = 256;
+        impl.launch(spec(arch, kW16, K, E), wd, stream, wa);
+        encode_tma_2d(a.tmw, w16, K, E, K * 2, 64);
+        a.colf = colf;
+      } else {
+        encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
+      }
       encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
       a.g = static_cast<const float*>(g.data);
       a.g_stride = gr.stride;
@@ -838,56 +944,36 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.cluster[0] = static_cast<unsigned>(cm);
       d.block[0] = static_cast<unsigned>(threads(s));
       d.smem = static_cast<unsigned>(smem_bytes(s));
+      d.pdl = f16_dx;  // converts its g rows while the w16 kernel runs; waits for it before w16 / colf
       impl.launch(s, d, stream, a);
     }
-    if (!dw.defined()) return;
-    if (T == 0) {  // an empty sum: zeros
-      const RouterGemmDwReduceArgs r{nullptr, static_cast<float*>(dw.data), E * K, 0};
+    if (dw.defined()) {
+      float* partial = plan.workspace_elems > 0 ? ws : nullptr;
+      RouterGemmDwTmaArgs a{};
+      const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
+      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, sdw.config[C_BK], /*f32=*/true);
+      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, sdw.config[C_BK]);
+      a.dw = static_cast<float*>(dw.data);
+      a.partial = partial;
+      a.T = static_cast<int>(T);
+      a.split_rows = plan.rows;
+      a.cluster = plan.cluster;
       LaunchDims d;
-      d.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
-      d.block[0] = 256;
-      impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
-      return;
-    }
-    const Specialization s = pick(rt, ck, spec(arch, alt ? kDwTmaBf16 : kDwTma, K, E), T, force_dw);
-    const DwTmaPlan plan = dw_tma_plan(s, T, sm_count(rt));
-    if (plan.workspace_elems > 0 && workspace.defined() && workspace.numel() < plan.workspace_elems)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
-                                              plan.workspace_elems, workspace.numel()));
-    CUdeviceptr owned = 0;
-    float* partial = nullptr;
-    if (plan.workspace_elems > 0) {
-      if (workspace.defined()) {
-        partial = static_cast<float*>(workspace.data);
-      } else {
-        owned = impl.alloc_async(static_cast<size_t>(plan.workspace_elems) * 4, stream);
-        partial = reinterpret_cast<float*>(owned);
+      d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
+      d.grid[1] = static_cast<unsigned>(plan.ranges);
+      d.cluster[1] = static_cast<unsigned>(plan.cluster);
+      d.block[0] = static_cast<unsigned>(threads(sdw));
+      d.smem = static_cast<unsigned>(smem_bytes(sdw));
+      d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
+      impl.launch(sdw, d, stream, a);
+      if (plan.groups > 1) {  // the groups' sums, added in group order
+        const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
+        LaunchDims rd;
+        rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
+        rd.block[0] = 256;
+        rd.pdl = true;  // starts while the dw kernel drains; waits for it (griddepcontrol.wait)
+        impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
       }
-    }
-    RouterGemmDwTmaArgs a{};
-    const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
-    encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
-    a.dw = static_cast<float*>(dw.data);
-    a.partial = partial;
-    a.T = static_cast<int>(T);
-    a.split_rows = plan.rows;
-    a.cluster = plan.cluster;
-    LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
-    d.grid[1] = static_cast<unsigned>(plan.ranges);
-    d.cluster[1] = static_cast<unsigned>(plan.cluster);
-    d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = static_cast<unsigned>(smem_bytes(s));
-    d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
-    impl.launch(s, d, stream, a);
-    if (plan.groups > 1) {  // the groups' sums, added in group order
-      const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
-      LaunchDims rd;
-      rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
-      rd.block[0] = 256;
-      rd.pdl = true;  // starts while the dw kernel drains; waits for it (griddepcontrol.wait)
-      impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
     }
     if (owned) impl.free_async(owned, stream);
     return;
@@ -943,8 +1029,18 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 }
 
 void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
+                          const TensorRef& dw, const TensorRef& workspace, const RouterGemmBwdOptions& options,
+                          Stream stream) {
+  const int precision = static_cast<int>(options.precision);
+  if (precision != 0 && precision != 1 && precision != 4)
+    Check{"router_gemm_fp32_bwd"}.invalid(
+        "precision",
+        fmt::format("expected RouterGemmPrecision::standard (4), ::tf32 (0) or ::high (1), got {}", precision));
+  detail::router_gemm_fp32_bwd_config(rt, g, x, w, dx, dw, workspace, -1, precision, nullptr, nullptr, stream);
+}
+void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
                           const TensorRef& dw, const TensorRef& workspace, Stream stream) {
-  detail::router_gemm_fp32_bwd_config(rt, g, x, w, dx, dw, workspace, -1, nullptr, nullptr, stream);
+  router_gemm_fp32_bwd(rt, g, x, w, dx, dw, workspace, RouterGemmBwdOptions{}, stream);
 }
 
 // ---- tuner and bench instances -------------------------------------------------------------------------------
@@ -987,15 +1083,26 @@ struct RouterGemmBuffers {
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
                                    const RouterGemmConfig* force = nullptr) {
   // part: fwd | bwd | dx | dw, then optionally _sm90 (wgmma kernels) or _mma (mma.sync kernels), then optionally
-  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*).
+  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*), _tf32 / _high / _bf16g / _tf32p
+  // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone, the fp16 pass with dw's x converted by
+  // producer warps; default: standard = dx from bf16(g), dw from hi + lo).
   std::string part = part_in;
-  int flags = 0;
+  int flags = 0, precision = 4;  // standard (the default)
   if (part.ends_with("_nostore")) {  // the TMA forward without its output stores (kRgSkipStore)
     flags = kRgSkipStore;
     part.resize(part.size() - 8);
-  } else if (part.ends_with("_altprec")) {  // the TMA backward with the other precision choice (kRgAltPrecision)
-    flags = kRgAltPrecision;
-    part.resize(part.size() - 8);
+  } else if (part.ends_with("_high")) {
+    precision = 1;
+    part.resize(part.size() - 5);
+  } else if (part.ends_with("_bf16g")) {
+    precision = 2;
+    part.resize(part.size() - 6);
+  } else if (part.ends_with("_tf32p")) {
+    precision = 3;
+    part.resize(part.size() - 6);
+  } else if (part.ends_with("_tf32")) {
+    precision = 0;
+    part.resize(part.size() - 5);
   } else if (part.ends_with("_nofence2")) {
     flags = kRgSkipCopyFence | kRgSkipSplitFence;
     part.resize(part.size() - 9);
@@ -1048,7 +1155,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   const TensorRef dw = want_dw ? TensorRef::contiguous(b->alloc(E * K * 4), DType::f32, {E, K}) : TensorRef{};
   // A workspace for every dw variant (a forced config or kernel brings its own split plan; without one the op would
   // allocate stream-ordered in every timed call): the advertised size, at least 16 partials.
-  const int64_t ws_elems = want_dw ? std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(rt, T, K, E), 16 * E * K) : 0;
+  const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(rt, T, K, E), 16 * E * K) + E * K / 2 + K;
   const TensorRef ws =
       ws_elems > 0 ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
@@ -1057,7 +1164,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   inst.run = [=](Stream s) {
     const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
     with_flags([&] {
-      router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, variant, want_dx ? c : nullptr, want_dx ? nullptr : c, s);
+      router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, variant, precision, want_dx ? c : nullptr,
+                                  want_dx ? nullptr : c, s);
     });
   };
   if (want_dx) inst.outputs.push_back(dx);
@@ -1069,9 +1177,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
-  static const char* const kParts[] = {"fwd",     "dx",      "dw",     "dw",     "fwd_sm90",       "dx_sm90",
-                                       "dw_sm90", "fwd_tma", "dx_tma", "dw_tma", "dx_tma_altprec", "dw_tma_altprec",
-                                       "fwd_tmaks", "fwd_tmaxmc"};
+  static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
+                                       "dx_sm90",    "dw_sm90",     "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
+                                       "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
+                                       "dw_tma_tf32", "dx_tma_tf32", "dw_tma_tf32p"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

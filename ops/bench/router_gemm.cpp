@@ -4,12 +4,14 @@
 // string), so one GPU run also tunes. Bytes are the minimal traffic (every input read once, every output written
 // once); floors at 3025 GB/s and FLOPs (2·T·K·E per product):
 //   fwd 8192×2048→256: 42.9 MB → 14.2 µs;  8.59 GFLOP        fwd 8192×7168→256: 149 MB → 49.3 µs;  30.1 GFLOP
-//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward runs dx from bf16(g) and dw
-//   from g hi + lo: 25.8 GFLOP of bf16 MMAs (the older kernels: 34.4, both from hi + lo)
+//   bwd 8192×2048→256: 77.6 MB → 25.7 µs;  17.2 GFLOP of products; the TMA backward at precision standard (default:
+//   dx from bf16(g), dw from hi + lo) 25.8 GFLOP of MMAs; tf32 (one fp16 pass each) 17.2 (+ the 2 MB w16 prep); high
+//   (hi + lo) 34.4 (the older kernels too); *_bf16g rows: bf16(g) alone, 17.2 (measurement only)
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <array>
+#include <string>
 
 #include "runtime/bench.hpp"
 #include "runtime/specialization.hpp"
@@ -115,15 +117,47 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
     for (const char* part :
-         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_altprec"})
+         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_high"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
-  for (const char* part : {"dx", "dw", "dx_tma_altprec", "dw_tma_altprec", "dx_sm90", "dw_sm90"})
+  for (const char* part : {"dx", "dw", "dx_tma_tf32", "dw_tma_tf32", "dx_tma_high", "dw_tma_high", "dx_tma_bf16g",
+                           "dw_tma_bf16g", "dw_tma_tf32p", "dx_sm90", "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // The TMA backward's fp16 pass (tf32, the default): dw with 32-token chunks (6 / 5 stages: a deeper ring of the
+  // same bytes) and clusters of 1 against the default (64-token chunks, 3 stages, clusters of 2); dx with 128-token
+  // units against the default 64-token tiles.
+  add_sweep(cases, "dw_tma_tf32", std::array<std::array<int32_t, 6>, 4>{{{128, 256, 64, 2, 8, 3},
+                                                                     {128, 256, 32, 2, 8, 6},
+                                                                     {128, 256, 32, 2, 8, 7},
+                                                                     {128, 256, 64, 1, 8, 3}}});
+  add_sweep(cases, "dx_tma_tf32", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 1, 5}, {128, 256, 64, 2, 1, 3}}});
+  // The same points as plain rows of the bwd ops (op names the bwd filter selects), precision tf32 and high.
+  struct Pt {
+    const char* part;
+    std::array<int32_t, 6> c;
+  };
+  for (const Pt& pt : {Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 7}},
+                       Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 5}}, Pt{"dw_tma_tf32", {128, 256, 64, 1, 8, 3}},
+                       Pt{"dw_tma_high", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_high", {128, 256, 32, 2, 8, 7}},
+                       Pt{"dw_tma_tf32p", {128, 256, 64, 2, 8, 3}}, Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 6}},
+                       Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 7}},
+                       Pt{"dx_tma_tf32", {128, 256, 64, 2, 1, 3}}, Pt{"dx_tma_tf32", {64, 256, 64, 2, 2, 5}}}) {
+    RouterGemmConfig cfg{};
+    std::copy(pt.c.begin(), pt.c.end(), cfg.begin());
+    const std::string part = pt.part;
+    cases.push_back({fmt::format("router_gemm_fp32_bwd_{}_cfg", part.substr(0, 2)),
+                     fmt::format("T=8192 K=2048 E=256 {} bm={} bk={} wm={} wn={} stages={}",
+                                 part.ends_with("_high") ? "high" : part.ends_with("_tf32p") ? "tf32p" : "tf32", pt.c[0],
+                                 pt.c[2], pt.c[3], pt.c[4], pt.c[5]),
+                     [part, cfg](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part, &cfg); }});
+  }
+  for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32", "bwd_tma_tf32p"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);
   add_sweep(cases, "fwd_tma", kFwdTmaSweep);

@@ -41,6 +41,14 @@ struct RouterGemmDxTmaArgs {
   void* dx; long long dx_stride;
   int T;
   int tiles;                            // ceil(T / 64)
+  const float* colf;                    // fp16 pass (SPLIT = 2): 2^c_k of w16's columns [K]; else null
+};
+// The fp16 pass's operand prep (router_gemm_w16_kernel): w16[e, k] = fp16(w[e, k] · 2^−c_k) with c_k from column k's
+// amax over E, and colf[k] = 2^c_k.
+struct RouterGemmW16Args {
+  const void* w;                        // [E, K] bf16 contiguous
+  void* w16;                            // [E, K] fp16 contiguous
+  float* colf;                          // [K]
 };
 struct RouterGemmDwTmaArgs {
   RgTensorMap tmg;
@@ -54,11 +62,9 @@ struct RouterGemmDwTmaArgs {
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
-enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgAltPrecision = 4, kRgSkipStore = 8 };
+enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
-// kRgAltPrecision (host only, TMA backward): dx from g hi + lo and dw from bf16(g) instead of the default policy
-// (dx from bf16(g), dw from g hi + lo), so the bench can time what the other choice would cost.
 
 // dx[T, K] bf16 = g[T, E] fp32 · w[E, K] bf16.
 struct RouterGemmDxArgs {

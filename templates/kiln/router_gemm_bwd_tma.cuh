@@ -14,7 +14,7 @@
 // staging tile with TMA stores.
 //
 // dw (router_gemm_dw_tma_kernel): CTA tile = 128 experts (a warpgroup per 64) × 256 hidden columns over one T range
-// (split); the producer streams, per 64 tokens, the g tile (4 fp32 boxes of 32 experts, 128-byte swizzled) and the
+// (split); the producer streams, per chunk of BK = 64 (or 32) tokens, the g tile (4 fp32 boxes of 32 experts, 128-byte swizzled) and the
 // x tile (4 N-major atoms) by TMA. Each consumer builds its A fragments (gᵀ, 64 experts × 16 tokens per k16 step) in
 // registers from the fp32 g tile — conflict-free scalar loads thanks to the swizzle — converts them to bf16 (hi,
 // lo) and issues register-A wgmmas; the next chunk's g values are loaded while the current MMAs run. The T ranges of
@@ -40,6 +40,88 @@ __device__ __forceinline__ void wgmma_rs_n256(float (&d)[128], const u32 (&a)[4]
       "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
       : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));
+}
+
+// fp16 twins of the bf16 wgmmas (m64nNk16, fp32 accumulators): the scaled one-pass backward (SPLIT = 2).
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_f16_n128(float (&d)[64], u64 a, u64 b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, %67, %68;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(1), "n"(TA), "n"(TB));
+}
+template <int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_f16_n256(float (&d)[128], u64 a, u64 b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, %128, %129, p, 1, 1, %131, %132;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "l"(a), "l"(b), "r"(1), "n"(TA), "n"(TB));
+}
+template <int N, int TA, int TB>
+__device__ __forceinline__ void wgmma_ss_f16(float (&d)[N / 2], u64 a, u64 b) {
+  if constexpr (N == 256) wgmma_ss_f16_n256<TA, TB>(d, a, b);
+  else wgmma_ss_f16_n128<TA, TB>(d, a, b);
+}
+// d[64 × 256] += A[64 × 16] (registers, fp16) · B[256 × 16]ᵀ (shared memory, fp16, N-major when TB = 1).
+template <int TB>
+__device__ __forceinline__ void wgmma_rs_f16_n256(float (&d)[128], const u32 (&a)[4], u64 b) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %133, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n256k16.f32.f16.f16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, %64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, %80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, %96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, %112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127}, {%128, %129, %130, %131}, %132, p, 1, 1, %134;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]), "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]), "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]), "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]), "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]), "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]), "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]), "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]), "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(b), "r"(1), "n"(TB));
+}
+
+// ---- power-of-two scales of the fp16 pass (SPLIT = 2) -------------------------------------------------------------
+// A group's scale exponent s = clamp(⌊log2 amax⌋ − 14, −100, 100): amax·2^−s lies in [2¹⁴, 2¹⁵) (below fp16's 65504),
+// every value ≥ amax·2⁻²⁸ stays a normal fp16 number (11 significant bits), and 2^±s is a normal fp32 number.
+// amax comes from the bits of |v| of the finite values (NaN / ±inf skipped: they stay NaN / ±inf when scaled).
+__device__ __forceinline__ u32 finite_abs_bits(float v) {
+  const u32 a = __float_as_uint(v) & 0x7fffffffu;
+  return a < 0x7f800000u ? a : 0u;
+}
+__device__ __forceinline__ int f32_scale_exp(u32 amax_bits) {
+  const int s = static_cast<int>(amax_bits >> 23) - 127 - 14;
+  return s < -100 ? -100 : (s > 100 ? 100 : s);
+}
+// The same from the bits of a bf16 |value| (15 bits).
+__device__ __forceinline__ int bf16_scale_exp(u32 amax_bits) {
+  const int s = static_cast<int>(amax_bits >> 7) - 127 - 14;
+  return s < -100 ? -100 : (s > 100 ? 100 : s);
+}
+// 2^n for n in [−126, 127] (exact).
+__device__ __forceinline__ float pow2i(int n) { return __uint_as_float(static_cast<u32>(n + 127) << 23); }
+// Per-halfword unsigned max (sm_90).
+__device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
+  u32 r;
+  asm("max.u16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
+  return r;
+}
+__device__ __forceinline__ u32 redux_max(u32 v) {
+  u32 r;
+  asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
+  return r;
+}
+// fp16x2 of (lo·f, hi·f), lo in the lower half.
+__device__ __forceinline__ u32 cvt_f16x2(float lo, float hi) {
+  u32 r;
+  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+  return r;
+}
+// Max of the finite |bf16| halves of a 32-bit word (bits, 15 each; NaN / ±inf count as 0).
+__device__ __forceinline__ u32 bf16x2_finite_abs_max(u32 w) {
+  const u32 lo = w & 0x7fffu, hi = (w >> 16) & 0x7fffu;
+  const u32 l = lo < 0x7f80u ? lo : 0u, h = hi < 0x7f80u ? hi : 0u;
+  return l > h ? l : h;
+}
+// A bf16x2 word → fp16x2 of its two values times f (a power of two).
+__device__ __forceinline__ u32 bf16x2_to_f16x2(u32 w, float f) {
+  return cvt_f16x2(__uint_as_float(w << 16) * f, __uint_as_float(w & 0xffff0000u) * f);
 }
 
 __device__ __forceinline__ void bar_sync_consumers() { asm volatile("bar.sync 1, 256;" ::: "memory"); }
@@ -97,8 +179,10 @@ __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 // ---- dx ---------------------------------------------------------------------------------------------------------
 // Whether the dx kernel stages its output blocks (two 16 KiB tiles) — where they fit next to the A tile and the ring
 // (the host's smem recipe mirrors this).
+// SPLIT: 0 = bf16(g), 1 = g hi + lo (two A tiles), 2 = fp16 with power-of-two scales (w16 / colf from
+// router_gemm_w16_kernel; the row scales 2^s_t sit in the 1 KiB after the mbarriers).
 __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT, int TM = 64) {
-  return 1024 + (1 + SPLIT) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 + TM * 512 <=
+  return 1024 + (SPLIT == 1 ? 2 : 1) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 + TM * 512 <=
          227 * 1024;
 }
 
@@ -116,9 +200,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1, NW = TM == 128 ? 256 : 128;
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
-  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (1 + SPLIT) * A_TILE, STAGE = 4 * ATOM;
+  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE, STAGE = 4 * ATOM;
   constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
   constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM);
+  constexpr bool F16 = SPLIT == 2;
   static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
@@ -129,6 +214,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 ring = base + A_BYTES, bars = ring + STAGES * STAGE;  // full[s] at bars + 8s, empty[s] after them
   const u32 stg = (bars + 16 * STAGES + 1023u) & ~1023u;         // the staging tiles (STAGED)
+  const u32 rowf = bars + 16 * STAGES;                           // F16: 2^s_t of the unit's TM rows (fp32)
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
   const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
@@ -147,6 +233,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     rgt::setmaxnreg_dec<40>();
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmw);
+      if constexpr (F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
       int s = 0;
       u32 phase = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
@@ -187,6 +274,45 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
       rgt::bar_sync_consumers();
       constexpr int UNITS = BM * EC * 8, ITERS = (UNITS + 255) / 256;  // 8-column units (16 bytes of bf16)
+      if constexpr (F16) {
+        // A warp per row (8 consumer warps: rows cw, cw + 8, …); lane l converts experts 8l … 8l + 7 (lanes past
+        // the A tile's EC·64 columns idle, those past E write zeros). The row's finite amax (redux) sets 2^−s_t.
+        // All loads of a batch of 8 rows first (64 registers; the accumulators are not live here).
+        const int cw = ct >> 5, e = lane * 8;
+        constexpr int RPW = BM / 8, RB = RPW < 8 ? RPW : 8;
+        for (int rb = 0; rb < RPW; rb += RB) {
+          float4 v[RB][2];
+#pragma unroll
+          for (int q = 0; q < RB; ++q) {
+            const int r = cw + 8 * (rb + q);
+            v[q][0] = v[q][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+            if (m0 + r < a.T && e < E) {
+              const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
+              v[q][0] = __ldg(src);
+              v[q][1] = __ldg(src + 1);
+            }
+          }
+#pragma unroll
+          for (int q = 0; q < RB; ++q) {
+            const int r = cw + 8 * (rb + q);
+            const float f[8] = {v[q][0].x, v[q][0].y, v[q][0].z, v[q][0].w, v[q][1].x, v[q][1].y, v[q][1].z, v[q][1].w};
+            u32 m = 0;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) {
+              const u32 bits = rgt::finite_abs_bits(f[i]);
+              m = bits > m ? bits : m;
+            }
+            const int sexp = rgt::f32_scale_exp(rgt::redux_max(m));
+            const float inv = rgt::pow2i(-sexp);
+            Vec16 h;
+#pragma unroll
+            for (int i = 0; i < 4; ++i) h.w[i] = rgt::cvt_f16x2(f[2 * i] * inv, f[2 * i + 1] * inv);
+            if (e < EC * 64) rg90::sts16(base + (e >> 6) * A_ATOM + rg90::swz(r, (e & 63) >> 3), h);
+            if (lane == 0)
+              asm volatile("st.shared.f32 [%0], %1;" ::"r"(rowf + r * 4), "f"(rgt::pow2i(sexp)) : "memory");
+          }
+        }
+      } else {
 #pragma unroll 4
       for (int it = 0; it < ITERS; ++it) {
         const int u = it * 256 + ct;
@@ -196,7 +322,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         if (m0 + r < a.T && e < E) {
           const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
           const float4 v0 = __ldg(src), v1 = __ldg(src + 1);
-          if constexpr (SPLIT) {
+          if constexpr (SPLIT == 1) {
             rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
             rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
             rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
@@ -210,10 +336,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         }
         const u32 off = at * A_ATOM + rg90::swz(r, jj);
         rg90::sts16(base + off, hi);
-        if constexpr (SPLIT) rg90::sts16(base + A_TILE + off, lo);
+        if constexpr (SPLIT == 1) rg90::sts16(base + A_TILE + off, lo);
+      }
       }
       rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
       rgt::bar_sync_consumers();
+      if constexpr (F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
 
       // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
       const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = TM == 128 ? 0 : 2 * j * ATOM;
@@ -231,9 +359,13 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
             const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
-            rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
-            if constexpr (SPLIT)
-              rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
+            if constexpr (F16) {
+              rgt::wgmma_ss_f16<NW, 0, 1>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
+            } else {
+              rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
+              if constexpr (SPLIT == 1)
+                rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
+            }
           }
           rg90::wgmma_commit();
           rg90::wgmma_wait<1>();
@@ -255,6 +387,21 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
         const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
+        if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
+          const int rr = row0 + warp * 16 + (lane >> 2);
+          float rf[2];
+          asm volatile("ld.shared.f32 %0, [%1];" : "=f"(rf[0]) : "r"(rowf + rr * 4));
+          asm volatile("ld.shared.f32 %0, [%1];" : "=f"(rf[1]) : "r"(rowf + (rr + 8) * 4));
+#pragma unroll
+          for (int i = 0; i < NW / 2; i += 4) {
+            const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
+            const float2 cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
+            acc[i] = acc[i] * rf[0] * cf.x;
+            acc[i + 1] = acc[i + 1] * rf[0] * cf.y;
+            acc[i + 2] = acc[i + 2] * rf[1] * cf.x;
+            acc[i + 3] = acc[i + 3] * rf[1] * cf.y;
+          }
+        }
         if constexpr (STAGED) {
           // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
           // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
@@ -302,18 +449,84 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 #endif
 }
 
+// ---- the fp16 pass's w operand ------------------------------------------------------------------------------------
+// Grid ceil(K/64) CTAs of 256 threads: thread (rg = tid / 8, p = tid % 8) holds the 8 columns k0 … k0 + 7 of rows
+// rg, rg + 32, … of w (E ≤ 256: ≤ 8 rows). Column amax (finite |values|) over E: within the warp by shuffles, across
+// warps by shared atomics; then w16 = fp16(w · 2^−c_k) (exact for |w| ≥ amax·2⁻²⁸) and colf[k] = 2^c_k.
+template <int K, int E>
+__global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW16Args a) {
+  pdl_launch_dependents();  // the dx kernel converts its g rows meanwhile; it waits (pdl_wait) before w16 / colf
+  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+  constexpr int NR = (E + 31) / 32;
+  __shared__ unsigned cmax[64];
+  const int tid = threadIdx.x, p = tid & 7, rg = tid >> 3;
+  const int k0 = blockIdx.x * 64 + p * 8;
+  if (tid < 64) cmax[tid] = 0u;
+  __syncthreads();
+  Vec16 v[NR];
+  u32 m[8] = {0u, 0u, 0u, 0u, 0u, 0u, 0u, 0u};
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    const int e = rg + 32 * r;
+    v[r] = Vec16{};
+    if (e < E && k0 < K) v[r] = load16(static_cast<const char*>(a.w) + (static_cast<i64>(e) * K + k0) * 2);
+#pragma unroll
+    for (int q = 0; q < 4; ++q) {
+      const u32 lo = v[r].w[q] & 0x7fffu, hi = (v[r].w[q] >> 16) & 0x7fffu;
+      if (lo < 0x7f80u && lo > m[2 * q]) m[2 * q] = lo;
+      if (hi < 0x7f80u && hi > m[2 * q + 1]) m[2 * q + 1] = hi;
+    }
+  }
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {  // lanes l, l ^ 8, l ^ 16, l ^ 24 hold the same columns
+    u32 o = __shfl_xor_sync(0xffffffffu, m[c], 8);
+    m[c] = o > m[c] ? o : m[c];
+    o = __shfl_xor_sync(0xffffffffu, m[c], 16);
+    m[c] = o > m[c] ? o : m[c];
+    if ((tid & 31) < 8) atomicMax(&cmax[p * 8 + c], m[c]);
+  }
+  __syncthreads();
+  float inv[8], f[8];
+#pragma unroll
+  for (int c = 0; c < 8; ++c) {
+    const int ce = rgt::bf16_scale_exp(cmax[p * 8 + c]);
+    inv[c] = rgt::pow2i(-ce);
+    f[c] = rgt::pow2i(ce);
+  }
+#pragma unroll
+  for (int r = 0; r < NR; ++r) {
+    const int e = rg + 32 * r;
+    if (e < E && k0 < K) {
+      Vec16 o;
+#pragma unroll
+      for (int q = 0; q < 4; ++q)
+        o.w[q] = rgt::cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
+                                __uint_as_float(v[r].w[q] & 0xffff0000u) * inv[2 * q + 1]);
+      store16(static_cast<char*>(a.w16) + (static_cast<i64>(e) * K + k0) * 2, o);
+    }
+  }
+  if (rg == 0 && k0 < K) {
+    store16(a.colf + k0, Vec16{{__float_as_uint(f[0]), __float_as_uint(f[1]), __float_as_uint(f[2]), __float_as_uint(f[3])}});
+    store16(a.colf + k0 + 4, Vec16{{__float_as_uint(f[4]), __float_as_uint(f[5]), __float_as_uint(f[6]), __float_as_uint(f[7])}});
+  }
+}
+
 // ---- dw ---------------------------------------------------------------------------------------------------------
 // Grid: (ceil(E/128)·ceil(K/256), S) CTAs of 384 threads, clusters (1, C = a.cluster, 1) when C > 1; S / C groups.
-// Shared memory: 1 KiB slack + max(STAGES × 64 KiB (g tile 32 KiB + x tile 32 KiB), the 128 × 264 fp32 staging
+// Shared memory: 1 KiB slack + max(STAGES × BK KiB (g tile BK/2 KiB + x tile BK/2 KiB), the 128 × 264 fp32 staging
 // tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. The fp32 g values of chunk c + 1
 // are loaded while chunk c's MMAs run and split after them (splitting them then too, with two chunks of A fragments
 // in registers, measured the same: 35.6 µs both, run of 06:30).
-template <int K, int E, int STAGES, int SPLIT>
+// PCVT (SPLIT = 2 only): producer warps 1–3 convert each landed x tile (amax → running scale → fp16 in place) and
+// signal a third mbarrier per stage with the scale in a per-stage slot, instead of the consumers (who then only
+// build their A fragments: no x work, no consumer barriers).
+template <int K, int E, int STAGES, int SPLIT, int BK = 64, int PCVT = 0>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = 128, BN = 256, BK = 64, ATOM = 64 * 128, GBOX = 64 * 128;
+  constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
+  static_assert(BK == 64 || BK == 32, "T chunks of 64 or 32 tokens");
   constexpr int TILES_N = (K + BN - 1) / BN;
-  constexpr int STAGE = 4 * GBOX + 4 * ATOM;  // g: 4 boxes of 32 experts × 64 tokens; x: 4 atoms of 64 × 64
+  constexpr int STAGE = 4 * GBOX + 4 * ATOM;  // g: 4 boxes of 32 experts × BK tokens; x: 4 atoms of BK × 64
   constexpr int PITCH = (BN + 8) * 4, STAGING = BM * PITCH;
   constexpr int RING = STAGES * STAGE > STAGING ? STAGES * STAGE : STAGING;
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
@@ -338,13 +551,63 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
       rgt::mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
+      if constexpr (PCVT) rgt::mbar_init(bars + 8 * (2 * STAGES + s), 1);  // x converted (producer warps 1–3)
     }
     rgt::fence_mbar_init();
   }
   __syncthreads();
 
+  static_assert(PCVT == 0 || SPLIT == 2, "the producer-side x convert belongs to the fp16 pass");
+  // PCVT: after the 3·STAGES mbarriers, STAGES scale slots (sig of each stage's x tile) and 3 amax slots.
+  const u32 sig_slots = bars + 24 * STAGES, cv_slots = sig_slots + 4 * STAGES;
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<40>();
+    rgt::setmaxnreg_dec<SPLIT == 2 && !PCVT ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
+    if (PCVT && tid >= 32) {  // warps 1–3: x tiles → fp16 × 2^−sig in place, sig a running maximum
+      const int ct = tid - 32, cw = ct >> 5, lane = tid & 31;
+      int sig = -100;
+      constexpr int PIECES = BK * 512 / 16, XA = BK * 128;  // 16-byte pieces of the x tile; bytes of one atom
+      for (int c = 0; c < chunks; ++c) {
+        const int s = c % STAGES;
+        rgt::mbar_wait(bars + 8 * s, static_cast<u32>(c / STAGES) & 1);
+        const u32 xt = base + s * STAGE + 4 * GBOX;
+        u32 xm = 0u;  // finite |bf16| max over the fetched atoms (atoms past K hold stale bytes)
+        for (int i = ct; i < PIECES; i += 96) {
+          if (i * 16 / XA >= xatoms) continue;
+          const Vec16 v = rg90::lds16(xt + i * 16);
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
+            xm = b > xm ? b : xm;
+          }
+        }
+        xm = rgt::redux_max(xm);
+        if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(cv_slots + cw * 4), "r"(xm) : "memory");
+        asm volatile("bar.sync 4, 96;" ::: "memory");
+        u32 mm = 0u;
+#pragma unroll
+        for (int w = 0; w < 3; ++w) {
+          u32 o;
+          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(o) : "r"(cv_slots + w * 4));
+          mm = o > mm ? o : mm;
+        }
+        const int se = rgt::bf16_scale_exp(mm);
+        sig = se > sig ? se : sig;
+        const float xi = rgt::pow2i(-sig);
+        for (int i = ct; i < PIECES; i += 96) {
+          const Vec16 v = rg90::lds16(xt + i * 16);
+          Vec16 o;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(v.w[q], xi);
+          rg90::sts16(xt + i * 16, o);
+        }
+        rg90::fence_async_shared();  // the converted tile is read by the tensor cores
+        asm volatile("bar.sync 4, 96;" ::: "memory");  // all converted; the amax slots read
+        if (ct == 0) {
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(sig_slots + 4 * s), "r"(sig) : "memory");
+          rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + s));  // release: the slot and the tile
+        }
+      }
+    }
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmg);
       rgt::prefetch_tmap(&a.tmx);
@@ -369,7 +632,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       }
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
-    rgt::setmaxnreg_inc<232>();
+    rgt::setmaxnreg_inc<SPLIT == 2 && !PCVT ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[128];
 #pragma unroll
@@ -378,36 +641,40 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
     // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
     const int el = 64 * j + 16 * warp + (lane >> 2);
-    auto issue = [&](u32 st, u32(&A)[2][4][4]) {
+    auto issue = [&](u32 st, u32(&A)[2][KS][4]) {
       rg90::fence_regs(acc);
       rg90::wgmma_fence();
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
+      for (int ks = 0; ks < KS; ++ks) {
         const u64 b = rg90::desc_sw128_mn(st + 4 * GBOX + ks * 2048, ATOM);
-        rgt::wgmma_rs_n256<1>(acc, A[0][ks], b);
-        if constexpr (SPLIT) rgt::wgmma_rs_n256<1>(acc, A[1][ks], b);
+        if constexpr (SPLIT == 2) {
+          rgt::wgmma_rs_f16_n256<1>(acc, A[0][ks], b);
+        } else {
+          rgt::wgmma_rs_n256<1>(acc, A[0][ks], b);
+          if constexpr (SPLIT == 1) rgt::wgmma_rs_n256<1>(acc, A[1][ks], b);
+        }
       }
       rg90::wgmma_commit();
     };
     // After the MMAs of chunk c (stage s) have completed: the A registers they read stay allocated until here, and
     // the stage goes back to the producer.
-    auto retire = [&](int s, u32(&A)[2][4][4]) {
+    auto retire = [&](int s, u32(&A)[2][KS][4]) {
       rg90::wgmma_wait<0>();
       rg90::fence_regs(acc);
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks) {
+      for (int ks = 0; ks < KS; ++ks) {
         rgt::fence_u32(A[0][ks]);
-        if constexpr (SPLIT) rgt::fence_u32(A[1][ks]);
+        if constexpr (SPLIT == 1) rgt::fence_u32(A[1][ks]);
       }
       if ((tid & 127) == 0) rgt::mbar_arrive_local(bars + 8 * (STAGES + s));
     };
     auto stage_of = [&](int c) { return base + (c % STAGES) * STAGE; };
     auto wait_full = [&](int c) { rgt::mbar_wait(bars + 8 * (c % STAGES), static_cast<u32>(c / STAGES) & 1); };
     // One chunk of A fragments: the fp32 values of chunk c + 1 are loaded while chunk c's MMAs run and split after.
-    float rawv[4][4][2];
+    float rawv[KS][4][2];
     auto load_raw = [&](u32 st) {
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
+      for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
           const int e = el + 8 * (i & 1), box = e >> 5, col = e & 31;
@@ -418,27 +685,182 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
           }
         }
     };
-    if (chunks > 0) {
-      wait_full(0);
-      load_raw(stage_of(0));
-    }
-    for (int c = 0; c < chunks; ++c) {
-      u32 a[2][4][4];
+    if constexpr (SPLIT == 2) {
+      // Running power-of-two scales (exponents): Srow of this thread's two expert rows el, el + 8, sig of the x
+      // tiles; the accumulator rows hold Σ g·x·2^−(Srow + sig), at Tc = Srow + sig.
+      int Srow[2] = {-100, -100}, sig = -100;
+      const u32 xslot = bars + 16 * STAGES;  // 2 × 8 × u32: the chunk's x amax of each consumer warp (2 rounds)
+      const int ct = tid - 128, cw = ct >> 5;
+      u32 an[2][KS][4];  // the next chunk's fp16 A fragments ([1] unused)
+      int Tn[2] = {-200, -200}, Tc[2] = {-200, -200};
+      // Chunk c: its g rows' amax → Srow, its fp16 A fragments; its x tile's amax (all consumers) → sig, and the x
+      // tile converted in place to fp16 × 2^−sig (same layout); a consumer barrier before any MMA reads it.
+      auto prep = [&](int c) {
+        if constexpr (PCVT)  // the producer warps have converted the x tile (implies it landed)
+          rgt::mbar_wait(bars + 8 * (2 * STAGES + c % STAGES), static_cast<u32>(c / STAGES) & 1);
+        else
+          wait_full(c);
+        const u32 st = stage_of(c);
+        load_raw(st);
+        // Row amax: the max of all |bits| (2 instructions a value); only where that is NaN / inf (≥ 0x7f800000) is
+        // it recomputed over the finite values (a warp-uniform branch, taken for rows holding a non-finite g).
+        u32 m[2] = {0u, 0u};
+        auto quad_max = [&]() {  // the quad (lanes 4q … 4q + 3) holds the row's BK tokens
 #pragma unroll
-      for (int ks = 0; ks < 4; ++ks)
+          for (int r = 0; r < 2; ++r) {
+            u32 o = __shfl_xor_sync(0xffffffffu, m[r], 1);
+            m[r] = o > m[r] ? o : m[r];
+            o = __shfl_xor_sync(0xffffffffu, m[r], 2);
+            m[r] = o > m[r] ? o : m[r];
+          }
+        };
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          if constexpr (SPLIT)
-            rg::split_bf16x2(rawv[ks][i][0], rawv[ks][i][1], a[0][ks][i], a[1][ks][i]);
-          else
-            a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const u32 b = __float_as_uint(rawv[ks][i][h]) & 0x7fffffffu;
+              m[i & 1] = b > m[i & 1] ? b : m[i & 1];
+            }
+        quad_max();
+        if (__any_sync(0xffffffffu, m[0] >= 0x7f800000u || m[1] >= 0x7f800000u)) {
+          m[0] = m[1] = 0u;
+#pragma unroll
+          for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+            for (int i = 0; i < 4; ++i)
+#pragma unroll
+              for (int h = 0; h < 2; ++h) {
+                const u32 b = rgt::finite_abs_bits(rawv[ks][i][h]);
+                m[i & 1] = b > m[i & 1] ? b : m[i & 1];
+              }
+          quad_max();
         }
-      issue(stage_of(c), a);
-      if (c + 1 < chunks) {
-        wait_full(c + 1);
-        load_raw(stage_of(c + 1));
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          const int se = rgt::f32_scale_exp(m[r]);
+          Srow[r] = se > Srow[r] ? se : Srow[r];
+        }
+        const float gi[2] = {rgt::pow2i(-Srow[0]), rgt::pow2i(-Srow[1])};
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+          for (int i = 0; i < 4; ++i)
+            an[0][ks][i] = rgt::cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
+        if constexpr (PCVT) {
+          u32 sv;
+          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(sv) : "r"(sig_slots + 4 * (c % STAGES)));
+          sig = static_cast<int>(sv);
+          Tn[0] = Srow[0] + sig;
+          Tn[1] = Srow[1] + sig;
+          return;
+        }
+        // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
+        // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
+        constexpr int XP = BK / 8;
+        // The tile's amax: packed max of all |bits| (2 instructions a word), then warp and CTA maxima; only when
+        // that is NaN / inf (≥ 0x7f80: CTA-uniform) a second round over the finite values, through 8 more slots.
+        Vec16 xv[XP];
+        u32 xm2 = 0u;
+#pragma unroll
+        for (int p = 0; p < XP; ++p) {
+          xv[p] = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);
+          if (p * 32 / BK < xatoms)
+#pragma unroll
+            for (int q = 0; q < 4; ++q) xm2 = rgt::max_u16x2(xm2, xv[p].w[q] & 0x7fff7fffu);
+        }
+        auto cta_max = [&](u32 v, u32 slots) {
+          v = rgt::redux_max(v);
+          if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(slots + cw * 4), "r"(v) : "memory");
+          rgt::bar_sync_consumers();
+          u32 mx = 0u;
+#pragma unroll
+          for (int w = 0; w < 8; ++w) {
+            u32 o;
+            asm volatile("ld.shared.u32 %0, [%1];" : "=r"(o) : "r"(slots + w * 4));
+            mx = o > mx ? o : mx;
+          }
+          return mx;
+        };
+        u32 mm = cta_max((xm2 & 0xffffu) > (xm2 >> 16) ? (xm2 & 0xffffu) : (xm2 >> 16), xslot);
+        if (mm >= 0x7f80u) {
+          u32 xm = 0u;
+#pragma unroll
+          for (int p = 0; p < XP; ++p)
+            if (p * 32 / BK < xatoms) {
+              const Vec16 v = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);  // (not converted yet)
+#pragma unroll
+              for (int q = 0; q < 4; ++q) {
+                const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
+                xm = b > xm ? b : xm;
+              }
+            }
+          mm = cta_max(xm, xslot + 32);
+        }
+        const int se = rgt::bf16_scale_exp(mm);
+        sig = se > sig ? se : sig;
+        const float xi = rgt::pow2i(-sig);
+#pragma unroll
+        for (int p = 0; p < XP; ++p) {
+          Vec16 o;
+#pragma unroll
+          for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(xv[p].w[q], xi);
+          rg90::sts16(st + 4 * GBOX + p * 4096 + ct * 16, o);
+        }
+        rg90::fence_async_shared();  // the converted x tile is read by the tensor cores
+        Tn[0] = Srow[0] + sig;
+        Tn[1] = Srow[1] + sig;
+        rgt::bar_sync_consumers();  // every consumer's share converted (and the amax slots read)
+      };
+      if (chunks > 0) prep(0);
+      for (int c = 0; c < chunks; ++c) {
+        u32 a[2][KS][4];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) a[0][ks][i] = an[0][ks][i];
+        // The MMAs before chunk c have completed (retire): bring the accumulator rows to chunk c's scale (exact
+        // powers of two; a warp-uniform branch, taken when a running maximum grew).
+        const int d0 = Tc[0] - Tn[0], d1 = Tc[1] - Tn[1];
+        if (__any_sync(0xffffffffu, (d0 | d1) != 0)) {
+          const float f0 = rgt::pow2i(d0 < -126 ? -126 : d0), f1 = rgt::pow2i(d1 < -126 ? -126 : d1);
+#pragma unroll
+          for (int i = 0; i < 128; ++i) acc[i] *= ((i >> 1) & 1) ? f1 : f0;
+        }
+        Tc[0] = Tn[0];
+        Tc[1] = Tn[1];
+        issue(stage_of(c), a);
+        if (c + 1 < chunks) prep(c + 1);
+        retire(c % STAGES, a);
       }
-      retire(c % STAGES, a);
+      // Undo the scales: × 2^Srow then × 2^sig (each a normal fp32 number; exact unless the result leaves the range).
+      const float f0 = rgt::pow2i(Srow[0]), f1 = rgt::pow2i(Srow[1]), fx = rgt::pow2i(sig);
+#pragma unroll
+      for (int i = 0; i < 128; ++i) acc[i] = acc[i] * (((i >> 1) & 1) ? f1 : f0) * fx;
+    } else {
+      if (chunks > 0) {
+        wait_full(0);
+        load_raw(stage_of(0));
+      }
+      for (int c = 0; c < chunks; ++c) {
+        u32 a[2][KS][4];
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks)
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            if constexpr (SPLIT == 1)
+              rg::split_bf16x2(rawv[ks][i][0], rawv[ks][i][1], a[0][ks][i], a[1][ks][i]);
+            else
+              a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
+          }
+        issue(stage_of(c), a);
+        if (c + 1 < chunks) {
+          wait_full(c + 1);
+          load_raw(stage_of(c + 1));
+        }
+        retire(c % STAGES, a);
+      }
     }
     if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
 #pragma unroll

@@ -83,4 +83,45 @@ void split_bf16(float g, float& hi, float& lo) {
   lo = std::isfinite(hi) ? test::bf16_to_float(test::float_to_bf16(g - hi)) : 0.f;
 }
 
+int f16_scale_exp(double amax) {
+  int s = -127 - 14;  // zero (and fp32 subnormals, as the kernels read the exponent field)
+  if (amax >= 0x1p-126) {
+    int e = 0;
+    std::frexp(amax, &e);  // amax = m·2^e, m in [0.5, 1): ⌊log2 amax⌋ = e − 1
+    s = e - 1 - 14;
+  }
+  return s < -100 ? -100 : (s > 100 ? 100 : s);
+}
+
+namespace {
+// v[i] of group members i → fp16(v·2^−s)·2^s with the group's s.
+void f16_group(std::span<const float> v, std::vector<float>& out, int64_t first, int64_t count, int64_t step) {
+  double amax = 0;
+  for (int64_t j = 0; j < count; ++j) {
+    const float a = std::fabs(v[first + j * step]);
+    if (std::isfinite(a) && a > amax) amax = a;
+  }
+  const int s = f16_scale_exp(amax);
+  for (int64_t j = 0; j < count; ++j) {
+    const int64_t i = first + j * step;
+    const float scaled = static_cast<float>(std::ldexp(static_cast<double>(v[i]), -s));
+    out[i] = static_cast<float>(std::ldexp(static_cast<double>(test::f16_to_float(test::float_to_f16(scaled))), s));
+  }
+}
+}  // namespace
+
+std::vector<float> f16_scaled_rows(std::span<const float> v, int64_t rows, int64_t cols) {
+  require(static_cast<int64_t>(v.size()) == rows * cols, "f16_scaled_rows: size");
+  std::vector<float> out(v.size());
+  for (int64_t r = 0; r < rows; ++r) f16_group(v, out, r * cols, cols, 1);
+  return out;
+}
+
+std::vector<float> f16_scaled_cols(std::span<const float> v, int64_t rows, int64_t cols) {
+  require(static_cast<int64_t>(v.size()) == rows * cols, "f16_scaled_cols: size");
+  std::vector<float> out(v.size());
+  for (int64_t c = 0; c < cols; ++c) f16_group(v, out, c, rows, cols);
+  return out;
+}
+
 }  // namespace kiln::ref

@@ -24,5 +24,12 @@ GemmRef router_gemm_dw(std::span<const float> g, std::span<const float> x, int64
 // The kernels' treatment of an fp32 g: hi = bf16(g) (nearest even), lo = bf16(g − hi), lo = 0 when hi is not finite.
 // hi + lo is what the tensor cores multiply.
 void split_bf16(float g, float& hi, float& lo);
+// The tf32 backward's fp16 pass: a group's scale exponent s = clamp(⌊log2 amax⌋ − 14, −100, 100) (amax over the
+// finite |values|; zero → −100), so amax·2^−s lies in [2¹⁴, 2¹⁵).
+int f16_scale_exp(double amax);
+// The values the dx kernel multiplies: each group — a row (f16_scaled_rows: g [T, E]) or a column (f16_scaled_cols:
+// w [E, K]) — scaled by 2^−s, rounded to fp16 (nearest even, subnormals kept), scaled back by 2^s (exact in fp32).
+std::vector<float> f16_scaled_rows(std::span<const float> v, int64_t rows, int64_t cols);
+std::vector<float> f16_scaled_cols(std::span<const float> v, int64_t rows, int64_t cols);
 
 }  // namespace kiln::ref

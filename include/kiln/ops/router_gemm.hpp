@@ -1,9 +1,8 @@
 // kiln/ops/router_gemm.hpp — the MoE router GEMM with fp32 logits (linghe FusedFp32GEMM), forward and backward.
 //
-// Semantics: ../shared/spec/linghe-kernels.md §5. Every product is a bf16 × bf16 tensor-core MMA with fp32
-// accumulation (exact products, fp32 sums); no fp32 copy of x or w is ever written. The fp32 gradient enters the
-// MMAs as two bf16 terms, g = bf16(g) + bf16(g − bf16(g)) (relative residual ≤ 2⁻¹⁷), so dx and dw are as accurate as
-// with an fp32 g up to fp32 accumulation (linghe rounds g to TF32, 2⁻¹¹).
+// Semantics: ../shared/spec/linghe-kernels.md §5. The forward is a bf16 × bf16 tensor-core MMA with fp32
+// accumulation (exact products, fp32 sums); no fp32 copy of x or w is ever written. The backward's fp32 gradient g
+// enters the MMAs at the precision RouterGemmBwdOptions::precision asks for (below).
 // Compile-time (specialization key): K (hidden size) and E (experts). Run-time: T (tokens, any value ≥ 0),
 // pointers, row strides.
 //
@@ -26,10 +25,33 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 // g fp32 [T, E] (row stride a multiple of 4), x as in the forward, w [E, K] bf16, dx bf16 like x (row stride a
 // multiple of 8), dw [E, K] fp32 contiguous. dx or dw may be left empty (that product is skipped), not both.
 // dw is deterministic: T is cut into a fixed number of ranges whose fp32 partials are added in range order.
-// workspace: optional fp32 buffer of router_gemm_fp32_bwd_workspace_elems(rt, T, K, E) elements (0 when one range
-// suffices); if empty and one is needed, kiln allocates it stream-ordered on `stream` and frees it after the launch.
+// workspace: optional fp32 buffer of router_gemm_fp32_bwd_workspace_elems(rt, T, K, E[, options]) elements (0 when
+// none is needed); if empty and one is needed, kiln allocates it stream-ordered on `stream` and frees it after the launch.
+//
+// Precision of g in the backward (where kiln differs from linghe, which rounds g to TF32, 11 significant bits):
+//  * standard (default, the fastest measured): dx from bf16(g) — 8 significant bits of g, the precision dx is stored
+//    in — and dw from g = bf16(g) + bf16(g − bf16(g)), both multiplied (relative residual ≤ 2⁻¹⁷): fp32-grade dw.
+//  * tf32 (linghe's class, for both): one fp16 tensor-core pass with power-of-two scales. dx: each g row scaled by
+//    2^−s_t (its amax → [2¹⁴, 2¹⁵)), each w column by 2^−c_k (a small prep kernel writes w16 and 2^c_k into the
+//    workspace); dw: running per-expert scales of g and a per-chunk scale of x (x converted to fp16 in shared memory),
+//    the accumulator rescaled by exact powers of two when a running maximum grows. g keeps 11 significant bits
+//    (relative error ≤ 2⁻¹¹, TF32's) for every value ≥ 2⁻²⁸ of its row's (dw: its expert's running) max; x and w are
+//    exact above the same threshold (bf16 fits fp16's 11 bits). Products exact, fp32 accumulation. Slower than
+//    standard today (H100, 8192 × 2048 → 256: 80.7 µs against ≈ 60; bench/NOTES.md).
+//  * high: hi + lo for both products (fp32-grade dx and dw; 71.1 µs).
+// The sm_80 (mma.sync) and older sm_90a kernels always use hi + lo.
+enum class RouterGemmPrecision : int { tf32 = 0, high = 1, standard = 4 };
+struct RouterGemmBwdOptions {
+  RouterGemmPrecision precision = RouterGemmPrecision::standard;
+};
+void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
+                          const TensorRef& dw, const TensorRef& workspace, const RouterGemmBwdOptions& options,
+                          Stream stream);
 void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,
                           const TensorRef& dw, const TensorRef& workspace, Stream stream);
+// Elements of the optional workspace for these options (dw's T-range partials and, for tf32 with dx, w16 + 2^c_k).
+int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E,
+                                             const RouterGemmBwdOptions& options);
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E);
 
 }  // namespace kiln
