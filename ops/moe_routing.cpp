@@ -20,10 +20,13 @@ using namespace detail;
 
 enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6 };
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
-// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), where the −1 fill
-// of row_id_map happens (0: route, with its other stores; 1: route_map, whole rows) and how a pick finds the maximum
-// (0: redux.sync, 1: xor-shuffle butterfly). topk_bwd: warps per CTA.
-enum { C_WARPS, C_TPW, C_FILL, C_PICK };
+// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
+// written (0: route fills row_id_map with −1 beside its other stores, route_map writes the routed entries; 1:
+// route_map writes whole rows; 2: route fills and, after a grid-wide arrival, writes the routed entries itself — no
+// route_map launch, used where the whole grid is resident at once, else mode 0), and the tokens a warp routes at once
+// (1, or 2 interleaved). topk_bwd: warps per CTA.
+enum { C_WARPS, C_TPW, C_FILL, C_NT };
+enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2 };
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -41,10 +44,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
-                         p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
-                         p[P_MAP] != 0, s.config[C_FILL] != 0, lane_experts(p[P_E], p[P_GROUPS]), s.config[C_WARPS],
-                         s.config[C_PICK] != 0);
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+                         p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
+                         p[P_MAP] != 0, s.config[C_FILL] == kFillInMap, lane_experts(p[P_E], p[P_GROUPS]),
+                         s.config[C_WARPS], std::max<int64_t>(1, s.config[C_NT]),
+                         p[P_MAP] != 0 && s.config[C_FILL] == kFused);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -58,15 +62,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-// route: cnt [W][E], scores [W][32·EL], picks [W][K] × 2, records [W·tpw][K] (map).
-int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw) {
-  return 4 * (W * E + W * 32 * lane_experts(E, G) + 2 * W * K + (map ? W * tpw * K : 0));
+// route: cnt [W][E], scores [W][NT][32·EL], picks [W][NT][K] × 2, records [W·tpw][K] (map).
+int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw, int64_t nt) {
+  return 4 * (W * E + W * nt * 32 * lane_experts(E, G) + 2 * W * nt * K + (map ? W * tpw * K : 0));
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
-                                     s.config[C_WARPS], s.config[C_TPW]));
+                                     s.config[C_WARPS], s.config[C_TPW], std::max<int64_t>(1, s.config[C_NT])));
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -93,7 +97,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "pick"},
+                   {"warps", "tokens_per_warp", "fill", "nt"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -127,7 +131,8 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.params[P_MAP] = map;
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
-  s.config[C_FILL] = 0;
+  s.config[C_FILL] = kFillInRoute;
+  s.config[C_NT] = 1;
   return s;
 }
 
@@ -152,9 +157,8 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × the −1 fill in route or
-// in route_map (the same kernel without the map: fill 0 only) × redux or shuffles for the picks, within 160 KB of
-// shared memory.
+// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
+// written (fill 0, 1 or 2; without the map 0 only) × one or two tokens at once, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -162,15 +166,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    for (int pick : {0, 1})
-      for (int fill : {0, 1}) {
-        if (fill && !map) continue;
+    for (int nt : {1, 2})
+      for (int fill : {kFillInRoute, kFillInMap, kFused}) {
+        if (fill != kFillInRoute && !map) continue;
         for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-          if (std::pair{w, tpw} != route_shape(map) && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+          const bool dflt = std::pair{w, tpw} == route_shape(map) && nt == 1 && fill == kFillInRoute;
+          if (!dflt && route_smem(E, G, K, map, w, tpw, nt) > 160 * 1024) continue;
           s.config[C_WARPS] = w;
           s.config[C_TPW] = tpw;
           s.config[C_FILL] = fill;
-          s.config[C_PICK] = pick;
+          s.config[C_NT] = nt;
           out.push_back(s);
         }
       }
@@ -357,11 +362,18 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   int* counts = static_cast<int*>(tokens_per_expert.data);
-  const Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
-                                      std::max<int64_t>(T, 1));
+  Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
+                                std::max<int64_t>(T, 1));
   const int64_t W = s.config[C_WARPS], tpw = s.config[C_TPW], CT = W * tpw;
-  const bool fill_in_map = map && s.config[C_FILL] != 0;
   const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
+  // The fused map waits for every CTA of the grid: only where all NC CTAs are resident at once (else fill mode 0,
+  // the same kernel with route_map after it).
+  if (map && s.config[C_FILL] == kFused && T > 0 &&
+      NC > static_cast<int64_t>(impl.device().sm_count) *
+               impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
+    s.config[C_FILL] = kFillInRoute;
+  const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
+  const bool fused = map && s.config[C_FILL] == kFused && T > 0;
   if (!map && T == 0) {
     check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
                                     reinterpret_cast<CUstream>(stream)),
@@ -372,9 +384,24 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       workspace.defined() || !map ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
   int* chunk_counts = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
   int* super = map ? chunk_counts + NC * E : nullptr;
+  // Records (unfused) or the grid arrival counter (fused) after the superblock rows.
   unsigned* records = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
+  MoeChunkMap cm{};
+  if (map) {
+    cm.chunk_counts = chunk_counts;
+    cm.super = super;
+    cm.counts = counts;
+    cm.row_id_map = static_cast<int*>(map->row_id_map.data);
+    cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+    cm.padded_counts = static_cast<int*>(map->padded_counts.data);
+    cm.offsets = static_cast<int*>(map->offsets.data);
+    cm.nchunks = static_cast<int>(NC);
+    cm.super_chunks = static_cast<int>(SC);
+    cm.multiple_of = multiple_of;
+    cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+  }
   if (T > 0) {
-    const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E : E)};
+    const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + (fused ? 1 : 0) : E)};
     LaunchDims dz;
     dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
     dz.block[0] = 256;
@@ -392,7 +419,9 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    static_cast<int>(T),
                    static_cast<int>(tpw),
                    static_cast<int>(SC),
-                   opts.scaling_factor};
+                   opts.scaling_factor,
+                   cm,
+                   fused ? records : nullptr};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);
@@ -400,22 +429,12 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     d.pdl = true;  // after route_zero (kiln's own); waits for it before its atomics
     impl.launch(s, d, stream, a);
   }
-  if (map) {
+  if (map && !fused) {
     MoeRouteMapArgs ma{};
     ma.records = records;
-    ma.chunk_counts = chunk_counts;
-    ma.super = super;
-    ma.counts = counts;
-    ma.row_id_map = static_cast<int*>(map->row_id_map.data);
-    ma.row_id_indices = static_cast<int*>(map->row_id_indices.data);
-    ma.padded_counts = static_cast<int*>(map->padded_counts.data);
-    ma.offsets = static_cast<int*>(map->offsets.data);
+    ma.map = cm;
     ma.T = static_cast<int>(T);
-    ma.nchunks = static_cast<int>(NC);
     ma.chunk_tokens = static_cast<int>(CT);
-    ma.super_chunks = static_cast<int>(SC);
-    ma.multiple_of = multiple_of;
-    ma.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
     LaunchDims dm;
     dm.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, NC));
     dm.block[0] = 256;
