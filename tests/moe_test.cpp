@@ -52,6 +52,43 @@ TEST(MoeReference, KilnExpIsAccurate) {
   EXPECT_GT(ref::kiln_exp(-103.0f), 0.0f);  // subnormal, not flushed
 }
 
+// The route kernel's short form of 1 + kiln_exp(x) for x < 87 (moe_routing.cuh kiln_one_plus_exp_lt87: clamp at −20,
+// rint by the 1.5·2^23 sum, 2^n applied as an integer add of the sum's bits << 23), replayed with the same fp32
+// operations, equals 1 + kiln_exp(x) bit for bit wherever the kernel uses it (x < 87, NaN).
+float one_plus_exp_lt87(float x) {
+  x = std::fmax(x, -20.0f);
+  const volatile float prod = x * 1.44269504f;  // no contraction into an fma: the kernel rounds the product first
+  const float big = prod + 12582912.0f;
+  const float n = big - 12582912.0f;
+  float r = std::fma(n, -0.693145751953125f, x);
+  r = std::fma(n, -1.42860677e-06f, r);
+  float p = 1.98412701e-04f;
+  for (float c : {1.38888892e-03f, 8.33333377e-03f, 4.16666679e-02f, 1.66666672e-01f, 0.5f, 1.0f, 1.0f})
+    p = std::fma(p, r, c);
+  const uint32_t e = std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(big) << 23);
+  return 1.0f + std::bit_cast<float>(e);
+}
+
+TEST(MoeReference, ShortSigmoidDenominatorIsExact) {
+  int64_t n = 0;
+  auto check = [&](float x) {
+    const float want = 1.0f + ref::kiln_exp(x), got = one_plus_exp_lt87(x);
+    ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << "x = " << x;
+    ++n;
+  };
+  for (float x = -130.0f; x < 87.0f; x += 0.00731f) check(x);
+  // Every float near the clamp, the rounding boundaries of n and the top of the range.
+  for (float c : {-20.0f, -17.0f, -16.5f, 0.0f, 0.3465736f, 86.9f}) {
+    float x = c;
+    for (int i = 0; i < 4096; ++i) x = std::nextafter(x, 100.0f);
+    for (int i = 0; i < 8192 && x < 87.0f; ++i, x = std::nextafter(x, -100.0f)) check(x);
+  }
+  check(std::nextafter(87.0f, 0.0f));
+  check(-std::numeric_limits<float>::infinity());
+  check(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_GT(n, 60000);
+}
+
 // Plain top-k picks the k largest logits (sorted, ties to the lower index) and softmax probs sum to the kept mass.
 TEST(MoeReference, TopkSoftmaxPicksTheLargestLogits) {
   const int64_t T = 64, E = 160;

@@ -48,6 +48,27 @@ __device__ __forceinline__ float kiln_exp(float x) {
   return __fmul_rn(__fmul_rn(p, __int_as_float((n1 + 127) << 23)), __int_as_float((n2 + 127) << 23));
 }
 
+// 1 + kiln_exp(x), bit for bit, for x < 87 (or NaN), in 7 instructions fewer: below −20 both give exactly 1 (kiln_exp
+// < 2^−25 there, as at its own clamp −104 and for NaN), so x is clamped at −20 only; then n ∈ [−29, 126] and p·2^n is a
+// normal float, so kiln_exp's two exact power-of-two multiplies equal one integer add into p's exponent field. big's
+// bits are 0x4b400000 + n and 0x4b400000 << 23 ≡ 0 (mod 2^32), so the add is (big's bits << 23): one LEA.
+__device__ __forceinline__ float kiln_one_plus_exp_lt87(float x) {
+  x = fmaxf(x, -20.0f);
+  const float big = __fadd_rn(__fmul_rn(x, 1.44269504f), 12582912.0f);
+  const float n = __fsub_rn(big, 12582912.0f);
+  float r = __fmaf_rn(n, -0.693145751953125f, x);
+  r = __fmaf_rn(n, -1.42860677e-06f, r);
+  float p = 1.98412701e-04f;
+  p = __fmaf_rn(p, r, 1.38888892e-03f);
+  p = __fmaf_rn(p, r, 8.33333377e-03f);
+  p = __fmaf_rn(p, r, 4.16666679e-02f);
+  p = __fmaf_rn(p, r, 1.66666672e-01f);
+  p = __fmaf_rn(p, r, 0.5f);
+  p = __fmaf_rn(p, r, 1.0f);
+  p = __fmaf_rn(p, r, 1.0f);
+  return __fadd_rn(1.0f, __int_as_float(__float_as_int(p) + (__float_as_int(big) << 23)));
+}
+
 // 1/(1 + e^−z): __frcp_rn is the correctly rounded reciprocal, the same value as an IEEE 1.0f / x.
 __device__ __forceinline__ float kiln_sigmoid(float z) { return __frcp_rn(__fadd_rn(1.0f, kiln_exp(-z))); }
 
@@ -599,14 +620,16 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     float s[NT][EL];
     if constexpr (SIGMOID) {
       // σ = 1/(1 + e^−z) correctly rounded: MUFU.RCP and one Newton step are exact while 1 + e^−z < 2^126, i.e. for
-      // z > −87 (or NaN: kiln_exp treats it as −104); one check per lane instead of one per score.
+      // z > −87 (or NaN: kiln_exp treats it as −104), where 1 + e^−z also takes the short form
+      // (kiln_one_plus_exp_lt87); one check per lane instead of one per score, the rare lane with a z ≤ −87 recomputes
+      // its scores in full.
       float zmin = __int_as_float(0x7f800000), d[NT][EL];
 #pragma unroll
       for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int c = 0; c < EL; ++c) {
           zmin = valid(c) ? fminf(zmin, z[j][c]) : zmin;
-          d[j][c] = __fadd_rn(1.0f, kiln_exp(-z[j][c]));
+          d[j][c] = kiln_one_plus_exp_lt87(-z[j][c]);
         }
       if (!(zmin <= -87.0f)) {
 #pragma unroll
@@ -621,7 +644,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll
         for (int j = 0; j < NT; ++j)
 #pragma unroll
-          for (int c = 0; c < EL; ++c) s[j][c] = valid(c) ? __frcp_rn(d[j][c]) : 0.0f;
+          for (int c = 0; c < EL; ++c) s[j][c] = valid(c) ? kiln_sigmoid(z[j][c]) : 0.0f;
       }
     } else {
       float m[NT], sum[NT];
@@ -722,19 +745,37 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
           float sc = __fadd_rn(ordered_float(a1[j]), ordered_float(a2[j]));
           sc = sc != sc ? neg_inf : sc;
           gsc[j] = ordered_bits(sc);
-          mine[j] = __shfl_sync(ALL, gsc[j], gi * SPAN);
+          if constexpr (G > 8) mine[j] = __shfl_sync(ALL, gsc[j], gi * SPAN);
         }
         // Kept iff fewer than TG groups rank above (score desc, group asc): the same groups as TG rounds of argmax.
         int rank[NT];
-#pragma unroll
-        for (int j = 0; j < NT; ++j) rank[j] = 0;
-#pragma unroll
-        for (int g = 0; g < G; ++g)
+        if constexpr (G <= 8) {
+          // Ranks from ballots: lane l judges "group h = l % 8 ranks above group l / 8" and "… above l / 8 + 4"; a
+          // group's rank is the popcount of its 8 bits in its half's ballot (3 shuffles and 2 ballots, not G shuffles).
+          const int h = lane & 7, g1 = lane >> 3, g2 = g1 + 4;
 #pragma unroll
           for (int j = 0; j < NT; ++j) {
-            const u32 og = __shfl_sync(ALL, gsc[j], g * SPAN);
-            rank[j] += (og > mine[j] || (og == mine[j] && g < gi)) ? 1 : 0;
+            const u32 sh = __shfl_sync(ALL, gsc[j], min(h, G - 1) * SPAN);
+            const u32 s1 = __shfl_sync(ALL, gsc[j], min(g1, G - 1) * SPAN);
+            const u32 v1 = __ballot_sync(ALL, h < G && g1 < G && (sh > s1 || (sh == s1 && h < g1)));
+            u32 v2 = 0u;
+            if constexpr (G > 4) {
+              const u32 s2 = __shfl_sync(ALL, gsc[j], min(g2, G - 1) * SPAN);
+              v2 = __ballot_sync(ALL, h < G && g2 < G && (sh > s2 || (sh == s2 && h < g2)));
+            }
+            rank[j] = __popc(((gi < 4 ? v1 : v2) >> (8 * (gi & 3))) & 0xffu);
           }
+        } else {
+#pragma unroll
+          for (int j = 0; j < NT; ++j) rank[j] = 0;
+#pragma unroll
+          for (int g = 0; g < G; ++g)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+              const u32 og = __shfl_sync(ALL, gsc[j], g * SPAN);
+              rank[j] += (og > mine[j] || (og == mine[j] && g < gi)) ? 1 : 0;
+            }
+        }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
           kept[j] = rank[j] < TG;
