@@ -62,15 +62,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-// route: cnt [W][E], scores [W][NT][32·EL], picks [W][NT][K] × 2, records [W·tpw][K] (map).
-int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw, int64_t nt) {
-  return 4 * (W * E + W * nt * 32 * lane_experts(E, G) + 2 * W * nt * K + (map ? W * tpw * K : 0));
+// route: cnt [W][E], scores [W][tpw][32·EL], picks [W][tpw][K] × 2, records [W·tpw][K] (map).
+int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw) {
+  return 4 * (W * E + W * tpw * 32 * lane_experts(E, G) + 2 * W * tpw * K + (map ? W * tpw * K : 0));
 }
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
-                                     s.config[C_WARPS], s.config[C_TPW], std::max<int64_t>(1, s.config[C_NT])));
+                                     s.config[C_WARPS], s.config[C_TPW]));
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out);
@@ -171,7 +171,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         if (fill != kFillInRoute && !map) continue;
         for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
           const bool dflt = std::pair{w, tpw} == route_shape(map) && nt == 1 && fill == kFillInRoute;
-          if (!dflt && route_smem(E, G, K, map, w, tpw, nt) > 160 * 1024) continue;
+          // (tpw is even: two tokens at once never leave a stale slot past the warp's last)
+          if (!dflt && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
           s.config[C_WARPS] = w;
           s.config[C_TPW] = tpw;
           s.config[C_FILL] = fill;

@@ -529,8 +529,8 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 }
 
 // Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the tokens'
-// scores [W][NT][32·EL], picks [W][NT][K] (expert int, score float), and with the map the chunk's records
-// [W·tokens_per_warp][K] u32.
+// scores [W][tokens_per_warp][32·EL], picks [W][tokens_per_warp][K] (expert int, score float), and with the map the
+// chunk's records [W·tokens_per_warp][K] u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
 // NT: tokens a warp routes at once (1, or 2 interleaved: two independent instruction streams for the scheduler).
@@ -554,11 +554,13 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   using Mask = typename MoeLaneMask<(EL <= 32)>::type;
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tpw = a.tpw;  // a multiple of NT (ops/moe_routing.cpp)
   int* cnt = moe_smem + warp * E;
-  float* srow = reinterpret_cast<float*>(moe_smem + W * E) + warp * NT * 32 * EL;
-  int* pe = moe_smem + W * E + W * NT * 32 * EL + warp * NT * K;
-  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * NT * 32 * EL + W * NT * K) + warp * NT * K;
-  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + W * NT * 32 * EL + 2 * W * NT * K);
+  // Per warp and token slot (tpw slots): the scores, the picks' experts and their scores.
+  float* srow = reinterpret_cast<float*>(moe_smem + W * E) + warp * tpw * 32 * EL;
+  int* pe = moe_smem + W * E + W * tpw * 32 * EL + warp * tpw * K;
+  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * tpw * 32 * EL + W * tpw * K) + warp * tpw * K;
+  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + W * tpw * 32 * EL + 2 * W * tpw * K);
   pdl_launch_dependents();  // moe_route_map (map) waits for this grid before it reads anything
   for (int e = lane; e < E; e += 32) cnt[e] = 0;
   __syncwarp();
@@ -582,7 +584,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
   }
 
-  const int tpw = a.tpw;
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
   const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
   // NT tokens at once (interleaved: independent instruction streams for the scheduler), the next NT prefetched.
@@ -602,7 +603,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   const u32 below_me = (1u << lane) - 1u;
 #pragma unroll 1
   for (int t = tb; t < te; t += NT) {
-    // tv[j]: token t + j exists (warp-uniform); a missing one is routed from −inf logits and never stored.
+    // tv[j]: token t + j exists (warp-uniform); a missing one (the last of an odd count) is routed from stale logits
+    // into slot t + j − tb < tpw (tpw is even when NT = 2) and never stored.
+    float* st = srow + (t - tb) * 32 * EL;
+    int* pt = pe + (t - tb) * K;
     bool tv[NT];
     float z[NT][EL];
 #pragma unroll
@@ -684,7 +688,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     for (int j = 0; j < NT; ++j) {
 #pragma unroll
       for (int c = 0; c < NCH; ++c)
-        *reinterpret_cast<Vec16*>(srow + j * 32 * EL + e0 + 4 * c) =
+        *reinterpret_cast<Vec16*>(st + j * 32 * EL + e0 + 4 * c) =
             Vec16{{__float_as_uint(s[j][4 * c]), __float_as_uint(s[j][4 * c + 1]), __float_as_uint(s[j][4 * c + 2]),
                    __float_as_uint(s[j][4 * c + 3])}};
 #pragma unroll
@@ -843,7 +847,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll
       for (int j = 0; j < NT; ++j)
         if (h0[j] == m[j] && (tops[j] & below_me) == 0u) {
-          pe[j * K + r] = e0 + i0[j];
+          pt[j * K + r] = e0 + i0[j];
           lk[j] = h0[j];
           lc[j] = i0[j];
           taken[j] |= Mask(1) << i0[j];
@@ -869,22 +873,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll 1
       for (int r = 0; r < K; ++r) pick(r);
     }
-    __syncwarp();
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-      for (int r = lane; r < K; r += 32) ps[j * K + r] = srow[j * 32 * EL + pe[j * K + r]];
-    __syncwarp();
-    // Renormalization denominator in pick order (the CPU reference's order).
-    float dn[NT];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      float denom = 0.0f;
-#pragma unroll 8
-      for (int r = 0; r < K; ++r) denom = __fadd_rn(denom, ps[j * K + r]);
-      dn[j] = __fadd_rn(denom, 1e-20f);
-    }
-
-    // Zeros, the map bytes (and −1 map rows) over the lane's experts, then one store per pick by lane r.
+    // Zeros, the map bytes (and −1 map rows) over the lane's experts; the picks' stores follow for all the warp's
+    // tokens at once.
     const Vec16 zero{{0u, 0u, 0u, 0u}}, m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
 #pragma unroll
     for (int j = 0; j < NT; ++j)
@@ -899,20 +889,36 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
             if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
           }
       }
-    __syncwarp();  // the zeros before the picks' stores (other lanes, same addresses)
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      if (tv[j])
-        for (int r = lane; r < K; r += 32) {
-          const int e = pe[j * K + r];
-          const float sv = ps[j * K + r];
-          a.probs[static_cast<i64>(t + j) * E + e] = __fmul_rn(RENORM ? __fdiv_rn(sv, dn[j]) : sv, a.scale);
-          const int rk = cnt[e];  // the pick's rank among this warp's tokens routed to e (tokens in order)
-          cnt[e] = rk + 1;
-          if constexpr (MAP) rec[(t + j - tc0) * K + r] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
-        }
-      __syncwarp();  // token t + j's counts before token t + j + 1's; picks read before the next tokens write them
+  }
+
+  // The picks of all the warp's tokens at once (lane i: pick i % K of token slot i / K, 32 per round): the score,
+  // the renormalization denominator in pick order (the CPU reference's order), the prob over the zeros stored above,
+  // the rank among the warp's tokens routed to the same expert (earlier tokens = lower lanes of its match set, plus
+  // the earlier rounds' counts) and the record.
+  __syncwarp();
+  const int nk = max(0, te - tb) * K;
+  for (int i = lane; i < nk; i += 32) ps[i] = srow[(i / K) * 32 * EL + pe[i]];
+  __syncwarp();
+#pragma unroll 1
+  for (int b = 0; b < nk; b += 32) {
+    const int i = b + lane;
+    const bool v = i < nk;
+    const int tl = v ? i / K : 0;
+    const int e = v ? pe[i] : 0;
+    float den = 0.0f;
+#pragma unroll 8
+    for (int r = 0; r < K; ++r) den = __fadd_rn(den, ps[tl * K + r]);
+    const float d = __fadd_rn(den, 1e-20f);
+    const u32 same = __match_any_sync(ALL, v ? e : E + lane);
+    const int rk = cnt[e] + __popc(same & below_me);
+    __syncwarp();  // every lane has read the counts before the last lane of each set updates them
+    if (v) {
+      if ((same >> lane) == 1u) cnt[e] = rk + 1;
+      const float sv = ps[i];
+      a.probs[static_cast<i64>(tb + tl) * E + e] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+      if constexpr (MAP) rec[(tb - tc0) * K + i] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
     }
+    __syncwarp();
   }
 
   __syncthreads();
@@ -962,7 +968,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
     int* base = reinterpret_cast<int*>(moe_smem + W * E);
-    moe_chunk_bases<E, W * 32, 32>(a.map, blockIdx.x, base, moe_smem + W * E + W * NT * 32 * EL);
+    moe_chunk_bases<E, W * 32, 32>(a.map, blockIdx.x, base, moe_smem + W * E + W * tpw * 32 * EL);
     const int nt = min(W * tpw, a.T - tc0);
     for (int i = threadIdx.x; i < nt * K; i += W * 32) {
       const u32 v = rec[i];
