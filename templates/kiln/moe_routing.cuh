@@ -512,8 +512,7 @@ __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, 
 // Selection in moe_route: each lane keeps its two best live (key, expert, score) in (key desc, expert asc) order; a
 // pick is the warp's maximum key over the lanes' heads (redux.sync), the lowest lane holding it (one ballot: lanes own
 // ascending expert ranges, a head is its lane's lowest expert among equal keys) wins and pops its head. A lane whose
-// list runs dry while it has live experts left refills it from its experts below its last pick (a warp-uniform, rare
-// branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
+// list runs dry refills it from its live experts below its last pick (a rare branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
 
 __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a) {
   pdl_launch_dependents();  // moe_route starts at once; it waits for this kernel before its first atomic
@@ -566,7 +565,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   __syncwarp();
 
   const int e0 = lane * EL;
-  const int nvalid = FULLW ? EL : max(0, min(EL, E - e0));
   const float neg_inf = -__int_as_float(0x7f800000);
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
   float bv[BIAS ? EL : 1];
@@ -606,7 +604,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // tv[j]: token t + j exists (warp-uniform); a missing one (the last of an odd count) is routed from stale logits
     // into slot t + j − tb < tpw (tpw is even when NT = 2) and never stored.
     float* st = srow + (t - tb) * 32 * EL;
-    int* pt = pe + (t - tb) * K;
+    // The slot's picks as a shared-memory address through a shuffle: the compiler keeps it in a register instead of
+    // recomputing it in every pick's winner branch.
+    const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pe + (t - tb) * K)), 0);
     bool tv[NT];
     float z[NT][EL];
 #pragma unroll
@@ -709,7 +709,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       i0[j] = gt0 ? c : i0[j];
     };
     Mask live[NT];  // !UNIFORM: the lane's experts in kept groups
-    int left[NT];   // live experts of this lane not picked yet
 #pragma unroll
     for (int j = 0; j < NT; ++j) {
       h0[j] = h1[j] = 0u;
@@ -721,9 +720,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       for (int c = 0; c < EL; ++c)
 #pragma unroll
         for (int j = 0; j < NT; ++j) insert(j, ok[j][c], c);
-      bool kept[NT];
-#pragma unroll
-      for (int j = 0; j < NT; ++j) kept[j] = true;
       if constexpr (G > 1) {
         // The group's two largest keys (ordered, so ±0 and ties are order-independent): merged down to the group's
         // first lane over its SPAN lanes, then summed as floats.
@@ -782,12 +778,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         }
 #pragma unroll
         for (int j = 0; j < NT; ++j) {
-          kept[j] = rank[j] < TG;
-          if (!kept[j]) h0[j] = h1[j] = 0u;
+          if (rank[j] >= TG) h0[j] = h1[j] = 0u;  // a dropped group: its lanes never win
         }
       }
-#pragma unroll
-      for (int j = 0; j < NT; ++j) left[j] = kept[j] ? nvalid : 0;
     } else {
       // NGL whole groups per lane.
       u32 gsc[NT][NGL];
@@ -823,8 +816,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
           if (rank[j][c / GS] < TG && ok[j][c] != 0u) live[j] |= Mask(1) << c;
 #pragma unroll
         for (int c = 0; c < EL; ++c) insert(j, (live[j] >> c & 1u) ? ok[j][c] : 0u, c);
-        left[j] = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live[j]))
-                                    : __popcll(static_cast<unsigned long long>(live[j]));
       }
     }
 
@@ -847,16 +838,16 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll
       for (int j = 0; j < NT; ++j)
         if (h0[j] == m[j] && (tops[j] & below_me) == 0u) {
-          pt[j * K + r] = e0 + i0[j];
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(pt + 4u * (j * K + r)), "r"(e0 + i0[j]) : "memory");
           lk[j] = h0[j];
           lc[j] = i0[j];
           taken[j] |= Mask(1) << i0[j];
-          --left[j];
           h0[j] = h1[j];
           i0[j] = i1[j];
           h1[j] = 0u;
-          if (r + 1 < K && h0[j] == 0u && left[j] > 0) {
-            // The list ran dry (this lane won its third pick … ): refill it from the live experts below the last pick.
+          if (r + 1 < K && h0[j] == 0u) {
+            // The list ran dry (this lane won its third pick …): refill it from the live experts below the last pick
+            // (all its picks lie above: a lane's picks come in its own descending order); none may be left.
 #pragma unroll
             for (int c = 0; c < EL; ++c) {
               const u32 k = UNIFORM ? ok[j][c] : ((live[j] >> c & 1u) ? ok[j][c] : 0u);
