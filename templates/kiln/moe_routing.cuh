@@ -979,6 +979,8 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   const int c = blockIdx.x;
   const int t0 = c * a.chunk_tokens;
   const int nt = min(a.chunk_tokens, a.T - t0);
+  // The first record of each thread is loaded with the count rows (one memory latency for both).
+  const u32 v0 = !FILL && static_cast<int>(threadIdx.x) < nt * K ? a.records[static_cast<i64>(t0) * K + threadIdx.x] : 0u;
   moe_chunk_bases<E, 256, 32>(a.map, c, base, warp_tot);
 
   auto put = [&](i64 t, u32 v) {
@@ -998,7 +1000,8 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
       for (int r = lane + 32; r < K; r += 32) put(t, a.records[t * K + r]);
     }
   } else {
-    for (int i = threadIdx.x; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
+    if (static_cast<int>(threadIdx.x) < nt * K) put(t0 + threadIdx.x / K, v0);
+    for (int i = threadIdx.x + 256; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
   }
 }
 
