@@ -21,12 +21,15 @@ using namespace detail;
 enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6 };
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
-// written (0: route fills row_id_map with −1 beside its other stores, route_map writes the routed entries; 1:
-// route_map writes whole rows; 2: route fills and, after a grid-wide arrival, writes the routed entries itself — no
-// route_map launch, used where the whole grid is resident at once, else mode 0), and the tokens a warp routes at once
-// (1, or 2 interleaved). topk_bwd: warps per CTA.
+// written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
+// 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
+// itself, with the −1 fill per token (2) or of the warp's rows after its tokens, before the arrival (3); used where the
+// whole grid is resident at once, else 0 or 1), and the tokens a warp routes at once (1, or 2 interleaved: measured
+// slower everywhere in session 5 round 1, not in the search space). topk_bwd: warps per CTA.
 enum { C_WARPS, C_TPW, C_FILL, C_NT };
-enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2 };
+enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3 };
+bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter; }
+bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter; }
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -46,9 +49,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kRoute:
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
-                         p[P_MAP] != 0, s.config[C_FILL] == kFillInMap, lane_experts(p[P_E], p[P_GROUPS]),
+                         p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
                          s.config[C_WARPS], std::max<int64_t>(1, s.config[C_NT]),
-                         p[P_MAP] != 0 && s.config[C_FILL] == kFused);
+                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]));
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -158,7 +161,7 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0, 1 or 2; without the map 0 only) × one or two tokens at once, within 160 KB of shared memory.
+// written (fill 0 … 3; without the map 0 only), one token at a time, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -166,12 +169,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    for (int nt : {1, 2})
-      for (int fill : {kFillInRoute, kFillInMap, kFused}) {
+    for (int nt : {1})
+      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
         if (fill != kFillInRoute && !map) continue;
         for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
           const bool dflt = std::pair{w, tpw} == route_shape(map) && nt == 1 && fill == kFillInRoute;
-          // (tpw is even: two tokens at once never leave a stale slot past the warp's last)
           if (!dflt && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
           s.config[C_WARPS] = w;
           s.config[C_TPW] = tpw;
@@ -369,12 +371,12 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
   // The fused map waits for every CTA of the grid: only where all NC CTAs are resident at once (else fill mode 0,
   // the same kernel with route_map after it).
-  if (map && s.config[C_FILL] == kFused && T > 0 &&
+  if (map && fused_fill(s.config[C_FILL]) && T > 0 &&
       NC > static_cast<int64_t>(impl.device().sm_count) *
                impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
-    s.config[C_FILL] = kFillInRoute;
+    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;
   const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
-  const bool fused = map && s.config[C_FILL] == kFused && T > 0;
+  const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
   if (!map && T == 0) {
     check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
                                     reinterpret_cast<CUstream>(stream)),

@@ -262,21 +262,22 @@ TEST(MoeCompile, NonPresetVariants) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // route's search space: tokens at once (1, 2) × how the map is written (fill 0, 1, 2 = fused) × (warps, tokens per
-  // warp), the default first; the fused map with two tokens at once compiles. Without the map: fill 0 only.
+  // route's search space: how the map is written (fill 0, 1, 2 / 3 = fused, −1 fill per token / after the warp's
+  // tokens) × (warps, tokens per warp), the default first; the fused map with the late fill compiles. Without the
+  // map: fill 0 only.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 18u);
+  ASSERT_EQ(space.size(), 12u);
   EXPECT_EQ(space[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[3], 1);
-  EXPECT_EQ(space[17].config[0], 16);
-  EXPECT_EQ(space[17].config[1], 4);
-  EXPECT_EQ(space[17].config[2], 2);
-  EXPECT_EQ(space[17].config[3], 2);
-  EXPECT_GT(detail::ensure_cubin(space[17], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(space[11].config[0], 16);
+  EXPECT_EQ(space[11].config[1], 4);
+  EXPECT_EQ(space[11].config[2], 3);
+  EXPECT_EQ(space[11].config[3], 1);
+  EXPECT_GT(detail::ensure_cubin(space[11], nullptr, false, counters).cubin.size(), 1000u);
   space.clear();
   fam->search_space(specs[5], space);
-  EXPECT_EQ(space.size(), 6u);
+  EXPECT_EQ(space.size(), 3u);
   // Without the map the default shape is 16 warps of 2 tokens (with it 8 of 4), a point of the space.
   EXPECT_EQ(specs[5].config[0], 16);
   EXPECT_EQ(specs[5].config[1], 2);

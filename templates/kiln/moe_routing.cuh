@@ -421,39 +421,44 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 
 // The expert bases of chunk c (a CTA of NTH threads; E ≤ kMoeTopkMaxExperts): counts = Σ superblock rows, offsets
 // off_e = exclusive scan of roundup(count_e, P) over experts, base[e] = off_e + the tokens of the chunks before c
-// routed to e (the superblock rows before c's superblock, then the chunk rows of c's superblock before c; all ≤
-// nsuper + super_chunks − 1 rows loaded in batches of B, one memory latency each). Chunk 0 writes counts, padded
+// routed to e (the superblock rows before c's superblock, then the chunk rows of c's superblock before c: ≤ 16 of
+// each at T = 8192, loaded together, one memory latency). Chunk 0 writes counts, padded
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-template <int E, int NTH, int B>
+template <int E, int NTH>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
+  constexpr int B = 16;
   const int P = m.multiple_of;
   const int sb = c / m.super_chunks;
   const int nsuper = (m.nchunks + m.super_chunks - 1) / m.super_chunks;
-  const int nrows = nsuper + (c - sb * m.super_chunks);  // superblock rows, then chunk rows sb·SC … c − 1
+  const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
   int tot[EPT], pre[EPT];
 #pragma unroll
-  for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
+  for (int k = 0; k < EPT; ++k) {
+    tot[k] = pre[k] = 0;
+    const int e = threadIdx.x * EPT + k;
+    if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
+    // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
+    // constant offset from the batch's pointer.
+    const int* sp = m.super + e;
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
 #pragma unroll 1
-  for (int rb = 0; rb < nrows; rb += B) {
-#pragma unroll
-    for (int k = 0; k < EPT; ++k) {
-      const int e = threadIdx.x * EPT + k;
-      int v[B];
+    for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
+      const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
+      const int* sq = sp + static_cast<i64>(rb) * E;
+      const int* cq = cp + static_cast<i64>(rb) * E;
+      int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        const int r = rb + j;
-        const int* src = r < nsuper ? m.super + static_cast<i64>(r) * E
-                                    : m.chunk_counts + static_cast<i64>(sb * m.super_chunks + r - nsuper) * E;
-        v[j] = (r < nrows && e < E) ? __ldcg(src + e) : 0;
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        const int r = rb + j;
-        if (r < nsuper) tot[k] += v[j];
-        pre[k] += (r < sb || r >= nsuper) ? v[j] : 0;
+        tot[k] += vs[j];
+        pre[k] += (j < nb ? vs[j] : 0) + vc[j];
       }
     }
   }
@@ -533,7 +538,7 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
 // NT: tokens a warp routes at once (1, or 2 interleaved: two independent instruction streams for the scheduler).
-// FUSE (map, fill in route): the map is written by this launch — after its counts every CTA arrives at a grid-wide
+// FUSE (map): the map is written by this launch — after its counts every CTA arrives at a grid-wide
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
 // chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
@@ -911,6 +916,13 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
     __syncwarp();
   }
+  if constexpr (MAP && FUSE && FILL) {
+    // The −1 rows of the warp's tokens (contiguous), stored while other CTAs still route; the routed entries are
+    // written over them after the grid-wide arrival (ordered by the barriers in between).
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    int* rr = a.row_id_map + static_cast<i64>(tb) * E;
+    for (int q = lane; q < max(0, te - tb) * (E / 4); q += 32) store16(rr + 4 * q, m1);
+  }
 
   __syncthreads();
   pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
@@ -939,7 +951,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
   }
   if constexpr (MAP && FUSE) {
-    static_assert(!FILL, "the fused map keeps the −1 fill in the routing loop");
     // Grid-wide arrival (cooperative-groups style: the CTA's count stores and atomics, a device-scope fence, one
     // arrival), then wait for every CTA. The host launches FUSE only when the whole grid is resident at once; a
     // wait that still never ends traps (an error, not a hang) after ≥ 2 s.
@@ -959,7 +970,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
     int* base = reinterpret_cast<int*>(moe_smem + W * E);
-    moe_chunk_bases<E, W * 32, 32>(a.map, blockIdx.x, base, moe_smem + W * E + W * tpw * 32 * EL);
+    moe_chunk_bases<E, W * 32>(a.map, blockIdx.x, base, moe_smem + W * E + W * tpw * 32 * EL);
     const int nt = min(W * tpw, a.T - tc0);
     for (int i = threadIdx.x; i < nt * K; i += W * 32) {
       const u32 v = rec[i];
@@ -981,7 +992,7 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   const int nt = min(a.chunk_tokens, a.T - t0);
   // The first record of each thread is loaded with the count rows (one memory latency for both).
   const u32 v0 = !FILL && static_cast<int>(threadIdx.x) < nt * K ? a.records[static_cast<i64>(t0) * K + threadIdx.x] : 0u;
-  moe_chunk_bases<E, 256, 32>(a.map, c, base, warp_tot);
+  moe_chunk_bases<E, 256>(a.map, c, base, warp_tot);
 
   auto put = [&](i64 t, u32 v) {
     const int e = static_cast<int>(v & 0xffffu);
