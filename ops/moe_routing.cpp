@@ -121,6 +121,8 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
 // 2 tokens (14.9 µs against 16.0: 31 warps per SM instead of 16 hide more of the picks' latency). 32-token chunks
 // either way: 256 CTAs at T = 8192, all resident at once.
 std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
+// How the default writes the map (C_FILL).
+int route_fill(bool map) { return map ? kFillInRoute : kFillInRoute; }
 
 // The route kernel (the forward's tunable launch): the default shape, the −1 fill with its other stores, redux picks.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -134,7 +136,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.params[P_MAP] = map;
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
-  s.config[C_FILL] = kFillInRoute;
+  s.config[C_FILL] = route_fill(map);
   s.config[C_NT] = 1;
   return s;
 }
@@ -169,19 +171,24 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    for (int nt : {1})
-      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
-        if (fill != kFillInRoute && !map) continue;
-        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-          const bool dflt = std::pair{w, tpw} == route_shape(map) && nt == 1 && fill == kFillInRoute;
-          if (!dflt && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-          s.config[C_WARPS] = w;
-          s.config[C_TPW] = tpw;
-          s.config[C_FILL] = fill;
-          s.config[C_NT] = nt;
-          out.push_back(s);
-        }
+    // The default first, then the other points.
+    s.config[C_WARPS] = route_shape(map).first;
+    s.config[C_TPW] = route_shape(map).second;
+    s.config[C_FILL] = route_fill(map);
+    s.config[C_NT] = 1;
+    out.push_back(s);
+    const auto dflt = s.config;
+    for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
+      if (fill != kFillInRoute && !map) continue;
+      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+        s.config[C_WARPS] = w;
+        s.config[C_TPW] = tpw;
+        s.config[C_FILL] = fill;
+        s.config[C_NT] = 1;
+        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+        out.push_back(s);
       }
+    }
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;
