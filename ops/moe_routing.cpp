@@ -116,13 +116,14 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// The route kernel's default shape (H100, T = 8192, E = 256, bench/NOTES.md): with the map 8 warps of 4 tokens
-// (23.2 µs; 16 × 2 27.3: its CTAs fill the register file and route_map's CTAs wait for them), without it 16 warps of
-// 2 tokens (14.9 µs against 16.0: 31 warps per SM instead of 16 hide more of the picks' latency). 32-token chunks
-// either way: 256 CTAs at T = 8192, all resident at once.
+// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md, session 5 round 2): with the map 8 warps of 4
+// tokens and the fused map with the −1 rows after each warp's tokens (fill 3: 20.2 µs; 16 × 2 fill 3 20.0, within
+// the noise, but 8 × 4 leaves the fused grid more room to be resident: 5 CTAs per SM fit, 2 are needed; fill 1, the
+// best unfused, 21.8; fill 0 22.2), without it 16 warps of 2 tokens (13.6 µs; 8 × 4 14.1). 32-token chunks either
+// way: 256 CTAs at T = 8192, all resident at once.
 std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
-// How the default writes the map (C_FILL).
-int route_fill(bool map) { return map ? kFillInRoute : kFillInRoute; }
+// How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
+int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
 
 // The route kernel (the forward's tunable launch): the default shape, the −1 fill with its other stores, redux picks.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
