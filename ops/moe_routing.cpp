@@ -125,7 +125,7 @@ std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::
 // How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
 int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
 
-// The route kernel (the forward's tunable launch): the default shape, the −1 fill with its other stores, redux picks.
+// The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
   Specialization s = base_spec(arch, kRoute, E);
   s.params[P_K] = o.top_k;
