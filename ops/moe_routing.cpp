@@ -20,10 +20,16 @@ using namespace detail;
 
 enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6 };
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
-// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), where the −1 fill
-// of row_id_map happens (0: route, with its other stores; 1: route_map, whole rows) and how a pick finds the maximum
-// (0: redux.sync, 1: xor-shuffle butterfly). topk_bwd: warps per CTA.
-enum { C_WARPS, C_TPW, C_FILL, C_PICK };
+// route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
+// written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
+// 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
+// itself, with the −1 fill per token (2) or of the warp's rows after its tokens, before the arrival (3); used where the
+// whole grid is resident at once, else 0 or 1), and the tokens a warp routes at once (1, or 2 interleaved: measured
+// slower everywhere in session 5 round 1, not in the search space). topk_bwd: warps per CTA.
+enum { C_WARPS, C_TPW, C_FILL, C_NT };
+enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3 };
+bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter; }
+bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter; }
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -41,10 +47,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
-                         p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
-                         p[P_MAP] != 0, s.config[C_FILL] != 0, lane_experts(p[P_E], p[P_GROUPS]), s.config[C_WARPS],
-                         s.config[C_PICK] != 0);
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+                         p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
+                         p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
+                         s.config[C_WARPS], std::max<int64_t>(1, s.config[C_NT]),
+                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]));
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -58,9 +65,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
 }
 
-// route: cnt [W][E], scores [W][32·EL], picks [W][K] × 2, records [W·tpw][K] (map).
+// route: cnt [W][E], scores [W][tpw][32·EL], picks [W][tpw][K] × 2, records [W·tpw][K] (map).
 int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t tpw) {
-  return 4 * (W * E + W * 32 * lane_experts(E, G) + 2 * W * K + (map ? W * tpw * K : 0));
+  return 4 * (W * E + W * tpw * 32 * lane_experts(E, G) + 2 * W * tpw * K + (map ? W * tpw * K : 0));
 }
 
 int smem_bytes(const Specialization& s) {
@@ -93,7 +100,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "pick"},
+                   {"warps", "tokens_per_warp", "fill", "nt"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -109,13 +116,16 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// The route kernel's default shape (H100, T = 8192, E = 256, bench/NOTES.md): with the map 8 warps of 4 tokens
-// (23.2 µs; 16 × 2 27.3: its CTAs fill the register file and route_map's CTAs wait for them), without it 16 warps of
-// 2 tokens (14.9 µs against 16.0: 31 warps per SM instead of 16 hide more of the picks' latency). 32-token chunks
-// either way: 256 CTAs at T = 8192, all resident at once.
+// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md, session 5 round 2): with the map 8 warps of 4
+// tokens and the fused map with the −1 rows after each warp's tokens (fill 3: 20.2 µs; 16 × 2 fill 3 20.0, within
+// the noise, but 8 × 4 leaves the fused grid more room to be resident: 5 CTAs per SM fit, 2 are needed; fill 1, the
+// best unfused, 21.8; fill 0 22.2), without it 16 warps of 2 tokens (13.6 µs; 8 × 4 14.1). 32-token chunks either
+// way: 256 CTAs at T = 8192, all resident at once.
 std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
+// How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
+int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
 
-// The route kernel (the forward's tunable launch): the default shape, the −1 fill with its other stores, redux picks.
+// The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
   Specialization s = base_spec(arch, kRoute, E);
   s.params[P_K] = o.top_k;
@@ -127,7 +137,8 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.params[P_MAP] = map;
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
-  s.config[C_FILL] = 0;
+  s.config[C_FILL] = route_fill(map);
+  s.config[C_NT] = 1;
   return s;
 }
 
@@ -152,9 +163,8 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × the −1 fill in route or
-// in route_map (the same kernel without the map: fill 0 only) × redux or shuffles for the picks, within 160 KB of
-// shared memory.
+// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
+// written (fill 0 … 3; without the map 0 only), one token at a time, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -162,18 +172,24 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    for (int pick : {0, 1})
-      for (int fill : {0, 1}) {
-        if (fill && !map) continue;
-        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-          if (std::pair{w, tpw} != route_shape(map) && route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-          s.config[C_WARPS] = w;
-          s.config[C_TPW] = tpw;
-          s.config[C_FILL] = fill;
-          s.config[C_PICK] = pick;
-          out.push_back(s);
-        }
+    // The default first, then the other points.
+    s.config[C_WARPS] = route_shape(map).first;
+    s.config[C_TPW] = route_shape(map).second;
+    s.config[C_FILL] = route_fill(map);
+    s.config[C_NT] = 1;
+    out.push_back(s);
+    const auto dflt = s.config;
+    for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
+      if (fill != kFillInRoute && !map) continue;
+      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+        s.config[C_WARPS] = w;
+        s.config[C_TPW] = tpw;
+        s.config[C_FILL] = fill;
+        s.config[C_NT] = 1;
+        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+        out.push_back(s);
       }
+    }
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;
@@ -357,11 +373,18 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   int* counts = static_cast<int*>(tokens_per_expert.data);
-  const Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
-                                      std::max<int64_t>(T, 1));
+  Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
+                                std::max<int64_t>(T, 1));
   const int64_t W = s.config[C_WARPS], tpw = s.config[C_TPW], CT = W * tpw;
-  const bool fill_in_map = map && s.config[C_FILL] != 0;
   const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
+  // The fused map waits for every CTA of the grid: only where all NC CTAs are resident at once (else fill mode 0,
+  // the same kernel with route_map after it).
+  if (map && fused_fill(s.config[C_FILL]) && T > 0 &&
+      NC > static_cast<int64_t>(impl.device().sm_count) *
+               impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
+    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;
+  const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
+  const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
   if (!map && T == 0) {
     check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
                                     reinterpret_cast<CUstream>(stream)),
@@ -372,9 +395,24 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       workspace.defined() || !map ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
   int* chunk_counts = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
   int* super = map ? chunk_counts + NC * E : nullptr;
+  // Records (unfused) or the grid arrival counter (fused) after the superblock rows.
   unsigned* records = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
+  MoeChunkMap cm{};
+  if (map) {
+    cm.chunk_counts = chunk_counts;
+    cm.super = super;
+    cm.counts = counts;
+    cm.row_id_map = static_cast<int*>(map->row_id_map.data);
+    cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+    cm.padded_counts = static_cast<int*>(map->padded_counts.data);
+    cm.offsets = static_cast<int*>(map->offsets.data);
+    cm.nchunks = static_cast<int>(NC);
+    cm.super_chunks = static_cast<int>(SC);
+    cm.multiple_of = multiple_of;
+    cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+  }
   if (T > 0) {
-    const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E : E)};
+    const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + (fused ? 1 : 0) : E)};
     LaunchDims dz;
     dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
     dz.block[0] = 256;
@@ -392,7 +430,9 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    static_cast<int>(T),
                    static_cast<int>(tpw),
                    static_cast<int>(SC),
-                   opts.scaling_factor};
+                   opts.scaling_factor,
+                   cm,
+                   fused ? records : nullptr};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);
@@ -400,22 +440,12 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     d.pdl = true;  // after route_zero (kiln's own); waits for it before its atomics
     impl.launch(s, d, stream, a);
   }
-  if (map) {
+  if (map && !fused) {
     MoeRouteMapArgs ma{};
     ma.records = records;
-    ma.chunk_counts = chunk_counts;
-    ma.super = super;
-    ma.counts = counts;
-    ma.row_id_map = static_cast<int*>(map->row_id_map.data);
-    ma.row_id_indices = static_cast<int*>(map->row_id_indices.data);
-    ma.padded_counts = static_cast<int*>(map->padded_counts.data);
-    ma.offsets = static_cast<int*>(map->offsets.data);
+    ma.map = cm;
     ma.T = static_cast<int>(T);
-    ma.nchunks = static_cast<int>(NC);
     ma.chunk_tokens = static_cast<int>(CT);
-    ma.super_chunks = static_cast<int>(SC);
-    ma.multiple_of = multiple_of;
-    ma.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
     LaunchDims dm;
     dm.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, NC));
     dm.block[0] = 256;

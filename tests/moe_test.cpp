@@ -52,6 +52,43 @@ TEST(MoeReference, KilnExpIsAccurate) {
   EXPECT_GT(ref::kiln_exp(-103.0f), 0.0f);  // subnormal, not flushed
 }
 
+// The route kernel's short form of 1 + kiln_exp(x) for x < 87 (moe_routing.cuh kiln_one_plus_exp_lt87: clamp at −20,
+// rint by the 1.5·2^23 sum, 2^n applied as an integer add of the sum's bits << 23), replayed with the same fp32
+// operations, equals 1 + kiln_exp(x) bit for bit wherever the kernel uses it (x < 87, NaN).
+float one_plus_exp_lt87(float x) {
+  x = std::fmax(x, -20.0f);
+  const volatile float prod = x * 1.44269504f;  // no contraction into an fma: the kernel rounds the product first
+  const float big = prod + 12582912.0f;
+  const float n = big - 12582912.0f;
+  float r = std::fma(n, -0.693145751953125f, x);
+  r = std::fma(n, -1.42860677e-06f, r);
+  float p = 1.98412701e-04f;
+  for (float c : {1.38888892e-03f, 8.33333377e-03f, 4.16666679e-02f, 1.66666672e-01f, 0.5f, 1.0f, 1.0f})
+    p = std::fma(p, r, c);
+  const uint32_t e = std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(big) << 23);
+  return 1.0f + std::bit_cast<float>(e);
+}
+
+TEST(MoeReference, ShortSigmoidDenominatorIsExact) {
+  int64_t n = 0;
+  auto check = [&](float x) {
+    const float want = 1.0f + ref::kiln_exp(x), got = one_plus_exp_lt87(x);
+    ASSERT_EQ(std::bit_cast<uint32_t>(got), std::bit_cast<uint32_t>(want)) << "x = " << x;
+    ++n;
+  };
+  for (float x = -130.0f; x < 87.0f; x += 0.00731f) check(x);
+  // Every float near the clamp, the rounding boundaries of n and the top of the range.
+  for (float c : {-20.0f, -17.0f, -16.5f, 0.0f, 0.3465736f, 86.9f}) {
+    float x = c;
+    for (int i = 0; i < 4096; ++i) x = std::nextafter(x, 100.0f);
+    for (int i = 0; i < 8192 && x < 87.0f; ++i, x = std::nextafter(x, -100.0f)) check(x);
+  }
+  check(std::nextafter(87.0f, 0.0f));
+  check(-std::numeric_limits<float>::infinity());
+  check(std::numeric_limits<float>::quiet_NaN());
+  EXPECT_GT(n, 60000);
+}
+
 // Plain top-k picks the k largest logits (sorted, ties to the lower index) and softmax probs sum to the kept mass.
 TEST(MoeReference, TopkSoftmaxPicksTheLargestLogits) {
   const int64_t T = 64, E = 160;
@@ -225,20 +262,22 @@ TEST(MoeCompile, NonPresetVariants) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // route's search space: (warps, tokens per warp) × where the −1 fill happens, the default first; a non-default
-  // point compiles. Without the map: the fill in route only.
+  // route's search space: how the map is written (fill 0, 1, 2 / 3 = fused, −1 fill per token / after the warp's
+  // tokens) × (warps, tokens per warp), the default first; the fused map with the late fill compiles. Without the
+  // map: fill 0 only.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
   ASSERT_EQ(space.size(), 12u);
   EXPECT_EQ(space[0].config, specs[0].config);
-  EXPECT_EQ(space[10].config[0], 16);
-  EXPECT_EQ(space[10].config[1], 2);
-  EXPECT_EQ(space[10].config[2], 1);
-  EXPECT_EQ(space[10].config[3], 1);
-  EXPECT_GT(detail::ensure_cubin(space[10], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(specs[0].config[3], 1);
+  EXPECT_EQ(space[11].config[0], 16);
+  EXPECT_EQ(space[11].config[1], 4);
+  EXPECT_EQ(space[11].config[2], 3);
+  EXPECT_EQ(space[11].config[3], 1);
+  EXPECT_GT(detail::ensure_cubin(space[11], nullptr, false, counters).cubin.size(), 1000u);
   space.clear();
   fam->search_space(specs[5], space);
-  EXPECT_EQ(space.size(), 6u);
+  EXPECT_EQ(space.size(), 3u);
   // Without the map the default shape is 16 warps of 2 tokens (with it 8 of 4), a point of the space.
   EXPECT_EQ(specs[5].config[0], 16);
   EXPECT_EQ(specs[5].config[1], 2);

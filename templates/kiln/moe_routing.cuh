@@ -48,6 +48,27 @@ __device__ __forceinline__ float kiln_exp(float x) {
   return __fmul_rn(__fmul_rn(p, __int_as_float((n1 + 127) << 23)), __int_as_float((n2 + 127) << 23));
 }
 
+// 1 + kiln_exp(x), bit for bit, for x < 87 (or NaN), in 7 instructions fewer: below −20 both give exactly 1 (kiln_exp
+// < 2^−25 there, as at its own clamp −104 and for NaN), so x is clamped at −20 only; then n ∈ [−29, 126] and p·2^n is a
+// normal float, so kiln_exp's two exact power-of-two multiplies equal one integer add into p's exponent field. big's
+// bits are 0x4b400000 + n and 0x4b400000 << 23 ≡ 0 (mod 2^32), so the add is (big's bits << 23): one LEA.
+__device__ __forceinline__ float kiln_one_plus_exp_lt87(float x) {
+  x = fmaxf(x, -20.0f);
+  const float big = __fadd_rn(__fmul_rn(x, 1.44269504f), 12582912.0f);
+  const float n = __fsub_rn(big, 12582912.0f);
+  float r = __fmaf_rn(n, -0.693145751953125f, x);
+  r = __fmaf_rn(n, -1.42860677e-06f, r);
+  float p = 1.98412701e-04f;
+  p = __fmaf_rn(p, r, 1.38888892e-03f);
+  p = __fmaf_rn(p, r, 8.33333377e-03f);
+  p = __fmaf_rn(p, r, 4.16666679e-02f);
+  p = __fmaf_rn(p, r, 1.66666672e-01f);
+  p = __fmaf_rn(p, r, 0.5f);
+  p = __fmaf_rn(p, r, 1.0f);
+  p = __fmaf_rn(p, r, 1.0f);
+  return __fadd_rn(1.0f, __int_as_float(__float_as_int(p) + (__float_as_int(big) << 23)));
+}
+
 // 1/(1 + e^−z): __frcp_rn is the correctly rounded reciprocal, the same value as an IEEE 1.0f / x.
 __device__ __forceinline__ float kiln_sigmoid(float z) { return __frcp_rn(__fadd_rn(1.0f, kiln_exp(-z))); }
 
@@ -260,8 +281,10 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
   pdl_launch_dependents();
 }
 
-// Exclusive block-wide scan of one int per thread (256 threads); returns the prefix, `total` gets the sum.
-__device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int& total) {
+// Exclusive block-wide scan of one int per thread (NTH threads); returns the prefix, `total` gets the sum. warp_tot:
+// NTH / 32 ints of shared memory.
+template <int NTH>
+__device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& total) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   int inc = v;
 #pragma unroll
@@ -274,12 +297,15 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int
   int before = 0;
   total = 0;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
+  for (int k = 0; k < NTH / 32; ++k) {
     const int x = warp_tot[k];
     if (k < w) before += x;
     total += x;
   }
   return before + inc - v;
+}
+__device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int& total) {
+  return block_exclusive_scan<256>(v, warp_tot, total);
 }
 
 // Destinations. CTA: 8 warps over one 32-token block (4 tokens per warp).
@@ -393,6 +419,86 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   }
 }
 
+// The expert bases of chunk c (a CTA of NTH threads; E ≤ kMoeTopkMaxExperts): counts = Σ superblock rows, offsets
+// off_e = exclusive scan of roundup(count_e, P) over experts, base[e] = off_e + the tokens of the chunks before c
+// routed to e (the superblock rows before c's superblock, then the chunk rows of c's superblock before c: ≤ 16 of
+// each at T = 8192, loaded together, one memory latency). Chunk 0 writes counts, padded
+// counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
+// and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
+// launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
+template <int E, int NTH>
+__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
+  constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
+  constexpr int B = 16;
+  const int P = m.multiple_of;
+  const int sb = c / m.super_chunks;
+  const int nsuper = (m.nchunks + m.super_chunks - 1) / m.super_chunks;
+  const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
+  int tot[EPT], pre[EPT];
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    tot[k] = pre[k] = 0;
+    const int e = threadIdx.x * EPT + k;
+    if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
+    // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
+    // constant offset from the batch's pointer.
+    const int* sp = m.super + e;
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
+#pragma unroll 1
+    for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
+      const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
+      const int* sq = sp + static_cast<i64>(rb) * E;
+      const int* cq = cp + static_cast<i64>(rb) * E;
+      int vs[B], vc[B];
+#pragma unroll
+      for (int j = 0; j < B; ++j) {
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+      }
+#pragma unroll
+      for (int j = 0; j < B; ++j) {
+        tot[k] += vs[j];
+        pre[k] += (j < nb ? vs[j] : 0) + vc[j];
+      }
+    }
+  }
+  int pc[EPT], local = 0;
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    pc[k] = (tot[k] + P - 1) / P * P;
+    local += pc[k];
+  }
+  int total;
+  int off = block_exclusive_scan<NTH>(local, warp_tot, total);
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    if (e < E) {
+      base[e] = off + pre[k];
+      if (c == 0) {
+        m.counts[e] = tot[k];
+        if (m.padded_counts) m.padded_counts[e] = pc[k];
+        if (m.offsets) m.offsets[e] = off;
+      }
+      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
+      if (m.row_id_indices && e % gridDim.x == c)
+        for (int r = off + tot[k]; r < off + pc[k] && r < m.num_out; ++r) m.row_id_indices[r] = -1;
+    }
+    off += pc[k];
+  }
+  if (c == 0 && threadIdx.x == 0 && m.offsets) m.offsets[E] = total;
+  if (m.row_id_indices)
+    for (i64 r = total + static_cast<i64>(c) * NTH + threadIdx.x; r < m.num_out; r += static_cast<i64>(gridDim.x) * NTH)
+      m.row_id_indices[r] = -1;
+  __syncthreads();  // base[]
+}
+
+// One routed entry of the map: row_id_map[t][e] = row, and the inverse index.
+__device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, int e, int row) {
+  m.row_id_map[t * E + e] = row;
+  if (m.row_id_indices && row < m.num_out) m.row_id_indices[row] = static_cast<int>(t);
+}
+
 // ---- top-k forward ----------------------------------------------------------------------------------------------
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
 //   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);
@@ -404,12 +510,14 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 //   moe_route_map   (map only) one CTA per chunk: counts = Σ superblock rows, offsets (exclusive scan of the padded
 //                   counts), the chunk's prefix (its superblock's predecessors + ≤ super_chunks − 1 chunk rows), then
 //                   each record's row of row_id_map and the inverse index list (fill = 1: it writes the whole rows).
+// Fused (fill = 2, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
+// chunk after a grid-wide arrival counter (zeroed by moe_route_zero) says every chunk's counts are in, from the
+// records in its shared memory: two launches, no records through global memory.
 //
 // Selection in moe_route: each lane keeps its two best live (key, expert, score) in (key desc, expert asc) order; a
 // pick is the warp's maximum key over the lanes' heads (redux.sync), the lowest lane holding it (one ballot: lanes own
 // ascending expert ranges, a head is its lane's lowest expert among equal keys) wins and pops its head. A lane whose
-// list runs dry while it has live experts left refills it from its experts below its last pick (a warp-uniform, rare
-// branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
+// list runs dry refills it from its live experts below its last pick (a rare branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
 
 __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a) {
   pdl_launch_dependents();  // moe_route starts at once; it waits for this kernel before its first atomic
@@ -424,14 +532,17 @@ __device__ __forceinline__ float ordered_float(u32 o) {
   return __uint_as_float(o ^ (~static_cast<u32>(static_cast<int>(o) >> 31) | 0x80000000u));
 }
 
-// Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the token's
-// scores [W][32·EL], picks [W][K] (expert int, score float), and with the map the chunk's records
-// [W·tokens_per_warp][K] u32.
+// Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the tokens'
+// scores [W][tokens_per_warp][32·EL], picks [W][tokens_per_warp][K] (expert int, score float), and with the map the
+// chunk's records [W·tokens_per_warp][K] u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
-// PICK_SHFL: each pick's maximum by a 5-step xor-shuffle butterfly instead of redux.sync (a tuning point).
+// NT: tokens a warp routes at once (1, or 2 interleaved: two independent instruction streams for the scheduler).
+// FUSE (map): the map is written by this launch — after its counts every CTA arrives at a grid-wide
+// counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
+// chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool PICK_SHFL>
+          int NT, bool FUSE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -443,20 +554,22 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   static_assert(EL % 4 == 0 && EL >= 4 && EL <= 64 && 32 * EL >= E && E % 4 == 0, "bad lane layout");
   static_assert(K >= 1 && K <= E && G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad K/groups");
   static_assert(UNIFORM || EL % GS == 0, "groups must align with the lanes' expert ranges");
+  static_assert(NT == 1 || NT == 2, "one or two tokens at once");
   using Mask = typename MoeLaneMask<(EL <= 32)>::type;
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tpw = a.tpw;  // a multiple of NT (ops/moe_routing.cpp)
   int* cnt = moe_smem + warp * E;
-  float* srow = reinterpret_cast<float*>(moe_smem + W * E) + warp * 32 * EL;
-  int* pe = moe_smem + W * E + W * 32 * EL + warp * K;
-  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * 32 * EL + W * K) + warp * K;
-  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + W * 32 * EL + 2 * W * K);
+  // Per warp and token slot (tpw slots): the scores, the picks' experts and their scores.
+  float* srow = reinterpret_cast<float*>(moe_smem + W * E) + warp * tpw * 32 * EL;
+  int* pe = moe_smem + W * E + W * tpw * 32 * EL + warp * tpw * K;
+  float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * tpw * 32 * EL + W * tpw * K) + warp * tpw * K;
+  u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + W * tpw * 32 * EL + 2 * W * tpw * K);
   pdl_launch_dependents();  // moe_route_map (map) waits for this grid before it reads anything
   for (int e = lane; e < E; e += 32) cnt[e] = 0;
   __syncwarp();
 
   const int e0 = lane * EL;
-  const int nvalid = FULLW ? EL : max(0, min(EL, E - e0));
   const float neg_inf = -__int_as_float(0x7f800000);
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
   float bv[BIAS ? EL : 1];
@@ -465,191 +578,289 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     for (int c = 0; c < NCH; ++c) {
       const Vec16 v = valid(4 * c) ? load16(a.bias + e0 + 4 * c) : Vec16{{0u, 0u, 0u, 0u}};
 #pragma unroll
-      for (int q = 0; q < 4; ++q) bv[4 * c + q] = __uint_as_float(v.w[q]);
+      for (int q = 0; q < 4; ++q) {
+        // A NaN bias makes every key of that expert NaN, which counts as −inf: with σ (never NaN) −inf gives the same
+        // key, so the σ path needs no NaN test per token.
+        const float b = __uint_as_float(v.w[q]);
+        bv[4 * c + q] = SIGMOID && b != b ? neg_inf : b;
+      }
     }
   }
 
-  const int tpw = a.tpw;
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
   const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
-  Vec16 nz[NCH];
-  auto load_row = [&](int t) {
+  // NT tokens at once (interleaved: independent instruction streams for the scheduler), the next NT prefetched.
+  Vec16 nz[NT][NCH];
+  auto load_row = [&](int j, int t) {
     const float* zr = a.logits + static_cast<i64>(t) * E + e0;
 #pragma unroll
     for (int c = 0; c < NCH; ++c)
-      nz[c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+      nz[j][c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
   };
-  if (tb < te) load_row(tb);
+#pragma unroll
+  for (int j = 0; j < NT; ++j) {
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) nz[j][c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+    if (tb + j < te) load_row(j, tb + j);
+  }
+  const u32 below_me = (1u << lane) - 1u;
 #pragma unroll 1
-  for (int t = tb; t < te; ++t) {
-    float z[EL];
+  for (int t = tb; t < te; t += NT) {
+    // tv[j]: token t + j exists (warp-uniform); a missing one (the last of an odd count) is routed from stale logits
+    // into slot t + j − tb < tpw (tpw is even when NT = 2) and never stored.
+    float* st = srow + (t - tb) * 32 * EL;
+    // The slot's picks as a shared-memory address through a shuffle: the compiler keeps it in a register instead of
+    // recomputing it in every pick's winner branch.
+    const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pe + (t - tb) * K)), 0);
+    bool tv[NT];
+    float z[NT][EL];
 #pragma unroll
-    for (int c = 0; c < NCH; ++c)
+    for (int j = 0; j < NT; ++j) {
+      tv[j] = t + j < te;
 #pragma unroll
-      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
-    if (t + 1 < te) load_row(t + 1);
+      for (int c = 0; c < NCH; ++c)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) z[j][4 * c + q] = __uint_as_float(nz[j][c].w[q]);
+    }
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+      if (t + NT + j < te) load_row(j, t + NT + j);
 
-    float s[EL];
+    float s[NT][EL];
     if constexpr (SIGMOID) {
       // σ = 1/(1 + e^−z) correctly rounded: MUFU.RCP and one Newton step are exact while 1 + e^−z < 2^126, i.e. for
-      // z > −87 (or NaN: kiln_exp treats it as −104); one check per lane instead of one per score.
-      float zmin = __int_as_float(0x7f800000), d[EL];
+      // z > −87 (or NaN: kiln_exp treats it as −104), where 1 + e^−z also takes the short form
+      // (kiln_one_plus_exp_lt87); one check per lane instead of one per score, the rare lane with a z ≤ −87 recomputes
+      // its scores in full.
+      float zmin = __int_as_float(0x7f800000), d[NT][EL];
 #pragma unroll
-      for (int c = 0; c < EL; ++c) {
-        zmin = valid(c) ? fminf(zmin, z[c]) : zmin;
-        d[c] = __fadd_rn(1.0f, kiln_exp(-z[c]));
-      }
-      if (!(zmin <= -87.0f)) {
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
         for (int c = 0; c < EL; ++c) {
-          float r;
-          asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[c]));
-          s[c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[c], r, 1.0f), r) : 0.0f;
+          zmin = valid(c) ? fminf(zmin, z[j][c]) : zmin;
+          d[j][c] = kiln_one_plus_exp_lt87(-z[j][c]);
         }
+      if (!(zmin <= -87.0f)) {
+#pragma unroll
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int c = 0; c < EL; ++c) {
+            float r;
+            asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[j][c]));
+            s[j][c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[j][c], r, 1.0f), r) : 0.0f;
+          }
       } else {
 #pragma unroll
-        for (int c = 0; c < EL; ++c) s[c] = valid(c) ? __frcp_rn(d[c]) : 0.0f;
+        for (int j = 0; j < NT; ++j)
+#pragma unroll
+          for (int c = 0; c < EL; ++c) s[j][c] = valid(c) ? kiln_sigmoid(z[j][c]) : 0.0f;
       }
     } else {
-      float m = neg_inf;
+      float m[NT], sum[NT];
 #pragma unroll
-      for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
+      for (int j = 0; j < NT; ++j) {
+        m[j] = neg_inf;
 #pragma unroll
-      for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(ALL, m, o));
-      float sum = 0.0f;
-#pragma unroll
-      for (int c = 0; c < EL; ++c) {
-        s[c] = valid(c) ? kiln_exp(__fsub_rn(z[c], m)) : 0.0f;
-        sum = __fadd_rn(sum, s[c]);
+        for (int c = 0; c < EL; ++c) m[j] = fmaxf(m[j], z[j][c]);
       }
-      sum = warp_sum_rn(sum);
 #pragma unroll
-      for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) m[j] = fmaxf(m[j], __shfl_xor_sync(ALL, m[j], o));
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+        sum[j] = 0.0f;
+#pragma unroll
+        for (int c = 0; c < EL; ++c) {
+          s[j][c] = valid(c) ? kiln_exp(__fsub_rn(z[j][c], m[j])) : 0.0f;
+          sum[j] = __fadd_rn(sum[j], s[j][c]);
+        }
+      }
+      // Fixed-order butterfly (the CPU reference replays it lane by lane).
+#pragma unroll
+      for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) sum[j] = __fadd_rn(sum[j], __shfl_xor_sync(ALL, sum[j], o));
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+#pragma unroll
+        for (int c = 0; c < EL; ++c) s[j][c] = __fdiv_rn(s[j][c], sum[j]);
     }
     // The scores to shared memory (a pick's score is read from there), the keys as order-preserving u32 (NaN counts as
     // −inf; 0 = no expert, below every real key).
+    u32 ok[NT][EL];
 #pragma unroll
-    for (int c = 0; c < NCH; ++c)
-      *reinterpret_cast<Vec16*>(srow + e0 + 4 * c) = Vec16{{__float_as_uint(s[4 * c]), __float_as_uint(s[4 * c + 1]),
-                                                            __float_as_uint(s[4 * c + 2]), __float_as_uint(s[4 * c + 3])}};
-    u32 ok[EL];
+    for (int j = 0; j < NT; ++j) {
 #pragma unroll
-    for (int c = 0; c < EL; ++c) {
-      float k = BIAS ? __fadd_rn(s[c], bv[BIAS ? c : 0]) : z[c];
-      k = k != k ? neg_inf : k;
-      ok[c] = valid(c) ? ordered_bits(k) : 0u;
+      for (int c = 0; c < NCH; ++c)
+        *reinterpret_cast<Vec16*>(st + j * 32 * EL + e0 + 4 * c) =
+            Vec16{{__float_as_uint(s[j][4 * c]), __float_as_uint(s[j][4 * c + 1]), __float_as_uint(s[j][4 * c + 2]),
+                   __float_as_uint(s[j][4 * c + 3])}};
+#pragma unroll
+      for (int c = 0; c < EL; ++c) {
+        float k = BIAS ? __fadd_rn(s[j][c], bv[BIAS ? c : 0]) : z[j][c];
+        if constexpr (!(SIGMOID && BIAS)) k = k != k ? neg_inf : k;
+        ok[j][c] = valid(c) ? ordered_bits(k) : 0u;
+      }
     }
 
-    u32 h0 = 0u, h1 = 0u;
-    int i0 = 0, i1 = 0;
-    auto insert = [&](u32 k, int c) {
-      const bool gt0 = k > h0, gt1 = k > h1;
-      h1 = gt0 ? h0 : gt1 ? k : h1;
-      i1 = gt0 ? i0 : gt1 ? c : i1;
-      h0 = gt0 ? k : h0;
-      i0 = gt0 ? c : i0;
+    u32 h0[NT], h1[NT];
+    int i0[NT], i1[NT];
+    auto insert = [&](int j, u32 k, int c) {
+      const bool gt0 = k > h0[j], gt1 = k > h1[j];
+      h1[j] = gt0 ? h0[j] : gt1 ? k : h1[j];
+      i1[j] = gt0 ? i0[j] : gt1 ? c : i1[j];
+      h0[j] = gt0 ? k : h0[j];
+      i0[j] = gt0 ? c : i0[j];
     };
-    Mask live = 0;  // !UNIFORM: the lane's experts in kept groups
-    int left;       // live experts of this lane not picked yet
+    Mask live[NT];  // !UNIFORM: the lane's experts in kept groups
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      h0[j] = h1[j] = 0u;
+      i0[j] = i1[j] = 0;
+      live[j] = 0;
+    }
     if constexpr (UNIFORM) {
 #pragma unroll
-      for (int c = 0; c < EL; ++c) insert(ok[c], c);
-      bool kept = true;
+      for (int c = 0; c < EL; ++c)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) insert(j, ok[j][c], c);
       if constexpr (G > 1) {
         // The group's two largest keys (ordered, so ±0 and ties are order-independent): merged down to the group's
         // first lane over its SPAN lanes, then summed as floats.
-        u32 a1 = h0, a2 = h1;
+        u32 a1[NT], a2[NT], gsc[NT], mine[NT];
 #pragma unroll
-        for (int o = 1; o < SPAN; o <<= 1) {
-          const u32 b1 = __shfl_down_sync(ALL, a1, o), b2 = __shfl_down_sync(ALL, a2, o);
-          if (lane % SPAN + o < SPAN) {
-            a2 = max(min(a1, b1), max(a2, b2));
-            a1 = max(a1, b1);
+        for (int j = 0; j < NT; ++j) {
+          a1[j] = h0[j];
+          a2[j] = h1[j];
+        }
+#pragma unroll
+        for (int o = 1; o < SPAN; o <<= 1)
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            const u32 b1 = __shfl_down_sync(ALL, a1[j], o), b2 = __shfl_down_sync(ALL, a2[j], o);
+            if (lane % SPAN + o < SPAN) {
+              a2[j] = max(min(a1[j], b1), max(a2[j], b2));
+              a1[j] = max(a1[j], b1);
+            }
           }
-        }
-        float sc = __fadd_rn(ordered_float(a1), ordered_float(a2));
-        sc = sc != sc ? neg_inf : sc;
-        const u32 gsc = ordered_bits(sc);
         const int gi = lane / SPAN;
-        const u32 mine = __shfl_sync(ALL, gsc, gi * SPAN);
-        // Kept iff fewer than TG groups rank above (score desc, group asc): the same groups as TG rounds of argmax.
-        int rank = 0;
 #pragma unroll
-        for (int g = 0; g < G; ++g) {
-          const u32 og = __shfl_sync(ALL, gsc, g * SPAN);
-          rank += (og > mine || (og == mine && g < gi)) ? 1 : 0;
+        for (int j = 0; j < NT; ++j) {
+          float sc = __fadd_rn(ordered_float(a1[j]), ordered_float(a2[j]));
+          sc = sc != sc ? neg_inf : sc;
+          gsc[j] = ordered_bits(sc);
+          if constexpr (G > 8) mine[j] = __shfl_sync(ALL, gsc[j], gi * SPAN);
         }
-        kept = rank < TG;
-        if (!kept) h0 = h1 = 0u;
+        // Kept iff fewer than TG groups rank above (score desc, group asc): the same groups as TG rounds of argmax.
+        int rank[NT];
+        if constexpr (G <= 8) {
+          // Ranks from ballots: lane l judges "group h = l % 8 ranks above group l / 8" and "… above l / 8 + 4"; a
+          // group's rank is the popcount of its 8 bits in its half's ballot (3 shuffles and 2 ballots, not G shuffles).
+          const int h = lane & 7, g1 = lane >> 3, g2 = g1 + 4;
+#pragma unroll
+          for (int j = 0; j < NT; ++j) {
+            const u32 sh = __shfl_sync(ALL, gsc[j], min(h, G - 1) * SPAN);
+            const u32 s1 = __shfl_sync(ALL, gsc[j], min(g1, G - 1) * SPAN);
+            const u32 v1 = __ballot_sync(ALL, h < G && g1 < G && (sh > s1 || (sh == s1 && h < g1)));
+            u32 v2 = 0u;
+            if constexpr (G > 4) {
+              const u32 s2 = __shfl_sync(ALL, gsc[j], min(g2, G - 1) * SPAN);
+              v2 = __ballot_sync(ALL, h < G && g2 < G && (sh > s2 || (sh == s2 && h < g2)));
+            }
+            rank[j] = __popc(((gi < 4 ? v1 : v2) >> (8 * (gi & 3))) & 0xffu);
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < NT; ++j) rank[j] = 0;
+#pragma unroll
+          for (int g = 0; g < G; ++g)
+#pragma unroll
+            for (int j = 0; j < NT; ++j) {
+              const u32 og = __shfl_sync(ALL, gsc[j], g * SPAN);
+              rank[j] += (og > mine[j] || (og == mine[j] && g < gi)) ? 1 : 0;
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          if (rank[j] >= TG) h0[j] = h1[j] = 0u;  // a dropped group: its lanes never win
+        }
       }
-      left = kept ? nvalid : 0;
     } else {
       // NGL whole groups per lane.
-      u32 gsc[NGL];
+      u32 gsc[NT][NGL];
+      int rank[NT][NGL];
 #pragma unroll
-      for (int q = 0; q < NGL; ++q) {
-        u32 a1 = 0u, a2 = 0u;
+      for (int j = 0; j < NT; ++j)
 #pragma unroll
-        for (int c = q * GS; c < q * GS + GS; ++c) {
-          a2 = max(a2, min(a1, ok[c]));
-          a1 = max(a1, ok[c]);
+        for (int q = 0; q < NGL; ++q) {
+          u32 a1 = 0u, a2 = 0u;
+#pragma unroll
+          for (int c = q * GS; c < q * GS + GS; ++c) {
+            a2 = max(a2, min(a1, ok[j][c]));
+            a1 = max(a1, ok[j][c]);
+          }
+          float sc = GS >= 2 ? __fadd_rn(ordered_float(a1), ordered_float(a2)) : ordered_float(a1);
+          sc = sc != sc ? neg_inf : sc;
+          gsc[j][q] = ordered_bits(sc);
+          rank[j][q] = 0;
         }
-        float sc = GS >= 2 ? __fadd_rn(ordered_float(a1), ordered_float(a2)) : ordered_float(a1);
-        sc = sc != sc ? neg_inf : sc;
-        gsc[q] = ordered_bits(sc);
+#pragma unroll
+      for (int g = 0; g < G; ++g)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) {
+          const u32 og = __shfl_sync(ALL, gsc[j][g % NGL], g / NGL);
+#pragma unroll
+          for (int q = 0; q < NGL; ++q)
+            rank[j][q] += (og > gsc[j][q] || (og == gsc[j][q] && g < lane * NGL + q)) ? 1 : 0;
+        }
+#pragma unroll
+      for (int j = 0; j < NT; ++j) {
+#pragma unroll
+        for (int c = 0; c < EL; ++c)
+          if (rank[j][c / GS] < TG && ok[j][c] != 0u) live[j] |= Mask(1) << c;
+#pragma unroll
+        for (int c = 0; c < EL; ++c) insert(j, (live[j] >> c & 1u) ? ok[j][c] : 0u, c);
       }
-      int rank[NGL];
-#pragma unroll
-      for (int q = 0; q < NGL; ++q) rank[q] = 0;
-#pragma unroll
-      for (int g = 0; g < G; ++g) {
-        const u32 og = __shfl_sync(ALL, gsc[g % NGL], g / NGL);
-#pragma unroll
-        for (int q = 0; q < NGL; ++q)
-          rank[q] += (og > gsc[q] || (og == gsc[q] && g < lane * NGL + q)) ? 1 : 0;
-      }
-#pragma unroll
-      for (int c = 0; c < EL; ++c)
-        if (rank[c / GS] < TG && ok[c] != 0u) live |= Mask(1) << c;
-#pragma unroll
-      for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c);
-      left = sizeof(Mask) == 4 ? __popc(static_cast<u32>(live)) : __popcll(static_cast<unsigned long long>(live));
     }
 
-    Mask taken = 0;
-    const u32 below_me = (1u << lane) - 1u;
-    u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
-    int lc = -1;
+    Mask taken[NT];
+    u32 lk[NT];  // the lane's last pick (key, expert): none yet
+    int lc[NT];
+#pragma unroll
+    for (int j = 0; j < NT; ++j) {
+      taken[j] = 0;
+      lk[j] = 0xffffffffu;
+      lc[j] = -1;
+    }
     auto pick = [&](int r) {
-      u32 m;
-      if constexpr (PICK_SHFL) {
-        m = h0;
+      u32 m[NT], tops[NT];
 #pragma unroll
-        for (int o = 16; o > 0; o >>= 1) m = max(m, __shfl_xor_sync(ALL, m, o));
-      } else {
-        m = __reduce_max_sync(ALL, h0);
-      }
+      for (int j = 0; j < NT; ++j) m[j] = __reduce_max_sync(ALL, h0[j]);
       // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
-      const bool top = h0 == m;
-      const u32 tops = __ballot_sync(ALL, top);
-      if (top && (tops & below_me) == 0u) {
-        pe[r] = e0 + i0;
-        lk = h0;
-        lc = i0;
-        taken |= Mask(1) << i0;
-        --left;
-        h0 = h1; i0 = i1;
-        h1 = 0u;
-        if (r + 1 < K && h0 == 0u && left > 0) {
-          // The list ran dry (this lane won its third pick … ): refill it from the live experts below the last pick.
 #pragma unroll
-          for (int c = 0; c < EL; ++c) {
-            const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
-            const bool below = k < lk || (k == lk && c > lc);
-            insert(below ? k : 0u, c);
+      for (int j = 0; j < NT; ++j) tops[j] = __ballot_sync(ALL, h0[j] == m[j]);
+#pragma unroll
+      for (int j = 0; j < NT; ++j)
+        if (h0[j] == m[j] && (tops[j] & below_me) == 0u) {
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(pt + 4u * (j * K + r)), "r"(e0 + i0[j]) : "memory");
+          lk[j] = h0[j];
+          lc[j] = i0[j];
+          taken[j] |= Mask(1) << i0[j];
+          h0[j] = h1[j];
+          i0[j] = i1[j];
+          h1[j] = 0u;
+          if (r + 1 < K && h0[j] == 0u) {
+            // The list ran dry (this lane won its third pick …): refill it from the live experts below the last pick
+            // (all its picks lie above: a lane's picks come in its own descending order); none may be left.
+#pragma unroll
+            for (int c = 0; c < EL; ++c) {
+              const u32 k = UNIFORM ? ok[j][c] : ((live[j] >> c & 1u) ? ok[j][c] : 0u);
+              const bool below = k < lk[j] || (k == lk[j] && c > lc[j]);
+              insert(j, below ? k : 0u, c);
+            }
           }
         }
-      }
     };
     if constexpr (K <= 8) {
 #pragma unroll
@@ -658,37 +869,59 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll 1
       for (int r = 0; r < K; ++r) pick(r);
     }
-    __syncwarp();
-    for (int r = lane; r < K; r += 32) ps[r] = srow[pe[r]];
-    __syncwarp();
-    // Renormalization denominator in pick order (the CPU reference's order).
-    float denom = 0.0f;
-#pragma unroll 8
-    for (int r = 0; r < K; ++r) denom = __fadd_rn(denom, ps[r]);
-    const float d = __fadd_rn(denom, 1e-20f);
-
-    // Zeros, the map bytes (and −1 map rows) over the lane's experts, then one store per pick by lane r.
-    float* pr = a.probs + static_cast<i64>(t) * E;
-    unsigned char* mr = a.routing_map + static_cast<i64>(t) * E;
+    // Zeros, the map bytes (and −1 map rows) over the lane's experts; the picks' stores follow for all the warp's
+    // tokens at once.
     const Vec16 zero{{0u, 0u, 0u, 0u}}, m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
 #pragma unroll
-    for (int c = 0; c < NCH; ++c)
-      if (valid(4 * c)) {
-        store16(pr + e0 + 4 * c, zero);
-        const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
-        *reinterpret_cast<u32*>(mr + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
-        if constexpr (MAP && !FILL) store16(a.row_id_map + static_cast<i64>(t) * E + e0 + 4 * c, m1);
+    for (int j = 0; j < NT; ++j)
+      if (tv[j]) {
+        const i64 row = static_cast<i64>(t + j) * E;
+#pragma unroll
+        for (int c = 0; c < NCH; ++c)
+          if (valid(4 * c)) {
+            store16(a.probs + row + e0 + 4 * c, zero);
+            const u32 m4 = static_cast<u32>(taken[j] >> (4 * c)) & 0xfu;
+            *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
+            if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
+          }
       }
-    __syncwarp();  // the zeros before the picks' stores (other lanes, same addresses)
-    for (int r = lane; r < K; r += 32) {
-      const int e = pe[r];
-      const float sv = ps[r];
-      pr[e] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
-      const int rk = cnt[e];  // the pick's rank among this warp's tokens routed to e (tokens in order)
-      cnt[e] = rk + 1;
-      if constexpr (MAP) rec[(t - tc0) * K + r] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
+  }
+
+  // The picks of all the warp's tokens at once (lane i: pick i % K of token slot i / K, 32 per round): the score,
+  // the renormalization denominator in pick order (the CPU reference's order), the prob over the zeros stored above,
+  // the rank among the warp's tokens routed to the same expert (earlier tokens = lower lanes of its match set, plus
+  // the earlier rounds' counts) and the record.
+  __syncwarp();
+  const int nk = max(0, te - tb) * K;
+  for (int i = lane; i < nk; i += 32) ps[i] = srow[(i / K) * 32 * EL + pe[i]];
+  __syncwarp();
+#pragma unroll 1
+  for (int b = 0; b < nk; b += 32) {
+    const int i = b + lane;
+    const bool v = i < nk;
+    const int tl = v ? i / K : 0;
+    const int e = v ? pe[i] : 0;
+    float den = 0.0f;
+#pragma unroll 8
+    for (int r = 0; r < K; ++r) den = __fadd_rn(den, ps[tl * K + r]);
+    const float d = __fadd_rn(den, 1e-20f);
+    const u32 same = __match_any_sync(ALL, v ? e : E + lane);
+    const int rk = cnt[e] + __popc(same & below_me);
+    __syncwarp();  // every lane has read the counts before the last lane of each set updates them
+    if (v) {
+      if ((same >> lane) == 1u) cnt[e] = rk + 1;
+      const float sv = ps[i];
+      a.probs[static_cast<i64>(tb + tl) * E + e] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+      if constexpr (MAP) rec[(tb - tc0) * K + i] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
     }
-    __syncwarp();  // picks and counts read before the next token writes them
+    __syncwarp();
+  }
+  if constexpr (MAP && FUSE && FILL) {
+    // The −1 rows of the warp's tokens (contiguous), stored while other CTAs still route; the routed entries are
+    // written over them after the grid-wide arrival (ordered by the barriers in between).
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    int* rr = a.row_id_map + static_cast<i64>(tb) * E;
+    for (int q = lane; q < max(0, te - tb) * (E / 4); q += 32) store16(rr + 4 * q, m1);
   }
 
   __syncthreads();
@@ -708,7 +941,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       if (run) atomicAdd(&a.counts[e], run);
     }
   }
-  if constexpr (MAP) {
+  if constexpr (MAP && !FUSE) {
     __syncthreads();
     const int nt = min(W * tpw, a.T - tc0);
     for (int i = threadIdx.x; i < nt * K; i += W * 32) {
@@ -717,84 +950,53 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       a.records[static_cast<i64>(tc0) * K + i] = static_cast<u32>(e) | static_cast<u32>(moe_smem[w * E + e] + static_cast<int>(v >> 16)) << 16;
     }
   }
+  if constexpr (MAP && FUSE) {
+    // Grid-wide arrival (cooperative-groups style: the CTA's count stores and atomics, a device-scope fence, one
+    // arrival), then wait for every CTA. The host launches FUSE only when the whole grid is resident at once; a
+    // wait that still never ends traps (an error, not a hang) after ≥ 2 s.
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(a.arrive, 1u);
+      unsigned n, spins = 0;
+      for (;;) {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(a.arrive) : "memory");
+        if (n >= gridDim.x) break;
+        __nanosleep(64);
+        if (++spins == (1u << 25)) __trap();
+      }
+      __threadfence();
+    }
+    __syncthreads();
+    // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
+    int* base = reinterpret_cast<int*>(moe_smem + W * E);
+    moe_chunk_bases<E, W * 32>(a.map, blockIdx.x, base, moe_smem + W * E + W * tpw * 32 * EL);
+    const int nt = min(W * tpw, a.T - tc0);
+    for (int i = threadIdx.x; i < nt * K; i += W * 32) {
+      const u32 v = rec[i];
+      const int e = static_cast<int>(v & 0xffffu), w = i / K / tpw;
+      moe_put_row(a.map, E, static_cast<i64>(tc0) + i / K, e, base[e] + moe_smem[w * E + e] + static_cast<int>(v >> 16));
+    }
+  }
 }
 
 // CTA: one chunk of moe_route (chunk_tokens tokens), 8 warps.
 template <int E, int K, bool FILL>
 __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArgs a) {
-  constexpr int EPT = (E + 255) / 256;  // experts per thread in the offset scan
   __shared__ int base[E];
   __shared__ int warp_tot[8];
   pdl_wait();  // moe_route's records, chunk rows and superblock counts
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int P = a.multiple_of;
   const int c = blockIdx.x;
-  const int sb = c / a.super_chunks;
-  const int nsuper = (a.nchunks + a.super_chunks - 1) / a.super_chunks;
   const int t0 = c * a.chunk_tokens;
   const int nt = min(a.chunk_tokens, a.T - t0);
-
-  // Counts (all superblock rows) and the chunk's prefix (superblocks before sb, then chunks sb·SC … c − 1): rows
-  // loaded 16 at a time (one memory latency per batch, not per row).
-  int tot[EPT], pre[EPT];
-#pragma unroll
-  for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
-  auto rows = [&](const int* src, int r0, int r1, bool to_tot, int split) {
-#pragma unroll 1
-    for (int rb = r0; rb < r1; rb += 16) {
-#pragma unroll
-      for (int k = 0; k < EPT; ++k) {
-        const int e = threadIdx.x * EPT + k;
-        int v[16];
-#pragma unroll
-        for (int j = 0; j < 16; ++j) v[j] = (rb + j < r1 && e < E) ? src[static_cast<i64>(rb + j) * E + e] : 0;
-#pragma unroll
-        for (int j = 0; j < 16; ++j) {
-          if (to_tot) tot[k] += v[j];
-          pre[k] += rb + j < split ? v[j] : 0;
-        }
-      }
-    }
-  };
-  rows(a.super, 0, nsuper, true, sb);
-  rows(a.chunk_counts, sb * a.super_chunks, c, false, c);
-
-  // Expert offsets: exclusive scan of roundup(count, P) over experts.
-  int pc[EPT], local = 0;
-#pragma unroll
-  for (int k = 0; k < EPT; ++k) {
-    pc[k] = (tot[k] + P - 1) / P * P;
-    local += pc[k];
-  }
-  int total;
-  int off = block_exclusive_scan256(local, warp_tot, total);
-#pragma unroll
-  for (int k = 0; k < EPT; ++k) {
-    const int e = threadIdx.x * EPT + k;
-    if (e < E) {
-      base[e] = off + pre[k];
-      if (c == 0) {
-        a.counts[e] = tot[k];
-        if (a.padded_counts) a.padded_counts[e] = pc[k];
-        if (a.offsets) a.offsets[e] = off;
-      }
-      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
-      if (a.row_id_indices && e % gridDim.x == c)
-        for (int r = off + tot[k]; r < off + pc[k] && r < a.num_out; ++r) a.row_id_indices[r] = -1;
-    }
-    off += pc[k];
-  }
-  if (c == 0 && threadIdx.x == 0 && a.offsets) a.offsets[E] = total;
-  if (a.row_id_indices)
-    for (i64 r = total + static_cast<i64>(c) * 256 + threadIdx.x; r < a.num_out; r += static_cast<i64>(gridDim.x) * 256)
-      a.row_id_indices[r] = -1;
-  __syncthreads();  // base[]
+  // The first record of each thread is loaded with the count rows (one memory latency for both).
+  const u32 v0 = !FILL && static_cast<int>(threadIdx.x) < nt * K ? a.records[static_cast<i64>(t0) * K + threadIdx.x] : 0u;
+  moe_chunk_bases<E, 256>(a.map, c, base, warp_tot);
 
   auto put = [&](i64 t, u32 v) {
     const int e = static_cast<int>(v & 0xffffu);
-    const int row = base[e] + static_cast<int>(v >> 16);
-    a.row_id_map[t * E + e] = row;
-    if (a.row_id_indices && row < a.num_out) a.row_id_indices[row] = static_cast<int>(t);
+    moe_put_row(a.map, E, t, e, base[e] + static_cast<int>(v >> 16));
   };
   if constexpr (FILL) {
     // A warp per token: −1 over the row, then the routed entries (lane r: pick r).
@@ -802,14 +1004,15 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
     for (int tl = warp; tl < nt; tl += 8) {
       const i64 t = t0 + tl;
       const u32 v0 = lane < K ? a.records[t * K + lane] : 0u;
-      int* rr = a.row_id_map + t * E;
+      int* rr = a.map.row_id_map + t * E;
       for (int q = lane; q < E / 4; q += 32) store16(rr + 4 * q, m1);
       __syncwarp();
       if (lane < K) put(t, v0);
       for (int r = lane + 32; r < K; r += 32) put(t, a.records[t * K + r]);
     }
   } else {
-    for (int i = threadIdx.x; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
+    if (static_cast<int>(threadIdx.x) < nt * K) put(t0 + threadIdx.x / K, v0);
+    for (int i = threadIdx.x + 256; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
   }
 }
 

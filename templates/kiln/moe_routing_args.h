@@ -13,7 +13,24 @@ constexpr int kMoeMaxExperts = 1024;
 // Top-k routing keeps a lane's experts in registers (32 lanes per token, at most 64 experts per lane).
 constexpr int kMoeTopkMaxExperts = 512;
 
-// Top-k forward: moe_route_zero → moe_route → moe_route_map (map only), chained by programmatic dependent launch.
+// The chunk counts of moe_route and the padded map's outputs: what moe_chunk_bases reads and writes (moe_route_map,
+// or moe_route itself when it writes the map in the same launch).
+struct MoeChunkMap {
+  const int* chunk_counts;  // [nchunks, E] tokens of each chunk per expert
+  const int* super;         // [ceil(nchunks / super_chunks), E] per-superblock counts
+  int* counts;              // [E] real tokens per expert (out)
+  int* row_id_map;          // [T, E]
+  int* row_id_indices;      // [num_out] or null
+  int* padded_counts;       // [E] or null
+  int* offsets;             // [E + 1] or null
+  int nchunks;
+  int super_chunks;
+  int multiple_of;
+  int num_out;
+};
+
+// Top-k forward: moe_route_zero → moe_route → moe_route_map (map, unless moe_route writes it), chained by
+// programmatic dependent launch.
 struct MoeZeroArgs {
   int* p;  // [n] set to 0
   int n;
@@ -33,23 +50,15 @@ struct MoeRouteArgs {
   int tpw;                     // tokens per warp (a chunk is warps · tpw tokens)
   int super_chunks;            // chunks per superblock
   float scale;                 // routed scaling factor
+  MoeChunkMap map;             // FUSE: the map this launch writes after its grid-wide arrival
+  unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
 };
 
 struct MoeRouteMapArgs {
   const unsigned* records;  // [T, K]
-  const int* chunk_counts;  // [nchunks, E]
-  const int* super;         // [ceil(nchunks / super_chunks), E]
-  int* counts;              // [E] real tokens per expert (out)
-  int* row_id_map;          // [T, E]
-  int* row_id_indices;      // [num_out] or null
-  int* padded_counts;       // [E] or null
-  int* offsets;             // [E + 1] or null
+  MoeChunkMap map;
   int T;
-  int nchunks;
   int chunk_tokens;
-  int super_chunks;
-  int multiple_of;
-  int num_out;
 };
 
 struct MoeTopkBwdArgs {

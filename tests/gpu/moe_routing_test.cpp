@@ -39,17 +39,17 @@ struct Case {
   bool indices = true;
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
   int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
-  int fill = 0;            // forced through the tuner's hook together with where the −1 fill of row_id_map happens
-  int pick = 0;            // (0: route, 1: route_map) and the picks' maximum (0: redux.sync, 1: shuffles)
+  int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
+                           // route, 1: whole rows in route_map, 2: fused into route) and the tokens routed at once
+  int nt = 1;
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
 };
 
 // The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill) with the case's config forced for
+// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, nt) with the case's config forced for
 // the scope's lifetime.
-std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
-  if (c.warps == 0) return nullptr;
+detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   detail::Specialization s;
   s.family = detail::find_family("moe_routing");
   s.arch = r.impl().target_arch();
@@ -59,17 +59,22 @@ std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c
   s.config[0] = c.warps;
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
-  s.config[3] = c.pick;
+  s.config[3] = c.nt;
+  return s;
+}
+std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
+  if (c.warps == 0) return nullptr;
+  const detail::Specialization s = route_spec_of(r, c);
   EXPECT_TRUE(detail::in_search_space(s)) << s.describe();
   return std::make_unique<detail::ForceConfigScope>(s);
 }
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d pick=%d map=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d nt=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.pick, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.nt, c.with_map);
   return b;
 }
 
@@ -186,31 +191,33 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
-// Route configs of the search space (chunks of 32 or 64 tokens, the −1 fill in route or route_map, redux or shuffles
-// for the picks), with and without the map, on the target routing and odd shapes (a partial last lane, groups
-// spanning 5 lanes, two groups per lane, one lane per token).
+// Route configs of the search space (chunks of 32 or 64 tokens; the −1 fill in route, whole rows in route_map, or the
+// map fused into route with the −1 fill per token or after the warp's tokens), with and without the map, on the
+// target routing and odd shapes (a partial last lane, groups spanning 5 lanes, two groups per lane, one lane per
+// token); a shape whose shared memory the search space excludes (E = 512 at 16 × 4) is skipped. The fused configs at
+// T = 65536 (2048 chunks: more than fit at once) exercise their fallback to fill 0 / 1.
 TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
-  struct Cfg { int warps, tpw, fill, pick; };
-  for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1},
-                       Cfg{16, 2, 0, 0}})
+  struct Cfg { int warps, tpw, fill, nt; };
+  for (const Cfg& k : {Cfg{8, 4, 0, 1}, Cfg{16, 2, 1, 1}, Cfg{16, 4, 0, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1},
+                       Cfg{8, 4, 2, 1}, Cfg{16, 2, 2, 1}, Cfg{8, 4, 3, 1}, Cfg{16, 2, 3, 1}, Cfg{16, 4, 3, 1}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
       auto forced = [&](Case c) {
         c.warps = k.warps;
         c.tpw = k.tpw;
         c.fill = k.fill;
-        c.pick = k.pick;
+        c.nt = k.nt;
         c.with_map = with_map;
         return c;
       };
       run_case(forced({8192, 256, kLing, true, 16, true, with_map && k.warps == 16}), 300 + k.warps + k.tpw);
-      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill);
+      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.nt);
       for (const Case& o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
                             Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
                             Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
                             Case{333, 8, {3, MoeScore::sigmoid, 4, 2, true, 1.0f}, true, 16},
                             Case{8500, 64, kQwen, false, 128}})
-        run_case(forced(o), 310 + k.tpw + 2 * with_map);
+        if (detail::in_search_space(route_spec_of(rt(), forced(o)))) run_case(forced(o), 310 + k.tpw + 2 * with_map);
     }
 }
 // Ties, ulp-level differences, NaN/±inf logits and huge biases must match the reference bit for bit (ties to the lower
@@ -226,8 +233,13 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       c.warps = 16;
       c.tpw = 2;
       c.fill = 1;
-      c.pick = 1;
       run_case(c, 410 + pattern);
+      c.warps = 8;
+      c.tpw = 4;
+      c.fill = 2;
+      run_case(c, 420 + pattern);
+      c.fill = 3;
+      run_case(c, 430 + pattern);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
