@@ -13,7 +13,9 @@
 // group is a compile-time constant when a group spans whole warp steps), then one butterfly per group.
 // Backward: a persistent grid (x: token slots, y: segment); each warp walks tokens with a fixed lane → column map
 // and accumulates dw for its columns in its own shared-memory slice; the CTA adds its warps' slices in warp order
-// into partial[blockIdx.x][seg's channels], and dw_reduce_kernel adds the CTA rows in order: deterministic.
+// into partial[blockIdx.x][seg's channels], and dw_reduce_kernel adds the CTA rows in order: deterministic. FUSE:
+// the backward is launched cooperatively and adds the CTA rows itself after a grid barrier (dw_reduce_fused: the
+// same order, the same bits), so no second kernel waits behind it.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/group_rms_norm_gate_args.h"
@@ -254,6 +256,16 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
   cp_async_wait<0>();
 }
 
+// The backward's in-kernel dw reduction (FUSE; a cooperative launch): the partial rows [gridDim.x][DIM] the CTAs
+// wrote are added by dw_reduce_fused exactly as dw_reduce_kernel<NOUT, FOLD> would add them (a shared weight folds
+// the G groups onto d outputs).
+template <int DIM, int G, bool SHARED_W, int NT>
+__device__ __forceinline__ void gate_dw_reduce_fused(const GroupNormGateBwdArgs& a) {
+  const DwReduceArgs r{a.partial, a.dw, static_cast<int>(gridDim.x)};
+  if constexpr (SHARED_W) dw_reduce_fused<DIM / G, G, float, NT>(r);
+  else dw_reduce_fused<DIM, 1, float, NT>(r);
+}
+
 // (b, s) of the token a RowWalker over walking order stands on (its divisor is B when seq_major, else S).
 template <typename Args>
 __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64& b, i64& s) {
@@ -274,10 +286,11 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // unpacking of dy. dw for the lane's columns accumulates in registers when a lane holds ≤ 32 channels (else in the
 // warp's shared-memory slice); the warps' slices are added in warp order at the end. Tokens are walked with
 // RowWalker (no division per token).
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, bool FUSE, typename T,
+          typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
-  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
+  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
@@ -429,6 +442,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
+  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
 }
 
 // ---- staged backward -----------------------------------------------------------------------------------------
@@ -448,10 +462,10 @@ struct GateStaged {
   static constexpr int SLOT = 3 * PIECE;
 };
 
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, typename T, typename W>
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 16 warps per SM: ≤ 128 registers
     group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
-  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
+  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
@@ -614,6 +628,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
+  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
 }
 
 }  // namespace kiln
