@@ -33,9 +33,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers
-    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                       s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32);
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
+    // overlap = Σx² on the tensor cores (MMA_SS)
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
+                       s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32, s.config[C_OVERLAP] != 0);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
@@ -233,16 +234,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_COL_BLOCKS] = 4;
       // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048.
       const bool wreg_fits = N <= 2048;
+      // overlap 1: Σx² on the tensor cores (two row slots only: deeper rings measured slower).
       for (int warps : {4, 8, 16})
         for (int stages : {2, 3, 4})
-          for (int wreg : {0, 1}) {
-            if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
-            if (wreg && !wreg_fits) continue;
-            s.config[C_WARPS] = warps;
-            s.config[C_STAGES] = stages;
-            s.config[C_PREFETCH] = wreg;
-            out.push_back(s);
-          }
+          for (int wreg : {0, 1})
+            for (int mma : {0, 1}) {
+              if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
+              if (wreg && !wreg_fits) continue;
+              if (mma && stages != 2) continue;
+              s.config[C_WARPS] = warps;
+              s.config[C_STAGES] = stages;
+              s.config[C_PREFETCH] = wreg;
+              s.config[C_OVERLAP] = mma;
+              out.push_back(s);
+            }
+      s.config[C_OVERLAP] = 0;
     }
     return;
   }

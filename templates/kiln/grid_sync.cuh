@@ -36,14 +36,23 @@ __device__ __forceinline__ u32 grid_barrier_arrive() {
 
 // Every thread of the CTA calls it: thread 0 waits (acquire, GPU scope) until every CTA of the grid has arrived,
 // then a CTA barrier; afterwards the CTA sees every write the other CTAs made before their arrival. A CTA may arrive
-// and never wait (it must not exit before arriving).
+// and never wait (it must not exit before arriving). A wait longer than 2 s (a CTA that can never arrive: a launch
+// without the cooperative guarantee on a busy GPU, or a bug) traps, failing the launch, instead of hanging.
 __device__ __forceinline__ void grid_barrier_wait(u32 token) {
   if (threadIdx.x + threadIdx.y + threadIdx.z == 0) {
     const u32* word = grid_barrier_word();
-    u32 cur;
-    do {
+    u64 t0 = 0;
+    for (u32 n = 0;; ++n) {
+      u32 cur;
       asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
-    } while (((token ^ cur) & 0x80000000u) == 0);
+      if ((token ^ cur) & 0x80000000u) break;
+      if ((n & 1023u) == 0) {  // the clock now and then: a wait normally ends within microseconds
+        u64 t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        if (n == 0) t0 = t;
+        else if (t - t0 > 2000000000ull) __trap();
+      }
+    }
   }
   __syncthreads();
 }

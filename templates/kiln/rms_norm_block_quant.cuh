@@ -819,9 +819,43 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 // Mode 0's math for one row held in shared memory (the pipe kernel): the row8 layout (lane = 8·blk + c:
 // block blk of each 512-column step, its 16-byte chunks c and c + 8), Σx² in four interleaved accumulators, the
 // block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of `row`;
-// returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats.
+// returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats. MMA_SS: Σx² on the
+// tensor cores (rmsq::sumsq_mma) instead of 128 conversions and FMAs a lane.
 namespace rmsq {
-template <int N, bool ROUND, typename WeightsFn>
+
+// D = A·B + 0 for one m16n8k16 bf16 MMA with fp32 results (a: 4 registers, b: 2; every lane of the warp).
+__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#if __CUDA_ARCH__ >= 800
+  asm(  // not volatile: a pure function of its operands, free to be scheduled around the shared-memory loads
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
+      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
+      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.f));
+#endif
+}
+
+// Σ of the squares of the 4 bf16 in (p, q) over the warp's 32 lanes, as 8 partial sums of 16 squares each on the
+// diagonal of one MMA. Lane (g, t) = (lane / 4, lane % 4) passes p, q as A's row g (k = 2t, 2t + 1 and 2t + 8,
+// 2t + 9; rows 8–15 repeat them and are ignored) and as B's column g (B = A[0:8]ᵀ), so D[g][g] = Σ over the lanes
+// t of group g of p₀² + p₁² + q₀² + q₁²: products of bf16 are exact in fp32, each diagonal element is a 16-term
+// sum (tensor-core accumulation) of them. D[g][g] sits in lane (g, g / 2), element g % 2; add() accumulates the
+// two candidates of every lane in fp32 into acc[0], acc[1] (a lane's off-diagonal values are dropped at the end).
+struct SumSqMma {
+  float acc[2] = {0.f, 0.f};
+  __device__ __forceinline__ void add(u32 p, u32 q) {
+    float d[4];
+    mma_bf16_16816(d, p, p, q, q, p, q);
+    acc[0] += d[0];
+    acc[1] += d[1];
+  }
+  // The warp's total (every lane gets it): the diagonal lanes' element, summed over the 8 of them.
+  __device__ __forceinline__ float total(int lane) const {
+    const int g = lane >> 2, t = lane & 3;
+    const float mine = t == (g >> 1) ? ((g & 1) ? acc[1] : acc[0]) : 0.f;
+    return warp_sum(mine);
+  }
+};
+
+template <int N, bool ROUND, bool MMA_SS = false, typename WeightsFn>
 __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const unsigned char* xs, i64 row, int lane,
                                            WeightsFn&& weights) {
   constexpr int NB = N / 128;          // column blocks per row
@@ -833,20 +867,36 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
   u8* const qrow = a.q + row * N + blk * 128 + c * 8;          // + 512·s + 64·h
   float* qs = a.q_scale + static_cast<i64>(blk) * a.M + row;   // + 4·M a step
   const i64 qs_step = 4 * static_cast<i64>(a.M);
-  float acc[4] = {0.f, 0.f, 0.f, 0.f};
+  float ss;
+  if constexpr (MMA_SS) {
+    SumSqMma sq;
 #pragma unroll
-  for (int s = 0; s < STEPS; ++s)
-    if (active(s))
+    for (int s = 0; s < STEPS; ++s)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) {
-          const float f = vec_get<bf16>(v, i);
-          acc[i & 3] = fmaf(f, f, acc[i & 3]);
-        }
+        Vec16 v;
+        if (active(s)) v = pipe_lds16(xs + col_of(s, h) * 2);
+        else v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
+        sq.add(v.w[0], v.w[1]);  // every lane: mma.sync is warp-wide
+        sq.add(v.w[2], v.w[3]);
       }
-  const float ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+    ss = sq.total(lane);
+  } else {
+    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int s = 0; s < STEPS; ++s)
+      if (active(s))
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+          const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const float f = vec_get<bf16>(v, i);
+            acc[i & 3] = fmaf(f, f, acc[i & 3]);
+          }
+        }
+    ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  }
   const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
   if (a.rms_out && lane == 0) a.rms_out[row] = r;
 
@@ -902,10 +952,11 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 //    hits) for every row;
 //  * Σx² in four interleaved accumulators, the block amax as a tree;
 //  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale_of_max: no division) and its reciprocal
-//    from its bits (rmsq::Quant), as in every kernel here.
+//    from its bits (rmsq::Quant), as in every kernel here;
+//  * MMA_SS: Σx² by 4 tensor-core MMAs a 512-column step (rmsq::SumSqMma) instead of 32 conversions and FMAs a lane.
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
 // Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
-template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32>
+template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, bool MMA_SS = false>
 __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH)))
     rms_norm_block_quant_pipe_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int NB = N / 128;          // column blocks per row
@@ -962,7 +1013,7 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
 #pragma unroll 1
   for (int k = 0; k < rows; ++k) {
     ring.wait(k);
-    rmsq::row8_smem<N, ROUND>(a, ring.slot(k), strip.row(k), lane, weights);
+    rmsq::row8_smem<N, ROUND, MMA_SS>(a, ring.slot(k), strip.row(k), lane, weights);
     ring.release();  // every lane has read the slot
     issue(k + DEPTH);
   }
