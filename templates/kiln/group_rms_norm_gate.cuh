@@ -445,6 +445,162 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
 }
 
+// ---- split backward ------------------------------------------------------------------------------------------
+// The kept-rows-and-sigmoids backward with SPLIT warps an item: warp `sub` of a group of SPLIT takes the item's
+// chunks (st·SPLIT + sub)·32 + lane (interleaved 512-byte pieces), the group adds its warps' group sums Σx² and
+// Σx·t through shared memory in warp order (a named barrier a group; the same bits in every warp of the group), and
+// the CTA adds its groups' dw slices in group order. 1/SPLIT of the registers a row and SPLIT× finer work items for
+// the persistent grid's last round (the rope backward's SPLIT). Registers capped for 24 warps an SM. Shared memory:
+// WARPS/SPLIT dw slices of SEG·d floats, then the exchange [2][WARPS][2·SEG] floats (by row parity: a warp's next
+// row never overwrites a slot its partners still read — they read it before arriving at the next row's barrier).
+template <int DIM, int G, int SEG, int SPLIT, typename T>
+struct GateSplit {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static constexpr int STEPS = (L::NC + 32 * SPLIT - 1) / (32 * SPLIT);  // a warp's steps
+  static constexpr bool OK = STEPS * 3 * L::BYTES <= 192 && STEPS * L::E <= 16;
+};
+
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int SPLIT, bool FUSE, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, WARPS >= 32 ? 1 : 32 / WARPS) group_rms_norm_gate_bwd_split_kernel(
+    const GroupNormGateBwdArgs a) {
+  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
+  using L = GateLayout<DIM, G, SEG, T>;
+  constexpr int E = L::E, B = L::BYTES, NC = L::NC, d = L::d, SEGC = L::SEGC, CPG = L::CPG;
+  constexpr int STEPS = GateSplit<DIM, G, SEG, SPLIT, T>::STEPS;
+  static_assert(GateSplit<DIM, G, SEG, SPLIT, T>::OK, "split backward: rows and sigmoids of a lane in registers");
+  static_assert(WARPS % SPLIT == 0 && WARPS / SPLIT <= 15, "whole groups; one named barrier a group");
+  constexpr int GROUPS = WARPS / SPLIT;
+  extern __shared__ __align__(16) float dws[];  // [GROUPS][SEGC] dw slices, then [2][WARPS][2·SEG] exchange
+  float* xch = dws + GROUPS * SEGC;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp / SPLIT, sub = warp % SPLIT;
+  const int seg = blockIdx.y, c0 = seg * SEGC;
+  auto chunk = [&](int st) { return (st * SPLIT + sub) * 32 + lane; };  // segment-local chunk of step st
+  auto grp = [&](int c) { return CPG % 32 == 0 ? (c - lane) / CPG : c / CPG; };  // warp-uniform when it can be
+
+  float dwr[STEPS][E];
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+    for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
+
+  const CtaRows strip(a.M, group, GROUPS);  // the group's tokens (every warp of it walks the same ones)
+  RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
+  for (int k = 0; k < strip.n; ++k, walk.next()) {
+    i64 b, s;
+    walker_bs(a, walk, b, s);
+    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+    const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+    const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
+    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
+
+    Raw<B> xv[STEPS], gv[STEPS], yv[STEPS];
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = chunk(st);
+      if (c < NC) {
+        xv[st] = ld_raw<B, true>(xr + c * E);
+        gv[st] = ld_raw<B, true>(gr + c * E);
+        yv[st] = ld_raw<B, true>(yr + c * E);
+      }
+    }
+    float ss[SEG], Q[SEG], ysv[STEPS][E], omv[STEPS][E];
+#pragma unroll
+    for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = chunk(st);
+      if (c < NC) {
+        const int ch = c0 + c * E;
+        float w[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        float p_ss = 0.f, p_q = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xv[st], e);
+          const Sigmoid<T> sg(raw_get<T>(gv[st], e));
+          const float yg = ysv[st][e] = raw_get<T>(yv[st], e) * sg.s;
+          omv[st][e] = sg.one_minus;
+          p_ss = fmaf(xf, xf, p_ss);
+          p_q = fmaf(xf, yg * w[e], p_q);
+        }
+        const int q = grp(c);
+        add_at(ss, q, p_ss);
+        add_at(Q, q, p_q);
+      }
+    }
+    // Group sums: this warp's, posted to its slot of this row parity, then the group's slots added in warp order.
+    float* slot = xch + (k & 1) * WARPS * 2 * SEG;
+#pragma unroll
+    for (int q = 0; q < SEG; ++q) {
+      ss[q] = warp_sum(ss[q]);
+      Q[q] = warp_sum(Q[q]);
+    }
+    if (lane == 0)
+#pragma unroll
+      for (int q = 0; q < SEG; ++q) {
+        slot[warp * 2 * SEG + q] = ss[q];
+        slot[warp * 2 * SEG + SEG + q] = Q[q];
+      }
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+    float r[SEG], coef[SEG];
+#pragma unroll
+    for (int q = 0; q < SEG; ++q) {
+      float tss = slot[group * SPLIT * 2 * SEG + q], tq = slot[group * SPLIT * 2 * SEG + SEG + q];
+#pragma unroll
+      for (int u = 1; u < SPLIT; ++u) {
+        tss += slot[(group * SPLIT + u) * 2 * SEG + q];
+        tq += slot[(group * SPLIT + u) * 2 * SEG + SEG + q];
+      }
+      r[q] = 1.0f / sqrtf(tss / static_cast<float>(d) + a.eps);
+      coef[q] = (tq / static_cast<float>(d)) * r[q] * r[q] * r[q];  // (Q/d)·r first: see the kept kernel
+    }
+
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = chunk(st);
+      if (c < NC) {
+        Raw<B> xraw = xv[st];
+        launder(xraw);
+        const int q = grp(c);
+        const float rq = pick(r, q), cq = pick(coef, q);
+        const int ch = c0 + c * E;
+        float w[E], dxo[E], dgo[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e);
+          const float ys = ysv[st][e], om = omv[st][e];
+          const float t = ys * w[e];
+          const float n = xf * rq;
+          dxo[e] = fmaf(rq, t, -cq * xf);
+          dgo[e] = n * t * om;
+          dwr[st][e] = fmaf(n, ys, dwr[st][e]);
+        }
+        Raw<B> o1, o2;
+        raw_fill<T>(o1, dxo);
+        raw_fill<T>(o2, dgo);
+        st_raw(dxr + c * E, o1);
+        st_raw(dgr + c * E, o2);
+      }
+    }
+  }
+
+  float* dw = dws + group * SEGC;  // the group's slice: its warps' columns are disjoint
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = chunk(st);
+    if (c < NC)
+#pragma unroll
+      for (int e = 0; e < E; ++e) dw[c * E + e] = dwr[st][e];
+  }
+  __syncthreads();
+  dw_cta_partial<GROUPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
+                                                    threadIdx.x);
+  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
+}
+
 // ---- staged backward -----------------------------------------------------------------------------------------
 // The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid (gridDim.y =
 // segments) sized to the GPU; CTA (x, seg) takes tokens x, x + gridDim.x, … (CtaRows: counts differ by ≤ 1), warp w
