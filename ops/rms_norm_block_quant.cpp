@@ -34,9 +34,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
-    // overlap = Σx² on the tensor cores (MMA_SS)
-    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                       s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32, s.config[C_OVERLAP] != 0);
+    // overlap = Σx² on the tensor cores (MMA_SS), exchange = two warps a row (SPLIT 2, Σx² exchanged)
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
+                       s.config[C_OVERLAP] != 0, s.config[C_EXCHANGE] ? 2 : 1);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
@@ -52,9 +53,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kRowKernel)
-    return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
-                                                                         s.config[C_WARPS], s.config[C_STAGES])
-                                  : 0;
+    return s.config[C_STAGES] > 0
+               ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
+                                                      s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
+               : 0;
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -232,23 +234,28 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
     if (base.arch.sm >= 90) {  // pipe kernel (col_blocks 4: the row8 layout): row slots a warp that fit 227 KiB
       s.config[C_COL_BLOCKS] = 4;
-      // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048.
-      const bool wreg_fits = N <= 2048;
-      // overlap 1: Σx² on the tensor cores (two row slots only: deeper rings measured slower).
+      // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048 (split rows of 4096
+      // columns spilled at the split kernel's 80-register cap).
+      // overlap 1: Σx² on the tensor cores (two row slots only: deeper rings measured slower). exchange 1: two warps
+      // a row (half a row each, their Σx² exchanged; N a multiple of 1024), two or three slots.
       for (int warps : {4, 8, 16})
         for (int stages : {2, 3, 4})
           for (int wreg : {0, 1})
-            for (int mma : {0, 1}) {
-              if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
-              if (wreg && !wreg_fits) continue;
-              if (mma && stages != 2) continue;
-              s.config[C_WARPS] = warps;
-              s.config[C_STAGES] = stages;
-              s.config[C_PREFETCH] = wreg;
-              s.config[C_OVERLAP] = mma;
-              out.push_back(s);
-            }
-      s.config[C_OVERLAP] = 0;
+            for (int mma : {0, 1})
+              for (int split : {1, 2}) {
+                if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages, split) > 227 * 1024)
+                  continue;
+                if (wreg && N > 2048) continue;
+                if (mma && stages != 2) continue;
+                if (split > 1 && (N % 1024 != 0 || stages > 3)) continue;
+                s.config[C_WARPS] = warps;
+                s.config[C_STAGES] = stages;
+                s.config[C_PREFETCH] = wreg;
+                s.config[C_OVERLAP] = mma;
+                s.config[C_EXCHANGE] = split > 1;
+                out.push_back(s);
+              }
+      s.config[C_OVERLAP] = s.config[C_EXCHANGE] = 0;
     }
     return;
   }

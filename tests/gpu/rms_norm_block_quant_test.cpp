@@ -341,16 +341,17 @@ INSTANTIATE_TEST_SUITE_P(Modes, RmsNormBlockQuantSpecialValues,
 // tiny rows reach the scale rule.
 TEST_F(RmsNormBlockQuantTest, SpecialValuesEveryMode0Kernel) {
   struct Cfg {
-    int warps, col_blocks, prefetch, stages, mma;
+    int warps, col_blocks, prefetch, stages, mma, split;
   };
-  for (const Cfg& k : {Cfg{8, 4, 1, 0, 0}, Cfg{8, 4, 0, 3, 0}, Cfg{16, 4, 1, 2, 0}, Cfg{4, 4, 1, 4, 0},
-                       Cfg{8, 4, 1, 2, 1}, Cfg{16, 4, 0, 2, 1}})
+  for (const Cfg& k : {Cfg{8, 4, 1, 0, 0, 0}, Cfg{8, 4, 0, 3, 0, 0}, Cfg{16, 4, 1, 2, 0, 0}, Cfg{4, 4, 1, 4, 0, 0},
+                       Cfg{8, 4, 1, 2, 1, 0}, Cfg{16, 4, 0, 2, 1, 0}, Cfg{8, 4, 1, 2, 0, 1}, Cfg{8, 4, 1, 2, 1, 1}})
     for (bool rs : {false, true}) {
       SCOPED_TRACE("warps " + std::to_string(k.warps) + " col_blocks " + std::to_string(k.col_blocks) + " prefetch " +
                    std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " mma " +
-                   std::to_string(k.mma) + " round_scale " + std::to_string(rs));
-      ASSERT_TRUE(
-          detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, k.mma, 0));
+                   std::to_string(k.mma) + " split " + std::to_string(k.split) + " round_scale " +
+                   std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, k.mma,
+                                                            k.split));
       const Input in = special_input(mix_seed({0x64, static_cast<uint64_t>(k.stages), rs}));
       RunSpec spec;
       spec.mode = 0;
@@ -528,8 +529,9 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
-// reloaded × Σx² by FMAs or on the tensor cores (overlap 1); partial steps; fewer rows than warps) with enough rows
-// that every ring slot is refilled several times, and the row8 and row kernels.
+// reloaded × Σx² by FMAs or on the tensor cores (overlap 1) × one or two warps a row (exchange 1); partial steps;
+// fewer rows than warps) with enough rows that every ring slot is refilled several times, and the row8 and row
+// kernels.
 TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
   const std::vector<SpacePoint> points = {
       {2048, 0, 8, 4, 1, 2, 0, 0, 20011},  // the default (round_scale 1)
@@ -544,6 +546,12 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
       {640, 0, 8, 4, 1, 2, 1, 0, 20011},   // (a partial step: inactive lanes feed zeros)
       {128, 0, 4, 4, 0, 2, 1, 0, 100003},
       {2048, 0, 8, 4, 1, 2, 1, 0, 131},
+      {2048, 0, 8, 4, 1, 2, 0, 1, 20011},  // two warps a row
+      {2048, 0, 16, 4, 0, 3, 0, 1, 20011},
+      {2048, 0, 4, 4, 1, 2, 1, 1, 20011},
+      {1024, 0, 8, 4, 1, 2, 0, 1, 40009},  // one step a warp
+      {4096, 0, 8, 4, 0, 2, 0, 1, 9001},
+      {2048, 0, 8, 4, 1, 3, 0, 1, 131},
       {7168, 0, 4, 4, 0, 2, 0, 0, 5003},
       {4096, 0, 8, 4, 0, 3, 0, 0, 9001},
       {128, 0, 4, 4, 1, 4, 0, 0, 100003},  // a partial step: one block of four
@@ -565,6 +573,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 4, 0, 4, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(4096, 0, 8, 4, 1, 2, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 3, 1, 0));  // tensor-core Σx²: 2 slots
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(640, 0, 8, 4, 1, 2, 0, 1));   // a split row: N % 1024
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
