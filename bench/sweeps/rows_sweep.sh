@@ -12,7 +12,8 @@ tmp=$(mktemp -d)
 for o in "$@"; do
   python3 bench/sweeps/forced_config.py tuner/configs/h100-ling-mini-2.0.json "$family" "$kernel" 8192 "$params" "$o" \
     "$tmp/f.json" > /dev/null || continue
-  line=$(KILN_TUNING_DB="$tmp/f.json" "$kiln" bench --filter "$filter" 2>&1 | grep -F "$filter" | head -1)
-  echo "$o → $line"
+  KILN_TUNING_DB="$tmp/f.json" "$kiln" bench --filter "$filter" > "$tmp/log" 2>&1
+  line=$(grep -F "$filter" "$tmp/log" | head -1)
+  echo "$o → ${line:-$(tail -2 "$tmp/log" | tr '\n' ' ')}"
 done
 rm -rf "$tmp"
