@@ -9,6 +9,7 @@
 #include "kiln/group_rms_norm_gate_args.h"
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "runtime/family.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -521,9 +522,20 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
     d.smem = static_cast<unsigned>(smem_bytes(s));
     // The fused reduction waits for every CTA: all must be resident at once. The grid is occupancy-sized (bwd_grid_x),
-    // and the cooperative attribute makes the driver guarantee it (or fail the launch) when the GPU is shared.
+    // and the cooperative attribute makes the driver guarantee it, or refuse the launch where fewer SMs are available
+    // than the device has (MPS, green contexts): then the two-kernel path runs instead (any grid size works there).
     d.cooperative = fused;
-    impl.launch(s, d, stream, a);
+    try {
+      impl.launch(s, d, stream, a);
+    } catch (const DeviceError& e) {
+      if (!fused) throw;
+      log(LogLevel::warn, "group_rms_norm_gate_bwd: cooperative launch refused ({}); reducing dweight in a second kernel",
+          e.what());
+      fused = false;
+      s.config[C_REDUCE] = 0;
+      d.cooperative = false;
+      impl.launch(s, d, stream, a);
+    }
   }
   if (fused) {
     if (owned) impl.free_async(owned, stream);
