@@ -6,6 +6,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
+#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -34,7 +35,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
-    // overlap = Σx² on the tensor cores (MMA_SS), exchange = two warps a row (SPLIT 2, Σx² exchanged)
+    // overlap = rows handed out at run time (DYN), exchange = two warps a row (SPLIT 2, Σx² exchanged)
     name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
                        s.config[C_OVERLAP] != 0, s.config[C_EXCHANGE] ? 2 : 1);
@@ -49,6 +50,28 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
+}
+
+// The pipe kernel's dynamic schedule (overlap 1) takes rows from a counter of its module
+// (kiln/rms_norm_block_quant.cuh, rmsq::RowDealer) that a launch leaves at 0 when it ends; launches that may run at
+// the same time must use different counters. Every stream gets its own (1 … 63, first come); 0 (the static schedule)
+// for a stream being captured into a graph (its replays may run on any stream), for the per-thread default stream
+// (one handle, many streams) and once the slots run out.
+int row_slot(Stream stream) {
+  if (reinterpret_cast<CUstream>(stream) == CU_STREAM_PER_THREAD) return 0;
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS ||
+      capture != CU_STREAM_CAPTURE_STATUS_NONE)
+    return 0;
+  static std::mutex mu;
+  static std::unordered_map<Stream, int> slots;
+  std::lock_guard<std::mutex> lock(mu);
+  auto it = slots.find(stream);
+  if (it != slots.end()) return it->second;
+  const int slot = static_cast<int>(slots.size()) + 1;
+  if (slot >= kRmsNormBlockQuantRowSlots) return 0;
+  slots.emplace(stream, slot);
+  return slot;
 }
 
 int smem_bytes(const Specialization& s) {
@@ -113,6 +136,17 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
     s.config[C_COL_BLOCKS] = long_row && !round ? 0 : 4;
     s.config[C_WARPS] = !long_row ? 8 : round ? 4 : 16;
     s.config[C_PREFETCH] = !long_row;
+    if (arch.sm >= 90 && N > 2048 && N % 1024 == 0 &&
+        rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), 8, 2, 2) <= 227 * 1024) {
+      // The pipe kernel with two warps a row (weights loaded, 8 warps, two slots). Measured (session 5 round 1,
+      // H100, M = 8192, N = 7168; tuner): round_scale 1 69.6 µs (row8 default 78.4), round_scale 0 90.1 (row
+      // kernel 115–123); one warp a row 86–88.
+      s.config[C_COL_BLOCKS] = 4;
+      s.config[C_WARPS] = 8;
+      s.config[C_STAGES] = 2;
+      s.config[C_PREFETCH] = 0;
+      s.config[C_EXCHANGE] = 1;
+    }
     if (arch.sm >= 90 && N <= 2048) {
       // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
       // N = 2048): round_scale 1 8 warps 18.67 µs in round 2 (round 1 tune: 18.94; 16 warps 19.15, 4 warps 19.33;
@@ -236,22 +270,22 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_COL_BLOCKS] = 4;
       // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048 (split rows of 4096
       // columns spilled at the split kernel's 80-register cap).
-      // overlap 1: Σx² on the tensor cores (two row slots only: deeper rings measured slower). exchange 1: two warps
-      // a row (half a row each, their Σx² exchanged; N a multiple of 1024), two or three slots.
+      // exchange 1: two warps a row (half a row each, their Σx² exchanged; N a multiple of 1024), two or three
+      // slots. overlap 1: rows handed out at run time (one warp a row, two or three slots).
       for (int warps : {4, 8, 16})
         for (int stages : {2, 3, 4})
           for (int wreg : {0, 1})
-            for (int mma : {0, 1})
+            for (int dyn : {0, 1})
               for (int split : {1, 2}) {
                 if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages, split) > 227 * 1024)
                   continue;
                 if (wreg && N > 2048) continue;
-                if (mma && stages != 2) continue;
+                if (dyn && (split > 1 || stages > 3)) continue;
                 if (split > 1 && (N % 1024 != 0 || stages > 3)) continue;
                 s.config[C_WARPS] = warps;
                 s.config[C_STAGES] = stages;
                 s.config[C_PREFETCH] = wreg;
-                s.config[C_OVERLAP] = mma;
+                s.config[C_OVERLAP] = dyn;
                 s.config[C_EXCHANGE] = split > 1;
                 out.push_back(s);
               }
@@ -400,6 +434,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   a.qT_scale = static_cast<float*>(out.qT_scale.data);
   a.M = static_cast<int>(M);
   a.eps = opts.eps;
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_OVERLAP]) a.row_slot = row_slot(stream);
 
   LaunchDims d;
   if (s.kernel == kRowKernel) {

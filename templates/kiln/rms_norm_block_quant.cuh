@@ -819,46 +819,13 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 // Mode 0's math for one row held in shared memory (the pipe kernel): the row8 layout (lane = 8·blk + c:
 // block blk of each 512-column step, its 16-byte chunks c and c + 8), Σx² in four interleaved accumulators, the
 // block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of `row`;
-// returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats. MMA_SS: Σx² on the
-// tensor cores (rmsq::sumsq_mma) instead of 128 conversions and FMAs a lane.
+// returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats.
 namespace rmsq {
-
-// D = A·B + 0 for one m16n8k16 bf16 MMA with fp32 results (a: 4 registers, b: 2; every lane of the warp).
-__device__ __forceinline__ void mma_bf16_16816(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if __CUDA_ARCH__ >= 800
-  asm(  // not volatile: a pure function of its operands, free to be scheduled around the shared-memory loads
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.f));
-#endif
-}
-
-// Σ of the squares of the 4 bf16 in (p, q) over the warp's 32 lanes, as 8 partial sums of 16 squares each on the
-// diagonal of one MMA. Lane (g, t) = (lane / 4, lane % 4) passes p, q as A's row g (k = 2t, 2t + 1 and 2t + 8,
-// 2t + 9; rows 8–15 repeat them and are ignored) and as B's column g (B = A[0:8]ᵀ), so D[g][g] = Σ over the lanes
-// t of group g of p₀² + p₁² + q₀² + q₁²: products of bf16 are exact in fp32, each diagonal element is a 16-term
-// sum (tensor-core accumulation) of them. D[g][g] sits in lane (g, g / 2), element g % 2; add() accumulates the
-// two candidates of every lane in fp32 into acc[0], acc[1] (a lane's off-diagonal values are dropped at the end).
-struct SumSqMma {
-  float acc[2] = {0.f, 0.f};
-  __device__ __forceinline__ void add(u32 p, u32 q) {
-    float d[4];
-    mma_bf16_16816(d, p, p, q, q, p, q);
-    acc[0] += d[0];
-    acc[1] += d[1];
-  }
-  // The warp's total (every lane gets it): the diagonal lanes' element, summed over the 8 of them.
-  __device__ __forceinline__ float total(int lane) const {
-    const int g = lane >> 2, t = lane & 3;
-    const float mine = t == (g >> 1) ? ((g & 1) ? acc[1] : acc[0]) : 0.f;
-    return warp_sum(mine);
-  }
-};
 
 // SPLIT > 1: the row is shared by the SPLIT warps of a group; this one (sub) holds steps [sub·STEPS/SPLIT, …) of it
 // in xs (its part of the row only), and the group adds its warps' Σx² in sub order through `xslot` (this row's
 // [WARPS] exchange floats; a named barrier 1 + group of SPLIT warps), so every warp of the group gets the same r.
-template <int N, bool ROUND, bool MMA_SS = false, int SPLIT = 1, typename WeightsFn>
+template <int N, bool ROUND, int SPLIT = 1, typename WeightsFn>
 __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const unsigned char* xs, i64 row, int lane,
                                            WeightsFn&& weights, int sub = 0, int group = 0, float* xslot = nullptr) {
   constexpr int NB = N / 128;                  // column blocks per row
@@ -872,36 +839,20 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
   u8* const qrow = a.q + row * N + (s0 * 4 + blk) * 128 + c * 8;       // + 512·s + 64·h
   float* qs = a.q_scale + static_cast<i64>(s0 * 4 + blk) * a.M + row;  // + 4·M a step
   const i64 qs_step = 4 * static_cast<i64>(a.M);
-  float ss;
-  if constexpr (MMA_SS) {
-    SumSqMma sq;
+  float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-    for (int s = 0; s < STEPS; ++s)
+  for (int s = 0; s < STEPS; ++s)
+    if (active(s))
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        Vec16 v;
-        if (active(s)) v = pipe_lds16(xs + col_of(s, h) * 2);
-        else v.w[0] = v.w[1] = v.w[2] = v.w[3] = 0u;
-        sq.add(v.w[0], v.w[1]);  // every lane: mma.sync is warp-wide
-        sq.add(v.w[2], v.w[3]);
-      }
-    ss = sq.total(lane);
-  } else {
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
+        const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
 #pragma unroll
-    for (int s = 0; s < STEPS; ++s)
-      if (active(s))
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const float f = vec_get<bf16>(v, i);
-            acc[i & 3] = fmaf(f, f, acc[i & 3]);
-          }
+        for (int i = 0; i < 8; ++i) {
+          const float f = vec_get<bf16>(v, i);
+          acc[i & 3] = fmaf(f, f, acc[i & 3]);
         }
-    ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
-  }
+      }
+  float ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
   if constexpr (SPLIT > 1) {
     const int warp = group * SPLIT + sub;
     if (lane == 0) xslot[warp] = ss;
@@ -955,6 +906,44 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 }  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
+// ---------------------------------------------------------------------------------------------------------------------
+// Rows handed out at run time (the pipe kernel's DYN): lane 0 of a warp takes the next row index from a counter of
+// this module (kiln_rmsq_next_row[a.row_slot]; the host gives every stream its own slot, so launches that may run
+// concurrently never share one). Every warp takes rows until it is refused one (index ≥ M): a launch makes exactly
+// M + (its warps) takes, and the one that receives the last number resets the counter to 0 — the state every launch
+// starts from (module globals start at 0). ask() starts a take (lane 0's atomic; nothing once refused), take()
+// waits for it and broadcasts the row (M once refused).
+__device__ u32 kiln_rmsq_next_row[kRmsNormBlockQuantRowSlots];
+
+namespace rmsq {
+struct RowDealer {
+  u32* counter;
+  u32 last;  // M + warps − 1: the final number of the launch
+  int M, lane;
+  bool refused = false;
+  __device__ __forceinline__ RowDealer(const RmsNormBlockQuantArgs& a, int warps, int lane_)
+      : counter(kiln_rmsq_next_row + a.row_slot),
+        last(static_cast<u32>(a.M) + gridDim.x * static_cast<u32>(warps) - 1u),
+        M(a.M),
+        lane(lane_) {}
+  __device__ __forceinline__ u32 ask() const {
+    u32 v = 0;
+    if (lane == 0 && !refused) v = atomicAdd(counter, 1u);
+    return v;
+  }
+  __device__ __forceinline__ int take(u32 asked) {
+    if (refused) return M;
+    if (lane == 0 && asked == last) atomicExch(counter, 0u);  // every take of the launch is done
+    const u32 v = __shfl_sync(0xffffffffu, asked, 0);
+    if (v >= static_cast<u32>(M)) {
+      refused = true;
+      return M;
+    }
+    return static_cast<int>(v);
+  }
+};
+}  // namespace rmsq
+
 // Mode 0 on kiln/row_pipe.cuh (pipe_kernel: the row kernel's config with stages > 0). A persistent grid sized to the
 // GPU; CTA c of G takes rows c, c + G, … (CtaRows: counts differ by ≤ 1), its warp w every WARPS-th of them, and
 // streams them through its own ring of DEPTH row slots in shared memory (one TMA bulk copy a row, L2 evict-first,
@@ -965,11 +954,16 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 //    hits) for every row;
 //  * Σx² in four interleaved accumulators, the block amax as a tree;
 //  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale_of_max: no division) and its reciprocal
-//    from its bits (rmsq::Quant), as in every kernel here;
-//  * MMA_SS: Σx² by 4 tensor-core MMAs a 512-column step (rmsq::SumSqMma) instead of 32 conversions and FMAs a lane.
+//    from its bits (rmsq::Quant), as in every kernel here.
+// SPLIT = 2: two warps a row (half each, through their own rings; Σx² exchanged: rmsq::row8_smem).
+// DYN (SPLIT = 1): rows handed out at run time instead (rmsq::RowDealer) when a.row_slot > 0: a warp that got its
+// first rows late (the start burst of every warp's first copies is served over microseconds) takes fewer, so the
+// SMs finish together (ncu of the static schedule: SMs active 81 % of the kernel's cycles). Each row is computed the
+// same way whoever takes it: the outputs are the same bits either way.
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
-// Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
-template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, bool MMA_SS = false, int SPLIT = 1>
+// Shared memory: [WARPS][DEPTH][N / SPLIT] bf16 rows, then [WARPS][DEPTH] mbarriers, then (SPLIT > 1) [2][WARPS]
+// floats (rms_norm_block_quant_pipe_smem_bytes).
+template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, bool DYN = false, int SPLIT = 1>
 __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH, SPLIT, WREG)))
     rms_norm_block_quant_pipe_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int NB = N / 128;                  // column blocks per row
@@ -980,6 +974,7 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
   static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
   static_assert(SPLIT == 1 || (SPLIT == 2 && NB % 8 == 0), "two warps a row: whole steps each");
+  static_assert(!DYN || SPLIT == 1, "rows handed out one warp at a time");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, sub = warp % SPLIT;  // the SPLIT warps of a group share their rows
@@ -988,34 +983,32 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   float* xch = reinterpret_cast<float*>(smem_raw + WARPS * DEPTH * (SLOT + 8));  // [2][WARPS] Σx² (SPLIT > 1)
   ring.init(lane);
-  const CtaRows strip(a.M, group, WARPS / SPLIT);
-  const int rows = strip.n;  // this warp's rows
-  auto issue = [&](int k) {
-    const void* const src[1] = {static_cast<const bf16*>(a.x) + strip.row(k) * a.x_stride + sub * (N / SPLIT)};
-    ring.template issue<SLOT, 1>(k, k < rows, src, lane);
-  };
-#pragma unroll 1
-  for (int k = 0; k < DEPTH; ++k) issue(k);
 
   const int s0 = sub * STEPS;  // the row's step of this warp's step 0
   auto active = [&](int s) { return (s0 + s) * 4 + blk < NB; };                          // 8-lane-group uniform
   auto col_of = [&](int s, int h) { return ((s0 + s) * 4 + blk) * 128 + (c + 8 * h) * 8; };  // chunk h's column
+  auto issue_row = [&](int k, bool valid, i64 row) {
+    const void* const src[1] = {static_cast<const bf16*>(a.x) + row * a.x_stride + sub * (N / SPLIT)};
+    ring.template issue<SLOT, 1>(k, valid, src, lane);
+  };
   float wr[WREG ? STEPS : 1][2][WREG ? 8 : 1];
-  if constexpr (WREG) {
+  auto load_weights = [&]() {
+    if constexpr (WREG) {
 #pragma unroll
-    for (int s = 0; s < STEPS; ++s)
+      for (int s = 0; s < STEPS; ++s)
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        if (!active(s)) {
+        for (int h = 0; h < 2; ++h) {
+          if (!active(s)) {
 #pragma unroll
-          for (int j = 0; j < 8; ++j) wr[s][h][j] = 0.f;
-        } else if (W_F32) {
-          load_floats<float, 8>(a.w, col_of(s, h), wr[s][h]);
-        } else {
-          load_floats<bf16, 8>(a.w, col_of(s, h), wr[s][h]);
+            for (int j = 0; j < 8; ++j) wr[s][h][j] = 0.f;
+          } else if (W_F32) {
+            load_floats<float, 8>(a.w, col_of(s, h), wr[s][h]);
+          } else {
+            load_floats<bf16, 8>(a.w, col_of(s, h), wr[s][h]);
+          }
         }
-      }
-  }
+    }
+  };
   // The 8 weights of chunk h of step s (an active step), as floats.
   auto weights = [&](int s, int h, float (&w8)[8]) {
     if constexpr (WREG) {
@@ -1027,13 +1020,41 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
     }
   };
 
+  if constexpr (DYN) {
+    if (a.row_slot > 0) {
+      rmsq::RowDealer deal(a, WARPS, lane);
+      int next[DEPTH];  // the rows of the ring's slots, oldest first (a.M: none)
+#pragma unroll
+      for (int k = 0; k < DEPTH; ++k) {
+        next[k] = deal.take(deal.ask());
+        issue_row(k, next[k] < a.M, next[k]);
+      }
+      load_weights();
+#pragma unroll 1
+      for (int k = 0; next[0] < a.M; ++k) {
+        ring.wait(k);
+        const u32 asked = deal.ask();  // the row for slot k + DEPTH, on its way while this one is computed
+        rmsq::row8_smem<N, ROUND>(a, ring.slot(k), next[0], lane, weights);
+        ring.release();  // every lane has read the slot
+#pragma unroll
+        for (int d = 0; d + 1 < DEPTH; ++d) next[d] = next[d + 1];
+        next[DEPTH - 1] = deal.take(asked);
+        issue_row(k + DEPTH, next[DEPTH - 1] < a.M, next[DEPTH - 1]);
+      }
+      return;  // no copy in flight: every issued row was waited
+    }
+  }
+  const CtaRows strip(a.M, group, WARPS / SPLIT);
+  const int rows = strip.n;  // this warp's rows
+#pragma unroll 1
+  for (int k = 0; k < DEPTH; ++k) issue_row(k, k < rows, k < rows ? strip.row(k) : 0);
+  load_weights();
 #pragma unroll 1
   for (int k = 0; k < rows; ++k) {
     ring.wait(k);
-    rmsq::row8_smem<N, ROUND, MMA_SS, SPLIT>(a, ring.slot(k), strip.row(k), lane, weights, sub, group,
-                                              xch + (k & 1) * WARPS);
+    rmsq::row8_smem<N, ROUND, SPLIT>(a, ring.slot(k), strip.row(k), lane, weights, sub, group, xch + (k & 1) * WARPS);
     ring.release();  // every lane has read the slot
-    issue(k + DEPTH);
+    issue_row(k + DEPTH, k + DEPTH < rows, k + DEPTH < rows ? strip.row(k + DEPTH) : 0);
   }
   ring.drain();
 }
