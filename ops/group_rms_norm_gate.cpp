@@ -31,9 +31,13 @@ enum { C_WARPS, C_SEG, C_ROWS, C_REDUCE };
 // shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
 // streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
 // sigmoids (≤ 16 channels per lane); 4 and 5 that with 2 / 4 warps an item (group_rms_norm_gate_bwd_split_kernel:
-// interleaved chunks, the group sums exchanged through shared memory; finer work items, fewer registers a row).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsSplit2 = 4, kRowsSplit4 = 5 };
-int split_of(int rows) { return rows == kRowsSplit2 ? 2 : rows == kRowsSplit4 ? 4 : 1; }
+// interleaved chunks, the group sums exchanged through shared memory; finer work items, fewer registers a row);
+// 6 = 4 with the next item's rows loaded while this one is computed (PREF).
+enum {
+  kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsSplit2 = 4, kRowsSplit4 = 5,
+  kRowsSplit2Pref = 6
+};
+int split_of(int rows) { return rows == kRowsSplit2 || rows == kRowsSplit2Pref ? 2 : rows == kRowsSplit4 ? 4 : 1; }
 // C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
@@ -63,9 +67,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       break;
     case kBwd:
       if (split_of(s.config[C_ROWS]) > 1)
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_split_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
-                           p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], split_of(s.config[C_ROWS]),
-                           s.config[C_REDUCE] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_split_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
+                           p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
+                           split_of(s.config[C_ROWS]), s.config[C_REDUCE] != 0, s.config[C_ROWS] == kRowsSplit2Pref,
+                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       else if (s.config[C_ROWS] == kRowsStaged)
         name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
                            p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
@@ -231,9 +236,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsSplit2, kRowsSplit4}) {
+      for (int rows :
+           {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsSplit2, kRowsSplit4, kRowsSplit2Pref}) {
         if (base.kernel == kFwd && (rows == kRowsKept || rows == kRowsKeptSigmoid || w < 2)) continue;
         if (split_of(rows) > 1 && !split_ok(base, static_cast<int>(seg), split_of(rows), w)) continue;
+        if (rows == kRowsSplit2Pref && seg * d / (16 / es) > 64) continue;  // one 16-byte step a lane: 24 registers
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
         if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         for (int reduce : {0, 1}) {

@@ -135,7 +135,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const auto& [rows, warps, seg, reduce] :
        {std::tuple{3, 8, 1, 0}, {3, 8, 1, 1}, {3, 4, 1, 0}, {3, 4, 1, 1}, {3, 16, 1, 1}, {1, 16, 1, 0}, {2, 8, 1, 0},
         {2, 8, 1, 1}, {2, 16, 1, 1}, {2, 4, 1, 1}, {4, 8, 1, 1}, {4, 16, 1, 1}, {4, 8, 1, 0}, {4, 4, 1, 1},
-        {5, 8, 2, 1}, {5, 16, 2, 1}}) {
+        {5, 8, 2, 1}, {5, 16, 2, 1}, {6, 8, 1, 1}, {6, 8, 1, 0}, {6, 16, 1, 1}}) {
     cases.push_back({"group_rms_norm_gate_bwd",
                      fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows={} warps={} seg={} reduce={}", rows,
                                  warps, seg, reduce),

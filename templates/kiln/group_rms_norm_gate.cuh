@@ -460,8 +460,11 @@ struct GateSplit {
   static constexpr bool OK = STEPS * 3 * L::BYTES <= 192 && STEPS * L::E <= 16;
 };
 
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int SPLIT, bool FUSE, typename T, typename W>
-__global__ void __launch_bounds__(WARPS * 32, WARPS >= 32 ? 1 : 32 / WARPS) group_rms_norm_gate_bwd_split_kernel(
+// PREF: the next item's x, gate and dy are loaded into registers while this one is computed (two items in flight a
+// warp; registers capped for 24 warps an SM instead of 32).
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int SPLIT, bool FUSE, bool PREF, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, (PREF ? 24 : 32) / WARPS > 0 ? (PREF ? 24 : 32) / WARPS : 1)
+    group_rms_norm_gate_bwd_split_kernel(
     const GroupNormGateBwdArgs a) {
   if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
   using L = GateLayout<DIM, G, SEG, T>;
@@ -486,24 +489,40 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 32 ? 1 : 32 / WARPS) grou
 
   const CtaRows strip(a.M, group, GROUPS);  // the group's tokens (every warp of it walks the same ones)
   RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
-  for (int k = 0; k < strip.n; ++k, walk.next()) {
+  // x, gate and dy of the item `w` stands on, this lane's chunks.
+  auto load_item = [&](const RowWalker& w, Raw<B> (&x)[STEPS], Raw<B> (&g)[STEPS], Raw<B> (&y)[STEPS]) {
     i64 b, s;
-    walker_bs(a, walk, b, s);
+    walker_bs(a, w, b, s);
     const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
     const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
     const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
-    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
-    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
-
-    Raw<B> xv[STEPS], gv[STEPS], yv[STEPS];
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int c = chunk(st);
       if (c < NC) {
-        xv[st] = ld_raw<B, true>(xr + c * E);
-        gv[st] = ld_raw<B, true>(gr + c * E);
-        yv[st] = ld_raw<B, true>(yr + c * E);
+        x[st] = ld_raw<B, true>(xr + c * E);
+        g[st] = ld_raw<B, true>(gr + c * E);
+        y[st] = ld_raw<B, true>(yr + c * E);
       }
+    }
+  };
+  Raw<B> xv[STEPS], gv[STEPS], yv[STEPS];
+  if (PREF && strip.n > 0) load_item(walk, xv, gv, yv);
+  for (int k = 0; k < strip.n; ++k, walk.next()) {
+    i64 b, s;
+    walker_bs(a, walk, b, s);
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
+    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
+
+    Raw<B> nx[PREF ? STEPS : 1], ng[PREF ? STEPS : 1], ny[PREF ? STEPS : 1];
+    if constexpr (PREF) {
+      if (k + 1 < strip.n) {
+        RowWalker w1 = walk;
+        w1.next();
+        load_item(w1, nx, ng, ny);
+      }
+    } else {
+      load_item(walk, xv, gv, yv);
     }
     float ss[SEG], Q[SEG], ysv[STEPS][E], omv[STEPS][E];
 #pragma unroll
@@ -584,6 +603,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 32 ? 1 : 32 / WARPS) grou
         st_raw(dxr + c * E, o1);
         st_raw(dgr + c * E, o2);
       }
+    }
+    if constexpr (PREF) {
+#pragma unroll
+      for (int st = 0; st < STEPS; ++st) xv[st] = nx[st], gv[st] = ng[st], yv[st] = ny[st];
     }
   }
 

@@ -341,7 +341,7 @@ TEST_F(GroupRmsNormGateGpu, BackwardVariants) {
     for (const auto& [rows, warps, seg, reduce] :
          {std::tuple{0, 8, 4, 0}, {0, 4, 1, 0}, {1, 8, 1, 0}, {1, 8, 2, 0}, {2, 8, 2, 0}, {2, 4, 4, 1}, {2, 8, 1, 1},
           {2, 1, 2, 0}, {3, 8, 1, 0}, {3, 8, 1, 1}, {3, 4, 1, 0}, {3, 16, 1, 1}, {4, 8, 1, 1}, {4, 16, 1, 0},
-          {4, 2, 1, 0}, {5, 8, 4, 1}, {5, 16, 4, 0}}) {
+          {4, 2, 1, 0}, {5, 8, 4, 1}, {5, 16, 4, 0}, {6, 8, 1, 1}, {6, 16, 1, 0}}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg) +
                    " reduce " + std::to_string(reduce));
       const Bwd b = run_bwd(d, -1, rows, warps, seg, reduce);
@@ -363,8 +363,8 @@ TEST_F(GroupRmsNormGateGpu, FusedReduceMatchesTwoKernels) {
                         Case{2, 9, 16384, 128}}) {
     SCOPED_TRACE(name(c));
     const Data d = make_data(c, 0x8a);
-    for (const auto& [rows, warps, seg] : {std::tuple{3, 8, 1}, {2, 8, 1}, {3, 16, 1}, {4, 8, 1}}) {
-      if (rows == 4 && c.dim / c.G < 256) continue;  // a 2-warp item needs > 32 chunks
+    for (const auto& [rows, warps, seg] : {std::tuple{3, 8, 1}, {2, 8, 1}, {3, 16, 1}, {4, 8, 1}, {6, 8, 1}}) {
+      if (rows >= 4 && c.dim / c.G < 256) continue;  // a 2-warp item needs > 32 chunks
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
       const Bwd two = run_bwd(d, -1, rows, warps, seg, 0);
       for (int rep = 0; rep < 3; ++rep) {
