@@ -907,25 +907,33 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 
 // ---------------------------------------------------------------------------------------------------------------------
 // ---------------------------------------------------------------------------------------------------------------------
-// Rows handed out at run time (the pipe kernel's DYN): lane 0 of a warp takes the next row index from a counter of
-// this module (kiln_rmsq_next_row[a.row_slot]; the host gives every stream its own slot, so launches that may run
-// concurrently never share one). Every warp takes rows until it is refused one (index ≥ M): a launch makes exactly
-// M + (its warps) takes, and the one that receives the last number resets the counter to 0 — the state every launch
-// starts from (module globals start at 0). ask() starts a take (lane 0's atomic; nothing once refused), take()
-// waits for it and broadcasts the row (M once refused).
+// Rows handed out at run time (the pipe kernel's DYN). A warp's first DEPTH rows are fixed (warp i of the W in
+// the grid takes i, i + W, …: no atomic in the start burst); the rest, from DEPTH·W on, are taken one at a time:
+// lane 0 takes the next number from a counter of this module (kiln_rmsq_next_row[a.row_slot]; the host gives every
+// stream its own slot, so launches that may run concurrently never share one). Every warp takes rows until it is
+// refused one (row ≥ M): a launch makes exactly max(M − DEPTH·W, 0) + W takes, and the one that receives the last
+// number resets the counter to 0 — the state every launch starts from (module globals start at 0). ask() starts a
+// take (lane 0's atomic; nothing once refused), take() waits for it and broadcasts the row (M once refused).
 __device__ u32 kiln_rmsq_next_row[kRmsNormBlockQuantRowSlots];
 
 namespace rmsq {
 struct RowDealer {
   u32* counter;
-  u32 last;  // M + warps − 1: the final number of the launch
+  u32 base;  // DEPTH·W: the first row dealt by number
+  u32 last;  // the final number of the launch
   int M, lane;
   bool refused = false;
-  __device__ __forceinline__ RowDealer(const RmsNormBlockQuantArgs& a, int warps, int lane_)
-      : counter(kiln_rmsq_next_row + a.row_slot),
-        last(static_cast<u32>(a.M) + gridDim.x * static_cast<u32>(warps) - 1u),
-        M(a.M),
-        lane(lane_) {}
+  __device__ __forceinline__ RowDealer(const RmsNormBlockQuantArgs& a, int warps, int depth, int lane_)
+      : counter(kiln_rmsq_next_row + a.row_slot), M(a.M), lane(lane_) {
+    const u32 w = gridDim.x * static_cast<u32>(warps);
+    base = static_cast<u32>(depth) * w;
+    last = (static_cast<u32>(a.M) > base ? static_cast<u32>(a.M) - base : 0u) + w - 1u;
+  }
+  // The k-th (k < DEPTH) fixed row of warp `warp` of this CTA (M if none).
+  __device__ __forceinline__ int fixed(int k, int warps, int warp) const {
+    const u32 r = static_cast<u32>(k) * (gridDim.x * static_cast<u32>(warps)) + blockIdx.x * warps + warp;
+    return r < static_cast<u32>(M) ? static_cast<int>(r) : M;
+  }
   __device__ __forceinline__ u32 ask() const {
     u32 v = 0;
     if (lane == 0 && !refused) v = atomicAdd(counter, 1u);
@@ -934,7 +942,7 @@ struct RowDealer {
   __device__ __forceinline__ int take(u32 asked) {
     if (refused) return M;
     if (lane == 0 && asked == last) atomicExch(counter, 0u);  // every take of the launch is done
-    const u32 v = __shfl_sync(0xffffffffu, asked, 0);
+    const u32 v = base + __shfl_sync(0xffffffffu, asked, 0);
     if (v >= static_cast<u32>(M)) {
       refused = true;
       return M;
@@ -1022,11 +1030,11 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
 
   if constexpr (DYN) {
     if (a.row_slot > 0) {
-      rmsq::RowDealer deal(a, WARPS, lane);
+      rmsq::RowDealer deal(a, WARPS, DEPTH, lane);
       int next[DEPTH];  // the rows of the ring's slots, oldest first (a.M: none)
 #pragma unroll
       for (int k = 0; k < DEPTH; ++k) {
-        next[k] = deal.take(deal.ask());
+        next[k] = deal.fixed(k, WARPS, warp);
         issue_row(k, next[k] < a.M, next[k]);
       }
       load_weights();
@@ -1041,6 +1049,9 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
         next[DEPTH - 1] = deal.take(asked);
         issue_row(k + DEPTH, next[DEPTH - 1] < a.M, next[DEPTH - 1]);
       }
+      // A warp without a fixed row never asked: its one refused take (fixed rows run out only where M < DEPTH·W,
+      // so every take is refused from then on, and a warp with a fixed row has been refused by now).
+      if (!deal.refused) deal.take(deal.ask());
       return;  // no copy in flight: every issued row was waited
     }
   }
