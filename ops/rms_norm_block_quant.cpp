@@ -6,7 +6,6 @@
 #include <cmath>
 #include <cstdlib>
 #include <mutex>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
@@ -35,10 +34,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
-    // overlap = rows handed out at run time (DYN), exchange = two warps a row (SPLIT 2, Σx² exchanged)
-    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+    // exchange = two warps a row (SPLIT 2, Σx² exchanged)
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
-                       s.config[C_OVERLAP] != 0, s.config[C_EXCHANGE] ? 2 : 1);
+                       s.config[C_EXCHANGE] ? 2 : 1);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
@@ -50,28 +49,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   else
     name = fmt::format("kiln::rms_norm_block_quant_tile_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_PREFETCH] != 0);
-}
-
-// The pipe kernel's dynamic schedule (overlap 1) takes rows from a counter of its module
-// (kiln/rms_norm_block_quant.cuh, rmsq::RowDealer) that a launch leaves at 0 when it ends; launches that may run at
-// the same time must use different counters. Every stream gets its own (1 … 63, first come); 0 (the static schedule)
-// for a stream being captured into a graph (its replays may run on any stream), for the per-thread default stream
-// (one handle, many streams) and once the slots run out.
-int row_slot(Stream stream) {
-  if (reinterpret_cast<CUstream>(stream) == CU_STREAM_PER_THREAD) return 0;
-  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_NONE;
-  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS ||
-      capture != CU_STREAM_CAPTURE_STATUS_NONE)
-    return 0;
-  static std::mutex mu;
-  static std::unordered_map<Stream, int> slots;
-  std::lock_guard<std::mutex> lock(mu);
-  auto it = slots.find(stream);
-  if (it != slots.end()) return it->second;
-  const int slot = static_cast<int>(slots.size()) + 1;
-  if (slot >= kRmsNormBlockQuantRowSlots) return 0;
-  slots.emplace(stream, slot);
-  return slot;
 }
 
 int smem_bytes(const Specialization& s) {
@@ -155,6 +132,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_WARPS] = round ? 8 : 16;
       s.config[C_STAGES] = 2;
       s.config[C_PREFETCH] = 1;
+      // round_scale 1 at N = 2048: two warps a row (exchange 1), faster in all three session-5 measurements
+      // (18.50 vs 18.53–18.59 µs, 18.56 vs 18.77, tuner 18.66 vs 18.69); round_scale 0 keeps one warp a row (tuner
+      // 24.67 vs 24.83).
+      if (round && N == 2048) s.config[C_EXCHANGE] = 1;
     }
   } else {
     s.kernel = kTileKernel;
@@ -271,25 +252,22 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048 (split rows of 4096
       // columns spilled at the split kernel's 80-register cap).
       // exchange 1: two warps a row (half a row each, their Σx² exchanged; N a multiple of 1024), two or three
-      // slots. overlap 1: rows handed out at run time (one warp a row, two or three slots).
+      // slots.
       for (int warps : {4, 8, 16})
         for (int stages : {2, 3, 4})
           for (int wreg : {0, 1})
-            for (int dyn : {0, 1})
-              for (int split : {1, 2}) {
-                if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages, split) > 227 * 1024)
-                  continue;
-                if (wreg && N > 2048) continue;
-                if (dyn && (split > 1 || stages > 3)) continue;
-                if (split > 1 && (N % 1024 != 0 || stages > 3)) continue;
-                s.config[C_WARPS] = warps;
-                s.config[C_STAGES] = stages;
-                s.config[C_PREFETCH] = wreg;
-                s.config[C_OVERLAP] = dyn;
-                s.config[C_EXCHANGE] = split > 1;
-                out.push_back(s);
-              }
-      s.config[C_OVERLAP] = s.config[C_EXCHANGE] = 0;
+            for (int split : {1, 2}) {
+              if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages, split) > 227 * 1024)
+                continue;
+              if (wreg && N > 2048) continue;
+              if (split > 1 && (N % 1024 != 0 || stages > 3)) continue;
+              s.config[C_WARPS] = warps;
+              s.config[C_STAGES] = stages;
+              s.config[C_PREFETCH] = wreg;
+              s.config[C_EXCHANGE] = split > 1;
+              out.push_back(s);
+            }
+      s.config[C_EXCHANGE] = 0;
     }
     return;
   }
@@ -434,7 +412,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   a.qT_scale = static_cast<float*>(out.qT_scale.data);
   a.M = static_cast<int>(M);
   a.eps = opts.eps;
-  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_OVERLAP]) a.row_slot = row_slot(stream);
 
   LaunchDims d;
   if (s.kernel == kRowKernel) {

@@ -906,52 +906,6 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 }  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
-// ---------------------------------------------------------------------------------------------------------------------
-// Rows handed out at run time (the pipe kernel's DYN). A warp's first DEPTH rows are fixed (warp i of the W in
-// the grid takes i, i + W, …: no atomic in the start burst); the rest, from DEPTH·W on, are taken one at a time:
-// lane 0 takes the next number from a counter of this module (kiln_rmsq_next_row[a.row_slot]; the host gives every
-// stream its own slot, so launches that may run concurrently never share one). Every warp takes rows until it is
-// refused one (row ≥ M): a launch makes exactly max(M − DEPTH·W, 0) + W takes, and the one that receives the last
-// number resets the counter to 0 — the state every launch starts from (module globals start at 0). ask() starts a
-// take (lane 0's atomic; nothing once refused), take() waits for it and broadcasts the row (M once refused).
-__device__ u32 kiln_rmsq_next_row[kRmsNormBlockQuantRowSlots];
-
-namespace rmsq {
-struct RowDealer {
-  u32* counter;
-  u32 base;  // DEPTH·W: the first row dealt by number
-  u32 last;  // the final number of the launch
-  int M, lane;
-  bool refused = false;
-  __device__ __forceinline__ RowDealer(const RmsNormBlockQuantArgs& a, int warps, int depth, int lane_)
-      : counter(kiln_rmsq_next_row + a.row_slot), M(a.M), lane(lane_) {
-    const u32 w = gridDim.x * static_cast<u32>(warps);
-    base = static_cast<u32>(depth) * w;
-    last = (static_cast<u32>(a.M) > base ? static_cast<u32>(a.M) - base : 0u) + w - 1u;
-  }
-  // The k-th (k < DEPTH) fixed row of warp `warp` of this CTA (M if none).
-  __device__ __forceinline__ int fixed(int k, int warps, int warp) const {
-    const u32 r = static_cast<u32>(k) * (gridDim.x * static_cast<u32>(warps)) + blockIdx.x * warps + warp;
-    return r < static_cast<u32>(M) ? static_cast<int>(r) : M;
-  }
-  __device__ __forceinline__ u32 ask() const {
-    u32 v = 0;
-    if (lane == 0 && !refused) v = atomicAdd(counter, 1u);
-    return v;
-  }
-  __device__ __forceinline__ int take(u32 asked) {
-    if (refused) return M;
-    if (lane == 0 && asked == last) atomicExch(counter, 0u);  // every take of the launch is done
-    const u32 v = base + __shfl_sync(0xffffffffu, asked, 0);
-    if (v >= static_cast<u32>(M)) {
-      refused = true;
-      return M;
-    }
-    return static_cast<int>(v);
-  }
-};
-}  // namespace rmsq
-
 // Mode 0 on kiln/row_pipe.cuh (pipe_kernel: the row kernel's config with stages > 0). A persistent grid sized to the
 // GPU; CTA c of G takes rows c, c + G, … (CtaRows: counts differ by ≤ 1), its warp w every WARPS-th of them, and
 // streams them through its own ring of DEPTH row slots in shared memory (one TMA bulk copy a row, L2 evict-first,
@@ -964,14 +918,10 @@ struct RowDealer {
 //  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale_of_max: no division) and its reciprocal
 //    from its bits (rmsq::Quant), as in every kernel here.
 // SPLIT = 2: two warps a row (half each, through their own rings; Σx² exchanged: rmsq::row8_smem).
-// DYN (SPLIT = 1): rows handed out at run time instead (rmsq::RowDealer) when a.row_slot > 0: a warp that got its
-// first rows late (the start burst of every warp's first copies is served over microseconds) takes fewer, so the
-// SMs finish together (ncu of the static schedule: SMs active 81 % of the kernel's cycles). Each row is computed the
-// same way whoever takes it: the outputs are the same bits either way.
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
 // Shared memory: [WARPS][DEPTH][N / SPLIT] bf16 rows, then [WARPS][DEPTH] mbarriers, then (SPLIT > 1) [2][WARPS]
 // floats (rms_norm_block_quant_pipe_smem_bytes).
-template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, bool DYN = false, int SPLIT = 1>
+template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, int SPLIT = 1>
 __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH, SPLIT, WREG)))
     rms_norm_block_quant_pipe_kernel(const RmsNormBlockQuantArgs a) {
   constexpr int NB = N / 128;                  // column blocks per row
@@ -982,7 +932,6 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
   static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
   static_assert(SPLIT == 1 || (SPLIT == 2 && NB % 8 == 0), "two warps a row: whole steps each");
-  static_assert(!DYN || SPLIT == 1, "rows handed out one warp at a time");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, sub = warp % SPLIT;  // the SPLIT warps of a group share their rows
@@ -1028,33 +977,6 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
     }
   };
 
-  if constexpr (DYN) {
-    if (a.row_slot > 0) {
-      rmsq::RowDealer deal(a, WARPS, DEPTH, lane);
-      int next[DEPTH];  // the rows of the ring's slots, oldest first (a.M: none)
-#pragma unroll
-      for (int k = 0; k < DEPTH; ++k) {
-        next[k] = deal.fixed(k, WARPS, warp);
-        issue_row(k, next[k] < a.M, next[k]);
-      }
-      load_weights();
-#pragma unroll 1
-      for (int k = 0; next[0] < a.M; ++k) {
-        ring.wait(k);
-        const u32 asked = deal.ask();  // the row for slot k + DEPTH, on its way while this one is computed
-        rmsq::row8_smem<N, ROUND>(a, ring.slot(k), next[0], lane, weights);
-        ring.release();  // every lane has read the slot
-#pragma unroll
-        for (int d = 0; d + 1 < DEPTH; ++d) next[d] = next[d + 1];
-        next[DEPTH - 1] = deal.take(asked);
-        issue_row(k + DEPTH, next[DEPTH - 1] < a.M, next[DEPTH - 1]);
-      }
-      // A warp without a fixed row never asked: its one refused take (fixed rows run out only where M < DEPTH·W,
-      // so every take is refused from then on, and a warp with a fixed row has been refused by now).
-      if (!deal.refused) deal.take(deal.ask());
-      return;  // no copy in flight: every issued row was waited
-    }
-  }
   const CtaRows strip(a.M, group, WARPS / SPLIT);
   const int rows = strip.n;  // this warp's rows
 #pragma unroll 1

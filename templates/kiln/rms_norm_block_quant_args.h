@@ -15,11 +15,7 @@ struct RmsNormBlockQuantArgs {
   float* qT_scale;           // [ceil(M/128), N]
   int M;
   float eps;
-  int row_slot;              // mode-0 pipe kernel with dynamic rows: its counter (1 … kRmsNormBlockQuantRowSlots − 1);
-                             // ≤ 0: the static schedule
 };
-// Row counters of the mode-0 pipe kernel's dynamic schedule (kiln_rmsq_next_row): one per stream that may run one.
-constexpr int kRmsNormBlockQuantRowSlots = 64;
 
 #if defined(__CUDACC__) || defined(__CUDACC_RTC__)
 #define KILN_RMSQ_HD __host__ __device__

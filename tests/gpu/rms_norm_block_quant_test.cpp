@@ -337,20 +337,19 @@ INSTANTIATE_TEST_SUITE_P(Modes, RmsNormBlockQuantSpecialValues,
                          });
 
 // The same special values through every mode-0 kernel (the default one above; here the row8 kernel and the pipe
-// kernel with weights loaded and in registers, rows dealt statically or at run time, one or two warps a row):
-// all-NaN, inf, overflowing and tiny rows reach the scale rule.
+// kernel with weights loaded and in registers, one or two warps a row): all-NaN, inf, overflowing and tiny rows
+// reach the scale rule.
 TEST_F(RmsNormBlockQuantTest, SpecialValuesEveryMode0Kernel) {
   struct Cfg {
-    int warps, col_blocks, prefetch, stages, dyn, split;
+    int warps, col_blocks, prefetch, stages, split;
   };
-  for (const Cfg& k : {Cfg{8, 4, 1, 0, 0, 0}, Cfg{8, 4, 0, 3, 0, 0}, Cfg{16, 4, 1, 2, 0, 0}, Cfg{4, 4, 1, 4, 0, 0},
-                       Cfg{8, 4, 1, 2, 1, 0}, Cfg{16, 4, 0, 2, 1, 0}, Cfg{8, 4, 1, 2, 0, 1}, Cfg{8, 4, 1, 2, 1, 1}})
+  for (const Cfg& k : {Cfg{8, 4, 1, 0, 0}, Cfg{8, 4, 0, 3, 0}, Cfg{16, 4, 1, 2, 0}, Cfg{4, 4, 1, 4, 0},
+                       Cfg{8, 4, 1, 2, 1}, Cfg{16, 4, 0, 3, 1}})
     for (bool rs : {false, true}) {
       SCOPED_TRACE("warps " + std::to_string(k.warps) + " col_blocks " + std::to_string(k.col_blocks) + " prefetch " +
-                   std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " dyn " +
-                   std::to_string(k.dyn) + " split " + std::to_string(k.split) + " round_scale " +
-                   std::to_string(rs));
-      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, k.dyn,
+                   std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " split " +
+                   std::to_string(k.split) + " round_scale " + std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, 0,
                                                             k.split));
       const Input in = special_input(mix_seed({0x64, static_cast<uint64_t>(k.stages), rs}));
       RunSpec spec;
@@ -529,26 +528,21 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
-// reloaded × rows dealt statically or at run time (overlap 1) × one or two warps a row (exchange 1); partial steps;
-// fewer rows than warps) with enough rows that every ring slot is refilled several times, and the row8 and row
-// kernels.
+// reloaded × one or two warps a row (exchange 1); partial steps; fewer rows than warps) with enough rows that every
+// ring slot is refilled several times, and the row8 and row kernels.
 TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
   const std::vector<SpacePoint> points = {
-      {2048, 0, 8, 4, 1, 2, 0, 0, 20011},  // the default (round_scale 1)
+      {2048, 0, 8, 4, 1, 2, 0, 0, 20011},  // (the round_scale 1 default before session 5)
       {2048, 0, 16, 4, 1, 2, 0, 0, 20011}, // (round_scale 0)
       {2048, 0, 4, 4, 1, 2, 0, 0, 20011},
       {2048, 0, 8, 4, 0, 2, 0, 0, 20011},
       {2048, 0, 16, 4, 1, 3, 0, 0, 20011},
       {2048, 0, 4, 4, 0, 4, 0, 0, 20011},
       {2048, 0, 8, 4, 1, 4, 0, 0, 20011},
-      {2048, 0, 8, 4, 1, 2, 1, 0, 20011},  // rows dealt at run time
-      {2048, 0, 16, 4, 0, 2, 1, 0, 20011},
-      {640, 0, 8, 4, 1, 3, 1, 0, 20011},   // (a partial step)
-      {128, 0, 4, 4, 0, 2, 1, 0, 100003},
-      {2048, 0, 8, 4, 1, 2, 1, 0, 131},
-      {2048, 0, 8, 4, 1, 2, 0, 1, 20011},  // two warps a row
+      {2048, 0, 8, 4, 1, 2, 0, 1, 20011},  // two warps a row (the round_scale 1 default)
       {2048, 0, 16, 4, 0, 3, 0, 1, 20011},
-      {2048, 0, 4, 4, 1, 2, 1, 1, 20011},
+      {2048, 0, 4, 4, 1, 2, 0, 1, 20011},
+      {7168, 0, 8, 4, 0, 2, 0, 1, 5003},   // (the N = 7168 default)
       {1024, 0, 8, 4, 1, 2, 0, 1, 40009},  // one step a warp
       {4096, 0, 8, 4, 0, 2, 0, 1, 9001},
       {2048, 0, 8, 4, 1, 3, 0, 1, 131},
@@ -561,37 +555,19 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
       {2048, 0, 16, 4, 0, 2, 0, 0, 1},
       {2048, 0, 8, 4, 1, 0, 0, 0, 20011},  // the row8 kernel (8 lanes a block)
       {2048, 0, 4, 4, 0, 0, 0, 0, 20011},
-      {7168, 0, 4, 4, 0, 0, 0, 0, 5003},   // (N = 7168 default)
+      {7168, 0, 4, 4, 0, 0, 0, 0, 5003},   // (the N = 7168 round_scale 1 default before session 5)
       {7168, 0, 16, 4, 0, 0, 0, 0, 5003},
       {128, 0, 4, 4, 1, 0, 0, 0, 100003},
       {640, 0, 8, 4, 1, 0, 0, 0, 20011},
       {2048, 0, 8, 0, 1, 0, 0, 0, 20011},  // the register row kernel
-      {7168, 0, 16, 0, 0, 0, 0, 0, 5003},  // (N = 7168, round_scale 0 default)
+      {7168, 0, 16, 0, 0, 0, 0, 0, 5003},  // (the N = 7168 round_scale 0 default before session 5)
   };
   check_points(points, 0x66);
   // Not points: 16 warps × 4 row slots exceed shared memory; weights in registers only up to N = 2048.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 4, 0, 4, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(4096, 0, 8, 4, 1, 2, 0, 0));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 4, 1, 0));  // dealt rows: ≤ 3 slots
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 2, 1, 1));  // dealt rows: one warp a row
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 2, 1, 0));  // overlap: not a pipe field
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(640, 0, 8, 4, 1, 2, 0, 1));   // a split row: N % 1024
-}
-
-// Rows dealt at run time: the counter a launch leaves behind must be where the next launch expects it (0), so the
-// same specialization runs back to back on one stream with different M (more warps than rows, one row, many), and
-// every run is checked bit-exactly.
-TEST_F(RmsNormBlockQuantTest, DealtRowsBackToBack) {
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 2, 1, 0));
-  int i = 0;
-  for (const int64_t M : {8192, 1, 131, 8192, 5000, 8192}) {
-    SCOPED_TRACE("M " + std::to_string(M) + " run " + std::to_string(i));
-    const Input in = random_input(M, 2048, mix_seed({0x67, static_cast<uint64_t>(i++)}));
-    RunSpec spec;
-    spec.mode = 0;
-    spec.round_scale = true;
-    run_and_check(in, spec);
-  }
-  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
