@@ -948,24 +948,27 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
     const void* const src[1] = {static_cast<const bf16*>(a.x) + row * a.x_stride + sub * (N / SPLIT)};
     ring.template issue<SLOT, 1>(k, valid, src, lane);
   };
+  const CtaRows strip(a.M, group, WARPS / SPLIT);
+  const int rows = strip.n;  // this warp's rows
+#pragma unroll 1
+  for (int k = 0; k < DEPTH; ++k) issue_row(k, k < rows, k < rows ? strip.row(k) : 0);
+
   float wr[WREG ? STEPS : 1][2][WREG ? 8 : 1];
-  auto load_weights = [&]() {
-    if constexpr (WREG) {
+  if constexpr (WREG) {
 #pragma unroll
-      for (int s = 0; s < STEPS; ++s)
+    for (int s = 0; s < STEPS; ++s)
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-          if (!active(s)) {
+      for (int h = 0; h < 2; ++h) {
+        if (!active(s)) {
 #pragma unroll
-            for (int j = 0; j < 8; ++j) wr[s][h][j] = 0.f;
-          } else if (W_F32) {
-            load_floats<float, 8>(a.w, col_of(s, h), wr[s][h]);
-          } else {
-            load_floats<bf16, 8>(a.w, col_of(s, h), wr[s][h]);
-          }
+          for (int j = 0; j < 8; ++j) wr[s][h][j] = 0.f;
+        } else if (W_F32) {
+          load_floats<float, 8>(a.w, col_of(s, h), wr[s][h]);
+        } else {
+          load_floats<bf16, 8>(a.w, col_of(s, h), wr[s][h]);
         }
-    }
-  };
+      }
+  }
   // The 8 weights of chunk h of step s (an active step), as floats.
   auto weights = [&](int s, int h, float (&w8)[8]) {
     if constexpr (WREG) {
@@ -977,11 +980,6 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
     }
   };
 
-  const CtaRows strip(a.M, group, WARPS / SPLIT);
-  const int rows = strip.n;  // this warp's rows
-#pragma unroll 1
-  for (int k = 0; k < DEPTH; ++k) issue_row(k, k < rows, k < rows ? strip.row(k) : 0);
-  load_weights();
 #pragma unroll 1
   for (int k = 0; k < rows; ++k) {
     ring.wait(k);
