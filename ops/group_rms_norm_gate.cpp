@@ -9,6 +9,7 @@
 #include "kiln/group_rms_norm_gate_args.h"
 #include "kiln/ops/group_rms_norm_gate.hpp"
 #include "runtime/family.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -17,7 +18,7 @@ namespace detail {
 // ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows, int warps,
-                                           int seg, bool workspace);
+                                           int seg, bool workspace, int reduce);
 }  // namespace detail
 
 namespace {
@@ -25,12 +26,21 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
-enum { C_WARPS, C_SEG, C_ROWS };
+enum { C_WARPS, C_SEG, C_ROWS, C_REDUCE };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
 // shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
 // streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
-// sigmoids (≤ 16 channels per lane).
-enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
+// sigmoids (≤ 16 channels per lane); 4 and 5 that with 2 / 4 warps an item (group_rms_norm_gate_bwd_split_kernel:
+// interleaved chunks, the group sums exchanged through shared memory; finer work items, fewer registers a row);
+// 6 = 4 with the next item's rows loaded while this one is computed (PREF).
+enum {
+  kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsSplit2 = 4, kRowsSplit4 = 5,
+  kRowsSplit2Pref = 6
+};
+int split_of(int rows) { return rows == kRowsSplit2 || rows == kRowsSplit2Pref ? 2 : rows == kRowsSplit4 ? 4 : 1; }
+// C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
+// backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
+// the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -56,15 +66,21 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      if (s.config[C_ROWS] == kRowsStaged)
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>",
+      if (split_of(s.config[C_ROWS]) > 1)
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_split_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
+                           p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
+                           split_of(s.config[C_ROWS]), s.config[C_REDUCE] != 0, s.config[C_ROWS] == kRowsSplit2Pref,
+                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+      else if (s.config[C_ROWS] == kRowsStaged)
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
                            p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
-                           s.arch.sm >= 90, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       else
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
                            s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] == kRowsKeptSigmoid,
-                           s.config[C_ROWS] == kRowsKeptSigmoid, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+                           s.config[C_ROWS] == kRowsKeptSigmoid, s.config[C_REDUCE] != 0, type_name(p[P_DTYPE]),
+                           type_name(p[P_W_DTYPE]));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -83,6 +99,9 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kBwd) return 0;
   if (s.config[C_ROWS] == kRowsStaged)  // the staged backward's rings: x, gate, dy per slot, one mbarrier each
     return static_cast<int>(s.config[C_WARPS] * gate_depth(s) * (3 * seg_channels * es + 8));
+  if (const int split = split_of(s.config[C_ROWS]); split > 1)  // a dw slice a warp group, the sums' exchange
+    return static_cast<int>((s.config[C_WARPS] / split) * seg_channels * 4 +
+                            2 * s.config[C_WARPS] * 2 * s.config[C_SEG] * 4);
   return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
 }
 
@@ -105,6 +124,18 @@ bool kept_sigmoid_ok(const Specialization& s, int seg) {
   return steps * 3 * e * es <= 192 && steps * e <= 16;
 }
 
+// The split backward: x, gate and dy of a lane in ≤ 48 registers and ≤ 16 channels a lane (kept sigmoids), chunks
+// for every warp of a group, whole warp groups, one named barrier a group (≤ 15 groups).
+bool split_ok(const Specialization& s, int seg, int split, int warps) {
+  const int64_t d = group_dim(s);
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  int64_t e = 1;
+  while (e < 16 / es && d % (2 * e) == 0) e *= 2;
+  const int64_t nc = seg * d / e, steps = (nc + 32 * split - 1) / (32 * split);
+  return s.kernel == kBwd && warps % split == 0 && warps / split <= 15 && nc > 32 * (split - 1) &&
+         steps * 3 * e * es <= 192 && steps * e <= 16;
+}
+
 // The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
 bool staged_ok(const Specialization& s, int seg) {
   const int64_t d = group_dim(s);
@@ -113,6 +144,10 @@ bool staged_ok(const Specialization& s, int seg) {
   if ((d * es) % 16 != 0) return false;
   return s.kernel == kFwd || (nc + 31) / 32 * e <= 64;  // the backward keeps dw in registers
 }
+
+// The in-kernel dw reduction works on whole 128-thread groups of a CTA; the search space has it for the kernels
+// that can be the default (staged, kept sigmoids, split items).
+bool fused_reduce_ok(int warps, int rows) { return warps % 4 == 0 && rows >= kRowsStaged; }
 
 // Groups per warp item: the most that keep a segment within `max_bytes` of x's dtype (at least one group).
 int seg_groups(int64_t dim, int64_t G, DType t, int64_t max_bytes) {
@@ -137,7 +172,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"group_rms_norm_gate",
                    {"fwd", "bwd", "dw_reduce"},
                    {"dim", "G", "shared_w", "dtype", "w_dtype"},
-                   {"warps", "seg_groups", "rows"},
+                   {"warps", "seg_groups", "rows", "reduce"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -168,18 +203,30 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
   s.config[C_SEG] = seg_groups(dim, G, t, 1024);
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
-  } else if (kept_sigmoid_ok(s, s.config[C_SEG])) {
-    s.config[C_WARPS] = 8;
-    s.config[C_ROWS] = kRowsKeptSigmoid;
   } else {
-    s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
-    s.config[C_ROWS] = kRowsKept;
+    if (kept_sigmoid_ok(s, s.config[C_SEG]) && arch.sm >= 90 && dtype_size(t) == 2 && staged_ok(s, s.config[C_SEG])) {
+      // The staged kernel (TMA rings of 3 items a warp) with the in-kernel dw reduction: session 5 rounds 1 / 2
+      // 59.81 / 59.55 µs against 59.78 / 60.03 for kept rows + sigmoids (reduce 1) and 59.87 / 59.95 (reduce 0).
+      // 16-bit activations (the measured and GPU-tested ones); fp32 keeps kept rows + sigmoids.
+      s.config[C_WARPS] = 8;
+      s.config[C_ROWS] = kRowsStaged;
+      if (gate_depth(s) == 0) s.config[C_ROWS] = kRowsKeptSigmoid;
+    } else if (kept_sigmoid_ok(s, s.config[C_SEG])) {
+      s.config[C_WARPS] = 8;
+      s.config[C_ROWS] = kRowsKeptSigmoid;
+    } else {
+      s.config[C_WARPS] = bwd_warps(s.config[C_SEG] * (dim / G));
+      s.config[C_ROWS] = kRowsKept;
+    }
+    s.config[C_REDUCE] = fused_reduce_ok(s.config[C_WARPS], s.config[C_ROWS]) ? 1 : 0;
   }
   return s;
 }
 
 // fwd: 2–16 warps × segments (divisors of G, ≤ 8 KiB). bwd: 1–16 warps × segments × where the second pass finds the
-// rows (re-read, registers, staged), while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
+// rows (re-read, registers, staged, registers with the sigmoids, split items) × where dw is reduced (second kernel,
+// or in-kernel for 4, 8, 16 warps of the kernels that can be the default: staged, kept sigmoids, split), while the
+// shared memory fits 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
@@ -196,16 +243,23 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid}) {
+      for (int rows :
+           {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsSplit2, kRowsSplit4, kRowsSplit2Pref}) {
         if (base.kernel == kFwd && (rows == kRowsKept || rows == kRowsKeptSigmoid || w < 2)) continue;
+        if (split_of(rows) > 1 && !split_ok(base, static_cast<int>(seg), split_of(rows), w)) continue;
+        if (rows == kRowsSplit2Pref && seg * d / (16 / es) > 64) continue;  // one 16-byte step a lane: 24 registers
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
         if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
-        s.config[C_WARPS] = w;
-        s.config[C_SEG] = static_cast<int>(seg);
-        s.config[C_ROWS] = rows;
-        if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
-        if (smem_bytes(s) > 227 * 1024) continue;
-        out.push_back(s);
+        for (int reduce : {0, 1}) {
+          if (reduce && (base.kernel != kBwd || !fused_reduce_ok(w, rows))) continue;
+          s.config[C_WARPS] = w;
+          s.config[C_SEG] = static_cast<int>(seg);
+          s.config[C_ROWS] = rows;
+          s.config[C_REDUCE] = reduce;
+          if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
+          if (smem_bytes(s) > 227 * 1024) continue;
+          out.push_back(s);
+        }
       }
     }
   }
@@ -226,7 +280,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
                                       static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
-                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false);
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false, -1);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
@@ -408,12 +462,14 @@ int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int
 }
 
 namespace detail {
-// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups; the bench's
-// measurement hook until the tuner picks configs per shape). rows < 0: the tuned/heuristic config.
+// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups, reduce; the bench's
+// measurement hook until the tuner picks configs per shape). rows < 0: the tuned/heuristic config; reduce < 0 with
+// rows ≥ 0: the heuristic's choice for those warps.
 void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
-                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
+                                    int reduce);
 }  // namespace detail
 
 void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
@@ -421,14 +477,14 @@ void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& 
                              const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                              const TensorRef& workspace, Stream stream) {
   detail::group_rms_norm_gate_bwd_config(rt, dy, x, gate, weight, dx, dgate, dweight, opts, workspace, stream, -1, 0,
-                                         0);
+                                         0, -1);
 }
 
 void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x,
                                             const TensorRef& gate, const TensorRef& weight, const TensorRef& dx,
                                             const TensorRef& dgate, const TensorRef& dweight,
                                             const GroupRmsNormGateOptions& opts, const TensorRef& workspace,
-                                            Stream stream, int rows, int warps, int seg) {
+                                            Stream stream, int rows, int warps, int seg, int reduce) {
   const Check ck{"group_rms_norm_gate_bwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
@@ -441,8 +497,9 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  const Specialization reduce = spec(arch, kDwReduce, g.dim, g.G, g.shared, x.dtype, weight.dtype);
+  const Specialization reducer = spec(arch, kDwReduce, g.dim, g.G, g.shared, x.dtype, weight.dtype);
   int64_t X = 0;
+  bool fused = false;  // the backward adds the partial rows itself (C_REDUCE 1)
   CUdeviceptr owned = 0;
   float* partial = static_cast<float*>(workspace.data);
   if (g.M > 0) {
@@ -451,6 +508,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
       s.config[C_ROWS] = rows;
       s.config[C_WARPS] = warps;
       s.config[C_SEG] = seg;
+      s.config[C_REDUCE] = reduce >= 0 ? reduce : (fused_reduce_ok(warps, rows) ? 1 : 0);
       if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     X = bwd_grid_x(rt, s, g.M);
@@ -469,14 +527,33 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     const auto [dg_sb, dg_ss] = bs_strides(dgate, opts.transpose);
     GroupNormGateBwdArgs a{dy.data,  dy_sb,    dy_ss,     x.data,  x_sb,  x_ss,    gate.data, g_sb,
                            g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
-                           partial,  static_cast<int>(g.M), static_cast<int>(g.B), static_cast<int>(g.S),
-                           opts.transpose, opts.eps};
+                           partial,  static_cast<float*>(dweight.data), static_cast<int>(g.M), static_cast<int>(g.B),
+                           static_cast<int>(g.S), opts.transpose, opts.eps};
+    fused = s.config[C_REDUCE] != 0;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(X);
     d.grid[1] = static_cast<unsigned>(g.G / s.config[C_SEG]);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
     d.smem = static_cast<unsigned>(smem_bytes(s));
-    impl.launch(s, d, stream, a);
+    // The fused reduction waits for every CTA: all must be resident at once. The grid is occupancy-sized (bwd_grid_x),
+    // and the cooperative attribute makes the driver guarantee it, or refuse the launch where fewer SMs are available
+    // than the device has (MPS, green contexts): then the two-kernel path runs instead (any grid size works there).
+    d.cooperative = fused;
+    try {
+      impl.launch(s, d, stream, a);
+    } catch (const DeviceError& e) {
+      if (!fused) throw;
+      log(LogLevel::warn, "group_rms_norm_gate_bwd: cooperative launch refused ({}); reducing dweight in a second kernel",
+          e.what());
+      fused = false;
+      s.config[C_REDUCE] = 0;
+      d.cooperative = false;
+      impl.launch(s, d, stream, a);
+    }
+  }
+  if (fused) {
+    if (owned) impl.free_async(owned, stream);
+    return;
   }
   DwReduceArgs r{partial, dweight.data, static_cast<int>(X)};
   const int64_t nout = g.shared ? g.d : g.dim;
@@ -484,7 +561,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
   d.grid[0] = static_cast<unsigned>((nout + kDwReduceCols - 1) / kDwReduceCols);
   d.block[0] = kDwReduceThreads;
   d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
-  impl.launch(reduce, d, stream, r);
+  impl.launch(reducer, d, stream, r);
   if (owned) impl.free_async(owned, stream);
 }
 

@@ -51,9 +51,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers
-    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                       s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32);
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
+    // exchange = two warps a row (SPLIT 2, Σx² exchanged)
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
+                       s.config[C_EXCHANGE] ? 2 : 1);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
@@ -73,9 +75,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kRowKernel)
-    return s.config[C_STAGES] > 0 ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]),
-                                                                         s.config[C_WARPS], s.config[C_STAGES])
-                                  : 0;
+    return s.config[C_STAGES] > 0
+               ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
+                                                      s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
+               : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -133,6 +136,17 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
     s.config[C_COL_BLOCKS] = long_row && !round ? 0 : 4;
     s.config[C_WARPS] = !long_row ? 8 : round ? 4 : 16;
     s.config[C_PREFETCH] = !long_row;
+    if (arch.sm >= 90 && N > 2048 && N % 1024 == 0 &&
+        rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), 8, 2, 2) <= 227 * 1024) {
+      // The pipe kernel with two warps a row (weights loaded, 8 warps, two slots). Measured (session 5 round 1,
+      // H100, M = 8192, N = 7168; tuner): round_scale 1 69.6 µs (row8 default 78.4), round_scale 0 90.1 (row
+      // kernel 115–123); one warp a row 86–88.
+      s.config[C_COL_BLOCKS] = 4;
+      s.config[C_WARPS] = 8;
+      s.config[C_STAGES] = 2;
+      s.config[C_PREFETCH] = 0;
+      s.config[C_EXCHANGE] = 1;
+    }
     if (arch.sm >= 90 && N <= 2048) {
       // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
       // N = 2048): round_scale 1 8 warps 18.67 µs in round 2 (round 1 tune: 18.94; 16 warps 19.15, 4 warps 19.33;
@@ -141,6 +155,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_WARPS] = round ? 8 : 16;
       s.config[C_STAGES] = 2;
       s.config[C_PREFETCH] = 1;
+      // round_scale 1 at N = 2048: two warps a row (exchange 1), faster in all three session-5 measurements
+      // (18.50 vs 18.53–18.59 µs, 18.56 vs 18.77, tuner 18.66 vs 18.69); round_scale 0 keeps one warp a row (tuner
+      // 24.67 vs 24.83).
+      if (round && N == 2048) s.config[C_EXCHANGE] = 1;
     }
   } else {
     s.kernel = kTileKernel;
@@ -289,18 +307,25 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
     if (base.arch.sm >= 90) {  // pipe kernel (col_blocks 4: the row8 layout): row slots a warp that fit 227 KiB
       s.config[C_COL_BLOCKS] = 4;
-      // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048.
-      const bool wreg_fits = N <= 2048;
+      // Weights in registers (prefetch 1, fp32) where they take ≤ 64 registers: N ≤ 2048 (split rows of 4096
+      // columns spilled at the split kernel's 80-register cap).
+      // exchange 1: two warps a row (half a row each, their Σx² exchanged; N a multiple of 1024), two or three
+      // slots.
       for (int warps : {4, 8, 16})
         for (int stages : {2, 3, 4})
-          for (int wreg : {0, 1}) {
-            if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages) > 227 * 1024) continue;
-            if (wreg && !wreg_fits) continue;
-            s.config[C_WARPS] = warps;
-            s.config[C_STAGES] = stages;
-            s.config[C_PREFETCH] = wreg;
-            out.push_back(s);
-          }
+          for (int wreg : {0, 1})
+            for (int split : {1, 2}) {
+              if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), warps, stages, split) > 227 * 1024)
+                continue;
+              if (wreg && N > 2048) continue;
+              if (split > 1 && (N % 1024 != 0 || stages > 3)) continue;
+              s.config[C_WARPS] = warps;
+              s.config[C_STAGES] = stages;
+              s.config[C_PREFETCH] = wreg;
+              s.config[C_EXCHANGE] = split > 1;
+              out.push_back(s);
+            }
+      s.config[C_EXCHANGE] = 0;
     }
     return;
   }

@@ -163,7 +163,7 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   cfg.blockDimZ = dims.block[2];
   cfg.sharedMemBytes = dims.smem;
   cfg.hStream = reinterpret_cast<CUstream>(stream);
-  CUlaunchAttribute attr[2];
+  CUlaunchAttribute attr[3];
   unsigned n = 0;
   if (dims.cluster[0] * dims.cluster[1] * dims.cluster[2] > 1) {
     attr[n].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
@@ -175,6 +175,11 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   if (dims.pdl && device_.arch.sm >= 90) {
     attr[n].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
     attr[n].value.programmaticStreamSerializationAllowed = 1;
+    ++n;
+  }
+  if (dims.cooperative) {
+    attr[n].id = CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+    attr[n].value.cooperative = 1;
     ++n;
   }
   if (n) {

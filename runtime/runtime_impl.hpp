@@ -76,6 +76,9 @@ struct LaunchDims {
   // previous kernel writes or writes anything it reads, and whose previous kernel on the stream is kiln's own (a
   // recipe's second or later launch): what ran before that kernel has completed when it started.
   bool pdl = false;
+  // Cooperative launch (CU_LAUNCH_ATTRIBUTE_COOPERATIVE): every CTA of the grid is resident at once (the launch fails
+  // otherwise), and the kernel gets the driver's grid-barrier word (kiln/grid_sync.cuh).
+  bool cooperative = false;
 };
 
 }  // namespace kiln::detail

@@ -122,9 +122,9 @@ const detail::FamilyDef& family() {
 }
 
 // kernel 0 fwd, 1 bwd, 2 dw_reduce; params dim, G, shared_w, dtype, w_dtype; config warps, seg_groups, rows (0
-// re-read, 1 kept in registers, 2 staged in shared memory).
+// re-read, 1 kept in registers, 2 staged in shared memory, 3 kept with the sigmoids), reduce (bwd: 1 in-kernel).
 detail::Specialization make(uint32_t kernel, int64_t dim, int64_t G, bool shared, DType t, DType w, int warps, int seg,
-                            int rows) {
+                            int rows, int reduce = 0) {
   detail::Specialization s;
   s.family = &family();
   s.arch = detail::Arch::parse("sm_90a");
@@ -136,13 +136,14 @@ detail::Specialization make(uint32_t kernel, int64_t dim, int64_t G, bool shared
     s.config[0] = warps;
     s.config[1] = seg;
     s.config[2] = rows;
+    s.config[3] = reduce;
   }
   return s;
 }
 
 TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
   ASSERT_EQ(family().param_names.size(), 5u);
-  ASSERT_EQ(family().config_names.size(), 3u);
+  ASSERT_EQ(family().config_names.size(), 4u);
   detail::Counters counters;
   const std::vector<detail::Specialization> specs = {
       make(0, 1536, 4, true, DType::f16, DType::f32, 4, 2, 0),     // d = 384: groups span steps unevenly
@@ -156,6 +157,11 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3),   // kept rows and sigmoids
       make(1, 1536, 4, true, DType::f32, DType::f32, 4, 1, 3),
       make(1, 1536, 4, true, DType::f16, DType::bf16, 4, 4, 2),
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3, 1),  // the default: in-kernel dw reduction
+      make(1, 1536, 4, true, DType::bf16, DType::f32, 16, 2, 2, 1),   // staged, fused, shared weight (folds 4)
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 4, 1),  // 2 warps an item
+      make(1, 1536, 4, true, DType::f16, DType::f32, 16, 4, 5, 0),    // 4 warps an item, d = 384 (groups ≠ steps)
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 6, 1),  // 2 warps an item, next item prefetched
   };
   for (const auto& s : specs) {
     SCOPED_TRACE(s.describe());
@@ -188,15 +194,17 @@ TEST(GroupRmsNormGateCompile, PresetsAndSearchSpace) {
     }
   }
   // Ling-mini-2.0 (dim 2048, G 4, bf16): one group (1 KiB) per warp item both ways; 4-warp CTAs forward, 8-warp CTAs
-  // keeping rows and sigmoids in registers backward (the fastest measured; see ops/group_rms_norm_gate.cpp).
+  // streaming items through TMA rings backward with dw reduced in the kernel (the fastest measured; see
+  // ops/group_rms_norm_gate.cpp).
   std::vector<detail::Specialization> specs;
   family().enumerate(load_model("ling-mini-2.0"), detail::Arch::parse("sm_90a"), specs);
   EXPECT_EQ(specs[0].config[0], 4);
   EXPECT_EQ(specs[0].config[1], 1);
   EXPECT_EQ(specs[1].config[1], 1);
   EXPECT_EQ(specs[1].config[0], 8);
-  EXPECT_EQ(specs[1].config[2], 3);
-  EXPECT_EQ(family().dynamic_smem_bytes(specs[1]), 8 * 512 * 4);
+  EXPECT_EQ(specs[1].config[2], 2);
+  EXPECT_EQ(specs[1].config[3], 1);  // dw reduced in the backward kernel (cooperative launch)
+  EXPECT_EQ(family().dynamic_smem_bytes(specs[1]), 8 * 3 * (3 * 512 * 2 + 8));  // 3 slots of x, gate, dy a warp
 }
 
 // ---- argument errors --------------------------------------------------------------------------------------------

@@ -17,7 +17,8 @@ namespace kiln::detail {
 void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
-                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
+                                    int reduce);
 void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                                     const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
                                     int warps, int seg, int rows);
@@ -71,7 +72,7 @@ uint32_t fresh_seed() {
 // may need a larger grid than the default's workspace holds).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows = -1,
-                                           int warps = 0, int seg = 0, bool workspace = true) {
+                                           int warps = 0, int seg = 0, bool workspace = true, int reduce = -1) {
   auto b = std::make_shared<Buffers>();
   const int64_t M = B * S, wn = shared_weight ? dim / groups : dim;
   const size_t es = dtype_size(dtype);
@@ -103,7 +104,7 @@ BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B
       workspace ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   inst.bytes = 5 * M * dim * es + wn * es + wn * 4;
   inst.run = [=](Stream s) {
-    group_rms_norm_gate_bwd_config(*r, dy, x, gate, w, dx, dgate, dw, opts, ws, s, rows, warps, seg);
+    group_rms_norm_gate_bwd_config(*r, dy, x, gate, w, dx, dgate, dw, opts, ws, s, rows, warps, seg, reduce);
   };
   inst.outputs = {dx, dgate, dw};
   return inst;
@@ -129,14 +130,18 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                                            rows, warps, seg);
                      }});
   }
-  // Backward variants (config forced) until the tuner picks per shape: (rows mode, warps, segment groups).
-  for (const auto& [rows, warps, seg] : {std::tuple{3, 8, 1}, {3, 4, 1}, {3, 16, 1}, {1, 16, 1}, {2, 8, 1}, {2, 16, 1},
-                                           {2, 4, 1}}) {
+  // Backward variants (config forced) until the tuner picks per shape: (rows mode, warps, segment groups, reduce:
+  // 0 dw_reduce_kernel behind the backward, 1 in-kernel after a grid barrier).
+  for (const auto& [rows, warps, seg, reduce] :
+       {std::tuple{3, 8, 1, 0}, {3, 8, 1, 1}, {3, 4, 1, 0}, {3, 4, 1, 1}, {3, 16, 1, 1}, {1, 16, 1, 0}, {2, 8, 1, 0},
+        {2, 8, 1, 1}, {2, 16, 1, 1}, {2, 4, 1, 1}, {4, 8, 1, 1}, {4, 16, 1, 1}, {4, 8, 1, 0}, {4, 4, 1, 1},
+        {5, 8, 2, 1}, {5, 16, 2, 1}, {6, 8, 1, 1}, {6, 8, 1, 0}, {6, 16, 1, 1}}) {
     cases.push_back({"group_rms_norm_gate_bwd",
-                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows={} warps={} seg={}", rows, warps, seg),
-                     [rows, warps, seg](Runtime& rt) {
+                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows={} warps={} seg={} reduce={}", rows,
+                                 warps, seg, reduce),
+                     [rows, warps, seg, reduce](Runtime& rt) {
                        return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, rows,
-                                                           warps, seg);
+                                                           warps, seg, true, reduce);
                      }});
   }
 });

@@ -8,6 +8,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/dw_reduce_args.h"
+#include "kiln/grid_sync.cuh"
 #include "kiln/pdl.cuh"
 
 namespace kiln {
@@ -40,6 +41,60 @@ __device__ __forceinline__ void dw_cta_partial(const float* red, int stride, int
   }
 }
 
+// Stage 2, one output column j < NOUT, slice ty of 8: Σ over rows g ≡ ty (mod 8) of partial[g][f·NOUT + j] in
+// ascending g (and f). COHERENT: the loads bypass L1 (ld.global.cg) — for rows other CTAs of the same grid wrote
+// (dw_reduce_fused); the standalone kernel reads rows a completed kernel wrote and uses plain loads.
+template <int NOUT, int FOLD, bool COHERENT>
+__device__ __forceinline__ float dw_reduce_slice(const float* __restrict__ partial, int G, int j, int ty) {
+  constexpr int SLICES = kDwReduceThreads / kDwReduceCols;
+  auto ld = [](const float* p) {
+    if constexpr (COHERENT) {
+      float v;
+      asm volatile("ld.global.cg.f32 %0, [%1];" : "=f"(v) : "l"(p) : "memory");
+      return v;
+    } else {
+      return *p;
+    }
+  };
+  float s = 0.f;
+  int g = ty;
+  if constexpr (FOLD == 1) {
+    // 16 rows' loads in flight at once, then added in ascending g (the order of the loop below): a slice of 264
+    // CTA rows takes 3 L2 round trips instead of 5.
+    constexpr int U = 16;
+    for (; g + (U - 1) * SLICES < G; g += U * SLICES) {
+      float v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) v[u] = ld(partial + static_cast<i64>(g + u * SLICES) * NOUT + j);
+#pragma unroll
+      for (int u = 0; u < U; ++u) s += v[u];
+    }
+  }
+#pragma unroll 8
+  for (; g < G; g += SLICES) {
+    const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
+#pragma unroll
+    for (int f = 0; f < FOLD; ++f) s += ld(row + f * NOUT + j);
+  }
+  return s;
+}
+
+// The 8 slice sums of column j (slice[k][tx], k < 8) added in slice order and stored (j < NLO: dw[j], else
+// dw_hi[j − NLO]; a null pointer skips).
+template <int NOUT, typename DW, int NLO>
+__device__ __forceinline__ void dw_reduce_store(const DwReduceArgs& a, const float (*slice)[kDwReduceCols + 1], int j,
+                                                int tx) {
+  constexpr int SLICES = kDwReduceThreads / kDwReduceCols;
+  float t = slice[0][tx];
+#pragma unroll
+  for (int k = 1; k < SLICES; ++k) t += slice[k][tx];
+  if (j < NLO) {
+    if (a.dw) static_cast<DW*>(a.dw)[j] = from_float<DW>(t);
+  } else if (a.dw_hi) {
+    static_cast<DW*>(a.dw_hi)[j - NLO] = from_float<DW>(t);
+  }
+}
+
 // Stage 2. partial: [G][FOLD·NOUT] fp32 (one row per CTA of stage 1); out[j] = Σ_g Σ_f partial[g][f·NOUT + j].
 // A CTA of kDwReduceThreads threads takes kDwReduceCols (16) output columns: slice ty (of 8) sums rows g ≡ ty (mod 8)
 // of column tx in ascending g (16 lanes read 64 contiguous bytes of a row), then the 8 slice sums are added in ty
@@ -53,42 +108,42 @@ __global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwRed
   constexpr int COLS = kDwReduceCols, SLICES = kDwReduceThreads / kDwReduceCols;
   __shared__ float slice[SLICES][COLS + 1];
   pdl_wait();  // stage 1 has completed and its partials are visible
-  const float* __restrict__ partial = a.partial;
   const int tx = threadIdx.x % COLS, ty = threadIdx.x / COLS;
   const int j = blockIdx.x * COLS + tx;
-  float s = 0.f;
-  if (j < NOUT) {
-    int g = ty;
-    if constexpr (FOLD == 1) {
-      // 16 rows' loads in flight at once, then added in ascending g (the order of the loop below): a slice of 264
-      // CTA rows takes 3 L2 round trips instead of 5.
-      constexpr int U = 16;
-      for (; g + (U - 1) * SLICES < a.G; g += U * SLICES) {
-        float v[U];
-#pragma unroll
-        for (int u = 0; u < U; ++u) v[u] = partial[static_cast<i64>(g + u * SLICES) * NOUT + j];
-#pragma unroll
-        for (int u = 0; u < U; ++u) s += v[u];
-      }
-    }
-#pragma unroll 8
-    for (; g < a.G; g += SLICES) {
-      const float* row = partial + static_cast<i64>(g) * (FOLD * NOUT);
-#pragma unroll
-      for (int f = 0; f < FOLD; ++f) s += row[f * NOUT + j];
-    }
-  }
-  slice[ty][tx] = s;
+  slice[ty][tx] = j < NOUT ? dw_reduce_slice<NOUT, FOLD, false>(a.partial, a.G, j, ty) : 0.f;
   __syncthreads();
-  if (ty == 0 && j < NOUT) {
-    float t = slice[0][tx];
-#pragma unroll
-    for (int k = 1; k < SLICES; ++k) t += slice[k][tx];
-    if (j < NLO) {
-      if (a.dw) static_cast<DW*>(a.dw)[j] = from_float<DW>(t);
-    } else if (a.dw_hi) {
-      static_cast<DW*>(a.dw_hi)[j - NLO] = from_float<DW>(t);
-    }
+  if (ty == 0 && j < NOUT) dw_reduce_store<NOUT, DW, NLO>(a, slice, j, tx);
+}
+
+// Stage 2 folded into stage 1 (a kernel launched cooperatively: LaunchDims::cooperative, so that all its CTAs are
+// resident at once). Every thread of every CTA calls it after the CTA's partial row has been written (by any of its
+// threads). The CTA arrives on the grid barrier; then the CTAs that own column blocks wait for every CTA's arrival
+// and compute them exactly as dw_reduce_kernel does (same slices, same order: the same bits); the others return at
+// once. Column block cb (16 columns × 8 slices = 128 threads) goes to CTA cb mod nCTA (linear id over x, y), its
+// 128-thread group cb / nCTA (a CTA has NT / 128 groups; NT a multiple of 128; NT / 128 × 544 bytes of static shared
+// memory).
+template <int NOUT, int FOLD, typename DW, int NT, int NLO = NOUT>
+__device__ __forceinline__ void dw_reduce_fused(const DwReduceArgs& a) {
+  static_assert(NT % kDwReduceThreads == 0, "whole 128-thread groups");
+  constexpr int COLS = kDwReduceCols, SLICES = kDwReduceThreads / kDwReduceCols, PER = NT / kDwReduceThreads;
+  constexpr int NCB = (NOUT + COLS - 1) / COLS;
+  const u32 token = grid_barrier_arrive();  // CTA barrier, then a release arrival on the grid barrier
+  const int ncta = static_cast<int>(gridDim.x * gridDim.y);
+  const int bid = static_cast<int>(blockIdx.y * gridDim.x + blockIdx.x);
+  if (bid >= NCB) return;  // no column block here (uniform over the CTA)
+  grid_barrier_wait(token);  // every CTA's partial row is visible (acquire), then a CTA barrier
+  const int sub = static_cast<int>(threadIdx.x) / kDwReduceThreads, t = static_cast<int>(threadIdx.x) % kDwReduceThreads;
+  const int tx = t % COLS, ty = t / COLS;
+  __shared__ float slices[PER][SLICES][COLS + 1];
+  float(*slice)[COLS + 1] = slices[sub];
+  const int rounds = (NCB - bid + ncta * PER - 1) / (ncta * PER);  // uniform over the CTA
+  for (int r = 0; r < rounds; ++r) {
+    const int cb = (r * PER + sub) * ncta + bid;
+    const int j = cb * COLS + tx;
+    if (cb < NCB) slice[ty][tx] = j < NOUT ? dw_reduce_slice<NOUT, FOLD, true>(a.partial, a.G, j, ty) : 0.f;
+    __syncthreads();
+    if (cb < NCB && ty == 0 && j < NOUT) dw_reduce_store<NOUT, DW, NLO>(a, slice, j, tx);
+    __syncthreads();
   }
 }
 

@@ -13,7 +13,9 @@
 // group is a compile-time constant when a group spans whole warp steps), then one butterfly per group.
 // Backward: a persistent grid (x: token slots, y: segment); each warp walks tokens with a fixed lane → column map
 // and accumulates dw for its columns in its own shared-memory slice; the CTA adds its warps' slices in warp order
-// into partial[blockIdx.x][seg's channels], and dw_reduce_kernel adds the CTA rows in order: deterministic.
+// into partial[blockIdx.x][seg's channels], and dw_reduce_kernel adds the CTA rows in order: deterministic. FUSE:
+// the backward is launched cooperatively and adds the CTA rows itself after a grid barrier (dw_reduce_fused: the
+// same order, the same bits), so no second kernel waits behind it.
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/group_rms_norm_gate_args.h"
@@ -254,6 +256,16 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
   cp_async_wait<0>();
 }
 
+// The backward's in-kernel dw reduction (FUSE; a cooperative launch): the partial rows [gridDim.x][DIM] the CTAs
+// wrote are added by dw_reduce_fused exactly as dw_reduce_kernel<NOUT, FOLD> would add them (a shared weight folds
+// the G groups onto d outputs).
+template <int DIM, int G, bool SHARED_W, int NT>
+__device__ __forceinline__ void gate_dw_reduce_fused(const GroupNormGateBwdArgs& a) {
+  const DwReduceArgs r{a.partial, a.dw, static_cast<int>(gridDim.x)};
+  if constexpr (SHARED_W) dw_reduce_fused<DIM / G, G, float, NT>(r);
+  else dw_reduce_fused<DIM, 1, float, NT>(r);
+}
+
 // (b, s) of the token a RowWalker over walking order stands on (its divisor is B when seq_major, else S).
 template <typename Args>
 __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64& b, i64& s) {
@@ -274,10 +286,11 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // unpacking of dy. dw for the lane's columns accumulates in registers when a lane holds ≤ 32 channels (else in the
 // warp's shared-memory slice); the warps' slices are added in warp order at the end. Tokens are walked with
 // RowWalker (no division per token).
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, typename T, typename W>
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, bool FUSE, typename T,
+          typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
     const GroupNormGateBwdArgs a) {
-  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
+  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d, SEGC = L::SEGC;
   constexpr bool KEEP = KEEP_ROWS && STEPS * 3 * B <= 192;
@@ -429,6 +442,186 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
+  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
+}
+
+// ---- split backward ------------------------------------------------------------------------------------------
+// The kept-rows-and-sigmoids backward with SPLIT warps an item: warp `sub` of a group of SPLIT takes the item's
+// chunks (st·SPLIT + sub)·32 + lane (interleaved 512-byte pieces), the group adds its warps' group sums Σx² and
+// Σx·t through shared memory in warp order (a named barrier a group; the same bits in every warp of the group), and
+// the CTA adds its groups' dw slices in group order. 1/SPLIT of the registers a row and SPLIT× finer work items for
+// the persistent grid's last round (the rope backward's SPLIT). Registers capped for 24 warps an SM. Shared memory:
+// WARPS/SPLIT dw slices of SEG·d floats, then the exchange [2][WARPS][2·SEG] floats (by row parity: a warp's next
+// row never overwrites a slot its partners still read — they read it before arriving at the next row's barrier).
+template <int DIM, int G, int SEG, int SPLIT, typename T>
+struct GateSplit {
+  using L = GateLayout<DIM, G, SEG, T>;
+  static constexpr int STEPS = (L::NC + 32 * SPLIT - 1) / (32 * SPLIT);  // a warp's steps
+  static constexpr bool OK = STEPS * 3 * L::BYTES <= 192 && STEPS * L::E <= 16;
+};
+
+// PREF: the next item's x, gate and dy are loaded into registers while this one is computed (two items in flight a
+// warp; registers capped for 24 warps an SM instead of 32).
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int SPLIT, bool FUSE, bool PREF, typename T, typename W>
+__global__ void __launch_bounds__(WARPS * 32, (PREF ? 24 : 32) / WARPS > 0 ? (PREF ? 24 : 32) / WARPS : 1)
+    group_rms_norm_gate_bwd_split_kernel(
+    const GroupNormGateBwdArgs a) {
+  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
+  using L = GateLayout<DIM, G, SEG, T>;
+  constexpr int E = L::E, B = L::BYTES, NC = L::NC, d = L::d, SEGC = L::SEGC, CPG = L::CPG;
+  constexpr int STEPS = GateSplit<DIM, G, SEG, SPLIT, T>::STEPS;
+  static_assert(GateSplit<DIM, G, SEG, SPLIT, T>::OK, "split backward: rows and sigmoids of a lane in registers");
+  static_assert(WARPS % SPLIT == 0 && WARPS / SPLIT <= 15, "whole groups; one named barrier a group");
+  constexpr int GROUPS = WARPS / SPLIT;
+  extern __shared__ __align__(16) float dws[];  // [GROUPS][SEGC] dw slices, then [2][WARPS][2·SEG] exchange
+  float* xch = dws + GROUPS * SEGC;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int group = warp / SPLIT, sub = warp % SPLIT;
+  const int seg = blockIdx.y, c0 = seg * SEGC;
+  auto chunk = [&](int st) { return (st * SPLIT + sub) * 32 + lane; };  // segment-local chunk of step st
+  auto grp = [&](int c) { return CPG % 32 == 0 ? (c - lane) / CPG : c / CPG; };  // warp-uniform when it can be
+
+  float dwr[STEPS][E];
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st)
+#pragma unroll
+    for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
+
+  const CtaRows strip(a.M, group, GROUPS);  // the group's tokens (every warp of it walks the same ones)
+  RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
+  // x, gate and dy of the item `w` stands on, this lane's chunks.
+  auto load_item = [&](const RowWalker& w, Raw<B> (&x)[STEPS], Raw<B> (&g)[STEPS], Raw<B> (&y)[STEPS]) {
+    i64 b, s;
+    walker_bs(a, w, b, s);
+    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
+    const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
+    const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = chunk(st);
+      if (c < NC) {
+        x[st] = ld_raw<B, true>(xr + c * E);
+        g[st] = ld_raw<B, true>(gr + c * E);
+        y[st] = ld_raw<B, true>(yr + c * E);
+      }
+    }
+  };
+  Raw<B> xv[STEPS], gv[STEPS], yv[STEPS];
+  if (PREF && strip.n > 0) load_item(walk, xv, gv, yv);
+  for (int k = 0; k < strip.n; ++k, walk.next()) {
+    i64 b, s;
+    walker_bs(a, walk, b, s);
+    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
+    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
+
+    Raw<B> nx[PREF ? STEPS : 1], ng[PREF ? STEPS : 1], ny[PREF ? STEPS : 1];
+    if constexpr (PREF) {
+      if (k + 1 < strip.n) {
+        RowWalker w1 = walk;
+        w1.next();
+        load_item(w1, nx, ng, ny);
+      }
+    } else {
+      load_item(walk, xv, gv, yv);
+    }
+    float ss[SEG], Q[SEG], ysv[STEPS][E], omv[STEPS][E];
+#pragma unroll
+    for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = chunk(st);
+      if (c < NC) {
+        const int ch = c0 + c * E;
+        float w[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+        float p_ss = 0.f, p_q = 0.f;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xv[st], e);
+          const Sigmoid<T> sg(raw_get<T>(gv[st], e));
+          const float yg = ysv[st][e] = raw_get<T>(yv[st], e) * sg.s;
+          omv[st][e] = sg.one_minus;
+          p_ss = fmaf(xf, xf, p_ss);
+          p_q = fmaf(xf, yg * w[e], p_q);
+        }
+        const int q = grp(c);
+        add_at(ss, q, p_ss);
+        add_at(Q, q, p_q);
+      }
+    }
+    // Group sums: this warp's, posted to its slot of this row parity, then the group's slots added in warp order.
+    float* slot = xch + (k & 1) * WARPS * 2 * SEG;
+#pragma unroll
+    for (int q = 0; q < SEG; ++q) {
+      ss[q] = warp_sum(ss[q]);
+      Q[q] = warp_sum(Q[q]);
+    }
+    if (lane == 0)
+#pragma unroll
+      for (int q = 0; q < SEG; ++q) {
+        slot[warp * 2 * SEG + q] = ss[q];
+        slot[warp * 2 * SEG + SEG + q] = Q[q];
+      }
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+    float r[SEG], coef[SEG];
+#pragma unroll
+    for (int q = 0; q < SEG; ++q) {
+      float tss = slot[group * SPLIT * 2 * SEG + q], tq = slot[group * SPLIT * 2 * SEG + SEG + q];
+#pragma unroll
+      for (int u = 1; u < SPLIT; ++u) {
+        tss += slot[(group * SPLIT + u) * 2 * SEG + q];
+        tq += slot[(group * SPLIT + u) * 2 * SEG + SEG + q];
+      }
+      r[q] = 1.0f / sqrtf(tss / static_cast<float>(d) + a.eps);
+      coef[q] = (tq / static_cast<float>(d)) * r[q] * r[q] * r[q];  // (Q/d)·r first: see the kept kernel
+    }
+
+#pragma unroll
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = chunk(st);
+      if (c < NC) {
+        Raw<B> xraw = xv[st];
+        launder(xraw);
+        const int q = grp(c);
+        const float rq = pick(r, q), cq = pick(coef, q);
+        const int ch = c0 + c * E;
+        float w[E], dxo[E], dgo[E];
+        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const float xf = raw_get<T>(xraw, e);
+          const float ys = ysv[st][e], om = omv[st][e];
+          const float t = ys * w[e];
+          const float n = xf * rq;
+          dxo[e] = fmaf(rq, t, -cq * xf);
+          dgo[e] = n * t * om;
+          dwr[st][e] = fmaf(n, ys, dwr[st][e]);
+        }
+        Raw<B> o1, o2;
+        raw_fill<T>(o1, dxo);
+        raw_fill<T>(o2, dgo);
+        st_raw(dxr + c * E, o1);
+        st_raw(dgr + c * E, o2);
+      }
+    }
+    if constexpr (PREF) {
+#pragma unroll
+      for (int st = 0; st < STEPS; ++st) xv[st] = nx[st], gv[st] = ng[st], yv[st] = ny[st];
+    }
+  }
+
+  float* dw = dws + group * SEGC;  // the group's slice: its warps' columns are disjoint
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = chunk(st);
+    if (c < NC)
+#pragma unroll
+      for (int e = 0; e < E; ++e) dw[c * E + e] = dwr[st][e];
+  }
+  __syncthreads();
+  dw_cta_partial<GROUPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
+                                                    threadIdx.x);
+  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
 }
 
 // ---- staged backward -----------------------------------------------------------------------------------------
@@ -448,10 +641,10 @@ struct GateStaged {
   static constexpr int SLOT = 3 * PIECE;
 };
 
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, typename T, typename W>
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 16 warps per SM: ≤ 128 registers
     group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
-  pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid now; it waits for it to end
+  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
@@ -614,6 +807,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
+  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
 }
 
 }  // namespace kiln

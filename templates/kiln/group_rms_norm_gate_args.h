@@ -26,6 +26,7 @@ struct GroupNormGateBwdArgs {
   void* dx; long long dx_sb, dx_ss;        // x's layout
   void* dgate; long long dg_sb, dg_ss;     // gate's layout
   float* partial;  // [gridDim.x, dim] fp32: one dweight slice per CTA column (CTA (x, seg) writes seg's channels)
+  float* dw;       // dweight [dim] or [dim/G] fp32: written by the kernel itself when it reduces in-kernel (FUSE)
   int M;
   int B, S;
   int seq_major;

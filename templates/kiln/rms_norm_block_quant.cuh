@@ -821,17 +821,23 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 // block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of `row`;
 // returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats.
 namespace rmsq {
-template <int N, bool ROUND, typename WeightsFn>
+
+// SPLIT > 1: the row is shared by the SPLIT warps of a group; this one (sub) holds steps [sub·STEPS/SPLIT, …) of it
+// in xs (its part of the row only), and the group adds its warps' Σx² in sub order through `xslot` (this row's
+// [WARPS] exchange floats; a named barrier 1 + group of SPLIT warps), so every warp of the group gets the same r.
+template <int N, bool ROUND, int SPLIT = 1, typename WeightsFn>
 __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const unsigned char* xs, i64 row, int lane,
-                                           WeightsFn&& weights) {
-  constexpr int NB = N / 128;          // column blocks per row
-  constexpr int STEPS = (NB + 3) / 4;  // 512-column steps
+                                           WeightsFn&& weights, int sub = 0, int group = 0, float* xslot = nullptr) {
+  constexpr int NB = N / 128;                  // column blocks per row
+  constexpr int STEPS = (NB + 3) / 4 / SPLIT;  // this warp's 512-column steps
+  static_assert(SPLIT == 1 || NB % (4 * SPLIT) == 0, "a split row: whole steps for every warp");
   const int blk = lane >> 3, c = lane & 7;
-  auto active = [&](int s) { return s * 4 + blk < NB; };                           // 8-lane-group uniform
-  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
+  const int s0 = sub * STEPS;  // the row's step of this warp's step 0
+  auto active = [&](int s) { return SPLIT > 1 || s * 4 + blk < NB; };              // 8-lane-group uniform
+  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // chunk h's column in xs
   // Output pointers of step 0, advanced by constants (no 64-bit index arithmetic per step).
-  u8* const qrow = a.q + row * N + blk * 128 + c * 8;          // + 512·s + 64·h
-  float* qs = a.q_scale + static_cast<i64>(blk) * a.M + row;   // + 4·M a step
+  u8* const qrow = a.q + row * N + (s0 * 4 + blk) * 128 + c * 8;       // + 512·s + 64·h
+  float* qs = a.q_scale + static_cast<i64>(s0 * 4 + blk) * a.M + row;  // + 4·M a step
   const i64 qs_step = 4 * static_cast<i64>(a.M);
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -846,9 +852,17 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
           acc[i & 3] = fmaf(f, f, acc[i & 3]);
         }
       }
-  const float ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  float ss = warp_sum((acc[0] + acc[1]) + (acc[2] + acc[3]));
+  if constexpr (SPLIT > 1) {
+    const int warp = group * SPLIT + sub;
+    if (lane == 0) xslot[warp] = ss;
+    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+    ss = xslot[group * SPLIT];
+#pragma unroll
+    for (int u = 1; u < SPLIT; ++u) ss += xslot[group * SPLIT + u];
+  }
   const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
-  if (a.rms_out && lane == 0) a.rms_out[row] = r;
+  if (a.rms_out && lane == 0 && sub == 0) a.rms_out[row] = r;
 
 #pragma unroll
   for (int s = 0; s < STEPS; ++s) {
@@ -903,35 +917,42 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 //  * Σx² in four interleaved accumulators, the block amax as a tree;
 //  * ROUND: the power-of-two scale from the bits of amax (rmsq::scale_of_max: no division) and its reciprocal
 //    from its bits (rmsq::Quant), as in every kernel here.
+// SPLIT = 2: two warps a row (half each, through their own rings; Σx² exchanged: rmsq::row8_smem).
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
-// Shared memory: [WARPS][DEPTH][N] bf16 rows, then [WARPS][DEPTH] mbarriers (rms_norm_block_quant_pipe_smem_bytes).
-template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32>
-__global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH)))
+// Shared memory: [WARPS][DEPTH][N / SPLIT] bf16 rows, then [WARPS][DEPTH] mbarriers, then (SPLIT > 1) [2][WARPS]
+// floats (rms_norm_block_quant_pipe_smem_bytes).
+template <int N, int WARPS, int DEPTH, bool WREG, bool ROUND, bool W_F32, int SPLIT = 1>
+__global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blocks(N, WARPS, DEPTH, SPLIT, WREG)))
     rms_norm_block_quant_pipe_kernel(const RmsNormBlockQuantArgs a) {
-  constexpr int NB = N / 128;          // column blocks per row
-  constexpr int STEPS = (NB + 3) / 4;  // 512-column steps
-  constexpr int SLOT = N * 2;          // one bf16 row
+  constexpr int NB = N / 128;                  // column blocks per row
+  constexpr int STEPS = (NB + 3) / 4 / SPLIT;  // a warp's 512-column steps
+  constexpr int SLOT = N * 2 / SPLIT;          // a warp's part of a bf16 row
   static_assert(N % 128 == 0 && SLOT < (1 << 20), "one bulk copy a row");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
   static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
   static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
+  static_assert(SPLIT == 1 || (SPLIT == 2 && NB % 8 == 0), "two warps a row: whole steps each");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-  const int blk = lane >> 3, c = lane & 7;  // block of the step, chunk pair in the block
+  const int group = warp / SPLIT, sub = warp % SPLIT;  // the SPLIT warps of a group share their rows
+  const int blk = lane >> 3, c = lane & 7;             // block of the step, chunk pair in the block
   WarpRing<DEPTH, SLOT, true> ring{smem_raw + warp * DEPTH * SLOT,
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  float* xch = reinterpret_cast<float*>(smem_raw + WARPS * DEPTH * (SLOT + 8));  // [2][WARPS] Σx² (SPLIT > 1)
   ring.init(lane);
-  const CtaRows strip(a.M, warp, WARPS);
-  const int rows = strip.n;  // this warp's rows
-  auto issue = [&](int k) {
-    const void* const src[1] = {static_cast<const bf16*>(a.x) + strip.row(k) * a.x_stride};
-    ring.template issue<SLOT, 1>(k, k < rows, src, lane);
-  };
-#pragma unroll 1
-  for (int k = 0; k < DEPTH; ++k) issue(k);
 
-  auto active = [&](int s) { return s * 4 + blk < NB; };                           // 8-lane-group uniform
-  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // first column of chunk h
+  const int s0 = sub * STEPS;  // the row's step of this warp's step 0
+  auto active = [&](int s) { return (s0 + s) * 4 + blk < NB; };                          // 8-lane-group uniform
+  auto col_of = [&](int s, int h) { return ((s0 + s) * 4 + blk) * 128 + (c + 8 * h) * 8; };  // chunk h's column
+  auto issue_row = [&](int k, bool valid, i64 row) {
+    const void* const src[1] = {static_cast<const bf16*>(a.x) + row * a.x_stride + sub * (N / SPLIT)};
+    ring.template issue<SLOT, 1>(k, valid, src, lane);
+  };
+  const CtaRows strip(a.M, group, WARPS / SPLIT);
+  const int rows = strip.n;  // this warp's rows
+#pragma unroll 1
+  for (int k = 0; k < DEPTH; ++k) issue_row(k, k < rows, k < rows ? strip.row(k) : 0);
+
   float wr[WREG ? STEPS : 1][2][WREG ? 8 : 1];
   if constexpr (WREG) {
 #pragma unroll
@@ -962,9 +983,9 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
 #pragma unroll 1
   for (int k = 0; k < rows; ++k) {
     ring.wait(k);
-    rmsq::row8_smem<N, ROUND>(a, ring.slot(k), strip.row(k), lane, weights);
+    rmsq::row8_smem<N, ROUND, SPLIT>(a, ring.slot(k), strip.row(k), lane, weights, sub, group, xch + (k & 1) * WARPS);
     ring.release();  // every lane has read the slot
-    issue(k + DEPTH);
+    issue_row(k + DEPTH, k + DEPTH < rows, k + DEPTH < rows ? strip.row(k + DEPTH) : 0);
   }
   ring.drain();
 }

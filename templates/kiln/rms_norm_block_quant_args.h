@@ -57,14 +57,16 @@ constexpr int rms_norm_block_quant_ring_smem_bytes(int R, int warps = 8, int pus
   return R * 128 * 128 * 2 + (2 * 128 + 2 * 128 + warps * 128 + 128) * 4 + 128 * 128 + 128 * 4 + 8 * R +
          (push_cluster > 0 ? 2 * push_cluster * 128 * 4 + 16 : 0);
 }
-// Mode-0 pipe kernel: STAGES row slots per warp, then one mbarrier per slot.
-constexpr int rms_norm_block_quant_pipe_smem_bytes(int N, int warps, int stages) {
-  return warps * stages * (N * 2 + 8);
+// Mode-0 pipe kernel: STAGES row slots per warp (of 1/split of a row each), then one mbarrier per slot; split > 1
+// adds the warps' Σx² exchange [2][warps] floats.
+constexpr int rms_norm_block_quant_pipe_smem_bytes(int N, int warps, int stages, int split = 1) {
+  return warps * stages * (N * 2 / split + 8) + (split > 1 ? 2 * warps * 4 : 0);
 }
-// CTAs an SM the pipe kernel asks registers for (__launch_bounds__): 16 warps an SM where shared memory allows.
-constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages) {
-  const int by_smem = 228 * 1024 / (rms_norm_block_quant_pipe_smem_bytes(N, warps, stages) + 1024);
-  const int want = 16 / warps;
+// CTAs an SM the pipe kernel asks registers for (__launch_bounds__): 16 warps an SM where shared memory allows
+// (split rows: 32, ≤ 64 registers; 24 with the weights in registers, which spilled at 64).
+constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages, int split = 1, bool wreg = false) {
+  const int by_smem = 228 * 1024 / (rms_norm_block_quant_pipe_smem_bytes(N, warps, stages, split) + 1024);
+  const int want = (split > 1 ? (wreg ? 24 : 32) : 16) / warps < 1 ? 1 : (split > 1 ? (wreg ? 24 : 32) : 16) / warps;
   return by_smem < 1 ? 1 : by_smem < want ? by_smem : want;
 }
 // At most this much dynamic shared memory lets two CTAs share an SM (228 KiB, 1 KiB reserved per CTA).

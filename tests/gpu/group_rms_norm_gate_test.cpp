@@ -25,7 +25,8 @@ void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const Tenso
 void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
-                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg);
+                                    const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
+                                    int reduce);
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -183,8 +184,10 @@ class GroupRmsNormGateGpu : public GpuTest {
     std::vector<float> dx, dgate, dweight;
     bool guards_ok = false;
   };
-  // rows ≥ 0 forces the backward's config (0 re-read, 1 registers, 2 staged in shared memory; warps; segment groups).
-  static Bwd run_bwd(const Data& d, int64_t workspace_elems = -1, int rows = -1, int warps = 0, int seg = 0) {
+  // rows ≥ 0 forces the backward's config (0 re-read, 1 registers, 2 staged in shared memory, 3 registers with the
+  // sigmoids; warps; segment groups; reduce 0 second kernel, 1 in-kernel, −1 the heuristic's for those warps).
+  static Bwd run_bwd(const Data& d, int64_t workspace_elems = -1, int rows = -1, int warps = 0, int seg = 0,
+                     int reduce = -1) {
     Runtime& r = rt();
     const bool T = d.c.transpose;
     DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), dy = d.upload(r, d.dy, T);
@@ -197,7 +200,7 @@ class GroupRmsNormGateGpu : public GpuTest {
     detail::group_rms_norm_gate_bwd_config(
         r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}), d.ref(dx, false),
         d.ref(dgate, T), dw.ref(DType::f32, {d.wn()}), options(d.c),
-        workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr, rows, warps, seg);
+        workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr, rows, warps, seg, reduce);
     synchronize();
     Bwd b;
     b.dx = d.download(dx, false);
@@ -335,14 +338,42 @@ TEST_F(GroupRmsNormGateGpu, BackwardVariants) {
     SCOPED_TRACE(name(c));
     const Data d = make_data(c, 0x88);
     const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
-    for (const auto& [rows, warps, seg] : {std::tuple{0, 8, 4}, {0, 4, 1}, {1, 8, 1}, {1, 8, 2}, {2, 8, 2}, {2, 4, 4},
-                                           {2, 8, 1}, {2, 1, 2}, {3, 8, 1}, {3, 4, 1}}) {
-      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
-      const Bwd b = run_bwd(d, -1, rows, warps, seg);
+    for (const auto& [rows, warps, seg, reduce] :
+         {std::tuple{0, 8, 4, 0}, {0, 4, 1, 0}, {1, 8, 1, 0}, {1, 8, 2, 0}, {2, 8, 2, 0}, {2, 4, 4, 1}, {2, 8, 1, 1},
+          {2, 1, 2, 0}, {3, 8, 1, 0}, {3, 8, 1, 1}, {3, 4, 1, 0}, {3, 16, 1, 1}, {4, 8, 1, 1}, {4, 16, 1, 0},
+          {4, 2, 1, 0}, {5, 8, 4, 1}, {5, 16, 4, 0}, {6, 8, 1, 1}, {6, 16, 1, 0}}) {
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg) +
+                   " reduce " + std::to_string(reduce));
+      const Bwd b = run_bwd(d, -1, rows, warps, seg, reduce);
       EXPECT_TRUE(b.guards_ok);
       EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype));
       EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype));
       EXPECT_LE(relative_l2(b.dweight, g.dweight), 1e-4) << "dweight relative L2";
+    }
+  }
+}
+
+// The in-kernel dw reduction (grid barrier, cooperative launch) adds the same partial rows in the same order as
+// dw_reduce_kernel: every output bit-identical to the two-kernel path, over repeated launches (the barrier word is
+// reused), shapes whose grids are capped by the token count (fewer CTAs than column blocks), a shared weight (folded
+// groups), the kept and the staged kernels.
+TEST_F(GroupRmsNormGateGpu, FusedReduceMatchesTwoKernels) {
+  for (const Case& c : {Case{2, 4096, 2048, 4}, Case{2, 4095, 2048, 4, DType::bf16, DType::bf16, true, true},
+                        Case{1, 3, 2048, 4}, Case{3, 37, 1536, 4, DType::f16, DType::f32, false, true, 64},
+                        Case{2, 9, 16384, 128}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x8a);
+    for (const auto& [rows, warps, seg] : {std::tuple{3, 8, 1}, {2, 8, 1}, {3, 16, 1}, {4, 8, 1}, {6, 8, 1}}) {
+      if (rows >= 4 && c.dim / c.G < 256) continue;  // a 2-warp item needs > 32 chunks
+      SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
+      const Bwd two = run_bwd(d, -1, rows, warps, seg, 0);
+      for (int rep = 0; rep < 3; ++rep) {
+        const Bwd one = run_bwd(d, -1, rows, warps, seg, 1);
+        EXPECT_TRUE(one.guards_ok);
+        EXPECT_TRUE(bitwise_equal("dweight", one.dweight, two.dweight));
+        EXPECT_TRUE(bitwise_equal("dx", one.dx, two.dx));
+        EXPECT_TRUE(bitwise_equal("dgate", one.dgate, two.dgate));
+      }
     }
   }
 }

@@ -338,17 +338,20 @@ INSTANTIATE_TEST_SUITE_P(Modes, RmsNormBlockQuantSpecialValues,
                          });
 
 // The same special values through every mode-0 kernel (the default one above; here the row8 kernel and the pipe
-// kernel with weights loaded and in registers): all-NaN, inf, overflowing and tiny rows reach the scale rule.
+// kernel with weights loaded and in registers, one or two warps a row): all-NaN, inf, overflowing and tiny rows
+// reach the scale rule.
 TEST_F(RmsNormBlockQuantTest, SpecialValuesEveryMode0Kernel) {
   struct Cfg {
-    int warps, col_blocks, prefetch, stages;
+    int warps, col_blocks, prefetch, stages, split;
   };
-  for (const Cfg& k : {Cfg{8, 4, 1, 0}, Cfg{8, 4, 0, 3}, Cfg{16, 4, 1, 2}, Cfg{4, 4, 1, 4}})
+  for (const Cfg& k : {Cfg{8, 4, 1, 0, 0}, Cfg{8, 4, 0, 3, 0}, Cfg{16, 4, 1, 2, 0}, Cfg{4, 4, 1, 4, 0},
+                       Cfg{8, 4, 1, 2, 1}, Cfg{16, 4, 0, 3, 1}})
     for (bool rs : {false, true}) {
       SCOPED_TRACE("warps " + std::to_string(k.warps) + " col_blocks " + std::to_string(k.col_blocks) + " prefetch " +
-                   std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " round_scale " +
-                   std::to_string(rs));
-      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, 0, 0));
+                   std::to_string(k.prefetch) + " stages " + std::to_string(k.stages) + " split " +
+                   std::to_string(k.split) + " round_scale " + std::to_string(rs));
+      ASSERT_TRUE(detail::rms_norm_block_quant_force_config(2048, 0, k.warps, k.col_blocks, k.prefetch, k.stages, 0,
+                                                            k.split));
       const Input in = special_input(mix_seed({0x64, static_cast<uint64_t>(k.stages), rs}));
       RunSpec spec;
       spec.mode = 0;
@@ -653,17 +656,24 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
-// reloaded; partial steps; fewer rows than warps) with enough rows that every ring slot is refilled several times,
-// and the row8 and row kernels.
+// reloaded × one or two warps a row (exchange 1); partial steps; fewer rows than warps) with enough rows that every
+// ring slot is refilled several times, and the row8 and row kernels.
 TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
   const std::vector<SpacePoint> points = {
-      {2048, 0, 8, 4, 1, 2, 0, 0, 20011},  // the default (round_scale 1)
+      {2048, 0, 8, 4, 1, 2, 0, 0, 20011},  // (the round_scale 1 default before session 5)
       {2048, 0, 16, 4, 1, 2, 0, 0, 20011}, // (round_scale 0)
       {2048, 0, 4, 4, 1, 2, 0, 0, 20011},
       {2048, 0, 8, 4, 0, 2, 0, 0, 20011},
       {2048, 0, 16, 4, 1, 3, 0, 0, 20011},
       {2048, 0, 4, 4, 0, 4, 0, 0, 20011},
       {2048, 0, 8, 4, 1, 4, 0, 0, 20011},
+      {2048, 0, 8, 4, 1, 2, 0, 1, 20011},  // two warps a row (the round_scale 1 default)
+      {2048, 0, 16, 4, 0, 3, 0, 1, 20011},
+      {2048, 0, 4, 4, 1, 2, 0, 1, 20011},
+      {7168, 0, 8, 4, 0, 2, 0, 1, 5003},   // (the N = 7168 default)
+      {1024, 0, 8, 4, 1, 2, 0, 1, 40009},  // one step a warp
+      {4096, 0, 8, 4, 0, 2, 0, 1, 9001},
+      {2048, 0, 8, 4, 1, 3, 0, 1, 131},
       {7168, 0, 4, 4, 0, 2, 0, 0, 5003},
       {4096, 0, 8, 4, 0, 3, 0, 0, 9001},
       {128, 0, 4, 4, 1, 4, 0, 0, 100003},  // a partial step: one block of four
@@ -673,17 +683,19 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
       {2048, 0, 16, 4, 0, 2, 0, 0, 1},
       {2048, 0, 8, 4, 1, 0, 0, 0, 20011},  // the row8 kernel (8 lanes a block)
       {2048, 0, 4, 4, 0, 0, 0, 0, 20011},
-      {7168, 0, 4, 4, 0, 0, 0, 0, 5003},   // (N = 7168 default)
+      {7168, 0, 4, 4, 0, 0, 0, 0, 5003},   // (the N = 7168 round_scale 1 default before session 5)
       {7168, 0, 16, 4, 0, 0, 0, 0, 5003},
       {128, 0, 4, 4, 1, 0, 0, 0, 100003},
       {640, 0, 8, 4, 1, 0, 0, 0, 20011},
       {2048, 0, 8, 0, 1, 0, 0, 0, 20011},  // the register row kernel
-      {7168, 0, 16, 0, 0, 0, 0, 0, 5003},  // (N = 7168, round_scale 0 default)
+      {7168, 0, 16, 0, 0, 0, 0, 0, 5003},  // (the N = 7168 round_scale 0 default before session 5)
   };
   check_points(points, 0x66);
   // Not points: 16 warps × 4 row slots exceed shared memory; weights in registers only up to N = 2048.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 16, 4, 0, 4, 0, 0));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(4096, 0, 8, 4, 1, 2, 0, 0));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 0, 8, 4, 1, 2, 1, 0));  // overlap: not a pipe field
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(640, 0, 8, 4, 1, 2, 0, 1));   // a split row: N % 1024
 }
 
 // eps is a run-time argument: one specialization, several values (an all-zero row has r = 1/sqrt(eps) exactly).
