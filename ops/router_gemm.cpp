@@ -32,6 +32,9 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
+// Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
+// timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
+std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 }  // namespace detail
 
 namespace {
@@ -76,8 +79,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, wn = 2 (the pair)
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES]);
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -193,10 +196,11 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2; bk = K
+                               // columns the producer requests at once (64: a stage, 128: two stages back to back)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && c[C_BK] == 64 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 &&
-           smem_bytes(s) <= smem_limit(s.arch);
+           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && (c[C_BK] == 64 || c[C_BK] == 128) && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -386,6 +390,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int eh = static_cast<int>(E / 2);
       for (int stages : {6, 7, 4}) {
         set_config(s, 128, eh, 64, 2, 2, stages);
+        add(s);
+      }
+      for (int stages : {6, 4}) {  // two chunks requested together
+        set_config(s, 128, eh, 128, 2, 2, stages);
         add(s);
       }
       set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
@@ -674,15 +682,21 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     if (E % 16 != 0) ck.invalid("variant", fmt::format("the expert-pair forward needs E % 16 == 0, got E = {}", E));
     const Specialization s = pick(rt, ck, spec(arch, kFwdTmaXmc, K, E), T, force);
     const int bm = s.config[C_BM];
+    const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
     encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
-    a.tiles = static_cast<int>((T + bm - 1) / bm);
-    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
-    const int64_t clusters = std::min<int64_t>(a.tiles, std::max(1, sms / 2));  // persistent over token tiles
+    // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
+    const int64_t pairs = std::max(1, sms / 2);
+    a.tile_rows = bm;
+    if (measure & kRgBalance) a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs - 1) / pairs));
+    a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
+    a.flags = measure & (kRgSkipStore | kRgSkipW | kRgRotateK);
+    a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+    const int64_t clusters = std::min<int64_t>(a.tiles, pairs);  // persistent over token tiles
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(clusters * 2);
     d.cluster[0] = 2;
@@ -990,6 +1004,20 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*).
   std::string part = part_in;
   int flags = 0;
+  // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW).
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
+                                      {"_now", kRgSkipW}, {"_nostore", kRgSkipStore}}) {
+      const std::string sfx = suffix;
+      if (part.ends_with(sfx)) {
+        flags |= bit;
+        part.resize(part.size() - sfx.size());
+        more = true;
+      }
+    }
+  }
   if (part.ends_with("_nostore")) {  // the TMA forward without its output stores (kRgSkipStore)
     flags = kRgSkipStore;
     part.resize(part.size() - 8);

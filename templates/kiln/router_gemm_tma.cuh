@@ -72,6 +72,13 @@ __device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap,
       "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
       : "memory");
 }
+// Measurement timestamps: the global nanosecond timer (comparable across SMs) and the SM's cycle counter.
+__device__ __forceinline__ u64 gtimer() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ u64 clk() { return static_cast<u64>(clock64()); }
 __device__ __forceinline__ void prefetch_tmap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(tmap)) : "memory");
 }
@@ -377,15 +384,33 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // per 128 × 128 × 64 chunk (BM = 128, E = 256) against 40 KiB per 64 × 256 × 64 without the pair. Persistent: cluster
 // c walks token tiles c, c + clusters, …; a stage is refilled once the consumers of both CTAs released it (the
 // multicast writes into both).
-template <int K, int E, int WGM, int STAGES>
+//  * a.tile_rows (≤ BM): the token rows a tile owns (tile t = rows [t·tile_rows, …)); below BM the x boxes overlap the
+//    next tile's rows and only the owned rows are stored (so 66 tiles of 125 rows keep all 132 SMs busy at 8192).
+//  * ISSUE (1 or 2): stages the producer fills back to back; 2 waits for two free stages and requests two consecutive
+//    K chunks at once (256 contiguous bytes of every x and w row in flight together).
+//  * kRgRotateK: tile t walks its K chunks from chunk t mod CHUNKS on (wrapping), so the clusters in flight read
+//    different w chunks instead of all hitting the same 32 KiB of w at once. The order of the fp32 sums depends on
+//    the tile only: deterministic.
+//  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots).
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int CM = 2, EH = E / 2, BM = 64 * WGM, XR = BM / CM;
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
+  static_assert(ISSUE == 1 || ISSUE == 2, "ISSUE: 1 or 2 stages requested together");
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
+
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;
+  if (trace && threadIdx.x == 0) {
+    trace[kRgTraceStartNs] = rgt::gtimer();
+    trace[kRgTraceStartClk] = rgt::clk();
+    u32 sm;
+    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+    trace[kRgTraceSm] = sm;
+  }
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -394,6 +419,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = blockIdx.x % CM;
   const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+  const int rows = a.tile_rows;
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
@@ -409,40 +435,57 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmx);
       rgt::prefetch_tmap(&a.tmw);
+      const bool rotate = a.flags & kRgRotateK, load_w = !(a.flags & kRgSkipW);
       int s = 0;
       u32 phase = 0;
       for (int t = cluster; t < a.tiles; t += clusters) {
-        const int m0 = t * BM, x0 = m0 + static_cast<int>(rank) * XR;  // this CTA's x rows
+        const int m0 = t * rows, x0 = m0 + static_cast<int>(rank) * XR;  // this CTA's x rows
         // Halves of the x tile entirely past T are not fetched (by either CTA; both count the same bytes): the
         // accumulator rows they feed are never stored.
         const bool mine = x0 < a.T;
-        const u32 tx = EH * 128 + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
-        for (int kc = 0; kc < CHUNKS; ++kc) {
-          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // both CTAs' consumers released stage s
+        const u32 tx = (load_w ? EH * 128 : 0) + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
+        const int rot = rotate ? t % CHUNKS : 0;
+        for (int j = 0; j < CHUNKS; ++j) {
+          if (ISSUE == 1 || (j & 1) == 0) {
+            rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // both CTAs' consumers released stage s
+            if (ISSUE == 2 && j + 1 < CHUNKS) {                   // and the next one: two chunks go out together
+              const bool wrap = s + 1 == STAGES;
+              rgt::mbar_wait(bars + 8 * (STAGES + (wrap ? 0 : s + 1)), (wrap ? phase ^ 1 : phase) ^ 1);
+            }
+          }
+          const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
           rgt::mbar_expect_tx(full, tx);
           if (mine)
             rgt::tma_load_2d_multicast(sa + rank * XR * 128, &a.tmx, full, kc * 64, x0, static_cast<unsigned short>(3));
-          rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, static_cast<int>(rank) * EH);
+          if (load_w) rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, static_cast<int>(rank) * EH);
+          if (trace && j == 0 && t == cluster) trace[kRgTraceProducerFirst] = rgt::clk();
           if (++s == STAGES) {
             s = 0;
             phase ^= 1;
           }
         }
       }
+      if (trace) trace[kRgTraceProducerLast] = rgt::clk();
     }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
     if constexpr (WGM > 1) rgt::setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    const bool lead = trace && (tid & 127) == 0;
+    u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
     int s = 0;
     u32 phase = 0;
     for (int t = cluster; t < a.tiles; t += clusters) {
-      const int m0 = t * BM;
+      const int m0 = t * rows;
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         rgt::mbar_wait(bars + 8 * s, phase);
+        if (lead) {
+          if (kc == 0 && t == cluster) tw[kRgTraceFirstFull] = rgt::clk();
+          if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
+        }
         const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES;
         Row::fence(acc);
         rg90::wgmma_fence();
@@ -461,9 +504,20 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       rg90::wgmma_wait<0>();
       Row::fence(acc);
       if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if (a.flags & kRgSkipStore) continue;
+      const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
-      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - wm * 64);
+      if (lead) tw[kRgTraceStored] = rgt::clk();
+    }
+    if (trace) {  // measurement only: when this warpgroup's stores have all been performed
+      __threadfence();
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+      if (lead) {
+        tw[kRgTraceFenced] = rgt::clk();
+        if (wm == 0) trace[kRgTraceEndNs] = rgt::gtimer();
+      }
     }
   }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.
