@@ -68,6 +68,9 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
+// The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
+bool xmc_pingpong(const Specialization& s) { return s.config[C_BM] == 64 && s.config[C_WM] == 2; }
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
@@ -79,8 +82,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, wn = 2 (the pair)
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64);
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64, xmc_pingpong(s) ? 1 : 0);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -196,11 +199,12 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2; bk = K
-                               // columns the producer requests at once (64: a stage, 128: two stages back to back)
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
+                               // of 64), or bm = 64 with wm = 2 (ping-pong: the consumers take alternate 64-row
+                               // tiles); bk = K columns the producer requests at once (64: a stage, 128: two stages)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && (c[C_BK] == 64 || c[C_BK] == 128) && c[C_STAGES] >= 2 &&
-           c[C_STAGES] <= 8 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) && c[C_WN] == 2 && (c[C_BK] == 64 || c[C_BK] == 128) &&
+           c[C_STAGES] >= 2 && c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -397,6 +401,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         add(s);
       }
       set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
+      add(s);
+      for (int stages : {9, 6}) {  // ping-pong over 64-row tiles
+        set_config(s, 64, eh, 64, 2, 2, stages);
+        add(s);
+      }
+      set_config(s, 64, eh, 128, 2, 2, 8);
       add(s);
       break;
     }
@@ -692,7 +702,10 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
     const int64_t pairs = std::max(1, sms / 2);
     a.tile_rows = bm;
-    if (measure & kRgBalance) a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs - 1) / pairs));
+    if (measure & kRgBalance) {  // ping-pong: two tiles a pair
+      const int64_t per = xmc_pingpong(s) ? 2 : 1;
+      a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
+    }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     a.flags = measure & (kRgSkipStore | kRgSkipW | kRgRotateK);
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);

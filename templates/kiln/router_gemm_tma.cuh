@@ -391,14 +391,20 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //  * kRgRotateK: tile t walks its K chunks from chunk t mod CHUNKS on (wrapping), so the clusters in flight read
 //    different w chunks instead of all hitting the same 32 KiB of w at once. The order of the fp32 sums depends on
 //    the tile only: deterministic.
+//  * PP = 1 (ping-pong, WGM = 2): tiles of BM = 64 rows; consumer warpgroup i takes the cluster's tiles i, i + 2, …
+//    (every stage is read by one warpgroup of each CTA). The producer fills the ring in tile order, so warpgroup 1's
+//    main loop starts as warpgroup 0's ends and warpgroup 0 stores its tile under it: only the last tile's store is
+//    left after the last chunk, at the price of w landing once per 64 rows instead of per 128.
 //  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots).
-template <int K, int E, int WGM, int STAGES, int ISSUE = 1>
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int CM = 2, EH = E / 2, BM = 64 * WGM, XR = BM / CM;
+  constexpr int CM = 2, EH = E / 2, BM = PP ? 64 : 64 * WGM, XR = BM / CM;
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
   static_assert(ISSUE == 1 || ISSUE == 2, "ISSUE: 1 or 2 stages requested together");
+  static_assert(PP == 0 || WGM == 2, "ping-pong: two consumer warpgroups");
+  constexpr int READERS = PP ? CM : WGM * CM;  // consumer warpgroups (of both CTAs) that read each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
@@ -424,7 +430,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), WGM * CM);  // every consumer warpgroup of both CTAs
+      rgt::mbar_init(bars + 8 * (STAGES + s), READERS);  // every consumer warpgroup of both CTAs that reads it
     }
     rgt::fence_mbar_init();
   }
@@ -475,18 +481,31 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
     int s = 0;
     u32 phase = 0;
-    for (int t = cluster; t < a.tiles; t += clusters) {
+    bool started = false;  // trace: this warpgroup's first tile is done
+    for (int t = cluster, i = 0; t < a.tiles; t += clusters, ++i) {
+      if (PP && (i & 1) != wm) {  // the other warpgroup's tile: skip its CHUNKS stages
+        const int adv = s + CHUNKS;
+        phase ^= static_cast<u32>((adv / STAGES) & 1);
+        s = adv % STAGES;
+        continue;
+      }
+      // Ping-pong hand-off: a full barrier's parity tells phases apart only one phase ahead, so this warpgroup waits
+      // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
+      // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
+      if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
       const int m0 = t * rows;
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         rgt::mbar_wait(bars + 8 * s, phase);
+        if (PP && kc == CHUNKS - 1 && t + clusters < a.tiles)  // the next tile is the other warpgroup's
+          asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
-          if (kc == 0 && t == cluster) tw[kRgTraceFirstFull] = rgt::clk();
+          if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
-        const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES;
+        const u32 sa = base + s * STAGE + (PP ? 0 : wm * 64 * 128), sb = base + s * STAGE + A_BYTES;
         Row::fence(acc);
         rg90::wgmma_fence();
 #pragma unroll
@@ -504,11 +523,13 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       rg90::wgmma_wait<0>();
       Row::fence(acc);
       if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if (a.flags & kRgSkipStore) continue;
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
-      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
-      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - wm * 64);
+      const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
+      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + static_cast<int>(rank) * EH;
+      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
       if (lead) tw[kRgTraceStored] = rgt::clk();
     }
     if (trace) {  // measurement only: when this warpgroup's stores have all been performed

@@ -453,7 +453,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
 
 // The expert-pair forward's kernel options: kRgRotateK (tile t walks its K chunks from chunk t mod CHUNKS on) and
 // kRgBalance (one tile per CTA pair: tile_rows < 128, so x boxes overlap the next tile's rows and only owned rows are
-// stored), alone and together, at the default point and a two-chunks-at-once point (bk = 128), across shapes with
+// stored), alone and together, at the default point, a two-chunks-at-once point (bk = 128) and the ping-pong form
+// (64-row tiles, consumers alternating; with kRgBalance two tiles a pair), across shapes with
 // partial tiles, K not a multiple of 128 or 64, several tiles per cluster (T = 17000) and tiny T; deterministic.
 TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -463,8 +464,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
     const std::vector<float> w = bf16_values(E * K, mix_seed({0xa1c, static_cast<uint64_t>(E)}), 0.02f);
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const detail::RouterGemmConfig two{128, static_cast<int32_t>(E / 2), 128, 2, 2, 6};
+    const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
     for (int flags : {kRgRotateK, kRgBalance, kRgRotateK | kRgBalance})
-      for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two}) {
+      for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + (c ? " " + fmt_config(*c) : " default") + " T=" +
                      std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
         detail::router_gemm_measure_flags.store(flags);
@@ -494,7 +496,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   const int max_ctas = 1024;
   DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kRgTraceSlots * 8);
   detail::L2Flusher l2(r, nullptr);
-  auto run = [&](int flags, bool traced) {
+  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg) {
     tb.fill(0);
     detail::router_gemm_measure_flags.store(flags);
     if (traced) {
@@ -502,7 +504,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
     }
     detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                        yb.ref(DType::f32, {T, E}), 5, nullptr, nullptr);
+                                        yb.ref(DType::f32, {T, E}), 5, cfg, nullptr);
     synchronize();
     detail::router_gemm_trace.store(nullptr);
     detail::router_gemm_measure_flags.store(0);
@@ -510,16 +512,21 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   struct Mode {
     const char* name;
     int flags;
+    detail::RouterGemmConfig cfg;  // bm = 0: the default
   };
-  for (const Mode m : {Mode{"default", 0}, Mode{"rot", kRgRotateK}, Mode{"bal", kRgBalance},
-                       Mode{"rot+bal", kRgRotateK | kRgBalance}, Mode{"nostore", kRgSkipStore},
-                       Mode{"now+nostore", kRgSkipW | kRgSkipStore}, Mode{"now", kRgSkipW}}) {
+  const detail::RouterGemmConfig def{}, pairs2{128, 128, 128, 2, 2, 6}, pp{64, 128, 64, 2, 2, 9};
+  for (const Mode m : {Mode{"default", 0, def}, Mode{"rot", kRgRotateK, def}, Mode{"bal", kRgBalance, def},
+                       Mode{"rot+bal", kRgRotateK | kRgBalance, def}, Mode{"nostore", kRgSkipStore, def},
+                       Mode{"now+nostore", kRgSkipW | kRgSkipStore, def}, Mode{"now", kRgSkipW, def},
+                       Mode{"bk=128 (two stages at once)", 0, pairs2}, Mode{"ping-pong 64-row tiles, 9 stages", 0, pp},
+                       Mode{"ping-pong + rot + bal", kRgRotateK | kRgBalance, pp}}) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW));
-    run(m.flags, false);  // compiles; the untraced result
+    const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
+    run(m.flags, false, cfg);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
     for (int rep = 0; rep < 2; ++rep) {
-      run(m.flags, true);
+      run(m.flags, true, cfg);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
       const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceSlots);
       int ctas = 0;
@@ -549,8 +556,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       uint64_t t0 = ~0ull;
       for (int c = 0; c < ctas; ++c) t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
       // Columns (µs after the first CTA's start).
-      const char* names[] = {"start", "prod first", "first full", "last full", "mma done", "stored", "fenced", "end (gt)"};
-      std::vector<std::vector<double>> col(8);
+      const char* names[] = {"start",  "prod first", "first full", "last full", "mma done",
+                             "stored", "fenced",     "end (gt)",   "wg1 fenced", "prod last"};
+      std::vector<std::vector<double>> col(10);
       std::vector<std::pair<double, int>> ends;
       for (int c = 0; c < ctas; ++c) {
         const double st = (at(c, kRgTraceStartNs) - t0) / 1000.0;
@@ -563,12 +571,15 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
         col[5].push_back(stores ? rel(wg0(c, kRgTraceStored)) : 0.0);
         col[6].push_back(rel(wg0(c, kRgTraceFenced)));
         col[7].push_back((at(c, kRgTraceEndNs) - t0) / 1000.0);
-        ends.push_back({col[6].back(), c});
+        const uint64_t f1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceFenced);  // 0: warpgroup 1 had no tile
+        col[8].push_back(f1 ? rel(f1) : 0.0);
+        col[9].push_back(rel(at(c, kRgTraceProducerLast)));
+        ends.push_back({std::max(col[6].back(), col[8].back()), c});
       }
       std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; µs after the first CTA start "
                   "(min / p10 / p50 / p90 / max over CTAs)\n",
                   m.name, rep, ctas, ghz);
-      for (int k = 0; k < 8; ++k) {
+      for (int k = 0; k < 10; ++k) {
         std::vector<double> v = col[k];
         std::sort(v.begin(), v.end());
         auto q = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
