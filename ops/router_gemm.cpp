@@ -201,10 +201,12 @@ bool valid(const Specialization& s) {
   }
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
                                // of 64), or bm = 64 with wm = 2 (ping-pong: the consumers take alternate 64-row
-                               // tiles); bk = K columns the producer requests at once (64: a stage, 128: two stages)
+                               // tiles); bk = K columns the producer requests at once (64: a stage, 128 / 256: two
+                               // / four stages)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) && c[C_WN] == 2 && (c[C_BK] == 64 || c[C_BK] == 128) &&
-           c[C_STAGES] >= 2 && c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) && c[C_WN] == 2 &&
+           (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -407,6 +409,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         add(s);
       }
       set_config(s, 64, eh, 128, 2, 2, 8);
+      add(s);
+      set_config(s, 64, eh, 256, 2, 2, 8);
       add(s);
       break;
     }

@@ -54,9 +54,9 @@ constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64
 // The forward over expert pairs (x multicast in clusters of 2; cuBLAS's tile): bm = 64·wm tokens × bn = E/2 experts a
 // CTA, stages. Run of 07:10 (µs): 128/128/64/2/2/6 20.5–20.7, stages 7 20.6, 4 (with a TMA-store epilogue) 22.5,
 // 64/128/64/1/2/8 21.8.
-// Session 5: bk = 128 = the producer requests two consecutive 64-column chunks together; bm = 64 with wm = 2 = ping-pong
+// Session 5: bk = 128 / 256 = the producer requests 2 / 4 consecutive 64-column chunks together; bm = 64, wm = 2 = ping-pong
 // (two consumers taking alternate 64-row tiles, one tile's store under the other's main loop).
-constexpr std::array<std::array<int32_t, 6>, 9> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
+constexpr std::array<std::array<int32_t, 6>, 10> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
                                                                     {128, 128, 64, 2, 2, 7},
                                                                     {128, 128, 64, 2, 2, 4},
                                                                     {64, 128, 64, 1, 2, 8},
@@ -64,7 +64,8 @@ constexpr std::array<std::array<int32_t, 6>, 9> kFwdTmaXmcSweep = {{{128, 128, 6
                                                                     {128, 128, 128, 2, 2, 4},
                                                                     {64, 128, 64, 2, 2, 9},
                                                                     {64, 128, 64, 2, 2, 6},
-                                                                    {64, 128, 128, 2, 2, 8}}};
+                                                                    {64, 128, 128, 2, 2, 8},
+                                                                    {64, 128, 256, 2, 2, 8}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
 constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},

@@ -386,8 +386,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // multicast writes into both).
 //  * a.tile_rows (≤ BM): the token rows a tile owns (tile t = rows [t·tile_rows, …)); below BM the x boxes overlap the
 //    next tile's rows and only the owned rows are stored (so 66 tiles of 125 rows keep all 132 SMs busy at 8192).
-//  * ISSUE (1 or 2): stages the producer fills back to back; 2 waits for two free stages and requests two consecutive
-//    K chunks at once (256 contiguous bytes of every x and w row in flight together).
+//  * ISSUE (1, 2 or 4): stages the producer fills back to back; it waits for ISSUE free stages and requests ISSUE
+//    consecutive K chunks at once (64·ISSUE contiguous columns of every x and w row in flight together).
 //  * kRgRotateK: tile t walks its K chunks from chunk t mod CHUNKS on (wrapping), so the clusters in flight read
 //    different w chunks instead of all hitting the same 32 KiB of w at once. The order of the fp32 sums depends on
 //    the tile only: deterministic.
@@ -402,7 +402,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int CM = 2, EH = E / 2, BM = PP ? 64 : 64 * WGM, XR = BM / CM;
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
-  static_assert(ISSUE == 1 || ISSUE == 2, "ISSUE: 1 or 2 stages requested together");
+  static_assert((ISSUE == 1 || ISSUE == 2 || ISSUE == 4) && ISSUE <= STAGES, "ISSUE: 1, 2 or 4 stages at once");
   static_assert(PP == 0 || WGM == 2, "ping-pong: two consumer warpgroups");
   constexpr int READERS = PP ? CM : WGM * CM;  // consumer warpgroups (of both CTAs) that read each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
@@ -452,12 +452,14 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         const u32 tx = (load_w ? EH * 128 : 0) + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
         const int rot = rotate ? t % CHUNKS : 0;
         for (int j = 0; j < CHUNKS; ++j) {
-          if (ISSUE == 1 || (j & 1) == 0) {
-            rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // both CTAs' consumers released stage s
-            if (ISSUE == 2 && j + 1 < CHUNKS) {                   // and the next one: two chunks go out together
-              const bool wrap = s + 1 == STAGES;
-              rgt::mbar_wait(bars + 8 * (STAGES + (wrap ? 0 : s + 1)), (wrap ? phase ^ 1 : phase) ^ 1);
-            }
+          if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
+            rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+#pragma unroll
+            for (int i = 1; i < ISSUE; ++i)
+              if (j + i < CHUNKS) {
+                const bool wrap = s + i >= STAGES;
+                rgt::mbar_wait(bars + 8 * (STAGES + (wrap ? s + i - STAGES : s + i)), (wrap ? phase ^ 1 : phase) ^ 1);
+              }
           }
           const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
