@@ -82,8 +82,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, wn = 2 (the pair)
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64, xmc_pingpong(s) ? 1 : 0);
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}, {}, {}>", s.params[P_K],
+                       s.params[P_E], s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64,
+                       xmc_pingpong(s) ? 1 : 0, s.config[C_WN]);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -204,7 +205,8 @@ bool valid(const Specialization& s) {
                                // tiles); bk = K columns the producer requests at once (64: a stage, 128 / 256: two
                                // / four stages)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) && c[C_WN] == 2 &&
+           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) &&
+           (c[C_WN] == 2 || (c[C_WN] == 4 && E % 32 == 0 && !xmc_pingpong(s))) &&
            (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
@@ -412,6 +414,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       add(s);
       set_config(s, 64, eh, 256, 2, 2, 8);
       add(s);
+      for (int stages : {6, 7}) {  // clusters of 2 token tiles × 2 expert halves: w multicast too
+        set_config(s, 128, eh, 64, 2, 4, stages);
+        add(s);
+      }
       break;
     }
     case kDwTma:
@@ -699,7 +705,8 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
+    const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cl));
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
@@ -713,10 +720,11 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     a.flags = measure & (kRgSkipStore | kRgSkipW | kRgRotateK);
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-    const int64_t clusters = std::min<int64_t>(a.tiles, pairs);  // persistent over token tiles
+    const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
+    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
     LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(clusters * 2);
-    d.cluster[0] = 2;
+    d.grid[0] = static_cast<unsigned>(clusters * cl);
+    d.cluster[0] = static_cast<unsigned>(cl);
     d.block[0] = static_cast<unsigned>(threads(s));
     d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);

@@ -395,16 +395,23 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    (every stage is read by one warpgroup of each CTA). The producer fills the ring in tile order, so warpgroup 1's
 //    main loop starts as warpgroup 0's ends and warpgroup 0 stores its tile under it: only the last tile's store is
 //    left after the last chunk, at the price of w landing once per 64 rows instead of per 128.
+//  * CL = 4: clusters of 2 token tiles × 2 expert halves; CTA rank 2·i + j (token tile i, expert half j) fetches half
+//    of its x tile (multicast to the two CTAs of tile i) and half of its w half (multicast to the two CTAs of half j):
+//    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
+//    a CTA is written by three CTAs of the cluster, so every consumer releases it in all four.
 //  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots).
-template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0>
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int CM = 2, EH = E / 2, BM = PP ? 64 : 64 * WGM, XR = BM / CM;
+  constexpr int EH = E / 2, BM = PP ? 64 : 64 * WGM, XR = BM / 2;
+  constexpr int TPG = CL / 2;  // token tiles a cluster works on at once
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
   static_assert((ISSUE == 1 || ISSUE == 2 || ISSUE == 4) && ISSUE <= STAGES, "ISSUE: 1, 2 or 4 stages at once");
   static_assert(PP == 0 || WGM == 2, "ping-pong: two consumer warpgroups");
-  constexpr int READERS = PP ? CM : WGM * CM;  // consumer warpgroups (of both CTAs) that read each stage
+  static_assert(CL == 2 || (CL == 4 && PP == 0 && E % 32 == 0), "clusters of 2, or of 4 (E % 32 == 0, no ping-pong)");
+  constexpr int WR = EH / TPG;  // w rows a CTA fetches (its share of its expert half)
+  constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
@@ -423,8 +430,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const u32 base = (raw + 1023u) & ~1023u;  // the same offset in both CTAs (multicast writes rely on it)
   const u32 bars = base + STAGES * STAGE;   // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
   const int tid = threadIdx.x, wg = tid / 128;
-  const u32 rank = blockIdx.x % CM;
-  const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+  const u32 rank = blockIdx.x % CL;
+  const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
+  const int cluster = blockIdx.x / CL, clusters = gridDim.x / CL;
+  const int groups = (a.tiles + TPG - 1) / TPG;
   const int rows = a.tile_rows;
 
   if (tid == 0) {
@@ -444,12 +453,13 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       const bool rotate = a.flags & kRgRotateK, load_w = !(a.flags & kRgSkipW);
       int s = 0;
       u32 phase = 0;
-      for (int t = cluster; t < a.tiles; t += clusters) {
-        const int m0 = t * rows, x0 = m0 + static_cast<int>(rank) * XR;  // this CTA's x rows
+      for (int t = cluster; t < groups; t += clusters) {
+        const int m0 = (t * TPG + ti) * rows, x0 = m0 + ej * XR;  // this CTA's x rows
         // Halves of the x tile entirely past T are not fetched (by either CTA; both count the same bytes): the
         // accumulator rows they feed are never stored.
         const bool mine = x0 < a.T;
         const u32 tx = (load_w ? EH * 128 : 0) + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
+        constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
         const int rot = rotate ? t % CHUNKS : 0;
         for (int j = 0; j < CHUNKS; ++j) {
           if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
@@ -465,8 +475,15 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
           rgt::mbar_expect_tx(full, tx);
           if (mine)
-            rgt::tma_load_2d_multicast(sa + rank * XR * 128, &a.tmx, full, kc * 64, x0, static_cast<unsigned short>(3));
-          if (load_w) rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, static_cast<int>(rank) * EH);
+            rgt::tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                                       static_cast<unsigned short>(XMASK << (2 * ti)));
+          if (load_w) {
+            if constexpr (CL == 2)
+              rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+            else
+              rgt::tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                                         static_cast<unsigned short>(WMASK << ej));
+          }
           if (trace && j == 0 && t == cluster) trace[kRgTraceProducerFirst] = rgt::clk();
           if (++s == STAGES) {
             s = 0;
@@ -484,7 +501,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     int s = 0;
     u32 phase = 0;
     bool started = false;  // trace: this warpgroup's first tile is done
-    for (int t = cluster, i = 0; t < a.tiles; t += clusters, ++i) {
+    for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
       if (PP && (i & 1) != wm) {  // the other warpgroup's tile: skip its CHUNKS stages
         const int adv = s + CHUNKS;
         phase ^= static_cast<u32>((adv / STAGES) & 1);
@@ -495,13 +512,13 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
       // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
       if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
-      const int m0 = t * rows;
+      const int m0 = (t * TPG + ti) * rows;
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         rgt::mbar_wait(bars + 8 * s, phase);
-        if (PP && kc == CHUNKS - 1 && t + clusters < a.tiles)  // the next tile is the other warpgroup's
+        if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
@@ -515,7 +532,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         rg90::wgmma_commit();
         rg90::wgmma_wait<1>();  // the previous chunk's MMAs are done: release its stage in both CTAs
         Row::fence(acc);
-        if (prev >= 0 && (tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+        if (prev >= 0 && (tid & 127) < CL) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         prev = s;
         if (++s == STAGES) {
           s = 0;
@@ -524,13 +541,13 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      if ((tid & 127) < CL) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
-      if (a.flags & kRgSkipStore) continue;
+      if ((a.flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
-      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + static_cast<int>(rank) * EH;
+      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
       rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
       if (lead) tw[kRgTraceStored] = rgt::clk();
     }

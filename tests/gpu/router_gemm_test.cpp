@@ -453,8 +453,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
 
 // The expert-pair forward's kernel options: kRgRotateK (tile t walks its K chunks from chunk t mod CHUNKS on) and
 // kRgBalance (one tile per CTA pair: tile_rows < 128, so x boxes overlap the next tile's rows and only owned rows are
-// stored), alone and together, at the default point, a two-chunks-at-once point (bk = 128) and the ping-pong form
-// (64-row tiles, consumers alternating; with kRgBalance two tiles a pair), across shapes with
+// stored), alone and together, at the default point, a two-chunks-at-once point (bk = 128), the ping-pong form
+// (64-row tiles, consumers alternating; with kRgBalance two tiles a pair) and clusters of 4 (2 token tiles × the
+// expert pair, x and w multicast; where E % 32 == 0), across shapes with
 // partial tiles, K not a multiple of 128 or 64, several tiles per cluster (T = 17000) and tiny T; deterministic.
 TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -465,8 +466,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const detail::RouterGemmConfig two{128, static_cast<int32_t>(E / 2), 128, 2, 2, 6};
     const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
+    const detail::RouterGemmConfig quad{128, static_cast<int32_t>(E / 2), 64, 2, 4, 6};  // clusters of 4
     for (int flags : {kRgRotateK, kRgBalance, kRgRotateK | kRgBalance})
-      for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp}) {
+      for (const detail::RouterGemmConfig* c :
+           {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp, E % 32 == 0 ? &quad : &two}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + (c ? " " + fmt_config(*c) : " default") + " T=" +
                      std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
         detail::router_gemm_measure_flags.store(flags);
@@ -514,12 +517,15 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     int flags;
     detail::RouterGemmConfig cfg;  // bm = 0: the default
   };
-  const detail::RouterGemmConfig def{}, pairs2{128, 128, 128, 2, 2, 6}, pp{64, 128, 64, 2, 2, 9};
+  const detail::RouterGemmConfig def{}, pairs2{128, 128, 128, 2, 2, 6}, pp{64, 128, 64, 2, 2, 9},
+      quad{128, 128, 64, 2, 4, 6};
   for (const Mode m : {Mode{"default", 0, def}, Mode{"rot", kRgRotateK, def}, Mode{"bal", kRgBalance, def},
                        Mode{"rot+bal", kRgRotateK | kRgBalance, def}, Mode{"nostore", kRgSkipStore, def},
                        Mode{"now+nostore", kRgSkipW | kRgSkipStore, def}, Mode{"now", kRgSkipW, def},
                        Mode{"bk=128 (two stages at once)", 0, pairs2}, Mode{"ping-pong 64-row tiles, 9 stages", 0, pp},
-                       Mode{"ping-pong + rot + bal", kRgRotateK | kRgBalance, pp}}) {
+                       Mode{"ping-pong + rot + bal", kRgRotateK | kRgBalance, pp},
+                       Mode{"clusters of 4 (x and w multicast)", 0, quad},
+                       Mode{"clusters of 4 + rot + bal", kRgRotateK | kRgBalance, quad}}) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
