@@ -206,7 +206,7 @@ bool valid(const Specialization& s) {
                                // / four stages)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
            (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) &&
-           (c[C_WN] == 2 || (c[C_WN] == 4 && E % 32 == 0 && !xmc_pingpong(s))) &&
+           (c[C_WN] == 2 || (c[C_WN] == 4 && E % 32 == 0)) &&
            (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
@@ -418,6 +418,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         set_config(s, 128, eh, 64, 2, 4, stages);
         add(s);
       }
+      set_config(s, 64, eh, 64, 2, 4, 9);  // the same with ping-pong
+      add(s);
       break;
     }
     case kDwTma:

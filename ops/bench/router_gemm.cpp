@@ -57,7 +57,7 @@ constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64
 // Session 5: bk = 128 / 256 = the producer requests 2 / 4 consecutive 64-column chunks together; bm = 64, wm = 2 = ping-pong
 // (two consumers taking alternate 64-row tiles, one tile's store under the other's main loop); wn = 4 = clusters of 2
 // token tiles × the expert pair (x and w both multicast).
-constexpr std::array<std::array<int32_t, 6>, 12> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
+constexpr std::array<std::array<int32_t, 6>, 13> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
                                                                     {128, 128, 64, 2, 2, 7},
                                                                     {128, 128, 64, 2, 2, 4},
                                                                     {64, 128, 64, 1, 2, 8},
@@ -68,7 +68,8 @@ constexpr std::array<std::array<int32_t, 6>, 12> kFwdTmaXmcSweep = {{{128, 128, 
                                                                     {64, 128, 128, 2, 2, 8},
                                                                     {64, 128, 256, 2, 2, 8},
                                                                     {128, 128, 64, 2, 4, 6},
-                                                                    {128, 128, 64, 2, 4, 7}}};
+                                                                    {128, 128, 64, 2, 4, 7},
+                                                                    {64, 128, 64, 2, 4, 9}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
 constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
@@ -152,9 +153,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The ping-pong form and two stages at once with the options.
-  add_sweep(cases, "fwd_tmaxmc_rot_bal", std::array<std::array<int32_t, 6>, 3>{{{64, 128, 64, 2, 2, 9},
+  add_sweep(cases, "fwd_tmaxmc_rot_bal", std::array<std::array<int32_t, 6>, 4>{{{64, 128, 64, 2, 2, 9},
                                                                               {128, 128, 128, 2, 2, 6},
-                                                                              {128, 128, 64, 2, 4, 6}}});
+                                                                              {128, 128, 64, 2, 4, 6},
+                                                                              {64, 128, 64, 2, 4, 9}}});
   add_sweep(cases, "fwd_tmaxmc_rot", std::array<std::array<int32_t, 6>, 1>{{{64, 128, 64, 2, 2, 9}}});
   add_sweep(cases, "fwd_tmaxmc_nostore", std::array<std::array<int32_t, 6>, 1>{{{64, 128, 64, 2, 2, 9}}});
   for (const char* part : {"fwd_tmaxmc_rot", "fwd_tmaxmc_rot_bal", "fwd_tmaxmc_nostore", "fwd_tmaxmc_now_nostore"})

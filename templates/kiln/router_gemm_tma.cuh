@@ -409,7 +409,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
   static_assert((ISSUE == 1 || ISSUE == 2 || ISSUE == 4) && ISSUE <= STAGES, "ISSUE: 1, 2 or 4 stages at once");
   static_assert(PP == 0 || WGM == 2, "ping-pong: two consumer warpgroups");
-  static_assert(CL == 2 || (CL == 4 && PP == 0 && E % 32 == 0), "clusters of 2, or of 4 (E % 32 == 0, no ping-pong)");
+  static_assert(CL == 2 || (CL == 4 && E % 32 == 0), "clusters of 2, or of 4 (E % 32 == 0)");
   constexpr int WR = EH / TPG;  // w rows a CTA fetches (its share of its expert half)
   constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;

@@ -467,9 +467,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
     const detail::RouterGemmConfig two{128, static_cast<int32_t>(E / 2), 128, 2, 2, 6};
     const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
     const detail::RouterGemmConfig quad{128, static_cast<int32_t>(E / 2), 64, 2, 4, 6};  // clusters of 4
+    const detail::RouterGemmConfig quadpp{64, static_cast<int32_t>(E / 2), 64, 2, 4, 9};
     for (int flags : {kRgRotateK, kRgBalance, kRgRotateK | kRgBalance})
-      for (const detail::RouterGemmConfig* c :
-           {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp, E % 32 == 0 ? &quad : &two}) {
+      for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp,
+                                                E % 32 == 0 ? &quad : &two, E % 32 == 0 ? &quadpp : &pp}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + (c ? " " + fmt_config(*c) : " default") + " T=" +
                      std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
         detail::router_gemm_measure_flags.store(flags);
@@ -518,14 +519,15 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     detail::RouterGemmConfig cfg;  // bm = 0: the default
   };
   const detail::RouterGemmConfig def{}, pairs2{128, 128, 128, 2, 2, 6}, pp{64, 128, 64, 2, 2, 9},
-      quad{128, 128, 64, 2, 4, 6};
+      quad{128, 128, 64, 2, 4, 6}, quadpp{64, 128, 64, 2, 4, 9};
   for (const Mode m : {Mode{"default", 0, def}, Mode{"rot", kRgRotateK, def}, Mode{"bal", kRgBalance, def},
                        Mode{"rot+bal", kRgRotateK | kRgBalance, def}, Mode{"nostore", kRgSkipStore, def},
                        Mode{"now+nostore", kRgSkipW | kRgSkipStore, def}, Mode{"now", kRgSkipW, def},
                        Mode{"bk=128 (two stages at once)", 0, pairs2}, Mode{"ping-pong 64-row tiles, 9 stages", 0, pp},
                        Mode{"ping-pong + rot + bal", kRgRotateK | kRgBalance, pp},
                        Mode{"clusters of 4 (x and w multicast)", 0, quad},
-                       Mode{"clusters of 4 + rot + bal", kRgRotateK | kRgBalance, quad}}) {
+                       Mode{"clusters of 4 + rot + bal", kRgRotateK | kRgBalance, quad},
+                       Mode{"clusters of 4, ping-pong + rot + bal", kRgRotateK | kRgBalance, quadpp}}) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
