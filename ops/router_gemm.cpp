@@ -691,18 +691,25 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   // for the K split; K = 7168 51.5 vs 52.9 K split); below that (measured only at 8192 tokens) the earlier choice:
   // K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill the GPU at most once, else the
   // persistent kernel over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  // Session 5: below that T the expert pairs with 64-token tiles (one consumer, 8 stages) are the default too where
+  // K < 4096 — `kiln tune` (session 4, ling-mini-2.0) measured them at 12.1 / 13.8 µs at 1024 / 4096 tokens against
+  // 16.0 / 18.1 for the persistent 64-token kernel the op took there.
   const int sms = impl.device().sm_count;
+  const int64_t pair_ctas = (T + 127) / 128 * 2;
+  const bool pairs_fill = pair_ctas * 10 >= static_cast<int64_t>(sms) * 9;
   if (variant < 0) {
-    const int64_t pair_ctas = (T + 127) / 128 * 2;
     if (!(has_wgmma(arch) && E <= 256)) variant = 0;
-    else if (E % 16 == 0 && pair_ctas * 10 >= static_cast<int64_t>(sms) * 9) variant = 5;
+    else if (E % 16 == 0 && (pairs_fill || K < 4096)) variant = 5;
     else variant = K >= 4096 && pair_ctas <= sms + sms / 10 ? 3 : 2;
   }
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (variant == 5) {
     if (E % 16 != 0) ck.invalid("variant", fmt::format("the expert-pair forward needs E % 16 == 0, got E = {}", E));
-    const Specialization s = pick(rt, ck, spec(arch, kFwdTmaXmc, K, E), T, force);
+    Specialization base = spec(arch, kFwdTmaXmc, K, E);
+    if (!pairs_fill) set_config(base, 64, static_cast<int>(E / 2), 64, 1, 2, 8);  // more, smaller tiles
+    if (!valid(base)) base = spec(arch, kFwdTmaXmc, K, E);
+    const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM];
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     RouterGemmFwdTmaArgs a{};
