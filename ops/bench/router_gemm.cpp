@@ -149,6 +149,12 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
        {"fwd_tmaxmc_rot", "fwd_tmaxmc_bal", "fwd_tmaxmc_rot_bal", "fwd_tmaxmc_rot_nostore", "fwd_tmaxmc_now_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // Below 8192 tokens (session 5): the op's default (now the expert pairs with 64-token tiles where K < 4096) against
+  // the persistent 64-token kernel it took before.
+  for (int64_t T : {1024, 4096})
+    for (const char* part : {"fwd", "fwd_tma"})
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T={} K=2048 E=256 default", T),
+                       [T, part](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, part); }});
   // The ping-pong form and two stages at once with the options.
   add_sweep(cases, "fwd_tmaxmc_rot_bal", std::array<std::array<int32_t, 6>, 4>{{{64, 128, 64, 2, 2, 9},
                                                                               {128, 128, 128, 2, 2, 6},
