@@ -404,6 +404,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         set_config(s, 128, eh, 128, 2, 2, stages);
         add(s);
       }
+      set_config(s, 128, eh, 256, 2, 2, 6);  // four
+      add(s);
       set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
       add(s);
       for (int stages : {9, 6}) {  // ping-pong over 64-row tiles

@@ -57,8 +57,9 @@ constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64
 // Session 5: bk = 128 / 256 = the producer requests 2 / 4 consecutive 64-column chunks together; bm = 64, wm = 2 = ping-pong
 // (two consumers taking alternate 64-row tiles, one tile's store under the other's main loop); wn = 4 = clusters of 2
 // token tiles × the expert pair (x and w both multicast).
-constexpr std::array<std::array<int32_t, 6>, 10> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
+constexpr std::array<std::array<int32_t, 6>, 11> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
                                                                      {128, 128, 128, 2, 2, 6},
+                                                                     {128, 128, 256, 2, 2, 6},
                                                                      {128, 128, 128, 2, 2, 4},
                                                                      {64, 128, 64, 2, 2, 9},
                                                                      {64, 128, 64, 2, 2, 6},
