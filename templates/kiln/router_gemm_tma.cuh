@@ -417,13 +417,9 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   using Row = rg90::WgmmaRow<EH, 0>;
 
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;
-  if (trace && threadIdx.x == 0) {
-    trace[kRgTraceStartNs] = rgt::gtimer();
-    trace[kRgTraceStartClk] = rgt::clk();
-    u32 sm;
-    asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    trace[kRgTraceSm] = sm;
-  }
+  // The entry stamps stay in registers until the first loads are out (a global store before the cluster barrier
+  // would delay it).
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -437,19 +433,20 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int rows = a.tile_rows;
 
   if (tid == 0) {
+    rgt::prefetch_tmap(&a.tmx);  // the descriptors load while the barriers are set up
+    rgt::prefetch_tmap(&a.tmw);
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
       rgt::mbar_init(bars + 8 * (STAGES + s), READERS);  // every consumer warpgroup of both CTAs that reads it
     }
-    rgt::fence_mbar_init();
+    rgt::fence_mbar_init();  // releases the inits to the cluster: the barrier below needs no release of its own
   }
-  cluster_sync();
+  cluster_arrive_relaxed();
+  cluster_wait();
 
   if (wg == 0) {  // producer
     if constexpr (WGM > 1) rgt::setmaxnreg_dec<40>();
     if (tid == 0) {
-      rgt::prefetch_tmap(&a.tmx);
-      rgt::prefetch_tmap(&a.tmw);
       const bool rotate = a.flags & kRgRotateK, load_w = !(a.flags & kRgSkipW);
       int s = 0;
       u32 phase = 0;
@@ -484,7 +481,14 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
               rgt::tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
                                          static_cast<unsigned short>(WMASK << ej));
           }
-          if (trace && j == 0 && t == cluster) trace[kRgTraceProducerFirst] = rgt::clk();
+          if (trace && j == 0 && t == cluster) {
+            trace[kRgTraceProducerFirst] = rgt::clk();
+            trace[kRgTraceStartNs] = t0_ns;
+            trace[kRgTraceStartClk] = t0_clk;
+            u32 sm;
+            asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+            trace[kRgTraceSm] = sm;
+          }
           if (++s == STAGES) {
             s = 0;
             phase ^= 1;
@@ -548,7 +552,30 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
-      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
+      if (!PP && (a.flags & kRgEpiStaged) && t + clusters >= groups) {
+        // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
+        // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
+        // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of
+        // one row at a time (whole 128-byte lines) instead of 8 rows × 32 bytes.
+        constexpr int PITCH = (EH + 8) * 4, CPR = EH / 4;
+        if constexpr (WGM > 1) asm volatile("bar.sync 5, %0;" ::"n"(WGM * 128) : "memory");
+        const u32 tile = base + wm * 64 * PITCH;
+        Row::stage(acc, tile, warp * 16 + (lane >> 2), lane, PITCH);
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+        const int valid = owned - r0;
+        for (int i = tid & 127; i < 64 * CPR; i += 128) {
+          const int r = i / CPR, c = i - r * CPR;
+          if (r < valid) {
+            Vec16 v;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+                         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                         : "r"(tile + r * PITCH + c * 16));
+            store16(out + static_cast<i64>(r) * a.out_stride + c * 4, v);
+          }
+        }
+      } else {
+        rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
+      }
       if (lead) tw[kRgTraceStored] = rgt::clk();
     }
     if (trace) {  // measurement only: when this warpgroup's stores have all been performed

@@ -28,6 +28,7 @@
 #include "kiln/router_gemm_args.h"
 #include "reference/router_gemm.hpp"
 #include "runtime/bench.hpp"
+#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/specialization.hpp"
@@ -453,7 +454,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
 
 // The expert-pair forward's kernel options: kRgRotateK (tile t walks its K chunks from chunk t mod CHUNKS on) and
 // kRgBalance (one tile per CTA pair: tile_rows < 128, so x boxes overlap the next tile's rows and only owned rows are
-// stored), rotation alone and both, at the default point, a two-chunks-at-once point (bk = 128), the ping-pong form
+// stored), rotation alone and both, the staged epilogue (kRgEpiStaged: a cluster's last tile through shared memory
+// with 16-byte stores; ping-pong keeps its direct stores) alone and with kRgBalance, at the default point, a two-chunks-at-once point (bk = 128), the ping-pong form
 // (64-row tiles, consumers alternating; with kRgBalance two tiles a pair) and clusters of 4 (2 token tiles × the
 // expert pair, x and w multicast; where E % 32 == 0), across shapes with
 // partial tiles, K not a multiple of 128 or 64, several tiles per cluster (T = 17000) and tiny T; deterministic.
@@ -468,7 +470,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
     const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
     const detail::RouterGemmConfig quad{128, static_cast<int32_t>(E / 2), 64, 2, 4, 6};  // clusters of 4
     const detail::RouterGemmConfig quadpp{64, static_cast<int32_t>(E / 2), 64, 2, 4, 9};
-    for (int flags : {kRgRotateK, kRgRotateK | kRgBalance})
+    for (int flags : {kRgRotateK, kRgRotateK | kRgBalance, kRgEpiStaged, kRgEpiStaged | kRgBalance})
       for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp,
                                                 E % 32 == 0 ? &quad : &two, E % 32 == 0 ? &quadpp : &pp}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + (c ? " " + fmt_config(*c) : " default") + " T=" +
@@ -500,16 +502,32 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   const int max_ctas = 1024;
   DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kRgTraceSlots * 8);
   detail::L2Flusher l2(r, nullptr);
-  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg) {
+  CUevent ev0, ev1;
+  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
+  float event_us = 0;
+  // traced: L2 flushed first (unless back_to_back: the same call right before instead), CUDA events around the call.
+  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg, bool back_to_back) {
     tb.fill(0);
     detail::router_gemm_measure_flags.store(flags);
+    auto call = [&] {
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), 5, cfg, nullptr);
+    };
     if (traced) {
-      l2.flush(nullptr);
+      if (back_to_back) call();
+      else l2.flush(nullptr);
       detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
+      detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
     }
-    detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                        yb.ref(DType::f32, {T, E}), 5, cfg, nullptr);
+    call();
+    if (traced) detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
     synchronize();
+    if (traced) {
+      float ms = 0;
+      detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
+      event_us = ms * 1000.f;
+    }
     detail::router_gemm_trace.store(nullptr);
     detail::router_gemm_measure_flags.store(0);
   };
@@ -517,24 +535,22 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     const char* name;
     int flags;
     detail::RouterGemmConfig cfg;  // bm = 0: the default
+    bool back_to_back;
   };
-  const detail::RouterGemmConfig def{}, pairs2{128, 128, 128, 2, 2, 6}, pp{64, 128, 64, 2, 2, 9},
-      quad{128, 128, 64, 2, 4, 6}, quadpp{64, 128, 64, 2, 4, 9};
-  for (const Mode m : {Mode{"default", 0, def}, Mode{"rot", kRgRotateK, def}, Mode{"bal", kRgBalance, def},
-                       Mode{"rot+bal", kRgRotateK | kRgBalance, def}, Mode{"nostore", kRgSkipStore, def},
-                       Mode{"now+nostore", kRgSkipW | kRgSkipStore, def}, Mode{"now", kRgSkipW, def},
-                       Mode{"bk=128 (two stages at once)", 0, pairs2}, Mode{"ping-pong 64-row tiles, 9 stages", 0, pp},
-                       Mode{"ping-pong + rot + bal", kRgRotateK | kRgBalance, pp},
-                       Mode{"clusters of 4 (x and w multicast)", 0, quad},
-                       Mode{"clusters of 4 + rot + bal", kRgRotateK | kRgBalance, quad},
-                       Mode{"clusters of 4, ping-pong + rot + bal", kRgRotateK | kRgBalance, quadpp}}) {
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
+  for (const Mode m : {Mode{"default", 0, def, false}, Mode{"epis (staged 16-byte stores)", kRgEpiStaged, def, false},
+                       Mode{"epis, 7 stages", kRgEpiStaged, stages7, false},
+                       Mode{"epis + bal", kRgEpiStaged | kRgBalance, def, false},
+                       Mode{"nostore", kRgSkipStore, def, false}, Mode{"now+nostore", kRgSkipW | kRgSkipStore, def, false},
+                       Mode{"default, back to back (no flush)", 0, def, true},
+                       Mode{"epis, back to back (no flush)", kRgEpiStaged, def, true}}) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
-    run(m.flags, false, cfg);  // compiles; the untraced result
+    run(m.flags, false, cfg, false);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
     for (int rep = 0; rep < 2; ++rep) {
-      run(m.flags, true, cfg);
+      run(m.flags, true, cfg, m.back_to_back);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
       const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceSlots);
       int ctas = 0;
@@ -584,9 +600,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
         col[9].push_back(rel(at(c, kRgTraceProducerLast)));
         ends.push_back({std::max(col[6].back(), col[8].back()), c});
       }
-      std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; µs after the first CTA start "
-                  "(min / p10 / p50 / p90 / max over CTAs)\n",
-                  m.name, rep, ctas, ghz);
+      double span = 0;
+      for (int c = 0; c < ctas; ++c) span = std::max(span, (at(c, kRgTraceEndNs) - t0) / 1000.0);
+      std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f µs; "
+                  "µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
+                  m.name, rep, ctas, ghz, event_us, span);
       for (int k = 0; k < 10; ++k) {
         std::vector<double> v = col[k];
         std::sort(v.begin(), v.end());
@@ -619,6 +637,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       std::printf("\n");
     }
   }
+  detail::driver().cuEventDestroy(ev0);
+  detail::driver().cuEventDestroy(ev1);
 }
 
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
