@@ -729,7 +729,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
-    a.flags = measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgEpiStaged);
+    a.flags = measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgEpiStaged | kRgHalfStore);
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
@@ -1046,7 +1046,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
-                                      {"_epis", kRgEpiStaged}}) {
+                                      {"_epis", kRgEpiStaged}, {"_halfstore", kRgHalfStore}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

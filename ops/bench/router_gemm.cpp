@@ -138,7 +138,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // The expert-pair forward's options and ablations (session 5): one tile per CTA pair of the GPU (_bal: 66 tiles of
   // 125 rows at 132 SMs), the staged epilogue (_epis), without w loads (_now: the MMAs read stale w), without stores
   // (_nostore), and combinations. (_rot, K walk rotated per tile: 21.9 vs 21.6 in round 1.)
-  for (const char* part : {"fwd_tmaxmc_bal", "fwd_tmaxmc_now_nostore", "fwd_tmaxmc_epis", "fwd_tmaxmc_epis_bal"})
+  for (const char* part : {"fwd_tmaxmc_bal", "fwd_tmaxmc_now_nostore", "fwd_tmaxmc_epis", "fwd_tmaxmc_epis_bal",
+                           "fwd_tmaxmc_halfstore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // Below 8192 tokens (session 5): the op's default (now the expert pairs with 64-token tiles where K < 4096) against

@@ -549,6 +549,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if ((a.flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
+      if ((a.flags & kRgHalfStore) && wm == 1 && !(a.flags & kRgEpiStaged)) continue;  // measurement: half the bytes
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;

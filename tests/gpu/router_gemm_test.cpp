@@ -542,10 +542,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"epis, 7 stages", kRgEpiStaged, stages7, false},
                        Mode{"epis + bal", kRgEpiStaged | kRgBalance, def, false},
                        Mode{"nostore", kRgSkipStore, def, false}, Mode{"now+nostore", kRgSkipW | kRgSkipStore, def, false},
+                       Mode{"halfstore (warpgroup 1 stores nothing)", kRgHalfStore, def, false},
                        Mode{"default, back to back (no flush)", 0, def, true},
                        Mode{"epis, back to back (no flush)", kRgEpiStaged, def, true}}) {
     SCOPED_TRACE(m.name);
-    const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW));
+    const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
     run(m.flags, false, cfg, false);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
