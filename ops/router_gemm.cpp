@@ -693,15 +693,17 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   // for the K split; K = 7168 51.5 vs 52.9 K split); below that (measured only at 8192 tokens) the earlier choice:
   // K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill the GPU at most once, else the
   // persistent kernel over 64-token tiles; elsewhere (or E > 256) mma.sync.
-  // Session 5: below that T the expert pairs with 64-token tiles (one consumer, 8 stages) are the default too where
-  // K < 4096 — `kiln tune` (session 4, ling-mini-2.0) measured them at 12.1 / 13.8 µs at 1024 / 4096 tokens against
-  // 16.0 / 18.1 for the persistent 64-token kernel the op took there.
+  // Session 5: where the expert pairs' 64-token tiles fit the GPU once (T ≤ 64 · SMs / 2) and K < 4096 they are the
+  // default too — `kiln tune` (session 4, ling-mini-2.0, H100) measured them at 12.1 / 13.8 µs at 1024 / 4096 tokens
+  // against 16.0 / 18.1 for the persistent 64-token kernel the op took there; between that and the 128-token
+  // threshold (not measured) the earlier choice stays.
   const int sms = impl.device().sm_count;
   const int64_t pair_ctas = (T + 127) / 128 * 2;
   const bool pairs_fill = pair_ctas * 10 >= static_cast<int64_t>(sms) * 9;
+  const bool small_pairs = (T + 63) / 64 <= sms / 2;
   if (variant < 0) {
     if (!(has_wgmma(arch) && E <= 256)) variant = 0;
-    else if (E % 16 == 0 && (pairs_fill || K < 4096)) variant = 5;
+    else if (E % 16 == 0 && (pairs_fill || (small_pairs && K < 4096))) variant = 5;
     else variant = K >= 4096 && pair_ctas <= sms + sms / 10 ? 3 : 2;
   }
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
@@ -729,7 +731,10 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
-    a.flags = measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgEpiStaged | kRgHalfStore);
+    // The last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of session 5: 20.0 µs
+    // vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store phase 3.3 vs 3.9 µs).
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore)) |
+              ((measure & kRgEpiDirect) ? 0 : kRgEpiStaged);
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
@@ -1041,12 +1046,12 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0;
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _epis (kRgEpiStaged).
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
-                                      {"_epis", kRgEpiStaged}, {"_halfstore", kRgHalfStore}}) {
+                                      {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

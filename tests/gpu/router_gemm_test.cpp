@@ -454,8 +454,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
 
 // The expert-pair forward's kernel options: kRgRotateK (tile t walks its K chunks from chunk t mod CHUNKS on) and
 // kRgBalance (one tile per CTA pair: tile_rows < 128, so x boxes overlap the next tile's rows and only owned rows are
-// stored), both together, the staged epilogue (kRgEpiStaged: a cluster's last tile through shared memory
-// with 16-byte stores; ping-pong keeps its direct stores) alone and with kRgBalance, at the default point, a two-chunks-at-once point (bk = 128), the ping-pong form
+// stored), both together, and the 8-byte stores from the registers (kRgEpiDirect) instead of the default staged
+// epilogue (a cluster's last tile through shared memory with 16-byte stores; ping-pong keeps its direct stores), alone
+// and with kRgBalance, at the default point, a two-chunks-at-once point (bk = 128), the ping-pong form
 // (64-row tiles, consumers alternating; with kRgBalance two tiles a pair) and clusters of 4 (2 token tiles × the
 // expert pair, x and w multicast; where E % 32 == 0), across shapes with
 // partial tiles, K not a multiple of 128 or 64, several tiles per cluster (T = 17000) and tiny T; deterministic.
@@ -470,7 +471,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
     const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
     const detail::RouterGemmConfig quad{128, static_cast<int32_t>(E / 2), 64, 2, 4, 6};  // clusters of 4
     const detail::RouterGemmConfig quadpp{64, static_cast<int32_t>(E / 2), 64, 2, 4, 9};
-    for (int flags : {kRgRotateK | kRgBalance, kRgEpiStaged, kRgEpiStaged | kRgBalance})
+    for (int flags : {kRgRotateK | kRgBalance, kRgBalance, kRgEpiDirect, kRgEpiDirect | kRgBalance})
       for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp,
                                                 E % 32 == 0 ? &quad : &two, E % 32 == 0 ? &quadpp : &pp}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + (c ? " " + fmt_config(*c) : " default") + " T=" +
@@ -538,13 +539,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     bool back_to_back;
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
-  for (const Mode m : {Mode{"default", 0, def, false}, Mode{"epis (staged 16-byte stores)", kRgEpiStaged, def, false},
-                       Mode{"epis, 7 stages", kRgEpiStaged, stages7, false},
-                       Mode{"epis + bal", kRgEpiStaged | kRgBalance, def, false},
+  for (const Mode m : {Mode{"default (staged 16-byte stores)", 0, def, false},
+                       Mode{"direct 8-byte stores", kRgEpiDirect, def, false}, Mode{"7 stages", 0, stages7, false},
                        Mode{"nostore", kRgSkipStore, def, false}, Mode{"now+nostore", kRgSkipW | kRgSkipStore, def, false},
-                       Mode{"halfstore (warpgroup 1 stores nothing)", kRgHalfStore, def, false},
-                       Mode{"default, back to back (no flush)", 0, def, true},
-                       Mode{"epis, back to back (no flush)", kRgEpiStaged, def, true}}) {
+                       Mode{"direct, halfstore (warpgroup 1 stores nothing)", kRgEpiDirect | kRgHalfStore, def, false},
+                       Mode{"default, back to back (no flush)", 0, def, true}}) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
