@@ -733,7 +733,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     // The last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of session 5: 20.0 µs
     // vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store phase 3.3 vs 3.9 µs).
-    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore)) |
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop)) |
               ((measure & kRgEpiDirect) ? 0 : kRgEpiStaged);
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
@@ -778,7 +778,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
-    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
+    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipStore | kRgNoop);
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
@@ -1046,12 +1046,13 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0;
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore).
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
-                                      {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore}}) {
+                                      {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
+                                      {"_noop", kRgNoop}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

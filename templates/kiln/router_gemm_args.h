@@ -68,13 +68,14 @@ struct RouterGemmDwTmaArgs {
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgAltPrecision = 4, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
-              kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14;
+              kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
 // leaves through shared memory (the drained ring) with 16-byte stores of whole lines (the op's default since session
 // 5; kRgEpiDirect, host only, measurement: the 8-byte stores from the registers instead); kRgHalfStore (bench only):
-// consumer warpgroup 1 stores nothing (does the store phase scale with its bytes?).
+// consumer warpgroup 1 stores nothing (does the store phase scale with its bytes?); kRgNoop (bench only, expert-pair
+// and 64-token TMA kernels): every CTA returns at once — what the grid's launch and completion cost alone.
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
 // kRgAltPrecision (host only, TMA backward): dx from g hi + lo and dw from bf16(g) instead of the default policy

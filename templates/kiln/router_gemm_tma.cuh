@@ -166,6 +166,7 @@ template <int K, int E, int WGM, int WGN, int STAGES, int CM>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (a.flags & kRgNoop) return;  // measurement: the grid's launch and completion alone
   constexpr int BM = 64 * WGM, EN = E / WGN, CONSUMERS = WGM * WGN;
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
   static_assert(EN * WGN == E && EN % 8 == 0, "E / WGN: a multiple of 8");
@@ -416,6 +417,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
 
+  if (a.flags & kRgNoop) return;  // measurement: the grid's launch and completion alone
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;
   // The entry stamps stay in registers until the first loads are out (a global store before the cluster barrier
   // would delay it).
