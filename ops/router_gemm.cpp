@@ -34,6 +34,9 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
+// Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
+// timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
+std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 }  // namespace detail
 
 namespace {
@@ -74,6 +77,9 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
+// The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
+bool xmc_pingpong(const Specialization& s) { return s.config[C_BM] == 64 && s.config[C_WM] == 2; }
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/router_gemm.cuh\"\n";
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // bm = 64·wm, bn = E / (consumers along E), wn = cluster
@@ -85,8 +91,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kFwdTmaXmc) {  // bm = 64·wm tokens, bn = E/2 experts a CTA, wn = 2 (the pair)
     source = "#include \"kiln/router_gemm_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_STAGES]);
+    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}, {}, {}>", s.params[P_K],
+                       s.params[P_E], s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64,
+                       xmc_pingpong(s) ? 1 : 0, s.config[C_WN]);
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -212,10 +219,15 @@ bool valid(const Specialization& s) {
            c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
            (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
   }
-  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, 1–2 consumers of 64 tokens, clusters of 2
+  if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
+                               // of 64), or bm = 64 with wm = 2 (ping-pong: the consumers take alternate 64-row
+                               // tiles); bk = K columns the producer requests at once (64: a stage, 128 / 256: two
+                               // / four stages)
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_BM] == 64 * c[C_WM] && c[C_WN] == 2 && c[C_BK] == 64 && c[C_STAGES] >= 2 && c[C_STAGES] <= 8 &&
-           smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) &&
+           (c[C_WN] == 2 || (c[C_WN] == 4 && E % 32 == 0)) &&
+           (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
@@ -417,7 +429,27 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         set_config(s, 128, eh, 64, 2, 2, stages);
         add(s);
       }
+      for (int stages : {6, 4}) {  // two chunks requested together
+        set_config(s, 128, eh, 128, 2, 2, stages);
+        add(s);
+      }
+      set_config(s, 128, eh, 256, 2, 2, 6);  // four
+      add(s);
       set_config(s, 64, eh, 64, 1, 2, 8);  // 64 tokens × E/2
+      add(s);
+      for (int stages : {9, 6}) {  // ping-pong over 64-row tiles
+        set_config(s, 64, eh, 64, 2, 2, stages);
+        add(s);
+      }
+      set_config(s, 64, eh, 128, 2, 2, 8);
+      add(s);
+      set_config(s, 64, eh, 256, 2, 2, 8);
+      add(s);
+      for (int stages : {6, 7}) {  // clusters of 2 token tiles × 2 expert halves: w multicast too
+        set_config(s, 128, eh, 64, 2, 4, stages);
+        add(s);
+      }
+      set_config(s, 64, eh, 64, 2, 4, 9);  // the same with ping-pong
       add(s);
       break;
     }
@@ -702,31 +734,54 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   // for the K split; K = 7168 51.5 vs 52.9 K split); below that (measured only at 8192 tokens) the earlier choice:
   // K split over a 2-CTA cluster for long K (≥ 4096) while 128-token tiles × 2 fill the GPU at most once, else the
   // persistent kernel over 64-token tiles; elsewhere (or E > 256) mma.sync.
+  // Session 5: where the expert pairs' 64-token tiles fit the GPU once (T ≤ 64 · SMs / 2) and K < 4096 they are the
+  // default too — `kiln tune` (session 4, ling-mini-2.0, H100) measured them at 12.1 / 13.8 µs at 1024 / 4096 tokens
+  // against 16.0 / 18.1 for the persistent 64-token kernel the op took there; between that and the 128-token
+  // threshold (not measured) the earlier choice stays.
   const int sms = impl.device().sm_count;
+  const int64_t pair_ctas = (T + 127) / 128 * 2;
+  const bool pairs_fill = pair_ctas * 10 >= static_cast<int64_t>(sms) * 9;
+  const bool small_pairs = (T + 63) / 64 <= sms / 2;
   if (variant < 0) {
-    const int64_t pair_ctas = (T + 127) / 128 * 2;
     if (!(has_wgmma(arch) && E <= 256)) variant = 0;
-    else if (E % 16 == 0 && pair_ctas * 10 >= static_cast<int64_t>(sms) * 9) variant = 5;
+    else if (E % 16 == 0 && (pairs_fill || (small_pairs && K < 4096))) variant = 5;
     else variant = K >= 4096 && pair_ctas <= sms + sms / 10 ? 3 : 2;
   }
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (variant == 5) {
     if (E % 16 != 0) ck.invalid("variant", fmt::format("the expert-pair forward needs E % 16 == 0, got E = {}", E));
-    const Specialization s = pick(rt, ck, spec(arch, kFwdTmaXmc, K, E), T, force);
+    Specialization base = spec(arch, kFwdTmaXmc, K, E);
+    if (!pairs_fill) set_config(base, 64, static_cast<int>(E / 2), 64, 1, 2, 8);  // more, smaller tiles
+    if (!valid(base)) base = spec(arch, kFwdTmaXmc, K, E);
+    const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM];
+    const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     RouterGemmFwdTmaArgs a{};
     encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / 2));
+    const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
+    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cl));
     a.out = static_cast<float*>(logits.data);
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
-    a.tiles = static_cast<int>((T + bm - 1) / bm);
-    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
-    const int64_t clusters = std::min<int64_t>(a.tiles, std::max(1, sms / 2));  // persistent over token tiles
+    // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
+    const int64_t pairs = std::max(1, sms / 2);
+    a.tile_rows = bm;
+    if (measure & kRgBalance) {  // ping-pong: two tiles a pair
+      const int64_t per = xmc_pingpong(s) ? 2 : 1;
+      a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
+    }
+    a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
+    // The last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of session 5: 20.0 µs
+    // vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store phase 3.3 vs 3.9 µs).
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop)) |
+              ((measure & kRgEpiDirect) ? 0 : kRgEpiStaged);
+    a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+    const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
+    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
     LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(clusters * 2);
-    d.cluster[0] = 2;
+    d.grid[0] = static_cast<unsigned>(clusters * cl);
+    d.cluster[0] = static_cast<unsigned>(cl);
     d.block[0] = static_cast<unsigned>(threads(s));
     d.smem = static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
@@ -764,7 +819,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
-    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
+    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipStore | kRgNoop);
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
@@ -1087,9 +1142,25 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone, the fp16 pass with dw's x converted by
   // producer warps; default: standard = dx from bf16(g), dw from hi + lo).
   std::string part = part_in;
-  int flags = 0, precision = 4;  // standard (the default)
+  int flags = 0, precision = 0;
+  // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel).
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
+                                      {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
+                                      {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
+                                      {"_noop", kRgNoop}}) {
+      const std::string sfx = suffix;
+      if (part.ends_with(sfx)) {
+        flags |= bit;
+        part.resize(part.size() - sfx.size());
+        more = true;
+      }
+    }
+  }
   if (part.ends_with("_nostore")) {  // the TMA forward without its output stores (kRgSkipStore)
-    flags = kRgSkipStore;
+    flags |= kRgSkipStore;
     part.resize(part.size() - 8);
   } else if (part.ends_with("_high")) {
     precision = 1;
@@ -1104,10 +1175,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     precision = 0;
     part.resize(part.size() - 5);
   } else if (part.ends_with("_nofence2")) {
-    flags = kRgSkipCopyFence | kRgSkipSplitFence;
+    flags |= kRgSkipCopyFence | kRgSkipSplitFence;
     part.resize(part.size() - 9);
   } else if (part.ends_with("_nofence")) {
-    flags = kRgSkipCopyFence;
+    flags |= kRgSkipCopyFence;
     part.resize(part.size() - 8);
   }
   int variant = -1;

@@ -55,11 +55,13 @@ constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaKsSweep = {{{128, 256, 64
                                                                    {64, 128, 64, 1, 2, 5}}};
 // The forward over expert pairs (x multicast in clusters of 2; cuBLAS's tile): bm = 64·wm tokens × bn = E/2 experts a
 // CTA, stages. Run of 07:10 (µs): 128/128/64/2/2/6 20.5–20.7, stages 7 20.6, 4 (with a TMA-store epilogue) 22.5,
-// 64/128/64/1/2/8 21.8.
-constexpr std::array<std::array<int32_t, 6>, 4> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
+// 64/128/64/1/2/8 21.8 (those three stay in the search space, not in this list).
+// Session 5: bk = 128 / 256 = the producer requests 2 / 4 consecutive 64-column chunks together (round 1: bk = 128
+// 22.5 vs 20.9). The ping-pong form (bm = 64, wm = 2: 23.4–24.0) and clusters of 4 (wn = 4: 32.7–39.0, one cluster in
+// a second wave) stay in the search space, not in this list (bench/NOTES.md).
+constexpr std::array<std::array<int32_t, 6>, 3> kFwdTmaXmcSweep = {{{128, 128, 64, 2, 2, 6},
                                                                     {128, 128, 64, 2, 2, 7},
-                                                                    {128, 128, 64, 2, 2, 4},
-                                                                    {64, 128, 64, 1, 2, 8}}};
+                                                                    {128, 128, 256, 2, 2, 6}}};
 // The sm_90a TMA backward: dx (wn = cluster CTAs sharing w by multicast, stages; run of 04:17: wn 1 stages 5
 // 23.2 µs, wn 2 26.2, wn 4 43.7; stages 6 (no room for the staged TMA-store epilogue) 52.3).
 constexpr std::array<std::array<int32_t, 6>, 8> kDxTmaSweep = {{{64, 256, 64, 2, 2, 5},
@@ -167,6 +169,28 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_tma_nostore", "fwd_tmaks_nostore", "fwd_tmaxmc_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // The expert-pair forward's options and ablations (session 5): one tile per CTA pair of the GPU (_bal: 66 tiles of
+  // 125 rows at 132 SMs), the 8-byte stores from the registers instead of the staged epilogue (_direct; round 2: 21.5
+  // vs 20.0), half of them (_direct_halfstore: 19.2), without w loads (_now: the MMAs read stale w), without stores
+  // (_nostore). (_rot, K walk rotated per tile: 21.9 vs 21.6 in round 1.)
+  for (const char* part :
+       {"fwd_tmaxmc_bal", "fwd_tmaxmc_now_nostore", "fwd_tmaxmc_direct", "fwd_tmaxmc_direct_halfstore"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // Below 8192 tokens (session 5): the op's default (now the expert pairs with 64-token tiles where K < 4096) against
+  // the persistent 64-token kernel it took before.
+  for (int64_t T : {1024, 4096})
+    for (const char* part : {"fwd", "fwd_tma"})
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T={} K=2048 E=256 default", T),
+                       [T, part](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, part); }});
+  // Grids that return at once (the same launch shapes: 2-CTA clusters of 213 KB CTAs; 128 single 205 KB CTAs): what
+  // the 3.7–4.1 µs between the events and the CTAs' span (round 2's timeline) are made of.
+  for (const char* part : {"fwd_tmaxmc_noop", "fwd_tma_noop"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  for (const char* part : {"fwd_tmaxmc_nostore", "fwd_tmaxmc_direct"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=7168 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, part); }});
   // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

@@ -25,8 +25,20 @@ struct RouterGemmFwdTmaArgs {
   RgTensorMap tmw;
   float* out; long long out_stride;     // elements between rows of logits
   int T;
-  int tiles;                            // ceil(T / BM)
-  int flags;                            // measurement only (0 in the ops): kRgSkipStore
+  int tiles;                            // ceil(T / tile_rows)
+  int flags;                            // kRgRotateK (expert-pair kernel), else measurement only: kRgSkip*
+  int tile_rows;                        // expert-pair kernel: token rows a tile owns (≤ BM); the others use BM
+  unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceSlots a CTA
+};
+
+// Trace slots of the expert-pair forward (RouterGemmFwdTmaArgs::trace, kRgTraceSlots per CTA): globaltimer ns and
+// SM clock at entry, SM id, the producer's first and last TMA issue (clock), then per consumer warpgroup w at
+// kRgTraceWg0 + w·kRgTraceWgSlots (clock): first stage landed, last stage landed, MMAs done, stores issued, stores
+// performed (after a fence); and globaltimer ns when warpgroup 0's stores were performed.
+enum : int {
+  kRgTraceStartNs = 0, kRgTraceStartClk = 1, kRgTraceSm = 2, kRgTraceProducerFirst = 3, kRgTraceProducerLast = 4,
+  kRgTraceWg0 = 5, kRgTraceWgSlots = 5, kRgTraceEndNs = 15, kRgTraceSlots = 16,
+  kRgTraceFirstFull = 0, kRgTraceLastFull = 1, kRgTraceMmaDone = 2, kRgTraceStored = 3, kRgTraceFenced = 4
 };
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
@@ -63,6 +75,15 @@ struct RouterGemmDwTmaArgs {
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
+constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
+              kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15;
+// Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
+// tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
+// into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
+// leaves through shared memory (the drained ring) with 16-byte stores of whole lines (the op's default since session
+// 5; kRgEpiDirect, host only, measurement: the 8-byte stores from the registers instead); kRgHalfStore (bench only):
+// consumer warpgroup 1 stores nothing (does the store phase scale with its bytes?); kRgNoop (bench only, expert-pair
+// and 64-token TMA kernels): every CTA returns at once — what the grid's launch and completion cost alone.
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
 

@@ -72,6 +72,13 @@ __device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap,
       "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
       : "memory");
 }
+// Measurement timestamps: the global nanosecond timer (comparable across SMs) and the SM's cycle counter.
+__device__ __forceinline__ u64 gtimer() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+__device__ __forceinline__ u64 clk() { return static_cast<u64>(clock64()); }
 __device__ __forceinline__ void prefetch_tmap(const void* tmap) {
   asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(tmap)) : "memory");
 }
@@ -159,6 +166,7 @@ template <int K, int E, int WGM, int WGN, int STAGES, int CM>
 __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     router_gemm_fwd_tma_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  if (a.flags & kRgNoop) return;  // measurement: the grid's launch and completion alone
   constexpr int BM = 64 * WGM, EN = E / WGN, CONSUMERS = WGM * WGN;
   static_assert(E % 8 == 0 && E >= 8 && E <= 256, "E: a multiple of 8 up to 256");
   static_assert(EN * WGN == E && EN % 8 == 0, "E / WGN: a multiple of 8");
@@ -377,73 +385,152 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 // per 128 × 128 × 64 chunk (BM = 128, E = 256) against 40 KiB per 64 × 256 × 64 without the pair. Persistent: cluster
 // c walks token tiles c, c + clusters, …; a stage is refilled once the consumers of both CTAs released it (the
 // multicast writes into both).
-template <int K, int E, int WGM, int STAGES>
+//  * a.tile_rows (≤ BM): the token rows a tile owns (tile t = rows [t·tile_rows, …)); below BM the x boxes overlap the
+//    next tile's rows and only the owned rows are stored (so 66 tiles of 125 rows keep all 132 SMs busy at 8192).
+//  * ISSUE (1, 2 or 4): stages the producer fills back to back; it waits for ISSUE free stages and requests ISSUE
+//    consecutive K chunks at once (64·ISSUE contiguous columns of every x and w row in flight together).
+//  * kRgRotateK: tile t walks its K chunks from chunk t mod CHUNKS on (wrapping), so the clusters in flight read
+//    different w chunks instead of all hitting the same 32 KiB of w at once. The order of the fp32 sums depends on
+//    the tile only: deterministic.
+//  * PP = 1 (ping-pong, WGM = 2): tiles of BM = 64 rows; consumer warpgroup i takes the cluster's tiles i, i + 2, …
+//    (every stage is read by one warpgroup of each CTA). The producer fills the ring in tile order, so warpgroup 1's
+//    main loop starts as warpgroup 0's ends and warpgroup 0 stores its tile under it: only the last tile's store is
+//    left after the last chunk, at the price of w landing once per 64 rows instead of per 128.
+//  * CL = 4: clusters of 2 token tiles × 2 expert halves; CTA rank 2·i + j (token tile i, expert half j) fetches half
+//    of its x tile (multicast to the two CTAs of tile i) and half of its w half (multicast to the two CTAs of half j):
+//    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
+//    a CTA is written by three CTAs of the cluster, so every consumer releases it in all four.
+//  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots).
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int CM = 2, EH = E / 2, BM = 64 * WGM, XR = BM / CM;
+  constexpr int EH = E / 2, BM = PP ? 64 : 64 * WGM, XR = BM / 2;
+  constexpr int TPG = CL / 2;  // token tiles a cluster works on at once
   static_assert(E % 16 == 0 && E >= 16 && E <= 256, "E: a multiple of 16 up to 256");
+  static_assert((ISSUE == 1 || ISSUE == 2 || ISSUE == 4) && ISSUE <= STAGES, "ISSUE: 1, 2 or 4 stages at once");
+  static_assert(PP == 0 || WGM == 2, "ping-pong: two consumer warpgroups");
+  static_assert(CL == 2 || (CL == 4 && E % 32 == 0), "clusters of 2, or of 4 (E % 32 == 0)");
+  constexpr int WR = EH / TPG;  // w rows a CTA fetches (its share of its expert half)
+  constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
   using Row = rg90::WgmmaRow<EH, 0>;
+
+  if (a.flags & kRgNoop) return;  // measurement: the grid's launch and completion alone
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;
+  // The entry stamps stay in registers until the first loads are out (a global store before the cluster barrier
+  // would delay it).
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
   const u32 base = (raw + 1023u) & ~1023u;  // the same offset in both CTAs (multicast writes rely on it)
   const u32 bars = base + STAGES * STAGE;   // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
   const int tid = threadIdx.x, wg = tid / 128;
-  const u32 rank = blockIdx.x % CM;
-  const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
+  const u32 rank = blockIdx.x % CL;
+  const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
+  const int cluster = blockIdx.x / CL, clusters = gridDim.x / CL;
+  const int groups = (a.tiles + TPG - 1) / TPG;
+  const int rows = a.tile_rows;
 
   if (tid == 0) {
+    rgt::prefetch_tmap(&a.tmx);  // the descriptors load while the barriers are set up
+    rgt::prefetch_tmap(&a.tmw);
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), WGM * CM);  // every consumer warpgroup of both CTAs
+      rgt::mbar_init(bars + 8 * (STAGES + s), READERS);  // every consumer warpgroup of both CTAs that reads it
     }
-    rgt::fence_mbar_init();
+    rgt::fence_mbar_init();  // releases the inits to the cluster: the barrier below needs no release of its own
   }
-  cluster_sync();
+  cluster_arrive_relaxed();
+  cluster_wait();
 
   if (wg == 0) {  // producer
     if constexpr (WGM > 1) rgt::setmaxnreg_dec<40>();
     if (tid == 0) {
-      rgt::prefetch_tmap(&a.tmx);
-      rgt::prefetch_tmap(&a.tmw);
+      const bool rotate = a.flags & kRgRotateK, load_w = !(a.flags & kRgSkipW);
       int s = 0;
       u32 phase = 0;
-      for (int t = cluster; t < a.tiles; t += clusters) {
-        const int m0 = t * BM, x0 = m0 + static_cast<int>(rank) * XR;  // this CTA's x rows
+      for (int t = cluster; t < groups; t += clusters) {
+        const int m0 = (t * TPG + ti) * rows, x0 = m0 + ej * XR;  // this CTA's x rows
         // Halves of the x tile entirely past T are not fetched (by either CTA; both count the same bytes): the
         // accumulator rows they feed are never stored.
         const bool mine = x0 < a.T;
-        const u32 tx = EH * 128 + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
-        for (int kc = 0; kc < CHUNKS; ++kc) {
-          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // both CTAs' consumers released stage s
+        const u32 tx = (load_w ? EH * 128 : 0) + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
+        constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
+        const int rot = rotate ? t % CHUNKS : 0;
+        for (int j = 0; j < CHUNKS; ++j) {
+          if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
+            rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+#pragma unroll
+            for (int i = 1; i < ISSUE; ++i)
+              if (j + i < CHUNKS) {
+                const bool wrap = s + i >= STAGES;
+                rgt::mbar_wait(bars + 8 * (STAGES + (wrap ? s + i - STAGES : s + i)), (wrap ? phase ^ 1 : phase) ^ 1);
+              }
+          }
+          const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
           const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
           rgt::mbar_expect_tx(full, tx);
           if (mine)
-            rgt::tma_load_2d_multicast(sa + rank * XR * 128, &a.tmx, full, kc * 64, x0, static_cast<unsigned short>(3));
-          rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, static_cast<int>(rank) * EH);
+            rgt::tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                                       static_cast<unsigned short>(XMASK << (2 * ti)));
+          if (load_w) {
+            if constexpr (CL == 2)
+              rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+            else
+              rgt::tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                                         static_cast<unsigned short>(WMASK << ej));
+          }
+          if (trace && j == 0 && t == cluster) {
+            trace[kRgTraceProducerFirst] = rgt::clk();
+            trace[kRgTraceStartNs] = t0_ns;
+            trace[kRgTraceStartClk] = t0_clk;
+            u32 sm;
+            asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+            trace[kRgTraceSm] = sm;
+          }
           if (++s == STAGES) {
             s = 0;
             phase ^= 1;
           }
         }
       }
+      if (trace) trace[kRgTraceProducerLast] = rgt::clk();
     }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
     if constexpr (WGM > 1) rgt::setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    const bool lead = trace && (tid & 127) == 0;
+    u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
     int s = 0;
     u32 phase = 0;
-    for (int t = cluster; t < a.tiles; t += clusters) {
-      const int m0 = t * BM;
+    bool started = false;  // trace: this warpgroup's first tile is done
+    for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
+      if (PP && (i & 1) != wm) {  // the other warpgroup's tile: skip its CHUNKS stages
+        const int adv = s + CHUNKS;
+        phase ^= static_cast<u32>((adv / STAGES) & 1);
+        s = adv % STAGES;
+        continue;
+      }
+      // Ping-pong hand-off: a full barrier's parity tells phases apart only one phase ahead, so this warpgroup waits
+      // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
+      // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
+      if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
+      const int m0 = (t * TPG + ti) * rows;
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         rgt::mbar_wait(bars + 8 * s, phase);
-        const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES;
+        if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
+          asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
+        if (lead) {
+          if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
+          if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
+        }
+        const u32 sa = base + s * STAGE + (PP ? 0 : wm * 64 * 128), sb = base + s * STAGE + A_BYTES;
         Row::fence(acc);
         rg90::wgmma_fence();
 #pragma unroll
@@ -451,7 +538,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         rg90::wgmma_commit();
         rg90::wgmma_wait<1>();  // the previous chunk's MMAs are done: release its stage in both CTAs
         Row::fence(acc);
-        if (prev >= 0 && (tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+        if (prev >= 0 && (tid & 127) < CL) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         prev = s;
         if (++s == STAGES) {
           s = 0;
@@ -460,10 +547,48 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      if ((tid & 127) < CM) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
-      if (a.flags & kRgSkipStore) continue;
-      float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + static_cast<int>(rank) * EH;
-      rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
+      if ((tid & 127) < CL) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      started = true;
+      if (lead) tw[kRgTraceMmaDone] = rgt::clk();
+      if ((a.flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
+      if ((a.flags & kRgHalfStore) && wm == 1 && !(a.flags & kRgEpiStaged)) continue;  // measurement: half the bytes
+      const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
+      const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
+      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
+      constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
+      if (CAN_STAGE && (a.flags & kRgEpiStaged) && t + clusters >= groups) {
+        // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
+        // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
+        // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of
+        // one row at a time (whole 128-byte lines) instead of 8 rows × 32 bytes.
+        constexpr int PITCH = (EH + 8) * 4, CPR = EH / 4;
+        if constexpr (WGM > 1) asm volatile("bar.sync 5, %0;" ::"n"(WGM * 128) : "memory");
+        const u32 tile = base + wm * 64 * PITCH;
+        Row::stage(acc, tile, warp * 16 + (lane >> 2), lane, PITCH);
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+        const int valid = owned - r0;
+        for (int i = tid & 127; i < 64 * CPR; i += 128) {
+          const int r = i / CPR, c = i - r * CPR;
+          if (r < valid) {
+            Vec16 v;
+            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+                         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+                         : "r"(tile + r * PITCH + c * 16));
+            store16(out + static_cast<i64>(r) * a.out_stride + c * 4, v);
+          }
+        }
+      } else {
+        rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
+      }
+      if (lead) tw[kRgTraceStored] = rgt::clk();
+    }
+    if (trace) {  // measurement only: when this warpgroup's stores have all been performed
+      __threadfence();
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+      if (lead) {
+        tw[kRgTraceFenced] = rgt::clk();
+        if (wm == 0) trace[kRgTraceEndNs] = rgt::gtimer();
+      }
     }
   }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.

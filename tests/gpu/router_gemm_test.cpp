@@ -20,6 +20,7 @@
 // matched in kind (NaN, +inf, −inf).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
@@ -33,6 +34,8 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/router_gemm_args.h"
 #include "reference/router_gemm.hpp"
+#include "runtime/bench.hpp"
+#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/specialization.hpp"
@@ -47,6 +50,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  int variant, int precision, const RouterGemmConfig* force_dx,
                                  const RouterGemmConfig* force_dw, Stream stream);
 extern std::atomic<int> router_gemm_measure_flags;
+extern std::atomic<unsigned long long*> router_gemm_trace;
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -503,6 +507,195 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
   }
+}
+
+// The expert-pair forward's kernel options: kRgRotateK (tile t walks its K chunks from chunk t mod CHUNKS on) and
+// kRgBalance (one tile per CTA pair: tile_rows < 128, so x boxes overlap the next tile's rows and only owned rows are
+// stored), both together, and the 8-byte stores from the registers (kRgEpiDirect) instead of the default staged
+// epilogue (a cluster's last tile through shared memory with 16-byte stores; ping-pong keeps its direct stores), alone
+// and with kRgBalance, at the default point, a two-chunks-at-once point (bk = 128), the ping-pong form
+// (64-row tiles, consumers alternating; with kRgBalance two tiles a pair) and clusters of 4 (2 token tiles × the
+// expert pair, x and w multicast; where E % 32 == 0), across shapes with
+// partial tiles, K not a multiple of 128 or 64, several tiles per cluster (T = 17000) and tiny T; deterministic.
+TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 160}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
+                         Shape{1, 1600, 16}, Shape{300, 7168, 256}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0xa0c, static_cast<uint64_t>(T)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0xa1c, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const detail::RouterGemmConfig two{128, static_cast<int32_t>(E / 2), 128, 2, 2, 6};
+    const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
+    const detail::RouterGemmConfig quad{128, static_cast<int32_t>(E / 2), 64, 2, 4, 6};  // clusters of 4
+    const detail::RouterGemmConfig quadpp{64, static_cast<int32_t>(E / 2), 64, 2, 4, 9};
+    for (int flags : {kRgRotateK | kRgBalance, kRgBalance, kRgEpiDirect, kRgEpiDirect | kRgBalance})
+      for (const detail::RouterGemmConfig* c : {static_cast<const detail::RouterGemmConfig*>(nullptr), &two, &pp,
+                                                E % 32 == 0 ? &quad : &two, E % 32 == 0 ? &quadpp : &pp}) {
+        SCOPED_TRACE("flags " + std::to_string(flags) + (c ? " " + fmt_config(*c) : " default") + " T=" +
+                     std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+        detail::router_gemm_measure_flags.store(flags);
+        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 5);  // strided logits: rows past a tile's own untouched
+        detail::router_gemm_measure_flags.store(0);
+        EXPECT_TRUE(f.guards_ok && g.guards_ok);
+        EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+        EXPECT_TRUE(bitwise_equal("logits twice", g.y, f.y));
+      }
+  }
+}
+
+// Measurement (prints; checks only that tracing changes no result and that the timestamps are ordered): where the
+// expert-pair forward's time goes at 8192 × 2048 → 256, L2 flushed before each traced run. Per CTA, from
+// RouterGemmFwdTmaArgs::trace: start (globaltimer, µs after the first CTA's), then on the SM clock converted to µs:
+// producer's first TMA issue, warpgroup 0's first stage landed, last stage landed, MMAs done, stores issued, stores
+// performed (fence), and the globaltimer end. Modes: the default, the options (rot, bal) and the ablations
+// (nostore; now: no w loaded).
+TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xa2c}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xa3c}), 0.02f);
+  DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+  const int max_ctas = 1024;
+  DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kRgTraceSlots * 8);
+  detail::L2Flusher l2(r, nullptr);
+  CUevent ev0, ev1;
+  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
+  float event_us = 0;
+  // traced: L2 flushed first (unless back_to_back: the same call right before instead), CUDA events around the call.
+  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg, bool back_to_back) {
+    tb.fill(0);
+    detail::router_gemm_measure_flags.store(flags);
+    auto call = [&] {
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), 5, cfg, nullptr);
+    };
+    if (traced) {
+      if (back_to_back) call();
+      else l2.flush(nullptr);
+      detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
+      detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
+    }
+    call();
+    if (traced) detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
+    synchronize();
+    if (traced) {
+      float ms = 0;
+      detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
+      event_us = ms * 1000.f;
+    }
+    detail::router_gemm_trace.store(nullptr);
+    detail::router_gemm_measure_flags.store(0);
+  };
+  struct Mode {
+    const char* name;
+    int flags;
+    detail::RouterGemmConfig cfg;  // bm = 0: the default
+    bool back_to_back;
+  };
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
+  for (const Mode m : {Mode{"default (staged 16-byte stores)", 0, def, false},
+                       Mode{"direct 8-byte stores", kRgEpiDirect, def, false}, Mode{"7 stages", 0, stages7, false},
+                       Mode{"nostore", kRgSkipStore, def, false}, Mode{"now+nostore", kRgSkipW | kRgSkipStore, def, false},
+                       Mode{"direct, halfstore (warpgroup 1 stores nothing)", kRgEpiDirect | kRgHalfStore, def, false},
+                       Mode{"default, back to back (no flush)", 0, def, true}}) {
+    SCOPED_TRACE(m.name);
+    const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore));
+    const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
+    run(m.flags, false, cfg, false);  // compiles; the untraced result
+    const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
+    for (int rep = 0; rep < 2; ++rep) {
+      run(m.flags, true, cfg, m.back_to_back);
+      if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
+      const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceSlots);
+      int ctas = 0;
+      while (ctas < max_ctas && tr[static_cast<size_t>(ctas) * kRgTraceSlots + kRgTraceStartNs] != 0) ++ctas;
+      ASSERT_GT(ctas, 0);
+      auto at = [&](int c, int slot) { return tr[static_cast<size_t>(c) * kRgTraceSlots + slot]; };
+      auto wg0 = [&](int c, int slot) { return at(c, kRgTraceWg0 + slot); };
+      const bool stores = !(m.flags & kRgSkipStore);
+      // SM clock rate (cycles per ns) from CTAs' globaltimer span over their clock span; the median.
+      std::vector<double> rate;
+      for (int c = 0; c < ctas; ++c) {
+        const uint64_t cs = at(c, kRgTraceStartClk), ce = wg0(c, kRgTraceFenced);
+        const uint64_t gs = at(c, kRgTraceStartNs), ge = at(c, kRgTraceEndNs);
+        EXPECT_LE(cs, at(c, kRgTraceProducerFirst)) << "CTA " << c;
+        EXPECT_LE(at(c, kRgTraceProducerFirst), at(c, kRgTraceProducerLast)) << "CTA " << c;
+        EXPECT_LE(cs, wg0(c, kRgTraceFirstFull)) << "CTA " << c;
+        EXPECT_LE(wg0(c, kRgTraceFirstFull), wg0(c, kRgTraceLastFull)) << "CTA " << c;
+        EXPECT_LE(wg0(c, kRgTraceLastFull), wg0(c, kRgTraceMmaDone)) << "CTA " << c;
+        if (stores) EXPECT_LE(wg0(c, kRgTraceMmaDone), wg0(c, kRgTraceStored)) << "CTA " << c;
+        EXPECT_LE(wg0(c, kRgTraceMmaDone), ce) << "CTA " << c;
+        EXPECT_LE(gs, ge) << "CTA " << c;
+        if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+      }
+      ASSERT_FALSE(rate.empty());
+      std::sort(rate.begin(), rate.end());
+      const double ghz = rate[rate.size() / 2];
+      uint64_t t0 = ~0ull;
+      for (int c = 0; c < ctas; ++c) t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
+      // Columns (µs after the first CTA's start).
+      const char* names[] = {"start",  "prod first", "first full", "last full", "mma done",
+                             "stored", "fenced",     "end (gt)",   "wg1 fenced", "prod last"};
+      std::vector<std::vector<double>> col(10);
+      std::vector<std::pair<double, int>> ends;
+      for (int c = 0; c < ctas; ++c) {
+        const double st = (at(c, kRgTraceStartNs) - t0) / 1000.0;
+        auto rel = [&](uint64_t clk) { return st + (static_cast<double>(clk) - at(c, kRgTraceStartClk)) / ghz / 1000.0; };
+        col[0].push_back(st);
+        col[1].push_back(rel(at(c, kRgTraceProducerFirst)));
+        col[2].push_back(rel(wg0(c, kRgTraceFirstFull)));
+        col[3].push_back(rel(wg0(c, kRgTraceLastFull)));
+        col[4].push_back(rel(wg0(c, kRgTraceMmaDone)));
+        col[5].push_back(stores ? rel(wg0(c, kRgTraceStored)) : 0.0);
+        col[6].push_back(rel(wg0(c, kRgTraceFenced)));
+        col[7].push_back((at(c, kRgTraceEndNs) - t0) / 1000.0);
+        const uint64_t f1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceFenced);  // 0: warpgroup 1 had no tile
+        col[8].push_back(f1 ? rel(f1) : 0.0);
+        col[9].push_back(rel(at(c, kRgTraceProducerLast)));
+        ends.push_back({std::max(col[6].back(), col[8].back()), c});
+      }
+      double span = 0;
+      for (int c = 0; c < ctas; ++c) span = std::max(span, (at(c, kRgTraceEndNs) - t0) / 1000.0);
+      std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f µs; "
+                  "µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
+                  m.name, rep, ctas, ghz, event_us, span);
+      for (int k = 0; k < 10; ++k) {
+        std::vector<double> v = col[k];
+        std::sort(v.begin(), v.end());
+        auto q = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
+        std::printf("  %-11s %7.2f %7.2f %7.2f %7.2f %7.2f\n", names[k], v.front(), q(0.1), q(0.5), q(0.9), v.back());
+      }
+      // Per-CTA durations: main loop (first → last stage landed), fill (start → first stage), tail, stores.
+      std::vector<double> fill, loop, tail, st;
+      for (int c = 0; c < ctas; ++c) {
+        fill.push_back(col[2][c] - col[0][c]);
+        loop.push_back(col[3][c] - col[2][c]);
+        tail.push_back(col[4][c] - col[3][c]);
+        st.push_back(col[6][c] - col[4][c]);
+      }
+      for (auto [name, v] : {std::pair<const char*, std::vector<double>*>{"d fill", &fill}, {"d loop", &loop},
+                             {"d last mma", &tail}, {"d stores", &st}}) {
+        std::sort(v->begin(), v->end());
+        auto q = [&](double p) { return (*v)[static_cast<size_t>(p * (v->size() - 1) + 0.5)]; };
+        std::printf("  %-11s %7.2f %7.2f %7.2f %7.2f %7.2f\n", name, v->front(), q(0.1), q(0.5), q(0.9), v->back());
+      }
+      std::sort(ends.begin(), ends.end());
+      std::printf("  earliest done (CTA:SM @µs):");
+      for (size_t i = 0; i < std::min<size_t>(6, ends.size()); ++i)
+        std::printf(" %d:%llu@%.2f", ends[i].second, static_cast<unsigned long long>(at(ends[i].second, kRgTraceSm)),
+                    ends[i].first);
+      std::printf("\n  latest done:");
+      for (size_t i = ends.size() > 6 ? ends.size() - 6 : 0; i < ends.size(); ++i)
+        std::printf(" %d:%llu@%.2f", ends[i].second, static_cast<unsigned long long>(at(ends[i].second, kRgTraceSm)),
+                    ends[i].first);
+      std::printf("\n");
+    }
+  }
+  detail::driver().cuEventDestroy(ev0);
+  detail::driver().cuEventDestroy(ev1);
 }
 
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
