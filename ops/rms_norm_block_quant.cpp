@@ -74,6 +74,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 }
 
 int smem_bytes(const Specialization& s) {
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE])  // the pipe kernel, two warps a row
+    return rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
+                                                s.config[C_STAGES], 2);
   if (s.kernel == kRowKernel)
     return s.config[C_STAGES] > 0
                ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
