@@ -566,6 +566,26 @@ TEST(TunerCompare, Fp8AllowsRareOneStepFlipsOnly) {
   EXPECT_TRUE(contains(compare_outputs(kiln::DType::i32, i1.data(), i2.data(), 3), "[2]"));
 }
 
+// A config that sums a row's squares in another order may move one block's power-of-two scale by ×2: that block's
+// codes then differ by one exponent step (8 in e4m3). A few such blocks pass; a systematic rescale does not.
+TEST(TunerCompare, Fp8AcceptsAFewRescaledBlocksOnly) {
+  std::vector<uint8_t> ref(1 << 20);
+  std::mt19937 rng(5);
+  for (auto& v : ref) v = static_cast<uint8_t>(0x20 + rng() % 0x50) | (rng() % 2 ? 0x80 : 0);  // normal codes
+  std::vector<uint8_t> got = ref;
+  for (size_t i = 4096; i < 4096 + 128; ++i) got[i] = static_cast<uint8_t>(got[i] - 8);  // one block's scale ×2
+  EXPECT_EQ(compare_outputs(kiln::DType::e4m3, ref.data(), got.data(), ref.size()), "");
+  got[9000] = static_cast<uint8_t>(got[9000] + 3);  // three steps: still a real difference
+  EXPECT_TRUE(contains(compare_outputs(kiln::DType::e4m3, ref.data(), got.data(), ref.size()), "[9000]"));
+  got = ref;
+  for (size_t i = 0; i < ref.size() / 2; ++i) got[i] = static_cast<uint8_t>(got[i] - 8);  // half of all blocks
+  EXPECT_TRUE(contains(compare_outputs(kiln::DType::e4m3, ref.data(), got.data(), ref.size()), "exponent step"));
+  got = ref;
+  for (size_t i = 0; i < 128; ++i) got[i] = static_cast<uint8_t>(got[i] - 4);  // e5m2: one exponent step is 4
+  EXPECT_EQ(compare_outputs(kiln::DType::e5m2, ref.data(), got.data(), ref.size()), "");
+  EXPECT_TRUE(contains(compare_outputs(kiln::DType::e4m3, ref.data(), got.data(), ref.size()), "[0]"));
+}
+
 std::vector<CandidateResult> timed(std::vector<double> us, std::vector<std::string> status = {}) {
   std::vector<CandidateResult> c;
   for (size_t i = 0; i < us.size(); ++i) {
