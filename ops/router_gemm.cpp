@@ -1142,7 +1142,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone, the fp16 pass with dw's x converted by
   // producer warps; default: standard = dx from bf16(g), dw from hi + lo).
   std::string part = part_in;
-  int flags = 0, precision = 0;
+  int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel).
   for (bool more = true; more;) {
