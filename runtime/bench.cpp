@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <string_view>
 #include <utility>
 #include <vector>
 
@@ -140,6 +141,24 @@ double time_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& 
 }
 }  // namespace
 
+bool bench_filter_matches(const std::string& filter, const std::string& name) {
+  if (filter.empty()) return true;
+  for (size_t b = 0; b <= filter.size();) {
+    size_t e = filter.find('|', b);
+    if (e == std::string::npos) e = filter.size();
+    std::string_view term(filter.data() + b, e - b);
+    if (!term.empty() && term.back() == '$') {
+      term.remove_suffix(1);
+      if (!term.empty() && name.size() >= term.size() && name.compare(name.size() - term.size(), term.size(), term) == 0)
+        return true;
+    } else if (!term.empty() && name.find(term) != std::string::npos) {
+      return true;
+    }
+    b = e + 1;
+  }
+  return false;
+}
+
 std::vector<BenchCase>& bench_cases() {
   static std::vector<BenchCase> cases;
   return cases;
@@ -184,17 +203,7 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
 
   L2Flusher l2(rt, stream);
   for (const BenchCase& c : bench_cases()) {
-    if (!opts.filter.empty()) {  // '|'-separated substrings of "op shape"; a case runs if any matches
-      const std::string name = c.op + " " + c.shape;
-      bool hit = false;
-      for (size_t b = 0; !hit && b <= opts.filter.size();) {
-        size_t e = opts.filter.find('|', b);
-        if (e == std::string::npos) e = opts.filter.size();
-        hit = e > b && name.find(opts.filter.substr(b, e - b)) != std::string::npos;
-        b = e + 1;
-      }
-      if (!hit) continue;
-    }
+    if (!bench_filter_matches(opts.filter, c.op + " " + c.shape)) continue;
 
     // Scoped to this iteration: the instance's buffers are freed before the next case allocates its own.
     // A case that throws (a rejected argument, a compile error) is reported and the run goes on; a device fault

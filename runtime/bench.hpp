@@ -55,8 +55,13 @@ struct BenchReport {
 struct BenchOptions {
   int warmup = 5;
   int repeats = 30;
-  std::string filter;  // substring of "op shape"
+  std::string filter;  // '|'-separated terms matched against "op shape" (bench_filter_matches)
 };
+
+// Whether a case named `name` ("op shape") runs under `filter`: an empty filter runs everything; otherwise any of
+// the '|'-separated terms matches, a term as a substring of the name, or, when it ends in '$', as the name's end
+// (so "op shape$" selects that one case and not its variant rows, whose shapes extend it).
+bool bench_filter_matches(const std::string& filter, const std::string& name);
 
 // Runs every registered case (needs a GPU).
 BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,

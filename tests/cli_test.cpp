@@ -21,6 +21,7 @@
 #include <thread>
 #include <vector>
 
+#include "runtime/bench.hpp"
 #include "runtime/driver.hpp"
 #include "test_util.hpp"
 
@@ -381,3 +382,21 @@ TEST(CliPrewarm, CopiedCacheStillHits) {
 }
 
 }  // namespace
+
+// `kiln bench --filter`: substrings, '|' alternatives, and a trailing '$' that anchors a term at the name's end.
+TEST(BenchFilter, SubstringsAlternativesAndAnchoredEnds) {
+  using kiln::detail::bench_filter_matches;
+  const std::string base = "group_rms_norm_gate_bwd B=2 S=4096 dim=2048 G=4 bf16 transpose=1";
+  const std::string variant = base + " rows=3 warps=8";
+  EXPECT_TRUE(bench_filter_matches("", variant));
+  EXPECT_TRUE(bench_filter_matches("gate_bwd", variant));
+  EXPECT_TRUE(bench_filter_matches("nothing|gate_bwd", base));
+  EXPECT_FALSE(bench_filter_matches("nothing|else", base));
+  EXPECT_TRUE(bench_filter_matches("transpose=1$", base));
+  EXPECT_FALSE(bench_filter_matches("transpose=1$", variant));
+  EXPECT_TRUE(bench_filter_matches("x|" + base + "$", base));
+  EXPECT_FALSE(bench_filter_matches(base + "$", variant));
+  EXPECT_TRUE(bench_filter_matches("warps=8$", variant));
+  EXPECT_FALSE(bench_filter_matches("$|", base));  // empty terms match nothing
+  EXPECT_FALSE(bench_filter_matches("|", base));
+}

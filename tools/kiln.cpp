@@ -86,8 +86,9 @@ commands:
       List the built-in model presets and their dimensions.
 
   bench [--json FILE] [--filter S[|S…]] [--repeats N]
-      Time every benchmark case (or those whose "op shape" contains S) on the GPU, as a share of the
-      device-to-device copy bandwidth measured in the same run; --json writes the results to FILE.
+      Time every benchmark case (or those whose "op shape" contains S; an S ending in '$' must end it) on
+      the GPU, as a share of the device-to-device copy bandwidth measured in the same run; --json writes
+      the results to FILE.
 
   help, --help       show this help
   --version          print kiln's version
