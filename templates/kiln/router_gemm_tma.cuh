@@ -36,7 +36,8 @@ using kiln::tma_load_2d_multicast;
 __device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) { mbar_arrive_expect_tx(bar, bytes); }
 __device__ __forceinline__ void mbar_arrive_local(u32 bar) { mbar_arrive(bar); }
 
-// Measurement timestamps: the SM's cycle counter (the global nanosecond timer is kiln/ptx.cuh's globaltimer_ns).
+// Measurement timestamps: the global nanosecond timer (comparable across SMs) and the SM's cycle counter.
+__device__ __forceinline__ u64 gtimer() { return globaltimer_ns(); }
 __device__ __forceinline__ u64 clk() { return static_cast<u64>(clock64()); }
 
 // The sum over the Q CTAs of this cluster (in cluster-rank order: the same bits whichever CTA adds) of `pieces`
@@ -380,7 +381,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;
   // The entry stamps stay in registers until the first loads are out (a global store before the cluster barrier
   // would delay it).
-  const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
@@ -533,7 +534,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
       if (lead) {
         tw[kRgTraceFenced] = rgt::clk();
-        if (wm == 0) trace[kRgTraceEndNs] = globaltimer_ns();
+        if (wm == 0) trace[kRgTraceEndNs] = rgt::gtimer();
       }
     }
   }
