@@ -19,6 +19,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/group_rms_norm_gate_args.h"
+#include "kiln/ptx.cuh"
 #include "kiln/row_io.cuh"
 #include "kiln/row_pipe.cuh"
 
@@ -46,16 +47,7 @@ struct GateLayout {
 // 16-bit outputs use the fast exp and reciprocal (ex2/rcp.approx.ftz, a few 1e-7 relative: far below their
 // rounding; two instructions each — the non-ftz ex2 needs three more to scale denormal results; flushing them only
 // turns 1 − σ < 1.2e-38 (g > 87) into 0); fp32 outputs the accurate exp and a correctly rounded reciprocal.
-__device__ __forceinline__ float ex2_ftz(float v) {
-  float r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
-}
-__device__ __forceinline__ float rcp_ftz(float v) {
-  float r;
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(v));
-  return r;
-}
+// (ex2_ftz, rcp_ftz: kiln/ptx.cuh.)
 template <typename T>
 __device__ __forceinline__ float sigmoid_of_exp(float e) {
   return sizeof(T) == 4 ? __frcp_rn(1.0f + e) : rcp_ftz(1.0f + e);  // e = inf: 0 either way

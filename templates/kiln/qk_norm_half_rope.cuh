@@ -24,6 +24,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/dw_reduce.cuh"
+#include "kiln/ptx.cuh"
 #include "kiln/qk_norm_half_rope_args.h"
 
 namespace kiln {
@@ -113,19 +114,6 @@ __device__ __forceinline__ void unpack16(const Vec16& a, const Vec16& b, float (
     t[i] = vec_get<T>(a, i);
     t[8 + i] = vec_get<T>(b, i);
   }
-}
-
-// Two floats → one word of two 16-bit values (element 2i in the low half), rounded to nearest even.
-template <typename T> __device__ __forceinline__ u32 pack2(float lo, float hi);
-template <> __device__ __forceinline__ u32 pack2<bf16>(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-template <> __device__ __forceinline__ u32 pack2<f16>(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
 }
 
 template <typename T>

@@ -21,6 +21,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/pdl.cuh"
+#include "kiln/ptx.cuh"
 #include "kiln/router_gemm_args.h"
 
 namespace kiln {
@@ -34,12 +35,6 @@ enum : int {
   kF32RowsR = 3,   // fp32 [rows = reduction][M], split into bf16 hi + lo                (g in dw)
 };
 
-__device__ __forceinline__ u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" ::"n"(N) : "memory"); }
-
 __device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
@@ -47,11 +42,6 @@ __device__ __forceinline__ void ldsm_x4(u32 (&r)[4], u32 addr) {
 __device__ __forceinline__ void ldsm_x4_trans(u32 (&r)[4], u32 addr) {
   asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];"
                : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
-}
-__device__ __forceinline__ float lds_f32(u32 addr) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
-  return v;
 }
 __device__ __forceinline__ void lds_f32x2(float& a, float& b, u32 addr) {
   asm volatile("ld.shared.v2.f32 {%0,%1}, [%2];" : "=f"(a), "=f"(b) : "r"(addr));
@@ -67,11 +57,11 @@ __device__ __forceinline__ void mma_bf16(float (&c)[4], const u32 (&a)[4], u32 b
 // (lo16 = p, hi16 = q) → bf16 hi parts and bf16 residuals: p = hi(p) + lo(p) + O(2⁻¹⁷·|p|). A non-finite hi part
 // (inf, NaN, or an overflow of a value near FLT_MAX) gets a zero residual, so inf stays inf and NaN stays NaN.
 __device__ __forceinline__ void split_bf16x2(float p, float q, u32& hi, u32& lo) {
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(hi) : "f"(q), "f"(p));  // first operand → upper half
+  hi = cvt_bf16x2(p, q);
   const float hp = __uint_as_float(hi << 16), hq = __uint_as_float(hi & 0xffff0000u);
   const float rp = fabsf(hp) <= 3.4028234663852886e38f ? p - hp : 0.f;
   const float rq = fabsf(hq) <= 3.4028234663852886e38f ? q - hq : 0.f;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(lo) : "f"(rq), "f"(rp));
+  lo = cvt_bf16x2(rp, rq);
 }
 
 // Where the tiles of one operand come from. The tile for reduction chunk kc starts at p + kc·step; rows at or past
@@ -154,7 +144,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[G::MT][G::NT][4], char* sm
   }
 
   for (int kc = 0; kc < chunks; ++kc) {
-    cp_async_wait<G::STAGES - 2>();
+    cp_async_wait_group<G::STAGES - 2>();
     __syncthreads();
     {
       const int next = kc + G::STAGES - 1;
@@ -166,7 +156,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[G::MT][G::NT][4], char* sm
       cp_async_commit();
     }
     const char* st = smem + (kc % G::STAGES) * G::kStageBytes;
-    const u32 sa = smem_addr(st), sb = smem_addr(st + TA::kBytes);
+    const u32 sa = smem_u32(st), sb = smem_u32(st + TA::kBytes);
 
 #pragma unroll
     for (int ks = 0; ks < G::BK / 16; ++ks) {
@@ -222,7 +212,7 @@ __device__ __forceinline__ void mainloop(float (&acc)[G::MT][G::NT][4], char* sm
       }
     }
   }
-  cp_async_wait<0>();
+  cp_async_wait_group<0>();
   __syncthreads();  // the ring is reused by the epilogue
 }
 
@@ -245,12 +235,11 @@ __device__ __forceinline__ void store_tile(const float (&acc)[G::MT][G::NT][4], 
       for (int h = 0; h < 2; ++h) {
         char* d = smem + (r + 8 * h) * PITCH + c * ES;
         if constexpr (ES == 4) {
-          asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(smem_addr(d)), "f"(acc[mt][nt][2 * h]),
+          asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(smem_u32(d)), "f"(acc[mt][nt][2 * h]),
                        "f"(acc[mt][nt][2 * h + 1]) : "memory");
         } else {
-          u32 packed;
-          asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(acc[mt][nt][2 * h + 1]), "f"(acc[mt][nt][2 * h]));
-          asm volatile("st.shared.u32 [%0], %1;" ::"r"(smem_addr(d)), "r"(packed) : "memory");
+          const u32 packed = cvt_bf16x2(acc[mt][nt][2 * h], acc[mt][nt][2 * h + 1]);
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(smem_u32(d)), "r"(packed) : "memory");
         }
       }
     }

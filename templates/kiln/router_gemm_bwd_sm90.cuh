@@ -73,15 +73,10 @@ __device__ __forceinline__ void split8(const Vec16& v0, const Vec16& v1, Vec16& 
   rg::split_bf16x2(__uint_as_float(v1.w[0]), __uint_as_float(v1.w[1]), hi.w[2], lo.w[2]);
   rg::split_bf16x2(__uint_as_float(v1.w[2]), __uint_as_float(v1.w[3]), hi.w[3], lo.w[3]);
 }
-__device__ __forceinline__ Vec16 lds16(u32 addr) {
-  Vec16 v;
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3]) : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ void sts16(u32 addr, const Vec16& v) {
-  asm volatile("st.shared.v4.u32 [%0], {%1,%2,%3,%4};" ::"r"(addr), "r"(v.w[0]), "r"(v.w[1]), "r"(v.w[2]), "r"(v.w[3])
-               : "memory");
-}
+// kiln/ptx.cuh's, under the names router_gemm_bwd_tma.cuh's kernels call (rg90::…).
+using kiln::lds16;
+using kiln::sts16;
+
 // Byte offset of 16-byte piece j (0..7) of row r in a 128-byte-swizzled tile whose rows are 128 bytes.
 __device__ __forceinline__ int swz(int r, int j) { return r * 128 + ((j ^ (r & 7)) << 4); }
 
@@ -101,8 +96,7 @@ __device__ __forceinline__ void stage_acc(const float (&acc)[MT][N / 2], u32 til
         asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(tile + r * pitch + c * 4), "f"(acc[mt][i]),
                      "f"(acc[mt][i + 1]) : "memory");
       } else {
-        u32 packed;
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(packed) : "f"(acc[mt][i + 1]), "f"(acc[mt][i]));
+        const u32 packed = cvt_bf16x2(acc[mt][i], acc[mt][i + 1]);
         asm volatile("st.shared.u32 [%0], %1;" ::"r"(tile + r * pitch + c * 2), "r"(packed) : "memory");
       }
     }
@@ -166,11 +160,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < CHUNKS) load(s, s);
-    rg::cp_async_commit();
+    cp_async_commit();
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
-    rg::cp_async_wait<STAGES - 2>();
-    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
+    cp_async_wait_group<STAGES - 2>();
+    if (!(a.flags & kRgSkipCopyFence)) fence_proxy_async();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
     const u32 hi = cvt_base + (kc & 1) * 2 * CVT, lo = hi + CVT;
@@ -182,7 +176,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
       rg90::sts16(hi + rg90::swz(r, j), h);
       rg90::sts16(lo + rg90::swz(r, j), l);
     }
-    if (!(a.flags & kRgSkipSplitFence)) rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipSplitFence)) fence_proxy_async();
     __syncthreads();
     rg90::fence_acc(acc);
     rg90::wgmma_fence();
@@ -198,11 +192,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dx_sm90_kernel(const
     __syncthreads();
     const int next = kc + STAGES - 1;
     if (next < CHUNKS) load(next % STAGES, next);
-    rg::cp_async_commit();
+    cp_async_commit();
   }
   rg90::wgmma_wait<0>();
   rg90::fence_acc(acc);
-  rg::cp_async_wait<0>();
+  cp_async_wait_group<0>();
   __syncthreads();
 
   constexpr int PITCH = (BN + 8) * 2;
@@ -276,11 +270,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < chunks) load(s, s);
-    rg::cp_async_commit();
+    cp_async_commit();
   }
   for (int kc = 0; kc < chunks; ++kc) {
-    rg::cp_async_wait<STAGES - 2>();
-    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
+    cp_async_wait_group<STAGES - 2>();
+    if (!(a.flags & kRgSkipCopyFence)) fence_proxy_async();
     __syncthreads();
     const u32 sa = base + (kc % STAGES) * STAGE, sb = sa + A_RAW;
     const u32 hi = cvt_base + (kc & 1) * 2 * CVT, lo = hi + CVT;
@@ -294,7 +288,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
       rg90::sts16(hi + off, h);
       rg90::sts16(lo + off, l);
     }
-    if (!(a.flags & kRgSkipSplitFence)) rg90::fence_async_shared();
+    if (!(a.flags & kRgSkipSplitFence)) fence_proxy_async();
     __syncthreads();
     rg90::fence_acc(acc);
     rg90::wgmma_fence();
@@ -314,11 +308,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_dw_sm90_kernel(const
     __syncthreads();
     const int next = kc + STAGES - 1;
     if (next < chunks) load(next % STAGES, next);
-    rg::cp_async_commit();
+    cp_async_commit();
   }
   rg90::wgmma_wait<0>();
   rg90::fence_acc(acc);
-  rg::cp_async_wait<0>();
+  cp_async_wait_group<0>();
   __syncthreads();
 
   constexpr int PITCH = (BN + 8) * 4;

@@ -94,25 +94,17 @@ __device__ __forceinline__ int bf16_scale_exp(u32 amax_bits) {
   const int s = static_cast<int>(amax_bits >> 7) - 127 - 14;
   return s < -100 ? -100 : (s > 100 ? 100 : s);
 }
-// 2^n for n in [−126, 127] (exact).
-__device__ __forceinline__ float pow2i(int n) { return __uint_as_float(static_cast<u32>(n + 127) << 23); }
-// Per-halfword unsigned max (sm_90).
-__device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
-  u32 r;
-  asm("max.u16x2 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(b));
-  return r;
-}
-__device__ __forceinline__ u32 redux_max(u32 v) {
-  u32 r;
-  asm volatile("redux.sync.max.u32 %0, %1, 0xffffffff;" : "=r"(r) : "r"(v));
-  return r;
-}
-// fp16x2 of (lo·f, hi·f), lo in the lower half.
-__device__ __forceinline__ u32 cvt_f16x2(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
+// pow2i, max_u16x2, redux_max, cvt_f16x2, cvt_bf16x2, lds_f32: kiln/ptx.cuh's; tma_store_2d, bulk_commit,
+// bulk_wait_read: kiln/mbarrier.cuh's (under their rgt:: names here).
+using kiln::bulk_commit;
+using kiln::bulk_wait_read;
+using kiln::cvt_bf16x2;
+using kiln::cvt_f16x2;
+using kiln::lds_f32;
+using kiln::max_u16x2;
+using kiln::pow2i;
+using kiln::redux_max;
+using kiln::tma_store_2d;
 // Max of the finite |bf16| halves of a 32-bit word (bits, 15 each; NaN / ±inf count as 0).
 __device__ __forceinline__ u32 bf16x2_finite_abs_max(u32 w) {
   const u32 lo = w & 0x7fffu, hi = (w >> 16) & 0x7fffu;
@@ -131,26 +123,6 @@ __device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u3
   asm volatile("stmatrix.sync.aligned.m8n8.x4.shared.b16 [%0], {%1, %2, %3, %4};" ::"r"(addr), "r"(r0), "r"(r1),
                "r"(r2), "r"(r3)
                : "memory");
-}
-// 2-D tile copy shared → global (rows / columns outside the tensor are not written), as a bulk async-group.
-__device__ __forceinline__ void tma_store_2d(const void* tmap, u32 src, int c0, int c1) {
-  asm volatile("cp.async.bulk.tensor.2d.global.shared::cta.bulk_group [%0, {%2, %3}], [%1];" ::"l"(
-                   reinterpret_cast<u64>(tmap)),
-               "r"(src), "r"(c0), "r"(c1)
-               : "memory");
-}
-__device__ __forceinline__ void bulk_commit() { asm volatile("cp.async.bulk.commit_group;" ::: "memory"); }
-// Until the committed bulk stores have finished reading shared memory.
-__device__ __forceinline__ void bulk_wait_read() { asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory"); }
-__device__ __forceinline__ u32 cvt_bf16x2(float lo, float hi) {
-  u32 r;
-  asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
-  return r;
-}
-__device__ __forceinline__ float lds_f32(u32 addr) {
-  float v;
-  asm volatile("ld.shared.f32 %0, [%1];" : "=f"(v) : "r"(addr));
-  return v;
 }
 // Rows [r0, r1) of the dw tile: the sum of the S (2–4) staged partial tiles of this cluster, added in cluster-rank
 // order (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.

@@ -11,6 +11,7 @@
 // Epilogue: accumulators → shared memory → 16-byte coalesced stores, rows past T masked.
 // Generated wrappers (wgmma_n*) are written out in full: PTX needs every accumulator register named.
 #pragma once
+#include "kiln/mbarrier.cuh"
 #include "kiln/router_gemm.cuh"
 
 namespace kiln {
@@ -31,7 +32,8 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-__device__ __forceinline__ void fence_async_shared() { asm volatile("fence.proxy.async.shared::cta;" ::: "memory"); }
+// kiln/mbarrier.cuh's fence_proxy_async, under the name router_gemm_bwd_tma.cuh's kernels call.
+__device__ __forceinline__ void fence_async_shared() { fence_proxy_async(); }
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous MMAs.
 template <int R>
 __device__ __forceinline__ void fence_regs(float (&d)[R]) {
@@ -218,11 +220,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
 #pragma unroll
   for (int s = 0; s < STAGES - 1; ++s) {
     if (s < CHUNKS) load(s, s);
-    rg::cp_async_commit();
+    cp_async_commit();
   }
   for (int kc = 0; kc < CHUNKS; ++kc) {
-    rg::cp_async_wait<STAGES - 2>();
-    if (!(a.flags & kRgSkipCopyFence)) rg90::fence_async_shared();
+    cp_async_wait_group<STAGES - 2>();
+    if (!(a.flags & kRgSkipCopyFence)) fence_proxy_async();
     __syncthreads();  // chunk kc is in shared memory, visible to the async proxy
     const u32 sa = base + (kc % STAGES) * STAGE + wg * 64 * 128;
     const u32 sb = base + (kc % STAGES) * STAGE + A_BYTES;
@@ -237,11 +239,11 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
     __syncthreads();
     const int next = kc + STAGES - 1;
     if (next < CHUNKS) load(next % STAGES, next);
-    rg::cp_async_commit();
+    cp_async_commit();
   }
   rg90::wgmma_wait<0>();
   Row::fence(acc);
-  rg::cp_async_wait<0>();
+  cp_async_wait_group<0>();
   __syncthreads();  // the ring is free: stage the tile through it
 
   constexpr int PITCH = (E + 8) * 4;
@@ -257,8 +259,7 @@ __global__ void __launch_bounds__(NWG * 128, 1) router_gemm_fwd_sm90_kernel(cons
     }
   } else {
     cluster_sync();  // every CTA of the cluster has staged its partial tile
-    u32 rank;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    const u32 rank = cluster_ctarank();
     constexpr int ROWS = BM / KSPLIT;
     for (int i = tid; i < ROWS * CPR; i += THREADS) {
       const int r = static_cast<int>(rank) * ROWS + i / CPR, c = i % CPR;

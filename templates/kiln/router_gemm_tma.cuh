@@ -15,81 +15,30 @@
 // last one: accumulators go straight to global memory (8-byte stores, each quad of lanes covering a 32-byte
 // sector of a row), rows past T masked.
 #pragma once
+#include "kiln/mbarrier.cuh"
+#include "kiln/ptx.cuh"
 #include "kiln/router_gemm_sm90.cuh"
 
 namespace kiln {
 namespace rgt {
 
-__device__ __forceinline__ void mbar_init(u32 bar, u32 count) {
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void fence_mbar_init() {
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-}
-__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(bytes) : "memory");
-}
-// Blocks until the phase of parity `parity` of the barrier has completed.
-__device__ __forceinline__ void mbar_wait(u32 bar, u32 parity) {
-  u32 done;
-  do {
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-        : "=r"(done)
-        : "r"(bar), "r"(parity)
-        : "memory");
-  } while (!done);
-}
-__device__ __forceinline__ void mbar_arrive_local(u32 bar) {
-  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(bar) : "memory");
-}
-// Arrives on the barrier at the same shared offset in CTA `rank` of this cluster. Default semantics (release at CTA
-// scope), as CUTLASS's ClusterBarrier: what it orders is this warpgroup's completed wgmma reads of the stage against
-// the peer's next TMA write into it. (.release.cluster is a cluster-scope fence per arrive: the run of 03:40 measured
-// clusters of 2 / 4 at 1.7× / 2.9× the time of no multicast with it.)
-__device__ __forceinline__ void mbar_arrive_cluster(u32 bar, u32 rank) {
-  asm volatile(
-      "{\n.reg .b32 remote;\nmapa.shared::cluster.u32 remote, %0, %1;\n"
-      "mbarrier.arrive.shared::cluster.b64 _, [remote];\n}\n" ::"r"(bar),
-      "r"(rank)
-      : "memory");
-}
-// 2-D tile copy global → this CTA's shared memory, completing on `bar`. c0: the inner (contiguous) coordinate.
-__device__ __forceinline__ void tma_load_2d(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%3, %4}], [%2];" ::"r"(
-          dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-}
-// The same, written to the same shared offset of every CTA in `mask` (cluster ranks), each completing on its own
-// barrier at `bar`'s offset.
-__device__ __forceinline__ void tma_load_2d_multicast(u32 dst, const void* tmap, u32 bar, int c0, int c1,
-                                                      unsigned short mask) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster"
-      " [%0], [%1, {%4, %5}], [%2], %3;" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1)
-      : "memory");
-}
+// The mbarrier, TMA and register-budget primitives are kiln/mbarrier.cuh's and kiln/ptx.cuh's. The kernels of
+// router_gemm_bwd_tma.cuh call them as rgt::…: these names keep them reachable there.
+using kiln::fence_mbar_init;
+using kiln::mbar_arrive_cluster;
+using kiln::mbar_init;
+using kiln::mbar_wait;
+using kiln::prefetch_tmap;
+using kiln::setmaxnreg_dec;
+using kiln::setmaxnreg_inc;
+using kiln::tma_load_2d;
+using kiln::tma_load_2d_multicast;
+__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) { mbar_arrive_expect_tx(bar, bytes); }
+__device__ __forceinline__ void mbar_arrive_local(u32 bar) { mbar_arrive(bar); }
+
 // Measurement timestamps: the global nanosecond timer (comparable across SMs) and the SM's cycle counter.
-__device__ __forceinline__ u64 gtimer() {
-  u64 t;
-  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-  return t;
-}
+__device__ __forceinline__ u64 gtimer() { return globaltimer_ns(); }
 __device__ __forceinline__ u64 clk() { return static_cast<u64>(clock64()); }
-__device__ __forceinline__ void prefetch_tmap(const void* tmap) {
-  asm volatile("prefetch.tensormap [%0];" ::"l"(reinterpret_cast<u64>(tmap)) : "memory");
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_inc() {
-  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;" ::"n"(N));
-}
-template <int N>
-__device__ __forceinline__ void setmaxnreg_dec() {
-  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;" ::"n"(N));
-}
 
 // The sum over the Q CTAs of this cluster (in cluster-rank order: the same bits whichever CTA adds) of `pieces`
 // 16-byte fp32 pieces at shared offsets off(i) from `base`, piece i handed to emit(i, sum); NT threads, t = 0 … NT−1.
@@ -158,6 +107,65 @@ struct StoreRow<N, N> {
   __device__ __forceinline__ static void store(const typename rg90::WgmmaRow<N, N>::Acc&, float*, i64, int, int, int) {}
 };
 
+// ---- the stage ring of the warp-specialized forward kernels ------------------------------------------------------
+// STAGES stages of STAGE bytes from `base` (the dynamic shared memory rounded up to 1 KiB: the same offset in every CTA
+// of a cluster, which multicast writes rely on), then 2·STAGES mbarriers: full[s] (the producer's arrival and the
+// stage's transaction bytes) at bars + 8s, empty[s] (one arrival per consumer warpgroup of the cluster that reads
+// stage s) at bars + 8·(STAGES + s).
+// A walker's place in the ring is (s, phase): stage s, and the parity of the fill it waits for. Its next stage:
+template <int STAGES>
+__device__ __forceinline__ void next_stage(int& s, u32& phase) {
+  if (++s == STAGES) {
+    s = 0;
+    phase ^= 1;
+  }
+}
+template <int STAGES, int STAGE>
+struct StageRing {
+  u32 base, bars;
+  __device__ __forceinline__ explicit StageRing(const char* smem) {
+    base = (smem_u32(smem) + 1023u) & ~1023u;
+    bars = base + STAGES * STAGE;
+  }
+  __device__ __forceinline__ u32 stage(int s) const { return base + s * STAGE; }
+  __device__ __forceinline__ u32 full(int s) const { return bars + 8 * s; }
+  __device__ __forceinline__ u32 empty(int s) const { return bars + 8 * (STAGES + s); }
+  // Thread 0: every barrier initialized (empty[s] expecting `readers` arrivals) and the inits fenced for the cluster;
+  // a CTA or cluster barrier must follow before any other thread uses them.
+  __device__ __forceinline__ void init(u32 readers) const {
+    for (int s = 0; s < STAGES; ++s) {
+      mbar_init(full(s), 1);
+      mbar_init(empty(s), readers);
+    }
+    fence_mbar_init();
+  }
+  // Producer: stage s is free (every reader released its previous fill). Consumer: its fill `phase` has landed.
+  __device__ __forceinline__ void wait_empty(int s, u32 phase) const { mbar_wait(empty(s), phase ^ 1); }
+  __device__ __forceinline__ void wait_full(int s, u32 phase) const { mbar_wait(full(s), phase); }
+  // A consumer warpgroup releases stage s, if `when`, in all CL CTAs of the cluster that wrote into it: its thread r
+  // (tid mod 128) arrives on the barrier at empty(s)'s offset in CTA r (CL = 1: a local arrival).
+  template <int CL>
+  __device__ __forceinline__ void release(int s, int tid, bool when = true) const {
+    if (when && (tid & 127) < CL) {
+      if constexpr (CL == 1) mbar_arrive(empty(s));
+      else mbar_arrive_cluster(empty(s), static_cast<u32>(tid & 127));
+    }
+  }
+};
+
+// A consumer warpgroup's MMAs on one landed 64-column chunk: acc += A(sa) · B(sb)ᵀ in four k16 steps, then a wait until
+// only this chunk's MMAs are in flight, so the previous chunk's stage may be released.
+template <typename Row>
+__device__ __forceinline__ void mma_chunk(typename Row::Acc& acc, u32 sa, u32 sb) {
+  Row::fence(acc);
+  rg90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
+  rg90::wgmma_commit();
+  rg90::wgmma_wait<1>();
+  Row::fence(acc);
+}
+
 }  // namespace rgt
 
 // Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
@@ -178,53 +186,42 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   using Row = rg90::WgmmaRow<EN, 0>;
 
   extern __shared__ __align__(16) char smem_raw[];
-  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
-  const u32 base = (raw + 1023u) & ~1023u;  // the same offset in every CTA (multicast writes rely on it)
-  const u32 bars = base + STAGES * STAGE;   // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
+  const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
   const int cluster = blockIdx.x / CM, clusters = gridDim.x / CM;
   const int groups = (a.tiles + CM - 1) / CM;
 
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      rgt::mbar_init(bars + 8 * s, 1);                             // the producer's arrive (+ transaction bytes)
-      rgt::mbar_init(bars + 8 * (STAGES + s), CONSUMERS * CM);     // one arrive per consumer warpgroup of the cluster
-    }
-    rgt::fence_mbar_init();
-  }
+  if (tid == 0) ring.init(CONSUMERS * CM);  // every stage is read by every consumer warpgroup of the cluster
   if constexpr (CM > 1) cluster_sync(); else __syncthreads();
 
   if (wg == 0) {  // producer
-    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_dec<40>();
+    if constexpr (CONSUMERS > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
-      rgt::prefetch_tmap(&a.tmx);
-      rgt::prefetch_tmap(&a.tmw);
+      prefetch_tmap(&a.tmx);
+      prefetch_tmap(&a.tmw);
       int s = 0;
       u32 phase = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
         const int m0 = (grp * CM + static_cast<int>(rank)) * BM;
         for (int kc = 0; kc < CHUNKS; ++kc) {
-          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);  // every consumer of the cluster released stage s
-          const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
+          ring.wait_empty(s, phase);  // every consumer of the cluster released stage s
+          const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
           // A tile entirely past T (the cluster's padding tile): only w arrives, its MMAs are never stored.
           const bool rows = m0 < a.T;
-          rgt::mbar_expect_tx(full, rows ? TX : TX - BM * 128);
-          if (rows) rgt::tma_load_2d(sa, &a.tmx, full, kc * 64, m0);
+          mbar_arrive_expect_tx(full, rows ? TX : TX - BM * 128);
+          if (rows) tma_load_2d(sa, &a.tmx, full, kc * 64, m0);
           if constexpr (CM == 1)
-            rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, 0);
+            tma_load_2d(sb, &a.tmw, full, kc * 64, 0);
           else
-            rgt::tma_load_2d_multicast(sb + rank * (E / CM) * 128, &a.tmw, full, kc * 64,
-                                       static_cast<int>(rank) * (E / CM), static_cast<unsigned short>((1 << CM) - 1));
-          if (++s == STAGES) {
-            s = 0;
-            phase ^= 1;
-          }
+            tma_load_2d_multicast(sb + rank * (E / CM) * 128, &a.tmw, full, kc * 64,
+                                  static_cast<int>(rank) * (E / CM), static_cast<unsigned short>((1 << CM) - 1));
+          rgt::next_stage<STAGES>(s, phase);
         }
       }
     }
   } else {  // consumers
-    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_inc<232>();
+    if constexpr (CONSUMERS > 1) setmaxnreg_inc<232>();
     const int c = wg - 1, wm = c / WGN, wn = c % WGN;
     const int lane = tid & 31, warp = (tid & 127) >> 5;
     int s = 0;
@@ -235,31 +232,15 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
       Row::zero(acc);
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        rgt::mbar_wait(bars + 8 * s, phase);
-        const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES + wn * EN * 128;
-        Row::fence(acc);
-        rg90::wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
-        rg90::wgmma_commit();
-        rg90::wgmma_wait<1>();  // the previous chunk's MMAs are done: release its stage
-        Row::fence(acc);
-        if (prev >= 0 && (tid & 127) < CM) {
-          if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
-          else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
-        }
+        ring.wait_full(s, phase);
+        rgt::mma_chunk<Row>(acc, ring.stage(s) + wm * 64 * 128, ring.stage(s) + A_BYTES + wn * EN * 128);
+        ring.template release<CM>(prev, tid, prev >= 0);  // the previous chunk's MMAs are done
         prev = s;
-        if (++s == STAGES) {
-          s = 0;
-          phase ^= 1;
-        }
+        rgt::next_stage<STAGES>(s, phase);
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      if ((tid & 127) < CM) {
-        if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
-        else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
-      }
+      ring.template release<CM>(prev, tid);
       if (a.flags & kRgSkipStore) continue;
       float* out = a.out + static_cast<i64>(m0 + wm * 64) * a.out_stride + wn * EN;
       rgt::StoreRow<EN, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, a.T - m0 - wm * 64);
@@ -293,45 +274,35 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
   using Row = rg90::WgmmaRow<EN, 0>;
 
   extern __shared__ __align__(16) char smem_raw[];
-  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
-  const u32 base = (raw + 1023u) & ~1023u;
-  const u32 bars = base + STAGES * STAGE;
+  const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
+  const u32 base = ring.base;
   const int tid = threadIdx.x, wg = tid / 128;
   const int m0 = blockIdx.x * BM, split = blockIdx.y;
   const int c0 = split * PER, chunks = ALL - c0 < PER ? ALL - c0 : PER;
 
-  if (tid == 0) {
-    for (int s = 0; s < STAGES; ++s) {
-      rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), CONSUMERS);
-    }
-    rgt::fence_mbar_init();
-  }
+  if (tid == 0) ring.init(CONSUMERS);
   __syncthreads();
 
   if (wg == 0) {  // producer
-    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_dec<40>();
+    if constexpr (CONSUMERS > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
-      rgt::prefetch_tmap(&a.tmx);
-      rgt::prefetch_tmap(&a.tmw);
+      prefetch_tmap(&a.tmx);
+      prefetch_tmap(&a.tmw);
       int s = 0;
       u32 phase = 0;
       for (int kc = 0; kc < chunks; ++kc) {
-        rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
-        const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
-        rgt::mbar_expect_tx(full, BM * 128 + E * 128);
-        rgt::tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
-        rgt::tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
-        if (++s == STAGES) {
-          s = 0;
-          phase ^= 1;
-        }
+        ring.wait_empty(s, phase);
+        const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
+        mbar_arrive_expect_tx(full, BM * 128 + E * 128);
+        tma_load_2d(sa, &a.tmx, full, (c0 + kc) * 64, m0);
+        tma_load_2d(sb, &a.tmw, full, (c0 + kc) * 64, 0);
+        rgt::next_stage<STAGES>(s, phase);
       }
     }
     cluster_sync();  // the producer warpgroup only joins the cluster barriers
     cluster_sync();
   } else {  // consumers
-    if constexpr (CONSUMERS > 1) rgt::setmaxnreg_inc<232>();
+    if constexpr (CONSUMERS > 1) setmaxnreg_inc<232>();
     const int c = wg - 1, wm = c / WGN, wn = c % WGN;
     const int lane = tid & 31, warp = (tid & 127) >> 5;
     typename Row::Acc acc;
@@ -339,26 +310,15 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
     int s = 0, prev = -1;
     u32 phase = 0;
     for (int kc = 0; kc < chunks; ++kc) {
-      rgt::mbar_wait(bars + 8 * s, phase);
-      const u32 sa = base + s * STAGE + wm * 64 * 128, sb = base + s * STAGE + A_BYTES + wn * EN * 128;
-      Row::fence(acc);
-      rg90::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
-      rg90::wgmma_commit();
-      rg90::wgmma_wait<1>();
-      Row::fence(acc);
-      if (prev >= 0 && (tid & 127) == 0) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
+      ring.wait_full(s, phase);
+      rgt::mma_chunk<Row>(acc, ring.stage(s) + wm * 64 * 128, ring.stage(s) + A_BYTES + wn * EN * 128);
+      ring.template release<1>(prev, tid, prev >= 0);
       prev = s;
-      if (++s == STAGES) {
-        s = 0;
-        phase ^= 1;
-      }
+      rgt::next_stage<STAGES>(s, phase);
     }
     rg90::wgmma_wait<0>();
     Row::fence(acc);
-    u32 rank;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
+    const u32 rank = cluster_ctarank();
     // Every consumer's MMAs are done and every loaded stage consumed: the ring becomes the staging tile.
     asm volatile("bar.sync 1, %0;" ::"n"(CONSUMERS * 128) : "memory");
     Row::stage(acc, base + wn * EN * 4, wm * 64 + warp * 16 + (lane >> 2), lane, PITCH);
@@ -424,9 +384,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
-  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
-  const u32 base = (raw + 1023u) & ~1023u;  // the same offset in both CTAs (multicast writes rely on it)
-  const u32 bars = base + STAGES * STAGE;   // full[s] at bars + 8s, empty[s] at bars + 8·(STAGES + s)
+  const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
+  const u32 base = ring.base;
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = blockIdx.x % CL;
   const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
@@ -435,19 +394,17 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int rows = a.tile_rows;
 
   if (tid == 0) {
-    rgt::prefetch_tmap(&a.tmx);  // the descriptors load while the barriers are set up
-    rgt::prefetch_tmap(&a.tmw);
-    for (int s = 0; s < STAGES; ++s) {
-      rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), READERS);  // every consumer warpgroup of both CTAs that reads it
-    }
-    rgt::fence_mbar_init();  // releases the inits to the cluster: the barrier below needs no release of its own
+    prefetch_tmap(&a.tmx);  // the descriptors load while the barriers are set up
+    prefetch_tmap(&a.tmw);
+    // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
+    // cluster: the barrier below needs no release of its own.
+    ring.init(READERS);
   }
   cluster_arrive_relaxed();
   cluster_wait();
 
   if (wg == 0) {  // producer
-    if constexpr (WGM > 1) rgt::setmaxnreg_dec<40>();
+    if constexpr (WGM > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
       const bool rotate = a.flags & kRgRotateK, load_w = !(a.flags & kRgSkipW);
       int s = 0;
@@ -462,26 +419,26 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         const int rot = rotate ? t % CHUNKS : 0;
         for (int j = 0; j < CHUNKS; ++j) {
           if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
-            rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+            ring.wait_empty(s, phase);
 #pragma unroll
             for (int i = 1; i < ISSUE; ++i)
               if (j + i < CHUNKS) {
                 const bool wrap = s + i >= STAGES;
-                rgt::mbar_wait(bars + 8 * (STAGES + (wrap ? s + i - STAGES : s + i)), (wrap ? phase ^ 1 : phase) ^ 1);
+                mbar_wait(ring.empty(wrap ? s + i - STAGES : s + i), (wrap ? phase ^ 1 : phase) ^ 1);
               }
           }
           const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
-          const u32 full = bars + 8 * s, sa = base + s * STAGE, sb = sa + A_BYTES;
-          rgt::mbar_expect_tx(full, tx);
+          const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
+          mbar_arrive_expect_tx(full, tx);
           if (mine)
-            rgt::tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                                       static_cast<unsigned short>(XMASK << (2 * ti)));
+            tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                                  static_cast<unsigned short>(XMASK << (2 * ti)));
           if (load_w) {
             if constexpr (CL == 2)
-              rgt::tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+              tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
             else
-              rgt::tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                         static_cast<unsigned short>(WMASK << ej));
+              tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                                    static_cast<unsigned short>(WMASK << ej));
           }
           if (trace && j == 0 && t == cluster) {
             trace[kRgTraceProducerFirst] = rgt::clk();
@@ -491,7 +448,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
             asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
             trace[kRgTraceSm] = sm;
           }
-          if (++s == STAGES) {
+          if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
             phase ^= 1;
           }
@@ -500,7 +457,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       if (trace) trace[kRgTraceProducerLast] = rgt::clk();
     }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
-    if constexpr (WGM > 1) rgt::setmaxnreg_inc<232>();
+    if constexpr (WGM > 1) setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     const bool lead = trace && (tid & 127) == 0;
     u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
@@ -523,22 +480,16 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       Row::zero(acc);
       int prev = -1;
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        rgt::mbar_wait(bars + 8 * s, phase);
+        ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
-        const u32 sa = base + s * STAGE + (PP ? 0 : wm * 64 * 128), sb = base + s * STAGE + A_BYTES;
-        Row::fence(acc);
-        rg90::wgmma_fence();
-#pragma unroll
-        for (int ks = 0; ks < 4; ++ks) Row::mma(acc, rg90::desc_sw128(sa + ks * 32), sb + ks * 32);
-        rg90::wgmma_commit();
-        rg90::wgmma_wait<1>();  // the previous chunk's MMAs are done: release its stage in both CTAs
-        Row::fence(acc);
-        if (prev >= 0 && (tid & 127) < CL) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+        rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
+        // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
+        ring.template release<CL>(prev, tid, prev >= 0);
         prev = s;
         if (++s == STAGES) {
           s = 0;
@@ -547,7 +498,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      if ((tid & 127) < CL) rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+      ring.template release<CL>(prev, tid);
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if ((a.flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
@@ -570,11 +521,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         for (int i = tid & 127; i < 64 * CPR; i += 128) {
           const int r = i / CPR, c = i - r * CPR;
           if (r < valid) {
-            Vec16 v;
-            asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-                         : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
-                         : "r"(tile + r * PITCH + c * 16));
-            store16(out + static_cast<i64>(r) * a.out_stride + c * 4, v);
+            store16(out + static_cast<i64>(r) * a.out_stride + c * 4, lds16(tile + r * PITCH + c * 16));
           }
         }
       } else {

@@ -7,6 +7,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/dw_reduce.cuh"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 
@@ -95,10 +96,8 @@ __device__ __forceinline__ void raw_set2(Raw<BYTES>& r, int i, float lo, float h
   if constexpr (sizeof(T) == 4) {
     r.w[i] = __float_as_uint(lo);
     r.w[i + 1] = __float_as_uint(hi);
-  } else if constexpr (IsSame<T, bf16>::value) {
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r.w[i >> 1]) : "f"(hi), "f"(lo));
   } else {
-    asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(r.w[i >> 1]) : "f"(hi), "f"(lo));
+    r.w[i >> 1] = pack2<T>(lo, hi);
   }
 }
 
@@ -210,21 +209,19 @@ __device__ __forceinline__ void smem_fma(float* p, const float (&v)[E], float sc
 }
 
 // ---- staging rows in shared memory (cp.async, sm_80+) ----------------------------------------------------------
+// (common.cuh's cp_async_wait_group / cp_async_commit and ptx.cuh's lds16, under the names these families call.)
 template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
+__device__ __forceinline__ void cp_async_wait() { cp_async_wait_group<N>(); }
 
 // 16 bytes from shared memory. volatile: the second pass re-reads the row instead of the compiler keeping the first
 // pass's values alive in registers (which is what staging avoids).
 __device__ __forceinline__ Raw<16> lds16(const void* p) {
-  Raw<16> r;
-  const u32 a = static_cast<u32>(__cvta_generic_to_shared(p));
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];" : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3]) : "r"(a));
-  return r;
+  const Vec16 v = lds16(smem_u32(p));
+  return Raw<16>{{v.w[0], v.w[1], v.w[2], v.w[3]}};
 }
 
-// Closes the group of cp.async copies issued so far (named apart from common.cuh's cp_async_commit, which some
-// trees have and some do not).
-__device__ __forceinline__ void stage_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
+// Closes the group of cp.async copies issued so far.
+__device__ __forceinline__ void stage_commit() { cp_async_commit(); }
 
 // The largest power of two dividing n, capped at `cap` (a power of two).
 __host__ __device__ constexpr int pow2_divisor(int n, int cap) {

@@ -10,6 +10,8 @@
 //     mbarrier); before sm_90 every lane issues 16-byte cp.async copies and the warp waits on its commit groups.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/mbarrier.cuh"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 
@@ -48,34 +50,19 @@ struct RowWalker {
   }
 };
 
-__device__ __forceinline__ u32 pipe_smem_u32(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-
-// ---- mbarriers and TMA bulk copies (sm_90) ---------------------------------------------------------------------
-__device__ __forceinline__ void pipe_mbar_init(u64* bar, u32 count) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(pipe_smem_u32(bar)), "r"(count) : "memory");
-#endif
-}
+// ---- mbarriers and TMA bulk copies (sm_90): kiln/mbarrier.cuh's, under the names the row kernels call ----------
+__device__ __forceinline__ u32 pipe_smem_u32(const void* p) { return smem_u32(p); }
+__device__ __forceinline__ void pipe_mbar_init(u64* bar, u32 count) { mbar_init(bar, count); }
 // Makes initialized mbarriers visible to the async proxy (the bulk copies complete on them).
 __device__ __forceinline__ void pipe_mbar_init_fence() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
+  fence_mbar_init();
+  fence_proxy_async();
 }
 // Orders this thread's earlier generic-proxy shared-memory accesses (and, after a __syncwarp, its warp's) before its
 // later async-proxy ones: a slot the warp has just read may then be refilled by a bulk copy.
-__device__ __forceinline__ void pipe_fence_async() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
+__device__ __forceinline__ void pipe_fence_async() { fence_proxy_async(); }
 // One arrival on `bar` that also expects `bytes` of transactions (the copies that follow complete them).
-__device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(pipe_smem_u32(bar)), "r"(bytes) : "memory");
-#endif
-}
+__device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) { mbar_arrive_expect_tx(bar, bytes); }
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) global → shared, completing on `bar`. The source is
 // read once: evict it from L2 first.
 __device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
@@ -87,27 +74,10 @@ __device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 b
       : "memory");
 #endif
 }
-__device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) {
-#if __CUDA_ARCH__ >= 900
-  u32 done;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(pipe_smem_u32(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-#endif
-}
+__device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) { mbar_wait(bar, parity); }
 
 // 16 bytes from shared memory (volatile: a second pass re-reads instead of keeping the first pass's registers).
-__device__ __forceinline__ Vec16 pipe_lds16(const void* p) {
-  Vec16 r;
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])
-               : "r"(pipe_smem_u32(p)));
-  return r;
-}
+__device__ __forceinline__ Vec16 pipe_lds16(const void* p) { return lds16(smem_u32(p)); }
 
 // A warp's ring of DEPTH slots of SLOT bytes each (16-byte aligned), holding NT tensors' pieces of PIECE bytes
 // each at offsets 0, PIECE, 2·PIECE, …. BULK: TMA bulk copies on per-slot mbarriers (sm_90), else cp.async groups.

@@ -24,7 +24,9 @@
 // Every reduction has a fixed order for a given configuration (warp butterflies, warps in order, ranks in order).
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/mbarrier.cuh"
 #include "kiln/pdl.cuh"
+#include "kiln/ptx.cuh"
 #include "kiln/softmax_cross_entropy_args.h"
 
 namespace kiln {
@@ -38,11 +40,7 @@ __device__ __forceinline__ float ninf() { return __int_as_float(0xff800000); }
 __device__ __forceinline__ float qnan() { return __int_as_float(0x7fffffff); }
 
 // exp(x) as 2^(x·log2 e) (MUFU ex2, ~2 ulp); exp(−inf) = 0, exp(NaN) = NaN.
-__device__ __forceinline__ float exp_approx(float x) {
-  float y;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x * kLog2e));
-  return y;
-}
+__device__ __forceinline__ float exp_approx(float x) { return ex2_ftz(x * kLog2e); }
 
 // Running statistics of a set of logits: max m, s = Σ exp(z − m), and for label smoothing zs = Σ (z − m) over the c
 // elements seen (kept relative to the running max, so rows of large-magnitude logits lose nothing to cancellation).
@@ -129,23 +127,11 @@ struct alignas(16) Slot {
   float t, pad[3];
 };
 
-__device__ __forceinline__ u32 smem_addr(const void* p) { return static_cast<u32>(__cvta_generic_to_shared(p)); }
-
-__device__ __forceinline__ u32 cluster_rank() {
-#if __CUDA_ARCH__ >= 900
-  u32 r;
-  asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(r));
-  return r;
-#else
-  return 0;
-#endif
-}
-
 // Writes `v` into `slot` (a shared-memory address of this CTA) in the shared memory of CTA `rank` of the cluster.
 __device__ __forceinline__ void cluster_store_slot(Slot* slot, u32 rank, const Slot& v) {
 #if __CUDA_ARCH__ >= 900
   u32 remote;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_addr(slot)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(smem_u32(slot)), "r"(rank));
   asm volatile("st.shared::cluster.v4.f32 [%0], {%1, %2, %3, %4};" ::"r"(remote), "f"(v.st.m), "f"(v.st.s),
                "f"(v.st.zs), "f"(v.st.c)
                : "memory");
@@ -219,9 +205,6 @@ __device__ __forceinline__ long long load_label(const void* labels, long long ro
   return static_cast<long long>(static_cast<const L*>(labels)[row]);
 }
 
-template <typename T> struct IsBf16 { static constexpr bool value = false; };
-template <> struct IsBf16<bf16> { static constexpr bool value = true; };
-
 // Packs 16/sizeof(T) floats into a 16-byte vector of T, rounding to nearest even (two elements per cvt for 16-bit T).
 template <typename T>
 __device__ __forceinline__ Vec16 pack(const float (&d)[VecTraits<T>::kElems]) {
@@ -231,72 +214,9 @@ __device__ __forceinline__ Vec16 pack(const float (&d)[VecTraits<T>::kElems]) {
     for (int i = 0; i < 4; ++i) v.w[i] = __float_as_uint(d[i]);
   } else {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      // The first source goes to the upper half: element 2i+1.
-      if constexpr (IsBf16<T>::value)
-        asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(v.w[i]) : "f"(d[2 * i + 1]), "f"(d[2 * i]));
-      else
-        asm("cvt.rn.f16x2.f32 %0, %1, %2;" : "=r"(v.w[i]) : "f"(d[2 * i + 1]), "f"(d[2 * i]));
-    }
+    for (int i = 0; i < 4; ++i) v.w[i] = pack2<T>(d[2 * i], d[2 * i + 1]);
   }
   return v;
-}
-
-// ---- TMA bulk copies and mbarriers (sm_90) ------------------------------------------------------------------------
-__device__ __forceinline__ void mbar_init(u64* bar) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(smem_addr(bar)) : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_init_fence() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// Arms `bar` for `bytes` and copies them global → shared (16-byte aligned, a multiple of 16).
-__device__ __forceinline__ void bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_addr(bar)), "r"(bytes) : "memory");
-  asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                   smem_addr(dst)),
-               "l"(src), "r"(bytes), "r"(smem_addr(bar))
-               : "memory");
-#endif
-}
-__device__ __forceinline__ void mbar_wait(u64* bar, u32 parity) {
-#if __CUDA_ARCH__ >= 900
-  u32 done;
-  do {
-    asm volatile(
-        "{\n .reg .pred p;\n mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\n selp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done)
-        : "r"(smem_addr(bar)), "r"(parity)
-        : "memory");
-  } while (!done);
-#endif
-}
-
-// Bulk copy shared → global (16-byte aligned, a multiple of 16) in this thread's bulk group, committed.
-__device__ __forceinline__ void bulk_store(void* dst, const void* src, u32 bytes) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst), "r"(smem_addr(src)),
-               "r"(bytes)
-               : "memory");
-  asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-#endif
-}
-// Makes this thread's shared-memory writes visible to the bulk copies (the async proxy); a barrier follows.
-__device__ __forceinline__ void bulk_store_fence() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-#endif
-}
-// Waits until this thread's bulk stores have read their shared-memory sources.
-__device__ __forceinline__ void bulk_store_wait_read() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-#endif
 }
 
 }  // namespace ce
@@ -312,7 +232,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fwd_kernel(cons
   __shared__ Stat red[THREADS / 32];
   __shared__ Slot slots[CL];
   if constexpr (CL > 1) cluster_arrive_relaxed();
-  const u32 rank = CL > 1 ? cluster_rank() : 0;
+  const u32 rank = CL > 1 ? cluster_ctarank() : 0;
   const long long row = blockIdx.x / CL;
   const long long label = load_label<L>(a.labels, row);
   const bool ignored = label == a.ignore_index;
@@ -387,7 +307,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   __shared__ Stat red[THREADS / 32];
   __shared__ Slot slots[CL];
   if constexpr (CL > 1) cluster_arrive_relaxed();
-  const u32 rank = CL > 1 ? cluster_rank() : 0;
+  const u32 rank = CL > 1 ? cluster_ctarank() : 0;
   const long long row = blockIdx.x / CL;
   const T* rowp = static_cast<const T*>(a.logits) + row * a.stride;
   T* growp = static_cast<T*>(a.grad) + row * a.grad_stride;  // same 16-byte phase as rowp (checked by the host)
@@ -399,14 +319,19 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
 
   if (count > 0 && threadIdx.x == 0) {
 #pragma unroll
-    for (int p = 0; p < PIECES; ++p) mbar_init(&bars[p]);
-    mbar_init_fence();
+    for (int p = 0; p < PIECES; ++p) mbar_init(&bars[p], 1);
+    fence_mbar_init();
+    fence_proxy_async();
 #pragma unroll
     for (int p = 0; p < PIECES; ++p) {
       const int n = min(PIECE, count - p * PIECE);
-      if (n > 0)
-        bulk_load(buf + p * PIECE, body + static_cast<long long>(c0 + p * PIECE) * E, static_cast<u32>(n) * 16,
-                  &bars[p]);
+      if (n > 0) {
+        void* const dst = buf + p * PIECE;
+        const void* const src = body + static_cast<long long>(c0 + p * PIECE) * E;
+        const u32 bytes = static_cast<u32>(n) * 16;
+        mbar_arrive_expect_tx(&bars[p], bytes);
+        bulk_load(dst, src, bytes, &bars[p]);
+      }
     }
   }
   const long long label = load_label<L>(a.labels, row);
@@ -486,10 +411,12 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
         const int base = p * PIECE, n = min(PIECE, count - base);
         if (n <= 0) break;
         for (int i = base + static_cast<int>(threadIdx.x); i < base + n; i += THREADS) buf[i] = grad_chunk(i);
-        bulk_store_fence();
+        fence_proxy_async();
         __syncthreads();
-        if (threadIdx.x == 0)
+        if (threadIdx.x == 0) {
           bulk_store(gbody + static_cast<long long>(c0 + base) * E, buf + base, static_cast<u32>(n) * 16);
+          bulk_commit();
+        }
       }
     }
     if (head_thread || tail_thread) {
@@ -506,7 +433,7 @@ __global__ void __launch_bounds__(THREADS) softmax_cross_entropy_fused_kernel(co
   }
   pdl_launch_dependents();
   if constexpr (STORE == 1) {
-    if (threadIdx.x == 0) bulk_store_wait_read();  // the shared memory stays valid until the copies have read it
+    if (threadIdx.x == 0) bulk_wait_read();  // the shared memory stays valid until the copies have read it
   }
   if (rank != 0 || threadIdx.x != 0) return;
   if (bad && a.bad_row) atomicMin(a.bad_row, static_cast<int>(row));
