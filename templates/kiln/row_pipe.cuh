@@ -15,13 +15,21 @@ namespace kiln {
 
 // The rows of this CTA (blockIdx.x of gridDim.x) that its group `group` of `groups` takes: the CTA's rows are
 // c, c + G, c + 2G, …; the group takes every groups-th of them, starting with its own index: row(k), k < n.
+// The divisions are 32-bit where the values fit (always for M < 2³¹): a 64-bit division is a ~70-instruction
+// subroutine, and these run before a warp's first copy is issued.
 struct CtaRows {
   i64 c, G;
   int group, groups, n;
   __device__ __forceinline__ CtaRows(i64 M, int g, int ng)
       : c(blockIdx.x), G(gridDim.x), group(g), groups(ng), n(0) {
-    const i64 mine = c < M ? (M - 1 - c) / G + 1 : 0;
-    n = g < mine ? static_cast<int>((mine - 1 - g) / ng + 1) : 0;
+    if (M <= 0x7fffffff) {
+      const u32 m32 = static_cast<u32>(M), c32 = blockIdx.x;
+      const u32 mine = c32 < m32 ? (m32 - 1 - c32) / gridDim.x + 1 : 0;
+      n = static_cast<u32>(g) < mine ? static_cast<int>((mine - 1 - static_cast<u32>(g)) / static_cast<u32>(ng) + 1) : 0;
+    } else {
+      const i64 mine = c < M ? (M - 1 - c) / G + 1 : 0;
+      n = g < mine ? static_cast<int>((mine - 1 - g) / ng + 1) : 0;
+    }
   }
   __device__ __forceinline__ i64 row(int k) const { return c + (group + static_cast<i64>(k) * groups) * G; }
 };
@@ -33,10 +41,19 @@ struct RowWalker {
   int q, m, dq, dm, D;
   __device__ __forceinline__ RowWalker(const CtaRows& r, int k0, int D_) : D(D_) {
     const i64 t = r.row(k0), step = static_cast<i64>(r.groups) * r.G;
-    q = static_cast<int>(t / D_);
-    m = static_cast<int>(t - static_cast<i64>(q) * D_);
-    dq = static_cast<int>(step / D_);
-    dm = static_cast<int>(step - static_cast<i64>(dq) * D_);
+    if (t <= 0xffffffffll && step <= 0xffffffffll) {  // 32-bit divisions (see CtaRows)
+      const u32 t32 = static_cast<u32>(t), s32 = static_cast<u32>(step), d32 = static_cast<u32>(D_);
+      const u32 q32 = t32 / d32, dq32 = s32 / d32;
+      q = static_cast<int>(q32);
+      m = static_cast<int>(t32 - q32 * d32);
+      dq = static_cast<int>(dq32);
+      dm = static_cast<int>(s32 - dq32 * d32);
+    } else {
+      q = static_cast<int>(t / D_);
+      m = static_cast<int>(t - static_cast<i64>(q) * D_);
+      dq = static_cast<int>(step / D_);
+      dm = static_cast<int>(step - static_cast<i64>(dq) * D_);
+    }
   }
   __device__ __forceinline__ void next() {
     m += dm;
