@@ -22,7 +22,7 @@ std::atomic<unsigned long long*> group_rms_norm_gate_trace{nullptr};
 // ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows, int warps,
-                                           int seg, bool workspace, int reduce);
+                                           int seg, bool workspace, int reduce, int hints);
 }  // namespace detail
 
 namespace {
@@ -30,7 +30,7 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
-enum { C_WARPS, C_SEG, C_ROWS, C_REDUCE };
+enum { C_WARPS, C_SEG, C_ROWS, C_REDUCE, C_HINTS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
 // shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
 // streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
@@ -40,6 +40,9 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
+// C_HINTS (bwd, staged kernel only; measured variants, 0 the default): bits 0–1 the L2 policy of the dx/dgate stores
+// (0 plain, 1 streaming .cs, 2 evict-first cache policy), bit 2 the TMA input copies without their evict-first policy.
+constexpr int kHintValues[] = {0, 1, 2, 4};
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -66,9 +69,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       break;
     case kBwd:
       if (s.config[C_ROWS] == kRowsStaged)
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
                            p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
-                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, s.config[C_HINTS], type_name(p[P_DTYPE]),
+                           type_name(p[P_W_DTYPE]));
       else
         name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
@@ -151,7 +155,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"group_rms_norm_gate",
                    {"fwd", "bwd", "dw_reduce"},
                    {"dim", "G", "shared_w", "dtype", "w_dtype"},
-                   {"warps", "seg_groups", "rows", "reduce"},
+                   {"warps", "seg_groups", "rows", "reduce", "hints"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -228,13 +232,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         for (int reduce : {0, 1}) {
           if (reduce && (base.kernel != kBwd || !fused_reduce_ok(w, rows))) continue;
-          s.config[C_WARPS] = w;
-          s.config[C_SEG] = static_cast<int>(seg);
-          s.config[C_ROWS] = rows;
-          s.config[C_REDUCE] = reduce;
-          if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
-          if (smem_bytes(s) > 227 * 1024) continue;
-          out.push_back(s);
+          for (int hints : kHintValues) {
+            if (hints && (base.kernel != kBwd || rows != kRowsStaged)) continue;
+            if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
+            s.config[C_WARPS] = w;
+            s.config[C_SEG] = static_cast<int>(seg);
+            s.config[C_ROWS] = rows;
+            s.config[C_REDUCE] = reduce;
+            s.config[C_HINTS] = hints;
+            if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
+            if (smem_bytes(s) > 227 * 1024) continue;
+            out.push_back(s);
+          }
         }
       }
     }
@@ -256,7 +265,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
                                       static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
-                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false, -1);
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false, -1, 0);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
@@ -438,14 +447,14 @@ int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int
 }
 
 namespace detail {
-// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups, reduce; the bench's
-// measurement hook until the tuner picks configs per shape). rows < 0: the tuned/heuristic config; reduce < 0 with
-// rows ≥ 0: the heuristic's choice for those warps.
+// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups, reduce, hints; the
+// bench's measurement hook). rows < 0: the tuned/heuristic config; reduce < 0 with rows ≥ 0: the heuristic's choice
+// for those warps.
 void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                                     const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
-                                    int reduce);
+                                    int reduce, int hints);
 }  // namespace detail
 
 void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
@@ -453,14 +462,14 @@ void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& 
                              const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                              const TensorRef& workspace, Stream stream) {
   detail::group_rms_norm_gate_bwd_config(rt, dy, x, gate, weight, dx, dgate, dweight, opts, workspace, stream, -1, 0,
-                                         0, -1);
+                                         0, -1, 0);
 }
 
 void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x,
                                             const TensorRef& gate, const TensorRef& weight, const TensorRef& dx,
                                             const TensorRef& dgate, const TensorRef& dweight,
                                             const GroupRmsNormGateOptions& opts, const TensorRef& workspace,
-                                            Stream stream, int rows, int warps, int seg, int reduce) {
+                                            Stream stream, int rows, int warps, int seg, int reduce, int hints) {
   const Check ck{"group_rms_norm_gate_bwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
@@ -485,6 +494,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
       s.config[C_WARPS] = warps;
       s.config[C_SEG] = seg;
       s.config[C_REDUCE] = reduce >= 0 ? reduce : (fused_reduce_ok(warps, rows) ? 1 : 0);
+      s.config[C_HINTS] = hints;
       if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     X = bwd_grid_x(rt, s, g.M);

@@ -18,7 +18,7 @@ void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const Tens
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                                     const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
-                                    int reduce);
+                                    int reduce, int hints);
 void group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                                     const TensorRef& out, const GroupRmsNormGateOptions& opts, Stream stream,
                                     int warps, int seg, int rows);
@@ -72,7 +72,8 @@ uint32_t fresh_seed() {
 // may need a larger grid than the default's workspace holds).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows = -1,
-                                           int warps = 0, int seg = 0, bool workspace = true, int reduce = -1) {
+                                           int warps = 0, int seg = 0, bool workspace = true, int reduce = -1,
+                                           int hints = 0) {
   auto b = std::make_shared<Buffers>();
   const int64_t M = B * S, wn = shared_weight ? dim / groups : dim;
   const size_t es = dtype_size(dtype);
@@ -104,7 +105,7 @@ BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B
       workspace ? TensorRef::contiguous(b->alloc(ws_elems * 4), DType::f32, {ws_elems}) : TensorRef{};
   inst.bytes = 5 * M * dim * es + wn * es + wn * 4;
   inst.run = [=](Stream s) {
-    group_rms_norm_gate_bwd_config(*r, dy, x, gate, w, dx, dgate, dw, opts, ws, s, rows, warps, seg, reduce);
+    group_rms_norm_gate_bwd_config(*r, dy, x, gate, w, dx, dgate, dw, opts, ws, s, rows, warps, seg, reduce, hints);
   };
   inst.outputs = {dx, dgate, dw};
   return inst;
@@ -140,6 +141,17 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      [rows, warps, seg, reduce](Runtime& rt) {
                        return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, rows,
                                                            warps, seg, true, reduce);
+                     }});
+  }
+  // The staged default's L2 policies (hints: 1 dx/dgate stored streaming .cs, 2 stored with an evict-first policy,
+  // 4 inputs copied without the evict-first policy).
+  for (int hints : {1, 2, 4}) {
+    cases.push_back({"group_rms_norm_gate_bwd",
+                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=8 seg=1 reduce=1 hints={}",
+                                 hints),
+                     [hints](Runtime& rt) {
+                       return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2, 8,
+                                                           1, true, 1, hints);
                      }});
   }
 });

@@ -301,8 +301,10 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // Src gives a lane's chunk st of x, gate, dy (x/g/y(st, pass2)): registers, shared memory or global memory. Wgt fills
 // the chunk's weights (wgt(st, chunk, w)). KSIG: y·σ and 1 − σ of pass 1 are kept for pass 2 (no second exp and
 // reciprocal, gate and dy not read again). DWREG: dw accumulates in dwr[st][e], else into the warp's shared-memory
-// slice dws (SEG·d floats).
-template <int DIM, int G, int SEG, bool KSIG, bool DWREG, typename T, typename Src, typename Wgt, int DS, int DE>
+// slice dws (SEG·d floats). STH: the L2 policy of the dx and dgate stores (st_raw_hint: 0 plain, 1 streaming .cs,
+// 2 evict-first).
+template <int DIM, int G, int SEG, bool KSIG, bool DWREG, int STH, typename T, typename Src, typename Wgt, int DS,
+          int DE>
 __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, float eps, int lane, T* dxr, T* dgr,
                                               float (&dwr)[DS][DE], float* dws) {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -378,8 +380,8 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
       Raw<B> o1, o2;
       raw_fill<T>(o1, dxo);
       raw_fill<T>(o2, dgo);
-      st_raw(dxr + c * E, o1);
-      st_raw(dgr + c * E, o2);
+      st_raw_hint<STH>(dxr + c * E, o1);
+      st_raw_hint<STH>(dgr + c * E, o2);
       if constexpr (!DWREG) smem_add<E>(dws + c * E, acc);
     }
   }
@@ -492,10 +494,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
           rows.yv[st] = ld_raw<B, true>(yr + st * 32 * E);
         }
       }
-      gate_bwd_item<DIM, G, SEG, KSIG, DWREG, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
+      gate_bwd_item<DIM, G, SEG, KSIG, DWREG, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
     } else {
       const GateGlobalRows<B, E, T> rows{xr, gr, yr};
-      gate_bwd_item<DIM, G, SEG, false, DWREG, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
+      gate_bwd_item<DIM, G, SEG, false, DWREG, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
     }
   }
 
@@ -522,7 +524,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // items per warp are in flight while it computes one. y·σ and 1 − σ of the first pass, and the lane's weights, stay in
 // registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
 // lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
-// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
+// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8). HINTS (measured variants; 0 the default): bits 0–1 the L2 policy of
+// the dx/dgate stores (st_raw_hint), bit 2 the input copies without the evict-first policy.
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -531,7 +534,8 @@ struct GateStaged {
   static constexpr int SLOT = 3 * PIECE;
 };
 
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, typename T, typename W>
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, int HINTS, typename T,
+          typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 16 warps per SM: ≤ 128 registers
     group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
   if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
@@ -553,7 +557,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kGateTraceSlots : nullptr;
   u64 t0_ns = 0, t0_clk = 0;
   if (trace) t0_ns = gate_gtimer(), t0_clk = clock64();
-  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
+  constexpr int STH = HINTS & 3;
+  WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) == 0> ring{smem_raw + warp * DEPTH * SLOT,
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
@@ -611,10 +616,11 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     const T* xs = reinterpret_cast<const T*>(ring.slot(k)) + lane * E;
     const GateSmemRows<E, T> rows{xs, xs + SEGC, xs + 2 * SEGC};
     if constexpr (WREG) {
-      gate_bwd_item<DIM, G, SEG, KSIG, true, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr, nullptr);
+      gate_bwd_item<DIM, G, SEG, KSIG, true, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr,
+                                                     nullptr);
     } else {
-      gate_bwd_item<DIM, G, SEG, KSIG, true, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr, dgr,
-                                                dwr, nullptr);
+      gate_bwd_item<DIM, G, SEG, KSIG, true, STH, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr,
+                                                     dgr, dwr, nullptr);
     }
     ring.release();
     issue(k + DEPTH);

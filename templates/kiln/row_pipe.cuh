@@ -94,14 +94,21 @@ __device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) {
 #endif
 }
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) global → shared, completing on `bar`. The source is
-// read once: evict it from L2 first.
+// read once: evict it from L2 first (EVICT_FIRST; else the default policy).
+template <bool EVICT_FIRST = true>
 __device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-      " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
-      ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
-      : "memory");
+  if constexpr (EVICT_FIRST) {
+    asm volatile(
+        "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+        " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
+        ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
+        : "memory");
+  } else {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
+                 : "memory");
+  }
 #endif
 }
 __device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) {
@@ -130,8 +137,9 @@ __device__ __forceinline__ Vec16 pipe_lds16(const void* p) {
 // each at offsets 0, PIECE, 2·PIECE, …. BULK: TMA bulk copies on per-slot mbarriers (sm_90), else cp.async groups.
 // Every warp calls issue(k, …) for k = 0 … DEPTH − 1, then for each row k: wait(k), compute from slot(k),
 // release() (all lanes done reading), issue(k + DEPTH, …). issue() with valid = false copies nothing (but keeps the
-// cp.async group count uniform). Rows are waited in order.
-template <int DEPTH, int SLOT, bool BULK>
+// cp.async group count uniform). Rows are waited in order. EVICT_FIRST: the bulk copies read with an L2 evict-first
+// policy (the default: streamed inputs should not displace anything), else with the default policy.
+template <int DEPTH, int SLOT, bool BULK, bool EVICT_FIRST = true>
 struct WarpRing {
   unsigned char* base;  // DEPTH · SLOT bytes
   u64* bars;            // DEPTH mbarriers (BULK)
@@ -160,7 +168,7 @@ struct WarpRing {
         pipe_fence_async();
         pipe_arrive_expect(bar, NP * PIECE);
 #pragma unroll
-        for (int i = 0; i < NP; ++i) pipe_bulk_load(dst + i * PIECE, src[i], PIECE, bar);
+        for (int i = 0; i < NP; ++i) pipe_bulk_load<EVICT_FIRST>(dst + i * PIECE, src[i], PIECE, bar);
       }
     } else {
       if (valid) {

@@ -32,7 +32,7 @@ void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const Tens
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                                     const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
-                                    int reduce);
+                                    int reduce, int hints);
 extern std::atomic<unsigned long long*> group_rms_norm_gate_trace;
 }  // namespace kiln::detail
 
@@ -194,7 +194,7 @@ class GroupRmsNormGateGpu : public GpuTest {
   // rows ≥ 0 forces the backward's config (0 re-read, 1 registers, 2 staged in shared memory, 3 registers with the
   // sigmoids; warps; segment groups; reduce 0 second kernel, 1 in-kernel, −1 the heuristic's for those warps).
   static Bwd run_bwd(const Data& d, int64_t workspace_elems = -1, int rows = -1, int warps = 0, int seg = 0,
-                     int reduce = -1) {
+                     int reduce = -1, int hints = 0) {
     Runtime& r = rt();
     const bool T = d.c.transpose;
     DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), dy = d.upload(r, d.dy, T);
@@ -207,7 +207,8 @@ class GroupRmsNormGateGpu : public GpuTest {
     detail::group_rms_norm_gate_bwd_config(
         r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T), w.ref(d.c.w_dtype, {d.wn()}), d.ref(dx, false),
         d.ref(dgate, T), dw.ref(DType::f32, {d.wn()}), options(d.c),
-        workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr, rows, warps, seg, reduce);
+        workspace_elems >= 0 ? ws.ref(DType::f32, {workspace_elems}) : TensorRef{}, nullptr, rows, warps, seg, reduce,
+        hints);
     synchronize();
     Bwd b;
     b.dx = d.download(dx, false);
@@ -404,6 +405,26 @@ TEST_F(GroupRmsNormGateGpu, BackwardKernelsAgreeBitwise) {
   }
 }
 
+// The staged kernel's L2 policies (hints: stores streaming / evict-first, inputs without evict-first) change where
+// lines live in L2, never a value: every output bit-identical to hints 0 (the same grid, the same dw order).
+TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
+  for (const Case& c : {Case{2, 777, 2048, 4}, Case{2, 33, 1536, 4, DType::bf16, DType::f32, true, true}}) {
+    SCOPED_TRACE(name(c));
+    const Data d = make_data(c, 0x8d);
+    const Bwd base = run_bwd(d, -1, 2, 8, 1, 1, 0);
+    const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
+    EXPECT_TRUE(close_rows("dx", base.dx, g.dx, d.M(), c.dim, c.dtype));
+    for (int hints : {1, 2, 4}) {
+      SCOPED_TRACE("hints " + std::to_string(hints));
+      const Bwd b = run_bwd(d, -1, 2, 8, 1, 1, hints);
+      EXPECT_TRUE(b.guards_ok);
+      EXPECT_TRUE(bitwise_equal("dx", b.dx, base.dx));
+      EXPECT_TRUE(bitwise_equal("dgate", b.dgate, base.dgate));
+      EXPECT_TRUE(bitwise_equal("dweight", b.dweight, base.dweight));
+    }
+  }
+}
+
 // Measurement (prints; checks only that tracing changes no output bit and that each CTA's timestamps are ordered):
 // where the staged backward's time goes at the shape (B 2, S 4096, dim 2048, G 4, bf16, transposed), L2
 // flushed before each traced call, CUDA events around it. Per CTA (GroupNormGateBwdArgs::trace): start (globaltimer,
@@ -428,7 +449,7 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
   auto call = [&] {
     detail::group_rms_norm_gate_bwd_config(r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T),
                                            w.ref(c.w_dtype, {d.wn()}), d.ref(dx, false), d.ref(dgate, T),
-                                           dw.ref(DType::f32, {d.wn()}), options(c), TensorRef{}, nullptr, 2, 8, 1, 1);
+                                           dw.ref(DType::f32, {d.wn()}), options(c), TensorRef{}, nullptr, 2, 8, 1, 1, 0);
   };
   call();  // compiles; the untraced result
   synchronize();
