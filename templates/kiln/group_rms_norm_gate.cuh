@@ -525,7 +525,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
 // lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
 // memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8). HINTS (measured variants; 0 the default): bits 0–1 the L2 policy of
-// the dx/dgate stores (st_raw_hint), bit 2 the input copies without the evict-first policy.
+// the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the input copies without the evict-first policy, bit 3 a
+// measurement ablation that streams x to dx and gate to dgate with no math (wrong results: never in the search
+// space; ops/group_rms_norm_gate.cpp's forced-config path only).
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -615,7 +617,16 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k)) + lane * E;
     const GateSmemRows<E, T> rows{xs, xs + SEGC, xs + 2 * SEGC};
-    if constexpr (WREG) {
+    if constexpr ((HINTS & 8) != 0) {  // ablation: the same bytes in and out, no math
+#pragma unroll
+      for (int st = 0; st < STEPS; ++st) {
+        const int c = st * 32 + lane;
+        if (NC % 32 == 0 || c < NC) {
+          st_raw_hint<STH>(dxr + c * E, rows.x(st, false));
+          st_raw_hint<STH>(dgr + c * E, rows.g(st, false));
+        }
+      }
+    } else if constexpr (WREG) {
       gate_bwd_item<DIM, G, SEG, KSIG, true, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr,
                                                      nullptr);
     } else {

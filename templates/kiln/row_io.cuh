@@ -59,10 +59,13 @@ __device__ __forceinline__ void st_raw(void* p, const Raw<BYTES>& r) {
 }
 
 // st_raw with an L2 policy for 16-byte stores (other widths: st_raw). MODE 0: plain (the line stays in L2 at normal
-// priority until evicted); 1: st.global.cs (streaming: evict-first in L2); 2: an L2::evict_first cache policy.
+// priority until evicted); 1: st.global.cs (streaming: evict-first in L2); 2: an L2::evict_first cache policy;
+// 3: no store at all (measurement ablations only).
 template <int MODE, int BYTES>
 __device__ __forceinline__ void st_raw_hint(void* p, const Raw<BYTES>& r) {
-  if constexpr (MODE == 1 && BYTES == 16) {
+  if constexpr (MODE == 3) {
+    return;
+  } else if constexpr (MODE == 1 && BYTES == 16) {
     asm volatile("st.global.cs.v4.u32 [%0], {%1,%2,%3,%4};" :: "l"(p), "r"(r.w[0]), "r"(r.w[1]), "r"(r.w[2]),
                  "r"(r.w[3]) : "memory");
   } else if constexpr (MODE == 2 && BYTES == 16) {
