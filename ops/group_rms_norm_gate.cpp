@@ -41,10 +41,11 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
 // C_HINTS (bwd, staged kernel only; measured variants, 0 the default): bits 0–1 the L2 policy of the dx/dgate stores
-// (0 plain, 1 streaming .cs, 2 evict-first cache policy), bit 2 the TMA input copies without their evict-first policy.
+// (0 plain, 1 streaming .cs, 2 evict-first cache policy), bit 2 the TMA input copies without their evict-first policy,
+// bit 4 a ring of 4 items a warp (gate_depth) instead of 3.
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
 // stores) and bit 3 (x streamed to dx and gate to dgate, no math).
-constexpr int kHintValues[] = {0, 1, 2, 4};
+constexpr int kHintValues[] = {0, 1, 2, 4, 16};
 bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & 8) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
@@ -103,12 +104,13 @@ int smem_bytes(const Specialization& s) {
   return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
 }
 
-// Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
+// Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit); hints
+// bit 4: 4 where they fit.
 int gate_depth(const Specialization& s) {
   const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
   const int64_t slot = 3 * s.config[C_SEG] * group_dim(s) * es + 8;
-  for (int depth : {3, 2})
-    if (s.config[C_WARPS] * depth * slot <= 227 * 1024 - 512) return depth;
+  for (int depth : {4, 3, 2})
+    if ((depth < 4 || (s.config[C_HINTS] & 16)) && s.config[C_WARPS] * depth * slot <= 227 * 1024 - 512) return depth;
   return 0;
 }
 
