@@ -42,10 +42,11 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
 // C_HINTS (bwd, staged kernel only; measured variants, 0 the default): bits 0–1 the L2 policy of the dx/dgate stores
 // (0 plain, 1 streaming .cs, 2 evict-first cache policy), bit 2 the TMA input copies without their evict-first policy,
-// bit 4 a ring of 4 items a warp (gate_depth) instead of 3.
+// bit 4 a ring of 4 items a warp (gate_depth) instead of 3, bit 5 the dynamic deal of a CTA's tokens to its warps
+// (dw bit-identical to the static deal).
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
 // stores) and bit 3 (x streamed to dx and gate to dgate, no math).
-constexpr int kHintValues[] = {0, 1, 2, 4, 16};
+constexpr int kHintValues[] = {0, 1, 2, 4, 16, 32};
 bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & 8) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
@@ -60,6 +61,17 @@ const char* type_name(int64_t d) {
 }
 
 int gate_depth(const Specialization& s);
+
+// The staged backward's dynamic shared memory with `depth` ring slots a warp (kiln/group_rms_norm_gate.cuh): the rings
+// (x, gate, dy of an item a slot) and one mbarrier a slot; with the dynamic deal (hints bit 5), 16-byte aligned after
+// them, a dw slice of SEG·d floats a warp, a sequence word a warp and the claim counter.
+int64_t staged_smem(const Specialization& s, int depth) {
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]), warps = s.config[C_WARPS];
+  int64_t bytes = warps * depth * (3 * seg_channels * es + 8);
+  if (s.config[C_HINTS] & 32) bytes = (bytes + 15) / 16 * 16 + warps * (seg_channels + 1) * 4 + 16;
+  return bytes;
+}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/group_rms_norm_gate.cuh\"\n";
@@ -100,17 +112,15 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_ROWS] == kRowsStaged ? static_cast<int>(s.config[C_WARPS] * seg_channels * 4 * es) : 0;
   if (s.kernel != kBwd) return 0;
   if (s.config[C_ROWS] == kRowsStaged)  // the staged backward's rings: x, gate, dy per slot, one mbarrier each
-    return static_cast<int>(s.config[C_WARPS] * gate_depth(s) * (3 * seg_channels * es + 8));
+    return static_cast<int>(staged_smem(s, gate_depth(s)));
   return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
 }
 
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit); hints
 // bit 4: 4 where they fit.
 int gate_depth(const Specialization& s) {
-  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  const int64_t slot = 3 * s.config[C_SEG] * group_dim(s) * es + 8;
   for (int depth : {4, 3, 2})
-    if ((depth < 4 || (s.config[C_HINTS] & 16)) && s.config[C_WARPS] * depth * slot <= 227 * 1024 - 512) return depth;
+    if ((depth < 4 || (s.config[C_HINTS] & 16)) && staged_smem(s, depth) <= 227 * 1024 - 512) return depth;
   return 0;
 }
 
@@ -238,7 +248,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         for (int reduce : {0, 1}) {
           if (reduce && (base.kernel != kBwd || !fused_reduce_ok(w, rows))) continue;
           for (int hints : kHintValues) {
-            if (hints && (base.kernel != kBwd || rows != kRowsStaged)) continue;
+            // the measured variants of the staged kernel at the default's warps and segment (a handful of points,
+            // not every config times every variant: the tuner times each point)
+            if (hints && (base.kernel != kBwd || rows != kRowsStaged || w != def.config[C_WARPS] ||
+                          seg != def.config[C_SEG]))
+              continue;
             if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
             s.config[C_WARPS] = w;
             s.config[C_SEG] = static_cast<int>(seg);

@@ -300,16 +300,23 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 //   pass 2: dx = r·t − coef·x, dgate = x·r·t·(1 − σ) stored to the item's rows, dw += x·r·y·σ for the lane's columns.
 // Src gives a lane's chunk st of x, gate, dy (x/g/y(st, pass2)): registers, shared memory or global memory. Wgt fills
 // the chunk's weights (wgt(st, chunk, w)). KSIG: y·σ and 1 − σ of pass 1 are kept for pass 2 (no second exp and
-// reciprocal, gate and dy not read again). DWREG: dw accumulates in dwr[st][e], else into the warp's shared-memory
-// slice dws (SEG·d floats). STH: the L2 policy of the dx and dgate stores (st_raw_hint: 0 plain, 1 streaming .cs,
-// 2 evict-first).
-template <int DIM, int G, int SEG, bool KSIG, bool DWREG, int STH, typename T, typename Src, typename Wgt, int DS,
-          int DE>
+// reciprocal, gate and dy not read again). DWM, where dw accumulates: 0 in dwr[st][e] (dwr = fma(x·r, y·σ, dwr)),
+// 1 added into the shared-memory slice dws (SEG·d floats; dws += x·r·y·σ), 2 the register path's fma on the slice
+// dws instead (dws = fma(x·r, y·σ, dws): the same bits as 0 when a slice sees the same tokens in the same order).
+// before_pass2() runs between the group sums and pass 2 (the dynamic deal waits there for its slice). STH: the L2
+// policy of the dx and dgate stores (st_raw_hint: 0 plain, 1 streaming .cs, 2 evict-first, 3 none).
+struct GateNoWait {
+  __device__ __forceinline__ void operator()() const {}
+};
+template <int DIM, int G, int SEG, bool KSIG, int DWM, int STH, typename T, typename Src, typename Wgt, int DS, int DE,
+          typename Before2 = GateNoWait>
 __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, float eps, int lane, T* dxr, T* dgr,
-                                              float (&dwr)[DS][DE], float* dws) {
+                                              float (&dwr)[DS][DE], float* dws, const Before2& before_pass2 = {}) {
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d;
+  constexpr bool DWREG = DWM == 0;
   static_assert(!DWREG || (DS == STEPS && DE == E), "dw registers: one per channel of the lane");
+  static_assert(DWM != 2 || E % 4 == 0, "the slice fma works on float4s");
   float ss[SEG], Q[SEG];
   float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
 #pragma unroll
@@ -347,6 +354,7 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
     r[q] = 1.0f / sqrtf(warp_sum(ss[q]) / static_cast<float>(d) + eps);
     coef[q] = (warp_sum(Q[q]) / static_cast<float>(d)) * r[q] * r[q] * r[q];
   }
+  before_pass2();
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
     const int c = st * 32 + lane;
@@ -356,7 +364,7 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
       if constexpr (!KSIG) graw = src.g(st, true), yraw = src.y(st, true);
       const int q = L::group(st, lane);
       const float rq = pick(r, q), cq = pick(coef, q);
-      float w[E], dxo[E], dgo[E], acc[E];
+      float w[E], dxo[E], dgo[E], acc[E], nv[E], ysv2[E];
       wgt(st, c, w);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
@@ -374,15 +382,17 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
         const float n = xf * rq;
         dxo[e] = fmaf(rq, t, -cq * xf);
         dgo[e] = n * t * om;
-        if constexpr (DWREG) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
-        else acc[e] = n * ys;
+        if constexpr (DWM == 0) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
+        else if constexpr (DWM == 1) acc[e] = n * ys;
+        else nv[e] = n, ysv2[e] = ys;
       }
       Raw<B> o1, o2;
       raw_fill<T>(o1, dxo);
       raw_fill<T>(o2, dgo);
       st_raw_hint<STH>(dxr + c * E, o1);
       st_raw_hint<STH>(dgr + c * E, o2);
-      if constexpr (!DWREG) smem_add<E>(dws + c * E, acc);
+      if constexpr (DWM == 1) smem_add<E>(dws + c * E, acc);
+      if constexpr (DWM == 2) smem_fma2<E>(dws + c * E, nv, ysv2);
     }
   }
 }
@@ -494,10 +504,10 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
           rows.yv[st] = ld_raw<B, true>(yr + st * 32 * E);
         }
       }
-      gate_bwd_item<DIM, G, SEG, KSIG, DWREG, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
+      gate_bwd_item<DIM, G, SEG, KSIG, DWREG ? 0 : 1, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
     } else {
       const GateGlobalRows<B, E, T> rows{xr, gr, yr};
-      gate_bwd_item<DIM, G, SEG, false, DWREG, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
+      gate_bwd_item<DIM, G, SEG, false, DWREG ? 0 : 1, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
     }
   }
 
@@ -524,10 +534,21 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // items per warp are in flight while it computes one. y·σ and 1 − σ of the first pass, and the lane's weights, stay in
 // registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
 // lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
-// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8). HINTS (measured variants; 0 the default): bits 0–1 the L2 policy of
-// the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the input copies without the evict-first policy, bit 3 a
-// measurement ablation that streams x to dx and gate to dgate with no math (wrong results: never in the search
-// space; ops/group_rms_norm_gate.cpp's forced-config path only).
+// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8), then (16-byte aligned) WARPS·(SEG·d + 1)·4 + 16 with the dynamic
+// deal. HINTS (measured
+// variants; 0 the default): bits 0–1 the L2 policy of the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the
+// input copies without the evict-first policy, bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
+// bit 3 a measurement ablation that streams x to dx and gate to dgate with no math (wrong results: never in the
+// search space; ops/group_rms_norm_gate.cpp's forced-config path only).
+//
+// Dynamic deal (bit 5): the CTA's tokens j = 0 … n − 1 (token x + j·gridDim.x) go to its warps at run time — each
+// warp's first DEPTH items are j = w, w + WARPS, … as in the static deal, every later one is claimed from a
+// shared-memory counter when the warp refills the ring slot it just computed — so the warps of a CTA finish within
+// about one item of each other instead of one warp in two doing a last round alone. dw stays bit-identical to the
+// static deal: token j's contribution goes to the shared-memory slice j mod WARPS (the slice warp j mod WARPS of the
+// static deal accumulates in registers) with the same fma, in increasing j — a warp waits, before its second pass,
+// until its slice holds every earlier token of the slice (seq[v]; the smallest pending token's predecessor is always
+// done, so this cannot deadlock) — and the slices are added in slice order as before.
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -535,6 +556,23 @@ struct GateStaged {
   static constexpr int PIECE = L::SEGC * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 3 * PIECE;
 };
+
+// (b, s) of walking-order token t < 2³¹ (one 32-bit division).
+template <typename Args>
+__device__ __forceinline__ void token_bs32(const Args& a, u32 t, i64& b, i64& s) {
+  const u32 D = static_cast<u32>(a.seq_major ? a.B : a.S), q = t / D, m = t - q * D;
+  if (a.seq_major) s = q, b = m;
+  else b = q, s = m;
+}
+
+__device__ __forceinline__ int ld_acquire_cta(const int* p) {
+  int v;
+  asm volatile("ld.acquire.cta.shared.b32 %0, [%1];" : "=r"(v) : "r"(pipe_smem_u32(p)) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_cta(int* p, int v) {
+  asm volatile("st.release.cta.shared.b32 [%0], %1;" ::"r"(pipe_smem_u32(p)), "r"(v) : "memory");
+}
 
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, int HINTS, typename T,
           typename W>
@@ -551,33 +589,56 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   constexpr int PIECE = GateStaged<DIM, G, SEG, T>::PIECE, SLOT = GateStaged<DIM, G, SEG, T>::SLOT;
   constexpr bool KSIG = STEPS * E <= 16;  // y·σ and 1 − σ kept between the passes
   constexpr bool WREG = STEPS * E <= 16;  // the lane's weights kept in registers (else re-read per item, L1 hits)
+  constexpr int STH = HINTS & 3;
+  constexpr bool DYN = (HINTS & 32) != 0;
   static_assert(WARPS <= 16, "trace slots for 16 warps");
-  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
+  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers; DYN: then [WARPS][SEGC] fp32 dw slices, seq[WARPS], next.
+  extern __shared__ __align__(128) unsigned char smem_raw[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
   u64* const trace =
       a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kGateTraceSlots : nullptr;
   u64 t0_ns = 0, t0_clk = 0;
   if (trace) t0_ns = gate_gtimer(), t0_clk = clock64();
-  constexpr int STH = HINTS & 3;
-  WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) == 0> ring{smem_raw + warp * DEPTH * SLOT,
-                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) == 0> ring{
+      smem_raw + warp * DEPTH * SLOT, reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
+  float* const slices = reinterpret_cast<float*>(smem_raw + (WARPS * DEPTH * (SLOT + 8) + 15) / 16 * 16);  // DYN
+  int* const seq = reinterpret_cast<int*>(slices + WARPS * SEGC);
+  int* const next = seq + WARPS;
 
-  const CtaRows strip(a.M, warp, WARPS);
-  const int items = strip.n;  // this warp's tokens
-  RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // the tokens being issued / computed
-  auto issue = [&](int k) {
-    i64 b, s;
-    walker_bs(a, iw, b, s);
-    iw.next();
+  // The item's x, gate, dy rows of walking-order token (b, s) into ring slot k (nothing when !valid).
+  auto issue_bs = [&](int k, bool valid, i64 b, i64 s) {
     const void* const src[3] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
                                 static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0,
                                 static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
-    ring.template issue<PIECE, 3>(k, k < items, src, lane);
+    ring.template issue<PIECE, 3>(k, valid, src, lane);
   };
+  const CtaRows strip(a.M, DYN ? 0 : warp, DYN ? 1 : WARPS);  // DYN: all of the CTA's tokens
+  const int items = strip.n;  // this warp's tokens (DYN: the CTA's)
+  RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // static deal: the tokens being issued / computed
+  const u32 cx = blockIdx.x, gx = gridDim.x;
+  auto issue_j = [&](int k, int j) {  // DYN: the CTA's token j
+    i64 b = 0, s = 0;
+    if (j < items) token_bs32(a, cx + static_cast<u32>(j) * gx, b, s);
+    issue_bs(k, j < items, b, s);
+  };
+  int tok[DEPTH];  // DYN: the CTA token index of the item in ring position u (≥ items: none)
+  if constexpr (DYN) {
 #pragma unroll
-  for (int k = 0; k < DEPTH; ++k) issue(k);
+    for (int u = 0; u < DEPTH; ++u) {
+      tok[u] = warp + u * WARPS;
+      issue_j(u, tok[u]);
+    }
+  } else {
+#pragma unroll
+    for (int k = 0; k < DEPTH; ++k) {
+      i64 b, s;
+      walker_bs(a, iw, b, s);
+      iw.next();
+      issue_bs(k, k < items, b, s);
+    }
+  }
   if (trace && threadIdx.x == 0) {
     trace[kGateTraceStartNs] = t0_ns;
     trace[kGateTraceStartClk] = t0_clk;
@@ -600,24 +661,22 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       if (NC % 32 == 0 || c < NC) load_f<W, E>(a.w, SHARED_W ? ch % d : ch, wk[st]);
     }
   }
+  if constexpr (DYN) {
+    for (int i = threadIdx.x; i < WARPS * SEGC; i += WARPS * 32) slices[i] = 0.f;
+    if (threadIdx.x < WARPS) seq[threadIdx.x] = 0;
+    if (threadIdx.x == 0) *next = WARPS * DEPTH;
+    __syncthreads();
+  }
 
-  for (int k = 0; k < items; ++k) {
-    ring.wait(k);
-    if (tw && lane == 0) {  // measurement: the warp's progress
-      const u64 t = clock64();
-      if (k == 0) tw[0] = t;
-      if (k == items / 4) tw[1] = t;
-      if (k == items / 2) tw[2] = t;
-      if (k == 3 * items / 4) tw[3] = t;
-    }
-    i64 b, s;
-    walker_bs(a, cw, b, s);
-    cw.next();
+  // One item: ring slot k holds token (b, s); DWM 0 (registers) or 2 (slice dws, after before_pass2()).
+  auto compute = [&](int k, i64 b, i64 s, float* dws, const auto& before_pass2) {
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k)) + lane * E;
     const GateSmemRows<E, T> rows{xs, xs + SEGC, xs + 2 * SEGC};
+    constexpr int DWM = DYN ? 2 : 0;
     if constexpr ((HINTS & 8) != 0) {  // ablation: the same bytes in and out, no math
+      before_pass2();
 #pragma unroll
       for (int st = 0; st < STEPS; ++st) {
         const int c = st * 32 + lane;
@@ -627,35 +686,95 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
         }
       }
     } else if constexpr (WREG) {
-      gate_bwd_item<DIM, G, SEG, KSIG, true, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr,
-                                                     nullptr);
+      gate_bwd_item<DIM, G, SEG, KSIG, DWM, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr, dws,
+                                                    before_pass2);
     } else {
-      gate_bwd_item<DIM, G, SEG, KSIG, true, STH, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr,
-                                                     dgr, dwr, nullptr);
+      gate_bwd_item<DIM, G, SEG, KSIG, DWM, STH, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr,
+                                                    dgr, dwr, dws, before_pass2);
     }
-    ring.release();
-    issue(k + DEPTH);
+  };
+
+  if constexpr (!DYN) {
+    for (int k = 0; k < items; ++k) {
+      ring.wait(k);
+      if (tw && lane == 0) {  // measurement: the warp's progress
+        const u64 t = clock64();
+        if (k == 0) tw[0] = t;
+        if (k == items / 4) tw[1] = t;
+        if (k == items / 2) tw[2] = t;
+        if (k == 3 * items / 4) tw[3] = t;
+      }
+      i64 b, s;
+      walker_bs(a, cw, b, s);
+      cw.next();
+      compute(k, b, s, nullptr, GateNoWait{});
+      ring.release();
+      i64 nb, ns;
+      walker_bs(a, iw, nb, ns);
+      iw.next();
+      issue_bs(k + DEPTH, k + DEPTH < items, nb, ns);
+    }
+  } else {
+    int marks = 0;  // trace: which progress marks this warp has written
+    bool more = true;
+    for (int k0 = 0; more; k0 += DEPTH) {
+#pragma unroll
+      for (int u = 0; u < DEPTH; ++u) {
+        const int j = tok[u];
+        if (more && j >= items) more = false;  // tokens grow along the ring: none valid after this one
+        if (more) {
+          const int k = k0 + u;
+          ring.wait(k);
+          if (tw && lane == 0) {
+            const u64 t = clock64();
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              if (!(marks >> q & 1) && j >= q * items / 4) tw[q] = t, marks |= 1 << q;
+          }
+          i64 b, s;
+          token_bs32(a, cx + static_cast<u32>(j) * gx, b, s);
+          const int v = j % WARPS, round = j / WARPS;
+          compute(k, b, s, slices + v * SEGC, [&] {  // slice v holds tokens v, v + WARPS, … < j
+            if (lane == 0)
+              while (ld_acquire_cta(seq + v) != round) {
+              }
+            __syncwarp();
+          });
+          __syncwarp();
+          if (lane == 0) st_release_cta(seq + v, round + 1);
+          ring.release();
+          int nj = 0;
+          if (lane == 0) nj = atomicAdd(next, 1);
+          nj = __shfl_sync(0xffffffffu, nj, 0);
+          tok[u] = nj;
+          issue_j(k + DEPTH, nj);
+        }
+      }
+    }
   }
   ring.drain();
   if (tw && lane == 0) tw[4] = clock64();
 
-  // CTA sum of the warps' dw in warp order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
+  // CTA sum of the warps' (DYN: the slices') dw in order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();
   if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = clock64();
-  float* red = reinterpret_cast<float*>(smem_raw);
+  float* red = DYN ? slices : reinterpret_cast<float*>(smem_raw);
   static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
+  if constexpr (!DYN) {
 #pragma unroll
-  for (int st = 0; st < STEPS; ++st) {
-    const int c = st * 32 + lane;
-    if (NC % 32 == 0 || c < NC)
+    for (int st = 0; st < STEPS; ++st) {
+      const int c = st * 32 + lane;
+      if (NC % 32 == 0 || c < NC)
 #pragma unroll
-      for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
+        for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
+    }
+    __syncthreads();
   }
-  __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
   if (trace && threadIdx.x == 0) trace[kGateTracePartial] = clock64();
-  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a, trace ? trace + kGateTraceBarrier : nullptr);
+  if constexpr (FUSE)
+    gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a, trace ? trace + kGateTraceBarrier : nullptr);
   if (trace && threadIdx.x == 0) {
     trace[kGateTraceEndClk] = clock64();
     trace[kGateTraceEndNs] = gate_gtimer();

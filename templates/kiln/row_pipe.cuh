@@ -25,7 +25,8 @@ struct CtaRows {
     if (M <= 0x7fffffff) {
       const u32 m32 = static_cast<u32>(M), c32 = blockIdx.x;
       const u32 mine = c32 < m32 ? (m32 - 1 - c32) / gridDim.x + 1 : 0;
-      n = static_cast<u32>(g) < mine ? static_cast<int>((mine - 1 - static_cast<u32>(g)) / static_cast<u32>(ng) + 1) : 0;
+      const u32 g32 = static_cast<u32>(g);
+      n = g32 < mine ? static_cast<int>((mine - 1 - g32) / static_cast<u32>(ng) + 1) : 0;
     } else {
       const i64 mine = c < M ? (M - 1 - c) / G + 1 : 0;
       n = g < mine ? static_cast<int>((mine - 1 - g) / ng + 1) : 0;

@@ -394,7 +394,8 @@ TEST_F(GroupRmsNormGateGpu, BackwardKernelsAgreeBitwise) {
     const Data d = make_data(c, 0x8b);
     const Bwd base = run_bwd(d, -1, 3, 8, 1, 0);  // kept rows and sigmoids
     for (const auto& [rows, warps, seg, reduce] :
-         {std::tuple{0, 8, 4, 0}, {1, 8, 1, 0}, {1, 4, 2, 0}, {2, 8, 1, 1}, {2, 8, 2, 0}, {2, 16, 1, 1}, {3, 16, 1, 1}}) {
+         {std::tuple{0, 8, 4, 0}, {1, 8, 1, 0}, {1, 4, 2, 0}, {2, 8, 1, 1}, {2, 8, 2, 0}, {2, 16, 1, 1},
+          {3, 16, 1, 1}}) {
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg) +
                    " reduce " + std::to_string(reduce));
       const Bwd b = run_bwd(d, -1, rows, warps, seg, reduce);
@@ -406,16 +407,19 @@ TEST_F(GroupRmsNormGateGpu, BackwardKernelsAgreeBitwise) {
 }
 
 // The staged kernel's L2 policies (hints: stores streaming / evict-first, inputs without evict-first) change where
-// lines live in L2, and a 4-slot ring only how far ahead a warp copies, never a value: every output bit-identical to
-// hints 0 (the same grid — 2 CTAs an SM either way — and the same dw order).
+// lines live in L2, a 4-slot ring only how far ahead a warp copies, and the dynamic deal (32) which warp computes a
+// token but not the order dw is summed in: every output bit-identical to hints 0 (the same grid — 2 CTAs an SM in
+// each case — and the same dw order).
 TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
-  for (const Case& c : {Case{2, 777, 2048, 4}, Case{2, 33, 1536, 4, DType::bf16, DType::f32, true, true}}) {
+  for (const Case& c : {Case{2, 777, 2048, 4}, Case{2, 33, 1536, 4, DType::bf16, DType::f32, true, true},
+                        Case{2, 4096, 2048, 4}, Case{1, 5, 2048, 4},
+                        Case{3, 37, 1536, 4, DType::f16, DType::f32, false}}) {
     SCOPED_TRACE(name(c));
     const Data d = make_data(c, 0x8d);
     const Bwd base = run_bwd(d, -1, 2, 8, 1, 1, 0);
     const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
     EXPECT_TRUE(close_rows("dx", base.dx, g.dx, d.M(), c.dim, c.dtype));
-    for (int hints : {1, 2, 4, 16}) {
+    for (int hints : {1, 2, 4, 16, 32}) {
       SCOPED_TRACE("hints " + std::to_string(hints));
       const Bwd b = run_bwd(d, -1, 2, 8, 1, 1, hints);
       EXPECT_TRUE(b.guards_ok);
@@ -433,151 +437,162 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
 // quarters landed (median over the CTA's warps), first and last warp done, streams done (CTA barrier), partial row
 // written, grid barrier passed and column blocks stored (reducing CTAs), end (globaltimer). Then the spread of warp
 // finish times within a CTA, and the SMs that finish first and last (and whether the same ones do in every rep).
+// The default (hints 0) and the dynamic deal of a CTA's tokens to its warps (hints 32; its quarter marks are the first
+// item a warp computes past a quarter, half, three quarters of the CTA's tokens).
 TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
-  Runtime& r = rt();
-  const Case c{2, 4096, 2048, 4};
-  const Data d = make_data(c, 0x8c);
-  const bool T = c.transpose;
-  DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), dy = d.upload(r, d.dy, T);
-  DeviceBuffer dx = d.alloc(r), dgate = d.alloc(r), w(r, d.wn() * 2), dw(r, d.wn() * 4);
-  w.upload(encode(c.w_dtype, d.w));
-  const int max_ctas = 2048;
-  DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kGateTraceSlots * 8);
-  detail::L2Flusher l2(r, nullptr);
-  CUevent ev0, ev1;
-  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
-  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
-  auto call = [&] {
-    detail::group_rms_norm_gate_bwd_config(r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T),
-                                           w.ref(c.w_dtype, {d.wn()}), d.ref(dx, false), d.ref(dgate, T),
-                                           dw.ref(DType::f32, {d.wn()}), options(c), TensorRef{}, nullptr, 2, 8, 1, 1, 0);
-  };
-  call();  // compiles; the untraced result
-  synchronize();
-  const std::vector<uint8_t> dx0 = dx.download<uint8_t>(dx.bytes()), dg0 = dgate.download<uint8_t>(dgate.bytes());
-  const std::vector<float> dw0 = dw.download<float>(d.wn());
-  std::vector<std::vector<double>> sm_end_reps;  // per rep: SM → latest streams-done time (µs)
-  for (int rep = 0; rep < 3; ++rep) {
-    tb.fill(0);
-    l2.flush(nullptr);
-    detail::group_rms_norm_gate_trace.store(static_cast<unsigned long long*>(tb.data()));
-    detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
-    call();
-    detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
-    synchronize();
-    detail::group_rms_norm_gate_trace.store(nullptr);
-    float ms = 0;
-    detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
-    EXPECT_TRUE(dx.download<uint8_t>(dx.bytes()) == dx0) << "traced dx differs";
-    EXPECT_TRUE(dgate.download<uint8_t>(dgate.bytes()) == dg0) << "traced dgate differs";
-    EXPECT_TRUE(bitwise_equal("traced dweight", dw.download<float>(d.wn()), dw0));
-
-    const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kGateTraceSlots);
-    auto at = [&](int cta, int slot) { return tr[static_cast<size_t>(cta) * kGateTraceSlots + slot]; };
-    int ctas = 0;
-    while (ctas < max_ctas && at(ctas, kGateTraceStartNs) != 0) ++ctas;
-    ASSERT_GT(ctas, 0);
-    const int warps = 8;
-    std::vector<double> rate;
-    uint64_t t0 = ~0ull;
-    for (int k = 0; k < ctas; ++k) {
-      t0 = std::min<uint64_t>(t0, at(k, kGateTraceStartNs));
-      const uint64_t cs = at(k, kGateTraceStartClk), ce = at(k, kGateTraceEndClk);
-      const uint64_t gs = at(k, kGateTraceStartNs), ge = at(k, kGateTraceEndNs);
-      EXPECT_LE(cs, at(k, kGateTraceStreamsDone)) << "CTA " << k;
-      EXPECT_LE(at(k, kGateTraceStreamsDone), at(k, kGateTracePartial)) << "CTA " << k;
-      EXPECT_LE(at(k, kGateTracePartial), ce) << "CTA " << k;
-      for (int wi = 0; wi < warps; ++wi) {
-        const uint64_t* tw = &tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots];
-        EXPECT_LE(cs, tw[0]) << "CTA " << k << " warp " << wi;
-        EXPECT_LE(tw[0], tw[1]) << "CTA " << k << " warp " << wi;
-        EXPECT_LE(tw[1], tw[2]) << "CTA " << k << " warp " << wi;
-        EXPECT_LE(tw[2], tw[3]) << "CTA " << k << " warp " << wi;
-        EXPECT_LE(tw[3], tw[4]) << "CTA " << k << " warp " << wi;
-        EXPECT_LE(tw[4], at(k, kGateTraceStreamsDone)) << "CTA " << k << " warp " << wi;
-      }
-      if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
-    }
-    ASSERT_FALSE(rate.empty());
-    std::sort(rate.begin(), rate.end());
-    const double ghz = rate[rate.size() / 2];
-    const char* names[] = {"start",      "first item", "warps 1/4",  "warps 1/2",      "warps 3/4", "first warp done",
-                           "last warp done", "streams done", "partial", "barrier passed", "reduced",   "end (gt)"};
-    constexpr int kCols = 12;
-    std::vector<std::vector<double>> col(kCols);
-    std::vector<double> spread;
-    std::vector<std::pair<double, int>> ends;  // streams done, CTA
-    double span = 0;
-    for (int k = 0; k < ctas; ++k) {
-      const double st = (at(k, kGateTraceStartNs) - t0) / 1000.0;
-      auto rel = [&](uint64_t clk) {
-        return st + (static_cast<double>(clk) - static_cast<double>(at(k, kGateTraceStartClk))) / ghz / 1000.0;
-      };
-      std::vector<double> wv[5];
-      for (int wi = 0; wi < warps; ++wi)
-        for (int j = 0; j < 5; ++j)
-          wv[j].push_back(rel(tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots + j]));
-      for (auto& v : wv) std::sort(v.begin(), v.end());
-      col[0].push_back(st);
-      col[1].push_back(wv[0].front());
-      col[2].push_back(wv[1][warps / 2]);
-      col[3].push_back(wv[2][warps / 2]);
-      col[4].push_back(wv[3][warps / 2]);
-      col[5].push_back(wv[4].front());
-      col[6].push_back(wv[4].back());
-      col[7].push_back(rel(at(k, kGateTraceStreamsDone)));
-      col[8].push_back(rel(at(k, kGateTracePartial)));
-      if (at(k, kGateTraceBarrier)) col[9].push_back(rel(at(k, kGateTraceBarrier)));
-      if (at(k, kGateTraceReduced)) col[10].push_back(rel(at(k, kGateTraceReduced)));
-      col[11].push_back((at(k, kGateTraceEndNs) - t0) / 1000.0);
-      span = std::max(span, col[11].back());
-      spread.push_back(wv[4].back() - wv[4].front());
-      ends.push_back({col[7].back(), k});
-    }
-    std::printf("[timeline] rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f µs; "
-                "µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
-                rep, ctas, ghz, ms * 1000.0, span);
-    auto row = [](const char* nm, std::vector<double> v) {
-      if (v.empty()) return;
-      std::sort(v.begin(), v.end());
-      auto q = [&](double p) { return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)]; };
-      std::printf("  %-16s %7.2f %7.2f %7.2f %7.2f %7.2f\n", nm, v.front(), q(0.1), q(0.5), q(0.9), v.back());
+  for (const int hints : {0, 32}) {
+    Runtime& r = rt();
+    const Case c{2, 4096, 2048, 4};
+    const Data d = make_data(c, 0x8c);
+    const bool T = c.transpose;
+    DeviceBuffer x = d.upload(r, d.x, false), gate = d.upload(r, d.gate, T), dy = d.upload(r, d.dy, T);
+    DeviceBuffer dx = d.alloc(r), dgate = d.alloc(r), w(r, d.wn() * 2), dw(r, d.wn() * 4);
+    w.upload(encode(c.w_dtype, d.w));
+    const int max_ctas = 2048;
+    DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kGateTraceSlots * 8);
+    detail::L2Flusher l2(r, nullptr);
+    CUevent ev0, ev1;
+    detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
+    detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
+    auto call = [&] {
+      detail::group_rms_norm_gate_bwd_config(r, d.ref(dy, T), d.ref(x, false), d.ref(gate, T),
+                                             w.ref(c.w_dtype, {d.wn()}), d.ref(dx, false), d.ref(dgate, T),
+                                             dw.ref(DType::f32, {d.wn()}), options(c), TensorRef{}, nullptr, 2, 8, 1, 1,
+                                             hints);
     };
-    for (int j = 0; j < kCols; ++j) row(names[j], col[j]);
-    row("warp spread", spread);
-    std::sort(ends.begin(), ends.end());
-    std::printf("  earliest streams done (CTA:SM @µs):");
-    for (size_t i = 0; i < std::min<size_t>(6, ends.size()); ++i)
-      std::printf(" %d:%llu@%.2f", ends[i].second, static_cast<unsigned long long>(at(ends[i].second, kGateTraceSm)),
-                  ends[i].first);
-    std::printf("\n  latest:");
-    for (size_t i = ends.size() > 6 ? ends.size() - 6 : 0; i < ends.size(); ++i)
-      std::printf(" %d:%llu@%.2f", ends[i].second, static_cast<unsigned long long>(at(ends[i].second, kGateTraceSm)),
-                  ends[i].first);
-    std::printf("\n");
-    std::vector<double> sm_end(1024, -1.0);
-    for (const auto& [t, k] : ends) {
-      const uint64_t sm = at(k, kGateTraceSm);
-      if (sm < sm_end.size()) sm_end[sm] = std::max(sm_end[sm], t);
+    call();  // compiles; the untraced result
+    synchronize();
+    const std::vector<uint8_t> dx0 = dx.download<uint8_t>(dx.bytes()), dg0 = dgate.download<uint8_t>(dgate.bytes());
+    const std::vector<float> dw0 = dw.download<float>(d.wn());
+    std::vector<std::vector<double>> sm_end_reps;  // per rep: SM → latest streams-done time (µs)
+    for (int rep = 0; rep < 3; ++rep) {
+      tb.fill(0);
+      l2.flush(nullptr);
+      detail::group_rms_norm_gate_trace.store(static_cast<unsigned long long*>(tb.data()));
+      detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
+      call();
+      detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
+      synchronize();
+      detail::group_rms_norm_gate_trace.store(nullptr);
+      float ms = 0;
+      detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
+      EXPECT_TRUE(dx.download<uint8_t>(dx.bytes()) == dx0) << "traced dx differs";
+      EXPECT_TRUE(dgate.download<uint8_t>(dgate.bytes()) == dg0) << "traced dgate differs";
+      EXPECT_TRUE(bitwise_equal("traced dweight", dw.download<float>(d.wn()), dw0));
+
+      const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kGateTraceSlots);
+      auto at = [&](int cta, int slot) { return tr[static_cast<size_t>(cta) * kGateTraceSlots + slot]; };
+      int ctas = 0;
+      while (ctas < max_ctas && at(ctas, kGateTraceStartNs) != 0) ++ctas;
+      ASSERT_GT(ctas, 0);
+      const int warps = 8;
+      std::vector<double> rate;
+      uint64_t t0 = ~0ull;
+      for (int k = 0; k < ctas; ++k) {
+        t0 = std::min<uint64_t>(t0, at(k, kGateTraceStartNs));
+        const uint64_t cs = at(k, kGateTraceStartClk), ce = at(k, kGateTraceEndClk);
+        const uint64_t gs = at(k, kGateTraceStartNs), ge = at(k, kGateTraceEndNs);
+        EXPECT_LE(cs, at(k, kGateTraceStreamsDone)) << "CTA " << k;
+        EXPECT_LE(at(k, kGateTraceStreamsDone), at(k, kGateTracePartial)) << "CTA " << k;
+        EXPECT_LE(at(k, kGateTracePartial), ce) << "CTA " << k;
+        for (int wi = 0; wi < warps; ++wi) {
+          const uint64_t* tw =
+              &tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots];
+          EXPECT_LE(cs, tw[0]) << "CTA " << k << " warp " << wi;
+          EXPECT_LE(tw[0], tw[4]) << "CTA " << k << " warp " << wi;
+          if (hints == 0) {
+            EXPECT_LE(tw[0], tw[1]) << "CTA " << k << " warp " << wi;
+            EXPECT_LE(tw[1], tw[2]) << "CTA " << k << " warp " << wi;
+            EXPECT_LE(tw[2], tw[3]) << "CTA " << k << " warp " << wi;
+            EXPECT_LE(tw[3], tw[4]) << "CTA " << k << " warp " << wi;
+          }
+          EXPECT_LE(tw[4], at(k, kGateTraceStreamsDone)) << "CTA " << k << " warp " << wi;
+        }
+        if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+      }
+      ASSERT_FALSE(rate.empty());
+      std::sort(rate.begin(), rate.end());
+      const double ghz = rate[rate.size() / 2];
+      const char* names[] = {"start",      "first item", "warps 1/4",  "warps 1/2",      "warps 3/4", "first warp done",
+                             "last warp done", "streams done", "partial", "barrier passed", "reduced",   "end (gt)"};
+      constexpr int kCols = 12;
+      std::vector<std::vector<double>> col(kCols);
+      std::vector<double> spread;
+      std::vector<std::pair<double, int>> ends;  // streams done, CTA
+      double span = 0;
+      for (int k = 0; k < ctas; ++k) {
+        const double st = (at(k, kGateTraceStartNs) - t0) / 1000.0;
+        auto rel = [&](uint64_t clk) {
+          return st + (static_cast<double>(clk) - static_cast<double>(at(k, kGateTraceStartClk))) / ghz / 1000.0;
+        };
+        std::vector<double> wv[5];
+        for (int wi = 0; wi < warps; ++wi)
+          for (int j = 0; j < 5; ++j)
+            wv[j].push_back(
+                rel(tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots + j]));
+        for (auto& v : wv) std::sort(v.begin(), v.end());
+        col[0].push_back(st);
+        col[1].push_back(wv[0].front());
+        col[2].push_back(wv[1][warps / 2]);
+        col[3].push_back(wv[2][warps / 2]);
+        col[4].push_back(wv[3][warps / 2]);
+        col[5].push_back(wv[4].front());
+        col[6].push_back(wv[4].back());
+        col[7].push_back(rel(at(k, kGateTraceStreamsDone)));
+        col[8].push_back(rel(at(k, kGateTracePartial)));
+        if (at(k, kGateTraceBarrier)) col[9].push_back(rel(at(k, kGateTraceBarrier)));
+        if (at(k, kGateTraceReduced)) col[10].push_back(rel(at(k, kGateTraceReduced)));
+        col[11].push_back((at(k, kGateTraceEndNs) - t0) / 1000.0);
+        span = std::max(span, col[11].back());
+        spread.push_back(wv[4].back() - wv[4].front());
+        ends.push_back({col[7].back(), k});
+      }
+      std::printf("[timeline] hints %d rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f "
+                  "µs; µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
+                  hints, rep, ctas, ghz, ms * 1000.0, span);
+      auto row = [](const char* nm, std::vector<double> v) {
+        if (v.empty()) return;
+        std::sort(v.begin(), v.end());
+        auto q = [&](double p) { return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)]; };
+        std::printf("  %-16s %7.2f %7.2f %7.2f %7.2f %7.2f\n", nm, v.front(), q(0.1), q(0.5), q(0.9), v.back());
+      };
+      for (int j = 0; j < kCols; ++j) row(names[j], col[j]);
+      row("warp spread", spread);
+      std::sort(ends.begin(), ends.end());
+      std::printf("  earliest streams done (CTA:SM @µs):");
+      for (size_t i = 0; i < std::min<size_t>(6, ends.size()); ++i)
+        std::printf(" %d:%llu@%.2f", ends[i].second, static_cast<unsigned long long>(at(ends[i].second, kGateTraceSm)),
+                    ends[i].first);
+      std::printf("\n  latest:");
+      for (size_t i = ends.size() > 6 ? ends.size() - 6 : 0; i < ends.size(); ++i)
+        std::printf(" %d:%llu@%.2f", ends[i].second, static_cast<unsigned long long>(at(ends[i].second, kGateTraceSm)),
+                    ends[i].first);
+      std::printf("\n");
+      std::vector<double> sm_end(1024, -1.0);
+      for (const auto& [t, k] : ends) {
+        const uint64_t sm = at(k, kGateTraceSm);
+        if (sm < sm_end.size()) sm_end[sm] = std::max(sm_end[sm], t);
+      }
+      sm_end_reps.push_back(sm_end);
     }
-    sm_end_reps.push_back(sm_end);
+    // Are the late SMs the same ones in every rep (a systematic per-SM bandwidth difference) or not (noise)?
+    for (size_t a = 0; a + 1 < sm_end_reps.size(); ++a) {
+      std::vector<std::pair<double, double>> p;
+      for (size_t sm = 0; sm < sm_end_reps[a].size(); ++sm)
+        if (sm_end_reps[a][sm] >= 0 && sm_end_reps[a + 1][sm] >= 0)
+          p.push_back({sm_end_reps[a][sm], sm_end_reps[a + 1][sm]});
+      double ma = 0, mb = 0;
+      for (auto [u, v] : p) ma += u, mb += v;
+      ma /= static_cast<double>(p.size());
+      mb /= static_cast<double>(p.size());
+      double sab = 0, saa = 0, sbb = 0;
+      for (auto [u, v] : p) sab += (u - ma) * (v - mb), saa += (u - ma) * (u - ma), sbb += (v - mb) * (v - mb);
+      std::printf("[timeline] hints %d: SM streams-done correlation, rep %zu vs %zu: %.2f over %zu SMs\n", hints, a,
+                  a + 1, saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0.0, p.size());
+    }
+    detail::driver().cuEventDestroy(ev0);
+    detail::driver().cuEventDestroy(ev1);
   }
-  // Are the late SMs the same ones in every rep (a systematic per-SM bandwidth difference) or not (noise)?
-  for (size_t a = 0; a + 1 < sm_end_reps.size(); ++a) {
-    std::vector<std::pair<double, double>> p;
-    for (size_t sm = 0; sm < sm_end_reps[a].size(); ++sm)
-      if (sm_end_reps[a][sm] >= 0 && sm_end_reps[a + 1][sm] >= 0) p.push_back({sm_end_reps[a][sm], sm_end_reps[a + 1][sm]});
-    double ma = 0, mb = 0;
-    for (auto [u, v] : p) ma += u, mb += v;
-    ma /= static_cast<double>(p.size());
-    mb /= static_cast<double>(p.size());
-    double sab = 0, saa = 0, sbb = 0;
-    for (auto [u, v] : p) sab += (u - ma) * (v - mb), saa += (u - ma) * (u - ma), sbb += (v - mb) * (v - mb);
-    std::printf("[timeline] SM streams-done correlation, rep %zu vs %zu: %.2f over %zu SMs\n", a, a + 1,
-                saa > 0 && sbb > 0 ? sab / std::sqrt(saa * sbb) : 0.0, p.size());
-  }
-  detail::driver().cuEventDestroy(ev0);
-  detail::driver().cuEventDestroy(ev1);
 }
 
 TEST_F(GroupRmsNormGateGpu, BackwardIsDeterministic) {
