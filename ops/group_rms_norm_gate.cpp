@@ -45,9 +45,9 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // bit 4 a ring of 4 items a warp (gate_depth) instead of 3, bit 5 the dynamic deal of a CTA's tokens to its warps
 // (dw bit-identical to the static deal).
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
-// stores) and bit 3 (x streamed to dx and gate to dgate, no math).
+// stores), bit 3 (x streamed to dx and gate to dgate, no math) and bit 6 (CTAs that return at once).
 constexpr int kHintValues[] = {0, 1, 2, 4, 16, 32};
-bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & 8) != 0; }
+bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)

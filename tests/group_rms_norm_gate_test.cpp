@@ -169,6 +169,7 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 1536, 4, true, DType::f32, DType::f32, 4, 1, 2, 0, 32),     // dynamic deal, fp32 (4-channel chunks)
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 3),  // ablation: no stores
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 8),  // ablation: streamed, no math
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 64),  // ablation: the launch alone
       make(1, 1536, 4, true, DType::bf16, DType::f32, 16, 2, 2, 1),   // staged, fused, shared weight (folds 4)
   };
   for (const auto& s : specs) {

@@ -145,9 +145,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   }
   // The staged default's L2 policies (hints: 1 dx/dgate stored streaming .cs, 2 stored with an evict-first policy,
   // 4 inputs copied without the evict-first policy; 16 a ring of 4 items a warp; 32 the CTA's tokens dealt to its warps
-  // at run time) and two measurement ablations with wrong results (3: no dx/dgate
-  // stores, the reads and dw only; 8: x and gate streamed to dx and dgate, no math: this pipeline's memory floor).
-  for (int hints : {1, 2, 4, 16, 32, 3, 8}) {
+  // at run time) and measurement ablations with wrong results (3: no dx/dgate stores, the reads and dw only; 8: x and
+  // gate streamed to dx and dgate, no math: this pipeline's memory floor; 64: CTAs that return at once, the fixed cost
+  // of this cooperative launch, and of the two launches of reduce 0 below).
+  for (int hints : {1, 2, 4, 16, 32, 3, 8, 64}) {
     cases.push_back({"group_rms_norm_gate_bwd",
                      fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=8 seg=1 reduce=1 hints={}",
                                  hints),
@@ -156,6 +157,11 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                                            1, true, 1, hints);
                      }});
   }
+  cases.push_back({"group_rms_norm_gate_bwd",
+                   "B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=8 seg=1 reduce=0 hints=64", [](Runtime& rt) {
+                     return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2, 8, 1,
+                                                         true, 0, 64);
+                   }});
 });
 }  // namespace
 

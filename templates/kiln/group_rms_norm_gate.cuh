@@ -538,8 +538,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // deal. HINTS (measured
 // variants; 0 the default): bits 0–1 the L2 policy of the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the
 // input copies without the evict-first policy, bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
-// bit 3 a measurement ablation that streams x to dx and gate to dgate with no math (wrong results: never in the
-// search space; ops/group_rms_norm_gate.cpp's forced-config path only).
+// bit 3 a measurement ablation that streams x to dx and gate to dgate with no math, bit 6 one whose CTAs return at
+// once (the launch's fixed cost) (wrong results: never in the search space; ops/group_rms_norm_gate.cpp's
+// forced-config path only).
 //
 // Dynamic deal (bit 5): the CTA's tokens j = 0 … n − 1 (token x + j·gridDim.x) go to its warps at run time — each
 // warp's first DEPTH items are j = w, w + WARPS, … as in the static deal, every later one is claimed from a
@@ -579,6 +580,7 @@ template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BUL
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 16 warps per SM: ≤ 128 registers
     group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
   if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
+  if constexpr ((HINTS & 64) != 0) return;        // measurement ablation: the launch alone
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
