@@ -248,10 +248,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         for (int reduce : {0, 1}) {
           if (reduce && (base.kernel != kBwd || !fused_reduce_ok(w, rows))) continue;
           for (int hints : kHintValues) {
-            // the measured variants of the staged kernel at the default's warps and segment (a handful of points,
-            // not every config times every variant: the tuner times each point)
-            if (hints && (base.kernel != kBwd || rows != kRowsStaged || w != def.config[C_WARPS] ||
-                          seg != def.config[C_SEG]))
+            // the measured variants of the staged kernel at the default's segment and warps (or twice those: one CTA
+            // an SM, so that the dynamic deal balances every warp of the SM) — a handful of points, not every config
+            // times every variant: the tuner times each point
+            if (hints && (base.kernel != kBwd || rows != kRowsStaged || seg != def.config[C_SEG] ||
+                          (w != def.config[C_WARPS] && w != 2 * def.config[C_WARPS])))
               continue;
             if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
             s.config[C_WARPS] = w;

@@ -157,6 +157,12 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                                            1, true, 1, hints);
                      }});
   }
+  // The dynamic deal with one 16-warp CTA an SM (every warp of the SM balanced).
+  cases.push_back({"group_rms_norm_gate_bwd",
+                   "B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=16 seg=1 reduce=1 hints=32", [](Runtime& rt) {
+                     return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2, 16, 1,
+                                                         true, 1, 32);
+                   }});
   cases.push_back({"group_rms_norm_gate_bwd",
                    "B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=8 seg=1 reduce=0 hints=64", [](Runtime& rt) {
                      return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2, 8, 1,

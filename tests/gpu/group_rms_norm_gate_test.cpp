@@ -427,6 +427,12 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
       EXPECT_TRUE(bitwise_equal("dgate", b.dgate, base.dgate));
       EXPECT_TRUE(bitwise_equal("dweight", b.dweight, base.dweight));
     }
+    // 16 warps a CTA: another grid (other dw partial rows), the same bits with and without the dynamic deal.
+    const Bwd w16 = run_bwd(d, -1, 2, 16, 1, 1, 0), w16dyn = run_bwd(d, -1, 2, 16, 1, 1, 32);
+    EXPECT_TRUE(w16dyn.guards_ok);
+    EXPECT_TRUE(bitwise_equal("dx 16 warps", w16dyn.dx, base.dx));
+    EXPECT_TRUE(bitwise_equal("dgate 16 warps", w16dyn.dgate, base.dgate));
+    EXPECT_TRUE(bitwise_equal("dweight 16 warps", w16dyn.dweight, w16.dweight));
   }
 }
 
