@@ -538,7 +538,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // deal. HINTS (measured
 // variants; 0 the default): bits 0–1 the L2 policy of the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the
 // input copies without the evict-first policy, bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
-// bit 3 a measurement ablation that streams x to dx and gate to dgate with no math, bit 6 one whose CTAs return at
+// bit 7 rotated strips (below), bit 3 a measurement ablation that streams x to dx and gate to dgate with no math, bit
+// 6 one whose CTAs return at
 // once (the launch's fixed cost) (wrong results: never in the search space; ops/group_rms_norm_gate.cpp's
 // forced-config path only).
 //
@@ -550,6 +551,11 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // static deal accumulates in registers) with the same fma, in increasing j — a warp waits, before its second pass,
 // until its slice holds every earlier token of the slice (seq[v]; the smallest pending token's predecessor is always
 // done, so this cannot deadlock) — and the slices are added in slice order as before.
+//
+// Rotated strips (bit 7): CTA (x, seg) takes token strip (x + seg·(M mod X)) mod X (X = gridDim.x) and writes its dw
+// row there, so the strips with one token more (the first M mod X) fall on different x for different segments: with
+// the CTAs x and x + NCTA/2 on one SM (the block scheduler's first wave), no SM gets two of them (Ling-mini: 250
+// items on 16 SMs → at most 249). The same partial rows, the same bits.
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -616,10 +622,12 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
                                 static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
     ring.template issue<PIECE, 3>(k, valid, src, lane);
   };
-  const CtaRows strip(a.M, DYN ? 0 : warp, DYN ? 1 : WARPS);  // DYN: all of the CTA's tokens
+  const u32 gx = gridDim.x;
+  u32 cx = blockIdx.x;  // the CTA's token strip (rotated: see above)
+  if constexpr ((HINTS & 128) != 0) cx = (cx + blockIdx.y * (static_cast<u32>(a.M) % gx)) % gx;
+  const CtaRows strip(a.M, DYN ? 0 : warp, DYN ? 1 : WARPS, cx);  // DYN: all of the CTA's tokens
   const int items = strip.n;  // this warp's tokens (DYN: the CTA's)
   RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // static deal: the tokens being issued / computed
-  const u32 cx = blockIdx.x, gx = gridDim.x;
   auto issue_j = [&](int k, int j) {  // DYN: the CTA's token j
     i64 b = 0, s = 0;
     if (j < items) token_bs32(a, cx + static_cast<u32>(j) * gx, b, s);
@@ -772,7 +780,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     }
     __syncthreads();
   }
-  dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
+  dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(cx) * DIM + c0,
                                                    threadIdx.x);
   if (trace && threadIdx.x == 0) trace[kGateTracePartial] = clock64();
   if constexpr (FUSE)
