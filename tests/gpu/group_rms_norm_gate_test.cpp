@@ -446,10 +446,10 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
 // quarters landed (median over the CTA's warps), first and last warp done, streams done (CTA barrier), partial row
 // written, grid barrier passed and column blocks stored (reducing CTAs), end (globaltimer). Then the spread of warp
 // finish times within a CTA, and the SMs that finish first and last (and whether the same ones do in every rep).
-// The default (hints 0) and the dynamic deal of a CTA's tokens to its warps (hints 32; its quarter marks are the first
+// The default (hints 0), the dynamic deal of a CTA's tokens to its warps (hints 32; its quarter marks are the first
 // item a warp computes past a quarter, half, three quarters of the CTA's tokens).
 TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
-  for (const int hints : {0, 32}) {
+  for (const int hints : {0, 32, 160}) {
     Runtime& r = rt();
     const Case c{2, 4096, 2048, 4};
     const Data d = make_data(c, 0x8c);
