@@ -447,7 +447,8 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
 // written, grid barrier passed and column blocks stored (reducing CTAs), end (globaltimer). Then the spread of warp
 // finish times within a CTA, and the SMs that finish first and last (and whether the same ones do in every rep).
 // The default (hints 0), the dynamic deal of a CTA's tokens to its warps (hints 32; its quarter marks are the first
-// item a warp computes past a quarter, half, three quarters of the CTA's tokens).
+// item a warp computes past a quarter, half, three quarters of the CTA's tokens), and that with the strips rotated per
+// segment (160).
 TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
   for (const int hints : {0, 32, 160}) {
     Runtime& r = rt();
