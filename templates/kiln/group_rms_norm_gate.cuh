@@ -713,6 +713,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
         if (k == items / 4) tw[1] = t;
         if (k == items / 2) tw[2] = t;
         if (k == 3 * items / 4) tw[3] = t;
+        if (k == items - 1) tw[5] = t;
       }
       i64 b, s;
       walker_bs(a, cw, b, s);
@@ -740,6 +741,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
 #pragma unroll
             for (int q = 0; q < 4; ++q)
               if (!(marks >> q & 1) && j >= q * items / 4) tw[q] = t, marks |= 1 << q;
+            tw[5] = t;  // the last write: the warp's last item
           }
           i64 b, s;
           token_bs32(a, cx + static_cast<u32>(j) * gx, b, s);

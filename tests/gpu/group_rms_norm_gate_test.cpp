@@ -510,6 +510,7 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
               &tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots];
           EXPECT_LE(cs, tw[0]) << "CTA " << k << " warp " << wi;
           EXPECT_LE(tw[0], tw[4]) << "CTA " << k << " warp " << wi;
+          EXPECT_LE(tw[5], tw[4]) << "CTA " << k << " warp " << wi;
           if (hints == 0) {
             EXPECT_LE(tw[0], tw[1]) << "CTA " << k << " warp " << wi;
             EXPECT_LE(tw[1], tw[2]) << "CTA " << k << " warp " << wi;
@@ -523,11 +524,12 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
       ASSERT_FALSE(rate.empty());
       std::sort(rate.begin(), rate.end());
       const double ghz = rate[rate.size() / 2];
-      const char* names[] = {"start",      "first item", "warps 1/4",  "warps 1/2",      "warps 3/4", "first warp done",
-                             "last warp done", "streams done", "partial", "barrier passed", "reduced",   "end (gt)"};
-      constexpr int kCols = 12;
+      const char* names[] = {"start",           "first item",     "warps 1/4",    "warps 1/2", "warps 3/4",
+                             "first warp done", "last warp done", "streams done", "partial",   "barrier passed",
+                             "reduced",         "end (gt)",       "last landed"};
+      constexpr int kCols = 13;
       std::vector<std::vector<double>> col(kCols);
-      std::vector<double> spread;
+      std::vector<double> spread, last_item;
       std::vector<std::pair<double, int>> ends;  // streams done, CTA
       double span = 0;
       for (int k = 0; k < ctas; ++k) {
@@ -535,9 +537,9 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
         auto rel = [&](uint64_t clk) {
           return st + (static_cast<double>(clk) - static_cast<double>(at(k, kGateTraceStartClk))) / ghz / 1000.0;
         };
-        std::vector<double> wv[5];
+        std::vector<double> wv[6];
         for (int wi = 0; wi < warps; ++wi)
-          for (int j = 0; j < 5; ++j)
+          for (int j = 0; j < 6; ++j)
             wv[j].push_back(
                 rel(tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots + j]));
         for (auto& v : wv) std::sort(v.begin(), v.end());
@@ -554,7 +556,13 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
         if (at(k, kGateTraceReduced)) col[10].push_back(rel(at(k, kGateTraceReduced)));
         col[11].push_back((at(k, kGateTraceEndNs) - t0) / 1000.0);
         span = std::max(span, col[11].back());
+        col[12].push_back(wv[5].back());
         spread.push_back(wv[4].back() - wv[4].front());
+        for (int wi = 0; wi < warps; ++wi) {  // the warp's last item: landed → computed
+          const uint64_t* t5 =
+              &tr[static_cast<size_t>(k) * kGateTraceSlots + kGateTraceWarp + wi * kGateTraceWarpSlots];
+          last_item.push_back((static_cast<double>(t5[4]) - static_cast<double>(t5[5])) / ghz / 1000.0);
+        }
         ends.push_back({col[7].back(), k});
       }
       std::printf("[timeline] hints %d rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f "
@@ -568,6 +576,7 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
       };
       for (int j = 0; j < kCols; ++j) row(names[j], col[j]);
       row("warp spread", spread);
+      row("last item (µs)", last_item);
       std::sort(ends.begin(), ends.end());
       std::printf("  earliest streams done (CTA:SM @µs):");
       for (size_t i = 0; i < std::min<size_t>(6, ends.size()); ++i)
