@@ -163,7 +163,7 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1),  // the default: staged, in-kernel dw reduction
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 1),  // stores .cs
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 2),  // stores evict-first
-      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 4),  // inputs without evict-first
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 4),  // inputs evict-first
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 16),  // 4 ring slots
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 32),  // dynamic deal
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 160),  // dynamic deal, rotated strips

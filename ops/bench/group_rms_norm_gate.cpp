@@ -144,7 +144,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      }});
   }
   // The staged default's L2 policies (hints: 1 dx/dgate stored streaming .cs, 2 stored with an evict-first policy,
-  // 4 inputs copied without the evict-first policy; 16 a ring of 4 items a warp; 32 the CTA's tokens dealt to its warps
+  // 4 inputs copied with an L2 evict-first policy (session 5's default); 16 a ring of 4 items a warp; 32 the CTA's tokens dealt to its warps
   // at run time; 128 token strips rotated per segment; 160 both) and measurement ablations with wrong results (3: no dx/dgate stores, the reads and dw only; 8: x and
   // gate streamed to dx and dgate, no math: this pipeline's memory floor; 64: CTAs that return at once, the fixed cost
   // of this cooperative launch, and of the two launches of reduce 0 below).

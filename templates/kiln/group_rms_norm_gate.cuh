@@ -272,6 +272,13 @@ __device__ __forceinline__ u64 gate_gtimer() {
   asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
   return t;
 }
+// clock64 that stays between the memory operations and barriers around it (the intrinsic may be moved across a
+// __syncthreads: round 1's stamps after a CTA barrier read earlier than ones before it).
+__device__ __forceinline__ u64 gate_clock() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+  return t;
+}
 __device__ __forceinline__ u32 gate_smid() {
   u32 sm;
   asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
@@ -537,7 +544,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8), then (16-byte aligned) WARPS·(SEG·d + 1)·4 + 16 with the dynamic
 // deal. HINTS (measured
 // variants; 0 the default): bits 0–1 the L2 policy of the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the
-// input copies without the evict-first policy, bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
+// input copies with an L2 evict-first policy (session 5's default; 0.9 µs slower in session 6's round 1: the copies
+// use the default policy), bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
 // bit 7 rotated strips (below), bit 3 a measurement ablation that streams x to dx and gate to dgate with no math, bit
 // 6 one whose CTAs return at
 // once (the launch's fixed cost) (wrong results: never in the search space; ops/group_rms_norm_gate.cpp's
@@ -607,8 +615,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   u64* const trace =
       a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kGateTraceSlots : nullptr;
   u64 t0_ns = 0, t0_clk = 0;
-  if (trace) t0_ns = gate_gtimer(), t0_clk = clock64();
-  WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) == 0> ring{
+  if (trace) t0_ns = gate_gtimer(), t0_clk = gate_clock();
+  WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) != 0> ring{
       smem_raw + warp * DEPTH * SLOT, reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
   float* const slices = reinterpret_cast<float*>(smem_raw + (WARPS * DEPTH * (SLOT + 8) + 15) / 16 * 16);  // DYN
@@ -708,7 +716,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     for (int k = 0; k < items; ++k) {
       ring.wait(k);
       if (tw && lane == 0) {  // measurement: the warp's progress
-        const u64 t = clock64();
+        const u64 t = gate_clock();
         if (k == 0) tw[0] = t;
         if (k == items / 4) tw[1] = t;
         if (k == items / 2) tw[2] = t;
@@ -737,7 +745,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
           const int k = k0 + u;
           ring.wait(k);
           if (tw && lane == 0) {
-            const u64 t = clock64();
+            const u64 t = gate_clock();
 #pragma unroll
             for (int q = 0; q < 4; ++q)
               if (!(marks >> q & 1) && j >= q * items / 4) tw[q] = t, marks |= 1 << q;
@@ -765,11 +773,11 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     }
   }
   ring.drain();
-  if (tw && lane == 0) tw[4] = clock64();
+  if (tw && lane == 0) tw[4] = gate_clock();
 
   // CTA sum of the warps' (DYN: the slices') dw in order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();
-  if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = clock64();
+  if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = gate_clock();
   float* red = DYN ? slices : reinterpret_cast<float*>(smem_raw);
   static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
   if constexpr (!DYN) {
@@ -784,11 +792,11 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   }
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(cx) * DIM + c0,
                                                    threadIdx.x);
-  if (trace && threadIdx.x == 0) trace[kGateTracePartial] = clock64();
+  if (trace && threadIdx.x == 0) trace[kGateTracePartial] = gate_clock();
   if constexpr (FUSE)
     gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a, trace ? trace + kGateTraceBarrier : nullptr);
   if (trace && threadIdx.x == 0) {
-    trace[kGateTraceEndClk] = clock64();
+    trace[kGateTraceEndClk] = gate_clock();
     trace[kGateTraceEndNs] = gate_gtimer();
   }
 }

@@ -406,7 +406,7 @@ TEST_F(GroupRmsNormGateGpu, BackwardKernelsAgreeBitwise) {
   }
 }
 
-// The staged kernel's L2 policies (hints: stores streaming / evict-first, inputs without evict-first) change where
+// The staged kernel's L2 policies (hints: stores streaming / evict-first, inputs evict-first) change where
 // lines live in L2, a 4-slot ring only how far ahead a warp copies, and the dynamic deal (32) which warp computes a
 // token but not the order dw is summed in: every output bit-identical to hints 0 (the same grid — 2 CTAs an SM in
 // each case — and the same dw order).
@@ -517,8 +517,7 @@ TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
             EXPECT_LE(tw[2], tw[3]) << "CTA " << k << " warp " << wi;
             EXPECT_LE(tw[3], tw[4]) << "CTA " << k << " warp " << wi;
           }
-          EXPECT_LE(tw[4], at(k, kGateTraceStreamsDone)) << "CTA " << k << " warp " << wi;
-        }
+          }
         if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
       }
       ASSERT_FALSE(rate.empty());
