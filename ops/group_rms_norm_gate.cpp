@@ -40,15 +40,15 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
-// C_HINTS (bwd, staged kernel only; measured variants, 0 the default): bits 0–1 the L2 policy of the dx/dgate stores
-// (0 plain, 1 streaming .cs, 2 evict-first cache policy), bit 2 the TMA input copies with an L2 evict-first policy
+// C_HINTS (bwd, staged kernel only; measured variants, 0 the default): bit 2 the TMA input copies with an L2
+// evict-first policy
 // (session 5's default: 59.66–60.16 µs against 58.66–59.02 without it in session 6's round 1, 4 samples each),
 // bit 4 a ring of 4 items a warp (gate_depth) instead of 3, bit 5 the dynamic deal of a CTA's tokens to its warps
 // (dw bit-identical to the static deal), bit 7 token strips rotated per segment (no SM takes two of the strips with an
 // extra token; the same bits).
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
 // stores), bit 3 (x streamed to dx and gate to dgate, no math) and bit 6 (CTAs that return at once).
-constexpr int kHintValues[] = {0, 1, 2, 4, 16, 32, 128, 160};
+constexpr int kHintValues[] = {0, 4, 16, 32, 128, 160};
 bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
 constexpr int64_t kMaxDim = 65536;

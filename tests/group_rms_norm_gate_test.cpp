@@ -161,8 +161,6 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 1536, 4, true, DType::f16, DType::bf16, 4, 4, 2),
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3, 1),  // kept rows and sigmoids, in-kernel dw reduction
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1),  // the default: staged, in-kernel dw reduction
-      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 1),  // stores .cs
-      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 2),  // stores evict-first
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 4),  // inputs evict-first
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 16),  // 4 ring slots
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 32),  // dynamic deal

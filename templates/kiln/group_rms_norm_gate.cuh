@@ -310,8 +310,8 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // reciprocal, gate and dy not read again). DWM, where dw accumulates: 0 in dwr[st][e] (dwr = fma(x·r, y·σ, dwr)),
 // 1 added into the shared-memory slice dws (SEG·d floats; dws += x·r·y·σ), 2 the register path's fma on the slice
 // dws instead (dws = fma(x·r, y·σ, dws): the same bits as 0 when a slice sees the same tokens in the same order).
-// before_pass2() runs between the group sums and pass 2 (the dynamic deal waits there for its slice). STH: the L2
-// policy of the dx and dgate stores (st_raw_hint: 0 plain, 1 streaming .cs, 2 evict-first, 3 none).
+// before_pass2() runs between the group sums and pass 2 (the dynamic deal waits there for its slice). STH: 0 store dx
+// and dgate, 3 do not (a measurement ablation).
 struct GateNoWait {
   __device__ __forceinline__ void operator()() const {}
 };
@@ -543,7 +543,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
 // memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8), then (16-byte aligned) WARPS·(SEG·d + 1)·4 + 16 with the dynamic
 // deal. HINTS (measured
-// variants; 0 the default): bits 0–1 the L2 policy of the dx/dgate stores (st_raw_hint; 3 = no stores), bit 2 the
+// variants; 0 the default): bits 0–1 = 3 a measurement ablation without dx/dgate stores, bit 2 the
 // input copies with an L2 evict-first policy (session 5's default; 0.9 µs slower in session 6's round 1: the copies
 // use the default policy), bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
 // bit 7 rotated strips (below), bit 3 a measurement ablation that streams x to dx and gate to dgate with no math, bit
