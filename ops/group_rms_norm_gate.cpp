@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cstdint>
 #include <cmath>
 
 #include "kiln/dw_reduce_args.h"
@@ -45,10 +46,12 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // (session 5's default: 59.66–60.16 µs against 58.66–59.02 without it in session 6's round 1, 4 samples each),
 // bit 4 a ring of 4 items a warp (gate_depth) instead of 3, bit 5 the dynamic deal of a CTA's tokens to its warps
 // (dw bit-identical to the static deal), bit 7 token strips rotated per segment (no SM takes two of the strips with an
-// extra token; the same bits).
+// extra token; the same bits), bit 8 (with 5 and reduce 1) CTAs that run out of tokens steal the last tokens of the
+// slowest strips of their segment (kiln/group_rms_norm_gate.cuh; dw deterministic, other bits than without it).
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
 // stores), bit 3 (x streamed to dx and gate to dgate, no math) and bit 6 (CTAs that return at once).
-constexpr int kHintValues[] = {0, 4, 16, 32, 128, 160};
+constexpr int kHintValues[] = {0, 4, 16, 32, 128, 160, 288, 416};
+constexpr int kHintSteal = 256;
 bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
@@ -63,6 +66,17 @@ const char* type_name(int64_t d) {
 }
 
 int gate_depth(const Specialization& s);
+
+// Workspace floats the stealing variant (hints bit 8) needs after the X partial rows: per strip (X per segment) a
+// claim word and kGateStealMax flags, 16-byte aligned, then kGateStealMax product rows of SEG·d floats; + 4 floats of
+// alignment slack. 0 without stealing.
+int64_t steal_elems(const Specialization& s, int64_t X) {
+  if (s.kernel != kBwd || s.config[C_ROWS] != kRowsStaged || !(s.config[C_HINTS] & kHintSteal)) return 0;
+  const int64_t nstrips = X * (s.params[P_G] / s.config[C_SEG]);
+  const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]);
+  const int64_t head = (nstrips * (8 + 4 * kGateStealMax) + 15) / 16 * 16;
+  return 4 + head / 4 + nstrips * kGateStealMax * seg_channels;
+}
 
 // The staged backward's dynamic shared memory with `depth` ring slots a warp (kiln/group_rms_norm_gate.cuh): the rings
 // (x, gate, dy of an item a slot) and one mbarrier a slot; with the dynamic deal (hints bit 5), 16-byte aligned after
@@ -257,6 +271,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                           (w != def.config[C_WARPS] && w != 2 * def.config[C_WARPS])))
               continue;
             if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
+            if ((hints & kHintSteal) && !reduce) continue;   // stealing needs the cooperative launch
             s.config[C_WARPS] = w;
             s.config[C_SEG] = static_cast<int>(seg);
             s.config[C_ROWS] = rows;
@@ -522,12 +537,13 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     X = bwd_grid_x(rt, s, g.M);
-    if (workspace.defined() && workspace.numel() < X * g.dim)
+    const int64_t need = X * g.dim + steal_elems(s, X);
+    if (workspace.defined() && workspace.numel() < need)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (group_rms_norm_gate_bwd_workspace_elems), "
                                               "got {}",
-                                              X * g.dim, workspace.numel()));
+                                              need, workspace.numel()));
     if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(X * g.dim) * 4, stream);
+      owned = impl.alloc_async(static_cast<size_t>(need) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
     const auto [dy_sb, dy_ss] = bs_strides(dy, opts.transpose);
@@ -539,7 +555,9 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
                            g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
                            partial,  static_cast<float*>(dweight.data), static_cast<int>(g.M), static_cast<int>(g.B),
                            static_cast<int>(g.S), opts.transpose, opts.eps,
-                           detail::group_rms_norm_gate_trace.load(std::memory_order_relaxed)};
+                           detail::group_rms_norm_gate_trace.load(std::memory_order_relaxed), nullptr};
+    if (steal_elems(s, X) > 0)  // 16-byte aligned after the partial rows
+      a.steal = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(partial + X * g.dim) + 15) / 16 * 16);
     fused = s.config[C_REDUCE] != 0;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(X);
@@ -558,6 +576,8 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
           e.what());
       fused = false;
       s.config[C_REDUCE] = 0;
+      s.config[C_HINTS] &= ~kHintSteal;  // stealing needs the start barrier of a cooperative launch
+      a.steal = nullptr;
       d.cooperative = false;
       impl.launch(s, d, stream, a);
     }

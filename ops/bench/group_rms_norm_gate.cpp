@@ -157,6 +157,18 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                                            1, true, 1, hints);
                      }});
   }
+  // Stealing between CTAs (hints 288 = 256 + the dynamic deal 32; 416 with rotated strips; 16 warps): its workspace is
+  // larger than the default's, so these rows (and a default row for comparison) let the op allocate its own.
+  for (const auto& [warps, hints] : {std::pair{8, 0}, {8, 288}, {8, 416}, {16, 288}}) {
+    cases.push_back({"group_rms_norm_gate_bwd",
+                     fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps={} seg=1 reduce=1 hints={} "
+                                 "ws=own",
+                                 warps, hints),
+                     [warps, hints](Runtime& rt) {
+                       return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2,
+                                                           warps, 1, false, 1, hints);
+                     }});
+  }
   // The dynamic deal with one 16-warp CTA an SM (every warp of the SM balanced).
   cases.push_back({"group_rms_norm_gate_bwd",
                    "B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=16 seg=1 reduce=1 hints=32", [](Runtime& rt) {

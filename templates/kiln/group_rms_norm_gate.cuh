@@ -309,7 +309,9 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // the chunk's weights (wgt(st, chunk, w)). KSIG: y·σ and 1 − σ of pass 1 are kept for pass 2 (no second exp and
 // reciprocal, gate and dy not read again). DWM, where dw accumulates: 0 in dwr[st][e] (dwr = fma(x·r, y·σ, dwr)),
 // 1 added into the shared-memory slice dws (SEG·d floats; dws += x·r·y·σ), 2 the register path's fma on the slice
-// dws instead (dws = fma(x·r, y·σ, dws): the same bits as 0 when a slice sees the same tokens in the same order).
+// dws instead (dws = fma(x·r, y·σ, dws): the same bits as 0 when a slice sees the same tokens in the same order),
+// 3 the products x·r·y·σ stored to the global row dws (SEG·d floats; a stolen token's contribution, added by its
+// owner: ops with stealing accumulate with mode 1 so that both paths round alike).
 // before_pass2() runs between the group sums and pass 2 (the dynamic deal waits there for its slice). STH: 0 store dx
 // and dgate, 3 do not (a measurement ablation).
 struct GateNoWait {
@@ -390,7 +392,7 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
         dxo[e] = fmaf(rq, t, -cq * xf);
         dgo[e] = n * t * om;
         if constexpr (DWM == 0) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
-        else if constexpr (DWM == 1) acc[e] = n * ys;
+        else if constexpr (DWM == 1 || DWM == 3) acc[e] = n * ys;
         else nv[e] = n, ysv2[e] = ys;
       }
       Raw<B> o1, o2;
@@ -400,6 +402,12 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
       st_raw_hint<STH>(dgr + c * E, o2);
       if constexpr (DWM == 1) smem_add<E>(dws + c * E, acc);
       if constexpr (DWM == 2) smem_fma2<E>(dws + c * E, nv, ysv2);
+      if constexpr (DWM == 3) {
+        static_assert(E % 4 == 0, "float4 stores");
+#pragma unroll
+        for (int q = 0; q < E; q += 4)
+          *reinterpret_cast<float4*>(dws + c * E + q) = make_float4(acc[q], acc[q + 1], acc[q + 2], acc[q + 3]);
+      }
     }
   }
 }
@@ -560,6 +568,17 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // until its slice holds every earlier token of the slice (seq[v]; the smallest pending token's predecessor is always
 // done, so this cannot deadlock) — and the slices are added in slice order as before.
 //
+// Stealing (bit 8, with the dynamic deal and the in-kernel reduction): SMs are served at systematically different
+// rates (session 6's timeline: CTAs done between 28 and 55 µs), so a CTA whose own tokens run out takes the last ones
+// of the strip of its segment with the most left. A strip's claim word holds the owner's next token f (low half) and
+// the steals tried s (high half): the owner takes f while f < n − min(s, KS), a thief n − 1 − s while s < KS and
+// f + s < n, each with one atomic add on the word, so own and stolen tokens partition the strip ([0, n − S) and
+// [n − S, n)). The words and flags are set by their owner before a start barrier (arrive only; a thief waits for it
+// before its first steal, long after). dw stays deterministic: every token's contribution is the rounded product
+// x·r·y·σ added to its slice (mode 1; not the fma of the static deal: other bits than hints 0, the same in every
+// run), a thief stores a stolen token's products to the owner's row (KS rows of SEG·d floats a strip) and sets its
+// flag, and the owner adds them after its own, in token order.
+//
 // Rotated strips (bit 7): CTA (x, seg) takes token strip (x + seg·(M mod X)) mod X (X = gridDim.x) and writes its dw
 // row there, so the strips with one token more (the first M mod X) fall on different x for different segments: with
 // the CTAs x and x + NCTA/2 on one SM (the block scheduler's first wave), no SM gets two of them (Ling-mini: 250
@@ -570,6 +589,11 @@ struct GateStaged {
   static constexpr bool OK = L::BYTES == 16 && L::STEPS * L::E <= 64;
   static constexpr int PIECE = L::SEGC * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 3 * PIECE;
+};
+
+template <int V>
+struct GateInt {
+  static constexpr int value = V;
 };
 
 // (b, s) of walking-order token t < 2³¹ (one 32-bit division).
@@ -587,6 +611,38 @@ __device__ __forceinline__ int ld_acquire_cta(const int* p) {
 }
 __device__ __forceinline__ void st_release_cta(int* p, int v) {
   asm volatile("st.release.cta.shared.b32 [%0], %1;" ::"r"(pipe_smem_u32(p)), "r"(v) : "memory");
+}
+// A spin-wait's guard: traps (failing the launch) once a wait has lasted 2 s instead of hanging the GPU (a wait here
+// normally ends within microseconds; never, only through a bug). Call once per iteration with zero-initialized state.
+struct GateSpinGuard {
+  u64 t0 = 0;
+  u32 n = 0;
+  __device__ __forceinline__ void tick() {
+    if ((n++ & 1023u) == 0) {
+      u64 t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      if (t0 == 0) t0 = t;
+      else if (t - t0 > 2000000000ull) __trap();
+    }
+  }
+};
+__device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
+  u32 v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ u64 ld_relaxed_gpu(const u64* p) {
+  u64 v;
+  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+__device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
+  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
+}
+__device__ __forceinline__ float4 ld_cg_f4(const float* p) {
+  float4 v;
+  asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
+  return v;
 }
 
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, int HINTS, typename T,
@@ -607,6 +663,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   constexpr bool WREG = STEPS * E <= 16;  // the lane's weights kept in registers (else re-read per item, L1 hits)
   constexpr int STH = HINTS & 3;
   constexpr bool DYN = (HINTS & 32) != 0;
+  constexpr bool STEAL = (HINTS & 256) != 0;
+  static_assert(!STEAL || (DYN && FUSE), "stealing needs the dynamic deal and the cooperative launch");
+  constexpr int KS = kGateStealMax;
   static_assert(WARPS <= 16, "trace slots for 16 warps");
   // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers; DYN: then [WARPS][SEGC] fp32 dw slices, seq[WARPS], next.
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -622,6 +681,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   float* const slices = reinterpret_cast<float*>(smem_raw + (WARPS * DEPTH * (SLOT + 8) + 15) / 16 * 16);  // DYN
   int* const seq = reinterpret_cast<int*>(slices + WARPS * SEGC);
   int* const next = seq + WARPS;
+  int* const own = next + 1;                               // STEAL: own tokens computed
+  u32* const start_token = reinterpret_cast<u32*>(own + 1);  // STEAL: the start barrier's arrival token
 
   // The item's x, gate, dy rows of walking-order token (b, s) into ring slot k (nothing when !valid).
   auto issue_bs = [&](int k, bool valid, i64 b, i64 s) {
@@ -636,17 +697,33 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   const CtaRows strip(a.M, DYN ? 0 : warp, DYN ? 1 : WARPS, cx);  // DYN: all of the CTA's tokens
   const int items = strip.n;  // this warp's tokens (DYN: the CTA's)
   RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // static deal: the tokens being issued / computed
-  auto issue_j = [&](int k, int j) {  // DYN: the CTA's token j
+  auto issue_t = [&](int k, int j, u32 strip_of) {  // DYN: token j (< 0: none) of strip `strip_of`
     i64 b = 0, s = 0;
-    if (j < items) token_bs32(a, cx + static_cast<u32>(j) * gx, b, s);
-    issue_bs(k, j < items, b, s);
+    if (j >= 0) token_bs32(a, strip_of + static_cast<u32>(j) * gx, b, s);
+    issue_bs(k, j >= 0, b, s);
   };
-  int tok[DEPTH];  // DYN: the CTA token index of the item in ring position u (≥ items: none)
+  // STEAL: [gridDim.y][gridDim.x] claim words {low 32: the owner's next token f, high 32: steals tried s}, then
+  // [gridDim.y][gridDim.x][KS] flags, then (16-byte aligned) [gridDim.y][gridDim.x][KS][SEGC] products.
+  const u32 nstrips = gridDim.y * gx;
+  u64* const words = static_cast<u64*>(a.steal);
+  u32* const flags = reinterpret_cast<u32*>(words + nstrips);
+  float* const pbuf = reinterpret_cast<float*>(
+      reinterpret_cast<unsigned char*>(a.steal) + (static_cast<u64>(nstrips) * (8 + 4 * KS) + 15) / 16 * 16);
+  const u32 row0 = blockIdx.y * gx;  // this segment's strips
+  auto strip_tokens = [&](u32 v) -> int {
+    const u32 m = static_cast<u32>(a.M);
+    return v < m ? static_cast<int>((m - 1 - v) / gx + 1) : 0;
+  };
+  int tok[DEPTH];  // DYN: the token index (in strip tvic) of the item in ring position u (< 0: none)
+  int tsid[DEPTH];  // STEAL: −1 for this CTA's token, else the steal index at the victim tvic
+  u32 tvic[DEPTH];
   if constexpr (DYN) {
 #pragma unroll
     for (int u = 0; u < DEPTH; ++u) {
-      tok[u] = warp + u * WARPS;
-      issue_j(u, tok[u]);
+      tok[u] = warp + u * WARPS < items ? warp + u * WARPS : -1;
+      tsid[u] = -1;
+      tvic[u] = cx;
+      issue_t(u, tok[u], cx);
     }
   } else {
 #pragma unroll
@@ -683,16 +760,27 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     for (int i = threadIdx.x; i < WARPS * SEGC; i += WARPS * 32) slices[i] = 0.f;
     if (threadIdx.x < WARPS) seq[threadIdx.x] = 0;
     if (threadIdx.x == 0) *next = WARPS * DEPTH;
+    if constexpr (STEAL) {
+      // This CTA's claim word and flags, published by the start barrier before any other CTA may steal here.
+      if (threadIdx.x == 0) {
+        words[row0 + cx] = static_cast<u64>(min(WARPS * DEPTH, items));
+        *own = 0;
+      }
+      if (threadIdx.x < KS) flags[(row0 + cx) * KS + threadIdx.x] = 0u;
+      const u32 t = grid_barrier_arrive();  // CTA barrier, then thread 0's release arrival
+      if (threadIdx.x == 0) *start_token = t;
+    }
     __syncthreads();
   }
 
-  // One item: ring slot k holds token (b, s); DWM 0 (registers) or 2 (slice dws, after before_pass2()).
-  auto compute = [&](int k, i64 b, i64 s, float* dws, const auto& before_pass2) {
+  // One item: ring slot k holds token (b, s); DWM (a GateInt) 0 registers, 1 / 2 slice dws (after before_pass2()),
+  // 3 products to the global row dws.
+  auto compute = [&](auto dwm, int k, i64 b, i64 s, float* dws, const auto& before_pass2) {
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k)) + lane * E;
     const GateSmemRows<E, T> rows{xs, xs + SEGC, xs + 2 * SEGC};
-    constexpr int DWM = DYN ? 2 : 0;
+    constexpr int DWM = decltype(dwm)::value;
     if constexpr ((HINTS & 8) != 0) {  // ablation: the same bytes in and out, no math
       before_pass2();
 #pragma unroll
@@ -726,7 +814,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       i64 b, s;
       walker_bs(a, cw, b, s);
       cw.next();
-      compute(k, b, s, nullptr, GateNoWait{});
+      compute(GateInt<0>{}, k, b, s, nullptr, GateNoWait{});
       ring.release();
       i64 nb, ns;
       walker_bs(a, iw, nb, ns);
@@ -736,13 +824,68 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   } else {
     int marks = 0;  // trace: which progress marks this warp has written
     bool more = true;
+    bool thief = false, started = false;  // STEAL: this warp's own claims ran out; it has seen the start barrier
+    // STEAL: one token stolen from the strip of this segment with the most stealable tokens left (false: none left
+    // anywhere — stealable tokens only ever decrease). Waits once for the start barrier (every claim word set).
+    auto steal = [&](int& sj, int& ssid, u32& svic) -> bool {
+      if (!started) {
+        if (lane == 0) {
+          const u32 t0 = *reinterpret_cast<volatile u32*>(start_token);
+          const u32* word = grid_barrier_word();
+          u32 cur;
+          GateSpinGuard guard;
+          do {
+            guard.tick();
+            asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
+          } while (((t0 ^ cur) & 0x80000000u) == 0);
+        }
+        __syncwarp();
+        started = true;
+      }
+      for (;;) {
+        int best = 0;
+        u32 bv = 0;
+        for (u32 v = lane; v < gx; v += 32) {
+          const u64 w = ld_relaxed_gpu(words + row0 + v);
+          const u32 f = static_cast<u32>(w), sc = static_cast<u32>(w >> 32);
+          const int n = strip_tokens(v);
+          const int avail = sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n
+                                ? min(KS - static_cast<int>(sc), n - static_cast<int>(f + sc))
+                                : 0;
+          if (avail > best) best = avail, bv = v;
+        }
+#pragma unroll
+        for (int o = 16; o; o >>= 1) {
+          const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+          const u32 ov = __shfl_xor_sync(0xffffffffu, bv, o);
+          if (ob > best || (ob == best && ov < bv)) best = ob, bv = ov;
+        }
+        if (best == 0) return false;
+        unsigned long long old = 0;
+        if (lane == 0) old = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + bv), 1ull << 32);
+        old = __shfl_sync(0xffffffffu, old, 0);
+        const u32 f = static_cast<u32>(old), sc = static_cast<u32>(old >> 32);
+        const int n = strip_tokens(bv);
+        if (sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n) {
+          sj = n - 1 - static_cast<int>(sc);
+          ssid = static_cast<int>(sc);
+          svic = bv;
+          return true;
+        }
+      }
+    };
     for (int k0 = 0; more; k0 += DEPTH) {
 #pragma unroll
       for (int u = 0; u < DEPTH; ++u) {
         const int j = tok[u];
-        if (more && j >= items) more = false;  // tokens grow along the ring: none valid after this one
+        if (more && j < 0) more = false;  // claims fail for good once they fail: none valid after this one
         if (more) {
           const int k = k0 + u;
+          const int sid = tsid[u];
+          const u32 vic = tvic[u];
+          unsigned long long pend = 0;  // STEAL: the next own claim, in flight under this item's compute
+          if constexpr (STEAL)
+            if (!thief && lane == 0) pend = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + cx), 1ull);
           ring.wait(k);
           if (tw && lane == 0) {
             const u64 t = gate_clock();
@@ -752,22 +895,54 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
             tw[5] = t;  // the last write: the warp's last item
           }
           i64 b, s;
-          token_bs32(a, cx + static_cast<u32>(j) * gx, b, s);
-          const int v = j % WARPS, round = j / WARPS;
-          compute(k, b, s, slices + v * SEGC, [&] {  // slice v holds tokens v, v + WARPS, … < j
-            if (lane == 0)
-              while (ld_acquire_cta(seq + v) != round) {
-              }
+          token_bs32(a, vic + static_cast<u32>(j) * gx, b, s);
+          if (STEAL && sid >= 0) {  // a stolen token: its products to the victim's row, then the row's flag
+            compute(GateInt<3>{}, k, b, s, pbuf + (static_cast<u64>(row0 + vic) * KS + sid) * SEGC, GateNoWait{});
             __syncwarp();
-          });
-          __syncwarp();
-          if (lane == 0) st_release_cta(seq + v, round + 1);
+            if (lane == 0) {
+              __threadfence();
+              st_release_gpu(flags + (row0 + vic) * KS + sid, 1u);
+            }
+          } else {
+            const int v = j % WARPS, round = j / WARPS;
+            compute(GateInt<STEAL ? 1 : 2>{}, k, b, s, slices + v * SEGC, [&] {  // slice v: tokens v, v + WARPS, … < j
+              if (lane == 0) {
+                GateSpinGuard guard;
+                while (ld_acquire_cta(seq + v) != round) guard.tick();
+              }
+              __syncwarp();
+            });
+            __syncwarp();
+            if (lane == 0) {
+              st_release_cta(seq + v, round + 1);
+              if constexpr (STEAL) atomicAdd(own, 1);
+            }
+          }
           ring.release();
-          int nj = 0;
-          if (lane == 0) nj = atomicAdd(next, 1);
-          nj = __shfl_sync(0xffffffffu, nj, 0);
+          int nj = -1, nsid = -1;
+          u32 nvic = cx;
+          if constexpr (STEAL) {
+            if (!thief) {
+              pend = __shfl_sync(0xffffffffu, pend, 0);
+              const u32 f = static_cast<u32>(pend), sc = static_cast<u32>(pend >> 32);
+              if (static_cast<i64>(f) < items - static_cast<i64>(min(sc, static_cast<u32>(KS)))) nj = static_cast<int>(f);
+              else thief = true;
+            }
+            if (thief) {
+              int sj = -1, ss = -1;
+              u32 sv = 0;
+              if (steal(sj, ss, sv)) nj = sj, nsid = ss, nvic = sv;
+            }
+          } else {
+            int c = 0;
+            if (lane == 0) c = atomicAdd(next, 1);
+            c = __shfl_sync(0xffffffffu, c, 0);
+            nj = c < items ? c : -1;
+          }
           tok[u] = nj;
-          issue_j(k + DEPTH, nj);
+          tsid[u] = nsid;
+          tvic[u] = nvic;
+          issue_t(k + DEPTH, nj, nvic);
         }
       }
     }
@@ -778,6 +953,35 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   // CTA sum of the warps' (DYN: the slices') dw in order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();
   if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = gate_clock();
+  if constexpr (STEAL) {
+    // The tokens other CTAs stole from this strip (its last S) are added to their slices after this CTA's own, in
+    // token order, from the products the thieves stored (each published by its flag): warp w takes slice w.
+    const int S = items - *reinterpret_cast<volatile int*>(own);
+    for (int j = items - S; j < items; ++j) {
+      if (j % WARPS != warp) continue;
+      const int sid = items - 1 - j;
+      if (lane == 0) {
+        GateSpinGuard guard;
+        while (ld_acquire_gpu(flags + (row0 + cx) * KS + sid) == 0u) guard.tick();
+      }
+      __syncwarp();
+      const float* p = pbuf + (static_cast<u64>(row0 + cx) * KS + sid) * SEGC;
+#pragma unroll
+      for (int st = 0; st < STEPS; ++st) {
+        const int c = st * 32 + lane;
+        if (NC % 32 == 0 || c < NC) {
+          float acc[E];
+#pragma unroll
+          for (int q = 0; q < E; q += 4) {
+            const float4 t = ld_cg_f4(p + c * E + q);
+            acc[q] = t.x, acc[q + 1] = t.y, acc[q + 2] = t.z, acc[q + 3] = t.w;
+          }
+          smem_add<E>(slices + warp * SEGC + c * E, acc);
+        }
+      }
+    }
+    __syncthreads();
+  }
   float* red = DYN ? slices : reinterpret_cast<float*>(smem_raw);
   static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
   if constexpr (!DYN) {

@@ -32,7 +32,11 @@ struct GroupNormGateBwdArgs {
   int seq_major;
   float eps;
   unsigned long long* trace;  // staged backward, measurement only (null in the ops): kGateTraceSlots per CTA
+  void* steal;  // staged backward with stealing (16-byte aligned; see kiln/group_rms_norm_gate.cuh), else null
 };
+
+// Tokens a CTA of the staged backward may have stolen by other CTAs (its last ones).
+constexpr int kGateStealMax = 32;
 
 // Trace slots of the staged backward (GroupNormGateBwdArgs::trace; CTA y·gridDim.x + x at slot base
 // (y·gridDim.x + x)·kGateTraceSlots): globaltimer ns at start and end, the SM, and clock64 values at the CTA's phases;
