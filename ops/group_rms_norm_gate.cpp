@@ -480,7 +480,10 @@ int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int
   auto& impl = rt.impl();
   const Specialization s =
       impl.tuned(spec(impl.target_arch(), kBwd, dim, groups, false, dtype, dtype), tokens);
-  return bwd_grid_x_bound(rt, s, tokens) * dim;
+  // Stealing's rows scale with the grid: bound them by the occupancy-sized grid X of this config (the partial rows keep
+  // the thread-limit bound, which holds for every weight dtype); 2× X covers a weight dtype that fits more CTAs.
+  const int64_t partial = bwd_grid_x_bound(rt, s, tokens) * dim;
+  return steal_elems(s, 1) > 0 ? partial + steal_elems(s, 2 * bwd_grid_x(rt, s, tokens)) : partial;
 }
 
 namespace detail {
