@@ -50,7 +50,7 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // slowest strips of their segment (kiln/group_rms_norm_gate.cuh; dw deterministic, other bits than without it).
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
 // stores), bit 3 (x streamed to dx and gate to dgate, no math) and bit 6 (CTAs that return at once).
-constexpr int kHintValues[] = {0, 4, 16, 32, 128, 160, 288, 416};
+constexpr int kHintValues[] = {0, 4, 16, 128, 256, 384};
 constexpr int kHintSteal = 256;
 bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
@@ -86,6 +86,8 @@ int64_t staged_smem(const Specialization& s, int depth) {
   const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]), warps = s.config[C_WARPS];
   int64_t bytes = warps * depth * (3 * seg_channels * es + 8);
   if (s.config[C_HINTS] & 32) bytes = (bytes + 15) / 16 * 16 + warps * (seg_channels + 1) * 4 + 16;
+  else if (s.config[C_HINTS] & 256)  // stealing: the pool's product rows in shared memory
+    bytes = (bytes + 15) / 16 * 16 + kGateStealMax * seg_channels * 4 + warps * 4 + 16;
   return bytes;
 }
 

@@ -148,7 +148,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // strips rotated per segment; 160 with 32) and measurement ablations with wrong results (3: no dx/dgate stores, the
   // reads and dw only; 8: x and gate streamed to dx and dgate, no math: this pipeline's memory floor; 64: CTAs that
   // return at once, the fixed cost of this cooperative launch, and of the two launches of reduce 0 below).
-  for (int hints : {4, 16, 32, 128, 160, 3, 8, 64}) {
+  for (int hints : {4, 16, 128, 3, 8, 64}) {
     cases.push_back({"group_rms_norm_gate_bwd",
                      fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=8 seg=1 reduce=1 hints={}",
                                  hints),
@@ -157,9 +157,9 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                                            1, true, 1, hints);
                      }});
   }
-  // Stealing between CTAs (hints 288 = 256 + the dynamic deal 32; 416 with rotated strips; 16 warps): its workspace is
+  // Stealing between CTAs (hints 256; 384 with rotated strips; 16 warps): its workspace is
   // larger than the default's, so these rows (and a default row for comparison) let the op allocate its own.
-  for (const auto& [warps, hints] : {std::pair{8, 0}, {8, 288}, {8, 416}, {16, 288}}) {
+  for (const auto& [warps, hints] : {std::pair{8, 0}, {8, 256}, {8, 384}, {16, 256}}) {
     cases.push_back({"group_rms_norm_gate_bwd",
                      fmt::format("B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps={} seg=1 reduce=1 hints={} "
                                  "ws=own",
@@ -169,12 +169,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                                            warps, 1, false, 1, hints);
                      }});
   }
-  // The dynamic deal with one 16-warp CTA an SM (every warp of the SM balanced).
-  cases.push_back({"group_rms_norm_gate_bwd",
-                   "B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=16 seg=1 reduce=1 hints=32", [](Runtime& rt) {
-                     return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2, 16, 1,
-                                                         true, 1, 32);
-                   }});
   cases.push_back({"group_rms_norm_gate_bwd",
                    "B=2 S=4096 dim=2048 G=4 bf16 transpose=1 rows=2 warps=8 seg=1 reduce=0 hints=64", [](Runtime& rt) {
                      return group_rms_norm_gate_instance(rt, true, 2, 4096, 2048, 4, false, true, DType::bf16, 2, 8, 1,

@@ -664,7 +664,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   constexpr int STH = HINTS & 3;
   constexpr bool DYN = (HINTS & 32) != 0;
   constexpr bool STEAL = (HINTS & 256) != 0;
-  static_assert(!STEAL || (DYN && FUSE), "stealing needs the dynamic deal and the cooperative launch");
+  static_assert(!STEAL || (!DYN && FUSE), "stealing: the static deal and the cooperative launch");
   constexpr int KS = kGateStealMax;
   static_assert(WARPS <= 16, "trace slots for 16 warps");
   // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers; DYN: then [WARPS][SEGC] fp32 dw slices, seq[WARPS], next.
@@ -679,7 +679,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       smem_raw + warp * DEPTH * SLOT, reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
   float* const slices = reinterpret_cast<float*>(smem_raw + (WARPS * DEPTH * (SLOT + 8) + 15) / 16 * 16);  // DYN
-  int* const seq = reinterpret_cast<int*>(slices + WARPS * SEGC);
+  int* const seq = reinterpret_cast<int*>(slices + (STEAL ? KS : WARPS) * SEGC);  // STEAL: slices = pool rows
   int* const next = seq + WARPS;
   int* const own = next + 1;                               // STEAL: own tokens computed
   u32* const start_token = reinterpret_cast<u32*>(own + 1);  // STEAL: the start barrier's arrival token
@@ -714,6 +714,8 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     const u32 m = static_cast<u32>(a.M);
     return v < m ? static_cast<int>((m - 1 - v) / gx + 1) : 0;
   };
+  const int ncta = strip_tokens(cx), nstat = ncta > KS ? ncta - KS : 0;  // STEAL: this strip; its static part
+  const int mine = warp < nstat ? (nstat - 1 - warp) / WARPS + 1 : 0;   // STEAL: this warp's static tokens
   int tok[DEPTH];  // DYN: the token index (in strip tvic) of the item in ring position u (< 0: none)
   int tsid[DEPTH];  // STEAL: −1 for this CTA's token, else the steal index at the victim tvic
   u32 tvic[DEPTH];
@@ -731,7 +733,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       i64 b, s;
       walker_bs(a, iw, b, s);
       iw.next();
-      issue_bs(k, k < items, b, s);
+      issue_bs(k, k < (STEAL ? mine : items), b, s);
     }
   }
   if (trace && threadIdx.x == 0) {
@@ -756,14 +758,16 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       if (NC % 32 == 0 || c < NC) load_f<W, E>(a.w, SHARED_W ? ch % d : ch, wk[st]);
     }
   }
-  if constexpr (DYN) {
-    for (int i = threadIdx.x; i < WARPS * SEGC; i += WARPS * 32) slices[i] = 0.f;
-    if (threadIdx.x < WARPS) seq[threadIdx.x] = 0;
-    if (threadIdx.x == 0) *next = WARPS * DEPTH;
+  if constexpr (DYN || STEAL) {
+    if constexpr (DYN) {
+      for (int i = threadIdx.x; i < WARPS * SEGC; i += WARPS * 32) slices[i] = 0.f;
+      if (threadIdx.x < WARPS) seq[threadIdx.x] = 0;
+      if (threadIdx.x == 0) *next = WARPS * DEPTH;
+    }
     if constexpr (STEAL) {
       // This CTA's claim word and flags, published by the start barrier before any other CTA may steal here.
       if (threadIdx.x == 0) {
-        words[row0 + cx] = static_cast<u64>(min(WARPS * DEPTH, items));
+        words[row0 + cx] = static_cast<u64>(nstat);
         *own = 0;
       }
       if (threadIdx.x < KS) flags[(row0 + cx) * KS + threadIdx.x] = 0u;
@@ -800,7 +804,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
     }
   };
 
-  if constexpr (!DYN) {
+  if constexpr (!DYN && !STEAL) {
     for (int k = 0; k < items; ++k) {
       ring.wait(k);
       if (tw && lane == 0) {  // measurement: the warp's progress
@@ -820,6 +824,133 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       walker_bs(a, iw, nb, ns);
       iw.next();
       issue_bs(k + DEPTH, k + DEPTH < items, nb, ns);
+    }
+  } else if constexpr (STEAL) {
+    // Positions k < mine: the warp's static tokens (registers, as without stealing); then claims: this strip's pool
+    // (front) while it lasts, then stolen tokens of other strips (back). pj < 0: no token (claims fail for good).
+    int pj[DEPTH], psid[DEPTH];
+    u32 pvic[DEPTH];
+    bool thief = false, started = false;
+    auto steal = [&](int& sj, int& ssid, u32& svic) -> bool {
+      if (!started) {  // the start barrier: every claim word of this launch is set
+        if (lane == 0) {
+          const u32 t0 = *reinterpret_cast<volatile u32*>(start_token);
+          const u32* word = grid_barrier_word();
+          u32 cur;
+          GateSpinGuard guard;
+          do {
+            guard.tick();
+            asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
+          } while (((t0 ^ cur) & 0x80000000u) == 0);
+        }
+        __syncwarp();
+        started = true;
+      }
+      for (;;) {
+        int best = 0;
+        u32 bv = 0;
+        for (u32 v = lane; v < gx; v += 32) {
+          const u64 w = ld_relaxed_gpu(words + row0 + v);
+          const u32 f = static_cast<u32>(w), sc = static_cast<u32>(w >> 32);
+          const int n = strip_tokens(v);
+          const int avail = sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n
+                                ? min(KS - static_cast<int>(sc), n - static_cast<int>(f + sc))
+                                : 0;
+          if (avail > best) best = avail, bv = v;
+        }
+#pragma unroll
+        for (int o = 16; o; o >>= 1) {
+          const int ob = __shfl_xor_sync(0xffffffffu, best, o);
+          const u32 ov = __shfl_xor_sync(0xffffffffu, bv, o);
+          if (ob > best || (ob == best && ov < bv)) best = ob, bv = ov;
+        }
+        if (best == 0) return false;
+        unsigned long long old = 0;
+        if (lane == 0) old = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + bv), 1ull << 32);
+        old = __shfl_sync(0xffffffffu, old, 0);
+        const u32 f = static_cast<u32>(old), sc = static_cast<u32>(old >> 32);
+        const int n = strip_tokens(bv);
+        if (sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n) {
+          sj = n - 1 - static_cast<int>(sc);
+          ssid = static_cast<int>(sc);
+          svic = bv;
+          return true;
+        }
+      }
+    };
+    // The claim for a position past the static ones: own pool token (from `pend`, an atomic on this strip's word
+    // issued earlier, or now), else a stolen one.
+    auto claim = [&](unsigned long long pend, bool have, int& cj, int& csid, u32& cvic) {
+      cj = -1, csid = -1, cvic = cx;
+      if (!thief) {
+        if (!have && lane == 0) pend = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + cx), 1ull);
+        pend = __shfl_sync(0xffffffffu, pend, 0);
+        const u32 f = static_cast<u32>(pend), sc = static_cast<u32>(pend >> 32);
+        if (static_cast<i64>(f) < ncta - static_cast<i64>(min(sc, static_cast<u32>(KS)))) cj = static_cast<int>(f);
+        else thief = true;
+      }
+      if (thief) {
+        int sj = -1, ss = -1;
+        u32 sv = 0;
+        if (steal(sj, ss, sv)) cj = sj, csid = ss, cvic = sv;
+      }
+    };
+    // Ring positions issued before the claim word was set (a warp with fewer static tokens than DEPTH).
+    for (int k = 0; k < DEPTH; ++k) {
+      if (k < mine) {
+        pj[k] = 0, psid[k] = -1, pvic[k] = cx;
+      } else {
+        claim(0ull, false, pj[k], psid[k], pvic[k]);
+        issue_t(k, pj[k], pvic[k]);
+      }
+    }
+    for (int k = 0;; ++k) {
+      const int u = k % DEPTH;
+      if (pj[u] < 0) break;
+      const bool next_claimed = k + DEPTH >= mine;
+      unsigned long long pend = 0;  // the next own claim, in flight under this item's compute
+      if (next_claimed && !thief && lane == 0)
+        pend = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + cx), 1ull);
+      ring.wait(k);
+      if (tw && lane == 0) {
+        const u64 t = gate_clock();
+        if (k == 0) tw[0] = t;
+        if (k == mine / 4) tw[1] = t;
+        if (k == mine / 2) tw[2] = t;
+        if (k == 3 * mine / 4) tw[3] = t;
+        tw[5] = t;
+      }
+      i64 b, s;
+      if (k < mine) {
+        walker_bs(a, cw, b, s);
+        cw.next();
+        compute(GateInt<0>{}, k, b, s, nullptr, GateNoWait{});
+      } else {
+        token_bs32(a, pvic[u] + static_cast<u32>(pj[u]) * gx, b, s);
+        if (psid[u] < 0) {  // this strip's pool: the products to its shared-memory row
+          compute(GateInt<3>{}, k, b, s, slices + (pj[u] - nstat) * SEGC, GateNoWait{});
+          if (lane == 0) atomicAdd(own, 1);
+        } else {  // stolen: the products to the victim's row, then its flag
+          compute(GateInt<3>{}, k, b, s, pbuf + (static_cast<u64>(row0 + pvic[u]) * KS + psid[u]) * SEGC,
+                  GateNoWait{});
+          __syncwarp();
+          if (lane == 0) {
+            __threadfence();
+            st_release_gpu(flags + (row0 + pvic[u]) * KS + psid[u], 1u);
+          }
+        }
+      }
+      ring.release();
+      if (!next_claimed) {
+        i64 nb, ns;
+        walker_bs(a, iw, nb, ns);
+        iw.next();
+        pj[u] = 0;
+        issue_bs(k + DEPTH, true, nb, ns);
+      } else {
+        claim(pend, !thief, pj[u], psid[u], pvic[u]);
+        issue_t(k + DEPTH, pj[u], pvic[u]);
+      }
     }
   } else {
     int marks = 0;  // trace: which progress marks this warp has written
@@ -954,33 +1085,31 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   __syncthreads();
   if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = gate_clock();
   if constexpr (STEAL) {
-    // The tokens other CTAs stole from this strip (its last S) are added to their slices after this CTA's own, in
-    // token order, from the products the thieves stored (each published by its flag): warp w takes slice w.
-    const int S = items - *reinterpret_cast<volatile int*>(own);
-    for (int j = items - S; j < items; ++j) {
-      if (j % WARPS != warp) continue;
-      const int sid = items - 1 - j;
-      if (lane == 0) {
+    // The pool tokens (the strip's last KS) join the register sums after the static ones, in token order — the
+    // products the owner's warps stored in shared memory, or those a thief stored (published by its flag) for the
+    // last S that were stolen: warp w takes the tokens ≡ w (mod WARPS), as its static deal did.
+    const int S = ncta - nstat - *reinterpret_cast<volatile int*>(own);
+    for (int j = nstat + (warp - nstat % WARPS + WARPS) % WARPS; j < ncta; j += WARPS) {
+      const bool stolen = j >= ncta - S;
+      const int sid = ncta - 1 - j;
+      if (stolen && lane == 0) {
         GateSpinGuard guard;
         while (ld_acquire_gpu(flags + (row0 + cx) * KS + sid) == 0u) guard.tick();
       }
       __syncwarp();
-      const float* p = pbuf + (static_cast<u64>(row0 + cx) * KS + sid) * SEGC;
+      const float* p = stolen ? pbuf + (static_cast<u64>(row0 + cx) * KS + sid) * SEGC : slices + (j - nstat) * SEGC;
 #pragma unroll
       for (int st = 0; st < STEPS; ++st) {
         const int c = st * 32 + lane;
         if (NC % 32 == 0 || c < NC) {
-          float acc[E];
 #pragma unroll
           for (int q = 0; q < E; q += 4) {
-            const float4 t = ld_cg_f4(p + c * E + q);
-            acc[q] = t.x, acc[q + 1] = t.y, acc[q + 2] = t.z, acc[q + 3] = t.w;
+            const float4 t = stolen ? ld_cg_f4(p + c * E + q) : *reinterpret_cast<const float4*>(p + c * E + q);
+            dwr[st][q] += t.x, dwr[st][q + 1] += t.y, dwr[st][q + 2] += t.z, dwr[st][q + 3] += t.w;
           }
-          smem_add<E>(slices + warp * SEGC + c * E, acc);
         }
       }
     }
-    __syncthreads();
   }
   float* red = DYN ? slices : reinterpret_cast<float*>(smem_raw);
   static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");

@@ -35,8 +35,9 @@ struct GroupNormGateBwdArgs {
   void* steal;  // staged backward with stealing (16-byte aligned; see kiln/group_rms_norm_gate.cuh), else null
 };
 
-// Tokens a CTA of the staged backward may have stolen by other CTAs (its last ones).
-constexpr int kGateStealMax = 32;
+// The last tokens of a CTA's strip in the staged backward with stealing: claimed at run time by its own warps (from
+// the front) and by other CTAs (from the back).
+constexpr int kGateStealMax = 16;
 
 // Trace slots of the staged backward (GroupNormGateBwdArgs::trace; CTA y·gridDim.x + x at slot base
 // (y·gridDim.x + x)·kGateTraceSlots): globaltimer ns at start and end, the SM, and clock64 values at the CTA's phases;

@@ -421,8 +421,8 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
     EXPECT_TRUE(close_rows("dx", base.dx, g.dx, d.M(), c.dim, c.dtype));
     // Every variant at the specialization; the dynamic deal (the one with logic of its own) everywhere.
     const bool main_spec = c.dim == 2048 && c.dtype == DType::bf16 && c.w_dtype == DType::bf16 && !c.shared;
-    for (int hints : {4, 16, 32, 128, 160}) {
-      if (!main_spec && hints != 32 && hints != 160) continue;
+    for (int hints : {4, 16, 128}) {
+      if (!main_spec && hints != 128) continue;
       SCOPED_TRACE("hints " + std::to_string(hints));
       const Bwd b = run_bwd(d, -1, 2, 8, 1, 1, hints);
       EXPECT_TRUE(b.guards_ok);
@@ -430,16 +430,10 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
       EXPECT_TRUE(bitwise_equal("dgate", b.dgate, base.dgate));
       EXPECT_TRUE(bitwise_equal("dweight", b.dweight, base.dweight));
     }
-    // 16 warps a CTA: another grid (other dw partial rows), the same bits with and without the dynamic deal.
-    const Bwd w16 = run_bwd(d, -1, 2, 16, 1, 1, 0), w16dyn = run_bwd(d, -1, 2, 16, 1, 1, 32);
-    EXPECT_TRUE(w16dyn.guards_ok);
-    EXPECT_TRUE(bitwise_equal("dx 16 warps", w16dyn.dx, base.dx));
-    EXPECT_TRUE(bitwise_equal("dgate 16 warps", w16dyn.dgate, base.dgate));
-    EXPECT_TRUE(bitwise_equal("dweight 16 warps", w16dyn.dweight, w16.dweight));
   }
 }
 
-// Stealing between CTAs (hints 288 = 256 + 32; 416 with rotated strips; 8 and 16 warps): dx and dgate bit-identical to
+// Stealing between CTAs (hints 256; 384 with rotated strips; 8 and 16 warps): dx and dgate bit-identical to
 // the default (the same per-item step), dweight within the reference tolerance and bit-identical over repeated runs
 // (which CTA computes a stolen token changes from run to run; the order its contribution is added in does not).
 TEST_F(GroupRmsNormGateGpu, StagedStealingIsDeterministic) {
@@ -449,7 +443,7 @@ TEST_F(GroupRmsNormGateGpu, StagedStealingIsDeterministic) {
     const Data d = make_data(c, 0x8e);
     const Bwd base = run_bwd(d, -1, 2, 8, 1, 1, 0);
     const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
-    for (const auto& [warps, hints] : {std::pair{8, 288}, {8, 416}, {16, 288}}) {
+    for (const auto& [warps, hints] : {std::pair{8, 256}, {8, 384}, {16, 256}}) {
       SCOPED_TRACE("warps " + std::to_string(warps) + " hints " + std::to_string(hints));
       const Bwd first = run_bwd(d, -1, 2, warps, 1, 1, hints);
       EXPECT_TRUE(first.guards_ok);
@@ -475,7 +469,7 @@ TEST_F(GroupRmsNormGateGpu, StagedStealingIsDeterministic) {
 // The default (hints 0), the dynamic deal of a CTA's tokens to its warps (hints 32; its quarter marks are the first
 // item a warp computes past a quarter, half, three quarters of the CTA's tokens), and stealing between CTAs (288).
 TEST_F(GroupRmsNormGateGpu, StagedBackwardTimeline) {
-  for (const int hints : {0, 32, 288}) {
+  for (const int hints : {0, 256}) {
     Runtime& r = rt();
     const Case c{2, 4096, 2048, 4};
     const Data d = make_data(c, 0x8c);
