@@ -273,7 +273,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                           (w != def.config[C_WARPS] && w != 2 * def.config[C_WARPS])))
               continue;
             if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
-            if ((hints & kHintSteal) && !reduce) continue;   // stealing needs the cooperative launch
+            if ((hints & kHintSteal) && (!reduce || base.arch.sm < 90))  // the cooperative launch; TMA rings (a
+              continue;                                                  // ring position may be issued twice)
             s.config[C_WARPS] = w;
             s.config[C_SEG] = static_cast<int>(seg);
             s.config[C_ROWS] = rows;

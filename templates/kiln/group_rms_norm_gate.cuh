@@ -664,7 +664,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   constexpr int STH = HINTS & 3;
   constexpr bool DYN = (HINTS & 32) != 0;
   constexpr bool STEAL = (HINTS & 256) != 0;
-  static_assert(!STEAL || (!DYN && FUSE), "stealing: the static deal and the cooperative launch");
+  static_assert(!STEAL || (!DYN && FUSE && BULK), "stealing: the static deal, the cooperative launch, TMA rings");
   constexpr int KS = kGateStealMax;
   static_assert(WARPS <= 16, "trace slots for 16 warps");
   // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers; DYN: then [WARPS][SEGC] fp32 dw slices, seq[WARPS], next.
