@@ -4,7 +4,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <cstdint>
 #include <cmath>
 
 #include "kiln/dw_reduce_args.h"
@@ -41,17 +40,14 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
-// C_HINTS (bwd, staged kernel only; measured variants, 0 the default): bit 2 the TMA input copies with an L2
-// evict-first policy
-// (session 5's default: 59.66–60.16 µs against 58.66–59.02 without it in session 6's round 1, 4 samples each),
-// bit 4 a ring of 4 items a warp (gate_depth) instead of 3, bit 5 the dynamic deal of a CTA's tokens to its warps
-// (dw bit-identical to the static deal), bit 7 token strips rotated per segment (no SM takes two of the strips with an
-// extra token; the same bits), bit 8 (with 5 and reduce 1) CTAs that run out of tokens steal the last tokens of the
-// slowest strips of their segment (kiln/group_rms_norm_gate.cuh; dw deterministic, other bits than without it).
+// C_HINTS (bwd, staged kernel only; 0 the default): bit 2 the TMA input copies with an L2 evict-first policy (session
+// 5's default: 59.6–60.2 µs against 58.5–59.1 without it in session 6's rounds 1–3; kept as a measured reference).
+// Session 6 also measured and removed: dx/dgate stores streaming / evict-first (+0.3 / ±0), a 4-slot ring (±0), token
+// strips rotated per segment (±0), the CTA's tokens dealt to its warps at run time (+10: the in-order dw chain ties
+// each warp to the others' data) and stealing between CTAs built on that (+15); see bench/NOTES.md.
 // Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
 // stores), bit 3 (x streamed to dx and gate to dgate, no math) and bit 6 (CTAs that return at once).
-constexpr int kHintValues[] = {0, 4, 16, 128, 256, 384};
-constexpr int kHintSteal = 256;
+constexpr int kHintValues[] = {0, 4};
 bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
@@ -67,28 +63,12 @@ const char* type_name(int64_t d) {
 
 int gate_depth(const Specialization& s);
 
-// Workspace floats the stealing variant (hints bit 8) needs after the X partial rows: per strip (X per segment) a
-// claim word and kGateStealMax flags, 16-byte aligned, then kGateStealMax product rows of SEG·d floats; + 4 floats of
-// alignment slack. 0 without stealing.
-int64_t steal_elems(const Specialization& s, int64_t X) {
-  if (s.kernel != kBwd || s.config[C_ROWS] != kRowsStaged || !(s.config[C_HINTS] & kHintSteal)) return 0;
-  const int64_t nstrips = X * (s.params[P_G] / s.config[C_SEG]);
-  const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]);
-  const int64_t head = (nstrips * (8 + 4 * kGateStealMax) + 15) / 16 * 16;
-  return 4 + head / 4 + nstrips * kGateStealMax * seg_channels;
-}
-
 // The staged backward's dynamic shared memory with `depth` ring slots a warp (kiln/group_rms_norm_gate.cuh): the rings
-// (x, gate, dy of an item a slot) and one mbarrier a slot; with the dynamic deal (hints bit 5), 16-byte aligned after
-// them, a dw slice of SEG·d floats a warp, a sequence word a warp and the claim counter.
+// (x, gate, dy of an item a slot) and one mbarrier a slot.
 int64_t staged_smem(const Specialization& s, int depth) {
   const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]), warps = s.config[C_WARPS];
-  int64_t bytes = warps * depth * (3 * seg_channels * es + 8);
-  if (s.config[C_HINTS] & 32) bytes = (bytes + 15) / 16 * 16 + warps * (seg_channels + 1) * 4 + 16;
-  else if (s.config[C_HINTS] & 256)  // stealing: the pool's product rows in shared memory
-    bytes = (bytes + 15) / 16 * 16 + kGateStealMax * seg_channels * 4 + warps * 4 + 16;
-  return bytes;
+  const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]);
+  return s.config[C_WARPS] * depth * (3 * seg_channels * es + 8);
 }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -134,11 +114,10 @@ int smem_bytes(const Specialization& s) {
   return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
 }
 
-// Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit); hints
-// bit 4: 4 where they fit.
+// Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
 int gate_depth(const Specialization& s) {
-  for (int depth : {4, 3, 2})
-    if ((depth < 4 || (s.config[C_HINTS] & 16)) && staged_smem(s, depth) <= 227 * 1024 - 512) return depth;
+  for (int depth : {3, 2})
+    if (staged_smem(s, depth) <= 227 * 1024 - 512) return depth;
   return 0;
 }
 
@@ -266,15 +245,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         for (int reduce : {0, 1}) {
           if (reduce && (base.kernel != kBwd || !fused_reduce_ok(w, rows))) continue;
           for (int hints : kHintValues) {
-            // the measured variants of the staged kernel at the default's segment and warps (or twice those: one CTA
-            // an SM, so that the dynamic deal balances every warp of the SM) — a handful of points, not every config
-            // times every variant: the tuner times each point
+            // the reference policy at the default's warps and segment only (the tuner times each point)
             if (hints && (base.kernel != kBwd || rows != kRowsStaged || seg != def.config[C_SEG] ||
-                          (w != def.config[C_WARPS] && w != 2 * def.config[C_WARPS])))
+                          w != def.config[C_WARPS]))
               continue;
             if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
-            if ((hints & kHintSteal) && (!reduce || base.arch.sm < 90))  // the cooperative launch; TMA rings (a
-              continue;                                                  // ring position may be issued twice)
             s.config[C_WARPS] = w;
             s.config[C_SEG] = static_cast<int>(seg);
             s.config[C_ROWS] = rows;
@@ -483,10 +458,7 @@ int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int
   auto& impl = rt.impl();
   const Specialization s =
       impl.tuned(spec(impl.target_arch(), kBwd, dim, groups, false, dtype, dtype), tokens);
-  // Stealing's rows scale with the grid: bound them by the occupancy-sized grid X of this config (the partial rows keep
-  // the thread-limit bound, which holds for every weight dtype); 2× X covers a weight dtype that fits more CTAs.
-  const int64_t partial = bwd_grid_x_bound(rt, s, tokens) * dim;
-  return steal_elems(s, 1) > 0 ? partial + steal_elems(s, 2 * bwd_grid_x(rt, s, tokens)) : partial;
+  return bwd_grid_x_bound(rt, s, tokens) * dim;
 }
 
 namespace detail {
@@ -543,7 +515,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     X = bwd_grid_x(rt, s, g.M);
-    const int64_t need = X * g.dim + steal_elems(s, X);
+    const int64_t need = X * g.dim;
     if (workspace.defined() && workspace.numel() < need)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (group_rms_norm_gate_bwd_workspace_elems), "
                                               "got {}",
@@ -561,9 +533,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
                            g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
                            partial,  static_cast<float*>(dweight.data), static_cast<int>(g.M), static_cast<int>(g.B),
                            static_cast<int>(g.S), opts.transpose, opts.eps,
-                           detail::group_rms_norm_gate_trace.load(std::memory_order_relaxed), nullptr};
-    if (steal_elems(s, X) > 0)  // 16-byte aligned after the partial rows
-      a.steal = reinterpret_cast<void*>((reinterpret_cast<uintptr_t>(partial + X * g.dim) + 15) / 16 * 16);
+                           detail::group_rms_norm_gate_trace.load(std::memory_order_relaxed)};
     fused = s.config[C_REDUCE] != 0;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(X);
@@ -582,8 +552,6 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
           e.what());
       fused = false;
       s.config[C_REDUCE] = 0;
-      s.config[C_HINTS] &= ~kHintSteal;  // stealing needs the start barrier of a cooperative launch
-      a.steal = nullptr;
       d.cooperative = false;
       impl.launch(s, d, stream, a);
     }

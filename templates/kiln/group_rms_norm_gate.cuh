@@ -308,24 +308,16 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // Src gives a lane's chunk st of x, gate, dy (x/g/y(st, pass2)): registers, shared memory or global memory. Wgt fills
 // the chunk's weights (wgt(st, chunk, w)). KSIG: y·σ and 1 − σ of pass 1 are kept for pass 2 (no second exp and
 // reciprocal, gate and dy not read again). DWM, where dw accumulates: 0 in dwr[st][e] (dwr = fma(x·r, y·σ, dwr)),
-// 1 added into the shared-memory slice dws (SEG·d floats; dws += x·r·y·σ), 2 the register path's fma on the slice
-// dws instead (dws = fma(x·r, y·σ, dws): the same bits as 0 when a slice sees the same tokens in the same order),
-// 3 the products x·r·y·σ stored to the global row dws (SEG·d floats; a stolen token's contribution, added by its
-// owner: ops with stealing accumulate with mode 1 so that both paths round alike).
-// before_pass2() runs between the group sums and pass 2 (the dynamic deal waits there for its slice). STH: 0 store dx
-// and dgate, 3 do not (a measurement ablation).
-struct GateNoWait {
-  __device__ __forceinline__ void operator()() const {}
-};
-template <int DIM, int G, int SEG, bool KSIG, int DWM, int STH, typename T, typename Src, typename Wgt, int DS, int DE,
-          typename Before2 = GateNoWait>
+// 1 added into the warp's shared-memory slice dws (SEG·d floats; dws += x·r·y·σ). STH: 0 store dx and dgate, 3 do
+// not (a measurement ablation).
+template <int DIM, int G, int SEG, bool KSIG, int DWM, int STH, typename T, typename Src, typename Wgt, int DS, int DE>
 __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, float eps, int lane, T* dxr, T* dgr,
-                                              float (&dwr)[DS][DE], float* dws, const Before2& before_pass2 = {}) {
+                                              float (&dwr)[DS][DE], float* dws) {
   using L = GateLayout<DIM, G, SEG, T>;
   constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d;
   constexpr bool DWREG = DWM == 0;
   static_assert(!DWREG || (DS == STEPS && DE == E), "dw registers: one per channel of the lane");
-  static_assert(DWM != 2 || E % 4 == 0, "the slice fma works on float4s");
+  static_assert(DWM == 0 || DWM == 1, "dw in registers or a shared-memory slice");
   float ss[SEG], Q[SEG];
   float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
 #pragma unroll
@@ -363,7 +355,6 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
     r[q] = 1.0f / sqrtf(warp_sum(ss[q]) / static_cast<float>(d) + eps);
     coef[q] = (warp_sum(Q[q]) / static_cast<float>(d)) * r[q] * r[q] * r[q];
   }
-  before_pass2();
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
     const int c = st * 32 + lane;
@@ -373,7 +364,7 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
       if constexpr (!KSIG) graw = src.g(st, true), yraw = src.y(st, true);
       const int q = L::group(st, lane);
       const float rq = pick(r, q), cq = pick(coef, q);
-      float w[E], dxo[E], dgo[E], acc[E], nv[E], ysv2[E];
+      float w[E], dxo[E], dgo[E], acc[E];
       wgt(st, c, w);
 #pragma unroll
       for (int e = 0; e < E; ++e) {
@@ -392,8 +383,7 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
         dxo[e] = fmaf(rq, t, -cq * xf);
         dgo[e] = n * t * om;
         if constexpr (DWM == 0) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
-        else if constexpr (DWM == 1 || DWM == 3) acc[e] = n * ys;
-        else nv[e] = n, ysv2[e] = ys;
+        else acc[e] = n * ys;
       }
       Raw<B> o1, o2;
       raw_fill<T>(o1, dxo);
@@ -401,13 +391,6 @@ __device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, fl
       st_raw_hint<STH>(dxr + c * E, o1);
       st_raw_hint<STH>(dgr + c * E, o2);
       if constexpr (DWM == 1) smem_add<E>(dws + c * E, acc);
-      if constexpr (DWM == 2) smem_fma2<E>(dws + c * E, nv, ysv2);
-      if constexpr (DWM == 3) {
-        static_assert(E % 4 == 0, "float4 stores");
-#pragma unroll
-        for (int q = 0; q < E; q += 4)
-          *reinterpret_cast<float4*>(dws + c * E + q) = make_float4(acc[q], acc[q + 1], acc[q + 2], acc[q + 3]);
-      }
     }
   }
 }
@@ -544,45 +527,16 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
 // ---- staged backward -----------------------------------------------------------------------------------------
 // The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid (gridDim.y =
 // segments) sized to the GPU; CTA (x, seg) takes tokens x, x + gridDim.x, … (CtaRows: counts differ by ≤ 1), warp w
-// every WARPS-th of them; each warp streams its items' x, gate and dy
-// rows through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1
-// items per warp are in flight while it computes one. y·σ and 1 − σ of the first pass, and the lane's weights, stay in
-// registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
-// lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
-// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8), then (16-byte aligned) WARPS·(SEG·d + 1)·4 + 16 with the dynamic
-// deal. HINTS (measured
-// variants; 0 the default): bits 0–1 = 3 a measurement ablation without dx/dgate stores, bit 2 the
-// input copies with an L2 evict-first policy (session 5's default; 0.9 µs slower in session 6's round 1: the copies
-// use the default policy), bit 4 (host side) a ring of 4 slots, bit 5 the dynamic deal below,
-// bit 7 rotated strips (below), bit 3 a measurement ablation that streams x to dx and gate to dgate with no math, bit
-// 6 one whose CTAs return at
-// once (the launch's fixed cost) (wrong results: never in the search space; ops/group_rms_norm_gate.cpp's
-// forced-config path only).
-//
-// Dynamic deal (bit 5): the CTA's tokens j = 0 … n − 1 (token x + j·gridDim.x) go to its warps at run time — each
-// warp's first DEPTH items are j = w, w + WARPS, … as in the static deal, every later one is claimed from a
-// shared-memory counter when the warp refills the ring slot it just computed — so the warps of a CTA finish within
-// about one item of each other instead of one warp in two doing a last round alone. dw stays bit-identical to the
-// static deal: token j's contribution goes to the shared-memory slice j mod WARPS (the slice warp j mod WARPS of the
-// static deal accumulates in registers) with the same fma, in increasing j — a warp waits, before its second pass,
-// until its slice holds every earlier token of the slice (seq[v]; the smallest pending token's predecessor is always
-// done, so this cannot deadlock) — and the slices are added in slice order as before.
-//
-// Stealing (bit 8, with the dynamic deal and the in-kernel reduction): SMs are served at systematically different
-// rates (session 6's timeline: CTAs done between 28 and 55 µs), so a CTA whose own tokens run out takes the last ones
-// of the strip of its segment with the most left. A strip's claim word holds the owner's next token f (low half) and
-// the steals tried s (high half): the owner takes f while f < n − min(s, KS), a thief n − 1 − s while s < KS and
-// f + s < n, each with one atomic add on the word, so own and stolen tokens partition the strip ([0, n − S) and
-// [n − S, n)). The words and flags are set by their owner before a start barrier (arrive only; a thief waits for it
-// before its first steal, long after). dw stays deterministic: every token's contribution is the rounded product
-// x·r·y·σ added to its slice (mode 1; not the fma of the static deal: other bits than hints 0, the same in every
-// run), a thief stores a stolen token's products to the owner's row (KS rows of SEG·d floats a strip) and sets its
-// flag, and the owner adds them after its own, in token order.
-//
-// Rotated strips (bit 7): CTA (x, seg) takes token strip (x + seg·(M mod X)) mod X (X = gridDim.x) and writes its dw
-// row there, so the strips with one token more (the first M mod X) fall on different x for different segments: with
-// the CTAs x and x + NCTA/2 on one SM (the block scheduler's first wave), no SM gets two of them (Ling-mini: 250
-// items on 16 SMs → at most 249). The same partial rows, the same bits.
+// every WARPS-th of them; each warp streams its items' x, gate and dy rows through its own ring of DEPTH shared-memory
+// slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 items per warp are in flight while it computes one.
+// The copies use the default L2 policy (an evict-first policy measured 0.9 µs slower on the Ling shape in session 6).
+// y·σ and 1 − σ of the first pass, and the lane's weights, stay in registers when a lane holds ≤ 16 channels (no
+// second exp and reciprocal, no per-item weight loads); dw for the lane's columns lives in registers (STEPS·E ≤ 64).
+// Tokens are walked with RowWalker. Needs 16-byte chunks. Shared memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
+// HINTS (0 the default): bit 2 the input copies with an L2 evict-first policy (session 5's default, kept as a
+// measured reference); measurement ablations with wrong results, never in the search space (ops/group_rms_norm_gate.cpp's
+// forced-config path only): bits 0–1 = 3 no dx/dgate stores, bit 3 x streamed to dx and gate to dgate with no math,
+// bit 6 CTAs that return at once (the launch's fixed cost).
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -590,60 +544,6 @@ struct GateStaged {
   static constexpr int PIECE = L::SEGC * static_cast<int>(sizeof(T));
   static constexpr int SLOT = 3 * PIECE;
 };
-
-template <int V>
-struct GateInt {
-  static constexpr int value = V;
-};
-
-// (b, s) of walking-order token t < 2³¹ (one 32-bit division).
-template <typename Args>
-__device__ __forceinline__ void token_bs32(const Args& a, u32 t, i64& b, i64& s) {
-  const u32 D = static_cast<u32>(a.seq_major ? a.B : a.S), q = t / D, m = t - q * D;
-  if (a.seq_major) s = q, b = m;
-  else b = q, s = m;
-}
-
-__device__ __forceinline__ int ld_acquire_cta(const int* p) {
-  int v;
-  asm volatile("ld.acquire.cta.shared.b32 %0, [%1];" : "=r"(v) : "r"(pipe_smem_u32(p)) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_release_cta(int* p, int v) {
-  asm volatile("st.release.cta.shared.b32 [%0], %1;" ::"r"(pipe_smem_u32(p)), "r"(v) : "memory");
-}
-// A spin-wait's guard: traps (failing the launch) once a wait has lasted 2 s instead of hanging the GPU (a wait here
-// normally ends within microseconds; never, only through a bug). Call once per iteration with zero-initialized state.
-struct GateSpinGuard {
-  u64 t0 = 0;
-  u32 n = 0;
-  __device__ __forceinline__ void tick() {
-    if ((n++ & 1023u) == 0) {
-      u64 t;
-      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-      if (t0 == 0) t0 = t;
-      else if (t - t0 > 2000000000ull) __trap();
-    }
-  }
-};
-__device__ __forceinline__ u32 ld_acquire_gpu(const u32* p) {
-  u32 v;
-  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ u64 ld_relaxed_gpu(const u64* p) {
-  u64 v;
-  asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
-__device__ __forceinline__ void st_release_gpu(u32* p, u32 v) {
-  asm volatile("st.release.gpu.global.u32 [%0], %1;" ::"l"(p), "r"(v) : "memory");
-}
-__device__ __forceinline__ float4 ld_cg_f4(const float* p) {
-  float4 v;
-  asm volatile("ld.global.cg.v4.f32 {%0,%1,%2,%3}, [%4];" : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w) : "l"(p));
-  return v;
-}
 
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, int HINTS, typename T,
           typename W>
@@ -662,13 +562,9 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   constexpr bool KSIG = STEPS * E <= 16;  // y·σ and 1 − σ kept between the passes
   constexpr bool WREG = STEPS * E <= 16;  // the lane's weights kept in registers (else re-read per item, L1 hits)
   constexpr int STH = HINTS & 3;
-  constexpr bool DYN = (HINTS & 32) != 0;
-  constexpr bool STEAL = (HINTS & 256) != 0;
-  static_assert(!STEAL || (!DYN && FUSE && BULK), "stealing: the static deal, the cooperative launch, TMA rings");
-  constexpr int KS = kGateStealMax;
+  static_assert(STH == 0 || STH == 3, "stores: 0, or 3 (ablation: none)");
   static_assert(WARPS <= 16, "trace slots for 16 warps");
-  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers; DYN: then [WARPS][SEGC] fp32 dw slices, seq[WARPS], next.
-  extern __shared__ __align__(128) unsigned char smem_raw[];
+  extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
   u64* const trace =
@@ -678,64 +574,21 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) != 0> ring{
       smem_raw + warp * DEPTH * SLOT, reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
-  float* const slices = reinterpret_cast<float*>(smem_raw + (WARPS * DEPTH * (SLOT + 8) + 15) / 16 * 16);  // DYN
-  int* const seq = reinterpret_cast<int*>(slices + (STEAL ? KS : WARPS) * SEGC);  // STEAL: slices = pool rows
-  int* const next = seq + WARPS;
-  int* const own = next + 1;                               // STEAL: own tokens computed
-  u32* const start_token = reinterpret_cast<u32*>(own + 1);  // STEAL: the start barrier's arrival token
 
-  // The item's x, gate, dy rows of walking-order token (b, s) into ring slot k (nothing when !valid).
-  auto issue_bs = [&](int k, bool valid, i64 b, i64 s) {
+  const CtaRows strip(a.M, warp, WARPS);
+  const int items = strip.n;  // this warp's tokens
+  RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // the tokens being issued / computed
+  auto issue = [&](int k) {
+    i64 b, s;
+    walker_bs(a, iw, b, s);
+    iw.next();
     const void* const src[3] = {static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0,
                                 static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0,
                                 static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0};
-    ring.template issue<PIECE, 3>(k, valid, src, lane);
+    ring.template issue<PIECE, 3>(k, k < items, src, lane);
   };
-  const u32 gx = gridDim.x;
-  u32 cx = blockIdx.x;  // the CTA's token strip (rotated: see above)
-  if constexpr ((HINTS & 128) != 0) cx = (cx + blockIdx.y * (static_cast<u32>(a.M) % gx)) % gx;
-  const CtaRows strip(a.M, DYN ? 0 : warp, DYN ? 1 : WARPS, cx);  // DYN: all of the CTA's tokens
-  const int items = strip.n;  // this warp's tokens (DYN: the CTA's)
-  RowWalker iw(strip, 0, a.seq_major ? a.B : a.S), cw = iw;  // static deal: the tokens being issued / computed
-  auto issue_t = [&](int k, int j, u32 strip_of) {  // DYN: token j (< 0: none) of strip `strip_of`
-    i64 b = 0, s = 0;
-    if (j >= 0) token_bs32(a, strip_of + static_cast<u32>(j) * gx, b, s);
-    issue_bs(k, j >= 0, b, s);
-  };
-  // STEAL: [gridDim.y][gridDim.x] claim words {low 32: the owner's next token f, high 32: steals tried s}, then
-  // [gridDim.y][gridDim.x][KS] flags, then (16-byte aligned) [gridDim.y][gridDim.x][KS][SEGC] products.
-  const u32 nstrips = gridDim.y * gx;
-  u64* const words = static_cast<u64*>(a.steal);
-  u32* const flags = reinterpret_cast<u32*>(words + nstrips);
-  float* const pbuf = reinterpret_cast<float*>(
-      reinterpret_cast<unsigned char*>(a.steal) + (static_cast<u64>(nstrips) * (8 + 4 * KS) + 15) / 16 * 16);
-  const u32 row0 = blockIdx.y * gx;  // this segment's strips
-  auto strip_tokens = [&](u32 v) -> int {
-    const u32 m = static_cast<u32>(a.M);
-    return v < m ? static_cast<int>((m - 1 - v) / gx + 1) : 0;
-  };
-  const int ncta = strip_tokens(cx), nstat = ncta > KS ? ncta - KS : 0;  // STEAL: this strip; its static part
-  const int mine = warp < nstat ? (nstat - 1 - warp) / WARPS + 1 : 0;   // STEAL: this warp's static tokens
-  int tok[DEPTH];  // DYN: the token index (in strip tvic) of the item in ring position u (< 0: none)
-  int tsid[DEPTH];  // STEAL: −1 for this CTA's token, else the steal index at the victim tvic
-  u32 tvic[DEPTH];
-  if constexpr (DYN) {
 #pragma unroll
-    for (int u = 0; u < DEPTH; ++u) {
-      tok[u] = warp + u * WARPS < items ? warp + u * WARPS : -1;
-      tsid[u] = -1;
-      tvic[u] = cx;
-      issue_t(u, tok[u], cx);
-    }
-  } else {
-#pragma unroll
-    for (int k = 0; k < DEPTH; ++k) {
-      i64 b, s;
-      walker_bs(a, iw, b, s);
-      iw.next();
-      issue_bs(k, k < (STEAL ? mine : items), b, s);
-    }
-  }
+  for (int k = 0; k < DEPTH; ++k) issue(k);
   if (trace && threadIdx.x == 0) {
     trace[kGateTraceStartNs] = t0_ns;
     trace[kGateTraceStartClk] = t0_clk;
@@ -758,35 +611,25 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
       if (NC % 32 == 0 || c < NC) load_f<W, E>(a.w, SHARED_W ? ch % d : ch, wk[st]);
     }
   }
-  if constexpr (DYN || STEAL) {
-    if constexpr (DYN) {
-      for (int i = threadIdx.x; i < WARPS * SEGC; i += WARPS * 32) slices[i] = 0.f;
-      if (threadIdx.x < WARPS) seq[threadIdx.x] = 0;
-      if (threadIdx.x == 0) *next = WARPS * DEPTH;
-    }
-    if constexpr (STEAL) {
-      // This CTA's claim word and flags, published by the start barrier before any other CTA may steal here.
-      if (threadIdx.x == 0) {
-        words[row0 + cx] = static_cast<u64>(nstat);
-        *own = 0;
-      }
-      if (threadIdx.x < KS) flags[(row0 + cx) * KS + threadIdx.x] = 0u;
-      const u32 t = grid_barrier_arrive();  // CTA barrier, then thread 0's release arrival
-      if (threadIdx.x == 0) *start_token = t;
-    }
-    __syncthreads();
-  }
 
-  // One item: ring slot k holds token (b, s); DWM (a GateInt) 0 registers, 1 / 2 slice dws (after before_pass2()),
-  // 3 products to the global row dws.
-  auto compute = [&](auto dwm, int k, i64 b, i64 s, float* dws, const auto& before_pass2) {
+  for (int k = 0; k < items; ++k) {
+    ring.wait(k);
+    if (tw && lane == 0) {  // measurement: the warp's progress
+      const u64 t = gate_clock();
+      if (k == 0) tw[0] = t;
+      if (k == items / 4) tw[1] = t;
+      if (k == items / 2) tw[2] = t;
+      if (k == 3 * items / 4) tw[3] = t;
+      if (k == items - 1) tw[5] = t;
+    }
+    i64 b, s;
+    walker_bs(a, cw, b, s);
+    cw.next();
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
     const T* xs = reinterpret_cast<const T*>(ring.slot(k)) + lane * E;
     const GateSmemRows<E, T> rows{xs, xs + SEGC, xs + 2 * SEGC};
-    constexpr int DWM = decltype(dwm)::value;
     if constexpr ((HINTS & 8) != 0) {  // ablation: the same bytes in and out, no math
-      before_pass2();
 #pragma unroll
       for (int st = 0; st < STEPS; ++st) {
         const int c = st * 32 + lane;
@@ -796,334 +639,31 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
         }
       }
     } else if constexpr (WREG) {
-      gate_bwd_item<DIM, G, SEG, KSIG, DWM, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr, dws,
-                                                    before_pass2);
+      gate_bwd_item<DIM, G, SEG, KSIG, 0, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr, nullptr);
     } else {
-      gate_bwd_item<DIM, G, SEG, KSIG, DWM, STH, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr,
-                                                    dgr, dwr, dws, before_pass2);
+      gate_bwd_item<DIM, G, SEG, KSIG, 0, STH, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr, dgr,
+                                                  dwr, nullptr);
     }
-  };
-
-  if constexpr (!DYN && !STEAL) {
-    for (int k = 0; k < items; ++k) {
-      ring.wait(k);
-      if (tw && lane == 0) {  // measurement: the warp's progress
-        const u64 t = gate_clock();
-        if (k == 0) tw[0] = t;
-        if (k == items / 4) tw[1] = t;
-        if (k == items / 2) tw[2] = t;
-        if (k == 3 * items / 4) tw[3] = t;
-        if (k == items - 1) tw[5] = t;
-      }
-      i64 b, s;
-      walker_bs(a, cw, b, s);
-      cw.next();
-      compute(GateInt<0>{}, k, b, s, nullptr, GateNoWait{});
-      ring.release();
-      i64 nb, ns;
-      walker_bs(a, iw, nb, ns);
-      iw.next();
-      issue_bs(k + DEPTH, k + DEPTH < items, nb, ns);
-    }
-  } else if constexpr (STEAL) {
-    // Positions k < mine: the warp's static tokens (registers, as without stealing); then claims: this strip's pool
-    // (front) while it lasts, then stolen tokens of other strips (back). pj < 0: no token (claims fail for good).
-    int pj[DEPTH], psid[DEPTH];
-    u32 pvic[DEPTH];
-    bool thief = false, started = false;
-    auto steal = [&](int& sj, int& ssid, u32& svic) -> bool {
-      if (!started) {  // the start barrier: every claim word of this launch is set
-        if (lane == 0) {
-          const u32 t0 = *reinterpret_cast<volatile u32*>(start_token);
-          const u32* word = grid_barrier_word();
-          u32 cur;
-          GateSpinGuard guard;
-          do {
-            guard.tick();
-            asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
-          } while (((t0 ^ cur) & 0x80000000u) == 0);
-        }
-        __syncwarp();
-        started = true;
-      }
-      for (;;) {
-        int best = 0;
-        u32 bv = 0;
-        for (u32 v = lane; v < gx; v += 32) {
-          const u64 w = ld_relaxed_gpu(words + row0 + v);
-          const u32 f = static_cast<u32>(w), sc = static_cast<u32>(w >> 32);
-          const int n = strip_tokens(v);
-          const int avail = sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n
-                                ? min(KS - static_cast<int>(sc), n - static_cast<int>(f + sc))
-                                : 0;
-          if (avail > best) best = avail, bv = v;
-        }
-#pragma unroll
-        for (int o = 16; o; o >>= 1) {
-          const int ob = __shfl_xor_sync(0xffffffffu, best, o);
-          const u32 ov = __shfl_xor_sync(0xffffffffu, bv, o);
-          if (ob > best || (ob == best && ov < bv)) best = ob, bv = ov;
-        }
-        if (best == 0) return false;
-        unsigned long long old = 0;
-        if (lane == 0) old = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + bv), 1ull << 32);
-        old = __shfl_sync(0xffffffffu, old, 0);
-        const u32 f = static_cast<u32>(old), sc = static_cast<u32>(old >> 32);
-        const int n = strip_tokens(bv);
-        if (sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n) {
-          sj = n - 1 - static_cast<int>(sc);
-          ssid = static_cast<int>(sc);
-          svic = bv;
-          return true;
-        }
-      }
-    };
-    // The claim for a position past the static ones: own pool token (from `pend`, an atomic on this strip's word
-    // issued earlier, or now), else a stolen one.
-    auto claim = [&](unsigned long long pend, bool have, int& cj, int& csid, u32& cvic) {
-      cj = -1, csid = -1, cvic = cx;
-      if (!thief) {
-        if (!have && lane == 0) pend = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + cx), 1ull);
-        pend = __shfl_sync(0xffffffffu, pend, 0);
-        const u32 f = static_cast<u32>(pend), sc = static_cast<u32>(pend >> 32);
-        if (static_cast<i64>(f) < ncta - static_cast<i64>(min(sc, static_cast<u32>(KS)))) cj = static_cast<int>(f);
-        else thief = true;
-      }
-      if (thief) {
-        int sj = -1, ss = -1;
-        u32 sv = 0;
-        if (steal(sj, ss, sv)) cj = sj, csid = ss, cvic = sv;
-      }
-    };
-    // Ring positions issued before the claim word was set (a warp with fewer static tokens than DEPTH).
-    for (int k = 0; k < DEPTH; ++k) {
-      if (k < mine) {
-        pj[k] = 0, psid[k] = -1, pvic[k] = cx;
-      } else {
-        claim(0ull, false, pj[k], psid[k], pvic[k]);
-        issue_t(k, pj[k], pvic[k]);
-      }
-    }
-    for (int k = 0;; ++k) {
-      const int u = k % DEPTH;
-      if (pj[u] < 0) break;
-      const bool next_claimed = k + DEPTH >= mine;
-      unsigned long long pend = 0;  // the next own claim, in flight under this item's compute
-      if (next_claimed && !thief && lane == 0)
-        pend = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + cx), 1ull);
-      ring.wait(k);
-      if (tw && lane == 0) {
-        const u64 t = gate_clock();
-        if (k == 0) tw[0] = t;
-        if (k == mine / 4) tw[1] = t;
-        if (k == mine / 2) tw[2] = t;
-        if (k == 3 * mine / 4) tw[3] = t;
-        tw[5] = t;
-      }
-      i64 b, s;
-      if (k < mine) {
-        walker_bs(a, cw, b, s);
-        cw.next();
-        compute(GateInt<0>{}, k, b, s, nullptr, GateNoWait{});
-      } else {
-        token_bs32(a, pvic[u] + static_cast<u32>(pj[u]) * gx, b, s);
-        if (psid[u] < 0) {  // this strip's pool: the products to its shared-memory row
-          compute(GateInt<3>{}, k, b, s, slices + (pj[u] - nstat) * SEGC, GateNoWait{});
-          if (lane == 0) atomicAdd(own, 1);
-        } else {  // stolen: the products to the victim's row, then its flag
-          compute(GateInt<3>{}, k, b, s, pbuf + (static_cast<u64>(row0 + pvic[u]) * KS + psid[u]) * SEGC,
-                  GateNoWait{});
-          __syncwarp();
-          if (lane == 0) {
-            __threadfence();
-            st_release_gpu(flags + (row0 + pvic[u]) * KS + psid[u], 1u);
-          }
-        }
-      }
-      ring.release();
-      if (!next_claimed) {
-        i64 nb, ns;
-        walker_bs(a, iw, nb, ns);
-        iw.next();
-        pj[u] = 0;
-        issue_bs(k + DEPTH, true, nb, ns);
-      } else {
-        claim(pend, !thief, pj[u], psid[u], pvic[u]);
-        issue_t(k + DEPTH, pj[u], pvic[u]);
-      }
-    }
-  } else {
-    int marks = 0;  // trace: which progress marks this warp has written
-    bool more = true;
-    bool thief = false, started = false;  // STEAL: this warp's own claims ran out; it has seen the start barrier
-    // STEAL: one token stolen from the strip of this segment with the most stealable tokens left (false: none left
-    // anywhere — stealable tokens only ever decrease). Waits once for the start barrier (every claim word set).
-    auto steal = [&](int& sj, int& ssid, u32& svic) -> bool {
-      if (!started) {
-        if (lane == 0) {
-          const u32 t0 = *reinterpret_cast<volatile u32*>(start_token);
-          const u32* word = grid_barrier_word();
-          u32 cur;
-          GateSpinGuard guard;
-          do {
-            guard.tick();
-            asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
-          } while (((t0 ^ cur) & 0x80000000u) == 0);
-        }
-        __syncwarp();
-        started = true;
-      }
-      for (;;) {
-        int best = 0;
-        u32 bv = 0;
-        for (u32 v = lane; v < gx; v += 32) {
-          const u64 w = ld_relaxed_gpu(words + row0 + v);
-          const u32 f = static_cast<u32>(w), sc = static_cast<u32>(w >> 32);
-          const int n = strip_tokens(v);
-          const int avail = sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n
-                                ? min(KS - static_cast<int>(sc), n - static_cast<int>(f + sc))
-                                : 0;
-          if (avail > best) best = avail, bv = v;
-        }
-#pragma unroll
-        for (int o = 16; o; o >>= 1) {
-          const int ob = __shfl_xor_sync(0xffffffffu, best, o);
-          const u32 ov = __shfl_xor_sync(0xffffffffu, bv, o);
-          if (ob > best || (ob == best && ov < bv)) best = ob, bv = ov;
-        }
-        if (best == 0) return false;
-        unsigned long long old = 0;
-        if (lane == 0) old = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + bv), 1ull << 32);
-        old = __shfl_sync(0xffffffffu, old, 0);
-        const u32 f = static_cast<u32>(old), sc = static_cast<u32>(old >> 32);
-        const int n = strip_tokens(bv);
-        if (sc < static_cast<u32>(KS) && static_cast<i64>(f) + sc < n) {
-          sj = n - 1 - static_cast<int>(sc);
-          ssid = static_cast<int>(sc);
-          svic = bv;
-          return true;
-        }
-      }
-    };
-    for (int k0 = 0; more; k0 += DEPTH) {
-#pragma unroll
-      for (int u = 0; u < DEPTH; ++u) {
-        const int j = tok[u];
-        if (more && j < 0) more = false;  // claims fail for good once they fail: none valid after this one
-        if (more) {
-          const int k = k0 + u;
-          const int sid = tsid[u];
-          const u32 vic = tvic[u];
-          unsigned long long pend = 0;  // STEAL: the next own claim, in flight under this item's compute
-          if constexpr (STEAL)
-            if (!thief && lane == 0) pend = atomicAdd(reinterpret_cast<unsigned long long*>(words + row0 + cx), 1ull);
-          ring.wait(k);
-          if (tw && lane == 0) {
-            const u64 t = gate_clock();
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-              if (!(marks >> q & 1) && j >= q * items / 4) tw[q] = t, marks |= 1 << q;
-            tw[5] = t;  // the last write: the warp's last item
-          }
-          i64 b, s;
-          token_bs32(a, vic + static_cast<u32>(j) * gx, b, s);
-          if (STEAL && sid >= 0) {  // a stolen token: its products to the victim's row, then the row's flag
-            compute(GateInt<3>{}, k, b, s, pbuf + (static_cast<u64>(row0 + vic) * KS + sid) * SEGC, GateNoWait{});
-            __syncwarp();
-            if (lane == 0) {
-              __threadfence();
-              st_release_gpu(flags + (row0 + vic) * KS + sid, 1u);
-            }
-          } else {
-            const int v = j % WARPS, round = j / WARPS;
-            compute(GateInt<STEAL ? 1 : 2>{}, k, b, s, slices + v * SEGC, [&] {  // slice v: tokens v, v + WARPS, … < j
-              if (lane == 0) {
-                GateSpinGuard guard;
-                while (ld_acquire_cta(seq + v) != round) guard.tick();
-              }
-              __syncwarp();
-            });
-            __syncwarp();
-            if (lane == 0) {
-              st_release_cta(seq + v, round + 1);
-              if constexpr (STEAL) atomicAdd(own, 1);
-            }
-          }
-          ring.release();
-          int nj = -1, nsid = -1;
-          u32 nvic = cx;
-          if constexpr (STEAL) {
-            if (!thief) {
-              pend = __shfl_sync(0xffffffffu, pend, 0);
-              const u32 f = static_cast<u32>(pend), sc = static_cast<u32>(pend >> 32);
-              if (static_cast<i64>(f) < items - static_cast<i64>(min(sc, static_cast<u32>(KS)))) nj = static_cast<int>(f);
-              else thief = true;
-            }
-            if (thief) {
-              int sj = -1, ss = -1;
-              u32 sv = 0;
-              if (steal(sj, ss, sv)) nj = sj, nsid = ss, nvic = sv;
-            }
-          } else {
-            int c = 0;
-            if (lane == 0) c = atomicAdd(next, 1);
-            c = __shfl_sync(0xffffffffu, c, 0);
-            nj = c < items ? c : -1;
-          }
-          tok[u] = nj;
-          tsid[u] = nsid;
-          tvic[u] = nvic;
-          issue_t(k + DEPTH, nj, nvic);
-        }
-      }
-    }
+    ring.release();
+    issue(k + DEPTH);
   }
   ring.drain();
   if (tw && lane == 0) tw[4] = gate_clock();
 
-  // CTA sum of the warps' (DYN: the slices') dw in order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
+  // CTA sum of the warps' dw in warp order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();
   if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = gate_clock();
-  if constexpr (STEAL) {
-    // The pool tokens (the strip's last KS) join the register sums after the static ones, in token order — the
-    // products the owner's warps stored in shared memory, or those a thief stored (published by its flag) for the
-    // last S that were stolen: warp w takes the tokens ≡ w (mod WARPS), as its static deal did.
-    const int S = ncta - nstat - *reinterpret_cast<volatile int*>(own);
-    for (int j = nstat + (warp - nstat % WARPS + WARPS) % WARPS; j < ncta; j += WARPS) {
-      const bool stolen = j >= ncta - S;
-      const int sid = ncta - 1 - j;
-      if (stolen && lane == 0) {
-        GateSpinGuard guard;
-        while (ld_acquire_gpu(flags + (row0 + cx) * KS + sid) == 0u) guard.tick();
-      }
-      __syncwarp();
-      const float* p = stolen ? pbuf + (static_cast<u64>(row0 + cx) * KS + sid) * SEGC : slices + (j - nstat) * SEGC;
-#pragma unroll
-      for (int st = 0; st < STEPS; ++st) {
-        const int c = st * 32 + lane;
-        if (NC % 32 == 0 || c < NC) {
-#pragma unroll
-          for (int q = 0; q < E; q += 4) {
-            const float4 t = stolen ? ld_cg_f4(p + c * E + q) : *reinterpret_cast<const float4*>(p + c * E + q);
-            dwr[st][q] += t.x, dwr[st][q + 1] += t.y, dwr[st][q + 2] += t.z, dwr[st][q + 3] += t.w;
-          }
-        }
-      }
-    }
-  }
-  float* red = DYN ? slices : reinterpret_cast<float*>(smem_raw);
+  float* red = reinterpret_cast<float*>(smem_raw);
   static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
-  if constexpr (!DYN) {
 #pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = st * 32 + lane;
-      if (NC % 32 == 0 || c < NC)
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (NC % 32 == 0 || c < NC)
 #pragma unroll
-        for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
-    }
-    __syncthreads();
+      for (int e = 0; e < E; ++e) red[warp * SEGC + c * E + e] = dwr[st][e];
   }
-  dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(cx) * DIM + c0,
+  __syncthreads();
+  dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
   if (trace && threadIdx.x == 0) trace[kGateTracePartial] = gate_clock();
   if constexpr (FUSE)

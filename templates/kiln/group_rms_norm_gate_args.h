@@ -32,12 +32,7 @@ struct GroupNormGateBwdArgs {
   int seq_major;
   float eps;
   unsigned long long* trace;  // staged backward, measurement only (null in the ops): kGateTraceSlots per CTA
-  void* steal;  // staged backward with stealing (16-byte aligned; see kiln/group_rms_norm_gate.cuh), else null
 };
-
-// The last tokens of a CTA's strip in the staged backward with stealing: claimed at run time by its own warps (from
-// the front) and by other CTAs (from the back).
-constexpr int kGateStealMax = 16;
 
 // Trace slots of the staged backward (GroupNormGateBwdArgs::trace; CTA y·gridDim.x + x at slot base
 // (y·gridDim.x + x)·kGateTraceSlots): globaltimer ns at start and end, the SM, and clock64 values at the CTA's phases;

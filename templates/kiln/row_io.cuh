@@ -180,27 +180,6 @@ __device__ __forceinline__ void smem_add(float* p, const float (&v)[E]) {
   }
 }
 
-// p[j] = fma(a[j], b[j], p[j]) for j < E, E a multiple of 4 (fp32 in shared memory, 16-byte aligned; the lanes of a
-// quad pair start on alternate halves like smem_add): the same bits as a register accumulator r = fmaf(a, b, r).
-template <int E>
-__device__ __forceinline__ void smem_fma2(float* p, const float (&a)[E], const float (&b)[E]) {
-  static_assert(E % 4 == 0, "whole float4s");
-  constexpr int H = E / 4;
-  const int first = H == 2 ? (threadIdx.x >> 2) & 1 : 0;
-#pragma unroll
-  for (int k = 0; k < H; ++k) {
-    const int h = H == 2 ? (k ^ first) : k;
-    float4 t = *reinterpret_cast<float4*>(p + 4 * h);
-    // a[4h..4h+3] with h runtime (H == 2): select between the halves without dynamic register indexing.
-    auto at = [&](const float (&v)[E], int i) { return H == 2 ? (h ? v[4 + i] : v[i]) : v[4 * k + i]; };
-    t.x = fmaf(at(a, 0), at(b, 0), t.x);
-    t.y = fmaf(at(a, 1), at(b, 1), t.y);
-    t.z = fmaf(at(a, 2), at(b, 2), t.z);
-    t.w = fmaf(at(a, 3), at(b, 3), t.w);
-    *reinterpret_cast<float4*>(p + 4 * h) = t;
-  }
-}
-
 // p[j] += v[j]·scale for j < E (fp32 in shared memory; one FFMA per value instead of a multiply and an add), with the
 // accesses of smem_add.
 template <int E>

@@ -17,15 +17,13 @@ namespace kiln {
 // c, c + G, c + 2G, …; the group takes every groups-th of them, starting with its own index: row(k), k < n.
 // The divisions are 32-bit where the values fit (always for M < 2³¹): a 64-bit division is a ~70-instruction
 // subroutine, and these run before a warp's first copy is issued.
-// strip: the strip c to take instead of blockIdx.x (< gridDim.x; a permutation of the CTAs).
 struct CtaRows {
   i64 c, G;
   int group, groups, n;
-  __device__ __forceinline__ CtaRows(i64 M, int g, int ng) : CtaRows(M, g, ng, blockIdx.x) {}
-  __device__ __forceinline__ CtaRows(i64 M, int g, int ng, u32 strip)
-      : c(strip), G(gridDim.x), group(g), groups(ng), n(0) {
+  __device__ __forceinline__ CtaRows(i64 M, int g, int ng)
+      : c(blockIdx.x), G(gridDim.x), group(g), groups(ng), n(0) {
     if (M <= 0x7fffffff) {
-      const u32 m32 = static_cast<u32>(M), c32 = strip;
+      const u32 m32 = static_cast<u32>(M), c32 = blockIdx.x;
       const u32 mine = c32 < m32 ? (m32 - 1 - c32) / gridDim.x + 1 : 0;
       const u32 g32 = static_cast<u32>(g);
       n = g32 < mine ? static_cast<int>((mine - 1 - g32) / static_cast<u32>(ng) + 1) : 0;
