@@ -40,15 +40,15 @@ enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
-// C_HINTS (bwd, staged kernel only; 0 the default): bit 2 the TMA input copies with an L2 evict-first policy (session
-// 5's default: 59.6–60.2 µs against 58.5–59.1 without it in session 6's rounds 1–3; kept as a measured reference).
-// Session 6 also measured and removed: dx/dgate stores streaming / evict-first (+0.3 / ±0), a 4-slot ring (±0), token
-// strips rotated per segment (±0), the CTA's tokens dealt to its warps at run time (+10: the in-order dw chain ties
-// each warp to the others' data) and stealing between CTAs built on that (+15); see bench/NOTES.md.
-// Measurement ablations (bench rows only, never in the search space: wrong results): store mode 3 (no dx/dgate
-// stores), bit 3 (x streamed to dx and gate to dgate, no math) and bit 6 (CTAs that return at once).
-constexpr int kHintValues[] = {0, 4};
-bool hint_ablation(int hints) { return (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
+// C_HINTS (bwd, staged kernel): 0 in the search space (the tuned and heuristic configs); other values are measurement
+// points of the forced-config path only (bench rows, tests): bit 2 the TMA input copies with an L2 evict-first policy
+// (session 5's default: 59.6–60.2 µs against 58.5–59.1 without it in session 6's rounds 1–3: the same-run reference;
+// the same bits), and ablations with wrong results: bits 0–1 = 3 no dx/dgate stores, bit 3 x streamed to dx and gate
+// to dgate with no math, bit 6 CTAs that return at once. Session 6 also measured and removed: dx/dgate stores streaming
+// / evict-first (+0.3 / ±0), a 4-slot ring (±0), token strips rotated per segment (±0), the CTA's tokens dealt to its
+// warps at run time (+10: the in-order dw chain ties each warp to the others' data) and stealing between CTAs built on
+// that (+15); see bench/NOTES.md.
+bool hint_measurement(int hints) { return hints == 4 || (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -244,21 +244,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         for (int reduce : {0, 1}) {
           if (reduce && (base.kernel != kBwd || !fused_reduce_ok(w, rows))) continue;
-          for (int hints : kHintValues) {
-            // the reference policy at the default's warps and segment only (the tuner times each point)
-            if (hints && (base.kernel != kBwd || rows != kRowsStaged || seg != def.config[C_SEG] ||
-                          w != def.config[C_WARPS]))
-              continue;
-            if ((hints & 4) && base.arch.sm < 90) continue;  // the evict-first policy is on the TMA copies
-            s.config[C_WARPS] = w;
-            s.config[C_SEG] = static_cast<int>(seg);
-            s.config[C_ROWS] = rows;
-            s.config[C_REDUCE] = reduce;
-            s.config[C_HINTS] = hints;
-            if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
-            if (smem_bytes(s) > 227 * 1024) continue;
-            out.push_back(s);
-          }
+          s.config[C_WARPS] = w;
+          s.config[C_SEG] = static_cast<int>(seg);
+          s.config[C_ROWS] = rows;
+          s.config[C_REDUCE] = reduce;
+          s.config[C_HINTS] = 0;
+          if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
+          if (smem_bytes(s) > 227 * 1024) continue;
+          out.push_back(s);
         }
       }
     }
@@ -510,8 +503,13 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
       s.config[C_SEG] = seg;
       s.config[C_REDUCE] = reduce >= 0 ? reduce : (fused_reduce_ok(warps, rows) ? 1 : 0);
       s.config[C_HINTS] = hints;
-      const bool ablation = rows == kRowsStaged && hint_ablation(hints);  // measurement only (see kHintValues)
-      if (!ablation && !in_search_space(s))
+      // measurement points (see C_HINTS) are checked against the search space without their hints
+      Specialization plain = s;
+      plain.config[C_HINTS] = 0;
+      if (hints && (rows != kRowsStaged || !hint_measurement(hints) || ((hints & 4) && arch.sm < 90)))
+        ck.invalid("config", fmt::format("{}: hints {} is not a measurement point of the staged backward",
+                                         s.describe(), hints));
+      if (!in_search_space(plain))
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     X = bwd_grid_x(rt, s, g.M);

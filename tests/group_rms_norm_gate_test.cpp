@@ -193,6 +193,7 @@ TEST(GroupRmsNormGateCompile, PresetsAndSearchSpace) {
         has_default |= c.config == s.config;
         EXPECT_LE(family().dynamic_smem_bytes(c), 227 * 1024) << c.describe();
         if (c.kernel != 2) EXPECT_EQ(c.params[1] % c.config[1], 0) << "segments must divide G: " << c.describe();
+        EXPECT_EQ(c.config[4], 0) << "hints are measurement points, not search-space points: " << c.describe();
       }
       EXPECT_TRUE(has_default) << s.describe();
     }
