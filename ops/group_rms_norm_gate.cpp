@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 
 #include "kiln/dw_reduce_args.h"
@@ -15,10 +16,13 @@
 
 namespace kiln {
 namespace detail {
+// Measurement only (tests/gpu/group_rms_norm_gate_test.cpp, the timeline): when set, the staged backward writes
+// kGateTraceSlots timestamps per CTA there (kiln/group_rms_norm_gate_args.h). Null in normal use.
+std::atomic<unsigned long long*> group_rms_norm_gate_trace{nullptr};
 // ops/bench/group_rms_norm_gate.cpp: a runnable forward/backward (also the tuner's instance).
 BenchInstance group_rms_norm_gate_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t dim, int groups,
                                            bool shared_weight, bool transpose, DType dtype, int rows, int warps,
-                                           int seg, bool workspace, int reduce);
+                                           int seg, bool workspace, int reduce, int hints);
 }  // namespace detail
 
 namespace {
@@ -26,21 +30,25 @@ using namespace detail;
 
 enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_DIM, P_G, P_SHARED, P_DTYPE, P_W_DTYPE };
-enum { C_WARPS, C_SEG, C_ROWS, C_REDUCE };
+enum { C_WARPS, C_SEG, C_ROWS, C_REDUCE, C_HINTS };
 // C_ROWS (bwd): where the second pass finds x, gate and dy: 0 re-read (L1/L2), 1 kept in registers, 2 staged in
 // shared memory (group_rms_norm_gate_bwd_staged_kernel: balanced token strips, a ring of gate_depth() items per warp
 // streamed by TMA bulk copies on sm_90, cp.async before), 3 kept in registers together with the first pass's
-// sigmoids (≤ 16 channels per lane); 4 and 5 that with 2 / 4 warps an item (group_rms_norm_gate_bwd_split_kernel:
-// interleaved chunks, the group sums exchanged through shared memory; finer work items, fewer registers a row);
-// 6 = 4 with the next item's rows loaded while this one is computed (PREF).
-enum {
-  kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3, kRowsSplit2 = 4, kRowsSplit4 = 5,
-  kRowsSplit2Pref = 6
-};
-int split_of(int rows) { return rows == kRowsSplit2 || rows == kRowsSplit2Pref ? 2 : rows == kRowsSplit4 ? 4 : 1; }
+// sigmoids (≤ 16 channels per lane). (Session 5's split items — 2 or 4 warps an item, rows 4/5/6 — lost to the staged
+// kernel in every round and were removed in session 6; bench/NOTES.md keeps their rows.)
+enum { kRowsReread = 0, kRowsKept = 1, kRowsStaged = 2, kRowsKeptSigmoid = 3 };
 // C_REDUCE (bwd): where the CTAs' dweight partial rows are added: 0 by dw_reduce_kernel, launched with PDL behind the
 // backward; 1 by the backward itself after a grid barrier (a cooperative launch; dw_reduce_fused in kiln/dw_reduce.cuh:
 // the same addition order, the same bits), so no second kernel runs after it. Needs CTAs of a multiple of 4 warps.
+// C_HINTS (bwd, staged kernel): 0 in the search space (the tuned and heuristic configs); other values are measurement
+// points of the forced-config path only (bench rows, tests): bit 2 the TMA input copies with an L2 evict-first policy
+// (session 5's default: 59.6–60.2 µs against 58.5–59.1 without it in session 6's rounds 1–3: the same-run reference;
+// the same bits), and ablations with wrong results: bits 0–1 = 3 no dx/dgate stores, bit 3 x streamed to dx and gate
+// to dgate with no math, bit 6 CTAs that return at once. Session 6 also measured and removed: dx/dgate stores streaming
+// / evict-first (+0.3 / ±0), a 4-slot ring (±0), token strips rotated per segment (±0), the CTA's tokens dealt to its
+// warps at run time (+10: the in-order dw chain ties each warp to the others' data) and stealing between CTAs built on
+// that (+15); see bench/NOTES.md.
+bool hint_measurement(int hints) { return hints == 4 || (hints & 3) == 3 || (hints & (8 | 64)) != 0; }
 
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
@@ -55,6 +63,14 @@ const char* type_name(int64_t d) {
 
 int gate_depth(const Specialization& s);
 
+// The staged backward's dynamic shared memory with `depth` ring slots a warp (kiln/group_rms_norm_gate.cuh): the rings
+// (x, gate, dy of an item a slot) and one mbarrier a slot.
+int64_t staged_smem(const Specialization& s, int depth) {
+  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
+  const int64_t seg_channels = s.config[C_SEG] * (s.params[P_DIM] / s.params[P_G]);
+  return s.config[C_WARPS] * depth * (3 * seg_channels * es + 8);
+}
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/group_rms_norm_gate.cuh\"\n";
   const auto& p = s.params;
@@ -66,15 +82,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
       break;
     case kBwd:
-      if (split_of(s.config[C_ROWS]) > 1)
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_split_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
-                           p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
-                           split_of(s.config[C_ROWS]), s.config[C_REDUCE] != 0, s.config[C_ROWS] == kRowsSplit2Pref,
-                           type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
-      else if (s.config[C_ROWS] == kRowsStaged)
-        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
+      if (s.config[C_ROWS] == kRowsStaged)
+        name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
                            p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
-                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, s.config[C_HINTS], type_name(p[P_DTYPE]),
+                           type_name(p[P_W_DTYPE]));
       else
         name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
@@ -98,19 +110,14 @@ int smem_bytes(const Specialization& s) {
     return s.config[C_ROWS] == kRowsStaged ? static_cast<int>(s.config[C_WARPS] * seg_channels * 4 * es) : 0;
   if (s.kernel != kBwd) return 0;
   if (s.config[C_ROWS] == kRowsStaged)  // the staged backward's rings: x, gate, dy per slot, one mbarrier each
-    return static_cast<int>(s.config[C_WARPS] * gate_depth(s) * (3 * seg_channels * es + 8));
-  if (const int split = split_of(s.config[C_ROWS]); split > 1)  // a dw slice a warp group, the sums' exchange
-    return static_cast<int>((s.config[C_WARPS] / split) * seg_channels * 4 +
-                            2 * s.config[C_WARPS] * 2 * s.config[C_SEG] * 4);
+    return static_cast<int>(staged_smem(s, gate_depth(s)));
   return static_cast<int>(s.config[C_WARPS] * seg_channels * 4);
 }
 
 // Ring slots per warp of the staged backward: 3 where they fit shared memory, else 2 (0: the warps do not fit).
 int gate_depth(const Specialization& s) {
-  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  const int64_t slot = 3 * s.config[C_SEG] * group_dim(s) * es + 8;
   for (int depth : {3, 2})
-    if (s.config[C_WARPS] * depth * slot <= 227 * 1024 - 512) return depth;
+    if (staged_smem(s, depth) <= 227 * 1024 - 512) return depth;
   return 0;
 }
 
@@ -124,18 +131,6 @@ bool kept_sigmoid_ok(const Specialization& s, int seg) {
   return steps * 3 * e * es <= 192 && steps * e <= 16;
 }
 
-// The split backward: x, gate and dy of a lane in ≤ 48 registers and ≤ 16 channels a lane (kept sigmoids), chunks
-// for every warp of a group, whole warp groups, one named barrier a group (≤ 15 groups).
-bool split_ok(const Specialization& s, int seg, int split, int warps) {
-  const int64_t d = group_dim(s);
-  const int64_t es = static_cast<int64_t>(dtype_size(static_cast<DType>(s.params[P_DTYPE])));
-  int64_t e = 1;
-  while (e < 16 / es && d % (2 * e) == 0) e *= 2;
-  const int64_t nc = seg * d / e, steps = (nc + 32 * split - 1) / (32 * split);
-  return s.kernel == kBwd && warps % split == 0 && warps / split <= 15 && nc > 32 * (split - 1) &&
-         steps * 3 * e * es <= 192 && steps * e <= 16;
-}
-
 // The staged backward needs 16-byte chunks (d a multiple of 16 bytes) and dw for a lane's columns in ≤ 64 registers.
 bool staged_ok(const Specialization& s, int seg) {
   const int64_t d = group_dim(s);
@@ -146,7 +141,7 @@ bool staged_ok(const Specialization& s, int seg) {
 }
 
 // The in-kernel dw reduction works on whole 128-thread groups of a CTA; the search space has it for the kernels
-// that can be the default (staged, kept sigmoids, split items).
+// that can be the default (staged, kept sigmoids).
 bool fused_reduce_ok(int warps, int rows) { return warps % 4 == 0 && rows >= kRowsStaged; }
 
 // Groups per warp item: the most that keep a segment within `max_bytes` of x's dtype (at least one group).
@@ -172,7 +167,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"group_rms_norm_gate",
                    {"fwd", "bwd", "dw_reduce"},
                    {"dim", "G", "shared_w", "dtype", "w_dtype"},
-                   {"warps", "seg_groups", "rows", "reduce"},
+                   {"warps", "seg_groups", "rows", "reduce", "hints"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -224,9 +219,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
 }
 
 // fwd: 2–16 warps × segments (divisors of G, ≤ 8 KiB). bwd: 1–16 warps × segments × where the second pass finds the
-// rows (re-read, registers, staged, registers with the sigmoids, split items) × where dw is reduced (second kernel,
-// or in-kernel for 4, 8, 16 warps of the kernels that can be the default: staged, kept sigmoids, split), while the
-// shared memory fits 227 KiB. dw_reduce: nothing to tune.
+// rows (re-read, registers, staged, registers with the sigmoids) × where dw is reduced (second kernel, or in-kernel
+// for 4, 8, 16 warps of the kernels that can be the default: staged, kept sigmoids), while the shared memory fits
+// 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
@@ -243,11 +238,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (G % seg != 0) continue;
     if (seg > 1 && seg * d * es > 8192 && seg != def.config[C_SEG]) continue;
     for (int w : {1, 2, 4, 8, 16}) {
-      for (int rows :
-           {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid, kRowsSplit2, kRowsSplit4, kRowsSplit2Pref}) {
+      for (int rows : {kRowsReread, kRowsKept, kRowsStaged, kRowsKeptSigmoid}) {
         if (base.kernel == kFwd && (rows == kRowsKept || rows == kRowsKeptSigmoid || w < 2)) continue;
-        if (split_of(rows) > 1 && !split_ok(base, static_cast<int>(seg), split_of(rows), w)) continue;
-        if (rows == kRowsSplit2Pref && seg * d / (16 / es) > 64) continue;  // one 16-byte step a lane: 24 registers
         if (rows == kRowsStaged && !staged_ok(base, static_cast<int>(seg))) continue;
         if (rows == kRowsKeptSigmoid && !kept_sigmoid_ok(base, static_cast<int>(seg))) continue;
         for (int reduce : {0, 1}) {
@@ -256,6 +248,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           s.config[C_SEG] = static_cast<int>(seg);
           s.config[C_ROWS] = rows;
           s.config[C_REDUCE] = reduce;
+          s.config[C_HINTS] = 0;
           if (base.kernel == kBwd && rows == kRowsStaged && gate_depth(s) == 0) continue;
           if (smem_bytes(s) > 227 * 1024) continue;
           out.push_back(s);
@@ -280,7 +273,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   return group_rms_norm_gate_instance(rt, s.kernel != kFwd, 1, std::max<int64_t>(tokens, 1), s.params[P_DIM],
                                       static_cast<int>(s.params[P_G]), s.params[P_SHARED] != 0, true,
-                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false, -1);
+                                      static_cast<DType>(s.params[P_DTYPE]), -1, 0, 0, false, -1, 0);
 }
 
 // ---- validation --------------------------------------------------------------------------------------------------
@@ -462,14 +455,14 @@ int64_t group_rms_norm_gate_bwd_workspace_elems(Runtime& rt, int64_t tokens, int
 }
 
 namespace detail {
-// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups, reduce; the bench's
-// measurement hook until the tuner picks configs per shape). rows < 0: the tuned/heuristic config; reduce < 0 with
-// rows ≥ 0: the heuristic's choice for those warps.
+// group_rms_norm_gate_bwd with the backward's config forced (rows mode, warps, segment groups, reduce, hints; the
+// bench's measurement hook). rows < 0: the tuned/heuristic config; reduce < 0 with rows ≥ 0: the heuristic's choice
+// for those warps.
 void group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                                     const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                                     const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                                     const TensorRef& workspace, Stream stream, int rows, int warps, int seg,
-                                    int reduce);
+                                    int reduce, int hints);
 }  // namespace detail
 
 void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
@@ -477,14 +470,14 @@ void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& 
                              const TensorRef& dweight, const GroupRmsNormGateOptions& opts,
                              const TensorRef& workspace, Stream stream) {
   detail::group_rms_norm_gate_bwd_config(rt, dy, x, gate, weight, dx, dgate, dweight, opts, workspace, stream, -1, 0,
-                                         0, -1);
+                                         0, -1, 0);
 }
 
 void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef& x,
                                             const TensorRef& gate, const TensorRef& weight, const TensorRef& dx,
                                             const TensorRef& dgate, const TensorRef& dweight,
                                             const GroupRmsNormGateOptions& opts, const TensorRef& workspace,
-                                            Stream stream, int rows, int warps, int seg, int reduce) {
+                                            Stream stream, int rows, int warps, int seg, int reduce, int hints) {
   const Check ck{"group_rms_norm_gate_bwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
@@ -509,15 +502,24 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
       s.config[C_WARPS] = warps;
       s.config[C_SEG] = seg;
       s.config[C_REDUCE] = reduce >= 0 ? reduce : (fused_reduce_ok(warps, rows) ? 1 : 0);
-      if (!in_search_space(s)) ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
+      s.config[C_HINTS] = hints;
+      // measurement points (see C_HINTS) are checked against the search space without their hints
+      Specialization plain = s;
+      plain.config[C_HINTS] = 0;
+      if (hints && (rows != kRowsStaged || !hint_measurement(hints) || ((hints & 4) && arch.sm < 90)))
+        ck.invalid("config", fmt::format("{}: hints {} is not a measurement point of the staged backward",
+                                         s.describe(), hints));
+      if (!in_search_space(plain))
+        ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     X = bwd_grid_x(rt, s, g.M);
-    if (workspace.defined() && workspace.numel() < X * g.dim)
+    const int64_t need = X * g.dim;
+    if (workspace.defined() && workspace.numel() < need)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (group_rms_norm_gate_bwd_workspace_elems), "
                                               "got {}",
-                                              X * g.dim, workspace.numel()));
+                                              need, workspace.numel()));
     if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(X * g.dim) * 4, stream);
+      owned = impl.alloc_async(static_cast<size_t>(need) * 4, stream);
       partial = reinterpret_cast<float*>(owned);
     }
     const auto [dy_sb, dy_ss] = bs_strides(dy, opts.transpose);
@@ -528,7 +530,8 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     GroupNormGateBwdArgs a{dy.data,  dy_sb,    dy_ss,     x.data,  x_sb,  x_ss,    gate.data, g_sb,
                            g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
                            partial,  static_cast<float*>(dweight.data), static_cast<int>(g.M), static_cast<int>(g.B),
-                           static_cast<int>(g.S), opts.transpose, opts.eps};
+                           static_cast<int>(g.S), opts.transpose, opts.eps,
+                           detail::group_rms_norm_gate_trace.load(std::memory_order_relaxed)};
     fused = s.config[C_REDUCE] != 0;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(X);

@@ -122,9 +122,10 @@ const detail::FamilyDef& family() {
 }
 
 // kernel 0 fwd, 1 bwd, 2 dw_reduce; params dim, G, shared_w, dtype, w_dtype; config warps, seg_groups, rows (0
-// re-read, 1 kept in registers, 2 staged in shared memory, 3 kept with the sigmoids), reduce (bwd: 1 in-kernel).
+// re-read, 1 kept in registers, 2 staged in shared memory, 3 kept with the sigmoids), reduce (bwd: 1 in-kernel),
+// hints (staged bwd: L2 policies).
 detail::Specialization make(uint32_t kernel, int64_t dim, int64_t G, bool shared, DType t, DType w, int warps, int seg,
-                            int rows, int reduce = 0) {
+                            int rows, int reduce = 0, int hints = 0) {
   detail::Specialization s;
   s.family = &family();
   s.arch = detail::Arch::parse("sm_90a");
@@ -137,13 +138,14 @@ detail::Specialization make(uint32_t kernel, int64_t dim, int64_t G, bool shared
     s.config[1] = seg;
     s.config[2] = rows;
     s.config[3] = reduce;
+    s.config[4] = hints;
   }
   return s;
 }
 
 TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
   ASSERT_EQ(family().param_names.size(), 5u);
-  ASSERT_EQ(family().config_names.size(), 4u);
+  ASSERT_EQ(family().config_names.size(), 5u);
   detail::Counters counters;
   const std::vector<detail::Specialization> specs = {
       make(0, 1536, 4, true, DType::f16, DType::f32, 4, 2, 0),     // d = 384: groups span steps unevenly
@@ -157,11 +159,13 @@ TEST(GroupRmsNormGateCompile, SpecializationsCompileForSm90a) {
       make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3),   // kept rows and sigmoids
       make(1, 1536, 4, true, DType::f32, DType::f32, 4, 1, 3),
       make(1, 1536, 4, true, DType::f16, DType::bf16, 4, 4, 2),
-      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3, 1),  // the default: in-kernel dw reduction
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 3, 1),  // kept rows and sigmoids, in-kernel dw reduction
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1),  // the default: staged, in-kernel dw reduction
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 4),  // inputs evict-first (session 5's policy)
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 3),  // ablation: no stores
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 8),  // ablation: streamed, no math
+      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 2, 1, 64),  // ablation: the launch alone
       make(1, 1536, 4, true, DType::bf16, DType::f32, 16, 2, 2, 1),   // staged, fused, shared weight (folds 4)
-      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 4, 1),  // 2 warps an item
-      make(1, 1536, 4, true, DType::f16, DType::f32, 16, 4, 5, 0),    // 4 warps an item, d = 384 (groups ≠ steps)
-      make(1, 2048, 4, false, DType::bf16, DType::bf16, 8, 1, 6, 1),  // 2 warps an item, next item prefetched
   };
   for (const auto& s : specs) {
     SCOPED_TRACE(s.describe());
@@ -189,6 +193,7 @@ TEST(GroupRmsNormGateCompile, PresetsAndSearchSpace) {
         has_default |= c.config == s.config;
         EXPECT_LE(family().dynamic_smem_bytes(c), 227 * 1024) << c.describe();
         if (c.kernel != 2) EXPECT_EQ(c.params[1] % c.config[1], 0) << "segments must divide G: " << c.describe();
+        EXPECT_EQ(c.config[4], 0) << "hints are measurement points, not search-space points: " << c.describe();
       }
       EXPECT_TRUE(has_default) << s.describe();
     }
@@ -204,6 +209,7 @@ TEST(GroupRmsNormGateCompile, PresetsAndSearchSpace) {
   EXPECT_EQ(specs[1].config[0], 8);
   EXPECT_EQ(specs[1].config[2], 2);
   EXPECT_EQ(specs[1].config[3], 1);  // dw reduced in the backward kernel (cooperative launch)
+  EXPECT_EQ(specs[1].config[4], 0);  // default L2 policies (inputs evict-first, plain stores)
   EXPECT_EQ(family().dynamic_smem_bytes(specs[1]), 8 * 3 * (3 * 512 * 2 + 8));  // 3 slots of x, gate, dy a warp
 }
 

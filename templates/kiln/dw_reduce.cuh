@@ -121,9 +121,17 @@ __global__ void __launch_bounds__(kDwReduceThreads) dw_reduce_kernel(const DwRed
 // and compute them exactly as dw_reduce_kernel does (same slices, same order: the same bits); the others return at
 // once. Column block cb (16 columns × 8 slices = 128 threads) goes to CTA cb mod nCTA (linear id over x, y), its
 // 128-thread group cb / nCTA (a CTA has NT / 128 groups; NT a multiple of 128; NT / 128 × 544 bytes of static shared
-// memory).
+// memory). trace (measurement only, normally null): thread 0 stores clock64 when the barrier has passed (trace[0]) and
+// when its column blocks are stored (trace[1]).
+// clock64, not moved across the memory operations and barriers around it (measurement).
+__device__ __forceinline__ unsigned long long clock_ordered() {
+  unsigned long long t;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+  return t;
+}
+
 template <int NOUT, int FOLD, typename DW, int NT, int NLO = NOUT>
-__device__ __forceinline__ void dw_reduce_fused(const DwReduceArgs& a) {
+__device__ __forceinline__ void dw_reduce_fused(const DwReduceArgs& a, unsigned long long* trace = nullptr) {
   static_assert(NT % kDwReduceThreads == 0, "whole 128-thread groups");
   constexpr int COLS = kDwReduceCols, SLICES = kDwReduceThreads / kDwReduceCols, PER = NT / kDwReduceThreads;
   constexpr int NCB = (NOUT + COLS - 1) / COLS;
@@ -132,6 +140,7 @@ __device__ __forceinline__ void dw_reduce_fused(const DwReduceArgs& a) {
   const int bid = static_cast<int>(blockIdx.y * gridDim.x + blockIdx.x);
   if (bid >= NCB) return;  // no column block here (uniform over the CTA)
   grid_barrier_wait(token);  // every CTA's partial row is visible (acquire), then a CTA barrier
+  if (trace && threadIdx.x == 0) trace[0] = clock_ordered();
   const int sub = static_cast<int>(threadIdx.x) / kDwReduceThreads, t = static_cast<int>(threadIdx.x) % kDwReduceThreads;
   const int tx = t % COLS, ty = t / COLS;
   __shared__ float slices[PER][SLICES][COLS + 1];
@@ -145,6 +154,7 @@ __device__ __forceinline__ void dw_reduce_fused(const DwReduceArgs& a) {
     if (cb < NCB && ty == 0 && j < NOUT) dw_reduce_store<NOUT, DW, NLO>(a, slice, j, tx);
     __syncthreads();
   }
+  if (trace && threadIdx.x == 0) trace[1] = clock_ordered();
 }
 
 }  // namespace kiln

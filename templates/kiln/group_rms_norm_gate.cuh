@@ -252,10 +252,29 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
 // wrote are added by dw_reduce_fused exactly as dw_reduce_kernel<NOUT, FOLD> would add them (a shared weight folds
 // the G groups onto d outputs).
 template <int DIM, int G, bool SHARED_W, int NT>
-__device__ __forceinline__ void gate_dw_reduce_fused(const GroupNormGateBwdArgs& a) {
+__device__ __forceinline__ void gate_dw_reduce_fused(const GroupNormGateBwdArgs& a, u64* trace = nullptr) {
   const DwReduceArgs r{a.partial, a.dw, static_cast<int>(gridDim.x)};
-  if constexpr (SHARED_W) dw_reduce_fused<DIM / G, G, float, NT>(r);
-  else dw_reduce_fused<DIM, 1, float, NT>(r);
+  if constexpr (SHARED_W) dw_reduce_fused<DIM / G, G, float, NT>(r, trace);
+  else dw_reduce_fused<DIM, 1, float, NT>(r, trace);
+}
+
+// Measurement helpers (GroupNormGateBwdArgs::trace).
+__device__ __forceinline__ u64 gate_gtimer() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+  return t;
+}
+// clock64 that stays between the memory operations and barriers around it (the intrinsic may be moved across a
+// __syncthreads: round 1's stamps after a CTA barrier read earlier than ones before it).
+__device__ __forceinline__ u64 gate_clock() {
+  u64 t;
+  asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+  return t;
+}
+__device__ __forceinline__ u32 gate_smid() {
+  u32 sm;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  return sm;
 }
 
 // (b, s) of the token a RowWalker over walking order stands on (its divisor is B when seq_major, else S).
@@ -270,6 +289,155 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
   }
 }
 
+// ---- backward: one warp item ---------------------------------------------------------------------------------
+// The per-item step every backward kernel shares, so that they all compute dx and dgate with the same operations in
+// the same order (the same bits; GPU test BackwardKernelsAgreeBitwise): for one (token, segment), lane l taking
+// chunks st·32 + l,
+//   pass 1: y·σ, Σx² and Σx·(y·σ·w) per group (the lane's partials added per group, then one butterfly per group);
+//   r = 1/sqrt(Σx²/d + eps) and coef = (Q/d)·r³ per group ((Q/d)·r first: r³ alone underflows fp32 for groups of
+//   rms ≳ 1e13);
+//   pass 2: dx = r·t − coef·x, dgate = x·r·t·(1 − σ) stored to the item's rows, dw += x·r·y·σ for the lane's columns.
+// Src gives a lane's chunk st of x, gate, dy (x/g/y(st, pass2)): registers, shared memory or global memory. Wgt fills
+// the chunk's weights (wgt(st, chunk, w)). KSIG: y·σ and 1 − σ of pass 1 are kept for pass 2 (no second exp and
+// reciprocal, gate and dy not read again). DWM, where dw accumulates: 0 in dwr[st][e] (dwr = fma(x·r, y·σ, dwr)),
+// 1 added into the warp's shared-memory slice dws (SEG·d floats; dws += x·r·y·σ). STH: 0 store dx and dgate, 3 do
+// not (a measurement ablation).
+template <int DIM, int G, int SEG, bool KSIG, int DWM, int STH, typename T, typename Src, typename Wgt, int DS, int DE>
+__device__ __forceinline__ void gate_bwd_item(const Src& src, const Wgt& wgt, float eps, int lane, T* dxr, T* dgr,
+                                              float (&dwr)[DS][DE], float* dws) {
+  using L = GateLayout<DIM, G, SEG, T>;
+  constexpr int E = L::E, B = L::BYTES, STEPS = L::STEPS, NC = L::NC, d = L::d;
+  constexpr bool DWREG = DWM == 0;
+  static_assert(!DWREG || (DS == STEPS && DE == E), "dw registers: one per channel of the lane");
+  static_assert(DWM == 0 || DWM == 1, "dw in registers or a shared-memory slice");
+  float ss[SEG], Q[SEG];
+  float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
+#pragma unroll
+  for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (NC % 32 == 0 || c < NC) {
+      const Raw<B> xraw = src.x(st, false), graw = src.g(st, false), yraw = src.y(st, false);
+      float w[E];
+      wgt(st, c, w);
+      float p_ss = 0.f, p_q = 0.f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float xf = raw_get<T>(xraw, e);
+        float ys;
+        if constexpr (KSIG) {
+          const Sigmoid<T> sg(raw_get<T>(graw, e));
+          ysv[st][e] = ys = raw_get<T>(yraw, e) * sg.s;
+          omv[st][e] = sg.one_minus;
+        } else {
+          ys = raw_get<T>(yraw, e) * sigmoid<T>(raw_get<T>(graw, e));
+        }
+        p_ss = fmaf(xf, xf, p_ss);
+        p_q = fmaf(xf, ys * w[e], p_q);
+      }
+      const int q = L::group(st, lane);
+      add_at(ss, q, p_ss);
+      add_at(Q, q, p_q);
+    }
+  }
+  float r[SEG], coef[SEG];
+#pragma unroll
+  for (int q = 0; q < SEG; ++q) {
+    r[q] = 1.0f / sqrtf(warp_sum(ss[q]) / static_cast<float>(d) + eps);
+    coef[q] = (warp_sum(Q[q]) / static_cast<float>(d)) * r[q] * r[q] * r[q];
+  }
+#pragma unroll
+  for (int st = 0; st < STEPS; ++st) {
+    const int c = st * 32 + lane;
+    if (NC % 32 == 0 || c < NC) {
+      const Raw<B> xraw = src.x(st, true);
+      Raw<B> graw, yraw;
+      if constexpr (!KSIG) graw = src.g(st, true), yraw = src.y(st, true);
+      const int q = L::group(st, lane);
+      const float rq = pick(r, q), cq = pick(coef, q);
+      float w[E], dxo[E], dgo[E], acc[E];
+      wgt(st, c, w);
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const float xf = raw_get<T>(xraw, e);
+        float ys, om;
+        if constexpr (KSIG) {
+          ys = ysv[st][e];
+          om = omv[st][e];
+        } else {
+          const Sigmoid<T> sg(raw_get<T>(graw, e));
+          ys = raw_get<T>(yraw, e) * sg.s;
+          om = sg.one_minus;
+        }
+        const float t = ys * w[e];
+        const float n = xf * rq;
+        dxo[e] = fmaf(rq, t, -cq * xf);
+        dgo[e] = n * t * om;
+        if constexpr (DWM == 0) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
+        else acc[e] = n * ys;
+      }
+      Raw<B> o1, o2;
+      raw_fill<T>(o1, dxo);
+      raw_fill<T>(o2, dgo);
+      st_raw_hint<STH>(dxr + c * E, o1);
+      st_raw_hint<STH>(dgr + c * E, o2);
+      if constexpr (DWM == 1) smem_add<E>(dws + c * E, acc);
+    }
+  }
+}
+
+// Row sources of gate_bwd_item (a lane's chunk st; the pointers already point at the lane's first chunk).
+// Registers (loaded before pass 1); pass 2 launders them so that the compiler re-unpacks the raw values instead of
+// keeping pass 1's fp32 values alive.
+template <int B, int STEPS>
+struct GateRegRows {
+  Raw<B> xv[STEPS], gv[STEPS], yv[STEPS];
+  static __device__ __forceinline__ Raw<B> get(const Raw<B>& v, bool pass2) {
+    Raw<B> r = v;
+    if (pass2) launder(r);
+    return r;
+  }
+  __device__ __forceinline__ Raw<B> x(int st, bool pass2) const { return get(xv[st], pass2); }
+  __device__ __forceinline__ Raw<B> g(int st, bool pass2) const { return get(gv[st], pass2); }
+  __device__ __forceinline__ Raw<B> y(int st, bool pass2) const { return get(yv[st], pass2); }
+};
+// Global memory, read in each pass (the second pass hits L1/L2).
+template <int B, int E, typename T>
+struct GateGlobalRows {
+  const T *xr, *gr, *yr;
+  __device__ __forceinline__ Raw<B> x(int st, bool) const { return ld_raw<B, false>(xr + st * 32 * E); }
+  __device__ __forceinline__ Raw<B> g(int st, bool) const { return ld_raw<B, false>(gr + st * 32 * E); }
+  __device__ __forceinline__ Raw<B> y(int st, bool) const { return ld_raw<B, false>(yr + st * 32 * E); }
+};
+// A ring slot in shared memory (16-byte chunks; volatile loads: the second pass re-reads).
+template <int E, typename T>
+struct GateSmemRows {
+  const T *xs, *gs, *ys;
+  __device__ __forceinline__ Raw<16> x(int st, bool) const { return lds16(xs + st * 32 * E); }
+  __device__ __forceinline__ Raw<16> g(int st, bool) const { return lds16(gs + st * 32 * E); }
+  __device__ __forceinline__ Raw<16> y(int st, bool) const { return lds16(ys + st * 32 * E); }
+};
+// Weights of gate_bwd_item: loaded per use (L1 hits), or kept in registers.
+template <int E, int d, bool SHARED_W, typename W>
+struct GateGlobalW {
+  const void* w;
+  int c0;  // the segment's first channel
+  __device__ __forceinline__ void operator()(int, int c, float (&o)[E]) const {
+    const int ch = c0 + c * E;
+    load_f<W, E>(w, SHARED_W ? ch % d : ch, o);
+  }
+};
+template <int STEPS, int E>
+struct GateRegW {
+  const float (*wk)[E];  // [STEPS][E]
+  __device__ __forceinline__ void operator()(int st, int, float (&o)[E]) const {
+#pragma unroll
+    for (int e = 0; e < E; ++e) o[e] = wk[st][e];
+  }
+};
+
+// ---- kept-rows backward --------------------------------------------------------------------------------------
 // Persistent grid (gridDim.y = segments); dynamic shared memory WARPS·SEG·d floats. Registers capped at 128 (16 warps
 // per SM). KEEP_ROWS: x, gate and dy stay in registers between the passes when they fit 48 registers per lane;
 // otherwise (or when off) the second pass re-reads them (L1/L2 hits). KEEP_SIG (with kept rows of ≤ 16 channels per
@@ -277,7 +445,7 @@ __device__ __forceinline__ void walker_bs(const Args& a, const RowWalker& w, i64
 // reciprocal (the SFU does 16 of each per clock per SM: 4 per element would be a third of the kernel's time) and no
 // unpacking of dy. dw for the lane's columns accumulates in registers when a lane holds ≤ 32 channels (else in the
 // warp's shared-memory slice); the warps' slices are added in warp order at the end. Tokens are walked with
-// RowWalker (no division per token).
+// RowWalker (no division per token). Works for every chunk width and dtype: the fallback of the staged kernel.
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, bool KEEP_ROWS, bool KEEP_SIG, bool FUSE, typename T,
           typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) group_rms_norm_gate_bwd_kernel(
@@ -301,6 +469,7 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   for (int st = 0; st < (DWREG ? STEPS : 1); ++st)
 #pragma unroll
     for (int e = 0; e < (DWREG ? E : 1); ++e) dwr[st][e] = 0.f;
+  const GateGlobalW<E, d, SHARED_W, W> wgt{a.w, c0};
 
   // The CTA's tokens c, c + gridDim.x, … (counts differ by ≤ 1), warp w taking every WARPS-th of them.
   const CtaRows strip(a.M, warp, WARPS);
@@ -308,117 +477,27 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   for (int k = 0; k < strip.n; ++k, walk.next()) {
     i64 b, s;
     walker_bs(a, walk, b, s);
-    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
-    const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
-    const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
+    const int l0 = lane * E;  // the lane's first chunk
+    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0 + l0;
+    const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0 + l0;
+    const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0 + l0;
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
-
-    Raw<B> xv[KEEP ? STEPS : 1], gv[KEEP ? STEPS : 1], yv[KEEP ? STEPS : 1];
     if constexpr (KEEP) {
+      GateRegRows<B, STEPS> rows;
 #pragma unroll
       for (int st = 0; st < STEPS; ++st) {
         const int c = st * 32 + lane;
         if (c < NC) {
-          xv[st] = ld_raw<B, true>(xr + c * E);
-          gv[st] = ld_raw<B, true>(gr + c * E);
-          yv[st] = ld_raw<B, true>(yr + c * E);
+          rows.xv[st] = ld_raw<B, true>(xr + st * 32 * E);
+          rows.gv[st] = ld_raw<B, true>(gr + st * 32 * E);
+          rows.yv[st] = ld_raw<B, true>(yr + st * 32 * E);
         }
       }
-    }
-    float ss[SEG], Q[SEG];
-    float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
-#pragma unroll
-    for (int k = 0; k < SEG; ++k) ss[k] = Q[k] = 0.f;
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = st * 32 + lane;
-      if (c < NC) {
-        Raw<B> xraw, graw, yraw;
-        if constexpr (KEEP) {
-          xraw = xv[st]; graw = gv[st]; yraw = yv[st];
-        } else {
-          xraw = ld_raw<B, false>(xr + c * E); graw = ld_raw<B, false>(gr + c * E);
-          yraw = ld_raw<B, false>(yr + c * E);
-        }
-        const int ch = c0 + c * E;
-        float w[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-        float p_ss = 0.f, p_q = 0.f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e);
-          float ys;
-          if constexpr (KSIG) {
-            const Sigmoid<T> sg(raw_get<T>(graw, e));
-            ysv[st][e] = ys = raw_get<T>(yraw, e) * sg.s;
-            omv[st][e] = sg.one_minus;
-          } else {
-            ys = raw_get<T>(yraw, e) * sigmoid<T>(raw_get<T>(graw, e));
-          }
-          p_ss = fmaf(xf, xf, p_ss);
-          p_q = fmaf(xf, ys * w[e], p_q);
-        }
-        const int q = L::group(st, lane);
-        add_at(ss, q, p_ss);
-        add_at(Q, q, p_q);
-      }
-    }
-    float r[SEG], coef[SEG];
-#pragma unroll
-    for (int k = 0; k < SEG; ++k) {
-      r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
-      // (Q/d)·r first: r³ alone underflows fp32 for groups of rms ≳ 1e13.
-      coef[k] = (warp_sum(Q[k]) / static_cast<float>(d)) * r[k] * r[k] * r[k];
-    }
-
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = st * 32 + lane;
-      if (c < NC) {
-        Raw<B> xraw, graw, yraw;
-        if constexpr (KEEP) {
-          xraw = xv[st];
-          launder(xraw);
-          if constexpr (!KSIG) {
-            graw = gv[st]; yraw = yv[st];
-            launder(graw); launder(yraw);
-          }
-        } else {
-          xraw = ld_raw<B, false>(xr + c * E); graw = ld_raw<B, false>(gr + c * E);
-          yraw = ld_raw<B, false>(yr + c * E);
-        }
-        const int q = L::group(st, lane);
-        const float rq = pick(r, q), cq = pick(coef, q);
-        const int ch = c0 + c * E;
-        float w[E], dxo[E], dgo[E], acc[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e);
-          float ys, om;
-          if constexpr (KSIG) {
-            ys = ysv[st][e];
-            om = omv[st][e];
-          } else {
-            const Sigmoid<T> sg(raw_get<T>(graw, e));
-            ys = raw_get<T>(yraw, e) * sg.s;
-            om = sg.one_minus;
-          }
-          const float t = ys * w[e];
-          const float n = xf * rq;
-          dxo[e] = fmaf(rq, t, -cq * xf);
-          dgo[e] = n * t * om;
-          if constexpr (DWREG) dwr[st][e] = fmaf(n, ys, dwr[st][e]);
-          else acc[e] = n * ys;
-        }
-        Raw<B> o1, o2;
-        raw_fill<T>(o1, dxo);
-        raw_fill<T>(o2, dgo);
-        st_raw(dxr + c * E, o1);
-        st_raw(dgr + c * E, o2);
-        if constexpr (!DWREG) smem_add<E>(dw + c * E, acc);
-      }
+      gate_bwd_item<DIM, G, SEG, KSIG, DWREG ? 0 : 1, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
+    } else {
+      const GateGlobalRows<B, E, T> rows{xr, gr, yr};
+      gate_bwd_item<DIM, G, SEG, false, DWREG ? 0 : 1, 0, T>(rows, wgt, a.eps, lane, dxr, dgr, dwr, dw);
     }
   }
 
@@ -437,194 +516,19 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS) grou
   if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
 }
 
-// ---- split backward ------------------------------------------------------------------------------------------
-// The kept-rows-and-sigmoids backward with SPLIT warps an item: warp `sub` of a group of SPLIT takes the item's
-// chunks (st·SPLIT + sub)·32 + lane (interleaved 512-byte pieces), the group adds its warps' group sums Σx² and
-// Σx·t through shared memory in warp order (a named barrier a group; the same bits in every warp of the group), and
-// the CTA adds its groups' dw slices in group order. 1/SPLIT of the registers a row and SPLIT× finer work items for
-// the persistent grid's last round (the rope backward's SPLIT). Registers capped for 24 warps an SM. Shared memory:
-// WARPS/SPLIT dw slices of SEG·d floats, then the exchange [2][WARPS][2·SEG] floats (by row parity: a warp's next
-// row never overwrites a slot its partners still read — they read it before arriving at the next row's barrier).
-template <int DIM, int G, int SEG, int SPLIT, typename T>
-struct GateSplit {
-  using L = GateLayout<DIM, G, SEG, T>;
-  static constexpr int STEPS = (L::NC + 32 * SPLIT - 1) / (32 * SPLIT);  // a warp's steps
-  static constexpr bool OK = STEPS * 3 * L::BYTES <= 192 && STEPS * L::E <= 16;
-};
-
-// PREF: the next item's x, gate and dy are loaded into registers while this one is computed (two items in flight a
-// warp; registers capped for 24 warps an SM instead of 32).
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int SPLIT, bool FUSE, bool PREF, typename T, typename W>
-__global__ void __launch_bounds__(WARPS * 32, (PREF ? 24 : 32) / WARPS > 0 ? (PREF ? 24 : 32) / WARPS : 1)
-    group_rms_norm_gate_bwd_split_kernel(
-    const GroupNormGateBwdArgs a) {
-  if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
-  using L = GateLayout<DIM, G, SEG, T>;
-  constexpr int E = L::E, B = L::BYTES, NC = L::NC, d = L::d, SEGC = L::SEGC, CPG = L::CPG;
-  constexpr int STEPS = GateSplit<DIM, G, SEG, SPLIT, T>::STEPS;
-  static_assert(GateSplit<DIM, G, SEG, SPLIT, T>::OK, "split backward: rows and sigmoids of a lane in registers");
-  static_assert(WARPS % SPLIT == 0 && WARPS / SPLIT <= 15, "whole groups; one named barrier a group");
-  constexpr int GROUPS = WARPS / SPLIT;
-  extern __shared__ __align__(16) float dws[];  // [GROUPS][SEGC] dw slices, then [2][WARPS][2·SEG] exchange
-  float* xch = dws + GROUPS * SEGC;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int group = warp / SPLIT, sub = warp % SPLIT;
-  const int seg = blockIdx.y, c0 = seg * SEGC;
-  auto chunk = [&](int st) { return (st * SPLIT + sub) * 32 + lane; };  // segment-local chunk of step st
-  auto grp = [&](int c) { return CPG % 32 == 0 ? (c - lane) / CPG : c / CPG; };  // warp-uniform when it can be
-
-  float dwr[STEPS][E];
-#pragma unroll
-  for (int st = 0; st < STEPS; ++st)
-#pragma unroll
-    for (int e = 0; e < E; ++e) dwr[st][e] = 0.f;
-
-  const CtaRows strip(a.M, group, GROUPS);  // the group's tokens (every warp of it walks the same ones)
-  RowWalker walk(strip, 0, a.seq_major ? a.B : a.S);
-  // x, gate and dy of the item `w` stands on, this lane's chunks.
-  auto load_item = [&](const RowWalker& w, Raw<B> (&x)[STEPS], Raw<B> (&g)[STEPS], Raw<B> (&y)[STEPS]) {
-    i64 b, s;
-    walker_bs(a, w, b, s);
-    const T* xr = static_cast<const T*>(a.x) + b * a.x_sb + s * a.x_ss + c0;
-    const T* gr = static_cast<const T*>(a.gate) + b * a.g_sb + s * a.g_ss + c0;
-    const T* yr = static_cast<const T*>(a.dy) + b * a.dy_sb + s * a.dy_ss + c0;
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = chunk(st);
-      if (c < NC) {
-        x[st] = ld_raw<B, true>(xr + c * E);
-        g[st] = ld_raw<B, true>(gr + c * E);
-        y[st] = ld_raw<B, true>(yr + c * E);
-      }
-    }
-  };
-  Raw<B> xv[STEPS], gv[STEPS], yv[STEPS];
-  if (PREF && strip.n > 0) load_item(walk, xv, gv, yv);
-  for (int k = 0; k < strip.n; ++k, walk.next()) {
-    i64 b, s;
-    walker_bs(a, walk, b, s);
-    T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
-    T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
-
-    Raw<B> nx[PREF ? STEPS : 1], ng[PREF ? STEPS : 1], ny[PREF ? STEPS : 1];
-    if constexpr (PREF) {
-      if (k + 1 < strip.n) {
-        RowWalker w1 = walk;
-        w1.next();
-        load_item(w1, nx, ng, ny);
-      }
-    } else {
-      load_item(walk, xv, gv, yv);
-    }
-    float ss[SEG], Q[SEG], ysv[STEPS][E], omv[STEPS][E];
-#pragma unroll
-    for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = chunk(st);
-      if (c < NC) {
-        const int ch = c0 + c * E;
-        float w[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-        float p_ss = 0.f, p_q = 0.f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xv[st], e);
-          const Sigmoid<T> sg(raw_get<T>(gv[st], e));
-          const float yg = ysv[st][e] = raw_get<T>(yv[st], e) * sg.s;
-          omv[st][e] = sg.one_minus;
-          p_ss = fmaf(xf, xf, p_ss);
-          p_q = fmaf(xf, yg * w[e], p_q);
-        }
-        const int q = grp(c);
-        add_at(ss, q, p_ss);
-        add_at(Q, q, p_q);
-      }
-    }
-    // Group sums: this warp's, posted to its slot of this row parity, then the group's slots added in warp order.
-    float* slot = xch + (k & 1) * WARPS * 2 * SEG;
-#pragma unroll
-    for (int q = 0; q < SEG; ++q) {
-      ss[q] = warp_sum(ss[q]);
-      Q[q] = warp_sum(Q[q]);
-    }
-    if (lane == 0)
-#pragma unroll
-      for (int q = 0; q < SEG; ++q) {
-        slot[warp * 2 * SEG + q] = ss[q];
-        slot[warp * 2 * SEG + SEG + q] = Q[q];
-      }
-    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
-    float r[SEG], coef[SEG];
-#pragma unroll
-    for (int q = 0; q < SEG; ++q) {
-      float tss = slot[group * SPLIT * 2 * SEG + q], tq = slot[group * SPLIT * 2 * SEG + SEG + q];
-#pragma unroll
-      for (int u = 1; u < SPLIT; ++u) {
-        tss += slot[(group * SPLIT + u) * 2 * SEG + q];
-        tq += slot[(group * SPLIT + u) * 2 * SEG + SEG + q];
-      }
-      r[q] = 1.0f / sqrtf(tss / static_cast<float>(d) + a.eps);
-      coef[q] = (tq / static_cast<float>(d)) * r[q] * r[q] * r[q];  // (Q/d)·r first: see the kept kernel
-    }
-
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = chunk(st);
-      if (c < NC) {
-        Raw<B> xraw = xv[st];
-        launder(xraw);
-        const int q = grp(c);
-        const float rq = pick(r, q), cq = pick(coef, q);
-        const int ch = c0 + c * E;
-        float w[E], dxo[E], dgo[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e);
-          const float ys = ysv[st][e], om = omv[st][e];
-          const float t = ys * w[e];
-          const float n = xf * rq;
-          dxo[e] = fmaf(rq, t, -cq * xf);
-          dgo[e] = n * t * om;
-          dwr[st][e] = fmaf(n, ys, dwr[st][e]);
-        }
-        Raw<B> o1, o2;
-        raw_fill<T>(o1, dxo);
-        raw_fill<T>(o2, dgo);
-        st_raw(dxr + c * E, o1);
-        st_raw(dgr + c * E, o2);
-      }
-    }
-    if constexpr (PREF) {
-#pragma unroll
-      for (int st = 0; st < STEPS; ++st) xv[st] = nx[st], gv[st] = ng[st], yv[st] = ny[st];
-    }
-  }
-
-  float* dw = dws + group * SEGC;  // the group's slice: its warps' columns are disjoint
-#pragma unroll
-  for (int st = 0; st < STEPS; ++st) {
-    const int c = chunk(st);
-    if (c < NC)
-#pragma unroll
-      for (int e = 0; e < E; ++e) dw[c * E + e] = dwr[st][e];
-  }
-  __syncthreads();
-  dw_cta_partial<GROUPS, WARPS * 32, SEGC % 4 == 0>(dws, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
-                                                    threadIdx.x);
-  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
-}
-
 // ---- staged backward -----------------------------------------------------------------------------------------
 // The same math with the loads decoupled from the compute (kiln/row_pipe.cuh): a persistent grid (gridDim.y =
 // segments) sized to the GPU; CTA (x, seg) takes tokens x, x + gridDim.x, … (CtaRows: counts differ by ≤ 1), warp w
-// every WARPS-th of them; each warp streams its items' x, gate and dy
-// rows through its own ring of DEPTH shared-memory slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1
-// items per warp are in flight while it computes one. y·σ and 1 − σ of the first pass, and the lane's weights, stay in
-// registers when a lane holds ≤ 16 channels (no second exp and reciprocal, no per-item weight loads); dw for the
-// lane's columns lives in registers (STEPS·E ≤ 64). Tokens are walked with RowWalker. Needs 16-byte chunks. Shared
-// memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
+// every WARPS-th of them; each warp streams its items' x, gate and dy rows through its own ring of DEPTH shared-memory
+// slots (TMA bulk copies on sm_90, cp.async before), so DEPTH − 1 items per warp are in flight while it computes one.
+// The copies use the default L2 policy (an evict-first policy measured 0.9 µs slower on the Ling shape in session 6).
+// y·σ and 1 − σ of the first pass, and the lane's weights, stay in registers when a lane holds ≤ 16 channels (no
+// second exp and reciprocal, no per-item weight loads); dw for the lane's columns lives in registers (STEPS·E ≤ 64).
+// Tokens are walked with RowWalker. Needs 16-byte chunks. Shared memory: WARPS·DEPTH·(3·SEG·d·sizeof(T) + 8).
+// HINTS (0 the default): bit 2 the input copies with an L2 evict-first policy (session 5's default, kept as a
+// measured reference); measurement ablations with wrong results, never in the search space (ops/group_rms_norm_gate.cpp's
+// forced-config path only): bits 0–1 = 3 no dx/dgate stores, bit 3 x streamed to dx and gate to dgate with no math,
+// bit 6 CTAs that return at once (the launch's fixed cost).
 template <int DIM, int G, int SEG, typename T>
 struct GateStaged {
   using L = GateLayout<DIM, G, SEG, T>;
@@ -633,10 +537,12 @@ struct GateStaged {
   static constexpr int SLOT = 3 * PIECE;
 };
 
-template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, typename T, typename W>
+template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, int DEPTH, bool BULK, bool FUSE, int HINTS, typename T,
+          typename W>
 __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 16 warps per SM: ≤ 128 registers
     group_rms_norm_gate_bwd_staged_kernel(const GroupNormGateBwdArgs a) {
   if constexpr (!FUSE) pdl_launch_dependents();  // dw_reduce_kernel (PDL) may be placed beside this grid; it waits
+  if constexpr ((HINTS & 64) != 0) return;        // measurement ablation: the launch alone
   using L = GateLayout<DIM, G, SEG, T>;
   static_assert(GateStaged<DIM, G, SEG, T>::OK, "staged backward: 16-byte chunks and dw in ≤ 64 registers");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
@@ -647,11 +553,18 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   constexpr int PIECE = GateStaged<DIM, G, SEG, T>::PIECE, SLOT = GateStaged<DIM, G, SEG, T>::SLOT;
   constexpr bool KSIG = STEPS * E <= 16;  // y·σ and 1 − σ kept between the passes
   constexpr bool WREG = STEPS * E <= 16;  // the lane's weights kept in registers (else re-read per item, L1 hits)
+  constexpr int STH = HINTS & 3;
+  static_assert(STH == 0 || STH == 3, "stores: 0, or 3 (ablation: none)");
+  static_assert(WARPS <= 16, "trace slots for 16 warps");
   extern __shared__ __align__(128) unsigned char smem_raw[];  // [WARPS][DEPTH][SLOT], then [WARPS][DEPTH] mbarriers
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int seg = blockIdx.y, c0 = seg * SEGC;
-  WarpRing<DEPTH, SLOT, BULK> ring{smem_raw + warp * DEPTH * SLOT,
-                                   reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
+  u64* const trace =
+      a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kGateTraceSlots : nullptr;
+  u64 t0_ns = 0, t0_clk = 0;
+  if (trace) t0_ns = gate_gtimer(), t0_clk = gate_clock();
+  WarpRing<DEPTH, SLOT, BULK, (HINTS & 4) != 0> ring{
+      smem_raw + warp * DEPTH * SLOT, reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   ring.init(lane);
 
   const CtaRows strip(a.M, warp, WARPS);
@@ -668,6 +581,13 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   };
 #pragma unroll
   for (int k = 0; k < DEPTH; ++k) issue(k);
+  if (trace && threadIdx.x == 0) {
+    trace[kGateTraceStartNs] = t0_ns;
+    trace[kGateTraceStartClk] = t0_clk;
+    trace[kGateTraceSm] = gate_smid();
+    trace[kGateTraceItems] = static_cast<u64>(items);
+  }
+  u64* const tw = trace ? trace + kGateTraceWarp + warp * kGateTraceWarpSlots : nullptr;
 
   float dwr[STEPS][E];
 #pragma unroll
@@ -686,107 +606,45 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
 
   for (int k = 0; k < items; ++k) {
     ring.wait(k);
+    if (tw && lane == 0) {  // measurement: the warp's progress
+      const u64 t = gate_clock();
+      if (k == 0) tw[0] = t;
+      if (k == items / 4) tw[1] = t;
+      if (k == items / 2) tw[2] = t;
+      if (k == 3 * items / 4) tw[3] = t;
+      if (k == items - 1) tw[5] = t;
+    }
     i64 b, s;
     walker_bs(a, cw, b, s);
     cw.next();
     T* dxr = static_cast<T*>(a.dx) + b * a.dx_sb + s * a.dx_ss + c0;
     T* dgr = static_cast<T*>(a.dgate) + b * a.dg_sb + s * a.dg_ss + c0;
-    const T* xs = reinterpret_cast<const T*>(ring.slot(k));
-    const T* gs = xs + SEGC;
-    const T* ys = xs + 2 * SEGC;
-
-    float ss[SEG], Q[SEG];
-    float ysv[KSIG ? STEPS : 1][KSIG ? E : 1], omv[KSIG ? STEPS : 1][KSIG ? E : 1];
+    const T* xs = reinterpret_cast<const T*>(ring.slot(k)) + lane * E;
+    const GateSmemRows<E, T> rows{xs, xs + SEGC, xs + 2 * SEGC};
+    if constexpr ((HINTS & 8) != 0) {  // ablation: the same bytes in and out, no math
 #pragma unroll
-    for (int q = 0; q < SEG; ++q) ss[q] = Q[q] = 0.f;
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = st * 32 + lane;
-      if (NC % 32 == 0 || c < NC) {
-        const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
-        const int ch = c0 + c * E;
-        float w[E];
-        if constexpr (WREG) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) w[e] = wk[st][e];
-        } else {
-          load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
+      for (int st = 0; st < STEPS; ++st) {
+        const int c = st * 32 + lane;
+        if (NC % 32 == 0 || c < NC) {
+          st_raw_hint<STH>(dxr + c * E, rows.x(st, false));
+          st_raw_hint<STH>(dgr + c * E, rows.g(st, false));
         }
-        float p_ss = 0.f, p_q = 0.f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e);
-          float yg;
-          if constexpr (KSIG) {
-            const Sigmoid<T> sg(raw_get<T>(graw, e));
-            ysv[st][e] = yg = raw_get<T>(yraw, e) * sg.s;
-            omv[st][e] = sg.one_minus;
-          } else {
-            yg = raw_get<T>(yraw, e) * sigmoid<T>(raw_get<T>(graw, e));
-          }
-          p_ss = fmaf(xf, xf, p_ss);
-          p_q = fmaf(xf, yg * w[e], p_q);
-        }
-        const int q = L::group(st, lane);
-        add_at(ss, q, p_ss);
-        add_at(Q, q, p_q);
       }
-    }
-    float r[SEG], coef[SEG];
-#pragma unroll
-    for (int q = 0; q < SEG; ++q) {
-      r[q] = 1.0f / sqrtf(warp_sum(ss[q]) / static_cast<float>(d) + a.eps);
-      coef[q] = (warp_sum(Q[q]) / static_cast<float>(d)) * r[q] * r[q] * r[q];
-    }
-#pragma unroll
-    for (int st = 0; st < STEPS; ++st) {
-      const int c = st * 32 + lane;
-      if (NC % 32 == 0 || c < NC) {
-        const Raw<16> xraw = lds16(xs + c * E);
-        Raw<16> graw, yraw;
-        if constexpr (!KSIG) graw = lds16(gs + c * E), yraw = lds16(ys + c * E);
-        const int q = L::group(st, lane);
-        const float rq = pick(r, q), cq = pick(coef, q);
-        const int ch = c0 + c * E;
-        float w[E], dxo[E], dgo[E];
-        if constexpr (WREG) {
-#pragma unroll
-          for (int e = 0; e < E; ++e) w[e] = wk[st][e];
-        } else {
-          load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-        }
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xf = raw_get<T>(xraw, e);
-          float ys_, om;
-          if constexpr (KSIG) {
-            ys_ = ysv[st][e];
-            om = omv[st][e];
-          } else {
-            const Sigmoid<T> sg(raw_get<T>(graw, e));
-            ys_ = raw_get<T>(yraw, e) * sg.s;
-            om = sg.one_minus;
-          }
-          const float t = ys_ * w[e];
-          const float n = xf * rq;
-          dxo[e] = fmaf(rq, t, -cq * xf);
-          dgo[e] = n * t * om;
-          dwr[st][e] = fmaf(n, ys_, dwr[st][e]);
-        }
-        Raw<16> o1, o2;
-        raw_fill<T>(o1, dxo);
-        raw_fill<T>(o2, dgo);
-        st_raw(dxr + c * E, o1);
-        st_raw(dgr + c * E, o2);
-      }
+    } else if constexpr (WREG) {
+      gate_bwd_item<DIM, G, SEG, KSIG, 0, STH, T>(rows, GateRegW<STEPS, E>{wk}, a.eps, lane, dxr, dgr, dwr, nullptr);
+    } else {
+      gate_bwd_item<DIM, G, SEG, KSIG, 0, STH, T>(rows, GateGlobalW<E, d, SHARED_W, W>{a.w, c0}, a.eps, lane, dxr, dgr,
+                                                  dwr, nullptr);
     }
     ring.release();
     issue(k + DEPTH);
   }
   ring.drain();
+  if (tw && lane == 0) tw[4] = gate_clock();
 
   // CTA sum of the warps' dw in warp order, through the rings ([WARPS][SEGC] fp32 ≤ their size).
   __syncthreads();
+  if (trace && threadIdx.x == 0) trace[kGateTraceStreamsDone] = gate_clock();
   float* red = reinterpret_cast<float*>(smem_raw);
   static_assert(WARPS * SEGC * 4 <= WARPS * DEPTH * SLOT, "the dw slices fit the rings");
 #pragma unroll
@@ -799,7 +657,13 @@ __global__ void __launch_bounds__(WARPS * 32, WARPS >= 16 ? 1 : 16 / WARPS)  // 
   __syncthreads();
   dw_cta_partial<WARPS, WARPS * 32, SEGC % 4 == 0>(red, SEGC, SEGC, a.partial + static_cast<i64>(blockIdx.x) * DIM + c0,
                                                    threadIdx.x);
-  if constexpr (FUSE) gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a);
+  if (trace && threadIdx.x == 0) trace[kGateTracePartial] = gate_clock();
+  if constexpr (FUSE)
+    gate_dw_reduce_fused<DIM, G, SHARED_W, WARPS * 32>(a, trace ? trace + kGateTraceBarrier : nullptr);
+  if (trace && threadIdx.x == 0) {
+    trace[kGateTraceEndClk] = gate_clock();
+    trace[kGateTraceEndNs] = gate_gtimer();
+  }
 }
 
 }  // namespace kiln

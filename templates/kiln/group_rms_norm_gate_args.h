@@ -31,6 +31,17 @@ struct GroupNormGateBwdArgs {
   int B, S;
   int seq_major;
   float eps;
+  unsigned long long* trace;  // staged backward, measurement only (null in the ops): kGateTraceSlots per CTA
+};
+
+// Trace slots of the staged backward (GroupNormGateBwdArgs::trace; CTA y·gridDim.x + x at slot base
+// (y·gridDim.x + x)·kGateTraceSlots): globaltimer ns at start and end, the SM, and clock64 values at the CTA's phases;
+// per warp w (< 16) at kGateTraceWarp + w·kGateTraceWarpSlots: its first item landed, the item at a quarter, half and
+// three quarters of its items landed, its last item computed (stores issued), its last item landed.
+enum : int {
+  kGateTraceStartNs = 0, kGateTraceStartClk, kGateTraceSm, kGateTraceEndNs, kGateTraceEndClk, kGateTraceStreamsDone,
+  kGateTracePartial, kGateTraceBarrier, kGateTraceReduced, kGateTraceItems,
+  kGateTraceWarp = 16, kGateTraceWarpSlots = 6, kGateTraceSlots = kGateTraceWarp + 16 * kGateTraceWarpSlots
 };
 
 }  // namespace kiln

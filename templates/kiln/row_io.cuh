@@ -59,6 +59,14 @@ __device__ __forceinline__ void st_raw(void* p, const Raw<BYTES>& r) {
     asm volatile("st.global.u16 [%0], %1;" :: "l"(p), "h"(static_cast<u16>(r.w[0])) : "memory");
 }
 
+// st_raw, or no store at all (MODE 3: measurement ablations only). (Session 6 measured streaming .cs stores and an L2
+// evict-first policy on the gate backward's outputs: +0.3 and ± 0 µs; removed.)
+template <int MODE, int BYTES>
+__device__ __forceinline__ void st_raw_hint(void* p, const Raw<BYTES>& r) {
+  static_assert(MODE == 0 || MODE == 3, "0 store, 3 none");
+  if constexpr (MODE == 0) st_raw(p, r);
+}
+
 // Makes the compiler forget what a Raw holds (no instruction is emitted). A row kept in registers between two passes
 // is laundered before the second, so the fp32 values the first pass unpacked are not kept alive instead (common
 // subexpression elimination would otherwise double the registers the row occupies).

@@ -17,13 +17,22 @@ namespace kiln {
 
 // The rows of this CTA (blockIdx.x of gridDim.x) that its group `group` of `groups` takes: the CTA's rows are
 // c, c + G, c + 2G, …; the group takes every groups-th of them, starting with its own index: row(k), k < n.
+// The divisions are 32-bit where the values fit (always for M < 2³¹): a 64-bit division is a ~70-instruction
+// subroutine, and these run before a warp's first copy is issued.
 struct CtaRows {
   i64 c, G;
   int group, groups, n;
   __device__ __forceinline__ CtaRows(i64 M, int g, int ng)
       : c(blockIdx.x), G(gridDim.x), group(g), groups(ng), n(0) {
-    const i64 mine = c < M ? (M - 1 - c) / G + 1 : 0;
-    n = g < mine ? static_cast<int>((mine - 1 - g) / ng + 1) : 0;
+    if (M <= 0x7fffffff) {
+      const u32 m32 = static_cast<u32>(M), c32 = blockIdx.x;
+      const u32 mine = c32 < m32 ? (m32 - 1 - c32) / gridDim.x + 1 : 0;
+      const u32 g32 = static_cast<u32>(g);
+      n = g32 < mine ? static_cast<int>((mine - 1 - g32) / static_cast<u32>(ng) + 1) : 0;
+    } else {
+      const i64 mine = c < M ? (M - 1 - c) / G + 1 : 0;
+      n = g < mine ? static_cast<int>((mine - 1 - g) / ng + 1) : 0;
+    }
   }
   __device__ __forceinline__ i64 row(int k) const { return c + (group + static_cast<i64>(k) * groups) * G; }
 };
@@ -35,10 +44,19 @@ struct RowWalker {
   int q, m, dq, dm, D;
   __device__ __forceinline__ RowWalker(const CtaRows& r, int k0, int D_) : D(D_) {
     const i64 t = r.row(k0), step = static_cast<i64>(r.groups) * r.G;
-    q = static_cast<int>(t / D_);
-    m = static_cast<int>(t - static_cast<i64>(q) * D_);
-    dq = static_cast<int>(step / D_);
-    dm = static_cast<int>(step - static_cast<i64>(dq) * D_);
+    if (t <= 0xffffffffll && step <= 0xffffffffll) {  // 32-bit divisions (see CtaRows)
+      const u32 t32 = static_cast<u32>(t), s32 = static_cast<u32>(step), d32 = static_cast<u32>(D_);
+      const u32 q32 = t32 / d32, dq32 = s32 / d32;
+      q = static_cast<int>(q32);
+      m = static_cast<int>(t32 - q32 * d32);
+      dq = static_cast<int>(dq32);
+      dm = static_cast<int>(s32 - dq32 * d32);
+    } else {
+      q = static_cast<int>(t / D_);
+      m = static_cast<int>(t - static_cast<i64>(q) * D_);
+      dq = static_cast<int>(step / D_);
+      dm = static_cast<int>(step - static_cast<i64>(dq) * D_);
+    }
   }
   __device__ __forceinline__ void next() {
     m += dm;
@@ -64,14 +82,21 @@ __device__ __forceinline__ void pipe_fence_async() { fence_proxy_async(); }
 // One arrival on `bar` that also expects `bytes` of transactions (the copies that follow complete them).
 __device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) { mbar_arrive_expect_tx(bar, bytes); }
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) global → shared, completing on `bar`. The source is
-// read once: evict it from L2 first.
+// read once: evict it from L2 first (EVICT_FIRST; else the default policy).
+template <bool EVICT_FIRST = true>
 __device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
 #if __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-      " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
-      ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
-      : "memory");
+  if constexpr (EVICT_FIRST) {
+    asm volatile(
+        "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+        " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
+        ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
+        : "memory");
+  } else {
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
+                 ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
+                 : "memory");
+  }
 #endif
 }
 __device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) { mbar_wait(bar, parity); }
@@ -83,8 +108,9 @@ __device__ __forceinline__ Vec16 pipe_lds16(const void* p) { return lds16(smem_u
 // each at offsets 0, PIECE, 2·PIECE, …. BULK: TMA bulk copies on per-slot mbarriers (sm_90), else cp.async groups.
 // Every warp calls issue(k, …) for k = 0 … DEPTH − 1, then for each row k: wait(k), compute from slot(k),
 // release() (all lanes done reading), issue(k + DEPTH, …). issue() with valid = false copies nothing (but keeps the
-// cp.async group count uniform). Rows are waited in order.
-template <int DEPTH, int SLOT, bool BULK>
+// cp.async group count uniform). Rows are waited in order. EVICT_FIRST: the bulk copies read with an L2 evict-first
+// policy (the default: streamed inputs should not displace anything), else with the default policy.
+template <int DEPTH, int SLOT, bool BULK, bool EVICT_FIRST = true>
 struct WarpRing {
   unsigned char* base;  // DEPTH · SLOT bytes
   u64* bars;            // DEPTH mbarriers (BULK)
@@ -113,7 +139,7 @@ struct WarpRing {
         pipe_fence_async();
         pipe_arrive_expect(bar, NP * PIECE);
 #pragma unroll
-        for (int i = 0; i < NP; ++i) pipe_bulk_load(dst + i * PIECE, src[i], PIECE, bar);
+        for (int i = 0; i < NP; ++i) pipe_bulk_load<EVICT_FIRST>(dst + i * PIECE, src[i], PIECE, bar);
       }
     } else {
       if (valid) {
