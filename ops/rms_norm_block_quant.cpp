@@ -335,7 +335,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const bool split_ok = N % 1024 == 0;
       constexpr int kSLN = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
       for (int flags : {kRmsqPipeStart1, kRmsqPipeBand, kRmsqPipeLean, kRmsqPipeLean | kRmsqPipeNoFence, kSLN,
-                        kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeTail, kSLN | kRmsqPipeTail}) {
+                        kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeTail, kSLN | kRmsqPipeTail,
+                        kSLN | kRmsqPipeTail | kRmsqPipeBand}) {
         s.config[C_OVERLAP] = flags;
         s.config[C_WARPS] = 8;
         const bool all = flags == kSLN || flags == kRmsqPipeStart1 || flags == (kSLN | kRmsqPipeTail);

@@ -707,6 +707,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
       {2048, 0, 8, 4, 1, 2, 44, 1, 8192},
       {2048, 0, 8, 4, 1, 3, 45, 1, 9},
       {2048, 0, 8, 4, 1, 2, 44, 1, 2},
+      {2048, 0, 8, 4, 1, 2, 47, 1, 8192},  // with BAND
       {4096, 0, 8, 4, 0, 2, 44, 1, 9001},
   };
   check_points(points, 0x66);
