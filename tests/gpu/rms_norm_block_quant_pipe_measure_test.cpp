@@ -90,6 +90,7 @@ TEST_F(RmsqPipeMeasure, Sweep) {
       {"7168 START1+LEAN+NOFENCE", 7168, 8, 0, 2, 13, 1, "7168 default 8x2 split2"},
   };
   Runtime& r = rt();
+  bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
   const int64_t M = 8192;
   std::map<int64_t, detail::BenchInstance> inst;
   for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, M, N, 0, true, false));
@@ -142,6 +143,7 @@ TEST_F(RmsqPipeMeasure, Timeline) {
       {"one warp a row 8x2", 2048, 8, 1, 2, 0, 0, nullptr},
   };
   Runtime& r = rt();
+  bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
   const int64_t M = 8192, N = 2048;
   detail::BenchInstance inst = detail::rms_norm_block_quant_instance(r, M, N, 0, true, false);
   const size_t max_warps = 256 * 64;  // ≥ SMs × resident warps (64 an SM at most)
