@@ -76,7 +76,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE])  // the pipe kernel, two warps a row
     return rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
-                                                s.config[C_STAGES], 2, (s.config[C_OVERLAP] & kRmsqPipeBulkStore) != 0);
+                                                s.config[C_STAGES], 2);
   if (s.kernel == kRowKernel)
     return s.config[C_STAGES] > 0
                ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
@@ -336,19 +336,17 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       constexpr int kSLN = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
       for (int flags : {kRmsqPipeStart1, kRmsqPipeBand, kRmsqPipeLean, kRmsqPipeLean | kRmsqPipeNoFence, kSLN,
                         kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeTail, kSLN | kRmsqPipeTail,
-                        kSLN | kRmsqPipeTail | kRmsqPipeBand, kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeBulkStore,
-                        kSLN | kRmsqPipeBulkStore, kSLN | kRmsqPipeTail | kRmsqPipeBulkStore}) {
+                        kSLN | kRmsqPipeTail | kRmsqPipeBand}) {
         s.config[C_OVERLAP] = flags;
         s.config[C_WARPS] = 8;
         const bool all = flags == kSLN || flags == kRmsqPipeStart1 || flags == (kSLN | kRmsqPipeTail);
-        const bool tail = (flags & kRmsqPipeTail) != 0, bulk = (flags & kRmsqPipeBulkStore) != 0;
+        const bool tail = (flags & kRmsqPipeTail) != 0;
         for (int stages : {2, 3})
           for (int split : {1, 2}) {
             if (stages == 3 && !(all && split == 2)) continue;
             if (split == 1 && !(all && !tail && N <= 2048)) continue;
             if (split == 2 && !split_ok) continue;
             if (tail && N % 2048 != 0) continue;
-            if (bulk && (split == 1 || stages != 2)) continue;
             s.config[C_STAGES] = stages;
             s.config[C_PREFETCH] = N <= 2048;
             s.config[C_EXCHANGE] = split > 1;
@@ -559,10 +557,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   a.qT_scale = static_cast<float*>(out.qT_scale.data);
   a.M = static_cast<int>(M);
   a.eps = opts.eps;
-  // BULKST writes q by TMA bulk stores (16-byte aligned rows): without that alignment the same variant without it.
-  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && (s.config[C_OVERLAP] & kRmsqPipeBulkStore) &&
-      reinterpret_cast<uintptr_t>(out.q.data) % 16 != 0)
-    s.config[C_OVERLAP] &= ~kRmsqPipeBulkStore;
   if (unsigned long long* trace = detail::rms_norm_block_quant_pipe_trace.load(std::memory_order_relaxed);
       trace && mode == 0 && s.kernel == kRowKernel && s.config[C_STAGES] > 0) {
     s.config[C_OVERLAP] |= kRmsqPipeTrace;  // (not a search-space point: measurement only)

@@ -909,11 +909,10 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 // qs = the scale of its first block (+ qs_step a step), rms = the row's rms_out entry where this lane writes it
 // (else null). Same operations in the same order as row8_smem, so the same bits.
 // SPLIT warps share the row (sub = this warp's index among them, group = which SPLIT-warp group of the CTA; named
-// barrier BAR0 + group). STAGE: the codes go to shared memory at qstage (this lane's first code; the same layout as
-// the warp's part of the row) instead of to qrow, for the caller's bulk store.
-template <int N, bool ROUND, int SPLIT, int BAR0 = 1, bool STAGE = false, typename WeightsFn>
+// barrier BAR0 + group).
+template <int N, bool ROUND, int SPLIT, int BAR0 = 1, typename WeightsFn>
 __device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_step, float* rms, float eps, int lane,
-                                          WeightsFn&& weights, int sub, int group, float* xslot, u32 qstage = 0) {
+                                          WeightsFn&& weights, int sub, int group, float* xslot) {
   constexpr int NB = N / 128;
   constexpr int STEPS = (NB + 3) / 4 / SPLIT;
   static_assert(SPLIT == 1 || NB % (4 * SPLIT) == 0, "a split row: whole steps for every warp");
@@ -981,12 +980,7 @@ __device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_st
         uint2 out;
         out.x = e4m3x4(quant(y[8 * h + 0]), quant(y[8 * h + 1]), quant(y[8 * h + 2]), quant(y[8 * h + 3]));
         out.y = e4m3x4(quant(y[8 * h + 4]), quant(y[8 * h + 5]), quant(y[8 * h + 6]), quant(y[8 * h + 7]));
-        if constexpr (STAGE)
-          asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(qstage + static_cast<u32>(512 * s + 64 * h)), "r"(out.x),
-                       "r"(out.y)
-                       : "memory");
-        else
-          *reinterpret_cast<uint2*>(qrow + 512 * s + 64 * h) = out;
+        *reinterpret_cast<uint2*>(qrow + 512 * s + 64 * h) = out;
       }
       if ((lane & 7) == 0) *qs = quant.s;
     }
@@ -1025,14 +1019,12 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   constexpr bool START1 = (FLAGS & kRmsqPipeStart1) != 0, BAND = (FLAGS & kRmsqPipeBand) != 0;
   constexpr bool LEAN = (FLAGS & kRmsqPipeLean) != 0, NOFENCE = (FLAGS & kRmsqPipeNoFence) != 0;
   constexpr bool TRACE = (FLAGS & kRmsqPipeTrace) != 0, TAIL = (FLAGS & kRmsqPipeTail) != 0;
-  constexpr bool BULKST = (FLAGS & kRmsqPipeBulkStore) != 0;
   static_assert(N % 128 == 0 && SLOT < (1 << 20), "one bulk copy a row");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
   static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
   static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
   static_assert(SPLIT == 1 || (SPLIT == 2 && NB % 8 == 0), "two warps a row: whole steps each");
-  static_assert(FLAGS >= 0 && FLAGS < 2 * kRmsqPipeBulkStore, "");
-  static_assert(!BULKST || (LEAN && SPLIT == 2), "BULKST: LEAN addressing, two warps a row");
+  static_assert(FLAGS >= 0 && FLAGS < 2 * kRmsqPipeTail, "");
   static_assert(!TAIL || (LEAN && SPLIT == 2 && NB % 16 == 0), "TAIL: quarter rows of whole steps, LEAN addressing");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -1058,9 +1050,6 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   WarpRing<DEPTH, SLOT, true> ring{smem_raw + warp * DEPTH * SLOT,
                                    reinterpret_cast<u64*>(smem_raw + WARPS * DEPTH * SLOT) + warp * DEPTH};
   float* xch = reinterpret_cast<float*>(smem_raw + WARPS * DEPTH * (SLOT + 8));  // [2][WARPS] Σx² (SPLIT > 1)
-  // BULKST: [WARPS][2][N / SPLIT] staged codes (this warp's two buffers).
-  const u32 qst = pipe_smem_u32(smem_raw + WARPS * DEPTH * (SLOT + 8) + (SPLIT > 1 ? 2 * WARPS * 4 : 0)) +
-                  static_cast<u32>(warp * 2 * (N / SPLIT));
   ring.init(lane);
 
   const int s0 = sub * STEPS;  // the row's step of this warp's step 0
@@ -1189,13 +1178,6 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
       if (k == 0)
 #pragma unroll 1
         for (int j = 1; j < DEPTH; ++j) issue_row(j, j < units);
-    const u32 qst_k = qst + static_cast<u32>((k & 1) * (N / SPLIT));  // BULKST: this unit's staging buffer
-    if constexpr (BULKST) {
-      if (k >= 2) {  // the bulk store of unit k − 2 has finished reading this buffer
-        if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 1;" ::: "memory");
-        __syncwarp();
-      }
-    }
     if (TAIL && k == rows) {  // the quarter of a leftover row: 4 warps (w / 4's quad), one 4-way Σx² exchange
       if constexpr (TAIL) {
         constexpr int QSTEPS = NB / 16;  // 512-column steps of a quarter
@@ -1206,34 +1188,21 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
 #pragma unroll
           for (int i = 0; i < 8; ++i) w8[i] = (group & 1) ? hi[i] : lo[i];
         };
-        rmsq::row8_lean<N, ROUND, 4, 1 + GROUPS, BULKST>(
+        rmsq::row8_lean<N, ROUND, 4, 1 + GROUPS>(
             xs0 + static_cast<u32>((k % DEPTH) * SLOT), a.q + qrow_index * N + (qtr * 4 * QSTEPS + blk) * 128 + c * 8,
             a.q_scale + static_cast<i64>(qtr * 4 * QSTEPS + blk) * a.M + qrow_index, 4 * static_cast<i64>(a.M),
             a.rms_out && lane == 0 && (warp & 3) == 0 ? a.rms_out + qrow_index : nullptr, a.eps, lane, wq, warp & 3,
-            warp >> 2, xch + (k & 1) * WARPS, qst_k + static_cast<u32>(blk * 128 + c * 8));
+            warp >> 2, xch + (k & 1) * WARPS);
       }
     } else if constexpr (LEAN) {
-      rmsq::row8_lean<N, ROUND, SPLIT, 1, BULKST>(xs0 + static_cast<u32>((k % DEPTH) * SLOT), qrow, qs,
-                                                  4 * static_cast<i64>(a.M), rms_lane ? a.rms_out + row : nullptr,
-                                                  a.eps, lane, weights, sub, group, xch + (k & 1) * WARPS,
-                                                  qst_k + static_cast<u32>(blk * 128 + c * 8));
+      rmsq::row8_lean<N, ROUND, SPLIT>(xs0 + static_cast<u32>((k % DEPTH) * SLOT), qrow, qs, 4 * static_cast<i64>(a.M),
+                                       rms_lane ? a.rms_out + row : nullptr, a.eps, lane, weights, sub, group,
+                                       xch + (k & 1) * WARPS);
       qrow += step * N;
       qs += step;
       row += step;
     } else {
       rmsq::row8_smem<N, ROUND, SPLIT>(a, ring.slot(k), row_of(k), lane, weights, sub, group, xch + (k & 1) * WARPS);
-    }
-    if constexpr (BULKST) {  // every lane's codes are in the buffer: one bulk store of the unit
-      const bool q = TAIL && k == rows;
-      u8* dst = q ? a.q + qrow_index * N + qtr * (N / 4) : a.q + (row - step) * N + sub * (N / SPLIT);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncwarp();
-      if (lane == 0) {
-        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(dst), "r"(qst_k),
-                     "r"(static_cast<u32>(q ? N / 4 : N / SPLIT))
-                     : "memory");
-        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-      }
     }
     ring.release();  // every lane has read the slot
     if constexpr (TRACE)
@@ -1241,8 +1210,6 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
     issue_row(k + DEPTH, k + DEPTH < units);
   }
   ring.drain();
-  if constexpr (BULKST)
-    if (lane == 0) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
   if constexpr (TRACE) {
     stamp(4, clk());
     stamp(5, gtimer());

@@ -59,9 +59,8 @@ constexpr int rms_norm_block_quant_ring_smem_bytes(int R, int warps = 8, int pus
 }
 // Mode-0 pipe kernel: STAGES row slots per warp (of 1/split of a row each), then one mbarrier per slot; split > 1
 // adds the warps' Σx² exchange [2][warps] floats.
-// BULKST adds [warps][2][N / split] bytes of staged codes.
-constexpr int rms_norm_block_quant_pipe_smem_bytes(int N, int warps, int stages, int split = 1, bool stage = false) {
-  return warps * stages * (N * 2 / split + 8) + (split > 1 ? 2 * warps * 4 : 0) + (stage ? warps * 2 * (N / split) : 0);
+constexpr int rms_norm_block_quant_pipe_smem_bytes(int N, int warps, int stages, int split = 1) {
+  return warps * stages * (N * 2 / split + 8) + (split > 1 ? 2 * warps * 4 : 0);
 }
 // CTAs an SM the pipe kernel asks registers for (__launch_bounds__): 16 warps an SM where shared memory allows
 // (split rows: 32, ≤ 64 registers; 24 with the weights in registers, which spilled at 64).
@@ -84,11 +83,8 @@ constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages,
 //  * TAIL (with LEAN, two warps a row, N a multiple of 2048): the L = R mod (warps/2) rows a CTA's R rows leave after
 //    whole rounds of its warp pairs are quartered over its first 4·L warps (when 4·L ≤ warps), so the last round is
 //    a quarter row on half the warps instead of a half row on a quarter of them.
-//  * BULKST (with LEAN, two warps a row): the codes of a row staged in shared memory (two buffers a warp) and written
-//    by one TMA bulk store (full 128-byte lines into L2) instead of 8-byte stores; q must be 16-byte aligned (the op
-//    drops the bit otherwise).
 constexpr int kRmsqPipeStart1 = 1, kRmsqPipeBand = 2, kRmsqPipeLean = 4, kRmsqPipeNoFence = 8, kRmsqPipeTrace = 16,
-              kRmsqPipeTail = 32, kRmsqPipeBulkStore = 64;
+              kRmsqPipeTail = 32;
 constexpr int kRmsqPipeTraceSlots = 32;
 constexpr int kRmsqPipeTraceRows = 12;  // rows a warp whose wait / done times are kept
 

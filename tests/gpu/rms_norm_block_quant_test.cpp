@@ -689,7 +689,7 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
       {640, 0, 8, 4, 1, 0, 0, 0, 20011},
       {2048, 0, 8, 0, 1, 0, 0, 0, 20011},  // the register row kernel
       {7168, 0, 16, 0, 0, 0, 0, 0, 5003},  // (the N = 7168 round_scale 0 default before session 5)
-      // Pipe variant bits (overlap: 1 START1, 2 BAND, 4 LEAN, 8 NOFENCE, 32 TAIL, 64 BULKST; the args header).
+      // Pipe variant bits (overlap: 1 START1, 2 BAND, 4 LEAN, 8 NOFENCE, 32 TAIL; rms_norm_block_quant_args.h).
       {2048, 0, 8, 4, 1, 2, 13, 1, 20011},
       {2048, 0, 8, 4, 1, 2, 2, 1, 20011},
       {2048, 0, 8, 4, 1, 2, 4, 1, 1},
@@ -708,11 +708,6 @@ TEST_F(RmsNormBlockQuantTest, EverySearchSpacePointMode0) {
       {2048, 0, 8, 4, 1, 3, 45, 1, 9},
       {2048, 0, 8, 4, 1, 2, 44, 1, 2},
       {2048, 0, 8, 4, 1, 2, 47, 1, 8192},  // with BAND
-      // BULKST (64): the codes written by TMA bulk stores from a shared-memory staging buffer.
-      {2048, 0, 8, 4, 1, 2, 77, 1, 20011},
-      {2048, 0, 8, 4, 1, 2, 109, 1, 9},     // with TAIL: a quartered row's 512-byte store
-      {2048, 0, 8, 4, 1, 2, 76, 1, 1},
-      {7168, 0, 8, 4, 0, 2, 77, 1, 5003},
       {4096, 0, 8, 4, 0, 2, 44, 1, 9001},
   };
   check_points(points, 0x66);
