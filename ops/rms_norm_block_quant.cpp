@@ -149,6 +149,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_STAGES] = 2;
       s.config[C_PREFETCH] = 0;
       s.config[C_EXCHANGE] = 1;
+      // START1 + LEAN + NOFENCE (session 6 round 3, H100, M = 8192, N = 7168, 5 interleaved rounds in one process):
+      // 67.76 µs vs 68.93 (START1 alone 68.11, LEAN + NOFENCE 68.48, BAND 70.98). Measured at N = 7168 only; the
+      // other split-row widths share the structure.
+      s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
     }
     if (arch.sm >= 90 && N <= 2048) {
       // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
@@ -162,6 +166,11 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       // (18.50 vs 18.53–18.59 µs, 18.56 vs 18.77, tuner 18.66 vs 18.69); round_scale 0 keeps one warp a row (tuner
       // 24.67 vs 24.83).
       if (round && N == 2048) s.config[C_EXCHANGE] = 1;
+      // Two warps a row at N = 2048 round_scale 1: START1 + LEAN + NOFENCE (session 6 round 3, H100, M = 8192, 5
+      // interleaved rounds in one process: 18.22 µs vs 18.72; START1 18.27, LEAN + NOFENCE 18.61, LEAN 18.67; TAIL
+      // 18.54 with them, BAND 19.14, three slots 19.39–19.54; one warp a row with them 18.62). The other N ≤ 2048
+      // defaults (one warp a row) keep the plain kernel (one warp a row gained nothing from them: 18.62 vs 18.59).
+      if (round && N == 2048) s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
     }
   } else {
     s.kernel = kTileKernel;
@@ -330,7 +339,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
             }
       // Variant bits (overlap field, kRmsqPipe*) on the default structures only: up to N = 2048 two warps a row with
       // weights in registers (2 or 3 slots) and one warp a row (2 slots); longer rows two warps a row, weights
-      // loaded, 2 slots. Session 6 round 1 measures them.
+      // loaded, 2 slots. Session 6 round 3 (M = 8192): START1 + LEAN + NOFENCE won at N = 2048 and 7168 (the
+      // defaults); BAND, TAIL and three slots lost (bench/NOTES.md).
       // TAIL (quartered leftover rows, with LEAN) needs quarters of whole 512-column steps: N % 2048 = 0.
       const bool split_ok = N % 1024 == 0;
       constexpr int kSLN = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
