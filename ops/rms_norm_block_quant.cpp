@@ -150,9 +150,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_PREFETCH] = 0;
       s.config[C_EXCHANGE] = 1;
       // START1 + LEAN + NOFENCE (session 6 round 3, H100, M = 8192, N = 7168, 5 interleaved rounds in one process):
-      // 67.76 µs vs 68.93 (START1 alone 68.11, LEAN + NOFENCE 68.48, BAND 70.98). Measured at N = 7168 only; the
-      // other split-row widths share the structure.
-      s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
+      // 67.76 µs vs 68.93 (START1 alone 68.11, LEAN + NOFENCE 68.48, BAND 70.98). Measured with round_scale at
+      // N = 7168 only: the other split-row widths share the structure; round_scale 0 (not measured) keeps the plain
+      // kernel.
+      if (round) s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
     }
     if (arch.sm >= 90 && N <= 2048) {
       // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
