@@ -52,10 +52,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
-    // exchange = two warps a row (SPLIT 2, Σx² exchanged)
-    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
+    // exchange = two warps a row (SPLIT 2, Σx² exchanged), overlap = the kRmsqPipe* variant bits
+    name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
-                       s.config[C_EXCHANGE] ? 2 : 1);
+                       s.config[C_EXCHANGE] ? 2 : 1, s.config[C_OVERLAP]);
   else if (s.kernel == kRowKernel)  // col_blocks: 128-column blocks a warp step covers (0 = 2: 16 lanes a block)
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
@@ -149,6 +149,11 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_STAGES] = 2;
       s.config[C_PREFETCH] = 0;
       s.config[C_EXCHANGE] = 1;
+      // START1 + LEAN + NOFENCE (session 6 round 3, H100, M = 8192, N = 7168, 5 interleaved rounds in one process):
+      // 67.76 µs vs 68.93 (START1 alone 68.11, LEAN + NOFENCE 68.48, BAND 70.98). Measured with round_scale at
+      // N = 7168 only: the other split-row widths share the structure; round_scale 0 (not measured) keeps the plain
+      // kernel.
+      if (round) s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
     }
     if (arch.sm >= 90 && N <= 2048) {
       // The pipe kernel, weights in registers, two row slots a warp. Measured (session 4, H100, M = 8192,
@@ -162,6 +167,11 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       // (18.50 vs 18.53–18.59 µs, 18.56 vs 18.77, tuner 18.66 vs 18.69); round_scale 0 keeps one warp a row (tuner
       // 24.67 vs 24.83).
       if (round && N == 2048) s.config[C_EXCHANGE] = 1;
+      // Two warps a row at N = 2048 round_scale 1: START1 + LEAN + NOFENCE (session 6 round 3, H100, M = 8192, 5
+      // interleaved rounds in one process: 18.22 µs vs 18.72; START1 18.27, LEAN + NOFENCE 18.61, LEAN 18.67; TAIL
+      // 18.54 with them, BAND 19.14, three slots 19.39–19.54; one warp a row with them 18.62). The other N ≤ 2048
+      // defaults (one warp a row) keep the plain kernel (one warp a row gained nothing from them: 18.62 vs 18.59).
+      if (round && N == 2048) s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
     }
   } else {
     s.kernel = kTileKernel;
@@ -328,6 +338,34 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
               s.config[C_EXCHANGE] = split > 1;
               out.push_back(s);
             }
+      // Variant bits (overlap field, kRmsqPipe*) on the default structures only: up to N = 2048 two warps a row with
+      // weights in registers (2 or 3 slots) and one warp a row (2 slots); longer rows two warps a row, weights
+      // loaded, 2 slots. Session 6 round 3 (M = 8192): START1 + LEAN + NOFENCE won at N = 2048 and 7168 (the
+      // defaults); BAND, TAIL and three slots lost (bench/NOTES.md).
+      // TAIL (quartered leftover rows, with LEAN) needs quarters of whole 512-column steps: N % 2048 = 0.
+      const bool split_ok = N % 1024 == 0;
+      constexpr int kSLN = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
+      for (int flags : {kRmsqPipeStart1, kRmsqPipeBand, kRmsqPipeLean, kRmsqPipeLean | kRmsqPipeNoFence, kSLN,
+                        kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeTail, kSLN | kRmsqPipeTail,
+                        kSLN | kRmsqPipeTail | kRmsqPipeBand}) {
+        s.config[C_OVERLAP] = flags;
+        s.config[C_WARPS] = 8;
+        const bool all = flags == kSLN || flags == kRmsqPipeStart1 || flags == (kSLN | kRmsqPipeTail);
+        const bool tail = (flags & kRmsqPipeTail) != 0;
+        for (int stages : {2, 3})
+          for (int split : {1, 2}) {
+            if (stages == 3 && !(all && split == 2)) continue;
+            if (split == 1 && !(all && !tail && N <= 2048)) continue;
+            if (split == 2 && !split_ok) continue;
+            if (tail && N % 2048 != 0) continue;
+            s.config[C_STAGES] = stages;
+            s.config[C_PREFETCH] = N <= 2048;
+            s.config[C_EXCHANGE] = split > 1;
+            if (rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(N), 8, stages, split) > 227 * 1024) continue;
+            out.push_back(s);
+          }
+      }
+      s.config[C_OVERLAP] = 0;
       s.config[C_EXCHANGE] = 0;
     }
     return;
@@ -449,6 +487,10 @@ void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const
 }  // namespace
 
 namespace detail {
+// Measurement hook (tests): while set, mode-0 calls that run the pipe kernel run its TRACE variant, writing
+// kRmsqPipeTraceSlots u64 timestamps a warp (grid · warps of them) to this array.
+std::atomic<unsigned long long*> rms_norm_block_quant_pipe_trace{nullptr};
+
 // Test hook: later calls at hidden size N in output_mode `mode` run the config {warps, col_blocks, prefetch, stages,
 // overlap, exchange} (on sm_90a). Returns false, changing nothing, for a config outside the search space; N = 0
 // restores the heuristic. Not synchronized: call it while no op of this family runs.
@@ -526,6 +568,11 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   a.qT_scale = static_cast<float*>(out.qT_scale.data);
   a.M = static_cast<int>(M);
   a.eps = opts.eps;
+  if (unsigned long long* trace = detail::rms_norm_block_quant_pipe_trace.load(std::memory_order_relaxed);
+      trace && mode == 0 && s.kernel == kRowKernel && s.config[C_STAGES] > 0) {
+    s.config[C_OVERLAP] |= kRmsqPipeTrace;  // (not a search-space point: measurement only)
+    a.qT = reinterpret_cast<unsigned char*>(trace);
+  }
 
   LaunchDims d;
   if (is_stream(s)) {

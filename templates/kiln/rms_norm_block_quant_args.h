@@ -69,6 +69,25 @@ constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages,
   const int want = (split > 1 ? (wreg ? 24 : 32) : 16) / warps < 1 ? 1 : (split > 1 ? (wreg ? 24 : 32) : 16) / warps;
   return by_smem < 1 ? 1 : by_smem < want ? by_smem : want;
 }
+// Pipe-kernel variants: bits of the config's `overlap` field (unused by the pipe kernel otherwise); every one but
+// TRACE is a search-space point.
+//  * START1: one row a warp requested at the start, the rest of its ring once that row has landed (a start burst of
+//    half the bytes, so the first rows land sooner);
+//  * BAND: CTA c of G takes the contiguous rows [M·c/G, M·(c+1)/G) instead of c, c + G, …;
+//  * LEAN: the row's global pointers advanced by constants and its shared-memory addresses as 32-bit offsets from
+//    the warp's ring (fewer instructions a row);
+//  * NOFENCE: no generic→async proxy fence before a slot is refilled (CUTLASS's consumer release: the warp's reads of
+//    the slot have all returned, their values consumed, before the refill is issued);
+//  * TRACE (measurement only): per-warp timestamps to the u64 array passed in `qT` (mode 0 has no transposed
+//    output): kRmsqPipeTraceSlots a warp, see rms_norm_block_quant_pipe_kernel;
+//  * TAIL (with LEAN, two warps a row, N a multiple of 2048): the L = R mod (warps/2) rows a CTA's R rows leave after
+//    whole rounds of its warp pairs are quartered over its first 4·L warps (when 4·L ≤ warps), so the last round is
+//    a quarter row on half the warps instead of a half row on a quarter of them.
+constexpr int kRmsqPipeStart1 = 1, kRmsqPipeBand = 2, kRmsqPipeLean = 4, kRmsqPipeNoFence = 8, kRmsqPipeTrace = 16,
+              kRmsqPipeTail = 32;
+constexpr int kRmsqPipeTraceSlots = 32;
+constexpr int kRmsqPipeTraceRows = 12;  // rows a warp whose wait / done times are kept
+
 // At most this much dynamic shared memory lets two CTAs share an SM (228 KiB, 1 KiB reserved per CTA).
 constexpr int kRmsNormBlockQuantTwoCtaSmem = 228 * 1024 / 2 - 1024;
 
