@@ -40,10 +40,17 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // item's wait preceded the next item's pass 1; removed.)
 constexpr int kStreamGlobal = 3;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
+// exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
+// sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
+constexpr int kTileGlobal = 5;
+bool is_tile_gx(const Specialization& s) {
+  return s.kernel == kTileKernel && s.config[C_STAGES] == 0 && s.config[C_EXCHANGE] == kTileGlobal;
+}
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
+  if (is_tile_gx(s)) return rms_norm_block_quant_gx_cluster(chunks_of(s));
   return s.params[P_MODE] == 2 && !is_stream(s) ? chunks_of(s) : 1;
 }
 
@@ -64,6 +71,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, s.config[C_STAGES]);
+  } else if (is_tile_gx(s)) {
+    name = fmt::format("kiln::rms_norm_block_quant_tile_gx_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       round, wf32, cluster_of(s));
   } else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
@@ -291,6 +301,19 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   }
 }
 
+// Tile-kernel GX points (exchange 5, sm_90, mode 2): one or two blocks a CTA where a row has more than 8 chunks,
+// clusters of K = gx_cluster(S) ≥ 2.
+void tile_gx_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  const int S = static_cast<int>(base.params[P_N] / (128 * cb));
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2 || S <= 8 || rms_norm_block_quant_gx_cluster(S) < 2)
+    return;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_COL_BLOCKS] = cb;
+  s.config[C_EXCHANGE] = kTileGlobal;
+  out.push_back(s);
+}
+
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
 // Tile kernel: column blocks per CTA that divide N/128; in mode 2 the cluster they imply must be ≤ 16 CTAs on
 // Hopper (there are no clusters before sm_90: one CTA per row); mode 1 takes up to 8 blocks per CTA.
@@ -346,8 +369,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
   }
-  for (int cb = 1; cb <= std::min(nb, 2); ++cb)  // the stream kernel (GLOBAL walk: no cluster-size bound)
-    if (nb % cb == 0) stream_points(base, cb, out);
+  for (int cb = 1; cb <= std::min(nb, 2); ++cb)  // the stream kernel and the tile kernel's GX (no cluster-size bound)
+    if (nb % cb == 0) {
+      stream_points(base, cb, out);
+      tile_gx_points(base, cb, out);
+    }
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -429,6 +455,22 @@ unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int th
   const int64_t wave = static_cast<int64_t>(impl.device().sm_count) *
                        impl.resident_per_sm(k, threads, static_cast<int>(smem));
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, wave)));
+}
+
+// Launches a tile GX config (is_tile_gx(s)): grid (S, tiles), clusters of K, the clusters' row sums in the workspace.
+void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a, Stream stream) {
+  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
+  const int S = chunks_of(s), K = cluster_of(s);
+  LaunchDims d;
+  d.block[0] = 256;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  d.grid[0] = static_cast<unsigned>(S);
+  d.grid[1] = static_cast<unsigned>(tiles);
+  d.cluster[0] = static_cast<unsigned>(K);
+  RmsqStreamArgs sa{a, nullptr, 0};
+  const CUdeviceptr ws = global_workspace(impl, tiles, S / K, 2, stream, sa);
+  impl.launch(s, d, stream, sa);
+  if (ws) impl.free_async(ws, stream);
 }
 
 // Launches a stream-kernel config (is_stream(s)): one wave of resident CTAs over the tiles × chunks items.
@@ -530,6 +572,10 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   LaunchDims d;
   if (is_stream(s)) {
     launch_stream(impl, s, mode, a, stream);
+    return;
+  }
+  if (is_tile_gx(s)) {
+    launch_tile_gx(impl, s, a, stream);
     return;
   }
   if (s.kernel == kRowKernel) {

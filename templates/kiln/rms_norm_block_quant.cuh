@@ -29,6 +29,7 @@
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
+#include "kiln/rms_norm_block_quant_stream_args.h"
 #include "kiln/row_pipe.cuh"
 
 namespace kiln {
@@ -85,6 +86,20 @@ __device__ __forceinline__ void row_block_codes(const float (&y)[8], float amax,
     *reinterpret_cast<uint2*>(q) = out;
   }
   if (hl == 0) *scale = quant.s;
+}
+// The GLOBAL exchanges (the stream kernel, the tile kernel's clusters through global memory): a partial sum tagged
+// with the launch ({float bits, tag}: one 8-byte access, so a reader sees a whole pair), stored and polled at GPU
+// scope (L2).
+__device__ __forceinline__ u64 stream_tagged(float v, u32 tag) {
+  return static_cast<u64>(__float_as_uint(v)) | (static_cast<u64>(tag) << 32);
+}
+__device__ __forceinline__ void stream_st_relaxed(u64* p, u64 v) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
+  u64 v;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
 }
 }  // namespace rmsq
 
@@ -270,15 +285,26 @@ template <int CB, bool STAGE>
 constexpr int rms_norm_block_quant_tile_min_blocks() {
   return STAGE ? (CB >= 3 ? 1 : 2) : (CB == 1 ? 3 : (CB >= 8 ? 1 : 2));
 }
-template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE = false>
-__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, STAGE>()))
-    rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+//
+// GX (K > 0, mode 2, rms_norm_block_quant_tile_gx_kernel): the S CTAs of a row form S / K clusters of K CTAs
+// instead of one cluster of S (which must fit a GPC: S ≤ 16 forced CB ≥ 4 at N = 7168). Each cluster adds its CTAs'
+// partial sums through distributed shared memory (rank order), the CTAs of the cluster store its 128 sums in the
+// workspace ws[tile][S / K][128] as {fp32, tag} pairs (tag unique to the launch, rms_norm_block_quant_stream_args.h),
+// and every CTA polls the S / K pairs of each row and adds them in cluster order (all CTAs get bitwise the same r).
+// The grid is tile-major (blockIdx.x = chunk), so a tile's clusters are dispatched together; a pair still missing
+// after kRmsqStreamSpinLimit polls is summed here from x with the same operations (no CTA depends on another being
+// resident).
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE, int K>
+__device__ __forceinline__ void rms_norm_block_quant_tile_body(const RmsNormBlockQuantArgs& a, u64* ws, u32 tag) {
   static_assert(!STAGE || (CB >= 2 && CB <= 6), "a staged slice is 2 … 6 blocks (shared memory)");
   constexpr int ROWS = 128, WARPS = 8;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
   static_assert(N % C == 0, "the cluster must tile N");
   static_assert(N <= kRmsNormBlockQuantMaxN, "");
+  static_assert(K == 0 || (MODE == 2 && !STAGE && K >= 2 && S % K == 0 && S / K <= 8), "GX: clusters of K | S");
+  constexpr int KC = K > 0 ? K : S;  // CTAs of a cluster
+  constexpr int G = K > 0 ? S / K : 1;  // GX: clusters of a row
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* partial = reinterpret_cast<float*>(smem_raw);  // [ROWS] this CTA's Σx² per row
@@ -337,6 +363,20 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     }
   };
 
+  // Σx² of one block's rows 8g … 8g+7 (this thread's 8 columns), accumulated into ss (pass 1 and GX's fallback: the
+  // same operations, so the same bits).
+  auto sum_squares_row = [](const Vec16& x, float& s) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) {
+      const float f = vec_get<bf16>(x, e);
+      s = fmaf(f, f, s);
+    }
+  };
+  auto sum_squares = [&](const Vec16 (&x)[8], float (&ss)[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) sum_squares_row(x[i], ss[i]);
+  };
+
   // 1. r per row. Blocks 0 … CB-1; the last one stays in registers for the second pass, which runs backwards (the
   // blocks it reloads were read most recently: L2 hits).
   if (MODE == 2) {
@@ -350,10 +390,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
         load_block(b, xv);
       }
       if (PREFETCH && b + 1 < CB) load_block(b + 1, xn);
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
+      sum_squares(xv, ss);
       if (PREFETCH && b + 1 < CB) advance();
     }
 #pragma unroll
@@ -363,7 +400,79 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     if (hl == 0)
 #pragma unroll
       for (int i = 0; i < 8; ++i) partial[g * 8 + i] = ss[i];
-    if (S > 1) cluster_sync(); else __syncthreads();
+    if (KC > 1) cluster_sync(); else __syncthreads();
+    if constexpr (K > 0) {
+      // The cluster's sum of each row (rank order), stored tagged by the CTA of rank r % K for row r.
+      const int kr = rank % K, grp = rank / K;
+      const i64 tb = blockIdx.y;
+      const int r = threadIdx.x;
+      float t = 0.f;
+      u64 got[G];
+      bool ready = true;
+      if (r < ROWS) {
+#pragma unroll
+        for (int k = 0; k < K; ++k) t += cluster_load(partial + r, k);
+        if (r % K == kr) rmsq::stream_st_relaxed(ws + (tb * G + grp) * ROWS + r, rmsq::stream_tagged(t, tag));
+      }
+      cluster_arrive_relaxed();  // this CTA's reads of the peers' partial[] are done (the wait is at the end)
+      if (r < ROWS) {
+        // Poll the other clusters' sums of row r.
+        const u64* base = ws + tb * G * ROWS + r;
+#pragma unroll
+        for (int q = 0; q < G; ++q) got[q] = q == grp ? rmsq::stream_tagged(t, tag) : rmsq::stream_ld_relaxed(base + q * ROWS);
+#pragma unroll 1
+        for (int tries = 0;; ++tries) {
+          ready = true;
+#pragma unroll
+          for (int q = 0; q < G; ++q) ready = ready && static_cast<u32>(got[q] >> 32) == tag;
+          if (ready || tries == kRmsqStreamSpinLimit) break;
+          __nanosleep(32);
+#pragma unroll
+          for (int q = 0; q < G; ++q)
+            if (static_cast<u32>(got[q] >> 32) != tag) got[q] = rmsq::stream_ld_relaxed(base + q * ROWS);
+        }
+      }
+      if (__syncthreads_or(!ready)) {
+        // A cluster's sums still missing (its CTAs are not resident): computed here from x, cluster by cluster,
+        // with pass 1's operations in its order; colmax is free until the block pass.
+        float* fb = colmax;
+#pragma unroll  // (got[] stays in registers)
+        for (int q = 0; q < G; ++q) {
+          const bool need = r < ROWS && static_cast<u32>(got[q] >> 32) != tag;
+          if (!__syncthreads_or(need)) continue;
+#pragma unroll 1
+          for (int k = 0; k < K; ++k) {
+            float fs[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
+            const int fcol = (q * K + k) * C;
+#pragma unroll 1
+            for (int b = 0; b < CB; ++b)
+#pragma unroll 1
+              for (int i = 0; i < 8; ++i) {  // (row by row: the registers of x stay live)
+                const int rr = g * 8 + i;
+                sum_squares_row(rr < valid ? load16(xg + static_cast<i64>(m0 + rr) * a.x_stride + fcol + b * 128 + hl * 8)
+                                           : Vec16{{0u, 0u, 0u, 0u}},
+                                fs[i]);
+              }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) fs[i] = warp_sum<16>(fs[i]);
+            if (hl == 0)
+#pragma unroll
+              for (int i = 0; i < 8; ++i) fb[g * 8 + i] = (k == 0 ? 0.f : fb[g * 8 + i]) + fs[i];
+          }
+          __syncthreads();
+          if (need) got[q] = rmsq::stream_tagged(fb[r], tag);
+          __syncthreads();
+        }
+      }
+      if (r < ROWS) {
+        float tt = 0.f;
+#pragma unroll
+        for (int q = 0; q < G; ++q) tt += __uint_as_float(static_cast<u32>(got[q]));
+        const float rv = 1.0f / sqrtf(tt / static_cast<float>(N) + a.eps);
+        rinv[r] = rv;
+        if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
+      }
+    } else {
     if (threadIdx.x < ROWS) {
       const int r = threadIdx.x;
       float t = 0.f;
@@ -375,6 +484,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     // partial[] stays readable until every CTA passes the wait at the end. Relaxed: the remote reads above have
     // completed (their values are consumed), and nothing else needs ordering for the other CTAs.
     if (S > 1) cluster_arrive_relaxed();
+    }
   } else {
     if (threadIdx.x < ROWS) rinv[threadIdx.x] = static_cast<int>(threadIdx.x) < valid ? a.rms_in[m0 + threadIdx.x] : 0.f;
   }
@@ -471,7 +581,20 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       advance();
     }
   }
-  if (MODE == 2 && S > 1) cluster_wait();
+  if (MODE == 2 && KC > 1) cluster_wait();
+}
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE = false>
+__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, STAGE>()))
+    rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+  rms_norm_block_quant_tile_body<N, CB, MODE, ROUND, W_F32, STAGE, 0>(a, nullptr, 0u);
+}
+// Mode 2 with clusters of K CTAs and the clusters' row sums through the global workspace (GX above). Grid (S,
+// tiles), clusters (K, 1, 1).
+template <int N, int CB, bool ROUND, bool W_F32, int K>
+__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, false>()))
+    rms_norm_block_quant_tile_gx_kernel(const RmsqStreamArgs sa) {
+  static_assert(K == rms_norm_block_quant_gx_cluster(N / (128 * CB)), "the host's cluster size");
+  rms_norm_block_quant_tile_body<N, CB, 2, ROUND, W_F32, false, K>(sa.a, sa.ws, sa.tag);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -56,19 +56,6 @@ __device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) 
   k = op(k, __shfl_xor_sync(0xffffffffu, k, 2));
   return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
 }
-// The GLOBAL walk's exchange: a partial sum tagged with the launch ({float bits, tag}: one 8-byte access, so a reader
-// sees a whole pair), stored and polled at GPU scope (L2).
-__device__ __forceinline__ u64 stream_tagged(float v, u32 tag) {
-  return static_cast<u64>(__float_as_uint(v)) | (static_cast<u64>(tag) << 32);
-}
-__device__ __forceinline__ void stream_st_relaxed(u64* p, u64 v) {
-  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
-  u64 v;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
-}
 }  // namespace rmsq
 
 template <int N, int CB, bool ROUND, bool W_F32, int R>
