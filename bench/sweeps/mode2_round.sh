@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Mode-2 measurement round (bench/NOTES.md, "Session 6: mode 2"): forced-config sweeps of rms_norm_block_quant
+# mode 2 at M = 8192 (round_scale 1, N = 7168 and 2048) and Nsight Compute profiles of the kernels. Run from the repo
+# root after the build; logs go to $OUT (default /tmp).
+#   mode2_round.sh [sweep] [ncu]     (both when no argument)
+set -u
+out=${OUT:-/tmp}
+kiln=${KILN_BIN:-./build-gpu/tools/kiln}
+what=${*:-sweep ncu}
+z='prefetch=0,stages=0,overlap=0'
+gx1="warps=0,col_blocks=1,$z,exchange=5"    # tile kernel, clusters of 8 + global exchange, one block a CTA
+gx2="warps=0,col_blocks=2,$z,exchange=5"    # the same, two blocks a CTA
+stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (N = 7168 default)
+
+if [[ $what == *sweep* ]]; then
+  FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=7168 mode=2 round_scale=1' "$gx1" "$gx2" "$stream" | tee "$out/mode2-sweep-7168.txt"
+  FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=2048 mode=2 round_scale=1' "$gx1" "warps=0,col_blocks=1,$z,exchange=0" | tee "$out/mode2-sweep-2048.txt"
+fi
+
+if [[ $what == *ncu* ]]; then
+  # Every section that names where the time goes (stalls by reason and by source line, memory tables).
+  sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section SchedulerStats
+            --section WarpStateStats --section SourceCounters --section MemoryWorkloadAnalysis
+            --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section InstructionStats)
+  db="$out/mode2-forced.json"
+  # prof NAME KERNEL_REGEX BENCH_FILTER [N=…,… CONFIG]: one kernel launch of that case, the config forced if given.
+  prof() {
+    local env=()
+    if [[ $# -ge 5 ]]; then
+      python3 bench/sweeps/forced_config.py - rms_norm_block_quant tile 8192 "$4" "$5" "$db" > /dev/null
+      env=(KILN_TUNING_DB="$db")
+    fi
+    env "${env[@]}" ncu --clock-control none -k "regex:$2" -c 1 "${sections[@]}" --print-details all \
+      "$kiln" bench --repeats 1 --filter "$3" > "$out/mode2-ncu-$1.txt" 2>&1
+    grep -E "Duration|Registers Per|Achieved Occupancy|Issued Warp Per Scheduler|DRAM Throughput" "$out/mode2-ncu-$1.txt" |
+      sed "s/^/$1: /"
+  }
+  prof stream-7168 rms_norm_block_quant_stream 'M=8192 N=7168 mode=2 round_scale=1'
+  prof ring-2048 rms_norm_block_quant_ring 'M=8192 N=2048 mode=2 round_scale=1'
+  prof gx-7168 rms_norm_block_quant_tile_gx 'M=8192 N=7168 mode=2 round_scale=1' N=7168,mode=2,round_scale=1,w_f32=0 "$gx1"
+  prof stream-2048 rms_norm_block_quant_stream 'M=8192 N=2048 mode=2 round_scale=1' N=2048,mode=2,round_scale=1,w_f32=0 \
+    "$stream"
+fi
