@@ -42,10 +42,14 @@ constexpr int kStreamGlobal = 3;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
-constexpr int kTileGlobal = 5;
+// exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
+// 512 threads, y held, two CTAs an SM): CB = 1.
+constexpr int kTileGlobal = 5, kTile512 = 6;
 bool is_tile_gx(const Specialization& s) {
-  return s.kernel == kTileKernel && s.config[C_STAGES] == 0 && s.config[C_EXCHANGE] == kTileGlobal;
+  return s.kernel == kTileKernel && s.config[C_STAGES] == 0 &&
+         (s.config[C_EXCHANGE] == kTileGlobal || s.config[C_EXCHANGE] == kTile512);
 }
+bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
@@ -71,6 +75,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, s.config[C_STAGES]);
+  } else if (is_tile512(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
+    name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}>", p[P_N], round, wf32, cluster_of(s));
   } else if (is_tile_gx(s)) {
     name = fmt::format("kiln::rms_norm_block_quant_tile_gx_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, cluster_of(s));
@@ -93,6 +100,7 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
+  if (is_tile512(s)) return 0;  // (static shared memory)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -301,8 +309,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   }
 }
 
-// Tile-kernel GX points (exchange 5, sm_90, mode 2): one or two blocks a CTA where a row has more than 8 chunks,
-// clusters of K = gx_cluster(S) ≥ 2.
+// Tile-kernel GX points (sm_90, mode 2, a row of more than 8 chunks, clusters of K = gx_cluster(S) ≥ 2): exchange 5
+// with one or two blocks a CTA, exchange 6 (tile512) with one.
 void tile_gx_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   const int S = static_cast<int>(base.params[P_N] / (128 * cb));
   if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2 || S <= 8 || rms_norm_block_quant_gx_cluster(S) < 2)
@@ -312,6 +320,10 @@ void tile_gx_points(const Specialization& base, int cb, std::vector<Specializati
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kTileGlobal;
   out.push_back(s);
+  if (cb == 1) {
+    s.config[C_EXCHANGE] = kTile512;
+    out.push_back(s);
+  }
 }
 
 // Row kernel: 4, 8 or 16 warps; the two-row prefetch only where two rows fit the register budget (≤ 4096 columns).
@@ -462,7 +474,7 @@ void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormB
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int S = chunks_of(s), K = cluster_of(s);
   LaunchDims d;
-  d.block[0] = 256;
+  d.block[0] = is_tile512(s) ? 512 : 256;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   d.grid[0] = static_cast<unsigned>(S);
   d.grid[1] = static_cast<unsigned>(tiles);

@@ -101,6 +101,94 @@ __device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
   asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
   return v;
 }
+// Σx² of one row's 8 values (a lane's 16 bytes) accumulated into s, in the order every mode-2 kernel here uses: the
+// lanes of a half-warp hold 8 consecutive columns each, summed in column order, then a 16-lane butterfly (xor 8, 4,
+// 2, 1: warp_sum<16>, or transpose_reduce4 / the tile kernel's per-row butterflies, bitwise the same tree).
+__device__ __forceinline__ void sum_squares8(const Vec16& x, float& s) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float f = vec_get<bf16>(x, e);
+    s = fmaf(f, f, s);
+  }
+}
+// GX exchange (mode 2, clusters of K CTAs a row's S = N / C chunks, G = S / K clusters; tile and tile512 kernels):
+// called by all THREADS threads after a cluster barrier that made every CTA's partial[128] (its Σx² per row of
+// the tile, C columns) visible. Thread r < 128 adds row r's K partial sums of the cluster in rank order, the CTA of
+// rank r % K stores that cluster sum tagged in ws[tile][G][128], then thread r polls the G − 1 other clusters' sums
+// of row r and adds the G in cluster order (every CTA of the tile gets bitwise the same r): rinv[r], and rms_out by
+// chunk 0. Arrives (relaxed) on the cluster barrier once the peers' partial[] are read: the caller waits on it before
+// exiting. A sum still missing after kRmsqStreamSpinLimit polls (its cluster is not resident) is computed here from
+// x with the same operations (one half-warp a row, sum_squares8 and the 16-lane butterfly) into fb[128]. Ends with
+// rinv[] written by threads < 128 (the caller synchronizes before reading it).
+template <int N, int C, int K, int THREADS>
+__device__ __forceinline__ void gx_row_rinv(const RmsNormBlockQuantArgs& a, u64* ws, u32 tag, const float* partial,
+                                            float* rinv, float* fb, int rank, i64 tile, int m0, int valid) {
+  constexpr int S = N / C, G = S / K, ROWS = 128;
+  static_assert(K >= 2 && S % K == 0 && G <= 8 && THREADS >= ROWS && THREADS % 16 == 0, "");
+  const int kr = rank % K, grp = rank / K;
+  const int r = threadIdx.x;
+  float t = 0.f;
+  u64 got[G];
+  bool ready = true;
+  if (r < ROWS) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) t += cluster_load(partial + r, k);
+    if (r % K == kr) stream_st_relaxed(ws + (tile * G + grp) * ROWS + r, stream_tagged(t, tag));
+  }
+  cluster_arrive_relaxed();  // this CTA's reads of the peers' partial[] are done
+  if (r < ROWS) {
+    const u64* base = ws + tile * G * ROWS + r;
+#pragma unroll
+    for (int q = 0; q < G; ++q) got[q] = q == grp ? stream_tagged(t, tag) : stream_ld_relaxed(base + q * ROWS);
+#pragma unroll 1
+    for (int tries = 0;; ++tries) {
+      ready = true;
+#pragma unroll
+      for (int q = 0; q < G; ++q) ready = ready && static_cast<u32>(got[q] >> 32) == tag;
+      if (ready || tries == kRmsqStreamSpinLimit) break;
+      __nanosleep(32);
+#pragma unroll
+      for (int q = 0; q < G; ++q)
+        if (static_cast<u32>(got[q] >> 32) != tag) got[q] = stream_ld_relaxed(base + q * ROWS);
+    }
+  }
+  if (__syncthreads_or(!ready)) {
+    const int hw = threadIdx.x >> 4, hl = threadIdx.x & 15;
+    const bf16* xg = static_cast<const bf16*>(a.x);
+#pragma unroll  // (got[] stays in registers)
+    for (int q = 0; q < G; ++q) {
+      const bool need = r < ROWS && static_cast<u32>(got[q] >> 32) != tag;
+      if (!__syncthreads_or(need)) continue;
+#pragma unroll 1
+      for (int rr = hw; rr < ROWS; rr += THREADS / 16) {
+        float c = 0.f;  // the cluster's sum of row rr: its K chunks' partial sums in rank order
+#pragma unroll 1
+        for (int k = 0; k < K; ++k) {
+          float ps = 0.f;
+#pragma unroll 1
+          for (int b = 0; b < C / 128; ++b)
+            sum_squares8(rr < valid ? load16(xg + static_cast<i64>(m0 + rr) * a.x_stride + (q * K + k) * C + b * 128 +
+                                             hl * 8)
+                                    : Vec16{{0u, 0u, 0u, 0u}},
+                         ps);
+          c += warp_sum<16>(ps);
+        }
+        if (hl == 0) fb[rr] = c;
+      }
+      __syncthreads();
+      if (need) got[q] = stream_tagged(fb[r], tag);
+      __syncthreads();
+    }
+  }
+  if (r < ROWS) {
+    float tt = 0.f;
+#pragma unroll
+    for (int q = 0; q < G; ++q) tt += __uint_as_float(static_cast<u32>(got[q]));
+    const float rv = 1.0f / sqrtf(tt / static_cast<float>(N) + a.eps);
+    rinv[r] = rv;
+    if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
+  }
+}
 }  // namespace rmsq
 
 // ---------------------------------------------------------------------------------------------------------------------
@@ -363,18 +451,10 @@ __device__ __forceinline__ void rms_norm_block_quant_tile_body(const RmsNormBloc
     }
   };
 
-  // Σx² of one block's rows 8g … 8g+7 (this thread's 8 columns), accumulated into ss (pass 1 and GX's fallback: the
-  // same operations, so the same bits).
-  auto sum_squares_row = [](const Vec16& x, float& s) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const float f = vec_get<bf16>(x, e);
-      s = fmaf(f, f, s);
-    }
-  };
+  // Σx² of one block's rows 8g … 8g+7 (this thread's 8 columns), accumulated into ss (the GX fallback repeats it).
   auto sum_squares = [&](const Vec16 (&x)[8], float (&ss)[8]) {
 #pragma unroll
-    for (int i = 0; i < 8; ++i) sum_squares_row(x[i], ss[i]);
+    for (int i = 0; i < 8; ++i) rmsq::sum_squares8(x[i], ss[i]);
   };
 
   // 1. r per row. Blocks 0 … CB-1; the last one stays in registers for the second pass, which runs backwards (the
@@ -402,76 +482,7 @@ __device__ __forceinline__ void rms_norm_block_quant_tile_body(const RmsNormBloc
       for (int i = 0; i < 8; ++i) partial[g * 8 + i] = ss[i];
     if (KC > 1) cluster_sync(); else __syncthreads();
     if constexpr (K > 0) {
-      // The cluster's sum of each row (rank order), stored tagged by the CTA of rank r % K for row r.
-      const int kr = rank % K, grp = rank / K;
-      const i64 tb = blockIdx.y;
-      const int r = threadIdx.x;
-      float t = 0.f;
-      u64 got[G];
-      bool ready = true;
-      if (r < ROWS) {
-#pragma unroll
-        for (int k = 0; k < K; ++k) t += cluster_load(partial + r, k);
-        if (r % K == kr) rmsq::stream_st_relaxed(ws + (tb * G + grp) * ROWS + r, rmsq::stream_tagged(t, tag));
-      }
-      cluster_arrive_relaxed();  // this CTA's reads of the peers' partial[] are done (the wait is at the end)
-      if (r < ROWS) {
-        // Poll the other clusters' sums of row r.
-        const u64* base = ws + tb * G * ROWS + r;
-#pragma unroll
-        for (int q = 0; q < G; ++q) got[q] = q == grp ? rmsq::stream_tagged(t, tag) : rmsq::stream_ld_relaxed(base + q * ROWS);
-#pragma unroll 1
-        for (int tries = 0;; ++tries) {
-          ready = true;
-#pragma unroll
-          for (int q = 0; q < G; ++q) ready = ready && static_cast<u32>(got[q] >> 32) == tag;
-          if (ready || tries == kRmsqStreamSpinLimit) break;
-          __nanosleep(32);
-#pragma unroll
-          for (int q = 0; q < G; ++q)
-            if (static_cast<u32>(got[q] >> 32) != tag) got[q] = rmsq::stream_ld_relaxed(base + q * ROWS);
-        }
-      }
-      if (__syncthreads_or(!ready)) {
-        // A cluster's sums still missing (its CTAs are not resident): computed here from x, cluster by cluster,
-        // with pass 1's operations in its order; colmax is free until the block pass.
-        float* fb = colmax;
-#pragma unroll  // (got[] stays in registers)
-        for (int q = 0; q < G; ++q) {
-          const bool need = r < ROWS && static_cast<u32>(got[q] >> 32) != tag;
-          if (!__syncthreads_or(need)) continue;
-#pragma unroll 1
-          for (int k = 0; k < K; ++k) {
-            float fs[8] = {0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f, 0.f};
-            const int fcol = (q * K + k) * C;
-#pragma unroll 1
-            for (int b = 0; b < CB; ++b)
-#pragma unroll 1
-              for (int i = 0; i < 8; ++i) {  // (row by row: the registers of x stay live)
-                const int rr = g * 8 + i;
-                sum_squares_row(rr < valid ? load16(xg + static_cast<i64>(m0 + rr) * a.x_stride + fcol + b * 128 + hl * 8)
-                                           : Vec16{{0u, 0u, 0u, 0u}},
-                                fs[i]);
-              }
-#pragma unroll
-            for (int i = 0; i < 8; ++i) fs[i] = warp_sum<16>(fs[i]);
-            if (hl == 0)
-#pragma unroll
-              for (int i = 0; i < 8; ++i) fb[g * 8 + i] = (k == 0 ? 0.f : fb[g * 8 + i]) + fs[i];
-          }
-          __syncthreads();
-          if (need) got[q] = rmsq::stream_tagged(fb[r], tag);
-          __syncthreads();
-        }
-      }
-      if (r < ROWS) {
-        float tt = 0.f;
-#pragma unroll
-        for (int q = 0; q < G; ++q) tt += __uint_as_float(static_cast<u32>(got[q]));
-        const float rv = 1.0f / sqrtf(tt / static_cast<float>(N) + a.eps);
-        rinv[r] = rv;
-        if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
-      }
+      rmsq::gx_row_rinv<N, C, K, 256>(a, ws, tag, partial, rinv, colmax, rank, blockIdx.y, m0, valid);
     } else {
     if (threadIdx.x < ROWS) {
       const int r = threadIdx.x;

@@ -56,6 +56,110 @@ __device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) 
   k = op(k, __shfl_xor_sync(0xffffffffu, k, 2));
   return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
 }
+// The per-block code of the stream and tile512 kernels: a thread holds y of 4 rows × 8 channels of a 128×128 block
+// (rows 4·hw … 4·hw+3 of the block, channels c0 = 8·hl … c0+7; hw = 2·warp + half, hl = lane & 15).
+// Row-wise codes: lane 4R of each half-warp gets row R's amax by the transposing butterfly, forms the scale and
+// stores it; the quantizer parameters come back by four broadcasts.
+template <int N, bool ROUND>
+__device__ __forceinline__ void block_row_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], int m0,
+                                                int valid, int col, int hw, int hl, int lane) {
+  float pm[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    pm[i] = 0.f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
+  }
+  const Quant<ROUND> rq(scale_of_max<ROUND>(transpose_reduce4<true>(pm, hl)));
+  const int Rr = hl >> 2;
+  if ((hl & 3) == 0 && 4 * hw + Rr < valid) a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + Rr] = rq.s;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float qp = __shfl_sync(0xffffffffu, qparam(rq), (lane & 16) | (i << 2));
+    if (4 * hw + i < valid) {
+      uint2 out;
+      out.x = e4m3x4(qapply<ROUND>(y[i][0], qp), qapply<ROUND>(y[i][1], qp), qapply<ROUND>(y[i][2], qp),
+                     qapply<ROUND>(y[i][3], qp));
+      out.y = e4m3x4(qapply<ROUND>(y[i][4], qp), qapply<ROUND>(y[i][5], qp), qapply<ROUND>(y[i][6], qp),
+                     qapply<ROUND>(y[i][7], qp));
+      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + 4 * hw + i) * N + col + hl * 8) = out;
+    }
+  }
+}
+// Column maxima of the thread's 8 channels into cm (float bits; slot of channel c: c + (c >> 5)) by shared atomicMax
+// (both half-warps: a 2-way conflict, no shuffle).
+__device__ __forceinline__ void block_col_max(u32* cm, const float (&y)[4][8], int cs0) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    float m = 0.f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(y[i][e]));
+    atomicMax(&cm[cs0 + e], __float_as_uint(m));
+  }
+}
+// After the barrier that completed cm: the column quantizers of channels c0 … c0+7 (each half-warp forms four, the
+// other four come by a shuffle), the block's 128 column scales by half-warp 0 of warp 0 (qT_scale[tile][col …]), and
+// the thread's transposed codes staged in ct, [128 channels][32 slots of 4 tokens], slot s of channel n at
+// s ^ (2·(n >> 3)) (the 32 lanes of a warp hit 32 banks).
+template <int N, bool ROUND>
+__device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], const u32* cm,
+                                                u32* ct, i64 tile, int col, int warp, int half, int hw, int hl, int cs0,
+                                                bool scale_aligned) {
+  const int c0 = hl * 8;
+  float qp[8], ms[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const Quant<ROUND> cq(scale_of_max<ROUND>(__uint_as_float(cm[cs0 + 4 * half + e])));
+    ms[e] = cq.s;
+    const float mine = qparam(cq), other = __shfl_xor_sync(0xffffffffu, mine, 16);
+    qp[e] = half ? other : mine;
+    qp[4 + e] = half ? mine : other;
+  }
+  if (warp == 0) {
+    float sc[8];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float other = __shfl_xor_sync(0xffffffffu, ms[e], 16);
+      sc[e] = half ? other : ms[e];
+      sc[4 + e] = half ? ms[e] : other;
+    }
+    if (half == 0) {
+      float* dst = a.qT_scale + tile * N + col + c0;
+      if (scale_aligned) {
+        *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+        *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+      }
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    ct[(c0 + e) * 32 + (hw ^ (2 * hl))] = e4m3x4(qapply<ROUND>(y[0][e], qp[e]), qapply<ROUND>(y[1][e], qp[e]),
+                                                 qapply<ROUND>(y[2][e], qp[e]), qapply<ROUND>(y[3][e], qp[e]));
+}
+// The staged transposed codes of a block (tokens m0 …, `valid` of them; channels col …) out to qT: warp w stores
+// channels 8w … 8w+7, four per instruction, 8 lanes × 16 bytes a channel's 128 tokens (byte-wise past `valid` or
+// when M % 16 != 0).
+__device__ __forceinline__ void store_block_codes(const RmsNormBlockQuantArgs& a, const u32* ct, int m0, int valid,
+                                                  int col, int warp, int lane, bool aligned16) {
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
+    const int f = 2 * (n >> 3);
+    Vec16 c = *reinterpret_cast<const Vec16*>(ct + n * 32 + 4 * (jj ^ (f >> 2)));
+    if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+    u8* dst = a.qT + static_cast<i64>(col + n) * a.M + m0 + jj * 16;
+    const int t0 = jj * 16;
+    if (aligned16 && t0 + 16 <= valid) {
+      store16(dst, c);
+    } else {
+      const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+      for (int bb = 0; bb < 16 && t0 + bb < valid; ++bb) dst[bb] = static_cast<u8>((bb < 8 ? lo : hi) >> ((bb & 7) * 8));
+    }
+  }
+}
 }  // namespace rmsq
 
 template <int N, int CB, bool ROUND, bool W_F32, int R>
@@ -256,24 +360,8 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   int prev_m0 = 0, prev_valid = 0, prev_col = -1;  // the block whose codes wait in buffer (nb − 1) & 1
   const bool aligned16 = (a.M % 16) == 0;
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
-  // Warp w stores channels 8w … 8w+7 of the staged block, four per instruction: 8 lanes × 16 bytes a channel's 128
-  // tokens (slot s of channel n was stored at s ^ (2·(n >> 3))).
   auto store_codes = [&](const u32* ct, int pm0, int pvalid, int pcol) {
-#pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-      const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
-      const int f = 2 * (n >> 3);
-      Vec16 c = *reinterpret_cast<const Vec16*>(ct + n * 32 + 4 * (jj ^ (f >> 2)));
-      if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-      u8* dst = a.qT + static_cast<i64>(pcol + n) * a.M + pm0 + jj * 16;
-      const int t0 = jj * 16;
-      if (aligned16 && t0 + 16 <= pvalid) {
-        store16(dst, c);
-      } else {
-        const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
-        for (int bb = 0; bb < 16 && t0 + bb < pvalid; ++bb) dst[bb] = static_cast<u8>((bb < 8 ? lo : hi) >> ((bb & 7) * 8));
-      }
-    }
+    store_block_codes(a, ct, pm0, pvalid, pcol, warp, lane, aligned16);
   };
 
   auto pass2 = [&](int it, const float (&rv)[4]) {
@@ -296,83 +384,16 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
         for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
       release(k);  // y depends on the values: the slot is free
 
-      // Row-wise blocks: lane 4R of each half-warp gets row R's amax, forms its scale, stores it; the quantizer
-      // parameters come back by four broadcasts.
-      {
-        float pm[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          pm[i] = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
-        }
-        const Quant<ROUND> rq(scale_of_max<ROUND>(transpose_reduce4<true>(pm, hl)));
-        const int Rr = hl >> 2;
-        {
-          if ((hl & 3) == 0 && 4 * hw + Rr < valid)
-            a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + Rr] = rq.s;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float qp = __shfl_sync(0xffffffffu, qparam(rq), (lane & 16) | (i << 2));
-            if (4 * hw + i < valid) {
-              uint2 out;
-              out.x = e4m3x4(qapply<ROUND>(y[i][0], qp), qapply<ROUND>(y[i][1], qp), qapply<ROUND>(y[i][2], qp),
-                             qapply<ROUND>(y[i][3], qp));
-              out.y = e4m3x4(qapply<ROUND>(y[i][4], qp), qapply<ROUND>(y[i][5], qp), qapply<ROUND>(y[i][6], qp),
-                             qapply<ROUND>(y[i][7], qp));
-              *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + 4 * hw + i) * N + col + c0) = out;
-            }
-          }
-        }
-      }
+      block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
 
       // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), one barrier.
       u32* cm = colmax + cmi * 132;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        float m = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(y[i][e]));
-        atomicMax(&cm[cs0 + e], __float_as_uint(m));  // both half-warps: a 2-way conflict, no shuffle
-      }
+      block_col_max(cm, y, cs0);
       if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
       __syncthreads();
       if (prev_col >= 0) store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 
-      // Column quantizers of channels c0 … c0+7: each half-warp forms four, the other four come by a shuffle.
-      float qp[8], ms[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const Quant<ROUND> cq(scale_of_max<ROUND>(__uint_as_float(cm[cs0 + 4 * half + e])));
-        ms[e] = cq.s;
-        const float mine = qparam(cq), other = __shfl_xor_sync(0xffffffffu, mine, 16);
-        qp[e] = half ? other : mine;
-        qp[4 + e] = half ? mine : other;
-      }
-      if (warp == 0) {  // half-warp 0 writes the block's 128 column scales
-        float sc[8];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float other = __shfl_xor_sync(0xffffffffu, ms[e], 16);
-          sc[e] = half ? other : ms[e];
-          sc[4 + e] = half ? ms[e] : other;
-        }
-        if (half == 0) {
-          float* dst = a.qT_scale + tb * N + col + c0;
-          if (scale_aligned) {
-            *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-            *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
-          } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) dst[e] = sc[e];
-          }
-        }
-      }
-      u32* ct = codes + (nb & 1) * 4096;
-#pragma unroll
-      for (int e = 0; e < 8; ++e)
-        ct[(c0 + e) * 32 + (hw ^ (2 * hl))] = e4m3x4(qapply<ROUND>(y[0][e], qp[e]), qapply<ROUND>(y[1][e], qp[e]),
-                                                     qapply<ROUND>(y[2][e], qp[e]), qapply<ROUND>(y[3][e], qp[e]));
+      block_col_codes<N, ROUND>(a, y, cm, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl, cs0, scale_aligned);
       prev_m0 = m0;
       prev_valid = valid;
       prev_col = col;
@@ -395,6 +416,70 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   }
   __syncthreads();  // the last block's codes are complete
   store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// tile512 (mode 2, config exchange 6): the tile GX kernel's grid and exchange (one 128-token × 128-column block a CTA,
+// grid (S, tiles) tile-major, clusters of K CTAs, the clusters' row sums through the tagged global workspace:
+// rmsq::gx_row_rinv) with the stream kernel's per-block code: 512 threads, 4 rows × 8 channels a thread, y held in
+// registers for both quantizations (never recomputed), the row amax by the transposing butterfly (one scale a lane),
+// column maxima by shared atomics, ONE block barrier between them and the transposed codes, qT stored as 128-byte
+// rows. Two CTAs an SM (64 registers): 32 warps, each CTA at its own phase (load, exchange, quantize).
+template <int N, bool ROUND, bool W_F32, int K>
+__global__ void __launch_bounds__(512, 2) rms_norm_block_quant_tile512_kernel(const RmsqStreamArgs sa) {
+  using namespace rmsq;
+  const RmsNormBlockQuantArgs& a = sa.a;
+  constexpr int ROWS = 128;
+  static_assert(K == rms_norm_block_quant_gx_cluster(N / 128) && K >= 2, "the host's cluster size");
+  __shared__ float partial[ROWS], rinv[ROWS], fb[ROWS];
+  __shared__ u32 colmax[132];
+  __shared__ __align__(16) u32 codes[128 * 32];
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hl = lane & 15, half = lane >> 4;
+  const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
+  const int c0 = hl * 8;           // channels c0 … c0+7
+  const int cs0 = c0 + (c0 >> 5);  // column-max slot of channel c0
+  const int rank = blockIdx.x;     // the 128-column chunk
+  const int col = rank * 128;
+  const int m0 = blockIdx.y * ROWS;
+  const int valid = min(ROWS, a.M - m0);
+  const bf16* xg = static_cast<const bf16*>(a.x);
+
+  Vec16 xv[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = 4 * hw + i;
+    xv[i] = r < valid ? load16(xg + static_cast<i64>(m0 + r) * a.x_stride + col + c0) : Vec16{{0u, 0u, 0u, 0u}};
+  }
+  if (tid < 132) colmax[tid] = 0u;
+  float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss[i]);
+  const float sum = transpose_reduce4<false>(ss, hl);  // row 4·hw + (hl >> 2): the 16-lane butterfly's bits
+  if ((hl & 3) == 0) partial[4 * hw + (hl >> 2)] = sum;
+  cluster_sync();
+  gx_row_rinv<N, 128, K, 512>(a, sa.ws, sa.tag, partial, rinv, fb, rank, blockIdx.y, m0, valid);
+  __syncthreads();
+
+  float w8[8];
+  if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
+  else load_floats<bf16, 8>(a.w, col + c0, w8);
+  float y[4][8];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float rv = rinv[4 * hw + i];
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv), w8[e]);
+  }
+  block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
+  block_col_max(colmax, y, cs0);
+  __syncthreads();
+  block_col_codes<N, ROUND>(a, y, colmax, codes, blockIdx.y, col, warp, half, hw, hl, cs0,
+                            (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u);
+  __syncthreads();
+  store_block_codes(a, codes, m0, valid, col, warp, lane, (a.M % 16) == 0);
+  cluster_wait();  // the peers' reads of partial[] (gx_row_rinv arrived)
 }
 
 }  // namespace kiln

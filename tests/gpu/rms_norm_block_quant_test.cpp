@@ -567,30 +567,39 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
 }
 
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
-// workspace; rms_norm_block_quant_tile_gx_kernel), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4
-// (4096), 7 (7168: the clusters of 8) and 3 clusters of 3 (N = 1152: S = 9), at token counts with a partial last
-// tile and M % 16 != 0.
+// workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
+// the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
+// the clusters of 8) and 3 clusters of 3 (N = 1152: S = 9), at token counts with a partial last tile and
+// M % 16 != 0.
 TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
   check_points({{2048, 2, 0, 1, 0, 0, 0, 5, 8000},
                 {7168, 2, 0, 1, 0, 0, 0, 5, 4003},
                 {7168, 2, 0, 2, 0, 0, 0, 5, 1000},
                 {4096, 2, 0, 1, 0, 0, 0, 5, 3001},
-                {1152, 2, 0, 1, 0, 0, 0, 5, 1000}},
+                {1152, 2, 0, 1, 0, 0, 0, 5, 1000},
+                {2048, 2, 0, 1, 0, 0, 0, 6, 8000},
+                {7168, 2, 0, 1, 0, 0, 0, 6, 4003},
+                {4096, 2, 0, 1, 0, 0, 0, 6, 3001},
+                {1152, 2, 0, 1, 0, 0, 0, 6, 1000}},
                0x6e);
-  // Not points: 8 chunks or fewer (one cluster holds the row), 4 blocks a CTA, a persistent config, mode 1.
+  // Not points: 8 chunks or fewer (one cluster holds the row), 4 blocks a CTA (tile512: 2), a persistent config,
+  // mode 1.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(1024, 2, 0, 1, 0, 0, 0, 5));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(1024, 2, 0, 1, 0, 0, 0, 6));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 0, 4, 0, 0, 0, 5));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 0, 2, 0, 0, 0, 6));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 1, 0, 2, 0, 5));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 0, 1, 0, 0, 0, 5));
 }
 
-// The GLOBAL exchanges captured in a CUDA graph (the stream kernel, the tile kernel's GX): a replay reuses the
+// The GLOBAL exchanges captured in a CUDA graph (the stream kernel, the tile kernel's GX, tile512): a replay reuses the
 // launch's tag, so under capture the row-sum workspace is cleared first (a memset node). Two replays with different
 // x in the same buffers must each match the reference for their own x (stale partial sums of the first replay
 // would give the second the first's r).
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
-  for_each_point({{2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}}, [](const SpacePoint& p,
-                                                                                                size_t) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000}};
+  for_each_point(points, [](const SpacePoint& p, size_t) {
     const auto& d = detail::driver();
     const int64_t M = p.M, N = p.N;
     const Input a = random_input(M, N, mix_seed({0x6d, 1})), b = random_input(M, N, mix_seed({0x6d, 2}));
@@ -644,14 +653,15 @@ TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   });
 }
 
-// The GLOBAL exchanges (the stream kernel, exchange 3; the tile kernel's GX, exchange 5) at the edges: M = 1, 7, 129
+// The GLOBAL exchanges (the stream kernel, exchange 3; the tile kernel's GX, exchange 5; tile512, 6) at the edges: M = 1, 7, 129
 // (a whole tile and one row), 1000 at every hidden size of the issue, and the special values (NaN, ±inf,
 // overflowing / underflowing squares, all-zero and tiny rows and token blocks) in both scale modes.
 TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
   const SpacePoint cfgs[] = {{128, 2, 16, 1, 1, 2, 1, 3, 0},  {2048, 2, 16, 1, 1, 2, 1, 3, 0},
                              {2048, 2, 16, 2, 1, 4, 1, 3, 0}, {4096, 2, 16, 2, 1, 5, 1, 3, 0},
                              {7168, 2, 16, 2, 1, 4, 1, 3, 0}, {7168, 2, 16, 1, 1, 3, 1, 3, 0},
-                             {2048, 2, 0, 1, 0, 0, 0, 5, 0},  {7168, 2, 0, 1, 0, 0, 0, 5, 0}};
+                             {2048, 2, 0, 1, 0, 0, 0, 5, 0},  {7168, 2, 0, 1, 0, 0, 0, 5, 0},
+                             {2048, 2, 0, 1, 0, 0, 0, 6, 0},  {7168, 2, 0, 1, 0, 0, 0, 6, 0}};
   std::vector<SpacePoint> points;
   for (const SpacePoint& c : cfgs)
     for (int64_t M : {1, 7, 129, 1000}) {
@@ -668,7 +678,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
   });
   check_special_values({{2048, 2, 16, 2, 1, 4, 1, 3, 700},
                         {2048, 2, 16, 1, 1, 3, 1, 3, 700},
-                        {2048, 2, 0, 1, 0, 0, 0, 5, 700}},
+                        {2048, 2, 0, 1, 0, 0, 0, 5, 700},
+                        {2048, 2, 0, 1, 0, 0, 0, 6, 700}},
                        0x69);
 }
 
