@@ -43,7 +43,8 @@ bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.co
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
 // exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
-// 512 threads, y held, two CTAs an SM): CB = 1.
+// 512 threads, y held, two CTAs an SM): CB = 1; overlap 1 = clusters of up to 16 CTAs instead of 8 (N = 2048: one
+// cluster a row, no workspace; 7168: 14).
 constexpr int kTileGlobal = 5, kTile512 = 6;
 bool is_tile_gx(const Specialization& s) {
   return s.kernel == kTileKernel && s.config[C_STAGES] == 0 &&
@@ -54,7 +55,7 @@ bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EX
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
-  if (is_tile_gx(s)) return rms_norm_block_quant_gx_cluster(chunks_of(s));
+  if (is_tile_gx(s)) return rms_norm_block_quant_gx_cluster(chunks_of(s), s.config[C_OVERLAP] ? 16 : 8);
   return s.params[P_MODE] == 2 && !is_stream(s) ? chunks_of(s) : 1;
 }
 
@@ -310,7 +311,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
 }
 
 // Tile-kernel GX points (sm_90, mode 2, a row of more than 8 chunks, clusters of K = gx_cluster(S) ≥ 2): exchange 5
-// with one or two blocks a CTA, exchange 6 (tile512) with one.
+// with one or two blocks a CTA, exchange 6 (tile512) with one, and with clusters of up to 16 where that is larger.
 void tile_gx_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   const int S = static_cast<int>(base.params[P_N] / (128 * cb));
   if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2 || S <= 8 || rms_norm_block_quant_gx_cluster(S) < 2)
@@ -323,6 +324,10 @@ void tile_gx_points(const Specialization& base, int cb, std::vector<Specializati
   if (cb == 1) {
     s.config[C_EXCHANGE] = kTile512;
     out.push_back(s);
+    if (rms_norm_block_quant_gx_cluster(S, 16) > rms_norm_block_quant_gx_cluster(S, 8)) {
+      s.config[C_OVERLAP] = 1;
+      out.push_back(s);
+    }
   }
 }
 
@@ -480,7 +485,7 @@ void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormB
   d.grid[1] = static_cast<unsigned>(tiles);
   d.cluster[0] = static_cast<unsigned>(K);
   RmsqStreamArgs sa{a, nullptr, 0};
-  const CUdeviceptr ws = global_workspace(impl, tiles, S / K, 2, stream, sa);
+  const CUdeviceptr ws = global_workspace(impl, tiles, S / K, 2, stream, sa);  // (none for one cluster a row)
   impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);
 }

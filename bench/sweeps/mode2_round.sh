@@ -11,13 +11,14 @@ z='prefetch=0,stages=0,overlap=0'
 gx1="warps=0,col_blocks=1,$z,exchange=5"    # tile kernel, clusters of 8 + global exchange, one block a CTA
 gx2="warps=0,col_blocks=2,$z,exchange=5"    # the same, two blocks a CTA
 t512="warps=0,col_blocks=1,$z,exchange=6"   # the same grid and exchange, the stream kernel's block code (512 threads)
+t512w="warps=0,col_blocks=1,prefetch=0,stages=0,overlap=1,exchange=6"  # tile512, clusters of up to 16 (14 / one a row)
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (N = 7168 default)
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=7168 mode=2 round_scale=1' "$gx1" "$t512" "$gx2" "$stream" | tee "$out/mode2-sweep-7168.txt"
+    'M=8192 N=7168 mode=2 round_scale=1' "$gx1" "$t512" "$t512w" "$gx2" "$stream" | tee "$out/mode2-sweep-7168.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$gx1" "$t512" "warps=0,col_blocks=1,$z,exchange=0" | tee "$out/mode2-sweep-2048.txt"
+    'M=8192 N=2048 mode=2 round_scale=1' "$gx1" "$t512" "$t512w" "warps=0,col_blocks=1,$z,exchange=0" | tee "$out/mode2-sweep-2048.txt"
 fi
 
 if [[ $what == *ncu* ]]; then

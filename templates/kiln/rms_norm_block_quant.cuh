@@ -124,7 +124,7 @@ template <int N, int C, int K, int THREADS>
 __device__ __forceinline__ void gx_row_rinv(const RmsNormBlockQuantArgs& a, u64* ws, u32 tag, const float* partial,
                                             float* rinv, float* fb, int rank, i64 tile, int m0, int valid) {
   constexpr int S = N / C, G = S / K, ROWS = 128;
-  static_assert(K >= 2 && S % K == 0 && G <= 8 && THREADS >= ROWS && THREADS % 16 == 0, "");
+  static_assert(K >= 2 && K <= 16 && S % K == 0 && G <= 8 && THREADS >= ROWS && THREADS % 16 == 0, "");
   const int kr = rank % K, grp = rank / K;
   const int r = threadIdx.x;
   float t = 0.f;
@@ -133,10 +133,10 @@ __device__ __forceinline__ void gx_row_rinv(const RmsNormBlockQuantArgs& a, u64*
   if (r < ROWS) {
 #pragma unroll
     for (int k = 0; k < K; ++k) t += cluster_load(partial + r, k);
-    if (r % K == kr) stream_st_relaxed(ws + (tile * G + grp) * ROWS + r, stream_tagged(t, tag));
+    if (G > 1 && r % K == kr) stream_st_relaxed(ws + (tile * G + grp) * ROWS + r, stream_tagged(t, tag));
   }
   cluster_arrive_relaxed();  // this CTA's reads of the peers' partial[] are done
-  if (r < ROWS) {
+  if (G > 1 && r < ROWS) {
     const u64* base = ws + tile * G * ROWS + r;
 #pragma unroll
     for (int q = 0; q < G; ++q) got[q] = q == grp ? stream_tagged(t, tag) : stream_ld_relaxed(base + q * ROWS);
@@ -152,7 +152,8 @@ __device__ __forceinline__ void gx_row_rinv(const RmsNormBlockQuantArgs& a, u64*
         if (static_cast<u32>(got[q] >> 32) != tag) got[q] = stream_ld_relaxed(base + q * ROWS);
     }
   }
-  if (__syncthreads_or(!ready)) {
+  if (G == 1 && r < ROWS) got[0] = stream_tagged(t, tag);  // one cluster holds the row: no workspace
+  if (G > 1 && __syncthreads_or(!ready)) {
     const int hw = threadIdx.x >> 4, hl = threadIdx.x & 15;
     const bf16* xg = static_cast<const bf16*>(a.x);
 #pragma unroll  // (got[] stays in registers)

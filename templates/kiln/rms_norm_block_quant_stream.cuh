@@ -424,13 +424,14 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 // rmsq::gx_row_rinv) with the stream kernel's per-block code: 512 threads, 4 rows × 8 channels a thread, y held in
 // registers for both quantizations (never recomputed), the row amax by the transposing butterfly (one scale a lane),
 // column maxima by shared atomics, ONE block barrier between them and the transposed codes, qT stored as 128-byte
-// rows. Two CTAs an SM (64 registers): 32 warps, each CTA at its own phase (load, exchange, quantize).
+// rows. Two CTAs an SM (64 registers): 32 warps, each CTA at its own phase (load, exchange, quantize). Clusters of
+// K ≤ 16 CTAs (K = S = N/128: one cluster a row, no workspace).
 template <int N, bool ROUND, bool W_F32, int K>
 __global__ void __launch_bounds__(512, 2) rms_norm_block_quant_tile512_kernel(const RmsqStreamArgs sa) {
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128;
-  static_assert(K == rms_norm_block_quant_gx_cluster(N / 128) && K >= 2, "the host's cluster size");
+  static_assert(K >= 2 && K <= 16 && (N / 128) % K == 0, "clusters of K divide the row's chunks");
   __shared__ float partial[ROWS], rinv[ROWS], fb[ROWS];
   __shared__ u32 colmax[132];
   __shared__ __align__(16) u32 codes[128 * 32];

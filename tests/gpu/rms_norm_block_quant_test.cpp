@@ -569,8 +569,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
-// the clusters of 8) and 3 clusters of 3 (N = 1152: S = 9), at token counts with a partial last tile and
-// M % 16 != 0.
+// the clusters of 8) and 3 clusters of 3 (N = 1152: S = 9); tile512 with clusters of up to 16 (one a row at N =
+// 2048, 14 at 7168); at token counts with a partial last tile and M % 16 != 0.
 TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
   check_points({{2048, 2, 0, 1, 0, 0, 0, 5, 8000},
                 {7168, 2, 0, 1, 0, 0, 0, 5, 4003},
@@ -580,7 +580,9 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
                 {2048, 2, 0, 1, 0, 0, 0, 6, 8000},
                 {7168, 2, 0, 1, 0, 0, 0, 6, 4003},
                 {4096, 2, 0, 1, 0, 0, 0, 6, 3001},
-                {1152, 2, 0, 1, 0, 0, 0, 6, 1000}},
+                {1152, 2, 0, 1, 0, 0, 0, 6, 1000},
+                {2048, 2, 0, 1, 0, 0, 1, 6, 8000},   // clusters of 16: one a row, no workspace
+                {7168, 2, 0, 1, 0, 0, 1, 6, 4003}},  // clusters of 14
                0x6e);
   // Not points: 8 chunks or fewer (one cluster holds the row), 4 blocks a CTA (tile512: 2), a persistent config,
   // mode 1.
@@ -590,6 +592,8 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 0, 2, 0, 0, 0, 6));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 1, 0, 2, 0, 5));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 0, 1, 0, 0, 0, 5));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 0, 1, 0, 0, 1, 5));  // clusters of 16: tile512 only
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2688, 2, 0, 1, 0, 0, 1, 6));  // S = 21: 7 either way
 }
 
 // The GLOBAL exchanges captured in a CUDA graph (the stream kernel, the tile kernel's GX, tile512): a replay reuses the
@@ -661,7 +665,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
                              {2048, 2, 16, 2, 1, 4, 1, 3, 0}, {4096, 2, 16, 2, 1, 5, 1, 3, 0},
                              {7168, 2, 16, 2, 1, 4, 1, 3, 0}, {7168, 2, 16, 1, 1, 3, 1, 3, 0},
                              {2048, 2, 0, 1, 0, 0, 0, 5, 0},  {7168, 2, 0, 1, 0, 0, 0, 5, 0},
-                             {2048, 2, 0, 1, 0, 0, 0, 6, 0},  {7168, 2, 0, 1, 0, 0, 0, 6, 0}};
+                             {2048, 2, 0, 1, 0, 0, 0, 6, 0},  {7168, 2, 0, 1, 0, 0, 0, 6, 0},
+                             {2048, 2, 0, 1, 0, 0, 1, 6, 0}};
   std::vector<SpacePoint> points;
   for (const SpacePoint& c : cfgs)
     for (int64_t M : {1, 7, 129, 1000}) {
