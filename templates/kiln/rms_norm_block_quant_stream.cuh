@@ -28,116 +28,48 @@
 // The ring: visits k = 0, 1, … (a block copy each, item k / CB) in slot k % R; the first R are issued at the start,
 // visit k + R when this thread releases visit k (after its pass-2 read).
 #pragma once
+#include "kiln/block_quant_tile.cuh"
 #include "kiln/rms_norm_block_quant.cuh"
 #include "kiln/rms_norm_block_quant_stream_args.h"
 
 namespace kiln {
 namespace rmsq {
-// What a lane needs to apply a quantizer (ROUND: the reciprocal, else the scale), and applying it.
+// The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them (ROUND:
+// the reciprocal from the scale's bits, else the scale and a division).
 template <bool ROUND>
-__device__ __forceinline__ float qparam(const Quant<ROUND>& q) {
-  return ROUND ? q.inv : q.s;
-}
+struct MakeQuant {
+  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+    const Quant<ROUND> q(scale_of_max<ROUND>(amax));
+    return {q.s, ROUND ? q.inv : q.s};
+  }
+};
 template <bool ROUND>
-__device__ __forceinline__ float qapply(float y, float p) {
-  return ROUND ? __fmul_rn(y, p) : __fdiv_rn(y, p);
-}
-// A half-warp's reduction of four rows' per-lane values v[0..3] (sum, or max ignoring NaN) by a transposing
-// butterfly: the first two rounds split the rows between lane halves (bit 3, then bit 2), so after four rounds lane
-// hl holds row hl >> 2's total (the four lanes of a row bitwise alike: + and fmaxf commute). 5 shuffles, not 16.
-template <bool MAX>
-__device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) {
-  auto op = [](float a, float b) { return MAX ? fmaxf(a, b) : a + b; };
-  const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
-  float k0 = b3 ? v[2] : v[0], k1 = b3 ? v[3] : v[1];
-  k0 = op(k0, __shfl_xor_sync(0xffffffffu, b3 ? v[0] : v[2], 8));
-  k1 = op(k1, __shfl_xor_sync(0xffffffffu, b3 ? v[1] : v[3], 8));
-  float k = op(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
-  k = op(k, __shfl_xor_sync(0xffffffffu, k, 2));
-  return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
-}
-// The per-block code of the stream and tile512 kernels: a thread holds y of 4 rows × 8 channels of a 128×128 block
-// (rows 4·hw … 4·hw+3 of the block, channels c0 = 8·hl … c0+7; hw = 2·warp + half, hl = lane & 15).
-// Row-wise codes: lane 4R of each half-warp gets row R's amax by the transposing butterfly, forms the scale and
-// stores it; the quantizer parameters come back by four broadcasts.
+struct Apply {
+  __device__ __forceinline__ float operator()(float y, float p) const {
+    return ROUND ? __fmul_rn(y, p) : __fdiv_rn(y, p);
+  }
+};
+using bqt::transpose_reduce4;
+// The per-block code of the stream and tile512 kernels (block_quant_tile.cuh's layout: y of rows 4·hw …, channels
+// c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
+// and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
+// transposed codes.
 template <int N, bool ROUND>
 __device__ __forceinline__ void block_row_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], int m0,
                                                 int valid, int col, int hw, int hl, int lane) {
-  float pm[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    pm[i] = 0.f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
-  }
-  const Quant<ROUND> rq(scale_of_max<ROUND>(transpose_reduce4<true>(pm, hl)));
-  const int Rr = hl >> 2;
-  if ((hl & 3) == 0 && 4 * hw + Rr < valid) a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + Rr] = rq.s;
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float qp = __shfl_sync(0xffffffffu, qparam(rq), (lane & 16) | (i << 2));
-    if (4 * hw + i < valid) {
-      uint2 out;
-      out.x = e4m3x4(qapply<ROUND>(y[i][0], qp), qapply<ROUND>(y[i][1], qp), qapply<ROUND>(y[i][2], qp),
-                     qapply<ROUND>(y[i][3], qp));
-      out.y = e4m3x4(qapply<ROUND>(y[i][4], qp), qapply<ROUND>(y[i][5], qp), qapply<ROUND>(y[i][6], qp),
-                     qapply<ROUND>(y[i][7], qp));
-      *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + 4 * hw + i) * N + col + hl * 8) = out;
-    }
-  }
+  bqt::row_codes(y, hl, lane, valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + hl * 8, N,
+                 a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
+                 Apply<ROUND>{});
 }
-// Column maxima of the thread's 8 channels into cm (float bits; slot of channel c: c + (c >> 5)) by shared atomicMax
-// (both half-warps: a 2-way conflict, no shuffle).
-__device__ __forceinline__ void block_col_max(u32* cm, const float (&y)[4][8], int cs0) {
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    float m = 0.f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(y[i][e]));
-    atomicMax(&cm[cs0 + e], __float_as_uint(m));
-  }
-}
-// After the barrier that completed cm: the column quantizers of channels c0 … c0+7 (each half-warp forms four, the
-// other four come by a shuffle), the block's 128 column scales by half-warp 0 of warp 0 (qT_scale[tile][col …]), and
-// the thread's transposed codes staged in ct, [128 channels][32 slots of 4 tokens], slot s of channel n at
-// s ^ (2·(n >> 3)) (the 32 lanes of a warp hit 32 banks).
+__device__ __forceinline__ void block_col_max(u32* cm, const float (&y)[4][8], int cs0) { bqt::col_max(cm, y, cs0); }
 template <int N, bool ROUND>
 __device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], const u32* cm,
                                                 u32* ct, i64 tile, int col, int warp, int half, int hw, int hl, int cs0,
                                                 bool scale_aligned) {
-  const int c0 = hl * 8;
-  float qp[8], ms[4];
-#pragma unroll
-  for (int e = 0; e < 4; ++e) {
-    const Quant<ROUND> cq(scale_of_max<ROUND>(__uint_as_float(cm[cs0 + 4 * half + e])));
-    ms[e] = cq.s;
-    const float mine = qparam(cq), other = __shfl_xor_sync(0xffffffffu, mine, 16);
-    qp[e] = half ? other : mine;
-    qp[4 + e] = half ? mine : other;
-  }
-  if (warp == 0) {
-    float sc[8];
-#pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float other = __shfl_xor_sync(0xffffffffu, ms[e], 16);
-      sc[e] = half ? other : ms[e];
-      sc[4 + e] = half ? ms[e] : other;
-    }
-    if (half == 0) {
-      float* dst = a.qT_scale + tile * N + col + c0;
-      if (scale_aligned) {
-        *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-        *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
-      } else {
-#pragma unroll
-        for (int e = 0; e < 8; ++e) dst[e] = sc[e];
-      }
-    }
-  }
-#pragma unroll
-  for (int e = 0; e < 8; ++e)
-    ct[(c0 + e) * 32 + (hw ^ (2 * hl))] = e4m3x4(qapply<ROUND>(y[0][e], qp[e]), qapply<ROUND>(y[1][e], qp[e]),
-                                                 qapply<ROUND>(y[2][e], qp[e]), qapply<ROUND>(y[3][e], qp[e]));
+  float qp[8], sc[8];
+  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
+  if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
+  bqt::stage_codes(ct, y, qp, hl * 8, hw, hl, Apply<ROUND>{});
 }
 // The staged transposed codes of a block (tokens m0 …, `valid` of them; channels col …) out to qT: warp w stores
 // channels 8w … 8w+7, four per instruction, 8 lanes × 16 bytes a channel's 128 tokens (byte-wise past `valid` or
