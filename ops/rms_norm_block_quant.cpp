@@ -43,8 +43,8 @@ bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.co
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
 // exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
-// 512 threads, y held, two CTAs an SM): CB = 1; overlap 1 = clusters of up to 16 CTAs instead of 8 (N = 2048: one
-// cluster a row, no workspace; 7168: 14).
+// 512 threads, y held, two CTAs an SM): CB = 1 or 2 (the second block staged in shared memory); overlap 1 =
+// clusters of up to 16 CTAs instead of 8 (N = 2048, CB = 1: one cluster a row, no workspace; 7168: 14).
 constexpr int kTileGlobal = 5, kTile512 = 6;
 bool is_tile_gx(const Specialization& s) {
   return s.kernel == kTileKernel && s.config[C_STAGES] == 0 &&
@@ -78,7 +78,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        round, wf32, s.config[C_STAGES]);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}>", p[P_N], round, wf32, cluster_of(s));
+    name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       round, wf32, cluster_of(s));
   } else if (is_tile_gx(s)) {
     name = fmt::format("kiln::rms_norm_block_quant_tile_gx_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, cluster_of(s));
@@ -101,7 +102,7 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
-  if (is_tile512(s)) return 0;  // (static shared memory)
+  if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -310,24 +311,24 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   }
 }
 
-// Tile-kernel GX points (sm_90, mode 2, a row of more than 8 chunks, clusters of K = gx_cluster(S) ≥ 2): exchange 5
-// with one or two blocks a CTA, exchange 6 (tile512) with one, and with clusters of up to 16 where that is larger.
+// Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
+// (else the plain cluster tile kernel covers it) with clusters of K = gx_cluster(S) ≥ 2; exchange 6 (tile512) at any
+// K = gx_cluster(S) ≥ 2 (K = S: one cluster a row), and with clusters of up to 16 where that is larger.
 void tile_gx_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   const int S = static_cast<int>(base.params[P_N] / (128 * cb));
-  if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2 || S <= 8 || rms_norm_block_quant_gx_cluster(S) < 2)
-    return;
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2 || rms_norm_block_quant_gx_cluster(S) < 2) return;
   Specialization s = base;
   s.config = {};
   s.config[C_COL_BLOCKS] = cb;
-  s.config[C_EXCHANGE] = kTileGlobal;
-  out.push_back(s);
-  if (cb == 1) {
-    s.config[C_EXCHANGE] = kTile512;
+  if (S > 8) {
+    s.config[C_EXCHANGE] = kTileGlobal;
     out.push_back(s);
-    if (rms_norm_block_quant_gx_cluster(S, 16) > rms_norm_block_quant_gx_cluster(S, 8)) {
-      s.config[C_OVERLAP] = 1;
-      out.push_back(s);
-    }
+  }
+  s.config[C_EXCHANGE] = kTile512;
+  out.push_back(s);
+  if (rms_norm_block_quant_gx_cluster(S, 16) > rms_norm_block_quant_gx_cluster(S, 8)) {
+    s.config[C_OVERLAP] = 1;
+    out.push_back(s);
   }
 }
 

@@ -9,16 +9,16 @@ kiln=${KILN_BIN:-./build-gpu/tools/kiln}
 what=${*:-sweep ncu}
 z='prefetch=0,stages=0,overlap=0'
 gx1="warps=0,col_blocks=1,$z,exchange=5"    # tile kernel, clusters of 8 + global exchange, one block a CTA
-gx2="warps=0,col_blocks=2,$z,exchange=5"    # the same, two blocks a CTA
 t512="warps=0,col_blocks=1,$z,exchange=6"   # the same grid and exchange, the stream kernel's block code (512 threads)
 t512w="warps=0,col_blocks=1,prefetch=0,stages=0,overlap=1,exchange=6"  # tile512, clusters of up to 16 (14 / one a row)
+t512b="warps=0,col_blocks=2,$z,exchange=6"  # tile512, two blocks a CTA (the second staged by cp.async)
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (N = 7168 default)
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=7168 mode=2 round_scale=1' "$gx1" "$t512" "$t512w" "$gx2" "$stream" | tee "$out/mode2-sweep-7168.txt"
+    'M=8192 N=7168 mode=2 round_scale=1' "$gx1" "$t512" "$t512w" "$t512b" "$stream" | tee "$out/mode2-sweep-7168.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$gx1" "$t512" "$t512w" "warps=0,col_blocks=1,$z,exchange=0" | tee "$out/mode2-sweep-2048.txt"
+    'M=8192 N=2048 mode=2 round_scale=1' "$gx1" "$t512" "$t512w" "$t512b" | tee "$out/mode2-sweep-2048.txt"
 fi
 
 if [[ $what == *ncu* ]]; then
@@ -41,7 +41,6 @@ if [[ $what == *ncu* ]]; then
   }
   prof stream-7168 rms_norm_block_quant_stream 'M=8192 N=7168 mode=2 round_scale=1'
   prof ring-2048 rms_norm_block_quant_ring 'M=8192 N=2048 mode=2 round_scale=1'
-  prof gx-7168 rms_norm_block_quant_tile_gx 'M=8192 N=7168 mode=2 round_scale=1' N=7168,mode=2,round_scale=1,w_f32=0 "$gx1"
   prof tile512-7168 rms_norm_block_quant_tile512 'M=8192 N=7168 mode=2 round_scale=1' N=7168,mode=2,round_scale=1,w_f32=0 \
     "$t512"
   prof stream-2048 rms_norm_block_quant_stream 'M=8192 N=2048 mode=2 round_scale=1' N=2048,mode=2,round_scale=1,w_f32=0 \

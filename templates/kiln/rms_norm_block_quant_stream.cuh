@@ -351,67 +351,104 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
-// tile512 (mode 2, config exchange 6): the tile GX kernel's grid and exchange (one 128-token × 128-column block a CTA,
-// grid (S, tiles) tile-major, clusters of K CTAs, the clusters' row sums through the tagged global workspace:
-// rmsq::gx_row_rinv) with the stream kernel's per-block code: 512 threads, 4 rows × 8 channels a thread, y held in
-// registers for both quantizations (never recomputed), the row amax by the transposing butterfly (one scale a lane),
-// column maxima by shared atomics, ONE block barrier between them and the transposed codes, qT stored as 128-byte
-// rows. Two CTAs an SM (64 registers): 32 warps, each CTA at its own phase (load, exchange, quantize). Clusters of
-// K ≤ 16 CTAs (K = S = N/128: one cluster a row, no workspace).
-template <int N, bool ROUND, bool W_F32, int K>
+// tile512 (mode 2, config exchange 6): the tile GX kernel's grid and exchange (a 128-token × C-column item a CTA,
+// C = 128·CB, grid (S, tiles) tile-major, clusters of K CTAs, the clusters' row sums through the tagged global
+// workspace: rmsq::gx_row_rinv) with the stream kernel's per-block code: 512 threads, 4 rows × 8 channels a thread
+// and block, y held in registers for both quantizations (never recomputed), the row amax by the transposing
+// butterfly (one scale a lane), column maxima by shared atomics, one block barrier between them and the transposed
+// codes, qT stored as 128-byte rows. Two CTAs an SM (64 registers): 32 warps, each CTA at its own phase.
+// CB = 2: the second block goes to shared memory by cp.async (each thread copies the pieces it reads) while the first
+// is loaded into registers; both add to Σx² (block order, as the fallback does), and the first block's codes leave
+// after the second block's barrier and codes (two code buffers). Clusters of K ≤ 16 CTAs (K = S: one cluster a row, no
+// workspace).
+template <int CB>
+constexpr int rms_norm_block_quant_tile512_dynamic_smem() {
+  return CB == 2 ? 128 * 128 * 2 : 0;
+}
+template <int N, int CB, bool ROUND, bool W_F32, int K>
 __global__ void __launch_bounds__(512, 2) rms_norm_block_quant_tile512_kernel(const RmsqStreamArgs sa) {
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
-  constexpr int ROWS = 128;
-  static_assert(K >= 2 && K <= 16 && (N / 128) % K == 0, "clusters of K divide the row's chunks");
+  constexpr int ROWS = 128, C = 128 * CB, S = N / C;
+  static_assert(CB == 1 || CB == 2, "one or two blocks a CTA");
+  static_assert(N % C == 0 && K >= 2 && K <= 16 && S % K == 0, "clusters of K divide the row's chunks");
   __shared__ float partial[ROWS], rinv[ROWS], fb[ROWS];
-  __shared__ u32 colmax[132];
-  __shared__ __align__(16) u32 codes[128 * 32];
+  __shared__ u32 colmax[CB][132];
+  __shared__ __align__(16) u32 codes[CB][128 * 32];
+  extern __shared__ __align__(16) unsigned char slot_raw[];  // CB = 2: block 1, [128 rows][128 columns] bf16
+  bf16* slot = reinterpret_cast<bf16*>(slot_raw);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
   const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
-  const int c0 = hl * 8;           // channels c0 … c0+7
+  const int c0 = hl * 8;           // channels c0 … c0+7 of a block
   const int cs0 = c0 + (c0 >> 5);  // column-max slot of channel c0
-  const int rank = blockIdx.x;     // the 128-column chunk
-  const int col = rank * 128;
+  const int rank = blockIdx.x;     // the C-column chunk
+  const int col0 = rank * C;
   const int m0 = blockIdx.y * ROWS;
   const int valid = min(ROWS, a.M - m0);
   const bf16* xg = static_cast<const bf16*>(a.x);
 
+  if constexpr (CB == 2) {  // block 1 into the slot (rows past M zero-filled)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = 4 * hw + i;
+      const bool ok = r < valid;
+      cp_async16(slot + r * 128 + c0, xg + static_cast<i64>(m0 + (ok ? r : 0)) * a.x_stride + col0 + 128 + c0, ok);
+    }
+    cp_async_commit();
+  }
   Vec16 xv[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const int r = 4 * hw + i;
-    xv[i] = r < valid ? load16(xg + static_cast<i64>(m0 + r) * a.x_stride + col + c0) : Vec16{{0u, 0u, 0u, 0u}};
+    xv[i] = r < valid ? load16(xg + static_cast<i64>(m0 + r) * a.x_stride + col0 + c0) : Vec16{{0u, 0u, 0u, 0u}};
   }
-  if (tid < 132) colmax[tid] = 0u;
+  if (tid < CB * 132) (&colmax[0][0])[tid] = 0u;
+  auto read_slot = [&](Vec16 (&x)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) x[i] = *reinterpret_cast<const Vec16*>(slot + (4 * hw + i) * 128 + c0);
+  };
   float ss[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss[i]);
+  if constexpr (CB == 2) {
+    cp_async_wait_group<0>();  // this thread's pieces of block 1 have landed
+    Vec16 x1[4];
+    read_slot(x1);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum_squares8(x1[i], ss[i]);
+  }
   const float sum = transpose_reduce4<false>(ss, hl);  // row 4·hw + (hl >> 2): the 16-lane butterfly's bits
   if ((hl & 3) == 0) partial[4 * hw + (hl >> 2)] = sum;
   cluster_sync();
-  gx_row_rinv<N, 128, K, 512>(a, sa.ws, sa.tag, partial, rinv, fb, rank, blockIdx.y, m0, valid);
+  gx_row_rinv<N, C, K, 512>(a, sa.ws, sa.tag, partial, rinv, fb, rank, blockIdx.y, m0, valid);
   __syncthreads();
 
-  float w8[8];
-  if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
-  else load_floats<bf16, 8>(a.w, col + c0, w8);
-  float y[4][8];
+  const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
+  const bool aligned16 = (a.M % 16) == 0;
 #pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float rv = rinv[4 * hw + i];
+  for (int b = 0; b < CB; ++b) {
+    const int col = col0 + b * 128;
+    if (b > 0) read_slot(xv);
+    float w8[8];
+    if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
+    else load_floats<bf16, 8>(a.w, col + c0, w8);
+    float y[4][8];
 #pragma unroll
-    for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv), w8[e]);
+    for (int i = 0; i < 4; ++i) {
+      const float rv = rinv[4 * hw + i];  // (read per block: fewer live registers)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv), w8[e]);
+    }
+    block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
+    block_col_max(colmax[b], y, cs0);
+    __syncthreads();  // (also: every thread staged the previous block's codes)
+    block_col_codes<N, ROUND>(a, y, colmax[b], codes[b], blockIdx.y, col, warp, half, hw, hl, cs0, scale_aligned);
+    if (b > 0) store_block_codes(a, codes[b - 1], m0, valid, col - 128, warp, lane, aligned16);  // (y is dead here)
   }
-  block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
-  block_col_max(colmax, y, cs0);
   __syncthreads();
-  block_col_codes<N, ROUND>(a, y, colmax, codes, blockIdx.y, col, warp, half, hw, hl, cs0,
-                            (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u);
-  __syncthreads();
-  store_block_codes(a, codes, m0, valid, col, warp, lane, (a.M % 16) == 0);
+  store_block_codes(a, codes[CB - 1], m0, valid, col0 + (CB - 1) * 128, warp, lane, aligned16);
   cluster_wait();  // the peers' reads of partial[] (gx_row_rinv arrived)
 }
 

@@ -570,7 +570,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
 // the clusters of 8) and 3 clusters of 3 (N = 1152: S = 9); tile512 with clusters of up to 16 (one a row at N =
-// 2048, 14 at 7168); at token counts with a partial last tile and M % 16 != 0.
+// 2048, 14 at 7168) and with two blocks a CTA (the second staged by cp.async); at token counts with a partial last
+// tile and M % 16 != 0.
 TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
   check_points({{2048, 2, 0, 1, 0, 0, 0, 5, 8000},
                 {7168, 2, 0, 1, 0, 0, 0, 5, 4003},
@@ -582,14 +583,18 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
                 {4096, 2, 0, 1, 0, 0, 0, 6, 3001},
                 {1152, 2, 0, 1, 0, 0, 0, 6, 1000},
                 {2048, 2, 0, 1, 0, 0, 1, 6, 8000},   // clusters of 16: one a row, no workspace
-                {7168, 2, 0, 1, 0, 0, 1, 6, 4003}},  // clusters of 14
+                {7168, 2, 0, 1, 0, 0, 1, 6, 4003},   // clusters of 14
+                {2048, 2, 0, 2, 0, 0, 0, 6, 8000},   // two blocks a CTA: one cluster of 8 a row
+                {7168, 2, 0, 2, 0, 0, 0, 6, 4003},   // 4 clusters of 7
+                {7168, 2, 0, 2, 0, 0, 1, 6, 1000}},  // 2 clusters of 14
                0x6e);
-  // Not points: 8 chunks or fewer (one cluster holds the row), 4 blocks a CTA (tile512: 2), a persistent config,
-  // mode 1.
+  // Not points: 8 chunks or fewer (exchange 5: one cluster holds the row), 4 blocks a CTA, two that do not divide
+  // the row, a persistent config, mode 1.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(1024, 2, 0, 1, 0, 0, 0, 5));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(1024, 2, 0, 1, 0, 0, 0, 6));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 0, 1, 0, 0, 0, 6));  // one chunk: no cluster
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 0, 4, 0, 0, 0, 5));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 0, 2, 0, 0, 0, 6));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 0, 4, 0, 0, 0, 6));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(1152, 2, 0, 2, 0, 0, 0, 6));  // 9 blocks: not by 2
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 8, 1, 0, 2, 0, 5));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 0, 1, 0, 0, 0, 5));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 0, 1, 0, 0, 1, 5));  // clusters of 16: tile512 only
@@ -666,7 +671,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
                              {7168, 2, 16, 2, 1, 4, 1, 3, 0}, {7168, 2, 16, 1, 1, 3, 1, 3, 0},
                              {2048, 2, 0, 1, 0, 0, 0, 5, 0},  {7168, 2, 0, 1, 0, 0, 0, 5, 0},
                              {2048, 2, 0, 1, 0, 0, 0, 6, 0},  {7168, 2, 0, 1, 0, 0, 0, 6, 0},
-                             {2048, 2, 0, 1, 0, 0, 1, 6, 0}};
+                             {2048, 2, 0, 1, 0, 0, 1, 6, 0},  {7168, 2, 0, 2, 0, 0, 0, 6, 0}};
   std::vector<SpacePoint> points;
   for (const SpacePoint& c : cfgs)
     for (int64_t M : {1, 7, 129, 1000}) {
@@ -684,7 +689,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
   check_special_values({{2048, 2, 16, 2, 1, 4, 1, 3, 700},
                         {2048, 2, 16, 1, 1, 3, 1, 3, 700},
                         {2048, 2, 0, 1, 0, 0, 0, 5, 700},
-                        {2048, 2, 0, 1, 0, 0, 0, 6, 700}},
+                        {2048, 2, 0, 1, 0, 0, 0, 6, 700},
+                        {2048, 2, 0, 2, 0, 0, 0, 6, 700}},
                        0x69);
 }
 
