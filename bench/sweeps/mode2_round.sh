@@ -2,7 +2,7 @@
 # Mode-2 measurement round (bench/NOTES.md, "Session 6: mode 2"): forced-config sweeps of rms_norm_block_quant
 # mode 2 at M = 8192 (round_scale 1, N = 7168 and 2048) and Nsight Compute profiles of the kernels. Run from the repo
 # root after the build; logs go to $OUT (default /tmp).
-#   mode2_round.sh [sweep] [ncu]     (both when no argument)
+#   mode2_round.sh [sweep] [ncu] [g1]     (sweep and ncu when no argument)
 set -u
 out=${OUT:-/tmp}
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
@@ -13,6 +13,11 @@ t512="warps=0,col_blocks=1,$z,exchange=6"   # the same grid and exchange, the st
 t512w="warps=0,col_blocks=1,prefetch=0,stages=0,overlap=1,exchange=6"  # tile512, clusters of up to 16 (14 / one a row)
 t512b="warps=0,col_blocks=2,$z,exchange=6"  # tile512, two blocks a CTA (the second staged by cp.async)
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (N = 7168 default)
+
+if [[ $what == *g1* ]]; then  # round 2: the tile512 points without a global exchange at N = 2048 (one cluster a row)
+  FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=2048 mode=2 round_scale=1' "$t512w" "$t512b" | tee "$out/mode2-sweep-2048-g1.txt"
+fi
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \

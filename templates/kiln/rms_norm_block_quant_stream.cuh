@@ -129,17 +129,25 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 
   // ---- the ring ----
   int issued = 0;  // visits issued (uniform)
+  // Row 4·hw's piece from one 64-bit product, rows 4·hw + i at i strides from it (the stride is loop-invariant), and
+  // no per-row predicate where the thread's 4 rows exist (all but the last tile): ≈ 40 fewer instructions a visit
+  // than four 64-bit products and selects (SASS).
+  const i64 xs = a.x_stride;
   auto issue = [&](int k) {
     const int it = k / CB, b = k - it * CB;
     const int m0 = tile_m0(it);
-    const int valid = min(ROWS, a.M - m0);
+    const int rows = a.M - m0 - 4 * hw;  // this thread's rows of the tile that exist (≥ 4: all)
     bf16* dst = ring + (k % R) * BLOCK + 4 * hw * 128 + c0;
-    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + item_col(it) + b * 128 + c0;
+    const bf16* src = xg + static_cast<i64>(m0 + 4 * hw) * xs + item_col(it) + b * 128 + c0;
+    if (rows >= 4) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = 4 * hw + i;
-      const bool ok = r < valid;  // rows past M: zero-filled, reading nothing (from row 0)
-      cp_async16(dst + i * 128, src + (ok ? static_cast<i64>(r) * a.x_stride : 0), ok);
+      for (int i = 0; i < 4; ++i) cp_async16(dst + i * 128, src + i * xs, true);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const bool ok = i < rows;  // rows past M: zero-filled, reading nothing (from row 4·hw's address or x)
+        cp_async16(dst + i * 128, ok ? src + i * xs : xg, ok);
+      }
     }
     cp_async_commit();
     ++issued;
