@@ -14,9 +14,10 @@ t512w="warps=0,col_blocks=1,prefetch=0,stages=0,overlap=1,exchange=6"  # tile512
 t512b="warps=0,col_blocks=2,$z,exchange=6"  # tile512, two blocks a CTA (the second staged by cp.async)
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (N = 7168 default)
 
-if [[ $what == *g1* ]]; then  # round 2: the tile512 points without a global exchange at N = 2048 (one cluster a row)
+if [[ $what == *g1* ]]; then  # round 2: tile512 without a global exchange at N = 2048 (one cluster a row); the stream
+  # kernel at N = 2048 (its kernel ran 28.5 µs under ncu against the ring's 31.3)
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$t512w" "$t512b" | tee "$out/mode2-sweep-2048-g1.txt"
+    'M=8192 N=2048 mode=2 round_scale=1' "$t512w" "$t512b" "$stream" | tee "$out/mode2-sweep-2048-g1.txt"
 fi
 
 if [[ $what == *sweep* ]]; then
