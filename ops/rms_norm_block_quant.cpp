@@ -223,11 +223,13 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] = rcb == 1 && !one_slot;     // two slots hold two tiles only with one block a CTA
       s.config[C_EXCHANGE] = nb / rcb > 1;             // pushes where there is a cluster
     }
-    // Mode 2 on sm_90 with more than 16 blocks a row, or without power-of-two scales: the stream kernel on the GLOBAL
+    // Mode 2 on sm_90 with 16 or more blocks a row, or without power-of-two scales: the stream kernel on the GLOBAL
     // walk (no clusters), 2 blocks an item kept in their ring slots between the passes, 4 slots, overlap. Measured
     // (session 5 round 1, H100, M = 8192, tune): N = 7168 round_scale 1 102.6 µs (ring 120.9), round_scale 0 150.9
-    // (ring 178.1); N = 2048 round_scale 0 48.6 (ring 52.1). N = 2048 round_scale 1 stays on the ring (31.6 vs 32.5).
-    if (mode == 2 && arch.sm >= 90 && ring && (nb > 16 || !round)) {
+    // (ring 178.1); N = 2048 round_scale 0 48.6 (ring 52.1). N = 2048 round_scale 1: the kernels tied in the bench
+    // (31.3), but ncu timed the stream kernel 27.5–28.5 µs against the ring's 30.6–31.3 (session 6 rounds 1–2): the
+    // op's scratch re-mapping (now kiln's own pool, runtime alloc_async) cost it ≈ 3 µs outside the kernel.
+    if (mode == 2 && arch.sm >= 90 && ring && (nb >= 16 || !round)) {
       const int scb = nb % 2 == 0 ? 2 : 1;
       s.config = {};
       s.config[C_WARPS] = kRmsqStreamThreads / 32;
