@@ -512,7 +512,7 @@ void check_points(const std::vector<SpacePoint>& points, uint64_t seed) {
 // (M % 16 != 0 too: the byte-wise qT tail). One or two points a variant (each point is an NVRTC compile).
 TEST_F(RmsNormBlockQuantTest, EverySearchSpacePoint) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 8, 2, 0, 2, 0, 1, 8000},   // the default (N = 2048, round_scale 1)
+      {2048, 2, 8, 2, 0, 2, 0, 1, 8000},   // (the N = 2048 round_scale 1 default before session 6)
       {2048, 2, 16, 1, 0, 1, 0, 1, 8000},  // one slot (round_scale 0's default before the stream kernel)
       {2048, 2, 8, 1, 0, 1, 0, 0, 8000},
       {2048, 2, 8, 1, 0, 2, 0, 1, 8000},
