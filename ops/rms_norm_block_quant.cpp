@@ -40,10 +40,22 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // item's wait preceded the next item's pass 1; removed.)
 constexpr int kStreamGlobal = 3;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
+// exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
+// sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
+// exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
+// 512 threads, y held, two CTAs an SM): CB = 1 or 2 (the second block staged in shared memory); overlap 1 =
+// clusters of up to 16 CTAs instead of 8 (N = 2048, CB = 1: one cluster a row, no workspace; 7168: 14).
+constexpr int kTileGlobal = 5, kTile512 = 6;
+bool is_tile_gx(const Specialization& s) {
+  return s.kernel == kTileKernel && s.config[C_STAGES] == 0 &&
+         (s.config[C_EXCHANGE] == kTileGlobal || s.config[C_EXCHANGE] == kTile512);
+}
+bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
+  if (is_tile_gx(s)) return rms_norm_block_quant_gx_cluster(chunks_of(s), s.config[C_OVERLAP] ? 16 : 8);
   return s.params[P_MODE] == 2 && !is_stream(s) ? chunks_of(s) : 1;
 }
 
@@ -64,6 +76,13 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, s.config[C_STAGES]);
+  } else if (is_tile512(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
+    name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       round, wf32, cluster_of(s));
+  } else if (is_tile_gx(s)) {
+    name = fmt::format("kiln::rms_norm_block_quant_tile_gx_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       round, wf32, cluster_of(s));
   } else if (s.config[C_STAGES] > 0)
     name = fmt::format("kiln::rms_norm_block_quant_ring_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], p[P_MODE], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP] != 0,
@@ -83,6 +102,7 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
+  if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
         s.config[C_STAGES], s.config[C_WARPS],
@@ -213,11 +233,13 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] = rcb == 1 && !one_slot;     // two slots hold two tiles only with one block a CTA
       s.config[C_EXCHANGE] = nb / rcb > 1;             // pushes where there is a cluster
     }
-    // Mode 2 on sm_90 with more than 16 blocks a row, or without power-of-two scales: the stream kernel on the GLOBAL
+    // Mode 2 on sm_90 with 16 or more blocks a row, or without power-of-two scales: the stream kernel on the GLOBAL
     // walk (no clusters), 2 blocks an item kept in their ring slots between the passes, 4 slots, overlap. Measured
     // (session 5 round 1, H100, M = 8192, tune): N = 7168 round_scale 1 102.6 µs (ring 120.9), round_scale 0 150.9
-    // (ring 178.1); N = 2048 round_scale 0 48.6 (ring 52.1). N = 2048 round_scale 1 stays on the ring (31.6 vs 32.5).
-    if (mode == 2 && arch.sm >= 90 && ring && (nb > 16 || !round)) {
+    // (ring 178.1); N = 2048 round_scale 0 48.6 (ring 52.1). N = 2048 round_scale 1: the kernels tied in the bench
+    // (31.3), but ncu timed the stream kernel 27.5–28.5 µs against the ring's 30.6–31.3 (session 6 rounds 1–2): the
+    // op's scratch re-mapping (now kiln's own pool, runtime alloc_async) cost it ≈ 3 µs outside the kernel.
+    if (mode == 2 && arch.sm >= 90 && ring && (nb >= 16 || !round)) {
       const int scb = nb % 2 == 0 ? 2 : 1;
       s.config = {};
       s.config[C_WARPS] = kRmsqStreamThreads / 32;
@@ -297,6 +319,27 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int R : {2 * cb, 2 * cb + 1}) {
     if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
     s.config[C_STAGES] = R;
+    out.push_back(s);
+  }
+}
+
+// Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
+// (else the plain cluster tile kernel covers it) with clusters of K = gx_cluster(S) ≥ 2; exchange 6 (tile512) at any
+// K = gx_cluster(S) ≥ 2 (K = S: one cluster a row), and with clusters of up to 16 where that is larger.
+void tile_gx_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
+  const int S = static_cast<int>(base.params[P_N] / (128 * cb));
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2 || rms_norm_block_quant_gx_cluster(S) < 2) return;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_COL_BLOCKS] = cb;
+  if (S > 8) {
+    s.config[C_EXCHANGE] = kTileGlobal;
+    out.push_back(s);
+  }
+  s.config[C_EXCHANGE] = kTile512;
+  out.push_back(s);
+  if (rms_norm_block_quant_gx_cluster(S, 16) > rms_norm_block_quant_gx_cluster(S, 8)) {
+    s.config[C_OVERLAP] = 1;
     out.push_back(s);
   }
 }
@@ -384,8 +427,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     }
     if (base.params[P_MODE] == 2 || cb == 1) ring_points(base, cb, out);
   }
-  for (int cb = 1; cb <= std::min(nb, 2); ++cb)  // the stream kernel (GLOBAL walk: no cluster-size bound)
-    if (nb % cb == 0) stream_points(base, cb, out);
+  for (int cb = 1; cb <= std::min(nb, 2); ++cb)  // the stream kernel and the tile kernel's GX (no cluster-size bound)
+    if (nb % cb == 0) {
+      stream_points(base, cb, out);
+      tile_gx_points(base, cb, out);
+    }
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -467,6 +513,22 @@ unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int th
   const int64_t wave = static_cast<int64_t>(impl.device().sm_count) *
                        impl.resident_per_sm(k, threads, static_cast<int>(smem));
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, wave)));
+}
+
+// Launches a tile GX config (is_tile_gx(s)): grid (S, tiles), clusters of K, the clusters' row sums in the workspace.
+void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a, Stream stream) {
+  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
+  const int S = chunks_of(s), K = cluster_of(s);
+  LaunchDims d;
+  d.block[0] = is_tile512(s) ? 512 : 256;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  d.grid[0] = static_cast<unsigned>(S);
+  d.grid[1] = static_cast<unsigned>(tiles);
+  d.cluster[0] = static_cast<unsigned>(K);
+  RmsqStreamArgs sa{a, nullptr, 0};
+  const CUdeviceptr ws = global_workspace(impl, tiles, S / K, 2, stream, sa);  // (none for one cluster a row)
+  impl.launch(s, d, stream, sa);
+  if (ws) impl.free_async(ws, stream);
 }
 
 // Launches a stream-kernel config (is_stream(s)): one wave of resident CTAs over the tiles × chunks items.
@@ -577,6 +639,10 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   LaunchDims d;
   if (is_stream(s)) {
     launch_stream(impl, s, mode, a, stream);
+    return;
+  }
+  if (is_tile_gx(s)) {
+    launch_tile_gx(impl, s, a, stream);
     return;
   }
   if (s.kernel == kRowKernel) {

@@ -344,9 +344,40 @@ int Runtime::Impl::resident_per_sm(const Kernel& k, int threads, int smem) {
   return n;
 }
 
+Runtime::Impl::ScratchPool::~ScratchPool() {
+  if (pool) driver().cuMemPoolDestroy(pool);  // (outstanding frees complete first; the driver releases it then)
+}
+
 CUdeviceptr Runtime::Impl::alloc_async(size_t bytes, Stream stream) {
+  CUmemoryPool pool = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(scratch_mutex_);
+    if (!scratch_.tried) {
+      scratch_.tried = true;
+      const DeviceInfo& dev = bind_device();
+      CUmemPoolProps props{};
+      props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+      props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+      props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+      props.location.id = dev.ordinal;
+      CUmemoryPool created = nullptr;
+      if (driver().cuMemPoolCreate(&created, &props) == CUDA_SUCCESS) {
+        cuuint64_t keep = ~cuuint64_t{0};
+        if (driver().cuMemPoolSetAttribute(created, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep) == CUDA_SUCCESS)
+          scratch_.pool = created;
+        else
+          driver().cuMemPoolDestroy(created);
+      }
+      if (!scratch_.pool) log(LogLevel::debug, "scratch memory from the device's default pool (no pool of kiln's own)");
+    }
+    pool = scratch_.pool;
+  }
   CUdeviceptr p = 0;
-  check(driver().cuMemAllocAsync(&p, bytes, reinterpret_cast<CUstream>(stream)), "cuMemAllocAsync (workspace)");
+  if (pool)
+    check(driver().cuMemAllocFromPoolAsync(&p, bytes, pool, reinterpret_cast<CUstream>(stream)),
+          "cuMemAllocFromPoolAsync (workspace)");
+  else
+    check(driver().cuMemAllocAsync(&p, bytes, reinterpret_cast<CUstream>(stream)), "cuMemAllocAsync (workspace)");
   return p;
 }
 

@@ -154,7 +154,10 @@ struct Runtime::Impl {
   }
   void launch_raw(const Kernel& k, const LaunchDims& d, Stream stream, void** params);
 
-  // Stream-ordered scratch memory (cuMemAllocAsync / cuMemFreeAsync).
+  // Stream-ordered scratch memory (cuMemAllocFromPoolAsync / cuMemFreeAsync) from kiln's own pool on the device,
+  // created on first use with release threshold UINT64_MAX: freed scratch stays mapped across synchronizations (the
+  // default pool's threshold 0 returns it at every synchronize and the next allocation maps it again, inside the
+  // caller's stream order: ≈ 2.5 µs of a timed op measured). Falls back to the device's default pool.
   CUdeviceptr alloc_async(size_t bytes, Stream stream);
   void free_async(CUdeviceptr p, Stream stream);
 
@@ -174,6 +177,16 @@ struct Runtime::Impl {
   std::mutex autotune_mutex_;  // one online tune at a time in this process
 
   std::mutex device_mutex_;
+  struct ScratchPool {  // alloc_async's pool (null: not created, or the default pool is used)
+    CUmemoryPool pool = nullptr;
+    bool tried = false;
+    ScratchPool() = default;
+    ScratchPool(const ScratchPool&) = delete;
+    ScratchPool& operator=(const ScratchPool&) = delete;
+    ~ScratchPool();
+  };
+  std::mutex scratch_mutex_;
+  ScratchPool scratch_;
   std::atomic<bool> device_ready_{false};
   DeviceInfo device_;
   std::optional<Arch> arch_override_;

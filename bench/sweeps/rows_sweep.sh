@@ -8,9 +8,11 @@ set -u
 family=$1 kernel=$2 params=$3 filter=$4
 shift 4
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
+# FORCED_BASE=- builds each entry from PARAMS (every param) and the override (every config field) instead.
+base=${FORCED_BASE:-tuner/configs/h100-ling-mini-2.0.json}
 tmp=$(mktemp -d)
 for o in "$@"; do
-  python3 bench/sweeps/forced_config.py tuner/configs/h100-ling-mini-2.0.json "$family" "$kernel" 8192 "$params" "$o" \
+  python3 bench/sweeps/forced_config.py "$base" "$family" "$kernel" 8192 "$params" "$o" \
     "$tmp/f.json" > /dev/null || continue
   KILN_TUNING_DB="$tmp/f.json" "$kiln" bench --filter "$filter" > "$tmp/log" 2>&1
   line=$(grep -F "$filter" "$tmp/log" | head -1)

@@ -29,6 +29,7 @@
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/rms_norm_block_quant_args.h"
+#include "kiln/rms_norm_block_quant_stream_args.h"
 #include "kiln/row_pipe.cuh"
 
 namespace kiln {
@@ -85,6 +86,109 @@ __device__ __forceinline__ void row_block_codes(const float (&y)[8], float amax,
     *reinterpret_cast<uint2*>(q) = out;
   }
   if (hl == 0) *scale = quant.s;
+}
+// The GLOBAL exchanges (the stream kernel, the tile kernel's clusters through global memory): a partial sum tagged
+// with the launch ({float bits, tag}: one 8-byte access, so a reader sees a whole pair), stored and polled at GPU
+// scope (L2).
+__device__ __forceinline__ u64 stream_tagged(float v, u32 tag) {
+  return static_cast<u64>(__float_as_uint(v)) | (static_cast<u64>(tag) << 32);
+}
+__device__ __forceinline__ void stream_st_relaxed(u64* p, u64 v) {
+  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
+}
+__device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
+  u64 v;
+  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+  return v;
+}
+// Σx² of one row's 8 values (a lane's 16 bytes) accumulated into s, in the order every mode-2 kernel here uses: the
+// lanes of a half-warp hold 8 consecutive columns each, summed in column order, then a 16-lane butterfly (xor 8, 4,
+// 2, 1: warp_sum<16>, or transpose_reduce4 / the tile kernel's per-row butterflies, bitwise the same tree).
+__device__ __forceinline__ void sum_squares8(const Vec16& x, float& s) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float f = vec_get<bf16>(x, e);
+    s = fmaf(f, f, s);
+  }
+}
+// GX exchange (mode 2, clusters of K CTAs a row's S = N / C chunks, G = S / K clusters; tile and tile512 kernels):
+// called by all THREADS threads after a cluster barrier that made every CTA's partial[128] (its Σx² per row of
+// the tile, C columns) visible. Thread r < 128 adds row r's K partial sums of the cluster in rank order, the CTA of
+// rank r % K stores that cluster sum tagged in ws[tile][G][128], then thread r polls the G − 1 other clusters' sums
+// of row r and adds the G in cluster order (every CTA of the tile gets bitwise the same r): rinv[r], and rms_out by
+// chunk 0. Arrives (relaxed) on the cluster barrier once the peers' partial[] are read: the caller waits on it before
+// exiting. A sum still missing after kRmsqStreamSpinLimit polls (its cluster is not resident) is computed here from
+// x with the same operations (one half-warp a row, sum_squares8 and the 16-lane butterfly) into fb[128]. Ends with
+// rinv[] written by threads < 128 (the caller synchronizes before reading it).
+template <int N, int C, int K, int THREADS>
+__device__ __forceinline__ void gx_row_rinv(const RmsNormBlockQuantArgs& a, u64* ws, u32 tag, const float* partial,
+                                            float* rinv, float* fb, int rank, i64 tile, int m0, int valid) {
+  constexpr int S = N / C, G = S / K, ROWS = 128;
+  static_assert(K >= 2 && K <= 16 && S % K == 0 && G <= 8 && THREADS >= ROWS && THREADS % 16 == 0, "");
+  const int kr = rank % K, grp = rank / K;
+  const int r = threadIdx.x;
+  float t = 0.f;
+  u64 got[G];
+  bool ready = true;
+  if (r < ROWS) {
+#pragma unroll
+    for (int k = 0; k < K; ++k) t += cluster_load(partial + r, k);
+    if (G > 1 && r % K == kr) stream_st_relaxed(ws + (tile * G + grp) * ROWS + r, stream_tagged(t, tag));
+  }
+  cluster_arrive_relaxed();  // this CTA's reads of the peers' partial[] are done
+  if (G > 1 && r < ROWS) {
+    const u64* base = ws + tile * G * ROWS + r;
+#pragma unroll
+    for (int q = 0; q < G; ++q) got[q] = q == grp ? stream_tagged(t, tag) : stream_ld_relaxed(base + q * ROWS);
+#pragma unroll 1
+    for (int tries = 0;; ++tries) {
+      ready = true;
+#pragma unroll
+      for (int q = 0; q < G; ++q) ready = ready && static_cast<u32>(got[q] >> 32) == tag;
+      if (ready || tries == kRmsqStreamSpinLimit) break;
+      __nanosleep(32);
+#pragma unroll
+      for (int q = 0; q < G; ++q)
+        if (static_cast<u32>(got[q] >> 32) != tag) got[q] = stream_ld_relaxed(base + q * ROWS);
+    }
+  }
+  if (G == 1 && r < ROWS) got[0] = stream_tagged(t, tag);  // one cluster holds the row: no workspace
+  if (G > 1 && __syncthreads_or(!ready)) {
+    const int hw = threadIdx.x >> 4, hl = threadIdx.x & 15;
+    const bf16* xg = static_cast<const bf16*>(a.x);
+#pragma unroll  // (got[] stays in registers)
+    for (int q = 0; q < G; ++q) {
+      const bool need = r < ROWS && static_cast<u32>(got[q] >> 32) != tag;
+      if (!__syncthreads_or(need)) continue;
+#pragma unroll 1
+      for (int rr = hw; rr < ROWS; rr += THREADS / 16) {
+        float c = 0.f;  // the cluster's sum of row rr: its K chunks' partial sums in rank order
+#pragma unroll 1
+        for (int k = 0; k < K; ++k) {
+          float ps = 0.f;
+#pragma unroll 1
+          for (int b = 0; b < C / 128; ++b)
+            sum_squares8(rr < valid ? load16(xg + static_cast<i64>(m0 + rr) * a.x_stride + (q * K + k) * C + b * 128 +
+                                             hl * 8)
+                                    : Vec16{{0u, 0u, 0u, 0u}},
+                         ps);
+          c += warp_sum<16>(ps);
+        }
+        if (hl == 0) fb[rr] = c;
+      }
+      __syncthreads();
+      if (need) got[q] = stream_tagged(fb[r], tag);
+      __syncthreads();
+    }
+  }
+  if (r < ROWS) {
+    float tt = 0.f;
+#pragma unroll
+    for (int q = 0; q < G; ++q) tt += __uint_as_float(static_cast<u32>(got[q]));
+    const float rv = 1.0f / sqrtf(tt / static_cast<float>(N) + a.eps);
+    rinv[r] = rv;
+    if (rank == 0 && a.rms_out && r < valid) a.rms_out[m0 + r] = rv;
+  }
 }
 }  // namespace rmsq
 
@@ -270,15 +374,26 @@ template <int CB, bool STAGE>
 constexpr int rms_norm_block_quant_tile_min_blocks() {
   return STAGE ? (CB >= 3 ? 1 : 2) : (CB == 1 ? 3 : (CB >= 8 ? 1 : 2));
 }
-template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE = false>
-__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, STAGE>()))
-    rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+//
+// GX (K > 0, mode 2, rms_norm_block_quant_tile_gx_kernel): the S CTAs of a row form S / K clusters of K CTAs
+// instead of one cluster of S (which must fit a GPC: S ≤ 16 forced CB ≥ 4 at N = 7168). Each cluster adds its CTAs'
+// partial sums through distributed shared memory (rank order), the CTAs of the cluster store its 128 sums in the
+// workspace ws[tile][S / K][128] as {fp32, tag} pairs (tag unique to the launch, rms_norm_block_quant_stream_args.h),
+// and every CTA polls the S / K pairs of each row and adds them in cluster order (all CTAs get bitwise the same r).
+// The grid is tile-major (blockIdx.x = chunk), so a tile's clusters are dispatched together; a pair still missing
+// after kRmsqStreamSpinLimit polls is summed here from x with the same operations (no CTA depends on another being
+// resident).
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE, int K>
+__device__ __forceinline__ void rms_norm_block_quant_tile_body(const RmsNormBlockQuantArgs& a, u64* ws, u32 tag) {
   static_assert(!STAGE || (CB >= 2 && CB <= 6), "a staged slice is 2 … 6 blocks (shared memory)");
   constexpr int ROWS = 128, WARPS = 8;
   constexpr int C = CB * 128;
   constexpr int S = N / C;
   static_assert(N % C == 0, "the cluster must tile N");
   static_assert(N <= kRmsNormBlockQuantMaxN, "");
+  static_assert(K == 0 || (MODE == 2 && !STAGE && K >= 2 && S % K == 0 && S / K <= 8), "GX: clusters of K | S");
+  constexpr int KC = K > 0 ? K : S;  // CTAs of a cluster
+  constexpr int G = K > 0 ? S / K : 1;  // GX: clusters of a row
 
   extern __shared__ __align__(16) unsigned char smem_raw[];
   float* partial = reinterpret_cast<float*>(smem_raw);  // [ROWS] this CTA's Σx² per row
@@ -337,6 +452,12 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     }
   };
 
+  // Σx² of one block's rows 8g … 8g+7 (this thread's 8 columns), accumulated into ss (the GX fallback repeats it).
+  auto sum_squares = [&](const Vec16 (&x)[8], float (&ss)[8]) {
+#pragma unroll
+    for (int i = 0; i < 8; ++i) rmsq::sum_squares8(x[i], ss[i]);
+  };
+
   // 1. r per row. Blocks 0 … CB-1; the last one stays in registers for the second pass, which runs backwards (the
   // blocks it reloads were read most recently: L2 hits).
   if (MODE == 2) {
@@ -350,10 +471,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
         load_block(b, xv);
       }
       if (PREFETCH && b + 1 < CB) load_block(b + 1, xn);
-#pragma unroll
-      for (int i = 0; i < 8; ++i)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) { const float f = vec_get<bf16>(xv[i], e); ss[i] += f * f; }
+      sum_squares(xv, ss);
       if (PREFETCH && b + 1 < CB) advance();
     }
 #pragma unroll
@@ -363,7 +481,10 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     if (hl == 0)
 #pragma unroll
       for (int i = 0; i < 8; ++i) partial[g * 8 + i] = ss[i];
-    if (S > 1) cluster_sync(); else __syncthreads();
+    if (KC > 1) cluster_sync(); else __syncthreads();
+    if constexpr (K > 0) {
+      rmsq::gx_row_rinv<N, C, K, 256>(a, ws, tag, partial, rinv, colmax, rank, blockIdx.y, m0, valid);
+    } else {
     if (threadIdx.x < ROWS) {
       const int r = threadIdx.x;
       float t = 0.f;
@@ -375,6 +496,7 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
     // partial[] stays readable until every CTA passes the wait at the end. Relaxed: the remote reads above have
     // completed (their values are consumed), and nothing else needs ordering for the other CTAs.
     if (S > 1) cluster_arrive_relaxed();
+    }
   } else {
     if (threadIdx.x < ROWS) rinv[threadIdx.x] = static_cast<int>(threadIdx.x) < valid ? a.rms_in[m0 + threadIdx.x] : 0.f;
   }
@@ -471,7 +593,20 @@ __global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB,
       advance();
     }
   }
-  if (MODE == 2 && S > 1) cluster_wait();
+  if (MODE == 2 && KC > 1) cluster_wait();
+}
+template <int N, int CB, int MODE, bool ROUND, bool W_F32, bool STAGE = false>
+__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, STAGE>()))
+    rms_norm_block_quant_tile_kernel(const RmsNormBlockQuantArgs a) {
+  rms_norm_block_quant_tile_body<N, CB, MODE, ROUND, W_F32, STAGE, 0>(a, nullptr, 0u);
+}
+// Mode 2 with clusters of K CTAs and the clusters' row sums through the global workspace (GX above). Grid (S,
+// tiles), clusters (K, 1, 1).
+template <int N, int CB, bool ROUND, bool W_F32, int K>
+__global__ void __launch_bounds__(256, (rms_norm_block_quant_tile_min_blocks<CB, false>()))
+    rms_norm_block_quant_tile_gx_kernel(const RmsqStreamArgs sa) {
+  static_assert(K == rms_norm_block_quant_gx_cluster(N / (128 * CB)), "the host's cluster size");
+  rms_norm_block_quant_tile_body<N, CB, 2, ROUND, W_F32, false, K>(sa.a, sa.ws, sa.tag);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

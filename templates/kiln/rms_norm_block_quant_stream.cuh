@@ -28,46 +28,69 @@
 // The ring: visits k = 0, 1, … (a block copy each, item k / CB) in slot k % R; the first R are issued at the start,
 // visit k + R when this thread releases visit k (after its pass-2 read).
 #pragma once
+#include "kiln/block_quant_tile.cuh"
 #include "kiln/rms_norm_block_quant.cuh"
 #include "kiln/rms_norm_block_quant_stream_args.h"
 
 namespace kiln {
 namespace rmsq {
-// What a lane needs to apply a quantizer (ROUND: the reciprocal, else the scale), and applying it.
+// The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them (ROUND:
+// the reciprocal from the scale's bits, else the scale and a division).
 template <bool ROUND>
-__device__ __forceinline__ float qparam(const Quant<ROUND>& q) {
-  return ROUND ? q.inv : q.s;
-}
+struct MakeQuant {
+  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+    const Quant<ROUND> q(scale_of_max<ROUND>(amax));
+    return {q.s, ROUND ? q.inv : q.s};
+  }
+};
 template <bool ROUND>
-__device__ __forceinline__ float qapply(float y, float p) {
-  return ROUND ? __fmul_rn(y, p) : __fdiv_rn(y, p);
+struct Apply {
+  __device__ __forceinline__ float operator()(float y, float p) const {
+    return ROUND ? __fmul_rn(y, p) : __fdiv_rn(y, p);
+  }
+};
+using bqt::transpose_reduce4;
+// The per-block code of the stream and tile512 kernels (block_quant_tile.cuh's layout: y of rows 4·hw …, channels
+// c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
+// and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
+// transposed codes.
+template <int N, bool ROUND>
+__device__ __forceinline__ void block_row_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], int m0,
+                                                int valid, int col, int hw, int hl, int lane) {
+  bqt::row_codes(y, hl, lane, valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + hl * 8, N,
+                 a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
+                 Apply<ROUND>{});
 }
-// A half-warp's reduction of four rows' per-lane values v[0..3] (sum, or max ignoring NaN) by a transposing
-// butterfly: the first two rounds split the rows between lane halves (bit 3, then bit 2), so after four rounds lane
-// hl holds row hl >> 2's total (the four lanes of a row bitwise alike: + and fmaxf commute). 5 shuffles, not 16.
-template <bool MAX>
-__device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) {
-  auto op = [](float a, float b) { return MAX ? fmaxf(a, b) : a + b; };
-  const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
-  float k0 = b3 ? v[2] : v[0], k1 = b3 ? v[3] : v[1];
-  k0 = op(k0, __shfl_xor_sync(0xffffffffu, b3 ? v[0] : v[2], 8));
-  k1 = op(k1, __shfl_xor_sync(0xffffffffu, b3 ? v[1] : v[3], 8));
-  float k = op(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
-  k = op(k, __shfl_xor_sync(0xffffffffu, k, 2));
-  return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
+__device__ __forceinline__ void block_col_max(u32* cm, const float (&y)[4][8], int cs0) { bqt::col_max(cm, y, cs0); }
+template <int N, bool ROUND>
+__device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], const u32* cm,
+                                                u32* ct, i64 tile, int col, int warp, int half, int hw, int hl, int cs0,
+                                                bool scale_aligned) {
+  float qp[8], sc[8];
+  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
+  if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
+  bqt::stage_codes(ct, y, qp, hl * 8, hw, hl, Apply<ROUND>{});
 }
-// The GLOBAL walk's exchange: a partial sum tagged with the launch ({float bits, tag}: one 8-byte access, so a reader
-// sees a whole pair), stored and polled at GPU scope (L2).
-__device__ __forceinline__ u64 stream_tagged(float v, u32 tag) {
-  return static_cast<u64>(__float_as_uint(v)) | (static_cast<u64>(tag) << 32);
-}
-__device__ __forceinline__ void stream_st_relaxed(u64* p, u64 v) {
-  asm volatile("st.relaxed.gpu.global.b64 [%0], %1;" ::"l"(p), "l"(v) : "memory");
-}
-__device__ __forceinline__ u64 stream_ld_relaxed(const u64* p) {
-  u64 v;
-  asm volatile("ld.relaxed.gpu.global.b64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
-  return v;
+// The staged transposed codes of a block (tokens m0 …, `valid` of them; channels col …) out to qT: warp w stores
+// channels 8w … 8w+7, four per instruction, 8 lanes × 16 bytes a channel's 128 tokens (byte-wise past `valid` or
+// when M % 16 != 0).
+__device__ __forceinline__ void store_block_codes(const RmsNormBlockQuantArgs& a, const u32* ct, int m0, int valid,
+                                                  int col, int warp, int lane, bool aligned16) {
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
+    const int f = 2 * (n >> 3);
+    Vec16 c = *reinterpret_cast<const Vec16*>(ct + n * 32 + 4 * (jj ^ (f >> 2)));
+    if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+    u8* dst = a.qT + static_cast<i64>(col + n) * a.M + m0 + jj * 16;
+    const int t0 = jj * 16;
+    if (aligned16 && t0 + 16 <= valid) {
+      store16(dst, c);
+    } else {
+      const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+      for (int bb = 0; bb < 16 && t0 + bb < valid; ++bb) dst[bb] = static_cast<u8>((bb < 8 ? lo : hi) >> ((bb & 7) * 8));
+    }
+  }
 }
 }  // namespace rmsq
 
@@ -106,17 +129,25 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 
   // ---- the ring ----
   int issued = 0;  // visits issued (uniform)
+  // Row 4·hw's piece from one 64-bit product, rows 4·hw + i at i strides from it (the stride is loop-invariant), and
+  // no per-row predicate where the thread's 4 rows exist (all but the last tile): ≈ 40 fewer instructions a visit
+  // than four 64-bit products and selects (SASS).
+  const i64 xs = a.x_stride;
   auto issue = [&](int k) {
     const int it = k / CB, b = k - it * CB;
     const int m0 = tile_m0(it);
-    const int valid = min(ROWS, a.M - m0);
+    const int rows = a.M - m0 - 4 * hw;  // this thread's rows of the tile that exist (≥ 4: all)
     bf16* dst = ring + (k % R) * BLOCK + 4 * hw * 128 + c0;
-    const bf16* src = xg + static_cast<i64>(m0) * a.x_stride + item_col(it) + b * 128 + c0;
+    const bf16* src = xg + static_cast<i64>(m0 + 4 * hw) * xs + item_col(it) + b * 128 + c0;
+    if (rows >= 4) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = 4 * hw + i;
-      const bool ok = r < valid;  // rows past M: zero-filled, reading nothing (from row 0)
-      cp_async16(dst + i * 128, src + (ok ? static_cast<i64>(r) * a.x_stride : 0), ok);
+      for (int i = 0; i < 4; ++i) cp_async16(dst + i * 128, src + i * xs, true);
+    } else {
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const bool ok = i < rows;  // rows past M: zero-filled, reading nothing (from row 4·hw's address or x)
+        cp_async16(dst + i * 128, ok ? src + i * xs : xg, ok);
+      }
     }
     cp_async_commit();
     ++issued;
@@ -269,24 +300,8 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   int prev_m0 = 0, prev_valid = 0, prev_col = -1;  // the block whose codes wait in buffer (nb − 1) & 1
   const bool aligned16 = (a.M % 16) == 0;
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
-  // Warp w stores channels 8w … 8w+7 of the staged block, four per instruction: 8 lanes × 16 bytes a channel's 128
-  // tokens (slot s of channel n was stored at s ^ (2·(n >> 3))).
   auto store_codes = [&](const u32* ct, int pm0, int pvalid, int pcol) {
-#pragma unroll
-    for (int kk = 0; kk < 2; ++kk) {
-      const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
-      const int f = 2 * (n >> 3);
-      Vec16 c = *reinterpret_cast<const Vec16*>(ct + n * 32 + 4 * (jj ^ (f >> 2)));
-      if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-      u8* dst = a.qT + static_cast<i64>(pcol + n) * a.M + pm0 + jj * 16;
-      const int t0 = jj * 16;
-      if (aligned16 && t0 + 16 <= pvalid) {
-        store16(dst, c);
-      } else {
-        const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
-        for (int bb = 0; bb < 16 && t0 + bb < pvalid; ++bb) dst[bb] = static_cast<u8>((bb < 8 ? lo : hi) >> ((bb & 7) * 8));
-      }
-    }
+    store_block_codes(a, ct, pm0, pvalid, pcol, warp, lane, aligned16);
   };
 
   auto pass2 = [&](int it, const float (&rv)[4]) {
@@ -309,83 +324,16 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
         for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
       release(k);  // y depends on the values: the slot is free
 
-      // Row-wise blocks: lane 4R of each half-warp gets row R's amax, forms its scale, stores it; the quantizer
-      // parameters come back by four broadcasts.
-      {
-        float pm[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          pm[i] = 0.f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
-        }
-        const Quant<ROUND> rq(scale_of_max<ROUND>(transpose_reduce4<true>(pm, hl)));
-        const int Rr = hl >> 2;
-        {
-          if ((hl & 3) == 0 && 4 * hw + Rr < valid)
-            a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + Rr] = rq.s;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const float qp = __shfl_sync(0xffffffffu, qparam(rq), (lane & 16) | (i << 2));
-            if (4 * hw + i < valid) {
-              uint2 out;
-              out.x = e4m3x4(qapply<ROUND>(y[i][0], qp), qapply<ROUND>(y[i][1], qp), qapply<ROUND>(y[i][2], qp),
-                             qapply<ROUND>(y[i][3], qp));
-              out.y = e4m3x4(qapply<ROUND>(y[i][4], qp), qapply<ROUND>(y[i][5], qp), qapply<ROUND>(y[i][6], qp),
-                             qapply<ROUND>(y[i][7], qp));
-              *reinterpret_cast<uint2*>(a.q + static_cast<i64>(m0 + 4 * hw + i) * N + col + c0) = out;
-            }
-          }
-        }
-      }
+      block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
 
       // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), one barrier.
       u32* cm = colmax + cmi * 132;
-#pragma unroll
-      for (int e = 0; e < 8; ++e) {
-        float m = 0.f;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(y[i][e]));
-        atomicMax(&cm[cs0 + e], __float_as_uint(m));  // both half-warps: a 2-way conflict, no shuffle
-      }
+      block_col_max(cm, y, cs0);
       if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
       __syncthreads();
       if (prev_col >= 0) store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 
-      // Column quantizers of channels c0 … c0+7: each half-warp forms four, the other four come by a shuffle.
-      float qp[8], ms[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const Quant<ROUND> cq(scale_of_max<ROUND>(__uint_as_float(cm[cs0 + 4 * half + e])));
-        ms[e] = cq.s;
-        const float mine = qparam(cq), other = __shfl_xor_sync(0xffffffffu, mine, 16);
-        qp[e] = half ? other : mine;
-        qp[4 + e] = half ? mine : other;
-      }
-      if (warp == 0) {  // half-warp 0 writes the block's 128 column scales
-        float sc[8];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          const float other = __shfl_xor_sync(0xffffffffu, ms[e], 16);
-          sc[e] = half ? other : ms[e];
-          sc[4 + e] = half ? ms[e] : other;
-        }
-        if (half == 0) {
-          float* dst = a.qT_scale + tb * N + col + c0;
-          if (scale_aligned) {
-            *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-            *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
-          } else {
-#pragma unroll
-            for (int e = 0; e < 8; ++e) dst[e] = sc[e];
-          }
-        }
-      }
-      u32* ct = codes + (nb & 1) * 4096;
-#pragma unroll
-      for (int e = 0; e < 8; ++e)
-        ct[(c0 + e) * 32 + (hw ^ (2 * hl))] = e4m3x4(qapply<ROUND>(y[0][e], qp[e]), qapply<ROUND>(y[1][e], qp[e]),
-                                                     qapply<ROUND>(y[2][e], qp[e]), qapply<ROUND>(y[3][e], qp[e]));
+      block_col_codes<N, ROUND>(a, y, cm, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl, cs0, scale_aligned);
       prev_m0 = m0;
       prev_valid = valid;
       prev_col = col;
@@ -408,6 +356,108 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   }
   __syncthreads();  // the last block's codes are complete
   store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+}
+
+// ---------------------------------------------------------------------------------------------------------------------
+// tile512 (mode 2, config exchange 6): the tile GX kernel's grid and exchange (a 128-token × C-column item a CTA,
+// C = 128·CB, grid (S, tiles) tile-major, clusters of K CTAs, the clusters' row sums through the tagged global
+// workspace: rmsq::gx_row_rinv) with the stream kernel's per-block code: 512 threads, 4 rows × 8 channels a thread
+// and block, y held in registers for both quantizations (never recomputed), the row amax by the transposing
+// butterfly (one scale a lane), column maxima by shared atomics, one block barrier between them and the transposed
+// codes, qT stored as 128-byte rows. Two CTAs an SM (64 registers): 32 warps, each CTA at its own phase.
+// CB = 2: the second block goes to shared memory by cp.async (each thread copies the pieces it reads) while the first
+// is loaded into registers; both add to Σx² (block order, as the fallback does), and the first block's codes leave
+// after the second block's barrier and codes (two code buffers). Clusters of K ≤ 16 CTAs (K = S: one cluster a row, no
+// workspace).
+template <int CB>
+constexpr int rms_norm_block_quant_tile512_dynamic_smem() {
+  return CB == 2 ? 128 * 128 * 2 : 0;
+}
+template <int N, int CB, bool ROUND, bool W_F32, int K>
+__global__ void __launch_bounds__(512, 2) rms_norm_block_quant_tile512_kernel(const RmsqStreamArgs sa) {
+  using namespace rmsq;
+  const RmsNormBlockQuantArgs& a = sa.a;
+  constexpr int ROWS = 128, C = 128 * CB, S = N / C;
+  static_assert(CB == 1 || CB == 2, "one or two blocks a CTA");
+  static_assert(N % C == 0 && K >= 2 && K <= 16 && S % K == 0, "clusters of K divide the row's chunks");
+  __shared__ float partial[ROWS], rinv[ROWS], fb[ROWS];
+  __shared__ u32 colmax[CB][132];
+  __shared__ __align__(16) u32 codes[CB][128 * 32];
+  extern __shared__ __align__(16) unsigned char slot_raw[];  // CB = 2: block 1, [128 rows][128 columns] bf16
+  bf16* slot = reinterpret_cast<bf16*>(slot_raw);
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hl = lane & 15, half = lane >> 4;
+  const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
+  const int c0 = hl * 8;           // channels c0 … c0+7 of a block
+  const int cs0 = c0 + (c0 >> 5);  // column-max slot of channel c0
+  const int rank = blockIdx.x;     // the C-column chunk
+  const int col0 = rank * C;
+  const int m0 = blockIdx.y * ROWS;
+  const int valid = min(ROWS, a.M - m0);
+  const bf16* xg = static_cast<const bf16*>(a.x);
+
+  if constexpr (CB == 2) {  // block 1 into the slot (rows past M zero-filled)
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = 4 * hw + i;
+      const bool ok = r < valid;
+      cp_async16(slot + r * 128 + c0, xg + static_cast<i64>(m0 + (ok ? r : 0)) * a.x_stride + col0 + 128 + c0, ok);
+    }
+    cp_async_commit();
+  }
+  Vec16 xv[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const int r = 4 * hw + i;
+    xv[i] = r < valid ? load16(xg + static_cast<i64>(m0 + r) * a.x_stride + col0 + c0) : Vec16{{0u, 0u, 0u, 0u}};
+  }
+  if (tid < CB * 132) (&colmax[0][0])[tid] = 0u;
+  auto read_slot = [&](Vec16 (&x)[4]) {
+#pragma unroll
+    for (int i = 0; i < 4; ++i) x[i] = *reinterpret_cast<const Vec16*>(slot + (4 * hw + i) * 128 + c0);
+  };
+  float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+  for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss[i]);
+  if constexpr (CB == 2) {
+    cp_async_wait_group<0>();  // this thread's pieces of block 1 have landed
+    Vec16 x1[4];
+    read_slot(x1);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) sum_squares8(x1[i], ss[i]);
+  }
+  const float sum = transpose_reduce4<false>(ss, hl);  // row 4·hw + (hl >> 2): the 16-lane butterfly's bits
+  if ((hl & 3) == 0) partial[4 * hw + (hl >> 2)] = sum;
+  cluster_sync();
+  gx_row_rinv<N, C, K, 512>(a, sa.ws, sa.tag, partial, rinv, fb, rank, blockIdx.y, m0, valid);
+  __syncthreads();
+
+  const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
+  const bool aligned16 = (a.M % 16) == 0;
+#pragma unroll
+  for (int b = 0; b < CB; ++b) {
+    const int col = col0 + b * 128;
+    if (b > 0) read_slot(xv);
+    float w8[8];
+    if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
+    else load_floats<bf16, 8>(a.w, col + c0, w8);
+    float y[4][8];
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const float rv = rinv[4 * hw + i];  // (read per block: fewer live registers)
+#pragma unroll
+      for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv), w8[e]);
+    }
+    block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
+    block_col_max(colmax[b], y, cs0);
+    __syncthreads();  // (also: every thread staged the previous block's codes)
+    block_col_codes<N, ROUND>(a, y, colmax[b], codes[b], blockIdx.y, col, warp, half, hw, hl, cs0, scale_aligned);
+    if (b > 0) store_block_codes(a, codes[b - 1], m0, valid, col - 128, warp, lane, aligned16);  // (y is dead here)
+  }
+  __syncthreads();
+  store_block_codes(a, codes[CB - 1], m0, valid, col0 + (CB - 1) * 128, warp, lane, aligned16);
+  cluster_wait();  // the peers' reads of partial[] (gx_row_rinv arrived)
 }
 
 }  // namespace kiln

@@ -17,6 +17,15 @@ struct RmsqStreamArgs {
 // when a CTA owning a chunk is not resident (another stream's kernels hold SMs): progress without co-residency.
 constexpr int kRmsqStreamSpinLimit = 4096;
 
+// The tile kernel's GX variants (mode 2, rms_norm_block_quant_tile_gx_kernel / _tile512_kernel): the S CTAs of a row
+// form clusters of the largest divisor K ≤ max_k of S (1: none; the host offers them only for K ≥ 2), and the S / K
+// clusters' row sums meet in a workspace [tiles][S / K][128] of tagged pairs (none when K = S).
+constexpr int rms_norm_block_quant_gx_cluster(int S, int max_k = 8) {
+  for (int k = max_k; k > 1; --k)
+    if (S % k == 0) return k;
+  return 1;
+}
+
 // The stream kernel's CTA: 16 warps (512 threads), one CTA an SM.
 constexpr int kRmsqStreamThreads = 512;
 // At most this many ring slots (128×128 bf16 blocks of 32 KiB).

@@ -21,6 +21,7 @@
 // The transposed codes are staged in shared memory (swizzled: conflict-free 4-byte writes) and leave as 128-byte
 // rows (16 bytes a lane).
 #pragma once
+#include "kiln/block_quant_tile.cuh"
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/silu_block_quant_args.h"
@@ -122,6 +123,19 @@ __device__ __forceinline__ float silu_block_scale(float amax) {
     return A >= 0x7f800000u ? __uint_as_float(0x7f800000u) : __uint_as_float(static_cast<u32>(e) << 23);
   }
 }
+
+// The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them.
+template <bool ROUND>
+struct SiluMakeQuant {
+  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+    const SiluQuant<ROUND> q(silu_block_scale<ROUND>(amax));
+    return {q.s, q.param()};
+  }
+};
+template <bool ROUND>
+struct SiluApply {
+  __device__ __forceinline__ float operator()(float y, float p) const { return silu_quant<ROUND>(y, p); }
+};
 
 // ---- async copies ---------------------------------------------------------------------------------------------------
 __device__ __forceinline__ void silu_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
@@ -227,8 +241,6 @@ __device__ __forceinline__ void silu_issue_tile(const SiluBlockQuantArgs& a, con
   }
 }
 
-// Column-max slot of channel c: padded so that the 16 lanes of a half-warp (channels 8l + e) hit 16 banks.
-__device__ __forceinline__ int silu_colmax_slot(int c) { return c + (c >> 5); }
 
 // Stores the staged transposed codes of tile ti's output halves h0 … h0 + CT − 1 (codes: CT staged halves of
 // [128 channels][32 swizzled slots of 4 tokens], see the staging in silu_tile_kernel) as 128-byte channel rows.
@@ -293,7 +305,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   const int c0 = hl * 8;           // channels c0 … c0+7 of the block
   // Column-max slot of channel c0 + e, e < 8: cs0 + e (c0 + e and c0 share c >> 5), so the slots are immediate
   // offsets from one address.
-  const int cs0 = silu_colmax_slot(c0);
+  const int cs0 = bqt::colmax_slot(c0);
 
   // Pipeline. STAGES = 2: two buffers, the next tile is issued into the other one at the top of each iteration (one
   // tile in flight while this one is computed). STAGES = 1: one buffer; each warp refills its rows with the next
@@ -488,41 +500,13 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     // NaN; every chain starts at 0), so the scale is bitwise the one a plain per-row butterfly gives. Codes straight
     // from registers (16 lanes × 8 bytes: a row's 128 codes).
     if constexpr (ROWWISE) {
-      const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
 #pragma unroll
-      for (int h = 0; h < HALVES; ++h) {
-        float pm[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          pm[i] = 0.0f;
-#pragma unroll
-          for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(v[h][i][e]));
-        }
-        float k0 = b3 ? pm[2] : pm[0], k1 = b3 ? pm[3] : pm[1];
-        k0 = fmaxf(k0, __shfl_xor_sync(0xffffffffu, b3 ? pm[0] : pm[2], 8));
-        k1 = fmaxf(k1, __shfl_xor_sync(0xffffffffu, b3 ? pm[1] : pm[3], 8));
-        float k = fmaxf(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
-        k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 2));
-        k = fmaxf(k, __shfl_xor_sync(0xffffffffu, k, 1));
-        const SiluQuant<ROUND> quant(silu_block_scale<ROUND>(k));
-        const int R = hl >> 2;
-        if ((hl & 3) == 0 && hw * 4 + R < cur.valid)
-          a.q_scale[static_cast<i64>(cur.seg_start) * (W / 128) + static_cast<i64>(h * NB + cur.cb) * cur.seg_rows +
-                    cur.local0 + hw * 4 + R] = quant.s;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float qp = __shfl_sync(0xffffffffu, quant.param(), (lane & 16) | (i << 2));
-          const int r = hw * 4 + i;
-          if (r < cur.valid) {
-            uint2 out;
-            out.x = e4m3x4(silu_quant<ROUND>(v[h][i][0], qp), silu_quant<ROUND>(v[h][i][1], qp),
-                           silu_quant<ROUND>(v[h][i][2], qp), silu_quant<ROUND>(v[h][i][3], qp));
-            out.y = e4m3x4(silu_quant<ROUND>(v[h][i][4], qp), silu_quant<ROUND>(v[h][i][5], qp),
-                           silu_quant<ROUND>(v[h][i][6], qp), silu_quant<ROUND>(v[h][i][7], qp));
-            *reinterpret_cast<uint2*>(a.q + static_cast<i64>(cur.row0 + r) * W + h * N + cur.cb * 128 + c0) = out;
-          }
-        }
-      }
+      for (int h = 0; h < HALVES; ++h)
+        bqt::row_codes(v[h], hl, lane, cur.valid - hw * 4,
+                       a.q + static_cast<i64>(cur.row0 + hw * 4) * W + h * N + cur.cb * 128 + c0, W,
+                       a.q_scale + static_cast<i64>(cur.seg_start) * (W / 128) +
+                           static_cast<i64>(h * NB + cur.cb) * cur.seg_rows + cur.local0 + hw * 4 + (hl >> 2),
+                       SiluMakeQuant<ROUND>{}, SiluApply<ROUND>{});
     }
     if constexpr (BWD && BATCHED) {
 #pragma unroll
@@ -545,15 +529,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
       constexpr int CT = silu_codes_halves(BWD, STAGES);
       u32* cm = colmax + cmi * (HALVES * 132);
 #pragma unroll
-      for (int h = 0; h < HALVES; ++h)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          float m = 0.0f;
-#pragma unroll
-          for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(v[h][i][e]));
-          // Both half-warps (rows 4·hw …) update the slot: no shuffle, no branch (a 2-way conflict instead).
-          atomicMax(&cm[h * 132 + cs0 + e], __float_as_uint(m));
-        }
+      for (int h = 0; h < HALVES; ++h) bqt::col_max(cm + h * 132, v[h], cs0);
       static_assert(HALVES * 132 <= kSiluTileThreads, "");
       if (tid < HALVES * 132) colmax[(cmi == NCM - 1 ? 0 : cmi + 1) * (HALVES * 132) + tid] = 0u;
       // Slot s (tokens 4s … 4s+3) of channel n is stored at s ^ (2·(n >> 3)): the 32 lanes of a warp (channels
@@ -570,43 +546,13 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         for (int h = h0; h < h0 + CT; ++h) {
           // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
           // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
-          float qp[8];
-          float mine_s[4];
-#pragma unroll
-          for (int e = 0; e < 4; ++e) {
-            const SiluQuant<ROUND> quant(
-                silu_block_scale<ROUND>(__uint_as_float(cm[h * 132 + cs0 + 4 * half + e])));
-            mine_s[e] = quant.s;
-            const float other = __shfl_xor_sync(0xffffffffu, quant.param(), 16);
-            qp[e] = half ? other : quant.param();
-            qp[4 + e] = half ? quant.param() : other;
-          }
-          if (warp == 0) {  // half-warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
-            float sc[8];
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-              const float other = __shfl_xor_sync(0xffffffffu, mine_s[e], 16);
-              sc[e] = half ? other : mine_s[e];
-              sc[4 + e] = half ? mine_s[e] : other;
-            }
-            if (half == 0) {
-              float* dst = a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0;
-              if (scale_aligned) {
-                *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-                *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
-              } else {
-#pragma unroll
-                for (int e = 0; e < 8; ++e) dst[e] = sc[e];
-              }
-            }
-          }
-          u32* ct = codes + (h - h0) * (128 * 32);
-#pragma unroll
-          for (int e = 0; e < 8; ++e) {
-            ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
-                e4m3x4(silu_quant<ROUND>(v[h][0][e], qp[e]), silu_quant<ROUND>(v[h][1][e], qp[e]),
-                       silu_quant<ROUND>(v[h][2][e], qp[e]), silu_quant<ROUND>(v[h][3][e], qp[e]));
-          }
+          float qp[8], sc[8];
+          bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND>{});
+          // half-warp 0 of warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
+          if (warp == 0 && half == 0)
+            bqt::store_scales8(a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0, sc,
+                               scale_aligned);
+          bqt::stage_codes(codes + (h - h0) * (128 * 32), v[h], qp, c0, hw, hl, SiluApply<ROUND>{});
         }
         if constexpr (CODEBUF == 1) {
           __syncthreads();  // codesT complete

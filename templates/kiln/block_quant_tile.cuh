@@ -1,0 +1,131 @@
+// kiln/block_quant_tile.cuh — the 1×128 block-quantization stages of the 512-thread tile kernels whose thread holds
+// 4 rows × 8 channels of a 128×128 block in registers: silu_block_quant / batch_weighted_silu_block_quant
+// (silu_block_quant.cuh) and rms_norm_block_quant's stream and tile512 kernels (rms_norm_block_quant_stream.cuh).
+//
+// Layout: warp w holds rows 8w … 8w+7 of the block, its half-warp hw = 2w + half rows 4·hw … 4·hw+3, lane
+// hl = lane & 15 channels c0 = 8·hl … c0+7: y[i][e] = row 4·hw + i, channel c0 + e.
+// Row-wise blocks (1×128 along a row): a row's amax is a 16-lane reduction; transposed blocks (128 tokens of a
+// channel): a channel's amax is a max over the thread's 4 rows, then over the 32 half-warps by shared atomicMax on
+// the float bits (amax ≥ 0), into a column-max buffer of 132 slots (channel c at c + (c >> 5): the 8 channels of a
+// lane have consecutive slots, and the two half-warps of a warp hit 2-way conflicts only).
+// The quantizer is the caller's: make(amax) → TileQuant {scale s, the one number p a lane applies}, and
+// apply(y, p) → the value the e4m3 conversion gets (y·(1/s) with power-of-two scales, y/s otherwise).
+#pragma once
+#include "kiln/common.cuh"
+#include "kiln/fp8.cuh"
+
+namespace kiln {
+namespace bqt {
+
+struct TileQuant {
+  float s, p;
+};
+
+// Slot of channel c in a column-max buffer.
+__device__ __forceinline__ int colmax_slot(int c) { return c + (c >> 5); }
+
+// A half-warp's reduction of four rows' per-lane values v[0..3] (sum, or max ignoring NaN) by a transposing
+// butterfly: the first two rounds split the rows between lane halves (bit 3, then bit 2), so after four rounds lane
+// hl holds row hl >> 2's total (the four lanes of a row bitwise alike: + and fmaxf commute). 5 shuffles, not 16.
+// The tree is warp_sum<16>'s / warp_max<16>'s (xor 8, 4, 2, 1), so the result is bitwise theirs.
+template <bool MAX>
+__device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) {
+  auto op = [](float a, float b) { return MAX ? fmaxf(a, b) : a + b; };
+  const bool b3 = (hl & 8) != 0, b2 = (hl & 4) != 0;
+  float k0 = b3 ? v[2] : v[0], k1 = b3 ? v[3] : v[1];
+  k0 = op(k0, __shfl_xor_sync(0xffffffffu, b3 ? v[0] : v[2], 8));
+  k1 = op(k1, __shfl_xor_sync(0xffffffffu, b3 ? v[1] : v[3], 8));
+  float k = op(b2 ? k1 : k0, __shfl_xor_sync(0xffffffffu, b2 ? k0 : k1, 4));
+  k = op(k, __shfl_xor_sync(0xffffffffu, k, 2));
+  return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
+}
+
+// Row-wise codes of the thread's 4 rows: lane 4R of each half-warp gets row R's amax (transposing butterfly), forms
+// the quantizer once and stores its scale at `scale` (the caller's address for row 4·hw + (hl >> 2)) when that row
+// is < `rows` (the rows of the block that exist, counted from 4·hw); the quantizer parameters come back by four
+// broadcasts, and row i's 8 codes go to q + i·q_stride (this lane's 8 bytes of row 4·hw + i) for i < rows.
+template <class Make, class Apply>
+__device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int lane, int rows, u8* q, i64 q_stride,
+                                          float* scale, Make make, Apply apply) {
+  float pm[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    pm[i] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
+  }
+  const TileQuant quant = make(transpose_reduce4<true>(pm, hl));
+  if ((hl & 3) == 0 && (hl >> 2) < rows) *scale = quant.s;
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float qp = __shfl_sync(0xffffffffu, quant.p, (lane & 16) | (i << 2));
+    if (i < rows) {
+      uint2 out;
+      out.x = e4m3x4(apply(y[i][0], qp), apply(y[i][1], qp), apply(y[i][2], qp), apply(y[i][3], qp));
+      out.y = e4m3x4(apply(y[i][4], qp), apply(y[i][5], qp), apply(y[i][6], qp), apply(y[i][7], qp));
+      *reinterpret_cast<uint2*>(q + i * q_stride) = out;
+    }
+  }
+}
+
+// The thread's column maxima (its 4 rows) of channels c0 … c0+7 into the column-max buffer cm (cs0 = the slot of
+// c0): both half-warps update the slot (no shuffle, no branch; a 2-way conflict instead).
+__device__ __forceinline__ void col_max(u32* cm, const float (&y)[4][8], int cs0) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    float m = 0.0f;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(y[i][e]));
+    atomicMax(&cm[cs0 + e], __float_as_uint(m));
+  }
+}
+
+// After the barrier that completed cm: the quantizer parameters qp of channels c0 … c0+7 (each half-warp forms four,
+// the other four come by a shuffle) and, with `scales` (warp-uniform), their scales sc (for half-warp 0 to store).
+template <class Make>
+__device__ __forceinline__ void col_quantizers(const u32* cm, int cs0, int half, bool scales, float (&qp)[8],
+                                               float (&sc)[8], Make make) {
+  float mine_s[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const TileQuant quant = make(__uint_as_float(cm[cs0 + 4 * half + e]));
+    mine_s[e] = quant.s;
+    const float other = __shfl_xor_sync(0xffffffffu, quant.p, 16);
+    qp[e] = half ? other : quant.p;
+    qp[4 + e] = half ? quant.p : other;
+  }
+  if (scales) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float other = __shfl_xor_sync(0xffffffffu, mine_s[e], 16);
+      sc[e] = half ? other : mine_s[e];
+      sc[4 + e] = half ? mine_s[e] : other;
+    }
+  }
+}
+
+// 8 scales to dst (two 16-byte stores when dst is 16-byte aligned).
+__device__ __forceinline__ void store_scales8(float* dst, const float (&sc)[8], bool aligned) {
+  if (aligned) {
+    *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+    *reinterpret_cast<float4*>(dst + 4) = make_float4(sc[4], sc[5], sc[6], sc[7]);
+  } else {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) dst[e] = sc[e];
+  }
+}
+
+// The thread's transposed codes (4 tokens of each of its 8 channels) into ct, [128 channels][32 slots of 4 tokens]:
+// slot s (tokens 4s … 4s+3) of channel n at s ^ (2·(n >> 3)), so the 32 lanes of a warp (channels c0 + e, slots
+// 2w + half) write 32 different banks.
+template <class Apply>
+__device__ __forceinline__ void stage_codes(u32* ct, const float (&y)[4][8], const float (&qp)[8], int c0, int hw,
+                                            int hl, Apply apply) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
+        e4m3x4(apply(y[0][e], qp[e]), apply(y[1][e], qp[e]), apply(y[2][e], qp[e]), apply(y[3][e], qp[e]));
+}
+
+}  // namespace bqt
+}  // namespace kiln
