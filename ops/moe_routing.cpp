@@ -24,9 +24,11 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
 // 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
 // itself, with the −1 fill per token (2) or of the warp's rows after its tokens, before the arrival (3); used where the
-// whole grid is resident at once, else 0 or 1), and the tokens a warp routes at once (1, or 2 interleaved: measured
-// slower everywhere in session 5 round 1, not in the search space). topk_bwd: warps per CTA.
-enum { C_WARPS, C_TPW, C_FILL, C_NT };
+// whole grid is resident at once, else 0 or 1), and how the experts are chosen (select 0: from exact scores of every
+// expert; 1: from approximate keys with a verified choice and exact scores for the picks only — sigmoid with
+// lane-aligned groups and top_k ≤ 32; the same bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
+// former `nt`, measured slower everywhere in session 5 round 1, was removed.)
+enum { C_WARPS, C_TPW, C_FILL, C_SEL };
 enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter; }
 bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter; }
@@ -50,7 +52,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], std::max<int64_t>(1, s.config[C_NT]),
+                         s.config[C_WARPS], s.config[C_SEL] != 0,
                          p[P_MAP] != 0 && fused_fill(s.config[C_FILL]));
       break;
     case kTopkBwd:
@@ -100,7 +102,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "nt"},
+                   {"warps", "tokens_per_warp", "fill", "select"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -138,7 +140,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
   s.config[C_FILL] = route_fill(map);
-  s.config[C_NT] = 1;
+  s.config[C_SEL] = 0;
   return s;
 }
 
@@ -163,8 +165,15 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
+// Whether route can choose from approximate keys (select 1): sigmoid scores, groups of whole lanes, top_k ≤ 32.
+bool approx_select_ok(int64_t E, int64_t K, bool sigmoid, int64_t G) {
+  const int64_t el = lane_experts(E, G);
+  return sigmoid && K <= 32 && el > 0 && (G <= 1 || (E / G) % el == 0);
+}
+
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 3; without the map 0 only), one token at a time, within 160 KB of shared memory.
+// written (fill 0 … 3; without the map 0 only) × select 0, and select 1 (where approx_select_ok) with fill 1 and 3 (the
+// best unfused and fused writers) or without the map, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -172,22 +181,27 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
+    const bool ax = approx_select_ok(E, K, base.params[P_SIGMOID] != 0, G);
     // The default first, then the other points.
     s.config[C_WARPS] = route_shape(map).first;
     s.config[C_TPW] = route_shape(map).second;
     s.config[C_FILL] = route_fill(map);
-    s.config[C_NT] = 1;
+    s.config[C_SEL] = 0;
     out.push_back(s);
     const auto dflt = s.config;
-    for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
-      if (fill != kFillInRoute && !map) continue;
-      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-        s.config[C_WARPS] = w;
-        s.config[C_TPW] = tpw;
-        s.config[C_FILL] = fill;
-        s.config[C_NT] = 1;
-        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-        out.push_back(s);
+    for (int sel : {0, 1}) {
+      if (sel && !ax) continue;
+      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
+        if (fill != kFillInRoute && !map) continue;
+        if (sel && map && fill != kFillInMap && fill != kFusedFillAfter) continue;
+        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+          s.config[C_WARPS] = w;
+          s.config[C_TPW] = tpw;
+          s.config[C_FILL] = fill;
+          s.config[C_SEL] = sel;
+          if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+          out.push_back(s);
+        }
       }
     }
   } else if (base.kernel == kTopkBwd) {

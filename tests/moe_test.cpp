@@ -269,11 +269,11 @@ TEST(MoeCompile, NonPresetVariants) {
   fam->search_space(specs[0], space);
   ASSERT_EQ(space.size(), 12u);
   EXPECT_EQ(space[0].config, specs[0].config);
-  EXPECT_EQ(specs[0].config[3], 1);
+  EXPECT_EQ(specs[0].config[3], 0);  // select 0: exact scores of every expert (softmax: the only choice)
   EXPECT_EQ(space[11].config[0], 16);
   EXPECT_EQ(space[11].config[1], 4);
   EXPECT_EQ(space[11].config[2], 3);
-  EXPECT_EQ(space[11].config[3], 1);
+  EXPECT_EQ(space[11].config[3], 0);
   EXPECT_GT(detail::ensure_cubin(space[11], nullptr, false, counters).cubin.size(), 1000u);
   space.clear();
   fam->search_space(specs[5], space);
@@ -284,10 +284,37 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_EQ(specs[0].config[0], 8);
   EXPECT_EQ(specs[0].config[1], 4);
   EXPECT_TRUE(detail::in_search_space(specs[5]));
+  // Ling routing (sigmoid, 8 groups of 32 = 4 lanes, bias, top-8): select 1 (approximate keys, verified) joins the
+  // space with fill 1 and 3 and without the map; the fused default shape with select 1 compiles, and so does select 1
+  // without a bias (exact keys: the logits).
+  detail::Specialization ling = specs[0];
+  ling.params = {256, 8, 1, 8, 4, 1, 1, 0, 1, 0};
+  space.clear();
+  fam->search_space(ling, space);
+  ASSERT_EQ(space.size(), 18u);
+  EXPECT_EQ(space[0].config[3], 0);
+  EXPECT_EQ(space[12].config[2], 1);
+  EXPECT_EQ(space[12].config[3], 1);
+  EXPECT_EQ(space[15].config[0], 8);
+  EXPECT_EQ(space[15].config[2], 3);
+  EXPECT_EQ(space[15].config[3], 1);
+  EXPECT_GT(detail::ensure_cubin(space[15], nullptr, false, counters).cubin.size(), 1000u);
+  ling.params[8] = 0;
+  space.clear();
+  fam->search_space(ling, space);
+  ASSERT_EQ(space.size(), 6u);
+  EXPECT_EQ(space[5].config[3], 1);
+  ling.params[6] = 0;
+  ling.config = space[4].config;
+  EXPECT_GT(detail::ensure_cubin(ling, nullptr, false, counters).cubin.size(), 1000u);
+  // Not for softmax or groups inside a lane: select 0 only (E = 8 in 4 groups of 2 below).
   // Two groups per lane (E = 8 in 4 groups of 2, sigmoid, no bias, top-3): the per-lane group layout.
   detail::Specialization small = specs[5];
   small.params = {8, 3, 1, 4, 2, 0, 0, 0, 0, 0};
   EXPECT_GT(detail::ensure_cubin(small, nullptr, false, counters).cubin.size(), 1000u);
+  space.clear();
+  fam->search_space(small, space);
+  for (const auto& p : space) EXPECT_EQ(p.config[3], 0) << p.describe();
   space.clear();
   fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);
