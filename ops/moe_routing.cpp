@@ -23,15 +23,16 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
 // written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
 // 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
-// itself, with the −1 fill per token (2) or of the warp's rows after its tokens, before the arrival (3); used where the
-// whole grid is resident at once, else 0 or 1), and how the experts are chosen (select 0: from exact scores of every
+// itself, with the −1 fill per token (2), of the warp's rows after its tokens, before the arrival (3), or after the
+// CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
+// the whole grid is resident at once, else 0 or 1), and how the experts are chosen (select 0: from exact scores of every
 // expert; 1: from approximate keys with a verified choice and exact scores for the picks only — sigmoid with
 // lane-aligned groups and top_k ≤ 32; the same bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
 // former `nt`, measured slower everywhere in session 5 round 1, was removed.)
 enum { C_WARPS, C_TPW, C_FILL, C_SEL };
-enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3 };
-bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter; }
-bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter; }
+enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
+bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
+bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -49,11 +50,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
                          s.config[C_WARPS], s.config[C_SEL] != 0,
-                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]));
+                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -172,8 +173,8 @@ bool approx_select_ok(int64_t E, int64_t K, bool sigmoid, int64_t G) {
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 3; without the map 0 only) × select 0, and select 1 (where approx_select_ok) with fill 1 and 3 (the
-// best unfused and fused writers) or without the map, within 160 KB of shared memory.
+// written (fill 0 … 4; without the map 0 only) × select 0, and select 1 (where approx_select_ok) with fill 1, 3 and 4
+// (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -191,9 +192,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     const auto dflt = s.config;
     for (int sel : {0, 1}) {
       if (sel && !ax) continue;
-      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
+      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
         if (fill != kFillInRoute && !map) continue;
-        if (sel && map && fill != kFillInMap && fill != kFusedFillAfter) continue;
+        if (sel && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;
         for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
           s.config[C_WARPS] = w;
           s.config[C_TPW] = tpw;
@@ -396,7 +397,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   if (map && fused_fill(s.config[C_FILL]) && T > 0 &&
       NC > static_cast<int64_t>(impl.device().sm_count) *
                impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
-    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;
+    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;  // fill 3 / 4 → 1
   const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
   const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
   if (!map && T == 0) {

@@ -262,12 +262,12 @@ TEST(MoeCompile, NonPresetVariants) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // route's search space: how the map is written (fill 0, 1, 2 / 3 = fused, −1 fill per token / after the warp's
-  // tokens) × (warps, tokens per warp), the default first; the fused map with the late fill compiles. Without the
-  // map: fill 0 only.
+  // route's search space: how the map is written (fill 0, 1, 2 / 3 / 4 = fused, −1 fill per token / after the warp's
+  // tokens / after the CTA's arrival) × (warps, tokens per warp), the default first; the fused fills 3 and 4 compile.
+  // Without the map: fill 0 only.
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 12u);
+  ASSERT_EQ(space.size(), 15u);
   EXPECT_EQ(space[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[3], 0);  // select 0: exact scores of every expert (softmax: the only choice)
   EXPECT_EQ(space[11].config[0], 16);
@@ -275,6 +275,8 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_EQ(space[11].config[2], 3);
   EXPECT_EQ(space[11].config[3], 0);
   EXPECT_GT(detail::ensure_cubin(space[11], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(space[14].config[2], 4);  // fused, −1 rows after the CTA's arrival
+  EXPECT_GT(detail::ensure_cubin(space[14], nullptr, false, counters).cubin.size(), 1000u);
   space.clear();
   fam->search_space(specs[5], space);
   EXPECT_EQ(space.size(), 3u);
@@ -285,20 +287,21 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_EQ(specs[0].config[1], 4);
   EXPECT_TRUE(detail::in_search_space(specs[5]));
   // Ling routing (sigmoid, 8 groups of 32 = 4 lanes, bias, top-8): select 1 (approximate keys, verified) joins the
-  // space with fill 1 and 3 and without the map; the fused default shape with select 1 compiles, and so does select 1
+  // space with fill 1, 3 and 4 and without the map; select 1 with the late fill compiles, and so does select 1
   // without a bias (exact keys: the logits).
   detail::Specialization ling = specs[0];
   ling.params = {256, 8, 1, 8, 4, 1, 1, 0, 1, 0};
   space.clear();
   fam->search_space(ling, space);
-  ASSERT_EQ(space.size(), 18u);
+  ASSERT_EQ(space.size(), 24u);
   EXPECT_EQ(space[0].config[3], 0);
-  EXPECT_EQ(space[12].config[2], 1);
-  EXPECT_EQ(space[12].config[3], 1);
-  EXPECT_EQ(space[15].config[0], 8);
-  EXPECT_EQ(space[15].config[2], 3);
+  EXPECT_EQ(space[15].config[2], 1);
   EXPECT_EQ(space[15].config[3], 1);
-  EXPECT_GT(detail::ensure_cubin(space[15], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(space[18].config[0], 8);
+  EXPECT_EQ(space[18].config[2], 3);
+  EXPECT_EQ(space[18].config[3], 1);
+  EXPECT_EQ(space[21].config[2], 4);
+  EXPECT_GT(detail::ensure_cubin(space[21], nullptr, false, counters).cubin.size(), 1000u);
   ling.params[8] = 0;
   space.clear();
   fam->search_space(ling, space);

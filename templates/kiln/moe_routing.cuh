@@ -576,9 +576,10 @@ __device__ __forceinline__ float moe_sigmoid_approx(float z) {
 // keys are the logits themselves: nothing to verify, the exact score is computed for the K picks only.
 // FUSE (map): the map is written by this launch — after its counts every CTA arrives at a grid-wide
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
-// chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch.
+// chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
+// −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool AX, bool FUSE>
+          bool AX, bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -971,13 +972,16 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
     __syncwarp();
   }
-  if constexpr (MAP && FUSE && FILL) {
-    // The −1 rows of the warp's tokens (contiguous), stored while other CTAs still route; the routed entries are
-    // written over them after the grid-wide arrival (ordered by the barriers in between).
+  // The −1 rows of the warp's tokens (contiguous; FUSE && FILL), stored while other CTAs still route: before the
+  // CTA's arrival, or (LATE) after it, while the CTA waits for the others (the arrival's fence then has no fill stores
+  // to wait for). The routed entries are written over them after the grid-wide arrival (ordered by the barriers in
+  // between).
+  auto fill_rows = [&] {
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tb) * E;
     for (int q = lane; q < max(0, te - tb) * (E / 4); q += 32) store16(rr + 4 * q, m1);
-  }
+  };
+  if constexpr (MAP && FUSE && FILL && !LATE) fill_rows();
 
   __syncthreads();
   pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
@@ -1013,6 +1017,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     if (threadIdx.x == 0) {
       __threadfence();
       atomicAdd(a.arrive, 1u);
+    }
+    if constexpr (FILL && LATE) fill_rows();
+    if (threadIdx.x == 0) {
       unsigned n, spins = 0;
       for (;;) {
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(a.arrive) : "memory");

@@ -208,7 +208,8 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
 // Route configs of the search space (chunks of 32 or 64 tokens; the −1 fill in route, whole rows in route_map, or the
-// map fused into route with the −1 fill per token or after the warp's tokens), with and without the map, on the
+// map fused into route with the −1 fill per token, after the warp's tokens or after the CTA's arrival; select 0 / 1),
+// with and without the map, on the
 // target routing and odd shapes (a partial last lane, groups spanning 5 lanes, two groups per lane, one lane per
 // token); a shape whose shared memory the search space excludes (E = 512 at 16 × 4) is skipped. The fused configs at
 // T = 65536 (2048 chunks: more than fit at once) exercise their fallback to fill 0 / 1.
@@ -216,7 +217,8 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
   struct Cfg { int warps, tpw, fill, sel; };
   for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 0}, Cfg{8, 4, 1, 0}, Cfg{16, 2, 0, 0},
                        Cfg{8, 4, 2, 0}, Cfg{16, 2, 2, 0}, Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0},
-                       Cfg{8, 4, 3, 1}, Cfg{16, 2, 3, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}})
+                       Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}, Cfg{8, 4, 3, 1}, Cfg{16, 2, 3, 1}, Cfg{8, 4, 4, 1},
+                       Cfg{16, 4, 4, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
       if (k.sel && !k.fill && with_map) continue;  // select 1 goes with fill 1 / 3, or without the map
@@ -264,8 +266,12 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       run_case(c, 420 + pattern);
       c.fill = 3;
       run_case(c, 430 + pattern);
+      c.fill = 4;
+      run_case(c, 435 + pattern);
       c.sel = 1;  // sigmoid only (the softmax options are not in the space)
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 440 + pattern);
+      c.fill = 3;
+      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 445 + pattern);
       c.fill = 1;
       c.warps = 16;
       c.tpw = 2;
