@@ -27,7 +27,8 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
 // the whole grid is resident at once, else 0 or 1), and how the experts are chosen (select 0: from exact scores of every
 // expert; 1: from approximate keys with a verified choice and exact scores for the picks only — sigmoid with
-// lane-aligned groups and top_k ≤ 32; the same bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
+// lane-aligned groups and top_k ≤ 32; 2: the same with the keys packed with their expert into one u32, so that a pick
+// is one redux — also a bias and E ≤ 256; the same bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
 // former `nt`, measured slower everywhere in session 5 round 1, was removed.)
 enum { C_WARPS, C_TPW, C_FILL, C_SEL };
 enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
@@ -53,7 +54,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], s.config[C_SEL] != 0,
+                         s.config[C_WARPS], s.config[C_SEL],
                          p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
@@ -166,15 +167,17 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// Whether route can choose from approximate keys (select 1): sigmoid scores, groups of whole lanes, top_k ≤ 32.
-bool approx_select_ok(int64_t E, int64_t K, bool sigmoid, int64_t G) {
+// Whether route can choose from approximate keys: select 1 with sigmoid scores, groups of whole lanes, top_k ≤ 32;
+// select 2 (packed keys) also needs a bias and E ≤ 256.
+bool approx_select_ok(int64_t sel, int64_t E, int64_t K, bool sigmoid, int64_t G, bool bias) {
   const int64_t el = lane_experts(E, G);
-  return sigmoid && K <= 32 && el > 0 && (G <= 1 || (E / G) % el == 0);
+  const bool ok = sigmoid && K <= 32 && el > 0 && (G <= 1 || (E / G) % el == 0);
+  return sel == 0 || (sel == 1 && ok) || (sel == 2 && ok && bias && E <= 256);
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 4; without the map 0 only) × select 0, and select 1 (where approx_select_ok) with fill 1, 3 and 4
-// (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
+// written (fill 0 … 4; without the map 0 only) × select 0, and select 1 and 2 (where approx_select_ok) with fill 1, 3
+// and 4 (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -182,7 +185,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   if (base.kernel == kRoute) {
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
-    const bool ax = approx_select_ok(E, K, base.params[P_SIGMOID] != 0, G);
     // The default first, then the other points.
     s.config[C_WARPS] = route_shape(map).first;
     s.config[C_TPW] = route_shape(map).second;
@@ -190,8 +192,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_SEL] = 0;
     out.push_back(s);
     const auto dflt = s.config;
-    for (int sel : {0, 1}) {
-      if (sel && !ax) continue;
+    for (int sel : {0, 1, 2}) {
+      if (!approx_select_ok(sel, E, K, base.params[P_SIGMOID] != 0, G, base.params[P_BIAS] != 0)) continue;
       for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
         if (fill != kFillInRoute && !map) continue;
         if (sel && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;

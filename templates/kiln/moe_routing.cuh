@@ -579,7 +579,7 @@ __device__ __forceinline__ float moe_sigmoid_approx(float z) {
 // chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
 // −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool AX, bool FUSE, bool LATE>
+          int AX, bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -592,6 +592,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   static_assert(K >= 1 && K <= E && G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad K/groups");
   static_assert(UNIFORM || EL % GS == 0, "groups must align with the lanes' expert ranges");
   static_assert(!AX || (SIGMOID && UNIFORM && K <= 32), "approximate selection: sigmoid, lane-aligned groups, K ≤ 32");
+  static_assert(AX != 2 || (BIAS && E <= 256), "packed approximate keys: a bias and E ≤ 256 (the expert in 9 bits)");
   using Mask = typename MoeLaneMask<(EL <= 32)>::type;
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -628,9 +629,29 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   // AX: the keys' error bound δ (warp-uniform; an infinite bias makes it infinite: every token then takes the exact
   // path). Non-negative floats order as their bits.
   float delta = 0.0f;
-  if constexpr (AX && BIAS) {
+  if constexpr (AX == 1 && BIAS) {
     const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
     delta = kMoeApproxSigmaErr + __fmul_rn(__fadd_rn(1.0f, m), 2.384185791015625e-07f);  // + (1 + max|b|)·2^−22
+  }
+  // AX 2 (packed keys): y = σ̃ + (bias + C) with C = 3·2^p, 2^p > (1 + max|b|)·1.0625, lies in [2^(p+1), 2^(p+2)) (one
+  // binade), so its 23 mantissa bits order the keys linearly (step ulp(y) = 2^(p−22)): the key is y's bits << 9 with
+  // 511 − e in the low 9 bits — unique in the warp, larger for the lower expert among equal y, never 0. y − C is within
+  // δ = 2^−19 + 2^(p−20) of the exact key (σ̃'s error, the roundings of bias + C and of the sum, the exact key's own).
+  // Then a pick is one redux with a unique winner (no ballot) and the picked expert is read off the key. An infinite
+  // bias (or a NaN one: −inf) turns the approximate choice off (every token exact).
+  float bc[AX == 2 ? EL : 1];
+  u32 ybits = 0u;  // AX 2: y's sign and exponent bits
+  bool ax_on = true;
+  if constexpr (AX == 2) {
+    const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
+    ax_on = m <= 1.0e30f;
+    const float f = __fmul_rn(__fadd_rn(1.0f, ax_on ? m : 0.0f), 1.0625f);
+    const int p = ((__float_as_int(f) >> 23) & 0xff) - 126;  // 2^p > f ≥ 1
+    const float C = __fmul_rn(__int_as_float((p + 127) << 23), 3.0f);
+    ybits = static_cast<u32>(p + 128) << 23;
+    delta = kMoeApproxSigmaErr + __int_as_float((p - 20 + 127) << 23);
+#pragma unroll
+    for (int c = 0; c < EL; ++c) bc[c] = __fadd_rn(bv[c], C);
   }
 
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
@@ -868,7 +889,44 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     };
 
     u32 ok[EL];
-    if constexpr (AX) {
+    // Lane r < K holding pick r's expert e: its exact score (into the row at its expert, where the picks' stores read
+    // it) and key; the picks into (key desc, expert asc) order where the approximate keys ordered two of them
+    // otherwise (SORT), into pk (WRITE: pk does not hold them yet).
+    auto exact_picks = [&](int e, bool write, auto sort_tag) {
+      constexpr bool SORT = decltype(sort_tag)::value;
+      float s = 0.0f;
+      u32 key = 0u;
+      if (lane < K) {
+        s = kiln_sigmoid_short(st[e]);
+        if constexpr (SORT) {
+          const float b = __ldg(a.bias + e);
+          key = ordered_bits(__fadd_rn(s, b != b ? neg_inf : b));
+        }
+      }
+      int rank = lane;
+      if constexpr (SORT) {
+        const u32 nk = __shfl_down_sync(ALL, key, 1);
+        const int ne = __shfl_down_sync(ALL, e, 1);
+        if (!__all_sync(ALL, lane + 1 >= K || key > nk || (key == nk && e < ne))) {
+          rank = 0;
+#pragma unroll 1
+          for (int j = 0; j < K; ++j) {
+            const u32 kj = __shfl_sync(ALL, key, j);
+            const int ej = __shfl_sync(ALL, e, j);
+            rank += (kj > key || (kj == key && ej < e)) ? 1 : 0;
+          }
+          write = true;
+          __syncwarp();  // every lane has read pk
+        }
+      }
+      if (lane < K) {
+        if (write) pk[rank] = e;
+        st[e] = s;
+      }
+    };
+    bool exact_needed = !AX;
+    int pick_e = 0;  // AX 2: lane r < K: pick r's expert (its routing-map byte is stored after the row's zeros)
+    if constexpr (AX == 1) {
       store_row(z);  // lane r reads pick r's logit from here
       bool certain = true;
       if constexpr (BIAS) {
@@ -882,51 +940,122 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         select(ok, MoeFlag<false>{});
       }
       if (certain) {
-        // Lane r < K: pick r's exact score (into the row at its expert, where the picks' stores read it) and key; the
-        // picks into (key desc, expert asc) order where the approximate keys ordered two of them otherwise.
         __syncwarp();
-        int e = 0;
-        float s = 0.0f;
-        u32 key = 0u;
-        if (lane < K) {
-          e = pk[lane];
-          s = kiln_sigmoid_short(st[e]);
-          if constexpr (BIAS) {
-            const float b = __ldg(a.bias + e);
-            key = ordered_bits(__fadd_rn(s, b != b ? neg_inf : b));
-          }
-        }
-        if constexpr (BIAS) {
-          const u32 nk = __shfl_down_sync(ALL, key, 1);
-          const int ne = __shfl_down_sync(ALL, e, 1);
-          if (!__all_sync(ALL, lane + 1 >= K || key > nk || (key == nk && e < ne))) {
-            int rank = 0;
-#pragma unroll 1
-            for (int j = 0; j < K; ++j) {
-              const u32 kj = __shfl_sync(ALL, key, j);
-              const int ej = __shfl_sync(ALL, e, j);
-              rank += (kj > key || (kj == key && ej < e)) ? 1 : 0;
-            }
-            __syncwarp();
-            if (lane < K) pk[rank] = e;
-          }
-        }
-        if (lane < K) st[e] = s;
+        exact_picks(lane < K ? pk[lane] : 0, false, MoeFlag<BIAS>{});
       } else {
-        // A near tie: the token again from exact scores.
-        float s[EL];
-        exact_scores(s);
+        exact_needed = true;
         __syncwarp();  // the first pass's pick stores before the second's
-        store_row(s);
-        make_keys(s, ok);
-        select(ok, MoeFlag<false>{});
       }
-    } else {
+    }
+    if constexpr (AX == 2) {
+      store_row(z);
+      // Packed approximate keys (see bc above), the lane's two best, the groups as in select, K picks of a unique
+      // winner each (a lane whose list runs dry refills it from its keys below the pick), the (K+1)-th key.
+      u32 pkey[EL], h0 = 0u, h1 = 0u;
+#pragma unroll
+      for (int c = 0; c < EL; ++c) {
+        const float y = __fadd_rn(moe_sigmoid_approx(z[c]), bc[c]);
+        pkey[c] = valid(c) ? (__float_as_uint(y) << 9) + static_cast<u32>(511 - e0 - c) : 0u;
+        h1 = max(h1, min(h0, pkey[c]));
+        h0 = max(h0, pkey[c]);
+      }
+      auto yval = [&](u32 k) { return __uint_as_float((k >> 9) | ybits); };
+      bool certain = ax_on;
+      if constexpr (G > 1) {
+        u32 a1 = h0, a2 = h1;
+#pragma unroll
+        for (int o = 1; o < SPAN; o <<= 1) {
+          const u32 b1 = __shfl_down_sync(ALL, a1, o), b2 = __shfl_down_sync(ALL, a2, o);
+          if (lane % SPAN + o < SPAN) {
+            a2 = max(min(a1, b1), max(a2, b2));
+            a1 = max(a1, b1);
+          }
+        }
+        const int gi = lane / SPAN;
+        const u32 gsc = __float_as_uint(__fadd_rn(yval(a1), yval(a2)));  // positive: its bits order it
+        int rank;
+        if constexpr (G <= 8) {
+          const int h = lane & 7, g1 = lane >> 3, g2 = g1 + 4;
+          const u32 sh = __shfl_sync(ALL, gsc, min(h, G - 1) * SPAN);
+          const u32 s1 = __shfl_sync(ALL, gsc, min(g1, G - 1) * SPAN);
+          const u32 v1 = __ballot_sync(ALL, h < G && g1 < G && (sh > s1 || (sh == s1 && h < g1)));
+          u32 v2 = 0u;
+          if constexpr (G > 4) {
+            const u32 s2 = __shfl_sync(ALL, gsc, min(g2, G - 1) * SPAN);
+            v2 = __ballot_sync(ALL, h < G && g2 < G && (sh > s2 || (sh == s2 && h < g2)));
+          }
+          rank = __popc(((gi < 4 ? v1 : v2) >> (8 * (gi & 3))) & 0xffu);
+        } else {
+          const u32 mine = __shfl_sync(ALL, gsc, gi * SPAN);
+          rank = 0;
+#pragma unroll
+          for (int g = 0; g < G; ++g) {
+            const u32 og = __shfl_sync(ALL, gsc, g * SPAN);
+            rank += (og > mine || (og == mine && g < gi)) ? 1 : 0;
+          }
+        }
+        if constexpr (TG < G) {
+          // Group scores are within 3δ of the exact ones (two keys and the sum's rounding): margin > 8δ.
+          const bool lead = lane % SPAN == 0 && gi < G;
+          const u32 bk = __ballot_sync(ALL, lead && rank == TG - 1), bd = __ballot_sync(ALL, lead && rank == TG);
+          const float fk = __uint_as_float(__shfl_sync(ALL, gsc, __ffs(bk) - 1));
+          const float fd = __uint_as_float(__shfl_sync(ALL, gsc, __ffs(bd) - 1));
+          certain = certain && __fsub_rn(fk, fd) > 8.0f * delta;
+        }
+        if (rank >= TG) h0 = h1 = 0u;
+      }
+      u32 mk = 0u, m = 0u;
+#pragma unroll
+      for (int r = 0; r < K; ++r) {
+        m = __reduce_max_sync(ALL, h0);
+        if (lane == r) mk = m;
+        if (h0 == m) {
+          h0 = h1;
+          h1 = 0u;
+          if (h0 == 0u) {
+#pragma unroll
+            for (int c = 0; c < EL; ++c) {
+              const u32 k = pkey[c] < m ? pkey[c] : 0u;
+              h1 = max(h1, min(h0, k));
+              h0 = max(h0, k);
+            }
+          }
+        }
+      }
+      const u32 mnext = __reduce_max_sync(ALL, h0);
+      certain = certain && (mnext == 0u || __fsub_rn(yval(m), yval(mnext)) > 2.0f * delta);
+      if (certain) {
+        pick_e = 511 - static_cast<int>(mk & 511u);
+        taken = 0;
+        __syncwarp();  // the row's logits
+        exact_picks(pick_e, true, MoeFlag<true>{});
+      } else {
+        exact_needed = true;
+      }
+    }
+    if (exact_needed) {
+      // Select 0, or a near tie under AX: the token from exact scores.
+      if constexpr (AX == 2) {
+        // The logits from the row and the bias from memory (this rare path keeps neither in registers).
+#pragma unroll
+        for (int c = 0; c < NCH; ++c) {
+          const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
+          const Vec16 w = valid(4 * c) ? load16(a.bias + e0 + 4 * c) : Vec16{{0u, 0u, 0u, 0u}};
+#pragma unroll
+          for (int q = 0; q < 4; ++q) {
+            z[4 * c + q] = __uint_as_float(v.w[q]);
+            const float b = __uint_as_float(w.w[q]);
+            bv[4 * c + q] = b != b ? neg_inf : b;
+          }
+        }
+      }
       float s[EL];
       exact_scores(s);
+      if constexpr (AX != 0) __syncwarp();  // every lane has read the row
       store_row(s);  // a pick's score is read from there
       make_keys(s, ok);
       select(ok, MoeFlag<false>{});
+      pick_e = -1;
     }
 
     // Zeros, the map bytes (and −1 map rows) over the lane's experts; the picks' stores follow for all the warp's
@@ -940,6 +1069,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
         *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
         if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
+      }
+    if constexpr (AX == 2)
+      if (__any_sync(ALL, pick_e >= 0)) {
+        __syncwarp();  // the row's zero bytes first
+        if (lane < K) a.routing_map[row + pick_e] = 1;
       }
   }
 

@@ -41,7 +41,8 @@ struct Case {
   int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
   int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
                            // route, 1: whole rows in route_map, 2 / 3: fused into route) and how experts are chosen
-  int sel = 0;             // (0: exact scores of every expert, 1: approximate keys, verified, exact picks)
+  int sel = 0;             // (0: exact scores of every expert, 1: approximate keys, verified, exact picks; 2: the
+                           // same with packed keys)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
                            // 3 eight clear winners per token with sub-ulp differences among them
@@ -218,7 +219,8 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
   for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 0}, Cfg{8, 4, 1, 0}, Cfg{16, 2, 0, 0},
                        Cfg{8, 4, 2, 0}, Cfg{16, 2, 2, 0}, Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0},
                        Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}, Cfg{8, 4, 3, 1}, Cfg{16, 2, 3, 1}, Cfg{8, 4, 4, 1},
-                       Cfg{16, 4, 4, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}})
+                       Cfg{16, 4, 4, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}, Cfg{8, 4, 4, 2},
+                       Cfg{8, 4, 3, 2}, Cfg{16, 2, 4, 2}, Cfg{16, 4, 1, 2}, Cfg{16, 2, 0, 2}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
       if (k.sel && !k.fill && with_map) continue;  // select 1 goes with fill 1 / 3, or without the map
@@ -233,9 +235,11 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
       run_case(forced({8192, 256, kLing, true, 16, true, with_map && k.warps == 16}), 300 + k.warps + k.tpw);
       if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.sel);
       if (k.sel) {
-        // Sigmoid without a bias (the logits are the keys) and without groups.
-        run_case(forced({4096, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16}), 330 + k.warps);
-        run_case(forced({4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32}), 340 + k.warps);
+        // Sigmoid without a bias (the logits are the keys: select 1 only), without groups, and a partial last lane.
+        for (const Case& o : {Case{4096, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
+                              Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32},
+                              Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16}})
+          if (detail::in_search_space(route_spec_of(rt(), forced(o)))) run_case(forced(o), 330 + k.warps + k.sel);
       }
       for (const Case& o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
                             Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
@@ -272,6 +276,11 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 440 + pattern);
       c.fill = 3;
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 445 + pattern);
+      c.sel = 2;  // packed keys: sigmoid with a bias, E ≤ 256
+      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 470 + pattern);
+      c.fill = 4;
+      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 475 + pattern);
+      c.sel = 1;
       c.fill = 1;
       c.warps = 16;
       c.tpw = 2;
@@ -279,6 +288,8 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       c.with_map = false;
       c.fill = 0;
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 460 + pattern);
+      c.sel = 2;
+      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 465 + pattern);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
