@@ -1008,17 +1008,18 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll
       for (int r = 0; r < K; ++r) {
         m = __reduce_max_sync(ALL, h0);
-        if (lane == r) mk = m;
-        if (h0 == m) {
-          h0 = h1;
-          h1 = 0u;
-          if (h0 == 0u) {
+        mk = lane == r ? m : mk;
+        // The winner pops its head without a branch; only a list that runs dry branches (to refill).
+        const bool win = h0 == m;
+        const bool dry = win && h1 == 0u;
+        h0 = win ? h1 : h0;
+        h1 = win ? 0u : h1;
+        if (dry) {
 #pragma unroll
-            for (int c = 0; c < EL; ++c) {
-              const u32 k = pkey[c] < m ? pkey[c] : 0u;
-              h1 = max(h1, min(h0, k));
-              h0 = max(h0, k);
-            }
+          for (int c = 0; c < EL; ++c) {
+            const u32 k = pkey[c] < m ? pkey[c] : 0u;
+            h1 = max(h1, min(h0, k));
+            h0 = max(h0, k);
           }
         }
       }
