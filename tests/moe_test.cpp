@@ -5,11 +5,14 @@
 #include <algorithm>
 #include <bit>
 #include <cmath>
+#include <cstring>
+#include <random>
 #include <limits>
 #include <numeric>
 #include <set>
 
 #include "kiln/kiln.hpp"
+#include "kiln/moe_routing_args.h"
 #include "reference/moe.hpp"
 #include "runtime/family.hpp"
 #include "runtime/registry.hpp"
@@ -67,6 +70,44 @@ float one_plus_exp_lt87(float x) {
     p = std::fma(p, r, c);
   const uint32_t e = std::bit_cast<uint32_t>(p) + (std::bit_cast<uint32_t>(big) << 23);
   return 1.0f + std::bit_cast<float>(e);
+}
+
+// Select 2's packed keys (moe_route_kernel, kiln/moe_routing_args.h moe_packed_keys): for a bound B on |bias|, every
+// y = fl(σ + fl(b + C)) with σ ∈ [0, 1] (and one ulp above: rcp.approx) and |b| ≤ B lies in the one binade whose sign
+// and exponent bits the keys assume (their mantissas then order them), and δ covers 2^−19 plus three ulps of y.
+TEST(MoeReference, PackedKeysStayInOneBinade) {
+  std::mt19937 rng(11);
+  for (float B : {0.0f, 1e-7f, 0.02f, 0.0588f, 0.0625f, 0.5f, 0.88f, 0.8824f, 0.9f, 1.0f, 1.5f, 2.77f, 7.0f, 500.0f,
+                  1e6f, 1e29f}) {
+    SCOPED_TRACE(B);
+    const MoePackedKeys k = moe_packed_keys(B);
+    const int p = static_cast<int>(k.ybits >> 23) - 128;
+    ASSERT_GE(p, 1);
+    const float ulp = std::ldexp(1.0f, p - 22);
+    EXPECT_EQ(k.C, std::ldexp(3.0f, p));
+    EXPECT_GT(std::ldexp(1.0f, p), 1.0625f * (1.0f + B));
+    EXPECT_GE(k.delta, std::ldexp(1.0f, -19) + 3 * ulp);
+    std::vector<float> sig{0.0f, 1e-30f, 0.5f, std::nextafter(1.0f, 0.0f), 1.0f, std::nextafter(1.0f, 2.0f)};
+    std::vector<float> bs{-B, B, 0.0f, std::nextafter(B, 0.0f), -std::nextafter(B, 0.0f)};
+    std::uniform_real_distribution<float> us(0.0f, 1.0f), ub(-B, B);
+    for (int i = 0; i < 300; ++i) {
+      sig.push_back(us(rng));
+      bs.push_back(ub(rng));
+    }
+    int bad = 0;
+    for (float b : bs) {
+      const volatile float bc = b + k.C;
+      for (float s : sig) {
+        const volatile float y = s + bc;
+        uint32_t u;
+        std::memcpy(&u, const_cast<const float*>(&y), 4);
+        if ((u & 0xff800000u) != k.ybits && bad++ < 3)
+          ADD_FAILURE() << "σ " << s << " + bias " << b << " = " << y << " leaves the binade [2^" << p + 1 << ", 2^"
+                        << p + 2 << ")";
+      }
+    }
+    EXPECT_EQ(bad, 0);
+  }
 }
 
 TEST(MoeReference, ShortSigmoidDenominatorIsExact) {

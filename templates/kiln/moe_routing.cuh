@@ -633,10 +633,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
     delta = kMoeApproxSigmaErr + __fmul_rn(__fadd_rn(1.0f, m), 2.384185791015625e-07f);  // + (1 + max|b|)·2^−22
   }
-  // AX 2 (packed keys): y = σ̃ + (bias + C) with C = 3·2^p, 2^p > (1 + max|b|)·1.0625, lies in [2^(p+1), 2^(p+2)) (one
-  // binade), so its 23 mantissa bits order the keys linearly (step ulp(y) = 2^(p−22)): the key is y's bits << 9 with
-  // 511 − e in the low 9 bits — unique in the warp, larger for the lower expert among equal y, never 0. y − C is within
-  // δ = 2^−19 + 2^(p−20) of the exact key (σ̃'s error, the roundings of bias + C and of the sum, the exact key's own).
+  // AX 2 (packed keys, kiln/moe_routing_args.h moe_packed_keys): y = σ̃ + (bias + C) with C = 3·2^p, 2^p > (1 + max|b|)
+  // ·1.0625, lies in [2^(p+1), 2^(p+2)) (one binade), so its 23 mantissa bits order the keys linearly (step ulp(y) =
+  // 2^(p−22)): the key is y's bits << 9 with 511 − e in the low 9 bits — unique in the warp, larger for the lower expert
+  // among equal y, never 0. y − C is within δ = 2^−19 + 2^(p−20) of the exact key (σ̃'s error, the roundings of bias + C
+  // and of the sum, the exact key's own).
   // Then a pick is one redux with a unique winner (no ballot) and the picked expert is read off the key. An infinite
   // bias (or a NaN one: −inf) turns the approximate choice off (every token exact).
   float bc[AX == 2 ? EL : 1];
@@ -645,13 +646,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   if constexpr (AX == 2) {
     const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
     ax_on = m <= 1.0e30f;
-    const float f = __fmul_rn(__fadd_rn(1.0f, ax_on ? m : 0.0f), 1.0625f);
-    const int p = ((__float_as_int(f) >> 23) & 0xff) - 126;  // 2^p > f ≥ 1
-    const float C = __fmul_rn(__int_as_float((p + 127) << 23), 3.0f);
-    ybits = static_cast<u32>(p + 128) << 23;
-    delta = kMoeApproxSigmaErr + __int_as_float((p - 20 + 127) << 23);
+    const MoePackedKeys kp = moe_packed_keys(ax_on ? m : 0.0f);
+    ybits = kp.ybits;
+    delta = kp.delta;
 #pragma unroll
-    for (int c = 0; c < EL; ++c) bc[c] = __fadd_rn(bv[c], C);
+    for (int c = 0; c < EL; ++c) bc[c] = __fadd_rn(bv[c], kp.C);
   }
 
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
