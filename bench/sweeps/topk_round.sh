@@ -13,6 +13,7 @@ python3 bench/sweeps/forced_config.py tuner/configs/h100-ling-mini-2.0.json moe_
   "$OUT/topk-forced.json"
 KILN_TUNING_DB="$OUT/topk-forced.json" ncu --clock-control none -k regex:moe_route_kernel -c 1 --section SpeedOfLight \
   --section Occupancy --section WarpStateStats --section SchedulerStats --section LaunchStats --section InstructionStats \
+  --metrics sm__ctas_launched.min,sm__ctas_launched.max,sm__cycles_active.min,sm__cycles_active.max,sm__cycles_active.avg,sm__warps_active.avg.per_cycle_active,smsp__inst_executed.sum \
   $K bench --repeats 1 --filter "$CASE" > "$OUT/topk-ncu.txt" 2>&1
 grep -vE "^\s*$" "$OUT/topk-tune.log" | tail -70
-grep -E "Duration|Executed Ipc A|SM Active|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Executed Instructions  |Issue Slots Busy|No Eligible" "$OUT/topk-ncu.txt" | head -20
+grep -E "Duration|Executed Ipc A|SM Active|Achieved Occupancy|Registers Per|Warp Cycles Per Issued|Executed Instructions  |Issue Slots Busy|No Eligible|sm__|smsp__inst" "$OUT/topk-ncu.txt" | head -30
