@@ -120,6 +120,14 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
+// Whether route can choose from approximate keys: select 1 with sigmoid scores, groups of whole lanes, top_k ≤ 32;
+// select 2 (packed keys) also needs a bias and E ≤ 256.
+bool approx_select_ok(int64_t sel, int64_t E, int64_t K, bool sigmoid, int64_t G, bool bias) {
+  const int64_t el = lane_experts(E, G);
+  const bool ok = sigmoid && K <= 32 && el > 0 && (G <= 1 || (E / G) % el == 0);
+  return sel == 0 || (sel == 1 && ok) || (sel == 2 && ok && bias && E <= 256);
+}
+
 // The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md, session 5 round 2): with the map 8 warps of 4
 // tokens and the fused map with the −1 rows after each warp's tokens (fill 3: 20.2 µs; 16 × 2 fill 3 20.0, within
 // the noise, but 8 × 4 leaves the fused grid more room to be resident: 5 CTAs per SM fit, 2 are needed; fill 1, the
@@ -128,6 +136,15 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
 std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
 // How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
 int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
+// How the default chooses the experts (C_SEL): select 0 (exact scores of every expert) until a GPU round shows
+// otherwise (bench/NOTES.md, session 6).
+constexpr int kDefaultSelect = 0;
+int route_select(const Specialization& s) {
+  return approx_select_ok(kDefaultSelect, s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
+                          s.params[P_BIAS] != 0)
+             ? kDefaultSelect
+             : 0;
+}
 
 // The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -142,7 +159,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
   s.config[C_FILL] = route_fill(map);
-  s.config[C_SEL] = 0;
+  s.config[C_SEL] = route_select(s);
   return s;
 }
 
@@ -167,14 +184,6 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// Whether route can choose from approximate keys: select 1 with sigmoid scores, groups of whole lanes, top_k ≤ 32;
-// select 2 (packed keys) also needs a bias and E ≤ 256.
-bool approx_select_ok(int64_t sel, int64_t E, int64_t K, bool sigmoid, int64_t G, bool bias) {
-  const int64_t el = lane_experts(E, G);
-  const bool ok = sigmoid && K <= 32 && el > 0 && (G <= 1 || (E / G) % el == 0);
-  return sel == 0 || (sel == 1 && ok) || (sel == 2 && ok && bias && E <= 256);
-}
-
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
 // written (fill 0 … 4; without the map 0 only) × select 0, and select 1 and 2 (where approx_select_ok) with fill 1, 3
 // and 4 (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
@@ -189,7 +198,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_WARPS] = route_shape(map).first;
     s.config[C_TPW] = route_shape(map).second;
     s.config[C_FILL] = route_fill(map);
-    s.config[C_SEL] = 0;
+    s.config[C_SEL] = route_select(base);
     out.push_back(s);
     const auto dflt = s.config;
     for (int sel : {0, 1, 2}) {
