@@ -26,9 +26,9 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // itself, with the −1 fill per token (2), of the warp's rows after its tokens, before the arrival (3), or after the
 // CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
 // the whole grid is resident at once, else 0 or 1), and how the experts are chosen (select 0: from exact scores of every
-// expert; 1: from approximate keys with a verified choice and exact scores for the picks only — sigmoid with
-// lane-aligned groups and top_k ≤ 32; 2: the same with the keys packed with their expert into one u32, so that a pick
-// is one redux — also a bias and E ≤ 256; the same bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
+// expert; 2: from approximate keys packed with their expert into one u32 (a pick is one redux), with a verified
+// choice and exact scores for the picks only — sigmoid with a bias, lane-aligned groups, top_k ≤ 32, E ≤ 256; the same
+// bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
 // former `nt`, measured slower everywhere in session 5 round 1, was removed.)
 enum { C_WARPS, C_TPW, C_FILL, C_SEL };
 enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
@@ -54,7 +54,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], s.config[C_SEL],
+                         s.config[C_WARPS], s.config[C_SEL] == 2,
                          p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
@@ -120,12 +120,13 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// Whether route can choose from approximate keys: select 1 with sigmoid scores, groups of whole lanes, top_k ≤ 32;
-// select 2 (packed keys) also needs a bias and E ≤ 256.
+// Whether route can choose from approximate keys (select 2): sigmoid scores with a bias, groups of whole lanes,
+// top_k ≤ 32, E ≤ 256. (Select 1, approximate keys without the packing, measured no faster than select 0 in session 6
+// round 1, was removed; its number stays free so that measured rows keep their meaning.)
 bool approx_select_ok(int64_t sel, int64_t E, int64_t K, bool sigmoid, int64_t G, bool bias) {
   const int64_t el = lane_experts(E, G);
-  const bool ok = sigmoid && K <= 32 && el > 0 && (G <= 1 || (E / G) % el == 0);
-  return sel == 0 || (sel == 1 && ok) || (sel == 2 && ok && bias && E <= 256);
+  return sel == 0 ||
+         (sel == 2 && sigmoid && bias && K <= 32 && E <= 256 && el > 0 && (G <= 1 || (E / G) % el == 0));
 }
 
 // The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md, session 5 round 2): with the map 8 warps of 4
@@ -185,8 +186,8 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 4; without the map 0 only) × select 0, and select 1 and 2 (where approx_select_ok) with fill 1, 3
-// and 4 (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
+// written (fill 0 … 4; without the map 0 only) × select 0, and select 2 (where approx_select_ok) with fill 1, 3 and 4
+// (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -201,7 +202,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_SEL] = route_select(base);
     out.push_back(s);
     const auto dflt = s.config;
-    for (int sel : {0, 1, 2}) {
+    for (int sel : {0, 2}) {
       if (!approx_select_ok(sel, E, K, base.params[P_SIGMOID] != 0, G, base.params[P_BIAS] != 0)) continue;
       for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
         if (fill != kFillInRoute && !map) continue;

@@ -524,7 +524,6 @@ __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a
   for (int i = blockIdx.x * 256 + threadIdx.x; i < a.n; i += gridDim.x * 256) a.p[i] = 0;
 }
 
-template <bool B> struct MoeFlag { static constexpr bool value = B; };
 template <bool NARROW> struct MoeLaneMask { using type = unsigned long long; };
 template <> struct MoeLaneMask<true> { using type = u32; };
 
@@ -547,12 +546,11 @@ __device__ __forceinline__ float kiln_sigmoid_short(float z) {
 }
 
 // An approximation of kiln_sigmoid(z) for choosing experts only (MUFU ex2 and rcp: 5 instructions instead of ≈ 20).
-// |approx − kiln_sigmoid| ≤ kMoeApproxSigmaErr for every z: the argument's rounding moves σ by ≤ σ(1−σ)·|z|·2^−23 ≤
-// 0.23·2^−23, ex2.approx (relative error ≲ 2^−22) by ≤ 0.25·2^−22, 1 + t and rcp.approx by ≲ 2^−23 relative each,
-// kiln_sigmoid's own error (kiln_exp ≈ 2 ulp, one rounding each for 1 + e and the reciprocal) ≲ 2^−22: ≈ 2^−20.6 in
-// all, bounded here by 2^−19 (a margin of ≈ 3). A NaN z gives 1, as kiln_sigmoid (its clamp makes e^−NaN = e^−104);
+// |approx − kiln_sigmoid| ≤ 2^−19 for every z (moe_packed_keys counts it): the argument's rounding moves σ by ≤
+// σ(1−σ)·|z|·2^−23 ≤ 0.23·2^−23, ex2.approx (relative error ≲ 2^−22) by ≤ 0.25·2^−22, 1 + t and rcp.approx by ≲ 2^−23
+// relative each, kiln_sigmoid's own error (kiln_exp ≈ 2 ulp, one rounding each for 1 + e and the reciprocal) ≲ 2^−22:
+// ≈ 2^−20.6 in all (a margin of ≈ 3). A NaN z gives 1, as kiln_sigmoid (its clamp makes e^−NaN = e^−104);
 // −z·log2 e ≥ 128 gives 0 (kiln_sigmoid: ≤ 2.9e−39).
-constexpr float kMoeApproxSigmaErr = 1.9073486328125e-06f;  // 2^−19
 __device__ __forceinline__ float moe_sigmoid_approx(float z) {
   const float a = fmaxf(__fmul_rn(z, -1.44269504f), -126.0f);
   float t, r;
@@ -567,19 +565,18 @@ __device__ __forceinline__ float moe_sigmoid_approx(float z) {
 // u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
-// AX (sigmoid, groups of whole lanes, K ≤ 32): the experts are chosen on approximate keys (moe_sigmoid_approx + bias,
-// each within δ = 2^−19 + (1 + max|bias|)·2^−22 of the exact key), and the choice is verified: the TG-th and (TG+1)-th
-// group scores (each within 4δ of the exact one) differ by > 8δ and the K-th and (K+1)-th keys of the kept groups by
-// > 2δ, so the exact keys choose the same groups and the same experts; then lane r computes pick r's exact score and
-// key (kiln_sigmoid), and the picks are put in the exact (key desc, expert asc) order. A token that fails the check
-// (a near tie, ≈ 0.1 % of random tokens) is routed again from exact scores. Same bits as AX off. Without a bias the
-// keys are the logits themselves: nothing to verify, the exact score is computed for the K picks only.
+// AX (select 2: sigmoid with a bias, groups of whole lanes, K ≤ 32, E ≤ 256): the experts are chosen on approximate
+// keys (moe_sigmoid_approx + bias, packed with their expert into one u32, see below), and the choice is verified: the
+// TG-th and (TG+1)-th group scores differ by > 8δ and the K-th and (K+1)-th keys of the kept groups by > 2δ (δ bounds
+// each key's error), so the exact keys choose the same groups and the same experts; then lane r computes pick r's
+// exact score and key (kiln_sigmoid), and the picks are put in the exact (key desc, expert asc) order. A token that
+// fails the check (a near tie, ≈ 0.15 % of random tokens) is routed again from exact scores. Same bits as AX off.
 // FUSE (map): the map is written by this launch — after its counts every CTA arrives at a grid-wide
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
 // chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
 // −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          int AX, bool FUSE, bool LATE>
+          bool AX, bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -591,8 +588,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   static_assert(EL % 4 == 0 && EL >= 4 && EL <= 64 && 32 * EL >= E && E % 4 == 0, "bad lane layout");
   static_assert(K >= 1 && K <= E && G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad K/groups");
   static_assert(UNIFORM || EL % GS == 0, "groups must align with the lanes' expert ranges");
-  static_assert(!AX || (SIGMOID && UNIFORM && K <= 32), "approximate selection: sigmoid, lane-aligned groups, K ≤ 32");
-  static_assert(AX != 2 || (BIAS && E <= 256), "packed approximate keys: a bias and E ≤ 256 (the expert in 9 bits)");
+  static_assert(!AX || (SIGMOID && BIAS && UNIFORM && K <= 32 && E <= 256),
+                "approximate keys: sigmoid with a bias, lane-aligned groups, K ≤ 32, E ≤ 256 (the expert in 9 bits)");
   using Mask = typename MoeLaneMask<(EL <= 32)>::type;
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -629,21 +626,17 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   // AX: the keys' error bound δ (warp-uniform; an infinite bias makes it infinite: every token then takes the exact
   // path). Non-negative floats order as their bits.
   float delta = 0.0f;
-  if constexpr (AX == 1 && BIAS) {
-    const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
-    delta = kMoeApproxSigmaErr + __fmul_rn(__fadd_rn(1.0f, m), 2.384185791015625e-07f);  // + (1 + max|b|)·2^−22
-  }
-  // AX 2 (packed keys, kiln/moe_routing_args.h moe_packed_keys): y = σ̃ + (bias + C) with C = 3·2^p, 2^p > (1 + max|b|)
+  // AX (packed keys, kiln/moe_routing_args.h moe_packed_keys): y = σ̃ + (bias + C) with C = 3·2^p, 2^p > (1 + max|b|)
   // ·1.0625, lies in [2^(p+1), 2^(p+2)) (one binade), so its 23 mantissa bits order the keys linearly (step ulp(y) =
   // 2^(p−22)): the key is y's bits << 9 with 511 − e in the low 9 bits — unique in the warp, larger for the lower expert
   // among equal y, never 0. y − C is within δ = 2^−19 + 2^(p−20) of the exact key (σ̃'s error, the roundings of bias + C
   // and of the sum, the exact key's own).
   // Then a pick is one redux with a unique winner (no ballot) and the picked expert is read off the key. An infinite
   // bias (or a NaN one: −inf) turns the approximate choice off (every token exact).
-  float bc[AX == 2 ? EL : 1];
-  u32 ybits = 0u;  // AX 2: y's sign and exponent bits
+  float bc[AX ? EL : 1];
+  u32 ybits = 0u;  // AX: y's sign and exponent bits
   bool ax_on = true;
-  if constexpr (AX == 2) {
+  if constexpr (AX) {
     const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
     ax_on = m <= 1.0e30f;
     const MoePackedKeys kp = moe_packed_keys(ax_on ? m : 0.0f);
@@ -742,12 +735,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     };
 
     Mask taken;
-    // The selection from keys ok: groups, then K picks (the winners store their experts at pk in pick order; taken
-    // marks the lane's picked experts). CHECK (AX): also verifies that keys within δ of ok choose the same groups and
-    // experts (returns false on a near tie; warp-uniform); else returns true.
-    auto select = [&](const u32 (&ok)[EL], auto check_tag) -> bool {
-      constexpr bool CHECK = decltype(check_tag)::value;
-      bool certain = true;
+    // The selection from exact keys ok: groups, then K picks (the winners store their experts at pk in pick order;
+    // taken marks the lane's picked experts).
+    auto select = [&](const u32 (&ok)[EL]) {
       u32 h0 = 0u, h1 = 0u;
       int i0 = 0, i1 = 0;
       auto insert = [&](u32 k, int c) {
@@ -802,14 +792,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
               rank += (og > mine || (og == mine && g < gi)) ? 1 : 0;
             }
           }
-          if constexpr (CHECK && TG < G) {
-            // The TG-th and (TG+1)-th group scores (from the groups' first lanes) must differ by > 8δ.
-            const bool lead = lane % SPAN == 0 && gi < G;
-            const u32 bk = __ballot_sync(ALL, lead && rank == TG - 1), bd = __ballot_sync(ALL, lead && rank == TG);
-            const float fk = ordered_float(__shfl_sync(ALL, gsc, __ffs(bk) - 1));
-            const float fd = ordered_float(__shfl_sync(ALL, gsc, __ffs(bd) - 1));
-            certain = __fsub_rn(fk, fd) > 8.0f * delta;
-          }
           if (rank >= TG) h0 = h1 = 0u;  // a dropped group: its lanes never win
         }
       } else {
@@ -845,10 +827,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       taken = 0;
       u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
       int lc = -1;
-      u32 mlast = 0u;        // the K-th pick's key (CHECK)
       auto pick = [&](int r) {
         const u32 m = __reduce_max_sync(ALL, h0);
-        mlast = m;
         // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
         const u32 tops = __ballot_sync(ALL, h0 == m);
         if (h0 == m && (tops & below_me) == 0u) {
@@ -859,10 +839,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
           h0 = h1;
           i0 = i1;
           h1 = 0u;
-          if ((CHECK || r + 1 < K) && h0 == 0u) {
+          if (r + 1 < K && h0 == 0u) {
             // The list ran dry (this lane won its third pick …): refill it from the live experts below the last pick
-            // (all its picks lie above: a lane's picks come in its own descending order); none may be left. CHECK:
-            // also after the K-th pick (the (K+1)-th key is compared with the K-th).
+            // (all its picks lie above: a lane's picks come in its own descending order); none may be left.
 #pragma unroll
             for (int c = 0; c < EL; ++c) {
               const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
@@ -879,74 +858,40 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
 #pragma unroll 1
         for (int r = 0; r < K; ++r) pick(r);
       }
-      if constexpr (CHECK) {
-        // The best key left in the kept groups (0: none) must lie > 2δ below the K-th pick.
-        const u32 mnext = __reduce_max_sync(ALL, h0);
-        certain = certain && (mnext == 0u || __fsub_rn(ordered_float(mlast), ordered_float(mnext)) > 2.0f * delta);
-      }
-      return certain;
     };
 
     u32 ok[EL];
-    // Lane r < K holding pick r's expert e: its exact score (into the row at its expert, where the picks' stores read
-    // it) and key; the picks into (key desc, expert asc) order where the approximate keys ordered two of them
-    // otherwise (SORT), into pk (WRITE: pk does not hold them yet).
-    auto exact_picks = [&](int e, bool write, auto sort_tag) {
-      constexpr bool SORT = decltype(sort_tag)::value;
+    // Lane r < K holding pick r's expert e (AX): its exact score (into the row at its expert, where the picks' stores
+    // read it) and key; the picks into pk in (key desc, expert asc) order (one shuffle checks that the approximate keys
+    // ordered them so; else a K-shuffle rank).
+    auto exact_picks = [&](int e) {
       float s = 0.0f;
       u32 key = 0u;
       if (lane < K) {
         s = kiln_sigmoid_short(st[e]);
-        if constexpr (SORT) {
-          const float b = __ldg(a.bias + e);
-          key = ordered_bits(__fadd_rn(s, b != b ? neg_inf : b));
-        }
+        const float b = __ldg(a.bias + e);
+        key = ordered_bits(__fadd_rn(s, b != b ? neg_inf : b));
       }
       int rank = lane;
-      if constexpr (SORT) {
-        const u32 nk = __shfl_down_sync(ALL, key, 1);
-        const int ne = __shfl_down_sync(ALL, e, 1);
-        if (!__all_sync(ALL, lane + 1 >= K || key > nk || (key == nk && e < ne))) {
-          rank = 0;
+      const u32 nk = __shfl_down_sync(ALL, key, 1);
+      const int ne = __shfl_down_sync(ALL, e, 1);
+      if (!__all_sync(ALL, lane + 1 >= K || key > nk || (key == nk && e < ne))) {
+        rank = 0;
 #pragma unroll 1
-          for (int j = 0; j < K; ++j) {
-            const u32 kj = __shfl_sync(ALL, key, j);
-            const int ej = __shfl_sync(ALL, e, j);
-            rank += (kj > key || (kj == key && ej < e)) ? 1 : 0;
-          }
-          write = true;
-          __syncwarp();  // every lane has read pk
+        for (int j = 0; j < K; ++j) {
+          const u32 kj = __shfl_sync(ALL, key, j);
+          const int ej = __shfl_sync(ALL, e, j);
+          rank += (kj > key || (kj == key && ej < e)) ? 1 : 0;
         }
       }
       if (lane < K) {
-        if (write) pk[rank] = e;
+        pk[rank] = e;
         st[e] = s;
       }
     };
     bool exact_needed = !AX;
-    int pick_e = 0;  // AX 2: lane r < K: pick r's expert (its routing-map byte is stored after the row's zeros)
-    if constexpr (AX == 1) {
-      store_row(z);  // lane r reads pick r's logit from here
-      bool certain = true;
-      if constexpr (BIAS) {
-        float sa[EL];
-#pragma unroll
-        for (int c = 0; c < EL; ++c) sa[c] = moe_sigmoid_approx(z[c]);
-        make_keys(sa, ok);
-        certain = select(ok, MoeFlag<true>{});
-      } else {
-        make_keys(z, ok);  // the logits: exact keys
-        select(ok, MoeFlag<false>{});
-      }
-      if (certain) {
-        __syncwarp();
-        exact_picks(lane < K ? pk[lane] : 0, false, MoeFlag<BIAS>{});
-      } else {
-        exact_needed = true;
-        __syncwarp();  // the first pass's pick stores before the second's
-      }
-    }
-    if constexpr (AX == 2) {
+    int pick_e = 0;  // AX: lane r < K: pick r's expert (its routing-map byte is stored after the row's zeros)
+    if constexpr (AX) {
       store_row(z);
       // Packed approximate keys (see bc above), the lane's two best, the groups as in select, K picks of a unique
       // winner each (a lane whose list runs dry refills it from its keys below the pick), the (K+1)-th key.
@@ -1028,14 +973,14 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         pick_e = 511 - static_cast<int>(mk & 511u);
         taken = 0;
         __syncwarp();  // the row's logits
-        exact_picks(pick_e, true, MoeFlag<true>{});
+        exact_picks(pick_e);
       } else {
         exact_needed = true;
       }
     }
     if (exact_needed) {
       // Select 0, or a near tie under AX: the token from exact scores.
-      if constexpr (AX == 2) {
+      if constexpr (AX) {
         // The logits from the row and the bias from memory (this rare path keeps neither in registers).
 #pragma unroll
         for (int c = 0; c < NCH; ++c) {
@@ -1051,10 +996,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       }
       float s[EL];
       exact_scores(s);
-      if constexpr (AX != 0) __syncwarp();  // every lane has read the row
+      if constexpr (AX) __syncwarp();  // every lane has read the row
       store_row(s);  // a pick's score is read from there
       make_keys(s, ok);
-      select(ok, MoeFlag<false>{});
+      select(ok);
       pick_e = -1;
     }
 
@@ -1070,7 +1015,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
         if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
       }
-    if constexpr (AX == 2)
+    if constexpr (AX)
       if (__any_sync(ALL, pick_e >= 0)) {
         __syncwarp();  // the row's zero bytes first
         if (lane < K) a.routing_map[row + pick_e] = 1;
