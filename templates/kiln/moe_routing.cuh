@@ -890,7 +890,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       }
     };
     bool exact_needed = !AX;
-    int pick_e = 0;  // AX: lane r < K: pick r's expert (its routing-map byte is stored after the row's zeros)
     if constexpr (AX) {
       store_row(z);
       // Packed approximate keys (see bc above), the lane's two best, the groups as in select, K picks of a unique
@@ -970,10 +969,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       const u32 mnext = __reduce_max_sync(ALL, h0);
       certain = certain && (mnext == 0u || __fsub_rn(yval(m), yval(mnext)) > 2.0f * delta);
       if (certain) {
-        pick_e = 511 - static_cast<int>(mk & 511u);
-        taken = 0;
         __syncwarp();  // the row's logits
-        exact_picks(pick_e);
+        exact_picks(511 - static_cast<int>(mk & 511u));
       } else {
         exact_needed = true;
       }
@@ -1000,25 +997,22 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       store_row(s);  // a pick's score is read from there
       make_keys(s, ok);
       select(ok);
-      pick_e = -1;
     }
 
     // Zeros, the map bytes (and −1 map rows) over the lane's experts; the picks' stores follow for all the warp's
-    // tokens at once.
+    // tokens at once. AX: the zero rows of probs and of the routing map are stored for all the warp's tokens after the
+    // loop (fewer instructions per token), and each pick's map byte with its prob.
     const Vec16 zero{{0u, 0u, 0u, 0u}}, m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     const i64 row = static_cast<i64>(t) * E;
 #pragma unroll
     for (int c = 0; c < NCH; ++c)
       if (valid(4 * c)) {
-        store16(a.probs + row + e0 + 4 * c, zero);
-        const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
-        *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
+        if constexpr (!AX) {
+          store16(a.probs + row + e0 + 4 * c, zero);
+          const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
+          *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
+        }
         if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
-      }
-    if constexpr (AX)
-      if (__any_sync(ALL, pick_e >= 0)) {
-        __syncwarp();  // the row's zero bytes first
-        if (lane < K) a.routing_map[row + pick_e] = 1;
       }
   }
 
@@ -1028,8 +1022,18 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   // the earlier rounds' counts) and the record.
   __syncwarp();
   const int nk = max(0, te - tb) * K;
+  if constexpr (AX) {
+    // The zero rows of the warp's tokens (contiguous): probs by 16-byte stores (rows of E % 4 == 0 floats, 16-byte
+    // aligned), the routing map by 4-byte stores (its base is 4-byte aligned).
+    const Vec16 zero{{0u, 0u, 0u, 0u}};
+    const int nt = max(0, te - tb);
+    float* pr = a.probs + static_cast<i64>(tb) * E;
+    for (int q = lane; q < nt * (E / 4); q += 32) store16(pr + 4 * q, zero);
+    u32* mr = reinterpret_cast<u32*>(a.routing_map + static_cast<i64>(tb) * E);
+    for (int q = lane; q < nt * (E / 4); q += 32) mr[q] = 0u;
+  }
   for (int i = lane; i < nk; i += 32) ps[i] = srow[(i / K) * 32 * EL + pe[i]];
-  __syncwarp();
+  __syncwarp();  // (AX: the zero rows before the picks' stores)
 #pragma unroll 1
   for (int b = 0; b < nk; b += 32) {
     const int i = b + lane;
@@ -1047,6 +1051,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       if ((same >> lane) == 1u) cnt[e] = rk + 1;
       const float sv = ps[i];
       a.probs[static_cast<i64>(tb + tl) * E + e] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+      if constexpr (AX) a.routing_map[static_cast<i64>(tb + tl) * E + e] = 1;
       if constexpr (MAP) rec[(tb - tc0) * K + i] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
     }
     __syncwarp();
