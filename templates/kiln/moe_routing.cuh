@@ -607,6 +607,20 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   const int e0 = lane * EL;
   const float neg_inf = -__int_as_float(0x7f800000);
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
+  const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
+  const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
+  // Every token row of the warp is requested at once into its row slot, before the bias loads below (cp.async, one
+  // commit group per token: no registers held, so the compiler cannot tie a later token's load to this token's
+  // instructions — with registers it copied the prefetched row right after issuing its load, a full memory latency
+  // per token; session 6 round 2).
+  const int ntok = max(0, te - tb);
+  for (int i = 0; i < ntok; ++i) {
+    const float* zr = a.logits + static_cast<i64>(tb + i) * E + e0;
+    float* sr = srow + i * 32 * EL + e0;
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) cp_async16(sr + 4 * c, valid(4 * c) ? zr + 4 * c : a.logits, valid(4 * c));
+    cp_async_commit();
+  }
   float bv[BIAS ? EL : 1];
   float amax = 0.0f;  // AX: max |bias| over the lane's experts
   if constexpr (BIAS) {
@@ -646,19 +660,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     for (int c = 0; c < EL; ++c) bc[c] = __fadd_rn(bv[c], kp.C);
   }
 
-  const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
-  const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
-  // The next token's logits are loaded while the current one is routed.
-  Vec16 nz[NCH];
-  auto load_row = [&](int t) {
-    const float* zr = a.logits + static_cast<i64>(t) * E + e0;
-#pragma unroll
-    for (int c = 0; c < NCH; ++c)
-      nz[c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-  };
-#pragma unroll
-  for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-  if (tb < te) load_row(tb);
   const u32 below_me = (1u << lane) - 1u;
 #pragma unroll 1
   for (int t = tb; t < te; ++t) {
@@ -667,12 +668,14 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // The slot's picks as a shared-memory address through a shuffle: the compiler keeps it in a register instead of
     // recomputing it in every pick's winner branch.
     const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pk)), 0);
+    cp_async_wait_group_dyn(te - t - 1);  // this token's row has landed (the later ones may still be in flight)
     float z[EL];
 #pragma unroll
-    for (int c = 0; c < NCH; ++c)
+    for (int c = 0; c < NCH; ++c) {
+      const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
 #pragma unroll
-      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
-    if (t + 1 < te) load_row(t + 1);
+      for (int q = 0; q < 4; ++q) z[4 * c + q] = valid(4 * c) ? __uint_as_float(v.w[q]) : neg_inf;
+    }
 
     auto store_row = [&](const float (&v)[EL]) {
 #pragma unroll
@@ -891,7 +894,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     };
     bool exact_needed = !AX;
     if constexpr (AX) {
-      store_row(z);
+      // (The row slot holds the logits: lane r reads pick r's from there.)
       // Packed approximate keys (see bc above), the lane's two best, the groups as in select, K picks of a unique
       // winner each (a lane whose list runs dry refills it from its keys below the pick), the (K+1)-th key.
       u32 pkey[EL], h0 = 0u, h1 = 0u;
