@@ -25,12 +25,11 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
 // itself, with the −1 fill per token (2), of the warp's rows after its tokens, before the arrival (3), or after the
 // CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
-// the whole grid is resident at once, else 0 or 1), and how the experts are chosen (select 0: from exact scores of every
-// expert; 2: from approximate keys packed with their expert into one u32 (a pick is one redux), with a verified
-// choice and exact scores for the picks only — sigmoid with a bias, lane-aligned groups, top_k ≤ 32, E ≤ 256; the same
-// bits). topk_bwd: warps per CTA. (Two tokens per warp interleaved, the
-// former `nt`, measured slower everywhere in session 5 round 1, was removed.)
-enum { C_WARPS, C_TPW, C_FILL, C_SEL };
+// the whole grid is resident at once, else 0 or 1), and how the logits rows are loaded (load 0: the next token's row
+// into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
+// kernel start). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower
+// everywhere in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
+enum { C_WARPS, C_TPW, C_FILL, C_LOAD };
 enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
 bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
@@ -54,7 +53,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], s.config[C_SEL] == 2,
+                         s.config[C_WARPS], s.config[C_LOAD] != 0,
                          p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
@@ -104,7 +103,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "select"},
+                   {"warps", "tokens_per_warp", "fill", "load"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -120,32 +119,14 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// Whether route can choose from approximate keys (select 2): sigmoid scores with a bias, groups of whole lanes,
-// top_k ≤ 32, E ≤ 256. (Select 1, approximate keys without the packing, measured no faster than select 0 in session 6
-// round 1, was removed; its number stays free so that measured rows keep their meaning.)
-bool approx_select_ok(int64_t sel, int64_t E, int64_t K, bool sigmoid, int64_t G, bool bias) {
-  const int64_t el = lane_experts(E, G);
-  return sel == 0 ||
-         (sel == 2 && sigmoid && bias && K <= 32 && E <= 256 && el > 0 && (G <= 1 || (E / G) % el == 0));
-}
-
-// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md, session 5 round 2): with the map 8 warps of 4
-// tokens and the fused map with the −1 rows after each warp's tokens (fill 3: 20.2 µs; 16 × 2 fill 3 20.0, within
-// the noise, but 8 × 4 leaves the fused grid more room to be resident: 5 CTAs per SM fit, 2 are needed; fill 1, the
-// best unfused, 21.8; fill 0 22.2), without it 16 warps of 2 tokens (13.6 µs; 8 × 4 14.1). 32-token chunks either
-// way: 256 CTAs at T = 8192, all resident at once.
-std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
+// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md): with the map 16 warps of 2 tokens and the
+// fused map with the −1 rows after each warp's tokens (fill 3; session 6 rounds 2 and 3: 20.42 / 20.22 µs against
+// 20.51 / 20.62 for the former 8 × 4 fill 3; the fused grid of 256 CTAs needs 2 per SM, 48 registers × 512 threads
+// fit 2), without it 16 warps of 2 tokens (13.95 µs; 8 × 4 14.1). 32-token chunks either way: 256 CTAs at T = 8192,
+// all resident at once.
+std::pair<int, int> route_shape(bool) { return {16, 2}; }
 // How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
 int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
-// How the default chooses the experts (C_SEL): select 0 (exact scores of every expert) until a GPU round shows
-// otherwise (bench/NOTES.md, session 6).
-constexpr int kDefaultSelect = 0;
-int route_select(const Specialization& s) {
-  return approx_select_ok(kDefaultSelect, s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
-                          s.params[P_BIAS] != 0)
-             ? kDefaultSelect
-             : 0;
-}
 
 // The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -160,7 +141,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
   s.config[C_FILL] = route_fill(map);
-  s.config[C_SEL] = route_select(s);
+  s.config[C_LOAD] = 0;
   return s;
 }
 
@@ -186,8 +167,8 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 4; without the map 0 only) × select 0, and select 2 (where approx_select_ok) with fill 1, 3 and 4
-// (the best unfused and fused writers) or without the map, within 160 KB of shared memory.
+// written (fill 0 … 4; without the map 0 only) × load 0, and load 1 with fill 1, 3 and 4 (the best unfused and fused
+// writers) or without the map, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -199,19 +180,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_WARPS] = route_shape(map).first;
     s.config[C_TPW] = route_shape(map).second;
     s.config[C_FILL] = route_fill(map);
-    s.config[C_SEL] = route_select(base);
+    s.config[C_LOAD] = 0;
     out.push_back(s);
     const auto dflt = s.config;
-    for (int sel : {0, 2}) {
-      if (!approx_select_ok(sel, E, K, base.params[P_SIGMOID] != 0, G, base.params[P_BIAS] != 0)) continue;
+    for (int load : {0, 1}) {
       for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
         if (fill != kFillInRoute && !map) continue;
-        if (sel && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;
+        if (load && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;
         for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
           s.config[C_WARPS] = w;
           s.config[C_TPW] = tpw;
           s.config[C_FILL] = fill;
-          s.config[C_SEL] = sel;
+          s.config[C_LOAD] = load;
           if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
           out.push_back(s);
         }

@@ -532,51 +532,21 @@ __device__ __forceinline__ float ordered_float(u32 o) {
   return __uint_as_float(o ^ (~static_cast<u32>(static_cast<int>(o) >> 31) | 0x80000000u));
 }
 
-// σ(z) = 1/(1 + kiln_exp(−z)) with kiln_sigmoid's bits, in the short form where it applies: for z > −87 (or NaN)
-// 1 + e^−z < 2^126, so MUFU.RCP and one Newton step give the correctly rounded reciprocal and 1 + e^−z takes
-// kiln_one_plus_exp_lt87; below, kiln_sigmoid itself.
-__device__ __forceinline__ float kiln_sigmoid_short(float z) {
-  if (z > -87.0f || z != z) {
-    const float d = kiln_one_plus_exp_lt87(-z);
-    float r;
-    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d));
-    return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
-  }
-  return kiln_sigmoid(z);
-}
-
-// An approximation of kiln_sigmoid(z) for choosing experts only (MUFU ex2 and rcp: 5 instructions instead of ≈ 20).
-// |approx − kiln_sigmoid| ≤ 2^−19 for every z (moe_packed_keys counts it): the argument's rounding moves σ by ≤
-// σ(1−σ)·|z|·2^−23 ≤ 0.23·2^−23, ex2.approx (relative error ≲ 2^−22) by ≤ 0.25·2^−22, 1 + t and rcp.approx by ≲ 2^−23
-// relative each, kiln_sigmoid's own error (kiln_exp ≈ 2 ulp, one rounding each for 1 + e and the reciprocal) ≲ 2^−22:
-// ≈ 2^−20.6 in all (a margin of ≈ 3). A NaN z gives 1, as kiln_sigmoid (its clamp makes e^−NaN = e^−104);
-// −z·log2 e ≥ 128 gives 0 (kiln_sigmoid: ≤ 2.9e−39).
-__device__ __forceinline__ float moe_sigmoid_approx(float z) {
-  const float a = fmaxf(__fmul_rn(z, -1.44269504f), -126.0f);
-  float t, r;
-  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(t) : "f"(a));
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(__fadd_rn(1.0f, t)));
-  return r;
-}
-
 // Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the tokens'
-// rows [W][tokens_per_warp][32·EL] (scores; with AX the logits, then the picks' exact scores at their experts),
+// rows [W][tokens_per_warp][32·EL] (CPA: the logits, then the scores; else the scores),
 // picks [W][tokens_per_warp][K] (expert int, score float), and with the map the chunk's records [W·tokens_per_warp][K]
 // u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
-// AX (select 2: sigmoid with a bias, groups of whole lanes, K ≤ 32, E ≤ 256): the experts are chosen on approximate
-// keys (moe_sigmoid_approx + bias, packed with their expert into one u32, see below), and the choice is verified: the
-// TG-th and (TG+1)-th group scores differ by > 8δ and the K-th and (K+1)-th keys of the kept groups by > 2δ (δ bounds
-// each key's error), so the exact keys choose the same groups and the same experts; then lane r computes pick r's
-// exact score and key (kiln_sigmoid), and the picks are put in the exact (key desc, expert asc) order. A token that
-// fails the check (a near tie, ≈ 0.15 % of random tokens) is routed again from exact scores. Same bits as AX off.
 // FUSE (map): the map is written by this launch — after its counts every CTA arrives at a grid-wide
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
 // chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
 // −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
+// CPA: every token row of the warp is requested at kernel start by cp.async into its row slot in shared memory (one
+// commit group per token, waited before the token); else the next token's row is loaded into registers while the
+// current one is routed.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool AX, bool FUSE, bool LATE>
+          bool CPA, bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -588,8 +558,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   static_assert(EL % 4 == 0 && EL >= 4 && EL <= 64 && 32 * EL >= E && E % 4 == 0, "bad lane layout");
   static_assert(K >= 1 && K <= E && G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad K/groups");
   static_assert(UNIFORM || EL % GS == 0, "groups must align with the lanes' expert ranges");
-  static_assert(!AX || (SIGMOID && BIAS && UNIFORM && K <= 32 && E <= 256),
-                "approximate keys: sigmoid with a bias, lane-aligned groups, K ≤ 32, E ≤ 256 (the expert in 9 bits)");
   using Mask = typename MoeLaneMask<(EL <= 32)>::type;
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -609,20 +577,33 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
   const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
-  // Every token row of the warp is requested at once into its row slot, before the bias loads below (cp.async, one
-  // commit group per token: no registers held, so the compiler cannot tie a later token's load to this token's
+  // CPA: every token row of the warp is requested at once into its row slot, before the bias loads below (cp.async,
+  // one commit group per token: no registers held, so the compiler cannot tie a later token's load to this token's
   // instructions — with registers it copied the prefetched row right after issuing its load, a full memory latency
-  // per token; session 6 round 2).
-  const int ntok = max(0, te - tb);
-  for (int i = 0; i < ntok; ++i) {
-    const float* zr = a.logits + static_cast<i64>(tb + i) * E + e0;
-    float* sr = srow + i * 32 * EL + e0;
+  // per token: session 6 round 2's source counters). Else the next token's row is loaded into registers while the
+  // current one is routed.
+  Vec16 nz[CPA ? 1 : NCH];
+  auto load_row = [&](int t) {
+    const float* zr = a.logits + static_cast<i64>(t) * E + e0;
 #pragma unroll
-    for (int c = 0; c < NCH; ++c) cp_async16(sr + 4 * c, valid(4 * c) ? zr + 4 * c : a.logits, valid(4 * c));
-    cp_async_commit();
+    for (int c = 0; c < NCH; ++c)
+      nz[CPA ? 0 : c] =
+          valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+  };
+  if constexpr (CPA) {
+    for (int i = 0; i < max(0, te - tb); ++i) {
+      const float* zr = a.logits + static_cast<i64>(tb + i) * E + e0;
+      float* sr = srow + i * 32 * EL + e0;
+#pragma unroll
+      for (int c = 0; c < NCH; ++c) cp_async16(sr + 4 * c, valid(4 * c) ? zr + 4 * c : a.logits, valid(4 * c));
+      cp_async_commit();
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+    if (tb < te) load_row(tb);
   }
   float bv[BIAS ? EL : 1];
-  float amax = 0.0f;  // AX: max |bias| over the lane's experts
   if constexpr (BIAS) {
 #pragma unroll
     for (int c = 0; c < NCH; ++c) {
@@ -633,33 +614,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         // key, so the σ path needs no NaN test per token.
         const float b = __uint_as_float(v.w[q]);
         bv[4 * c + q] = SIGMOID && b != b ? neg_inf : b;
-        amax = fmaxf(amax, fabsf(bv[4 * c + q]));
       }
     }
   }
-  // AX: the keys' error bound δ (warp-uniform; an infinite bias makes it infinite: every token then takes the exact
-  // path). Non-negative floats order as their bits.
-  float delta = 0.0f;
-  // AX (packed keys, kiln/moe_routing_args.h moe_packed_keys): y = σ̃ + (bias + C) with C = 3·2^p, 2^p > (1 + max|b|)
-  // ·1.0625, lies in [2^(p+1), 2^(p+2)) (one binade), so its 23 mantissa bits order the keys linearly (step ulp(y) =
-  // 2^(p−22)): the key is y's bits << 9 with 511 − e in the low 9 bits — unique in the warp, larger for the lower expert
-  // among equal y, never 0. y − C is within δ = 2^−19 + 2^(p−20) of the exact key (σ̃'s error, the roundings of bias + C
-  // and of the sum, the exact key's own).
-  // Then a pick is one redux with a unique winner (no ballot) and the picked expert is read off the key. An infinite
-  // bias (or a NaN one: −inf) turns the approximate choice off (every token exact).
-  float bc[AX ? EL : 1];
-  u32 ybits = 0u;  // AX: y's sign and exponent bits
-  bool ax_on = true;
-  if constexpr (AX) {
-    const float m = __uint_as_float(__reduce_max_sync(ALL, __float_as_uint(amax)));
-    ax_on = m <= 1.0e30f;
-    const MoePackedKeys kp = moe_packed_keys(ax_on ? m : 0.0f);
-    ybits = kp.ybits;
-    delta = kp.delta;
-#pragma unroll
-    for (int c = 0; c < EL; ++c) bc[c] = __fadd_rn(bv[c], kp.C);
-  }
-
   const u32 below_me = (1u << lane) - 1u;
 #pragma unroll 1
   for (int t = tb; t < te; ++t) {
@@ -668,13 +625,21 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // The slot's picks as a shared-memory address through a shuffle: the compiler keeps it in a register instead of
     // recomputing it in every pick's winner branch.
     const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pk)), 0);
-    cp_async_wait_group_dyn(te - t - 1);  // this token's row has landed (the later ones may still be in flight)
     float z[EL];
+    if constexpr (CPA) {
+      cp_async_wait_group_dyn(te - t - 1);  // this token's row has landed (the later ones may still be in flight)
 #pragma unroll
-    for (int c = 0; c < NCH; ++c) {
-      const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
+      for (int c = 0; c < NCH; ++c) {
+        const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
 #pragma unroll
-      for (int q = 0; q < 4; ++q) z[4 * c + q] = valid(4 * c) ? __uint_as_float(v.w[q]) : neg_inf;
+        for (int q = 0; q < 4; ++q) z[4 * c + q] = valid(4 * c) ? __uint_as_float(v.w[q]) : neg_inf;
+      }
+    } else {
+#pragma unroll
+      for (int c = 0; c < NCH; ++c)
+#pragma unroll
+        for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
+      if (t + 1 < te) load_row(t + 1);
     }
 
     auto store_row = [&](const float (&v)[EL]) {
@@ -687,9 +652,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // Exact scores of the lane's experts.
     auto exact_scores = [&](float (&s)[EL]) {
       if constexpr (SIGMOID) {
-        // σ = 1/(1 + e^−z) correctly rounded: the short form (kiln_sigmoid_short) while every z of the lane is > −87
-        // (or NaN): one check per lane instead of one per score; the rare lane with a z ≤ −87 recomputes its scores in
-        // full.
+        // σ = 1/(1 + e^−z) correctly rounded: MUFU.RCP and one Newton step are exact while 1 + e^−z < 2^126, i.e. for
+        // z > −87 (or NaN: kiln_exp treats it as −104), where 1 + e^−z also takes the short form
+        // (kiln_one_plus_exp_lt87); one check per lane instead of one per score, the rare lane with a z ≤ −87
+        // recomputes its scores in full.
         float zmin = __int_as_float(0x7f800000), d[EL];
 #pragma unroll
         for (int c = 0; c < EL; ++c) {
@@ -864,157 +830,22 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     };
 
     u32 ok[EL];
-    // Lane r < K holding pick r's expert e (AX): its exact score (into the row at its expert, where the picks' stores
-    // read it) and key; the picks into pk in (key desc, expert asc) order (one shuffle checks that the approximate keys
-    // ordered them so; else a K-shuffle rank).
-    auto exact_picks = [&](int e) {
-      float s = 0.0f;
-      u32 key = 0u;
-      if (lane < K) {
-        s = kiln_sigmoid_short(st[e]);
-        const float b = __ldg(a.bias + e);
-        key = ordered_bits(__fadd_rn(s, b != b ? neg_inf : b));
-      }
-      int rank = lane;
-      const u32 nk = __shfl_down_sync(ALL, key, 1);
-      const int ne = __shfl_down_sync(ALL, e, 1);
-      if (!__all_sync(ALL, lane + 1 >= K || key > nk || (key == nk && e < ne))) {
-        rank = 0;
-#pragma unroll 1
-        for (int j = 0; j < K; ++j) {
-          const u32 kj = __shfl_sync(ALL, key, j);
-          const int ej = __shfl_sync(ALL, e, j);
-          rank += (kj > key || (kj == key && ej < e)) ? 1 : 0;
-        }
-      }
-      if (lane < K) {
-        pk[rank] = e;
-        st[e] = s;
-      }
-    };
-    bool exact_needed = !AX;
-    if constexpr (AX) {
-      // (The row slot holds the logits: lane r reads pick r's from there.)
-      // Packed approximate keys (see bc above), the lane's two best, the groups as in select, K picks of a unique
-      // winner each (a lane whose list runs dry refills it from its keys below the pick), the (K+1)-th key.
-      u32 pkey[EL], h0 = 0u, h1 = 0u;
-#pragma unroll
-      for (int c = 0; c < EL; ++c) {
-        const float y = __fadd_rn(moe_sigmoid_approx(z[c]), bc[c]);
-        pkey[c] = valid(c) ? (__float_as_uint(y) << 9) + static_cast<u32>(511 - e0 - c) : 0u;
-        h1 = max(h1, min(h0, pkey[c]));
-        h0 = max(h0, pkey[c]);
-      }
-      auto yval = [&](u32 k) { return __uint_as_float((k >> 9) | ybits); };
-      bool certain = ax_on;
-      if constexpr (G > 1) {
-        u32 a1 = h0, a2 = h1;
-#pragma unroll
-        for (int o = 1; o < SPAN; o <<= 1) {
-          const u32 b1 = __shfl_down_sync(ALL, a1, o), b2 = __shfl_down_sync(ALL, a2, o);
-          if (lane % SPAN + o < SPAN) {
-            a2 = max(min(a1, b1), max(a2, b2));
-            a1 = max(a1, b1);
-          }
-        }
-        const int gi = lane / SPAN;
-        const u32 gsc = __float_as_uint(__fadd_rn(yval(a1), yval(a2)));  // positive: its bits order it
-        int rank;
-        if constexpr (G <= 8) {
-          const int h = lane & 7, g1 = lane >> 3, g2 = g1 + 4;
-          const u32 sh = __shfl_sync(ALL, gsc, min(h, G - 1) * SPAN);
-          const u32 s1 = __shfl_sync(ALL, gsc, min(g1, G - 1) * SPAN);
-          const u32 v1 = __ballot_sync(ALL, h < G && g1 < G && (sh > s1 || (sh == s1 && h < g1)));
-          u32 v2 = 0u;
-          if constexpr (G > 4) {
-            const u32 s2 = __shfl_sync(ALL, gsc, min(g2, G - 1) * SPAN);
-            v2 = __ballot_sync(ALL, h < G && g2 < G && (sh > s2 || (sh == s2 && h < g2)));
-          }
-          rank = __popc(((gi < 4 ? v1 : v2) >> (8 * (gi & 3))) & 0xffu);
-        } else {
-          const u32 mine = __shfl_sync(ALL, gsc, gi * SPAN);
-          rank = 0;
-#pragma unroll
-          for (int g = 0; g < G; ++g) {
-            const u32 og = __shfl_sync(ALL, gsc, g * SPAN);
-            rank += (og > mine || (og == mine && g < gi)) ? 1 : 0;
-          }
-        }
-        if constexpr (TG < G) {
-          // Group scores are within 3δ of the exact ones (two keys and the sum's rounding): margin > 8δ.
-          const bool lead = lane % SPAN == 0 && gi < G;
-          const u32 bk = __ballot_sync(ALL, lead && rank == TG - 1), bd = __ballot_sync(ALL, lead && rank == TG);
-          const float fk = __uint_as_float(__shfl_sync(ALL, gsc, __ffs(bk) - 1));
-          const float fd = __uint_as_float(__shfl_sync(ALL, gsc, __ffs(bd) - 1));
-          certain = certain && __fsub_rn(fk, fd) > 8.0f * delta;
-        }
-        if (rank >= TG) h0 = h1 = 0u;
-      }
-      u32 mk = 0u, m = 0u;
-#pragma unroll
-      for (int r = 0; r < K; ++r) {
-        m = __reduce_max_sync(ALL, h0);
-        mk = lane == r ? m : mk;
-        // The winner pops its head without a branch; only a list that runs dry branches (to refill).
-        const bool win = h0 == m;
-        const bool dry = win && h1 == 0u;
-        h0 = win ? h1 : h0;
-        h1 = win ? 0u : h1;
-        if (dry) {
-#pragma unroll
-          for (int c = 0; c < EL; ++c) {
-            const u32 k = pkey[c] < m ? pkey[c] : 0u;
-            h1 = max(h1, min(h0, k));
-            h0 = max(h0, k);
-          }
-        }
-      }
-      const u32 mnext = __reduce_max_sync(ALL, h0);
-      certain = certain && (mnext == 0u || __fsub_rn(yval(m), yval(mnext)) > 2.0f * delta);
-      if (certain) {
-        __syncwarp();  // the row's logits
-        exact_picks(511 - static_cast<int>(mk & 511u));
-      } else {
-        exact_needed = true;
-      }
-    }
-    if (exact_needed) {
-      // Select 0, or a near tie under AX: the token from exact scores.
-      if constexpr (AX) {
-        // The logits from the row and the bias from memory (this rare path keeps neither in registers).
-#pragma unroll
-        for (int c = 0; c < NCH; ++c) {
-          const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
-          const Vec16 w = valid(4 * c) ? load16(a.bias + e0 + 4 * c) : Vec16{{0u, 0u, 0u, 0u}};
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            z[4 * c + q] = __uint_as_float(v.w[q]);
-            const float b = __uint_as_float(w.w[q]);
-            bv[4 * c + q] = b != b ? neg_inf : b;
-          }
-        }
-      }
-      float s[EL];
-      exact_scores(s);
-      if constexpr (AX) __syncwarp();  // every lane has read the row
-      store_row(s);  // a pick's score is read from there
-      make_keys(s, ok);
-      select(ok);
-    }
+    float sc[EL];
+    exact_scores(sc);
+    store_row(sc);  // a pick's score is read from there
+    make_keys(sc, ok);
+    select(ok);
 
     // Zeros, the map bytes (and −1 map rows) over the lane's experts; the picks' stores follow for all the warp's
-    // tokens at once. AX: the zero rows of probs and of the routing map are stored for all the warp's tokens after the
-    // loop (fewer instructions per token), and each pick's map byte with its prob.
+    // tokens at once.
     const Vec16 zero{{0u, 0u, 0u, 0u}}, m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     const i64 row = static_cast<i64>(t) * E;
 #pragma unroll
     for (int c = 0; c < NCH; ++c)
       if (valid(4 * c)) {
-        if constexpr (!AX) {
-          store16(a.probs + row + e0 + 4 * c, zero);
-          const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
-          *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
-        }
+        store16(a.probs + row + e0 + 4 * c, zero);
+        const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
+        *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
         if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
       }
   }
@@ -1025,18 +856,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   // the earlier rounds' counts) and the record.
   __syncwarp();
   const int nk = max(0, te - tb) * K;
-  if constexpr (AX) {
-    // The zero rows of the warp's tokens (contiguous): probs by 16-byte stores (rows of E % 4 == 0 floats, 16-byte
-    // aligned), the routing map by 4-byte stores (its base is 4-byte aligned).
-    const Vec16 zero{{0u, 0u, 0u, 0u}};
-    const int nt = max(0, te - tb);
-    float* pr = a.probs + static_cast<i64>(tb) * E;
-    for (int q = lane; q < nt * (E / 4); q += 32) store16(pr + 4 * q, zero);
-    u32* mr = reinterpret_cast<u32*>(a.routing_map + static_cast<i64>(tb) * E);
-    for (int q = lane; q < nt * (E / 4); q += 32) mr[q] = 0u;
-  }
   for (int i = lane; i < nk; i += 32) ps[i] = srow[(i / K) * 32 * EL + pe[i]];
-  __syncwarp();  // (AX: the zero rows before the picks' stores)
+  __syncwarp();
 #pragma unroll 1
   for (int b = 0; b < nk; b += 32) {
     const int i = b + lane;
@@ -1054,7 +875,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       if ((same >> lane) == 1u) cnt[e] = rk + 1;
       const float sv = ps[i];
       a.probs[static_cast<i64>(tb + tl) * E + e] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
-      if constexpr (AX) a.routing_map[static_cast<i64>(tb + tl) * E + e] = 1;
       if constexpr (MAP) rec[(tb - tc0) * K + i] = static_cast<u32>(e) | static_cast<u32>(rk) << 16;
     }
     __syncwarp();

@@ -95,30 +95,4 @@ struct MoeMapWriteArgs {
   int num_out;
 };
 
-#if defined(__CUDACC__) || defined(__CUDACC_RTC__)
-#define KILN_MOE_HD __host__ __device__
-#else
-#define KILN_MOE_HD
-#endif
-
-// Select 2 of moe_route (packed approximate keys): from B = max |bias| (finite, ≥ 0), the p with 2^p > 1.0625·(1 + B),
-// C = 3·2^p, the sign and exponent bits of every y = fl(σ̃ + fl(b + C)) (σ̃ ∈ [0, 1], |b| ≤ B: all in the binade
-// [2^(p+1), 2^(p+2))), and δ = 2^−19 + 2^(p−20), the bound on |(y − C) − exact key| (σ̃'s 2^−19, the roundings of
-// b + C and of the sum, the exact key's own rounding: each ≤ ulp(y) = 2^(p−22)). tests/moe_test.cpp checks the binade.
-struct MoePackedKeys {
-  float C;
-  unsigned ybits;
-  float delta;
-};
-KILN_MOE_HD inline MoePackedKeys moe_packed_keys(float max_abs_bias) {
-  const float f = (1.0f + max_abs_bias) * 1.0625f;
-  float two_p = 2.0f;
-  int p = 1;
-  while (two_p <= f) {
-    two_p *= 2.0f;
-    ++p;
-  }
-  return {3.0f * two_p, static_cast<unsigned>(p + 128) << 23, 1.9073486328125e-06f + two_p * 9.5367431640625e-07f};
-}
-
 }  // namespace kiln

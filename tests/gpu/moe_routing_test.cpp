@@ -40,15 +40,15 @@ struct Case {
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
   int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
   int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
-                           // route, 1: whole rows in route_map, 2 / 3: fused into route) and how experts are chosen
-  int sel = 0;             // (0: exact scores of every expert, 2: packed approximate keys, verified, exact picks)
+                           // route, 1: whole rows in route_map, 2 / 3 / 4: fused into route) and how the logits rows
+  int load = 0;            // are loaded (0: the next one into registers, 1: all of a warp's by cp.async)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
                            // 3 eight clear winners per token with sub-ulp differences among them
 };
 
 // The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, select) with the case's config forced for
+// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load) with the case's config forced for
 // the scope's lifetime.
 detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   detail::Specialization s;
@@ -60,7 +60,7 @@ detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   s.config[0] = c.warps;
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
-  s.config[3] = c.sel;
+  s.config[3] = c.load;
   return s;
 }
 std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
@@ -72,10 +72,10 @@ std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d select=%d map=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d load=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.sel, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.load, c.with_map);
   return b;
 }
 
@@ -136,9 +136,8 @@ class MoeRoutingTest : public GpuTest {
         }
     }
     if (c.pattern == 3) {
-      // Per token 8 clear winners (2 in each of 4 groups when there are groups) whose logits differ below the
-      // approximate keys' error bound: the verified choice holds, the picks' order comes from their exact keys
-      // (ties to the lower expert), so select 2 reorders its approximate picks.
+      // Per token 8 clear winners (2 in each of 4 groups when there are groups) whose logits differ by sub-ulp
+      // amounts: their order comes from exact keys that tie or differ by one ulp (ties to the lower expert).
       const int64_t GS = E / c.o.n_group;
       for (float& v : z) v = 0.5f * v - 4.0f;  // the others: σ ≲ 0.3
       for (int64_t t = 0; t < T; ++t)
@@ -208,36 +207,36 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
 // Route configs of the search space (chunks of 32 or 64 tokens; the −1 fill in route, whole rows in route_map, or the
-// map fused into route with the −1 fill per token, after the warp's tokens or after the CTA's arrival; select 0 / 1),
+// map fused into route with the −1 fill per token, after the warp's tokens or after the CTA's arrival; load 0 / 1),
 // with and without the map, on the
 // target routing and odd shapes (a partial last lane, groups spanning 5 lanes, two groups per lane, one lane per
 // token); a shape whose shared memory the search space excludes (E = 512 at 16 × 4) is skipped. The fused configs at
 // T = 65536 (2048 chunks: more than fit at once) exercise their fallback to fill 0 / 1.
 TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
-  struct Cfg { int warps, tpw, fill, sel; };
+  struct Cfg { int warps, tpw, fill, load; };
   for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 0}, Cfg{8, 4, 1, 0}, Cfg{16, 2, 0, 0},
                        Cfg{8, 4, 2, 0}, Cfg{16, 2, 2, 0}, Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0},
-                       Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}, Cfg{8, 4, 4, 2}, Cfg{8, 4, 3, 2}, Cfg{16, 2, 4, 2},
-                       Cfg{16, 4, 1, 2}, Cfg{8, 4, 1, 2}, Cfg{16, 2, 0, 2}, Cfg{8, 4, 0, 2}})
+                       Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}, Cfg{8, 4, 4, 1}, Cfg{16, 2, 3, 1}, Cfg{16, 2, 4, 1},
+                       Cfg{16, 4, 1, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
-      if (k.sel && !k.fill && with_map) continue;  // select 2 goes with fill 1 / 3 / 4, or without the map
+      if (k.load && !k.fill && with_map) continue;  // load 1 goes with fill 1 / 3 / 4, or without the map
       auto forced = [&](Case c) {
         c.warps = k.warps;
         c.tpw = k.tpw;
         c.fill = k.fill;
-        c.sel = k.sel;
+        c.load = k.load;
         c.with_map = with_map;
         return c;
       };
       run_case(forced({8192, 256, kLing, true, 16, true, with_map && k.warps == 16}), 300 + k.warps + k.tpw);
-      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.sel);
-      if (k.sel) {
-        // Sigmoid without a bias (not in select 2's space: skipped), without groups, and a partial last lane.
+      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.load);
+      if (k.load) {
+        // Sigmoid without a bias, without groups, and a partial last lane.
         for (const Case& o : {Case{4096, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
                               Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32},
                               Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16}})
-          if (detail::in_search_space(route_spec_of(rt(), forced(o)))) run_case(forced(o), 330 + k.warps + k.sel);
+          if (detail::in_search_space(route_spec_of(rt(), forced(o)))) run_case(forced(o), 330 + k.warps + k.load);
       }
       for (const Case& o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
                             Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
@@ -248,8 +247,8 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
     }
 }
 // Ties, ulp-level differences, NaN/±inf logits and huge biases must match the reference bit for bit (ties to the lower
-// expert index; refills of a lane's two-entry list when it wins more than two picks; select 2: the near ties take the
-// exact path, huge biases widen its error bound, sub-ulp winners are reordered by their exact keys).
+// expert index; refills of a lane's two-entry list when it wins more than two picks; sub-ulp winners ordered by their
+// exact keys), with both row loads.
 TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
   for (int pattern : {1, 2, 3})
     for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
@@ -270,10 +269,10 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       run_case(c, 430 + pattern);
       c.fill = 4;
       run_case(c, 435 + pattern);
-      c.sel = 2;  // packed keys: sigmoid with a bias, E ≤ 256 (the softmax options are not in the space)
-      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 470 + pattern);
+      c.load = 1;  // rows by cp.async
+      run_case(c, 470 + pattern);
       c.fill = 3;
-      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 475 + pattern);
+      run_case(c, 475 + pattern);
       c.fill = 1;
       c.warps = 16;
       c.tpw = 2;
