@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # A GPU round's measurement of the MoE routing forward (bench/NOTES.md, "Session 6 (helper topk)"): the tuner's table
-# of the moe_routing family at 8192 tokens (every route config: warps × tokens per warp × fill × select), and ncu
-# profiles of the route kernel (with the map) at two forced configs: ROUTE_SET (default select 2, fill 4, 8 × 4) and
-# ROUTE_BASE (default: the current default select 0, fill 3, 8 × 4) and ROUTE_WIDE (select 2, fill 4, 16 × 2), with the
+# of the moe_routing family at 8192 tokens (every route config: warps × tokens per warp × fill × load), and ncu
+# profiles of the route kernel (with the map) at three forced configs: ROUTE_SET (default load 1, fill 3, 16 × 2),
+# ROUTE_BASE (default: the current default load 0, fill 3, 16 × 2) and ROUTE_WIDE (load 1, fill 3, 8 × 4), with the
 # per-SM spread of CTAs and active cycles and the stall reasons, plus ROUTE_SET's per-instruction execution counts
 # (source page, SASS) to see which paths run.
 # Usage (repo root, after the build): OUT=dir bash bench/sweeps/topk_round.sh
 set -u
 OUT=${OUT:?set OUT}
 K=./build-gpu/tools/kiln
-SET=${ROUTE_SET:-select=2,fill=4,warps=8,tokens_per_warp=4}
-BASE=${ROUTE_BASE:-select=0,fill=3,warps=8,tokens_per_warp=4}
-WIDE=${ROUTE_WIDE:-select=2,fill=4,warps=16,tokens_per_warp=2}
+SET=${ROUTE_SET:-load=1,fill=3,warps=16,tokens_per_warp=2}
+BASE=${ROUTE_BASE:-load=0,fill=3,warps=16,tokens_per_warp=2}
+WIDE=${ROUTE_WIDE:-load=1,fill=3,warps=8,tokens_per_warp=4}
 CASE='moe_topk_routing_fwd T=8192 E=256 k=8 sigmoid groups=8/4 bias map'
 $K tune --model ling-mini-2.0 --tokens 8192 --families moe_routing --out "$OUT/topk-tune.json" --json \
   > "$OUT/topk-tune-table.json" 2> "$OUT/topk-tune.log"
