@@ -503,21 +503,22 @@ __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, 
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
 //   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);
 //   moe_route       one warp per token (tokens_per_warp tokens in sequence, the next token's logits loaded while the
-//                   current one is routed); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
+//                   current one is routed, or all of them at the start: CPA); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
 //                   the routing map and (map, fill = 0) the −1 rows of row_id_map; counts the CTA's chunk of tokens
 //                   per expert and adds them into the superblock row (map) or tokens_per_expert (no map); with the
 //                   map also each pick's record (expert, rank among the chunk's tokens routed to that expert);
 //   moe_route_map   (map only) one CTA per chunk: counts = Σ superblock rows, offsets (exclusive scan of the padded
 //                   counts), the chunk's prefix (its superblock's predecessors + ≤ super_chunks − 1 chunk rows), then
 //                   each record's row of row_id_map and the inverse index list (fill = 1: it writes the whole rows).
-// Fused (fill = 2, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
+// Fused (fill = 2 … 4, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
 // chunk after a grid-wide arrival counter (zeroed by moe_route_zero) says every chunk's counts are in, from the
 // records in its shared memory: two launches, no records through global memory.
 //
 // Selection in moe_route: each lane keeps its two best live (key, expert, score) in (key desc, expert asc) order; a
 // pick is the warp's maximum key over the lanes' heads (redux.sync), the lowest lane holding it (one ballot: lanes own
 // ascending expert ranges, a head is its lane's lowest expert among equal keys) wins and pops its head. A lane whose
-// list runs dry refills it from its live experts below its last pick (a rare branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
+// list runs dry refills it from its live experts below its last pick (a rare branch). Ties therefore go to the lower
+// expert index, exactly as K rounds of argmax over (key, −e).
 
 __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a) {
   pdl_launch_dependents();  // moe_route starts at once; it waits for this kernel before its first atomic
@@ -692,8 +693,8 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
       }
     };
-    // The keys as order-preserving u32 (NaN counts as −inf; 0 = no expert, below every real key) from scores s (exact
-    // or approximate): s + bias, or the logit itself without a bias (s is monotone in z: the same selection, exact).
+    // The keys as order-preserving u32 (NaN counts as −inf; 0 = no expert, below every real key) from the scores s:
+    // s + bias, or the logit itself without a bias (s is monotone in z: the same selection, exact).
     auto make_keys = [&](const float (&s)[EL], u32 (&ok)[EL]) {
 #pragma unroll
       for (int c = 0; c < EL; ++c) {
