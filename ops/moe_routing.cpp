@@ -23,13 +23,16 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
 // written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
 // 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
-// itself, with the −1 fill per token (2) or of the warp's rows after its tokens, before the arrival (3); used where the
-// whole grid is resident at once, else 0 or 1), and the tokens a warp routes at once (1, or 2 interleaved: measured
-// slower everywhere in session 5 round 1, not in the search space). topk_bwd: warps per CTA.
-enum { C_WARPS, C_TPW, C_FILL, C_NT };
-enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3 };
-bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter; }
-bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter; }
+// itself, with the −1 fill per token (2), of the warp's rows after its tokens, before the arrival (3), or after the
+// CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
+// the whole grid is resident at once, else 0 or 1), and how the logits rows are loaded (load 0: the next token's row
+// into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
+// kernel start). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower
+// everywhere in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
+enum { C_WARPS, C_TPW, C_FILL, C_LOAD };
+enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
+bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
+bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -47,11 +50,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], std::max<int64_t>(1, s.config[C_NT]),
-                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]));
+                         s.config[C_WARPS], s.config[C_LOAD] != 0,
+                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -100,7 +103,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "nt"},
+                   {"warps", "tokens_per_warp", "fill", "load"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -116,12 +119,12 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md, session 5 round 2): with the map 8 warps of 4
-// tokens and the fused map with the −1 rows after each warp's tokens (fill 3: 20.2 µs; 16 × 2 fill 3 20.0, within
-// the noise, but 8 × 4 leaves the fused grid more room to be resident: 5 CTAs per SM fit, 2 are needed; fill 1, the
-// best unfused, 21.8; fill 0 22.2), without it 16 warps of 2 tokens (13.6 µs; 8 × 4 14.1). 32-token chunks either
-// way: 256 CTAs at T = 8192, all resident at once.
-std::pair<int, int> route_shape(bool map) { return map ? std::pair{8, 4} : std::pair{16, 2}; }
+// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md): with the map 16 warps of 2 tokens and the
+// fused map with the −1 rows after each warp's tokens (fill 3; session 6 rounds 2 and 3: 20.42 / 20.22 µs against
+// 20.51 / 20.62 for the former 8 × 4 fill 3; the fused grid of 256 CTAs needs 2 per SM, 48 registers × 512 threads
+// fit 2), without it 16 warps of 2 tokens (13.95 µs; 8 × 4 14.1). 32-token chunks either way: 256 CTAs at T = 8192,
+// all resident at once.
+std::pair<int, int> route_shape(bool) { return {16, 2}; }
 // How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
 int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
 
@@ -138,7 +141,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.config[C_WARPS] = route_shape(map).first;
   s.config[C_TPW] = route_shape(map).second;
   s.config[C_FILL] = route_fill(map);
-  s.config[C_NT] = 1;
+  s.config[C_LOAD] = 0;
   return s;
 }
 
@@ -164,7 +167,8 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
 }
 
 // route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 3; without the map 0 only), one token at a time, within 160 KB of shared memory.
+// written (fill 0 … 4; without the map 0 only) × load 0, and load 1 with fill 1, 3 and 4 (the best unfused and fused
+// writers) or without the map, within 160 KB of shared memory.
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -176,18 +180,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_WARPS] = route_shape(map).first;
     s.config[C_TPW] = route_shape(map).second;
     s.config[C_FILL] = route_fill(map);
-    s.config[C_NT] = 1;
+    s.config[C_LOAD] = 0;
     out.push_back(s);
     const auto dflt = s.config;
-    for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter}) {
-      if (fill != kFillInRoute && !map) continue;
-      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-        s.config[C_WARPS] = w;
-        s.config[C_TPW] = tpw;
-        s.config[C_FILL] = fill;
-        s.config[C_NT] = 1;
-        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-        out.push_back(s);
+    for (int load : {0, 1}) {
+      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
+        if (fill != kFillInRoute && !map) continue;
+        if (load && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;
+        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+          s.config[C_WARPS] = w;
+          s.config[C_TPW] = tpw;
+          s.config[C_FILL] = fill;
+          s.config[C_LOAD] = load;
+          if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+          out.push_back(s);
+        }
       }
     }
   } else if (base.kernel == kTopkBwd) {
@@ -382,7 +389,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   if (map && fused_fill(s.config[C_FILL]) && T > 0 &&
       NC > static_cast<int64_t>(impl.device().sm_count) *
                impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
-    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;
+    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;  // fill 3 / 4 → 1
   const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
   const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
   if (!map && T == 0) {

@@ -503,21 +503,22 @@ __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, 
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
 //   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);
 //   moe_route       one warp per token (tokens_per_warp tokens in sequence, the next token's logits loaded while the
-//                   current one is routed); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
+//                   current one is routed, or all of them at the start: CPA); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
 //                   the routing map and (map, fill = 0) the −1 rows of row_id_map; counts the CTA's chunk of tokens
 //                   per expert and adds them into the superblock row (map) or tokens_per_expert (no map); with the
 //                   map also each pick's record (expert, rank among the chunk's tokens routed to that expert);
 //   moe_route_map   (map only) one CTA per chunk: counts = Σ superblock rows, offsets (exclusive scan of the padded
 //                   counts), the chunk's prefix (its superblock's predecessors + ≤ super_chunks − 1 chunk rows), then
 //                   each record's row of row_id_map and the inverse index list (fill = 1: it writes the whole rows).
-// Fused (fill = 2, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
+// Fused (fill = 2 … 4, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
 // chunk after a grid-wide arrival counter (zeroed by moe_route_zero) says every chunk's counts are in, from the
 // records in its shared memory: two launches, no records through global memory.
 //
 // Selection in moe_route: each lane keeps its two best live (key, expert, score) in (key desc, expert asc) order; a
 // pick is the warp's maximum key over the lanes' heads (redux.sync), the lowest lane holding it (one ballot: lanes own
 // ascending expert ranges, a head is its lane's lowest expert among equal keys) wins and pops its head. A lane whose
-// list runs dry refills it from its live experts below its last pick (a rare branch). Ties therefore go to the lower expert index, exactly as K rounds of argmax over (key, −e).
+// list runs dry refills it from its live experts below its last pick (a rare branch). Ties therefore go to the lower
+// expert index, exactly as K rounds of argmax over (key, −e).
 
 __global__ void __launch_bounds__(256) moe_route_zero_kernel(const MoeZeroArgs a) {
   pdl_launch_dependents();  // moe_route starts at once; it waits for this kernel before its first atomic
@@ -533,16 +534,20 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 }
 
 // Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the tokens'
-// scores [W][tokens_per_warp][32·EL], picks [W][tokens_per_warp][K] (expert int, score float), and with the map the
-// chunk's records [W·tokens_per_warp][K] u32.
+// rows [W][tokens_per_warp][32·EL] (CPA: the logits, then the scores; else the scores),
+// picks [W][tokens_per_warp][K] (expert int, score float), and with the map the chunk's records [W·tokens_per_warp][K]
+// u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
 // (ops/moe_routing.cpp lane_experts): groups either span SPAN = GS/EL whole lanes or a lane holds EL/GS whole groups.
-// NT: tokens a warp routes at once (1, or 2 interleaved: two independent instruction streams for the scheduler).
 // FUSE (map): the map is written by this launch — after its counts every CTA arrives at a grid-wide
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
-// chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch.
+// chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
+// −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
+// CPA: every token row of the warp is requested at kernel start by cp.async into its row slot in shared memory (one
+// commit group per token, waited before the token); else the next token's row is loaded into registers while the
+// current one is routed.
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          int NT, bool FUSE>
+          bool CPA, bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -554,11 +559,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   static_assert(EL % 4 == 0 && EL >= 4 && EL <= 64 && 32 * EL >= E && E % 4 == 0, "bad lane layout");
   static_assert(K >= 1 && K <= E && G >= 1 && G <= 32 && E % G == 0 && TG >= 1 && TG <= G, "bad K/groups");
   static_assert(UNIFORM || EL % GS == 0, "groups must align with the lanes' expert ranges");
-  static_assert(NT == 1 || NT == 2, "one or two tokens at once");
   using Mask = typename MoeLaneMask<(EL <= 32)>::type;
   extern __shared__ __align__(16) int moe_smem[];
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int tpw = a.tpw;  // a multiple of NT (ops/moe_routing.cpp)
+  const int tpw = a.tpw;
   int* cnt = moe_smem + warp * E;
   // Per warp and token slot (tpw slots): the scores, the picks' experts and their scores.
   float* srow = reinterpret_cast<float*>(moe_smem + W * E) + warp * tpw * 32 * EL;
@@ -572,6 +576,34 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   const int e0 = lane * EL;
   const float neg_inf = -__int_as_float(0x7f800000);
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
+  const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
+  const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
+  // CPA: every token row of the warp is requested at once into its row slot, before the bias loads below (cp.async,
+  // one commit group per token: no registers held, so the compiler cannot tie a later token's load to this token's
+  // instructions — with registers it copied the prefetched row right after issuing its load, a full memory latency
+  // per token: session 6 round 2's source counters). Else the next token's row is loaded into registers while the
+  // current one is routed.
+  Vec16 nz[CPA ? 1 : NCH];
+  auto load_row = [&](int t) {
+    const float* zr = a.logits + static_cast<i64>(t) * E + e0;
+#pragma unroll
+    for (int c = 0; c < NCH; ++c)
+      nz[CPA ? 0 : c] =
+          valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+  };
+  if constexpr (CPA) {
+    for (int i = 0; i < max(0, te - tb); ++i) {
+      const float* zr = a.logits + static_cast<i64>(tb + i) * E + e0;
+      float* sr = srow + i * 32 * EL + e0;
+#pragma unroll
+      for (int c = 0; c < NCH; ++c) cp_async16(sr + 4 * c, valid(4 * c) ? zr + 4 * c : a.logits, valid(4 * c));
+      cp_async_commit();
+    }
+  } else {
+#pragma unroll
+    for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+    if (tb < te) load_row(tb);
+  }
   float bv[BIAS ? EL : 1];
   if constexpr (BIAS) {
 #pragma unroll
@@ -586,304 +618,236 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
       }
     }
   }
-
-  const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
-  const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
-  // NT tokens at once (interleaved: independent instruction streams for the scheduler), the next NT prefetched.
-  Vec16 nz[NT][NCH];
-  auto load_row = [&](int j, int t) {
-    const float* zr = a.logits + static_cast<i64>(t) * E + e0;
-#pragma unroll
-    for (int c = 0; c < NCH; ++c)
-      nz[j][c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-  };
-#pragma unroll
-  for (int j = 0; j < NT; ++j) {
-#pragma unroll
-    for (int c = 0; c < NCH; ++c) nz[j][c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-    if (tb + j < te) load_row(j, tb + j);
-  }
   const u32 below_me = (1u << lane) - 1u;
 #pragma unroll 1
-  for (int t = tb; t < te; t += NT) {
-    // tv[j]: token t + j exists (warp-uniform); a missing one (the last of an odd count) is routed from stale logits
-    // into slot t + j − tb < tpw (tpw is even when NT = 2) and never stored.
+  for (int t = tb; t < te; ++t) {
     float* st = srow + (t - tb) * 32 * EL;
+    int* pk = pe + (t - tb) * K;
     // The slot's picks as a shared-memory address through a shuffle: the compiler keeps it in a register instead of
     // recomputing it in every pick's winner branch.
-    const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pe + (t - tb) * K)), 0);
-    bool tv[NT];
-    float z[NT][EL];
+    const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pk)), 0);
+    float z[EL];
+    if constexpr (CPA) {
+      cp_async_wait_group_dyn(te - t - 1);  // this token's row has landed (the later ones may still be in flight)
 #pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      tv[j] = t + j < te;
+      for (int c = 0; c < NCH; ++c) {
+        const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
+#pragma unroll
+        for (int q = 0; q < 4; ++q) z[4 * c + q] = valid(4 * c) ? __uint_as_float(v.w[q]) : neg_inf;
+      }
+    } else {
 #pragma unroll
       for (int c = 0; c < NCH; ++c)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) z[j][4 * c + q] = __uint_as_float(nz[j][c].w[q]);
+        for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
+      if (t + 1 < te) load_row(t + 1);
     }
-#pragma unroll
-    for (int j = 0; j < NT; ++j)
-      if (t + NT + j < te) load_row(j, t + NT + j);
 
-    float s[NT][EL];
-    if constexpr (SIGMOID) {
-      // σ = 1/(1 + e^−z) correctly rounded: MUFU.RCP and one Newton step are exact while 1 + e^−z < 2^126, i.e. for
-      // z > −87 (or NaN: kiln_exp treats it as −104), where 1 + e^−z also takes the short form
-      // (kiln_one_plus_exp_lt87); one check per lane instead of one per score, the rare lane with a z ≤ −87 recomputes
-      // its scores in full.
-      float zmin = __int_as_float(0x7f800000), d[NT][EL];
+    auto store_row = [&](const float (&v)[EL]) {
 #pragma unroll
-      for (int j = 0; j < NT; ++j)
+      for (int c = 0; c < NCH; ++c)
+        *reinterpret_cast<Vec16*>(st + e0 + 4 * c) =
+            Vec16{{__float_as_uint(v[4 * c]), __float_as_uint(v[4 * c + 1]), __float_as_uint(v[4 * c + 2]),
+                   __float_as_uint(v[4 * c + 3])}};
+    };
+    // Exact scores of the lane's experts.
+    auto exact_scores = [&](float (&s)[EL]) {
+      if constexpr (SIGMOID) {
+        // σ = 1/(1 + e^−z) correctly rounded: MUFU.RCP and one Newton step are exact while 1 + e^−z < 2^126, i.e. for
+        // z > −87 (or NaN: kiln_exp treats it as −104), where 1 + e^−z also takes the short form
+        // (kiln_one_plus_exp_lt87); one check per lane instead of one per score, the rare lane with a z ≤ −87
+        // recomputes its scores in full.
+        float zmin = __int_as_float(0x7f800000), d[EL];
 #pragma unroll
         for (int c = 0; c < EL; ++c) {
-          zmin = valid(c) ? fminf(zmin, z[j][c]) : zmin;
-          d[j][c] = kiln_one_plus_exp_lt87(-z[j][c]);
+          zmin = valid(c) ? fminf(zmin, z[c]) : zmin;
+          d[c] = kiln_one_plus_exp_lt87(-z[c]);
         }
-      if (!(zmin <= -87.0f)) {
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
+        if (!(zmin <= -87.0f)) {
 #pragma unroll
           for (int c = 0; c < EL; ++c) {
             float r;
-            asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[j][c]));
-            s[j][c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[j][c], r, 1.0f), r) : 0.0f;
-          }
-      } else {
-#pragma unroll
-        for (int j = 0; j < NT; ++j)
-#pragma unroll
-          for (int c = 0; c < EL; ++c) s[j][c] = valid(c) ? kiln_sigmoid(z[j][c]) : 0.0f;
-      }
-    } else {
-      float m[NT], sum[NT];
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        m[j] = neg_inf;
-#pragma unroll
-        for (int c = 0; c < EL; ++c) m[j] = fmaxf(m[j], z[j][c]);
-      }
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int j = 0; j < NT; ++j) m[j] = fmaxf(m[j], __shfl_xor_sync(ALL, m[j], o));
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
-        sum[j] = 0.0f;
-#pragma unroll
-        for (int c = 0; c < EL; ++c) {
-          s[j][c] = valid(c) ? kiln_exp(__fsub_rn(z[j][c], m[j])) : 0.0f;
-          sum[j] = __fadd_rn(sum[j], s[j][c]);
-        }
-      }
-      // Fixed-order butterfly (the CPU reference replays it lane by lane).
-#pragma unroll
-      for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-        for (int j = 0; j < NT; ++j) sum[j] = __fadd_rn(sum[j], __shfl_xor_sync(ALL, sum[j], o));
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-#pragma unroll
-        for (int c = 0; c < EL; ++c) s[j][c] = __fdiv_rn(s[j][c], sum[j]);
-    }
-    // The scores to shared memory (a pick's score is read from there), the keys as order-preserving u32 (NaN counts as
-    // −inf; 0 = no expert, below every real key).
-    u32 ok[NT][EL];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-#pragma unroll
-      for (int c = 0; c < NCH; ++c)
-        *reinterpret_cast<Vec16*>(st + j * 32 * EL + e0 + 4 * c) =
-            Vec16{{__float_as_uint(s[j][4 * c]), __float_as_uint(s[j][4 * c + 1]), __float_as_uint(s[j][4 * c + 2]),
-                   __float_as_uint(s[j][4 * c + 3])}};
-#pragma unroll
-      for (int c = 0; c < EL; ++c) {
-        float k = BIAS ? __fadd_rn(s[j][c], bv[BIAS ? c : 0]) : z[j][c];
-        if constexpr (!(SIGMOID && BIAS)) k = k != k ? neg_inf : k;
-        ok[j][c] = valid(c) ? ordered_bits(k) : 0u;
-      }
-    }
-
-    u32 h0[NT], h1[NT];
-    int i0[NT], i1[NT];
-    auto insert = [&](int j, u32 k, int c) {
-      const bool gt0 = k > h0[j], gt1 = k > h1[j];
-      h1[j] = gt0 ? h0[j] : gt1 ? k : h1[j];
-      i1[j] = gt0 ? i0[j] : gt1 ? c : i1[j];
-      h0[j] = gt0 ? k : h0[j];
-      i0[j] = gt0 ? c : i0[j];
-    };
-    Mask live[NT];  // !UNIFORM: the lane's experts in kept groups
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      h0[j] = h1[j] = 0u;
-      i0[j] = i1[j] = 0;
-      live[j] = 0;
-    }
-    if constexpr (UNIFORM) {
-#pragma unroll
-      for (int c = 0; c < EL; ++c)
-#pragma unroll
-        for (int j = 0; j < NT; ++j) insert(j, ok[j][c], c);
-      if constexpr (G > 1) {
-        // The group's two largest keys (ordered, so ±0 and ties are order-independent): merged down to the group's
-        // first lane over its SPAN lanes, then summed as floats.
-        u32 a1[NT], a2[NT], gsc[NT], mine[NT];
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          a1[j] = h0[j];
-          a2[j] = h1[j];
-        }
-#pragma unroll
-        for (int o = 1; o < SPAN; o <<= 1)
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const u32 b1 = __shfl_down_sync(ALL, a1[j], o), b2 = __shfl_down_sync(ALL, a2[j], o);
-            if (lane % SPAN + o < SPAN) {
-              a2[j] = max(min(a1[j], b1), max(a2[j], b2));
-              a1[j] = max(a1[j], b1);
-            }
-          }
-        const int gi = lane / SPAN;
-#pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          float sc = __fadd_rn(ordered_float(a1[j]), ordered_float(a2[j]));
-          sc = sc != sc ? neg_inf : sc;
-          gsc[j] = ordered_bits(sc);
-          if constexpr (G > 8) mine[j] = __shfl_sync(ALL, gsc[j], gi * SPAN);
-        }
-        // Kept iff fewer than TG groups rank above (score desc, group asc): the same groups as TG rounds of argmax.
-        int rank[NT];
-        if constexpr (G <= 8) {
-          // Ranks from ballots: lane l judges "group h = l % 8 ranks above group l / 8" and "… above l / 8 + 4"; a
-          // group's rank is the popcount of its 8 bits in its half's ballot (3 shuffles and 2 ballots, not G shuffles).
-          const int h = lane & 7, g1 = lane >> 3, g2 = g1 + 4;
-#pragma unroll
-          for (int j = 0; j < NT; ++j) {
-            const u32 sh = __shfl_sync(ALL, gsc[j], min(h, G - 1) * SPAN);
-            const u32 s1 = __shfl_sync(ALL, gsc[j], min(g1, G - 1) * SPAN);
-            const u32 v1 = __ballot_sync(ALL, h < G && g1 < G && (sh > s1 || (sh == s1 && h < g1)));
-            u32 v2 = 0u;
-            if constexpr (G > 4) {
-              const u32 s2 = __shfl_sync(ALL, gsc[j], min(g2, G - 1) * SPAN);
-              v2 = __ballot_sync(ALL, h < G && g2 < G && (sh > s2 || (sh == s2 && h < g2)));
-            }
-            rank[j] = __popc(((gi < 4 ? v1 : v2) >> (8 * (gi & 3))) & 0xffu);
+            asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[c]));
+            s[c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[c], r, 1.0f), r) : 0.0f;
           }
         } else {
 #pragma unroll
-          for (int j = 0; j < NT; ++j) rank[j] = 0;
-#pragma unroll
-          for (int g = 0; g < G; ++g)
-#pragma unroll
-            for (int j = 0; j < NT; ++j) {
-              const u32 og = __shfl_sync(ALL, gsc[j], g * SPAN);
-              rank[j] += (og > mine[j] || (og == mine[j] && g < gi)) ? 1 : 0;
-            }
+          for (int c = 0; c < EL; ++c) s[c] = valid(c) ? kiln_sigmoid(z[c]) : 0.0f;
         }
+      } else {
+        float m = neg_inf;
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          if (rank[j] >= TG) h0[j] = h1[j] = 0u;  // a dropped group: its lanes never win
+        for (int c = 0; c < EL; ++c) m = fmaxf(m, z[c]);
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(ALL, m, o));
+        float sum = 0.0f;
+#pragma unroll
+        for (int c = 0; c < EL; ++c) {
+          s[c] = valid(c) ? kiln_exp(__fsub_rn(z[c], m)) : 0.0f;
+          sum = __fadd_rn(sum, s[c]);
         }
+        // Fixed-order butterfly (the CPU reference replays it lane by lane).
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(ALL, sum, o));
+#pragma unroll
+        for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
       }
-    } else {
-      // NGL whole groups per lane.
-      u32 gsc[NT][NGL];
-      int rank[NT][NGL];
+    };
+    // The keys as order-preserving u32 (NaN counts as −inf; 0 = no expert, below every real key) from the scores s:
+    // s + bias, or the logit itself without a bias (s is monotone in z: the same selection, exact).
+    auto make_keys = [&](const float (&s)[EL], u32 (&ok)[EL]) {
 #pragma unroll
-      for (int j = 0; j < NT; ++j)
+      for (int c = 0; c < EL; ++c) {
+        float k = BIAS ? __fadd_rn(s[c], bv[BIAS ? c : 0]) : z[c];
+        if constexpr (!(SIGMOID && BIAS)) k = k != k ? neg_inf : k;
+        ok[c] = valid(c) ? ordered_bits(k) : 0u;
+      }
+    };
+
+    Mask taken;
+    // The selection from exact keys ok: groups, then K picks (the winners store their experts at pk in pick order;
+    // taken marks the lane's picked experts).
+    auto select = [&](const u32 (&ok)[EL]) {
+      u32 h0 = 0u, h1 = 0u;
+      int i0 = 0, i1 = 0;
+      auto insert = [&](u32 k, int c) {
+        const bool gt0 = k > h0, gt1 = k > h1;
+        h1 = gt0 ? h0 : gt1 ? k : h1;
+        i1 = gt0 ? i0 : gt1 ? c : i1;
+        h0 = gt0 ? k : h0;
+        i0 = gt0 ? c : i0;
+      };
+      Mask live = 0;  // !UNIFORM: the lane's experts in kept groups
+      if constexpr (UNIFORM) {
+#pragma unroll
+        for (int c = 0; c < EL; ++c) insert(ok[c], c);
+        if constexpr (G > 1) {
+          // The group's two largest keys (ordered, so ±0 and ties are order-independent): merged down to the group's
+          // first lane over its SPAN lanes, then summed as floats.
+          u32 a1 = h0, a2 = h1;
+#pragma unroll
+          for (int o = 1; o < SPAN; o <<= 1) {
+            const u32 b1 = __shfl_down_sync(ALL, a1, o), b2 = __shfl_down_sync(ALL, a2, o);
+            if (lane % SPAN + o < SPAN) {
+              a2 = max(min(a1, b1), max(a2, b2));
+              a1 = max(a1, b1);
+            }
+          }
+          const int gi = lane / SPAN;
+          float sc = __fadd_rn(ordered_float(a1), ordered_float(a2));
+          sc = sc != sc ? neg_inf : sc;
+          const u32 gsc = ordered_bits(sc);
+          // Kept iff fewer than TG groups rank above (score desc, group asc): the same groups as TG rounds of argmax.
+          int rank;
+          if constexpr (G <= 8) {
+            // Ranks from ballots: lane l judges "group h = l % 8 ranks above group l / 8" and "… above l / 8 + 4"; a
+            // group's rank is the popcount of its 8 bits in its half's ballot (3 shuffles and 2 ballots, not G
+            // shuffles).
+            const int h = lane & 7, g1 = lane >> 3, g2 = g1 + 4;
+            const u32 sh = __shfl_sync(ALL, gsc, min(h, G - 1) * SPAN);
+            const u32 s1 = __shfl_sync(ALL, gsc, min(g1, G - 1) * SPAN);
+            const u32 v1 = __ballot_sync(ALL, h < G && g1 < G && (sh > s1 || (sh == s1 && h < g1)));
+            u32 v2 = 0u;
+            if constexpr (G > 4) {
+              const u32 s2 = __shfl_sync(ALL, gsc, min(g2, G - 1) * SPAN);
+              v2 = __ballot_sync(ALL, h < G && g2 < G && (sh > s2 || (sh == s2 && h < g2)));
+            }
+            rank = __popc(((gi < 4 ? v1 : v2) >> (8 * (gi & 3))) & 0xffu);
+          } else {
+            const u32 mine = __shfl_sync(ALL, gsc, gi * SPAN);
+            rank = 0;
+#pragma unroll
+            for (int g = 0; g < G; ++g) {
+              const u32 og = __shfl_sync(ALL, gsc, g * SPAN);
+              rank += (og > mine || (og == mine && g < gi)) ? 1 : 0;
+            }
+          }
+          if (rank >= TG) h0 = h1 = 0u;  // a dropped group: its lanes never win
+        }
+      } else {
+        // NGL whole groups per lane.
+        u32 gsc[NGL];
+        int rank[NGL];
 #pragma unroll
         for (int q = 0; q < NGL; ++q) {
           u32 a1 = 0u, a2 = 0u;
 #pragma unroll
           for (int c = q * GS; c < q * GS + GS; ++c) {
-            a2 = max(a2, min(a1, ok[j][c]));
-            a1 = max(a1, ok[j][c]);
+            a2 = max(a2, min(a1, ok[c]));
+            a1 = max(a1, ok[c]);
           }
           float sc = GS >= 2 ? __fadd_rn(ordered_float(a1), ordered_float(a2)) : ordered_float(a1);
           sc = sc != sc ? neg_inf : sc;
-          gsc[j][q] = ordered_bits(sc);
-          rank[j][q] = 0;
+          gsc[q] = ordered_bits(sc);
+          rank[q] = 0;
         }
 #pragma unroll
-      for (int g = 0; g < G; ++g)
+        for (int g = 0; g < G; ++g) {
+          const u32 og = __shfl_sync(ALL, gsc[g % NGL], g / NGL);
 #pragma unroll
-        for (int j = 0; j < NT; ++j) {
-          const u32 og = __shfl_sync(ALL, gsc[j][g % NGL], g / NGL);
-#pragma unroll
-          for (int q = 0; q < NGL; ++q)
-            rank[j][q] += (og > gsc[j][q] || (og == gsc[j][q] && g < lane * NGL + q)) ? 1 : 0;
+          for (int q = 0; q < NGL; ++q) rank[q] += (og > gsc[q] || (og == gsc[q] && g < lane * NGL + q)) ? 1 : 0;
         }
-#pragma unroll
-      for (int j = 0; j < NT; ++j) {
 #pragma unroll
         for (int c = 0; c < EL; ++c)
-          if (rank[j][c / GS] < TG && ok[j][c] != 0u) live[j] |= Mask(1) << c;
+          if (rank[c / GS] < TG && ok[c] != 0u) live |= Mask(1) << c;
 #pragma unroll
-        for (int c = 0; c < EL; ++c) insert(j, (live[j] >> c & 1u) ? ok[j][c] : 0u, c);
+        for (int c = 0; c < EL; ++c) insert((live >> c & 1u) ? ok[c] : 0u, c);
       }
-    }
 
-    Mask taken[NT];
-    u32 lk[NT];  // the lane's last pick (key, expert): none yet
-    int lc[NT];
-#pragma unroll
-    for (int j = 0; j < NT; ++j) {
-      taken[j] = 0;
-      lk[j] = 0xffffffffu;
-      lc[j] = -1;
-    }
-    auto pick = [&](int r) {
-      u32 m[NT], tops[NT];
-#pragma unroll
-      for (int j = 0; j < NT; ++j) m[j] = __reduce_max_sync(ALL, h0[j]);
-      // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
-#pragma unroll
-      for (int j = 0; j < NT; ++j) tops[j] = __ballot_sync(ALL, h0[j] == m[j]);
-#pragma unroll
-      for (int j = 0; j < NT; ++j)
-        if (h0[j] == m[j] && (tops[j] & below_me) == 0u) {
-          asm volatile("st.shared.u32 [%0], %1;" ::"r"(pt + 4u * (j * K + r)), "r"(e0 + i0[j]) : "memory");
-          lk[j] = h0[j];
-          lc[j] = i0[j];
-          taken[j] |= Mask(1) << i0[j];
-          h0[j] = h1[j];
-          i0[j] = i1[j];
-          h1[j] = 0u;
-          if (r + 1 < K && h0[j] == 0u) {
+      taken = 0;
+      u32 lk = 0xffffffffu;  // the lane's last pick (key, expert): none yet
+      int lc = -1;
+      auto pick = [&](int r) {
+        const u32 m = __reduce_max_sync(ALL, h0);
+        // The winner: the lowest lane whose head is the maximum (no lane below it holds it).
+        const u32 tops = __ballot_sync(ALL, h0 == m);
+        if (h0 == m && (tops & below_me) == 0u) {
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(pt + 4u * r), "r"(e0 + i0) : "memory");
+          lk = h0;
+          lc = i0;
+          taken |= Mask(1) << i0;
+          h0 = h1;
+          i0 = i1;
+          h1 = 0u;
+          if (r + 1 < K && h0 == 0u) {
             // The list ran dry (this lane won its third pick …): refill it from the live experts below the last pick
             // (all its picks lie above: a lane's picks come in its own descending order); none may be left.
 #pragma unroll
             for (int c = 0; c < EL; ++c) {
-              const u32 k = UNIFORM ? ok[j][c] : ((live[j] >> c & 1u) ? ok[j][c] : 0u);
-              const bool below = k < lk[j] || (k == lk[j] && c > lc[j]);
-              insert(j, below ? k : 0u, c);
+              const u32 k = UNIFORM ? ok[c] : ((live >> c & 1u) ? ok[c] : 0u);
+              const bool below = k < lk || (k == lk && c > lc);
+              insert(below ? k : 0u, c);
             }
           }
         }
-    };
-    if constexpr (K <= 8) {
+      };
+      if constexpr (K <= 8) {
 #pragma unroll
-      for (int r = 0; r < K; ++r) pick(r);
-    } else {
+        for (int r = 0; r < K; ++r) pick(r);
+      } else {
 #pragma unroll 1
-      for (int r = 0; r < K; ++r) pick(r);
-    }
+        for (int r = 0; r < K; ++r) pick(r);
+      }
+    };
+
+    u32 ok[EL];
+    float sc[EL];
+    exact_scores(sc);
+    store_row(sc);  // a pick's score is read from there
+    make_keys(sc, ok);
+    select(ok);
+
     // Zeros, the map bytes (and −1 map rows) over the lane's experts; the picks' stores follow for all the warp's
     // tokens at once.
     const Vec16 zero{{0u, 0u, 0u, 0u}}, m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    const i64 row = static_cast<i64>(t) * E;
 #pragma unroll
-    for (int j = 0; j < NT; ++j)
-      if (tv[j]) {
-        const i64 row = static_cast<i64>(t + j) * E;
-#pragma unroll
-        for (int c = 0; c < NCH; ++c)
-          if (valid(4 * c)) {
-            store16(a.probs + row + e0 + 4 * c, zero);
-            const u32 m4 = static_cast<u32>(taken[j] >> (4 * c)) & 0xfu;
-            *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
-            if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
-          }
+    for (int c = 0; c < NCH; ++c)
+      if (valid(4 * c)) {
+        store16(a.probs + row + e0 + 4 * c, zero);
+        const u32 m4 = static_cast<u32>(taken >> (4 * c)) & 0xfu;
+        *reinterpret_cast<u32*>(a.routing_map + row + e0 + 4 * c) = (m4 * 0x00204081u) & 0x01010101u;  // bit q → byte q
+        if constexpr (MAP && !FILL) store16(a.row_id_map + row + e0 + 4 * c, m1);
       }
   }
 
@@ -916,13 +880,16 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
     __syncwarp();
   }
-  if constexpr (MAP && FUSE && FILL) {
-    // The −1 rows of the warp's tokens (contiguous), stored while other CTAs still route; the routed entries are
-    // written over them after the grid-wide arrival (ordered by the barriers in between).
+  // The −1 rows of the warp's tokens (contiguous; FUSE && FILL), stored while other CTAs still route: before the
+  // CTA's arrival, or (LATE) after it, while the CTA waits for the others (the arrival's fence then has no fill stores
+  // to wait for). The routed entries are written over them after the grid-wide arrival (ordered by the barriers in
+  // between).
+  auto fill_rows = [&] {
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tb) * E;
     for (int q = lane; q < max(0, te - tb) * (E / 4); q += 32) store16(rr + 4 * q, m1);
-  }
+  };
+  if constexpr (MAP && FUSE && FILL && !LATE) fill_rows();
 
   __syncthreads();
   pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
@@ -958,6 +925,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     if (threadIdx.x == 0) {
       __threadfence();
       atomicAdd(a.arrive, 1u);
+    }
+    if constexpr (FILL && LATE) fill_rows();
+    if (threadIdx.x == 0) {
       unsigned n, spins = 0;
       for (;;) {
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(a.arrive) : "memory");

@@ -40,14 +40,15 @@ struct Case {
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
   int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
   int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
-                           // route, 1: whole rows in route_map, 2: fused into route) and the tokens routed at once
-  int nt = 1;
+                           // route, 1: whole rows in route_map, 2 / 3 / 4: fused into route) and how the logits rows
+  int load = 0;            // are loaded (0: the next one into registers, 1: all of a warp's by cp.async)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
-  int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3)
+  int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
+                           // 3 eight clear winners per token with sub-ulp differences among them
 };
 
 // The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, nt) with the case's config forced for
+// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load) with the case's config forced for
 // the scope's lifetime.
 detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   detail::Specialization s;
@@ -59,7 +60,7 @@ detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   s.config[0] = c.warps;
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
-  s.config[3] = c.nt;
+  s.config[3] = c.load;
   return s;
 }
 std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
@@ -71,10 +72,10 @@ std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c
 
 std::string name(const Case& c) {
   char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d nt=%d map=%d",
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d load=%d map=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.nt, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.load, c.with_map);
   return b;
 }
 
@@ -134,6 +135,20 @@ class MoeRoutingTest : public GpuTest {
           }
         }
     }
+    if (c.pattern == 3) {
+      // Per token 8 clear winners (2 in each of 4 groups when there are groups) whose logits differ by sub-ulp
+      // amounts: their order comes from exact keys that tie or differ by one ulp (ties to the lower expert).
+      const int64_t GS = E / c.o.n_group;
+      for (float& v : z) v = 0.5f * v - 4.0f;  // the others: σ ≲ 0.3
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t j = 0; j < 8; ++j) {
+          const int64_t g = c.o.n_group >= 4 ? (j / 2 + t) % c.o.n_group : 0;
+          const int64_t e = g * GS + (j % 2 == 0 ? (t * 7 + j) % GS : (t * 7 + j + GS / 2) % GS);
+          z[t * E + e] = 3.0f + static_cast<float>((t + j * 5) % 4) * 2.4e-7f;
+        }
+      if (c.bias)
+        for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 2) * 6e-8f;
+    }
     const auto want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
     const int64_t num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
     const auto want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
@@ -192,26 +207,37 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
 // Route configs of the search space (chunks of 32 or 64 tokens; the −1 fill in route, whole rows in route_map, or the
-// map fused into route with the −1 fill per token or after the warp's tokens), with and without the map, on the
+// map fused into route with the −1 fill per token, after the warp's tokens or after the CTA's arrival; load 0 / 1),
+// with and without the map, on the
 // target routing and odd shapes (a partial last lane, groups spanning 5 lanes, two groups per lane, one lane per
 // token); a shape whose shared memory the search space excludes (E = 512 at 16 × 4) is skipped. The fused configs at
 // T = 65536 (2048 chunks: more than fit at once) exercise their fallback to fill 0 / 1.
 TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
-  struct Cfg { int warps, tpw, fill, nt; };
-  for (const Cfg& k : {Cfg{8, 4, 0, 1}, Cfg{16, 2, 1, 1}, Cfg{16, 4, 0, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1},
-                       Cfg{8, 4, 2, 1}, Cfg{16, 2, 2, 1}, Cfg{8, 4, 3, 1}, Cfg{16, 2, 3, 1}, Cfg{16, 4, 3, 1}})
+  struct Cfg { int warps, tpw, fill, load; };
+  for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 0}, Cfg{8, 4, 1, 0}, Cfg{16, 2, 0, 0},
+                       Cfg{8, 4, 2, 0}, Cfg{16, 2, 2, 0}, Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0},
+                       Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}, Cfg{8, 4, 4, 1}, Cfg{16, 2, 3, 1}, Cfg{16, 2, 4, 1},
+                       Cfg{16, 4, 1, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
+      if (k.load && !k.fill && with_map) continue;  // load 1 goes with fill 1 / 3 / 4, or without the map
       auto forced = [&](Case c) {
         c.warps = k.warps;
         c.tpw = k.tpw;
         c.fill = k.fill;
-        c.nt = k.nt;
+        c.load = k.load;
         c.with_map = with_map;
         return c;
       };
       run_case(forced({8192, 256, kLing, true, 16, true, with_map && k.warps == 16}), 300 + k.warps + k.tpw);
-      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.nt);
+      if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.load);
+      if (k.load) {
+        // Sigmoid without a bias, without groups, and a partial last lane.
+        for (const Case& o : {Case{4096, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
+                              Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32},
+                              Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16}})
+          if (detail::in_search_space(route_spec_of(rt(), forced(o)))) run_case(forced(o), 330 + k.warps + k.load);
+      }
       for (const Case& o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
                             Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
                             Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
@@ -221,9 +247,10 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
     }
 }
 // Ties, ulp-level differences, NaN/±inf logits and huge biases must match the reference bit for bit (ties to the lower
-// expert index; refills of a lane's two-entry list when it wins more than two picks).
+// expert index; refills of a lane's two-entry list when it wins more than two picks; sub-ulp winners ordered by their
+// exact keys), with both row loads.
 TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
-  for (int pattern : {1, 2})
+  for (int pattern : {1, 2, 3})
     for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
                                        MoeRoutingOptions{6, MoeScore::sigmoid, 4, 2, false, 1.5f},
                                        MoeRoutingOptions{8, MoeScore::softmax, 8, 4, true, 1.0f}}) {
@@ -240,6 +267,19 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       run_case(c, 420 + pattern);
       c.fill = 3;
       run_case(c, 430 + pattern);
+      c.fill = 4;
+      run_case(c, 435 + pattern);
+      c.load = 1;  // rows by cp.async
+      run_case(c, 470 + pattern);
+      c.fill = 3;
+      run_case(c, 475 + pattern);
+      c.fill = 1;
+      c.warps = 16;
+      c.tpw = 2;
+      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 450 + pattern);
+      c.with_map = false;
+      c.fill = 0;
+      if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 465 + pattern);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
