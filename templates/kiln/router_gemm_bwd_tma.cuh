@@ -245,6 +245,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           const u32 full = bars + 8 * s, st = ring + s * STAGE;
           // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
           const int atoms = (K - n * BN + 63) / 64 < 4 ? (K - n * BN + 63) / 64 : 4;
+          if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
+            rgt::mbar_expect_tx(full, 0);
+          } else {
           rgt::mbar_expect_tx(full, atoms * ATOM);
 #pragma unroll
           for (int p = 0; p < PER_CTA; ++p) {
@@ -255,6 +258,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             else
               rgt::tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
                                          static_cast<unsigned short>((1 << CM) - 1));
+          }
           }
           if (++s == STAGES) {
             s = 0;
@@ -346,6 +350,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
       const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = TM == 128 ? 0 : 2 * j * ATOM;
       const int row0 = TM == 128 ? j * 64 : 0;  // this warpgroup's first tile row
+      const bool mma = !(a.flags & kRgSkipMma), store = !(a.flags & kRgSkipStore);  // (ablations)
+      const bool kmajb = a.flags & kRgKmajorB;
       for (int n = nb0; n < nb1; ++n) {
         float acc[NW / 2];
 #pragma unroll
@@ -354,8 +360,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
           const u32 st = ring + s * STAGE + b_cols;
+          if (mma) {
           rg90::fence_regs(acc);
           rg90::wgmma_fence();
+          if (!F16 && kmajb) {  // ablation: the same bytes read as a K-major B (wrong values)
+#pragma unroll
+            for (int ks = 0; ks < 4; ++ks) {
+              const u64 b = rg90::desc_sw128(st + ks * 32);
+              rg90::wgmma_ss<NW, 0, 0>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
+              if constexpr (SPLIT == 1)
+                rg90::wgmma_ss<NW, 0, 0>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
+            }
+          } else {
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
             const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
@@ -367,9 +383,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
                 rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
             }
           }
+          }
           rg90::wgmma_commit();
           rg90::wgmma_wait<1>();
           rg90::fence_regs(acc);
+          }
           if (prev >= 0 && (tid & 127) < CM) {
             if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
             else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
@@ -402,6 +420,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             acc[i + 3] = acc[i + 3] * rf[1] * cf.y;
           }
         }
+        if (!store) continue;
         if constexpr (STAGED) {
           // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
           // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
@@ -517,10 +536,7 @@ __global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW1
 // tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. The fp32 g values of chunk c + 1
 // are loaded while chunk c's MMAs run and split after them (splitting them then too, with two chunks of A fragments
 // in registers, measured the same: 35.6 µs both, run of 06:30).
-// PCVT (SPLIT = 2 only): producer warps 1–3 convert each landed x tile (amax → running scale → fp16 in place) and
-// signal a third mbarrier per stage with the scale in a per-stage slot, instead of the consumers (who then only
-// build their A fragments: no x work, no consumer barriers).
-template <int K, int E, int STAGES, int SPLIT, int BK = 64, int PCVT = 0>
+template <int K, int E, int STAGES, int SPLIT, int BK = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
@@ -540,6 +556,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   const u32 bars = base + RING;
   const int tid = threadIdx.x, wg = tid / 128;
   const int S = a.cluster;  // T ranges reduced in this CTA's cluster
+  const int a_flags = a.flags;  // (ablations, bench only)
   float* const out = gridDim.y == static_cast<unsigned>(S) ? a.dw : a.partial + (blockIdx.y / S) * static_cast<i64>(E) * K;
   const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
   const int t0 = blockIdx.y * a.split_rows;
@@ -551,63 +568,13 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
       rgt::mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
-      if constexpr (PCVT) rgt::mbar_init(bars + 8 * (2 * STAGES + s), 1);  // x converted (producer warps 1–3)
     }
     rgt::fence_mbar_init();
   }
   __syncthreads();
 
-  static_assert(PCVT == 0 || SPLIT == 2, "the producer-side x convert belongs to the fp16 pass");
-  // PCVT: after the 3·STAGES mbarriers, STAGES scale slots (sig of each stage's x tile) and 3 amax slots.
-  const u32 sig_slots = bars + 24 * STAGES, cv_slots = sig_slots + 4 * STAGES;
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<SPLIT == 2 && !PCVT ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
-    if (PCVT && tid >= 32) {  // warps 1–3: x tiles → fp16 × 2^−sig in place, sig a running maximum
-      const int ct = tid - 32, cw = ct >> 5, lane = tid & 31;
-      int sig = -100;
-      constexpr int PIECES = BK * 512 / 16, XA = BK * 128;  // 16-byte pieces of the x tile; bytes of one atom
-      for (int c = 0; c < chunks; ++c) {
-        const int s = c % STAGES;
-        rgt::mbar_wait(bars + 8 * s, static_cast<u32>(c / STAGES) & 1);
-        const u32 xt = base + s * STAGE + 4 * GBOX;
-        u32 xm = 0u;  // finite |bf16| max over the fetched atoms (atoms past K hold stale bytes)
-        for (int i = ct; i < PIECES; i += 96) {
-          if (i * 16 / XA >= xatoms) continue;
-          const Vec16 v = rg90::lds16(xt + i * 16);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
-            xm = b > xm ? b : xm;
-          }
-        }
-        xm = rgt::redux_max(xm);
-        if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(cv_slots + cw * 4), "r"(xm) : "memory");
-        asm volatile("bar.sync 4, 96;" ::: "memory");
-        u32 mm = 0u;
-#pragma unroll
-        for (int w = 0; w < 3; ++w) {
-          u32 o;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(o) : "r"(cv_slots + w * 4));
-          mm = o > mm ? o : mm;
-        }
-        const int se = rgt::bf16_scale_exp(mm);
-        sig = se > sig ? se : sig;
-        const float xi = rgt::pow2i(-sig);
-        for (int i = ct; i < PIECES; i += 96) {
-          const Vec16 v = rg90::lds16(xt + i * 16);
-          Vec16 o;
-#pragma unroll
-          for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(v.w[q], xi);
-          rg90::sts16(xt + i * 16, o);
-        }
-        rg90::fence_async_shared();  // the converted tile is read by the tensor cores
-        asm volatile("bar.sync 4, 96;" ::: "memory");  // all converted; the amax slots read
-        if (ct == 0) {
-          asm volatile("st.shared.u32 [%0], %1;" ::"r"(sig_slots + 4 * s), "r"(sig) : "memory");
-          rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + s));  // release: the slot and the tile
-        }
-      }
-    }
+    rgt::setmaxnreg_dec<SPLIT == 2 ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmg);
       rgt::prefetch_tmap(&a.tmx);
@@ -617,14 +584,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, st = base + s * STAGE;
         // Boxes entirely past E or K are not fetched: the accumulator rows / columns they feed are never stored.
-        rgt::mbar_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
         const int t = t0 + c * BK;
+        if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
+          rgt::mbar_expect_tx(full, 0);
+        } else {
+        rgt::mbar_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
 #pragma unroll
         for (int b = 0; b < 4; ++b)
           if (b < gboxes) rgt::tma_load_2d(st + b * GBOX, &a.tmg, full, e0 + b * 32, t);
 #pragma unroll
         for (int q = 0; q < 4; ++q)
           if (q < xatoms) rgt::tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
+        }
         if (++s == STAGES) {
           s = 0;
           phase ^= 1;
@@ -632,7 +603,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       }
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
-    rgt::setmaxnreg_inc<SPLIT == 2 && !PCVT ? 240 : 232>();
+    rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     float acc[128];
 #pragma unroll
@@ -641,9 +612,20 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
     // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
     const int el = 64 * j + 16 * warp + (lane >> 2);
+    const bool kmajb = a_flags & kRgKmajorB;
     auto issue = [&](u32 st, u32(&A)[2][KS][4]) {
       rg90::fence_regs(acc);
       rg90::wgmma_fence();
+      if (SPLIT != 2 && kmajb) {  // ablation: the same bytes read as a K-major B (wrong values)
+#pragma unroll
+        for (int ks = 0; ks < KS; ++ks) {
+          const u64 b = rg90::desc_sw128(st + 4 * GBOX + ks * 32);
+          rgt::wgmma_rs_n256<0>(acc, A[0][ks], b);
+          if constexpr (SPLIT == 1) rgt::wgmma_rs_n256<0>(acc, A[1][ks], b);
+        }
+        rg90::wgmma_commit();
+        return;
+      }
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         const u64 b = rg90::desc_sw128_mn(st + 4 * GBOX + ks * 2048, ATOM);
@@ -696,10 +678,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       // Chunk c: its g rows' amax → Srow, its fp16 A fragments; its x tile's amax (all consumers) → sig, and the x
       // tile converted in place to fp16 × 2^−sig (same layout); a consumer barrier before any MMA reads it.
       auto prep = [&](int c) {
-        if constexpr (PCVT)  // the producer warps have converted the x tile (implies it landed)
-          rgt::mbar_wait(bars + 8 * (2 * STAGES + c % STAGES), static_cast<u32>(c / STAGES) & 1);
-        else
-          wait_full(c);
+        wait_full(c);
         const u32 st = stage_of(c);
         load_raw(st);
         // Row amax: the max of all |bits| (2 instructions a value); only where that is NaN / inf (≥ 0x7f800000) is
@@ -748,14 +727,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             an[0][ks][i] = rgt::cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
-        if constexpr (PCVT) {
-          u32 sv;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(sv) : "r"(sig_slots + 4 * (c % STAGES)));
-          sig = static_cast<int>(sv);
-          Tn[0] = Srow[0] + sig;
-          Tn[1] = Srow[1] + sig;
-          return;
-        }
         // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
         // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
         constexpr int XP = BK / 8;
@@ -854,7 +825,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
             else
               a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
           }
-        issue(stage_of(c), a);
+        if (!(a_flags & kRgSkipMma)) issue(stage_of(c), a);
         if (c + 1 < chunks) {
           wait_full(c + 1);
           load_raw(stage_of(c + 1));
@@ -862,7 +833,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         retire(c % STAGES, a);
       }
     }
-    if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
+    if (a_flags & kRgSkipStore) {  // ablation: no epilogue
+    } else if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
 #pragma unroll
       for (int i = 0; i < 128; i += 2) {
         const int e = e0 + el + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
@@ -888,7 +860,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       cluster_sync();  // keep this CTA's tile alive until the others have read it
     }
   }
-  if (wg == 0 && S > 1) {  // the producer warpgroup takes part in the cluster barriers (no other work: 40 registers)
+  if (wg == 0 && S > 1 && !(a_flags & kRgSkipStore)) {  // the producer warpgroup takes part in the cluster barriers
     cluster_sync();
     cluster_sync();
   }

@@ -899,7 +899,7 @@ TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
 // ---- the sm_90a TMA backward (the default on sm_90a) -----------------------------------------------------------------
 
 // precision: 0 = tf32 (the fp16 pass, the default), 1 = high (g hi + lo), 2 = bf16(g) alone (bench only).
-const char* const kPrecName[] = {"tf32", "high", "bf16g", "tf32p"};  // tf32p: tf32, dw's x converted by producer warps
+const char* const kPrecName[] = {"tf32", "high", "bf16g", "?", "standard"};
 
 class RouterGemmBwdTma : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
 
@@ -950,7 +950,7 @@ class RouterGemmBwdTmaConfigs : public RouterGemmTest {
  public:
   void check(int64_t T, int64_t K, int64_t E, std::initializer_list<TmaCase> cases) {
     if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-    constexpr uint32_t kDxKernel[] = {14, 10, 8, 14}, kDwKernel[] = {15, 9, 11, 17};
+    constexpr uint32_t kDxKernel[] = {14, 10, 8}, kDwKernel[] = {15, 9, 11};
     const std::vector<float> x = bf16_values(T * K, mix_seed({0xc8, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0xc9, static_cast<uint64_t>(E)}), 0.02f);
     const std::vector<float> g = randn(T * E, mix_seed({0xca, static_cast<uint64_t>(E)}), 1e-4f);
@@ -961,7 +961,7 @@ class RouterGemmBwdTmaConfigs : public RouterGemmTest {
     for (const TmaCase& tc : cases) {
       detail::RouterGemmConfig c{};
       std::copy(tc.c.begin(), tc.c.end(), c.begin());
-      const int prec = tc.prec == 3 ? 0 : tc.prec;  // the bound (tf32p is tf32)
+      const int prec = tc.prec;
       SCOPED_TRACE(std::string(tc.dx ? "dx_tma " : "dw_tma ") + kPrecName[tc.prec] + " " + fmt_config(c) +
                    " T=" + std::to_string(T) + " E=" + std::to_string(E));
       bool listed = false;  // every point tested here is one the tuner may pick
@@ -992,9 +992,6 @@ TEST_F(RouterGemmBwdTmaConfigs, Fp16DwDeepRing) {
 }
 TEST_F(RouterGemmBwdTmaConfigs, Fp16DwClusters) {
   check(777, 1536, 160, {{0, false, {128, 256, 64, 1, 8, 3}}, {0, false, {128, 256, 64, 4, 4, 3}}});
-}
-TEST_F(RouterGemmBwdTmaConfigs, Fp16DwProducerConvert) {
-  check(777, 1536, 160, {{3, false, {128, 256, 64, 2, 8, 3}}, {3, false, {128, 256, 32, 2, 8, 6}}});
 }
 TEST_F(RouterGemmBwdTmaConfigs, HighDwDeepRing) {
   check(777, 1536, 160, {{1, false, {128, 256, 32, 2, 8, 6}}});
@@ -1128,9 +1125,9 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
   g[1150 * E + 200] = -std::numeric_limits<float>::infinity();
-  for (int prec_run : {0, 1, 3}) {
+  for (int prec_run : {0, 1, 4}) {  // 4: standard (dx from bf16(g), dw from hi + lo)
     SCOPED_TRACE(kPrecName[prec_run]);
-    const int prec = prec_run == 3 ? 0 : prec_run;  // tf32p meets tf32's bounds
+    const int prec = prec_run;
     std::vector<float> x = bf16_values(T * K, mix_seed({0xce}), 1.0f);
     if (prec == 0) x[700 * K + 1000] = std::numeric_limits<float>::infinity();
     const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
@@ -1142,7 +1139,7 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
     EXPECT_TRUE(bitwise_equal("dw twice", b2.dw, b.dw));
     EXPECT_TRUE(bitwise_equal("dx twice", b2.dx, b.dx));
     EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) {
-      return prec == 0 ? fx.bound(dx, i, K, E) : dx_bound(dx, i, E);
+      return prec == 0 ? fx.bound(dx, i, K, E) : prec == 1 ? dx_bound(dx, i, E) : dx_bound_bf16g(dx, i, E);
     }));
     EXPECT_TRUE(close_to("dw", b.dw, dw, K, prec == 0 ? 5e-4 : 2e-5, [&](int64_t i) {
       return prec == 0 ? fw.bound(dw, i, T, K) : dw_bound(dw, i, T);
