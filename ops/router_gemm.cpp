@@ -99,8 +99,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     if (is_dx_tma(s.kernel))
-      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM]);
+      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM],
+                         s.config[C_WM] == 1 ? 1 : 0);
     else
       name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
@@ -153,8 +154,9 @@ int smem_bytes(const Specialization& s) {
                               // router_gemm_dx_staged; the fp16 pass keeps its row scales after the mbarriers)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES], tm = s.config[C_BM];
     const int core = 1024 + (g_mode(s.kernel) == 1 ? 2 : 1) * ec * tm * 128 + stages * (32768 + 16);
-    return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512
-                                                : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
+    const int staging = s.config[C_WM] == 1 ? 65536 : tm * 512;  // ping-pong (wm = 1): 64 × 256 a warpgroup
+    return core + 1024 + staging <= 227 * 1024 ? core + 1024 + staging
+                                               : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
                               // fp16 pass's 8 x-amax slots)
@@ -229,9 +231,12 @@ bool valid(const Specialization& s) {
            (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
-                            // 256-column blocks, 2 consumers, 2–6 stages
+                            // 256-column blocks, 2 consumers (wm = 1: ping-pong over whole blocks, 64 tokens, no
+                            // cluster, bf16 g), 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
-           c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
+           c[C_BN] == 256 && c[C_BK] == 64 &&
+           (c[C_WM] == 2 || (c[C_WM] == 1 && c[C_BM] == 64 && c[C_WN] == 1 && g_mode(s.kernel) != 2)) &&
+           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
            c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
@@ -421,6 +426,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         set_config(s, 128, 256, 64, 2, 1, stages);
         add(s);
       }
+      if (base.kernel != kDxTmaF16)
+        for (int stages : {4, 3}) {  // ping-pong: a warpgroup per 256-column block (staged: ≤ 4 stages, hi + lo ≤ 3)
+          set_config(s, 64, 256, 64, 1, 1, stages);
+          add(s);
+        }
       break;
     case kFwdTmaXmc: {
       const int eh = static_cast<int>(E / 2);

@@ -168,6 +168,12 @@ __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, in
   else cluster_sum_rows<4, 256, 32 * CPR>(base, t, off, emit);
 }
 
+// A compile-time bool as a value (selects a loop instantiation through a generic lambda).
+template <bool V>
+struct IntC {
+  static constexpr bool value = V;
+};
+
 template <int R>
 __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 #pragma unroll
@@ -181,8 +187,9 @@ __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 // (the host's smem recipe mirrors this).
 // SPLIT: 0 = bf16(g), 1 = g hi + lo (two A tiles), 2 = fp16 with power-of-two scales (w16 / colf from
 // router_gemm_w16_kernel; the row scales 2^s_t sit in the 1 KiB after the mbarriers).
-__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT, int TM = 64) {
-  return 1024 + (SPLIT == 1 ? 2 : 1) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 + TM * 512 <=
+__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT, int TM = 64, int PP = 0) {
+  return 1024 + (SPLIT == 1 ? 2 : 1) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 +
+             (PP ? 65536 : TM * 512) <=
          227 * 1024;
 }
 
@@ -195,14 +202,20 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 // TM = 128 (no multicast): a work unit is 128 tokens × one half of the 256-column blocks; consumer j takes token rows
 // [64·j, 64·j + 64) and all 256 columns of each chunk (m64n256), so each w chunk that lands serves 128 tokens: about
 // 40 % fewer bytes into each SM than TM = 64 (the g rows are read by both halves' units).
-template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64>
+// PP (ping-pong; TM = 64, no multicast, bf16 g): consumer j takes the whole 256-column blocks n ≡ j (mod 2) of the
+// unit (m64n256 over all 64 rows: the A tile is read once per block instead of twice), so one warpgroup's epilogue
+// (drain, stmatrix, TMA store of a 64 × 256 block through its own 32 KiB staging tile) runs while the other's MMAs
+// keep the tensor cores busy; each stage is read by one warpgroup (the empty barriers take one arrival).
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64, int PP = 0>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1, NW = TM == 128 ? 256 : 128;
+  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
+  constexpr int NW = TM == 128 || PP ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
   constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE, STAGE = 4 * ATOM;
   constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
-  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM);
+  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM, PP);
+  static_assert(!PP || (TM == 64 && CM == 1 && SPLIT != 2), "ping-pong: 64-token tiles, no multicast, bf16 g");
   constexpr bool F16 = SPLIT == 2;
   static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
@@ -223,7 +236,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), 2 * CM);  // both consumer warpgroups of every CTA of the cluster
+      // both consumer warpgroups of every CTA of the cluster (ping-pong: the one warpgroup that read the stage)
+      rgt::mbar_init(bars + 8 * (STAGES + s), PP ? 1 : 2 * CM);
     }
     rgt::fence_mbar_init();
   }
@@ -270,7 +284,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     rgt::setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
-    int s = 0;
+    int s = 0, cbase = 0;
     u32 phase = 0;
     for (int grp = cluster; grp < groups; grp += clusters) {
       const int unit = grp * CM + static_cast<int>(rank), half = unit % HALVES;
@@ -348,11 +362,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       if constexpr (F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
 
       // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
-      const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = TM == 128 ? 0 : 2 * j * ATOM;
+      const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = NW == 256 ? 0 : 2 * j * ATOM;
       const int row0 = TM == 128 ? j * 64 : 0;  // this warpgroup's first tile row
       const bool mma = !(a.flags & kRgSkipMma), store = !(a.flags & kRgSkipStore);  // (ablations)
-      const bool kmajb = a.flags & kRgKmajorB;
-      for (int n = nb0; n < nb1; ++n) {
+      // The blocks of this unit; KB (ablation kRgKmajorB) instantiates a second copy of the loop so that the default
+      // one keeps its wgmmas unconditional (a runtime choice between two wgmma forms makes ptxas inject fences).
+      auto blocks = [&](auto kb) {
+      constexpr bool KB = decltype(kb)::value;
+      for (int n = nb0 + (PP ? j : 0); n < nb1; n += PP ? 2 : 1) {
+        if constexpr (PP) {  // this block's first chunk in the ring's order (the other warpgroup's blocks skipped)
+          const int c = cbase + (n - nb0) * EC;
+          s = c % STAGES;
+          phase = static_cast<u32>(c / STAGES) & 1;
+        }
         float acc[NW / 2];
 #pragma unroll
         for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
@@ -363,7 +385,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if (mma) {
           rg90::fence_regs(acc);
           rg90::wgmma_fence();
-          if (!F16 && kmajb) {  // ablation: the same bytes read as a K-major B (wrong values)
+          if constexpr (!F16 && KB) {  // ablation: the same bytes read as a K-major B (wrong values)
 #pragma unroll
             for (int ks = 0; ks < 4; ++ks) {
               const u64 b = rg90::desc_sw128(st + ks * 32);
@@ -404,7 +426,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
-        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
+        const int c0 = n * BN + (NW == 256 ? 0 : j * 128);  // this warpgroup's first dx column of the block
         if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
           const int rr = row0 + warp * 16 + (lane >> 2);
           float rf[2];
@@ -458,6 +480,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
         }
       }
+      };
+      if (a.flags & kRgKmajorB) blocks(rgt::IntC<true>{});
+      else blocks(rgt::IntC<false>{});
+      cbase += (nb1 - nb0) * EC;  // (ping-pong) chunks the ring carried for this unit
     }
     if constexpr (STAGED)
       if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
@@ -612,20 +638,22 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
     // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
     const int el = 64 * j + 16 * warp + (lane >> 2);
-    const bool kmajb = a_flags & kRgKmajorB;
+    // Ablation kRgKmajorB: the same bytes read as a K-major B (wrong values), in a separate copy of the chunk loop
+    // (see dx).
+    auto issue_kmajb = [&](u32 st, u32(&A)[2][KS][4]) {
+      rg90::fence_regs(acc);
+      rg90::wgmma_fence();
+#pragma unroll
+      for (int ks = 0; ks < KS; ++ks) {
+        const u64 b = rg90::desc_sw128(st + 4 * GBOX + ks * 32);
+        rgt::wgmma_rs_n256<0>(acc, A[0][ks], b);
+        if constexpr (SPLIT == 1) rgt::wgmma_rs_n256<0>(acc, A[1][ks], b);
+      }
+      rg90::wgmma_commit();
+    };
     auto issue = [&](u32 st, u32(&A)[2][KS][4]) {
       rg90::fence_regs(acc);
       rg90::wgmma_fence();
-      if (SPLIT != 2 && kmajb) {  // ablation: the same bytes read as a K-major B (wrong values)
-#pragma unroll
-        for (int ks = 0; ks < KS; ++ks) {
-          const u64 b = rg90::desc_sw128(st + 4 * GBOX + ks * 32);
-          rgt::wgmma_rs_n256<0>(acc, A[0][ks], b);
-          if constexpr (SPLIT == 1) rgt::wgmma_rs_n256<0>(acc, A[1][ks], b);
-        }
-        rg90::wgmma_commit();
-        return;
-      }
 #pragma unroll
       for (int ks = 0; ks < KS; ++ks) {
         const u64 b = rg90::desc_sw128_mn(st + 4 * GBOX + ks * 2048, ATOM);
@@ -810,6 +838,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = acc[i] * (((i >> 1) & 1) ? f1 : f0) * fx;
     } else {
+      auto loop = [&](auto kb) {
       if (chunks > 0) {
         wait_full(0);
         load_raw(stage_of(0));
@@ -825,13 +854,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
             else
               a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
           }
-        if (!(a_flags & kRgSkipMma)) issue(stage_of(c), a);
+        if (!(a_flags & kRgSkipMma)) {
+          if constexpr (decltype(kb)::value) issue_kmajb(stage_of(c), a);
+          else issue(stage_of(c), a);
+        }
         if (c + 1 < chunks) {
           wait_full(c + 1);
           load_raw(stage_of(c + 1));
         }
         retire(c % STAGES, a);
       }
+      };
+      if (a_flags & kRgKmajorB) loop(rgt::IntC<true>{});
+      else loop(rgt::IntC<false>{});
     }
     if (a_flags & kRgSkipStore) {  // ablation: no epilogue
     } else if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)

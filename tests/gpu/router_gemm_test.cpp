@@ -1002,6 +1002,16 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDefaults) {
 TEST_F(RouterGemmBwdTmaConfigs, PersistentDxTiles) {
   check(17000, 1536, 64, {{0, true, {64, 256, 64, 2, 1, 5}}, {1, true, {64, 256, 64, 2, 1, 4}}});
 }
+// Ping-pong dx (wm = 1: a consumer warpgroup per 256-column block): 5 column blocks (K = 1280: 3 + 2), a partial
+// expert chunk (E = 160), 4 / 3 stages, g hi + lo; and several units per persistent CTA (T = 17000: the ring's chunk
+// order continues across units).
+TEST_F(RouterGemmBwdTmaConfigs, PingPongDx) {
+  check(777, 1280, 160, {{2, true, {64, 256, 64, 1, 1, 4}}, {2, true, {64, 256, 64, 1, 1, 3}},
+                         {1, true, {64, 256, 64, 1, 1, 3}}});
+}
+TEST_F(RouterGemmBwdTmaConfigs, PingPongDxPersistent) {
+  check(17000, 1536, 64, {{2, true, {64, 256, 64, 1, 1, 4}}});
+}
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
 // bf16(g) dx and the `high` dw, within their bounds; with the advertised workspace.
