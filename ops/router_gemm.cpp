@@ -996,7 +996,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       const int tm = s.config[C_BM];
       a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
-      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
@@ -1018,7 +1018,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       a.split_rows = plan.rows;
       a.cluster = plan.cluster;
-      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
       d.grid[1] = static_cast<unsigned>(plan.ranges);
@@ -1151,14 +1151,14 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
-  // (kRgSkipMma), _noload (kRgSkipLoad), _kmajb (kRgKmajorB) and _nostore (its dx / dw kernels).
+  // (kRgSkipMma), _noload (kRgSkipLoad), _kmajb (kRgKmajorB), _serialg (kRgSerialG) and _nostore (its dx / dw kernels).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_kmajb", kRgKmajorB}}) {
+                                      {"_kmajb", kRgKmajorB}, {"_serialg", kRgSerialG}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -161,12 +161,15 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // cluster sum, no partials, no dw_reduce), and the skeleton (launch, barriers).
   // _kmajb: the MMAs read the same B bytes as a K-major operand (wrong values): does the N-major B cost time?
   for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore", "dx_tma_noload_nomma_nostore",
-                           "dx_tma_kmajb", "dw_tma", "dw_tma_nomma", "dw_tma_noload", "dw_tma_nostore",
-                           "dw_tma_noload_nomma_nostore", "dw_tma_kmajb", "dw_tma_bf16g_kmajb"})
+                           "dx_tma_kmajb", "dx_tma_serialg", "dw_tma", "dw_tma_nomma", "dw_tma_noload",
+                           "dw_tma_nostore", "dw_tma_noload_nomma_nostore", "dw_tma_kmajb", "dw_tma_bf16g_kmajb"})
     cases.push_back({fmt::format("router_gemm_sweep_bwd_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // The op with dx's g conversion of session 5 (_serialg: a dependent round trip per 16-byte unit).
+  cases.push_back({"router_gemm_sweep_bwd_tma_serialg", "T=8192 K=2048 E=256 default",
+                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_serialg"); }});
   // dx with 128-token units (half the w bytes into each SM) and its ablations.
-  for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore"})
+  for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore", "dx_tma_serialg"})
     add_sweep(cases, part, std::array<std::array<int32_t, 6>, 2>{{{128, 256, 64, 2, 1, 3}, {128, 256, 64, 2, 1, 2}}});
   // dx ping-pong (wm = 1: a consumer warpgroup per 256-column block, one's epilogue under the other's MMAs).
   for (const char* part : {"dx_tma", "dx_tma_nostore"})

@@ -336,6 +336,32 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
       // MMA in the measured kernel of session 5).
       constexpr int BATCH = ITERS < 8 ? ITERS : 8;
+      if (a.flags & kRgSerialG) {  // measurement (round 1 of session 6 only): the previous loop, a round trip per unit
+        for (int it = 0; it < ITERS; ++it) {
+          const int u = it * 256 + ct;
+          if (UNITS % 256 != 0 && u >= UNITS) break;
+          const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7, e = at * 64 + jj * 8;
+          Vec16 hi{}, lo{};
+          if (m0 + r < a.T && e < E) {
+            const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
+            const float4 v0 = __ldg(src), v1 = __ldg(src + 1);
+            if constexpr (SPLIT == 1) {
+              rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
+              rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
+              rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
+              rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
+            } else {
+              hi.w[0] = rgt::cvt_bf16x2(v0.x, v0.y);
+              hi.w[1] = rgt::cvt_bf16x2(v0.z, v0.w);
+              hi.w[2] = rgt::cvt_bf16x2(v1.x, v1.y);
+              hi.w[3] = rgt::cvt_bf16x2(v1.z, v1.w);
+            }
+          }
+          const u32 off = at * A_ATOM + rg90::swz(r, jj);
+          rg90::sts16(base + off, hi);
+          if constexpr (SPLIT == 1) rg90::sts16(base + A_TILE + off, lo);
+        }
+      } else
       for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
         float4 v[BATCH][2];
 #pragma unroll
