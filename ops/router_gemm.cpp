@@ -996,6 +996,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       const int tm = s.config[C_BM];
       a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
+      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
@@ -1018,6 +1019,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       a.split_rows = plan.rows;
       a.cluster = plan.cluster;
+      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+      if (a.trace) a.trace += kRgTraceBwdDwOffset;
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));

@@ -55,6 +55,7 @@ struct RouterGemmDxTmaArgs {
   int tiles;                            // ceil(T / 64)
   const float* colf;                    // fp16 pass (SPLIT = 2): 2^c_k of w16's columns [K]; else null
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
+  unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
 // The fp16 pass's operand prep (router_gemm_w16_kernel): w16[e, k] = fp16(w[e, k] · 2^−c_k) with c_k from column k's
 // amax over E, and colf[k] = 2^c_k.
@@ -72,7 +73,14 @@ struct RouterGemmDwTmaArgs {
   int split_rows;
   int cluster;                          // T ranges a cluster reduces (≤ 4: larger clusters do not all fit at once)
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
+  unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
+// Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
+// id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
+// unit), last stage landed, MMAs done, last store issued, stores read out; dw: first stage landed, last stage landed,
+// MMAs done, epilogue done (before the final cluster barrier), after it; and globaltimer ns at the end. The op
+// traces dx into the first kRgTraceBwdDwOffset slots of the buffer and dw after them.
+enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.

@@ -221,6 +221,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
   pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;  // (measurement)
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -250,10 +252,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       if constexpr (F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
       int s = 0;
       u32 phase = 0;
+      u64 first_clk = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
         const int half = (grp * CM + static_cast<int>(rank)) % HALVES;
         const int nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
         for (int c = nb0 * EC; c < nb1 * EC; ++c) {
+          if (trace && first_clk == 0) first_clk = rgt::clk();
           const int n = c / EC, ec = c - n * EC;
           rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
           const u32 full = bars + 8 * s, st = ring + s * STAGE;
@@ -280,10 +284,20 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
         }
       }
+      if (trace) {
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        trace[kRgTraceStartNs] = t0_ns;
+        trace[kRgTraceStartClk] = t0_clk;
+        trace[kRgTraceSm] = sm;
+        trace[kRgTraceProducerFirst] = first_clk;
+        trace[kRgTraceProducerLast] = rgt::clk();
+      }
     }
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     rgt::setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
+    u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
     int s = 0, cbase = 0;
     u32 phase = 0;
     for (int grp = cluster; grp < groups; grp += clusters) {
@@ -401,6 +415,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       }
       rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
       rgt::bar_sync_consumers();
+      if (tw && tw[kRgTraceFirstFull] == 0) tw[kRgTraceFirstFull] = rgt::clk();  // (A tile ready)
       if constexpr (F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
 
       // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
@@ -423,6 +438,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
+          if (tw) tw[kRgTraceLastFull] = rgt::clk();
           const u32 st = ring + s * STAGE + b_cols;
           if (mma) {
           rg90::fence_regs(acc);
@@ -464,6 +480,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         }
         rg90::wgmma_wait<0>();
         rg90::fence_regs(acc);
+        if (tw) tw[kRgTraceMmaDone] = rgt::clk();
         if ((tid & 127) < CM) {
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
@@ -508,6 +525,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             for (int at = 0; at < NW / 64; ++at)
               if (c0 + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0 + row0);
             rgt::bulk_commit();
+            if (tw) tw[kRgTraceStored] = rgt::clk();
           }
         } else {  // 64 × NW block → dx (bf16 pairs), rows past T and columns past K masked
           const int rows_valid = a.T - m0 - row0;
@@ -529,6 +547,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     }
     if constexpr (STAGED)
       if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
+    if (tw) {
+      tw[kRgTraceFenced] = rgt::clk();
+      trace[kRgTraceEndNs] = rgt::gtimer();
+    }
   }
   if constexpr (CM > 1) cluster_sync();
 #else
@@ -625,6 +647,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   const int tid = threadIdx.x, wg = tid / 128;
   const int S = a.cluster;  // T ranges reduced in this CTA's cluster
   const int a_flags = a.flags;  // (ablations, bench only)
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kRgTraceSlots
+                             : nullptr;  // (measurement)
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
   float* const out = gridDim.y == static_cast<unsigned>(S) ? a.dw : a.partial + (blockIdx.y / S) * static_cast<i64>(E) * K;
   const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
   const int t0 = blockIdx.y * a.split_rows;
@@ -648,7 +673,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       rgt::prefetch_tmap(&a.tmx);
       int s = 0;
       u32 phase = 0;
+      u64 first_clk = 0;
       for (int c = 0; c < chunks; ++c) {
+        if (trace && c == 0) first_clk = rgt::clk();
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, st = base + s * STAGE;
         // Boxes entirely past E or K are not fetched: the accumulator rows / columns they feed are never stored.
@@ -669,10 +696,20 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
           phase ^= 1;
         }
       }
+      if (trace) {
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        trace[kRgTraceStartNs] = t0_ns;
+        trace[kRgTraceStartClk] = t0_clk;
+        trace[kRgTraceSm] = sm;
+        trace[kRgTraceProducerFirst] = first_clk;
+        trace[kRgTraceProducerLast] = rgt::clk();
+      }
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
     rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
     float acc[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) acc[i] = 0.f;
@@ -883,6 +920,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       auto loop = [&](auto kb) {
       if (chunks > 0) {
         wait_full(0);
+        if (tw) tw[kRgTraceFirstFull] = tw[kRgTraceLastFull] = rgt::clk();
         load_raw(stage_of(0));
       }
       for (int c = 0; c < chunks; ++c) {
@@ -902,10 +940,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         }
         if (c + 1 < chunks) {
           wait_full(c + 1);
+          if (tw) tw[kRgTraceLastFull] = rgt::clk();
           load_raw(stage_of(c + 1));
         }
         retire(c % STAGES, a);
       }
+      if (tw) tw[kRgTraceMmaDone] = rgt::clk();
       };
       if (a_flags & kRgKmajorB) loop(rgt::IntC<true>{});
       else loop(rgt::IntC<false>{});
@@ -934,7 +974,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
       const int r1 = r0 + per < BM ? r0 + per : BM;
       rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
+      if (tw) tw[kRgTraceStored] = rgt::clk();
       cluster_sync();  // keep this CTA's tile alive until the others have read it
+    }
+    if (tw) {
+      tw[kRgTraceFenced] = rgt::clk();
+      trace[kRgTraceEndNs] = rgt::gtimer();
     }
   }
   if (wg == 0 && S > 1 && !(a_flags & kRgSkipStore)) {  // the producer warpgroup takes part in the cluster barriers
