@@ -35,6 +35,10 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
+// Measurement hook (bench only): > 0 runs the TMA backward's dx and dw side by side — dw over that many T ranges per
+// tile (16·R CTAs at E = 256, K = 2048), dx persistent on the SMs left (its PDL trigger lets dw start at once). 0 in
+// normal use (dx on every SM, then dw).
+std::atomic<int> router_gemm_concurrent_ranges{0};
 // Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
 // timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
@@ -871,12 +875,12 @@ struct DwTmaPlan {
   int ranges = 0, rows = 0, cluster = 1, groups = 1;
   int64_t workspace_elems = 0;
 };
-DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
+DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms, int force_ranges = 0) {
   DwTmaPlan p;
   if (T <= 0) return p;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
-  int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
+  int64_t ranges = force_ranges > 0 ? force_ranges : std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
   p.cluster = static_cast<int>(std::min<int64_t>(ranges, s.config[C_WM]));
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
@@ -949,12 +953,13 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       return;
     }
     const bool f16_dx = dx.defined() && precision == 0;
+    const int conc = router_gemm_concurrent_ranges.load(std::memory_order_relaxed);  // (measurement)
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
     Specialization sdw;
     DwTmaPlan plan;
     if (dw.defined()) {
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
-      plan = dw_tma_plan(sdw, T, sm_count(rt));
+      plan = dw_tma_plan(sdw, T, sm_count(rt), dx.defined() ? conc : 0);
     }
     const int64_t part_elems = dw.defined() ? plan.workspace_elems : 0;
     const int64_t need = part_elems + (f16_dx ? w16_elems(K, E) : 0);
@@ -999,7 +1004,10 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
       const int64_t groups = (a.tiles + cm - 1) / cm;
-      const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
+      int dx_sms = sm_count(rt);
+      if (conc > 0 && dw.defined())  // (measurement) the SMs dw's CTAs leave
+        dx_sms = std::max<int>(cm, dx_sms - static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * plan.ranges));
+      const int64_t clusters = std::min<int64_t>(groups, std::max(1, dx_sms / cm));
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(clusters * cm);
       d.cluster[0] = static_cast<unsigned>(cm);
@@ -1152,6 +1160,11 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
+  int conc = 0;  // _conc<R> (last): dx and dw side by side, dw over R T ranges (router_gemm_concurrent_ranges)
+  if (const size_t at = part.rfind("_conc"); at != std::string::npos && at + 5 < part.size()) {
+    conc = std::stoi(part.substr(at + 5));
+    part.resize(at);
+  }
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
   // (kRgSkipMma), _noload (kRgSkipLoad), _kmajb (kRgKmajorB), _serialg (kRgSerialG) and _nostore (its dx / dw kernels).
@@ -1214,10 +1227,12 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   inst.keepalive = b;
   Runtime* r = &rt;
   const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
-  auto with_flags = [flags](auto&& fn) {
+  auto with_flags = [flags, conc](auto&& fn) {
     router_gemm_measure_flags.store(flags);
+    router_gemm_concurrent_ranges.store(conc);
     fn();
     router_gemm_measure_flags.store(0);
+    router_gemm_concurrent_ranges.store(0);
   };
   if (part == "fwd") {
     const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});

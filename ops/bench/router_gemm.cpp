@@ -165,6 +165,11 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                            "dw_tma_nostore", "dw_tma_noload_nomma_nostore", "dw_tma_kmajb", "dw_tma_bf16g_kmajb"})
     cases.push_back({fmt::format("router_gemm_sweep_bwd_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // dx and dw side by side (_conc<R>: dw over R T ranges = 16·R CTAs, dx persistent on the other SMs; both kernels'
+  // defaults otherwise).
+  for (const char* part : {"bwd_tma_conc4", "bwd_tma_conc5", "bwd_tma_conc6", "bwd_tma_conc7"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The op with dx's g conversion of session 5 (_serialg: a dependent round trip per 16-byte unit).
   cases.push_back({"router_gemm_sweep_bwd_tma_serialg", "T=8192 K=2048 E=256 default",
                    [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_serialg"); }});

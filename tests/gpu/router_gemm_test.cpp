@@ -50,6 +50,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  int variant, int precision, const RouterGemmConfig* force_dx,
                                  const RouterGemmConfig* force_dw, Stream stream);
 extern std::atomic<int> router_gemm_measure_flags;
+extern std::atomic<int> router_gemm_concurrent_ranges;
 extern std::atomic<unsigned long long*> router_gemm_trace;
 }  // namespace kiln::detail
 
@@ -1011,6 +1012,27 @@ TEST_F(RouterGemmBwdTmaConfigs, PingPongDx) {
 }
 TEST_F(RouterGemmBwdTmaConfigs, PingPongDxPersistent) {
   check(17000, 1536, 64, {{2, true, {64, 256, 64, 1, 1, 4}}});
+}
+
+// dx and dw side by side (measurement hook router_gemm_concurrent_ranges: dw over R ranges, dx persistent on the
+// SMs left): dx has the same bits as the default schedule (each tile is computed the same way), dw meets its bound.
+TEST_F(RouterGemmTest, BwdTmaSideBySide) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb5}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb6}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xb7}), 1e-4f);
+  const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, true, 2, 4);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  for (int ranges : {5, 7}) {
+    SCOPED_TRACE("ranges " + std::to_string(ranges));
+    detail::router_gemm_concurrent_ranges.store(ranges);
+    const Bwd c = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2, 4);
+    detail::router_gemm_concurrent_ranges.store(0);
+    EXPECT_TRUE(c.guards_ok);
+    EXPECT_TRUE(bitwise_equal("dx (side by side vs default)", c.dx, d.dx));
+    EXPECT_TRUE(close_to("dw", c.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+  }
 }
 
 // Per-CTA timeline of the TMA backward at 8192 × 2048 → 256, precision standard (measurement; prints): one traced
