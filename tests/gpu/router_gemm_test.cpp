@@ -1063,11 +1063,14 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   struct Mode {
     const char* name;
     detail::RouterGemmConfig dx;  // bm = 0: the default
+    int conc;                     // router_gemm_concurrent_ranges
   };
-  for (const Mode m : {Mode{"default", {}}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}},
-                       Mode{"dx ping-pong, 4 stages", {64, 256, 64, 1, 1, 4}}}) {
+  for (const Mode m : {Mode{"default", {}, 0}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, 0},
+                       Mode{"dx ping-pong, 4 stages", {64, 256, 64, 1, 1, 4}, 0},
+                       Mode{"side by side, dw over 6 ranges", {}, 6}}) {
     SCOPED_TRACE(m.name);
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
+    detail::router_gemm_concurrent_ranges.store(m.conc);
     call(cdx);
     synchronize();
     const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
@@ -1078,6 +1081,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     call(cdx);
     synchronize();
     detail::router_gemm_trace.store(nullptr);
+    detail::router_gemm_concurrent_ranges.store(0);
     EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
     EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
     const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
