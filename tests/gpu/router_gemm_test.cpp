@@ -1003,6 +1003,12 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDefaults) {
 TEST_F(RouterGemmBwdTmaConfigs, PersistentDxTiles) {
   check(17000, 1536, 64, {{0, true, {64, 256, 64, 2, 1, 5}}, {1, true, {64, 256, 64, 2, 1, 4}}});
 }
+// The bf16(g) dx (precision standard's) with 128-token units (its g rows loaded in two batches) and with w
+// multicast to clusters of 2; hi + lo with 128-token units.
+TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
+  check(777, 1536, 160, {{2, true, {128, 256, 64, 2, 1, 3}}, {2, true, {64, 256, 64, 2, 2, 5}},
+                         {1, true, {128, 256, 64, 2, 1, 2}}});
+}
 // Ping-pong dx (wm = 1: a consumer warpgroup per 256-column block): 5 column blocks (K = 1280: 3 + 2), a partial
 // expert chunk (E = 160), 4 / 3 stages, g hi + lo; and several units per persistent CTA (T = 17000: the ring's chunk
 // order continues across units).
