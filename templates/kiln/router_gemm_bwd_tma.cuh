@@ -975,7 +975,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       const int r1 = r0 + per < BM ? r0 + per : BM;
       rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
       if (tw) tw[kRgTraceStored] = rgt::clk();
-      cluster_sync();  // keep this CTA's tile alive until the others have read it
+      // Keep this CTA's tile alive until the others have read it. Relaxed: the remote loads have returned (their
+      // sums were stored), and nothing written here is read by the peers — a release would first wait for this
+      // thread's global stores of the sums to be performed (MEMBAR.GPU).
+      cluster_arrive_relaxed();
+      cluster_wait();
     }
     if (tw) {
       tw[kRgTraceFenced] = rgt::clk();
@@ -984,7 +988,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   }
   if (wg == 0 && S > 1 && !(a_flags & kRgSkipStore)) {  // the producer warpgroup takes part in the cluster barriers
     cluster_sync();
-    cluster_sync();
+    cluster_arrive_relaxed();
+    cluster_wait();
   }
 #else
   __trap();
