@@ -72,6 +72,8 @@ struct RouterGemmDwTmaArgs {
   int T;
   int split_rows;
   int cluster;                          // T ranges a cluster reduces (≤ 4: larger clusters do not all fit at once)
+  int fused;                            // cluster 1, cooperative launch: the kernel adds the gridDim.y range partials
+                                        // itself after a grid barrier (no dw_reduce)
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };

@@ -24,6 +24,7 @@
 // one cluster per tile to that group's partial, which router_gemm_dw_reduce_kernel adds in group order. C = 1 writes
 // straight from registers.
 #pragma once
+#include "kiln/grid_sync.cuh"
 #include "kiln/router_gemm_bwd_sm90.cuh"
 #include "kiln/router_gemm_tma.cuh"
 
@@ -169,6 +170,70 @@ __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, in
 }
 
 // A compile-time bool as a value (selects a loop instantiation through a generic lambda).
+// The cooperative grid barrier (kiln/grid_sync.cuh's word and algorithm) among the 256 consumer threads of every CTA:
+// a consumer barrier orders their writes before the lead thread's release arrive; the lead waits (acquire) until
+// every CTA has arrived, then a second consumer barrier. (__syncthreads-based grid_barrier_* in this warp-specialized
+// kernel made ptxas spill in the main loop.)
+__device__ __forceinline__ void consumer_grid_barrier(bool lead) {
+  bar_sync_consumers();
+  if (lead) {
+    const u32 expected = gridDim.x * gridDim.y * gridDim.z;
+    const u32 nb = blockIdx.x + blockIdx.y + blockIdx.z == 0 ? 0x80000000u - (expected - 1) : 1u;
+    u32 token;
+    asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(token) : "l"(grid_barrier_word()), "r"(nb) : "memory");
+    for (;;) {
+      u32 cur;
+      asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(grid_barrier_word()) : "memory");
+      if ((token ^ cur) & 0x80000000u) break;
+      __nanosleep(64);
+    }
+  }
+  bar_sync_consumers();
+}
+
+// 16 bytes from global memory through L2 only (data other CTAs wrote before a grid barrier).
+__device__ __forceinline__ Vec16 ld_cg16(const void* p) {
+  Vec16 v;
+  asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+               : "l"(p));
+  return v;
+}
+// dw rows e0 + [r0, r1), columns n0 … n0 + BN − 1 (within E, K) = Σ_p partial[p] over the R ≤ 8 T ranges, in range
+// order from 0 (router_gemm_dw_reduce_kernel's order: the same bits); 256 threads, t = 0 … 255. Every partial of a
+// batch of 4 pieces is loaded before any is added (one round trip).
+template <int E, int K, int BN>
+__device__ __forceinline__ void dw_range_sum(float* dw, const float* partial, int R, int t, int r0, int r1, int e0,
+                                             int n0) {
+  constexpr int CPR = BN / 4, NB = 4;
+  const int pieces = (r1 - r0) * CPR;
+  const i64 slab = static_cast<i64>(E) * K;
+  for (int i0 = t; i0 < pieces; i0 += 256 * NB) {
+    Vec16 v[NB][8];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      const int i = i0 + b * 256, e = e0 + r0 + i / CPR, c = n0 + (i % CPR) * 4;
+      if (i < pieces && e < E && c < K)
+#pragma unroll
+        for (int p = 0; p < 8; ++p)
+          if (p < R) v[b][p] = ld_cg16(partial + p * slab + static_cast<i64>(e) * K + c);
+    }
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      const int i = i0 + b * 256, e = e0 + r0 + i / CPR, c = n0 + (i % CPR) * 4;
+      if (!(i < pieces && e < E && c < K)) continue;
+      float s[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int p = 0; p < 8; ++p)
+        if (p < R)
+#pragma unroll
+          for (int q = 0; q < 4; ++q) s[q] += __uint_as_float(v[b][p].w[q]);
+      store16(dw + static_cast<i64>(e) * K + c,
+              Vec16{{__float_as_uint(s[0]), __float_as_uint(s[1]), __float_as_uint(s[2]), __float_as_uint(s[3])}});
+    }
+  }
+}
+
 template <bool V>
 struct IntC {
   static constexpr bool value = V;
@@ -981,6 +1046,14 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       cluster_arrive_relaxed();
       cluster_wait();
     }
+    if (a.fused && !(a_flags & kRgSkipStore)) {
+      // Cluster 1, cooperative launch (every CTA resident): each range wrote its partial tile above; after a grid
+      // barrier among the consumers (the producer warpgroup has nothing to wait for), CTA (tile, range y) adds rows
+      // [y·per, y·per + per) of its tile over all ranges and writes dw (the accumulators are dead by now).
+      rgt::consumer_grid_barrier(tid == 128);
+      const int R = static_cast<int>(gridDim.y), per = (BM + R - 1) / R, r0 = static_cast<int>(blockIdx.y) * per;
+      rgt::dw_range_sum<E, K, BN>(a.dw, a.partial, R, tid - 128, r0, r0 + per < BM ? r0 + per : BM, e0, n0);
+    }
     if (tw) {
       tw[kRgTraceFenced] = rgt::clk();
       trace[kRgTraceEndNs] = rgt::gtimer();
@@ -991,6 +1064,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     cluster_arrive_relaxed();
     cluster_wait();
   }
+
 #else
   __trap();
 #endif

@@ -994,6 +994,13 @@ TEST_F(RouterGemmBwdTmaConfigs, Fp16DwDeepRing) {
 TEST_F(RouterGemmBwdTmaConfigs, Fp16DwClusters) {
   check(777, 1536, 160, {{0, false, {128, 256, 64, 1, 8, 3}}, {0, false, {128, 256, 64, 4, 4, 3}}});
 }
+// dw with clusters of 1: the range partials summed in the kernel after a grid barrier (cooperative launch) — 8
+// ranges of 256 tokens at K = 2048, E = 256 (16 rows a CTA), and at E = 160, K = 1536, T = 840 (12 tiles × 8 ranges
+// of 128 tokens: the last range empty, a partial expert tile and partial rows of the last range's sum).
+TEST_F(RouterGemmBwdTmaConfigs, HighDwFusedRangeSum) {
+  check(2000, 2048, 256, {{1, false, {128, 256, 64, 1, 8, 3}}, {2, false, {128, 256, 64, 1, 8, 3}}});
+  check(840, 1536, 160, {{1, false, {128, 256, 64, 1, 8, 3}}});
+}
 TEST_F(RouterGemmBwdTmaConfigs, HighDwDeepRing) {
   check(777, 1536, 160, {{1, false, {128, 256, 32, 2, 8, 6}}});
 }
