@@ -1067,22 +1067,25 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   const size_t slots = 2 * static_cast<size_t>(kRgTraceBwdDwOffset);
   DeviceBuffer tb(r, slots * 8);
   detail::L2Flusher l2(r, nullptr);
+  const detail::RouterGemmConfig* cdw = nullptr;
   auto call = [&](const detail::RouterGemmConfig* cdx) {
     detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
                                         wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
                                         dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 2, 4, cdx,
-                                        nullptr, nullptr);
+                                        cdw, nullptr);
   };
   struct Mode {
     const char* name;
-    detail::RouterGemmConfig dx;  // bm = 0: the default
-    int conc;                     // router_gemm_concurrent_ranges
+    detail::RouterGemmConfig dx, dw;  // bm = 0: the default
+    int conc;                         // router_gemm_concurrent_ranges
   };
-  for (const Mode m : {Mode{"default", {}, 0}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, 0},
-                       Mode{"dx ping-pong, 4 stages", {64, 256, 64, 1, 1, 4}, 0},
-                       Mode{"side by side, dw over 6 ranges", {}, 6}}) {
+  for (const Mode m : {Mode{"default", {}, {}, 0}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}, 0},
+                       Mode{"dx ping-pong, 4 stages", {64, 256, 64, 1, 1, 4}, {}, 0},
+                       Mode{"dw clusters of 1, range sum in the kernel", {}, {128, 256, 64, 1, 8, 3}, 0},
+                       Mode{"side by side, dw over 6 ranges", {}, {}, 6}}) {
     SCOPED_TRACE(m.name);
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
+    cdw = m.dw[0] ? &m.dw : nullptr;
     detail::router_gemm_concurrent_ranges.store(m.conc);
     call(cdx);
     synchronize();
