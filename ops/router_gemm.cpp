@@ -1044,7 +1044,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       bool fused = plan.cluster == 1 && plan.groups > 1 && sdw.config[C_WM] == 1;
       a.fused = fused ? 1 : 0;
       d.cooperative = fused;
-      if (fused) d.pdl = false;
+      if (fused && !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgFusedPdl)) d.pdl = false;
       try {
         impl.launch(sdw, d, stream, a);
       } catch (const DeviceError& e) {
@@ -1198,7 +1198,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_kmajb", kRgKmajorB}, {"_serialg", kRgSerialG}}) {
+                                      {"_kmajb", kRgKmajorB}, {"_serialg", kRgSerialG}, {"_fpdl", kRgFusedPdl}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

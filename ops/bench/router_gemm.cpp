@@ -173,8 +173,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // dw with clusters of 1: its 8 range partials summed in the kernel after a grid barrier (cooperative launch), no
   // dw_reduce — against the default (clusters of 2 through distributed shared memory, 4 groups, dw_reduce).
   add_sweep(cases, "dw_tma", std::array<std::array<int32_t, 6>, 2>{{{128, 256, 64, 1, 8, 3}, {128, 256, 64, 2, 8, 3}}});
-  cases.push_back({"router_gemm_sweep_bwd_tma_dwc1", "T=8192 K=2048 E=256 default",
-                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_dwc1"); }});
+  // (_fpdl: that cooperative dw launch with PDL behind dx, as the default dw launch has.)
+  for (const char* part : {"bwd_tma_dwc1", "bwd_tma_fpdl_dwc1"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The op with dx's g conversion of session 5 (_serialg: a dependent round trip per 16-byte unit).
   cases.push_back({"router_gemm_sweep_bwd_tma_serialg", "T=8192 K=2048 E=256 default",
                    [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_serialg"); }});
