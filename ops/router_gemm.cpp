@@ -36,10 +36,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
-// Measurement hook (bench only): > 0 runs the TMA backward's dx and dw side by side — dw over that many T ranges per
-// tile (16·R CTAs at E = 256, K = 2048), dx persistent on the SMs left (its PDL trigger lets dw start at once). 0 in
-// normal use (dx on every SM, then dw).
-std::atomic<int> router_gemm_concurrent_ranges{0};
+
 // Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
 // timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
@@ -104,9 +101,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     if (is_dx_tma(s.kernel))
-      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM],
-                         s.config[C_WM] == 1 ? 1 : 0);
+      name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM]);
     else
       name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
@@ -159,9 +155,8 @@ int smem_bytes(const Specialization& s) {
                               // router_gemm_dx_staged; the fp16 pass keeps its row scales after the mbarriers)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64), stages = s.config[C_STAGES], tm = s.config[C_BM];
     const int core = 1024 + (g_mode(s.kernel) == 1 ? 2 : 1) * ec * tm * 128 + stages * (32768 + 16);
-    const int staging = s.config[C_WM] == 1 ? 65536 : tm * 512;  // ping-pong (wm = 1): 64 × 256 a warpgroup
-    return core + 1024 + staging <= 227 * 1024 ? core + 1024 + staging
-                                               : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
+    return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512
+                                                : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
                               // fp16 pass's 8 x-amax slots)
@@ -236,12 +231,9 @@ bool valid(const Specialization& s) {
            (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
-                            // 256-column blocks, 2 consumers (wm = 1: ping-pong over whole blocks, 64 tokens, no
-                            // cluster, bf16 g), 2–6 stages
+                            // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
-           c[C_BN] == 256 && c[C_BK] == 64 &&
-           (c[C_WM] == 2 || (c[C_WM] == 1 && c[C_BM] == 64 && c[C_WN] == 1 && g_mode(s.kernel) != 2)) &&
-           (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
+           c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
            c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
@@ -431,11 +423,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         set_config(s, 128, 256, 64, 2, 1, stages);
         add(s);
       }
-      if (base.kernel != kDxTmaF16)
-        for (int stages : {4, 3}) {  // ping-pong: a warpgroup per 256-column block (staged: ≤ 4 stages, hi + lo ≤ 3)
-          set_config(s, 64, 256, 64, 1, 1, stages);
-          add(s);
-        }
       break;
     case kFwdTmaXmc: {
       const int eh = static_cast<int>(E / 2);
@@ -876,12 +863,12 @@ struct DwTmaPlan {
   int ranges = 0, rows = 0, cluster = 1, groups = 1;
   int64_t workspace_elems = 0;
 };
-DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms, int force_ranges = 0) {
+DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   DwTmaPlan p;
   if (T <= 0) return p;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   const int64_t tiles = ((E + 127) / 128) * ((K + 255) / 256), chunks = (T + 63) / 64;
-  int64_t ranges = force_ranges > 0 ? force_ranges : std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
+  int64_t ranges = std::clamp<int64_t>(sms / tiles, 1, s.config[C_WN]);
   ranges = std::min(ranges, chunks);
   p.cluster = static_cast<int>(std::min<int64_t>(ranges, s.config[C_WM]));
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
@@ -954,13 +941,12 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       return;
     }
     const bool f16_dx = dx.defined() && precision == 0;
-    const int conc = router_gemm_concurrent_ranges.load(std::memory_order_relaxed);  // (measurement)
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
     Specialization sdw;
     DwTmaPlan plan;
     if (dw.defined()) {
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
-      plan = dw_tma_plan(sdw, T, sm_count(rt), dx.defined() ? conc : 0);
+      plan = dw_tma_plan(sdw, T, sm_count(rt));
     }
     const int64_t part_elems = dw.defined() ? plan.workspace_elems : 0;
     const int64_t need = part_elems + (f16_dx ? w16_elems(K, E) : 0);
@@ -1005,10 +991,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
       const int64_t groups = (a.tiles + cm - 1) / cm;
-      int dx_sms = sm_count(rt);
-      if (conc > 0 && dw.defined())  // (measurement) the SMs dw's CTAs leave
-        dx_sms = std::max<int>(cm, dx_sms - static_cast<int>(((E + 127) / 128) * ((K + 255) / 256) * plan.ranges));
-      const int64_t clusters = std::min<int64_t>(groups, std::max(1, dx_sms / cm));
+      const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(clusters * cm);
       d.cluster[0] = static_cast<unsigned>(cm);
@@ -1179,12 +1162,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
-  int conc = 0;  // _conc<R> (last): dx and dw side by side, dw over R T ranges (router_gemm_concurrent_ranges)
-  bool dwc1 = false;  // _dwc1 (bwd op, before _conc): dw with clusters of 1 (its range partials summed in the kernel)
-  if (const size_t at = part.rfind("_conc"); at != std::string::npos && at + 5 < part.size()) {
-    conc = std::stoi(part.substr(at + 5));
-    part.resize(at);
-  }
+  bool dwc1 = false;  // _dwc1 (bwd op, last): dw with clusters of 1 (its range partials summed in the kernel)
   if (part.ends_with("_dwc1")) {
     dwc1 = true;
     part.resize(part.size() - 5);
@@ -1251,12 +1229,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   inst.keepalive = b;
   Runtime* r = &rt;
   const std::optional<RouterGemmConfig> cfg = force ? std::optional(*force) : std::nullopt;
-  auto with_flags = [flags, conc](auto&& fn) {
+  auto with_flags = [flags](auto&& fn) {
     router_gemm_measure_flags.store(flags);
-    router_gemm_concurrent_ranges.store(conc);
     fn();
     router_gemm_measure_flags.store(0);
-    router_gemm_concurrent_ranges.store(0);
   };
   if (part == "fwd") {
     const TensorRef y = TensorRef::contiguous(b->alloc(T * E * 4), DType::f32, {T, E});

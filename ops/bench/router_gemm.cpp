@@ -165,11 +165,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                            "dw_tma_nostore", "dw_tma_noload_nomma_nostore", "dw_tma_kmajb", "dw_tma_bf16g_kmajb"})
     cases.push_back({fmt::format("router_gemm_sweep_bwd_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  // dx and dw side by side (_conc<R>: dw over R T ranges = 16·R CTAs, dx persistent on the other SMs; both kernels'
-  // defaults otherwise).
-  for (const char* part : {"bwd_tma_conc4", "bwd_tma_conc5", "bwd_tma_conc6", "bwd_tma_conc7"})
-    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
-                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // dw with clusters of 1: its 8 range partials summed in the kernel after a grid barrier (cooperative launch), no
   // dw_reduce — against the default (clusters of 2 through distributed shared memory, 4 groups, dw_reduce).
   add_sweep(cases, "dw_tma", std::array<std::array<int32_t, 6>, 2>{{{128, 256, 64, 1, 8, 3}, {128, 256, 64, 2, 8, 3}}});
@@ -183,10 +178,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // dx with 128-token units (half the w bytes into each SM) and its ablations.
   for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore", "dx_tma_serialg"})
     add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 256, 64, 2, 1, 3}}});
-  // dx ping-pong (wm = 1: a consumer warpgroup per 256-column block, one's epilogue under the other's MMAs), and w
-  // multicast to clusters of 2 (half the L2 reads of w).
-  for (const char* part : {"dx_tma", "dx_tma_nostore"})
-    add_sweep(cases, part, std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 1, 1, 4}, {64, 256, 64, 1, 1, 3}}});
+  // dx with w multicast to clusters of 2 (half the L2 reads of w).
   add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});
   for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

@@ -252,9 +252,8 @@ __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 // (the host's smem recipe mirrors this).
 // SPLIT: 0 = bf16(g), 1 = g hi + lo (two A tiles), 2 = fp16 with power-of-two scales (w16 / colf from
 // router_gemm_w16_kernel; the row scales 2^s_t sit in the 1 KiB after the mbarriers).
-__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT, int TM = 64, int PP = 0) {
-  return 1024 + (SPLIT == 1 ? 2 : 1) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 +
-             (PP ? 65536 : TM * 512) <=
+__host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int SPLIT, int TM = 64) {
+  return 1024 + (SPLIT == 1 ? 2 : 1) * ((E + 63) / 64) * TM * 128 + STAGES * 32768 + 16 * STAGES + 1024 + TM * 512 <=
          227 * 1024;
 }
 
@@ -267,20 +266,15 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 // TM = 128 (no multicast): a work unit is 128 tokens × one half of the 256-column blocks; consumer j takes token rows
 // [64·j, 64·j + 64) and all 256 columns of each chunk (m64n256), so each w chunk that lands serves 128 tokens: about
 // 40 % fewer bytes into each SM than TM = 64 (the g rows are read by both halves' units).
-// PP (ping-pong; TM = 64, no multicast, bf16 g): consumer j takes the whole 256-column blocks n ≡ j (mod 2) of the
-// unit (m64n256 over all 64 rows: the A tile is read once per block instead of twice), so one warpgroup's epilogue
-// (drain, stmatrix, TMA store of a 64 × 256 block through its own 32 KiB staging tile) runs while the other's MMAs
-// keep the tensor cores busy; each stage is read by one warpgroup (the empty barriers take one arrival).
-template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64, int PP = 0>
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
-  constexpr int NW = TM == 128 || PP ? 256 : 128;  // columns of a chunk each consumer multiplies
+  constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
   constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE, STAGE = 4 * ATOM;
   constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
-  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM, PP);
-  static_assert(!PP || (TM == 64 && CM == 1 && SPLIT != 2), "ping-pong: 64-token tiles, no multicast, bf16 g");
+  constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM);
   constexpr bool F16 = SPLIT == 2;
   static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
@@ -303,8 +297,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
-      // both consumer warpgroups of every CTA of the cluster (ping-pong: the one warpgroup that read the stage)
-      rgt::mbar_init(bars + 8 * (STAGES + s), PP ? 1 : 2 * CM);
+      rgt::mbar_init(bars + 8 * (STAGES + s), 2 * CM);  // both consumer warpgroups of every CTA of the cluster
     }
     rgt::fence_mbar_init();
   }
@@ -363,7 +356,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     rgt::setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
     u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
-    int s = 0, cbase = 0;
+    int s = 0;
     u32 phase = 0;
     for (int grp = cluster; grp < groups; grp += clusters) {
       const int unit = grp * CM + static_cast<int>(rank), half = unit % HALVES;
@@ -491,12 +484,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       // one keeps its wgmmas unconditional (a runtime choice between two wgmma forms makes ptxas inject fences).
       auto blocks = [&](auto kb) {
       constexpr bool KB = decltype(kb)::value;
-      for (int n = nb0 + (PP ? j : 0); n < nb1; n += PP ? 2 : 1) {
-        if constexpr (PP) {  // this block's first chunk in the ring's order (the other warpgroup's blocks skipped)
-          const int c = cbase + (n - nb0) * EC;
-          s = c % STAGES;
-          phase = static_cast<u32>(c / STAGES) & 1;
-        }
+      for (int n = nb0; n < nb1; ++n) {
         float acc[NW / 2];
 #pragma unroll
         for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
@@ -608,7 +596,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       };
       if (a.flags & kRgKmajorB) blocks(rgt::IntC<true>{});
       else blocks(rgt::IntC<false>{});
-      cbase += (nb1 - nb0) * EC;  // (ping-pong) chunks the ring carried for this unit
     }
     if constexpr (STAGED)
       if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it

@@ -50,7 +50,6 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  int variant, int precision, const RouterGemmConfig* force_dx,
                                  const RouterGemmConfig* force_dw, Stream stream);
 extern std::atomic<int> router_gemm_measure_flags;
-extern std::atomic<int> router_gemm_concurrent_ranges;
 extern std::atomic<unsigned long long*> router_gemm_trace;
 }  // namespace kiln::detail
 
@@ -1016,37 +1015,6 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
   check(777, 1536, 160, {{2, true, {128, 256, 64, 2, 1, 3}}, {2, true, {64, 256, 64, 2, 2, 5}},
                          {1, true, {128, 256, 64, 2, 1, 2}}});
 }
-// Ping-pong dx (wm = 1: a consumer warpgroup per 256-column block): 5 column blocks (K = 1280: 3 + 2), a partial
-// expert chunk (E = 160), 4 / 3 stages, g hi + lo; and several units per persistent CTA (T = 17000: the ring's chunk
-// order continues across units).
-TEST_F(RouterGemmBwdTmaConfigs, PingPongDx) {
-  check(777, 1280, 160, {{2, true, {64, 256, 64, 1, 1, 4}}, {2, true, {64, 256, 64, 1, 1, 3}},
-                         {1, true, {64, 256, 64, 1, 1, 3}}});
-}
-TEST_F(RouterGemmBwdTmaConfigs, PingPongDxPersistent) {
-  check(17000, 1536, 64, {{2, true, {64, 256, 64, 1, 1, 4}}});
-}
-
-// dx and dw side by side (measurement hook router_gemm_concurrent_ranges: dw over R ranges, dx persistent on the
-// SMs left): dx has the same bits as the default schedule (each tile is computed the same way), dw meets its bound.
-TEST_F(RouterGemmTest, BwdTmaSideBySide) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int64_t T = 8192, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb5}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb6}), 0.02f);
-  const std::vector<float> g = randn(T * E, mix_seed({0xb7}), 1e-4f);
-  const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, true, 2, 4);
-  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
-  for (int ranges : {5, 7}) {
-    SCOPED_TRACE("ranges " + std::to_string(ranges));
-    detail::router_gemm_concurrent_ranges.store(ranges);
-    const Bwd c = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2, 4);
-    detail::router_gemm_concurrent_ranges.store(0);
-    EXPECT_TRUE(c.guards_ok);
-    EXPECT_TRUE(bitwise_equal("dx (side by side vs default)", c.dx, d.dx));
-    EXPECT_TRUE(close_to("dw", c.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
-  }
-}
 
 // Per-CTA timeline of the TMA backward at 8192 × 2048 → 256, precision standard (measurement; prints): one traced
 // call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
@@ -1077,16 +1045,13 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   struct Mode {
     const char* name;
     detail::RouterGemmConfig dx, dw;  // bm = 0: the default
-    int conc;                         // router_gemm_concurrent_ranges
   };
-  for (const Mode m : {Mode{"default", {}, {}, 0}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}, 0},
-                       Mode{"dx ping-pong, 4 stages", {64, 256, 64, 1, 1, 4}, {}, 0},
-                       Mode{"dw clusters of 1, range sum in the kernel", {}, {128, 256, 64, 1, 8, 3}, 0},
-                       Mode{"side by side, dw over 6 ranges", {}, {}, 6}}) {
+  for (const Mode m : {Mode{"default", {}, {}}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
+                       Mode{"dx w multicast to 2 CTAs", {64, 256, 64, 2, 2, 5}, {}},
+                       Mode{"dw clusters of 1, range sum in the kernel", {}, {128, 256, 64, 1, 8, 3}}}) {
     SCOPED_TRACE(m.name);
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
     cdw = m.dw[0] ? &m.dw : nullptr;
-    detail::router_gemm_concurrent_ranges.store(m.conc);
     call(cdx);
     synchronize();
     const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
@@ -1097,7 +1062,6 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     call(cdx);
     synchronize();
     detail::router_gemm_trace.store(nullptr);
-    detail::router_gemm_concurrent_ranges.store(0);
     EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
     EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
     const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
