@@ -14,7 +14,6 @@
 #include "kiln/router_gemm_args.h"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
-#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -989,7 +988,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       const int tm = s.config[C_BM];
       a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
@@ -1013,7 +1012,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.cluster = plan.cluster;
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       if (a.trace) a.trace += kRgTraceBwdDwOffset;
-      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgKmajorB | kRgSerialG);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
       d.grid[1] = static_cast<unsigned>(plan.ranges);
@@ -1021,26 +1020,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.block[0] = static_cast<unsigned>(threads(sdw));
       d.smem = static_cast<unsigned>(smem_bytes(sdw));
       d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
-      // Clusters of 1 (wm = 1) with several ranges: the kernel adds the range partials itself after a grid barrier
-      // (a cooperative launch: every CTA resident — the grid is at most one CTA per SM — else the launch is refused
-      // and dw_reduce adds them in the same order, the same bits).
-      bool fused = plan.cluster == 1 && plan.groups > 1 && sdw.config[C_WM] == 1;
-      a.fused = fused ? 1 : 0;
-      d.cooperative = fused;
-      if (fused && !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgFusedPdl)) d.pdl = false;
-      try {
-        impl.launch(sdw, d, stream, a);
-      } catch (const DeviceError& e) {
-        if (!fused) throw;
-        log(LogLevel::warn, "router_gemm_fp32_bwd: cooperative dw launch refused ({}); adding its ranges in dw_reduce",
-            e.what());
-        fused = false;
-        a.fused = 0;
-        d.cooperative = false;
-        d.pdl = after_dx;
-        impl.launch(sdw, d, stream, a);
-      }
-      if (plan.groups > 1 && !fused && !(a.flags & kRgSkipStore)) {  // the groups' sums, added in group order
+      impl.launch(sdw, d, stream, a);
+      if (plan.groups > 1 && !(a.flags & kRgSkipStore)) {  // the groups' sums, added in group order
         const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
         LaunchDims rd;
         rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
@@ -1162,21 +1143,15 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
-  bool dwc1 = false;  // _dwc1 (bwd op, last): dw with clusters of 1 (its range partials summed in the kernel)
-  if (part.ends_with("_dwc1")) {
-    dwc1 = true;
-    part.resize(part.size() - 5);
-  }
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
-  // (kRgSkipMma), _noload (kRgSkipLoad), _kmajb (kRgKmajorB), _serialg (kRgSerialG) and _nostore (its dx / dw kernels).
+  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_kmajb", kRgKmajorB}, {"_serialg", kRgSerialG}, {"_fpdl", kRgFusedPdl}}) {
+                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;
@@ -1255,12 +1230,11 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // Minimal traffic: g and w read once, x read once for dw, dx and dw written once.
   inst.bytes = static_cast<uint64_t>(T * E * 4 + E * K * 2 + (want_dx ? T * K * 2 : 0) +
                                      (want_dw ? T * K * 2 + E * K * 4 : 0));
-  const RouterGemmConfig dw_c1{128, 256, 64, 1, 8, 3};
   inst.run = [=](Stream s) {
     const RouterGemmConfig* c = cfg ? &*cfg : nullptr;
     with_flags([&] {
       router_gemm_fp32_bwd_config(*r, g, x, w, dx, dw, ws, variant, precision, want_dx ? c : nullptr,
-                                  want_dx ? (dwc1 ? &dw_c1 : nullptr) : c, s);
+                                  want_dx ? nullptr : c, s);
     });
   };
   if (want_dx) inst.outputs.push_back(dx);

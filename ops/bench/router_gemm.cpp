@@ -159,24 +159,12 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // The TMA backward's ablations at precision standard (session 6): each kernel alone, without its MMAs (the data
   // movement and the ring protocol), without its loads (MMAs on stale shared memory), without its stores (dw: no
   // cluster sum, no partials, no dw_reduce), and the skeleton (launch, barriers).
-  // _kmajb: the MMAs read the same B bytes as a K-major operand (wrong values): does the N-major B cost time?
   for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore", "dx_tma_noload_nomma_nostore",
-                           "dx_tma_kmajb", "dx_tma_serialg", "dw_tma", "dw_tma_nomma", "dw_tma_noload",
-                           "dw_tma_nostore", "dw_tma_noload_nomma_nostore", "dw_tma_kmajb", "dw_tma_bf16g_kmajb"})
+                           "dw_tma", "dw_tma_nomma", "dw_tma_noload", "dw_tma_nostore", "dw_tma_noload_nomma_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_bwd_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  // dw with clusters of 1: its 8 range partials summed in the kernel after a grid barrier (cooperative launch), no
-  // dw_reduce — against the default (clusters of 2 through distributed shared memory, 4 groups, dw_reduce).
-  add_sweep(cases, "dw_tma", std::array<std::array<int32_t, 6>, 2>{{{128, 256, 64, 1, 8, 3}, {128, 256, 64, 2, 8, 3}}});
-  // (_fpdl: that cooperative dw launch with PDL behind dx, as the default dw launch has.)
-  for (const char* part : {"bwd_tma_dwc1", "bwd_tma_fpdl_dwc1"})
-    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
-                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  // The op with dx's g conversion of session 5 (_serialg: a dependent round trip per 16-byte unit).
-  cases.push_back({"router_gemm_sweep_bwd_tma_serialg", "T=8192 K=2048 E=256 default",
-                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, "bwd_tma_serialg"); }});
   // dx with 128-token units (half the w bytes into each SM) and its ablations.
-  for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore", "dx_tma_serialg"})
+  for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore"})
     add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 256, 64, 2, 1, 3}}});
   // dx with w multicast to clusters of 2 (half the L2 reads of w).
   add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});

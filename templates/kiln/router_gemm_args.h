@@ -72,8 +72,6 @@ struct RouterGemmDwTmaArgs {
   int T;
   int split_rows;
   int cluster;                          // T ranges a cluster reduces (≤ 4: larger clusters do not all fit at once)
-  int fused;                            // cluster 1, cooperative launch: the kernel adds the gridDim.y range partials
-                                        // itself after a grid barrier (no dw_reduce)
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
@@ -89,7 +87,7 @@ enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
-              kRgSkipLoad = 1 << 17, kRgKmajorB = 1 << 18, kRgSerialG = 1 << 19, kRgFusedPdl = 1 << 20;
+              kRgSkipLoad = 1 << 17;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
@@ -100,10 +98,7 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // The TMA backward's ablations (bench only; the outputs are garbage): kRgSkipMma issues no wgmma (the consumers still
 // wait for every stage and release it: the data movement alone), kRgSkipLoad fetches nothing (the producer arrives on
 // the full barriers with no bytes: the MMAs read stale shared memory), kRgSkipStore writes no dx / no dw (dw: no
-// staging, no cluster sum, no partials, and the host launches no dw_reduce); kRgKmajorB reads the same B bytes as a
-// K-major operand (wrong values: is the N-major (transposed) B operand what slows the MMAs?); kRgSerialG (dx, bf16 g):
-// the g conversion of session 5 (a dependent global round trip per 16-byte unit), for a same-run comparison;
-// kRgFusedPdl (host only): the cooperative dw launch with its range sum in the kernel keeps PDL behind dx.
+// staging, no cluster sum, no partials, and the host launches no dw_reduce).
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
 

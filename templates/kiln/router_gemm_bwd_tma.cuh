@@ -24,7 +24,6 @@
 // one cluster per tile to that group's partial, which router_gemm_dw_reduce_kernel adds in group order. C = 1 writes
 // straight from registers.
 #pragma once
-#include "kiln/grid_sync.cuh"
 #include "kiln/router_gemm_bwd_sm90.cuh"
 #include "kiln/router_gemm_tma.cuh"
 
@@ -168,76 +167,6 @@ __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, in
   else if (S == 3) cluster_sum_rows<3, 256, 43 * CPR>(base, t, off, emit);
   else cluster_sum_rows<4, 256, 32 * CPR>(base, t, off, emit);
 }
-
-// A compile-time bool as a value (selects a loop instantiation through a generic lambda).
-// The cooperative grid barrier (kiln/grid_sync.cuh's word and algorithm) among the 256 consumer threads of every CTA:
-// a consumer barrier orders their writes before the lead thread's release arrive; the lead waits (acquire) until
-// every CTA has arrived, then a second consumer barrier. (__syncthreads-based grid_barrier_* in this warp-specialized
-// kernel made ptxas spill in the main loop.)
-__device__ __forceinline__ void consumer_grid_barrier(bool lead) {
-  bar_sync_consumers();
-  if (lead) {
-    const u32 expected = gridDim.x * gridDim.y * gridDim.z;
-    const u32 nb = blockIdx.x + blockIdx.y + blockIdx.z == 0 ? 0x80000000u - (expected - 1) : 1u;
-    u32 token;
-    asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(token) : "l"(grid_barrier_word()), "r"(nb) : "memory");
-    for (;;) {
-      u32 cur;
-      asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(grid_barrier_word()) : "memory");
-      if ((token ^ cur) & 0x80000000u) break;
-      __nanosleep(64);
-    }
-  }
-  bar_sync_consumers();
-}
-
-// 16 bytes from global memory through L2 only (data other CTAs wrote before a grid barrier).
-__device__ __forceinline__ Vec16 ld_cg16(const void* p) {
-  Vec16 v;
-  asm volatile("ld.global.cg.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
-               : "l"(p));
-  return v;
-}
-// dw rows e0 + [r0, r1), columns n0 … n0 + BN − 1 (within E, K) = Σ_p partial[p] over the R ≤ 8 T ranges, in range
-// order from 0 (router_gemm_dw_reduce_kernel's order: the same bits); 256 threads, t = 0 … 255. Every partial of a
-// batch of 4 pieces is loaded before any is added (one round trip).
-template <int E, int K, int BN>
-__device__ __forceinline__ void dw_range_sum(float* dw, const float* partial, int R, int t, int r0, int r1, int e0,
-                                             int n0) {
-  constexpr int CPR = BN / 4, NB = 4;
-  const int pieces = (r1 - r0) * CPR;
-  const i64 slab = static_cast<i64>(E) * K;
-  for (int i0 = t; i0 < pieces; i0 += 256 * NB) {
-    Vec16 v[NB][8];
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      const int i = i0 + b * 256, e = e0 + r0 + i / CPR, c = n0 + (i % CPR) * 4;
-      if (i < pieces && e < E && c < K)
-#pragma unroll
-        for (int p = 0; p < 8; ++p)
-          if (p < R) v[b][p] = ld_cg16(partial + p * slab + static_cast<i64>(e) * K + c);
-    }
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      const int i = i0 + b * 256, e = e0 + r0 + i / CPR, c = n0 + (i % CPR) * 4;
-      if (!(i < pieces && e < E && c < K)) continue;
-      float s[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int p = 0; p < 8; ++p)
-        if (p < R)
-#pragma unroll
-          for (int q = 0; q < 4; ++q) s[q] += __uint_as_float(v[b][p].w[q]);
-      store16(dw + static_cast<i64>(e) * K + c,
-              Vec16{{__float_as_uint(s[0]), __float_as_uint(s[1]), __float_as_uint(s[2]), __float_as_uint(s[3])}});
-    }
-  }
-}
-
-template <bool V>
-struct IntC {
-  static constexpr bool value = V;
-};
 
 template <int R>
 __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
@@ -408,32 +337,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
       // MMA in the measured kernel of session 5).
       constexpr int BATCH = ITERS < 8 ? ITERS : 8;
-      if (a.flags & kRgSerialG) {  // measurement (round 1 of session 6 only): the previous loop, a round trip per unit
-        for (int it = 0; it < ITERS; ++it) {
-          const int u = it * 256 + ct;
-          if (UNITS % 256 != 0 && u >= UNITS) break;
-          const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7, e = at * 64 + jj * 8;
-          Vec16 hi{}, lo{};
-          if (m0 + r < a.T && e < E) {
-            const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
-            const float4 v0 = __ldg(src), v1 = __ldg(src + 1);
-            if constexpr (SPLIT == 1) {
-              rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
-              rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
-              rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
-              rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
-            } else {
-              hi.w[0] = rgt::cvt_bf16x2(v0.x, v0.y);
-              hi.w[1] = rgt::cvt_bf16x2(v0.z, v0.w);
-              hi.w[2] = rgt::cvt_bf16x2(v1.x, v1.y);
-              hi.w[3] = rgt::cvt_bf16x2(v1.z, v1.w);
-            }
-          }
-          const u32 off = at * A_ATOM + rg90::swz(r, jj);
-          rg90::sts16(base + off, hi);
-          if constexpr (SPLIT == 1) rg90::sts16(base + A_TILE + off, lo);
-        }
-      } else
       for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
         float4 v[BATCH][2];
 #pragma unroll
@@ -480,10 +383,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = NW == 256 ? 0 : 2 * j * ATOM;
       const int row0 = TM == 128 ? j * 64 : 0;  // this warpgroup's first tile row
       const bool mma = !(a.flags & kRgSkipMma), store = !(a.flags & kRgSkipStore);  // (ablations)
-      // The blocks of this unit; KB (ablation kRgKmajorB) instantiates a second copy of the loop so that the default
-      // one keeps its wgmmas unconditional (a runtime choice between two wgmma forms makes ptxas inject fences).
-      auto blocks = [&](auto kb) {
-      constexpr bool KB = decltype(kb)::value;
       for (int n = nb0; n < nb1; ++n) {
         float acc[NW / 2];
 #pragma unroll
@@ -496,15 +395,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           if (mma) {
           rg90::fence_regs(acc);
           rg90::wgmma_fence();
-          if constexpr (!F16 && KB) {  // ablation: the same bytes read as a K-major B (wrong values)
-#pragma unroll
-            for (int ks = 0; ks < 4; ++ks) {
-              const u64 b = rg90::desc_sw128(st + ks * 32);
-              rg90::wgmma_ss<NW, 0, 0>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
-              if constexpr (SPLIT == 1)
-                rg90::wgmma_ss<NW, 0, 0>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
-            }
-          } else {
 #pragma unroll
           for (int ks = 0; ks < 4; ++ks) {
             const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
@@ -515,7 +405,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
               if constexpr (SPLIT == 1)
                 rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
             }
-          }
           }
           rg90::wgmma_commit();
           rg90::wgmma_wait<1>();
@@ -593,9 +482,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
         }
       }
-      };
-      if (a.flags & kRgKmajorB) blocks(rgt::IntC<true>{});
-      else blocks(rgt::IntC<false>{});
     }
     if constexpr (STAGED)
       if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
@@ -769,19 +655,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     // tokens ks·16 + 2·(lane & 3) + 8·(i >> 1) and the next one. Expert column el (0..127 in the tile) lives in g
     // box el / 32 at 16-byte unit (el % 32) / 4, swizzled with the token row.
     const int el = 64 * j + 16 * warp + (lane >> 2);
-    // Ablation kRgKmajorB: the same bytes read as a K-major B (wrong values), in a separate copy of the chunk loop
-    // (see dx).
-    auto issue_kmajb = [&](u32 st, u32(&A)[2][KS][4]) {
-      rg90::fence_regs(acc);
-      rg90::wgmma_fence();
-#pragma unroll
-      for (int ks = 0; ks < KS; ++ks) {
-        const u64 b = rg90::desc_sw128(st + 4 * GBOX + ks * 32);
-        rgt::wgmma_rs_n256<0>(acc, A[0][ks], b);
-        if constexpr (SPLIT == 1) rgt::wgmma_rs_n256<0>(acc, A[1][ks], b);
-      }
-      rg90::wgmma_commit();
-    };
     auto issue = [&](u32 st, u32(&A)[2][KS][4]) {
       rg90::fence_regs(acc);
       rg90::wgmma_fence();
@@ -969,7 +842,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = acc[i] * (((i >> 1) & 1) ? f1 : f0) * fx;
     } else {
-      auto loop = [&](auto kb) {
       if (chunks > 0) {
         wait_full(0);
         if (tw) tw[kRgTraceFirstFull] = tw[kRgTraceLastFull] = rgt::clk();
@@ -986,10 +858,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
             else
               a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
           }
-        if (!(a_flags & kRgSkipMma)) {
-          if constexpr (decltype(kb)::value) issue_kmajb(stage_of(c), a);
-          else issue(stage_of(c), a);
-        }
+        if (!(a_flags & kRgSkipMma)) issue(stage_of(c), a);
         if (c + 1 < chunks) {
           wait_full(c + 1);
           if (tw) tw[kRgTraceLastFull] = rgt::clk();
@@ -998,9 +867,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         retire(c % STAGES, a);
       }
       if (tw) tw[kRgTraceMmaDone] = rgt::clk();
-      };
-      if (a_flags & kRgKmajorB) loop(rgt::IntC<true>{});
-      else loop(rgt::IntC<false>{});
     }
     if (a_flags & kRgSkipStore) {  // ablation: no epilogue
     } else if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
@@ -1032,14 +898,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       // thread's global stores of the sums to be performed (MEMBAR.GPU).
       cluster_arrive_relaxed();
       cluster_wait();
-    }
-    if (a.fused && !(a_flags & kRgSkipStore)) {
-      // Cluster 1, cooperative launch (every CTA resident): each range wrote its partial tile above; after a grid
-      // barrier among the consumers (the producer warpgroup has nothing to wait for), CTA (tile, range y) adds rows
-      // [y·per, y·per + per) of its tile over all ranges and writes dw (the accumulators are dead by now).
-      rgt::consumer_grid_barrier(tid == 128);
-      const int R = static_cast<int>(gridDim.y), per = (BM + R - 1) / R, r0 = static_cast<int>(blockIdx.y) * per;
-      rgt::dw_range_sum<E, K, BN>(a.dw, a.partial, R, tid - 128, r0, r0 + per < BM ? r0 + per : BM, e0, n0);
     }
     if (tw) {
       tw[kRgTraceFenced] = rgt::clk();

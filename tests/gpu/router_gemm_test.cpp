@@ -993,10 +993,10 @@ TEST_F(RouterGemmBwdTmaConfigs, Fp16DwDeepRing) {
 TEST_F(RouterGemmBwdTmaConfigs, Fp16DwClusters) {
   check(777, 1536, 160, {{0, false, {128, 256, 64, 1, 8, 3}}, {0, false, {128, 256, 64, 4, 4, 3}}});
 }
-// dw with clusters of 1: the range partials summed in the kernel after a grid barrier (cooperative launch) — 8
-// ranges of 256 tokens at K = 2048, E = 256 (16 rows a CTA), and at E = 160, K = 1536, T = 840 (12 tiles × 8 ranges
-// of 128 tokens: the last range empty, a partial expert tile and partial rows of the last range's sum).
-TEST_F(RouterGemmBwdTmaConfigs, HighDwFusedRangeSum) {
+// dw with clusters of 1: 8 range partials straight from the registers, added by dw_reduce — 8 ranges of 256 tokens
+// at K = 2048, E = 256, and at E = 160, K = 1536, T = 840 (12 tiles × 8 ranges of 128 tokens: the last range empty,
+// a partial expert tile).
+TEST_F(RouterGemmBwdTmaConfigs, HighDwClustersOf1) {
   check(2000, 2048, 256, {{1, false, {128, 256, 64, 1, 8, 3}}, {2, false, {128, 256, 64, 1, 8, 3}}});
   check(840, 1536, 160, {{1, false, {128, 256, 64, 1, 8, 3}}});
 }
@@ -1048,7 +1048,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   };
   for (const Mode m : {Mode{"default", {}, {}}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
                        Mode{"dx w multicast to 2 CTAs", {64, 256, 64, 2, 2, 5}, {}},
-                       Mode{"dw clusters of 1, range sum in the kernel", {}, {128, 256, 64, 1, 8, 3}}}) {
+                       Mode{"dw clusters of 1 (8 partials, dw_reduce)", {}, {128, 256, 64, 1, 8, 3}}}) {
     SCOPED_TRACE(m.name);
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
     cdw = m.dw[0] ? &m.dw : nullptr;
