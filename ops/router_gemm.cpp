@@ -26,7 +26,8 @@ using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
 void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
                                  int variant, const RouterGemmConfig* force, Stream stream);
 // precision (the TMA backward; the other kernels always split g into hi + lo): 0 = tf32 (one fp16 pass with
-// power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g).
+// power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g), 4 = standard
+// (dx from bf16(g), dw from hi + lo: the default).
 void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                  const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
                                  int variant, int precision, const RouterGemmConfig* force_dx,
@@ -34,6 +35,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
+
 // Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
 // timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
@@ -49,16 +51,15 @@ enum : uint32_t {
   kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
   kFwdTmaXmc = 13,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16,
-  kDwTmaF16P = 17  // the fp16-pass dw with the x tiles converted by producer warps (precision 3, measurement)
+  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
-bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16 || k == kDwTmaF16P; }
+bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16; }
 // How a TMA backward kernel takes g (its SPLIT template argument): 0 bf16(g), 1 hi + lo, 2 fp16 with scales.
 int g_mode(uint32_t k) {
   if (k == kDwTma || k == kDxTmaSplit) return 1;
-  return k == kDxTmaF16 || k == kDwTmaF16 || k == kDwTmaF16P ? 2 : 0;
+  return k == kDxTmaF16 || k == kDwTmaF16 ? 2 : 0;
 }
 enum { P_K, P_E };
 enum { C_BM, C_BN, C_BK, C_WM, C_WN, C_STAGES };
@@ -102,8 +103,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       name = fmt::format("kiln::router_gemm_dx_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
                          s.config[C_STAGES], s.config[C_WN], g_mode(s.kernel), s.config[C_BM]);
     else
-      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK], s.kernel == kDwTmaF16P ? 1 : 0);
+      name = fmt::format("kiln::router_gemm_dw_tma_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                         s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
     return;
   }
   if (s.kernel == kW16) {
@@ -160,7 +161,7 @@ int smem_bytes(const Specialization& s) {
                               // fp16 pass's 8 x-amax slots)
     const int stages = s.config[C_STAGES];
     return 1024 + std::max(stages * 8 * s.config[C_BK] * 128, 128 * 264 * 4) + 16 * stages +
-           (g_mode(s.kernel) == 2 ? 64 : 0) + (s.kernel == kDwTmaF16P ? 128 : 0);
+           (g_mode(s.kernel) == 2 ? 64 : 0);
   }
   if (s.kernel == kFwd90) {  // 1 KiB alignment slack + max(ring of swizzled x and w tiles, fp32 epilogue tile)
     const int bm = s.config[C_BM], atoms = s.config[C_BK] / 64;
@@ -276,7 +277,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16", "dw_tma_f16p"},
+                    "dx_tma_f16", "dw_tma_f16", "w16"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -319,7 +320,6 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       break;
     case kDwTma:
     case kDwTmaF16:
-    case kDwTmaF16P:
     case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
                       // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
                       // once), 3 stages
@@ -453,10 +453,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       add(s);
       break;
     }
-    case kDwTmaF16P:  // measurement only: the default and the deep ring
-      set_config(s, 128, 256, 32, 2, 8, 6);
-      add(s);
-      break;
     case kDwTma:
     case kDwTmaF16:
     case kDwTmaBf16:
@@ -575,7 +571,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
          {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
-          kDwTmaF16, kW16, kDwTmaF16P})
+          kDwTmaF16, kW16})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -881,15 +877,14 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   return p;
 }
 // The TMA backward's kernels by precision (0 tf32, 1 high, 2 bf16(g)).
-// 3: tf32 with dw's x tiles converted by producer warps (kDwTmaF16P; measurement). 4 (standard, the default): dx
+// 4 (standard, the default): dx
 // from bf16(g), dw from hi + lo — the fastest measured (≈ 60 µs: dx 23.9 + dw 35.3 in session 5's round 2, against
 // tf32 80.7 and high 71.1).
 uint32_t dx_tma_kernel(int precision) {
-  return precision == 0 || precision == 3 ? kDxTmaF16 : precision == 1 ? kDxTmaSplit : kDxTma;
+  return precision == 0 ? kDxTmaF16 : precision == 1 ? kDxTmaSplit : kDxTma;
 }
 uint32_t dw_tma_kernel(int precision) {
-  return precision == 0 ? kDwTmaF16 : precision == 3 ? kDwTmaF16P : precision == 1 || precision == 4 ? kDwTma
-                                                                                                      : kDwTmaBf16;
+  return precision == 0 ? kDwTmaF16 : precision == 1 || precision == 4 ? kDwTma : kDwTmaBf16;
 }
 // The fp16 pass's w operand in the workspace, after dw's partials: w16 [E, K] fp16 (E·K/2 fp32 slots) and 2^c_k [K].
 int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
@@ -903,7 +898,7 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
   const int precision = static_cast<int>(options.precision);
   if (default_bwd_variant(arch, E) >= 2)
     return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
-           ((precision == 0 || precision == 3) && T > 0 ? w16_elems(K, E) : 0);
+           (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
   const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
   const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
@@ -944,7 +939,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
       return;
     }
-    const bool f16_dx = dx.defined() && (precision == 0 || precision == 3);
+    const bool f16_dx = dx.defined() && precision == 0;
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
     Specialization sdw;
     DwTmaPlan plan;
@@ -992,6 +987,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       const int tm = s.config[C_BM];
       a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
+      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
@@ -1013,6 +1010,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       a.split_rows = plan.rows;
       a.cluster = plan.cluster;
+      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+      if (a.trace) a.trace += kRgTraceBwdDwOffset;
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
       d.grid[1] = static_cast<unsigned>(plan.ranges);
@@ -1021,7 +1021,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.smem = static_cast<unsigned>(smem_bytes(sdw));
       d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
       impl.launch(sdw, d, stream, a);
-      if (plan.groups > 1) {  // the groups' sums, added in group order
+      if (plan.groups > 1 && !(a.flags & kRgSkipStore)) {  // the groups' sums, added in group order
         const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
         LaunchDims rd;
         rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
@@ -1138,19 +1138,20 @@ struct RouterGemmBuffers {
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
                                    const RouterGemmConfig* force = nullptr) {
   // part: fwd | bwd | dx | dw, then optionally _sm90 (wgmma kernels) or _mma (mma.sync kernels), then optionally
-  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*), _tf32 / _high / _bf16g / _tf32p
-  // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone, the fp16 pass with dw's x converted by
-  // producer warps; default: standard = dx from bf16(g), dw from hi + lo).
+  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*), _tf32 / _high / _bf16g
+  // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone; default: standard = dx from bf16(g), dw
+  // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel).
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
+  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}}) {
+                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;
@@ -1167,9 +1168,6 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     part.resize(part.size() - 5);
   } else if (part.ends_with("_bf16g")) {
     precision = 2;
-    part.resize(part.size() - 6);
-  } else if (part.ends_with("_tf32p")) {
-    precision = 3;
     part.resize(part.size() - 6);
   } else if (part.ends_with("_tf32")) {
     precision = 0;
@@ -1251,7 +1249,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "dx_sm90",    "dw_sm90",     "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32", "dw_tma_tf32p"};
+                                       "dw_tma_tf32", "dx_tma_tf32"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -127,7 +127,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
   for (const char* part : {"dx", "dw", "dx_tma_tf32", "dw_tma_tf32", "dx_tma_high", "dw_tma_high", "dx_tma_bf16g",
-                           "dw_tma_bf16g", "dw_tma_tf32p", "dx_sm90", "dw_sm90"})
+                           "dw_tma_bf16g", "dx_sm90", "dw_sm90"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The TMA backward's fp16 pass (tf32, the default): dw with 32-token chunks (6 / 5 stages: a deeper ring of the
@@ -146,19 +146,29 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const Pt& pt : {Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 7}},
                        Pt{"dw_tma_tf32", {128, 256, 32, 2, 8, 5}}, Pt{"dw_tma_tf32", {128, 256, 64, 1, 8, 3}},
                        Pt{"dw_tma_high", {128, 256, 32, 2, 8, 6}}, Pt{"dw_tma_high", {128, 256, 32, 2, 8, 7}},
-                       Pt{"dw_tma_tf32p", {128, 256, 64, 2, 8, 3}}, Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 6}},
-                       Pt{"dw_tma_tf32p", {128, 256, 32, 2, 8, 7}},
                        Pt{"dx_tma_tf32", {128, 256, 64, 2, 1, 3}}, Pt{"dx_tma_tf32", {64, 256, 64, 2, 2, 5}}}) {
     RouterGemmConfig cfg{};
     std::copy(pt.c.begin(), pt.c.end(), cfg.begin());
     const std::string part = pt.part;
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}_cfg", part.substr(0, 2)),
                      fmt::format("T=8192 K=2048 E=256 {} bm={} bk={} wm={} wn={} stages={}",
-                                 part.ends_with("_high") ? "high" : part.ends_with("_tf32p") ? "tf32p" : "tf32", pt.c[0],
+                                 part.ends_with("_high") ? "high" : "tf32", pt.c[0],
                                  pt.c[2], pt.c[3], pt.c[4], pt.c[5]),
                      [part, cfg](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part, &cfg); }});
   }
-  for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32", "bwd_tma_tf32p"})
+  // The TMA backward's ablations at precision standard (session 6): each kernel alone, without its MMAs (the data
+  // movement and the ring protocol), without its loads (MMAs on stale shared memory), without its stores (dw: no
+  // cluster sum, no partials, no dw_reduce), and the skeleton (launch, barriers).
+  for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore", "dx_tma_noload_nomma_nostore",
+                           "dw_tma", "dw_tma_nomma", "dw_tma_noload", "dw_tma_nostore", "dw_tma_noload_nomma_nostore"})
+    cases.push_back({fmt::format("router_gemm_sweep_bwd_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // dx with 128-token units (half the w bytes into each SM) and its ablations.
+  for (const char* part : {"dx_tma", "dx_tma_nomma", "dx_tma_noload", "dx_tma_nostore"})
+    add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 256, 64, 2, 1, 3}}});
+  // dx with w multicast to clusters of 2 (half the L2 reads of w).
+  add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});
+  for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);

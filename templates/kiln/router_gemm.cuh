@@ -328,10 +328,17 @@ __global__ void __launch_bounds__(256) router_gemm_dw_reduce_kernel(const Router
   const i64 i = (static_cast<i64>(blockIdx.x) * 256 + threadIdx.x) * VEC;
   if (i >= a.n) return;
   float s[4] = {0.f, 0.f, 0.f, 0.f};
-  for (int p = 0; p < a.splits; ++p) {
-    const Vec16 v = load16(a.partial + p * a.n + i);
+  // Up to 8 partials loaded before any is added (one round trip instead of one per partial), added in split order.
+  for (int p0 = 0; p0 < a.splits; p0 += 8) {
+    Vec16 v[8];
 #pragma unroll
-    for (int j = 0; j < 4; ++j) s[j] += __uint_as_float(v.w[j]);
+    for (int p = 0; p < 8; ++p)
+      if (p0 + p < a.splits) v[p] = load16(a.partial + (p0 + p) * a.n + i);
+#pragma unroll
+    for (int p = 0; p < 8; ++p)
+      if (p0 + p < a.splits)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) s[j] += __uint_as_float(v[p].w[j]);
   }
   Vec16 o;
 #pragma unroll

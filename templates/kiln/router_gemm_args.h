@@ -54,6 +54,8 @@ struct RouterGemmDxTmaArgs {
   int T;
   int tiles;                            // ceil(T / 64)
   const float* colf;                    // fp16 pass (SPLIT = 2): 2^c_k of w16's columns [K]; else null
+  int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
+  unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
 // The fp16 pass's operand prep (router_gemm_w16_kernel): w16[e, k] = fp16(w[e, k] · 2^−c_k) with c_k from column k's
 // amax over E, and colf[k] = 2^c_k.
@@ -70,13 +72,22 @@ struct RouterGemmDwTmaArgs {
   int T;
   int split_rows;
   int cluster;                          // T ranges a cluster reduces (≤ 4: larger clusters do not all fit at once)
+  int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
+  unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
+// Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
+// id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
+// unit), last stage landed, MMAs done, last store issued, stores read out; dw: first stage landed, last stage landed,
+// MMAs done, epilogue done (before the final cluster barrier), after it; and globaltimer ns at the end. The op
+// traces dx into the first kRgTraceBwdDwOffset slots of the buffer and dw after them.
+enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
-              kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15;
+              kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
+              kRgSkipLoad = 1 << 17;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
@@ -84,6 +95,10 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // 5; kRgEpiDirect, host only, measurement: the 8-byte stores from the registers instead); kRgHalfStore (bench only):
 // consumer warpgroup 1 stores nothing (does the store phase scale with its bytes?); kRgNoop (bench only, expert-pair
 // and 64-token TMA kernels): every CTA returns at once — what the grid's launch and completion cost alone.
+// The TMA backward's ablations (bench only; the outputs are garbage): kRgSkipMma issues no wgmma (the consumers still
+// wait for every stage and release it: the data movement alone), kRgSkipLoad fetches nothing (the producer arrives on
+// the full barriers with no bytes: the MMAs read stale shared memory), kRgSkipStore writes no dx / no dw (dw: no
+// staging, no cluster sum, no partials, and the host launches no dw_reduce).
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
 

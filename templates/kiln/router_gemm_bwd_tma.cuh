@@ -170,7 +170,8 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1, NW = TM == 128 ? 256 : 128;
+  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
+  constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
   constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE, STAGE = 4 * ATOM;
   constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
@@ -180,6 +181,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
   pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;  // (measurement)
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -208,15 +211,20 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       if constexpr (F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
       int s = 0;
       u32 phase = 0;
+      u64 first_clk = 0;
       for (int grp = cluster; grp < groups; grp += clusters) {
         const int half = (grp * CM + static_cast<int>(rank)) % HALVES;
         const int nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
         for (int c = nb0 * EC; c < nb1 * EC; ++c) {
+          if (trace && first_clk == 0) first_clk = rgt::clk();
           const int n = c / EC, ec = c - n * EC;
           rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
           const u32 full = bars + 8 * s, st = ring + s * STAGE;
           // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
           const int atoms = (K - n * BN + 63) / 64 < 4 ? (K - n * BN + 63) / 64 : 4;
+          if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
+            rgt::mbar_expect_tx(full, 0);
+          } else {
           rgt::mbar_expect_tx(full, atoms * ATOM);
 #pragma unroll
           for (int p = 0; p < PER_CTA; ++p) {
@@ -228,16 +236,27 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
               rgt::tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
                                          static_cast<unsigned short>((1 << CM) - 1));
           }
+          }
           if (++s == STAGES) {
             s = 0;
             phase ^= 1;
           }
         }
       }
+      if (trace) {
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        trace[kRgTraceStartNs] = t0_ns;
+        trace[kRgTraceStartClk] = t0_clk;
+        trace[kRgTraceSm] = sm;
+        trace[kRgTraceProducerFirst] = first_clk;
+        trace[kRgTraceProducerLast] = rgt::clk();
+      }
     }
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     rgt::setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
+    u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
     int s = 0;
     u32 phase = 0;
     for (int grp = cluster; grp < groups; grp += clusters) {
@@ -285,16 +304,32 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
         }
       } else {
-#pragma unroll 4
-      for (int it = 0; it < ITERS; ++it) {
-        const int u = it * 256 + ct;
-        if (UNITS % 256 != 0 && u >= UNITS) break;
-        const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7, e = at * 64 + jj * 8;
-        Vec16 hi{}, lo{};
-        if (m0 + r < a.T && e < E) {
-          const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
-          const float4 v0 = __ldg(src), v1 = __ldg(src + 1);
-          if constexpr (SPLIT == 1) {
+      // All loads of a batch first (up to 8 units: 16 float4, 64 registers; the accumulators are not live here),
+      // then the conversions and shared stores: each unit's store is an asm volatile with a memory clobber, so loads
+      // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
+      // MMA in the measured kernel of session 5).
+      constexpr int BATCH = ITERS < 8 ? ITERS : 8;
+      for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
+        float4 v[BATCH][2];
+#pragma unroll
+        for (int b = 0; b < BATCH; ++b) {
+          const int u = (it0 + b) * 256 + ct;
+          const int r = u / (EC * 8), rest = u - r * (EC * 8), e = (rest >> 3) * 64 + (rest & 7) * 8;
+          v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if ((ITERS % BATCH == 0 || it0 + b < ITERS) && (UNITS % 256 == 0 || u < UNITS) && m0 + r < a.T && e < E) {
+            const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
+            v[b][0] = __ldg(src);
+            v[b][1] = __ldg(src + 1);
+          }
+        }
+#pragma unroll
+        for (int b = 0; b < BATCH; ++b) {
+          const int u = (it0 + b) * 256 + ct;
+          if ((ITERS % BATCH != 0 && it0 + b >= ITERS) || (UNITS % 256 != 0 && u >= UNITS)) continue;
+          const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7;
+          const float4 v0 = v[b][0], v1 = v[b][1];
+          Vec16 hi, lo;
+          if constexpr (SPLIT == 1) {  // (zeros split into zeros: rows past T, experts past E)
             rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
             rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
             rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
@@ -305,19 +340,21 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             hi.w[2] = rgt::cvt_bf16x2(v1.x, v1.y);
             hi.w[3] = rgt::cvt_bf16x2(v1.z, v1.w);
           }
+          const u32 off = at * A_ATOM + rg90::swz(r, jj);
+          rg90::sts16(base + off, hi);
+          if constexpr (SPLIT == 1) rg90::sts16(base + A_TILE + off, lo);
         }
-        const u32 off = at * A_ATOM + rg90::swz(r, jj);
-        rg90::sts16(base + off, hi);
-        if constexpr (SPLIT == 1) rg90::sts16(base + A_TILE + off, lo);
       }
       }
       rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
       rgt::bar_sync_consumers();
+      if (tw && tw[kRgTraceFirstFull] == 0) tw[kRgTraceFirstFull] = rgt::clk();  // (A tile ready)
       if constexpr (F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
 
       // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
-      const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = TM == 128 ? 0 : 2 * j * ATOM;
+      const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = NW == 256 ? 0 : 2 * j * ATOM;
       const int row0 = TM == 128 ? j * 64 : 0;  // this warpgroup's first tile row
+      const bool mma = !(a.flags & kRgSkipMma), store = !(a.flags & kRgSkipStore);  // (ablations)
       for (int n = nb0; n < nb1; ++n) {
         float acc[NW / 2];
 #pragma unroll
@@ -325,7 +362,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
           rgt::mbar_wait(bars + 8 * s, phase);
+          if (tw) tw[kRgTraceLastFull] = rgt::clk();
           const u32 st = ring + s * STAGE + b_cols;
+          if (mma) {
           rg90::fence_regs(acc);
           rg90::wgmma_fence();
 #pragma unroll
@@ -342,6 +381,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           rg90::wgmma_commit();
           rg90::wgmma_wait<1>();
           rg90::fence_regs(acc);
+          }
           if (prev >= 0 && (tid & 127) < CM) {
             if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
             else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
@@ -354,11 +394,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         }
         rg90::wgmma_wait<0>();
         rg90::fence_regs(acc);
+        if (tw) tw[kRgTraceMmaDone] = rgt::clk();
         if ((tid & 127) < CM) {
           if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
           else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
-        const int c0 = n * BN + (TM == 128 ? 0 : j * 128);  // this warpgroup's first dx column of the block
+        const int c0 = n * BN + (NW == 256 ? 0 : j * 128);  // this warpgroup's first dx column of the block
         if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
           const int rr = row0 + warp * 16 + (lane >> 2);
           float rf[2];
@@ -374,6 +415,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             acc[i + 3] = acc[i + 3] * rf[1] * cf.y;
           }
         }
+        if (!store) continue;
         if constexpr (STAGED) {
           // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
           // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
@@ -397,6 +439,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             for (int at = 0; at < NW / 64; ++at)
               if (c0 + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0 + row0);
             rgt::bulk_commit();
+            if (tw) tw[kRgTraceStored] = rgt::clk();
           }
         } else {  // 64 × NW block → dx (bf16 pairs), rows past T and columns past K masked
           const int rows_valid = a.T - m0 - row0;
@@ -414,6 +457,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     }
     if constexpr (STAGED)
       if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
+    if (tw) {
+      tw[kRgTraceFenced] = rgt::clk();
+      trace[kRgTraceEndNs] = rgt::gtimer();
+    }
   }
   if constexpr (CM > 1) cluster_sync();
 #else
@@ -489,10 +536,7 @@ __global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW1
 // tile) + mbarriers. A group's result goes to dw (one group) or to partial[group]. The fp32 g values of chunk c + 1
 // are loaded while chunk c's MMAs run and split after them (splitting them then too, with two chunks of A fragments
 // in registers, measured the same: 35.6 µs both, run of 06:30).
-// PCVT (SPLIT = 2 only): producer warps 1–3 convert each landed x tile (amax → running scale → fp16 in place) and
-// signal a third mbarrier per stage with the scale in a per-stage slot, instead of the consumers (who then only
-// build their A fragments: no x work, no consumer barriers).
-template <int K, int E, int STAGES, int SPLIT, int BK = 64, int PCVT = 0>
+template <int K, int E, int STAGES, int SPLIT, int BK = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid_constant__ RouterGemmDwTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
@@ -512,6 +556,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   const u32 bars = base + RING;
   const int tid = threadIdx.x, wg = tid / 128;
   const int S = a.cluster;  // T ranges reduced in this CTA's cluster
+  const int a_flags = a.flags;  // (ablations, bench only)
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kRgTraceSlots
+                             : nullptr;  // (measurement)
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
   float* const out = gridDim.y == static_cast<unsigned>(S) ? a.dw : a.partial + (blockIdx.y / S) * static_cast<i64>(E) * K;
   const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
   const int t0 = blockIdx.y * a.split_rows;
@@ -523,89 +571,55 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     for (int s = 0; s < STAGES; ++s) {
       rgt::mbar_init(bars + 8 * s, 1);
       rgt::mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
-      if constexpr (PCVT) rgt::mbar_init(bars + 8 * (2 * STAGES + s), 1);  // x converted (producer warps 1–3)
     }
     rgt::fence_mbar_init();
   }
   __syncthreads();
 
-  static_assert(PCVT == 0 || SPLIT == 2, "the producer-side x convert belongs to the fp16 pass");
-  // PCVT: after the 3·STAGES mbarriers, STAGES scale slots (sig of each stage's x tile) and 3 amax slots.
-  const u32 sig_slots = bars + 24 * STAGES, cv_slots = sig_slots + 4 * STAGES;
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<SPLIT == 2 && !PCVT ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
-    if (PCVT && tid >= 32) {  // warps 1–3: x tiles → fp16 × 2^−sig in place, sig a running maximum
-      const int ct = tid - 32, cw = ct >> 5, lane = tid & 31;
-      int sig = -100;
-      constexpr int PIECES = BK * 512 / 16, XA = BK * 128;  // 16-byte pieces of the x tile; bytes of one atom
-      for (int c = 0; c < chunks; ++c) {
-        const int s = c % STAGES;
-        rgt::mbar_wait(bars + 8 * s, static_cast<u32>(c / STAGES) & 1);
-        const u32 xt = base + s * STAGE + 4 * GBOX;
-        u32 xm = 0u;  // finite |bf16| max over the fetched atoms (atoms past K hold stale bytes)
-        for (int i = ct; i < PIECES; i += 96) {
-          if (i * 16 / XA >= xatoms) continue;
-          const Vec16 v = rg90::lds16(xt + i * 16);
-#pragma unroll
-          for (int q = 0; q < 4; ++q) {
-            const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
-            xm = b > xm ? b : xm;
-          }
-        }
-        xm = rgt::redux_max(xm);
-        if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(cv_slots + cw * 4), "r"(xm) : "memory");
-        asm volatile("bar.sync 4, 96;" ::: "memory");
-        u32 mm = 0u;
-#pragma unroll
-        for (int w = 0; w < 3; ++w) {
-          u32 o;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(o) : "r"(cv_slots + w * 4));
-          mm = o > mm ? o : mm;
-        }
-        const int se = rgt::bf16_scale_exp(mm);
-        sig = se > sig ? se : sig;
-        const float xi = rgt::pow2i(-sig);
-        for (int i = ct; i < PIECES; i += 96) {
-          const Vec16 v = rg90::lds16(xt + i * 16);
-          Vec16 o;
-#pragma unroll
-          for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(v.w[q], xi);
-          rg90::sts16(xt + i * 16, o);
-        }
-        rg90::fence_async_shared();  // the converted tile is read by the tensor cores
-        asm volatile("bar.sync 4, 96;" ::: "memory");  // all converted; the amax slots read
-        if (ct == 0) {
-          asm volatile("st.shared.u32 [%0], %1;" ::"r"(sig_slots + 4 * s), "r"(sig) : "memory");
-          rgt::mbar_arrive_local(bars + 8 * (2 * STAGES + s));  // release: the slot and the tile
-        }
-      }
-    }
+    rgt::setmaxnreg_dec<SPLIT == 2 ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
     if (tid == 0) {
       rgt::prefetch_tmap(&a.tmg);
       rgt::prefetch_tmap(&a.tmx);
       int s = 0;
       u32 phase = 0;
+      u64 first_clk = 0;
       for (int c = 0; c < chunks; ++c) {
+        if (trace && c == 0) first_clk = rgt::clk();
         rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, st = base + s * STAGE;
         // Boxes entirely past E or K are not fetched: the accumulator rows / columns they feed are never stored.
-        rgt::mbar_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
         const int t = t0 + c * BK;
+        if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
+          rgt::mbar_expect_tx(full, 0);
+        } else {
+        rgt::mbar_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
 #pragma unroll
         for (int b = 0; b < 4; ++b)
           if (b < gboxes) rgt::tma_load_2d(st + b * GBOX, &a.tmg, full, e0 + b * 32, t);
 #pragma unroll
         for (int q = 0; q < 4; ++q)
           if (q < xatoms) rgt::tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
+        }
         if (++s == STAGES) {
           s = 0;
           phase ^= 1;
         }
       }
+      if (trace) {
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        trace[kRgTraceStartNs] = t0_ns;
+        trace[kRgTraceStartClk] = t0_clk;
+        trace[kRgTraceSm] = sm;
+        trace[kRgTraceProducerFirst] = first_clk;
+        trace[kRgTraceProducerLast] = rgt::clk();
+      }
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
-    rgt::setmaxnreg_inc<SPLIT == 2 && !PCVT ? 240 : 232>();
+    rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
     float acc[128];
 #pragma unroll
     for (int i = 0; i < 128; ++i) acc[i] = 0.f;
@@ -668,10 +682,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       // Chunk c: its g rows' amax → Srow, its fp16 A fragments; its x tile's amax (all consumers) → sig, and the x
       // tile converted in place to fp16 × 2^−sig (same layout); a consumer barrier before any MMA reads it.
       auto prep = [&](int c) {
-        if constexpr (PCVT)  // the producer warps have converted the x tile (implies it landed)
-          rgt::mbar_wait(bars + 8 * (2 * STAGES + c % STAGES), static_cast<u32>(c / STAGES) & 1);
-        else
-          wait_full(c);
+        wait_full(c);
         const u32 st = stage_of(c);
         load_raw(st);
         // Row amax: the max of all |bits| (2 instructions a value); only where that is NaN / inf (≥ 0x7f800000) is
@@ -720,14 +731,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             an[0][ks][i] = rgt::cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
-        if constexpr (PCVT) {
-          u32 sv;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(sv) : "r"(sig_slots + 4 * (c % STAGES)));
-          sig = static_cast<int>(sv);
-          Tn[0] = Srow[0] + sig;
-          Tn[1] = Srow[1] + sig;
-          return;
-        }
         // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
         // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
         constexpr int XP = BK / 8;
@@ -813,6 +816,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     } else {
       if (chunks > 0) {
         wait_full(0);
+        if (tw) tw[kRgTraceFirstFull] = tw[kRgTraceLastFull] = rgt::clk();
         load_raw(stage_of(0));
       }
       for (int c = 0; c < chunks; ++c) {
@@ -826,15 +830,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
             else
               a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
           }
-        issue(stage_of(c), a);
+        if (!(a_flags & kRgSkipMma)) issue(stage_of(c), a);
         if (c + 1 < chunks) {
           wait_full(c + 1);
+          if (tw) tw[kRgTraceLastFull] = rgt::clk();
           load_raw(stage_of(c + 1));
         }
         retire(c % STAGES, a);
       }
+      if (tw) tw[kRgTraceMmaDone] = rgt::clk();
     }
-    if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
+    if (a_flags & kRgSkipStore) {  // ablation: no epilogue
+    } else if (S == 1) {  // straight from registers: row e0 + el + 8·((i/2) & 1), column n0 + 8·(i/4) + 2·(lane & 3)
 #pragma unroll
       for (int i = 0; i < 128; i += 2) {
         const int e = e0 + el + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
@@ -857,13 +864,24 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
       const int r1 = r0 + per < BM ? r0 + per : BM;
       rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
-      cluster_sync();  // keep this CTA's tile alive until the others have read it
+      if (tw) tw[kRgTraceStored] = rgt::clk();
+      // Keep this CTA's tile alive until the others have read it. Relaxed: the remote loads have returned (their
+      // sums were stored), and nothing written here is read by the peers — a release would first wait for this
+      // thread's global stores of the sums to be performed (MEMBAR.GPU).
+      cluster_arrive_relaxed();
+      cluster_wait();
+    }
+    if (tw) {
+      tw[kRgTraceFenced] = rgt::clk();
+      trace[kRgTraceEndNs] = rgt::gtimer();
     }
   }
-  if (wg == 0 && S > 1) {  // the producer warpgroup takes part in the cluster barriers (no other work: 40 registers)
+  if (wg == 0 && S > 1 && !(a_flags & kRgSkipStore)) {  // the producer warpgroup takes part in the cluster barriers
     cluster_sync();
-    cluster_sync();
+    cluster_arrive_relaxed();
+    cluster_wait();
   }
+
 #else
   __trap();
 #endif

@@ -899,7 +899,7 @@ TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
 // ---- the sm_90a TMA backward (the default on sm_90a) -----------------------------------------------------------------
 
 // precision: 0 = tf32 (the fp16 pass, the default), 1 = high (g hi + lo), 2 = bf16(g) alone (bench only).
-const char* const kPrecName[] = {"tf32", "high", "bf16g", "tf32p"};  // tf32p: tf32, dw's x converted by producer warps
+const char* const kPrecName[] = {"tf32", "high", "bf16g", "?", "standard"};
 
 class RouterGemmBwdTma : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
 
@@ -950,7 +950,7 @@ class RouterGemmBwdTmaConfigs : public RouterGemmTest {
  public:
   void check(int64_t T, int64_t K, int64_t E, std::initializer_list<TmaCase> cases) {
     if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-    constexpr uint32_t kDxKernel[] = {14, 10, 8, 14}, kDwKernel[] = {15, 9, 11, 17};
+    constexpr uint32_t kDxKernel[] = {14, 10, 8}, kDwKernel[] = {15, 9, 11};
     const std::vector<float> x = bf16_values(T * K, mix_seed({0xc8, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0xc9, static_cast<uint64_t>(E)}), 0.02f);
     const std::vector<float> g = randn(T * E, mix_seed({0xca, static_cast<uint64_t>(E)}), 1e-4f);
@@ -961,7 +961,7 @@ class RouterGemmBwdTmaConfigs : public RouterGemmTest {
     for (const TmaCase& tc : cases) {
       detail::RouterGemmConfig c{};
       std::copy(tc.c.begin(), tc.c.end(), c.begin());
-      const int prec = tc.prec == 3 ? 0 : tc.prec;  // the bound (tf32p is tf32)
+      const int prec = tc.prec;
       SCOPED_TRACE(std::string(tc.dx ? "dx_tma " : "dw_tma ") + kPrecName[tc.prec] + " " + fmt_config(c) +
                    " T=" + std::to_string(T) + " E=" + std::to_string(E));
       bool listed = false;  // every point tested here is one the tuner may pick
@@ -993,8 +993,12 @@ TEST_F(RouterGemmBwdTmaConfigs, Fp16DwDeepRing) {
 TEST_F(RouterGemmBwdTmaConfigs, Fp16DwClusters) {
   check(777, 1536, 160, {{0, false, {128, 256, 64, 1, 8, 3}}, {0, false, {128, 256, 64, 4, 4, 3}}});
 }
-TEST_F(RouterGemmBwdTmaConfigs, Fp16DwProducerConvert) {
-  check(777, 1536, 160, {{3, false, {128, 256, 64, 2, 8, 3}}, {3, false, {128, 256, 32, 2, 8, 6}}});
+// dw with clusters of 1: 8 range partials straight from the registers, added by dw_reduce — 8 ranges of 256 tokens
+// at K = 2048, E = 256, and at E = 160, K = 1536, T = 840 (12 tiles × 8 ranges of 128 tokens: the last range empty,
+// a partial expert tile).
+TEST_F(RouterGemmBwdTmaConfigs, HighDwClustersOf1) {
+  check(2000, 2048, 256, {{1, false, {128, 256, 64, 1, 8, 3}}, {2, false, {128, 256, 64, 1, 8, 3}}});
+  check(840, 1536, 160, {{1, false, {128, 256, 64, 1, 8, 3}}});
 }
 TEST_F(RouterGemmBwdTmaConfigs, HighDwDeepRing) {
   check(777, 1536, 160, {{1, false, {128, 256, 32, 2, 8, 6}}});
@@ -1004,6 +1008,115 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDefaults) {
 }
 TEST_F(RouterGemmBwdTmaConfigs, PersistentDxTiles) {
   check(17000, 1536, 64, {{0, true, {64, 256, 64, 2, 1, 5}}, {1, true, {64, 256, 64, 2, 1, 4}}});
+}
+// The bf16(g) dx (precision standard's) with 128-token units (its g rows loaded in two batches) and with w
+// multicast to clusters of 2; hi + lo with 128-token units.
+TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
+  check(777, 1536, 160, {{2, true, {128, 256, 64, 2, 1, 3}}, {2, true, {64, 256, 64, 2, 2, 5}},
+                         {1, true, {128, 256, 64, 2, 1, 2}}});
+}
+
+// Per-CTA timeline of the TMA backward at 8192 × 2048 → 256, precision standard (measurement; prints): one traced
+// call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
+// the producer's first TMA, A tile ready, last stage landed, MMAs done, last store issued, stores read out, exit;
+// dw: entry, first TMA, first / last stage landed, MMAs done, epilogue done, after the last cluster barrier, exit.
+// The traced outputs must equal the untraced ones bit for bit.
+TEST_F(RouterGemmTest, BwdTmaTimeline) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xb3}), 1e-4f);
+  DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
+  DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
+  const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K);
+  DeviceBuffer wsb(r, ws_elems * 4);
+  const size_t slots = 2 * static_cast<size_t>(kRgTraceBwdDwOffset);
+  DeviceBuffer tb(r, slots * 8);
+  detail::L2Flusher l2(r, nullptr);
+  const detail::RouterGemmConfig* cdw = nullptr;
+  auto call = [&](const detail::RouterGemmConfig* cdx) {
+    detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                        wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
+                                        dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 2, 4, cdx,
+                                        cdw, nullptr);
+  };
+  struct Mode {
+    const char* name;
+    detail::RouterGemmConfig dx, dw;  // bm = 0: the default
+  };
+  for (const Mode m : {Mode{"default", {}, {}}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
+                       Mode{"dx w multicast to 2 CTAs", {64, 256, 64, 2, 2, 5}, {}},
+                       Mode{"dw clusters of 1 (8 partials, dw_reduce)", {}, {128, 256, 64, 1, 8, 3}}}) {
+    SCOPED_TRACE(m.name);
+    const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
+    cdw = m.dw[0] ? &m.dw : nullptr;
+    call(cdx);
+    synchronize();
+    const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
+    const std::vector<float> dw0 = dwb.download<float>(E * K);
+    tb.fill(0);
+    l2.flush(nullptr);
+    detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
+    call(cdx);
+    synchronize();
+    detail::router_gemm_trace.store(nullptr);
+    EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
+    EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
+    const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
+    auto at = [&](size_t base, int c, int slot) { return tr[base + static_cast<size_t>(c) * kRgTraceSlots + slot]; };
+    // SM clock (cycles per ns): the median over both kernels' CTAs of clock span / globaltimer span.
+    std::vector<double> rate;
+    uint64_t t0 = ~0ull;
+    int n[2] = {0, 0};
+    for (int k = 0; k < 2; ++k) {
+      const size_t b = k * static_cast<size_t>(kRgTraceBwdDwOffset);
+      while (n[k] < 1024 && at(b, n[k], kRgTraceStartNs) != 0) ++n[k];
+      for (int c = 0; c < n[k]; ++c) {
+        const uint64_t gs = at(b, c, kRgTraceStartNs), ge = at(b, c, kRgTraceEndNs);
+        const uint64_t cs = at(b, c, kRgTraceStartClk), ce = at(b, c, kRgTraceWg0 + kRgTraceFenced);
+        if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+        if (k == 0) t0 = std::min(t0, gs);
+      }
+    }
+    ASSERT_GT(n[0], 0);
+    ASSERT_GT(n[1], 0);
+    ASSERT_FALSE(rate.empty());
+    std::sort(rate.begin(), rate.end());
+    const double ghz = rate[rate.size() / 2];
+    std::printf("[bwd timeline] %s: dx %d CTAs, dw %d CTAs, SM clock %.3f GHz; µs after the first dx CTA entry "
+                "(min / p10 / p50 / p90 / max)\n", m.name, n[0], n[1], ghz);
+    const char* names[2][8] = {{"entry", "first tma", "A ready", "last full", "mma done", "last store", "stores read",
+                                "exit"},
+                               {"entry", "first tma", "first full", "last full", "mma done", "epilogue", "cluster bar",
+                                "exit"}};
+    for (int k = 0; k < 2; ++k) {
+      const size_t b = k * static_cast<size_t>(kRgTraceBwdDwOffset);
+      std::vector<std::vector<double>> col(8);
+      for (int c = 0; c < n[k]; ++c) {
+        const double st = (static_cast<double>(at(b, c, kRgTraceStartNs)) - static_cast<double>(t0)) / 1000.0;
+        auto rel = [&](uint64_t clk) {
+          return clk ? st + (static_cast<double>(clk) - at(b, c, kRgTraceStartClk)) / ghz / 1000.0 : -1.0;
+        };
+        col[0].push_back(st);
+        col[1].push_back(rel(at(b, c, kRgTraceProducerFirst)));
+        for (int q = 0; q < 5; ++q) col[2 + q].push_back(rel(at(b, c, kRgTraceWg0 + q)));
+        col[7].push_back((static_cast<double>(at(b, c, kRgTraceEndNs)) - static_cast<double>(t0)) / 1000.0);
+        EXPECT_LE(at(b, c, kRgTraceStartClk), at(b, c, kRgTraceProducerFirst)) << (k ? "dw" : "dx") << " CTA " << c;
+        EXPECT_LE(at(b, c, kRgTraceWg0 + kRgTraceLastFull), at(b, c, kRgTraceWg0 + kRgTraceMmaDone))
+            << (k ? "dw" : "dx") << " CTA " << c;
+      }
+      std::printf("  %s\n", k ? "dw" : "dx");
+      for (int q = 0; q < 8; ++q) {
+        std::vector<double> v = col[q];
+        std::sort(v.begin(), v.end());
+        auto qq = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
+        std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", names[k][q], v.front(), qq(0.1), qq(0.5), qq(0.9),
+                    v.back());
+      }
+    }
+  }
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
@@ -1128,9 +1241,9 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
   g[1150 * E + 200] = -std::numeric_limits<float>::infinity();
-  for (int prec_run : {0, 1, 3}) {
+  for (int prec_run : {0, 1, 4}) {  // 4: standard (dx from bf16(g), dw from hi + lo)
     SCOPED_TRACE(kPrecName[prec_run]);
-    const int prec = prec_run == 3 ? 0 : prec_run;  // tf32p meets tf32's bounds
+    const int prec = prec_run;
     std::vector<float> x = bf16_values(T * K, mix_seed({0xce}), 1.0f);
     if (prec == 0) x[700 * K + 1000] = std::numeric_limits<float>::infinity();
     const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
@@ -1142,7 +1255,7 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
     EXPECT_TRUE(bitwise_equal("dw twice", b2.dw, b.dw));
     EXPECT_TRUE(bitwise_equal("dx twice", b2.dx, b.dx));
     EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) {
-      return prec == 0 ? fx.bound(dx, i, K, E) : dx_bound(dx, i, E);
+      return prec == 0 ? fx.bound(dx, i, K, E) : prec == 1 ? dx_bound(dx, i, E) : dx_bound_bf16g(dx, i, E);
     }));
     EXPECT_TRUE(close_to("dw", b.dw, dw, K, prec == 0 ? 5e-4 : 2e-5, [&](int64_t i) {
       return prec == 0 ? fw.bound(dw, i, T, K) : dw_bound(dw, i, T);
