@@ -8,6 +8,9 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <cstring>
+#include <mutex>
+#include <random>
 #include <string_view>
 #include <utility>
 #include <vector>
@@ -184,6 +187,60 @@ void copy_to_host(void* dst, const void* src, size_t bytes) {
 }
 
 void device_synchronize() { check(driver().cuCtxSynchronize(), "cuCtxSynchronize"); }
+
+DeviceBuffers::~DeviceBuffers() {
+  for (void* p : ptrs) device_free(p);
+}
+
+void* DeviceBuffers::alloc(size_t bytes) {
+  ptrs.reserve(ptrs.size() + 1);  // push_back cannot throw after the allocation (no leak)
+  ptrs.push_back(device_alloc(std::max<size_t>(bytes, 16)));
+  return ptrs.back();
+}
+
+void* DeviceBuffers::upload(const void* host, size_t bytes) {
+  void* d = alloc(bytes);
+  if (bytes) copy_to_device(d, host, bytes);
+  return d;
+}
+
+void* DeviceBuffers::random(DType dtype, size_t n, float sigma, uint32_t seed, float mean) {
+  const size_t es = dtype_size(dtype);
+  std::vector<uint8_t> h(n * es);
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(mean, sigma);
+  for (size_t i = 0; i < n; ++i) {
+    float f = dist(rng);
+    if (f == 0.f) f = 1e-3f;
+    if (dtype == DType::f32) {
+      std::memcpy(&h[i * 4], &f, 4);
+    } else {
+      const uint16_t v = dtype == DType::bf16 ? bf16_bits(f) : f16_bits(f);
+      std::memcpy(&h[i * 2], &v, 2);
+    }
+  }
+  return upload(h.data(), h.size());
+}
+
+uint32_t bench_seed() {
+  static std::random_device rd;
+  static std::mutex m;
+  std::lock_guard g(m);
+  return rd();
+}
+
+uint16_t bf16_bits(float f) {
+  uint32_t b;
+  std::memcpy(&b, &f, 4);
+  return static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
+}
+
+uint16_t f16_bits(float f) {
+  const _Float16 v = static_cast<_Float16>(f);
+  uint16_t b;
+  std::memcpy(&b, &v, 2);
+  return b;
+}
 
 BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
                            const std::function<void(const BenchResult&)>& on_result) {

@@ -102,4 +102,25 @@ void copy_to_device(void* dst, const void* src, size_t bytes);
 void copy_to_host(void* dst, const void* src, size_t bytes);
 void device_synchronize();
 
+// ---- preparing bench instances (bench cases and FamilyDef::tune_instance) -------------------------------------------
+// Device buffers an instance owns (hand the object to BenchInstance::keepalive): freed together.
+struct DeviceBuffers {
+  std::vector<void*> ptrs;
+  DeviceBuffers() = default;
+  DeviceBuffers(const DeviceBuffers&) = delete;
+  DeviceBuffers& operator=(const DeviceBuffers&) = delete;
+  ~DeviceBuffers();
+  // At least 16 bytes: an empty tensor still gets a valid, aligned address.
+  void* alloc(size_t bytes);
+  void* upload(const void* host, size_t bytes);
+  // n values mean + sigma·N(0, 1) in `dtype` (f32, bf16 or f16; rounded to nearest even), never exactly 0 (zeros hide
+  // unwritten outputs and can run faster than real data).
+  void* random(DType dtype, size_t n, float sigma, uint32_t seed, float mean = 0.f);
+};
+// A fresh seed per call (std::random_device): every instance gets new data.
+uint32_t bench_seed();
+// IEEE binary32 → bf16 / binary16 bits, rounded to nearest even (finite inputs; f16 overflows to ±inf).
+uint16_t bf16_bits(float f);
+uint16_t f16_bits(float f);
+
 }  // namespace kiln::detail

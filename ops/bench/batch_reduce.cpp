@@ -17,17 +17,6 @@
 namespace kiln::detail {
 namespace {
 
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(std::max<size_t>(bytes, 16)));
-    return ptrs.back();
-  }
-};
-
 // n fp32 values of N(0, 1e-3) (about 1 in 500 exactly zero, as fp8-rounded gradients have some); the host draws
 // 16 Mi values and device copies repeat them.
 void fill_grad_like(void* dst, size_t n, uint32_t seed) {
@@ -48,7 +37,7 @@ void fill_grad_like(void* dst, size_t n, uint32_t seed) {
 
 // Element counts of a list: views into one buffer (as a trainer's contiguous main-grad buffer), 256-byte aligned.
 BenchInstance list_instance(Runtime& rt, const std::vector<int64_t>& sizes, bool count_zero) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   int64_t total = 0;
   std::vector<int64_t> offsets;
   for (int64_t n : sizes) {
@@ -65,7 +54,8 @@ BenchInstance list_instance(Runtime& rt, const std::vector<int64_t>& sizes, bool
   }
   const TensorRef out = TensorRef::contiguous(b->alloc(8), count_zero ? DType::i64 : DType::f32, {1});
   BenchInstance inst;
-  auto keep = std::make_shared<std::pair<std::shared_ptr<Buffers>, std::shared_ptr<std::vector<TensorRef>>>>(b, xs);
+  auto keep =
+      std::make_shared<std::pair<std::shared_ptr<DeviceBuffers>, std::shared_ptr<std::vector<TensorRef>>>>(b, xs);
   inst.keepalive = keep;
   inst.bytes = bytes + (count_zero ? 8 : 4);
   Runtime* r = &rt;

@@ -6,7 +6,6 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -20,29 +19,8 @@
 namespace kiln::detail {
 namespace {
 
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(bytes < 16 ? 16 : bytes));
-    return ptrs.back();
-  }
-  void* upload(const void* src, size_t bytes) {
-    void* d = alloc(bytes);
-    copy_to_device(d, src, bytes);
-    return d;
-  }
-};
-
-uint32_t fresh_seed() {
-  static std::random_device rd;
-  return rd();
-}
-
 std::vector<float> normal(size_t n, float sigma) {
-  std::mt19937 rng(fresh_seed());
+  std::mt19937 rng(bench_seed());
   std::normal_distribution<float> d(0.f, sigma);
   std::vector<float> v(n);
   for (auto& x : v) {
@@ -63,7 +41,7 @@ struct Routed {
 };
 
 // Random logits routed once on the device with `o` (with the map, padded to P); counts read back.
-Routed route(Runtime& rt, Buffers& b, int64_t T, int64_t E, const MoeRoutingOptions& o, int P) {
+Routed route(Runtime& rt, DeviceBuffers& b, int64_t T, int64_t E, const MoeRoutingOptions& o, int P) {
   Routed r;
   const auto z = normal(T * E, 1.0f), bias = normal(E, 0.02f);
   r.logits = TensorRef::contiguous(b.upload(z.data(), z.size() * 4), DType::f32, {T, E});
@@ -97,11 +75,7 @@ MoeRoutingOptions plain(int64_t E) {
 std::vector<uint16_t> random_bf16(size_t n) {
   const auto f = normal(n, 1.0f);
   std::vector<uint16_t> h(n);
-  for (size_t i = 0; i < n; ++i) {
-    uint32_t u;
-    std::memcpy(&u, &f[i], 4);
-    h[i] = static_cast<uint16_t>((u + 0x7fff + ((u >> 16) & 1)) >> 16);
-  }
+  for (size_t i = 0; i < n; ++i) h[i] = bf16_bits(f[i]);
   return h;
 }
 
@@ -109,7 +83,7 @@ std::vector<uint16_t> random_bf16(size_t n) {
 
 BenchInstance moe_routing_fwd_instance(Runtime& rt, int64_t T, int64_t E, const MoeRoutingOptions& o, bool bias,
                                        bool with_map, int P) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   Routed r = route(rt, *b, T, E, o, P);
   if (!bias) r.bias = {};
   BenchInstance inst;
@@ -128,7 +102,7 @@ BenchInstance moe_routing_fwd_instance(Runtime& rt, int64_t T, int64_t E, const 
 }
 
 BenchInstance moe_routing_bwd_instance(Runtime& rt, int64_t T, int64_t E, const MoeRoutingOptions& o) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const Routed r = route(rt, *b, T, E, o, 1);
   const auto g = normal(T * E, 1.0f);
   const TensorRef dprobs = TensorRef::contiguous(b->upload(g.data(), g.size() * 4), DType::f32, {T, E});
@@ -143,7 +117,7 @@ BenchInstance moe_routing_bwd_instance(Runtime& rt, int64_t T, int64_t E, const 
 }
 
 BenchInstance moe_row_id_map_instance(Runtime& rt, int64_t T, int64_t E, int k, int P) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   MoeRoutingOptions o = plain(E);
   o.top_k = k;
   const Routed r = route(rt, *b, T, E, o, P);
@@ -158,13 +132,13 @@ BenchInstance moe_row_id_map_instance(Runtime& rt, int64_t T, int64_t E, int k, 
 
 BenchInstance moe_permute_instance(Runtime& rt, int64_t T, int64_t E, int k, int P, int64_t Hd, bool fp8,
                                    bool m_major, bool probs) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   MoeRoutingOptions o = plain(E);
   o.top_k = k;
   const Routed r = route(rt, *b, T, E, o, P);
   const int64_t row_bytes = fp8 ? Hd : 2 * Hd, ns = Hd / 128;
   std::vector<uint8_t> h(T * row_bytes);
-  std::mt19937 rng(fresh_seed());
+  std::mt19937 rng(bench_seed());
   for (auto& v : h) v = static_cast<uint8_t>(rng() % 120 + 1);  // finite, non-zero bytes in both formats
   const DType dt = fp8 ? DType::e4m3 : DType::bf16;
   const TensorRef inp = TensorRef::contiguous(b->upload(h.data(), h.size()), dt, {T, Hd});
@@ -197,7 +171,7 @@ BenchInstance moe_permute_instance(Runtime& rt, int64_t T, int64_t E, int k, int
 
 BenchInstance moe_unpermute_instance(Runtime& rt, int64_t T, int64_t E, int k, int P, int64_t H, DType dt,
                                      bool weights, bool restore) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   MoeRoutingOptions o = plain(E);
   o.top_k = k;
   const Routed r = route(rt, *b, T, E, o, P);
@@ -231,7 +205,7 @@ BenchInstance moe_unpermute_instance(Runtime& rt, int64_t T, int64_t E, int k, i
 
 BenchInstance moe_permute_block_quant_instance(Runtime& rt, int64_t T, int64_t E, int k, int P, int64_t Hd,
                                                bool round, bool probs) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   MoeRoutingOptions o = plain(E);
   o.top_k = k;
   const Routed r = route(rt, *b, T, E, o, P);

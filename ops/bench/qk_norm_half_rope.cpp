@@ -6,9 +6,7 @@
 #include <fmt/format.h>
 
 #include <cmath>
-#include <cstring>
 #include <memory>
-#include <random>
 #include <vector>
 
 #include "kiln/ops/qk_norm_half_rope.hpp"
@@ -16,67 +14,6 @@
 #include "runtime/driver.hpp"
 
 namespace kiln::detail {
-
-namespace {
-
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(bytes > 0 ? bytes : 16));
-    return ptrs.back();
-  }
-  void* upload(const void* h, size_t bytes) {
-    void* d = alloc(bytes);
-    if (bytes) copy_to_device(d, h, bytes);
-    return d;
-  }
-};
-
-uint16_t to_16bit(float f, DType t) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  if (t == DType::bf16) return static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-  // fp16 (values here are small normal numbers): round the mantissa to 10 bits, rebias the exponent.
-  const uint32_t sign = (b >> 16) & 0x8000u;
-  const int exp = static_cast<int>((b >> 23) & 0xff) - 127 + 15;
-  uint32_t mant = b & 0x7fffffu;
-  if (exp <= 0) return static_cast<uint16_t>(sign);
-  uint32_t h = (static_cast<uint32_t>(exp) << 10) | (mant >> 13);
-  const uint32_t rest = mant & 0x1fffu;
-  if (rest > 0x1000u || (rest == 0x1000u && (h & 1u))) ++h;
-  return static_cast<uint16_t>(sign | h);
-}
-
-// n values mean + sigma·N(0,1), never zero (zeros hide unwritten outputs), in 16-bit dtype t or fp32.
-void* random_tensor(Buffers& b, size_t n, DType t, float sigma, float mean, uint32_t seed) {
-  std::mt19937 rng(seed);
-  std::normal_distribution<float> dist(mean, sigma);
-  if (t == DType::f32) {
-    std::vector<float> h(n);
-    for (auto& v : h) {
-      v = dist(rng);
-      if (v == 0.f) v = 1e-3f;
-    }
-    return b.upload(h.data(), n * 4);
-  }
-  std::vector<uint16_t> h(n);
-  for (auto& v : h) {
-    float f = dist(rng);
-    if (f == 0.f) f = 1e-3f;
-    v = to_16bit(f, t);
-  }
-  return b.upload(h.data(), n * 2);
-}
-
-uint32_t fresh_seed() {
-  static std::random_device rd;
-  return rd();
-}
-
-}  // namespace
 
 // Megatron's half-rotary table: freqs[p] = concat(f, f), f_j = p·10000^(−2j/(D/2)), j < D/4.
 std::vector<float> qk_half_rope_freqs(int64_t P, int64_t D) {
@@ -92,12 +29,12 @@ std::vector<float> qk_half_rope_freqs(int64_t P, int64_t D) {
 
 BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64_t B, int H, int h, int D,
                                          bool interleaved, DType dtype, DType w_dtype, bool weight_grads) {
-  auto buf = std::make_shared<Buffers>();
+  auto buf = std::make_shared<DeviceBuffers>();
   const int64_t Wd = static_cast<int64_t>(H + 2 * h) * D, rows = S * B, el = 2;
   const TensorRef qkv =
-      TensorRef::contiguous(random_tensor(*buf, rows * Wd, dtype, 1.0f, 0.f, fresh_seed()), dtype, {S, B, Wd});
-  const TensorRef wq = TensorRef::contiguous(random_tensor(*buf, D, w_dtype, 0.1f, 1.f, fresh_seed()), w_dtype, {D});
-  const TensorRef wk = TensorRef::contiguous(random_tensor(*buf, D, w_dtype, 0.1f, 1.f, fresh_seed()), w_dtype, {D});
+      TensorRef::contiguous(buf->random(dtype, rows * Wd, 1.0f, bench_seed(), 0.f), dtype, {S, B, Wd});
+  const TensorRef wq = TensorRef::contiguous(buf->random(w_dtype, D, 0.1f, bench_seed(), 1.f), w_dtype, {D});
+  const TensorRef wk = TensorRef::contiguous(buf->random(w_dtype, D, 0.1f, bench_seed(), 1.f), w_dtype, {D});
   const std::vector<float> fh = qk_half_rope_freqs(S, D);
   const TensorRef freqs = TensorRef::contiguous(buf->upload(fh.data(), fh.size() * 4), DType::f32, {S, D / 2});
   QkNormHalfRopeOptions o;
@@ -118,11 +55,11 @@ BenchInstance qk_norm_half_rope_instance(Runtime& rt, bool bwd, int64_t S, int64
     inst.run = [=](Stream s) { qk_norm_half_rope_fwd(*r, qkv, wq, wk, freqs, q, k, v, o, s); };
     inst.outputs = {q, k, v};
   } else {
-    const TensorRef gq = TensorRef::contiguous(random_tensor(*buf, rows * H * D, dtype, 0.1f, 0.f, fresh_seed()),
+    const TensorRef gq = TensorRef::contiguous(buf->random(dtype, rows * H * D, 0.1f, bench_seed(), 0.f),
                                                dtype, {B, S, H, D});
-    const TensorRef gk = TensorRef::contiguous(random_tensor(*buf, rows * h * D, dtype, 0.1f, 0.f, fresh_seed()),
+    const TensorRef gk = TensorRef::contiguous(buf->random(dtype, rows * h * D, 0.1f, bench_seed(), 0.f),
                                                dtype, {B, S, h, D});
-    const TensorRef gv = TensorRef::contiguous(random_tensor(*buf, rows * h * D, dtype, 0.1f, 0.f, fresh_seed()),
+    const TensorRef gv = TensorRef::contiguous(buf->random(dtype, rows * h * D, 0.1f, bench_seed(), 0.f),
                                                dtype, {B, S, h, D});
     const TensorRef dqkv = TensorRef::contiguous(buf->alloc(rows * Wd * el), dtype, {S, B, Wd});
     const TensorRef dwq = TensorRef::contiguous(buf->alloc(D * 4), DType::f32, {D});

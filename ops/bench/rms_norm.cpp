@@ -2,10 +2,7 @@
 // output written once. Shapes are the targets (M = 8192 tokens; Ling-mini-2.0 and DeepSeek-V3 hidden sizes).
 #include <fmt/format.h>
 
-#include <cmath>
-#include <cstring>
 #include <memory>
-#include <random>
 #include <vector>
 
 #include "ops/bench/rms_norm.hpp"
@@ -15,76 +12,11 @@
 #include "runtime/driver.hpp"
 
 namespace kiln::detail {
-namespace {
-
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(bytes));
-    return ptrs.back();
-  }
-  // N(0, sigma) bf16 values (fresh seed per call), as 16-bit words.
-  void* random_bf16(size_t n, float sigma, uint32_t seed) { return random(DType::bf16, n, sigma, seed); }
-  // N(0, sigma) values of a float dtype (bf16, fp16 or fp32), never zero: zeros hide unwritten outputs and can run
-  // faster.
-  void* random(DType dtype, size_t n, float sigma, uint32_t seed) {
-    const size_t elem = dtype_size(dtype);
-    std::vector<uint8_t> h(n * elem);
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.f, sigma);
-    for (size_t i = 0; i < n; ++i) {
-      float f = dist(rng);
-      if (f == 0.f) f = 1e-3f;
-      uint32_t b;
-      std::memcpy(&b, &f, 4);
-      if (dtype == DType::f32) {
-        std::memcpy(&h[4 * i], &f, 4);
-      } else if (dtype == DType::bf16) {
-        const uint16_t v = static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-        std::memcpy(&h[2 * i], &v, 2);
-      } else {  // fp16: |f| < 8 here, so normal or subnormal; round to nearest even through the float's bits
-        const uint16_t v = float_to_half(f);
-        std::memcpy(&h[2 * i], &v, 2);
-      }
-    }
-    void* d = alloc(n * elem);
-    copy_to_device(d, h.data(), h.size());
-    return d;
-  }
-  static uint16_t float_to_half(float f) {
-    uint32_t x;
-    std::memcpy(&x, &f, 4);
-    const uint16_t sign = static_cast<uint16_t>((x >> 16) & 0x8000);
-    const float a = std::fabs(f);
-    if (a >= 65520.f) return sign | 0x7c00;
-    if (a < 6.103515625e-05f) {  // subnormal: a multiple of 2^-24
-      return sign | static_cast<uint16_t>(std::nearbyint(a * 16777216.f));
-    }
-    uint32_t y;
-    std::memcpy(&y, &a, 4);
-    const uint32_t exp = ((y >> 23) & 0xff) - 127 + 15, mant = y & 0x7fffff;
-    uint32_t h = (exp << 10) | (mant >> 13);
-    const uint32_t rest = mant & 0x1fff;
-    if (rest > 0x1000 || (rest == 0x1000 && (h & 1))) ++h;  // may carry into the exponent: still correct
-    return sign | static_cast<uint16_t>(h);
-  }
-};
-
-uint32_t fresh_seed() {
-  static std::random_device rd;
-  return rd();
-}
-
-}  // namespace
-
 BenchInstance rms_norm_block_quant_instance(Runtime& rt, int64_t M, int64_t N, int mode, bool round, bool w_f32) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const int64_t mb = (M + 127) / 128;
-  void* x = b->random_bf16(M * N, 1.0f, fresh_seed());
-  void* w = b->random(w_f32 ? DType::f32 : DType::bf16, N, 0.5f, fresh_seed());
+  void* x = b->random(DType::bf16, M * N, 1.0f, bench_seed());
+  void* w = b->random(w_f32 ? DType::f32 : DType::bf16, N, 0.5f, bench_seed());
   RmsNormBlockQuantOutputs out;
   out.q = TensorRef::contiguous(b->alloc(M * N), DType::e4m3, {M, N});
   out.q_scale = TensorRef::contiguous(b->alloc(N / 128 * M * 4), DType::f32, {N / 128, M});
@@ -123,10 +55,10 @@ BenchInstance rms_norm_block_quant_instance(Runtime& rt, int64_t M, int64_t N, i
 }
 
 BenchInstance rms_norm_fwd_instance(Runtime& rt, int64_t M, int64_t N, DType dtype, DType w_dtype) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const int64_t e = static_cast<int64_t>(dtype_size(dtype)), we = static_cast<int64_t>(dtype_size(w_dtype));
-  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, fresh_seed()), dtype, {M, N});
-  const TensorRef w = TensorRef::contiguous(b->random(w_dtype, N, 0.5f, fresh_seed()), w_dtype, {N});
+  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, bench_seed()), dtype, {M, N});
+  const TensorRef w = TensorRef::contiguous(b->random(w_dtype, N, 0.5f, bench_seed()), w_dtype, {N});
   const TensorRef y = TensorRef::contiguous(b->alloc(M * N * e), dtype, {M, N});
   const TensorRef rms = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   BenchInstance inst;
@@ -146,11 +78,11 @@ BenchInstance rms_norm_fwd_instance(Runtime& rt, int64_t M, int64_t N, DType dty
 
 BenchInstance rms_norm_bwd_instance(Runtime& rt, int64_t M, int64_t N, DType dtype, DType w_dtype, DType dw_dtype,
                                     int64_t workspace_elems) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const int64_t e = static_cast<int64_t>(dtype_size(dtype));
-  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, fresh_seed()), dtype, {M, N});
-  const TensorRef g = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, fresh_seed()), dtype, {M, N});
-  const TensorRef w = TensorRef::contiguous(b->random(w_dtype, N, 0.5f, fresh_seed()), w_dtype, {N});
+  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, bench_seed()), dtype, {M, N});
+  const TensorRef g = TensorRef::contiguous(b->random(dtype, M * N, 1.0f, bench_seed()), dtype, {M, N});
+  const TensorRef w = TensorRef::contiguous(b->random(w_dtype, N, 0.5f, bench_seed()), w_dtype, {N});
   const TensorRef dx = TensorRef::contiguous(b->alloc(M * N * e), dtype, {M, N});
   const TensorRef dw = TensorRef::contiguous(b->alloc(N * dtype_size(dw_dtype)), dw_dtype, {N});
   const int64_t ws_elems = workspace_elems > 0 ? workspace_elems : rms_norm_bwd_workspace_elems(rt, M, N, dtype);

@@ -5,9 +5,7 @@
 //   bwd: dy + x + dx (3·B·S·Hd·2) + weight + cos, sin + dweight (Hd·4)    = 101,724,160 bytes
 #include <fmt/format.h>
 
-#include <cstring>
 #include <memory>
-#include <random>
 #include <vector>
 
 #include "kiln/ops/rms_norm_rope.hpp"
@@ -22,63 +20,18 @@ void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef&
 void rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
                               const TensorRef& sin, const TensorRef& y, float eps, int num_heads, Stream stream,
                               int warps);
-namespace {
-
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(bytes == 0 ? 16 : bytes));
-    return ptrs.back();
-  }
-  // N(0, sigma) values in `dtype` (never exactly zero: zeros hide unwritten outputs).
-  void* random(DType dtype, size_t n, float sigma, uint32_t seed) {
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.f, sigma);
-    const size_t es = dtype_size(dtype);
-    std::vector<uint8_t> h(n * es);
-    for (size_t i = 0; i < n; ++i) {
-      float f = dist(rng);
-      if (f == 0.f) f = 1e-3f;
-      if (dtype == DType::f32) {
-        std::memcpy(&h[i * 4], &f, 4);
-      } else if (dtype == DType::bf16) {
-        uint32_t b;
-        std::memcpy(&b, &f, 4);
-        const uint16_t v = static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-        std::memcpy(&h[i * 2], &v, 2);
-      } else {
-        const _Float16 v = static_cast<_Float16>(f);
-        std::memcpy(&h[i * 2], &v, 2);
-      }
-    }
-    void* d = alloc(h.size());
-    copy_to_device(d, h.data(), h.size());
-    return d;
-  }
-};
-
-uint32_t fresh_seed() {
-  static std::random_device rd;
-  return rd();
-}
-
-}  // namespace
-
 // rows ≥ 0 forces the backward's config (rows mode, warps), warps > 0 alone the forward's; see ops/rms_norm_rope.cpp.
 // workspace false: the backward allocates its own (the tuner's instances: a forced config may need a larger grid than
 // the default's workspace holds).
 BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int64_t S, int64_t Hd, int64_t D,
                                      DType dtype, int rows = -1, int warps = 0, bool workspace = true, int split = 1) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const int64_t M = B * S;
   const size_t es = dtype_size(dtype);
-  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, fresh_seed()), dtype, {B, S, Hd});
-  const TensorRef w = TensorRef::contiguous(b->random(dtype, Hd, 0.5f, fresh_seed()), dtype, {Hd});
-  const TensorRef cos = TensorRef::contiguous(b->random(dtype, S * D, 0.7f, fresh_seed()), dtype, {S, D});
-  const TensorRef sin = TensorRef::contiguous(b->random(dtype, S * D, 0.7f, fresh_seed()), dtype, {S, D});
+  const TensorRef x = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, bench_seed()), dtype, {B, S, Hd});
+  const TensorRef w = TensorRef::contiguous(b->random(dtype, Hd, 0.5f, bench_seed()), dtype, {Hd});
+  const TensorRef cos = TensorRef::contiguous(b->random(dtype, S * D, 0.7f, bench_seed()), dtype, {S, D});
+  const TensorRef sin = TensorRef::contiguous(b->random(dtype, S * D, 0.7f, bench_seed()), dtype, {S, D});
   const uint64_t table_bytes = 2 * S * (D / 2) * es;
   BenchInstance inst;
   inst.keepalive = b;
@@ -96,7 +49,7 @@ BenchInstance rms_norm_rope_instance(Runtime& rt, bool backward, int64_t B, int6
     };
     return inst;
   }
-  const TensorRef dy = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, fresh_seed()), dtype, {B, S, Hd});
+  const TensorRef dy = TensorRef::contiguous(b->random(dtype, M * Hd, 1.0f, bench_seed()), dtype, {B, S, Hd});
   const TensorRef dx = TensorRef::contiguous(b->alloc(M * Hd * es), dtype, {B, S, Hd});
   const TensorRef dw = TensorRef::contiguous(b->alloc(Hd * 4), DType::f32, {Hd});
   const int64_t ws_elems = workspace ? rms_norm_rope_bwd_workspace_elems(rt, M, Hd, D, dtype) : 0;

@@ -5,7 +5,6 @@
 #include <fmt/format.h>
 
 #include <array>
-#include <cstring>
 #include <memory>
 #include <random>
 #include <vector>
@@ -19,47 +18,6 @@
 namespace kiln::detail {
 std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched);  // ops/silu_block_quant.cpp
 
-namespace {
-
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(bytes < 16 ? 16 : bytes));
-    return ptrs.back();
-  }
-  // N(0, sigma) bf16 values, never zero, as 16-bit words.
-  void* random_bf16(size_t n, float sigma, uint32_t seed) {
-    std::vector<uint16_t> h(n);
-    std::mt19937 rng(seed);
-    std::normal_distribution<float> dist(0.f, sigma);
-    for (auto& v : h) {
-      float f = dist(rng);
-      if (f == 0.f) f = 1e-3f;
-      uint32_t b;
-      std::memcpy(&b, &f, 4);
-      v = static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-    }
-    void* d = alloc(n * 2);
-    copy_to_device(d, h.data(), n * 2);
-    return d;
-  }
-  void* upload(const void* src, size_t bytes) {
-    void* d = alloc(bytes);
-    copy_to_device(d, src, bytes);
-    return d;
-  }
-};
-
-uint32_t fresh_seed() {
-  static std::random_device rd;
-  return rd();
-}
-
-}  // namespace
-
 // The batched shape: 32 experts, c_e = 2048 + 16·((97·e + 31) mod 257) ∈ [2048, 6144] (bench/torch/silu.py
 // computes the same list).
 std::vector<int> silu_bench_counts() {
@@ -69,9 +27,10 @@ std::vector<int> silu_bench_counts() {
 }
 
 BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, int mode, bool round) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const int64_t W = bwd ? 2 * n : n, mb = (M + 127) / 128;
-  const TensorRef x = TensorRef::contiguous(b->random_bf16(M * 2 * n, 1.0f, fresh_seed()), DType::bf16, {M, 2 * n});
+  const TensorRef x =
+      TensorRef::contiguous(b->random(DType::bf16, M * 2 * n, 1.0f, bench_seed()), DType::bf16, {M, 2 * n});
   SiluBlockQuantOutputs out;
   const bool row = bwd || mode != 1, col = bwd || mode != 0;
   if (row) {
@@ -89,7 +48,7 @@ BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, i
     if (t->defined()) inst.outputs.push_back(*t);
   Runtime* r = &rt;
   if (bwd) {
-    const TensorRef g = TensorRef::contiguous(b->random_bf16(M * n, 1.0f, fresh_seed()), DType::bf16, {M, n});
+    const TensorRef g = TensorRef::contiguous(b->random(DType::bf16, M * n, 1.0f, bench_seed()), DType::bf16, {M, n});
     inst.bytes += M * n * 2;
     inst.run = [=](Stream s) { silu_block_quant_bwd(*r, g, x, out, round, s); };
   } else {
@@ -100,7 +59,7 @@ BenchInstance silu_bench_instance(Runtime& rt, int64_t M, int64_t n, bool bwd, i
 
 BenchInstance batch_silu_instance(Runtime& rt, const std::vector<int>& counts, int64_t n, bool bwd, int mode,
                                   bool round) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   int64_t M = 0, blocks = 0;
   for (int c : counts) {
     M += c;
@@ -108,9 +67,10 @@ BenchInstance batch_silu_instance(Runtime& rt, const std::vector<int>& counts, i
   }
   const int64_t E = static_cast<int64_t>(counts.size());
   const int64_t W = bwd ? 2 * n : n;
-  const TensorRef x = TensorRef::contiguous(b->random_bf16(M * 2 * n, 1.0f, fresh_seed()), DType::bf16, {M, 2 * n});
+  const TensorRef x =
+      TensorRef::contiguous(b->random(DType::bf16, M * 2 * n, 1.0f, bench_seed()), DType::bf16, {M, 2 * n});
   std::vector<float> p(static_cast<size_t>(M));
-  std::mt19937 rng(fresh_seed());
+  std::mt19937 rng(bench_seed());
   std::uniform_real_distribution<float> u(0.05f, 1.0f);
   for (auto& v : p) v = u(rng);
   const TensorRef prob = TensorRef::contiguous(b->upload(p.data(), M * 4), DType::f32, {M});
@@ -132,7 +92,7 @@ BenchInstance batch_silu_instance(Runtime& rt, const std::vector<int>& counts, i
     if (t->defined()) inst.outputs.push_back(*t);
   Runtime* r = &rt;
   if (bwd) {
-    const TensorRef g = TensorRef::contiguous(b->random_bf16(M * n, 1.0f, fresh_seed()), DType::bf16, {M, n});
+    const TensorRef g = TensorRef::contiguous(b->random(DType::bf16, M * n, 1.0f, bench_seed()), DType::bf16, {M, n});
     const TensorRef dprob = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
     inst.bytes += M * n * 2 + M * 4;
     inst.outputs.push_back(dprob);

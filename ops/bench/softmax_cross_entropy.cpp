@@ -23,28 +23,6 @@ void softmax_cross_entropy_force_config(int kernel, int split, int threads, int 
 
 namespace {
 
-struct Buffers {
-  std::vector<void*> ptrs;
-  ~Buffers() {
-    for (void* p : ptrs) device_free(p);
-  }
-  void* alloc(size_t bytes) {
-    ptrs.push_back(device_alloc(std::max<size_t>(bytes, 16)));
-    return ptrs.back();
-  }
-};
-
-uint32_t fresh_seed() {
-  static std::random_device rd;
-  return rd();
-}
-
-uint16_t bf16_bits(float f) {
-  uint32_t b;
-  std::memcpy(&b, &f, 4);
-  return static_cast<uint16_t>((b + 0x7fff + ((b >> 16) & 1)) >> 16);
-}
-
 // n values of N(0, sigma) (never 0) in `dtype`. The host draws at most 16 Mi values; larger buffers repeat that block
 // (device-to-device copies), which is as good as fresh data for a streaming kernel and keeps setup to seconds.
 void fill_random(void* dst, DType dtype, size_t n, float sigma, uint32_t seed) {
@@ -60,8 +38,8 @@ void fill_random(void* dst, DType dtype, size_t n, float sigma, uint32_t seed) {
       const uint16_t b = bf16_bits(f);
       std::memcpy(&h[i * 2], &b, 2);
     } else if (dtype == DType::f16) {
-      const _Float16 v = static_cast<_Float16>(f);
-      std::memcpy(&h[i * 2], &v, 2);
+      const uint16_t b = f16_bits(f);
+      std::memcpy(&h[i * 2], &b, 2);
     } else {
       std::memcpy(&h[i * 4], &f, 4);
     }
@@ -76,7 +54,7 @@ void fill_random(void* dst, DType dtype, size_t n, float sigma, uint32_t seed) {
   device_synchronize();
 }
 
-void* random_labels(Buffers& b, DType dtype, int64_t M, int64_t V, uint32_t seed) {
+void* random_labels(DeviceBuffers& b, DType dtype, int64_t M, int64_t V, uint32_t seed) {
   std::mt19937_64 rng(seed);
   std::uniform_int_distribution<int64_t> dist(0, V - 1);
   void* d = b.alloc(M * dtype_size(dtype));
@@ -96,12 +74,12 @@ enum class Kind { fwd, bwd, fused };
 
 BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dtype, DType label_dtype, bool smooth,
                           DType grad_dtype) {
-  auto b = std::make_shared<Buffers>();
+  auto b = std::make_shared<DeviceBuffers>();
   const int64_t eb = static_cast<int64_t>(dtype_size(dtype)), lb = static_cast<int64_t>(dtype_size(label_dtype));
   void* x = b->alloc(M * V * eb);
-  fill_random(x, dtype, M * V, 2.0f, fresh_seed());
+  fill_random(x, dtype, M * V, 2.0f, bench_seed());
   const TensorRef logits = TensorRef::contiguous(x, dtype, {M, V});
-  const TensorRef labels = TensorRef::contiguous(random_labels(*b, label_dtype, M, V, fresh_seed()), label_dtype, {M});
+  const TensorRef labels = TensorRef::contiguous(random_labels(*b, label_dtype, M, V, bench_seed()), label_dtype, {M});
   const TensorRef loss = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   const TensorRef row_max = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
   const TensorRef sum_exp = TensorRef::contiguous(b->alloc(M * 4), DType::f32, {M});
@@ -122,7 +100,7 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
     case Kind::bwd: {
       softmax_cross_entropy_fwd(rt, logits, labels, loss, row_max, sum_exp, opts, nullptr);
       void* g = b->alloc(M * dtype_size(grad_dtype));
-      fill_random(g, grad_dtype, M, 1e-4f, fresh_seed());
+      fill_random(g, grad_dtype, M, 1e-4f, bench_seed());
       const TensorRef grad_loss = TensorRef::contiguous(g, grad_dtype, {M});
       inst.bytes = 2 * logits_bytes + M * lb + 2 * M * 4 + M * dtype_size(grad_dtype);
       // In place, as a training step runs it (the logits are not needed after the backward).

@@ -17,7 +17,7 @@ __global__ void __launch_bounds__(kSiluScheduleThreads) silu_schedule_kernel(con
   __shared__ int red_neg[32];
   __shared__ long long carry[2];
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  silu_grid_launch_dependents();  // the tile kernel (launched programmatically) runs its prologue meanwhile
+  pdl_launch_dependents();  // the tile kernel (launched programmatically) runs its prologue meanwhile
 
   // Pass 1: Σ c_e, Σ ceil(c_e/128), first negative index.
   long long rows = 0, blocks = 0;
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kSiluScheduleThreads) silu_schedule_kernel(con
 // dw[m] = Σ_j partial[j, m], j in order (a fixed summation order: the result does not depend on the schedule).
 template <int NB>
 __global__ void __launch_bounds__(256) silu_dw_reduce_kernel(const SiluDwReduceArgs a) {
-  silu_grid_wait();  // launched programmatically after the tile kernel: its partials are complete
+  pdl_wait();  // launched programmatically after the tile kernel: its partials are complete
   const int m = blockIdx.x * 256 + threadIdx.x;
   if (m >= a.M) return;
   if (a.ws[1] != 0) {

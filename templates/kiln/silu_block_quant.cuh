@@ -24,6 +24,8 @@
 #include "kiln/block_quant_tile.cuh"
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
+#include "kiln/pdl.cuh"
+#include "kiln/ptx.cuh"
 #include "kiln/silu_block_quant_args.h"
 
 namespace kiln {
@@ -138,29 +140,17 @@ struct SiluApply {
 };
 
 // ---- async copies ---------------------------------------------------------------------------------------------------
+// (commit / wait: common.cuh's cp_async_commit / cp_async_wait_group.)
 __device__ __forceinline__ void silu_cp_async4(void* smem_dst, const void* gmem_src, bool valid) {
-  const u32 dst = static_cast<u32>(__cvta_generic_to_shared(smem_dst));
-  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(dst), "l"(gmem_src), "r"(valid ? 4 : 0)
+  asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;" :: "r"(smem_u32(smem_dst)), "l"(gmem_src),
+               "r"(valid ? 4 : 0)
                : "memory");
 }
-__device__ __forceinline__ void silu_cp_async_commit() { asm volatile("cp.async.commit_group;" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void silu_cp_async_wait() { asm volatile("cp.async.wait_group %0;" :: "n"(N) : "memory"); }
 
 __device__ __forceinline__ Vec16 lds16(const void* p) { return *static_cast<const Vec16*>(p); }
 
-// Programmatic dependent launch (the batched kernels are launched with LaunchDims::pdl): wait until the previous
-// kernel in the stream has completed and its writes are visible; let the next one start launching.
-__device__ __forceinline__ void silu_grid_wait() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-#endif
-}
-__device__ __forceinline__ void silu_grid_launch_dependents() {
-#if __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.launch_dependents;" :::);
-#endif
-}
+// Programmatic dependent launch (the batched kernels are launched with LaunchDims::pdl): kiln/pdl.cuh's pdl_wait and
+// pdl_launch_dependents.
 
 // What a tile is: rows [row0, row0 + valid) of x, inside a segment (expert) of seg_rows rows starting at seg_start
 // (the shared expert: one segment of M rows); local0 = row0 − seg_start; gtb = the token block's index in the
@@ -324,13 +314,13 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   auto first_tile = [&]() {
     cur = silu_tile_info<N, BATCHED>(a, t, silu_tile_entry<N, BATCHED>(a, t));
     silu_issue_tile<N, BWD, BATCHED>(a, cur, smem);
-    silu_cp_async_commit();
+    cp_async_commit();
     if constexpr (STAGES == 3 || STAGES == 4) {
       if (t + G < total) {
         pend = silu_tile_info<N, BATCHED>(a, t + G, silu_tile_entry<N, BATCHED>(a, t + G));
         silu_issue_tile<N, BWD, BATCHED>(a, pend, smem + STAGE);
       }
-      silu_cp_async_commit();
+      cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
     } else {
       ahead = t + G < total ? silu_tile_entry<N, BATCHED>(a, t + G) : make_int4(0, 0, 0, 0);
@@ -373,7 +363,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     }
   }
   if constexpr (BATCHED) {
-    silu_grid_wait();  // the schedule (and everything before it) is complete
+    pdl_wait();  // the schedule (and everything before it) is complete
     total = a.schedule[0] * NB;
     if (t >= total) return;  // uniform per CTA (before any barrier)
     first_tile();
@@ -386,7 +376,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
   for (; t < total; t += G, ++it, cmi = cmi == NCM - 1 ? 0 : cmi + 1) {
     u8* stage = smem + (BUFS == 2 ? (it & 1) * STAGE : 0);
     const bool has_next = t + G < total;
-    if (BATCHED && !has_next) silu_grid_launch_dependents();  // the backward's dw reduction may start launching
+    if (BATCHED && !has_next) pdl_launch_dependents();  // the backward's dw reduction may start launching
     const bool issued = STAGES == 3 || (STAGES == 4 && it == 0);  // tile t + G is in flight already
     const SiluTile nxt = issued ? pend : has_next ? silu_tile_info<N, BATCHED>(a, t + G, ahead) : cur;
     if (STAGES == 2 || STAGES == 4) {
@@ -395,14 +385,14 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         // which its lanes have read: only the warp's own lanes need to be past those reads.
         __syncwarp();
         if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, smem + ((it + 1) & 1) * STAGE);
-        silu_cp_async_commit();
+        cp_async_commit();
         ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
       }
-      silu_cp_async_wait<1>();
+      cp_async_wait_group<1>();
     } else if (STAGES == 3) {
-      silu_cp_async_wait<1>();  // all but the newest group (tile t + G, or empty) have landed
+      cp_async_wait_group<1>();  // all but the newest group (tile t + G, or empty) have landed
     } else {
-      silu_cp_async_wait<0>();
+      cp_async_wait_group<0>();
     }
     __syncwarp();  // this warp's rows (copied by its own lanes) are in shared memory
 
@@ -479,7 +469,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     if (STAGES == 1) {  // this warp has read its rows: refill them with the next tile's
       __syncwarp();
       if (has_next) silu_issue_tile<N, BWD, BATCHED>(a, nxt, stage);
-      silu_cp_async_commit();
+      cp_async_commit();
       ahead = t + 2 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 2 * G) : make_int4(0, 0, 0, 0);
     }
     if (STAGES == 3) {  // this warp has read its rows: refill them with tile t + 2G's
@@ -488,7 +478,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         pend = silu_tile_info<N, BATCHED>(a, t + 2 * G, ahead);
         silu_issue_tile<N, BWD, BATCHED>(a, pend, stage);
       }
-      silu_cp_async_commit();
+      cp_async_commit();
       ahead = t + 3 * G < total ? silu_tile_entry<N, BATCHED>(a, t + 3 * G) : make_int4(0, 0, 0, 0);
     }
 
@@ -569,7 +559,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
     silu_store_codes<N, W, silu_codes_halves(BWD, STAGES)>(
         a, prev, codesT + ((it + 1) & 1) * (silu_codes_halves(BWD, STAGES) * 128 * 32), 0, warp, lane);
   }
-  silu_cp_async_wait<0>();
+  cp_async_wait_group<0>();
 }
 
 }  // namespace kiln
