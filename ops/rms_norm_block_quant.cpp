@@ -39,6 +39,9 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // per-block code on that walk, exchange 4: 33.5 µs at best at N = 2048 against the ring's 31.3, and stalls where an
 // item's wait preceded the next item's pass 1; removed.)
 constexpr int kStreamGlobal = 3;
+// overlap = 3 on a stream config: its LEAN variant (fewer non-arithmetic instructions a block, bit-exact;
+// rms_norm_block_quant_stream.cuh).
+constexpr int kStreamLean = 3;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -74,8 +77,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
-                       round, wf32, s.config[C_STAGES]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES],
+                       s.config[C_OVERLAP] == kStreamLean ? "true" : "false");
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -303,7 +307,8 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
 }
 
 // Stream-kernel points (exchange 3, sm_90, mode 2): 1 or 2 blocks an item, kept in their ring slots between the
-// passes (prefetch 1), the next item's pass 1 first (overlap 1), slots for two items or one more. (Session 5 round 1
+// passes (prefetch 1), the next item's pass 1 first (overlap 1; 3 = the LEAN variant), slots for two items or one
+// more. (Session 5 round 1
 // measured the other variants slower and they were removed: the block kept in registers, 35–49 µs at N = 2048 vs
 // 32.5; reloaded from L2, 120.8+ at N = 7168 vs 102.6; clusters with DSMEM pushes instead of the GLOBAL walk, 31.4 /
 // 128.0 vs the ring's 31.6 / 120.9; mode 1, 22.4–25 vs the tile kernel's 19.0.)
@@ -315,12 +320,14 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
-  s.config[C_OVERLAP] = 1;
-  for (int R : {2 * cb, 2 * cb + 1}) {
-    if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
-    s.config[C_STAGES] = R;
-    out.push_back(s);
-  }
+  for (int overlap : {1, kStreamLean})
+    for (int R : {2 * cb, 2 * cb + 1}) {
+      if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
+      if (overlap == kStreamLean && R != 2 * cb) continue;  // (LEAN: slots for two items only, a smaller space)
+      s.config[C_OVERLAP] = overlap;
+      s.config[C_STAGES] = R;
+      out.push_back(s);
+    }
 }
 
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks

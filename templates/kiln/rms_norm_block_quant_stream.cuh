@@ -54,10 +54,11 @@ using bqt::transpose_reduce4;
 // c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
 // and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
 // transposed codes.
-template <int N, bool ROUND>
+// FULL: all 128 rows of the block exist (no row predicates).
+template <int N, bool ROUND, bool FULL = false>
 __device__ __forceinline__ void block_row_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], int m0,
                                                 int valid, int col, int hw, int hl, int lane) {
-  bqt::row_codes(y, hl, lane, valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + hl * 8, N,
+  bqt::row_codes(y, hl, lane, FULL ? 4 : valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + hl * 8, N,
                  a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
                  Apply<ROUND>{});
 }
@@ -92,9 +93,40 @@ __device__ __forceinline__ void store_block_codes(const RmsNormBlockQuantArgs& a
     }
   }
 }
+// LEAN: a compile-time flag as a value (pass 2's full-tile and partial-tile bodies share one generic lambda).
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
+// 16 bytes global → shared at a 32-bit shared address, always 16 bytes (no source-size operand).
+__device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+}
+// block_col_max with the 8 slots at immediate offsets from one shared address (cm_slot = the address of slot cs0).
+__device__ __forceinline__ void block_col_max_at(u32 cm_slot, const float (&y)[4][8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const float m = fmaxf(fmaxf(fabsf(y[0][e]), fabsf(y[1][e])), fmaxf(fabsf(y[2][e]), fabsf(y[3][e])));
+    asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(cm_slot + 4 * e), "r"(__float_as_uint(m)) : "memory");
+  }
+}
+// store_block_codes of a full block (128 tokens, M % 16 == 0) from per-thread constants: the thread's two 16-byte
+// pieces at ct + ct_off[kk] (words; halves swapped in odd warps: the staging swizzle) go to base + qt_off[kk].
+__device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* base, const int (&ct_off)[2],
+                                                       const i64 (&qt_off)[2], bool swap) {
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    Vec16 c = *reinterpret_cast<const Vec16*>(ct + ct_off[kk]);
+    if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+    store16(base + qt_off[kk], c);
+  }
+}
 }  // namespace rmsq
 
-template <int N, int CB, bool ROUND, bool W_F32, int R>
+// LEAN (config overlap = 3; bit-exact with the default path): constant cp.async waits (every refill commits a group,
+// empty past the last visit), the refill's source advanced item by item without divisions, a full-tile pass 2
+// without row predicates, qT stores from per-thread constant offsets, column-max atomics at immediate offsets.
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN = false>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   using namespace rmsq;
@@ -152,11 +184,54 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     cp_async_commit();
     ++issued;
   };
+  // LEAN: the next visit's item (tile, chunk, its offset in x) advanced by the walk's step P = dT·S + dC items.
+  const int dT = P / S, dC = P % S;
+  int iss_tile = b0 / S, iss_chunk = b0 % S, iss_b = 0, iss_slot = 0;
+  i64 iss_off = static_cast<i64>(iss_tile) * ROWS * xs + iss_chunk * C;
+  const i64 thr_off = static_cast<i64>(4 * hw) * xs + c0;
+  const u32 ring_thr = smem_u32(ring + 4 * hw * 128 + c0);
+  auto issue_lean = [&]() {  // visit `issued` (every call commits a group: empty past the last visit)
+    if (issued < nvis) {
+      const bf16* src = xg + iss_off + thr_off + iss_b * 128;
+      const u32 dst = ring_thr + iss_slot * (BLOCK * 2);
+      const int rows = a.M - iss_tile * ROWS - 4 * hw;
+      if (rows >= 4) {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, src + i * xs);
+      } else {
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          const bool ok = i < rows;
+          cp_async16(ring + (iss_slot * BLOCK + 4 * hw * 128 + c0) + i * 128, ok ? src + i * xs : xg, ok);
+        }
+      }
+      if (++iss_b == CB) {
+        iss_b = 0;
+        iss_tile += dT;
+        iss_chunk += dC;
+        iss_off += static_cast<i64>(dT) * ROWS * xs + dC * C;
+        if (iss_chunk >= S) {
+          iss_chunk -= S;
+          ++iss_tile;
+          iss_off += static_cast<i64>(ROWS) * xs - S * C;
+        }
+      }
+      iss_slot = iss_slot == R - 1 ? 0 : iss_slot + 1;
+    }
+    cp_async_commit();
+    ++issued;
+  };
+  if constexpr (LEAN) {
 #pragma unroll 1
-  for (int k = 0; k < min(R, nvis); ++k) issue(k);
+    for (int k = 0; k < R; ++k) issue_lean();
+  } else {
+#pragma unroll 1
+    for (int k = 0; k < min(R, nvis); ++k) issue(k);
+  }
   auto wait_visit = [&](int k) { cp_async_wait_group_dyn(issued - k - 1); };  // ≤ R − 1 newer groups pending
   auto release = [&](int k) {
-    if (k + R < nvis) issue(k + R);
+    if constexpr (LEAN) issue_lean();
+    else if (k + R < nvis) issue(k + R);
   };
   auto read_visit = [&](int k, Vec16 (&x)[4]) {
     const bf16* s = ring + (k % R) * BLOCK + 4 * hw * 128 + c0;
@@ -173,10 +248,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   // Pass 1 of item it: Σx² of the item's chunk per row, stored tagged in the workspace (S > 1).
   auto pass1 = [&](int it) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 1
-    for (int b = 0; b < CB; ++b) {
-      const int k = it * CB + b;
-      wait_visit(k);
+    auto block = [&](int k) {
       Vec16 xv[4];
       read_visit(k, xv);
 #pragma unroll
@@ -186,6 +258,23 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
           const float f = vec_get<bf16>(xv[i], e);
           ss[i] = fmaf(f, f, ss[i]);
         }
+    };
+    if constexpr (LEAN) {
+      // Before pass 1 of item j ≥ 1, R + (j − 1)·CB groups were committed (the first R, then one a released visit of
+      // items < j − 1), so visit j·CB + b has landed when at most R − CB − 1 − b newer ones are pending (item 0: the
+      // same count waits for one block more).
+#pragma unroll
+      for (int b = 0; b < CB; ++b) {
+        cp_async_wait_group_dyn(R - CB - 1 - b);
+        block(it * CB + b);
+      }
+    } else {
+#pragma unroll 1
+      for (int b = 0; b < CB; ++b) {
+        const int k = it * CB + b;
+        wait_visit(k);
+        block(k);
+      }
     }
     const float sum = transpose_reduce4<false>(ss, hl);  // row 4·hw + (hl >> 2), lanes 16·half + 4R
     if constexpr (GX) {
@@ -304,6 +393,66 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     store_block_codes(a, ct, pm0, pvalid, pcol, warp, lane, aligned16);
   };
 
+  // LEAN: the qT pieces' per-thread constants (store_block_codes' n, jj and swizzle), the column-max slot address.
+  int ct_off[2];
+  i64 qt_off[2];
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
+    ct_off[kk] = n * 32 + 4 * (jj ^ (warp >> 1));
+    qt_off[kk] = static_cast<i64>(n) * a.M + jj * 16;
+  }
+  const bool swap = (warp & 1) != 0;
+  const u32 cm_thr = smem_u32(colmax + cs0);
+  auto store_codes_any = [&](const u32* ct, int pm0, int pvalid, int pcol) {
+    if (aligned16 && pvalid == ROWS)
+      store_block_codes_full(ct, a.qT + static_cast<i64>(pcol) * a.M + pm0, ct_off, qt_off, swap);
+    else
+      store_codes(ct, pm0, pvalid, pcol);
+  };
+  auto pass2_lean = [&](int it, const float (&rv)[4]) {
+    const int m0 = tile_m0(it);
+    const int valid = min(ROWS, a.M - m0);
+    const i64 tb = item_tile(it);
+    const int col0 = item_col(it);
+    auto body = [&](auto full) {
+      constexpr bool FULL = decltype(full)::value;
+#pragma unroll 1
+      for (int b = 0; b < CB; ++b) {
+        const int col = col0 + b * 128;
+        const int k = it * CB + b;
+        Vec16 xv[4];
+        read_visit(k, xv);
+        float w8[8];
+        if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
+        else load_floats<bf16, 8>(a.w, col + c0, w8);
+        float y[4][8];
+#pragma unroll
+        for (int i = 0; i < 4; ++i)
+#pragma unroll
+          for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
+        release(k);  // y depends on the values: the slot is free
+
+        block_row_codes<N, ROUND, FULL>(a, y, m0, valid, col, hw, hl, lane);
+
+        block_col_max_at(cm_thr + cmi * (132 * 4), y);
+        if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
+        __syncthreads();
+        if (prev_col >= 0) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+
+        block_col_codes<N, ROUND>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl,
+                                  cs0, scale_aligned);
+        prev_m0 = m0;
+        prev_valid = valid;
+        prev_col = col;
+        ++nb;
+        cmi = cmi == 2 ? 0 : cmi + 1;
+      }
+    };
+    if (valid == ROWS) body(Flag<true>{});
+    else body(Flag<false>{});
+  };
+
   auto pass2 = [&](int it, const float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
@@ -352,10 +501,12 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1);
     if constexpr (GX) finish(it, rv);
-    pass2(it, rv);
+    if constexpr (LEAN) pass2_lean(it, rv);
+    else pass2(it, rv);
   }
   __syncthreads();  // the last block's codes are complete
-  store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+  if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+  else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

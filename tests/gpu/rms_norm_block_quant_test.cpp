@@ -554,6 +554,10 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {2048, 2, 16, 2, 1, 5, 1, 3, 4003},  {7168, 2, 16, 1, 1, 2, 1, 3, 4003},  {7168, 2, 16, 2, 1, 4, 1, 3, 4003},
       {7168, 2, 16, 2, 1, 5, 1, 3, 1000},  {4096, 2, 16, 2, 1, 4, 1, 3, 3001},  {128, 2, 16, 1, 1, 2, 1, 3, 50001},
       {128, 2, 16, 1, 1, 3, 1, 3, 50001},
+      // LEAN (overlap 3): the full-tile pass 2, constant cp.async waits, the refill advanced item by item
+      {2048, 2, 16, 2, 1, 4, 3, 3, 8000},  {2048, 2, 16, 1, 1, 2, 3, 3, 1000},  {2048, 2, 16, 2, 1, 4, 3, 3, 4003},
+      {7168, 2, 16, 2, 1, 4, 3, 3, 4003},  {7168, 2, 16, 1, 1, 2, 3, 3, 1000},  {4096, 2, 16, 2, 1, 4, 3, 3, 3001},
+      {128, 2, 16, 1, 1, 2, 3, 3, 50001},  {2048, 2, 16, 2, 1, 4, 3, 3, 8192},  {7168, 2, 16, 2, 1, 4, 3, 3, 300},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
