@@ -111,14 +111,14 @@ __device__ __forceinline__ void block_col_max_at(u32 cm_slot, const float (&y)[4
   }
 }
 // store_block_codes of a full block (128 tokens, M % 16 == 0) from per-thread constants: the thread's two 16-byte
-// pieces at ct + ct_off[kk] (words; halves swapped in odd warps: the staging swizzle) go to base + qt_off[kk].
-__device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* base, const int (&ct_off)[2],
-                                                       const i64 (&qt_off)[2], bool swap) {
+// pieces at ct and ct + 128 words (4 channels on; halves swapped in odd warps: the staging swizzle) go to dst and
+// dst + step (4 channels of qT on).
+__device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i64 step, bool swap) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
-    Vec16 c = *reinterpret_cast<const Vec16*>(ct + ct_off[kk]);
+    Vec16 c = *reinterpret_cast<const Vec16*>(ct + kk * 128);
     if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-    store16(base + qt_off[kk], c);
+    store16(dst + kk * step, c);
   }
 }
 }  // namespace rmsq
@@ -184,39 +184,39 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     cp_async_commit();
     ++issued;
   };
-  // LEAN: the next visit's item (tile, chunk, its offset in x) advanced by the walk's step P = dT·S + dC items.
+  // LEAN: the next visit's item as its chunk, the thread's rows of its tile that exist (M − m0 − 4·hw) and its
+  // offset in x (m0·xs + chunk·C), advanced by the walk's step P = dT·S + dC items; the visit's block and slot are
+  // `issued` % CB and % R (a real visit's index is `issued`).
   const int dT = P / S, dC = P % S;
-  int iss_tile = b0 / S, iss_chunk = b0 % S, iss_b = 0, iss_slot = 0;
-  i64 iss_off = static_cast<i64>(iss_tile) * ROWS * xs + iss_chunk * C;
-  const i64 thr_off = static_cast<i64>(4 * hw) * xs + c0;
+  int iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - 4 * hw;
+  i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
+  const bf16* const xthr = xg + static_cast<i64>(4 * hw) * xs + c0;
   const u32 ring_thr = smem_u32(ring + 4 * hw * 128 + c0);
   auto issue_lean = [&]() {  // visit `issued` (every call commits a group: empty past the last visit)
     if (issued < nvis) {
-      const bf16* src = xg + iss_off + thr_off + iss_b * 128;
-      const u32 dst = ring_thr + iss_slot * (BLOCK * 2);
-      const int rows = a.M - iss_tile * ROWS - 4 * hw;
-      if (rows >= 4) {
+      const int b = issued % CB, slot = issued % R;
+      const bf16* src = xthr + iss_off + b * 128;
+      if (iss_rows >= 4) {
+        const u32 dst = ring_thr + slot * (BLOCK * 2);
 #pragma unroll
         for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, src + i * xs);
       } else {
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          const bool ok = i < rows;
-          cp_async16(ring + (iss_slot * BLOCK + 4 * hw * 128 + c0) + i * 128, ok ? src + i * xs : xg, ok);
+          const bool ok = i < iss_rows;
+          cp_async16(ring + (slot * BLOCK + 4 * hw * 128 + c0) + i * 128, ok ? src + i * xs : xg, ok);
         }
       }
-      if (++iss_b == CB) {
-        iss_b = 0;
-        iss_tile += dT;
+      if (b == CB - 1) {  // the next item
+        iss_rows -= dT * ROWS;
         iss_chunk += dC;
         iss_off += static_cast<i64>(dT) * ROWS * xs + dC * C;
         if (iss_chunk >= S) {
           iss_chunk -= S;
-          ++iss_tile;
+          iss_rows -= ROWS;
           iss_off += static_cast<i64>(ROWS) * xs - S * C;
         }
       }
-      iss_slot = iss_slot == R - 1 ? 0 : iss_slot + 1;
     }
     cp_async_commit();
     ++issued;
@@ -393,20 +393,15 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     store_block_codes(a, ct, pm0, pvalid, pcol, warp, lane, aligned16);
   };
 
-  // LEAN: the qT pieces' per-thread constants (store_block_codes' n, jj and swizzle), the column-max slot address.
-  int ct_off[2];
-  i64 qt_off[2];
-#pragma unroll
-  for (int kk = 0; kk < 2; ++kk) {
-    const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
-    ct_off[kk] = n * 32 + 4 * (jj ^ (warp >> 1));
-    qt_off[kk] = static_cast<i64>(n) * a.M + jj * 16;
-  }
+  // LEAN: the qT pieces' per-thread constants (store_block_codes' n, jj and swizzle: piece 1 is 4 channels after
+  // piece 0), the column-max slot address.
+  const int ct_off0 = (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1));
+  const i64 qt_off0 = static_cast<i64>(warp * 8 + (lane >> 3)) * a.M + (lane & 7) * 16;
   const bool swap = (warp & 1) != 0;
   const u32 cm_thr = smem_u32(colmax + cs0);
   auto store_codes_any = [&](const u32* ct, int pm0, int pvalid, int pcol) {
     if (aligned16 && pvalid == ROWS)
-      store_block_codes_full(ct, a.qT + static_cast<i64>(pcol) * a.M + pm0, ct_off, qt_off, swap);
+      store_block_codes_full(ct + ct_off0, a.qT + static_cast<i64>(pcol) * a.M + pm0 + qt_off0, 4 * a.M, swap);
     else
       store_codes(ct, pm0, pvalid, pcol);
   };
