@@ -103,10 +103,12 @@ __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
 // block_col_max with the 8 slots at immediate offsets from one shared address (cm_slot = the address of slot cs0).
+// The same maximum as col_max's chain from 0 (fmaxf ignores NaN; the final max with 0 turns an all-NaN pair to 0).
 __device__ __forceinline__ void block_col_max_at(u32 cm_slot, const float (&y)[4][8]) {
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    const float m = fmaxf(fmaxf(fabsf(y[0][e]), fabsf(y[1][e])), fmaxf(fabsf(y[2][e]), fabsf(y[3][e])));
+    const float m =
+        fmaxf(fmaxf(fmaxf(fabsf(y[0][e]), fabsf(y[1][e])), fmaxf(fabsf(y[2][e]), fabsf(y[3][e]))), 0.0f);
     asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(cm_slot + 4 * e), "r"(__float_as_uint(m)) : "memory");
   }
 }
@@ -401,7 +403,8 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   const u32 cm_thr = smem_u32(colmax + cs0);
   auto store_codes_any = [&](const u32* ct, int pm0, int pvalid, int pcol) {
     if (aligned16 && pvalid == ROWS)
-      store_block_codes_full(ct + ct_off0, a.qT + static_cast<i64>(pcol) * a.M + pm0 + qt_off0, 4 * a.M, swap);
+      store_block_codes_full(ct + ct_off0, a.qT + static_cast<i64>(pcol) * a.M + pm0 + qt_off0,
+                             static_cast<i64>(4) * a.M, swap);
     else
       store_codes(ct, pm0, pvalid, pcol);
   };

@@ -413,6 +413,27 @@ TEST_F(RmsNormBlockQuantTest, StridedX) {
   }
 }
 
+// The stream kernel's LEAN variant (overlap 3) on the special-value rows (NaN / inf / overflowing / tiny rows and
+// whole blocks: its column maxima take a tree of fmaxf, not a chain), on strided rows (N + 64 apart, NaN in the gap)
+// and with fp32 weights, both round_scale values; one and two blocks an item.
+TEST_F(RmsNormBlockQuantTest, StreamLeanSpecialStridedFp32) {
+  const std::vector<SpacePoint> lean = {{2048, 2, 16, 2, 1, 4, 3, 3, 700}, {2048, 2, 16, 1, 1, 2, 3, 3, 700}};
+  check_special_values(lean, 0x64);
+  for_each_point(lean, [](const SpacePoint& p, size_t i) {
+    for (bool rs : {false, true}) {
+      SCOPED_TRACE("strided, round_scale " + std::to_string(rs));
+      const Input in = random_input(1000, p.N, mix_seed({0x65, i, rs}), DType::bf16, p.N + 64);
+      RunSpec spec;
+      spec.mode = 2;
+      spec.round_scale = rs;
+      RmsNormBlockQuantTest::run_and_check(in, spec);
+      SCOPED_TRACE("fp32 weight");
+      const Input inw = random_input(1000, p.N, mix_seed({0x66, i, rs}), DType::f32);
+      RmsNormBlockQuantTest::run_and_check(inw, spec);
+    }
+  });
+}
+
 // An fp32 weight is read as is (its values are not bf16-representable here).
 TEST_F(RmsNormBlockQuantTest, Fp32Weight) {
   for (int mode : {0, 1, 2}) {
