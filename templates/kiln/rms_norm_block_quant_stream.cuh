@@ -43,6 +43,25 @@ struct MakeQuant {
     return {q.s, ROUND ? q.inv : q.s};
   }
 };
+// MakeQuant<true> in fewer instructions (LEAN): the reciprocal straight from amax's bits, the scale from the
+// reciprocal's. With t = (amax + 0x1fffff) & 0x7f800000, the scale's bits are max(t − 2^26, 0x0e000000) (pow2 rule,
+// rms_norm_block_quant_pow2_scale_bits_of_max) and a power of two's reciprocal has bits 0x7f000000 − its bits, so the
+// reciprocal is min(0x83000000 − t, 0x71000000); amax = inf gives scale inf, reciprocal 0 (as Quant).
+struct MakeQuantPow2 {
+  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+    const u32 a = __float_as_uint(amax), t = (a + 0x1fffffu) & 0x7f800000u;
+    const u32 inv = a >= 0x7f800000u ? 0u : min(0x83000000u - t, 0x71000000u);
+    return {__uint_as_float(inv != 0u ? 0x7f000000u - inv : 0x7f800000u), __uint_as_float(inv)};
+  }
+};
+template <bool ROUND, bool LQ>
+struct QuantOf {
+  using type = MakeQuant<ROUND>;
+};
+template <>
+struct QuantOf<true, true> {
+  using type = MakeQuantPow2;
+};
 template <bool ROUND>
 struct Apply {
   __device__ __forceinline__ float operator()(float y, float p) const {
@@ -54,21 +73,21 @@ using bqt::transpose_reduce4;
 // c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
 // and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
 // transposed codes.
-// FULL: all 128 rows of the block exist (no row predicates).
-template <int N, bool ROUND, bool FULL = false>
+// FULL: all 128 rows of the block exist (no row predicates); LQ: MakeQuantPow2 for power-of-two scales.
+template <int N, bool ROUND, bool FULL = false, bool LQ = false>
 __device__ __forceinline__ void block_row_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], int m0,
                                                 int valid, int col, int hw, int hl, int lane) {
   bqt::row_codes(y, hl, lane, FULL ? 4 : valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + hl * 8, N,
-                 a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
-                 Apply<ROUND>{});
+                 a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2),
+                 typename QuantOf<ROUND, LQ>::type{}, Apply<ROUND>{});
 }
 __device__ __forceinline__ void block_col_max(u32* cm, const float (&y)[4][8], int cs0) { bqt::col_max(cm, y, cs0); }
-template <int N, bool ROUND>
+template <int N, bool ROUND, bool LQ = false>
 __device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], const u32* cm,
                                                 u32* ct, i64 tile, int col, int warp, int half, int hw, int hl, int cs0,
                                                 bool scale_aligned) {
   float qp[8], sc[8];
-  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
+  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, typename QuantOf<ROUND, LQ>::type{});
   if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
   bqt::stage_codes(ct, y, qp, hl * 8, hw, hl, Apply<ROUND>{});
 }
@@ -431,14 +450,14 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
           for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
         release(k);  // y depends on the values: the slot is free
 
-        block_row_codes<N, ROUND, FULL>(a, y, m0, valid, col, hw, hl, lane);
+        block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
 
         block_col_max_at(cm_thr + cmi * (132 * 4), y);
         if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         __syncthreads();
         if (prev_col >= 0) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 
-        block_col_codes<N, ROUND>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl,
+        block_col_codes<N, ROUND, true>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl,
                                   cs0, scale_aligned);
         prev_m0 = m0;
         prev_valid = valid;
