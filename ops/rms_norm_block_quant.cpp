@@ -42,6 +42,9 @@ constexpr int kStreamGlobal = 3;
 // overlap = 3 on a stream config: its LEAN variant (fewer non-arithmetic instructions a block, bit-exact;
 // rms_norm_block_quant_stream.cuh).
 constexpr int kStreamLean = 3;
+// overlap = 7: LEAN with the ring refilled by one TMA tensor copy a block (rms_norm_block_quant_stream_tma_kernel).
+constexpr int kStreamTma = 7;
+bool is_stream_tma(const Specialization& s) { return s.config[C_OVERLAP] == kStreamTma; }
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -75,7 +78,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
-  else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
+  else if (is_stream(s) && is_stream_tma(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
+    name = fmt::format("kiln::rms_norm_block_quant_stream_tma_kernel<{}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES]);
+  } else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES],
@@ -105,7 +112,7 @@ int smem_bytes(const Specialization& s) {
                ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
-  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
+  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], is_stream_tma(s));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -307,8 +314,8 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
 }
 
 // Stream-kernel points (exchange 3, sm_90, mode 2): 1 or 2 blocks an item, kept in their ring slots between the
-// passes (prefetch 1), the next item's pass 1 first (overlap 1; 3 = the LEAN variant), slots for two items or one
-// more. (Session 5 round 1
+// passes (prefetch 1), the next item's pass 1 first (overlap 1; 3 = the LEAN variant, 7 = LEAN with TMA refills),
+// slots for two items or one more. (Session 5 round 1
 // measured the other variants slower and they were removed: the block kept in registers, 35–49 µs at N = 2048 vs
 // 32.5; reloaded from L2, 120.8+ at N = 7168 vs 102.6; clusters with DSMEM pushes instead of the GLOBAL walk, 31.4 /
 // 128.0 vs the ring's 31.6 / 120.9; mode 1, 22.4–25 vs the tile kernel's 19.0.)
@@ -320,10 +327,10 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
-  for (int overlap : {1, kStreamLean})
+  for (int overlap : {1, kStreamLean, kStreamTma})
     for (int R : {2 * cb, 2 * cb + 1}) {
-      if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
-      if (overlap == kStreamLean && R != 2 * cb) continue;  // (LEAN: slots for two items only, a smaller space)
+      if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, true) > 227 * 1024) continue;
+      if (overlap != 1 && R != 2 * cb) continue;  // (LEAN, TMA: slots for two items only, a smaller space)
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);
@@ -538,6 +545,21 @@ void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormB
   if (ws) impl.free_async(ws, stream);
 }
 
+// x [M, N] bf16 (rows `stride` elements apart: 16-byte multiples when M > 1, checked by the op) as a tensor map in boxes of
+// 128 columns × 128 rows, no swizzle (a ring slot's row-major layout); rows past M read as zeros.
+void encode_x_map(RmsqTensorMap& out, const void* x, int64_t N, int64_t M, int64_t stride) {
+  static_assert(sizeof(RmsqTensorMap) == sizeof(CUtensorMap) && alignof(RmsqTensorMap) >= alignof(CUtensorMap));
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(M)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>((M > 1 ? stride : N) * 2)};  // (one row: any stride)
+  const cuuint32_t box[2] = {128u, 128u};
+  const cuuint32_t elem[2] = {1, 1};
+  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                                        const_cast<void*>(x), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                                        CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+        "cuTensorMapEncodeTiled (rms_norm_block_quant x)");
+}
+
 // Launches a stream-kernel config (is_stream(s)): one wave of resident CTAs over the tiles × chunks items.
 void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const RmsNormBlockQuantArgs& a,
                    Stream stream) {
@@ -549,7 +571,14 @@ void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0};
   const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
-  impl.launch(s, d, stream, sa);
+  if (is_stream_tma(s)) {
+    RmsqStreamTmaArgs ta{};
+    encode_x_map(ta.tmx, a.x, s.params[P_N], a.M, a.x_stride);
+    ta.s = sa;
+    impl.launch(s, d, stream, ta);
+  } else {
+    impl.launch(s, d, stream, sa);
+  }
   if (ws) impl.free_async(ws, stream);
 }
 

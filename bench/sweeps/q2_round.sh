@@ -10,14 +10,15 @@ what=${*:-sweep ncu src}
 old="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"   # the default (session 6)
 lean="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=3,exchange=3"  # LEAN
 lean1="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=3,exchange=3" # LEAN, one block an item
+tma="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=7,exchange=3"   # LEAN + TMA refills
 p2048=N=2048,mode=2,round_scale=1,w_f32=0
 p7168=N=7168,mode=2,round_scale=1,w_f32=0
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p2048 'M=8192 N=2048 mode=2 round_scale=1' \
-    "$old" "$lean" "$old" "$lean" "$lean1" | tee "$out/q2-sweep-2048.txt"
+    "$old" "$lean" "$tma" "$old" "$lean" "$tma" "$lean1" | tee "$out/q2-sweep-2048.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p7168 'M=8192 N=7168 mode=2 round_scale=1' \
-    "$old" "$lean" "$old" "$lean" | tee "$out/q2-sweep-7168.txt"
+    "$old" "$lean" "$tma" "$old" "$lean" "$tma" | tee "$out/q2-sweep-7168.txt"
 fi
 
 db="$out/q2-forced.json"
@@ -35,6 +36,7 @@ if [[ $what == *ncu* ]]; then
   prof lean-2048 $p2048 "$lean" 'M=8192 N=2048 mode=2 round_scale=1'
   prof old-2048 $p2048 "$old" 'M=8192 N=2048 mode=2 round_scale=1'
   prof lean-7168 $p7168 "$lean" 'M=8192 N=7168 mode=2 round_scale=1'
+  prof tma-2048 $p2048 "$tma" 'M=8192 N=2048 mode=2 round_scale=1'
 fi
 if [[ $what == *src* ]]; then  # per-SASS-instruction executed counts of LEAN at N = 2048 (the hot path, exactly)
   force $p2048 "$lean"

@@ -147,10 +147,13 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
 // LEAN (config overlap = 3; bit-exact with the default path): constant cp.async waits (every refill commits a group,
 // empty past the last visit), the refill's source advanced item by item without divisions, a full-tile pass 2
 // without row predicates, qT stores from per-thread constant offsets, column-max atomics at immediate offsets.
-template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN = false>
-__global__ void __launch_bounds__(kRmsqStreamThreads, 1)
-    rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
+// TMA (with LEAN; rms_norm_block_quant_stream_tma_kernel): thread 0 refills a slot with one 2-D tensor copy of the
+// whole 128×128 block (rows past M zero-filled) completing on the slot's mbarrier, after the block barrier that
+// follows every thread's last read of it; the threads wait on the slot's barrier (phase = the slot's use count).
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA>
+__device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa, const void* tmx) {
   using namespace rmsq;
+  static_assert(!TMA || LEAN, "the TMA refill is a LEAN variant");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -165,6 +168,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * BLOCK * 2);  // [2][128 channels][32 slots of 4 tokens]
   u32* colmax = codes + 2 * 128 * 32;                              // [3][132] float bits, padded slots
+  const u32 bar0 = smem_u32(colmax + 3 * 132);                     // TMA: [R] u64 mbarriers
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -242,7 +246,33 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     cp_async_commit();
     ++issued;
   };
-  if constexpr (LEAN) {
+  // TMA: thread 0's next visit as (tile, chunk), advanced like the LEAN state.
+  int tm_tile = b0 / S, tm_chunk = b0 % S;
+  const u32 ring0 = smem_u32(ring);
+  auto issue_tma = [&]() {
+    if (tid == 0 && issued < nvis) {
+      const int b = issued % CB, slot = issued % R;
+      const u32 bar = bar0 + slot * 8;
+      mbar_arrive_expect_tx(bar, BLOCK * 2);
+      tma_load_2d(ring0 + slot * (BLOCK * 2), tmx, bar, tm_chunk * C + b * 128, tm_tile * ROWS);
+      if (b == CB - 1) {
+        tm_tile += dT;
+        tm_chunk += dC;
+        if (tm_chunk >= S) {
+          tm_chunk -= S;
+          ++tm_tile;
+        }
+      }
+    }
+    ++issued;
+  };
+  if constexpr (TMA) {
+    if (tid == 0) {
+#pragma unroll 1
+      for (int k = 0; k < R; ++k) mbar_init(bar0 + k * 8, 1);
+      fence_mbar_init();
+    }
+  } else if constexpr (LEAN) {
 #pragma unroll 1
     for (int k = 0; k < R; ++k) issue_lean();
   } else {
@@ -251,7 +281,8 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   }
   auto wait_visit = [&](int k) { cp_async_wait_group_dyn(issued - k - 1); };  // ≤ R − 1 newer groups pending
   auto release = [&](int k) {
-    if constexpr (LEAN) issue_lean();
+    if constexpr (TMA) issue_tma();
+    else if constexpr (LEAN) issue_lean();
     else if (k + R < nvis) issue(k + R);
   };
   auto read_visit = [&](int k, Vec16 (&x)[4]) {
@@ -262,7 +293,11 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 
   // ---- setup (overlaps the first copies) ----
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
-  __syncthreads();
+  __syncthreads();  // (TMA: also the barriers' initialization)
+  if constexpr (TMA) {
+#pragma unroll 1
+    for (int k = 0; k < R; ++k) issue_tma();
+  }
 
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
 
@@ -286,8 +321,10 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
       // same count waits for one block more).
 #pragma unroll
       for (int b = 0; b < CB; ++b) {
-        cp_async_wait_group_dyn(R - CB - 1 - b);
-        block(it * CB + b);
+        const int k = it * CB + b;
+        if constexpr (TMA) mbar_wait(bar0 + (k % R) * 8, (k / R) & 1);
+        else cp_async_wait_group_dyn(R - CB - 1 - b);
+        block(k);
       }
     } else {
 #pragma unroll 1
@@ -448,13 +485,14 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
         for (int i = 0; i < 4; ++i)
 #pragma unroll
           for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
-        release(k);  // y depends on the values: the slot is free
+        if constexpr (!TMA) release(k);  // y depends on the values: this thread's pieces of the slot are free
 
         block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
 
         block_col_max_at(cm_thr + cmi * (132 * 4), y);
         if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         __syncthreads();
+        if constexpr (TMA) release(k);  // every thread has read the slot: thread 0 refills it
         if (prev_col >= 0) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 
         block_col_codes<N, ROUND, true>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl,
@@ -524,6 +562,17 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   __syncthreads();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+}
+
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN = false>
+__global__ void __launch_bounds__(kRmsqStreamThreads, 1)
+    rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, LEAN, false>(sa, nullptr);
+}
+template <int N, int CB, bool ROUND, bool W_F32, int R>
+__global__ void __launch_bounds__(kRmsqStreamThreads, 1)
+    rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true>(ta.s, &ta.tmx);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -413,11 +413,12 @@ TEST_F(RmsNormBlockQuantTest, StridedX) {
   }
 }
 
-// The stream kernel's LEAN variant (overlap 3) on the special-value rows (NaN / inf / overflowing / tiny rows and
+// The stream kernel's LEAN variant (overlap 3; 7: with TMA refills) on the special-value rows (NaN / inf / overflowing / tiny rows and
 // whole blocks: its column maxima take a tree of fmaxf, not a chain), on strided rows (N + 64 apart, NaN in the gap)
 // and with fp32 weights, both round_scale values; one and two blocks an item.
 TEST_F(RmsNormBlockQuantTest, StreamLeanSpecialStridedFp32) {
-  const std::vector<SpacePoint> lean = {{2048, 2, 16, 2, 1, 4, 3, 3, 700}, {2048, 2, 16, 1, 1, 2, 3, 3, 700}};
+  const std::vector<SpacePoint> lean = {{2048, 2, 16, 2, 1, 4, 3, 3, 700}, {2048, 2, 16, 1, 1, 2, 3, 3, 700},
+                                        {2048, 2, 16, 2, 1, 4, 7, 3, 700}};
   check_special_values(lean, 0x64);
   for_each_point(lean, [](const SpacePoint& p, size_t i) {
     for (bool rs : {false, true}) {
@@ -579,6 +580,10 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {2048, 2, 16, 2, 1, 4, 3, 3, 8000},  {2048, 2, 16, 1, 1, 2, 3, 3, 1000},  {2048, 2, 16, 2, 1, 4, 3, 3, 4003},
       {7168, 2, 16, 2, 1, 4, 3, 3, 4003},  {7168, 2, 16, 1, 1, 2, 3, 3, 1000},  {4096, 2, 16, 2, 1, 4, 3, 3, 3001},
       {128, 2, 16, 1, 1, 2, 3, 3, 50001},  {2048, 2, 16, 2, 1, 4, 3, 3, 8192},  {7168, 2, 16, 2, 1, 4, 3, 3, 300},
+      // TMA (overlap 7): LEAN with each slot refilled by one tensor copy (rows past M zero-filled by the copy)
+      {2048, 2, 16, 2, 1, 4, 7, 3, 8000},  {2048, 2, 16, 1, 1, 2, 7, 3, 1000},  {7168, 2, 16, 2, 1, 4, 7, 3, 4003},
+      {7168, 2, 16, 1, 1, 2, 7, 3, 1000},  {128, 2, 16, 1, 1, 2, 7, 3, 50001},  {2048, 2, 16, 2, 1, 4, 7, 3, 1},
+      {7168, 2, 16, 2, 1, 4, 7, 3, 300},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
