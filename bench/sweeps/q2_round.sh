@@ -16,7 +16,7 @@ p7168=N=7168,mode=2,round_scale=1,w_f32=0
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p2048 'M=8192 N=2048 mode=2 round_scale=1' \
-    "$old" "$lean" "$tma" "$old" "$lean" "$tma" "$lean1" | tee "$out/q2-sweep-2048.txt"
+    "$old" "$lean" "$tma" "$old" "$lean" "$tma" | tee "$out/q2-sweep-2048.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p7168 'M=8192 N=7168 mode=2 round_scale=1' \
     "$old" "$lean" "$tma" "$old" "$lean" "$tma" | tee "$out/q2-sweep-7168.txt"
 fi
@@ -34,7 +34,6 @@ if [[ $what == *ncu* ]]; then
       "$out/q2-ncu-$1.txt" | sed "s/^/$1: /"
   }
   prof lean-2048 $p2048 "$lean" 'M=8192 N=2048 mode=2 round_scale=1'
-  prof old-2048 $p2048 "$old" 'M=8192 N=2048 mode=2 round_scale=1'
   prof lean-7168 $p7168 "$lean" 'M=8192 N=7168 mode=2 round_scale=1'
   prof tma-2048 $p2048 "$tma" 'M=8192 N=2048 mode=2 round_scale=1'
 fi
