@@ -44,7 +44,11 @@ constexpr int kStreamGlobal = 3;
 constexpr int kStreamLean = 3;
 // overlap = 7: LEAN with the ring refilled by one TMA tensor copy a block (rms_norm_block_quant_stream_tma_kernel).
 constexpr int kStreamTma = 7;
-bool is_stream_tma(const Specialization& s) { return s.config[C_OVERLAP] == kStreamTma; }
+// overlap = 15: the same with registers for two CTAs an SM (≤ 64 a thread; one block an item, two slots: 97 KiB).
+constexpr int kStreamTma2 = 15;
+bool is_stream_tma(const Specialization& s) {
+  return s.config[C_OVERLAP] == kStreamTma || s.config[C_OVERLAP] == kStreamTma2;
+}
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -80,8 +84,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s) && is_stream_tma(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_tma_kernel<{}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_tma_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES],
+                       s.config[C_OVERLAP] == kStreamTma2 ? 2 : 1);
   } else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
@@ -314,8 +319,8 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
 }
 
 // Stream-kernel points (exchange 3, sm_90, mode 2): 1 or 2 blocks an item, kept in their ring slots between the
-// passes (prefetch 1), the next item's pass 1 first (overlap 1; 3 = the LEAN variant, 7 = LEAN with TMA refills),
-// slots for two items or one more. (Session 5 round 1
+// passes (prefetch 1), the next item's pass 1 first (overlap 1; 3 = the LEAN variant, 7 = LEAN with TMA refills,
+// 15 = that at two CTAs an SM), slots for two items or one more. (Session 5 round 1
 // measured the other variants slower and they were removed: the block kept in registers, 35–49 µs at N = 2048 vs
 // 32.5; reloaded from L2, 120.8+ at N = 7168 vs 102.6; clusters with DSMEM pushes instead of the GLOBAL walk, 31.4 /
 // 128.0 vs the ring's 31.6 / 120.9; mode 1, 22.4–25 vs the tile kernel's 19.0.)
@@ -327,10 +332,11 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
-  for (int overlap : {1, kStreamLean, kStreamTma})
+  for (int overlap : {1, kStreamLean, kStreamTma, kStreamTma2})
     for (int R : {2 * cb, 2 * cb + 1}) {
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, true) > 227 * 1024) continue;
       if (overlap != 1 && R != 2 * cb) continue;  // (LEAN, TMA: slots for two items only, a smaller space)
+      if (overlap == kStreamTma2 && cb != 1) continue;  // (two CTAs an SM: 2 × 97 KiB)
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);

@@ -569,8 +569,9 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, LEAN, false>(sa, nullptr);
 }
-template <int N, int CB, bool ROUND, bool W_F32, int R>
-__global__ void __launch_bounds__(kRmsqStreamThreads, 1)
+// MINB: CTAs an SM the registers must allow (2: ≤ 64 a thread, for one-block items in two slots, ≈ 98 KiB a CTA).
+template <int N, int CB, bool ROUND, bool W_F32, int R, int MINB = 1>
+__global__ void __launch_bounds__(kRmsqStreamThreads, MINB)
     rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true>(ta.s, &ta.tmx);
 }

@@ -418,7 +418,7 @@ TEST_F(RmsNormBlockQuantTest, StridedX) {
 // and with fp32 weights, both round_scale values; one and two blocks an item.
 TEST_F(RmsNormBlockQuantTest, StreamLeanSpecialStridedFp32) {
   const std::vector<SpacePoint> lean = {{2048, 2, 16, 2, 1, 4, 3, 3, 700}, {2048, 2, 16, 1, 1, 2, 3, 3, 700},
-                                        {2048, 2, 16, 2, 1, 4, 7, 3, 700}};
+                                        {2048, 2, 16, 2, 1, 4, 7, 3, 700}, {2048, 2, 16, 1, 1, 2, 15, 3, 700}};
   check_special_values(lean, 0x64);
   for_each_point(lean, [](const SpacePoint& p, size_t i) {
     for (bool rs : {false, true}) {
@@ -584,6 +584,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {2048, 2, 16, 2, 1, 4, 7, 3, 8000},  {2048, 2, 16, 1, 1, 2, 7, 3, 1000},  {7168, 2, 16, 2, 1, 4, 7, 3, 4003},
       {7168, 2, 16, 1, 1, 2, 7, 3, 1000},  {128, 2, 16, 1, 1, 2, 7, 3, 50001},  {2048, 2, 16, 2, 1, 4, 7, 3, 1},
       {7168, 2, 16, 2, 1, 4, 7, 3, 300},
+      // TMA at two CTAs an SM (overlap 15: ≤ 64 registers, one block an item)
+      {2048, 2, 16, 1, 1, 2, 15, 3, 8000}, {2048, 2, 16, 1, 1, 2, 15, 3, 1000}, {7168, 2, 16, 1, 1, 2, 15, 3, 4003},
+      {128, 2, 16, 1, 1, 2, 15, 3, 50001},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
