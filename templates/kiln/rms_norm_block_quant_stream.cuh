@@ -178,8 +178,27 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   const int tiles = (a.M + ROWS - 1) / ROWS;
   const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs)
-  auto item_tile = [&](int it) { return (b0 + it * P) / S; };
-  auto item_col = [&](int it) { return ((b0 + it * P) % S) * C; };  // first column of the item's chunk
+  // LEAN: item it's (tile, chunk) and item it+1's kept in registers, stepped by P = dT·S + dC items a round (the
+  // callers only ask for items cur_it and cur_it + 1), instead of two divisions a call.
+  const int dT = P / S, dC = P % S;
+  auto step = [&](int& t, int& c) {
+    t += dT;
+    c += dC;
+    if (c >= S) {
+      c -= S;
+      ++t;
+    }
+  };
+  int cur_it = 0, cur_tile = b0 / S, cur_chunk = b0 % S, nxt_tile = cur_tile, nxt_chunk = cur_chunk;
+  step(nxt_tile, nxt_chunk);
+  auto item_tile = [&](int it) {
+    if constexpr (LEAN) return it == cur_it ? cur_tile : nxt_tile;
+    else return (b0 + it * P) / S;
+  };
+  auto item_col = [&](int it) {  // first column of the item's chunk
+    if constexpr (LEAN) return (it == cur_it ? cur_chunk : nxt_chunk) * C;
+    else return ((b0 + it * P) % S) * C;
+  };
   auto tile_m0 = [&](int it) { return item_tile(it) * ROWS; };
   const int nvis = T * CB;
   const bf16* xg = static_cast<const bf16*>(a.x);
@@ -210,9 +229,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     ++issued;
   };
   // LEAN: the next visit's item as its chunk, the thread's rows of its tile that exist (M − m0 − 4·hw) and its
-  // offset in x (m0·xs + chunk·C), advanced by the walk's step P = dT·S + dC items; the visit's block and slot are
-  // `issued` % CB and % R (a real visit's index is `issued`).
-  const int dT = P / S, dC = P % S;
+  // offset in x (m0·xs + chunk·C), advanced by the walk's step; the visit's block and slot are `issued` % CB and % R
+  // (a real visit's index is `issued`).
   int iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - 4 * hw;
   i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
   const bf16* const xthr = xg + static_cast<i64>(4 * hw) * xs + c0;
@@ -556,8 +574,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1);
     if constexpr (GX) finish(it, rv);
-    if constexpr (LEAN) pass2_lean(it, rv);
-    else pass2(it, rv);
+    if constexpr (LEAN) {
+      pass2_lean(it, rv);
+      ++cur_it;
+      cur_tile = nxt_tile;
+      cur_chunk = nxt_chunk;
+      step(nxt_tile, nxt_chunk);
+    } else {
+      pass2(it, rv);
+    }
   }
   __syncthreads();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
