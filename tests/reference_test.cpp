@@ -318,13 +318,24 @@ TEST(ReferenceBlockScale, RoundScaleIsTheSmallestPowerOfTwoNotBelow) {
 // exp2(ceil(log2(max(amax/448, 1e-30)))) for every amax they can see (a max from 0 ignoring NaN: +0 … +inf): every
 // 127th float, all around each 448·2^k and each power of two, the mantissa boundary 1.75, zero, subnormals, the
 // largest float and inf.
+// The same for the reciprocal the quantizers multiply by (rms_norm_block_quant_pow2_inv_bits_of_max: 1/s exactly, 0
+// for s = inf) and the scale rebuilt from it (0x7F000000 − its bits, inf for 0).
 TEST(ReferenceBlockQuant, Pow2ScaleBitsWithoutDivision) {
   auto check = [](uint32_t bits) {
     const float amax = std::bit_cast<float>(bits);
     const uint32_t got = kiln::rms_norm_block_quant_pow2_scale_bits_of_max(bits);
-    const uint32_t want = std::bit_cast<uint32_t>(ref::block_scale(amax, true));
+    const float scale = ref::block_scale(amax, true);
+    const uint32_t want = std::bit_cast<uint32_t>(scale);
     if (got != want) {
       ADD_FAILURE() << "amax " << amax << " (0x" << std::hex << bits << "): got 0x" << got << ", want 0x" << want;
+      return false;
+    }
+    const uint32_t inv = kiln::rms_norm_block_quant_pow2_inv_bits_of_max(bits);
+    const uint32_t want_inv = std::isinf(scale) ? 0u : std::bit_cast<uint32_t>(1.0f / scale);
+    const uint32_t rebuilt = inv != 0u ? 0x7f000000u - inv : 0x7f800000u;
+    if (inv != want_inv || rebuilt != want) {
+      ADD_FAILURE() << "amax " << amax << " (0x" << std::hex << bits << "): reciprocal 0x" << inv << ", want 0x"
+                    << want_inv << "; scale from it 0x" << rebuilt << ", want 0x" << want;
       return false;
     }
     return true;

@@ -35,6 +35,14 @@ constexpr KILN_RMSQ_HD unsigned rms_norm_block_quant_pow2_scale_bits_of_max(unsi
   const unsigned floored = static_cast<unsigned>(k > (28 << 23) ? k : (28 << 23));  // 2^-99 = (127 − 99) << 23
   return amax_bits >= 0x7f800000u ? 0x7f800000u : floored;
 }
+// The exact reciprocal of that scale (what the quantizers multiply by) as bits, straight from amax's: a power of two
+// 2^j has bits (127 + j) << 23, its reciprocal (127 − j) << 23, so with t = (amax + 0x1FFFFF) & 0x7F800000 the
+// reciprocal of max(t − 2^26, 2^-99) is min(0x83000000 − t, 0x71000000) (t ≤ 0x7F800000: no wrap); amax = inf gives 0
+// (scale inf). The scale is then 0x7F000000 − the reciprocal's bits (inf for 0): fewer instructions than the scale first.
+constexpr KILN_RMSQ_HD unsigned rms_norm_block_quant_pow2_inv_bits_of_max(unsigned amax_bits) {
+  const unsigned t = (amax_bits + 0x1fffffu) & 0x7f800000u, inv = 0x83000000u - t;
+  return amax_bits >= 0x7f800000u ? 0u : (inv < 0x71000000u ? inv : 0x71000000u);
+}
 
 // Largest N: the row kernel keeps N/32 values per lane in registers; the tile kernel's cluster is ≤ 16 CTAs of
 // ≤ 4 column blocks.

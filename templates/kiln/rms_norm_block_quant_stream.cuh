@@ -43,14 +43,11 @@ struct MakeQuant {
     return {q.s, ROUND ? q.inv : q.s};
   }
 };
-// MakeQuant<true> in fewer instructions (LEAN): the reciprocal straight from amax's bits, the scale from the
-// reciprocal's. With t = (amax + 0x1fffff) & 0x7f800000, the scale's bits are max(t − 2^26, 0x0e000000) (pow2 rule,
-// rms_norm_block_quant_pow2_scale_bits_of_max) and a power of two's reciprocal has bits 0x7f000000 − its bits, so the
-// reciprocal is min(0x83000000 − t, 0x71000000); amax = inf gives scale inf, reciprocal 0 (as Quant).
+// MakeQuant<true> in fewer instructions (LEAN): the reciprocal straight from amax's bits
+// (rms_norm_block_quant_pow2_inv_bits_of_max), the scale from the reciprocal's.
 struct MakeQuantPow2 {
   __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
-    const u32 a = __float_as_uint(amax), t = (a + 0x1fffffu) & 0x7f800000u;
-    const u32 inv = a >= 0x7f800000u ? 0u : min(0x83000000u - t, 0x71000000u);
+    const u32 inv = rms_norm_block_quant_pow2_inv_bits_of_max(__float_as_uint(amax));
     return {__uint_as_float(inv != 0u ? 0x7f000000u - inv : 0x7f800000u), __uint_as_float(inv)};
   }
 };
