@@ -66,6 +66,14 @@ struct Apply {
   }
 };
 using bqt::transpose_reduce4;
+// y = (x·r)·w (fp32, this order: the family's rule) of a thread's 4 rows × 8 channels.
+__device__ __forceinline__ void norm_y(const Vec16 (&xv)[4], const float (&rv)[4], const float (&w8)[8],
+                                       float (&y)[4][8]) {
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
+}
 // The per-block code of the stream and tile512 kernels (block_quant_tile.cuh's layout: y of rows 4·hw …, channels
 // c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
 // and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
@@ -323,12 +331,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       Vec16 xv[4];
       read_visit(k, xv);
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float f = vec_get<bf16>(xv[i], e);
-          ss[i] = fmaf(f, f, ss[i]);
-        }
+      for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss[i]);
     };
     if constexpr (LEAN) {
       // Before pass 1 of item j ≥ 1, R + (j − 1)·CB groups were committed (the first R, then one a released visit of
@@ -374,11 +377,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         const int r = 4 * hw + i;
         const Vec16 xv = r < valid ? load16(xg + static_cast<i64>(m0 + r) * a.x_stride + q * C + b * 128 + c0)
                                    : Vec16{{0u, 0u, 0u, 0u}};
-#pragma unroll
-        for (int e = 0; e < 8; ++e) {
-          const float f = vec_get<bf16>(xv, e);
-          ss[i] = fmaf(f, f, ss[i]);
-        }
+        sum_squares8(xv, ss[i]);
       }
     return transpose_reduce4<false>(ss, hl);
   };
@@ -496,10 +495,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
         else load_floats<bf16, 8>(a.w, col + c0, w8);
         float y[4][8];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
+        norm_y(xv, rv, w8, y);
         if constexpr (!TMA) release(k);  // y depends on the values: this thread's pieces of the slot are free
 
         block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
@@ -537,10 +533,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
       else load_floats<bf16, 8>(a.w, col + c0, w8);
       float y[4][8];
-#pragma unroll
-      for (int i = 0; i < 4; ++i)
-#pragma unroll
-        for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
+      norm_y(xv, rv, w8, y);
       release(k);  // y depends on the values: the slot is free
 
       block_row_codes<N, ROUND>(a, y, m0, valid, col, hw, hl, lane);
