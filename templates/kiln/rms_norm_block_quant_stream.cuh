@@ -147,6 +147,17 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
     store16(dst + kk * step, c);
   }
 }
+// tma_load_2d (mbarrier.cuh) with an L2 evict-first hint on the source (x is read once).
+__device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+      " cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%3, %4}], [%2], pol;\n}" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+#endif
+}
 }  // namespace rmsq
 
 // LEAN (config overlap = 3; bit-exact with the default path): constant cp.async waits (every refill commits a group,
@@ -155,7 +166,8 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
 // TMA (with LEAN; rms_norm_block_quant_stream_tma_kernel): thread 0 refills a slot with one 2-D tensor copy of the
 // whole 128×128 block (rows past M zero-filled) completing on the slot's mbarrier, after the block barrier that
 // follows every thread's last read of it; the threads wait on the slot's barrier (phase = the slot's use count).
-template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA>
+// EF (TMA): the tensor copies with an L2 evict-first hint.
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa, const void* tmx) {
   using namespace rmsq;
   static_assert(!TMA || LEAN, "the TMA refill is a LEAN variant");
@@ -277,7 +289,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       const int b = issued % CB, slot = issued % R;
       const u32 bar = bar0 + slot * 8;
       mbar_arrive_expect_tx(bar, BLOCK * 2);
-      tma_load_2d(ring0 + slot * (BLOCK * 2), tmx, bar, tm_chunk * C + b * 128, tm_tile * ROWS);
+      if constexpr (EF) tma_load_2d_evict_first(ring0 + slot * (BLOCK * 2), tmx, bar, tm_chunk * C + b * 128, tm_tile * ROWS);
+      else tma_load_2d(ring0 + slot * (BLOCK * 2), tmx, bar, tm_chunk * C + b * 128, tm_tile * ROWS);
       if (b == CB - 1) {
         tm_tile += dT;
         tm_chunk += dC;
@@ -585,10 +598,10 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, LEAN, false>(sa, nullptr);
 }
 // MINB: CTAs an SM the registers must allow (2: ≤ 64 a thread, for one-block items in two slots, ≈ 98 KiB a CTA).
-template <int N, int CB, bool ROUND, bool W_F32, int R, int MINB = 1>
+template <int N, int CB, bool ROUND, bool W_F32, int R, int MINB = 1, bool EF = false>
 __global__ void __launch_bounds__(kRmsqStreamThreads, MINB)
     rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true>(ta.s, &ta.tmx);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, EF>(ta.s, &ta.tmx);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

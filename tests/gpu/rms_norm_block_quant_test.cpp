@@ -587,6 +587,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       // TMA at two CTAs an SM (overlap 15: ≤ 64 registers, one block an item)
       {2048, 2, 16, 1, 1, 2, 15, 3, 8000}, {2048, 2, 16, 1, 1, 2, 15, 3, 1000}, {7168, 2, 16, 1, 1, 2, 15, 3, 4003},
       {128, 2, 16, 1, 1, 2, 15, 3, 50001},
+      // TMA with an L2 evict-first hint on x (overlap 23)
+      {2048, 2, 16, 2, 1, 4, 23, 3, 4003}, {7168, 2, 16, 2, 1, 4, 23, 3, 1000},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
