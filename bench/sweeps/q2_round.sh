@@ -12,14 +12,15 @@ lean="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=3,exchange=3"  # LEAN
 lean1="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=3,exchange=3" # LEAN, one block an item
 tma="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=7,exchange=3"   # LEAN + TMA refills
 tma2="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=15,exchange=3" # the same, two CTAs an SM (64 registers)
+ef="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=23,exchange=3"   # TMA with an L2 evict-first hint on x
 p2048=N=2048,mode=2,round_scale=1,w_f32=0
 p7168=N=7168,mode=2,round_scale=1,w_f32=0
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p2048 'M=8192 N=2048 mode=2 round_scale=1' \
-    "$old" "$lean" "$tma" "$tma2" "$old" "$lean" "$tma" | tee "$out/q2-sweep-2048.txt"
+    "$old" "$lean" "$tma" "$tma2" "$ef" "$old" "$lean" "$tma" | tee "$out/q2-sweep-2048.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p7168 'M=8192 N=7168 mode=2 round_scale=1' \
-    "$old" "$lean" "$tma" "$tma2" "$old" "$lean" | tee "$out/q2-sweep-7168.txt"
+    "$old" "$lean" "$tma" "$tma2" "$ef" | tee "$out/q2-sweep-7168.txt"
 fi
 
 db="$out/q2-forced.json"
