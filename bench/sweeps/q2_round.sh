@@ -35,14 +35,13 @@ if [[ $what == *ncu* ]]; then
     grep -E "Duration|Registers Per|Executed Instructions  |Issued Warp Per Scheduler|No Eligible|DRAM Throughput" \
       "$out/q2-ncu-$1.txt" | sed "s/^/$1: /"
   }
-  prof lean-2048 $p2048 "$lean" 'M=8192 N=2048 mode=2 round_scale=1'
-  prof lean-7168 $p7168 "$lean" 'M=8192 N=7168 mode=2 round_scale=1'
   prof tma-2048 $p2048 "$tma" 'M=8192 N=2048 mode=2 round_scale=1'
+  prof tma-7168 $p7168 "$tma" 'M=8192 N=7168 mode=2 round_scale=1'
 fi
-if [[ $what == *src* ]]; then  # per-SASS-instruction executed counts of LEAN at N = 2048 (the hot path, exactly)
-  force $p2048 "$lean"
+if [[ $what == *src* ]]; then  # per-SASS-instruction executed counts and stall samples of TMA at N = 2048
+  force $p2048 "$tma"
   KILN_TUNING_DB="$db" ncu --clock-control none -k regex:rms_norm_block_quant_stream -c 1 --section SourceCounters \
     --page source --print-source sass --csv "$kiln" bench --repeats 1 --filter 'M=8192 N=2048 mode=2 round_scale=1' \
-    > "$out/q2-ncu-src-lean-2048.csv" 2>&1 || true
-  head -c 300 "$out/q2-ncu-src-lean-2048.csv"; echo
+    > "$out/q2-ncu-src-tma-2048.csv" 2>&1 || true
+  head -c 300 "$out/q2-ncu-src-tma-2048.csv"; echo
 fi
