@@ -39,20 +39,13 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // per-block code on that walk, exchange 4: 33.5 µs at best at N = 2048 against the ring's 31.3, and stalls where an
 // item's wait preceded the next item's pass 1; removed.)
 constexpr int kStreamGlobal = 3;
-// overlap = 3 on a stream config: its LEAN variant (fewer non-arithmetic instructions a block, bit-exact;
-// rms_norm_block_quant_stream.cuh).
-constexpr int kStreamLean = 3;
-// overlap = 7: LEAN with the ring refilled by one TMA tensor copy a block (rms_norm_block_quant_stream_tma_kernel).
-constexpr int kStreamTma = 7;
-// overlap = 15: the same with registers for two CTAs an SM (≤ 64 a thread; one block an item, two slots: 97 KiB).
-constexpr int kStreamTma2 = 15;
-// overlap = 23: TMA (one CTA an SM) with the copies' L2 evict-first hint on x.
-constexpr int kStreamTmaEF = 23;
-bool is_stream_tma(const Specialization& s) {
-  return s.config[C_OVERLAP] == kStreamTma || s.config[C_OVERLAP] == kStreamTma2 ||
-         s.config[C_OVERLAP] == kStreamTmaEF;
-}
+// The overlap field of a stream config is a set of variant bits (rms_norm_block_quant_stream.cuh): 1 the base (always
+// set), 2 LEAN (fewer non-arithmetic instructions a block, bit-exact), 4 TMA (LEAN with the ring refilled by one tensor
+// copy a block: rms_norm_block_quant_stream_tma_kernel), 8 two CTAs an SM (TMA; ≤ 64 registers, one block an item),
+// 16 EF (TMA with an L2 evict-first hint on x), 32 FIRST (LEAN: item 0 quantized before item 1's pass 1).
+constexpr int kStreamLean = 3, kStreamTma = 7, kStreamTma2 = 15, kStreamTmaEF = 23, kStreamFirst = 32;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
+bool is_stream_tma(const Specialization& s) { return (s.config[C_OVERLAP] & 4) != 0; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
 // exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
@@ -87,14 +80,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s) && is_stream_tma(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_tma_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES],
-                       s.config[C_OVERLAP] == kStreamTma2 ? 2 : 1, s.config[C_OVERLAP] == kStreamTmaEF);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_tma_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
   } else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES],
-                       s.config[C_OVERLAP] == kStreamLean ? "true" : "false");
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -322,8 +313,8 @@ void ring_points(const Specialization& base, int cb, std::vector<Specialization>
 }
 
 // Stream-kernel points (exchange 3, sm_90, mode 2): 1 or 2 blocks an item, kept in their ring slots between the
-// passes (prefetch 1), the next item's pass 1 first (overlap 1; 3 = the LEAN variant, 7 = LEAN with TMA refills,
-// 15 = that at two CTAs an SM, 23 = TMA with an L2 evict-first hint on x), slots for two items or one more. (Session 5 round 1
+// passes (prefetch 1), the next item's pass 1 first (overlap 1; with more variant bits, see kStreamLean …), slots for
+// two items or one more. (Session 5 round 1
 // measured the other variants slower and they were removed: the block kept in registers, 35–49 µs at N = 2048 vs
 // 32.5; reloaded from L2, 120.8+ at N = 7168 vs 102.6; clusters with DSMEM pushes instead of the GLOBAL walk, 31.4 /
 // 128.0 vs the ring's 31.6 / 120.9; mode 1, 22.4–25 vs the tile kernel's 19.0.)
@@ -335,12 +326,13 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
-  for (int overlap : {1, kStreamLean, kStreamTma, kStreamTma2, kStreamTmaEF})
+  for (int overlap : {1, kStreamLean, kStreamTma, kStreamTma2, kStreamTmaEF, kStreamLean | kStreamFirst,
+                      kStreamTma | kStreamFirst})
     for (int R : {2 * cb, 2 * cb + 1}) {
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, true) > 227 * 1024) continue;
       if (overlap != 1 && R != 2 * cb) continue;  // (LEAN, TMA: slots for two items only, a smaller space)
       if (overlap == kStreamTma2 && cb != 1) continue;  // (two CTAs an SM: 2 × 97 KiB)
-      if (overlap == kStreamTmaEF && cb != 2) continue;  // (the L2 hint: one point)
+      if (overlap > kStreamTma2 && cb != 2) continue;   // (EF, FIRST: one point each)
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);

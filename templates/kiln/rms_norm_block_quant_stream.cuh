@@ -122,6 +122,10 @@ template <bool B>
 struct Flag {
   static constexpr bool value = B;
 };
+template <int V>
+struct IntC {
+  static constexpr int value = V;
+};
 // 16 bytes global → shared at a 32-bit shared address, always 16 bytes (no source-size operand).
 __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
@@ -166,11 +170,11 @@ __device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tma
 // TMA (with LEAN; rms_norm_block_quant_stream_tma_kernel): thread 0 refills a slot with one 2-D tensor copy of the
 // whole 128×128 block (rows past M zero-filled) completing on the slot's mbarrier, after the block barrier that
 // follows every thread's last read of it; the threads wait on the slot's barrier (phase = the slot's use count).
-// EF (TMA): the tensor copies with an L2 evict-first hint.
-template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false>
+// EF (TMA): the tensor copies with an L2 evict-first hint. FIRST (LEAN): item 0 quantized before item 1's pass 1.
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false, bool FIRST = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa, const void* tmx) {
   using namespace rmsq;
-  static_assert(!TMA || LEAN, "the TMA refill is a LEAN variant");
+  static_assert((!TMA && !FIRST) || LEAN, "TMA and FIRST are LEAN variants");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -338,7 +342,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
 
   // Pass 1 of item it: Σx² of the item's chunk per row, stored tagged in the workspace (S > 1).
-  auto pass1 = [&](int it) {
+  // pb (LEAN without TMA): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending.
+  auto pass1 = [&](int it, auto pb) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
     auto block = [&](int k) {
       Vec16 xv[4];
@@ -347,14 +352,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss[i]);
     };
     if constexpr (LEAN) {
-      // Before pass 1 of item j ≥ 1, R + (j − 1)·CB groups were committed (the first R, then one a released visit of
-      // items < j − 1), so visit j·CB + b has landed when at most R − CB − 1 − b newer ones are pending (item 0: the
-      // same count waits for one block more).
+      // In the loop, before pass 1 of item j ≥ 1, R + (j − 1)·CB groups were committed (the first R, then one a
+      // released visit of items < j − 1), so visit j·CB + b has landed when at most R − CB − 1 − b newer ones are
+      // pending; item 0 (R committed) and, with FIRST, item 1 (R + CB): R − 1 − b.
+      constexpr int PB = decltype(pb)::value;
 #pragma unroll
       for (int b = 0; b < CB; ++b) {
         const int k = it * CB + b;
         if constexpr (TMA) mbar_wait(bar0 + (k % R) * 8, (k / R) & 1);
-        else cp_async_wait_group_dyn(R - CB - 1 - b);
+        else cp_async_wait_group_dyn(PB - b);
         block(k);
       }
     } else {
@@ -568,21 +574,35 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
 
   float rv[4];
-  pass1(0);
+  auto advance = [&]() {  // LEAN: item cur_it done
+    ++cur_it;
+    cur_tile = nxt_tile;
+    cur_chunk = nxt_chunk;
+    step(nxt_tile, nxt_chunk);
+  };
+  pass1(0, IntC<R - 1>{});
+  int it0 = 0;
+  if constexpr (FIRST) {
+    // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
+    // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
+    if constexpr (GX) poll_issue(0);
+    finish(0, rv);
+    pass2_lean(0, rv);
+    advance();
+    if (T > 1) pass1(1, IntC<R - 1>{});
+    it0 = 1;
+  }
 #pragma unroll 1
-  for (int it = 0; it < T; ++it) {
+  for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) poll_issue(it);
     else finish(it, rv);
-    if (it + 1 < T) pass1(it + 1);
+    if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
-      ++cur_it;
-      cur_tile = nxt_tile;
-      cur_chunk = nxt_chunk;
-      step(nxt_tile, nxt_chunk);
+      advance();
     } else {
       pass2(it, rv);
     }
@@ -592,16 +612,20 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 }
 
-template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN = false>
+// The kernels. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 4 TMA (its own
+// kernel: the tensor map is a __grid_constant__ parameter), 8 two CTAs an SM (TMA: launch bounds for 64 registers),
+// 16 EF, 32 FIRST.
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, LEAN, false>(sa, nullptr);
+  static_assert((V & 4) == 0, "TMA: rms_norm_block_quant_stream_tma_kernel");
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, false, false, (V & 32) != 0>(sa, nullptr);
 }
-// MINB: CTAs an SM the registers must allow (2: ≤ 64 a thread, for one-block items in two slots, ≈ 98 KiB a CTA).
-template <int N, int CB, bool ROUND, bool W_F32, int R, int MINB = 1, bool EF = false>
-__global__ void __launch_bounds__(kRmsqStreamThreads, MINB)
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
+__global__ void __launch_bounds__(kRmsqStreamThreads, (V & 8) ? 2 : 1)
     rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, EF>(ta.s, &ta.tmx);
+  static_assert((V & 6) == 6, "TMA is a LEAN variant");
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, (V & 16) != 0, (V & 32) != 0>(ta.s, &ta.tmx);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -589,6 +589,10 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {128, 2, 16, 1, 1, 2, 15, 3, 50001},
       // TMA with an L2 evict-first hint on x (overlap 23)
       {2048, 2, 16, 2, 1, 4, 23, 3, 4003}, {7168, 2, 16, 2, 1, 4, 23, 3, 1000},
+      // FIRST (bit 32): item 0 quantized before item 1's pass 1, with cp.async (35) and TMA (39) refills; M = 300 at
+      // N = 7168: one item a CTA (no second pass 1)
+      {2048, 2, 16, 2, 1, 4, 35, 3, 4003}, {7168, 2, 16, 2, 1, 4, 35, 3, 300},  {2048, 2, 16, 2, 1, 4, 39, 3, 8000},
+      {7168, 2, 16, 2, 1, 4, 39, 3, 1000},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
