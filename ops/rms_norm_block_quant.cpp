@@ -541,7 +541,7 @@ void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormB
   d.grid[0] = static_cast<unsigned>(S);
   d.grid[1] = static_cast<unsigned>(tiles);
   d.cluster[0] = static_cast<unsigned>(K);
-  RmsqStreamArgs sa{a, nullptr, 0};
+  RmsqStreamArgs sa{a, nullptr, 0, nullptr};
   const CUdeviceptr ws = global_workspace(impl, tiles, S / K, 2, stream, sa);  // (none for one cluster a row)
   impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);
@@ -562,16 +562,26 @@ void encode_x_map(RmsqTensorMap& out, const void* x, int64_t N, int64_t M, int64
         "cuTensorMapEncodeTiled (rms_norm_block_quant x)");
 }
 
+}  // namespace
+namespace detail {
+// Measurement hook (tests): while set, mode-2 calls that run a LEAN stream config run its TRACE variant, writing
+// kRmsqStreamTraceSlots u64 records a CTA (grid of them) to this array.
+std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace{nullptr};
+}  // namespace detail
+namespace {
+
 // Launches a stream-kernel config (is_stream(s)): one wave of resident CTAs over the tiles × chunks items.
-void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const RmsNormBlockQuantArgs& a,
-                   Stream stream) {
+void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
+  unsigned long long* trace = detail::rms_norm_block_quant_stream_trace.load(std::memory_order_relaxed);
+  if (trace && (s.config[C_OVERLAP] & 2)) s.config[C_OVERLAP] |= kRmsqStreamTrace;  // (not a search-space point)
+  else trace = nullptr;
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
   d.block[0] = kRmsqStreamThreads;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
-  RmsqStreamArgs sa{a, nullptr, 0};
+  RmsqStreamArgs sa{a, nullptr, 0, trace};
   const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   if (is_stream_tma(s)) {
     RmsqStreamTmaArgs ta{};

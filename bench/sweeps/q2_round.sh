@@ -1,12 +1,15 @@
 #!/usr/bin/env bash
-# Session 7 (helper q2) mode-2 stream-kernel round (bench/NOTES.md "Session 7 (helper q2)"): the default stream kernel
-# against its LEAN variant (overlap 3) at M = 8192, round_scale 1, N = 2048 and 7168, alternating (same process order
-# twice), then Nsight Compute profiles (instruction counts, stalls, per-SASS-line counts) of both. Logs go to $OUT.
-#   q2_round.sh [sweep] [ncu] [src]      (all three when no argument)
+# Session 7 (helper q2) mode-2 stream-kernel round (bench/NOTES.md "Session 7 (helper q2)"): the stream kernel's
+# variants (overlap bits) at M = 8192, round_scale 1, N = 2048 and 7168 — measure: the in-process sweep and per-CTA
+# timeline (tests/gpu/rms_norm_block_quant_stream_measure_test.cpp: one process, one compile a variant); sweep: the
+# same through `kiln bench` (one process a config); ncu / src: Nsight Compute profiles and per-SASS-line counts.
+# Logs go to $OUT.
+#   q2_round.sh [measure] [sweep] [ncu] [src]      (measure ncu src when no argument)
 set -u
 out=${OUT:-/tmp}
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
-what=${*:-sweep ncu src}
+what=${*:-measure ncu src}
+tests=${KILN_GPU_TESTS:-./build-gpu/tests/kiln_gpu_tests}
 old="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"   # the default (session 6)
 lean="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=3,exchange=3"  # LEAN
 lean1="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=3,exchange=3" # LEAN, one block an item
@@ -15,6 +18,11 @@ tma2="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=15,exchange=3" # the sam
 ef="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=23,exchange=3"   # TMA with an L2 evict-first hint on x
 p2048=N=2048,mode=2,round_scale=1,w_f32=0
 p7168=N=7168,mode=2,round_scale=1,w_f32=0
+
+if [[ $what == *measure* ]]; then
+  "$tests" --gtest_filter='RmsqStreamMeasure.*' > "$out/q2-measure.txt" 2>&1
+  grep -E "^\[|^  |FAILED|OK \]" "$out/q2-measure.txt" | head -80
+fi
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p2048 'M=8192 N=2048 mode=2 round_scale=1' \

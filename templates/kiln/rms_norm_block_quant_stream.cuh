@@ -171,7 +171,9 @@ __device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tma
 // whole 128×128 block (rows past M zero-filled) completing on the slot's mbarrier, after the block barrier that
 // follows every thread's last read of it; the threads wait on the slot's barrier (phase = the slot's use count).
 // EF (TMA): the tensor copies with an L2 evict-first hint. FIRST (LEAN): item 0 quantized before item 1's pass 1.
-template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false, bool FIRST = false>
+// TRACE (LEAN): phase timestamps (kRmsqStreamTrace).
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false, bool FIRST = false,
+          bool TRACE = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa, const void* tmx) {
   using namespace rmsq;
   static_assert((!TMA && !FIRST) || LEAN, "TMA and FIRST are LEAN variants");
@@ -197,6 +199,26 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const int c0 = hl * 8;             // channels c0 … c0+7 of a block
   const int cs0 = c0 + (c0 >> 5);    // column-max slot of channel c0 (c0 + e: cs0 + e)
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
+  // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
+  u64 tr_t0 = 0;
+  int tr_n = 2;
+  auto mark = [&](u64 kind, int item) {
+    if constexpr (TRACE) {
+      if (tid == 0 && tr_n < kRmsqStreamTraceSlots) {
+        sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + tr_n++] =
+            (kind << 48) | (static_cast<u64>(item & 0xff) << 40) | (globaltimer_ns() - tr_t0);
+      }
+    }
+  };
+  if constexpr (TRACE) {
+    if (tid == 0) {
+      tr_t0 = globaltimer_ns();
+      u32 smid;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+      sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots] = tr_t0;
+      sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + 1] = smid;
+    }
+  }
   const int tiles = (a.M + ROWS - 1) / ROWS;
   const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs)
   // LEAN: item it's (tile, chunk) and item it+1's kept in registers, stepped by P = dT·S + dC items a round (the
@@ -361,6 +383,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         const int k = it * CB + b;
         if constexpr (TMA) mbar_wait(bar0 + (k % R) * 8, (k / R) & 1);
         else cp_async_wait_group_dyn(PB - b);
+        if (b == 0) mark(1, it);
         block(k);
       }
     } else {
@@ -382,6 +405,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     } else {
       own = sum;
     }
+    mark(2, it);
   };
   // The fallback: the partial sums of chunk q of item it's tile for rows 8w … 8w+7 computed here from x (the same
   // operations in the same order as the owner's pass 1, so the same bits); lane 16·(j >> 2) + 4·(j & 3) gets row j's.
@@ -472,6 +496,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     if (item_col(it) == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
 #pragma unroll
     for (int i = 0; i < 4; ++i) rv[i] = __shfl_sync(0xffffffffu, rr, 4 * half + i);
+    mark(3, it);
   };
 
   // ---- pass 2 ----
@@ -536,6 +561,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     };
     if (valid == ROWS) body(Flag<true>{});
     else body(Flag<false>{});
+    mark(4, it);
   };
 
   auto pass2 = [&](int it, const float (&rv)[4]) {
@@ -610,22 +636,25 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   __syncthreads();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+  mark(5, T);
 }
 
 // The kernels. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 4 TMA (its own
 // kernel: the tensor map is a __grid_constant__ parameter), 8 two CTAs an SM (TMA: launch bounds for 64 registers),
-// 16 EF, 32 FIRST.
+// 16 EF, 32 FIRST, 64 TRACE (measurement only).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   static_assert((V & 4) == 0, "TMA: rms_norm_block_quant_stream_tma_kernel");
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, false, false, (V & 32) != 0>(sa, nullptr);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, false, false, (V & 32) != 0, (V & 64) != 0>(
+      sa, nullptr);
 }
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
 __global__ void __launch_bounds__(kRmsqStreamThreads, (V & 8) ? 2 : 1)
     rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
   static_assert((V & 6) == 6, "TMA is a LEAN variant");
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, (V & 16) != 0, (V & 32) != 0>(ta.s, &ta.tmx);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, (V & 16) != 0, (V & 32) != 0, (V & 64) != 0>(
+      ta.s, &ta.tmx);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -12,7 +12,14 @@ struct RmsqStreamArgs {
   RmsNormBlockQuantArgs a;
   unsigned long long* ws;
   unsigned tag;
+  unsigned long long* trace;  // TRACE variant only (measurement): kRmsqStreamTraceSlots a CTA
 };
+// The stream kernel's TRACE variant (config overlap bit 64, measurement only, not a search-space point): thread 0 of
+// each CTA writes slot 0 = its start (globaltimer ns), slot 1 = its SM id, then one record a phase end,
+// (kind << 48) | (item << 40) | (ns since the start): kind 1 = item's first block landed (pass 1's first wait), 2 =
+// pass 1 done (partial sums stored), 3 = r ready (the exchange), 4 = pass 2 done, 5 = the CTA's end.
+constexpr int kRmsqStreamTrace = 64;
+constexpr int kRmsqStreamTraceSlots = 96;
 // Polls of a warp's partial sums before it sums the missing chunks itself (≈ 64 ns apart: ≈ 0.3 ms). Reached only
 // when a CTA owning a chunk is not resident (another stream's kernels hold SMs): progress without co-residency.
 constexpr int kRmsqStreamSpinLimit = 4096;
