@@ -42,8 +42,10 @@ constexpr int kStreamGlobal = 3;
 // The overlap field of a stream config is a set of variant bits (rms_norm_block_quant_stream.cuh): 1 the base (always
 // set), 2 LEAN (fewer non-arithmetic instructions a block, bit-exact), 4 TMA (LEAN with the ring refilled by one tensor
 // copy a block: rms_norm_block_quant_stream_tma_kernel), 8 two CTAs an SM (TMA; ≤ 64 registers, one block an item),
-// 16 EF (TMA with an L2 evict-first hint on x), 32 FIRST (LEAN: item 0 quantized before item 1's pass 1).
-constexpr int kStreamLean = 3, kStreamTma = 7, kStreamTma2 = 15, kStreamTmaEF = 23, kStreamFirst = 32;
+// 16 EF (TMA with an L2 evict-first hint on x), 32 FIRST (LEAN: item 0 quantized before item 1's pass 1), 64 TRACE
+// (measurement only: kRmsqStreamTrace), 128 START (LEAN: only item 0's blocks requested until they have landed).
+constexpr int kStreamLean = 3, kStreamTma = 7, kStreamTma2 = 15, kStreamTmaEF = 23, kStreamFirst = 32,
+              kStreamStart = 128;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 bool is_stream_tma(const Specialization& s) { return (s.config[C_OVERLAP] & 4) != 0; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
@@ -327,12 +329,13 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
   for (int overlap : {1, kStreamLean, kStreamTma, kStreamTma2, kStreamTmaEF, kStreamLean | kStreamFirst,
-                      kStreamTma | kStreamFirst})
+                      kStreamTma | kStreamFirst, kStreamLean | kStreamFirst | kStreamStart,
+                      kStreamTma | kStreamFirst | kStreamStart})
     for (int R : {2 * cb, 2 * cb + 1}) {
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, true) > 227 * 1024) continue;
       if (overlap != 1 && R != 2 * cb) continue;  // (LEAN, TMA: slots for two items only, a smaller space)
       if (overlap == kStreamTma2 && cb != 1) continue;  // (two CTAs an SM: 2 × 97 KiB)
-      if (overlap > kStreamTma2 && cb != 2) continue;   // (EF, FIRST: one point each)
+      if (overlap > kStreamTma2 && cb != 2) continue;   // (EF, FIRST, START: one point each)
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);

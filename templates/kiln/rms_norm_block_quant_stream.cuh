@@ -171,12 +171,12 @@ __device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tma
 // whole 128×128 block (rows past M zero-filled) completing on the slot's mbarrier, after the block barrier that
 // follows every thread's last read of it; the threads wait on the slot's barrier (phase = the slot's use count).
 // EF (TMA): the tensor copies with an L2 evict-first hint. FIRST (LEAN): item 0 quantized before item 1's pass 1.
-// TRACE (LEAN): phase timestamps (kRmsqStreamTrace).
+// TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START (LEAN): only item 0's blocks requested at first.
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false, bool FIRST = false,
-          bool TRACE = false>
+          bool TRACE = false, bool START = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa, const void* tmx) {
   using namespace rmsq;
-  static_assert((!TMA && !FIRST) || LEAN, "TMA and FIRST are LEAN variants");
+  static_assert((!TMA && !FIRST && !START) || LEAN, "TMA, FIRST and START are LEAN variants");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -336,7 +336,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
   } else if constexpr (LEAN) {
 #pragma unroll 1
-    for (int k = 0; k < R; ++k) issue_lean();
+    for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -358,7 +358,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   __syncthreads();  // (TMA: also the barriers' initialization)
   if constexpr (TMA) {
 #pragma unroll 1
-    for (int k = 0; k < R; ++k) issue_tma();
+    for (int k = 0; k < (START ? CB : R); ++k) issue_tma();
   }
 
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
@@ -606,7 +606,18 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     cur_chunk = nxt_chunk;
     step(nxt_tile, nxt_chunk);
   };
-  pass1(0, IntC<R - 1>{});
+  // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
+  // the other R − CB follow once its blocks have landed (the commit count then as without START).
+  if constexpr (START) {
+    pass1(0, IntC<CB - 1>{});
+#pragma unroll 1
+    for (int k = CB; k < R; ++k) {
+      if constexpr (TMA) issue_tma();
+      else issue_lean();
+    }
+  } else {
+    pass1(0, IntC<R - 1>{});
+  }
   int it0 = 0;
   if constexpr (FIRST) {
     // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
@@ -641,20 +652,20 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
 // The kernels. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 4 TMA (its own
 // kernel: the tensor map is a __grid_constant__ parameter), 8 two CTAs an SM (TMA: launch bounds for 64 registers),
-// 16 EF, 32 FIRST, 64 TRACE (measurement only).
+// 16 EF, 32 FIRST, 64 TRACE (measurement only), 128 START.
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   static_assert((V & 4) == 0, "TMA: rms_norm_block_quant_stream_tma_kernel");
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, false, false, (V & 32) != 0, (V & 64) != 0>(
-      sa, nullptr);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, false, false, (V & 32) != 0, (V & 64) != 0,
+                                   (V & 128) != 0>(sa, nullptr);
 }
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
 __global__ void __launch_bounds__(kRmsqStreamThreads, (V & 8) ? 2 : 1)
     rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
   static_assert((V & 6) == 6, "TMA is a LEAN variant");
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, (V & 16) != 0, (V & 32) != 0, (V & 64) != 0>(
-      ta.s, &ta.tmx);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, (V & 16) != 0, (V & 32) != 0, (V & 64) != 0,
+                                   (V & 128) != 0>(ta.s, &ta.tmx);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -65,7 +65,7 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 4 TMA, 8 two CTAs an SM, 16 evict-first, 32 FIRST.
+// Overlap bits: 1 base, 2 LEAN, 4 TMA, 8 two CTAs an SM, 16 evict-first, 32 FIRST, 128 START.
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default cb2 R4", 2048, 2, 4, 1, nullptr},
@@ -74,6 +74,8 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 TMA", 2048, 2, 4, 7, "2048 default cb2 R4"},
       {"2048 TMA+FIRST", 2048, 2, 4, 39, "2048 default cb2 R4"},
       {"2048 TMA+EF", 2048, 2, 4, 23, "2048 default cb2 R4"},
+      {"2048 LEAN+FIRST+START", 2048, 2, 4, 163, "2048 default cb2 R4"},
+      {"2048 TMA+FIRST+START", 2048, 2, 4, 167, "2048 default cb2 R4"},
       {"2048 default cb1 R2", 2048, 1, 2, 1, nullptr},
       {"2048 TMA cb1 R2", 2048, 1, 2, 7, "2048 default cb1 R2"},
       {"2048 TMA 2 CTAs/SM cb1 R2", 2048, 1, 2, 15, "2048 default cb1 R2"},
@@ -83,6 +85,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"7168 TMA", 7168, 2, 4, 7, "7168 default cb2 R4"},
       {"7168 TMA+FIRST", 7168, 2, 4, 39, "7168 default cb2 R4"},
       {"7168 TMA+EF", 7168, 2, 4, 23, "7168 default cb2 R4"},
+      {"7168 TMA+FIRST+START", 7168, 2, 4, 167, "7168 default cb2 R4"},
       {"7168 TMA 2 CTAs/SM cb1 R2", 7168, 1, 2, 15, nullptr},
   };
   Runtime& r = rt();
@@ -134,6 +137,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
       {"2048 LEAN", 2048, 2, 4, 3, nullptr},
       {"2048 LEAN+FIRST", 2048, 2, 4, 35, nullptr},
       {"2048 TMA", 2048, 2, 4, 7, nullptr},
+      {"2048 TMA+FIRST+START", 2048, 2, 4, 167, nullptr},
       {"7168 TMA", 7168, 2, 4, 7, nullptr},
   };
   Runtime& r = rt();

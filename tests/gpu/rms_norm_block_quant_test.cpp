@@ -593,6 +593,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       // N = 7168: one item a CTA (no second pass 1)
       {2048, 2, 16, 2, 1, 4, 35, 3, 4003}, {7168, 2, 16, 2, 1, 4, 35, 3, 300},  {2048, 2, 16, 2, 1, 4, 39, 3, 8000},
       {7168, 2, 16, 2, 1, 4, 39, 3, 1000},
+      // START (bit 128, with FIRST): only item 0's blocks requested until they land (cp.async 163, TMA 167)
+      {2048, 2, 16, 2, 1, 4, 163, 3, 4003}, {7168, 2, 16, 2, 1, 4, 163, 3, 300}, {2048, 2, 16, 2, 1, 4, 167, 3, 8000},
+      {7168, 2, 16, 2, 1, 4, 167, 3, 1000},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
