@@ -40,14 +40,13 @@ static_assert(rms_norm_block_quant_tile_smem_bytes(kMaxStagedBlocks, true) <= 22
 // item's wait preceded the next item's pass 1; removed.)
 constexpr int kStreamGlobal = 3;
 // The overlap field of a stream config is a set of variant bits (rms_norm_block_quant_stream.cuh): 1 the base (always
-// set), 2 LEAN (fewer non-arithmetic instructions a block, bit-exact), 4 TMA (LEAN with the ring refilled by one tensor
-// copy a block: rms_norm_block_quant_stream_tma_kernel), 8 two CTAs an SM (TMA; ≤ 64 registers, one block an item),
-// 16 EF (TMA with an L2 evict-first hint on x), 32 FIRST (LEAN: item 0 quantized before item 1's pass 1), 64 TRACE
-// (measurement only: kRmsqStreamTrace), 128 START (LEAN: only item 0's blocks requested until they have landed).
-constexpr int kStreamLean = 3, kStreamTma = 7, kStreamTma2 = 15, kStreamTmaEF = 23, kStreamFirst = 32,
-              kStreamStart = 128;
+// set), 2 LEAN (fewer non-arithmetic instructions a block, bit-exact), 32 FIRST (LEAN: item 0 quantized before item
+// 1's pass 1), 64 TRACE (measurement only: kRmsqStreamTrace), 128 START (LEAN: only item 0's blocks requested until
+// they have landed). (Session 7 round 2 also measured the ring refilled by one TMA tensor copy a block from thread 0
+// after the block barrier — 29.8–30.1 µs at N = 2048, 99.3 at 7168 against LEAN's 29.4–29.7 / 95.6 — the same at
+// two CTAs an SM, 64 registers with spills — 40.2 / 196.3 — and with an L2 evict-first hint — 29.9 / 101.9; removed.)
+constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
-bool is_stream_tma(const Specialization& s) { return (s.config[C_OVERLAP] & 4) != 0; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
 // exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
@@ -80,11 +79,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
-  else if (is_stream(s) && is_stream_tma(s)) {
-    source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_tma_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
-  } else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
+  else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
@@ -113,7 +108,7 @@ int smem_bytes(const Specialization& s) {
                ? rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
-  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], is_stream_tma(s));
+  if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -328,18 +323,17 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
-  for (int overlap : {1, kStreamLean, kStreamTma, kStreamTma2, kStreamTmaEF, kStreamLean | kStreamFirst,
-                      kStreamTma | kStreamFirst, kStreamLean | kStreamFirst | kStreamStart,
-                      kStreamTma | kStreamFirst | kStreamStart})
-    for (int R : {2 * cb, 2 * cb + 1}) {
-      if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, true) > 227 * 1024) continue;
-      if (overlap != 1 && R != 2 * cb) continue;  // (LEAN, TMA: slots for two items only, a smaller space)
-      if (overlap == kStreamTma2 && cb != 1) continue;  // (two CTAs an SM: 2 × 97 KiB)
-      if (overlap > kStreamTma2 && cb != 2) continue;   // (EF, FIRST, START: one point each)
+  // LEAN also with slots for three items (R = 3·CB: 6 slots, 225.6 KiB at CB = 2), so an item's blocks are
+  // requested a whole item earlier than with two.
+  for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst, kStreamLean | kStreamFirst | kStreamStart}) {
+    if (overlap > kStreamLean && cb != 2) continue;  // (FIRST, START: two blocks an item)
+    for (int R : {2 * cb, overlap == 1 ? 2 * cb + 1 : 3 * cb}) {  // (base: one more block; LEAN: one more item)
+      if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);
     }
+  }
 }
 
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
@@ -550,21 +544,6 @@ void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormB
   if (ws) impl.free_async(ws, stream);
 }
 
-// x [M, N] bf16 (rows `stride` elements apart: 16-byte multiples when M > 1, checked by the op) as a tensor map in boxes of
-// 128 columns × 128 rows, no swizzle (a ring slot's row-major layout); rows past M read as zeros.
-void encode_x_map(RmsqTensorMap& out, const void* x, int64_t N, int64_t M, int64_t stride) {
-  static_assert(sizeof(RmsqTensorMap) == sizeof(CUtensorMap) && alignof(RmsqTensorMap) >= alignof(CUtensorMap));
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(M)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>((M > 1 ? stride : N) * 2)};  // (one row: any stride)
-  const cuuint32_t box[2] = {128u, 128u};
-  const cuuint32_t elem[2] = {1, 1};
-  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                                        const_cast<void*>(x), dims, strides, box, elem, CU_TENSOR_MAP_INTERLEAVE_NONE,
-                                        CU_TENSOR_MAP_SWIZZLE_NONE, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
-                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-        "cuTensorMapEncodeTiled (rms_norm_block_quant x)");
-}
-
 }  // namespace
 namespace detail {
 // Measurement hook (tests): while set, mode-2 calls that run a LEAN stream config run its TRACE variant, writing
@@ -586,14 +565,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0, trace};
   const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
-  if (is_stream_tma(s)) {
-    RmsqStreamTmaArgs ta{};
-    encode_x_map(ta.tmx, a.x, s.params[P_N], a.M, a.x_stride);
-    ta.s = sa;
-    impl.launch(s, d, stream, ta);
-  } else {
-    impl.launch(s, d, stream, sa);
-  }
+  impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);
 }
 

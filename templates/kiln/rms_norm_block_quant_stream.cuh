@@ -151,32 +151,18 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
     store16(dst + kk * step, c);
   }
 }
-// tma_load_2d (mbarrier.cuh) with an L2 evict-first hint on the source (x is read once).
-__device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-      " cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%3, %4}], [%2], pol;\n}" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-#endif
-}
 }  // namespace rmsq
 
 // LEAN (config overlap = 3; bit-exact with the default path): constant cp.async waits (every refill commits a group,
 // empty past the last visit), the refill's source advanced item by item without divisions, a full-tile pass 2
 // without row predicates, qT stores from per-thread constant offsets, column-max atomics at immediate offsets.
-// TMA (with LEAN; rms_norm_block_quant_stream_tma_kernel): thread 0 refills a slot with one 2-D tensor copy of the
-// whole 128×128 block (rows past M zero-filled) completing on the slot's mbarrier, after the block barrier that
-// follows every thread's last read of it; the threads wait on the slot's barrier (phase = the slot's use count).
-// EF (TMA): the tensor copies with an L2 evict-first hint. FIRST (LEAN): item 0 quantized before item 1's pass 1.
-// TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START (LEAN): only item 0's blocks requested at first.
-template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool TMA, bool EF = false, bool FIRST = false,
-          bool TRACE = false, bool START = false>
-__device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa, const void* tmx) {
+// FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
+// (LEAN): only item 0's blocks requested at first.
+template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
+          bool START = false>
+__device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
-  static_assert((!TMA && !FIRST && !START) || LEAN, "TMA, FIRST and START are LEAN variants");
+  static_assert((!FIRST && !START && !TRACE) || LEAN, "FIRST, START and TRACE are LEAN variants");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -191,7 +177,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * BLOCK * 2);  // [2][128 channels][32 slots of 4 tokens]
   u32* colmax = codes + 2 * 128 * 32;                              // [3][132] float bits, padded slots
-  const u32 bar0 = smem_u32(colmax + 3 * 132);                     // TMA: [R] u64 mbarriers
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -307,34 +292,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     cp_async_commit();
     ++issued;
   };
-  // TMA: thread 0's next visit as (tile, chunk), advanced like the LEAN state.
-  int tm_tile = b0 / S, tm_chunk = b0 % S;
-  const u32 ring0 = smem_u32(ring);
-  auto issue_tma = [&]() {
-    if (tid == 0 && issued < nvis) {
-      const int b = issued % CB, slot = issued % R;
-      const u32 bar = bar0 + slot * 8;
-      mbar_arrive_expect_tx(bar, BLOCK * 2);
-      if constexpr (EF) tma_load_2d_evict_first(ring0 + slot * (BLOCK * 2), tmx, bar, tm_chunk * C + b * 128, tm_tile * ROWS);
-      else tma_load_2d(ring0 + slot * (BLOCK * 2), tmx, bar, tm_chunk * C + b * 128, tm_tile * ROWS);
-      if (b == CB - 1) {
-        tm_tile += dT;
-        tm_chunk += dC;
-        if (tm_chunk >= S) {
-          tm_chunk -= S;
-          ++tm_tile;
-        }
-      }
-    }
-    ++issued;
-  };
-  if constexpr (TMA) {
-    if (tid == 0) {
-#pragma unroll 1
-      for (int k = 0; k < R; ++k) mbar_init(bar0 + k * 8, 1);
-      fence_mbar_init();
-    }
-  } else if constexpr (LEAN) {
+  if constexpr (LEAN) {
 #pragma unroll 1
     for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
   } else {
@@ -343,8 +301,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   }
   auto wait_visit = [&](int k) { cp_async_wait_group_dyn(issued - k - 1); };  // ≤ R − 1 newer groups pending
   auto release = [&](int k) {
-    if constexpr (TMA) issue_tma();
-    else if constexpr (LEAN) issue_lean();
+    if constexpr (LEAN) issue_lean();
     else if (k + R < nvis) issue(k + R);
   };
   auto read_visit = [&](int k, Vec16 (&x)[4]) {
@@ -355,16 +312,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
   // ---- setup (overlaps the first copies) ----
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
-  __syncthreads();  // (TMA: also the barriers' initialization)
-  if constexpr (TMA) {
-#pragma unroll 1
-    for (int k = 0; k < (START ? CB : R); ++k) issue_tma();
-  }
+  __syncthreads();
 
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
 
   // Pass 1 of item it: Σx² of the item's chunk per row, stored tagged in the workspace (S > 1).
-  // pb (LEAN without TMA): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending.
+  // pb (LEAN): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending.
   auto pass1 = [&](int it, auto pb) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
     auto block = [&](int k) {
@@ -381,8 +334,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll
       for (int b = 0; b < CB; ++b) {
         const int k = it * CB + b;
-        if constexpr (TMA) mbar_wait(bar0 + (k % R) * 8, (k / R) & 1);
-        else cp_async_wait_group_dyn(PB - b);
+        cp_async_wait_group_dyn(PB - b);
         if (b == 0) mark(1, it);
         block(k);
       }
@@ -540,14 +492,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         else load_floats<bf16, 8>(a.w, col + c0, w8);
         float y[4][8];
         norm_y(xv, rv, w8, y);
-        if constexpr (!TMA) release(k);  // y depends on the values: this thread's pieces of the slot are free
+        release(k);  // y depends on the values: this thread's pieces of the slot are free
 
         block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
 
         block_col_max_at(cm_thr + cmi * (132 * 4), y);
         if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         __syncthreads();
-        if constexpr (TMA) release(k);  // every thread has read the slot: thread 0 refills it
         if (prev_col >= 0) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
 
         block_col_codes<N, ROUND, true>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl,
@@ -611,10 +562,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (START) {
     pass1(0, IntC<CB - 1>{});
 #pragma unroll 1
-    for (int k = CB; k < R; ++k) {
-      if constexpr (TMA) issue_tma();
-      else issue_lean();
-    }
+    for (int k = CB; k < R; ++k) issue_lean();
   } else {
     pass1(0, IntC<R - 1>{});
   }
@@ -650,22 +598,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   mark(5, T);
 }
 
-// The kernels. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 4 TMA (its own
-// kernel: the tensor map is a __grid_constant__ parameter), 8 two CTAs an SM (TMA: launch bounds for 64 registers),
-// 16 EF, 32 FIRST, 64 TRACE (measurement only), 128 START.
+// The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
+// (measurement only), 128 START.
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
-  static_assert((V & 4) == 0, "TMA: rms_norm_block_quant_stream_tma_kernel");
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, false, false, (V & 32) != 0, (V & 64) != 0,
-                                   (V & 128) != 0>(sa, nullptr);
-}
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
-__global__ void __launch_bounds__(kRmsqStreamThreads, (V & 8) ? 2 : 1)
-    rms_norm_block_quant_stream_tma_kernel(const __grid_constant__ RmsqStreamTmaArgs ta) {
-  static_assert((V & 6) == 6, "TMA is a LEAN variant");
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, true, (V & 16) != 0, (V & 32) != 0, (V & 64) != 0,
-                                   (V & 128) != 0>(ta.s, &ta.tmx);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0>(
+      sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -33,28 +33,13 @@ constexpr int rms_norm_block_quant_gx_cluster(int S, int max_k = 8) {
   return 1;
 }
 
-// A CUtensorMap (cuda.h), opaque: 128 bytes, 128-byte aligned; the host encodes it (cuTensorMapEncodeTiled).
-struct alignas(128) RmsqTensorMap {
-  unsigned long long opaque[16];
-};
-// The stream kernel's TMA variant (rms_norm_block_quant_stream_tma_kernel): x [M, N] bf16 as a tensor map in boxes of
-// 128 columns × 128 rows (no swizzle: the ring slot's row-major layout; rows past M read as zeros), beside the
-// stream arguments.
-struct RmsqStreamTmaArgs {
-  RmsqTensorMap tmx;
-  RmsqStreamArgs s;
-};
-
 // The stream kernel's CTA: 16 warps (512 threads), one CTA an SM.
 constexpr int kRmsqStreamThreads = 512;
-// At most this many ring slots (128×128 bf16 blocks of 32 KiB).
-constexpr int kRmsqStreamMaxRing = 5;
+// At most this many ring slots (128×128 bf16 blocks of 32 KiB; 6: three items of two blocks, 225.6 KiB in all).
+constexpr int kRmsqStreamMaxRing = 6;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
 // column-maxima buffers (132 padded slots).
-// TMA: one 8-byte mbarrier a slot after them.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tma = false) {
-  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tma ? 8 * R : 0);
-}
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R) { return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4; }
 
 }  // namespace kiln

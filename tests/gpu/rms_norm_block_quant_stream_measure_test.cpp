@@ -65,29 +65,27 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 4 TMA, 8 two CTAs an SM, 16 evict-first, 32 FIRST, 128 START.
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START; stages = ring slots (R = 3·CB: three items in flight).
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default cb2 R4", 2048, 2, 4, 1, nullptr},
-      {"2048 LEAN", 2048, 2, 4, 3, "2048 default cb2 R4"},
-      {"2048 LEAN+FIRST", 2048, 2, 4, 35, "2048 default cb2 R4"},
-      {"2048 TMA", 2048, 2, 4, 7, "2048 default cb2 R4"},
-      {"2048 TMA+FIRST", 2048, 2, 4, 39, "2048 default cb2 R4"},
-      {"2048 TMA+EF", 2048, 2, 4, 23, "2048 default cb2 R4"},
-      {"2048 LEAN+FIRST+START", 2048, 2, 4, 163, "2048 default cb2 R4"},
-      {"2048 TMA+FIRST+START", 2048, 2, 4, 167, "2048 default cb2 R4"},
+      {"2048 LEAN R4", 2048, 2, 4, 3, "2048 default cb2 R4"},
+      {"2048 LEAN R6", 2048, 2, 6, 3, "2048 default cb2 R4"},
+      {"2048 LEAN+FIRST R4", 2048, 2, 4, 35, "2048 default cb2 R4"},
+      {"2048 LEAN+FIRST R6", 2048, 2, 6, 35, "2048 default cb2 R4"},
+      {"2048 LEAN+FIRST+START R4", 2048, 2, 4, 163, "2048 default cb2 R4"},
+      {"2048 LEAN+FIRST+START R6", 2048, 2, 6, 163, "2048 default cb2 R4"},
       {"2048 default cb1 R2", 2048, 1, 2, 1, nullptr},
-      {"2048 TMA cb1 R2", 2048, 1, 2, 7, "2048 default cb1 R2"},
-      {"2048 TMA 2 CTAs/SM cb1 R2", 2048, 1, 2, 15, "2048 default cb1 R2"},
+      {"2048 LEAN cb1 R3", 2048, 1, 3, 3, "2048 default cb1 R2"},
       {"7168 default cb2 R4", 7168, 2, 4, 1, nullptr},
-      {"7168 LEAN", 7168, 2, 4, 3, "7168 default cb2 R4"},
-      {"7168 LEAN+FIRST", 7168, 2, 4, 35, "7168 default cb2 R4"},
-      {"7168 TMA", 7168, 2, 4, 7, "7168 default cb2 R4"},
-      {"7168 TMA+FIRST", 7168, 2, 4, 39, "7168 default cb2 R4"},
-      {"7168 TMA+EF", 7168, 2, 4, 23, "7168 default cb2 R4"},
-      {"7168 TMA+FIRST+START", 7168, 2, 4, 167, "7168 default cb2 R4"},
-      {"7168 TMA 2 CTAs/SM cb1 R2", 7168, 1, 2, 15, nullptr},
+      {"7168 LEAN R4", 7168, 2, 4, 3, "7168 default cb2 R4"},
+      {"7168 LEAN R6", 7168, 2, 6, 3, "7168 default cb2 R4"},
+      {"7168 LEAN+FIRST R6", 7168, 2, 6, 35, "7168 default cb2 R4"},
+      {"7168 LEAN+FIRST+START R6", 7168, 2, 6, 163, "7168 default cb2 R4"},
+      {"7168 default cb1 R2", 7168, 1, 2, 1, nullptr},
+      {"7168 LEAN cb1 R3", 7168, 1, 3, 3, "7168 default cb1 R2"},
   };
+
   Runtime& r = rt();
   bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
   const int64_t M = 8192;
@@ -134,12 +132,13 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = {
-      {"2048 LEAN", 2048, 2, 4, 3, nullptr},
-      {"2048 LEAN+FIRST", 2048, 2, 4, 35, nullptr},
-      {"2048 TMA", 2048, 2, 4, 7, nullptr},
-      {"2048 TMA+FIRST+START", 2048, 2, 4, 167, nullptr},
-      {"7168 TMA", 7168, 2, 4, 7, nullptr},
+      {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
+      {"2048 LEAN R6", 2048, 2, 6, 3, nullptr},
+      {"2048 LEAN+FIRST+START R6", 2048, 2, 6, 163, nullptr},
+      {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
+      {"7168 LEAN R6", 7168, 2, 6, 3, nullptr},
   };
+
   Runtime& r = rt();
   bind_device(r);
   const int64_t M = 8192;
