@@ -13,9 +13,7 @@ tests=${KILN_GPU_TESTS:-./build-gpu/tests/kiln_gpu_tests}
 old="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"   # the default (session 6)
 lean="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=3,exchange=3"  # LEAN
 lean1="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=3,exchange=3" # LEAN, one block an item
-tma="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=7,exchange=3"   # LEAN + TMA refills
-tma2="warps=16,col_blocks=1,prefetch=1,stages=2,overlap=15,exchange=3" # the same, two CTAs an SM (64 registers)
-ef="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=23,exchange=3"   # TMA with an L2 evict-first hint on x
+lean6="warps=16,col_blocks=2,prefetch=1,stages=6,overlap=3,exchange=3" # LEAN, slots for three items
 p2048=N=2048,mode=2,round_scale=1,w_f32=0
 p7168=N=7168,mode=2,round_scale=1,w_f32=0
 
@@ -26,9 +24,9 @@ fi
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p2048 'M=8192 N=2048 mode=2 round_scale=1' \
-    "$old" "$lean" "$tma" "$tma2" "$ef" "$old" "$lean" "$tma" | tee "$out/q2-sweep-2048.txt"
+    "$old" "$lean" "$lean6" "$old" "$lean" "$lean6" | tee "$out/q2-sweep-2048.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p7168 'M=8192 N=7168 mode=2 round_scale=1' \
-    "$old" "$lean" "$tma" "$tma2" "$ef" | tee "$out/q2-sweep-7168.txt"
+    "$old" "$lean" "$lean6" | tee "$out/q2-sweep-7168.txt"
 fi
 
 db="$out/q2-forced.json"
@@ -43,13 +41,13 @@ if [[ $what == *ncu* ]]; then
     grep -E "Duration|Registers Per|Executed Instructions  |Issued Warp Per Scheduler|No Eligible|DRAM Throughput" \
       "$out/q2-ncu-$1.txt" | sed "s/^/$1: /"
   }
-  prof tma-2048 $p2048 "$tma" 'M=8192 N=2048 mode=2 round_scale=1'
-  prof tma-7168 $p7168 "$tma" 'M=8192 N=7168 mode=2 round_scale=1'
+  prof lean6-2048 $p2048 "$lean6" 'M=8192 N=2048 mode=2 round_scale=1'
+  prof lean6-7168 $p7168 "$lean6" 'M=8192 N=7168 mode=2 round_scale=1'
 fi
-if [[ $what == *src* ]]; then  # per-SASS-instruction executed counts and stall samples of TMA at N = 2048
-  force $p2048 "$tma"
+if [[ $what == *src* ]]; then  # per-SASS-instruction executed counts and stall samples of LEAN R6 at N = 2048
+  force $p2048 "$lean6"
   KILN_TUNING_DB="$db" ncu --clock-control none -k regex:rms_norm_block_quant_stream -c 1 --section SourceCounters \
     --page source --print-source sass --csv "$kiln" bench --repeats 1 --filter 'M=8192 N=2048 mode=2 round_scale=1' \
-    > "$out/q2-ncu-src-tma-2048.csv" 2>&1 || true
-  head -c 300 "$out/q2-ncu-src-tma-2048.csv"; echo
+    > "$out/q2-ncu-src-lean6-2048.csv" 2>&1 || true
+  head -c 300 "$out/q2-ncu-src-lean6-2048.csv"; echo
 fi
