@@ -474,6 +474,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     else
       store_codes(ct, pm0, pvalid, pcol);
   };
+  // LEAN: the weights of the next block to quantize, loaded a block ahead (an item's last block loads the next item's
+  // first: that L2 round trip hides behind pass 1 and the exchange instead of stalling the block's first multiply).
+  constexpr int WV = W_F32 ? 2 : 1;  // 16-byte pieces of a thread's 8 weights
+  Vec16 wpre[WV];
+  auto load_w = [&](int col) {
+    const char* p = static_cast<const char*>(a.w) + static_cast<i64>(col + c0) * (W_F32 ? 4 : 2);
+#pragma unroll
+    for (int j = 0; j < WV; ++j) wpre[j] = load16(p + 16 * j);
+  };
   auto pass2_lean = [&](int it, const float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
@@ -488,8 +497,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         Vec16 xv[4];
         read_visit(k, xv);
         float w8[8];
-        if (W_F32) load_floats<float, 8>(a.w, col + c0, w8);
-        else load_floats<bf16, 8>(a.w, col + c0, w8);
+#pragma unroll
+        for (int j = 0; j < WV; ++j)
+#pragma unroll
+          for (int i = 0; i < 8 / WV; ++i)
+            w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
+        load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);  // (item it + 1's first block: nxt_chunk)
         float y[4][8];
         norm_y(xv, rv, w8, y);
         release(k);  // y depends on the values: this thread's pieces of the slot are free
@@ -559,6 +572,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
   // the other R − CB follow once its blocks have landed (the commit count then as without START).
+  if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
     pass1(0, IntC<CB - 1>{});
 #pragma unroll 1
