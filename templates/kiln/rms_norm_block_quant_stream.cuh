@@ -380,6 +380,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // The warp's S × 8 tagged partial sums of item it, pair (q, j) = idx = lane + 32k (chunk q = idx >> 3, row
   // 8w + (idx & 7)), loaded by poll_issue(it) and checked by finish(it).
   constexpr int KQ = GX ? (S * 8 + 31) / 32 : 1;
+  // LEAN with ≤ 2 loads a lane: item it + 1's polls are issued at the start of item it's last pass-2 block (its
+  // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
+  // of during the next pass 1.
+  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -494,6 +498,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
         const int k = it * CB + b;
+        if constexpr (EARLY_POLL) {
+          if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
+        }
         Vec16 xv[4];
         read_visit(k, xv);
         float w8[8];
@@ -595,7 +602,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
-    if constexpr (GX) poll_issue(it);
+    if constexpr (GX) {
+      if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
+    }
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
