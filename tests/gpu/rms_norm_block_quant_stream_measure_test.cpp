@@ -65,7 +65,7 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START; stages = ring slots (R = 3·CB: three items in flight).
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 AHEAD2; stages = ring slots (R = 3·CB: three items).
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default cb2 R4", 2048, 2, 4, 1, nullptr},
@@ -75,6 +75,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 LEAN+FIRST R6", 2048, 2, 6, 35, "2048 default cb2 R4"},
       {"2048 LEAN+FIRST+START R4", 2048, 2, 4, 163, "2048 default cb2 R4"},
       {"2048 LEAN+FIRST+START R6", 2048, 2, 6, 163, "2048 default cb2 R4"},
+      {"2048 LEAN+AHEAD2 R6", 2048, 2, 6, 259, "2048 default cb2 R4"},
       {"2048 default cb1 R2", 2048, 1, 2, 1, nullptr},
       {"2048 LEAN cb1 R3", 2048, 1, 3, 3, "2048 default cb1 R2"},
       {"7168 default cb2 R4", 7168, 2, 4, 1, nullptr},
@@ -82,6 +83,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"7168 LEAN R6", 7168, 2, 6, 3, "7168 default cb2 R4"},
       {"7168 LEAN+FIRST R6", 7168, 2, 6, 35, "7168 default cb2 R4"},
       {"7168 LEAN+FIRST+START R6", 7168, 2, 6, 163, "7168 default cb2 R4"},
+      {"7168 LEAN+AHEAD2 R6", 7168, 2, 6, 259, "7168 default cb2 R4"},
       {"7168 default cb1 R2", 7168, 1, 2, 1, nullptr},
       {"7168 LEAN cb1 R3", 7168, 1, 3, 3, "7168 default cb1 R2"},
   };

@@ -589,6 +589,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       // START (bit 128, with FIRST): only item 0's blocks requested until they land
       {2048, 2, 16, 2, 1, 4, 163, 3, 4003}, {7168, 2, 16, 2, 1, 4, 163, 3, 300}, {2048, 2, 16, 2, 1, 6, 163, 3, 8000},
       {7168, 2, 16, 2, 1, 6, 163, 3, 1000}, {2048, 2, 16, 2, 1, 6, 163, 3, 1},
+      // AHEAD2 (bit 256): pass 1 two items ahead (three items of slots); M = 300 / 1000: one or two items a CTA
+      {2048, 2, 16, 2, 1, 6, 259, 3, 8000}, {2048, 2, 16, 1, 1, 3, 259, 3, 1000}, {7168, 2, 16, 2, 1, 6, 259, 3, 4003},
+      {7168, 2, 16, 2, 1, 6, 259, 3, 300},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
