@@ -42,10 +42,10 @@ constexpr int kStreamGlobal = 3;
 // The overlap field of a stream config is a set of variant bits (rms_norm_block_quant_stream.cuh): 1 the base (always
 // set), 2 LEAN (fewer non-arithmetic instructions a block, bit-exact), 32 FIRST (LEAN: item 0 quantized before item
 // 1's pass 1), 64 TRACE (measurement only: kRmsqStreamTrace), 128 START (LEAN: only item 0's blocks requested until
-// they have landed), 256 AHEAD2 (LEAN with slots for three items: pass 1 two items ahead). (Session 7 round 2 also measured the ring refilled by one TMA tensor copy a block from thread 0
+// they have landed; with FIRST the rest after item 0's exchange). (Session 7 round 2 also measured the ring refilled by one TMA tensor copy a block from thread 0
 // after the block barrier — 29.8–30.1 µs at N = 2048, 99.3 at 7168 against LEAN's 29.4–29.7 / 95.6 — the same at
 // two CTAs an SM, 64 registers with spills — 40.2 / 196.3 — and with an L2 evict-first hint — 29.9 / 101.9; removed.)
-constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128, kStreamAhead2 = 256;
+constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -253,7 +253,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_COL_BLOCKS] = scb;
       s.config[C_PREFETCH] = 1;  // x kept in its ring slots
       s.config[C_STAGES] = 2 * scb;
-      s.config[C_OVERLAP] = 1;
+      // LEAN at two blocks an item (session 7: 29.38–29.70 µs against 29.74–29.90 at N = 2048, 95.58–95.60 against
+      // 96.00–96.02 at 7168, in rounds 2 and 3; bit-exact).
+      s.config[C_OVERLAP] = scb == 2 ? kStreamLean : 1;
       s.config[C_EXCHANGE] = kStreamGlobal;
     }
   }
@@ -323,16 +325,13 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_EXCHANGE] = kStreamGlobal;
   s.config[C_PREFETCH] = 1;
-  // LEAN also with slots for three items (R = 3·CB: 6 slots, 225.6 KiB at CB = 2), so an item's blocks are
-  // requested a whole item earlier than with two.
-  const int S = static_cast<int>(base.params[P_N] / (128 * cb));
-  for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst, kStreamLean | kStreamFirst | kStreamStart,
-                      kStreamLean | kStreamAhead2}) {
-    if ((overlap & (kStreamFirst | kStreamStart)) && cb != 2) continue;  // (FIRST, START: two blocks an item)
-    if ((overlap & kStreamAhead2) && S == 1) continue;                   // (AHEAD2: an exchange to hide)
-    for (int R : {2 * cb, overlap == 1 ? 2 * cb + 1 : 3 * cb}) {  // (base: one more block; LEAN: one more item)
+  // (Session 7 round 3 also measured LEAN with slots for three items — R = 3·CB: 30.78 / 99.34 µs against 29.38 /
+  // 95.60 with two — and FIRST alone — 30.80 / 101.25; removed, as was pass 1 two items ahead, which needs R = 3·CB.)
+  for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart}) {
+    if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
+    for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
-      if ((overlap & kStreamAhead2) && R != 3 * cb) continue;            // (AHEAD2: three items of slots)
+      if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);

@@ -157,14 +157,12 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
 // empty past the last visit), the refill's source advanced item by item without divisions, a full-tile pass 2
 // without row predicates, qT stores from per-thread constant offsets, column-max atomics at immediate offsets.
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
-// (LEAN): only item 0's blocks requested at first. AHEAD2 (LEAN, R ≥ 3·CB, not with FIRST / START, more than one
-// chunk a row): pass 1 two items ahead.
+// (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false, bool AHEAD2 = false>
+          bool START = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
-  static_assert((!FIRST && !START && !TRACE && !AHEAD2) || LEAN, "FIRST, START, TRACE, AHEAD2 are LEAN variants");
-  static_assert(!AHEAD2 || (R >= 3 * CB && !FIRST && !START && N / (128 * CB) > 1), "AHEAD2: three items of slots");
+  static_assert((!FIRST && !START && !TRACE) || LEAN, "FIRST, START and TRACE are LEAN variants");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -219,19 +217,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       ++t;
     }
   };
-  // (AHEAD2: item it + 2's as well.)
   int cur_it = 0, cur_tile = b0 / S, cur_chunk = b0 % S, nxt_tile = cur_tile, nxt_chunk = cur_chunk;
   step(nxt_tile, nxt_chunk);
-  int nn_tile = nxt_tile, nn_chunk = nxt_chunk;
-  if constexpr (AHEAD2) step(nn_tile, nn_chunk);
   auto item_tile = [&](int it) {
-    if constexpr (AHEAD2) return it == cur_it ? cur_tile : it == cur_it + 1 ? nxt_tile : nn_tile;
-    else if constexpr (LEAN) return it == cur_it ? cur_tile : nxt_tile;
+    if constexpr (LEAN) return it == cur_it ? cur_tile : nxt_tile;
     else return (b0 + it * P) / S;
   };
   auto item_col = [&](int it) {  // first column of the item's chunk
-    if constexpr (AHEAD2) return (it == cur_it ? cur_chunk : it == cur_it + 1 ? nxt_chunk : nn_chunk) * C;
-    else if constexpr (LEAN) return (it == cur_it ? cur_chunk : nxt_chunk) * C;
+    if constexpr (LEAN) return (it == cur_it ? cur_chunk : nxt_chunk) * C;
     else return ((b0 + it * P) % S) * C;
   };
   auto tile_m0 = [&](int it) { return item_tile(it) * ROWS; };
@@ -582,28 +575,20 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     ++cur_it;
     cur_tile = nxt_tile;
     cur_chunk = nxt_chunk;
-    if constexpr (AHEAD2) {
-      nxt_tile = nn_tile;
-      nxt_chunk = nn_chunk;
-      step(nn_tile, nn_chunk);
-    } else {
-      step(nxt_tile, nxt_chunk);
-    }
+    step(nxt_tile, nxt_chunk);
   };
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
-  // the other R − CB follow once its blocks have landed (the commit count then as without START).
+  // the other R − CB follow once its blocks have landed (with FIRST: once item 0's exchange is complete, so no CTA's
+  // first item competes with the others' second) — the commit count is then as without START.
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
     pass1(0, IntC<CB - 1>{});
+    if constexpr (!FIRST) {
 #pragma unroll 1
-    for (int k = CB; k < R; ++k) issue_lean();
+      for (int k = CB; k < R; ++k) issue_lean();
+    }
   } else {
     pass1(0, IntC<R - 1>{});
-  }
-  // AHEAD2: pass 1 runs two items ahead (item it + 2's before item it's exchange is read: a whole item of lead for
-  // the exchange, half an item for the blocks); item 1's here (R committed, nothing released: ≤ R − CB − 1 − b).
-  if constexpr (AHEAD2) {
-    if (T > 1) pass1(1, IntC<R - CB - 1>{});
   }
   int it0 = 0;
   if constexpr (FIRST) {
@@ -611,6 +596,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
     if constexpr (GX) poll_issue(0);
     finish(0, rv);
+    if constexpr (START) {
+#pragma unroll 1
+      for (int k = CB; k < R; ++k) issue_lean();
+    }
     pass2_lean(0, rv);
     advance();
     if (T > 1) pass1(1, IntC<R - 1>{});
@@ -624,12 +613,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
     else finish(it, rv);
-    if constexpr (AHEAD2) {
-      // R + it·CB committed (items < it released), visit (it + 2)·CB + b: ≤ R − 2·CB − 1 − b pending.
-      if (it + 2 < T) pass1(it + 2, IntC<R - 2 * CB - 1>{});
-    } else {
-      if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
-    }
+    if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
@@ -645,12 +629,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 }
 
 // The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
-// (measurement only), 128 START, 256 AHEAD2.
+// (measurement only), 128 START.
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0>(sa);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0>(
+      sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

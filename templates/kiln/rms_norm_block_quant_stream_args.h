@@ -35,8 +35,8 @@ constexpr int rms_norm_block_quant_gx_cluster(int S, int max_k = 8) {
 
 // The stream kernel's CTA: 16 warps (512 threads), one CTA an SM.
 constexpr int kRmsqStreamThreads = 512;
-// At most this many ring slots (128×128 bf16 blocks of 32 KiB; 6: three items of two blocks, 225.6 KiB in all).
-constexpr int kRmsqStreamMaxRing = 6;
+// At most this many ring slots (128×128 bf16 blocks of 32 KiB).
+constexpr int kRmsqStreamMaxRing = 5;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
 // column-maxima buffers (132 padded slots).
