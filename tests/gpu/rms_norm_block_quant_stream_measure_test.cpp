@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdio>
 #include <map>
+#include <utility>
 #include <string>
 #include <vector>
 
@@ -38,6 +39,7 @@ struct StreamCfg {
   int64_t N;
   int col_blocks, stages, overlap;
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
+  bool round = true;     // round_scale
 };
 
 std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
@@ -76,23 +78,27 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
       {"7168 LEAN R4 (default)", 7168, 2, 4, 3, "7168 base cb2 R4"},
       {"7168 LEAN+FIRST+START R4", 7168, 2, 4, 163, "7168 base cb2 R4"},
+      {"2048 rs0 base cb2 R4", 2048, 2, 4, 1, nullptr, false},
+      {"2048 rs0 LEAN R4 (default)", 2048, 2, 4, 3, "2048 rs0 base cb2 R4", false},
   };
-
-
   Runtime& r = rt();
   bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
   const int64_t M = 8192;
-  std::map<int64_t, detail::BenchInstance> inst;
-  for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, M, N, 2, true, false));
+  std::map<std::pair<int64_t, bool>, detail::BenchInstance> inst;
+  for (int64_t N : {2048, 7168})
+    for (bool round : {true, false})
+      if (round || N == 2048)
+        inst.emplace(std::make_pair(N, round), detail::rms_norm_block_quant_instance(r, M, N, 2, round, false));
+  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(std::make_pair(c.N, c.round)); };
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
   std::map<std::string, std::vector<uint8_t>> outs;
   for (const StreamCfg& c : cfgs) {
     SCOPED_TRACE(c.name);
     force(c);
-    inst.at(c.N).run(nullptr);
+    at(c).run(nullptr);
     synchronize();
-    outs[c.name] = download_outputs(inst.at(c.N));
+    outs[c.name] = download_outputs(at(c));
     if (c.baseline) {
       const std::vector<uint8_t>& want = outs.at(c.baseline);
       const std::vector<uint8_t>& got = outs.at(c.name);
@@ -110,9 +116,9 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       // Alternate the order between rounds (forward, backward) so no config always follows the same one.
       const StreamCfg& c = cfgs[round % 2 == 0 ? i : cfgs.size() - 1 - i];
       force(c);
-      med[c.name].push_back(detail::median(detail::time_calls_us(inst.at(c.N).run, nullptr, l2, 2, calls)));
+      med[c.name].push_back(detail::median(detail::time_calls_us(at(c).run, nullptr, l2, 2, calls)));
     }
-  std::printf("[stream sweep] M = %lld, mode 2, round_scale 1, %d rounds x %d calls (L2 flushed): median of round "
+  std::printf("[stream sweep] M = %lld, mode 2, round_scale 1 (rs0: 0), %d rounds x %d calls (L2 flushed): median of round "
               "medians (min .. max round median), µs\n",
               static_cast<long long>(M), rounds, calls);
   for (const StreamCfg& c : cfgs) {
