@@ -253,9 +253,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_COL_BLOCKS] = scb;
       s.config[C_PREFETCH] = 1;  // x kept in its ring slots
       s.config[C_STAGES] = 2 * scb;
-      // LEAN at two blocks an item (session 7: 29.38–29.70 µs against 29.74–29.90 at N = 2048, 95.58–95.60 against
-      // 96.00–96.02 at 7168, in rounds 2 and 3; bit-exact).
-      s.config[C_OVERLAP] = scb == 2 ? kStreamLean : 1;
+      // LEAN (session 7 round 5, in one process: 27.66 µs against the base's 29.23 at N = 2048, 92.30 against 94.86
+      // at 7168, one block an item 27.74 against 29.60; the bench rows 27.82 / 94.77, round_scale 0 44.90 against
+      // 46.6; bit-exact).
+      s.config[C_OVERLAP] = kStreamLean;
       s.config[C_EXCHANGE] = kStreamGlobal;
     }
   }
