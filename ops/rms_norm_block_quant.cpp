@@ -18,6 +18,7 @@
 #include "runtime/validate.hpp"
 #include "kiln/rms_norm_block_quant_args.h"
 #include "kiln/rms_norm_block_quant_stream_args.h"
+#include "kiln/rms_norm_block_quant_slice_args.h"
 #include "ops/bench/rms_norm.hpp"
 
 namespace kiln {
@@ -51,6 +52,11 @@ bool is_tile_gx(const Specialization& s) {
          (s.config[C_EXCHANGE] == kTileGlobal || s.config[C_EXCHANGE] == kTile512);
 }
 bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
+// exchange 7 = the resident-slice kernel (rms_norm_block_quant_slice.cuh, mode 2, sm_90): persistent clusters of
+// S = N / (128·col_blocks) CTAs, each keeping its col_blocks blocks of a 128-token tile in shared memory (a ring of
+// `stages` > col_blocks slots filled by 2-D TMA), the row sums pushed through DSMEM; warps 16, prefetch 0, overlap 0.
+constexpr int kSlice = 7;
+bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
@@ -76,6 +82,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, s.config[C_STAGES]);
+  } else if (is_slice(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
+    const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
+    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round, wf32,
+                       rms_norm_block_quant_slice_min_blocks(S, sb, R));
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -102,6 +113,7 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
+  if (is_slice(s)) return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -323,6 +335,26 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   }
 }
 
+// Resident-slice points (exchange 7, sm_90, mode 2): SB = col_blocks blocks a CTA for every S = N / (128·SB) ≤ 16
+// (a cluster a tile), with one or two slots more than the slice where they fit in shared memory.
+void slice_points(const Specialization& base, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
+  const int nb = static_cast<int>(base.params[P_N] / 128);
+  Specialization s = base;
+  s.config = {};
+  s.config[C_WARPS] = kRmsqSliceThreads / 32;
+  s.config[C_EXCHANGE] = kSlice;
+  for (int sb = 1; sb <= nb; ++sb) {
+    if (nb % sb != 0 || nb / sb > 16) continue;
+    for (int R : {sb + 1, sb + 2}) {
+      if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R) > 227 * 1024) continue;
+      s.config[C_COL_BLOCKS] = sb;
+      s.config[C_STAGES] = R;
+      out.push_back(s);
+    }
+  }
+}
+
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
 // (else the plain cluster tile kernel covers it) with clusters of K = gx_cluster(S) ≥ 2; exchange 6 (tile512) at any
 // K = gx_cluster(S) ≥ 2 (K = S: one cluster a row), and with clusters of up to 16 where that is larger.
@@ -432,6 +464,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       stream_points(base, cb, out);
       tile_gx_points(base, cb, out);
     }
+  slice_points(base, out);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -546,6 +579,53 @@ void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const
   if (ws) impl.free_async(ws, stream);
 }
 
+// The stream kernel's default config (the slice kernel's fallback where its clusters cannot be co-scheduled).
+void stream_fallback(Specialization& s) {
+  const int nb = static_cast<int>(s.params[P_N] / 128), scb = nb % 2 == 0 ? 2 : 1;
+  s.config = {};
+  s.config[C_WARPS] = kRmsqStreamThreads / 32;
+  s.config[C_COL_BLOCKS] = scb;
+  s.config[C_PREFETCH] = 1;
+  s.config[C_STAGES] = 2 * scb;
+  s.config[C_OVERLAP] = 1;
+  s.config[C_EXCHANGE] = kStreamGlobal;
+}
+
+// x [M, N] bf16 (row pitch x_stride elements, a multiple of 8; base 16-byte aligned: the op's checks) as a tensor map
+// of 128 × 128 boxes, no swizzle, rows past M zero-filled.
+void encode_slice_map(RmsqTensorMap& out, const RmsNormBlockQuantArgs& a, int64_t N) {
+  static_assert(sizeof(RmsqTensorMap) == sizeof(CUtensorMap) && alignof(RmsqTensorMap) >= alignof(CUtensorMap));
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(a.M)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.x_stride) * 2};
+  const cuuint32_t box[2] = {128, 128};
+  const cuuint32_t elem[2] = {1, 1};
+  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
+                                        const_cast<void*>(a.x), dims, strides, box, elem,
+                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
+                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+        "cuTensorMapEncodeTiled (rms_norm_block_quant x)");
+}
+
+// Launches a slice config (is_slice(s)): as many clusters of S CTAs as are resident at once (at most one a tile), each
+// walking its tiles. Returns false, launching nothing, where this GPU cannot co-schedule such a cluster.
+bool launch_slice(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a, Stream stream) {
+  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
+  const int S = chunks_of(s);
+  const unsigned smem = static_cast<unsigned>(smem_bytes(s));
+  const int groups = ring_groups(impl, impl.kernel(s), static_cast<unsigned>(S), true, kRmsqSliceThreads, smem);
+  if (groups <= 0) return false;
+  LaunchDims d;
+  d.block[0] = kRmsqSliceThreads;
+  d.smem = smem;
+  d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, groups) * S);
+  d.cluster[0] = static_cast<unsigned>(S);
+  RmsqSliceArgs sa{};
+  encode_slice_map(sa.tmx, a, s.params[P_N]);
+  sa.a = a;
+  impl.launch(s, d, stream, sa);
+  return true;
+}
+
 }  // namespace
 
 namespace detail {
@@ -637,6 +717,10 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   }
 
   LaunchDims d;
+  if (is_slice(s)) {
+    if (launch_slice(impl, s, a, stream)) return;
+    stream_fallback(s);
+  }
   if (is_stream(s)) {
     launch_stream(impl, s, mode, a, stream);
     return;

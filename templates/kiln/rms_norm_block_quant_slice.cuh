@@ -1,0 +1,241 @@
+// kiln/rms_norm_block_quant_slice.cuh — the resident-slice kernel of rms_norm_block_quant (mode 2: row-major and
+// transposed e4m3 codes, 1×128 scales both ways), config exchange 7.
+//
+// Design: x crosses DRAM → SM exactly once and stays in shared memory between the Σx² pass and the quantization.
+// A persistent cluster of S = N / C CTAs (C = 128·SB columns a CTA) owns a 128-token tile split by columns; cluster c
+// of G walks the tiles c, c + G, …. Each CTA keeps its slice of the tile (SB blocks of 128 × 128 bf16, 32 KiB each)
+// in a ring of R ≥ SB + 1 block slots filled by 2-D TMA copies (one copy a block, its own mbarrier; rows past M are
+// zero-filled by the tensor map). Visit k (tile walk step k / SB, block k % SB) lives in slot k % R.
+//
+// Per tile (all 512 threads; warp w owns rows 8w … 8w+7 of each block, half-warp hw = 2w + half rows 4·hw … 4·hw+3,
+// lane hl = lane & 15 channels 8·hl … 8·hl+7: block_quant_tile.cuh's layout):
+//  * Σx² pass: for each block as it lands (mbarrier wait), the thread's 4 rows × 8 channels summed (fma, column
+//    order, blocks in order), then the transposing butterfly gives each row's partial over the CTA's C columns;
+//    lanes j < 2S push the warp's 8 row sums (two float4) to CTA j >> 1 of the cluster with st.async (DSMEM),
+//    completing on that CTA's exchange barrier (double-buffered by tile parity): no CTA or cluster barrier.
+//  * finish: wait for the S pushes, each warp adds its 8 rows' S partials in a fixed order (every CTA alike, so all
+//    get bitwise the same r), r = 1 / sqrt(Σ / N + eps); rank 0 writes rms_inv.
+//  * quantization, per block, from shared memory: y = (x·r)·w (fp32, this order) held in 32 registers and used for
+//    both quantizations (block_quant_tile.cuh's stages: row codes by the transposing butterfly, column maxima by
+//    shared atomics into one of three rotating buffers, ONE block barrier, column quantizers, codes staged in one of
+//    two buffers and stored as 128-byte qT rows after the next block's barrier). After that barrier every thread has
+//    read the slot, so thread 0 refills it at once with visit k + R (the next tile's block): the next tile's loads
+//    overlap this tile's quantization, and with R = SB + 1 the next tile's last block was requested one block
+//    earlier than the end of this tile.
+//  * the next tile's Σx² pass follows (its blocks landed meanwhile), then its exchange and quantization.
+// The weights of the CTA's C channels are staged once as fp32 in shared memory.
+#pragma once
+#include "kiln/block_quant_tile.cuh"
+#include "kiln/mbarrier.cuh"
+#include "kiln/rms_norm_block_quant.cuh"
+#include "kiln/rms_norm_block_quant_slice_args.h"
+
+namespace kiln {
+namespace rmsq_slice {
+// The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them (ROUND:
+// the reciprocal from the scale's bits, else the scale and a division) — the stream kernel's rule.
+template <bool ROUND>
+struct MakeQuant {
+  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+    const rmsq::Quant<ROUND> q(rmsq::scale_of_max<ROUND>(amax));
+    return {q.s, ROUND ? q.inv : q.s};
+  }
+};
+template <bool ROUND>
+struct Apply {
+  __device__ __forceinline__ float operator()(float y, float p) const {
+    return ROUND ? __fmul_rn(y, p) : __fdiv_rn(y, p);
+  }
+};
+// The staged transposed codes of a block (tokens m0 …, `valid` of them; channels col …; bqt::stage_codes' swizzled
+// layout) out to qT: warp w stores channels 8w … 8w+7, four per instruction, 8 lanes × 16 bytes a channel's 128
+// tokens (byte-wise past `valid` or when M % 16 != 0).
+__device__ __forceinline__ void store_codes(const RmsNormBlockQuantArgs& a, const u32* ct, int m0, int valid, int col,
+                                            int warp, int lane, bool aligned16) {
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
+    const int f = 2 * (n >> 3);
+    Vec16 c = *reinterpret_cast<const Vec16*>(ct + n * 32 + 4 * (jj ^ (f >> 2)));
+    if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+    u8* dst = a.qT + static_cast<i64>(col + n) * a.M + m0 + jj * 16;
+    const int t0 = jj * 16;
+    if (aligned16 && t0 + 16 <= valid) {
+      store16(dst, c);
+    } else {
+      const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
+      for (int bb = 0; bb < 16 && t0 + bb < valid; ++bb) dst[bb] = static_cast<u8>((bb < 8 ? lo : hi) >> ((bb & 7) * 8));
+    }
+  }
+}
+}  // namespace rmsq_slice
+
+// N: hidden size; SB: 128-column blocks a CTA (S = N / (128·SB) CTAs a cluster, 1 … 16); R: ring slots (> SB);
+// MINB: CTAs an SM for the register budget (rms_norm_block_quant_slice_min_blocks).
+template <int N, int SB, int R, bool ROUND, bool W_F32, int MINB>
+__global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
+    rms_norm_block_quant_slice_kernel(const __grid_constant__ RmsqSliceArgs sa) {
+  using namespace rmsq_slice;
+  const RmsNormBlockQuantArgs& a = sa.a;
+  constexpr int ROWS = 128, C = SB * 128, S = N / C, BLOCK = 128 * 128;
+  static_assert(kRmsqSliceThreads == 512, "the thread layout covers 128 rows with 16 warps");
+  static_assert(N % C == 0 && S >= 1 && S <= 16, "S = N / (128·SB) CTAs a cluster, at most 16");
+  static_assert(R > SB, "one slot more than the slice: the next tile's first block lands during this tile");
+  static_assert(rms_norm_block_quant_slice_smem_bytes(S, SB, R) <= 227 * 1024, "shared memory");
+
+  extern __shared__ __align__(1024) unsigned char smem_raw[];
+  bf16* ring = reinterpret_cast<bf16*>(smem_raw);
+  u32* codes = reinterpret_cast<u32*>(smem_raw + R * kRmsqSliceBlockBytes);  // [2][128 channels][32 slots]
+  u32* colmax = codes + 2 * 128 * 32;                                       // [3][132]
+  float* recv = reinterpret_cast<float*>(colmax + 3 * 132);                 // [2][S][128]
+  float* wsm = recv + 2 * S * 128;                                          // [C]
+  u64* full = reinterpret_cast<u64*>(wsm + C);                              // [R]
+  u64* xbar = full + R;                                                     // [2]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hl = lane & 15, half = lane >> 4;
+  const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
+  const int c0 = hl * 8;           // channels c0 … c0+7 of a block
+  const int cs0 = c0 + (c0 >> 5);  // column-max slot of channel c0
+  const u32 rank = cluster_ctarank();
+  const int cluster = static_cast<int>(blockIdx.x) / S, clusters = static_cast<int>(gridDim.x) / S;
+  const int tiles = (a.M + ROWS - 1) / ROWS;
+  const int T = cluster < tiles ? (tiles - 1 - cluster) / clusters + 1 : 0;  // this cluster's tiles
+  const int col0 = static_cast<int>(rank) * C;
+  const int nvis = T * SB;
+
+  auto tile_of = [&](int it) { return cluster + it * clusters; };
+  // Visit k into its slot (thread 0 only).
+  auto issue = [&](int k) {
+    const int it = k / SB, b = k - it * SB, slot = k % R;
+    const u32 bar = smem_u32(full + slot);
+    mbar_arrive_expect_tx(bar, kRmsqSliceBlockBytes);
+    tma_load_2d(smem_u32(ring + slot * BLOCK), &sa.tmx, bar, col0 + b * 128, tile_of(it) * ROWS);
+  };
+  if (tid == 0) {
+    for (int s = 0; s < R; ++s) mbar_init(full + s, 1);
+    mbar_init(xbar, 1);
+    mbar_init(xbar + 1, 1);
+    fence_mbar_init();  // (release.cluster: the peers' st.async complete on xbar)
+    prefetch_tmap(&sa.tmx);
+    for (int k = 0; k < min(R, nvis); ++k) issue(k);
+  }
+  for (int i = tid; i < C; i += kRmsqSliceThreads) {
+    float wv[1];
+    if (W_F32) load_floats<float, 1>(a.w, col0 + i, wv);
+    else load_floats<bf16, 1>(a.w, col0 + i, wv);
+    wsm[i] = wv[0];
+  }
+  for (int i = tid; i < 3 * 132; i += kRmsqSliceThreads) colmax[i] = 0u;
+  cluster_sync();  // barriers initialized cluster-wide; the weights and column maxima visible to the CTA
+
+  auto wait_full = [&](int k) { mbar_wait(smem_u32(full + k % R), static_cast<u32>((k / R) & 1)); };
+  auto slot_rows = [&](int k) -> const bf16* { return ring + (k % R) * BLOCK + 4 * hw * 128 + c0; };
+
+  // Σx² of tile it's slice (the CTA's C columns), pushed to every CTA of the cluster.
+  auto sumsq_push = [&](int it) {
+    float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+    for (int b = 0; b < SB; ++b) {
+      const int k = it * SB + b;
+      wait_full(k);
+      const bf16* s = slot_rows(k);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) rmsq::sum_squares8(*reinterpret_cast<const Vec16*>(s + i * 128), ss[i]);
+    }
+    // Row 4·hw + (hl >> 2) in lanes 16·half + 4R … (the 16-lane butterfly's bits).
+    const float sum = bqt::transpose_reduce4<false>(ss, hl);
+    // Piece p = rows 8w + 4p … +3, held by lanes 16p + 4c; lane j < 2S pushes piece j & 1 to CTA j >> 1.
+    const int p = lane & 1;
+    float4 v;
+    v.x = __shfl_sync(0xffffffffu, sum, 16 * p);
+    v.y = __shfl_sync(0xffffffffu, sum, 16 * p + 4);
+    v.z = __shfl_sync(0xffffffffu, sum, 16 * p + 8);
+    v.w = __shfl_sync(0xffffffffu, sum, 16 * p + 12);
+    if (lane < 2 * S)
+      rmsq::st_async16(recv + ((it & 1) * S + static_cast<int>(rank)) * ROWS + 8 * warp + 4 * p, v, xbar + (it & 1),
+                       static_cast<u32>(lane >> 1));
+  };
+
+  // r of the thread's 4 rows of tile it (rms_inv by rank 0).
+  auto finish = [&](int it, int m0, int valid, float (&rv)[4]) {
+    u64* bar = xbar + (it & 1);
+    if (tid == 0) mbar_arrive_expect_tx(smem_u32(bar), S * ROWS * 4);
+    mbar_wait(smem_u32(bar), static_cast<u32>((it >> 1) & 1));
+    // Row 8w + j: lane j + 8·q4 adds the partials of ranks q4, q4 + 4, … in order, then the four groups pairwise.
+    const int j = lane & 7, q4 = lane >> 3;
+    const float* base = recv + (it & 1) * S * ROWS + 8 * warp + j;
+    float t = 0.f;
+#pragma unroll
+    for (int q = 0; q < S; q += 4)
+      if (q + q4 < S) t += base[(q + q4) * ROWS];
+    t += __shfl_xor_sync(0xffffffffu, t, 8);
+    t += __shfl_xor_sync(0xffffffffu, t, 16);
+    const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
+    if (rank == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
+#pragma unroll
+    for (int i = 0; i < 4; ++i) rv[i] = __shfl_sync(0xffffffffu, rr, 4 * half + i);
+  };
+
+  int nb = 0, cmi = 0;                             // blocks quantized (codes buffer nb & 1, column maxima cmi)
+  int prev_m0 = 0, prev_valid = 0, prev_col = -1;  // the block whose codes wait in buffer (nb − 1) & 1
+  const bool aligned16 = (a.M % 16) == 0;
+  const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
+
+  if (T > 0) sumsq_push(0);
+#pragma unroll 1
+  for (int it = 0; it < T; ++it) {
+    const int tile = tile_of(it);
+    const int m0 = tile * ROWS, valid = min(ROWS, a.M - m0);
+    float rv[4];
+    finish(it, m0, valid, rv);
+#pragma unroll 1
+    for (int b = 0; b < SB; ++b) {
+      const int k = it * SB + b, col = col0 + b * 128;
+      const bf16* s = slot_rows(k);
+      Vec16 xv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv[i] = *reinterpret_cast<const Vec16*>(s + i * 128);
+      float w8[8];
+      {
+        const float4 w0 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0);
+        const float4 w1 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0 + 4);
+        w8[0] = w0.x, w8[1] = w0.y, w8[2] = w0.z, w8[3] = w0.w, w8[4] = w1.x, w8[5] = w1.y, w8[6] = w1.z,
+        w8[7] = w1.w;
+      }
+      float y[4][8];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
+
+      bqt::row_codes(y, hl, lane, valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + c0, N,
+                     a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
+                     Apply<ROUND>{});
+      // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), one barrier.
+      u32* cm = colmax + cmi * 132;
+      bqt::col_max(cm, y, cs0);
+      if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
+      __syncthreads();
+      // Every thread has read slot k (its values are in y): refill it with visit k + R.
+      if (tid == 0 && k + R < nvis) issue(k + R);
+      if (prev_col >= 0) store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane,
+                                     aligned16);
+      float qp[8], sc[8];
+      bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
+      if (warp == 0 && half == 0)
+        bqt::store_scales8(a.qT_scale + static_cast<i64>(tile) * N + col + c0, sc, scale_aligned);
+      bqt::stage_codes(codes + (nb & 1) * 4096, y, qp, c0, hw, hl, Apply<ROUND>{});
+      prev_m0 = m0;
+      prev_valid = valid;
+      prev_col = col;
+      ++nb;
+      cmi = cmi == 2 ? 0 : cmi + 1;
+    }
+    if (it + 1 < T) sumsq_push(it + 1);
+  }
+  __syncthreads();  // the last block's codes are complete
+  if (prev_col >= 0) store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16);
+}
+
+}  // namespace kiln
