@@ -54,7 +54,8 @@ bool is_tile_gx(const Specialization& s) {
 bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
 // exchange 7 = the resident-slice kernel (rms_norm_block_quant_slice.cuh, mode 2, sm_90): persistent clusters of
 // S = N / (128·col_blocks) CTAs, each keeping its col_blocks blocks of a 128-token tile in shared memory (a ring of
-// `stages` > col_blocks slots filled by 2-D TMA), the row sums pushed through DSMEM; warps 16, prefetch 0, overlap 0.
+// `stages` > col_blocks slots filled by 2-D TMA), the row sums pushed through DSMEM; warps 16, prefetch 0; overlap 1
+// = x loaded with an L2 evict-first policy.
 constexpr int kSlice = 7;
 bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
@@ -85,8 +86,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   } else if (is_slice(s)) {
     source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
     const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
-    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round, wf32,
-                       rms_norm_block_quant_slice_min_blocks(S, sb, R));
+    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
+                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -336,7 +337,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
 }
 
 // Resident-slice points (exchange 7, sm_90, mode 2): SB = col_blocks blocks a CTA for every S = N / (128·SB) ≤ 16
-// (a cluster a tile), with one or two slots more than the slice where they fit in shared memory.
+// (a cluster a tile), with one or two slots more than the slice where they fit in shared memory, x loaded with the
+// default L2 policy or evict-first (overlap 1).
 void slice_points(const Specialization& base, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
   const int nb = static_cast<int>(base.params[P_N] / 128);
@@ -350,7 +352,10 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
       if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R) > 227 * 1024) continue;
       s.config[C_COL_BLOCKS] = sb;
       s.config[C_STAGES] = R;
-      out.push_back(s);
+      for (int evf : {0, 1}) {
+        s.config[C_OVERLAP] = evf;
+        out.push_back(s);
+      }
     }
   }
 }

@@ -68,11 +68,24 @@ __device__ __forceinline__ void store_codes(const RmsNormBlockQuantArgs& a, cons
     }
   }
 }
+// tma_load_2d (kiln/mbarrier.cuh) with an L2 evict-first policy: x is read once, so its lines leave L2 before the
+// codes written meanwhile (which then need not reach DRAM inside the kernel).
+__device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
+      " cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
+      " [%0], [%1, {%3, %4}], [%2], pol;\n}" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1)
+      : "memory");
+#endif
+}
 }  // namespace rmsq_slice
 
 // N: hidden size; SB: 128-column blocks a CTA (S = N / (128·SB) CTAs a cluster, 1 … 16); R: ring slots (> SB);
-// MINB: CTAs an SM for the register budget (rms_norm_block_quant_slice_min_blocks).
-template <int N, int SB, int R, bool ROUND, bool W_F32, int MINB>
+// MINB: CTAs an SM for the register budget (rms_norm_block_quant_slice_min_blocks); EVF: x loaded with an L2
+// evict-first policy.
+template <int N, int SB, int R, bool ROUND, bool W_F32, int MINB, bool EVF = false>
 __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     rms_norm_block_quant_slice_kernel(const __grid_constant__ RmsqSliceArgs sa) {
   using namespace rmsq_slice;
@@ -110,7 +123,9 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     const int it = k / SB, b = k - it * SB, slot = k % R;
     const u32 bar = smem_u32(full + slot);
     mbar_arrive_expect_tx(bar, kRmsqSliceBlockBytes);
-    tma_load_2d(smem_u32(ring + slot * BLOCK), &sa.tmx, bar, col0 + b * 128, tile_of(it) * ROWS);
+    const u32 dst = smem_u32(ring + slot * BLOCK);
+    if constexpr (EVF) tma_load_2d_evict_first(dst, &sa.tmx, bar, col0 + b * 128, tile_of(it) * ROWS);
+    else tma_load_2d(dst, &sa.tmx, bar, col0 + b * 128, tile_of(it) * ROWS);
   };
   if (tid == 0) {
     for (int s = 0; s < R; ++s) mbar_init(full + s, 1);

@@ -699,7 +699,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
 // targets' points (N = 2048: SB 4 / 2 / 1, N = 7168: SB 4, clusters of 14) at M = 1, 7, 128, 1000 and 8192 (every
 // cluster walks several tiles; the last tile partial, M % 16 != 0: the byte-wise qT tail; rows past M from the
 // tensor map's zero fill), every other point of its space at 2048 / 7168 / 4096 / 1152 (S = 9, 3) / 128 (S = 1: no
-// cluster), and the special values (NaN, ±inf, overflowing and tiny rows) in both scale modes.
+// cluster), x loaded evict-first (overlap 1), and the special values (NaN, ±inf, overflowing and tiny rows) in both
+// scale modes.
 TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   std::vector<SpacePoint> points;
   for (const SpacePoint& c : {SpacePoint{2048, 2, 16, 4, 0, 5, 0, 7, 0}, SpacePoint{7168, 2, 16, 4, 0, 5, 0, 7, 0},
@@ -712,7 +713,10 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   for (const SpacePoint& p : {SpacePoint{2048, 2, 16, 2, 0, 4, 0, 7, 4003}, SpacePoint{2048, 2, 16, 1, 0, 2, 0, 7, 8000},
                               SpacePoint{2048, 2, 16, 1, 0, 3, 0, 7, 1000}, SpacePoint{4096, 2, 16, 4, 0, 5, 0, 7, 3001},
                               SpacePoint{4096, 2, 16, 2, 0, 3, 0, 7, 3001}, SpacePoint{1152, 2, 16, 3, 0, 4, 0, 7, 1000},
-                              SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}, SpacePoint{128, 2, 16, 1, 0, 2, 0, 7, 50001}})
+                              SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}, SpacePoint{128, 2, 16, 1, 0, 2, 0, 7, 50001},
+                              // x loaded evict-first (overlap 1)
+                              SpacePoint{7168, 2, 16, 4, 0, 5, 1, 7, 8192}, SpacePoint{2048, 2, 16, 4, 0, 5, 1, 7, 4003},
+                              SpacePoint{2048, 2, 16, 2, 0, 3, 1, 7, 8192}})
     points.push_back(p);
   for_each_point(points, [](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x71, static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.M)}));
