@@ -54,8 +54,8 @@ bool is_tile_gx(const Specialization& s) {
 bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
 // exchange 7 = the resident-slice kernel (rms_norm_block_quant_slice.cuh, mode 2, sm_90): persistent clusters of
 // S = N / (128·col_blocks) CTAs, each keeping its col_blocks blocks of a 128-token tile in shared memory (a ring of
-// `stages` > col_blocks slots filled by 2-D TMA), the row sums pushed through DSMEM; warps 16, prefetch 0; overlap 1
-// = x loaded with an L2 evict-first policy.
+// `stages` > col_blocks slots filled by 2-D TMA), the row sums pushed through DSMEM; warps 16; prefetch 1 = Σx² on the
+// tensor cores; overlap 1 = x loaded with an L2 evict-first policy.
 constexpr int kSlice = 7;
 bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
@@ -86,8 +86,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   } else if (is_slice(s)) {
     source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
     const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
-    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
-                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0);
+    const bool tc = s.config[C_PREFETCH] != 0;
+    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
+                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R, tc), s.config[C_OVERLAP] != 0, tc);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -114,7 +115,9 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
-  if (is_slice(s)) return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
+  if (is_slice(s))
+    return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES],
+                                                 s.config[C_PREFETCH] != 0);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -338,7 +341,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
 
 // Resident-slice points (exchange 7, sm_90, mode 2): SB = col_blocks blocks a CTA for every S = N / (128·SB) ≤ 16
 // (a cluster a tile), with one or two slots more than the slice where they fit in shared memory, x loaded with the
-// default L2 policy or evict-first (overlap 1).
+// default L2 policy or evict-first (overlap 1); Σx² on the tensor cores (prefetch 1) with one slot more.
 void slice_points(const Specialization& base, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
   const int nb = static_cast<int>(base.params[P_N] / 128);
@@ -348,15 +351,18 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
   s.config[C_EXCHANGE] = kSlice;
   for (int sb = 1; sb <= nb; ++sb) {
     if (nb % sb != 0 || nb / sb > 16) continue;
-    for (int R : {sb + 1, sb + 2}) {
-      if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R) > 227 * 1024) continue;
-      s.config[C_COL_BLOCKS] = sb;
-      s.config[C_STAGES] = R;
-      for (int evf : {0, 1}) {
-        s.config[C_OVERLAP] = evf;
-        out.push_back(s);
+    for (int R : {sb + 1, sb + 2})
+      for (int tc : {0, 1}) {
+        if (tc && R != sb + 1) continue;
+        if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R, tc) > 227 * 1024) continue;
+        s.config[C_COL_BLOCKS] = sb;
+        s.config[C_STAGES] = R;
+        s.config[C_PREFETCH] = tc;
+        for (int evf : {0, 1}) {
+          s.config[C_OVERLAP] = evf;
+          out.push_back(s);
+        }
       }
-    }
   }
 }
 

@@ -9,16 +9,16 @@ out=${OUT:-/tmp}
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
 what=${*:-sweep ncu}
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (the N ≥ 2048 default)
-# SB blocks a CTA, R slots, [1: x loaded evict-first]
-slice() { echo "warps=16,col_blocks=$1,prefetch=0,stages=$2,overlap=${3:-0},exchange=7"; }
+# SB blocks a CTA, R slots, [1: x loaded evict-first], [1: Σx² on the tensor cores]
+slice() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=7"; }
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- timeout 120 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$stream" "$(slice 4 5)" \
-    "$(slice 4 5 1)" | tee "$out/slice-sweep-7168.txt"
+    'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 0 1)" "$stream" \
+    "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 1 1)" | tee "$out/slice-sweep-7168.txt"
   FORCED_BASE=- timeout 180 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 2 3)" "$(slice 2 3 1)" \
-    "$(slice 1 2)" "$stream" "$(slice 4 5)" | tee "$out/slice-sweep-2048.txt"
+    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 0 1)" "$(slice 2 3)" \
+    "$(slice 2 3 1)" "$(slice 1 2)" "$stream" "$(slice 4 5)" | tee "$out/slice-sweep-2048.txt"
   # Clusters resident at once (ring_groups' debug line) for the two target points.
   for p in "N=7168 $(slice 4 5)" "N=2048 $(slice 4 5)" "N=2048 $(slice 2 3)"; do
     n=${p%% *} cfg=${p#* }

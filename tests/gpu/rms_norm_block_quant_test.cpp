@@ -699,12 +699,13 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
 // targets' points (N = 2048: SB 4 / 2 / 1, N = 7168: SB 4, clusters of 14) at M = 1, 7, 128, 1000 and 8192 (every
 // cluster walks several tiles; the last tile partial, M % 16 != 0: the byte-wise qT tail; rows past M from the
 // tensor map's zero fill), every other point of its space at 2048 / 7168 / 4096 / 1152 (S = 9, 3) / 128 (S = 1: no
-// cluster), x loaded evict-first (overlap 1), and the special values (NaN, ±inf, overflowing and tiny rows) in both
-// scale modes.
+// cluster), x loaded evict-first (overlap 1), Σx² on the tensor cores (prefetch 1: rms_inv within the usual few ulps,
+// the codes bit-exact from it), and the special values (NaN, ±inf, overflowing and tiny rows) in both scale modes.
 TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   std::vector<SpacePoint> points;
   for (const SpacePoint& c : {SpacePoint{2048, 2, 16, 4, 0, 5, 0, 7, 0}, SpacePoint{7168, 2, 16, 4, 0, 5, 0, 7, 0},
-                              SpacePoint{2048, 2, 16, 2, 0, 3, 0, 7, 0}})
+                              SpacePoint{2048, 2, 16, 2, 0, 3, 0, 7, 0}, SpacePoint{7168, 2, 16, 4, 1, 5, 1, 7, 0},
+                              SpacePoint{2048, 2, 16, 4, 1, 5, 1, 7, 0}})
     for (int64_t M : {1, 7, 128, 1000, 8192}) {
       SpacePoint p = c;
       p.M = M;
@@ -716,7 +717,11 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
                               SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}, SpacePoint{128, 2, 16, 1, 0, 2, 0, 7, 50001},
                               // x loaded evict-first (overlap 1)
                               SpacePoint{7168, 2, 16, 4, 0, 5, 1, 7, 8192}, SpacePoint{2048, 2, 16, 4, 0, 5, 1, 7, 4003},
-                              SpacePoint{2048, 2, 16, 2, 0, 3, 1, 7, 8192}})
+                              SpacePoint{2048, 2, 16, 2, 0, 3, 1, 7, 8192},
+                              // Σx² on the tensor cores (prefetch 1)
+                              SpacePoint{2048, 2, 16, 2, 1, 3, 0, 7, 4003}, SpacePoint{2048, 2, 16, 1, 1, 2, 0, 7, 8000},
+                              SpacePoint{4096, 2, 16, 4, 1, 5, 0, 7, 3001}, SpacePoint{1152, 2, 16, 3, 1, 4, 1, 7, 1000},
+                              SpacePoint{128, 2, 16, 1, 1, 2, 0, 7, 50001}})
     points.push_back(p);
   for_each_point(points, [](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x71, static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.M)}));
@@ -725,13 +730,16 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
     spec.round_scale = i % 4 != 3;
     run_and_check(in, spec);
   });
-  check_special_values({{2048, 2, 16, 4, 0, 5, 0, 7, 700}, {2048, 2, 16, 2, 0, 3, 0, 7, 700}}, 0x72);
+  check_special_values({{2048, 2, 16, 4, 0, 5, 0, 7, 700}, {2048, 2, 16, 2, 0, 3, 0, 7, 700},
+                        {2048, 2, 16, 4, 1, 5, 0, 7, 700}},
+                       0x72);
   // Not points: fewer slots than the slice + 1; shared memory (N = 7168: 6 slots); clusters of more than 16; mode 1.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 4, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 4, 0, 6, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 0, 3, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 4, 0, 5, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 8, 0, 9, 0, 7));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 4, 0, 7));  // tensor cores: SB + 1 slots
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
