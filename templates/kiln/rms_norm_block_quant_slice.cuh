@@ -49,9 +49,9 @@ struct Apply {
 };
 // The staged transposed codes of a block (tokens m0 …, `valid` of them; channels col …; bqt::stage_codes' swizzled
 // layout) out to qT: warp w stores channels 8w … 8w+7, four per instruction, 8 lanes × 16 bytes a channel's 128
-// tokens (byte-wise past `valid` or when M % 16 != 0).
+// tokens (byte-wise past `valid` or when M % 16 != 0; `full`: 128 tokens and M % 16 == 0, no check).
 __device__ __forceinline__ void store_codes(const RmsNormBlockQuantArgs& a, const u32* ct, int m0, int valid, int col,
-                                            int warp, int lane, bool aligned16) {
+                                            int warp, int lane, bool aligned16, bool full = false) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
     const int n = warp * 8 + kk * 4 + (lane >> 3), jj = lane & 7;
@@ -60,7 +60,7 @@ __device__ __forceinline__ void store_codes(const RmsNormBlockQuantArgs& a, cons
     if (f & 2) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
     u8* dst = a.qT + static_cast<i64>(col + n) * a.M + m0 + jj * 16;
     const int t0 = jj * 16;
-    if (aligned16 && t0 + 16 <= valid) {
+    if (full || (aligned16 && t0 + 16 <= valid)) {
       store16(dst, c);
     } else {
       const u64 lo = c.w[0] | (static_cast<u64>(c.w[1]) << 32), hi = c.w[2] | (static_cast<u64>(c.w[3]) << 32);
@@ -89,6 +89,11 @@ __device__ __forceinline__ void mma_bf16_zero(float (&d)[4], u32 a0, u32 a1, u32
       : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
 #endif
 }
+// A compile-time flag as a value (generic lambdas' variants).
+template <bool B>
+struct Flag {
+  static constexpr bool value = B;
+};
 }  // namespace rmsq_slice
 
 // N: hidden size; SB: 128-column blocks a CTA (S = N / (128·SB) CTAs a cluster, 1 … 16); R: ring slots (> SB);
@@ -266,49 +271,57 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     const int m0 = tile * ROWS, valid = min(ROWS, a.M - m0);
     float rv[4];
     finish(it, m0, valid, rv);
+    // The tile's blocks; FULL (all 128 rows exist and M % 16 == 0): no per-row predicates, 16-byte qT stores.
+    auto quant_tile = [&](auto full) {
+      constexpr bool FULL = decltype(full)::value;
 #pragma unroll 1
-    for (int b = 0; b < SB; ++b) {
-      const int k = it * SB + b, col = col0 + b * 128;
-      const bf16* s = slot_rows(k);
-      Vec16 xv[4];
+      for (int b = 0; b < SB; ++b) {
+        const int k = it * SB + b, col = col0 + b * 128;
+        const bf16* s = slot_rows(k);
+        Vec16 xv[4];
 #pragma unroll
-      for (int i = 0; i < 4; ++i) xv[i] = *reinterpret_cast<const Vec16*>(s + i * 128);
-      float w8[8];
-      {
-        const float4 w0 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0);
-        const float4 w1 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0 + 4);
-        w8[0] = w0.x, w8[1] = w0.y, w8[2] = w0.z, w8[3] = w0.w, w8[4] = w1.x, w8[5] = w1.y, w8[6] = w1.z,
-        w8[7] = w1.w;
-      }
-      float y[4][8];
+        for (int i = 0; i < 4; ++i) xv[i] = *reinterpret_cast<const Vec16*>(s + i * 128);
+        float w8[8];
+        {
+          const float4 w0 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0);
+          const float4 w1 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0 + 4);
+          w8[0] = w0.x, w8[1] = w0.y, w8[2] = w0.z, w8[3] = w0.w, w8[4] = w1.x, w8[5] = w1.y, w8[6] = w1.z,
+          w8[7] = w1.w;
+        }
+        float y[4][8];
 #pragma unroll
-      for (int i = 0; i < 4; ++i)
+        for (int i = 0; i < 4; ++i)
 #pragma unroll
-        for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
+          for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
 
-      bqt::row_codes(y, hl, lane, valid - 4 * hw, a.q + static_cast<i64>(m0 + 4 * hw) * N + col + c0, N,
-                     a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
-                     Apply<ROUND>{});
-      // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), one barrier.
-      u32* cm = colmax + cmi * 132;
-      bqt::col_max(cm, y, cs0);
-      if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
-      __syncthreads();
-      // Every thread has read slot k (its values are in y): refill it with visit k + R.
-      if (tid == 0 && k + R < nvis) issue(k + R);
-      if (prev_col >= 0) store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane,
-                                     aligned16);
-      float qp[8], sc[8];
-      bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
-      if (warp == 0 && half == 0)
-        bqt::store_scales8(a.qT_scale + static_cast<i64>(tile) * N + col + c0, sc, scale_aligned);
-      bqt::stage_codes(codes + (nb & 1) * 4096, y, qp, c0, hw, hl, Apply<ROUND>{});
-      prev_m0 = m0;
-      prev_valid = valid;
-      prev_col = col;
-      ++nb;
-      cmi = cmi == 2 ? 0 : cmi + 1;
-    }
+        bqt::row_codes(y, hl, lane, FULL ? 4 : valid - 4 * hw,
+                       a.q + static_cast<i64>(m0 + 4 * hw) * N + col + c0, N,
+                       a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
+                       Apply<ROUND>{});
+        // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), one barrier.
+        u32* cm = colmax + cmi * 132;
+        bqt::col_max(cm, y, cs0);
+        if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
+        __syncthreads();
+        // Every thread has read slot k (its values are in y): refill it with visit k + R.
+        if (tid == 0 && k + R < nvis) issue(k + R);
+        // (FULL: the previous block is from this tile or an earlier one: full too.)
+        if (prev_col >= 0)
+          store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16, FULL);
+        float qp[8], sc[8];
+        bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
+        if (warp == 0 && half == 0)
+          bqt::store_scales8(a.qT_scale + static_cast<i64>(tile) * N + col + c0, sc, scale_aligned);
+        bqt::stage_codes(codes + (nb & 1) * 4096, y, qp, c0, hw, hl, Apply<ROUND>{});
+        prev_m0 = m0;
+        prev_valid = valid;
+        prev_col = col;
+        ++nb;
+        cmi = cmi == 2 ? 0 : cmi + 1;
+      }
+    };
+    if (valid == ROWS && aligned16) quant_tile(rmsq_slice::Flag<true>{});
+    else quant_tile(rmsq_slice::Flag<false>{});
     if (it + 1 < T) push_sums(it + 1);
   }
   __syncthreads();  // the last block's codes are complete
