@@ -340,8 +340,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
 }
 
 // Resident-slice points (exchange 7, sm_90, mode 2): SB = col_blocks blocks a CTA for every S = N / (128·SB) ≤ 16
-// (a cluster a tile), with one or two slots more than the slice where they fit in shared memory, x loaded with the
-// default L2 policy or evict-first (overlap 1); Σx² on the tensor cores (prefetch 1) with one slot more.
+// (a cluster a tile), with one or two slots more than the slice where they fit in shared memory (or exactly the
+// slice where two CTAs then share an SM: 64 registers), x loaded with the default L2 policy or evict-first (overlap
+// 1); Σx² on the tensor cores (prefetch 1) with one slot more.
 void slice_points(const Specialization& base, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
   const int nb = static_cast<int>(base.params[P_N] / 128);
@@ -351,10 +352,12 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
   s.config[C_EXCHANGE] = kSlice;
   for (int sb = 1; sb <= nb; ++sb) {
     if (nb % sb != 0 || nb / sb > 16) continue;
-    for (int R : {sb + 1, sb + 2})
+    for (int R : {sb, sb + 1, sb + 2})
       for (int tc : {0, 1}) {
         if (tc && R != sb + 1) continue;
         if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R, tc) > 227 * 1024) continue;
+        // R = SB (no slot ahead) only where two CTAs share an SM (each covers the other's loads and exchange)
+        if (R == sb && rms_norm_block_quant_slice_min_blocks(nb / sb, sb, R, tc) < 2) continue;
         s.config[C_COL_BLOCKS] = sb;
         s.config[C_STAGES] = R;
         s.config[C_PREFETCH] = tc;

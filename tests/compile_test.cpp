@@ -262,7 +262,8 @@ TEST(SearchSpace, RmsNormBlockQuantDefaultsAtEveryN) {
 }
 
 // The resident-slice kernel (exchange 7, rms_norm_block_quant_slice.cuh): its points at N = 7168 (clusters of 14 CTAs
-// of 4 blocks, 5 slots: the only slice that fits 227 KiB) and N = 2048 (4 × 4 blocks, 8 × 2, 16 × 1), none before
+// of 4 blocks, 5 slots: the only slice that fits 227 KiB) and N = 2048 (4 × 4 blocks, 8 × 2, 16 × 1; exactly the
+// slice's slots where two CTAs then fit an SM), none before
 // sm_90 or in mode 1, each with x loaded evict-first or not and (one slot more than the slice) with the tensor-core
 // Σx²; the N = 7168 points compile for sm_90a (the N = 2048 ones: EveryPointCompiles).
 TEST(SearchSpace, SliceKernelPoints) {
@@ -293,7 +294,8 @@ TEST(SearchSpace, SliceKernelPoints) {
   EXPECT_EQ(variants.size(), 4u);
   std::set<std::pair<int, int>> p2048;
   for (const auto& c : slice_points(2048, 2, "sm_90a")) p2048.insert({c.config[1], c.config[3]});
-  EXPECT_EQ(p2048, (std::set<std::pair<int, int>>{{1, 2}, {1, 3}, {2, 3}, {2, 4}, {4, 5}}));
+  // (R = SB: two CTAs an SM)
+  EXPECT_EQ(p2048, (std::set<std::pair<int, int>>{{1, 1}, {1, 2}, {1, 3}, {2, 2}, {2, 3}, {2, 4}, {4, 5}}));
   EXPECT_TRUE(slice_points(2048, 1, "sm_90a").empty());
   EXPECT_TRUE(slice_points(2048, 2, "sm_80").empty());
   Counters counters;

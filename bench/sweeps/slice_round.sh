@@ -18,9 +18,9 @@ if [[ $what == *sweep* ]]; then
     "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 1 1)" | tee "$out/slice-sweep-7168.txt"
   FORCED_BASE=- timeout 180 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
     'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 0 1)" "$(slice 2 3)" \
-    "$(slice 2 3 1)" "$(slice 1 2)" "$stream" "$(slice 4 5)" | tee "$out/slice-sweep-2048.txt"
+    "$(slice 2 3 1)" "$(slice 1 2)" "$(slice 2 2)" "$stream" "$(slice 4 5)" | tee "$out/slice-sweep-2048.txt"
   # Clusters resident at once (ring_groups' debug line) for the two target points.
-  for p in "N=7168 $(slice 4 5)" "N=2048 $(slice 4 5)" "N=2048 $(slice 2 3)"; do
+  for p in "N=7168 $(slice 4 5)" "N=2048 $(slice 4 5)" "N=2048 $(slice 2 3)" "N=2048 $(slice 2 2)"; do
     n=${p%% *} cfg=${p#* }
     python3 bench/sweeps/forced_config.py - rms_norm_block_quant tile 8192 "$n,mode=2,round_scale=1,w_f32=0" "$cfg" \
       "$out/slice-forced.json" > /dev/null

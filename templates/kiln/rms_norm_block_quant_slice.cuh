@@ -96,7 +96,8 @@ struct Flag {
 };
 }  // namespace rmsq_slice
 
-// N: hidden size; SB: 128-column blocks a CTA (S = N / (128·SB) CTAs a cluster, 1 … 16); R: ring slots (> SB);
+// N: hidden size; SB: 128-column blocks a CTA (S = N / (128·SB) CTAs a cluster, 1 … 16); R: ring slots (≥ SB; SB + 1
+// lets the next tile's first block land during this tile's quantization; R = SB where two CTAs share an SM);
 // MINB: CTAs an SM for the register budget (rms_norm_block_quant_slice_min_blocks); EVF: x loaded with an L2
 // evict-first policy; TC: Σx² on the tensor cores (see sumsq_push_tc below).
 template <int N, int SB, int R, bool ROUND, bool W_F32, int MINB, bool EVF = false, bool TC = false>
@@ -108,7 +109,7 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
   constexpr int P = TC ? 2 * S : S;  // partial sums a row (TC: two column halves a CTA)
   static_assert(kRmsqSliceThreads == 512, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0 && S >= 1 && S <= 16, "S = N / (128·SB) CTAs a cluster, at most 16");
-  static_assert(R > SB, "one slot more than the slice: the next tile's first block lands during this tile");
+  static_assert(R >= SB, "the slice stays resident");
   static_assert(rms_norm_block_quant_slice_smem_bytes(S, SB, R, TC) <= 227 * 1024, "shared memory");
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];

@@ -721,7 +721,10 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
                               // Σx² on the tensor cores (prefetch 1)
                               SpacePoint{2048, 2, 16, 2, 1, 3, 0, 7, 4003}, SpacePoint{2048, 2, 16, 1, 1, 2, 0, 7, 8000},
                               SpacePoint{4096, 2, 16, 4, 1, 5, 0, 7, 3001}, SpacePoint{1152, 2, 16, 3, 1, 4, 1, 7, 1000},
-                              SpacePoint{128, 2, 16, 1, 1, 2, 0, 7, 50001}})
+                              SpacePoint{128, 2, 16, 1, 1, 2, 0, 7, 50001},
+                              // exactly the slice's slots, two CTAs an SM (64 registers)
+                              SpacePoint{2048, 2, 16, 2, 0, 2, 0, 7, 8192}, SpacePoint{2048, 2, 16, 1, 0, 1, 1, 7, 4003},
+                              SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}})
     points.push_back(p);
   for_each_point(points, [](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x71, static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.M)}));
@@ -733,8 +736,9 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   check_special_values({{2048, 2, 16, 4, 0, 5, 0, 7, 700}, {2048, 2, 16, 2, 0, 3, 0, 7, 700},
                         {2048, 2, 16, 4, 1, 5, 0, 7, 700}},
                        0x72);
-  // Not points: fewer slots than the slice + 1; shared memory (N = 7168: 6 slots); clusters of more than 16; mode 1.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 4, 0, 7));
+  // Not points: only the slice's slots where one CTA fits an SM; shared memory (N = 7168: 6 slots); clusters of
+  // more than 16; mode 1.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 4, 0, 7));  // one CTA an SM: SB + 1 slots
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 4, 0, 6, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 0, 3, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 4, 0, 5, 0, 7));
