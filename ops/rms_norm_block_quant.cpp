@@ -88,7 +88,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
     const bool tc = s.config[C_PREFETCH] != 0;
     name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
-                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R, tc), s.config[C_OVERLAP] != 0, tc);
+                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -116,8 +116,7 @@ int smem_bytes(const Specialization& s) {
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (is_slice(s))
-    return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES],
-                                                 s.config[C_PREFETCH] != 0);
+    return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -355,9 +354,9 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
     for (int R : {sb, sb + 1, sb + 2})
       for (int tc : {0, 1}) {
         if (tc && R != sb + 1) continue;
-        if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R, tc) > 227 * 1024) continue;
+        if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R) > 227 * 1024) continue;
         // R = SB (no slot ahead) only where two CTAs share an SM (each covers the other's loads and exchange)
-        if (R == sb && rms_norm_block_quant_slice_min_blocks(nb / sb, sb, R, tc) < 2) continue;
+        if (R == sb && rms_norm_block_quant_slice_min_blocks(nb / sb, sb, R) < 2) continue;
         s.config[C_COL_BLOCKS] = sb;
         s.config[C_STAGES] = R;
         s.config[C_PREFETCH] = tc;

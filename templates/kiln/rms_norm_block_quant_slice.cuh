@@ -106,18 +106,17 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
   using namespace rmsq_slice;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, C = SB * 128, S = N / C, BLOCK = 128 * 128;
-  constexpr int P = TC ? 2 * S : S;  // partial sums a row (TC: two column halves a CTA)
   static_assert(kRmsqSliceThreads == 512, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0 && S >= 1 && S <= 16, "S = N / (128·SB) CTAs a cluster, at most 16");
   static_assert(R >= SB, "the slice stays resident");
-  static_assert(rms_norm_block_quant_slice_smem_bytes(S, SB, R, TC) <= 227 * 1024, "shared memory");
+  static_assert(rms_norm_block_quant_slice_smem_bytes(S, SB, R) <= 227 * 1024, "shared memory");
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * kRmsqSliceBlockBytes);  // [2][128 channels][32 slots]
   u32* colmax = codes + 2 * 128 * 32;                                       // [3][132]
-  float* recv = reinterpret_cast<float*>(colmax + 3 * 132);                 // [2][P][128]
-  float* wsm = recv + 2 * P * 128;                                          // [C]
+  float* recv = reinterpret_cast<float*>(colmax + 3 * 132);                 // [2][S][128]
+  float* wsm = recv + 2 * S * 128;                                          // [C]
   u64* full = reinterpret_cast<u64*>(wsm + C);                              // [R]
   u64* xbar = full + R;                                                     // [2]
 
@@ -188,51 +187,46 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
                        static_cast<u32>(lane >> 1));
   };
 
-  // TC: the same on the tensor cores. Warp w takes rows 16β … 16β+15 (β = w & 7) of columns 64h … 64h+63 (h = w >> 3)
-  // of every block; lane (g = lane >> 2, t = lane & 3) loads 8 bytes of rows 16β + g and 16β + g + 8 a step: A's
-  // fragment (a0, a2) and (a1, a3). With B = (a0, a2) (and (a1, a3)) as the k16 × n8 operand, D = A·Bᵀ holds the
-  // rows' Σx² of the step on its diagonal (lane 4g + (g >> 1): d0 / d1 for row g, the second MMA's d2 / d3 for row
-  // g + 8); which columns form "k" is free, so row g reads the 32-byte chunk 4h + ((s + g) & 3) at step s (the 4 rows
-  // of a half-warp on 4 different bank groups). Products of bf16 are exact in fp32; each step's D starts from 0 and
-  // is added in fp32 in step order. The 16 sums are pushed as four float4 to slot (rank, h) of every CTA.
+  // TC: the same on the tensor cores. Warp w sums its own rows 8w … 8w+7 (those it quantizes), 32 columns a step:
+  // lane (g = lane >> 2, t = lane & 3) loads 16 bytes of row 8w + g (8 values) as an A fragment {a0, a1, a2, a3}
+  // whose MMA rows g and g + 8 are both row 8w + g (two 16-value halves of the 32 columns). With B = (a0, a2), D =
+  // A·B holds on its diagonal (row g, column g: lane 4g + (g >> 1), d0 or d1) the Σx² of the first half; with
+  // B = (a1, a3) the second MMA's (row g + 8, column g: d2 or d3) that of the second half. Which columns form "k" is
+  // free, so row g reads the 64-byte quarter (s + g) & 3 at step s (rows 2i and 2i + 1 of a quarter-warp on
+  // different banks). Products of bf16 are exact in fp32; each step's D starts from 0 and is added in fp32 in step
+  // order.
   auto sumsq_push_tc = [&](int it) {
-    const int beta = warp & 7, h = warp >> 3, g = lane >> 2, t = lane & 3;
+    const int g = lane >> 2, t = lane & 3;
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
     for (int b = 0; b < SB; ++b) {
       const int k = it * SB + b;
       wait_full(k);
       const unsigned char* rowp =
-          reinterpret_cast<const unsigned char*>(ring + (k % R) * BLOCK) + (16 * beta + g) * 256 + t * 8;
+          reinterpret_cast<const unsigned char*>(ring + (k % R) * BLOCK) + (8 * warp + g) * 256 + t * 16;
 #pragma unroll
       for (int st = 0; st < 4; ++st) {
-        const int c = 4 * h + ((st + g) & 3);
-        const uint2 lo = *reinterpret_cast<const uint2*>(rowp + c * 32);
-        const uint2 hi = *reinterpret_cast<const uint2*>(rowp + 8 * 256 + c * 32);
+        const uint4 q = *reinterpret_cast<const uint4*>(rowp + ((st + g) & 3) * 64);
         float d[4], e[4];
-        mma_bf16_zero(d, lo.x, hi.x, lo.y, hi.y, lo.x, lo.y);
-        mma_bf16_zero(e, lo.x, hi.x, lo.y, hi.y, hi.x, hi.y);
+        mma_bf16_zero(d, q.x, q.y, q.z, q.w, q.x, q.z);
+        mma_bf16_zero(e, q.x, q.y, q.z, q.w, q.y, q.w);
         acc[0] += d[0];
         acc[1] += d[1];
         acc[2] += e[2];
         acc[3] += e[3];
       }
     }
-    const float vlo = (g & 1) ? acc[1] : acc[0], vhi = (g & 1) ? acc[3] : acc[2];
-    // Piece p = rows 16β + 4p … +3: row r < 8 from lane 4r + (r >> 1)'s vlo, r ≥ 8 from lane 4(r−8) + ((r−8) >> 1)'s vhi.
-    const int p = lane & 3;
-    float v[4];
-#pragma unroll
-    for (int cc = 0; cc < 4; ++cc) {
-      const int r = 4 * p + cc, rr = r & 7;
-      const int src = 4 * rr + (rr >> 1);
-      const float a = __shfl_sync(0xffffffffu, vlo, src), bb = __shfl_sync(0xffffffffu, vhi, src);
-      v[cc] = r < 8 ? a : bb;
-    }
-    const float4 v4 = make_float4(v[0], v[1], v[2], v[3]);
-    float* dst = recv + (((it & 1) * S + static_cast<int>(rank)) * 2 + h) * ROWS + 16 * beta + 4 * p;
-#pragma unroll
-    for (int j = lane; j < 4 * S; j += 32) rmsq::st_async16(dst, v4, xbar + (it & 1), static_cast<u32>(j >> 2));
+    // Row 8w + g's sum in lane 4g + (g >> 1); piece p = rows 8w + 4p … +3 to lanes j < 2S (piece j & 1, CTA j >> 1).
+    const float v = (g & 1) ? acc[1] + acc[3] : acc[0] + acc[2];
+    const int p = lane & 1;
+    float4 v4;
+    v4.x = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 0) + ((4 * p + 0) >> 1));
+    v4.y = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 1) + ((4 * p + 1) >> 1));
+    v4.z = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 2) + ((4 * p + 2) >> 1));
+    v4.w = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 3) + ((4 * p + 3) >> 1));
+    if (lane < 2 * S)
+      rmsq::st_async16(recv + ((it & 1) * S + static_cast<int>(rank)) * ROWS + 8 * warp + 4 * p, v4, xbar + (it & 1),
+                       static_cast<u32>(lane >> 1));
   };
   auto push_sums = [&](int it) {
     if constexpr (TC) sumsq_push_tc(it);
@@ -242,16 +236,15 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
   // r of the thread's 4 rows of tile it (rms_inv by rank 0).
   auto finish = [&](int it, int m0, int valid, float (&rv)[4]) {
     u64* bar = xbar + (it & 1);
-    if (tid == 0) mbar_arrive_expect_tx(smem_u32(bar), P * ROWS * 4);
+    if (tid == 0) mbar_arrive_expect_tx(smem_u32(bar), S * ROWS * 4);
     mbar_wait(smem_u32(bar), static_cast<u32>((it >> 1) & 1));
-    // Row 8w + j: lane j + 8·q4 adds the partials q4, q4 + 4, … (rank order; TC: (rank, half)) in order, then the
-    // four groups pairwise.
+    // Row 8w + j: lane j + 8·q4 adds the partials of ranks q4, q4 + 4, … in order, then the four groups pairwise.
     const int j = lane & 7, q4 = lane >> 3;
-    const float* base = recv + (it & 1) * P * ROWS + 8 * warp + j;
+    const float* base = recv + (it & 1) * S * ROWS + 8 * warp + j;
     float t = 0.f;
 #pragma unroll
-    for (int q = 0; q < P; q += 4)
-      if (q + q4 < P) t += base[(q + q4) * ROWS];
+    for (int q = 0; q < S; q += 4)
+      if (q + q4 < S) t += base[(q + q4) * ROWS];
     t += __shfl_xor_sync(0xffffffffu, t, 8);
     t += __shfl_xor_sync(0xffffffffu, t, 16);
     const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);

@@ -25,15 +25,13 @@ constexpr int kRmsqSliceBlockBytes = 128 * 128 * 2;
 // Dynamic shared memory of a slice CTA (S CTAs a row, SB blocks a CTA, R ≥ SB + 1 ring slots), in this order: the R
 // block slots (32 KiB each, at the 1024-aligned base: TMA destinations), two buffers of staged transposed codes
 // (128 channels × 128 tokens), three rotating column-max buffers (132 slots), the received partial row sums
-// [2][S][128] fp32 ([2][S][2][128] with the tensor-core Σx², `tc`: two column halves a CTA), the slice's weights
-// [SB·128] fp32, then R slot barriers and 2 exchange barriers.
-constexpr int rms_norm_block_quant_slice_smem_bytes(int S, int SB, int R, bool tc = false) {
-  return R * kRmsqSliceBlockBytes + 2 * 128 * 128 + 3 * 132 * 4 + 2 * S * (tc ? 2 : 1) * 128 * 4 + SB * 128 * 4 +
-         (R + 2) * 8;
+// [2][S][128] fp32, the slice's weights [SB·128] fp32, then R slot barriers and 2 exchange barriers.
+constexpr int rms_norm_block_quant_slice_smem_bytes(int S, int SB, int R) {
+  return R * kRmsqSliceBlockBytes + 2 * 128 * 128 + 3 * 132 * 4 + 2 * S * 128 * 4 + SB * 128 * 4 + (R + 2) * 8;
 }
 // CTAs an SM the kernel asks registers for (__launch_bounds__): two where shared memory lets two share an SM.
-constexpr int rms_norm_block_quant_slice_min_blocks(int S, int SB, int R, bool tc = false) {
-  return rms_norm_block_quant_slice_smem_bytes(S, SB, R, tc) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1;
+constexpr int rms_norm_block_quant_slice_min_blocks(int S, int SB, int R) {
+  return rms_norm_block_quant_slice_smem_bytes(S, SB, R) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1;
 }
 
 }  // namespace kiln
