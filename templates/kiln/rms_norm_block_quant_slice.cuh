@@ -288,14 +288,15 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
 #pragma unroll
           for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
 
+        // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), then the row-wise
+        // codes (their math covers the atomics' latency and the other warps' arrival), one barrier.
+        u32* cm = colmax + cmi * 132;
+        bqt::col_max(cm, y, cs0);
+        if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         bqt::row_codes(y, hl, lane, FULL ? 4 : valid - 4 * hw,
                        a.q + static_cast<i64>(m0 + 4 * hw) * N + col + c0, N,
                        a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
                        Apply<ROUND>{});
-        // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), one barrier.
-        u32* cm = colmax + cmi * 132;
-        bqt::col_max(cm, y, cs0);
-        if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         __syncthreads();
         // Every thread has read slot k (its values are in y): refill it with visit k + R.
         if (tid == 0 && k + R < nvis) issue(k + R);
