@@ -159,17 +159,27 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
   for (int i = tid; i < 3 * 132; i += kRmsqSliceThreads) colmax[i] = 0u;
   cluster_sync();  // barriers initialized cluster-wide; the weights and column maxima visible to the CTA
 
-  auto wait_full = [&](int k) { mbar_wait(smem_u32(full + k % R), static_cast<u32>((k / R) & 1)); };
-  auto slot_rows = [&](int k) -> const bf16* { return ring + (k % R) * BLOCK + 4 * hw * 128 + c0; };
+  // The Σx² pass and the quantization walk the visits in order: each keeps its visit's slot and fill parity as a
+  // running counter (no k % R, k / R a visit).
+  int s_slot = 0, q_slot = 0;
+  u32 s_par = 0;
+  auto next_slot = [](int& slot, u32& par) {
+    if (++slot == R) {
+      slot = 0;
+      par ^= 1u;
+    }
+  };
+  auto wait_full = [&](int slot, u32 par) { mbar_wait(smem_u32(full + slot), par); };
+  auto slot_rows = [&](int slot) -> const bf16* { return ring + slot * BLOCK + 4 * hw * 128 + c0; };
 
   // Σx² of tile it's slice (the CTA's C columns), pushed to every CTA of the cluster.
   auto sumsq_push = [&](int it) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
     for (int b = 0; b < SB; ++b) {
-      const int k = it * SB + b;
-      wait_full(k);
-      const bf16* s = slot_rows(k);
+      wait_full(s_slot, s_par);
+      const bf16* s = slot_rows(s_slot);
+      next_slot(s_slot, s_par);
 #pragma unroll
       for (int i = 0; i < 4; ++i) rmsq::sum_squares8(*reinterpret_cast<const Vec16*>(s + i * 128), ss[i]);
     }
@@ -200,10 +210,10 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
     for (int b = 0; b < SB; ++b) {
-      const int k = it * SB + b;
-      wait_full(k);
+      wait_full(s_slot, s_par);
       const unsigned char* rowp =
-          reinterpret_cast<const unsigned char*>(ring + (k % R) * BLOCK) + (8 * warp + g) * 256 + t * 16;
+          reinterpret_cast<const unsigned char*>(ring + s_slot * BLOCK) + (8 * warp + g) * 256 + t * 16;
+      next_slot(s_slot, s_par);
 #pragma unroll
       for (int st = 0; st < 4; ++st) {
         const uint4 q = *reinterpret_cast<const uint4*>(rowp + ((st + g) & 3) * 64);
@@ -271,7 +281,7 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
 #pragma unroll 1
       for (int b = 0; b < SB; ++b) {
         const int k = it * SB + b, col = col0 + b * 128;
-        const bf16* s = slot_rows(k);
+        const bf16* s = slot_rows(q_slot);
         Vec16 xv[4];
 #pragma unroll
         for (int i = 0; i < 4; ++i) xv[i] = *reinterpret_cast<const Vec16*>(s + i * 128);
@@ -299,7 +309,8 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
                        Apply<ROUND>{});
         __syncthreads();
         // Every thread has read slot k (its values are in y): refill it with visit k + R.
-        if (tid == 0 && k + R < nvis) issue(k + R);
+        if (tid == 0 && k + R < nvis) issue(k + R);  // (slot q_slot)
+        if (++q_slot == R) q_slot = 0;
         // (FULL: the previous block is from this tile or an earlier one: full too.)
         if (prev_col >= 0)
           store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16, FULL);
