@@ -350,7 +350,8 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
   s.config[C_WARPS] = kRmsqSliceThreads / 32;
   s.config[C_EXCHANGE] = kSlice;
   for (int sb = 1; sb <= nb; ++sb) {
-    if (nb % sb != 0 || nb / sb > 16) continue;
+    // (S = 1, one CTA a row, would launch without a cluster, where the DSMEM pushes are illegal: not a point)
+    if (nb % sb != 0 || nb / sb > 16 || nb / sb < 2) continue;
     for (int R : {sb, sb + 1, sb + 2})
       for (int tc : {0, 1}) {
         if (tc && R != sb + 1) continue;

@@ -698,8 +698,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
 // tile, each CTA's SB blocks in a TMA-filled ring of R > SB slots, row sums pushed through DSMEM), forced: the
 // targets' points (N = 2048: SB 4 / 2 / 1, N = 7168: SB 4, clusters of 14) at M = 1, 7, 128, 1000 and 8192 (every
 // cluster walks several tiles; the last tile partial, M % 16 != 0: the byte-wise qT tail; rows past M from the
-// tensor map's zero fill), every other point of its space at 2048 / 7168 / 4096 / 1152 (S = 9, 3) / 128 (S = 1: no
-// cluster), x loaded evict-first (overlap 1), Σx² on the tensor cores (prefetch 1: rms_inv within the usual few ulps,
+// tensor map's zero fill), every other point of its space at 2048 / 7168 / 4096 / 1152 (S = 9, 3) / 256 (S = 2), x loaded evict-first (overlap 1), Σx² on the tensor cores (prefetch 1: rms_inv within the usual few ulps,
 // the codes bit-exact from it), and the special values (NaN, ±inf, overflowing and tiny rows) in both scale modes.
 TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   std::vector<SpacePoint> points;
@@ -714,17 +713,17 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   for (const SpacePoint& p : {SpacePoint{2048, 2, 16, 2, 0, 4, 0, 7, 4003}, SpacePoint{2048, 2, 16, 1, 0, 2, 0, 7, 8000},
                               SpacePoint{2048, 2, 16, 1, 0, 3, 0, 7, 1000}, SpacePoint{4096, 2, 16, 4, 0, 5, 0, 7, 3001},
                               SpacePoint{4096, 2, 16, 2, 0, 3, 0, 7, 3001}, SpacePoint{1152, 2, 16, 3, 0, 4, 0, 7, 1000},
-                              SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}, SpacePoint{128, 2, 16, 1, 0, 2, 0, 7, 50001},
+                              SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}, SpacePoint{256, 2, 16, 1, 0, 2, 0, 7, 50001},
                               // x loaded evict-first (overlap 1)
                               SpacePoint{7168, 2, 16, 4, 0, 5, 1, 7, 8192}, SpacePoint{2048, 2, 16, 4, 0, 5, 1, 7, 4003},
                               SpacePoint{2048, 2, 16, 2, 0, 3, 1, 7, 8192},
                               // Σx² on the tensor cores (prefetch 1)
                               SpacePoint{2048, 2, 16, 2, 1, 3, 0, 7, 4003}, SpacePoint{2048, 2, 16, 1, 1, 2, 0, 7, 8000},
                               SpacePoint{4096, 2, 16, 4, 1, 5, 0, 7, 3001}, SpacePoint{1152, 2, 16, 3, 1, 4, 1, 7, 1000},
-                              SpacePoint{128, 2, 16, 1, 1, 2, 0, 7, 50001},
+                              SpacePoint{256, 2, 16, 1, 1, 2, 0, 7, 50001},
                               // exactly the slice's slots, two CTAs an SM (64 registers)
                               SpacePoint{2048, 2, 16, 2, 0, 2, 0, 7, 8192}, SpacePoint{2048, 2, 16, 1, 0, 1, 1, 7, 4003},
-                              SpacePoint{1152, 2, 16, 1, 0, 2, 0, 7, 1000}})
+                              SpacePoint{1152, 2, 16, 1, 0, 1, 0, 7, 1000}})
     points.push_back(p);
   for_each_point(points, [](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x71, static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.M)}));
@@ -744,6 +743,7 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 4, 0, 5, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 8, 0, 9, 0, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 4, 0, 7));  // tensor cores: SB + 1 slots
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 0, 2, 0, 7));   // S = 1: no cluster
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
