@@ -58,6 +58,14 @@ bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EX
 // tensor cores; overlap 1 = x loaded with an L2 evict-first policy.
 constexpr int kSlice = 7;
 bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
+// exchange 8 = the same per-block code on the GLOBAL walk (rms_norm_block_quant_slice_global_kernel: no clusters, one
+// CTA an SM over (tile, 128·col_blocks-column chunk) items, a TMA ring of `stages` ≥ 2·col_blocks slots, the row
+// sums through the stream kernel's tagged workspace); overlap 1 = x loaded L2-evict-first. Round 1 (session 7)
+// found a cluster a tile resident only 7 × 14 (98 SMs, N = 7168) or 15 × 8 / 30 × 4 (120 SMs, N = 2048).
+constexpr int kSliceGlobal = 8;
+bool is_slice_global(const Specialization& s) {
+  return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSliceGlobal;
+}
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
@@ -89,6 +97,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     const bool tc = s.config[C_PREFETCH] != 0;
     name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
                        wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
+  } else if (is_slice_global(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
+    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_OVERLAP] != 0);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -115,6 +127,8 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
+  if (is_slice_global(s))
+    return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES]);
   if (is_slice(s))
     return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
@@ -369,6 +383,29 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
   }
 }
 
+// Slice-kernel GLOBAL points (exchange 8, sm_90, mode 2): 1 or 2 blocks an item (at least two items a row), slots for
+// two items or one block more, x loaded with the default L2 policy or evict-first.
+void slice_global_points(const Specialization& base, std::vector<Specialization>& out) {
+  if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
+  const int N = static_cast<int>(base.params[P_N]), nb = N / 128;
+  Specialization s = base;
+  s.config = {};
+  s.config[C_WARPS] = kRmsqSliceThreads / 32;
+  s.config[C_EXCHANGE] = kSliceGlobal;
+  for (int sb : {1, 2}) {
+    if (nb % sb != 0 || nb / sb < 2) continue;
+    for (int R : {2 * sb, 2 * sb + 1}) {
+      if (rms_norm_block_quant_slice_global_smem_bytes(N, R) > 227 * 1024) continue;
+      s.config[C_COL_BLOCKS] = sb;
+      s.config[C_STAGES] = R;
+      for (int evf : {0, 1}) {
+        s.config[C_OVERLAP] = evf;
+        out.push_back(s);
+      }
+    }
+  }
+}
+
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
 // (else the plain cluster tile kernel covers it) with clusters of K = gx_cluster(S) ≥ 2; exchange 6 (tile512) at any
 // K = gx_cluster(S) ≥ 2 (K = S: one cluster a row), and with clusters of up to 16 where that is larger.
@@ -479,6 +516,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       tile_gx_points(base, cb, out);
     }
   slice_points(base, out);
+  slice_global_points(base, out);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -640,6 +678,27 @@ bool launch_slice(Runtime::Impl& impl, const Specialization& s, const RmsNormBlo
   return true;
 }
 
+// Launches a slice GLOBAL config (is_slice_global(s)): one wave of resident CTAs over the tiles × chunks items, the
+// row sums in the stream kernel's workspace.
+void launch_slice_global(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a,
+                         Stream stream) {
+  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
+  const int chunks = chunks_of(s);
+  LaunchDims d;
+  d.block[0] = kRmsqSliceThreads;
+  d.smem = static_cast<unsigned>(smem_bytes(s));
+  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqSliceThreads, d.smem);
+  RmsqStreamArgs ws{a, nullptr, 0};
+  const CUdeviceptr w = global_workspace(impl, tiles, chunks, 2, stream, ws);
+  RmsqSliceGlobalArgs sa{};
+  encode_slice_map(sa.tmx, a, s.params[P_N]);
+  sa.a = a;
+  sa.ws = ws.ws;
+  sa.tag = ws.tag;
+  impl.launch(s, d, stream, sa);
+  if (w) impl.free_async(w, stream);
+}
+
 }  // namespace
 
 namespace detail {
@@ -734,6 +793,10 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   if (is_slice(s)) {
     if (launch_slice(impl, s, a, stream)) return;
     stream_fallback(s);
+  }
+  if (is_slice_global(s)) {
+    launch_slice_global(impl, s, a, stream);
+    return;
   }
   if (is_stream(s)) {
     launch_stream(impl, s, mode, a, stream);

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Resident-slice kernel round (bench/NOTES.md, "Session 7 (helper q2w)"): forced-config bench rows of
-# rms_norm_block_quant mode 2 at M = 8192 round_scale 1 (the slice kernel, exchange 7, against the stream kernel's
-# default, alternated), the slice kernel's resident clusters (debug log), and an Nsight Compute profile of it.
+# Slice-kernel rounds (bench/NOTES.md, "Session 7 (helper q2w)"): forced-config bench rows of rms_norm_block_quant
+# mode 2 at M = 8192 round_scale 1 against the stream kernel's default (alternated), and Nsight Compute profiles.
+# Round 2: the GLOBAL walk of the slice kernel (exchange 8: no clusters, every SM, balanced items) — round 1 found a
+# cluster a tile (exchange 7) resident only 7 × 14 (98 SMs, N = 7168) / 15 × 8 or 30 × 4 (120 SMs, N = 2048).
 # Run from the repo root after the build; logs go to $OUT (default /tmp).
 #   slice_round.sh [sweep] [ncu]     (both when no argument)
 set -u
@@ -9,24 +10,18 @@ out=${OUT:-/tmp}
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
 what=${*:-sweep ncu}
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (the N ≥ 2048 default)
-# SB blocks a CTA, R slots, [1: x loaded evict-first], [1: Σx² on the tensor cores]
+# cluster slice: SB blocks a CTA, R slots, [1: x evict-first], [1: Σx² on the tensor cores]
 slice() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=7"; }
+# GLOBAL slice: SB blocks an item, R slots, [1: x evict-first]
+sg() { echo "warps=16,col_blocks=$1,prefetch=0,stages=$2,overlap=${3:-0},exchange=8"; }
 
 if [[ $what == *sweep* ]]; then
-  FORCED_BASE=- timeout 120 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 0 1)" "$stream" \
-    "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 1 1)" | tee "$out/slice-sweep-7168.txt"
-  FORCED_BASE=- timeout 180 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(slice 4 5)" "$(slice 4 5 1)" "$(slice 4 5 0 1)" "$(slice 2 3)" \
-    "$(slice 2 3 1)" "$(slice 1 2)" "$(slice 2 2)" "$stream" "$(slice 4 5)" | tee "$out/slice-sweep-2048.txt"
-  # Clusters resident at once (ring_groups' debug line) for the two target points.
-  for p in "N=7168 $(slice 4 5)" "N=2048 $(slice 4 5)" "N=2048 $(slice 2 3)" "N=2048 $(slice 2 2)"; do
-    n=${p%% *} cfg=${p#* }
-    python3 bench/sweeps/forced_config.py - rms_norm_block_quant tile 8192 "$n,mode=2,round_scale=1,w_f32=0" "$cfg" \
-      "$out/slice-forced.json" > /dev/null
-    KILN_LOG_LEVEL=debug KILN_TUNING_DB="$out/slice-forced.json" timeout 60 "$kiln" bench --repeats 1 \
-      --filter "M=8192 $n mode=2 round_scale=1" 2>&1 | grep -E "resident at once" | sed "s/^/$n $cfg: /"
-  done | tee "$out/slice-occupancy.txt"
+  FORCED_BASE=- timeout 150 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 2 5)" "$(sg 2 4 1)" "$(sg 1 2)" "$stream" \
+    "$(sg 2 4)" | tee "$out/slice-sweep-7168.txt"
+  FORCED_BASE=- timeout 150 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 1 2)" "$(sg 1 3)" "$(sg 2 5)" "$(slice 2 3)" \
+    "$stream" "$(sg 2 4)" | tee "$out/slice-sweep-2048.txt"
 fi
 
 if [[ $what == *ncu* ]]; then
@@ -38,10 +33,11 @@ if [[ $what == *ncu* ]]; then
     python3 bench/sweeps/forced_config.py - rms_norm_block_quant tile 8192 "$2,mode=2,round_scale=1,w_f32=0" "$3" "$db" \
       > /dev/null
     KILN_TUNING_DB="$db" timeout 120 ncu --clock-control none -k "regex:rms_norm_block_quant_slice" -c 1 \
-      "${sections[@]}" --print-details all "$kiln" bench --repeats 1 --filter "M=8192 ${2/,/ } mode=2 round_scale=1" \
+      "${sections[@]}" --print-details all "$kiln" bench --repeats 1 --filter "M=8192 $2 mode=2 round_scale=1" \
       > "$out/slice-ncu-$1.txt" 2>&1
     grep -E "Duration|Registers Per|Achieved Occupancy|Issued Warp Per Scheduler|DRAM Throughput|Executed Instructions  " \
       "$out/slice-ncu-$1.txt" | sed "s/^/$1: /"
   }
-  prof 7168 N=7168 "$(slice 4 5)"
+  prof global-7168 N=7168 "$(sg 2 4)"
+  prof global-2048 N=2048 "$(sg 2 4)"
 fi

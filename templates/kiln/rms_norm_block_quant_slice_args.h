@@ -34,4 +34,21 @@ constexpr int rms_norm_block_quant_slice_min_blocks(int S, int SB, int R) {
   return rms_norm_block_quant_slice_smem_bytes(S, SB, R) <= kRmsNormBlockQuantTwoCtaSmem ? 2 : 1;
 }
 
+// The GLOBAL walk of the same per-block code (rms_norm_block_quant_slice_global_kernel, config exchange 8): no
+// clusters, a persistent grid of one CTA an SM over (token tile, C-column chunk) items, the row sums through a tagged
+// global workspace [tiles][N/C][128] of {fp32 bits, tag} (the stream kernel's protocol: RmsqStreamArgs, the same
+// host code) — every SM busy and the items balanced, where a cluster a tile fits only 7 clusters of 14 (N = 7168)
+// or 15 of 8 / 30 of 4 (N = 2048) on an H100's GPCs.
+struct RmsqSliceGlobalArgs {
+  RmsqTensorMap tmx;
+  RmsNormBlockQuantArgs a;
+  unsigned long long* ws;
+  unsigned tag;
+};
+// Dynamic shared memory: R block slots, two code buffers, three column-max buffers, the weights [N] fp32, R slot
+// barriers.
+constexpr int rms_norm_block_quant_slice_global_smem_bytes(int N, int R) {
+  return R * kRmsqSliceBlockBytes + 2 * 128 * 128 + 3 * 132 * 4 + N * 4 + R * 8;
+}
+
 }  // namespace kiln
