@@ -60,7 +60,8 @@ constexpr int kSlice = 7;
 bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
 // exchange 8 = the same per-block code on the GLOBAL walk (rms_norm_block_quant_slice_global_kernel: no clusters, one
 // CTA an SM over (tile, 128·col_blocks-column chunk) items, a TMA ring of `stages` ≥ 2·col_blocks slots, the row
-// sums through the stream kernel's tagged workspace); overlap 1 = x loaded L2-evict-first. Round 1 (session 7)
+// sums through the stream kernel's tagged workspace); overlap 1 = x loaded L2-evict-first; prefetch 1 = two CTAs an
+// SM (64 registers, weights from global memory). Round 1 (session 7)
 // found a cluster a tile resident only 7 × 14 (98 SMs, N = 7168) or 15 × 8 / 30 × 4 (120 SMs, N = 2048).
 constexpr int kSliceGlobal = 8;
 bool is_slice_global(const Specialization& s) {
@@ -99,8 +100,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
   } else if (is_slice_global(s)) {
     source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_OVERLAP] != 0);
+    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_OVERLAP] != 0,
+                       s.config[C_PREFETCH] ? 2 : 1);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -128,7 +130,8 @@ int smem_bytes(const Specialization& s) {
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (is_slice_global(s))
-    return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES]);
+    return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES],
+                                                        s.config[C_PREFETCH] == 0);
   if (is_slice(s))
     return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
@@ -384,7 +387,8 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
 }
 
 // Slice-kernel GLOBAL points (exchange 8, sm_90, mode 2): 1 or 2 blocks an item (at least two items a row), slots for
-// two items or one block more, x loaded with the default L2 policy or evict-first.
+// two items or one block more, x loaded with the default L2 policy or evict-first; up to N = 2048 also two CTAs an
+// SM (prefetch 1: one block an item, two slots).
 void slice_global_points(const Specialization& base, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
   const int N = static_cast<int>(base.params[P_N]), nb = N / 128;
@@ -398,10 +402,22 @@ void slice_global_points(const Specialization& base, std::vector<Specialization>
       if (rms_norm_block_quant_slice_global_smem_bytes(N, R) > 227 * 1024) continue;
       s.config[C_COL_BLOCKS] = sb;
       s.config[C_STAGES] = R;
+      s.config[C_PREFETCH] = 0;
       for (int evf : {0, 1}) {
         s.config[C_OVERLAP] = evf;
         out.push_back(s);
       }
+    }
+  }
+  // Two CTAs an SM: one block an item, two slots, where a warp's partial sums of a row take ≤ 4 registers (N ≤ 2048).
+  if (nb >= 2 && nb <= 16 &&
+      rms_norm_block_quant_slice_global_smem_bytes(N, 2, false) <= kRmsNormBlockQuantTwoCtaSmem) {
+    s.config[C_COL_BLOCKS] = 1;
+    s.config[C_STAGES] = 2;
+    s.config[C_PREFETCH] = 1;
+    for (int evf : {0, 1}) {
+      s.config[C_OVERLAP] = evf;
+      out.push_back(s);
     }
   }
 }

@@ -12,16 +12,16 @@ what=${*:-sweep ncu}
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (the N ≥ 2048 default)
 # cluster slice: SB blocks a CTA, R slots, [1: x evict-first], [1: Σx² on the tensor cores]
 slice() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=7"; }
-# GLOBAL slice: SB blocks an item, R slots, [1: x evict-first]
-sg() { echo "warps=16,col_blocks=$1,prefetch=0,stages=$2,overlap=${3:-0},exchange=8"; }
+# GLOBAL slice: SB blocks an item, R slots, [1: x evict-first], [1: two CTAs an SM]
+sg() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=8"; }
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- timeout 150 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
     'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 2 5)" "$(sg 2 4 1)" "$(sg 1 2)" "$stream" \
     "$(sg 2 4)" | tee "$out/slice-sweep-7168.txt"
   FORCED_BASE=- timeout 150 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 1 2)" "$(sg 1 3)" "$(sg 2 5)" "$(slice 2 3)" \
-    "$stream" "$(sg 2 4)" | tee "$out/slice-sweep-2048.txt"
+    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 1 2)" "$(sg 1 3)" "$(sg 2 5)" "$(sg 1 2 0 1)" \
+    "$(slice 2 3)" "$stream" "$(sg 2 4)" | tee "$out/slice-sweep-2048.txt"
 fi
 
 if [[ $what == *ncu* ]]; then

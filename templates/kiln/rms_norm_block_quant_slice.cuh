@@ -342,23 +342,25 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
 // workspace (one 8-byte store), loads the S × 8 pairs of item it's rows before that pass and checks them after it
 // (the stream kernel's protocol, rms_norm_block_quant_stream.cuh: the tag is unique to the launch; a pair still stale
 // after kRmsqStreamSpinLimit polls is summed here from x with the pass's operations in its order, so nothing depends
-// on another CTA being resident). The weights [N] are staged once as fp32.
-template <int N, int SB, int R, bool ROUND, bool W_F32, bool EVF = false>
-__global__ void __launch_bounds__(kRmsqSliceThreads, 1)
+// on another CTA being resident). The weights [N] are staged once as fp32 — except with MINB = 2 (two CTAs an SM,
+// 64 registers: the shared memory of two rings), where each block's 8 weights a thread come from global memory (L1).
+template <int N, int SB, int R, bool ROUND, bool W_F32, bool EVF = false, int MINB = 1>
+__global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     rms_norm_block_quant_slice_global_kernel(const __grid_constant__ RmsqSliceGlobalArgs sa) {
   using namespace rmsq_slice;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, C = SB * 128, S = N / C, BLOCK = 128 * 128;
   static_assert(N % C == 0 && S >= 2, "at least two chunks a row");
   static_assert(R >= 2 * SB, "the ring holds two items");
-  static_assert(rms_norm_block_quant_slice_global_smem_bytes(N, R) <= 227 * 1024, "shared memory");
+  constexpr bool WSM = MINB == 1;  // weights staged in shared memory
+  static_assert(rms_norm_block_quant_slice_global_smem_bytes(N, R, WSM) <= 227 * 1024 / MINB, "shared memory");
 
   extern __shared__ __align__(1024) unsigned char smem_raw[];
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * kRmsqSliceBlockBytes);  // [2][128 channels][32 slots]
   u32* colmax = codes + 2 * 128 * 32;                                       // [3][132]
-  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132);                  // [N]
-  u64* full = reinterpret_cast<u64*>(wsm + N);                              // [R]
+  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132);                  // [N] (WSM)
+  u64* full = reinterpret_cast<u64*>(wsm + (WSM ? N : 0));                  // [R]
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -388,12 +390,13 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, 1)
     prefetch_tmap(&sa.tmx);
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
   }
-  for (int i = tid; i < N; i += kRmsqSliceThreads) {
-    float wv[1];
-    if (W_F32) load_floats<float, 1>(a.w, i, wv);
-    else load_floats<bf16, 1>(a.w, i, wv);
-    wsm[i] = wv[0];
-  }
+  if constexpr (WSM)
+    for (int i = tid; i < N; i += kRmsqSliceThreads) {
+      float wv[1];
+      if (W_F32) load_floats<float, 1>(a.w, i, wv);
+      else load_floats<bf16, 1>(a.w, i, wv);
+      wsm[i] = wv[0];
+    }
   for (int i = tid; i < 3 * 132; i += kRmsqSliceThreads) colmax[i] = 0u;
   __syncthreads();  // barriers initialized; weights and column maxima visible
 
@@ -523,11 +526,15 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, 1)
 #pragma unroll
         for (int i = 0; i < 4; ++i) xv[i] = *reinterpret_cast<const Vec16*>(s + i * 128);
         float w8[8];
-        {
+        if constexpr (WSM) {
           const float4 w0 = *reinterpret_cast<const float4*>(wsm + col + c0);
           const float4 w1 = *reinterpret_cast<const float4*>(wsm + col + c0 + 4);
           w8[0] = w0.x, w8[1] = w0.y, w8[2] = w0.z, w8[3] = w0.w, w8[4] = w1.x, w8[5] = w1.y, w8[6] = w1.z,
           w8[7] = w1.w;
+        } else if constexpr (W_F32) {
+          load_floats<float, 8>(a.w, col + c0, w8);
+        } else {
+          load_floats<bf16, 8>(a.w, col + c0, w8);
         }
         float y[4][8];
 #pragma unroll

@@ -45,10 +45,10 @@ struct RmsqSliceGlobalArgs {
   unsigned long long* ws;
   unsigned tag;
 };
-// Dynamic shared memory: R block slots, two code buffers, three column-max buffers, the weights [N] fp32, R slot
-// barriers.
-constexpr int rms_norm_block_quant_slice_global_smem_bytes(int N, int R) {
-  return R * kRmsqSliceBlockBytes + 2 * 128 * 128 + 3 * 132 * 4 + N * 4 + R * 8;
+// Dynamic shared memory: R block slots, two code buffers, three column-max buffers, the weights [N] fp32 (`wsm`: one
+// CTA an SM), R slot barriers.
+constexpr int rms_norm_block_quant_slice_global_smem_bytes(int N, int R, bool wsm = true) {
+  return R * kRmsqSliceBlockBytes + 2 * 128 * 128 + 3 * 132 * 4 + (wsm ? N * 4 : 0) + R * 8;
 }
 
 }  // namespace kiln

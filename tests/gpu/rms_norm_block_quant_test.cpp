@@ -756,7 +756,7 @@ TEST_F(RmsNormBlockQuantTest, SliceKernelPoints) {
 // The slice kernel's GLOBAL walk (exchange 8; rms_norm_block_quant_slice_global_kernel: no clusters, one CTA an SM over
 // (tile, chunk) items, a TMA ring of two items, the row sums through the stream kernel's tagged workspace), forced:
 // the targets' points at M = 1, 7, 128, 1000, 8192, the rest of its space (1 or 2 blocks an item, 2·SB or 2·SB + 1
-// slots, x evict-first) at 2048 / 7168 / 4096 / 256 (two chunks) / 1152 (nine), and the special values.
+// slots, x evict-first; two CTAs an SM) at 2048 / 7168 / 4096 / 256 (two chunks) / 1152 (nine), and the special values.
 TEST_F(RmsNormBlockQuantTest, SliceGlobalPoints) {
   std::vector<SpacePoint> points;
   for (const SpacePoint& c : {SpacePoint{2048, 2, 16, 2, 0, 4, 0, 8, 0}, SpacePoint{7168, 2, 16, 2, 0, 4, 0, 8, 0},
@@ -769,7 +769,10 @@ TEST_F(RmsNormBlockQuantTest, SliceGlobalPoints) {
   for (const SpacePoint& p : {SpacePoint{2048, 2, 16, 1, 0, 3, 1, 8, 4003}, SpacePoint{2048, 2, 16, 2, 0, 5, 0, 8, 8000},
                               SpacePoint{7168, 2, 16, 1, 0, 2, 0, 8, 4003}, SpacePoint{7168, 2, 16, 1, 0, 3, 1, 8, 1000},
                               SpacePoint{4096, 2, 16, 2, 0, 4, 1, 8, 3001}, SpacePoint{256, 2, 16, 1, 0, 2, 0, 8, 50001},
-                              SpacePoint{1152, 2, 16, 1, 0, 3, 0, 8, 1000}})
+                              SpacePoint{1152, 2, 16, 1, 0, 3, 0, 8, 1000},
+                              // two CTAs an SM (prefetch 1)
+                              SpacePoint{2048, 2, 16, 1, 1, 2, 0, 8, 8192}, SpacePoint{2048, 2, 16, 1, 1, 2, 1, 8, 4003},
+                              SpacePoint{1152, 2, 16, 1, 1, 2, 0, 8, 1000}})
     points.push_back(p);
   for_each_point(points, [](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x73, static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.M)}));
@@ -778,12 +781,15 @@ TEST_F(RmsNormBlockQuantTest, SliceGlobalPoints) {
     spec.round_scale = i % 4 != 3;
     run_and_check(in, spec);
   });
-  check_special_values({{2048, 2, 16, 2, 0, 4, 0, 8, 700}, {2048, 2, 16, 1, 0, 3, 1, 8, 700}}, 0x74);
+  check_special_values({{2048, 2, 16, 2, 0, 4, 0, 8, 700}, {2048, 2, 16, 1, 0, 3, 1, 8, 700},
+                        {2048, 2, 16, 1, 1, 2, 0, 8, 700}},
+                       0x74);
   // Not points: fewer slots than two items; one chunk a row (N = 128); more than 2 blocks an item; mode 1.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 0, 3, 0, 8));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 0, 2, 0, 8));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 8, 0, 8));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 2, 0, 4, 0, 8));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 1, 1, 2, 0, 8));  // two CTAs an SM: N ≤ 2048
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
