@@ -338,11 +338,11 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
 // The GLOBAL walk (config exchange 8): the same TMA ring and per-block code without clusters. A persistent grid of P
 // CTAs (one an SM) takes the items u = b, b + P, … of tiles × S items (tile u / S, C = 128·SB columns at (u % S)·C);
 // each item's SB blocks land in a ring of R ≥ 2·SB slots (two items), so item it + 1's Σx² pass runs before item
-// it's quantization and hides the exchange: each warp stores its 8 rows' partial sums as {fp32, tag} pairs in the
-// workspace (one 8-byte store), loads the S × 8 pairs of item it's rows before that pass and checks them after it
-// (the stream kernel's protocol, rms_norm_block_quant_stream.cuh: the tag is unique to the launch; a pair still stale
-// after kRmsqStreamSpinLimit polls is summed here from x with the pass's operations in its order, so nothing depends
-// on another CTA being resident). The weights [N] are staged once as fp32 — except with MINB = 2 (two CTAs an SM,
+// it's quantization (from item 1 on) and hides the exchange: each warp stores its 8 rows' partial sums as {fp32, tag}
+// pairs in the workspace (one 8-byte store), loads the S × 8 pairs of item it's rows before that pass and checks
+// them after it (the stream kernel's protocol, rms_norm_block_quant_stream.cuh: the tag is unique to the launch; a
+// pair still stale after kRmsqStreamSpinLimit polls is summed here from x with the pass's operations in its order,
+// so nothing depends on another CTA being resident). The weights [N] are staged once as fp32 — except with MINB = 2 (two CTAs an SM,
 // 64 registers: the shared memory of two rings), where each block's 8 weights a thread come from global memory (L1).
 template <int N, int SB, int R, bool ROUND, bool W_F32, bool EVF = false, int MINB = 1>
 __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
@@ -513,7 +513,10 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     const int tile = item_tile(it), col_base = item_chunk(it) * C;
     const int m0 = tile * ROWS, valid = min(ROWS, a.M - m0);
     poll_issue(it);
-    if (it + 1 < T) pass1(it + 1);
+    // The next item's Σx² before this item's exchange is checked — except for the first item, whose exchange waits
+    // only for the other CTAs' first blocks, while item 1's blocks land behind the whole start burst: its pass 1
+    // follows item 0's quantization instead.
+    if (it > 0 && it + 1 < T) pass1(it + 1);
     float rv[4];
     finish(it, m0, valid, rv);
     auto quant_item = [&](auto full_tag) {
@@ -567,6 +570,7 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     };
     if (valid == ROWS && aligned16) quant_item(Flag<true>{});
     else quant_item(Flag<false>{});
+    if (it == 0 && T > 1) pass1(1);
   }
   __syncthreads();
   if (prev_col >= 0) store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16);
