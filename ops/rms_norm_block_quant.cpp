@@ -79,7 +79,18 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
+  if (is_slice(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
+    const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
+    const bool tc = s.config[C_PREFETCH] != 0;
+    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
+                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
+  } else if (is_slice_global(s)) {
+    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
+    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_OVERLAP] != 0,
+                       s.config[C_PREFETCH] ? 2 : 1);
+  } else if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
     // exchange = two warps a row (SPLIT 2, Σx² exchanged), overlap = the kRmsqPipe* variant bits
     name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
@@ -92,17 +103,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
                        round, wf32, s.config[C_STAGES]);
-  } else if (is_slice(s)) {
-    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
-    const bool tc = s.config[C_PREFETCH] != 0;
-    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
-                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
-  } else if (is_slice_global(s)) {
-    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_OVERLAP] != 0,
-                       s.config[C_PREFETCH] ? 2 : 1);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -120,6 +120,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 }
 
 int smem_bytes(const Specialization& s) {
+  if (is_slice_global(s))
+    return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES],
+                                                        s.config[C_PREFETCH] == 0);
+  if (is_slice(s))
+    return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE])  // the pipe kernel, two warps a row
     return rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
                                                 s.config[C_STAGES], 2);
@@ -129,11 +134,6 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
-  if (is_slice_global(s))
-    return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES],
-                                                        s.config[C_PREFETCH] == 0);
-  if (is_slice(s))
-    return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -661,8 +661,8 @@ void stream_fallback(Specialization& s) {
 
 // x [M, N] bf16 (row pitch x_stride elements, a multiple of 8; base 16-byte aligned: the op's checks) as a tensor map
 // of 128 × 128 boxes, no swizzle, rows past M zero-filled.
-void encode_slice_map(RmsqTensorMap& out, const RmsNormBlockQuantArgs& a, int64_t N) {
-  static_assert(sizeof(RmsqTensorMap) == sizeof(CUtensorMap) && alignof(RmsqTensorMap) >= alignof(CUtensorMap));
+void encode_slice_map(TensorMap& out, const RmsNormBlockQuantArgs& a, int64_t N) {
+  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(a.M)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.x_stride) * 2};
   const cuuint32_t box[2] = {128, 128};

@@ -2,19 +2,14 @@
 // (mode 2; templates/kiln/rms_norm_block_quant_slice.cuh), shared by the device template and the host recipe.
 #pragma once
 #include "kiln/rms_norm_block_quant_args.h"
+#include "kiln/tensor_map.h"
 
 namespace kiln {
-
-// A CUtensorMap (cuda.h), opaque: 128 bytes, 128-byte aligned; the host encodes it (cuTensorMapEncodeTiled) and the
-// kernel reads it from its __grid_constant__ parameter.
-struct alignas(128) RmsqTensorMap {
-  unsigned long long opaque[16];
-};
 
 // The slice kernel's arguments: x as a 2-D tensor map (bf16 [M, N] with x's row pitch; boxes of 128 columns × 128
 // rows, no swizzle; rows past M read as zeros) and the family's argument block.
 struct RmsqSliceArgs {
-  RmsqTensorMap tmx;
+  TensorMap tmx;
   RmsNormBlockQuantArgs a;
 };
 
@@ -40,7 +35,7 @@ constexpr int rms_norm_block_quant_slice_min_blocks(int S, int SB, int R) {
 // host code) — every SM busy and the items balanced, where a cluster a tile fits only 7 clusters of 14 (N = 7168)
 // or 15 of 8 / 30 of 4 (N = 2048) on an H100's GPCs.
 struct RmsqSliceGlobalArgs {
-  RmsqTensorMap tmx;
+  TensorMap tmx;
   RmsNormBlockQuantArgs a;
   unsigned long long* ws;
   unsigned tag;
