@@ -60,8 +60,9 @@ constexpr int kSlice = 7;
 bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
 // exchange 8 = the same per-block code on the GLOBAL walk (rms_norm_block_quant_slice_global_kernel: no clusters, one
 // CTA an SM over (tile, 128·col_blocks-column chunk) items, a TMA ring of `stages` ≥ 2·col_blocks slots, the row
-// sums through the stream kernel's tagged workspace); overlap 1 = x loaded L2-evict-first; prefetch 1 = two CTAs an
-// SM (64 registers, weights from global memory). Round 1 (session 7)
+// sums through the stream kernel's tagged workspace); overlap bit 0 = x loaded L2-evict-first, bit 1 = EARLY (the
+// next item's partial sums loaded during this item's quantization); prefetch 1 = two CTAs an SM (64 registers,
+// weights from global memory). Round 1 (session 7)
 // found a cluster a tile resident only 7 × 14 (98 SMs, N = 7168) or 15 × 8 / 30 × 4 (120 SMs, N = 2048).
 constexpr int kSliceGlobal = 8;
 bool is_slice_global(const Specialization& s) {
@@ -87,9 +88,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
   } else if (is_slice_global(s)) {
     source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_OVERLAP] != 0,
-                       s.config[C_PREFETCH] ? 2 : 1);
+    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, (s.config[C_OVERLAP] & 1) != 0,
+                       s.config[C_PREFETCH] ? 2 : 1, (s.config[C_OVERLAP] & 2) != 0);
   } else if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
     // exchange = two warps a row (SPLIT 2, Σx² exchanged), overlap = the kRmsqPipe* variant bits
     name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
@@ -281,6 +282,17 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] = 1;
       s.config[C_EXCHANGE] = kStreamGlobal;
     }
+    // N = 2048 with power-of-two scales: the slice kernel's GLOBAL walk (exchange 8: the stream walk with one TMA
+    // copy a 128×128 block, the full-tile path and the weights in shared memory), 2 blocks an item, 5 slots.
+    // Measured (session 7 round 2, H100, M = 8192, bench, same process): 29.15 µs against the stream kernel's
+    // 29.65 / 29.87 (exchange 8 with 4 slots 29.76 / 30.06); at N = 7168 it lost (101.3 against 95.7–96.4).
+    if (mode == 2 && arch.sm >= 90 && ring && round && N == 2048) {
+      s.config = {};
+      s.config[C_WARPS] = kRmsqSliceThreads / 32;
+      s.config[C_COL_BLOCKS] = 2;
+      s.config[C_STAGES] = 5;
+      s.config[C_EXCHANGE] = kSliceGlobal;
+    }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
@@ -387,8 +399,8 @@ void slice_points(const Specialization& base, std::vector<Specialization>& out) 
 }
 
 // Slice-kernel GLOBAL points (exchange 8, sm_90, mode 2): 1 or 2 blocks an item (at least two items a row), slots for
-// two items or one block more, x loaded with the default L2 policy or evict-first; up to N = 2048 also two CTAs an
-// SM (prefetch 1: one block an item, two slots).
+// two items or one block more, x loaded with the default L2 policy or evict-first, or the next item's partial sums
+// loaded early (overlap 2); up to N = 2048 also two CTAs an SM (prefetch 1: one block an item, two slots).
 void slice_global_points(const Specialization& base, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
   const int N = static_cast<int>(base.params[P_N]), nb = N / 128;
@@ -403,8 +415,8 @@ void slice_global_points(const Specialization& base, std::vector<Specialization>
       s.config[C_COL_BLOCKS] = sb;
       s.config[C_STAGES] = R;
       s.config[C_PREFETCH] = 0;
-      for (int evf : {0, 1}) {
-        s.config[C_OVERLAP] = evf;
+      for (int ov : {0, 1, 2}) {  // default policy, evict-first, EARLY
+        s.config[C_OVERLAP] = ov;
         out.push_back(s);
       }
     }

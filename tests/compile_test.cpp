@@ -324,7 +324,7 @@ TEST(SearchSpace, SliceGlobalPoints) {
   std::set<std::pair<int, int>> shapes;
   for (const auto& c : p7168) shapes.insert({c.config[1], c.config[3]});
   EXPECT_EQ(shapes, (std::set<std::pair<int, int>>{{1, 2}, {1, 3}, {2, 4}, {2, 5}}));
-  EXPECT_EQ(p7168.size(), 8u);
+  EXPECT_EQ(p7168.size(), 12u);  // × {default L2 policy, evict-first, early partial-sum loads}
   EXPECT_TRUE(points(2048, 1, "sm_90a").empty());
   EXPECT_TRUE(points(2048, 2, "sm_80").empty());
   EXPECT_TRUE(points(128, 2, "sm_90a").empty());

@@ -16,12 +16,15 @@ slice() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0
 sg() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=8"; }
 
 if [[ $what == *sweep* ]]; then
-  FORCED_BASE=- timeout 150 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 2 5)" "$(sg 2 4 1)" "$(sg 1 2)" "$stream" \
-    "$(sg 2 4)" | tee "$out/slice-sweep-7168.txt"
-  FORCED_BASE=- timeout 150 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
-    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(sg 2 4)" "$(sg 1 2)" "$(sg 1 3)" "$(sg 2 5)" "$(sg 1 2 0 1)" \
-    "$(slice 2 3)" "$stream" "$(sg 2 4)" | tee "$out/slice-sweep-2048.txt"
+  # Round 3: N = 2048 rs1 now defaults to exchange 8 (2 blocks, 5 slots): A/B against the stream kernel, alternated
+  # three times, with the EARLY partial-sum loads (overlap 2) and two CTAs an SM (prefetch 1); rs0; one 7168 check.
+  FORCED_BASE=- timeout 170 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=2048 mode=2 round_scale=1' "$stream" "$(sg 2 5)" "$(sg 2 5 2)" "$(sg 1 2 0 1)" "$stream" "$(sg 2 5)" \
+    "$(sg 2 5 2)" "$stream" "$(sg 2 5)" "$(sg 2 5 2)" | tee "$out/slice-sweep-2048.txt"
+  FORCED_BASE=- timeout 90 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=2048,mode=2,round_scale=0,w_f32=0 \
+    'M=8192 N=2048 mode=2 round_scale=0' "$stream" "$(sg 2 5)" "$(sg 2 5 2)" "$stream" | tee "$out/slice-sweep-2048-rs0.txt"
+  FORCED_BASE=- timeout 90 bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile N=7168,mode=2,round_scale=1,w_f32=0 \
+    'M=8192 N=7168 mode=2 round_scale=1' "$stream" "$(sg 2 5 2)" "$(sg 2 5)" | tee "$out/slice-sweep-7168.txt"
 fi
 
 if [[ $what == *ncu* ]]; then
@@ -38,6 +41,5 @@ if [[ $what == *ncu* ]]; then
     grep -E "Duration|Registers Per|Achieved Occupancy|Issued Warp Per Scheduler|DRAM Throughput|Executed Instructions  " \
       "$out/slice-ncu-$1.txt" | sed "s/^/$1: /"
   }
-  prof global-7168 N=7168 "$(sg 2 4)"
-  prof global-2048 N=2048 "$(sg 2 4)"
+  prof global-2048-early N=2048 "$(sg 2 5 2)"
 fi

@@ -344,7 +344,10 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
 // pair still stale after kRmsqStreamSpinLimit polls is summed here from x with the pass's operations in its order,
 // so nothing depends on another CTA being resident). The weights [N] are staged once as fp32 — except with MINB = 2 (two CTAs an SM,
 // 64 registers: the shared memory of two rings), where each block's 8 weights a thread come from global memory (L1).
-template <int N, int SB, int R, bool ROUND, bool W_F32, bool EVF = false, int MINB = 1>
+// EARLY: the next item's pairs are loaded after the first block barrier of this item's quantization (the other CTAs
+// stored them before their own quantization of this round), so their L2 round trip hides behind this item's blocks
+// instead of one Σx² pass; a pair not yet tagged is polled again in finish.
+template <int N, int SB, int R, bool ROUND, bool W_F32, bool EVF = false, int MINB = 1, bool EARLY = false>
 __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     rms_norm_block_quant_slice_global_kernel(const __grid_constant__ RmsqSliceGlobalArgs sa) {
   using namespace rmsq_slice;
@@ -512,7 +515,7 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
   for (int it = 0; it < T; ++it) {
     const int tile = item_tile(it), col_base = item_chunk(it) * C;
     const int m0 = tile * ROWS, valid = min(ROWS, a.M - m0);
-    poll_issue(it);
+    if (!EARLY || it == 0) poll_issue(it);
     // The next item's Σx² before this item's exchange is checked — except for the first item, whose exchange waits
     // only for the other CTAs' first blocks, while item 1's blocks land behind the whole start burst: its pass 1
     // follows item 0's quantization instead.
@@ -553,6 +556,7 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
                        Apply<ROUND>{});
         __syncthreads();
         if (tid == 0 && k + R < nvis) issue(k + R);  // (slot q_slot: every thread has read it)
+        if (EARLY && b == 0 && it + 1 < T) poll_issue(it + 1);
         if (++q_slot == R) q_slot = 0;
         if (prev_col >= 0)
           store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16, FULL);

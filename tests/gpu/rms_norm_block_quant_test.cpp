@@ -770,6 +770,9 @@ TEST_F(RmsNormBlockQuantTest, SliceGlobalPoints) {
                               SpacePoint{7168, 2, 16, 1, 0, 2, 0, 8, 4003}, SpacePoint{7168, 2, 16, 1, 0, 3, 1, 8, 1000},
                               SpacePoint{4096, 2, 16, 2, 0, 4, 1, 8, 3001}, SpacePoint{256, 2, 16, 1, 0, 2, 0, 8, 50001},
                               SpacePoint{1152, 2, 16, 1, 0, 3, 0, 8, 1000},
+                              // the next item's partial sums loaded early (overlap 2)
+                              SpacePoint{2048, 2, 16, 2, 0, 5, 2, 8, 8192}, SpacePoint{7168, 2, 16, 2, 0, 4, 2, 8, 4003},
+                              SpacePoint{2048, 2, 16, 1, 0, 2, 2, 8, 1000},
                               // two CTAs an SM (prefetch 1)
                               SpacePoint{2048, 2, 16, 1, 1, 2, 0, 8, 8192}, SpacePoint{2048, 2, 16, 1, 1, 2, 1, 8, 4003},
                               SpacePoint{1152, 2, 16, 1, 1, 2, 0, 8, 1000}})
@@ -782,7 +785,7 @@ TEST_F(RmsNormBlockQuantTest, SliceGlobalPoints) {
     run_and_check(in, spec);
   });
   check_special_values({{2048, 2, 16, 2, 0, 4, 0, 8, 700}, {2048, 2, 16, 1, 0, 3, 1, 8, 700},
-                        {2048, 2, 16, 1, 1, 2, 0, 8, 700}},
+                        {2048, 2, 16, 1, 1, 2, 0, 8, 700}, {2048, 2, 16, 2, 0, 5, 2, 8, 700}},
                        0x74);
   // Not points: fewer slots than two items; one chunk a row (N = 128); more than 2 blocks an item; mode 1.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 0, 3, 0, 8));
