@@ -52,18 +52,13 @@ bool is_tile_gx(const Specialization& s) {
          (s.config[C_EXCHANGE] == kTileGlobal || s.config[C_EXCHANGE] == kTile512);
 }
 bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
-// exchange 7 = the resident-slice kernel (rms_norm_block_quant_slice.cuh, mode 2, sm_90): persistent clusters of
-// S = N / (128·col_blocks) CTAs, each keeping its col_blocks blocks of a 128-token tile in shared memory (a ring of
-// `stages` > col_blocks slots filled by 2-D TMA), the row sums pushed through DSMEM; warps 16; prefetch 1 = Σx² on the
-// tensor cores; overlap 1 = x loaded with an L2 evict-first policy.
-constexpr int kSlice = 7;
-bool is_slice(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSlice; }
-// exchange 8 = the same per-block code on the GLOBAL walk (rms_norm_block_quant_slice_global_kernel: no clusters, one
-// CTA an SM over (tile, 128·col_blocks-column chunk) items, a TMA ring of `stages` ≥ 2·col_blocks slots, the row
-// sums through the stream kernel's tagged workspace); overlap bit 0 = x loaded L2-evict-first, bit 1 = EARLY (the
-// next item's partial sums loaded during this item's quantization); prefetch 1 = two CTAs an SM (64 registers,
-// weights from global memory). Round 1 (session 7)
-// found a cluster a tile resident only 7 × 14 (98 SMs, N = 7168) or 15 × 8 / 30 × 4 (120 SMs, N = 2048).
+// exchange 8 = the slice kernel (rms_norm_block_quant_slice.cuh, mode 2, sm_90: no clusters, one CTA an SM over
+// (tile, 128·col_blocks-column chunk) items, a TMA ring of `stages` ≥ 2·col_blocks slots, the per-block code with y
+// held for both quantizations, the row sums through the stream kernel's tagged workspace); warps 16; overlap 2 =
+// EARLY (the next item's partial sums loaded during this item's quantization); prefetch 1 = two CTAs an SM (64
+// registers, weights from global memory). (Exchange 7, the same code in persistent clusters a tile, and its
+// tensor-core Σx² / evict-first variants measured slower in session 7 and were removed: only 7 clusters of 14 (98
+// SMs) fit at N = 7168, 120 SMs at N = 2048.)
 constexpr int kSliceGlobal = 8;
 bool is_slice_global(const Specialization& s) {
   return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSliceGlobal;
@@ -80,17 +75,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (is_slice(s)) {
+  if (is_slice_global(s)) {
     source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    const int S = chunks_of(s), sb = s.config[C_COL_BLOCKS], R = s.config[C_STAGES];
-    const bool tc = s.config[C_PREFETCH] != 0;
-    name = fmt::format("kiln::rms_norm_block_quant_slice_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N], sb, R, round,
-                       wf32, rms_norm_block_quant_slice_min_blocks(S, sb, R), s.config[C_OVERLAP] != 0, tc);
-  } else if (is_slice_global(s)) {
-    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, (s.config[C_OVERLAP] & 1) != 0,
-                       s.config[C_PREFETCH] ? 2 : 1, (s.config[C_OVERLAP] & 2) != 0);
+    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_PREFETCH] ? 2 : 1,
+                       s.config[C_OVERLAP] == 2);
   } else if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
     // exchange = two warps a row (SPLIT 2, Σx² exchanged), overlap = the kRmsqPipe* variant bits
     name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
@@ -124,8 +113,6 @@ int smem_bytes(const Specialization& s) {
   if (is_slice_global(s))
     return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES],
                                                         s.config[C_PREFETCH] == 0);
-  if (is_slice(s))
-    return rms_norm_block_quant_slice_smem_bytes(chunks_of(s), s.config[C_COL_BLOCKS], s.config[C_STAGES]);
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE])  // the pipe kernel, two warps a row
     return rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
                                                 s.config[C_STAGES], 2);
@@ -367,40 +354,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   }
 }
 
-// Resident-slice points (exchange 7, sm_90, mode 2): SB = col_blocks blocks a CTA for every S = N / (128·SB) ≤ 16
-// (a cluster a tile), with one or two slots more than the slice where they fit in shared memory (or exactly the
-// slice where two CTAs then share an SM: 64 registers), x loaded with the default L2 policy or evict-first (overlap
-// 1); Σx² on the tensor cores (prefetch 1) with one slot more.
-void slice_points(const Specialization& base, std::vector<Specialization>& out) {
-  if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
-  const int nb = static_cast<int>(base.params[P_N] / 128);
-  Specialization s = base;
-  s.config = {};
-  s.config[C_WARPS] = kRmsqSliceThreads / 32;
-  s.config[C_EXCHANGE] = kSlice;
-  for (int sb = 1; sb <= nb; ++sb) {
-    // (S = 1, one CTA a row, would launch without a cluster, where the DSMEM pushes are illegal: not a point)
-    if (nb % sb != 0 || nb / sb > 16 || nb / sb < 2) continue;
-    for (int R : {sb, sb + 1, sb + 2})
-      for (int tc : {0, 1}) {
-        if (tc && R != sb + 1) continue;
-        if (rms_norm_block_quant_slice_smem_bytes(nb / sb, sb, R) > 227 * 1024) continue;
-        // R = SB (no slot ahead) only where two CTAs share an SM (each covers the other's loads and exchange)
-        if (R == sb && rms_norm_block_quant_slice_min_blocks(nb / sb, sb, R) < 2) continue;
-        s.config[C_COL_BLOCKS] = sb;
-        s.config[C_STAGES] = R;
-        s.config[C_PREFETCH] = tc;
-        for (int evf : {0, 1}) {
-          s.config[C_OVERLAP] = evf;
-          out.push_back(s);
-        }
-      }
-  }
-}
-
-// Slice-kernel GLOBAL points (exchange 8, sm_90, mode 2): 1 or 2 blocks an item (at least two items a row), slots for
-// two items or one block more, x loaded with the default L2 policy or evict-first, or the next item's partial sums
-// loaded early (overlap 2); up to N = 2048 also two CTAs an SM (prefetch 1: one block an item, two slots).
+// Slice-kernel points (exchange 8, sm_90, mode 2): 1 or 2 blocks an item (at least two items a row), slots for two
+// items or one block more, the next item's partial sums loaded early or not (overlap 2); up to N = 2048 also two CTAs
+// an SM (prefetch 1: one block an item, two slots).
 void slice_global_points(const Specialization& base, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
   const int N = static_cast<int>(base.params[P_N]), nb = N / 128;
@@ -415,7 +371,7 @@ void slice_global_points(const Specialization& base, std::vector<Specialization>
       s.config[C_COL_BLOCKS] = sb;
       s.config[C_STAGES] = R;
       s.config[C_PREFETCH] = 0;
-      for (int ov : {0, 1, 2}) {  // default policy, evict-first, EARLY
+      for (int ov : {0, 2}) {  // EARLY or not
         s.config[C_OVERLAP] = ov;
         out.push_back(s);
       }
@@ -427,10 +383,8 @@ void slice_global_points(const Specialization& base, std::vector<Specialization>
     s.config[C_COL_BLOCKS] = 1;
     s.config[C_STAGES] = 2;
     s.config[C_PREFETCH] = 1;
-    for (int evf : {0, 1}) {
-      s.config[C_OVERLAP] = evf;
-      out.push_back(s);
-    }
+    s.config[C_OVERLAP] = 0;
+    out.push_back(s);
   }
 }
 
@@ -543,7 +497,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       stream_points(base, cb, out);
       tile_gx_points(base, cb, out);
     }
-  slice_points(base, out);
   slice_global_points(base, out);
 }
 
@@ -659,18 +612,6 @@ void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const
   if (ws) impl.free_async(ws, stream);
 }
 
-// The stream kernel's default config (the slice kernel's fallback where its clusters cannot be co-scheduled).
-void stream_fallback(Specialization& s) {
-  const int nb = static_cast<int>(s.params[P_N] / 128), scb = nb % 2 == 0 ? 2 : 1;
-  s.config = {};
-  s.config[C_WARPS] = kRmsqStreamThreads / 32;
-  s.config[C_COL_BLOCKS] = scb;
-  s.config[C_PREFETCH] = 1;
-  s.config[C_STAGES] = 2 * scb;
-  s.config[C_OVERLAP] = 1;
-  s.config[C_EXCHANGE] = kStreamGlobal;
-}
-
 // x [M, N] bf16 (row pitch x_stride elements, a multiple of 8; base 16-byte aligned: the op's checks) as a tensor map
 // of 128 × 128 boxes, no swizzle, rows past M zero-filled.
 void encode_slice_map(TensorMap& out, const RmsNormBlockQuantArgs& a, int64_t N) {
@@ -686,27 +627,7 @@ void encode_slice_map(TensorMap& out, const RmsNormBlockQuantArgs& a, int64_t N)
         "cuTensorMapEncodeTiled (rms_norm_block_quant x)");
 }
 
-// Launches a slice config (is_slice(s)): as many clusters of S CTAs as are resident at once (at most one a tile), each
-// walking its tiles. Returns false, launching nothing, where this GPU cannot co-schedule such a cluster.
-bool launch_slice(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a, Stream stream) {
-  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
-  const int S = chunks_of(s);
-  const unsigned smem = static_cast<unsigned>(smem_bytes(s));
-  const int groups = ring_groups(impl, impl.kernel(s), static_cast<unsigned>(S), true, kRmsqSliceThreads, smem);
-  if (groups <= 0) return false;
-  LaunchDims d;
-  d.block[0] = kRmsqSliceThreads;
-  d.smem = smem;
-  d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, groups) * S);
-  d.cluster[0] = static_cast<unsigned>(S);
-  RmsqSliceArgs sa{};
-  encode_slice_map(sa.tmx, a, s.params[P_N]);
-  sa.a = a;
-  impl.launch(s, d, stream, sa);
-  return true;
-}
-
-// Launches a slice GLOBAL config (is_slice_global(s)): one wave of resident CTAs over the tiles × chunks items, the
+// Launches a slice config (is_slice_global(s)): one wave of resident CTAs over the tiles × chunks items, the
 // row sums in the stream kernel's workspace.
 void launch_slice_global(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a,
                          Stream stream) {
@@ -818,10 +739,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   }
 
   LaunchDims d;
-  if (is_slice(s)) {
-    if (launch_slice(impl, s, a, stream)) return;
-    stream_fallback(s);
-  }
   if (is_slice_global(s)) {
     launch_slice_global(impl, s, a, stream);
     return;

@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Slice-kernel rounds (bench/NOTES.md, "Session 7 (helper q2w)"): forced-config bench rows of rms_norm_block_quant
-# mode 2 at M = 8192 round_scale 1 against the stream kernel's default (alternated), and Nsight Compute profiles.
-# Round 2: the GLOBAL walk of the slice kernel (exchange 8: no clusters, every SM, balanced items) — round 1 found a
-# cluster a tile (exchange 7) resident only 7 × 14 (98 SMs, N = 7168) / 15 × 8 or 30 × 4 (120 SMs, N = 2048).
+# mode 2 at M = 8192 against the stream kernel (alternated), and an Nsight Compute profile. (Rounds 1–2 measured the
+# removed cluster variant, exchange 7, and the first version of exchange 8.)
 # Run from the repo root after the build; logs go to $OUT (default /tmp).
 #   slice_round.sh [sweep] [ncu]     (both when no argument)
 set -u
@@ -10,9 +9,7 @@ out=${OUT:-/tmp}
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
 what=${*:-sweep ncu}
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=1,exchange=3"  # the stream kernel (the N ≥ 2048 default)
-# cluster slice: SB blocks a CTA, R slots, [1: x evict-first], [1: Σx² on the tensor cores]
-slice() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=7"; }
-# GLOBAL slice: SB blocks an item, R slots, [1: x evict-first], [1: two CTAs an SM]
+# slice kernel (exchange 8): SB blocks an item, R slots, [2: EARLY partial-sum loads], [1: two CTAs an SM]
 sg() { echo "warps=16,col_blocks=$1,prefetch=${4:-0},stages=$2,overlap=${3:-0},exchange=8"; }
 
 if [[ $what == *sweep* ]]; then

@@ -1,29 +1,20 @@
-// kiln/rms_norm_block_quant_slice.cuh — the resident-slice kernel of rms_norm_block_quant (mode 2: row-major and
-// transposed e4m3 codes, 1×128 scales both ways), config exchange 7.
+// kiln/rms_norm_block_quant_slice.cuh — the slice kernel of rms_norm_block_quant (mode 2: row-major and transposed
+// e4m3 codes, 1×128 scales both ways), config exchange 8 (session 7).
 //
-// Design: x crosses DRAM → SM exactly once and stays in shared memory between the Σx² pass and the quantization.
-// A persistent cluster of S = N / C CTAs (C = 128·SB columns a CTA) owns a 128-token tile split by columns; cluster c
-// of G walks the tiles c, c + G, …. Each CTA keeps its slice of the tile (SB blocks of 128 × 128 bf16, 32 KiB each)
-// in a ring of R ≥ SB + 1 block slots filled by 2-D TMA copies (one copy a block, its own mbarrier; rows past M are
-// zero-filled by the tensor map). Visit k (tile walk step k / SB, block k % SB) lives in slot k % R.
-//
-// Per tile (all 512 threads; warp w owns rows 8w … 8w+7 of each block, half-warp hw = 2w + half rows 4·hw … 4·hw+3,
-// lane hl = lane & 15 channels 8·hl … 8·hl+7: block_quant_tile.cuh's layout):
-//  * Σx² pass: for each block as it lands (mbarrier wait), the thread's 4 rows × 8 channels summed (fma, column
-//    order, blocks in order), then the transposing butterfly gives each row's partial over the CTA's C columns;
-//    lanes j < 2S push the warp's 8 row sums (two float4) to CTA j >> 1 of the cluster with st.async (DSMEM),
-//    completing on that CTA's exchange barrier (double-buffered by tile parity): no CTA or cluster barrier.
-//  * finish: wait for the S pushes, each warp adds its 8 rows' S partials in a fixed order (every CTA alike, so all
-//    get bitwise the same r), r = 1 / sqrt(Σ / N + eps); rank 0 writes rms_inv.
-//  * quantization, per block, from shared memory: y = (x·r)·w (fp32, this order) held in 32 registers and used for
-//    both quantizations (block_quant_tile.cuh's stages: row codes by the transposing butterfly, column maxima by
-//    shared atomics into one of three rotating buffers, ONE block barrier, column quantizers, codes staged in one of
-//    two buffers and stored as 128-byte qT rows after the next block's barrier). After that barrier every thread has
-//    read the slot, so thread 0 refills it at once with visit k + R (the next tile's block): the next tile's loads
-//    overlap this tile's quantization, and with R = SB + 1 the next tile's last block was requested one block
-//    earlier than the end of this tile.
-//  * the next tile's Σx² pass follows (its blocks landed meanwhile), then its exchange and quantization.
-// The weights of the CTA's C channels are staged once as fp32 in shared memory.
+// x crosses DRAM → SM once and stays in shared memory between the Σx² pass and the quantization: each 128 × 128
+// block of an item lands in a ring slot by one 2-D TMA copy on its own mbarrier (rows past M zero-filled by the
+// tensor map), and the quantization reads it from there. Per block (all 512 threads; warp w owns rows 8w … 8w+7,
+// half-warp hw = 2w + half rows 4·hw … 4·hw+3, lane hl = lane & 15 channels 8·hl … 8·hl+7: block_quant_tile.cuh's
+// layout): y = (x·r)·w (fp32, this order) held in 32 registers for both quantizations; column maxima by shared
+// atomics into one of three rotating buffers, the row-wise codes by the transposing butterfly, ONE block barrier
+// (after which every thread has read the slot: thread 0 refills it at once), the column quantizers, the codes staged
+// in one of two buffers and stored as 128-byte qT rows after the next block's barrier; a full-tile path (all 128
+// rows, M % 16 = 0) without per-row predicates.
+// History (bench/NOTES.md, session 7): the first version (exchange 7) kept a whole 128-token tile resident in a
+// persistent cluster of S CTAs a tile (the row sums pushed through DSMEM): 25 % fewer instructions than the stream
+// kernel, but a cluster sits in one GPC and an H100 holds only 7 clusters of 14 (98 of 132 SMs) or 15 of 8 / 30 of 4
+// (120): 102 µs at N = 7168 against the stream kernel's 96, 30.6 at 2048 against 29.9. Removed, with its tensor-core
+// Σx² (slower) and evict-first loads (slower). This walk drops the cluster.
 #pragma once
 #include "kiln/block_quant_tile.cuh"
 #include "kiln/mbarrier.cuh"
@@ -68,27 +59,6 @@ __device__ __forceinline__ void store_codes(const RmsNormBlockQuantArgs& a, cons
     }
   }
 }
-// tma_load_2d (kiln/mbarrier.cuh) with an L2 evict-first policy: x is read once, so its lines leave L2 before the
-// codes written meanwhile (which then need not reach DRAM inside the kernel).
-__device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tmap, u32 bar, int c0, int c1) {
-#if __CUDA_ARCH__ >= 900
-  asm volatile(
-      "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-      " cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%3, %4}], [%2], pol;\n}" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1)
-      : "memory");
-#endif
-}
-// d = A·B (C = 0) for bf16 A (m16 × k16, row) and B (k16 × n8, col) fragments, fp32 (mma.sync.m16n8k16).
-__device__ __forceinline__ void mma_bf16_zero(float (&d)[4], u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#if __CUDA_ARCH__ >= 800
-  asm volatile(
-      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%10,%10,%10,%10};"
-      : "=f"(d[0]), "=f"(d[1]), "=f"(d[2]), "=f"(d[3])
-      : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1), "f"(0.0f));
-#endif
-}
 // A compile-time flag as a value (generic lambdas' variants).
 template <bool B>
 struct Flag {
@@ -96,258 +66,21 @@ struct Flag {
 };
 }  // namespace rmsq_slice
 
-// N: hidden size; SB: 128-column blocks a CTA (S = N / (128·SB) CTAs a cluster, 1 … 16); R: ring slots (≥ SB; SB + 1
-// lets the next tile's first block land during this tile's quantization; R = SB where two CTAs share an SM);
-// MINB: CTAs an SM for the register budget (rms_norm_block_quant_slice_min_blocks); EVF: x loaded with an L2
-// evict-first policy; TC: Σx² on the tensor cores (see sumsq_push_tc below).
-template <int N, int SB, int R, bool ROUND, bool W_F32, int MINB, bool EVF = false, bool TC = false>
-__global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
-    rms_norm_block_quant_slice_kernel(const __grid_constant__ RmsqSliceArgs sa) {
-  using namespace rmsq_slice;
-  const RmsNormBlockQuantArgs& a = sa.a;
-  constexpr int ROWS = 128, C = SB * 128, S = N / C, BLOCK = 128 * 128;
-  static_assert(kRmsqSliceThreads == 512, "the thread layout covers 128 rows with 16 warps");
-  static_assert(N % C == 0 && S >= 1 && S <= 16, "S = N / (128·SB) CTAs a cluster, at most 16");
-  static_assert(R >= SB, "the slice stays resident");
-  static_assert(rms_norm_block_quant_slice_smem_bytes(S, SB, R) <= 227 * 1024, "shared memory");
-
-  extern __shared__ __align__(1024) unsigned char smem_raw[];
-  bf16* ring = reinterpret_cast<bf16*>(smem_raw);
-  u32* codes = reinterpret_cast<u32*>(smem_raw + R * kRmsqSliceBlockBytes);  // [2][128 channels][32 slots]
-  u32* colmax = codes + 2 * 128 * 32;                                       // [3][132]
-  float* recv = reinterpret_cast<float*>(colmax + 3 * 132);                 // [2][S][128]
-  float* wsm = recv + 2 * S * 128;                                          // [C]
-  u64* full = reinterpret_cast<u64*>(wsm + C);                              // [R]
-  u64* xbar = full + R;                                                     // [2]
-
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
-  const int hl = lane & 15, half = lane >> 4;
-  const int hw = warp * 2 + half;  // rows 4·hw … 4·hw+3
-  const int c0 = hl * 8;           // channels c0 … c0+7 of a block
-  const int cs0 = c0 + (c0 >> 5);  // column-max slot of channel c0
-  const u32 rank = cluster_ctarank();
-  const int cluster = static_cast<int>(blockIdx.x) / S, clusters = static_cast<int>(gridDim.x) / S;
-  const int tiles = (a.M + ROWS - 1) / ROWS;
-  const int T = cluster < tiles ? (tiles - 1 - cluster) / clusters + 1 : 0;  // this cluster's tiles
-  const int col0 = static_cast<int>(rank) * C;
-  const int nvis = T * SB;
-
-  auto tile_of = [&](int it) { return cluster + it * clusters; };
-  // Visit k into its slot (thread 0 only).
-  auto issue = [&](int k) {
-    const int it = k / SB, b = k - it * SB, slot = k % R;
-    const u32 bar = smem_u32(full + slot);
-    mbar_arrive_expect_tx(bar, kRmsqSliceBlockBytes);
-    const u32 dst = smem_u32(ring + slot * BLOCK);
-    if constexpr (EVF) tma_load_2d_evict_first(dst, &sa.tmx, bar, col0 + b * 128, tile_of(it) * ROWS);
-    else tma_load_2d(dst, &sa.tmx, bar, col0 + b * 128, tile_of(it) * ROWS);
-  };
-  if (tid == 0) {
-    for (int s = 0; s < R; ++s) mbar_init(full + s, 1);
-    mbar_init(xbar, 1);
-    mbar_init(xbar + 1, 1);
-    fence_mbar_init();  // (release.cluster: the peers' st.async complete on xbar)
-    prefetch_tmap(&sa.tmx);
-    for (int k = 0; k < min(R, nvis); ++k) issue(k);
-  }
-  for (int i = tid; i < C; i += kRmsqSliceThreads) {
-    float wv[1];
-    if (W_F32) load_floats<float, 1>(a.w, col0 + i, wv);
-    else load_floats<bf16, 1>(a.w, col0 + i, wv);
-    wsm[i] = wv[0];
-  }
-  for (int i = tid; i < 3 * 132; i += kRmsqSliceThreads) colmax[i] = 0u;
-  cluster_sync();  // barriers initialized cluster-wide; the weights and column maxima visible to the CTA
-
-  // The Σx² pass and the quantization walk the visits in order: each keeps its visit's slot and fill parity as a
-  // running counter (no k % R, k / R a visit).
-  int s_slot = 0, q_slot = 0;
-  u32 s_par = 0;
-  auto next_slot = [](int& slot, u32& par) {
-    if (++slot == R) {
-      slot = 0;
-      par ^= 1u;
-    }
-  };
-  auto wait_full = [&](int slot, u32 par) { mbar_wait(smem_u32(full + slot), par); };
-  auto slot_rows = [&](int slot) -> const bf16* { return ring + slot * BLOCK + 4 * hw * 128 + c0; };
-
-  // Σx² of tile it's slice (the CTA's C columns), pushed to every CTA of the cluster.
-  auto sumsq_push = [&](int it) {
-    float ss[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 1
-    for (int b = 0; b < SB; ++b) {
-      wait_full(s_slot, s_par);
-      const bf16* s = slot_rows(s_slot);
-      next_slot(s_slot, s_par);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) rmsq::sum_squares8(*reinterpret_cast<const Vec16*>(s + i * 128), ss[i]);
-    }
-    // Row 4·hw + (hl >> 2) in lanes 16·half + 4R … (the 16-lane butterfly's bits).
-    const float sum = bqt::transpose_reduce4<false>(ss, hl);
-    // Piece p = rows 8w + 4p … +3, held by lanes 16p + 4c; lane j < 2S pushes piece j & 1 to CTA j >> 1.
-    const int p = lane & 1;
-    float4 v;
-    v.x = __shfl_sync(0xffffffffu, sum, 16 * p);
-    v.y = __shfl_sync(0xffffffffu, sum, 16 * p + 4);
-    v.z = __shfl_sync(0xffffffffu, sum, 16 * p + 8);
-    v.w = __shfl_sync(0xffffffffu, sum, 16 * p + 12);
-    if (lane < 2 * S)
-      rmsq::st_async16(recv + ((it & 1) * S + static_cast<int>(rank)) * ROWS + 8 * warp + 4 * p, v, xbar + (it & 1),
-                       static_cast<u32>(lane >> 1));
-  };
-
-  // TC: the same on the tensor cores. Warp w sums its own rows 8w … 8w+7 (those it quantizes), 32 columns a step:
-  // lane (g = lane >> 2, t = lane & 3) loads 16 bytes of row 8w + g (8 values) as an A fragment {a0, a1, a2, a3}
-  // whose MMA rows g and g + 8 are both row 8w + g (two 16-value halves of the 32 columns). With B = (a0, a2), D =
-  // A·B holds on its diagonal (row g, column g: lane 4g + (g >> 1), d0 or d1) the Σx² of the first half; with
-  // B = (a1, a3) the second MMA's (row g + 8, column g: d2 or d3) that of the second half. Which columns form "k" is
-  // free, so row g reads the 64-byte quarter (s + g) & 3 at step s (rows 2i and 2i + 1 of a quarter-warp on
-  // different banks). Products of bf16 are exact in fp32; each step's D starts from 0 and is added in fp32 in step
-  // order.
-  auto sumsq_push_tc = [&](int it) {
-    const int g = lane >> 2, t = lane & 3;
-    float acc[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll 1
-    for (int b = 0; b < SB; ++b) {
-      wait_full(s_slot, s_par);
-      const unsigned char* rowp =
-          reinterpret_cast<const unsigned char*>(ring + s_slot * BLOCK) + (8 * warp + g) * 256 + t * 16;
-      next_slot(s_slot, s_par);
-#pragma unroll
-      for (int st = 0; st < 4; ++st) {
-        const uint4 q = *reinterpret_cast<const uint4*>(rowp + ((st + g) & 3) * 64);
-        float d[4], e[4];
-        mma_bf16_zero(d, q.x, q.y, q.z, q.w, q.x, q.z);
-        mma_bf16_zero(e, q.x, q.y, q.z, q.w, q.y, q.w);
-        acc[0] += d[0];
-        acc[1] += d[1];
-        acc[2] += e[2];
-        acc[3] += e[3];
-      }
-    }
-    // Row 8w + g's sum in lane 4g + (g >> 1); piece p = rows 8w + 4p … +3 to lanes j < 2S (piece j & 1, CTA j >> 1).
-    const float v = (g & 1) ? acc[1] + acc[3] : acc[0] + acc[2];
-    const int p = lane & 1;
-    float4 v4;
-    v4.x = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 0) + ((4 * p + 0) >> 1));
-    v4.y = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 1) + ((4 * p + 1) >> 1));
-    v4.z = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 2) + ((4 * p + 2) >> 1));
-    v4.w = __shfl_sync(0xffffffffu, v, 4 * (4 * p + 3) + ((4 * p + 3) >> 1));
-    if (lane < 2 * S)
-      rmsq::st_async16(recv + ((it & 1) * S + static_cast<int>(rank)) * ROWS + 8 * warp + 4 * p, v4, xbar + (it & 1),
-                       static_cast<u32>(lane >> 1));
-  };
-  auto push_sums = [&](int it) {
-    if constexpr (TC) sumsq_push_tc(it);
-    else sumsq_push(it);
-  };
-
-  // r of the thread's 4 rows of tile it (rms_inv by rank 0).
-  auto finish = [&](int it, int m0, int valid, float (&rv)[4]) {
-    u64* bar = xbar + (it & 1);
-    if (tid == 0) mbar_arrive_expect_tx(smem_u32(bar), S * ROWS * 4);
-    mbar_wait(smem_u32(bar), static_cast<u32>((it >> 1) & 1));
-    // Row 8w + j: lane j + 8·q4 adds the partials of ranks q4, q4 + 4, … in order, then the four groups pairwise.
-    const int j = lane & 7, q4 = lane >> 3;
-    const float* base = recv + (it & 1) * S * ROWS + 8 * warp + j;
-    float t = 0.f;
-#pragma unroll
-    for (int q = 0; q < S; q += 4)
-      if (q + q4 < S) t += base[(q + q4) * ROWS];
-    t += __shfl_xor_sync(0xffffffffu, t, 8);
-    t += __shfl_xor_sync(0xffffffffu, t, 16);
-    const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-    if (rank == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) rv[i] = __shfl_sync(0xffffffffu, rr, 4 * half + i);
-  };
-
-  int nb = 0, cmi = 0;                             // blocks quantized (codes buffer nb & 1, column maxima cmi)
-  int prev_m0 = 0, prev_valid = 0, prev_col = -1;  // the block whose codes wait in buffer (nb − 1) & 1
-  const bool aligned16 = (a.M % 16) == 0;
-  const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
-
-  if (T > 0) push_sums(0);
-#pragma unroll 1
-  for (int it = 0; it < T; ++it) {
-    const int tile = tile_of(it);
-    const int m0 = tile * ROWS, valid = min(ROWS, a.M - m0);
-    float rv[4];
-    finish(it, m0, valid, rv);
-    // The tile's blocks; FULL (all 128 rows exist and M % 16 == 0): no per-row predicates, 16-byte qT stores.
-    auto quant_tile = [&](auto full) {
-      constexpr bool FULL = decltype(full)::value;
-#pragma unroll 1
-      for (int b = 0; b < SB; ++b) {
-        const int k = it * SB + b, col = col0 + b * 128;
-        const bf16* s = slot_rows(q_slot);
-        Vec16 xv[4];
-#pragma unroll
-        for (int i = 0; i < 4; ++i) xv[i] = *reinterpret_cast<const Vec16*>(s + i * 128);
-        float w8[8];
-        {
-          const float4 w0 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0);
-          const float4 w1 = *reinterpret_cast<const float4*>(wsm + b * 128 + c0 + 4);
-          w8[0] = w0.x, w8[1] = w0.y, w8[2] = w0.z, w8[3] = w0.w, w8[4] = w1.x, w8[5] = w1.y, w8[6] = w1.z,
-          w8[7] = w1.w;
-        }
-        float y[4][8];
-#pragma unroll
-        for (int i = 0; i < 4; ++i)
-#pragma unroll
-          for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
-
-        // Column maxima into buffer cmi (the next one, last read two blocks ago, is cleared here), then the row-wise
-        // codes (their math covers the atomics' latency and the other warps' arrival), one barrier.
-        u32* cm = colmax + cmi * 132;
-        bqt::col_max(cm, y, cs0);
-        if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
-        bqt::row_codes(y, hl, lane, FULL ? 4 : valid - 4 * hw,
-                       a.q + static_cast<i64>(m0 + 4 * hw) * N + col + c0, N,
-                       a.q_scale + static_cast<i64>(col / 128) * a.M + m0 + 4 * hw + (hl >> 2), MakeQuant<ROUND>{},
-                       Apply<ROUND>{});
-        __syncthreads();
-        // Every thread has read slot k (its values are in y): refill it with visit k + R.
-        if (tid == 0 && k + R < nvis) issue(k + R);  // (slot q_slot)
-        if (++q_slot == R) q_slot = 0;
-        // (FULL: the previous block is from this tile or an earlier one: full too.)
-        if (prev_col >= 0)
-          store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16, FULL);
-        float qp[8], sc[8];
-        bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, MakeQuant<ROUND>{});
-        if (warp == 0 && half == 0)
-          bqt::store_scales8(a.qT_scale + static_cast<i64>(tile) * N + col + c0, sc, scale_aligned);
-        bqt::stage_codes(codes + (nb & 1) * 4096, y, qp, c0, hw, hl, Apply<ROUND>{});
-        prev_m0 = m0;
-        prev_valid = valid;
-        prev_col = col;
-        ++nb;
-        cmi = cmi == 2 ? 0 : cmi + 1;
-      }
-    };
-    if (valid == ROWS && aligned16) quant_tile(rmsq_slice::Flag<true>{});
-    else quant_tile(rmsq_slice::Flag<false>{});
-    if (it + 1 < T) push_sums(it + 1);
-  }
-  __syncthreads();  // the last block's codes are complete
-  if (prev_col >= 0) store_codes(a, codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col, warp, lane, aligned16);
-}
-
 // ---------------------------------------------------------------------------------------------------------------------
-// The GLOBAL walk (config exchange 8): the same TMA ring and per-block code without clusters. A persistent grid of P
-// CTAs (one an SM) takes the items u = b, b + P, … of tiles × S items (tile u / S, C = 128·SB columns at (u % S)·C);
+// The kernel (config exchange 8): no clusters. A persistent grid of P CTAs (one an SM) takes the items u = b, b + P,
+// … of tiles × S items (tile u / S, C = 128·SB columns at (u % S)·C);
 // each item's SB blocks land in a ring of R ≥ 2·SB slots (two items), so item it + 1's Σx² pass runs before item
 // it's quantization (from item 1 on) and hides the exchange: each warp stores its 8 rows' partial sums as {fp32, tag}
 // pairs in the workspace (one 8-byte store), loads the S × 8 pairs of item it's rows before that pass and checks
 // them after it (the stream kernel's protocol, rms_norm_block_quant_stream.cuh: the tag is unique to the launch; a
 // pair still stale after kRmsqStreamSpinLimit polls is summed here from x with the pass's operations in its order,
-// so nothing depends on another CTA being resident). The weights [N] are staged once as fp32 — except with MINB = 2 (two CTAs an SM,
-// 64 registers: the shared memory of two rings), where each block's 8 weights a thread come from global memory (L1).
+// so nothing depends on another CTA being resident). The weights [N] are staged once as fp32 — except with MINB = 2
+// (two CTAs an SM, 64 registers: the shared memory of two rings), where each block's 8 weights a thread come from
+// global memory (L1).
 // EARLY: the next item's pairs are loaded after the first block barrier of this item's quantization (the other CTAs
 // stored them before their own quantization of this round), so their L2 round trip hides behind this item's blocks
 // instead of one Σx² pass; a pair not yet tagged is polled again in finish.
-template <int N, int SB, int R, bool ROUND, bool W_F32, bool EVF = false, int MINB = 1, bool EARLY = false>
+template <int N, int SB, int R, bool ROUND, bool W_F32, int MINB = 1, bool EARLY = false>
 __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     rms_norm_block_quant_slice_global_kernel(const __grid_constant__ RmsqSliceGlobalArgs sa) {
   using namespace rmsq_slice;
@@ -384,8 +117,7 @@ __global__ void __launch_bounds__(kRmsqSliceThreads, MINB)
     mbar_arrive_expect_tx(bar, kRmsqSliceBlockBytes);
     const u32 dst = smem_u32(ring + slot * BLOCK);
     const int col = item_chunk(it) * C + b * 128, row = item_tile(it) * ROWS;
-    if constexpr (EVF) tma_load_2d_evict_first(dst, &sa.tmx, bar, col, row);
-    else tma_load_2d(dst, &sa.tmx, bar, col, row);
+    tma_load_2d(dst, &sa.tmx, bar, col, row);
   };
   if (tid == 0) {
     for (int s = 0; s < R; ++s) mbar_init(full + s, 1);
