@@ -18,7 +18,6 @@
 #include "runtime/validate.hpp"
 #include "kiln/rms_norm_block_quant_args.h"
 #include "kiln/rms_norm_block_quant_stream_args.h"
-#include "kiln/rms_norm_block_quant_slice_args.h"
 #include "ops/bench/rms_norm.hpp"
 
 namespace kiln {
@@ -52,17 +51,6 @@ bool is_tile_gx(const Specialization& s) {
          (s.config[C_EXCHANGE] == kTileGlobal || s.config[C_EXCHANGE] == kTile512);
 }
 bool is_tile512(const Specialization& s) { return is_tile_gx(s) && s.config[C_EXCHANGE] == kTile512; }
-// exchange 8 = the slice kernel (rms_norm_block_quant_slice.cuh, mode 2, sm_90: no clusters, one CTA an SM over
-// (tile, 128·col_blocks-column chunk) items, a TMA ring of `stages` ≥ 2·col_blocks slots, the per-block code with y
-// held for both quantizations, the row sums through the stream kernel's tagged workspace); warps 16; overlap 2 =
-// EARLY (the next item's partial sums loaded during this item's quantization); prefetch 1 = two CTAs an SM (64
-// registers, weights from global memory). (Exchange 7, the same code in persistent clusters a tile, and its
-// tensor-core Σx² / evict-first variants measured slower in session 7 and were removed: only 7 clusters of 14 (98
-// SMs) fit at N = 7168, 120 SMs at N = 2048.)
-constexpr int kSliceGlobal = 8;
-bool is_slice_global(const Specialization& s) {
-  return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSliceGlobal;
-}
 // Column chunks of a row in a tile config (the cluster size of a mode-2 cluster kernel).
 int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])); }
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
@@ -75,12 +63,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm_block_quant.cuh\"\n";
   const auto& p = s.params;
   const bool round = p[P_ROUND] != 0, wf32 = p[P_W_F32] != 0;
-  if (is_slice_global(s)) {
-    source = "#include \"kiln/rms_norm_block_quant_slice.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_slice_global_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], s.config[C_STAGES], round, wf32, s.config[C_PREFETCH] ? 2 : 1,
-                       s.config[C_OVERLAP] == 2);
-  } else if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
+  if (s.kernel == kRowKernel && s.config[C_STAGES] > 0)  // the pipe kernel; prefetch = weights in registers,
     // exchange = two warps a row (SPLIT 2, Σx² exchanged), overlap = the kRmsqPipe* variant bits
     name = fmt::format("kiln::rms_norm_block_quant_pipe_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_WARPS], s.config[C_STAGES], s.config[C_PREFETCH] != 0, round, wf32,
@@ -110,9 +93,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 }
 
 int smem_bytes(const Specialization& s) {
-  if (is_slice_global(s))
-    return rms_norm_block_quant_slice_global_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_STAGES],
-                                                        s.config[C_PREFETCH] == 0);
   if (s.kernel == kRowKernel && s.config[C_STAGES] > 0 && s.config[C_EXCHANGE])  // the pipe kernel, two warps a row
     return rms_norm_block_quant_pipe_smem_bytes(static_cast<int>(s.params[P_N]), s.config[C_WARPS],
                                                 s.config[C_STAGES], 2);
@@ -269,17 +249,6 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] = 1;
       s.config[C_EXCHANGE] = kStreamGlobal;
     }
-    // N = 2048 with power-of-two scales: the slice kernel's GLOBAL walk (exchange 8: the stream walk with one TMA
-    // copy a 128×128 block, the full-tile path and the weights in shared memory), 2 blocks an item, 5 slots.
-    // Measured (session 7 round 2, H100, M = 8192, bench, same process): 29.15 µs against the stream kernel's
-    // 29.65 / 29.87 (exchange 8 with 4 slots 29.76 / 30.06); at N = 7168 it lost (101.3 against 95.7–96.4).
-    if (mode == 2 && arch.sm >= 90 && ring && round && N == 2048) {
-      s.config = {};
-      s.config[C_WARPS] = kRmsqSliceThreads / 32;
-      s.config[C_COL_BLOCKS] = 2;
-      s.config[C_STAGES] = 5;
-      s.config[C_EXCHANGE] = kSliceGlobal;
-    }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
     Specialization t = s;
@@ -350,40 +319,6 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int R : {2 * cb, 2 * cb + 1}) {
     if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
     s.config[C_STAGES] = R;
-    out.push_back(s);
-  }
-}
-
-// Slice-kernel points (exchange 8, sm_90, mode 2): 1 or 2 blocks an item (at least two items a row), slots for two
-// items or one block more, the next item's partial sums loaded early or not (overlap 2); up to N = 2048 also two CTAs
-// an SM (prefetch 1: one block an item, two slots).
-void slice_global_points(const Specialization& base, std::vector<Specialization>& out) {
-  if (base.arch.sm < 90 || base.params[P_MODE] != 2) return;
-  const int N = static_cast<int>(base.params[P_N]), nb = N / 128;
-  Specialization s = base;
-  s.config = {};
-  s.config[C_WARPS] = kRmsqSliceThreads / 32;
-  s.config[C_EXCHANGE] = kSliceGlobal;
-  for (int sb : {1, 2}) {
-    if (nb % sb != 0 || nb / sb < 2) continue;
-    for (int R : {2 * sb, 2 * sb + 1}) {
-      if (rms_norm_block_quant_slice_global_smem_bytes(N, R) > 227 * 1024) continue;
-      s.config[C_COL_BLOCKS] = sb;
-      s.config[C_STAGES] = R;
-      s.config[C_PREFETCH] = 0;
-      for (int ov : {0, 2}) {  // EARLY or not
-        s.config[C_OVERLAP] = ov;
-        out.push_back(s);
-      }
-    }
-  }
-  // Two CTAs an SM: one block an item, two slots, where a warp's partial sums of a row take ≤ 4 registers (N ≤ 2048).
-  if (nb >= 2 && nb <= 16 &&
-      rms_norm_block_quant_slice_global_smem_bytes(N, 2, false) <= kRmsNormBlockQuantTwoCtaSmem) {
-    s.config[C_COL_BLOCKS] = 1;
-    s.config[C_STAGES] = 2;
-    s.config[C_PREFETCH] = 1;
-    s.config[C_OVERLAP] = 0;
     out.push_back(s);
   }
 }
@@ -497,7 +432,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       stream_points(base, cb, out);
       tile_gx_points(base, cb, out);
     }
-  slice_global_points(base, out);
 }
 
 void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out) {
@@ -612,42 +546,6 @@ void launch_stream(Runtime::Impl& impl, const Specialization& s, int mode, const
   if (ws) impl.free_async(ws, stream);
 }
 
-// x [M, N] bf16 (row pitch x_stride elements, a multiple of 8; base 16-byte aligned: the op's checks) as a tensor map
-// of 128 × 128 boxes, no swizzle, rows past M zero-filled.
-void encode_slice_map(TensorMap& out, const RmsNormBlockQuantArgs& a, int64_t N) {
-  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(N), static_cast<cuuint64_t>(a.M)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(a.x_stride) * 2};
-  const cuuint32_t box[2] = {128, 128};
-  const cuuint32_t elem[2] = {1, 1};
-  check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out), CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
-                                        const_cast<void*>(a.x), dims, strides, box, elem,
-                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_NONE,
-                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
-        "cuTensorMapEncodeTiled (rms_norm_block_quant x)");
-}
-
-// Launches a slice config (is_slice_global(s)): one wave of resident CTAs over the tiles × chunks items, the
-// row sums in the stream kernel's workspace.
-void launch_slice_global(Runtime::Impl& impl, const Specialization& s, const RmsNormBlockQuantArgs& a,
-                         Stream stream) {
-  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
-  const int chunks = chunks_of(s);
-  LaunchDims d;
-  d.block[0] = kRmsqSliceThreads;
-  d.smem = static_cast<unsigned>(smem_bytes(s));
-  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqSliceThreads, d.smem);
-  RmsqStreamArgs ws{a, nullptr, 0};
-  const CUdeviceptr w = global_workspace(impl, tiles, chunks, 2, stream, ws);
-  RmsqSliceGlobalArgs sa{};
-  encode_slice_map(sa.tmx, a, s.params[P_N]);
-  sa.a = a;
-  sa.ws = ws.ws;
-  sa.tag = ws.tag;
-  impl.launch(s, d, stream, sa);
-  if (w) impl.free_async(w, stream);
-}
-
 }  // namespace
 
 namespace detail {
@@ -739,10 +637,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   }
 
   LaunchDims d;
-  if (is_slice_global(s)) {
-    launch_slice_global(impl, s, a, stream);
-    return;
-  }
   if (is_stream(s)) {
     launch_stream(impl, s, mode, a, stream);
     return;

@@ -261,39 +261,6 @@ TEST(SearchSpace, RmsNormBlockQuantDefaultsAtEveryN) {
     }
 }
 
-// The slice kernel (exchange 8, rms_norm_block_quant_slice.cuh): 1 or 2 blocks an item × 2·SB or 2·SB + 1 slots ×
-// EARLY partial-sum loads or not, none in mode 1, before sm_90 or with one chunk a row; a 7168 point compiles for
-// sm_90a.
-TEST(SearchSpace, SliceGlobalPoints) {
-  Runtime rt(RuntimeOptions{.memory_only = true});
-  const FamilyDef* q = find_family("rms_norm_block_quant");
-  ASSERT_NE(q, nullptr);
-  auto points = [&](int64_t N, int mode, const char* arch) {
-    Specialization s;
-    s.family = q;
-    s.kernel = 1;  // tile
-    s.params = {N, mode, 1, 0};
-    s.arch = Arch::parse(arch);
-    std::vector<Specialization> space, out;
-    q->search_space(s, space);
-    for (const auto& c : space)
-      if (c.config[5] == 8) out.push_back(c);
-    return out;
-  };
-  const auto p7168 = points(7168, 2, "sm_90a");
-  std::set<std::pair<int, int>> shapes;
-  for (const auto& c : p7168) shapes.insert({c.config[1], c.config[3]});
-  EXPECT_EQ(shapes, (std::set<std::pair<int, int>>{{1, 2}, {1, 3}, {2, 4}, {2, 5}}));
-  EXPECT_EQ(p7168.size(), 8u);  // × EARLY or not (overlap 2 / 0)
-  EXPECT_TRUE(points(2048, 1, "sm_90a").empty());
-  EXPECT_TRUE(points(2048, 2, "sm_80").empty());
-  EXPECT_TRUE(points(128, 2, "sm_90a").empty());
-  Counters counters;
-  for (const auto& c : p7168)
-    if (c.config[1] == 2 && c.config[3] == 5 && c.config[4] == 2)
-      EXPECT_GT(ensure_cubin(c, nullptr, false, counters).cubin.size(), 1000u);
-}
-
 // Every point of the N = 2048 spaces compiles (what the tuner would try).
 TEST(SearchSpace, EveryPointCompiles) {
   Runtime rt(RuntimeOptions{.memory_only = true});

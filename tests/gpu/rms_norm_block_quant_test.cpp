@@ -612,9 +612,7 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
 // would give the second the first's r).
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000},
-      // the slice kernel (its workspace; its tensor map is a captured parameter)
-      {2048, 2, 16, 2, 0, 4, 0, 8, 1000}, {2048, 2, 16, 2, 0, 5, 2, 8, 1000}};
+      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000}};
   for_each_point(points, [](const SpacePoint& p, size_t) {
     const auto& d = detail::driver();
     const int64_t M = p.M, N = p.N;
@@ -699,50 +697,6 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEdges) {
                         {2048, 2, 0, 1, 0, 0, 0, 6, 700},
                         {2048, 2, 0, 2, 0, 0, 0, 6, 700}},
                        0x69);
-}
-
-// The slice kernel (exchange 8; rms_norm_block_quant_slice.cuh: no clusters, one CTA an SM over (tile, chunk) items,
-// a TMA ring of two items, the row sums through the stream kernel's tagged workspace), forced: the targets' points
-// at M = 1, 7, 128, 1000, 8192 (the N = 2048 round_scale 1 default among them), the rest of its space (1 or 2 blocks
-// an item, 2·SB or 2·SB + 1 slots, EARLY partial-sum loads, two CTAs an SM) at 2048 / 7168 / 4096 / 256 (two chunks)
-// / 1152 (nine), and the special values.
-TEST_F(RmsNormBlockQuantTest, SliceGlobalPoints) {
-  std::vector<SpacePoint> points;
-  for (const SpacePoint& c : {SpacePoint{2048, 2, 16, 2, 0, 5, 0, 8, 0}, SpacePoint{7168, 2, 16, 2, 0, 4, 0, 8, 0},
-                              SpacePoint{2048, 2, 16, 2, 0, 5, 2, 8, 0}, SpacePoint{7168, 2, 16, 2, 0, 5, 2, 8, 0}})
-    for (int64_t M : {1, 7, 128, 1000, 8192}) {
-      SpacePoint p = c;
-      p.M = M;
-      points.push_back(p);
-    }
-  for (const SpacePoint& p : {SpacePoint{2048, 2, 16, 1, 0, 3, 2, 8, 4003}, SpacePoint{2048, 2, 16, 2, 0, 4, 0, 8, 8000},
-                              SpacePoint{2048, 2, 16, 1, 0, 2, 0, 8, 1000}, SpacePoint{7168, 2, 16, 1, 0, 2, 0, 8, 4003},
-                              SpacePoint{7168, 2, 16, 1, 0, 3, 2, 8, 1000}, SpacePoint{7168, 2, 16, 2, 0, 4, 2, 8, 4003},
-                              SpacePoint{4096, 2, 16, 2, 0, 4, 2, 8, 3001}, SpacePoint{256, 2, 16, 1, 0, 2, 0, 8, 50001},
-                              SpacePoint{1152, 2, 16, 1, 0, 3, 0, 8, 1000},
-                              // two CTAs an SM (prefetch 1)
-                              SpacePoint{2048, 2, 16, 1, 1, 2, 0, 8, 8192}, SpacePoint{2048, 2, 16, 1, 1, 2, 0, 8, 4003},
-                              SpacePoint{1152, 2, 16, 1, 1, 2, 0, 8, 1000}})
-    points.push_back(p);
-  for_each_point(points, [](const SpacePoint& p, size_t i) {
-    const Input in = random_input(p.M, p.N, mix_seed({0x73, static_cast<uint64_t>(p.N), static_cast<uint64_t>(p.M)}));
-    RunSpec spec;
-    spec.mode = 2;
-    spec.round_scale = i % 4 != 3;
-    run_and_check(in, spec);
-  });
-  check_special_values({{2048, 2, 16, 2, 0, 5, 0, 8, 700}, {2048, 2, 16, 1, 0, 3, 0, 8, 700},
-                        {2048, 2, 16, 1, 1, 2, 0, 8, 700}, {2048, 2, 16, 2, 0, 5, 2, 8, 700}},
-                       0x74);
-  // Not points: fewer slots than two items; one chunk a row (N = 128); more than 2 blocks an item; mode 1; the
-  // removed variants (evict-first loads, overlap 1; the cluster kernel, exchange 7).
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 0, 3, 0, 8));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(128, 2, 16, 1, 0, 2, 0, 8));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 8, 0, 8));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 2, 0, 4, 0, 8));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 1, 1, 2, 0, 8));  // two CTAs an SM: N ≤ 2048
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 0, 5, 1, 8));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 0, 5, 0, 7));
 }
 
 // Search-space points of mode 0, forced: the pipe kernel (warps × row slots a warp × weights in registers or
