@@ -366,7 +366,12 @@ void for_each_point(const std::vector<SpacePoint>& points, Body&& body) {
       ADD_FAILURE() << "not a search-space point: " << describe(p);
       break;
     }
-    body(p, i);
+    try {
+      body(p, i);
+    } catch (const std::exception& e) {  // (a device fault ends the context: name the point, stop)
+      ADD_FAILURE() << describe(p) << ": " << e.what();
+      break;
+    }
   }
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
