@@ -28,6 +28,7 @@ void silu_tile_spec(Specialization& s, bool batched, int64_t n, int mode, bool r
 void silu_tile_space(const Specialization& base, bool batched, std::vector<Specialization>& out);
 SiluBlockQuantArgs silu_tile_args(const TensorRef& x, const TensorRef* g, const SiluBlockQuantOutputs& out, int64_t M);
 void check_silu_g(const Check& ck, const TensorRef& g, int64_t M, int64_t n);
+int64_t check_silu_x(const Check& ck, const TensorRef& x);
 }  // namespace detail
 
 namespace {
@@ -109,16 +110,8 @@ struct Common {
 
 Common check_inputs(const Check& ck, const TensorRef& x, const TensorRef& prob, const TensorRef& counts) {
   Common c;
-  ck.dtype("x", x, {DType::bf16});
-  ck.rows("x", x, 16);
-  const int64_t two_n = x.shape[1];
-  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
-    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
-                                    shape_str(x)));
+  c.n = check_silu_x(ck, x);
   c.M = x.shape[0];
-  c.n = two_n / 2;
-  ck.fits_int32("x", c.M, "M (rows)");
-  if (c.M > 0) ck.pointer("x", x, 16);
   ck.dtype("prob", prob, {DType::f32});
   if (!((prob.ndim == 1 && prob.shape[0] == c.M) || (prob.ndim == 2 && prob.shape[0] == c.M && prob.shape[1] == 1)))
     ck.shape_error("prob", fmt::format("expected [{}] or [{}, 1] (one weight per row of x), got {}", c.M, c.M,

@@ -88,6 +88,18 @@ SiluBlockQuantArgs silu_tile_args(const TensorRef& x, const TensorRef* g, const 
   a.M = static_cast<int>(M);
   return a;
 }
+// … its input x: [M, 2n] bf16 with 16-byte aligned rows (returns n) …
+int64_t check_silu_x(const Check& ck, const TensorRef& x) {
+  ck.dtype("x", x, {DType::bf16});
+  ck.rows("x", x, 16);
+  const int64_t two_n = x.shape[1];
+  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
+    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
+                                    shape_str(x)));
+  ck.fits_int32("x", x.shape[0], "M (rows)");
+  if (x.shape[0] > 0) ck.pointer("x", x, 16);
+  return two_n / 2;
+}
 // … and the backward's g: bf16 [M, n], rows 16-byte aligned (x is [M, 2n]).
 void check_silu_g(const Check& ck, const TensorRef& g, int64_t M, int64_t n) {
   ck.dtype("g", g, {DType::bf16});
@@ -152,18 +164,6 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
                              s.params[P_ROUND] != 0);
 }
 
-// x [M, 2n] bf16 with 16-byte aligned rows; returns n.
-int64_t check_x(const Check& ck, const TensorRef& x) {
-  ck.dtype("x", x, {DType::bf16});
-  ck.rows("x", x, 16);
-  const int64_t two_n = x.shape[1];
-  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
-    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
-                                    shape_str(x)));
-  ck.fits_int32("x", x.shape[0], "M (rows)");
-  if (x.shape[0] > 0) ck.pointer("x", x, 16);
-  return two_n / 2;
-}
 
 void check_outputs(const Check& ck, const SiluBlockQuantOutputs& o, int64_t M, int64_t W, bool row, bool col) {
   if (row) {
@@ -201,7 +201,7 @@ void silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const SiluBlockQuantO
   const Check ck{"silu_block_quant_fwd"};
   const int mode = opts.output_mode;
   if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
-  const int64_t n = check_x(ck, x);
+  const int64_t n = check_silu_x(ck, x);
   const int64_t M = x.shape[0];
   if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
   check_outputs(ck, out, M, n, mode != 1, mode != 0);
@@ -214,7 +214,7 @@ void silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const SiluBlockQuantO
 void silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const SiluBlockQuantOutputs& dx,
                           bool round_scale, Stream stream) {
   const Check ck{"silu_block_quant_bwd"};
-  const int64_t n = check_x(ck, x);
+  const int64_t n = check_silu_x(ck, x);
   const int64_t M = x.shape[0];
   check_silu_g(ck, g, M, n);
   if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
