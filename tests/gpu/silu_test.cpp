@@ -109,6 +109,15 @@ struct Result {
   uint64_t launches = 0;
 };
 
+// Every output of two runs bit for bit (dprob too when `dprob`).
+void expect_same_bits(const Result& got, const Result& want, bool dprob) {
+  EXPECT_TRUE(bitwise_equal("q", got.q, want.q));
+  EXPECT_TRUE(bitwise_equal("q_scale", got.q_scale, want.q_scale));
+  EXPECT_TRUE(bitwise_equal("qT", got.qT, want.qT));
+  EXPECT_TRUE(bitwise_equal("qT_scale", got.qT_scale, want.qT_scale));
+  if (dprob) EXPECT_TRUE(bitwise_equal("dprob", got.dprob, want.dprob));
+}
+
 bool rowwise(const RunSpec& s) { return s.bwd || s.mode != 1; }
 bool transposed(const RunSpec& s) { return s.bwd || s.mode != 0; }
 
@@ -621,11 +630,7 @@ TEST_F(SiluGpuTest, EveryOutputElementIsWritten) {
         const Result a = run(in, spec);
         spec.poison = 0xAA;
         const Result b = run(in, spec);
-        EXPECT_TRUE(bitwise_equal("q", a.q, b.q));
-        EXPECT_TRUE(bitwise_equal("q_scale", a.q_scale, b.q_scale));
-        EXPECT_TRUE(bitwise_equal("qT", a.qT, b.qT));
-        EXPECT_TRUE(bitwise_equal("qT_scale", a.qT_scale, b.qT_scale));
-        EXPECT_TRUE(bitwise_equal("dprob", a.dprob, b.dprob));
+        expect_same_bits(a, b, true);
       }
 }
 
@@ -641,10 +646,7 @@ TEST_F(SiluGpuTest, OneExpertWithUnitProbIsTheSharedOp) {
     const Result shared = run(in, s);
     s.batched = true;
     const Result batched = run(in, s);
-    EXPECT_TRUE(bitwise_equal("q", shared.q, batched.q));
-    EXPECT_TRUE(bitwise_equal("q_scale", shared.q_scale, batched.q_scale));
-    EXPECT_TRUE(bitwise_equal("qT", shared.qT, batched.qT));
-    EXPECT_TRUE(bitwise_equal("qT_scale", shared.qT_scale, batched.qT_scale));
+    expect_same_bits(shared, batched, false);
   }
 }
 
@@ -686,11 +688,7 @@ TEST_F(SiluGpuTest, OtherConfigsSameBits) {
           EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
         }
         EXPECT_TRUE(res.written_outside.empty());
-        EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
-        EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
-        EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
-        EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
-        EXPECT_TRUE(bitwise_equal("dprob", res.dprob, def.dprob));
+        expect_same_bits(res, def, true);
       }
     }
 }
@@ -732,10 +730,7 @@ TEST_F(SiluGpuTest, SharedConfigsManyTilesPerCta) {
         EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
       }
       EXPECT_TRUE(res.written_outside.empty());
-      EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
-      EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
-      EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
-      EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
+      expect_same_bits(res, def, false);
     }
   }
 }
