@@ -32,6 +32,13 @@ std::string invalid_argument_message(Fn&& fn) {
   return "";
 }
 
+// parse_model_json(json, file) must throw InvalidArgument naming `field`; returns the message.
+std::string rejected(const char* json, const char* field, const char* file = "cfg.json") {
+  const std::string msg = invalid_argument_message([&] { kiln::parse_model_json(json, file); });
+  EXPECT_NE(msg.find(field), std::string::npos) << msg;
+  return msg;
+}
+
 // Abridged from Qwen/Qwen3-30B-A3B's config.json (every key kiln reads, and a sample of those it ignores).
 constexpr const char* kQwen3MoeConfig = R"({
   "architectures": ["Qwen3MoeForCausalLM"],
@@ -281,12 +288,9 @@ TEST(ModelErrors, MissingFieldInAFileNamesThePath) {
 }
 
 TEST(ModelErrors, NegativeValueNamesTheField) {
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_experts": -4})",
-        "neg.json");
-  });
-  EXPECT_NE(msg.find("num_experts"), std::string::npos) << msg;
+  const std::string msg = rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_experts": -4})",
+      "num_experts", "neg.json");
   EXPECT_NE(msg.find("-4"), std::string::npos) << msg;
 }
 
@@ -300,50 +304,35 @@ TEST(ModelErrors, NonIntegerValuesNameTheField) {
 }
 
 TEST(ModelErrors, AliasSpellingIsNamedInTheError) {
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
             "n_routed_experts": 1.5})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("n_routed_experts"), std::string::npos) << msg;
+      "n_routed_experts");
 }
 
 TEST(ModelErrors, BadEpsilon) {
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "rms_norm_eps": 0})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("rms_norm_eps"), std::string::npos) << msg;
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "rms_norm_eps": 0})",
+      "rms_norm_eps");
 }
 
 TEST(ModelErrors, InconsistentHeadsAndExperts) {
-  std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 3,
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 3,
             "vocab_size": 100})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("num_key_value_heads"), std::string::npos) << msg;
+      "num_key_value_heads");
 
-  msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
             "num_experts": 4, "num_experts_per_tok": 8})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("num_experts_per_tok"), std::string::npos) << msg;
+      "num_experts_per_tok");
 }
 
 TEST(ModelErrors, KilnFormatRejectsUnknownFields) {
   // A typo in a preset must not silently fall back to a default.
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_expert": 64})",
-        "t.json");
-  });
-  EXPECT_NE(msg.find("num_expert"), std::string::npos) << msg;
+  const std::string msg = rejected(
+      R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_expert": 64})",
+      "num_expert", "t.json");
   EXPECT_NE(msg.find("t.json"), std::string::npos) << msg;
 }
 
