@@ -209,13 +209,17 @@ std::vector<Case> cases() {
   };
 }
 
+// A case's own random stream (tag: which test draws it).
+uint64_t case_seed(uint64_t tag, const Case& c) {
+  return mix_seed({tag, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S), static_cast<uint64_t>(c.Hd),
+                   static_cast<uint64_t>(c.D), static_cast<uint64_t>(c.dtype), static_cast<uint64_t>(c.pad)});
+}
+
 class RmsNormRopeFwd : public RmsNormRopeGpu, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(RmsNormRopeFwd, MatchesReference) {
   const Case c = GetParam();
-  const uint64_t seed = mix_seed({0x61, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
-                                  static_cast<uint64_t>(c.Hd), static_cast<uint64_t>(c.D),
-                                  static_cast<uint64_t>(c.dtype), static_cast<uint64_t>(c.pad)});
+  const uint64_t seed = case_seed(0x61, c);
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Data d = make_data(c, seed);
   const Fwd f = run_fwd(d);
@@ -231,9 +235,7 @@ class RmsNormRopeBwd : public RmsNormRopeGpu, public ::testing::WithParamInterfa
 
 TEST_P(RmsNormRopeBwd, MatchesReference) {
   const Case c = GetParam();
-  const uint64_t seed = mix_seed({0x62, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
-                                  static_cast<uint64_t>(c.Hd), static_cast<uint64_t>(c.D),
-                                  static_cast<uint64_t>(c.dtype), static_cast<uint64_t>(c.pad)});
+  const uint64_t seed = case_seed(0x62, c);
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Data d = make_data(c, seed);
   const Bwd b = run_bwd(d);
