@@ -275,6 +275,21 @@ QkRopePositions positions(const TensorRef& freqs, const QkNormHalfRopeOptions& o
   return p;
 }
 
+// The argument fields both directions share: qkv and its strides, the weights, the positions, S, B, eps.
+template <typename Args>
+void set_common_args(Args& a, const TensorRef& qkv, const TensorRef& wq, const TensorRef& wk, const TensorRef& freqs,
+                     const QkNormHalfRopeOptions& opts, const Geometry& g) {
+  a.qkv = qkv.data;
+  a.qkv_s_stride = qkv.strides[0];
+  a.qkv_b_stride = qkv.strides[1];
+  a.wq = wq.data;
+  a.wk = wk.data;
+  a.pos = positions(freqs, opts);
+  a.S = static_cast<int>(g.S);
+  a.B = static_cast<int>(g.B);
+  a.eps = opts.eps;
+}
+
 int rows_per_cta(const Specialization& s) {
   return s.config[C_WARPS] * (32 / static_cast<int>(s.params[P_D] / 16));
 }
@@ -320,18 +335,10 @@ void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q
                                            qkv.dtype, q_norm_weight.dtype),
                                       M);
   QkNormRopeFwdArgs a{};
-  a.qkv = qkv.data;
-  a.qkv_s_stride = qkv.strides[0];
-  a.qkv_b_stride = qkv.strides[1];
-  a.wq = q_norm_weight.data;
-  a.wk = k_norm_weight.data;
-  a.pos = positions(freqs, opts);
+  set_common_args(a, qkv, q_norm_weight, k_norm_weight, freqs, opts, g);
   a.q = q.data;
   a.k = k.data;
   a.v = v.data;
-  a.S = static_cast<int>(g.S);
-  a.B = static_cast<int>(g.B);
-  a.eps = opts.eps;
   LaunchDims d;
   const int rows = rows_per_cta(s);
   d.grid[0] = static_cast<unsigned>((M + rows - 1) / rows);
@@ -386,19 +393,11 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     a.gq = gq.data;
     a.gk = gk.data;
     a.gv = gv.data;
-    a.qkv = qkv.data;
-    a.qkv_s_stride = qkv.strides[0];
-    a.qkv_b_stride = qkv.strides[1];
-    a.wq = q_norm_weight.data;
-    a.wk = k_norm_weight.data;
-    a.pos = positions(freqs, opts);
+    set_common_args(a, qkv, q_norm_weight, k_norm_weight, freqs, opts, g);
     a.dqkv = dqkv.data;
     a.dqkv_s_stride = dqkv.strides[0];
     a.dqkv_b_stride = dqkv.strides[1];
     a.partial = partial;
-    a.S = static_cast<int>(g.S);
-    a.B = static_cast<int>(g.B);
-    a.eps = opts.eps;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
