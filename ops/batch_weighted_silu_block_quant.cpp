@@ -22,7 +22,13 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-std::vector<std::array<int, 3>> silu_tile_configs(bool bwd, bool batched);  // ops/silu_block_quant.cpp
+// ops/silu_block_quant.cpp: the tile kernel both families run (params, default config, search space, args) and the
+// backward's g check.
+void silu_tile_spec(Specialization& s, bool batched, int64_t n, int mode, bool round);
+void silu_tile_space(const Specialization& base, bool batched, std::vector<Specialization>& out);
+SiluBlockQuantArgs silu_tile_args(const TensorRef& x, const TensorRef* g, const SiluBlockQuantOutputs& out, int64_t M);
+void check_silu_g(const Check& ck, const TensorRef& g, int64_t M, int64_t n);
+int64_t check_silu_x(const Check& ck, const TensorRef& x);
 }  // namespace detail
 
 namespace {
@@ -64,13 +70,7 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.arch = arch;
   s.kernel = kernel;
   if (kernel == kFwd || kernel == kBwd) {
-    s.params[P_N] = n;
-    s.params[P_MODE] = kernel == kBwd ? 2 : mode;
-    s.params[P_ROUND] = round;
-    const std::array<int, 3> d = silu_tile_configs(kernel == kBwd, true)[0];  // see kDefaultNote
-    s.config[C_STAGES] = d[0];
-    s.config[C_TABLE] = d[1];
-    s.config[C_CODEBUF] = d[2];
+    silu_tile_spec(s, true, n, mode, round);
   } else if (kernel == kDwReduce) {
     s.params[P_N] = n;
   }
@@ -84,12 +84,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
     return;
   }
-  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, true)) {
-    s.config[C_STAGES] = stages;
-    s.config[C_TABLE] = table;
-    s.config[C_CODEBUF] = code_buffers;
-    out.push_back(s);
-  }
+  silu_tile_space(base, true, out);
 }
 
 // Routed experts: n = moe_intermediate_size.
@@ -115,16 +110,8 @@ struct Common {
 
 Common check_inputs(const Check& ck, const TensorRef& x, const TensorRef& prob, const TensorRef& counts) {
   Common c;
-  ck.dtype("x", x, {DType::bf16});
-  ck.rows("x", x, 16);
-  const int64_t two_n = x.shape[1];
-  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
-    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
-                                    shape_str(x)));
+  c.n = check_silu_x(ck, x);
   c.M = x.shape[0];
-  c.n = two_n / 2;
-  ck.fits_int32("x", c.M, "M (rows)");
-  if (c.M > 0) ck.pointer("x", x, 16);
   ck.dtype("prob", prob, {DType::f32});
   if (!((prob.ndim == 1 && prob.shape[0] == c.M) || (prob.ndim == 2 && prob.shape[0] == c.M && prob.shape[1] == 1)))
     ck.shape_error("prob", fmt::format("expected [{}] or [{}, 1] (one weight per row of x), got {}", c.M, c.M,
@@ -246,16 +233,9 @@ void batch_weighted_silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const 
   const Workspace w = alloc_workspace(impl, capacity, 0, stream);
   launch_schedule(impl, c, counts, capacity, opts.trailing_rows, w.ws, status, stream);
   if (c.M > 0) {
-    SiluBlockQuantArgs a{};
-    a.x = x.data;
-    a.x_stride = x.strides[0];
+    SiluBlockQuantArgs a = silu_tile_args(x, nullptr, out, c.M);
     a.w = static_cast<const float*>(prob.data);
-    a.q = static_cast<unsigned char*>(out.q.data);
-    a.q_scale = static_cast<float*>(out.q_scale.data);
-    a.qT = static_cast<unsigned char*>(out.qT.data);
-    a.qT_scale = static_cast<float*>(out.qT_scale.data);
     a.schedule = w.ws;
-    a.M = static_cast<int>(c.M);
     launch_tiles(impl, make_spec(impl.target_arch(), kFwd, c.n, mode, opts.round_scale), c, capacity, a, stream);
   }
   finish(impl, ck, c, w, opts.check_counts, opts.trailing_rows, stream);
@@ -267,11 +247,7 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
                                          const BatchSiluOptions& opts, Stream stream) {
   const Check ck{"batch_weighted_silu_block_quant_bwd"};
   const Common c = check_inputs(ck, x, prob, counts);
-  ck.dtype("g", g, {DType::bf16});
-  ck.rows("g", g, 16);
-  if (g.shape[0] != c.M || g.shape[1] != c.n)
-    ck.shape_error("g", fmt::format("expected [{}, {}] (x is [M, 2n]), got {}", c.M, c.n, shape_str(g)));
-  if (c.M > 0) ck.pointer("g", g, 16);
+  check_silu_g(ck, g, c.M, c.n);
   const int64_t capacity = check_outputs(ck, dx, c, 2 * c.n, true, true);
   ck.dtype("dprob", dprob, {DType::f32});
   if (!((dprob.ndim == 1 && dprob.shape[0] == c.M) ||
@@ -287,19 +263,10 @@ void batch_weighted_silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const 
   const Workspace w = alloc_workspace(impl, capacity, (c.n / 128) * c.M, stream);
   launch_schedule(impl, c, counts, capacity, opts.trailing_rows, w.ws, status, stream);
   if (c.M > 0) {
-    SiluBlockQuantArgs a{};
-    a.x = x.data;
-    a.x_stride = x.strides[0];
-    a.g = g.data;
-    a.g_stride = g.strides[0];
+    SiluBlockQuantArgs a = silu_tile_args(x, &g, dx, c.M);
     a.w = static_cast<const float*>(prob.data);
-    a.q = static_cast<unsigned char*>(dx.q.data);
-    a.q_scale = static_cast<float*>(dx.q_scale.data);
-    a.qT = static_cast<unsigned char*>(dx.qT.data);
-    a.qT_scale = static_cast<float*>(dx.qT_scale.data);
     a.dw_partial = w.partial;
     a.schedule = w.ws;
-    a.M = static_cast<int>(c.M);
     launch_tiles(impl, make_spec(impl.target_arch(), kBwd, c.n, 2, opts.round_scale), c, capacity, a, stream);
 
     SiluDwReduceArgs r{w.partial, w.ws, static_cast<float*>(dprob.data), static_cast<int>(c.M)};

@@ -53,14 +53,6 @@ bool hint_measurement(int hints) { return hints == 4 || (hints & 3) == 3 || (hin
 constexpr int64_t kMaxDim = 65536;
 constexpr int64_t kMaxGroupDim = 16384;  // one group's channels: a warp's dw slice in shared memory (64 KiB)
 
-const char* type_name(int64_t d) {
-  switch (static_cast<DType>(d)) {
-    case DType::bf16: return "kiln::bf16";
-    case DType::f16: return "kiln::f16";
-    default: return "float";
-  }
-}
-
 int gate_depth(const Specialization& s);
 
 // The staged backward's dynamic shared memory with `depth` ring slots a warp (kiln/group_rms_norm_gate.cuh): the rings
@@ -79,20 +71,20 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kFwd:
       name = fmt::format("kiln::group_rms_norm_gate_fwd{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
                          s.config[C_ROWS] == kRowsStaged ? "_staged" : "", p[P_DIM], p[P_G], s.config[C_SEG],
-                         p[P_SHARED] != 0, s.config[C_WARPS], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+                         p[P_SHARED] != 0, s.config[C_WARPS], cxx_type(p[P_DTYPE]), cxx_type(p[P_W_DTYPE]));
       break;
     case kBwd:
       if (s.config[C_ROWS] == kRowsStaged)
         name = fmt::format("kiln::group_rms_norm_gate_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>",
                            p[P_DIM], p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS], gate_depth(s),
-                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, s.config[C_HINTS], type_name(p[P_DTYPE]),
-                           type_name(p[P_W_DTYPE]));
+                           s.arch.sm >= 90, s.config[C_REDUCE] != 0, s.config[C_HINTS], cxx_type(p[P_DTYPE]),
+                           cxx_type(p[P_W_DTYPE]));
       else
         name = fmt::format("kiln::group_rms_norm_gate_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_DIM],
                            p[P_G], s.config[C_SEG], p[P_SHARED] != 0, s.config[C_WARPS],
                            s.config[C_ROWS] == kRowsKept || s.config[C_ROWS] == kRowsKeptSigmoid,
-                           s.config[C_ROWS] == kRowsKeptSigmoid, s.config[C_REDUCE] != 0, type_name(p[P_DTYPE]),
-                           type_name(p[P_W_DTYPE]));
+                           s.config[C_ROWS] == kRowsKeptSigmoid, s.config[C_REDUCE] != 0, cxx_type(p[P_DTYPE]),
+                           cxx_type(p[P_W_DTYPE]));
       break;
     default:
       // partial rows hold dim channels; a shared weight folds the G groups onto d outputs.
@@ -278,22 +270,6 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 // ---- validation --------------------------------------------------------------------------------------------------
 
-// The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
-int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
-
-// An output's rows (dims 0 and 1 of a 3-D tensor whose last dim is dense) must not overlap: a sufficient test is that
-// the dims, ordered by stride, nest (the smaller stride spans a row, the larger spans the smaller dim).
-void check_no_overlap(const Check& ck, const char* arg, const TensorRef& t) {
-  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
-  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
-  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
-  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
-  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
-  if (!ok)
-    ck.invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
-                                shape_str(t), t.strides[0], t.strides[1]));
-}
-
 // A 3-D activation whose token (b, s) row is at b·stride[bdim] + s·stride[sdim]: shape [B, S, dim] (bdim 0) or
 // [S, B, dim] (bdim 1), dense last dim, non-negative strides keeping every row `vec`-element aligned.
 void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dtype, int64_t B, int64_t S,
@@ -322,8 +298,7 @@ struct Geometry {
 
 Geometry check_common(const Check& ck, const TensorRef& x, const TensorRef& gate, const TensorRef& weight,
                       const GroupRmsNormGateOptions& o) {
-  if (!(o.eps >= 0.f) || !std::isfinite(o.eps))
-    ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", o.eps));
+  ck.finite_nonnegative("eps", o.eps);
   Geometry g;
   ck.dtype("x", x, {DType::bf16, DType::f16, DType::f32});
   if (x.ndim != 3) ck.shape_error("x", fmt::format("expected a 3-D tensor [B, S, dim], got shape {}", shape_str(x)));
@@ -413,7 +388,7 @@ void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, con
   const Check ck{"group_rms_norm_gate_fwd"};
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "out", out, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
-  check_no_overlap(ck, "out", out);
+  ck.disjoint_rows("out", out);
   if (g.M == 0) return;
 
   auto& impl = rt.impl();
@@ -482,9 +457,9 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
   const Geometry g = check_common(ck, x, gate, weight, opts);
   check_tokens(ck, "dy", dy, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, out_layout(opts.transpose));
   check_tokens(ck, "dx", dx, x.dtype, g.B, g.S, g.dim, false, g.vec, "[B, S, dim]: x's layout");
-  check_no_overlap(ck, "dx", dx);
+  ck.disjoint_rows("dx", dx);
   check_tokens(ck, "dgate", dgate, x.dtype, g.B, g.S, g.dim, opts.transpose, g.vec, "gate's layout");
-  check_no_overlap(ck, "dgate", dgate);
+  ck.disjoint_rows("dgate", dgate);
   ck.tensor("dweight", dweight, {DType::f32}, {weight.shape[0]}, 4);
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 

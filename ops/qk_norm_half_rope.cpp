@@ -28,14 +28,6 @@ enum : uint32_t { kFwd = 0, kBwd = 1, kDwReduce = 2 };
 enum { P_H, P_HG, P_D, P_INTERLEAVED, P_DTYPE, P_W_DTYPE };
 enum { C_WARPS, C_BATCH, C_ACC_SMEM };
 
-const char* type_name(int64_t d) {
-  switch (static_cast<DType>(d)) {
-    case DType::bf16: return "kiln::bf16";
-    case DType::f16: return "kiln::f16";
-    default: return "float";
-  }
-}
-
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/qk_norm_half_rope.cuh\"\n";
   const auto& p = s.params;
@@ -45,7 +37,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     return;
   }
   name = fmt::format("kiln::qk_norm_half_rope_{}_kernel<{}, {}, {}, {}, {}, {}, {}, {}{}>", s.kernel == kFwd ? "fwd" : "bwd",
-                     p[P_H], p[P_HG], p[P_D], p[P_INTERLEAVED] != 0, type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]),
+                     p[P_H], p[P_HG], p[P_D], p[P_INTERLEAVED] != 0, cxx_type(p[P_DTYPE]), cxx_type(p[P_W_DTYPE]),
                      s.config[C_WARPS], s.config[C_BATCH],
                      s.kernel == kBwd ? (s.config[C_ACC_SMEM] ? ", true" : ", false") : "");
 }
@@ -171,7 +163,7 @@ void check_options(const Check& ck, const QkNormHalfRopeOptions& o) {
   if (o.num_heads % o.num_groups != 0)
     ck.invalid("num_groups", fmt::format("expected a divisor of num_heads = {} (h query groups of H/h heads), got {}",
                                          o.num_heads, o.num_groups));
-  if (!(o.eps >= 0.f) || !std::isfinite(o.eps)) ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", o.eps));
+  ck.finite_nonnegative("eps", o.eps);
   if (o.position_offset < 0 || o.position_offset > INT32_MAX)
     ck.invalid("position_offset", fmt::format("expected a value in [0, {}], got {}", INT32_MAX, o.position_offset));
   if (o.cu_seqlens.defined()) {
@@ -259,6 +251,20 @@ void check_heads(const Check& ck, const char* arg, const TensorRef& t, DType dty
   ck.tensor(arg, t, {dtype}, {g.B, g.S, heads, g.D}, 16);
 }
 
+// What both directions check first: qkv and the options, the weights, freqs, and the per-head tensors (q, k, v, or
+// their gradients: names[0..2]).
+Geometry check_inputs(const Check& ck, const TensorRef& qkv, const TensorRef& wq, const TensorRef& wk,
+                      const TensorRef& freqs, const QkNormHalfRopeOptions& opts, const char* const (&names)[3],
+                      const TensorRef& q, const TensorRef& k, const TensorRef& v) {
+  const Geometry g = check_qkv(ck, qkv, opts);
+  check_weights(ck, wq, wk, qkv, g.D);
+  check_freqs(ck, freqs, g, opts);
+  check_heads(ck, names[0], q, qkv.dtype, g, g.H);
+  check_heads(ck, names[1], k, qkv.dtype, g, g.h);
+  check_heads(ck, names[2], v, qkv.dtype, g, g.h);
+  return g;
+}
+
 QkRopePositions positions(const TensorRef& freqs, const QkNormHalfRopeOptions& o) {
   QkRopePositions p{};
   p.freqs = static_cast<const float*>(freqs.data);
@@ -267,6 +273,21 @@ QkRopePositions positions(const TensorRef& freqs, const QkNormHalfRopeOptions& o
   p.num_seqs = o.cu_seqlens.defined() ? static_cast<int>(o.cu_seqlens.shape[0] - 1) : 0;
   p.pos_offset = o.position_offset;
   return p;
+}
+
+// The argument fields both directions share: qkv and its strides, the weights, the positions, S, B, eps.
+template <typename Args>
+void set_common_args(Args& a, const TensorRef& qkv, const TensorRef& wq, const TensorRef& wk, const TensorRef& freqs,
+                     const QkNormHalfRopeOptions& opts, const Geometry& g) {
+  a.qkv = qkv.data;
+  a.qkv_s_stride = qkv.strides[0];
+  a.qkv_b_stride = qkv.strides[1];
+  a.wq = wq.data;
+  a.wk = wk.data;
+  a.pos = positions(freqs, opts);
+  a.S = static_cast<int>(g.S);
+  a.B = static_cast<int>(g.B);
+  a.eps = opts.eps;
 }
 
 int rows_per_cta(const Specialization& s) {
@@ -305,12 +326,7 @@ void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q
                            const TensorRef& k_norm_weight, const TensorRef& freqs, const TensorRef& q,
                            const TensorRef& k, const TensorRef& v, const QkNormHalfRopeOptions& opts, Stream stream) {
   const Check ck{"qk_norm_half_rope_fwd"};
-  const Geometry g = check_qkv(ck, qkv, opts);
-  check_weights(ck, q_norm_weight, k_norm_weight, qkv, g.D);
-  check_freqs(ck, freqs, g, opts);
-  check_heads(ck, "q", q, qkv.dtype, g, g.H);
-  check_heads(ck, "k", k, qkv.dtype, g, g.h);
-  check_heads(ck, "v", v, qkv.dtype, g, g.h);
+  const Geometry g = check_inputs(ck, qkv, q_norm_weight, k_norm_weight, freqs, opts, {"q", "k", "v"}, q, k, v);
   const int64_t M = g.S * g.B;
   if (M == 0) return;
 
@@ -319,18 +335,10 @@ void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q
                                            qkv.dtype, q_norm_weight.dtype),
                                       M);
   QkNormRopeFwdArgs a{};
-  a.qkv = qkv.data;
-  a.qkv_s_stride = qkv.strides[0];
-  a.qkv_b_stride = qkv.strides[1];
-  a.wq = q_norm_weight.data;
-  a.wk = k_norm_weight.data;
-  a.pos = positions(freqs, opts);
+  set_common_args(a, qkv, q_norm_weight, k_norm_weight, freqs, opts, g);
   a.q = q.data;
   a.k = k.data;
   a.v = v.data;
-  a.S = static_cast<int>(g.S);
-  a.B = static_cast<int>(g.B);
-  a.eps = opts.eps;
   LaunchDims d;
   const int rows = rows_per_cta(s);
   d.grid[0] = static_cast<unsigned>((M + rows - 1) / rows);
@@ -351,12 +359,8 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
                            const TensorRef& dk_norm_weight, const QkNormHalfRopeOptions& opts,
                            const TensorRef& workspace, Stream stream) {
   const Check ck{"qk_norm_half_rope_bwd"};
-  const Geometry g = check_qkv(ck, qkv, opts);
-  check_weights(ck, q_norm_weight, k_norm_weight, qkv, g.D);
-  check_freqs(ck, freqs, g, opts);
-  check_heads(ck, "gq", gq, qkv.dtype, g, g.H);
-  check_heads(ck, "gk", gk, qkv.dtype, g, g.h);
-  check_heads(ck, "gv", gv, qkv.dtype, g, g.h);
+  const Geometry g =
+      check_inputs(ck, qkv, q_norm_weight, k_norm_weight, freqs, opts, {"gq", "gk", "gv"}, gq, gk, gv);
   check_qkv_layout(ck, "dqkv", dqkv, qkv.dtype, &g);
   // Weight gradients are optional (frozen norm weights): with neither, no partials and no reduction.
   if (dq_norm_weight.defined()) ck.tensor("dq_norm_weight", dq_norm_weight, {DType::f32}, {g.D}, 4);
@@ -389,19 +393,11 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     a.gq = gq.data;
     a.gk = gk.data;
     a.gv = gv.data;
-    a.qkv = qkv.data;
-    a.qkv_s_stride = qkv.strides[0];
-    a.qkv_b_stride = qkv.strides[1];
-    a.wq = q_norm_weight.data;
-    a.wk = k_norm_weight.data;
-    a.pos = positions(freqs, opts);
+    set_common_args(a, qkv, q_norm_weight, k_norm_weight, freqs, opts, g);
     a.dqkv = dqkv.data;
     a.dqkv_s_stride = dqkv.strides[0];
     a.dqkv_b_stride = dqkv.strides[1];
     a.partial = partial;
-    a.S = static_cast<int>(g.S);
-    a.B = static_cast<int>(g.B);
-    a.eps = opts.eps;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);

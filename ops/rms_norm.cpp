@@ -26,33 +26,25 @@ enum { C_WARPS, C_ROWS, C_STAGES };
 bool is_pipe(const Specialization& s) { return s.config[C_WARPS] > 0; }
 int split_of(const Specialization& s) { return s.config[C_WARPS] / std::max(1, s.config[C_ROWS]); }
 
-const char* type_name(int64_t d) {
-  switch (static_cast<DType>(d)) {
-    case DType::bf16: return "kiln::bf16";
-    case DType::f16: return "kiln::f16";
-    default: return "float";
-  }
-}
-
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/rms_norm.cuh\"\n";
   const auto& p = s.params;
   switch (s.kernel) {
     case kFwd:
-      name = fmt::format("kiln::rms_norm_fwd_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], type_name(p[P_DTYPE]),
-                         type_name(p[P_W_DTYPE]));
+      name = fmt::format("kiln::rms_norm_fwd_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_WARPS], cxx_type(p[P_DTYPE]),
+                         cxx_type(p[P_W_DTYPE]));
       break;
     case kBwd:
       if (!is_pipe(s))
         name = fmt::format("kiln::rms_norm_bwd_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_ROWS],
-                           s.config[C_STAGES], type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]));
+                           s.config[C_STAGES], cxx_type(p[P_DTYPE]), cxx_type(p[P_W_DTYPE]));
       else
         name = fmt::format("kiln::rms_norm_bwd_pipe_kernel<{}, {}, {}, {}, {}, {}, {}>", p[P_N], s.config[C_WARPS],
-                           split_of(s), s.config[C_STAGES], s.arch.sm >= 90, type_name(p[P_DTYPE]),
-                           type_name(p[P_W_DTYPE]));
+                           split_of(s), s.config[C_STAGES], s.arch.sm >= 90, cxx_type(p[P_DTYPE]),
+                           cxx_type(p[P_W_DTYPE]));
       break;
     default:
-      name = fmt::format("kiln::dw_reduce_kernel<{}, 1, {}>", p[P_N], type_name(p[P_DW_DTYPE]));
+      name = fmt::format("kiln::dw_reduce_kernel<{}, 1, {}>", p[P_N], cxx_type(p[P_DW_DTYPE]));
   }
 }
 
@@ -217,10 +209,6 @@ int64_t check_x(const Check& ck, const TensorRef& x) {
   return N;
 }
 
-void check_eps(const Check& ck, float eps) {
-  if (!(eps >= 0.f) || !std::isfinite(eps)) ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", eps));
-}
-
 }  // namespace
 
 KILN_REGISTER_FAMILY(rms_norm, g_family)
@@ -228,7 +216,7 @@ KILN_REGISTER_FAMILY(rms_norm, g_family)
 void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, const TensorRef& y,
                   const TensorRef& rms_inv, float eps, Stream stream) {
   const Check ck{"rms_norm_fwd"};
-  check_eps(ck, eps);
+  ck.finite_nonnegative("eps", eps);
   const int64_t N = check_x(ck, x);
   const int64_t M = x.shape[0];
   ck.tensor("weight", weight, {x.dtype, DType::f32}, {N}, 16);
@@ -288,7 +276,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight, const TensorRef& dx,
                   const TensorRef& dweight, float eps, const TensorRef& workspace, Stream stream) {
   const Check ck{"rms_norm_bwd"};
-  check_eps(ck, eps);
+  ck.finite_nonnegative("eps", eps);
   const int64_t N = check_x(ck, x);
   const int64_t M = x.shape[0];
   check_rows(ck, "dy", dy, x.dtype, M, N);

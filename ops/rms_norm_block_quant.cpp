@@ -609,8 +609,7 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   const Check ck{"rms_norm_block_quant_fwd"};
   const int mode = opts.output_mode;
   if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
-  if (!(opts.eps >= 0.f) || !std::isfinite(opts.eps))
-    ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", opts.eps));
+  ck.finite_nonnegative("eps", opts.eps);
   ck.dtype("x", x, {DType::bf16});
   ck.rows("x", x, 16);
   const int64_t M = x.shape[0], N = x.shape[1];

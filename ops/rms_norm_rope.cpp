@@ -33,14 +33,6 @@ bool staged(const Specialization& s) { return s.config[C_ROWS] == kRowsStaged; }
 
 constexpr int64_t kMaxHidden = 32768;
 
-const char* type_name(int64_t d) {
-  switch (static_cast<DType>(d)) {
-    case DType::bf16: return "kiln::bf16";
-    case DType::f16: return "kiln::f16";
-    default: return "float";
-  }
-}
-
 // Warps sharing a row in the backward (config "split"; 0 in a hand-made config means 1).
 int split_of(const Specialization& s) { return std::max(1, static_cast<int>(s.config[C_SPLIT])); }
 
@@ -55,15 +47,15 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kFwd)
     name = fmt::format("kiln::rms_norm_rope_fwd_kernel<{}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D], s.config[C_WARPS],
-                       type_name(p[P_DTYPE]), type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+                       cxx_type(p[P_DTYPE]), cxx_type(p[P_W_DTYPE]), cxx_type(p[P_CS_DTYPE]));
   else if (staged(s))
     name = fmt::format("kiln::rms_norm_rope_bwd_staged_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
-                       s.config[C_WARPS], split_of(s), rope_depth(s), s.arch.sm >= 90, type_name(p[P_DTYPE]),
-                       type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+                       s.config[C_WARPS], split_of(s), rope_depth(s), s.arch.sm >= 90, cxx_type(p[P_DTYPE]),
+                       cxx_type(p[P_W_DTYPE]), cxx_type(p[P_CS_DTYPE]));
   else
     name = fmt::format("kiln::rms_norm_rope_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_HD], p[P_D],
-                       s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, split_of(s), type_name(p[P_DTYPE]),
-                       type_name(p[P_W_DTYPE]), type_name(p[P_CS_DTYPE]));
+                       s.config[C_WARPS], s.config[C_ROWS] == kRowsKept, split_of(s), cxx_type(p[P_DTYPE]),
+                       cxx_type(p[P_W_DTYPE]), cxx_type(p[P_CS_DTYPE]));
 }
 
 // Shared memory of the staged backward at `depth` ring slots per warp: the fp32 weights, then per warp and slot its
@@ -253,26 +245,6 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 // ---- validation --------------------------------------------------------------------------------------------------
 
-void check_eps(const Check& ck, float eps) {
-  if (!(eps >= 0.f) || !std::isfinite(eps)) ck.invalid("eps", fmt::format("expected a finite value ≥ 0, got {}", eps));
-}
-
-// The stride of dim k as the kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
-int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
-
-// An output's rows (dims 0 and 1 of a 3-D tensor whose last dim is dense) must not overlap: a sufficient test is that
-// the dims, ordered by stride, nest (the smaller stride spans a row, the larger spans the smaller dim).
-void check_no_overlap(const Check& ck, const char* arg, const TensorRef& t) {
-  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
-  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
-  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
-  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
-  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
-  if (!ok)
-    ck.invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
-                                shape_str(t), t.strides[0], t.strides[1]));
-}
-
 // A [B, S, Hd] activation: rank 3, dense last dim, non-negative strides that keep every row `vec`-element aligned.
 void check_bsh(const Check& ck, const char* arg, const TensorRef& t, std::initializer_list<DType> dtypes, int64_t B,
                int64_t S, int64_t Hd, int64_t vec) {
@@ -301,7 +273,7 @@ struct Geometry {
 // The checks both directions share: x, weight, cos/sin, num_heads, eps.
 Geometry check_common(const Check& ck, const TensorRef& x, const TensorRef& weight, const TensorRef& cos,
                       const TensorRef& sin, float eps, int num_heads) {
-  check_eps(ck, eps);
+  ck.finite_nonnegative("eps", eps);
   Geometry g;
   ck.dtype("x", x, {DType::bf16, DType::f16, DType::f32});
   if (x.ndim != 3) ck.shape_error("x", fmt::format("expected a 3-D tensor [B, S, Hd], got shape {}", shape_str(x)));
@@ -401,7 +373,7 @@ void detail::rms_norm_rope_fwd_config(Runtime& rt, const TensorRef& x, const Ten
   const Check ck{"rms_norm_rope_fwd"};
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "y", y, {x.dtype}, g.B, g.S, g.Hd, g.vec);
-  check_no_overlap(ck, "y", y);
+  ck.disjoint_rows("y", y);
   if (g.M == 0) return;
 
   auto& impl = rt.impl();
@@ -468,7 +440,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
   const Geometry g = check_common(ck, x, weight, cos, sin, eps, num_heads);
   check_bsh(ck, "dy", dy, {x.dtype}, g.B, g.S, g.Hd, g.vec);
   check_bsh(ck, "dx", dx, {x.dtype}, g.B, g.S, g.Hd, g.vec);
-  check_no_overlap(ck, "dx", dx);
+  ck.disjoint_rows("dx", dx);
   ck.tensor("dweight", dweight, {DType::f32}, {g.Hd}, 4);
   if (workspace.defined()) ck.tensor("workspace", workspace, {DType::f32}, {-1}, 16);
 

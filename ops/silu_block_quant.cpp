@@ -46,6 +46,72 @@ enum { C_STAGES, C_TABLE, C_CODEBUF };
 // forward 18.8 vs 18.9 µs, backward 28.9 vs 29.8, batched backward 479 vs 510; batched forward 278.7 vs 276.5).
 // silu_tile_configs lists the default first.
 
+}  // namespace
+
+namespace detail {
+// Both families' tile kernel, as they lay it out in a Specialization (params n, mode, round_scale; config stages,
+// sigma_table, code_buffers): its params and heuristic default config (bwd: kernel 1, mode 2) …
+void silu_tile_spec(Specialization& s, bool batched, int64_t n, int mode, bool round) {
+  const bool bwd = s.kernel == kBwd;
+  s.params[P_N] = n;
+  s.params[P_MODE] = bwd ? 2 : mode;
+  s.params[P_ROUND] = round;
+  const std::array<int, 3> d = silu_tile_configs(bwd, batched)[0];  // see kDefaultNote
+  s.config[C_STAGES] = d[0];
+  s.config[C_TABLE] = d[1];
+  s.config[C_CODEBUF] = d[2];
+}
+// … the points of its search space (the default first) …
+void silu_tile_space(const Specialization& base, bool batched, std::vector<Specialization>& out) {
+  Specialization s = base;
+  s.config = {};
+  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, batched)) {
+    s.config[C_STAGES] = stages;
+    s.config[C_TABLE] = table;
+    s.config[C_CODEBUF] = code_buffers;
+    out.push_back(s);
+  }
+}
+// … its pointers: x (and g, the backward's), the outputs, and the row count …
+SiluBlockQuantArgs silu_tile_args(const TensorRef& x, const TensorRef* g, const SiluBlockQuantOutputs& out, int64_t M) {
+  SiluBlockQuantArgs a{};
+  a.x = x.data;
+  a.x_stride = x.strides[0];
+  if (g) {
+    a.g = g->data;
+    a.g_stride = g->strides[0];
+  }
+  a.q = static_cast<unsigned char*>(out.q.data);
+  a.q_scale = static_cast<float*>(out.q_scale.data);
+  a.qT = static_cast<unsigned char*>(out.qT.data);
+  a.qT_scale = static_cast<float*>(out.qT_scale.data);
+  a.M = static_cast<int>(M);
+  return a;
+}
+// … its input x: [M, 2n] bf16 with 16-byte aligned rows (returns n) …
+int64_t check_silu_x(const Check& ck, const TensorRef& x) {
+  ck.dtype("x", x, {DType::bf16});
+  ck.rows("x", x, 16);
+  const int64_t two_n = x.shape[1];
+  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
+    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
+                                    shape_str(x)));
+  ck.fits_int32("x", x.shape[0], "M (rows)");
+  if (x.shape[0] > 0) ck.pointer("x", x, 16);
+  return two_n / 2;
+}
+// … and the backward's g: bf16 [M, n], rows 16-byte aligned (x is [M, 2n]).
+void check_silu_g(const Check& ck, const TensorRef& g, int64_t M, int64_t n) {
+  ck.dtype("g", g, {DType::bf16});
+  ck.rows("g", g, 16);
+  if (g.shape[0] != M || g.shape[1] != n)
+    ck.shape_error("g", fmt::format("expected [{}, {}] (x is [M, 2n]), got {}", M, n, shape_str(g)));
+  if (M > 0) ck.pointer("g", g, 16);
+}
+}  // namespace detail
+
+namespace {
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/silu_block_quant.cuh\"\n";
   const auto& p = s.params;
@@ -69,26 +135,11 @@ Specialization make_spec(Arch arch, uint32_t kernel, int64_t n, int mode, bool r
   s.family = &g_family;
   s.arch = arch;
   s.kernel = kernel;
-  s.params[P_N] = n;
-  s.params[P_MODE] = kernel == kBwd ? 2 : mode;
-  s.params[P_ROUND] = round;
-  const std::array<int, 3> d = silu_tile_configs(kernel == kBwd, false)[0];  // see kDefaultNote
-  s.config[C_STAGES] = d[0];
-  s.config[C_TABLE] = d[1];
-  s.config[C_CODEBUF] = d[2];
+  silu_tile_spec(s, false, n, mode, round);
   return s;
 }
 
-void search_space(const Specialization& base, std::vector<Specialization>& out) {
-  Specialization s = base;
-  s.config = {};
-  for (const auto& [stages, table, code_buffers] : silu_tile_configs(base.kernel == kBwd, false)) {
-    s.config[C_STAGES] = stages;
-    s.config[C_TABLE] = table;
-    s.config[C_CODEBUF] = code_buffers;
-    out.push_back(s);
-  }
-}
+void search_space(const Specialization& base, std::vector<Specialization>& out) { silu_tile_space(base, false, out); }
 
 bool valid_n(int64_t n) { return n > 0 && n % 128 == 0 && n <= kSiluMaxN; }
 
@@ -113,18 +164,6 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
                              s.params[P_ROUND] != 0);
 }
 
-// x [M, 2n] bf16 with 16-byte aligned rows; returns n.
-int64_t check_x(const Check& ck, const TensorRef& x) {
-  ck.dtype("x", x, {DType::bf16});
-  ck.rows("x", x, 16);
-  const int64_t two_n = x.shape[1];
-  if (two_n <= 0 || two_n % 256 != 0 || two_n / 2 > kSiluMaxN)
-    ck.shape_error("x", fmt::format("expected [M, 2n] with n a positive multiple of 128 (≤ {}), got {}", kSiluMaxN,
-                                    shape_str(x)));
-  ck.fits_int32("x", x.shape[0], "M (rows)");
-  if (x.shape[0] > 0) ck.pointer("x", x, 16);
-  return two_n / 2;
-}
 
 void check_outputs(const Check& ck, const SiluBlockQuantOutputs& o, int64_t M, int64_t W, bool row, bool col) {
   if (row) {
@@ -162,48 +201,27 @@ void silu_block_quant_fwd(Runtime& rt, const TensorRef& x, const SiluBlockQuantO
   const Check ck{"silu_block_quant_fwd"};
   const int mode = opts.output_mode;
   if (mode < 0 || mode > 2) ck.invalid("output_mode", fmt::format("expected 0, 1 or 2, got {}", mode));
-  const int64_t n = check_x(ck, x);
+  const int64_t n = check_silu_x(ck, x);
   const int64_t M = x.shape[0];
   if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
   check_outputs(ck, out, M, n, mode != 1, mode != 0);
   if (M == 0) return;
 
-  SiluBlockQuantArgs a{};
-  a.x = x.data;
-  a.x_stride = x.strides[0];
-  a.q = static_cast<unsigned char*>(out.q.data);
-  a.q_scale = static_cast<float*>(out.q_scale.data);
-  a.qT = static_cast<unsigned char*>(out.qT.data);
-  a.qT_scale = static_cast<float*>(out.qT_scale.data);
-  a.M = static_cast<int>(M);
-  launch(rt, make_spec(rt.impl().target_arch(), kFwd, n, mode, opts.round_scale), M, a, stream);
+  launch(rt, make_spec(rt.impl().target_arch(), kFwd, n, mode, opts.round_scale), M, silu_tile_args(x, nullptr, out, M),
+         stream);
 }
 
 void silu_block_quant_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const SiluBlockQuantOutputs& dx,
                           bool round_scale, Stream stream) {
   const Check ck{"silu_block_quant_bwd"};
-  const int64_t n = check_x(ck, x);
+  const int64_t n = check_silu_x(ck, x);
   const int64_t M = x.shape[0];
-  ck.dtype("g", g, {DType::bf16});
-  ck.rows("g", g, 16);
-  if (g.shape[0] != M || g.shape[1] != n)
-    ck.shape_error("g", fmt::format("expected [{}, {}] (x is [M, 2n]), got {}", M, n, shape_str(g)));
-  if (M > 0) ck.pointer("g", g, 16);
+  check_silu_g(ck, g, M, n);
   if ((M + 127) / 128 * (n / 128) > INT32_MAX / 2) ck.invalid("x", fmt::format("M = {} with n = {}: too many tiles", M, n));
   check_outputs(ck, dx, M, 2 * n, true, true);
   if (M == 0) return;
 
-  SiluBlockQuantArgs a{};
-  a.x = x.data;
-  a.x_stride = x.strides[0];
-  a.g = g.data;
-  a.g_stride = g.strides[0];
-  a.q = static_cast<unsigned char*>(dx.q.data);
-  a.q_scale = static_cast<float*>(dx.q_scale.data);
-  a.qT = static_cast<unsigned char*>(dx.qT.data);
-  a.qT_scale = static_cast<float*>(dx.qT_scale.data);
-  a.M = static_cast<int>(M);
-  launch(rt, make_spec(rt.impl().target_arch(), kBwd, n, 2, round_scale), M, a, stream);
+  launch(rt, make_spec(rt.impl().target_arch(), kBwd, n, 2, round_scale), M, silu_tile_args(x, &g, dx, M), stream);
 }
 
 }  // namespace kiln

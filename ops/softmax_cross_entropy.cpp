@@ -34,13 +34,6 @@ enum { C_SPLIT, C_THREADS, C_UNROLL, C_STORE };
 constexpr int kSmemBudget = 227 * 1024 - 1024;  // opt-in shared memory per CTA on sm_90, less the static arrays
 constexpr int64_t kMaxV = 1 << 26;               // keeps every in-row index in int32
 
-const char* type_name(int64_t d) {
-  switch (static_cast<DType>(d)) {
-    case DType::bf16: return "kiln::bf16";
-    case DType::f16: return "kiln::f16";
-    default: return "float";
-  }
-}
 const char* label_name(int64_t d) { return static_cast<DType>(d) == DType::i32 ? "int" : "long long"; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -51,13 +44,13 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kFwd:
     case kFused:
       name = fmt::format("kiln::softmax_cross_entropy_{}_kernel<{}, {}, {}, {}, {}, {}, {}>",
-                         s.kernel == kFwd ? "fwd" : "fused", p[P_V], type_name(p[P_DTYPE]), label_name(p[P_LABEL]),
+                         s.kernel == kFwd ? "fwd" : "fused", p[P_V], cxx_type(p[P_DTYPE]), label_name(p[P_LABEL]),
                          s.config[C_SPLIT], s.config[C_THREADS], smooth,
                          s.kernel == kFwd ? s.config[C_UNROLL] : s.config[C_STORE]);
       break;
     case kBwd:
       name = fmt::format("kiln::softmax_cross_entropy_bwd_kernel<{}, {}, {}, {}, {}, {}, {}, {}>", p[P_V],
-                         type_name(p[P_DTYPE]), label_name(p[P_LABEL]), type_name(p[P_GRAD]), s.config[C_SPLIT],
+                         cxx_type(p[P_DTYPE]), label_name(p[P_LABEL]), cxx_type(p[P_GRAD]), s.config[C_SPLIT],
                          s.config[C_THREADS], smooth, s.config[C_UNROLL]);
       break;
     case kMerge:

@@ -1,5 +1,7 @@
 #include "runtime/family.hpp"
 
+#include "kiln/dtype.hpp"
+
 #include <xxhash.h>
 
 #include <cstring>
@@ -25,6 +27,14 @@ const std::vector<FamilyDef*>& families() {
   static std::once_flag once;
   std::call_once(once, [] { register_builtin_families(); });
   return table();
+}
+
+const char* cxx_type(int64_t dtype) {
+  switch (static_cast<DType>(dtype)) {
+    case DType::bf16: return "kiln::bf16";
+    case DType::f16: return "kiln::f16";
+    default: return "float";
+  }
 }
 
 bool in_search_space(const Specialization& s) {

@@ -44,6 +44,10 @@ struct FamilyDef {
   uint64_t id = 0;
 };
 
+// The element type kiln's templates name for a dtype parameter (a DType stored in Specialization::params), for
+// render: kiln::bf16, kiln::f16, else float.
+const char* cxx_type(int64_t dtype);
+
 // Whether s.config is one of its family's search-space points (true for families with no search space).
 bool in_search_space(const Specialization& s);
 

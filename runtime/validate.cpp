@@ -3,6 +3,9 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include <cmath>
+#include <utility>
+
 namespace kiln::detail {
 
 std::string shape_str(const TensorRef& t) {
@@ -71,6 +74,22 @@ void Check::rows(const char* arg, const TensorRef& t, int align) const {
 
 void Check::fits_int32(const char* arg, int64_t value, const char* what) const {
   if (value > INT32_MAX) invalid(arg, fmt::format("{} = {} exceeds the int32 limit {}", what, value, INT32_MAX));
+}
+
+void Check::finite_nonnegative(const char* arg, float value) const {
+  if (!(value >= 0.f) || !std::isfinite(value)) invalid(arg, fmt::format("expected a finite value ≥ 0, got {}", value));
+}
+
+// A sufficient test: the dims, ordered by stride, nest (the smaller stride spans a row, the larger the smaller dim).
+void Check::disjoint_rows(const char* arg, const TensorRef& t) const {
+  if (t.shape[0] == 0 || t.shape[1] == 0) return;  // no rows
+  int64_t n1 = t.shape[0], s1 = stride_of(t, 0), n2 = t.shape[1], s2 = stride_of(t, 1);
+  if (n1 <= 1) std::swap(n1, n2), std::swap(s1, s2);  // the dim of extent > 1 first (if any)
+  if (n2 > 1 && s2 < s1) std::swap(n1, n2), std::swap(s1, s2);
+  const bool ok = n1 <= 1 || (s1 >= t.shape[2] && (n2 <= 1 || s2 >= s1 * n1));
+  if (!ok)
+    invalid(arg, fmt::format("expected an output whose rows do not overlap, got shape {} with strides [{}, {}, 1]",
+                             shape_str(t), t.strides[0], t.strides[1]));
 }
 
 }  // namespace kiln::detail

@@ -23,6 +23,10 @@ struct Check {
   void rows(const char* arg, const TensorRef& t, int align) const;
   // A dim that indexes with 32-bit ints.
   void fits_int32(const char* arg, int64_t value, const char* what) const;
+  // A scalar argument (eps, a loss weight) that must be finite and ≥ 0; NaN is rejected too.
+  void finite_nonnegative(const char* arg, float value) const;
+  // A 3-D output whose last dim is dense: its rows (dims 0 and 1, strides as stride_of gives them) must not overlap.
+  void disjoint_rows(const char* arg, const TensorRef& t) const;
   [[noreturn]] void invalid(const char* arg, const std::string& msg) const;
   [[noreturn]] void shape_error(const char* arg, const std::string& msg) const;
 
@@ -37,5 +41,7 @@ struct Check {
 };
 
 std::string shape_str(const TensorRef& t);
+// The stride of dim k as a kernel uses it: 0 where the dim has extent ≤ 1 (frameworks leave any value there).
+inline int64_t stride_of(const TensorRef& t, int k) { return t.shape[k] <= 1 ? 0 : t.strides[k]; }
 
 }  // namespace kiln::detail

@@ -51,14 +51,6 @@ TEST(BatchReduceFamily, EnumeratesNormAndCountAndSearchSpaceKeepsTheDefault) {
   EXPECT_EQ(ops, (std::set<int64_t>{1, 3}));  // Σx² and the zero count
 }
 
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 24); }
-
-#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
-  do {                                                                                                \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
-  } while (0)
-
 class BatchReduceErrors : public ::testing::Test {
  protected:
   void norm() { batch_sum_with_ord(rt, xs, out, opts, nullptr, launch); }

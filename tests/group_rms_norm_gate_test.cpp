@@ -18,11 +18,6 @@
 namespace kiln::test {
 namespace {
 
-std::vector<double> randd(int64_t n, uint64_t seed, double stddev = 1.0) {
-  const std::vector<float> f = randn(n, seed, static_cast<float>(stddev));
-  return std::vector<double>(f.begin(), f.end());
-}
-
 // ---- reference sanity ---------------------------------------------------------------------------------------------
 
 TEST(GroupRmsNormGateReference, SaturatedGateIsGroupRmsNorm) {
@@ -90,36 +85,15 @@ TEST(GroupRmsNormGateReference, BackwardMatchesFiniteDifferences) {
       return l;
     };
     const auto grads = ref::group_rms_norm_gate_bwd(g, x, gate, w, M, dim, G, eps);
-    auto check = [&](std::vector<double>& v, const std::vector<double>& analytic, const char* what) {
-      const double h = 1e-6;
-      double err = 0, norm = 0;
-      for (size_t i = 0; i < v.size(); ++i) {
-        const double v0 = v[i];
-        v[i] = v0 + h;
-        const double lp = loss();
-        v[i] = v0 - h;
-        const double lm = loss();
-        v[i] = v0;
-        const double fd = (lp - lm) / (2 * h);
-        err = std::max(err, std::fabs(fd - analytic[i]));
-        norm = std::max(norm, std::fabs(fd));
-      }
-      EXPECT_LE(err, 1e-7 * norm) << what;
-    };
-    check(x, grads.dx, "dx");
-    check(gate, grads.dgate, "dgate");
-    check(w, grads.dweight, "dweight");
+    EXPECT_TRUE(matches_finite_differences(x, grads.dx, loss)) << "dx";
+    EXPECT_TRUE(matches_finite_differences(gate, grads.dgate, loss)) << "dgate";
+    EXPECT_TRUE(matches_finite_differences(w, grads.dweight, loss)) << "dweight";
   }
 }
 
 // ---- specializations compile ----------------------------------------------------------------------------------
 
-const detail::FamilyDef& family() {
-  static Runtime rt(RuntimeOptions{.memory_only = true});
-  const detail::FamilyDef* f = detail::find_family("group_rms_norm_gate");
-  if (!f) throw std::runtime_error("group_rms_norm_gate is not registered");
-  return *f;
-}
+const detail::FamilyDef& family() { return registered_family("group_rms_norm_gate"); }
 
 // kernel 0 fwd, 1 bwd, 2 dw_reduce; params dim, G, shared_w, dtype, w_dtype; config warps, seg_groups, rows (0
 // re-read, 1 kept in registers, 2 staged in shared memory, 3 kept with the sigmoids), reduce (bwd: 1 in-kernel),
@@ -214,14 +188,6 @@ TEST(GroupRmsNormGateCompile, PresetsAndSearchSpace) {
 }
 
 // ---- argument errors --------------------------------------------------------------------------------------------
-
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
-
-#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
-  do {                                                                                                \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
-  } while (0)
 
 class GroupRmsNormGateErrors : public ::testing::Test {
  protected:

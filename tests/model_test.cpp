@@ -32,6 +32,13 @@ std::string invalid_argument_message(Fn&& fn) {
   return "";
 }
 
+// parse_model_json(json, file) must throw InvalidArgument naming `field`; returns the message.
+std::string rejected(const char* json, const char* field, const char* file = "cfg.json") {
+  const std::string msg = invalid_argument_message([&] { kiln::parse_model_json(json, file); });
+  EXPECT_NE(msg.find(field), std::string::npos) << msg;
+  return msg;
+}
+
 // Abridged from Qwen/Qwen3-30B-A3B's config.json (every key kiln reads, and a sample of those it ignores).
 constexpr const char* kQwen3MoeConfig = R"({
   "architectures": ["Qwen3MoeForCausalLM"],
@@ -117,50 +124,37 @@ TEST(ModelPresets, NamesListTheBuiltInPresets) {
   for (const std::string& name : names) EXPECT_FALSE(name.ends_with(".json")) << name;
 }
 
-TEST(ModelPresets, LingMini2) {
-  const kiln::ModelConfig m = kiln::load_model("ling-mini-2.0");
-  EXPECT_EQ(m.name, "ling-mini-2.0");
-  EXPECT_EQ(m.hidden_size, 2048);
-  EXPECT_EQ(m.num_attention_heads, 16);
-  EXPECT_EQ(m.num_key_value_heads, 4);
-  EXPECT_EQ(m.head_dim, 128);
-  EXPECT_EQ(m.num_experts, 256);
-  EXPECT_EQ(m.num_experts_per_tok, 8);
-  EXPECT_EQ(m.num_shared_experts, 1);
-  EXPECT_EQ(m.vocab_size, 157184);
-  EXPECT_EQ(m.moe_intermediate_size, 512);
-  EXPECT_EQ(m.intermediate_size, 5120);
-  EXPECT_DOUBLE_EQ(m.rms_norm_eps, 1e-6);
+// The fields of a preset the families size their kernels from, as the published config.json files give them.
+struct PresetWant {
+  const char* name;
+  int hidden_size, num_attention_heads, num_key_value_heads, head_dim, num_experts, num_experts_per_tok,
+      num_shared_experts, moe_intermediate_size, intermediate_size, vocab_size;
+};
+void expect_preset(const PresetWant& w) {
+  SCOPED_TRACE(w.name);
+  const kiln::ModelConfig m = kiln::load_model(w.name);
+  EXPECT_EQ(m.name, w.name);
+  EXPECT_EQ(m.hidden_size, w.hidden_size);
+  EXPECT_EQ(m.num_attention_heads, w.num_attention_heads);
+  EXPECT_EQ(m.num_key_value_heads, w.num_key_value_heads);
+  EXPECT_EQ(m.head_dim, w.head_dim);
+  EXPECT_EQ(m.num_experts, w.num_experts);
+  EXPECT_EQ(m.num_experts_per_tok, w.num_experts_per_tok);
+  EXPECT_EQ(m.num_shared_experts, w.num_shared_experts);
+  EXPECT_EQ(m.moe_intermediate_size, w.moe_intermediate_size);
+  EXPECT_EQ(m.intermediate_size, w.intermediate_size);
+  EXPECT_EQ(m.vocab_size, w.vocab_size);
 }
 
-TEST(ModelPresets, DeepSeekV3) {
-  const kiln::ModelConfig m = kiln::load_model("deepseek-v3");
-  EXPECT_EQ(m.name, "deepseek-v3");
-  EXPECT_EQ(m.hidden_size, 7168);
-  EXPECT_EQ(m.num_attention_heads, 128);
-  EXPECT_EQ(m.num_key_value_heads, 128);
-  EXPECT_EQ(m.head_dim, 128);
-  EXPECT_EQ(m.num_experts, 256);
-  EXPECT_EQ(m.num_experts_per_tok, 8);
-  EXPECT_EQ(m.num_shared_experts, 1);
-  EXPECT_EQ(m.moe_intermediate_size, 2048);
-  EXPECT_EQ(m.intermediate_size, 18432);
-  EXPECT_EQ(m.vocab_size, 129280);
+TEST(ModelPresets, LingMini2) {
+  expect_preset({"ling-mini-2.0", 2048, 16, 4, 128, 256, 8, 1, 512, 5120, 157184});
+  EXPECT_DOUBLE_EQ(kiln::load_model("ling-mini-2.0").rms_norm_eps, 1e-6);
 }
+
+TEST(ModelPresets, DeepSeekV3) { expect_preset({"deepseek-v3", 7168, 128, 128, 128, 256, 8, 1, 2048, 18432, 129280}); }
 
 TEST(ModelPresets, Qwen3_30B_A3B) {
-  const kiln::ModelConfig m = kiln::load_model("qwen3-30b-a3b");
-  EXPECT_EQ(m.name, "qwen3-30b-a3b");
-  EXPECT_EQ(m.hidden_size, 2048);
-  EXPECT_EQ(m.num_attention_heads, 32);
-  EXPECT_EQ(m.num_key_value_heads, 4);
-  EXPECT_EQ(m.head_dim, 128);
-  EXPECT_EQ(m.num_experts, 128);
-  EXPECT_EQ(m.num_experts_per_tok, 8);
-  EXPECT_EQ(m.num_shared_experts, 0);
-  EXPECT_EQ(m.moe_intermediate_size, 768);
-  EXPECT_EQ(m.intermediate_size, 6144);
-  EXPECT_EQ(m.vocab_size, 151936);
+  expect_preset({"qwen3-30b-a3b", 2048, 32, 4, 128, 128, 8, 0, 768, 6144, 151936});
 }
 
 TEST(ModelPresets, PresetFileOnDiskLoadsLikeTheEmbeddedOne) {
@@ -294,12 +288,9 @@ TEST(ModelErrors, MissingFieldInAFileNamesThePath) {
 }
 
 TEST(ModelErrors, NegativeValueNamesTheField) {
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_experts": -4})",
-        "neg.json");
-  });
-  EXPECT_NE(msg.find("num_experts"), std::string::npos) << msg;
+  const std::string msg = rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_experts": -4})",
+      "num_experts", "neg.json");
   EXPECT_NE(msg.find("-4"), std::string::npos) << msg;
 }
 
@@ -313,50 +304,35 @@ TEST(ModelErrors, NonIntegerValuesNameTheField) {
 }
 
 TEST(ModelErrors, AliasSpellingIsNamedInTheError) {
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
             "n_routed_experts": 1.5})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("n_routed_experts"), std::string::npos) << msg;
+      "n_routed_experts");
 }
 
 TEST(ModelErrors, BadEpsilon) {
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "rms_norm_eps": 0})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("rms_norm_eps"), std::string::npos) << msg;
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "rms_norm_eps": 0})",
+      "rms_norm_eps");
 }
 
 TEST(ModelErrors, InconsistentHeadsAndExperts) {
-  std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 3,
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "num_key_value_heads": 3,
             "vocab_size": 100})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("num_key_value_heads"), std::string::npos) << msg;
+      "num_key_value_heads");
 
-  msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
+  rejected(
+      R"({"model_type": "x", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100,
             "num_experts": 4, "num_experts_per_tok": 8})",
-        "cfg.json");
-  });
-  EXPECT_NE(msg.find("num_experts_per_tok"), std::string::npos) << msg;
+      "num_experts_per_tok");
 }
 
 TEST(ModelErrors, KilnFormatRejectsUnknownFields) {
   // A typo in a preset must not silently fall back to a default.
-  const std::string msg = invalid_argument_message([] {
-    kiln::parse_model_json(
-        R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_expert": 64})",
-        "t.json");
-  });
-  EXPECT_NE(msg.find("num_expert"), std::string::npos) << msg;
+  const std::string msg = rejected(
+      R"({"name": "t", "hidden_size": 512, "num_attention_heads": 8, "vocab_size": 100, "num_expert": 64})",
+      "num_expert", "t.json");
   EXPECT_NE(msg.find("t.json"), std::string::npos) << msg;
 }
 

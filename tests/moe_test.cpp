@@ -20,20 +20,6 @@
 namespace kiln::test {
 namespace {
 
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
-
-RuntimeOptions cpu_options() {
-  RuntimeOptions o;
-  o.memory_only = true;
-  return o;
-}
-
-#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
-  do {                                                                                                \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
-  } while (0)
-
 // ---- references ---------------------------------------------------------------------------------------------------
 
 TEST(MoeReference, KilnExpIsAccurate) {

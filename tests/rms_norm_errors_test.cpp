@@ -15,25 +15,9 @@
 namespace kiln::test {
 namespace {
 
-// Distinct, 1 MiB-aligned addresses; never dereferenced.
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
 void* misaligned(int i, int by) { return static_cast<char*>(fake(i)) + by; }
 
-RuntimeOptions cpu_options() {
-  RuntimeOptions o;
-  o.memory_only = true;  // nothing here may compile or touch the disk cache
-  return o;
-}
-
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
-
-// A valid call with fake pointers gets past validation and fails only when kiln first needs the device. On a GPU
-// machine it would launch on fake pointers, so it is checked only where no driver is present.
-#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
-  do {                                                                                                \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
-  } while (0)
 
 // ---- rms_norm_block_quant_fwd -----------------------------------------------------------------------------------
 

@@ -244,20 +244,6 @@ TEST(RouterGemmFamily, OddShapesAndSearchPointsCompile) {
 
 // ---- argument checks --------------------------------------------------------------------------------------------
 
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
-
-RuntimeOptions cpu_options() {
-  RuntimeOptions o;
-  o.memory_only = true;
-  return o;
-}
-
-#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
-  do {                                                                                                \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
-  } while (0)
-
 class RouterGemmErrors : public ::testing::Test {
  protected:
   static constexpr int64_t T = 96, K = 2048, E = 160;

@@ -348,20 +348,6 @@ TEST(SiluCompile, SearchSpaceSharedMemoryFits) {
 
 // ---- argument checks ----------------------------------------------------------------------------------------------
 
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 20); }
-
-RuntimeOptions cpu_options() {
-  RuntimeOptions o;
-  o.memory_only = true;
-  return o;
-}
-
-#define EXPECT_REACHES_DEVICE(stmt)                                                                       \
-  do {                                                                                                  \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                           \
-  } while (0)
-
 SiluBlockQuantOutputs plain_outputs(int64_t M, int64_t W) {
   SiluBlockQuantOutputs o;
   o.q = TensorRef::contiguous(fake(2), DType::e4m3, {M, W});

@@ -96,12 +96,7 @@ TEST(SoftmaxCrossEntropyReference, IgnoredAndBadRows) {
 
 // ---- specializations ---------------------------------------------------------------------------------------------
 
-const FamilyDef& family() {
-  static Runtime rt(RuntimeOptions{.memory_only = true});  // registers the families
-  const FamilyDef* f = detail::find_family("softmax_cross_entropy");
-  if (!f) throw std::runtime_error("softmax_cross_entropy family not registered");
-  return *f;
-}
+const FamilyDef& family() { return registered_family("softmax_cross_entropy"); }
 
 enum Kernel : uint32_t { kFwd = 0, kFused = 1, kBwd = 2, kMerge = 3, kBatch = 4 };
 
@@ -170,20 +165,6 @@ TEST(SoftmaxCrossEntropySearchSpace, DefaultsAndPruning) {
 }
 
 // ---- argument errors ---------------------------------------------------------------------------------------------
-
-void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 24); }
-
-RuntimeOptions cpu_options() {
-  RuntimeOptions o;
-  o.memory_only = true;
-  return o;
-}
-
-#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
-  do {                                                                                                \
-    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
-    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
-  } while (0)
 
 class SoftmaxCrossEntropyErrors : public ::testing::Test {
  protected:

@@ -14,6 +14,7 @@
 #include <bit>
 #include <cctype>
 #include <cmath>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -25,6 +26,7 @@
 #include <thread>
 #include <utility>
 
+#include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 
 extern char** environ;
@@ -227,6 +229,90 @@ double relative_l2(std::span<const float> got, std::span<const double> ref) {
 
 // ---- typed errors ---------------------------------------------------------------------------------------------
 
+std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev, float mean) {
+  std::vector<float> v = randn(n, seed, stddev, mean);
+  round_to(dtype, v);
+  return v;
+}
+
+std::vector<double> randd(int64_t n, uint64_t seed, double stddev) {
+  const std::vector<float> f = randn(n, seed, static_cast<float>(stddev));
+  return std::vector<double>(f.begin(), f.end());
+}
+
+::testing::AssertionResult matches_finite_differences(std::vector<double>& v, const std::vector<double>& analytic,
+                                                      const std::function<double()>& loss, double h, double rel) {
+  double err = 0, norm = 0;
+  for (size_t i = 0; i < v.size(); ++i) {
+    const double v0 = v[i];
+    v[i] = v0 + h;
+    const double lp = loss();
+    v[i] = v0 - h;
+    const double lm = loss();
+    v[i] = v0;
+    const double fd = (lp - lm) / (2 * h);
+    err = std::max(err, std::fabs(fd - analytic[i]));
+    norm = std::max(norm, std::fabs(fd));
+  }
+  if (err <= rel * norm) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "max |finite difference − analytic| = " << err << " > " << rel
+                                       << " · max |finite difference| = " << rel * norm;
+}
+
+std::string show(float v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
+  return b;
+}
+std::string show(double v) {
+  char b[48];
+  std::snprintf(b, sizeof b, "%.9g", v);
+  return b;
+}
+std::string show_code(uint8_t c) {
+  char b[48];
+  std::snprintf(b, sizeof b, "0x%02x (%g)", c, e4m3_to_float(c));
+  return b;
+}
+
+int mantissa_bits(DType d) { return d == DType::bf16 ? 7 : d == DType::f16 ? 10 : 23; }
+double ulp(DType d, double v) {
+  v = std::fabs(v);
+  if (v == 0 || !std::isfinite(v)) return 0;
+  return std::ldexp(1.0, std::ilogb(v) - mantissa_bits(d));
+}
+double rel_l2_tol(DType d) { return d == DType::bf16 ? 2.5e-3 : d == DType::f16 ? 5e-4 : 2e-6; }
+
+::testing::AssertionResult close_rows(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
+                                      int64_t rows, int64_t n, DType dtype, const char* row_name,
+                                      const char* col_name) {
+  const double K = dtype == DType::f32 ? 64 : 2, A = dtype == DType::f32 ? 1e-6 : 1e-3;
+  std::vector<double> rms(rows, 0.0);
+  for (int64_t m = 0; m < rows; ++m) {
+    double s = 0;
+    int64_t cnt = 0;
+    for (int64_t c = 0; c < n; ++c)
+      if (std::isfinite(ref[m * n + c])) {
+        s += ref[m * n + c] * ref[m * n + c];
+        ++cnt;
+      }
+    rms[m] = cnt ? std::sqrt(s / cnt) : 0;
+  }
+  return all_equal(
+      what, rows * n,
+      [&](int64_t i) {
+        const double r = ref[i], g = got[i];
+        if (std::isnan(r)) return std::isnan(g);
+        if (std::isinf(r)) return g == r;
+        return std::fabs(g - r) <= K * ulp(dtype, r) + A * rms[i / n];
+      },
+      [&](int64_t i) {
+        return std::string("[") + row_name + " " + std::to_string(i / n) + ", " + col_name + " " +
+               std::to_string(i % n) + "]: got " + show(static_cast<double>(got[i])) + ", reference " + show(ref[i]) +
+               " (row rms " + show(rms[i / n]) + ")";
+      });
+}
+
 bool message_names(std::string_view message, std::string_view name) {
   if (name.empty()) return true;
   auto ident = [](char c) { return std::isalnum(static_cast<unsigned char>(c)) || c == '_'; };
@@ -324,6 +410,13 @@ CliResult run_kiln(const std::vector<std::string>& args, const std::map<std::str
   r.out = read_file(out_path);
   r.err = read_file(err_path);
   return r;
+}
+
+const detail::FamilyDef& registered_family(std::string_view name) {
+  static Runtime rt(cpu_options());  // registers the families
+  const detail::FamilyDef* f = detail::find_family(name);
+  if (!f) throw std::runtime_error(std::string(name) + " is not registered");
+  return *f;
 }
 
 RuntimeOptions test_runtime_options() {

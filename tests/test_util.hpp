@@ -3,6 +3,8 @@
 #pragma once
 #include <gtest/gtest.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -34,6 +36,18 @@
 #define EXPECT_THROW_NAMING(stmt, arg, ...) \
   EXPECT_TRUE((::kiln::test::throws_naming<__VA_ARGS__>([&] { stmt; }, arg)))
 
+// For argument checks without a GPU: `stmt` passed validation and failed only when it reached the device (it throws
+// DeviceError where there is no driver; skipped where there is one, since fake pointers would then run).
+#define EXPECT_REACHES_DEVICE(stmt)                                                                     \
+  do {                                                                                                \
+    if (::kiln::detail::driver_available()) GTEST_SKIP() << "a GPU is present: fake pointers would run"; \
+    EXPECT_THROW_NAMING(stmt, "", DeviceError);                                                         \
+  } while (0)
+
+namespace kiln::detail {
+struct FamilyDef;
+}
+
 namespace kiln::test {
 
 // ---- host number formats ------------------------------------------------------------------------------------
@@ -60,6 +74,10 @@ uint64_t mix_seed(std::initializer_list<uint64_t> parts);
 // n draws of mean + stddev·N(0,1). Generated in fixed-size chunks with per-chunk seeds, so the result depends only
 // on (n, seed) however many threads produce it.
 std::vector<float> randn(int64_t n, uint64_t seed, float stddev = 1.0f, float mean = 0.0f);
+// The same rounded to `dtype` (values a tensor of that type holds exactly).
+std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev = 1.0f, float mean = 0.0f);
+// randn(n, seed, stddev) as doubles (inputs of the double-precision references).
+std::vector<double> randd(int64_t n, uint64_t seed, double stddev = 1.0);
 
 // ---- host parallelism for the references ------------------------------------------------------------------
 
@@ -70,6 +88,30 @@ void parallel_for(int64_t n, const std::function<void(int64_t begin, int64_t end
 
 // ||got − ref||₂ / ||ref||₂; 0 when both are zero, +inf when only ref is zero, NaN when got holds NaN.
 double relative_l2(std::span<const float> got, std::span<const double> ref);
+
+// An analytic gradient against central differences of loss() (step h) in every element of v (each restored after
+// its two evaluations): max |fd − analytic| ≤ rel · max |fd|.
+::testing::AssertionResult matches_finite_differences(std::vector<double>& v, const std::vector<double>& analytic,
+                                                      const std::function<double()>& loss, double h = 1e-6,
+                                                      double rel = 1e-7);
+
+// Values in failure messages: a float with its bits ("%.9g (0x%08x)"), a double as "%.9g", an e4m3 code with its
+// value ("0x%02x (%g)").
+std::string show(float v);
+std::string show(double v);
+std::string show_code(uint8_t c);
+
+// Tolerances of the norm families' outputs in `dtype`: its explicit mantissa bits, one ulp at |v| (0 for 0 and
+// non-finite v), and the relative L2 bound of a whole tensor.
+int mantissa_bits(DType d);
+double ulp(DType d, double v);
+double rel_l2_tol(DType d);
+// Element-wise check of a [rows, n] tensor: NaN exactly where the reference is NaN, ±inf where it is, else
+// |got − ref| ≤ K·ulp(ref) + A·(the reference row's rms over its finite values), K = 64 / A = 1e-6 for f32 and
+// 2 / 1e-3 for 16-bit outputs. Failures name the element as "[<row_name> r, <col_name> c]".
+::testing::AssertionResult close_rows(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
+                                      int64_t rows, int64_t n, DType dtype, const char* row_name = "row",
+                                      const char* col_name = "col");
 
 // Checks equal(i) for i in [0, n); on failure reports the count and describe(i) for the first `max_report`.
 template <typename Equal, typename Describe>
@@ -171,6 +213,22 @@ inline bool contains(const std::string& haystack, const std::string& needle) {
 // read or pollute the user's cache.
 RuntimeOptions test_runtime_options();
 
+// The registered family `name` (the families register with the first Runtime: one memory-only runtime is made once
+// for that); throws std::runtime_error if there is none.
+const detail::FamilyDef& registered_family(std::string_view name);
+
+// ---- argument checks without a GPU ----------------------------------------------------------------------------
+
+// Distinct, 16 MiB-aligned device addresses (i ≥ 0) for ops that only validate; never dereferenced.
+inline void* fake(int i) { return reinterpret_cast<void*>(static_cast<uintptr_t>(i + 1) << 24); }
+
+// A runtime that compiles in memory only: nothing in an argument-check test may compile or touch the disk cache.
+inline RuntimeOptions cpu_options() {
+  RuntimeOptions o;
+  o.memory_only = true;
+  return o;
+}
+
 // ---- device memory --------------------------------------------------------------------------------------------
 
 // Device memory from the driver API, with guard zones on both sides. fill() writes the whole allocation, guards
@@ -223,6 +281,22 @@ class DeviceBuffer {
 void bind_device(Runtime& rt);
 // Waits for all work on the bound context; throws DeviceError if a kernel faulted.
 void synchronize();
+
+// Median over 31 rounds of the host time per enqueue of `call`, in µs (rounds of 256 calls, each drained before the
+// next so the launch queue never fills and blocks the host).
+template <typename F>
+double host_us_per_call(F&& call) {
+  std::vector<double> rounds;
+  for (int round = 0; round < 31; ++round) {
+    const auto t0 = std::chrono::steady_clock::now();
+    for (int i = 0; i < 256; ++i) call();
+    const auto t1 = std::chrono::steady_clock::now();
+    synchronize();
+    rounds.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 256);
+  }
+  std::nth_element(rounds.begin(), rounds.begin() + 15, rounds.end());
+  return rounds[15];
+}
 
 // Base fixture for GPU tests: one Runtime per test suite (cache in the per-process temp dir), every test skipped
 // when no driver or GPU is present.

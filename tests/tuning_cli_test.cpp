@@ -26,11 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using nlohmann::json;
-using kiln::test::CliResult;
-using kiln::test::contains;
-using kiln::test::read_file;
-using kiln::test::run_kiln;
-using kiln::test::TempDir;
+using namespace kiln::test;  // run_kiln, CliResult, TempDir, read_file, contains
 
 
 

@@ -28,6 +28,7 @@ namespace kiln {
 template <int DIM, int G, int SEG, typename T>
 struct GateLayout {
   static_assert(DIM % G == 0 && G % SEG == 0, "G divides DIM, SEG divides G");
+  using Type = T;
   static constexpr int d = DIM / G;                                               // channels per group
   static constexpr int E = pow2_divisor(d, 16 / static_cast<int>(sizeof(T)));    // channels per chunk
   static constexpr int BYTES = E * static_cast<int>(sizeof(T));
@@ -96,6 +97,40 @@ __device__ __forceinline__ void add_at(float (&v)[N], int q, float a) {
   for (int k = 0; k < N; ++k) v[k] += q == k ? a : 0.f;
 }
 
+// The forwards' per-chunk math (a lane's chunk c = st·32 + lane of the segment that starts at channel c0, E = L::E
+// values): its Σx² added to the accumulator of its segment-local group; the SEG groups' r = 1/rms over the warp; its outputs
+// x·r·w·σ(gate) stored at orow + c·E (orow: the segment's outputs; the weights at channel c0 + c·E, or that mod d when
+// the groups share them).
+template <typename L, int SEG, int B>
+__device__ __forceinline__ void add_chunk_sumsq(float (&ss)[SEG], int st, int lane, const Raw<B>& xraw) {
+  float part = 0.f;
+#pragma unroll
+  for (int e = 0; e < L::E; ++e) {
+    const float f = raw_get<typename L::Type>(xraw, e);
+    part = fmaf(f, f, part);
+  }
+  add_at(ss, L::group(st, lane), part);
+}
+template <typename L, int SEG>
+__device__ __forceinline__ void group_rinv(const float (&ss)[SEG], float (&r)[SEG], float eps) {
+#pragma unroll
+  for (int k = 0; k < SEG; ++k) r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(L::d) + eps);
+}
+template <typename L, typename W, bool SHARED_W, int B>
+__device__ __forceinline__ void gate_chunk_out(const Raw<B>& xraw, const Raw<B>& graw, float rq, const void* w_ptr,
+                                               int c0, int c, typename L::Type* orow) {
+  using T = typename L::Type;
+  constexpr int E = L::E;
+  const int ch = c0 + c * E;  // channel of the chunk in the row
+  float w[E], o[E];
+  load_f<W, E>(w_ptr, SHARED_W ? ch % L::d : ch, w);
+#pragma unroll
+  for (int e = 0; e < E; ++e) o[e] = raw_get<T>(xraw, e) * rq * w[e] * sigmoid<T>(raw_get<T>(graw, e));
+  Raw<B> out;
+  raw_fill<T>(out, o);
+  st_raw(orow + c * E, out);
+}
+
 // One warp per (token, segment); WARPS per CTA. T: x/gate/out dtype, W: weight dtype.
 template <int DIM, int G, int SEG, bool SHARED_W, int WARPS, typename T, typename W>
 __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_kernel(const GroupNormGateFwdArgs a) {
@@ -126,18 +161,11 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_kernel(con
         xv[st] = xraw;
         gv[st] = ld_raw<B, true>(gr + c * E);
       }
-      float part = 0.f;
-#pragma unroll
-      for (int e = 0; e < E; ++e) {
-        const float f = raw_get<T>(xraw, e);
-        part = fmaf(f, f, part);
-      }
-      add_at(ss, L::group(st, lane), part);
+      add_chunk_sumsq<L>(ss, st, lane, xraw);
     }
   }
   float r[SEG];
-#pragma unroll
-  for (int k = 0; k < SEG; ++k) r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+  group_rinv<L>(ss, r, a.eps);
 
 #pragma unroll
   for (int st = 0; st < STEPS; ++st) {
@@ -153,14 +181,7 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_kernel(con
         graw = ld_raw<B, true>(gr + c * E);
       }
       const float rq = pick(r, L::group(st, lane));
-      const int ch = c0 + c * E;  // channel of the chunk in the row
-      float w[E], o[E];
-      load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-#pragma unroll
-      for (int e = 0; e < E; ++e) o[e] = raw_get<T>(xraw, e) * rq * w[e] * sigmoid<T>(raw_get<T>(graw, e));
-      Raw<B> out;
-      raw_fill<T>(out, o);
-      st_raw(orow + c * E, out);
+      gate_chunk_out<L, W, SHARED_W>(xraw, graw, rq, a.w, c0, c, orow);
     }
   }
 }
@@ -192,14 +213,14 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
         cp_async16(xs + SEGC + c * E, gr + c * E, true);
       }
     }
-    stage_commit();
+    cp_async_commit();
   };
 
   issue(first, 0);
   int stage = 0;
   for (i64 token = first; token < a.M; token += stride, stage ^= 1) {
     issue(token + stride, stage ^ 1);
-    cp_async_wait<1>();
+    cp_async_wait_group<1>();
     __syncwarp();
     i64 b, s;
     token_bs(a, token, b, s);
@@ -214,38 +235,23 @@ __global__ void __launch_bounds__(WARPS * 32) group_rms_norm_gate_fwd_staged_ker
     for (int st = 0; st < STEPS; ++st) {
       const int c = st * 32 + lane;
       if (c < NC) {
-        const Raw<16> xraw = lds16(xs + c * E);
-        float part = 0.f;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float f = raw_get<T>(xraw, e);
-          part = fmaf(f, f, part);
-        }
-        add_at(ss, L::group(st, lane), part);
+        add_chunk_sumsq<L>(ss, st, lane, lds16(xs + c * E));
       }
     }
     float r[SEG];
-#pragma unroll
-    for (int k = 0; k < SEG; ++k) r[k] = 1.0f / sqrtf(warp_sum(ss[k]) / static_cast<float>(d) + a.eps);
+    group_rinv<L>(ss, r, a.eps);
 #pragma unroll
     for (int st = 0; st < STEPS; ++st) {
       const int c = st * 32 + lane;
       if (c < NC) {
         const Raw<16> xraw = lds16(xs + c * E), graw = lds16(gs + c * E);
         const float rq = pick(r, L::group(st, lane));
-        const int ch = c0 + c * E;
-        float w[E], o[E];
-        load_f<W, E>(a.w, SHARED_W ? ch % d : ch, w);
-#pragma unroll
-        for (int e = 0; e < E; ++e) o[e] = raw_get<T>(xraw, e) * rq * w[e] * sigmoid<T>(raw_get<T>(graw, e));
-        Raw<16> out;
-        raw_fill<T>(out, o);
-        st_raw(orow + c * E, out);
+        gate_chunk_out<L, W, SHARED_W>(xraw, graw, rq, a.w, c0, c, orow);
       }
     }
     __syncwarp();
   }
-  cp_async_wait<0>();
+  cp_async_wait_group<0>();
 }
 
 // The backward's in-kernel dw reduction (FUSE; a cooperative launch): the partial rows [gridDim.x][DIM] the CTAs

@@ -77,6 +77,13 @@ __device__ __forceinline__ u32 max_u16x2(u32 a, u32 b) {
   return r;
 }
 
+// ---- named barriers -------------------------------------------------------------------------------------------------
+// Waits until `threads` threads (a multiple of 32, whole warps) of the CTA have arrived at barrier `id` (1–15: 0 is
+// __syncthreads'); orders their shared-memory accesses around it.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+}
+
 // ---- clusters and warp specialization (sm_90) -------------------------------------------------------------------------
 // This CTA's rank in its cluster (0 before sm_90).
 __device__ __forceinline__ u32 cluster_ctarank() {

@@ -272,7 +272,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const 
     for (int i = 0; i < CPL; ++i) {
       const int c = lane + 32 * i;
       if (CS % 32 == 0 || c < CS) {
-        const Vec16 x16 = pipe_lds16(xs + c * V), g16 = pipe_lds16(gs + c * V);
+        const Vec16 x16 = lds16(smem_u32(xs + c * V)), g16 = lds16(smem_u32(gs + c * V));
 #pragma unroll
         for (int e = 0; e < V; ++e) {
           const float xf = vec_get<T>(x16, e), gf = vec_get<T>(g16, e);
@@ -289,7 +289,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const 
         xch[par][warp][0] = ss;
         xch[par][warp][1] = dot;
       }
-      asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+      named_barrier_sync(1 + group, SPLIT * 32);
       ss = xch[par][group * SPLIT][0];
       dot = xch[par][group * SPLIT][1];
 #pragma unroll
@@ -307,7 +307,7 @@ __global__ void __launch_bounds__(WARPS * 32, 1) rms_norm_bwd_pipe_kernel(const 
     for (int i = 0; i < CPL; ++i) {
       const int c = lane + 32 * i;
       if (CS % 32 == 0 || c < CS) {
-        const Vec16 x16 = pipe_lds16(xs + c * V), g16 = pipe_lds16(gs + c * V);
+        const Vec16 x16 = lds16(smem_u32(xs + c * V)), g16 = lds16(smem_u32(gs + c * V));
         Vec16 o;
 #pragma unroll
         for (int e = 0; e < V; ++e) {

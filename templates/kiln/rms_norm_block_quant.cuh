@@ -42,8 +42,8 @@ namespace rmsq {
 __device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* local_bar, u32 rank) {
 #if __CUDA_ARCH__ >= 900
   u32 d, b;
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(pipe_smem_u32(local_dst)), "r"(rank));
-  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(pipe_smem_u32(local_bar)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(d) : "r"(smem_u32(local_dst)), "r"(rank));
+  asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(b) : "r"(smem_u32(local_bar)), "r"(rank));
   asm volatile("st.async.shared::cluster.mbarrier::complete_tx::bytes.v4.f32 [%0], {%1, %2, %3, %4}, [%5];" ::"r"(d),
                "f"(v.x), "f"(v.y), "f"(v.z), "f"(v.w), "r"(b)
                : "memory");
@@ -71,6 +71,14 @@ __device__ __forceinline__ float scale_of_max(float amax) {
   if constexpr (ROUND) return __uint_as_float(rms_norm_block_quant_pow2_scale_bits_of_max(__float_as_uint(amax)));
   else return block_scale<false>(amax);
 }
+// 8 values' e4m3 codes as one 8-byte word (value 0 in the lowest byte).
+template <bool ROUND>
+__device__ __forceinline__ uint2 codes8(const Quant<ROUND>& quant, const float* y) {
+  uint2 out;
+  out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
+  out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
+  return out;
+}
 // One row's 8 values of a 128-column block (16 lanes of a half-warp share the block): the block's scale from the
 // half-warp's amax, 8 e4m3 codes stored at `q` when `store`, and the scale (by the half-warp's lane 0, hl == 0) at
 // `scale`. The tile and ring kernels' row-wise output.
@@ -79,12 +87,7 @@ __device__ __forceinline__ void row_block_codes(const float (&y)[8], float amax,
                                                 float* scale) {
   amax = warp_max<16>(amax);
   const Quant<ROUND> quant(scale_of_max<ROUND>(amax));
-  if (store) {
-    uint2 out;
-    out.x = e4m3x4(quant(y[0]), quant(y[1]), quant(y[2]), quant(y[3]));
-    out.y = e4m3x4(quant(y[4]), quant(y[5]), quant(y[6]), quant(y[7]));
-    *reinterpret_cast<uint2*>(q) = out;
-  }
+  if (store) *reinterpret_cast<uint2*>(q) = codes8(quant, y);
   if (hl == 0) *scale = quant.s;
 }
 // The GLOBAL exchanges (the stream kernel, the tile kernel's clusters through global memory): a partial sum tagged
@@ -338,12 +341,8 @@ __global__ void __launch_bounds__(WARPS * 32) rms_norm_block_quant_row8_kernel(c
       if (!on) continue;
       const rmsq::Quant<ROUND> quant(rmsq::scale_of_max<ROUND>(amax));
 #pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint2 out;
-        out.x = e4m3x4(quant(y[h][0]), quant(y[h][1]), quant(y[h][2]), quant(y[h][3]));
-        out.y = e4m3x4(quant(y[h][4]), quant(y[h][5]), quant(y[h][6]), quant(y[h][7]));
-        *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + col_of(s, h)) = out;
-      }
+      for (int h = 0; h < 2; ++h)
+        *reinterpret_cast<uint2*>(a.q + static_cast<i64>(row) * N + col_of(s, h)) = rmsq::codes8(quant, y[h]);
       if (c == 0) a.q_scale[static_cast<i64>(s * 4 + blk) * a.M + row] = quant.s;
     }
     if constexpr (PREFETCH) {
@@ -717,9 +716,10 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 
   if constexpr (PUSH) {
     if (threadIdx.x == 0) {
-      pipe_mbar_init(rbar, 1);
-      pipe_mbar_init(rbar + 1, 1);
-      pipe_mbar_init_fence();
+      mbar_init(rbar, 1);
+      mbar_init(rbar + 1, 1);
+      fence_mbar_init();
+      fence_proxy_async();
     }
     cluster_sync();  // every CTA's barriers exist before anyone pushes into them
   }
@@ -809,8 +809,8 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
         const float* p = partial + (it & 1) * ROWS + r;
         float t = 0.f;
         if constexpr (PUSH) {  // the S partial sums of every row land in recv[it & 1] (S·512 bytes on rbar)
-          if (r == 0) pipe_arrive_expect(rbar + (it & 1), S * ROWS * 4);
-          pipe_mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
+          if (r == 0) mbar_arrive_expect_tx(rbar + (it & 1), S * ROWS * 4);
+          mbar_wait(rbar + (it & 1), static_cast<u32>(it >> 1) & 1u);
 #pragma unroll 1
           for (int q = 0; q < S; ++q) t += recv[((it & 1) * S + q) * ROWS + r];
         } else {
@@ -953,34 +953,27 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 // ---------------------------------------------------------------------------------------------------------------------
 // Mode 0's math for one row held in shared memory (the pipe kernel): the row8 layout (lane = 8·blk + c:
 // block blk of each 512-column step, its 16-byte chunks c and c + 8), Σx² in four interleaved accumulators, the
-// block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of `row`;
-// returns r. weights(s, h, w8): the 8 weights of chunk h of step s (an active step), as floats.
+// block amax as a tree, the scale from amax's bits (ROUND). Writes q, q_scale and rms_out (if any) of the row.
+// lds(s, h): the Vec16 of chunk h of the warp's step s; weights(s, h, w8): its 8 weights (an active step), as floats.
+// SPLIT > 1: the row is shared by the SPLIT warps of a group; this one (sub) holds steps [sub·STEPS/SPLIT, …) of it
+// (its part of the row only), and the group adds its warps' Σx² in sub order through `xslot` (this row's [WARPS]
+// exchange floats; a named barrier BAR0 + group of SPLIT warps), so every warp of the group gets the same r.
 namespace rmsq {
 
-// SPLIT > 1: the row is shared by the SPLIT warps of a group; this one (sub) holds steps [sub·STEPS/SPLIT, …) of it
-// in xs (its part of the row only), and the group adds its warps' Σx² in sub order through `xslot` (this row's
-// [WARPS] exchange floats; a named barrier 1 + group of SPLIT warps), so every warp of the group gets the same r.
-template <int N, bool ROUND, int SPLIT = 1, typename WeightsFn>
-__device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const unsigned char* xs, i64 row, int lane,
-                                           WeightsFn&& weights, int sub = 0, int group = 0, float* xslot = nullptr) {
+// The row's r = 1/rms from the Σx² of the warp's steps (and of its group's other warps when SPLIT > 1).
+template <int N, int SPLIT, int BAR0, typename Lds>
+__device__ __forceinline__ float row8_rinv(Lds&& lds, float eps, int lane, int sub, int group, float* xslot) {
   constexpr int NB = N / 128;                  // column blocks per row
   constexpr int STEPS = (NB + 3) / 4 / SPLIT;  // this warp's 512-column steps
   static_assert(SPLIT == 1 || NB % (4 * SPLIT) == 0, "a split row: whole steps for every warp");
-  const int blk = lane >> 3, c = lane & 7;
-  const int s0 = sub * STEPS;  // the row's step of this warp's step 0
-  auto active = [&](int s) { return SPLIT > 1 || s * 4 + blk < NB; };              // 8-lane-group uniform
-  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // chunk h's column in xs
-  // Output pointers of step 0, advanced by constants (no 64-bit index arithmetic per step).
-  u8* const qrow = a.q + row * N + (s0 * 4 + blk) * 128 + c * 8;       // + 512·s + 64·h
-  float* qs = a.q_scale + static_cast<i64>(s0 * 4 + blk) * a.M + row;  // + 4·M a step
-  const i64 qs_step = 4 * static_cast<i64>(a.M);
+  const int blk = lane >> 3;
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int s = 0; s < STEPS; ++s)
-    if (active(s))
+    if (SPLIT > 1 || s * 4 + blk < NB)  // an active step (8-lane-group uniform)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
-        const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
+        const Vec16 v = lds(s, h);
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
           const float f = vec_get<bf16>(v, i);
@@ -991,22 +984,29 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
   if constexpr (SPLIT > 1) {
     const int warp = group * SPLIT + sub;
     if (lane == 0) xslot[warp] = ss;
-    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+    named_barrier_sync(BAR0 + group, SPLIT * 32);
     ss = xslot[group * SPLIT];
 #pragma unroll
     for (int u = 1; u < SPLIT; ++u) ss += xslot[group * SPLIT + u];
   }
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
-  if (a.rms_out && lane == 0 && sub == 0) a.rms_out[row] = r;
+  return 1.0f / sqrtf(ss / static_cast<float>(N) + eps);
+}
 
+// The warp's 512-column steps of the row scaled by r: y = x·r·w, each 128-column block's amax over its 8 lanes, the
+// codes (qrow + 512·s + 64·h: this lane's chunk h of step s) and the block's scale (qs, + qs_step a step).
+template <int N, bool ROUND, int SPLIT, typename Lds, typename WeightsFn>
+__device__ __forceinline__ void row8_quantize(Lds&& lds, WeightsFn&& weights, float r, u8* qrow, float* qs,
+                                              i64 qs_step, int lane) {
+  constexpr int NB = N / 128;
+  constexpr int STEPS = (NB + 3) / 4 / SPLIT;
 #pragma unroll
   for (int s = 0; s < STEPS; ++s) {
-    const bool on = active(s);
+    const bool on = SPLIT > 1 || s * 4 + (lane >> 3) < NB;  // an active step (8-lane-group uniform)
     float y[16];
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
       if (on) {
-        const Vec16 v = pipe_lds16(xs + col_of(s, h) * 2);
+        const Vec16 v = lds(s, h);
         float w8[8];
         weights(s, h, w8);
 #pragma unroll
@@ -1032,38 +1032,32 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
         out.y = e4m3x4(quant(y[8 * h + 4]), quant(y[8 * h + 5]), quant(y[8 * h + 6]), quant(y[8 * h + 7]));
         *reinterpret_cast<uint2*>(qrow + 512 * s + 64 * h) = out;
       }
-      if (c == 0) *qs = quant.s;
+      if ((lane & 7) == 0) *qs = quant.s;
     }
     qs += qs_step;
   }
-  return r;
 }
 
-// row8_smem's math with the pipe kernel's LEAN addressing: xs = the 32-bit shared-memory address of this lane's first
-// chunk in the row's slot (slot + (blk·128 + c·8)·2), qrow = this lane's first code of the warp's part of the row,
-// qs = the scale of its first block (+ qs_step a step), rms = the row's rms_out entry where this lane writes it
-// (else null). Same operations in the same order as row8_smem, so the same bits.
-// SPLIT warps share the row (sub = this warp's index among them, group = which SPLIT-warp group of the CTA; named
-// barrier BAR0 + group).
-template <int N, bool ROUND, int SPLIT, int BAR0 = 1, typename WeightsFn>
-__device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_step, float* rms, float eps, int lane,
-                                          WeightsFn&& weights, int sub, int group, float* xslot) {
+// The row (this warp's part of it) at xs, a generic pointer to its slot; returns r.
+template <int N, bool ROUND, int SPLIT = 1, typename WeightsFn>
+__device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const unsigned char* xs, i64 row, int lane,
+                                           WeightsFn&& weights, int sub = 0, int group = 0, float* xslot = nullptr) {
+  constexpr int STEPS = (N / 128 + 3) / 4 / SPLIT;
+  const int blk = lane >> 3, c = lane & 7;
+  const int s0 = sub * STEPS;  // the row's step of this warp's step 0
+  auto col_of = [&](int s, int h) { return (s * 4 + blk) * 128 + (c + 8 * h) * 8; };  // chunk h's column in xs
+  auto lds = [&](int s, int h) { return lds16(smem_u32(xs + col_of(s, h) * 2)); };
+  // Output pointers of step 0, advanced by constants (no 64-bit index arithmetic per step).
+  u8* const qrow = a.q + row * N + (s0 * 4 + blk) * 128 + c * 8;       // + 512·s + 64·h
+  float* qs = a.q_scale + static_cast<i64>(s0 * 4 + blk) * a.M + row;  // + qs_step a step
+  const i64 qs_step = 4 * static_cast<i64>(a.M);
+  // Σx² as row8_rinv computes it, written out here: with row8_rinv the N = 7168 kernels schedule differently (same
+  // instructions, other order and registers), and this path's SASS is kept identical to the measured one.
   constexpr int NB = N / 128;
-  constexpr int STEPS = (NB + 3) / 4 / SPLIT;
-  static_assert(SPLIT == 1 || NB % (4 * SPLIT) == 0, "a split row: whole steps for every warp");
-  const int blk = lane >> 3;
-  auto active = [&](int s) { return SPLIT > 1 || s * 4 + blk < NB; };
-  auto lds = [&](int s, int h) {  // chunk h of step s: (s·4 + blk)·128 + (c + 8h)·8 columns into the slot
-    Vec16 r;
-    asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-                 : "=r"(r.w[0]), "=r"(r.w[1]), "=r"(r.w[2]), "=r"(r.w[3])
-                 : "r"(xs + static_cast<u32>(s * 1024 + h * 128)));
-    return r;
-  };
   float acc[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
   for (int s = 0; s < STEPS; ++s)
-    if (active(s))
+    if (SPLIT > 1 || s * 4 + blk < NB)
 #pragma unroll
       for (int h = 0; h < 2; ++h) {
         const Vec16 v = lds(s, h);
@@ -1077,50 +1071,29 @@ __device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_st
   if constexpr (SPLIT > 1) {
     const int warp = group * SPLIT + sub;
     if (lane == 0) xslot[warp] = ss;
-    asm volatile("bar.sync %0, %1;" ::"r"(BAR0 + group), "r"(SPLIT * 32) : "memory");
+    named_barrier_sync(1 + group, SPLIT * 32);
     ss = xslot[group * SPLIT];
 #pragma unroll
     for (int u = 1; u < SPLIT; ++u) ss += xslot[group * SPLIT + u];
   }
-  const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + eps);
-  if (rms) *rms = r;
+  const float r = 1.0f / sqrtf(ss / static_cast<float>(N) + a.eps);
+  if (a.rms_out && lane == 0 && sub == 0) a.rms_out[row] = r;
+  row8_quantize<N, ROUND, SPLIT>(lds, weights, r, qrow, qs, qs_step, lane);
+  return r;
+}
 
-#pragma unroll
-  for (int s = 0; s < STEPS; ++s) {
-    const bool on = active(s);
-    float y[16];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-      if (on) {
-        const Vec16 v = lds(s, h);
-        float w8[8];
-        weights(s, h, w8);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) y[8 * h + i] = __fmul_rn(__fmul_rn(vec_get<bf16>(v, i), r), w8[i]);
-      } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) y[8 * h + i] = 0.f;
-      }
-    }
-    float m[8];
-#pragma unroll
-    for (int j = 0; j < 8; ++j) m[j] = fmaxf(fabsf(y[2 * j]), fabsf(y[2 * j + 1]));
-#pragma unroll
-    for (int j = 0; j < 4; ++j) m[j] = fmaxf(m[j], m[j + 4]);
-    const float amax = warp_max<8>(fmaxf(fmaxf(fmaxf(m[0], m[2]), fmaxf(m[1], m[3])), 0.f));
-    if (on) {
-      const Quant<ROUND> quant(scale_of_max<ROUND>(amax));
-#pragma unroll
-      for (int h = 0; h < 2; ++h) {
-        uint2 out;
-        out.x = e4m3x4(quant(y[8 * h + 0]), quant(y[8 * h + 1]), quant(y[8 * h + 2]), quant(y[8 * h + 3]));
-        out.y = e4m3x4(quant(y[8 * h + 4]), quant(y[8 * h + 5]), quant(y[8 * h + 6]), quant(y[8 * h + 7]));
-        *reinterpret_cast<uint2*>(qrow + 512 * s + 64 * h) = out;
-      }
-      if ((lane & 7) == 0) *qs = quant.s;
-    }
-    qs += qs_step;
-  }
+// The same math with the pipe kernel's LEAN addressing: xs = the 32-bit shared-memory address of this lane's first
+// chunk in the row's slot (slot + (blk·128 + c·8)·2), qrow = this lane's first code of the warp's part of the row,
+// qs = the scale of its first block (+ qs_step a step), rms = the row's rms_out entry where this lane writes it
+// (else null). Same operations in the same order as row8_smem, so the same bits. BAR0: the first named barrier of
+// the exchange (the TAIL variant's quads use their own).
+template <int N, bool ROUND, int SPLIT, int BAR0 = 1, typename WeightsFn>
+__device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_step, float* rms, float eps, int lane,
+                                          WeightsFn&& weights, int sub, int group, float* xslot) {
+  auto lds = [&](int s, int h) { return lds16(xs + static_cast<u32>(s * 1024 + h * 128)); };  // chunk h of step s
+  const float r = row8_rinv<N, SPLIT, BAR0>(lds, eps, lane, sub, group, xslot);
+  if (rms) *rms = r;
+  row8_quantize<N, ROUND, SPLIT>(lds, weights, r, qrow, qs, qs_step, lane);
 }
 }  // namespace rmsq
 
@@ -1251,8 +1224,8 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
       if (valid && lane == 0) {
         u64* bar = ring.bars + k % DEPTH;
         const u32 bytes = q ? SLOT / 2 : SLOT;
-        pipe_arrive_expect(bar, bytes);
-        pipe_bulk_load(ring.slot(k), src, bytes, bar);
+        mbar_arrive_expect_tx(bar, bytes);
+        bulk_load_evict_first(ring.slot(k), src, bytes, bar);
       }
     } else if (TAIL && q) {
       const void* const srcs[1] = {src};
@@ -1299,7 +1272,7 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   };
 
   // LEAN: this lane's outputs of row k, advanced by constants.
-  const u32 xs0 = pipe_smem_u32(ring.base) + static_cast<u32>((blk * 128 + c * 8) * 2);
+  const u32 xs0 = smem_u32(ring.base) + static_cast<u32>((blk * 128 + c * 8) * 2);
   u8* qrow = a.q + first * N + (s0 * 4 + blk) * 128 + c * 8;
   float* qs = a.q_scale + static_cast<i64>(s0 * 4 + blk) * a.M + first;
   const bool rms_lane = a.rms_out && lane == 0 && sub == 0;

@@ -59,7 +59,46 @@ struct RopeTable {
   }
   __device__ __forceinline__ float cos_(int e) const { return raw_get<C>(c[e / PE], e % PE); }
   __device__ __forceinline__ float sin_(int e) const { return raw_get<C>(s[e / PE], e % PE); }
+  // Element e's cos and sin: cf / sf, the row's values converted once, when ONCE; else this table's.
+  __device__ __forceinline__ void cos_sin(int e, const float* cf, const float* sf, float& co, float& si) const {
+    if constexpr (ONCE) co = cf[e], si = sf[e];
+    else co = cos_(e), si = sin_(e);
+  }
 };
+
+// The backwards' rotation of dy back by the row's angles (gn), element e of a pair-chunk (g1 / g2: dy's values in the
+// first / second rotation half): n1 = g1·c + g2·s, n2 = g2·c − g1·s.
+template <typename T, typename Tab, int B>
+__device__ __forceinline__ void rope_unrotate(const Raw<B>& g1, const Raw<B>& g2, const Tab& tab, const float* cf,
+                                              const float* sf, int e, float& n1, float& n2) {
+  const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
+  float c, sn;
+  tab.cos_sin(e, cf, sf, c, sn);
+  n1 = fmaf(gb, sn, ga * c);
+  n2 = fmaf(-ga, sn, gb * c);
+}
+// The backwards' first pass over a pair-chunk (x1 / x2, g1 / g2: x's and dy's values in the two rotation halves, w1 /
+// w2 their weights): Σx² into ss0 / ss1 and P = Σ x·w·gn into P0 / P1; KEEP: gn kept in k1 / k2 (KE = E, else 1).
+template <typename T, int E, bool KEEP, typename Tab, int B, int KE>
+__device__ __forceinline__ void rope_bwd_sums(const Raw<B>& x1, const Raw<B>& x2, const Raw<B>& g1, const Raw<B>& g2,
+                                              const Tab& tab, const float* cf, const float* sf, const float (&w1)[E],
+                                              const float (&w2)[E], float (&k1)[KE], float (&k2)[KE], float& ss0,
+                                              float& ss1, float& P0, float& P1) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
+    float na, nb;
+    rope_unrotate<T>(g1, g2, tab, cf, sf, e, na, nb);
+    if constexpr (KEEP) {
+      k1[e] = na;
+      k2[e] = nb;
+    }
+    ss0 = fmaf(xa, xa, ss0);
+    ss1 = fmaf(xb, xb, ss1);
+    P0 = fmaf(xa * w1[e], na, P0);
+    P1 = fmaf(xb * w2[e], nb, P1);
+  }
+}
 
 // T: x/y dtype, W: weight dtype, C: cos/sin dtype. One warp per row; WARPS rows per CTA.
 template <int HD, int D, int WARPS, typename T, typename W, typename C>
@@ -165,7 +204,7 @@ __device__ __forceinline__ void rope_group_sums(float (*slot)[2], int warp, int 
       slot[warp][0] = ss;
       slot[warp][1] = P;
     }
-    asm volatile("bar.sync %0, %1;" ::"r"(1 + group), "r"(SPLIT * 32) : "memory");
+    named_barrier_sync(1 + group, SPLIT * 32);
     ss = slot[group * SPLIT][0];
     P = slot[group * SPLIT][1];
 #pragma unroll
@@ -262,23 +301,8 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
         float w1[E], w2[E];
         rope_wload<HD, E>(wsm, o, w1);
         rope_wload<HD, E>(wsm, o + H2, w2);
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          float c, sn;
-          if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
-          else c = tab.cos_(e), sn = tab.sin_(e);
-          const float na = fmaf(gb, sn, ga * c), nb = fmaf(-ga, sn, gb * c);
-          if constexpr (KEEP) {
-            gk1[st][e] = na;
-            gk2[st][e] = nb;
-          }
-          ss0 = fmaf(xa, xa, ss0);
-          ss1 = fmaf(xb, xb, ss1);
-          P0 = fmaf(xa * w1[e], na, P0);
-          P1 = fmaf(xb * w2[e], nb, P1);
-        }
+        rope_bwd_sums<T, E, KEEP>(x1, x2, g1, g2, tab, cf, sf, w1, w2, gk1[KEEP ? st : 0], gk2[KEEP ? st : 0],
+                                  ss0, ss1, P0, P1);
       }
     }
     float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
@@ -305,14 +329,7 @@ __global__ void __launch_bounds__(WARPS * 32, (KEEP_ROWS && SPLIT == 1 ? 12 : 16
           const Raw<B> g1 = ld_raw<B, false>(gr + o), g2 = ld_raw<B, false>(gr + o + H2);
           if constexpr (!Tab::ONCE) tab.load(cr, sr, p);
 #pragma unroll
-          for (int e = 0; e < E; ++e) {
-            const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-            float c, sn;
-            if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
-            else c = tab.cos_(e), sn = tab.sin_(e);
-            n1[e] = fmaf(gb, sn, ga * c);
-            n2[e] = fmaf(-ga, sn, gb * c);
-          }
+          for (int e = 0; e < E; ++e) rope_unrotate<T>(g1, g2, tab, cf, sf, e, n1[e], n2[e]);
         }
         float w1[E], w2[E], d1[E], d2[E], a1[E], a2[E];
         rope_wload<HD, E>(wsm, o, w1);
@@ -465,23 +482,8 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
         float w1[E], w2[E];
         rope_wload<HD, E>(wsm, c0 + o, w1);
         rope_wload<HD, E>(wsm, c0 + o + H2, w2);
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          float c, s;
-          if constexpr (Tab::ONCE) c = cf[e], s = sf[e];
-          else c = t2.cos_(e), s = t2.sin_(e);
-          const float xa = raw_get<T>(x1, e), xb = raw_get<T>(x2, e);
-          const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-          const float na = fmaf(gb, s, ga * c), nb = fmaf(-ga, s, gb * c);
-          if constexpr (CARRY) {
-            gn1[st][e] = na;
-            gn2[st][e] = nb;
-          }
-          ss0 = fmaf(xa, xa, ss0);
-          ss1 = fmaf(xb, xb, ss1);
-          P0 = fmaf(xa * w1[e], na, P0);
-          P1 = fmaf(xb * w2[e], nb, P1);
-        }
+        rope_bwd_sums<T, E, CARRY>(x1, x2, g1, g2, t2, cf, sf, w1, w2, gn1[CARRY ? st : 0], gn2[CARRY ? st : 0],
+                                   ss0, ss1, P0, P1);
       }
     }
     float ss = warp_sum(ss0 + ss1), P = warp_sum(P0 + P1);
@@ -507,14 +509,7 @@ __global__ void __launch_bounds__(WARPS * 32, RopeStaged<HD, D, SPLIT, T>::TARGE
           Tab t2;
           if constexpr (!Tab::ONCE) t2.load(cr, sr, p);
 #pragma unroll
-          for (int e = 0; e < E; ++e) {
-            float c, sn;
-            if constexpr (Tab::ONCE) c = cf[e], sn = sf[e];
-            else c = t2.cos_(e), sn = t2.sin_(e);
-            const float ga = raw_get<T>(g1, e), gb = raw_get<T>(g2, e);
-            n1[e] = fmaf(gb, sn, ga * c);
-            n2[e] = fmaf(-ga, sn, gb * c);
-          }
+          for (int e = 0; e < E; ++e) rope_unrotate<T>(g1, g2, t2, cf, sf, e, n1[e], n2[e]);
         }
         float w1[E], w2[E], d1[E], d2[E];
         rope_wload<HD, E>(wsm, c0 + o, w1);

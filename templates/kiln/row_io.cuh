@@ -216,20 +216,13 @@ __device__ __forceinline__ void smem_fma(float* p, const float (&v)[E], float sc
   }
 }
 
-// ---- staging rows in shared memory (cp.async, sm_80+) ----------------------------------------------------------
-// (common.cuh's cp_async_wait_group / cp_async_commit and ptx.cuh's lds16, under the names these families call.)
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { cp_async_wait_group<N>(); }
-
-// 16 bytes from shared memory. volatile: the second pass re-reads the row instead of the compiler keeping the first
-// pass's values alive in registers (which is what staging avoids).
+// ---- staging rows in shared memory (cp.async, sm_80+: common.cuh's cp_async16 / cp_async_commit / wait_group) ------
+// 16 bytes from shared memory as a Raw<16> (ptx.cuh's lds16). volatile: the second pass re-reads the row instead of
+// the compiler keeping the first pass's values alive in registers (which is what staging avoids).
 __device__ __forceinline__ Raw<16> lds16(const void* p) {
   const Vec16 v = lds16(smem_u32(p));
   return Raw<16>{{v.w[0], v.w[1], v.w[2], v.w[3]}};
 }
-
-// Closes the group of cp.async copies issued so far.
-__device__ __forceinline__ void stage_commit() { cp_async_commit(); }
 
 // The largest power of two dividing n, capped at `cap` (a power of two).
 __host__ __device__ constexpr int pow2_divisor(int n, int cap) {

@@ -68,42 +68,6 @@ struct RowWalker {
   }
 };
 
-// ---- mbarriers and TMA bulk copies (sm_90): kiln/mbarrier.cuh's, under the names the row kernels call ----------
-__device__ __forceinline__ u32 pipe_smem_u32(const void* p) { return smem_u32(p); }
-__device__ __forceinline__ void pipe_mbar_init(u64* bar, u32 count) { mbar_init(bar, count); }
-// Makes initialized mbarriers visible to the async proxy (the bulk copies complete on them).
-__device__ __forceinline__ void pipe_mbar_init_fence() {
-  fence_mbar_init();
-  fence_proxy_async();
-}
-// Orders this thread's earlier generic-proxy shared-memory accesses (and, after a __syncwarp, its warp's) before its
-// later async-proxy ones: a slot the warp has just read may then be refilled by a bulk copy.
-__device__ __forceinline__ void pipe_fence_async() { fence_proxy_async(); }
-// One arrival on `bar` that also expects `bytes` of transactions (the copies that follow complete them).
-__device__ __forceinline__ void pipe_arrive_expect(u64* bar, u32 bytes) { mbar_arrive_expect_tx(bar, bytes); }
-// `bytes` (a multiple of 16; both addresses 16-byte aligned) global → shared, completing on `bar`. The source is
-// read once: evict it from L2 first (EVICT_FIRST; else the default policy).
-template <bool EVICT_FIRST = true>
-__device__ __forceinline__ void pipe_bulk_load(void* dst, const void* src, u32 bytes, u64* bar) {
-#if __CUDA_ARCH__ >= 900
-  if constexpr (EVICT_FIRST) {
-    asm volatile(
-        "{\n .reg .b64 pol;\n createpolicy.fractional.L2::evict_first.b64 pol, 1.0;\n"
-        " cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], pol;\n}"
-        ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
-        : "memory");
-  } else {
-    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];"
-                 ::"r"(pipe_smem_u32(dst)), "l"(src), "r"(bytes), "r"(pipe_smem_u32(bar))
-                 : "memory");
-  }
-#endif
-}
-__device__ __forceinline__ void pipe_mbar_wait(u64* bar, u32 parity) { mbar_wait(bar, parity); }
-
-// 16 bytes from shared memory (volatile: a second pass re-reads instead of keeping the first pass's registers).
-__device__ __forceinline__ Vec16 pipe_lds16(const void* p) { return lds16(smem_u32(p)); }
-
 // A warp's ring of DEPTH slots of SLOT bytes each (16-byte aligned), holding NT tensors' pieces of PIECE bytes
 // each at offsets 0, PIECE, 2·PIECE, …. BULK: TMA bulk copies on per-slot mbarriers (sm_90), else cp.async groups.
 // Every warp calls issue(k, …) for k = 0 … DEPTH − 1, then for each row k: wait(k), compute from slot(k),
@@ -120,8 +84,9 @@ struct WarpRing {
     if constexpr (BULK) {
       if (lane == 0) {
 #pragma unroll
-        for (int s = 0; s < DEPTH; ++s) pipe_mbar_init(bars + s, 1);
-        pipe_mbar_init_fence();
+        for (int s = 0; s < DEPTH; ++s) mbar_init(bars + s, 1);
+        fence_mbar_init();  // the barriers visible to the async proxy (the bulk copies complete on them)
+        fence_proxy_async();
       }
     }
     __syncwarp();
@@ -136,10 +101,13 @@ struct WarpRing {
     if constexpr (BULK) {
       if (valid && lane == 0) {
         u64* bar = bars + k % DEPTH;
-        pipe_fence_async();
-        pipe_arrive_expect(bar, NP * PIECE);
+        fence_proxy_async();  // the warp's reads of the slot (before release()'s __syncwarp) before the refill
+        mbar_arrive_expect_tx(bar, NP * PIECE);
 #pragma unroll
-        for (int i = 0; i < NP; ++i) pipe_bulk_load<EVICT_FIRST>(dst + i * PIECE, src[i], PIECE, bar);
+        for (int i = 0; i < NP; ++i) {
+          if constexpr (EVICT_FIRST) bulk_load_evict_first(dst + i * PIECE, src[i], PIECE, bar);
+          else bulk_load(dst + i * PIECE, src[i], PIECE, bar);
+        }
       }
     } else {
       if (valid) {
@@ -155,7 +123,7 @@ struct WarpRing {
   // Row k's copies have landed and are visible to every lane of the warp.
   __device__ __forceinline__ void wait(int k) {
     if constexpr (BULK) {
-      pipe_mbar_wait(bars + k % DEPTH, static_cast<u32>((k / DEPTH) & 1));
+      mbar_wait(bars + k % DEPTH, static_cast<u32>((k / DEPTH) & 1));
     } else {
       cp_async_wait_group<DEPTH - 1>();
       __syncwarp();

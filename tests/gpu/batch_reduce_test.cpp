@@ -102,12 +102,6 @@ class BatchReduceTest : public GpuTest {
   }
 };
 
-std::string show(float v) {
-  char b[64];
-  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
-  return b;
-}
-
 ::testing::AssertionResult close(float got, double want, double rel) {
   if (std::isnan(want) ? std::isnan(got) : std::fabs(got - want) <= rel * std::fabs(want))
     return ::testing::AssertionSuccess();

@@ -39,53 +39,6 @@ extern std::atomic<unsigned long long*> group_rms_norm_gate_trace;
 namespace kiln::test {
 namespace {
 
-std::string show(double v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.9g", v);
-  return b;
-}
-int mantissa_bits(DType d) { return d == DType::bf16 ? 7 : d == DType::f16 ? 10 : 23; }
-double ulp(DType d, double v) {
-  v = std::fabs(v);
-  if (v == 0 || !std::isfinite(v)) return 0;
-  return std::ldexp(1.0, std::ilogb(v) - mantissa_bits(d));
-}
-double rel_l2_tol(DType d) { return d == DType::bf16 ? 2.5e-3 : d == DType::f16 ? 5e-4 : 2e-6; }
-
-::testing::AssertionResult close_rows(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
-                                      int64_t rows, int64_t n, DType dtype) {
-  const double K = dtype == DType::f32 ? 64 : 2, A = dtype == DType::f32 ? 1e-6 : 1e-3;
-  std::vector<double> rms(rows, 0.0);
-  for (int64_t m = 0; m < rows; ++m) {
-    double s = 0;
-    int64_t cnt = 0;
-    for (int64_t c = 0; c < n; ++c)
-      if (std::isfinite(ref[m * n + c])) {
-        s += ref[m * n + c] * ref[m * n + c];
-        ++cnt;
-      }
-    rms[m] = cnt ? std::sqrt(s / cnt) : 0;
-  }
-  return all_equal(
-      what, rows * n,
-      [&](int64_t i) {
-        const double r = ref[i], g = got[i];
-        if (std::isnan(r)) return std::isnan(g);
-        if (std::isinf(r)) return g == r;
-        return std::fabs(g - r) <= K * ulp(dtype, r) + A * rms[i / n];
-      },
-      [&](int64_t i) {
-        return "[token " + std::to_string(i / n) + ", channel " + std::to_string(i % n) + "]: got " + show(got[i]) +
-               ", reference " + show(ref[i]) + " (row rms " + show(rms[i / n]) + ")";
-      });
-}
-
-std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev = 1.0f) {
-  std::vector<float> v = randn(n, seed, stddev);
-  round_to(dtype, v);
-  return v;
-}
-
 struct Case {
   int64_t B, S, dim, G;
   DType dtype = DType::bf16, w_dtype = DType::bf16;
@@ -217,6 +170,14 @@ class GroupRmsNormGateGpu : public GpuTest {
     b.guards_ok = dx.guards_intact() && dgate.guards_intact() && dw.guards_intact() && ws.guards_intact();
     return b;
   }
+  // Element-wise checks of the outputs against the reference (close_rows): out; dx and dgate.
+  static void expect_close_fwd(const Fwd& f, const std::vector<double>& want, const Data& d, const Case& c) {
+    EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype, "token", "channel"));
+  }
+  static void expect_close_bwd(const Bwd& b, const ref::GroupRmsNormGateGrads& g, const Data& d, const Case& c) {
+    EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype, "token", "channel"));
+    EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype, "token", "channel"));
+  }
 };
 
 std::vector<Case> cases() {
@@ -244,19 +205,23 @@ std::vector<Case> cases() {
   };
 }
 
+// A case's own random stream (tag: which test draws it).
+uint64_t case_seed(uint64_t tag, const Case& c) {
+  return mix_seed({tag, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S), static_cast<uint64_t>(c.dim),
+                   static_cast<uint64_t>(c.G), static_cast<uint64_t>(c.dtype), c.transpose, c.shared});
+}
+
 class GroupRmsNormGateFwd : public GroupRmsNormGateGpu, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(GroupRmsNormGateFwd, MatchesReference) {
   const Case c = GetParam();
-  const uint64_t seed = mix_seed({0x81, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
-                                  static_cast<uint64_t>(c.dim), static_cast<uint64_t>(c.G),
-                                  static_cast<uint64_t>(c.dtype), c.transpose, c.shared});
+  const uint64_t seed = case_seed(0x81, c);
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Data d = make_data(c, seed);
   const Fwd f = run_fwd(d);
   EXPECT_TRUE(f.guards_ok) << "written outside out";
   const std::vector<double> want = ref::group_rms_norm_gate_fwd(d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
-  EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype));
+  expect_close_fwd(f, want, d, c);
   const double err = relative_l2(f.out, want);
   EXPECT_LE(err, rel_l2_tol(c.dtype)) << "out relative L2";
   RecordProperty("out_rel_l2", std::to_string(err));
@@ -266,16 +231,13 @@ class GroupRmsNormGateBwd : public GroupRmsNormGateGpu, public ::testing::WithPa
 
 TEST_P(GroupRmsNormGateBwd, MatchesReference) {
   const Case c = GetParam();
-  const uint64_t seed = mix_seed({0x82, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
-                                  static_cast<uint64_t>(c.dim), static_cast<uint64_t>(c.G),
-                                  static_cast<uint64_t>(c.dtype), c.transpose, c.shared});
+  const uint64_t seed = case_seed(0x82, c);
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Data d = make_data(c, seed);
   const Bwd b = run_bwd(d);
   EXPECT_TRUE(b.guards_ok) << "written outside dx, dgate or dweight";
   const ref::GroupRmsNormGateGrads g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
-  EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype));
-  EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype));
+  expect_close_bwd(b, g, d, c);
   const double dx_err = relative_l2(b.dx, g.dx), dg_err = relative_l2(b.dgate, g.dgate);
   const double dw_err = relative_l2(b.dweight, g.dweight);
   EXPECT_LE(dx_err, rel_l2_tol(c.dtype)) << "dx relative L2";
@@ -302,7 +264,7 @@ TEST_F(GroupRmsNormGateGpu, ZeroNanAndInfGroups) {
   d.x[2 * 2048 + 1500] = std::numeric_limits<float>::infinity();   // token 2, group 2
   const Fwd f = run_fwd(d);
   const std::vector<double> want = ref::group_rms_norm_gate_fwd(d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
-  EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype));
+  expect_close_fwd(f, want, d, c);
   for (int64_t k = 0; k < 512; ++k) EXPECT_EQ(f.out[k], 0.f) << k;
   for (int64_t k = 0; k < 2048; ++k)  // only group 1 of token 1 is NaN
     EXPECT_EQ(std::isnan(f.out[2048 + k]), k >= 512 && k < 1024) << k;
@@ -310,8 +272,7 @@ TEST_F(GroupRmsNormGateGpu, ZeroNanAndInfGroups) {
   for (int64_t k = 0; k < 512; ++k) z.x[k] = 0.f;
   const Bwd b = run_bwd(z);
   const auto g = ref::group_rms_norm_gate_bwd(z.dy, z.x, z.gate, z.w, z.M(), c.dim, c.G, kEps);
-  EXPECT_TRUE(close_rows("dx", b.dx, g.dx, z.M(), c.dim, c.dtype));
-  EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, z.M(), c.dim, c.dtype));
+  expect_close_bwd(b, g, z, c);
 }
 
 TEST_F(GroupRmsNormGateGpu, EmptyInputs) {
@@ -334,7 +295,7 @@ TEST_F(GroupRmsNormGateGpu, ForwardVariants) {
       SCOPED_TRACE("rows " + std::to_string(rows) + " warps " + std::to_string(warps) + " seg " + std::to_string(seg));
       const Fwd f = run_fwd(d, rows, warps, seg);
       EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_rows("out", f.out, want, d.M(), c.dim, c.dtype));
+      expect_close_fwd(f, want, d, c);
     }
   }
 }
@@ -353,8 +314,7 @@ TEST_F(GroupRmsNormGateGpu, BackwardVariants) {
                    " reduce " + std::to_string(reduce));
       const Bwd b = run_bwd(d, -1, rows, warps, seg, reduce);
       EXPECT_TRUE(b.guards_ok);
-      EXPECT_TRUE(close_rows("dx", b.dx, g.dx, d.M(), c.dim, c.dtype));
-      EXPECT_TRUE(close_rows("dgate", b.dgate, g.dgate, d.M(), c.dim, c.dtype));
+      expect_close_bwd(b, g, d, c);
       EXPECT_LE(relative_l2(b.dweight, g.dweight), 1e-4) << "dweight relative L2";
     }
   }
@@ -416,7 +376,7 @@ TEST_F(GroupRmsNormGateGpu, StagedHintsChangeNoBit) {
     const Data d = make_data(c, 0x8d);
     const Bwd base = run_bwd(d, -1, 2, 8, 1, 1, 0);
     const auto g = ref::group_rms_norm_gate_bwd(d.dy, d.x, d.gate, d.w, d.M(), c.dim, c.G, kEps);
-    EXPECT_TRUE(close_rows("dx", base.dx, g.dx, d.M(), c.dim, c.dtype));
+    EXPECT_TRUE(close_rows("dx", base.dx, g.dx, d.M(), c.dim, c.dtype, "token", "channel"));
     const Bwd b = run_bwd(d, -1, 2, 8, 1, 1, 4);
     EXPECT_TRUE(b.guards_ok);
     EXPECT_TRUE(bitwise_equal("dx", b.dx, base.dx));

@@ -21,22 +21,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-// Median over rounds of the host time per enqueue of `call` (rounds of 256, each drained before the next so the
-// launch queue never fills and blocks the host).
-template <typename F>
-double host_us_per_call(F&& call) {
-  std::vector<double> rounds;
-  for (int round = 0; round < 31; ++round) {
-    const auto t0 = Clock::now();
-    for (int i = 0; i < 256; ++i) call();
-    const auto t1 = Clock::now();
-    synchronize();
-    rounds.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 256);
-  }
-  std::nth_element(rounds.begin(), rounds.begin() + 15, rounds.end());
-  return rounds[15];
-}
-
 TEST(HostOverhead, InMemoryHitCostsAtMostTwoMicrosecondsBeyondTheLaunch) {
   KILN_SKIP_IF_NO_GPU();
   Runtime rt(test_runtime_options());

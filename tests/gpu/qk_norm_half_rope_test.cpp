@@ -34,12 +34,6 @@ namespace {
 
 using ref::QkRopeProblem;
 
-std::string show(double v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.9g", v);
-  return b;
-}
-
 // Row layout of a [S, B, W] qkv-layout tensor in a buffer of `elems` elements.
 struct RowLayout {
   int64_t s_stride = 0, b_stride = 0, elems = 0;
@@ -87,12 +81,6 @@ std::string name_of(const Case& c) {
 }
 
 void PrintTo(const Case& c, std::ostream* os) { *os << name_of(c); }
-
-std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev = 1.0f, float mean = 0.0f) {
-  std::vector<float> v = randn(n, seed, stddev, mean);
-  round_to(dtype, v);
-  return v;
-}
 
 TensorRef view3(void* data, DType t, int64_t S, int64_t B, int64_t W, const RowLayout& l) {
   TensorRef r = TensorRef::contiguous(data, t, {S, B, W});
@@ -150,16 +138,9 @@ struct Inputs {
 
 Inputs make_inputs(const Case& c) {
   Inputs in;
+  in.p = QkRopeProblem{.S = c.S, .B = c.B, .H = c.H, .h = c.h, .D = c.D, .interleaved = c.interleaved, .eps = 1e-6,
+      .position_offset = c.offset, .cu_seqlens = c.cu};
   QkRopeProblem& p = in.p;
-  p.S = c.S;
-  p.B = c.B;
-  p.H = c.H;
-  p.h = c.h;
-  p.D = c.D;
-  p.interleaved = c.interleaved;
-  p.eps = 1e-6;
-  p.position_offset = c.offset;
-  p.cu_seqlens = c.cu;
   const int64_t span = !c.cu.empty() && c.max_seqlen > 0 ? c.max_seqlen : c.S;
   p.freqs_rows = c.offset + span;
   const uint64_t seed = mix_seed({0x9e, static_cast<uint64_t>(c.S), static_cast<uint64_t>(c.B),

@@ -34,17 +34,6 @@ constexpr float kDefaultEps = 1e-6f;
 constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 
-std::string show(float v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
-  return b;
-}
-std::string show_code(uint8_t c) {
-  char b[48];
-  std::snprintf(b, sizeof b, "0x%02x (%g)", c, e4m3_to_float(c));
-  return b;
-}
-
 // Host side of one call's inputs. x is kept dense [M, N]; on the device its rows are row_stride elements apart,
 // the gap filled with NaN so a kernel that reads past N poisons its row.
 struct Input {

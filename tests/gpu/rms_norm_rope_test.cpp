@@ -31,55 +31,6 @@ void rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const TensorRef&
 namespace kiln::test {
 namespace {
 
-std::string show(double v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.9g", v);
-  return b;
-}
-
-int mantissa_bits(DType d) { return d == DType::bf16 ? 7 : d == DType::f16 ? 10 : 23; }
-double ulp(DType d, double v) {
-  v = std::fabs(v);
-  if (v == 0 || !std::isfinite(v)) return 0;
-  return std::ldexp(1.0, std::ilogb(v) - mantissa_bits(d));
-}
-double rel_l2_tol(DType d) { return d == DType::bf16 ? 2.5e-3 : d == DType::f16 ? 5e-4 : 2e-6; }
-
-// Element-wise check of a [rows, n] tensor: NaN exactly where the reference is NaN, else the bound above.
-::testing::AssertionResult close_rows(const char* what, const std::vector<float>& got, const std::vector<double>& ref,
-                                      int64_t rows, int64_t n, DType dtype) {
-  const double K = dtype == DType::f32 ? 64 : 2, A = dtype == DType::f32 ? 1e-6 : 1e-3;
-  std::vector<double> rms(rows, 0.0);
-  for (int64_t m = 0; m < rows; ++m) {
-    double s = 0;
-    int64_t cnt = 0;
-    for (int64_t c = 0; c < n; ++c)
-      if (std::isfinite(ref[m * n + c])) {
-        s += ref[m * n + c] * ref[m * n + c];
-        ++cnt;
-      }
-    rms[m] = cnt ? std::sqrt(s / cnt) : 0;
-  }
-  return all_equal(
-      what, rows * n,
-      [&](int64_t i) {
-        const double r = ref[i], g = got[i];
-        if (std::isnan(r)) return std::isnan(g);
-        if (std::isinf(r)) return g == r;
-        return std::fabs(g - r) <= K * ulp(dtype, r) + A * rms[i / n];
-      },
-      [&](int64_t i) {
-        return "[row " + std::to_string(i / n) + ", col " + std::to_string(i % n) + "]: got " + show(got[i]) +
-               ", reference " + show(ref[i]) + " (row rms " + show(rms[i / n]) + ")";
-      });
-}
-
-std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev = 1.0f) {
-  std::vector<float> v = randn(n, seed, stddev);
-  round_to(dtype, v);
-  return v;
-}
-
 struct Case {
   int64_t B, S, Hd, D;
   DType dtype, w_dtype = DType::bf16, cs_dtype = DType::bf16;
@@ -258,13 +209,17 @@ std::vector<Case> cases() {
   };
 }
 
+// A case's own random stream (tag: which test draws it).
+uint64_t case_seed(uint64_t tag, const Case& c) {
+  return mix_seed({tag, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S), static_cast<uint64_t>(c.Hd),
+                   static_cast<uint64_t>(c.D), static_cast<uint64_t>(c.dtype), static_cast<uint64_t>(c.pad)});
+}
+
 class RmsNormRopeFwd : public RmsNormRopeGpu, public ::testing::WithParamInterface<Case> {};
 
 TEST_P(RmsNormRopeFwd, MatchesReference) {
   const Case c = GetParam();
-  const uint64_t seed = mix_seed({0x61, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
-                                  static_cast<uint64_t>(c.Hd), static_cast<uint64_t>(c.D),
-                                  static_cast<uint64_t>(c.dtype), static_cast<uint64_t>(c.pad)});
+  const uint64_t seed = case_seed(0x61, c);
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Data d = make_data(c, seed);
   const Fwd f = run_fwd(d);
@@ -280,9 +235,7 @@ class RmsNormRopeBwd : public RmsNormRopeGpu, public ::testing::WithParamInterfa
 
 TEST_P(RmsNormRopeBwd, MatchesReference) {
   const Case c = GetParam();
-  const uint64_t seed = mix_seed({0x62, static_cast<uint64_t>(c.B), static_cast<uint64_t>(c.S),
-                                  static_cast<uint64_t>(c.Hd), static_cast<uint64_t>(c.D),
-                                  static_cast<uint64_t>(c.dtype), static_cast<uint64_t>(c.pad)});
+  const uint64_t seed = case_seed(0x62, c);
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Data d = make_data(c, seed);
   const Bwd b = run_bwd(d);

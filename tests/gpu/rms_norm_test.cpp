@@ -25,12 +25,6 @@ namespace {
 
 constexpr float kEps = 1e-6f;
 
-std::string show(float v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
-  return b;
-}
-
 std::string dtype_str(DType d) { return std::string(dtype_name(d)); }
 
 // Relative L2 tolerances. dx: rounding to bf16 alone costs ~1.7e-3 (fp16 ~2e-4), so 1e-2 (fp16: 2e-3) leaves room
@@ -39,12 +33,6 @@ std::string dtype_str(DType d) { return std::string(dtype_name(d)); }
 // adds its own rounding (1e-2). The dx bounds hold per row as well.
 double dx_tolerance(DType d) { return d == DType::f32 ? 1e-5 : d == DType::f16 ? 2e-3 : 1e-2; }
 double dweight_tolerance(DType d) { return d == DType::f32 ? 1e-4 : 1e-2; }
-
-std::vector<float> random_values(int64_t n, uint64_t seed, DType dtype, float stddev = 1.0f, float mean = 0.0f) {
-  std::vector<float> v = randn(n, seed, stddev, mean);
-  round_to(dtype, v);
-  return v;
-}
 
 DeviceBuffer upload(Runtime& rt, DType dtype, const std::vector<float>& v) {
   DeviceBuffer b(rt, v.size() * dtype_size(dtype));

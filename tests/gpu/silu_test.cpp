@@ -31,17 +31,6 @@ constexpr float kNaN = std::numeric_limits<float>::quiet_NaN();
 constexpr float kInf = std::numeric_limits<float>::infinity();
 constexpr double kMaxFlipFraction = 1e-4;
 
-std::string show(float v) {
-  char b[48];
-  std::snprintf(b, sizeof b, "%.9g (0x%08x)", v, std::bit_cast<uint32_t>(v));
-  return b;
-}
-std::string show_code(uint8_t c) {
-  char b[48];
-  std::snprintf(b, sizeof b, "0x%02x (%g)", c, e4m3_to_float(c));
-  return b;
-}
-
 // e4m3 codes: 0 equal (NaN == NaN, +0 == −0 only when both are zero codes of the same sign), 1 one step apart on the
 // same side of zero (or ±smallest subnormal vs zero), 2 anything else.
 int code_distance(uint8_t a, uint8_t b) {
@@ -119,6 +108,15 @@ struct Result {
   std::vector<std::string> written_outside;
   uint64_t launches = 0;
 };
+
+// Every output of two runs bit for bit (dprob too when `dprob`).
+void expect_same_bits(const Result& got, const Result& want, bool dprob) {
+  EXPECT_TRUE(bitwise_equal("q", got.q, want.q));
+  EXPECT_TRUE(bitwise_equal("q_scale", got.q_scale, want.q_scale));
+  EXPECT_TRUE(bitwise_equal("qT", got.qT, want.qT));
+  EXPECT_TRUE(bitwise_equal("qT_scale", got.qT_scale, want.qT_scale));
+  if (dprob) EXPECT_TRUE(bitwise_equal("dprob", got.dprob, want.dprob));
+}
 
 bool rowwise(const RunSpec& s) { return s.bwd || s.mode != 1; }
 bool transposed(const RunSpec& s) { return s.bwd || s.mode != 0; }
@@ -324,10 +322,7 @@ TEST_P(SiluShapes, MatchesReference) {
                                   static_cast<uint64_t>(c.mode), c.round_scale});
   SCOPED_TRACE("seed " + std::to_string(seed));
   const Input in = random_input(c.M, c.n, seed);
-  RunSpec spec;
-  spec.bwd = c.bwd;
-  spec.mode = c.mode;
-  spec.round_scale = c.round_scale;
+  RunSpec spec{.bwd = c.bwd, .mode = c.mode, .round_scale = c.round_scale};
   const Result res = run_and_check(in, spec);
   if (c.M == 0) EXPECT_EQ(res.launches, 0u) << "M = 0 must launch nothing";
 }
@@ -398,10 +393,7 @@ TEST_P(SiluSpecialValues, MatchesReference) {
     in.prob[14] = 0.0f;
     in.prob[100] = kInf;
   }
-  RunSpec spec;
-  spec.batched = batched;
-  spec.bwd = bwd;
-  spec.round_scale = rs;
+  RunSpec spec{.batched = batched, .bwd = bwd, .round_scale = rs};
   run_and_check(in, spec);
 }
 
@@ -449,12 +441,7 @@ TEST_P(BatchSiluShapes, MatchesReference) {
   SCOPED_TRACE("seed " + std::to_string(seed));
   Input in = random_input(c.M, c.n, seed);
   in.counts = random_counts(c.M, c.E, mix_seed({seed, 9}));
-  RunSpec spec;
-  spec.batched = true;
-  spec.bwd = c.bwd;
-  spec.mode = c.mode;
-  spec.round_scale = c.round_scale;
-  spec.with_status = true;
+  RunSpec spec{.batched = true, .bwd = c.bwd, .mode = c.mode, .round_scale = c.round_scale, .with_status = true};
   const Result res = run_and_check(in, spec);
   EXPECT_EQ(res.status, 0);
 }
@@ -478,10 +465,7 @@ TEST_F(SiluGpuTest, BatchedBenchLikeShape) {
   in.counts = counts;
   for (bool bwd : {false, true}) {
     SCOPED_TRACE(bwd ? "bwd" : "fwd");
-    RunSpec spec;
-    spec.batched = true;
-    spec.bwd = bwd;
-    spec.round_scale = true;
+    RunSpec spec{.batched = true, .bwd = bwd, .round_scale = true};
     run_and_check(in, spec);
   }
 }
@@ -500,10 +484,7 @@ TEST_F(SiluGpuTest, BatchedOddCounts) {
       for (int mode : {0, 1, 2}) {
         if (bwd && mode != 2) continue;
         SCOPED_TRACE("split " + std::to_string(i) + (bwd ? " bwd" : " fwd") + " mode " + std::to_string(mode));
-        RunSpec spec;
-        spec.batched = true;
-        spec.bwd = bwd;
-        spec.mode = mode;
+        RunSpec spec{.batched = true, .bwd = bwd, .mode = mode};
         run_and_check(in, spec);
       }
   }
@@ -513,9 +494,7 @@ TEST_F(SiluGpuTest, BatchedOddCounts) {
 TEST_F(SiluGpuTest, BatchedUpperBoundScaleBuffer) {
   Input in = random_input(3000, 512, 0x56);
   in.counts = random_counts(3000, 32, 0x57);
-  RunSpec spec;
-  spec.batched = true;
-  spec.qT_scale_rows = batch_weighted_silu_max_token_blocks(3000, 32);
+  RunSpec spec{.batched = true, .qT_scale_rows = batch_weighted_silu_max_token_blocks(3000, 32)};
   run_and_check(in, spec);
 }
 
@@ -527,11 +506,7 @@ TEST_F(SiluGpuTest, BatchedInvalidCounts) {
     in.counts = bad[i];
     for (bool bwd : {false, true}) {
       SCOPED_TRACE("counts " + ::testing::PrintToString(bad[i]) + (bwd ? " bwd" : " fwd"));
-      RunSpec spec;
-      spec.batched = true;
-      spec.bwd = bwd;
-      spec.with_status = true;
-      spec.poison = 0x55;
+      RunSpec spec{.batched = true, .bwd = bwd, .poison = 0x55, .with_status = true};
       const Result res = run(in, spec);
       EXPECT_EQ(res.status, 1);
       EXPECT_TRUE(res.written_outside.empty());
@@ -545,9 +520,7 @@ TEST_F(SiluGpuTest, BatchedInvalidCounts) {
   // Valid counts pass check_counts.
   Input in = random_input(500, 256, 0x59);
   in.counts = {100, 0, 400};
-  RunSpec spec;
-  spec.batched = true;
-  spec.check_counts = true;
+  RunSpec spec{.batched = true, .check_counts = true};
   run_and_check(in, spec);
   // A qT_scale buffer too small for the counts' token blocks is reported the same way.
   in.counts = {1, 1, 1, 497};  // 3 + 4 = 7 blocks
@@ -572,12 +545,7 @@ TEST_F(SiluGpuTest, BatchedTrailingRows) {
     cut.x.resize(S * 2 * n);
     cut.g.resize(S * n);
     cut.prob.resize(S);
-    RunSpec spec;
-    spec.batched = true;
-    spec.bwd = bwd;
-    spec.round_scale = true;
-    spec.poison = 0x55;
-    spec.with_status = true;
+    RunSpec spec{.batched = true, .bwd = bwd, .round_scale = true, .poison = 0x55, .with_status = true};
     const Result want = run_and_check(cut, spec);
 
     spec.trailing_rows = true;
@@ -624,10 +592,7 @@ TEST_F(SiluGpuTest, BatchedEmpty) {
   Input in = random_input(0, 256, 0x5a);
   in.counts = {0, 0, 0};
   for (bool bwd : {false, true}) {
-    RunSpec spec;
-    spec.batched = true;
-    spec.bwd = bwd;
-    spec.with_status = true;
+    RunSpec spec{.batched = true, .bwd = bwd, .with_status = true};
     const Result res = run(in, spec);
     EXPECT_EQ(res.status, 0);
     EXPECT_TRUE(res.written_outside.empty());
@@ -646,10 +611,7 @@ TEST_F(SiluGpuTest, StridedX) {
       SCOPED_TRACE(std::string(batched ? "batched" : "shared") + (bwd ? " bwd" : " fwd"));
       Input in = random_input(1000, 512, mix_seed({0x5b, batched, bwd}), 2 * 512 + 64);
       if (batched) in.counts = random_counts(1000, 7, 0x5c);
-      RunSpec spec;
-      spec.batched = batched;
-      spec.bwd = bwd;
-      spec.round_scale = true;
+      RunSpec spec{.batched = batched, .bwd = bwd, .round_scale = true};
       run_and_check(in, spec);
     }
 }
@@ -664,19 +626,11 @@ TEST_F(SiluGpuTest, EveryOutputElementIsWritten) {
                      std::to_string(mode));
         Input in = random_input(777, 384, mix_seed({0x5d, batched, bwd, static_cast<uint64_t>(mode)}));
         if (batched) in.counts = random_counts(777, 5, 0x5e);
-        RunSpec spec;
-        spec.batched = batched;
-        spec.bwd = bwd;
-        spec.mode = mode;
-        spec.poison = 0x55;
+        RunSpec spec{.batched = batched, .bwd = bwd, .mode = mode, .poison = 0x55};
         const Result a = run(in, spec);
         spec.poison = 0xAA;
         const Result b = run(in, spec);
-        EXPECT_TRUE(bitwise_equal("q", a.q, b.q));
-        EXPECT_TRUE(bitwise_equal("q_scale", a.q_scale, b.q_scale));
-        EXPECT_TRUE(bitwise_equal("qT", a.qT, b.qT));
-        EXPECT_TRUE(bitwise_equal("qT_scale", a.qT_scale, b.qT_scale));
-        EXPECT_TRUE(bitwise_equal("dprob", a.dprob, b.dprob));
+        expect_same_bits(a, b, true);
       }
 }
 
@@ -692,10 +646,7 @@ TEST_F(SiluGpuTest, OneExpertWithUnitProbIsTheSharedOp) {
     const Result shared = run(in, s);
     s.batched = true;
     const Result batched = run(in, s);
-    EXPECT_TRUE(bitwise_equal("q", shared.q, batched.q));
-    EXPECT_TRUE(bitwise_equal("q_scale", shared.q_scale, batched.q_scale));
-    EXPECT_TRUE(bitwise_equal("qT", shared.qT, batched.qT));
-    EXPECT_TRUE(bitwise_equal("qT_scale", shared.qT_scale, batched.qT_scale));
+    expect_same_bits(shared, batched, false);
   }
 }
 
@@ -714,10 +665,7 @@ TEST_F(SiluGpuTest, OtherConfigsSameBits) {
       for (int64_t k = 0; k < 6; ++k) in.x[13 * 2 * n + 5 + k] = special[k];
       round_to(DType::bf16, in.x);
       if (batched) in.counts = random_counts(M, 5, 0x61);
-      RunSpec spec;
-      spec.batched = batched;
-      spec.bwd = bwd;
-      spec.round_scale = true;
+      RunSpec spec{.batched = batched, .bwd = bwd, .round_scale = true};
       const Result def = run_and_check(in, spec);
 
       detail::Specialization s;
@@ -740,11 +688,7 @@ TEST_F(SiluGpuTest, OtherConfigsSameBits) {
           EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
         }
         EXPECT_TRUE(res.written_outside.empty());
-        EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
-        EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
-        EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
-        EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
-        EXPECT_TRUE(bitwise_equal("dprob", res.dprob, def.dprob));
+        expect_same_bits(res, def, true);
       }
     }
 }
@@ -763,10 +707,7 @@ TEST_F(SiluGpuTest, SharedConfigsManyTilesPerCta) {
   for (const Run& run_spec : {Run{false, 2}, Run{true, 2}, Run{false, 0}, Run{false, 1}}) {
     Input in = random_input(M, n, mix_seed({0x62, run_spec.bwd, static_cast<uint64_t>(run_spec.mode)}));
     round_to(DType::bf16, in.x);
-    RunSpec spec;
-    spec.bwd = run_spec.bwd;
-    spec.mode = run_spec.mode;
-    spec.round_scale = true;
+    RunSpec spec{.bwd = run_spec.bwd, .mode = run_spec.mode, .round_scale = true};
     const Result def = run_and_check(in, spec);
 
     detail::Specialization s;
@@ -789,10 +730,7 @@ TEST_F(SiluGpuTest, SharedConfigsManyTilesPerCta) {
         EXPECT_EQ(force.applied(), 1u) << "the op did not run the forced config";
       }
       EXPECT_TRUE(res.written_outside.empty());
-      EXPECT_TRUE(bitwise_equal("q", res.q, def.q));
-      EXPECT_TRUE(bitwise_equal("q_scale", res.q_scale, def.q_scale));
-      EXPECT_TRUE(bitwise_equal("qT", res.qT, def.qT));
-      EXPECT_TRUE(bitwise_equal("qT_scale", res.qT_scale, def.qT_scale));
+      expect_same_bits(res, def, false);
     }
   }
 }

@@ -365,20 +365,8 @@ TEST_F(TunerGpu, HitPathWithADatabaseStaysWithinTheHostBudget) {
   const std::string diag = fmt::format("spec [{}]; picks [{}] from {}", fwd.describe(), r.impl().tuned(fwd, M).describe(),
                                        r.impl().tuning_source(fwd, M));
   EXPECT_EQ(r.impl().tuned(fwd, M).config[0], 4) << diag;
-  auto host_us = [&](auto&& call) {
-    std::vector<double> rounds;
-    for (int round = 0; round < 31; ++round) {
-      const auto t0 = Clock::now();
-      for (int i = 0; i < 256; ++i) call();
-      const auto t1 = Clock::now();
-      synchronize();
-      rounds.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count() / 256);
-    }
-    std::nth_element(rounds.begin(), rounds.begin() + 15, rounds.end());
-    return rounds[15];
-  };
   const RuntimeStats before = r.stats();
-  const double op_us = host_us([&] { rms_norm_fwd(r, xt, wt, yt, {}, 1e-6f, nullptr); });
+  const double op_us = host_us_per_call([&] { rms_norm_fwd(r, xt, wt, yt, {}, 1e-6f, nullptr); });
   EXPECT_EQ(r.stats().compiles, before.compiles) << stats_text(r.stats());
   Specialization s = fwd;
   s.config[0] = 4;  // warps
@@ -388,7 +376,7 @@ TEST_F(TunerGpu, HitPathWithADatabaseStaysWithinTheHostBudget) {
   void* params[] = {&a};
   detail::LaunchDims d;
   d.block[0] = 128;
-  const double raw_us = host_us([&] { r.impl().launch_raw(k, d, nullptr, params); });
+  const double raw_us = host_us_per_call([&] { r.impl().launch_raw(k, d, nullptr, params); });
   std::printf("[ host     ] tuned op call %.2f us, bare launch %.2f us, kiln overhead %.2f us\n", op_us, raw_us,
               op_us - raw_us);
   EXPECT_LE(op_us - raw_us, 2.0);

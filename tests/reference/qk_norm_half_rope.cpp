@@ -28,6 +28,17 @@ int64_t out_offset(const QkRopeProblem& p, int kind, int idx, int64_t s, int64_t
   return ((b * p.S + s) * heads + idx) * p.D;
 }
 
+// cos / sin of row s's R = D/2 angles (0 where freqs has no row for its position).
+void row_angles(const QkRopeProblem& p, std::span<const float> freqs, int64_t s, std::vector<double>& cs,
+                std::vector<double>& sn) {
+  const int64_t pos = rope_position(p, s), R = p.D / 2;
+  for (int64_t c = 0; c < R; ++c) {
+    const double f = pos >= 0 ? static_cast<double>(freqs[pos * R + c]) : 0.0;
+    cs[c] = std::cos(f);
+    sn[c] = std::sin(f);
+  }
+}
+
 template <typename In>
 QkRopeOutputs forward(const QkRopeProblem& p, std::span<const In> qkv, std::span<const In> wq,
                       std::span<const In> wk, std::span<const float> freqs) {
@@ -44,11 +55,7 @@ QkRopeOutputs forward(const QkRopeProblem& p, std::span<const In> qkv, std::span
     std::vector<double> n(D), cs(R), sn(R);
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t pos = rope_position(p, s);
-      for (int64_t c = 0; c < R; ++c) {
-        const double f = pos >= 0 ? static_cast<double>(freqs[pos * R + c]) : 0.0;
-        cs[c] = std::cos(f);
-        sn[c] = std::sin(f);
-      }
+      row_angles(p, freqs, s, cs, sn);
       for (int64_t b = 0; b < p.B; ++b) {
         const In* row = qkv.data() + (s * p.B + b) * Wd;
         for (int j = 0; j < p.heads(); ++j) {
@@ -132,11 +139,7 @@ QkRopeGrads qk_norm_half_rope_bwd(const QkRopeProblem& p, std::span<const float>
     std::vector<double> gp(D), cs(R), sn(R);
     for (int64_t s = s0; s < s1; ++s) {
       const int64_t pos = rope_position(p, s);
-      for (int64_t c = 0; c < R; ++c) {
-        const double f = pos >= 0 ? static_cast<double>(freqs[pos * R + c]) : 0.0;
-        cs[c] = std::cos(f);
-        sn[c] = std::sin(f);
-      }
+      row_angles(p, freqs, s, cs, sn);
       double* dw = part.data() + s * 2 * D;
       for (int64_t b = 0; b < p.B; ++b) {
         const float* row = qkv.data() + (s * p.B + b) * Wd;
