@@ -14,6 +14,7 @@
 #include "kiln/router_gemm_args.h"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -51,7 +52,10 @@ enum : uint32_t {
   kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
   kFwdTmaXmc = 13,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16
+  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16,
+  // dx and dw in one cooperative launch, co-tiled (router_gemm_bwd_fused.cuh; precision standard; wm = x chunks
+  // prefetched into L2 ahead of the ring, wn = most T ranges).
+  kBwdFused = 17
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
@@ -107,6 +111,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
     return;
   }
+  if (s.kernel == kBwdFused) {
+    source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E], s.config[C_WM]);
+    return;
+  }
   if (s.kernel == kW16) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     name = fmt::format("kiln::router_gemm_w16_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
@@ -142,6 +151,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
+  if (s.kernel == kBwdFused)  // slack + the resident w block (ceil(E/64) × 16 KiB) + 2 stages of 80 KiB + mbarriers
+    return 1024 + static_cast<int>((s.params[P_E] + 63) / 64) * 16384 + 2 * 81920 + 64;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
@@ -196,6 +207,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
+  if (s.kernel == kBwdFused) return 512;  // producer + 2 dw warpgroups + 1 dx warpgroup
   if (s.kernel == kW16) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
@@ -210,6 +222,11 @@ int threads(const Specialization& s) {
 bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
   if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
+  if (s.kernel == kBwdFused)  // 64-token chunks × 128 columns a CTA, 2 stages, up to wn (≤ 8) T ranges, wm x chunks
+                              // prefetched into L2 (0, 2 or 4)
+    return has_wgmma(s.arch) && s.params[P_E] <= 256 && s.config[C_BM] == 64 && s.config[C_BN] == 128 &&
+           s.config[C_BK] == 64 && (s.config[C_WM] == 0 || s.config[C_WM] == 2 || s.config[C_WM] == 4) &&
+           s.config[C_WN] >= 1 && s.config[C_WN] <= 8 && s.config[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   if (s.kernel == kDx90 || s.kernel == kDw90) {  // wgmma backward: sm_90a; wm = warpgroups, wn = m64 blocks each
@@ -277,7 +294,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_fused"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -311,6 +328,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_E] = E;
   switch (kernel) {
     case kW16:  // no tile config
+      break;
+    case kBwdFused:  // 64-token chunks, 128 columns, up to 8 T ranges (16 × 8 = 128 CTAs at K = 2048), no x prefetch
+      set_config(s, 64, 128, 64, 0, 8, 2);
       break;
     case kDxTma:
     case kDxTmaF16:
@@ -405,6 +425,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   };
   add(def);
   if (base.kernel == kDwReduce || base.kernel == kW16) return;
+  if (base.kernel == kBwdFused) {  // x prefetch distance
+    Specialization s = def;
+    for (int pf : {2, 4}) {
+      set_config(s, 64, 128, 64, pf, 8, 2);
+      add(s);
+    }
+    return;
+  }
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
@@ -571,7 +599,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
          {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
-          kDwTmaF16, kW16})
+          kDwTmaF16, kW16, kBwdFused})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -886,6 +914,27 @@ uint32_t dx_tma_kernel(int precision) {
 uint32_t dw_tma_kernel(int precision) {
   return precision == 0 ? kDwTmaF16 : precision == 1 || precision == 4 ? kDwTma : kDwTmaBf16;
 }
+// The co-tiled backward's grid: ceil(K/128) column blocks × R token ranges of `rows` tokens (a multiple of 64), R at
+// most wn (≤ 8) and at most the SMs over the column blocks (a cooperative launch: every CTA resident, one a SM),
+// no empty range; `slice` dw rows reduced by each range's CTAs. Workspace: g_hi and g_lo [T, E] bf16 (T·E fp32
+// slots), then the range partials [R, K, 256] fp32. ranges = 0: the grid cannot be resident at once.
+struct FusedPlan {
+  int blocks = 0, ranges = 0, rows = 0, slice = 0;
+  int64_t workspace_elems = 0;
+};
+FusedPlan fused_plan(const Specialization& s, int64_t T, int64_t K, int64_t E, int sms) {
+  FusedPlan p;
+  if (T <= 0) return p;
+  const int64_t blocks = (K + 127) / 128, chunks = (T + 63) / 64;
+  const int64_t ranges = std::min<int64_t>({s.config[C_WN], sms / blocks, chunks});
+  if (ranges < 1) return p;
+  p.blocks = static_cast<int>(blocks);
+  p.rows = static_cast<int>((chunks + ranges - 1) / ranges * 64);
+  p.ranges = static_cast<int>((T + p.rows - 1) / p.rows);
+  p.slice = static_cast<int>(round_up((E + p.ranges - 1) / p.ranges, 4));
+  p.workspace_elems = T * E + p.ranges * K * 256;
+  return p;
+}
 // The fp16 pass's w operand in the workspace, after dw's partials: w16 [E, K] fp16 (E·K/2 fp32 slots) and 2^c_k [K].
 int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 
@@ -929,6 +978,60 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
     ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
+  if (variant == 3) {  // the co-tiled kernel (precision standard, dx and dw, T > 0); otherwise the TMA kernels
+    const Specialization s = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx);
+    const FusedPlan plan = precision == 4 && dx.defined() && dw.defined() ? fused_plan(s, T, K, E, sm_count(rt))
+                                                                          : FusedPlan{};
+    if (plan.ranges > 0) {
+      if (workspace.defined() && workspace.numel() < plan.workspace_elems)
+        ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements for the co-tiled backward, got {}",
+                                                plan.workspace_elems, workspace.numel()));
+      CUdeviceptr owned = 0;
+      float* ws = static_cast<float*>(workspace.data);
+      if (!workspace.defined()) {
+        owned = impl.alloc_async(static_cast<size_t>(plan.workspace_elems) * 4, stream);
+        ws = reinterpret_cast<float*>(owned);
+      }
+      RouterGemmBwdFusedArgs a{};
+      a.hi = ws;
+      a.lo = reinterpret_cast<char*>(ws) + T * E * 2;
+      a.partial = ws + T * E;
+      encode_tma_2d(a.tmh, a.hi, E, T, E * 2, 64);
+      encode_tma_2d(a.tml, a.lo, E, T, E * 2, 64);
+      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
+      encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
+      a.g = static_cast<const float*>(g.data);
+      a.g_stride = gr.stride;
+      a.dx = dx.data;
+      a.dx_stride = dxr.stride;
+      a.dw = static_cast<float*>(dw.data);
+      a.T = static_cast<int>(T);
+      a.split_rows = plan.rows;
+      a.slice = plan.slice;
+      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(plan.blocks);
+      d.grid[1] = static_cast<unsigned>(plan.ranges);
+      d.block[0] = static_cast<unsigned>(threads(s));
+      d.smem = static_cast<unsigned>(smem_bytes(s));
+      // The grid barriers wait for every CTA: the driver guarantees they are all resident, or refuses the launch
+      // (fewer SMs available: MPS, green contexts) — then the two TMA kernels run instead.
+      d.cooperative = true;
+      bool launched = true;
+      try {
+        impl.launch(s, d, stream, a);
+      } catch (const DeviceError& e) {
+        log(LogLevel::warn, "router_gemm_fp32_bwd: cooperative launch refused ({}); running the two-kernel backward",
+            e.what());
+        launched = false;
+      }
+      if (owned) impl.free_async(owned, stream);
+      if (launched) return;
+    }
+    variant = 2;  // (with its default configs: a forced config named the co-tiled kernel's)
+    force_dx = force_dw = nullptr;
+  }
   if (variant == 2) {
     if (T == 0) {  // dx has no rows; dw is an empty sum: zeros
       if (!dw.defined()) return;
@@ -1189,6 +1292,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   } else if (part.ends_with("_tma")) {
     variant = 2;
     part.resize(part.size() - 4);
+  } else if (part.ends_with("_fused")) {  // the co-tiled backward (one cooperative launch)
+    variant = 3;
+    part.resize(part.size() - 6);
   } else if (part.ends_with("_sm90")) {
     variant = 1;
     part.resize(part.size() - 5);
@@ -1249,7 +1355,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "dx_sm90",    "dw_sm90",     "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32"};
+                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_fused"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -57,6 +57,28 @@ struct RouterGemmDxTmaArgs {
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
+// The co-tiled backward (router_gemm_bwd_fused.cuh, precision standard): one cooperative launch of (ceil(K/128), R)
+// CTAs, CTA (n, r) = columns [128n, 128n + 128) × tokens [r·split_rows, …). tmh / tml: g_hi / g_lo [T, E] bf16 (the
+// workspace, written by the kernel from g), tmx: x [T, K], tmw: w [E, K]; all in boxes of 64 columns × 64 rows.
+// partial: [R, K, 256] fp32 (the workspace): each range's dwᵀ; CTA (n, r) then adds expert rows [r·slice, …) of its
+// column block's R partials in range order into dw.
+struct RouterGemmBwdFusedArgs {
+  RgTensorMap tmh;
+  RgTensorMap tml;
+  RgTensorMap tmx;
+  RgTensorMap tmw;
+  const float* g; long long g_stride;   // elements between rows of g
+  void* hi;                             // [T, E] bf16 (workspace)
+  void* lo;                             // [T, E] bf16 (workspace)
+  void* dx; long long dx_stride;        // elements between rows of dx
+  float* partial;                       // [R, K, 256] fp32 (workspace)
+  float* dw;                            // [E, K] contiguous
+  int T;
+  int split_rows;                       // tokens a range (a multiple of 64; every range holds ≥ 1 token)
+  int slice;                            // dw rows a range's CTAs reduce (a multiple of 4; R · slice ≥ E)
+  int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
+  unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA, CTA r·NB + n
+};
 // The fp16 pass's operand prep (router_gemm_w16_kernel): w16[e, k] = fp16(w[e, k] · 2^−c_k) with c_k from column k's
 // amax over E, and colf[k] = 2^c_k.
 struct RouterGemmW16Args {

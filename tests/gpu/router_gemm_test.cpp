@@ -1340,5 +1340,171 @@ TEST_F(RouterGemmTest, BwdKeepsTheFp32Gradient) {
   RecordProperty("bf16_g_rel_l2", std::to_string(err16));
 }
 
+// ---- the co-tiled backward (variant 3: dx and dw in one cooperative launch, precision standard) ----------------
+// dx must equal the TMA kernel's bf16(g) dx bit for bit (the same k16 products in the same order); dw meets the hi +
+// lo bound (its T-range sums are added in another order than the two-kernel path's). Shapes as everywhere: T = 0
+// falls back to the TMA kernels, K = 7168 runs 56 column blocks × 2 ranges, K = 2056 a last column block of 8
+// columns, E = 8 / 64 / 160 partial expert atoms, T = 1 / 7 / 127 a partial (only) chunk.
+class RouterGemmBwdFused : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
+
+TEST_P(RouterGemmBwdFused, MatchesReference) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const auto [T, K, E] = GetParam();
+  if (E > 256) GTEST_SKIP();
+  const uint64_t seed = mix_seed({0xf5, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+  SCOPED_TRACE("seed " + std::to_string(seed));
+  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+  const Bwd f = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/3, /*precision=*/4);
+  const Bwd t = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, /*variant=*/2, /*precision=*/2);
+  EXPECT_TRUE(f.guards_ok) << "written outside dx or dw";
+  EXPECT_TRUE(bitwise_equal("dx (co-tiled vs TMA bf16(g))", f.dx, t.dx));
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const auto rdx = close_to("dx", f.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); });
+  EXPECT_TRUE(rdx);
+  const auto rdw = close_to("dw", f.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); });
+  EXPECT_TRUE(rdw);
+  RecordProperty("dx", rdx.message());
+  RecordProperty("dw", rdw.message());
+}
+
+INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdFused, ::testing::ValuesIn(shapes()), shape_name);
+
+// NaN / ±inf in g propagate (hi carries them, lo is 0), extreme magnitudes keep their bound, repeated runs give the
+// same bits; every search-space point (x prefetch distance); a caller's workspace of exactly the size it needs.
+TEST_F(RouterGemmTest, BwdFusedNonFiniteDeterministicAndConfigs) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 1200, K = 2048, E = 256;
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xd5}), 0.02f);
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xd6}), 1.0f);
+  std::vector<float> g = randn(T * E, mix_seed({0xd7}), 1e-4f);
+  g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
+  g[50 * E + 100] = std::numeric_limits<float>::infinity();
+  g[1150 * E + 200] = -std::numeric_limits<float>::infinity();
+  for (int64_t t = 600; t < 640; ++t) g[t * E + 17] *= 1e30f;  // large and tiny values in one column / row
+  for (int64_t e = 0; e < E; ++e) g[900 * E + e] *= 1e-30f;
+  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
+  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
+  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 3, 4);
+  const Bwd b2 = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 3, 4);
+  EXPECT_TRUE(b.guards_ok);
+  EXPECT_TRUE(bitwise_equal("dw twice", b2.dw, b.dw));
+  EXPECT_TRUE(bitwise_equal("dx twice", b2.dx, b.dx));
+  EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound_bf16g(dx, i, E); }));
+  EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
+  for (const auto& cfg : space(/*kBwdFused=*/17, K, E)) {
+    SCOPED_TRACE(fmt_config(cfg));
+    const Bwd c = run_bwd(g, x, w, T, K, E, true, true, &cfg, nullptr, false, 3, 4);
+    EXPECT_TRUE(bitwise_equal("dw (config)", c.dw, b.dw));
+    EXPECT_TRUE(bitwise_equal("dx (config)", c.dx, b.dx));
+  }
+  // A caller's workspace: g_hi, g_lo (T·E fp32 slots) and the range partials (R·K·256), R = 8 here.
+  Runtime& r = rt();
+  const int64_t ws_elems = T * E + 8 * K * 256;
+  DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
+  DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4), wsb(r, ws_elems * 4);
+  wsb.poison();
+  detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                      wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
+                                      dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 3, 4, nullptr,
+                                      nullptr, nullptr);
+  synchronize();
+  EXPECT_TRUE(wsb.guards_intact());
+  EXPECT_TRUE(bitwise_equal("dw (caller's workspace)", dwb.download<float>(E * K), b.dw));
+  EXPECT_TRUE(bitwise_equal("dx (caller's workspace)", download(dxb, DType::bf16, T * K), b.dx));
+  // One element short: a typed error naming the workspace.
+  DeviceBuffer small(r, (ws_elems - 1) * 4);
+  EXPECT_THROW(detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                                   wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
+                                                   dwb.ref(DType::f32, {E, K}), small.ref(DType::f32, {ws_elems - 1}),
+                                                   3, 4, nullptr, nullptr, nullptr),
+               ShapeMismatchError);
+}
+
+// Per-CTA timeline of the co-tiled backward at 8192 × 2048 → 256 (measurement; prints): one traced call after an L2
+// flush per x-prefetch distance, µs after the first CTA's entry (min / p10 / p50 / p90 / max over the CTAs): entry,
+// the TMA thread's first issue, first stage landed (dw warpgroup 1), last stage landed, MMAs done, partial written +
+// grid barrier passed, dw slice reduced, exit. The traced outputs must equal the untraced ones bit for bit.
+TEST_F(RouterGemmTest, BwdFusedTimeline) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb5}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb6}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xb7}), 1e-4f);
+  DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
+  DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
+  const int64_t ws_elems = T * E + 8 * K * 256;
+  DeviceBuffer wsb(r, ws_elems * 4);
+  const size_t slots = 1024 * static_cast<size_t>(kRgTraceSlots);
+  DeviceBuffer tb(r, slots * 8);
+  detail::L2Flusher l2(r, nullptr);
+  for (const int pf : {0, 2, 4}) {
+    const detail::RouterGemmConfig cfg{64, 128, 64, pf, 8, 2};
+    SCOPED_TRACE("x prefetch " + std::to_string(pf));
+    auto call = [&] {
+      detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                          wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
+                                          dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 3, 4, &cfg,
+                                          nullptr, nullptr);
+    };
+    call();
+    synchronize();
+    const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
+    const std::vector<float> dw0 = dwb.download<float>(E * K);
+    tb.fill(0);
+    l2.flush(nullptr);
+    detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
+    call();
+    synchronize();
+    detail::router_gemm_trace.store(nullptr);
+    EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
+    EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
+    const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
+    auto at = [&](int c, int slot) { return tr[static_cast<size_t>(c) * kRgTraceSlots + slot]; };
+    int n = 0;
+    while (n < 1024 && at(n, kRgTraceStartNs) != 0) ++n;
+    ASSERT_GT(n, 0);
+    std::vector<double> rate;
+    uint64_t t0 = ~0ull;
+    for (int c = 0; c < n; ++c) {
+      const uint64_t gs = at(c, kRgTraceStartNs), ge = at(c, kRgTraceEndNs);
+      const uint64_t cs = at(c, kRgTraceStartClk), ce = at(c, kRgTraceWg0 + kRgTraceFenced);
+      if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+      t0 = std::min(t0, gs);
+    }
+    ASSERT_FALSE(rate.empty());
+    std::sort(rate.begin(), rate.end());
+    const double ghz = rate[rate.size() / 2];
+    std::printf("[bwd fused timeline] x prefetch %d: %d CTAs, SM clock %.3f GHz; µs after the first CTA entry "
+                "(min / p10 / p50 / p90 / max)\n", pf, n, ghz);
+    const char* names[8] = {"entry", "first tma", "first full", "last full", "mma done", "barrier", "reduced", "exit"};
+    std::vector<std::vector<double>> col(8);
+    for (int c = 0; c < n; ++c) {
+      const double st = (static_cast<double>(at(c, kRgTraceStartNs)) - static_cast<double>(t0)) / 1000.0;
+      auto rel = [&](uint64_t clk) {
+        return clk ? st + (static_cast<double>(clk) - at(c, kRgTraceStartClk)) / ghz / 1000.0 : -1.0;
+      };
+      col[0].push_back(st);
+      col[1].push_back(rel(at(c, kRgTraceProducerFirst)));
+      col[2].push_back(rel(at(c, kRgTraceWg0 + kRgTraceFirstFull)));
+      col[3].push_back(rel(at(c, kRgTraceWg0 + kRgTraceLastFull)));
+      col[4].push_back(rel(at(c, kRgTraceWg0 + kRgTraceMmaDone)));
+      col[5].push_back(rel(at(c, kRgTraceWg0 + kRgTraceStored)));
+      col[6].push_back(rel(at(c, kRgTraceWg0 + kRgTraceFenced)));
+      col[7].push_back((static_cast<double>(at(c, kRgTraceEndNs)) - static_cast<double>(t0)) / 1000.0);
+      EXPECT_LE(at(c, kRgTraceWg0 + kRgTraceLastFull), at(c, kRgTraceWg0 + kRgTraceMmaDone)) << "CTA " << c;
+    }
+    for (int q = 0; q < 8; ++q) {
+      std::vector<double> v = col[q];
+      std::sort(v.begin(), v.end());
+      auto qq = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
+      std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", names[q], v.front(), qq(0.1), qq(0.5), qq(0.9), v.back());
+    }
+  }
+}
+
 }  // namespace
 }  // namespace kiln::test

@@ -1,0 +1,352 @@
+// kiln/router_gemm_bwd_fused.cuh — Hopper (sm_90a) router GEMM backward, dx and dw in one cooperative launch.
+//
+//   dx[t, k] = Σ_e bf16(g)[t, e] · w[e, k]   (dx bf16)      dw[e, k] = Σ_t (g_hi + g_lo)[t, e] · x[t, k]   (dw fp32)
+//
+// Precision `standard` (the same products as the two-kernel TMA backward: dx from g_hi = bf16(g), dw from g_hi and
+// g_lo = bf16(g − g_hi), rg::split_bf16x2), fp32 accumulation.
+//
+// CTA (n, r) of the (ceil(K/128), R) grid owns hidden columns [128n, 128n + 128) and token range r (split_rows
+// tokens, a multiple of 64). It computes dx of its tokens × its columns and dw's partial over its tokens for all E ×
+// its columns, from the same landed tiles ("co-tiled"): per 64-token chunk the producer lands g_hi and g_lo
+// [64 tokens × 256 experts] (bf16, 4 + 4 swizzled atoms of 64 × 64) and x [64 tokens × 128 columns] (2 atoms) into a
+// 2-stage ring; w's [256 experts × 128 columns] block stays resident (loaded once).
+//  * dwᵀ [128 columns × 256 experts] += xᵀ · g_hi + xᵀ · g_lo: warpgroup 1 + j owns columns 64j … 64j + 63
+//    (A = its x atom read M-major, B = the g tile N-major), 2 × m64n128k16 (expert halves) from shared memory, 128
+//    accumulators.
+//  * dx [64 tokens × 128 columns] = g_hi · w: warpgroup 3 (A = the g_hi tile read K-major, B = the resident w block
+//    N-major), m64n128k16 over the E/16 k-steps, 64 accumulators, stored as bf16 straight from the registers. (One
+//    warpgroup holding both dx's 64 and dw's 128 accumulators ran out of registers: ptxas spilled and serialized.)
+// g_hi / g_lo come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g
+// (fp32, read once) in three phases — chunk 0 of every range, chunks 1–3, the rest — each CTA a contiguous share of
+// its range's rows, each phase closed by a grid barrier (the driver's cooperative barrier word); the TMA thread waits
+// for a phase only before the first chunk that needs it, so the consumers multiply chunk 0 while later chunks are
+// being split. At the end each CTA writes its fp32 dwᵀ partial to the workspace ([R][K][256]), a last grid barrier,
+// and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of its column block's R partials in range order
+// (deterministic) and writes them to dw.
+#pragma once
+#include "kiln/grid_sync.cuh"
+#include "kiln/router_gemm_bwd_tma.cuh"
+
+namespace kiln {
+namespace rgf {
+
+// One arrival on the grid barrier (the driver's cooperative barrier word, grid_sync.cuh's algorithm), made by one
+// thread on behalf of threads that synchronized with it before: a GPU-scope fence, then the release add. Returns the
+// token for wait(). Every CTA must have waited for barrier k before it arrives at barrier k + 1.
+__device__ __forceinline__ u32 gbar_arrive() {
+  const u32 expected = gridDim.x * gridDim.y * gridDim.z;
+  const u32 nb = blockIdx.x + blockIdx.y + blockIdx.z == 0 ? 0x80000000u - (expected - 1) : 1u;
+  u32 old;
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+  asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(grid_barrier_word()), "r"(nb) : "memory");
+  return old;
+}
+// Spins (acquire, GPU scope) until every CTA has arrived; traps after 2 s (a CTA that can never arrive).
+__device__ __forceinline__ void gbar_wait(u32 token) {
+  const u32* word = grid_barrier_word();
+  u64 t0 = 0;
+  for (u32 n = 0;; ++n) {
+    u32 cur;
+    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
+    if ((token ^ cur) & 0x80000000u) break;
+    if ((n & 1023u) == 0) {
+      u64 t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      if (n == 0) t0 = t;
+      else if (t - t0 > 2000000000ull) __trap();
+    }
+  }
+}
+// Orders this thread's generic-proxy global accesses with its later async-proxy (TMA) ones.
+__device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;" ::: "memory"); }
+// Pulls a tensor-map box into L2 (no shared memory, no barrier).
+__device__ __forceinline__ void tma_prefetch_2d(const void* tmap, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
+               "r"(c0), "r"(c1)
+               : "memory");
+}
+// Named barrier 5 over the producer warpgroup's warps 1–3 (the g splitters).
+__device__ __forceinline__ void bar_sync_splitters() { asm volatile("bar.sync 5, 96;" ::: "memory"); }
+// The split phases of a range of `chunks` 64-token chunks: phase p covers chunks [first(p), first(p + 1)).
+__device__ __forceinline__ int phase_first(int p, int chunks) {
+  const int f = p == 0 ? 0 : p == 1 ? 1 : p == 2 ? 4 : chunks;
+  return f < chunks ? f : chunks;
+}
+__device__ __forceinline__ int phase_of(int c) { return c < 1 ? 0 : c < 4 ? 1 : 2; }
+
+}  // namespace rgf
+
+// Grid (ceil(K/128), R) CTAs of 512 threads (producer + splitters, 2 dw warpgroups, 1 dx warpgroup), cooperative (every CTA resident: the grid barriers). Shared memory:
+// 1 KiB slack, the w block (ceil(E/64) × 2 atoms of 64 experts × 64 columns), 2 stages of 80 KiB (g_hi 4 atoms,
+// g_lo 4 atoms, x 2 atoms), 7 mbarriers. PF: x chunks requested into L2 ahead of the ring (0 = none).
+template <int K, int E, int PF>
+__global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  constexpr int ATOM = 8192, EC = (E + 63) / 64, KS_DX = EC * 4;
+  constexpr int W_BYTES = EC * 2 * ATOM;
+  constexpr int HI = 0, LO = 4 * ATOM, XO = 8 * ATOM, STAGE = 10 * ATOM;
+  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+  static_assert(K % 8 == 0, "K: a multiple of 8");
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = smem_u32(smem_raw);
+  const u32 base = (raw + 1023u) & ~1023u;
+  const u32 wsm = base, ring = base + W_BYTES, bars = ring + 2 * STAGE;
+  // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, split phase p ready at bars + 40 + 8p
+  const u32 wbar = bars + 32, ready = bars + 40;
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int nblk = blockIdx.x, r = blockIdx.y, NB = gridDim.x;
+  const int n0 = nblk * 128;
+  const int t0 = r * a.split_rows;
+  const int rows = a.T - t0 < a.split_rows ? a.T - t0 : a.split_rows;  // ≥ 1 (the host makes no empty range)
+  const int chunks = (rows + 63) / 64;
+  const int xatoms = K - n0 > 64 ? 2 : 1;  // 64-column atoms of this column block inside K
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(r * NB + nblk) * kRgTraceSlots : nullptr;  // (measurement)
+  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
+
+  if (tid == 0) {
+    for (int s = 0; s < 2; ++s) {
+      rgt::mbar_init(bars + 8 * s, 1);
+      rgt::mbar_init(bars + 16 + 8 * s, 3);  // the dx and both dw warpgroups read every stage
+    }
+    rgt::mbar_init(wbar, 1);
+    for (int p = 0; p < 3; ++p) rgt::mbar_init(ready + 8 * p, 1);
+    rgt::fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {
+    rgt::setmaxnreg_dec<32>();  // 32 + 3 × 160 = 512 registers a thread-quad: the whole file
+    if (tid == 0) {  // TMA
+      rgt::prefetch_tmap(&a.tmh);
+      rgt::prefetch_tmap(&a.tml);
+      rgt::prefetch_tmap(&a.tmx);
+      rgt::prefetch_tmap(&a.tmw);
+      const u64 first_clk = trace ? rgt::clk() : 0;
+      rgt::mbar_expect_tx(wbar, EC * xatoms * ATOM);
+      for (int ec = 0; ec < EC; ++ec)
+        for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(wsm + ec * 2 * ATOM + q * ATOM, &a.tmw, wbar, n0 + 64 * q, 64 * ec);
+      if constexpr (PF > 0)
+        for (int c = 0; c < PF && c < chunks; ++c)
+          for (int q = 0; q < xatoms; ++q) rgf::tma_prefetch_2d(&a.tmx, n0 + 64 * q, t0 + 64 * c);
+      int waited = 0;  // split phases this thread has waited for
+      for (int c = 0; c < chunks; ++c) {
+        const int s = c & 1;
+        if (waited <= rgf::phase_of(c)) {
+          while (waited <= rgf::phase_of(c)) rgt::mbar_wait(ready + 8 * waited++, 0);
+          rgf::fence_proxy_async_global();  // g_hi / g_lo were written by generic stores (other CTAs, acquired)
+        }
+        rgt::mbar_wait(bars + 16 + 8 * s, ((c >> 1) & 1) ^ 1);
+        if constexpr (PF > 0)
+          if (c + PF < chunks)
+            for (int q = 0; q < xatoms; ++q) rgf::tma_prefetch_2d(&a.tmx, n0 + 64 * q, t0 + 64 * (c + PF));
+        const u32 full = bars + 8 * s, st = ring + s * STAGE;
+        const int t = t0 + 64 * c;
+        if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
+          rgt::mbar_expect_tx(full, 0);
+        } else {
+          rgt::mbar_expect_tx(full, (2 * EC + xatoms) * ATOM);
+          for (int ec = 0; ec < EC; ++ec) {
+            rgt::tma_load_2d(st + HI + ec * ATOM, &a.tmh, full, 64 * ec, t);
+            rgt::tma_load_2d(st + LO + ec * ATOM, &a.tml, full, 64 * ec, t);
+          }
+          for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(st + XO + q * ATOM, &a.tmx, full, n0 + 64 * q, t);
+        }
+      }
+      if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
+    } else if (tid >= 32) {  // warps 1–3: g → g_hi, g_lo (phases), each phase closed by a grid barrier
+      const int sp = tid - 32;  // 0 … 95
+      constexpr int EQ = E / 4;  // float4 pieces of a g row
+      for (int p = 0; p < 3; ++p) {
+        const int lo_row = t0 + 64 * rgf::phase_first(p, chunks);
+        int hi_row = t0 + 64 * rgf::phase_first(p + 1, chunks);
+        hi_row = hi_row < t0 + rows ? hi_row : t0 + rows;
+        const int n = hi_row - lo_row, per = (n + NB - 1) / NB;
+        const int my0 = lo_row + nblk * per, my1 = my0 + per < hi_row ? my0 + per : hi_row;
+        const int items = my1 > my0 ? (my1 - my0) * EQ : 0;
+        for (int i0 = 0; i0 < items; i0 += 2 * 96) {  // 2 loads in flight a thread (32 registers)
+          float4 v[2];
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int i = i0 + b * 96 + sp;
+            if (i < items) {
+              const int row = my0 + i / EQ, q = i % EQ;
+              v[b] = __ldg(reinterpret_cast<const float4*>(a.g + static_cast<i64>(row) * a.g_stride) + q);
+            }
+          }
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int i = i0 + b * 96 + sp;
+            if (i < items) {
+              const int row = my0 + i / EQ, q = i % EQ;
+              u32 h0, l0, h1, l1;
+              rg::split_bf16x2(v[b].x, v[b].y, h0, l0);
+              rg::split_bf16x2(v[b].z, v[b].w, h1, l1);
+              const i64 off = (static_cast<i64>(row) * E + 4 * q) * 2;
+              asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(static_cast<char*>(a.hi) + off), "r"(h0), "r"(h1)
+                           : "memory");
+              asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(static_cast<char*>(a.lo) + off), "r"(l0), "r"(l1)
+                           : "memory");
+            }
+          }
+        }
+        rgf::fence_proxy_async_global();  // these generic writes are read by TMA (async proxy) in other CTAs
+        rgf::bar_sync_splitters();
+        if (sp == 0) {
+          rgf::gbar_wait(rgf::gbar_arrive());
+          rgt::mbar_arrive_local(ready + 8 * p);
+        }
+      }
+    }
+  } else {
+    // One setmaxnreg for all three consumer warpgroups (ptxas honours the raised budget only where a single
+    // producer / consumer split dominates the code: a separate dec for the dx warpgroup left the dw region at 128).
+    rgt::setmaxnreg_inc<160>();
+   if (wg == 3) {  // dx: 64 tokens × 128 columns a chunk, bf16 straight from the registers
+    const int lane = tid & 31, warp = (tid >> 5) & 3;
+    const bool mma = !(a.flags & kRgSkipMma);  // (ablation)
+    float dxa[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) dxa[i] = 0.f;
+    rgt::mbar_wait(wbar, 0);
+    for (int c = 0; c < chunks; ++c) {
+      const int s = c & 1;
+      rgt::mbar_wait(bars + 8 * s, (c >> 1) & 1);
+      const u32 st = ring + s * STAGE;
+      if (mma) {
+#pragma unroll
+        for (int i = 0; i < 64; ++i) dxa[i] = 0.f;
+        rg90::fence_regs(dxa);
+        rg90::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < KS_DX; ++ks)
+          rg90::wgmma_ss<128, 0, 1>(dxa, rg90::desc_sw128(st + HI + (ks >> 2) * ATOM + (ks & 3) * 32),
+                                    rg90::desc_sw128_mn(wsm + (ks >> 2) * 2 * ATOM + (ks & 3) * 2048, ATOM));
+        rg90::wgmma_commit();
+      }
+      rg90::wgmma_wait<0>();
+      rg90::fence_regs(dxa);
+      if ((tid & 127) == 0) rgt::mbar_arrive_local(bars + 16 + 8 * s);  // done with the stage
+      if (!(a.flags & kRgSkipStore)) {
+        const int m0 = t0 + 64 * c;
+#pragma unroll
+        for (int i = 0; i < 64; i += 2) {
+          const int row = m0 + warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
+          if (row < a.T && col < K)
+            asm volatile("st.global.b32 [%0], %1;" ::"l"(static_cast<char*>(a.dx) +
+                                                        (static_cast<i64>(row) * a.dx_stride + col) * 2),
+                         "r"(rgt::cvt_bf16x2(dxa[i], dxa[i + 1]))
+                         : "memory");
+        }
+      }
+    }
+  } else {  // dw: warpgroup j = columns 64j … 64j + 63 of dwᵀ, all (up to 256) experts
+    const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid >> 5) & 3;
+    u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 1's lead)
+    const bool mma = !(a.flags & kRgSkipMma);  // (ablation)
+    // Two m64n128 accumulator halves (experts 0–127, 128–255): with 512 threads ptxas admits no instruction
+    // needing more than 128 registers, and an m64n256 wgmma needs ≈ 154.
+    float acc[2][64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[0][i] = acc[1][i] = 0.f;
+    for (int c = 0; c < chunks; ++c) {
+      const int s = c & 1;
+      rgt::mbar_wait(bars + 8 * s, (c >> 1) & 1);
+      if (tw) tw[c == 0 ? kRgTraceFirstFull : kRgTraceLastFull] = rgt::clk();
+      const u32 st = ring + s * STAGE;
+      if (mma) {
+        rg90::fence_regs(acc[0]);
+        rg90::fence_regs(acc[1]);
+        rg90::wgmma_fence();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+          const u64 ax = rg90::desc_sw128_mn(st + XO + j * ATOM + ks * 2048, ATOM);
+#pragma unroll
+          for (int h = 0; h < (EC > 2 ? 2 : 1); ++h) {
+            rg90::wgmma_ss<128, 1, 1>(acc[h], ax, rg90::desc_sw128_mn(st + HI + 2 * h * ATOM + ks * 2048, ATOM));
+            rg90::wgmma_ss<128, 1, 1>(acc[h], ax, rg90::desc_sw128_mn(st + LO + 2 * h * ATOM + ks * 2048, ATOM));
+          }
+        }
+        rg90::wgmma_commit();
+      }
+      // The previous chunk's MMAs have completed: its stage goes back to the producer.
+      rg90::wgmma_wait<1>();
+      if (c > 0 && (tid & 127) == 0) rgt::mbar_arrive_local(bars + 16 + 8 * ((c - 1) & 1));
+    }
+    rg90::wgmma_wait<0>();
+    rg90::fence_regs(acc[0]);
+    rg90::fence_regs(acc[1]);
+    if (tw) tw[kRgTraceMmaDone] = rgt::clk();
+    if (!(a.flags & kRgSkipStore)) {
+      // This range's partial dwᵀ: register i of lane l (warp v) holds column n0 + 64j + 16v + l/4 + 8·((i/2) & 1),
+      // experts 8·(i/4) + 2·(l & 3) + {0, 1} → partial[r][column][expert] (8-byte stores, whole 32-byte sectors).
+      float* const part = a.partial + static_cast<i64>(r) * K * 256;
+#pragma unroll
+      for (int h = 0; h < 2; ++h)
+#pragma unroll
+        for (int i = 0; i < 64; i += 2) {
+          const int col = n0 + 64 * j + warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1);
+          const int e = 128 * h + 8 * (i >> 2) + 2 * (lane & 3);
+          if (col < K && e < E)
+            asm volatile("st.global.v2.f32 [%0], {%1, %2};" ::"l"(part + static_cast<i64>(col) * 256 + e),
+                         "f"(acc[h][i]), "f"(acc[h][i + 1])
+                         : "memory");
+        }
+      rgt::bar_sync_consumers();
+      if (ct == 0) {
+        rgt::mbar_wait(ready + 16, 0);  // this CTA has passed the split barriers (barrier order)
+        rgf::gbar_wait(rgf::gbar_arrive());
+      }
+      rgt::bar_sync_consumers();
+      if (tw) tw[kRgTraceStored] = rgt::clk();
+      // dw rows [e_lo, e_hi) × columns n0 … n0 + 127: the R partials added in range order. Item (e4, c4): 4 experts ×
+      // 4 columns; 4 × R 16-byte loads (experts contiguous), transposed in registers into 4 16-byte stores of dw.
+      const int R = gridDim.y, e_lo = r * a.slice, e_hi = e_lo + a.slice < E ? e_lo + a.slice : E;
+      const int items = (a.slice / 4) * 32;
+      for (int it = ct; it < items; it += 256) {
+        const int e = e_lo + 4 * (it >> 5), col = n0 + 4 * (it & 31);
+        if (e >= e_hi || col >= K) continue;
+        float4 sum[4];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {  // ranges 4h … 4h + 3: 16 loads in flight
+          float4 v[4][4];
+#pragma unroll
+          for (int rr = 0; rr < 4; ++rr)
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              if (4 * h + rr < R)
+                v[rr][q] = __ldcg(reinterpret_cast<const float4*>(a.partial + (static_cast<i64>(4 * h + rr) * K + col + q) * 256 + e));
+#pragma unroll
+          for (int rr = 0; rr < 4; ++rr)
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+              if (4 * h + rr < R) {
+                if (h == 0 && rr == 0) {
+                  sum[q] = v[rr][q];
+                } else {
+                  sum[q].x += v[rr][q].x;
+                  sum[q].y += v[rr][q].y;
+                  sum[q].z += v[rr][q].z;
+                  sum[q].w += v[rr][q].w;
+                }
+              }
+        }
+        float* const d = a.dw + static_cast<i64>(e) * K + col;
+        __stcg(reinterpret_cast<float4*>(d), make_float4(sum[0].x, sum[1].x, sum[2].x, sum[3].x));
+        __stcg(reinterpret_cast<float4*>(d + K), make_float4(sum[0].y, sum[1].y, sum[2].y, sum[3].y));
+        __stcg(reinterpret_cast<float4*>(d + 2 * K), make_float4(sum[0].z, sum[1].z, sum[2].z, sum[3].z));
+        __stcg(reinterpret_cast<float4*>(d + 3 * K), make_float4(sum[0].w, sum[1].w, sum[2].w, sum[3].w));
+      }
+    }
+    if (tw) {
+      tw[kRgTraceFenced] = rgt::clk();
+      trace[kRgTraceEndNs] = rgt::gtimer();
+    }
+  }
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace kiln
