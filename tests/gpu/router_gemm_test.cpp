@@ -1400,9 +1400,12 @@ TEST_F(RouterGemmTest, BwdFusedNonFiniteDeterministicAndConfigs) {
     EXPECT_TRUE(bitwise_equal("dw (config)", c.dw, b.dw));
     EXPECT_TRUE(bitwise_equal("dx (config)", c.dx, b.dx));
   }
-  // A caller's workspace: g_hi, g_lo (T·E fp32 slots) and the range partials (R·K·256), R = 8 here.
+  // A caller's workspace: g_hi, g_lo (T·E fp32 slots) and the range partials (R·K·256): 19 chunks of 64 tokens in
+  // ranges of 3 chunks (at most 8 ranges on 16 column blocks) → R = 7.
   Runtime& r = rt();
-  const int64_t ws_elems = T * E + 8 * K * 256;
+  const int64_t chunks = (T + 63) / 64, range_rows = (chunks + 7) / 8 * 64, R = (T + range_rows - 1) / range_rows;
+  ASSERT_EQ(R, 7);
+  const int64_t ws_elems = T * E + R * K * 256;
   DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
   DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4), wsb(r, ws_elems * 4);
   wsb.poison();
