@@ -152,7 +152,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
   if (s.kernel == kBwdFused)  // slack + the resident w block (ceil(E/64) × 16 KiB) + 2 stages of 80 KiB + mbarriers
-    return 1024 + static_cast<int>((s.params[P_E] + 63) / 64) * 16384 + 2 * 81920 + 64;
+    return 1024 + static_cast<int>((s.params[P_E] + 63) / 64) * 16384 + 2 * 81920 + 128;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers

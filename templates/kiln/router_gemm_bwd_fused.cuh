@@ -16,13 +16,13 @@
 //  * dx [64 tokens × 128 columns] = g_hi · w: warpgroup 3 (A = the g_hi tile read K-major, B = the resident w block
 //    N-major), m64n128k16 over the E/16 k-steps, 64 accumulators, stored as bf16 straight from the registers. (One
 //    warpgroup holding both dx's 64 and dw's 128 accumulators ran out of registers: ptxas spilled and serialized.)
-// g_hi / g_lo come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g
-// (fp32, read once) in three phases — chunk 0 of every range, chunks 1–3, the rest — each CTA a contiguous share of
-// its range's rows, each phase closed by a grid barrier (the driver's cooperative barrier word); the TMA thread waits
-// for a phase only before the first chunk that needs it, so the consumers multiply chunk 0 while later chunks are
-// being split. At the end each CTA writes its fp32 dwᵀ partial to the workspace ([R][K][256]), a last grid barrier,
-// and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of its column block's R partials in range order
-// (deterministic) and writes them to dw.
+// g_hi / g_lo come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g (fp32,
+// read once) in four phases — chunk 0 of every range, chunks 1–3, 4–7, the rest — each CTA a contiguous share of
+// its range's rows (pulled into L2 first by bulk prefetches), each phase closed by a grid barrier (the driver's
+// cooperative barrier word); the TMA thread waits for a phase only before the first chunk that needs it, so the
+// consumers multiply chunk 0 while later chunks are being split. At the end each CTA writes its fp32 dwᵀ partial to
+// the workspace ([R][K][256]), a last grid barrier, and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of
+// its column block's R partials in range order (deterministic) and writes them to dw.
 #pragma once
 #include "kiln/grid_sync.cuh"
 #include "kiln/router_gemm_bwd_tma.cuh"
@@ -67,18 +67,24 @@ __device__ __forceinline__ void tma_prefetch_2d(const void* tmap, int c0, int c1
 }
 // Named barrier 5 over the producer warpgroup's warps 1–3 (the g splitters).
 __device__ __forceinline__ void bar_sync_splitters() { asm volatile("bar.sync 5, 96;" ::: "memory"); }
-// The split phases of a range of `chunks` 64-token chunks: phase p covers chunks [first(p), first(p + 1)).
+// The split phases of a range of `chunks` 64-token chunks: phase p covers chunks [first(p), first(p + 1)) — chunk
+// 0, 1–3, 4–7, the rest — so each phase is split well before the consumers reach it.
+constexpr int kPhases = 4;
 __device__ __forceinline__ int phase_first(int p, int chunks) {
-  const int f = p == 0 ? 0 : p == 1 ? 1 : p == 2 ? 4 : chunks;
+  const int f = p == 0 ? 0 : p == 1 ? 1 : p == 2 ? 4 : p == 3 ? 8 : chunks;
   return f < chunks ? f : chunks;
 }
-__device__ __forceinline__ int phase_of(int c) { return c < 1 ? 0 : c < 4 ? 1 : 2; }
+__device__ __forceinline__ int phase_of(int c) { return c < 1 ? 0 : c < 4 ? 1 : c < 8 ? 2 : 3; }
+// Pulls [p, p + bytes) into L2 (no registers, no shared memory); bytes a multiple of 16.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<u64>(p)), "r"(bytes) : "memory");
+}
 
 }  // namespace rgf
 
 // Grid (ceil(K/128), R) CTAs of 512 threads (producer + splitters, 2 dw warpgroups, 1 dx warpgroup), cooperative (every CTA resident: the grid barriers). Shared memory:
 // 1 KiB slack, the w block (ceil(E/64) × 2 atoms of 64 experts × 64 columns), 2 stages of 80 KiB (g_hi 4 atoms,
-// g_lo 4 atoms, x 2 atoms), 7 mbarriers. PF: x chunks requested into L2 ahead of the ring (0 = none).
+// g_lo 4 atoms, x 2 atoms), 9 mbarriers (128 bytes reserved). PF: x chunks requested into L2 ahead of the ring (0 = none).
 template <int K, int E, int PF>
 __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -93,6 +99,7 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 wsm = base, ring = base + W_BYTES, bars = ring + 2 * STAGE;
   // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, split phase p ready at bars + 40 + 8p
+  // (4 phases: 72 bytes)
   const u32 wbar = bars + 32, ready = bars + 40;
   const int tid = threadIdx.x, wg = tid / 128;
   const int nblk = blockIdx.x, r = blockIdx.y, NB = gridDim.x;
@@ -110,7 +117,7 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
       rgt::mbar_init(bars + 16 + 8 * s, 3);  // the dx and both dw warpgroups read every stage
     }
     rgt::mbar_init(wbar, 1);
-    for (int p = 0; p < 3; ++p) rgt::mbar_init(ready + 8 * p, 1);
+    for (int p = 0; p < rgf::kPhases; ++p) rgt::mbar_init(ready + 8 * p, 1);
     rgt::fence_mbar_init();
   }
   __syncthreads();
@@ -157,17 +164,34 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
     } else if (tid >= 32) {  // warps 1–3: g → g_hi, g_lo (phases), each phase closed by a grid barrier
       const int sp = tid - 32;  // 0 … 95
       constexpr int EQ = E / 4;  // float4 pieces of a g row
-      for (int p = 0; p < 3; ++p) {
+      // This CTA's rows of phase p: a contiguous share of the phase's rows of the range.
+      auto share = [&](int p, int& my0, int& my1) {
         const int lo_row = t0 + 64 * rgf::phase_first(p, chunks);
         int hi_row = t0 + 64 * rgf::phase_first(p + 1, chunks);
         hi_row = hi_row < t0 + rows ? hi_row : t0 + rows;
         const int n = hi_row - lo_row, per = (n + NB - 1) / NB;
-        const int my0 = lo_row + nblk * per, my1 = my0 + per < hi_row ? my0 + per : hi_row;
+        my0 = lo_row + nblk * per;
+        my1 = my0 + per < hi_row ? my0 + per : hi_row;
+      };
+      if (sp == 0)  // every row this CTA splits, into L2 first (the split loads then hit L2: 3 in flight a thread)
+        for (int p = 0; p < rgf::kPhases; ++p) {
+          int my0, my1;
+          share(p, my0, my1);
+          if (a.g_stride == E) {
+            if (my1 > my0)
+              rgf::bulk_prefetch_l2(a.g + static_cast<i64>(my0) * E, static_cast<u32>((my1 - my0) * E * 4));
+          } else {
+            for (int row = my0; row < my1; ++row) rgf::bulk_prefetch_l2(a.g + static_cast<i64>(row) * a.g_stride, E * 4);
+          }
+        }
+      for (int p = 0; p < rgf::kPhases; ++p) {
+        int my0, my1;
+        share(p, my0, my1);
         const int items = my1 > my0 ? (my1 - my0) * EQ : 0;
-        for (int i0 = 0; i0 < items; i0 += 2 * 96) {  // 2 loads in flight a thread (32 registers)
-          float4 v[2];
+        for (int i0 = 0; i0 < items; i0 += 3 * 96) {  // 3 loads in flight a thread (32 registers)
+          float4 v[3];
 #pragma unroll
-          for (int b = 0; b < 2; ++b) {
+          for (int b = 0; b < 3; ++b) {
             const int i = i0 + b * 96 + sp;
             if (i < items) {
               const int row = my0 + i / EQ, q = i % EQ;
@@ -175,7 +199,7 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
             }
           }
 #pragma unroll
-          for (int b = 0; b < 2; ++b) {
+          for (int b = 0; b < 3; ++b) {
             const int i = i0 + b * 96 + sp;
             if (i < items) {
               const int row = my0 + i / EQ, q = i % EQ;
@@ -294,7 +318,7 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
         }
       rgt::bar_sync_consumers();
       if (ct == 0) {
-        rgt::mbar_wait(ready + 16, 0);  // this CTA has passed the split barriers (barrier order)
+        rgt::mbar_wait(ready + 8 * (rgf::kPhases - 1), 0);  // this CTA has passed the split barriers (their order)
         rgf::gbar_wait(rgf::gbar_arrive());
       }
       rgt::bar_sync_consumers();
