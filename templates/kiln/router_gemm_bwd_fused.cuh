@@ -65,6 +65,15 @@ __device__ __forceinline__ void tma_prefetch_2d(const void* tmap, int c0, int c1
                "r"(c0), "r"(c1)
                : "memory");
 }
+// d[64 × 128] = A[64 × 16] · B[128 × 16]ᵀ (+ d when acc ≠ 0), both from shared memory: A K-major, B N-major (dx).
+__device__ __forceinline__ void wgmma_ss_n128_acc(float (&d)[64], u64 a, u64 b, int acc) {
+  asm volatile(
+      "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+      "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+      "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, %64, %65, p, 1, 1, 0, 1;\n}\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+      : "l"(a), "l"(b), "r"(acc));
+}
 // Named barrier 5 over the producer warpgroup's warps 1–3 (the g splitters).
 __device__ __forceinline__ void bar_sync_splitters() { asm volatile("bar.sync 5, 96;" ::: "memory"); }
 // The split phases of a range of `chunks` 64-token chunks: phase p covers chunks [first(p), first(p + 1)) — chunk
@@ -99,8 +108,8 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 wsm = base, ring = base + W_BYTES, bars = ring + 2 * STAGE;
   // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, split phase p ready at bars + 40 + 8p
-  // (4 phases: 72 bytes)
-  const u32 wbar = bars + 32, ready = bars + 40;
+  // (4 phases), "dw MMAs done" at bars + 72: 80 bytes
+  const u32 wbar = bars + 32, ready = bars + 40, dwdone = bars + 72;
   const int tid = threadIdx.x, wg = tid / 128;
   const int nblk = blockIdx.x, r = blockIdx.y, NB = gridDim.x;
   const int n0 = nblk * 128;
@@ -118,6 +127,7 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
     }
     rgt::mbar_init(wbar, 1);
     for (int p = 0; p < rgf::kPhases; ++p) rgt::mbar_init(ready + 8 * p, 1);
+    rgt::mbar_init(dwdone, 256);
     rgt::fence_mbar_init();
   }
   __syncthreads();
@@ -233,19 +243,20 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
 #pragma unroll
     for (int i = 0; i < 64; ++i) dxa[i] = 0.f;
     rgt::mbar_wait(wbar, 0);
+    // The last two chunks' dx (their stages are never refilled) wait until the dw MMAs are done: the dw main loop
+    // ends sooner, and these MMAs and stores overlap the dw tail (partials, grid barrier, reduction).
+    const int deferred = a.flags & kRgNoDefer ? chunks : (chunks > 2 ? chunks - 2 : 0);
     for (int c = 0; c < chunks; ++c) {
       const int s = c & 1;
+      if (c == deferred) rgt::mbar_wait(dwdone, 0);
       rgt::mbar_wait(bars + 8 * s, (c >> 1) & 1);
       const u32 st = ring + s * STAGE;
       if (mma) {
-#pragma unroll
-        for (int i = 0; i < 64; ++i) dxa[i] = 0.f;
-        rg90::fence_regs(dxa);
         rg90::wgmma_fence();
 #pragma unroll
-        for (int ks = 0; ks < KS_DX; ++ks)
-          rg90::wgmma_ss<128, 0, 1>(dxa, rg90::desc_sw128(st + HI + (ks >> 2) * ATOM + (ks & 3) * 32),
-                                    rg90::desc_sw128_mn(wsm + (ks >> 2) * 2 * ATOM + (ks & 3) * 2048, ATOM));
+        for (int ks = 0; ks < KS_DX; ++ks)  // the first k-step overwrites the accumulators (scale-d = 0)
+          rgf::wgmma_ss_n128_acc(dxa, rg90::desc_sw128(st + HI + (ks >> 2) * ATOM + (ks & 3) * 32),
+                                 rg90::desc_sw128_mn(wsm + (ks >> 2) * 2 * ATOM + (ks & 3) * 2048, ATOM), ks);
         rg90::wgmma_commit();
       }
       rg90::wgmma_wait<0>();
@@ -300,6 +311,7 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
     rg90::wgmma_wait<0>();
     rg90::fence_regs(acc[0]);
     rg90::fence_regs(acc[1]);
+    rgt::mbar_arrive_local(dwdone);  // the deferred dx chunks may go (every thread: no branch near the wgmmas)
     if (tw) tw[kRgTraceMmaDone] = rgt::clk();
     if (!(a.flags & kRgSkipStore)) {
       // This range's partial dwᵀ: register i of lane l (warp v) holds column n0 + 64j + 16v + l/4 + 8·((i/2) & 1),
