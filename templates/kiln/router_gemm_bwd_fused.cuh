@@ -18,11 +18,12 @@
 //    warpgroup holding both dx's 64 and dw's 128 accumulators ran out of registers: ptxas spilled and serialized.)
 // g_hi / g_lo come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g (fp32,
 // read once) in four phases — chunk 0 of every range, chunks 1–3, 4–7, the rest — each CTA a contiguous share of
-// its range's rows (pulled into L2 first by bulk prefetches), each phase closed by a grid barrier (the driver's
-// cooperative barrier word); the TMA thread waits for a phase only before the first chunk that needs it, so the
-// consumers multiply chunk 0 while later chunks are being split. At the end each CTA writes its fp32 dwᵀ partial to
-// the workspace ([R][K][256]), a last grid barrier, and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of
-// its column block's R partials in range order (deterministic) and writes them to dw.
+// its range's rows (the next phase's rows pulled into L2 by a bulk prefetch meanwhile), each phase closed by a grid
+// barrier (the driver's cooperative barrier word); the TMA thread waits for a phase only before the first chunk that
+// needs it (x's tiles are requested before that wait), so the consumers multiply chunk 0 while later chunks are
+// being split. At the end each CTA writes its fp32 dwᵀ partial to the workspace ([R][K][256]), a last grid barrier,
+// and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of its column block's R partials in range order
+// (deterministic) and writes them to dw.
 #pragma once
 #include "kiln/grid_sync.cuh"
 #include "kiln/router_gemm_bwd_tma.cuh"
@@ -91,11 +92,13 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
 
 }  // namespace rgf
 
-// Grid (ceil(K/128), R) CTAs of 512 threads (producer + splitters, 2 dw warpgroups, 1 dx warpgroup), cooperative (every CTA resident: the grid barriers). Shared memory:
-// 1 KiB slack, the w block (ceil(E/64) × 2 atoms of 64 experts × 64 columns), 2 stages of 80 KiB (g_hi 4 atoms,
-// g_lo 4 atoms, x 2 atoms), 9 mbarriers (128 bytes reserved). PF: x chunks requested into L2 ahead of the ring (0 = none).
+// Grid (ceil(K/128), R) CTAs of 512 threads (producer + splitters, 2 dw warpgroups, 1 dx warpgroup), cooperative
+// (every CTA resident: the grid barriers). Shared memory: 1 KiB slack, the w block (ceil(E/64) × 2 atoms of 64
+// experts × 64 columns), 2 stages of 80 KiB (g_hi 4 atoms, g_lo 4 atoms, x 2 atoms), 10 mbarriers (128 bytes
+// reserved). PF: x chunks requested into L2 ahead of the ring (0 = none).
 template <int K, int E, int PF>
-__global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
+__global__ void __launch_bounds__(512, 1)
+    router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int ATOM = 8192, EC = (E + 63) / 64, KS_DX = EC * 4;
   constexpr int W_BYTES = EC * 2 * ATOM;
@@ -142,33 +145,35 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
       const u64 first_clk = trace ? rgt::clk() : 0;
       rgt::mbar_expect_tx(wbar, EC * xatoms * ATOM);
       for (int ec = 0; ec < EC; ++ec)
-        for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(wsm + ec * 2 * ATOM + q * ATOM, &a.tmw, wbar, n0 + 64 * q, 64 * ec);
+        for (int q = 0; q < xatoms; ++q)
+          rgt::tma_load_2d(wsm + ec * 2 * ATOM + q * ATOM, &a.tmw, wbar, n0 + 64 * q, 64 * ec);
       if constexpr (PF > 0)
         for (int c = 0; c < PF && c < chunks; ++c)
           for (int q = 0; q < xatoms; ++q) rgf::tma_prefetch_2d(&a.tmx, n0 + 64 * q, t0 + 64 * c);
       int waited = 0;  // split phases this thread has waited for
       for (int c = 0; c < chunks; ++c) {
         const int s = c & 1;
-        if (waited <= rgf::phase_of(c)) {
-          while (waited <= rgf::phase_of(c)) rgt::mbar_wait(ready + 8 * waited++, 0);
-          rgf::fence_proxy_async_global();  // g_hi / g_lo were written by generic stores (other CTAs, acquired)
-        }
         rgt::mbar_wait(bars + 16 + 8 * s, ((c >> 1) & 1) ^ 1);
         if constexpr (PF > 0)
           if (c + PF < chunks)
             for (int q = 0; q < xatoms; ++q) rgf::tma_prefetch_2d(&a.tmx, n0 + 64 * q, t0 + 64 * (c + PF));
         const u32 full = bars + 8 * s, st = ring + s * STAGE;
         const int t = t0 + 64 * c;
-        if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
-          rgt::mbar_expect_tx(full, 0);
-        } else {
-          rgt::mbar_expect_tx(full, (2 * EC + xatoms) * ATOM);
+        const bool load = !(a.flags & kRgSkipLoad);  // (ablation: no bytes, the MMAs read stale shared memory)
+        // The whole stage's bytes are expected at once; x (no dependence on the split) is requested before the wait
+        // for the chunk's split phase, g_hi / g_lo after it.
+        rgt::mbar_expect_tx(full, load ? (2 * EC + xatoms) * ATOM : 0);
+        if (load)
+          for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(st + XO + q * ATOM, &a.tmx, full, n0 + 64 * q, t);
+        if (waited <= rgf::phase_of(c)) {
+          while (waited <= rgf::phase_of(c)) rgt::mbar_wait(ready + 8 * waited++, 0);
+          rgf::fence_proxy_async_global();  // g_hi / g_lo were written by generic stores (other CTAs, acquired)
+        }
+        if (load)
           for (int ec = 0; ec < EC; ++ec) {
             rgt::tma_load_2d(st + HI + ec * ATOM, &a.tmh, full, 64 * ec, t);
             rgt::tma_load_2d(st + LO + ec * ATOM, &a.tml, full, 64 * ec, t);
           }
-          for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(st + XO + q * ATOM, &a.tmx, full, n0 + 64 * q, t);
-        }
       }
       if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
     } else if (tid >= 32) {  // warps 1–3: g → g_hi, g_lo (phases), each phase closed by a grid barrier
@@ -183,21 +188,21 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
         my0 = lo_row + nblk * per;
         my1 = my0 + per < hi_row ? my0 + per : hi_row;
       };
-      if (sp == 0)  // every row this CTA splits, into L2 first (the split loads then hit L2: 3 in flight a thread)
-        for (int p = 0; p < rgf::kPhases; ++p) {
-          int my0, my1;
-          share(p, my0, my1);
-          if (a.g_stride == E) {
-            if (my1 > my0)
-              rgf::bulk_prefetch_l2(a.g + static_cast<i64>(my0) * E, static_cast<u32>((my1 - my0) * E * 4));
-          } else {
-            for (int row = my0; row < my1; ++row) rgf::bulk_prefetch_l2(a.g + static_cast<i64>(row) * a.g_stride, E * 4);
-          }
-        }
       for (int p = 0; p < rgf::kPhases; ++p) {
         int my0, my1;
         share(p, my0, my1);
         const int items = my1 > my0 ? (my1 - my0) * EQ : 0;
+        if (sp == 0 && p + 1 < rgf::kPhases) {  // the next phase's rows into L2 meanwhile (its loads then hit L2)
+          int n0r, n1r;
+          share(p + 1, n0r, n1r);
+          if (a.g_stride == E) {
+            if (n1r > n0r)
+              rgf::bulk_prefetch_l2(a.g + static_cast<i64>(n0r) * E, static_cast<u32>((n1r - n0r) * E * 4));
+          } else {
+            for (int row = n0r; row < n1r; ++row)
+              rgf::bulk_prefetch_l2(a.g + static_cast<i64>(row) * a.g_stride, E * 4);
+          }
+        }
         for (int i0 = 0; i0 < items; i0 += 3 * 96) {  // 3 loads in flight a thread (32 registers)
           float4 v[3];
 #pragma unroll
@@ -351,7 +356,8 @@ __global__ void __launch_bounds__(512, 1) router_gemm_bwd_fused_kernel(const __g
 #pragma unroll
             for (int q = 0; q < 4; ++q)
               if (4 * h + rr < R)
-                v[rr][q] = __ldcg(reinterpret_cast<const float4*>(a.partial + (static_cast<i64>(4 * h + rr) * K + col + q) * 256 + e));
+                v[rr][q] = __ldcg(reinterpret_cast<const float4*>(
+                    a.partial + (static_cast<i64>(4 * h + rr) * K + col + q) * 256 + e));
 #pragma unroll
           for (int rr = 0; rr < 4; ++rr)
 #pragma unroll
