@@ -16,8 +16,9 @@
 //  * dx [64 tokens × 128 columns] = g_hi · w: warpgroup 3 (A = the g_hi tile read K-major, B = the resident w block
 //    N-major), m64n128k16 over the E/16 k-steps, 64 accumulators, stored as bf16 straight from the registers. (One
 //    warpgroup holding both dx's 64 and dw's 128 accumulators ran out of registers: ptxas spilled and serialized.)
-// g_hi / g_lo come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g (fp32,
-// read once) in four phases — chunk 0 of every range, chunks 1–3, 4–7, the rest — each CTA a contiguous share of
+// Chunk 0's g_hi / g_lo are split by each CTA's consumers straight into stage 0 (no wait for other CTAs); the other
+// chunks' come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g (fp32,
+// read once) in phases — chunks 1–3, 4–7, the rest (chunk 0 too under kRgFusedGlobal0) — each CTA a contiguous share of
 // its range's rows (the next phase's rows pulled into L2 by a bulk prefetch meanwhile), each phase closed by a grid
 // barrier (the driver's cooperative barrier word); the TMA thread waits for a phase only before the first chunk that
 // needs it (x's tiles are requested before that wait), so the consumers multiply chunk 0 while later chunks are
@@ -75,6 +76,8 @@ __device__ __forceinline__ void wgmma_ss_n128_acc(float (&d)[64], u64 a, u64 b, 
       : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]), "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]), "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]), "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]), "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]), "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]), "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]), "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
       : "l"(a), "l"(b), "r"(acc));
 }
+// Named barrier 6 over the three consumer warpgroups (384 threads).
+__device__ __forceinline__ void bar_sync_consumers3() { asm volatile("bar.sync 6, 384;" ::: "memory"); }
 // Named barrier 5 over the producer warpgroup's warps 1–3 (the g splitters).
 __device__ __forceinline__ void bar_sync_splitters() { asm volatile("bar.sync 5, 96;" ::: "memory"); }
 // The split phases of a range of `chunks` 64-token chunks: phase p covers chunks [first(p), first(p + 1)) — chunk
@@ -122,6 +125,10 @@ __global__ void __launch_bounds__(512, 1)
   const int xatoms = K - n0 > 64 ? 2 : 1;  // 64-column atoms of this column block inside K
   u64* const trace = a.trace ? a.trace + static_cast<i64>(r * NB + nblk) * kRgTraceSlots : nullptr;  // (measurement)
   const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
+  // Chunk 0's g_hi / g_lo: split by this CTA's consumers straight into stage 0 (every CTA of the range reads the same
+  // 64 rows: L2 hits after the first), so the first MMAs wait for no grid barrier; kRgFusedGlobal0 (measurement):
+  // through the workspace like the other chunks.
+  const bool local0 = !(a.flags & kRgFusedGlobal0);
 
   if (tid == 0) {
     for (int s = 0; s < 2; ++s) {
@@ -162,14 +169,15 @@ __global__ void __launch_bounds__(512, 1)
         const bool load = !(a.flags & kRgSkipLoad);  // (ablation: no bytes, the MMAs read stale shared memory)
         // The whole stage's bytes are expected at once; x (no dependence on the split) is requested before the wait
         // for the chunk's split phase, g_hi / g_lo after it.
-        rgt::mbar_expect_tx(full, load ? (2 * EC + xatoms) * ATOM : 0);
+        const bool hilo = load && !(c == 0 && local0);  // chunk 0 may be split into the stage by the consumers
+        rgt::mbar_expect_tx(full, load ? (hilo ? 2 * EC + xatoms : xatoms) * ATOM : 0);
         if (load)
           for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(st + XO + q * ATOM, &a.tmx, full, n0 + 64 * q, t);
         if (waited <= rgf::phase_of(c)) {
           while (waited <= rgf::phase_of(c)) rgt::mbar_wait(ready + 8 * waited++, 0);
           rgf::fence_proxy_async_global();  // g_hi / g_lo were written by generic stores (other CTAs, acquired)
         }
-        if (load)
+        if (hilo)
           for (int ec = 0; ec < EC; ++ec) {
             rgt::tma_load_2d(st + HI + ec * ATOM, &a.tmh, full, 64 * ec, t);
             rgt::tma_load_2d(st + LO + ec * ATOM, &a.tml, full, 64 * ec, t);
@@ -189,10 +197,15 @@ __global__ void __launch_bounds__(512, 1)
         my1 = my0 + per < hi_row ? my0 + per : hi_row;
       };
       for (int p = 0; p < rgf::kPhases; ++p) {
+        if (p == 0 && local0) {  // chunk 0 is split by the consumers: no rows, no grid barrier (uniform: a flag)
+          if (sp == 0) rgt::mbar_arrive_local(ready);
+          continue;
+        }
         int my0, my1;
         share(p, my0, my1);
         const int items = my1 > my0 ? (my1 - my0) * EQ : 0;
         if (sp == 0 && p + 1 < rgf::kPhases) {  // the next phase's rows into L2 meanwhile (its loads then hit L2)
+          // (phase 1's own rows are not prefetched when phase 0 is skipped: they are loaded first anyway)
           int n0r, n1r;
           share(p + 1, n0r, n1r);
           if (a.g_stride == E) {
@@ -241,6 +254,39 @@ __global__ void __launch_bounds__(512, 1)
     // One setmaxnreg for all three consumer warpgroups (ptxas honours the raised budget only where a single
     // producer / consumer split dominates the code: a separate dec for the dx warpgroup left the dw region at 128).
     rgt::setmaxnreg_inc<160>();
+    if (local0) {
+      // Chunk 0 (rows t0 … t0 + 63; past T: zeros, as the tensor map fills them) → stage 0's g_hi / g_lo atoms in the
+      // 128-byte-swizzled layout TMA writes (row t, experts 8j … 8j + 7 at t·128 + ((j ^ (t & 7)) << 4)); experts past
+      // E within the ceil(E/64) atoms: zeros. 384 threads, 8 float4 loads in flight each.
+      const int ct3 = tid - 128;
+      constexpr int QR = EC * 16;  // float4 pieces of a row of the atoms
+      const u32 st0 = ring;
+      for (int i0 = 0; i0 < 64 * QR; i0 += 8 * 384) {
+        float4 v[8];
+#pragma unroll
+        for (int b = 0; b < 8; ++b) {
+          const int i = i0 + b * 384 + ct3, row = i / QR, q = i % QR;
+          v[b] = make_float4(0.f, 0.f, 0.f, 0.f);
+          if (i < 64 * QR && t0 + row < a.T && 4 * q < E)
+            v[b] = __ldg(reinterpret_cast<const float4*>(a.g + static_cast<i64>(t0 + row) * a.g_stride) + q);
+        }
+#pragma unroll
+        for (int b = 0; b < 8; ++b) {
+          const int i = i0 + b * 384 + ct3, row = i / QR, q = i % QR;
+          if (i < 64 * QR) {
+            u32 h0, l0, h1, l1;
+            rg::split_bf16x2(v[b].x, v[b].y, h0, l0);
+            rg::split_bf16x2(v[b].z, v[b].w, h1, l1);
+            const int e = 4 * q;
+            const u32 off = (e >> 6) * ATOM + row * 128 + ((((e & 63) >> 3) ^ (row & 7)) << 4) + (e & 7) * 2;
+            asm volatile("st.shared.v2.b32 [%0], {%1, %2};" ::"r"(st0 + HI + off), "r"(h0), "r"(h1) : "memory");
+            asm volatile("st.shared.v2.b32 [%0], {%1, %2};" ::"r"(st0 + LO + off), "r"(l0), "r"(l1) : "memory");
+          }
+        }
+      }
+      rg90::fence_async_shared();  // these writes are read by wgmma (async proxy)
+      rgf::bar_sync_consumers3();
+    }
    if (wg == 3) {  // dx: 64 tokens × 128 columns a chunk, bf16 straight from the registers
     const int lane = tid & 31, warp = (tid >> 5) & 3;
     const bool mma = !(a.flags & kRgSkipMma);  // (ablation)
