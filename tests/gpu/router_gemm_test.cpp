@@ -1317,7 +1317,8 @@ TEST_P(RouterGemmBwdFused, MatchesReference) {
 INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdFused, ::testing::ValuesIn(shapes()), shape_name);
 
 // NaN / ±inf in g propagate (hi carries them, lo is 0), extreme magnitudes keep their bound, repeated runs give the
-// same bits; every search-space point (x prefetch distance); a caller's workspace of exactly the size it needs.
+// same bits; every search-space point (x prefetch distance) and measurement switch gives them too; a caller's
+// workspace of exactly the size it needs.
 TEST_F(RouterGemmTest, BwdFusedNonFiniteDeterministicAndConfigs) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 1200, K = 2048, E = 256;
@@ -1343,6 +1344,16 @@ TEST_F(RouterGemmTest, BwdFusedNonFiniteDeterministicAndConfigs) {
     const Bwd c = run_bwd(g, x, w, T, K, E, true, true, &cfg, nullptr, false, 3, 4);
     EXPECT_TRUE(bitwise_equal("dw (config)", c.dw, b.dw));
     EXPECT_TRUE(bitwise_equal("dx (config)", c.dx, b.dx));
+  }
+  // The measurement switches change the schedule, not the arithmetic: chunk 0 through the workspace and a grid
+  // barrier (kRgFusedGlobal0), the last dx chunks not held back (kRgNoDefer).
+  for (const int flags : {kRgFusedGlobal0, kRgNoDefer, kRgFusedGlobal0 | kRgNoDefer}) {
+    SCOPED_TRACE("flags " + std::to_string(flags));
+    detail::router_gemm_measure_flags.store(flags);
+    const Bwd c = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 3, 4);
+    detail::router_gemm_measure_flags.store(0);
+    EXPECT_TRUE(bitwise_equal("dw (flags)", c.dw, b.dw));
+    EXPECT_TRUE(bitwise_equal("dx (flags)", c.dx, b.dx));
   }
   // A caller's workspace: g_hi, g_lo (T·E fp32 slots) and the range partials (R·K·256): 19 chunks of 64 tokens in
   // ranges of 3 chunks (at most 8 ranges on 16 column blocks) → R = 7.
