@@ -45,18 +45,19 @@ std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 namespace {
 using namespace detail;
 
+// Kernel ids index g_family's kernel names (the tuning database keys on the names). Session 7 removed the cp.async
+// wgmma backward (dx_sm90 / dw_sm90, ids 5 and 6 then) and renumbered the rest.
 enum : uint32_t {
-  // kDx90 / kDw90: the cp.async wgmma backward, removed in session 7 (ids kept: the kernel names index by them).
-  kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7,
+  kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kFwdTma = 5,
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
-  kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
-  kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
-  kFwdTmaXmc = 13,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
+  kDxTma = 6, kDwTma = 7, kDxTmaSplit = 8, kDwTmaBf16 = 9,
+  kFwdTmaKs = 10,  // the TMA forward with K split over a cluster (wn = split count)
+  kFwdTmaXmc = 11,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16,
+  kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14,
   // dx and dw in one cooperative launch, co-tiled (router_gemm_bwd_fused.cuh; precision standard; wm = x chunks
   // prefetched into L2 ahead of the ring, wn = most T ranges).
-  kBwdFused = 17
+  kBwdFused = 15
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
@@ -213,7 +214,6 @@ bool valid(const Specialization& s) {
            s.config[C_WN] >= 1 && s.config[C_WN] <= 8 && s.config[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
-  if (s.kernel == kDx90 || s.kernel == kDw90) return false;  // the cp.async wgmma backward: removed (session 7)
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
                                // of 64), or bm = 64 with wm = 2 (ping-pong: the consumers take alternate 64-row
                                // tiles); bk = K columns the producer requests at once (64: a stage, 128 / 256: two
@@ -269,7 +269,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
                     "dx_tma_f16", "dw_tma_f16", "w16", "bwd_fused"},
                    {"K", "E"},
@@ -1302,7 +1302,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
-                                       "dx_sm90",    "dw_sm90",     "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
+                                       "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
                                        "dw_tma_tf32", "dx_tma_tf32", "bwd_fused"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,

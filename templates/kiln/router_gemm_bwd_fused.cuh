@@ -314,16 +314,36 @@ __global__ void __launch_bounds__(512, 1)
       rg90::fence_regs(dxa);
       if ((tid & 127) == 0) rgt::mbar_arrive_local(bars + 16 + 8 * s);  // done with the stage
       if (!(a.flags & kRgSkipStore)) {
-        const int m0 = t0 + 64 * c;
+        // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}. For
+        // each row half h and each 4 column groups 4m … 4m + 3, a 4 × 4 transpose of bf16 pairs inside the quad gives
+        // lane l the 8 columns 8·(4m + l % 4) … (16 bytes): every warp store writes 8 rows × 64 contiguous bytes,
+        // whole 32-byte sectors (4-byte stores left partial sectors for L2 to merge).
+        const int tig = lane & 3, m0 = t0 + 64 * c + warp * 16 + (lane >> 2);
 #pragma unroll
-        for (int i = 0; i < 64; i += 2) {
-          const int row = m0 + warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = n0 + 8 * (i >> 2) + 2 * (lane & 3);
-          if (row < a.T && col < K)
-            asm volatile("st.global.b32 [%0], %1;" ::"l"(static_cast<char*>(a.dx) +
-                                                        (static_cast<i64>(row) * a.dx_stride + col) * 2),
-                         "r"(rgt::cvt_bf16x2(dxa[i], dxa[i + 1]))
-                         : "memory");
-        }
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+          for (int m = 0; m < 4; ++m) {
+            u32 in[4], out[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+            for (int q = 0; q < 4; ++q) {
+              const int i = 4 * (4 * m + q) + 2 * h;
+              in[q] = rgt::cvt_bf16x2(dxa[i], dxa[i + 1]);
+            }
+#pragma unroll
+            for (int rr = 0; rr < 4; ++rr) {
+              const int si = (tig - rr) & 3, slot = (tig + rr) & 3;
+              const u32 send = si == 0 ? in[0] : si == 1 ? in[1] : si == 2 ? in[2] : in[3];
+              const u32 got = __shfl_sync(0xffffffffu, send, (lane & ~3) | slot);
+#pragma unroll
+              for (int q = 0; q < 4; ++q) out[q] = slot == q ? got : out[q];
+            }
+            const int row = m0 + 8 * h, col = n0 + 8 * (4 * m + tig);
+            if (row < a.T && col < K)
+              asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(
+                               static_cast<char*>(a.dx) + (static_cast<i64>(row) * a.dx_stride + col) * 2),
+                           "r"(out[0]), "r"(out[1]), "r"(out[2]), "r"(out[3])
+                           : "memory");
+          }
       }
     }
   } else {  // dw: warpgroup j = columns 64j … 64j + 63 of dwᵀ, all (up to 256) experts
