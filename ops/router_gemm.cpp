@@ -960,7 +960,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.slice = plan.slice;
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) &
-                (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgNoDefer | kRgFusedGlobal0);
+                (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgNoDefer);
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(plan.blocks);
       d.grid[1] = static_cast<unsigned>(plan.ranges);
@@ -1206,7 +1206,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_nodefer", kRgNoDefer}, {"_global0", kRgFusedGlobal0}}) {
+                                      {"_nodefer", kRgNoDefer}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -160,11 +160,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The co-tiled backward (session 7): x prefetched into L2 2 / 4 chunks ahead, and its ablations (the last two dx
-  // chunks not held back behind the dw MMAs; chunk 0 split through the workspace and a grid barrier; no wgmma: data
-  // movement, split and reduction alone; no stores: no dx, no partials, no reduction; the skeleton).
+  // chunks not held back behind the dw MMAs; no wgmma: data movement, split and reduction alone; no stores: no dx,
+  // no partials, no reduction; the skeleton).
   add_sweep(cases, "bwd_fused", std::array<std::array<int32_t, 6>, 2>{{{64, 128, 64, 2, 8, 2}, {64, 128, 64, 4, 8, 2}}});
-  for (const char* part : {"bwd_fused_nodefer", "bwd_fused_global0", "bwd_fused_nomma", "bwd_fused_nostore",
-                           "bwd_fused_noload_nomma_nostore"})
+  for (const char* part : {"bwd_fused_nodefer", "bwd_fused_nomma", "bwd_fused_nostore", "bwd_fused_noload_nomma_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);

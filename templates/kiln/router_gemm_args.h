@@ -109,7 +109,7 @@ enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
-              kRgSkipLoad = 1 << 17, kRgNoDefer = 1 << 18, kRgFusedGlobal0 = 1 << 19;
+              kRgSkipLoad = 1 << 17, kRgNoDefer = 1 << 18;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
@@ -123,8 +123,6 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // staging, no cluster sum, no partials, and the host launches no dw_reduce).
 // kRgNoDefer (co-tiled backward, bench only): the dx warpgroup does not hold its last two chunks back until the dw
 // MMAs are done (what the overlap of those with dw's tail is worth).
-// kRgFusedGlobal0 (co-tiled backward, bench only): chunk 0's g_hi / g_lo go through the workspace and a grid barrier
-// like the other chunks instead of being split by each CTA's consumers into the stage (what that start costs).
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
 

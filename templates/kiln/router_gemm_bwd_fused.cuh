@@ -17,14 +17,13 @@
 //    N-major), m64n128k16 over the E/16 k-steps, 64 accumulators, stored as bf16 straight from the registers. (One
 //    warpgroup holding both dx's 64 and dw's 128 accumulators ran out of registers: ptxas spilled and serialized.)
 // Chunk 0's g_hi / g_lo are split by each CTA's consumers straight into stage 0 (no wait for other CTAs); the other
-// chunks' come from the workspace, written by this same launch: the producer warpgroup's warps 1–3 split g (fp32,
-// read once) in phases — chunks 1–3, 4–7, the rest (chunk 0 too under kRgFusedGlobal0) — each CTA a contiguous share of
+// chunks' come from the workspace, written by this same launch: the dx warpgroup splits g (fp32, read once) in three
+// phases — chunks 1–3 before its first MMAs, 4–7 under dx(0), the rest under dx(1) — each CTA a contiguous share of
 // its range's rows (the next phase's rows pulled into L2 by a bulk prefetch meanwhile), each phase closed by a grid
-// barrier (the driver's cooperative barrier word); the TMA thread waits for a phase only before the first chunk that
-// needs it (x's tiles are requested before that wait), so the consumers multiply chunk 0 while later chunks are
-// being split. At the end each CTA writes its fp32 dwᵀ partial to the workspace ([R][K][256]), a last grid barrier,
-// and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of its column block's R partials in range order
-// (deterministic) and writes them to dw.
+// barrier (the driver's cooperative barrier word); the TMA thread waits for a barrier only before the first chunk
+// that needs it (x's tiles are requested before that wait). At the end each CTA writes its fp32 dwᵀ partial to the
+// workspace ([R][K][256]), a last grid barrier, and CTA (n, r) adds expert rows [r·slice, r·slice + slice) of its
+// column block's R partials in range order (deterministic) and writes them to dw.
 #pragma once
 #include "kiln/grid_sync.cuh"
 #include "kiln/router_gemm_bwd_tma.cuh"
@@ -78,16 +77,18 @@ __device__ __forceinline__ void wgmma_ss_n128_acc(float (&d)[64], u64 a, u64 b, 
 }
 // Named barrier 6 over the three consumer warpgroups (384 threads).
 __device__ __forceinline__ void bar_sync_consumers3() { asm volatile("bar.sync 6, 384;" ::: "memory"); }
-// Named barrier 5 over the producer warpgroup's warps 1–3 (the g splitters).
-__device__ __forceinline__ void bar_sync_splitters() { asm volatile("bar.sync 5, 96;" ::: "memory"); }
-// The split phases of a range of `chunks` 64-token chunks: phase p covers chunks [first(p), first(p + 1)) — chunk
-// 0, 1–3, 4–7, the rest — so each phase is split well before the consumers reach it.
-constexpr int kPhases = 4;
+// Named barrier 5 over the dx warpgroup (128 threads: the g splitter of phases 1–3).
+__device__ __forceinline__ void bar_sync_dxwg() { asm volatile("bar.sync 5, 128;" ::: "memory"); }
+// The split of a range of `chunks` 64-token chunks: chunk 0 by each CTA into its stage 0; then phase p = 1, 2, 3
+// through the workspace: chunks [first(p), first(p + 1)) = 1–3, 4–7, the rest, each closed by grid barrier p − 1,
+// so each phase is split well before the consumers reach it.
+constexpr int kPhases = 3;
 __device__ __forceinline__ int phase_first(int p, int chunks) {
-  const int f = p == 0 ? 0 : p == 1 ? 1 : p == 2 ? 4 : p == 3 ? 8 : chunks;
+  const int f = p <= 1 ? 1 : p == 2 ? 4 : p == 3 ? 8 : chunks;
   return f < chunks ? f : chunks;
 }
-__device__ __forceinline__ int phase_of(int c) { return c < 1 ? 0 : c < 4 ? 1 : c < 8 ? 2 : 3; }
+// The grid barrier (0, 1, 2) a chunk's g_hi / g_lo wait for; −1: chunk 0 (split locally).
+__device__ __forceinline__ int barrier_of(int c) { return c < 1 ? -1 : c < 4 ? 0 : c < 8 ? 1 : 2; }
 // Pulls [p, p + bytes) into L2 (no registers, no shared memory); bytes a multiple of 16.
 __device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(reinterpret_cast<u64>(p)), "r"(bytes) : "memory");
@@ -95,7 +96,7 @@ __device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
 
 }  // namespace rgf
 
-// Grid (ceil(K/128), R) CTAs of 512 threads (producer + splitters, 2 dw warpgroups, 1 dx warpgroup), cooperative
+// Grid (ceil(K/128), R) CTAs of 512 threads (TMA warp, 2 dw warpgroups, 1 dx + split warpgroup), cooperative
 // (every CTA resident: the grid barriers). Shared memory: 1 KiB slack, the w block (ceil(E/64) × 2 atoms of 64
 // experts × 64 columns), 2 stages of 80 KiB (g_hi 4 atoms, g_lo 4 atoms, x 2 atoms), 10 mbarriers (128 bytes
 // reserved). PF: x chunks requested into L2 ahead of the ring (0 = none).
@@ -113,9 +114,9 @@ __global__ void __launch_bounds__(512, 1)
   const u32 raw = smem_u32(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 wsm = base, ring = base + W_BYTES, bars = ring + 2 * STAGE;
-  // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, split phase p ready at bars + 40 + 8p
-  // (4 phases), "dw MMAs done" at bars + 72: 80 bytes
-  const u32 wbar = bars + 32, ready = bars + 40, dwdone = bars + 72;
+  // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, "arrived at grid barrier g" at
+  // bars + 40 + 8g (g < 3), "dw MMAs done" at bars + 64, the grid-barrier tokens (u32) at bars + 72 + 4g: 84 bytes
+  const u32 wbar = bars + 32, arrived = bars + 40, dwdone = bars + 64, tokens = bars + 72;
   const int tid = threadIdx.x, wg = tid / 128;
   const int nblk = blockIdx.x, r = blockIdx.y, NB = gridDim.x;
   const int n0 = nblk * 128;
@@ -125,10 +126,6 @@ __global__ void __launch_bounds__(512, 1)
   const int xatoms = K - n0 > 64 ? 2 : 1;  // 64-column atoms of this column block inside K
   u64* const trace = a.trace ? a.trace + static_cast<i64>(r * NB + nblk) * kRgTraceSlots : nullptr;  // (measurement)
   const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
-  // Chunk 0's g_hi / g_lo: split by this CTA's consumers straight into stage 0 (every CTA of the range reads the same
-  // 64 rows: L2 hits after the first), so the first MMAs wait for no grid barrier; kRgFusedGlobal0 (measurement):
-  // through the workspace like the other chunks.
-  const bool local0 = !(a.flags & kRgFusedGlobal0);
 
   if (tid == 0) {
     for (int s = 0; s < 2; ++s) {
@@ -136,14 +133,14 @@ __global__ void __launch_bounds__(512, 1)
       rgt::mbar_init(bars + 16 + 8 * s, 3);  // the dx and both dw warpgroups read every stage
     }
     rgt::mbar_init(wbar, 1);
-    for (int p = 0; p < rgf::kPhases; ++p) rgt::mbar_init(ready + 8 * p, 1);
+    for (int g = 0; g < rgf::kPhases; ++g) rgt::mbar_init(arrived + 8 * g, 1);
     rgt::mbar_init(dwdone, 256);
     rgt::fence_mbar_init();
   }
   __syncthreads();
 
   if (wg == 0) {
-    rgt::setmaxnreg_dec<32>();  // 32 + 3 × 160 = 512 registers a thread-quad: the whole file
+    rgt::setmaxnreg_dec<32>();  // 32 + 3 × 160 = 4 × 128 registers a thread: the whole file
     if (tid == 0) {  // TMA
       rgt::prefetch_tmap(&a.tmh);
       rgt::prefetch_tmap(&a.tml);
@@ -157,7 +154,7 @@ __global__ void __launch_bounds__(512, 1)
       if constexpr (PF > 0)
         for (int c = 0; c < PF && c < chunks; ++c)
           for (int q = 0; q < xatoms; ++q) rgf::tma_prefetch_2d(&a.tmx, n0 + 64 * q, t0 + 64 * c);
-      int waited = 0;  // split phases this thread has waited for
+      int passed = 0;  // grid barriers this thread has seen pass
       for (int c = 0; c < chunks; ++c) {
         const int s = c & 1;
         rgt::mbar_wait(bars + 16 + 8 * s, ((c >> 1) & 1) ^ 1);
@@ -169,12 +166,17 @@ __global__ void __launch_bounds__(512, 1)
         const bool load = !(a.flags & kRgSkipLoad);  // (ablation: no bytes, the MMAs read stale shared memory)
         // The whole stage's bytes are expected at once; x (no dependence on the split) is requested before the wait
         // for the chunk's split phase, g_hi / g_lo after it.
-        const bool hilo = load && !(c == 0 && local0);  // chunk 0 may be split into the stage by the consumers
+        const bool hilo = load && c > 0;  // chunk 0 is split into the stage by the consumers
         rgt::mbar_expect_tx(full, load ? (hilo ? 2 * EC + xatoms : xatoms) * ATOM : 0);
         if (load)
           for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(st + XO + q * ATOM, &a.tmx, full, n0 + 64 * q, t);
-        if (waited <= rgf::phase_of(c)) {
-          while (waited <= rgf::phase_of(c)) rgt::mbar_wait(ready + 8 * waited++, 0);
+        if (passed <= rgf::barrier_of(c)) {
+          for (; passed <= rgf::barrier_of(c); ++passed) {  // this CTA arrived (the dx warpgroup): wait for all
+            rgt::mbar_wait(arrived + 8 * passed, 0);
+            u32 tok;
+            asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(tokens + 4 * passed));
+            rgf::gbar_wait(tok);
+          }
           rgf::fence_proxy_async_global();  // g_hi / g_lo were written by generic stores (other CTAs, acquired)
         }
         if (hilo)
@@ -184,77 +186,12 @@ __global__ void __launch_bounds__(512, 1)
           }
       }
       if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
-    } else if (tid >= 32) {  // warps 1–3: g → g_hi, g_lo (phases), each phase closed by a grid barrier
-      const int sp = tid - 32;  // 0 … 95
-      constexpr int EQ = E / 4;  // float4 pieces of a g row
-      // This CTA's rows of phase p: a contiguous share of the phase's rows of the range.
-      auto share = [&](int p, int& my0, int& my1) {
-        const int lo_row = t0 + 64 * rgf::phase_first(p, chunks);
-        int hi_row = t0 + 64 * rgf::phase_first(p + 1, chunks);
-        hi_row = hi_row < t0 + rows ? hi_row : t0 + rows;
-        const int n = hi_row - lo_row, per = (n + NB - 1) / NB;
-        my0 = lo_row + nblk * per;
-        my1 = my0 + per < hi_row ? my0 + per : hi_row;
-      };
-      for (int p = 0; p < rgf::kPhases; ++p) {
-        if (p == 0 && local0) {  // chunk 0 is split by the consumers: no rows, no grid barrier (uniform: a flag)
-          if (sp == 0) rgt::mbar_arrive_local(ready);
-          continue;
-        }
-        int my0, my1;
-        share(p, my0, my1);
-        const int items = my1 > my0 ? (my1 - my0) * EQ : 0;
-        if (sp == 0 && p + 1 < rgf::kPhases) {  // the next phase's rows into L2 meanwhile (its loads then hit L2)
-          // (phase 1's own rows are not prefetched when phase 0 is skipped: they are loaded first anyway)
-          int n0r, n1r;
-          share(p + 1, n0r, n1r);
-          if (a.g_stride == E) {
-            if (n1r > n0r)
-              rgf::bulk_prefetch_l2(a.g + static_cast<i64>(n0r) * E, static_cast<u32>((n1r - n0r) * E * 4));
-          } else {
-            for (int row = n0r; row < n1r; ++row)
-              rgf::bulk_prefetch_l2(a.g + static_cast<i64>(row) * a.g_stride, E * 4);
-          }
-        }
-        for (int i0 = 0; i0 < items; i0 += 3 * 96) {  // 3 loads in flight a thread (32 registers)
-          float4 v[3];
-#pragma unroll
-          for (int b = 0; b < 3; ++b) {
-            const int i = i0 + b * 96 + sp;
-            if (i < items) {
-              const int row = my0 + i / EQ, q = i % EQ;
-              v[b] = __ldg(reinterpret_cast<const float4*>(a.g + static_cast<i64>(row) * a.g_stride) + q);
-            }
-          }
-#pragma unroll
-          for (int b = 0; b < 3; ++b) {
-            const int i = i0 + b * 96 + sp;
-            if (i < items) {
-              const int row = my0 + i / EQ, q = i % EQ;
-              u32 h0, l0, h1, l1;
-              rg::split_bf16x2(v[b].x, v[b].y, h0, l0);
-              rg::split_bf16x2(v[b].z, v[b].w, h1, l1);
-              const i64 off = (static_cast<i64>(row) * E + 4 * q) * 2;
-              asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(static_cast<char*>(a.hi) + off), "r"(h0), "r"(h1)
-                           : "memory");
-              asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(static_cast<char*>(a.lo) + off), "r"(l0), "r"(l1)
-                           : "memory");
-            }
-          }
-        }
-        rgf::fence_proxy_async_global();  // these generic writes are read by TMA (async proxy) in other CTAs
-        rgf::bar_sync_splitters();
-        if (sp == 0) {
-          rgf::gbar_wait(rgf::gbar_arrive());
-          rgt::mbar_arrive_local(ready + 8 * p);
-        }
-      }
-    }
+    }  // (warps 1–3 have nothing to do)
   } else {
     // One setmaxnreg for all three consumer warpgroups (ptxas honours the raised budget only where a single
     // producer / consumer split dominates the code: a separate dec for the dx warpgroup left the dw region at 128).
     rgt::setmaxnreg_inc<160>();
-    if (local0) {
+    {
       // Chunk 0 (rows t0 … t0 + 63; past T: zeros, as the tensor map fills them) → stage 0's g_hi / g_lo atoms in the
       // 128-byte-swizzled layout TMA writes (row t, experts 8j … 8j + 7 at t·128 + ((j ^ (t & 7)) << 4)); experts past
       // E within the ceil(E/64) atoms: zeros. 384 threads, 8 float4 loads in flight each.
@@ -287,21 +224,95 @@ __global__ void __launch_bounds__(512, 1)
       rg90::fence_async_shared();  // these writes are read by wgmma (async proxy)
       rgf::bar_sync_consumers3();
     }
-   if (wg == 3) {  // dx: 64 tokens × 128 columns a chunk, bf16 straight from the registers
-    const int lane = tid & 31, warp = (tid >> 5) & 3;
+   if (wg == 3) {  // dx: 64 tokens × 128 columns a chunk, bf16 straight from the registers; and the g split
+    const int lane = tid & 31, warp = (tid >> 5) & 3, dt = tid - 384;
     const bool mma = !(a.flags & kRgSkipMma);  // (ablation)
+    // Split phase p (1–3): this CTA's contiguous share of the phase's rows of the range → g_hi, g_lo (workspace);
+    // 128 threads, SB float4 loads in flight each (between two dx chunks: no accumulators in flight). Then the
+    // warpgroup's lead arrives at grid barrier p − 1 — after seeing barrier p − 2 pass: a CTA must not arrive twice
+    // before every CTA arrived once — and hands the token to the TMA thread (which waits for the barrier before the
+    // phase's first chunk); the next phase's rows are bulk-prefetched into L2 meanwhile.
+    constexpr int EQ = E / 4, SB = 8;  // float4 pieces of a g row; loads in flight a thread
+    auto share = [&](int p, int& my0, int& my1) {
+      const int lo_row = t0 + 64 * rgf::phase_first(p, chunks);
+      int hi_row = t0 + 64 * rgf::phase_first(p + 1, chunks);
+      hi_row = hi_row < t0 + rows ? hi_row : t0 + rows;
+      const int n = hi_row - lo_row, per = (n + NB - 1) / NB;
+      my0 = lo_row + nblk * per;
+      my1 = my0 + per < hi_row ? my0 + per : hi_row;
+    };
+    auto prefetch = [&](int p) {
+      int my0, my1;
+      share(p, my0, my1);
+      if (my1 <= my0) return;
+      if (a.g_stride == E) {
+        rgf::bulk_prefetch_l2(a.g + static_cast<i64>(my0) * E, static_cast<u32>((my1 - my0) * E * 4));
+      } else {
+        for (int row = my0; row < my1; ++row) rgf::bulk_prefetch_l2(a.g + static_cast<i64>(row) * a.g_stride, E * 4);
+      }
+    };
+    int next_phase = 1;
+    auto split_phase = [&]() {
+      const int p = next_phase++;
+      if (dt == 0 && p < rgf::kPhases) prefetch(p + 1);
+      int my0, my1;
+      share(p, my0, my1);
+      const int items = my1 > my0 ? (my1 - my0) * EQ : 0;
+      for (int i0 = 0; i0 < items; i0 += SB * 128) {
+        float4 v[SB];
+#pragma unroll
+        for (int b = 0; b < SB; ++b) {
+          const int i = i0 + b * 128 + dt;
+          if (i < items)
+            v[b] = __ldg(reinterpret_cast<const float4*>(a.g + static_cast<i64>(my0 + i / EQ) * a.g_stride) + i % EQ);
+        }
+#pragma unroll
+        for (int b = 0; b < SB; ++b) {
+          const int i = i0 + b * 128 + dt;
+          if (i < items) {
+            u32 h0, l0, h1, l1;
+            rg::split_bf16x2(v[b].x, v[b].y, h0, l0);
+            rg::split_bf16x2(v[b].z, v[b].w, h1, l1);
+            const i64 off = (static_cast<i64>(my0 + i / EQ) * E + 4 * (i % EQ)) * 2;
+            asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(static_cast<char*>(a.hi) + off), "r"(h0), "r"(h1)
+                         : "memory");
+            asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(static_cast<char*>(a.lo) + off), "r"(l0), "r"(l1)
+                         : "memory");
+          }
+        }
+      }
+      rgf::fence_proxy_async_global();  // these generic writes are read by TMA (async proxy) in other CTAs
+      rgf::bar_sync_dxwg();
+      if (dt == 0) {
+        if (p >= 2) {  // barrier p − 2 must have passed for this CTA before it arrives at p − 1
+          u32 tok;
+          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(tokens + 4 * (p - 2)));
+          rgf::gbar_wait(tok);
+        }
+        const u32 tok = rgf::gbar_arrive();
+        asm volatile("st.shared.u32 [%0], %1;" ::"r"(tokens + 4 * (p - 1)), "r"(tok) : "memory");
+        rgt::mbar_arrive_local(arrived + 8 * (p - 1));
+      }
+    };
+    if (dt == 0) prefetch(1);
     float dxa[64];
 #pragma unroll
     for (int i = 0; i < 64; ++i) dxa[i] = 0.f;
-    rgt::mbar_wait(wbar, 0);
     // The last two chunks' dx (their stages are never refilled) wait until the dw MMAs are done: the dw main loop
-    // ends sooner, and these MMAs and stores overlap the dw tail (partials, grid barrier, reduction).
+    // ends sooner, and these MMAs and stores overlap the dw tail (partials, grid barrier, reduction). Every split
+    // phase is done before that wait (other CTAs wait for this one's arrivals).
     const int deferred = a.flags & kRgNoDefer ? chunks : (chunks > 2 ? chunks - 2 : 0);
+    // Iteration c first splits phase c + 1 (1 before dx(0), 2 before dx(1), 3 before dx(2); all that are left at
+    // the deferral point or the last chunk), then issues dx(c), waits for it and stores it. (One call site and no branch around the
+    // wgmmas: each inlined copy of the split cost the dw warpgroups registers, a branch serialized the wgmmas.)
     for (int c = 0; c < chunks; ++c) {
       const int s = c & 1;
-      if (c == deferred) rgt::mbar_wait(dwdone, 0);
-      rgt::mbar_wait(bars + 8 * s, (c >> 1) & 1);
       const u32 st = ring + s * STAGE;
+      while (next_phase <= rgf::kPhases && (c + 1 >= next_phase || c >= deferred || c + 1 >= chunks))
+        split_phase();
+      if (c == deferred) rgt::mbar_wait(dwdone, 0);
+      if (c == 0) rgt::mbar_wait(wbar, 0);
+      rgt::mbar_wait(bars + 8 * s, (c >> 1) & 1);
       if (mma) {
         rg90::wgmma_fence();
 #pragma unroll
@@ -401,7 +412,12 @@ __global__ void __launch_bounds__(512, 1)
         }
       rgt::bar_sync_consumers();
       if (ct == 0) {
-        rgt::mbar_wait(ready + 8 * (rgf::kPhases - 1), 0);  // this CTA has passed the split barriers (their order)
+        for (int g = 0; g < rgf::kPhases; ++g) {  // the split's barriers passed for this CTA first (their order)
+          rgt::mbar_wait(arrived + 8 * g, 0);
+          u32 tok;
+          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(tokens + 4 * g));
+          rgf::gbar_wait(tok);
+        }
         rgf::gbar_wait(rgf::gbar_arrive());
       }
       rgt::bar_sync_consumers();

@@ -1345,9 +1345,8 @@ TEST_F(RouterGemmTest, BwdFusedNonFiniteDeterministicAndConfigs) {
     EXPECT_TRUE(bitwise_equal("dw (config)", c.dw, b.dw));
     EXPECT_TRUE(bitwise_equal("dx (config)", c.dx, b.dx));
   }
-  // The measurement switches change the schedule, not the arithmetic: chunk 0 through the workspace and a grid
-  // barrier (kRgFusedGlobal0), the last dx chunks not held back (kRgNoDefer).
-  for (const int flags : {kRgFusedGlobal0, kRgNoDefer, kRgFusedGlobal0 | kRgNoDefer}) {
+  // The measurement switch changes the schedule, not the arithmetic: the last dx chunks not held back (kRgNoDefer).
+  for (const int flags : {kRgNoDefer}) {
     SCOPED_TRACE("flags " + std::to_string(flags));
     detail::router_gemm_measure_flags.store(flags);
     const Bwd c = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 3, 4);
