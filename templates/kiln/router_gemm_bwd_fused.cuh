@@ -303,8 +303,9 @@ __global__ void __launch_bounds__(512, 1)
     // phase is done before that wait (other CTAs wait for this one's arrivals).
     const int deferred = a.flags & kRgNoDefer ? chunks : (chunks > 2 ? chunks - 2 : 0);
     // Iteration c first splits phase c + 1 (1 before dx(0), 2 before dx(1), 3 before dx(2); all that are left at
-    // the deferral point or the last chunk), then issues dx(c), waits for it and stores it. (One call site and no branch around the
-    // wgmmas: each inlined copy of the split cost the dw warpgroups registers, a branch serialized the wgmmas.)
+    // the deferral point or the last chunk), then issues dx(c), waits for it and stores it. (One call site and no
+    // branch around the wgmmas: each inlined copy of the split cost the dw warpgroups registers, a branch serialized
+    // the wgmmas.)
     for (int c = 0; c < chunks; ++c) {
       const int s = c & 1;
       const u32 st = ring + s * STAGE;
