@@ -866,7 +866,7 @@ uint32_t dw_tma_kernel(int precision) {
 // The co-tiled backward's grid: ceil(K/128) column blocks × R token ranges of `rows` tokens (a multiple of 64), R at
 // most wn (≤ 8) and at most the SMs over the column blocks (a cooperative launch: every CTA resident, one a SM),
 // no empty range; `slice` dw rows reduced by each range's CTAs. Workspace: g_hi and g_lo [T, E] bf16 (T·E fp32
-// slots), then the range partials [R, K, 256] fp32. ranges = 0: the grid cannot be resident at once.
+// slots), the range partials [R, K, 256] fp32, 4 u32 barrier counters. ranges = 0: the grid cannot be resident.
 struct FusedPlan {
   int blocks = 0, ranges = 0, rows = 0, slice = 0;
   int64_t workspace_elems = 0;
@@ -881,8 +881,14 @@ FusedPlan fused_plan(const Specialization& s, int64_t T, int64_t K, int64_t E, i
   p.rows = static_cast<int>((chunks + ranges - 1) / ranges * 64);
   p.ranges = static_cast<int>((T + p.rows - 1) / p.rows);
   p.slice = static_cast<int>(round_up((E + p.ranges - 1) / p.ranges, 4));
-  p.workspace_elems = T * E + p.ranges * K * 256;
+  p.workspace_elems = T * E + p.ranges * K * 256 + 4;  // + the grid-barrier counters
   return p;
+}
+// Where the co-tiled kernel is the default (precision standard, dx and dw): the shape class it was measured faster
+// on — 8 T ranges of ≥ 1024 tokens whose CTAs fill ≥ 90 % of the SMs (8192 × 2048 → 256 on 132 SMs: 16 column
+// blocks × 8 ranges); elsewhere (fewer tokens, K = 7168: 56 × 2 CTAs) the two TMA kernels stay.
+bool fused_is_default(const FusedPlan& p, int sms) {
+  return p.ranges == 8 && p.rows >= 1024 && 10 * p.blocks * p.ranges >= 9 * sms;
 }
 // The fp16 pass's w operand in the workspace, after dw's partials: w16 [E, K] fp16 (E·K/2 fp32 slots) and 2^c_k [K].
 int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
@@ -894,9 +900,14 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const int precision = static_cast<int>(options.precision);
-  if (default_bwd_variant(arch, E) >= 2)
-    return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
-           (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
+  if (default_bwd_variant(arch, E) >= 2) {
+    const int64_t tma =
+        dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
+        (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
+    if (precision != 4) return tma;
+    const FusedPlan f = fused_plan(impl.tuned(spec(arch, kBwdFused, K, E), T), T, K, E, sm_count(rt));
+    return fused_is_default(f, sm_count(rt)) ? std::max(tma, f.workspace_elems) : tma;
+  }
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
@@ -921,7 +932,13 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  if (variant < 0) variant = default_bwd_variant(arch, E);
+  if (variant < 0) {
+    variant = default_bwd_variant(arch, E);
+    // precision standard with dx and dw on the measured shape class: the co-tiled one-launch kernel
+    if (variant == 2 && precision == 4 && dx.defined() && dw.defined() &&
+        fused_is_default(fused_plan(impl.tuned(spec(arch, kBwdFused, K, E), T), T, K, E, sm_count(rt)), sm_count(rt)))
+      variant = 3;
+  }
   if (variant == 1 || variant < 0 || variant > 3)  // (1: the cp.async wgmma kernels, removed in session 7)
     ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 (co-tiled), got {}", variant));
   if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
@@ -946,6 +963,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.hi = ws;
       a.lo = reinterpret_cast<char*>(ws) + T * E * 2;
       a.partial = ws + T * E;
+      a.sync = reinterpret_cast<unsigned*>(ws + T * E + plan.ranges * K * 256);
       encode_tma_2d(a.tmh, a.hi, E, T, E * 2, 64);
       encode_tma_2d(a.tml, a.lo, E, T, E * 2, 64);
       encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);

@@ -72,6 +72,7 @@ struct RouterGemmBwdFusedArgs {
   void* lo;                             // [T, E] bf16 (workspace)
   void* dx; long long dx_stride;        // elements between rows of dx
   float* partial;                       // [R, K, 256] fp32 (workspace)
+  unsigned* sync;                       // [4] u32 (workspace): grid barriers 1–3 (zeroed by the kernel)
   float* dw;                            // [E, K] contiguous
   int T;
   int split_rows;                       // tokens a range (a multiple of 64; every range holds ≥ 1 token)

@@ -58,6 +58,28 @@ __device__ __forceinline__ void gbar_wait(u32 token) {
     }
   }
 }
+// Barriers 1, 2, 3 of a launch: counters in the workspace (a.sync[g]), zeroed by CTA (0, 0) before it arrives at
+// barrier 0 (the driver's word), so every counter is zero before any CTA can reach it. Unlike the driver word's top
+// bit (which flips back at the next barrier), a count can be checked at any later time by any thread.
+__device__ __forceinline__ void cnt_arrive(unsigned* c) {
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+  asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(c) : "memory");
+}
+__device__ __forceinline__ void cnt_wait(const unsigned* c) {
+  const u32 n = gridDim.x * gridDim.y * gridDim.z;
+  u64 t0 = 0;
+  for (u32 it = 0;; ++it) {
+    u32 cur;
+    asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(c) : "memory");
+    if (cur >= n) break;
+    if ((it & 1023u) == 0) {
+      u64 t;
+      asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+      if (it == 0) t0 = t;
+      else if (t - t0 > 2000000000ull) __trap();
+    }
+  }
+}
 // Orders this thread's generic-proxy global accesses with its later async-proxy (TMA) ones.
 __device__ __forceinline__ void fence_proxy_async_global() { asm volatile("fence.proxy.async.global;" ::: "memory"); }
 // Pulls a tensor-map box into L2 (no shared memory, no barrier).
@@ -114,9 +136,9 @@ __global__ void __launch_bounds__(512, 1)
   const u32 raw = smem_u32(smem_raw);
   const u32 base = (raw + 1023u) & ~1023u;
   const u32 wsm = base, ring = base + W_BYTES, bars = ring + 2 * STAGE;
-  // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, "arrived at grid barrier g" at
-  // bars + 40 + 8g (g < 3), "dw MMAs done" at bars + 64, the grid-barrier tokens (u32) at bars + 72 + 4g: 84 bytes
-  const u32 wbar = bars + 32, arrived = bars + 40, dwdone = bars + 64, tokens = bars + 72;
+  // full[s] at bars + 8s, empty[s] at bars + 16 + 8s, the w block's at bars + 32, "arrived at grid barrier 0" at
+  // bars + 40, "dw MMAs done" at bars + 48, barrier 0's token (u32) at bars + 56: 60 bytes
+  const u32 wbar = bars + 32, arrived = bars + 40, dwdone = bars + 48, token0 = bars + 56;
   const int tid = threadIdx.x, wg = tid / 128;
   const int nblk = blockIdx.x, r = blockIdx.y, NB = gridDim.x;
   const int n0 = nblk * 128;
@@ -133,7 +155,9 @@ __global__ void __launch_bounds__(512, 1)
       rgt::mbar_init(bars + 16 + 8 * s, 3);  // the dx and both dw warpgroups read every stage
     }
     rgt::mbar_init(wbar, 1);
-    for (int g = 0; g < rgf::kPhases; ++g) rgt::mbar_init(arrived + 8 * g, 1);
+    rgt::mbar_init(arrived, 1);
+    if (blockIdx.x + blockIdx.y == 0)  // barriers 1–3's counters, before this CTA arrives at barrier 0 (a release)
+      for (int g = 1; g <= rgf::kPhases; ++g) a.sync[g] = 0u;
     rgt::mbar_init(dwdone, 256);
     rgt::fence_mbar_init();
   }
@@ -171,11 +195,15 @@ __global__ void __launch_bounds__(512, 1)
         if (load)
           for (int q = 0; q < xatoms; ++q) rgt::tma_load_2d(st + XO + q * ATOM, &a.tmx, full, n0 + 64 * q, t);
         if (passed <= rgf::barrier_of(c)) {
-          for (; passed <= rgf::barrier_of(c); ++passed) {  // this CTA arrived (the dx warpgroup): wait for all
-            rgt::mbar_wait(arrived + 8 * passed, 0);
-            u32 tok;
-            asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(tokens + 4 * passed));
-            rgf::gbar_wait(tok);
+          for (; passed <= rgf::barrier_of(c); ++passed) {  // wait for every CTA (this one's dx warpgroup too)
+            if (passed == 0) {  // the driver's word: its token from this CTA's arrival
+              rgt::mbar_wait(arrived, 0);
+              u32 tok;
+              asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(token0));
+              rgf::gbar_wait(tok);
+            } else {
+              rgf::cnt_wait(a.sync + passed);
+            }
           }
           rgf::fence_proxy_async_global();  // g_hi / g_lo were written by generic stores (other CTAs, acquired)
         }
@@ -229,9 +257,9 @@ __global__ void __launch_bounds__(512, 1)
     const bool mma = !(a.flags & kRgSkipMma);  // (ablation)
     // Split phase p (1–3): this CTA's contiguous share of the phase's rows of the range → g_hi, g_lo (workspace);
     // 128 threads, SB float4 loads in flight each (between two dx chunks: no accumulators in flight). Then the
-    // warpgroup's lead arrives at grid barrier p − 1 — after seeing barrier p − 2 pass: a CTA must not arrive twice
-    // before every CTA arrived once — and hands the token to the TMA thread (which waits for the barrier before the
-    // phase's first chunk); the next phase's rows are bulk-prefetched into L2 meanwhile.
+    // warpgroup's lead arrives at grid barrier p − 1 (0: the driver's word, its token handed to the waiters through
+    // shared memory; 1, 2: counters) — the TMA thread waits for it before the phase's first chunk; the next phase's
+    // rows are bulk-prefetched into L2 meanwhile.
     constexpr int EQ = E / 4, SB = 8;  // float4 pieces of a g row; loads in flight a thread
     auto share = [&](int p, int& my0, int& my1) {
       const int lo_row = t0 + 64 * rgf::phase_first(p, chunks);
@@ -284,14 +312,18 @@ __global__ void __launch_bounds__(512, 1)
       rgf::fence_proxy_async_global();  // these generic writes are read by TMA (async proxy) in other CTAs
       rgf::bar_sync_dxwg();
       if (dt == 0) {
-        if (p >= 2) {  // barrier p − 2 must have passed for this CTA before it arrives at p − 1
-          u32 tok;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(tokens + 4 * (p - 2)));
-          rgf::gbar_wait(tok);
+        if (p == 1) {  // barrier 0: the driver's word (its token for the waiters)
+          const u32 tok = rgf::gbar_arrive();
+          asm volatile("st.shared.u32 [%0], %1;" ::"r"(token0), "r"(tok) : "memory");
+          rgt::mbar_arrive_local(arrived);
+        } else {  // barriers 1, 2: counters — touched only once barrier 0 has passed (it zeroed them)
+          if (p == 2) {
+            u32 tok;
+            asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(token0));
+            rgf::gbar_wait(tok);
+          }
+          rgf::cnt_arrive(a.sync + (p - 1));
         }
-        const u32 tok = rgf::gbar_arrive();
-        asm volatile("st.shared.u32 [%0], %1;" ::"r"(tokens + 4 * (p - 1)), "r"(tok) : "memory");
-        rgt::mbar_arrive_local(arrived + 8 * (p - 1));
       }
     };
     if (dt == 0) prefetch(1);
@@ -413,13 +445,12 @@ __global__ void __launch_bounds__(512, 1)
         }
       rgt::bar_sync_consumers();
       if (ct == 0) {
-        for (int g = 0; g < rgf::kPhases; ++g) {  // the split's barriers passed for this CTA first (their order)
-          rgt::mbar_wait(arrived + 8 * g, 0);
-          u32 tok;
-          asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(tokens + 4 * g));
-          rgf::gbar_wait(tok);
-        }
-        rgf::gbar_wait(rgf::gbar_arrive());
+        rgt::mbar_wait(arrived, 0);  // barrier 0 passed first (it zeroed the counters)
+        u32 tok;
+        asm volatile("ld.shared.u32 %0, [%1];" : "=r"(tok) : "r"(token0));
+        rgf::gbar_wait(tok);
+        rgf::cnt_arrive(a.sync + rgf::kPhases);  // barrier 3: every partial written
+        rgf::cnt_wait(a.sync + rgf::kPhases);
       }
       rgt::bar_sync_consumers();
       if (tw) tw[kRgTraceStored] = rgt::clk();

@@ -1354,12 +1354,12 @@ TEST_F(RouterGemmTest, BwdFusedNonFiniteDeterministicAndConfigs) {
     EXPECT_TRUE(bitwise_equal("dw (flags)", c.dw, b.dw));
     EXPECT_TRUE(bitwise_equal("dx (flags)", c.dx, b.dx));
   }
-  // A caller's workspace: g_hi, g_lo (T·E fp32 slots) and the range partials (R·K·256): 19 chunks of 64 tokens in
-  // ranges of 3 chunks (at most 8 ranges on 16 column blocks) → R = 7.
+  // A caller's workspace: g_hi, g_lo (T·E fp32 slots), the range partials (R·K·256) and 4 counters: 19 chunks of
+  // 64 tokens in ranges of 3 chunks (at most 8 ranges on 16 column blocks) → R = 7.
   Runtime& r = rt();
   const int64_t chunks = (T + 63) / 64, range_rows = (chunks + 7) / 8 * 64, R = (T + range_rows - 1) / range_rows;
   ASSERT_EQ(R, 7);
-  const int64_t ws_elems = T * E + R * K * 256;
+  const int64_t ws_elems = T * E + R * K * 256 + 4;
   DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
   DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4), wsb(r, ws_elems * 4);
   wsb.poison();
@@ -1393,7 +1393,7 @@ TEST_F(RouterGemmTest, BwdFusedTimeline) {
   const std::vector<float> g = randn(T * E, mix_seed({0xb7}), 1e-4f);
   DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
   DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
-  const int64_t ws_elems = T * E + 8 * K * 256;
+  const int64_t ws_elems = T * E + 8 * K * 256 + 4;
   DeviceBuffer wsb(r, ws_elems * 4);
   const size_t slots = 1024 * static_cast<size_t>(kRgTraceSlots);
   DeviceBuffer tb(r, slots * 8);
@@ -1461,6 +1461,23 @@ TEST_F(RouterGemmTest, BwdFusedTimeline) {
       std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", names[q], v.front(), qq(0.1), qq(0.5), qq(0.9), v.back());
     }
   }
+}
+
+// The public default at precision standard on the co-tiled kernel's shape class (8 ranges of ≥ 1024 tokens filling
+// the GPU: 8192 × 2048 → 256 on the H100) is that kernel — the same bits as variant 3 — with the advertised workspace;
+// below it (T = 4096: BwdTmaStandardIsTheDefault) the TMA kernels stay.
+TEST_F(RouterGemmTest, BwdFusedIsTheDefaultAt8192) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  if (rt().impl().device().sm_count < 128) GTEST_SKIP() << "fewer SMs than the shape class needs";
+  const int64_t T = 8192, K = 2048, E = 256;
+  const std::vector<float> x = bf16_values(T * K, mix_seed({0xf8}), 1.0f);
+  const std::vector<float> w = bf16_values(E * K, mix_seed({0xf9}), 0.02f);
+  const std::vector<float> g = randn(T * E, mix_seed({0xfa}), 1e-4f);
+  const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, -1, /*precision=*/4);
+  const Bwd f = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 3, /*precision=*/4);
+  EXPECT_TRUE(d.guards_ok);
+  EXPECT_TRUE(bitwise_equal("dx (default vs co-tiled)", d.dx, f.dx));
+  EXPECT_TRUE(bitwise_equal("dw (default vs co-tiled)", d.dw, f.dw));
 }
 
 }  // namespace
