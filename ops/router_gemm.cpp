@@ -14,7 +14,6 @@
 #include "kiln/router_gemm_args.h"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
-#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -54,10 +53,7 @@ enum : uint32_t {
   kFwdTmaKs = 10,  // the TMA forward with K split over a cluster (wn = split count)
   kFwdTmaXmc = 11,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14,
-  // dx and dw in one cooperative launch, co-tiled (router_gemm_bwd_fused.cuh; precision standard; wm = x chunks
-  // prefetched into L2 ahead of the ring, wn = most T ranges).
-  kBwdFused = 15
+  kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
@@ -113,11 +109,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
     return;
   }
-  if (s.kernel == kBwdFused) {
-    source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E], s.config[C_WM]);
-    return;
-  }
   if (s.kernel == kW16) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     name = fmt::format("kiln::router_gemm_w16_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
@@ -142,8 +133,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
-  if (s.kernel == kBwdFused)  // slack + the resident w block (ceil(E/64) × 16 KiB) + 2 stages of 80 KiB + mbarriers
-    return 1024 + static_cast<int>((s.params[P_E] + 63) / 64) * 16384 + 2 * 81920 + 128;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
@@ -193,7 +182,6 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
-  if (s.kernel == kBwdFused) return 512;  // producer + 2 dw warpgroups + 1 dx warpgroup
   if (s.kernel == kW16) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
@@ -207,11 +195,6 @@ int threads(const Specialization& s) {
 bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
   if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
-  if (s.kernel == kBwdFused)  // 64-token chunks × 128 columns a CTA, 2 stages, up to wn (≤ 8) T ranges, wm x chunks
-                              // prefetched into L2 (0, 2 or 4)
-    return has_wgmma(s.arch) && s.params[P_E] <= 256 && s.config[C_BM] == 64 && s.config[C_BN] == 128 &&
-           s.config[C_BK] == 64 && (s.config[C_WM] == 0 || s.config[C_WM] == 2 || s.config[C_WM] == 4) &&
-           s.config[C_WN] >= 1 && s.config[C_WN] <= 8 && s.config[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
@@ -271,7 +254,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_fused"},
+                    "dx_tma_f16", "dw_tma_f16", "w16"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -305,9 +288,6 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_E] = E;
   switch (kernel) {
     case kW16:  // no tile config
-      break;
-    case kBwdFused:  // 64-token chunks, 128 columns, up to 8 T ranges (16 × 8 = 128 CTAs at K = 2048), no x prefetch
-      set_config(s, 64, 128, 64, 0, 8, 2);
       break;
     case kDxTma:
     case kDxTmaF16:
@@ -393,14 +373,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   };
   add(def);
   if (base.kernel == kDwReduce || base.kernel == kW16) return;
-  if (base.kernel == kBwdFused) {  // x prefetch distance
-    Specialization s = def;
-    for (int pf : {2, 4}) {
-      set_config(s, 64, 128, 64, pf, 8, 2);
-      add(s);
-    }
-    return;
-  }
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
@@ -548,7 +520,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
          {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
-          kDwTmaF16, kW16, kBwdFused})
+          kDwTmaF16, kW16})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -829,7 +801,7 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 namespace {
 // The backward's kernels by default: 2, the TMA kernels (sm_90a, E ≤ 256); 0, mma.sync (every other arch, E > 256).
 // (1, the cp.async wgmma kernels — never the default since the TMA ones, 128.0 vs 136.0 µs for mma.sync in run 78
-// — were removed in session 7; 3, the co-tiled one-launch kernel, runs by request.)
+// — were removed in session 7, as was session 7's co-tiled one-launch kernel: bench/NOTES.md.)
 int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 2 : 0; }
 
 // The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8), each a multiple of 64 rows, in
@@ -863,33 +835,6 @@ uint32_t dx_tma_kernel(int precision) {
 uint32_t dw_tma_kernel(int precision) {
   return precision == 0 ? kDwTmaF16 : precision == 1 || precision == 4 ? kDwTma : kDwTmaBf16;
 }
-// The co-tiled backward's grid: ceil(K/128) column blocks × R token ranges of `rows` tokens (a multiple of 64), R at
-// most wn (≤ 8) and at most the SMs over the column blocks (a cooperative launch: every CTA resident, one a SM),
-// no empty range; `slice` dw rows reduced by each range's CTAs. Workspace: g_hi and g_lo [T, E] bf16 (T·E fp32
-// slots), the range partials [R, K, 256] fp32, 4 u32 barrier counters. ranges = 0: the grid cannot be resident.
-struct FusedPlan {
-  int blocks = 0, ranges = 0, rows = 0, slice = 0;
-  int64_t workspace_elems = 0;
-};
-FusedPlan fused_plan(const Specialization& s, int64_t T, int64_t K, int64_t E, int sms) {
-  FusedPlan p;
-  if (T <= 0) return p;
-  const int64_t blocks = (K + 127) / 128, chunks = (T + 63) / 64;
-  const int64_t ranges = std::min<int64_t>({s.config[C_WN], sms / blocks, chunks});
-  if (ranges < 1) return p;
-  p.blocks = static_cast<int>(blocks);
-  p.rows = static_cast<int>((chunks + ranges - 1) / ranges * 64);
-  p.ranges = static_cast<int>((T + p.rows - 1) / p.rows);
-  p.slice = static_cast<int>(round_up((E + p.ranges - 1) / p.ranges, 4));
-  p.workspace_elems = T * E + p.ranges * K * 256 + 4;  // + the grid-barrier counters
-  return p;
-}
-// Where the co-tiled kernel is the default (precision standard, dx and dw): the shape class it was measured faster
-// on — 8 T ranges of ≥ 1024 tokens whose CTAs fill ≥ 90 % of the SMs (8192 × 2048 → 256 on 132 SMs: 16 column
-// blocks × 8 ranges); elsewhere (fewer tokens, K = 7168: 56 × 2 CTAs) the two TMA kernels stay.
-bool fused_is_default(const FusedPlan& p, int sms) {
-  return p.ranges == 8 && p.rows >= 1024 && 10 * p.blocks * p.ranges >= 9 * sms;
-}
 // The fp16 pass's w operand in the workspace, after dw's partials: w16 [E, K] fp16 (E·K/2 fp32 slots) and 2^c_k [K].
 int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 
@@ -900,14 +845,9 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const int precision = static_cast<int>(options.precision);
-  if (default_bwd_variant(arch, E) >= 2) {
-    const int64_t tma =
-        dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
-        (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
-    if (precision != 4) return tma;
-    const FusedPlan f = fused_plan(impl.tuned(spec(arch, kBwdFused, K, E), T), T, K, E, sm_count(rt));
-    return fused_is_default(f, sm_count(rt)) ? std::max(tma, f.workspace_elems) : tma;
-  }
+  if (default_bwd_variant(arch, E) >= 2)
+    return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
+           (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
@@ -932,75 +872,13 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
-  if (variant < 0) {
-    variant = default_bwd_variant(arch, E);
-    // precision standard with dx and dw on the measured shape class: the co-tiled one-launch kernel
-    if (variant == 2 && precision == 4 && dx.defined() && dw.defined() &&
-        fused_is_default(fused_plan(impl.tuned(spec(arch, kBwdFused, K, E), T), T, K, E, sm_count(rt)), sm_count(rt)))
-      variant = 3;
-  }
-  if (variant == 1 || variant < 0 || variant > 3)  // (1: the cp.async wgmma kernels, removed in session 7)
-    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 (co-tiled), got {}", variant));
+  if (variant < 0) variant = default_bwd_variant(arch, E);
+  if (variant != 0 && variant != 2)  // (1: the cp.async wgmma kernels, removed in session 7)
+    ck.invalid("variant", fmt::format("expected 0 (mma.sync) or 2 (TMA), got {}", variant));
   if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
     ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
-  if (variant == 3) {  // the co-tiled kernel (precision standard, dx and dw, T > 0); otherwise the TMA kernels
-    const Specialization s = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx);
-    const FusedPlan plan = precision == 4 && dx.defined() && dw.defined() ? fused_plan(s, T, K, E, sm_count(rt))
-                                                                          : FusedPlan{};
-    if (plan.ranges > 0) {
-      if (workspace.defined() && workspace.numel() < plan.workspace_elems)
-        ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements for the co-tiled backward, got {}",
-                                                plan.workspace_elems, workspace.numel()));
-      CUdeviceptr owned = 0;
-      float* ws = static_cast<float*>(workspace.data);
-      if (!workspace.defined()) {
-        owned = impl.alloc_async(static_cast<size_t>(plan.workspace_elems) * 4, stream);
-        ws = reinterpret_cast<float*>(owned);
-      }
-      RouterGemmBwdFusedArgs a{};
-      a.hi = ws;
-      a.lo = reinterpret_cast<char*>(ws) + T * E * 2;
-      a.partial = ws + T * E;
-      a.sync = reinterpret_cast<unsigned*>(ws + T * E + plan.ranges * K * 256);
-      encode_tma_2d(a.tmh, a.hi, E, T, E * 2, 64);
-      encode_tma_2d(a.tml, a.lo, E, T, E * 2, 64);
-      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
-      encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
-      a.g = static_cast<const float*>(g.data);
-      a.g_stride = gr.stride;
-      a.dx = dx.data;
-      a.dx_stride = dxr.stride;
-      a.dw = static_cast<float*>(dw.data);
-      a.T = static_cast<int>(T);
-      a.split_rows = plan.rows;
-      a.slice = plan.slice;
-      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-      a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) &
-                (kRgSkipMma | kRgSkipLoad | kRgSkipStore | kRgNoDefer);
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(plan.blocks);
-      d.grid[1] = static_cast<unsigned>(plan.ranges);
-      d.block[0] = static_cast<unsigned>(threads(s));
-      d.smem = static_cast<unsigned>(smem_bytes(s));
-      // The grid barriers wait for every CTA: the driver guarantees they are all resident, or refuses the launch
-      // (fewer SMs available: MPS, green contexts) — then the two TMA kernels run instead.
-      d.cooperative = true;
-      bool launched = true;
-      try {
-        impl.launch(s, d, stream, a);
-      } catch (const DeviceError& e) {
-        log(LogLevel::warn, "router_gemm_fp32_bwd: cooperative launch refused ({}); running the two-kernel backward",
-            e.what());
-        launched = false;
-      }
-      if (owned) impl.free_async(owned, stream);
-      if (launched) return;
-    }
-    variant = 2;  // (with its default configs: a forced config named the co-tiled kernel's)
-    force_dx = force_dw = nullptr;
-  }
   if (variant == 2) {
     if (T == 0) {  // dx has no rows; dw is an empty sum: zeros
       if (!dw.defined()) return;
@@ -1223,8 +1101,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_nodefer", kRgNoDefer}}) {
+                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;
@@ -1259,9 +1136,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   } else if (part.ends_with("_tma")) {
     variant = 2;
     part.resize(part.size() - 4);
-  } else if (part.ends_with("_fused")) {  // the co-tiled backward (one cooperative launch)
-    variant = 3;
-    part.resize(part.size() - 6);
+
   } else if (part.ends_with("_sm90")) {
     variant = 1;
     part.resize(part.size() - 5);
@@ -1322,7 +1197,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_fused"};
+                                       "dw_tma_tf32", "dx_tma_tf32"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -1,22 +1,21 @@
 #!/usr/bin/env bash
 # Session 7 (helper rbwd) router_gemm backward rounds (bench/NOTES.md "Session 7 (helper rbwd)").
-#   rbwd_round.sh [ncu [KERNELS]]     (ncu of dx_tma, dw_tma and bwd_fused when no argument)
+#   rbwd_round.sh [ncu [KERNELS]]     (ncu of dx_tma and dw_tma when no argument)
 # ncu: the two TMA backward kernels inside the op at 8192 × 2048 → 256 (precision standard): is their main loop
 # bound by shared-memory bandwidth (the roofline written before measuring: dx needs 160 B/cycle at the tensor rate,
 # dw 112)? SpeedOfLight + memory workload (shared-memory pipe / bank utilisation) + compute workload (tensor pipe)
-# + warp states; the same for the co-tiled one-launch backward (router_gemm_bwd_fused_kernel). Logs go to $OUT.
+# + warp states (session 7 also profiled its co-tiled kernel, bwd_fused, since removed). Logs go to $OUT.
 set -u
 out=${OUT:-/tmp}
 kiln=${KILN_BIN:-./build-gpu/tools/kiln}
 what=${1:-ncu}
-kernels=${2:-dx_tma dw_tma bwd_fused}
+kernels=${2:-dx_tma dw_tma}
 op='router_gemm_fp32_bwd T=8192 K=2048 E=256$'
 if [[ $what == *ncu* ]]; then
   sections=(--section SpeedOfLight --section MemoryWorkloadAnalysis --section MemoryWorkloadAnalysis_Chart
             --section MemoryWorkloadAnalysis_Tables --section ComputeWorkloadAnalysis --section WarpStateStats)
   for k in $kernels; do
     f=$op
-    [[ $k == bwd_fused ]] && f='router_gemm_fp32_bwd_fused T=8192 K=2048 E=256$'
     ncu --clock-control none -k regex:router_gemm_${k}_kernel -c 1 "${sections[@]}" --print-details all \
       "$kiln" bench --repeats 1 --filter "$f" > "$out/rbwd-ncu-$k.txt" 2>&1
     grep -E "Duration|Shared Memory|Shared|Tensor|Pipe|L1/TEX Cache Throughput|DRAM Throughput|Issue Slots|Warp Cycles Per Issued" \

@@ -110,7 +110,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
          {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_tma_high"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
-    for (const char* part : {"fwd", "bwd", "bwd_fused"})  // bwd_fused: the co-tiled one-launch backward
+    for (const char* part : {"fwd", "bwd"})
       cases.push_back({fmt::format("router_gemm_fp32_{}", part), shape,
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
@@ -157,13 +157,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // dx with w multicast to clusters of 2 (half the L2 reads of w).
   add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});
   for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32"})
-    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
-                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
-  // The co-tiled backward (session 7): x prefetched into L2 2 / 4 chunks ahead, and its ablations (the last two dx
-  // chunks not held back behind the dw MMAs; no wgmma: data movement, split and reduction alone; no stores: no dx,
-  // no partials, no reduction; the skeleton).
-  add_sweep(cases, "bwd_fused", std::array<std::array<int32_t, 6>, 2>{{{64, 128, 64, 2, 8, 2}, {64, 128, 64, 4, 8, 2}}});
-  for (const char* part : {"bwd_fused_nodefer", "bwd_fused_nomma", "bwd_fused_nostore", "bwd_fused_noload_nomma_nostore"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_mma", kFwdSweep);

@@ -57,29 +57,6 @@ struct RouterGemmDxTmaArgs {
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
-// The co-tiled backward (router_gemm_bwd_fused.cuh, precision standard): one cooperative launch of (ceil(K/128), R)
-// CTAs, CTA (n, r) = columns [128n, 128n + 128) × tokens [r·split_rows, …). tmh / tml: g_hi / g_lo [T, E] bf16 (the
-// workspace, written by the kernel from g), tmx: x [T, K], tmw: w [E, K]; all in boxes of 64 columns × 64 rows.
-// partial: [R, K, 256] fp32 (the workspace): each range's dwᵀ; CTA (n, r) then adds expert rows [r·slice, …) of its
-// column block's R partials in range order into dw.
-struct RouterGemmBwdFusedArgs {
-  RgTensorMap tmh;
-  RgTensorMap tml;
-  RgTensorMap tmx;
-  RgTensorMap tmw;
-  const float* g; long long g_stride;   // elements between rows of g
-  void* hi;                             // [T, E] bf16 (workspace)
-  void* lo;                             // [T, E] bf16 (workspace)
-  void* dx; long long dx_stride;        // elements between rows of dx
-  float* partial;                       // [R, K, 256] fp32 (workspace)
-  unsigned* sync;                       // [4] u32 (workspace): grid barriers 1–3 (zeroed by the kernel)
-  float* dw;                            // [E, K] contiguous
-  int T;
-  int split_rows;                       // tokens a range (a multiple of 64; every range holds ≥ 1 token)
-  int slice;                            // dw rows a range's CTAs reduce (a multiple of 4; R · slice ≥ E)
-  int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
-  unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA, CTA r·NB + n
-};
 // The fp16 pass's operand prep (router_gemm_w16_kernel): w16[e, k] = fp16(w[e, k] · 2^−c_k) with c_k from column k's
 // amax over E, and colf[k] = 2^c_k.
 struct RouterGemmW16Args {
@@ -110,7 +87,7 @@ enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
-              kRgSkipLoad = 1 << 17, kRgNoDefer = 1 << 18;
+              kRgSkipLoad = 1 << 17;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
@@ -122,8 +99,6 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // wait for every stage and release it: the data movement alone), kRgSkipLoad fetches nothing (the producer arrives on
 // the full barriers with no bytes: the MMAs read stale shared memory), kRgSkipStore writes no dx / no dw (dw: no
 // staging, no cluster sum, no partials, and the host launches no dw_reduce).
-// kRgNoDefer (co-tiled backward, bench only): the dx warpgroup does not hold its last two chunks back until the dw
-// MMAs are done (what the overlap of those with dw's tail is worth).
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
 // bench can time the main loop alone; the output is garbage.
 

@@ -1,8 +1,7 @@
 // kiln/router_gemm_bwd_sm90.cuh — Hopper (sm_90a) warpgroup-MMA helpers of the fp32 router GEMM's backward: shared-
 // memory descriptors of N-/M-major operands and the wgmma forms with transposed operands that the TMA backward
-// (router_gemm_bwd_tma.cuh) and the co-tiled backward (router_gemm_bwd_fused.cuh) issue. (The cp.async wgmma backward
-// kernels that lived here — never the default on sm_90a — were removed in session 7; their measurements stay in
-// bench/NOTES.md.)
+// (router_gemm_bwd_tma.cuh) issues. (The cp.async wgmma backward kernels that lived here — never the default on
+// sm_90a — were removed in session 7; their measurements stay in bench/NOTES.md.)
 #pragma once
 #include "kiln/router_gemm_sm90.cuh"
 
