@@ -44,14 +44,16 @@ std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 namespace {
 using namespace detail;
 
+// Kernel ids index g_family's kernel names (the tuning database keys on the names). Session 7 removed the cp.async
+// wgmma backward (dx_sm90 / dw_sm90, ids 5 and 6 then) and renumbered the rest.
 enum : uint32_t {
-  kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kDx90 = 5, kDw90 = 6, kFwdTma = 7,
+  kFwd = 0, kDx = 1, kDw = 2, kDwReduce = 3, kFwd90 = 4, kFwdTma = 5,
   // The TMA backward: dx from bf16(g) and dw from g hi + lo (the policy), and the other precision of each (bench).
-  kDxTma = 8, kDwTma = 9, kDxTmaSplit = 10, kDwTmaBf16 = 11,
-  kFwdTmaKs = 12,  // the TMA forward with K split over a cluster (wn = split count)
-  kFwdTmaXmc = 13,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
+  kDxTma = 6, kDwTma = 7, kDxTmaSplit = 8, kDwTmaBf16 = 9,
+  kFwdTmaKs = 10,  // the TMA forward with K split over a cluster (wn = split count)
+  kFwdTmaXmc = 11,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 14, kDwTmaF16 = 15, kW16 = 16
+  kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14
 };
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
@@ -118,17 +120,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_WM], s.config[C_STAGES], s.config[C_WN], s.config[C_BK]);
     return;
   }
-  if (s.kernel == kDx90 || s.kernel == kDw90) {
-    source = "#include \"kiln/router_gemm_bwd_sm90.cuh\"\n";
-    const auto& c = s.config;
-    if (s.kernel == kDx90)
-      name = fmt::format("kiln::router_gemm_dx_sm90_kernel<{}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E], c[C_BN],
-                         c[C_WM], c[C_STAGES]);
-    else
-      name = fmt::format("kiln::router_gemm_dw_sm90_kernel<{}, {}, {}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                         c[C_BN], c[C_WM], c[C_WN], c[C_STAGES]);
-    return;
-  }
   if (s.kernel == kDwReduce) {
     name = "kiln::router_gemm_dw_reduce_kernel<4>";
     return;
@@ -169,11 +160,6 @@ int smem_bytes(const Specialization& s) {
     const int stage = atoms * (bm * 128 + static_cast<int>(round_up(e * 128, 1024)));
     return 1024 + std::max(s.config[C_STAGES] * stage, bm * (e + 8) * 4);
   }
-  if (s.kernel == kDx90 || s.kernel == kDw90) {  // slack + ring (fp32 g tile, bf16 operand tile) + hi/lo ×2 buffers
-    const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
-    const int ring = stages * (bk * bm * 4 + bk * bn * 2), cvt = 4 * bk * bm * 2;
-    return 1024 + std::max(ring + cvt, bm * (bn + 8) * (s.kernel == kDx90 ? 2 : 4));
-  }
   const int bm = s.config[C_BM], bn = s.config[C_BN], bk = s.config[C_BK], stages = s.config[C_STAGES];
   int a = 0, b = 0, out_elem = 4;
   switch (s.kernel) {
@@ -200,8 +186,7 @@ int threads(const Specialization& s) {
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
-  const bool wgmma = s.kernel == kFwd90 || s.kernel == kDx90 || s.kernel == kDw90;
-  return wgmma ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
+  return s.kernel == kFwd90 ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
 }
 
 // A config is valid when the warp grid tiles the CTA tile with m16 × (2 × n8) MMA fragments, the accumulators fit
@@ -212,14 +197,6 @@ bool valid(const Specialization& s) {
   if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
-  if (s.kernel == kDx90 || s.kernel == kDw90) {  // wgmma backward: sm_90a; wm = warpgroups, wn = m64 blocks each
-    const bool dx = s.kernel == kDx90;
-    const int nwg = c[C_WM], mt = c[C_WN];
-    return has_wgmma(s.arch) && (c[C_BN] == 64 || c[C_BN] == 128 || c[C_BN] == 256) && nwg >= 1 && nwg <= 4 &&
-           (dx ? (mt == 1 && nwg <= 2 && c[C_BK] == 64) : (mt >= 1 && mt <= 2 && c[C_BK] == 32)) &&
-           c[C_BM] == 64 * nwg * mt && mt * c[C_BN] / 2 <= 128 && c[C_STAGES] >= 2 && c[C_STAGES] <= 6 &&
-           (dx || c[C_BM] <= round_up(E, 64)) && c[C_BN] <= round_up(K, 64) && smem_bytes(s) <= smem_limit(s.arch);
-  }
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
                                // of 64), or bm = 64 with wm = 2 (ping-pong: the consumers take alternate 64-row
                                // tiles); bk = K columns the producer requests at once (64: a stage, 128 / 256: two
@@ -275,7 +252,7 @@ void search_space(const Specialization& s, std::vector<Specialization>& out);
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens);
 
 FamilyDef g_family{"router_gemm",
-                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "dx_sm90", "dw_sm90", "fwd_tma", "dx_tma", "dw_tma",
+                   {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
                     "dx_tma_f16", "dw_tma_f16", "w16"},
                    {"K", "E"},
@@ -341,15 +318,6 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
     case kFwd90:  // the choice at 8192 tokens on 132 SMs; fwd90_for_tokens picks by T
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
-    case kDx90:  // two warpgroups × 64 tokens × 256 columns, two stages (the hi/lo tiles fill the rest)
-      set_config(s, 128, 256, 64, 2, 1, 2);
-      break;
-    case kDw90: {  // every expert in one CTA: a warpgroup per 64-expert block (run 78: 69.8 µs vs 70.9 with two
-                   // blocks a warpgroup)
-      const int blocks = static_cast<int>((std::min<int64_t>(E, 256) + 63) / 64);
-      set_config(s, 64 * blocks, 128, 32, blocks, 1, 3);
-      break;
-    }
     case kFwd: {
       const int wn = E > 128 ? 4 : 2, wm = 8 / wn;
       const int bn = static_cast<int>(std::min<int64_t>(round_up(E, wn * 16), 256));
@@ -510,25 +478,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           add(s);
         }
       break;
-    case kDx90:
-      for (int bn : {256, 128})
-        for (int nwg : {2, 1})
-          for (int stages : {2, 3}) {
-            set_config(s, 64 * nwg, bn, 64, nwg, 1, stages);
-            add(s);
-          }
-      break;
-    case kDw90: {
-      const int bm = def.config[C_BM];
-      for (int bn : {128, 64, 256})
-        for (int mt : {1, 2})
-          for (int stages : {3, 2}) {
-            if ((bm / 64) % mt != 0) continue;
-            set_config(s, bm, bn, 32, bm / 64 / mt, mt, stages);
-            add(s);
-          }
-      break;
-    }
     case kFwd: {
       const int bn_full = def.config[C_BN];
       set_config(s, 64, bn_full, 64, 2, 4, 3);
@@ -570,7 +519,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   // (fwd90_for_tokens) compile on first use.
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
-         {kFwd90, kDx90, kDw90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
+         {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
           kDwTmaF16, kW16})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
@@ -850,9 +799,9 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 }
 
 namespace {
-// The backward's kernels by default: the wgmma ones on sm_90a (H100, 8192 × 2048 → 256, run 78: 128.0 µs vs 136.0 µs
-// for the mma.sync ones; 390.8 vs 448.7 µs at K = 7168).
-// 2: the TMA kernels (sm_90a, E ≤ 256), which need no workspace; 1: the cp.async wgmma ones; 0: mma.sync.
+// The backward's kernels by default: 2, the TMA kernels (sm_90a, E ≤ 256); 0, mma.sync (every other arch, E > 256).
+// (1, the cp.async wgmma kernels — never the default since the TMA ones, 128.0 vs 136.0 µs for mma.sync in run 78
+// — were removed in session 7, as was session 7's co-tiled one-launch kernel: bench/NOTES.md.)
 int default_bwd_variant(Arch arch, int64_t E) { return has_wgmma(arch) && E <= 256 ? 2 : 0; }
 
 // The TMA dw's T ranges: enough that tiles × ranges fills the GPU, at most wn (≤ 8), each a multiple of 64 rows, in
@@ -899,8 +848,7 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
   if (default_bwd_variant(arch, E) >= 2)
     return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
            (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
-  const uint32_t kernel = default_bwd_variant(arch, E) == 1 ? kDw90 : kDw;
-  const Specialization s = impl.tuned(spec(arch, kernel, K, E), T);
+  const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
@@ -925,7 +873,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   if (variant < 0) variant = default_bwd_variant(arch, E);
-  if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
+  if (variant != 0 && variant != 2)  // (1: the cp.async wgmma kernels, removed in session 7)
+    ck.invalid("variant", fmt::format("expected 0 (mma.sync) or 2 (TMA), got {}", variant));
+  if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
     ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
@@ -1034,7 +984,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     return;
   }
   if (dx.defined() && T > 0) {
-    const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDx90 : kDx, K, E), T, force_dx);
+    const Specialization s = pick(rt, ck, spec(arch, kDx, K, E), T, force_dx);
     const RouterGemmDxArgs a{static_cast<const float*>(g.data), gr.stride, w.data, dx.data, dxr.stride,
                              static_cast<int>(T), router_gemm_measure_flags.load(std::memory_order_relaxed)};
     LaunchDims d;
@@ -1046,7 +996,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   }
   if (!dw.defined()) return;
 
-  const Specialization s = pick(rt, ck, spec(arch, variant == 1 ? kDw90 : kDw, K, E), T, force_dw);
+  const Specialization s = pick(rt, ck, spec(arch, kDw, K, E), T, force_dw);
   const DwPlan plan = T > 0 ? dw_plan(s, T, sm_count(rt)) : DwPlan{};
   if (plan.workspace_elems > 0 && workspace.defined() && workspace.numel() < plan.workspace_elems)
     ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
@@ -1137,8 +1087,8 @@ struct RouterGemmBuffers {
 // A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
                                    const RouterGemmConfig* force = nullptr) {
-  // part: fwd | bwd | dx | dw, then optionally _sm90 (wgmma kernels) or _mma (mma.sync kernels), then optionally
-  // _nofence / _nofence2 (measurement: skip the sm_90a proxy fences; see kRgSkip*), _tf32 / _high / _bf16g
+  // part: fwd | bwd | dx | dw, then optionally _sm90 (the wgmma forward) or _mma (mma.sync kernels), then optionally
+  // _nofence (measurement: skip the wgmma forward's proxy fence; see kRgSkip*), _tf32 / _high / _bf16g
   // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone; default: standard = dx from bf16(g), dw
   // from hi + lo).
   std::string part = part_in;
@@ -1172,9 +1122,6 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   } else if (part.ends_with("_tf32")) {
     precision = 0;
     part.resize(part.size() - 5);
-  } else if (part.ends_with("_nofence2")) {
-    flags |= kRgSkipCopyFence | kRgSkipSplitFence;
-    part.resize(part.size() - 9);
   } else if (part.ends_with("_nofence")) {
     flags |= kRgSkipCopyFence;
     part.resize(part.size() - 8);
@@ -1189,6 +1136,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   } else if (part.ends_with("_tma")) {
     variant = 2;
     part.resize(part.size() - 4);
+
   } else if (part.ends_with("_sm90")) {
     variant = 1;
     part.resize(part.size() - 5);
@@ -1247,7 +1195,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
 namespace {
 BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens) {
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
-                                       "dx_sm90",    "dw_sm90",     "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
+                                       "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
                                        "dw_tma_tf32", "dx_tma_tf32"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,

@@ -79,18 +79,6 @@ constexpr std::array<std::array<int32_t, 6>, 5> kDwTmaSweep = {{{128, 256, 64, 2
                                                                 {128, 256, 64, 4, 8, 3},
                                                                 {128, 256, 64, 2, 8, 2},
                                                                 {128, 256, 64, 4, 4, 3}}};
-// The sm_90a wgmma backward: dx (wm = warpgroups of 64 tokens) and dw (wm = warpgroups, wn = 64-expert blocks each).
-constexpr std::array<std::array<int32_t, 6>, 6> kDx90Sweep = {{{128, 256, 64, 2, 1, 2},
-                                                               {128, 128, 64, 2, 1, 3},
-                                                               {128, 128, 64, 2, 1, 2},
-                                                               {64, 256, 64, 1, 1, 3},
-                                                               {64, 128, 64, 1, 1, 4},
-                                                               {64, 128, 64, 1, 1, 2}}};
-constexpr std::array<std::array<int32_t, 6>, 5> kDw90Sweep = {{{256, 128, 32, 2, 2, 3},
-                                                               {256, 128, 32, 4, 1, 3},
-                                                               {256, 64, 32, 4, 1, 4},
-                                                               {256, 64, 32, 2, 2, 3},
-                                                               {256, 128, 32, 2, 2, 2}}};
 constexpr std::array<std::array<int32_t, 6>, 6> kDxSweep = {{{128, 128, 32, 8, 1, 3},
                                                              {128, 128, 32, 8, 1, 4},
                                                              {64, 128, 32, 4, 1, 4},
@@ -119,7 +107,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int64_t K : {2048, 7168}) {
     const std::string shape = fmt::format("T=8192 K={} E=256", K);
     for (const char* part :
-         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_sm90", "bwd_tma_high"})
+         {"fwd_tma", "fwd_tmaks", "fwd_tmaxmc", "fwd_sm90", "bwd_tma", "bwd_tma_high"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), shape + " default",
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
     for (const char* part : {"fwd", "bwd"})
@@ -127,7 +115,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   }
   for (const char* part : {"dx", "dw", "dx_tma_tf32", "dw_tma_tf32", "dx_tma_high", "dw_tma_high", "dx_tma_bf16g",
-                           "dw_tma_bf16g", "dx_sm90", "dw_sm90"})
+                           "dw_tma_bf16g"})
     cases.push_back({fmt::format("router_gemm_fp32_bwd_{}", part), "T=8192 K=2048 E=256",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // The TMA backward's fp16 pass (tf32, the default): dw with 32-token chunks (6 / 5 stages: a deeper ring of the
@@ -201,8 +189,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_tmaxmc_nostore", "fwd_tmaxmc_direct"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=7168 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, part); }});
-  // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
-  for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
+  // What the sm_90a proxy fence costs (measurement only).
+  for (const char* part : {"fwd_sm90_nofence"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // 2 CTAs an SM with K split; 128 K columns a stage (fewer barriers per MMA).

@@ -140,6 +140,18 @@ __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, in
   else cluster_sum_rows<4, 256, 32 * CPR>(base, t, off, emit);
 }
 
+// The producer's trace slots (measurement; RouterGemmDxTmaArgs::trace): globaltimer ns and SM clock at the CTA's
+// entry, its SM, its first TMA issue (clock) and now (its last one).
+__device__ __forceinline__ void trace_producer(u64* trace, u64 t0_ns, u64 t0_clk, u64 first_clk) {
+  u32 sm;
+  asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+  trace[kRgTraceStartNs] = t0_ns;
+  trace[kRgTraceStartClk] = t0_clk;
+  trace[kRgTraceSm] = sm;
+  trace[kRgTraceProducerFirst] = first_clk;
+  trace[kRgTraceProducerLast] = clk();
+}
+
 template <int R>
 __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 #pragma unroll
@@ -243,15 +255,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           }
         }
       }
-      if (trace) {
-        u32 sm;
-        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-        trace[kRgTraceStartNs] = t0_ns;
-        trace[kRgTraceStartClk] = t0_clk;
-        trace[kRgTraceSm] = sm;
-        trace[kRgTraceProducerFirst] = first_clk;
-        trace[kRgTraceProducerLast] = rgt::clk();
-      }
+      if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
     }
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     rgt::setmaxnreg_inc<232>();
@@ -606,15 +610,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
           phase ^= 1;
         }
       }
-      if (trace) {
-        u32 sm;
-        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-        trace[kRgTraceStartNs] = t0_ns;
-        trace[kRgTraceStartClk] = t0_clk;
-        trace[kRgTraceSm] = sm;
-        trace[kRgTraceProducerFirst] = first_clk;
-        trace[kRgTraceProducerLast] = rgt::clk();
-      }
+      if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
     rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();

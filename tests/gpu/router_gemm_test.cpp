@@ -446,7 +446,7 @@ TEST_F(RouterGemmTest, FwdTmaEveryConfig) {
     const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c7, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d7, static_cast<uint64_t>(E)}), 0.02f);
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    const auto pts = space(7, K, E);
+    const auto pts = space(5, K, E);
     EXPECT_GE(pts.size(), E % 16 == 0 ? 8u : 2u);
     for (const auto& c : pts) {
       SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
@@ -465,7 +465,7 @@ TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
     const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c8, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d8, static_cast<uint64_t>(E)}), 0.02f);
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    const auto pts = space(12, K, E);
+    const auto pts = space(10, K, E);
     EXPECT_GE(pts.size(), 3u);
     for (const auto& c : pts) {
       SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
@@ -489,7 +489,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
     const std::vector<float> x = bf16_values(T * K, mix_seed({0x9ca, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0x9da, static_cast<uint64_t>(E)}), 0.02f);
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    const auto pts = space(13, K, E);
+    const auto pts = space(11, K, E);
     EXPECT_GE(pts.size(), 4u);
     for (const auto& c : pts) {
       SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
@@ -817,57 +817,13 @@ TEST_F(RouterGemmTest, BwdEveryConfig) {
   }
 }
 
-// ---- the sm_90a wgmma backward -----------------------------------------------------------------------------------
+// (The cp.async wgmma backward — variant 1 — was removed in session 7: never the default on sm_90a, its tests went
+// with it; bench/NOTES.md keeps its measurements.)
 
-class RouterGemmBwdSm90 : public RouterGemmTest, public ::testing::WithParamInterface<Shape> {};
-
-TEST_P(RouterGemmBwdSm90, MatchesReference) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const auto [T, K, E] = GetParam();
-  const uint64_t seed = mix_seed({0xc0, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
-  const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/1);
-  EXPECT_TRUE(b.guards_ok) << "written outside dx, dw or the workspace";
-  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
-  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
-  const auto rdx = close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); });
-  EXPECT_TRUE(rdx);
-  const auto rdw = close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); });
-  EXPECT_TRUE(rdw);
-  RecordProperty("dx", rdx.message());
-  RecordProperty("dw", rdw.message());
-}
-
-INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwdSm90, ::testing::ValuesIn(shapes()), shape_name);
-
-TEST_F(RouterGemmTest, BwdSm90EveryConfig) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0xc1, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xc2, static_cast<uint64_t>(E)}), 0.02f);
-    const std::vector<float> g = randn(T * E, mix_seed({0xc3, static_cast<uint64_t>(E)}), 1e-4f);
-    const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
-    const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
-    for (const auto& c : space(5, K, E)) {
-      SCOPED_TRACE("dx_sm90 " + fmt_config(c) + " E=" + std::to_string(E));
-      const Bwd b = run_bwd(g, x, w, T, K, E, true, false, &c, nullptr, false, 1);
-      EXPECT_TRUE(b.guards_ok);
-      EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
-    }
-    for (const auto& c : space(6, K, E)) {
-      SCOPED_TRACE("dw_sm90 " + fmt_config(c) + " E=" + std::to_string(E));
-      const Bwd b = run_bwd(g, x, w, T, K, E, false, true, nullptr, &c, false, 1);
-      EXPECT_TRUE(b.guards_ok);
-      EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
-    }
-  }
-}
-
-// The wgmma backward reduces in a fixed order too: bitwise repeatable, and non-finite g propagates.
-TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
+// Non-finite g propagates through the public op's default (the TMA backward, here at precision tf32), and with a
+// caller's workspace of the advertised size (the sums of dw's T-range groups: 2 groups of 4 ranges at 4096 tokens
+// on 132 SMs) it gives the bits of the internal TMA entry point.
+TEST_F(RouterGemmTest, BwdDefaultWithWorkspaceAndNonFinite) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 4096, K = 2048, E = 256;
   const std::vector<float> x = bf16_values(T * K, mix_seed({0xc4}), 1.0f);
@@ -875,14 +831,8 @@ TEST_F(RouterGemmTest, BwdSm90DeterministicAndNonFinite) {
   std::vector<float> g = randn(T * E, mix_seed({0xc6}), 1e-4f);
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
-  const Bwd a = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
-  const Bwd a2 = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
-  EXPECT_TRUE(bitwise_equal("dw (cp.async wgmma, twice)", a2.dw, a.dw));
-  EXPECT_TRUE(bitwise_equal("dx (cp.async wgmma, twice)", a2.dx, a.dx));
   const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
   const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
-  EXPECT_TRUE(close_to("dx", a.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
-  EXPECT_TRUE(close_to("dw", a.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
   // The public op's default on sm_90a is the TMA backward; with a caller's workspace of the advertised size (the
   // sums of dw's T-range groups: 2 groups of 4 ranges at 4096 tokens on 132 SMs) it gives the same bits.
   const Bwd t = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 2);
@@ -950,7 +900,7 @@ class RouterGemmBwdTmaConfigs : public RouterGemmTest {
  public:
   void check(int64_t T, int64_t K, int64_t E, std::initializer_list<TmaCase> cases) {
     if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-    constexpr uint32_t kDxKernel[] = {14, 10, 8}, kDwKernel[] = {15, 9, 11};
+    constexpr uint32_t kDxKernel[] = {12, 8, 6}, kDwKernel[] = {13, 7, 9};
     const std::vector<float> x = bf16_values(T * K, mix_seed({0xc8, static_cast<uint64_t>(E)}), 1.0f);
     const std::vector<float> w = bf16_values(E * K, mix_seed({0xc9, static_cast<uint64_t>(E)}), 0.02f);
     const std::vector<float> g = randn(T * E, mix_seed({0xca, static_cast<uint64_t>(E)}), 1e-4f);
@@ -1275,24 +1225,18 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
   }
 }
 
-// Measurement switch: the sm_90a kernels without the proxy fence after their cp.async copies (what the bench's
-// *_nofence rows time). Recorded here so a faster variant is only adopted with its results checked.
+// Measurement switch: the wgmma forward without the proxy fence after its cp.async copies (what the bench's
+// *_nofence row times). Recorded here so a faster variant is only adopted with its results checked.
 TEST_F(RouterGemmTest, Sm90WithoutCopyFence) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 8192, K = 2048, E = 256;
   const std::vector<float> x = bf16_values(T * K, mix_seed({0xd0}), 1.0f);
   const std::vector<float> w = bf16_values(E * K, mix_seed({0xd1}), 0.02f);
-  const std::vector<float> g = randn(T * E, mix_seed({0xd2}), 1e-4f);
   detail::router_gemm_measure_flags.store(kRgSkipCopyFence);
   const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, 1);
-  const Bwd b = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 1);
   detail::router_gemm_measure_flags.store(0);
   const ref::GemmRef y = ref::router_gemm_fwd(x, w, T, K, E);
-  const ref::GemmRef dx = ref::router_gemm_dx(g, w, T, K, E);
-  const ref::GemmRef dw = ref::router_gemm_dw(g, x, T, K, E);
   EXPECT_TRUE(close_to("logits", f.y, y, E, 2e-5, [&](int64_t i) { return fwd_bound(y, i, K); }));
-  EXPECT_TRUE(close_to("dx", b.dx, dx, K, 3e-3, [&](int64_t i) { return dx_bound(dx, i, E); }));
-  EXPECT_TRUE(close_to("dw", b.dw, dw, K, 2e-5, [&](int64_t i) { return dw_bound(dw, i, T); }));
 }
 
 // g with NaN / ±inf, and g at the scales gradients take (tiny and large).
