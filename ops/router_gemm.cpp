@@ -36,7 +36,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
 
-// Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
+// Measurement hook (GPU tests only): a device buffer of kRgTraceFwdSlots u64 per CTA the expert-pair forward fills with
 // timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 }  // namespace detail
@@ -770,8 +770,18 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     // The last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of session 5: 20.0 µs
     // vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store phase 3.3 vs 3.9 µs).
-    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop)) |
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
+                          kRgEarlyLoad)) |
               ((measure & kRgEpiDirect) ? 0 : kRgEpiStaged);
+    // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
+    // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
+    const bool epi_tma = (measure & kRgEpiTma) && !(measure & kRgEpiDirect) && !xmc_pingpong(s) &&
+                         (E / 2) % 32 == 0 && s.config[C_STAGES] >= 4 && a.tile_rows == bm &&
+                         (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
+    if (epi_tma) {
+      encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
+      a.flags |= kRgEpiTma;
+    }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
@@ -1144,14 +1154,16 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
-  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore), _epitma
+  // (kRgEpiTma), _early (kRgEarlyLoad); _noop (kRgNoop, also the 64-token TMA kernel); the ablations _nomma
+  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (the TMA backward's dx / dw kernels and the expert-pair forward).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
+                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
+                                      {"_epitma", kRgEpiTma}, {"_early", kRgEarlyLoad}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

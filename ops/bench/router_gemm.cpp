@@ -201,6 +201,29 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_tmaxmc_nostore", "fwd_tmaxmc_direct"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=7168 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, part); }});
+  // Session 7: the expert-pair forward's TMA-store epilogue (_epitma: per-warp 16 × 32 boxes staged in the x rows the
+  // warpgroup no longer reads, no barrier across warps) and early first fills (_early: issued before the cluster
+  // barrier, no multicast), alone and together; ablations: no loads (_noload: MMAs on stale shared memory), no MMAs
+  // (_nomma: the data movement), neither (a pure store phase after the ring protocol), each with both epilogues.
+  for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_early", "fwd_tmaxmc_early_epitma", "fwd_tmaxmc_noload",
+                           "fwd_tmaxmc_nomma", "fwd_tmaxmc_noload_nomma", "fwd_tmaxmc_noload_nomma_epitma",
+                           "fwd_tmaxmc_noload_epitma", "fwd_tmaxmc_nomma_nostore", "fwd_tmaxmc_noload_nomma_nostore"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_early_epitma"}) {
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=7168 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, part); }});
+    for (int64_t T : {1024, 4096})  // the op's 64-token expert pairs (one consumer warpgroup, 8 stages)
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T={} K=2048 E=256 default", T),
+                       [T, part](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, part); }});
+  }
+  for (int64_t T : {1024, 4096})
+    cases.push_back({"router_gemm_sweep_fwd_tmaxmc", fmt::format("T={} K=2048 E=256 default", T),
+                     [T](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, "fwd_tmaxmc"); }});
+  // Launch and completion alone with little shared memory: clustered 2-stage grids (65 / 49 KB CTAs, 384 / 256
+  // threads) and a non-clustered 2-stage one, against the default rows above (213 KB clustered, 205 KB single).
+  add_sweep(cases, "fwd_tmaxmc_noop", std::array<std::array<int32_t, 6>, 2>{{{128, 128, 64, 2, 2, 2}, {64, 128, 64, 1, 2, 2}}});
+  add_sweep(cases, "fwd_tma_noop", std::array<std::array<int32_t, 6>, 1>{{{64, 128, 64, 1, 1, 2}}});
   // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

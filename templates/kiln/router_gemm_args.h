@@ -28,7 +28,9 @@ struct RouterGemmFwdTmaArgs {
   int tiles;                            // ceil(T / tile_rows)
   int flags;                            // kRgRotateK (expert-pair kernel), else measurement only: kRgSkip*
   int tile_rows;                        // expert-pair kernel: token rows a tile owns (≤ BM); the others use BM
-  unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceSlots a CTA
+  unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceFwdSlots a CTA
+  RgTensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
+                                        // boxes of 32 columns × 16 rows (TMA stores; rows past T clipped)
 };
 
 // Trace slots of the expert-pair forward (RouterGemmFwdTmaArgs::trace, kRgTraceSlots per CTA): globaltimer ns and
@@ -39,6 +41,14 @@ enum : int {
   kRgTraceStartNs = 0, kRgTraceStartClk = 1, kRgTraceSm = 2, kRgTraceProducerFirst = 3, kRgTraceProducerLast = 4,
   kRgTraceWg0 = 5, kRgTraceWgSlots = 5, kRgTraceEndNs = 15, kRgTraceSlots = 16,
   kRgTraceFirstFull = 0, kRgTraceLastFull = 1, kRgTraceMmaDone = 2, kRgTraceStored = 3, kRgTraceFenced = 4
+};
+// The expert-pair forward traces kRgTraceFwdSlots a CTA: the slots above, then the prologue (SM clock of thread 0):
+// barriers initialized (and, with kRgEarlyLoad, the early fills issued), cluster barrier passed, the producer just
+// before its first ring fill (after setmaxnreg and the empty wait), and the globaltimer ns after the final cluster
+// barrier (the CTA's exit).
+enum : int {
+  kRgTraceInitDone = 16, kRgTraceClusterDone = 17, kRgTraceProducerPre = 18, kRgTraceExitNs = 19,
+  kRgTraceFwdSlots = 32
 };
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
@@ -88,6 +98,11 @@ enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;
+// Expert-pair forward options (session 7): kRgEpiTma — the cluster's last tile leaves by TMA stores, each warp
+// staging its 16 rows in the x rows of the ring its warpgroup no longer reads (no barrier across warps); kRgEarlyLoad —
+// thread 0 issues the first ring fills of its first tile for the whole tile itself (no multicast) right after its
+// barrier init, before the cluster barrier. Both leave every logit bit unchanged.
+constexpr int kRgEpiTma = 1 << 24, kRgEarlyLoad = 1 << 25;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
@@ -100,7 +115,8 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // the full barriers with no bytes: the MMAs read stale shared memory), kRgSkipStore writes no dx / no dw (dw: no
 // staging, no cluster sum, no partials, and the host launches no dw_reduce).
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
-// bench can time the main loop alone; the output is garbage.
+// bench can time the main loop alone; the output is garbage. The expert-pair forward takes kRgSkipMma and kRgSkipLoad
+// too (bench only, as the backward's).
 
 // dx[T, K] bf16 = g[T, E] fp32 · w[E, K] bf16.
 struct RouterGemmDxArgs {
