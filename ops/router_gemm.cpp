@@ -789,7 +789,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     d.grid[0] = static_cast<unsigned>(clusters * cl);
     d.cluster[0] = static_cast<unsigned>(cl);
     d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
     return;
   }
@@ -825,14 +825,15 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
-    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipStore | kRgNoop);
+    const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
+    a.flags = measure & (kRgSkipStore | kRgNoop);
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(clusters * cm);
     d.cluster[0] = static_cast<unsigned>(cm);
     d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
     return;
   }
@@ -1155,7 +1156,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore), _epitma
-  // (kRgEpiTma), _early (kRgEarlyLoad); _noop (kRgNoop, also the 64-token TMA kernel); the ablations _nomma
+  // (kRgEpiTma), _early (kRgEarlyLoad); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
+  // shared memory); the ablations _nomma
   // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (the TMA backward's dx / dw kernels and the expert-pair forward).
   for (bool more = true; more;) {
     more = false;
@@ -1163,7 +1165,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_epitma", kRgEpiTma}, {"_early", kRgEarlyLoad}}) {
+                                      {"_epitma", kRgEpiTma}, {"_early", kRgEarlyLoad},
+                                      {"_noop0", kRgNoop | kRgNoopNoSmem}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -224,6 +224,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // threads) and a non-clustered 2-stage one, against the default rows above (213 KB clustered, 205 KB single).
   add_sweep(cases, "fwd_tmaxmc_noop", std::array<std::array<int32_t, 6>, 2>{{{128, 128, 64, 2, 2, 2}, {64, 128, 64, 1, 2, 2}}});
   add_sweep(cases, "fwd_tma_noop", std::array<std::array<int32_t, 6>, 1>{{{64, 128, 64, 1, 1, 2}}});
+  // ... and with no dynamic shared memory at all (the previous kernel, the L2 flush, uses none: a carve-out change?).
+  for (const char* part : {"fwd_tmaxmc_noop0", "fwd_tma_noop0"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // What the sm_90a proxy fences cost (measurement only: _nofence2 also drops the fence after the g split, unsafe).
   for (const char* part : {"fwd_sm90_nofence", "bwd_sm90_nofence", "bwd_sm90_nofence2"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

@@ -103,6 +103,9 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // thread 0 issues the first ring fills of its first tile for the whole tile itself (no multicast) right after its
 // barrier init, before the cluster barrier. Both leave every logit bit unchanged.
 constexpr int kRgEpiTma = 1 << 24, kRgEarlyLoad = 1 << 25;
+// Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
+// cost launch time?
+constexpr int kRgNoopNoSmem = 1 << 26;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
