@@ -217,6 +217,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T={} K=2048 E=256 default", T),
                        [T, part](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, part); }});
   }
+  add_sweep(cases, "fwd_tmaxmc_early_epitma", std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
   for (int64_t T : {1024, 4096})
     cases.push_back({"router_gemm_sweep_fwd_tmaxmc", fmt::format("T={} K=2048 E=256 default", T),
                      [T](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, "fwd_tmaxmc"); }});
