@@ -106,6 +106,9 @@ constexpr int kRgEpiTma = 1 << 24, kRgEarlyLoad = 1 << 25;
 // Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
 // cost launch time?
 constexpr int kRgNoopNoSmem = 1 << 26;
+// Expert-pair forward option (session 7): the tile's last STAGES chunks go to warpgroup 0 first and to warpgroup 1
+// after, so warpgroup 0's stores overlap warpgroup 1's last chunks (see the kernel). Same bits as without.
+constexpr int kRgStagger = 1 << 27;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile

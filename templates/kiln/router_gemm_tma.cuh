@@ -371,6 +371,16 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
+//  * kRgStagger (WGM = 2, CL = 2, ISSUE = 1, not PP, CHUNKS ≥ STAGES): a tile's last STAGES chunks reach the two
+//    warpgroups at different times, so warpgroup 0 stores while warpgroup 1 still computes. Fills per tile: chunks
+//    0 … C − S − 1 for both warpgroups, then chunks C − S … C − 1 for warpgroup 0 only (x rows 0–63 and w), then the
+//    same chunks for warpgroup 1 only (x rows 64–127, no w): fill f + S lands in the stage of fill f, whose w chunk is
+//    still there (warpgroup 0's release frees the stage for the x rows it never read). A fill for one warpgroup gets
+//    the other one's two releases (one per CTA) from each CTA's producer, after the producer's empty wait (the previous
+//    phase has completed, so they count for this one). The other warpgroup skips it, but waits for it to land where it
+//    waits on that stage again later (parity tells only adjacent phases apart): warpgroup 1 always, warpgroup 0 except
+//    in the cluster's last tile. The staged epilogue (which joins both warpgroups in the ring) is not used: the last
+//    tile leaves by TMA stores (kRgEpiTma) or from the registers.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
@@ -387,6 +397,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int CHUNKS = (K + 63) / 64;
   // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
   constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
+  constexpr bool CAN_STAGGER = !PP && WGM == 2 && CL == 2 && ISSUE == 1 && CHUNKS >= STAGES;
   using Row = rg90::WgmmaRow<EH, 0>;
 
   // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
@@ -411,19 +422,30 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int rows = a.tile_rows;
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
+  const bool stagger = CAN_STAGGER && (flags & kRgStagger);
+  const int fills = CHUNKS + (stagger ? STAGES : 0);  // ring fills a tile
+  // Fill f of a tile: its K chunk and its readers (0: both warpgroups, 1 + w: warpgroup w only).
+  auto kind_of = [&](int f) { return !stagger || f < CHUNKS - STAGES ? 0 : f < CHUNKS ? 1 : 2; };
   if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
 
   // Tile group t's chunk j into stage s. Both CTAs of a token tile expect the same bytes: the halves of the x tile
   // inside T (a half entirely past T is fetched by neither: the accumulator rows it feeds are never stored) and the w
   // rows. `local`: this CTA fetches every one of those bytes itself (the early fills), else its share, multicast.
-  auto fill = [&](int t, int j, int s, bool local) {
+  // kind 1 / 2 (kRgStagger): x half 0 and w / x half 1 alone.
+  auto fill = [&](int t, int j, int s, bool local, int kind = 0) {
     const int m0 = (t * TPG + ti) * rows;
     const int rot = (flags & kRgRotateK) ? t % CHUNKS : 0;
     const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
     const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
-    const u32 tx = (load_w ? EH * 128 : 0) + (load && m0 < a.T ? XR * 128 : 0) + (load && m0 + XR < a.T ? XR * 128 : 0);
-    mbar_arrive_expect_tx(full, tx);
+    const bool h0 = load && kind != 2 && m0 < a.T, h1 = load && kind != 1 && m0 + XR < a.T, wl = load_w && kind != 2;
+    mbar_arrive_expect_tx(full, (wl ? EH * 128 : 0) + (h0 ? XR * 128 : 0) + (h1 ? XR * 128 : 0));
     if (!load) return;
+    if (kind != 0) {  // (CL = 2: CTA h fetches x half h for both)
+      if (ej == kind - 1 && (kind == 1 ? h0 : h1))
+        tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, m0 + ej * XR, static_cast<unsigned short>(3));
+      if (wl) tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+      return;
+    }
     if (local) {
 #pragma unroll
       for (int h = 0; h < 2; ++h)
@@ -455,7 +477,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     ring.init(READERS);
     if ((flags & kRgEarlyLoad) && cluster < groups) {
       fence_proxy_async();  // the inits, visible to this CTA's copy engine
-      n_early = ((STAGES < CHUNKS ? STAGES : CHUNKS) / ISSUE) * ISSUE;
+      const int both = stagger ? CHUNKS - STAGES : CHUNKS;  // fills for both warpgroups
+      n_early = ((STAGES < both ? STAGES : both) / ISSUE) * ISSUE;
       for (int j = 0; j < n_early; ++j) fill(cluster, j, j, true);
     }
     if (trace) t_init = rgt::clk();
@@ -471,7 +494,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       int s = 0;
       u32 phase = 0;
       for (int t = cluster; t < groups; t += clusters) {
-        for (int j = 0; j < CHUNKS; ++j) {
+        for (int j = 0; j < fills; ++j) {  // (j: the fill; its chunk is j, or j − STAGES for warpgroup 1's tail)
           if (t == cluster && j < n_early) {  // issued before the cluster barrier
             if (++s == STAGES) {
               s = 0;
@@ -489,7 +512,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
               }
           }
           if (trace && !t_pre) t_pre = rgt::clk();
-          fill(t, j, s, false);
+          const int kind = kind_of(j);
+          fill(t, kind == 2 ? j - STAGES : j, s, false, kind);
+          // the other warpgroup's releases (one per CTA), for this phase: the previous one has completed
+          if (kind != 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], 2;" ::"r"(ring.empty(s)) : "memory");
           if (trace && !t_first) t_first = rgt::clk();
           if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
@@ -535,13 +561,26 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1;
-      for (int kc = 0; kc < CHUNKS; ++kc) {
+      const bool last = t + clusters >= groups;
+      const int last_own = stagger && wm == 1 ? fills - 1 : CHUNKS - 1;  // this warpgroup's last fill of the tile
+      for (int kc = 0; kc < fills; ++kc) {  // (kc: the fill)
+        if (stagger) {
+          const int kind = kind_of(kc);
+          if (kind != 0 && kind != 1 + wm) {  // the other warpgroup's fill: skip it (observe it landing, see above)
+            if (wm == 1 || !last) ring.wait_full(s, phase);
+            if (++s == STAGES) {
+              s = 0;
+              phase ^= 1;
+            }
+            continue;
+          }
+        }
         ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
-          if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
+          if (kc == last_own) tw[kRgTraceLastFull] = rgt::clk();
         }
         if (mma) rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
@@ -551,17 +590,22 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           s = 0;
           phase ^= 1;
         }
+        if (stagger && kc == last_own && kc != fills - 1) {  // warpgroup 0 is done: its last stage now (warpgroup
+          rg90::wgmma_wait<0>();                              // 1's fill into it waits for this release)
+          Row::fence(acc);
+          ring.template release<CL>(prev, tid);
+          prev = -1;
+        }
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      ring.template release<CL>(prev, tid);
+      ring.template release<CL>(prev, tid, prev >= 0);
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
       if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
-      const bool last = t + clusters >= groups;
       if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM) {
         const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
         Row::stage_sw128(acc, slot, lane);
@@ -579,7 +623,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
       constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
-      if (CAN_STAGE && (flags & kRgEpiStaged) && last) {
+      if (CAN_STAGE && (flags & kRgEpiStaged) && last && !stagger) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
         // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
         // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of

@@ -545,9 +545,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
 }
 
 // The expert-pair forward's session-7 options: the TMA-store epilogue (kRgEpiTma: warps stage their rows in the x rows
-// of the ring their warpgroup no longer reads and store 16 × 32 boxes; rows past T clipped by the tensor map) and the
-// early first fills (kRgEarlyLoad: issued before the cluster barrier, no multicast), alone, together and with
-// kRgRotateK, at the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup),
+// of the ring their warpgroup no longer reads and store 16 × 32 boxes; rows past T clipped by the tensor map), the
+// early first fills (kRgEarlyLoad: issued before the cluster barrier, no multicast) and the tail stagger (kRgStagger:
+// a tile's last chunks reach warpgroup 0 before warpgroup 1; with TMA stores or from the registers), alone, together
+// and with kRgRotateK, at the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup),
 // clusters of 4 (each at some of the shapes), and where the epilogue does not apply (ping-pong, kRgBalance's overlapping tiles, E/2 not a
 // multiple of 32: the staged epilogue instead). Shapes with partial tiles,
 // tiny T, K not a multiple of 64, several tiles per cluster. Every result must equal the default flags' bit for bit
@@ -562,18 +563,20 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaAndEarlyLoad) {
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const int32_t eh = static_cast<int32_t>(E / 2);
     const detail::RouterGemmConfig s7{128, eh, 64, 2, 2, 7}, two{128, eh, 128, 2, 2, 6}, one{64, eh, 64, 1, 2, 8},
-        pp{64, eh, 64, 2, 2, 9}, quad{128, eh, 64, 2, 4, 6};
+        pp{64, eh, 64, 2, 2, 9}, quad{128, eh, 64, 2, 4, 6}, wide{128, eh, 64, 2, 2, 6};
     // The default everywhere; the other points at the target shape and at one odd shape each.
     std::vector<const detail::RouterGemmConfig*> cfgs = {nullptr};
     if (T == 8192) cfgs.insert(cfgs.end(), {&s7, &two, &pp});
     if (T == 4097 || T == 7 || T == 130) cfgs.push_back(&one);
+    if (T < 8192) cfgs.push_back(&wide);  // 128-token tiles below the op's threshold (partial and persistent tiles)
     if (E % 32 == 0 && (T == 8192 || T == 4097 || T == 300)) cfgs.push_back(&quad);
     for (const detail::RouterGemmConfig* c : cfgs) {
       const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       for (int flags : {kRgEpiTma, kRgEarlyLoad, kRgEpiTma | kRgEarlyLoad, kRgEpiTma | kRgEarlyLoad | kRgRotateK,
-                        kRgEpiTma | kRgBalance}) {
+                        kRgEpiTma | kRgBalance, kRgStagger | kRgEpiTma, kRgStagger | kRgEpiTma | kRgEarlyLoad,
+                        kRgStagger}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -644,6 +647,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"epitma (TMA-store epilogue)", kRgEpiTma, def, false},
                        Mode{"early (first fills before the cluster barrier)", kRgEarlyLoad, def, false},
                        Mode{"early + epitma", kRgEarlyLoad | kRgEpiTma, def, false},
+                       Mode{"stag + epitma (warpgroup 0's last 6 chunks first)", kRgStagger | kRgEpiTma, def, false},
+                       Mode{"early + stag + epitma", kRgEarlyLoad | kRgStagger | kRgEpiTma, def, false},
                        Mode{"nostore", kRgSkipStore, def, false},
                        Mode{"noload (MMAs on stale shared memory)", kRgSkipLoad, def, false},
                        Mode{"nomma (data movement + stores)", kRgSkipMma, def, false},
