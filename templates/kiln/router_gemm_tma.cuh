@@ -567,6 +567,12 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         if (stagger) {
           const int kind = kind_of(kc);
           if (kind != 0 && kind != 1 + wm) {  // the other warpgroup's fill: skip it (observe it landing, see above)
+            if (prev >= 0) {  // first release the last stage this warpgroup read (the producer's next fills into it —
+              rg90::wgmma_wait<0>();  // the other warpgroup's tail — wait for that)
+              Row::fence(acc);
+              ring.template release<CL>(prev, tid);
+              prev = -1;
+            }
             if (wm == 1 || !last) ring.wait_full(s, phase);
             if (++s == STAGES) {
               s = 0;
@@ -589,12 +595,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         if (++s == STAGES) {
           s = 0;
           phase ^= 1;
-        }
-        if (stagger && kc == last_own && kc != fills - 1) {  // warpgroup 0 is done: its last stage now (warpgroup
-          rg90::wgmma_wait<0>();                              // 1's fill into it waits for this release)
-          Row::fence(acc);
-          ring.template release<CL>(prev, tid);
-          prev = -1;
         }
       }
       rg90::wgmma_wait<0>();
