@@ -375,12 +375,13 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    warpgroups at different times, so warpgroup 0 stores while warpgroup 1 still computes. Fills per tile: chunks
 //    0 … C − S − 1 for both warpgroups, then chunks C − S … C − 1 for warpgroup 0 only (x rows 0–63 and w), then the
 //    same chunks for warpgroup 1 only (x rows 64–127, no w): fill f + S lands in the stage of fill f, whose w chunk is
-//    still there (warpgroup 0's release frees the stage for the x rows it never read). A fill for one warpgroup gets
-//    the other one's two releases (one per CTA) from each CTA's producer, after the producer's empty wait (the previous
-//    phase has completed, so they count for this one). The other warpgroup skips it, but waits for it to land where it
-//    waits on that stage again later (parity tells only adjacent phases apart): warpgroup 1 always, warpgroup 0 except
-//    in the cluster's last tile. The staged epilogue (which joins both warpgroups in the ring) is not used: the last
-//    tile leaves by TMA stores (kRgEpiTma) or from the registers.
+//    still there (warpgroup 0's release frees the stage for the x rows it never read). The other warpgroup still
+//    waits for a one-warpgroup fill to land and releases it (so the stage's next fill cannot lap it: parity tells only
+//    adjacent phases apart) — except warpgroup 0 in the cluster's last tile, which skips warpgroup 1's tail unseen
+//    (it is storing, and waits on no stage again); its two releases come from the producers (an arrive of count 2
+//    after their empty wait: the previous phase has completed, so they count for this one). Barrier counts stay fixed.
+//    The staged epilogue (which joins both warpgroups in the ring) is not used: the last tile leaves by TMA stores
+//    (kRgEpiTma) or from the registers. (Protocol checked by a simulation of both CTAs under random interleavings.)
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
@@ -514,8 +515,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           if (trace && !t_pre) t_pre = rgt::clk();
           const int kind = kind_of(j);
           fill(t, kind == 2 ? j - STAGES : j, s, false, kind);
-          // the other warpgroup's releases (one per CTA), for this phase: the previous one has completed
-          if (kind != 0) asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], 2;" ::"r"(ring.empty(s)) : "memory");
+          // The cluster's last tile: warpgroup 0 skips warpgroup 1's tail fills without a look (it is storing); its two
+          // releases (one per CTA) come from here, for this phase — the previous one has completed (the wait above).
+          if (kind == 2 && t + clusters >= groups)
+            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], 2;" ::"r"(ring.empty(s)) : "memory");
           if (trace && !t_first) t_first = rgt::clk();
           if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
@@ -573,7 +576,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
               ring.template release<CL>(prev, tid);
               prev = -1;
             }
-            if (wm == 1 || !last) ring.wait_full(s, phase);
+            if (wm == 1 || !last) {  // observe it land and release it (the stage's next fill waits for that)
+              ring.wait_full(s, phase);
+              ring.template release<CL>(s, tid);
+            }
             if (++s == STAGES) {
               s = 0;
               phase ^= 1;
