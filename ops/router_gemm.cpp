@@ -78,6 +78,10 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
+// The expert-pair kernel's options in the op (kRgEpiTma / kRgEarlyLoad / kRgStagger where they apply): none yet —
+// session 7 measures them first (bench/NOTES.md).
+constexpr int kXmcDefaultOptions = 0;
+
 // The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
 bool xmc_pingpong(const Specialization& s) { return s.config[C_BM] == 64 && s.config[C_WM] == 2; }
 
@@ -768,20 +772,27 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
-    // The last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of session 5: 20.0 µs
-    // vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store phase 3.3 vs 3.9 µs).
-    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
-                          kRgEarlyLoad | kRgStagger)) |
-              ((measure & kRgEpiDirect) ? 0 : kRgEpiStaged);
+    // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
+    // kRgEpiTma / kRgEarlyLoad / kRgStagger / kRgEpiDirect, or kRgXmcPlain for none of them).
+    const bool asked = measure & (kRgEpiTma | kRgEarlyLoad | kRgStagger | kRgEpiDirect | kRgXmcPlain);
+    const int opts = asked ? measure : kXmcDefaultOptions;
+    // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
+    // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
+    // phase 3.3 vs 3.9 µs).
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad)) |
+              (opts & kRgEarlyLoad) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
-    const bool epi_tma = (measure & kRgEpiTma) && !(measure & kRgEpiDirect) && !xmc_pingpong(s) &&
+    const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
                          (E / 2) % 32 == 0 && s.config[C_STAGES] >= 4 && a.tile_rows == bm &&
                          (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
     if (epi_tma) {
       encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
       a.flags |= kRgEpiTma;
     }
+    // The tail stagger turns the staged epilogue off (the kernel then stores from the registers): by default only
+    // together with the TMA-store epilogue.
+    if ((opts & kRgStagger) && (epi_tma || asked)) a.flags |= kRgStagger;
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
@@ -1156,7 +1167,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore), _epitma
-  // (kRgEpiTma), _early (kRgEarlyLoad), _stag (kRgStagger); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
+  // (kRgEpiTma), _early (kRgEarlyLoad), _stag (kRgStagger), _plain (kRgXmcPlain: none of the three); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
   // shared memory); the ablations _nomma
   // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (the TMA backward's dx / dw kernels and the expert-pair forward).
   for (bool more = true; more;) {
@@ -1166,7 +1177,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
                                       {"_epitma", kRgEpiTma}, {"_early", kRgEarlyLoad},
-                                      {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_stag", kRgStagger}}) {
+                                      {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_stag", kRgStagger},
+                                      {"_plain", kRgXmcPlain}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -109,6 +109,8 @@ constexpr int kRgNoopNoSmem = 1 << 26;
 // Expert-pair forward option (session 7): the tile's last STAGES chunks go to warpgroup 0 first and to warpgroup 1
 // after, so warpgroup 0's stores overlap warpgroup 1's last chunks (see the kernel). Same bits as without.
 constexpr int kRgStagger = 1 << 27;
+// Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
+constexpr int kRgXmcPlain = 1 << 28;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
