@@ -774,13 +774,17 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
     // kRgEpiTma / kRgEarlyLoad / kRgStagger / kRgEpiDirect, or kRgXmcPlain for none of them).
-    const bool asked = measure & (kRgEpiTma | kRgEarlyLoad | kRgStagger | kRgEpiDirect | kRgXmcPlain);
+    const bool asked =
+        measure & (kRgEpiTma | kRgEarlyLoad | kRgStagger | kRgEpiDirect | kRgXmcPlain | kRgPrefetchL2);
     const int opts = asked ? measure : kXmcDefaultOptions;
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad)) |
-              (opts & kRgEarlyLoad) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+              (opts & (kRgEarlyLoad | kRgPrefetchL2 | kRgPrefetchDeep)) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+    a.x = x.data;
+    a.x_stride = xr.stride;
+    a.w = w.data;
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
@@ -1167,7 +1171,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore), _epitma
-  // (kRgEpiTma), _early (kRgEarlyLoad), _stag (kRgStagger), _plain (kRgXmcPlain: none of the three); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
+  // (kRgEpiTma), _early (kRgEarlyLoad), _stag (kRgStagger), _plain (kRgXmcPlain: none of the three), _pf / _pf2
+  // (kRgPrefetchL2, + kRgPrefetchDeep); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
   // shared memory); the ablations _nomma
   // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (the TMA backward's dx / dw kernels and the expert-pair forward).
   for (bool more = true; more;) {
@@ -1178,7 +1183,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
                                       {"_epitma", kRgEpiTma}, {"_early", kRgEarlyLoad},
                                       {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_stag", kRgStagger},
-                                      {"_plain", kRgXmcPlain}}) {
+                                      {"_plain", kRgXmcPlain}, {"_pf", kRgPrefetchL2},
+                                      {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -223,6 +223,17 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   add_sweep(cases, "fwd_tmaxmc_early_stag_epitma", std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
+  // L2 prefetch of the first STAGES (_pf) / 2·STAGES (_pf2) chunks at entry, before the tensor maps have loaded.
+  for (const char* part : {"fwd_tmaxmc_pf", "fwd_tmaxmc_pf2", "fwd_tmaxmc_pf_epitma", "fwd_tmaxmc_pf_stag_epitma",
+                           "fwd_tmaxmc_pf2_stag_epitma", "fwd_tmaxmc_plain"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  add_sweep(cases, "fwd_tmaxmc_pf_stag_epitma", std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
+  cases.push_back({"router_gemm_sweep_fwd_tmaxmc_pf_stag_epitma", "T=8192 K=7168 E=256 default",
+                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, "fwd_tmaxmc_pf_stag_epitma"); }});
+  for (int64_t T : {1024, 4096})
+    cases.push_back({"router_gemm_sweep_fwd_tmaxmc_pf_epitma", fmt::format("T={} K=2048 E=256 default", T),
+                     [T](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, "fwd_tmaxmc_pf_epitma"); }});
   cases.push_back({"router_gemm_sweep_fwd_tmaxmc_early_stag_epitma", "T=8192 K=7168 E=256 default",
                    [](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, "fwd_tmaxmc_early_stag_epitma"); }});
   for (int64_t T : {1024, 4096})

@@ -31,6 +31,8 @@ struct RouterGemmFwdTmaArgs {
   unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceFwdSlots a CTA
   RgTensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
                                         // boxes of 32 columns × 16 rows (TMA stores; rows past T clipped)
+  const void* x; long long x_stride;    // expert-pair kernel with kRgPrefetchL2: x's rows (elements between rows)
+  const void* w;                        // and w [E, K], for the L2 prefetch of the first chunks
 };
 
 // Trace slots of the expert-pair forward (RouterGemmFwdTmaArgs::trace, kRgTraceSlots per CTA): globaltimer ns and
@@ -111,6 +113,10 @@ constexpr int kRgNoopNoSmem = 1 << 26;
 constexpr int kRgStagger = 1 << 27;
 // Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
 constexpr int kRgXmcPlain = 1 << 28;
+// Expert-pair forward option (session 7): before its barrier init, the producer warpgroup asks L2 for the first
+// STAGES (kRgPrefetchL2) or 2·STAGES (with kRgPrefetchDeep too) K chunks of the CTA's share of its first tile's x rows
+// and w rows (one contiguous bulk prefetch a row: no tensor map needed), so DRAM starts while the tensor maps load.
+constexpr int kRgPrefetchL2 = 1 << 29, kRgPrefetchDeep = 1 << 30;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile

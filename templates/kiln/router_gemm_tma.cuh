@@ -371,6 +371,9 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
+//  * kRgPrefetchL2 (+ kRgPrefetchDeep): at entry the producer warpgroup's threads ask L2 for the first STAGES (2·STAGES)
+//    K chunks of this CTA's x rows and w rows of its first tile, one contiguous bulk prefetch a row (a.x, a.w; no tensor
+//    map): the first TMA fills wait for their tensor maps (≈ 0.8 µs after entry on a cold L2), DRAM need not.
 //  * kRgStagger (WGM = 2, CL = 2, ISSUE = 1, not PP, CHUNKS ≥ STAGES): a tile's last STAGES chunks reach the two
 //    warpgroups at different times, so warpgroup 0 stores while warpgroup 1 still computes. Fills per tile: chunks
 //    0 … C − S − 1 for both warpgroups, then chunks C − S … C − 1 for warpgroup 0 only (x rows 0–63 and w), then the
@@ -428,6 +431,21 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   // Fill f of a tile: its K chunk and its readers (0: both warpgroups, 1 + w: warpgroup w only).
   auto kind_of = [&](int f) { return !stagger || f < CHUNKS - STAGES ? 0 : f < CHUNKS ? 1 : 2; };
   if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
+  if ((flags & kRgPrefetchL2) && wg == 0 && cluster < groups) {  // L2 prefetch of the first chunks (see above)
+    const int m0 = (cluster * TPG + ti) * rows;
+    const int pf = (flags & kRgPrefetchDeep) ? 2 * STAGES : STAGES;
+    const u32 bytes = static_cast<u32>(pf * 128 < K * 2 ? pf * 128 : K * 2);  // a multiple of 16 (K % 8 == 0)
+    for (int r = tid; r < XR + WR; r += 128) {
+      const char* p = nullptr;
+      if (r < XR) {
+        const int row = m0 + ej * XR + r;
+        if (row < a.T) p = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * 2;
+      } else {
+        p = static_cast<const char*>(a.w) + static_cast<i64>(ej * EH + ti * WR + r - XR) * K * 2;
+      }
+      if (p) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+    }
+  }
 
   // Tile group t's chunk j into stage s. Both CTAs of a token tile expect the same bytes: the halves of the x tile
   // inside T (a half entirely past T is fetched by neither: the accumulator rows it feeds are never stored) and the w

@@ -546,9 +546,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
 
 // The expert-pair forward's session-7 options: the TMA-store epilogue (kRgEpiTma: warps stage their rows in the x rows
 // of the ring their warpgroup no longer reads and store 16 × 32 boxes; rows past T clipped by the tensor map), the
-// early first fills (kRgEarlyLoad: issued before the cluster barrier, no multicast) and the tail stagger (kRgStagger:
-// a tile's last chunks reach warpgroup 0 before warpgroup 1; with TMA stores or from the registers), alone, together
-// and with kRgRotateK, at the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup),
+// early first fills (kRgEarlyLoad: issued before the cluster barrier, no multicast), the tail stagger (kRgStagger:
+// a tile's last chunks reach warpgroup 0 before warpgroup 1; with TMA stores or from the registers) and the L2
+// prefetch of the first chunks at entry (kRgPrefetchL2 / kRgPrefetchDeep), alone, together and with kRgRotateK, at the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup),
 // clusters of 4 (each at some of the shapes), and where the epilogue does not apply (ping-pong, kRgBalance's overlapping tiles, E/2 not a
 // multiple of 32: the staged epilogue instead). Shapes with partial tiles,
 // tiny T, K not a multiple of 64, several tiles per cluster. Every result must equal the default flags' bit for bit
@@ -576,7 +576,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaAndEarlyLoad) {
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       for (int flags : {kRgEpiTma, kRgEarlyLoad, kRgEpiTma | kRgEarlyLoad, kRgEpiTma | kRgEarlyLoad | kRgRotateK,
                         kRgEpiTma | kRgBalance, kRgStagger | kRgEpiTma, kRgStagger | kRgEpiTma | kRgEarlyLoad,
-                        kRgStagger}) {
+                        kRgStagger, kRgPrefetchL2 | kRgStagger | kRgEpiTma,
+                        kRgPrefetchL2 | kRgPrefetchDeep | kRgEpiTma | kRgRotateK}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -649,6 +650,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"early + epitma", kRgEarlyLoad | kRgEpiTma, def, false},
                        Mode{"stag + epitma (warpgroup 0's last 6 chunks first)", kRgStagger | kRgEpiTma, def, false},
                        Mode{"early + stag + epitma", kRgEarlyLoad | kRgStagger | kRgEpiTma, def, false},
+                       Mode{"pf (L2 prefetch of the first 6 chunks at entry)", kRgPrefetchL2, def, false},
+                       Mode{"pf + stag + epitma", kRgPrefetchL2 | kRgStagger | kRgEpiTma, def, false},
+                       Mode{"pf2 + stag + epitma", kRgPrefetchL2 | kRgPrefetchDeep | kRgStagger | kRgEpiTma, def, false},
                        Mode{"nostore", kRgSkipStore, def, false},
                        Mode{"noload (MMAs on stale shared memory)", kRgSkipLoad, def, false},
                        Mode{"nomma (data movement + stores)", kRgSkipMma, def, false},
