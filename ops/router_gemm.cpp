@@ -78,8 +78,8 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
-// The expert-pair kernel's options in the op (kRgEpiTma / kRgEarlyLoad / kRgStagger where they apply): none yet —
-// session 7 measures them first (bench/NOTES.md).
+// The expert-pair kernel's options in the op (kRgEpiTma / kRgPrefetchL2 where they apply): none yet — session 7
+// measures them first (bench/NOTES.md).
 constexpr int kXmcDefaultOptions = 0;
 
 // The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
@@ -773,15 +773,14 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
-    // kRgEpiTma / kRgEarlyLoad / kRgStagger / kRgEpiDirect, or kRgXmcPlain for none of them).
-    const bool asked =
-        measure & (kRgEpiTma | kRgEarlyLoad | kRgStagger | kRgEpiDirect | kRgXmcPlain | kRgPrefetchL2);
+    // kRgEpiTma / kRgPrefetchL2 / kRgEpiDirect, or kRgXmcPlain for none of them).
+    const bool asked = measure & (kRgEpiTma | kRgEpiDirect | kRgXmcPlain | kRgPrefetchL2);
     const int opts = asked ? measure : kXmcDefaultOptions;
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad)) |
-              (opts & (kRgEarlyLoad | kRgPrefetchL2 | kRgPrefetchDeep)) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+              (opts & (kRgPrefetchL2 | kRgPrefetchDeep)) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     a.x = x.data;
     a.x_stride = xr.stride;
     a.w = w.data;
@@ -794,9 +793,6 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
       a.flags |= kRgEpiTma;
     }
-    // The tail stagger turns the staged epilogue off (the kernel then stores from the registers): by default only
-    // together with the TMA-store epilogue.
-    if ((opts & kRgStagger) && (epi_tma || asked)) a.flags |= kRgStagger;
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
@@ -1171,7 +1167,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore), _epitma
-  // (kRgEpiTma), _early (kRgEarlyLoad), _stag (kRgStagger), _plain (kRgXmcPlain: none of the three), _pf / _pf2
+  // (kRgEpiTma), _plain (kRgXmcPlain: none of the options), _pf / _pf2
   // (kRgPrefetchL2, + kRgPrefetchDeep); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
   // shared memory); the ablations _nomma
   // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (the TMA backward's dx / dw kernels and the expert-pair forward).
@@ -1181,8 +1177,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                       {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_epitma", kRgEpiTma}, {"_early", kRgEarlyLoad},
-                                      {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_stag", kRgStagger},
+                                      {"_epitma", kRgEpiTma},
+                                      {"_noop0", kRgNoop | kRgNoopNoSmem},
                                       {"_plain", kRgXmcPlain}, {"_pf", kRgPrefetchL2},
                                       {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}}) {
       const std::string sfx = suffix;

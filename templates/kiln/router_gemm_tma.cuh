@@ -361,10 +361,6 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
 //    a CTA is written by three CTAs of the cluster, so every consumer releases it in all four.
 //  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots, kRgTraceFwdSlots a CTA).
-//  * kRgEarlyLoad: thread 0 issues the first fills of the cluster's first tile (the largest multiple of ISSUE up to
-//    min(STAGES, CHUNKS)) right after its barrier init, before the cluster barrier: both x halves and all of its w
-//    rows into its own stage, no multicast (the peer's barriers may not be initialized yet), completing on its own
-//    full barrier with the bytes a multicast fill brings. Consumers release these stages in both CTAs as usual.
 //  * kRgEpiTma (not with PP; EH % 32 == 0, STAGES ≥ 4 and tile_rows == BM, else ignored): the cluster's last tile leaves
 //    by TMA stores through a.tmo. Warp v of consumer warpgroup w stages its 16 rows (128-byte-swizzled boxes of 16 ×
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
@@ -372,19 +368,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
 //  * kRgPrefetchL2 (+ kRgPrefetchDeep): at entry the producer warpgroup's threads ask L2 for the first STAGES (2·STAGES)
-//    K chunks of this CTA's x rows and w rows of its first tile, one contiguous bulk prefetch a row (a.x, a.w; no tensor
-//    map): the first TMA fills wait for their tensor maps (≈ 0.8 µs after entry on a cold L2), DRAM need not.
-//  * kRgStagger (WGM = 2, CL = 2, ISSUE = 1, not PP, CHUNKS ≥ STAGES): a tile's last STAGES chunks reach the two
-//    warpgroups at different times, so warpgroup 0 stores while warpgroup 1 still computes. Fills per tile: chunks
-//    0 … C − S − 1 for both warpgroups, then chunks C − S … C − 1 for warpgroup 0 only (x rows 0–63 and w), then the
-//    same chunks for warpgroup 1 only (x rows 64–127, no w): fill f + S lands in the stage of fill f, whose w chunk is
-//    still there (warpgroup 0's release frees the stage for the x rows it never read). The other warpgroup still
-//    waits for a one-warpgroup fill to land and releases it (so the stage's next fill cannot lap it: parity tells only
-//    adjacent phases apart) — except warpgroup 0 in the cluster's last tile, which skips warpgroup 1's tail unseen
-//    (it is storing, and waits on no stage again); its two releases come from the producers (an arrive of count 2
-//    after their empty wait: the previous phase has completed, so they count for this one). Barrier counts stay fixed.
-//    The staged epilogue (which joins both warpgroups in the ring) is not used: the last tile leaves by TMA stores
-//    (kRgEpiTma) or from the registers. (Protocol checked by a simulation of both CTAs under random interleavings.)
+//    K chunks of this CTA's x rows and w rows of its first tile, a `prefetch.global.L2` per 128-byte line (a.x, a.w: no
+//    tensor map; the copy engine's queue stays free): the first fills wait ≈ 0.8 µs for their tensor maps on a cold L2.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
@@ -401,7 +386,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int CHUNKS = (K + 63) / 64;
   // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
   constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
-  constexpr bool CAN_STAGGER = !PP && WGM == 2 && CL == 2 && ISSUE == 1 && CHUNKS >= STAGES;
   using Row = rg90::WgmmaRow<EH, 0>;
 
   // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
@@ -426,80 +410,53 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int rows = a.tile_rows;
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
-  const bool stagger = CAN_STAGGER && (flags & kRgStagger);
-  const int fills = CHUNKS + (stagger ? STAGES : 0);  // ring fills a tile
-  // Fill f of a tile: its K chunk and its readers (0: both warpgroups, 1 + w: warpgroup w only).
-  auto kind_of = [&](int f) { return !stagger || f < CHUNKS - STAGES ? 0 : f < CHUNKS ? 1 : 2; };
   if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
   if ((flags & kRgPrefetchL2) && wg == 0 && cluster < groups) {  // L2 prefetch of the first chunks (see above)
     const int m0 = (cluster * TPG + ti) * rows;
-    const int pf = (flags & kRgPrefetchDeep) ? 2 * STAGES : STAGES;
-    const u32 bytes = static_cast<u32>(pf * 128 < K * 2 ? pf * 128 : K * 2);  // a multiple of 16 (K % 8 == 0)
-    for (int r = tid; r < XR + WR; r += 128) {
+    const int pf = (flags & kRgPrefetchDeep) ? 2 * STAGES : STAGES, pfc = pf < CHUNKS ? pf : CHUNKS;
+    for (int i = tid; i < (XR + WR) * pfc; i += 128) {  // line c of row r: neighbouring threads, neighbouring lines
+      const int r = i / pfc, c = i - r * pfc;
       const char* p = nullptr;
       if (r < XR) {
         const int row = m0 + ej * XR + r;
-        if (row < a.T) p = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * 2;
+        if (row < a.T) p = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * 2 + c * 128;
       } else {
-        p = static_cast<const char*>(a.w) + static_cast<i64>(ej * EH + ti * WR + r - XR) * K * 2;
+        p = static_cast<const char*>(a.w) + static_cast<i64>(ej * EH + ti * WR + r - XR) * K * 2 + c * 128;
       }
-      if (p) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+      if (p && c * 128 < K * 2) asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
     }
   }
 
   // Tile group t's chunk j into stage s. Both CTAs of a token tile expect the same bytes: the halves of the x tile
   // inside T (a half entirely past T is fetched by neither: the accumulator rows it feeds are never stored) and the w
-  // rows. `local`: this CTA fetches every one of those bytes itself (the early fills), else its share, multicast.
-  // kind 1 / 2 (kRgStagger): x half 0 and w / x half 1 alone.
-  auto fill = [&](int t, int j, int s, bool local, int kind = 0) {
+  // rows; this CTA fetches its share of x (multicast to the token tile's CTAs) and of w.
+  auto fill = [&](int t, int j, int s) {
     const int m0 = (t * TPG + ti) * rows;
     const int rot = (flags & kRgRotateK) ? t % CHUNKS : 0;
     const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
     const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
-    const bool h0 = load && kind != 2 && m0 < a.T, h1 = load && kind != 1 && m0 + XR < a.T, wl = load_w && kind != 2;
-    mbar_arrive_expect_tx(full, (wl ? EH * 128 : 0) + (h0 ? XR * 128 : 0) + (h1 ? XR * 128 : 0));
+    mbar_arrive_expect_tx(full, (load_w ? EH * 128 : 0) + (load && m0 < a.T ? XR * 128 : 0) +
+                                    (load && m0 + XR < a.T ? XR * 128 : 0));
     if (!load) return;
-    if (kind != 0) {  // (CL = 2: CTA h fetches x half h for both)
-      if (ej == kind - 1 && (kind == 1 ? h0 : h1))
-        tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, m0 + ej * XR, static_cast<unsigned short>(3));
-      if (wl) tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
-      return;
-    }
-    if (local) {
-#pragma unroll
-      for (int h = 0; h < 2; ++h)
-        if (m0 + h * XR < a.T) tma_load_2d(sa + h * XR * 128, &a.tmx, full, kc * 64, m0 + h * XR);
-      if (load_w)
-#pragma unroll
-        for (int q = 0; q < TPG; ++q) tma_load_2d(sb + q * WR * 128, &a.tmw, full, kc * 64, ej * EH + q * WR);
-    } else {
-      constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
-      const int x0 = m0 + ej * XR;  // this CTA's x rows
-      if (x0 < a.T)
-        tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                              static_cast<unsigned short>(XMASK << (2 * ti)));
-      if (load_w) {
-        if constexpr (CL == 2)
-          tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
-        else
-          tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                static_cast<unsigned short>(WMASK << ej));
-      }
+    constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
+    const int x0 = m0 + ej * XR;  // this CTA's x rows
+    if (x0 < a.T)
+      tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                            static_cast<unsigned short>(XMASK << (2 * ti)));
+    if (load_w) {
+      if constexpr (CL == 2)
+        tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+      else
+        tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                              static_cast<unsigned short>(WMASK << ej));
     }
   };
 
-  int n_early = 0;  // thread 0: fills of the first tile issued before the cluster barrier
   u64 t_init = 0, t_cluster = 0;
   if (tid == 0) {
     // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
     // cluster: the barrier below needs no release of its own.
     ring.init(READERS);
-    if ((flags & kRgEarlyLoad) && cluster < groups) {
-      fence_proxy_async();  // the inits, visible to this CTA's copy engine
-      const int both = stagger ? CHUNKS - STAGES : CHUNKS;  // fills for both warpgroups
-      n_early = ((STAGES < both ? STAGES : both) / ISSUE) * ISSUE;
-      for (int j = 0; j < n_early; ++j) fill(cluster, j, j, true);
-    }
     if (trace) t_init = rgt::clk();
   }
   cluster_arrive_relaxed();
@@ -513,14 +470,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       int s = 0;
       u32 phase = 0;
       for (int t = cluster; t < groups; t += clusters) {
-        for (int j = 0; j < fills; ++j) {  // (j: the fill; its chunk is j, or j − STAGES for warpgroup 1's tail)
-          if (t == cluster && j < n_early) {  // issued before the cluster barrier
-            if (++s == STAGES) {
-              s = 0;
-              phase ^= 1;
-            }
-            continue;
-          }
+        for (int j = 0; j < CHUNKS; ++j) {
           if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
             ring.wait_empty(s, phase);
 #pragma unroll
@@ -531,12 +481,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
               }
           }
           if (trace && !t_pre) t_pre = rgt::clk();
-          const int kind = kind_of(j);
-          fill(t, kind == 2 ? j - STAGES : j, s, false, kind);
-          // The cluster's last tile: warpgroup 0 skips warpgroup 1's tail fills without a look (it is storing); its two
-          // releases (one per CTA) come from here, for this phase — the previous one has completed (the wait above).
-          if (kind == 2 && t + clusters >= groups)
-            asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0], 2;" ::"r"(ring.empty(s)) : "memory");
+          fill(t, j, s);
           if (trace && !t_first) t_first = rgt::clk();
           if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
@@ -583,34 +528,13 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       Row::zero(acc);
       int prev = -1;
       const bool last = t + clusters >= groups;
-      const int last_own = stagger && wm == 1 ? fills - 1 : CHUNKS - 1;  // this warpgroup's last fill of the tile
-      for (int kc = 0; kc < fills; ++kc) {  // (kc: the fill)
-        if (stagger) {
-          const int kind = kind_of(kc);
-          if (kind != 0 && kind != 1 + wm) {  // the other warpgroup's fill: skip it (observe it landing, see above)
-            if (prev >= 0) {  // first release the last stage this warpgroup read (the producer's next fills into it —
-              rg90::wgmma_wait<0>();  // the other warpgroup's tail — wait for that)
-              Row::fence(acc);
-              ring.template release<CL>(prev, tid);
-              prev = -1;
-            }
-            if (wm == 1 || !last) {  // observe it land and release it (the stage's next fill waits for that)
-              ring.wait_full(s, phase);
-              ring.template release<CL>(s, tid);
-            }
-            if (++s == STAGES) {
-              s = 0;
-              phase ^= 1;
-            }
-            continue;
-          }
-        }
+      for (int kc = 0; kc < CHUNKS; ++kc) {
         ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
-          if (kc == last_own) tw[kRgTraceLastFull] = rgt::clk();
+          if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
         if (mma) rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
@@ -647,7 +571,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
       constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
-      if (CAN_STAGE && (flags & kRgEpiStaged) && last && !stagger) {
+      if (CAN_STAGE && (flags & kRgEpiStaged) && last) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
         // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
         // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of
