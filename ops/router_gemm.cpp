@@ -1165,22 +1165,31 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
+  // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _plain (kRgXmcPlain:
+  // none of the op's options), _pf / _pf2 (kRgPrefetchL2, + kRgPrefetchDeep), _noop0 (kRgNoop launched without
+  // dynamic shared memory: kRgNoopNoSmem).
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& [suffix, bit] :
+         {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain}, {"_pf", kRgPrefetchL2},
+          {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}, {"_noop0", kRgNoop | kRgNoopNoSmem}}) {
+      const std::string sfx = suffix;
+      if (part.ends_with(sfx)) {
+        flags |= bit;
+        part.resize(part.size() - sfx.size());
+        more = true;
+      }
+    }
+  }
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore), _epitma
-  // (kRgEpiTma), _plain (kRgXmcPlain: none of the options), _pf / _pf2
-  // (kRgPrefetchL2, + kRgPrefetchDeep); _noop (kRgNoop, also the 64-token TMA kernel; _noop0: launched without dynamic
-  // shared memory); the ablations _nomma
-  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (the TMA backward's dx / dw kernels and the expert-pair forward).
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
+  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
                                       {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
                                       {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad},
-                                      {"_epitma", kRgEpiTma},
-                                      {"_noop0", kRgNoop | kRgNoopNoSmem},
-                                      {"_plain", kRgXmcPlain}, {"_pf", kRgPrefetchL2},
-                                      {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}}) {
+                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;
