@@ -45,13 +45,24 @@ enum : int {
   kRgTraceFirstFull = 0, kRgTraceLastFull = 1, kRgTraceMmaDone = 2, kRgTraceStored = 3, kRgTraceFenced = 4
 };
 // The expert-pair forward traces kRgTraceFwdSlots a CTA: the slots above, then the prologue (SM clock of thread 0):
-// barriers initialized, cluster barrier passed, the producer just
-// before its first ring fill (after setmaxnreg and the empty wait), and the globaltimer ns after the final cluster
-// barrier (the CTA's exit).
+// barriers initialized, cluster barrier passed, the producer just before its first ring fill (after setmaxnreg and the
+// empty wait), and the globaltimer ns after the final cluster barrier (the CTA's exit).
 enum : int {
   kRgTraceInitDone = 16, kRgTraceClusterDone = 17, kRgTraceProducerPre = 18, kRgTraceExitNs = 19,
   kRgTraceFwdSlots = 32
 };
+// Expert-pair forward option (session 7): kRgEpiTma — the cluster's last tile leaves by TMA stores, each warp staging
+// its 16 rows in the x rows of the ring its warpgroup no longer reads (no barrier across warps). Same bits.
+constexpr int kRgEpiTma = 1 << 24;
+// Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
+// cost launch time?
+constexpr int kRgNoopNoSmem = 1 << 26;
+// Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
+constexpr int kRgXmcPlain = 1 << 28;
+// Expert-pair forward option (session 7): before its barrier init, the producer warpgroup asks L2 for the first
+// STAGES (kRgPrefetchL2) or 2·STAGES (with kRgPrefetchDeep too) K chunks of the CTA's share of its first tile's x rows
+// and w rows (a prefetch.global.L2 a line: no tensor map needed), so DRAM starts while the tensor maps load.
+constexpr int kRgPrefetchL2 = 1 << 29, kRgPrefetchDeep = 1 << 30;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;
@@ -100,18 +111,6 @@ enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;
-// Expert-pair forward option (session 7): kRgEpiTma — the cluster's last tile leaves by TMA stores, each warp staging
-// its 16 rows in the x rows of the ring its warpgroup no longer reads (no barrier across warps). Same bits.
-constexpr int kRgEpiTma = 1 << 24;
-// Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
-// cost launch time?
-constexpr int kRgNoopNoSmem = 1 << 26;
-// Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
-constexpr int kRgXmcPlain = 1 << 28;
-// Expert-pair forward option (session 7): before its barrier init, the producer warpgroup asks L2 for the first
-// STAGES (kRgPrefetchL2) or 2·STAGES (with kRgPrefetchDeep too) K chunks of the CTA's share of its first tile's x rows
-// and w rows (a prefetch.global.L2 a line: no tensor map needed), so DRAM starts while the tensor maps load.
-constexpr int kRgPrefetchL2 = 1 << 29, kRgPrefetchDeep = 1 << 30;
 // Expert-pair forward: kRgSkipW (bench only) loads no w (MMAs read stale shared memory: what w's traffic costs); kRgRotateK starts each
 // tile's K walk at a different chunk (a kernel option: results stay deterministic); kRgBalance (host only) cuts T
 // into one tile per CTA pair of the GPU (tile_rows < BM) instead of BM-row tiles; kRgEpiStaged: a cluster's last tile
