@@ -791,7 +791,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
                          (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
     if (epi_tma) {
       encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
-      a.flags |= kRgEpiTma;
+      a.flags |= kRgEpiTma | (measure & kRgEpiMix);
     }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
@@ -1165,14 +1165,14 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
-  // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _plain (kRgXmcPlain:
-  // none of the op's options), _pf / _pf2 (kRgPrefetchL2, + kRgPrefetchDeep), _noop0 (kRgNoop launched without
-  // dynamic shared memory: kRgNoopNoSmem).
+  // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
+  // _plain (kRgXmcPlain: none of the op's options), _pf / _pf2 (kRgPrefetchL2, + kRgPrefetchDeep), _noop0 (kRgNoop
+  // launched without dynamic shared memory: kRgNoopNoSmem).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] :
          {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain}, {"_pf", kRgPrefetchL2},
-          {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}, {"_noop0", kRgNoop | kRgNoopNoSmem}}) {
+          {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}, {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -205,7 +205,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_pf", "fwd_tmaxmc_pf2", "fwd_tmaxmc_pf_epitma",
                            "fwd_tmaxmc_plain", "fwd_tmaxmc_noload", "fwd_tmaxmc_nomma", "fwd_tmaxmc_noload_nomma",
                            "fwd_tmaxmc_noload_nomma_epitma", "fwd_tmaxmc_noload_epitma", "fwd_tmaxmc_nomma_nostore",
-                           "fwd_tmaxmc_noload_nomma_nostore"})
+                           "fwd_tmaxmc_noload_nomma_nostore", "fwd_tmaxmc_mix_epitma", "fwd_tmaxmc_noload_nomma_mix_epitma",
+                           "fwd_tmaxmc_pf_mix_epitma"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_pf", "fwd_tmaxmc_pf_epitma", "fwd_tmaxmc_plain"})

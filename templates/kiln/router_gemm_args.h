@@ -54,6 +54,9 @@ enum : int {
 // Expert-pair forward option (session 7): kRgEpiTma — the cluster's last tile leaves by TMA stores, each warp staging
 // its 16 rows in the x rows of the ring its warpgroup no longer reads (no barrier across warps). Same bits.
 constexpr int kRgEpiTma = 1 << 24;
+// Measurement (with kRgEpiTma): consumer warpgroup 1 stores its rows from the registers (8-byte stores) while warpgroup
+// 0 uses TMA stores — do the copy engine and the LSU path write in parallel?
+constexpr int kRgEpiMix = 1 << 27;
 // Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
 // cost launch time?
 constexpr int kRgNoopNoSmem = 1 << 26;

@@ -554,7 +554,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
-      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM) {
+      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
         const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
         Row::stage_sw128(acc, slot, lane);
         fence_proxy_async();
@@ -571,7 +571,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
       constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
-      if (CAN_STAGE && (flags & kRgEpiStaged) && last) {
+      if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
         // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
         // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of

@@ -574,7 +574,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaAndPrefetch) {
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgPrefetchL2,
                         kRgPrefetchL2 | kRgEpiTma, kRgPrefetchL2 | kRgPrefetchDeep | kRgEpiTma | kRgRotateK,
-                        kRgXmcPlain}) {
+                        kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -646,6 +646,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"pf (L2 prefetch of the first 6 chunks at entry, a line a thread)", kRgPrefetchL2, def, false},
                        Mode{"pf2 (12 chunks)", kRgPrefetchL2 | kRgPrefetchDeep, def, false},
                        Mode{"pf + epitma", kRgPrefetchL2 | kRgEpiTma, def, false},
+                       Mode{"mix (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", kRgEpiTma | kRgEpiMix, def, false},
+                       Mode{"noload + nomma + mix", kRgSkipLoad | kRgSkipMma | kRgEpiTma | kRgEpiMix, def, false},
                        Mode{"7 stages + epitma", kRgEpiTma, stages7, false},
                        Mode{"7 stages + pf + epitma", kRgPrefetchL2 | kRgEpiTma, stages7, false},
                        Mode{"nostore", kRgSkipStore, def, false},
