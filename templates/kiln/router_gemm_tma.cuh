@@ -22,8 +22,10 @@
 namespace kiln {
 namespace rgt {
 
-// The mbarrier, TMA and register-budget primitives are kiln/mbarrier.cuh's and kiln/ptx.cuh's. The kernels of
-// router_gemm_bwd_tma.cuh call them as rgt::…: these names keep them reachable there.
+// The mbarrier, TMA and register-budget primitives are kiln/mbarrier.cuh's and kiln/ptx.cuh's; the forward kernels
+// here call them by those names. The backward kernels (router_gemm_bwd_tma.cuh, router_gemm_bwd_fused.cuh) still call
+// them as rgt::… (and mbar_expect_tx / mbar_arrive_local / gtimer below): these names stay until those call sites are
+// renamed (session 7: left to after the backward helper's merge, whose new kernels use them).
 using kiln::fence_mbar_init;
 using kiln::mbar_arrive_cluster;
 using kiln::mbar_init;
@@ -398,7 +400,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceFwdSlots : nullptr;
   // The entry stamps stay in registers until the producer is done (a global store before the cluster barrier would
   // delay it).
-  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
+  const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
@@ -599,7 +601,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
       if (lead) {
         tw[kRgTraceFenced] = rgt::clk();
-        if (wm == 0) trace[kRgTraceEndNs] = rgt::gtimer();
+        if (wm == 0) trace[kRgTraceEndNs] = globaltimer_ns();
       }
     }
     // The TMA stores' shared-memory source stays untouched until it has been read (the CTA may not leave before).
@@ -607,7 +609,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.
   cluster_sync();
-  if (trace && tid == 0) trace[kRgTraceExitNs] = rgt::gtimer();
+  if (trace && tid == 0) trace[kRgTraceExitNs] = globaltimer_ns();
 #else
   __trap();
 #endif
