@@ -78,8 +78,8 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
-// The expert-pair kernel's options in the op (kRgEpiTma / kRgPrefetchL2 where they apply): none yet — session 7
-// measures them first (bench/NOTES.md).
+// The expert-pair kernel's options in the op (kRgEpiTma where it applies): none — session 7 measured the TMA-store
+// epilogue level with the staged one in three runs (bench/NOTES.md).
 constexpr int kXmcDefaultOptions = 0;
 
 // The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
@@ -773,17 +773,14 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
     // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
-    // kRgEpiTma / kRgPrefetchL2 / kRgEpiDirect, or kRgXmcPlain for none of them).
-    const bool asked = measure & (kRgEpiTma | kRgEpiDirect | kRgXmcPlain | kRgPrefetchL2);
+    // kRgEpiTma / kRgEpiDirect, or kRgXmcPlain for none of them).
+    const bool asked = measure & (kRgEpiTma | kRgEpiDirect | kRgXmcPlain);
     const int opts = asked ? measure : kXmcDefaultOptions;
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad)) |
-              (opts & (kRgPrefetchL2 | kRgPrefetchDeep)) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
-    a.x = x.data;
-    a.x_stride = xr.stride;
-    a.w = w.data;
+              ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
@@ -1166,13 +1163,13 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
-  // _plain (kRgXmcPlain: none of the op's options), _pf / _pf2 (kRgPrefetchL2, + kRgPrefetchDeep), _noop0 (kRgNoop
-  // launched without dynamic shared memory: kRgNoopNoSmem).
+  // _plain (kRgXmcPlain: none of the op's options), _noop0 (kRgNoop launched without dynamic shared memory:
+  // kRgNoopNoSmem).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] :
-         {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain}, {"_pf", kRgPrefetchL2},
-          {"_pf2", kRgPrefetchL2 | kRgPrefetchDeep}, {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}}) {
+         {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
+          {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -31,8 +31,6 @@ struct RouterGemmFwdTmaArgs {
   unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceFwdSlots a CTA
   RgTensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
                                         // boxes of 32 columns × 16 rows (TMA stores; rows past T clipped)
-  const void* x; long long x_stride;    // expert-pair kernel with kRgPrefetchL2: x's rows (elements between rows)
-  const void* w;                        // and w [E, K], for the L2 prefetch of the first chunks
 };
 
 // Trace slots of the expert-pair forward (RouterGemmFwdTmaArgs::trace, kRgTraceSlots per CTA): globaltimer ns and
@@ -62,10 +60,6 @@ constexpr int kRgEpiMix = 1 << 27;
 constexpr int kRgNoopNoSmem = 1 << 26;
 // Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
 constexpr int kRgXmcPlain = 1 << 28;
-// Expert-pair forward option (session 7): before its barrier init, the producer warpgroup asks L2 for the first
-// STAGES (kRgPrefetchL2) or 2·STAGES (with kRgPrefetchDeep too) K chunks of the CTA's share of its first tile's x rows
-// and w rows (a prefetch.global.L2 a line: no tensor map needed), so DRAM starts while the tensor maps load.
-constexpr int kRgPrefetchL2 = 1 << 29, kRgPrefetchDeep = 1 << 30;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

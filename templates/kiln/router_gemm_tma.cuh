@@ -369,9 +369,6 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
-//  * kRgPrefetchL2 (+ kRgPrefetchDeep): at entry the producer warpgroup's threads ask L2 for the first STAGES (2·STAGES)
-//    K chunks of this CTA's x rows and w rows of its first tile, a `prefetch.global.L2` per 128-byte line (a.x, a.w: no
-//    tensor map; the copy engine's queue stays free): the first fills wait ≈ 0.8 µs for their tensor maps on a cold L2.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
@@ -413,22 +410,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
   if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
-  if ((flags & kRgPrefetchL2) && wg == 0 && cluster < groups) {  // L2 prefetch of the first chunks (see above)
-    const int m0 = (cluster * TPG + ti) * rows;
-    const int pf = (flags & kRgPrefetchDeep) ? 2 * STAGES : STAGES, pfc = pf < CHUNKS ? pf : CHUNKS;
-    for (int i = tid; i < (XR + WR) * pfc; i += 128) {  // line c of row r: neighbouring threads, neighbouring lines
-      const int r = i / pfc, c = i - r * pfc;
-      const char* p = nullptr;
-      if (r < XR) {
-        const int row = m0 + ej * XR + r;
-        if (row < a.T) p = static_cast<const char*>(a.x) + static_cast<i64>(row) * a.x_stride * 2 + c * 128;
-      } else {
-        p = static_cast<const char*>(a.w) + static_cast<i64>(ej * EH + ti * WR + r - XR) * K * 2 + c * 128;
-      }
-      if (p && c * 128 < K * 2) asm volatile("prefetch.global.L2 [%0];" ::"l"(p));
-    }
-  }
-
   // Tile group t's chunk j into stage s. Both CTAs of a token tile expect the same bytes: the halves of the x tile
   // inside T (a half entirely past T is fetched by neither: the accumulator rows it feeds are never stored) and the w
   // rows; this CTA fetches its share of x (multicast to the token tile's CTAs) and of w.

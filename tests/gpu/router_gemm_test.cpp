@@ -544,15 +544,14 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
   }
 }
 
-// The expert-pair forward's session-7 options: the TMA-store epilogue (kRgEpiTma: warps stage their rows in the x rows
-// of the ring their warpgroup no longer reads and store 16 × 32 boxes; rows past T clipped by the tensor map) and the
-// L2 prefetch of the first chunks at entry (kRgPrefetchL2 / kRgPrefetchDeep), alone, together and with kRgRotateK, at
-// the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup), clusters of 4
+// The expert-pair forward's session-7 option: the TMA-store epilogue (kRgEpiTma: warps stage their rows in the x rows
+// of the ring their warpgroup no longer reads and store 16 × 32 boxes; rows past T clipped by the tensor map), alone,
+// with kRgRotateK, with warpgroup 1 storing from its registers meanwhile (kRgEpiMix), at the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup), clusters of 4
 // (each at some of the shapes), and where the epilogue does not apply (ping-pong, kRgBalance's overlapping tiles, E/2
 // not a multiple of 32: the staged epilogue instead). Shapes with partial tiles, tiny T, K not a multiple of 64, several
 // tiles per cluster. Every result must equal the default options' bit for bit (the same sums in the same order) and the
 // fp64 reference within the fp32-accumulation bound; rows past the view untouched (guards, strided logits).
-TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaAndPrefetch) {
+TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
                          Shape{300, 7168, 256}, Shape{1000, 2048, 160}, Shape{130, 64, 128}}) {
@@ -572,9 +571,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaAndPrefetch) {
       const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
-      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgPrefetchL2,
-                        kRgPrefetchL2 | kRgEpiTma, kRgPrefetchL2 | kRgPrefetchDeep | kRgEpiTma | kRgRotateK,
-                        kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
+      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -643,13 +640,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
   for (const Mode m : {Mode{"default (staged 16-byte stores)", 0, def, false},
                        Mode{"epitma (TMA-store epilogue)", kRgEpiTma, def, false},
-                       Mode{"pf (L2 prefetch of the first 6 chunks at entry, a line a thread)", kRgPrefetchL2, def, false},
-                       Mode{"pf2 (12 chunks)", kRgPrefetchL2 | kRgPrefetchDeep, def, false},
-                       Mode{"pf + epitma", kRgPrefetchL2 | kRgEpiTma, def, false},
                        Mode{"mix (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", kRgEpiTma | kRgEpiMix, def, false},
                        Mode{"noload + nomma + mix", kRgSkipLoad | kRgSkipMma | kRgEpiTma | kRgEpiMix, def, false},
                        Mode{"7 stages + epitma", kRgEpiTma, stages7, false},
-                       Mode{"7 stages + pf + epitma", kRgPrefetchL2 | kRgEpiTma, stages7, false},
                        Mode{"nostore", kRgSkipStore, def, false},
                        Mode{"noload (MMAs on stale shared memory)", kRgSkipLoad, def, false},
                        Mode{"nomma (data movement + stores)", kRgSkipMma, def, false},
