@@ -788,7 +788,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
                          (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
     if (epi_tma) {
       encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
-      a.flags |= kRgEpiTma | (measure & kRgEpiMix);
+      a.flags |= kRgEpiTma | (opts & kRgEpiMix);
     }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
