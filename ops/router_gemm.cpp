@@ -78,9 +78,11 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 
-// The expert-pair kernel's options in the op (kRgEpiTma where it applies): none — session 7 measured the TMA-store
-// epilogue level with the staged one in three runs (bench/NOTES.md).
-constexpr int kXmcDefaultOptions = 0;
+// The expert-pair kernel's options in the op, for its 128-token tiles (two consumer warpgroups): the cluster's last tile
+// leaves by TMA stores from warpgroup 0 and by 8-byte stores from warpgroup 1's registers at once (session 7, round 4:
+// 20.88 µs vs 21.04–21.79 for the staged epilogue in the same run; TMA stores alone tie the staged epilogue).
+// 64-token tiles keep the staged epilogue (TMA stores measured 14.1–15.8 vs 14.7 µs there).
+constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiMix;
 
 // The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
 bool xmc_pingpong(const Specialization& s) { return s.config[C_BM] == 64 && s.config[C_WM] == 2; }
@@ -775,7 +777,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
     // kRgEpiTma / kRgEpiDirect, or kRgXmcPlain for none of them).
     const bool asked = measure & (kRgEpiTma | kRgEpiDirect | kRgXmcPlain);
-    const int opts = asked ? measure : kXmcDefaultOptions;
+    const int opts = asked ? measure : s.config[C_WM] == 2 && !xmc_pingpong(s) ? kXmcDefaultOptions : 0;
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
@@ -1163,13 +1165,13 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
-  // _plain (kRgXmcPlain: none of the op's options), _noop0 (kRgNoop launched without dynamic shared memory:
+  // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched without dynamic shared memory:
   // kRgNoopNoSmem).
   for (bool more = true; more;) {
     more = false;
     for (const auto& [suffix, bit] :
          {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
-          {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}}) {
+          {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}, {"_staged", kRgXmcPlain}}) {
       const std::string sfx = suffix;
       if (part.ends_with(sfx)) {
         flags |= bit;

@@ -210,6 +210,15 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_plain", "fwd_tmaxmc_mix_epitma"})
     add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
+  // A/B rows (round 5): the same kernels under second names (_staged = _plain: the staged epilogue; _epitma_mix =
+  // _mix_epitma), so one run gives two samples of each.
+  for (const char* part : {"fwd_tmaxmc_staged", "fwd_tmaxmc_epitma_mix"}) {
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+    add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
+  }
+  cases.push_back({"router_gemm_sweep_fwd_tmaxmc_staged", "T=8192 K=7168 E=256 default",
+                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, "fwd_tmaxmc_staged"); }});
   cases.push_back({"router_gemm_sweep_fwd_tmaxmc_epitma", "T=8192 K=7168 E=256 default",
                    [](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, "fwd_tmaxmc_epitma"); }});
   for (int64_t T : {1024, 4096})  // the op's 64-token expert pairs (one consumer warpgroup, 8 stages)

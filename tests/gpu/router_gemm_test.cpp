@@ -638,18 +638,20 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     bool back_to_back;
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
-  for (const Mode m : {Mode{"default (staged 16-byte stores)", 0, def, false},
+  for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
+                       Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
                        Mode{"epitma (TMA-store epilogue)", kRgEpiTma, def, false},
-                       Mode{"mix (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", kRgEpiTma | kRgEpiMix, def, false},
                        Mode{"noload + nomma + mix", kRgSkipLoad | kRgSkipMma | kRgEpiTma | kRgEpiMix, def, false},
                        Mode{"7 stages + epitma", kRgEpiTma, stages7, false},
                        Mode{"nostore", kRgSkipStore, def, false},
                        Mode{"noload (MMAs on stale shared memory)", kRgSkipLoad, def, false},
                        Mode{"nomma (data movement + stores)", kRgSkipMma, def, false},
-                       Mode{"noload + nomma (ring protocol + staged stores)", kRgSkipLoad | kRgSkipMma, def, false},
+                       Mode{"noload + nomma (ring protocol + staged stores)", kRgSkipLoad | kRgSkipMma | kRgXmcPlain, def, false},
                        Mode{"noload + nomma + epitma", kRgSkipLoad | kRgSkipMma | kRgEpiTma, def, false},
-                       Mode{"direct 8-byte stores", kRgEpiDirect, def, false}, Mode{"7 stages", 0, stages7, false},
+                       Mode{"direct 8-byte stores", kRgEpiDirect, def, false}, Mode{"7 stages, staged", kRgXmcPlain, stages7, false},
                        Mode{"default, back to back (no flush)", 0, def, true},
+                       Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
+                       Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true}}) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore | kRgSkipLoad | kRgSkipMma));
