@@ -36,7 +36,7 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
 
-// Measurement hook (GPU tests only): a device buffer of kRgTraceSlots u64 per CTA the expert-pair forward fills with
+// Measurement hook (GPU tests only): a device buffer of kRgTraceFwdSlots u64 per CTA the expert-pair forward fills with
 // timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 }  // namespace detail
@@ -79,6 +79,12 @@ int64_t round_up(int64_t v, int64_t m) { return (v + m - 1) / m * m; }
 
 // wgmma (warpgroup MMA) exists on sm_90a only.
 bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
+
+// The expert-pair kernel's options in the op, for its 128-token tiles (two consumer warpgroups): the cluster's last tile
+// leaves by TMA stores from warpgroup 0 and by 8-byte stores from warpgroup 1's registers at once (session 7, round 4:
+// 20.88 µs vs 21.04–21.79 for the staged epilogue in the same run; TMA stores alone tie the staged epilogue).
+// 64-token tiles keep the staged epilogue (TMA stores measured 14.1–15.8 vs 14.7 µs there).
+constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiMix;
 
 // The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
 bool xmc_pingpong(const Specialization& s) { return s.config[C_BM] == 64 && s.config[C_WM] == 2; }
@@ -717,10 +723,24 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
-    // The last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of session 5: 20.0 µs
-    // vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store phase 3.3 vs 3.9 µs).
-    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop)) |
-              ((measure & kRgEpiDirect) ? 0 : kRgEpiStaged);
+    // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
+    // kRgEpiTma / kRgEpiDirect, or kRgXmcPlain for none of them).
+    const bool asked = measure & (kRgEpiTma | kRgEpiDirect | kRgXmcPlain);
+    const int opts = asked ? measure : s.config[C_WM] == 2 && !xmc_pingpong(s) ? kXmcDefaultOptions : 0;
+    // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
+    // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
+    // phase 3.3 vs 3.9 µs).
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad)) |
+              ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+    // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
+    // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
+    const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
+                         (E / 2) % 32 == 0 && s.config[C_STAGES] >= 4 && a.tile_rows == bm &&
+                         (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
+    if (epi_tma) {
+      encode_tma_2d(a.tmo, logits.data, E, T, lr.stride * 4, 16, true);
+      a.flags |= kRgEpiTma | (opts & kRgEpiMix);
+    }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
@@ -728,7 +748,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     d.grid[0] = static_cast<unsigned>(clusters * cl);
     d.cluster[0] = static_cast<unsigned>(cl);
     d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
     return;
   }
@@ -764,14 +784,15 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.out_stride = lr.stride;
     a.T = static_cast<int>(T);
     a.tiles = static_cast<int>((T + bm - 1) / bm);
-    a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipStore | kRgNoop);
+    const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
+    a.flags = measure & (kRgSkipStore | kRgNoop);
     const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
     const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(clusters * cm);
     d.cluster[0] = static_cast<unsigned>(cm);
     d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = static_cast<unsigned>(smem_bytes(s));
+    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
     impl.launch(s, d, stream, a);
     return;
   }
@@ -1093,6 +1114,22 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
+  // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
+  // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched without dynamic shared memory:
+  // kRgNoopNoSmem).
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& [suffix, bit] :
+         {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
+          {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}, {"_staged", kRgXmcPlain}}) {
+      const std::string sfx = suffix;
+      if (part.ends_with(sfx)) {
+        flags |= bit;
+        part.resize(part.size() - sfx.size());
+        more = true;
+      }
+    }
+  }
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
   // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).

@@ -186,6 +186,43 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (const char* part : {"fwd_tmaxmc_noop", "fwd_tma_noop"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  // Session 7: the expert-pair forward's TMA-store epilogue (_epitma: per-warp 16 × 32 boxes staged in the x rows the
+  // warpgroup no longer reads, no barrier across warps; _mix: warpgroup 1 stores from its registers meanwhile), the
+  // options off whatever the op's defaults (_plain); ablations: no loads (_noload: MMAs on stale shared memory), no
+  // MMAs (_nomma: the data movement), neither (a pure store phase after the ring protocol).
+  for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_mix_epitma", "fwd_tmaxmc_plain", "fwd_tmaxmc_noload",
+                           "fwd_tmaxmc_nomma", "fwd_tmaxmc_noload_nomma", "fwd_tmaxmc_noload_nomma_epitma",
+                           "fwd_tmaxmc_noload_nomma_mix_epitma", "fwd_tmaxmc_noload_epitma", "fwd_tmaxmc_nomma_nostore",
+                           "fwd_tmaxmc_noload_nomma_nostore"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+  for (const char* part : {"fwd_tmaxmc_epitma", "fwd_tmaxmc_plain", "fwd_tmaxmc_mix_epitma"})
+    add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
+  // A/B rows (round 5): the same kernels under second names (_staged = _plain: the staged epilogue; _epitma_mix =
+  // _mix_epitma), so one run gives two samples of each.
+  for (const char* part : {"fwd_tmaxmc_staged", "fwd_tmaxmc_epitma_mix"}) {
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
+    add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 128, 64, 2, 2, 7}}});
+  }
+  cases.push_back({"router_gemm_sweep_fwd_tmaxmc_staged", "T=8192 K=7168 E=256 default",
+                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, "fwd_tmaxmc_staged"); }});
+  cases.push_back({"router_gemm_sweep_fwd_tmaxmc_epitma", "T=8192 K=7168 E=256 default",
+                   [](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, "fwd_tmaxmc_epitma"); }});
+  for (int64_t T : {1024, 4096})  // the op's 64-token expert pairs (one consumer warpgroup, 8 stages)
+    cases.push_back({"router_gemm_sweep_fwd_tmaxmc_epitma", fmt::format("T={} K=2048 E=256 default", T),
+                     [T](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, "fwd_tmaxmc_epitma"); }});
+  for (int64_t T : {1024, 4096})
+    cases.push_back({"router_gemm_sweep_fwd_tmaxmc", fmt::format("T={} K=2048 E=256 default", T),
+                     [T](Runtime& rt) { return router_gemm_instance(rt, T, 2048, 256, "fwd_tmaxmc"); }});
+  // Launch and completion alone with little shared memory: clustered 2-stage grids (65 / 49 KB CTAs, 384 / 256
+  // threads) and a non-clustered 2-stage one, against the default rows above (213 KB clustered, 205 KB single).
+  add_sweep(cases, "fwd_tmaxmc_noop", std::array<std::array<int32_t, 6>, 2>{{{128, 128, 64, 2, 2, 2}, {64, 128, 64, 1, 2, 2}}});
+  add_sweep(cases, "fwd_tma_noop", std::array<std::array<int32_t, 6>, 1>{{{64, 128, 64, 1, 1, 2}}});
+  // ... and with no dynamic shared memory at all (the previous kernel, the L2 flush, uses none: a carve-out change?).
+  for (const char* part : {"fwd_tmaxmc_noop0", "fwd_tma_noop0"})
+    cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
+                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   for (const char* part : {"fwd_tmaxmc_nostore", "fwd_tmaxmc_direct"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=7168 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 7168, 256, part); }});

@@ -28,7 +28,9 @@ struct RouterGemmFwdTmaArgs {
   int tiles;                            // ceil(T / tile_rows)
   int flags;                            // kRgRotateK (expert-pair kernel), else measurement only: kRgSkip*
   int tile_rows;                        // expert-pair kernel: token rows a tile owns (≤ BM); the others use BM
-  unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceSlots a CTA
+  unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceFwdSlots a CTA
+  RgTensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
+                                        // boxes of 32 columns × 16 rows (TMA stores; rows past T clipped)
 };
 
 // Trace slots of the expert-pair forward (RouterGemmFwdTmaArgs::trace, kRgTraceSlots per CTA): globaltimer ns and
@@ -40,6 +42,24 @@ enum : int {
   kRgTraceWg0 = 5, kRgTraceWgSlots = 5, kRgTraceEndNs = 15, kRgTraceSlots = 16,
   kRgTraceFirstFull = 0, kRgTraceLastFull = 1, kRgTraceMmaDone = 2, kRgTraceStored = 3, kRgTraceFenced = 4
 };
+// The expert-pair forward traces kRgTraceFwdSlots a CTA: the slots above, then the prologue (SM clock of thread 0):
+// barriers initialized, cluster barrier passed, the producer just before its first ring fill (after setmaxnreg and the
+// empty wait), and the globaltimer ns after the final cluster barrier (the CTA's exit).
+enum : int {
+  kRgTraceInitDone = 16, kRgTraceClusterDone = 17, kRgTraceProducerPre = 18, kRgTraceExitNs = 19,
+  kRgTraceFwdSlots = 32
+};
+// Expert-pair forward option (session 7): kRgEpiTma — the cluster's last tile leaves by TMA stores, each warp staging
+// its 16 rows in the x rows of the ring its warpgroup no longer reads (no barrier across warps). Same bits.
+constexpr int kRgEpiTma = 1 << 24;
+// Measurement (with kRgEpiTma): consumer warpgroup 1 stores its rows from the registers (8-byte stores) while warpgroup
+// 0 uses TMA stores — do the copy engine and the LSU path write in parallel?
+constexpr int kRgEpiMix = 1 << 27;
+// Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
+// cost launch time?
+constexpr int kRgNoopNoSmem = 1 << 26;
+// Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
+constexpr int kRgXmcPlain = 1 << 28;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;
@@ -100,7 +120,8 @@ constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRg
 // the full barriers with no bytes: the MMAs read stale shared memory), kRgSkipStore writes no dx / no dw (dw: no
 // staging, no cluster sum, no partials, and the host launches no dw_reduce).
 // kRgSkipStore (TMA forward, bench only): the logits are not written (nor the K-split partials exchanged), so the
-// bench can time the main loop alone; the output is garbage.
+// bench can time the main loop alone; the output is garbage. The expert-pair forward takes kRgSkipMma and kRgSkipLoad
+// too (bench only, as the backward's).
 
 // dx[T, K] bf16 = g[T, E] fp32 · w[E, K] bf16.
 struct RouterGemmDxArgs {

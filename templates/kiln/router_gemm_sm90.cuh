@@ -146,6 +146,19 @@ struct WgmmaRow {
     }
     Next::stage(a.next, tile, row0, lane, pitch);
   }
+  // Writes this warp's 16 rows of the accumulators as the boxes a 128-byte-swizzled fp32 TMA store reads: box b
+  // (columns [32b, 32b + 32)) at slot + 2048·b, row r (0–15) at 128·r, its 16-byte piece j at (j ^ (r & 7))·16.
+  // Conflict-free: per register pair the warp's 8 rows × 4 lanes cover every bank twice (256 bytes, 2 wavefronts).
+  __device__ __forceinline__ static void stage_sw128(const Acc& a, u32 slot, int lane) {
+#pragma unroll
+    for (int i = 0; i < N / 2; i += 2) {
+      const int r = (lane >> 2) + 8 * ((i >> 1) & 1), c = C0 + 8 * (i >> 2) + 2 * (lane & 3);
+      const int cc = c & 31, j = cc >> 2;
+      const u32 addr = slot + (c >> 5) * 2048 + r * 128 + ((j ^ (r & 7)) << 4) + (cc & 3) * 4;
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(a.d[i]), "f"(a.d[i + 1]) : "memory");
+    }
+    Next::stage_sw128(a.next, slot, lane);
+  }
 };
 template <int E>
 struct WgmmaRow<E, E> {
@@ -154,6 +167,7 @@ struct WgmmaRow<E, E> {
   __device__ __forceinline__ static void fence(Acc&) {}
   __device__ __forceinline__ static void mma(Acc&, u64, u32) {}
   __device__ __forceinline__ static void stage(const Acc&, u32, int, int, int) {}
+  __device__ __forceinline__ static void stage_sw128(const Acc&, u32, int) {}
 };
 
 }  // namespace rg90

@@ -22,8 +22,10 @@
 namespace kiln {
 namespace rgt {
 
-// The mbarrier, TMA and register-budget primitives are kiln/mbarrier.cuh's and kiln/ptx.cuh's. The kernels of
-// router_gemm_bwd_tma.cuh call them as rgt::…: these names keep them reachable there.
+// The mbarrier, TMA and register-budget primitives are kiln/mbarrier.cuh's and kiln/ptx.cuh's; the forward kernels
+// here call them by those names. The backward kernels (router_gemm_bwd_tma.cuh, router_gemm_bwd_fused.cuh) still call
+// them as rgt::… (and mbar_expect_tx / mbar_arrive_local / gtimer below): these names stay until those call sites are
+// renamed (session 7: left to after the backward helper's merge, whose new kernels use them).
 using kiln::fence_mbar_init;
 using kiln::mbar_arrive_cluster;
 using kiln::mbar_init;
@@ -360,7 +362,13 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    of its x tile (multicast to the two CTAs of tile i) and half of its w half (multicast to the two CTAs of half j):
 //    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
 //    a CTA is written by three CTAs of the cluster, so every consumer releases it in all four.
-//  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots).
+//  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots, kRgTraceFwdSlots a CTA).
+//  * kRgEpiTma (not with PP; EH % 32 == 0, STAGES ≥ 4 and tile_rows == BM, else ignored): the cluster's last tile leaves
+//    by TMA stores through a.tmo. Warp v of consumer warpgroup w stages its 16 rows (128-byte-swizzled boxes of 16 ×
+//    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
+//    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
+//    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
+//  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
@@ -375,30 +383,64 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
+  // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
+  constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
   using Row = rg90::WgmmaRow<EH, 0>;
 
+  // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
+  // their own.
+  if (threadIdx.x == 0) {
+    prefetch_tmap(&a.tmx);
+    prefetch_tmap(&a.tmw);
+  }
   if (a.flags & kRgNoop) return;  // measurement: the grid's launch and completion alone
-  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;
-  // The entry stamps stay in registers until the first loads are out (a global store before the cluster barrier
-  // would delay it).
-  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
+  u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceFwdSlots : nullptr;
+  // The entry stamps stay in registers until the producer is done (a global store before the cluster barrier would
+  // delay it).
+  const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
-  const u32 base = ring.base;
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = blockIdx.x % CL;
   const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
   const int cluster = blockIdx.x / CL, clusters = gridDim.x / CL;
   const int groups = (a.tiles + TPG - 1) / TPG;
   const int rows = a.tile_rows;
+  const int flags = a.flags;
+  const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
+  if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
+  // Tile group t's chunk j into stage s. Both CTAs of a token tile expect the same bytes: the halves of the x tile
+  // inside T (a half entirely past T is fetched by neither: the accumulator rows it feeds are never stored) and the w
+  // rows; this CTA fetches its share of x (multicast to the token tile's CTAs) and of w.
+  auto fill = [&](int t, int j, int s) {
+    const int m0 = (t * TPG + ti) * rows;
+    const int rot = (flags & kRgRotateK) ? t % CHUNKS : 0;
+    const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
+    const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
+    mbar_arrive_expect_tx(full, (load_w ? EH * 128 : 0) + (load && m0 < a.T ? XR * 128 : 0) +
+                                    (load && m0 + XR < a.T ? XR * 128 : 0));
+    if (!load) return;
+    constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
+    const int x0 = m0 + ej * XR;  // this CTA's x rows
+    if (x0 < a.T)
+      tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                            static_cast<unsigned short>(XMASK << (2 * ti)));
+    if (load_w) {
+      if constexpr (CL == 2)
+        tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+      else
+        tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                              static_cast<unsigned short>(WMASK << ej));
+    }
+  };
 
+  u64 t_init = 0, t_cluster = 0;
   if (tid == 0) {
-    prefetch_tmap(&a.tmx);  // the descriptors load while the barriers are set up
-    prefetch_tmap(&a.tmw);
     // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
     // cluster: the barrier below needs no release of its own.
     ring.init(READERS);
+    if (trace) t_init = rgt::clk();
   }
   cluster_arrive_relaxed();
   cluster_wait();
@@ -406,17 +448,11 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   if (wg == 0) {  // producer
     if constexpr (WGM > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
-      const bool rotate = a.flags & kRgRotateK, load_w = !(a.flags & kRgSkipW);
+      if (trace) t_cluster = rgt::clk();
+      u64 t_pre = 0, t_first = 0;
       int s = 0;
       u32 phase = 0;
       for (int t = cluster; t < groups; t += clusters) {
-        const int m0 = (t * TPG + ti) * rows, x0 = m0 + ej * XR;  // this CTA's x rows
-        // Halves of the x tile entirely past T are not fetched (by either CTA; both count the same bytes): the
-        // accumulator rows they feed are never stored.
-        const bool mine = x0 < a.T;
-        const u32 tx = (load_w ? EH * 128 : 0) + (m0 < a.T ? XR * 128 : 0) + (m0 + XR < a.T ? XR * 128 : 0);
-        constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
-        const int rot = rotate ? t % CHUNKS : 0;
         for (int j = 0; j < CHUNKS; ++j) {
           if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
             ring.wait_empty(s, phase);
@@ -427,43 +463,38 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
                 mbar_wait(ring.empty(wrap ? s + i - STAGES : s + i), (wrap ? phase ^ 1 : phase) ^ 1);
               }
           }
-          const int kc = j + rot < CHUNKS ? j + rot : j + rot - CHUNKS;
-          const u32 full = ring.full(s), sa = ring.stage(s), sb = sa + A_BYTES;
-          mbar_arrive_expect_tx(full, tx);
-          if (mine)
-            tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                                  static_cast<unsigned short>(XMASK << (2 * ti)));
-          if (load_w) {
-            if constexpr (CL == 2)
-              tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
-            else
-              tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                    static_cast<unsigned short>(WMASK << ej));
-          }
-          if (trace && j == 0 && t == cluster) {
-            trace[kRgTraceProducerFirst] = rgt::clk();
-            trace[kRgTraceStartNs] = t0_ns;
-            trace[kRgTraceStartClk] = t0_clk;
-            u32 sm;
-            asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-            trace[kRgTraceSm] = sm;
-          }
+          if (trace && !t_pre) t_pre = rgt::clk();
+          fill(t, j, s);
+          if (trace && !t_first) t_first = rgt::clk();
           if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
             phase ^= 1;
           }
         }
       }
-      if (trace) trace[kRgTraceProducerLast] = rgt::clk();
+      if (trace) {
+        trace[kRgTraceProducerLast] = rgt::clk();
+        trace[kRgTraceProducerFirst] = t_first ? t_first : t_init;
+        trace[kRgTraceProducerPre] = t_pre ? t_pre : t_init;
+        trace[kRgTraceStartNs] = t0_ns;
+        trace[kRgTraceStartClk] = t0_clk;
+        trace[kRgTraceInitDone] = t_init;
+        trace[kRgTraceClusterDone] = t_cluster;
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        trace[kRgTraceSm] = sm;
+      }
     }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
     if constexpr (WGM > 1) setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     const bool lead = trace && (tid & 127) == 0;
+    const bool mma = !(flags & kRgSkipMma);
     u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
     int s = 0;
     u32 phase = 0;
     bool started = false;  // trace: this warpgroup's first tile is done
+    bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
     for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
       if (PP && (i & 1) != wm) {  // the other warpgroup's tile: skip its CHUNKS stages
         const int adv = s + CHUNKS;
@@ -479,6 +510,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1;
+      const bool last = t + clusters >= groups;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
@@ -487,7 +519,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
-        rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
+        if (mma) rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
         ring.template release<CL>(prev, tid, prev >= 0);
         prev = s;
@@ -498,23 +530,38 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      ring.template release<CL>(prev, tid);
+      ring.template release<CL>(prev, tid, prev >= 0);
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
-      if ((a.flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
-      if ((a.flags & kRgHalfStore) && wm == 1 && !(a.flags & kRgEpiStaged)) continue;  // measurement: half the bytes
+      if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
+      if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
+      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
+        const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
+        Row::stage_sw128(acc, slot, lane);
+        fence_proxy_async();
+        __syncwarp();
+        const int row = m0 + r0 + warp * 16;
+        if (lane == 0 && row < a.T) {
+#pragma unroll
+          for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);
+          bulk_commit();
+          tma_stored = true;
+        }
+        if (lead) tw[kRgTraceStored] = rgt::clk();
+        continue;
+      }
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
       constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
-      if (CAN_STAGE && (a.flags & kRgEpiStaged) && t + clusters >= groups) {
+      if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
         // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
         // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of
         // one row at a time (whole 128-byte lines) instead of 8 rows × 32 bytes.
         constexpr int PITCH = (EH + 8) * 4, CPR = EH / 4;
         if constexpr (WGM > 1) asm volatile("bar.sync 5, %0;" ::"n"(WGM * 128) : "memory");
-        const u32 tile = base + wm * 64 * PITCH;
+        const u32 tile = ring.base + wm * 64 * PITCH;
         Row::stage(acc, tile, warp * 16 + (lane >> 2), lane, PITCH);
         asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
         const int valid = owned - r0;
@@ -530,16 +577,20 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       if (lead) tw[kRgTraceStored] = rgt::clk();
     }
     if (trace) {  // measurement only: when this warpgroup's stores have all been performed
+      if (tma_stored) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
       __threadfence();
       asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
       if (lead) {
         tw[kRgTraceFenced] = rgt::clk();
-        if (wm == 0) trace[kRgTraceEndNs] = rgt::gtimer();
+        if (wm == 0) trace[kRgTraceEndNs] = globaltimer_ns();
       }
     }
+    // The TMA stores' shared-memory source stays untouched until it has been read (the CTA may not leave before).
+    if (tma_stored) bulk_wait_read();
   }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.
   cluster_sync();
+  if (trace && tid == 0) trace[kRgTraceExitNs] = globaltimer_ns();
 #else
   __trap();
 #endif

@@ -544,6 +544,48 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
   }
 }
 
+// The expert-pair forward's session-7 option: the TMA-store epilogue (kRgEpiTma: warps stage their rows in the x rows
+// of the ring their warpgroup no longer reads and store 16 × 32 boxes; rows past T clipped by the tensor map), alone,
+// with kRgRotateK, with warpgroup 1 storing from its registers meanwhile (kRgEpiMix), at the default point, 7 stages, two chunks at once (bk = 128), 64-token tiles (one consumer warpgroup), clusters of 4
+// (each at some of the shapes), and where the epilogue does not apply (ping-pong, kRgBalance's overlapping tiles, E/2
+// not a multiple of 32: the staged epilogue instead). Shapes with partial tiles, tiny T, K not a multiple of 64, several
+// tiles per cluster. Every result must equal the default options' bit for bit (the same sums in the same order) and the
+// fp64 reference within the fp32-accumulation bound; rows past the view untouched (guards, strided logits).
+TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
+                         Shape{300, 7168, 256}, Shape{1000, 2048, 160}, Shape{130, 64, 128}}) {
+    const std::vector<float> x = bf16_values(T * K, mix_seed({0xb0c, static_cast<uint64_t>(T)}), 1.0f);
+    const std::vector<float> w = bf16_values(E * K, mix_seed({0xb1c, static_cast<uint64_t>(E)}), 0.02f);
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const int32_t eh = static_cast<int32_t>(E / 2);
+    const detail::RouterGemmConfig s7{128, eh, 64, 2, 2, 7}, two{128, eh, 128, 2, 2, 6}, one{64, eh, 64, 1, 2, 8},
+        pp{64, eh, 64, 2, 2, 9}, quad{128, eh, 64, 2, 4, 6}, wide{128, eh, 64, 2, 2, 6};
+    // The default everywhere; the other points at the target shape and at one odd shape each.
+    std::vector<const detail::RouterGemmConfig*> cfgs = {nullptr};
+    if (T == 8192) cfgs.insert(cfgs.end(), {&s7, &two, &pp});
+    if (T == 4097 || T == 7 || T == 130) cfgs.push_back(&one);
+    if (T < 8192) cfgs.push_back(&wide);  // 128-token tiles below the op's threshold (partial and persistent tiles)
+    if (E % 32 == 0 && (T == 8192 || T == 4097 || T == 300)) cfgs.push_back(&quad);
+    for (const detail::RouterGemmConfig* c : cfgs) {
+      const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
+                                " K=" + std::to_string(K) + " E=" + std::to_string(E);
+      const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
+        SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
+        detail::router_gemm_measure_flags.store(flags);
+        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 5);  // strided logits (16-byte rows: TMA stores)
+        detail::router_gemm_measure_flags.store(0);
+        EXPECT_TRUE(f.guards_ok && g.guards_ok);
+        EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+        if (!(flags & (kRgRotateK | kRgBalance))) EXPECT_TRUE(bitwise_equal("logits vs default options", f.y, base.y));
+        EXPECT_TRUE(bitwise_equal("strided logits", g.y, f.y));
+      }
+    }
+  }
+}
+
 // Measurement (prints; checks only that tracing changes no result and that the timestamps are ordered): where the
 // expert-pair forward's time goes at 8192 × 2048 → 256, L2 flushed before each traced run. Per CTA, from
 // RouterGemmFwdTmaArgs::trace: start (globaltimer, µs after the first CTA's), then on the SM clock converted to µs:
@@ -558,7 +600,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   const std::vector<float> w = bf16_values(E * K, mix_seed({0xa3c}), 0.02f);
   DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
   const int max_ctas = 1024;
-  DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kRgTraceSlots * 8);
+  DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kRgTraceFwdSlots * 8);
   detail::L2Flusher l2(r, nullptr);
   CUevent ev0, ev1;
   detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
@@ -596,24 +638,34 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     bool back_to_back;
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
-  for (const Mode m : {Mode{"default (staged 16-byte stores)", 0, def, false},
-                       Mode{"direct 8-byte stores", kRgEpiDirect, def, false}, Mode{"7 stages", 0, stages7, false},
-                       Mode{"nostore", kRgSkipStore, def, false}, Mode{"now+nostore", kRgSkipW | kRgSkipStore, def, false},
-                       Mode{"direct, halfstore (warpgroup 1 stores nothing)", kRgEpiDirect | kRgHalfStore, def, false},
-                       Mode{"default, back to back (no flush)", 0, def, true}}) {
+  for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
+                       Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
+                       Mode{"epitma (TMA-store epilogue)", kRgEpiTma, def, false},
+                       Mode{"noload + nomma + mix", kRgSkipLoad | kRgSkipMma | kRgEpiTma | kRgEpiMix, def, false},
+                       Mode{"7 stages + epitma", kRgEpiTma, stages7, false},
+                       Mode{"nostore", kRgSkipStore, def, false},
+                       Mode{"noload (MMAs on stale shared memory)", kRgSkipLoad, def, false},
+                       Mode{"nomma (data movement + stores)", kRgSkipMma, def, false},
+                       Mode{"noload + nomma (ring protocol + staged stores)", kRgSkipLoad | kRgSkipMma | kRgXmcPlain, def, false},
+                       Mode{"noload + nomma + epitma", kRgSkipLoad | kRgSkipMma | kRgEpiTma, def, false},
+                       Mode{"direct 8-byte stores", kRgEpiDirect, def, false}, Mode{"7 stages, staged", kRgXmcPlain, stages7, false},
+                       Mode{"default, back to back (no flush)", 0, def, true},
+                       Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
+                       Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
+                       Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true}}) {
     SCOPED_TRACE(m.name);
-    const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore));
+    const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore | kRgSkipLoad | kRgSkipMma));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
     run(m.flags, false, cfg, false);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
     for (int rep = 0; rep < 2; ++rep) {
       run(m.flags, true, cfg, m.back_to_back);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
-      const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceSlots);
+      const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceFwdSlots);
       int ctas = 0;
-      while (ctas < max_ctas && tr[static_cast<size_t>(ctas) * kRgTraceSlots + kRgTraceStartNs] != 0) ++ctas;
+      while (ctas < max_ctas && tr[static_cast<size_t>(ctas) * kRgTraceFwdSlots + kRgTraceStartNs] != 0) ++ctas;
       ASSERT_GT(ctas, 0);
-      auto at = [&](int c, int slot) { return tr[static_cast<size_t>(c) * kRgTraceSlots + slot]; };
+      auto at = [&](int c, int slot) { return tr[static_cast<size_t>(c) * kRgTraceFwdSlots + slot]; };
       auto wg0 = [&](int c, int slot) { return at(c, kRgTraceWg0 + slot); };
       const bool stores = !(m.flags & kRgSkipStore);
       // SM clock rate (cycles per ns) from CTAs' globaltimer span over their clock span; the median.
@@ -637,9 +689,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       uint64_t t0 = ~0ull;
       for (int c = 0; c < ctas; ++c) t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
       // Columns (µs after the first CTA's start).
-      const char* names[] = {"start",  "prod first", "first full", "last full", "mma done",
-                             "stored", "fenced",     "end (gt)",   "wg1 fenced", "prod last"};
-      std::vector<std::vector<double>> col(10);
+      const char* names[] = {"start",  "prod first", "first full", "last full",  "mma done",  "stored",      "fenced",
+                             "end (gt)", "wg1 fenced", "prod last", "init done", "cluster ok", "before fill", "exit (gt)"};
+      std::vector<std::vector<double>> col(14);
       std::vector<std::pair<double, int>> ends;
       for (int c = 0; c < ctas; ++c) {
         const double st = (at(c, kRgTraceStartNs) - t0) / 1000.0;
@@ -655,6 +707,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
         const uint64_t f1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceFenced);  // 0: warpgroup 1 had no tile
         col[8].push_back(f1 ? rel(f1) : 0.0);
         col[9].push_back(rel(at(c, kRgTraceProducerLast)));
+        col[10].push_back(rel(at(c, kRgTraceInitDone)));
+        col[11].push_back(rel(at(c, kRgTraceClusterDone)));
+        col[12].push_back(rel(at(c, kRgTraceProducerPre)));
+        col[13].push_back((at(c, kRgTraceExitNs) - t0) / 1000.0);
         ends.push_back({std::max(col[6].back(), col[8].back()), c});
       }
       double span = 0;
@@ -662,7 +718,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f µs; "
                   "µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
                   m.name, rep, ctas, ghz, event_us, span);
-      for (int k = 0; k < 10; ++k) {
+      for (int k = 0; k < 14; ++k) {
         std::vector<double> v = col[k];
         std::sort(v.begin(), v.end());
         auto q = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
