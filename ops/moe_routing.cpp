@@ -27,9 +27,12 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
 // the whole grid is resident at once, else 0 or 1), and how the logits rows are loaded (load 0: the next token's row
 // into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
-// kernel start). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower
-// everywhere in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
-enum { C_WARPS, C_TPW, C_FILL, C_LOAD };
+// kernel start), and threads per token (tpt 0: the warp kernel above, a warp per token; 4: moe_route_run_kernel, a
+// CTA per contiguous run of ≤ 8·warps tokens, 4 threads per token, rows by bulk copies — sigmoid routing of the shapes
+// run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival; tokens_per_warp is 8
+// there). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere
+// in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
+enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
 enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
 bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
@@ -44,12 +47,30 @@ int64_t lane_experts(int64_t E, int64_t G) {
   return 0;
 }
 
+// moe_route_run_kernel's shapes: sigmoid, E a multiple of 16 up to 256 (E/4 experts per thread), groups whole inside a
+// thread's experts with at least 2 experts, and K ≤ 2·topk_group (grouped) or K ≤ 8 (plain): the two best keys of
+// the kept groups (or of the 4 threads) bound the K-th key from below.
+bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG) {
+  if (!sigmoid || E % 16 != 0 || E > 256 || K < 1) return false;
+  if (G <= 1) return K <= 8;
+  const int64_t GS = E / G;
+  return (E / 4) % GS == 0 && GS >= 2 && K <= 2 * TG;
+}
+constexpr int kRunTpt = 4;
+bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == kRunTpt; }
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
   const auto& p = s.params;
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
+      if (is_run(s)) {
+        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+                           p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
+                           s.config[C_WARPS], s.config[C_FILL] == kFusedFillLate);
+        break;
+      }
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
@@ -75,6 +96,8 @@ int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
+  if (is_run(s))
+    return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS]).total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -103,7 +126,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "load"},
+                   {"warps", "tokens_per_warp", "fill", "load", "tpt"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -142,6 +165,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.config[C_TPW] = route_shape(map).second;
   s.config[C_FILL] = route_fill(map);
   s.config[C_LOAD] = 0;
+  s.config[C_TPT] = 0;
   return s;
 }
 
@@ -193,6 +217,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           s.config[C_FILL] = fill;
           s.config[C_LOAD] = load;
           if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+          out.push_back(s);
+        }
+      }
+    }
+    // The CTA-run kernel: 4 or 8 warps (runs of ≤ 32 / 64 tokens), the −1 rows at kernel start or after the arrival
+    // (with the map; without it fill 0).
+    if (run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS])) {
+      for (int fill : {kFusedFillAfter, kFusedFillLate}) {
+        if (!map && fill != kFusedFillAfter) continue;
+        for (int w : {8, 4}) {
+          s.config[C_WARPS] = w;
+          s.config[C_TPW] = 8;
+          s.config[C_FILL] = map ? fill : kFillInRoute;
+          s.config[C_LOAD] = 0;
+          s.config[C_TPT] = kRunTpt;
           out.push_back(s);
         }
       }
@@ -382,6 +421,70 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   int* counts = static_cast<int*>(tokens_per_expert.data);
   Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
                                 std::max<int64_t>(T, 1));
+  if (is_run(s)) {
+    // The CTA-run kernel: runs of clamp(ceil(T / SMs), 32, 8·W) tokens (≥ 32: the workspace holds ceil(T/32) chunk
+    // rows). With the map its whole grid must be resident at once (grid-wide arrival); its bulk stores need a 16-byte
+    // aligned routing map. Otherwise the warp kernel's default config.
+    const int64_t W = s.config[C_WARPS];
+    const int64_t n = std::clamp<int64_t>((T + impl.device().sm_count - 1) / impl.device().sm_count, 32, 8 * W);
+    const int64_t NC = (T + n - 1) / n;
+    bool ok = T > 0 && reinterpret_cast<uintptr_t>(routing_map.data) % 16 == 0;
+    if (ok && map)
+      ok = NC <= static_cast<int64_t>(impl.device().sm_count) *
+                     impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s));
+    if (ok) {
+      const int64_t SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
+      const CUdeviceptr wsp = workspace.defined() || !map
+                                  ? 0
+                                  : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+      int* chunk_counts = !map ? nullptr : workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
+      int* super = map ? chunk_counts + NC * E : nullptr;
+      unsigned* arrive = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
+      MoeChunkMap cm{};
+      if (map) {
+        cm.chunk_counts = chunk_counts;
+        cm.super = super;
+        cm.counts = counts;
+        cm.row_id_map = static_cast<int*>(map->row_id_map.data);
+        cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+        cm.padded_counts = static_cast<int*>(map->padded_counts.data);
+        cm.offsets = static_cast<int*>(map->offsets.data);
+        cm.nchunks = static_cast<int>(NC);
+        cm.super_chunks = static_cast<int>(SC);
+        cm.multiple_of = multiple_of;
+        cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+      }
+      const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + 1 : E)};
+      LaunchDims dz;
+      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
+      dz.block[0] = 256;
+      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+      MoeRouteArgs a{};
+      a.logits = static_cast<const float*>(logits.data);
+      a.bias = static_cast<const float*>(expert_bias.data);
+      a.probs = static_cast<float*>(probs.data);
+      a.routing_map = static_cast<unsigned char*>(routing_map.data);
+      a.chunk_counts = chunk_counts;
+      a.super = super;
+      a.counts = counts;
+      a.row_id_map = map ? static_cast<int*>(map->row_id_map.data) : nullptr;
+      a.T = static_cast<int>(T);
+      a.super_chunks = static_cast<int>(SC);
+      a.scale = opts.scaling_factor;
+      a.map = cm;
+      a.arrive = arrive;
+      a.run_tokens = static_cast<int>(n);
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(NC);
+      d.block[0] = static_cast<unsigned>(W * 32);
+      d.smem = static_cast<unsigned>(smem_bytes(s));
+      d.pdl = true;  // after route_zero; waits for it before its atomics
+      impl.launch(s, d, stream, a);
+      if (wsp) impl.free_async(wsp, stream);
+      return;
+    }
+    s = route_spec(arch, E, opts, expert_bias.defined(), map != nullptr);
+  }
   const int64_t W = s.config[C_WARPS], tpw = s.config[C_TPW], CT = W * tpw;
   const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
   // The fused map waits for every CTA of the grid: only where all NC CTAs are resident at once (else fill mode 0,
@@ -439,7 +542,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    static_cast<int>(SC),
                    opts.scaling_factor,
                    cm,
-                   fused ? records : nullptr};
+                   fused ? records : nullptr,
+                   0};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

@@ -305,6 +305,61 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
 
+// The CTA-run kernel (config tpt = 4) is in the route space of the sigmoid shapes it serves (4 / 8 warps × the −1 rows
+// at kernel start or after the arrival with the map; fill 0 without), not in the softmax ones; its points compile
+// (with the map: 8 warps, −1 rows at the start; 4 warps, −1 rows after the arrival; without: no groups, no bias).
+TEST(MoeCompile, CtaRunKernelPoints) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  ModelConfig m;
+  m.name = "ling-like";
+  m.hidden_size = 2048;
+  m.num_experts = 256;
+  m.num_experts_per_tok = 8;
+  m.scoring_func = "sigmoid";
+  m.n_group = 8;
+  m.topk_group = 4;
+  m.norm_topk_prob = true;
+  m.expert_bias = true;
+  std::vector<detail::Specialization> specs;
+  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  ASSERT_EQ(specs.size(), 9u);
+  detail::Counters counters;
+  auto run_points = [&](const detail::Specialization& s) {
+    std::vector<detail::Specialization> space, run;
+    fam->search_space(s, space);
+    for (const auto& p : space)
+      if (p.config[4] == 4) run.push_back(p);
+    return run;
+  };
+  const auto with_map = run_points(specs[0]);
+  ASSERT_EQ(with_map.size(), 4u);
+  EXPECT_EQ(with_map[0].config[0], 8);
+  EXPECT_EQ(with_map[0].config[2], 3);
+  EXPECT_EQ(with_map[3].config[0], 4);
+  EXPECT_EQ(with_map[3].config[2], 4);
+  EXPECT_EQ(specs[0].config[4], 0);  // the default stays the warp kernel until a GPU round says otherwise
+  for (const auto& s : {with_map[0], with_map[3]})
+    EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
+  const auto without = run_points(specs[5]);
+  ASSERT_EQ(without.size(), 2u);
+  EXPECT_EQ(without[0].config[2], 0);
+  detail::Specialization plain = without[1];
+  plain.params = {64, 2, 1, 1, 1, 0, 0, 0, 0, 0};  // E = 64, top-2, sigmoid, no groups, no bias
+  EXPECT_TRUE(detail::in_search_space(plain));
+  EXPECT_GT(detail::ensure_cubin(plain, nullptr, false, counters).cubin.size(), 1000u) << plain.describe();
+  // Softmax, E = 512 and top-k above 2·topk_group keep the warp kernel only.
+  for (const std::vector<int64_t>& p : {std::vector<int64_t>{256, 8, 0, 8, 4, 1, 1, 0, 1, 0},
+                                        std::vector<int64_t>{512, 8, 1, 16, 4, 1, 1, 0, 1, 0},
+                                        std::vector<int64_t>{256, 8, 1, 8, 3, 1, 1, 0, 1, 0}}) {
+    detail::Specialization s = specs[0];
+    s.params = {};
+    std::copy(p.begin(), p.end(), s.params.begin());
+    EXPECT_TRUE(run_points(s).empty()) << s.describe();
+  }
+}
+
 // ---- argument errors ------------------------------------------------------------------------------------------
 
 class MoeRoutingErrors : public ::testing::Test {

@@ -18,8 +18,10 @@
 // only: deterministic by construction.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/mbarrier.cuh"
 #include "kiln/moe_routing_args.h"
 #include "kiln/pdl.cuh"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 
@@ -984,6 +986,387 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
     if (static_cast<int>(threadIdx.x) < nt * K) put(t0 + threadIdx.x / K, v0);
     for (int i = threadIdx.x + 256; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
   }
+}
+
+
+// ---- top-k forward on CTA runs, 4 threads per token (moe_route_run_kernel) ---------------------------------------
+// Sigmoid routing, same selection and same bits as moe_route_kernel (and the CPU reference), organized for memory
+// instead of latency (bench/NOTES.md, session 7):
+//   * CTA c owns the contiguous tokens [c·n, c·n + n) (n = a.run_tokens ≤ 8·W); lane 0 of each warp requests its 8
+//     token rows at kernel start by cp.async.bulk into padded shared rows, on the warp's mbarrier (one DRAM latency
+//     per warp, not one per token);
+//   * lane = token + 8·part: part j owns experts j·E/4 … (j+1)·E/4 − 1 (whole groups); exact σ, keys (σ + bias, or
+//     the logit itself without a bias) and each group's two best keys in the thread; the group ranks from 8 shuffles;
+//   * L = the smallest of the two best keys of the kept groups (2·TG ≥ K distinct kept keys are ≥ L, so every pick
+//     is ≥ L); the candidates (kept, key ≥ L) go as packed (ordered key, 0xffff − e) into a per-token list, and each
+//     candidate's rank is the number of larger entries (key desc, expert asc: the order of K argmax rounds); more
+//     than kMoeRunCap candidates (ties) make the warp take K exact argmax rounds over its candidates instead;
+//   * the prob and routing-map rows are built in shared memory and written complete by one bulk store each; with the
+//     map, the −1 rows of row_id_map by 16-byte stores at kernel start (or after the CTA's arrival: LATE), a
+//     grid-wide arrival after the chunk counts (the whole grid is resident: the host checks), then the routed rows.
+template <bool FLOATKEY> struct MoeRunKey { using type = u32; };
+template <> struct MoeRunKey<true> { using type = float; };
+
+template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, bool LATE>
+__global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRouteArgs a) {
+  constexpr int EPT = E / 4;                  // experts per thread
+  constexpr int GS = E / G;
+  constexpr int BS = G > 1 ? GS : EPT;        // the blocks whose two best keys bound the K-th key
+  constexpr int NB = EPT / BS;                // blocks (groups) per thread
+  constexpr int NTH = W * 32;
+  constexpr int CAP = kMoeRunCap;
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W);
+  constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
+  constexpr u32 ALL = 0xffffffffu;
+  static_assert(E % 16 == 0 && EPT <= 64, "E: a multiple of 16, at most 256");
+  static_assert(G == 1 ? K <= 8 : (EPT % GS == 0 && GS >= 2 && K <= 2 * TG && TG <= G), "groups / top-k layout");
+  static_assert(W >= 4 && W <= 16, "warps");
+  // Float keys (σ + bias: never NaN — a NaN bias is −inf — never −0, so float order = the reference's ordered-bits
+  // order); without a bias the keys are the logits as ordered u32 (NaN → −inf, −0 < +0).
+  using Key = typename MoeRunKey<BIAS>::type;
+  extern __shared__ __align__(128) unsigned char run_smem[];
+  float* rows = reinterpret_cast<float*>(run_smem + L.rows);
+  float* sbias = reinterpret_cast<float*>(run_smem + L.bias);
+  float* sp = reinterpret_cast<float*>(run_smem + L.sp);
+  int* picks = reinterpret_cast<int*>(run_smem + L.picks);
+  u64* list = reinterpret_cast<u64*>(run_smem + L.list);
+  u8* mapbuf = run_smem + L.mapbuf;
+  u32* emask = reinterpret_cast<u32*>(run_smem + L.emask);
+  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);
+  const float neg_inf = -__int_as_float(0x7f800000);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ti = lane & 7, part = lane >> 3;
+  const int tl = warp * 8 + ti;                      // the token's slot in the CTA
+  const int tc0 = blockIdx.x * a.run_tokens;         // the CTA's first token
+  const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
+  const int nw = max(0, min(8, nct - warp * 8));     // the warp's tokens
+  const bool valid = tl < nct;
+
+  if (threadIdx.x == 0) {
+#pragma unroll 1
+    for (int w = 0; w < W; ++w) mbar_init(&bars[w], 1);
+    fence_mbar_init();
+  }
+  for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+  __syncthreads();
+  if (lane == 0 && nw > 0) {
+    mbar_arrive_expect_tx(&bars[warp], static_cast<u32>(nw * E * 4));
+    const float* src = a.logits + static_cast<i64>(tc0 + warp * 8) * E;
+#pragma unroll 1
+    for (int i = 0; i < nw; ++i)
+      bulk_load_evict_first(rows + (warp * 8 + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[warp]);
+  }
+  pdl_launch_dependents();
+  if constexpr (BIAS) {
+    // A NaN bias makes every key of its expert −inf (the reference's NaN key), so keys need no NaN test.
+    for (int e = threadIdx.x; e < E; e += NTH) {
+      const float b = a.bias[e];
+      sbias[e] = b != b ? neg_inf : b;
+    }
+  }
+  // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
+  // grid-wide arrival (ordered by the CTA barriers in between).
+  auto fill_rows = [&] {
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
+    for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
+  };
+  if constexpr (MAP && !LATE) fill_rows();
+  __syncthreads();  // the bias
+
+  if (nw > 0) {
+    mbar_wait(&bars[warp], 0);
+    // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
+    const int rt = valid ? tl : warp * 8;
+    float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
+    const float* brow = sbias + part * EPT;
+    const int e0 = part * EPT;
+
+    Key key[EPT];
+    {
+      float v[EPT];
+#pragma unroll
+      for (int c = 0; c < EPT; c += 4) {
+        const Vec16 q = lds16(smem_u32(zrow + c));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[c + j] = __uint_as_float(q.w[j]);
+      }
+      if constexpr (BIAS) {
+        // σ = 1/(1 + e^−z) correctly rounded (as moe_route_kernel: the short form for z > −87, else kiln_sigmoid).
+        float zmin = __int_as_float(0x7f800000);
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);
+        if (!(zmin <= -87.0f)) {
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) {
+            const float d = kiln_one_plus_exp_lt87(-v[c]);
+            const float r = rcp_ftz(d);
+            v[c] = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+          }
+        } else {
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) v[c] = kiln_sigmoid(v[c]);
+        }
+        if (valid) {
+#pragma unroll
+          for (int c = 0; c < EPT; c += 4)
+            sts16(smem_u32(zrow + c), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
+                                             __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
+        }
+#pragma unroll
+        for (int c = 0; c < EPT; c += 4) {
+          const Vec16 q = lds16(smem_u32(brow + c));
+#pragma unroll
+          for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], __uint_as_float(q.w[j]));
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
+      }
+    }
+    auto kmax = [](Key x, Key y) -> Key {
+      if constexpr (BIAS) return fmaxf(x, y); else return max(x, y);
+    };
+    auto kmin = [](Key x, Key y) -> Key {
+      if constexpr (BIAS) return fminf(x, y); else return min(x, y);
+    };
+    auto kfloat = [](Key x) -> float {
+      if constexpr (BIAS) return x; else return ordered_float(x);
+    };
+    auto kord = [](Key x) -> u32 {
+      if constexpr (BIAS) return ordered_bits(x); else return x;
+    };
+    // The key of expert e0 + c, recomputed from shared memory (the same operations: the same bits).
+    auto key_at = [&](int c) -> u32 {
+      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[c], brow[c]));
+      else {
+        const float z = zrow[c];
+        return ordered_bits(z != z ? neg_inf : z);
+      }
+    };
+    auto entry = [&](int c) -> u64 { return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + c)); };
+
+    // Each block's two largest keys.
+    Key a1[NB], a2[NB];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (BIAS) a1[b] = a2[b] = neg_inf; else a1[b] = a2[b] = 0u;
+#pragma unroll
+      for (int c = b * BS; c < b * BS + BS; ++c) {
+        a2[b] = kmax(a2[b], kmin(a1[b], key[c]));
+        a1[b] = kmax(a1[b], key[c]);
+      }
+    }
+    // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
+    bool kept[NB];
+    Key lo;
+    if constexpr (BIAS) lo = __int_as_float(0x7f800000); else lo = 0xffffffffu;
+    if constexpr (G > 1) {
+      u32 gsc[NB];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        float sc = __fadd_rn(kfloat(a1[b]), kfloat(a2[b]));
+        sc = sc != sc ? neg_inf : sc;
+        gsc[b] = ordered_bits(sc);
+      }
+      int rank[NB];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) rank[b] = 0;
+#pragma unroll
+      for (int p = 0; p < 4; ++p)
+#pragma unroll
+        for (int qb = 0; qb < NB; ++qb) {
+          const u32 o = __shfl_sync(ALL, gsc[qb], ti + 8 * p);
+          const int og = p * NB + qb;
+#pragma unroll
+          for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < part * NB + b)) ? 1 : 0;
+        }
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        kept[b] = rank[b] < TG;
+        if (kept[b]) lo = kmin(lo, a2[b]);
+      }
+    } else {
+      kept[0] = true;
+      lo = a2[0];
+    }
+    lo = kmin(lo, __shfl_xor_sync(ALL, lo, 8));
+    lo = kmin(lo, __shfl_xor_sync(ALL, lo, 16));
+
+    // Candidates: kept and key ≥ lo.
+    u32 m[2] = {0u, 0u};
+#pragma unroll
+    for (int c = 0; c < EPT; ++c)
+      if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
+    const int mine = __popc(m[0]) + __popc(m[1]);
+    int inc = mine;
+    {
+      int o = __shfl_up_sync(ALL, inc, 8);
+      if (part >= 1) inc += o;
+      o = __shfl_up_sync(ALL, inc, 16);
+      if (part >= 2) inc += o;
+    }
+    const int n = __shfl_sync(ALL, inc, ti + 24);
+    int* pk = picks + tl * KP;
+    auto record = [&](int r, int e) {
+      pk[r] = e;
+      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
+    };
+    if (!__any_sync(ALL, valid && n > CAP)) {
+      u64* lst = list + tl * (CAP + 2);
+      if (valid) {
+        int pos = inc - mine;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) lst[pos++] = entry(32 * h + __ffs(mm) - 1);
+        if (part == 3) {
+          lst[n] = 0ull;  // pads the list to pairs (0 ranks below every entry)
+          lst[n + 1] = 0ull;
+        }
+      }
+      __syncwarp();
+      if (valid) {
+        for (int qi = part; qi < n; qi += 4) {
+          const u64 me = lst[qi];
+          int rank = 0;
+          for (int r = 0; r < n; r += 2) {
+            const Vec16 pr = lds16(smem_u32(lst + r));
+            const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+            rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+          }
+          if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
+        }
+      }
+    } else {
+      // Many equal keys: K argmax rounds over the candidates (exact, slower).
+#pragma unroll 1
+      for (int r = 0; r < K; ++r) {
+        u64 best = 0ull;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const u64 x = entry(32 * h + __ffs(mm) - 1);
+            best = x > best ? x : best;
+          }
+        u64 top = best, o = __shfl_xor_sync(ALL, top, 8);
+        top = o > top ? o : top;
+        o = __shfl_xor_sync(ALL, top, 16);
+        top = o > top ? o : top;
+        if (top != 0ull && best == top) {
+          const int c = 0xffff - static_cast<int>(top & 0xffffu) - e0;
+          if (c < 32) m[0] &= ~(1u << c);
+          else m[1] &= ~(1u << (c - 32));
+          if (valid) record(r, e0 + c);
+        }
+      }
+    }
+    __syncwarp();
+
+    // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map
+    // rows built in shared memory (over its scores, no longer needed) and written complete by bulk stores.
+    constexpr int MP = (K + 3) / 4;
+    float pv[MP];
+    int pe[MP];
+    if (valid) {
+#pragma unroll
+      for (int q = 0; q < MP; ++q) {
+        const int r = part + 4 * q;
+        if (r < K) {
+          pe[q] = pk[r];
+          const float x = rows[tl * RSF + pe[q]];
+          sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+        }
+      }
+    }
+    __syncwarp();
+    if (valid) {
+      float den = 0.0f;
+#pragma unroll
+      for (int r = 0; r < K; ++r) den = __fadd_rn(den, sp[tl * KP + r]);
+      const float d = __fadd_rn(den, 1e-20f);
+#pragma unroll
+      for (int q = 0; q < MP; ++q) {
+        const int r = part + 4 * q;
+        if (r < K) {
+          const float sv = sp[tl * KP + r];
+          pv[q] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+        }
+      }
+    }
+    __syncwarp();  // every read of the scores row before it is overwritten
+    float* prow = rows + tl * RSF;
+    u8* mrow = mapbuf + tl * E;
+    if (valid) {
+      const Vec16 zero{{0u, 0u, 0u, 0u}};
+      // 16-byte units of the rows, spread over the token's 4 threads (E/4 of the prob row, E/16 of the map row).
+#pragma unroll
+      for (int u = part; u < E / 4; u += 4) sts16(smem_u32(prow + 4 * u), zero);
+#pragma unroll
+      for (int u = part; u < E / 16; u += 4) sts16(smem_u32(mrow + 16 * u), zero);
+    }
+    __syncwarp();
+    if (valid) {
+#pragma unroll
+      for (int q = 0; q < MP; ++q)
+        if (part + 4 * q < K) {
+          prow[pe[q]] = pv[q];
+          mrow[pe[q]] = 1;
+        }
+      fence_proxy_async();  // the generic writes above before the bulk stores' reads
+    }
+    __syncwarp();
+    if (valid && part == 0) {
+      const i64 t = tc0 + tl;
+      bulk_store(a.probs + t * E, prow, E * 4);
+      bulk_store(a.routing_map + t * E, mrow, E);
+      bulk_commit();
+    }
+  }
+
+  // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
+  __syncthreads();
+  pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  for (int e = threadIdx.x; e < E; e += NTH) {
+    int c = 0;
+#pragma unroll
+    for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+    if constexpr (MAP) {
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+      if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+    } else {
+      if (c) atomicAdd(&a.counts[e], c);
+    }
+  }
+  if constexpr (MAP) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      atomicAdd(a.arrive, 1u);
+    }
+    if constexpr (LATE) fill_rows();
+    if (threadIdx.x == 0) {
+      unsigned cnt, spins = 0;
+      for (;;) {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cnt) : "l"(a.arrive) : "memory");
+        if (cnt >= gridDim.x) break;
+        __nanosleep(32);
+        if (++spins == (1u << 25)) __trap();
+      }
+      __threadfence();
+    }
+    __syncthreads();
+    int* base = reinterpret_cast<int*>(run_smem + L.base);
+    moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+    for (int i = threadIdx.x; i < nct * K; i += NTH) {
+      const int t = i / K, e = picks[t * KP + i % K];
+      int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
+#pragma unroll
+      for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
+      moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+    }
+  }
+  if (nw > 0 && valid && part == 0) bulk_wait_read();  // the bulk stores have read their rows before the CTA exits
 }
 
 }  // namespace kiln

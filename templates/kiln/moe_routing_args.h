@@ -52,7 +52,40 @@ struct MoeRouteArgs {
   float scale;                 // routed scaling factor
   MoeChunkMap map;             // FUSE: the map this launch writes after its grid-wide arrival
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
+  int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
 };
+
+// Shared-memory layout of moe_route_run_kernel (CTA runs, 4 threads per token) for E experts, top-K, W warps: byte
+// offsets, each 16-byte aligned. Rows are padded to an odd number of 16-byte units, so the 8 tokens of a quarter-warp
+// read 8 distinct bank groups.
+constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
+struct MoeRunSmem {
+  int rsf;     // row stride in floats
+  int kp;      // picks per token slot (K rounded up to 4)
+  int nmw;     // 32-bit words of a per-expert token mask
+  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, total;
+};
+constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W) {
+  MoeRunSmem l{};
+  l.rsf = E + ((E / 4) % 2 == 0 ? 4 : 8);
+  l.kp = (K + 3) / 4 * 4;
+  l.nmw = (8 * W + 31) / 32;
+  const int nt = 8 * W;
+  int o = 0;
+  l.rows = o;   o += moe_run_align16(nt * l.rsf * 4);
+  l.bias = o;   o += moe_run_align16(E * 4);
+  l.sp = o;     o += moe_run_align16(nt * l.kp * 4);
+  l.picks = o;  o += moe_run_align16(nt * l.kp * 4);
+  l.list = o;   o += moe_run_align16(nt * (kMoeRunCap + 2) * 8);
+  l.mapbuf = o; o += moe_run_align16(nt * E);
+  l.emask = o;  o += moe_run_align16(E * l.nmw * 4);
+  l.base = o;   o += moe_run_align16(E * 4);
+  l.wtot = o;   o += moe_run_align16(32 * 4);
+  l.bars = o;   o += moe_run_align16(W * 8);
+  l.total = o;
+  return l;
+}
 
 struct MoeRouteMapArgs {
   const unsigned* records;  // [T, K]

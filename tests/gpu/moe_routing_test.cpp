@@ -42,13 +42,14 @@ struct Case {
   int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
                            // route, 1: whole rows in route_map, 2 / 3 / 4: fused into route) and how the logits rows
   int load = 0;            // are loaded (0: the next one into registers, 1: all of a warp's by cp.async)
+  int tpt = 0;             // threads per token: 0 the warp kernel, 4 the CTA-run kernel (warps 4 / 8, tpw 8, fill 3 / 4)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
                            // 3 eight clear winners per token with sub-ulp differences among them
 };
 
 // The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load) with the case's config forced for
+// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load, tpt) with the case's config forced for
 // the scope's lifetime.
 detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   detail::Specialization s;
@@ -61,6 +62,7 @@ detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
   s.config[3] = c.load;
+  s.config[4] = c.tpt;
   return s;
 }
 std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
@@ -71,11 +73,11 @@ std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c
 }
 
 std::string name(const Case& c) {
-  char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d load=%d map=%d",
+  char b[220];
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d load=%d tpt=%d map=%d pattern=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.load, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.load, c.tpt, c.with_map, c.pattern);
   return b;
 }
 
@@ -280,6 +282,46 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       c.with_map = false;
       c.fill = 0;
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 465 + pattern);
+    }
+}
+// The CTA-run kernel (tpt 4: contiguous token runs per CTA, 4 threads per token, rank-counted candidates, bulk row
+// copies): every config of its space on the target routing at the token counts (runs of 32 … 64 tokens, a
+// partial last run, a partial last warp), with and without the map; the shapes it serves beside Ling (no groups,
+// groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
+// NaN/±inf, huge biases and sub-ulp winners; T = 65536 (more runs than fit at once) falls back to the warp kernel.
+TEST_F(MoeRoutingTest, CtaRunKernel) {
+  struct Cfg { int warps, fill; };
+  for (const Cfg& k : {Cfg{8, 3}, Cfg{4, 3}, Cfg{8, 4}, Cfg{4, 4}})
+    for (bool with_map : {true, false}) {
+      if (!with_map && k.fill != 3) continue;
+      auto forced = [&](Case c) {
+        c.warps = k.warps;
+        c.tpw = 8;
+        c.fill = with_map ? k.fill : 0;
+        c.tpt = 4;
+        c.with_map = with_map;
+        return c;
+      };
+      for (int64_t T : {1, 7, 33, 4096, 8191, 8192})
+        run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + with_map);
+      for (const Case& o : {Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, false, 32},
+                            Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16},
+                            Case{1000, 160, {4, MoeScore::sigmoid, 4, 2, true, 1.5f}, true, 1},
+                            Case{3000, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
+                            Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
+        ASSERT_TRUE(detail::in_search_space(route_spec_of(rt(), forced(o)))) << name(forced(o));
+        run_case(forced(o), 540 + o.E + k.warps + with_map);
+      }
+      for (int pattern : {1, 2, 3})
+        for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
+                                           MoeRoutingOptions{4, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
+          Case c = forced({600, o.n_group == 4 ? 160 : 256, o, true, 16});
+          c.pattern = pattern;
+          run_case(c, 560 + pattern + k.warps);
+          c.bias = false;
+          run_case(c, 570 + pattern + k.warps);
+        }
+      if (k.warps == 8) run_case(forced({65536, 256, kLing, true, 16}), 590 + k.fill + with_map);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
