@@ -1076,7 +1076,22 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
   __syncthreads();  // the bias
 
   if (nw > 0) {
-    mbar_wait(&bars[warp], 0);
+    {
+      // The warp's rows (a wait past 2 s — a copy that never lands — traps instead of hanging).
+      const u32 bar = smem_u32(&bars[warp]);
+      u64 t0 = 0;
+      for (u32 it = 0;; ++it) {
+        u32 done;
+        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+                     : "=r"(done) : "r"(bar) : "memory");
+        if (done) break;
+        if ((it & 255u) == 0) {
+          const u64 t = globaltimer_ns();
+          if (it == 0) t0 = t;
+          else if (t - t0 > 2000000000ull) __trap();
+        }
+      }
+    }
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * 8;
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
