@@ -668,8 +668,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         if (!(zmin <= -87.0f)) {
 #pragma unroll
           for (int c = 0; c < EL; ++c) {
-            float r;
-            asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[c]));
+            const float r = rcp_ftz(d[c]);
             s[c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[c], r, 1.0f), r) : 0.0f;
           }
         } else {
