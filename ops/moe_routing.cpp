@@ -27,10 +27,10 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
 // the whole grid is resident at once, else 0 or 1), and how the logits rows are loaded (load 0: the next token's row
 // into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
-// kernel start), and threads per token (tpt 0: the warp kernel above, a warp per token; 4: moe_route_run_kernel, a
-// CTA per contiguous run of ≤ 8·warps tokens, 4 threads per token, rows by bulk copies — sigmoid routing of the shapes
-// run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival; tokens_per_warp is 8
-// there). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere
+// kernel start), and threads per token (tpt 0: the warp kernel above, a warp per token; 4 or 8: moe_route_run_kernel,
+// a CTA per contiguous run of ≤ (32/tpt)·warps tokens, tpt threads per token, rows by bulk copies — sigmoid routing
+// of the shapes run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival;
+// tokens_per_warp is 32/tpt there). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere
 // in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
 enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
 enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
@@ -47,17 +47,16 @@ int64_t lane_experts(int64_t E, int64_t G) {
   return 0;
 }
 
-// moe_route_run_kernel's shapes: sigmoid, E a multiple of 16 up to 256 (E/4 experts per thread), groups whole inside a
-// thread's experts with at least 2 experts, and K ≤ 2·topk_group (grouped) or K ≤ 8 (plain): the two best keys of
-// the kept groups (or of the 4 threads) bound the K-th key from below.
-bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG) {
-  if (!sigmoid || E % 16 != 0 || E > 256 || K < 1) return false;
-  if (G <= 1) return K <= 8;
+// moe_route_run_kernel's shapes with tpt threads per token: sigmoid, E a multiple of 4·tpt up to 256 (E/tpt experts
+// per thread), groups whole inside a thread's experts with at least 2 experts, and K ≤ 2·topk_group (grouped) or
+// K ≤ 2·tpt (plain): the two best keys of the kept groups (or of the tpt threads) bound the K-th key from below.
+bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t tpt) {
+  if (!sigmoid || E % 16 != 0 || E % (4 * tpt) != 0 || E > 256 || K < 1) return false;
+  if (G <= 1) return K <= 2 * tpt;
   const int64_t GS = E / G;
-  return (E / 4) % GS == 0 && GS >= 2 && K <= 2 * TG;
+  return (E / tpt) % GS == 0 && GS >= 2 && K <= 2 * TG;
 }
-constexpr int kRunTpt = 4;
-bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == kRunTpt; }
+bool is_run(const Specialization& s) { return s.kernel == kRoute && (s.config[C_TPT] == 4 || s.config[C_TPT] == 8); }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
@@ -66,9 +65,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   switch (s.kernel) {
     case kRoute:
       if (is_run(s)) {
-        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
                            p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
-                           s.config[C_WARPS], s.config[C_FILL] == kFusedFillLate);
+                           s.config[C_WARPS], s.config[C_FILL] == kFusedFillLate, s.config[C_TPT]);
         break;
       }
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
@@ -97,7 +96,8 @@ int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   if (is_run(s))
-    return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS]).total;
+    return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
+                        s.config[C_TPT]).total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -221,17 +221,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       }
     }
-    // The CTA-run kernel: 4 or 8 warps (runs of ≤ 32 / 64 tokens), the −1 rows at kernel start or after the arrival
-    // (with the map; without it fill 0).
-    if (run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS])) {
+    // The CTA-run kernel: 4 threads per token in 8 or 4 warps, 8 threads per token in 16 or 8 warps (runs of ≤ 64 /
+    // 32 tokens), the −1 rows at kernel start or after the arrival (with the map; without it fill 0).
+    for (int tpt : {4, 8}) {
+      if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
       for (int fill : {kFusedFillAfter, kFusedFillLate}) {
         if (!map && fill != kFusedFillAfter) continue;
-        for (int w : {8, 4}) {
+        for (int w : {2 * tpt, tpt}) {  // 64 or 32 tokens per CTA
           s.config[C_WARPS] = w;
-          s.config[C_TPW] = 8;
+          s.config[C_TPW] = 32 / tpt;
           s.config[C_FILL] = map ? fill : kFillInRoute;
           s.config[C_LOAD] = 0;
-          s.config[C_TPT] = kRunTpt;
+          s.config[C_TPT] = tpt;
           out.push_back(s);
         }
       }
@@ -422,11 +423,12 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
                                 std::max<int64_t>(T, 1));
   if (is_run(s)) {
-    // The CTA-run kernel: runs of clamp(ceil(T / SMs), 32, 8·W) tokens (≥ 32: the workspace holds ceil(T/32) chunk
+    // The CTA-run kernel: runs of clamp(ceil(T / SMs), 32, (32/tpt)·W) tokens (≥ 32: the workspace holds ceil(T/32) chunk
     // rows). With the map its whole grid must be resident at once (grid-wide arrival); its bulk stores need a 16-byte
     // aligned routing map. Otherwise the warp kernel's default config.
     const int64_t W = s.config[C_WARPS];
-    const int64_t n = std::clamp<int64_t>((T + impl.device().sm_count - 1) / impl.device().sm_count, 32, 8 * W);
+    const int64_t n = std::clamp<int64_t>((T + impl.device().sm_count - 1) / impl.device().sm_count, 32,
+                                          32 / s.config[C_TPT] * W);
     const int64_t NC = (T + n - 1) / n;
     bool ok = T > 0 && reinterpret_cast<uintptr_t>(routing_map.data) % 16 == 0;
     if (ok && map)

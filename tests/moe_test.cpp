@@ -305,9 +305,10 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
 
-// The CTA-run kernel (config tpt = 4) is in the route space of the sigmoid shapes it serves (4 / 8 warps × the −1 rows
-// at kernel start or after the arrival with the map; fill 0 without), not in the softmax ones; its points compile
-// (with the map: 8 warps, −1 rows at the start; 4 warps, −1 rows after the arrival; without: no groups, no bias).
+// The CTA-run kernel (config tpt = 4 or 8 threads per token) is in the route space of the sigmoid shapes it serves
+// (tpt 4 in 8 / 4 warps, tpt 8 in 16 / 8 warps × the −1 rows at kernel start or after the arrival with the map; fill
+// 0 without), not in the softmax ones; its points compile (with the map: tpt 4, 8 warps, −1 rows at the start; tpt
+// 4, 4 warps, −1 rows after the arrival; tpt 8, 16 warps; without: no groups, no bias, tpt 4 and 8).
 TEST(MoeCompile, CtaRunKernelPoints) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -326,29 +327,35 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
   ASSERT_EQ(specs.size(), 9u);
   detail::Counters counters;
-  auto run_points = [&](const detail::Specialization& s) {
+  auto run_points_of = [&](const detail::Specialization& s) {
     std::vector<detail::Specialization> space, run;
     fam->search_space(s, space);
     for (const auto& p : space)
-      if (p.config[4] == 4) run.push_back(p);
+      if (p.config[4] == 4 || p.config[4] == 8) run.push_back(p);
     return run;
   };
-  const auto with_map = run_points(specs[0]);
-  ASSERT_EQ(with_map.size(), 4u);
+  const auto with_map = run_points_of(specs[0]);
+  ASSERT_EQ(with_map.size(), 8u);
   EXPECT_EQ(with_map[0].config[0], 8);
+  EXPECT_EQ(with_map[0].config[1], 8);
   EXPECT_EQ(with_map[0].config[2], 3);
   EXPECT_EQ(with_map[3].config[0], 4);
   EXPECT_EQ(with_map[3].config[2], 4);
+  EXPECT_EQ(with_map[4].config[0], 16);
+  EXPECT_EQ(with_map[4].config[1], 4);
+  EXPECT_EQ(with_map[4].config[4], 8);
   EXPECT_EQ(specs[0].config[4], 0);  // the default stays the warp kernel until a GPU round says otherwise
-  for (const auto& s : {with_map[0], with_map[3]})
+  for (const auto& s : {with_map[0], with_map[3], with_map[4]})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
-  const auto without = run_points(specs[5]);
-  ASSERT_EQ(without.size(), 2u);
+  const auto without = run_points_of(specs[5]);
+  ASSERT_EQ(without.size(), 4u);
   EXPECT_EQ(without[0].config[2], 0);
-  detail::Specialization plain = without[1];
-  plain.params = {64, 2, 1, 1, 1, 0, 0, 0, 0, 0};  // E = 64, top-2, sigmoid, no groups, no bias
-  EXPECT_TRUE(detail::in_search_space(plain));
-  EXPECT_GT(detail::ensure_cubin(plain, nullptr, false, counters).cubin.size(), 1000u) << plain.describe();
+  for (const auto& w : {without[1], without[3]}) {
+    detail::Specialization plain = w;
+    plain.params = {64, 2, 1, 1, 1, 0, 0, 0, 0, 0};  // E = 64, top-2, sigmoid, no groups, no bias
+    EXPECT_TRUE(detail::in_search_space(plain));
+    EXPECT_GT(detail::ensure_cubin(plain, nullptr, false, counters).cubin.size(), 1000u) << plain.describe();
+  }
   // Softmax, E = 512 and top-k above 2·topk_group keep the warp kernel only.
   for (const std::vector<int64_t>& p : {std::vector<int64_t>{256, 8, 0, 8, 4, 1, 1, 0, 1, 0},
                                         std::vector<int64_t>{512, 8, 1, 16, 4, 1, 1, 0, 1, 0},
@@ -356,7 +363,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     detail::Specialization s = specs[0];
     s.params = {};
     std::copy(p.begin(), p.end(), s.params.begin());
-    EXPECT_TRUE(run_points(s).empty()) << s.describe();
+    EXPECT_TRUE(run_points_of(s).empty()) << s.describe();
   }
 }
 

@@ -988,14 +988,15 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 }
 
 
-// ---- top-k forward on CTA runs, 4 threads per token (moe_route_run_kernel) ---------------------------------------
+// ---- top-k forward on CTA runs, 4 or 8 threads per token (moe_route_run_kernel) ----------------------------------
 // Sigmoid routing, same selection and same bits as moe_route_kernel (and the CPU reference), organized for memory
 // instead of latency (bench/NOTES.md, session 7):
-//   * CTA c owns the contiguous tokens [c·n, c·n + n) (n = a.run_tokens ≤ 8·W); lane 0 of each warp requests its 8
-//     token rows at kernel start by cp.async.bulk into padded shared rows, on the warp's mbarrier (one DRAM latency
-//     per warp, not one per token);
-//   * lane = token + 8·part: part j owns experts j·E/4 … (j+1)·E/4 − 1 (whole groups); exact σ, keys (σ + bias, or
-//     the logit itself without a bias) and each group's two best keys in the thread; the group ranks from 8 shuffles;
+//   * CTA c owns the contiguous tokens [c·n, c·n + n) (n = a.run_tokens ≤ TPW·W, TPW = 32/TPT tokens per warp);
+//     lane 0 of each warp requests its token rows at kernel start by cp.async.bulk into padded shared rows, on the
+//     warp's mbarrier (one DRAM latency per warp, not one per token);
+//   * lane = token + TPW·part: part j owns experts j·E/TPT … (j+1)·E/TPT − 1 (whole groups); exact σ, keys (σ + bias,
+//     or the logit itself without a bias) and each group's two best keys in the thread; the group ranks from G
+//     shuffles;
 //   * L = the smallest of the two best keys of the kept groups (2·TG ≥ K distinct kept keys are ≥ L, so every pick
 //     is ≥ L); the candidates (kept, key ≥ L) go as packed (ordered key, 0xffff − e) into a per-token list, and each
 //     candidate's rank is the number of larger entries (key desc, expert asc: the order of K argmax rounds); more
@@ -1006,19 +1007,20 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 template <bool FLOATKEY> struct MoeRunKey { using type = u32; };
 template <> struct MoeRunKey<true> { using type = float; };
 
-template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, bool LATE>
+template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, bool LATE, int TPT>
 __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRouteArgs a) {
-  constexpr int EPT = E / 4;                  // experts per thread
+  constexpr int TPW = 32 / TPT;               // tokens per warp
+  constexpr int EPT = E / TPT;                // experts per thread
   constexpr int GS = E / G;
   constexpr int BS = G > 1 ? GS : EPT;        // the blocks whose two best keys bound the K-th key
   constexpr int NB = EPT / BS;                // blocks (groups) per thread
   constexpr int NTH = W * 32;
   constexpr int CAP = kMoeRunCap;
-  constexpr MoeRunSmem L = moe_run_smem(E, K, W);
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
-  static_assert(E % 16 == 0 && EPT <= 64, "E: a multiple of 16, at most 256");
-  static_assert(G == 1 ? K <= 8 : (EPT % GS == 0 && GS >= 2 && K <= 2 * TG && TG <= G), "groups / top-k layout");
+  static_assert((TPT == 4 || TPT == 8) && E % (4 * TPT) == 0 && E % 16 == 0 && EPT <= 64, "E / threads per token");
+  static_assert(G == 1 ? K <= 2 * TPT : (EPT % GS == 0 && GS >= 2 && K <= 2 * TG && TG <= G), "groups / top-k layout");
   static_assert(W >= 4 && W <= 16, "warps");
   // Float keys (σ + bias: never NaN — a NaN bias is −inf — never −0, so float order = the reference's ordered-bits
   // order); without a bias the keys are the logits as ordered u32 (NaN → −inf, −0 < +0).
@@ -1035,11 +1037,11 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
   const float neg_inf = -__int_as_float(0x7f800000);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const int ti = lane & 7, part = lane >> 3;
-  const int tl = warp * 8 + ti;                      // the token's slot in the CTA
+  const int ti = lane % TPW, part = lane / TPW;
+  const int tl = warp * TPW + ti;                    // the token's slot in the CTA
   const int tc0 = blockIdx.x * a.run_tokens;         // the CTA's first token
   const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
-  const int nw = max(0, min(8, nct - warp * 8));     // the warp's tokens
+  const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
   const bool valid = tl < nct;
 
   if (threadIdx.x == 0) {
@@ -1051,10 +1053,10 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
   __syncthreads();
   if (lane == 0 && nw > 0) {
     mbar_arrive_expect_tx(&bars[warp], static_cast<u32>(nw * E * 4));
-    const float* src = a.logits + static_cast<i64>(tc0 + warp * 8) * E;
+    const float* src = a.logits + static_cast<i64>(tc0 + warp * TPW) * E;
 #pragma unroll 1
     for (int i = 0; i < nw; ++i)
-      bulk_load_evict_first(rows + (warp * 8 + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[warp]);
+      bulk_load_evict_first(rows + (warp * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[warp]);
   }
   pdl_launch_dependents();
   if constexpr (BIAS) {
@@ -1092,7 +1094,7 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
       }
     }
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
-    const int rt = valid ? tl : warp * 8;
+    const int rt = valid ? tl : warp * TPW;
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
     const float* brow = sbias + part * EPT;
     const int e0 = part * EPT;
@@ -1188,10 +1190,10 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
 #pragma unroll
       for (int b = 0; b < NB; ++b) rank[b] = 0;
 #pragma unroll
-      for (int p = 0; p < 4; ++p)
+      for (int p = 0; p < TPT; ++p)
 #pragma unroll
         for (int qb = 0; qb < NB; ++qb) {
-          const u32 o = __shfl_sync(ALL, gsc[qb], ti + 8 * p);
+          const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
           const int og = p * NB + qb;
 #pragma unroll
           for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < part * NB + b)) ? 1 : 0;
@@ -1205,8 +1207,8 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
       kept[0] = true;
       lo = a2[0];
     }
-    lo = kmin(lo, __shfl_xor_sync(ALL, lo, 8));
-    lo = kmin(lo, __shfl_xor_sync(ALL, lo, 16));
+#pragma unroll
+    for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
 
     // Candidates: kept and key ≥ lo.
     u32 m[2] = {0u, 0u};
@@ -1214,14 +1216,13 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
     for (int c = 0; c < EPT; ++c)
       if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
     const int mine = __popc(m[0]) + __popc(m[1]);
-    int inc = mine;
-    {
-      int o = __shfl_up_sync(ALL, inc, 8);
-      if (part >= 1) inc += o;
-      o = __shfl_up_sync(ALL, inc, 16);
-      if (part >= 2) inc += o;
+    int inc = mine;  // inclusive prefix over the token's parts
+#pragma unroll
+    for (int o = TPW; o < 32; o <<= 1) {
+      const int x = __shfl_up_sync(ALL, inc, o);
+      if (lane >= o) inc += x;
     }
-    const int n = __shfl_sync(ALL, inc, ti + 24);
+    const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
     int* pk = picks + tl * KP;
     auto record = [&](int r, int e) {
       pk[r] = e;
@@ -1234,14 +1235,14 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
 #pragma unroll
         for (int h = 0; h < 2; ++h)
           for (u32 mm = m[h]; mm; mm &= mm - 1u) lst[pos++] = entry(32 * h + __ffs(mm) - 1);
-        if (part == 3) {
+        if (part == TPT - 1) {
           lst[n] = 0ull;  // pads the list to pairs (0 ranks below every entry)
           lst[n + 1] = 0ull;
         }
       }
       __syncwarp();
       if (valid) {
-        for (int qi = part; qi < n; qi += 4) {
+        for (int qi = part; qi < n; qi += TPT) {
           const u64 me = lst[qi];
           int rank = 0;
           for (int r = 0; r < n; r += 2) {
@@ -1263,10 +1264,12 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
             const u64 x = entry(32 * h + __ffs(mm) - 1);
             best = x > best ? x : best;
           }
-        u64 top = best, o = __shfl_xor_sync(ALL, top, 8);
-        top = o > top ? o : top;
-        o = __shfl_xor_sync(ALL, top, 16);
-        top = o > top ? o : top;
+        u64 top = best;
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) {
+          const u64 x = __shfl_xor_sync(ALL, top, o);
+          top = x > top ? x : top;
+        }
         if (top != 0ull && best == top) {
           const int c = 0xffff - static_cast<int>(top & 0xffffu) - e0;
           if (c < 32) m[0] &= ~(1u << c);
@@ -1279,13 +1282,13 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
 
     // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map
     // rows built in shared memory (over its scores, no longer needed) and written complete by bulk stores.
-    constexpr int MP = (K + 3) / 4;
+    constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
     int pe[MP];
     if (valid) {
 #pragma unroll
       for (int q = 0; q < MP; ++q) {
-        const int r = part + 4 * q;
+        const int r = part + TPT * q;
         if (r < K) {
           pe[q] = pk[r];
           const float x = rows[tl * RSF + pe[q]];
@@ -1301,7 +1304,7 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
       const float d = __fadd_rn(den, 1e-20f);
 #pragma unroll
       for (int q = 0; q < MP; ++q) {
-        const int r = part + 4 * q;
+        const int r = part + TPT * q;
         if (r < K) {
           const float sv = sp[tl * KP + r];
           pv[q] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
@@ -1313,17 +1316,17 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
     u8* mrow = mapbuf + tl * E;
     if (valid) {
       const Vec16 zero{{0u, 0u, 0u, 0u}};
-      // 16-byte units of the rows, spread over the token's 4 threads (E/4 of the prob row, E/16 of the map row).
+      // 16-byte units of the rows, spread over the token's threads (E/4 of the prob row, E/16 of the map row).
 #pragma unroll
-      for (int u = part; u < E / 4; u += 4) sts16(smem_u32(prow + 4 * u), zero);
+      for (int u = part; u < E / 4; u += TPT) sts16(smem_u32(prow + 4 * u), zero);
 #pragma unroll
-      for (int u = part; u < E / 16; u += 4) sts16(smem_u32(mrow + 16 * u), zero);
+      for (int u = part; u < E / 16; u += TPT) sts16(smem_u32(mrow + 16 * u), zero);
     }
     __syncwarp();
     if (valid) {
 #pragma unroll
       for (int q = 0; q < MP; ++q)
-        if (part + 4 * q < K) {
+        if (part + TPT * q < K) {
           prow[pe[q]] = pv[q];
           mrow[pe[q]] = 1;
         }

@@ -55,9 +55,9 @@ struct MoeRouteArgs {
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
 };
 
-// Shared-memory layout of moe_route_run_kernel (CTA runs, 4 threads per token) for E experts, top-K, W warps: byte
-// offsets, each 16-byte aligned. Rows are padded to an odd number of 16-byte units, so the 8 tokens of a quarter-warp
-// read 8 distinct bank groups.
+// Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 4 or 8 threads per token, 32 / TPT tokens per warp)
+// for E experts, top-K, W warps: byte offsets, each 16-byte aligned. Rows are padded to an odd number of 16-byte
+// units, so the 8 tokens of a quarter-warp (TPT 4) read 8 distinct bank groups.
 constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
 struct MoeRunSmem {
   int rsf;     // row stride in floats
@@ -66,12 +66,12 @@ struct MoeRunSmem {
   int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
-constexpr MoeRunSmem moe_run_smem(int E, int K, int W) {
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   MoeRunSmem l{};
   l.rsf = E + ((E / 4) % 2 == 0 ? 4 : 8);
   l.kp = (K + 3) / 4 * 4;
-  l.nmw = (8 * W + 31) / 32;
-  const int nt = 8 * W;
+  const int nt = 32 / TPT * W;  // tokens per CTA
+  l.nmw = (nt + 31) / 32;
   int o = 0;
   l.rows = o;   o += moe_run_align16(nt * l.rsf * 4);
   l.bias = o;   o += moe_run_align16(E * 4);

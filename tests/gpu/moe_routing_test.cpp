@@ -42,7 +42,7 @@ struct Case {
   int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
                            // route, 1: whole rows in route_map, 2 / 3 / 4: fused into route) and how the logits rows
   int load = 0;            // are loaded (0: the next one into registers, 1: all of a warp's by cp.async)
-  int tpt = 0;             // threads per token: 0 the warp kernel, 4 the CTA-run kernel (warps 4 / 8, tpw 8, fill 3 / 4)
+  int tpt = 0;             // threads per token: 0 the warp kernel, 4 / 8 the CTA-run kernel (tpw 32 / tpt, fill 3 / 4)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
                            // 3 eight clear winners per token with sub-ulp differences among them
@@ -284,44 +284,48 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 465 + pattern);
     }
 }
-// The CTA-run kernel (tpt 4: contiguous token runs per CTA, 4 threads per token, rank-counted candidates, bulk row
-// copies): every config of its space on the target routing at the token counts (runs of 32 … 64 tokens, a
+// The CTA-run kernel (tpt 4 / 8: contiguous token runs per CTA, 4 or 8 threads per token, rank-counted candidates,
+// bulk row copies): every config of its space on the target routing at the token counts (runs of 32 … 64 tokens, a
 // partial last run, a partial last warp), with and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
 // NaN/±inf, huge biases and sub-ulp winners; T = 65536 (more runs than fit at once) falls back to the warp kernel.
 TEST_F(MoeRoutingTest, CtaRunKernel) {
-  struct Cfg { int warps, fill; };
-  for (const Cfg& k : {Cfg{8, 3}, Cfg{4, 3}, Cfg{8, 4}, Cfg{4, 4}})
+  struct Cfg { int warps, fill, tpt; };
+  for (const Cfg& k : {Cfg{8, 3, 4}, Cfg{4, 3, 4}, Cfg{8, 4, 4}, Cfg{4, 4, 4}, Cfg{16, 3, 8}, Cfg{8, 3, 8},
+                       Cfg{16, 4, 8}, Cfg{8, 4, 8}})
     for (bool with_map : {true, false}) {
       if (!with_map && k.fill != 3) continue;
       auto forced = [&](Case c) {
         c.warps = k.warps;
-        c.tpw = 8;
+        c.tpw = 32 / k.tpt;
         c.fill = with_map ? k.fill : 0;
-        c.tpt = 4;
+        c.tpt = k.tpt;
         c.with_map = with_map;
         return c;
       };
       for (int64_t T : {1, 7, 33, 4096, 8191, 8192})
-        run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + with_map);
+        run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
       for (const Case& o : {Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, false, 32},
                             Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16},
                             Case{1000, 160, {4, MoeScore::sigmoid, 4, 2, true, 1.5f}, true, 1},
                             Case{3000, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
                             Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
+        // (E = 160 in 4 groups of 40 fits 4 threads per token only.)
+        if (k.tpt == 8 && o.o.n_group == 4) continue;
         ASSERT_TRUE(detail::in_search_space(route_spec_of(rt(), forced(o)))) << name(forced(o));
-        run_case(forced(o), 540 + o.E + k.warps + with_map);
+        run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
       }
       for (int pattern : {1, 2, 3})
         for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
                                            MoeRoutingOptions{4, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
+          if (k.tpt == 8 && o.n_group == 4) continue;
           Case c = forced({600, o.n_group == 4 ? 160 : 256, o, true, 16});
           c.pattern = pattern;
           run_case(c, 560 + pattern + k.warps);
           c.bias = false;
           run_case(c, 570 + pattern + k.warps);
         }
-      if (k.warps == 8) run_case(forced({65536, 256, kLing, true, 16}), 590 + k.fill + with_map);
+      if (k.warps == 2 * k.tpt) run_case(forced({65536, 256, kLing, true, 16}), 590 + k.fill + k.tpt + with_map);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
