@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <utility>
 
@@ -48,15 +49,19 @@ int64_t lane_experts(int64_t E, int64_t G) {
 }
 
 // moe_route_run_kernel's shapes with tpt threads per token: sigmoid, E a multiple of 4·tpt up to 256 (E/tpt experts
-// per thread), groups whole inside a thread's experts with at least 2 experts, and K ≤ 2·topk_group (grouped) or
-// K ≤ 2·tpt (plain): the two best keys of the kept groups (or of the tpt threads) bound the K-th key from below.
+// per thread), groups of at least 2 experts either whole inside a thread or spanning a power of two of threads, and
+// K ≤ 2·topk_group (grouped) or K ≤ 2·tpt (plain): the two best keys of the kept groups (or of the tpt threads) bound
+// the K-th key from below.
 bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t tpt) {
   if (!sigmoid || E % 16 != 0 || E % (4 * tpt) != 0 || E > 256 || K < 1) return false;
   if (G <= 1) return K <= 2 * tpt;
-  const int64_t GS = E / G;
-  return (E / tpt) % GS == 0 && GS >= 2 && K <= 2 * TG;
+  const int64_t GS = E / G, EPT = E / tpt;
+  const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
+  return layout && GS >= 2 && K <= 2 * TG;
 }
-bool is_run(const Specialization& s) { return s.kernel == kRoute && (s.config[C_TPT] == 4 || s.config[C_TPT] == 8); }
+bool is_run(const Specialization& s) {
+  return s.kernel == kRoute && (s.config[C_TPT] == 4 || s.config[C_TPT] == 8 || s.config[C_TPT] == 16);
+}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
@@ -221,9 +226,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       }
     }
-    // The CTA-run kernel: 4 threads per token in 8 or 4 warps, 8 threads per token in 16 or 8 warps (runs of ≤ 64 /
-    // 32 tokens), the −1 rows at kernel start or after the arrival (with the map; without it fill 0).
-    for (int tpt : {4, 8}) {
+    // The CTA-run kernel: 4, 8 or 16 threads per token in CTAs of 64 or 32 tokens (4 × 8 or 4, 8 × 16 or 8, 16 × 32
+    // or 16 warps), the −1 rows at kernel start or after the arrival (with the map; without it fill 0).
+    for (int tpt : {4, 8, 16}) {
       if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
       for (int fill : {kFusedFillAfter, kFusedFillLate}) {
         if (!map && fill != kFusedFillAfter) continue;

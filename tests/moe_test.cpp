@@ -305,10 +305,11 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
 
-// The CTA-run kernel (config tpt = 4 or 8 threads per token) is in the route space of the sigmoid shapes it serves
-// (tpt 4 in 8 / 4 warps, tpt 8 in 16 / 8 warps × the −1 rows at kernel start or after the arrival with the map; fill
-// 0 without), not in the softmax ones; its points compile (with the map: tpt 4, 8 warps, −1 rows at the start; tpt
-// 4, 4 warps, −1 rows after the arrival; tpt 8, 16 warps; without: no groups, no bias, tpt 4 and 8).
+// The CTA-run kernel (config tpt = 4, 8 or 16 threads per token) is in the route space of the sigmoid shapes it
+// serves (tpt 4 in 8 / 4 warps, tpt 8 in 16 / 8, tpt 16 in 32 / 16 × the −1 rows at kernel start or after the arrival
+// with the map; fill 0 without), not in the softmax ones; its points compile (with the map: tpt 4, 8 warps, −1 rows
+// at the start; tpt 4, 4 warps, −1 rows after the arrival; tpt 8, 16 warps; tpt 16, 32 warps (a group spans 2
+// threads); without: no groups, no bias, tpt 4 and 8).
 TEST(MoeCompile, CtaRunKernelPoints) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -331,11 +332,11 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     std::vector<detail::Specialization> space, run;
     fam->search_space(s, space);
     for (const auto& p : space)
-      if (p.config[4] == 4 || p.config[4] == 8) run.push_back(p);
+      if (p.config[4] != 0) run.push_back(p);
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  ASSERT_EQ(with_map.size(), 8u);
+  ASSERT_EQ(with_map.size(), 12u);
   EXPECT_EQ(with_map[0].config[0], 8);
   EXPECT_EQ(with_map[0].config[1], 8);
   EXPECT_EQ(with_map[0].config[2], 3);
@@ -345,10 +346,13 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   EXPECT_EQ(with_map[4].config[1], 4);
   EXPECT_EQ(with_map[4].config[4], 8);
   EXPECT_EQ(specs[0].config[4], 0);  // the default stays the warp kernel until a GPU round says otherwise
-  for (const auto& s : {with_map[0], with_map[3], with_map[4]})
+  EXPECT_EQ(with_map[8].config[0], 32);
+  EXPECT_EQ(with_map[8].config[1], 2);
+  EXPECT_EQ(with_map[8].config[4], 16);
+  for (const auto& s : {with_map[0], with_map[3], with_map[4], with_map[8]})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
-  ASSERT_EQ(without.size(), 4u);
+  ASSERT_EQ(without.size(), 6u);
   EXPECT_EQ(without[0].config[2], 0);
   for (const auto& w : {without[1], without[3]}) {
     detail::Specialization plain = w;

@@ -988,40 +988,48 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 }
 
 
-// ---- top-k forward on CTA runs, 4 or 8 threads per token (moe_route_run_kernel) ----------------------------------
+// ---- top-k forward on CTA runs, 4 / 8 / 16 threads per token (moe_route_run_kernel) ------------------------------
 // Sigmoid routing, same selection and same bits as moe_route_kernel (and the CPU reference), organized for memory
 // instead of latency (bench/NOTES.md, session 7):
 //   * CTA c owns the contiguous tokens [c·n, c·n + n) (n = a.run_tokens ≤ TPW·W, TPW = 32/TPT tokens per warp);
 //     lane 0 of each warp requests its token rows at kernel start by cp.async.bulk into padded shared rows, on the
 //     warp's mbarrier (one DRAM latency per warp, not one per token);
-//   * lane = token + TPW·part: part j owns experts j·E/TPT … (j+1)·E/TPT − 1 (whole groups); exact σ, keys (σ + bias,
-//     or the logit itself without a bias) and each group's two best keys in the thread; the group ranks from G
-//     shuffles;
+//   * lane = token + TPW·part: part j owns experts j·E/TPT … (j+1)·E/TPT − 1 (whole groups, or 1/SPAN of a group);
+//     exact σ, keys (σ + bias, or the logit itself without a bias) and each group's two best keys in the thread (merged
+//     over the SPAN threads of a group by xor shuffles); the group ranks from G shuffles;
 //   * L = the smallest of the two best keys of the kept groups (2·TG ≥ K distinct kept keys are ≥ L, so every pick
 //     is ≥ L); the candidates (kept, key ≥ L) go as packed (ordered key, 0xffff − e) into a per-token list, and each
 //     candidate's rank is the number of larger entries (key desc, expert asc: the order of K argmax rounds); more
 //     than kMoeRunCap candidates (ties) make the warp take K exact argmax rounds over its candidates instead;
-//   * the prob and routing-map rows are built in shared memory and written complete by one bulk store each; with the
+//   * the prob and routing-map rows are built in shared memory and written complete by 16-byte stores; with the
 //     map, the −1 rows of row_id_map by 16-byte stores at kernel start (or after the CTA's arrival: LATE), a
 //     grid-wide arrival after the chunk counts (the whole grid is resident: the host checks), then the routed rows.
 template <bool FLOATKEY> struct MoeRunKey { using type = u32; };
 template <> struct MoeRunKey<true> { using type = float; };
 
+// CTAs of 32 or 64 tokens (32/TPT per warp): 64 tokens' threads fit an SM at once (the register budget for it).
+template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 64 / (32 / TPT * W) > 1 ? 64 / (32 / TPT * W) : 1; };
+
 template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, bool LATE, int TPT>
-__global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRouteArgs a) {
+__global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
   constexpr int EPT = E / TPT;                // experts per thread
   constexpr int GS = E / G;
-  constexpr int BS = G > 1 ? GS : EPT;        // the blocks whose two best keys bound the K-th key
+  constexpr int BS = G > 1 && GS < EPT ? GS : EPT;  // the blocks whose two best keys bound the K-th key
   constexpr int NB = EPT / BS;                // blocks (groups) per thread
+  constexpr int SPAN = G > 1 && GS > EPT ? GS / EPT : 1;  // threads per group
   constexpr int NTH = W * 32;
   constexpr int CAP = kMoeRunCap;
   constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
-  static_assert((TPT == 4 || TPT == 8) && E % (4 * TPT) == 0 && E % 16 == 0 && EPT <= 64, "E / threads per token");
-  static_assert(G == 1 ? K <= 2 * TPT : (EPT % GS == 0 && GS >= 2 && K <= 2 * TG && TG <= G), "groups / top-k layout");
-  static_assert(W >= 4 && W <= 16, "warps");
+  static_assert((TPT == 4 || TPT == 8 || TPT == 16) && E % (4 * TPT) == 0 && E % 16 == 0 && EPT <= 64,
+                "E / threads per token");
+  static_assert(G == 1 ? K <= 2 * TPT
+                       : ((EPT % GS == 0 || (GS % EPT == 0 && (SPAN & (SPAN - 1)) == 0)) && GS >= 2 && K <= 2 * TG &&
+                          TG <= G),
+                "groups / top-k layout");
+  static_assert(W >= 4 && W <= 32, "warps");
   // Float keys (σ + bias: never NaN — a NaN bias is −inf — never −0, so float order = the reference's ordered-bits
   // order); without a bias the keys are the logits as ordered u32 (NaN → −inf, −0 < +0).
   using Key = typename MoeRunKey<BIAS>::type;
@@ -1033,7 +1041,7 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
   u64* list = reinterpret_cast<u64*>(run_smem + L.list);
   u8* mapbuf = run_smem + L.mapbuf;
   u32* emask = reinterpret_cast<u32*>(run_smem + L.emask);
-  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);
+  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);  // [W] rows, [W] the bias
   const float neg_inf = -__int_as_float(0x7f800000);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1046,26 +1054,35 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
 
   if (threadIdx.x == 0) {
 #pragma unroll 1
-    for (int w = 0; w < W; ++w) mbar_init(&bars[w], 1);
+    for (int w = 0; w <= W; ++w) mbar_init(&bars[w], 1);
     fence_mbar_init();
+    if constexpr (BIAS) {
+      // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
+      mbar_arrive_expect_tx(&bars[W], E * 4);
+      bulk_load(sbias, a.bias, E * 4, &bars[W]);
+    }
   }
   for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
   __syncthreads();
-  if (lane == 0 && nw > 0) {
-    mbar_arrive_expect_tx(&bars[warp], static_cast<u32>(nw * E * 4));
-    const float* src = a.logits + static_cast<i64>(tc0 + warp * TPW) * E;
+  if (threadIdx.x == 0) {
+    // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
+    // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
-    for (int i = 0; i < nw; ++i)
-      bulk_load_evict_first(rows + (warp * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[warp]);
-  }
-  pdl_launch_dependents();
-  if constexpr (BIAS) {
-    // A NaN bias makes every key of its expert −inf (the reference's NaN key), so keys need no NaN test.
-    for (int e = threadIdx.x; e < E; e += NTH) {
-      const float b = a.bias[e];
-      sbias[e] = b != b ? neg_inf : b;
+    for (int w = 0; w < W; ++w) {
+      const int n = max(0, min(TPW, nct - w * TPW));
+      if (n == 0) break;
+      mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
+      const float* src = a.logits + static_cast<i64>(tc0 + w * TPW) * E;
+      if constexpr (RSF == E) {
+        bulk_load_evict_first(rows + w * TPW * E, src, n * E * 4, &bars[w]);  // unpadded rows: one copy
+      } else {
+#pragma unroll 1
+        for (int i = 0; i < n; ++i)
+          bulk_load_evict_first(rows + (w * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[w]);
+      }
     }
   }
+  pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).
   auto fill_rows = [&] {
@@ -1074,25 +1091,25 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
     for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
   };
   if constexpr (MAP && !LATE) fill_rows();
-  __syncthreads();  // the bias
 
-  if (nw > 0) {
-    {
-      // The warp's rows (a wait past 2 s — a copy that never lands — traps instead of hanging).
-      const u32 bar = smem_u32(&bars[warp]);
-      u64 t0 = 0;
-      for (u32 it = 0;; ++it) {
-        u32 done;
-        asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
-                     : "=r"(done) : "r"(bar) : "memory");
-        if (done) break;
-        if ((it & 255u) == 0) {
-          const u64 t = globaltimer_ns();
-          if (it == 0) t0 = t;
-          else if (t - t0 > 2000000000ull) __trap();
-        }
+  // Phase 0 of a barrier (a wait past 2 s — a copy that never lands — traps instead of hanging).
+  auto wait_bar = [](u64* b) {
+    const u32 bar = smem_u32(b);
+    u64 t0 = 0;
+    for (u32 it = 0;; ++it) {
+      u32 done;
+      asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(done) : "r"(bar) : "memory");
+      if (done) break;
+      if ((it & 255u) == 0) {
+        const u64 t = globaltimer_ns();
+        if (it == 0) t0 = t;
+        else if (t - t0 > 2000000000ull) __trap();
       }
     }
+  };
+  if (nw > 0) {
+    wait_bar(&bars[warp]);  // the warp's rows
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * TPW;
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
@@ -1130,11 +1147,13 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
             sts16(smem_u32(zrow + c), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
                                              __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
         }
+        wait_bar(&bars[W]);  // the bias (long landed)
+        // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
 #pragma unroll
         for (int c = 0; c < EPT; c += 4) {
           const Vec16 q = lds16(smem_u32(brow + c));
 #pragma unroll
-          for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], __uint_as_float(q.w[j]));
+          for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], fmaxf(__uint_as_float(q.w[j]), neg_inf));
         }
       } else {
 #pragma unroll
@@ -1155,7 +1174,7 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
     };
     // The key of expert e0 + c, recomputed from shared memory (the same operations: the same bits).
     auto key_at = [&](int c) -> u32 {
-      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[c], brow[c]));
+      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[c], fmaxf(brow[c], neg_inf)));
       else {
         const float z = zrow[c];
         return ordered_bits(z != z ? neg_inf : z);
@@ -1174,6 +1193,15 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
         a1[b] = kmax(a1[b], key[c]);
       }
     }
+    if constexpr (SPAN > 1) {
+      // A group spans SPAN threads (consecutive parts): merge their two best keys (every thread gets the group's).
+#pragma unroll
+      for (int o = 1; o < SPAN; o <<= 1) {
+        const Key b1 = __shfl_xor_sync(ALL, a1[0], TPW * o), b2 = __shfl_xor_sync(ALL, a2[0], TPW * o);
+        a2[0] = kmax(kmin(a1[0], b1), kmax(a2[0], b2));
+        a1[0] = kmax(a1[0], b1);
+      }
+    }
     // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
     bool kept[NB];
     Key lo;
@@ -1189,14 +1217,15 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
       int rank[NB];
 #pragma unroll
       for (int b = 0; b < NB; ++b) rank[b] = 0;
+      const int mg = part / SPAN * NB;  // the thread's first group
 #pragma unroll
-      for (int p = 0; p < TPT; ++p)
+      for (int p = 0; p < TPT; p += SPAN)
 #pragma unroll
         for (int qb = 0; qb < NB; ++qb) {
           const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
-          const int og = p * NB + qb;
+          const int og = p / SPAN * NB + qb;
 #pragma unroll
-          for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < part * NB + b)) ? 1 : 0;
+          for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < mg + b)) ? 1 : 0;
         }
 #pragma unroll
       for (int b = 0; b < NB; ++b) {
@@ -1281,7 +1310,7 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
     __syncwarp();
 
     // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map
-    // rows built in shared memory (over its scores, no longer needed) and written complete by bulk stores.
+    // rows built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores.
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
     int pe[MP];
@@ -1330,14 +1359,14 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
           prow[pe[q]] = pv[q];
           mrow[pe[q]] = 1;
         }
-      fence_proxy_async();  // the generic writes above before the bulk stores' reads
     }
     __syncwarp();
-    if (valid && part == 0) {
+    if (valid) {
       const i64 t = tc0 + tl;
-      bulk_store(a.probs + t * E, prow, E * 4);
-      bulk_store(a.routing_map + t * E, mrow, E);
-      bulk_commit();
+#pragma unroll
+      for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
+#pragma unroll
+      for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
     }
   }
 
@@ -1383,7 +1412,6 @@ __global__ void __launch_bounds__(W * 32, 1) moe_route_run_kernel(const MoeRoute
       moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
     }
   }
-  if (nw > 0 && valid && part == 0) bulk_wait_read();  // the bulk stores have read their rows before the CTA exits
 }
 
 }  // namespace kiln

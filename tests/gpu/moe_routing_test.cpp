@@ -292,7 +292,7 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
 TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt; };
   for (const Cfg& k : {Cfg{8, 3, 4}, Cfg{4, 3, 4}, Cfg{8, 4, 4}, Cfg{4, 4, 4}, Cfg{16, 3, 8}, Cfg{8, 3, 8},
-                       Cfg{16, 4, 8}, Cfg{8, 4, 8}})
+                       Cfg{16, 4, 8}, Cfg{8, 4, 8}, Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}})
     for (bool with_map : {true, false}) {
       if (!with_map && k.fill != 3) continue;
       auto forced = [&](Case c) {
@@ -310,16 +310,16 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
                             Case{1000, 160, {4, MoeScore::sigmoid, 4, 2, true, 1.5f}, true, 1},
                             Case{3000, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
                             Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
-        // (E = 160 in 4 groups of 40 fits 4 threads per token only.)
-        if (k.tpt == 8 && o.o.n_group == 4) continue;
-        ASSERT_TRUE(detail::in_search_space(route_spec_of(rt(), forced(o)))) << name(forced(o));
-        run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
+        // (E = 160 fits 4 threads per token in groups of 40 and up to 8 without groups.)
+        const bool fits = k.tpt == 4 || (o.E != 160 && k.tpt == 16) || (k.tpt == 8 && o.o.n_group != 4);
+        ASSERT_EQ(detail::in_search_space(route_spec_of(rt(), forced(o))), fits) << name(forced(o));
+        if (fits) run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
       }
       for (int pattern : {1, 2, 3})
         for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
                                            MoeRoutingOptions{4, MoeScore::sigmoid, 4, 2, false, 1.5f}}) {
-          if (k.tpt == 8 && o.n_group == 4) continue;
           Case c = forced({600, o.n_group == 4 ? 160 : 256, o, true, 16});
+          if (!detail::in_search_space(route_spec_of(rt(), c))) continue;  // E = 160: groups of 40 need tpt 4
           c.pattern = pattern;
           run_case(c, 560 + pattern + k.warps);
           c.bias = false;
