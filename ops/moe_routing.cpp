@@ -30,11 +30,11 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
 // kernel start), and threads per token (tpt 0: the warp kernel above, a warp per token; 4 or 8: moe_route_run_kernel,
 // a CTA per contiguous run of ≤ (32/tpt)·warps tokens, tpt threads per token, rows by bulk copies — sigmoid routing
-// of the shapes run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival;
-// tokens_per_warp is 32/tpt there). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere
+// of the shapes run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 =
+// the −1 rows and the prob / map rows after the arrival; tokens_per_warp is 32/tpt there). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere
 // in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
 enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
-enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
+enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
 bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
 
@@ -72,7 +72,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       if (is_run(s)) {
         name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
                            p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
-                           s.config[C_WARPS], s.config[C_FILL] == kFusedFillLate, s.config[C_TPT]);
+                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT]);
         break;
       }
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
@@ -227,10 +227,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       }
     }
     // The CTA-run kernel: 4, 8 or 16 threads per token in CTAs of 64 or 32 tokens (4 × 8 or 4, 8 × 16 or 8, 16 × 32
-    // or 16 warps), the −1 rows at kernel start or after the arrival (with the map; without it fill 0).
+    // or 16 warps), the −1 rows at kernel start, after the arrival, or with the prob / map rows after the arrival
+    // (fill 3 / 4 / 5 with the map; without it fill 0).
     for (int tpt : {4, 8, 16}) {
       if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
-      for (int fill : {kFusedFillAfter, kFusedFillLate}) {
+      for (int fill : {kFusedFillAfter, kFusedFillLate, kRunDeferAll}) {
         if (!map && fill != kFusedFillAfter) continue;
         for (int w : {2 * tpt, tpt}) {  // 64 or 32 tokens per CTA
           s.config[C_WARPS] = w;

@@ -307,9 +307,10 @@ TEST(MoeCompile, NonPresetVariants) {
 
 // The CTA-run kernel (config tpt = 4, 8 or 16 threads per token) is in the route space of the sigmoid shapes it
 // serves (tpt 4 in 8 / 4 warps, tpt 8 in 16 / 8, tpt 16 in 32 / 16 × the −1 rows at kernel start or after the arrival
-// with the map; fill 0 without), not in the softmax ones; its points compile (with the map: tpt 4, 8 warps, −1 rows
-// at the start; tpt 4, 4 warps, −1 rows after the arrival; tpt 8, 16 warps; tpt 16, 32 warps (a group spans 2
-// threads); without: no groups, no bias, tpt 4 and 8).
+// with the map, or both them and the prob / map rows after it; fill 0 without), not in the softmax ones; its points
+// compile (with the map: tpt 4, 8 warps, −1 rows at the start; tpt 4, 4 warps, −1 rows after the arrival; tpt 4, all
+// rows after it; tpt 8, 16 warps; tpt 16, 32 warps (a group spans 2 threads); without: no groups, no bias, tpt 4
+// and 8).
 TEST(MoeCompile, CtaRunKernelPoints) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -336,20 +337,21 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  ASSERT_EQ(with_map.size(), 12u);
+  ASSERT_EQ(with_map.size(), 18u);  // 3 tpt × fill 3 / 4 / 5 × 2 shapes
   EXPECT_EQ(with_map[0].config[0], 8);
   EXPECT_EQ(with_map[0].config[1], 8);
   EXPECT_EQ(with_map[0].config[2], 3);
   EXPECT_EQ(with_map[3].config[0], 4);
   EXPECT_EQ(with_map[3].config[2], 4);
-  EXPECT_EQ(with_map[4].config[0], 16);
-  EXPECT_EQ(with_map[4].config[1], 4);
-  EXPECT_EQ(with_map[4].config[4], 8);
+  EXPECT_EQ(with_map[5].config[2], 5);  // −1 rows and prob / map rows after the arrival
+  EXPECT_EQ(with_map[6].config[0], 16);
+  EXPECT_EQ(with_map[6].config[1], 4);
+  EXPECT_EQ(with_map[6].config[4], 8);
   EXPECT_EQ(specs[0].config[4], 0);  // the default stays the warp kernel until a GPU round says otherwise
-  EXPECT_EQ(with_map[8].config[0], 32);
-  EXPECT_EQ(with_map[8].config[1], 2);
-  EXPECT_EQ(with_map[8].config[4], 16);
-  for (const auto& s : {with_map[0], with_map[3], with_map[4], with_map[8]})
+  EXPECT_EQ(with_map[12].config[0], 32);
+  EXPECT_EQ(with_map[12].config[1], 2);
+  EXPECT_EQ(with_map[12].config[4], 16);
+  for (const auto& s : {with_map[0], with_map[3], with_map[5], with_map[6], with_map[12]})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
   ASSERT_EQ(without.size(), 6u);

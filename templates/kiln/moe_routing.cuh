@@ -1002,15 +1002,17 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 //     candidate's rank is the number of larger entries (key desc, expert asc: the order of K argmax rounds); more
 //     than kMoeRunCap candidates (ties) make the warp take K exact argmax rounds over its candidates instead;
 //   * the prob and routing-map rows are built in shared memory and written complete by 16-byte stores; with the
-//     map, the −1 rows of row_id_map by 16-byte stores at kernel start (or after the CTA's arrival: LATE), a
-//     grid-wide arrival after the chunk counts (the whole grid is resident: the host checks), then the routed rows.
+//     map, the −1 rows of row_id_map by 16-byte stores, a grid-wide arrival after the chunk counts (the whole grid is
+//     resident: the host checks), then the routed rows. FM (map): 3 = the −1 rows at kernel start and the prob / map
+//     rows as each warp finishes; 4 = the −1 rows after the CTA's arrival, while it waits for the others; 5 = both
+//     the −1 rows and the prob / map rows after the arrival (its release then covers no bulk writes).
 template <bool FLOATKEY> struct MoeRunKey { using type = u32; };
 template <> struct MoeRunKey<true> { using type = float; };
 
 // CTAs of 32 or 64 tokens (32/TPT per warp): 64 tokens' threads fit an SM at once (the register budget for it).
 template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 64 / (32 / TPT * W) > 1 ? 64 / (32 / TPT * W) : 1; };
 
-template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, bool LATE, int TPT>
+template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
   constexpr int EPT = E / TPT;                // experts per thread
@@ -1023,6 +1025,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
+  constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
   static_assert((TPT == 4 || TPT == 8 || TPT == 16) && E % (4 * TPT) == 0 && E % 16 == 0 && EPT <= 64,
                 "E / threads per token");
   static_assert(G == 1 ? K <= 2 * TPT
@@ -1361,7 +1364,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if (valid) {
+    if (!DEFER && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
@@ -1385,12 +1388,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
   if constexpr (MAP) {
+    // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
+    // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
     __syncthreads();
-    if (threadIdx.x == 0) {
-      __threadfence();
-      atomicAdd(a.arrive, 1u);
-    }
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (LATE) fill_rows();
+    if constexpr (DEFER) {
+      // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
+      constexpr int UP = E / 4, UM = E / 16;
+      for (int i = threadIdx.x; i < nct * (UP + UM); i += NTH) {
+        const int t = i / (UP + UM), u = i - t * (UP + UM);
+        const i64 g = static_cast<i64>(tc0 + t) * E;
+        if (u < UP) store16(a.probs + g + 4 * u, lds16(smem_u32(rows + t * RSF + 4 * u)));
+        else store16(a.routing_map + g + 16 * (u - UP), lds16(smem_u32(mapbuf + t * E + 16 * (u - UP))));
+      }
+    }
     if (threadIdx.x == 0) {
       unsigned cnt, spins = 0;
       for (;;) {
@@ -1399,7 +1411,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         __nanosleep(32);
         if (++spins == (1u << 25)) __trap();
       }
-      __threadfence();
     }
     __syncthreads();
     int* base = reinterpret_cast<int*>(run_smem + L.base);

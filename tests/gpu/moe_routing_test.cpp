@@ -284,15 +284,17 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 465 + pattern);
     }
 }
-// The CTA-run kernel (tpt 4 / 8: contiguous token runs per CTA, 4 or 8 threads per token, rank-counted candidates,
-// bulk row copies): every config of its space on the target routing at the token counts (runs of 32 … 64 tokens, a
+// The CTA-run kernel (tpt 4 / 8 / 16: contiguous token runs per CTA, 4, 8 or 16 threads per token, rank-counted
+// candidates, bulk row copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written): every config of
+// its space on the target routing at the token counts (runs of 32 … 64 tokens, a
 // partial last run, a partial last warp), with and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
 // NaN/±inf, huge biases and sub-ulp winners; T = 65536 (more runs than fit at once) falls back to the warp kernel.
 TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt; };
   for (const Cfg& k : {Cfg{8, 3, 4}, Cfg{4, 3, 4}, Cfg{8, 4, 4}, Cfg{4, 4, 4}, Cfg{16, 3, 8}, Cfg{8, 3, 8},
-                       Cfg{16, 4, 8}, Cfg{8, 4, 8}, Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}})
+                       Cfg{16, 4, 8}, Cfg{8, 4, 8}, Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16},
+                       Cfg{8, 5, 4}, Cfg{16, 5, 8}, Cfg{32, 5, 16}, Cfg{16, 5, 16}})
     for (bool with_map : {true, false}) {
       if (!with_map && k.fill != 3) continue;
       auto forced = [&](Case c) {
@@ -303,7 +305,13 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
         c.with_map = with_map;
         return c;
       };
-      for (int64_t T : {1, 7, 33, 4096, 8191, 8192})
+      // Every config on the target at 7 and 8192 tokens; the rest (partial runs and warps, other shapes, ties,
+      // 65536 tokens) on one shape per threads-per-token with the −1 rows at the start, and on all rows after the
+      // arrival at 16 threads per token (device time is scarce).
+      for (int64_t T : {7, 8192})
+        run_case(forced({T, 256, kLing, true, 16, true, T == 8192}), 500 + T + k.warps + k.fill + k.tpt + with_map);
+      if (k.warps != 2 * k.tpt || (k.fill != 3 && !(k.fill == 5 && k.tpt == 16))) continue;
+      for (int64_t T : {1, 33, 4096, 8191})
         run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
       for (const Case& o : {Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, false, 32},
                             Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16},
@@ -325,7 +333,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
           c.bias = false;
           run_case(c, 570 + pattern + k.warps);
         }
-      if (k.warps == 2 * k.tpt) run_case(forced({65536, 256, kLing, true, 16}), 590 + k.fill + k.tpt + with_map);
+      run_case(forced({65536, 256, kLing, true, 16}), 590 + k.fill + k.tpt + with_map);
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
