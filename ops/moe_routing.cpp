@@ -23,20 +23,21 @@ enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWri
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
 // written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
-// 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
-// itself, with the −1 fill per token (2), of the warp's rows after its tokens, before the arrival (3), or after the
-// CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
-// the whole grid is resident at once, else 0 or 1), and how the logits rows are loaded (load 0: the next token's row
-// into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
-// kernel start), and threads per token (tpt 0: the warp kernel above, a warp per token; 4 or 8: moe_route_run_kernel,
-// a CTA per contiguous run of ≤ (32/tpt)·warps tokens, tpt threads per token, rows by bulk copies — sigmoid routing
-// of the shapes run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 =
-// the −1 rows and the prob / map rows after the arrival; tokens_per_warp is 32/tpt there). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere
-// in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
+// 1: route_map writes whole rows; 3 and 4: no route_map — after a grid-wide arrival route writes the routed entries
+// itself, with the −1 fill of the warp's rows after its tokens, before the arrival (3), or after the CTA's arrival,
+// while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where the whole grid
+// is resident at once, else 1), `load` (0 only: the next token's row into registers while the current one is
+// routed), and threads per token (tpt 0: the warp kernel above, a warp per token; 4, 8 or 16: moe_route_run_kernel, a
+// CTA per contiguous run of ≤ (32/tpt)·warps tokens, tpt threads per token, rows by bulk copies — sigmoid routing of
+// the shapes run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1
+// rows and the prob / map rows after the arrival; tokens_per_warp is 32/tpt there). topk_bwd: warps per CTA.
+// (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere in session 5; choosing experts on
+// approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
+// start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7.)
 enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
-enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
+enum { kFillInRoute = 0, kFillInMap = 1, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
-bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
+bool fused_fill(int64_t fill) { return fill == kFusedFillAfter || fill == kFusedFillLate; }
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -75,11 +76,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                            s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT]);
         break;
       }
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], s.config[C_LOAD] != 0,
-                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
+                         s.config[C_WARPS], p[P_MAP] != 0 && fused_fill(s.config[C_FILL]),
+                         s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -195,9 +196,9 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 4; without the map 0 only) × load 0, and load 1 with fill 1, 3 and 4 (the best unfused and fused
-// writers) or without the map, within 160 KB of shared memory.
+// route: the warp kernel, (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the
+// map is written (fill 0, 1, 3, 4; without the map 0 only), within 160 KB of shared memory; then the CTA-run kernel
+// where run_ok accepts the shape (tpt 4 / 8 / 16 × two CTA sizes × fill 3 / 4 / 5, or fill 0 without the map).
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -212,18 +213,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     s.config[C_LOAD] = 0;
     out.push_back(s);
     const auto dflt = s.config;
-    for (int load : {0, 1}) {
-      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
-        if (fill != kFillInRoute && !map) continue;
-        if (load && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;
-        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
-          s.config[C_WARPS] = w;
-          s.config[C_TPW] = tpw;
-          s.config[C_FILL] = fill;
-          s.config[C_LOAD] = load;
-          if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-          out.push_back(s);
-        }
+    for (int fill : {kFillInRoute, kFillInMap, kFusedFillAfter, kFusedFillLate}) {
+      if (fill != kFillInRoute && !map) continue;
+      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+        s.config[C_WARPS] = w;
+        s.config[C_TPW] = tpw;
+        s.config[C_FILL] = fill;
+        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+        out.push_back(s);
       }
     }
     // The CTA-run kernel: 4, 8 or 16 threads per token in CTAs of 64 or 32 tokens (4 × 8 or 4, 8 × 16 or 8, 16 × 32
@@ -500,7 +497,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   if (map && fused_fill(s.config[C_FILL]) && T > 0 &&
       NC > static_cast<int64_t>(impl.device().sm_count) *
                impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
-    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;  // fill 3 / 4 → 1
+    s.config[C_FILL] = kFillInMap;  // fill 3 / 4 → 1
   const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
   const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
   if (!map && T == 0) {

@@ -505,14 +505,14 @@ __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, 
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
 //   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);
 //   moe_route       one warp per token (tokens_per_warp tokens in sequence, the next token's logits loaded while the
-//                   current one is routed, or all of them at the start: CPA); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
+//                   current one is routed); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
 //                   the routing map and (map, fill = 0) the −1 rows of row_id_map; counts the CTA's chunk of tokens
 //                   per expert and adds them into the superblock row (map) or tokens_per_expert (no map); with the
 //                   map also each pick's record (expert, rank among the chunk's tokens routed to that expert);
 //   moe_route_map   (map only) one CTA per chunk: counts = Σ superblock rows, offsets (exclusive scan of the padded
 //                   counts), the chunk's prefix (its superblock's predecessors + ≤ super_chunks − 1 chunk rows), then
 //                   each record's row of row_id_map and the inverse index list (fill = 1: it writes the whole rows).
-// Fused (fill = 2 … 4, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
+// Fused (fill = 3 / 4, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
 // chunk after a grid-wide arrival counter (zeroed by moe_route_zero) says every chunk's counts are in, from the
 // records in its shared memory: two launches, no records through global memory.
 //
@@ -536,7 +536,7 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 }
 
 // Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the tokens'
-// rows [W][tokens_per_warp][32·EL] (CPA: the logits, then the scores; else the scores),
+// rows [W][tokens_per_warp][32·EL] (the scores),
 // picks [W][tokens_per_warp][K] (expert int, score float), and with the map the chunk's records [W·tokens_per_warp][K]
 // u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
@@ -545,11 +545,10 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
 // chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
 // −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
-// CPA: every token row of the warp is requested at kernel start by cp.async into its row slot in shared memory (one
-// commit group per token, waited before the token); else the next token's row is loaded into registers while the
-// current one is routed.
+// The next token's row is loaded into registers while the current one is routed. (Loading every row of the warp at
+// kernel start by cp.async, `load` 1, measured slower at every point in session 7 round 1 and was removed.)
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool CPA, bool FUSE, bool LATE>
+          bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -580,32 +579,17 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
   const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
-  // CPA: every token row of the warp is requested at once into its row slot, before the bias loads below (cp.async,
-  // one commit group per token: no registers held, so the compiler cannot tie a later token's load to this token's
-  // instructions — with registers it copied the prefetched row right after issuing its load, a full memory latency
-  // per token: session 6 round 2's source counters). Else the next token's row is loaded into registers while the
-  // current one is routed.
-  Vec16 nz[CPA ? 1 : NCH];
+  // The next token's row in registers while the current one is routed.
+  Vec16 nz[NCH];
   auto load_row = [&](int t) {
     const float* zr = a.logits + static_cast<i64>(t) * E + e0;
 #pragma unroll
     for (int c = 0; c < NCH; ++c)
-      nz[CPA ? 0 : c] =
-          valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+      nz[c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
   };
-  if constexpr (CPA) {
-    for (int i = 0; i < max(0, te - tb); ++i) {
-      const float* zr = a.logits + static_cast<i64>(tb + i) * E + e0;
-      float* sr = srow + i * 32 * EL + e0;
 #pragma unroll
-      for (int c = 0; c < NCH; ++c) cp_async16(sr + 4 * c, valid(4 * c) ? zr + 4 * c : a.logits, valid(4 * c));
-      cp_async_commit();
-    }
-  } else {
-#pragma unroll
-    for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-    if (tb < te) load_row(tb);
-  }
+  for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+  if (tb < te) load_row(tb);
   float bv[BIAS ? EL : 1];
   if constexpr (BIAS) {
 #pragma unroll
@@ -629,21 +613,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // recomputing it in every pick's winner branch.
     const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pk)), 0);
     float z[EL];
-    if constexpr (CPA) {
-      cp_async_wait_group_dyn(te - t - 1);  // this token's row has landed (the later ones may still be in flight)
 #pragma unroll
-      for (int c = 0; c < NCH; ++c) {
-        const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
+    for (int c = 0; c < NCH; ++c)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) z[4 * c + q] = valid(4 * c) ? __uint_as_float(v.w[q]) : neg_inf;
-      }
-    } else {
-#pragma unroll
-      for (int c = 0; c < NCH; ++c)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
-      if (t + 1 < te) load_row(t + 1);
-    }
+      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
+    if (t + 1 < te) load_row(t + 1);
 
     auto store_row = [&](const float (&v)[EL]) {
 #pragma unroll
