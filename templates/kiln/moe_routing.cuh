@@ -1029,10 +1029,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
   const bool valid = tl < nct;
 
-  if (threadIdx.x == 0) {
-#pragma unroll 1
-    for (int w = 0; w <= W; ++w) mbar_init(&bars[w], 1);
+  if (warp == 0) {
+    // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
+    // which issues the bias copy right away.
+    if (lane < W) mbar_init(&bars[lane], 1);
+    if (lane == 0) mbar_init(&bars[W], 1);
     fence_mbar_init();
+  }
+  if (threadIdx.x == 0) {
     if constexpr (BIAS) {
       // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
       mbar_arrive_expect_tx(&bars[W], E * 4);
@@ -1069,20 +1073,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   };
   if constexpr (MAP && !LATE) fill_rows();
 
-  // Phase 0 of a barrier (a wait past 2 s — a copy that never lands — traps instead of hanging).
+  // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
+  // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
   auto wait_bar = [](u64* b) {
     const u32 bar = smem_u32(b);
     u64 t0 = 0;
     for (u32 it = 0;; ++it) {
       u32 done;
-      asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\nselp.u32 %0, 1, 0, p;\n}\n"
-                   : "=r"(done) : "r"(bar) : "memory");
+      asm volatile(
+          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0, 20000;\nselp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done) : "r"(bar) : "memory");
       if (done) break;
-      if ((it & 255u) == 0) {
-        const u64 t = globaltimer_ns();
-        if (it == 0) t0 = t;
-        else if (t - t0 > 2000000000ull) __trap();
-      }
+      const u64 t = globaltimer_ns();
+      if (it == 0) t0 = t;
+      else if (t - t0 > 2000000000ull) __trap();
     }
   };
   if (nw > 0) {
