@@ -1096,13 +1096,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
     const float* brow = sbias + part * EPT;
     const int e0 = part * EPT;
+    // Position c of the thread's arrays holds expert e0 + xo(c): the 16-byte chunks in an order rotated per part
+    // (E = 256 at 8 or 16 threads per token, with rows padded by 32 bytes), so that the 8 lanes of a quarter-warp
+    // touch 8 distinct bank groups; else in order. Selection does not depend on the order within a block.
+    constexpr int NC4 = EPT / 4;
+    constexpr bool ROT = E == 256 && (TPT == 8 || TPT == 16) && NB == 1;
+    const int rot = !ROT ? 0 : TPT == 8 ? (part & 1) : ((part >> 1) & 1);
+    auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
+    auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 
     Key key[EPT];
     {
       float v[EPT];
 #pragma unroll
       for (int c = 0; c < EPT; c += 4) {
-        const Vec16 q = lds16(smem_u32(zrow + c));
+        const Vec16 q = lds16(smem_u32(zrow + xo(c)));
 #pragma unroll
         for (int j = 0; j < 4; ++j) v[c + j] = __uint_as_float(q.w[j]);
       }
@@ -1125,14 +1133,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (valid) {
 #pragma unroll
           for (int c = 0; c < EPT; c += 4)
-            sts16(smem_u32(zrow + c), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
+            sts16(smem_u32(zrow + xo(c)), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
                                              __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
         }
         wait_bar(&bars[W]);  // the bias (long landed)
         // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
 #pragma unroll
         for (int c = 0; c < EPT; c += 4) {
-          const Vec16 q = lds16(smem_u32(brow + c));
+          const Vec16 q = lds16(smem_u32(brow + xo(c)));
 #pragma unroll
           for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], fmaxf(__uint_as_float(q.w[j]), neg_inf));
         }
@@ -1153,15 +1161,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     auto kord = [](Key x) -> u32 {
       if constexpr (BIAS) return ordered_bits(x); else return x;
     };
-    // The key of expert e0 + c, recomputed from shared memory (the same operations: the same bits).
+    // The key of position c (expert e0 + xo(c)), recomputed from shared memory (the same operations: the same bits).
     auto key_at = [&](int c) -> u32 {
-      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[c], fmaxf(brow[c], neg_inf)));
+      const int o = xo(c);
+      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[o], fmaxf(brow[o], neg_inf)));
       else {
-        const float z = zrow[c];
+        const float z = zrow[o];
         return ordered_bits(z != z ? neg_inf : z);
       }
     };
-    auto entry = [&](int c) -> u64 { return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + c)); };
+    auto entry = [&](int c) -> u64 {
+      return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
+    };
 
     // Each block's two largest keys.
     Key a1[NB], a2[NB];
@@ -1281,10 +1292,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           top = x > top ? x : top;
         }
         if (top != 0ull && best == top) {
-          const int c = 0xffff - static_cast<int>(top & 0xffffu) - e0;
+          const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
           if (c < 32) m[0] &= ~(1u << c);
           else m[1] &= ~(1u << (c - 32));
-          if (valid) record(r, e0 + c);
+          if (valid) record(r, e0 + o);
         }
       }
     }
