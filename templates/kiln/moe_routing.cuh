@@ -284,8 +284,8 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
 }
 
 // Exclusive block-wide scan of one int per thread (NTH threads); returns the prefix, `total` gets the sum. warp_tot:
-// NTH / 32 ints of shared memory.
-template <int NTH>
+// NTH / 32 ints of shared memory. NWU: the warps whose values may be nonzero (the first NWU; the others hold 0).
+template <int NTH, int NWU = NTH / 32>
 __device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& total) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   int inc = v;
@@ -299,7 +299,7 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& t
   int before = 0;
   total = 0;
 #pragma unroll
-  for (int k = 0; k < NTH / 32; ++k) {
+  for (int k = 0; k < NWU; ++k) {
     const int x = warp_tot[k];
     if (k < w) before += x;
     total += x;
@@ -471,7 +471,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     local += pc[k];
   }
   int total;
-  int off = block_exclusive_scan<NTH>(local, warp_tot, total);
+  // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
+  int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
