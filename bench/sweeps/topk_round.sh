@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A GPU round's measurement of the MoE routing forward (bench/NOTES.md, "Session 7 (helper topk)"): the tuner's table
-# of the moe_routing family at 8192 tokens (every route config: warps × tokens per warp × fill × load × tpt), and ncu
+# of the moe_routing family at 1024, 4096 and 8192 tokens (every route config: warps × tokens per warp × fill × load × tpt), and ncu
 # profiles of the route kernel (with the map) at three forced configs: ROUTE_SET (default: the CTA-run kernel, tpt 16,
 # 16 warps, −1 rows at the start), ROUTE_BASE (default: the warp kernel's default, load 0, fill 3, 16 × 2) and
 # ROUTE_WIDE (default: tpt 16, 16 warps, all rows after the arrival), with the per-SM spread of CTAs and active cycles,
@@ -15,7 +15,7 @@ WIDE=${ROUTE_WIDE:-tpt=16,load=0,fill=5,warps=16,tokens_per_warp=2}
 KREGEX='regex:moe_route_(run_)?kernel'
 
 CASE='moe_topk_routing_fwd T=8192 E=256 k=8 sigmoid groups=8/4 bias map'
-$K tune --model ling-mini-2.0 --tokens 8192 --families moe_routing --out "$OUT/topk-tune.json" --json \
+$K tune --model ling-mini-2.0 --tokens ${TOKENS:-1024,4096,8192} --families moe_routing --out "$OUT/topk-tune.json" --json \
   > "$OUT/topk-tune-table.json" 2> "$OUT/topk-tune.log"
 python3 bench/sweeps/tune_table.py "$OUT/topk-tune-table.json" > "$OUT/topk-tune-table.txt" 2>&1
 METRICS='sm__ctas_launched.min,sm__ctas_launched.max,sm__cycles_active.min,sm__cycles_active.max,sm__cycles_active.avg,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
