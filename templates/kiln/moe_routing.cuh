@@ -894,14 +894,13 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
   }
   if constexpr (MAP && FUSE) {
-    // Grid-wide arrival (cooperative-groups style: the CTA's count stores and atomics, a device-scope fence, one
-    // arrival), then wait for every CTA. The host launches FUSE only when the whole grid is resident at once; a
+    // Grid-wide arrival (cooperative-groups style: the CTA's count stores and atomics, then one release arrival),
+    // then wait for every CTA. The host launches FUSE only when the whole grid is resident at once; a
     // wait that still never ends traps (an error, not a hang) after ≥ 2 s.
     __syncthreads();
-    if (threadIdx.x == 0) {
-      __threadfence();
-      atomicAdd(a.arrive, 1u);
-    }
+    // A release add (covering the CTA's count stores and atomics, ordered before it by the barrier) and an acquire
+    // spin, as cooperative groups' grid barrier (no SC fences).
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (FILL && LATE) fill_rows();
     if (threadIdx.x == 0) {
       unsigned n, spins = 0;
@@ -911,7 +910,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         __nanosleep(64);
         if (++spins == (1u << 25)) __trap();
       }
-      __threadfence();
     }
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
