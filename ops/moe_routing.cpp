@@ -148,14 +148,35 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md): with the map 16 warps of 2 tokens and the
+// The warp kernel's default (H100, T = 8192, E = 256, bench/NOTES.md): with the map 16 warps of 2 tokens and the
 // fused map with the −1 rows after each warp's tokens (fill 3; session 6 rounds 2 and 3: 20.42 / 20.22 µs against
 // 20.51 / 20.62 for the former 8 × 4 fill 3; the fused grid of 256 CTAs needs 2 per SM, 48 registers × 512 threads
 // fit 2), without it 16 warps of 2 tokens (13.95 µs; 8 × 4 14.1). 32-token chunks either way: 256 CTAs at T = 8192,
-// all resident at once.
-std::pair<int, int> route_shape(bool) { return {16, 2}; }
-// How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
-int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
+// all resident at once. Where the grid does not fit at once, fill 3 runs as fill 1.
+void set_warp_default(Specialization& s, bool map) {
+  s.config = {};
+  s.config[C_WARPS] = 16;
+  s.config[C_TPW] = 2;
+  s.config[C_FILL] = map ? kFusedFillAfter : kFillInRoute;
+}
+// The route default: with the map, where the CTA-run kernel serves the shape at 16 threads per token, that kernel in
+// CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 round 3, T = 8192:
+// 19.15 µs against 20.40 for the warp kernel's default (fill 3: 19.44; re-timed side by side 19.70 vs 20.26); 4096:
+// 15.06 (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — where its grid does not fit at once (T = 65536) the op runs
+// the warp kernel's default instead; without the map the warp kernel (8192: 14.00 vs 14.10, 4096: 11.33 vs 10.43).
+void set_route_default(Specialization& s) {
+  const bool map = s.params[P_MAP] != 0;
+  if (map && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
+                    s.params[P_TOPK_GROUPS], 16)) {
+    s.config = {};
+    s.config[C_WARPS] = 16;
+    s.config[C_TPW] = 2;
+    s.config[C_FILL] = kFusedFillLate;
+    s.config[C_TPT] = 16;
+  } else {
+    set_warp_default(s, map);
+  }
+}
 
 // The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -167,11 +188,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
   s.params[P_MAP] = map;
-  s.config[C_WARPS] = route_shape(map).first;
-  s.config[C_TPW] = route_shape(map).second;
-  s.config[C_FILL] = route_fill(map);
-  s.config[C_LOAD] = 0;
-  s.config[C_TPT] = 0;
+  set_route_default(s);
   return s;
 }
 
@@ -207,12 +224,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
     // The default first, then the other points.
-    s.config[C_WARPS] = route_shape(map).first;
-    s.config[C_TPW] = route_shape(map).second;
-    s.config[C_FILL] = route_fill(map);
-    s.config[C_LOAD] = 0;
+    set_route_default(s);
     out.push_back(s);
     const auto dflt = s.config;
+    s.config = {};
     for (int fill : {kFillInRoute, kFillInMap, kFusedFillAfter, kFusedFillLate}) {
       if (fill != kFillInRoute && !map) continue;
       for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
@@ -236,7 +251,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           s.config[C_FILL] = map ? fill : kFillInRoute;
           s.config[C_LOAD] = 0;
           s.config[C_TPT] = tpt;
-          out.push_back(s);
+          if (s.config != dflt) out.push_back(s);
         }
       }
     }
@@ -488,7 +503,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       if (wsp) impl.free_async(wsp, stream);
       return;
     }
-    s = route_spec(arch, E, opts, expert_bias.defined(), map != nullptr);
+    set_warp_default(s, map != nullptr);
   }
   const int64_t W = s.config[C_WARPS], tpw = s.config[C_TPW], CT = W * tpw;
   const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;

@@ -2,16 +2,16 @@
 # A GPU round's measurement of the MoE routing forward (bench/NOTES.md, "Session 7 (helper topk)"): the tuner's table
 # of the moe_routing family at 1024, 4096 and 8192 tokens (every route config: warps × tokens per warp × fill × load × tpt), and ncu
 # profiles of the route kernel (with the map) at three forced configs: ROUTE_SET (default: the CTA-run kernel, tpt 16,
-# 16 warps, −1 rows at the start), ROUTE_BASE (default: the warp kernel's default, load 0, fill 3, 16 × 2) and
-# ROUTE_WIDE (default: tpt 16, 16 warps, all rows after the arrival), with the per-SM spread of CTAs and active cycles,
+# 16 warps, −1 rows after the arrival: the default with the map), ROUTE_BASE (default: the warp kernel, 16 × 2 fill 3) and
+# ROUTE_WIDE (default: tpt 16, 16 warps, −1 rows at the start), with the per-SM spread of CTAs and active cycles,
 # DRAM throughput and the stall reasons, plus ROUTE_SET's per-instruction execution counts (source page, SASS).
 # Usage (repo root, after the build): OUT=dir bash bench/sweeps/topk_round.sh
 set -u
 OUT=${OUT:?set OUT}
 K=./build-gpu/tools/kiln
-SET=${ROUTE_SET:-tpt=16,load=0,fill=3,warps=16,tokens_per_warp=2}
+SET=${ROUTE_SET:-tpt=16,load=0,fill=4,warps=16,tokens_per_warp=2}
 BASE=${ROUTE_BASE:-tpt=0,load=0,fill=3,warps=16,tokens_per_warp=2}
-WIDE=${ROUTE_WIDE:-tpt=16,load=0,fill=5,warps=16,tokens_per_warp=2}
+WIDE=${ROUTE_WIDE:-tpt=16,load=0,fill=3,warps=16,tokens_per_warp=2}
 KREGEX='regex:moe_route_(run_)?kernel'
 
 CASE='moe_topk_routing_fwd T=8192 E=256 k=8 sigmoid groups=8/4 bias map'
