@@ -291,6 +291,12 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(base_spec(arch, kRouteZero, 0));
   out.push_back(route_map_spec(arch, E, o.top_k, false));
   out.push_back(route_map_spec(arch, E, o.top_k, true));
+  // Where the default with the map is the CTA-run kernel, also the warp kernel's default: the op's fallback where the
+  // run's grid does not fit at once (T = 65536), so that a prewarmed cache has it too.
+  if (Specialization r = route_spec(arch, E, o, m.expert_bias, true); is_run(r)) {
+    set_warp_default(r, true);
+    out.push_back(r);
+  }
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }

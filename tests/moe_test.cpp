@@ -324,7 +324,14 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   m.expert_bias = true;
   std::vector<detail::Specialization> specs;
   fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
-  ASSERT_EQ(specs.size(), 9u);
+  // The 9 of every routing model, then the warp kernel's default with the map (the fallback where the CTA-run grid
+  // does not fit at once), so that prewarm compiles it.
+  ASSERT_EQ(specs.size(), 10u);
+  EXPECT_EQ(specs[9].kernel, 0u);
+  EXPECT_EQ(specs[9].params, specs[0].params);
+  EXPECT_EQ(specs[9].config[4], 0);
+  EXPECT_EQ(specs[9].config[2], 3);
+  EXPECT_TRUE(detail::in_search_space(specs[9]));
   detail::Counters counters;
   auto run_points_of = [&](const detail::Specialization& s) {
     std::vector<detail::Specialization> space, run;
