@@ -27,13 +27,14 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // itself, with the −1 fill of the warp's rows after its tokens, before the arrival (3), or after the CTA's arrival,
 // while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where the whole grid
 // is resident at once, else 1), `load` (0 only: the next token's row into registers while the current one is
-// routed), and threads per token (tpt 0: the warp kernel above, a warp per token; 4, 8 or 16: moe_route_run_kernel, a
-// CTA per contiguous run of ≤ (32/tpt)·warps tokens, tpt threads per token, rows by bulk copies — sigmoid routing of
-// the shapes run_ok accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1
-// rows and the prob / map rows after the arrival; tokens_per_warp is 32/tpt there). topk_bwd: warps per CTA.
+// routed), and threads per token (tpt 0: the warp kernel above, a warp per token; 16: moe_route_run_kernel, a CTA per
+// contiguous run of ≤ 2·warps tokens, 16 threads per token, rows by bulk copies — sigmoid routing of the shapes run_ok
+// accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1 rows and the prob
+// / map rows after the arrival; tokens_per_warp is 2 there). topk_bwd: warps per CTA.
 // (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere in session 5; choosing experts on
 // approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
-// start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7.)
+// start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7;
+// the CTA-run kernel with 4 or 8 threads per token, slower in every round of session 7.)
 enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
 enum { kFillInRoute = 0, kFillInMap = 1, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
@@ -60,9 +61,7 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
   return layout && GS >= 2 && K <= 2 * TG;
 }
-bool is_run(const Specialization& s) {
-  return s.kernel == kRoute && (s.config[C_TPT] == 4 || s.config[C_TPT] == 8 || s.config[C_TPT] == 16);
-}
+bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
@@ -159,24 +158,10 @@ void set_warp_default(Specialization& s, bool map) {
   s.config[C_TPW] = 2;
   s.config[C_FILL] = map ? kFusedFillAfter : kFillInRoute;
 }
-// The route default: with the map, where the CTA-run kernel serves the shape at 16 threads per token, that kernel in
-// CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 round 3, T = 8192:
-// 19.15 µs against 20.40 for the warp kernel's default (fill 3: 19.44; re-timed side by side 19.70 vs 20.26); 4096:
-// 15.06 (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — where its grid does not fit at once (T = 65536) the op runs
-// the warp kernel's default instead; without the map the warp kernel (8192: 14.00 vs 14.10, 4096: 11.33 vs 10.43).
-void set_route_default(Specialization& s) {
-  const bool map = s.params[P_MAP] != 0;
-  if (map && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
-                    s.params[P_TOPK_GROUPS], 16)) {
-    s.config = {};
-    s.config[C_WARPS] = 16;
-    s.config[C_TPW] = 2;
-    s.config[C_FILL] = kFusedFillLate;
-    s.config[C_TPT] = 16;
-  } else {
-    set_warp_default(s, map);
-  }
-}
+// The route default: the warp kernel's. The CTA-run kernel at 16 threads per token, 16 warps, won with the map in
+// session 7 round 3 (8192: 19.15–19.44 µs against 20.40; 4096: 14.86 against 15.22) but not in round 4 (20.58–20.80
+// against 19.97), so it stays a tuning point (bench/NOTES.md, session 7).
+void set_route_default(Specialization& s) { set_warp_default(s, s.params[P_MAP] != 0); }
 
 // The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -215,7 +200,7 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
 
 // route: the warp kernel, (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the
 // map is written (fill 0, 1, 3, 4; without the map 0 only), within 160 KB of shared memory; then the CTA-run kernel
-// where run_ok accepts the shape (tpt 4 / 8 / 16 × two CTA sizes × fill 3 / 4 / 5, or fill 0 without the map).
+// where run_ok accepts the shape (tpt 16 × two CTA sizes × fill 3 / 4 / 5, or fill 0 without the map).
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -238,10 +223,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         out.push_back(s);
       }
     }
-    // The CTA-run kernel: 4, 8 or 16 threads per token in CTAs of 64 or 32 tokens (4 × 8 or 4, 8 × 16 or 8, 16 × 32
-    // or 16 warps), the −1 rows at kernel start, after the arrival, or with the prob / map rows after the arrival
-    // (fill 3 / 4 / 5 with the map; without it fill 0).
-    for (int tpt : {4, 8, 16}) {
+    // The CTA-run kernel: 16 threads per token in CTAs of 64 or 32 tokens (32 or 16 warps), the −1 rows at kernel
+    // start, after the arrival, or with the prob / map rows after the arrival (fill 3 / 4 / 5 with the map; without
+    // it fill 0). (4 and 8 threads per token measured slower in every round of session 7 and were removed.)
+    for (int tpt : {16}) {
       if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
       for (int fill : {kFusedFillAfter, kFusedFillLate, kRunDeferAll}) {
         if (!map && fill != kFusedFillAfter) continue;
@@ -291,12 +276,6 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(base_spec(arch, kRouteZero, 0));
   out.push_back(route_map_spec(arch, E, o.top_k, false));
   out.push_back(route_map_spec(arch, E, o.top_k, true));
-  // Where the default with the map is the CTA-run kernel, also the warp kernel's default: the op's fallback where the
-  // run's grid does not fit at once (T = 65536), so that a prewarmed cache has it too.
-  if (Specialization r = route_spec(arch, E, o, m.expert_bias, true); is_run(r)) {
-    set_warp_default(r, true);
-    out.push_back(r);
-  }
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }

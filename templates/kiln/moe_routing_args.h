@@ -55,11 +55,10 @@ struct MoeRouteArgs {
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
 };
 
-// Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 4, 8 or 16 threads per token, 32 / TPT tokens per
-// warp) for E experts, top-K, W warps: byte offsets, each 16-byte aligned. With TPT 4 the rows are padded to an odd
-// number of 16-byte units, so the 8 tokens of a quarter-warp read 8 distinct bank groups (one copy per row); with 8 or
-// 16 threads per token at E = 256 by 32 bytes (with a per-part rotation of the chunk order: conflict-free, one copy per
-// row), else not at all (a few 2–4-way conflicts; a warp's rows are one copy).
+// Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for
+// E experts, top-K, W warps: byte offsets, each 16-byte aligned. At E = 256 the rows are padded by 32 bytes (with a
+// per-part rotation of the chunk order: conflict-free, one copy per row), else not at all (a few 2–4-way conflicts;
+// a warp's rows are one copy).
 constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
 struct MoeRunSmem {
   int rsf;     // row stride in floats
@@ -70,7 +69,7 @@ struct MoeRunSmem {
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
 constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   MoeRunSmem l{};
-  l.rsf = TPT == 4 ? E + ((E / 4) % 2 == 0 ? 4 : 8) : E == 256 ? E + 8 : E;
+  l.rsf = E == 256 ? E + 8 : E;
   l.kp = (K + 3) / 4 * 4;
   const int nt = 32 / TPT * W;  // tokens per CTA
   l.nmw = (nt + 31) / 32;
