@@ -158,10 +158,24 @@ void set_warp_default(Specialization& s, bool map) {
   s.config[C_TPW] = 2;
   s.config[C_FILL] = map ? kFusedFillAfter : kFillInRoute;
 }
-// The route default: the warp kernel's. The CTA-run kernel at 16 threads per token, 16 warps, won with the map in
-// session 7 round 3 (8192: 19.15–19.44 µs against 20.40; 4096: 14.86 against 15.22) but not in round 4 (20.58–20.80
-// against 19.97), so it stays a tuning point (bench/NOTES.md, session 7).
-void set_route_default(Specialization& s) { set_warp_default(s, s.params[P_MAP] != 0); }
+// The route default: with the map, where the CTA-run kernel serves the shape, that kernel at 16 threads per token in
+// CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 rounds 3 and 5 at
+// T = 8192: 19.15 / 18.94 µs against 20.40 / 19.81 for the warp kernel (round 4: 20.70 against 19.97); 4096: 15.06
+// (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87. Where its grid does not fit at once (T = 65536) the op runs the warp
+// kernel's default instead. Without the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43).
+void set_route_default(Specialization& s) {
+  const bool map = s.params[P_MAP] != 0;
+  if (map && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
+                    s.params[P_TOPK_GROUPS], 16)) {
+    s.config = {};
+    s.config[C_WARPS] = 16;
+    s.config[C_TPW] = 2;
+    s.config[C_FILL] = kFusedFillLate;
+    s.config[C_TPT] = 16;
+  } else {
+    set_warp_default(s, map);
+  }
+}
 
 // The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -276,6 +290,12 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(base_spec(arch, kRouteZero, 0));
   out.push_back(route_map_spec(arch, E, o.top_k, false));
   out.push_back(route_map_spec(arch, E, o.top_k, true));
+  // Where the default with the map is the CTA-run kernel, also the warp kernel's default: the op's fallback where the
+  // run's grid does not fit at once (T = 65536), so that a prewarmed cache has it too.
+  if (Specialization r = route_spec(arch, E, o, m.expert_bias, true); is_run(r)) {
+    set_warp_default(r, true);
+    out.push_back(r);
+  }
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }

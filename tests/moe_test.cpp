@@ -304,7 +304,7 @@ TEST(MoeCompile, NonPresetVariants) {
 
 // The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
 // 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
-// after it; fill 0 without), not in the softmax ones, and is not the default; its points compile (with the map: 32
+// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
 // warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
 // spans 2 threads; without: no groups, no bias).
 TEST(MoeCompile, CtaRunKernelPoints) {
@@ -323,7 +323,14 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   m.expert_bias = true;
   std::vector<detail::Specialization> specs;
   fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
-  ASSERT_EQ(specs.size(), 9u);
+  // The 9 of every routing model, then the warp kernel's default with the map (the fallback where the CTA-run grid
+  // does not fit at once), so that prewarm compiles it.
+  ASSERT_EQ(specs.size(), 10u);
+  EXPECT_EQ(specs[9].kernel, 0u);
+  EXPECT_EQ(specs[9].params, specs[0].params);
+  EXPECT_EQ(specs[9].config[4], 0);
+  EXPECT_EQ(specs[9].config[2], 3);
+  EXPECT_TRUE(detail::in_search_space(specs[9]));
   detail::Counters counters;
   auto run_points_of = [&](const detail::Specialization& s) {
     std::vector<detail::Specialization> space, run;
@@ -334,8 +341,13 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   };
   const auto with_map = run_points_of(specs[0]);
   ASSERT_EQ(with_map.size(), 6u);  // tpt 16 × fill 3 / 4 / 5 × 2 shapes
-  // The default stays the warp kernel (the CTA-run kernel won in one GPU round of two: session 7 rounds 3 and 4).
-  EXPECT_EQ(specs[0].config[4], 0);
+  // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival (the first point of the
+  // space; session 7 rounds 3 and 5); without it the warp kernel.
+  EXPECT_EQ(with_map[0].config, specs[0].config);
+  EXPECT_EQ(specs[0].config[0], 16);
+  EXPECT_EQ(specs[0].config[1], 2);
+  EXPECT_EQ(specs[0].config[2], 4);
+  EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt) {
     for (const auto& p : with_map)

@@ -965,8 +965,9 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
 // Sigmoid routing, same selection and same bits as moe_route_kernel (and the CPU reference), organized for memory
 // instead of latency (bench/NOTES.md, session 7):
 //   * CTA c owns the contiguous tokens [c·n, c·n + n) (n = a.run_tokens ≤ TPW·W, TPW = 32/TPT tokens per warp);
-//     lane 0 of each warp requests its token rows at kernel start by cp.async.bulk into padded shared rows, on the
-//     warp's mbarrier (one DRAM latency per warp, not one per token);
+//     thread 0 requests every row at kernel start by cp.async.bulk into (padded) shared rows in warp order, each
+//     warp's on its mbarrier (one DRAM latency per warp, not one per token; the first warps compute while the later
+//     rows land), the bias ahead of them on its own mbarrier;
 //   * lane = token + TPW·part: part j owns experts j·E/TPT … (j+1)·E/TPT − 1 (whole groups, or 1/SPAN of a group);
 //     exact σ, keys (σ + bias, or the logit itself without a bias) and each group's two best keys in the thread (merged
 //     over the SPAN threads of a group by xor shuffles); the group ranks from G shuffles;

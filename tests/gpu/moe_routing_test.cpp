@@ -310,7 +310,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
       for (int pattern : {1, 2, 3})
         for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f}}) {
           Case c = forced({600, o.n_group == 4 ? 160 : 256, o, true, 16});
-          if (!detail::in_search_space(route_spec_of(rt(), c))) continue;  // E = 160: groups of 40 need tpt 4
+          if (!detail::in_search_space(route_spec_of(rt(), c))) continue;
           c.pattern = pattern;
           run_case(c, 560 + pattern + k.warps);
           c.bias = false;
