@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <utility>
 
@@ -22,17 +23,22 @@ enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWri
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
 // written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
-// 1: route_map writes whole rows; 2 and 3: no route_map — after a grid-wide arrival route writes the routed entries
-// itself, with the −1 fill per token (2), of the warp's rows after its tokens, before the arrival (3), or after the
-// CTA's arrival, while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where
-// the whole grid is resident at once, else 0 or 1), and how the logits rows are loaded (load 0: the next token's row
-// into registers while the current one is routed; 1: every row of the warp by cp.async into shared memory at the
-// kernel start). topk_bwd: warps per CTA. (Removed after measuring: two tokens per warp interleaved, `nt`, slower
-// everywhere in session 5; choosing experts on approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3.)
-enum { C_WARPS, C_TPW, C_FILL, C_LOAD };
-enum { kFillInRoute = 0, kFillInMap = 1, kFused = 2, kFusedFillAfter = 3, kFusedFillLate = 4 };
+// 1: route_map writes whole rows; 3 and 4: no route_map — after a grid-wide arrival route writes the routed entries
+// itself, with the −1 fill of the warp's rows after its tokens, before the arrival (3), or after the CTA's arrival,
+// while it waits for the other CTAs (4: the arrival's fence then waits for no fill stores); used where the whole grid
+// is resident at once, else 1), `load` (0 only: the next token's row into registers while the current one is
+// routed), and threads per token (tpt 0: the warp kernel above, a warp per token; 16: moe_route_run_kernel, a CTA per
+// contiguous run of ≤ 2·warps tokens, 16 threads per token, rows by bulk copies — sigmoid routing of the shapes run_ok
+// accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1 rows and the prob
+// / map rows after the arrival; tokens_per_warp is 2 there). topk_bwd: warps per CTA.
+// (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere in session 5; choosing experts on
+// approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
+// start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7;
+// the CTA-run kernel with 4 or 8 threads per token, slower in every round of session 7.)
+enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
+enum { kFillInRoute = 0, kFillInMap = 1, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
-bool fused_fill(int64_t fill) { return fill == kFused || fill == kFusedFillAfter || fill == kFusedFillLate; }
+bool fused_fill(int64_t fill) { return fill == kFusedFillAfter || fill == kFusedFillLate; }
 
 // Experts per lane of the route kernel (32 lanes per token): the least multiple of 4 with 32·EL ≥ E such that groups
 // either span whole lanes or a lane holds whole groups; 0 if none ≤ 64 exists. (tests/reference/moe.cpp replays the
@@ -44,17 +50,36 @@ int64_t lane_experts(int64_t E, int64_t G) {
   return 0;
 }
 
+// moe_route_run_kernel's shapes with tpt threads per token: sigmoid, E a multiple of 4·tpt up to 256 (E/tpt experts
+// per thread), groups of at least 2 experts either whole inside a thread or spanning a power of two of threads, and
+// K ≤ 2·topk_group (grouped) or K ≤ 2·tpt (plain): the two best keys of the kept groups (or of the tpt threads) bound
+// the K-th key from below.
+bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t tpt) {
+  if (!sigmoid || E % 16 != 0 || E % (4 * tpt) != 0 || E > 256 || K < 1) return false;
+  if (G <= 1) return K <= 2 * tpt;
+  const int64_t GS = E / G, EPT = E / tpt;
+  const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
+  return layout && GS >= 2 && K <= 2 * TG;
+}
+bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
   const auto& p = s.params;
   const char* map_t = p[P_MAP_I32] ? "int" : "unsigned char";
   switch (s.kernel) {
     case kRoute:
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+      if (is_run(s)) {
+        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+                           p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
+                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT]);
+        break;
+      }
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
-                         s.config[C_WARPS], s.config[C_LOAD] != 0,
-                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]), s.config[C_FILL] == kFusedFillLate);
+                         s.config[C_WARPS], p[P_MAP] != 0 && fused_fill(s.config[C_FILL]),
+                         s.config[C_FILL] == kFusedFillLate);
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -75,6 +100,9 @@ int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t
 
 int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
+  if (is_run(s))
+    return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
+                        s.config[C_TPT]).total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -103,7 +131,7 @@ FamilyDef g_family{"moe_routing",
                    {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
-                   {"warps", "tokens_per_warp", "fill", "load"},
+                   {"warps", "tokens_per_warp", "fill", "load", "tpt"},
                    render,
                    smem_bytes,
                    enumerate,
@@ -119,14 +147,35 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
   return s;
 }
 
-// The route kernel's default (H100, T = 8192, E = 256, bench/NOTES.md): with the map 16 warps of 2 tokens and the
+// The warp kernel's default (H100, T = 8192, E = 256, bench/NOTES.md): with the map 16 warps of 2 tokens and the
 // fused map with the −1 rows after each warp's tokens (fill 3; session 6 rounds 2 and 3: 20.42 / 20.22 µs against
 // 20.51 / 20.62 for the former 8 × 4 fill 3; the fused grid of 256 CTAs needs 2 per SM, 48 registers × 512 threads
 // fit 2), without it 16 warps of 2 tokens (13.95 µs; 8 × 4 14.1). 32-token chunks either way: 256 CTAs at T = 8192,
-// all resident at once.
-std::pair<int, int> route_shape(bool) { return {16, 2}; }
-// How the default writes the map (C_FILL; where the grid does not fit at once, fill 3 runs as fill 1).
-int route_fill(bool map) { return map ? kFusedFillAfter : kFillInRoute; }
+// all resident at once. Where the grid does not fit at once, fill 3 runs as fill 1.
+void set_warp_default(Specialization& s, bool map) {
+  s.config = {};
+  s.config[C_WARPS] = 16;
+  s.config[C_TPW] = 2;
+  s.config[C_FILL] = map ? kFusedFillAfter : kFillInRoute;
+}
+// The route default: with the map, where the CTA-run kernel serves the shape, that kernel at 16 threads per token in
+// CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 rounds 3 and 5 at
+// T = 8192: 19.15 / 18.94 µs against 20.40 / 19.81 for the warp kernel (round 4: 20.70 against 19.97); 4096: 15.06
+// (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87. Where its grid does not fit at once (T = 65536) the op runs the warp
+// kernel's default instead. Without the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43).
+void set_route_default(Specialization& s) {
+  const bool map = s.params[P_MAP] != 0;
+  if (map && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
+                    s.params[P_TOPK_GROUPS], 16)) {
+    s.config = {};
+    s.config[C_WARPS] = 16;
+    s.config[C_TPW] = 2;
+    s.config[C_FILL] = kFusedFillLate;
+    s.config[C_TPT] = 16;
+  } else {
+    set_warp_default(s, map);
+  }
+}
 
 // The route kernel (the forward's tunable launch) with its default config.
 Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool bias, bool map) {
@@ -138,10 +187,7 @@ Specialization route_spec(Arch arch, int64_t E, const MoeRoutingOptions& o, bool
   s.params[P_RENORM] = o.renormalize;
   s.params[P_BIAS] = bias;
   s.params[P_MAP] = map;
-  s.config[C_WARPS] = route_shape(map).first;
-  s.config[C_TPW] = route_shape(map).second;
-  s.config[C_FILL] = route_fill(map);
-  s.config[C_LOAD] = 0;
+  set_route_default(s);
   return s;
 }
 
@@ -166,9 +212,9 @@ Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   return s;
 }
 
-// route: (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the map is
-// written (fill 0 … 4; without the map 0 only) × load 0, and load 1 with fill 1, 3 and 4 (the best unfused and fused
-// writers) or without the map, within 160 KB of shared memory.
+// route: the warp kernel, (warps, tokens per warp) ∈ {(8, 4), (16, 2), (16, 4)} (chunks of 32 or 64 tokens) × how the
+// map is written (fill 0, 1, 3, 4; without the map 0 only), within 160 KB of shared memory; then the CTA-run kernel
+// where run_ok accepts the shape (tpt 16 × two CTA sizes × fill 3 / 4 / 5, or fill 0 without the map).
 // topk_bwd: 4, 8 or 16 warps (a warp per token). The other kernels: one config.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
@@ -177,23 +223,34 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     const int64_t E = base.params[P_E], G = base.params[P_GROUPS], K = base.params[P_K];
     const bool map = base.params[P_MAP] != 0;
     // The default first, then the other points.
-    s.config[C_WARPS] = route_shape(map).first;
-    s.config[C_TPW] = route_shape(map).second;
-    s.config[C_FILL] = route_fill(map);
-    s.config[C_LOAD] = 0;
+    set_route_default(s);
     out.push_back(s);
     const auto dflt = s.config;
-    for (int load : {0, 1}) {
-      for (int fill : {kFillInRoute, kFillInMap, kFused, kFusedFillAfter, kFusedFillLate}) {
-        if (fill != kFillInRoute && !map) continue;
-        if (load && map && fill != kFillInMap && fill != kFusedFillAfter && fill != kFusedFillLate) continue;
-        for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+    s.config = {};
+    for (int fill : {kFillInRoute, kFillInMap, kFusedFillAfter, kFusedFillLate}) {
+      if (fill != kFillInRoute && !map) continue;
+      for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}}) {
+        s.config[C_WARPS] = w;
+        s.config[C_TPW] = tpw;
+        s.config[C_FILL] = fill;
+        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+        out.push_back(s);
+      }
+    }
+    // The CTA-run kernel: 16 threads per token in CTAs of 64 or 32 tokens (32 or 16 warps), the −1 rows at kernel
+    // start, after the arrival, or with the prob / map rows after the arrival (fill 3 / 4 / 5 with the map; without
+    // it fill 0). (4 and 8 threads per token measured slower in every round of session 7 and were removed.)
+    for (int tpt : {16}) {
+      if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
+      for (int fill : {kFusedFillAfter, kFusedFillLate, kRunDeferAll}) {
+        if (!map && fill != kFusedFillAfter) continue;
+        for (int w : {2 * tpt, tpt}) {  // 64 or 32 tokens per CTA
           s.config[C_WARPS] = w;
-          s.config[C_TPW] = tpw;
-          s.config[C_FILL] = fill;
-          s.config[C_LOAD] = load;
-          if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-          out.push_back(s);
+          s.config[C_TPW] = 32 / tpt;
+          s.config[C_FILL] = map ? fill : kFillInRoute;
+          s.config[C_LOAD] = 0;
+          s.config[C_TPT] = tpt;
+          if (s.config != dflt) out.push_back(s);
         }
       }
     }
@@ -233,6 +290,12 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   out.push_back(base_spec(arch, kRouteZero, 0));
   out.push_back(route_map_spec(arch, E, o.top_k, false));
   out.push_back(route_map_spec(arch, E, o.top_k, true));
+  // Where the default with the map is the CTA-run kernel, also the warp kernel's default: the op's fallback where the
+  // run's grid does not fit at once (T = 65536), so that a prewarmed cache has it too.
+  if (Specialization r = route_spec(arch, E, o, m.expert_bias, true); is_run(r)) {
+    set_warp_default(r, true);
+    out.push_back(r);
+  }
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }
@@ -382,6 +445,71 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   int* counts = static_cast<int*>(tokens_per_expert.data);
   Specialization s = impl.tuned(route_spec(arch, E, opts, expert_bias.defined(), map != nullptr),
                                 std::max<int64_t>(T, 1));
+  if (is_run(s)) {
+    // The CTA-run kernel: runs of clamp(ceil(T / SMs), 32, (32/tpt)·W) tokens (≥ 32: the workspace holds ceil(T/32) chunk
+    // rows). With the map its whole grid must be resident at once (grid-wide arrival); its bulk stores need a 16-byte
+    // aligned routing map. Otherwise the warp kernel's default config.
+    const int64_t W = s.config[C_WARPS];
+    const int64_t n = std::clamp<int64_t>((T + impl.device().sm_count - 1) / impl.device().sm_count, 32,
+                                          32 / s.config[C_TPT] * W);
+    const int64_t NC = (T + n - 1) / n;
+    bool ok = T > 0 && reinterpret_cast<uintptr_t>(routing_map.data) % 16 == 0;
+    if (ok && map)
+      ok = NC <= static_cast<int64_t>(impl.device().sm_count) *
+                     impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s));
+    if (ok) {
+      const int64_t SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
+      const CUdeviceptr wsp = workspace.defined() || !map
+                                  ? 0
+                                  : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+      int* chunk_counts = !map ? nullptr : workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
+      int* super = map ? chunk_counts + NC * E : nullptr;
+      unsigned* arrive = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
+      MoeChunkMap cm{};
+      if (map) {
+        cm.chunk_counts = chunk_counts;
+        cm.super = super;
+        cm.counts = counts;
+        cm.row_id_map = static_cast<int*>(map->row_id_map.data);
+        cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+        cm.padded_counts = static_cast<int*>(map->padded_counts.data);
+        cm.offsets = static_cast<int*>(map->offsets.data);
+        cm.nchunks = static_cast<int>(NC);
+        cm.super_chunks = static_cast<int>(SC);
+        cm.multiple_of = multiple_of;
+        cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+      }
+      const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + 1 : E)};
+      LaunchDims dz;
+      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
+      dz.block[0] = 256;
+      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+      MoeRouteArgs a{};
+      a.logits = static_cast<const float*>(logits.data);
+      a.bias = static_cast<const float*>(expert_bias.data);
+      a.probs = static_cast<float*>(probs.data);
+      a.routing_map = static_cast<unsigned char*>(routing_map.data);
+      a.chunk_counts = chunk_counts;
+      a.super = super;
+      a.counts = counts;
+      a.row_id_map = map ? static_cast<int*>(map->row_id_map.data) : nullptr;
+      a.T = static_cast<int>(T);
+      a.super_chunks = static_cast<int>(SC);
+      a.scale = opts.scaling_factor;
+      a.map = cm;
+      a.arrive = arrive;
+      a.run_tokens = static_cast<int>(n);
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(NC);
+      d.block[0] = static_cast<unsigned>(W * 32);
+      d.smem = static_cast<unsigned>(smem_bytes(s));
+      d.pdl = true;  // after route_zero; waits for it before its atomics
+      impl.launch(s, d, stream, a);
+      if (wsp) impl.free_async(wsp, stream);
+      return;
+    }
+    set_warp_default(s, map != nullptr);
+  }
   const int64_t W = s.config[C_WARPS], tpw = s.config[C_TPW], CT = W * tpw;
   const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
   // The fused map waits for every CTA of the grid: only where all NC CTAs are resident at once (else fill mode 0,
@@ -389,7 +517,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   if (map && fused_fill(s.config[C_FILL]) && T > 0 &&
       NC > static_cast<int64_t>(impl.device().sm_count) *
                impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s)))
-    s.config[C_FILL] = s.config[C_FILL] == kFused ? kFillInRoute : kFillInMap;  // fill 3 / 4 → 1
+    s.config[C_FILL] = kFillInMap;  // fill 3 / 4 → 1
   const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
   const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
   if (!map && T == 0) {
@@ -439,7 +567,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    static_cast<int>(SC),
                    opts.scaling_factor,
                    cm,
-                   fused ? records : nullptr};
+                   fused ? records : nullptr,
+                   0};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

@@ -250,30 +250,27 @@ TEST(MoeCompile, NonPresetVariants) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
-  // route's search space: how the map is written (fill 0, 1, 2 / 3 / 4 = fused, −1 fill per token / after the warp's
-  // tokens / after the CTA's arrival) × (warps, tokens per warp) × load 0, and load 1 (rows by cp.async) with fill 1,
-  // 3 and 4, the default first; the fused fills 3 and 4 and load 1 compile. Without the map: fill 0 only.
+  // route's search space (warp kernel): how the map is written (fill 0, 1, 3 / 4 = fused, −1 rows after the warp's
+  // tokens / after the CTA's arrival) × (warps, tokens per warp), the default first; the fused fills 3 and 4 compile.
+  // Without the map: fill 0 only. (No CTA-run points: softmax.)
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 24u);
+  ASSERT_EQ(space.size(), 12u);
   EXPECT_EQ(space[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[3], 0);  // load 0: the next row into registers
-  EXPECT_EQ(space[11].config[0], 16);
-  EXPECT_EQ(space[11].config[1], 4);
-  EXPECT_EQ(space[11].config[2], 3);
-  EXPECT_EQ(space[11].config[3], 0);
-  EXPECT_GT(detail::ensure_cubin(space[11], nullptr, false, counters).cubin.size(), 1000u);
-  EXPECT_EQ(space[14].config[2], 4);  // fused, −1 rows after the CTA's arrival
-  EXPECT_EQ(space[15].config[2], 1);
-  EXPECT_EQ(space[15].config[3], 1);  // rows by cp.async
-  EXPECT_EQ(space[21].config[0], 8);
-  EXPECT_EQ(space[21].config[2], 4);
-  EXPECT_EQ(space[21].config[3], 1);
-  EXPECT_GT(detail::ensure_cubin(space[21], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(space[8].config[0], 16);
+  EXPECT_EQ(space[8].config[1], 4);
+  EXPECT_EQ(space[8].config[2], 3);
+  EXPECT_EQ(space[8].config[3], 0);
+  EXPECT_GT(detail::ensure_cubin(space[8], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(space[4].config[2], 1);
+  EXPECT_EQ(space[9].config[0], 8);
+  EXPECT_EQ(space[9].config[2], 4);  // fused, −1 rows after the CTA's arrival
+  EXPECT_GT(detail::ensure_cubin(space[9], nullptr, false, counters).cubin.size(), 1000u);
+  for (const auto& p : space) EXPECT_EQ(p.config[3], 0);
   space.clear();
   fam->search_space(specs[5], space);
-  EXPECT_EQ(space.size(), 6u);
-  EXPECT_EQ(space[5].config[3], 1);
+  EXPECT_EQ(space.size(), 3u);
   // The default shape is 16 warps of 2 tokens, with the map (fill 3) and without it, a point of the space.
   EXPECT_EQ(specs[5].config[0], 16);
   EXPECT_EQ(specs[5].config[1], 2);
@@ -289,6 +286,81 @@ TEST(MoeCompile, NonPresetVariants) {
   fam->search_space(specs[1], space);
   ASSERT_EQ(space.size(), 3u);
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
+}
+
+// The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
+// 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
+// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
+// warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
+// spans 2 threads; without: no groups, no bias).
+TEST(MoeCompile, CtaRunKernelPoints) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  ModelConfig m;
+  m.name = "ling-like";
+  m.hidden_size = 2048;
+  m.num_experts = 256;
+  m.num_experts_per_tok = 8;
+  m.scoring_func = "sigmoid";
+  m.n_group = 8;
+  m.topk_group = 4;
+  m.norm_topk_prob = true;
+  m.expert_bias = true;
+  std::vector<detail::Specialization> specs;
+  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  // The 9 of every routing model, then the warp kernel's default with the map (the fallback where the CTA-run grid
+  // does not fit at once), so that prewarm compiles it.
+  ASSERT_EQ(specs.size(), 10u);
+  EXPECT_EQ(specs[9].kernel, 0u);
+  EXPECT_EQ(specs[9].params, specs[0].params);
+  EXPECT_EQ(specs[9].config[4], 0);
+  EXPECT_EQ(specs[9].config[2], 3);
+  EXPECT_TRUE(detail::in_search_space(specs[9]));
+  detail::Counters counters;
+  auto run_points_of = [&](const detail::Specialization& s) {
+    std::vector<detail::Specialization> space, run;
+    fam->search_space(s, space);
+    for (const auto& p : space)
+      if (p.config[4] != 0) run.push_back(p);
+    return run;
+  };
+  const auto with_map = run_points_of(specs[0]);
+  ASSERT_EQ(with_map.size(), 6u);  // tpt 16 × fill 3 / 4 / 5 × 2 shapes
+  // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival (the first point of the
+  // space; session 7 rounds 3 and 5); without it the warp kernel.
+  EXPECT_EQ(with_map[0].config, specs[0].config);
+  EXPECT_EQ(specs[0].config[0], 16);
+  EXPECT_EQ(specs[0].config[1], 2);
+  EXPECT_EQ(specs[0].config[2], 4);
+  EXPECT_EQ(specs[0].config[4], 16);
+  EXPECT_EQ(specs[5].config[4], 0);
+  auto find = [&](int warps, int fill, int tpt) {
+    for (const auto& p : with_map)
+      if (p.config[0] == warps && p.config[1] == 32 / tpt && p.config[2] == fill && p.config[4] == tpt) return p;
+    ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt;
+    return with_map[0];
+  };
+  for (const auto& s : {find(32, 3, 16), find(16, 4, 16), find(16, 5, 16)})
+    EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
+  const auto without = run_points_of(specs[5]);
+  ASSERT_EQ(without.size(), 2u);
+  EXPECT_EQ(without[0].config[2], 0);
+  for (const auto& w : {without[1]}) {
+    detail::Specialization plain = w;
+    plain.params = {64, 2, 1, 1, 1, 0, 0, 0, 0, 0};  // E = 64, top-2, sigmoid, no groups, no bias
+    EXPECT_TRUE(detail::in_search_space(plain));
+    EXPECT_GT(detail::ensure_cubin(plain, nullptr, false, counters).cubin.size(), 1000u) << plain.describe();
+  }
+  // Softmax, E = 512 and top-k above 2·topk_group keep the warp kernel only.
+  for (const std::vector<int64_t>& p : {std::vector<int64_t>{256, 8, 0, 8, 4, 1, 1, 0, 1, 0},
+                                        std::vector<int64_t>{512, 8, 1, 16, 4, 1, 1, 0, 1, 0},
+                                        std::vector<int64_t>{256, 8, 1, 8, 3, 1, 1, 0, 1, 0}}) {
+    detail::Specialization s = specs[0];
+    s.params = {};
+    std::copy(p.begin(), p.end(), s.params.begin());
+    EXPECT_TRUE(run_points_of(s).empty()) << s.describe();
+  }
 }
 
 // ---- argument errors ------------------------------------------------------------------------------------------

@@ -18,8 +18,10 @@
 // only: deterministic by construction.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/mbarrier.cuh"
 #include "kiln/moe_routing_args.h"
 #include "kiln/pdl.cuh"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 
@@ -282,8 +284,8 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
 }
 
 // Exclusive block-wide scan of one int per thread (NTH threads); returns the prefix, `total` gets the sum. warp_tot:
-// NTH / 32 ints of shared memory.
-template <int NTH>
+// NTH / 32 ints of shared memory. NWU: the warps whose values may be nonzero (the first NWU; the others hold 0).
+template <int NTH, int NWU = NTH / 32>
 __device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& total) {
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   int inc = v;
@@ -297,7 +299,7 @@ __device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& t
   int before = 0;
   total = 0;
 #pragma unroll
-  for (int k = 0; k < NTH / 32; ++k) {
+  for (int k = 0; k < NWU; ++k) {
     const int x = warp_tot[k];
     if (k < w) before += x;
     total += x;
@@ -469,7 +471,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     local += pc[k];
   }
   int total;
-  int off = block_exclusive_scan<NTH>(local, warp_tot, total);
+  // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
+  int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
@@ -503,14 +506,14 @@ __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, 
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
 //   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);
 //   moe_route       one warp per token (tokens_per_warp tokens in sequence, the next token's logits loaded while the
-//                   current one is routed, or all of them at the start: CPA); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
+//                   current one is routed); lane l owns the EL contiguous experts l·EL … l·EL + EL − 1. Writes probs,
 //                   the routing map and (map, fill = 0) the −1 rows of row_id_map; counts the CTA's chunk of tokens
 //                   per expert and adds them into the superblock row (map) or tokens_per_expert (no map); with the
 //                   map also each pick's record (expert, rank among the chunk's tokens routed to that expert);
 //   moe_route_map   (map only) one CTA per chunk: counts = Σ superblock rows, offsets (exclusive scan of the padded
 //                   counts), the chunk's prefix (its superblock's predecessors + ≤ super_chunks − 1 chunk rows), then
 //                   each record's row of row_id_map and the inverse index list (fill = 1: it writes the whole rows).
-// Fused (fill = 2 … 4, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
+// Fused (fill = 3 / 4, where the whole grid is resident at once): moe_route itself does moe_route_map's work for its
 // chunk after a grid-wide arrival counter (zeroed by moe_route_zero) says every chunk's counts are in, from the
 // records in its shared memory: two launches, no records through global memory.
 //
@@ -534,7 +537,7 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 }
 
 // Dynamic shared memory: cnt [W][E] int (per-warp expert counts, then their exclusive prefix over warps), the tokens'
-// rows [W][tokens_per_warp][32·EL] (CPA: the logits, then the scores; else the scores),
+// rows [W][tokens_per_warp][32·EL] (the scores),
 // picks [W][tokens_per_warp][K] (expert int, score float), and with the map the chunk's records [W·tokens_per_warp][K]
 // u32.
 // EL (experts per lane, a multiple of 4 with 32·EL ≥ E) and the group layout are chosen by the host
@@ -543,11 +546,10 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 // counter, waits for all (the host launches it only when the whole grid is resident at once), then writes its
 // chunk's rows of row_id_map from the records in shared memory (moe_chunk_bases); no moe_route_map launch. FILL: the
 // −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
-// CPA: every token row of the warp is requested at kernel start by cp.async into its row slot in shared memory (one
-// commit group per token, waited before the token); else the next token's row is loaded into registers while the
-// current one is routed.
+// The next token's row is loaded into registers while the current one is routed. (Loading every row of the warp at
+// kernel start by cp.async, `load` 1, measured slower at every point in session 7 round 1 and was removed.)
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool CPA, bool FUSE, bool LATE>
+          bool FUSE, bool LATE>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
@@ -578,32 +580,17 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   auto valid = [&](int c) { return FULLW || e0 + c < E; };
   const int tc0 = blockIdx.x * (W * tpw);  // the chunk's first token
   const int tb = tc0 + warp * tpw, te = min(tb + tpw, a.T);
-  // CPA: every token row of the warp is requested at once into its row slot, before the bias loads below (cp.async,
-  // one commit group per token: no registers held, so the compiler cannot tie a later token's load to this token's
-  // instructions — with registers it copied the prefetched row right after issuing its load, a full memory latency
-  // per token: session 6 round 2's source counters). Else the next token's row is loaded into registers while the
-  // current one is routed.
-  Vec16 nz[CPA ? 1 : NCH];
+  // The next token's row in registers while the current one is routed.
+  Vec16 nz[NCH];
   auto load_row = [&](int t) {
     const float* zr = a.logits + static_cast<i64>(t) * E + e0;
 #pragma unroll
     for (int c = 0; c < NCH; ++c)
-      nz[CPA ? 0 : c] =
-          valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+      nz[c] = valid(4 * c) ? load16(zr + 4 * c) : Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
   };
-  if constexpr (CPA) {
-    for (int i = 0; i < max(0, te - tb); ++i) {
-      const float* zr = a.logits + static_cast<i64>(tb + i) * E + e0;
-      float* sr = srow + i * 32 * EL + e0;
 #pragma unroll
-      for (int c = 0; c < NCH; ++c) cp_async16(sr + 4 * c, valid(4 * c) ? zr + 4 * c : a.logits, valid(4 * c));
-      cp_async_commit();
-    }
-  } else {
-#pragma unroll
-    for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
-    if (tb < te) load_row(tb);
-  }
+  for (int c = 0; c < NCH; ++c) nz[c] = Vec16{{0xff800000u, 0xff800000u, 0xff800000u, 0xff800000u}};
+  if (tb < te) load_row(tb);
   float bv[BIAS ? EL : 1];
   if constexpr (BIAS) {
 #pragma unroll
@@ -627,21 +614,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // recomputing it in every pick's winner branch.
     const u32 pt = __shfl_sync(ALL, static_cast<u32>(__cvta_generic_to_shared(pk)), 0);
     float z[EL];
-    if constexpr (CPA) {
-      cp_async_wait_group_dyn(te - t - 1);  // this token's row has landed (the later ones may still be in flight)
 #pragma unroll
-      for (int c = 0; c < NCH; ++c) {
-        const Vec16 v = *reinterpret_cast<const Vec16*>(st + e0 + 4 * c);
+    for (int c = 0; c < NCH; ++c)
 #pragma unroll
-        for (int q = 0; q < 4; ++q) z[4 * c + q] = valid(4 * c) ? __uint_as_float(v.w[q]) : neg_inf;
-      }
-    } else {
-#pragma unroll
-      for (int c = 0; c < NCH; ++c)
-#pragma unroll
-        for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
-      if (t + 1 < te) load_row(t + 1);
-    }
+      for (int q = 0; q < 4; ++q) z[4 * c + q] = __uint_as_float(nz[c].w[q]);
+    if (t + 1 < te) load_row(t + 1);
 
     auto store_row = [&](const float (&v)[EL]) {
 #pragma unroll
@@ -666,8 +643,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         if (!(zmin <= -87.0f)) {
 #pragma unroll
           for (int c = 0; c < EL; ++c) {
-            float r;
-            asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(d[c]));
+            const float r = rcp_ftz(d[c]);
             s[c] = valid(c) ? __fmaf_rn(r, __fmaf_rn(-d[c], r, 1.0f), r) : 0.0f;
           }
         } else {
@@ -918,14 +894,13 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
   }
   if constexpr (MAP && FUSE) {
-    // Grid-wide arrival (cooperative-groups style: the CTA's count stores and atomics, a device-scope fence, one
-    // arrival), then wait for every CTA. The host launches FUSE only when the whole grid is resident at once; a
+    // Grid-wide arrival (cooperative-groups style: the CTA's count stores and atomics, then one release arrival),
+    // then wait for every CTA. The host launches FUSE only when the whole grid is resident at once; a
     // wait that still never ends traps (an error, not a hang) after ≥ 2 s.
     __syncthreads();
-    if (threadIdx.x == 0) {
-      __threadfence();
-      atomicAdd(a.arrive, 1u);
-    }
+    // A release add (covering the CTA's count stores and atomics, ordered before it by the barrier) and an acquire
+    // spin, as cooperative groups' grid barrier (no SC fences).
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (FILL && LATE) fill_rows();
     if (threadIdx.x == 0) {
       unsigned n, spins = 0;
@@ -935,7 +910,6 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         __nanosleep(64);
         if (++spins == (1u << 25)) __trap();
       }
-      __threadfence();
     }
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
@@ -983,6 +957,461 @@ __global__ void __launch_bounds__(256) moe_route_map_kernel(const MoeRouteMapArg
   } else {
     if (static_cast<int>(threadIdx.x) < nt * K) put(t0 + threadIdx.x / K, v0);
     for (int i = threadIdx.x + 256; i < nt * K; i += 256) put(t0 + i / K, a.records[static_cast<i64>(t0) * K + i]);
+  }
+}
+
+
+// ---- top-k forward on CTA runs, 16 threads per token (moe_route_run_kernel) ---------------------------------------
+// Sigmoid routing, same selection and same bits as moe_route_kernel (and the CPU reference), organized for memory
+// instead of latency (bench/NOTES.md, session 7):
+//   * CTA c owns the contiguous tokens [c·n, c·n + n) (n = a.run_tokens ≤ TPW·W, TPW = 32/TPT tokens per warp);
+//     thread 0 requests every row at kernel start by cp.async.bulk into (padded) shared rows in warp order, each
+//     warp's on its mbarrier (one DRAM latency per warp, not one per token; the first warps compute while the later
+//     rows land), the bias ahead of them on its own mbarrier;
+//   * lane = token + TPW·part: part j owns experts j·E/TPT … (j+1)·E/TPT − 1 (whole groups, or 1/SPAN of a group);
+//     exact σ, keys (σ + bias, or the logit itself without a bias) and each group's two best keys in the thread (merged
+//     over the SPAN threads of a group by xor shuffles); the group ranks from G shuffles;
+//   * L = the smallest of the two best keys of the kept groups (2·TG ≥ K distinct kept keys are ≥ L, so every pick
+//     is ≥ L); the candidates (kept, key ≥ L) go as packed (ordered key, 0xffff − e) into a per-token list, and each
+//     candidate's rank is the number of larger entries (key desc, expert asc: the order of K argmax rounds); more
+//     than kMoeRunCap candidates (ties) make the warp take K exact argmax rounds over its candidates instead;
+//   * the prob and routing-map rows are built in shared memory and written complete by 16-byte stores; with the
+//     map, the −1 rows of row_id_map by 16-byte stores, a grid-wide arrival after the chunk counts (the whole grid is
+//     resident: the host checks), then the routed rows. FM (map): 3 = the −1 rows at kernel start and the prob / map
+//     rows as each warp finishes; 4 = the −1 rows after the CTA's arrival, while it waits for the others; 5 = both
+//     the −1 rows and the prob / map rows after the arrival (its release then covers no bulk writes).
+template <bool FLOATKEY> struct MoeRunKey { using type = u32; };
+template <> struct MoeRunKey<true> { using type = float; };
+
+// CTAs of 32 or 64 tokens (32/TPT per warp): 64 tokens' threads fit an SM at once (the register budget for it).
+template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 64 / (32 / TPT * W) > 1 ? 64 / (32 / TPT * W) : 1; };
+
+template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT>
+__global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
+  constexpr int TPW = 32 / TPT;               // tokens per warp
+  constexpr int EPT = E / TPT;                // experts per thread
+  constexpr int GS = E / G;
+  constexpr int BS = G > 1 && GS < EPT ? GS : EPT;  // the blocks whose two best keys bound the K-th key
+  constexpr int NB = EPT / BS;                // blocks (groups) per thread
+  constexpr int SPAN = G > 1 && GS > EPT ? GS / EPT : 1;  // threads per group
+  constexpr int NTH = W * 32;
+  constexpr int CAP = kMoeRunCap;
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
+  constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
+  constexpr u32 ALL = 0xffffffffu;
+  constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
+  // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
+  // TPT general.)
+  static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
+  static_assert(G == 1 ? K <= 2 * TPT
+                       : ((EPT % GS == 0 || (GS % EPT == 0 && (SPAN & (SPAN - 1)) == 0)) && GS >= 2 && K <= 2 * TG &&
+                          TG <= G),
+                "groups / top-k layout");
+  static_assert(W >= 4 && W <= 32, "warps");
+  // Float keys (σ + bias: never NaN — a NaN bias is −inf — never −0, so float order = the reference's ordered-bits
+  // order); without a bias the keys are the logits as ordered u32 (NaN → −inf, −0 < +0).
+  using Key = typename MoeRunKey<BIAS>::type;
+  extern __shared__ __align__(128) unsigned char run_smem[];
+  float* rows = reinterpret_cast<float*>(run_smem + L.rows);
+  float* sbias = reinterpret_cast<float*>(run_smem + L.bias);
+  float* sp = reinterpret_cast<float*>(run_smem + L.sp);
+  int* picks = reinterpret_cast<int*>(run_smem + L.picks);
+  u64* list = reinterpret_cast<u64*>(run_smem + L.list);
+  u8* mapbuf = run_smem + L.mapbuf;
+  u32* emask = reinterpret_cast<u32*>(run_smem + L.emask);
+  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);  // [W] rows, [W] the bias
+  const float neg_inf = -__int_as_float(0x7f800000);
+
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int ti = lane % TPW, part = lane / TPW;
+  const int tl = warp * TPW + ti;                    // the token's slot in the CTA
+  const int tc0 = blockIdx.x * a.run_tokens;         // the CTA's first token
+  const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
+  const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
+  const bool valid = tl < nct;
+
+  if (warp == 0) {
+    // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
+    // which issues the bias copy right away.
+    if (lane < W) mbar_init(&bars[lane], 1);
+    if (lane == 0) mbar_init(&bars[W], 1);
+    fence_mbar_init();
+  }
+  if (threadIdx.x == 0) {
+    if constexpr (BIAS) {
+      // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
+      mbar_arrive_expect_tx(&bars[W], E * 4);
+      bulk_load(sbias, a.bias, E * 4, &bars[W]);
+    }
+  }
+  for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
+    // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
+#pragma unroll 1
+    for (int w = 0; w < W; ++w) {
+      const int n = max(0, min(TPW, nct - w * TPW));
+      if (n == 0) break;
+      mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
+      const float* src = a.logits + static_cast<i64>(tc0 + w * TPW) * E;
+      if constexpr (RSF == E) {
+        bulk_load_evict_first(rows + w * TPW * E, src, n * E * 4, &bars[w]);  // unpadded rows: one copy
+      } else {
+#pragma unroll 1
+        for (int i = 0; i < n; ++i)
+          bulk_load_evict_first(rows + (w * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[w]);
+      }
+    }
+  }
+  pdl_launch_dependents();
+  // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
+  // grid-wide arrival (ordered by the CTA barriers in between).
+  auto fill_rows = [&] {
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
+    for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
+  };
+  if constexpr (MAP && !LATE) fill_rows();
+
+  // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
+  // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
+  auto wait_bar = [](u64* b) {
+    const u32 bar = smem_u32(b);
+    u64 t0 = 0;
+    for (u32 it = 0;; ++it) {
+      u32 done;
+      asm volatile(
+          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0, 20000;\nselp.u32 %0, 1, 0, p;\n}\n"
+          : "=r"(done) : "r"(bar) : "memory");
+      if (done) break;
+      const u64 t = globaltimer_ns();
+      if (it == 0) t0 = t;
+      else if (t - t0 > 2000000000ull) __trap();
+    }
+  };
+  if (nw > 0) {
+    wait_bar(&bars[warp]);  // the warp's rows
+    // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
+    const int rt = valid ? tl : warp * TPW;
+    float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
+    const float* brow = sbias + part * EPT;
+    const int e0 = part * EPT;
+    // Position c of the thread's arrays holds expert e0 + xo(c): the 16-byte chunks in an order rotated per part
+    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts) touch 8 distinct
+    // bank groups; else in order. Selection does not depend on the order within a block.
+    constexpr int NC4 = EPT / 4;
+    constexpr bool ROT = E == 256 && TPT == 16 && NB == 1;
+    const int rot = ROT ? (part >> 1) & 1 : 0;
+    auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
+    auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
+
+    Key key[EPT];
+    {
+      float v[EPT];
+#pragma unroll
+      for (int c = 0; c < EPT; c += 4) {
+        const Vec16 q = lds16(smem_u32(zrow + xo(c)));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) v[c + j] = __uint_as_float(q.w[j]);
+      }
+      if constexpr (BIAS) {
+        // σ = 1/(1 + e^−z) correctly rounded (as moe_route_kernel: the short form for z > −87, else kiln_sigmoid).
+        float zmin = __int_as_float(0x7f800000);
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);
+        if (!(zmin <= -87.0f)) {
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) {
+            const float d = kiln_one_plus_exp_lt87(-v[c]);
+            const float r = rcp_ftz(d);
+            v[c] = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+          }
+        } else {
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) v[c] = kiln_sigmoid(v[c]);
+        }
+        if (valid) {
+#pragma unroll
+          for (int c = 0; c < EPT; c += 4)
+            sts16(smem_u32(zrow + xo(c)), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
+                                             __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
+        }
+        wait_bar(&bars[W]);  // the bias (long landed)
+        // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
+#pragma unroll
+        for (int c = 0; c < EPT; c += 4) {
+          const Vec16 q = lds16(smem_u32(brow + xo(c)));
+#pragma unroll
+          for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], fmaxf(__uint_as_float(q.w[j]), neg_inf));
+        }
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
+      }
+    }
+    auto kmax = [](Key x, Key y) -> Key {
+      if constexpr (BIAS) return fmaxf(x, y); else return max(x, y);
+    };
+    auto kmin = [](Key x, Key y) -> Key {
+      if constexpr (BIAS) return fminf(x, y); else return min(x, y);
+    };
+    auto kfloat = [](Key x) -> float {
+      if constexpr (BIAS) return x; else return ordered_float(x);
+    };
+    auto kord = [](Key x) -> u32 {
+      if constexpr (BIAS) return ordered_bits(x); else return x;
+    };
+    // The key of position c (expert e0 + xo(c)), recomputed from shared memory (the same operations: the same bits).
+    auto key_at = [&](int c) -> u32 {
+      const int o = xo(c);
+      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[o], fmaxf(brow[o], neg_inf)));
+      else {
+        const float z = zrow[o];
+        return ordered_bits(z != z ? neg_inf : z);
+      }
+    };
+    auto entry = [&](int c) -> u64 {
+      return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
+    };
+
+    // Each block's two largest keys.
+    Key a1[NB], a2[NB];
+#pragma unroll
+    for (int b = 0; b < NB; ++b) {
+      if constexpr (BIAS) a1[b] = a2[b] = neg_inf; else a1[b] = a2[b] = 0u;
+#pragma unroll
+      for (int c = b * BS; c < b * BS + BS; ++c) {
+        a2[b] = kmax(a2[b], kmin(a1[b], key[c]));
+        a1[b] = kmax(a1[b], key[c]);
+      }
+    }
+    if constexpr (SPAN > 1) {
+      // A group spans SPAN threads (consecutive parts): merge their two best keys (every thread gets the group's).
+#pragma unroll
+      for (int o = 1; o < SPAN; o <<= 1) {
+        const Key b1 = __shfl_xor_sync(ALL, a1[0], TPW * o), b2 = __shfl_xor_sync(ALL, a2[0], TPW * o);
+        a2[0] = kmax(kmin(a1[0], b1), kmax(a2[0], b2));
+        a1[0] = kmax(a1[0], b1);
+      }
+    }
+    // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
+    bool kept[NB];
+    Key lo;
+    if constexpr (BIAS) lo = __int_as_float(0x7f800000); else lo = 0xffffffffu;
+    if constexpr (G > 1) {
+      u32 gsc[NB];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        float sc = __fadd_rn(kfloat(a1[b]), kfloat(a2[b]));
+        sc = sc != sc ? neg_inf : sc;
+        gsc[b] = ordered_bits(sc);
+      }
+      int rank[NB];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) rank[b] = 0;
+      const int mg = part / SPAN * NB;  // the thread's first group
+#pragma unroll
+      for (int p = 0; p < TPT; p += SPAN)
+#pragma unroll
+        for (int qb = 0; qb < NB; ++qb) {
+          const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
+          const int og = p / SPAN * NB + qb;
+#pragma unroll
+          for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < mg + b)) ? 1 : 0;
+        }
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        kept[b] = rank[b] < TG;
+        if (kept[b]) lo = kmin(lo, a2[b]);
+      }
+    } else {
+      kept[0] = true;
+      lo = a2[0];
+    }
+#pragma unroll
+    for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+
+    // Candidates: kept and key ≥ lo.
+    u32 m[2] = {0u, 0u};
+#pragma unroll
+    for (int c = 0; c < EPT; ++c)
+      if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
+    const int mine = __popc(m[0]) + __popc(m[1]);
+    int inc = mine;  // inclusive prefix over the token's parts
+#pragma unroll
+    for (int o = TPW; o < 32; o <<= 1) {
+      const int x = __shfl_up_sync(ALL, inc, o);
+      if (lane >= o) inc += x;
+    }
+    const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
+    int* pk = picks + tl * KP;
+    auto record = [&](int r, int e) {
+      pk[r] = e;
+      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
+    };
+    if (!__any_sync(ALL, valid && n > CAP)) {
+      u64* lst = list + tl * (CAP + 2);
+      if (valid) {
+        int pos = inc - mine;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) lst[pos++] = entry(32 * h + __ffs(mm) - 1);
+        if (part == TPT - 1) {
+          lst[n] = 0ull;  // pads the list to pairs (0 ranks below every entry)
+          lst[n + 1] = 0ull;
+        }
+      }
+      __syncwarp();
+      if (valid) {
+        for (int qi = part; qi < n; qi += TPT) {
+          const u64 me = lst[qi];
+          int rank = 0;
+          for (int r = 0; r < n; r += 2) {
+            const Vec16 pr = lds16(smem_u32(lst + r));
+            const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+            rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+          }
+          if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
+        }
+      }
+    } else {
+      // Many equal keys: K argmax rounds over the candidates (exact, slower).
+#pragma unroll 1
+      for (int r = 0; r < K; ++r) {
+        u64 best = 0ull;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const u64 x = entry(32 * h + __ffs(mm) - 1);
+            best = x > best ? x : best;
+          }
+        u64 top = best;
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) {
+          const u64 x = __shfl_xor_sync(ALL, top, o);
+          top = x > top ? x : top;
+        }
+        if (top != 0ull && best == top) {
+          const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
+          if (c < 32) m[0] &= ~(1u << c);
+          else m[1] &= ~(1u << (c - 32));
+          if (valid) record(r, e0 + o);
+        }
+      }
+    }
+    __syncwarp();
+
+    // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map
+    // rows built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores.
+    constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
+    float pv[MP];
+    int pe[MP];
+    if (valid) {
+#pragma unroll
+      for (int q = 0; q < MP; ++q) {
+        const int r = part + TPT * q;
+        if (r < K) {
+          pe[q] = pk[r];
+          const float x = rows[tl * RSF + pe[q]];
+          sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+        }
+      }
+    }
+    __syncwarp();
+    if (valid) {
+      float den = 0.0f;
+#pragma unroll
+      for (int r = 0; r < K; ++r) den = __fadd_rn(den, sp[tl * KP + r]);
+      const float d = __fadd_rn(den, 1e-20f);
+#pragma unroll
+      for (int q = 0; q < MP; ++q) {
+        const int r = part + TPT * q;
+        if (r < K) {
+          const float sv = sp[tl * KP + r];
+          pv[q] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+        }
+      }
+    }
+    __syncwarp();  // every read of the scores row before it is overwritten
+    float* prow = rows + tl * RSF;
+    u8* mrow = mapbuf + tl * E;
+    if (valid) {
+      const Vec16 zero{{0u, 0u, 0u, 0u}};
+      // 16-byte units of the rows, spread over the token's threads (E/4 of the prob row, E/16 of the map row).
+#pragma unroll
+      for (int u = part; u < E / 4; u += TPT) sts16(smem_u32(prow + 4 * u), zero);
+#pragma unroll
+      for (int u = part; u < E / 16; u += TPT) sts16(smem_u32(mrow + 16 * u), zero);
+    }
+    __syncwarp();
+    if (valid) {
+#pragma unroll
+      for (int q = 0; q < MP; ++q)
+        if (part + TPT * q < K) {
+          prow[pe[q]] = pv[q];
+          mrow[pe[q]] = 1;
+        }
+    }
+    __syncwarp();
+    if (!DEFER && valid) {
+      const i64 t = tc0 + tl;
+#pragma unroll
+      for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
+#pragma unroll
+      for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
+    }
+  }
+
+  // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
+  __syncthreads();
+  pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  for (int e = threadIdx.x; e < E; e += NTH) {
+    int c = 0;
+#pragma unroll
+    for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+    if constexpr (MAP) {
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+      if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+    } else {
+      if (c) atomicAdd(&a.counts[e], c);
+    }
+  }
+  if constexpr (MAP) {
+    // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
+    // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
+    __syncthreads();
+    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    if constexpr (LATE) fill_rows();
+    if constexpr (DEFER) {
+      // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
+      constexpr int UP = E / 4, UM = E / 16;
+      for (int i = threadIdx.x; i < nct * (UP + UM); i += NTH) {
+        const int t = i / (UP + UM), u = i - t * (UP + UM);
+        const i64 g = static_cast<i64>(tc0 + t) * E;
+        if (u < UP) store16(a.probs + g + 4 * u, lds16(smem_u32(rows + t * RSF + 4 * u)));
+        else store16(a.routing_map + g + 16 * (u - UP), lds16(smem_u32(mapbuf + t * E + 16 * (u - UP))));
+      }
+    }
+    if (threadIdx.x == 0) {
+      unsigned cnt, spins = 0;
+      for (;;) {
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cnt) : "l"(a.arrive) : "memory");
+        if (cnt >= gridDim.x) break;
+        __nanosleep(32);
+        if (++spins == (1u << 25)) __trap();
+      }
+    }
+    __syncthreads();
+    int* base = reinterpret_cast<int*>(run_smem + L.base);
+    moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+    for (int i = threadIdx.x; i < nct * K; i += NTH) {
+      const int t = i / K, e = picks[t * KP + i % K];
+      int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
+#pragma unroll
+      for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
+      moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+    }
   }
 }
 

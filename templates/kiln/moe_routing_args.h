@@ -52,7 +52,41 @@ struct MoeRouteArgs {
   float scale;                 // routed scaling factor
   MoeChunkMap map;             // FUSE: the map this launch writes after its grid-wide arrival
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
+  int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
 };
+
+// Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for
+// E experts, top-K, W warps: byte offsets, each 16-byte aligned. At E = 256 the rows are padded by 32 bytes (with a
+// per-part rotation of the chunk order: conflict-free, one copy per row), else not at all (a few 2–4-way conflicts;
+// a warp's rows are one copy).
+constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
+struct MoeRunSmem {
+  int rsf;     // row stride in floats
+  int kp;      // picks per token slot (K rounded up to 4)
+  int nmw;     // 32-bit words of a per-expert token mask
+  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, total;
+};
+constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
+  MoeRunSmem l{};
+  l.rsf = E == 256 ? E + 8 : E;
+  l.kp = (K + 3) / 4 * 4;
+  const int nt = 32 / TPT * W;  // tokens per CTA
+  l.nmw = (nt + 31) / 32;
+  int o = 0;
+  l.rows = o;   o += moe_run_align16(nt * l.rsf * 4);
+  l.bias = o;   o += moe_run_align16(E * 4);
+  l.sp = o;     o += moe_run_align16(nt * l.kp * 4);
+  l.picks = o;  o += moe_run_align16(nt * l.kp * 4);
+  l.list = o;   o += moe_run_align16(nt * (kMoeRunCap + 2) * 8);
+  l.mapbuf = o; o += moe_run_align16(nt * E);
+  l.emask = o;  o += moe_run_align16(E * l.nmw * 4);
+  l.base = o;   o += moe_run_align16(E * 4);
+  l.wtot = o;   o += moe_run_align16(32 * 4);
+  l.bars = o;   o += moe_run_align16((W + 1) * 8);
+  l.total = o;
+  return l;
+}
 
 struct MoeRouteMapArgs {
   const unsigned* records;  // [T, K]

@@ -40,15 +40,16 @@ struct Case {
   bool workspace = false;  // pass a caller workspace instead of letting kiln allocate one
   int warps = 0, tpw = 0;  // the route kernel's config (warps per CTA, tokens per warp): 0 = the op's choice, else
   int fill = 0;            // forced through the tuner's hook together with how the map is written (0: −1 fill in
-                           // route, 1: whole rows in route_map, 2 / 3 / 4: fused into route) and how the logits rows
-  int load = 0;            // are loaded (0: the next one into registers, 1: all of a warp's by cp.async)
+                           // route, 1: whole rows in route_map, 3 / 4: fused into route; 5: CTA-run only) and how
+  int load = 0;            // the logits rows are loaded (0 only: the next one into registers)
+  int tpt = 0;             // threads per token: 0 the warp kernel, 4 / 8 / 16 the CTA-run kernel (tpw 32 / tpt)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
                            // 3 eight clear winners per token with sub-ulp differences among them
 };
 
 // The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load) with the case's config forced for
+// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load, tpt) with the case's config forced for
 // the scope's lifetime.
 detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   detail::Specialization s;
@@ -61,6 +62,7 @@ detail::Specialization route_spec_of(Runtime& r, const Case& c) {
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
   s.config[3] = c.load;
+  s.config[4] = c.tpt;
   return s;
 }
 std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
@@ -71,11 +73,11 @@ std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c
 }
 
 std::string name(const Case& c) {
-  char b[200];
-  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d load=%d map=%d",
+  char b[220];
+  std::snprintf(b, sizeof b, "T=%lld E=%lld k=%d %s groups=%d/%d renorm=%d scale=%g bias=%d P=%d config=%dx%d fill=%d load=%d tpt=%d map=%d pattern=%d",
                 static_cast<long long>(c.T), static_cast<long long>(c.E), c.o.top_k,
                 c.o.score == MoeScore::sigmoid ? "sigmoid" : "softmax", c.o.n_group, c.o.topk_group, c.o.renormalize,
-                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.load, c.with_map);
+                c.o.scaling_factor, c.bias, c.P, c.warps, c.tpw, c.fill, c.load, c.tpt, c.with_map, c.pattern);
   return b;
 }
 
@@ -206,21 +208,18 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({999, 96, {4, MoeScore::softmax, 2, 1, true, 1.0f}, true, 16}, 9);      // a group spans 4 lanes
   run_case({64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 10);   // one lane per token
 }
-// Route configs of the search space (chunks of 32 or 64 tokens; the −1 fill in route, whole rows in route_map, or the
-// map fused into route with the −1 fill per token, after the warp's tokens or after the CTA's arrival; load 0 / 1),
-// with and without the map, on the
+// Route configs of the warp kernel's search space (chunks of 32 or 64 tokens; the −1 fill in route, whole rows in
+// route_map, or the map fused into route with the −1 fill after the warp's tokens or after the CTA's arrival), with and
+// without the map, on the
 // target routing and odd shapes (a partial last lane, groups spanning 5 lanes, two groups per lane, one lane per
 // token); a shape whose shared memory the search space excludes (E = 512 at 16 × 4) is skipped. The fused configs at
-// T = 65536 (2048 chunks: more than fit at once) exercise their fallback to fill 0 / 1.
+// T = 65536 (2048 chunks: more than fit at once) exercise their fallback to fill 1.
 TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
   struct Cfg { int warps, tpw, fill, load; };
   for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 0}, Cfg{8, 4, 1, 0}, Cfg{16, 2, 0, 0},
-                       Cfg{8, 4, 2, 0}, Cfg{16, 2, 2, 0}, Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0},
-                       Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}, Cfg{8, 4, 4, 1}, Cfg{16, 2, 3, 1}, Cfg{16, 2, 4, 1},
-                       Cfg{16, 4, 1, 1}, Cfg{8, 4, 1, 1}, Cfg{16, 2, 0, 1}, Cfg{8, 4, 0, 1}})
+                       Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0}, Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
-      if (k.load && !k.fill && with_map) continue;  // load 1 goes with fill 1 / 3 / 4, or without the map
       auto forced = [&](Case c) {
         c.warps = k.warps;
         c.tpw = k.tpw;
@@ -231,13 +230,6 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
       };
       run_case(forced({8192, 256, kLing, true, 16, true, with_map && k.warps == 16}), 300 + k.warps + k.tpw);
       if (k.warps == 8 && k.tpw == 4) run_case(forced({65536, 256, kLing, true, 16}), 320 + k.fill + 4 * k.load);
-      if (k.load) {
-        // Sigmoid without a bias, without groups, and a partial last lane.
-        for (const Case& o : {Case{4096, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
-                              Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, true, 32},
-                              Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16}})
-          if (detail::in_search_space(route_spec_of(rt(), forced(o)))) run_case(forced(o), 330 + k.warps + k.load);
-      }
       for (const Case& o : {Case{1, 256, kLing, true, 16}, Case{1000, 160, {6, MoeScore::softmax, 4, 2, false, 1.5f}, true, 1},
                             Case{300, 512, {8, MoeScore::sigmoid, 16, 4, true, 2.0f}, true, 64},
                             Case{64, 12, {3, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16},
@@ -248,7 +240,7 @@ TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
 }
 // Ties, ulp-level differences, NaN/±inf logits and huge biases must match the reference bit for bit (ties to the lower
 // expert index; refills of a lane's two-entry list when it wins more than two picks; sub-ulp winners ordered by their
-// exact keys), with both row loads.
+// exact keys).
 TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
   for (int pattern : {1, 2, 3})
     for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f},
@@ -263,16 +255,10 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       run_case(c, 410 + pattern);
       c.warps = 8;
       c.tpw = 4;
-      c.fill = 2;
-      run_case(c, 420 + pattern);
       c.fill = 3;
       run_case(c, 430 + pattern);
       c.fill = 4;
       run_case(c, 435 + pattern);
-      c.load = 1;  // rows by cp.async
-      run_case(c, 470 + pattern);
-      c.fill = 3;
-      run_case(c, 475 + pattern);
       c.fill = 1;
       c.warps = 16;
       c.tpw = 2;
@@ -280,6 +266,56 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
       c.with_map = false;
       c.fill = 0;
       if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 465 + pattern);
+    }
+}
+// The CTA-run kernel (tpt 16: contiguous token runs per CTA, 16 threads per token, rank-counted candidates, bulk row
+// copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written): every config of its space on the target routing at the token counts (runs of 32 … 64 tokens, a
+// partial last run, a partial last warp), with and without the map; the shapes it serves beside Ling (no groups,
+// groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
+// NaN/±inf, huge biases and sub-ulp winners; T = 65536 (more runs than fit at once) falls back to the warp kernel.
+TEST_F(MoeRoutingTest, CtaRunKernel) {
+  struct Cfg { int warps, fill, tpt; };
+  for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16}})
+    for (bool with_map : {true, false}) {
+      if (!with_map && k.fill != 3) continue;
+      auto forced = [&](Case c) {
+        c.warps = k.warps;
+        c.tpw = 32 / k.tpt;
+        c.fill = with_map ? k.fill : 0;
+        c.tpt = k.tpt;
+        c.with_map = with_map;
+        return c;
+      };
+      // Every config on the target at 7 and 8192 tokens; partial runs and warps and 65536 tokens on one shape per
+      // threads-per-token with the −1 rows at the start (and all rows after the arrival at tpt 16); other shapes and
+      // ties on the −1-rows-at-the-start shapes only (each shape is a compile: device time is scarce).
+      for (int64_t T : {7, 8192})
+        run_case(forced({T, 256, kLing, true, 16, true, T == 8192}), 500 + T + k.warps + k.fill + k.tpt + with_map);
+      const bool full = k.fill == 3 && k.warps == 16;
+      if (!full && !(k.fill == 5 && k.tpt == 16 && k.warps == 16)) continue;
+      for (int64_t T : {1, 33, 4096, 8191})
+        run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
+      run_case(forced({65536, 256, kLing, true, 16}), 590 + k.fill + k.tpt + with_map);
+      if (!full) continue;
+      for (const Case& o : {Case{4096, 64, {2, MoeScore::sigmoid, 1, 1, false, 1.0f}, false, 32},
+                            Case{1000, 160, {8, MoeScore::sigmoid, 1, 1, true, 1.0f}, true, 16},
+                            Case{1000, 160, {4, MoeScore::sigmoid, 4, 2, true, 1.5f}, true, 1},
+                            Case{3000, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
+                            Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
+        // (E = 160 does not fit 16 threads per token: E/16 = 10 experts, not a multiple of 4.)
+        const bool fits = o.E != 160;
+        ASSERT_EQ(detail::in_search_space(route_spec_of(rt(), forced(o))), fits) << name(forced(o));
+        if (fits) run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
+      }
+      for (int pattern : {1, 2, 3})
+        for (const MoeRoutingOptions& o : {kLing, MoeRoutingOptions{8, MoeScore::sigmoid, 1, 1, true, 1.0f}}) {
+          Case c = forced({600, o.n_group == 4 ? 160 : 256, o, true, 16});
+          if (!detail::in_search_space(route_spec_of(rt(), c))) continue;
+          c.pattern = pattern;
+          run_case(c, 560 + pattern + k.warps);
+          c.bias = false;
+          run_case(c, 570 + pattern + k.warps);
+        }
     }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
