@@ -162,10 +162,10 @@ void set_warp_default(Specialization& s, bool map) {
 // CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 rounds 3 and 5 at
 // T = 8192: 19.15 / 18.94 µs against 20.40 / 19.81 for the warp kernel (round 4: 20.70 against 19.97); 4096: 15.06
 // (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87. Where its grid does not fit at once (T = 65536) the op runs the warp
-// kernel's default instead. Without the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43).
+// kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43).
 void set_route_default(Specialization& s) {
   const bool map = s.params[P_MAP] != 0;
-  if (map && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
+  if (map && s.arch.sm >= 90 && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
                     s.params[P_TOPK_GROUPS], 16)) {
     s.config = {};
     s.config[C_WARPS] = 16;
@@ -241,6 +241,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     // start, after the arrival, or with the prob / map rows after the arrival (fill 3 / 4 / 5 with the map; without
     // it fill 0). (4 and 8 threads per token measured slower in every round of session 7 and were removed.)
     for (int tpt : {16}) {
+      if (base.arch.sm < 90) break;  // (cp.async.bulk and mbarrier try_wait: sm_90 and later)
       if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
       for (int fill : {kFusedFillAfter, kFusedFillLate, kRunDeferAll}) {
         if (!map && fill != kFusedFillAfter) continue;
