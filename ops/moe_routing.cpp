@@ -408,6 +408,26 @@ void check_workspace(const Check& ck, const TensorRef& ws, int64_t need) {
                                             ws.shape[0]));
 }
 
+// The map half of the route kernels' arguments (both route kernels and route_map): the workspace's chunk and
+// superblock counts and the map's outputs; all null without a map.
+MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int* counts, int64_t NC, int64_t SC,
+                      int multiple_of) {
+  MoeChunkMap cm{};
+  if (!map) return cm;
+  cm.chunk_counts = chunk_counts;
+  cm.super = super;
+  cm.counts = counts;
+  cm.row_id_map = static_cast<int*>(map->row_id_map.data);
+  cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
+  cm.padded_counts = static_cast<int*>(map->padded_counts.data);
+  cm.offsets = static_cast<int*>(map->offsets.data);
+  cm.nchunks = static_cast<int>(NC);
+  cm.super_chunks = static_cast<int>(SC);
+  cm.multiple_of = multiple_of;
+  cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
+  return cm;
+}
+
 }  // namespace
 
 KILN_REGISTER_FAMILY(moe_routing, g_family)
@@ -466,20 +486,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       int* chunk_counts = !map ? nullptr : workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
       int* super = map ? chunk_counts + NC * E : nullptr;
       unsigned* arrive = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
-      MoeChunkMap cm{};
-      if (map) {
-        cm.chunk_counts = chunk_counts;
-        cm.super = super;
-        cm.counts = counts;
-        cm.row_id_map = static_cast<int*>(map->row_id_map.data);
-        cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
-        cm.padded_counts = static_cast<int*>(map->padded_counts.data);
-        cm.offsets = static_cast<int*>(map->offsets.data);
-        cm.nchunks = static_cast<int>(NC);
-        cm.super_chunks = static_cast<int>(SC);
-        cm.multiple_of = multiple_of;
-        cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
-      }
+      const MoeChunkMap cm = chunk_map(map, chunk_counts, super, counts, NC, SC, multiple_of);
       const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + 1 : E)};
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
@@ -533,20 +540,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   int* super = map ? chunk_counts + NC * E : nullptr;
   // Records (unfused) or the grid arrival counter (fused) after the superblock rows.
   unsigned* records = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
-  MoeChunkMap cm{};
-  if (map) {
-    cm.chunk_counts = chunk_counts;
-    cm.super = super;
-    cm.counts = counts;
-    cm.row_id_map = static_cast<int*>(map->row_id_map.data);
-    cm.row_id_indices = static_cast<int*>(map->row_id_indices.data);
-    cm.padded_counts = static_cast<int*>(map->padded_counts.data);
-    cm.offsets = static_cast<int*>(map->offsets.data);
-    cm.nchunks = static_cast<int>(NC);
-    cm.super_chunks = static_cast<int>(SC);
-    cm.multiple_of = multiple_of;
-    cm.num_out = map->row_id_indices.defined() ? static_cast<int>(map->row_id_indices.shape[0]) : 0;
-  }
+  const MoeChunkMap cm = chunk_map(map, chunk_counts, super, counts, NC, SC, multiple_of);
   if (T > 0) {
     const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + (fused ? 1 : 0) : E)};
     LaunchDims dz;
