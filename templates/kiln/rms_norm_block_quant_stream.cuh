@@ -151,6 +151,84 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
     store16(dst + kk * step, c);
   }
 }
+
+// ---- TIGHT (variant bit 256, on LEAN): pass 2 of full tiles with addresses from per-item (warp-uniform) bases plus
+// per-thread 32-bit offsets, shared memory at 32-bit addresses with immediate offsets, x contiguous (rows N apart) ----
+
+// MakeQuantPow2 with the reciprocal in one instruction fewer: u = ~(amax + 0x1FFFFF) & 0x7F800000 is 0x7F800000 − t
+// (t's bits lie inside the mask), so min(0x83000000 − t, 0x71000000) = min(u + 0x03800000, 0x71000000): the same bits.
+__device__ __forceinline__ u32 pow2_inv_bits_tight(float amax) {
+  const u32 a = __float_as_uint(amax);
+  const u32 u = ~(a + 0x1fffffu) & 0x7f800000u;
+  const u32 inv = min(u + 0x03800000u, 0x71000000u);
+  return a >= 0x7f800000u ? 0u : inv;
+}
+struct MakeQuantPow2Tight {
+  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+    const u32 inv = pow2_inv_bits_tight(amax);
+    return {__uint_as_float(inv != 0u ? 0x7f000000u - inv : 0x7f800000u), __uint_as_float(inv)};
+  }
+};
+__device__ __forceinline__ Vec16 lds128(u32 addr) {
+  Vec16 v;
+  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
+               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+               : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ u32 lds32(u32 addr) {
+  u32 v;
+  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
+  return v;
+}
+__device__ __forceinline__ void lds64(u32 addr, u32& lo, u32& hi) {
+  asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];" : "=r"(lo), "=r"(hi) : "r"(addr));
+}
+__device__ __forceinline__ void sts32(u32 addr, u32 v) {
+  asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
+}
+// col_quantizers from a 32-bit shared address (cm_at = the address of the thread's first slot, cs0 + 4·half).
+template <class Make>
+__device__ __forceinline__ void col_quantizers_at(u32 cm_at, int half, bool scales, float (&qp)[8], float (&sc)[8],
+                                                  Make make) {
+  float mine_s[4];
+#pragma unroll
+  for (int e = 0; e < 4; ++e) {
+    const bqt::TileQuant quant = make(__uint_as_float(lds32(cm_at + 4 * e)));
+    mine_s[e] = quant.s;
+    const float other = __shfl_xor_sync(0xffffffffu, quant.p, 16);
+    qp[e] = half ? other : quant.p;
+    qp[4 + e] = half ? quant.p : other;
+  }
+  if (scales) {
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+      const float other = __shfl_xor_sync(0xffffffffu, mine_s[e], 16);
+      sc[e] = half ? other : mine_s[e];
+      sc[4 + e] = half ? mine_s[e] : other;
+    }
+  }
+}
+// stage_codes at a 32-bit shared address (st_at = the address of word c0·32 + (hw ^ 2·hl); channel c0 + e 128 bytes
+// on): the same words as bqt::stage_codes.
+__device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8], const float (&qp)[8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e)
+    sts32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
+                                  __fmul_rn(y[3][e], qp[e])));
+}
+// store_block_codes_full from 8-byte halves: lo_at = the shared address of the thread's first 8 output bytes (the
+// staging swizzle's half swap is in the address: the other half is at lo_at ^ 8), piece 1 512 bytes on; dst and
+// dst + step as before.
+__device__ __forceinline__ void store_block_codes_tight(u32 lo_at, u8* dst, i64 step) {
+#pragma unroll
+  for (int kk = 0; kk < 2; ++kk) {
+    Vec16 c;
+    lds64(lo_at + 512 * kk, c.w[0], c.w[1]);
+    lds64((lo_at ^ 8u) + 512 * kk, c.w[2], c.w[3]);
+    store16(dst + kk * step, c);
+  }
+}
 }  // namespace rmsq
 
 // LEAN (config overlap = 3; bit-exact with the default path): constant cp.async waits (every refill commits a group,
@@ -159,10 +237,11 @@ __device__ __forceinline__ void store_block_codes_full(const u32* ct, u8* dst, i
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false>
+          bool START = false, bool TIGHT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
-  static_assert((!FIRST && !START && !TRACE) || LEAN, "FIRST, START and TRACE are LEAN variants");
+  static_assert((!FIRST && !START && !TRACE && !TIGHT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
+  static_assert(!TIGHT || (ROUND && (R & (R - 1)) == 0), "TIGHT: power-of-two scales, a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -263,7 +342,42 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
   const bf16* const xthr = xg + static_cast<i64>(4 * hw) * xs + c0;
   const u32 ring_thr = smem_u32(ring + 4 * hw * 128 + c0);
+  // TIGHT (x contiguous: x_stride == N, checked by the host): the next visit's source as one pointer, its 4 rows at
+  // immediate offsets N·2 bytes apart, advanced by 256 bytes within an item and by the walk's step between items.
+  const char* t_src = reinterpret_cast<const char*>(xthr + iss_off);
   auto issue_lean = [&]() {  // visit `issued` (every call commits a group: empty past the last visit)
+    if constexpr (TIGHT) {
+      if (issued < nvis) {
+        const u32 k = static_cast<u32>(issued);
+        if (iss_rows >= 4) {
+          const u32 dst = ring_thr + (k % static_cast<u32>(R)) * (BLOCK * 2);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, t_src + i * (N * 2));
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const bool ok = i < iss_rows;
+            cp_async16(ring + ((k % static_cast<u32>(R)) * BLOCK + 4 * hw * 128 + c0) + i * 128,
+                       ok ? static_cast<const void*>(t_src + i * (N * 2)) : static_cast<const void*>(xg), ok);
+          }
+        }
+        if (k % static_cast<u32>(CB) == static_cast<u32>(CB - 1)) {  // the next item
+          iss_rows -= dT * ROWS;
+          iss_chunk += dC;
+          t_src += (static_cast<i64>(dT) * ROWS * N + dC * C) * 2 - (CB - 1) * 256;
+          if (iss_chunk >= S) {
+            iss_chunk -= S;
+            iss_rows -= ROWS;
+            t_src += static_cast<i64>(ROWS - 1) * N * 2;  // (ROWS·N − S·C elements)
+          }
+        } else {
+          t_src += 256;
+        }
+      }
+      cp_async_commit();
+      ++issued;
+      return;
+    }
     if (issued < nvis) {
       const int b = issued % CB, slot = issued % R;
       const bf16* src = xthr + iss_off + b * 128;
@@ -471,6 +585,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const i64 qt_off0 = static_cast<i64>(warp * 8 + (lane >> 3)) * a.M + (lane & 7) * 16;
   const bool swap = (warp & 1) != 0;
   const u32 cm_thr = smem_u32(colmax + cs0);
+  // TIGHT: the column-max buffers' base, the thread's staging word c0·32 + (hw ^ 2·hl) (bqt::stage_codes), its qT
+  // piece's first 8 bytes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
+  // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps) and its 32-bit offset in qT (M·N < 2^31).
+  const u32 cm_base = smem_u32(colmax);
+  const u32 st_thr = smem_u32(codes + c0 * 32 + (hw ^ (2 * hl)));
+  const u32 ct_lo = smem_u32(codes + (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1)) + 2 * (warp & 1));
+  const u32 qt_thr = static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16;
   auto store_codes_any = [&](const u32* ct, int pm0, int pvalid, int pcol) {
     if (aligned16 && pvalid == ROWS)
       store_block_codes_full(ct + ct_off0, a.qT + static_cast<i64>(pcol) * a.M + pm0 + qt_off0,
@@ -494,6 +615,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     const int col0 = item_col(it);
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
+      constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
+      // TF: the item's bases of the row codes and scales (warp-uniform); a thread adds 32-bit offsets.
+      u8* const q_it = a.q + static_cast<i64>(m0) * N + col0;
+      float* const qs_it = a.q_scale + static_cast<i64>(static_cast<u32>(col0) / 128u) * a.M + m0;
 #pragma unroll 1
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
@@ -502,7 +627,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
         }
         Vec16 xv[4];
-        read_visit(k, xv);
+        if constexpr (TF) {
+          const u32 at = ring_thr + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) xv[i] = lds128(at + i * 256);
+        } else {
+          read_visit(k, xv);
+        }
         float w8[8];
 #pragma unroll
         for (int j = 0; j < WV; ++j)
@@ -514,15 +645,43 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         norm_y(xv, rv, w8, y);
         release(k);  // y depends on the values: this thread's pieces of the slot are free
 
-        block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
+        if constexpr (TF) {
+          bqt::row_codes(y, hl, lane, 4, q_it + b * 128 + static_cast<u32>(4 * hw * N + c0), N,
+                         qs_it + static_cast<i64>(b) * a.M + static_cast<u32>(4 * hw + (hl >> 2)),
+                         MakeQuantPow2Tight{}, Apply<true>{});
+        } else {
+          block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
+        }
 
         block_col_max_at(cm_thr + cmi * (132 * 4), y);
-        if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
+        if constexpr (TF) {
+          if (tid < 132) sts32(cm_base + (cmi == 2 ? 0 : cmi + 1) * (132 * 4) + 4 * tid, 0u);
+        } else {
+          if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
+        }
         __syncthreads();
-        if (prev_col >= 0) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+        if (prev_col >= 0) {
+          if constexpr (TF) {
+            if (aligned16 && prev_valid == ROWS)
+              store_block_codes_tight(ct_lo + ((nb + 1) & 1) * 16384,
+                                      a.qT + static_cast<i64>(prev_col) * a.M + prev_m0 + qt_thr,
+                                      static_cast<i64>(4) * a.M);
+            else
+              store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+          } else {
+            store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+          }
+        }
 
-        block_col_codes<N, ROUND, true>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw, hl,
-                                  cs0, scale_aligned);
+        if constexpr (TF) {
+          float qp[8], sc[8];
+          col_quantizers_at(cm_thr + 16 * half + cmi * (132 * 4), half, warp == 0, qp, sc, MakeQuantPow2Tight{});
+          if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
+          stage_codes_at(st_thr + (nb & 1) * 16384, y, qp);
+        } else {
+          block_col_codes<N, ROUND, true>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw,
+                                          hl, cs0, scale_aligned);
+        }
         prev_m0 = m0;
         prev_valid = valid;
         prev_col = col;
@@ -629,12 +788,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 }
 
 // The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
-// (measurement only), 128 START.
+// (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0>(
-      sa);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
+                                   (V & 256) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
