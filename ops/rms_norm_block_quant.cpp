@@ -46,7 +46,7 @@ constexpr int kStreamGlobal = 3;
 // after the block barrier — 29.8–30.1 µs at N = 2048, 99.3 at 7168 against LEAN's 29.4–29.7 / 95.6 — the same at
 // two CTAs an SM, 64 registers with spills — 40.2 / 196.3 — and with an L2 evict-first hint — 29.9 / 101.9; removed.)
 constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
-// 256 TIGHT (LEAN, power-of-two scales): pass 2 of full tiles from per-item bases and per-thread 32-bit offsets, shared
+// 256 TIGHT (LEAN; with power-of-two scales only, else the bit changes nothing): pass 2 of full tiles from per-item bases and per-thread 32-bit offsets, shared
 // memory at 32-bit addresses, the refill from one pointer with x's rows at immediate offsets. Needs x contiguous and
 // M·N < 2^31 (launch_stream drops the bit otherwise: LEAN runs, the same bits).
 constexpr int kStreamTight = 256;
@@ -334,7 +334,6 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   // 95.60 with two — and FIRST alone — 30.80 / 101.25; removed, as was pass 1 two items ahead, which needs R = 3·CB.)
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kStreamLean | kStreamTight}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
-    if ((overlap & kStreamTight) && !base.params[P_ROUND]) continue;  // (TIGHT: power-of-two scales)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R) > 227 * 1024) continue;
       if (overlap != 1 && R != 2 * cb) continue;

@@ -237,11 +237,12 @@ __device__ __forceinline__ void store_block_codes_tight(u32 lo_at, u8* dst, i64 
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false, bool TIGHT = false>
+          bool START = false, bool TIGHT_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
-  static_assert((!FIRST && !START && !TRACE && !TIGHT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
-  static_assert(!TIGHT || (ROUND && (R & (R - 1)) == 0), "TIGHT: power-of-two scales, a power-of-two ring");
+  static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
+  constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
+  static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;

@@ -578,6 +578,12 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       // other blocks requested after item 0's exchange; M = 300 at N = 7168: one item a CTA, M = 1: one row
       {2048, 2, 16, 2, 1, 4, 163, 3, 4003}, {7168, 2, 16, 2, 1, 4, 163, 3, 300}, {2048, 2, 16, 2, 1, 4, 163, 3, 8000},
       {7168, 2, 16, 2, 1, 4, 163, 3, 1000}, {2048, 2, 16, 2, 1, 4, 163, 3, 1},
+      // TIGHT (LEAN + bit 256): the refill from one pointer, pass 2 of full tiles from per-item bases and 32-bit
+      // offsets; partial last tiles and M % 16 != 0 take the LEAN code inside it (index % 3 == 2: round_scale 0)
+      {2048, 2, 16, 2, 1, 4, 259, 3, 8000}, {2048, 2, 16, 2, 1, 4, 259, 3, 4003}, {128, 2, 16, 1, 1, 2, 259, 3, 50001},
+      {7168, 2, 16, 2, 1, 4, 259, 3, 4003}, {2048, 2, 16, 1, 1, 2, 259, 3, 1000}, {4096, 2, 16, 2, 1, 4, 259, 3, 3001},
+      {7168, 2, 16, 1, 1, 2, 259, 3, 8192}, {2048, 2, 16, 2, 1, 4, 259, 3, 8192}, {2048, 2, 16, 2, 1, 4, 259, 3, 1},
+      {7168, 2, 16, 2, 1, 4, 259, 3, 300},  {4096, 2, 16, 2, 1, 4, 259, 3, 8192},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
