@@ -187,25 +187,24 @@ __device__ __forceinline__ void lds64(u32 addr, u32& lo, u32& hi) {
 __device__ __forceinline__ void sts32(u32 addr, u32 v) {
   asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
 }
-// col_quantizers from a 32-bit shared address (cm_at = the address of the thread's first slot, cs0 + 4·half).
-template <class Make>
-__device__ __forceinline__ void col_quantizers_at(u32 cm_at, int half, bool scales, float (&qp)[8], float (&sc)[8],
-                                                  Make make) {
-  float mine_s[4];
+// bqt::col_quantizers with MakeQuantPow2Tight from a 32-bit shared address (cm_at = the address of the thread's first
+// slot, cs0 + 4·half): the multipliers qp of channels c0 … c0+7 and, with `scales` (warp-uniform), their scales sc
+// (0x7F000000 − the reciprocal's bits, inf for 0), formed only there.
+__device__ __forceinline__ void col_quantizers_tight(u32 cm_at, int half, bool scales, float (&qp)[8], float (&sc)[8]) {
+  u32 inv[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
-    const bqt::TileQuant quant = make(__uint_as_float(lds32(cm_at + 4 * e)));
-    mine_s[e] = quant.s;
-    const float other = __shfl_xor_sync(0xffffffffu, quant.p, 16);
-    qp[e] = half ? other : quant.p;
-    qp[4 + e] = half ? quant.p : other;
+    inv[e] = pow2_inv_bits_tight(__uint_as_float(lds32(cm_at + 4 * e)));
+    const float p = __uint_as_float(inv[e]);
+    const float other = __shfl_xor_sync(0xffffffffu, p, 16);
+    qp[e] = half ? other : p;
+    qp[4 + e] = half ? p : other;
   }
   if (scales) {
 #pragma unroll
-    for (int e = 0; e < 4; ++e) {
-      const float other = __shfl_xor_sync(0xffffffffu, mine_s[e], 16);
-      sc[e] = half ? other : mine_s[e];
-      sc[4 + e] = half ? mine_s[e] : other;
+    for (int e = 0; e < 8; ++e) {
+      const u32 v = __float_as_uint(qp[e]);
+      sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
     }
   }
 }
@@ -263,6 +262,27 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const int hw = warp * 2 + half;    // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;             // channels c0 … c0+7 of a block
   const int cs0 = c0 + (c0 >> 5);    // column-max slot of channel c0 (c0 + e: cs0 + e)
+  // TIGHT: the per-thread constants of the ring and pass 2 in shared memory ([kRmsqStreamTightConsts][512] words after
+  // the column-max buffers, each thread its own: no barrier; written and read through volatile asm, so in program
+  // order), one LDS at their use instead of rematerializing them from tid under the register cap.
+  const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
+  auto thr_const = [&](int j) { return lds32(tab_at + j * (THREADS * 4)); };
+  enum { kRing = 0, kStage = 1, kCodesLo = 2, kQt = 3, kColMax = 4, kQ = 5 };
+  static_assert(kQ < kRmsqStreamTightConsts, "the table's size (rms_norm_block_quant_stream_smem_bytes)");
+  if constexpr (TIGHT) {
+    // kQt: the thread's qT piece's offset, (8·warp + (lane >> 3))·M + (lane & 7)·16 (< M·N < 2^31); kCodesLo: its
+    // first 8 bytes in the staged codes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
+    // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps); kStage: the thread's staging word
+    // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kColMax: its column-max slot cs0; kQ: its row codes' offset in a block.
+    sts32(tab_at + kRing * (THREADS * 4), smem_u32(ring + 4 * hw * 128 + c0));
+    sts32(tab_at + kStage * (THREADS * 4), smem_u32(codes + c0 * 32 + (hw ^ (2 * hl))));
+    sts32(tab_at + kCodesLo * (THREADS * 4),
+          smem_u32(codes + (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1)) + 2 * (warp & 1)));
+    sts32(tab_at + kQt * (THREADS * 4),
+          static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16);
+    sts32(tab_at + kColMax * (THREADS * 4), smem_u32(colmax + cs0));
+    sts32(tab_at + kQ * (THREADS * 4), static_cast<u32>(4 * hw * N + c0));
+  }
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
   u64 tr_t0 = 0;
@@ -351,7 +371,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       if (issued < nvis) {
         const u32 k = static_cast<u32>(issued);
         if (iss_rows >= 4) {
-          const u32 dst = ring_thr + (k % static_cast<u32>(R)) * (BLOCK * 2);
+          const u32 dst = thr_const(kRing) + (k % static_cast<u32>(R)) * (BLOCK * 2);
 #pragma unroll
           for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, t_src + i * (N * 2));
         } else {
@@ -590,9 +610,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // piece's first 8 bytes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
   // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps) and its 32-bit offset in qT (M·N < 2^31).
   const u32 cm_base = smem_u32(colmax);
-  const u32 st_thr = smem_u32(codes + c0 * 32 + (hw ^ (2 * hl)));
-  const u32 ct_lo = smem_u32(codes + (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1)) + 2 * (warp & 1));
-  const u32 qt_thr = static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16;
   auto store_codes_any = [&](const u32* ct, int pm0, int pvalid, int pcol) {
     if (aligned16 && pvalid == ROWS)
       store_block_codes_full(ct + ct_off0, a.qT + static_cast<i64>(pcol) * a.M + pm0 + qt_off0,
@@ -617,9 +634,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
-      // TF: the item's bases of the row codes and scales (warp-uniform); a thread adds 32-bit offsets.
-      u8* const q_it = a.q + static_cast<i64>(m0) * N + col0;
-      float* const qs_it = a.q_scale + static_cast<i64>(static_cast<u32>(col0) / 128u) * a.M + m0;
 #pragma unroll 1
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
@@ -629,7 +643,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         }
         Vec16 xv[4];
         if constexpr (TF) {
-          const u32 at = ring_thr + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
+          const u32 at = thr_const(kRing) + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
 #pragma unroll
           for (int i = 0; i < 4; ++i) xv[i] = lds128(at + i * 256);
         } else {
@@ -646,15 +660,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         norm_y(xv, rv, w8, y);
         release(k);  // y depends on the values: this thread's pieces of the slot are free
 
-        if constexpr (TF) {
-          bqt::row_codes(y, hl, lane, 4, q_it + b * 128 + static_cast<u32>(4 * hw * N + c0), N,
-                         qs_it + static_cast<i64>(b) * a.M + static_cast<u32>(4 * hw + (hl >> 2)),
+        if constexpr (TF) {  // (offsets < M·N < 2^31)
+          bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
+                         a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
+                                      static_cast<u32>(m0 + 4 * hw + (hl >> 2))),
                          MakeQuantPow2Tight{}, Apply<true>{});
         } else {
           block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
         }
 
-        block_col_max_at(cm_thr + cmi * (132 * 4), y);
+        block_col_max_at((TF ? thr_const(kColMax) : cm_thr) + cmi * (132 * 4), y);
         if constexpr (TF) {
           if (tid < 132) sts32(cm_base + (cmi == 2 ? 0 : cmi + 1) * (132 * 4) + 4 * tid, 0u);
         } else {
@@ -664,9 +679,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if (prev_col >= 0) {
           if constexpr (TF) {
             if (aligned16 && prev_valid == ROWS)
-              store_block_codes_tight(ct_lo + ((nb + 1) & 1) * 16384,
-                                      a.qT + static_cast<i64>(prev_col) * a.M + prev_m0 + qt_thr,
-                                      static_cast<i64>(4) * a.M);
+              store_block_codes_tight(
+                  thr_const(kCodesLo) + ((nb + 1) & 1) * 16384,
+                  a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
+                  static_cast<i64>(4) * a.M);
             else
               store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
           } else {
@@ -676,9 +692,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
         if constexpr (TF) {
           float qp[8], sc[8];
-          col_quantizers_at(cm_thr + 16 * half + cmi * (132 * 4), half, warp == 0, qp, sc, MakeQuantPow2Tight{});
+          col_quantizers_tight(thr_const(kColMax) + 16 * half + cmi * (132 * 4), half, warp == 0, qp, sc);
           if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
-          stage_codes_at(st_thr + (nb & 1) * 16384, y, qp);
+          stage_codes_at(thr_const(kStage) + (nb & 1) * 16384, y, qp);
         } else {
           block_col_codes<N, ROUND, true>(a, y, colmax + cmi * 132, codes + (nb & 1) * 4096, tb, col, warp, half, hw,
                                           hl, cs0, scale_aligned);

@@ -38,8 +38,12 @@ constexpr int kRmsqStreamThreads = 512;
 // At most this many ring slots (128×128 bf16 blocks of 32 KiB).
 constexpr int kRmsqStreamMaxRing = 5;
 
+// The TIGHT variant's per-thread constants in shared memory (words a thread).
+constexpr int kRmsqStreamTightConsts = 6;
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
-// column-maxima buffers (132 padded slots).
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R) { return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4; }
+// column-maxima buffers (132 padded slots), TIGHT: the per-thread constants.
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false) {
+  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? kRmsqStreamTightConsts * kRmsqStreamThreads * 4 : 0);
+}
 
 }  // namespace kiln

@@ -130,6 +130,30 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   }
 }
 
+// One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
+// -c 4`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT at N = 2048 and 7168.
+TEST_F(RmsqStreamMeasure, Profile) {
+  const std::vector<StreamCfg> cfgs = {
+      {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
+      {"2048 LEAN+TIGHT R4", 2048, 2, 4, 259, "2048 LEAN R4"},
+      {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
+      {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 LEAN R4"},
+  };
+  Runtime& r = rt();
+  bind_device(r);
+  std::map<int64_t, detail::BenchInstance> inst;
+  for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, 8192, N, 2, true, false));
+  std::map<std::string, std::vector<uint8_t>> outs;
+  for (const StreamCfg& c : cfgs) {
+    SCOPED_TRACE(c.name);
+    force(c);
+    inst.at(c.N).run(nullptr);
+    synchronize();
+    outs[c.name] = download_outputs(inst.at(c.N));
+    if (c.baseline) EXPECT_TRUE(outs.at(c.name) == outs.at(c.baseline)) << "outputs differ from " << c.baseline;
+  }
+}
+
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = {
