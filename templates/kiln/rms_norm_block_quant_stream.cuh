@@ -267,13 +267,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // order), one LDS at their use instead of rematerializing them from tid under the register cap.
   const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
   auto thr_const = [&](int j) { return lds32(tab_at + j * (THREADS * 4)); };
-  enum { kRing = 0, kStage = 1, kCodesLo = 2, kQt = 3, kColMax = 4, kQ = 5 };
-  static_assert(kQ < kRmsqStreamTightConsts, "the table's size (rms_norm_block_quant_stream_smem_bytes)");
+  enum { kRing = 0, kStage = 1, kCodesLo = 2, kQt = 3, kColMax = 4, kQ = 5, kQs = 6, kW = 7 };
+  static_assert(kW < kRmsqStreamTightConsts, "the table's size (rms_norm_block_quant_stream_smem_bytes)");
   if constexpr (TIGHT) {
     // kQt: the thread's qT piece's offset, (8·warp + (lane >> 3))·M + (lane & 7)·16 (< M·N < 2^31); kCodesLo: its
     // first 8 bytes in the staged codes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
     // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps); kStage: the thread's staging word
-    // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kColMax: its column-max slot cs0; kQ: its row codes' offset in a block.
+    // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kColMax: its column-max slot cs0; kQ: its row codes' offset in a block;
+    // kQs: its row scale's row; kW: its weights' byte offset.
     sts32(tab_at + kRing * (THREADS * 4), smem_u32(ring + 4 * hw * 128 + c0));
     sts32(tab_at + kStage * (THREADS * 4), smem_u32(codes + c0 * 32 + (hw ^ (2 * hl))));
     sts32(tab_at + kCodesLo * (THREADS * 4),
@@ -282,6 +283,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16);
     sts32(tab_at + kColMax * (THREADS * 4), smem_u32(colmax + cs0));
     sts32(tab_at + kQ * (THREADS * 4), static_cast<u32>(4 * hw * N + c0));
+    sts32(tab_at + kQs * (THREADS * 4), static_cast<u32>(4 * hw + (hl >> 2)));  // the row scale's (lanes 4R)
+    sts32(tab_at + kW * (THREADS * 4), static_cast<u32>(c0 * (W_F32 ? 4 : 2)));  // the weights' byte offset
   }
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
@@ -622,7 +625,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr int WV = W_F32 ? 2 : 1;  // 16-byte pieces of a thread's 8 weights
   Vec16 wpre[WV];
   auto load_w = [&](int col) {
-    const char* p = static_cast<const char*>(a.w) + static_cast<i64>(col + c0) * (W_F32 ? 4 : 2);
+    const char* p = TIGHT ? static_cast<const char*>(a.w) + (static_cast<u32>(col * (W_F32 ? 4 : 2)) + thr_const(kW))
+                          : static_cast<const char*>(a.w) + static_cast<i64>(col + c0) * (W_F32 ? 4 : 2);
 #pragma unroll
     for (int j = 0; j < WV; ++j) wpre[j] = load16(p + 16 * j);
   };
@@ -662,8 +666,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
         if constexpr (TF) {  // (offsets < M·N < 2^31)
           bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
-                         a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
-                                      static_cast<u32>(m0 + 4 * hw + (hl >> 2))),
+                         a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
+                                      thr_const(kQs)),
                          MakeQuantPow2Tight{}, Apply<true>{});
         } else {
           block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);

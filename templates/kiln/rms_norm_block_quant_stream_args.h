@@ -39,7 +39,7 @@ constexpr int kRmsqStreamThreads = 512;
 constexpr int kRmsqStreamMaxRing = 5;
 
 // The TIGHT variant's per-thread constants in shared memory (words a thread).
-constexpr int kRmsqStreamTightConsts = 6;
+constexpr int kRmsqStreamTightConsts = 8;
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
 // column-maxima buffers (132 padded slots), TIGHT: the per-thread constants.
 constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false) {
