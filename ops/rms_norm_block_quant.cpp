@@ -113,7 +113,8 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s))
-    return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0);
+    return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
+                                                  static_cast<int>(s.params[P_N]));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -337,7 +338,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
-          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0) > 227 * 1024)
+          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
+              227 * 1024)
         continue;
       if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;

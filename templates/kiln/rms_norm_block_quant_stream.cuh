@@ -256,6 +256,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * BLOCK * 2);  // [2][128 channels][32 slots of 4 tokens]
   u32* colmax = codes + 2 * 128 * 32;                              // [3][132] float bits, padded slots
+  // TIGHT: [kRmsqStreamTightConsts][512] per-thread constants, then the N weights as fp32.
+  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + kRmsqStreamTightConsts * THREADS);
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -274,7 +276,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     // first 8 bytes in the staged codes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
     // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps); kStage: the thread's staging word
     // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kColMax: its column-max slot cs0; kQ: its row codes' offset in a block;
-    // kQs: its row scale's row; kW: its weights' byte offset.
+    // kQs: its row scale's row; kW: its first weight in shared memory (fp32, wsm).
     sts32(tab_at + kRing * (THREADS * 4), smem_u32(ring + 4 * hw * 128 + c0));
     sts32(tab_at + kStage * (THREADS * 4), smem_u32(codes + c0 * 32 + (hw ^ (2 * hl))));
     sts32(tab_at + kCodesLo * (THREADS * 4),
@@ -284,7 +286,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     sts32(tab_at + kColMax * (THREADS * 4), smem_u32(colmax + cs0));
     sts32(tab_at + kQ * (THREADS * 4), static_cast<u32>(4 * hw * N + c0));
     sts32(tab_at + kQs * (THREADS * 4), static_cast<u32>(4 * hw + (hl >> 2)));  // the row scale's (lanes 4R)
-    sts32(tab_at + kW * (THREADS * 4), static_cast<u32>(c0 * (W_F32 ? 4 : 2)));  // the weights' byte offset
+    sts32(tab_at + kW * (THREADS * 4), smem_u32(wsm + c0));  // the thread's first weight in shared memory
   }
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
@@ -450,6 +452,20 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
   // ---- setup (overlaps the first copies) ----
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
+  if constexpr (TIGHT) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
+    static_assert(N % 4 == 0, "whole 4-weight pieces");
+    for (int i = 4 * tid; i < N; i += 4 * THREADS) {
+      float4 f;
+      if constexpr (W_F32) {
+        f = *reinterpret_cast<const float4*>(static_cast<const float*>(a.w) + i);
+      } else {
+        const uint2 v = *reinterpret_cast<const uint2*>(static_cast<const bf16*>(a.w) + i);
+        f = make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
+                        __uint_as_float(v.y & 0xffff0000u));
+      }
+      *reinterpret_cast<float4*>(wsm + i) = f;
+    }
+  }
   __syncthreads();
 
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
@@ -622,13 +638,32 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
   // LEAN: the weights of the next block to quantize, loaded a block ahead (an item's last block loads the next item's
   // first: that L2 round trip hides behind pass 1 and the exchange instead of stalling the block's first multiply).
+  // TIGHT: all N weights as fp32 in shared memory instead (written in the setup), two LDS.128 a block.
   constexpr int WV = W_F32 ? 2 : 1;  // 16-byte pieces of a thread's 8 weights
   Vec16 wpre[WV];
   auto load_w = [&](int col) {
-    const char* p = TIGHT ? static_cast<const char*>(a.w) + (static_cast<u32>(col * (W_F32 ? 4 : 2)) + thr_const(kW))
-                          : static_cast<const char*>(a.w) + static_cast<i64>(col + c0) * (W_F32 ? 4 : 2);
+    if constexpr (!TIGHT) {
+      const char* p = static_cast<const char*>(a.w) + static_cast<i64>(col + c0) * (W_F32 ? 4 : 2);
 #pragma unroll
-    for (int j = 0; j < WV; ++j) wpre[j] = load16(p + 16 * j);
+      for (int j = 0; j < WV; ++j) wpre[j] = load16(p + 16 * j);
+    }
+  };
+  auto weights = [&](int col, float (&w8)[8]) {  // the block at `col`'s (LEAN: loaded a block ahead into wpre)
+    if constexpr (TIGHT) {
+      const u32 at = thr_const(kW) + col * 4;
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        const Vec16 v = lds128(at + 16 * j);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) w8[4 * j + i] = __uint_as_float(v.w[i]);
+      }
+    } else {
+#pragma unroll
+      for (int j = 0; j < WV; ++j)
+#pragma unroll
+        for (int i = 0; i < 8 / WV; ++i)
+          w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
+    }
   };
   auto pass2_lean = [&](int it, const float (&rv)[4]) {
     const int m0 = tile_m0(it);
@@ -638,7 +673,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
-#pragma unroll 1
+      constexpr int UNROLL = TF ? CB : 1;  // (TF: the item's blocks unrolled — no per-block bookkeeping)
+#pragma unroll UNROLL
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
         const int k = it * CB + b;
@@ -654,11 +690,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           read_visit(k, xv);
         }
         float w8[8];
-#pragma unroll
-        for (int j = 0; j < WV; ++j)
-#pragma unroll
-          for (int i = 0; i < 8 / WV; ++i)
-            w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
+        weights(col, w8);
         load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);  // (item it + 1's first block: nxt_chunk)
         float y[4][8];
         norm_y(xv, rv, w8, y);
