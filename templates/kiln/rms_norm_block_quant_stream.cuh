@@ -31,6 +31,7 @@
 #include "kiln/block_quant_tile.cuh"
 #include "kiln/rms_norm_block_quant.cuh"
 #include "kiln/rms_norm_block_quant_stream_args.h"
+#include "kiln/mbarrier.cuh"
 
 namespace kiln {
 namespace rmsq {
@@ -236,11 +237,12 @@ __device__ __forceinline__ void store_block_codes_tight(u32 lo_at, u8* dst, i64 
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false, bool TIGHT_BIT = false>
+          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
   constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
+  constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -258,6 +260,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   u32* colmax = codes + 2 * 128 * 32;                              // [3][132] float bits, padded slots
   // TIGHT: [kRmsqStreamTightConsts][512] per-thread constants, then the N weights as fp32.
   float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + kRmsqStreamTightConsts * THREADS);
+  const u32 split_bar = smem_u32(wsm + N);  // SPLIT: the block barrier's mbarrier (16 arrivals: one a warp)
+  u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -452,6 +456,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
   // ---- setup (overlaps the first copies) ----
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
+  if constexpr (SPLIT) {
+    if (tid == 0) mbar_init(split_bar, WARPS);
+  }
   if constexpr (TIGHT) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
     for (int i = 4 * tid; i < N; i += 4 * THREADS) {
@@ -696,14 +703,17 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         norm_y(xv, rv, w8, y);
         release(k);  // y depends on the values: this thread's pieces of the slot are free
 
-        if constexpr (TF) {  // (offsets < M·N < 2^31)
-          bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
-                         a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
-                                      thr_const(kQs)),
-                         MakeQuantPow2Tight{}, Apply<true>{});
-        } else {
-          block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
-        }
+        auto row_codes_now = [&]() {
+          if constexpr (TF) {  // (offsets < M·N < 2^31)
+            bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
+                           a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
+                                        thr_const(kQs)),
+                           MakeQuantPow2Tight{}, Apply<true>{});
+          } else {
+            block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
+          }
+        };
+        if constexpr (!(TF && SPLIT)) row_codes_now();
 
         block_col_max_at((TF ? thr_const(kColMax) : cm_thr) + cmi * (132 * 4), y);
         if constexpr (TF) {
@@ -711,7 +721,17 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         } else {
           if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         }
-        __syncthreads();
+        if constexpr (TF && SPLIT) {
+          // The block barrier split: each warp arrives once its column maxima (and the clear) are done, quantizes its
+          // rows, then waits for the other warps' arrivals (phase sph of the barrier).
+          __syncwarp();
+          if (lane == 0) mbar_arrive(split_bar);
+          row_codes_now();
+          mbar_wait(split_bar, sph & 1u);
+          ++sph;
+        } else {
+          __syncthreads();
+        }
         if (prev_col >= 0) {
           if constexpr (TF) {
             if (aligned16 && prev_valid == ROWS)
@@ -841,12 +861,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 }
 
 // The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
-// (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous).
+// (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
+// full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -67,19 +67,22 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT; stages = ring slots.
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT; stages = ring slots.
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 base cb2 R4", 2048, 2, 4, 1, nullptr},
       {"2048 LEAN R4 (default)", 2048, 2, 4, 3, "2048 base cb2 R4"},
       {"2048 LEAN+FIRST+START R4", 2048, 2, 4, 163, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT R4", 2048, 2, 4, 259, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT cb1 R2", 2048, 1, 2, 259, "2048 base cb1 R2"},
       {"2048 base cb1 R2", 2048, 1, 2, 1, nullptr},
       {"2048 LEAN cb1 R2", 2048, 1, 2, 3, "2048 base cb1 R2"},
       {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
       {"7168 LEAN R4 (default)", 7168, 2, 4, 3, "7168 base cb2 R4"},
       {"7168 LEAN+FIRST+START R4", 7168, 2, 4, 163, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 base cb2 R4"},
+      {"7168 LEAN+TIGHT+SPLIT R4", 7168, 2, 4, 771, "7168 base cb2 R4"},
       {"2048 rs0 base cb2 R4", 2048, 2, 4, 1, nullptr, false},
       {"2048 rs0 LEAN R4 (default)", 2048, 2, 4, 3, "2048 rs0 base cb2 R4", false},
   };
@@ -131,13 +134,15 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
-// -c 4`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT at N = 2048 and 7168.
+// -c 6`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT, TIGHT + SPLIT at N = 2048 and 7168.
 TEST_F(RmsqStreamMeasure, Profile) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
       {"2048 LEAN+TIGHT R4", 2048, 2, 4, 259, "2048 LEAN R4"},
+      {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 LEAN R4"},
       {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
       {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 LEAN R4"},
+      {"7168 LEAN+TIGHT+SPLIT R4", 7168, 2, 4, 771, "7168 LEAN R4"},
   };
   Runtime& r = rt();
   bind_device(r);

@@ -584,6 +584,10 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {7168, 2, 16, 2, 1, 4, 259, 3, 4003}, {2048, 2, 16, 1, 1, 2, 259, 3, 1000}, {4096, 2, 16, 2, 1, 4, 259, 3, 3001},
       {7168, 2, 16, 1, 1, 2, 259, 3, 8192}, {2048, 2, 16, 2, 1, 4, 259, 3, 8192}, {2048, 2, 16, 2, 1, 4, 259, 3, 1},
       {7168, 2, 16, 2, 1, 4, 259, 3, 300},  {4096, 2, 16, 2, 1, 4, 259, 3, 8192},
+      // TIGHT + SPLIT (bit 512): the full tiles' block barrier as an mbarrier arrive / wait around the row codes
+      {128, 2, 16, 1, 1, 2, 771, 3, 50001}, {2048, 2, 16, 2, 1, 4, 771, 3, 8000}, {2048, 2, 16, 2, 1, 4, 771, 3, 4003},
+      {2048, 2, 16, 2, 1, 4, 771, 3, 1},    {7168, 2, 16, 2, 1, 4, 771, 3, 4003}, {2048, 2, 16, 1, 1, 2, 771, 3, 8192},
+      {128, 2, 16, 1, 1, 2, 771, 3, 1000},  {7168, 2, 16, 1, 1, 2, 771, 3, 300},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
