@@ -632,10 +632,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const i64 qt_off0 = static_cast<i64>(warp * 8 + (lane >> 3)) * a.M + (lane & 7) * 16;
   const bool swap = (warp & 1) != 0;
   const u32 cm_thr = smem_u32(colmax + cs0);
-  // TIGHT: the column-max buffers' base, the thread's staging word c0·32 + (hw ^ 2·hl) (bqt::stage_codes), its qT
-  // piece's first 8 bytes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
-  // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps) and its 32-bit offset in qT (M·N < 2^31).
-  const u32 cm_base = smem_u32(colmax);
+  const u32 cm_base = smem_u32(colmax);  // TIGHT: the column-max buffers' base
   auto store_codes_any = [&](const u32* ct, int pm0, int pvalid, int pcol) {
     if (aligned16 && pvalid == ROWS)
       store_block_codes_full(ct + ct_off0, a.qT + static_cast<i64>(pcol) * a.M + pm0 + qt_off0,
