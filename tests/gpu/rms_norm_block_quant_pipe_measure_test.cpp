@@ -23,6 +23,7 @@
 #include "ops/bench/rms_norm.hpp"
 #include "runtime/bench.hpp"
 #include "runtime/driver.hpp"
+#include "measure_util.hpp"
 #include "test_util.hpp"
 
 namespace kiln::detail {
@@ -40,18 +41,6 @@ struct PipeCfg {
   int warps, prefetch, stages, overlap, exchange;
   const char* baseline;  // the config whose outputs it must equal bit for bit (same row split: same Σx² order)
 };
-
-std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
-  std::vector<uint8_t> all;
-  for (const TensorRef& t : inst.outputs) {
-    const size_t bytes = static_cast<size_t>(t.numel()) * (t.dtype == DType::e4m3 ? 1 : 4);
-    const size_t at = all.size();
-    all.resize(at + bytes);
-    detail::check(detail::driver().cuMemcpyDtoH(all.data() + at, reinterpret_cast<CUdeviceptr>(t.data), bytes),
-                  "cuMemcpyDtoH");
-  }
-  return all;
-}
 
 void force(const PipeCfg& c) {
   ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 0, c.warps, 4, c.prefetch, c.stages, c.overlap,
@@ -103,33 +92,13 @@ TEST_F(RmsqPipeMeasure, Sweep) {
     inst.at(c.N).run(nullptr);
     synchronize();
     outs[c.name] = download_outputs(inst.at(c.N));
-    if (c.baseline) {
-      const std::vector<uint8_t>& want = outs.at(c.baseline);
-      const std::vector<uint8_t>& got = outs.at(c.name);
-      ASSERT_EQ(got.size(), want.size());
-      const auto diff = std::mismatch(got.begin(), got.end(), want.begin());
-      EXPECT_TRUE(diff.first == got.end()) << "first differing output byte " << (diff.first - got.begin()) << ": "
-                                           << int(*diff.first) << " vs " << int(*diff.second) << " (" << c.baseline
-                                           << ")";
-    }
+    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
   }
-  const int rounds = 5, calls = 12;
-  std::map<std::string, std::vector<double>> med;  // per round
-  for (int round = 0; round < rounds; ++round)
-    for (size_t i = 0; i < cfgs.size(); ++i) {
-      // Alternate the order between rounds (forward, backward) so no config always follows the same one.
-      const PipeCfg& c = cfgs[round % 2 == 0 ? i : cfgs.size() - 1 - i];
-      force(c);
-      med[c.name].push_back(detail::median(detail::time_calls_us(inst.at(c.N).run, nullptr, l2, 2, calls)));
-    }
-  std::printf("[pipe sweep] M = %lld, round_scale 1, %d rounds x %d calls (L2 flushed): median of round medians "
-              "(min .. max round median), µs\n",
-              static_cast<long long>(M), rounds, calls);
-  for (const PipeCfg& c : cfgs) {
-    std::vector<double> v = med[c.name];
-    std::sort(v.begin(), v.end());
-    std::printf("  %-40s %7.2f  (%.2f .. %.2f)\n", c.name, v[v.size() / 2], v.front(), v.back());
-  }
+  std::vector<std::string> names;
+  for (const PipeCfg& c : cfgs) names.emplace_back(c.name);
+  interleaved_sweep(
+      "[pipe sweep] M = " + std::to_string(M) + ", round_scale 1", names, [&](size_t i) { force(cfgs[i]); },
+      [&](size_t i) { return inst.at(cfgs[i].N).run; }, l2, 5, 12);
 }
 
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).

@@ -23,6 +23,7 @@
 #include "ops/bench/rms_norm.hpp"
 #include "runtime/bench.hpp"
 #include "runtime/driver.hpp"
+#include "measure_util.hpp"
 #include "test_util.hpp"
 
 namespace kiln::detail {
@@ -41,18 +42,6 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
 };
-
-std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
-  std::vector<uint8_t> all;
-  for (const TensorRef& t : inst.outputs) {
-    const size_t bytes = static_cast<size_t>(t.numel()) * (t.dtype == DType::e4m3 ? 1 : 4);
-    const size_t at = all.size();
-    all.resize(at + bytes);
-    detail::check(detail::driver().cuMemcpyDtoH(all.data() + at, reinterpret_cast<CUdeviceptr>(t.data), bytes),
-                  "cuMemcpyDtoH");
-  }
-  return all;
-}
 
 void force(const StreamCfg& c) {
   ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
@@ -104,33 +93,13 @@ TEST_F(RmsqStreamMeasure, Sweep) {
     at(c).run(nullptr);
     synchronize();
     outs[c.name] = download_outputs(at(c));
-    if (c.baseline) {
-      const std::vector<uint8_t>& want = outs.at(c.baseline);
-      const std::vector<uint8_t>& got = outs.at(c.name);
-      ASSERT_EQ(got.size(), want.size());
-      const auto diff = std::mismatch(got.begin(), got.end(), want.begin());
-      EXPECT_TRUE(diff.first == got.end()) << "first differing output byte " << (diff.first - got.begin()) << ": "
-                                           << int(*diff.first) << " vs " << int(*diff.second) << " (" << c.baseline
-                                           << ")";
-    }
+    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
   }
-  const int rounds = 5, calls = 10;
-  std::map<std::string, std::vector<double>> med;  // per round
-  for (int round = 0; round < rounds; ++round)
-    for (size_t i = 0; i < cfgs.size(); ++i) {
-      // Alternate the order between rounds (forward, backward) so no config always follows the same one.
-      const StreamCfg& c = cfgs[round % 2 == 0 ? i : cfgs.size() - 1 - i];
-      force(c);
-      med[c.name].push_back(detail::median(detail::time_calls_us(at(c).run, nullptr, l2, 2, calls)));
-    }
-  std::printf("[stream sweep] M = %lld, mode 2, round_scale 1 (rs0: 0), %d rounds x %d calls (L2 flushed): median of round "
-              "medians (min .. max round median), µs\n",
-              static_cast<long long>(M), rounds, calls);
-  for (const StreamCfg& c : cfgs) {
-    std::vector<double> v = med[c.name];
-    std::sort(v.begin(), v.end());
-    std::printf("  %-32s %7.2f  (%.2f .. %.2f)\n", c.name, v[v.size() / 2], v.front(), v.back());
-  }
+  std::vector<std::string> names;
+  for (const StreamCfg& c : cfgs) names.emplace_back(c.name);
+  interleaved_sweep(
+      "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", names,
+      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 5, 10);
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
@@ -155,7 +124,7 @@ TEST_F(RmsqStreamMeasure, Profile) {
     inst.at(c.N).run(nullptr);
     synchronize();
     outs[c.name] = download_outputs(inst.at(c.N));
-    if (c.baseline) EXPECT_TRUE(outs.at(c.name) == outs.at(c.baseline)) << "outputs differ from " << c.baseline;
+    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
   }
 }
 

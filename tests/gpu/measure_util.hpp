@@ -1,0 +1,65 @@
+// tests/gpu/measure_util.hpp — the harness the forced-config measurement suites share
+// (rms_norm_block_quant_pipe_measure_test.cpp, rms_norm_block_quant_stream_measure_test.cpp): a bench instance's
+// outputs downloaded for a bit-for-bit comparison, and the interleaved timing sweep over configs in one process.
+#pragma once
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "runtime/bench.hpp"
+#include "runtime/driver.hpp"
+
+namespace kiln::test {
+
+// Every output tensor of a bench instance back to back (fp8 codes one byte an element, the rest four).
+inline std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
+  std::vector<uint8_t> all;
+  for (const TensorRef& t : inst.outputs) {
+    const size_t bytes = static_cast<size_t>(t.numel()) * (t.dtype == DType::e4m3 ? 1 : 4);
+    const size_t at = all.size();
+    all.resize(at + bytes);
+    detail::check(detail::driver().cuMemcpyDtoH(all.data() + at, reinterpret_cast<CUdeviceptr>(t.data), bytes),
+                  "cuMemcpyDtoH");
+  }
+  return all;
+}
+
+// Fails (naming the first differing byte) unless `got` equals `want`, the outputs of config `baseline`, bit for bit.
+inline void expect_same_bits(const std::vector<uint8_t>& got, const std::vector<uint8_t>& want, const char* baseline) {
+  ASSERT_EQ(got.size(), want.size()) << "(" << baseline << ")";
+  const auto diff = std::mismatch(got.begin(), got.end(), want.begin());
+  EXPECT_TRUE(diff.first == got.end()) << "first differing output byte " << (diff.first - got.begin()) << ": "
+                                       << int(*diff.first) << " vs " << int(*diff.second) << " (" << baseline << ")";
+}
+
+// Times `names.size()` configs in one process: `rounds` rounds, each calling select(i) (forcing config i) and timing
+// `calls` calls of run(i) (L2 flushed before each, 2 warm-up calls), in forward order in even rounds and backward in
+// odd ones (no config always follows the same one), then prints per config the median of its round medians and the
+// range of the round medians under `title`.
+inline void interleaved_sweep(const std::string& title, const std::vector<std::string>& names,
+                              const std::function<void(size_t)>& select,
+                              const std::function<std::function<void(Stream)>(size_t)>& run, detail::L2Flusher& l2,
+                              int rounds, int calls) {
+  std::map<std::string, std::vector<double>> med;  // per round
+  for (int round = 0; round < rounds; ++round)
+    for (size_t k = 0; k < names.size(); ++k) {
+      const size_t i = round % 2 == 0 ? k : names.size() - 1 - k;
+      select(i);
+      med[names[i]].push_back(detail::median(detail::time_calls_us(run(i), nullptr, l2, 2, calls)));
+    }
+  std::printf("%s, %d rounds x %d calls (L2 flushed): median of round medians (min .. max round median), µs\n",
+              title.c_str(), rounds, calls);
+  for (const std::string& name : names) {
+    std::vector<double> v = med[name];
+    std::sort(v.begin(), v.end());
+    std::printf("  %-40s %7.2f  (%.2f .. %.2f)\n", name.c_str(), v[v.size() / 2], v.front(), v.back());
+  }
+}
+
+}  // namespace kiln::test
