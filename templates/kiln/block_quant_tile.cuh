@@ -13,6 +13,7 @@
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 namespace bqt {
@@ -68,17 +69,20 @@ __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int la
   }
 }
 
-// The thread's column maxima (its 4 rows) of channels c0 … c0+7 into the column-max buffer cm (cs0 = the slot of
-// c0): both half-warps update the slot (no shuffle, no branch; a 2-way conflict instead).
-__device__ __forceinline__ void col_max(u32* cm, const float (&y)[4][8], int cs0) {
+// The thread's column maxima (its 4 rows) of channels c0 … c0+7 into a column-max buffer, the 8 slots at immediate
+// offsets from one 32-bit shared address (slot = the address of the thread's slot cs0 = the slot of c0): both
+// half-warps update the slot (no shuffle, no branch; a 2-way conflict instead). Each channel's maximum is
+// max(0, |y0| … |y3|) ignoring NaN (fmaxf; the final max with 0 turns an all-NaN column to 0).
+__device__ __forceinline__ void col_max_at(u32 slot, const float (&y)[4][8]) {
 #pragma unroll
   for (int e = 0; e < 8; ++e) {
-    float m = 0.0f;
-#pragma unroll
-    for (int i = 0; i < 4; ++i) m = fmaxf(m, fabsf(y[i][e]));
-    atomicMax(&cm[cs0 + e], __float_as_uint(m));
+    const float m =
+        fmaxf(fmaxf(fmaxf(fabsf(y[0][e]), fabsf(y[1][e])), fmaxf(fabsf(y[2][e]), fabsf(y[3][e]))), 0.0f);
+    asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(slot + 4 * e), "r"(__float_as_uint(m)) : "memory");
   }
 }
+// The same into the column-max buffer cm (a pointer into shared memory).
+__device__ __forceinline__ void col_max(u32* cm, const float (&y)[4][8], int cs0) { col_max_at(smem_u32(cm + cs0), y); }
 
 // After the barrier that completed cm: the quantizer parameters qp of channels c0 … c0+7 (each half-warp forms four,
 // the other four come by a shuffle) and, with `scales` (warp-uniform), their scales sc (for half-warp 0 to store).

@@ -131,16 +131,7 @@ struct IntC {
 __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
-// block_col_max with the 8 slots at immediate offsets from one shared address (cm_slot = the address of slot cs0).
-// The same maximum as col_max's chain from 0 (fmaxf ignores NaN; the final max with 0 turns an all-NaN pair to 0).
-__device__ __forceinline__ void block_col_max_at(u32 cm_slot, const float (&y)[4][8]) {
-#pragma unroll
-  for (int e = 0; e < 8; ++e) {
-    const float m =
-        fmaxf(fmaxf(fmaxf(fabsf(y[0][e]), fabsf(y[1][e])), fmaxf(fabsf(y[2][e]), fabsf(y[3][e]))), 0.0f);
-    asm volatile("red.shared.max.u32 [%0], %1;" ::"r"(cm_slot + 4 * e), "r"(__float_as_uint(m)) : "memory");
-  }
-}
+using bqt::col_max_at;  // (block_col_max at a 32-bit shared address: block_quant_tile.cuh)
 // store_block_codes of a full block (128 tokens, M % 16 == 0) from per-thread constants: the thread's two 16-byte
 // pieces at ct and ct + 128 words (4 channels on; halves swapped in odd warps: the staging swizzle) go to dst and
 // dst + step (4 channels of qT on).
@@ -170,24 +161,6 @@ struct MakeQuantPow2Tight {
     return {__uint_as_float(inv != 0u ? 0x7f000000u - inv : 0x7f800000u), __uint_as_float(inv)};
   }
 };
-__device__ __forceinline__ Vec16 lds128(u32 addr) {
-  Vec16 v;
-  asm volatile("ld.shared.v4.u32 {%0,%1,%2,%3}, [%4];"
-               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
-               : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ u32 lds32(u32 addr) {
-  u32 v;
-  asm volatile("ld.shared.u32 %0, [%1];" : "=r"(v) : "r"(addr));
-  return v;
-}
-__device__ __forceinline__ void lds64(u32 addr, u32& lo, u32& hi) {
-  asm volatile("ld.shared.v2.u32 {%0,%1}, [%2];" : "=r"(lo), "=r"(hi) : "r"(addr));
-}
-__device__ __forceinline__ void sts32(u32 addr, u32 v) {
-  asm volatile("st.shared.u32 [%0], %1;" ::"r"(addr), "r"(v) : "memory");
-}
 // bqt::col_quantizers with MakeQuantPow2Tight from a 32-bit shared address (cm_at = the address of the thread's first
 // slot, cs0 + 4·half): the multipliers qp of channels c0 … c0+7 and, with `scales` (warp-uniform), their scales sc
 // (0x7F000000 − the reciprocal's bits, inf for 0), formed only there.
@@ -195,7 +168,7 @@ __device__ __forceinline__ void col_quantizers_tight(u32 cm_at, int half, bool s
   u32 inv[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
-    inv[e] = pow2_inv_bits_tight(__uint_as_float(lds32(cm_at + 4 * e)));
+    inv[e] = pow2_inv_bits_tight(__uint_as_float(lds_u32(cm_at + 4 * e)));
     const float p = __uint_as_float(inv[e]);
     const float other = __shfl_xor_sync(0xffffffffu, p, 16);
     qp[e] = half ? other : p;
@@ -214,7 +187,7 @@ __device__ __forceinline__ void col_quantizers_tight(u32 cm_at, int half, bool s
 __device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8], const float (&qp)[8]) {
 #pragma unroll
   for (int e = 0; e < 8; ++e)
-    sts32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
+    sts_u32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
                                   __fmul_rn(y[3][e], qp[e])));
 }
 // store_block_codes_full from 8-byte halves: lo_at = the shared address of the thread's first 8 output bytes (the
@@ -223,10 +196,8 @@ __device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8]
 __device__ __forceinline__ void store_block_codes_tight(u32 lo_at, u8* dst, i64 step) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
-    Vec16 c;
-    lds64(lo_at + 512 * kk, c.w[0], c.w[1]);
-    lds64((lo_at ^ 8u) + 512 * kk, c.w[2], c.w[3]);
-    store16(dst + kk * step, c);
+    const uint2 lo = lds8(lo_at + 512 * kk), hi = lds8((lo_at ^ 8u) + 512 * kk);
+    store16(dst + kk * step, Vec16{{lo.x, lo.y, hi.x, hi.y}});
   }
 }
 }  // namespace rmsq
@@ -272,7 +243,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // the column-max buffers, each thread its own: no barrier; written and read through volatile asm, so in program
   // order), one LDS at their use instead of rematerializing them from tid under the register cap.
   const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
-  auto thr_const = [&](int j) { return lds32(tab_at + j * (THREADS * 4)); };
+  auto thr_const = [&](int j) { return lds_u32(tab_at + j * (THREADS * 4)); };
   enum { kRing = 0, kStage = 1, kCodesLo = 2, kQt = 3, kColMax = 4, kQ = 5, kQs = 6, kW = 7 };
   static_assert(kW < kRmsqStreamTightConsts, "the table's size (rms_norm_block_quant_stream_smem_bytes)");
   if constexpr (TIGHT) {
@@ -281,16 +252,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps); kStage: the thread's staging word
     // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kColMax: its column-max slot cs0; kQ: its row codes' offset in a block;
     // kQs: its row scale's row; kW: its first weight in shared memory (fp32, wsm).
-    sts32(tab_at + kRing * (THREADS * 4), smem_u32(ring + 4 * hw * 128 + c0));
-    sts32(tab_at + kStage * (THREADS * 4), smem_u32(codes + c0 * 32 + (hw ^ (2 * hl))));
-    sts32(tab_at + kCodesLo * (THREADS * 4),
+    sts_u32(tab_at + kRing * (THREADS * 4), smem_u32(ring + 4 * hw * 128 + c0));
+    sts_u32(tab_at + kStage * (THREADS * 4), smem_u32(codes + c0 * 32 + (hw ^ (2 * hl))));
+    sts_u32(tab_at + kCodesLo * (THREADS * 4),
           smem_u32(codes + (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1)) + 2 * (warp & 1)));
-    sts32(tab_at + kQt * (THREADS * 4),
+    sts_u32(tab_at + kQt * (THREADS * 4),
           static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16);
-    sts32(tab_at + kColMax * (THREADS * 4), smem_u32(colmax + cs0));
-    sts32(tab_at + kQ * (THREADS * 4), static_cast<u32>(4 * hw * N + c0));
-    sts32(tab_at + kQs * (THREADS * 4), static_cast<u32>(4 * hw + (hl >> 2)));  // the row scale's (lanes 4R)
-    sts32(tab_at + kW * (THREADS * 4), smem_u32(wsm + c0));  // the thread's first weight in shared memory
+    sts_u32(tab_at + kColMax * (THREADS * 4), smem_u32(colmax + cs0));
+    sts_u32(tab_at + kQ * (THREADS * 4), static_cast<u32>(4 * hw * N + c0));
+    sts_u32(tab_at + kQs * (THREADS * 4), static_cast<u32>(4 * hw + (hl >> 2)));  // the row scale's (lanes 4R)
+    sts_u32(tab_at + kW * (THREADS * 4), smem_u32(wsm + c0));  // the thread's first weight in shared memory
   }
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
@@ -657,7 +628,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       const u32 at = thr_const(kW) + col * 4;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const Vec16 v = lds128(at + 16 * j);
+        const Vec16 v = lds16(at + 16 * j);
 #pragma unroll
         for (int i = 0; i < 4; ++i) w8[4 * j + i] = __uint_as_float(v.w[i]);
       }
@@ -689,7 +660,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if constexpr (TF) {
           const u32 at = thr_const(kRing) + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) xv[i] = lds128(at + i * 256);
+          for (int i = 0; i < 4; ++i) xv[i] = lds16(at + i * 256);
         } else {
           read_visit(k, xv);
         }
@@ -712,9 +683,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         };
         if constexpr (!(TF && SPLIT)) row_codes_now();
 
-        block_col_max_at((TF ? thr_const(kColMax) : cm_thr) + cmi * (132 * 4), y);
+        col_max_at((TF ? thr_const(kColMax) : cm_thr) + cmi * (132 * 4), y);
         if constexpr (TF) {
-          if (tid < 132) sts32(cm_base + (cmi == 2 ? 0 : cmi + 1) * (132 * 4) + 4 * tid, 0u);
+          if (tid < 132) sts_u32(cm_base + (cmi == 2 ? 0 : cmi + 1) * (132 * 4) + 4 * tid, 0u);
         } else {
           if (tid < 132) colmax[(cmi == 2 ? 0 : cmi + 1) * 132 + tid] = 0u;
         }
