@@ -190,14 +190,14 @@ __device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8]
     sts_u32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
                                   __fmul_rn(y[3][e], qp[e])));
 }
-// store_block_codes_full from 8-byte halves: lo_at = the shared address of the thread's first 8 output bytes (the
-// staging swizzle's half swap is in the address: the other half is at lo_at ^ 8), piece 1 512 bytes on; dst and
-// dst + step as before.
-__device__ __forceinline__ void store_block_codes_tight(u32 lo_at, u8* dst, i64 step) {
+// store_block_codes_full from a 32-bit shared address (ct_at = the thread's first 16-byte piece; piece 1 is 512 bytes
+// on; halves swapped in odd warps: the staging swizzle) to dst and dst + step.
+__device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
-    const uint2 lo = lds8(lo_at + 512 * kk), hi = lds8((lo_at ^ 8u) + 512 * kk);
-    store16(dst + kk * step, Vec16{{lo.x, lo.y, hi.x, hi.y}});
+    Vec16 c = lds16(ct_at + 512 * kk);
+    if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
+    store16(dst + kk * step, c);
   }
 }
 }  // namespace rmsq
@@ -208,12 +208,13 @@ __device__ __forceinline__ void store_block_codes_tight(u32 lo_at, u8* dst, i64 
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false>
+          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
   constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
+  constexpr bool TABLE = TABLE_BIT && TIGHT;   // (TIGHT's per-thread constants)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -239,29 +240,36 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const int hw = warp * 2 + half;    // rows 4·hw … 4·hw+3
   const int c0 = hl * 8;             // channels c0 … c0+7 of a block
   const int cs0 = c0 + (c0 >> 5);    // column-max slot of channel c0 (c0 + e: cs0 + e)
-  // TIGHT: the per-thread constants of the ring and pass 2 in shared memory ([kRmsqStreamTightConsts][512] words after
-  // the column-max buffers, each thread its own: no barrier; written and read through volatile asm, so in program
-  // order), one LDS at their use instead of rematerializing them from tid under the register cap.
-  const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
-  auto thr_const = [&](int j) { return lds_u32(tab_at + j * (THREADS * 4)); };
-  enum { kRing = 0, kStage = 1, kCodesLo = 2, kQt = 3, kColMax = 4, kQ = 5, kQs = 6, kW = 7 };
+  // TIGHT: the per-thread constants of the ring and pass 2, computed from tid at each use (the compiler does that
+  // anyway under the register cap) or, TABLE, kept in shared memory ([kRmsqStreamTightConsts][512] words after the
+  // column-max buffers, each thread its own: no barrier; written and read through volatile asm, so in program order)
+  // and read by one LDS at each use. kRing: the thread's piece of ring slot 0; kStage: its staging word
+  // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kCodes: its qT piece in the staged codes (store_block_codes: channel
+  // n = 8·warp + (lane >> 3), 16 bytes at word n·32 + 4·((lane & 7) ^ (warp >> 1))); kQt: that piece's offset in qT,
+  // (8·warp + (lane >> 3))·M + (lane & 7)·16 (< M·N < 2^31); kColMax: its column-max slot cs0; kQ: its row codes'
+  // offset in a block; kQs: its row scale's row (lanes 4R); kW: its first weight in shared memory (fp32, wsm).
+  enum { kRing = 0, kStage = 1, kCodes = 2, kQt = 3, kColMax = 4, kQ = 5, kQs = 6, kW = 7 };
   static_assert(kW < kRmsqStreamTightConsts, "the table's size (rms_norm_block_quant_stream_smem_bytes)");
-  if constexpr (TIGHT) {
-    // kQt: the thread's qT piece's offset, (8·warp + (lane >> 3))·M + (lane & 7)·16 (< M·N < 2^31); kCodesLo: its
-    // first 8 bytes in the staged codes (store_block_codes: channel n = 8·warp + (lane >> 3), 16 bytes at word
-    // n·32 + 4·((lane & 7) ^ (warp >> 1)), halves swapped in odd warps); kStage: the thread's staging word
-    // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kColMax: its column-max slot cs0; kQ: its row codes' offset in a block;
-    // kQs: its row scale's row; kW: its first weight in shared memory (fp32, wsm).
-    sts_u32(tab_at + kRing * (THREADS * 4), smem_u32(ring + 4 * hw * 128 + c0));
-    sts_u32(tab_at + kStage * (THREADS * 4), smem_u32(codes + c0 * 32 + (hw ^ (2 * hl))));
-    sts_u32(tab_at + kCodesLo * (THREADS * 4),
-          smem_u32(codes + (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1)) + 2 * (warp & 1)));
-    sts_u32(tab_at + kQt * (THREADS * 4),
-          static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16);
-    sts_u32(tab_at + kColMax * (THREADS * 4), smem_u32(colmax + cs0));
-    sts_u32(tab_at + kQ * (THREADS * 4), static_cast<u32>(4 * hw * N + c0));
-    sts_u32(tab_at + kQs * (THREADS * 4), static_cast<u32>(4 * hw + (hl >> 2)));  // the row scale's (lanes 4R)
-    sts_u32(tab_at + kW * (THREADS * 4), smem_u32(wsm + c0));  // the thread's first weight in shared memory
+  auto thr_value = [&](int j) -> u32 {
+    switch (j) {
+      case kRing: return smem_u32(ring + 4 * hw * 128 + c0);
+      case kStage: return smem_u32(codes + c0 * 32 + (hw ^ (2 * hl)));
+      case kCodes: return smem_u32(codes + (warp * 8 + (lane >> 3)) * 32 + 4 * ((lane & 7) ^ (warp >> 1)));
+      case kQt: return static_cast<u32>(warp * 8 + (lane >> 3)) * static_cast<u32>(a.M) + (lane & 7) * 16;
+      case kColMax: return smem_u32(colmax + cs0);
+      case kQ: return static_cast<u32>(4 * hw * N + c0);
+      case kQs: return static_cast<u32>(4 * hw + (hl >> 2));
+      default: return smem_u32(wsm + c0);
+    }
+  };
+  const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
+  auto thr_const = [&](int j) -> u32 {
+    if constexpr (TABLE) return lds_u32(tab_at + j * (THREADS * 4));
+    else return thr_value(j);
+  };
+  if constexpr (TABLE) {
+#pragma unroll
+    for (int j = 0; j <= kW; ++j) sts_u32(tab_at + j * (THREADS * 4), thr_value(j));
   }
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
@@ -703,10 +711,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if (prev_col >= 0) {
           if constexpr (TF) {
             if (aligned16 && prev_valid == ROWS)
-              store_block_codes_tight(
-                  thr_const(kCodesLo) + ((nb + 1) & 1) * 16384,
+              store_block_codes_at(
+                  thr_const(kCodes) + ((nb + 1) & 1) * 16384,
                   a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
-                  static_cast<i64>(4) * a.M);
+                  static_cast<i64>(4) * a.M, (warp & 1) != 0);
             else
               store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
           } else {
@@ -830,12 +838,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
 // The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
-// full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them).
+// full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 1024 TABLE
+// (TIGHT with its per-thread constants read from shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

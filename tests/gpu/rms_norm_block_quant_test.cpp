@@ -588,6 +588,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {128, 2, 16, 1, 1, 2, 771, 3, 50001}, {2048, 2, 16, 2, 1, 4, 771, 3, 8000}, {2048, 2, 16, 2, 1, 4, 771, 3, 4003},
       {2048, 2, 16, 2, 1, 4, 771, 3, 1},    {7168, 2, 16, 2, 1, 4, 771, 3, 4003}, {2048, 2, 16, 1, 1, 2, 771, 3, 8192},
       {128, 2, 16, 1, 1, 2, 771, 3, 1000},  {7168, 2, 16, 1, 1, 2, 771, 3, 300},
+      // TIGHT + TABLE (bit 1024): the per-thread constants from shared memory
+      {2048, 2, 16, 2, 1, 4, 1283, 3, 4003}, {7168, 2, 16, 2, 1, 4, 1283, 3, 8192}, {128, 2, 16, 1, 1, 2, 1283, 3, 7},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
