@@ -56,6 +56,9 @@ constexpr int kStreamSplit = 512;
 // 1024 TABLE (on TIGHT): its per-thread constants from a shared-memory table (one LDS a use) instead of recomputed
 // from tid (round 1 measured the table slower: LDS latency on every block's dependent chains).
 constexpr int kStreamTable = 1024;
+// 2048 FLAT (on TIGHT): no divergent branch between a full block's phases (predicated row-scale stores, the column
+// scales stored last) and the column maxima before the row codes (their atomics in flight meanwhile).
+constexpr int kStreamFlat = 2048;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -340,8 +343,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   s.config[C_PREFETCH] = 1;
   // (Session 7 round 3 also measured LEAN with slots for three items — R = 3·CB: 30.78 / 99.34 µs against 29.38 /
   // 95.60 with two — and FIRST alone — 30.80 / 101.25; removed, as was pass 1 two items ahead, which needs R = 3·CB.)
-  for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kStreamLean | kStreamTight,
-                      kStreamLean | kStreamTight | kStreamSplit, kStreamLean | kStreamTight | kStreamTable}) {
+  constexpr int kTight = kStreamLean | kStreamTight;
+  for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
+                      kTight | kStreamTable, kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
@@ -579,7 +583,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamTable);  // (LEAN: the same bits)
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamTable | kStreamFlat);  // (LEAN: the same bits)
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -161,6 +161,7 @@ struct MakeQuantPow2Tight {
     return {__uint_as_float(inv != 0u ? 0x7f000000u - inv : 0x7f800000u), __uint_as_float(inv)};
   }
 };
+__device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[8]);
 // bqt::col_quantizers with MakeQuantPow2Tight from a 32-bit shared address (cm_at = the address of the thread's first
 // slot, cs0 + 4·half): the multipliers qp of channels c0 … c0+7 and, with `scales` (warp-uniform), their scales sc
 // (0x7F000000 − the reciprocal's bits, inf for 0), formed only there.
@@ -174,13 +175,7 @@ __device__ __forceinline__ void col_quantizers_tight(u32 cm_at, int half, bool s
     qp[e] = half ? other : p;
     qp[4 + e] = half ? p : other;
   }
-  if (scales) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) {
-      const u32 v = __float_as_uint(qp[e]);
-      sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
-    }
-  }
+  if (scales) col_scales_of(qp, sc);
 }
 // stage_codes at a 32-bit shared address (st_at = the address of word c0·32 + (hw ^ 2·hl); channel c0 + e 128 bytes
 // on): the same words as bqt::stage_codes.
@@ -189,6 +184,47 @@ __device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8]
   for (int e = 0; e < 8; ++e)
     sts_u32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
                                   __fmul_rn(y[3][e], qp[e])));
+}
+// FLAT: bqt::row_codes of a full block (4 rows a thread) with MakeQuantPow2Tight whose row-scale store is a predicated
+// instruction instead of a divergent branch (lanes 4R store row R's scale), so the compiler may schedule across it.
+__device__ __forceinline__ void st_global_f32_if(float* p, float v, bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %2, 0;\n@p st.global.f32 [%0], %1;\n}\n" ::"l"(p), "f"(v),
+               "r"(static_cast<u32>(pred))
+               : "memory");
+}
+__device__ __forceinline__ void row_codes_flat(const float (&y)[4][8], int hl, int lane, u8* q, i64 q_stride,
+                                               float* scale) {
+  float pm[4];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    pm[i] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
+  }
+  const bqt::TileQuant quant = MakeQuantPow2Tight{}(bqt::transpose_reduce4<true>(pm, hl));
+  st_global_f32_if(scale, quant.s, (hl & 3) == 0);
+#pragma unroll
+  for (int i = 0; i < 4; ++i) {
+    const float qp = __shfl_sync(0xffffffffu, quant.p, (lane & 16) | (i << 2));
+    uint2 out;
+    out.x = e4m3x4(__fmul_rn(y[i][0], qp), __fmul_rn(y[i][1], qp), __fmul_rn(y[i][2], qp), __fmul_rn(y[i][3], qp));
+    out.y = e4m3x4(__fmul_rn(y[i][4], qp), __fmul_rn(y[i][5], qp), __fmul_rn(y[i][6], qp), __fmul_rn(y[i][7], qp));
+    *reinterpret_cast<uint2*>(q + i * q_stride) = out;
+  }
+}
+// The column scales of channels c0 … c0+7 from their multipliers qp (0x7F000000 − the reciprocal's bits, inf for 0).
+__device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) {
+    const u32 v = __float_as_uint(qp[e]);
+    sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
+  }
+}
+// An mbarrier arrival by the lanes with `pred` (a predicated instruction, no branch).
+__device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
+               "r"(static_cast<u32>(pred))
+               : "memory");
 }
 // store_block_codes_full from a 32-bit shared address (ct_at = the thread's first 16-byte piece; piece 1 is 512 bytes
 // on; halves swapped in odd warps: the staging swizzle) to dst and dst + step.
@@ -208,13 +244,15 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false>
+          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false,
+          bool FLAT_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
   constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool TABLE = TABLE_BIT && TIGHT;   // (TIGHT's per-thread constants)
+  constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -680,7 +718,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         release(k);  // y depends on the values: this thread's pieces of the slot are free
 
         auto row_codes_now = [&]() {
-          if constexpr (TF) {  // (offsets < M·N < 2^31)
+          if constexpr (TF && FLAT) {
+            row_codes_flat(y, hl, lane, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
+                           a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
+                                        thr_const(kQs)));
+          } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
                                         thr_const(kQs)),
@@ -689,7 +731,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
           }
         };
-        if constexpr (!(TF && SPLIT)) row_codes_now();
+        // (SPLIT and FLAT: the column maxima first, so their atomics are in flight during the row codes)
+        if constexpr (!(TF && (SPLIT || FLAT))) row_codes_now();
 
         col_max_at((TF ? thr_const(kColMax) : cm_thr) + cmi * (132 * 4), y);
         if constexpr (TF) {
@@ -701,11 +744,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           // The block barrier split: each warp arrives once its column maxima (and the clear) are done, quantizes its
           // rows, then waits for the other warps' arrivals (phase sph of the barrier).
           __syncwarp();
-          if (lane == 0) mbar_arrive(split_bar);
+          if constexpr (FLAT) mbar_arrive_if(split_bar, lane == 0);
+          else if (lane == 0) mbar_arrive(split_bar);
           row_codes_now();
           mbar_wait(split_bar, sph & 1u);
           ++sph;
         } else {
+          if constexpr (TF && FLAT) row_codes_now();
           __syncthreads();
         }
         if (prev_col >= 0) {
@@ -722,7 +767,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           }
         }
 
-        if constexpr (TF) {
+        if constexpr (TF && FLAT) {  // (the column scales formed and stored last: warp 0's branch ends the block)
+          float qp[8], sc[8];
+          col_quantizers_tight(thr_const(kColMax) + 16 * half + cmi * (132 * 4), half, false, qp, sc);
+          stage_codes_at(thr_const(kStage) + (nb & 1) * 16384, y, qp);
+          if (warp == 0 && half == 0) {
+            col_scales_of(qp, sc);
+            bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
+          }
+        } else if constexpr (TF) {
           float qp[8], sc[8];
           col_quantizers_tight(thr_const(kColMax) + 16 * half + cmi * (132 * 4), half, warp == 0, qp, sc);
           if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
@@ -839,12 +892,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 1024 TABLE
-// (TIGHT with its per-thread constants read from shared memory).
+// (TIGHT with its per-thread constants read from shared memory), 2048 FLAT (TIGHT without divergent branches between
+// the phases of a full block: predicated row-scale stores, the column scales last; the column maxima before the row
+// codes).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0, (V & 2048) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

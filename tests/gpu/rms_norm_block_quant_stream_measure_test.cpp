@@ -56,7 +56,7 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 1024 TABLE; stages = ring slots. (Session
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 1024 TABLE, 2048 FLAT; stages = ring slots. (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
@@ -65,11 +65,14 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 LEAN+TIGHT R4", 2048, 2, 4, 259, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+TABLE R4", 2048, 2, 4, 1283, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+FLAT R4", 2048, 2, 4, 2307, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 base cb2 R4"},
       {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
       {"7168 LEAN R4 (default)", 7168, 2, 4, 3, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+SPLIT R4", 7168, 2, 4, 771, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+TABLE R4", 7168, 2, 4, 1283, "7168 base cb2 R4"},
+      {"7168 LEAN+TIGHT+FLAT R4", 7168, 2, 4, 2307, "7168 base cb2 R4"},
+      {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 base cb2 R4"},
   };
 
   Runtime& r = rt();
@@ -100,15 +103,18 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
-// -c 6`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT, TIGHT + SPLIT at N = 2048 and 7168.
+// -c 8`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT, TIGHT + FLAT, TIGHT + FLAT + SPLIT at N =
+// 2048 and 7168.
 TEST_F(RmsqStreamMeasure, Profile) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
       {"2048 LEAN+TIGHT R4", 2048, 2, 4, 259, "2048 LEAN R4"},
-      {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 LEAN R4"},
+      {"2048 LEAN+TIGHT+FLAT R4", 2048, 2, 4, 2307, "2048 LEAN R4"},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 LEAN R4"},
       {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
       {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 LEAN R4"},
-      {"7168 LEAN+TIGHT+SPLIT R4", 7168, 2, 4, 771, "7168 LEAN R4"},
+      {"7168 LEAN+TIGHT+FLAT R4", 7168, 2, 4, 2307, "7168 LEAN R4"},
+      {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 LEAN R4"},
   };
   Runtime& r = rt();
   bind_device(r);

@@ -589,7 +589,10 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       {2048, 2, 16, 2, 1, 4, 771, 3, 1},    {7168, 2, 16, 2, 1, 4, 771, 3, 4003}, {2048, 2, 16, 1, 1, 2, 771, 3, 8192},
       {128, 2, 16, 1, 1, 2, 771, 3, 1000},  {7168, 2, 16, 1, 1, 2, 771, 3, 300},
       // TIGHT + TABLE (bit 1024): the per-thread constants from shared memory
-      {2048, 2, 16, 2, 1, 4, 1283, 3, 4003}, {7168, 2, 16, 2, 1, 4, 1283, 3, 8192}, {128, 2, 16, 1, 1, 2, 1283, 3, 7},
+      {2048, 2, 16, 2, 1, 4, 1283, 3, 4003}, {128, 2, 16, 1, 1, 2, 1283, 3, 7},  {7168, 2, 16, 2, 1, 4, 1283, 3, 8192},
+      // TIGHT + FLAT (bit 2048) and FLAT + SPLIT: predicated row-scale stores, the column maxima first
+      {2048, 2, 16, 2, 1, 4, 2307, 3, 8000}, {128, 2, 16, 1, 1, 2, 2307, 3, 9},  {7168, 2, 16, 2, 1, 4, 2307, 3, 4003},
+      {2048, 2, 16, 2, 1, 4, 2819, 3, 4003}, {128, 2, 16, 1, 1, 2, 2819, 3, 9},  {7168, 2, 16, 1, 1, 2, 2819, 3, 8192},
   };
   check_points(points, 0x6c);
   // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
