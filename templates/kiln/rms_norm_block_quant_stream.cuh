@@ -245,7 +245,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false,
-          bool FLAT_BIT = false>
+          bool FLAT_BIT = false, bool AHEADX_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -253,6 +253,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool TABLE = TABLE_BIT && TIGHT;   // (TIGHT's per-thread constants)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
+  constexpr bool AHEADX = AHEADX_BIT && TIGHT; // (TIGHT's full tiles: the next block's reads before the barrier)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -695,6 +696,17 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
       constexpr int UNROLL = TF ? CB : 1;  // (TF: the item's blocks unrolled — no per-block bookkeeping)
+      // AHEADX (TF, two blocks an item): block 1's x and weights read from shared memory before block 0's barrier
+      // (its slot has landed — pass 1 read it — and is released only after its own read).
+      constexpr bool AX = TF && AHEADX && CB == 2;
+      Vec16 x_ahead[4];
+      float w_ahead[8];
+      auto read_block = [&](int k, int col, Vec16 (&xv)[4], float (&w8)[8]) {
+        const u32 at = thr_const(kRing) + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
+#pragma unroll
+        for (int i = 0; i < 4; ++i) xv[i] = lds16(at + i * 256);
+        weights(col, w8);
+      };
 #pragma unroll UNROLL
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
@@ -703,15 +715,22 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
         }
         Vec16 xv[4];
-        if constexpr (TF) {
-          const u32 at = thr_const(kRing) + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
+        float w8[8];
+        if constexpr (AX) {
+          if (b == 0) {
+            read_block(k, col, xv, w8);
+          } else {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) xv[i] = lds16(at + i * 256);
+            for (int i = 0; i < 4; ++i) xv[i] = x_ahead[i];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) w8[e] = w_ahead[e];
+          }
+        } else if constexpr (TF) {
+          read_block(k, col, xv, w8);
         } else {
           read_visit(k, xv);
+          weights(col, w8);
         }
-        float w8[8];
-        weights(col, w8);
         load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);  // (item it + 1's first block: nxt_chunk)
         float y[4][8];
         norm_y(xv, rv, w8, y);
@@ -747,10 +766,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           if constexpr (FLAT) mbar_arrive_if(split_bar, lane == 0);
           else if (lane == 0) mbar_arrive(split_bar);
           row_codes_now();
+          if constexpr (AX) {
+            if (b == 0) read_block(k + 1, col + 128, x_ahead, w_ahead);
+          }
           mbar_wait(split_bar, sph & 1u);
           ++sph;
         } else {
           if constexpr (TF && FLAT) row_codes_now();
+          if constexpr (AX) {
+            if (b == 0) read_block(k + 1, col + 128, x_ahead, w_ahead);
+          }
           __syncthreads();
         }
         if (prev_col >= 0) {
@@ -894,12 +919,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 1024 TABLE
 // (TIGHT with its per-thread constants read from shared memory), 2048 FLAT (TIGHT without divergent branches between
 // the phases of a full block: predicated row-scale stores, the column scales last; the column maxima before the row
-// codes).
+// codes), 4096 AHEADX (TIGHT, two blocks an item: block 1's x and weights read before block 0's barrier).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0, (V & 2048) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0, (V & 2048) != 0,
+                                   (V & 4096) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

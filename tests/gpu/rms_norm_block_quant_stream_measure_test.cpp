@@ -56,7 +56,8 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 1024 TABLE, 2048 FLAT; stages = ring slots. (Session
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 1024 TABLE, 2048 FLAT, 4096 AHEADX; stages =
+// ring slots. (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
@@ -67,12 +68,14 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 LEAN+TIGHT+TABLE R4", 2048, 2, 4, 1283, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+FLAT R4", 2048, 2, 4, 2307, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+FLAT+AHEADX R4", 2048, 2, 4, 6403, "2048 base cb2 R4"},
       {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
       {"7168 LEAN R4 (default)", 7168, 2, 4, 3, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+SPLIT R4", 7168, 2, 4, 771, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+FLAT R4", 7168, 2, 4, 2307, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 base cb2 R4"},
+      {"7168 LEAN+TIGHT+FLAT+AHEADX R4", 7168, 2, 4, 6403, "7168 base cb2 R4"},
   };
 
   Runtime& r = rt();
