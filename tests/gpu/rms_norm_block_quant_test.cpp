@@ -578,6 +578,23 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       // other blocks requested after item 0's exchange; M = 300 at N = 7168: one item a CTA, M = 1: one row
       {2048, 2, 16, 2, 1, 4, 163, 3, 4003}, {7168, 2, 16, 2, 1, 4, 163, 3, 300}, {2048, 2, 16, 2, 1, 4, 163, 3, 8000},
       {7168, 2, 16, 2, 1, 4, 163, 3, 1000}, {2048, 2, 16, 2, 1, 4, 163, 3, 1},
+  };
+  check_points(points, 0x6c);
+  // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
+  // than two items.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 4, 1, 5, 1, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 0, 4, 1, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 2, 3, 0, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 0, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 1, 2, 1, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 3, 1, 3));
+}
+
+// The stream kernel's TIGHT family of variants (config overlap bits 256 TIGHT, 512 SPLIT, 1024 TABLE, 2048 FLAT, 4096
+// AHEADX on LEAN; rms_norm_block_quant_stream.cuh), forced, at the same kinds of token counts (a test of its own: ctest
+// runs it beside StreamKernelGlobalPoints). Without power-of-two scales (index % 3 == 2) the bits change nothing.
+TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
+  const std::vector<SpacePoint> points = {
       // TIGHT (LEAN + bit 256): the refill from one pointer, pass 2 of full tiles from per-item bases and 32-bit
       // offsets; partial last tiles and M % 16 != 0 take the LEAN code inside it (index % 3 == 2: round_scale 0)
       {2048, 2, 16, 2, 1, 4, 259, 3, 8000}, {2048, 2, 16, 2, 1, 4, 259, 3, 4003}, {128, 2, 16, 1, 1, 2, 259, 3, 50001},
@@ -596,15 +613,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
       // TIGHT + FLAT + AHEADX (bit 4096): the second block's reads before the first block's barrier
       {2048, 2, 16, 2, 1, 4, 6403, 3, 8000}, {4096, 2, 16, 2, 1, 4, 6403, 3, 300}, {7168, 2, 16, 2, 1, 4, 6403, 3, 4003},
   };
-  check_points(points, 0x6c);
-  // Not points: more than 2 blocks an item; the block in registers or reloaded; no overlap; mode 1; slots for fewer
-  // than two items.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 4, 1, 5, 1, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 0, 4, 1, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 4, 2, 3, 0, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 0, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 1, 16, 1, 1, 2, 1, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 3, 1, 3));
+  check_points(points, 0x7d);
 }
 
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
