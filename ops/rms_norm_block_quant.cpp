@@ -126,7 +126,8 @@ int smem_bytes(const Specialization& s) {
                : 0;
   if (is_stream(s))
     return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
-                                                  static_cast<int>(s.params[P_N]));
+                                                  static_cast<int>(s.params[P_N]),
+                                                  (s.config[C_OVERLAP] & kStreamTable) != 0);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -273,8 +274,10 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_STAGES] = 2 * scb;
       // LEAN (session 7 round 5, in one process: 27.66 µs against the base's 29.23 at N = 2048, 92.30 against 94.86
       // at 7168, one block an item 27.74 against 29.60; the bench rows 27.82 / 94.77, round_scale 0 44.90 against
-      // 46.6; bit-exact).
-      s.config[C_OVERLAP] = kStreamLean;
+      // 46.6; bit-exact). N = 2048 with power-of-two scales: LEAN + TIGHT + FLAT + SPLIT (session 8 round 2, in one
+      // process: 27.31 µs against LEAN's 27.74; at N = 7168 95.38 against 94.56, so LEAN stays there; bit-exact).
+      s.config[C_OVERLAP] = round && nb == 16 && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit
+                                                          : kStreamLean;
       s.config[C_EXCHANGE] = kStreamGlobal;
     }
   }
@@ -349,13 +352,13 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamTable, kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit,
-                      kTight | kStreamFlat | kStreamAheadX}) {
+                      kTight | kStreamFlat | kStreamAheadX, kTight | kStreamFlat | kStreamSplit | kStreamAheadX}) {
     if ((overlap & kStreamAheadX) && cb != 2) continue;  // (AHEADX: two blocks an item)
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
-          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
-              227 * 1024)
+          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N]),
+                                                 (overlap & kStreamTable) != 0) > 227 * 1024)
         continue;
       if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;

@@ -269,8 +269,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * BLOCK * 2);  // [2][128 channels][32 slots of 4 tokens]
   u32* colmax = codes + 2 * 128 * 32;                              // [3][132] float bits, padded slots
-  // TIGHT: [kRmsqStreamTightConsts][512] per-thread constants, then the N weights as fp32.
-  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + kRmsqStreamTightConsts * THREADS);
+  // TABLE: [kRmsqStreamTightConsts][512] per-thread constants; TIGHT: the N weights as fp32, each 128-channel block
+  // as [2 halves][16 lanes][4] (channel c0 + 4j + i of lane hl at j·64 + hl·4 + i: a warp's 16-byte reads of one half
+  // are 256 consecutive bytes, no bank conflict).
+  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + (TABLE ? kRmsqStreamTightConsts * THREADS : 0));
   const u32 split_bar = smem_u32(wsm + N);  // SPLIT: the block barrier's mbarrier (16 arrivals: one a warp)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
 
@@ -298,7 +300,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       case kColMax: return smem_u32(colmax + cs0);
       case kQ: return static_cast<u32>(4 * hw * N + c0);
       case kQs: return static_cast<u32>(4 * hw + (hl >> 2));
-      default: return smem_u32(wsm + c0);
+      default: return smem_u32(wsm + hl * 4);
     }
   };
   const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
@@ -488,7 +490,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         f = make_float4(__uint_as_float(v.x << 16), __uint_as_float(v.x & 0xffff0000u), __uint_as_float(v.y << 16),
                         __uint_as_float(v.y & 0xffff0000u));
       }
-      *reinterpret_cast<float4*>(wsm + i) = f;
+      *reinterpret_cast<float4*>(wsm + (i & ~127) + ((i & 7) >> 2) * 64 + ((i & 127) >> 3) * 4) = f;
     }
   }
   __syncthreads();
@@ -675,7 +677,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       const u32 at = thr_const(kW) + col * 4;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
-        const Vec16 v = lds16(at + 16 * j);
+        const Vec16 v = lds16(at + 256 * j);
 #pragma unroll
         for (int i = 0; i < 4; ++i) w8[4 * j + i] = __uint_as_float(v.w[i]);
       }

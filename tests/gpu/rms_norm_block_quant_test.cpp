@@ -610,8 +610,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
       // TIGHT + FLAT (bit 2048) and FLAT + SPLIT: predicated row-scale stores, the column maxima first
       {2048, 2, 16, 2, 1, 4, 2307, 3, 8000}, {128, 2, 16, 1, 1, 2, 2307, 3, 9},  {7168, 2, 16, 2, 1, 4, 2307, 3, 4003},
       {2048, 2, 16, 2, 1, 4, 2819, 3, 4003}, {128, 2, 16, 1, 1, 2, 2819, 3, 9},  {7168, 2, 16, 1, 1, 2, 2819, 3, 8192},
-      // TIGHT + FLAT + AHEADX (bit 4096): the second block's reads before the first block's barrier
+      // TIGHT + FLAT (+ SPLIT) + AHEADX (bit 4096): the second block's reads before the first block's barrier
       {2048, 2, 16, 2, 1, 4, 6403, 3, 8000}, {4096, 2, 16, 2, 1, 4, 6403, 3, 300}, {7168, 2, 16, 2, 1, 4, 6403, 3, 4003},
+      {2048, 2, 16, 2, 1, 4, 6915, 3, 4003}, {7168, 2, 16, 2, 1, 4, 6915, 3, 8192}, {2048, 2, 16, 2, 1, 4, 6915, 3, 77},
   };
   check_points(points, 0x7d);
 }
