@@ -62,6 +62,9 @@ constexpr int kStreamFlat = 2048;
 // 4096 AHEADX (on TIGHT, two blocks an item): the item's second block's x and weights read before the first block's
 // barrier (their shared-memory latency off the second block's start).
 constexpr int kStreamAheadX = 4096;
+// 8192 SPLIT2 (on TIGHT + FLAT + SPLIT): the previous block's qT store between the arrive and the wait, ordered by a
+// second mbarrier (every warp has staged its codes) instead of by the block barrier.
+constexpr int kStreamSplit2 = 8192;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -352,7 +355,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamTable, kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit,
-                      kTight | kStreamFlat | kStreamAheadX, kTight | kStreamFlat | kStreamSplit | kStreamAheadX}) {
+                      kTight | kStreamFlat | kStreamAheadX, kTight | kStreamFlat | kStreamSplit | kStreamAheadX,
+                      kTight | kStreamFlat | kStreamSplit | kStreamSplit2}) {
     if ((overlap & kStreamAheadX) && cb != 2) continue;  // (AHEADX: two blocks an item)
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
@@ -591,7 +595,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamTable | kStreamFlat | kStreamAheadX);  // (LEAN)
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamTable | kStreamFlat | kStreamAheadX | kStreamSplit2);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -245,7 +245,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false,
-          bool FLAT_BIT = false, bool AHEADX_BIT = false>
+          bool FLAT_BIT = false, bool AHEADX_BIT = false, bool SPLIT2_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -254,6 +254,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool TABLE = TABLE_BIT && TIGHT;   // (TIGHT's per-thread constants)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool AHEADX = AHEADX_BIT && TIGHT; // (TIGHT's full tiles: the next block's reads before the barrier)
+  constexpr bool SPLIT2 = SPLIT2_BIT && SPLIT && FLAT;  // (the previous block's store between arrive and wait)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -274,6 +275,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // are 256 consecutive bytes, no bank conflict).
   float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + (TABLE ? kRmsqStreamTightConsts * THREADS : 0));
   const u32 split_bar = smem_u32(wsm + N);  // SPLIT: the block barrier's mbarrier (16 arrivals: one a warp)
+  const u32 stage_bar = split_bar + 8;      // SPLIT2: a block's codes staged by every warp (16 arrivals)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -478,6 +480,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
+    if (SPLIT2 && tid == 0) mbar_init(stage_bar, WARPS);
   }
   if constexpr (TIGHT) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
@@ -738,6 +741,19 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         norm_y(xv, rv, w8, y);
         release(k);  // y depends on the values: this thread's pieces of the slot are free
 
+        auto store_prev = [&]() {  // the previous block's staged codes (buffer (nb − 1) & 1) out to qT
+          if constexpr (TF) {
+            if (aligned16 && prev_valid == ROWS)
+              store_block_codes_at(
+                  thr_const(kCodes) + ((nb + 1) & 1) * 16384,
+                  a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
+                  static_cast<i64>(4) * a.M, (warp & 1) != 0);
+            else
+              store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+          } else {
+            store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+          }
+        };
         auto row_codes_now = [&]() {
           if constexpr (TF && FLAT) {
             row_codes_flat(y, hl, lane, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
@@ -771,6 +787,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           if constexpr (AX) {
             if (b == 0) read_block(k + 1, col + 128, x_ahead, w_ahead);
           }
+          if constexpr (SPLIT2) {
+            // The previous block's codes out here, once every warp has staged them (phase sph − 1 of stage_bar: a
+            // full block precedes, partial tiles come last), instead of after this block's barrier.
+            if (prev_col >= 0) {
+              mbar_wait(stage_bar, (sph + 1) & 1u);
+              store_prev();
+            }
+          }
           mbar_wait(split_bar, sph & 1u);
           ++sph;
         } else {
@@ -780,24 +804,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           }
           __syncthreads();
         }
-        if (prev_col >= 0) {
-          if constexpr (TF) {
-            if (aligned16 && prev_valid == ROWS)
-              store_block_codes_at(
-                  thr_const(kCodes) + ((nb + 1) & 1) * 16384,
-                  a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
-                  static_cast<i64>(4) * a.M, (warp & 1) != 0);
-            else
-              store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
-          } else {
-            store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
-          }
-        }
+        if (!(TF && SPLIT2) && prev_col >= 0) store_prev();
 
         if constexpr (TF && FLAT) {  // (the column scales formed and stored last: warp 0's branch ends the block)
           float qp[8], sc[8];
           col_quantizers_tight(thr_const(kColMax) + 16 * half + cmi * (132 * 4), half, false, qp, sc);
           stage_codes_at(thr_const(kStage) + (nb & 1) * 16384, y, qp);
+          if constexpr (SPLIT2) {  // this warp's codes of the block are staged
+            __syncwarp();
+            mbar_arrive_if(stage_bar, lane == 0);
+          }
           if (warp == 0 && half == 0) {
             col_scales_of(qp, sc);
             bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
@@ -921,13 +937,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 1024 TABLE
 // (TIGHT with its per-thread constants read from shared memory), 2048 FLAT (TIGHT without divergent branches between
 // the phases of a full block: predicated row-scale stores, the column scales last; the column maxima before the row
-// codes), 4096 AHEADX (TIGHT, two blocks an item: block 1's x and weights read before block 0's barrier).
+// codes), 4096 AHEADX (TIGHT, two blocks an item: block 1's x and weights read before block 0's barrier), 8192 SPLIT2
+// (SPLIT + FLAT: the previous block's qT store between the arrive and the wait, on a second mbarrier of staged codes).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0, (V & 2048) != 0,
-                                   (V & 4096) != 0>(sa);
+                                   (V & 4096) != 0, (V & 8192) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -56,8 +56,8 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 1024 TABLE, 2048 FLAT, 4096 AHEADX; stages =
-// ring slots. (Session
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 1024 TABLE, 2048 FLAT, 4096 AHEADX, 8192
+// SPLIT2; stages = ring slots. (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
@@ -67,11 +67,13 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+FLAT+SPLIT R4 (default)", 2048, 2, 4, 2819, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+FLAT+SPLIT+AHEADX R4", 2048, 2, 4, 6915, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT+SPLIT2 R4", 2048, 2, 4, 11011, "2048 base cb2 R4"},
       {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
       {"7168 LEAN R4 (default)", 7168, 2, 4, 3, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT R4", 7168, 2, 4, 259, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+FLAT+SPLIT+AHEADX R4", 7168, 2, 4, 6915, "7168 base cb2 R4"},
+      {"7168 LEAN+TIGHT+FLAT+SPLIT+SPLIT2 R4", 7168, 2, 4, 11011, "7168 base cb2 R4"},
   };
 
 

@@ -613,6 +613,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
       // TIGHT + FLAT (+ SPLIT) + AHEADX (bit 4096): the second block's reads before the first block's barrier
       {2048, 2, 16, 2, 1, 4, 6403, 3, 8000}, {4096, 2, 16, 2, 1, 4, 6403, 3, 300}, {7168, 2, 16, 2, 1, 4, 6403, 3, 4003},
       {2048, 2, 16, 2, 1, 4, 6915, 3, 4003}, {7168, 2, 16, 2, 1, 4, 6915, 3, 8192}, {2048, 2, 16, 2, 1, 4, 6915, 3, 77},
+      // TIGHT + FLAT + SPLIT + SPLIT2 (bit 8192): the previous block's store between the arrive and the wait
+      {2048, 2, 16, 2, 1, 4, 11011, 3, 8000}, {7168, 2, 16, 1, 1, 2, 11011, 3, 4003}, {128, 2, 16, 1, 1, 2, 11011, 3, 5},
+      {7168, 2, 16, 2, 1, 4, 11011, 3, 8192}, {2048, 2, 16, 2, 1, 4, 11011, 3, 1000}, {4096, 2, 16, 2, 1, 4, 11011, 3, 9},
   };
   check_points(points, 0x7d);
 }
