@@ -65,6 +65,8 @@ constexpr int kStreamAheadX = 4096;
 // 8192 SPLIT2 (on TIGHT + FLAT + SPLIT): the previous block's qT store between the arrive and the wait, ordered by a
 // second mbarrier (every warp has staged its codes) instead of by the block barrier.
 constexpr int kStreamSplit2 = 8192;
+// 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
+constexpr int kStreamWldg = 16384;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -128,9 +130,10 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s))
-    return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
-                                                  static_cast<int>(s.params[P_N]),
-                                                  (s.config[C_OVERLAP] & kStreamTable) != 0);
+    return rms_norm_block_quant_stream_smem_bytes(
+        s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
+        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
+        (s.config[C_OVERLAP] & kStreamTable) != 0);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -356,7 +359,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamTable, kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit,
                       kTight | kStreamFlat | kStreamAheadX, kTight | kStreamFlat | kStreamSplit | kStreamAheadX,
-                      kTight | kStreamFlat | kStreamSplit | kStreamSplit2}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamSplit2, kTight | kStreamSplit | kStreamWldg,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
     if ((overlap & kStreamAheadX) && cb != 2) continue;  // (AHEADX: two blocks an item)
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
@@ -595,7 +599,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamTable | kStreamFlat | kStreamAheadX | kStreamSplit2);
+    s.config[C_OVERLAP] &=
+        ~(kStreamTight | kStreamSplit | kStreamTable | kStreamFlat | kStreamAheadX | kStreamSplit2 | kStreamWldg);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

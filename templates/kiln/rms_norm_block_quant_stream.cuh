@@ -245,7 +245,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false,
-          bool FLAT_BIT = false, bool AHEADX_BIT = false, bool SPLIT2_BIT = false>
+          bool FLAT_BIT = false, bool AHEADX_BIT = false, bool SPLIT2_BIT = false, bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -255,6 +255,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool AHEADX = AHEADX_BIT && TIGHT; // (TIGHT's full tiles: the next block's reads before the barrier)
   constexpr bool SPLIT2 = SPLIT2_BIT && SPLIT && FLAT;  // (the previous block's store between arrive and wait)
+  constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -274,7 +275,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // as [2 halves][16 lanes][4] (channel c0 + 4j + i of lane hl at j·64 + hl·4 + i: a warp's 16-byte reads of one half
   // are 256 consecutive bytes, no bank conflict).
   float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + (TABLE ? kRmsqStreamTightConsts * THREADS : 0));
-  const u32 split_bar = smem_u32(wsm + N);  // SPLIT: the block barrier's mbarrier (16 arrivals: one a warp)
+  const u32 split_bar = smem_u32(wsm + (TIGHT && !WLDG_BIT ? N : 0));  // SPLIT: the block barrier (16 arrivals)
   const u32 stage_bar = split_bar + 8;      // SPLIT2: a block's codes staged by every warp (16 arrivals)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
 
@@ -482,7 +483,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     if (tid == 0) mbar_init(split_bar, WARPS);
     if (SPLIT2 && tid == 0) mbar_init(stage_bar, WARPS);
   }
-  if constexpr (TIGHT) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
+  if constexpr (WSM) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
     for (int i = 4 * tid; i < N; i += 4 * THREADS) {
       float4 f;
@@ -669,14 +670,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr int WV = W_F32 ? 2 : 1;  // 16-byte pieces of a thread's 8 weights
   Vec16 wpre[WV];
   auto load_w = [&](int col) {
-    if constexpr (!TIGHT) {
+    if constexpr (!WSM) {
       const char* p = static_cast<const char*>(a.w) + static_cast<i64>(col + c0) * (W_F32 ? 4 : 2);
 #pragma unroll
       for (int j = 0; j < WV; ++j) wpre[j] = load16(p + 16 * j);
     }
   };
   auto weights = [&](int col, float (&w8)[8]) {  // the block at `col`'s (LEAN: loaded a block ahead into wpre)
-    if constexpr (TIGHT) {
+    if constexpr (WSM) {
       const u32 at = thr_const(kW) + col * 4;
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
@@ -938,13 +939,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (TIGHT with its per-thread constants read from shared memory), 2048 FLAT (TIGHT without divergent branches between
 // the phases of a full block: predicated row-scale stores, the column scales last; the column maxima before the row
 // codes), 4096 AHEADX (TIGHT, two blocks an item: block 1's x and weights read before block 0's barrier), 8192 SPLIT2
-// (SPLIT + FLAT: the previous block's qT store between the arrive and the wait, on a second mbarrier of staged codes).
+// (SPLIT + FLAT: the previous block's qT store between the arrive and the wait, on a second mbarrier of staged codes),
+// 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0, (V & 2048) != 0,
-                                   (V & 4096) != 0, (V & 8192) != 0>(sa);
+                                   (V & 4096) != 0, (V & 8192) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -616,6 +616,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
       // TIGHT + FLAT + SPLIT + SPLIT2 (bit 8192): the previous block's store between the arrive and the wait
       {2048, 2, 16, 2, 1, 4, 11011, 3, 8000}, {7168, 2, 16, 1, 1, 2, 11011, 3, 4003}, {128, 2, 16, 1, 1, 2, 11011, 3, 5},
       {7168, 2, 16, 2, 1, 4, 11011, 3, 8192}, {2048, 2, 16, 2, 1, 4, 11011, 3, 1000}, {4096, 2, 16, 2, 1, 4, 11011, 3, 9},
+      // TIGHT + (FLAT +) SPLIT + WLDG (bit 16384): LEAN's weights, an LDG a block ahead
+      {2048, 2, 16, 2, 1, 4, 17155, 3, 8000}, {7168, 2, 16, 2, 1, 4, 19203, 3, 4003}, {128, 2, 16, 1, 1, 2, 19203, 3, 3},
+      {2048, 2, 16, 2, 1, 4, 19203, 3, 8192}, {7168, 2, 16, 1, 1, 2, 17155, 3, 1000}, {2048, 2, 16, 1, 1, 2, 19203, 3, 5},
   };
   check_points(points, 0x7d);
 }
