@@ -280,10 +280,11 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_STAGES] = 2 * scb;
       // LEAN (session 7 round 5, in one process: 27.66 µs against the base's 29.23 at N = 2048, 92.30 against 94.86
       // at 7168, one block an item 27.74 against 29.60; the bench rows 27.82 / 94.77, round_scale 0 44.90 against
-      // 46.6; bit-exact). N = 2048 with power-of-two scales: LEAN + TIGHT + FLAT + SPLIT (session 8 round 2, in one
-      // process: 27.31 µs against LEAN's 27.74; at N = 7168 95.38 against 94.56, so LEAN stays there; bit-exact).
-      s.config[C_OVERLAP] = round && nb == 16 && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit
-                                                          : kStreamLean;
+      // 46.6; bit-exact). With power-of-two scales and two blocks an item: LEAN + TIGHT + FLAT + SPLIT + WLDG (session
+      // 8 round 4, in one process: N = 2048 25.90 µs against LEAN's 27.71, N = 7168 90.93 against 93.26; ncu 24.19 /
+      // 90.72 against 26.27 / 93.95; bit-exact; launch_stream drops the TIGHT bits where x is strided or M·N ≥ 2^31).
+      s.config[C_OVERLAP] =
+          round && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
       s.config[C_EXCHANGE] = kStreamGlobal;
     }
   }

@@ -64,16 +64,16 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 base cb2 R4", 2048, 2, 4, 1, nullptr},
       {"2048 LEAN R4", 2048, 2, 4, 3, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT R4 (default)", 2048, 2, 4, 2819, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+FLAT+SPLIT+SPLIT2 R4", 2048, 2, 4, 11011, "2048 base cb2 R4"},
       {"2048 LEAN+TIGHT+SPLIT+WLDG R4", 2048, 2, 4, 17155, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 2048, 2, 4, 19203, "2048 base cb2 R4"},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4 (default)", 2048, 2, 4, 19203, "2048 base cb2 R4"},
       {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
-      {"7168 LEAN R4 (default)", 7168, 2, 4, 3, "7168 base cb2 R4"},
+      {"7168 LEAN R4", 7168, 2, 4, 3, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+FLAT+SPLIT+SPLIT2 R4", 7168, 2, 4, 11011, "7168 base cb2 R4"},
       {"7168 LEAN+TIGHT+SPLIT+WLDG R4", 7168, 2, 4, 17155, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 7168, 2, 4, 19203, "7168 base cb2 R4"},
+      {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4 (default)", 7168, 2, 4, 19203, "7168 base cb2 R4"},
   };
 
 
