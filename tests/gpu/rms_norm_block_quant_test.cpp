@@ -797,5 +797,120 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
   }
 }
 
+// ---- the split-role kernel (exchange 7: rms_norm_block_quant_split.cuh) ---------------------------------------------
+
+// Its points at N: one block an item (3 slots), and two (6 slots) where a row has at least two such items.
+std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
+  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}};
+  if (N % 256 == 0 && N / 256 >= 2) v.push_back({N, 2, 16, 2, 1, 6, 1, 7, M});
+  return v;
+}
+
+// special_input's rows at any N (multiple of 128) and M ≥ 700: single special rows in the first token block, whole
+// blocks of zero, tiny, subnormal-code and huge rows after it.
+Input special_input_at(int64_t N, int64_t M, uint64_t seed) {
+  Input in = random_input(M, N, seed);
+  const std::vector<float> g = randn(M * N, mix_seed({seed, 3}));
+  auto fill_rows = [&](int64_t m0, int64_t m1, float scale) {
+    for (int64_t m = m0; m < m1; ++m)
+      for (int64_t k = 0; k < N; ++k) in.x[m * N + k] = scale * g[m * N + k];
+  };
+  const float bf16_max = bf16_to_float(0x7F7F);
+  fill_rows(3, 4, 0.0f);
+  fill_rows(5, 6, 1e30f);
+  fill_rows(6, 7, 1e17f);
+  fill_rows(7, 8, 1e-30f);
+  fill_rows(8, 9, 1e-36f);
+  in.x[9 * N + 17 % N] = kNaN;
+  in.x[10 * N + 200 % N] = kInf;
+  in.x[11 * N + 1000 % N] = -kInf;
+  in.x[11 * N + 1001 % N] = kNaN;
+  fill_rows(12, 13, kNaN);
+  in.x[13 * N + 64] = 1e30f;
+  fill_rows(14, 15, 0.0f);
+  in.x[14 * N + 5] = 1.0f;
+  for (int64_t k = 0; k < N; ++k) in.x[15 * N + k] = 0.5f;
+  for (int64_t k = 0; k < N; ++k) in.x[16 * N + k] = (k % 2) ? bf16_max : -bf16_max;
+  fill_rows(128, 256, 0.0f);
+  fill_rows(256, 384, 1e-30f);
+  fill_rows(384, 512, 1e-36f);
+  fill_rows(512, 640, 1e30f);
+  fill_rows(640, std::min<int64_t>(M, 700), 1e17f);
+  round_to(DType::bf16, in.x);
+  return in;
+}
+
+// Every split point at N ∈ {256, 2048, 7168} × M ∈ {1, 7, 128, 1000, 8192} (partial last tiles, M % 16 != 0: the
+// byte-wise qT tail, one CTA with a single item), round_scale 1, and round_scale 0 at M = 7 and 1000.
+TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
+  for (int64_t N : {256, 2048, 7168})
+    for (int64_t M : {1, 7, 128, 1000, 8192})
+      for_each_point(split_points_at(N, M), [&](const SpacePoint& p, size_t i) {
+        for (bool rs : {true, false}) {
+          if (!rs && M != 7 && M != 1000) continue;
+          SCOPED_TRACE("round_scale " + std::to_string(rs));
+          const Input in = random_input(M, N, mix_seed({0x70, static_cast<uint64_t>(N), static_cast<uint64_t>(M), i}));
+          RunSpec spec;
+          spec.mode = 2;
+          spec.round_scale = rs;
+          run_and_check(in, spec);
+        }
+      });
+}
+
+// NaN / inf / overflowing / tiny rows and whole blocks through every split point at N ∈ {256, 2048, 7168}, both
+// round_scale values (M = 700: a partial last tile).
+TEST_F(RmsNormBlockQuantTest, RmsqSplitSpecialValues) {
+  for (int64_t N : {256, 2048, 7168})
+    for_each_point(split_points_at(N, 700), [&](const SpacePoint& p, size_t i) {
+      for (bool rs : {true, false}) {
+        SCOPED_TRACE("special values, round_scale " + std::to_string(rs));
+        const Input in = special_input_at(N, p.M, mix_seed({0x71, static_cast<uint64_t>(N), i, rs}));
+        RunSpec spec;
+        spec.mode = 2;
+        spec.round_scale = rs;
+        spec.eps = 1e-5f;
+        run_and_check(in, spec);
+      }
+    });
+}
+
+// Strided rows (N + 64 apart, NaN in the gap), fp32 weights, and every output element written (two poison bytes).
+TEST_F(RmsNormBlockQuantTest, RmsqSplitStridedFp32Written) {
+  for (int64_t N : {2048, 7168})
+    for_each_point(split_points_at(N, 1000), [&](const SpacePoint& p, size_t i) {
+      for (bool rs : {true, false}) {
+        SCOPED_TRACE("strided, round_scale " + std::to_string(rs));
+        const Input in = random_input(p.M, N, mix_seed({0x72, static_cast<uint64_t>(N), i, rs}), DType::bf16, N + 64);
+        RunSpec spec;
+        spec.mode = 2;
+        spec.round_scale = rs;
+        run_and_check(in, spec);
+        SCOPED_TRACE("fp32 weight");
+        const Input inw = random_input(p.M, N, mix_seed({0x73, static_cast<uint64_t>(N), i, rs}), DType::f32);
+        run_and_check(inw, spec);
+      }
+      SCOPED_TRACE("every element written (M = 130)");
+      const Input in = random_input(130, N, mix_seed({0x74, static_cast<uint64_t>(N), i}));
+      RunSpec spec;
+      spec.mode = 2;
+      spec.round_scale = true;
+      spec.poison = 0x55;
+      const Result a = run(in, spec);
+      spec.poison = 0xAA;
+      const Result b = run(in, spec);
+      EXPECT_TRUE(bitwise_equal("q", a.q, b.q));
+      EXPECT_TRUE(bitwise_equal("q_scale", a.q_scale, b.q_scale));
+      EXPECT_TRUE(bitwise_equal("qT", a.qT, b.qT));
+      EXPECT_TRUE(bitwise_equal("qT_scale", a.qT_scale, b.qT_scale));
+      EXPECT_TRUE(bitwise_equal("rms_inv", a.rms_inv, b.rms_inv));
+      EXPECT_TRUE(a.written_outside.empty() && b.written_outside.empty());
+      check(in, spec, a);
+    });
+  // Not points: CB 2 at N = 256 (one item a row), CB 3.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 6, 1, 7));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 3, 1, 9, 1, 7));
+}
+
 }  // namespace
 }  // namespace kiln::test

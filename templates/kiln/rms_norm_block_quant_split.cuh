@@ -1,0 +1,406 @@
+// kiln/rms_norm_block_quant_split.cuh — the split-role kernel of rms_norm_block_quant (mode 2): the stream kernel's
+// GLOBAL walk and Σx² exchange (rms_norm_block_quant_stream.cuh) with pass 2 done by two warp groups at once, each
+// reading the same ring slot in the layout that suits its quantization and computing y = (x·r)·w itself (fp32, this
+// order):
+//  * ROW role (warps 0 … 7): lane 4c + g holds rows 16w + 4g + i (i < 4) × channels 16c … 16c+15 of the block (64
+//    values). A row's amax: 15 maxima in-thread + 3 shuffles (xor 4, 8, 16: the 8 lanes of the row); each lane forms
+//    its rows' quantizers, a row's 16 codes leave as one 16-byte store (8 lanes: 128 contiguous bytes), lanes c < 4
+//    store the scale of row 4g + c (16 consecutive floats a warp).
+//  * COLUMN role (warps 8 … 15): lane 8q + l holds rows 16l … 16l+15 × channels 16w' + 4q … +3 (w' = w − 8). A
+//    column's amax: 15 maxima in-thread + 3 shuffles (xor 1, 2, 4: the 8 lanes of the columns); a column's 16 codes
+//    leave as one 16-byte store into qT's row (8 lanes: 128 contiguous bytes), lane l = 0 stores the 4 scales.
+//  No shared atomics, no staging of codes, no barrier between the two quantizations.
+// Per item (128 tokens × C = 128·CB columns; item u = b, b + P, … of the tiles × S items, S = N / C ≥ 2):
+//  * the ring: slots for THREE items (3·CB blocks of 32 KiB, swizzled: rmsq_split_slot_offset). Each thread copies the
+//    16-byte pieces of rows 4·hw … 4·hw+3, chunk hl (the stream kernel's 4 × 8 layout) with cp.async, one group a
+//    block (every refill commits CB groups, empty past the last item: constant waits);
+//  * pass 1 (all 16 warps, the stream kernel's layout and order: Σx² of the thread's 4 rows × 8 channels, the
+//    transposing butterfly, 8 tagged partial sums a warp into the workspace) of item it + 1 runs before item it's
+//    quantization, and item it's polls fly during it;
+//  * finish: the stream kernel's fixed-order sum of the S partial sums (bounded poll, local fallback from x), r of
+//    the item's 128 rows into shared memory (double-buffered by item parity); ONE block barrier an item: after it
+//    every thread's copies of item it are visible to all, r is published, and every thread has finished pass 2 of
+//    item it − 1, so each thread refills item it − 1's slots with item it + 2 (an item and a half of lead);
+//  * pass 2 of item it: both roles, each for the CB blocks.
+#pragma once
+#include "kiln/rms_norm_block_quant_split_args.h"
+#include "kiln/rms_norm_block_quant_stream.cuh"
+
+namespace kiln {
+namespace rmsq {
+// 16 bytes global → shared (32-bit shared address); `valid` false zero-fills without reading.
+__device__ __forceinline__ void split_cp16(u32 dst, const void* src, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+// Low / high bf16 of a 32-bit word as fp32.
+__device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
+__device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
+}  // namespace rmsq
+
+template <int N, int CB, bool ROUND, bool W_F32>
+__global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
+  using namespace rmsq;
+  const RmsNormBlockQuantArgs& a = sa.a;
+  constexpr int ROWS = 128, C = CB * 128, S = N / C, R = 3 * CB;
+  constexpr int BLOCK_BYTES = ROWS * 128 * 2;
+  static_assert(N % C == 0 && S > 1, "two or more chunks a row (the exchange goes through the workspace)");
+  static_assert(kRmsqSplitThreads == 512, "16 warps: 8 a role");
+  using Make = typename QuantOf<ROUND, true>::type;
+  const Apply<ROUND> apply{};
+
+  extern __shared__ __align__(128) unsigned char smem_raw[];
+  const u32 ring_s = smem_u32(smem_raw);
+  float* rsh = reinterpret_cast<float*>(smem_raw + R * BLOCK_BYTES);  // [2][128]
+
+  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  const int hl = lane & 15, half = lane >> 4;
+  const int hw = warp * 2 + half;  // pass 1 / copies: rows 4·hw … 4·hw+3, chunk hl
+  const int c0 = hl * 8;
+  const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
+  const int tiles = (a.M + ROWS - 1) / ROWS;
+  const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs)
+  const int dT = P / S, dC = P % S;
+  auto step = [&](int& t, int& c) {
+    t += dT;
+    c += dC;
+    if (c >= S) {
+      c -= S;
+      ++t;
+    }
+  };
+  // Item it's (tile, chunk) and item it + 1's.
+  int cur_tile = b0 / S, cur_chunk = b0 % S, nxt_tile = cur_tile, nxt_chunk = cur_chunk;
+  step(nxt_tile, nxt_chunk);
+  const bf16* xg = static_cast<const bf16*>(a.x);
+  const i64 xs = a.x_stride;
+
+  // ---- the ring: item j in slots (j % 3)·CB …; this thread's pieces at cp_off (+ 256 a row) ----
+  const u32 cp_off = static_cast<u32>(rmsq_split_slot_offset(4 * hw, hl));
+  const bf16* const xthr = xg + static_cast<i64>(4 * hw) * xs + c0;
+  int iss_item = 0, iss_set = 0, iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - 4 * hw;
+  i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
+  auto issue_item = [&]() {  // item iss_item's CB blocks, a group each (empty groups past the last item)
+#pragma unroll
+    for (int b = 0; b < CB; ++b) {
+      if (iss_item < T) {
+        const bf16* src = xthr + iss_off + b * 128;
+        const u32 dst = ring_s + (iss_set * CB + b) * BLOCK_BYTES + cp_off;
+        if (iss_rows >= 4) {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) split_cp16(dst + i * 256, src + i * xs, true);
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const bool ok = i < iss_rows;  // rows past M: zero-filled, nothing read
+            split_cp16(dst + i * 256, ok ? src + i * xs : static_cast<const void*>(xg), ok);
+          }
+        }
+      }
+      cp_async_commit();
+    }
+    ++iss_item;
+    iss_set = iss_set == 2 ? 0 : iss_set + 1;
+    iss_rows -= dT * ROWS;
+    iss_chunk += dC;
+    iss_off += static_cast<i64>(dT) * ROWS * xs + dC * C;
+    if (iss_chunk >= S) {
+      iss_chunk -= S;
+      iss_rows -= ROWS;
+      iss_off += static_cast<i64>(ROWS) * xs - S * C;
+    }
+  };
+  issue_item();
+  issue_item();
+
+  // ---- pass 1: Σx² of item (tile, chunk) in slot set `set`, tagged into the workspace. PB: after block b's wait
+  // at most PB − b newer groups may be pending. ----
+  auto pass1 = [&](int tile, int chunk, int set, auto pb) {
+    constexpr int PB = decltype(pb)::value;
+    float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+    for (int b = 0; b < CB; ++b) {
+      cp_async_wait_group_dyn(PB - b);
+      const unsigned char* s = smem_raw + (set * CB + b) * BLOCK_BYTES + cp_off;
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sum_squares8(*reinterpret_cast<const Vec16*>(s + i * 256), ss[i]);
+    }
+    const float sum = transpose_reduce4<false>(ss, hl);  // row 4·hw + (hl >> 2), lanes 16·half + 4R
+    const int j = lane & 7;
+    const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
+    if (lane < 8)
+      stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + 8 * warp + j, stream_tagged(v, sa.tag));
+  };
+  // The fallback: chunk q's partial sums of rows 8w … 8w+7 of `tile` from x (pass 1's operations in its order);
+  // lane 16·(j >> 2) + 4·(j & 3) gets row j's.
+  auto chunk_sum = [&](int tile, int q) {
+    const int m0 = tile * ROWS;
+    const int valid = min(ROWS, a.M - m0);
+    float ss[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+    for (int b = 0; b < CB; ++b)
+#pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const int r = 4 * hw + i;
+        const Vec16 xv = r < valid ? load16(xg + static_cast<i64>(m0 + r) * xs + q * C + b * 128 + c0)
+                                   : Vec16{{0u, 0u, 0u, 0u}};
+        sum_squares8(xv, ss[i]);
+      }
+    return transpose_reduce4<false>(ss, hl);
+  };
+  constexpr int KQ = (S * 8 + 31) / 32;
+  u64 got[KQ];
+  auto poll_issue = [&](int tile) {
+    const u64* base = sa.ws + static_cast<i64>(tile) * S * ROWS + 8 * warp;
+#pragma unroll
+    for (int k = 0; k < KQ; ++k) {
+      const int idx = lane + 32 * k;
+      got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
+    }
+  };
+  // r of rows 8w … 8w+7 of item (tile, chunk) into rsh[buf] (and rms_out by chunk 0).
+  auto finish = [&](int tile, int chunk, float* rbuf) {
+    const int m0 = tile * ROWS;
+    const int valid = min(ROWS, a.M - m0);
+    const int j = lane & 7;
+    const u64* base = sa.ws + static_cast<i64>(tile) * S * ROWS + 8 * warp;
+    bool ready[KQ];
+#pragma unroll
+    for (int k = 0; k < KQ; ++k) ready[k] = lane + 32 * k >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag;
+#pragma unroll 1
+    for (int tries = 0;; ++tries) {
+      bool mine = true;
+#pragma unroll
+      for (int k = 0; k < KQ; ++k) mine = mine && ready[k];
+      if (__all_sync(0xffffffffu, mine)) break;
+      if (tries == kRmsqStreamSpinLimit) {
+#pragma unroll
+        for (int k = 0; k < KQ; ++k) {
+          const u32 ok = __ballot_sync(0xffffffffu, ready[k]);
+#pragma unroll 1
+          for (int q4 = 0; q4 < 4; ++q4) {
+            const int q = 4 * k + q4;
+            if (q >= S || ((ok >> (8 * q4)) & 0xffu) == 0xffu) continue;  // warp-uniform
+            const float v = chunk_sum(tile, q);
+            const float w = __shfl_sync(0xffffffffu, v, 16 * (j >> 2) + 4 * (j & 3));
+            if ((lane >> 3) == q4) got[k] = stream_tagged(w, sa.tag);
+          }
+        }
+        break;
+      }
+      __nanosleep(64);
+#pragma unroll
+      for (int k = 0; k < KQ; ++k)
+        if (!ready[k]) {
+          const int idx = lane + 32 * k;
+          got[k] = stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7));
+          ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
+        }
+    }
+    // Row j's sum in the stream kernel's fixed order (the same in every CTA).
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < KQ; ++k)
+      if (lane + 32 * k < S * 8) t += __uint_as_float(static_cast<u32>(got[k]));
+    t += __shfl_xor_sync(0xffffffffu, t, 8);
+    t += __shfl_xor_sync(0xffffffffu, t, 16);
+    const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
+    if (lane < 8) {
+      rbuf[8 * warp + j] = rr;
+      if (chunk == 0 && a.rms_out && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
+    }
+  };
+
+  // ---- pass 2 ----
+  const bool row_role = warp < 8;
+  const int wr = warp & 7;
+  // ROW role: c = lane >> 2 (channels 16c …), g = lane & 3 (rows 16·wr + 4g + i).
+  const int rc = lane >> 2, rg = lane & 3;
+  const int rrow0 = 16 * wr + 4 * rg;
+  // COLUMN role: q = lane >> 3 (channels 16·wr + 4q …), l = lane & 7 (rows 16l …).
+  const int cq = lane >> 3, cl = lane & 7;
+  const int ch0 = 16 * wr + 4 * cq;
+  // Per-thread slot offsets: the row role's two chunks (rows + 256 i), the column role's four row groups of 4.
+  u32 xo[4];
+  if (row_role) {
+    xo[0] = static_cast<u32>(rmsq_split_slot_offset(rrow0, 2 * rc));
+    xo[1] = static_cast<u32>(rmsq_split_slot_offset(rrow0, 2 * rc + 1));
+    xo[2] = xo[3] = 0u;
+  } else {
+#pragma unroll
+    for (int G = 0; G < 4; ++G)
+      xo[G] = static_cast<u32>(rmsq_split_slot_offset(16 * cl + 4 * G, ch0 >> 3) + (cq & 1) * 8);
+  }
+  // Weights, a block ahead: the row role's 16 channels (bf16: 2 pieces, fp32: 4), the column role's 4 (1 piece).
+  constexpr int WV = W_F32 ? 4 : 2;
+  Vec16 wpre[WV];
+  auto load_w = [&](int col) {
+    const char* base = static_cast<const char*>(a.w);
+    if (row_role) {
+      const char* p = base + static_cast<i64>(col + 16 * rc) * (W_F32 ? 4 : 2);
+#pragma unroll
+      for (int j = 0; j < WV; ++j) wpre[j] = load16(p + 16 * j);
+    } else {
+      const char* p = base + static_cast<i64>(col + ch0) * (W_F32 ? 4 : 2);
+      if constexpr (W_F32) {
+        wpre[0] = load16(p);
+      } else {
+        const uint2 v = *reinterpret_cast<const uint2*>(p);
+        wpre[0] = Vec16{{v.x, v.y, 0u, 0u}};
+      }
+    }
+  };
+  const bool q16 = (reinterpret_cast<unsigned long long>(a.q) & 15u) == 0u;
+  const bool aligned16 = (a.M % 16) == 0 && (reinterpret_cast<unsigned long long>(a.qT) & 15u) == 0u;
+  const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
+
+  auto pass2 = [&](int tile, int chunk, int set, const float* rbuf) {
+    const int m0 = tile * ROWS;
+    const int valid = min(ROWS, a.M - m0);
+    auto body = [&](auto full) {
+      constexpr bool FULL = decltype(full)::value;
+#pragma unroll 1
+      for (int b = 0; b < CB; ++b) {
+        const int col = chunk * C + b * 128;
+        const unsigned char* slot = smem_raw + (set * CB + b) * BLOCK_BYTES;
+        if (row_role) {
+          float w16[16];
+#pragma unroll
+          for (int j = 0; j < WV; ++j)
+#pragma unroll
+            for (int i = 0; i < 16 / WV; ++i)
+              w16[j * (16 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
+          load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);
+          const float4 r4 = *reinterpret_cast<const float4*>(rbuf + rrow0);
+          const float rv[4] = {r4.x, r4.y, r4.z, r4.w};
+          float y[4][16];
+          float am[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            am[i] = 0.0f;
+#pragma unroll
+            for (int j = 0; j < 2; ++j) {
+              const Vec16 xv = *reinterpret_cast<const Vec16*>(slot + xo[j] + i * 256);
+#pragma unroll
+              for (int e = 0; e < 8; ++e) {
+                y[i][8 * j + e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv, e), rv[i]), w16[8 * j + e]);
+                am[i] = fmaxf(am[i], fabsf(y[i][8 * j + e]));
+              }
+            }
+          }
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], 4));
+            am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], 8));
+            am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], 16));
+          }
+          float sc[4];
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const bqt::TileQuant qt = Make{}(am[i]);
+            sc[i] = qt.s;
+            Vec16 codes;
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+              codes.w[k] = e4m3x4(apply(y[i][4 * k], qt.p), apply(y[i][4 * k + 1], qt.p), apply(y[i][4 * k + 2], qt.p),
+                                  apply(y[i][4 * k + 3], qt.p));
+            if (FULL || rrow0 + i < valid) {
+              u8* dst = a.q + static_cast<i64>(m0 + rrow0 + i) * N + col + 16 * rc;
+              if (q16) {
+                store16(dst, codes);
+              } else {
+#pragma unroll
+                for (int k = 0; k < 4; ++k) reinterpret_cast<u32*>(dst)[k] = codes.w[k];
+              }
+            }
+          }
+          // Lanes c < 4 store row 4g + c's scale (16 consecutive rows a warp).
+          const float s = rc == 0 ? sc[0] : rc == 1 ? sc[1] : rc == 2 ? sc[2] : sc[3];
+          if (rc < 4 && (FULL || rrow0 + rc < valid))
+            a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + rrow0 + rc] = s;
+        } else {
+          float w4[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) w4[e] = W_F32 ? vec_get<float>(wpre[0], e) : vec_get<bf16>(wpre[0], e);
+          load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);
+          float y[16][4];
+          float am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+          for (int G = 0; G < 4; ++G) {
+            const float4 r4 = *reinterpret_cast<const float4*>(rbuf + 16 * cl + 4 * G);
+            const float rv[4] = {r4.x, r4.y, r4.z, r4.w};
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+              const uint2 xv = *reinterpret_cast<const uint2*>(slot + xo[G] + i * 256);
+              const float xf[4] = {bf16_lo(xv.x), bf16_hi(xv.x), bf16_lo(xv.y), bf16_hi(xv.y)};
+#pragma unroll
+              for (int e = 0; e < 4; ++e) {
+                y[4 * G + i][e] = __fmul_rn(__fmul_rn(xf[e], rv[i]), w4[e]);
+                am[e] = fmaxf(am[e], fabsf(y[4 * G + i][e]));
+              }
+            }
+          }
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 1));
+            am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 2));
+            am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 4));
+          }
+          float sc[4];
+          const int t0 = 16 * cl;
+#pragma unroll
+          for (int e = 0; e < 4; ++e) {
+            const bqt::TileQuant qt = Make{}(am[e]);
+            sc[e] = qt.s;
+            Vec16 codes;
+#pragma unroll
+            for (int k = 0; k < 4; ++k)
+              codes.w[k] = e4m3x4(apply(y[4 * k][e], qt.p), apply(y[4 * k + 1][e], qt.p), apply(y[4 * k + 2][e], qt.p),
+                                  apply(y[4 * k + 3][e], qt.p));
+            u8* dst = a.qT + static_cast<i64>(col + ch0 + e) * a.M + m0 + t0;
+            if (aligned16 && (FULL || t0 + 16 <= valid)) {
+              store16(dst, codes);
+            } else {
+              for (int bb = 0; bb < 16 && t0 + bb < valid; ++bb)
+                dst[bb] = static_cast<u8>(codes.w[bb >> 2] >> ((bb & 3) * 8));
+            }
+          }
+          if (cl == 0) {
+            float* dst = a.qT_scale + static_cast<i64>(tile) * N + col + ch0;
+            if (scale_aligned) {
+              *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+            } else {
+#pragma unroll
+              for (int e = 0; e < 4; ++e) dst[e] = sc[e];
+            }
+          }
+        }
+      }
+    };
+    if (valid == ROWS) body(Flag<true>{});
+    else body(Flag<false>{});
+  };
+
+  // ---- the walk ----
+  load_w(cur_chunk * C);
+  int set = 0;  // item it's slot set (it % 3)
+  pass1(cur_tile, cur_chunk, 0, IntC<2 * CB - 1>{});
+#pragma unroll 1
+  for (int it = 0; it < T; ++it) {
+    poll_issue(cur_tile);
+    const int nset = set == 2 ? 0 : set + 1;
+    if (it + 1 < T) pass1(nxt_tile, nxt_chunk, nset, IntC<CB - 1>{});
+    float* rbuf = rsh + (it & 1) * ROWS;
+    finish(cur_tile, cur_chunk, rbuf);
+    // Every thread: its copies of item it (and it + 1) landed, pass 2 of item it − 1 done, r of item it written.
+    __syncthreads();
+    issue_item();  // item it + 2 into item it − 1's slots
+    pass2(cur_tile, cur_chunk, set, rbuf);
+    set = nset;
+    cur_tile = nxt_tile;
+    cur_chunk = nxt_chunk;
+    step(nxt_tile, nxt_chunk);
+  }
+  cp_async_wait_group<0>();  // (only empty groups can be pending)
+}
+
+}  // namespace kiln
