@@ -52,7 +52,8 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const u32 ring_s = smem_u32(smem_raw);
   float* rsh = reinterpret_cast<float*>(smem_raw + R * BLOCK_BYTES);  // [2][128]
 
-  const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+  // (warp from a shuffle: provably warp-uniform, so the role branches need no divergence handling around shuffles)
+  const int tid = threadIdx.x, warp = __shfl_sync(0xffffffffu, tid >> 5, 0), lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
   const int hw = warp * 2 + half;  // pass 1 / copies: rows 4·hw … 4·hw+3, chunk hl
   const int c0 = hl * 8;
@@ -272,37 +273,31 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
           load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);
           const float4 r4 = *reinterpret_cast<const float4*>(rbuf + rrow0);
           const float rv[4] = {r4.x, r4.y, r4.z, r4.w};
-          float y[4][16];
-          float am[4];
+          float sc[4];
+          // Row by row: 16 values live (the rows are independent; the compiler interleaves them as registers allow).
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
-            am[i] = 0.0f;
+            float y[16];
+            float am = 0.0f;
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const Vec16 xv = *reinterpret_cast<const Vec16*>(slot + xo[j] + i * 256);
 #pragma unroll
               for (int e = 0; e < 8; ++e) {
-                y[i][8 * j + e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv, e), rv[i]), w16[8 * j + e]);
-                am[i] = fmaxf(am[i], fabsf(y[i][8 * j + e]));
+                y[8 * j + e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv, e), rv[i]), w16[8 * j + e]);
+                am = fmaxf(am, fabsf(y[8 * j + e]));
               }
             }
-          }
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], 4));
-            am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], 8));
-            am[i] = fmaxf(am[i], __shfl_xor_sync(0xffffffffu, am[i], 16));
-          }
-          float sc[4];
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const bqt::TileQuant qt = Make{}(am[i]);
+            am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 4));
+            am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 8));
+            am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 16));
+            const bqt::TileQuant qt = Make{}(am);
             sc[i] = qt.s;
             Vec16 codes;
 #pragma unroll
             for (int k = 0; k < 4; ++k)
-              codes.w[k] = e4m3x4(apply(y[i][4 * k], qt.p), apply(y[i][4 * k + 1], qt.p), apply(y[i][4 * k + 2], qt.p),
-                                  apply(y[i][4 * k + 3], qt.p));
+              codes.w[k] = e4m3x4(apply(y[4 * k], qt.p), apply(y[4 * k + 1], qt.p), apply(y[4 * k + 2], qt.p),
+                                  apply(y[4 * k + 3], qt.p));
             if (FULL || rrow0 + i < valid) {
               u8* dst = a.q + static_cast<i64>(m0 + rrow0 + i) * N + col + 16 * rc;
               if (q16) {
@@ -360,8 +355,10 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
             if (aligned16 && (FULL || t0 + 16 <= valid)) {
               store16(dst, codes);
             } else {
-              for (int bb = 0; bb < 16 && t0 + bb < valid; ++bb)
-                dst[bb] = static_cast<u8>(codes.w[bb >> 2] >> ((bb & 3) * 8));
+              // (unrolled: a run-time index into codes would put it in local memory on every path)
+#pragma unroll
+              for (int bb = 0; bb < 16; ++bb)
+                if (t0 + bb < valid) dst[bb] = static_cast<u8>(codes.w[bb >> 2] >> ((bb & 3) * 8));
             }
           }
           if (cl == 0) {
