@@ -50,8 +50,9 @@ constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 7 = the split-role kernel (rms_norm_block_quant_split.cuh, mode 2, sm_90): the stream kernel's GLOBAL walk
 // and exchange, pass 2 by a row-role and a column-role warp group at once; col_blocks = CB (1 or 2), stages = 3·CB
-// (slots for three items), warps 16, prefetch 1, overlap 1.
-constexpr int kSplitGlobal = 7;
+// (slots for three items), warps 16, prefetch 1, overlap = variant bits.
+// overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base, 3 PRO3 (three items requested at the start).
+constexpr int kSplitGlobal = 7, kSplitPro3 = 3;
 bool is_split(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSplitGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -87,8 +88,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_split(s)) {  // the split-role kernel: its own header (includes the stream kernel's)
     source = "#include \"kiln/rms_norm_block_quant_split.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_split_kernel<{}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS], round,
-                       wf32);
+    name = fmt::format("kiln::rms_norm_block_quant_split_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
+                       round, wf32, s.config[C_OVERLAP]);
   } else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
@@ -363,9 +364,11 @@ void split_points(const Specialization& base, int cb, std::vector<Specialization
   s.config[C_COL_BLOCKS] = cb;
   s.config[C_PREFETCH] = 1;
   s.config[C_STAGES] = 3 * cb;
-  s.config[C_OVERLAP] = 1;
   s.config[C_EXCHANGE] = kSplitGlobal;
-  out.push_back(s);
+  for (int overlap : {1, kSplitPro3}) {
+    s.config[C_OVERLAP] = overlap;
+    out.push_back(s);
+  }
 }
 
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks

@@ -125,6 +125,11 @@ TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
     }
   EXPECT_FALSE(in_search_space(split_point(128, 1, true, false)));  // one item a row
   EXPECT_FALSE(in_search_space(split_point(2048, 3, true, false)));
+  Specialization v = split_point(2048, 2, true, false);
+  v.config[4] = 3;  // PRO3
+  EXPECT_TRUE(in_search_space(v));
+  v.config[4] = 2;  // (bit 1 is always set)
+  EXPECT_FALSE(in_search_space(v));
   Specialization s = split_point(2048, 1, true, false);
   s.params[1] = 1;  // mode 1: no
   EXPECT_FALSE(in_search_space(s));

@@ -37,8 +37,11 @@ __device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16
 __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 }  // namespace rmsq
 
-template <int N, int CB, bool ROUND, bool W_F32>
+// V: the config's overlap field as variant bits: 1 the base (always set); 2 PRO3 (all three items' blocks requested at
+// the start instead of two: iteration 0 refills nothing).
+template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
+  constexpr bool PRO3 = (V & 2) != 0;
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, C = CB * 128, S = N / C, R = 3 * CB;
@@ -112,6 +115,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   };
   issue_item();
   issue_item();
+  if constexpr (PRO3) issue_item();
 
   // ---- pass 1: Σx² of item (tile, chunk) in slot set `set`, tagged into the workspace. PB: after block b's wait
   // at most PB − b newer groups may be pending. ----
@@ -385,12 +389,16 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   for (int it = 0; it < T; ++it) {
     poll_issue(cur_tile);
     const int nset = set == 2 ? 0 : set + 1;
-    if (it + 1 < T) pass1(nxt_tile, nxt_chunk, nset, IntC<CB - 1>{});
+    // (PRO3, iteration 0: item 2's CB groups are newer than item 1's)
+    if (it + 1 < T) {
+      if (PRO3 && it == 0) pass1(nxt_tile, nxt_chunk, nset, IntC<2 * CB - 1>{});
+      else pass1(nxt_tile, nxt_chunk, nset, IntC<CB - 1>{});
+    }
     float* rbuf = rsh + (it & 1) * ROWS;
     finish(cur_tile, cur_chunk, rbuf);
     // Every thread: its copies of item it (and it + 1) landed, pass 2 of item it − 1 done, r of item it written.
     __syncthreads();
-    issue_item();  // item it + 2 into item it − 1's slots
+    if (!PRO3 || it > 0) issue_item();  // item it + 2 into item it − 1's slots
     pass2(cur_tile, cur_chunk, set, rbuf);
     set = nset;
     cur_tile = nxt_tile;

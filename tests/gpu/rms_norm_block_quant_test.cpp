@@ -799,10 +799,16 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
 
 // ---- the split-role kernel (exchange 7: rms_norm_block_quant_split.cuh) ---------------------------------------------
 
-// Its points at N: one block an item (3 slots), and two (6 slots) where a row has at least two such items.
+// Its points at N: one block an item (3 slots), and two (6 slots) where a row has at least two such items; the
+// PRO3 variant (overlap 3: three items requested at the start) with the widest item.
 std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
   std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}};
-  if (N % 256 == 0 && N / 256 >= 2) v.push_back({N, 2, 16, 2, 1, 6, 1, 7, M});
+  if (N % 256 == 0 && N / 256 >= 2) {
+    v.push_back({N, 2, 16, 2, 1, 6, 1, 7, M});
+    v.push_back({N, 2, 16, 2, 1, 6, 3, 7, M});
+  } else {
+    v.push_back({N, 2, 16, 1, 1, 3, 3, 7, M});
+  }
   return v;
 }
 
@@ -910,6 +916,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitStridedFp32Written) {
   // Not points: CB 2 at N = 256 (one item a row), CB 3.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 6, 1, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 3, 1, 9, 1, 7));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 5, 7));  // (unknown variant bits)
 }
 
 }  // namespace
