@@ -384,7 +384,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   // ---- the walk ----
   load_w(cur_chunk * C);
   int set = 0;  // item it's slot set (it % 3)
-  pass1(cur_tile, cur_chunk, 0, IntC<2 * CB - 1>{});
+  pass1(cur_tile, cur_chunk, 0, IntC<(PRO3 ? 3 : 2) * CB - 1>{});
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
     poll_issue(cur_tile);
