@@ -257,6 +257,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const bool q16 = (reinterpret_cast<unsigned long long>(a.q) & 15u) == 0u;
   const bool aligned16 = (a.M % 16) == 0 && (reinterpret_cast<unsigned long long>(a.qT) & 15u) == 0u;
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
+  const bool fast = q16 && aligned16 && scale_aligned;
 
   auto pass2 = [&](int tile, int chunk, int set, const float* rbuf) {
     const int m0 = tile * ROWS;
@@ -304,7 +305,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
                                   apply(y[4 * k + 3], qt.p));
             if (FULL || rrow0 + i < valid) {
               u8* dst = a.q + static_cast<i64>(m0 + rrow0 + i) * N + col + 16 * rc;
-              if (q16) {
+              if (FULL || q16) {
                 store16(dst, codes);
               } else {
 #pragma unroll
@@ -356,7 +357,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
               codes.w[k] = e4m3x4(apply(y[4 * k][e], qt.p), apply(y[4 * k + 1][e], qt.p), apply(y[4 * k + 2][e], qt.p),
                                   apply(y[4 * k + 3][e], qt.p));
             u8* dst = a.qT + static_cast<i64>(col + ch0 + e) * a.M + m0 + t0;
-            if (aligned16 && (FULL || t0 + 16 <= valid)) {
+            if (FULL || (aligned16 && t0 + 16 <= valid)) {
               store16(dst, codes);
             } else {
               // (unrolled: a run-time index into codes would put it in local memory on every path)
@@ -367,7 +368,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
           }
           if (cl == 0) {
             float* dst = a.qT_scale + static_cast<i64>(tile) * N + col + ch0;
-            if (scale_aligned) {
+            if (FULL || scale_aligned) {
               *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
             } else {
 #pragma unroll
@@ -377,7 +378,8 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
         }
       }
     };
-    if (valid == ROWS) body(Flag<true>{});
+    // FULL: all 128 rows exist and every output is 16-byte aligned (no predicates, no byte-wise fallbacks issued)
+    if (valid == ROWS && fast) body(Flag<true>{});
     else body(Flag<false>{});
   };
 
