@@ -59,10 +59,13 @@ TEST_F(SplitRoleMeasure, Sweep) {
       {"2048 split cb1 R3", 2048, 1, 3, 1, 7, "2048 stream LEAN cb1 R2"},
       {"2048 split cb2 R6 PRO3", 2048, 2, 6, 3, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb1 R3 PRO3", 2048, 1, 3, 3, 7, "2048 stream LEAN cb1 R2"},
+      {"2048 split cb2 R6 TC", 2048, 2, 6, 5, 7, nullptr},
+      {"2048 split cb1 R3 TC", 2048, 1, 3, 5, 7, nullptr},
       {"7168 stream LEAN cb2 R4 (default)", 7168, 2, 4, 3, 3, nullptr},
       {"7168 split cb2 R6", 7168, 2, 6, 1, 7, "7168 stream LEAN cb2 R4 (default)"},
       {"7168 split cb1 R3", 7168, 1, 3, 1, 7, nullptr},
       {"7168 split cb2 R6 PRO3", 7168, 2, 6, 3, 7, "7168 stream LEAN cb2 R4 (default)"},
+      {"7168 split cb2 R6 TC", 7168, 2, 6, 5, 7, nullptr},
       {"2048 rs0 stream LEAN cb2 R4 (default)", 2048, 2, 4, 3, 3, nullptr, false},
       {"2048 rs0 split cb2 R6", 2048, 2, 6, 1, 7, "2048 rs0 stream LEAN cb2 R4 (default)", false},
   };

@@ -800,12 +800,14 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
 // ---- the split-role kernel (exchange 7: rms_norm_block_quant_split.cuh) ---------------------------------------------
 
 // Its points at N: one block an item (3 slots), and two (6 slots) where a row has at least two such items; the
-// PRO3 variant (overlap 3: three items requested at the start) with the widest item.
+// PRO3 (overlap 3: three items requested at the start) and TC (5: pass 1 on the tensor cores) variants with the
+// widest item, TC with one block an item too.
 std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
-  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}};
+  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 5, 7, M}};
   if (N % 256 == 0 && N / 256 >= 2) {
     v.push_back({N, 2, 16, 2, 1, 6, 1, 7, M});
     v.push_back({N, 2, 16, 2, 1, 6, 3, 7, M});
+    v.push_back({N, 2, 16, 2, 1, 6, 5, 7, M});
   } else {
     v.push_back({N, 2, 16, 1, 1, 3, 3, 7, M});
   }
