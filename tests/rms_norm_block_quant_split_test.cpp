@@ -97,6 +97,40 @@ TEST(RmsqSplitSwizzle, PlainLayoutConflicts) {
 
 // The layout is a permutation of the slot's 16-byte chunks, and the kernel's per-thread shortcuts hold: the swizzle
 // is constant over 4 rows from a multiple of 4 (offset(r + i, c) = offset(r, c) + 256 i).
+// The YS variant's y buffer: the row role's 16-byte stores and the column role's 16-byte loads, conflict-free; the
+// plain layout conflicts in both. And a permutation of each row's chunks.
+TEST(RmsqSplitSwizzle, YBufferIsConflictFree) {
+  for (bool swizzled : {true, false}) {
+    auto off = [&](int row, int chunk) { return swizzled ? rmsq_split_y_offset(row, chunk) : row * 512 + chunk * 16; };
+    int extra = 0;
+    std::array<int, 32> addr{};
+    for (int w = 0; w < 8; ++w) {
+      for (int i = 0; i < 4; ++i)
+        for (int k = 0; k < 4; ++k) {  // row role: lane 4c + g, row 16w + 4g + i, chunk 4c + k
+          for (int lane = 0; lane < 32; ++lane) addr[lane] = off(16 * w + 4 * (lane & 3) + i, 4 * (lane >> 2) + k);
+          extra += extra_wavefronts(addr, 16);
+        }
+      for (int i = 0; i < 16; ++i) {  // column role: lane 8q + l, row 16l + i, chunk 4w + q
+        for (int lane = 0; lane < 32; ++lane) addr[lane] = off(16 * (lane & 7) + i, 4 * w + (lane >> 3));
+        extra += extra_wavefronts(addr, 16);
+      }
+    }
+    if (swizzled) EXPECT_EQ(extra, 0);
+    else EXPECT_GT(extra, 0);
+  }
+  for (int r = 0; r < 128; ++r) {
+    std::set<int> seen;
+    for (int c = 0; c < 32; ++c) {
+      const int o = rmsq_split_y_offset(r, c);
+      EXPECT_EQ(o / 512, r);
+      EXPECT_TRUE(seen.insert(o).second) << r << " " << c;
+      // (the kernel's shortcuts: + 512 a row within 4 rows from a multiple of 4, chunk 4j + k at ^ 16k)
+      EXPECT_EQ(o, rmsq_split_y_offset(r & ~3, c) + 512 * (r & 3)) << r << " " << c;
+      EXPECT_EQ(o, rmsq_split_y_offset(r, c & ~3) ^ (16 * (c & 3))) << r << " " << c;
+    }
+  }
+}
+
 TEST(RmsqSplitSwizzle, PermutationAndRowStride) {
   std::set<int> seen;
   for (int r = 0; r < 128; ++r)
@@ -129,6 +163,12 @@ Specialization tc_point(int64_t N, int cb) {
   return s;
 }
 
+Specialization ys_point(int64_t N, int overlap) {
+  Specialization s = split_point(N, 1, true, false);
+  s.config[4] = overlap;  // YS (+ TC)
+  return s;
+}
+
 // The points are in the mode-2 space where a row has two or more items, and not elsewhere.
 TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   Runtime rt(RuntimeOptions{.memory_only = true});
@@ -143,6 +183,12 @@ TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   v.config[4] = 3;  // PRO3
   EXPECT_TRUE(in_search_space(v));
   v.config[4] = 5;  // TC
+  EXPECT_TRUE(in_search_space(v));
+  v.config[4] = 9;  // YS: one block an item only
+  EXPECT_FALSE(in_search_space(v));
+  v.config = {16, 1, 1, 3, 9, 7};
+  EXPECT_TRUE(in_search_space(v));
+  v.config[4] = 13;  // YS + TC
   EXPECT_TRUE(in_search_space(v));
   v.config[4] = 2;  // (bit 1 is always set)
   EXPECT_FALSE(in_search_space(v));
@@ -161,7 +207,7 @@ TEST(RmsqSplitSpace, Compiles) {
   Counters counters;
   for (const Specialization& s :
        {split_point(256, 1, false, true), split_point(7168, 1, true, false), split_point(7168, 2, true, false),
-        tc_point(7168, 2)}) {
+        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9)}) {
     const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
     EXPECT_NE(r.lowered_name.find("rms_norm_block_quant_split_kernel"), std::string::npos) << r.lowered_name;

@@ -60,10 +60,14 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // the start instead of two: iteration 0 refills nothing); 4 TC (pass 1 on the tensor cores: warp w sums rows 16t + w,
 // t < 8, as the diagonal of X·Xᵀ, one mma a 16-column step with a fresh accumulator, the steps added in fp32 in column
 // order; lane l copies row 16·(l & 7) + w, chunks (l >> 3) + 4i, which its ldmatrix reads after __syncwarp; the
-// fallback does the same mma on fragments loaded from x, so every CTA still gets bitwise the same r).
+// fallback does the same mma on fragments loaded from x, so every CTA still gets bitwise the same r); 8 YS (CB = 1:
+// y computed once: the row role also stores its y into one of two fp32 y buffers (rmsq_split_y_offset), and the
+// column role quantizes the PREVIOUS item's columns from that buffer — no x, r or w there; the per-item barrier
+// orders the buffer's write (item it), read (item it + 1) and rewrite (item it + 2)).
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
-  constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0;
+  constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0, YS = (V & 8) != 0;
+  static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, C = CB * 128, S = N / C, R = 3 * CB;
@@ -76,6 +80,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const u32 ring_s = smem_u32(smem_raw);
   float* rsh = reinterpret_cast<float*>(smem_raw + R * BLOCK_BYTES);  // [2][128]
+  unsigned char* ybuf = smem_raw + R * BLOCK_BYTES + 2 * ROWS * 4;   // YS: [2][128 × 128] fp32
 
   // (warp from a shuffle: provably warp-uniform, so the role branches need no divergence handling around shuffles)
   const int tid = threadIdx.x, warp = __shfl_sync(0xffffffffu, tid >> 5, 0), lane = tid & 31;
@@ -308,6 +313,18 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     for (int G = 0; G < 4; ++G)
       xo[G] = static_cast<u32>(rmsq_split_slot_offset(16 * cl + 4 * G, ch0 >> 3) + (cq & 1) * 8);
   }
+  // YS: y-buffer offsets — the row role's row rrow0, chunk 4c (chunk 4c + k: ^ 16k; row + i: + 512 i), the column
+  // role's rows 16l + 4G, chunk ch0 / 4 (row + i: + 512 i). (The swizzle is constant over 4 rows from a multiple of 4
+  // and XORs the chunk: tests/rms_norm_block_quant_split_test.cpp.)
+  u32 yo[4] = {0u, 0u, 0u, 0u};
+  if constexpr (YS) {
+    if (row_role) {
+      yo[0] = static_cast<u32>(rmsq_split_y_offset(rrow0, 4 * rc));
+    } else {
+#pragma unroll
+      for (int G = 0; G < 4; ++G) yo[G] = static_cast<u32>(rmsq_split_y_offset(16 * cl + 4 * G, ch0 >> 2));
+    }
+  }
   // Weights, a block ahead: the row role's 16 channels (bf16: 2 pieces, fp32: 4), the column role's 4 (1 piece).
   constexpr int WV = W_F32 ? 4 : 2;
   Vec16 wpre[WV];
@@ -332,7 +349,68 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
   const bool fast = q16 && aligned16 && scale_aligned;
 
-  auto pass2 = [&](int tile, int chunk, int set, const float* rbuf) {
+  // YS: the column role's codes of item (tile, chunk) from y buffer yb.
+  auto col_ys = [&](int tile, int chunk, const unsigned char* yb) {
+    const int m0 = tile * ROWS;
+    const int valid = min(ROWS, a.M - m0);
+    const int col = chunk * C;
+    auto body = [&](auto full) {
+      constexpr bool FULL = decltype(full)::value;
+      float y[16][4];
+      float am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+#pragma unroll
+      for (int i = 0; i < 16; ++i) {
+        const float4 v = *reinterpret_cast<const float4*>(yb + yo[i >> 2] + (i & 3) * 512);
+        y[i][0] = v.x;
+        y[i][1] = v.y;
+        y[i][2] = v.z;
+        y[i][3] = v.w;
+#pragma unroll
+        for (int e = 0; e < 4; ++e) am[e] = fmaxf(am[e], fabsf(y[i][e]));
+      }
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 1));
+        am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 2));
+        am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 4));
+      }
+      float sc[4];
+      const int t0 = 16 * cl;
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const bqt::TileQuant qt = Make{}(am[e]);
+        sc[e] = qt.s;
+        Vec16 codes;
+#pragma unroll
+        for (int k = 0; k < 4; ++k)
+          codes.w[k] = e4m3x4(apply(y[4 * k][e], qt.p), apply(y[4 * k + 1][e], qt.p), apply(y[4 * k + 2][e], qt.p),
+                              apply(y[4 * k + 3][e], qt.p));
+        u8* dst = a.qT + static_cast<i64>(col + ch0 + e) * a.M + m0 + t0;
+        if (FULL || (aligned16 && t0 + 16 <= valid)) {
+          store16(dst, codes);
+        } else {
+#pragma unroll
+          for (int bb = 0; bb < 16; ++bb)
+            if (t0 + bb < valid) dst[bb] = static_cast<u8>(codes.w[bb >> 2] >> ((bb & 3) * 8));
+        }
+      }
+      if (cl == 0) {
+        float* dst = a.qT_scale + static_cast<i64>(tile) * N + col + ch0;
+        if (FULL || scale_aligned) {
+          *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
+        } else {
+#pragma unroll
+          for (int e = 0; e < 4; ++e) dst[e] = sc[e];
+        }
+      }
+    };
+    if (valid == ROWS && fast) body(Flag<true>{});
+    else body(Flag<false>{});
+  };
+
+  // pass 2 of item (tile, chunk) in slot set `set` with r in rbuf; YS: the row role also fills y buffer yb, and the
+  // column role does nothing here.
+  auto pass2 = [&](int tile, int chunk, int set, const float* rbuf, unsigned char* yb) {
     const int m0 = tile * ROWS;
     const int valid = min(ROWS, a.M - m0);
     auto body = [&](auto full) {
@@ -366,6 +444,12 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
                 am = fmaxf(am, fabsf(y[8 * j + e]));
               }
             }
+            if constexpr (YS) {
+#pragma unroll
+              for (int k = 0; k < 4; ++k)
+                *reinterpret_cast<float4*>(yb + (yo[0] ^ (k << 4)) + i * 512) =
+                    make_float4(y[4 * k], y[4 * k + 1], y[4 * k + 2], y[4 * k + 3]);
+            }
             am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 4));
             am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 8));
             am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 16));
@@ -390,7 +474,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
           const float s = rc == 0 ? sc[0] : rc == 1 ? sc[1] : rc == 2 ? sc[2] : sc[3];
           if (rc < 4 && (FULL || rrow0 + rc < valid))
             a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + rrow0 + rc] = s;
-        } else {
+        } else if constexpr (!YS) {
           float w4[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) w4[e] = W_F32 ? vec_get<float>(wpre[0], e) : vec_get<bf16>(wpre[0], e);
@@ -459,6 +543,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   // ---- the walk ----
   load_w(cur_chunk * C);
   int set = 0;  // item it's slot set (it % 3)
+  int prv_tile = 0, prv_chunk = 0;  // YS: item it − 1
   pass1(cur_tile, cur_chunk, 0, IntC<(PRO3 ? 3 : 2) * CB - 1>{});
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
@@ -474,11 +559,20 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     // Every thread: its copies of item it (and it + 1) landed, pass 2 of item it − 1 done, r of item it written.
     __syncthreads();
     if (!PRO3 || it > 0) issue_item();  // item it + 2 into item it − 1's slots
-    pass2(cur_tile, cur_chunk, set, rbuf);
+    pass2(cur_tile, cur_chunk, set, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4));
+    if constexpr (YS) {  // the column role: item it − 1's columns (its y written before this item's barrier)
+      if (!row_role && it > 0) col_ys(prv_tile, prv_chunk, ybuf + ((it - 1) & 1) * (ROWS * 128 * 4));
+      prv_tile = cur_tile;
+      prv_chunk = cur_chunk;
+    }
     set = nset;
     cur_tile = nxt_tile;
     cur_chunk = nxt_chunk;
     step(nxt_tile, nxt_chunk);
+  }
+  if constexpr (YS) {  // the last item's columns
+    __syncthreads();
+    if (!row_role) col_ys(prv_tile, prv_chunk, ybuf + ((T - 1) & 1) * (ROWS * 128 * 4));
   }
   cp_async_wait_group<0>();  // (only empty groups can be pending)
 }

@@ -801,9 +801,10 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
 
 // Its points at N: one block an item (3 slots), and two (6 slots) where a row has at least two such items; the
 // PRO3 (overlap 3: three items requested at the start) and TC (5: pass 1 on the tensor cores) variants with the
-// widest item, TC with one block an item too.
+// widest item, TC with one block an item too; YS (9: y computed once, one block an item) and YS + TC (13).
 std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
-  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 5, 7, M}};
+  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 5, 7, M}, {N, 2, 16, 1, 1, 3, 9, 7, M},
+                           {N, 2, 16, 1, 1, 3, 13, 7, M}};
   if (N % 256 == 0 && N / 256 >= 2) {
     v.push_back({N, 2, 16, 2, 1, 6, 1, 7, M});
     v.push_back({N, 2, 16, 2, 1, 6, 3, 7, M});
@@ -855,10 +856,11 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
   for (int64_t N : {256, 2048, 7168})
     for (int64_t M : {1, 7, 128, 1000, 8192}) {
       std::vector<SpacePoint> points = split_points_at(N, M);
-      if (M == 8192)  // (the big shapes: the widest item's base and TC points only)
+      if (M == 8192)  // (the big shapes: the widest item's base and TC points and YS only)
         points.erase(std::remove_if(points.begin(), points.end(),
                                     [&](const SpacePoint& p) {
-                                      return p.overlap == 3 || (p.col_blocks == 1 && N % 256 == 0 && N >= 512);
+                                      return p.overlap == 3 || p.overlap == 13 ||
+                                             (p.col_blocks == 1 && p.overlap < 9 && N % 256 == 0 && N >= 512);
                                     }),
                      points.end());
       for_each_point(points, [&](const SpacePoint& p, size_t i) {
@@ -895,7 +897,8 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitSpecialValues) {
 // Strided rows (N + 64 apart, NaN in the gap), fp32 weights, and every output element written (two poison bytes).
 TEST_F(RmsNormBlockQuantTest, RmsqSplitStridedFp32Written) {
   for (int64_t N : {2048, 7168})
-    for_each_point({{N, 2, 16, 2, 1, 6, 1, 7, 1000}, {N, 2, 16, 2, 1, 6, 5, 7, 1000}}, [&](const SpacePoint& p, size_t i) {
+    for_each_point({{N, 2, 16, 2, 1, 6, 1, 7, 1000}, {N, 2, 16, 2, 1, 6, 5, 7, 1000}, {N, 2, 16, 1, 1, 3, 9, 7, 1000}},
+                   [&](const SpacePoint& p, size_t i) {
       for (bool rs : {true, false}) {
         SCOPED_TRACE("strided, round_scale " + std::to_string(rs));
         const Input in = random_input(p.M, N, mix_seed({0x72, static_cast<uint64_t>(N), i, rs}), DType::bf16, N + 64);
