@@ -850,8 +850,8 @@ Input special_input_at(int64_t N, int64_t M, uint64_t seed) {
 }
 
 // Every split point at N ∈ {256, 2048, 7168} × M ∈ {1, 7, 128, 1000} (partial last tiles, M % 16 != 0: the byte-wise
-// qT tail, one CTA with a single item) and the widest base and TC points at M = 8192, round_scale 1, and round_scale 0
-// at M = 7 and 1000.
+// qT tail, one CTA with a single item) and the widest base and TC points and YS at M = 8192, round_scale 1, and
+// round_scale 0 at M = 7 and 1000 (base and YS points: the variants' quantization code is theirs).
 TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
   for (int64_t N : {256, 2048, 7168})
     for (int64_t M : {1, 7, 128, 1000, 8192}) {
@@ -865,7 +865,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
                      points.end());
       for_each_point(points, [&](const SpacePoint& p, size_t i) {
         for (bool rs : {true, false}) {
-          if (!rs && M != 7 && M != 1000) continue;
+          if (!rs && ((M != 7 && M != 1000) || (p.overlap != 1 && p.overlap != 9))) continue;  // (compiles)
           SCOPED_TRACE("round_scale " + std::to_string(rs));
           const Input in = random_input(M, N, mix_seed({0x70, static_cast<uint64_t>(N), static_cast<uint64_t>(M), i}));
           RunSpec spec;
@@ -883,6 +883,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitSpecialValues) {
   for (int64_t N : {256, 2048, 7168})
     for_each_point(split_points_at(N, 700), [&](const SpacePoint& p, size_t i) {
       for (bool rs : {true, false}) {
+        if (!rs && p.overlap != 1 && p.overlap != 9) continue;  // (compiles: as the grid)
         SCOPED_TRACE("special values, round_scale " + std::to_string(rs));
         const Input in = special_input_at(N, p.M, mix_seed({0x71, static_cast<uint64_t>(N), i, rs}));
         RunSpec spec;
