@@ -15,6 +15,7 @@ tests=${KILN_GPU_TESTS:-./build-gpu/tests/kiln_gpu_tests}
 stream="warps=16,col_blocks=2,prefetch=1,stages=4,overlap=3,exchange=3"  # the default (stream LEAN R4)
 split2="warps=16,col_blocks=2,prefetch=1,stages=6,overlap=1,exchange=7"  # split, two blocks an item
 split1="warps=16,col_blocks=1,prefetch=1,stages=3,overlap=1,exchange=7"  # split, one block an item
+ys1="warps=16,col_blocks=1,prefetch=1,stages=3,overlap=9,exchange=7"     # split YS (y computed once)
 p2048=N=2048,mode=2,round_scale=1,w_f32=0
 p7168=N=7168,mode=2,round_scale=1,w_f32=0
 
@@ -25,9 +26,9 @@ fi
 
 if [[ $what == *sweep* ]]; then
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p2048 'M=8192 N=2048 mode=2 round_scale=1' \
-    "$stream" "$split2" "$split1" | tee "$out/q2s-sweep-2048.txt"
+    "$stream" "$split2" "$split1" "$ys1" | tee "$out/q2s-sweep-2048.txt"
   FORCED_BASE=- bash bench/sweeps/rows_sweep.sh rms_norm_block_quant tile $p7168 'M=8192 N=7168 mode=2 round_scale=1' \
-    "$stream" "$split2" "$split1" | tee "$out/q2s-sweep-7168.txt"
+    "$stream" "$split2" "$split1" "$ys1" | tee "$out/q2s-sweep-7168.txt"
 fi
 
 db="$out/q2s-forced.json"
@@ -44,4 +45,5 @@ if [[ $what == *ncu* ]]; then
   }
   prof split2-2048 $p2048 "$split2" 'M=8192 N=2048 mode=2 round_scale=1'
   prof split2-7168 $p7168 "$split2" 'M=8192 N=7168 mode=2 round_scale=1'
+  prof ys1-2048 $p2048 "$ys1" 'M=8192 N=2048 mode=2 round_scale=1'
 fi
