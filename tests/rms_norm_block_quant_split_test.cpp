@@ -190,6 +190,10 @@ TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   EXPECT_TRUE(in_search_space(v));
   v.config[4] = 13;  // YS + TC
   EXPECT_TRUE(in_search_space(v));
+  v.config[4] = 25;  // YS + P1C
+  EXPECT_TRUE(in_search_space(v));
+  v.config[4] = 17;  // P1C without YS
+  EXPECT_FALSE(in_search_space(v));
   v.config[4] = 2;  // (bit 1 is always set)
   EXPECT_FALSE(in_search_space(v));
   Specialization s = split_point(2048, 1, true, false);
@@ -207,7 +211,7 @@ TEST(RmsqSplitSpace, Compiles) {
   Counters counters;
   for (const Specialization& s :
        {split_point(256, 1, false, true), split_point(7168, 1, true, false), split_point(7168, 2, true, false),
-        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9)}) {
+        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9), ys_point(7168, 25)}) {
     const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
     EXPECT_NE(r.lowered_name.find("rms_norm_block_quant_split_kernel"), std::string::npos) << r.lowered_name;

@@ -63,11 +63,15 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // fallback does the same mma on fragments loaded from x, so every CTA still gets bitwise the same r); 8 YS (CB = 1:
 // y computed once: the row role also stores its y into one of two fp32 y buffers (rmsq_split_y_offset), and the
 // column role quantizes the PREVIOUS item's columns from that buffer — no x, r or w there; the per-item barrier
-// orders the buffer's write (item it), read (item it + 1) and rewrite (item it + 2)).
+// orders the buffer's write (item it), read (item it + 1) and rewrite (item it + 2)); 16 P1C (with YS, not TC: the
+// copies and pass 1 by the column role alone — half-warp h of it rows 8h … 8h+7, lane hl chunk hl, the same per-row
+// operations as the 4-row layout, so the same r — balancing the column role's lighter quantization).
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
   constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0, YS = (V & 8) != 0;
   static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
+  constexpr bool P1C = (V & 16) != 0;
+  static_assert(!P1C || (YS && !TC), "P1C: a YS variant with the plain pass 1");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, C = CB * 128, S = N / C, R = 3 * CB;
@@ -107,14 +111,18 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 
   // ---- the ring: item j in slots (j % 3)·CB …; this thread's pieces at cp_off (+ 256 a row) ----
   // (TC: row 16·(lane & 7) + warp, chunks (lane >> 3) + 4i at cp_off ^ 64i: the chunk's bits 2–3 are i's)
-  const int cp_row = TC ? 16 * (lane & 7) + warp : 4 * hw;
-  const u32 cp_off = static_cast<u32>(TC ? rmsq_split_slot_offset(cp_row, lane >> 3) : rmsq_split_slot_offset(4 * hw, hl));
+  // (P1C: column-role half-warp h = 2·(warp − 8) + half, rows 8h + i at cp_off (i < 4) and cp_off2 (i ≥ 4) + 256 i)
+  const int cp_row = TC ? 16 * (lane & 7) + warp : P1C ? 8 * (2 * (warp & 7) + half) : 4 * hw;
+  const u32 cp_off = static_cast<u32>(TC ? rmsq_split_slot_offset(cp_row, lane >> 3) : rmsq_split_slot_offset(cp_row, hl));
+  const u32 cp_off2 = static_cast<u32>(rmsq_split_slot_offset((cp_row + 4) & 127, hl)) - 4 * 256;
+  const bool copier = !P1C || warp >= 8;
   const bf16* const xthr = xg + static_cast<i64>(cp_row) * xs + (TC ? 8 * (lane >> 3) : c0);
   int iss_item = 0, iss_set = 0, iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - cp_row;
   i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
   auto issue_item = [&]() {  // item iss_item's CB blocks, a group each (empty groups past the last item)
 #pragma unroll
     for (int b = 0; b < CB; ++b) {
+      if (!copier) break;  // (P1C: the row role copies nothing and waits for nothing)
       if (iss_item < T) {
         const bf16* src = xthr + iss_off + b * 128;
         const u32 dst = ring_s + (iss_set * CB + b) * BLOCK_BYTES + cp_off;
@@ -123,6 +131,13 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 #pragma unroll
           for (int i = 0; i < 4; ++i)
             split_cp16((dst - cp_off) + (cp_off ^ (64u * i)), ok ? src + 32 * i : static_cast<const void*>(xg), ok);
+        } else if constexpr (P1C) {
+#pragma unroll
+          for (int i = 0; i < 8; ++i) {
+            const bool ok = i < iss_rows;  // rows past M: zero-filled, nothing read
+            split_cp16((dst - cp_off) + (i < 4 ? cp_off : cp_off2) + i * 256,
+                       ok ? src + i * xs : static_cast<const void*>(xg), ok);
+          }
         } else if (iss_rows >= 4) {
 #pragma unroll
           for (int i = 0; i < 4; ++i) split_cp16(dst + i * 256, src + i * xs, true);
@@ -155,6 +170,28 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   // at most PB − b newer groups may be pending. ----
   auto pass1 = [&](int tile, int chunk, int set, auto pb) {
     constexpr int PB = decltype(pb)::value;
+    if constexpr (P1C) {
+      if (!copier) return;
+      float sa4[4] = {0.f, 0.f, 0.f, 0.f}, sb4[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+      for (int b = 0; b < CB; ++b) {
+        cp_async_wait_group_dyn(PB - b);
+        const unsigned char* s0 = smem_raw + (set * CB + b) * BLOCK_BYTES;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+          sum_squares8(*reinterpret_cast<const Vec16*>(s0 + cp_off + i * 256), sa4[i]);
+          sum_squares8(*reinterpret_cast<const Vec16*>(s0 + cp_off2 + (i + 4) * 256), sb4[i]);
+        }
+      }
+      // rows 8h + (hl >> 2) and 8h + 4 + (hl >> 2) at lanes 16·half + 4R; lane j < 16 stores row 16·(warp − 8) + j
+      const float sumA = transpose_reduce4<false>(sa4, hl), sumB = transpose_reduce4<false>(sb4, hl);
+      const int j = lane & 15, src = 16 * (j >> 3) + 4 * (j & 3);
+      const float vA = __shfl_sync(0xffffffffu, sumA, src), vB = __shfl_sync(0xffffffffu, sumB, src);
+      if (lane < 16)
+        stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + 16 * (warp - 8) + j,
+                          stream_tagged((j & 4) ? vB : vA, sa.tag));
+      return;
+    }
     if constexpr (TC) {
       float acc0 = 0.f, acc1 = 0.f;
 #pragma unroll
