@@ -53,8 +53,9 @@ bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.co
 // (slots for three items), warps 16, prefetch 1, overlap = variant bits.
 // overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base, 3 PRO3 (three items requested at the start), 5 TC
 // (pass 1 on the tensor cores), 9 YS (CB 1: y computed once, the columns quantized from an fp32 y buffer), 13 YS + TC,
-// 25 YS + P1C (copies and pass 1 by the column role alone).
-constexpr int kSplitGlobal = 7, kSplitPro3 = 3, kSplitTc = 5, kSplitYs = 9, kSplitP1c = 16;
+// 25 YS + P1C (copies and pass 1 by the column role alone); + 64 EP (the next item's polls issued a block early): 65,
+// 73, 89.
+constexpr int kSplitGlobal = 7, kSplitPro3 = 3, kSplitTc = 5, kSplitYs = 9, kSplitP1c = 16, kSplitEp = 64;
 bool is_split(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSplitGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -368,7 +369,8 @@ void split_points(const Specialization& base, int cb, std::vector<Specialization
   s.config[C_PREFETCH] = 1;
   s.config[C_STAGES] = 3 * cb;
   s.config[C_EXCHANGE] = kSplitGlobal;
-  for (int overlap : {1, kSplitPro3, kSplitTc, kSplitYs, kSplitYs | kSplitTc, kSplitYs | kSplitP1c}) {
+  for (int overlap : {1, kSplitPro3, kSplitTc, kSplitYs, kSplitYs | kSplitTc, kSplitYs | kSplitP1c, 1 | kSplitEp,
+                      kSplitYs | kSplitEp, kSplitYs | kSplitP1c | kSplitEp}) {
     if ((overlap & 8) && (cb != 1 || rms_norm_block_quant_split_smem_bytes(cb, true) > 227 * 1024)) continue;
     s.config[C_OVERLAP] = overlap;
     out.push_back(s);

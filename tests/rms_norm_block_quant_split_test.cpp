@@ -211,7 +211,7 @@ TEST(RmsqSplitSpace, Compiles) {
   Counters counters;
   for (const Specialization& s :
        {split_point(256, 1, false, true), split_point(7168, 1, true, false), split_point(7168, 2, true, false),
-        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9), ys_point(7168, 25)}) {
+        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9), ys_point(7168, 89)}) {
     const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
     EXPECT_NE(r.lowered_name.find("rms_norm_block_quant_split_kernel"), std::string::npos) << r.lowered_name;

@@ -65,12 +65,14 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // column role quantizes the PREVIOUS item's columns from that buffer — no x, r or w there; the per-item barrier
 // orders the buffer's write (item it), read (item it + 1) and rewrite (item it + 2)); 16 P1C (with YS, not TC: the
 // copies and pass 1 by the column role alone — half-warp h of it rows 8h … 8h+7, lane hl chunk hl, the same per-row
-// operations as the 4-row layout, so the same r — balancing the column role's lighter quantization).
+// operations as the 4-row layout, so the same r — balancing the column role's lighter quantization); 64 EP (the next
+// item's partial-sum polls issued at the start of the item's last pass-2 block instead of after it, so they return
+// during the block: the stream kernel's early poll).
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
   constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0, YS = (V & 8) != 0;
   static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
-  constexpr bool P1C = (V & 16) != 0;
+  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0;
   static_assert(!P1C || (YS && !TC), "P1C: a YS variant with the plain pass 1");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
@@ -447,13 +449,16 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 
   // pass 2 of item (tile, chunk) in slot set `set` with r in rbuf; YS: the row role also fills y buffer yb, and the
   // column role does nothing here.
-  auto pass2 = [&](int tile, int chunk, int set, const float* rbuf, unsigned char* yb) {
+  auto pass2 = [&](int tile, int chunk, int set, const float* rbuf, unsigned char* yb, bool poll_next) {
     const int m0 = tile * ROWS;
     const int valid = min(ROWS, a.M - m0);
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
 #pragma unroll 1
       for (int b = 0; b < CB; ++b) {
+        if constexpr (EP) {
+          if (b == CB - 1 && poll_next) poll_issue(nxt_tile);  // (item it + 1's partial sums)
+        }
         const int col = chunk * C + b * 128;
         const unsigned char* slot = smem_raw + (set * CB + b) * BLOCK_BYTES;
         if (row_role) {
@@ -584,7 +589,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   pass1(cur_tile, cur_chunk, 0, IntC<(PRO3 ? 3 : 2) * CB - 1>{});
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
-    poll_issue(cur_tile);
+    if (!EP || it == 0) poll_issue(cur_tile);  // (EP: issued during item it − 1's last block)
     const int nset = set == 2 ? 0 : set + 1;
     // (PRO3, iteration 0: item 2's CB groups are newer than item 1's)
     if (it + 1 < T) {
@@ -596,7 +601,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     // Every thread: its copies of item it (and it + 1) landed, pass 2 of item it − 1 done, r of item it written.
     __syncthreads();
     if (!PRO3 || it > 0) issue_item();  // item it + 2 into item it − 1's slots
-    pass2(cur_tile, cur_chunk, set, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4));
+    pass2(cur_tile, cur_chunk, set, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T);
     if constexpr (YS) {  // the column role: item it − 1's columns (its y written before this item's barrier)
       if (!row_role && it > 0) col_ys(prv_tile, prv_chunk, ybuf + ((it - 1) & 1) * (ROWS * 128 * 4));
       prv_tile = cur_tile;
