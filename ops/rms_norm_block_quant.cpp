@@ -54,8 +54,9 @@ bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.co
 // overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base, 3 PRO3 (three items requested at the start), 5 TC
 // (pass 1 on the tensor cores), 9 YS (CB 1: y computed once, the columns quantized from an fp32 y buffer), 13 YS + TC,
 // 25 YS + P1C (copies and pass 1 by the column role alone); + 64 EP (the next item's polls issued a block early): 65,
-// 73, 89.
-constexpr int kSplitGlobal = 7, kSplitPro3 = 3, kSplitTc = 5, kSplitYs = 9, kSplitP1c = 16, kSplitEp = 64;
+// 73, 89; + 128 R7 (CB 2, stages 7: a ring of 7 block slots, every free one refilled at an item's barrier): 129, 193.
+constexpr int kSplitGlobal = 7, kSplitPro3 = 3, kSplitTc = 5, kSplitYs = 9, kSplitP1c = 16, kSplitEp = 64,
+              kSplitR7 = 128;
 bool is_split(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSplitGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -124,7 +125,7 @@ int smem_bytes(const Specialization& s) {
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (is_split(s))
-    return rms_norm_block_quant_split_smem_bytes(s.config[C_COL_BLOCKS], (s.config[C_OVERLAP] & 8) != 0);
+    return rms_norm_block_quant_split_smem_bytes(s.config[C_STAGES], (s.config[C_OVERLAP] & 8) != 0);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -361,7 +362,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
 void split_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
   if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2) return;
   if (base.params[P_N] % (128 * cb) != 0 || base.params[P_N] / (128 * cb) < 2) return;
-  if (rms_norm_block_quant_split_smem_bytes(cb) > 227 * 1024) return;
+  if (rms_norm_block_quant_split_smem_bytes(3 * cb) > 227 * 1024) return;
   Specialization s = base;
   s.config = {};
   s.config[C_WARPS] = kRmsqSplitThreads / 32;
@@ -370,9 +371,11 @@ void split_points(const Specialization& base, int cb, std::vector<Specialization
   s.config[C_STAGES] = 3 * cb;
   s.config[C_EXCHANGE] = kSplitGlobal;
   for (int overlap : {1, kSplitPro3, kSplitTc, kSplitYs, kSplitYs | kSplitTc, kSplitYs | kSplitP1c, 1 | kSplitEp,
-                      kSplitYs | kSplitEp, kSplitYs | kSplitP1c | kSplitEp}) {
-    if ((overlap & 8) && (cb != 1 || rms_norm_block_quant_split_smem_bytes(cb, true) > 227 * 1024)) continue;
+                      kSplitYs | kSplitEp, kSplitYs | kSplitP1c | kSplitEp, 1 | kSplitR7, 1 | kSplitR7 | kSplitEp}) {
+    if ((overlap & 8) && (cb != 1 || rms_norm_block_quant_split_smem_bytes(3 * cb, true) > 227 * 1024)) continue;
+    if ((overlap & 128) && cb != 2) continue;
     s.config[C_OVERLAP] = overlap;
+    s.config[C_STAGES] = (overlap & 128) ? 7 : 3 * cb;
     out.push_back(s);
   }
 }

@@ -169,6 +169,13 @@ Specialization ys_point(int64_t N, int overlap) {
   return s;
 }
 
+Specialization r7_point(int64_t N) {
+  Specialization s = split_point(N, 2, true, false);
+  s.config[3] = 7;
+  s.config[4] = 193;  // R7 + EP
+  return s;
+}
+
 // The points are in the mode-2 space where a row has two or more items, and not elsewhere.
 TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   Runtime rt(RuntimeOptions{.memory_only = true});
@@ -194,6 +201,12 @@ TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   EXPECT_TRUE(in_search_space(v));
   v.config[4] = 17;  // P1C without YS
   EXPECT_FALSE(in_search_space(v));
+  v = split_point(2048, 2, true, false);
+  v.config[3] = 7;  // R7: 7 slots
+  v.config[4] = 129;
+  EXPECT_TRUE(in_search_space(v));
+  v.config[3] = 6;  // (R7 needs stages 7)
+  EXPECT_FALSE(in_search_space(v));
   v.config[4] = 2;  // (bit 1 is always set)
   EXPECT_FALSE(in_search_space(v));
   Specialization s = split_point(2048, 1, true, false);
@@ -211,7 +224,7 @@ TEST(RmsqSplitSpace, Compiles) {
   Counters counters;
   for (const Specialization& s :
        {split_point(256, 1, false, true), split_point(7168, 1, true, false), split_point(7168, 2, true, false),
-        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9), ys_point(7168, 89)}) {
+        tc_point(7168, 2), ys_point(7168, 13), ys_point(2048, 9), ys_point(7168, 89), r7_point(7168)}) {
     const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
     EXPECT_NE(r.lowered_name.find("rms_norm_block_quant_split_kernel"), std::string::npos) << r.lowered_name;

@@ -67,7 +67,8 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // copies and pass 1 by the column role alone — half-warp h of it rows 8h … 8h+7, lane hl chunk hl, the same per-row
 // operations as the 4-row layout, so the same r — balancing the column role's lighter quantization); 64 EP (the next
 // item's partial-sum polls issued at the start of the item's last pass-2 block instead of after it, so they return
-// during the block: the stream kernel's early poll).
+// during the block: the stream kernel's early poll); 128 R7 (CB = 2: a ring of 7 block slots instead of 6 — visit v in
+// slot v % 7 — and after each item's barrier every free slot is refilled, so 3 blocks are in flight instead of 2).
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
   constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0, YS = (V & 8) != 0;
@@ -76,7 +77,9 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   static_assert(!P1C || (YS && !TC), "P1C: a YS variant with the plain pass 1");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
-  constexpr int ROWS = 128, C = CB * 128, S = N / C, R = 3 * CB;
+  constexpr bool RING7 = (V & 128) != 0;
+  static_assert(!RING7 || CB == 2, "R7: two blocks an item");
+  constexpr int ROWS = 128, C = CB * 128, S = N / C, R = RING7 ? 7 : 3 * CB;  // R: block slots
   constexpr int BLOCK_BYTES = ROWS * 128 * 2;
   static_assert(N % C == 0 && S > 1, "two or more chunks a row (the exchange goes through the workspace)");
   static_assert(kRmsqSplitThreads == 512, "16 warps: 8 a role");
@@ -119,15 +122,16 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const u32 cp_off2 = static_cast<u32>(rmsq_split_slot_offset((cp_row + 4) & 127, hl)) - 4 * 256;
   const bool copier = !P1C || warp >= 8;
   const bf16* const xthr = xg + static_cast<i64>(cp_row) * xs + (TC ? 8 * (lane >> 3) : c0);
-  int iss_item = 0, iss_set = 0, iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - cp_row;
+  // The next visit: block iss_b of item iss_item into slot iss_slot (visit v = item·CB + b in slot v % R).
+  int iss_vis = 0, iss_b = 0, iss_slot = 0;
+  int iss_item = 0, iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - cp_row;
   i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
-  auto issue_item = [&]() {  // item iss_item's CB blocks, a group each (empty groups past the last item)
-#pragma unroll
-    for (int b = 0; b < CB; ++b) {
-      if (!copier) break;  // (P1C: the row role copies nothing and waits for nothing)
+  auto issue_visit = [&]() {  // one block, one group (an empty group past the last item)
+    const int b = iss_b;
+    if (copier) {  // (P1C: the row role copies nothing and waits for nothing)
       if (iss_item < T) {
         const bf16* src = xthr + iss_off + b * 128;
-        const u32 dst = ring_s + (iss_set * CB + b) * BLOCK_BYTES + cp_off;
+        const u32 dst = ring_s + iss_slot * BLOCK_BYTES + cp_off;
         if constexpr (TC) {
           const bool ok = iss_rows > 0;  // (one row a thread; past M: zero-filled, nothing read)
 #pragma unroll
@@ -153,8 +157,11 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
       }
       cp_async_commit();
     }
+    ++iss_vis;
+    iss_slot = iss_slot == R - 1 ? 0 : iss_slot + 1;
+    if (++iss_b < CB) return;
+    iss_b = 0;
     ++iss_item;
-    iss_set = iss_set == 2 ? 0 : iss_set + 1;
     iss_rows -= dT * ROWS;
     iss_chunk += dC;
     iss_off += static_cast<i64>(dT) * ROWS * xs + dC * C;
@@ -164,13 +171,15 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
       iss_off += static_cast<i64>(ROWS) * xs - S * C;
     }
   };
-  issue_item();
-  issue_item();
-  if constexpr (PRO3) issue_item();
+  constexpr int I0 = PRO3 ? 3 : 2;  // items requested at the start
+#pragma unroll 1
+  for (int k = 0; k < I0 * CB; ++k) issue_visit();
+  // Slot of block b of the item whose block 0 is in slot s0.
+  auto slot_of = [](int s0, int b) { return s0 + b < R ? s0 + b : s0 + b - R; };
 
-  // ---- pass 1: Σx² of item (tile, chunk) in slot set `set`, tagged into the workspace. PB: after block b's wait
-  // at most PB − b newer groups may be pending. ----
-  auto pass1 = [&](int tile, int chunk, int set, auto pb) {
+  // ---- pass 1: Σx² of item (tile, chunk) whose block 0 is in slot s0, tagged into the workspace. PB: after block
+  // b's wait at most PB − b newer groups may be pending. ----
+  auto pass1 = [&](int tile, int chunk, int s0, auto pb) {
     constexpr int PB = decltype(pb)::value;
     if constexpr (P1C) {
       if (!copier) return;
@@ -178,11 +187,11 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 #pragma unroll
       for (int b = 0; b < CB; ++b) {
         cp_async_wait_group_dyn(PB - b);
-        const unsigned char* s0 = smem_raw + (set * CB + b) * BLOCK_BYTES;
+        const unsigned char* sp = smem_raw + slot_of(s0, b) * BLOCK_BYTES;
 #pragma unroll
         for (int i = 0; i < 4; ++i) {
-          sum_squares8(*reinterpret_cast<const Vec16*>(s0 + cp_off + i * 256), sa4[i]);
-          sum_squares8(*reinterpret_cast<const Vec16*>(s0 + cp_off2 + (i + 4) * 256), sb4[i]);
+          sum_squares8(*reinterpret_cast<const Vec16*>(sp + cp_off + i * 256), sa4[i]);
+          sum_squares8(*reinterpret_cast<const Vec16*>(sp + cp_off2 + (i + 4) * 256), sb4[i]);
         }
       }
       // rows 8h + (hl >> 2) and 8h + 4 + (hl >> 2) at lanes 16·half + 4R; lane j < 16 stores row 16·(warp − 8) + j
@@ -200,7 +209,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
       for (int b = 0; b < CB; ++b) {
         cp_async_wait_group_dyn(PB - b);
         __syncwarp();  // the warp's copies of the block (its 8 rows) are visible to all its lanes
-        const u32 base = ring_s + (set * CB + b) * BLOCK_BYTES;
+        const u32 base = ring_s + slot_of(s0, b) * BLOCK_BYTES;
 #pragma unroll
         for (int p = 0; p < 4; ++p) {
           u32 r0, r1, r2, r3;
@@ -224,7 +233,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 #pragma unroll
     for (int b = 0; b < CB; ++b) {
       cp_async_wait_group_dyn(PB - b);
-      const unsigned char* s = smem_raw + (set * CB + b) * BLOCK_BYTES + cp_off;
+      const unsigned char* s = smem_raw + slot_of(s0, b) * BLOCK_BYTES + cp_off;
 #pragma unroll
       for (int i = 0; i < 4; ++i) sum_squares8(*reinterpret_cast<const Vec16*>(s + i * 256), ss[i]);
     }
@@ -449,7 +458,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 
   // pass 2 of item (tile, chunk) in slot set `set` with r in rbuf; YS: the row role also fills y buffer yb, and the
   // column role does nothing here.
-  auto pass2 = [&](int tile, int chunk, int set, const float* rbuf, unsigned char* yb, bool poll_next) {
+  auto pass2 = [&](int tile, int chunk, int s0, const float* rbuf, unsigned char* yb, bool poll_next) {
     const int m0 = tile * ROWS;
     const int valid = min(ROWS, a.M - m0);
     auto body = [&](auto full) {
@@ -460,7 +469,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
           if (b == CB - 1 && poll_next) poll_issue(nxt_tile);  // (item it + 1's partial sums)
         }
         const int col = chunk * C + b * 128;
-        const unsigned char* slot = smem_raw + (set * CB + b) * BLOCK_BYTES;
+        const unsigned char* slot = smem_raw + slot_of(s0, b) * BLOCK_BYTES;
         if (row_role) {
           float w16[16];
 #pragma unroll
@@ -584,30 +593,34 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 
   // ---- the walk ----
   load_w(cur_chunk * C);
-  int set = 0;  // item it's slot set (it % 3)
+  int s0 = 0;  // the slot of item it's block 0
   int prv_tile = 0, prv_chunk = 0;  // YS: item it − 1
-  pass1(cur_tile, cur_chunk, 0, IntC<(PRO3 ? 3 : 2) * CB - 1>{});
+  pass1(cur_tile, cur_chunk, 0, IntC<I0 * CB - 1>{});
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
     if (!EP || it == 0) poll_issue(cur_tile);  // (EP: issued during item it − 1's last block)
-    const int nset = set == 2 ? 0 : set + 1;
-    // (PRO3, iteration 0: item 2's CB groups are newer than item 1's)
+    const int ns0 = slot_of(s0, CB);
+    // Before this pass 1, visits up to I0·CB − 1 (iteration 0) or (it − 1)·CB + R − 1 were issued, and item it + 1's
+    // block b is visit (it + 1)·CB + b.
     if (it + 1 < T) {
-      if (PRO3 && it == 0) pass1(nxt_tile, nxt_chunk, nset, IntC<2 * CB - 1>{});
-      else pass1(nxt_tile, nxt_chunk, nset, IntC<CB - 1>{});
+      if (it == 0) pass1(nxt_tile, nxt_chunk, ns0, IntC<I0 * CB - CB - 1>{});
+      else pass1(nxt_tile, nxt_chunk, ns0, IntC<R - 2 * CB - 1>{});
     }
     float* rbuf = rsh + (it & 1) * ROWS;
     finish(cur_tile, cur_chunk, rbuf);
     // Every thread: its copies of item it (and it + 1) landed, pass 2 of item it − 1 done, r of item it written.
     __syncthreads();
-    if (!PRO3 || it > 0) issue_item();  // item it + 2 into item it − 1's slots
-    pass2(cur_tile, cur_chunk, set, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T);
+    // Items < it are done: refill every free slot (visits up to it·CB + R − 1; the base: item it + 2 into item
+    // it − 1's slots).
+#pragma unroll 1
+    while (iss_vis < it * CB + R) issue_visit();
+    pass2(cur_tile, cur_chunk, s0, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T);
     if constexpr (YS) {  // the column role: item it − 1's columns (its y written before this item's barrier)
       if (!row_role && it > 0) col_ys(prv_tile, prv_chunk, ybuf + ((it - 1) & 1) * (ROWS * 128 * 4));
       prv_tile = cur_tile;
       prv_chunk = cur_chunk;
     }
-    set = nset;
+    s0 = ns0;
     cur_tile = nxt_tile;
     cur_chunk = nxt_chunk;
     step(nxt_tile, nxt_chunk);

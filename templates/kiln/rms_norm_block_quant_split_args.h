@@ -34,10 +34,11 @@ constexpr KILN_RMSQ_HD int rmsq_split_y_offset(int row, int chunk) {
 
 // 16 warps: warps 0 … 7 the row role, 8 … 15 the column role (pass 1 and the exchange: all 16).
 constexpr int kRmsqSplitThreads = 512;
-// Slots for three items of CB blocks (the refill of item it + 2 goes out right after item it's barrier), then r of
-// the current item, double-buffered: [2][128] fp32; YS: then two y buffers of 128 × 128 fp32 (CB = 1: 225 KiB).
-constexpr int rms_norm_block_quant_split_smem_bytes(int CB, bool ys = false) {
-  return 3 * CB * 128 * 128 * 2 + 2 * 128 * 4 + (ys ? 2 * 128 * 128 * 4 : 0);
+// `slots` block slots of 32 KiB (3·CB: three items, the refill of item it + 2 going out right after item it's
+// barrier; R7: 7 at CB = 2), then r of the current item, double-buffered: [2][128] fp32; YS: then two y buffers of
+// 128 × 128 fp32 (CB = 1: 225 KiB).
+constexpr int rms_norm_block_quant_split_smem_bytes(int slots, bool ys = false) {
+  return slots * 128 * 128 * 2 + 2 * 128 * 4 + (ys ? 2 * 128 * 128 * 4 : 0);
 }
 
 }  // namespace kiln

@@ -801,13 +801,15 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
 
 // Its points at N (each one an NVRTC compile a scale mode): one block an item (3 slots), two (6 slots) where a row has
 // at least two such items; the variants (overlap bits): PRO3 (3: three items requested at the start) and TC (5: pass 1
-// on the tensor cores) and EP (65: early polls) with the widest item, YS (9: y computed once, one block an item) and
+// on the tensor cores), EP (65: early polls), R7 (129: 7 block slots) and R7 + EP (193) with the widest item, YS (9:
+// y computed once, one block an item) and
 // YS + P1C + EP (89: copies and pass 1 by the column role, early polls). (YS + TC and YS + P1C are bit-checked against
 // the stream kernel by SplitRoleMeasure.Sweep.)
 std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
   std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 9, 7, M}, {N, 2, 16, 1, 1, 3, 89, 7, M}};
   if (N % 256 == 0 && N / 256 >= 2) {
     for (int overlap : {1, 3, 5, 65}) v.push_back({N, 2, 16, 2, 1, 6, overlap, 7, M});
+    for (int overlap : {129, 193}) v.push_back({N, 2, 16, 2, 1, 7, overlap, 7, M});  // R7 (7 slots), + EP
   } else {
     v.push_back({N, 2, 16, 1, 1, 3, 3, 7, M});
     v.push_back({N, 2, 16, 1, 1, 3, 5, 7, M});
@@ -859,7 +861,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
       if (M == 8192)  // (the big shapes: the widest item's base and TC points and YS only)
         points.erase(std::remove_if(points.begin(), points.end(),
                                     [&](const SpacePoint& p) {
-                                      return p.overlap == 3 || p.overlap == 65 || p.overlap == 89 ||
+                                      return p.overlap == 3 || p.overlap == 65 || p.overlap == 89 || p.overlap == 129 ||
                                              (p.col_blocks == 1 && p.overlap < 9 && N % 256 == 0 && N >= 512);
                                     }),
                      points.end());
