@@ -598,15 +598,18 @@ std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace{nullptr};
 namespace {
 
 // Launches a split-role config (is_split(s)): one wave of resident CTAs over the tiles × chunks items (≥ 2 chunks).
-void launch_split(Runtime::Impl& impl, const Specialization& s, int mode, const RmsNormBlockQuantArgs& a,
-                  Stream stream) {
+// (The stream kernel's trace hook, detail::rms_norm_block_quant_stream_trace, also traces split configs: overlap bit
+// 256, measurement only.)
+void launch_split(Runtime::Impl& impl, Specialization s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
+  unsigned long long* trace = detail::rms_norm_block_quant_stream_trace.load(std::memory_order_relaxed);
+  if (trace) s.config[C_OVERLAP] |= 256;
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
   d.block[0] = kRmsqSplitThreads;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqSplitThreads, d.smem);
-  RmsqStreamArgs sa{a, nullptr, 0, nullptr};
+  RmsqStreamArgs sa{a, nullptr, 0, trace};
   const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);

@@ -21,7 +21,7 @@ p7168=N=7168,mode=2,round_scale=1,w_f32=0
 
 if [[ $what == *measure* ]]; then
   "$tests" --gtest_filter='SplitRoleMeasure.*' > "$out/q2s-measure.txt" 2>&1
-  grep -E "^\[|^  |FAILED|OK \]|Failure|differing" "$out/q2s-measure.txt" | head -60
+  grep -E "^\[|^  |FAILED|OK \]|Failure|differing" "$out/q2s-measure.txt" | head -120
 fi
 
 if [[ $what == *sweep* ]]; then

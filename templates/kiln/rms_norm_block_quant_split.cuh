@@ -68,12 +68,15 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // operations as the 4-row layout, so the same r — balancing the column role's lighter quantization); 64 EP (the next
 // item's partial-sum polls issued at the start of the item's last pass-2 block instead of after it, so they return
 // during the block: the stream kernel's early poll); 128 R7 (CB = 2: a ring of 7 block slots instead of 6 — visit v in
-// slot v % 7 — and after each item's barrier every free slot is refilled, so 3 blocks are in flight instead of 2).
+// slot v % 7 — and after each item's barrier every free slot is refilled, so 3 blocks are in flight instead of 2);
+// 256 TRACE (measurement only, not a search-space point: thread 0 writes the stream kernel's phase records,
+// kRmsqStreamTrace: 1 item's first block landed, 2 its pass 1 done, 3 its r ready (after the barrier), 4 its pass 2
+// done (thread 0: the row role), 5 the CTA's end).
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
   constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0, YS = (V & 8) != 0;
   static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
-  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0;
+  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0;
   static_assert(!P1C || (YS && !TC), "P1C: a YS variant with the plain pass 1");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
@@ -97,6 +100,24 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const int hw = warp * 2 + half;  // pass 1 / copies: rows 4·hw … 4·hw+3, chunk hl
   const int c0 = hl * 8;
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
+  u64 tr_t0 = 0;
+  int tr_n = 2;
+  auto mark = [&](u64 kind, int item) {
+    if constexpr (TRACE) {
+      if (tid == 0 && tr_n < kRmsqStreamTraceSlots)
+        sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + tr_n++] =
+            (kind << 48) | (static_cast<u64>(item & 0xff) << 40) | (globaltimer_ns() - tr_t0);
+    }
+  };
+  if constexpr (TRACE) {
+    if (tid == 0) {
+      tr_t0 = globaltimer_ns();
+      u32 smid;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+      sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots] = tr_t0;
+      sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + 1] = smid;
+    }
+  }
   const int tiles = (a.M + ROWS - 1) / ROWS;
   const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs)
   const int dT = P / S, dC = P % S;
@@ -179,7 +200,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 
   // ---- pass 1: Σx² of item (tile, chunk) whose block 0 is in slot s0, tagged into the workspace. PB: after block
   // b's wait at most PB − b newer groups may be pending. ----
-  auto pass1 = [&](int tile, int chunk, int s0, auto pb) {
+  auto pass1 = [&](int tile, int chunk, int s0, auto pb, int item) {
     constexpr int PB = decltype(pb)::value;
     if constexpr (P1C) {
       if (!copier) return;
@@ -233,6 +254,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 #pragma unroll
     for (int b = 0; b < CB; ++b) {
       cp_async_wait_group_dyn(PB - b);
+      if (b == 0) mark(1, item);
       const unsigned char* s = smem_raw + slot_of(s0, b) * BLOCK_BYTES + cp_off;
 #pragma unroll
       for (int i = 0; i < 4; ++i) sum_squares8(*reinterpret_cast<const Vec16*>(s + i * 256), ss[i]);
@@ -242,6 +264,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
     if (lane < 8)
       stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + 8 * warp + j, stream_tagged(v, sa.tag));
+    mark(2, item);
   };
   // The fallback: chunk q's partial sums of rows 8w … 8w+7 of `tile` from x (pass 1's operations in its order);
   // lane 16·(j >> 2) + 4·(j & 3) gets row j's.
@@ -595,7 +618,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   load_w(cur_chunk * C);
   int s0 = 0;  // the slot of item it's block 0
   int prv_tile = 0, prv_chunk = 0;  // YS: item it − 1
-  pass1(cur_tile, cur_chunk, 0, IntC<I0 * CB - 1>{});
+  pass1(cur_tile, cur_chunk, 0, IntC<I0 * CB - 1>{}, 0);
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
     if (!EP || it == 0) poll_issue(cur_tile);  // (EP: issued during item it − 1's last block)
@@ -603,18 +626,20 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     // Before this pass 1, visits up to I0·CB − 1 (iteration 0) or (it − 1)·CB + R − 1 were issued, and item it + 1's
     // block b is visit (it + 1)·CB + b.
     if (it + 1 < T) {
-      if (it == 0) pass1(nxt_tile, nxt_chunk, ns0, IntC<I0 * CB - CB - 1>{});
-      else pass1(nxt_tile, nxt_chunk, ns0, IntC<R - 2 * CB - 1>{});
+      if (it == 0) pass1(nxt_tile, nxt_chunk, ns0, IntC<I0 * CB - CB - 1>{}, it + 1);
+      else pass1(nxt_tile, nxt_chunk, ns0, IntC<R - 2 * CB - 1>{}, it + 1);
     }
     float* rbuf = rsh + (it & 1) * ROWS;
     finish(cur_tile, cur_chunk, rbuf);
     // Every thread: its copies of item it (and it + 1) landed, pass 2 of item it − 1 done, r of item it written.
     __syncthreads();
+    mark(3, it);
     // Items < it are done: refill every free slot (visits up to it·CB + R − 1; the base: item it + 2 into item
     // it − 1's slots).
 #pragma unroll 1
     while (iss_vis < it * CB + R) issue_visit();
     pass2(cur_tile, cur_chunk, s0, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T);
+    mark(4, it);
     if constexpr (YS) {  // the column role: item it − 1's columns (its y written before this item's barrier)
       if (!row_role && it > 0) col_ys(prv_tile, prv_chunk, ybuf + ((it - 1) & 1) * (ROWS * 128 * 4));
       prv_tile = cur_tile;
@@ -630,6 +655,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     if (!row_role) col_ys(prv_tile, prv_chunk, ybuf + ((T - 1) & 1) * (ROWS * 128 * 4));
   }
   cp_async_wait_group<0>();  // (only empty groups can be pending)
+  mark(5, T);
 }
 
 }  // namespace kiln
