@@ -51,6 +51,20 @@ __device__ __forceinline__ void split_xxt16(u32 r0, u32 r2, float& d0, float& d1
       : "=f"(d0), "=f"(d1)
       : "r"(r0), "r"(r2), "f"(0.0f));
 }
+// The maximum of |v(0)| … |v(15)| from 0, ignoring NaN — the value of the chain fmaxf(…fmaxf(0, |v(0)|)…, |v(15)|)
+// (max is exact; a NaN pair stays NaN only until it meets a number, and the final max with 0 turns an all-NaN set
+// into the chain's 0) — as a tree of depth 5 instead of a chain of 16 (latency).
+template <class F>
+__device__ __forceinline__ float split_amax16(F v) {
+  float t[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) t[k] = fmaxf(fabsf(v(2 * k)), fabsf(v(2 * k + 1)));
+#pragma unroll
+  for (int k = 0; k < 4; ++k) t[k] = fmaxf(t[k], t[k + 4]);
+  t[0] = fmaxf(t[0], t[2]);
+  t[1] = fmaxf(t[1], t[3]);
+  return fmaxf(fmaxf(t[0], t[1]), 0.0f);
+}
 // Low / high bf16 of a 32-bit word as fp32.
 __device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16); }
 __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
@@ -428,7 +442,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
       float y[16][4];
-      float am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
       for (int i = 0; i < 16; ++i) {
         const float4 v = *reinterpret_cast<const float4*>(yb + yo[i >> 2] + (i & 3) * 512);
@@ -436,9 +449,10 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
         y[i][1] = v.y;
         y[i][2] = v.z;
         y[i][3] = v.w;
-#pragma unroll
-        for (int e = 0; e < 4; ++e) am[e] = fmaxf(am[e], fabsf(y[i][e]));
       }
+      float am[4];
+#pragma unroll
+      for (int e = 0; e < 4; ++e) am[e] = split_amax16([&](int k) { return y[k][e]; });
 #pragma unroll
       for (int e = 0; e < 4; ++e) {
         am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 1));
@@ -508,16 +522,13 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
             float y[16];
-            float am = 0.0f;
 #pragma unroll
             for (int j = 0; j < 2; ++j) {
               const Vec16 xv = *reinterpret_cast<const Vec16*>(slot + xo[j] + i * 256);
 #pragma unroll
-              for (int e = 0; e < 8; ++e) {
-                y[8 * j + e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv, e), rv[i]), w16[8 * j + e]);
-                am = fmaxf(am, fabsf(y[8 * j + e]));
-              }
+              for (int e = 0; e < 8; ++e) y[8 * j + e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv, e), rv[i]), w16[8 * j + e]);
             }
+            float am = split_amax16([&](int k) { return y[k]; });
             if constexpr (YS) {
 #pragma unroll
               for (int k = 0; k < 4; ++k)
@@ -554,7 +565,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
           for (int e = 0; e < 4; ++e) w4[e] = W_F32 ? vec_get<float>(wpre[0], e) : vec_get<bf16>(wpre[0], e);
           load_w(b + 1 < CB ? col + 128 : nxt_chunk * C);
           float y[16][4];
-          float am[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
           for (int G = 0; G < 4; ++G) {
             const float4 r4 = *reinterpret_cast<const float4*>(rbuf + 16 * cl + 4 * G);
@@ -564,12 +574,12 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
               const uint2 xv = *reinterpret_cast<const uint2*>(slot + xo[G] + i * 256);
               const float xf[4] = {bf16_lo(xv.x), bf16_hi(xv.x), bf16_lo(xv.y), bf16_hi(xv.y)};
 #pragma unroll
-              for (int e = 0; e < 4; ++e) {
-                y[4 * G + i][e] = __fmul_rn(__fmul_rn(xf[e], rv[i]), w4[e]);
-                am[e] = fmaxf(am[e], fabsf(y[4 * G + i][e]));
-              }
+              for (int e = 0; e < 4; ++e) y[4 * G + i][e] = __fmul_rn(__fmul_rn(xf[e], rv[i]), w4[e]);
             }
           }
+          float am[4];
+#pragma unroll
+          for (int e = 0; e < 4; ++e) am[e] = split_amax16([&](int k) { return y[k][e]; });
 #pragma unroll
           for (int e = 0; e < 4; ++e) {
             am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 1));
