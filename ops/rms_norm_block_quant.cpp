@@ -51,12 +51,12 @@ bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.co
 // exchange 7 = the split-role kernel (rms_norm_block_quant_split.cuh, mode 2, sm_90): the stream kernel's GLOBAL walk
 // and exchange, pass 2 by a row-role and a column-role warp group at once; col_blocks = CB (1 or 2), stages = 3·CB
 // (slots for three items), warps 16, prefetch 1, overlap = variant bits.
-// overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base, 3 PRO3 (three items requested at the start), 5 TC
-// (pass 1 on the tensor cores), 9 YS (CB 1: y computed once, the columns quantized from an fp32 y buffer), 13 YS + TC,
-// 25 YS + P1C (copies and pass 1 by the column role alone); + 64 EP (the next item's polls issued a block early): 65,
-// 73, 89; + 128 R7 (CB 2, stages 7: a ring of 7 block slots, every free one refilled at an item's barrier): 129, 193.
-constexpr int kSplitGlobal = 7, kSplitPro3 = 3, kSplitTc = 5, kSplitYs = 9, kSplitP1c = 16, kSplitEp = 64,
-              kSplitR7 = 128;
+// overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base; 64 EP (the next item's polls issued a block
+// early): 65; 128 R7 (CB 2, stages 7: a ring of 7 block slots, every free one refilled at an item's barrier): 129, 193
+// with EP; 8 YS + 16 P1C (CB 1: y computed once, the columns quantized from an fp32 y buffer, copies and pass 1 by the
+// column role) with EP: 89. (Session 8 round 2 measured all three items requested at the start, a tensor-core Σx² and
+// YS alone / with the tensor-core Σx² / without EP slower than the base at both N: removed.)
+constexpr int kSplitGlobal = 7, kSplitYs = 8, kSplitP1c = 16, kSplitEp = 64, kSplitR7 = 128;
 bool is_split(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSplitGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -370,8 +370,7 @@ void split_points(const Specialization& base, int cb, std::vector<Specialization
   s.config[C_PREFETCH] = 1;
   s.config[C_STAGES] = 3 * cb;
   s.config[C_EXCHANGE] = kSplitGlobal;
-  for (int overlap : {1, kSplitPro3, kSplitTc, kSplitYs, kSplitYs | kSplitTc, kSplitYs | kSplitP1c, 1 | kSplitEp,
-                      kSplitYs | kSplitEp, kSplitYs | kSplitP1c | kSplitEp, 1 | kSplitR7, 1 | kSplitR7 | kSplitEp}) {
+  for (int overlap : {1, 1 | kSplitEp, 1 | kSplitR7, 1 | kSplitR7 | kSplitEp, 1 | kSplitYs | kSplitP1c | kSplitEp}) {
     if ((overlap & 8) && (cb != 1 || rms_norm_block_quant_split_smem_bytes(3 * cb, true) > 227 * 1024)) continue;
     if ((overlap & 128) && cb != 2) continue;
     s.config[C_OVERLAP] = overlap;

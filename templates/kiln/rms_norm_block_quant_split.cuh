@@ -32,25 +32,6 @@ namespace rmsq {
 __device__ __forceinline__ void split_cp16(u32 dst, const void* src, bool valid) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(valid ? 16 : 0) : "memory");
 }
-// Four 8×8 b16 matrices from shared memory (lanes 8j … 8j+7 give matrix j's row addresses); lane l gets row l / 4,
-// elements 2·(l % 4), +1 of each (the mma fragment layout).
-__device__ __forceinline__ void split_ldsm_x4(u32 addr, u32& r0, u32& r1, u32& r2, u32& r3) {
-  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
-               : "=r"(r0), "=r"(r1), "=r"(r2), "=r"(r3)
-               : "r"(addr)
-               : "memory");
-}
-// The diagonal of X·Xᵀ for the 8 rows of a warp's fragment, one 16-column step: r0 = X[row l / 4][k0 + 2·(l % 4), +1],
-// r2 = the same 8 columns on (A = those 8 rows twice, B = Xᵀ of them). D[i][i] = Σ x[i][k]² lands in lane 4i + i / 2,
-// element i % 2 (d0 or d1); the sum of a diagonal element depends only on its own row's 16 products.
-__device__ __forceinline__ void split_xxt16(u32 r0, u32 r2, float& d0, float& d1) {
-  // (rows 8–15 of A repeat rows 0–7: D's rows 8–15 go to scratch registers)
-  asm("{\n .reg .f32 t2, t3;\n"
-      " mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, t2, t3}, {%2, %2, %3, %3}, {%2, %3}, "
-      "{%4, %4, %4, %4};\n}"
-      : "=f"(d0), "=f"(d1)
-      : "r"(r0), "r"(r2), "f"(0.0f));
-}
 // The maximum of |v(0)| … |v(15)| from 0, ignoring NaN — the value of the chain fmaxf(…fmaxf(0, |v(0)|)…, |v(15)|)
 // (max is exact; a NaN pair stays NaN only until it meets a number, and the final max with 0 turns an all-NaN set
 // into the chain's 0) — as a tree of depth 5 instead of a chain of 16 (latency).
@@ -70,28 +51,25 @@ __device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16
 __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 }  // namespace rmsq
 
-// V: the config's overlap field as variant bits: 1 the base (always set); 2 PRO3 (all three items' blocks requested at
-// the start instead of two: iteration 0 refills nothing); 4 TC (pass 1 on the tensor cores: warp w sums rows 16t + w,
-// t < 8, as the diagonal of X·Xᵀ, one mma a 16-column step with a fresh accumulator, the steps added in fp32 in column
-// order; lane l copies row 16·(l & 7) + w, chunks (l >> 3) + 4i, which its ldmatrix reads after __syncwarp; the
-// fallback does the same mma on fragments loaded from x, so every CTA still gets bitwise the same r); 8 YS (CB = 1:
-// y computed once: the row role also stores its y into one of two fp32 y buffers (rmsq_split_y_offset), and the
-// column role quantizes the PREVIOUS item's columns from that buffer — no x, r or w there; the per-item barrier
-// orders the buffer's write (item it), read (item it + 1) and rewrite (item it + 2)); 16 P1C (with YS, not TC: the
-// copies and pass 1 by the column role alone — half-warp h of it rows 8h … 8h+7, lane hl chunk hl, the same per-row
-// operations as the 4-row layout, so the same r — balancing the column role's lighter quantization); 64 EP (the next
-// item's partial-sum polls issued at the start of the item's last pass-2 block instead of after it, so they return
-// during the block: the stream kernel's early poll); 128 R7 (CB = 2: a ring of 7 block slots instead of 6 — visit v in
-// slot v % 7 — and after each item's barrier every free slot is refilled, so 3 blocks are in flight instead of 2);
-// 256 TRACE (measurement only, not a search-space point: thread 0 writes the stream kernel's phase records,
-// kRmsqStreamTrace: 1 item's first block landed, 2 its pass 1 done, 3 its r ready (after the barrier), 4 its pass 2
-// done (thread 0: the row role), 5 the CTA's end).
+// V: the config's overlap field as variant bits: 1 the base (always set); 8 YS (CB = 1: y computed once: the row
+// role also stores its y into one of two fp32 y buffers (rmsq_split_y_offset), and the column role quantizes the
+// PREVIOUS item's columns from that buffer — no x, r or w there; the per-item barrier orders the buffer's write (item
+// it), read (item it + 1) and rewrite (item it + 2)); 16 P1C (with YS: the copies and pass 1 by the column role alone —
+// half-warp h of it rows 8h … 8h+7, lane hl chunk hl, the same per-row operations as the 4-row layout, so the same r —
+// balancing the column role's lighter quantization); 64 EP (the next item's partial-sum polls issued at the start of
+// the item's last pass-2 block instead of after it, so they return during the block: the stream kernel's early poll);
+// 128 R7 (CB = 2: a ring of 7 block slots instead of 6 — visit v in slot v % 7 — and after each item's barrier every
+// free slot is refilled, so 3 blocks are in flight instead of 2); 256 TRACE (measurement only, not a search-space
+// point: thread 0 writes the stream kernel's phase records, kRmsqStreamTrace: 1 item's first block landed, 2 its pass
+// 1 done, 3 its r ready (after the barrier), 4 its pass 2 done (thread 0: the row role), 5 the CTA's end).
+// (Session 8 also measured, and removed: all three items requested at the start, the tensor-core Σx² — the diagonal
+// of X·Xᵀ by ldmatrix + mma — and YS alone: bench/NOTES.md.)
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
-  constexpr bool PRO3 = (V & 2) != 0, TC = (V & 4) != 0, YS = (V & 8) != 0;
+  constexpr bool YS = (V & 8) != 0;
   static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
   constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0;
-  static_assert(!P1C || (YS && !TC), "P1C: a YS variant with the plain pass 1");
+  static_assert(!P1C || YS, "P1C: a YS variant");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr bool RING7 = (V & 128) != 0;
@@ -150,13 +128,12 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const i64 xs = a.x_stride;
 
   // ---- the ring: item j in slots (j % 3)·CB …; this thread's pieces at cp_off (+ 256 a row) ----
-  // (TC: row 16·(lane & 7) + warp, chunks (lane >> 3) + 4i at cp_off ^ 64i: the chunk's bits 2–3 are i's)
   // (P1C: column-role half-warp h = 2·(warp − 8) + half, rows 8h + i at cp_off (i < 4) and cp_off2 (i ≥ 4) + 256 i)
-  const int cp_row = TC ? 16 * (lane & 7) + warp : P1C ? 8 * (2 * (warp & 7) + half) : 4 * hw;
-  const u32 cp_off = static_cast<u32>(TC ? rmsq_split_slot_offset(cp_row, lane >> 3) : rmsq_split_slot_offset(cp_row, hl));
+  const int cp_row = P1C ? 8 * (2 * (warp & 7) + half) : 4 * hw;
+  const u32 cp_off = static_cast<u32>(rmsq_split_slot_offset(cp_row, hl));
   const u32 cp_off2 = static_cast<u32>(rmsq_split_slot_offset((cp_row + 4) & 127, hl)) - 4 * 256;
   const bool copier = !P1C || warp >= 8;
-  const bf16* const xthr = xg + static_cast<i64>(cp_row) * xs + (TC ? 8 * (lane >> 3) : c0);
+  const bf16* const xthr = xg + static_cast<i64>(cp_row) * xs + c0;
   // The next visit: block iss_b of item iss_item into slot iss_slot (visit v = item·CB + b in slot v % R).
   int iss_vis = 0, iss_b = 0, iss_slot = 0;
   int iss_item = 0, iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - cp_row;
@@ -167,12 +144,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
       if (iss_item < T) {
         const bf16* src = xthr + iss_off + b * 128;
         const u32 dst = ring_s + iss_slot * BLOCK_BYTES + cp_off;
-        if constexpr (TC) {
-          const bool ok = iss_rows > 0;  // (one row a thread; past M: zero-filled, nothing read)
-#pragma unroll
-          for (int i = 0; i < 4; ++i)
-            split_cp16((dst - cp_off) + (cp_off ^ (64u * i)), ok ? src + 32 * i : static_cast<const void*>(xg), ok);
-        } else if constexpr (P1C) {
+        if constexpr (P1C) {
 #pragma unroll
           for (int i = 0; i < 8; ++i) {
             const bool ok = i < iss_rows;  // rows past M: zero-filled, nothing read
@@ -206,7 +178,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
       iss_off += static_cast<i64>(ROWS) * xs - S * C;
     }
   };
-  constexpr int I0 = PRO3 ? 3 : 2;  // items requested at the start
+  constexpr int I0 = 2;  // items requested at the start
 #pragma unroll 1
   for (int k = 0; k < I0 * CB; ++k) issue_visit();
   // Slot of block b of the item whose block 0 is in slot s0.
@@ -238,32 +210,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
                           stream_tagged((j & 4) ? vB : vA, sa.tag));
       return;
     }
-    if constexpr (TC) {
-      float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll
-      for (int b = 0; b < CB; ++b) {
-        cp_async_wait_group_dyn(PB - b);
-        __syncwarp();  // the warp's copies of the block (its 8 rows) are visible to all its lanes
-        const u32 base = ring_s + slot_of(s0, b) * BLOCK_BYTES;
-#pragma unroll
-        for (int p = 0; p < 4; ++p) {
-          u32 r0, r1, r2, r3;
-          split_ldsm_x4(base + (cp_off ^ (64u * p)), r0, r1, r2, r3);  // chunks 4p … 4p+3 of the 8 rows
-          float d0, d1;
-          split_xxt16(r0, r1, d0, d1);
-          acc0 += d0;
-          acc1 += d1;
-          split_xxt16(r2, r3, d0, d1);
-          acc0 += d0;
-          acc1 += d1;
-        }
-      }
-      // Row 16i + warp's sum in lane 4i + i / 2 (element i % 2): lanes with (lane & 3) == lane >> 3 store it.
-      if ((lane & 3) == (lane >> 3))
-        stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + 16 * (lane >> 2) + warp,
-                          stream_tagged(((lane >> 2) & 1) ? acc1 : acc0, sa.tag));
-      return;
-    }
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int b = 0; b < CB; ++b) {
@@ -282,27 +228,9 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   };
   // The fallback: chunk q's partial sums of rows 8w … 8w+7 of `tile` from x (pass 1's operations in its order);
   // lane 16·(j >> 2) + 4·(j & 3) gets row j's.
-  // TC: the same mma steps on rows 8w + lane / 4 (fragments from x); row j's sum in lane 4j + j / 2.
   auto chunk_sum = [&](int tile, int q) {
     const int m0 = tile * ROWS;
     const int valid = min(ROWS, a.M - m0);
-    if constexpr (TC) {
-      const int r = 8 * warp + (lane >> 2);
-      const bool ok = r < valid;
-      const u32* xr = reinterpret_cast<const u32*>(xg + static_cast<i64>(m0 + (ok ? r : 0)) * xs + q * C + 2 * (lane & 3));
-      float acc0 = 0.f, acc1 = 0.f;
-#pragma unroll 1
-      for (int b = 0; b < CB; ++b)
-#pragma unroll
-        for (int st = 0; st < 8; ++st) {
-          const u32 r0 = ok ? xr[b * 64 + st * 8] : 0u, r2 = ok ? xr[b * 64 + st * 8 + 4] : 0u;
-          float d0, d1;
-          split_xxt16(r0, r2, d0, d1);
-          acc0 += d0;
-          acc1 += d1;
-        }
-      return ((lane >> 2) & 1) ? acc1 : acc0;
-    }
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
     for (int b = 0; b < CB; ++b)
@@ -349,7 +277,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
             const int q = 4 * k + q4;
             if (q >= S || ((ok >> (8 * q4)) & 0xffu) == 0xffu) continue;  // warp-uniform
             const float v = chunk_sum(tile, q);
-            const float w = __shfl_sync(0xffffffffu, v, TC ? 4 * j + (j >> 1) : 16 * (j >> 2) + 4 * (j & 3));
+            const float w = __shfl_sync(0xffffffffu, v, 16 * (j >> 2) + 4 * (j & 3));
             if ((lane >> 3) == q4) got[k] = stream_tagged(w, sa.tag);
           }
         }

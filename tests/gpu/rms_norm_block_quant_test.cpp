@@ -800,19 +800,13 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
 // ---- the split-role kernel (exchange 7: rms_norm_block_quant_split.cuh) ---------------------------------------------
 
 // Its points at N (each one an NVRTC compile a scale mode): one block an item (3 slots), two (6 slots) where a row has
-// at least two such items; the variants (overlap bits): PRO3 (3: three items requested at the start) and TC (5: pass 1
-// on the tensor cores), EP (65: early polls), R7 (129: 7 block slots) and R7 + EP (193) with the widest item, YS (9:
-// y computed once, one block an item) and
-// YS + P1C + EP (89: copies and pass 1 by the column role, early polls). (YS + TC and YS + P1C are bit-checked against
-// the stream kernel by SplitRoleMeasure.Sweep.)
+// at least two such items; the variants (overlap bits): EP (65: early polls), R7 (129: 7 block slots) and R7 + EP
+// (193) with two blocks an item, YS + P1C + EP (89: y computed once, one block an item).
 std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
-  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 9, 7, M}, {N, 2, 16, 1, 1, 3, 89, 7, M}};
+  std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 89, 7, M}};
   if (N % 256 == 0 && N / 256 >= 2) {
-    for (int overlap : {1, 3, 5, 65}) v.push_back({N, 2, 16, 2, 1, 6, overlap, 7, M});
-    for (int overlap : {129, 193}) v.push_back({N, 2, 16, 2, 1, 7, overlap, 7, M});  // R7 (7 slots), + EP
-  } else {
-    v.push_back({N, 2, 16, 1, 1, 3, 3, 7, M});
-    v.push_back({N, 2, 16, 1, 1, 3, 5, 7, M});
+    for (int overlap : {1, 65}) v.push_back({N, 2, 16, 2, 1, 6, overlap, 7, M});
+    for (int overlap : {129, 193}) v.push_back({N, 2, 16, 2, 1, 7, overlap, 7, M});
   }
   return v;
 }
@@ -852,22 +846,22 @@ Input special_input_at(int64_t N, int64_t M, uint64_t seed) {
 }
 
 // Every split point at N ∈ {256, 2048, 7168} × M ∈ {1, 7, 128, 1000} (partial last tiles, M % 16 != 0: the byte-wise
-// qT tail, one CTA with a single item) and the widest base and TC points and YS at M = 8192, round_scale 1, and
+// qT tail, one CTA with a single item) and the widest item's base and R7 + EP points at M = 8192, round_scale 1, and
 // round_scale 0 at M = 7 and 1000 (base and YS points: the variants' quantization code is theirs).
 TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
   for (int64_t N : {256, 2048, 7168})
     for (int64_t M : {1, 7, 128, 1000, 8192}) {
       std::vector<SpacePoint> points = split_points_at(N, M);
-      if (M == 8192)  // (the big shapes: the widest item's base and TC points and YS only)
+      if (M == 8192)  // (the big shapes: the widest item's base and R7 + EP points only)
         points.erase(std::remove_if(points.begin(), points.end(),
                                     [&](const SpacePoint& p) {
-                                      return p.overlap == 3 || p.overlap == 65 || p.overlap == 89 || p.overlap == 129 ||
-                                             (p.col_blocks == 1 && p.overlap < 9 && N % 256 == 0 && N >= 512);
+                                      return p.overlap == 65 || p.overlap == 129 ||
+                                             (p.col_blocks == 1 && (p.overlap != 1 || (N % 256 == 0 && N >= 512)));
                                     }),
                      points.end());
       for_each_point(points, [&](const SpacePoint& p, size_t i) {
         for (bool rs : {true, false}) {
-          if (!rs && ((M != 7 && M != 1000) || (p.overlap != 1 && p.overlap != 9))) continue;  // (compiles)
+          if (!rs && ((M != 7 && M != 1000) || (p.overlap != 1 && p.overlap != 89))) continue;  // (compiles)
           SCOPED_TRACE("round_scale " + std::to_string(rs));
           const Input in = random_input(M, N, mix_seed({0x70, static_cast<uint64_t>(N), static_cast<uint64_t>(M), i}));
           RunSpec spec;
@@ -885,7 +879,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitSpecialValues) {
   for (int64_t N : {256, 2048, 7168})
     for_each_point(split_points_at(N, 700), [&](const SpacePoint& p, size_t i) {
       for (bool rs : {true, false}) {
-        if (!rs && p.overlap != 1 && p.overlap != 9) continue;  // (compiles: as the grid)
+        if (!rs && p.overlap != 1 && p.overlap != 89) continue;  // (compiles: as the grid)
         SCOPED_TRACE("special values, round_scale " + std::to_string(rs));
         const Input in = special_input_at(N, p.M, mix_seed({0x71, static_cast<uint64_t>(N), i, rs}));
         RunSpec spec;
@@ -900,7 +894,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitSpecialValues) {
 // Strided rows (N + 64 apart, NaN in the gap), fp32 weights, and every output element written (two poison bytes).
 TEST_F(RmsNormBlockQuantTest, RmsqSplitStridedFp32Written) {
   for (int64_t N : {2048, 7168})
-    for_each_point({{N, 2, 16, 2, 1, 6, 1, 7, 1000}, {N, 2, 16, 2, 1, 6, 5, 7, 1000}, {N, 2, 16, 1, 1, 3, 9, 7, 1000}},
+    for_each_point({{N, 2, 16, 2, 1, 6, 1, 7, 1000}, {N, 2, 16, 2, 1, 7, 193, 7, 1000}, {N, 2, 16, 1, 1, 3, 89, 7, 1000}},
                    [&](const SpacePoint& p, size_t i) {
       for (bool rs : {true, false}) {
         SCOPED_TRACE("strided, round_scale " + std::to_string(rs));
@@ -933,7 +927,8 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitStridedFp32Written) {
   // Not points: CB 2 at N = 256 (one item a row), CB 3.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 6, 1, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 3, 1, 9, 1, 7));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 5, 7));  // (unknown variant bits)
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 513, 7));  // (unknown variant bit)
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 257, 7));  // (TRACE: measurement only)
 }
 
 }  // namespace
