@@ -61,14 +61,16 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // 128 R7 (CB = 2: a ring of 7 block slots instead of 6 — visit v in slot v % 7 — and after each item's barrier every
 // free slot is refilled, so 3 blocks are in flight instead of 2); 256 TRACE (measurement only, not a search-space
 // point: thread 0 writes the stream kernel's phase records, kRmsqStreamTrace: 1 item's first block landed, 2 its pass
-// 1 done, 3 its r ready (after the barrier), 4 its pass 2 done (thread 0: the row role), 5 the CTA's end).
+// 1 done, 3 its r ready (after the barrier), 4 its pass 2 done (thread 0: the row role), 5 the CTA's end); 512 FIRST
+// (item 0 quantized before item 1's pass 1: the SMs start quantizing once item 0 — not items 0 and 1 — has landed
+// everywhere; item 1's exchange then waits in the open).
 // (Session 8 also measured, and removed: all three items requested at the start, the tensor-core Σx² — the diagonal
 // of X·Xᵀ by ldmatrix + mma — and YS alone: bench/NOTES.md.)
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
   constexpr bool YS = (V & 8) != 0;
   static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
-  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0;
+  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0, FIRST = (V & 512) != 0;
   static_assert(!P1C || YS, "P1C: a YS variant");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
@@ -559,11 +561,12 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   pass1(cur_tile, cur_chunk, 0, IntC<I0 * CB - 1>{}, 0);
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
-    if (!EP || it == 0) poll_issue(cur_tile);  // (EP: issued during item it − 1's last block)
+    // (EP: issued during item it − 1's last block; FIRST: item 1's pass 1 runs after item 0's pass 2)
+    if (!EP || it == 0 || (FIRST && it == 1)) poll_issue(cur_tile);
     const int ns0 = slot_of(s0, CB);
     // Before this pass 1, visits up to I0·CB − 1 (iteration 0) or (it − 1)·CB + R − 1 were issued, and item it + 1's
     // block b is visit (it + 1)·CB + b.
-    if (it + 1 < T) {
+    if (it + 1 < T && !(FIRST && it == 0)) {
       if (it == 0) pass1(nxt_tile, nxt_chunk, ns0, IntC<I0 * CB - CB - 1>{}, it + 1);
       else pass1(nxt_tile, nxt_chunk, ns0, IntC<R - 2 * CB - 1>{}, it + 1);
     }
@@ -576,8 +579,10 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     // it − 1's slots).
 #pragma unroll 1
     while (iss_vis < it * CB + R) issue_visit();
-    pass2(cur_tile, cur_chunk, s0, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T);
+    pass2(cur_tile, cur_chunk, s0, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T && !(FIRST && it == 0));
     mark(4, it);
+    // FIRST: item 1's pass 1 now (after barrier 0, visits up to R − 1 were issued: R − CB − 1 − b newer groups)
+    if (FIRST && it == 0 && T > 1) pass1(nxt_tile, nxt_chunk, ns0, IntC<R - CB - 1>{}, 1);
     if constexpr (YS) {  // the column role: item it − 1's columns (its y written before this item's barrier)
       if (!row_role && it > 0) col_ys(prv_tile, prv_chunk, ybuf + ((it - 1) & 1) * (ROWS * 128 * 4));
       prv_tile = cur_tile;
