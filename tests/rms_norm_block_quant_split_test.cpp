@@ -189,6 +189,8 @@ TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   EXPECT_TRUE(in_search_space(v));
   v.config = {16, 2, 1, 7, 705, 7};  // R7 + EP + FIRST
   EXPECT_TRUE(in_search_space(v));
+  v.config = {16, 2, 1, 7, 1729, 7};  // R7 + EP + FIRST + START
+  EXPECT_TRUE(in_search_space(v));
   for (int removed : {3, 5, 9, 13, 25, 17}) {  // (measured slower in session 8 round 2 and removed; P1C needs YS)
     v.config[4] = removed;
     EXPECT_FALSE(in_search_space(v)) << removed;

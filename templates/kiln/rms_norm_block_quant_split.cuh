@@ -63,14 +63,16 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // point: thread 0 writes the stream kernel's phase records, kRmsqStreamTrace: 1 item's first block landed, 2 its pass
 // 1 done, 3 its r ready (after the barrier), 4 its pass 2 done (thread 0: the row role), 5 the CTA's end); 512 FIRST
 // (item 0 quantized before item 1's pass 1: the SMs start quantizing once item 0 — not items 0 and 1 — has landed
-// everywhere; item 1's exchange then waits in the open).
+// everywhere; item 1's exchange then waits in the open); 1024 START (only item 0's blocks requested at first, item 1's
+// once item 0's pass 1 is done: 8.4 MB instead of 17 MB in the first burst).
 // (Session 8 also measured, and removed: all three items requested at the start, the tensor-core Σx² — the diagonal
 // of X·Xᵀ by ldmatrix + mma — and YS alone: bench/NOTES.md.)
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
   constexpr bool YS = (V & 8) != 0;
   static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
-  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0, FIRST = (V & 512) != 0;
+  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0, FIRST = (V & 512) != 0,
+                 START = (V & 1024) != 0;
   static_assert(!P1C || YS, "P1C: a YS variant");
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
@@ -182,7 +184,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   };
   constexpr int I0 = 2;  // items requested at the start
 #pragma unroll 1
-  for (int k = 0; k < I0 * CB; ++k) issue_visit();
+  for (int k = 0; k < (START ? 1 : I0) * CB; ++k) issue_visit();  // (START: item 1 after item 0's pass 1)
   // Slot of block b of the item whose block 0 is in slot s0.
   auto slot_of = [](int s0, int b) { return s0 + b < R ? s0 + b : s0 + b - R; };
 
@@ -558,7 +560,11 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   load_w(cur_chunk * C);
   int s0 = 0;  // the slot of item it's block 0
   int prv_tile = 0, prv_chunk = 0;  // YS: item it − 1
-  pass1(cur_tile, cur_chunk, 0, IntC<I0 * CB - 1>{}, 0);
+  pass1(cur_tile, cur_chunk, 0, IntC<(START ? 1 : I0) * CB - 1>{}, 0);
+  if constexpr (START) {
+#pragma unroll 1
+    for (int k = 0; k < CB; ++k) issue_visit();
+  }
 #pragma unroll 1
   for (int it = 0; it < T; ++it) {
     // (EP: issued during item it − 1's last block; FIRST: item 1's pass 1 runs after item 0's pass 2)

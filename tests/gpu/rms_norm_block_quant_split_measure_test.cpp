@@ -64,13 +64,13 @@ TEST_F(SplitRoleMeasure, Sweep) {
       {"2048 stream LEAN cb1 R2", 2048, 1, 2, 3, 3, nullptr},
       {"2048 split cb2 R6", 2048, 2, 6, 1, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb1 R3", 2048, 1, 3, 1, 7, "2048 stream LEAN cb1 R2"},
-      {"2048 split cb1 R3 YS+P1C", 2048, 1, 3, 25, 7, "2048 stream LEAN cb1 R2"},
       {"2048 split cb2 R6 EP", 2048, 2, 6, 65, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb2 R7", 2048, 2, 7, 129, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb2 R7 EP", 2048, 2, 7, 193, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb2 R6 FIRST", 2048, 2, 6, 513, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb2 R7 EP FIRST", 2048, 2, 7, 705, 7, "2048 stream LEAN cb2 R4 (default)"},
-      {"2048 split cb1 R3 YS+EP", 2048, 1, 3, 73, 7, "2048 stream LEAN cb1 R2"},
+      {"2048 split cb2 R6 FIRST START", 2048, 2, 6, 1537, 7, "2048 stream LEAN cb2 R4 (default)"},
+      {"2048 split cb2 R7 EP FIRST START", 2048, 2, 7, 1729, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb1 R3 YS+P1C+EP", 2048, 1, 3, 89, 7, "2048 stream LEAN cb1 R2"},
       {"7168 stream LEAN cb2 R4 (default)", 7168, 2, 4, 3, 3, nullptr},
       {"7168 split cb2 R6", 7168, 2, 6, 1, 7, "7168 stream LEAN cb2 R4 (default)"},
@@ -78,6 +78,7 @@ TEST_F(SplitRoleMeasure, Sweep) {
       {"7168 split cb2 R7", 7168, 2, 7, 129, 7, "7168 stream LEAN cb2 R4 (default)"},
       {"7168 split cb2 R7 EP", 7168, 2, 7, 193, 7, "7168 stream LEAN cb2 R4 (default)"},
       {"7168 split cb2 R7 EP FIRST", 7168, 2, 7, 705, 7, "7168 stream LEAN cb2 R4 (default)"},
+      {"7168 split cb2 R7 EP FIRST START", 7168, 2, 7, 1729, 7, "7168 stream LEAN cb2 R4 (default)"},
       {"2048 rs0 stream LEAN cb2 R4 (default)", 2048, 2, 4, 3, 3, nullptr, false},
       {"2048 rs0 split cb2 R6", 2048, 2, 6, 1, 7, "2048 rs0 stream LEAN cb2 R4 (default)", false},
   };
@@ -133,8 +134,9 @@ TEST_F(SplitRoleMeasure, Timeline) {
   const std::vector<Cfg> cfgs = {
       {"2048 split cb2 R6", 2048, 2, 6, 1, 7, nullptr},
       {"2048 split cb2 R7 EP", 2048, 2, 7, 193, 7, nullptr},
-      {"2048 split cb2 R7 EP FIRST", 2048, 2, 7, 705, 7, nullptr},
-      {"7168 split cb2 R6", 7168, 2, 6, 1, 7, nullptr},
+      {"2048 split cb2 R6 FIRST START", 2048, 2, 6, 1537, 7, nullptr},
+      {"2048 split cb2 R7 EP FIRST START", 2048, 2, 7, 1729, 7, nullptr},
+      {"7168 split cb2 R7 EP", 7168, 2, 7, 193, 7, nullptr},
   };
   Runtime& r = rt();
   bind_device(r);

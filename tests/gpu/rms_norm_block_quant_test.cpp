@@ -801,14 +801,15 @@ TEST_F(RmsNormBlockQuantTest, EpsIsARuntimeArgument) {
 
 // Its points at N (each one an NVRTC compile a scale mode): one block an item (3 slots), two (6 slots) where a row has
 // at least two such items; the variants (overlap bits): EP (65: early polls), R7 (129: 7 block slots), R7 + EP (193),
-// FIRST (513: item 0 quantized first) and R7 + EP + FIRST (705) with two blocks an item, YS + P1C + EP (89: y computed
-// once, one block an item).
+// FIRST (513: item 0 quantized first), FIRST + START (1537: only item 0 requested at first), R7 + EP + FIRST (705) and
+// + START (1729) with two blocks an item, YS + P1C + EP (89: y computed once, one block an item).
 std::vector<SpacePoint> split_points_at(int64_t N, int64_t M) {
   std::vector<SpacePoint> v{{N, 2, 16, 1, 1, 3, 1, 7, M}, {N, 2, 16, 1, 1, 3, 89, 7, M}};
   if (N % 256 == 0 && N / 256 >= 2) {
     for (int overlap : {1, 65}) v.push_back({N, 2, 16, 2, 1, 6, overlap, 7, M});
-    for (int overlap : {129, 193, 705}) v.push_back({N, 2, 16, 2, 1, 7, overlap, 7, M});
-    v.push_back({N, 2, 16, 2, 1, 6, 513, 7, M});  // FIRST
+    for (int overlap : {129, 193, 705, 1729}) v.push_back({N, 2, 16, 2, 1, 7, overlap, 7, M});
+    v.push_back({N, 2, 16, 2, 1, 6, 513, 7, M});   // FIRST
+    v.push_back({N, 2, 16, 2, 1, 6, 1537, 7, M});  // FIRST + START
   }
   return v;
 }
@@ -857,7 +858,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitGrid) {
       if (M == 8192)  // (the big shapes: the widest item's base and R7 + EP points only)
         points.erase(std::remove_if(points.begin(), points.end(),
                                     [&](const SpacePoint& p) {
-                                      return p.overlap == 65 || p.overlap == 129 || p.overlap == 513 ||
+                                      return p.overlap == 65 || p.overlap == 129 || p.overlap == 513 || p.overlap == 1537 ||
                                              (p.col_blocks == 1 && (p.overlap != 1 || (N % 256 == 0 && N >= 512)));
                                     }),
                      points.end());
@@ -929,7 +930,7 @@ TEST_F(RmsNormBlockQuantTest, RmsqSplitStridedFp32Written) {
   // Not points: CB 2 at N = 256 (one item a row), CB 3.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 6, 1, 7));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 3, 1, 9, 1, 7));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 1025, 7));  // (unknown variant bit)
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 2049, 7));  // (unknown variant bit)
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 257, 7));  // (TRACE: measurement only)
 }
 
