@@ -53,13 +53,12 @@ bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.co
 // (slots for three items), warps 16, prefetch 1, overlap = variant bits.
 // overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base; 64 EP (the next item's polls issued a block
 // early): 65; 128 R7 (CB 2, stages 7: a ring of 7 block slots, every free one refilled at an item's barrier): 129, 193
-// with EP; 8 YS + 16 P1C (CB 1: y computed once, the columns quantized from an fp32 y buffer, copies and pass 1 by the
-// column role) with EP: 89; + 512 FIRST (item 0 quantized before item 1's pass 1): 513, 705 (with R7 + EP); + 1024
+// with EP; + 512 FIRST (item 0 quantized before item 1's pass 1): 513, 705 (with R7 + EP); + 1024
 // START (only item 0 requested at first): 1537 (with FIRST), 1729 (with R7 + EP + FIRST). (Session 8
-// round 2 measured all three items requested at the start, a tensor-core Σx² and YS alone / with the tensor-core Σx² /
-// without EP slower than the base at both N: removed.)
-constexpr int kSplitGlobal = 7, kSplitYs = 8, kSplitP1c = 16, kSplitEp = 64, kSplitR7 = 128, kSplitFirst = 512,
-              kSplitStart = 1024;
+// rounds 2–3 measured all three items requested at the start, a tensor-core Σx² and y handed to the column role
+// through an fp32 buffer (with and without the column role doing the copies and pass 1) slower than the base at both N:
+// removed.)
+constexpr int kSplitGlobal = 7, kSplitEp = 64, kSplitR7 = 128, kSplitFirst = 512, kSplitStart = 1024;
 bool is_split(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSplitGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -128,7 +127,7 @@ int smem_bytes(const Specialization& s) {
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
   if (is_split(s))
-    return rms_norm_block_quant_split_smem_bytes(s.config[C_STAGES], (s.config[C_OVERLAP] & 8) != 0);
+    return rms_norm_block_quant_split_smem_bytes(s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -373,10 +372,8 @@ void split_points(const Specialization& base, int cb, std::vector<Specialization
   s.config[C_PREFETCH] = 1;
   s.config[C_STAGES] = 3 * cb;
   s.config[C_EXCHANGE] = kSplitGlobal;
-  for (int overlap : {1, 1 | kSplitEp, 1 | kSplitR7, 1 | kSplitR7 | kSplitEp, 1 | kSplitYs | kSplitP1c | kSplitEp,
-                      1 | kSplitFirst, 1 | kSplitR7 | kSplitEp | kSplitFirst, 1 | kSplitStart | kSplitFirst,
+  for (int overlap : {1, 1 | kSplitEp, 1 | kSplitR7, 1 | kSplitR7 | kSplitEp, 1 | kSplitFirst, 1 | kSplitR7 | kSplitEp | kSplitFirst, 1 | kSplitStart | kSplitFirst,
                       1 | kSplitR7 | kSplitEp | kSplitFirst | kSplitStart}) {
-    if ((overlap & 8) && (cb != 1 || rms_norm_block_quant_split_smem_bytes(3 * cb, true) > 227 * 1024)) continue;
     if ((overlap & 128) && cb != 2) continue;
     s.config[C_OVERLAP] = overlap;
     s.config[C_STAGES] = (overlap & 128) ? 7 : 3 * cb;

@@ -51,11 +51,6 @@ void for_each_slot_access(const Offset& off,
       for (int lane = 0; lane < 32; ++lane) addr[lane] = off(4 * (2 * w + (lane >> 4)) + i, lane & 15);
       check("pass 1 w" + std::to_string(w) + " i" + std::to_string(i), addr, 16);
     }
-  for (int w = 0; w < 8; ++w)  // P1C: the column role's copies and pass 1, half-warp h = 2w + half rows 8h + i, chunk hl
-    for (int i = 0; i < 8; ++i) {
-      for (int lane = 0; lane < 32; ++lane) addr[lane] = off(8 * (2 * w + (lane >> 4)) + i, lane & 15);
-      check("p1c w" + std::to_string(w) + " i" + std::to_string(i), addr, 16);
-    }
   for (int w = 0; w < 8; ++w) {
     for (int i = 0; i < 4; ++i)  // row role: lane 4c + g, rows 16w + 4g + i, chunks 2c + j
       for (int j = 0; j < 2; ++j) {
@@ -78,7 +73,7 @@ TEST(RmsqSplitSwizzle, EverySlotAccessIsConflictFree) {
     EXPECT_EQ(extra_wavefronts(a, width), 0) << what;
     ++checked;
   });
-  EXPECT_EQ(checked, 16 * 4 + 8 * 8 + 8 * (8 + 16));  // (pass 1, P1C, the roles)
+  EXPECT_EQ(checked, 16 * 4 + 8 * (8 + 16));  // (pass 1, the roles)
 }
 
 // The check can fail: the plain row-major slot conflicts 8-way in the column role (8 rows on one bank group in each
@@ -90,47 +85,12 @@ TEST(RmsqSplitSwizzle, PlainLayoutConflicts) {
                          extra[what.substr(0, 3)] += extra_wavefronts(a, width);
                        });
   EXPECT_EQ(extra["pas"], 0);
-  EXPECT_EQ(extra["p1c"], 0);
   EXPECT_EQ(extra["row"], 8 * 8 * 4 * 3);
   EXPECT_EQ(extra["col"], 8 * 16 * 2 * 7);
 }
 
 // The layout is a permutation of the slot's 16-byte chunks, and the kernel's per-thread shortcuts hold: the swizzle
 // is constant over 4 rows from a multiple of 4 (offset(r + i, c) = offset(r, c) + 256 i).
-// The YS variant's y buffer: the row role's 16-byte stores and the column role's 16-byte loads, conflict-free; the
-// plain layout conflicts in both. And a permutation of each row's chunks.
-TEST(RmsqSplitSwizzle, YBufferIsConflictFree) {
-  for (bool swizzled : {true, false}) {
-    auto off = [&](int row, int chunk) { return swizzled ? rmsq_split_y_offset(row, chunk) : row * 512 + chunk * 16; };
-    int extra = 0;
-    std::array<int, 32> addr{};
-    for (int w = 0; w < 8; ++w) {
-      for (int i = 0; i < 4; ++i)
-        for (int k = 0; k < 4; ++k) {  // row role: lane 4c + g, row 16w + 4g + i, chunk 4c + k
-          for (int lane = 0; lane < 32; ++lane) addr[lane] = off(16 * w + 4 * (lane & 3) + i, 4 * (lane >> 2) + k);
-          extra += extra_wavefronts(addr, 16);
-        }
-      for (int i = 0; i < 16; ++i) {  // column role: lane 8q + l, row 16l + i, chunk 4w + q
-        for (int lane = 0; lane < 32; ++lane) addr[lane] = off(16 * (lane & 7) + i, 4 * w + (lane >> 3));
-        extra += extra_wavefronts(addr, 16);
-      }
-    }
-    if (swizzled) EXPECT_EQ(extra, 0);
-    else EXPECT_GT(extra, 0);
-  }
-  for (int r = 0; r < 128; ++r) {
-    std::set<int> seen;
-    for (int c = 0; c < 32; ++c) {
-      const int o = rmsq_split_y_offset(r, c);
-      EXPECT_EQ(o / 512, r);
-      EXPECT_TRUE(seen.insert(o).second) << r << " " << c;
-      // (the kernel's shortcuts: + 512 a row within 4 rows from a multiple of 4, chunk 4j + k at ^ 16k)
-      EXPECT_EQ(o, rmsq_split_y_offset(r & ~3, c) + 512 * (r & 3)) << r << " " << c;
-      EXPECT_EQ(o, rmsq_split_y_offset(r, c & ~3) ^ (16 * (c & 3))) << r << " " << c;
-    }
-  }
-}
-
 TEST(RmsqSplitSwizzle, PermutationAndRowStride) {
   std::set<int> seen;
   for (int r = 0; r < 128; ++r)
@@ -155,12 +115,6 @@ Specialization split_point(int64_t N, int cb, bool round, bool w_f32) {
   return s;
 }
 
-Specialization ys_point(int64_t N, int overlap) {
-  Specialization s = split_point(N, 1, true, false);
-  s.config[4] = overlap;  // YS + P1C + EP
-  return s;
-}
-
 Specialization r7_point(int64_t N) {
   Specialization s = split_point(N, 2, true, false);
   s.config[3] = 7;
@@ -181,17 +135,14 @@ TEST(RmsqSplitSpace, PointsWhereTwoItemsARow) {
   Specialization v = split_point(2048, 2, true, false);
   v.config[4] = 65;  // EP
   EXPECT_TRUE(in_search_space(v));
-  v.config[4] = 89;  // YS + P1C + EP: one block an item only
-  EXPECT_FALSE(in_search_space(v));
-  v.config = {16, 1, 1, 3, 89, 7};
-  EXPECT_TRUE(in_search_space(v));
   v.config = {16, 2, 1, 6, 513, 7};  // FIRST
   EXPECT_TRUE(in_search_space(v));
   v.config = {16, 2, 1, 7, 705, 7};  // R7 + EP + FIRST
   EXPECT_TRUE(in_search_space(v));
   v.config = {16, 2, 1, 7, 1729, 7};  // R7 + EP + FIRST + START
   EXPECT_TRUE(in_search_space(v));
-  for (int removed : {3, 5, 9, 13, 25, 17}) {  // (measured slower in session 8 round 2 and removed; P1C needs YS)
+  v.config = {16, 1, 1, 3, 89, 7};
+  for (int removed : {3, 5, 9, 13, 25, 17, 89}) {  // (measured slower in session 8 round 2 and removed; P1C needs YS)
     v.config[4] = removed;
     EXPECT_FALSE(in_search_space(v)) << removed;
   }
@@ -218,7 +169,7 @@ TEST(RmsqSplitSpace, Compiles) {
   Counters counters;
   for (const Specialization& s :
        {split_point(256, 1, false, true), split_point(7168, 1, true, false), split_point(7168, 2, true, false),
-        ys_point(2048, 89), ys_point(7168, 89), r7_point(7168)}) {
+        r7_point(7168)}) {
     const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
     EXPECT_NE(r.lowered_name.find("rms_norm_block_quant_split_kernel"), std::string::npos) << r.lowered_name;

@@ -51,12 +51,7 @@ __device__ __forceinline__ float bf16_lo(u32 w) { return __uint_as_float(w << 16
 __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xffff0000u); }
 }  // namespace rmsq
 
-// V: the config's overlap field as variant bits: 1 the base (always set); 8 YS (CB = 1: y computed once: the row
-// role also stores its y into one of two fp32 y buffers (rmsq_split_y_offset), and the column role quantizes the
-// PREVIOUS item's columns from that buffer — no x, r or w there; the per-item barrier orders the buffer's write (item
-// it), read (item it + 1) and rewrite (item it + 2)); 16 P1C (with YS: the copies and pass 1 by the column role alone —
-// half-warp h of it rows 8h … 8h+7, lane hl chunk hl, the same per-row operations as the 4-row layout, so the same r —
-// balancing the column role's lighter quantization); 64 EP (the next item's partial-sum polls issued at the start of
+// V: the config's overlap field as variant bits: 1 the base (always set); 64 EP (the next item's partial-sum polls issued at the start of
 // the item's last pass-2 block instead of after it, so they return during the block: the stream kernel's early poll);
 // 128 R7 (CB = 2: a ring of 7 block slots instead of 6 — visit v in slot v % 7 — and after each item's barrier every
 // free slot is refilled, so 3 blocks are in flight instead of 2); 256 TRACE (measurement only, not a search-space
@@ -66,14 +61,11 @@ __device__ __forceinline__ float bf16_hi(u32 w) { return __uint_as_float(w & 0xf
 // everywhere; item 1's exchange then waits in the open); 1024 START (only item 0's blocks requested at first, item 1's
 // once item 0's pass 1 is done: 8.4 MB instead of 17 MB in the first burst).
 // (Session 8 also measured, and removed: all three items requested at the start, the tensor-core Σx² — the diagonal
-// of X·Xᵀ by ldmatrix + mma — and YS alone: bench/NOTES.md.)
+// of X·Xᵀ by ldmatrix + mma — and y computed once by the row role and handed to the column role through an fp32
+// buffer (one block an item only; with the column role doing the copies and pass 1 too): bench/NOTES.md.)
 template <int N, int CB, bool ROUND, bool W_F32, int V = 1>
 __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_split_kernel(const RmsqStreamArgs sa) {
-  constexpr bool YS = (V & 8) != 0;
-  static_assert(!YS || CB == 1, "YS: one block an item (two y buffers and three slots fill shared memory)");
-  constexpr bool P1C = (V & 16) != 0, EP = (V & 64) != 0, TRACE = (V & 256) != 0, FIRST = (V & 512) != 0,
-                 START = (V & 1024) != 0;
-  static_assert(!P1C || YS, "P1C: a YS variant");
+  constexpr bool EP = (V & 64) != 0, TRACE = (V & 256) != 0, FIRST = (V & 512) != 0, START = (V & 1024) != 0;
   using namespace rmsq;
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr bool RING7 = (V & 128) != 0;
@@ -88,7 +80,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const u32 ring_s = smem_u32(smem_raw);
   float* rsh = reinterpret_cast<float*>(smem_raw + R * BLOCK_BYTES);  // [2][128]
-  unsigned char* ybuf = smem_raw + R * BLOCK_BYTES + 2 * ROWS * 4;   // YS: [2][128 × 128] fp32
 
   // (warp from a shuffle: provably warp-uniform, so the role branches need no divergence handling around shuffles)
   const int tid = threadIdx.x, warp = __shfl_sync(0xffffffffu, tid >> 5, 0), lane = tid & 31;
@@ -131,43 +122,30 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const bf16* xg = static_cast<const bf16*>(a.x);
   const i64 xs = a.x_stride;
 
-  // ---- the ring: item j in slots (j % 3)·CB …; this thread's pieces at cp_off (+ 256 a row) ----
-  // (P1C: column-role half-warp h = 2·(warp − 8) + half, rows 8h + i at cp_off (i < 4) and cp_off2 (i ≥ 4) + 256 i)
-  const int cp_row = P1C ? 8 * (2 * (warp & 7) + half) : 4 * hw;
+  // ---- the ring: visit v (block v % CB of item v / CB) in slot v % R; this thread's pieces at cp_off (+ 256 a row) ----
+  const int cp_row = 4 * hw;
   const u32 cp_off = static_cast<u32>(rmsq_split_slot_offset(cp_row, hl));
-  const u32 cp_off2 = static_cast<u32>(rmsq_split_slot_offset((cp_row + 4) & 127, hl)) - 4 * 256;
-  const bool copier = !P1C || warp >= 8;
   const bf16* const xthr = xg + static_cast<i64>(cp_row) * xs + c0;
   // The next visit: block iss_b of item iss_item into slot iss_slot (visit v = item·CB + b in slot v % R).
   int iss_vis = 0, iss_b = 0, iss_slot = 0;
   int iss_item = 0, iss_chunk = b0 % S, iss_rows = a.M - (b0 / S) * ROWS - cp_row;
   i64 iss_off = static_cast<i64>(b0 / S) * ROWS * xs + iss_chunk * C;
   auto issue_visit = [&]() {  // one block, one group (an empty group past the last item)
-    const int b = iss_b;
-    if (copier) {  // (P1C: the row role copies nothing and waits for nothing)
-      if (iss_item < T) {
-        const bf16* src = xthr + iss_off + b * 128;
-        const u32 dst = ring_s + iss_slot * BLOCK_BYTES + cp_off;
-        if constexpr (P1C) {
+    if (iss_item < T) {
+      const bf16* src = xthr + iss_off + iss_b * 128;
+      const u32 dst = ring_s + iss_slot * BLOCK_BYTES + cp_off;
+      if (iss_rows >= 4) {
 #pragma unroll
-          for (int i = 0; i < 8; ++i) {
-            const bool ok = i < iss_rows;  // rows past M: zero-filled, nothing read
-            split_cp16((dst - cp_off) + (i < 4 ? cp_off : cp_off2) + i * 256,
-                       ok ? src + i * xs : static_cast<const void*>(xg), ok);
-          }
-        } else if (iss_rows >= 4) {
+        for (int i = 0; i < 4; ++i) split_cp16(dst + i * 256, src + i * xs, true);
+      } else {
 #pragma unroll
-          for (int i = 0; i < 4; ++i) split_cp16(dst + i * 256, src + i * xs, true);
-        } else {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const bool ok = i < iss_rows;  // rows past M: zero-filled, nothing read
-            split_cp16(dst + i * 256, ok ? src + i * xs : static_cast<const void*>(xg), ok);
-          }
+        for (int i = 0; i < 4; ++i) {
+          const bool ok = i < iss_rows;  // rows past M: zero-filled, nothing read
+          split_cp16(dst + i * 256, ok ? src + i * xs : static_cast<const void*>(xg), ok);
         }
       }
-      cp_async_commit();
     }
+    cp_async_commit();
     ++iss_vis;
     iss_slot = iss_slot == R - 1 ? 0 : iss_slot + 1;
     if (++iss_b < CB) return;
@@ -192,28 +170,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   // b's wait at most PB − b newer groups may be pending. ----
   auto pass1 = [&](int tile, int chunk, int s0, auto pb, int item) {
     constexpr int PB = decltype(pb)::value;
-    if constexpr (P1C) {
-      if (!copier) return;
-      float sa4[4] = {0.f, 0.f, 0.f, 0.f}, sb4[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-      for (int b = 0; b < CB; ++b) {
-        cp_async_wait_group_dyn(PB - b);
-        const unsigned char* sp = smem_raw + slot_of(s0, b) * BLOCK_BYTES;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          sum_squares8(*reinterpret_cast<const Vec16*>(sp + cp_off + i * 256), sa4[i]);
-          sum_squares8(*reinterpret_cast<const Vec16*>(sp + cp_off2 + (i + 4) * 256), sb4[i]);
-        }
-      }
-      // rows 8h + (hl >> 2) and 8h + 4 + (hl >> 2) at lanes 16·half + 4R; lane j < 16 stores row 16·(warp − 8) + j
-      const float sumA = transpose_reduce4<false>(sa4, hl), sumB = transpose_reduce4<false>(sb4, hl);
-      const int j = lane & 15, src = 16 * (j >> 3) + 4 * (j & 3);
-      const float vA = __shfl_sync(0xffffffffu, sumA, src), vB = __shfl_sync(0xffffffffu, sumB, src);
-      if (lane < 16)
-        stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + 16 * (warp - 8) + j,
-                          stream_tagged((j & 4) ? vB : vA, sa.tag));
-      return;
-    }
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
     for (int b = 0; b < CB; ++b) {
@@ -330,18 +286,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     for (int G = 0; G < 4; ++G)
       xo[G] = static_cast<u32>(rmsq_split_slot_offset(16 * cl + 4 * G, ch0 >> 3) + (cq & 1) * 8);
   }
-  // YS: y-buffer offsets — the row role's row rrow0, chunk 4c (chunk 4c + k: ^ 16k; row + i: + 512 i), the column
-  // role's rows 16l + 4G, chunk ch0 / 4 (row + i: + 512 i). (The swizzle is constant over 4 rows from a multiple of 4
-  // and XORs the chunk: tests/rms_norm_block_quant_split_test.cpp.)
-  u32 yo[4] = {0u, 0u, 0u, 0u};
-  if constexpr (YS) {
-    if (row_role) {
-      yo[0] = static_cast<u32>(rmsq_split_y_offset(rrow0, 4 * rc));
-    } else {
-#pragma unroll
-      for (int G = 0; G < 4; ++G) yo[G] = static_cast<u32>(rmsq_split_y_offset(16 * cl + 4 * G, ch0 >> 2));
-    }
-  }
   // Weights, a block ahead: the row role's 16 channels (bf16: 2 pieces, fp32: 4), the column role's 4 (1 piece).
   constexpr int WV = W_F32 ? 4 : 2;
   Vec16 wpre[WV];
@@ -366,68 +310,8 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
   const bool fast = q16 && aligned16 && scale_aligned;
 
-  // YS: the column role's codes of item (tile, chunk) from y buffer yb.
-  auto col_ys = [&](int tile, int chunk, const unsigned char* yb) {
-    const int m0 = tile * ROWS;
-    const int valid = min(ROWS, a.M - m0);
-    const int col = chunk * C;
-    auto body = [&](auto full) {
-      constexpr bool FULL = decltype(full)::value;
-      float y[16][4];
-#pragma unroll
-      for (int i = 0; i < 16; ++i) {
-        const float4 v = *reinterpret_cast<const float4*>(yb + yo[i >> 2] + (i & 3) * 512);
-        y[i][0] = v.x;
-        y[i][1] = v.y;
-        y[i][2] = v.z;
-        y[i][3] = v.w;
-      }
-      float am[4];
-#pragma unroll
-      for (int e = 0; e < 4; ++e) am[e] = split_amax16([&](int k) { return y[k][e]; });
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 1));
-        am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 2));
-        am[e] = fmaxf(am[e], __shfl_xor_sync(0xffffffffu, am[e], 4));
-      }
-      float sc[4];
-      const int t0 = 16 * cl;
-#pragma unroll
-      for (int e = 0; e < 4; ++e) {
-        const bqt::TileQuant qt = Make{}(am[e]);
-        sc[e] = qt.s;
-        Vec16 codes;
-#pragma unroll
-        for (int k = 0; k < 4; ++k)
-          codes.w[k] = e4m3x4(apply(y[4 * k][e], qt.p), apply(y[4 * k + 1][e], qt.p), apply(y[4 * k + 2][e], qt.p),
-                              apply(y[4 * k + 3][e], qt.p));
-        u8* dst = a.qT + static_cast<i64>(col + ch0 + e) * a.M + m0 + t0;
-        if (FULL || (aligned16 && t0 + 16 <= valid)) {
-          store16(dst, codes);
-        } else {
-#pragma unroll
-          for (int bb = 0; bb < 16; ++bb)
-            if (t0 + bb < valid) dst[bb] = static_cast<u8>(codes.w[bb >> 2] >> ((bb & 3) * 8));
-        }
-      }
-      if (cl == 0) {
-        float* dst = a.qT_scale + static_cast<i64>(tile) * N + col + ch0;
-        if (FULL || scale_aligned) {
-          *reinterpret_cast<float4*>(dst) = make_float4(sc[0], sc[1], sc[2], sc[3]);
-        } else {
-#pragma unroll
-          for (int e = 0; e < 4; ++e) dst[e] = sc[e];
-        }
-      }
-    };
-    if (valid == ROWS && fast) body(Flag<true>{});
-    else body(Flag<false>{});
-  };
-
-  // pass 2 of item (tile, chunk) in slot set `set` with r in rbuf; YS: the row role also fills y buffer yb, and the
-  // column role does nothing here.
-  auto pass2 = [&](int tile, int chunk, int s0, const float* rbuf, unsigned char* yb, bool poll_next) {
+  // pass 2 of item (tile, chunk) whose block 0 is in slot s0, with r in rbuf.
+  auto pass2 = [&](int tile, int chunk, int s0, const float* rbuf, bool poll_next) {
     const int m0 = tile * ROWS;
     const int valid = min(ROWS, a.M - m0);
     auto body = [&](auto full) {
@@ -461,12 +345,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
               for (int e = 0; e < 8; ++e) y[8 * j + e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv, e), rv[i]), w16[8 * j + e]);
             }
             float am = split_amax16([&](int k) { return y[k]; });
-            if constexpr (YS) {
-#pragma unroll
-              for (int k = 0; k < 4; ++k)
-                *reinterpret_cast<float4*>(yb + (yo[0] ^ (k << 4)) + i * 512) =
-                    make_float4(y[4 * k], y[4 * k + 1], y[4 * k + 2], y[4 * k + 3]);
-            }
             am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 4));
             am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 8));
             am = fmaxf(am, __shfl_xor_sync(0xffffffffu, am, 16));
@@ -491,7 +369,7 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
           const float s = rc == 0 ? sc[0] : rc == 1 ? sc[1] : rc == 2 ? sc[2] : sc[3];
           if (rc < 4 && (FULL || rrow0 + rc < valid))
             a.q_scale[static_cast<i64>(col / 128) * a.M + m0 + rrow0 + rc] = s;
-        } else if constexpr (!YS) {
+        } else {
           float w4[4];
 #pragma unroll
           for (int e = 0; e < 4; ++e) w4[e] = W_F32 ? vec_get<float>(wpre[0], e) : vec_get<bf16>(wpre[0], e);
@@ -559,7 +437,6 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
   // ---- the walk ----
   load_w(cur_chunk * C);
   int s0 = 0;  // the slot of item it's block 0
-  int prv_tile = 0, prv_chunk = 0;  // YS: item it − 1
   pass1(cur_tile, cur_chunk, 0, IntC<(START ? 1 : I0) * CB - 1>{}, 0);
   if constexpr (START) {
 #pragma unroll 1
@@ -585,23 +462,14 @@ __global__ void __launch_bounds__(kRmsqSplitThreads, 1) rms_norm_block_quant_spl
     // it − 1's slots).
 #pragma unroll 1
     while (iss_vis < it * CB + R) issue_visit();
-    pass2(cur_tile, cur_chunk, s0, rbuf, ybuf + (it & 1) * (ROWS * 128 * 4), it + 1 < T && !(FIRST && it == 0));
+    pass2(cur_tile, cur_chunk, s0, rbuf, it + 1 < T && !(FIRST && it == 0));
     mark(4, it);
     // FIRST: item 1's pass 1 now (after barrier 0, visits up to R − 1 were issued: R − CB − 1 − b newer groups)
     if (FIRST && it == 0 && T > 1) pass1(nxt_tile, nxt_chunk, ns0, IntC<R - CB - 1>{}, 1);
-    if constexpr (YS) {  // the column role: item it − 1's columns (its y written before this item's barrier)
-      if (!row_role && it > 0) col_ys(prv_tile, prv_chunk, ybuf + ((it - 1) & 1) * (ROWS * 128 * 4));
-      prv_tile = cur_tile;
-      prv_chunk = cur_chunk;
-    }
     s0 = ns0;
     cur_tile = nxt_tile;
     cur_chunk = nxt_chunk;
     step(nxt_tile, nxt_chunk);
-  }
-  if constexpr (YS) {  // the last item's columns
-    __syncthreads();
-    if (!row_role) col_ys(prv_tile, prv_chunk, ybuf + ((T - 1) & 1) * (ROWS * 128 * 4));
   }
   cp_async_wait_group<0>();  // (only empty groups can be pending)
   mark(5, T);

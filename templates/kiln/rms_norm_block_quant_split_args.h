@@ -24,21 +24,10 @@ constexpr KILN_RMSQ_HD int rmsq_split_slot_offset(int row, int chunk) {
   return row * 256 + ((chunk ^ rmsq_split_swizzle(row)) << 4);
 }
 
-// The YS variant's y buffer: a 128 × 128 fp32 block, row r (512 bytes = 32 chunks of 4 channels) at r · 512, chunk c
-// at c ^ ((r >> 4) & 7) ^ ((r >> 2) & 3). The row role's 16-byte stores (lane 4c + g: rows 16w + 4g + i, chunks
-// 4c + k) put a quarter-warp's four rows on swizzles differing in bits 0–1, the column role's 16-byte loads (lane
-// 8q + l: rows 16l + i, chunk 4w + q) put a quarter-warp's eight rows on swizzles differing in bits 0–2: no conflict.
-constexpr KILN_RMSQ_HD int rmsq_split_y_offset(int row, int chunk) {
-  return row * 512 + ((chunk ^ ((row >> 4) & 7) ^ ((row >> 2) & 3)) << 4);
-}
-
 // 16 warps: warps 0 … 7 the row role, 8 … 15 the column role (pass 1 and the exchange: all 16).
 constexpr int kRmsqSplitThreads = 512;
 // `slots` block slots of 32 KiB (3·CB: three items, the refill of item it + 2 going out right after item it's
-// barrier; R7: 7 at CB = 2), then r of the current item, double-buffered: [2][128] fp32; YS: then two y buffers of
-// 128 × 128 fp32 (CB = 1: 225 KiB).
-constexpr int rms_norm_block_quant_split_smem_bytes(int slots, bool ys = false) {
-  return slots * 128 * 128 * 2 + 2 * 128 * 4 + (ys ? 2 * 128 * 128 * 4 : 0);
-}
+// barrier; R7: 7 at CB = 2), then r of the current item, double-buffered: [2][128] fp32.
+constexpr int rms_norm_block_quant_split_smem_bytes(int slots) { return slots * 128 * 128 * 2 + 2 * 128 * 4; }
 
 }  // namespace kiln

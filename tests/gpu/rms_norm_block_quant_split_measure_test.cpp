@@ -71,7 +71,6 @@ TEST_F(SplitRoleMeasure, Sweep) {
       {"2048 split cb2 R7 EP FIRST", 2048, 2, 7, 705, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb2 R6 FIRST START", 2048, 2, 6, 1537, 7, "2048 stream LEAN cb2 R4 (default)"},
       {"2048 split cb2 R7 EP FIRST START", 2048, 2, 7, 1729, 7, "2048 stream LEAN cb2 R4 (default)"},
-      {"2048 split cb1 R3 YS+P1C+EP", 2048, 1, 3, 89, 7, "2048 stream LEAN cb1 R2"},
       {"7168 stream LEAN cb2 R4 (default)", 7168, 2, 4, 3, 3, nullptr},
       {"7168 split cb2 R6", 7168, 2, 6, 1, 7, "7168 stream LEAN cb2 R4 (default)"},
       {"7168 split cb2 R6 EP", 7168, 2, 6, 65, 7, "7168 stream LEAN cb2 R4 (default)"},
