@@ -131,6 +131,7 @@ TEST_F(SplitRoleMeasure, Sweep) {
 
 TEST_F(SplitRoleMeasure, Timeline) {
   const std::vector<Cfg> cfgs = {
+      {"2048 stream LEAN R4 (default; the same trace records)", 2048, 2, 4, 3, 3, nullptr},
       {"2048 split cb2 R6", 2048, 2, 6, 1, 7, nullptr},
       {"2048 split cb2 R7 EP", 2048, 2, 7, 193, 7, nullptr},
       {"2048 split cb2 R6 FIRST START", 2048, 2, 6, 1537, 7, nullptr},
