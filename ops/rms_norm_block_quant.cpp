@@ -17,7 +17,6 @@
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 #include "kiln/rms_norm_block_quant_args.h"
-#include "kiln/rms_norm_block_quant_split_args.h"
 #include "kiln/rms_norm_block_quant_stream_args.h"
 #include "ops/bench/rms_norm.hpp"
 
@@ -48,18 +47,6 @@ constexpr int kStreamGlobal = 3;
 // two CTAs an SM, 64 registers with spills — 40.2 / 196.3 — and with an L2 evict-first hint — 29.9 / 101.9; removed.)
 constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
-// exchange 7 = the split-role kernel (rms_norm_block_quant_split.cuh, mode 2, sm_90): the stream kernel's GLOBAL walk
-// and exchange, pass 2 by a row-role and a column-role warp group at once; col_blocks = CB (1 or 2), stages = 3·CB
-// (slots for three items), warps 16, prefetch 1, overlap = variant bits.
-// overlap: variant bits (rms_norm_block_quant_split.cuh): 1 the base; 64 EP (the next item's polls issued a block
-// early): 65; 128 R7 (CB 2, stages 7: a ring of 7 block slots, every free one refilled at an item's barrier): 129, 193
-// with EP; + 512 FIRST (item 0 quantized before item 1's pass 1): 513, 705 (with R7 + EP); + 1024
-// START (only item 0 requested at first): 1537 (with FIRST), 1729 (with R7 + EP + FIRST). (Session 8
-// rounds 2–3 measured all three items requested at the start, a tensor-core Σx² and y handed to the column role
-// through an fp32 buffer (with and without the column role doing the copies and pass 1) slower than the base at both N:
-// removed.)
-constexpr int kSplitGlobal = 7, kSplitEp = 64, kSplitR7 = 128, kSplitFirst = 512, kSplitStart = 1024;
-bool is_split(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kSplitGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
 // exchange 6 = the same grid and exchange with the stream kernel's per-block code (rms_norm_block_quant_tile512_kernel:
@@ -76,7 +63,7 @@ int chunks_of(const Specialization& s) { return static_cast<int>(s.params[P_N] /
 // Cluster size of a tile config (1 in mode 1 and for the GLOBAL stream kernel).
 int cluster_of(const Specialization& s) {
   if (is_tile_gx(s)) return rms_norm_block_quant_gx_cluster(chunks_of(s), s.config[C_OVERLAP] ? 16 : 8);
-  return s.params[P_MODE] == 2 && !is_stream(s) && !is_split(s) ? chunks_of(s) : 1;
+  return s.params[P_MODE] == 2 && !is_stream(s) ? chunks_of(s) : 1;
 }
 
 void render(const Specialization& s, std::string& source, std::string& name) {
@@ -92,11 +79,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::rms_norm_block_quant_{}_kernel<{}, {}, {}, {}, {}>",
                        s.config[C_COL_BLOCKS] == 4 ? "row8" : "row", p[P_N], s.config[C_WARPS],
                        s.config[C_PREFETCH] != 0, round, wf32);
-  else if (is_split(s)) {  // the split-role kernel: its own header (includes the stream kernel's)
-    source = "#include \"kiln/rms_norm_block_quant_split.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_split_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
-                       round, wf32, s.config[C_OVERLAP]);
-  } else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
+  else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
                        s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
@@ -126,8 +109,6 @@ int smem_bytes(const Specialization& s) {
                                                       s.config[C_STAGES], s.config[C_EXCHANGE] ? 2 : 1)
                : 0;
   if (is_stream(s)) return rms_norm_block_quant_stream_smem_bytes(s.config[C_STAGES]);
-  if (is_split(s))
-    return rms_norm_block_quant_split_smem_bytes(s.config[C_STAGES]);
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -359,28 +340,6 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   }
 }
 
-// Split-role points (exchange 7, sm_90, mode 2): 1 or 2 blocks an item with at least two items a row, slots for three
-// items. Not a default until measured (session 8).
-void split_points(const Specialization& base, int cb, std::vector<Specialization>& out) {
-  if (base.arch.sm < 90 || base.params[P_MODE] != 2 || cb > 2) return;
-  if (base.params[P_N] % (128 * cb) != 0 || base.params[P_N] / (128 * cb) < 2) return;
-  if (rms_norm_block_quant_split_smem_bytes(3 * cb) > 227 * 1024) return;
-  Specialization s = base;
-  s.config = {};
-  s.config[C_WARPS] = kRmsqSplitThreads / 32;
-  s.config[C_COL_BLOCKS] = cb;
-  s.config[C_PREFETCH] = 1;
-  s.config[C_STAGES] = 3 * cb;
-  s.config[C_EXCHANGE] = kSplitGlobal;
-  for (int overlap : {1, 1 | kSplitEp, 1 | kSplitR7, 1 | kSplitR7 | kSplitEp, 1 | kSplitFirst, 1 | kSplitR7 | kSplitEp | kSplitFirst, 1 | kSplitStart | kSplitFirst,
-                      1 | kSplitR7 | kSplitEp | kSplitFirst | kSplitStart}) {
-    if ((overlap & 128) && cb != 2) continue;
-    s.config[C_OVERLAP] = overlap;
-    s.config[C_STAGES] = (overlap & 128) ? 7 : 3 * cb;
-    out.push_back(s);
-  }
-}
-
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
 // (else the plain cluster tile kernel covers it) with clusters of K = gx_cluster(S) ≥ 2; exchange 6 (tile512) at any
 // K = gx_cluster(S) ≥ 2 (K = S: one cluster a row), and with clusters of up to 16 where that is larger.
@@ -488,7 +447,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   for (int cb = 1; cb <= std::min(nb, 2); ++cb)  // the stream kernel and the tile kernel's GX (no cluster-size bound)
     if (nb % cb == 0) {
       stream_points(base, cb, out);
-      split_points(base, cb, out);
       tile_gx_points(base, cb, out);
     }
 }
@@ -597,24 +555,6 @@ namespace detail {
 std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace{nullptr};
 }  // namespace detail
 namespace {
-
-// Launches a split-role config (is_split(s)): one wave of resident CTAs over the tiles × chunks items (≥ 2 chunks).
-// (The stream kernel's trace hook, detail::rms_norm_block_quant_stream_trace, also traces split configs: overlap bit
-// 256, measurement only.)
-void launch_split(Runtime::Impl& impl, Specialization s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
-  unsigned long long* trace = detail::rms_norm_block_quant_stream_trace.load(std::memory_order_relaxed);
-  if (trace) s.config[C_OVERLAP] |= 256;
-  const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
-  const int chunks = chunks_of(s);
-  LaunchDims d;
-  d.block[0] = kRmsqSplitThreads;
-  d.smem = static_cast<unsigned>(smem_bytes(s));
-  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqSplitThreads, d.smem);
-  RmsqStreamArgs sa{a, nullptr, 0, trace};
-  const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
-  impl.launch(s, d, stream, sa);
-  if (ws) impl.free_async(ws, stream);
-}
 
 // Launches a stream-kernel config (is_stream(s)): one wave of resident CTAs over the tiles × chunks items.
 void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNormBlockQuantArgs& a, Stream stream) {
@@ -725,10 +665,6 @@ void rms_norm_block_quant_fwd(Runtime& rt, const TensorRef& x, const TensorRef& 
   LaunchDims d;
   if (is_stream(s)) {
     launch_stream(impl, s, mode, a, stream);
-    return;
-  }
-  if (is_split(s)) {
-    launch_split(impl, s, mode, a, stream);
     return;
   }
   if (is_tile_gx(s)) {
