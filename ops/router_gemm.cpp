@@ -638,9 +638,9 @@ int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 // A 2-D bf16 (or fp32) tensor map: `cols` contiguous elements a row (row pitch `pitch` bytes, a multiple of 16),
 // boxes of 128 bytes (64 bf16 or 32 fp32 columns; 128-byte swizzle: the layout wgmma and the g fragment loads
 // read) × box_rows rows; reads outside the tensor fill zeros.
-void encode_tma_2d(RgTensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
+void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
                    bool f32 = false) {
-  static_assert(sizeof(RgTensorMap) == sizeof(CUtensorMap) && alignof(RgTensorMap) >= alignof(CUtensorMap));
+  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
   const cuuint32_t box[2] = {f32 ? 32u : 64u, static_cast<cuuint32_t>(box_rows)};  // 128 bytes either way
