@@ -12,6 +12,7 @@
 
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/router_gemm_args.h"
+#include "ops/router_gemm_internal.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
@@ -19,25 +20,7 @@
 
 namespace kiln {
 namespace detail {
-// Internal entry points with a forced tile config (a search-space point; null = the tuned default). Tests use them to
-// check every point the tuner may pick; the public ops call them with null.
-using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
-// variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
-void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
-                                 int variant, const RouterGemmConfig* force, Stream stream);
-// precision (the TMA backward; the other kernels always split g into hi + lo): 0 = tf32 (one fp16 pass with
-// power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g), 4 = standard
-// (dx from bf16(g), dw from hi + lo: the default).
-void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
-                                 const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                 int variant, int precision, const RouterGemmConfig* force_dx,
-                                 const RouterGemmConfig* force_dw, Stream stream);
-
-// Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
-
-// Measurement hook (GPU tests only): a device buffer of kRgTraceFwdSlots u64 per CTA the expert-pair forward fills with
-// timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 }  // namespace detail
 
@@ -1105,9 +1088,8 @@ struct RouterGemmBuffers {
   }
 };
 
-// A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
-                                   const RouterGemmConfig* force = nullptr) {
+                                   const RouterGemmConfig* force) {
   // part: fwd | bwd | dx | dw, then optionally _sm90 (the wgmma forward) or _mma (mma.sync kernels), then optionally
   // _nofence (measurement: skip the wgmma forward's proxy fence; see kRgSkip*), _tf32 / _high / _bf16g
   // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone; default: standard = dx from bf16(g), dw
