@@ -8,6 +8,8 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kiln/ops/router_gemm.hpp"
@@ -1088,6 +1090,27 @@ struct RouterGemmBuffers {
   }
 };
 
+namespace {
+// Strips `sfx` from the end of `part` (true), or leaves part as it is (false).
+bool strip_suffix(std::string& part, std::string_view sfx) {
+  if (!part.ends_with(sfx)) return false;
+  part.resize(part.size() - sfx.size());
+  return true;
+}
+// Strips the table's suffixes from the end of `part` in any order and combination, OR-ing their bits into `flags`.
+template <size_t N>
+void strip_switches(std::string& part, int& flags, const std::pair<const char*, int> (&table)[N]) {
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& [suffix, bit] : table)
+      if (strip_suffix(part, suffix)) {
+        flags |= bit;
+        more = true;
+      }
+  }
+}
+}  // namespace
+
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
                                    const RouterGemmConfig* force) {
   // part: fwd | bwd | dx | dw, then optionally _sm90 (the wgmma forward) or _mma (mma.sync kernels), then optionally
@@ -1097,72 +1120,33 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
-  // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched without dynamic shared memory:
-  // kRgNoopNoSmem).
-  for (bool more = true; more;) {
-    more = false;
-    for (const auto& [suffix, bit] :
-         {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
-          {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}, {"_staged", kRgXmcPlain}}) {
-      const std::string sfx = suffix;
-      if (part.ends_with(sfx)) {
-        flags |= bit;
-        part.resize(part.size() - sfx.size());
-        more = true;
-      }
-    }
-  }
+  // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
+  // without dynamic shared memory: kRgNoopNoSmem).
+  const std::pair<const char*, int> xmc_switches[] = {{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
+                                                      {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix},
+                                                      {"_staged", kRgXmcPlain}};
+  strip_switches(part, flags, xmc_switches);
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
-  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).
-  for (bool more = true; more;) {
-    more = false;
-    for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
-                                      {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
-                                      {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
-      const std::string sfx = suffix;
-      if (part.ends_with(sfx)) {
-        flags |= bit;
-        part.resize(part.size() - sfx.size());
-        more = true;
-      }
-    }
-  }
-  if (part.ends_with("_nostore")) {  // the TMA forward without its output stores (kRgSkipStore)
-    flags |= kRgSkipStore;
-    part.resize(part.size() - 8);
-  } else if (part.ends_with("_high")) {
-    precision = 1;
-    part.resize(part.size() - 5);
-  } else if (part.ends_with("_bf16g")) {
-    precision = 2;
-    part.resize(part.size() - 6);
-  } else if (part.ends_with("_tf32")) {
-    precision = 0;
-    part.resize(part.size() - 5);
-  } else if (part.ends_with("_nofence")) {
-    flags |= kRgSkipCopyFence;
-    part.resize(part.size() - 8);
-  }
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop
+  // (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma (kRgSkipMma), _noload (kRgSkipLoad)
+  // and _nostore (its dx / dw kernels).
+  const std::pair<const char*, int> switches[] = {{"_rot", kRgRotateK},   {"_bal", kRgBalance},
+                                                  {"_now", kRgSkipW},      {"_nostore", kRgSkipStore},
+                                                  {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
+                                                  {"_noop", kRgNoop},      {"_nomma", kRgSkipMma},
+                                                  {"_noload", kRgSkipLoad}};
+  strip_switches(part, flags, switches);
+  if (strip_suffix(part, "_nostore")) flags |= kRgSkipStore;  // the TMA forward without its output stores
+  else if (strip_suffix(part, "_high")) precision = 1;
+  else if (strip_suffix(part, "_bf16g")) precision = 2;
+  else if (strip_suffix(part, "_tf32")) precision = 0;
+  else if (strip_suffix(part, "_nofence")) flags |= kRgSkipCopyFence;
   int variant = -1;
-  if (part.ends_with("_tmaxmc")) {  // the TMA forward over expert pairs (x multicast)
-    variant = 5;
-    part.resize(part.size() - 7);
-  } else if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
-    variant = 3;
-    part.resize(part.size() - 6);
-  } else if (part.ends_with("_tma")) {
-    variant = 2;
-    part.resize(part.size() - 4);
-
-  } else if (part.ends_with("_sm90")) {
-    variant = 1;
-    part.resize(part.size() - 5);
-  } else if (part.ends_with("_mma")) {
-    variant = 0;
-    part.resize(part.size() - 4);
-  }
+  if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
+  else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
+  else if (strip_suffix(part, "_tma")) variant = 2;
+  else if (strip_suffix(part, "_sm90")) variant = 1;
+  else if (strip_suffix(part, "_mma")) variant = 0;
   static std::random_device rd;
   auto b = std::make_shared<RouterGemmBuffers>();
   const TensorRef x = TensorRef::contiguous(b->random(T * K, 1.0f, true, rd()), DType::bf16, {T, K});
