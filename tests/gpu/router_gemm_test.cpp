@@ -66,6 +66,14 @@ std::vector<float> bf16_values(int64_t n, uint64_t seed, float stddev) {
   return v;
 }
 
+// The operands: x [T, K] (σ 1) and w [E, K] (σ 0.02) as bf16 values, from their seeds.
+struct XW {
+  std::vector<float> x, w;
+};
+XW bf16_xw(int64_t T, int64_t K, int64_t E, uint64_t x_seed, uint64_t w_seed) {
+  return {bf16_values(T * K, x_seed, 1.0f), bf16_values(E * K, w_seed, 0.02f)};
+}
+
 DeviceBuffer upload(Runtime& rt, DType dtype, const std::vector<float>& v) {
   DeviceBuffer b(rt, std::max<size_t>(v.size(), 1) * dtype_size(dtype));
   if (!v.empty()) b.upload(encode(dtype, v));
@@ -115,6 +123,10 @@ bool same_kind(float got, double want) {
 }
 
 double fwd_bound(const ref::GemmRef& r, int64_t i, int64_t K) { return 2 * kU * (K / 16.0 + 4) * r.abs[i]; }
+// The logits [T, E] against their reference: every element within fwd_bound, relative L2 error ≤ 2e-5.
+::testing::AssertionResult logits_close(const std::vector<float>& y, const ref::GemmRef& want, int64_t K, int64_t E) {
+  return close_to("logits", y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
+}
 double dx_bound(const ref::GemmRef& r, int64_t i, int64_t E) {
   const double acc = (2 * kU * (E / 8.0 + 8) + kSplit) * r.abs[i];
   return kBf16Round * (std::fabs(r.value[i]) + acc) + acc;
@@ -243,6 +255,43 @@ class RouterGemmTest : public GpuTest {
     return f;
   }
 
+  // Every config of `pts` through the forward entry point's `variant`, against `want`; nothing written outside logits.
+  static void check_fwd_configs(const std::vector<detail::RouterGemmConfig>& pts, int variant,
+                                const std::vector<float>& x, const std::vector<float>& w, int64_t T, int64_t K,
+                                int64_t E, const ref::GemmRef& want) {
+    for (const auto& c : pts) {
+      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, variant);
+      EXPECT_TRUE(f.guards_ok);
+      EXPECT_TRUE(logits_close(f.y, want, K, E));
+    }
+  }
+
+  // The default config of the forward's `variant` at [T, K] → E (inputs from `tag` and the shape) against the
+  // reference; `empty_launches_nothing`: T = 0 must launch no kernel.
+  static void check_fwd_default(int variant, uint64_t tag, int64_t T, int64_t K, int64_t E,
+                                bool empty_launches_nothing) {
+    const uint64_t seed = mix_seed({tag, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+    SCOPED_TRACE("seed " + std::to_string(seed));
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
+    const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, variant);
+    EXPECT_TRUE(f.guards_ok) << "written outside logits";
+    if (empty_launches_nothing && T == 0) EXPECT_EQ(f.launches, 0u) << "T = 0 must launch nothing";
+    const auto r = logits_close(f.y, ref::router_gemm_fwd(x, w, T, K, E), K, E);
+    EXPECT_TRUE(r);
+    RecordProperty("result", r.message());
+  }
+
+  // x rows K + 64 elements apart and logits rows E + 12 apart (T = 300, K = 2048) through the forward's `variant`:
+  // the padding columns of logits stay untouched.
+  static void check_fwd_strided(int variant, int64_t E, uint64_t x_seed, uint64_t w_seed) {
+    const int64_t T = 300, K = 2048;
+    const auto [x, w] = bf16_xw(T, K, E, x_seed, w_seed);
+    const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, variant);
+    EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view, E = " << E;
+    EXPECT_TRUE(logits_close(f.y, ref::router_gemm_fwd(x, w, T, K, E), K, E));
+  }
+
   struct Bwd {
     std::vector<float> dx, dw;
     bool guards_ok = false;
@@ -319,17 +368,7 @@ class RouterGemmFwd : public RouterGemmTest, public ::testing::WithParamInterfac
 
 TEST_P(RouterGemmFwd, MatchesReference) {
   const auto [T, K, E] = GetParam();
-  const uint64_t seed = mix_seed({0x90, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/0);  // the mma.sync kernel (any arch)
-  EXPECT_TRUE(f.guards_ok) << "written outside logits";
-  if (T == 0) EXPECT_EQ(f.launches, 0u) << "T = 0 must launch nothing";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
-  EXPECT_TRUE(r);
-  RecordProperty("result", r.message());
+  check_fwd_default(/*variant=*/0, 0x90, T, K, E, true);  // the mma.sync kernel (any arch)
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwd, ::testing::ValuesIn(shapes()), shape_name);
@@ -337,35 +376,23 @@ INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwd, ::testing::ValuesIn(shapes()), sha
 // Every tile config the tuner may pick, at shapes that leave partial tiles in T (and in E for E = 160).
 TEST_F(RouterGemmTest, FwdEveryConfig) {
   for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x91, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0x92, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0x91, static_cast<uint64_t>(E)}), mix_seed({0x92, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    for (const auto& c : space(0, K, E)) {
-      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " E=" + std::to_string(E));
-      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 0);
-      EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-    }
+    check_fwd_configs(space(0, K, E), 0, x, w, T, K, E, want);
   }
 }
 
 // A row stride on x and on logits (the padding columns of logits stay untouched).
 TEST_F(RouterGemmTest, FwdStridedRows) {
-  const int64_t T = 300, K = 2048, E = 160;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0x93}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0x94}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 0);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  check_fwd_strided(0, 160, mix_seed({0x93}), mix_seed({0x94}));
 }
 
 // 3-D input [B, S, K] with 3-D logits gives the same bits as the flattened 2-D call.
 TEST_F(RouterGemmTest, Fwd3dEqualsFlat) {
   Runtime& r = rt();
   const int64_t B = 3, S = 50, K = 2048, E = 256, T = B * S;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0x95}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0x96}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0x95}), mix_seed({0x96}));
   DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
   yb.poison();
   router_gemm_fp32_fwd(r, xb.ref(DType::bf16, {B, S, K}), wb.ref(DType::bf16, {E, K}), yb.ref(DType::f32, {B, S, E}),
@@ -386,16 +413,7 @@ TEST_P(RouterGemmFwdSm90, MatchesReference) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const auto [T, K, E] = GetParam();
   if (E > 256) GTEST_SKIP();
-  const uint64_t seed = mix_seed({0x9b, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/1);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
-  EXPECT_TRUE(r);
-  RecordProperty("result", r.message());
+  check_fwd_default(/*variant=*/1, 0x9b, T, K, E, false);
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdSm90, ::testing::ValuesIn(shapes()), shape_name);
@@ -403,27 +421,16 @@ INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdSm90, ::testing::ValuesIn(shapes()),
 TEST_F(RouterGemmTest, FwdSm90EveryConfig) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0x9c, static_cast<uint64_t>(E)}), mix_seed({0x9d, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    for (const auto& c : space(4, K, E)) {
-      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " E=" + std::to_string(E));
-      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 1);
-      EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-    }
+    check_fwd_configs(space(4, K, E), 1, x, w, T, K, E, want);
   }
 }
 
 TEST_F(RouterGemmTest, FwdSm90StridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int64_t T = 300, K = 2048, E = 160;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 1);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  check_fwd_strided(1, 160, mix_seed({0x9e}), mix_seed({0x9f}));
 }
 
 // ---- the sm_90a TMA forward (the default on sm_90a) ------------------------------------------------------------------
@@ -434,17 +441,7 @@ TEST_P(RouterGemmFwdTma, MatchesReference) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const auto [T, K, E] = GetParam();
   if (E > 256) GTEST_SKIP();
-  const uint64_t seed = mix_seed({0x9b7, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-  SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, /*variant=*/2);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits";
-  if (T == 0) EXPECT_EQ(f.launches, 0u) << "T = 0 must launch nothing";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  const auto r = close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); });
-  EXPECT_TRUE(r);
-  RecordProperty("result", r.message());
+  check_fwd_default(/*variant=*/2, 0x9b7, T, K, E, true);
 }
 
 INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmFwdTma, ::testing::ValuesIn(shapes()), shape_name);
@@ -456,17 +453,12 @@ TEST_F(RouterGemmTest, FwdTmaEveryConfig) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}, Shape{17000, 1536, 64},
                          Shape{1, 2048, 256}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c7, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d7, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0x9c7, static_cast<uint64_t>(E)}), mix_seed({0x9d7, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const auto pts = space(5, K, E);
     EXPECT_GE(pts.size(), E % 16 == 0 ? 8u : 2u);
-    for (const auto& c : pts) {
-      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
-      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 2);
-      EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-    }
+    check_fwd_configs(pts, 2, x, w, T, K, E, want);
   }
 }
 
@@ -475,17 +467,12 @@ TEST_F(RouterGemmTest, FwdTmaKsplitEveryConfig) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 8}, Shape{8192, 2048, 256},
                          Shape{1, 2048, 256}, Shape{4096, 7168, 256}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9c8, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9d8, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0x9c8, static_cast<uint64_t>(E)}), mix_seed({0x9d8, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const auto pts = space(10, K, E);
     EXPECT_GE(pts.size(), 3u);
-    for (const auto& c : pts) {
-      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
-      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 3);
-      EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-    }
+    check_fwd_configs(pts, 3, x, w, T, K, E, want);
     // Deterministic: the cluster adds its partial tiles in rank order.
     const Fwd a = run_fwd(x, w, T, K, E, nullptr, 0, 0, 3), b = run_fwd(x, w, T, K, E, nullptr, 0, 0, 3);
     EXPECT_TRUE(bitwise_equal("logits twice", b.y, a.y));
@@ -499,27 +486,14 @@ TEST_F(RouterGemmTest, FwdTmaXmcEveryConfig) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}, Shape{130, 2056, 16}, Shape{17000, 1536, 64},
                          Shape{1, 2048, 256}, Shape{8192, 2048, 256}, Shape{33, 7168, 256}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9ca, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9da, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0x9ca, static_cast<uint64_t>(E)}), mix_seed({0x9da, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const auto pts = space(11, K, E);
     EXPECT_GE(pts.size(), 4u);
-    for (const auto& c : pts) {
-      SCOPED_TRACE(fmt_config(c) + " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
-      const Fwd f = run_fwd(x, w, T, K, E, &c, 0, 0, 5);
-      EXPECT_TRUE(f.guards_ok);
-      EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-    }
+    check_fwd_configs(pts, 5, x, w, T, K, E, want);
   }
-  for (int64_t E : {160, 128}) {
-    const int64_t T = 300, K = 2048;
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0x9eb}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0x9fb}), 0.02f);
-    const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 5);
-    EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view, E = " << E;
-    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
-  }
+  for (int64_t E : {160, 128}) check_fwd_strided(5, E, mix_seed({0x9eb}), mix_seed({0x9fb}));
 }
 
 // The expert-pair forward's kernel options: kRgRotateK (tile t walks its K chunks from chunk t mod CHUNKS on) and
@@ -534,8 +508,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 160}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
                          Shape{1, 1600, 16}, Shape{300, 7168, 256}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0xa0c, static_cast<uint64_t>(T)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xa1c, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xa0c, static_cast<uint64_t>(T)}), mix_seed({0xa1c, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const detail::RouterGemmConfig two{128, static_cast<int32_t>(E / 2), 128, 2, 2, 6};
     const detail::RouterGemmConfig pp{64, static_cast<int32_t>(E / 2), 64, 2, 2, 9};
@@ -551,7 +525,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcRotateAndBalance) {
         const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 5);  // strided logits: rows past a tile's own untouched
         detail::router_gemm_measure_flags.store(0);
         EXPECT_TRUE(f.guards_ok && g.guards_ok);
-        EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+        EXPECT_TRUE(logits_close(f.y, want, K, E));
         EXPECT_TRUE(bitwise_equal("logits twice", g.y, f.y));
       }
   }
@@ -568,8 +542,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
                          Shape{300, 7168, 256}, Shape{1000, 2048, 160}, Shape{130, 64, 128}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0xb0c, static_cast<uint64_t>(T)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xb1c, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xb0c, static_cast<uint64_t>(T)}), mix_seed({0xb1c, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
     const int32_t eh = static_cast<int32_t>(E / 2);
     const detail::RouterGemmConfig s7{128, eh, 64, 2, 2, 7}, two{128, eh, 128, 2, 2, 6}, one{64, eh, 64, 1, 2, 8},
@@ -591,7 +565,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
         const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 5);  // strided logits (16-byte rows: TMA stores)
         detail::router_gemm_measure_flags.store(0);
         EXPECT_TRUE(f.guards_ok && g.guards_ok);
-        EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+        EXPECT_TRUE(logits_close(f.y, want, K, E));
         if (!(flags & (kRgRotateK | kRgBalance))) EXPECT_TRUE(bitwise_equal("logits vs default options", f.y, base.y));
         EXPECT_TRUE(bitwise_equal("strided logits", g.y, f.y));
       }
@@ -609,8 +583,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
   const int64_t T = 8192, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xa2c}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xa3c}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xa2c}), mix_seed({0xa3c}));
   DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
   const int max_ctas = 1024;
   DeviceBuffer tb(r, static_cast<size_t>(max_ctas) * kRgTraceFwdSlots * 8);
@@ -769,24 +742,12 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
 
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int64_t T = 300, K = 2048, E = 160;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e8}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f8}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 3);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  check_fwd_strided(3, 160, mix_seed({0x9e8}), mix_seed({0x9f8}));
 }
 
 TEST_F(RouterGemmTest, FwdTmaStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int64_t T = 300, K = 2048, E = 160;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0x9e7}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0x9f7}), 0.02f);
-  const Fwd f = run_fwd(x, w, T, K, E, nullptr, K + 64, E + 12, 2);
-  EXPECT_TRUE(f.guards_ok) << "written outside logits' [T, E] view";
-  const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  check_fwd_strided(2, 160, mix_seed({0x9e7}), mix_seed({0x9f7}));
 }
 
 // NaN and ±inf in x propagate like IEEE arithmetic; large and small magnitudes keep their relative accuracy.
@@ -799,14 +760,14 @@ TEST_F(RouterGemmTest, FwdNonFiniteAndExtremeMagnitudes) {
   x[20 * K + 7] = -std::numeric_limits<float>::infinity();
   const Fwd f = run_fwd(x, w, T, K, E);
   const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, want, E, 2e-5, [&](int64_t i) { return fwd_bound(want, i, K); }));
+  EXPECT_TRUE(logits_close(f.y, want, K, E));
   for (float scale : {1e-15f, 1e15f}) {
     SCOPED_TRACE("x and w scaled by " + std::to_string(scale));
     std::vector<float> xs = bf16_values(T * K, mix_seed({0x99}), scale);
     std::vector<float> ws = bf16_values(E * K, mix_seed({0x9a}), scale);
     const Fwd fs = run_fwd(xs, ws, T, K, E);
     const ref::GemmRef ws_ref = ref::router_gemm_fwd(xs, ws, T, K, E);
-    EXPECT_TRUE(close_to("logits", fs.y, ws_ref, E, 2e-5, [&](int64_t i) { return fwd_bound(ws_ref, i, K); }));
+    EXPECT_TRUE(logits_close(fs.y, ws_ref, K, E));
   }
 }
 
@@ -818,8 +779,7 @@ TEST_P(RouterGemmBwd, MatchesReference) {
   const auto [T, K, E] = GetParam();
   const uint64_t seed = mix_seed({0xa0, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
   SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
   const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);  // full fp32 mantissas
   const Bwd b = run_bwd(g, x, w, T, K, E);
   EXPECT_TRUE(b.guards_ok) << "written outside dx, dw or the workspace";
@@ -838,8 +798,7 @@ INSTANTIATE_TEST_SUITE_P(Grid, RouterGemmBwd, ::testing::ValuesIn(shapes()), sha
 // dw adds its T-split partials in a fixed order: repeated runs are bitwise identical (dx too).
 TEST_F(RouterGemmTest, BwdIsDeterministic) {
   const int64_t T = 8192, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xa1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xa2}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xa1}), mix_seed({0xa2}));
   const std::vector<float> g = randn(T * E, mix_seed({0xa3}), 1e-4f);
   const Bwd a = run_bwd(g, x, w, T, K, E);
   // (The advertised workspace size is the default kernels'; the portable ones allocate their own here.)
@@ -852,8 +811,7 @@ TEST_F(RouterGemmTest, BwdIsDeterministic) {
 // Only dx, or only dw: the other output is not touched.
 TEST_F(RouterGemmTest, BwdOneOutputOnly) {
   const int64_t T = 1000, K = 2048, E = 160;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xa4}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xa5}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xa4}), mix_seed({0xa5}));
   const std::vector<float> g = randn(T * E, mix_seed({0xa6}), 1e-4f);
   const Bwd both = run_bwd(g, x, w, T, K, E);
   const Bwd only_dx = run_bwd(g, x, w, T, K, E, true, false);
@@ -865,8 +823,8 @@ TEST_F(RouterGemmTest, BwdOneOutputOnly) {
 
 TEST_F(RouterGemmTest, BwdEveryConfig) {
   for (auto [T, K, E] : {Shape{1000, 2048, 256}, Shape{777, 1536, 160}}) {
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0xa7, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xa8, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xa7, static_cast<uint64_t>(E)}), mix_seed({0xa8, static_cast<uint64_t>(E)}));
     const std::vector<float> g = randn(T * E, mix_seed({0xa9, static_cast<uint64_t>(E)}), 1e-4f);
     const BwdRef want(g, x, w, T, K, E);
     for (const auto& c : space(1, K, E)) {
@@ -893,8 +851,7 @@ TEST_F(RouterGemmTest, BwdEveryConfig) {
 TEST_F(RouterGemmTest, BwdDefaultWithWorkspaceAndNonFinite) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 4096, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xc4}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xc5}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xc4}), mix_seed({0xc5}));
   std::vector<float> g = randn(T * E, mix_seed({0xc6}), 1e-4f);
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
@@ -922,8 +879,7 @@ TEST_P(RouterGemmBwdTma, MatchesReference) {
   const auto [T, K, E] = GetParam();
   const uint64_t seed = mix_seed({0xc7, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
   SCOPED_TRACE("seed " + std::to_string(seed));
-  const std::vector<float> x = bf16_values(T * K, mix_seed({seed, 1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({seed, 2}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
   const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
   const BwdRef want(g, x, w, T, K, E);
   for (int prec : {0, 1}) {
@@ -958,8 +914,8 @@ class RouterGemmBwdTmaConfigs : public RouterGemmTest {
   void check(int64_t T, int64_t K, int64_t E, std::initializer_list<TmaCase> cases) {
     if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
     constexpr uint32_t kDxKernel[] = {12, 8, 6}, kDwKernel[] = {13, 7, 9};
-    const std::vector<float> x = bf16_values(T * K, mix_seed({0xc8, static_cast<uint64_t>(E)}), 1.0f);
-    const std::vector<float> w = bf16_values(E * K, mix_seed({0xc9, static_cast<uint64_t>(E)}), 0.02f);
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xc8, static_cast<uint64_t>(E)}), mix_seed({0xc9, static_cast<uint64_t>(E)}));
     const std::vector<float> g = randn(T * E, mix_seed({0xca, static_cast<uint64_t>(E)}), 1e-4f);
     const BwdRef want(g, x, w, T, K, E);
     for (const TmaCase& tc : cases) {
@@ -1024,8 +980,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
   const int64_t T = 8192, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb1}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb2}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xb1}), mix_seed({0xb2}));
   const std::vector<float> g = randn(T * E, mix_seed({0xb3}), 1e-4f);
   DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
   DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
@@ -1123,8 +1078,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 4096, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xe8}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xe9}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xe8}), mix_seed({0xe9}));
   const std::vector<float> g = randn(T * E, mix_seed({0xea}), 1e-4f);
   const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, /*user_workspace=*/true, -1, /*precision=*/4);
   const Bwd lo = run_bwd(g, x, w, T, K, E, true, false, nullptr, nullptr, false, 2, /*precision=*/2);
@@ -1144,8 +1098,7 @@ TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {
 TEST_F(RouterGemmTest, BwdTmaPrecision) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 4096, K = 1536, E = 64;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xcb}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xcc}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xcb}), mix_seed({0xcc}));
   const std::vector<float> g = randn(T * E, mix_seed({0xcd}), 1e-3f);
   std::vector<float> g16 = g;
   round_to(DType::bf16, g16);
@@ -1260,20 +1213,18 @@ TEST_F(RouterGemmTest, BwdTmaNonFiniteExtremeAndDeterministic) {
 TEST_F(RouterGemmTest, Sm90WithoutCopyFence) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int64_t T = 8192, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xd0}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xd1}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xd0}), mix_seed({0xd1}));
   detail::router_gemm_measure_flags.store(kRgSkipCopyFence);
   const Fwd f = run_fwd(x, w, T, K, E, nullptr, 0, 0, 1);
   detail::router_gemm_measure_flags.store(0);
   const ref::GemmRef y = ref::router_gemm_fwd(x, w, T, K, E);
-  EXPECT_TRUE(close_to("logits", f.y, y, E, 2e-5, [&](int64_t i) { return fwd_bound(y, i, K); }));
+  EXPECT_TRUE(logits_close(f.y, y, K, E));
 }
 
 // g with NaN / ±inf, and g at the scales gradients take (tiny and large).
 TEST_F(RouterGemmTest, BwdNonFiniteAndExtremeMagnitudes) {
   const int64_t T = 200, K = 2048, E = 256;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb0}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb1}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xb0}), mix_seed({0xb1}));
   std::vector<float> g = randn(T * E, mix_seed({0xb2}), 1e-4f);
   g[5 * E + 3] = std::numeric_limits<float>::quiet_NaN();
   g[50 * E + 100] = std::numeric_limits<float>::infinity();
@@ -1296,8 +1247,7 @@ TEST_F(RouterGemmTest, BwdNonFiniteAndExtremeMagnitudes) {
 // long mantissa; the relative L2 error of dw must sit far below what bf16(g) gives (≈ 1e-3).
 TEST_F(RouterGemmTest, BwdKeepsTheFp32Gradient) {
   const int64_t T = 4096, K = 1536, E = 64;
-  const std::vector<float> x = bf16_values(T * K, mix_seed({0xb4}), 1.0f);
-  const std::vector<float> w = bf16_values(E * K, mix_seed({0xb5}), 0.02f);
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xb4}), mix_seed({0xb5}));
   const std::vector<float> g = randn(T * E, mix_seed({0xb6}), 1e-3f);
   std::vector<float> g16 = g;
   round_to(DType::bf16, g16);
