@@ -652,6 +652,31 @@ Specialization pick(Runtime& rt, const Check& ck, Specialization s, int64_t T, c
   }
   return s;
 }
+
+// The TMA forwards' argument block as far as they share it: x [T, K] in boxes of x_rows tokens, w [E, K] in boxes of
+// w_rows experts (both 64 columns wide), logits; the tiles, tile_rows and flags are each kernel's own.
+RouterGemmFwdTmaArgs fwd_tma_args(const TensorRef& x, const Rows& xr, const TensorRef& w, const TensorRef& logits,
+                                  const Rows& lr, int64_t E, int x_rows, int w_rows) {
+  RouterGemmFwdTmaArgs a{};
+  encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, x_rows);
+  encode_tma_2d(a.tmw, w.data, xr.cols, E, xr.cols * 2, w_rows);
+  a.out = static_cast<float*>(logits.data);
+  a.out_stride = lr.stride;
+  a.T = static_cast<int>(xr.rows);
+  return a;
+}
+
+// A persistent grid of clusters of `cl` CTAs: one cluster per cl SMs at most, and no more than the `groups` of token
+// tiles there are; a kRgNoop measurement with kRgNoopNoSmem launches without dynamic shared memory.
+LaunchDims persistent_clusters(const Specialization& s, int64_t groups, int cl, int sms, int measure) {
+  const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(clusters * cl);
+  d.cluster[0] = static_cast<unsigned>(cl);
+  d.block[0] = static_cast<unsigned>(threads(s));
+  d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
+  return d;
+}
 }  // namespace
 
 void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
@@ -693,13 +718,8 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM];
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
-    RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
     const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cl));
-    a.out = static_cast<float*>(logits.data);
-    a.out_stride = lr.stride;
-    a.T = static_cast<int>(T);
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm / 2, static_cast<int>(E / cl));
     // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
     const int64_t pairs = std::max(1, sms / 2);
     a.tile_rows = bm;
@@ -728,13 +748,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
-    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
-    LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(clusters * cl);
-    d.cluster[0] = static_cast<unsigned>(cl);
-    d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
-    impl.launch(s, d, stream, a);
+    impl.launch(s, persistent_clusters(s, groups, cl, sms, measure), stream, a);
     return;
   }
   if (variant == 3) {
@@ -742,12 +756,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM], ks = s.config[C_WN];
-    RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E));
-    a.out = static_cast<float*>(logits.data);
-    a.out_stride = lr.stride;
-    a.T = static_cast<int>(T);
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm, static_cast<int>(E));
     a.tiles = static_cast<int>((T + bm - 1) / bm);
     a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
     LaunchDims d;
@@ -762,23 +771,12 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (variant == 2) {
     const Specialization s = pick(rt, ck, spec(arch, kFwdTma, K, E), T, force);
     const int bm = s.config[C_BM], cm = s.config[C_WN];
-    RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cm));
-    a.out = static_cast<float*>(logits.data);
-    a.out_stride = lr.stride;
-    a.T = static_cast<int>(T);
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm, static_cast<int>(E / cm));
     a.tiles = static_cast<int>((T + bm - 1) / bm);
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     a.flags = measure & (kRgSkipStore | kRgNoop);
-    const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
-    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
-    LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(clusters * cm);
-    d.cluster[0] = static_cast<unsigned>(cm);
-    d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
-    impl.launch(s, d, stream, a);
+    const int64_t groups = (a.tiles + cm - 1) / cm;  // token tiles a cluster takes at once: cm
+    impl.launch(s, persistent_clusters(s, groups, cm, sms, measure), stream, a);
     return;
   }
   Specialization base = spec(arch, variant == 1 ? kFwd90 : kFwd, K, E);
