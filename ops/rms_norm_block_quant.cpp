@@ -221,8 +221,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       if (round && N == 2048) s.config[C_EXCHANGE] = 1;
       // Two warps a row at N = 2048 round_scale 1: START1 + LEAN + NOFENCE (session 6 round 3, H100, M = 8192, 5
       // interleaved rounds in one process: 18.22 µs vs 18.72; START1 18.27, LEAN + NOFENCE 18.61, LEAN 18.67; TAIL
-      // 18.54 with them, BAND 19.14, three slots 19.39–19.54; one warp a row with them 18.62). The other N ≤ 2048
-      // defaults (one warp a row) keep the plain kernel (one warp a row gained nothing from them: 18.62 vs 18.59).
+      // 18.54 with them, BAND 19.14 (both deleted since), three slots 19.39–19.54; one warp a row with them 18.62).
+      // The other N ≤ 2048 defaults (one warp a row) keep the plain kernel (one warp a row gained nothing from them:
+      // 18.62 vs 18.59).
       if (round && N == 2048) s.config[C_OVERLAP] = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
     }
   } else {
@@ -438,23 +439,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // Variant bits (overlap field, kRmsqPipe*) on the default structures only: up to N = 2048 two warps a row with
       // weights in registers (2 or 3 slots) and one warp a row (2 slots); longer rows two warps a row, weights
       // loaded, 2 slots. Session 6 round 3 (M = 8192): START1 + LEAN + NOFENCE won at N = 2048 and 7168 (the
-      // defaults); BAND, TAIL and three slots lost (bench/NOTES.md).
-      // TAIL (quartered leftover rows, with LEAN) needs quarters of whole 512-column steps: N % 2048 = 0.
+      // defaults); BAND, TAIL (both deleted in session 8) and three slots lost (bench/NOTES.md).
       const bool split_ok = N % 1024 == 0;
       constexpr int kSLN = kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence;
-      for (int flags : {kRmsqPipeStart1, kRmsqPipeBand, kRmsqPipeLean, kRmsqPipeLean | kRmsqPipeNoFence, kSLN,
-                        kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeTail, kSLN | kRmsqPipeTail,
-                        kSLN | kRmsqPipeTail | kRmsqPipeBand}) {
+      for (int flags : {kRmsqPipeStart1, kRmsqPipeLean, kRmsqPipeLean | kRmsqPipeNoFence, kSLN}) {
         s.config[C_OVERLAP] = flags;
         s.config[C_WARPS] = 8;
-        const bool all = flags == kSLN || flags == kRmsqPipeStart1 || flags == (kSLN | kRmsqPipeTail);
-        const bool tail = (flags & kRmsqPipeTail) != 0;
+        const bool all = flags == kSLN || flags == kRmsqPipeStart1;
         for (int stages : {2, 3})
           for (int split : {1, 2}) {
             if (stages == 3 && !(all && split == 2)) continue;
-            if (split == 1 && !(all && !tail && N <= 2048)) continue;
+            if (split == 1 && !(all && N <= 2048)) continue;
             if (split == 2 && !split_ok) continue;
-            if (tail && N % 2048 != 0) continue;
             s.config[C_STAGES] = stages;
             s.config[C_PREFETCH] = N <= 2048;
             s.config[C_EXCHANGE] = split > 1;

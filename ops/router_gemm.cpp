@@ -8,10 +8,13 @@
 #include <memory>
 #include <optional>
 #include <random>
+#include <string_view>
+#include <utility>
 #include <vector>
 
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/router_gemm_args.h"
+#include "ops/router_gemm_internal.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
@@ -19,25 +22,7 @@
 
 namespace kiln {
 namespace detail {
-// Internal entry points with a forced tile config (a search-space point; null = the tuned default). Tests use them to
-// check every point the tuner may pick; the public ops call them with null.
-using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
-// variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
-void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
-                                 int variant, const RouterGemmConfig* force, Stream stream);
-// precision (the TMA backward; the other kernels always split g into hi + lo): 0 = tf32 (one fp16 pass with
-// power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g), 4 = standard
-// (dx from bf16(g), dw from hi + lo: the default).
-void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
-                                 const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
-                                 int variant, int precision, const RouterGemmConfig* force_dx,
-                                 const RouterGemmConfig* force_dw, Stream stream);
-
-// Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 std::atomic<int> router_gemm_measure_flags{0};
-
-// Measurement hook (GPU tests only): a device buffer of kRgTraceFwdSlots u64 per CTA the expert-pair forward fills with
-// timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
 }  // namespace detail
 
@@ -638,9 +623,9 @@ int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 // A 2-D bf16 (or fp32) tensor map: `cols` contiguous elements a row (row pitch `pitch` bytes, a multiple of 16),
 // boxes of 128 bytes (64 bf16 or 32 fp32 columns; 128-byte swizzle: the layout wgmma and the g fragment loads
 // read) × box_rows rows; reads outside the tensor fill zeros.
-void encode_tma_2d(RgTensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
+void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
                    bool f32 = false) {
-  static_assert(sizeof(RgTensorMap) == sizeof(CUtensorMap) && alignof(RgTensorMap) >= alignof(CUtensorMap));
+  static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
   const cuuint32_t box[2] = {f32 ? 32u : 64u, static_cast<cuuint32_t>(box_rows)};  // 128 bytes either way
@@ -666,6 +651,31 @@ Specialization pick(Runtime& rt, const Check& ck, Specialization s, int64_t T, c
     if (!valid(s)) ck.invalid("config", fmt::format("not a valid tile config: {}", s.describe()));
   }
   return s;
+}
+
+// The TMA forwards' argument block as far as they share it: x [T, K] in boxes of x_rows tokens, w [E, K] in boxes of
+// w_rows experts (both 64 columns wide), logits; the tiles, tile_rows and flags are each kernel's own.
+RouterGemmFwdTmaArgs fwd_tma_args(const TensorRef& x, const Rows& xr, const TensorRef& w, const TensorRef& logits,
+                                  const Rows& lr, int64_t E, int x_rows, int w_rows) {
+  RouterGemmFwdTmaArgs a{};
+  encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, x_rows);
+  encode_tma_2d(a.tmw, w.data, xr.cols, E, xr.cols * 2, w_rows);
+  a.out = static_cast<float*>(logits.data);
+  a.out_stride = lr.stride;
+  a.T = static_cast<int>(xr.rows);
+  return a;
+}
+
+// A persistent grid of clusters of `cl` CTAs: one cluster per cl SMs at most, and no more than the `groups` of token
+// tiles there are; a kRgNoop measurement with kRgNoopNoSmem launches without dynamic shared memory.
+LaunchDims persistent_clusters(const Specialization& s, int64_t groups, int cl, int sms, int measure) {
+  const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(clusters * cl);
+  d.cluster[0] = static_cast<unsigned>(cl);
+  d.block[0] = static_cast<unsigned>(threads(s));
+  d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
+  return d;
 }
 }  // namespace
 
@@ -708,13 +718,8 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM];
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
-    RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm / 2);
     const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cl));
-    a.out = static_cast<float*>(logits.data);
-    a.out_stride = lr.stride;
-    a.T = static_cast<int>(T);
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm / 2, static_cast<int>(E / cl));
     // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
     const int64_t pairs = std::max(1, sms / 2);
     a.tile_rows = bm;
@@ -743,13 +748,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
     const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
-    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cl));  // persistent over them
-    LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(clusters * cl);
-    d.cluster[0] = static_cast<unsigned>(cl);
-    d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
-    impl.launch(s, d, stream, a);
+    impl.launch(s, persistent_clusters(s, groups, cl, sms, measure), stream, a);
     return;
   }
   if (variant == 3) {
@@ -757,12 +756,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     if ((T + 127) / 128 * 4 <= sms) base.config[C_WN] = 4;  // few tiles: K quarters keep more SMs busy
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM], ks = s.config[C_WN];
-    RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E));
-    a.out = static_cast<float*>(logits.data);
-    a.out_stride = lr.stride;
-    a.T = static_cast<int>(T);
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm, static_cast<int>(E));
     a.tiles = static_cast<int>((T + bm - 1) / bm);
     a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSkipStore;
     LaunchDims d;
@@ -777,23 +771,12 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   if (variant == 2) {
     const Specialization s = pick(rt, ck, spec(arch, kFwdTma, K, E), T, force);
     const int bm = s.config[C_BM], cm = s.config[C_WN];
-    RouterGemmFwdTmaArgs a{};
-    encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, bm);
-    encode_tma_2d(a.tmw, w.data, K, E, K * 2, static_cast<int>(E / cm));
-    a.out = static_cast<float*>(logits.data);
-    a.out_stride = lr.stride;
-    a.T = static_cast<int>(T);
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm, static_cast<int>(E / cm));
     a.tiles = static_cast<int>((T + bm - 1) / bm);
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     a.flags = measure & (kRgSkipStore | kRgNoop);
-    const int64_t groups = (a.tiles + cm - 1) / cm;  // persistent: at most one cluster per cm SMs
-    const int64_t clusters = std::min<int64_t>(groups, std::max(1, sms / cm));
-    LaunchDims d;
-    d.grid[0] = static_cast<unsigned>(clusters * cm);
-    d.cluster[0] = static_cast<unsigned>(cm);
-    d.block[0] = static_cast<unsigned>(threads(s));
-    d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
-    impl.launch(s, d, stream, a);
+    const int64_t groups = (a.tiles + cm - 1) / cm;  // token tiles a cluster takes at once: cm
+    impl.launch(s, persistent_clusters(s, groups, cm, sms, measure), stream, a);
     return;
   }
   Specialization base = spec(arch, variant == 1 ? kFwd90 : kFwd, K, E);
@@ -1105,9 +1088,29 @@ struct RouterGemmBuffers {
   }
 };
 
-// A prepared router GEMM at T × K → E: `part` is "fwd", "bwd" (dx + dw), "dx" or "dw".
+namespace {
+// Strips `sfx` from the end of `part` (true), or leaves part as it is (false).
+bool strip_suffix(std::string& part, std::string_view sfx) {
+  if (!part.ends_with(sfx)) return false;
+  part.resize(part.size() - sfx.size());
+  return true;
+}
+// Strips the table's suffixes from the end of `part` in any order and combination, OR-ing their bits into `flags`.
+template <size_t N>
+void strip_switches(std::string& part, int& flags, const std::pair<const char*, int> (&table)[N]) {
+  for (bool more = true; more;) {
+    more = false;
+    for (const auto& [suffix, bit] : table)
+      if (strip_suffix(part, suffix)) {
+        flags |= bit;
+        more = true;
+      }
+  }
+}
+}  // namespace
+
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
-                                   const RouterGemmConfig* force = nullptr) {
+                                   const RouterGemmConfig* force) {
   // part: fwd | bwd | dx | dw, then optionally _sm90 (the wgmma forward) or _mma (mma.sync kernels), then optionally
   // _nofence (measurement: skip the wgmma forward's proxy fence; see kRgSkip*), _tf32 / _high / _bf16g
   // (the TMA backward's precision: the fp16 pass, hi + lo, bf16(g) alone; default: standard = dx from bf16(g), dw
@@ -1115,72 +1118,33 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
-  // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched without dynamic shared memory:
-  // kRgNoopNoSmem).
-  for (bool more = true; more;) {
-    more = false;
-    for (const auto& [suffix, bit] :
-         {std::pair<const char*, int>{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
-          {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix}, {"_staged", kRgXmcPlain}}) {
-      const std::string sfx = suffix;
-      if (part.ends_with(sfx)) {
-        flags |= bit;
-        part.resize(part.size() - sfx.size());
-        more = true;
-      }
-    }
-  }
+  // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
+  // without dynamic shared memory: kRgNoopNoSmem).
+  const std::pair<const char*, int> xmc_switches[] = {{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
+                                                      {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix},
+                                                      {"_staged", kRgXmcPlain}};
+  strip_switches(part, flags, xmc_switches);
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
-  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma
-  // (kRgSkipMma), _noload (kRgSkipLoad) and _nostore (its dx / dw kernels).
-  for (bool more = true; more;) {
-    more = false;
-    for (const auto& [suffix, bit] : {std::pair<const char*, int>{"_rot", kRgRotateK}, {"_bal", kRgBalance},
-                                      {"_now", kRgSkipW}, {"_nostore", kRgSkipStore},
-                                      {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
-                                      {"_noop", kRgNoop}, {"_nomma", kRgSkipMma}, {"_noload", kRgSkipLoad}}) {
-      const std::string sfx = suffix;
-      if (part.ends_with(sfx)) {
-        flags |= bit;
-        part.resize(part.size() - sfx.size());
-        more = true;
-      }
-    }
-  }
-  if (part.ends_with("_nostore")) {  // the TMA forward without its output stores (kRgSkipStore)
-    flags |= kRgSkipStore;
-    part.resize(part.size() - 8);
-  } else if (part.ends_with("_high")) {
-    precision = 1;
-    part.resize(part.size() - 5);
-  } else if (part.ends_with("_bf16g")) {
-    precision = 2;
-    part.resize(part.size() - 6);
-  } else if (part.ends_with("_tf32")) {
-    precision = 0;
-    part.resize(part.size() - 5);
-  } else if (part.ends_with("_nofence")) {
-    flags |= kRgSkipCopyFence;
-    part.resize(part.size() - 8);
-  }
+  // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop
+  // (kRgNoop, also the 64-token TMA kernel); the TMA backward's ablations _nomma (kRgSkipMma), _noload (kRgSkipLoad)
+  // and _nostore (its dx / dw kernels).
+  const std::pair<const char*, int> switches[] = {{"_rot", kRgRotateK},   {"_bal", kRgBalance},
+                                                  {"_now", kRgSkipW},      {"_nostore", kRgSkipStore},
+                                                  {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
+                                                  {"_noop", kRgNoop},      {"_nomma", kRgSkipMma},
+                                                  {"_noload", kRgSkipLoad}};
+  strip_switches(part, flags, switches);
+  if (strip_suffix(part, "_nostore")) flags |= kRgSkipStore;  // the TMA forward without its output stores
+  else if (strip_suffix(part, "_high")) precision = 1;
+  else if (strip_suffix(part, "_bf16g")) precision = 2;
+  else if (strip_suffix(part, "_tf32")) precision = 0;
+  else if (strip_suffix(part, "_nofence")) flags |= kRgSkipCopyFence;
   int variant = -1;
-  if (part.ends_with("_tmaxmc")) {  // the TMA forward over expert pairs (x multicast)
-    variant = 5;
-    part.resize(part.size() - 7);
-  } else if (part.ends_with("_tmaks")) {  // the TMA forward with K split over a cluster
-    variant = 3;
-    part.resize(part.size() - 6);
-  } else if (part.ends_with("_tma")) {
-    variant = 2;
-    part.resize(part.size() - 4);
-
-  } else if (part.ends_with("_sm90")) {
-    variant = 1;
-    part.resize(part.size() - 5);
-  } else if (part.ends_with("_mma")) {
-    variant = 0;
-    part.resize(part.size() - 4);
-  }
+  if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
+  else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
+  else if (strip_suffix(part, "_tma")) variant = 2;
+  else if (strip_suffix(part, "_sm90")) variant = 1;
+  else if (strip_suffix(part, "_mma")) variant = 0;
   static std::random_device rd;
   auto b = std::make_shared<RouterGemmBuffers>();
   const TensorRef x = TensorRef::contiguous(b->random(T * K, 1.0f, true, rd()), DType::bf16, {T, K});

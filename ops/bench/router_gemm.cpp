@@ -13,14 +13,10 @@
 #include <array>
 #include <string>
 
+#include "ops/router_gemm_internal.hpp"
 #include "runtime/bench.hpp"
-#include "runtime/specialization.hpp"
 
 namespace kiln::detail {
-using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
-BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
-                                   const RouterGemmConfig* force = nullptr);
-
 namespace {
 
 // Tile configs swept at the target shape (bm, bn, bk, wm, wn, stages): the search spaces of K = 2048, E = 256 plus

@@ -957,11 +957,11 @@ __global__ void __launch_bounds__(WARPS * 32, (RmsNormBlockQuantRingMinBlocks<N,
 // lds(s, h): the Vec16 of chunk h of the warp's step s; weights(s, h, w8): its 8 weights (an active step), as floats.
 // SPLIT > 1: the row is shared by the SPLIT warps of a group; this one (sub) holds steps [sub·STEPS/SPLIT, …) of it
 // (its part of the row only), and the group adds its warps' Σx² in sub order through `xslot` (this row's [WARPS]
-// exchange floats; a named barrier BAR0 + group of SPLIT warps), so every warp of the group gets the same r.
+// exchange floats; named barrier 1 + group of SPLIT warps), so every warp of the group gets the same r.
 namespace rmsq {
 
 // The row's r = 1/rms from the Σx² of the warp's steps (and of its group's other warps when SPLIT > 1).
-template <int N, int SPLIT, int BAR0, typename Lds>
+template <int N, int SPLIT, typename Lds>
 __device__ __forceinline__ float row8_rinv(Lds&& lds, float eps, int lane, int sub, int group, float* xslot) {
   constexpr int NB = N / 128;                  // column blocks per row
   constexpr int STEPS = (NB + 3) / 4 / SPLIT;  // this warp's 512-column steps
@@ -984,7 +984,7 @@ __device__ __forceinline__ float row8_rinv(Lds&& lds, float eps, int lane, int s
   if constexpr (SPLIT > 1) {
     const int warp = group * SPLIT + sub;
     if (lane == 0) xslot[warp] = ss;
-    named_barrier_sync(BAR0 + group, SPLIT * 32);
+    named_barrier_sync(1 + group, SPLIT * 32);
     ss = xslot[group * SPLIT];
 #pragma unroll
     for (int u = 1; u < SPLIT; ++u) ss += xslot[group * SPLIT + u];
@@ -1085,13 +1085,12 @@ __device__ __forceinline__ float row8_smem(const RmsNormBlockQuantArgs& a, const
 // The same math with the pipe kernel's LEAN addressing: xs = the 32-bit shared-memory address of this lane's first
 // chunk in the row's slot (slot + (blk·128 + c·8)·2), qrow = this lane's first code of the warp's part of the row,
 // qs = the scale of its first block (+ qs_step a step), rms = the row's rms_out entry where this lane writes it
-// (else null). Same operations in the same order as row8_smem, so the same bits. BAR0: the first named barrier of
-// the exchange (the TAIL variant's quads use their own).
-template <int N, bool ROUND, int SPLIT, int BAR0 = 1, typename WeightsFn>
+// (else null). Same operations in the same order as row8_smem, so the same bits.
+template <int N, bool ROUND, int SPLIT, typename WeightsFn>
 __device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_step, float* rms, float eps, int lane,
                                           WeightsFn&& weights, int sub, int group, float* xslot) {
   auto lds = [&](int s, int h) { return lds16(xs + static_cast<u32>(s * 1024 + h * 128)); };  // chunk h of step s
-  const float r = row8_rinv<N, SPLIT, BAR0>(lds, eps, lane, sub, group, xslot);
+  const float r = row8_rinv<N, SPLIT>(lds, eps, lane, sub, group, xslot);
   if (rms) *rms = r;
   row8_quantize<N, ROUND, SPLIT>(lds, weights, r, qrow, qs, qs_step, lane);
 }
@@ -1113,7 +1112,7 @@ __device__ __forceinline__ void row8_lean(u32 xs, u8* qrow, float* qs, i64 qs_st
 // Registers are capped for 16 warps an SM where shared memory allows it (uncapped, weights in registers took 167).
 // Shared memory: [WARPS][DEPTH][N / SPLIT] bf16 rows, then [WARPS][DEPTH] mbarriers, then (SPLIT > 1) [2][WARPS]
 // floats (rms_norm_block_quant_pipe_smem_bytes).
-// FLAGS: the variants kRmsqPipe* (rms_norm_block_quant_args.h): START1, BAND, LEAN, NOFENCE, TRACE. TRACE writes, per
+// FLAGS: the variants kRmsqPipe* (rms_norm_block_quant_args.h): START1, LEAN, NOFENCE, TRACE. TRACE writes, per
 // warp (kRmsqPipeTraceSlots u64 at (blockIdx.x·WARPS + warp)·slots of the array in a.qT): [0] globaltimer at entry,
 // [1] clock64 at entry, [2] clock64 once the first copies are issued, [3] rows | smid << 32, [4] clock64 at the end,
 // [5] globaltimer at the end, [6 + 2k] clock64 once row k has landed, [7 + 2k] once it is computed (k <
@@ -1124,16 +1123,15 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   constexpr int NB = N / 128;                  // column blocks per row
   constexpr int STEPS = (NB + 3) / 4 / SPLIT;  // a warp's 512-column steps
   constexpr int SLOT = N * 2 / SPLIT;          // a warp's part of a bf16 row
-  constexpr bool START1 = (FLAGS & kRmsqPipeStart1) != 0, BAND = (FLAGS & kRmsqPipeBand) != 0;
-  constexpr bool LEAN = (FLAGS & kRmsqPipeLean) != 0, NOFENCE = (FLAGS & kRmsqPipeNoFence) != 0;
-  constexpr bool TRACE = (FLAGS & kRmsqPipeTrace) != 0, TAIL = (FLAGS & kRmsqPipeTail) != 0;
+  constexpr bool START1 = (FLAGS & kRmsqPipeStart1) != 0, LEAN = (FLAGS & kRmsqPipeLean) != 0;
+  constexpr bool NOFENCE = (FLAGS & kRmsqPipeNoFence) != 0, TRACE = (FLAGS & kRmsqPipeTrace) != 0;
   static_assert(N % 128 == 0 && SLOT < (1 << 20), "one bulk copy a row");
   static_assert(DEPTH >= 2, "a ring of at least two slots");
   static_assert(WARPS == 4 || WARPS == 8 || WARPS == 16, "");
   static_assert(!WREG || N <= 2048, "at most 64 registers of weights");
   static_assert(SPLIT == 1 || (SPLIT == 2 && NB % 8 == 0), "two warps a row: whole steps each");
-  static_assert(FLAGS >= 0 && FLAGS < 2 * kRmsqPipeTail, "");
-  static_assert(!TAIL || (LEAN && SPLIT == 2 && NB % 16 == 0), "TAIL: quarter rows of whole steps, LEAN addressing");
+  static_assert((FLAGS & ~(kRmsqPipeStart1 | kRmsqPipeLean | kRmsqPipeNoFence | kRmsqPipeTrace)) == 0,
+                "unknown variant bits");
   extern __shared__ __align__(128) unsigned char smem_raw[];
   const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
   const int group = warp / SPLIT, sub = warp % SPLIT;  // the SPLIT warps of a group share their rows
@@ -1163,85 +1161,42 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   const int s0 = sub * STEPS;  // the row's step of this warp's step 0
   auto active = [&](int s) { return (s0 + s) * 4 + blk < NB; };                          // 8-lane-group uniform
   auto col_of = [&](int s, int h) { return ((s0 + s) * 4 + blk) * 128 + (c + 8 * h) * 8; };  // chunk h's column
-  // The warp's rows: row(k) = first + k·step, k < rows (CtaRows, or BAND: the CTA's contiguous strip).
+  // The warp's rows: row(k) = first + k·step, k < rows (CtaRows).
   constexpr int GROUPS = WARPS / SPLIT;
   const CtaRows strip(a.M, group, GROUPS);
-  i64 first = 0, step = 0;
-  int rows = strip.n;
-  i64 cta_first = 0, cta_step = 0;  // the CTA's rows: cta_first + j·cta_step, j < cta_rows
-  int cta_rows = 0;
-  if constexpr (BAND) {
-    const i64 cta = blockIdx.x, G = gridDim.x;
-    const i64 lo = static_cast<i64>(a.M) * cta / G, hi = static_cast<i64>(a.M) * (cta + 1) / G;
-    cta_rows = static_cast<int>(hi - lo);
-    rows = group < cta_rows ? (cta_rows - 1 - group) / GROUPS + 1 : 0;
-    first = lo + group;
-    step = GROUPS;
-    cta_first = lo;
-    cta_step = 1;
-  } else {
-    first = strip.row(0);
-    step = static_cast<i64>(GROUPS) * strip.G;
-    cta_first = strip.c;
-    cta_step = strip.G;
-    cta_rows = strip.c < a.M ? static_cast<int>((a.M - 1 - strip.c) / strip.G + 1) : 0;
-  }
-  // TAIL: the CTA's rows left after whole rounds of its GROUPS pairs, quartered over its first 4·L warps (warp w
-  // takes quarter 2·sub + (group & 1) of leftover row w / 4: columns its registers' weights cover), after its whole
-  // rows.
-  bool quarter = false;
-  i64 qrow_index = 0;
-  if constexpr (TAIL) {
-    const int nf = cta_rows / GROUPS, L = cta_rows - nf * GROUPS;
-    if (L > 0 && 4 * L <= WARPS) {
-      rows = nf;
-      quarter = warp < 4 * L;
-      qrow_index = cta_first + static_cast<i64>(nf * GROUPS + warp / 4) * cta_step;
-    }
-  }
-  const int qtr = 2 * sub + (group & 1);  // TAIL: this warp's quarter of a leftover row
-  const int units = rows + (quarter ? 1 : 0);
-  auto row_of = [&](int k) -> i64 {
-    if constexpr (BAND || LEAN) return first + static_cast<i64>(k) * step;
-    else return strip.row(k);
-  };
+  const i64 first = strip.row(0), step = static_cast<i64>(GROUPS) * strip.G;
+  const int rows = strip.n;
   // LEAN: the source of the next row to issue, advanced by a constant (rows are issued in order).
   const unsigned char* xnext = reinterpret_cast<const unsigned char*>(static_cast<const bf16*>(a.x) + first * a.x_stride +
                                                                       sub * (N / SPLIT));
   const i64 xstep = step * a.x_stride * 2;
-  // Unit k of the warp: whole row k < rows (its part of it), then (TAIL) its quarter of a leftover row.
+  // Row k of the warp (its part of it).
   auto issue_row = [&](int k, bool valid) {
     const void* src;
-    const bool q = TAIL && valid && k == rows;  // the quarter unit
     if constexpr (LEAN) {
-      src = q ? static_cast<const void*>(static_cast<const bf16*>(a.x) + qrow_index * a.x_stride + qtr * (N / 4))
-              : static_cast<const void*>(xnext);
-      if (!q) xnext += xstep;
+      src = xnext;
+      xnext += xstep;
     } else {
-      src = static_cast<const bf16*>(a.x) + (valid ? row_of(k) : 0) * a.x_stride + sub * (N / SPLIT);
+      src = static_cast<const bf16*>(a.x) + (valid ? strip.row(k) : 0) * a.x_stride + sub * (N / SPLIT);
     }
     if constexpr (NOFENCE) {
       if (valid && lane == 0) {
         u64* bar = ring.bars + k % DEPTH;
-        const u32 bytes = q ? SLOT / 2 : SLOT;
-        mbar_arrive_expect_tx(bar, bytes);
-        bulk_load_evict_first(ring.slot(k), src, bytes, bar);
+        mbar_arrive_expect_tx(bar, SLOT);
+        bulk_load_evict_first(ring.slot(k), src, SLOT, bar);
       }
-    } else if (TAIL && q) {
-      const void* const srcs[1] = {src};
-      ring.template issue<SLOT / 2, 1>(k, true, srcs, lane);
     } else {
       const void* const srcs[1] = {src};
       ring.template issue<SLOT, 1>(k, valid, srcs, lane);
     }
   };
 #pragma unroll 1
-  for (int k = 0; k < (START1 ? 1 : DEPTH); ++k) issue_row(k, k < units);
+  for (int k = 0; k < (START1 ? 1 : DEPTH); ++k) issue_row(k, k < rows);
   if constexpr (TRACE) {
     stamp(2, clk());
     u32 sm;
     asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-    stamp(3, static_cast<u64>(units) | (static_cast<u64>(sm) << 32));
+    stamp(3, static_cast<u64>(rows) | (static_cast<u64>(sm) << 32));
   }
 
   float wr[WREG ? STEPS : 1][2][WREG ? 8 : 1];
@@ -1278,31 +1233,15 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
   const bool rms_lane = a.rms_out && lane == 0 && sub == 0;
   i64 row = first;
 #pragma unroll 1
-  for (int k = 0; k < units; ++k) {
+  for (int k = 0; k < rows; ++k) {
     ring.wait(k);
     if constexpr (TRACE)
       if (k < kRmsqPipeTraceRows) stamp(6 + 2 * k, clk());
     if constexpr (START1)
       if (k == 0)
 #pragma unroll 1
-        for (int j = 1; j < DEPTH; ++j) issue_row(j, j < units);
-    if (TAIL && k == rows) {  // the quarter of a leftover row: 4 warps (w / 4's quad), one 4-way Σx² exchange
-      if constexpr (TAIL) {
-        constexpr int QSTEPS = NB / 16;  // 512-column steps of a quarter
-        auto wq = [&](int s, int h, float (&w8)[8]) {  // local step (group & 1)·QSTEPS + s, compile-time indices
-          float lo[8], hi[8];
-          weights(s, h, lo);
-          weights(QSTEPS + s, h, hi);
-#pragma unroll
-          for (int i = 0; i < 8; ++i) w8[i] = (group & 1) ? hi[i] : lo[i];
-        };
-        rmsq::row8_lean<N, ROUND, 4, 1 + GROUPS>(
-            xs0 + static_cast<u32>((k % DEPTH) * SLOT), a.q + qrow_index * N + (qtr * 4 * QSTEPS + blk) * 128 + c * 8,
-            a.q_scale + static_cast<i64>(qtr * 4 * QSTEPS + blk) * a.M + qrow_index, 4 * static_cast<i64>(a.M),
-            a.rms_out && lane == 0 && (warp & 3) == 0 ? a.rms_out + qrow_index : nullptr, a.eps, lane, wq, warp & 3,
-            warp >> 2, xch + (k & 1) * WARPS);
-      }
-    } else if constexpr (LEAN) {
+        for (int j = 1; j < DEPTH; ++j) issue_row(j, j < rows);
+    if constexpr (LEAN) {
       rmsq::row8_lean<N, ROUND, SPLIT>(xs0 + static_cast<u32>((k % DEPTH) * SLOT), qrow, qs, 4 * static_cast<i64>(a.M),
                                        rms_lane ? a.rms_out + row : nullptr, a.eps, lane, weights, sub, group,
                                        xch + (k & 1) * WARPS);
@@ -1310,12 +1249,12 @@ __global__ void __launch_bounds__(WARPS * 32, (rms_norm_block_quant_pipe_min_blo
       qs += step;
       row += step;
     } else {
-      rmsq::row8_smem<N, ROUND, SPLIT>(a, ring.slot(k), row_of(k), lane, weights, sub, group, xch + (k & 1) * WARPS);
+      rmsq::row8_smem<N, ROUND, SPLIT>(a, ring.slot(k), strip.row(k), lane, weights, sub, group, xch + (k & 1) * WARPS);
     }
     ring.release();  // every lane has read the slot
     if constexpr (TRACE)
       if (k < kRmsqPipeTraceRows) stamp(7 + 2 * k, clk());
-    issue_row(k + DEPTH, k + DEPTH < units);
+    issue_row(k + DEPTH, k + DEPTH < rows);
   }
   ring.drain();
   if constexpr (TRACE) {

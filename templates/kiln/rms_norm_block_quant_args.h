@@ -81,18 +81,15 @@ constexpr int rms_norm_block_quant_pipe_min_blocks(int N, int warps, int stages,
 // TRACE is a search-space point.
 //  * START1: one row a warp requested at the start, the rest of its ring once that row has landed (a start burst of
 //    half the bytes, so the first rows land sooner);
-//  * BAND: CTA c of G takes the contiguous rows [M·c/G, M·(c+1)/G) instead of c, c + G, …;
 //  * LEAN: the row's global pointers advanced by constants and its shared-memory addresses as 32-bit offsets from
 //    the warp's ring (fewer instructions a row);
 //  * NOFENCE: no generic→async proxy fence before a slot is refilled (CUTLASS's consumer release: the warp's reads of
 //    the slot have all returned, their values consumed, before the refill is issued);
 //  * TRACE (measurement only): per-warp timestamps to the u64 array passed in `qT` (mode 0 has no transposed
 //    output): kRmsqPipeTraceSlots a warp, see rms_norm_block_quant_pipe_kernel;
-//  * TAIL (with LEAN, two warps a row, N a multiple of 2048): the L = R mod (warps/2) rows a CTA's R rows leave after
-//    whole rounds of its warp pairs are quartered over its first 4·L warps (when 4·L ≤ warps), so the last round is
-//    a quarter row on half the warps instead of a half row on a quarter of them.
-constexpr int kRmsqPipeStart1 = 1, kRmsqPipeBand = 2, kRmsqPipeLean = 4, kRmsqPipeNoFence = 8, kRmsqPipeTrace = 16,
-              kRmsqPipeTail = 32;
+// Bits 2 (BAND: contiguous rows a CTA) and 32 (TAIL: a CTA's leftover rows quartered) were variants measured slower
+// in session 6 (bench/NOTES.md) and deleted in session 8: their values stay unused.
+constexpr int kRmsqPipeStart1 = 1, kRmsqPipeLean = 4, kRmsqPipeNoFence = 8, kRmsqPipeTrace = 16;
 constexpr int kRmsqPipeTraceSlots = 32;
 constexpr int kRmsqPipeTraceRows = 12;  // rows a warp whose wait / done times are kept
 

@@ -1,5 +1,6 @@
 // kiln/router_gemm_args.h — kernel argument blocks of the fp32 router GEMM, shared by template and host recipe.
 #pragma once
+#include "kiln/tensor_map.h"
 
 namespace kiln {
 
@@ -12,24 +13,18 @@ struct RouterGemmFwdArgs {
   int flags;                            // sm_90a kernels, measurement only (0 in every op): see kRgSkip*
 };
 
-// A CUtensorMap (cuda.h), opaque: 128 bytes, 128-byte aligned (as cuda.h 13 declares it); the host encodes it (cuTensorMapEncodeTiled) and the
-// kernel reads it from its __grid_constant__ parameter.
-struct alignas(128) RgTensorMap {
-  unsigned long long opaque[16];
-};
-
 // The TMA forward (router_gemm_tma.cuh): tmx = x [T, K] bf16 in boxes of 64 columns × BM rows, tmw = w [E, K] bf16
 // in boxes of 64 columns × E/CM rows, both 128-byte swizzled.
 struct RouterGemmFwdTmaArgs {
-  RgTensorMap tmx;
-  RgTensorMap tmw;
+  TensorMap tmx;
+  TensorMap tmw;
   float* out; long long out_stride;     // elements between rows of logits
   int T;
   int tiles;                            // ceil(T / tile_rows)
   int flags;                            // kRgRotateK (expert-pair kernel), else measurement only: kRgSkip*
   int tile_rows;                        // expert-pair kernel: token rows a tile owns (≤ BM); the others use BM
   unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceFwdSlots a CTA
-  RgTensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
+  TensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
                                         // boxes of 32 columns × 16 rows (TMA stores; rows past T clipped)
 };
 
@@ -67,8 +62,8 @@ constexpr int kRgXmcPlain = 1 << 28;
 // ranges adds its partial tiles through distributed shared memory and writes dw (one group) or its group's partial
 // (router_gemm_dw_reduce_kernel then adds the groups in order).
 struct RouterGemmDxTmaArgs {
-  RgTensorMap tmw;
-  RgTensorMap tmdx;                     // dx [T, K] bf16 in boxes of 64 columns × 64 rows (the staged epilogue)
+  TensorMap tmw;
+  TensorMap tmdx;                     // dx [T, K] bf16 in boxes of 64 columns × 64 rows (the staged epilogue)
   const float* g; long long g_stride;
   void* dx; long long dx_stride;
   int T;
@@ -85,8 +80,8 @@ struct RouterGemmW16Args {
   float* colf;                          // [K]
 };
 struct RouterGemmDwTmaArgs {
-  RgTensorMap tmg;
-  RgTensorMap tmx;
+  TensorMap tmg;
+  TensorMap tmx;
   float* dw;                            // [E, K] contiguous
   float* partial;                       // [groups, E, K] when gridDim.y / cluster > 1 groups, else null
   int T;

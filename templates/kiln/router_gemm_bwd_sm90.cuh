@@ -59,10 +59,6 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 2], u64 a, u64 b) {
   else wgmma_ss_n64<TA, TB>(d, a, b);
 }
 
-// kiln/ptx.cuh's, under the names router_gemm_bwd_tma.cuh's kernels call (rg90::…).
-using kiln::lds16;
-using kiln::sts16;
-
 // Byte offset of 16-byte piece j (0..7) of row r in a 128-byte-swizzled tile whose rows are 128 bytes.
 __device__ __forceinline__ int swz(int r, int j) { return r * 128 + ((j ^ (r & 7)) << 4); }
 

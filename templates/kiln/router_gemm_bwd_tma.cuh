@@ -94,17 +94,6 @@ __device__ __forceinline__ int bf16_scale_exp(u32 amax_bits) {
   const int s = static_cast<int>(amax_bits >> 7) - 127 - 14;
   return s < -100 ? -100 : (s > 100 ? 100 : s);
 }
-// pow2i, max_u16x2, redux_max, cvt_f16x2, cvt_bf16x2, lds_f32: kiln/ptx.cuh's; tma_store_2d, bulk_commit,
-// bulk_wait_read: kiln/mbarrier.cuh's (under their rgt:: names here).
-using kiln::bulk_commit;
-using kiln::bulk_wait_read;
-using kiln::cvt_bf16x2;
-using kiln::cvt_f16x2;
-using kiln::lds_f32;
-using kiln::max_u16x2;
-using kiln::pow2i;
-using kiln::redux_max;
-using kiln::tma_store_2d;
 // Max of the finite |bf16| halves of a 32-bit word (bits, 15 each; NaN / ±inf count as 0).
 __device__ __forceinline__ u32 bf16x2_finite_abs_max(u32 w) {
   const u32 lo = w & 0x7fffu, hi = (w >> 16) & 0x7fffu;
@@ -194,7 +183,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
   pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;  // (measurement)
-  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
+  const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
@@ -209,17 +198,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), 2 * CM);  // both consumer warpgroups of every CTA of the cluster
+      mbar_init(bars + 8 * s, 1);
+      mbar_init(bars + 8 * (STAGES + s), 2 * CM);  // both consumer warpgroups of every CTA of the cluster
     }
-    rgt::fence_mbar_init();
+    fence_mbar_init();
   }
   if constexpr (CM > 1) cluster_sync(); else __syncthreads();
 
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<40>();
+    setmaxnreg_dec<40>();
     if (tid == 0) {
-      rgt::prefetch_tmap(&a.tmw);
+      prefetch_tmap(&a.tmw);
       if constexpr (F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
       int s = 0;
       u32 phase = 0;
@@ -230,22 +219,22 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         for (int c = nb0 * EC; c < nb1 * EC; ++c) {
           if (trace && first_clk == 0) first_clk = rgt::clk();
           const int n = c / EC, ec = c - n * EC;
-          rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+          mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
           const u32 full = bars + 8 * s, st = ring + s * STAGE;
           // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
           const int atoms = (K - n * BN + 63) / 64 < 4 ? (K - n * BN + 63) / 64 : 4;
           if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
-            rgt::mbar_expect_tx(full, 0);
+            mbar_arrive_expect_tx(full, 0);
           } else {
-          rgt::mbar_expect_tx(full, atoms * ATOM);
+          mbar_arrive_expect_tx(full, atoms * ATOM);
 #pragma unroll
           for (int p = 0; p < PER_CTA; ++p) {
             const int at = static_cast<int>(rank) * PER_CTA + p;
             if (at >= atoms) continue;
             if constexpr (CM == 1)
-              rgt::tma_load_2d(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64);
+              tma_load_2d(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64);
             else
-              rgt::tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
+              tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
                                          static_cast<unsigned short>((1 << CM) - 1));
           }
           }
@@ -258,7 +247,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
       if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
     }
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
-    rgt::setmaxnreg_inc<232>();
+    setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
     u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
     int s = 0;
@@ -297,14 +286,14 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
               const u32 bits = rgt::finite_abs_bits(f[i]);
               m = bits > m ? bits : m;
             }
-            const int sexp = rgt::f32_scale_exp(rgt::redux_max(m));
-            const float inv = rgt::pow2i(-sexp);
+            const int sexp = rgt::f32_scale_exp(redux_max(m));
+            const float inv = pow2i(-sexp);
             Vec16 h;
 #pragma unroll
-            for (int i = 0; i < 4; ++i) h.w[i] = rgt::cvt_f16x2(f[2 * i] * inv, f[2 * i + 1] * inv);
-            if (e < EC * 64) rg90::sts16(base + (e >> 6) * A_ATOM + rg90::swz(r, (e & 63) >> 3), h);
+            for (int i = 0; i < 4; ++i) h.w[i] = cvt_f16x2(f[2 * i] * inv, f[2 * i + 1] * inv);
+            if (e < EC * 64) sts16(base + (e >> 6) * A_ATOM + rg90::swz(r, (e & 63) >> 3), h);
             if (lane == 0)
-              asm volatile("st.shared.f32 [%0], %1;" ::"r"(rowf + r * 4), "f"(rgt::pow2i(sexp)) : "memory");
+              asm volatile("st.shared.f32 [%0], %1;" ::"r"(rowf + r * 4), "f"(pow2i(sexp)) : "memory");
           }
         }
       } else {
@@ -339,18 +328,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
             rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
           } else {
-            hi.w[0] = rgt::cvt_bf16x2(v0.x, v0.y);
-            hi.w[1] = rgt::cvt_bf16x2(v0.z, v0.w);
-            hi.w[2] = rgt::cvt_bf16x2(v1.x, v1.y);
-            hi.w[3] = rgt::cvt_bf16x2(v1.z, v1.w);
+            hi.w[0] = cvt_bf16x2(v0.x, v0.y);
+            hi.w[1] = cvt_bf16x2(v0.z, v0.w);
+            hi.w[2] = cvt_bf16x2(v1.x, v1.y);
+            hi.w[3] = cvt_bf16x2(v1.z, v1.w);
           }
           const u32 off = at * A_ATOM + rg90::swz(r, jj);
-          rg90::sts16(base + off, hi);
-          if constexpr (SPLIT == 1) rg90::sts16(base + A_TILE + off, lo);
+          sts16(base + off, hi);
+          if constexpr (SPLIT == 1) sts16(base + A_TILE + off, lo);
         }
       }
       }
-      rg90::fence_async_shared();  // the A tile is read by the tensor cores (async proxy)
+      fence_proxy_async();  // the A tile is read by the tensor cores (async proxy)
       rgt::bar_sync_consumers();
       if (tw && tw[kRgTraceFirstFull] == 0) tw[kRgTraceFirstFull] = rgt::clk();  // (A tile ready)
       if constexpr (F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
@@ -365,7 +354,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
         int prev = -1;
         for (int ec = 0; ec < EC; ++ec) {
-          rgt::mbar_wait(bars + 8 * s, phase);
+          mbar_wait(bars + 8 * s, phase);
           if (tw) tw[kRgTraceLastFull] = rgt::clk();
           const u32 st = ring + s * STAGE + b_cols;
           if (mma) {
@@ -387,8 +376,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           rg90::fence_regs(acc);
           }
           if (prev >= 0 && (tid & 127) < CM) {
-            if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
-            else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+            if constexpr (CM == 1) mbar_arrive(bars + 8 * (STAGES + prev));
+            else mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
           }
           prev = s;
           if (++s == STAGES) {
@@ -400,8 +389,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
         rg90::fence_regs(acc);
         if (tw) tw[kRgTraceMmaDone] = rgt::clk();
         if ((tid & 127) < CM) {
-          if constexpr (CM == 1) rgt::mbar_arrive_local(bars + 8 * (STAGES + prev));
-          else rgt::mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
+          if constexpr (CM == 1) mbar_arrive(bars + 8 * (STAGES + prev));
+          else mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
         }
         const int c0 = n * BN + (NW == 256 ? 0 : j * 128);  // this warpgroup's first dx column of the block
         if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
@@ -425,24 +414,24 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
           // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
           // 8m … 8m + 7: row half m & 1, octet o + m/2).
           const u32 buf = stg + j * (NW * 128);
-          if ((tid & 127) == 0) rgt::bulk_wait_read();  // the previous block's stores have read the buffer
+          if ((tid & 127) == 0) bulk_wait_read();  // the previous block's stores have read the buffer
           rgt::bar_sync_wg(j);
           const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
 #pragma unroll
           for (int o = 0; o < NW / 8; o += 2) {
             const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
             rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
-                             rgt::cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), rgt::cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
-                             rgt::cvt_bf16x2(acc[4 * o + 4], acc[4 * o + 5]),
-                             rgt::cvt_bf16x2(acc[4 * o + 6], acc[4 * o + 7]));
+                             cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
+                             cvt_bf16x2(acc[4 * o + 4], acc[4 * o + 5]),
+                             cvt_bf16x2(acc[4 * o + 6], acc[4 * o + 7]));
           }
-          rg90::fence_async_shared();  // stmatrix writes → the copy engine's reads
+          fence_proxy_async();  // stmatrix writes → the copy engine's reads
           rgt::bar_sync_wg(j);
           if ((tid & 127) == 0 && m0 + row0 < a.T) {
 #pragma unroll
             for (int at = 0; at < NW / 64; ++at)
-              if (c0 + at * 64 < K) rgt::tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0 + row0);
-            rgt::bulk_commit();
+              if (c0 + at * 64 < K) tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0 + row0);
+            bulk_commit();
             if (tw) tw[kRgTraceStored] = rgt::clk();
           }
         } else {  // 64 × NW block → dx (bf16 pairs), rows past T and columns past K masked
@@ -453,17 +442,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
             const int r = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
             if (r < rows_valid && c0 + col < K)
               asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(r) * a.dx_stride + col) * 2),
-                           "r"(rgt::cvt_bf16x2(acc[i], acc[i + 1]))
+                           "r"(cvt_bf16x2(acc[i], acc[i + 1]))
                            : "memory");
           }
         }
       }
     }
     if constexpr (STAGED)
-      if ((tid & 127) == 0) rgt::bulk_wait_read();  // shared memory stays valid until the stores have read it
+      if ((tid & 127) == 0) bulk_wait_read();  // shared memory stays valid until the stores have read it
     if (tw) {
       tw[kRgTraceFenced] = rgt::clk();
-      trace[kRgTraceEndNs] = rgt::gtimer();
+      trace[kRgTraceEndNs] = globaltimer_ns();
     }
   }
   if constexpr (CM > 1) cluster_sync();
@@ -513,8 +502,8 @@ __global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW1
 #pragma unroll
   for (int c = 0; c < 8; ++c) {
     const int ce = rgt::bf16_scale_exp(cmax[p * 8 + c]);
-    inv[c] = rgt::pow2i(-ce);
-    f[c] = rgt::pow2i(ce);
+    inv[c] = pow2i(-ce);
+    f[c] = pow2i(ce);
   }
 #pragma unroll
   for (int r = 0; r < NR; ++r) {
@@ -523,7 +512,7 @@ __global__ void __launch_bounds__(256) router_gemm_w16_kernel(const RouterGemmW1
       Vec16 o;
 #pragma unroll
       for (int q = 0; q < 4; ++q)
-        o.w[q] = rgt::cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
+        o.w[q] = cvt_f16x2(__uint_as_float(v[r].w[q] << 16) * inv[2 * q],
                                 __uint_as_float(v[r].w[q] & 0xffff0000u) * inv[2 * q + 1]);
       store16(static_cast<char*>(a.w16) + (static_cast<i64>(e) * K + k0) * 2, o);
     }
@@ -563,7 +552,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
   const int a_flags = a.flags;  // (ablations, bench only)
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.y * gridDim.x + blockIdx.x) * kRgTraceSlots
                              : nullptr;  // (measurement)
-  const u64 t0_ns = trace ? rgt::gtimer() : 0, t0_clk = trace ? rgt::clk() : 0;
+  const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
   float* const out = gridDim.y == static_cast<unsigned>(S) ? a.dw : a.partial + (blockIdx.y / S) * static_cast<i64>(E) * K;
   const int n0 = (blockIdx.x % TILES_N) * BN, e0 = (blockIdx.x / TILES_N) * BM;
   const int t0 = blockIdx.y * a.split_rows;
@@ -573,37 +562,37 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 
   if (tid == 0) {
     for (int s = 0; s < STAGES; ++s) {
-      rgt::mbar_init(bars + 8 * s, 1);
-      rgt::mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
+      mbar_init(bars + 8 * s, 1);
+      mbar_init(bars + 8 * (STAGES + s), 2);  // both consumer warpgroups read every stage
     }
-    rgt::fence_mbar_init();
+    fence_mbar_init();
   }
   __syncthreads();
 
   if (wg == 0) {  // producer
-    rgt::setmaxnreg_dec<SPLIT == 2 ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
+    setmaxnreg_dec<SPLIT == 2 ? 24 : 40>();  // fp16 pass: 24 + 2 × 240 (its x amax and convert)
     if (tid == 0) {
-      rgt::prefetch_tmap(&a.tmg);
-      rgt::prefetch_tmap(&a.tmx);
+      prefetch_tmap(&a.tmg);
+      prefetch_tmap(&a.tmx);
       int s = 0;
       u32 phase = 0;
       u64 first_clk = 0;
       for (int c = 0; c < chunks; ++c) {
         if (trace && c == 0) first_clk = rgt::clk();
-        rgt::mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
+        mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
         const u32 full = bars + 8 * s, st = base + s * STAGE;
         // Boxes entirely past E or K are not fetched: the accumulator rows / columns they feed are never stored.
         const int t = t0 + c * BK;
         if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
-          rgt::mbar_expect_tx(full, 0);
+          mbar_arrive_expect_tx(full, 0);
         } else {
-        rgt::mbar_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
+        mbar_arrive_expect_tx(full, gboxes * GBOX + xatoms * ATOM);
 #pragma unroll
         for (int b = 0; b < 4; ++b)
-          if (b < gboxes) rgt::tma_load_2d(st + b * GBOX, &a.tmg, full, e0 + b * 32, t);
+          if (b < gboxes) tma_load_2d(st + b * GBOX, &a.tmg, full, e0 + b * 32, t);
 #pragma unroll
         for (int q = 0; q < 4; ++q)
-          if (q < xatoms) rgt::tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
+          if (q < xatoms) tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
         }
         if (++s == STAGES) {
           s = 0;
@@ -613,7 +602,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
       if (trace) rgt::trace_producer(trace, t0_ns, t0_clk, first_clk);
     }
   } else {  // consumers: warpgroup j = experts e0 + 64j …
-    rgt::setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
+    setmaxnreg_inc<SPLIT == 2 ? 240 : 232>();
     const int j = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
     float acc[128];
@@ -648,10 +637,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         rgt::fence_u32(A[0][ks]);
         if constexpr (SPLIT == 1) rgt::fence_u32(A[1][ks]);
       }
-      if ((tid & 127) == 0) rgt::mbar_arrive_local(bars + 8 * (STAGES + s));
+      if ((tid & 127) == 0) mbar_arrive(bars + 8 * (STAGES + s));
     };
     auto stage_of = [&](int c) { return base + (c % STAGES) * STAGE; };
-    auto wait_full = [&](int c) { rgt::mbar_wait(bars + 8 * (c % STAGES), static_cast<u32>(c / STAGES) & 1); };
+    auto wait_full = [&](int c) { mbar_wait(bars + 8 * (c % STAGES), static_cast<u32>(c / STAGES) & 1); };
     // One chunk of A fragments: the fp32 values of chunk c + 1 are loaded while chunk c's MMAs run and split after.
     float rawv[KS][4][2];
     auto load_raw = [&](u32 st) {
@@ -663,7 +652,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
           for (int h = 0; h < 2; ++h) {
             const int t = ks * 16 + 2 * (lane & 3) + 8 * (i >> 1) + h;
-            rawv[ks][i][h] = rgt::lds_f32(st + box * GBOX + t * 128 + ((((col >> 2) ^ (t & 7))) << 4) + (col & 3) * 4);
+            rawv[ks][i][h] = lds_f32(st + box * GBOX + t * 128 + ((((col >> 2) ^ (t & 7))) << 4) + (col & 3) * 4);
           }
         }
     };
@@ -721,12 +710,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
           const int se = rgt::f32_scale_exp(m[r]);
           Srow[r] = se > Srow[r] ? se : Srow[r];
         }
-        const float gi[2] = {rgt::pow2i(-Srow[0]), rgt::pow2i(-Srow[1])};
+        const float gi[2] = {pow2i(-Srow[0]), pow2i(-Srow[1])};
 #pragma unroll
         for (int ks = 0; ks < KS; ++ks)
 #pragma unroll
           for (int i = 0; i < 4; ++i)
-            an[0][ks][i] = rgt::cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
+            an[0][ks][i] = cvt_f16x2(rawv[ks][i][0] * gi[i & 1], rawv[ks][i][1] * gi[i & 1]);
         // x: BK·512 bytes = 4 atoms; thread ct takes 16-byte pieces ct + 256·p (p < BK/8: atom p·32/BK). Atoms
         // past K were not fetched (stale bytes): left out of the amax (their columns are never stored).
         constexpr int XP = BK / 8;
@@ -736,13 +725,13 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         u32 xm2 = 0u;
 #pragma unroll
         for (int p = 0; p < XP; ++p) {
-          xv[p] = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);
+          xv[p] = lds16(st + 4 * GBOX + p * 4096 + ct * 16);
           if (p * 32 / BK < xatoms)
 #pragma unroll
-            for (int q = 0; q < 4; ++q) xm2 = rgt::max_u16x2(xm2, xv[p].w[q] & 0x7fff7fffu);
+            for (int q = 0; q < 4; ++q) xm2 = max_u16x2(xm2, xv[p].w[q] & 0x7fff7fffu);
         }
         auto cta_max = [&](u32 v, u32 slots) {
-          v = rgt::redux_max(v);
+          v = redux_max(v);
           if (lane == 0) asm volatile("st.shared.u32 [%0], %1;" ::"r"(slots + cw * 4), "r"(v) : "memory");
           rgt::bar_sync_consumers();
           u32 mx = 0u;
@@ -760,7 +749,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 #pragma unroll
           for (int p = 0; p < XP; ++p)
             if (p * 32 / BK < xatoms) {
-              const Vec16 v = rg90::lds16(st + 4 * GBOX + p * 4096 + ct * 16);  // (not converted yet)
+              const Vec16 v = lds16(st + 4 * GBOX + p * 4096 + ct * 16);  // (not converted yet)
 #pragma unroll
               for (int q = 0; q < 4; ++q) {
                 const u32 b = rgt::bf16x2_finite_abs_max(v.w[q]);
@@ -771,15 +760,15 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         }
         const int se = rgt::bf16_scale_exp(mm);
         sig = se > sig ? se : sig;
-        const float xi = rgt::pow2i(-sig);
+        const float xi = pow2i(-sig);
 #pragma unroll
         for (int p = 0; p < XP; ++p) {
           Vec16 o;
 #pragma unroll
           for (int q = 0; q < 4; ++q) o.w[q] = rgt::bf16x2_to_f16x2(xv[p].w[q], xi);
-          rg90::sts16(st + 4 * GBOX + p * 4096 + ct * 16, o);
+          sts16(st + 4 * GBOX + p * 4096 + ct * 16, o);
         }
-        rg90::fence_async_shared();  // the converted x tile is read by the tensor cores
+        fence_proxy_async();  // the converted x tile is read by the tensor cores
         Tn[0] = Srow[0] + sig;
         Tn[1] = Srow[1] + sig;
         rgt::bar_sync_consumers();  // every consumer's share converted (and the amax slots read)
@@ -795,7 +784,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         // powers of two; a warp-uniform branch, taken when a running maximum grew).
         const int d0 = Tc[0] - Tn[0], d1 = Tc[1] - Tn[1];
         if (__any_sync(0xffffffffu, (d0 | d1) != 0)) {
-          const float f0 = rgt::pow2i(d0 < -126 ? -126 : d0), f1 = rgt::pow2i(d1 < -126 ? -126 : d1);
+          const float f0 = pow2i(d0 < -126 ? -126 : d0), f1 = pow2i(d1 < -126 ? -126 : d1);
 #pragma unroll
           for (int i = 0; i < 128; ++i) acc[i] *= ((i >> 1) & 1) ? f1 : f0;
         }
@@ -806,7 +795,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
         retire(c % STAGES, a);
       }
       // Undo the scales: × 2^Srow then × 2^sig (each a normal fp32 number; exact unless the result leaves the range).
-      const float f0 = rgt::pow2i(Srow[0]), f1 = rgt::pow2i(Srow[1]), fx = rgt::pow2i(sig);
+      const float f0 = pow2i(Srow[0]), f1 = pow2i(Srow[1]), fx = pow2i(sig);
 #pragma unroll
       for (int i = 0; i < 128; ++i) acc[i] = acc[i] * (((i >> 1) & 1) ? f1 : f0) * fx;
     } else {
@@ -824,7 +813,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
             if constexpr (SPLIT == 1)
               rg::split_bf16x2(rawv[ks][i][0], rawv[ks][i][1], a[0][ks][i], a[1][ks][i]);
             else
-              a[0][ks][i] = rgt::cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
+              a[0][ks][i] = cvt_bf16x2(rawv[ks][i][0], rawv[ks][i][1]);
           }
         if (!(a_flags & kRgSkipMma)) issue(stage_of(c), a);
         if (c + 1 < chunks) {
@@ -869,7 +858,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
     }
     if (tw) {
       tw[kRgTraceFenced] = rgt::clk();
-      trace[kRgTraceEndNs] = rgt::gtimer();
+      trace[kRgTraceEndNs] = globaltimer_ns();
     }
   }
   if (wg == 0 && S > 1 && !(a_flags & kRgSkipStore)) {  // the producer warpgroup takes part in the cluster barriers

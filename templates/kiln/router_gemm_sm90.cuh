@@ -32,8 +32,6 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
 __device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// kiln/mbarrier.cuh's fence_proxy_async, under the name router_gemm_bwd_tma.cuh's kernels call.
-__device__ __forceinline__ void fence_async_shared() { fence_proxy_async(); }
 // Keeps the compiler from moving accumulator reads/writes across the asynchronous MMAs.
 template <int R>
 __device__ __forceinline__ void fence_regs(float (&d)[R]) {

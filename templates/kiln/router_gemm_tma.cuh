@@ -22,24 +22,7 @@
 namespace kiln {
 namespace rgt {
 
-// The mbarrier, TMA and register-budget primitives are kiln/mbarrier.cuh's and kiln/ptx.cuh's; the forward kernels
-// here call them by those names. The backward kernels (router_gemm_bwd_tma.cuh, router_gemm_bwd_fused.cuh) still call
-// them as rgt::… (and mbar_expect_tx / mbar_arrive_local / gtimer below): these names stay until those call sites are
-// renamed (session 7: left to after the backward helper's merge, whose new kernels use them).
-using kiln::fence_mbar_init;
-using kiln::mbar_arrive_cluster;
-using kiln::mbar_init;
-using kiln::mbar_wait;
-using kiln::prefetch_tmap;
-using kiln::setmaxnreg_dec;
-using kiln::setmaxnreg_inc;
-using kiln::tma_load_2d;
-using kiln::tma_load_2d_multicast;
-__device__ __forceinline__ void mbar_expect_tx(u32 bar, u32 bytes) { mbar_arrive_expect_tx(bar, bytes); }
-__device__ __forceinline__ void mbar_arrive_local(u32 bar) { mbar_arrive(bar); }
-
-// Measurement timestamps: the global nanosecond timer (comparable across SMs) and the SM's cycle counter.
-__device__ __forceinline__ u64 gtimer() { return globaltimer_ns(); }
+// Measurement timestamps: the SM's cycle counter (the global nanosecond timer is kiln/ptx.cuh's globaltimer_ns).
 __device__ __forceinline__ u64 clk() { return static_cast<u64>(clock64()); }
 
 // The sum over the Q CTAs of this cluster (in cluster-rank order: the same bits whichever CTA adds) of `pieces`

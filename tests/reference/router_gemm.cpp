@@ -36,18 +36,21 @@ GemmRef router_gemm_fwd(std::span<const float> x, std::span<const float> w, int6
   return r;
 }
 
-GemmRef router_gemm_dx(std::span<const float> g, std::span<const float> w, int64_t T, int64_t K, int64_t E) {
-  require(static_cast<int64_t>(g.size()) == T * E && static_cast<int64_t>(w.size()) == E * K, "router_gemm_dx: sizes");
-  GemmRef r{std::vector<double>(T * K), std::vector<double>(T * K)};
-  test::parallel_for(T, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      double* s = r.value.data() + t * K;
-      double* a = r.abs.data() + t * K;
-      for (int64_t e = 0; e < E; ++e) {
-        const double ge = g[t * E + e];
-        const float* wr = w.data() + e * K;
+namespace {
+// out[r, k] = Σ_j c(r, j) · b[j, k] over j < J in order (b [J, K] row-major), rows r < R in parallel, with Σ|products|:
+// dx (r = t, j = e, b = w) and dw (r = e, j = t, b = x) are both sums of g-scaled rows.
+template <typename Coef>
+GemmRef scaled_row_sums(int64_t R, int64_t J, int64_t K, std::span<const float> b, Coef c) {
+  GemmRef r{std::vector<double>(R * K), std::vector<double>(R * K)};
+  test::parallel_for(R, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; ++i) {
+      double* s = r.value.data() + i * K;
+      double* a = r.abs.data() + i * K;
+      for (int64_t j = 0; j < J; ++j) {
+        const double cj = c(i, j);
+        const float* br = b.data() + j * K;
         for (int64_t k = 0; k < K; ++k) {
-          const double p = ge * wr[k];
+          const double p = cj * br[k];
           s[k] += p;
           a[k] += std::fabs(p);
         }
@@ -56,26 +59,16 @@ GemmRef router_gemm_dx(std::span<const float> g, std::span<const float> w, int64
   });
   return r;
 }
+}  // namespace
+
+GemmRef router_gemm_dx(std::span<const float> g, std::span<const float> w, int64_t T, int64_t K, int64_t E) {
+  require(static_cast<int64_t>(g.size()) == T * E && static_cast<int64_t>(w.size()) == E * K, "router_gemm_dx: sizes");
+  return scaled_row_sums(T, E, K, w, [&](int64_t t, int64_t e) { return static_cast<double>(g[t * E + e]); });
+}
 
 GemmRef router_gemm_dw(std::span<const float> g, std::span<const float> x, int64_t T, int64_t K, int64_t E) {
   require(static_cast<int64_t>(g.size()) == T * E && static_cast<int64_t>(x.size()) == T * K, "router_gemm_dw: sizes");
-  GemmRef r{std::vector<double>(E * K), std::vector<double>(E * K)};
-  test::parallel_for(E, [&](int64_t e0, int64_t e1) {
-    for (int64_t e = e0; e < e1; ++e) {
-      double* s = r.value.data() + e * K;
-      double* a = r.abs.data() + e * K;
-      for (int64_t t = 0; t < T; ++t) {
-        const double ge = g[t * E + e];
-        const float* xr = x.data() + t * K;
-        for (int64_t k = 0; k < K; ++k) {
-          const double p = ge * xr[k];
-          s[k] += p;
-          a[k] += std::fabs(p);
-        }
-      }
-    }
-  });
-  return r;
+  return scaled_row_sums(E, T, K, x, [&](int64_t e, int64_t t) { return static_cast<double>(g[t * E + e]); });
 }
 
 void split_bf16(float g, float& hi, float& lo) {

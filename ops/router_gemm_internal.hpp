@@ -1,0 +1,42 @@
+// ops/router_gemm_internal.hpp — the router GEMM's internal entry points and measurement hooks (not public API),
+// shared by the host recipe (ops/router_gemm.cpp), its bench cases (ops/bench/router_gemm.cpp) and the GPU tests.
+#pragma once
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <string>
+
+#include "kiln/runtime.hpp"
+#include "kiln/tensor.hpp"
+#include "runtime/bench.hpp"
+#include "runtime/specialization.hpp"
+
+namespace kiln::detail {
+
+// Internal entry points with a forced tile config (a search-space point; null = the tuned default). Tests use them to
+// check every point the tuner may pick; the public ops call them with null.
+using RouterGemmConfig = std::array<int32_t, kMaxConfig>;
+// variant: -1 the default for the arch, 0 the mma.sync kernel, 1 the sm_90a wgmma kernel.
+void router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const TensorRef& w, const TensorRef& logits,
+                                 int variant, const RouterGemmConfig* force, Stream stream);
+// precision (the TMA backward; the other kernels always split g into hi + lo): 0 = tf32 (one fp16 pass with
+// power-of-two scales), 1 = high (hi + lo), 2 = bf16(g) alone (measurement only: 8 significant bits of g), 4 = standard
+// (dx from bf16(g), dw from hi + lo: the default).
+void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
+                                 const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
+                                 int variant, int precision, const RouterGemmConfig* force_dx,
+                                 const RouterGemmConfig* force_dw, Stream stream);
+
+// Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
+extern std::atomic<int> router_gemm_measure_flags;
+
+// Measurement hook (GPU tests only): a device buffer of kRgTraceFwdSlots u64 per CTA the expert-pair forward fills with
+// timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
+extern std::atomic<unsigned long long*> router_gemm_trace;
+
+// A prepared router GEMM at T × K → E (bench cases and the family's tune instances): `part` is "fwd", "bwd" (dx + dw),
+// "dx" or "dw", with the suffixes ops/router_gemm.cpp lists; `force` a tile config (null: the default).
+BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
+                                   const RouterGemmConfig* force = nullptr);
+
+}  // namespace kiln::detail
