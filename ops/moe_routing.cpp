@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <utility>
@@ -35,7 +36,10 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
 // start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7;
 // the CTA-run kernel with 4 or 8 threads per token, slower in every round of session 7.)
-enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
+enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT, C_VARIANT };
+// C_VARIANT (config field 5, unnamed: never in the search space, a tuning file or the tuner's tables) selects a
+// measurement variant of moe_route_run_kernel (kMoeRunTrace, kMoeRunNo*: moe_routing_args.h) through a forced
+// config (tests/gpu/moe_route_measure_test.cpp); 0 everywhere else.
 enum { kFillInRoute = 0, kFillInMap = 1, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
 bool fused_fill(int64_t fill) { return fill == kFusedFillAfter || fill == kFusedFillLate; }
@@ -70,9 +74,10 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   switch (s.kernel) {
     case kRoute:
       if (is_run(s)) {
-        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}{}>", p[P_E], p[P_K],
                            p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
-                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT]);
+                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT],
+                           s.config[C_VARIANT] ? fmt::format(", {}", s.config[C_VARIANT]) : std::string());
         break;
       }
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
@@ -430,6 +435,13 @@ MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int
 
 }  // namespace
 
+namespace detail {
+// Measurement hook (tests/gpu/moe_route_measure_test.cpp): the array a forced TRACE variant of moe_route_run_kernel
+// (config field 5 with kMoeRunTrace) writes its kMoeRunTraceSlots u64 a CTA to; null = no trace (the variant then
+// writes nothing).
+std::atomic<unsigned long long*> moe_route_run_trace{nullptr};
+}  // namespace detail
+
 KILN_REGISTER_FAMILY(moe_routing, g_family)
 
 int64_t moe_routing_workspace_elems(int64_t T, int64_t E, int64_t top_k) {
@@ -507,6 +519,10 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.map = cm;
       a.arrive = arrive;
       a.run_tokens = static_cast<int>(n);
+      if (s.config[C_VARIANT] & kMoeRunTrace) {
+        a.trace = detail::moe_route_run_trace.load(std::memory_order_relaxed);
+        if (!a.trace) s.config[C_VARIANT] &= ~kMoeRunTrace;
+      }
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(NC);
       d.block[0] = static_cast<unsigned>(W * 32);
@@ -563,7 +579,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    opts.scaling_factor,
                    cm,
                    fused ? records : nullptr,
-                   0};
+                   0,
+                   nullptr};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

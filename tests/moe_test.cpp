@@ -12,6 +12,7 @@
 #include <set>
 
 #include "kiln/kiln.hpp"
+#include "kiln/moe_routing_args.h"
 #include "reference/moe.hpp"
 #include "runtime/family.hpp"
 #include "runtime/registry.hpp"
@@ -360,6 +361,42 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     s.params = {};
     std::copy(p.begin(), p.end(), s.params.begin());
     EXPECT_TRUE(run_points_of(s).empty()) << s.describe();
+  }
+}
+
+// The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
+// tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
+// trace alone on the default, and every phase left out at once.
+TEST(MoeCompile, CtaRunMeasureVariants) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  ModelConfig m;
+  m.name = "ling-like";
+  m.hidden_size = 2048;
+  m.num_experts = 256;
+  m.num_experts_per_tok = 8;
+  m.scoring_func = "sigmoid";
+  m.n_group = 8;
+  m.topk_group = 4;
+  m.norm_topk_prob = true;
+  m.expert_bias = true;
+  std::vector<detail::Specialization> specs;
+  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  ASSERT_FALSE(specs.empty());
+  ASSERT_EQ(specs[0].config[4], 16);  // the CTA-run default with the map
+  detail::Counters counters;
+  std::string plain_src, plain_name;
+  fam->render(specs[0], plain_src, plain_name);
+  for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive}) {
+    detail::Specialization s = specs[0];
+    s.config[5] = v;
+    EXPECT_FALSE(detail::in_search_space(s));
+    std::string src, name;
+    fam->render(s, src, name);
+    EXPECT_NE(name, plain_name);
+    EXPECT_NE(name.find(", " + std::to_string(v) + ">"), std::string::npos) << name;
+    EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << name;
   }
 }
 

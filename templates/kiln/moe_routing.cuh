@@ -986,7 +986,8 @@ template <> struct MoeRunKey<true> { using type = float; };
 // CTAs of 32 or 64 tokens (32/TPT per warp): 64 tokens' threads fit an SM at once (the register budget for it).
 template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 64 / (32 / TPT * W) > 1 ? 64 / (32 / TPT * W) : 1; };
 
-template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT>
+// V: measurement variants (kMoeRunTrace, kMoeRunNo*: moe_routing_args.h), 0 in every search-space point.
+template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT, int V = 0>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
   constexpr int EPT = E / TPT;                // experts per thread
@@ -1000,6 +1001,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
+  constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
+                 NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & kMoeRunNoWait) != 0,
+                 NOARRIVE = (V & kMoeRunNoArrive) != 0;
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
   // TPT general.)
   static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
@@ -1029,6 +1033,30 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
   const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
   const bool valid = tl < nct;
+  // TRACE: SM clock stamps (asm volatile with a memory clobber: not moved across the loads and stores around them).
+  u64* const tr = TRACE ? reinterpret_cast<u64*>(a.trace) + static_cast<i64>(blockIdx.x) * kMoeRunTraceSlots : nullptr;
+  auto clk = [] {
+    u64 t;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+    return t;
+  };
+  auto gns = [] {
+    u64 t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
+    return t;
+  };
+  auto stamp = [&](int slot) {
+    if constexpr (TRACE) tr[slot] = clk();
+  };
+  if constexpr (TRACE) {
+    if (threadIdx.x == 0) {
+      tr[kMoeRunTrStartNs] = gns();
+      tr[kMoeRunTrStartClk] = clk();
+      u32 sm;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      tr[kMoeRunTrSm] = sm;
+    }
+  }
 
   if (warp == 0) {
     // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
@@ -1046,6 +1074,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
   __syncthreads();
+  if (threadIdx.x == 0) stamp(kMoeRunTrInit);
   if (threadIdx.x == 0) {
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
@@ -1063,16 +1092,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           bulk_load_evict_first(rows + (w * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[w]);
       }
     }
+    stamp(kMoeRunTrIssued);
   }
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).
   auto fill_rows = [&] {
+    if constexpr (NOFILL) return;
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
     for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
   };
-  if constexpr (MAP && !LATE) fill_rows();
+  if constexpr (MAP && !LATE) {
+    fill_rows();
+    if (threadIdx.x == 0) stamp(kMoeRunTrFilled);
+  }
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
   // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
@@ -1092,6 +1126,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   };
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
+    if (lane == 0) stamp(kMoeRunTrWarp + 2 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * TPW;
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
@@ -1354,18 +1389,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if (!DEFER && valid) {
+    if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
     }
+    if constexpr (TRACE) {
+      __syncwarp();
+      if (lane == 0) stamp(kMoeRunTrWarp + 2 * warp + 1);
+    }
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   __syncthreads();
+  if (threadIdx.x == 0) stamp(kMoeRunTrLoopDone);
   pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  if (threadIdx.x == 0) stamp(kMoeRunTrPdl);
   for (int e = threadIdx.x; e < E; e += NTH) {
     int c = 0;
 #pragma unroll
@@ -1381,9 +1422,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
     __syncthreads();
-    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    if (threadIdx.x == 0) stamp(kMoeRunTrCounted);
+    if (!NOARRIVE && threadIdx.x == 0)
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (LATE) fill_rows();
-    if constexpr (DEFER) {
+    if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;
       for (int i = threadIdx.x; i < nct * (UP + UM); i += NTH) {
@@ -1393,7 +1436,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         else store16(a.routing_map + g + 16 * (u - UP), lds16(smem_u32(mapbuf + t * E + 16 * (u - UP))));
       }
     }
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0) stamp(kMoeRunTrArrived);
+    if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
       unsigned cnt, spins = 0;
       for (;;) {
         asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cnt) : "l"(a.arrive) : "memory");
@@ -1401,16 +1445,28 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         __nanosleep(32);
         if (++spins == (1u << 25)) __trap();
       }
+      stamp(kMoeRunTrWaited);
     }
     __syncthreads();
-    int* base = reinterpret_cast<int*>(run_smem + L.base);
-    moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
-    for (int i = threadIdx.x; i < nct * K; i += NTH) {
-      const int t = i / K, e = picks[t * KP + i % K];
-      int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
+    if constexpr (!NOARRIVE && !NOTAIL) {
+      int* base = reinterpret_cast<int*>(run_smem + L.base);
+      moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+      if (threadIdx.x == 0) stamp(kMoeRunTrBases);
+      for (int i = threadIdx.x; i < nct * K; i += NTH) {
+        const int t = i / K, e = picks[t * KP + i % K];
+        int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
 #pragma unroll
-      for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
-      moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+        for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
+        moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+      }
+      if (threadIdx.x == 0) stamp(kMoeRunTrPut);
+    }
+  }
+  if constexpr (TRACE) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      tr[kMoeRunTrEndClk] = clk();
+      tr[kMoeRunTrEndNs] = gns();
     }
   }
 }

@@ -53,7 +53,46 @@ struct MoeRouteArgs {
   MoeChunkMap map;             // FUSE: the map this launch writes after its grid-wide arrival
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
+  unsigned long long* trace;   // moe_route_run_kernel's TRACE variant only: kMoeRunTraceSlots u64 a CTA
 };
+
+// moe_route_run_kernel's measurement variants (template argument V, set through the Specialization's unnamed config
+// field 5: never in the search space nor in a tuning file; tests/gpu/moe_route_measure_test.cpp). TRACE writes the
+// CTA's phase stamps to MoeRouteArgs::trace; the others leave a phase out (their outputs are then incomplete or wrong:
+// timing only): NOFILL the −1 rows of row_id_map, NOROWS the prob and routing-map rows' global stores, NOTAIL the
+// bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
+// there), NOARRIVE the arrival, its spin and everything after it.
+enum : int {
+  kMoeRunTrace = 1,
+  kMoeRunNoFill = 2,
+  kMoeRunNoRows = 4,
+  kMoeRunNoTail = 8,
+  kMoeRunNoWait = 16,
+  kMoeRunNoArrive = 32,
+};
+// TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
+// then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
+// landed (kMoeRunTrWarp + 2w) and when its prob / map rows are stored (kMoeRunTrWarp + 2w + 1); 0 = not reached.
+enum : int {
+  kMoeRunTrStartNs = 0,
+  kMoeRunTrStartClk,
+  kMoeRunTrEndNs,
+  kMoeRunTrEndClk,
+  kMoeRunTrSm,
+  kMoeRunTrInit,      // after the barrier inits and the mask zeroing (first CTA barrier)
+  kMoeRunTrIssued,    // thread 0 has issued every row copy
+  kMoeRunTrFilled,    // thread 0's share of the −1 rows issued (fill 3)
+  kMoeRunTrLoopDone,  // the CTA barrier after the token loop (every warp done)
+  kMoeRunTrPdl,       // griddepcontrol.wait passed (route_zero complete)
+  kMoeRunTrCounted,   // count row + superblock atomics issued, CTA barrier passed (before the arrival)
+  kMoeRunTrArrived,   // thread 0: arrival issued and its share of the late stores (fill 4 / 5) issued
+  kMoeRunTrWaited,    // thread 0: the spin saw every CTA
+  kMoeRunTrBases,     // moe_chunk_bases done (its final CTA barrier)
+  kMoeRunTrPut,       // thread 0: its routed rows stored
+  kMoeRunTrSpare,
+  kMoeRunTrWarp = 16,
+};
+constexpr int kMoeRunTraceSlots = kMoeRunTrWarp + 2 * 32;
 
 // Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for
 // E experts, top-K, W warps: byte offsets, each 16-byte aligned. At E = 256 the rows are padded by 32 bytes (with a
