@@ -1003,7 +1003,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & kMoeRunNoWait) != 0,
-                 NOARRIVE = (V & kMoeRunNoArrive) != 0;
+                 NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
+  static_assert(!(EARLY && DEFER), "EARLY builds the rows after the arrival: not with fill 5");
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
   // TPT general.)
   static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
@@ -1122,6 +1123,73 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       const u64 t = globaltimer_ns();
       if (it == 0) t0 = t;
       else if (t - t0 > 2000000000ull) __trap();
+    }
+  };
+  // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map rows
+  // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
+  // tokens calls it after its selection (EARLY: after the CTA's arrival).
+  int* const pk = picks + tl * KP;
+  auto emit_rows = [&] {
+    constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
+    float pv[MP];
+    int pe[MP];
+    if (valid) {
+#pragma unroll
+      for (int q = 0; q < MP; ++q) {
+        const int r = part + TPT * q;
+        if (r < K) {
+          pe[q] = pk[r];
+          const float x = rows[tl * RSF + pe[q]];
+          sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+        }
+      }
+    }
+    __syncwarp();
+    if (valid) {
+      float den = 0.0f;
+#pragma unroll
+      for (int r = 0; r < K; ++r) den = __fadd_rn(den, sp[tl * KP + r]);
+      const float d = __fadd_rn(den, 1e-20f);
+#pragma unroll
+      for (int q = 0; q < MP; ++q) {
+        const int r = part + TPT * q;
+        if (r < K) {
+          const float sv = sp[tl * KP + r];
+          pv[q] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
+        }
+      }
+    }
+    __syncwarp();  // every read of the scores row before it is overwritten
+    float* prow = rows + tl * RSF;
+    u8* mrow = mapbuf + tl * E;
+    if (valid) {
+      const Vec16 zero{{0u, 0u, 0u, 0u}};
+      // 16-byte units of the rows, spread over the token's threads (E/4 of the prob row, E/16 of the map row).
+#pragma unroll
+      for (int u = part; u < E / 4; u += TPT) sts16(smem_u32(prow + 4 * u), zero);
+#pragma unroll
+      for (int u = part; u < E / 16; u += TPT) sts16(smem_u32(mrow + 16 * u), zero);
+    }
+    __syncwarp();
+    if (valid) {
+#pragma unroll
+      for (int q = 0; q < MP; ++q)
+        if (part + TPT * q < K) {
+          prow[pe[q]] = pv[q];
+          mrow[pe[q]] = 1;
+        }
+    }
+    __syncwarp();
+    if (!DEFER && !NOROWS && valid) {
+      const i64 t = tc0 + tl;
+#pragma unroll
+      for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
+#pragma unroll
+      for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
+    }
+    if constexpr (TRACE) {
+      __syncwarp();
+      if (lane == 0) stamp(kMoeRunTrWarp + 2 * warp + 1);
     }
   };
   if (nw > 0) {
@@ -1280,7 +1348,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (lane >= o) inc += x;
     }
     const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
-    int* pk = picks + tl * KP;
     auto record = [&](int r, int e) {
       pk[r] = e;
       atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
@@ -1337,69 +1404,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     __syncwarp();
 
-    // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map
-    // rows built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores.
-    constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
-    float pv[MP];
-    int pe[MP];
-    if (valid) {
-#pragma unroll
-      for (int q = 0; q < MP; ++q) {
-        const int r = part + TPT * q;
-        if (r < K) {
-          pe[q] = pk[r];
-          const float x = rows[tl * RSF + pe[q]];
-          sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
-        }
-      }
-    }
-    __syncwarp();
-    if (valid) {
-      float den = 0.0f;
-#pragma unroll
-      for (int r = 0; r < K; ++r) den = __fadd_rn(den, sp[tl * KP + r]);
-      const float d = __fadd_rn(den, 1e-20f);
-#pragma unroll
-      for (int q = 0; q < MP; ++q) {
-        const int r = part + TPT * q;
-        if (r < K) {
-          const float sv = sp[tl * KP + r];
-          pv[q] = __fmul_rn(RENORM ? __fdiv_rn(sv, d) : sv, a.scale);
-        }
-      }
-    }
-    __syncwarp();  // every read of the scores row before it is overwritten
-    float* prow = rows + tl * RSF;
-    u8* mrow = mapbuf + tl * E;
-    if (valid) {
-      const Vec16 zero{{0u, 0u, 0u, 0u}};
-      // 16-byte units of the rows, spread over the token's threads (E/4 of the prob row, E/16 of the map row).
-#pragma unroll
-      for (int u = part; u < E / 4; u += TPT) sts16(smem_u32(prow + 4 * u), zero);
-#pragma unroll
-      for (int u = part; u < E / 16; u += TPT) sts16(smem_u32(mrow + 16 * u), zero);
-    }
-    __syncwarp();
-    if (valid) {
-#pragma unroll
-      for (int q = 0; q < MP; ++q)
-        if (part + TPT * q < K) {
-          prow[pe[q]] = pv[q];
-          mrow[pe[q]] = 1;
-        }
-    }
-    __syncwarp();
-    if (!DEFER && !NOROWS && valid) {
-      const i64 t = tc0 + tl;
-#pragma unroll
-      for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
-#pragma unroll
-      for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
-    }
-    if constexpr (TRACE) {
-      __syncwarp();
-      if (lane == 0) stamp(kMoeRunTrWarp + 2 * warp + 1);
-    }
+    if constexpr (!EARLY) emit_rows();
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
@@ -1425,6 +1430,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if (threadIdx.x == 0) stamp(kMoeRunTrCounted);
     if (!NOARRIVE && threadIdx.x == 0)
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    if constexpr (EARLY) {
+      if (nw > 0) emit_rows();
+    }
     if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.

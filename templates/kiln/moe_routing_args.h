@@ -61,7 +61,7 @@ struct MoeRouteArgs {
 // CTA's phase stamps to MoeRouteArgs::trace; the others leave a phase out (their outputs are then incomplete or wrong:
 // timing only): NOFILL the −1 rows of row_id_map, NOROWS the prob and routing-map rows' global stores, NOTAIL the
 // bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
-// there), NOARRIVE the arrival, its spin and everything after it.
+// there), NOARRIVE the arrival, its spin and everything after it. EARLY (a candidate with exact outputs): see below.
 enum : int {
   kMoeRunTrace = 1,
   kMoeRunNoFill = 2,
@@ -69,6 +69,9 @@ enum : int {
   kMoeRunNoTail = 8,
   kMoeRunNoWait = 16,
   kMoeRunNoArrive = 32,
+  kMoeRunEarly = 64,  // a candidate, not an ablation: the CTA arrives right after its selection (counts), and the
+                      // warps build and store their prob / map rows after the arrival, while the grid's other CTAs
+                      // finish (outputs exact)
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -91,8 +94,8 @@ enum : int {
   kMoeRunTrPut,       // thread 0: its routed rows stored
   kMoeRunTrSpare,
   kMoeRunTrWarp = 16,
+  kMoeRunTraceSlots = kMoeRunTrWarp + 2 * 32,
 };
-constexpr int kMoeRunTraceSlots = kMoeRunTrWarp + 2 * 32;
 
 // Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for
 // E experts, top-K, W warps: byte offsets, each 16-byte aligned. At E = 256 the rows are padded by 32 bytes (with a

@@ -109,6 +109,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
       {"map: run 16w fill 3", true, 16, 2, 3, 16, 0, true},
       {"map: run 32w fill 4", true, 32, 2, 4, 16, 0, true},
+      {"map: run fill 4 + EARLY arrival", true, 16, 2, 4, 16, kMoeRunEarly, true},
+      {"map: run fill 3 + EARLY arrival", true, 16, 2, 3, 16, kMoeRunEarly, true},
       {"map: run fill 4 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false},
       {"map: run fill 3 - no -1 fill", true, 16, 2, 3, 16, kNoFill, false},
       {"map: run fill 4 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false},
@@ -176,6 +178,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"run 16w fill 3", true, 16, 2, 3, 16, 0, true},
       {"run 16w fill 4 - no fill, no rows", true, 16, 2, 4, 16, kNoFill | kNoRows, false},
       {"run 32w fill 4", true, 32, 2, 4, 16, 0, true},
+      {"run 16w fill 4 + EARLY arrival", true, 16, 2, 4, 16, kMoeRunEarly, true},
   };
   Runtime& r = rt();
   bind_device(r);
