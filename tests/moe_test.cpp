@@ -289,15 +289,9 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
 
-// The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
-// 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
-// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
-// warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
-// spans 2 threads; without: no groups, no bias).
-TEST(MoeCompile, CtaRunKernelPoints) {
-  Runtime rt(cpu_options());
-  const auto* fam = detail::find_family("moe_routing");
-  ASSERT_NE(fam, nullptr);
+// The routing specializations of a Ling-like model (E = 256, top-8, sigmoid, 8 groups / top-4, renormalized, expert
+// bias) for sm_90a, as `kiln prewarm` enumerates them.
+std::vector<detail::Specialization> ling_like_routing_specs(const detail::FamilyDef& fam) {
   ModelConfig m;
   m.name = "ling-like";
   m.hidden_size = 2048;
@@ -309,7 +303,20 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   m.norm_topk_prob = true;
   m.expert_bias = true;
   std::vector<detail::Specialization> specs;
-  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  fam.enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  return specs;
+}
+
+// The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
+// 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
+// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
+// warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
+// spans 2 threads; without: no groups, no bias).
+TEST(MoeCompile, CtaRunKernelPoints) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  const std::vector<detail::Specialization> specs = ling_like_routing_specs(*fam);
   // The 9 of every routing model, then the warp kernel's default with the map (the fallback where the CTA-run grid
   // does not fit at once), so that prewarm compiles it.
   ASSERT_EQ(specs.size(), 10u);
@@ -371,18 +378,7 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
   ASSERT_NE(fam, nullptr);
-  ModelConfig m;
-  m.name = "ling-like";
-  m.hidden_size = 2048;
-  m.num_experts = 256;
-  m.num_experts_per_tok = 8;
-  m.scoring_func = "sigmoid";
-  m.n_group = 8;
-  m.topk_group = 4;
-  m.norm_topk_prob = true;
-  m.expert_bias = true;
-  std::vector<detail::Specialization> specs;
-  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  const std::vector<detail::Specialization> specs = ling_like_routing_specs(*fam);
   ASSERT_FALSE(specs.empty());
   ASSERT_EQ(specs[0].config[4], 16);  // the CTA-run default with the map
   detail::Counters counters;
