@@ -310,6 +310,30 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int
   return block_exclusive_scan<256>(v, warp_tot, total);
 }
 
+// Expert e's outputs of the padded map beside its base (off: its offset, c: its tokens, pc: c rounded up to the
+// multiple P), by the CTA of index blk: CTA 0 writes its count (unless `counts` is null), padded count and offset; the
+// CTA e % grid writes −1 to the inverse list's entries of e's padding rows (one CTA per expert, round robin).
+__device__ __forceinline__ void moe_expert_outputs(int e, int off, int c, int pc, int blk, int* counts, int* padded_counts,
+                                                   int* offsets, int* row_id_indices, int num_out) {
+  if (blk == 0) {
+    if (counts) counts[e] = c;
+    if (padded_counts) padded_counts[e] = pc;
+    if (offsets) offsets[e] = off;
+  }
+  if (row_id_indices && e % gridDim.x == blk)
+    for (int r = off + c; r < off + pc && r < num_out; ++r) row_id_indices[r] = -1;
+}
+// After every expert's: the end offset offsets[E] = total (CTA 0) and −1 in the inverse list past the total (its
+// entries round robin over the grid's CTAs of NTH threads).
+template <int NTH>
+__device__ __forceinline__ void moe_map_outputs_tail(int E, int total, int blk, int* offsets, int* row_id_indices,
+                                                     int num_out) {
+  if (blk == 0 && threadIdx.x == 0 && offsets) offsets[E] = total;
+  if (row_id_indices)
+    for (i64 r = total + static_cast<i64>(blk) * NTH + threadIdx.x; r < num_out; r += static_cast<i64>(gridDim.x) * NTH)
+      row_id_indices[r] = -1;
+}
+
 // Destinations. CTA: 8 warps over one 32-token block (4 tokens per warp).
 template <int E, typename MapT>
 __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArgs a) {
@@ -361,20 +385,11 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       base[e] = off + pre[k];
 #pragma unroll
       for (int w = 0; w < W; ++w) mask[e][w] = 0u;
-      if (block == 0) {
-        if (a.padded_counts) a.padded_counts[e] = pc[k];
-        if (a.offsets) a.offsets[e] = off;
-      }
-      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
-      if (a.row_id_indices && e % gridDim.x == block)
-        for (int r = off + c[k]; r < off + pc[k] && r < a.num_out; ++r) a.row_id_indices[r] = -1;
+      moe_expert_outputs(e, off, c[k], pc[k], block, nullptr, a.padded_counts, a.offsets, a.row_id_indices, a.num_out);
     }
     off += pc[k];
   }
-  if (block == 0 && threadIdx.x == 0 && a.offsets) a.offsets[E] = total;
-  if (a.row_id_indices)
-    for (i64 r = total + static_cast<i64>(block) * 256 + threadIdx.x; r < a.num_out; r += static_cast<i64>(gridDim.x) * 256)
-      a.row_id_indices[r] = -1;
+  moe_map_outputs_tail<256>(E, total, block, a.offsets, a.row_id_indices, a.num_out);
   __syncthreads();
 
   // Each lane's flags of a token as one bitmask (bit 4i + j: expert 128i + 4·lane + j): the loops below visit the set
@@ -478,22 +493,26 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
       base[e] = off + pre[k];
-      if (c == 0) {
-        m.counts[e] = tot[k];
-        if (m.padded_counts) m.padded_counts[e] = pc[k];
-        if (m.offsets) m.offsets[e] = off;
-      }
-      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
-      if (m.row_id_indices && e % gridDim.x == c)
-        for (int r = off + tot[k]; r < off + pc[k] && r < m.num_out; ++r) m.row_id_indices[r] = -1;
+      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets, m.row_id_indices, m.num_out);
     }
     off += pc[k];
   }
-  if (c == 0 && threadIdx.x == 0 && m.offsets) m.offsets[E] = total;
-  if (m.row_id_indices)
-    for (i64 r = total + static_cast<i64>(c) * NTH + threadIdx.x; r < m.num_out; r += static_cast<i64>(gridDim.x) * NTH)
-      m.row_id_indices[r] = -1;
+  moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
   __syncthreads();  // base[]
+}
+
+// The fused forward's grid-wide arrival (the whole grid is resident: the host checks): one thread spins until the
+// counter, which every CTA increments with release semantics once its counts are out, reaches the grid's CTAs (acquire
+// loads at GPU scope, SLEEP ns apart); a wait that never ends traps instead of hanging.
+template <int SLEEP>
+__device__ __forceinline__ void moe_wait_arrivals(const unsigned* arrive) {
+  unsigned n, spins = 0;
+  for (;;) {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(arrive) : "memory");
+    if (n >= gridDim.x) break;
+    __nanosleep(SLEEP);
+    if (++spins == (1u << 25)) __trap();
+  }
 }
 
 // One routed entry of the map: row_id_map[t][e] = row, and the inverse index.
@@ -902,15 +921,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // spin, as cooperative groups' grid barrier (no SC fences).
     if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (FILL && LATE) fill_rows();
-    if (threadIdx.x == 0) {
-      unsigned n, spins = 0;
-      for (;;) {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(a.arrive) : "memory");
-        if (n >= gridDim.x) break;
-        __nanosleep(64);
-        if (++spins == (1u << 25)) __trap();
-      }
-    }
+    if (threadIdx.x == 0) moe_wait_arrivals<64>(a.arrive);
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
     int* base = reinterpret_cast<int*>(moe_smem + W * E);
@@ -1446,13 +1457,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if (threadIdx.x == 0) stamp(kMoeRunTrArrived);
     if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
-      unsigned cnt, spins = 0;
-      for (;;) {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cnt) : "l"(a.arrive) : "memory");
-        if (cnt >= gridDim.x) break;
-        __nanosleep(32);
-        if (++spins == (1u << 25)) __trap();
-      }
+      moe_wait_arrivals<32>(a.arrive);
       stamp(kMoeRunTrWaited);
     }
     __syncthreads();
