@@ -503,7 +503,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;
-      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+      const bool zero = !(s.config[C_VARIANT] & kMoeRunNoZero);  // (a measurement variant leaves it out)
+      if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
       a.bias = static_cast<const float*>(expert_bias.data);
@@ -527,7 +528,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       d.grid[0] = static_cast<unsigned>(NC);
       d.block[0] = static_cast<unsigned>(W * 32);
       d.smem = static_cast<unsigned>(smem_bytes(s));
-      d.pdl = true;  // after route_zero; waits for it before its atomics
+      d.pdl = zero;  // after route_zero; waits for it before its atomics
       impl.launch(s, d, stream, a);
       if (wsp) impl.free_async(wsp, stream);
       return;

@@ -1013,7 +1013,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr u32 ALL = 0xffffffffu;
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
-                 NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & kMoeRunNoWait) != 0,
+                 NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
   static_assert(!(EARLY && DEFER), "EARLY builds the rows after the arrival: not with fill 5");
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps

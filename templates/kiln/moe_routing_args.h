@@ -72,6 +72,8 @@ enum : int {
   kMoeRunEarly = 64,  // a candidate, not an ablation: the CTA arrives right after its selection (counts), and the
                       // warps build and store their prob / map rows after the arrival, while the grid's other CTAs
                       // finish (outputs exact)
+  kMoeRunNoZero = 128,  // the op launches no moe_route_zero before the kernel (the superblock rows and the arrival
+                        // counter keep the previous call's values; implies NOWAIT): what that launch costs
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

@@ -118,6 +118,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
       {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
       {"map: run fill 4 - no arrival+tail", true, 16, 2, 4, 16, kNoArrive, false},
+      {"map: run fill 4 - no spin, no route_zero", true, 16, 2, 4, 16, kNoWait | kMoeRunNoZero, false},
       {"map: run 4 - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false},
       {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
       {"no map: run 16w", false, 16, 2, 0, 16, 0, true},
