@@ -503,7 +503,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;
-      const bool zero = !(s.config[C_VARIANT] & kMoeRunNoZero);  // (a measurement variant leaves it out)
+      const bool coop = map && (s.config[C_VARIANT] & kMoeRunCoop);  // (candidate: the kernel zeroes them itself)
+      const bool zero = !coop && !(s.config[C_VARIANT] & kMoeRunNoZero);  // (a measurement variant leaves it out)
       if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
@@ -529,6 +530,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       d.block[0] = static_cast<unsigned>(W * 32);
       d.smem = static_cast<unsigned>(smem_bytes(s));
       d.pdl = zero;  // after route_zero; waits for it before its atomics
+      d.cooperative = coop;
       impl.launch(s, d, stream, a);
       if (wsp) impl.free_async(wsp, stream);
       return;

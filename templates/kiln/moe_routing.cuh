@@ -18,6 +18,7 @@
 // only: deterministic by construction.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/grid_sync.cuh"
 #include "kiln/mbarrier.cuh"
 #include "kiln/moe_routing_args.h"
 #include "kiln/pdl.cuh"
@@ -1016,6 +1017,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
   static_assert(!(EARLY && DEFER), "EARLY builds the rows after the arrival: not with fill 5");
+  // COOP (a candidate, outputs exact): a cooperative launch with no moe_route_zero before it; the kernel zeroes the
+  // superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at the
+  // driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
+  constexpr bool COOP = MAP && (V & kMoeRunCoop) != 0;
+  static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
+  u32 coop_tok = 0;
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
   // TPT general.)
   static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
@@ -1085,7 +1092,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
   for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-  __syncthreads();
+  if constexpr (COOP) {
+    const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+    for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
+    coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
+  } else {
+    __syncthreads();
+  }
   if (threadIdx.x == 0) stamp(kMoeRunTrInit);
   if (threadIdx.x == 0) {
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
@@ -1421,7 +1434,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   __syncthreads();
   if (threadIdx.x == 0) stamp(kMoeRunTrLoopDone);
-  pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  if constexpr (COOP) grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
+  else pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   if (threadIdx.x == 0) stamp(kMoeRunTrPdl);
   for (int e = threadIdx.x; e < E; e += NTH) {
     int c = 0;
@@ -1437,10 +1451,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   if constexpr (MAP) {
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
-    __syncthreads();
+    if constexpr (COOP) {
+      coop_tok = grid_barrier_arrive();
+    } else {
+      __syncthreads();
+      if (!NOARRIVE && threadIdx.x == 0)
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    }
     if (threadIdx.x == 0) stamp(kMoeRunTrCounted);
-    if (!NOARRIVE && threadIdx.x == 0)
-      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (EARLY) {
       if (nw > 0) emit_rows();
     }
@@ -1456,11 +1474,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     if (threadIdx.x == 0) stamp(kMoeRunTrArrived);
-    if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
-      moe_wait_arrivals<32>(a.arrive);
-      stamp(kMoeRunTrWaited);
+    if constexpr (COOP) {
+      if constexpr (NOWAIT) __syncthreads();
+      else grid_barrier_wait(coop_tok);
+      if (threadIdx.x == 0) stamp(kMoeRunTrWaited);
+    } else {
+      if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
+        moe_wait_arrivals<32>(a.arrive);
+        stamp(kMoeRunTrWaited);
+      }
+      __syncthreads();
     }
-    __syncthreads();
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
       moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
