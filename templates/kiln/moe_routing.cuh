@@ -437,6 +437,13 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   }
 }
 
+// A load that is never merged with another nor cached in L1 (a word another CTA of the launch updates).
+__device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
+  int v;
+  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+  return v;
+}
+
 // The expert bases of chunk c (a CTA of NTH threads; E ≤ kMoeTopkMaxExperts): counts = Σ superblock rows, offsets
 // off_e = exclusive scan of roundup(count_e, P) over experts, base[e] = off_e + the tokens of the chunks before c
 // routed to e (the superblock rows before c's superblock, then the chunk rows of c's superblock before c: ≤ 16 of
@@ -444,7 +451,10 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-template <int E, int NTH>
+// FLAGGED (moe_route_run_kernel's FLAGS candidate): every word of the rows carries its contributors above bit 24
+// (a chunk row: 1 once written; a superblock row: the chunks that have added into it; the rows zeroed before the
+// launch's writes), so no grid-wide arrival precedes the call: a word not yet complete is loaded again until it is.
+template <int E, int NTH, bool FLAGGED = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
@@ -472,6 +482,25 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       for (int j = 0; j < B; ++j) {
         vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
         vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+      }
+      if constexpr (FLAGGED) {
+        // Complete words: a chunk row's flag 1, a superblock row's contributors = its chunks; then the counts only.
+#pragma unroll
+        for (int j = 0; j < B; ++j) {
+          const int want = min(m.super_chunks, m.nchunks - (rb + j) * m.super_chunks);
+          for (u32 it = 0; j < ns && (vs[j] >> 24) != want; ++it) {
+            __nanosleep(32);
+            vs[j] = ld_relaxed_gpu(sq + j * E);
+            if (it == (1u << 25)) __trap();
+          }
+          for (u32 it = 0; j < nc && (vc[j] >> 24) != 1; ++it) {
+            __nanosleep(32);
+            vc[j] = ld_relaxed_gpu(cq + j * E);
+            if (it == (1u << 25)) __trap();
+          }
+          vs[j] &= 0xffffff;
+          vc[j] &= 0xffffff;
+        }
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -1021,6 +1050,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at the
   // driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
   constexpr bool COOP = MAP && (V & kMoeRunCoop) != 0;
+  // FLAGS (a candidate, outputs exact): no grid-wide arrival; the count words carry their contributors (bit 24 up:
+  // moe_chunk_bases<…, FLAGGED>) and the bases wait per word until it is complete (the chunk rows zeroed first, by
+  // moe_route_zero or, with COOP, here behind the first grid barrier).
+  constexpr bool FLAGS = MAP && (V & kMoeRunFlags) != 0;
+  static_assert(!(FLAGS && (NOARRIVE || NOWAIT || NOTAIL)), "FLAGS: no ablation of the arrival");
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
@@ -1095,6 +1129,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   if constexpr (COOP) {
     const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
     for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
+    if constexpr (FLAGS)
+      for (int i = threadIdx.x; i < E; i += NTH) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
     coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
   } else {
     __syncthreads();
@@ -1441,7 +1477,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     int c = 0;
 #pragma unroll
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-    if constexpr (MAP) {
+    if constexpr (FLAGS) {
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = (1 << 24) | c;
+      atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], (1 << 24) + c);
+    } else if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
       if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
     } else {
@@ -1451,7 +1490,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   if constexpr (MAP) {
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
-    if constexpr (COOP) {
+    if constexpr (FLAGS) {
+      __syncthreads();  // (the CTA's rows reused below; no arrival)
+    } else if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
       __syncthreads();
@@ -1474,7 +1515,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     if (threadIdx.x == 0) stamp(kMoeRunTrArrived);
-    if constexpr (COOP) {
+    if constexpr (FLAGS) {
+      __syncthreads();
+    } else if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
       if (threadIdx.x == 0) stamp(kMoeRunTrWaited);
@@ -1487,7 +1530,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+      moe_chunk_bases<E, NTH, FLAGS>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
       if (threadIdx.x == 0) stamp(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

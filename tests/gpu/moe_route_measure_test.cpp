@@ -113,6 +113,9 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run fill 3 + EARLY arrival", true, 16, 2, 3, 16, kMoeRunEarly, true},
       {"map: run fill 4 + COOP (no route_zero)", true, 16, 2, 4, 16, kMoeRunCoop, true},
       {"map: run fill 4 + COOP + EARLY", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunEarly, true},
+      {"map: run fill 4 + FLAGS", true, 16, 2, 4, 16, kMoeRunFlags, true},
+      {"map: run fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
+      {"map: run fill 3 + FLAGS + COOP", true, 16, 2, 3, 16, kMoeRunFlags | kMoeRunCoop, true},
       {"map: run fill 4 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false},
       {"map: run fill 3 - no -1 fill", true, 16, 2, 3, 16, kNoFill, false},
       {"map: run fill 4 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false},
@@ -183,6 +186,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"run 32w fill 4", true, 32, 2, 4, 16, 0, true},
       {"run 16w fill 4 + EARLY arrival", true, 16, 2, 4, 16, kMoeRunEarly, true},
       {"run 16w fill 4 + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true},
+      {"run 16w fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
   };
   Runtime& r = rt();
   bind_device(r);
