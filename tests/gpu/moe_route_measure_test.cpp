@@ -177,6 +177,49 @@ TEST_F(MoeRouteMeasure, Ablation) {
   std::printf("\n");
 }
 
+// The candidates with exact outputs (EARLY, COOP, FLAGS and combinations) write the same bits as the CTA-run
+// kernel's plain config (itself checked against the CPU reference by MoeRoutingTest.CtaRunKernel) at the token
+// counts where runs are partial or single (1, 7, 33, 4095) and at 8192, after a call of another config on the same
+// buffers, twice (the outputs poisoned before each call: every output element must be written).
+TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
+  Runtime& r = rt();
+  bind_device(r);
+  for (int64_t T : {1, 7, 33, 4095, 8192})
+    for (int fill : {3, 4}) {
+      detail::BenchInstance in = detail::moe_routing_fwd_instance(r, T, kE, kLing, true, true, 16);
+      const RouteCfg plain{"plain", true, 16, 2, fill, 16, 0, true};
+      std::vector<uint8_t> want;
+      {
+        auto f = force(r, plain);
+        in.run(nullptr);
+        synchronize();
+        want = download_outputs(in);
+      }
+      for (int v : {static_cast<int>(kMoeRunEarly), static_cast<int>(kMoeRunCoop), kMoeRunCoop | kMoeRunEarly,
+                    static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop, kMoeRunFlags | kMoeRunCoop | kMoeRunEarly}) {
+        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v));
+        RouteCfg c = plain;
+        c.variant = v;
+        auto f = force(r, c);
+        // Twice: what the first call leaves (count words, the barrier word) must not change the second's outputs.
+        for (int rep = 0; rep < 2; ++rep) {
+          for (const TensorRef& t : in.outputs)
+            detail::check(detail::driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(t.data), 0xa5,
+                                                           static_cast<size_t>(t.numel()) * (t.dtype == DType::u8 ? 1 : 4),
+                                                           nullptr),
+                          "cuMemsetD8Async");
+          in.run(nullptr);
+          synchronize();
+          const std::vector<uint8_t> got = download_outputs(in);
+          ASSERT_EQ(got.size(), want.size());
+          const auto d = std::mismatch(got.begin(), got.end(), want.begin());
+          EXPECT_TRUE(d.first == got.end()) << "call " << rep << ": first differing output byte "
+                                            << (d.first - got.begin()) << " of " << got.size();
+        }
+      }
+    }
+}
+
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
