@@ -484,20 +484,28 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
         vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
       if constexpr (FLAGGED) {
-        // Complete words: a chunk row's flag 1, a superblock row's contributors = its chunks; then the counts only.
+        // Complete words: a chunk row's flag 1, a superblock row's contributors = its chunks. Every incomplete word is
+        // loaded again in the same round (one memory latency a round, not one per word), then the counts only.
+        for (u32 it = 0;; ++it) {
+          bool all = true;
+#pragma unroll
+          for (int j = 0; j < B; ++j) {
+            const int want = min(m.super_chunks, m.nchunks - (rb + j) * m.super_chunks);
+            if (j < ns && (vs[j] >> 24) != want) {
+              all = false;
+              vs[j] = ld_relaxed_gpu(sq + j * E);
+            }
+            if (j < nc && (vc[j] >> 24) != 1) {
+              all = false;
+              vc[j] = ld_relaxed_gpu(cq + j * E);
+            }
+          }
+          if (all) break;
+          if (it == (1u << 24)) __trap();
+          __nanosleep(64);
+        }
 #pragma unroll
         for (int j = 0; j < B; ++j) {
-          const int want = min(m.super_chunks, m.nchunks - (rb + j) * m.super_chunks);
-          for (u32 it = 0; j < ns && (vs[j] >> 24) != want; ++it) {
-            __nanosleep(32);
-            vs[j] = ld_relaxed_gpu(sq + j * E);
-            if (it == (1u << 25)) __trap();
-          }
-          for (u32 it = 0; j < nc && (vc[j] >> 24) != 1; ++it) {
-            __nanosleep(32);
-            vc[j] = ld_relaxed_gpu(cq + j * E);
-            if (it == (1u << 25)) __trap();
-          }
           vs[j] &= 0xffffff;
           vc[j] &= 0xffffff;
         }
