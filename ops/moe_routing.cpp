@@ -31,7 +31,8 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // routed), and threads per token (tpt 0: the warp kernel above, a warp per token; 16: moe_route_run_kernel, a CTA per
 // contiguous run of ≤ 2·warps tokens, 16 threads per token, rows by bulk copies — sigmoid routing of the shapes run_ok
 // accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1 rows and the prob
-// / map rows after the arrival; tokens_per_warp is 2 there). topk_bwd: warps per CTA.
+// / map rows after the arrival; tokens_per_warp is 2 there; `load` 1 with a bias: the selection on approximate keys,
+// exact σ for the candidates only, moe_routing.cuh APPROX). topk_bwd: warps per CTA.
 // (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere in session 5; choosing experts on
 // approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
 // start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7;
@@ -66,6 +67,12 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   return layout && GS >= 2 && K <= 2 * TG;
 }
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
+// The run kernel's template argument V: the measurement variant bits (config field 5) and, for `load` 1, the
+// approximate-key selection (kMoeRunApprox); rendered only where nonzero (", V").
+std::string run_variant(const Specialization& s) {
+  const int v = s.config[C_VARIANT] | (s.config[C_LOAD] == 1 ? kMoeRunApprox : 0);
+  return v ? fmt::format(", {}", v) : std::string();
+}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
@@ -76,8 +83,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
       if (is_run(s)) {
         name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}{}>", p[P_E], p[P_K],
                            p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
-                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT],
-                           s.config[C_VARIANT] ? fmt::format(", {}", s.config[C_VARIANT]) : std::string());
+                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT], run_variant(s));
         break;
       }
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
@@ -258,6 +264,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           s.config[C_TPT] = tpt;
           if (s.config != dflt) out.push_back(s);
         }
+      }
+      // With a bias (float keys σ + bias): the selection on approximate keys (`load` 1), 16 warps, the −1 rows at
+      // the start or after the arrival with the map (fill 3 / 4), fill 0 without.
+      if (base.params[P_BIAS] == 0) continue;
+      for (int fill : {kFusedFillAfter, kFusedFillLate}) {
+        if (!map && fill != kFusedFillAfter) continue;
+        s.config[C_WARPS] = tpt;
+        s.config[C_TPW] = 32 / tpt;
+        s.config[C_FILL] = map ? fill : kFillInRoute;
+        s.config[C_LOAD] = 1;
+        s.config[C_TPT] = tpt;
+        out.push_back(s);
       }
     }
   } else if (base.kernel == kTopkBwd) {

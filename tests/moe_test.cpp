@@ -334,7 +334,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  ASSERT_EQ(with_map.size(), 6u);  // tpt 16 × fill 3 / 4 / 5 × 2 shapes
+  ASSERT_EQ(with_map.size(), 8u);  // tpt 16 × fill 3 / 4 / 5 × 2 shapes, + approximate keys (load 1) × fill 3 / 4
   // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival (the first point of the
   // space; session 7 rounds 3 and 5); without it the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
@@ -343,17 +343,21 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   EXPECT_EQ(specs[0].config[2], 4);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
-  auto find = [&](int warps, int fill, int tpt) {
+  auto find = [&](int warps, int fill, int tpt, int load) {
     for (const auto& p : with_map)
-      if (p.config[0] == warps && p.config[1] == 32 / tpt && p.config[2] == fill && p.config[4] == tpt) return p;
-    ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt;
+      if (p.config[0] == warps && p.config[1] == 32 / tpt && p.config[2] == fill && p.config[4] == tpt &&
+          p.config[3] == load)
+        return p;
+    ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16), find(16, 4, 16), find(16, 5, 16)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 0), find(16, 5, 16, 0), find(16, 4, 16, 1)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
-  ASSERT_EQ(without.size(), 2u);
+  ASSERT_EQ(without.size(), 3u);  // 32 / 16 warps, + approximate keys at 16
   EXPECT_EQ(without[0].config[2], 0);
+  EXPECT_EQ(without[2].config[3], 1);
+  EXPECT_GT(detail::ensure_cubin(without[2], nullptr, false, counters).cubin.size(), 1000u) << without[2].describe();
   for (const auto& w : {without[1]}) {
     detail::Specialization plain = w;
     plain.params = {64, 2, 1, 1, 1, 0, 0, 0, 0, 0};  // E = 64, top-2, sigmoid, no groups, no bias

@@ -1062,6 +1062,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // moe_chunk_bases<…, FLAGGED>) and the bases wait per word until it is complete (the chunk rows zeroed first, by
   // moe_route_zero or, with COOP, here behind the first grid barrier).
   constexpr bool FLAGS = MAP && (V & kMoeRunFlags) != 0;
+  // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
+  constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
   static_assert(!(FLAGS && (NOARRIVE || NOWAIT || NOTAIL)), "FLAGS: no ablation of the arrival");
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
@@ -1106,8 +1108,25 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
     return t;
   };
+  // stamp: in a thread's own flow (thread 0's copy issue and spin); stamp0 / stampw: called by every thread of the
+  // CTA / of the warp where they are converged, written by thread 0 / lane 0, the warp converged again right after
+  // (a lane-0 branch left open before a CTA barrier is run after it: the stamp would read a later clock).
   auto stamp = [&](int slot) {
     if constexpr (TRACE) tr[slot] = clk();
+  };
+  auto stampw = [&](int slot) {
+    if constexpr (TRACE) {
+      const u64 t = clk();
+      if (lane == 0) tr[slot] = t;
+      __syncwarp();
+    }
+  };
+  auto stamp0 = [&](int slot) {
+    if constexpr (TRACE) {
+      const u64 t = clk();
+      if (threadIdx.x == 0) tr[slot] = t;
+      __syncwarp();
+    }
   };
   if constexpr (TRACE) {
     if (threadIdx.x == 0) {
@@ -1143,7 +1162,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   } else {
     __syncthreads();
   }
-  if (threadIdx.x == 0) stamp(kMoeRunTrInit);
+  stamp0(kMoeRunTrInit);
   if (threadIdx.x == 0) {
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
@@ -1174,7 +1193,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   };
   if constexpr (MAP && !LATE) {
     fill_rows();
-    if (threadIdx.x == 0) stamp(kMoeRunTrFilled);
+    stamp0(kMoeRunTrFilled);
   }
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
@@ -1257,12 +1276,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (TRACE) {
       __syncwarp();
-      if (lane == 0) stamp(kMoeRunTrWarp + 2 * warp + 1);
+      stampw(kMoeRunTrWarp + 2 * warp + 1);
     }
   };
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
-    if (lane == 0) stamp(kMoeRunTrWarp + 2 * warp);
+    stampw(kMoeRunTrWarp + 2 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * TPW;
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
@@ -1278,7 +1297,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 
     Key key[EPT];
-    {
+    float zmin = __int_as_float(0x7f800000);  // BIAS: the thread's smallest logit (it picks the σ form)
+    // The exact keys: σ = 1/(1 + e^−z) correctly rounded for every expert of the thread (as moe_route_kernel: the
+    // short form for z > −87, else kiln_sigmoid), stored over the logits; keys σ + bias. Without a bias the logits.
+    auto exact_keys = [&] {
       float v[EPT];
 #pragma unroll
       for (int c = 0; c < EPT; c += 4) {
@@ -1287,8 +1309,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         for (int j = 0; j < 4; ++j) v[c + j] = __uint_as_float(q.w[j]);
       }
       if constexpr (BIAS) {
-        // σ = 1/(1 + e^−z) correctly rounded (as moe_route_kernel: the short form for z > −87, else kiln_sigmoid).
-        float zmin = __int_as_float(0x7f800000);
 #pragma unroll
         for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);
         if (!(zmin <= -87.0f)) {
@@ -1320,6 +1340,46 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
         for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
       }
+    };
+    // APPROX: keys from σ̃ = rcp.approx(1 + ex2.approx(max(−z·log2 e, −20·log2 e))) (4 instructions, not ≈ 19), within
+    // dk = 2^−18 + (1 + max|finite bias|)·2^−21 of the exact keys (|σ̃ − σ| ≲ 2^−21 for every z, NaN included: both
+    // 1; each key's add rounds by ≤ (1 + |bias|)·2^−24). The kept groups are the exact ones when the lowest kept and
+    // the highest dropped approximate group score differ by more than 4·dk + (1 + max|bias|)·2^−20 (else the warp
+    // recomputes exact keys: a near tie); every exact pick then has an approximate key ≥ lo − 2·dk, so the
+    // candidates are taken with that slack and only they get their exact σ (stored over their logits), from which
+    // the list's keys, the ranks and the probs come: the same bits as the exact path.
+    bool approx = false;
+    float dk = 0.0f, bm1 = 1.0f;  // APPROX: the key error bound, 1 + max|finite bias|
+    if constexpr (APPROX) {
+      float bm = 0.0f;
+#pragma unroll
+      for (int c = 0; c < EPT; c += 4) {
+        const Vec16 q = lds16(smem_u32(zrow + xo(c)));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float z = __uint_as_float(q.w[j]);
+          zmin = fminf(zmin, z);
+          key[c + j] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(z, -1.44269504f), -28.8539009f))));
+        }
+      }
+      wait_bar(&bars[W]);  // the bias (long landed)
+#pragma unroll
+      for (int c = 0; c < EPT; c += 4) {
+        const Vec16 q = lds16(smem_u32(brow + xo(c)));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+          const float b = __uint_as_float(q.w[j]);
+          if (fabsf(b) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(b));
+          key[c + j] = __fadd_rn(key[c + j], fmaxf(b, neg_inf));
+        }
+      }
+#pragma unroll
+      for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
+      bm1 = 1.0f + bm;
+      dk = __fmaf_rn(bm1, 4.76837158e-07f, 3.81469727e-06f);  // 2^−18 + (1 + bm)·2^−21
+      approx = true;
+    } else {
+      exact_keys();
     }
     auto kmax = [](Key x, Key y) -> Key {
       if constexpr (BIAS) return fmaxf(x, y); else return max(x, y);
@@ -1346,68 +1406,121 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
     };
 
-    // Each block's two largest keys.
-    Key a1[NB], a2[NB];
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      if constexpr (BIAS) a1[b] = a2[b] = neg_inf; else a1[b] = a2[b] = 0u;
-#pragma unroll
-      for (int c = b * BS; c < b * BS + BS; ++c) {
-        a2[b] = kmax(a2[b], kmin(a1[b], key[c]));
-        a1[b] = kmax(a1[b], key[c]);
-      }
-    }
-    if constexpr (SPAN > 1) {
-      // A group spans SPAN threads (consecutive parts): merge their two best keys (every thread gets the group's).
-#pragma unroll
-      for (int o = 1; o < SPAN; o <<= 1) {
-        const Key b1 = __shfl_xor_sync(ALL, a1[0], TPW * o), b2 = __shfl_xor_sync(ALL, a2[0], TPW * o);
-        a2[0] = kmax(kmin(a1[0], b1), kmax(a2[0], b2));
-        a1[0] = kmax(a1[0], b1);
-      }
-    }
-    // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
     bool kept[NB];
     Key lo;
-    if constexpr (BIAS) lo = __int_as_float(0x7f800000); else lo = 0xffffffffu;
-    if constexpr (G > 1) {
-      u32 gsc[NB];
+    bool gap_ok = true;  // APPROX: the kept groups are certain
+    // The kept groups (fewer than TG groups rank above: score desc, group asc) from each group's two best keys, and
+    // lo = the smallest of the kept groups' second-best keys over the token's threads.
+    auto groups = [&] {
+      // Each block's two largest keys.
+      Key a1[NB], a2[NB];
 #pragma unroll
       for (int b = 0; b < NB; ++b) {
-        float sc = __fadd_rn(kfloat(a1[b]), kfloat(a2[b]));
-        sc = sc != sc ? neg_inf : sc;
-        gsc[b] = ordered_bits(sc);
-      }
-      int rank[NB];
+        if constexpr (BIAS) a1[b] = a2[b] = neg_inf; else a1[b] = a2[b] = 0u;
 #pragma unroll
-      for (int b = 0; b < NB; ++b) rank[b] = 0;
-      const int mg = part / SPAN * NB;  // the thread's first group
-#pragma unroll
-      for (int p = 0; p < TPT; p += SPAN)
-#pragma unroll
-        for (int qb = 0; qb < NB; ++qb) {
-          const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
-          const int og = p / SPAN * NB + qb;
-#pragma unroll
-          for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < mg + b)) ? 1 : 0;
+        for (int c = b * BS; c < b * BS + BS; ++c) {
+          a2[b] = kmax(a2[b], kmin(a1[b], key[c]));
+          a1[b] = kmax(a1[b], key[c]);
         }
-#pragma unroll
-      for (int b = 0; b < NB; ++b) {
-        kept[b] = rank[b] < TG;
-        if (kept[b]) lo = kmin(lo, a2[b]);
       }
-    } else {
-      kept[0] = true;
-      lo = a2[0];
-    }
+      if constexpr (SPAN > 1) {
+        // A group spans SPAN threads (consecutive parts): merge their two best keys (every thread gets the group's).
 #pragma unroll
-    for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+        for (int o = 1; o < SPAN; o <<= 1) {
+          const Key b1 = __shfl_xor_sync(ALL, a1[0], TPW * o), b2 = __shfl_xor_sync(ALL, a2[0], TPW * o);
+          a2[0] = kmax(kmin(a1[0], b1), kmax(a2[0], b2));
+          a1[0] = kmax(a1[0], b1);
+        }
+      }
+      // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
+      if constexpr (BIAS) lo = __int_as_float(0x7f800000); else lo = 0xffffffffu;
+      if constexpr (G > 1) {
+        u32 gsc[NB];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          float sc = __fadd_rn(kfloat(a1[b]), kfloat(a2[b]));
+          sc = sc != sc ? neg_inf : sc;
+          gsc[b] = ordered_bits(sc);
+        }
+        int rank[NB];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) rank[b] = 0;
+        const int mg = part / SPAN * NB;  // the thread's first group
+#pragma unroll
+        for (int p = 0; p < TPT; p += SPAN)
+#pragma unroll
+          for (int qb = 0; qb < NB; ++qb) {
+            const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
+            const int og = p / SPAN * NB + qb;
+#pragma unroll
+            for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < mg + b)) ? 1 : 0;
+          }
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          kept[b] = rank[b] < TG;
+          if (kept[b]) lo = kmin(lo, a2[b]);
+        }
+        if constexpr (APPROX && TG < G) {
+          if (approx) {
+            // The lowest kept and the highest dropped approximate group score over the token's threads.
+            float lk = __int_as_float(0x7f800000), hd = neg_inf;
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+              const float sc = ordered_float(gsc[b]);
+              if (kept[b]) lk = fminf(lk, sc);
+              else hd = fmaxf(hd, sc);
+            }
+#pragma unroll
+            for (int o = TPW; o < 32; o <<= 1) {
+              lk = fminf(lk, __shfl_xor_sync(ALL, lk, o));
+              hd = fmaxf(hd, __shfl_xor_sync(ALL, hd, o));
+            }
+            gap_ok = __fsub_rn(lk, hd) > __fmaf_rn(bm1, 9.53674316e-07f, 4.0f * dk);  // 4·dk + (1 + bm)·2^−20
+          }
+        }
+      } else {
+        kept[0] = true;
+        lo = a2[0];
+      }
+#pragma unroll
+      for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+    };
+    groups();
+    if constexpr (APPROX) {
+      if (__any_sync(ALL, valid && !gap_ok)) {  // a near tie of group scores: exact keys for the warp
+        approx = false;
+        gap_ok = true;
+        exact_keys();
+        groups();
+      }
+      if (approx) lo = __fsub_rn(lo, 2.0f * dk);
+    }
 
     // Candidates: kept and key ≥ lo.
     u32 m[2] = {0u, 0u};
 #pragma unroll
     for (int c = 0; c < EPT; ++c)
       if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
+    if constexpr (APPROX) {
+      if (approx) {
+        // The candidates' exact σ over their logits (the list's keys and the probs read them).
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const int o = xo(32 * h + __ffs(mm) - 1);
+            const float z = zrow[o];
+            float sg;
+            if (!(zmin <= -87.0f)) {
+              const float d = kiln_one_plus_exp_lt87(-z);
+              const float r = rcp_ftz(d);
+              sg = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+            } else {
+              sg = kiln_sigmoid(z);
+            }
+            if (valid) zrow[o] = sg;
+          }
+      }
+    }
     const int mine = __popc(m[0]) + __popc(m[1]);
     int inc = mine;  // inclusive prefix over the token's parts
 #pragma unroll
@@ -1477,10 +1590,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   __syncthreads();
-  if (threadIdx.x == 0) stamp(kMoeRunTrLoopDone);
+  stamp0(kMoeRunTrLoopDone);
   if constexpr (COOP) grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
   else pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
-  if (threadIdx.x == 0) stamp(kMoeRunTrPdl);
+  stamp0(kMoeRunTrPdl);
   for (int e = threadIdx.x; e < E; e += NTH) {
     int c = 0;
 #pragma unroll
@@ -1507,7 +1620,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (!NOARRIVE && threadIdx.x == 0)
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     }
-    if (threadIdx.x == 0) stamp(kMoeRunTrCounted);
+    stamp0(kMoeRunTrCounted);
     if constexpr (EARLY) {
       if (nw > 0) emit_rows();
     }
@@ -1522,13 +1635,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         else store16(a.routing_map + g + 16 * (u - UP), lds16(smem_u32(mapbuf + t * E + 16 * (u - UP))));
       }
     }
-    if (threadIdx.x == 0) stamp(kMoeRunTrArrived);
+    stamp0(kMoeRunTrArrived);
     if constexpr (FLAGS) {
       __syncthreads();
     } else if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
-      if (threadIdx.x == 0) stamp(kMoeRunTrWaited);
+      stamp0(kMoeRunTrWaited);
     } else {
       if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
         moe_wait_arrivals<32>(a.arrive);
@@ -1539,7 +1652,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
       moe_chunk_bases<E, NTH, FLAGS>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
-      if (threadIdx.x == 0) stamp(kMoeRunTrBases);
+      stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];
         int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
@@ -1547,7 +1660,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
         moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
       }
-      if (threadIdx.x == 0) stamp(kMoeRunTrPut);
+      stamp0(kMoeRunTrPut);
     }
   }
   if constexpr (TRACE) {

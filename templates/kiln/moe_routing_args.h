@@ -76,6 +76,8 @@ enum : int {
                         // counter keep the previous call's values; implies NOWAIT): what that launch costs
   kMoeRunCoop = 256,    // a candidate (outputs exact): one cooperative launch, no moe_route_zero (moe_routing.cuh)
   kMoeRunFlags = 512,   // a candidate (outputs exact): no grid-wide arrival, flagged count words (moe_routing.cuh)
+  kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
+                         // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

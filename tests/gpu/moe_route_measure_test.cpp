@@ -46,6 +46,7 @@ struct RouteCfg {
   bool map;
   int warps, tpw, fill, tpt, variant;
   bool exact;  // writes everything: must equal the default's outputs
+  int load = 0;  // 1: the run kernel's approximate-key selection (a search-space point)
 };
 
 // The route kernel's specialization at the shape (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid,
@@ -60,7 +61,7 @@ detail::Specialization spec_of(Runtime& r, const RouteCfg& c) {
   s.config[0] = c.warps;
   s.config[1] = c.tpw;
   s.config[2] = c.fill;
-  s.config[3] = 0;
+  s.config[3] = c.load;
   s.config[4] = c.tpt;
   return s;
 }
@@ -108,27 +109,25 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
       {"map: run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
       {"map: run 16w fill 3", true, 16, 2, 3, 16, 0, true},
-      {"map: run 32w fill 4", true, 32, 2, 4, 16, 0, true},
-      {"map: run fill 4 + EARLY arrival", true, 16, 2, 4, 16, kMoeRunEarly, true},
-      {"map: run fill 3 + EARLY arrival", true, 16, 2, 3, 16, kMoeRunEarly, true},
-      {"map: run fill 4 + COOP (no route_zero)", true, 16, 2, 4, 16, kMoeRunCoop, true},
-      {"map: run fill 4 + COOP + EARLY", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunEarly, true},
+      {"map: run fill 4 + APPROX (load 1)", true, 16, 2, 4, 16, 0, true, 1},
+      {"map: run fill 3 + APPROX (load 1)", true, 16, 2, 3, 16, 0, true, 1},
+      {"map: run fill 4 + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true},
       {"map: run fill 4 + FLAGS", true, 16, 2, 4, 16, kMoeRunFlags, true},
       {"map: run fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
       {"map: run fill 3 + FLAGS + COOP", true, 16, 2, 3, 16, kMoeRunFlags | kMoeRunCoop, true},
-      {"map: run fill 4 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false},
-      {"map: run fill 3 - no -1 fill", true, 16, 2, 3, 16, kNoFill, false},
-      {"map: run fill 4 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false},
-      {"map: run fill 4 - no fill, no rows", true, 16, 2, 4, 16, kNoFill | kNoRows, false},
-      {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
+      {"map: run fill 4 + APPROX + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true, 1},
+      {"map: run fill 3 + APPROX + FLAGS + COOP", true, 16, 2, 3, 16, kMoeRunFlags | kMoeRunCoop, true, 1},
+      {"map: run fill 4 + APPROX + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true, 1},
       {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
-      {"map: run fill 4 - no arrival+tail", true, 16, 2, 4, 16, kNoArrive, false},
       {"map: run fill 4 - no spin, no route_zero", true, 16, 2, 4, 16, kNoWait | kMoeRunNoZero, false},
+      {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
       {"map: run 4 - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false},
+      {"map: run 4 APPROX - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false, 1},
       {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
       {"no map: run 16w", false, 16, 2, 0, 16, 0, true},
-      {"no map: run 16w - no rows", false, 16, 2, 0, 16, kNoRows, false},
+      {"no map: run 16w + APPROX", false, 16, 2, 0, 16, 0, true, 1},
   };
+
   Runtime& r = rt();
   bind_device(r);
   detail::BenchInstance with_map = detail::moe_routing_fwd_instance(r, kT, kE, kLing, true, true, 16);
@@ -177,8 +176,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
   std::printf("\n");
 }
 
-// The candidates with exact outputs (EARLY, COOP, FLAGS and combinations) write the same bits as the CTA-run
-// kernel's plain config (itself checked against the CPU reference by MoeRoutingTest.CtaRunKernel) at the token
+// The candidates with exact outputs (COOP, FLAGS, the approximate keys of load 1, combinations) write the same bits
+// as the CTA-run kernel's plain config (itself checked against the CPU reference by MoeRoutingTest.CtaRunKernel) at the token
 // counts where runs are partial or single (1, 7, 33, 4095) and at 8192, after a call of another config on the same
 // buffers, twice (the outputs poisoned before each call: every output element must be written).
 TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
@@ -195,11 +194,15 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
         synchronize();
         want = download_outputs(in);
       }
-      for (int v : {static_cast<int>(kMoeRunEarly), static_cast<int>(kMoeRunCoop), kMoeRunCoop | kMoeRunEarly,
-                    static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop, kMoeRunFlags | kMoeRunCoop | kMoeRunEarly}) {
-        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v));
+      for (int vl : {static_cast<int>(kMoeRunCoop), static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop,
+                     static_cast<int>(kMoeRunApprox), kMoeRunApprox | kMoeRunCoop, kMoeRunApprox | kMoeRunFlags | kMoeRunCoop}) {
+        // (kMoeRunApprox stands for the config's load 1 here)
+        const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
+        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
+                     " load " + std::to_string(load));
         RouteCfg c = plain;
         c.variant = v;
+        c.load = load;
         auto f = force(r, c);
         // Twice: what the first call leaves (count words, the barrier word) must not change the second's outputs.
         for (int rep = 0; rep < 2; ++rep) {
@@ -226,10 +229,9 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
       {"run 16w fill 3", true, 16, 2, 3, 16, 0, true},
       {"run 16w fill 4 - no fill, no rows", true, 16, 2, 4, 16, kNoFill | kNoRows, false},
-      {"run 32w fill 4", true, 32, 2, 4, 16, 0, true},
-      {"run 16w fill 4 + EARLY arrival", true, 16, 2, 4, 16, kMoeRunEarly, true},
-      {"run 16w fill 4 + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true},
+      {"run 16w fill 4 + APPROX", true, 16, 2, 4, 16, 0, true, 1},
       {"run 16w fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
+      {"run 16w fill 4 + APPROX + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true, 1},
   };
   Runtime& r = rt();
   bind_device(r);
@@ -339,7 +341,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(BASES, bases);
         put(PUT, putd);
         put(END, end);
-        EXPECT_LE(last_done, loop + 1e-3) << "CTA " << b;
+        if (!(c.variant & kMoeRunEarly)) EXPECT_LE(last_done, loop + 1e-3) << "CTA " << b;  // (EARLY: after)
         if (counted >= 0) EXPECT_LE(loop, counted + 1e-3) << "CTA " << b;
         if (waited >= 0 && counted >= 0) EXPECT_LE(counted, waited + 1e-3) << "CTA " << b;
         EXPECT_LE(loop, end + 1e-3) << "CTA " << b;
