@@ -484,25 +484,48 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
         vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
       if constexpr (FLAGGED) {
-        // Complete words: a chunk row's flag 1, a superblock row's contributors = its chunks. Every incomplete word is
-        // loaded again in the same round (one memory latency a round, not one per word), then the counts only.
+        // Complete words: a chunk row's flag 1, a superblock row's contributors = its chunks. The first incomplete
+        // word is polled alone (light traffic while the grid's last CTAs finish); once it is complete, every other
+        // incomplete word is loaded again in one batch (one memory latency), and so on.
+        auto done_s = [&](int j) {
+          return j >= ns || (vs[j] >> 24) == min(m.super_chunks, m.nchunks - (rb + j) * m.super_chunks);
+        };
+        auto done_c = [&](int j) { return j >= nc || (vc[j] >> 24) == 1; };
         for (u32 it = 0;; ++it) {
-          bool all = true;
+          int first = -1;  // the first incomplete word: j (superblock row) or B + j (chunk row)
+#pragma unroll
+          for (int j = B - 1; j >= 0; --j) {
+            if (!done_c(j)) first = B + j;
+          }
+#pragma unroll
+          for (int j = B - 1; j >= 0; --j) {
+            if (!done_s(j)) first = j;
+          }
+          if (first < 0) break;
+          if (it == (1u << 24)) __trap();
+          const int* fp = first < B ? sq + first * E : cq + (first - B) * E;
+          const int w = ld_relaxed_gpu(fp);
+          bool now = false;
 #pragma unroll
           for (int j = 0; j < B; ++j) {
-            const int want = min(m.super_chunks, m.nchunks - (rb + j) * m.super_chunks);
-            if (j < ns && (vs[j] >> 24) != want) {
-              all = false;
-              vs[j] = ld_relaxed_gpu(sq + j * E);
+            if (first == j) {
+              vs[j] = w;
+              now = done_s(j);
             }
-            if (j < nc && (vc[j] >> 24) != 1) {
-              all = false;
-              vc[j] = ld_relaxed_gpu(cq + j * E);
+            if (first == B + j) {
+              vc[j] = w;
+              now = done_c(j);
             }
           }
-          if (all) break;
-          if (it == (1u << 24)) __trap();
-          __nanosleep(64);
+          if (!now) {
+            __nanosleep(64);
+            continue;
+          }
+#pragma unroll
+          for (int j = 0; j < B; ++j) {
+            if (!done_s(j)) vs[j] = ld_relaxed_gpu(sq + j * E);
+            if (!done_c(j)) vc[j] = ld_relaxed_gpu(cq + j * E);
+          }
         }
 #pragma unroll
         for (int j = 0; j < B; ++j) {
