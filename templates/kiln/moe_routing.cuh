@@ -1087,6 +1087,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool FLAGS = MAP && (V & kMoeRunFlags) != 0;
   // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
+  constexpr bool ISSUE0 = (V & kMoeRunIssue0) != 0;  // a candidate: the row copies before the first CTA barrier
   static_assert(!(FLAGS && (NOARRIVE || NOWAIT || NOTAIL)), "FLAGS: no ablation of the arrival");
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
@@ -1161,32 +1162,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
 
-  if (warp == 0) {
-    // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
-    // which issues the bias copy right away.
-    if (lane < W) mbar_init(&bars[lane], 1);
-    if (lane == 0) mbar_init(&bars[W], 1);
-    fence_mbar_init();
-  }
-  if (threadIdx.x == 0) {
-    if constexpr (BIAS) {
-      // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
-      mbar_arrive_expect_tx(&bars[W], E * 4);
-      bulk_load(sbias, a.bias, E * 4, &bars[W]);
-    }
-  }
-  for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-  if constexpr (COOP) {
-    const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-    for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
-    if constexpr (FLAGS)
-      for (int i = threadIdx.x; i < E; i += NTH) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
-    coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
-  } else {
-    __syncthreads();
-  }
-  stamp0(kMoeRunTrInit);
-  if (threadIdx.x == 0) {
+  auto issue_rows = [&] {
+    if (threadIdx.x != 0) return;
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
@@ -1204,7 +1181,39 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     stamp(kMoeRunTrIssued);
+  };
+  if (warp == 0) {
+    // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
+    // which issues the bias copy right away.
+    if (lane < W) mbar_init(&bars[lane], 1);
+    if (lane == 0) mbar_init(&bars[W], 1);
+    fence_mbar_init();
   }
+  if (threadIdx.x == 0) {
+    if constexpr (BIAS) {
+      // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
+      mbar_arrive_expect_tx(&bars[W], E * 4);
+      bulk_load(sbias, a.bias, E * 4, &bars[W]);
+    }
+  }
+  if constexpr (ISSUE0) {
+    // (ISSUE0: the rows' copies right away — warp 0's barrier inits ordered before them by the warp's sync — instead
+    // of after the CTA barrier, which waits for the CTA's last warp to start.)
+    if (warp == 0) __syncwarp();
+    issue_rows();
+  }
+  for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+  if constexpr (COOP) {
+    const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+    for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
+    if constexpr (FLAGS)
+      for (int i = threadIdx.x; i < E; i += NTH) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
+    coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
+  } else {
+    __syncthreads();
+  }
+  stamp0(kMoeRunTrInit);
+  if constexpr (!ISSUE0) issue_rows();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).
