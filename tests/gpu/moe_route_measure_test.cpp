@@ -157,7 +157,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       EXPECT_TRUE(d.first == got.end()) << "first differing output byte " << (d.first - got.begin());
     }
   }
-  const int rounds = 15, calls = 10;
+  const int rounds = 9, calls = 10;
   std::map<std::string, std::vector<double>> med, all;
   for (int round = 0; round < rounds; ++round)
     for (size_t i = 0; i < cfgs.size(); ++i) {
@@ -236,10 +236,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
       {"run 16w fill 3", true, 16, 2, 3, 16, 0, true},
-      {"run 16w fill 4 - no fill, no rows", true, 16, 2, 4, 16, kNoFill | kNoRows, false},
       {"run 16w fill 4 + APPROX", true, 16, 2, 4, 16, 0, true, 1},
       {"run 16w fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
-      {"run 16w fill 4 + APPROX + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true, 1},
       {"run 16w fill 4 + APPROX + ISSUE0 + FLAGS + COOP", true, 16, 2, 4, 16,
        kMoeRunIssue0 | kMoeRunFlags | kMoeRunCoop, true, 1},
   };
