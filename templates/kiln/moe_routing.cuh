@@ -1087,7 +1087,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool FLAGS = MAP && (V & kMoeRunFlags) != 0;
   // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
-  constexpr bool ISSUE0 = (V & kMoeRunIssue0) != 0;  // a candidate: the row copies before the first CTA barrier
+  // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
+  // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
+  constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
+  constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
   static_assert(!(FLAGS && (NOARRIVE || NOWAIT || NOTAIL)), "FLAGS: no ablation of the arrival");
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
@@ -1163,7 +1166,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
 
   auto issue_rows = [&] {
-    if (threadIdx.x != 0) return;
+    if (threadIdx.x != SW * 32) return;
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
@@ -1182,14 +1185,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     stamp(kMoeRunTrIssued);
   };
-  if (warp == 0) {
+  if (warp == SW) {
     // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
-    // which issues the bias copy right away.
+    // which issues the bias copy right away (ISSUELAST: warp W − 1 and its lane 0).
     if (lane < W) mbar_init(&bars[lane], 1);
     if (lane == 0) mbar_init(&bars[W], 1);
     fence_mbar_init();
   }
-  if (threadIdx.x == 0) {
+  if (threadIdx.x == SW * 32) {
     if constexpr (BIAS) {
       // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
       mbar_arrive_expect_tx(&bars[W], E * 4);
@@ -1197,19 +1200,31 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
   if constexpr (ISSUE0) {
-    // (ISSUE0: the rows' copies right away — warp 0's barrier inits ordered before them by the warp's sync — instead
-    // of after the CTA barrier, which waits for the CTA's last warp to start.)
-    if (warp == 0) __syncwarp();
-    issue_rows();
-  }
-  for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-  if constexpr (COOP) {
+    // ISSUE0: the rows' copies right away — warp SW's barrier inits ordered before them by the warp's sync — instead
+    // of after a CTA barrier that waits for the CTA's last warp to start. Named barrier 1 publishes warp SW's inits
+    // (it only arrives, then issues); the other warps zero the masks before it and arrive at barrier 2, which warp SW
+    // passes once its copies are issued, before its first use of the masks.
+    static_assert(!COOP, "ISSUE0 / ISSUELAST: not with COOP (its first grid barrier is a CTA barrier)");
+    if (warp == SW) {
+      __syncwarp();
+      asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
+      issue_rows();
+      __syncwarp();
+      named_barrier_sync(2, NTH);
+    } else {
+      for (int i = threadIdx.x - (warp > SW ? 32 : 0); i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      named_barrier_sync(1, NTH);
+      asm volatile("bar.arrive 2, %0;" ::"n"(NTH) : "memory");
+    }
+  } else if constexpr (COOP) {
+    for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
     for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
     if constexpr (FLAGS)
       for (int i = threadIdx.x; i < E; i += NTH) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
     coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
   } else {
+    for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     __syncthreads();
   }
   stamp0(kMoeRunTrInit);

@@ -120,10 +120,10 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run fill 4 + APPROX + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true, 1},
       {"map: run fill 4 + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true},
       {"map: run fill 4 + APPROX + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true, 1},
-      {"map: run fill 4 + APPROX + ISSUE0 + FLAGS + COOP", true, 16, 2, 4, 16,
-       kMoeRunIssue0 | kMoeRunFlags | kMoeRunCoop, true, 1},
-      {"map: run fill 3 + APPROX + ISSUE0 + FLAGS + COOP", true, 16, 2, 3, 16,
-       kMoeRunIssue0 | kMoeRunFlags | kMoeRunCoop, true, 1},
+      {"map: run fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
+      {"map: run fill 4 + APPROX + ISSUELAST + FLAGS", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunFlags, true, 1},
+      {"map: run fill 4 + APPROX + ISSUE0 + FLAGS", true, 16, 2, 4, 16, kMoeRunIssue0 | kMoeRunFlags, true, 1},
+      {"map: run fill 3 + APPROX + ISSUE0 + FLAGS", true, 16, 2, 3, 16, kMoeRunIssue0 | kMoeRunFlags, true, 1},
       {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
       {"map: run fill 4 - no spin, no route_zero", true, 16, 2, 4, 16, kNoWait | kMoeRunNoZero, false},
       {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
@@ -203,7 +203,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
       }
       for (int vl : {static_cast<int>(kMoeRunCoop), static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop,
                      static_cast<int>(kMoeRunApprox), kMoeRunApprox | kMoeRunCoop, kMoeRunApprox | kMoeRunFlags | kMoeRunCoop,
-                     static_cast<int>(kMoeRunIssue0), kMoeRunIssue0 | kMoeRunApprox | kMoeRunFlags | kMoeRunCoop}) {
+                     static_cast<int>(kMoeRunIssue0), kMoeRunIssue0 | kMoeRunApprox | kMoeRunFlags,
+                     kMoeRunIssueLast | kMoeRunApprox | kMoeRunFlags}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
@@ -238,8 +239,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"run 16w fill 3", true, 16, 2, 3, 16, 0, true},
       {"run 16w fill 4 + APPROX", true, 16, 2, 4, 16, 0, true, 1},
       {"run 16w fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
-      {"run 16w fill 4 + APPROX + ISSUE0 + FLAGS + COOP", true, 16, 2, 4, 16,
-       kMoeRunIssue0 | kMoeRunFlags | kMoeRunCoop, true, 1},
+      {"run 16w fill 4 + APPROX + ISSUE0 + FLAGS", true, 16, 2, 4, 16, kMoeRunIssue0 | kMoeRunFlags, true, 1},
+      {"run 16w fill 4 + APPROX + ISSUELAST + FLAGS", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunFlags, true, 1},
   };
   Runtime& r = rt();
   bind_device(r);
