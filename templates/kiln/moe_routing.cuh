@@ -1323,12 +1323,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (TRACE) {
       __syncwarp();
-      stampw(kMoeRunTrWarp + 2 * warp + 1);
+      stampw(kMoeRunTrWarp + 4 * warp + 3);
     }
   };
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
-    stampw(kMoeRunTrWarp + 2 * warp);
+    stampw(kMoeRunTrWarp + 4 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * TPW;
     float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
@@ -1453,6 +1453,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
     };
 
+    stampw(kMoeRunTrWarp + 4 * warp + 1);
     bool kept[NB];
     Key lo;
     bool gap_ok = true;  // APPROX: the kept groups are certain
@@ -1631,6 +1632,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     __syncwarp();
+    stampw(kMoeRunTrWarp + 4 * warp + 2);
 
     if constexpr (!EARLY) emit_rows();
   }

@@ -83,7 +83,8 @@ enum : int {
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
-// landed (kMoeRunTrWarp + 2w) and when its prob / map rows are stored (kMoeRunTrWarp + 2w + 1); 0 = not reached.
+// landed (kMoeRunTrWarp + 4w), its keys are formed (+ 1), its picks recorded (+ 2) and its prob / map rows stored
+// (+ 3); 0 = not reached.
 enum : int {
   kMoeRunTrStartNs = 0,
   kMoeRunTrStartClk,
@@ -102,7 +103,7 @@ enum : int {
   kMoeRunTrPut,       // thread 0: its routed rows stored
   kMoeRunTrSpare,
   kMoeRunTrWarp = 16,
-  kMoeRunTraceSlots = kMoeRunTrWarp + 2 * 32,
+  kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32,
 };
 
 // Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for

@@ -110,30 +110,22 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
       {"map: run 16w fill 3", true, 16, 2, 3, 16, 0, true},
       {"map: run fill 4 + APPROX (load 1)", true, 16, 2, 4, 16, 0, true, 1},
-      {"map: run fill 3 + APPROX (load 1)", true, 16, 2, 3, 16, 0, true, 1},
-      {"map: run fill 4 + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true},
-      {"map: run fill 4 + FLAGS", true, 16, 2, 4, 16, kMoeRunFlags, true},
-      {"map: run fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
-      {"map: run fill 3 + FLAGS + COOP", true, 16, 2, 3, 16, kMoeRunFlags | kMoeRunCoop, true},
-      {"map: run fill 4 + APPROX + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true, 1},
-      {"map: run fill 3 + APPROX + FLAGS + COOP", true, 16, 2, 3, 16, kMoeRunFlags | kMoeRunCoop, true, 1},
-      {"map: run fill 4 + APPROX + COOP", true, 16, 2, 4, 16, kMoeRunCoop, true, 1},
       {"map: run fill 4 + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true},
+      {"map: run fill 4 + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true},
+      {"map: run fill 3 + ISSUELAST", true, 16, 2, 3, 16, kMoeRunIssueLast, true},
       {"map: run fill 4 + APPROX + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true, 1},
       {"map: run fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
-      {"map: run fill 4 + APPROX + ISSUELAST + FLAGS", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunFlags, true, 1},
-      {"map: run fill 4 + APPROX + ISSUE0 + FLAGS", true, 16, 2, 4, 16, kMoeRunIssue0 | kMoeRunFlags, true, 1},
-      {"map: run fill 3 + APPROX + ISSUE0 + FLAGS", true, 16, 2, 3, 16, kMoeRunIssue0 | kMoeRunFlags, true, 1},
       {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
-      {"map: run fill 4 - no spin, no route_zero", true, 16, 2, 4, 16, kNoWait | kMoeRunNoZero, false},
       {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
       {"map: run 4 - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false},
-      {"map: run 4 APPROX - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false, 1},
+      {"map: run 4 ISSUELAST - loads+compute+counts", true, 16, 2, 4, 16,
+       kMoeRunIssueLast | kNoArrive | kNoFill | kNoRows, false},
       {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
       {"no map: run 16w", false, 16, 2, 0, 16, 0, true},
-      {"no map: run 16w + APPROX", false, 16, 2, 0, 16, 0, true, 1},
-      {"no map: run 16w + APPROX + ISSUE0", false, 16, 2, 0, 16, kMoeRunIssue0, true, 1},
+      {"no map: run 16w + ISSUELAST", false, 16, 2, 0, 16, kMoeRunIssueLast, true},
+      {"no map: run 16w + APPROX + ISSUELAST", false, 16, 2, 0, 16, kMoeRunIssueLast, true, 1},
   };
+
 
   Runtime& r = rt();
   bind_device(r);
@@ -201,10 +193,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
         synchronize();
         want = download_outputs(in);
       }
-      for (int vl : {static_cast<int>(kMoeRunCoop), static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop,
-                     static_cast<int>(kMoeRunApprox), kMoeRunApprox | kMoeRunCoop, kMoeRunApprox | kMoeRunFlags | kMoeRunCoop,
-                     static_cast<int>(kMoeRunIssue0), kMoeRunIssue0 | kMoeRunApprox | kMoeRunFlags,
-                     kMoeRunIssueLast | kMoeRunApprox | kMoeRunFlags}) {
+      for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssue0),
+                     static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunApprox}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
@@ -236,12 +226,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
-      {"run 16w fill 3", true, 16, 2, 3, 16, 0, true},
-      {"run 16w fill 4 + APPROX", true, 16, 2, 4, 16, 0, true, 1},
-      {"run 16w fill 4 + FLAGS + COOP", true, 16, 2, 4, 16, kMoeRunFlags | kMoeRunCoop, true},
-      {"run 16w fill 4 + APPROX + ISSUE0 + FLAGS", true, 16, 2, 4, 16, kMoeRunIssue0 | kMoeRunFlags, true, 1},
-      {"run 16w fill 4 + APPROX + ISSUELAST + FLAGS", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunFlags, true, 1},
+      {"run 16w fill 4 + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true},
+      {"run 16w fill 4 + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true},
+      {"run 16w fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
   };
+
   Runtime& r = rt();
   bind_device(r);
   detail::BenchInstance in = detail::moe_routing_fwd_instance(r, kT, kE, kLing, true, true, 16);
@@ -309,7 +298,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
                                  "counted",     "arrived+late",  "spin passed", "bases",        "routed put",
                                  "end"};
       std::vector<std::vector<double>> col(NCOL);
-      std::vector<double> d_rows, d_compute, d_skew, d_counts, d_spin, d_bases, d_put, d_exit;
+      std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bases, d_put, d_exit;
       for (int b = 0; b < ctas; ++b) {
         const double st = static_cast<double>(at(b, kMoeRunTrStartNs) - t0) / 1000.0;
         const uint64_t cs = at(b, kMoeRunTrStartClk);
@@ -322,10 +311,16 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(ISSUED, rel(at(b, kMoeRunTrIssued)));
         put(FILLED, rel(at(b, kMoeRunTrFilled)));
         double first_rows = 1e30, last_rows = -1, last_done = -1, first_done = 1e30;
-        std::vector<double> comp;
+        std::vector<double> comp, ks, sel, emit;
         for (int w = 0; w < W; ++w) {
-          const double rl = rel(at(b, kMoeRunTrWarp + 2 * w)), dn = rel(at(b, kMoeRunTrWarp + 2 * w + 1));
+          const double rl = rel(at(b, kMoeRunTrWarp + 4 * w)), dn = rel(at(b, kMoeRunTrWarp + 4 * w + 3));
+          const double kd = rel(at(b, kMoeRunTrWarp + 4 * w + 1)), sd = rel(at(b, kMoeRunTrWarp + 4 * w + 2));
           if (rl < 0 || dn < 0) continue;
+          if (kd >= rl && sd >= kd && dn >= sd) {
+            ks.push_back(kd - rl);
+            sel.push_back(sd - kd);
+            emit.push_back(dn - sd);
+          }
           EXPECT_LE(rl, dn) << "CTA " << b << " warp " << w;
           if (w == 0) {
             put(W0ROWS, rl);
@@ -356,6 +351,11 @@ TEST_F(MoeRouteMeasure, Timeline) {
         EXPECT_LE(loop, end + 1e-3) << "CTA " << b;
         if (last_rows >= 0) d_rows.push_back(last_rows - rel(at(b, kMoeRunTrIssued)));
         if (!comp.empty()) d_compute.push_back(quantile(comp, 0.5));
+        if (!ks.empty()) {
+          d_keys.push_back(quantile(ks, 0.5));
+          d_sel.push_back(quantile(sel, 0.5));
+          d_emit.push_back(quantile(emit, 0.5));
+        }
         if (last_done >= 0) d_skew.push_back(loop - first_done);
         if (counted >= 0) d_counts.push_back(counted - loop);
         if (waited >= 0 && arrived >= 0) d_spin.push_back(waited - arrived);
@@ -378,6 +378,9 @@ TEST_F(MoeRouteMeasure, Timeline) {
       for (int k = 0; k < NCOL; ++k) row(names[k], col[k]);
       row("d rows land", d_rows);      // issued → the CTA's last warp's rows landed
       row("d warp comp", d_compute);   // a warp's rows landed → its rows stored (median over the CTA's warps)
+      row(" . keys", d_keys);           //   rows landed → keys formed (σ, bias)
+      row(" . select", d_sel);          //   keys → picks recorded (groups, candidates, list, ranks)
+      row(" . emit", d_emit);           //   picks → prob / map rows stored
       row("d loop skew", d_skew);      // the CTA's first warp done → the loop barrier passed
       row("d counts", d_counts);       // loop barrier → counts published
       row("d spin", d_spin);           // arrival (+ late stores) → every CTA arrived
