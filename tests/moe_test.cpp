@@ -393,7 +393,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                 kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace,
                 static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop | kMoeRunTrace,
                 kMoeRunIssue0 | kMoeRunApprox | kMoeRunFlags | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunApprox | kMoeRunFlags | kMoeRunTrace}) {
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunFlags | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunTrace, kMoeRunIssue0 | kMoeRunCoop | kMoeRunFlags}) {
     detail::Specialization s = specs[0];
     s.config[5] = v;
     EXPECT_FALSE(detail::in_search_space(s));

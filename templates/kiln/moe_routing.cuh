@@ -1091,6 +1091,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
   constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
+  constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(FLAGS && (NOARRIVE || NOWAIT || NOTAIL)), "FLAGS: no ablation of the arrival");
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
@@ -1204,7 +1205,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // of after a CTA barrier that waits for the CTA's last warp to start. Named barrier 1 publishes warp SW's inits
     // (it only arrives, then issues); the other warps zero the masks before it and arrive at barrier 2, which warp SW
     // passes once its copies are issued, before its first use of the masks.
-    static_assert(!COOP, "ISSUE0 / ISSUELAST: not with COOP (its first grid barrier is a CTA barrier)");
+    // With COOP the other warps also zero the CTA's share of the superblock rows, and thread CT (the first of them)
+    // arrives at the grid barrier once barrier 1 has ordered their stores (it alone waits for the grid, later).
     if (warp == SW) {
       __syncwarp();
       asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
@@ -1212,8 +1214,22 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       __syncwarp();
       named_barrier_sync(2, NTH);
     } else {
-      for (int i = threadIdx.x - (warp > SW ? 32 : 0); i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
+      for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      if constexpr (COOP) {
+        const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+        for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
+        if constexpr (FLAGS)
+          for (int i = ot; i < E; i += NTH - 32) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
+      }
       named_barrier_sync(1, NTH);
+      if constexpr (COOP) {
+        if (threadIdx.x == CT) {
+          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+          asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(grid_barrier_word()), "r"(nb)
+                       : "memory");
+        }
+      }
       asm volatile("bar.arrive 2, %0;" ::"n"(NTH) : "memory");
     }
   } else if constexpr (COOP) {
@@ -1640,8 +1656,23 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   __syncthreads();
   stamp0(kMoeRunTrLoopDone);
-  if constexpr (COOP) grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
-  else pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  if constexpr (COOP && ISSUE0) {
+    // Thread CT arrived at the first grid barrier: it waits for the grid, the CTA barrier after it publishes that.
+    if (threadIdx.x == CT) {
+      const u32* word = grid_barrier_word();
+      for (u32 it = 0;; ++it) {
+        u32 cur;
+        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
+        if ((coop_tok ^ cur) & 0x80000000u) break;
+        if (it == (1u << 26)) __trap();
+      }
+    }
+    __syncthreads();
+  } else if constexpr (COOP) {
+    grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
+  } else {
+    pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  }
   stamp0(kMoeRunTrPdl);
   for (int e = threadIdx.x; e < E; e += NTH) {
     int c = 0;

@@ -115,6 +115,10 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run fill 3 + ISSUELAST", true, 16, 2, 3, 16, kMoeRunIssueLast, true},
       {"map: run fill 4 + APPROX + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true, 1},
       {"map: run fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
+      {"map: run fill 4 + COOP + ISSUE0", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssue0, true},
+      {"map: run fill 4 + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true},
+      {"map: run fill 3 + COOP + ISSUELAST", true, 16, 2, 3, 16, kMoeRunCoop | kMoeRunIssueLast, true},
+      {"map: run fill 4 + APPROX + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true, 1},
       {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
       {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
       {"map: run 4 - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false},
@@ -194,7 +198,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
         want = download_outputs(in);
       }
       for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssue0),
-                     static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunApprox}) {
+                     static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunApprox,
+                     kMoeRunIssueLast | kMoeRunCoop, kMoeRunIssue0 | kMoeRunCoop | kMoeRunApprox}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
@@ -229,6 +234,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"run 16w fill 4 + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true},
       {"run 16w fill 4 + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true},
       {"run 16w fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
+      {"run 16w fill 4 + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true},
   };
 
   Runtime& r = rt();
