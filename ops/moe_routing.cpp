@@ -517,10 +517,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       int* super = map ? chunk_counts + NC * E : nullptr;
       unsigned* arrive = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
       const MoeChunkMap cm = chunk_map(map, chunk_counts, super, counts, NC, SC, multiple_of);
-      // (The FLAGS candidate also needs the chunk rows zeroed: they lie right before the superblock rows.)
-      const bool flags = map && (s.config[C_VARIANT] & kMoeRunFlags);
-      const MoeZeroArgs za{map ? (flags ? chunk_counts : super) : counts,
-                           static_cast<int>(map ? (flags ? NC * E : 0) + NS * E + 1 : E)};
+      const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + 1 : E)};
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;

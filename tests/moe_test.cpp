@@ -377,8 +377,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 
 // The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
-// trace alone on the default, every phase left out at once, the candidates EARLY, COOP, FLAGS, ISSUE0 and
-// ISSUELAST (with the approximate keys).
+// trace alone on the default, every phase left out at once, the candidates EARLY, COOP, PACK, ISSUE0 and ISSUELAST
+// (with the approximate keys).
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -390,11 +390,9 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
   std::string plain_src, plain_name;
   fam->render(specs[0], plain_src, plain_name);
   for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive,
-                kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace,
-                static_cast<int>(kMoeRunFlags), kMoeRunFlags | kMoeRunCoop | kMoeRunTrace,
-                kMoeRunIssue0 | kMoeRunApprox | kMoeRunFlags | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunApprox | kMoeRunFlags | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunTrace, kMoeRunIssue0 | kMoeRunCoop | kMoeRunFlags}) {
+                kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace, static_cast<int>(kMoeRunPack),
+                kMoeRunIssue0 | kMoeRunApprox | kMoeRunPack | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunTrace}) {
     detail::Specialization s = specs[0];
     s.config[5] = v;
     EXPECT_FALSE(detail::in_search_space(s));

@@ -437,13 +437,6 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
   }
 }
 
-// A load that is never merged with another nor cached in L1 (a word another CTA of the launch updates).
-__device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
-  int v;
-  asm volatile("ld.relaxed.gpu.global.s32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-  return v;
-}
-
 // The expert bases of chunk c (a CTA of NTH threads; E ≤ kMoeTopkMaxExperts): counts = Σ superblock rows, offsets
 // off_e = exclusive scan of roundup(count_e, P) over experts, base[e] = off_e + the tokens of the chunks before c
 // routed to e (the superblock rows before c's superblock, then the chunk rows of c's superblock before c: ≤ 16 of
@@ -451,10 +444,10 @@ __device__ __forceinline__ int ld_relaxed_gpu(const int* p) {
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-// FLAGGED (moe_route_run_kernel's FLAGS candidate): every word of the rows carries its contributors above bit 24
-// (a chunk row: 1 once written; a superblock row: the chunks that have added into it; the rows zeroed before the
-// launch's writes), so no grid-wide arrival precedes the call: a word not yet complete is loaded again until it is.
-template <int E, int NTH, bool FLAGGED = false>
+// PACKED (moe_route_run_kernel's PACK candidate): the rows hold narrow counts — a superblock row E/2 words of two
+// 16-bit counts (expert 2i in the low half), a chunk row E/4 words of four 8-bit counts (a chunk ≤ 255 tokens, a
+// superblock ≤ 65535) — so each CTA reads a quarter to half the bytes.
+template <int E, int NTH, bool PACKED = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
@@ -470,67 +463,25 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
     // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
     // constant offset from the batch's pointer.
-    const int* sp = m.super + e;
-    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
+    constexpr int RS = PACKED ? E / 2 : E, RC = PACKED ? E / 4 : E;  // row strides in words
+    const int* sp = m.super + (PACKED ? e / 2 : e);
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * RC + (PACKED ? e / 4 : e);
 #pragma unroll 1
     for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
       const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-      const int* sq = sp + static_cast<i64>(rb) * E;
-      const int* cq = cp + static_cast<i64>(rb) * E;
+      const int* sq = sp + static_cast<i64>(rb) * RS;
+      const int* cq = cp + static_cast<i64>(rb) * RC;
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        vs[j] = j < ns ? __ldcg(sq + j * RS) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * RC) : 0;
       }
-      if constexpr (FLAGGED) {
-        // Complete words: a chunk row's flag 1, a superblock row's contributors = its chunks. The first incomplete
-        // word is polled alone (light traffic while the grid's last CTAs finish); once it is complete, every other
-        // incomplete word is loaded again in one batch (one memory latency), and so on.
-        auto done_s = [&](int j) {
-          return j >= ns || (vs[j] >> 24) == min(m.super_chunks, m.nchunks - (rb + j) * m.super_chunks);
-        };
-        auto done_c = [&](int j) { return j >= nc || (vc[j] >> 24) == 1; };
-        for (u32 it = 0;; ++it) {
-          int first = -1;  // the first incomplete word: j (superblock row) or B + j (chunk row)
-#pragma unroll
-          for (int j = B - 1; j >= 0; --j) {
-            if (!done_c(j)) first = B + j;
-          }
-#pragma unroll
-          for (int j = B - 1; j >= 0; --j) {
-            if (!done_s(j)) first = j;
-          }
-          if (first < 0) break;
-          if (it == (1u << 24)) __trap();
-          const int* fp = first < B ? sq + first * E : cq + (first - B) * E;
-          const int w = ld_relaxed_gpu(fp);
-          bool now = false;
-#pragma unroll
-          for (int j = 0; j < B; ++j) {
-            if (first == j) {
-              vs[j] = w;
-              now = done_s(j);
-            }
-            if (first == B + j) {
-              vc[j] = w;
-              now = done_c(j);
-            }
-          }
-          if (!now) {
-            __nanosleep(64);
-            continue;
-          }
-#pragma unroll
-          for (int j = 0; j < B; ++j) {
-            if (!done_s(j)) vs[j] = ld_relaxed_gpu(sq + j * E);
-            if (!done_c(j)) vc[j] = ld_relaxed_gpu(cq + j * E);
-          }
-        }
+      if constexpr (PACKED) {
 #pragma unroll
         for (int j = 0; j < B; ++j) {
-          vs[j] &= 0xffffff;
-          vc[j] &= 0xffffff;
+          vs[j] = (static_cast<u32>(vs[j]) >> (16 * (e & 1))) & 0xffffu;
+          vc[j] = (static_cast<u32>(vc[j]) >> (8 * (e & 3))) & 0xffu;
         }
       }
 #pragma unroll
@@ -1081,10 +1032,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at the
   // driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
   constexpr bool COOP = MAP && (V & kMoeRunCoop) != 0;
-  // FLAGS (a candidate, outputs exact): no grid-wide arrival; the count words carry their contributors (bit 24 up:
-  // moe_chunk_bases<…, FLAGGED>) and the bases wait per word until it is complete (the chunk rows zeroed first, by
-  // moe_route_zero or, with COOP, here behind the first grid barrier).
-  constexpr bool FLAGS = MAP && (V & kMoeRunFlags) != 0;
+  // PACK (a candidate, outputs exact): narrow counts in the chunk and superblock rows (moe_chunk_bases<…, PACKED>).
+  constexpr bool PACK = MAP && (V & kMoeRunPack) != 0;
+  static_assert(!PACK || 32 / TPT * W <= 255, "PACK: 8-bit chunk counts");
   // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
   // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
@@ -1092,7 +1042,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
-  static_assert(!(FLAGS && (NOARRIVE || NOWAIT || NOTAIL)), "FLAGS: no ablation of the arrival");
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
@@ -1219,8 +1168,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
         for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
-        if constexpr (FLAGS)
-          for (int i = ot; i < E; i += NTH - 32) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {
@@ -1236,8 +1183,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
     for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
-    if constexpr (FLAGS)
-      for (int i = threadIdx.x; i < E; i += NTH) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
     coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
   } else {
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
@@ -1674,26 +1619,39 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   }
   stamp0(kMoeRunTrPdl);
-  for (int e = threadIdx.x; e < E; e += NTH) {
-    int c = 0;
+  if constexpr (PACK) {
+    // Four experts a thread: one word of the chunk row (8-bit counts), two packed adds into the superblock row.
+    for (int i = threadIdx.x; i < E / 4; i += NTH) {
+      u32 c[4];
 #pragma unroll
-    for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-    if constexpr (FLAGS) {
-      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = (1 << 24) | c;
-      atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], (1 << 24) + c);
-    } else if constexpr (MAP) {
-      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-      if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
-    } else {
-      if (c) atomicAdd(&a.counts[e], c);
+      for (int j = 0; j < 4; ++j) {
+        c[j] = 0;
+#pragma unroll
+        for (int w = 0; w < NMW; ++w) c[j] += __popc(emask[(4 * i + j) * NMW + w]);
+      }
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * (E / 4) + i] =
+          static_cast<int>(c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24);
+      int* sr = a.super + static_cast<i64>(blockIdx.x / a.super_chunks) * (E / 2) + 2 * i;
+      if (c[0] | c[1]) atomicAdd(sr, static_cast<int>(c[0] | c[1] << 16));
+      if (c[2] | c[3]) atomicAdd(sr + 1, static_cast<int>(c[2] | c[3] << 16));
+    }
+  } else {
+    for (int e = threadIdx.x; e < E; e += NTH) {
+      int c = 0;
+#pragma unroll
+      for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+      if constexpr (MAP) {
+        a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+        if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+      } else {
+        if (c) atomicAdd(&a.counts[e], c);
+      }
     }
   }
   if constexpr (MAP) {
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
-    if constexpr (FLAGS) {
-      __syncthreads();  // (the CTA's rows reused below; no arrival)
-    } else if constexpr (COOP) {
+    if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
       __syncthreads();
@@ -1716,9 +1674,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     stamp0(kMoeRunTrArrived);
-    if constexpr (FLAGS) {
-      __syncthreads();
-    } else if constexpr (COOP) {
+    if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
       stamp0(kMoeRunTrWaited);
@@ -1731,7 +1687,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      moe_chunk_bases<E, NTH, FLAGS>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+      moe_chunk_bases<E, NTH, PACK>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

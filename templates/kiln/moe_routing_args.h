@@ -75,7 +75,7 @@ enum : int {
   kMoeRunNoZero = 128,  // the op launches no moe_route_zero before the kernel (the superblock rows and the arrival
                         // counter keep the previous call's values; implies NOWAIT): what that launch costs
   kMoeRunCoop = 256,    // a candidate (outputs exact): one cooperative launch, no moe_route_zero (moe_routing.cuh)
-  kMoeRunFlags = 512,   // a candidate (outputs exact): no grid-wide arrival, flagged count words (moe_routing.cuh)
+  kMoeRunPack = 512,    // a candidate (outputs exact): narrow counts in the chunk / superblock rows (moe_routing.cuh)
   kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
   kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier

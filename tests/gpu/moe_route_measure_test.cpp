@@ -119,6 +119,12 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: run fill 4 + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true},
       {"map: run fill 3 + COOP + ISSUELAST", true, 16, 2, 3, 16, kMoeRunCoop | kMoeRunIssueLast, true},
       {"map: run fill 4 + APPROX + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true, 1},
+      {"map: run fill 4 + PACK", true, 16, 2, 4, 16, kMoeRunPack, true},
+      {"map: run fill 4 + PACK + ISSUELAST", true, 16, 2, 4, 16, kMoeRunPack | kMoeRunIssueLast, true},
+      {"map: run fill 4 + PACK + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast,
+       true},
+      {"map: run fill 4 + APPROX + PACK + COOP + ISSUELAST", true, 16, 2, 4, 16,
+       kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast, true, 1},
       {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
       {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
       {"map: run 4 - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false},
@@ -179,7 +185,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
   std::printf("\n");
 }
 
-// The candidates with exact outputs (COOP, FLAGS, the approximate keys of load 1, combinations) write the same bits
+// The candidates with exact outputs (COOP, PACK, ISSUE0 / ISSUELAST, the approximate keys of load 1, combinations)
+// write the same bits
 // as the CTA-run kernel's plain config (itself checked against the CPU reference by MoeRoutingTest.CtaRunKernel) at the token
 // counts where runs are partial or single (1, 7, 33, 4095) and at 8192, after a call of another config on the same
 // buffers, twice (the outputs poisoned before each call: every output element must be written).
@@ -199,7 +206,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
       }
       for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssue0),
                      static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunApprox,
-                     kMoeRunIssueLast | kMoeRunCoop, kMoeRunIssue0 | kMoeRunCoop | kMoeRunApprox}) {
+                     kMoeRunIssueLast | kMoeRunCoop, kMoeRunIssue0 | kMoeRunCoop | kMoeRunApprox,
+                     static_cast<int>(kMoeRunPack), kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast | kMoeRunApprox}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
@@ -235,6 +243,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"run 16w fill 4 + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true},
       {"run 16w fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
       {"run 16w fill 4 + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true},
+      {"run 16w fill 4 + PACK + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast,
+       true},
   };
 
   Runtime& r = rt();
