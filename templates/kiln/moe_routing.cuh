@@ -1308,14 +1308,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     float zmin = __int_as_float(0x7f800000);  // BIAS: the thread's smallest logit (it picks the σ form)
     // The exact keys: σ = 1/(1 + e^−z) correctly rounded for every expert of the thread (as moe_route_kernel: the
     // short form for z > −87, else kiln_sigmoid), stored over the logits; keys σ + bias. Without a bias the logits.
-    auto exact_keys = [&] {
-      float v[EPT];
+    // The thread's EPT values of a shared row (its logits / scores, or the bias) in position order, 16 bytes a load.
+    auto lds_row = [&](const float* r, float (&out)[EPT]) {
 #pragma unroll
       for (int c = 0; c < EPT; c += 4) {
-        const Vec16 q = lds16(smem_u32(zrow + xo(c)));
+        const Vec16 q = lds16(smem_u32(r + xo(c)));
 #pragma unroll
-        for (int j = 0; j < 4; ++j) v[c + j] = __uint_as_float(q.w[j]);
+        for (int j = 0; j < 4; ++j) out[c + j] = __uint_as_float(q.w[j]);
       }
+    };
+    auto exact_keys = [&] {
+      float v[EPT];
+      lds_row(zrow, v);
       if constexpr (BIAS) {
 #pragma unroll
         for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);
@@ -1338,12 +1342,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
         wait_bar(&bars[W]);  // the bias (long landed)
         // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
+        float b[EPT];
+        lds_row(brow, b);
 #pragma unroll
-        for (int c = 0; c < EPT; c += 4) {
-          const Vec16 q = lds16(smem_u32(brow + xo(c)));
-#pragma unroll
-          for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], fmaxf(__uint_as_float(q.w[j]), neg_inf));
-        }
+        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(v[c], fmaxf(b[c], neg_inf));
       } else {
 #pragma unroll
         for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
@@ -1359,27 +1361,19 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     bool approx = false;
     float dk = 0.0f, bm1 = 1.0f;  // APPROX: the key error bound, 1 + max|finite bias|
     if constexpr (APPROX) {
-      float bm = 0.0f;
+      float bm = 0.0f, v[EPT];
+      lds_row(zrow, v);
 #pragma unroll
-      for (int c = 0; c < EPT; c += 4) {
-        const Vec16 q = lds16(smem_u32(zrow + xo(c)));
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float z = __uint_as_float(q.w[j]);
-          zmin = fminf(zmin, z);
-          key[c + j] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(z, -1.44269504f), -28.8539009f))));
-        }
+      for (int c = 0; c < EPT; ++c) {
+        zmin = fminf(zmin, v[c]);
+        key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
       }
       wait_bar(&bars[W]);  // the bias (long landed)
+      lds_row(brow, v);
 #pragma unroll
-      for (int c = 0; c < EPT; c += 4) {
-        const Vec16 q = lds16(smem_u32(brow + xo(c)));
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          const float b = __uint_as_float(q.w[j]);
-          if (fabsf(b) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(b));
-          key[c + j] = __fadd_rn(key[c + j], fmaxf(b, neg_inf));
-        }
+      for (int c = 0; c < EPT; ++c) {
+        if (fabsf(v[c]) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(v[c]));
+        key[c] = __fadd_rn(key[c], fmaxf(v[c], neg_inf));
       }
 #pragma unroll
       for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu/moe_route_spec.hpp"
 #include "kiln/moe_routing_args.h"
 #include "kiln/ops/moe.hpp"
 #include "ops/bench/moe_instances.hpp"
@@ -49,21 +50,9 @@ struct RouteCfg {
   int load = 0;  // 1: the run kernel's approximate-key selection (a search-space point)
 };
 
-// The route kernel's specialization at the shape (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid,
-// n_group, topk_group, renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load, tpt and
-// the unnamed measurement variant).
+// The route kernel's specialization at the shape with the config's fields (not its variant).
 detail::Specialization spec_of(Runtime& r, const RouteCfg& c) {
-  detail::Specialization s;
-  s.family = detail::find_family("moe_routing");
-  s.arch = r.impl().target_arch();
-  s.kernel = 0;
-  s.params = {kE, kLing.top_k, 1, kLing.n_group, kLing.topk_group, kLing.renormalize, 1, 0, c.map, 0};
-  s.config[0] = c.warps;
-  s.config[1] = c.tpw;
-  s.config[2] = c.fill;
-  s.config[3] = c.load;
-  s.config[4] = c.tpt;
-  return s;
+  return moe_route_spec(r.impl().target_arch(), kE, kLing, true, c.map, {c.warps, c.tpw, c.fill, c.load, c.tpt});
 }
 
 std::unique_ptr<detail::ForceConfigScope> force(Runtime& r, const RouteCfg& c) {

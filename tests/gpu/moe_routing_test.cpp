@@ -17,6 +17,7 @@
 #include <memory>
 
 #include "kiln/ops/moe.hpp"
+#include "gpu/moe_route_spec.hpp"
 #include "reference/moe.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
@@ -48,22 +49,9 @@ struct Case {
                            // 3 eight clear winners per token with sub-ulp differences among them
 };
 
-// The route kernel's specialization (ops/moe_routing.cpp route_spec: params E, top_k, sigmoid, n_group, topk_group,
-// renormalize, bias, map_i32, map, map_fill; config warps, tokens_per_warp, fill, load, tpt) with the case's config forced for
-// the scope's lifetime.
+// The route kernel's specialization with the case's config (forced for the scope's lifetime by force_config).
 detail::Specialization route_spec_of(Runtime& r, const Case& c) {
-  detail::Specialization s;
-  s.family = detail::find_family("moe_routing");
-  s.arch = r.impl().target_arch();
-  s.kernel = 0;
-  s.params = {c.E, c.o.top_k, c.o.score == MoeScore::sigmoid, c.o.n_group, c.o.topk_group, c.o.renormalize, c.bias,
-              0, c.with_map, 0};
-  s.config[0] = c.warps;
-  s.config[1] = c.tpw;
-  s.config[2] = c.fill;
-  s.config[3] = c.load;
-  s.config[4] = c.tpt;
-  return s;
+  return moe_route_spec(r.impl().target_arch(), c.E, c.o, c.bias, c.with_map, {c.warps, c.tpw, c.fill, c.load, c.tpt});
 }
 std::unique_ptr<detail::ForceConfigScope> force_config(Runtime& r, const Case& c) {
   if (c.warps == 0) return nullptr;
