@@ -1305,7 +1305,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 
     Key key[EPT];
-    float zmin = __int_as_float(0x7f800000);  // BIAS: the thread's smallest logit (it picks the σ form)
     // The exact keys: σ = 1/(1 + e^−z) correctly rounded for every expert of the thread (as moe_route_kernel: the
     // short form for z > −87, else kiln_sigmoid), stored over the logits; keys σ + bias. Without a bias the logits.
     // The thread's EPT values of a shared row (its logits / scores, or the bias) in position order, 16 bytes a load.
@@ -1321,8 +1320,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       float v[EPT];
       lds_row(zrow, v);
       if constexpr (BIAS) {
+        float zmin = __int_as_float(0x7f800000);
 #pragma unroll
-        for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);
+        for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);  // (the thread's smallest logit picks the σ form)
         if (!(zmin <= -87.0f)) {
 #pragma unroll
           for (int c = 0; c < EPT; ++c) {
@@ -1356,8 +1356,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // 1; each key's add rounds by ≤ (1 + |bias|)·2^−24). The kept groups are the exact ones when the lowest kept and
     // the highest dropped approximate group score differ by more than 4·dk + (1 + max|bias|)·2^−20 (else the warp
     // recomputes exact keys: a near tie); every exact pick then has an approximate key ≥ lo − 2·dk, so the
-    // candidates are taken with that slack and only they get their exact σ (stored over their logits), from which
-    // the list's keys, the ranks and the probs come: the same bits as the exact path.
+    // candidates are taken with that slack and only they get their exact σ (stored over their logits; spread over the
+    // token's threads as the list entries are), from which the list's keys, the ranks and the probs come: the same
+    // bits as the exact path.
     bool approx = false;
     float dk = 0.0f, bm1 = 1.0f;  // APPROX: the key error bound, 1 + max|finite bias|
     if constexpr (APPROX) {
@@ -1365,7 +1366,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       lds_row(zrow, v);
 #pragma unroll
       for (int c = 0; c < EPT; ++c) {
-        zmin = fminf(zmin, v[c]);
         key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
       }
       wait_bar(&bars[W]);  // the bias (long landed)
@@ -1504,26 +1504,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
     for (int c = 0; c < EPT; ++c)
       if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
-    if constexpr (APPROX) {
-      if (approx) {
-        // The candidates' exact σ over their logits (the list's keys and the probs read them).
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
-            const int o = xo(32 * h + __ffs(mm) - 1);
-            const float z = zrow[o];
-            float sg;
-            if (!(zmin <= -87.0f)) {
-              const float d = kiln_one_plus_exp_lt87(-z);
-              const float r = rcp_ftz(d);
-              sg = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
-            } else {
-              sg = kiln_sigmoid(z);
-            }
-            if (valid) zrow[o] = sg;
-          }
+    // The exact σ of expert e0 + o from its logit (the same bits as the thread-wide choice in exact_keys: both forms
+    // agree for z > −87), and its key.
+    auto exact_sigmoid = [](float z) -> float {
+      if (!(z <= -87.0f)) {
+        const float d = kiln_one_plus_exp_lt87(-z);
+        const float r = rcp_ftz(d);
+        return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
       }
-    }
+      return kiln_sigmoid(z);
+    };
     const int mine = __popc(m[0]) + __popc(m[1]);
     int inc = mine;  // inclusive prefix over the token's parts
 #pragma unroll
@@ -1540,15 +1530,36 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       u64* lst = list + tl * (CAP + 2);
       if (valid) {
         int pos = inc - mine;
+        // (APPROX: the expert only; its exact σ and key are formed below by the thread that ranks the entry.)
 #pragma unroll
         for (int h = 0; h < 2; ++h)
-          for (u32 mm = m[h]; mm; mm &= mm - 1u) lst[pos++] = entry(32 * h + __ffs(mm) - 1);
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const int c = 32 * h + __ffs(mm) - 1;
+            lst[pos++] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
+          }
         if (part == TPT - 1) {
           lst[n] = 0ull;  // pads the list to pairs (0 ranks below every entry)
           lst[n + 1] = 0ull;
         }
       }
       __syncwarp();
+      if constexpr (APPROX) {
+        if (approx) {
+          // Each candidate's exact σ (stored over its logit: the probs read it) and exact key, spread over the token's
+          // threads as the entries are.
+          if (valid) {
+            float* trow = rows + tl * RSF;
+            for (int qi = part; qi < n; qi += TPT) {
+              const int e = 0xffff - static_cast<int>(lst[qi] & 0xffffu);
+              const float sg = exact_sigmoid(trow[e]);
+              trow[e] = sg;
+              lst[qi] = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
+                        static_cast<u32>(0xffff - e);
+            }
+          }
+          __syncwarp();
+        }
+      }
       if (valid) {
         for (int qi = part; qi < n; qi += TPT) {
           const u64 me = lst[qi];
@@ -1562,7 +1573,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     } else {
-      // Many equal keys: K argmax rounds over the candidates (exact, slower).
+      // Many equal keys: K argmax rounds over the candidates (exact, slower). (APPROX: the thread's candidates' exact
+      // σ over their logits first.)
+      if constexpr (APPROX) {
+        if (approx && valid) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+              const int o = xo(32 * h + __ffs(mm) - 1);
+              zrow[o] = exact_sigmoid(zrow[o]);
+            }
+        }
+      }
 #pragma unroll 1
       for (int r = 0; r < K; ++r) {
         u64 best = 0ull;
