@@ -67,10 +67,18 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   return layout && GS >= 2 && K <= 2 * TG;
 }
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
-// The run kernel's template argument V: the measurement variant bits (config field 5) and, for `load` 1, the
-// approximate-key selection (kMoeRunApprox); rendered only where nonzero (", V").
+// The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
+// bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
+// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop), 8 narrow count rows
+// (kMoeRunPack) — and the measurement variant bits of the unnamed config field 5.
+int run_bits(const Specialization& s) {
+  const int load = s.config[C_LOAD];
+  return s.config[C_VARIANT] | (load & 1 ? kMoeRunApprox : 0) | (load & 2 ? kMoeRunIssueLast : 0) |
+         (load & 4 ? kMoeRunCoop : 0) | (load & 8 ? kMoeRunPack : 0);
+}
+// V rendered only where nonzero (", V").
 std::string run_variant(const Specialization& s) {
-  const int v = s.config[C_VARIANT] | (s.config[C_LOAD] == 1 ? kMoeRunApprox : 0);
+  const int v = run_bits(s);
   return v ? fmt::format(", {}", v) : std::string();
 }
 
@@ -521,8 +529,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;
-      const bool coop = map && (s.config[C_VARIANT] & kMoeRunCoop);  // (candidate: the kernel zeroes them itself)
-      const bool zero = !coop && !(s.config[C_VARIANT] & kMoeRunNoZero);  // (a measurement variant leaves it out)
+      const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
+      const bool zero = !coop && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
       if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
