@@ -13,6 +13,7 @@
 #include "ops/bench/moe_instances.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -71,10 +72,11 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop), 8 narrow count rows
 // (kMoeRunPack) — and the measurement variant bits of the unnamed config field 5.
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunPack = 8;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
-  return s.config[C_VARIANT] | (load & 1 ? kMoeRunApprox : 0) | (load & 2 ? kMoeRunIssueLast : 0) |
-         (load & 4 ? kMoeRunCoop : 0) | (load & 8 ? kMoeRunPack : 0);
+  return s.config[C_VARIANT] | (load & kRunApprox ? kMoeRunApprox : 0) | (load & kRunIssueLast ? kMoeRunIssueLast : 0) |
+         (load & kRunCoop ? kMoeRunCoop : 0) | (load & kRunPack ? kMoeRunPack : 0);
 }
 // V rendered only where nonzero (", V").
 std::string run_variant(const Specialization& s) {
@@ -180,8 +182,12 @@ void set_warp_default(Specialization& s, bool map) {
 // The route default: with the map, where the CTA-run kernel serves the shape, that kernel at 16 threads per token in
 // CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 rounds 3 and 5 at
 // T = 8192: 19.15 / 18.94 µs against 20.40 / 19.81 for the warp kernel (round 4: 20.70 against 19.97); 4096: 15.06
-// (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87. Where its grid does not fit at once (T = 65536) the op runs the warp
-// kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43).
+// (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — with the row copies issued by its last warp before the first CTA
+// barrier and one cooperative launch without route_zero (`load` 2 | 4; session 8 round 3, same process: 18.45 µs
+// against 19.23 for load 0 and 19.78 for the warp kernel). Where its grid does not fit at once (T = 65536) the op
+// runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
+// the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
+// kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
 void set_route_default(Specialization& s) {
   const bool map = s.params[P_MAP] != 0;
   if (map && s.arch.sm >= 90 && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
@@ -190,6 +196,7 @@ void set_route_default(Specialization& s) {
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
     s.config[C_FILL] = kFusedFillLate;
+    s.config[C_LOAD] = kRunIssueLast | kRunCoop;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -273,17 +280,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           if (s.config != dflt) out.push_back(s);
         }
       }
-      // With a bias (float keys σ + bias): the selection on approximate keys (`load` 1), 16 warps, the −1 rows at
-      // the start or after the arrival with the map (fill 3 / 4), fill 0 without.
-      if (base.params[P_BIAS] == 0) continue;
-      for (int fill : {kFusedFillAfter, kFusedFillLate}) {
-        if (!map && fill != kFusedFillAfter) continue;
-        s.config[C_WARPS] = tpt;
-        s.config[C_TPW] = 32 / tpt;
-        s.config[C_FILL] = map ? fill : kFillInRoute;
-        s.config[C_LOAD] = 1;
-        s.config[C_TPT] = tpt;
-        out.push_back(s);
+      // 16 warps with options (`load` bits, run_bits): the copies issued by the last warp before the first CTA
+      // barrier, with the map in one cooperative launch without route_zero (2 | 4; 2 without the map); with a bias
+      // also the selection on approximate keys (1). The −1 rows at the start or after the arrival (fill 3 / 4) with
+      // the map, fill 0 without.
+      for (int load : {kRunIssueLast | kRunCoop, kRunApprox}) {
+        if (load == kRunApprox && base.params[P_BIAS] == 0) continue;
+        for (int fill : {kFusedFillAfter, kFusedFillLate}) {
+          if (!map && fill != kFusedFillAfter) continue;
+          s.config[C_WARPS] = tpt;
+          s.config[C_TPW] = 32 / tpt;
+          s.config[C_FILL] = map ? fill : kFillInRoute;
+          s.config[C_LOAD] = map ? load : load & ~kRunCoop;
+          s.config[C_TPT] = tpt;
+          if (s.config != dflt) out.push_back(s);
+        }
       }
     }
   } else if (base.kernel == kTopkBwd) {
@@ -557,7 +568,20 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       d.smem = static_cast<unsigned>(smem_bytes(s));
       d.pdl = zero;  // after route_zero; waits for it before its atomics
       d.cooperative = coop;
-      impl.launch(s, d, stream, a);
+      try {
+        impl.launch(s, d, stream, a);
+      } catch (const DeviceError& e) {
+        if (!coop) throw;
+        // The driver refused the cooperative launch (fewer SMs available than the device has: MPS, green contexts):
+        // the same kernel without it, behind route_zero (its grid was sized for the whole device, as the warp
+        // kernel's fused map is).
+        log(LogLevel::warn, "moe_topk_routing_fwd: cooperative launch refused ({}); route_zero + PDL instead", e.what());
+        s.config[C_LOAD] &= ~kRunCoop;
+        impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+        d.cooperative = false;
+        d.pdl = true;
+        impl.launch(s, d, stream, a);
+      }
       if (wsp) impl.free_async(wsp, stream);
       return;
     }

@@ -1075,32 +1075,40 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const bool valid = tl < nct;
   // TRACE: SM clock stamps (asm volatile with a memory clobber: not moved across the loads and stores around them).
   u64* const tr = TRACE ? reinterpret_cast<u64*>(a.trace) + static_cast<i64>(blockIdx.x) * kMoeRunTraceSlots : nullptr;
+  // Stamps are globaltimer ns (one clock for every warp and SM: the SM clocks of a CTA's warps disagree) read by a
+  // predicated move whose predicate comes from a volatile shared-memory load, so that the read is not hoisted above
+  // the barriers and waits before it (a plain register read was: the loop-barrier stamp read before the barrier).
+  auto gns = [&] {
+    u64 t;
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .u32 d;\nld.volatile.shared.u32 d, [%1];\nsetp.ne.u32 p, d, 0x7fc00001;\n"
+        "@p mov.u64 %0, %%globaltimer;\n@!p mov.u64 %0, 1;\n}\n"
+        : "=l"(t)
+        : "r"(smem_u32(bars))
+        : "memory");
+    return t;
+  };
   auto clk = [] {
     u64 t;
     asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
-    return t;
-  };
-  auto gns = [] {
-    u64 t;
-    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t)::"memory");
     return t;
   };
   // stamp: in a thread's own flow (thread 0's copy issue and spin); stamp0 / stampw: called by every thread of the
   // CTA / of the warp where they are converged, written by thread 0 / lane 0, the warp converged again right after
   // (a lane-0 branch left open before a CTA barrier is run after it: the stamp would read a later clock).
   auto stamp = [&](int slot) {
-    if constexpr (TRACE) tr[slot] = clk();
+    if constexpr (TRACE) tr[slot] = gns();
   };
   auto stampw = [&](int slot) {
     if constexpr (TRACE) {
-      const u64 t = clk();
+      const u64 t = gns();
       if (lane == 0) tr[slot] = t;
       __syncwarp();
     }
   };
   auto stamp0 = [&](int slot) {
     if constexpr (TRACE) {
-      const u64 t = clk();
+      const u64 t = gns();
       if (threadIdx.x == 0) tr[slot] = t;
       __syncwarp();
     }

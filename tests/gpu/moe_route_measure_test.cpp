@@ -306,8 +306,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
       std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bases, d_put, d_exit;
       for (int b = 0; b < ctas; ++b) {
         const double st = static_cast<double>(at(b, kMoeRunTrStartNs) - t0) / 1000.0;
-        const uint64_t cs = at(b, kMoeRunTrStartClk);
-        auto rel = [&](uint64_t clk) { return clk ? st + static_cast<double>(clk - cs) / ghz / 1000.0 : -1.0; };
+        // (Phase stamps are globaltimer ns; 0 = not reached.)
+        auto rel = [&](uint64_t ns) { return ns ? static_cast<double>(ns - t0) / 1000.0 : -1.0; };
         auto put = [&](int k, double v) {
           if (v >= 0) col[k].push_back(v);
         };
@@ -326,7 +326,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
             sel.push_back(sd - kd);
             emit.push_back(dn - sd);
           }
-          EXPECT_LE(rl, dn) << "CTA " << b << " warp " << w;
+          EXPECT_LE(rl, dn + 0.1) << "CTA " << b << " warp " << w;
           if (w == 0) {
             put(W0ROWS, rl);
             put(W0DONE, dn);
@@ -341,7 +341,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(LASTDONE, last_done);
         const double loop = rel(at(b, kMoeRunTrLoopDone)), counted = rel(at(b, kMoeRunTrCounted)),
                      arrived = rel(at(b, kMoeRunTrArrived)), waited = rel(at(b, kMoeRunTrWaited)),
-                     bases = rel(at(b, kMoeRunTrBases)), putd = rel(at(b, kMoeRunTrPut)), end = rel(at(b, kMoeRunTrEndClk));
+                     bases = rel(at(b, kMoeRunTrBases)), putd = rel(at(b, kMoeRunTrPut)), end = rel(at(b, kMoeRunTrEndNs));
         put(LOOP, loop);
         put(PDL, rel(at(b, kMoeRunTrPdl)));
         put(COUNTED, counted);
@@ -350,10 +350,12 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(BASES, bases);
         put(PUT, putd);
         put(END, end);
-        if (!(c.variant & kMoeRunEarly)) EXPECT_LE(last_done, loop + 1e-3) << "CTA " << b;  // (EARLY: after)
-        if (counted >= 0) EXPECT_LE(loop, counted + 1e-3) << "CTA " << b;
-        if (waited >= 0 && counted >= 0) EXPECT_LE(counted, waited + 1e-3) << "CTA " << b;
-        EXPECT_LE(loop, end + 1e-3) << "CTA " << b;
+        // Ordered up to the globaltimer's step (32 ns on H100) and the store after a stamp.
+        constexpr double tol = 0.1;
+        if (!(c.variant & kMoeRunEarly)) EXPECT_LE(last_done, loop + tol) << "CTA " << b;  // (EARLY: after)
+        if (counted >= 0) EXPECT_LE(loop, counted + tol) << "CTA " << b;
+        if (waited >= 0 && counted >= 0) EXPECT_LE(counted, waited + tol) << "CTA " << b;
+        EXPECT_LE(loop, end + tol) << "CTA " << b;
         if (last_rows >= 0) d_rows.push_back(last_rows - rel(at(b, kMoeRunTrIssued)));
         if (!comp.empty()) d_compute.push_back(quantile(comp, 0.5));
         if (!ks.empty()) {

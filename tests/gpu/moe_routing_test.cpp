@@ -257,14 +257,16 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
     }
 }
 // The CTA-run kernel (tpt 16: contiguous token runs per CTA, 16 threads per token, rank-counted candidates, bulk row
-// copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written): every config of its space on the target routing at the token counts (runs of 32 … 64 tokens, a
-// partial last run, a partial last warp), with and without the map; the shapes it serves beside Ling (no groups,
+// copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written; load bits: 1 approximate keys, 2 the
+// copies issued by the last warp, 4 one cooperative launch without route_zero): every config of its space on the
+// target routing at the token counts (runs of 32 … 64 tokens, a partial last run, a partial last warp), with
+// and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
 // NaN/±inf, huge biases and sub-ulp winners; T = 65536 (more runs than fit at once) falls back to the warp kernel.
 TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt, load = 0; };
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
-                       Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}})
+                       Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}})
     for (bool with_map : {true, false}) {
       if (!with_map && k.fill != 3) continue;
       auto forced = [&](Case c) {
@@ -272,7 +274,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
         c.tpw = 32 / k.tpt;
         c.fill = with_map ? k.fill : 0;
         c.tpt = k.tpt;
-        c.load = k.load;
+        c.load = with_map ? k.load : k.load & ~4;  // (load bit 4, the cooperative launch, is a map option)
         c.with_map = with_map;
         return c;
       };
@@ -293,8 +295,8 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
                             Case{3000, 256, {8, MoeScore::sigmoid, 8, 4, true, 2.5f}, false, 16},
                             Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
         // (E = 160 does not fit 16 threads per token: E/16 = 10 experts, not a multiple of 4; the approximate keys,
-        // load 1, need a bias.)
-        const bool fits = o.E != 160 && (k.load == 0 || o.bias);
+        // load bit 1, need a bias.)
+        const bool fits = o.E != 160 && (!(k.load & 1) || o.bias);
         ASSERT_EQ(detail::in_search_space(route_spec_of(rt(), forced(o))), fits) << name(forced(o));
         if (fits) run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
       }
