@@ -1023,7 +1023,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
-  constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
+  // FILLW (a candidate): the −1 rows by each warp after its tokens' rows, instead of at the start or after the arrival.
+  constexpr bool FILLW = MAP && (V & kMoeRunFillWarp) != 0;
+  constexpr bool LATE = MAP && FM >= 4 && !FILLW, DEFER = MAP && FM == 5;
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
@@ -1207,7 +1209,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
     for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
   };
-  if constexpr (MAP && !LATE) {
+  if constexpr (MAP && !LATE && !FILLW) {
     fill_rows();
     stamp0(kMoeRunTrFilled);
   }
@@ -1289,6 +1291,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
+    }
+    if constexpr (FILLW) {
+      // FILLW: the token's −1 row of row_id_map right after its other rows (the routed entries are written over it
+      // after the CTA barriers that follow).
+      if (valid) {
+        const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+        int* rr = a.row_id_map + static_cast<i64>(tc0 + tl) * E;
+#pragma unroll
+        for (int u = part; u < E / 4; u += TPT) store16(rr + 4 * u, m1);
+      }
     }
     if constexpr (TRACE) {
       __syncwarp();

@@ -80,6 +80,7 @@ enum : int {
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
   kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
+  kMoeRunFillWarp = 8192,   // a candidate (outputs exact): the −1 rows by each warp after its tokens' rows
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

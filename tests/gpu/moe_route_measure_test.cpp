@@ -90,40 +90,27 @@ class MoeRouteMeasure : public GpuTest {
   void TearDown() override { detail::moe_route_run_trace.store(nullptr); }
 };
 
-constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail, kNoWait = kMoeRunNoWait,
-              kNoArrive = kMoeRunNoArrive;
+constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
-      {"map: run 16w fill 3", true, 16, 2, 3, 16, 0, true},
-      {"map: run fill 4 + APPROX (load 1)", true, 16, 2, 4, 16, 0, true, 1},
-      {"map: run fill 4 + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true},
-      {"map: run fill 4 + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true},
-      {"map: run fill 3 + ISSUELAST", true, 16, 2, 3, 16, kMoeRunIssueLast, true},
-      {"map: run fill 4 + APPROX + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true, 1},
-      {"map: run fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
-      {"map: run fill 4 + COOP + ISSUE0", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssue0, true},
-      {"map: run fill 4 + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true},
-      {"map: run fill 3 + COOP + ISSUELAST", true, 16, 2, 3, 16, kMoeRunCoop | kMoeRunIssueLast, true},
-      {"map: run fill 4 + APPROX + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true, 1},
-      {"map: run fill 4 + PACK", true, 16, 2, 4, 16, kMoeRunPack, true},
-      {"map: run fill 4 + PACK + ISSUELAST", true, 16, 2, 4, 16, kMoeRunPack | kMoeRunIssueLast, true},
-      {"map: run fill 4 + PACK + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast,
-       true},
-      {"map: run fill 4 + APPROX + PACK + COOP + ISSUELAST", true, 16, 2, 4, 16,
-       kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast, true, 1},
-      {"map: run fill 4 - no spin", true, 16, 2, 4, 16, kNoWait, false},
-      {"map: run fill 4 - no tail", true, 16, 2, 4, 16, kNoTail, false},
-      {"map: run 4 - loads+compute+counts", true, 16, 2, 4, 16, kNoArrive | kNoFill | kNoRows, false},
-      {"map: run 4 ISSUELAST - loads+compute+counts", true, 16, 2, 4, 16,
-       kMoeRunIssueLast | kNoArrive | kNoFill | kNoRows, false},
+      {"map: run fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
+      {"map: run fill 4 load 6 (default)", true, 16, 2, 4, 16, 0, true, 6},
+      {"map: run fill 3 load 6", true, 16, 2, 3, 16, 0, true, 6},
+      {"map: run fill 4 load 7 (+ APPROX)", true, 16, 2, 4, 16, 0, true, 7},
+      {"map: run fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
+      {"map: run fill 4 load 6 + PACK", true, 16, 2, 4, 16, kMoeRunPack, true, 6},
+      {"map: run fill 4 load 6 + FILLW + PACK", true, 16, 2, 4, 16, kMoeRunFillWarp | kMoeRunPack, true, 6},
+      {"map: run fill 4 load 6 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 6},
+      {"map: run fill 4 load 6 - no tail", true, 16, 2, 4, 16, kNoTail, false, 6},
+      {"map: run 4 load 6 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 6},
       {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
-      {"no map: run 16w", false, 16, 2, 0, 16, 0, true},
-      {"no map: run 16w + ISSUELAST", false, 16, 2, 0, 16, kMoeRunIssueLast, true},
-      {"no map: run 16w + APPROX + ISSUELAST", false, 16, 2, 0, 16, kMoeRunIssueLast, true, 1},
+      {"no map: run 16w load 0", false, 16, 2, 0, 16, 0, true},
+      {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
+      {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
   };
+
 
 
   Runtime& r = rt();
@@ -193,10 +180,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
         synchronize();
         want = download_outputs(in);
       }
-      for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssue0),
-                     static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunApprox,
-                     kMoeRunIssueLast | kMoeRunCoop, kMoeRunIssue0 | kMoeRunCoop | kMoeRunApprox,
-                     static_cast<int>(kMoeRunPack), kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast | kMoeRunApprox}) {
+      for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunCoop,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox, kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunFillWarp}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
@@ -227,14 +213,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"run 16w fill 4 (default)", true, 16, 2, 4, 16, 0, true},
-      {"run 16w fill 4 + ISSUE0", true, 16, 2, 4, 16, kMoeRunIssue0, true},
-      {"run 16w fill 4 + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true},
-      {"run 16w fill 4 + APPROX + ISSUELAST", true, 16, 2, 4, 16, kMoeRunIssueLast, true, 1},
-      {"run 16w fill 4 + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunCoop | kMoeRunIssueLast, true},
-      {"run 16w fill 4 + PACK + COOP + ISSUELAST", true, 16, 2, 4, 16, kMoeRunPack | kMoeRunCoop | kMoeRunIssueLast,
-       true},
+      {"run 16w fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
+      {"run 16w fill 4 load 6 (default)", true, 16, 2, 4, 16, 0, true, 6},
+      {"run 16w fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
   };
+
 
   Runtime& r = rt();
   bind_device(r);
