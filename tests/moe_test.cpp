@@ -399,7 +399,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
   for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive,
                 kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace, static_cast<int>(kMoeRunPack),
                 kMoeRunIssue0 | kMoeRunApprox | kMoeRunPack | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunTrace}) {
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp | kMoeRunPack}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;
