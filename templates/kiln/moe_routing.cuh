@@ -1009,7 +1009,10 @@ template <> struct MoeRunKey<true> { using type = float; };
 // CTAs of 32 or 64 tokens (32/TPT per warp): 64 tokens' threads fit an SM at once (the register budget for it).
 template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 64 / (32 / TPT * W) > 1 ? 64 / (32 / TPT * W) : 1; };
 
-// V: measurement variants (kMoeRunTrace, kMoeRunNo*: moe_routing_args.h), 0 in every search-space point.
+// V (moe_routing_args.h kMoeRun*): the options of the config's `load` bits — APPROX (approximate keys), ISSUELAST
+// (the last warp issues the copies before any CTA barrier), COOP (one cooperative launch: no route_zero; the grid
+// barrier word instead of the arrival counter) — and measurement variants (TRACE, the phases left out, and the
+// candidates EARLY, ISSUE0, PACK, FILLW: see their comments below and bench/NOTES.md session 8).
 template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT, int V = 0>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
