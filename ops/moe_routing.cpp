@@ -184,7 +184,8 @@ void set_warp_default(Specialization& s, bool map) {
 // T = 8192: 19.15 / 18.94 µs against 20.40 / 19.81 for the warp kernel (round 4: 20.70 against 19.97); 4096: 15.06
 // (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — with the row copies issued by its last warp before the first CTA
 // barrier and one cooperative launch without route_zero (`load` 2 | 4; session 8 round 3, same process: 18.45 µs
-// against 19.23 for load 0 and 19.78 for the warp kernel). Where its grid does not fit at once (T = 65536) the op
+// against 19.23 for load 0 and 19.78 for the warp kernel), and with a bias the selection on approximate keys
+// (`load` | 1; round 4, same process: 18.30 against 18.48). Where its grid does not fit at once (T = 65536) the op
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
 // kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
@@ -196,7 +197,7 @@ void set_route_default(Specialization& s) {
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
     s.config[C_FILL] = kFusedFillLate;
-    s.config[C_LOAD] = kRunIssueLast | kRunCoop;
+    s.config[C_LOAD] = kRunIssueLast | kRunCoop | (s.params[P_BIAS] ? kRunApprox : 0);
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -284,8 +285,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // barrier, with the map in one cooperative launch without route_zero (2 | 4; 2 without the map); with a bias
       // also the selection on approximate keys (1). The −1 rows at the start or after the arrival (fill 3 / 4) with
       // the map, fill 0 without.
-      for (int load : {kRunIssueLast | kRunCoop, kRunApprox}) {
-        if (load == kRunApprox && base.params[P_BIAS] == 0) continue;
+      for (int load : {kRunIssueLast | kRunCoop | kRunApprox, kRunIssueLast | kRunCoop, kRunApprox}) {
+        if ((load & kRunApprox) && base.params[P_BIAS] == 0) continue;
         for (int fill : {kFusedFillAfter, kFusedFillLate}) {
           if (!map && fill != kFusedFillAfter) continue;
           s.config[C_WARPS] = tpt;

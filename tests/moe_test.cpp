@@ -334,17 +334,17 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 2 | 4 at fill 3 and 1 at fill
-  // 3 / 4.
-  ASSERT_EQ(with_map.size(), 10u);
+  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3, 2 | 4
+  // and 1 at fill 3 / 4.
+  ASSERT_EQ(with_map.size(), 12u);
   // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
-  // warp in one cooperative launch (load 6: the first point of the space; session 7 rounds 3 and 5, session 8 round
-  // 3); without it the warp kernel.
+  // warp in one cooperative launch, approximate keys (load 7: the first point of the space; session 7 rounds 3 and 5,
+  // session 8 rounds 3 and 4); without it the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
   EXPECT_EQ(specs[0].config[2], 4);
-  EXPECT_EQ(specs[0].config[3], 6);
+  EXPECT_EQ(specs[0].config[3], 7);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt, int load) {
@@ -355,13 +355,15 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 6), find(16, 5, 16, 0), find(16, 4, 16, 1)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
-  ASSERT_EQ(without.size(), 4u);  // 32 / 16 warps, + at 16 the last warp's issue (load 2) and approximate keys (1)
+  // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys (1)
+  ASSERT_EQ(without.size(), 5u);
   EXPECT_EQ(without[0].config[2], 0);
-  EXPECT_EQ(without[2].config[3], 2);
-  EXPECT_EQ(without[3].config[3], 1);
+  EXPECT_EQ(without[2].config[3], 3);
+  EXPECT_EQ(without[3].config[3], 2);
+  EXPECT_EQ(without[4].config[3], 1);
   EXPECT_GT(detail::ensure_cubin(without[2], nullptr, false, counters).cubin.size(), 1000u) << without[2].describe();
   for (const auto& w : {without[1]}) {
     detail::Specialization plain = w;

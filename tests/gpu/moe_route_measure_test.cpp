@@ -96,20 +96,19 @@ TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
       {"map: run fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
-      {"map: run fill 4 load 6 (default)", true, 16, 2, 4, 16, 0, true, 6},
-      {"map: run fill 3 load 6", true, 16, 2, 3, 16, 0, true, 6},
-      {"map: run fill 4 load 7 (+ APPROX)", true, 16, 2, 4, 16, 0, true, 7},
+      {"map: run fill 4 load 6", true, 16, 2, 4, 16, 0, true, 6},
+      {"map: run fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"map: run fill 3 load 7", true, 16, 2, 3, 16, 0, true, 7},
+      {"map: run fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
       {"map: run fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
-      {"map: run fill 4 load 6 + PACK", true, 16, 2, 4, 16, kMoeRunPack, true, 6},
-      {"map: run fill 4 load 6 + FILLW + PACK", true, 16, 2, 4, 16, kMoeRunFillWarp | kMoeRunPack, true, 6},
-      {"map: run fill 4 load 6 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 6},
-      {"map: run fill 4 load 6 - no tail", true, 16, 2, 4, 16, kNoTail, false, 6},
-      {"map: run 4 load 6 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 6},
+      {"map: run fill 4 load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
+      {"map: run fill 4 load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
+      {"map: run 4 load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
       {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
-      {"no map: run 16w load 0", false, 16, 2, 0, 16, 0, true},
       {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
   };
+
 
 
 
@@ -213,10 +212,10 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"run 16w fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
-      {"run 16w fill 4 load 6 (default)", true, 16, 2, 4, 16, 0, true, 6},
-      {"run 16w fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
+      {"run 16w fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"run 16w fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
   };
+
 
 
   Runtime& r = rt();

@@ -266,7 +266,8 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
 TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt, load = 0; };
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
-                       Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}})
+                       Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
+                       Cfg{16, 4, 16, 7}})
     for (bool with_map : {true, false}) {
       if (!with_map && k.fill != 3) continue;
       auto forced = [&](Case c) {
