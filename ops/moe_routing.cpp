@@ -3,6 +3,7 @@
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <utility>
@@ -12,6 +13,7 @@
 #include "ops/bench/moe_instances.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
+#include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
 
@@ -30,12 +32,16 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // routed), and threads per token (tpt 0: the warp kernel above, a warp per token; 16: moe_route_run_kernel, a CTA per
 // contiguous run of ≤ 2·warps tokens, 16 threads per token, rows by bulk copies — sigmoid routing of the shapes run_ok
 // accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1 rows and the prob
-// / map rows after the arrival; tokens_per_warp is 2 there). topk_bwd: warps per CTA.
+// / map rows after the arrival; tokens_per_warp is 2 there; `load` 1 with a bias: the selection on approximate keys,
+// exact σ for the candidates only, moe_routing.cuh APPROX). topk_bwd: warps per CTA.
 // (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere in session 5; choosing experts on
 // approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
 // start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7;
 // the CTA-run kernel with 4 or 8 threads per token, slower in every round of session 7.)
-enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT };
+enum { C_WARPS, C_TPW, C_FILL, C_LOAD, C_TPT, C_VARIANT };
+// C_VARIANT (config field 5, unnamed: never in the search space, a tuning file or the tuner's tables) selects a
+// measurement variant of moe_route_run_kernel (kMoeRunTrace, kMoeRunNo*: moe_routing_args.h) through a forced
+// config (tests/gpu/moe_route_measure_test.cpp); 0 everywhere else.
 enum { kFillInRoute = 0, kFillInMap = 1, kFusedFillAfter = 3, kFusedFillLate = 4, kRunDeferAll = 5 };
 bool fill_outside_loop(int64_t fill) { return fill == kFillInMap || fill == kFusedFillAfter || fill == kFusedFillLate; }
 bool fused_fill(int64_t fill) { return fill == kFusedFillAfter || fill == kFusedFillLate; }
@@ -62,6 +68,21 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   return layout && GS >= 2 && K <= 2 * TG;
 }
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
+// The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
+// bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
+// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop), 8 narrow count rows
+// (kMoeRunPack) — and the measurement variant bits of the unnamed config field 5.
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunPack = 8;
+int run_bits(const Specialization& s) {
+  const int load = s.config[C_LOAD];
+  return s.config[C_VARIANT] | (load & kRunApprox ? kMoeRunApprox : 0) | (load & kRunIssueLast ? kMoeRunIssueLast : 0) |
+         (load & kRunCoop ? kMoeRunCoop : 0) | (load & kRunPack ? kMoeRunPack : 0);
+}
+// V rendered only where nonzero (", V").
+std::string run_variant(const Specialization& s) {
+  const int v = run_bits(s);
+  return v ? fmt::format(", {}", v) : std::string();
+}
 
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
@@ -70,9 +91,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   switch (s.kernel) {
     case kRoute:
       if (is_run(s)) {
-        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E], p[P_K],
+        name = fmt::format("kiln::moe_route_run_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}{}>", p[P_E], p[P_K],
                            p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0, p[P_MAP] != 0,
-                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT]);
+                           s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT], run_variant(s));
         break;
       }
       name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
@@ -161,8 +182,13 @@ void set_warp_default(Specialization& s, bool map) {
 // The route default: with the map, where the CTA-run kernel serves the shape, that kernel at 16 threads per token in
 // CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 rounds 3 and 5 at
 // T = 8192: 19.15 / 18.94 µs against 20.40 / 19.81 for the warp kernel (round 4: 20.70 against 19.97); 4096: 15.06
-// (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87. Where its grid does not fit at once (T = 65536) the op runs the warp
-// kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43).
+// (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — with the row copies issued by its last warp before the first CTA
+// barrier and one cooperative launch without route_zero (`load` 2 | 4; session 8 round 3, same process: 18.45 µs
+// against 19.23 for load 0 and 19.78 for the warp kernel), and with a bias the selection on approximate keys
+// (`load` | 1; round 4, same process: 18.30 against 18.48). Where its grid does not fit at once (T = 65536) the op
+// runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
+// the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
+// kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
 void set_route_default(Specialization& s) {
   const bool map = s.params[P_MAP] != 0;
   if (map && s.arch.sm >= 90 && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
@@ -171,6 +197,7 @@ void set_route_default(Specialization& s) {
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
     s.config[C_FILL] = kFusedFillLate;
+    s.config[C_LOAD] = kRunIssueLast | kRunCoop | (s.params[P_BIAS] ? kRunApprox : 0);
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -250,6 +277,22 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           s.config[C_TPW] = 32 / tpt;
           s.config[C_FILL] = map ? fill : kFillInRoute;
           s.config[C_LOAD] = 0;
+          s.config[C_TPT] = tpt;
+          if (s.config != dflt) out.push_back(s);
+        }
+      }
+      // 16 warps with options (`load` bits, run_bits): the copies issued by the last warp before the first CTA
+      // barrier, with the map in one cooperative launch without route_zero (2 | 4; 2 without the map); with a bias
+      // also the selection on approximate keys (1). The −1 rows at the start or after the arrival (fill 3 / 4) with
+      // the map, fill 0 without.
+      for (int load : {kRunIssueLast | kRunCoop | kRunApprox, kRunIssueLast | kRunCoop, kRunApprox}) {
+        if ((load & kRunApprox) && base.params[P_BIAS] == 0) continue;
+        for (int fill : {kFusedFillAfter, kFusedFillLate}) {
+          if (!map && fill != kFusedFillAfter) continue;
+          s.config[C_WARPS] = tpt;
+          s.config[C_TPW] = 32 / tpt;
+          s.config[C_FILL] = map ? fill : kFillInRoute;
+          s.config[C_LOAD] = map ? load : load & ~kRunCoop;
           s.config[C_TPT] = tpt;
           if (s.config != dflt) out.push_back(s);
         }
@@ -430,6 +473,13 @@ MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int
 
 }  // namespace
 
+namespace detail {
+// Measurement hook (tests/gpu/moe_route_measure_test.cpp): the array a forced TRACE variant of moe_route_run_kernel
+// (config field 5 with kMoeRunTrace) writes its kMoeRunTraceSlots u64 a CTA to; null = no trace (the variant then
+// writes nothing).
+std::atomic<unsigned long long*> moe_route_run_trace{nullptr};
+}  // namespace detail
+
 KILN_REGISTER_FAMILY(moe_routing, g_family)
 
 int64_t moe_routing_workspace_elems(int64_t T, int64_t E, int64_t top_k) {
@@ -491,7 +541,9 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;
-      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+      const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
+      const bool zero = !coop && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
+      if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
       a.bias = static_cast<const float*>(expert_bias.data);
@@ -507,12 +559,30 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.map = cm;
       a.arrive = arrive;
       a.run_tokens = static_cast<int>(n);
+      if (s.config[C_VARIANT] & kMoeRunTrace) {
+        a.trace = detail::moe_route_run_trace.load(std::memory_order_relaxed);
+        if (!a.trace) s.config[C_VARIANT] &= ~kMoeRunTrace;
+      }
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(NC);
       d.block[0] = static_cast<unsigned>(W * 32);
       d.smem = static_cast<unsigned>(smem_bytes(s));
-      d.pdl = true;  // after route_zero; waits for it before its atomics
-      impl.launch(s, d, stream, a);
+      d.pdl = zero;  // after route_zero; waits for it before its atomics
+      d.cooperative = coop;
+      try {
+        impl.launch(s, d, stream, a);
+      } catch (const DeviceError& e) {
+        if (!coop) throw;
+        // The driver refused the cooperative launch (fewer SMs available than the device has: MPS, green contexts):
+        // the same kernel without it, behind route_zero (its grid was sized for the whole device, as the warp
+        // kernel's fused map is).
+        log(LogLevel::warn, "moe_topk_routing_fwd: cooperative launch refused ({}); route_zero + PDL instead", e.what());
+        s.config[C_LOAD] &= ~kRunCoop;
+        impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+        d.cooperative = false;
+        d.pdl = true;
+        impl.launch(s, d, stream, a);
+      }
       if (wsp) impl.free_async(wsp, stream);
       return;
     }
@@ -563,7 +633,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    opts.scaling_factor,
                    cm,
                    fused ? records : nullptr,
-                   0};
+                   0,
+                   nullptr};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

@@ -12,6 +12,7 @@
 #include <set>
 
 #include "kiln/kiln.hpp"
+#include "kiln/moe_routing_args.h"
 #include "reference/moe.hpp"
 #include "runtime/family.hpp"
 #include "runtime/registry.hpp"
@@ -288,15 +289,9 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
 
-// The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
-// 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
-// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
-// warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
-// spans 2 threads; without: no groups, no bias).
-TEST(MoeCompile, CtaRunKernelPoints) {
-  Runtime rt(cpu_options());
-  const auto* fam = detail::find_family("moe_routing");
-  ASSERT_NE(fam, nullptr);
+// The routing specializations of a Ling-like model (E = 256, top-8, sigmoid, 8 groups / top-4, renormalized, expert
+// bias) for sm_90a, as `kiln prewarm` enumerates them.
+std::vector<detail::Specialization> ling_like_routing_specs(const detail::FamilyDef& fam) {
   ModelConfig m;
   m.name = "ling-like";
   m.hidden_size = 2048;
@@ -308,7 +303,20 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   m.norm_topk_prob = true;
   m.expert_bias = true;
   std::vector<detail::Specialization> specs;
-  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  fam.enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  return specs;
+}
+
+// The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
+// 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
+// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
+// warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
+// spans 2 threads; without: no groups, no bias).
+TEST(MoeCompile, CtaRunKernelPoints) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  const std::vector<detail::Specialization> specs = ling_like_routing_specs(*fam);
   // The 9 of every routing model, then the warp kernel's default with the map (the fallback where the CTA-run grid
   // does not fit at once), so that prewarm compiles it.
   ASSERT_EQ(specs.size(), 10u);
@@ -326,26 +334,37 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  ASSERT_EQ(with_map.size(), 6u);  // tpt 16 × fill 3 / 4 / 5 × 2 shapes
-  // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival (the first point of the
-  // space; session 7 rounds 3 and 5); without it the warp kernel.
+  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3, 2 | 4
+  // and 1 at fill 3 / 4.
+  ASSERT_EQ(with_map.size(), 12u);
+  // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
+  // warp in one cooperative launch, approximate keys (load 7: the first point of the space; session 7 rounds 3 and 5,
+  // session 8 rounds 3 and 4); without it the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
   EXPECT_EQ(specs[0].config[2], 4);
+  EXPECT_EQ(specs[0].config[3], 7);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
-  auto find = [&](int warps, int fill, int tpt) {
+  auto find = [&](int warps, int fill, int tpt, int load) {
     for (const auto& p : with_map)
-      if (p.config[0] == warps && p.config[1] == 32 / tpt && p.config[2] == fill && p.config[4] == tpt) return p;
-    ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt;
+      if (p.config[0] == warps && p.config[1] == 32 / tpt && p.config[2] == fill && p.config[4] == tpt &&
+          p.config[3] == load)
+        return p;
+    ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16), find(16, 4, 16), find(16, 5, 16)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
-  ASSERT_EQ(without.size(), 2u);
+  // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys (1)
+  ASSERT_EQ(without.size(), 5u);
   EXPECT_EQ(without[0].config[2], 0);
+  EXPECT_EQ(without[2].config[3], 3);
+  EXPECT_EQ(without[3].config[3], 2);
+  EXPECT_EQ(without[4].config[3], 1);
+  EXPECT_GT(detail::ensure_cubin(without[2], nullptr, false, counters).cubin.size(), 1000u) << without[2].describe();
   for (const auto& w : {without[1]}) {
     detail::Specialization plain = w;
     plain.params = {64, 2, 1, 1, 1, 0, 0, 0, 0, 0};  // E = 64, top-2, sigmoid, no groups, no bias
@@ -360,6 +379,39 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     s.params = {};
     std::copy(p.begin(), p.end(), s.params.begin());
     EXPECT_TRUE(run_points_of(s).empty()) << s.describe();
+  }
+}
+
+// The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
+// tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
+// trace alone on the default, every phase left out at once, the candidates EARLY, COOP, PACK, ISSUE0 and ISSUELAST
+// (with the approximate keys).
+TEST(MoeCompile, CtaRunMeasureVariants) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  const std::vector<detail::Specialization> specs = ling_like_routing_specs(*fam);
+  ASSERT_FALSE(specs.empty());
+  ASSERT_EQ(specs[0].config[4], 16);  // the CTA-run default with the map
+  detail::Counters counters;
+  std::string plain_src, plain_name;
+  detail::Specialization plain = specs[0];
+  plain.config[3] = 0;
+  fam->render(plain, plain_src, plain_name);
+  for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive,
+                kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace, static_cast<int>(kMoeRunPack),
+                kMoeRunIssue0 | kMoeRunApprox | kMoeRunPack | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp | kMoeRunPack}) {
+    detail::Specialization s = specs[0];
+    s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
+    s.config[5] = v;
+    EXPECT_FALSE(detail::in_search_space(s));
+    std::string src, name;
+    fam->render(s, src, name);
+    EXPECT_NE(name, plain_name);
+    EXPECT_NE(name.find(", " + std::to_string(v) + ">"), std::string::npos) << name;
+    EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << name;
   }
 }
 

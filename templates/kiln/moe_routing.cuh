@@ -18,6 +18,7 @@
 // only: deterministic by construction.
 #pragma once
 #include "kiln/common.cuh"
+#include "kiln/grid_sync.cuh"
 #include "kiln/mbarrier.cuh"
 #include "kiln/moe_routing_args.h"
 #include "kiln/pdl.cuh"
@@ -310,6 +311,30 @@ __device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int
   return block_exclusive_scan<256>(v, warp_tot, total);
 }
 
+// Expert e's outputs of the padded map beside its base (off: its offset, c: its tokens, pc: c rounded up to the
+// multiple P), by the CTA of index blk: CTA 0 writes its count (unless `counts` is null), padded count and offset; the
+// CTA e % grid writes −1 to the inverse list's entries of e's padding rows (one CTA per expert, round robin).
+__device__ __forceinline__ void moe_expert_outputs(int e, int off, int c, int pc, int blk, int* counts, int* padded_counts,
+                                                   int* offsets, int* row_id_indices, int num_out) {
+  if (blk == 0) {
+    if (counts) counts[e] = c;
+    if (padded_counts) padded_counts[e] = pc;
+    if (offsets) offsets[e] = off;
+  }
+  if (row_id_indices && e % gridDim.x == blk)
+    for (int r = off + c; r < off + pc && r < num_out; ++r) row_id_indices[r] = -1;
+}
+// After every expert's: the end offset offsets[E] = total (CTA 0) and −1 in the inverse list past the total (its
+// entries round robin over the grid's CTAs of NTH threads).
+template <int NTH>
+__device__ __forceinline__ void moe_map_outputs_tail(int E, int total, int blk, int* offsets, int* row_id_indices,
+                                                     int num_out) {
+  if (blk == 0 && threadIdx.x == 0 && offsets) offsets[E] = total;
+  if (row_id_indices)
+    for (i64 r = total + static_cast<i64>(blk) * NTH + threadIdx.x; r < num_out; r += static_cast<i64>(gridDim.x) * NTH)
+      row_id_indices[r] = -1;
+}
+
 // Destinations. CTA: 8 warps over one 32-token block (4 tokens per warp).
 template <int E, typename MapT>
 __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArgs a) {
@@ -361,20 +386,11 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
       base[e] = off + pre[k];
 #pragma unroll
       for (int w = 0; w < W; ++w) mask[e][w] = 0u;
-      if (block == 0) {
-        if (a.padded_counts) a.padded_counts[e] = pc[k];
-        if (a.offsets) a.offsets[e] = off;
-      }
-      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
-      if (a.row_id_indices && e % gridDim.x == block)
-        for (int r = off + c[k]; r < off + pc[k] && r < a.num_out; ++r) a.row_id_indices[r] = -1;
+      moe_expert_outputs(e, off, c[k], pc[k], block, nullptr, a.padded_counts, a.offsets, a.row_id_indices, a.num_out);
     }
     off += pc[k];
   }
-  if (block == 0 && threadIdx.x == 0 && a.offsets) a.offsets[E] = total;
-  if (a.row_id_indices)
-    for (i64 r = total + static_cast<i64>(block) * 256 + threadIdx.x; r < a.num_out; r += static_cast<i64>(gridDim.x) * 256)
-      a.row_id_indices[r] = -1;
+  moe_map_outputs_tail<256>(E, total, block, a.offsets, a.row_id_indices, a.num_out);
   __syncthreads();
 
   // Each lane's flags of a token as one bitmask (bit 4i + j: expert 128i + 4·lane + j): the loops below visit the set
@@ -428,7 +444,10 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-template <int E, int NTH>
+// PACKED (moe_route_run_kernel's PACK candidate): the rows hold narrow counts — a superblock row E/2 words of two
+// 16-bit counts (expert 2i in the low half), a chunk row E/4 words of four 8-bit counts (a chunk ≤ 255 tokens, a
+// superblock ≤ 65535) — so each CTA reads a quarter to half the bytes.
+template <int E, int NTH, bool PACKED = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
@@ -444,18 +463,26 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
     // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
     // constant offset from the batch's pointer.
-    const int* sp = m.super + e;
-    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
+    constexpr int RS = PACKED ? E / 2 : E, RC = PACKED ? E / 4 : E;  // row strides in words
+    const int* sp = m.super + (PACKED ? e / 2 : e);
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * RC + (PACKED ? e / 4 : e);
 #pragma unroll 1
     for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
       const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-      const int* sq = sp + static_cast<i64>(rb) * E;
-      const int* cq = cp + static_cast<i64>(rb) * E;
+      const int* sq = sp + static_cast<i64>(rb) * RS;
+      const int* cq = cp + static_cast<i64>(rb) * RC;
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        vs[j] = j < ns ? __ldcg(sq + j * RS) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * RC) : 0;
+      }
+      if constexpr (PACKED) {
+#pragma unroll
+        for (int j = 0; j < B; ++j) {
+          vs[j] = (static_cast<u32>(vs[j]) >> (16 * (e & 1))) & 0xffffu;
+          vc[j] = (static_cast<u32>(vc[j]) >> (8 * (e & 3))) & 0xffu;
+        }
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -478,22 +505,26 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
       base[e] = off + pre[k];
-      if (c == 0) {
-        m.counts[e] = tot[k];
-        if (m.padded_counts) m.padded_counts[e] = pc[k];
-        if (m.offsets) m.offsets[e] = off;
-      }
-      // Padding rows of this expert get −1 in the inverse list (one CTA per expert, round robin).
-      if (m.row_id_indices && e % gridDim.x == c)
-        for (int r = off + tot[k]; r < off + pc[k] && r < m.num_out; ++r) m.row_id_indices[r] = -1;
+      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets, m.row_id_indices, m.num_out);
     }
     off += pc[k];
   }
-  if (c == 0 && threadIdx.x == 0 && m.offsets) m.offsets[E] = total;
-  if (m.row_id_indices)
-    for (i64 r = total + static_cast<i64>(c) * NTH + threadIdx.x; r < m.num_out; r += static_cast<i64>(gridDim.x) * NTH)
-      m.row_id_indices[r] = -1;
+  moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
   __syncthreads();  // base[]
+}
+
+// The fused forward's grid-wide arrival (the whole grid is resident: the host checks): one thread spins until the
+// counter, which every CTA increments with release semantics once its counts are out, reaches the grid's CTAs (acquire
+// loads at GPU scope, SLEEP ns apart); a wait that never ends traps instead of hanging.
+template <int SLEEP>
+__device__ __forceinline__ void moe_wait_arrivals(const unsigned* arrive) {
+  unsigned n, spins = 0;
+  for (;;) {
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(arrive) : "memory");
+    if (n >= gridDim.x) break;
+    __nanosleep(SLEEP);
+    if (++spins == (1u << 25)) __trap();
+  }
 }
 
 // One routed entry of the map: row_id_map[t][e] = row, and the inverse index.
@@ -902,15 +933,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     // spin, as cooperative groups' grid barrier (no SC fences).
     if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     if constexpr (FILL && LATE) fill_rows();
-    if (threadIdx.x == 0) {
-      unsigned n, spins = 0;
-      for (;;) {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(n) : "l"(a.arrive) : "memory");
-        if (n >= gridDim.x) break;
-        __nanosleep(64);
-        if (++spins == (1u << 25)) __trap();
-      }
-    }
+    if (threadIdx.x == 0) moe_wait_arrivals<64>(a.arrive);
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
     int* base = reinterpret_cast<int*>(moe_smem + W * E);
@@ -986,7 +1009,11 @@ template <> struct MoeRunKey<true> { using type = float; };
 // CTAs of 32 or 64 tokens (32/TPT per warp): 64 tokens' threads fit an SM at once (the register budget for it).
 template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 64 / (32 / TPT * W) > 1 ? 64 / (32 / TPT * W) : 1; };
 
-template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT>
+// V (moe_routing_args.h kMoeRun*): the options of the config's `load` bits — APPROX (approximate keys), ISSUELAST
+// (the last warp issues the copies before any CTA barrier), COOP (one cooperative launch: no route_zero; the grid
+// barrier word instead of the arrival counter) — and measurement variants (TRACE, the phases left out, and the
+// candidates EARLY, ISSUE0, PACK, FILLW: see their comments below and bench/NOTES.md session 8).
+template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT, int V = 0>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
   constexpr int EPT = E / TPT;                // experts per thread
@@ -999,7 +1026,29 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
-  constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
+  // FILLW (a candidate): the −1 rows by each warp after its tokens' rows, instead of at the start or after the arrival.
+  constexpr bool FILLW = MAP && (V & kMoeRunFillWarp) != 0;
+  constexpr bool LATE = MAP && FM >= 4 && !FILLW, DEFER = MAP && FM == 5;
+  constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
+                 NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
+                 NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
+  static_assert(!(EARLY && DEFER), "EARLY builds the rows after the arrival: not with fill 5");
+  // COOP (a candidate, outputs exact): a cooperative launch with no moe_route_zero before it; the kernel zeroes the
+  // superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at the
+  // driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
+  constexpr bool COOP = MAP && (V & kMoeRunCoop) != 0;
+  // PACK (a candidate, outputs exact): narrow counts in the chunk and superblock rows (moe_chunk_bases<…, PACKED>).
+  constexpr bool PACK = MAP && (V & kMoeRunPack) != 0;
+  static_assert(!PACK || 32 / TPT * W <= 255, "PACK: 8-bit chunk counts");
+  // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
+  constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
+  // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
+  // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
+  constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
+  constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
+  constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
+  static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
+  u32 coop_tok = 0;
   // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
   // TPT general.)
   static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
@@ -1029,24 +1078,58 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
   const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
   const bool valid = tl < nct;
-
-  if (warp == 0) {
-    // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
-    // which issues the bias copy right away.
-    if (lane < W) mbar_init(&bars[lane], 1);
-    if (lane == 0) mbar_init(&bars[W], 1);
-    fence_mbar_init();
-  }
-  if (threadIdx.x == 0) {
-    if constexpr (BIAS) {
-      // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
-      mbar_arrive_expect_tx(&bars[W], E * 4);
-      bulk_load(sbias, a.bias, E * 4, &bars[W]);
+  // TRACE: SM clock stamps (asm volatile with a memory clobber: not moved across the loads and stores around them).
+  u64* const tr = TRACE ? reinterpret_cast<u64*>(a.trace) + static_cast<i64>(blockIdx.x) * kMoeRunTraceSlots : nullptr;
+  // Stamps are globaltimer ns (one clock for every warp and SM: the SM clocks of a CTA's warps disagree) read by a
+  // predicated move whose predicate comes from a volatile shared-memory load, so that the read is not hoisted above
+  // the barriers and waits before it (a plain register read was: the loop-barrier stamp read before the barrier).
+  auto gns = [&] {
+    u64 t;
+    asm volatile(
+        "{\n.reg .pred p;\n.reg .u32 d;\nld.volatile.shared.u32 d, [%1];\nsetp.ne.u32 p, d, 0x7fc00001;\n"
+        "@p mov.u64 %0, %%globaltimer;\n@!p mov.u64 %0, 1;\n}\n"
+        : "=l"(t)
+        : "r"(smem_u32(bars))
+        : "memory");
+    return t;
+  };
+  auto clk = [] {
+    u64 t;
+    asm volatile("mov.u64 %0, %%clock64;" : "=l"(t)::"memory");
+    return t;
+  };
+  // stamp: in a thread's own flow (thread 0's copy issue and spin); stamp0 / stampw: called by every thread of the
+  // CTA / of the warp where they are converged, written by thread 0 / lane 0, the warp converged again right after
+  // (a lane-0 branch left open before a CTA barrier is run after it: the stamp would read a later clock).
+  auto stamp = [&](int slot) {
+    if constexpr (TRACE) tr[slot] = gns();
+  };
+  auto stampw = [&](int slot) {
+    if constexpr (TRACE) {
+      const u64 t = gns();
+      if (lane == 0) tr[slot] = t;
+      __syncwarp();
+    }
+  };
+  auto stamp0 = [&](int slot) {
+    if constexpr (TRACE) {
+      const u64 t = gns();
+      if (threadIdx.x == 0) tr[slot] = t;
+      __syncwarp();
+    }
+  };
+  if constexpr (TRACE) {
+    if (threadIdx.x == 0) {
+      tr[kMoeRunTrStartNs] = gns();
+      tr[kMoeRunTrStartClk] = clk();
+      u32 sm;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      tr[kMoeRunTrSm] = sm;
     }
   }
-  for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-  __syncthreads();
-  if (threadIdx.x == 0) {
+
+  auto issue_rows = [&] {
+    if (threadIdx.x != SW * 32) return;
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
@@ -1063,16 +1146,76 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           bulk_load_evict_first(rows + (w * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[w]);
       }
     }
+    stamp(kMoeRunTrIssued);
+  };
+  if (warp == SW) {
+    // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
+    // which issues the bias copy right away (ISSUELAST: warp W − 1 and its lane 0).
+    if (lane < W) mbar_init(&bars[lane], 1);
+    if (lane == 0) mbar_init(&bars[W], 1);
+    fence_mbar_init();
   }
+  if (threadIdx.x == SW * 32) {
+    if constexpr (BIAS) {
+      // The bias first (ahead of the rows in the copy queue), on its own barrier: no CTA barrier waits for it.
+      mbar_arrive_expect_tx(&bars[W], E * 4);
+      bulk_load(sbias, a.bias, E * 4, &bars[W]);
+    }
+  }
+  if constexpr (ISSUE0) {
+    // ISSUE0: the rows' copies right away — warp SW's barrier inits ordered before them by the warp's sync — instead
+    // of after a CTA barrier that waits for the CTA's last warp to start. Named barrier 1 publishes warp SW's inits
+    // (it only arrives, then issues); the other warps zero the masks before it and arrive at barrier 2, which warp SW
+    // passes once its copies are issued, before its first use of the masks.
+    // With COOP the other warps also zero the CTA's share of the superblock rows, and thread CT (the first of them)
+    // arrives at the grid barrier once barrier 1 has ordered their stores (it alone waits for the grid, later).
+    if (warp == SW) {
+      __syncwarp();
+      asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
+      issue_rows();
+      __syncwarp();
+      named_barrier_sync(2, NTH);
+    } else {
+      const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
+      for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      if constexpr (COOP) {
+        const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+        for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
+      }
+      named_barrier_sync(1, NTH);
+      if constexpr (COOP) {
+        if (threadIdx.x == CT) {
+          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+          asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(grid_barrier_word()), "r"(nb)
+                       : "memory");
+        }
+      }
+      asm volatile("bar.arrive 2, %0;" ::"n"(NTH) : "memory");
+    }
+  } else if constexpr (COOP) {
+    for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+    const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+    for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
+    coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
+  } else {
+    for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+    __syncthreads();
+  }
+  stamp0(kMoeRunTrInit);
+  if constexpr (!ISSUE0) issue_rows();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).
   auto fill_rows = [&] {
+    if constexpr (NOFILL) return;
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
     for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
   };
-  if constexpr (MAP && !LATE) fill_rows();
+  if constexpr (MAP && !LATE && !FILLW) {
+    fill_rows();
+    stamp0(kMoeRunTrFilled);
+  }
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
   // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
@@ -1090,220 +1233,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       else if (t - t0 > 2000000000ull) __trap();
     }
   };
-  if (nw > 0) {
-    wait_bar(&bars[warp]);  // the warp's rows
-    // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
-    const int rt = valid ? tl : warp * TPW;
-    float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
-    const float* brow = sbias + part * EPT;
-    const int e0 = part * EPT;
-    // Position c of the thread's arrays holds expert e0 + xo(c): the 16-byte chunks in an order rotated per part
-    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts) touch 8 distinct
-    // bank groups; else in order. Selection does not depend on the order within a block.
-    constexpr int NC4 = EPT / 4;
-    constexpr bool ROT = E == 256 && TPT == 16 && NB == 1;
-    const int rot = ROT ? (part >> 1) & 1 : 0;
-    auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
-    auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
-
-    Key key[EPT];
-    {
-      float v[EPT];
-#pragma unroll
-      for (int c = 0; c < EPT; c += 4) {
-        const Vec16 q = lds16(smem_u32(zrow + xo(c)));
-#pragma unroll
-        for (int j = 0; j < 4; ++j) v[c + j] = __uint_as_float(q.w[j]);
-      }
-      if constexpr (BIAS) {
-        // σ = 1/(1 + e^−z) correctly rounded (as moe_route_kernel: the short form for z > −87, else kiln_sigmoid).
-        float zmin = __int_as_float(0x7f800000);
-#pragma unroll
-        for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);
-        if (!(zmin <= -87.0f)) {
-#pragma unroll
-          for (int c = 0; c < EPT; ++c) {
-            const float d = kiln_one_plus_exp_lt87(-v[c]);
-            const float r = rcp_ftz(d);
-            v[c] = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
-          }
-        } else {
-#pragma unroll
-          for (int c = 0; c < EPT; ++c) v[c] = kiln_sigmoid(v[c]);
-        }
-        if (valid) {
-#pragma unroll
-          for (int c = 0; c < EPT; c += 4)
-            sts16(smem_u32(zrow + xo(c)), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
-                                             __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
-        }
-        wait_bar(&bars[W]);  // the bias (long landed)
-        // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
-#pragma unroll
-        for (int c = 0; c < EPT; c += 4) {
-          const Vec16 q = lds16(smem_u32(brow + xo(c)));
-#pragma unroll
-          for (int j = 0; j < 4; ++j) key[c + j] = __fadd_rn(v[c + j], fmaxf(__uint_as_float(q.w[j]), neg_inf));
-        }
-      } else {
-#pragma unroll
-        for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
-      }
-    }
-    auto kmax = [](Key x, Key y) -> Key {
-      if constexpr (BIAS) return fmaxf(x, y); else return max(x, y);
-    };
-    auto kmin = [](Key x, Key y) -> Key {
-      if constexpr (BIAS) return fminf(x, y); else return min(x, y);
-    };
-    auto kfloat = [](Key x) -> float {
-      if constexpr (BIAS) return x; else return ordered_float(x);
-    };
-    auto kord = [](Key x) -> u32 {
-      if constexpr (BIAS) return ordered_bits(x); else return x;
-    };
-    // The key of position c (expert e0 + xo(c)), recomputed from shared memory (the same operations: the same bits).
-    auto key_at = [&](int c) -> u32 {
-      const int o = xo(c);
-      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[o], fmaxf(brow[o], neg_inf)));
-      else {
-        const float z = zrow[o];
-        return ordered_bits(z != z ? neg_inf : z);
-      }
-    };
-    auto entry = [&](int c) -> u64 {
-      return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
-    };
-
-    // Each block's two largest keys.
-    Key a1[NB], a2[NB];
-#pragma unroll
-    for (int b = 0; b < NB; ++b) {
-      if constexpr (BIAS) a1[b] = a2[b] = neg_inf; else a1[b] = a2[b] = 0u;
-#pragma unroll
-      for (int c = b * BS; c < b * BS + BS; ++c) {
-        a2[b] = kmax(a2[b], kmin(a1[b], key[c]));
-        a1[b] = kmax(a1[b], key[c]);
-      }
-    }
-    if constexpr (SPAN > 1) {
-      // A group spans SPAN threads (consecutive parts): merge their two best keys (every thread gets the group's).
-#pragma unroll
-      for (int o = 1; o < SPAN; o <<= 1) {
-        const Key b1 = __shfl_xor_sync(ALL, a1[0], TPW * o), b2 = __shfl_xor_sync(ALL, a2[0], TPW * o);
-        a2[0] = kmax(kmin(a1[0], b1), kmax(a2[0], b2));
-        a1[0] = kmax(a1[0], b1);
-      }
-    }
-    // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
-    bool kept[NB];
-    Key lo;
-    if constexpr (BIAS) lo = __int_as_float(0x7f800000); else lo = 0xffffffffu;
-    if constexpr (G > 1) {
-      u32 gsc[NB];
-#pragma unroll
-      for (int b = 0; b < NB; ++b) {
-        float sc = __fadd_rn(kfloat(a1[b]), kfloat(a2[b]));
-        sc = sc != sc ? neg_inf : sc;
-        gsc[b] = ordered_bits(sc);
-      }
-      int rank[NB];
-#pragma unroll
-      for (int b = 0; b < NB; ++b) rank[b] = 0;
-      const int mg = part / SPAN * NB;  // the thread's first group
-#pragma unroll
-      for (int p = 0; p < TPT; p += SPAN)
-#pragma unroll
-        for (int qb = 0; qb < NB; ++qb) {
-          const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
-          const int og = p / SPAN * NB + qb;
-#pragma unroll
-          for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < mg + b)) ? 1 : 0;
-        }
-#pragma unroll
-      for (int b = 0; b < NB; ++b) {
-        kept[b] = rank[b] < TG;
-        if (kept[b]) lo = kmin(lo, a2[b]);
-      }
-    } else {
-      kept[0] = true;
-      lo = a2[0];
-    }
-#pragma unroll
-    for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
-
-    // Candidates: kept and key ≥ lo.
-    u32 m[2] = {0u, 0u};
-#pragma unroll
-    for (int c = 0; c < EPT; ++c)
-      if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
-    const int mine = __popc(m[0]) + __popc(m[1]);
-    int inc = mine;  // inclusive prefix over the token's parts
-#pragma unroll
-    for (int o = TPW; o < 32; o <<= 1) {
-      const int x = __shfl_up_sync(ALL, inc, o);
-      if (lane >= o) inc += x;
-    }
-    const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
-    int* pk = picks + tl * KP;
-    auto record = [&](int r, int e) {
-      pk[r] = e;
-      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
-    };
-    if (!__any_sync(ALL, valid && n > CAP)) {
-      u64* lst = list + tl * (CAP + 2);
-      if (valid) {
-        int pos = inc - mine;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          for (u32 mm = m[h]; mm; mm &= mm - 1u) lst[pos++] = entry(32 * h + __ffs(mm) - 1);
-        if (part == TPT - 1) {
-          lst[n] = 0ull;  // pads the list to pairs (0 ranks below every entry)
-          lst[n + 1] = 0ull;
-        }
-      }
-      __syncwarp();
-      if (valid) {
-        for (int qi = part; qi < n; qi += TPT) {
-          const u64 me = lst[qi];
-          int rank = 0;
-          for (int r = 0; r < n; r += 2) {
-            const Vec16 pr = lds16(smem_u32(lst + r));
-            const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
-            rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
-          }
-          if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
-        }
-      }
-    } else {
-      // Many equal keys: K argmax rounds over the candidates (exact, slower).
-#pragma unroll 1
-      for (int r = 0; r < K; ++r) {
-        u64 best = 0ull;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
-            const u64 x = entry(32 * h + __ffs(mm) - 1);
-            best = x > best ? x : best;
-          }
-        u64 top = best;
-#pragma unroll
-        for (int o = TPW; o < 32; o <<= 1) {
-          const u64 x = __shfl_xor_sync(ALL, top, o);
-          top = x > top ? x : top;
-        }
-        if (top != 0ull && best == top) {
-          const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
-          if (c < 32) m[0] &= ~(1u << c);
-          else m[1] &= ~(1u << (c - 32));
-          if (valid) record(r, e0 + o);
-        }
-      }
-    }
-    __syncwarp();
-
-    // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map
-    // rows built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores.
+  // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map rows
+  // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
+  // tokens calls it after its selection (EARLY: after the CTA's arrival).
+  int* const pk = picks + tl * KP;
+  auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
     int pe[MP];
@@ -1354,36 +1288,421 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if (!DEFER && valid) {
+    if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
     }
+    if constexpr (FILLW) {
+      // FILLW: the token's −1 row of row_id_map right after its other rows (the routed entries are written over it
+      // after the CTA barriers that follow).
+      if (valid) {
+        const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+        int* rr = a.row_id_map + static_cast<i64>(tc0 + tl) * E;
+#pragma unroll
+        for (int u = part; u < E / 4; u += TPT) store16(rr + 4 * u, m1);
+      }
+    }
+    if constexpr (TRACE) {
+      __syncwarp();
+      stampw(kMoeRunTrWarp + 4 * warp + 3);
+    }
+  };
+  if (nw > 0) {
+    wait_bar(&bars[warp]);  // the warp's rows
+    stampw(kMoeRunTrWarp + 4 * warp);
+    // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
+    const int rt = valid ? tl : warp * TPW;
+    float* zrow = rows + rt * RSF + part * EPT;  // the thread's experts: scores (BIAS) or logits, then the outputs
+    const float* brow = sbias + part * EPT;
+    const int e0 = part * EPT;
+    // Position c of the thread's arrays holds expert e0 + xo(c): the 16-byte chunks in an order rotated per part
+    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts) touch 8 distinct
+    // bank groups; else in order. Selection does not depend on the order within a block.
+    constexpr int NC4 = EPT / 4;
+    constexpr bool ROT = E == 256 && TPT == 16 && NB == 1;
+    const int rot = ROT ? (part >> 1) & 1 : 0;
+    auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
+    auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
+
+    Key key[EPT];
+    // The exact keys: σ = 1/(1 + e^−z) correctly rounded for every expert of the thread (as moe_route_kernel: the
+    // short form for z > −87, else kiln_sigmoid), stored over the logits; keys σ + bias. Without a bias the logits.
+    // The thread's EPT values of a shared row (its logits / scores, or the bias) in position order, 16 bytes a load.
+    auto lds_row = [&](const float* r, float (&out)[EPT]) {
+#pragma unroll
+      for (int c = 0; c < EPT; c += 4) {
+        const Vec16 q = lds16(smem_u32(r + xo(c)));
+#pragma unroll
+        for (int j = 0; j < 4; ++j) out[c + j] = __uint_as_float(q.w[j]);
+      }
+    };
+    auto exact_keys = [&] {
+      float v[EPT];
+      lds_row(zrow, v);
+      if constexpr (BIAS) {
+        float zmin = __int_as_float(0x7f800000);
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) zmin = fminf(zmin, v[c]);  // (the thread's smallest logit picks the σ form)
+        if (!(zmin <= -87.0f)) {
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) {
+            const float d = kiln_one_plus_exp_lt87(-v[c]);
+            const float r = rcp_ftz(d);
+            v[c] = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+          }
+        } else {
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) v[c] = kiln_sigmoid(v[c]);
+        }
+        if (valid) {
+#pragma unroll
+          for (int c = 0; c < EPT; c += 4)
+            sts16(smem_u32(zrow + xo(c)), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
+                                             __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
+        }
+        wait_bar(&bars[W]);  // the bias (long landed)
+        // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
+        float b[EPT];
+        lds_row(brow, b);
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(v[c], fmaxf(b[c], neg_inf));
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
+      }
+    };
+    // APPROX: keys from σ̃ = rcp.approx(1 + ex2.approx(max(−z·log2 e, −20·log2 e))) (4 instructions, not ≈ 19), within
+    // dk = 2^−18 + (1 + max|finite bias|)·2^−21 of the exact keys (|σ̃ − σ| ≲ 2^−21 for every z, NaN included: both
+    // 1; each key's add rounds by ≤ (1 + |bias|)·2^−24). The kept groups are the exact ones when the lowest kept and
+    // the highest dropped approximate group score differ by more than 4·dk + (1 + max|bias|)·2^−20 (else the warp
+    // recomputes exact keys: a near tie); every exact pick then has an approximate key ≥ lo − 2·dk, so the
+    // candidates are taken with that slack and only they get their exact σ (stored over their logits; spread over the
+    // token's threads as the list entries are), from which the list's keys, the ranks and the probs come: the same
+    // bits as the exact path.
+    bool approx = false;
+    float dk = 0.0f, bm1 = 1.0f;  // APPROX: the key error bound, 1 + max|finite bias|
+    if constexpr (APPROX) {
+      float bm = 0.0f, v[EPT];
+      lds_row(zrow, v);
+#pragma unroll
+      for (int c = 0; c < EPT; ++c) {
+        key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
+      }
+      wait_bar(&bars[W]);  // the bias (long landed)
+      lds_row(brow, v);
+#pragma unroll
+      for (int c = 0; c < EPT; ++c) {
+        if (fabsf(v[c]) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(v[c]));
+        key[c] = __fadd_rn(key[c], fmaxf(v[c], neg_inf));
+      }
+#pragma unroll
+      for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
+      bm1 = 1.0f + bm;
+      dk = __fmaf_rn(bm1, 4.76837158e-07f, 3.81469727e-06f);  // 2^−18 + (1 + bm)·2^−21
+      approx = true;
+    } else {
+      exact_keys();
+    }
+    auto kmax = [](Key x, Key y) -> Key {
+      if constexpr (BIAS) return fmaxf(x, y); else return max(x, y);
+    };
+    auto kmin = [](Key x, Key y) -> Key {
+      if constexpr (BIAS) return fminf(x, y); else return min(x, y);
+    };
+    auto kfloat = [](Key x) -> float {
+      if constexpr (BIAS) return x; else return ordered_float(x);
+    };
+    auto kord = [](Key x) -> u32 {
+      if constexpr (BIAS) return ordered_bits(x); else return x;
+    };
+    // The key of position c (expert e0 + xo(c)), recomputed from shared memory (the same operations: the same bits).
+    auto key_at = [&](int c) -> u32 {
+      const int o = xo(c);
+      if constexpr (BIAS) return ordered_bits(__fadd_rn(zrow[o], fmaxf(brow[o], neg_inf)));
+      else {
+        const float z = zrow[o];
+        return ordered_bits(z != z ? neg_inf : z);
+      }
+    };
+    auto entry = [&](int c) -> u64 {
+      return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
+    };
+
+    stampw(kMoeRunTrWarp + 4 * warp + 1);
+    bool kept[NB];
+    Key lo;
+    bool gap_ok = true;  // APPROX: the kept groups are certain
+    // The kept groups (fewer than TG groups rank above: score desc, group asc) from each group's two best keys, and
+    // lo = the smallest of the kept groups' second-best keys over the token's threads.
+    auto groups = [&] {
+      // Each block's two largest keys.
+      Key a1[NB], a2[NB];
+#pragma unroll
+      for (int b = 0; b < NB; ++b) {
+        if constexpr (BIAS) a1[b] = a2[b] = neg_inf; else a1[b] = a2[b] = 0u;
+#pragma unroll
+        for (int c = b * BS; c < b * BS + BS; ++c) {
+          a2[b] = kmax(a2[b], kmin(a1[b], key[c]));
+          a1[b] = kmax(a1[b], key[c]);
+        }
+      }
+      if constexpr (SPAN > 1) {
+        // A group spans SPAN threads (consecutive parts): merge their two best keys (every thread gets the group's).
+#pragma unroll
+        for (int o = 1; o < SPAN; o <<= 1) {
+          const Key b1 = __shfl_xor_sync(ALL, a1[0], TPW * o), b2 = __shfl_xor_sync(ALL, a2[0], TPW * o);
+          a2[0] = kmax(kmin(a1[0], b1), kmax(a2[0], b2));
+          a1[0] = kmax(a1[0], b1);
+        }
+      }
+      // Kept groups: fewer than TG groups rank above (score desc, group asc); the bound lo over the kept blocks.
+      if constexpr (BIAS) lo = __int_as_float(0x7f800000); else lo = 0xffffffffu;
+      if constexpr (G > 1) {
+        u32 gsc[NB];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          float sc = __fadd_rn(kfloat(a1[b]), kfloat(a2[b]));
+          sc = sc != sc ? neg_inf : sc;
+          gsc[b] = ordered_bits(sc);
+        }
+        int rank[NB];
+#pragma unroll
+        for (int b = 0; b < NB; ++b) rank[b] = 0;
+        const int mg = part / SPAN * NB;  // the thread's first group
+#pragma unroll
+        for (int p = 0; p < TPT; p += SPAN)
+#pragma unroll
+          for (int qb = 0; qb < NB; ++qb) {
+            const u32 o = __shfl_sync(ALL, gsc[qb], ti + TPW * p);
+            const int og = p / SPAN * NB + qb;
+#pragma unroll
+            for (int b = 0; b < NB; ++b) rank[b] += (o > gsc[b] || (o == gsc[b] && og < mg + b)) ? 1 : 0;
+          }
+#pragma unroll
+        for (int b = 0; b < NB; ++b) {
+          kept[b] = rank[b] < TG;
+          if (kept[b]) lo = kmin(lo, a2[b]);
+        }
+        if constexpr (APPROX && TG < G) {
+          if (approx) {
+            // The lowest kept and the highest dropped approximate group score over the token's threads.
+            float lk = __int_as_float(0x7f800000), hd = neg_inf;
+#pragma unroll
+            for (int b = 0; b < NB; ++b) {
+              const float sc = ordered_float(gsc[b]);
+              if (kept[b]) lk = fminf(lk, sc);
+              else hd = fmaxf(hd, sc);
+            }
+#pragma unroll
+            for (int o = TPW; o < 32; o <<= 1) {
+              lk = fminf(lk, __shfl_xor_sync(ALL, lk, o));
+              hd = fmaxf(hd, __shfl_xor_sync(ALL, hd, o));
+            }
+            gap_ok = __fsub_rn(lk, hd) > __fmaf_rn(bm1, 9.53674316e-07f, 4.0f * dk);  // 4·dk + (1 + bm)·2^−20
+          }
+        }
+      } else {
+        kept[0] = true;
+        lo = a2[0];
+      }
+#pragma unroll
+      for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+    };
+    groups();
+    if constexpr (APPROX) {
+      if (__any_sync(ALL, valid && !gap_ok)) {  // a near tie of group scores: exact keys for the warp
+        approx = false;
+        gap_ok = true;
+        exact_keys();
+        groups();
+      }
+      if (approx) lo = __fsub_rn(lo, 2.0f * dk);
+    }
+
+    // Candidates: kept and key ≥ lo.
+    u32 m[2] = {0u, 0u};
+#pragma unroll
+    for (int c = 0; c < EPT; ++c)
+      if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
+    // The exact σ of expert e0 + o from its logit (the same bits as the thread-wide choice in exact_keys: both forms
+    // agree for z > −87), and its key.
+    auto exact_sigmoid = [](float z) -> float {
+      if (!(z <= -87.0f)) {
+        const float d = kiln_one_plus_exp_lt87(-z);
+        const float r = rcp_ftz(d);
+        return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+      }
+      return kiln_sigmoid(z);
+    };
+    const int mine = __popc(m[0]) + __popc(m[1]);
+    int inc = mine;  // inclusive prefix over the token's parts
+#pragma unroll
+    for (int o = TPW; o < 32; o <<= 1) {
+      const int x = __shfl_up_sync(ALL, inc, o);
+      if (lane >= o) inc += x;
+    }
+    const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
+    auto record = [&](int r, int e) {
+      pk[r] = e;
+      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
+    };
+    if (!__any_sync(ALL, valid && n > CAP)) {
+      u64* lst = list + tl * (CAP + 2);
+      if (valid) {
+        int pos = inc - mine;
+        // (APPROX: the expert only; its exact σ and key are formed below by the thread that ranks the entry.)
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const int c = 32 * h + __ffs(mm) - 1;
+            lst[pos++] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
+          }
+        if (part == TPT - 1) {
+          lst[n] = 0ull;  // pads the list to pairs (0 ranks below every entry)
+          lst[n + 1] = 0ull;
+        }
+      }
+      __syncwarp();
+      if constexpr (APPROX) {
+        if (approx) {
+          // Each candidate's exact σ (stored over its logit: the probs read it) and exact key, spread over the token's
+          // threads as the entries are.
+          if (valid) {
+            float* trow = rows + tl * RSF;
+            for (int qi = part; qi < n; qi += TPT) {
+              const int e = 0xffff - static_cast<int>(lst[qi] & 0xffffu);
+              const float sg = exact_sigmoid(trow[e]);
+              trow[e] = sg;
+              lst[qi] = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
+                        static_cast<u32>(0xffff - e);
+            }
+          }
+          __syncwarp();
+        }
+      }
+      if (valid) {
+        for (int qi = part; qi < n; qi += TPT) {
+          const u64 me = lst[qi];
+          int rank = 0;
+          for (int r = 0; r < n; r += 2) {
+            const Vec16 pr = lds16(smem_u32(lst + r));
+            const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+            rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+          }
+          if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
+        }
+      }
+    } else {
+      // Many equal keys: K argmax rounds over the candidates (exact, slower). (APPROX: the thread's candidates' exact
+      // σ over their logits first.)
+      if constexpr (APPROX) {
+        if (approx && valid) {
+#pragma unroll
+          for (int h = 0; h < 2; ++h)
+            for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+              const int o = xo(32 * h + __ffs(mm) - 1);
+              zrow[o] = exact_sigmoid(zrow[o]);
+            }
+        }
+      }
+#pragma unroll 1
+      for (int r = 0; r < K; ++r) {
+        u64 best = 0ull;
+#pragma unroll
+        for (int h = 0; h < 2; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const u64 x = entry(32 * h + __ffs(mm) - 1);
+            best = x > best ? x : best;
+          }
+        u64 top = best;
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) {
+          const u64 x = __shfl_xor_sync(ALL, top, o);
+          top = x > top ? x : top;
+        }
+        if (top != 0ull && best == top) {
+          const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
+          if (c < 32) m[0] &= ~(1u << c);
+          else m[1] &= ~(1u << (c - 32));
+          if (valid) record(r, e0 + o);
+        }
+      }
+    }
+    __syncwarp();
+    stampw(kMoeRunTrWarp + 4 * warp + 2);
+
+    if constexpr (!EARLY) emit_rows();
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   __syncthreads();
-  pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
-  for (int e = threadIdx.x; e < E; e += NTH) {
-    int c = 0;
+  stamp0(kMoeRunTrLoopDone);
+  if constexpr (COOP && ISSUE0) {
+    // Thread CT arrived at the first grid barrier: it waits for the grid, the CTA barrier after it publishes that.
+    if (threadIdx.x == CT) {
+      const u32* word = grid_barrier_word();
+      for (u32 it = 0;; ++it) {
+        u32 cur;
+        asm volatile("ld.acquire.gpu.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
+        if ((coop_tok ^ cur) & 0x80000000u) break;
+        if (it == (1u << 26)) __trap();
+      }
+    }
+    __syncthreads();
+  } else if constexpr (COOP) {
+    grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
+  } else {
+    pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  }
+  stamp0(kMoeRunTrPdl);
+  if constexpr (PACK) {
+    // Four experts a thread: one word of the chunk row (8-bit counts), two packed adds into the superblock row.
+    for (int i = threadIdx.x; i < E / 4; i += NTH) {
+      u32 c[4];
 #pragma unroll
-    for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-    if constexpr (MAP) {
-      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-      if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
-    } else {
-      if (c) atomicAdd(&a.counts[e], c);
+      for (int j = 0; j < 4; ++j) {
+        c[j] = 0;
+#pragma unroll
+        for (int w = 0; w < NMW; ++w) c[j] += __popc(emask[(4 * i + j) * NMW + w]);
+      }
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * (E / 4) + i] =
+          static_cast<int>(c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24);
+      int* sr = a.super + static_cast<i64>(blockIdx.x / a.super_chunks) * (E / 2) + 2 * i;
+      if (c[0] | c[1]) atomicAdd(sr, static_cast<int>(c[0] | c[1] << 16));
+      if (c[2] | c[3]) atomicAdd(sr + 1, static_cast<int>(c[2] | c[3] << 16));
+    }
+  } else {
+    for (int e = threadIdx.x; e < E; e += NTH) {
+      int c = 0;
+#pragma unroll
+      for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+      if constexpr (MAP) {
+        a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+        if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+      } else {
+        if (c) atomicAdd(&a.counts[e], c);
+      }
     }
   }
   if constexpr (MAP) {
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
-    __syncthreads();
-    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    if constexpr (COOP) {
+      coop_tok = grid_barrier_arrive();
+    } else {
+      __syncthreads();
+      if (!NOARRIVE && threadIdx.x == 0)
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    }
+    stamp0(kMoeRunTrCounted);
+    if constexpr (EARLY) {
+      if (nw > 0) emit_rows();
+    }
     if constexpr (LATE) fill_rows();
-    if constexpr (DEFER) {
+    if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;
       for (int i = threadIdx.x; i < nct * (UP + UM); i += NTH) {
@@ -1393,24 +1712,37 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         else store16(a.routing_map + g + 16 * (u - UP), lds16(smem_u32(mapbuf + t * E + 16 * (u - UP))));
       }
     }
-    if (threadIdx.x == 0) {
-      unsigned cnt, spins = 0;
-      for (;;) {
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cnt) : "l"(a.arrive) : "memory");
-        if (cnt >= gridDim.x) break;
-        __nanosleep(32);
-        if (++spins == (1u << 25)) __trap();
+    stamp0(kMoeRunTrArrived);
+    if constexpr (COOP) {
+      if constexpr (NOWAIT) __syncthreads();
+      else grid_barrier_wait(coop_tok);
+      stamp0(kMoeRunTrWaited);
+    } else {
+      if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
+        moe_wait_arrivals<32>(a.arrive);
+        stamp(kMoeRunTrWaited);
       }
+      __syncthreads();
     }
-    __syncthreads();
-    int* base = reinterpret_cast<int*>(run_smem + L.base);
-    moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
-    for (int i = threadIdx.x; i < nct * K; i += NTH) {
-      const int t = i / K, e = picks[t * KP + i % K];
-      int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
+    if constexpr (!NOARRIVE && !NOTAIL) {
+      int* base = reinterpret_cast<int*>(run_smem + L.base);
+      moe_chunk_bases<E, NTH, PACK>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+      stamp0(kMoeRunTrBases);
+      for (int i = threadIdx.x; i < nct * K; i += NTH) {
+        const int t = i / K, e = picks[t * KP + i % K];
+        int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
 #pragma unroll
-      for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
-      moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+        for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
+        moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+      }
+      stamp0(kMoeRunTrPut);
+    }
+  }
+  if constexpr (TRACE) {
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      tr[kMoeRunTrEndClk] = clk();
+      tr[kMoeRunTrEndNs] = gns();
     }
   }
 }

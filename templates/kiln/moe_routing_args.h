@@ -53,6 +53,58 @@ struct MoeRouteArgs {
   MoeChunkMap map;             // FUSE: the map this launch writes after its grid-wide arrival
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
+  unsigned long long* trace;   // moe_route_run_kernel's TRACE variant only: kMoeRunTraceSlots u64 a CTA
+};
+
+// moe_route_run_kernel's measurement variants (template argument V, set through the Specialization's unnamed config
+// field 5: never in the search space nor in a tuning file; tests/gpu/moe_route_measure_test.cpp). TRACE writes the
+// CTA's phase stamps to MoeRouteArgs::trace; the others leave a phase out (their outputs are then incomplete or wrong:
+// timing only): NOFILL the −1 rows of row_id_map, NOROWS the prob and routing-map rows' global stores, NOTAIL the
+// bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
+// there), NOARRIVE the arrival, its spin and everything after it. EARLY (a candidate with exact outputs): see below.
+enum : int {
+  kMoeRunTrace = 1,
+  kMoeRunNoFill = 2,
+  kMoeRunNoRows = 4,
+  kMoeRunNoTail = 8,
+  kMoeRunNoWait = 16,
+  kMoeRunNoArrive = 32,
+  kMoeRunEarly = 64,  // a candidate, not an ablation: the CTA arrives right after its selection (counts), and the
+                      // warps build and store their prob / map rows after the arrival, while the grid's other CTAs
+                      // finish (outputs exact)
+  kMoeRunNoZero = 128,  // the op launches no moe_route_zero before the kernel (the superblock rows and the arrival
+                        // counter keep the previous call's values; implies NOWAIT): what that launch costs
+  kMoeRunCoop = 256,    // a candidate (outputs exact): one cooperative launch, no moe_route_zero (moe_routing.cuh)
+  kMoeRunPack = 512,    // a candidate (outputs exact): narrow counts in the chunk / superblock rows (moe_routing.cuh)
+  kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
+                         // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
+  kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
+  kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
+  kMoeRunFillWarp = 8192,   // a candidate (outputs exact): the −1 rows by each warp after its tokens' rows
+};
+// TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
+// then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
+// landed (kMoeRunTrWarp + 4w), its keys are formed (+ 1), its picks recorded (+ 2) and its prob / map rows stored
+// (+ 3); 0 = not reached.
+enum : int {
+  kMoeRunTrStartNs = 0,
+  kMoeRunTrStartClk,
+  kMoeRunTrEndNs,
+  kMoeRunTrEndClk,
+  kMoeRunTrSm,
+  kMoeRunTrInit,      // after the barrier inits and the mask zeroing (first CTA barrier)
+  kMoeRunTrIssued,    // thread 0 has issued every row copy
+  kMoeRunTrFilled,    // thread 0's share of the −1 rows issued (fill 3)
+  kMoeRunTrLoopDone,  // the CTA barrier after the token loop (every warp done)
+  kMoeRunTrPdl,       // griddepcontrol.wait passed (route_zero complete)
+  kMoeRunTrCounted,   // count row + superblock atomics issued, CTA barrier passed (before the arrival)
+  kMoeRunTrArrived,   // thread 0: arrival issued and its share of the late stores (fill 4 / 5) issued
+  kMoeRunTrWaited,    // thread 0: the spin saw every CTA
+  kMoeRunTrBases,     // moe_chunk_bases done (its final CTA barrier)
+  kMoeRunTrPut,       // thread 0: its routed rows stored
+  kMoeRunTrSpare,
+  kMoeRunTrWarp = 16,
+  kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32,
 };
 
 // Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for

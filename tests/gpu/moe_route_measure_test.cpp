@@ -1,0 +1,387 @@
+// tests/gpu/moe_route_measure_test.cpp — measurements of the top-k forward with the padded map (issue 6: T = 8192,
+// E = 256, top-8, Ling routing, P = 16) that one GPU round can take at once. Not in the MoeRouting ctest regex: run
+// them with `kiln_gpu_tests --gtest_filter='MoeRouteMeasure*'`. They print, and check only what must hold whatever the
+// numbers are: the variants that leave nothing out write the same bits as the default, tracing changes no output, and
+// the trace's stamps are ordered.
+//
+//  * Ablation: forced configs of the route kernel (the warp kernel, the CTA-run kernel and its measurement variants
+//    that leave a phase out: config field 5, moe_routing_args.h kMoeRunNo*) timed in one process, interleaved in
+//    rounds (L2 flushed before each call, as `kiln bench`), so drift hits all alike; per config the median of the
+//    round medians, their range, and p10 / p50 / p90 over every call (the CTA-run kernel's run-to-run spread against the
+//    warp kernel's, same process).
+//  * Timeline: the CTA-run kernel's TRACE variant (kMoeRunTrace: per-CTA SM-clock stamps of its phases, per-warp rows
+//    landed / rows stored), one traced call after an L2 flush, three repeats; µs after the first CTA's entry
+//    (min / p10 / p50 / p90 / max over CTAs) and per-CTA phase durations.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "gpu/moe_route_spec.hpp"
+#include "kiln/moe_routing_args.h"
+#include "kiln/ops/moe.hpp"
+#include "ops/bench/moe_instances.hpp"
+#include "runtime/bench.hpp"
+#include "runtime/driver.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
+#include "test_util.hpp"
+
+namespace kiln::detail {
+extern std::atomic<unsigned long long*> moe_route_run_trace;
+}  // namespace kiln::detail
+
+namespace kiln::test {
+namespace {
+
+const MoeRoutingOptions kLing{8, MoeScore::sigmoid, 8, 4, true, 2.5f};
+constexpr int64_t kT = 8192, kE = 256;
+
+struct RouteCfg {
+  const char* name;
+  bool map;
+  int warps, tpw, fill, tpt, variant;
+  bool exact;  // writes everything: must equal the default's outputs
+  int load = 0;  // 1: the run kernel's approximate-key selection (a search-space point)
+};
+
+// The route kernel's specialization at the issue's shape with the config's fields (not its variant).
+detail::Specialization spec_of(Runtime& r, const RouteCfg& c) {
+  return moe_route_spec(r.impl().target_arch(), kE, kLing, true, c.map, {c.warps, c.tpw, c.fill, c.load, c.tpt});
+}
+
+std::unique_ptr<detail::ForceConfigScope> force(Runtime& r, const RouteCfg& c) {
+  detail::Specialization s = spec_of(r, c);
+  EXPECT_TRUE(detail::in_search_space(s)) << c.name << ": " << s.describe();
+  s.config[5] = c.variant;
+  return std::make_unique<detail::ForceConfigScope>(s);
+}
+
+std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
+  std::vector<uint8_t> all;
+  for (const TensorRef& t : inst.outputs) {
+    const size_t bytes = static_cast<size_t>(t.numel()) * (t.dtype == DType::u8 ? 1 : 4);
+    const size_t at = all.size();
+    all.resize(at + bytes);
+    detail::check(detail::driver().cuMemcpyDtoH(all.data() + at, reinterpret_cast<CUdeviceptr>(t.data), bytes),
+                  "cuMemcpyDtoH");
+  }
+  return all;
+}
+
+double quantile(std::vector<double> v, double p) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
+}
+
+class MoeRouteMeasure : public GpuTest {
+ protected:
+  void SetUp() override {
+    GpuTest::SetUp();
+    if (IsSkipped()) return;
+    if (rt().impl().target_arch().sm < 90) GTEST_SKIP() << "the CTA-run kernel needs sm_90";
+  }
+  void TearDown() override { detail::moe_route_run_trace.store(nullptr); }
+};
+
+constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
+
+TEST_F(MoeRouteMeasure, Ablation) {
+  const std::vector<RouteCfg> cfgs = {
+      {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
+      {"map: run fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
+      {"map: run fill 4 load 6", true, 16, 2, 4, 16, 0, true, 6},
+      {"map: run fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"map: run fill 3 load 7", true, 16, 2, 3, 16, 0, true, 7},
+      {"map: run fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
+      {"map: run fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
+      {"map: run fill 4 load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
+      {"map: run fill 4 load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
+      {"map: run 4 load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
+      {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
+      {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
+      {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
+  };
+
+
+
+
+  Runtime& r = rt();
+  bind_device(r);
+  detail::BenchInstance with_map = detail::moe_routing_fwd_instance(r, kT, kE, kLing, true, true, 16);
+  detail::BenchInstance no_map = detail::moe_routing_fwd_instance(r, kT, kE, kLing, true, false, 16);
+  auto inst = [&](const RouteCfg& c) -> detail::BenchInstance& { return c.map ? with_map : no_map; };
+  detail::L2Flusher l2(r, nullptr);
+  // Compile + first run of each; the complete ones must equal the first complete config of their kind.
+  std::map<bool, std::vector<uint8_t>> want;
+  for (const RouteCfg& c : cfgs) {
+    SCOPED_TRACE(c.name);
+    auto f = force(r, c);
+    inst(c).run(nullptr);
+    synchronize();
+    if (!c.exact) continue;
+    const std::vector<uint8_t> got = download_outputs(inst(c));
+    auto [it, first] = want.emplace(c.map, got);
+    if (!first) {
+      ASSERT_EQ(got.size(), it->second.size());
+      const auto d = std::mismatch(got.begin(), got.end(), it->second.begin());
+      EXPECT_TRUE(d.first == got.end()) << "first differing output byte " << (d.first - got.begin());
+    }
+  }
+  const int rounds = 9, calls = 10;
+  std::map<std::string, std::vector<double>> med, all;
+  for (int round = 0; round < rounds; ++round)
+    for (size_t i = 0; i < cfgs.size(); ++i) {
+      const RouteCfg& c = cfgs[round % 2 == 0 ? i : cfgs.size() - 1 - i];
+      auto f = force(r, c);
+      const std::vector<double> us = detail::time_calls_us(inst(c).run, nullptr, l2, 1, calls);
+      med[c.name].push_back(detail::median(us));
+      all[c.name].insert(all[c.name].end(), us.begin(), us.end());
+    }
+  std::printf("[route ablation] T = %lld, E = %lld, Ling top-8, P = 16; %d rounds x %d calls (L2 flushed), µs: median "
+              "of round medians (min .. max round median) | p10 / p50 / p90 over all calls\n",
+              static_cast<long long>(kT), static_cast<long long>(kE), rounds, calls);
+  for (const RouteCfg& c : cfgs) {
+    const std::vector<double>& v = med[c.name];
+    const std::vector<double>& a = all[c.name];
+    std::printf("  %-38s %7.2f  (%6.2f .. %6.2f) | %6.2f %6.2f %6.2f\n", c.name, quantile(v, 0.5), quantile(v, 0),
+                quantile(v, 1), quantile(a, 0.1), quantile(a, 0.5), quantile(a, 0.9));
+  }
+  // The A/B of the two defaults with the map, round by round (the same process, alternating order).
+  std::printf("[route A/B] round medians, warp kernel vs CTA-run default:");
+  for (int k = 0; k < rounds; ++k)
+    std::printf(" %.2f/%.2f", med[cfgs[0].name][k], med[cfgs[1].name][k]);
+  std::printf("\n");
+}
+
+// The candidates with exact outputs (COOP, PACK, ISSUE0 / ISSUELAST, the approximate keys of load 1, combinations)
+// write the same bits
+// as the CTA-run kernel's plain config (itself checked against the CPU reference by MoeRoutingTest.CtaRunKernel) at the token
+// counts where runs are partial or single (1, 7, 33, 4095) and at 8192, after a call of another config on the same
+// buffers, twice (the outputs poisoned before each call: every output element must be written).
+TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
+  Runtime& r = rt();
+  bind_device(r);
+  for (int64_t T : {1, 7, 33, 4095, 8192})
+    for (int fill : {3, 4}) {
+      detail::BenchInstance in = detail::moe_routing_fwd_instance(r, T, kE, kLing, true, true, 16);
+      const RouteCfg plain{"plain", true, 16, 2, fill, 16, 0, true};
+      std::vector<uint8_t> want;
+      {
+        auto f = force(r, plain);
+        in.run(nullptr);
+        synchronize();
+        want = download_outputs(in);
+      }
+      for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunCoop,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox, kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunFillWarp}) {
+        // (kMoeRunApprox stands for the config's load 1 here)
+        const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
+        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
+                     " load " + std::to_string(load));
+        RouteCfg c = plain;
+        c.variant = v;
+        c.load = load;
+        auto f = force(r, c);
+        // Twice: what the first call leaves (count words, the barrier word) must not change the second's outputs.
+        for (int rep = 0; rep < 2; ++rep) {
+          for (const TensorRef& t : in.outputs)
+            detail::check(detail::driver().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(t.data), 0xa5,
+                                                           static_cast<size_t>(t.numel()) * (t.dtype == DType::u8 ? 1 : 4),
+                                                           nullptr),
+                          "cuMemsetD8Async");
+          in.run(nullptr);
+          synchronize();
+          const std::vector<uint8_t> got = download_outputs(in);
+          ASSERT_EQ(got.size(), want.size());
+          const auto d = std::mismatch(got.begin(), got.end(), want.begin());
+          EXPECT_TRUE(d.first == got.end()) << "call " << rep << ": first differing output byte "
+                                            << (d.first - got.begin()) << " of " << got.size();
+        }
+      }
+    }
+}
+
+// One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
+TEST_F(MoeRouteMeasure, Timeline) {
+  const std::vector<RouteCfg> cfgs = {
+      {"run 16w fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"run 16w fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
+  };
+
+
+
+  Runtime& r = rt();
+  bind_device(r);
+  detail::BenchInstance in = detail::moe_routing_fwd_instance(r, kT, kE, kLing, true, true, 16);
+  const size_t max_ctas = 1024;
+  DeviceBuffer tb(r, max_ctas * kMoeRunTraceSlots * 8);
+  detail::L2Flusher l2(r, nullptr);
+  CUevent ev0, ev1;
+  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
+  for (const RouteCfg& c0 : cfgs) {
+    SCOPED_TRACE(c0.name);
+    std::vector<uint8_t> plain;
+    {
+      auto f = force(r, c0);
+      in.run(nullptr);
+      synchronize();
+      plain = download_outputs(in);
+    }
+    RouteCfg c = c0;
+    c.variant |= kMoeRunTrace;
+    auto f = force(r, c);
+    detail::moe_route_run_trace.store(static_cast<unsigned long long*>(tb.data()));
+    in.run(nullptr);  // compiles the TRACE variant
+    synchronize();
+    for (int rep = 0; rep < 3; ++rep) {
+      tb.fill(0);
+      l2.flush(nullptr);
+      detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
+      in.run(nullptr);
+      detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
+      synchronize();
+      float ms = 0;
+      detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
+      if (c0.exact) EXPECT_TRUE(download_outputs(in) == plain) << "tracing changed the outputs";
+      EXPECT_TRUE(tb.guards_intact());
+      const std::vector<uint64_t> tr = tb.download<uint64_t>(max_ctas * kMoeRunTraceSlots);
+      int ctas = 0;
+      while (ctas < static_cast<int>(max_ctas) && tr[static_cast<size_t>(ctas) * kMoeRunTraceSlots] != 0) ++ctas;
+      ASSERT_GT(ctas, 0);
+      auto at = [&](int b, int slot) { return tr[static_cast<size_t>(b) * kMoeRunTraceSlots + slot]; };
+      // SM clock rate: the CTAs' clock span over their globaltimer span (median); globaltimer's granularity.
+      std::vector<double> rate;
+      std::vector<uint64_t> starts;
+      for (int b = 0; b < ctas; ++b) {
+        const uint64_t gs = at(b, kMoeRunTrStartNs), ge = at(b, kMoeRunTrEndNs);
+        const uint64_t cs = at(b, kMoeRunTrStartClk), ce = at(b, kMoeRunTrEndClk);
+        EXPECT_LE(gs, ge) << "CTA " << b;
+        EXPECT_LE(cs, ce) << "CTA " << b;
+        if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+        starts.push_back(gs);
+      }
+      ASSERT_FALSE(rate.empty());
+      const double ghz = quantile(rate, 0.5);
+      std::sort(starts.begin(), starts.end());
+      uint64_t gran = ~0ull;
+      for (size_t i = 1; i < starts.size(); ++i)
+        if (starts[i] != starts[i - 1]) gran = std::min(gran, starts[i] - starts[i - 1]);
+      const uint64_t t0 = starts.front();
+      const int W = c.warps;
+      // Columns: µs after the first CTA's entry.
+      enum { ENTRY, INIT, ISSUED, FILLED, W0ROWS, LASTROWS, W0DONE, LASTDONE, LOOP, PDL, COUNTED, ARRIVED, WAITED,
+             BASES, PUT, END, NCOL };
+      const char* names[NCOL] = {"entry",       "init",          "rows issued", "fill issued", "warp0 rows",
+                                 "last rows",   "warp0 stored",  "last stored", "loop barrier", "pdl wait",
+                                 "counted",     "arrived+late",  "spin passed", "bases",        "routed put",
+                                 "end"};
+      std::vector<std::vector<double>> col(NCOL);
+      std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bases, d_put, d_exit;
+      for (int b = 0; b < ctas; ++b) {
+        const double st = static_cast<double>(at(b, kMoeRunTrStartNs) - t0) / 1000.0;
+        // (Phase stamps are globaltimer ns; 0 = not reached.)
+        auto rel = [&](uint64_t ns) { return ns ? static_cast<double>(ns - t0) / 1000.0 : -1.0; };
+        auto put = [&](int k, double v) {
+          if (v >= 0) col[k].push_back(v);
+        };
+        put(ENTRY, st);
+        put(INIT, rel(at(b, kMoeRunTrInit)));
+        put(ISSUED, rel(at(b, kMoeRunTrIssued)));
+        put(FILLED, rel(at(b, kMoeRunTrFilled)));
+        double first_rows = 1e30, last_rows = -1, last_done = -1, first_done = 1e30;
+        std::vector<double> comp, ks, sel, emit;
+        for (int w = 0; w < W; ++w) {
+          const double rl = rel(at(b, kMoeRunTrWarp + 4 * w)), dn = rel(at(b, kMoeRunTrWarp + 4 * w + 3));
+          const double kd = rel(at(b, kMoeRunTrWarp + 4 * w + 1)), sd = rel(at(b, kMoeRunTrWarp + 4 * w + 2));
+          if (rl < 0 || dn < 0) continue;
+          if (kd >= rl && sd >= kd && dn >= sd) {
+            ks.push_back(kd - rl);
+            sel.push_back(sd - kd);
+            emit.push_back(dn - sd);
+          }
+          EXPECT_LE(rl, dn + 0.1) << "CTA " << b << " warp " << w;
+          if (w == 0) {
+            put(W0ROWS, rl);
+            put(W0DONE, dn);
+          }
+          first_rows = std::min(first_rows, rl);
+          last_rows = std::max(last_rows, rl);
+          first_done = std::min(first_done, dn);
+          last_done = std::max(last_done, dn);
+          comp.push_back(dn - rl);
+        }
+        put(LASTROWS, last_rows);
+        put(LASTDONE, last_done);
+        const double loop = rel(at(b, kMoeRunTrLoopDone)), counted = rel(at(b, kMoeRunTrCounted)),
+                     arrived = rel(at(b, kMoeRunTrArrived)), waited = rel(at(b, kMoeRunTrWaited)),
+                     bases = rel(at(b, kMoeRunTrBases)), putd = rel(at(b, kMoeRunTrPut)), end = rel(at(b, kMoeRunTrEndNs));
+        put(LOOP, loop);
+        put(PDL, rel(at(b, kMoeRunTrPdl)));
+        put(COUNTED, counted);
+        put(ARRIVED, arrived);
+        put(WAITED, waited);
+        put(BASES, bases);
+        put(PUT, putd);
+        put(END, end);
+        // Ordered up to the globaltimer's step (32 ns on H100) and the store after a stamp.
+        constexpr double tol = 0.1;
+        if (!(c.variant & kMoeRunEarly)) EXPECT_LE(last_done, loop + tol) << "CTA " << b;  // (EARLY: after)
+        if (counted >= 0) EXPECT_LE(loop, counted + tol) << "CTA " << b;
+        if (waited >= 0 && counted >= 0) EXPECT_LE(counted, waited + tol) << "CTA " << b;
+        EXPECT_LE(loop, end + tol) << "CTA " << b;
+        if (last_rows >= 0) d_rows.push_back(last_rows - rel(at(b, kMoeRunTrIssued)));
+        if (!comp.empty()) d_compute.push_back(quantile(comp, 0.5));
+        if (!ks.empty()) {
+          d_keys.push_back(quantile(ks, 0.5));
+          d_sel.push_back(quantile(sel, 0.5));
+          d_emit.push_back(quantile(emit, 0.5));
+        }
+        if (last_done >= 0) d_skew.push_back(loop - first_done);
+        if (counted >= 0) d_counts.push_back(counted - loop);
+        if (waited >= 0 && arrived >= 0) d_spin.push_back(waited - arrived);
+        if (bases >= 0 && waited >= 0) d_bases.push_back(bases - waited);
+        if (putd >= 0 && bases >= 0) d_put.push_back(putd - bases);
+        if (putd >= 0) d_exit.push_back(end - putd);
+      }
+      double span = 0;
+      for (int b = 0; b < ctas; ++b)
+        span = std::max(span, static_cast<double>(at(b, kMoeRunTrEndNs) - t0) / 1000.0);
+      std::printf("[route timeline] %s rep %d: %d CTAs, SM clock %.3f GHz, globaltimer step >= %llu ns; events %.2f "
+                  "µs, CTA span %.2f µs; µs after the first CTA entry (n, min / p10 / p50 / p90 / max over CTAs)\n",
+                  c0.name, rep, ctas, ghz, static_cast<unsigned long long>(gran == ~0ull ? 0 : gran), ms * 1000.0,
+                  span);
+      auto row = [](const char* name, const std::vector<double>& v) {
+        if (v.empty()) return;
+        std::printf("  %-14s %4zu %7.2f %7.2f %7.2f %7.2f %7.2f\n", name, v.size(), quantile(v, 0), quantile(v, 0.1),
+                    quantile(v, 0.5), quantile(v, 0.9), quantile(v, 1));
+      };
+      for (int k = 0; k < NCOL; ++k) row(names[k], col[k]);
+      row("d rows land", d_rows);      // issued → the CTA's last warp's rows landed
+      row("d warp comp", d_compute);   // a warp's rows landed → its rows stored (median over the CTA's warps)
+      row(" . keys", d_keys);           //   rows landed → keys formed (σ, bias)
+      row(" . select", d_sel);          //   keys → picks recorded (groups, candidates, list, ranks)
+      row(" . emit", d_emit);           //   picks → prob / map rows stored
+      row("d loop skew", d_skew);      // the CTA's first warp done → the loop barrier passed
+      row("d counts", d_counts);       // loop barrier → counts published
+      row("d spin", d_spin);           // arrival (+ late stores) → every CTA arrived
+      row("d bases", d_bases);         // spin passed → bases done
+      row("d put", d_put);             // bases → routed rows stored (thread 0)
+      row("d exit", d_exit);           // routed rows → the CTA's end
+    }
+    detail::moe_route_run_trace.store(nullptr);
+  }
+  detail::check(detail::driver().cuEventDestroy(ev0), "cuEventDestroy");
+  detail::check(detail::driver().cuEventDestroy(ev1), "cuEventDestroy");
+}
+
+}  // namespace
+}  // namespace kiln::test
