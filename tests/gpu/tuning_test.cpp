@@ -86,6 +86,9 @@ TEST_F(TunerGpu, WrongCandidateThatIsFastestIsRejected) {
   const Specialization base = quant_mode2(r);
   tuner::TuneOptions opts;
   opts.repeats = 20;
+  // The injected candidates are timed after the whole search space: a budget that could skip them (the default 60 s
+  // on a cold cache, with mode 2's space at 30+ points) would leave nothing to reject.
+  opts.spec_budget_s = 600;
   opts.inject.push_back({"inject: writes nothing", base, [](const detail::BenchInstance&, Stream) {}});
   opts.inject.push_back({"inject: zeros", base, [](const detail::BenchInstance& i, Stream s) { memset_outputs(i, 0, s); }});
   opts.inject.push_back({"inject: one code off", base, [](const detail::BenchInstance& i, Stream s) {
