@@ -53,18 +53,13 @@ constexpr int kStreamTight = 256;
 // 512 SPLIT (on TIGHT): the full tiles' block barrier as an mbarrier arrive (after the column maxima) and wait (after
 // the row codes), so the warps' skew at the barrier overlaps the row codes.
 constexpr int kStreamSplit = 512;
-// 1024 TABLE (on TIGHT): its per-thread constants from a shared-memory table (one LDS a use) instead of recomputed
-// from tid (round 1 measured the table slower: LDS latency on every block's dependent chains).
-constexpr int kStreamTable = 1024;
 // 2048 FLAT (on TIGHT): no divergent branch between a full block's phases (predicated row-scale stores, the column
 // scales stored last) and the column maxima before the row codes (their atomics in flight meanwhile).
 constexpr int kStreamFlat = 2048;
-// 4096 AHEADX (on TIGHT, two blocks an item): the item's second block's x and weights read before the first block's
-// barrier (their shared-memory latency off the second block's start).
-constexpr int kStreamAheadX = 4096;
-// 8192 SPLIT2 (on TIGHT + FLAT + SPLIT): the previous block's qT store between the arrive and the wait, ordered by a
-// second mbarrier (every warp has staged its codes) instead of by the block barrier.
-constexpr int kStreamSplit2 = 8192;
+// (Bits 1024 TABLE — TIGHT's per-thread constants from a shared-memory table —, 4096 AHEADX — two blocks an item: the
+// second block's x and weights read before the first block's barrier — and 8192 SPLIT2 — the previous block's qT
+// store between SPLIT's arrive and wait, on a second mbarrier — measured slower (bench/NOTES.md) and were deleted;
+// their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
@@ -132,8 +127,7 @@ int smem_bytes(const Specialization& s) {
   if (is_stream(s))
     return rms_norm_block_quant_stream_smem_bytes(
         s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
-        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
-        (s.config[C_OVERLAP] & kStreamTable) != 0);
+        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -359,16 +353,13 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   // 95.60 with two — and FIRST alone — 30.80 / 101.25; removed, as was pass 1 two items ahead, which needs R = 3·CB.)
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
-                      kTight | kStreamTable, kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit,
-                      kTight | kStreamFlat | kStreamAheadX, kTight | kStreamFlat | kStreamSplit | kStreamAheadX,
-                      kTight | kStreamFlat | kStreamSplit | kStreamSplit2, kTight | kStreamSplit | kStreamWldg,
+                      kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
-    if ((overlap & kStreamAheadX) && cb != 2) continue;  // (AHEADX: two blocks an item)
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
-          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N]),
-                                                 (overlap & kStreamTable) != 0) > 227 * 1024)
+          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
+              227 * 1024)
         continue;
       if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;
@@ -596,8 +587,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &=
-        ~(kStreamTight | kStreamSplit | kStreamTable | kStreamFlat | kStreamAheadX | kStreamSplit2 | kStreamWldg);
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -244,17 +244,14 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // FIRST (LEAN): item 0 quantized before item 1's pass 1. TRACE (LEAN): phase timestamps (kRmsqStreamTrace). START
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
-          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool TABLE_BIT = false,
-          bool FLAT_BIT = false, bool AHEADX_BIT = false, bool SPLIT2_BIT = false, bool WLDG_BIT = false>
+          bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
+          bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
   constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
-  constexpr bool TABLE = TABLE_BIT && TIGHT;   // (TIGHT's per-thread constants)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
-  constexpr bool AHEADX = AHEADX_BIT && TIGHT; // (TIGHT's full tiles: the next block's reads before the barrier)
-  constexpr bool SPLIT2 = SPLIT2_BIT && SPLIT && FLAT;  // (the previous block's store between arrive and wait)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
@@ -271,12 +268,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
   u32* codes = reinterpret_cast<u32*>(smem_raw + R * BLOCK * 2);  // [2][128 channels][32 slots of 4 tokens]
   u32* colmax = codes + 2 * 128 * 32;                              // [3][132] float bits, padded slots
-  // TABLE: [kRmsqStreamTightConsts][512] per-thread constants; TIGHT: the N weights as fp32, each 128-channel block
+  // TIGHT: the N weights as fp32, each 128-channel block
   // as [2 halves][16 lanes][4] (channel c0 + 4j + i of lane hl at j·64 + hl·4 + i: a warp's 16-byte reads of one half
   // are 256 consecutive bytes, no bank conflict).
-  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132 + (TABLE ? kRmsqStreamTightConsts * THREADS : 0));
+  float* wsm = reinterpret_cast<float*>(colmax + 3 * 132);
   const u32 split_bar = smem_u32(wsm + (TIGHT && !WLDG_BIT ? N : 0));  // SPLIT: the block barrier (16 arrivals)
-  const u32 stage_bar = split_bar + 8;      // SPLIT2: a block's codes staged by every warp (16 arrivals)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -285,15 +281,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const int c0 = hl * 8;             // channels c0 … c0+7 of a block
   const int cs0 = c0 + (c0 >> 5);    // column-max slot of channel c0 (c0 + e: cs0 + e)
   // TIGHT: the per-thread constants of the ring and pass 2, computed from tid at each use (the compiler does that
-  // anyway under the register cap) or, TABLE, kept in shared memory ([kRmsqStreamTightConsts][512] words after the
-  // column-max buffers, each thread its own: no barrier; written and read through volatile asm, so in program order)
-  // and read by one LDS at each use. kRing: the thread's piece of ring slot 0; kStage: its staging word
+  // anyway under the register cap; a shared-memory table of them, one LDS a use, measured slower and was removed).
+  // kRing: the thread's piece of ring slot 0; kStage: its staging word
   // c0·32 + (hw ^ 2·hl) (bqt::stage_codes); kCodes: its qT piece in the staged codes (store_block_codes: channel
   // n = 8·warp + (lane >> 3), 16 bytes at word n·32 + 4·((lane & 7) ^ (warp >> 1))); kQt: that piece's offset in qT,
   // (8·warp + (lane >> 3))·M + (lane & 7)·16 (< M·N < 2^31); kColMax: its column-max slot cs0; kQ: its row codes'
   // offset in a block; kQs: its row scale's row (lanes 4R); kW: its first weight in shared memory (fp32, wsm).
   enum { kRing = 0, kStage = 1, kCodes = 2, kQt = 3, kColMax = 4, kQ = 5, kQs = 6, kW = 7 };
-  static_assert(kW < kRmsqStreamTightConsts, "the table's size (rms_norm_block_quant_stream_smem_bytes)");
   auto thr_value = [&](int j) -> u32 {
     switch (j) {
       case kRing: return smem_u32(ring + 4 * hw * 128 + c0);
@@ -306,15 +300,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       default: return smem_u32(wsm + hl * 4);
     }
   };
-  const u32 tab_at = smem_u32(colmax + 3 * 132) + 4 * tid;
-  auto thr_const = [&](int j) -> u32 {
-    if constexpr (TABLE) return lds_u32(tab_at + j * (THREADS * 4));
-    else return thr_value(j);
-  };
-  if constexpr (TABLE) {
-#pragma unroll
-    for (int j = 0; j <= kW; ++j) sts_u32(tab_at + j * (THREADS * 4), thr_value(j));
-  }
+  auto thr_const = [&](int j) -> u32 { return thr_value(j); };
   const int P = static_cast<int>(gridDim.x), b0 = static_cast<int>(blockIdx.x);
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
   u64 tr_t0 = 0;
@@ -481,7 +467,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
-    if (SPLIT2 && tid == 0) mbar_init(stage_bar, WARPS);
   }
   if constexpr (WSM) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
@@ -702,11 +687,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
       constexpr int UNROLL = TF ? CB : 1;  // (TF: the item's blocks unrolled — no per-block bookkeeping)
-      // AHEADX (TF, two blocks an item): block 1's x and weights read from shared memory before block 0's barrier
-      // (its slot has landed — pass 1 read it — and is released only after its own read).
-      constexpr bool AX = TF && AHEADX && CB == 2;
-      Vec16 x_ahead[4];
-      float w_ahead[8];
       auto read_block = [&](int k, int col, Vec16 (&xv)[4], float (&w8)[8]) {
         const u32 at = thr_const(kRing) + (static_cast<u32>(k) % static_cast<u32>(R)) * (BLOCK * 2);
 #pragma unroll
@@ -722,16 +702,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         }
         Vec16 xv[4];
         float w8[8];
-        if constexpr (AX) {
-          if (b == 0) {
-            read_block(k, col, xv, w8);
-          } else {
-#pragma unroll
-            for (int i = 0; i < 4; ++i) xv[i] = x_ahead[i];
-#pragma unroll
-            for (int e = 0; e < 8; ++e) w8[e] = w_ahead[e];
-          }
-        } else if constexpr (TF) {
+        if constexpr (TF) {
           read_block(k, col, xv, w8);
         } else {
           read_visit(k, xv);
@@ -785,36 +756,18 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           if constexpr (FLAT) mbar_arrive_if(split_bar, lane == 0);
           else if (lane == 0) mbar_arrive(split_bar);
           row_codes_now();
-          if constexpr (AX) {
-            if (b == 0) read_block(k + 1, col + 128, x_ahead, w_ahead);
-          }
-          if constexpr (SPLIT2) {
-            // The previous block's codes out here, once every warp has staged them (phase sph − 1 of stage_bar: a
-            // full block precedes, partial tiles come last), instead of after this block's barrier.
-            if (prev_col >= 0) {
-              mbar_wait(stage_bar, (sph + 1) & 1u);
-              store_prev();
-            }
-          }
           mbar_wait(split_bar, sph & 1u);
           ++sph;
         } else {
           if constexpr (TF && FLAT) row_codes_now();
-          if constexpr (AX) {
-            if (b == 0) read_block(k + 1, col + 128, x_ahead, w_ahead);
-          }
           __syncthreads();
         }
-        if (!(TF && SPLIT2) && prev_col >= 0) store_prev();
+        if (prev_col >= 0) store_prev();
 
         if constexpr (TF && FLAT) {  // (the column scales formed and stored last: warp 0's branch ends the block)
           float qp[8], sc[8];
           col_quantizers_tight(thr_const(kColMax) + 16 * half + cmi * (132 * 4), half, false, qp, sc);
           stage_codes_at(thr_const(kStage) + (nb & 1) * 16384, y, qp);
-          if constexpr (SPLIT2) {  // this warp's codes of the block are staged
-            __syncwarp();
-            mbar_arrive_if(stage_bar, lane == 0);
-          }
           if (warp == 0 && half == 0) {
             col_scales_of(qp, sc);
             bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
@@ -935,18 +888,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
 // The kernel. V = the config's overlap bits (ops/rms_norm_block_quant.cpp): 1 the base, 2 LEAN, 32 FIRST, 64 TRACE
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
-// full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 1024 TABLE
-// (TIGHT with its per-thread constants read from shared memory), 2048 FLAT (TIGHT without divergent branches between
-// the phases of a full block: predicated row-scale stores, the column scales last; the column maxima before the row
-// codes), 4096 AHEADX (TIGHT, two blocks an item: block 1's x and weights read before block 0's barrier), 8192 SPLIT2
-// (SPLIT + FLAT: the previous block's qT store between the arrive and the wait, on a second mbarrier of staged codes),
-// 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
+// full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
+// (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 1024) != 0, (V & 2048) != 0,
-                                   (V & 4096) != 0, (V & 8192) != 0, (V & 16384) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -38,14 +38,10 @@ constexpr int kRmsqStreamThreads = 512;
 // At most this many ring slots (128×128 bf16 blocks of 32 KiB).
 constexpr int kRmsqStreamMaxRing = 5;
 
-// The TIGHT variant's per-thread constants in shared memory (words a thread).
-constexpr int kRmsqStreamTightConsts = 8;
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
-// column-maxima buffers (132 padded slots); TIGHT: (TABLE) the per-thread constants, the N weights as fp32 and (SPLIT)
-// an mbarrier.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, bool table = false) {
-  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 +
-         (tight ? (table ? kRmsqStreamTightConsts * kRmsqStreamThreads * 4 : 0) + N * 4 + 16 : 0);
+// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier.
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0) {
+  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0);
 }
 
 }  // namespace kiln
