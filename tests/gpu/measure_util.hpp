@@ -1,6 +1,7 @@
 // tests/gpu/measure_util.hpp — the harness the forced-config measurement suites share
-// (rms_norm_block_quant_pipe_measure_test.cpp, rms_norm_block_quant_stream_measure_test.cpp): a bench instance's
-// outputs downloaded for a bit-for-bit comparison, and the interleaved timing sweep over configs in one process.
+// (rms_norm_block_quant_pipe_measure_test.cpp, rms_norm_block_quant_stream_measure_test.cpp,
+// moe_route_measure_test.cpp): a bench instance's outputs downloaded for a bit-for-bit comparison, each config's first
+// run checked against its baseline, and the interleaved timing sweep over configs in one process.
 #pragma once
 #include <gtest/gtest.h>
 
@@ -12,16 +13,18 @@
 #include <string>
 #include <vector>
 
+#include "kiln/dtype.hpp"
 #include "runtime/bench.hpp"
 #include "runtime/driver.hpp"
+#include "test_util.hpp"
 
 namespace kiln::test {
 
-// Every output tensor of a bench instance back to back (fp8 codes one byte an element, the rest four).
+// Every output tensor of a bench instance back to back.
 inline std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
   std::vector<uint8_t> all;
   for (const TensorRef& t : inst.outputs) {
-    const size_t bytes = static_cast<size_t>(t.numel()) * (t.dtype == DType::e4m3 ? 1 : 4);
+    const size_t bytes = static_cast<size_t>(t.numel()) * dtype_size(t.dtype);
     const size_t at = all.size();
     all.resize(at + bytes);
     detail::check(detail::driver().cuMemcpyDtoH(all.data() + at, reinterpret_cast<CUdeviceptr>(t.data), bytes),
@@ -36,6 +39,22 @@ inline void expect_same_bits(const std::vector<uint8_t>& got, const std::vector<
   const auto diff = std::mismatch(got.begin(), got.end(), want.begin());
   EXPECT_TRUE(diff.first == got.end()) << "first differing output byte " << (diff.first - got.begin()) << ": "
                                        << int(*diff.first) << " vs " << int(*diff.second) << " (" << baseline << ")";
+}
+
+// Forces each config of `cfgs` (force(c)), runs it once on at(c) (compiling it) and returns its outputs by name;
+// a config naming a `baseline` (listed before it) must equal that config's outputs bit for bit.
+template <class Cfg, class Force, class At>
+std::map<std::string, std::vector<uint8_t>> first_runs_checked(const std::vector<Cfg>& cfgs, Force force, At at) {
+  std::map<std::string, std::vector<uint8_t>> outs;
+  for (const Cfg& c : cfgs) {
+    SCOPED_TRACE(c.name);
+    force(c);
+    at(c).run(nullptr);
+    synchronize();
+    outs[c.name] = download_outputs(at(c));
+    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
+  }
+  return outs;
 }
 
 // Times `names.size()` configs in one process: `rounds` rounds, each calling select(i) (forcing config i) and timing

@@ -22,6 +22,7 @@
 #include <string>
 #include <vector>
 
+#include "gpu/measure_util.hpp"
 #include "gpu/moe_route_spec.hpp"
 #include "kiln/moe_routing_args.h"
 #include "kiln/ops/moe.hpp"
@@ -60,18 +61,6 @@ std::unique_ptr<detail::ForceConfigScope> force(Runtime& r, const RouteCfg& c) {
   EXPECT_TRUE(detail::in_search_space(s)) << c.name << ": " << s.describe();
   s.config[5] = c.variant;
   return std::make_unique<detail::ForceConfigScope>(s);
-}
-
-std::vector<uint8_t> download_outputs(const detail::BenchInstance& inst) {
-  std::vector<uint8_t> all;
-  for (const TensorRef& t : inst.outputs) {
-    const size_t bytes = static_cast<size_t>(t.numel()) * (t.dtype == DType::u8 ? 1 : 4);
-    const size_t at = all.size();
-    all.resize(at + bytes);
-    detail::check(detail::driver().cuMemcpyDtoH(all.data() + at, reinterpret_cast<CUdeviceptr>(t.data), bytes),
-                  "cuMemcpyDtoH");
-  }
-  return all;
 }
 
 double quantile(std::vector<double> v, double p) {

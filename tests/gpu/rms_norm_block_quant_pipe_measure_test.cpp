@@ -80,15 +80,8 @@ TEST_F(RmsqPipeMeasure, Sweep) {
   for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, M, N, 0, true, false));
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
-  std::map<std::string, std::vector<uint8_t>> outs;
-  for (const PipeCfg& c : cfgs) {
-    SCOPED_TRACE(c.name);
-    force(c);
-    inst.at(c.N).run(nullptr);
-    synchronize();
-    outs[c.name] = download_outputs(inst.at(c.N));
-    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
-  }
+  first_runs_checked(cfgs, [](const PipeCfg& c) { force(c); },
+                     [&](const PipeCfg& c) -> detail::BenchInstance& { return inst.at(c.N); });
   std::vector<std::string> names;
   for (const PipeCfg& c : cfgs) names.emplace_back(c.name);
   interleaved_sweep(

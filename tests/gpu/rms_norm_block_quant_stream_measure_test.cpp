@@ -87,15 +87,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(std::make_pair(c.N, c.round)); };
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
-  std::map<std::string, std::vector<uint8_t>> outs;
-  for (const StreamCfg& c : cfgs) {
-    SCOPED_TRACE(c.name);
-    force(c);
-    at(c).run(nullptr);
-    synchronize();
-    outs[c.name] = download_outputs(at(c));
-    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
-  }
+  first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); }, at);
   std::vector<std::string> names;
   for (const StreamCfg& c : cfgs) names.emplace_back(c.name);
   interleaved_sweep(
@@ -119,15 +111,8 @@ TEST_F(RmsqStreamMeasure, Profile) {
   bind_device(r);
   std::map<int64_t, detail::BenchInstance> inst;
   for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, 8192, N, 2, true, false));
-  std::map<std::string, std::vector<uint8_t>> outs;
-  for (const StreamCfg& c : cfgs) {
-    SCOPED_TRACE(c.name);
-    force(c);
-    inst.at(c.N).run(nullptr);
-    synchronize();
-    outs[c.name] = download_outputs(inst.at(c.N));
-    if (c.baseline) expect_same_bits(outs.at(c.name), outs.at(c.baseline), c.baseline);
-  }
+  first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); },
+                     [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(c.N); });
 }
 
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
