@@ -541,6 +541,10 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       LaunchDims dz;
       dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
       dz.block[0] = 256;
+      // A driver that refused the cooperative launch once (MPS, green contexts) is not asked again: the refusal would
+      // cost every call an exception and a log line.
+      static std::atomic<bool> coop_refused{false};
+      if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
       const bool zero = !coop && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
       if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
@@ -576,6 +580,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         // The driver refused the cooperative launch (fewer SMs available than the device has: MPS, green contexts):
         // the same kernel without it, behind route_zero (its grid was sized for the whole device, as the warp
         // kernel's fused map is).
+        coop_refused.store(true, std::memory_order_relaxed);
         log(LogLevel::warn, "moe_topk_routing_fwd: cooperative launch refused ({}); route_zero + PDL instead", e.what());
         s.config[C_LOAD] &= ~kRunCoop;
         impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
