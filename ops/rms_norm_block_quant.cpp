@@ -62,6 +62,14 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
+// 32768 HELP (on TIGHT + FLAT + SPLIT + WLDG, power-of-two scales, more than one chunk a row): 640 threads, pass 1 and
+// the exchange on a helper warpgroup (rms_norm_block_quant_stream_help_kernel), the 16 compute warps run pass 2 only.
+constexpr int kStreamHelp = 32768;
+constexpr int kStreamHelpBase = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
+// (Without power-of-two scales the bit changes nothing, as TIGHT's: the 512-thread kernel runs.)
+bool is_stream_help(const Specialization& s) {
+  return (s.config[C_OVERLAP] & kStreamHelp) != 0 && s.params[P_ROUND] != 0;
+}
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -97,8 +105,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_{}kernel<{}, {}, {}, {}, {}, {}>",
+                       is_stream_help(s) ? "help_" : "", p[P_N], s.config[C_COL_BLOCKS], round, wf32,
+                       s.config[C_STAGES], s.config[C_OVERLAP]);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -127,7 +136,8 @@ int smem_bytes(const Specialization& s) {
   if (is_stream(s))
     return rms_norm_block_quant_stream_smem_bytes(
         s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
-        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]));
+        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
+        is_stream_help(s));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -354,8 +364,10 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHelpBase | kStreamHelp}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
+    // (HELP: two blocks an item, partial sums exchanged)
+    if ((overlap & kStreamHelp) && (cb != 2 || base.params[P_N] < 512)) continue;
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
           rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
@@ -587,13 +599,14 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamHelp);
+  const int threads = is_stream_help(s) ? kRmsqStreamHelpThreads : kRmsqStreamThreads;
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
-  d.block[0] = kRmsqStreamThreads;
+  d.block[0] = static_cast<unsigned>(threads);
   d.smem = static_cast<unsigned>(smem_bytes(s));
-  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
+  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, threads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0, trace};
   const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);

@@ -220,6 +220,52 @@ __device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[
     sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
   }
 }
+// HELP: an arrival on `bar` once all of this thread's earlier cp.async copies have landed (the barrier's count
+// includes it: noinc).
+__device__ __forceinline__ void cp_async_mbar_arrive_noinc(u32 bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
+}
+// HELP: Σx² of one row's 128 × CB columns as the compute layout forms it, in one thread: piece c (8 columns) of
+// block b is summed into acc[c ^ l7] in column order (sum_squares8; blocks in order), then the 16-lane butterfly's
+// tree (pairs xor 8, 4, 2, 1 of the pieces: transpose_reduce4<false>) on the accumulators — XOR-relabelling the
+// pieces by l7 < 8 maps every pair of that tree onto a pair, and + commutes, so the bits are the butterfly's.
+// piece(b, c) returns the 16 bytes of piece c of block b (read for all blocks of a piece in turn: each accumulator
+// still sums block 0's piece, then block 1's).
+template <int CB, class Piece>
+__device__ __forceinline__ float help_row_sum(int l7, Piece piece) {
+  float acc[16];
+#pragma unroll
+  for (int j = 0; j < 16; ++j) {
+    acc[j] = 0.f;
+#pragma unroll
+    for (int b = 0; b < CB; ++b) sum_squares8(piece(b, j ^ l7), acc[j]);
+  }
+#pragma unroll
+  for (int i = 0; i < 8; ++i) acc[i] = acc[i] + acc[i ^ 8];
+#pragma unroll
+  for (int i = 0; i < 4; ++i) acc[i] = acc[i] + acc[i ^ 4];
+#pragma unroll
+  for (int i = 0; i < 2; ++i) acc[i] = acc[i] + acc[i ^ 2];
+  return acc[0] + acc[1];
+}
+// 16 bytes of shared memory at (base ^ x): the XOR inside the asm (HELP's pass 1: x a constant after unrolling).
+__device__ __forceinline__ Vec16 lds16_xor(u32 base, u32 x) {
+  Vec16 v;
+  asm volatile("{\n.reg .b32 a;\nxor.b32 a, %4, %5;\nld.shared.v4.u32 {%0, %1, %2, %3}, [a];\n}\n"
+               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
+               : "r"(base), "r"(x));
+  return v;
+}
+// HELP's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
+// partial sum of the C = 128·CB columns at x + row·x_stride, as help_row_sum forms it (the same bits). Out of line:
+// the helpers' hot path keeps its 32 registers.
+template <int CB>
+__device__ __noinline__ float help_row_sum_global(const bf16* x, i64 x_stride, int row, int valid, int l7) {
+  const bf16* p = x + static_cast<i64>(row) * x_stride;
+  return help_row_sum<CB>(l7, [&](int b, int c) {
+    return row < valid ? load16(p + b * 128 + c * 8) : Vec16{{0u, 0u, 0u, 0u}};
+  });
+}
 // An mbarrier arrival by the lanes with `pred` (a predicated instruction, no branch).
 __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
   asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
@@ -245,7 +291,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false>
+          bool WLDG_BIT = false, bool HELP = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -254,6 +300,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
+  static_assert(!HELP || (TIGHT && SPLIT && FLAT && WLDG_BIT && !FIRST && !START && N / (CB * 128) > 1),
+                "HELP: on TIGHT + FLAT + SPLIT + WLDG with partial sums exchanged");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -274,6 +322,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   float* wsm = reinterpret_cast<float*>(colmax + 3 * 132);
   const u32 split_bar = smem_u32(wsm + (TIGHT && !WLDG_BIT ? N : 0));  // SPLIT: the block barrier (16 arrivals)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
+  // HELP (kRmsqStreamHelpSmem): r of two items [2][128] (fp32), then the mbarriers full[R] (a slot's refill landed:
+  // one noinc arrival a compute thread), rdy[2] (r of an item formed: 128 helper arrivals), rfree[2] (r read: 512).
+  const u32 help_rsm = split_bar + 16;
+  const u32 full_bar = help_rsm + 2 * 128 * 4;
+  const u32 rdy_bar = full_bar + 8 * R, rfree_bar = rdy_bar + 16;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -400,6 +453,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
                        ok ? static_cast<const void*>(t_src + i * (N * 2)) : static_cast<const void*>(xg), ok);
           }
         }
+        if constexpr (HELP) cp_async_mbar_arrive_noinc(full_bar + (k % static_cast<u32>(R)) * 8);
         if (k % static_cast<u32>(CB) == static_cast<u32>(CB - 1)) {  // the next item
           iss_rows -= dT * ROWS;
           iss_chunk += dC;
@@ -445,7 +499,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     cp_async_commit();
     ++issued;
   };
-  if constexpr (LEAN) {
+  if constexpr (HELP) {
+    // (the first R visits are issued after the setup, which initializes the barriers they arrive on)
+  } else if constexpr (LEAN) {
 #pragma unroll 1
     for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
   } else {
@@ -467,6 +523,17 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
+  }
+  if constexpr (HELP) {
+    if (tid == 0) {
+#pragma unroll 1
+      for (int k = 0; k < R; ++k) mbar_init(full_bar + 8 * k, THREADS);
+      mbar_init(rdy_bar, ROWS);
+      mbar_init(rdy_bar + 8, ROWS);
+      mbar_init(rfree_bar, THREADS);
+      mbar_init(rfree_bar + 8, THREADS);
+      fence_mbar_init();
+    }
   }
   if constexpr (WSM) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
@@ -553,7 +620,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // LEAN with ≤ 2 loads a lane: item it + 1's polls are issued at the start of item it's last pass-2 block (its
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
-  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
+  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2 && !HELP;
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -678,6 +745,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
     }
   };
+  // The compute threads' CTA barrier (HELP: the helper warpgroup is not in it).
+  auto csync = [&]() {
+    if constexpr (HELP) named_barrier_sync(1, THREADS);
+    else __syncthreads();
+  };
   auto pass2_lean = [&](int it, const float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
@@ -702,6 +774,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         }
         Vec16 xv[4];
         float w8[8];
+        // HELP: no pass 1 here waited for this thread's pieces of the block: R − 1 groups committed after them
+        if constexpr (HELP) cp_async_wait_group<R - 1>();
         if constexpr (TF) {
           read_block(k, col, xv, w8);
         } else {
@@ -760,7 +834,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           ++sph;
         } else {
           if constexpr (TF && FLAT) row_codes_now();
-          __syncthreads();
+          csync();
         }
         if (prev_col >= 0) store_prev();
 
@@ -838,6 +912,93 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
   // the other R − CB follow once its blocks have landed (with FIRST: once item 0's exchange is complete, so no CTA's
   // first item competes with the others' second) — the commit count is then as without START.
+  if constexpr (HELP) {
+    if (warp >= WARPS) {  // the helper warpgroup: pass 1 and the exchange of every item, thread h = row h
+      setmaxnreg_dec<kRmsqStreamHelpRegs>();
+      const int h = tid - THREADS, l7 = lane & 7;
+#pragma unroll 1
+      for (int it = 0; it < T; ++it) {
+        const int u = b0 + it * P, tile = u / S, chunk = u - tile * S;
+        const int m0 = tile * ROWS;
+        // Pass 1: both blocks landed (every compute thread's copies: the slots' full barriers), row h's Σx².
+        const u32 k0 = static_cast<u32>(it * CB);
+#pragma unroll
+        for (int b = 0; b < CB; ++b)
+          mbar_wait(full_bar + ((k0 + b) % static_cast<u32>(R)) * 8, ((k0 + b) / static_cast<u32>(R)) & 1u);
+        // Row h of block b at at[b] (256-byte aligned), piece c at at[b] | c·16 = (at[b] | l7·16) ^ (c ^ l7)·16: one
+        // XOR an LDS inside the asm, so the compiler cannot hoist 16 offsets into registers.
+        u32 at[CB];
+#pragma unroll
+        for (int b = 0; b < CB; ++b)
+          at[b] = (smem_u32(ring) + ((k0 + b) % static_cast<u32>(R)) * (BLOCK * 2) + h * 256) | (l7 << 4);
+        const float part = help_row_sum<CB>(l7, [&](int b, int c) { return lds16_xor(at[b], (c ^ l7) << 4); });
+        stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + h, stream_tagged(part, sa.tag));
+        // The S partial sums of row h, added as finish() adds them: chunks q ≡ g (mod 4) in q order into tg[g],
+        // then (tg0 + tg1) + (tg2 + tg3); polled in batches of 8, a pair still stale after kRmsqStreamSpinLimit
+        // polls summed here from x (the same operations: the same bits).
+        const u64* base = sa.ws + static_cast<i64>(tile) * S * ROWS + h;
+        float tg[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int q0 = 0; q0 < S; q0 += 8) {
+          u64 g[8];
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            if (q0 + i < S) g[i] = stream_ld_relaxed(base + (q0 + i) * ROWS);
+#pragma unroll 1
+          for (int tries = 0;; ++tries) {
+            bool ok = true;
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+              if (q0 + i < S) ok = ok && static_cast<u32>(g[i] >> 32) == sa.tag;
+            if (ok) break;
+            if (tries == kRmsqStreamSpinLimit) {
+#pragma unroll
+              for (int i = 0; i < 8; ++i)
+                if (q0 + i < S && static_cast<u32>(g[i] >> 32) != sa.tag)
+                  g[i] = stream_tagged(help_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + (q0 + i) * C,
+                                                               a.x_stride, h, min(ROWS, a.M - m0), l7),
+                                       sa.tag);
+              break;
+            }
+            __nanosleep(64);
+#pragma unroll
+            for (int i = 0; i < 8; ++i)
+              if (q0 + i < S && static_cast<u32>(g[i] >> 32) != sa.tag) g[i] = stream_ld_relaxed(base + (q0 + i) * ROWS);
+          }
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            if (q0 + i < S) tg[(q0 + i) & 3] += __uint_as_float(static_cast<u32>(g[i]));
+        }
+        const float t = (tg[0] + tg[1]) + (tg[2] + tg[3]);
+        const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
+        if (chunk == 0 && a.rms_out && h < a.M - m0) a.rms_out[m0 + h] = rr;
+        if (it >= 2) mbar_wait(rfree_bar + 8 * (it & 1), ((it >> 1) - 1) & 1);  // item it − 2's r was read
+        sts_u32(help_rsm + (it & 1) * 512 + 4 * h, __float_as_uint(rr));
+        mbar_arrive(rdy_bar + 8 * (it & 1));
+      }
+      return;
+    }
+    // The compute warps: pass 2 of every item, as soon as the helpers have formed its r.
+    setmaxnreg_inc<kRmsqStreamComputeRegs>();
+#pragma unroll 1
+    for (int k = 0; k < R; ++k) issue_lean();
+    load_w(item_col(0));
+#pragma unroll 1
+    for (int it = 0; it < T; ++it) {
+      mbar_wait(rdy_bar + 8 * (it & 1), (it >> 1) & 1);
+      const Vec16 r4 = lds16(help_rsm + (it & 1) * 512 + 16 * hw);
+      mbar_arrive(rfree_bar + 8 * (it & 1));
+      const float rh[4] = {__uint_as_float(r4.w[0]), __uint_as_float(r4.w[1]), __uint_as_float(r4.w[2]),
+                           __uint_as_float(r4.w[3])};
+      mark(3, it);
+      pass2_lean(it, rh);
+      advance();
+    }
+    csync();  // the last block's codes are complete
+    store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+    mark(5, T);
+    return;
+  }
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
     pass1(0, IntC<CB - 1>{});
@@ -896,6 +1057,16 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
+}
+
+// HELP (bit 32768, on LEAN + TIGHT + FLAT + SPLIT + WLDG, partial sums exchanged): 640 threads — the 16 compute warps
+// run only pass 2 (and the ring's refills), the helper warpgroup (warps 16–19, kRmsqStreamHelpRegs registers) pass 1
+// and the exchange of each item, handing r over through shared memory and mbarriers (rms_norm_block_quant_stream_body).
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
+__global__ void __launch_bounds__(kRmsqStreamHelpThreads, 1)
+    rms_norm_block_quant_stream_help_kernel(const RmsqStreamArgs sa) {
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, false, (V & 64) != 0, false, true, true, true, true,
+                                   true>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -35,13 +35,24 @@ constexpr int rms_norm_block_quant_gx_cluster(int S, int max_k = 8) {
 
 // The stream kernel's CTA: 16 warps (512 threads), one CTA an SM.
 constexpr int kRmsqStreamThreads = 512;
+// HELP (config overlap bit 32768): 640 threads — the 16 compute warps and one helper warpgroup doing pass 1 and the
+// exchange. Launched at 96 registers a thread (64 Ki / 640, in steps of 8); setmaxnreg.inc draws only on what the
+// CTA's own setmaxnreg.dec released, so the compute warps get 96 + (96 − 32)·128 / 512 = 112.
+constexpr int kRmsqStreamHelpThreads = 640;
+constexpr int kRmsqStreamLaunchRegs = 96, kRmsqStreamComputeRegs = 112, kRmsqStreamHelpRegs = 32;
+static_assert(kRmsqStreamHelpThreads * kRmsqStreamLaunchRegs <= 65536 &&
+                  (kRmsqStreamComputeRegs - kRmsqStreamLaunchRegs) * kRmsqStreamThreads <=
+                      (kRmsqStreamLaunchRegs - kRmsqStreamHelpRegs) * (kRmsqStreamHelpThreads - kRmsqStreamThreads),
+              "the compute warps' registers come from the helpers'");
 // At most this many ring slots (128×128 bf16 blocks of 32 KiB).
 constexpr int kRmsqStreamMaxRing = 5;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
-// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0) {
-  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0);
+// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier; HELP (on TIGHT): r of
+// two items (2 × 128 fp32) and R + 4 mbarriers.
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, bool help = false) {
+  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0) +
+         (help ? 2 * 128 * 4 + 8 * (R + 4) : 0);
 }
 
 }  // namespace kiln

@@ -612,6 +612,24 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
+// The stream kernel's HELP variant (config overlap bit 32768 on TIGHT + FLAT + SPLIT + WLDG = 51971; 640 threads: a
+// helper warpgroup does pass 1 and the exchange, rms_norm_block_quant_stream_help_kernel), forced: N = 2048 (8
+// chunks a row), 7168 (28), 4096, 512 (2) and 768 (3), at token counts with a partial last tile, M % 16 != 0, one item
+// a CTA (M = 300 at 7168) and one row. Without power-of-two scales (index % 3 == 2) the bit changes nothing.
+TEST_F(RmsNormBlockQuantTest, StreamKernelHelpPoints) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 16, 2, 1, 4, 51971, 3, 8000}, {7168, 2, 16, 2, 1, 4, 51971, 3, 4003}, {2048, 2, 16, 2, 1, 4, 51971, 3, 8192},
+      {4096, 2, 16, 2, 1, 4, 51971, 3, 3001}, {512, 2, 16, 2, 1, 4, 51971, 3, 777},   {7168, 2, 16, 2, 1, 4, 51971, 3, 1000},
+      {2048, 2, 16, 2, 1, 4, 51971, 3, 1},    {7168, 2, 16, 2, 1, 4, 51971, 3, 300},  {768, 2, 16, 2, 1, 4, 51971, 3, 5000},
+      {2048, 2, 16, 2, 1, 4, 51971, 3, 8192}, {7168, 2, 16, 2, 1, 4, 51971, 3, 8192}, {768, 2, 16, 2, 1, 4, 51971, 3, 4097},
+  };
+  check_points(points, 0x7e);
+  // Not points: one block an item, slots for more than two items.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 51971, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 5, 51971, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 4, 51971, 3));  // one chunk a row
+}
+
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
