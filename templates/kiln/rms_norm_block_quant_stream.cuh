@@ -229,8 +229,8 @@ __device__ __forceinline__ void cp_async_mbar_arrive_noinc(u32 bar) {
 // block b is summed into acc[c ^ l7] in column order (sum_squares8; blocks in order), then the 16-lane butterfly's
 // tree (pairs xor 8, 4, 2, 1 of the pieces: transpose_reduce4<false>) on the accumulators — XOR-relabelling the
 // pieces by l7 < 8 maps every pair of that tree onto a pair, and + commutes, so the bits are the butterfly's.
-// piece(b, c) returns the 16 bytes of piece c of block b (read for all blocks of a piece in turn: each accumulator
-// still sums block 0's piece, then block 1's).
+// piece(b, j) returns the 16 bytes of piece j ^ l7 of block b (read for all blocks of a piece in turn: each
+// accumulator still sums block 0's piece, then block 1's).
 template <int CB, class Piece>
 __device__ __forceinline__ float help_row_sum(int l7, Piece piece) {
   float acc[16];
@@ -238,7 +238,7 @@ __device__ __forceinline__ float help_row_sum(int l7, Piece piece) {
   for (int j = 0; j < 16; ++j) {
     acc[j] = 0.f;
 #pragma unroll
-    for (int b = 0; b < CB; ++b) sum_squares8(piece(b, j ^ l7), acc[j]);
+    for (int b = 0; b < CB; ++b) sum_squares8(piece(b, j), acc[j]);
   }
 #pragma unroll
   for (int i = 0; i < 8; ++i) acc[i] = acc[i] + acc[i ^ 8];
@@ -248,12 +248,13 @@ __device__ __forceinline__ float help_row_sum(int l7, Piece piece) {
   for (int i = 0; i < 2; ++i) acc[i] = acc[i] + acc[i ^ 2];
   return acc[0] + acc[1];
 }
-// 16 bytes of shared memory at (base ^ x): the XOR inside the asm (HELP's pass 1: x a constant after unrolling).
-__device__ __forceinline__ Vec16 lds16_xor(u32 base, u32 x) {
+// 16 bytes of shared memory at base + (x ^ c): the XOR and the add inside the asm (HELP's pass 1: c a constant after
+// unrolling), so the compiler cannot hoist 16 offsets into registers.
+__device__ __forceinline__ Vec16 lds16_xor(u32 base, u32 x, u32 c) {
   Vec16 v;
-  asm volatile("{\n.reg .b32 a;\nxor.b32 a, %4, %5;\nld.shared.v4.u32 {%0, %1, %2, %3}, [a];\n}\n"
+  asm volatile("{\n.reg .b32 a;\nxor.b32 a, %5, %6;\nadd.u32 a, a, %4;\nld.shared.v4.u32 {%0, %1, %2, %3}, [a];\n}\n"
                : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
-               : "r"(base), "r"(x));
+               : "r"(base), "r"(x), "r"(c));
   return v;
 }
 // HELP's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
@@ -262,8 +263,8 @@ __device__ __forceinline__ Vec16 lds16_xor(u32 base, u32 x) {
 template <int CB>
 __device__ __noinline__ float help_row_sum_global(const bf16* x, i64 x_stride, int row, int valid, int l7) {
   const bf16* p = x + static_cast<i64>(row) * x_stride;
-  return help_row_sum<CB>(l7, [&](int b, int c) {
-    return row < valid ? load16(p + b * 128 + c * 8) : Vec16{{0u, 0u, 0u, 0u}};
+  return help_row_sum<CB>(l7, [&](int b, int j) {
+    return row < valid ? load16(p + b * 128 + (j ^ l7) * 8) : Vec16{{0u, 0u, 0u, 0u}};
   });
 }
 // An mbarrier arrival by the lanes with `pred` (a predicated instruction, no branch).
@@ -925,13 +926,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll
         for (int b = 0; b < CB; ++b)
           mbar_wait(full_bar + ((k0 + b) % static_cast<u32>(R)) * 8, ((k0 + b) / static_cast<u32>(R)) & 1u);
-        // Row h of block b at at[b] (256-byte aligned), piece c at at[b] | c·16 = (at[b] | l7·16) ^ (c ^ l7)·16: one
-        // XOR an LDS inside the asm, so the compiler cannot hoist 16 offsets into registers.
+        // Row h of block b at at[b], its piece j ^ l7 at at[b] + ((j ^ l7) << 4) (one XOR and one add an LDS).
         u32 at[CB];
 #pragma unroll
-        for (int b = 0; b < CB; ++b)
-          at[b] = (smem_u32(ring) + ((k0 + b) % static_cast<u32>(R)) * (BLOCK * 2) + h * 256) | (l7 << 4);
-        const float part = help_row_sum<CB>(l7, [&](int b, int c) { return lds16_xor(at[b], (c ^ l7) << 4); });
+        for (int b = 0; b < CB; ++b) at[b] = smem_u32(ring) + ((k0 + b) % static_cast<u32>(R)) * (BLOCK * 2) + h * 256;
+        const float part =
+            help_row_sum<CB>(l7, [&](int b, int j) { return lds16_xor(at[b], l7 << 4, static_cast<u32>(j) << 4); });
         stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + h, stream_tagged(part, sa.tag));
         // The S partial sums of row h, added as finish() adds them: chunks q ≡ g (mod 4) in q order into tg[g],
         // then (tg0 + tg1) + (tg2 + tg3); polled in batches of 8, a pair still stale after kRmsqStreamSpinLimit
