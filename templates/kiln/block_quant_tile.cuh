@@ -41,11 +41,20 @@ __device__ __forceinline__ float transpose_reduce4(const float (&v)[4], int hl) 
   return op(k, __shfl_xor_sync(0xffffffffu, k, 1));
 }
 
+// A predicated global store of v at p (lanes with `pred`): one instruction, no divergent branch, so the compiler may
+// schedule across it.
+__device__ __forceinline__ void st_global_f32_if(float* p, float v, bool pred) {
+  asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %2, 0;\n@p st.global.f32 [%0], %1;\n}\n" ::"l"(p), "f"(v),
+               "r"(static_cast<u32>(pred))
+               : "memory");
+}
+
 // Row-wise codes of the thread's 4 rows: lane 4R of each half-warp gets row R's amax (transposing butterfly), forms
 // the quantizer once and stores its scale at `scale` (the caller's address for row 4·hw + (hl >> 2)) when that row
 // is < `rows` (the rows of the block that exist, counted from 4·hw); the quantizer parameters come back by four
 // broadcasts, and row i's 8 codes go to q + i·q_stride (this lane's 8 bytes of row 4·hw + i) for i < rows.
-template <class Make, class Apply>
+// PRED: the scale stored by a predicated instruction (st_global_f32_if) instead of a divergent branch.
+template <bool PRED = false, class Make, class Apply>
 __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int lane, int rows, u8* q, i64 q_stride,
                                           float* scale, Make make, Apply apply) {
   float pm[4];
@@ -56,7 +65,8 @@ __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int la
     for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
   }
   const TileQuant quant = make(transpose_reduce4<true>(pm, hl));
-  if ((hl & 3) == 0 && (hl >> 2) < rows) *scale = quant.s;
+  if constexpr (PRED) st_global_f32_if(scale, quant.s, (hl & 3) == 0 && (hl >> 2) < rows);
+  else if ((hl & 3) == 0 && (hl >> 2) < rows) *scale = quant.s;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
     const float qp = __shfl_sync(0xffffffffu, quant.p, (lane & 16) | (i << 2));

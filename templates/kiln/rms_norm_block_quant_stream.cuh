@@ -185,33 +185,6 @@ __device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8]
     sts_u32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
                                   __fmul_rn(y[3][e], qp[e])));
 }
-// FLAT: bqt::row_codes of a full block (4 rows a thread) with MakeQuantPow2Tight whose row-scale store is a predicated
-// instruction instead of a divergent branch (lanes 4R store row R's scale), so the compiler may schedule across it.
-__device__ __forceinline__ void st_global_f32_if(float* p, float v, bool pred) {
-  asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %2, 0;\n@p st.global.f32 [%0], %1;\n}\n" ::"l"(p), "f"(v),
-               "r"(static_cast<u32>(pred))
-               : "memory");
-}
-__device__ __forceinline__ void row_codes_flat(const float (&y)[4][8], int hl, int lane, u8* q, i64 q_stride,
-                                               float* scale) {
-  float pm[4];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    pm[i] = 0.0f;
-#pragma unroll
-    for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
-  }
-  const bqt::TileQuant quant = MakeQuantPow2Tight{}(bqt::transpose_reduce4<true>(pm, hl));
-  st_global_f32_if(scale, quant.s, (hl & 3) == 0);
-#pragma unroll
-  for (int i = 0; i < 4; ++i) {
-    const float qp = __shfl_sync(0xffffffffu, quant.p, (lane & 16) | (i << 2));
-    uint2 out;
-    out.x = e4m3x4(__fmul_rn(y[i][0], qp), __fmul_rn(y[i][1], qp), __fmul_rn(y[i][2], qp), __fmul_rn(y[i][3], qp));
-    out.y = e4m3x4(__fmul_rn(y[i][4], qp), __fmul_rn(y[i][5], qp), __fmul_rn(y[i][6], qp), __fmul_rn(y[i][7], qp));
-    *reinterpret_cast<uint2*>(q + i * q_stride) = out;
-  }
-}
 // The column scales of channels c0 … c0+7 from their multipliers qp (0x7F000000 − the reciprocal's bits, inf for 0).
 __device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[8]) {
 #pragma unroll
@@ -803,9 +776,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         };
         auto row_codes_now = [&]() {
           if constexpr (TF && FLAT) {
-            row_codes_flat(y, hl, lane, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
-                           a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
-                                        thr_const(kQs)));
+            // (FLAT: the row-scale store predicated, no divergent branch between the phases)
+            bqt::row_codes<true>(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
+                                 a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
+                                              static_cast<u32>(m0) + thr_const(kQs)),
+                                 MakeQuantPow2Tight{}, Apply<true>{});
           } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
