@@ -368,12 +368,13 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     // (HELP: two blocks an item, partial sums exchanged)
     if ((overlap & kStreamHelp) && (cb != 2 || base.params[P_N] < 512)) continue;
-    for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
+    for (int R : {2 * cb, 2 * cb + 1}) {  // (slots for two items, or one more block: the base and HELP only)
       if (R > kRmsqStreamMaxRing ||
           rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
               227 * 1024)
         continue;
-      if (overlap != 1 && R != 2 * cb) continue;
+      // (HELP: also one more block, R = 5 — its refills run half an item further ahead of the helpers' pass 1)
+      if (overlap != 1 && R != 2 * cb && !(overlap & kStreamHelp)) continue;
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);

@@ -273,7 +273,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
-  static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
+  static_assert(!TIGHT || HELP || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring (HELP: R = 4 or 5)");
   static_assert(!HELP || (TIGHT && SPLIT && FLAT && WLDG_BIT && !FIRST && !START && N / (CB * 128) > 1),
                 "HELP: on TIGHT + FLAT + SPLIT + WLDG with partial sums exchanged");
   const RmsNormBlockQuantArgs& a = sa.a;

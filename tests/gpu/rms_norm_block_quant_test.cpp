@@ -615,17 +615,19 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
 // The stream kernel's HELP variant (config overlap bit 32768 on TIGHT + FLAT + SPLIT + WLDG = 51971; 640 threads: a
 // helper warpgroup does pass 1 and the exchange, rms_norm_block_quant_stream_help_kernel), forced: N = 2048 (8
 // chunks a row), 7168 (28) and 768 (3), at token counts with a partial last tile, M % 16 != 0, one item a CTA (M =
-// 300 at 7168) and one row. Without power-of-two scales (index % 3 == 2) the bit changes nothing.
+// 300 at 7168) and one row; 4 and 5 ring slots. Without power-of-two scales (index % 3 == 2) the bit changes nothing.
 TEST_F(RmsNormBlockQuantTest, StreamKernelHelpPoints) {
   const std::vector<SpacePoint> points = {
       {2048, 2, 16, 2, 1, 4, 51971, 3, 8000}, {7168, 2, 16, 2, 1, 4, 51971, 3, 4003}, {2048, 2, 16, 2, 1, 4, 51971, 3, 8192},
       {768, 2, 16, 2, 1, 4, 51971, 3, 5000},  {2048, 2, 16, 2, 1, 4, 51971, 3, 1},    {7168, 2, 16, 2, 1, 4, 51971, 3, 1000},
       {7168, 2, 16, 2, 1, 4, 51971, 3, 300},  {2048, 2, 16, 2, 1, 4, 51971, 3, 8192},
+      // R = 5 (one more block in the ring: slot k % 5)
+      {2048, 2, 16, 2, 1, 5, 51971, 3, 8000}, {7168, 2, 16, 2, 1, 5, 51971, 3, 4003},
   };
   check_points(points, 0x7e);
-  // Not points: one block an item, slots for more than two items.
+  // Not points: one block an item, slots for three items.
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 51971, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 5, 51971, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 51971, 3));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 4, 51971, 3));  // one chunk a row
 }
 
