@@ -332,11 +332,24 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
   u64 tr_t0 = 0;
   int tr_n = 2;
+  // HELP: thread 0 (a compute thread) uses slots 2 … 47, the first helper thread slots 48 … 95 (hmark: kind 1 = its
+  // item's blocks landed, 2 = partial sums stored, 3 = r handed over).
+  constexpr int TR_END = HELP ? kRmsqStreamTraceSlots / 2 : kRmsqStreamTraceSlots;
   auto mark = [&](u64 kind, int item) {
     if constexpr (TRACE) {
-      if (tid == 0 && tr_n < kRmsqStreamTraceSlots) {
+      if (tid == 0 && tr_n < TR_END) {
         sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + tr_n++] =
             (kind << 48) | (static_cast<u64>(item & 0xff) << 40) | (globaltimer_ns() - tr_t0);
+      }
+    }
+  };
+  int th_n = TR_END;
+  auto hmark = [&](u64 kind, int item) {
+    if constexpr (TRACE && HELP) {
+      if (tid == THREADS && th_n < kRmsqStreamTraceSlots) {
+        const u64 t0 = sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots];  // (thread 0's, before the setup barrier)
+        sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + th_n++] =
+            (kind << 48) | (static_cast<u64>(item & 0xff) << 40) | (globaltimer_ns() - t0);
       }
     }
   };
@@ -901,6 +914,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll
         for (int b = 0; b < CB; ++b)
           mbar_wait(full_bar + ((k0 + b) % static_cast<u32>(R)) * 8, ((k0 + b) / static_cast<u32>(R)) & 1u);
+        hmark(1, it);
         // Row h of block b at at[b], its piece j ^ l7 at at[b] + ((j ^ l7) << 4) (one XOR and one add an LDS).
         u32 at[CB];
 #pragma unroll
@@ -908,6 +922,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         const float part =
             help_row_sum<CB>(l7, [&](int b, int j) { return lds16_xor(at[b], l7 << 4, static_cast<u32>(j) << 4); });
         stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + h, stream_tagged(part, sa.tag));
+        hmark(2, it);
         // The S partial sums of row h, added as finish() adds them: chunks q ≡ g (mod 4) in q order into tg[g],
         // then (tg0 + tg1) + (tg2 + tg3); polled in batches of 8, a pair still stale after kRmsqStreamSpinLimit
         // polls summed here from x (the same operations: the same bits).
@@ -950,6 +965,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if (it >= 2) mbar_wait(rfree_bar + 8 * (it & 1), ((it >> 1) - 1) & 1);  // item it − 2's r was read
         sts_u32(help_rsm + (it & 1) * 512 + 4 * h, __float_as_uint(rr));
         mbar_arrive(rdy_bar + 8 * (it & 1));
+        hmark(3, it);
       }
       return;
     }

@@ -169,23 +169,30 @@ TEST_F(RmsqStreamMeasure, Timeline) {
       int sm;
       std::vector<Rec> recs;
     };
-    std::vector<Cta> ctas;
+    const bool help = (c.overlap & 32768) != 0;  // (HELP: the helper's records from slot 48 on)
+    const int end_slot = help ? kRmsqStreamTraceSlots / 2 : kRmsqStreamTraceSlots;
+    std::vector<Cta> ctas, helpers;
     for (size_t b = 0; b < max_ctas; ++b) {
       const uint64_t* t = tr.data() + b * kRmsqStreamTraceSlots;
       if (t[0] == 0) continue;  // no such CTA
-      Cta x{t[0], static_cast<int>(t[1]), {}};
-      double prev = 0;
-      bool ordered = true;
-      for (int k = 2; k < kRmsqStreamTraceSlots && t[k] != 0; ++k) {
-        const Rec rec{static_cast<int>(t[k] >> 48), static_cast<int>((t[k] >> 40) & 0xff),
-                      static_cast<double>(t[k] & ((1ull << 40) - 1)) / 1000.0};
-        ordered = ordered && rec.us >= prev;
-        prev = rec.us;
-        x.recs.push_back(rec);
-      }
-      EXPECT_TRUE(ordered) << "CTA " << b << " records out of order";
+      auto parse = [&](int from, int to) {
+        Cta x{t[0], static_cast<int>(t[1]), {}};
+        double prev = 0;
+        bool ordered = true;
+        for (int k = from; k < to && t[k] != 0; ++k) {
+          const Rec rec{static_cast<int>(t[k] >> 48), static_cast<int>((t[k] >> 40) & 0xff),
+                        static_cast<double>(t[k] & ((1ull << 40) - 1)) / 1000.0};
+          ordered = ordered && rec.us >= prev;
+          prev = rec.us;
+          x.recs.push_back(rec);
+        }
+        EXPECT_TRUE(ordered) << "CTA " << b << " records out of order";
+        return x;
+      };
+      Cta x = parse(2, end_slot);
       EXPECT_TRUE(!x.recs.empty() && x.recs.back().kind == 5) << "CTA " << b << " has no end record";
       ctas.push_back(std::move(x));
+      if (help) helpers.push_back(parse(end_slot, kRmsqStreamTraceSlots));
     }
     ASSERT_FALSE(ctas.empty());
     uint64_t t0 = ~0ull;
@@ -236,12 +243,37 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     row5("start (after the first CTA's)", start);
     row5("item 0's first block landed", first_landed);
     row5("end", end);
-    for (const auto& [it, v] : wait_blocks) {
-      std::printf("  item %2d (%4zu CTAs): blocks wait p50/p90 %5.2f %5.2f | pass 1 %5.2f | exchange p50/p90 %5.2f "
+    // (HELP: thread 0 has no pass 1, so its "exchange" is its wait for the helpers' r after its previous pass 2)
+    for (const auto& [it, v] : pass2) {
+      const std::vector<double>& w = wait_blocks[it];
+      std::printf("  item %2d (%4zu CTAs): blocks wait p50/p90 %5.2f %5.2f | pass 1 %5.2f | %s p50/p90 %5.2f "
                   "%5.2f | pass 2 p50/p90 %5.2f %5.2f | pass 2 end p50/max %6.2f %6.2f\n",
-                  it, v.size(), q(v, 0.5), q(v, 0.9), q(pass1[it], 0.5), q(exch[it], 0.5), q(exch[it], 0.9),
-                  q(pass2[it], 0.5), q(pass2[it], 0.9), q(p2_end[it], 0.5), q(p2_end[it], 1));
+                  it, v.size(), q(w, 0.5), q(w, 0.9), q(pass1[it], 0.5), help ? "r wait" : "exchange",
+                  q(exch[it], 0.5), q(exch[it], 0.9), q(v, 0.5), q(v, 0.9), q(p2_end[it], 0.5), q(p2_end[it], 1));
     }
+    // HELP: the helper warpgroup's per-item records (µs after its CTA's start): blocks landed, pass 1, exchange (r
+    // handed over − partial sums stored), r handed over.
+    std::map<int, std::vector<double>> h_landed, h_pass1, h_exch, h_ready;
+    for (const Cta& x : helpers) {
+      std::map<int, double> landed, stored;
+      for (const Rec& rec : x.recs) {
+        if (rec.kind == 1) {
+          landed[rec.item] = rec.us;
+          h_landed[rec.item].push_back(rec.us);
+        } else if (rec.kind == 2) {
+          stored[rec.item] = rec.us;
+          if (landed.count(rec.item)) h_pass1[rec.item].push_back(rec.us - landed[rec.item]);
+        } else if (rec.kind == 3) {
+          h_ready[rec.item].push_back(rec.us);
+          if (stored.count(rec.item)) h_exch[rec.item].push_back(rec.us - stored[rec.item]);
+        }
+      }
+    }
+    for (const auto& [it, v] : h_landed)
+      std::printf("  helper item %2d: landed p50/p90 %6.2f %6.2f | pass 1 p50/p90 %5.2f %5.2f | exchange p50/p90 "
+                  "%5.2f %5.2f | r ready p50/max %6.2f %6.2f\n",
+                  it, q(v, 0.5), q(v, 0.9), q(h_pass1[it], 0.5), q(h_pass1[it], 0.9), q(h_exch[it], 0.5),
+                  q(h_exch[it], 0.9), q(h_ready[it], 0.5), q(h_ready[it], 1));
   }
   detail::driver().cuEventDestroy(ev0);
   detail::driver().cuEventDestroy(ev1);
