@@ -61,12 +61,12 @@ class RmsqStreamMeasure : public GpuTest {
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
-      {"2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG)", 2048, 2, 4, 19203, nullptr},
-      {"2048 LEAN R4", 2048, 2, 4, 3, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG)"},
-      {"2048 default+HELP", 2048, 2, 4, 51971, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG)"},
-      {"7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG)", 7168, 2, 4, 19203, nullptr},
-      {"7168 LEAN R4", 7168, 2, 4, 3, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG)"},
-      {"7168 default+HELP", 7168, 2, 4, 51971, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG)"},
+      {"2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 2048, 2, 4, 19203, nullptr},
+      {"2048 default+HELP R4", 2048, 2, 4, 51971, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"2048 default+HELP R5", 2048, 2, 5, 51971, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 7168, 2, 4, 19203, nullptr},
+      {"7168 default+HELP R4", 7168, 2, 4, 51971, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"7168 default+HELP R5", 7168, 2, 5, 51971, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
   };
 
 
@@ -114,7 +114,6 @@ TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default", 2048, 2, 4, 19203, nullptr},
       {"2048 default+HELP", 2048, 2, 4, 51971, nullptr},
-      {"7168 default", 7168, 2, 4, 19203, nullptr},
       {"7168 default+HELP", 7168, 2, 4, 51971, nullptr},
   };
   Runtime& r = rt();
