@@ -230,6 +230,11 @@ __device__ __forceinline__ Vec16 lds16_xor(u32 base, u32 x, u32 c) {
                : "r"(base), "r"(x), "r"(c));
   return v;
 }
+__device__ __forceinline__ u64 lds_u64(u32 addr) {
+  u64 v;
+  asm volatile("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr) : "memory");
+  return v;
+}
 // HELP's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
 // partial sum of the C = 128·CB columns at x + row·x_stride, as help_row_sum forms it (the same bits). Out of line:
 // the helpers' hot path keeps its 32 registers.
@@ -265,7 +270,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool HELP = false>
+          bool WLDG_BIT = false, bool HELP = false, bool HSM = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -301,6 +306,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   const u32 help_rsm = split_bar + 16;
   const u32 full_bar = help_rsm + 2 * 128 * 4;
   const u32 rdy_bar = full_bar + 8 * R, rfree_bar = rdy_bar + 16;
+  // HSM (HELP): the helpers' polls staged in shared memory, [128 rows][SP pairs] (16-byte aligned), from a workspace
+  // laid out [tile][row][SP] (a row's partial sums contiguous; SP = S rounded up to even: whole 16-byte pieces).
+  constexpr int SP = (N / (CB * 128) + 1) & ~1;
+  const u32 help_poll = (rfree_bar + 16 + 15) & ~15u;
+  static_assert(!HSM || HELP, "HSM is a HELP variant");
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -921,15 +931,44 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         for (int b = 0; b < CB; ++b) at[b] = smem_u32(ring) + ((k0 + b) % static_cast<u32>(R)) * (BLOCK * 2) + h * 256;
         const float part =
             help_row_sum<CB>(l7, [&](int b, int j) { return lds16_xor(at[b], l7 << 4, static_cast<u32>(j) << 4); });
-        stream_st_relaxed(sa.ws + (static_cast<i64>(tile) * S + chunk) * ROWS + h, stream_tagged(part, sa.tag));
+        stream_st_relaxed(sa.ws + (HSM ? (static_cast<i64>(tile) * ROWS + h) * SP + chunk
+                                       : (static_cast<i64>(tile) * S + chunk) * ROWS + h),
+                          stream_tagged(part, sa.tag));
         hmark(2, it);
         // The S partial sums of row h, added as finish() adds them: chunks q ≡ g (mod 4) in q order into tg[g],
         // then (tg0 + tg1) + (tg2 + tg3); polled in batches of 8, a pair still stale after kRmsqStreamSpinLimit
         // polls summed here from x (the same operations: the same bits).
         const u64* base = sa.ws + static_cast<i64>(tile) * S * ROWS + h;
         float tg[4] = {0.f, 0.f, 0.f, 0.f};
+        if constexpr (HSM) {
+          // Row h's SP pairs (contiguous) into its shared row by SP / 2 cp.async of 16 bytes, all in flight at once;
+          // then each pair checked in chunk order, a stale one re-polled alone (ld.relaxed) until it is this
+          // launch's or the spin limit sends it to the fallback.
+          const u64* row = sa.ws + (static_cast<i64>(tile) * ROWS + h) * SP;
+          const u32 st = help_poll + h * (SP * 8);
 #pragma unroll
-        for (int q0 = 0; q0 < S; q0 += 8) {
+          for (int p = 0; p < SP / 2; ++p) cp_async16_full(st + 16 * p, row + 2 * p);
+          cp_async_commit();
+          cp_async_wait_group<0>();
+#pragma unroll
+          for (int q = 0; q < S; ++q) {
+            u64 g = lds_u64(st + 8 * q);
+#pragma unroll 1
+            for (int tries = 0; static_cast<u32>(g >> 32) != sa.tag; ++tries) {
+              if (tries == kRmsqStreamSpinLimit) {
+                g = stream_tagged(help_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + q * C, a.x_stride, h,
+                                                          min(ROWS, a.M - m0), l7),
+                                  sa.tag);
+                break;
+              }
+              __nanosleep(64);
+              g = stream_ld_relaxed(row + q);
+            }
+            tg[q & 3] += __uint_as_float(static_cast<u32>(g));
+          }
+        }
+#pragma unroll
+        for (int q0 = 0; q0 < (HSM ? 0 : S); q0 += 8) {
           u64 g[8];
 #pragma unroll
           for (int i = 0; i < 8; ++i)
@@ -1053,11 +1092,12 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 // HELP (bit 32768, on LEAN + TIGHT + FLAT + SPLIT + WLDG, partial sums exchanged): 640 threads — the 16 compute warps
 // run only pass 2 (and the ring's refills), the helper warpgroup (warps 16–19, kRmsqStreamHelpRegs registers) pass 1
 // and the exchange of each item, handing r over through shared memory and mbarriers (rms_norm_block_quant_stream_body).
+// HSM (bit 65536): the helpers' polls staged in shared memory by cp.async (rms_norm_block_quant_stream_body).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
 __global__ void __launch_bounds__(kRmsqStreamHelpThreads, 1)
     rms_norm_block_quant_stream_help_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, false, (V & 64) != 0, false, true, true, true, true,
-                                   true>(sa);
+                                   true, (V & 65536) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

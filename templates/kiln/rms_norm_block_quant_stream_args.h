@@ -51,10 +51,12 @@ constexpr int kRmsqStreamMaxRing = 5;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
 // column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier; HELP (on TIGHT): r of
-// two items (2 × 128 fp32) and R + 4 mbarriers.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, bool help = false) {
+// two items (2 × 128 fp32) and R + 4 mbarriers; HSM (HELP): 16 bytes of alignment and the helpers' poll rows,
+// 128 × SP pairs (SP = the chunks of a row, S, rounded up to even).
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, bool help = false,
+                                                     int hsm_sp = 0) {
   return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0) +
-         (help ? 2 * 128 * 4 + 8 * (R + 4) : 0);
+         (help ? 2 * 128 * 4 + 8 * (R + 4) : 0) + (hsm_sp ? 16 + 128 * hsm_sp * 8 : 0);
 }
 
 }  // namespace kiln

@@ -56,17 +56,20 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 32768 HELP;
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 32768 HELP,
+// 65536 HSM;
 // stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted). (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 2048, 2, 4, 19203, nullptr},
       {"2048 default+HELP R4", 2048, 2, 4, 51971, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"2048 default+HELP R5", 2048, 2, 5, 51971, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"2048 default+HELP+HSM R4", 2048, 2, 4, 117507, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"2048 default+HELP+HSM R5", 2048, 2, 5, 117507, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
       {"7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 7168, 2, 4, 19203, nullptr},
       {"7168 default+HELP R4", 7168, 2, 4, 51971, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"7168 default+HELP R5", 7168, 2, 5, 51971, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"7168 default+HELP+HSM R4", 7168, 2, 4, 117507, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"7168 default+HELP+HSM R5", 7168, 2, 5, 117507, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
   };
 
 
@@ -113,8 +116,8 @@ TEST_F(RmsqStreamMeasure, Timeline) {
   // records.)
   const std::vector<StreamCfg> cfgs = {
       {"2048 default", 2048, 2, 4, 19203, nullptr},
-      {"2048 default+HELP", 2048, 2, 4, 51971, nullptr},
-      {"7168 default+HELP", 7168, 2, 4, 51971, nullptr},
+      {"2048 default+HELP+HSM", 2048, 2, 4, 117507, nullptr},
+      {"7168 default+HELP+HSM", 7168, 2, 4, 117507, nullptr},
   };
   Runtime& r = rt();
   bind_device(r);
