@@ -62,20 +62,20 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// 32768 HELP (on TIGHT + FLAT + SPLIT + WLDG, power-of-two scales, more than one chunk a row): 640 threads, pass 1 and
-// the exchange on a helper warpgroup (rms_norm_block_quant_stream_help_kernel), the 16 compute warps run pass 2 only.
-constexpr int kStreamHelp = 32768;
-// 65536 HSM (on HELP): the helpers' polls of a row's S partial sums staged in shared memory by cp.async (all in flight
-// at once, no registers held), from a workspace laid out [tile][row][SP] (SP = S rounded up to even).
-constexpr int kStreamHelpSmem = 65536;
-constexpr int kStreamHelpBase = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
+// (Bit 32768 HELP — 640 threads, pass 1 and the exchange on a helper warpgroup (setmaxnreg 32 / 112) — measured
+// slower in session 9 round 1, 32.9 / 141.6 µs against 25.9 / 92.6: the helpers' pass 1 took 1.2–1.9 µs an item at one
+// warp a scheduler — and was deleted, with 65536 (its polls staged in shared memory, not measured: that part lives on
+// in HX); their values stay unused.)
+// 131072 HX (on TIGHT + FLAT + SPLIT + WLDG, power-of-two scales, more than one chunk a row): 640 threads, the
+// exchange on a helper warpgroup (rms_norm_block_quant_stream_hx_kernel: its polls staged in shared memory by cp.async,
+// from a workspace laid out [tile][row][SP], SP = S rounded up to even); the compute warps take r from shared memory.
+constexpr int kStreamHx = 131072;
+constexpr int kStreamHxBase = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
 // (Without power-of-two scales the bit changes nothing, as TIGHT's: the 512-thread kernel runs.)
-bool is_stream_help(const Specialization& s) {
-  return (s.config[C_OVERLAP] & kStreamHelp) != 0 && s.params[P_ROUND] != 0;
-}
-// HSM: the padded chunk count SP of its workspace rows and shared poll rows (0: not HSM).
-int stream_hsm_sp(const Specialization& s) {
-  if (!is_stream_help(s) || !(s.config[C_OVERLAP] & kStreamHelpSmem)) return 0;
+bool is_stream_hx(const Specialization& s) { return (s.config[C_OVERLAP] & kStreamHx) != 0 && s.params[P_ROUND] != 0; }
+// HX: the padded chunk count SP of its workspace rows and shared poll rows (0: not HX).
+int stream_hx_sp(const Specialization& s) {
+  if (!is_stream_hx(s)) return 0;
   return (static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) + 1) & ~1;
 }
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
@@ -114,7 +114,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_{}kernel<{}, {}, {}, {}, {}, {}>",
-                       is_stream_help(s) ? "help_" : "", p[P_N], s.config[C_COL_BLOCKS], round, wf32,
+                       is_stream_hx(s) ? "hx_" : "", p[P_N], s.config[C_COL_BLOCKS], round, wf32,
                        s.config[C_STAGES], s.config[C_OVERLAP]);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
@@ -145,7 +145,7 @@ int smem_bytes(const Specialization& s) {
     return rms_norm_block_quant_stream_smem_bytes(
         s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
         (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
-        is_stream_help(s), stream_hsm_sp(s));
+        stream_hx_sp(s));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -372,20 +372,18 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHelpBase | kStreamHelp,
-                      kStreamHelpBase | kStreamHelp | kStreamHelpSmem}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHxBase | kStreamHx}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     // (HELP: two blocks an item, partial sums exchanged)
-    if ((overlap & kStreamHelp) && (cb != 2 || base.params[P_N] < 512)) continue;
-    for (int R : {2 * cb, 2 * cb + 1}) {  // (slots for two items, or one more block: the base and HELP only)
-      const int sp = (overlap & kStreamHelpSmem) ? (static_cast<int>(base.params[P_N] / (128 * cb)) + 1) & ~1 : 0;
+    if ((overlap & kStreamHx) && (cb != 2 || base.params[P_N] < 512)) continue;
+    for (int R : {2 * cb, 2 * cb + 1}) {  // (slots for two items, or one more block: the base only)
+      const int sp = (overlap & kStreamHx) ? (static_cast<int>(base.params[P_N] / (128 * cb)) + 1) & ~1 : 0;
       const int wn = (overlap & kStreamWldg) ? 0 : static_cast<int>(base.params[P_N]);  // (TIGHT's weights)
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, wn,
-                                                                            (overlap & kStreamHelp) != 0, sp) >
+                                                                            sp) >
                                         227 * 1024)
         continue;
-      // (HELP: also one more block, R = 5 — its refills run half an item further ahead of the helpers' pass 1)
-      if (overlap != 1 && R != 2 * cb && !(overlap & kStreamHelp)) continue;
+      if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);
@@ -611,8 +609,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamHelp | kStreamHelpSmem);
-  const int threads = is_stream_help(s) ? kRmsqStreamHelpThreads : kRmsqStreamThreads;
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamHx);
+  const int threads = is_stream_hx(s) ? kRmsqStreamHxThreads : kRmsqStreamThreads;
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
@@ -620,8 +618,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   d.smem = static_cast<unsigned>(smem_bytes(s));
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, threads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0, trace};
-  // (HSM: rows of SP ≥ S pairs; its padding pairs are read, never used)
-  const int sp = stream_hsm_sp(s);
+  // (HX: rows of SP ≥ S pairs; its padding pairs are read, never used)
+  const int sp = stream_hx_sp(s);
   const CUdeviceptr ws = global_workspace(impl, tiles, sp ? sp : chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);

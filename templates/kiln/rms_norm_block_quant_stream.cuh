@@ -193,19 +193,13 @@ __device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[
     sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
   }
 }
-// HELP: an arrival on `bar` once all of this thread's earlier cp.async copies have landed (the barrier's count
-// includes it: noinc).
-__device__ __forceinline__ void cp_async_mbar_arrive_noinc(u32 bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
-}
-// HELP: Σx² of one row's 128 × CB columns as the compute layout forms it, in one thread: piece c (8 columns) of
-// block b is summed into acc[c ^ l7] in column order (sum_squares8; blocks in order), then the 16-lane butterfly's
-// tree (pairs xor 8, 4, 2, 1 of the pieces: transpose_reduce4<false>) on the accumulators — XOR-relabelling the
-// pieces by l7 < 8 maps every pair of that tree onto a pair, and + commutes, so the bits are the butterfly's.
-// piece(b, j) returns the 16 bytes of piece j ^ l7 of block b (read for all blocks of a piece in turn: each
-// accumulator still sums block 0's piece, then block 1's).
+// HX: Σx² of one row's 128 × CB columns as the compute layout forms it, in one thread (the fallback of the helper
+// warp's exchange): piece c (8 columns) of block b is summed into acc[c ^ l7] in column order (sum_squares8; blocks
+// in order), then the 16-lane butterfly's tree (pairs xor 8, 4, 2, 1 of the pieces: transpose_reduce4<false>) on the
+// accumulators — XOR-relabelling the pieces by any l7 < 8 maps every pair of that tree onto a pair, and + commutes,
+// so the bits are the butterfly's. piece(b, j) returns the 16 bytes of piece j ^ l7 of block b.
 template <int CB, class Piece>
-__device__ __forceinline__ float help_row_sum(int l7, Piece piece) {
+__device__ __forceinline__ float hx_row_sum(int l7, Piece piece) {
   float acc[16];
 #pragma unroll
   for (int j = 0; j < 16; ++j) {
@@ -221,28 +215,18 @@ __device__ __forceinline__ float help_row_sum(int l7, Piece piece) {
   for (int i = 0; i < 2; ++i) acc[i] = acc[i] + acc[i ^ 2];
   return acc[0] + acc[1];
 }
-// 16 bytes of shared memory at base + (x ^ c): the XOR and the add inside the asm (HELP's pass 1: c a constant after
-// unrolling), so the compiler cannot hoist 16 offsets into registers.
-__device__ __forceinline__ Vec16 lds16_xor(u32 base, u32 x, u32 c) {
-  Vec16 v;
-  asm volatile("{\n.reg .b32 a;\nxor.b32 a, %5, %6;\nadd.u32 a, a, %4;\nld.shared.v4.u32 {%0, %1, %2, %3}, [a];\n}\n"
-               : "=r"(v.w[0]), "=r"(v.w[1]), "=r"(v.w[2]), "=r"(v.w[3])
-               : "r"(base), "r"(x), "r"(c));
-  return v;
-}
 __device__ __forceinline__ u64 lds_u64(u32 addr) {
   u64 v;
   asm volatile("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr) : "memory");
   return v;
 }
-// HELP's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
-// partial sum of the C = 128·CB columns at x + row·x_stride, as help_row_sum forms it (the same bits). Out of line:
-// the helpers' hot path keeps its 32 registers.
+// HX's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
+// partial sum of the C = 128·CB columns at x + row·x_stride, as hx_row_sum forms it (the same bits). Out of line.
 template <int CB>
-__device__ __noinline__ float help_row_sum_global(const bf16* x, i64 x_stride, int row, int valid, int l7) {
+__device__ __noinline__ float hx_row_sum_global(const bf16* x, i64 x_stride, int row, int valid) {
   const bf16* p = x + static_cast<i64>(row) * x_stride;
-  return help_row_sum<CB>(l7, [&](int b, int j) {
-    return row < valid ? load16(p + b * 128 + (j ^ l7) * 8) : Vec16{{0u, 0u, 0u, 0u}};
+  return hx_row_sum<CB>(0, [&](int b, int j) {
+    return row < valid ? load16(p + b * 128 + j * 8) : Vec16{{0u, 0u, 0u, 0u}};
   });
 }
 // An mbarrier arrival by the lanes with `pred` (a predicated instruction, no branch).
@@ -270,7 +254,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool HELP = false, bool HSM = false>
+          bool WLDG_BIT = false, bool HX = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -278,9 +262,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
-  static_assert(!TIGHT || HELP || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring (HELP: R = 4 or 5)");
-  static_assert(!HELP || (TIGHT && SPLIT && FLAT && WLDG_BIT && !FIRST && !START && N / (CB * 128) > 1),
-                "HELP: on TIGHT + FLAT + SPLIT + WLDG with partial sums exchanged");
+  static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
+  static_assert(!HX || (TIGHT && SPLIT && FLAT && WLDG_BIT && !FIRST && !START && N / (CB * 128) > 1),
+                "HX: on TIGHT + FLAT + SPLIT + WLDG with partial sums exchanged");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -301,16 +285,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   float* wsm = reinterpret_cast<float*>(colmax + 3 * 132);
   const u32 split_bar = smem_u32(wsm + (TIGHT && !WLDG_BIT ? N : 0));  // SPLIT: the block barrier (16 arrivals)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
-  // HELP (kRmsqStreamHelpSmem): r of two items [2][128] (fp32), then the mbarriers full[R] (a slot's refill landed:
-  // one noinc arrival a compute thread), rdy[2] (r of an item formed: 128 helper arrivals), rfree[2] (r read: 512).
-  const u32 help_rsm = split_bar + 16;
-  const u32 full_bar = help_rsm + 2 * 128 * 4;
-  const u32 rdy_bar = full_bar + 8 * R, rfree_bar = rdy_bar + 16;
-  // HSM (HELP): the helpers' polls staged in shared memory, [128 rows][SP pairs] (16-byte aligned), from a workspace
-  // laid out [tile][row][SP] (a row's partial sums contiguous; SP = S rounded up to even: whole 16-byte pieces).
+  // HX (rms_norm_block_quant_stream_smem_bytes): r of two items [2][128] (fp32); the mbarriers p1d[2] (this CTA's
+  // partial sums of an item stored: one arrival a compute warp), rdy[2] (r formed: the 128 helper threads),
+  // rfree[2] (r read: the 512 compute threads); the helper's poll rows [128][SP] pairs (16-byte aligned; SP = S
+  // rounded up to even), filled from the workspace laid out [tile][row][SP] (a row's partial sums contiguous).
+  const u32 hx_rsm = split_bar + 16;
+  const u32 p1d_bar = hx_rsm + 2 * 128 * 4, rdy_bar = p1d_bar + 16, rfree_bar = rdy_bar + 16;
   constexpr int SP = (N / (CB * 128) + 1) & ~1;
-  const u32 help_poll = (rfree_bar + 16 + 15) & ~15u;
-  static_assert(!HSM || HELP, "HSM is a HELP variant");
+  const u32 hx_poll = (rfree_bar + 16 + 15) & ~15u;
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -342,9 +324,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
   u64 tr_t0 = 0;
   int tr_n = 2;
-  // HELP: thread 0 (a compute thread) uses slots 2 … 47, the first helper thread slots 48 … 95 (hmark: kind 1 = its
-  // item's blocks landed, 2 = partial sums stored, 3 = r handed over).
-  constexpr int TR_END = HELP ? kRmsqStreamTraceSlots / 2 : kRmsqStreamTraceSlots;
+  // HX: thread 0 uses slots 2 … 65, the first helper thread slots 66 … 95 (hmark: kind 2 = the CTA's partial sums
+  // of its item stored, i.e. its polls may start; 3 = r handed over).
+  constexpr int TR_END = HX ? kRmsqStreamTraceHxSlot : kRmsqStreamTraceSlots;
   auto mark = [&](u64 kind, int item) {
     if constexpr (TRACE) {
       if (tid == 0 && tr_n < TR_END) {
@@ -355,7 +337,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
   int th_n = TR_END;
   auto hmark = [&](u64 kind, int item) {
-    if constexpr (TRACE && HELP) {
+    if constexpr (TRACE && HX) {
       if (tid == THREADS && th_n < kRmsqStreamTraceSlots) {
         const u64 t0 = sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots];  // (thread 0's, before the setup barrier)
         sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + th_n++] =
@@ -450,7 +432,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
                        ok ? static_cast<const void*>(t_src + i * (N * 2)) : static_cast<const void*>(xg), ok);
           }
         }
-        if constexpr (HELP) cp_async_mbar_arrive_noinc(full_bar + (k % static_cast<u32>(R)) * 8);
         if (k % static_cast<u32>(CB) == static_cast<u32>(CB - 1)) {  // the next item
           iss_rows -= dT * ROWS;
           iss_chunk += dC;
@@ -496,11 +477,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     cp_async_commit();
     ++issued;
   };
-  if constexpr (HELP) {
-    // (the first R visits are issued after the setup, which initializes the barriers they arrive on)
-  } else if constexpr (LEAN) {
+  if constexpr (LEAN) {
+    if (!HX || warp < WARPS) {  // (HX: not the helper warpgroup)
 #pragma unroll 1
-    for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
+      for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
+    }
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -521,14 +502,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
   }
-  if constexpr (HELP) {
+  if constexpr (HX) {
     if (tid == 0) {
-#pragma unroll 1
-      for (int k = 0; k < R; ++k) mbar_init(full_bar + 8 * k, THREADS);
-      mbar_init(rdy_bar, ROWS);
-      mbar_init(rdy_bar + 8, ROWS);
-      mbar_init(rfree_bar, THREADS);
-      mbar_init(rfree_bar + 8, THREADS);
+#pragma unroll
+      for (int i = 0; i < 2; ++i) {
+        mbar_init(p1d_bar + 8 * i, WARPS);
+        mbar_init(rdy_bar + 8 * i, ROWS);
+        mbar_init(rfree_bar + 8 * i, THREADS);
+      }
       fence_mbar_init();
     }
   }
@@ -586,8 +567,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       const int j = lane & 7;
       const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
       if (lane < 8)
-        stream_st_relaxed(sa.ws + (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + 8 * warp + j,
+        stream_st_relaxed(sa.ws + (HX ? (static_cast<i64>(item_tile(it)) * ROWS + 8 * warp + j) * SP + item_col(it) / C
+                                      : (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + 8 * warp + j),
                           stream_tagged(v, sa.tag));
+      if constexpr (HX) {  // (the helper's cue that its polls of this item may start)
+        __syncwarp();
+        mbar_arrive_if(p1d_bar + 8 * (it & 1), lane == 0);
+      }
     } else {
       own = sum;
     }
@@ -617,7 +603,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // LEAN with ≤ 2 loads a lane: item it + 1's polls are issued at the start of item it's last pass-2 block (its
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
-  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2 && !HELP;
+  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2 && !HX;
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -742,9 +728,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
     }
   };
-  // The compute threads' CTA barrier (HELP: the helper warpgroup is not in it).
+  // The compute threads' CTA barrier (HX: the helper warpgroup is not in it).
   auto csync = [&]() {
-    if constexpr (HELP) named_barrier_sync(1, THREADS);
+    if constexpr (HX) named_barrier_sync(1, THREADS);
     else __syncthreads();
   };
   auto pass2_lean = [&](int it, const float (&rv)[4]) {
@@ -771,8 +757,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         }
         Vec16 xv[4];
         float w8[8];
-        // HELP: no pass 1 here waited for this thread's pieces of the block: R − 1 groups committed after them
-        if constexpr (HELP) cp_async_wait_group<R - 1>();
         if constexpr (TF) {
           read_block(k, col, xv, w8);
         } else {
@@ -911,123 +895,54 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
   // the other R − CB follow once its blocks have landed (with FIRST: once item 0's exchange is complete, so no CTA's
   // first item competes with the others' second) — the commit count is then as without START.
-  if constexpr (HELP) {
-    if (warp >= WARPS) {  // the helper warpgroup: pass 1 and the exchange of every item, thread h = row h
-      setmaxnreg_dec<kRmsqStreamHelpRegs>();
-      const int h = tid - THREADS, l7 = lane & 7;
+  if constexpr (HX) {
+    if (warp >= WARPS) {  // the helper warpgroup: the exchange of every item, thread r = row r
+      setmaxnreg_dec<kRmsqStreamHxHelperRegs>();
+      const int r = tid - THREADS;
+      const u32 st = hx_poll + r * (SP * 8);
 #pragma unroll 1
       for (int it = 0; it < T; ++it) {
         const int u = b0 + it * P, tile = u / S, chunk = u - tile * S;
         const int m0 = tile * ROWS;
-        // Pass 1: both blocks landed (every compute thread's copies: the slots' full barriers), row h's Σx².
-        const u32 k0 = static_cast<u32>(it * CB);
-#pragma unroll
-        for (int b = 0; b < CB; ++b)
-          mbar_wait(full_bar + ((k0 + b) % static_cast<u32>(R)) * 8, ((k0 + b) / static_cast<u32>(R)) & 1u);
-        hmark(1, it);
-        // Row h of block b at at[b], its piece j ^ l7 at at[b] + ((j ^ l7) << 4) (one XOR and one add an LDS).
-        u32 at[CB];
-#pragma unroll
-        for (int b = 0; b < CB; ++b) at[b] = smem_u32(ring) + ((k0 + b) % static_cast<u32>(R)) * (BLOCK * 2) + h * 256;
-        const float part =
-            help_row_sum<CB>(l7, [&](int b, int j) { return lds16_xor(at[b], l7 << 4, static_cast<u32>(j) << 4); });
-        stream_st_relaxed(sa.ws + (HSM ? (static_cast<i64>(tile) * ROWS + h) * SP + chunk
-                                       : (static_cast<i64>(tile) * S + chunk) * ROWS + h),
-                          stream_tagged(part, sa.tag));
+        mbar_wait(p1d_bar + 8 * (it & 1), (it >> 1) & 1);  // this CTA's partial sums of the item are stored
         hmark(2, it);
-        // The S partial sums of row h, added as finish() adds them: chunks q ≡ g (mod 4) in q order into tg[g],
-        // then (tg0 + tg1) + (tg2 + tg3); polled in batches of 8, a pair still stale after kRmsqStreamSpinLimit
-        // polls summed here from x (the same operations: the same bits).
-        const u64* base = sa.ws + static_cast<i64>(tile) * S * ROWS + h;
+        // Row r's SP pairs (contiguous) into its shared row by SP / 2 cp.async of 16 bytes, all in flight at once;
+        // each pair then checked in chunk order, a stale one re-polled alone (ld.relaxed) until it is this launch's or
+        // the spin limit sends it to the fallback; added as finish() adds them (chunks q ≡ g mod 4 in q order into
+        // tg[g], then (tg0 + tg1) + (tg2 + tg3)).
+        const u64* row = sa.ws + (static_cast<i64>(tile) * ROWS + r) * SP;
+#pragma unroll
+        for (int p = 0; p < SP / 2; ++p) cp_async16_full(st + 16 * p, row + 2 * p);
+        cp_async_commit();
+        cp_async_wait_group<0>();
         float tg[4] = {0.f, 0.f, 0.f, 0.f};
-        if constexpr (HSM) {
-          // Row h's SP pairs (contiguous) into its shared row by SP / 2 cp.async of 16 bytes, all in flight at once;
-          // then each pair checked in chunk order, a stale one re-polled alone (ld.relaxed) until it is this
-          // launch's or the spin limit sends it to the fallback.
-          const u64* row = sa.ws + (static_cast<i64>(tile) * ROWS + h) * SP;
-          const u32 st = help_poll + h * (SP * 8);
 #pragma unroll
-          for (int p = 0; p < SP / 2; ++p) cp_async16_full(st + 16 * p, row + 2 * p);
-          cp_async_commit();
-          cp_async_wait_group<0>();
-#pragma unroll
-          for (int q = 0; q < S; ++q) {
-            u64 g = lds_u64(st + 8 * q);
+        for (int q = 0; q < S; ++q) {
+          u64 g = lds_u64(st + 8 * q);
 #pragma unroll 1
-            for (int tries = 0; static_cast<u32>(g >> 32) != sa.tag; ++tries) {
-              if (tries == kRmsqStreamSpinLimit) {
-                g = stream_tagged(help_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + q * C, a.x_stride, h,
-                                                          min(ROWS, a.M - m0), l7),
-                                  sa.tag);
-                break;
-              }
-              __nanosleep(64);
-              g = stream_ld_relaxed(row + q);
-            }
-            tg[q & 3] += __uint_as_float(static_cast<u32>(g));
-          }
-        }
-#pragma unroll
-        for (int q0 = 0; q0 < (HSM ? 0 : S); q0 += 8) {
-          u64 g[8];
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            if (q0 + i < S) g[i] = stream_ld_relaxed(base + (q0 + i) * ROWS);
-#pragma unroll 1
-          for (int tries = 0;; ++tries) {
-            bool ok = true;
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-              if (q0 + i < S) ok = ok && static_cast<u32>(g[i] >> 32) == sa.tag;
-            if (ok) break;
+          for (int tries = 0; static_cast<u32>(g >> 32) != sa.tag; ++tries) {
             if (tries == kRmsqStreamSpinLimit) {
-#pragma unroll
-              for (int i = 0; i < 8; ++i)
-                if (q0 + i < S && static_cast<u32>(g[i] >> 32) != sa.tag)
-                  g[i] = stream_tagged(help_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + (q0 + i) * C,
-                                                               a.x_stride, h, min(ROWS, a.M - m0), l7),
-                                       sa.tag);
+              g = stream_tagged(hx_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + q * C, a.x_stride, r,
+                                                      min(ROWS, a.M - m0)),
+                                sa.tag);
               break;
             }
             __nanosleep(64);
-#pragma unroll
-            for (int i = 0; i < 8; ++i)
-              if (q0 + i < S && static_cast<u32>(g[i] >> 32) != sa.tag) g[i] = stream_ld_relaxed(base + (q0 + i) * ROWS);
+            g = stream_ld_relaxed(row + q);
           }
-#pragma unroll
-          for (int i = 0; i < 8; ++i)
-            if (q0 + i < S) tg[(q0 + i) & 3] += __uint_as_float(static_cast<u32>(g[i]));
+          tg[q & 3] += __uint_as_float(static_cast<u32>(g));
         }
         const float t = (tg[0] + tg[1]) + (tg[2] + tg[3]);
         const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-        if (chunk == 0 && a.rms_out && h < a.M - m0) a.rms_out[m0 + h] = rr;
+        if (chunk == 0 && a.rms_out && r < a.M - m0) a.rms_out[m0 + r] = rr;
         if (it >= 2) mbar_wait(rfree_bar + 8 * (it & 1), ((it >> 1) - 1) & 1);  // item it − 2's r was read
-        sts_u32(help_rsm + (it & 1) * 512 + 4 * h, __float_as_uint(rr));
+        sts_u32(hx_rsm + (it & 1) * 512 + 4 * r, __float_as_uint(rr));
         mbar_arrive(rdy_bar + 8 * (it & 1));
         hmark(3, it);
       }
       return;
     }
-    // The compute warps: pass 2 of every item, as soon as the helpers have formed its r.
-    setmaxnreg_inc<kRmsqStreamComputeRegs>();
-#pragma unroll 1
-    for (int k = 0; k < R; ++k) issue_lean();
-    load_w(item_col(0));
-#pragma unroll 1
-    for (int it = 0; it < T; ++it) {
-      mbar_wait(rdy_bar + 8 * (it & 1), (it >> 1) & 1);
-      const Vec16 r4 = lds16(help_rsm + (it & 1) * 512 + 16 * hw);
-      mbar_arrive(rfree_bar + 8 * (it & 1));
-      const float rh[4] = {__uint_as_float(r4.w[0]), __uint_as_float(r4.w[1]), __uint_as_float(r4.w[2]),
-                           __uint_as_float(r4.w[3])};
-      mark(3, it);
-      pass2_lean(it, rh);
-      advance();
-    }
-    csync();  // the last block's codes are complete
-    store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
-    mark(5, T);
-    return;
+    setmaxnreg_inc<kRmsqStreamHxComputeRegs>();
   }
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
@@ -1058,12 +973,21 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
-    if constexpr (GX) {
+    if constexpr (GX && !HX) {
       if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
-    else finish(it, rv);
+    else if constexpr (!GX) finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
-    if constexpr (GX) finish(it, rv);
+    if constexpr (HX) {  // r of item it from the helpers (formed during the previous pass 2)
+      mbar_wait(rdy_bar + 8 * (it & 1), (it >> 1) & 1);
+      const Vec16 r4 = lds16(hx_rsm + (it & 1) * 512 + 16 * hw);
+      mbar_arrive(rfree_bar + 8 * (it & 1));
+#pragma unroll
+      for (int i = 0; i < 4; ++i) rv[i] = __uint_as_float(r4.w[i]);
+      mark(3, it);
+    } else if constexpr (GX) {
+      finish(it, rv);
+    }
     if constexpr (LEAN) {
       pass2_lean(it, rv);
       advance();
@@ -1071,7 +995,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       pass2(it, rv);
     }
   }
-  __syncthreads();  // the last block's codes are complete
+  csync();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   mark(5, T);
@@ -1089,15 +1013,16 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
-// HELP (bit 32768, on LEAN + TIGHT + FLAT + SPLIT + WLDG, partial sums exchanged): 640 threads — the 16 compute warps
-// run only pass 2 (and the ring's refills), the helper warpgroup (warps 16–19, kRmsqStreamHelpRegs registers) pass 1
-// and the exchange of each item, handing r over through shared memory and mbarriers (rms_norm_block_quant_stream_body).
-// HSM (bit 65536): the helpers' polls staged in shared memory by cp.async (rms_norm_block_quant_stream_body).
+// HX (bit 131072, on LEAN + TIGHT + FLAT + SPLIT + WLDG, partial sums exchanged): 640 threads — the 16 compute warps
+// as the default (pass 1 and pass 2; setmaxnreg to kRmsqStreamHxComputeRegs), one helper warpgroup (one row a thread,
+// kRmsqStreamHxHelperRegs) doing every item's exchange (its polls staged in shared memory by cp.async, r handed over
+// through shared memory and mbarriers: rms_norm_block_quant_stream_body), so the compute warps take r with one barrier
+// wait and one shared load instead of polling, summing and forming it.
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
-__global__ void __launch_bounds__(kRmsqStreamHelpThreads, 1)
-    rms_norm_block_quant_stream_help_kernel(const RmsqStreamArgs sa) {
+__global__ void __launch_bounds__(kRmsqStreamHxThreads, 1)
+    rms_norm_block_quant_stream_hx_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, false, (V & 64) != 0, false, true, true, true, true,
-                                   true, (V & 65536) != 0>(sa);
+                                   true>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -56,20 +56,16 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 32768 HELP,
-// 65536 HSM;
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 131072 HX
+// (32768 HELP / 65536 deleted);
 // stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted). (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 2048, 2, 4, 19203, nullptr},
-      {"2048 default+HELP R4", 2048, 2, 4, 51971, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"2048 default+HELP+HSM R4", 2048, 2, 4, 117507, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"2048 default+HELP+HSM R5", 2048, 2, 5, 117507, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"2048 default+HX R4", 2048, 2, 4, 150275, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
       {"7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 7168, 2, 4, 19203, nullptr},
-      {"7168 default+HELP R4", 7168, 2, 4, 51971, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"7168 default+HELP+HSM R4", 7168, 2, 4, 117507, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"7168 default+HELP+HSM R5", 7168, 2, 5, 117507, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"7168 default+HX R4", 7168, 2, 4, 150275, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
   };
 
 
@@ -94,13 +90,13 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_
-// -c 4`: ncu flushes the caches before each profiled kernel): the default and HELP at N = 2048 and 7168.
+// -c 4`: ncu flushes the caches before each profiled kernel): the default and HX at N = 2048 and 7168.
 TEST_F(RmsqStreamMeasure, Profile) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default", 2048, 2, 4, 19203, nullptr},
-      {"2048 default+HELP", 2048, 2, 4, 51971, "2048 default"},
+      {"2048 default+HX", 2048, 2, 4, 150275, "2048 default"},
       {"7168 default", 7168, 2, 4, 19203, nullptr},
-      {"7168 default+HELP", 7168, 2, 4, 51971, "7168 default"},
+      {"7168 default+HX", 7168, 2, 4, 150275, "7168 default"},
   };
   Runtime& r = rt();
   bind_device(r);
@@ -112,12 +108,12 @@ TEST_F(RmsqStreamMeasure, Profile) {
 
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
-  // (HELP: thread 0 is a compute thread, so its "exchange" is its wait for the helpers' r, and it has no pass-1
-  // records.)
+  // (HX: the first helper thread's records from slot kRmsqStreamTraceHxSlot on: when its CTA's partial sums of an item were
+  // stored, when it handed r over; thread 0's "exchange" is its wait for that r.)
   const std::vector<StreamCfg> cfgs = {
-      {"2048 default", 2048, 2, 4, 19203, nullptr},
-      {"2048 default+HELP+HSM", 2048, 2, 4, 117507, nullptr},
-      {"7168 default+HELP+HSM", 7168, 2, 4, 117507, nullptr},
+      {"2048 default+HX", 2048, 2, 4, 150275, nullptr},
+      {"7168 default", 7168, 2, 4, 19203, nullptr},
+      {"7168 default+HX", 7168, 2, 4, 150275, nullptr},
   };
   Runtime& r = rt();
   bind_device(r);
@@ -171,8 +167,8 @@ TEST_F(RmsqStreamMeasure, Timeline) {
       int sm;
       std::vector<Rec> recs;
     };
-    const bool help = (c.overlap & 32768) != 0;  // (HELP: the helper's records from slot 48 on)
-    const int end_slot = help ? kRmsqStreamTraceSlots / 2 : kRmsqStreamTraceSlots;
+    const bool help = (c.overlap & 131072) != 0;  // (HX: the helpers' records from kRmsqStreamTraceHxSlot on)
+    const int end_slot = help ? kRmsqStreamTraceHxSlot : kRmsqStreamTraceSlots;
     std::vector<Cta> ctas, helpers;
     for (size_t b = 0; b < max_ctas; ++b) {
       const uint64_t* t = tr.data() + b * kRmsqStreamTraceSlots;
@@ -245,7 +241,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     row5("start (after the first CTA's)", start);
     row5("item 0's first block landed", first_landed);
     row5("end", end);
-    // (HELP: thread 0 has no pass 1, so its "exchange" is its wait for the helpers' r after its previous pass 2)
+    // (HX: thread 0's "r wait" is its wait for the helpers' r after its pass 1 of the next item)
     for (const auto& [it, v] : pass2) {
       const std::vector<double>& w = wait_blocks[it];
       std::printf("  item %2d (%4zu CTAs): blocks wait p50/p90 %5.2f %5.2f | pass 1 %5.2f | %s p50/p90 %5.2f "
@@ -253,29 +249,26 @@ TEST_F(RmsqStreamMeasure, Timeline) {
                   it, v.size(), q(w, 0.5), q(w, 0.9), q(pass1[it], 0.5), help ? "r wait" : "exchange",
                   q(exch[it], 0.5), q(exch[it], 0.9), q(v, 0.5), q(v, 0.9), q(p2_end[it], 0.5), q(p2_end[it], 1));
     }
-    // HELP: the helper warpgroup's per-item records (µs after its CTA's start): blocks landed, pass 1, exchange (r
-    // handed over − partial sums stored), r handed over.
-    std::map<int, std::vector<double>> h_landed, h_pass1, h_exch, h_ready;
+    // HX: the first helper thread's per-item records (µs after its CTA's start): its CTA's partial sums stored (its polls
+    // start), the exchange (r handed over − that), r handed over.
+    std::map<int, std::vector<double>> h_start, h_exch, h_ready;
     for (const Cta& x : helpers) {
-      std::map<int, double> landed, stored;
+      std::map<int, double> started;
       for (const Rec& rec : x.recs) {
-        if (rec.kind == 1) {
-          landed[rec.item] = rec.us;
-          h_landed[rec.item].push_back(rec.us);
-        } else if (rec.kind == 2) {
-          stored[rec.item] = rec.us;
-          if (landed.count(rec.item)) h_pass1[rec.item].push_back(rec.us - landed[rec.item]);
+        if (rec.kind == 2) {
+          started[rec.item] = rec.us;
+          h_start[rec.item].push_back(rec.us);
         } else if (rec.kind == 3) {
           h_ready[rec.item].push_back(rec.us);
-          if (stored.count(rec.item)) h_exch[rec.item].push_back(rec.us - stored[rec.item]);
+          if (started.count(rec.item)) h_exch[rec.item].push_back(rec.us - started[rec.item]);
         }
       }
     }
-    for (const auto& [it, v] : h_landed)
-      std::printf("  helper item %2d: landed p50/p90 %6.2f %6.2f | pass 1 p50/p90 %5.2f %5.2f | exchange p50/p90 "
-                  "%5.2f %5.2f | r ready p50/max %6.2f %6.2f\n",
-                  it, q(v, 0.5), q(v, 0.9), q(h_pass1[it], 0.5), q(h_pass1[it], 0.9), q(h_exch[it], 0.5),
-                  q(h_exch[it], 0.9), q(h_ready[it], 0.5), q(h_ready[it], 1));
+    for (const auto& [it, v] : h_start)
+      std::printf("  helper item %2d: polls start p50/p90 %6.2f %6.2f | exchange p50/p90 %5.2f %5.2f | r ready p50/max "
+                  "%6.2f %6.2f\n",
+                  it, q(v, 0.5), q(v, 0.9), q(h_exch[it], 0.5), q(h_exch[it], 0.9), q(h_ready[it], 0.5),
+                  q(h_ready[it], 1));
   }
   detail::driver().cuEventDestroy(ev0);
   detail::driver().cuEventDestroy(ev1);

@@ -612,26 +612,23 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// The stream kernel's HELP variant (config overlap bit 32768 on TIGHT + FLAT + SPLIT + WLDG = 51971; 640 threads: a
-// helper warpgroup does pass 1 and the exchange, rms_norm_block_quant_stream_help_kernel) and HELP + HSM, forced:
-// N = 2048 (8 chunks a row), 7168 (28) and 768 (3), at token counts with a partial last tile, M % 16 != 0, one item a
-// CTA (M = 300 at 7168) and one row; 4 and 5 ring slots. Without power-of-two scales (index % 3 == 2) the bits change
-// nothing.
-TEST_F(RmsNormBlockQuantTest, StreamKernelHelpPoints) {
+// The stream kernel's HX variant (config overlap bit 131072 on TIGHT + FLAT + SPLIT + WLDG = 150275; 544 threads: one
+// helper warp does the exchange, its polls staged in shared memory, rms_norm_block_quant_stream_hx_kernel), forced:
+// N = 2048 (8 chunks a row), 7168 (28) and 768 (3: SP = 4, a padding pair a row), at token counts with a partial last
+// tile, M % 16 != 0, one item a CTA (M = 300 at 7168) and one row. Without power-of-two scales (index % 3 == 2) the bit
+// changes nothing.
+TEST_F(RmsNormBlockQuantTest, StreamKernelHxPoints) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 2, 1, 4, 51971, 3, 8000},  {7168, 2, 16, 2, 1, 4, 51971, 3, 4003},  {2048, 2, 16, 2, 1, 4, 51971, 3, 8192},
-      {2048, 2, 16, 2, 1, 4, 51971, 3, 1},     {7168, 2, 16, 2, 1, 4, 51971, 3, 300},   {7168, 2, 16, 2, 1, 4, 51971, 3, 1000},
-      // + HSM (bit 65536: the polls staged in shared memory, workspace rows of SP pairs; N = 768: S = 3, SP = 4)
-      {2048, 2, 16, 2, 1, 4, 117507, 3, 8000}, {7168, 2, 16, 2, 1, 4, 117507, 3, 4003}, {768, 2, 16, 2, 1, 4, 117507, 3, 5000},
-      {768, 2, 16, 2, 1, 4, 117507, 3, 4097},  {7168, 2, 16, 2, 1, 4, 117507, 3, 300},  {2048, 2, 16, 2, 1, 4, 117507, 3, 1},
-      // R = 5 (one more block in the ring: slot k % 5)
-      {2048, 2, 16, 2, 1, 5, 117507, 3, 8192}, {7168, 2, 16, 2, 1, 5, 117507, 3, 8192},
+      {2048, 2, 16, 2, 1, 4, 150275, 3, 8000}, {7168, 2, 16, 2, 1, 4, 150275, 3, 4003}, {2048, 2, 16, 2, 1, 4, 150275, 3, 8192},
+      {768, 2, 16, 2, 1, 4, 150275, 3, 4097},  {2048, 2, 16, 2, 1, 4, 150275, 3, 1},    {7168, 2, 16, 2, 1, 4, 150275, 3, 1000},
+      {7168, 2, 16, 2, 1, 4, 150275, 3, 300},  {768, 2, 16, 2, 1, 4, 150275, 3, 5000},  {768, 2, 16, 2, 1, 4, 150275, 3, 8192},
+      {2048, 2, 16, 2, 1, 4, 150275, 3, 8192}, {7168, 2, 16, 2, 1, 4, 150275, 3, 8192},
   };
   check_points(points, 0x7e);
-  // Not points: one block an item, slots for three items.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 51971, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 6, 51971, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 4, 51971, 3));  // one chunk a row
+  // Not points: one block an item, slots for more than two items, one chunk a row.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 150275, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 5, 150275, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 4, 150275, 3));
 }
 
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
