@@ -220,6 +220,9 @@ __device__ __forceinline__ u64 lds_u64(u32 addr) {
   asm volatile("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr) : "memory");
   return v;
 }
+__device__ __forceinline__ void sts_u64(u32 addr, u64 v) {
+  asm volatile("st.shared.u64 [%0], %1;" ::"r"(addr), "l"(v) : "memory");
+}
 // HX's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
 // partial sum of the C = 128·CB columns at x + row·x_stride, as hx_row_sum forms it (the same bits). Out of line.
 template <int CB>
@@ -906,32 +909,35 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         const int m0 = tile * ROWS;
         mbar_wait(p1d_bar + 8 * (it & 1), (it >> 1) & 1);  // this CTA's partial sums of the item are stored
         hmark(2, it);
-        // Row r's SP pairs (contiguous) into its shared row by SP / 2 cp.async of 16 bytes, all in flight at once;
-        // each pair then checked in chunk order, a stale one re-polled alone (ld.relaxed) until it is this launch's or
-        // the spin limit sends it to the fallback; added as finish() adds them (chunks q ≡ g mod 4 in q order into
-        // tg[g], then (tg0 + tg1) + (tg2 + tg3)).
+        // Row r's SP pairs (contiguous) into its shared row by SP / 2 cp.async of 16 bytes, all in flight at once,
+        // again (after a pause) while any is not this launch's; after kRmsqStreamSpinLimit rounds the stale ones are
+        // summed here from x (the fallback: the same bits). Then added as finish() adds them (chunks q ≡ g mod 4 in q
+        // order into tg[g], then (tg0 + tg1) + (tg2 + tg3)).
         const u64* row = sa.ws + (static_cast<i64>(tile) * ROWS + r) * SP;
+#pragma unroll 1
+        for (int tries = 0;; ++tries) {
 #pragma unroll
-        for (int p = 0; p < SP / 2; ++p) cp_async16_full(st + 16 * p, row + 2 * p);
-        cp_async_commit();
-        cp_async_wait_group<0>();
+          for (int p = 0; p < SP / 2; ++p) cp_async16_full(st + 16 * p, row + 2 * p);
+          cp_async_commit();
+          cp_async_wait_group<0>();
+          bool ok = true;
+#pragma unroll
+          for (int q = 0; q < S; ++q) ok = ok && static_cast<u32>(lds_u64(st + 8 * q) >> 32) == sa.tag;
+          if (ok) break;
+          if (tries == kRmsqStreamSpinLimit) {
+#pragma unroll 1
+            for (int q = 0; q < S; ++q)
+              if (static_cast<u32>(lds_u64(st + 8 * q) >> 32) != sa.tag)
+                sts_u64(st + 8 * q, stream_tagged(hx_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + q * C,
+                                                                        a.x_stride, r, min(ROWS, a.M - m0)),
+                                                  sa.tag));
+            break;
+          }
+          __nanosleep(64);
+        }
         float tg[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int q = 0; q < S; ++q) {
-          u64 g = lds_u64(st + 8 * q);
-#pragma unroll 1
-          for (int tries = 0; static_cast<u32>(g >> 32) != sa.tag; ++tries) {
-            if (tries == kRmsqStreamSpinLimit) {
-              g = stream_tagged(hx_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + q * C, a.x_stride, r,
-                                                      min(ROWS, a.M - m0)),
-                                sa.tag);
-              break;
-            }
-            __nanosleep(64);
-            g = stream_ld_relaxed(row + q);
-          }
-          tg[q & 3] += __uint_as_float(static_cast<u32>(g));
-        }
+        for (int q = 0; q < S; ++q) tg[q & 3] += __uint_as_float(static_cast<u32>(lds_u64(st + 8 * q)));
         const float t = (tg[0] + tg[1]) + (tg[2] + tg[3]);
         const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
         if (chunk == 0 && a.rms_out && r < a.M - m0) a.rms_out[m0 + r] = rr;
