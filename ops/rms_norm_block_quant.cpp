@@ -372,7 +372,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHxBase | kStreamHx}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHxBase | kStreamHx,
+                      kStreamHxBase | kStreamHx | kStreamFirst}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     // (HELP: two blocks an item, partial sums exchanged)
     if ((overlap & kStreamHx) && (cb != 2 || base.params[P_N] < 512)) continue;

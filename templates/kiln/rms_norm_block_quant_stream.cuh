@@ -266,7 +266,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
-  static_assert(!HX || (TIGHT && SPLIT && FLAT && WLDG_BIT && !FIRST && !START && N / (CB * 128) > 1),
+  static_assert(!HX || (TIGHT && SPLIT && FLAT && WLDG_BIT && !START && N / (CB * 128) > 1),
                 "HX: on TIGHT + FLAT + SPLIT + WLDG with partial sums exchanged");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -889,6 +889,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
 
   float rv[4];
+  // HX: r of the thread's 4 rows of item it, from the helpers (one barrier wait, one shared load).
+  auto take_r = [&](int it, float (&r)[4]) {
+    mbar_wait(rdy_bar + 8 * (it & 1), (it >> 1) & 1);
+    const Vec16 r4 = lds16(hx_rsm + (it & 1) * 512 + 16 * hw);
+    mbar_arrive(rfree_bar + 8 * (it & 1));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) r[i] = __uint_as_float(r4.w[i]);
+    mark(3, it);
+  };
   auto advance = [&]() {  // LEAN: item cur_it done
     ++cur_it;
     cur_tile = nxt_tile;
@@ -964,8 +973,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (FIRST) {
     // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
     // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
-    if constexpr (GX) poll_issue(0);
-    finish(0, rv);
+    if constexpr (HX) {
+      take_r(0, rv);
+    } else {
+      if constexpr (GX) poll_issue(0);
+      finish(0, rv);
+    }
     if constexpr (START) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
@@ -985,12 +998,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     else if constexpr (!GX) finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (HX) {  // r of item it from the helpers (formed during the previous pass 2)
-      mbar_wait(rdy_bar + 8 * (it & 1), (it >> 1) & 1);
-      const Vec16 r4 = lds16(hx_rsm + (it & 1) * 512 + 16 * hw);
-      mbar_arrive(rfree_bar + 8 * (it & 1));
-#pragma unroll
-      for (int i = 0; i < 4; ++i) rv[i] = __uint_as_float(r4.w[i]);
-      mark(3, it);
+      take_r(it, rv);
     } else if constexpr (GX) {
       finish(it, rv);
     }
@@ -1023,12 +1031,13 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
 // as the default (pass 1 and pass 2; setmaxnreg to kRmsqStreamHxComputeRegs), one helper warpgroup (one row a thread,
 // kRmsqStreamHxHelperRegs) doing every item's exchange (its polls staged in shared memory by cp.async, r handed over
 // through shared memory and mbarriers: rms_norm_block_quant_stream_body), so the compute warps take r with one barrier
-// wait and one shared load instead of polling, summing and forming it.
+// wait and one shared load instead of polling, summing and forming it. With FIRST (32): item 0 quantized before item
+// 1's pass 1.
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
 __global__ void __launch_bounds__(kRmsqStreamHxThreads, 1)
     rms_norm_block_quant_stream_hx_kernel(const RmsqStreamArgs sa) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, false, (V & 64) != 0, false, true, true, true, true,
-                                   true>(sa);
+  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, (V & 32) != 0, (V & 64) != 0, false, true, true, true,
+                                   true, true>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -64,6 +64,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 2048, 2, 4, 19203, nullptr},
       {"2048 default+HX R4", 2048, 2, 4, 150275, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"2048 default+HX+FIRST R4", 2048, 2, 4, 150307, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
       {"7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 7168, 2, 4, 19203, nullptr},
       {"7168 default+HX R4", 7168, 2, 4, 150275, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
   };
