@@ -291,11 +291,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // HX (rms_norm_block_quant_stream_smem_bytes): r of two items [2][128] (fp32); the mbarriers p1d[2] (this CTA's
   // partial sums of an item stored: one arrival a compute warp), rdy[2] (r formed: the 128 helper threads),
   // rfree[2] (r read: the 512 compute threads); the helper's poll rows [128][SP] pairs (16-byte aligned; SP = S
-  // rounded up to even), filled from the workspace laid out [tile][row][SP] (a row's partial sums contiguous).
+  // rounded up to even), filled from the workspace laid out as hx_pair says.
   const u32 hx_rsm = split_bar + 16;
   const u32 p1d_bar = hx_rsm + 2 * 128 * 4, rdy_bar = p1d_bar + 16, rfree_bar = rdy_bar + 16;
   constexpr int SP = (N / (CB * 128) + 1) & ~1;
   const u32 hx_poll = (rfree_bar + 16 + 15) & ~15u;
+  // HX's workspace: [tile][SP / 2 pieces][128 rows][2] pairs — chunk q of row r in piece q / 2, half q & 1, so a warp's
+  // 16-byte reads of one piece for 32 consecutive rows are 512 contiguous bytes.
+  auto hx_pair = [&](i64 tile, int q, int r) -> i64 {
+    return ((tile * (SP / 2) + (q >> 1)) * ROWS + r) * 2 + (q & 1);
+  };
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -570,7 +575,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       const int j = lane & 7;
       const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
       if (lane < 8)
-        stream_st_relaxed(sa.ws + (HX ? (static_cast<i64>(item_tile(it)) * ROWS + 8 * warp + j) * SP + item_col(it) / C
+        stream_st_relaxed(sa.ws + (HX ? hx_pair(item_tile(it), item_col(it) / C, 8 * warp + j)
                                       : (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + 8 * warp + j),
                           stream_tagged(v, sa.tag));
       if constexpr (HX) {  // (the helper's cue that its polls of this item may start)
@@ -918,21 +923,27 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         const int m0 = tile * ROWS;
         mbar_wait(p1d_bar + 8 * (it & 1), (it >> 1) & 1);  // this CTA's partial sums of the item are stored
         hmark(2, it);
-        // Row r's SP pairs (contiguous) into its shared row by SP / 2 cp.async of 16 bytes, all in flight at once,
-        // again (after a pause) while any is not this launch's; after kRmsqStreamSpinLimit rounds the stale ones are
-        // summed here from x (the fallback: the same bits). Then added as finish() adds them (chunks q ≡ g mod 4 in q
-        // order into tg[g], then (tg0 + tg1) + (tg2 + tg3)).
-        const u64* row = sa.ws + (static_cast<i64>(tile) * ROWS + r) * SP;
+        // Row r's SP pairs into its shared row by SP / 2 cp.async of 16 bytes (piece p: chunks 2p, 2p + 1), all in
+        // flight at once; then only the pieces holding a pair that is not this launch's are copied again, after a
+        // pause that doubles up to ≈ 1 µs (so a late partner costs little L2 traffic); after kRmsqStreamSpinLimit
+        // rounds the stale ones are summed here from x (the fallback: the same bits). Then added as finish() adds
+        // them (chunks q ≡ g mod 4 in q order into tg[g], then (tg0 + tg1) + (tg2 + tg3)).
+        const u64* pieces = sa.ws + hx_pair(tile, 0, r);  // piece p at pieces + p·256 (u64)
+        static_assert(SP / 2 <= 32, "a piece mask of 32 bits");
+        u32 stale = SP / 2 == 32 ? ~0u : (1u << (SP / 2)) - 1;
+        u32 pause = 128;
 #pragma unroll 1
         for (int tries = 0;; ++tries) {
 #pragma unroll
-          for (int p = 0; p < SP / 2; ++p) cp_async16_full(st + 16 * p, row + 2 * p);
+          for (int p = 0; p < SP / 2; ++p)
+            if ((stale >> p) & 1u) cp_async16_full(st + 16 * p, pieces + p * (ROWS * 2));
           cp_async_commit();
           cp_async_wait_group<0>();
-          bool ok = true;
+          stale = 0;
 #pragma unroll
-          for (int q = 0; q < S; ++q) ok = ok && static_cast<u32>(lds_u64(st + 8 * q) >> 32) == sa.tag;
-          if (ok) break;
+          for (int q = 0; q < S; ++q)
+            if (static_cast<u32>(lds_u64(st + 8 * q) >> 32) != sa.tag) stale |= 1u << (q >> 1);
+          if (!stale) break;
           if (tries == kRmsqStreamSpinLimit) {
 #pragma unroll 1
             for (int q = 0; q < S; ++q)
@@ -942,7 +953,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
                                                   sa.tag));
             break;
           }
-          __nanosleep(64);
+          __nanosleep(pause);
+          pause = min(2 * pause, 1024u);
         }
         float tg[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
