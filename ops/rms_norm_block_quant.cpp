@@ -70,6 +70,18 @@ constexpr int kStreamWldg = 16384;
 // exchange on a helper warpgroup (rms_norm_block_quant_stream_hx_kernel: its polls staged in shared memory by cp.async,
 // from a workspace laid out [tile][row][SP], SP = S rounded up to even); the compute warps take r from shared memory.
 constexpr int kStreamHx = 131072;
+// 262144 EPS (on LEAN, two items in the ring, more than 8 chunks a row — KQ > 2 polls a lane, too many for registers:
+// N > 2048 at two blocks an item): the next item's partial-sum polls staged in shared memory by cp.async at the start
+// of the item's last pass-2 block (as EARLY_POLL issues them into registers where KQ ≤ 2), not a pass 1 before use.
+constexpr int kStreamEps = 262144;
+// EPS's polls a lane (0: not EPS or KQ ≤ 2, where it changes nothing).
+int stream_eps_kq(const Specialization& s) {
+  if (!(s.config[C_OVERLAP] & kStreamEps) || !(s.config[C_OVERLAP] & 2) ||
+      s.config[C_STAGES] != 2 * s.config[C_COL_BLOCKS])
+    return 0;
+  const int kq = (static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) * 8 + 31) / 32;
+  return kq > 2 ? kq : 0;
+}
 constexpr int kStreamHxBase = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
 // (Without power-of-two scales the bit changes nothing, as TIGHT's: the 512-thread kernel runs.)
 bool is_stream_hx(const Specialization& s) { return (s.config[C_OVERLAP] & kStreamHx) != 0 && s.params[P_ROUND] != 0; }
@@ -145,7 +157,7 @@ int smem_bytes(const Specialization& s) {
     return rms_norm_block_quant_stream_smem_bytes(
         s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
         (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
-        stream_hx_sp(s));
+        stream_hx_sp(s), stream_eps_kq(s));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -373,15 +385,16 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHxBase | kStreamHx,
-                      kStreamHxBase | kStreamHx | kStreamFirst}) {
+                      kStreamHxBase | kStreamHx | kStreamFirst, kStreamHxBase | kStreamEps, kStreamLean | kStreamEps}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     // (HELP: two blocks an item, partial sums exchanged)
     if ((overlap & kStreamHx) && (cb != 2 || base.params[P_N] < 512)) continue;
     for (int R : {2 * cb, 2 * cb + 1}) {  // (slots for two items, or one more block: the base only)
       const int sp = (overlap & kStreamHx) ? (static_cast<int>(base.params[P_N] / (128 * cb)) + 1) & ~1 : 0;
       const int wn = (overlap & kStreamWldg) ? 0 : static_cast<int>(base.params[P_N]);  // (TIGHT's weights)
+      const int kq = (overlap & kStreamEps) ? (static_cast<int>(base.params[P_N] / (128 * cb)) * 8 + 31) / 32 : 0;
       if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, wn,
-                                                                            sp) >
+                                                                            sp, kq) >
                                         227 * 1024)
         continue;
       if (overlap != 1 && R != 2 * cb) continue;

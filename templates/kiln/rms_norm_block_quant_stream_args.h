@@ -54,9 +54,11 @@ constexpr int kRmsqStreamMaxRing = 5;
 // column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier; HX (on TIGHT,
 // hx_sp = SP, the chunks of a row rounded up to even): r of two items (2 × 128 fp32), 6 mbarriers, 16 bytes of
 // alignment and the helpers' poll rows (128 × SP pairs).
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, int hx_sp = 0) {
+// EPS (eps_kq = KQ, the polls a lane, > 2): 16 warps × KQ·32 staged pairs after the SPLIT barrier's 16 bytes.
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, int hx_sp = 0,
+                                                     int eps_kq = 0) {
   return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0) +
-         (hx_sp ? 2 * 128 * 4 + 48 + 16 + 128 * hx_sp * 8 : 0);
+         (hx_sp ? 2 * 128 * 4 + 48 + 16 + 128 * hx_sp * 8 : 0) + (eps_kq > 2 ? 16 + 16 * eps_kq * 32 * 8 : 0);
 }
 
 }  // namespace kiln

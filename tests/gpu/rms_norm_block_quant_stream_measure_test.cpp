@@ -62,11 +62,8 @@ class RmsqStreamMeasure : public GpuTest {
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
-      {"2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 2048, 2, 4, 19203, nullptr},
-      {"2048 default+HX R4", 2048, 2, 4, 150275, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
-      {"2048 default+HX+FIRST R4", 2048, 2, 4, 150307, "2048 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
       {"7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4", 7168, 2, 4, 19203, nullptr},
-      {"7168 default+HX R4", 7168, 2, 4, 150275, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
+      {"7168 default+EPS R4", 7168, 2, 4, 281347, "7168 default (LEAN+TIGHT+FLAT+SPLIT+WLDG) R4"},
   };
 
 
@@ -112,9 +109,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
   // (HX: the first helper thread's records from slot kRmsqStreamTraceHxSlot on: when its CTA's partial sums of an item were
   // stored, when it handed r over; thread 0's "exchange" is its wait for that r.)
   const std::vector<StreamCfg> cfgs = {
-      {"2048 default+HX", 2048, 2, 4, 150275, nullptr},
-      {"7168 default", 7168, 2, 4, 19203, nullptr},
-      {"7168 default+HX", 7168, 2, 4, 150275, nullptr},
+      {"7168 default+EPS", 7168, 2, 4, 281347, nullptr},
   };
   Runtime& r = rt();
   bind_device(r);

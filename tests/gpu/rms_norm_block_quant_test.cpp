@@ -612,6 +612,19 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
+// The stream kernel's EPS variant (config overlap bit 262144 on the default bits = 281347, on LEAN = 262147): where a
+// warp's polls are more than 2 a lane (N > 2048 at two blocks an item), the next item's polls staged in shared memory a
+// block ahead; forced at N = 7168 (28 chunks a row) and 4096 (16), with a partial last tile, M % 16 != 0, one item a
+// CTA (M = 300), two items a CTA (M = 700) and one row. Index % 3 == 2 runs without power-of-two scales (LEAN's path).
+TEST_F(RmsNormBlockQuantTest, StreamKernelEpsPoints) {
+  const std::vector<SpacePoint> points = {
+      {7168, 2, 16, 2, 1, 4, 281347, 3, 4003}, {7168, 2, 16, 2, 1, 4, 281347, 3, 8192}, {7168, 2, 16, 2, 1, 4, 281347, 3, 1000},
+      {4096, 2, 16, 2, 1, 4, 281347, 3, 3001}, {7168, 2, 16, 2, 1, 4, 281347, 3, 300},  {7168, 2, 16, 2, 1, 4, 262147, 3, 4003},
+      {7168, 2, 16, 2, 1, 4, 281347, 3, 1},    {7168, 2, 16, 2, 1, 4, 281347, 3, 700},  {2048, 2, 16, 2, 1, 4, 281347, 3, 8192},
+  };
+  check_points(points, 0x7f);
+}
+
 // The stream kernel's HX variant (config overlap bit 131072 on TIGHT + FLAT + SPLIT + WLDG = 150275; 544 threads: one
 // helper warp does the exchange, its polls staged in shared memory, rms_norm_block_quant_stream_hx_kernel), forced:
 // N = 2048 (8 chunks a row), 7168 (28) and 768 (3: SP = 4, a padding pair a row), at token counts with a partial last
