@@ -64,12 +64,10 @@ constexpr int kStreamFlat = 2048;
 constexpr int kStreamWldg = 16384;
 // (Bit 32768 HELP — 640 threads, pass 1 and the exchange on a helper warpgroup (setmaxnreg 32 / 112) — measured
 // slower in session 9 round 1, 32.9 / 141.6 µs against 25.9 / 92.6: the helpers' pass 1 took 1.2–1.9 µs an item at one
-// warp a scheduler — and was deleted, with 65536 (its polls staged in shared memory, not measured: that part lives on
-// in HX); their values stay unused.)
-// 131072 HX (on TIGHT + FLAT + SPLIT + WLDG, power-of-two scales, more than one chunk a row): 640 threads, the
-// exchange on a helper warpgroup (rms_norm_block_quant_stream_hx_kernel: its polls staged in shared memory by cp.async,
-// from a workspace laid out [tile][row][SP], SP = S rounded up to even); the compute warps take r from shared memory.
-constexpr int kStreamHx = 131072;
+// warp a scheduler; bit 131072 HX — the exchange alone on such a warpgroup, its polls staged in shared memory — in
+// rounds 2 and 3, 34.9 / 169.3 and 30.8 / 113.4 µs against 25.8 / 91.0: polling from an item's pass 1 on cost 3–6 µs
+// of ≈ 1 µs round trips an item. Both deleted; their values (and 65536) stay unused.)
+constexpr int kStreamDefaultBits = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
 // 262144 EPS (on LEAN, two items in the ring, more than 8 chunks a row — KQ > 2 polls a lane, too many for registers:
 // N > 2048 at two blocks an item): the next item's partial-sum polls staged in shared memory by cp.async at the start
 // of the item's last pass-2 block (as EARLY_POLL issues them into registers where KQ ≤ 2), not a pass 1 before use.
@@ -81,14 +79,6 @@ int stream_eps_kq(const Specialization& s) {
     return 0;
   const int kq = (static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) * 8 + 31) / 32;
   return kq > 2 ? kq : 0;
-}
-constexpr int kStreamHxBase = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
-// (Without power-of-two scales the bit changes nothing, as TIGHT's: the 512-thread kernel runs.)
-bool is_stream_hx(const Specialization& s) { return (s.config[C_OVERLAP] & kStreamHx) != 0 && s.params[P_ROUND] != 0; }
-// HX: the padded chunk count SP of its workspace rows and shared poll rows (0: not HX).
-int stream_hx_sp(const Specialization& s) {
-  if (!is_stream_hx(s)) return 0;
-  return (static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) + 1) & ~1;
 }
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
@@ -125,9 +115,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_{}kernel<{}, {}, {}, {}, {}, {}>",
-                       is_stream_hx(s) ? "hx_" : "", p[P_N], s.config[C_COL_BLOCKS], round, wf32,
-                       s.config[C_STAGES], s.config[C_OVERLAP]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -157,7 +146,7 @@ int smem_bytes(const Specialization& s) {
     return rms_norm_block_quant_stream_smem_bytes(
         s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
         (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
-        stream_hx_sp(s), stream_eps_kq(s));
+        stream_eps_kq(s));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -384,18 +373,14 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamHxBase | kStreamHx,
-                      kStreamHxBase | kStreamHx | kStreamFirst, kStreamHxBase | kStreamEps, kStreamLean | kStreamEps}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamDefaultBits | kStreamEps,
+                      kStreamLean | kStreamEps}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
-    // (HELP: two blocks an item, partial sums exchanged)
-    if ((overlap & kStreamHx) && (cb != 2 || base.params[P_N] < 512)) continue;
     for (int R : {2 * cb, 2 * cb + 1}) {  // (slots for two items, or one more block: the base only)
-      const int sp = (overlap & kStreamHx) ? (static_cast<int>(base.params[P_N] / (128 * cb)) + 1) & ~1 : 0;
       const int wn = (overlap & kStreamWldg) ? 0 : static_cast<int>(base.params[P_N]);  // (TIGHT's weights)
       const int kq = (overlap & kStreamEps) ? (static_cast<int>(base.params[P_N] / (128 * cb)) * 8 + 31) / 32 : 0;
-      if (R > kRmsqStreamMaxRing || rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, wn,
-                                                                            sp, kq) >
-                                        227 * 1024)
+      if (R > kRmsqStreamMaxRing ||
+          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, wn, kq) > 227 * 1024)
         continue;
       if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;
@@ -623,18 +608,15 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamHx);
-  const int threads = is_stream_hx(s) ? kRmsqStreamHxThreads : kRmsqStreamThreads;
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;
-  d.block[0] = static_cast<unsigned>(threads);
+  d.block[0] = kRmsqStreamThreads;
   d.smem = static_cast<unsigned>(smem_bytes(s));
-  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, threads, d.smem);
+  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0, trace};
-  // (HX: rows of SP ≥ S pairs; its padding pairs are read, never used)
-  const int sp = stream_hx_sp(s);
-  const CUdeviceptr ws = global_workspace(impl, tiles, sp ? sp : chunks, mode, stream, sa);
+  const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);
   if (ws) impl.free_async(ws, stream);
 }

@@ -193,44 +193,11 @@ __device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[
     sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
   }
 }
-// HX: Σx² of one row's 128 × CB columns as the compute layout forms it, in one thread (the fallback of the helper
-// warp's exchange): piece c (8 columns) of block b is summed into acc[c ^ l7] in column order (sum_squares8; blocks
-// in order), then the 16-lane butterfly's tree (pairs xor 8, 4, 2, 1 of the pieces: transpose_reduce4<false>) on the
-// accumulators — XOR-relabelling the pieces by any l7 < 8 maps every pair of that tree onto a pair, and + commutes,
-// so the bits are the butterfly's. piece(b, j) returns the 16 bytes of piece j ^ l7 of block b.
-template <int CB, class Piece>
-__device__ __forceinline__ float hx_row_sum(int l7, Piece piece) {
-  float acc[16];
-#pragma unroll
-  for (int j = 0; j < 16; ++j) {
-    acc[j] = 0.f;
-#pragma unroll
-    for (int b = 0; b < CB; ++b) sum_squares8(piece(b, j), acc[j]);
-  }
-#pragma unroll
-  for (int i = 0; i < 8; ++i) acc[i] = acc[i] + acc[i ^ 8];
-#pragma unroll
-  for (int i = 0; i < 4; ++i) acc[i] = acc[i] + acc[i ^ 4];
-#pragma unroll
-  for (int i = 0; i < 2; ++i) acc[i] = acc[i] + acc[i ^ 2];
-  return acc[0] + acc[1];
-}
+// EPS: 8 bytes of shared memory.
 __device__ __forceinline__ u64 lds_u64(u32 addr) {
   u64 v;
   asm volatile("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr) : "memory");
   return v;
-}
-__device__ __forceinline__ void sts_u64(u32 addr, u64 v) {
-  asm volatile("st.shared.u64 [%0], %1;" ::"r"(addr), "l"(v) : "memory");
-}
-// HX's fallback (a partner's partial sum still stale after kRmsqStreamSpinLimit polls): row `row` (of `valid`)'s
-// partial sum of the C = 128·CB columns at x + row·x_stride, as hx_row_sum forms it (the same bits). Out of line.
-template <int CB>
-__device__ __noinline__ float hx_row_sum_global(const bf16* x, i64 x_stride, int row, int valid) {
-  const bf16* p = x + static_cast<i64>(row) * x_stride;
-  return hx_row_sum<CB>(0, [&](int b, int j) {
-    return row < valid ? load16(p + b * 128 + j * 8) : Vec16{{0u, 0u, 0u, 0u}};
-  });
 }
 // An mbarrier arrival by the lanes with `pred` (a predicated instruction, no branch).
 __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
@@ -257,7 +224,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool HX = false, bool EPS_BIT = false>
+          bool WLDG_BIT = false, bool EPS_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -266,8 +233,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
-  static_assert(!HX || (TIGHT && SPLIT && FLAT && WLDG_BIT && !START && N / (CB * 128) > 1),
-                "HX: on TIGHT + FLAT + SPLIT + WLDG with partial sums exchanged");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
@@ -288,19 +253,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   float* wsm = reinterpret_cast<float*>(colmax + 3 * 132);
   const u32 split_bar = smem_u32(wsm + (TIGHT && !WLDG_BIT ? N : 0));  // SPLIT: the block barrier (16 arrivals)
   u32 sph = 0;                              // SPLIT: its phases completed (full-tile blocks quantized)
-  // HX (rms_norm_block_quant_stream_smem_bytes): r of two items [2][128] (fp32); the mbarriers p1d[2] (this CTA's
-  // partial sums of an item stored: one arrival a compute warp), rdy[2] (r formed: the 128 helper threads),
-  // rfree[2] (r read: the 512 compute threads); the helper's poll rows [128][SP] pairs (16-byte aligned; SP = S
-  // rounded up to even), filled from the workspace laid out as hx_pair says.
-  const u32 hx_rsm = split_bar + 16;
-  const u32 p1d_bar = hx_rsm + 2 * 128 * 4, rdy_bar = p1d_bar + 16, rfree_bar = rdy_bar + 16;
-  constexpr int SP = (N / (CB * 128) + 1) & ~1;
-  const u32 hx_poll = (rfree_bar + 16 + 15) & ~15u;
-  // HX's workspace: [tile][SP / 2 pieces][128 rows][2] pairs — chunk q of row r in piece q / 2, half q & 1, so a warp's
-  // 16-byte reads of one piece for 32 consecutive rows are 512 contiguous bytes.
-  auto hx_pair = [&](i64 tile, int q, int r) -> i64 {
-    return ((tile * (SP / 2) + (q >> 1)) * ROWS + r) * 2 + (q & 1);
-  };
 
   const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
   const int hl = lane & 15, half = lane >> 4;
@@ -332,24 +284,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // TRACE: thread 0's phase records (slot 0 its start, 1 its SM; kRmsqStreamTrace).
   u64 tr_t0 = 0;
   int tr_n = 2;
-  // HX: thread 0 uses slots 2 … 65, the first helper thread slots 66 … 95 (hmark: kind 2 = the CTA's partial sums
-  // of its item stored, i.e. its polls may start; 3 = r handed over).
-  constexpr int TR_END = HX ? kRmsqStreamTraceHxSlot : kRmsqStreamTraceSlots;
   auto mark = [&](u64 kind, int item) {
     if constexpr (TRACE) {
-      if (tid == 0 && tr_n < TR_END) {
+      if (tid == 0 && tr_n < kRmsqStreamTraceSlots) {
         sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + tr_n++] =
             (kind << 48) | (static_cast<u64>(item & 0xff) << 40) | (globaltimer_ns() - tr_t0);
-      }
-    }
-  };
-  int th_n = TR_END;
-  auto hmark = [&](u64 kind, int item) {
-    if constexpr (TRACE && HX) {
-      if (tid == THREADS && th_n < kRmsqStreamTraceSlots) {
-        const u64 t0 = sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots];  // (thread 0's, before the setup barrier)
-        sa.trace[static_cast<i64>(b0) * kRmsqStreamTraceSlots + th_n++] =
-            (kind << 48) | (static_cast<u64>(item & 0xff) << 40) | (globaltimer_ns() - t0);
       }
     }
   };
@@ -486,10 +425,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     ++issued;
   };
   if constexpr (LEAN) {
-    if (!HX || warp < WARPS) {  // (HX: not the helper warpgroup)
 #pragma unroll 1
-      for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
-    }
+    for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -509,17 +446,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
-  }
-  if constexpr (HX) {
-    if (tid == 0) {
-#pragma unroll
-      for (int i = 0; i < 2; ++i) {
-        mbar_init(p1d_bar + 8 * i, WARPS);
-        mbar_init(rdy_bar + 8 * i, ROWS);
-        mbar_init(rfree_bar + 8 * i, THREADS);
-      }
-      fence_mbar_init();
-    }
   }
   if constexpr (WSM) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
@@ -575,13 +501,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       const int j = lane & 7;
       const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
       if (lane < 8)
-        stream_st_relaxed(sa.ws + (HX ? hx_pair(item_tile(it), item_col(it) / C, 8 * warp + j)
-                                      : (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + 8 * warp + j),
+        stream_st_relaxed(sa.ws + (static_cast<i64>(item_tile(it)) * S + item_col(it) / C) * ROWS + 8 * warp + j,
                           stream_tagged(v, sa.tag));
-      if constexpr (HX) {  // (the helper's cue that its polls of this item may start)
-        __syncwarp();
-        mbar_arrive_if(p1d_bar + 8 * (it & 1), lane == 0);
-      }
     } else {
       own = sum;
     }
@@ -611,12 +532,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // LEAN with ≤ 2 loads a lane: item it + 1's polls are issued at the start of item it's last pass-2 block (its
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
-  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2 && !HX;
+  constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
   // EPS (where the polls are too many for registers, KQ > 2): item it + 1's polls staged in shared memory by cp.async
   // at the start of item it's last pass-2 block (each lane copies 16-byte pieces of the warp's pairs: piece pc = pairs
   // 2pc, 2pc + 1 = chunk pc >> 2, rows 8w + 2(pc & 3) …), in the group of that block's refill, which pass 1 of item
   // it + 2 waits for; finish() reads them after a __syncwarp (item 0 and the last item: see the loop).
-  constexpr bool EPS = EPS_BIT && LEAN && GX && KQ > 2 && !HX && !FIRST && R == 2 * CB;
+  constexpr bool EPS = EPS_BIT && LEAN && GX && KQ > 2 && !FIRST && R == 2 * CB;
   const u32 eps_base = split_bar + 16 + warp * (KQ * 32 * 8);  // this warp's KQ·32 staged pairs
   u64 got[KQ];
   auto poll_issue = [&](int it) {
@@ -764,11 +685,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
     }
   };
-  // The compute threads' CTA barrier (HX: the helper warpgroup is not in it).
-  auto csync = [&]() {
-    if constexpr (HX) named_barrier_sync(1, THREADS);
-    else __syncthreads();
-  };
   auto pass2_lean = [&](int it, const float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
@@ -856,7 +772,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           ++sph;
         } else {
           if constexpr (TF && FLAT) row_codes_now();
-          csync();
+          __syncthreads();
         }
         if (prev_col >= 0) store_prev();
 
@@ -925,15 +841,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
 
   float rv[4];
-  // HX: r of the thread's 4 rows of item it, from the helpers (one barrier wait, one shared load).
-  auto take_r = [&](int it, float (&r)[4]) {
-    mbar_wait(rdy_bar + 8 * (it & 1), (it >> 1) & 1);
-    const Vec16 r4 = lds16(hx_rsm + (it & 1) * 512 + 16 * hw);
-    mbar_arrive(rfree_bar + 8 * (it & 1));
-#pragma unroll
-    for (int i = 0; i < 4; ++i) r[i] = __uint_as_float(r4.w[i]);
-    mark(3, it);
-  };
   auto advance = [&]() {  // LEAN: item cur_it done
     ++cur_it;
     cur_tile = nxt_tile;
@@ -943,65 +850,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
   // the other R − CB follow once its blocks have landed (with FIRST: once item 0's exchange is complete, so no CTA's
   // first item competes with the others' second) — the commit count is then as without START.
-  if constexpr (HX) {
-    if (warp >= WARPS) {  // the helper warpgroup: the exchange of every item, thread r = row r
-      setmaxnreg_dec<kRmsqStreamHxHelperRegs>();
-      const int r = tid - THREADS;
-      const u32 st = hx_poll + r * (SP * 8);
-#pragma unroll 1
-      for (int it = 0; it < T; ++it) {
-        const int u = b0 + it * P, tile = u / S, chunk = u - tile * S;
-        const int m0 = tile * ROWS;
-        mbar_wait(p1d_bar + 8 * (it & 1), (it >> 1) & 1);  // this CTA's partial sums of the item are stored
-        hmark(2, it);
-        // Row r's SP pairs into its shared row by SP / 2 cp.async of 16 bytes (piece p: chunks 2p, 2p + 1), all in
-        // flight at once; then only the pieces holding a pair that is not this launch's are copied again, after a
-        // pause that doubles up to ≈ 1 µs (so a late partner costs little L2 traffic); after kRmsqStreamSpinLimit
-        // rounds the stale ones are summed here from x (the fallback: the same bits). Then added as finish() adds
-        // them (chunks q ≡ g mod 4 in q order into tg[g], then (tg0 + tg1) + (tg2 + tg3)).
-        const u64* pieces = sa.ws + hx_pair(tile, 0, r);  // piece p at pieces + p·256 (u64)
-        static_assert(SP / 2 <= 32, "a piece mask of 32 bits");
-        u32 stale = SP / 2 == 32 ? ~0u : (1u << (SP / 2)) - 1;
-        u32 pause = 128;
-#pragma unroll 1
-        for (int tries = 0;; ++tries) {
-#pragma unroll
-          for (int p = 0; p < SP / 2; ++p)
-            if ((stale >> p) & 1u) cp_async16_full(st + 16 * p, pieces + p * (ROWS * 2));
-          cp_async_commit();
-          cp_async_wait_group<0>();
-          stale = 0;
-#pragma unroll
-          for (int q = 0; q < S; ++q)
-            if (static_cast<u32>(lds_u64(st + 8 * q) >> 32) != sa.tag) stale |= 1u << (q >> 1);
-          if (!stale) break;
-          if (tries == kRmsqStreamSpinLimit) {
-#pragma unroll 1
-            for (int q = 0; q < S; ++q)
-              if (static_cast<u32>(lds_u64(st + 8 * q) >> 32) != sa.tag)
-                sts_u64(st + 8 * q, stream_tagged(hx_row_sum_global<CB>(xg + static_cast<i64>(m0) * a.x_stride + q * C,
-                                                                        a.x_stride, r, min(ROWS, a.M - m0)),
-                                                  sa.tag));
-            break;
-          }
-          __nanosleep(pause);
-          pause = min(2 * pause, 1024u);
-        }
-        float tg[4] = {0.f, 0.f, 0.f, 0.f};
-#pragma unroll
-        for (int q = 0; q < S; ++q) tg[q & 3] += __uint_as_float(static_cast<u32>(lds_u64(st + 8 * q)));
-        const float t = (tg[0] + tg[1]) + (tg[2] + tg[3]);
-        const float rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-        if (chunk == 0 && a.rms_out && r < a.M - m0) a.rms_out[m0 + r] = rr;
-        if (it >= 2) mbar_wait(rfree_bar + 8 * (it & 1), ((it >> 1) - 1) & 1);  // item it − 2's r was read
-        sts_u32(hx_rsm + (it & 1) * 512 + 4 * r, __float_as_uint(rr));
-        mbar_arrive(rdy_bar + 8 * (it & 1));
-        hmark(3, it);
-      }
-      return;
-    }
-    setmaxnreg_inc<kRmsqStreamHxComputeRegs>();
-  }
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
     pass1(0, IntC<CB - 1>{});
@@ -1016,12 +864,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (FIRST) {
     // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
     // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
-    if constexpr (HX) {
-      take_r(0, rv);
-    } else {
-      if constexpr (GX) poll_issue(0);
-      finish(0, rv);
-    }
+    if constexpr (GX) poll_issue(0);
+    finish(0, rv);
     if constexpr (START) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
@@ -1035,15 +879,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
-    if constexpr (GX && !HX) {
+    if constexpr (GX) {
       // (EARLY_POLL: by item it − 1's last block; EPS: staged there, item 0 polled here into registers)
       if ((!EARLY_POLL && !EPS) || (!FIRST && it == 0)) poll_issue(it);
     }
     else if constexpr (!GX) finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
-    if constexpr (HX) {  // r of item it from the helpers (formed during the previous pass 2)
-      take_r(it, rv);
-    } else if constexpr (GX) {
+    if constexpr (GX) {
       if constexpr (EPS) {
         if (it > 0) {
           if (it + 1 >= T) cp_async_wait_group<0>();  // (else pass 1 of item it + 1 waited for every group)
@@ -1059,7 +901,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       pass2(it, rv);
     }
   }
-  csync();  // the last block's codes are complete
+  __syncthreads();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   mark(5, T);
@@ -1075,21 +917,8 @@ template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0, false,
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
                                    (V & 262144) != 0>(sa);
-}
-
-// HX (bit 131072, on LEAN + TIGHT + FLAT + SPLIT + WLDG, partial sums exchanged): 640 threads — the 16 compute warps
-// as the default (pass 1 and pass 2; setmaxnreg to kRmsqStreamHxComputeRegs), one helper warpgroup (one row a thread,
-// kRmsqStreamHxHelperRegs) doing every item's exchange (its polls staged in shared memory by cp.async, r handed over
-// through shared memory and mbarriers: rms_norm_block_quant_stream_body), so the compute warps take r with one barrier
-// wait and one shared load instead of polling, summing and forming it. With FIRST (32): item 0 quantized before item
-// 1's pass 1.
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V>
-__global__ void __launch_bounds__(kRmsqStreamHxThreads, 1)
-    rms_norm_block_quant_stream_hx_kernel(const RmsqStreamArgs sa) {
-  rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, true, (V & 32) != 0, (V & 64) != 0, false, true, true, true,
-                                   true, true>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

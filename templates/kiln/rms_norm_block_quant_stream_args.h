@@ -17,11 +17,9 @@ struct RmsqStreamArgs {
 // The stream kernel's TRACE variant (config overlap bit 64, measurement only, not a search-space point): thread 0 of
 // each CTA writes slot 0 = its start (globaltimer ns), slot 1 = its SM id, then one record a phase end,
 // (kind << 48) | (item << 40) | (ns since the start): kind 1 = item's first block landed (pass 1's first wait), 2 =
-// pass 1 done (partial sums stored), 3 = r ready (the exchange; HX: r taken from the helpers), 4 = pass 2 done,
-// 5 = the CTA's end. HX: thread 0 writes slots 2 … kRmsqStreamTraceHxSlot − 1, the first helper thread the rest
-// (kind 2 = the CTA's partial sums of its item stored, 3 = r handed over).
+// pass 1 done (partial sums stored), 3 = r ready (the exchange), 4 = pass 2 done, 5 = the CTA's end.
 constexpr int kRmsqStreamTrace = 64;
-constexpr int kRmsqStreamTraceSlots = 96, kRmsqStreamTraceHxSlot = 66;
+constexpr int kRmsqStreamTraceSlots = 96;
 // Polls of a warp's partial sums before it sums the missing chunks itself (≈ 64 ns apart: ≈ 0.3 ms). Reached only
 // when a CTA owning a chunk is not resident (another stream's kernels hold SMs): progress without co-residency.
 constexpr int kRmsqStreamSpinLimit = 4096;
@@ -37,28 +35,15 @@ constexpr int rms_norm_block_quant_gx_cluster(int S, int max_k = 8) {
 
 // The stream kernel's CTA: 16 warps (512 threads), one CTA an SM.
 constexpr int kRmsqStreamThreads = 512;
-// HX (config overlap bit 131072): 640 threads — the 16 compute warps and one helper warpgroup doing the exchange.
-// Launched at 96 registers a thread (64 Ki / 640, in steps of 8); setmaxnreg.inc draws only on what the CTA's own
-// setmaxnreg.dec released, so the compute warps get 96 + (96 − 32)·128 / 512 = 112. (A single helper warp — 544
-// threads — caps every thread at 96 without setmaxnreg: one SM sub-partition holds 5 of the 17 warps.)
-constexpr int kRmsqStreamHxThreads = 640;
-constexpr int kRmsqStreamHxLaunchRegs = 96, kRmsqStreamHxComputeRegs = 112, kRmsqStreamHxHelperRegs = 32;
-static_assert(kRmsqStreamHxThreads * kRmsqStreamHxLaunchRegs <= 65536 &&
-                  (kRmsqStreamHxComputeRegs - kRmsqStreamHxLaunchRegs) * kRmsqStreamThreads <=
-                      (kRmsqStreamHxLaunchRegs - kRmsqStreamHxHelperRegs) * (kRmsqStreamHxThreads - kRmsqStreamThreads),
-              "the compute warps' registers come from the helpers'");
 // At most this many ring slots (128×128 bf16 blocks of 32 KiB).
 constexpr int kRmsqStreamMaxRing = 5;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
-// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier; HX (on TIGHT,
-// hx_sp = SP, the chunks of a row rounded up to even): r of two items (2 × 128 fp32), 6 mbarriers, 16 bytes of
-// alignment and the helpers' poll rows (128 × SP pairs).
-// EPS (eps_kq = KQ, the polls a lane, > 2): 16 warps × KQ·32 staged pairs after the SPLIT barrier's 16 bytes.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, int hx_sp = 0,
-                                                     int eps_kq = 0) {
+// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier; EPS (eps_kq = KQ,
+// the polls a lane, > 2): 16 bytes, then 16 warps × KQ·32 staged pairs.
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, int eps_kq = 0) {
   return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0) +
-         (hx_sp ? 2 * 128 * 4 + 48 + 16 + 128 * hx_sp * 8 : 0) + (eps_kq > 2 ? 16 + 16 * eps_kq * 32 * 8 : 0);
+         (eps_kq > 2 ? 16 + 16 * eps_kq * 32 * 8 : 0);
 }
 
 }  // namespace kiln

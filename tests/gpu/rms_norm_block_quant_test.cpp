@@ -625,27 +625,6 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelEpsPoints) {
   check_points(points, 0x7f);
 }
 
-// The stream kernel's HX variant (config overlap bit 131072 on TIGHT + FLAT + SPLIT + WLDG = 150275; 544 threads: one
-// helper warp does the exchange, its polls staged in shared memory, rms_norm_block_quant_stream_hx_kernel), forced:
-// N = 2048 (8 chunks a row), 7168 (28) and 768 (3: SP = 4, a padding pair a row), at token counts with a partial last
-// tile, M % 16 != 0, one item a CTA (M = 300 at 7168) and one row. Without power-of-two scales (index % 3 == 2) the bit
-// changes nothing.
-TEST_F(RmsNormBlockQuantTest, StreamKernelHxPoints) {
-  const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 2, 1, 4, 150275, 3, 8000}, {7168, 2, 16, 2, 1, 4, 150275, 3, 4003}, {2048, 2, 16, 2, 1, 4, 150275, 3, 8192},
-      {768, 2, 16, 2, 1, 4, 150275, 3, 4097},  {2048, 2, 16, 2, 1, 4, 150275, 3, 1},    {7168, 2, 16, 2, 1, 4, 150275, 3, 1000},
-      {7168, 2, 16, 2, 1, 4, 150275, 3, 300},  {768, 2, 16, 2, 1, 4, 150275, 3, 5000},  {768, 2, 16, 2, 1, 4, 150275, 3, 8192},
-      {2048, 2, 16, 2, 1, 4, 150275, 3, 8192}, {7168, 2, 16, 2, 1, 4, 150275, 3, 8192},
-      // + FIRST (bit 32: item 0 quantized before item 1's pass 1)
-      {2048, 2, 16, 2, 1, 4, 150307, 3, 1},    {2048, 2, 16, 2, 1, 4, 150307, 3, 8192}, {7168, 2, 16, 2, 1, 4, 150307, 3, 4003},
-  };
-  check_points(points, 0x7e);
-  // Not points: one block an item, slots for more than two items, one chunk a row.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 1, 2, 150275, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 1, 5, 150275, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(256, 2, 16, 2, 1, 4, 150275, 3));
-}
-
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
