@@ -62,24 +62,11 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// (Bit 32768 HELP — 640 threads, pass 1 and the exchange on a helper warpgroup (setmaxnreg 32 / 112) — measured
-// slower in session 9 round 1, 32.9 / 141.6 µs against 25.9 / 92.6: the helpers' pass 1 took 1.2–1.9 µs an item at one
-// warp a scheduler; bit 131072 HX — the exchange alone on such a warpgroup, its polls staged in shared memory — in
-// rounds 2 and 3, 34.9 / 169.3 and 30.8 / 113.4 µs against 25.8 / 91.0: polling from an item's pass 1 on cost 3–6 µs
-// of ≈ 1 µs round trips an item. Both deleted; their values (and 65536) stay unused.)
-constexpr int kStreamDefaultBits = kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg;
-// 262144 EPS (on LEAN, two items in the ring, more than 8 chunks a row — KQ > 2 polls a lane, too many for registers:
-// N > 2048 at two blocks an item): the next item's partial-sum polls staged in shared memory by cp.async at the start
-// of the item's last pass-2 block (as EARLY_POLL issues them into registers where KQ ≤ 2), not a pass 1 before use.
-constexpr int kStreamEps = 262144;
-// EPS's polls a lane (0: not EPS or KQ ≤ 2, where it changes nothing).
-int stream_eps_kq(const Specialization& s) {
-  if (!(s.config[C_OVERLAP] & kStreamEps) || !(s.config[C_OVERLAP] & 2) ||
-      s.config[C_STAGES] != 2 * s.config[C_COL_BLOCKS])
-    return 0;
-  const int kq = (static_cast<int>(s.params[P_N] / (128 * s.config[C_COL_BLOCKS])) * 8 + 31) / 32;
-  return kq > 2 ? kq : 0;
-}
+// (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
+// exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
+// exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
+// 262144 EPS — at N > 2048 the next item's polls staged in shared memory a block ahead: 94.8 against 91.1 at 7168, the
+// exchange 1.0 → 0.6 µs an item but pass 2 slower by ≈ 1 µs with 28 KiB more shared memory. Values stay unused.)
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -145,8 +132,7 @@ int smem_bytes(const Specialization& s) {
   if (is_stream(s))
     return rms_norm_block_quant_stream_smem_bytes(
         s.config[C_STAGES], (s.config[C_OVERLAP] & kStreamTight) != 0,
-        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]),
-        stream_eps_kq(s));
+        (s.config[C_OVERLAP] & kStreamWldg) ? 0 : static_cast<int>(s.params[P_N]));
   if (is_tile512(s)) return s.config[C_COL_BLOCKS] == 2 ? 128 * 128 * 2 : 0;  // the second block's slot (+ static)
   if (s.config[C_STAGES] > 0)
     return rms_norm_block_quant_ring_smem_bytes(
@@ -373,14 +359,12 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg, kStreamDefaultBits | kStreamEps,
-                      kStreamLean | kStreamEps}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
-    for (int R : {2 * cb, 2 * cb + 1}) {  // (slots for two items, or one more block: the base only)
-      const int wn = (overlap & kStreamWldg) ? 0 : static_cast<int>(base.params[P_N]);  // (TIGHT's weights)
-      const int kq = (overlap & kStreamEps) ? (static_cast<int>(base.params[P_N] / (128 * cb)) * 8 + 31) / 32 : 0;
+    for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
-          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, wn, kq) > 227 * 1024)
+          rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
+              227 * 1024)
         continue;
       if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;

@@ -193,12 +193,6 @@ __device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[
     sc[e] = __uint_as_float(v != 0u ? 0x7f000000u - v : 0x7f800000u);
   }
 }
-// EPS: 8 bytes of shared memory.
-__device__ __forceinline__ u64 lds_u64(u32 addr) {
-  u64 v;
-  asm volatile("ld.shared.u64 %0, [%1];" : "=l"(v) : "r"(addr) : "memory");
-  return v;
-}
 // An mbarrier arrival by the lanes with `pred` (a predicated instruction, no branch).
 __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
   asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %1, 0;\n@p mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(bar),
@@ -224,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool EPS_BIT = false>
+          bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -533,12 +527,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
   constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
-  // EPS (where the polls are too many for registers, KQ > 2): item it + 1's polls staged in shared memory by cp.async
-  // at the start of item it's last pass-2 block (each lane copies 16-byte pieces of the warp's pairs: piece pc = pairs
-  // 2pc, 2pc + 1 = chunk pc >> 2, rows 8w + 2(pc & 3) …), in the group of that block's refill, which pass 1 of item
-  // it + 2 waits for; finish() reads them after a __syncwarp (item 0 and the last item: see the loop).
-  constexpr bool EPS = EPS_BIT && LEAN && GX && KQ > 2 && !FIRST && R == 2 * CB;
-  const u32 eps_base = split_bar + 16 + warp * (KQ * 32 * 8);  // this warp's KQ·32 staged pairs
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -547,28 +535,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int k = 0; k < KQ; ++k) {
         const int idx = lane + 32 * k;
         got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
-      }
-    }
-  };
-
-  auto poll_stage = [&](int it) {  // EPS
-    if constexpr (EPS) {
-      const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
-#pragma unroll
-      for (int m = 0; m < (S * 4 + 31) / 32; ++m) {
-        const int pc = lane + 32 * m;
-        if (pc < S * 4) cp_async16_full(eps_base + 16 * pc, base + (pc >> 2) * ROWS + 2 * (pc & 3));
-      }
-    }
-  };
-  // EPS: the staged pairs into got[] (every lane's pieces landed: the caller waited for their group).
-  auto poll_read = [&]() {
-    if constexpr (EPS) {
-      __syncwarp();
-#pragma unroll
-      for (int k = 0; k < KQ; ++k) {
-        const int idx = lane + 32 * k;
-        got[k] = idx < S * 8 ? lds_u64(eps_base + 8 * idx) : 0ull;
       }
     }
   };
@@ -706,9 +672,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         const int k = it * CB + b;
         if constexpr (EARLY_POLL) {
           if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
-        }
-        if constexpr (EPS) {
-          if (b == CB - 1 && it + 1 < T) poll_stage(it + 1);  // (in the group of this block's refill, below)
         }
         Vec16 xv[4];
         float w8[8];
@@ -880,20 +843,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
-      // (EARLY_POLL: by item it − 1's last block; EPS: staged there, item 0 polled here into registers)
-      if ((!EARLY_POLL && !EPS) || (!FIRST && it == 0)) poll_issue(it);
+      if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
-    else if constexpr (!GX) finish(it, rv);
+    else finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
-    if constexpr (GX) {
-      if constexpr (EPS) {
-        if (it > 0) {
-          if (it + 1 >= T) cp_async_wait_group<0>();  // (else pass 1 of item it + 1 waited for every group)
-          poll_read();
-        }
-      }
-      finish(it, rv);
-    }
+    if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
       advance();
@@ -911,14 +865,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 262144 EPS (LEAN, KQ > 2 polls a lane, R = 2·CB: the next item's polls staged in shared memory a block ahead).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 262144) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -39,11 +39,9 @@ constexpr int kRmsqStreamThreads = 512;
 constexpr int kRmsqStreamMaxRing = 5;
 
 // Dynamic shared memory: R block slots, two buffers of transposed codes (128 channels × 128 tokens), three rotating
-// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier; EPS (eps_kq = KQ,
-// the polls a lane, > 2): 16 bytes, then 16 warps × KQ·32 staged pairs.
-constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0, int eps_kq = 0) {
-  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0) +
-         (eps_kq > 2 ? 16 + 16 * eps_kq * 32 * 8 : 0);
+// column-maxima buffers (132 padded slots); TIGHT: the N weights as fp32 and (SPLIT) an mbarrier.
+constexpr int rms_norm_block_quant_stream_smem_bytes(int R, bool tight = false, int N = 0) {
+  return R * 128 * 128 * 2 + 2 * 128 * 128 + 3 * 132 * 4 + (tight ? N * 4 + 16 : 0);
 }
 
 }  // namespace kiln

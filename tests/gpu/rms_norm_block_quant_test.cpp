@@ -612,19 +612,6 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// The stream kernel's EPS variant (config overlap bit 262144 on the default bits = 281347, on LEAN = 262147): where a
-// warp's polls are more than 2 a lane (N > 2048 at two blocks an item), the next item's polls staged in shared memory a
-// block ahead; forced at N = 7168 (28 chunks a row) and 4096 (16), with a partial last tile, M % 16 != 0, one item a
-// CTA (M = 300), two items a CTA (M = 700) and one row. Index % 3 == 2 runs without power-of-two scales (LEAN's path).
-TEST_F(RmsNormBlockQuantTest, StreamKernelEpsPoints) {
-  const std::vector<SpacePoint> points = {
-      {7168, 2, 16, 2, 1, 4, 281347, 3, 4003}, {7168, 2, 16, 2, 1, 4, 281347, 3, 8192}, {7168, 2, 16, 2, 1, 4, 281347, 3, 1000},
-      {4096, 2, 16, 2, 1, 4, 281347, 3, 3001}, {7168, 2, 16, 2, 1, 4, 281347, 3, 300},  {7168, 2, 16, 2, 1, 4, 262147, 3, 4003},
-      {7168, 2, 16, 2, 1, 4, 281347, 3, 1},    {7168, 2, 16, 2, 1, 4, 281347, 3, 700},  {2048, 2, 16, 2, 1, 4, 281347, 3, 8192},
-  };
-  check_points(points, 0x7f);
-}
-
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
