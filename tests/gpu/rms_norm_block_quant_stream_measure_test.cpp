@@ -58,7 +58,7 @@ class RmsqStreamMeasure : public GpuTest {
 
 // Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG; stages = ring
 // slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
-// 262144, measured with the sweep and timeline below in rounds 1–4: bench/NOTES.md). (Session
+// 262144, measured by this sweep and timeline in its rounds 1–4: their rows are in bench/NOTES.md). (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
