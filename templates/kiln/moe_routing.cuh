@@ -447,8 +447,12 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // PACKED (moe_route_run_kernel's PACK candidate): the rows hold narrow counts — a superblock row E/2 words of two
 // 16-bit counts (expert 2i in the low half), a chunk row E/4 words of four 8-bit counts (a chunk ≤ 255 tokens, a
 // superblock ≤ 65535) — so each CTA reads a quarter to half the bytes.
-template <int E, int NTH, bool PACKED = false>
-__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
+struct MoeNoStamp {
+  __device__ __forceinline__ void operator()(int) const {}
+};
+template <int E, int NTH, bool PACKED = false, class AfterLoads = MoeNoStamp>
+__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
+                                                AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
   const int P = m.multiple_of;
@@ -497,6 +501,7 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     pc[k] = (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
+  after_loads(local + pre[0]);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
   int total;
   // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
   int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
@@ -1046,6 +1051,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
   constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
+  // Session 9 candidates (outputs exact): WAITEARLY (COOP with ISSUE0: thread CT checks the first grid barrier before
+  // the loop barrier, as soon as its warp is done, instead of after it), COUNTW (the counts, the chunk row, the
+  // superblock adds and the arrival by warp 0 alone: no CTA barrier before the arrival, and the release follows only
+  // warp 0's writes), BULKST (the prob and map rows by bulk async copies, one lane a warp), BIASPRE (the bias
+  // clamped — NaN → −inf — and its max |finite| formed once per CTA by warp 0, published by mbarrier W + 1).
+  constexpr bool WAITEARLY = COOP && ISSUE0 && (V & kMoeRunWaitEarly) != 0;
+  constexpr bool COUNTW = MAP && !PACK && (V & kMoeRunCountWarp) != 0;
+  constexpr bool BULKST = (V & kMoeRunBulkStore) != 0;
+  constexpr bool BIASPRE = BIAS && (V & kMoeRunBiasPre) != 0;
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
@@ -1068,7 +1082,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   u64* list = reinterpret_cast<u64*>(run_smem + L.list);
   u8* mapbuf = run_smem + L.mapbuf;
   u32* emask = reinterpret_cast<u32*>(run_smem + L.emask);
-  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);  // [W] rows, [W] the bias
+  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);  // [W] rows, [W] the bias, [W + 1] BIASPRE's bias ready
+  float* smisc = reinterpret_cast<float*>(run_smem + L.misc);
   const float neg_inf = -__int_as_float(0x7f800000);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1153,6 +1168,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // which issues the bias copy right away (ISSUELAST: warp W − 1 and its lane 0).
     if (lane < W) mbar_init(&bars[lane], 1);
     if (lane == 0) mbar_init(&bars[W], 1);
+    if (BIASPRE && lane == 1) mbar_init(&bars[W + 1], 1);
     fence_mbar_init();
   }
   if (threadIdx.x == SW * 32) {
@@ -1288,7 +1304,27 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if (!DEFER && !NOROWS && valid) {
+    if constexpr (BULKST) {
+      // BULKST: the warp's rows by bulk async copies from its lane 0 (one a prob row — the shared rows are padded —
+      // and one for the warp's map rows), after every lane's proxy fence (its shared writes → the async proxy).
+      // The copies' reads are waited for before the CTA exits; nothing writes these rows again.
+      if (!DEFER && !NOROWS) {
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncwarp();
+        if (lane == 0) {
+          const int nwt = max(0, min(TPW, nct - warp * TPW));
+          const i64 t0w = tc0 + warp * TPW;
+          for (int i = 0; i < nwt; ++i)
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
+                         "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+                         : "memory");
+          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
+                       "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
+                       : "memory");
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
+      }
+    } else if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
@@ -1310,6 +1346,26 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       stampw(kMoeRunTrWarp + 4 * warp + 3);
     }
   };
+  if constexpr (BIASPRE) {
+    // BIASPRE: warp 0 clamps the bias in place (a NaN bias counts as −inf: fmaxf drops the NaN; every later use
+    // clamps again, idempotent) and forms max |finite bias| once, then publishes both on mbarrier W + 1 (its arrive
+    // releases at CTA scope what the warp wrote before its __syncwarp; the waiters' try_wait acquires).
+    if (warp == 0) {
+      wait_bar(&bars[W]);
+      float bm = 0.0f;
+      for (int e = lane; e < E; e += 32) {
+        const float b = sbias[e];
+        if (fabsf(b) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(b));
+        sbias[e] = fmaxf(b, neg_inf);
+      }
+#pragma unroll
+      for (int o = 16; o; o >>= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
+      if (lane == 0) smisc[0] = bm;
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&bars[W + 1]);
+    }
+  }
+  constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
     stampw(kMoeRunTrWarp + 4 * warp);
@@ -1363,12 +1419,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             sts16(smem_u32(zrow + xo(c)), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
                                              __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
         }
-        wait_bar(&bars[W]);  // the bias (long landed)
+        wait_bar(&bars[BB]);  // the bias (long landed)
         // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
         float b[EPT];
         lds_row(brow, b);
 #pragma unroll
-        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(v[c], fmaxf(b[c], neg_inf));
+        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(v[c], BIASPRE ? b[c] : fmaxf(b[c], neg_inf));
       } else {
 #pragma unroll
         for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
@@ -1391,15 +1447,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int c = 0; c < EPT; ++c) {
         key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
       }
-      wait_bar(&bars[W]);  // the bias (long landed)
+      wait_bar(&bars[BB]);  // the bias (long landed)
       lds_row(brow, v);
+      if constexpr (BIASPRE) {
 #pragma unroll
-      for (int c = 0; c < EPT; ++c) {
-        if (fabsf(v[c]) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(v[c]));
-        key[c] = __fadd_rn(key[c], fmaxf(v[c], neg_inf));
+        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(key[c], v[c]);  // (clamped by warp 0)
+        bm = smisc[0];
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) {
+          if (fabsf(v[c]) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(v[c]));
+          key[c] = __fadd_rn(key[c], fmaxf(v[c], neg_inf));
+        }
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
       }
-#pragma unroll
-      for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
       bm1 = 1.0f + bm;
       dk = __fmaf_rn(bm1, 4.76837158e-07f, 3.81469727e-06f);  // 2^−18 + (1 + bm)·2^−21
       approx = true;
@@ -1638,10 +1700,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
-  __syncthreads();
-  stamp0(kMoeRunTrLoopDone);
-  if constexpr (COOP && ISSUE0) {
-    // Thread CT arrived at the first grid barrier: it waits for the grid, the CTA barrier after it publishes that.
+  // COOP with ISSUE0: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
+  // everywhere), and a CTA barrier after it publishes that — the loop barrier with WAITEARLY (CT's warp is done by
+  // then: warp 0, the first to finish with ISSUELAST), else one more after it.
+  auto coop_first_wait = [&] {
     if (threadIdx.x == CT) {
       const u32* word = grid_barrier_word();
       for (u32 it = 0;; ++it) {
@@ -1651,6 +1713,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (it == (1u << 26)) __trap();
       }
     }
+  };
+  if constexpr (WAITEARLY) coop_first_wait();
+  __syncthreads();
+  stamp0(kMoeRunTrLoopDone);
+  if constexpr (WAITEARLY) {
+  } else if constexpr (COOP && ISSUE0) {
+    coop_first_wait();
     __syncthreads();
   } else if constexpr (COOP) {
     grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
@@ -1674,6 +1743,28 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (c[0] | c[1]) atomicAdd(sr, static_cast<int>(c[0] | c[1] << 16));
       if (c[2] | c[3]) atomicAdd(sr + 1, static_cast<int>(c[2] | c[3] << 16));
     }
+  } else if constexpr (COUNTW) {
+    // COUNTW: warp 0 alone (E / 32 experts a lane), then its lane 0 arrives (release at GPU scope, covering the
+    // warp's writes ordered before it by __syncwarp); the other warps go on to the late fill and the wait.
+    if (warp == 0) {
+      for (int e = lane; e < E; e += 32) {
+        int c = 0;
+#pragma unroll
+        for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+        a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+        if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+      }
+      __syncwarp();
+      if (lane == 0 && !NOARRIVE) {
+        if constexpr (COOP) {
+          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+          asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(grid_barrier_word()), "r"(nb)
+                       : "memory");
+        } else {
+          asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+        }
+      }
+    }
   } else {
     for (int e = threadIdx.x; e < E; e += NTH) {
       int c = 0;
@@ -1690,7 +1781,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   if constexpr (MAP) {
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
-    if constexpr (COOP) {
+    if constexpr (COUNTW) {
+    } else if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
       __syncthreads();
@@ -1726,7 +1818,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      moe_chunk_bases<E, NTH, PACK>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum.)
+      auto loaded = [&](int dep) {
+        if constexpr (TRACE) {
+          u64 t;
+          asm volatile(
+              "{\n.reg .pred p;\n.reg .u32 d;\nld.volatile.shared.u32 d, [%1];\nadd.u32 d, d, %2;\n"
+              "setp.ne.u32 p, d, 0x7fc00001;\n@p mov.u64 %0, %%globaltimer;\n@!p mov.u64 %0, 1;\n}\n"
+              : "=l"(t)
+              : "r"(smem_u32(bars)), "r"(dep)
+              : "memory");
+          if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
+        }
+      };
+      moe_chunk_bases<E, NTH, PACK>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];
@@ -1737,6 +1842,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       stamp0(kMoeRunTrPut);
     }
+  }
+  if constexpr (BULKST) {
+    if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // (the rows' shared memory)
   }
   if constexpr (TRACE) {
     __syncthreads();

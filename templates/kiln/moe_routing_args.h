@@ -81,6 +81,13 @@ enum : int {
   kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   kMoeRunFillWarp = 8192,   // a candidate (outputs exact): the −1 rows by each warp after its tokens' rows
+  // Session 9 candidates (outputs exact; moe_routing.cuh): COOP's first-grid-barrier check before the loop barrier
+  // (WAITEARLY), the counts and the arrival by warp 0 alone (COUNTW), the prob / map rows by bulk async copies
+  // (BULKST), the bias clamp and its max |finite| once per CTA (BIASPRE).
+  kMoeRunWaitEarly = 16384,
+  kMoeRunCountWarp = 32768,
+  kMoeRunBulkStore = 65536,
+  kMoeRunBiasPre = 131072,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -102,7 +109,7 @@ enum : int {
   kMoeRunTrWaited,    // thread 0: the spin saw every CTA
   kMoeRunTrBases,     // moe_chunk_bases done (its final CTA barrier)
   kMoeRunTrPut,       // thread 0: its routed rows stored
-  kMoeRunTrSpare,
+  kMoeRunTrBasesLoaded,  // moe_chunk_bases: thread 0's count rows loaded (before the scan)
   kMoeRunTrWarp = 16,
   kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32,
 };
@@ -116,7 +123,7 @@ struct MoeRunSmem {
   int rsf;     // row stride in floats
   int kp;      // picks per token slot (K rounded up to 4)
   int nmw;     // 32-bit words of a per-expert token mask
-  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, total;
+  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
 constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
@@ -135,7 +142,8 @@ constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   l.emask = o;  o += moe_run_align16(E * l.nmw * 4);
   l.base = o;   o += moe_run_align16(E * 4);
   l.wtot = o;   o += moe_run_align16(32 * 4);
-  l.bars = o;   o += moe_run_align16((W + 1) * 8);
+  l.bars = o;   o += moe_run_align16((W + 2) * 8);  // [W] rows, [W] the bias, [W + 1] the bias prepared (BIASPRE)
+  l.misc = o;   o += 16;                             // BIASPRE: max |finite bias|
   l.total = o;
   return l;
 }

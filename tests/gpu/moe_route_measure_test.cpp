@@ -80,22 +80,33 @@ class MoeRouteMeasure : public GpuTest {
 };
 
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
+constexpr int kWaitEarly = kMoeRunWaitEarly, kCountW = kMoeRunCountWarp, kBulkSt = kMoeRunBulkStore,
+              kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: run fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
-      {"map: run fill 4 load 6", true, 16, 2, 4, 16, 0, true, 6},
       {"map: run fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: run fill 3 load 7", true, 16, 2, 3, 16, 0, true, 7},
-      {"map: run fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
-      {"map: run fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
-      {"map: run fill 4 load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
-      {"map: run fill 4 load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
-      {"map: run 4 load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
-      {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
+      {"map: load 7 + WAITEARLY", true, 16, 2, 4, 16, kWaitEarly, true, 7},
+      {"map: load 7 + COUNTW", true, 16, 2, 4, 16, kCountW, true, 7},
+      {"map: load 7 + BULKST", true, 16, 2, 4, 16, kBulkSt, true, 7},
+      {"map: load 7 + BIASPRE", true, 16, 2, 4, 16, kBiasPre, true, 7},
+      {"map: load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
+      {"map: load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
+      {"map: load 7 fill 3 + all four", true, 16, 2, 3, 16, kS9All, true, 7},
+      {"map: load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
+      {"map: load 7 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 7},
+      {"map: load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
+      {"map: load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
+      // What the cooperative launch costs: no spin with COOP (load 7), without COOP behind route_zero (load 1 + the
+      // ISSUELAST bit = load 3 + PDL), and without either (no route_zero: stale counts, timing only).
+      {"map: load 7 - no spin (COOP)", true, 16, 2, 4, 16, kMoeRunNoWait, false, 7},
+      {"map: load 1+ISSUELAST - no spin (route_zero + PDL)", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunNoWait, false,
+       1},
+      {"map: load 1+ISSUELAST - no spin, no route_zero", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunNoZero, false, 1},
       {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
+      {"no map: load 3 + BIASPRE + BULKST", false, 16, 2, 0, 16, kBiasPre | kBulkSt, true, 3},
   };
 
 
@@ -170,7 +181,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
       }
       for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunCoop,
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox, kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunFillWarp}) {
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunFillWarp,
+                     // session 9: each alone where it applies, and all four on the default (load 7)
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kS9All, kMoeRunApprox | kBiasPre, kBiasPre, kCountW,
+                     kBulkSt,
+                     kMoeRunIssueLast | kMoeRunCoop | kWaitEarly | kCountW}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
@@ -202,7 +217,10 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"run 16w fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"run 16w fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
+      {"load 7 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 7},
+      {"load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
+      {"load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
+      {"load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
   };
 
 
@@ -268,13 +286,14 @@ TEST_F(MoeRouteMeasure, Timeline) {
       const int W = c.warps;
       // Columns: µs after the first CTA's entry.
       enum { ENTRY, INIT, ISSUED, FILLED, W0ROWS, LASTROWS, W0DONE, LASTDONE, LOOP, PDL, COUNTED, ARRIVED, WAITED,
-             BASES, PUT, END, NCOL };
+             BLOADED, BASES, PUT, END, NCOL };
       const char* names[NCOL] = {"entry",       "init",          "rows issued", "fill issued", "warp0 rows",
                                  "last rows",   "warp0 stored",  "last stored", "loop barrier", "pdl wait",
-                                 "counted",     "arrived+late",  "spin passed", "bases",        "routed put",
-                                 "end"};
+                                 "counted",     "arrived+late",  "spin passed", "bases loaded", "bases",
+                                 "routed put",  "end"};
       std::vector<std::vector<double>> col(NCOL);
-      std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bases, d_put, d_exit;
+      std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bload, d_bases, d_put,
+          d_exit;
       for (int b = 0; b < ctas; ++b) {
         const double st = static_cast<double>(at(b, kMoeRunTrStartNs) - t0) / 1000.0;
         // (Phase stamps are globaltimer ns; 0 = not reached.)
@@ -318,6 +337,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(COUNTED, counted);
         put(ARRIVED, arrived);
         put(WAITED, waited);
+        const double bloaded = rel(at(b, kMoeRunTrBasesLoaded));
+        put(BLOADED, bloaded);
         put(BASES, bases);
         put(PUT, putd);
         put(END, end);
@@ -338,6 +359,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
         if (counted >= 0) d_counts.push_back(counted - loop);
         if (waited >= 0 && arrived >= 0) d_spin.push_back(waited - arrived);
         if (bases >= 0 && waited >= 0) d_bases.push_back(bases - waited);
+        if (bloaded >= 0 && waited >= 0) d_bload.push_back(bloaded - waited);
         if (putd >= 0 && bases >= 0) d_put.push_back(putd - bases);
         if (putd >= 0) d_exit.push_back(end - putd);
       }
@@ -363,6 +385,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       row("d counts", d_counts);       // loop barrier → counts published
       row("d spin", d_spin);           // arrival (+ late stores) → every CTA arrived
       row("d bases", d_bases);         // spin passed → bases done
+      row(" . loads", d_bload);         //   spin passed → thread 0's count rows landed
       row("d put", d_put);             // bases → routed rows stored (thread 0)
       row("d exit", d_exit);           // routed rows → the CTA's end
     }
