@@ -70,13 +70,13 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
-// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop), 8 narrow count rows
-// (kMoeRunPack) — and the measurement variant bits of the unnamed config field 5.
-constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunPack = 8;
+// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2) — and the
+// measurement variant bits of the unnamed config field 5.
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   return s.config[C_VARIANT] | (load & kRunApprox ? kMoeRunApprox : 0) | (load & kRunIssueLast ? kMoeRunIssueLast : 0) |
-         (load & kRunCoop ? kMoeRunCoop : 0) | (load & kRunPack ? kMoeRunPack : 0);
+         (load & kRunCoop ? kMoeRunCoop : 0);
 }
 // V rendered only where nonzero (", V").
 std::string run_variant(const Specialization& s) {

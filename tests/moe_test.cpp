@@ -384,9 +384,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 
 // The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
-// trace alone on the default, every phase left out at once, the candidates EARLY, COOP, PACK, ISSUE0 and ISSUELAST
-// (with the approximate keys), and session 9's WAITEARLY, COUNTW, BULKST and BIASPRE (on the approximate and the exact
-// keys).
+// trace alone on the default, every phase left out at once, the candidates ISSUE0, ISSUELAST and COOP (with the
+// approximate keys), and session 9's WAITEARLY, COUNTW, BULKST and BIASPRE (on the approximate and the exact keys).
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -400,10 +399,7 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
   plain.config[3] = 0;
   fam->render(plain, plain_src, plain_name);
   for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive,
-                kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace, static_cast<int>(kMoeRunPack),
-                kMoeRunIssue0 | kMoeRunApprox | kMoeRunPack | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp | kMoeRunPack,
+                kMoeRunIssue0 | kMoeRunApprox | kMoeRunTrace, kMoeRunIssueLast | kMoeRunCoop | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunWaitEarly | kMoeRunCountWarp | kMoeRunBulkStore |
                     kMoeRunBiasPre | kMoeRunTrace,
                 kMoeRunCountWarp | kMoeRunBulkStore | kMoeRunBiasPre}) {

@@ -444,13 +444,11 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-// PACKED (moe_route_run_kernel's PACK candidate): the rows hold narrow counts — a superblock row E/2 words of two
-// 16-bit counts (expert 2i in the low half), a chunk row E/4 words of four 8-bit counts (a chunk ≤ 255 tokens, a
-// superblock ≤ 65535) — so each CTA reads a quarter to half the bytes.
+// after_loads(v): called by every thread once its rows are summed (v depends on them; a trace stamp).
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
-template <int E, int NTH, bool PACKED = false, class AfterLoads = MoeNoStamp>
+template <int E, int NTH, class AfterLoads = MoeNoStamp>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
@@ -467,26 +465,18 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
     // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
     // constant offset from the batch's pointer.
-    constexpr int RS = PACKED ? E / 2 : E, RC = PACKED ? E / 4 : E;  // row strides in words
-    const int* sp = m.super + (PACKED ? e / 2 : e);
-    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * RC + (PACKED ? e / 4 : e);
+    const int* sp = m.super + e;
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
 #pragma unroll 1
     for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
       const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-      const int* sq = sp + static_cast<i64>(rb) * RS;
-      const int* cq = cp + static_cast<i64>(rb) * RC;
+      const int* sq = sp + static_cast<i64>(rb) * E;
+      const int* cq = cp + static_cast<i64>(rb) * E;
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * RS) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * RC) : 0;
-      }
-      if constexpr (PACKED) {
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          vs[j] = (static_cast<u32>(vs[j]) >> (16 * (e & 1))) & 0xffffu;
-          vc[j] = (static_cast<u32>(vc[j]) >> (8 * (e & 3))) & 0xffu;
-        }
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -1016,8 +1006,9 @@ template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 
 
 // V (moe_routing_args.h kMoeRun*): the options of the config's `load` bits — APPROX (approximate keys), ISSUELAST
 // (the last warp issues the copies before any CTA barrier), COOP (one cooperative launch: no route_zero; the grid
-// barrier word instead of the arrival counter) — and measurement variants (TRACE, the phases left out, and the
-// candidates EARLY, ISSUE0, PACK, FILLW: see their comments below and bench/NOTES.md session 8).
+// barrier word instead of the arrival counter; only with ISSUELAST) — and measurement variants (TRACE, the phases
+// left out, and the candidates ISSUE0, WAITEARLY, COUNTW, BULKST, BIASPRE: see their comments below and
+// bench/NOTES.md sessions 8–9; EARLY, PACK, FILLW and COOP without ISSUE0 lost in two rounds each and were deleted).
 template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT, int V = 0>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
@@ -1031,33 +1022,28 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
-  // FILLW (a candidate): the −1 rows by each warp after its tokens' rows, instead of at the start or after the arrival.
-  constexpr bool FILLW = MAP && (V & kMoeRunFillWarp) != 0;
-  constexpr bool LATE = MAP && FM >= 4 && !FILLW, DEFER = MAP && FM == 5;
+  constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
-                 NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
-  static_assert(!(EARLY && DEFER), "EARLY builds the rows after the arrival: not with fill 5");
-  // COOP (a candidate, outputs exact): a cooperative launch with no moe_route_zero before it; the kernel zeroes the
-  // superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at the
-  // driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
+                 NOARRIVE = (V & kMoeRunNoArrive) != 0;
+  // COOP (config load bit 4, with ISSUELAST): a cooperative launch with no moe_route_zero before it; the kernel
+  // zeroes the superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at
+  // the driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
   constexpr bool COOP = MAP && (V & kMoeRunCoop) != 0;
-  // PACK (a candidate, outputs exact): narrow counts in the chunk and superblock rows (moe_chunk_bases<…, PACKED>).
-  constexpr bool PACK = MAP && (V & kMoeRunPack) != 0;
-  static_assert(!PACK || 32 / TPT * W <= 255, "PACK: 8-bit chunk counts");
   // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
   // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
   // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
   constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
+  static_assert(!COOP || ISSUE0, "COOP: with the copies issued before the first CTA barrier");
   // Session 9 candidates (outputs exact): WAITEARLY (COOP with ISSUE0: thread CT checks the first grid barrier before
   // the loop barrier, as soon as its warp is done, instead of after it), COUNTW (the counts, the chunk row, the
   // superblock adds and the arrival by warp 0 alone: no CTA barrier before the arrival, and the release follows only
   // warp 0's writes), BULKST (the prob and map rows by bulk async copies, one lane a warp), BIASPRE (the bias
   // clamped — NaN → −inf — and its max |finite| formed once per CTA by warp 0, published by mbarrier W + 1).
   constexpr bool WAITEARLY = COOP && ISSUE0 && (V & kMoeRunWaitEarly) != 0;
-  constexpr bool COUNTW = MAP && !PACK && (V & kMoeRunCountWarp) != 0;
+  constexpr bool COUNTW = MAP && (V & kMoeRunCountWarp) != 0;
   constexpr bool BULKST = (V & kMoeRunBulkStore) != 0;
   constexpr bool BIASPRE = BIAS && (V & kMoeRunBiasPre) != 0;
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
@@ -1208,11 +1194,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       asm volatile("bar.arrive 2, %0;" ::"n"(NTH) : "memory");
     }
-  } else if constexpr (COOP) {
-    for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-    const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-    for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
-    coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
   } else {
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     __syncthreads();
@@ -1228,7 +1209,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
     for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
   };
-  if constexpr (MAP && !LATE && !FILLW) {
+  if constexpr (MAP && !LATE) {
     fill_rows();
     stamp0(kMoeRunTrFilled);
   }
@@ -1251,7 +1232,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   };
   // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map rows
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
-  // tokens calls it after its selection (EARLY: after the CTA's arrival).
+  // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
@@ -1330,16 +1311,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
-    }
-    if constexpr (FILLW) {
-      // FILLW: the token's −1 row of row_id_map right after its other rows (the routed entries are written over it
-      // after the CTA barriers that follow).
-      if (valid) {
-        const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
-        int* rr = a.row_id_map + static_cast<i64>(tc0 + tl) * E;
-#pragma unroll
-        for (int u = part; u < E / 4; u += TPT) store16(rr + 4 * u, m1);
-      }
     }
     if constexpr (TRACE) {
       __syncwarp();
@@ -1696,7 +1667,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     __syncwarp();
     stampw(kMoeRunTrWarp + 4 * warp + 2);
 
-    if constexpr (!EARLY) emit_rows();
+    emit_rows();
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
@@ -1718,32 +1689,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   __syncthreads();
   stamp0(kMoeRunTrLoopDone);
   if constexpr (WAITEARLY) {
-  } else if constexpr (COOP && ISSUE0) {
+  } else if constexpr (COOP) {
     coop_first_wait();
     __syncthreads();
-  } else if constexpr (COOP) {
-    grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
   } else {
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   }
   stamp0(kMoeRunTrPdl);
-  if constexpr (PACK) {
-    // Four experts a thread: one word of the chunk row (8-bit counts), two packed adds into the superblock row.
-    for (int i = threadIdx.x; i < E / 4; i += NTH) {
-      u32 c[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        c[j] = 0;
-#pragma unroll
-        for (int w = 0; w < NMW; ++w) c[j] += __popc(emask[(4 * i + j) * NMW + w]);
-      }
-      a.chunk_counts[static_cast<i64>(blockIdx.x) * (E / 4) + i] =
-          static_cast<int>(c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24);
-      int* sr = a.super + static_cast<i64>(blockIdx.x / a.super_chunks) * (E / 2) + 2 * i;
-      if (c[0] | c[1]) atomicAdd(sr, static_cast<int>(c[0] | c[1] << 16));
-      if (c[2] | c[3]) atomicAdd(sr + 1, static_cast<int>(c[2] | c[3] << 16));
-    }
-  } else if constexpr (COUNTW) {
+  if constexpr (COUNTW) {
     // COUNTW: warp 0 alone (E / 32 experts a lane), then its lane 0 arrives (release at GPU scope, covering the
     // warp's writes ordered before it by __syncwarp); the other warps go on to the late fill and the wait.
     if (warp == 0) {
@@ -1790,9 +1743,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     }
     stamp0(kMoeRunTrCounted);
-    if constexpr (EARLY) {
-      if (nw > 0) emit_rows();
-    }
     if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
@@ -1831,7 +1781,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
         }
       };
-      moe_chunk_bases<E, NTH, PACK>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

@@ -61,7 +61,9 @@ struct MoeRouteArgs {
 // CTA's phase stamps to MoeRouteArgs::trace; the others leave a phase out (their outputs are then incomplete or wrong:
 // timing only): NOFILL the −1 rows of row_id_map, NOROWS the prob and routing-map rows' global stores, NOTAIL the
 // bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
-// there), NOARRIVE the arrival, its spin and everything after it. EARLY (a candidate with exact outputs): see below.
+// there), NOARRIVE the arrival, its spin and everything after it. The candidates (exact outputs) are listed below;
+// values 64 (EARLY), 512 (PACK) and 8192 (FILLW) were candidates that lost in two rounds each (bench/NOTES.md
+// session 8) and are deleted.
 enum : int {
   kMoeRunTrace = 1,
   kMoeRunNoFill = 2,
@@ -69,18 +71,13 @@ enum : int {
   kMoeRunNoTail = 8,
   kMoeRunNoWait = 16,
   kMoeRunNoArrive = 32,
-  kMoeRunEarly = 64,  // a candidate, not an ablation: the CTA arrives right after its selection (counts), and the
-                      // warps build and store their prob / map rows after the arrival, while the grid's other CTAs
-                      // finish (outputs exact)
   kMoeRunNoZero = 128,  // the op launches no moe_route_zero before the kernel (the superblock rows and the arrival
                         // counter keep the previous call's values; implies NOWAIT): what that launch costs
-  kMoeRunCoop = 256,    // a candidate (outputs exact): one cooperative launch, no moe_route_zero (moe_routing.cuh)
-  kMoeRunPack = 512,    // a candidate (outputs exact): narrow counts in the chunk / superblock rows (moe_routing.cuh)
+  kMoeRunCoop = 256,    // config `load` bit 4 (with ISSUELAST): one cooperative launch, no moe_route_zero
   kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
   kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
-  kMoeRunFillWarp = 8192,   // a candidate (outputs exact): the −1 rows by each warp after its tokens' rows
   // Session 9 candidates (outputs exact; moe_routing.cuh): COOP's first-grid-barrier check before the loop barrier
   // (WAITEARLY), the counts and the arrival by warp 0 alone (COUNTW), the prob / map rows by bulk async copies
   // (BULKST), the bias clamp and its max |finite| once per CTA (BIASPRE).
