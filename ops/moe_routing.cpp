@@ -6,6 +6,8 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "kiln/moe_routing_args.h"
@@ -67,7 +69,7 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
   return layout && GS >= 2 && K <= 2 * TG;
 }
-bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
+bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] != 0; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2) — and the
@@ -298,6 +300,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       }
     }
+    // 8 threads per token (4 tokens a warp; session 9): with the approximate keys the per-expert work is small and the
+    // per-token work (groups, candidates, ranks, rows) is shared by half as many threads, so a token costs fewer warp
+    // instructions; 32 or 64 tokens a CTA, the default's options (load 7 with the map, 3 without; 6 / 2 without a
+    // bias), −1 rows after the arrival.
+    if (base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 8)) {
+      const int load = kRunIssueLast | (map ? kRunCoop : 0) | (base.params[P_BIAS] ? kRunApprox : 0);
+      for (int w : {8, 16}) {
+        s.config[C_WARPS] = w;
+        s.config[C_TPW] = 4;
+        s.config[C_FILL] = map ? kFusedFillLate : kFillInRoute;
+        s.config[C_LOAD] = load;
+        s.config[C_TPT] = 8;
+        if (s.config != dflt) out.push_back(s);
+      }
+    }
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;
@@ -471,6 +488,38 @@ MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int
   return cm;
 }
 
+// The PERSIST candidate's per-stream state (moe_routing_args.h kMoeRunPersist): one arrival word (int 0 of a 128-byte
+// header) and two halves of `half` superblock-row ints after it, zero when allocated; every call leaves the word's
+// low 31 bits at 0 and the half the next call uses zeroed. Keyed by (context, stream): two calls on one stream never
+// overlap; a graph captured from a stream must not run concurrently with calls on that stream (they would share it).
+// Process-lifetime allocations (a measurement candidate: the GPU rounds decide whether it is worth an owned form);
+// a call that needs larger halves gets a new zeroed buffer (the old one stays allocated: an earlier call on the
+// stream may still be running).
+struct RouteState {
+  int* arrive;
+  int* rows;  // [2][half]
+  int64_t half;
+};
+RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
+  static std::mutex m;
+  static std::map<std::pair<CUcontext, Stream>, std::pair<CUdeviceptr, int64_t>> states;
+  impl.bind_device();
+  CUcontext ctx = nullptr;
+  check(driver().cuCtxGetCurrent(&ctx), "cuCtxGetCurrent");
+  std::lock_guard g(m);
+  auto& st = states[{ctx, stream}];
+  if (st.second < half) {
+    const int64_t h = (std::max<int64_t>(half, 64 * 256) + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
+    const size_t bytes = 128 + static_cast<size_t>(2 * h) * 4;
+    CUdeviceptr p = 0;
+    check(driver().cuMemAlloc(&p, bytes), "cuMemAlloc (route state)");
+    check(driver().cuMemsetD8(p, 0, bytes), "cuMemsetD8 (route state)");
+    st = {p, h};
+  }
+  int* base = reinterpret_cast<int*>(st.first);
+  return {base, base + 32, st.second};
+}
+
 }  // namespace
 
 namespace detail {
@@ -546,7 +595,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       static std::atomic<bool> coop_refused{false};
       if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
-      const bool zero = !coop && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
+      const bool persist = map && !coop && (run_bits(s) & kMoeRunPersist);  // (per-stream rows, zeroed by the calls)
+      const bool zero = !coop && !persist && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
       if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
@@ -562,6 +612,13 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.scale = opts.scaling_factor;
       a.map = cm;
       a.arrive = arrive;
+      if (persist) {
+        const RouteState rs = route_state(impl, stream, NS * E);
+        a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
+        a.super = rs.rows;
+        a.map.super = rs.rows;  // (the kernel picks the call's half)
+        a.persist_half = static_cast<int>(rs.half);
+      }
       a.run_tokens = static_cast<int>(n);
       if (s.config[C_VARIANT] & kMoeRunTrace) {
         a.trace = detail::moe_route_run_trace.load(std::memory_order_relaxed);
@@ -639,7 +696,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    cm,
                    fused ? records : nullptr,
                    0,
-                   nullptr};
+                   nullptr,
+                   0};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

@@ -309,7 +309,8 @@ std::vector<detail::Specialization> ling_like_routing_specs(const detail::Family
 
 // The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
 // 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
-// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
+// after it; fill 0 without; and 8 threads per token at the default's options), not in the softmax ones, and is the
+// default with the map; its points compile (with the map: 32
 // warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
 // spans 2 threads; without: no groups, no bias).
 TEST(MoeCompile, CtaRunKernelPoints) {
@@ -335,8 +336,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   };
   const auto with_map = run_points_of(specs[0]);
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3, 2 | 4
-  // and 1 at fill 3 / 4.
-  ASSERT_EQ(with_map.size(), 12u);
+  // and 1 at fill 3 / 4; tpt 8 with 8 / 16 warps at the default's options (load 7, fill 4).
+  ASSERT_EQ(with_map.size(), 14u);
   // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
   // warp in one cooperative launch, approximate keys (load 7: the first point of the space; session 7 rounds 3 and 5,
   // session 8 rounds 3 and 4); without it the warp kernel.
@@ -355,11 +356,16 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1),
+                        find(8, 4, 8, 7), find(16, 4, 8, 7)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
-  // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys (1)
-  ASSERT_EQ(without.size(), 5u);
+  // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys
+  // (1); tpt 8 with 8 / 16 warps at load 3
+  ASSERT_EQ(without.size(), 7u);
+  EXPECT_EQ(without[5].config[4], 8);
+  EXPECT_EQ(without[5].config[3], 3);
+  EXPECT_GT(detail::ensure_cubin(without[5], nullptr, false, counters).cubin.size(), 1000u) << without[5].describe();
   EXPECT_EQ(without[0].config[2], 0);
   EXPECT_EQ(without[2].config[3], 3);
   EXPECT_EQ(without[3].config[3], 2);
@@ -385,7 +391,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 // The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
 // trace alone on the default, every phase left out at once, the candidates ISSUE0, ISSUELAST and COOP (with the
-// approximate keys), and session 9's WAITEARLY, COUNTW, BULKST and BIASPRE (on the approximate and the exact keys).
+// approximate keys), and session 9's WAITEARLY, COUNTW, BULKST, BIASPRE (on the approximate and the exact keys) and
+// PERSIST.
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -402,7 +409,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                 kMoeRunIssue0 | kMoeRunApprox | kMoeRunTrace, kMoeRunIssueLast | kMoeRunCoop | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunWaitEarly | kMoeRunCountWarp | kMoeRunBulkStore |
                     kMoeRunBiasPre | kMoeRunTrace,
-                kMoeRunCountWarp | kMoeRunBulkStore | kMoeRunBiasPre}) {
+                kMoeRunCountWarp | kMoeRunBulkStore | kMoeRunBiasPre,
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunCountWarp | kMoeRunTrace}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;

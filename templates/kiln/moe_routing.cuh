@@ -1046,12 +1046,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool COUNTW = MAP && (V & kMoeRunCountWarp) != 0;
   constexpr bool BULKST = (V & kMoeRunBulkStore) != 0;
   constexpr bool BIASPRE = BIAS && (V & kMoeRunBiasPre) != 0;
+  // PERSIST (moe_routing_args.h kMoeRunPersist): a.arrive and a.super outlive the call (per stream); no route_zero,
+  // no cooperative launch. par (the arrival word's top bit at the start, read by thread 0 into smisc[1]) picks the
+  // half of the superblock rows this call adds into; it zeroes the other half for the next call.
+  constexpr bool PERSIST = MAP && (V & kMoeRunPersist) != 0;
+  static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
-  // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
-  // TPT general.)
-  static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
+  // (4 threads per token were measured slower in every round of session 7 and removed; 8 came back in session 9 with
+  // the approximate keys: fewer warp instructions a token.)
+  static_assert((TPT == 16 || TPT == 8) && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
   static_assert(G == 1 ? K <= 2 * TPT
                        : ((EPT % GS == 0 || (GS % EPT == 0 && (SPAN & (SPAN - 1)) == 0)) && GS >= 2 && K <= 2 * TG &&
                           TG <= G),
@@ -1199,6 +1204,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     __syncthreads();
   }
   stamp0(kMoeRunTrInit);
+  if constexpr (PERSIST) {
+    if (threadIdx.x == 0) {
+      u32 w;
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
+      reinterpret_cast<u32*>(smisc)[1] = w >> 31;  // (read after the loop barrier)
+    }
+  }
   if constexpr (!ISSUE0) issue_rows();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
@@ -1346,11 +1358,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     const float* brow = sbias + part * EPT;
     const int e0 = part * EPT;
     // Position c of the thread's arrays holds expert e0 + xo(c): the 16-byte chunks in an order rotated per part
-    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts) touch 8 distinct
-    // bank groups; else in order. Selection does not depend on the order within a block.
+    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts at 16 threads a
+    // token, 4 × 2 at 8) touch 8 distinct bank groups: the parts whose row offsets part·EPT agree modulo 32 words
+    // (parts 0 / 2 and 1 / 3 at 16, 0 / 1 at 8) differ by one chunk. Else in order. Selection does not depend on the
+    // order within a block.
     constexpr int NC4 = EPT / 4;
-    constexpr bool ROT = E == 256 && TPT == 16 && NB == 1;
-    const int rot = ROT ? (part >> 1) & 1 : 0;
+    constexpr bool ROT = E == 256 && NB == 1;
+    const int rot = ROT ? (part * EPT / 32) & 1 : 0;
     auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
     auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 
@@ -1692,9 +1706,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   } else if constexpr (COOP) {
     coop_first_wait();
     __syncthreads();
-  } else {
+  } else if constexpr (!PERSIST) {
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   }
+  // The superblock rows this call adds into (PERSIST: the half of this call's parity) and the release arrival.
+  const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
+  const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
+  int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
+  auto arrive_release = [&] {  // (one thread)
+    if constexpr (COOP || PERSIST) {
+      const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+      asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;"
+                   : "=r"(coop_tok)
+                   : "l"(COOP ? grid_barrier_word() : a.arrive), "r"(nb)
+                   : "memory");
+    } else {
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    }
+  };
   stamp0(kMoeRunTrPdl);
   if constexpr (COUNTW) {
     // COUNTW: warp 0 alone (E / 32 experts a lane), then its lane 0 arrives (release at GPU scope, covering the
@@ -1705,18 +1734,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
         for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
         a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-        if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+        if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
       }
       __syncwarp();
-      if (lane == 0 && !NOARRIVE) {
-        if constexpr (COOP) {
-          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-          asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(grid_barrier_word()), "r"(nb)
-                       : "memory");
-        } else {
-          asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
-        }
-      }
+      if (lane == 0 && !NOARRIVE) arrive_release();
     }
   } else {
     for (int e = threadIdx.x; e < E; e += NTH) {
@@ -1725,7 +1746,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
       if constexpr (MAP) {
         a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-        if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+        if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
       } else {
         if (c) atomicAdd(&a.counts[e], c);
       }
@@ -1739,8 +1760,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       coop_tok = grid_barrier_arrive();
     } else {
       __syncthreads();
-      if (!NOARRIVE && threadIdx.x == 0)
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+      if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
     if constexpr (LATE) fill_rows();
@@ -1761,7 +1781,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       stamp0(kMoeRunTrWaited);
     } else {
       if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
-        moe_wait_arrivals<32>(a.arrive);
+        if constexpr (PERSIST) {
+          for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
+            u32 cur;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
+            if ((coop_tok ^ cur) & 0x80000000u) break;
+            if (it == (1u << 26)) __trap();
+          }
+        } else {
+          moe_wait_arrivals<32>(a.arrive);
+        }
         stamp(kMoeRunTrWaited);
       }
       __syncthreads();
@@ -1781,7 +1810,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
         }
       };
-      moe_chunk_bases<E, NTH>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      MoeChunkMap cm = a.map;
+      cm.super = superp;
+      moe_chunk_bases<E, NTH>(cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];
@@ -1792,6 +1823,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       stamp0(kMoeRunTrPut);
     }
+  }
+  if constexpr (PERSIST) {
+    // The other half for the next call on the stream, whole (the previous call used it, perhaps with more superblock
+    // rows than this one; it has completed).
+    int* other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
+    for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
+      store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
   }
   if constexpr (BULKST) {
     if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // (the rows' shared memory)

@@ -54,6 +54,7 @@ struct MoeRouteArgs {
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
   unsigned long long* trace;   // moe_route_run_kernel's TRACE variant only: kMoeRunTraceSlots u64 a CTA
+  int persist_half;            // PERSIST: ints in each half of the per-stream superblock rows (all zeroed for the next call)
 };
 
 // moe_route_run_kernel's measurement variants (template argument V, set through the Specialization's unnamed config
@@ -85,6 +86,12 @@ enum : int {
   kMoeRunCountWarp = 32768,
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
+  // PERSIST (a candidate, outputs exact): no moe_route_zero and no cooperative launch. MoeRouteArgs::arrive points at
+  // a per-stream word that outlives the call and MoeRouteArgs::super at two halves of superblock rows beside it (zero
+  // when first allocated): the arrival is the self-resetting grid-barrier count (CTA 0 adds 2^31 − (n − 1), the
+  // others 1: the top bit flips once all arrived, the low bits return to 0), the call uses the half of the top bit's
+  // value at its start and zeroes the other half, which the next call on the stream uses.
+  kMoeRunPersist = 262144,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

@@ -81,7 +81,7 @@ class MoeRouteMeasure : public GpuTest {
 
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
 constexpr int kWaitEarly = kMoeRunWaitEarly, kCountW = kMoeRunCountWarp, kBulkSt = kMoeRunBulkStore,
-              kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre;
+              kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre, kPersist = kMoeRunPersist;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
@@ -94,6 +94,12 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
       {"map: load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
       {"map: load 7 fill 3 + all four", true, 16, 2, 3, 16, kS9All, true, 7},
+      {"map: tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
+      {"map: tpt 8 x 16w load 7", true, 16, 4, 4, 8, 0, true, 7},
+      {"map: tpt 8 x 8w load 7 + COUNTW, BULKST, BIASPRE", true, 8, 4, 4, 8, kCountW | kBulkSt | kBiasPre, true, 7},
+      {"map: load 1+ISSUELAST + PERSIST", true, 16, 2, 4, 16, kMoeRunIssueLast | kPersist, true, 1},
+      {"map: load 1+ISSUELAST + PERSIST + COUNTW, BULKST, BIASPRE", true, 16, 2, 4, 16,
+       kMoeRunIssueLast | kPersist | kCountW | kBulkSt | kBiasPre, true, 1},
       {"map: load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
       {"map: load 7 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 7},
       {"map: load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
@@ -107,6 +113,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
       {"no map: load 3 + BIASPRE + BULKST", false, 16, 2, 0, 16, kBiasPre | kBulkSt, true, 3},
+      {"no map: tpt 8 x 8w load 3", false, 8, 4, 0, 8, 0, true, 3},
+      {"no map: tpt 8 x 16w load 3", false, 16, 4, 0, 8, 0, true, 3},
   };
 
 
@@ -179,19 +187,28 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
         synchronize();
         want = download_outputs(in);
       }
+      std::vector<RouteCfg> cands;
       for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunCoop,
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox,
                      // session 9: each alone where it applies, and all four on the default (load 7)
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kS9All, kMoeRunApprox | kBiasPre, kBiasPre, kCountW,
                      kBulkSt,
-                     kMoeRunIssueLast | kMoeRunCoop | kWaitEarly | kCountW}) {
+                     kMoeRunIssueLast | kMoeRunCoop | kWaitEarly | kCountW, kMoeRunIssueLast | kMoeRunApprox | kPersist,
+                     kPersist | kCountW | kBulkSt | kBiasPre | kMoeRunApprox}) {
         // (kMoeRunApprox stands for the config's load 1 here)
-        const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
-        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
-                     " load " + std::to_string(load));
         RouteCfg c = plain;
-        c.variant = v;
-        c.load = load;
+        c.variant = vl & ~kMoeRunApprox;
+        c.load = (vl & kMoeRunApprox) ? 1 : 0;
+        cands.push_back(c);
+      }
+      // 8 threads per token (search-space points at fill 4 only): the default's options, and with session 9's.
+      if (fill == 4)
+        for (int w : {8, 16})
+          for (int v : {0, kCountW | kBulkSt | kBiasPre}) cands.push_back({"tpt 8", true, w, 4, 4, 8, v, true, 7});
+      for (const RouteCfg& c : cands) {
+        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " warps " + std::to_string(c.warps) +
+                     " tpt " + std::to_string(c.tpt) + " variant " + std::to_string(c.variant) + " load " +
+                     std::to_string(c.load));
         auto f = force(r, c);
         // Twice: what the first call leaves (count words, the barrier word) must not change the second's outputs.
         for (int rep = 0; rep < 2; ++rep) {
