@@ -237,6 +237,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
       {"load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
       {"load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
+      {"tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
+      {"load 1+ISSUELAST + PERSIST", true, 16, 2, 4, 16, kMoeRunIssueLast | kPersist, true, 1},
   };
 
 
