@@ -448,7 +448,8 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
-template <int E, int NTH, class AfterLoads = MoeNoStamp>
+// SKIP (measurement only, wrong outputs): 1 loads no superblock rows, 2 no chunk rows (zeros instead).
+template <int E, int NTH, class AfterLoads = MoeNoStamp, int SKIP = 0>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
@@ -475,8 +476,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        vs[j] = j < ns && !(SKIP & 1) ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc && !(SKIP & 2) ? __ldcg(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -1812,7 +1813,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
-      moe_chunk_bases<E, NTH>(cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      moe_chunk_bases<E, NTH, decltype(loaded),
+                      ((V & kMoeRunNoSuperRows) ? 1 : 0) | ((V & kMoeRunNoChunkRows) ? 2 : 0)>(
+          cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

@@ -92,6 +92,9 @@ enum : int {
   // others 1: the top bit flips once all arrived, the low bits return to 0), the call uses the half of the top bit's
   // value at its start and zeroes the other half, which the next call on the stream uses.
   kMoeRunPersist = 262144,
+  // Ablations of the bases after the arrival (timing only, wrong outputs): no superblock rows loaded, no chunk rows.
+  kMoeRunNoSuperRows = 524288,
+  kMoeRunNoChunkRows = 1048576,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

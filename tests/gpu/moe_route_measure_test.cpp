@@ -103,6 +103,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
       {"map: load 7 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 7},
       {"map: load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
+      {"map: load 7 - bases without superblock rows", true, 16, 2, 4, 16, kMoeRunNoSuperRows, false, 7},
+      {"map: load 7 - bases without chunk rows", true, 16, 2, 4, 16, kMoeRunNoChunkRows, false, 7},
       {"map: load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
       // What the cooperative launch costs: no spin with COOP (load 7), without COOP behind route_zero (load 1 + the
       // ISSUELAST bit = load 3 + PDL), and without either (no route_zero: stale counts, timing only).
