@@ -594,6 +594,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       // cost every call an exception and a log line.
       static std::atomic<bool> coop_refused{false};
       if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
+      if (NS > 32) s.config[C_VARIANT] &= ~kMoeRunPreload;  // (one ballot of superblock counters)
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
       const bool persist = map && !coop && (run_bits(s) & kMoeRunPersist);  // (per-stream rows, zeroed by the calls)
       const bool zero = !coop && !persist && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)

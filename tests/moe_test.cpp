@@ -392,7 +392,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
 // trace alone on the default, every phase left out at once, the candidates ISSUE0, ISSUELAST and COOP (with the
 // approximate keys), and session 9's WAITEARLY, COUNTW, BULKST, BIASPRE (on the approximate and the exact keys) and
-// PERSIST.
+// PERSIST and PRELOAD.
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -410,7 +410,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunWaitEarly | kMoeRunCountWarp | kMoeRunBulkStore |
                     kMoeRunBiasPre | kMoeRunTrace,
                 kMoeRunCountWarp | kMoeRunBulkStore | kMoeRunBiasPre,
-                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunCountWarp | kMoeRunTrace}) {
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunCountWarp | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunPreload | kMoeRunTrace}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;

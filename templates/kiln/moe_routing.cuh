@@ -448,6 +448,10 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
+template <int E, int NTH, class AfterLoads>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
+                                                       AfterLoads after_loads);
 // SKIP (measurement only, wrong outputs): 1 loads no superblock rows, 2 no chunk rows (zeros instead).
 template <int E, int NTH, class AfterLoads = MoeNoStamp, int SKIP = 0>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
@@ -486,6 +490,16 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
+  moe_chunk_bases_finish<E, NTH>(m, c, tot, pre, base, warp_tot, after_loads);
+}
+
+// moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
+template <int E, int NTH, class AfterLoads>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
+                                                       AfterLoads after_loads) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
+  const int P = m.multiple_of;
   int pc[EPT], local = 0;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
@@ -1051,6 +1065,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // no cooperative launch. par (the arrival word's top bit at the start, read by thread 0 into smisc[1]) picks the
   // half of the superblock rows this call adds into; it zeroes the other half for the next call.
   constexpr bool PERSIST = MAP && (V & kMoeRunPersist) != 0;
+  // PRELOAD (moe_routing_args.h kMoeRunPreload): per-superblock arrival counters (COOP zeroes them with the rows).
+  constexpr bool PRELOAD = COOP && (V & kMoeRunPreload) != 0;
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1188,7 +1204,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-        for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
+        const int nz = nsup * E + (PRELOAD ? nsup : 0);  // (PRELOAD: the superblock counters after the rows)
+        for (int i = blockIdx.x * (NTH - 32) + ot; i < nz; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {
@@ -1714,8 +1731,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
   const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
+  u32* const sbc = reinterpret_cast<u32*>(a.super + nsup * E);  // PRELOAD: the superblock counters
   auto arrive_release = [&] {  // (one thread)
-    if constexpr (COOP || PERSIST) {
+    if constexpr (PRELOAD) {
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
+    } else if constexpr (COOP || PERSIST) {
       const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
       asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;"
                    : "=r"(coop_tok)
@@ -1757,6 +1777,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
     if constexpr (COUNTW) {
+    } else if constexpr (PRELOAD) {
+      __syncthreads();
+      if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     } else if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
@@ -1776,7 +1799,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     stamp0(kMoeRunTrArrived);
-    if constexpr (COOP) {
+    if constexpr (PRELOAD) {
+      // (the waiting is the poll loop below)
+    } else if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
       stamp0(kMoeRunTrWaited);
@@ -1813,9 +1838,74 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
-      moe_chunk_bases<E, NTH, decltype(loaded),
-                      ((V & kMoeRunNoSuperRows) ? 1 : 0) | ((V & kMoeRunNoChunkRows) ? 2 : 0)>(
-          cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      if constexpr (PRELOAD) {
+        // Warp 0 polls the superblock counters (acquire) and publishes which superblocks are complete (double-
+        // buffered by iteration: one CTA barrier a round); every expert thread then loads the rows of the newly
+        // complete ones — the superblock row, and for its own superblock the chunk rows before its chunk — while
+        // the later superblocks are still arriving.
+        constexpr int EB = (E + NTH - 1) / NTH, BR = 16;
+        const int SCn = a.super_chunks, sb = blockIdx.x / SCn, ncr = blockIdx.x - sb * SCn;
+        const u32 all = nsup >= 32 ? 0xffffffffu : (1u << nsup) - 1u;
+        u32* pm = reinterpret_cast<u32*>(smisc) + 2;
+        int tot[EB], pre[EB];
+#pragma unroll
+        for (int k = 0; k < EB; ++k) tot[k] = pre[k] = 0;
+        u32 done = 0;
+        if (nsup > 32) __trap();  // (the host gives PRELOAD ≤ 32 superblocks: one ballot)
+        __syncwarp();             // (thread 0's arrival before warp 0's first poll)
+        for (u32 it = 0;; ++it) {
+          if (warp == 0) {
+            u32 w = 0;
+            if (lane < nsup) asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(sbc + lane) : "memory");
+            const int cin = min(SCn, a.map.nchunks - lane * SCn);
+            const u32 cmask = __ballot_sync(ALL, lane < nsup && w == static_cast<u32>(cin));
+            if (lane == 0) pm[it & 1] = cmask;
+          }
+          __syncthreads();
+          const u32 nw = pm[it & 1] & ~done;
+          if (nw) {
+#pragma unroll
+            for (int k = 0; k < EB; ++k) {
+              const int e = threadIdx.x * EB + k;
+              if (e >= E) continue;
+              const int* sp = superp + e;
+#pragma unroll 1
+              for (int rb = 0; rb < nsup; rb += BR) {
+                int vs[BR];
+#pragma unroll
+                for (int j = 0; j < BR; ++j) vs[j] = (nw >> (rb + j)) & 1u ? __ldcg(sp + static_cast<i64>(rb + j) * E) : 0;
+#pragma unroll
+                for (int j = 0; j < BR; ++j) {
+                  tot[k] += vs[j];
+                  pre[k] += rb + j < sb ? vs[j] : 0;
+                }
+              }
+              if ((nw >> sb) & 1u) {
+                const int* cp = a.chunk_counts + static_cast<i64>(sb) * SCn * E + e;
+#pragma unroll 1
+                for (int rb = 0; rb < ncr; rb += BR) {
+                  int vc[BR];
+#pragma unroll
+                  for (int j = 0; j < BR; ++j) vc[j] = j < ncr - rb ? __ldcg(cp + static_cast<i64>(rb + j) * E) : 0;
+#pragma unroll
+                  for (int j = 0; j < BR; ++j) pre[k] += vc[j];
+                }
+              }
+            }
+          }
+          done |= nw;
+          if (done == all) break;
+          if (it == (1u << 24)) __trap();
+          __nanosleep(32);
+        }
+        stamp0(kMoeRunTrWaited);
+        moe_chunk_bases_finish<E, NTH>(cm, blockIdx.x, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot),
+                                       loaded);
+      } else {
+        moe_chunk_bases<E, NTH, decltype(loaded),
+                        ((V & kMoeRunNoSuperRows) ? 1 : 0) | ((V & kMoeRunNoChunkRows) ? 2 : 0)>(
+            cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      }
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

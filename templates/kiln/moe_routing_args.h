@@ -95,6 +95,11 @@ enum : int {
   // Ablations of the bases after the arrival (timing only, wrong outputs): no superblock rows loaded, no chunk rows.
   kMoeRunNoSuperRows = 524288,
   kMoeRunNoChunkRows = 1048576,
+  // PRELOAD (a candidate with COOP, outputs exact): per-superblock arrival counters (after the superblock rows, zeroed
+  // with them) instead of the grid-wide arrival; after its own arrival a CTA polls them and loads each superblock's row
+  // (and its own superblock's chunk rows) as soon as that superblock is complete, so that little is left to load once
+  // the last CTA has arrived (the bases no longer read 31 rows a CTA in one burst after the spin).
+  kMoeRunPreload = 2097152,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

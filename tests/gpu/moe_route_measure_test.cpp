@@ -81,7 +81,8 @@ class MoeRouteMeasure : public GpuTest {
 
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
 constexpr int kWaitEarly = kMoeRunWaitEarly, kCountW = kMoeRunCountWarp, kBulkSt = kMoeRunBulkStore,
-              kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre, kPersist = kMoeRunPersist;
+              kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre, kPersist = kMoeRunPersist,
+              kPreload = kMoeRunPreload;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
@@ -94,6 +95,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
       {"map: load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
       {"map: load 7 fill 3 + all four", true, 16, 2, 3, 16, kS9All, true, 7},
+      {"map: load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
+      {"map: load 7 + PRELOAD + all four", true, 16, 2, 4, 16, kPreload | kS9All, true, 7},
       {"map: tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
       {"map: tpt 8 x 16w load 7", true, 16, 4, 4, 8, 0, true, 7},
       {"map: tpt 8 x 8w load 7 + COUNTW, BULKST, BIASPRE", true, 8, 4, 4, 8, kCountW | kBulkSt | kBiasPre, true, 7},
@@ -196,7 +199,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kS9All, kMoeRunApprox | kBiasPre, kBiasPre, kCountW,
                      kBulkSt,
                      kMoeRunIssueLast | kMoeRunCoop | kWaitEarly | kCountW, kMoeRunIssueLast | kMoeRunApprox | kPersist,
-                     kPersist | kCountW | kBulkSt | kBiasPre | kMoeRunApprox}) {
+                     kPersist | kCountW | kBulkSt | kBiasPre | kMoeRunApprox,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload | kS9All}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -241,6 +246,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
       {"tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
       {"load 1+ISSUELAST + PERSIST", true, 16, 2, 4, 16, kMoeRunIssueLast | kPersist, true, 1},
+      {"load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
   };
 
 
