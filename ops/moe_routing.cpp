@@ -72,13 +72,22 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] != 0; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
-// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2) — and the
+// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
+// 9's options 8 WAITEARLY, 16 COUNTW, 32 BULKST, 64 BIASPRE, 128 PRELOAD (with 4), 256 PERSIST (not with 4) — and the
 // measurement variant bits of the unnamed config field 5.
-constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4;
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWaitEarly = 8, kRunCountW = 16, kRunBulkSt = 32,
+              kRunBiasPre = 64, kRunPreload = 128, kRunPersist = 256;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
-  return s.config[C_VARIANT] | (load & kRunApprox ? kMoeRunApprox : 0) | (load & kRunIssueLast ? kMoeRunIssueLast : 0) |
-         (load & kRunCoop ? kMoeRunCoop : 0);
+  constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},       {kRunIssueLast, kMoeRunIssueLast},
+                                           {kRunCoop, kMoeRunCoop},           {kRunWaitEarly, kMoeRunWaitEarly},
+                                           {kRunCountW, kMoeRunCountWarp},    {kRunBulkSt, kMoeRunBulkStore},
+                                           {kRunBiasPre, kMoeRunBiasPre},     {kRunPreload, kMoeRunPreload},
+                                           {kRunPersist, kMoeRunPersist}};
+  int v = s.config[C_VARIANT];
+  for (auto [cfg, bit] : kBits)
+    if (load & cfg) v |= bit;
+  return v;
 }
 // V rendered only where nonzero (", V").
 std::string run_variant(const Specialization& s) {
@@ -594,7 +603,10 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       // cost every call an exception and a log line.
       static std::atomic<bool> coop_refused{false};
       if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
-      if (NS > 32) s.config[C_VARIANT] &= ~kMoeRunPreload;  // (one ballot of superblock counters)
+      if (NS > 32) {  // (PRELOAD: one ballot of superblock counters)
+        s.config[C_VARIANT] &= ~kMoeRunPreload;
+        s.config[C_LOAD] &= ~kRunPreload;
+      }
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
       const bool persist = map && !coop && (run_bits(s) & kMoeRunPersist);  // (per-stream rows, zeroed by the calls)
       const bool zero = !coop && !persist && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
