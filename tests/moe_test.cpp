@@ -392,7 +392,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
 // trace alone on the default, every phase left out at once, the candidates ISSUE0, ISSUELAST and COOP (with the
 // approximate keys), and session 9's WAITEARLY, COUNTW, BULKST, BIASPRE (on the approximate and the exact keys) and
-// PERSIST and PRELOAD.
+// PERSIST, PRELOAD and NOFENCE.
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -411,7 +411,9 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                     kMoeRunBiasPre | kMoeRunTrace,
                 kMoeRunCountWarp | kMoeRunBulkStore | kMoeRunBiasPre,
                 kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunCountWarp | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunPreload | kMoeRunTrace}) {
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunPreload | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunNoFence | kMoeRunBulkStore | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunPersist | kMoeRunNoFence | kMoeRunBiasPre}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;

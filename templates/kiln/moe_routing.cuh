@@ -1067,6 +1067,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool PERSIST = MAP && (V & kMoeRunPersist) != 0;
   // PRELOAD (moe_routing_args.h kMoeRunPreload): per-superblock arrival counters (COOP zeroes them with the rows).
   constexpr bool PRELOAD = COOP && (V & kMoeRunPreload) != 0;
+  // NOFENCE (moe_routing_args.h kMoeRunNoFence): self-validating count words, a relaxed arrival.
+  constexpr bool NOFENCE = MAP && (COOP || PERSIST) && (V & kMoeRunNoFence) != 0;
+  static_assert(!(NOFENCE && (PRELOAD || (V & kMoeRunCountWarp))), "NOFENCE: not with PRELOAD or COUNTW");
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1204,8 +1207,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-        const int nz = nsup * E + (PRELOAD ? nsup : 0);  // (PRELOAD: the superblock counters after the rows)
+        // (PRELOAD: the superblock counters after the rows; NOFENCE: the arrival count there, and the CTA's own chunk
+        // row, whose words validate themselves)
+        const int nz = nsup * E + (PRELOAD ? nsup : NOFENCE ? 1 : 0);
         for (int i = blockIdx.x * (NTH - 32) + ot; i < nz; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
+        if constexpr (NOFENCE)
+          for (int i = ot; i < E; i += NTH - 32) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {
@@ -1731,7 +1738,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
   const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
-  u32* const sbc = reinterpret_cast<u32*>(a.super + nsup * E);  // PRELOAD: the superblock counters
+  u32* const sbc = reinterpret_cast<u32*>(a.super + nsup * E);  // PRELOAD: the superblock counters; NOFENCE: the count
+  // NOFENCE with PERSIST: the chunk rows after the superblock rows in the call's half (zeroed by the previous call).
+  int* const chunkp = PERSIST && NOFENCE ? superp + nsup * E : a.chunk_counts;
   auto arrive_release = [&] {  // (one thread)
     if constexpr (PRELOAD) {
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
@@ -1765,7 +1774,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       int c = 0;
 #pragma unroll
       for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-      if constexpr (MAP) {
+      if constexpr (NOFENCE) {
+        chunkp[static_cast<i64>(blockIdx.x) * E + e] = c | 0x10000;
+        atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c + 0x10000);
+      } else if constexpr (MAP) {
         a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
         if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
       } else {
@@ -1780,6 +1792,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else if constexpr (PRELOAD) {
       __syncthreads();
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
+    } else if constexpr (NOFENCE) {
+      __syncthreads();
+      if (!NOARRIVE && threadIdx.x == 0) {
+        if constexpr (PERSIST) {
+          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+          asm volatile("atom.add.relaxed.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(a.arrive), "r"(nb) : "memory");
+        } else {
+          asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(sbc) : "memory");
+        }
+      }
     } else if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
@@ -1801,6 +1823,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     stamp0(kMoeRunTrArrived);
     if constexpr (PRELOAD) {
       // (the waiting is the poll loop below)
+    } else if constexpr (NOFENCE) {
+      // Relaxed: the words the bases load say themselves whether they are complete.
+      if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
+        for (u32 it = 0;; ++it) {
+          u32 cur;
+          asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(PERSIST ? a.arrive : sbc) : "memory");
+          if (PERSIST ? ((coop_tok ^ cur) & 0x80000000u) != 0 : cur >= gridDim.x) break;
+          if (it == (1u << 26)) __trap();
+        }
+        stamp(kMoeRunTrWaited);
+      }
+      __syncthreads();
     } else if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
@@ -1899,6 +1933,52 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           __nanosleep(32);
         }
         stamp0(kMoeRunTrWaited);
+        moe_chunk_bases_finish<E, NTH>(cm, blockIdx.x, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot),
+                                       loaded);
+      } else if constexpr (NOFENCE) {
+        // The words (relaxed loads, all in flight together), again while any of the CTA's is incomplete.
+        constexpr int EB = (E + NTH - 1) / NTH, BR = 16;
+        const int SCn = a.super_chunks, sb = blockIdx.x / SCn, ncr = blockIdx.x - sb * SCn;
+        auto ldr = [](const int* p) {
+          u32 v;
+          asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+          return v;
+        };
+        int tot[EB], pre[EB];
+        for (u32 it = 0;; ++it) {
+          bool bad = false;
+#pragma unroll
+          for (int k = 0; k < EB; ++k) {
+            tot[k] = pre[k] = 0;
+            const int e = threadIdx.x * EB + k;
+            if (e >= E) continue;
+#pragma unroll 1
+            for (int rb = 0; rb < nsup || rb < ncr; rb += BR) {
+              u32 vs[BR], vc[BR];
+#pragma unroll
+              for (int j = 0; j < BR; ++j) {
+                vs[j] = j < nsup - rb ? ldr(superp + static_cast<i64>(rb + j) * E + e) : 0u;
+                vc[j] = j < ncr - rb ? ldr(chunkp + (static_cast<i64>(sb) * SCn + rb + j) * E + e) : 0u;
+              }
+#pragma unroll
+              for (int j = 0; j < BR; ++j) {
+                if (j < nsup - rb) {
+                  const int sj = rb + j;
+                  bad |= (vs[j] >> 16) != static_cast<u32>(min(SCn, a.map.nchunks - sj * SCn));
+                  tot[k] += static_cast<int>(vs[j] & 0xffffu);
+                  pre[k] += sj < sb ? static_cast<int>(vs[j] & 0xffffu) : 0;
+                }
+                if (j < ncr - rb) {
+                  bad |= (vc[j] >> 16) != 1u;
+                  pre[k] += static_cast<int>(vc[j] & 0xffffu);
+                }
+              }
+            }
+          }
+          if (!__syncthreads_or(bad)) break;
+          if (it == (1u << 22)) __trap();
+          __nanosleep(64);
+        }
         moe_chunk_bases_finish<E, NTH>(cm, blockIdx.x, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot),
                                        loaded);
       } else {

@@ -100,6 +100,14 @@ enum : int {
   // (and its own superblock's chunk rows) as soon as that superblock is complete, so that little is left to load once
   // the last CTA has arrived (the bases no longer read 31 rows a CTA in one burst after the spin).
   kMoeRunPreload = 2097152,
+  // NOFENCE (a candidate with COOP or PERSIST, outputs exact): no release at the arrival. Every count word validates
+  // itself — a chunk row word is count | 1 << 16, each CTA adds count + (1 << 16) into every word of its superblock
+  // row, so a word is complete when its high half is 1 or the superblock's chunk count — and the arrival is a relaxed
+  // count (COOP: a workspace word zeroed with the superblock rows; PERSIST: the self-resetting word); after it the bases
+  // load the words and load them again while any is incomplete. (The release waited ≈ 1–1.7 µs behind the SM's
+  // outstanding stores: session 9 round 1.) With COOP each CTA zeroes its own chunk row before the first grid barrier;
+  // with PERSIST the chunk rows are in the per-stream halves too.
+  kMoeRunNoFence = 4194304,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

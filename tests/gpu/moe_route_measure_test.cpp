@@ -82,44 +82,37 @@ class MoeRouteMeasure : public GpuTest {
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
 constexpr int kWaitEarly = kMoeRunWaitEarly, kCountW = kMoeRunCountWarp, kBulkSt = kMoeRunBulkStore,
               kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre, kPersist = kMoeRunPersist,
-              kPreload = kMoeRunPreload;
+              kPreload = kMoeRunPreload, kNoFence = kMoeRunNoFence, kIL = kMoeRunIssueLast;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
       {"map: run fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: load 7 + WAITEARLY", true, 16, 2, 4, 16, kWaitEarly, true, 7},
-      {"map: load 7 + COUNTW", true, 16, 2, 4, 16, kCountW, true, 7},
       {"map: load 7 + BULKST", true, 16, 2, 4, 16, kBulkSt, true, 7},
-      {"map: load 7 + BIASPRE", true, 16, 2, 4, 16, kBiasPre, true, 7},
-      {"map: load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
-      {"map: load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
-      {"map: load 7 fill 3 + all four", true, 16, 2, 3, 16, kS9All, true, 7},
+      {"map: load 7 + NOFENCE", true, 16, 2, 4, 16, kNoFence, true, 7},
+      {"map: load 7 + NOFENCE + BULKST", true, 16, 2, 4, 16, kNoFence | kBulkSt, true, 7},
       {"map: load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
-      {"map: load 7 + PRELOAD + all four", true, 16, 2, 4, 16, kPreload | kS9All, true, 7},
+      {"map: load 7 + PRELOAD + BULKST", true, 16, 2, 4, 16, kPreload | kBulkSt, true, 7},
+      {"map: load 1+IL + PERSIST", true, 16, 2, 4, 16, kIL | kPersist, true, 1},
+      {"map: load 1+IL + PERSIST + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kBulkSt, true, 1},
+      {"map: load 1+IL + PERSIST + NOFENCE", true, 16, 2, 4, 16, kIL | kPersist | kNoFence, true, 1},
+      {"map: load 1+IL + PERSIST + NOFENCE + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kNoFence | kBulkSt, true, 1},
+      {"map: load 1+IL + PERSIST + NOFENCE + BULKST + BIASPRE", true, 16, 2, 4, 16,
+       kIL | kPersist | kNoFence | kBulkSt | kBiasPre, true, 1},
+      {"map: load 1+IL + PERSIST + NOFENCE + BULKST fill 3", true, 16, 2, 3, 16, kIL | kPersist | kNoFence | kBulkSt, true,
+       1},
       {"map: tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
       {"map: tpt 8 x 16w load 7", true, 16, 4, 4, 8, 0, true, 7},
-      {"map: tpt 8 x 8w load 7 + COUNTW, BULKST, BIASPRE", true, 8, 4, 4, 8, kCountW | kBulkSt | kBiasPre, true, 7},
-      {"map: load 1+ISSUELAST + PERSIST", true, 16, 2, 4, 16, kMoeRunIssueLast | kPersist, true, 1},
-      {"map: load 1+ISSUELAST + PERSIST + COUNTW, BULKST, BIASPRE", true, 16, 2, 4, 16,
-       kMoeRunIssueLast | kPersist | kCountW | kBulkSt | kBiasPre, true, 1},
+      {"map: tpt 8 x 8w load 7 + NOFENCE + BULKST", true, 8, 4, 4, 8, kNoFence | kBulkSt, true, 7},
       {"map: load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
-      {"map: load 7 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 7},
       {"map: load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
       {"map: load 7 - bases without superblock rows", true, 16, 2, 4, 16, kMoeRunNoSuperRows, false, 7},
       {"map: load 7 - bases without chunk rows", true, 16, 2, 4, 16, kMoeRunNoChunkRows, false, 7},
-      {"map: load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
-      // What the cooperative launch costs: no spin with COOP (load 7), without COOP behind route_zero (load 1 + the
-      // ISSUELAST bit = load 3 + PDL), and without either (no route_zero: stale counts, timing only).
-      {"map: load 7 - no spin (COOP)", true, 16, 2, 4, 16, kMoeRunNoWait, false, 7},
-      {"map: load 1+ISSUELAST - no spin (route_zero + PDL)", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunNoWait, false,
-       1},
-      {"map: load 1+ISSUELAST - no spin, no route_zero", true, 16, 2, 4, 16, kMoeRunIssueLast | kMoeRunNoZero, false, 1},
-      {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
+      {"map: load 1+IL - no spin, no route_zero", true, 16, 2, 4, 16, kIL | kMoeRunNoZero, false, 1},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
       {"no map: load 3 + BIASPRE + BULKST", false, 16, 2, 0, 16, kBiasPre | kBulkSt, true, 3},
       {"no map: tpt 8 x 8w load 3", false, 8, 4, 0, 8, 0, true, 3},
-      {"no map: tpt 8 x 16w load 3", false, 16, 4, 0, 8, 0, true, 3},
+      {"no map: tpt 8 x 8w load 3 + BIASPRE + BULKST", false, 8, 4, 0, 8, kBiasPre | kBulkSt, true, 3},
   };
 
 
@@ -201,7 +194,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunCoop | kWaitEarly | kCountW, kMoeRunIssueLast | kMoeRunApprox | kPersist,
                      kPersist | kCountW | kBulkSt | kBiasPre | kMoeRunApprox,
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload | kS9All}) {
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload | kS9All,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kNoFence,
+                     kMoeRunIssueLast | kMoeRunCoop | kNoFence | kBulkSt,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kBulkSt,
+                     kMoeRunIssueLast | kPersist | kNoFence | kBiasPre}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -211,7 +208,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
       // 8 threads per token (search-space points at fill 4 only): the default's options, and with session 9's.
       if (fill == 4)
         for (int w : {8, 16})
-          for (int v : {0, kCountW | kBulkSt | kBiasPre}) cands.push_back({"tpt 8", true, w, 4, 4, 8, v, true, 7});
+          for (int v : {0, kCountW | kBulkSt | kBiasPre, kNoFence | kBulkSt})
+            cands.push_back({"tpt 8", true, w, 4, 4, 8, v, true, 7});
       for (const RouteCfg& c : cands) {
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " warps " + std::to_string(c.warps) +
                      " tpt " + std::to_string(c.tpt) + " variant " + std::to_string(c.variant) + " load " +
@@ -240,13 +238,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"run 16w fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"load 7 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 7},
-      {"load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
-      {"load 7 + WAITEARLY + COUNTW", true, 16, 2, 4, 16, kWaitEarly | kCountW, true, 7},
-      {"load 7 + all four", true, 16, 2, 4, 16, kS9All, true, 7},
-      {"tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
-      {"load 1+ISSUELAST + PERSIST", true, 16, 2, 4, 16, kMoeRunIssueLast | kPersist, true, 1},
+      {"load 7 + NOFENCE", true, 16, 2, 4, 16, kNoFence, true, 7},
       {"load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
+      {"load 1+IL + PERSIST", true, 16, 2, 4, 16, kIL | kPersist, true, 1},
+      {"load 1+IL + PERSIST + NOFENCE + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kNoFence | kBulkSt, true, 1},
+      {"tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
   };
 
 
