@@ -73,17 +73,17 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
-// 9's options 8 WAITEARLY, 16 COUNTW, 32 BULKST, 64 BIASPRE, 128 PRELOAD (with 4), 256 PERSIST (not with 4) — and the
-// measurement variant bits of the unnamed config field 5.
+// 9's options 8 WAITEARLY, 16 COUNTW, 32 BULKST, 64 BIASPRE, 128 PRELOAD (with 4), 256 PERSIST (not with 4), 512
+// NOFENCE (with 4 or 256) — and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWaitEarly = 8, kRunCountW = 16, kRunBulkSt = 32,
-              kRunBiasPre = 64, kRunPreload = 128, kRunPersist = 256;
+              kRunBiasPre = 64, kRunPreload = 128, kRunPersist = 256, kRunNoFence = 512;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},       {kRunIssueLast, kMoeRunIssueLast},
                                            {kRunCoop, kMoeRunCoop},           {kRunWaitEarly, kMoeRunWaitEarly},
                                            {kRunCountW, kMoeRunCountWarp},    {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre},     {kRunPreload, kMoeRunPreload},
-                                           {kRunPersist, kMoeRunPersist}};
+                                           {kRunPersist, kMoeRunPersist},     {kRunNoFence, kMoeRunNoFence}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -606,6 +606,16 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       if (NS > 32) {  // (PRELOAD: one ballot of superblock counters)
         s.config[C_VARIANT] &= ~kMoeRunPreload;
         s.config[C_LOAD] &= ~kRunPreload;
+      }
+      if (map && (run_bits(s) & kMoeRunPersist)) {
+        // PERSIST's per-stream state must not be baked into a graph (a replay on another stream would share it with
+        // the calls on this one): while the stream captures, the cooperative launch instead.
+        CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
+        check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
+        if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
+          s.config[C_VARIANT] &= ~kMoeRunPersist;
+          s.config[C_LOAD] = (s.config[C_LOAD] & ~kRunPersist) | kRunCoop | kRunIssueLast;
+        }
       }
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
       const bool persist = map && !coop && (run_bits(s) & kMoeRunPersist);  // (per-stream rows, zeroed by the calls)
