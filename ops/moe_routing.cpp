@@ -636,7 +636,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.map = cm;
       a.arrive = arrive;
       if (persist) {
-        const RouteState rs = route_state(impl, stream, (NS + NC) * E);  // (NOFENCE: the chunk rows there too)
+        // (NOFENCE: the chunk rows there too; PRELOAD: the superblock counters after them)
+        const RouteState rs = route_state(impl, stream, (NS + NC) * E + 64);
         a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
         a.super = rs.rows;
         a.map.super = rs.rows;  // (the kernel picks the call's half)

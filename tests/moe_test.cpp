@@ -413,7 +413,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                 kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunCountWarp | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunPreload | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunNoFence | kMoeRunBulkStore | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunPersist | kMoeRunNoFence | kMoeRunBiasPre}) {
+                kMoeRunIssueLast | kMoeRunPersist | kMoeRunNoFence | kMoeRunBiasPre,
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunNoFence | kMoeRunPreload | kMoeRunTrace}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;

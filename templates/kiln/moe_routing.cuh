@@ -1065,11 +1065,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // no cooperative launch. par (the arrival word's top bit at the start, read by thread 0 into smisc[1]) picks the
   // half of the superblock rows this call adds into; it zeroes the other half for the next call.
   constexpr bool PERSIST = MAP && (V & kMoeRunPersist) != 0;
-  // PRELOAD (moe_routing_args.h kMoeRunPreload): per-superblock arrival counters (COOP zeroes them with the rows).
-  constexpr bool PRELOAD = COOP && (V & kMoeRunPreload) != 0;
   // NOFENCE (moe_routing_args.h kMoeRunNoFence): self-validating count words, a relaxed arrival.
   constexpr bool NOFENCE = MAP && (COOP || PERSIST) && (V & kMoeRunNoFence) != 0;
-  static_assert(!(NOFENCE && (PRELOAD || (V & kMoeRunCountWarp))), "NOFENCE: not with PRELOAD or COUNTW");
+  static_assert(!(NOFENCE && (V & kMoeRunCountWarp)), "NOFENCE: not with COUNTW");
+  // PRELOAD (moe_routing_args.h kMoeRunPreload): per-superblock arrival counters (COOP zeroes them with the rows;
+  // PERSIST with NOFENCE keeps them in the call's half, after the chunk rows).
+  constexpr bool PRELOAD = (COOP || (PERSIST && NOFENCE)) && (V & kMoeRunPreload) != 0;
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1738,12 +1739,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
   const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
-  u32* const sbc = reinterpret_cast<u32*>(a.super + nsup * E);  // PRELOAD: the superblock counters; NOFENCE: the count
+  // PRELOAD: the superblock counters; NOFENCE with COOP: the arrival count.
+  u32* const sbc = reinterpret_cast<u32*>(PERSIST ? superp + static_cast<i64>(nsup + a.map.nchunks) * E
+                                                  : a.super + nsup * E);
   // NOFENCE with PERSIST: the chunk rows after the superblock rows in the call's half (zeroed by the previous call).
   int* const chunkp = PERSIST && NOFENCE ? superp + nsup * E : a.chunk_counts;
   auto arrive_release = [&] {  // (one thread)
     if constexpr (PRELOAD) {
-      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
+      if constexpr (NOFENCE) {
+        asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
+        if constexpr (PERSIST) {
+          // (the arrival word still counts the CTAs, nobody waits on it: its top bit, the next call's parity, flips
+          // once every CTA has read this call's)
+          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+          asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(a.arrive), "r"(nb) : "memory");
+        }
+      } else {
+        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
+      }
     } else if constexpr (COOP || PERSIST) {
       const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
       asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;"
@@ -1887,6 +1900,84 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         u32 done = 0;
         if (nsup > 32) __trap();  // (the host gives PRELOAD ≤ 32 superblocks: one ballot)
         __syncwarp();             // (thread 0's arrival before warp 0's first poll)
+        if constexpr (NOFENCE) {
+          // Relaxed counters and self-validating words: a thread takes a superblock's word once it is complete
+          // (high half = the superblock's chunks), its chunk rows once all are (high half 1), and loads again what
+          // was not; the CTA goes on until every thread has everything.
+          auto ldr = [](const int* p) {
+            u32 v;
+            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+            return v;
+          };
+          u32 got[EB];
+          bool gotc[EB];
+#pragma unroll
+          for (int k = 0; k < EB; ++k) {
+            got[k] = 0;
+            gotc[k] = ncr == 0;
+          }
+          for (u32 it = 0;; ++it) {
+            if (warp == 0) {
+              u32 w = 0;
+              if (lane < nsup) w = ldr(reinterpret_cast<const int*>(sbc + lane));
+              const int cin = min(SCn, a.map.nchunks - lane * SCn);
+              const u32 cmask = __ballot_sync(ALL, lane < nsup && w == static_cast<u32>(cin));
+              if (lane == 0) pm[it & 1] = cmask;
+            }
+            __syncthreads();
+            const u32 cmk = pm[it & 1];
+            bool fin = true;
+#pragma unroll
+            for (int k = 0; k < EB; ++k) {
+              const int e = threadIdx.x * EB + k;
+              if (e >= E) continue;
+              const u32 need = cmk & ~got[k];
+              if (need) {
+#pragma unroll 1
+                for (int rb = 0; rb < nsup; rb += BR) {
+                  u32 vs[BR];
+#pragma unroll
+                  for (int j = 0; j < BR; ++j)
+                    vs[j] = (need >> (rb + j)) & 1u ? ldr(superp + static_cast<i64>(rb + j) * E + e) : 0u;
+#pragma unroll
+                  for (int j = 0; j < BR; ++j) {
+                    const int sj = rb + j;
+                    if (((need >> sj) & 1u) &&
+                        (vs[j] >> 16) == static_cast<u32>(min(SCn, a.map.nchunks - sj * SCn))) {
+                      got[k] |= 1u << sj;
+                      tot[k] += static_cast<int>(vs[j] & 0xffffu);
+                      pre[k] += sj < sb ? static_cast<int>(vs[j] & 0xffffu) : 0;
+                    }
+                  }
+                }
+              }
+              if (!gotc[k] && ((cmk >> sb) & 1u)) {
+                int cs = 0;
+                bool ok = true;
+#pragma unroll 1
+                for (int rb = 0; rb < ncr; rb += BR) {
+                  u32 vc[BR];
+#pragma unroll
+                  for (int j = 0; j < BR; ++j)
+                    vc[j] = j < ncr - rb ? ldr(chunkp + (static_cast<i64>(sb) * SCn + rb + j) * E + e) : 0x10000u;
+#pragma unroll
+                  for (int j = 0; j < BR; ++j) {
+                    ok &= (vc[j] >> 16) == 1u;
+                    cs += static_cast<int>(vc[j] & 0xffffu);
+                  }
+                }
+                if (ok) {
+                  gotc[k] = true;
+                  pre[k] += cs;
+                }
+              }
+              fin &= got[k] == all && gotc[k];
+            }
+            if (__syncthreads_and(fin)) break;
+            if (it == (1u << 24)) __trap();
+            __nanosleep(32);
+          }
+        } else {
         for (u32 it = 0;; ++it) {
           if (warp == 0) {
             u32 w = 0;
@@ -1931,6 +2022,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if (done == all) break;
           if (it == (1u << 24)) __trap();
           __nanosleep(32);
+        }
         }
         stamp0(kMoeRunTrWaited);
         moe_chunk_bases_finish<E, NTH>(cm, blockIdx.x, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot),

@@ -101,6 +101,9 @@ TEST_F(MoeRouteMeasure, Ablation) {
        kIL | kPersist | kNoFence | kBulkSt | kBiasPre, true, 1},
       {"map: load 1+IL + PERSIST + NOFENCE + BULKST fill 3", true, 16, 2, 3, 16, kIL | kPersist | kNoFence | kBulkSt, true,
        1},
+      {"map: load 7 + NOFENCE + PRELOAD", true, 16, 2, 4, 16, kNoFence | kPreload, true, 7},
+      {"map: load 1+IL + PERSIST + NOFENCE + PRELOAD + BULKST", true, 16, 2, 4, 16,
+       kIL | kPersist | kNoFence | kPreload | kBulkSt, true, 1},
       {"map: tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
       {"map: tpt 8 x 16w load 7", true, 16, 4, 4, 8, 0, true, 7},
       {"map: tpt 8 x 8w load 7 + NOFENCE + BULKST", true, 8, 4, 4, 8, kNoFence | kBulkSt, true, 7},
@@ -198,7 +201,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kNoFence,
                      kMoeRunIssueLast | kMoeRunCoop | kNoFence | kBulkSt,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kBulkSt,
-                     kMoeRunIssueLast | kPersist | kNoFence | kBiasPre}) {
+                     kMoeRunIssueLast | kPersist | kNoFence | kBiasPre,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kNoFence | kPreload,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kPreload | kBulkSt}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -242,6 +247,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
       {"load 1+IL + PERSIST", true, 16, 2, 4, 16, kIL | kPersist, true, 1},
       {"load 1+IL + PERSIST + NOFENCE + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kNoFence | kBulkSt, true, 1},
+      {"load 1+IL + PERSIST + NOFENCE + PRELOAD + BULKST", true, 16, 2, 4, 16,
+       kIL | kPersist | kNoFence | kPreload | kBulkSt, true, 1},
       {"tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
   };
 
