@@ -69,7 +69,7 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
   return layout && GS >= 2 && K <= 2 * TG;
 }
-bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] != 0; }
+bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
@@ -196,7 +196,10 @@ void set_warp_default(Specialization& s, bool map) {
 // (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — with the row copies issued by its last warp before the first CTA
 // barrier and one cooperative launch without route_zero (`load` 2 | 4; session 8 round 3, same process: 18.45 µs
 // against 19.23 for load 0 and 19.78 for the warp kernel), and with a bias the selection on approximate keys
-// (`load` | 1; round 4, same process: 18.30 against 18.48). Where its grid does not fit at once (T = 65536) the op
+// (`load` | 1; round 4, same process: 18.30 against 18.48). Session 9: no cooperative launch and no route_zero but a
+// per-stream arrival word and superblock rows (PERSIST, `load` 256; COOP measured at ≈ 1.1 µs over a plain launch),
+// the prob / map rows by bulk async copies (`load` 32): round 2, same process, 17.78 against 18.35 for load 7 (the
+// cooperative launch stays the fallback while a stream captures a graph). Where its grid does not fit at once (T = 65536) the op
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
 // kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
@@ -208,7 +211,7 @@ void set_route_default(Specialization& s) {
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
     s.config[C_FILL] = kFusedFillLate;
-    s.config[C_LOAD] = kRunIssueLast | kRunCoop | (s.params[P_BIAS] ? kRunApprox : 0);
+    s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | (s.params[P_BIAS] ? kRunApprox : 0);
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -309,21 +312,26 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       }
     }
-    // 8 threads per token (4 tokens a warp; session 9): with the approximate keys the per-expert work is small and the
-    // per-token work (groups, candidates, ranks, rows) is shared by half as many threads, so a token costs fewer warp
-    // instructions; 32 or 64 tokens a CTA, the default's options (load 7 with the map, 3 without; 6 / 2 without a
-    // bias), −1 rows after the arrival.
-    if (base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 8)) {
-      const int load = kRunIssueLast | (map ? kRunCoop : 0) | (base.params[P_BIAS] ? kRunApprox : 0);
-      for (int w : {8, 16}) {
-        s.config[C_WARPS] = w;
-        s.config[C_TPW] = 4;
-        s.config[C_FILL] = map ? kFusedFillLate : kFillInRoute;
+    // Session 9's options on the CTA-run kernel at 16 warps, fill 4 (with the map): PERSIST + BULKST (the default with
+    // a bias, 291; 290 without), + BIASPRE (with a bias), and the previous default load 7 (6 without a bias).
+    if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
+      const int ap = base.params[P_BIAS] ? kRunApprox : 0;
+      for (int load : {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre,
+                       kRunIssueLast | kRunCoop | ap}) {
+        if ((load & kRunBiasPre) && !ap) continue;
+        s.config[C_WARPS] = 16;
+        s.config[C_TPW] = 2;
+        s.config[C_FILL] = kFusedFillLate;
         s.config[C_LOAD] = load;
-        s.config[C_TPT] = 8;
-        if (s.config != dflt) out.push_back(s);
+        s.config[C_TPT] = 16;
+        if (s.config != dflt && std::find_if(out.begin(), out.end(), [&](const Specialization& o) {
+                                  return o.config == s.config;
+                                }) == out.end())
+          out.push_back(s);
       }
     }
+    // (8 threads per token came back in session 9 round 2 — 18.88 µs at 8 warps, 20.19 at 16 against 18.35 for the
+    // default: slower again, with 96 registers and 16 warps an SM — and went out of the space again.)
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;

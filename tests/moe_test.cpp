@@ -309,8 +309,8 @@ std::vector<detail::Specialization> ling_like_routing_specs(const detail::Family
 
 // The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
 // 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
-// after it; fill 0 without; and 8 threads per token at the default's options), not in the softmax ones, and is the
-// default with the map; its points compile (with the map: 32
+// after it; fill 0 without; and the session-9 options), not in the softmax ones, and is the default with the map; its
+// points compile (with the map: 32
 // warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
 // spans 2 threads; without: no groups, no bias).
 TEST(MoeCompile, CtaRunKernelPoints) {
@@ -335,17 +335,18 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3, 2 | 4
-  // and 1 at fill 3 / 4; tpt 8 with 8 / 16 warps at the default's options (load 7, fill 4).
+  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
+  // and 1 at fill 3 / 4, and at fill 4 the session-9 default + BIASPRE (355).
   ASSERT_EQ(with_map.size(), 14u);
   // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
-  // warp in one cooperative launch, approximate keys (load 7: the first point of the space; session 7 rounds 3 and 5,
-  // session 8 rounds 3 and 4); without it the warp kernel.
+  // warp, approximate keys, per-stream arrival word and superblock rows instead of the cooperative launch, prob / map
+  // rows by bulk copies (load 1 | 2 | 32 | 256 = 291: the first point of the space; session 9 round 2); without it
+  // the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
   EXPECT_EQ(specs[0].config[2], 4);
-  EXPECT_EQ(specs[0].config[3], 7);
+  EXPECT_EQ(specs[0].config[3], 291);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt, int load) {
@@ -356,16 +357,13 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1),
-                        find(8, 4, 8, 7), find(16, 4, 8, 7)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 291), find(16, 4, 16, 7), find(16, 5, 16, 0),
+                        find(16, 4, 16, 1), find(16, 4, 16, 355)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
   // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys
-  // (1); tpt 8 with 8 / 16 warps at load 3
-  ASSERT_EQ(without.size(), 7u);
-  EXPECT_EQ(without[5].config[4], 8);
-  EXPECT_EQ(without[5].config[3], 3);
-  EXPECT_GT(detail::ensure_cubin(without[5], nullptr, false, counters).cubin.size(), 1000u) << without[5].describe();
+  // (1)
+  ASSERT_EQ(without.size(), 5u);
   EXPECT_EQ(without[0].config[2], 0);
   EXPECT_EQ(without[2].config[3], 3);
   EXPECT_EQ(without[3].config[3], 2);
@@ -414,7 +412,9 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunPreload | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunNoFence | kMoeRunBulkStore | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunPersist | kMoeRunNoFence | kMoeRunBiasPre,
-                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunNoFence | kMoeRunPreload | kMoeRunTrace}) {
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunNoFence | kMoeRunPreload | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunBulkStore | kMoeRunWarpPad | kMoeRunFillTma |
+                    kMoeRunTrace}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;

@@ -448,12 +448,12 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
-template <int E, int NTH, class AfterLoads>
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 // SKIP (measurement only, wrong outputs): 1 loads no superblock rows, 2 no chunk rows (zeros instead).
-template <int E, int NTH, class AfterLoads = MoeNoStamp, int SKIP = 0>
+template <int E, int NTH, class AfterLoads = MoeNoStamp, int SKIP = 0, bool WARPPAD = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
@@ -490,11 +490,11 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
-  moe_chunk_bases_finish<E, NTH>(m, c, tot, pre, base, warp_tot, after_loads);
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads>
+template <int E, int NTH, class AfterLoads, bool WARPPAD>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads) {
@@ -515,7 +515,20 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
       base[e] = off + pre[k];
-      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets, m.row_id_indices, m.num_out);
+      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
+                         WARPPAD ? nullptr : m.row_id_indices, m.num_out);
+    }
+    if constexpr (WARPPAD) {
+      // The padding rows of this CTA's experts (e % grid == c), a lane a row (k is uniform over the warp).
+      if (m.row_id_indices) {
+        u32 mm = __ballot_sync(0xffffffffu, e < E && e % gridDim.x == c);
+        while (mm) {
+          const int src = __ffs(mm) - 1;
+          mm &= mm - 1u;
+          const int r0 = __shfl_sync(0xffffffffu, off + tot[k], src), r1 = __shfl_sync(0xffffffffu, off + pc[k], src);
+          for (int r = r0 + (threadIdx.x & 31); r < r1 && r < m.num_out; r += 32) m.row_id_indices[r] = -1;
+        }
+      }
     }
     off += pc[k];
   }
@@ -1071,13 +1084,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // PRELOAD (moe_routing_args.h kMoeRunPreload): per-superblock arrival counters (COOP zeroes them with the rows;
   // PERSIST with NOFENCE keeps them in the call's half, after the chunk rows).
   constexpr bool PRELOAD = (COOP || (PERSIST && NOFENCE)) && (V & kMoeRunPreload) != 0;
+  // WARPPAD, FILLTMA (moe_routing_args.h kMoeRunWarpPad, kMoeRunFillTma).
+  constexpr bool WARPPAD = MAP && (V & kMoeRunWarpPad) != 0;
+  constexpr bool FILLTMA = MAP && FM == 4 && (V & kMoeRunFillTma) != 0;
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
-  // (4 threads per token were measured slower in every round of session 7 and removed; 8 came back in session 9 with
-  // the approximate keys: fewer warp instructions a token.)
-  static_assert((TPT == 16 || TPT == 8) && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
+  // (4 and 8 threads per token were measured slower in every round of session 7, and 8 again in session 9 round 2
+  // with the approximate keys; the layout code keeps TPT general.)
+  static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
   static_assert(G == 1 ? K <= 2 * TPT
                        : ((EPT % GS == 0 || (GS % EPT == 0 && (SPAN & (SPAN - 1)) == 0)) && GS >= 2 && K <= 2 * TG &&
                           TG <= G),
@@ -1245,7 +1261,29 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (NOFILL) return;
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
-    for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
+    if constexpr (FILLTMA) {
+      // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
+      // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
+      constexpr int FB = 4096;
+      u8* fb = reinterpret_cast<u8*>(list);
+      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
+      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        const i64 bytes = static_cast<i64>(nct) * E * 4;
+        for (i64 o = 0; o < bytes; o += FB) {
+          const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
+          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(
+                           reinterpret_cast<u8*>(rr) + o),
+                       "r"(smem_u32(fb)), "r"(nb)
+                       : "memory");
+        }
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      }
+    } else {
+      for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
+    }
   };
   if constexpr (MAP && !LATE) {
     fill_rows();
@@ -1822,6 +1860,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
+    if constexpr (PERSIST) {
+      // The other half for the next call on the stream, whole (the previous call used it, perhaps with more
+      // superblock rows than this one; it has completed), while the CTA waits for the others.
+      int* other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
+      for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
+        store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
+    }
     if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
@@ -1885,6 +1930,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
+      if constexpr (FILLTMA) {
+        // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
+        // barriers order the puts after this).
+        if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+      }
       if constexpr (PRELOAD) {
         // Warp 0 polls the superblock counters (acquire) and publishes which superblocks are complete (double-
         // buffered by iteration: one CTA barrier a round); every expert thread then loads the rows of the newly
@@ -2025,8 +2075,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
         }
         stamp0(kMoeRunTrWaited);
-        moe_chunk_bases_finish<E, NTH>(cm, blockIdx.x, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot),
-                                       loaded);
+        moe_chunk_bases_finish<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, tot, pre, base,
+                                                                  reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       } else if constexpr (NOFENCE) {
         // The words (relaxed loads, all in flight together), again while any of the CTA's is incomplete.
         constexpr int EB = (E + NTH - 1) / NTH, BR = 16;
@@ -2071,11 +2121,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if (it == (1u << 22)) __trap();
           __nanosleep(64);
         }
-        moe_chunk_bases_finish<E, NTH>(cm, blockIdx.x, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot),
-                                       loaded);
+        moe_chunk_bases_finish<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, tot, pre, base,
+                                                                  reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       } else {
         moe_chunk_bases<E, NTH, decltype(loaded),
-                        ((V & kMoeRunNoSuperRows) ? 1 : 0) | ((V & kMoeRunNoChunkRows) ? 2 : 0)>(
+                        ((V & kMoeRunNoSuperRows) ? 1 : 0) | ((V & kMoeRunNoChunkRows) ? 2 : 0), WARPPAD>(
             cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       }
       stamp0(kMoeRunTrBases);
@@ -2089,14 +2139,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       stamp0(kMoeRunTrPut);
     }
   }
-  if constexpr (PERSIST) {
-    // The other half for the next call on the stream, whole (the previous call used it, perhaps with more superblock
-    // rows than this one; it has completed).
-    int* other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
-    for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
-      store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
-  }
-  if constexpr (BULKST) {
+  if constexpr (BULKST || FILLTMA) {
     if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // (the rows' shared memory)
   }
   if constexpr (TRACE) {

@@ -108,6 +108,13 @@ enum : int {
   // outstanding stores: session 9 round 1.) With COOP each CTA zeroes its own chunk row before the first grid barrier;
   // with PERSIST the chunk rows are in the per-stream halves too.
   kMoeRunNoFence = 4194304,
+  // WARPPAD (a candidate, outputs exact): the bases' −1 entries of the inverse list for the padding rows written by a
+  // warp (a lane a row) instead of a loop of the expert's one thread before the bases' last CTA barrier.
+  kMoeRunWarpPad = 8388608,
+  // FILLTMA (a candidate with fill 4, outputs exact): the −1 rows of row_id_map after the arrival by bulk async copies
+  // from a shared row of −1 (one thread issues them) instead of 16-byte stores by every thread: the release of the
+  // other CTA on the SM no longer waits behind them (round 1: without the fill its arrival came ≈ 0.6 µs earlier).
+  kMoeRunFillTma = 16777216,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

@@ -82,40 +82,25 @@ class MoeRouteMeasure : public GpuTest {
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
 constexpr int kWaitEarly = kMoeRunWaitEarly, kCountW = kMoeRunCountWarp, kBulkSt = kMoeRunBulkStore,
               kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre, kPersist = kMoeRunPersist,
-              kPreload = kMoeRunPreload, kNoFence = kMoeRunNoFence, kIL = kMoeRunIssueLast;
+              kPreload = kMoeRunPreload, kNoFence = kMoeRunNoFence, kIL = kMoeRunIssueLast, kWarpPad = kMoeRunWarpPad,
+              kFillTma = kMoeRunFillTma;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: run fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: load 7 + BULKST", true, 16, 2, 4, 16, kBulkSt, true, 7},
-      {"map: load 7 + NOFENCE", true, 16, 2, 4, 16, kNoFence, true, 7},
-      {"map: load 7 + NOFENCE + BULKST", true, 16, 2, 4, 16, kNoFence | kBulkSt, true, 7},
-      {"map: load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
-      {"map: load 7 + PRELOAD + BULKST", true, 16, 2, 4, 16, kPreload | kBulkSt, true, 7},
-      {"map: load 1+IL + PERSIST", true, 16, 2, 4, 16, kIL | kPersist, true, 1},
-      {"map: load 1+IL + PERSIST + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kBulkSt, true, 1},
-      {"map: load 1+IL + PERSIST + NOFENCE", true, 16, 2, 4, 16, kIL | kPersist | kNoFence, true, 1},
-      {"map: load 1+IL + PERSIST + NOFENCE + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kNoFence | kBulkSt, true, 1},
-      {"map: load 1+IL + PERSIST + NOFENCE + BULKST + BIASPRE", true, 16, 2, 4, 16,
-       kIL | kPersist | kNoFence | kBulkSt | kBiasPre, true, 1},
-      {"map: load 1+IL + PERSIST + NOFENCE + BULKST fill 3", true, 16, 2, 3, 16, kIL | kPersist | kNoFence | kBulkSt, true,
-       1},
-      {"map: load 7 + NOFENCE + PRELOAD", true, 16, 2, 4, 16, kNoFence | kPreload, true, 7},
-      {"map: load 1+IL + PERSIST + NOFENCE + PRELOAD + BULKST", true, 16, 2, 4, 16,
-       kIL | kPersist | kNoFence | kPreload | kBulkSt, true, 1},
-      {"map: tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
-      {"map: tpt 8 x 16w load 7", true, 16, 4, 4, 8, 0, true, 7},
-      {"map: tpt 8 x 8w load 7 + NOFENCE + BULKST", true, 8, 4, 4, 8, kNoFence | kBulkSt, true, 7},
-      {"map: load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
-      {"map: load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
-      {"map: load 7 - bases without superblock rows", true, 16, 2, 4, 16, kMoeRunNoSuperRows, false, 7},
-      {"map: load 7 - bases without chunk rows", true, 16, 2, 4, 16, kMoeRunNoChunkRows, false, 7},
-      {"map: load 1+IL - no spin, no route_zero", true, 16, 2, 4, 16, kIL | kMoeRunNoZero, false, 1},
+      {"map: load 291 (default: PERSIST + BULKST)", true, 16, 2, 4, 16, 0, true, 291},
+      {"map: load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"map: 291 + WARPPAD", true, 16, 2, 4, 16, kWarpPad, true, 291},
+      {"map: 291 + FILLTMA", true, 16, 2, 4, 16, kFillTma, true, 291},
+      {"map: 291 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 291},
+      {"map: 355 (291 + BIASPRE)", true, 16, 2, 4, 16, 0, true, 355},
+      {"map: 355 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 355},
+      {"map: 291 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 291},
+      {"map: 291 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 291},
+      {"map: 291 - no tail", true, 16, 2, 4, 16, kNoTail, false, 291},
+      {"map: 291 - no spin", true, 16, 2, 4, 16, kMoeRunNoWait, false, 291},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
       {"no map: load 3 + BIASPRE + BULKST", false, 16, 2, 0, 16, kBiasPre | kBulkSt, true, 3},
-      {"no map: tpt 8 x 8w load 3", false, 8, 4, 0, 8, 0, true, 3},
-      {"no map: tpt 8 x 8w load 3 + BIASPRE + BULKST", false, 8, 4, 0, 8, kBiasPre | kBulkSt, true, 3},
   };
 
 
@@ -203,18 +188,15 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kBulkSt,
                      kMoeRunIssueLast | kPersist | kNoFence | kBiasPre,
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kNoFence | kPreload,
-                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kPreload | kBulkSt}) {
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kPreload | kBulkSt,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma, kWarpPad,
+                     kMoeRunIssueLast | kMoeRunCoop | kFillTma}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
         c.load = (vl & kMoeRunApprox) ? 1 : 0;
         cands.push_back(c);
       }
-      // 8 threads per token (search-space points at fill 4 only): the default's options, and with session 9's.
-      if (fill == 4)
-        for (int w : {8, 16})
-          for (int v : {0, kCountW | kBulkSt | kBiasPre, kNoFence | kBulkSt})
-            cands.push_back({"tpt 8", true, w, 4, 4, 8, v, true, 7});
       for (const RouteCfg& c : cands) {
         SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " warps " + std::to_string(c.warps) +
                      " tpt " + std::to_string(c.tpt) + " variant " + std::to_string(c.variant) + " load " +
@@ -242,14 +224,10 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"run 16w fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"load 7 + NOFENCE", true, 16, 2, 4, 16, kNoFence, true, 7},
-      {"load 7 + PRELOAD", true, 16, 2, 4, 16, kPreload, true, 7},
-      {"load 1+IL + PERSIST", true, 16, 2, 4, 16, kIL | kPersist, true, 1},
-      {"load 1+IL + PERSIST + NOFENCE + BULKST", true, 16, 2, 4, 16, kIL | kPersist | kNoFence | kBulkSt, true, 1},
-      {"load 1+IL + PERSIST + NOFENCE + PRELOAD + BULKST", true, 16, 2, 4, 16,
-       kIL | kPersist | kNoFence | kPreload | kBulkSt, true, 1},
-      {"tpt 8 x 8w load 7", true, 8, 4, 4, 8, 0, true, 7},
+      {"load 291 (default)", true, 16, 2, 4, 16, 0, true, 291},
+      {"load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"291 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 291},
+      {"355 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 355},
   };
 
 
