@@ -313,15 +313,18 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       }
     }
     // Session 9's options on the CTA-run kernel at 16 warps, fill 4 (with the map): PERSIST + BULKST (the default with
-    // a bias, 291; 290 without), + BIASPRE (with a bias), and the previous default load 7 (6 without a bias).
+    // a bias, 291; 290 without), + BIASPRE (with a bias), the previous default load 7 (6 without a bias); and the
+    // default's options at fill 3.
     if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
       const int ap = base.params[P_BIAS] ? kRunApprox : 0;
-      for (int load : {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre,
-                       kRunIssueLast | kRunCoop | ap}) {
+      for (auto [load, fill] : {std::pair{kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
+                                {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
+                                {kRunIssueLast | kRunCoop | ap, kFusedFillLate},
+                                {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillAfter}}) {
         if ((load & kRunBiasPre) && !ap) continue;
         s.config[C_WARPS] = 16;
         s.config[C_TPW] = 2;
-        s.config[C_FILL] = kFusedFillLate;
+        s.config[C_FILL] = fill;
         s.config[C_LOAD] = load;
         s.config[C_TPT] = 16;
         if (s.config != dflt && std::find_if(out.begin(), out.end(), [&](const Specialization& o) {

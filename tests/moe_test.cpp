@@ -336,8 +336,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   };
   const auto with_map = run_points_of(specs[0]);
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
-  // and 1 at fill 3 / 4, and at fill 4 the session-9 default + BIASPRE (355).
-  ASSERT_EQ(with_map.size(), 14u);
+  // and 1 at fill 3 / 4, and at fill 4 the session-9 default + BIASPRE (355), at fill 3 the default's options (291).
+  ASSERT_EQ(with_map.size(), 15u);
   // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
   // warp, approximate keys, per-stream arrival word and superblock rows instead of the cooperative launch, prob / map
   // rows by bulk copies (load 1 | 2 | 32 | 256 = 291: the first point of the space; session 9 round 2); without it
@@ -414,7 +414,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
                 kMoeRunIssueLast | kMoeRunPersist | kMoeRunNoFence | kMoeRunBiasPre,
                 kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunNoFence | kMoeRunPreload | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunBulkStore | kMoeRunWarpPad | kMoeRunFillTma |
-                    kMoeRunTrace}) {
+                    kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillTma}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;
@@ -425,6 +426,11 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
     EXPECT_NE(name.find(", " + std::to_string(v) + ">"), std::string::npos) << name;
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << name;
   }
+  // FILLTMA at fill 3 (the copy-issuing warp queues the −1 rows behind the row copies) on the default's options.
+  detail::Specialization f3 = specs[0];
+  f3.config[2] = 3;
+  f3.config[5] = kMoeRunFillTma | kMoeRunWarpPad;
+  EXPECT_GT(detail::ensure_cubin(f3, nullptr, false, counters).cubin.size(), 1000u) << f3.describe();
 }
 
 // ---- argument errors ------------------------------------------------------------------------------------------

@@ -1065,6 +1065,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
   static_assert(!COOP || ISSUE0, "COOP: with the copies issued before the first CTA barrier");
+  static_assert(!(MAP && FM == 3 && (V & kMoeRunFillTma)) || ISSUE0, "FILLTMA at fill 3: by the copy-issuing warp");
   // Session 9 candidates (outputs exact): WAITEARLY (COOP with ISSUE0: thread CT checks the first grid barrier before
   // the loop barrier, as soon as its warp is done, instead of after it), COUNTW (the counts, the chunk row, the
   // superblock adds and the arrival by warp 0 alone: no CTA barrier before the arrival, and the release follows only
@@ -1086,7 +1087,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool PRELOAD = (COOP || (PERSIST && NOFENCE)) && (V & kMoeRunPreload) != 0;
   // WARPPAD, FILLTMA (moe_routing_args.h kMoeRunWarpPad, kMoeRunFillTma).
   constexpr bool WARPPAD = MAP && (V & kMoeRunWarpPad) != 0;
-  constexpr bool FILLTMA = MAP && FM == 4 && (V & kMoeRunFillTma) != 0;
+  constexpr bool FILLTMA = MAP && (FM == 3 || FM == 4) && (V & kMoeRunFillTma) != 0;
+  constexpr bool FILLTMA3 = FILLTMA && FM == 3;
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1216,7 +1218,29 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if (warp == SW) {
       __syncwarp();
       asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
+      if constexpr (FILLTMA3 && !NOFILL) {
+        u8* fb = run_smem + L.fillb;
+        for (int q = lane; q < 4096 / 16; q += 32)
+          sts16(smem_u32(fb + 16 * q), Vec16{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}});
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncwarp();
+      }
       issue_rows();
+      if constexpr (FILLTMA3 && !NOFILL) {
+        // The CTA's −1 rows of row_id_map behind its row copies in the copy engine's queue (waited for by this
+        // thread before the loop barrier: the routed entries go on top of them after it).
+        if (lane == 0) {
+          const i64 bytes = static_cast<i64>(nct) * E * 4;
+          u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
+          for (i64 o = 0; o < bytes; o += 4096) {
+            const u32 nb = static_cast<u32>(bytes - o < 4096 ? bytes - o : 4096);
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o),
+                         "r"(smem_u32(run_smem + L.fillb)), "r"(nb)
+                         : "memory");
+          }
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
+      }
       __syncwarp();
       named_barrier_sync(2, NTH);
     } else {
@@ -1261,7 +1285,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (NOFILL) return;
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
-    if constexpr (FILLTMA) {
+    if constexpr (FILLTMA3) {
+      // (the copy-issuing warp has queued them behind the row copies)
+    } else if constexpr (FILLTMA) {
       // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
       // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
       constexpr int FB = 4096;
@@ -1764,6 +1790,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   };
   if constexpr (WAITEARLY) coop_first_wait();
+  if constexpr (FILLTMA3 && !NOFILL) {
+    if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+  }
   __syncthreads();
   stamp0(kMoeRunTrLoopDone);
   if constexpr (WAITEARLY) {

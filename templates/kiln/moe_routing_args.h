@@ -111,9 +111,11 @@ enum : int {
   // WARPPAD (a candidate, outputs exact): the bases' −1 entries of the inverse list for the padding rows written by a
   // warp (a lane a row) instead of a loop of the expert's one thread before the bases' last CTA barrier.
   kMoeRunWarpPad = 8388608,
-  // FILLTMA (a candidate with fill 4, outputs exact): the −1 rows of row_id_map after the arrival by bulk async copies
-  // from a shared row of −1 (one thread issues them) instead of 16-byte stores by every thread: the release of the
-  // other CTA on the SM no longer waits behind them (round 1: without the fill its arrival came ≈ 0.6 µs earlier).
+  // FILLTMA (a candidate, outputs exact): the −1 rows of row_id_map by bulk async copies from a shared block of −1
+  // instead of 16-byte stores by every thread — with fill 4 after the arrival (the selection's list holds the block),
+  // with fill 3 by the copy-issuing warp right after the row copies (behind them in the copy engine's queue, while the
+  // CTA computes; a block of its own): the release of the other CTA on the SM no longer waits behind them (round 1:
+  // without the fill its arrival came ≈ 0.6 µs earlier).
   kMoeRunFillTma = 16777216,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
@@ -150,7 +152,7 @@ struct MoeRunSmem {
   int rsf;     // row stride in floats
   int kp;      // picks per token slot (K rounded up to 4)
   int nmw;     // 32-bit words of a per-expert token mask
-  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, total;
+  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, fillb, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
 constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
@@ -171,6 +173,7 @@ constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   l.wtot = o;   o += moe_run_align16(32 * 4);
   l.bars = o;   o += moe_run_align16((W + 2) * 8);  // [W] rows, [W] the bias, [W + 1] the bias prepared (BIASPRE)
   l.misc = o;   o += 16;                             // BIASPRE: max |finite bias|
+  l.fillb = o;  o += 4096;                           // FILLTMA at fill 3: a block of −1 for the bulk row fill
   l.total = o;
   return l;
 }

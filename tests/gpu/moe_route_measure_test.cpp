@@ -95,6 +95,9 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: 291 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 291},
       {"map: 355 (291 + BIASPRE)", true, 16, 2, 4, 16, 0, true, 355},
       {"map: 355 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 355},
+      {"map: 291 fill 3", true, 16, 2, 3, 16, 0, true, 291},
+      {"map: 291 fill 3 + FILLTMA (queued behind the row copies)", true, 16, 2, 3, 16, kFillTma, true, 291},
+      {"map: 291 fill 3 + FILLTMA + WARPPAD", true, 16, 2, 3, 16, kFillTma | kWarpPad, true, 291},
       {"map: 291 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 291},
       {"map: 291 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 291},
       {"map: 291 - no tail", true, 16, 2, 4, 16, kNoTail, false, 291},
@@ -228,6 +231,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
       {"291 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 291},
       {"355 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 355},
+      {"291 fill 3 + FILLTMA + WARPPAD", true, 16, 2, 3, 16, kFillTma | kWarpPad, true, 291},
   };
 
 
