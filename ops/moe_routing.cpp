@@ -73,17 +73,14 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
-// 9's options 8 WAITEARLY, 16 COUNTW, 32 BULKST, 64 BIASPRE, 128 PRELOAD (with 4), 256 PERSIST (not with 4), 512
-// NOFENCE (with 4 or 256) — and the measurement variant bits of the unnamed config field 5.
-constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWaitEarly = 8, kRunCountW = 16, kRunBulkSt = 32,
-              kRunBiasPre = 64, kRunPreload = 128, kRunPersist = 256, kRunNoFence = 512;
+// 9's options 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4) — and the measurement variant bits of the unnamed
+// config field 5.
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunBulkSt = 32, kRunBiasPre = 64, kRunPersist = 256;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
-  constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},       {kRunIssueLast, kMoeRunIssueLast},
-                                           {kRunCoop, kMoeRunCoop},           {kRunWaitEarly, kMoeRunWaitEarly},
-                                           {kRunCountW, kMoeRunCountWarp},    {kRunBulkSt, kMoeRunBulkStore},
-                                           {kRunBiasPre, kMoeRunBiasPre},     {kRunPreload, kMoeRunPreload},
-                                           {kRunPersist, kMoeRunPersist},     {kRunNoFence, kMoeRunNoFence}};
+  constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
+                                           {kRunCoop, kMoeRunCoop},       {kRunBulkSt, kMoeRunBulkStore},
+                                           {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -529,7 +526,7 @@ RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
   std::lock_guard g(m);
   auto& st = states[{ctx, stream}];
   if (st.second < half) {
-    const int64_t h = (std::max<int64_t>(half, 64 * 256) + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
+    const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
     const size_t bytes = 128 + static_cast<size_t>(2 * h) * 4;
     CUdeviceptr p = 0;
     check(driver().cuMemAlloc(&p, bytes), "cuMemAlloc (route state)");
@@ -614,10 +611,6 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       // cost every call an exception and a log line.
       static std::atomic<bool> coop_refused{false};
       if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
-      if (NS > 32) {  // (PRELOAD: one ballot of superblock counters)
-        s.config[C_VARIANT] &= ~kMoeRunPreload;
-        s.config[C_LOAD] &= ~kRunPreload;
-      }
       if (map && (run_bits(s) & kMoeRunPersist)) {
         // PERSIST's per-stream state must not be baked into a graph (a replay on another stream would share it with
         // the calls on this one): while the stream captures, the cooperative launch instead.
@@ -647,8 +640,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.map = cm;
       a.arrive = arrive;
       if (persist) {
-        // (NOFENCE: the chunk rows there too; PRELOAD: the superblock counters after them)
-        const RouteState rs = route_state(impl, stream, (NS + NC) * E + 64);
+        const RouteState rs = route_state(impl, stream, NS * E);
         a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
         a.super = rs.rows;
         a.map.super = rs.rows;  // (the kernel picks the call's half)

@@ -389,8 +389,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 // The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
 // trace alone on the default, every phase left out at once, the candidates ISSUE0, ISSUELAST and COOP (with the
-// approximate keys), and session 9's WAITEARLY, COUNTW, BULKST, BIASPRE (on the approximate and the exact keys) and
-// PERSIST, PRELOAD and NOFENCE.
+// approximate keys), and session 9's BULKST, BIASPRE (on the approximate and the exact keys), PERSIST, WARPPAD and
+// FILLTMA.
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -405,14 +405,8 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
   fam->render(plain, plain_src, plain_name);
   for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive,
                 kMoeRunIssue0 | kMoeRunApprox | kMoeRunTrace, kMoeRunIssueLast | kMoeRunCoop | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunWaitEarly | kMoeRunCountWarp | kMoeRunBulkStore |
-                    kMoeRunBiasPre | kMoeRunTrace,
-                kMoeRunCountWarp | kMoeRunBulkStore | kMoeRunBiasPre,
-                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunCountWarp | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunPreload | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunNoFence | kMoeRunBulkStore | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunPersist | kMoeRunNoFence | kMoeRunBiasPre,
-                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunNoFence | kMoeRunPreload | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunBulkStore | kMoeRunBiasPre | kMoeRunTrace,
+                kMoeRunBulkStore | kMoeRunBiasPre, kMoeRunIssueLast | kMoeRunPersist | kMoeRunBiasPre | kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunBulkStore | kMoeRunWarpPad | kMoeRunFillTma |
                     kMoeRunTrace,
                 kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillTma}) {

@@ -452,8 +452,7 @@ template <int E, int NTH, class AfterLoads, bool WARPPAD = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
-// SKIP (measurement only, wrong outputs): 1 loads no superblock rows, 2 no chunk rows (zeros instead).
-template <int E, int NTH, class AfterLoads = MoeNoStamp, int SKIP = 0, bool WARPPAD = false>
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
@@ -480,8 +479,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns && !(SKIP & 1) ? __ldcg(sq + j * E) : 0;
-        vc[j] = j < nc && !(SKIP & 2) ? __ldcg(cq + j * E) : 0;
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -1035,7 +1034,7 @@ template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 
 // V (moe_routing_args.h kMoeRun*): the options of the config's `load` bits — APPROX (approximate keys), ISSUELAST
 // (the last warp issues the copies before any CTA barrier), COOP (one cooperative launch: no route_zero; the grid
 // barrier word instead of the arrival counter; only with ISSUELAST) — and measurement variants (TRACE, the phases
-// left out, and the candidates ISSUE0, WAITEARLY, COUNTW, BULKST, BIASPRE: see their comments below and
+// left out, and the candidates ISSUE0, BULKST, BIASPRE, PERSIST, WARPPAD, FILLTMA: see their comments below and
 // bench/NOTES.md sessions 8–9; EARLY, PACK, FILLW and COOP without ISSUE0 lost in two rounds each and were deleted).
 template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT, int V = 0>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
@@ -1066,25 +1065,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
   static_assert(!COOP || ISSUE0, "COOP: with the copies issued before the first CTA barrier");
   static_assert(!(MAP && FM == 3 && (V & kMoeRunFillTma)) || ISSUE0, "FILLTMA at fill 3: by the copy-issuing warp");
-  // Session 9 candidates (outputs exact): WAITEARLY (COOP with ISSUE0: thread CT checks the first grid barrier before
-  // the loop barrier, as soon as its warp is done, instead of after it), COUNTW (the counts, the chunk row, the
-  // superblock adds and the arrival by warp 0 alone: no CTA barrier before the arrival, and the release follows only
-  // warp 0's writes), BULKST (the prob and map rows by bulk async copies, one lane a warp), BIASPRE (the bias
-  // clamped — NaN → −inf — and its max |finite| formed once per CTA by warp 0, published by mbarrier W + 1).
-  constexpr bool WAITEARLY = COOP && ISSUE0 && (V & kMoeRunWaitEarly) != 0;
-  constexpr bool COUNTW = MAP && (V & kMoeRunCountWarp) != 0;
+  // Session 9 candidates (outputs exact): BULKST (the prob and map rows by bulk async copies, one lane a warp),
+  // BIASPRE (the bias clamped — NaN → −inf — and its max |finite| formed once per CTA by warp 0, published by mbarrier
+  // W + 1). (WAITEARLY, COUNTW, NOFENCE and PRELOAD were measured in rounds 1–2 and deleted: bench/NOTES.md.)
   constexpr bool BULKST = (V & kMoeRunBulkStore) != 0;
   constexpr bool BIASPRE = BIAS && (V & kMoeRunBiasPre) != 0;
   // PERSIST (moe_routing_args.h kMoeRunPersist): a.arrive and a.super outlive the call (per stream); no route_zero,
   // no cooperative launch. par (the arrival word's top bit at the start, read by thread 0 into smisc[1]) picks the
   // half of the superblock rows this call adds into; it zeroes the other half for the next call.
   constexpr bool PERSIST = MAP && (V & kMoeRunPersist) != 0;
-  // NOFENCE (moe_routing_args.h kMoeRunNoFence): self-validating count words, a relaxed arrival.
-  constexpr bool NOFENCE = MAP && (COOP || PERSIST) && (V & kMoeRunNoFence) != 0;
-  static_assert(!(NOFENCE && (V & kMoeRunCountWarp)), "NOFENCE: not with COUNTW");
-  // PRELOAD (moe_routing_args.h kMoeRunPreload): per-superblock arrival counters (COOP zeroes them with the rows;
-  // PERSIST with NOFENCE keeps them in the call's half, after the chunk rows).
-  constexpr bool PRELOAD = (COOP || (PERSIST && NOFENCE)) && (V & kMoeRunPreload) != 0;
   // WARPPAD, FILLTMA (moe_routing_args.h kMoeRunWarpPad, kMoeRunFillTma).
   constexpr bool WARPPAD = MAP && (V & kMoeRunWarpPad) != 0;
   constexpr bool FILLTMA = MAP && (FM == 3 || FM == 4) && (V & kMoeRunFillTma) != 0;
@@ -1248,12 +1237,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-        // (PRELOAD: the superblock counters after the rows; NOFENCE: the arrival count there, and the CTA's own chunk
-        // row, whose words validate themselves)
-        const int nz = nsup * E + (PRELOAD ? nsup : NOFENCE ? 1 : 0);
-        for (int i = blockIdx.x * (NTH - 32) + ot; i < nz; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
-        if constexpr (NOFENCE)
-          for (int i = ot; i < E; i += NTH - 32) a.chunk_counts[static_cast<i64>(blockIdx.x) * E + i] = 0;
+        for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {
@@ -1775,10 +1759,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
-  // COOP with ISSUE0: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
-  // everywhere), and a CTA barrier after it publishes that — the loop barrier with WAITEARLY (CT's warp is done by
-  // then: warp 0, the first to finish with ISSUELAST), else one more after it.
-  auto coop_first_wait = [&] {
+  if constexpr (FILLTMA3 && !NOFILL) {
+    if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+  }
+  __syncthreads();
+  stamp0(kMoeRunTrLoopDone);
+  if constexpr (COOP) {
+    // COOP: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
+    // everywhere), and a CTA barrier after it publishes that.
     if (threadIdx.x == CT) {
       const u32* word = grid_barrier_word();
       for (u32 it = 0;; ++it) {
@@ -1788,16 +1776,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (it == (1u << 26)) __trap();
       }
     }
-  };
-  if constexpr (WAITEARLY) coop_first_wait();
-  if constexpr (FILLTMA3 && !NOFILL) {
-    if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-  }
-  __syncthreads();
-  stamp0(kMoeRunTrLoopDone);
-  if constexpr (WAITEARLY) {
-  } else if constexpr (COOP) {
-    coop_first_wait();
     __syncthreads();
   } else if constexpr (!PERSIST) {
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
@@ -1806,25 +1784,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
   const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
-  // PRELOAD: the superblock counters; NOFENCE with COOP: the arrival count.
-  u32* const sbc = reinterpret_cast<u32*>(PERSIST ? superp + static_cast<i64>(nsup + a.map.nchunks) * E
-                                                  : a.super + nsup * E);
-  // NOFENCE with PERSIST: the chunk rows after the superblock rows in the call's half (zeroed by the previous call).
-  int* const chunkp = PERSIST && NOFENCE ? superp + nsup * E : a.chunk_counts;
   auto arrive_release = [&] {  // (one thread)
-    if constexpr (PRELOAD) {
-      if constexpr (NOFENCE) {
-        asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
-        if constexpr (PERSIST) {
-          // (the arrival word still counts the CTAs, nobody waits on it: its top bit, the next call's parity, flips
-          // once every CTA has read this call's)
-          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-          asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(a.arrive), "r"(nb) : "memory");
-        }
-      } else {
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(sbc + blockIdx.x / a.super_chunks) : "memory");
-      }
-    } else if constexpr (COOP || PERSIST) {
+    if constexpr (COOP || PERSIST) {
       const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
       asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;"
                    : "=r"(coop_tok)
@@ -1835,54 +1796,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   };
   stamp0(kMoeRunTrPdl);
-  if constexpr (COUNTW) {
-    // COUNTW: warp 0 alone (E / 32 experts a lane), then its lane 0 arrives (release at GPU scope, covering the
-    // warp's writes ordered before it by __syncwarp); the other warps go on to the late fill and the wait.
-    if (warp == 0) {
-      for (int e = lane; e < E; e += 32) {
-        int c = 0;
+  for (int e = threadIdx.x; e < E; e += NTH) {
+    int c = 0;
 #pragma unroll
-        for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-        a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-        if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
-      }
-      __syncwarp();
-      if (lane == 0 && !NOARRIVE) arrive_release();
-    }
-  } else {
-    for (int e = threadIdx.x; e < E; e += NTH) {
-      int c = 0;
-#pragma unroll
-      for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-      if constexpr (NOFENCE) {
-        chunkp[static_cast<i64>(blockIdx.x) * E + e] = c | 0x10000;
-        atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c + 0x10000);
-      } else if constexpr (MAP) {
-        a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-        if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
-      } else {
-        if (c) atomicAdd(&a.counts[e], c);
-      }
+    for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+    if constexpr (MAP) {
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+      if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+    } else {
+      if (c) atomicAdd(&a.counts[e], c);
     }
   }
   if constexpr (MAP) {
     // Grid-wide arrival: a release add (covering the CTA's count row and atomics, ordered before it by the barrier)
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
-    if constexpr (COUNTW) {
-    } else if constexpr (PRELOAD) {
-      __syncthreads();
-      if (!NOARRIVE && threadIdx.x == 0) arrive_release();
-    } else if constexpr (NOFENCE) {
-      __syncthreads();
-      if (!NOARRIVE && threadIdx.x == 0) {
-        if constexpr (PERSIST) {
-          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-          asm volatile("atom.add.relaxed.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(a.arrive), "r"(nb) : "memory");
-        } else {
-          asm volatile("red.relaxed.gpu.global.add.u32 [%0], 1;" ::"l"(sbc) : "memory");
-        }
-      }
-    } else if constexpr (COOP) {
+    if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
       __syncthreads();
@@ -1908,21 +1836,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     stamp0(kMoeRunTrArrived);
-    if constexpr (PRELOAD) {
-      // (the waiting is the poll loop below)
-    } else if constexpr (NOFENCE) {
-      // Relaxed: the words the bases load say themselves whether they are complete.
-      if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
-        for (u32 it = 0;; ++it) {
-          u32 cur;
-          asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(PERSIST ? a.arrive : sbc) : "memory");
-          if (PERSIST ? ((coop_tok ^ cur) & 0x80000000u) != 0 : cur >= gridDim.x) break;
-          if (it == (1u << 26)) __trap();
-        }
-        stamp(kMoeRunTrWaited);
-      }
-      __syncthreads();
-    } else if constexpr (COOP) {
+    if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
       stamp0(kMoeRunTrWaited);
@@ -1964,199 +1878,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         // barriers order the puts after this).
         if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
       }
-      if constexpr (PRELOAD) {
-        // Warp 0 polls the superblock counters (acquire) and publishes which superblocks are complete (double-
-        // buffered by iteration: one CTA barrier a round); every expert thread then loads the rows of the newly
-        // complete ones — the superblock row, and for its own superblock the chunk rows before its chunk — while
-        // the later superblocks are still arriving.
-        constexpr int EB = (E + NTH - 1) / NTH, BR = 16;
-        const int SCn = a.super_chunks, sb = blockIdx.x / SCn, ncr = blockIdx.x - sb * SCn;
-        const u32 all = nsup >= 32 ? 0xffffffffu : (1u << nsup) - 1u;
-        u32* pm = reinterpret_cast<u32*>(smisc) + 2;
-        int tot[EB], pre[EB];
-#pragma unroll
-        for (int k = 0; k < EB; ++k) tot[k] = pre[k] = 0;
-        u32 done = 0;
-        if (nsup > 32) __trap();  // (the host gives PRELOAD ≤ 32 superblocks: one ballot)
-        __syncwarp();             // (thread 0's arrival before warp 0's first poll)
-        if constexpr (NOFENCE) {
-          // Relaxed counters and self-validating words: a thread takes a superblock's word once it is complete
-          // (high half = the superblock's chunks), its chunk rows once all are (high half 1), and loads again what
-          // was not; the CTA goes on until every thread has everything.
-          auto ldr = [](const int* p) {
-            u32 v;
-            asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-            return v;
-          };
-          u32 got[EB];
-          bool gotc[EB];
-#pragma unroll
-          for (int k = 0; k < EB; ++k) {
-            got[k] = 0;
-            gotc[k] = ncr == 0;
-          }
-          for (u32 it = 0;; ++it) {
-            if (warp == 0) {
-              u32 w = 0;
-              if (lane < nsup) w = ldr(reinterpret_cast<const int*>(sbc + lane));
-              const int cin = min(SCn, a.map.nchunks - lane * SCn);
-              const u32 cmask = __ballot_sync(ALL, lane < nsup && w == static_cast<u32>(cin));
-              if (lane == 0) pm[it & 1] = cmask;
-            }
-            __syncthreads();
-            const u32 cmk = pm[it & 1];
-            bool fin = true;
-#pragma unroll
-            for (int k = 0; k < EB; ++k) {
-              const int e = threadIdx.x * EB + k;
-              if (e >= E) continue;
-              const u32 need = cmk & ~got[k];
-              if (need) {
-#pragma unroll 1
-                for (int rb = 0; rb < nsup; rb += BR) {
-                  u32 vs[BR];
-#pragma unroll
-                  for (int j = 0; j < BR; ++j)
-                    vs[j] = (need >> (rb + j)) & 1u ? ldr(superp + static_cast<i64>(rb + j) * E + e) : 0u;
-#pragma unroll
-                  for (int j = 0; j < BR; ++j) {
-                    const int sj = rb + j;
-                    if (((need >> sj) & 1u) &&
-                        (vs[j] >> 16) == static_cast<u32>(min(SCn, a.map.nchunks - sj * SCn))) {
-                      got[k] |= 1u << sj;
-                      tot[k] += static_cast<int>(vs[j] & 0xffffu);
-                      pre[k] += sj < sb ? static_cast<int>(vs[j] & 0xffffu) : 0;
-                    }
-                  }
-                }
-              }
-              if (!gotc[k] && ((cmk >> sb) & 1u)) {
-                int cs = 0;
-                bool ok = true;
-#pragma unroll 1
-                for (int rb = 0; rb < ncr; rb += BR) {
-                  u32 vc[BR];
-#pragma unroll
-                  for (int j = 0; j < BR; ++j)
-                    vc[j] = j < ncr - rb ? ldr(chunkp + (static_cast<i64>(sb) * SCn + rb + j) * E + e) : 0x10000u;
-#pragma unroll
-                  for (int j = 0; j < BR; ++j) {
-                    ok &= (vc[j] >> 16) == 1u;
-                    cs += static_cast<int>(vc[j] & 0xffffu);
-                  }
-                }
-                if (ok) {
-                  gotc[k] = true;
-                  pre[k] += cs;
-                }
-              }
-              fin &= got[k] == all && gotc[k];
-            }
-            if (__syncthreads_and(fin)) break;
-            if (it == (1u << 24)) __trap();
-            __nanosleep(32);
-          }
-        } else {
-        for (u32 it = 0;; ++it) {
-          if (warp == 0) {
-            u32 w = 0;
-            if (lane < nsup) asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(sbc + lane) : "memory");
-            const int cin = min(SCn, a.map.nchunks - lane * SCn);
-            const u32 cmask = __ballot_sync(ALL, lane < nsup && w == static_cast<u32>(cin));
-            if (lane == 0) pm[it & 1] = cmask;
-          }
-          __syncthreads();
-          const u32 nw = pm[it & 1] & ~done;
-          if (nw) {
-#pragma unroll
-            for (int k = 0; k < EB; ++k) {
-              const int e = threadIdx.x * EB + k;
-              if (e >= E) continue;
-              const int* sp = superp + e;
-#pragma unroll 1
-              for (int rb = 0; rb < nsup; rb += BR) {
-                int vs[BR];
-#pragma unroll
-                for (int j = 0; j < BR; ++j) vs[j] = (nw >> (rb + j)) & 1u ? __ldcg(sp + static_cast<i64>(rb + j) * E) : 0;
-#pragma unroll
-                for (int j = 0; j < BR; ++j) {
-                  tot[k] += vs[j];
-                  pre[k] += rb + j < sb ? vs[j] : 0;
-                }
-              }
-              if ((nw >> sb) & 1u) {
-                const int* cp = a.chunk_counts + static_cast<i64>(sb) * SCn * E + e;
-#pragma unroll 1
-                for (int rb = 0; rb < ncr; rb += BR) {
-                  int vc[BR];
-#pragma unroll
-                  for (int j = 0; j < BR; ++j) vc[j] = j < ncr - rb ? __ldcg(cp + static_cast<i64>(rb + j) * E) : 0;
-#pragma unroll
-                  for (int j = 0; j < BR; ++j) pre[k] += vc[j];
-                }
-              }
-            }
-          }
-          done |= nw;
-          if (done == all) break;
-          if (it == (1u << 24)) __trap();
-          __nanosleep(32);
-        }
-        }
-        stamp0(kMoeRunTrWaited);
-        moe_chunk_bases_finish<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, tot, pre, base,
-                                                                  reinterpret_cast<int*>(run_smem + L.wtot), loaded);
-      } else if constexpr (NOFENCE) {
-        // The words (relaxed loads, all in flight together), again while any of the CTA's is incomplete.
-        constexpr int EB = (E + NTH - 1) / NTH, BR = 16;
-        const int SCn = a.super_chunks, sb = blockIdx.x / SCn, ncr = blockIdx.x - sb * SCn;
-        auto ldr = [](const int* p) {
-          u32 v;
-          asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-          return v;
-        };
-        int tot[EB], pre[EB];
-        for (u32 it = 0;; ++it) {
-          bool bad = false;
-#pragma unroll
-          for (int k = 0; k < EB; ++k) {
-            tot[k] = pre[k] = 0;
-            const int e = threadIdx.x * EB + k;
-            if (e >= E) continue;
-#pragma unroll 1
-            for (int rb = 0; rb < nsup || rb < ncr; rb += BR) {
-              u32 vs[BR], vc[BR];
-#pragma unroll
-              for (int j = 0; j < BR; ++j) {
-                vs[j] = j < nsup - rb ? ldr(superp + static_cast<i64>(rb + j) * E + e) : 0u;
-                vc[j] = j < ncr - rb ? ldr(chunkp + (static_cast<i64>(sb) * SCn + rb + j) * E + e) : 0u;
-              }
-#pragma unroll
-              for (int j = 0; j < BR; ++j) {
-                if (j < nsup - rb) {
-                  const int sj = rb + j;
-                  bad |= (vs[j] >> 16) != static_cast<u32>(min(SCn, a.map.nchunks - sj * SCn));
-                  tot[k] += static_cast<int>(vs[j] & 0xffffu);
-                  pre[k] += sj < sb ? static_cast<int>(vs[j] & 0xffffu) : 0;
-                }
-                if (j < ncr - rb) {
-                  bad |= (vc[j] >> 16) != 1u;
-                  pre[k] += static_cast<int>(vc[j] & 0xffffu);
-                }
-              }
-            }
-          }
-          if (!__syncthreads_or(bad)) break;
-          if (it == (1u << 22)) __trap();
-          __nanosleep(64);
-        }
-        moe_chunk_bases_finish<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, tot, pre, base,
-                                                                  reinterpret_cast<int*>(run_smem + L.wtot), loaded);
-      } else {
-        moe_chunk_bases<E, NTH, decltype(loaded),
-                        ((V & kMoeRunNoSuperRows) ? 1 : 0) | ((V & kMoeRunNoChunkRows) ? 2 : 0), WARPPAD>(
-            cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded);
-      }
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot),
+                                                         loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

@@ -79,11 +79,9 @@ enum : int {
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
   kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
-  // Session 9 candidates (outputs exact; moe_routing.cuh): COOP's first-grid-barrier check before the loop barrier
-  // (WAITEARLY), the counts and the arrival by warp 0 alone (COUNTW), the prob / map rows by bulk async copies
-  // (BULKST), the bias clamp and its max |finite| once per CTA (BIASPRE).
-  kMoeRunWaitEarly = 16384,
-  kMoeRunCountWarp = 32768,
+  // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
+  // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
+  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
   // PERSIST (a candidate, outputs exact): no moe_route_zero and no cooperative launch. MoeRouteArgs::arrive points at
@@ -92,22 +90,6 @@ enum : int {
   // others 1: the top bit flips once all arrived, the low bits return to 0), the call uses the half of the top bit's
   // value at its start and zeroes the other half, which the next call on the stream uses.
   kMoeRunPersist = 262144,
-  // Ablations of the bases after the arrival (timing only, wrong outputs): no superblock rows loaded, no chunk rows.
-  kMoeRunNoSuperRows = 524288,
-  kMoeRunNoChunkRows = 1048576,
-  // PRELOAD (a candidate with COOP, outputs exact): per-superblock arrival counters (after the superblock rows, zeroed
-  // with them) instead of the grid-wide arrival; after its own arrival a CTA polls them and loads each superblock's row
-  // (and its own superblock's chunk rows) as soon as that superblock is complete, so that little is left to load once
-  // the last CTA has arrived (the bases no longer read 31 rows a CTA in one burst after the spin).
-  kMoeRunPreload = 2097152,
-  // NOFENCE (a candidate with COOP or PERSIST, outputs exact): no release at the arrival. Every count word validates
-  // itself — a chunk row word is count | 1 << 16, each CTA adds count + (1 << 16) into every word of its superblock
-  // row, so a word is complete when its high half is 1 or the superblock's chunk count — and the arrival is a relaxed
-  // count (COOP: a workspace word zeroed with the superblock rows; PERSIST: the self-resetting word); after it the bases
-  // load the words and load them again while any is incomplete. (The release waited ≈ 1–1.7 µs behind the SM's
-  // outstanding stores: session 9 round 1.) With COOP each CTA zeroes its own chunk row before the first grid barrier;
-  // with PERSIST the chunk rows are in the per-stream halves too.
-  kMoeRunNoFence = 4194304,
   // WARPPAD (a candidate, outputs exact): the bases' −1 entries of the inverse list for the padding rows written by a
   // warp (a lane a row) instead of a loop of the expert's one thread before the bases' last CTA barrier.
   kMoeRunWarpPad = 8388608,

@@ -80,9 +80,8 @@ class MoeRouteMeasure : public GpuTest {
 };
 
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
-constexpr int kWaitEarly = kMoeRunWaitEarly, kCountW = kMoeRunCountWarp, kBulkSt = kMoeRunBulkStore,
-              kBiasPre = kMoeRunBiasPre, kS9All = kWaitEarly | kCountW | kBulkSt | kBiasPre, kPersist = kMoeRunPersist,
-              kPreload = kMoeRunPreload, kNoFence = kMoeRunNoFence, kIL = kMoeRunIssueLast, kWarpPad = kMoeRunWarpPad,
+constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = kMoeRunPersist,
+              kIL = kMoeRunIssueLast, kWarpPad = kMoeRunWarpPad,
               kFillTma = kMoeRunFillTma;
 
 TEST_F(MoeRouteMeasure, Ablation) {
@@ -179,21 +178,12 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
       std::vector<RouteCfg> cands;
       for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunCoop,
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox,
-                     // session 9: each alone where it applies, and all four on the default (load 7)
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kS9All, kMoeRunApprox | kBiasPre, kBiasPre, kCountW,
-                     kBulkSt,
-                     kMoeRunIssueLast | kMoeRunCoop | kWaitEarly | kCountW, kMoeRunIssueLast | kMoeRunApprox | kPersist,
-                     kPersist | kCountW | kBulkSt | kBiasPre | kMoeRunApprox,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kPreload | kS9All,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kNoFence,
-                     kMoeRunIssueLast | kMoeRunCoop | kNoFence | kBulkSt,
-                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kBulkSt,
-                     kMoeRunIssueLast | kPersist | kNoFence | kBiasPre,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kNoFence | kPreload,
-                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kNoFence | kPreload | kBulkSt,
-                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma, kWarpPad,
-                     kMoeRunIssueLast | kMoeRunCoop | kFillTma}) {
+                     // session 9: each alone where it applies, and with the default's options (load 291)
+                     kMoeRunApprox | kBiasPre, kBiasPre, kBulkSt, kWarpPad, kMoeRunIssueLast | kMoeRunApprox | kPersist,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kBiasPre,
+                     kMoeRunIssueLast | kPersist | kBulkSt,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
