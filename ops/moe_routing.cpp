@@ -196,7 +196,8 @@ void set_warp_default(Specialization& s, bool map) {
 // (`load` | 1; round 4, same process: 18.30 against 18.48). Session 9: no cooperative launch and no route_zero but a
 // per-stream arrival word and superblock rows (PERSIST, `load` 256; COOP measured at ≈ 1.1 µs over a plain launch),
 // the prob / map rows by bulk async copies (`load` 32): round 2, same process, 17.78 against 18.35 for load 7 (the
-// cooperative launch stays the fallback while a stream captures a graph). Where its grid does not fit at once (T = 65536) the op
+// cooperative launch stays the fallback while a stream captures a graph). Where its grid does not fit at once
+// (T = 65536) the op
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
 // kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).

@@ -449,7 +449,8 @@ struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
 template <int E, int NTH, class AfterLoads, bool WARPPAD = false>
-__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false>
@@ -494,7 +495,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
 template <int E, int NTH, class AfterLoads, bool WARPPAD>
-__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads) {
   constexpr int EPT = (E + NTH - 1) / NTH;
@@ -1878,8 +1880,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         // barriers order the puts after this).
         if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot),
-                                                         loaded);
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, base,
+                                                         reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];

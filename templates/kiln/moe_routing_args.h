@@ -54,7 +54,8 @@ struct MoeRouteArgs {
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
   unsigned long long* trace;   // moe_route_run_kernel's TRACE variant only: kMoeRunTraceSlots u64 a CTA
-  int persist_half;            // PERSIST: ints in each half of the per-stream superblock rows (all zeroed for the next call)
+  int persist_half;            // PERSIST: ints in each half of the per-stream superblock rows (zeroed whole for the
+                               // next call)
 };
 
 // moe_route_run_kernel's measurement variants (template argument V, set through the Specialization's unnamed config

@@ -259,7 +259,8 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
 // The CTA-run kernel (tpt 16: contiguous token runs per CTA, 16 threads per token, rank-counted candidates, bulk row
 // copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written; load bits: 1 approximate keys, 2 the
 // copies issued by the last warp, 4 one cooperative launch without route_zero, 32 the prob / map rows by bulk copies,
-// 64 the bias prepared once a CTA, 256 the per-stream arrival word and rows instead of 4): every config of its space on the
+// 64 the bias prepared once a CTA, 256 the per-stream arrival word and rows instead of 4): every config of its space
+// on the
 // target routing at the token counts (runs of 32 … 64 tokens, a partial last run, a partial last warp), with
 // and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
