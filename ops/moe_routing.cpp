@@ -73,13 +73,15 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
-// 9's options 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4) — and the measurement variant bits of the unnamed
-// config field 5.
-constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunBulkSt = 32, kRunBiasPre = 64, kRunPersist = 256;
+// 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4) —
+// and the measurement variant bits of the unnamed config field 5.
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
+              kRunBiasPre = 64, kRunPersist = 256;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
-                                           {kRunCoop, kMoeRunCoop},       {kRunBulkSt, kMoeRunBulkStore},
+                                           {kRunCoop, kMoeRunCoop},       {kRunWarpPad, kMoeRunWarpPad},
+                                           {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
