@@ -198,7 +198,9 @@ void set_warp_default(Specialization& s, bool map) {
 // (`load` | 1; round 4, same process: 18.30 against 18.48). Session 9: no cooperative launch and no route_zero but a
 // per-stream arrival word and superblock rows (PERSIST, `load` 256; COOP measured at ≈ 1.1 µs over a plain launch),
 // the prob / map rows by bulk async copies (`load` 32): round 2, same process, 17.78 against 18.35 for load 7 (the
-// cooperative launch stays the fallback while a stream captures a graph). Where its grid does not fit at once
+// cooperative launch stays the fallback while a stream captures a graph); round 3: + the bias prepared once a CTA
+// (64), the bases' padding rows a lane a row (8), the −1 rows by bulk copies after the arrival (16): `load` 379,
+// 17.78 against 18.18 for 291 and 18.40 for 7 (314 without a bias). Where its grid does not fit at once
 // (T = 65536) the op
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
@@ -211,7 +213,8 @@ void set_route_default(Specialization& s) {
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
     s.config[C_FILL] = kFusedFillLate;
-    s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | (s.params[P_BIAS] ? kRunApprox : 0);
+    s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma |
+                       (s.params[P_BIAS] ? kRunApprox | kRunBiasPre : 0);
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -312,15 +315,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       }
     }
-    // Session 9's options on the CTA-run kernel at 16 warps, fill 4 (with the map): PERSIST + BULKST (the default with
-    // a bias, 291; 290 without), + BIASPRE (with a bias), the previous default load 7 (6 without a bias); and the
-    // default's options at fill 3.
+    // Session 9's options on the CTA-run kernel at 16 warps (with the map): the default (379 with a bias, 314
+    // without: PERSIST + BULKST + BIASPRE + WARPPAD + FILLTMA) at fill 4 and 3 (−1 rows queued behind the row
+    // copies), round 2's 291 (PERSIST + BULKST; 290), round 3's 355 (+ BIASPRE), and session 8's 7 (6) at fill 4.
     if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
-      const int ap = base.params[P_BIAS] ? kRunApprox : 0;
-      for (auto [load, fill] : {std::pair{kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
+      const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
+      const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
+      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter},
+                                {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
-                                {kRunIssueLast | kRunCoop | ap, kFusedFillLate},
-                                {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillAfter}}) {
+                                {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
         if ((load & kRunBiasPre) && !ap) continue;
         s.config[C_WARPS] = 16;
         s.config[C_TPW] = 2;

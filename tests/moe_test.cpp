@@ -336,17 +336,17 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   };
   const auto with_map = run_points_of(specs[0]);
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
-  // and 1 at fill 3 / 4, and at fill 4 the session-9 default + BIASPRE (355), at fill 3 the default's options (291).
-  ASSERT_EQ(with_map.size(), 15u);
+  // and 1 at fill 3 / 4, the default's options at fill 3, and at fill 4 session 9's 291 and 355 and session 8's 7.
+  ASSERT_EQ(with_map.size(), 16u);
   // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
   // warp, approximate keys, per-stream arrival word and superblock rows instead of the cooperative launch, prob / map
-  // rows by bulk copies (load 1 | 2 | 32 | 256 = 291: the first point of the space; session 9 round 2); without it
-  // the warp kernel.
+  // rows and −1 rows by bulk copies, the bias prepared once a CTA, the bases' padding rows a lane a row (load 1 | 2 |
+  // 8 | 16 | 32 | 64 | 256 = 379: the first point of the space; session 9 round 3); without it the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
   EXPECT_EQ(specs[0].config[2], 4);
-  EXPECT_EQ(specs[0].config[3], 291);
+  EXPECT_EQ(specs[0].config[3], 379);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt, int load) {
@@ -357,8 +357,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 291), find(16, 4, 16, 7), find(16, 5, 16, 0),
-                        find(16, 4, 16, 1), find(16, 4, 16, 355)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 379), find(16, 3, 16, 379), find(16, 4, 16, 291),
+                        find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
   // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys

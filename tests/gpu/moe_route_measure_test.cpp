@@ -87,22 +87,13 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: load 291 (default: PERSIST + BULKST)", true, 16, 2, 4, 16, 0, true, 291},
+      {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 379 fill 3 (-1 rows behind the row copies)", true, 16, 2, 3, 16, 0, true, 379},
+      {"map: load 355 (round 3)", true, 16, 2, 4, 16, 0, true, 355},
+      {"map: load 291 (round 2)", true, 16, 2, 4, 16, 0, true, 291},
       {"map: load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: 291 + WARPPAD", true, 16, 2, 4, 16, kWarpPad, true, 291},
-      {"map: 291 + FILLTMA", true, 16, 2, 4, 16, kFillTma, true, 291},
-      {"map: 291 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 291},
-      {"map: 355 (291 + BIASPRE)", true, 16, 2, 4, 16, 0, true, 355},
-      {"map: 355 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 355},
-      {"map: 291 fill 3", true, 16, 2, 3, 16, 0, true, 291},
-      {"map: 291 fill 3 + FILLTMA (queued behind the row copies)", true, 16, 2, 3, 16, kFillTma, true, 291},
-      {"map: 291 fill 3 + FILLTMA + WARPPAD", true, 16, 2, 3, 16, kFillTma | kWarpPad, true, 291},
-      {"map: 291 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 291},
-      {"map: 291 - no prob/map rows", true, 16, 2, 4, 16, kNoRows, false, 291},
-      {"map: 291 - no tail", true, 16, 2, 4, 16, kNoTail, false, 291},
-      {"map: 291 - no spin", true, 16, 2, 4, 16, kMoeRunNoWait, false, 291},
+      {"map: 379 - no tail", true, 16, 2, 4, 16, kNoTail, false, 379},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
-      {"no map: load 3 + BIASPRE + BULKST", false, 16, 2, 0, 16, kBiasPre | kBulkSt, true, 3},
   };
 
 
@@ -217,11 +208,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"load 291 (default)", true, 16, 2, 4, 16, 0, true, 291},
-      {"load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"291 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 291},
-      {"355 + WARPPAD + FILLTMA", true, 16, 2, 4, 16, kWarpPad | kFillTma, true, 355},
-      {"291 fill 3 + FILLTMA + WARPPAD", true, 16, 2, 3, 16, kFillTma | kWarpPad, true, 291},
+      {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
   };
 
 
