@@ -6,6 +6,8 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
+#include <map>
+#include <mutex>
 #include <utility>
 
 #include "kiln/moe_routing_args.h"
@@ -70,13 +72,21 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
-// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop), 8 narrow count rows
-// (kMoeRunPack) — and the measurement variant bits of the unnamed config field 5.
-constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunPack = 8;
+// CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
+// 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4) —
+// and the measurement variant bits of the unnamed config field 5.
+constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
+              kRunBiasPre = 64, kRunPersist = 256;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
-  return s.config[C_VARIANT] | (load & kRunApprox ? kMoeRunApprox : 0) | (load & kRunIssueLast ? kMoeRunIssueLast : 0) |
-         (load & kRunCoop ? kMoeRunCoop : 0) | (load & kRunPack ? kMoeRunPack : 0);
+  constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
+                                           {kRunCoop, kMoeRunCoop},       {kRunWarpPad, kMoeRunWarpPad},
+                                           {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
+                                           {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist}};
+  int v = s.config[C_VARIANT];
+  for (auto [cfg, bit] : kBits)
+    if (load & cfg) v |= bit;
+  return v;
 }
 // V rendered only where nonzero (", V").
 std::string run_variant(const Specialization& s) {
@@ -185,7 +195,14 @@ void set_warp_default(Specialization& s, bool map) {
 // (fill 3 14.86) vs 15.22; 1024: 13.97 vs 13.87 — with the row copies issued by its last warp before the first CTA
 // barrier and one cooperative launch without route_zero (`load` 2 | 4; session 8 round 3, same process: 18.45 µs
 // against 19.23 for load 0 and 19.78 for the warp kernel), and with a bias the selection on approximate keys
-// (`load` | 1; round 4, same process: 18.30 against 18.48). Where its grid does not fit at once (T = 65536) the op
+// (`load` | 1; round 4, same process: 18.30 against 18.48). Session 9: no cooperative launch and no route_zero but a
+// per-stream arrival word and superblock rows (PERSIST, `load` 256; COOP measured at ≈ 1.1 µs over a plain launch),
+// the prob / map rows by bulk async copies (`load` 32): round 2, same process, 17.78 against 18.35 for load 7 (the
+// cooperative launch stays the fallback while a stream captures a graph); round 3: + the bias prepared once a CTA
+// (64), the bases' padding rows a lane a row (8), the −1 rows by bulk copies (16): `load` 379, 17.78 against 18.18
+// for 291 and 18.40 for 7 (314 without a bias); round 4: with the −1 rows queued behind the row copies (fill 3)
+// 17.44 against 17.65 at fill 4 (after the arrival), 18.21 for 7; bench 17.55 at fill 4. Where its grid does not fit at once
+// (T = 65536) the op
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
 // kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
@@ -196,8 +213,9 @@ void set_route_default(Specialization& s) {
     s.config = {};
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
-    s.config[C_FILL] = kFusedFillLate;
-    s.config[C_LOAD] = kRunIssueLast | kRunCoop | (s.params[P_BIAS] ? kRunApprox : 0);
+    s.config[C_FILL] = kFusedFillAfter;  // (the −1 rows by bulk copies behind the row copies)
+    s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma |
+                       (s.params[P_BIAS] ? kRunApprox | kRunBiasPre : 0);
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -298,6 +316,30 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         }
       }
     }
+    // Session 9's options on the CTA-run kernel at 16 warps (with the map): the default (379 with a bias, 314
+    // without: PERSIST + BULKST + BIASPRE + WARPPAD + FILLTMA) at fill 4 and 3 (−1 rows queued behind the row
+    // copies), round 2's 291 (PERSIST + BULKST; 290), round 3's 355 (+ BIASPRE), and session 8's 7 (6) at fill 4.
+    if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
+      const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
+      const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
+      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter},
+                                {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
+                                {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
+                                {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
+        if ((load & kRunBiasPre) && !ap) continue;
+        s.config[C_WARPS] = 16;
+        s.config[C_TPW] = 2;
+        s.config[C_FILL] = fill;
+        s.config[C_LOAD] = load;
+        s.config[C_TPT] = 16;
+        if (s.config != dflt && std::find_if(out.begin(), out.end(), [&](const Specialization& o) {
+                                  return o.config == s.config;
+                                }) == out.end())
+          out.push_back(s);
+      }
+    }
+    // (8 threads per token came back in session 9 round 2 — 18.88 µs at 8 warps, 20.19 at 16 against 18.35 for the
+    // default: slower again, with 96 registers and 16 warps an SM — and went out of the space again.)
   } else if (base.kernel == kTopkBwd) {
     for (int w : {4, 8, 16}) {
       s.config[C_WARPS] = w;
@@ -471,6 +513,38 @@ MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int
   return cm;
 }
 
+// The PERSIST candidate's per-stream state (moe_routing_args.h kMoeRunPersist): one arrival word (int 0 of a 128-byte
+// header) and two halves of `half` superblock-row ints after it, zero when allocated; every call leaves the word's
+// low 31 bits at 0 and the half the next call uses zeroed. Keyed by (context, stream): two calls on one stream never
+// overlap; a graph captured from a stream must not run concurrently with calls on that stream (they would share it).
+// Process-lifetime allocations (a measurement candidate: the GPU rounds decide whether it is worth an owned form);
+// a call that needs larger halves gets a new zeroed buffer (the old one stays allocated: an earlier call on the
+// stream may still be running).
+struct RouteState {
+  int* arrive;
+  int* rows;  // [2][half]
+  int64_t half;
+};
+RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
+  static std::mutex m;
+  static std::map<std::pair<CUcontext, Stream>, std::pair<CUdeviceptr, int64_t>> states;
+  impl.bind_device();
+  CUcontext ctx = nullptr;
+  check(driver().cuCtxGetCurrent(&ctx), "cuCtxGetCurrent");
+  std::lock_guard g(m);
+  auto& st = states[{ctx, stream}];
+  if (st.second < half) {
+    const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
+    const size_t bytes = 128 + static_cast<size_t>(2 * h) * 4;
+    CUdeviceptr p = 0;
+    check(driver().cuMemAlloc(&p, bytes), "cuMemAlloc (route state)");
+    check(driver().cuMemsetD8(p, 0, bytes), "cuMemsetD8 (route state)");
+    st = {p, h};
+  }
+  int* base = reinterpret_cast<int*>(st.first);
+  return {base, base + 32, st.second};
+}
+
 }  // namespace
 
 namespace detail {
@@ -545,8 +619,19 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       // cost every call an exception and a log line.
       static std::atomic<bool> coop_refused{false};
       if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
+      if (map && (run_bits(s) & kMoeRunPersist)) {
+        // PERSIST's per-stream state must not be baked into a graph (a replay on another stream would share it with
+        // the calls on this one): while the stream captures, the cooperative launch instead.
+        CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
+        check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
+        if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
+          s.config[C_VARIANT] &= ~kMoeRunPersist;
+          s.config[C_LOAD] = (s.config[C_LOAD] & ~kRunPersist) | kRunCoop | kRunIssueLast;
+        }
+      }
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
-      const bool zero = !coop && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
+      const bool persist = map && !coop && (run_bits(s) & kMoeRunPersist);  // (per-stream rows, zeroed by the calls)
+      const bool zero = !coop && !persist && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
       if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
@@ -562,6 +647,13 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.scale = opts.scaling_factor;
       a.map = cm;
       a.arrive = arrive;
+      if (persist) {
+        const RouteState rs = route_state(impl, stream, NS * E);
+        a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
+        a.super = rs.rows;
+        a.map.super = rs.rows;  // (the kernel picks the call's half)
+        a.persist_half = static_cast<int>(rs.half);
+      }
       a.run_tokens = static_cast<int>(n);
       if (s.config[C_VARIANT] & kMoeRunTrace) {
         a.trace = detail::moe_route_run_trace.load(std::memory_order_relaxed);
@@ -639,7 +731,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    cm,
                    fused ? records : nullptr,
                    0,
-                   nullptr};
+                   nullptr,
+                   0};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

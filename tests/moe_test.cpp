@@ -309,7 +309,8 @@ std::vector<detail::Specialization> ling_like_routing_specs(const detail::Family
 
 // The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
 // 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
-// after it; fill 0 without), not in the softmax ones, and is the default with the map; its points compile (with the map: 32
+// after it; fill 0 without; and the session-9 options), not in the softmax ones, and is the default with the map; its
+// points compile (with the map: 32
 // warps with the −1 rows at the start, 16 warps with them after the arrival, 16 warps with all rows after it; a group
 // spans 2 threads; without: no groups, no bias).
 TEST(MoeCompile, CtaRunKernelPoints) {
@@ -334,17 +335,19 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return run;
   };
   const auto with_map = run_points_of(specs[0]);
-  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3, 2 | 4
-  // and 1 at fill 3 / 4.
-  ASSERT_EQ(with_map.size(), 12u);
-  // With the map the default is the CTA-run kernel, 16 warps, −1 rows after the arrival, copies issued by the last
-  // warp in one cooperative launch, approximate keys (load 7: the first point of the space; session 7 rounds 3 and 5,
-  // session 8 rounds 3 and 4); without it the warp kernel.
+  // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
+  // and 1 at fill 3 / 4, the default's options at fill 3, and at fill 4 session 9's 291 and 355 and session 8's 7.
+  ASSERT_EQ(with_map.size(), 16u);
+  // With the map the default is the CTA-run kernel, 16 warps, copies issued by the last warp with the −1 rows queued
+  // behind them as bulk copies (fill 3), approximate keys, per-stream arrival word and superblock rows instead of the
+  // cooperative launch, prob / map rows by bulk copies, the bias prepared once a CTA, the bases' padding rows a lane a
+  // row (load 1 | 2 | 8 | 16 | 32 | 64 | 256 = 379: the first point of the space; session 9 round 4); without it the
+  // warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
-  EXPECT_EQ(specs[0].config[2], 4);
-  EXPECT_EQ(specs[0].config[3], 7);
+  EXPECT_EQ(specs[0].config[2], 3);
+  EXPECT_EQ(specs[0].config[3], 379);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt, int load) {
@@ -355,10 +358,12 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     ADD_FAILURE() << "no point warps=" << warps << " fill=" << fill << " tpt=" << tpt << " load=" << load;
     return with_map[0];
   };
-  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1)})
+  for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 379), find(16, 3, 16, 379), find(16, 4, 16, 291),
+                        find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
-  // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys (1)
+  // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys
+  // (1)
   ASSERT_EQ(without.size(), 5u);
   EXPECT_EQ(without[0].config[2], 0);
   EXPECT_EQ(without[2].config[3], 3);
@@ -384,8 +389,9 @@ TEST(MoeCompile, CtaRunKernelPoints) {
 
 // The CTA-run kernel's measurement variants (config field 5: the TRACE stamps, the phases left out; used only by
 // tests/gpu/moe_route_measure_test.cpp through forced configs) render under their own kernel name and compile: the
-// trace alone on the default, every phase left out at once, the candidates EARLY, COOP, PACK, ISSUE0 and ISSUELAST
-// (with the approximate keys).
+// trace alone on the default, every phase left out at once, the candidates ISSUE0, ISSUELAST and COOP (with the
+// approximate keys), and session 9's BULKST, BIASPRE (on the approximate and the exact keys), PERSIST, WARPPAD and
+// FILLTMA.
 TEST(MoeCompile, CtaRunMeasureVariants) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
@@ -399,10 +405,12 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
   plain.config[3] = 0;
   fam->render(plain, plain_src, plain_name);
   for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunNoFill | kMoeRunNoRows | kMoeRunNoTail | kMoeRunNoWait | kMoeRunNoArrive,
-                kMoeRunEarly | kMoeRunTrace, kMoeRunCoop | kMoeRunEarly | kMoeRunTrace, static_cast<int>(kMoeRunPack),
-                kMoeRunIssue0 | kMoeRunApprox | kMoeRunPack | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunTrace,
-                kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp | kMoeRunPack}) {
+                kMoeRunIssue0 | kMoeRunApprox | kMoeRunTrace, kMoeRunIssueLast | kMoeRunCoop | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kMoeRunBulkStore | kMoeRunBiasPre | kMoeRunTrace,
+                kMoeRunBulkStore | kMoeRunBiasPre, kMoeRunIssueLast | kMoeRunPersist | kMoeRunBiasPre | kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunApprox | kMoeRunPersist | kMoeRunBulkStore | kMoeRunWarpPad | kMoeRunFillTma |
+                    kMoeRunTrace,
+                kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillTma}) {
     detail::Specialization s = specs[0];
     s.config[3] = 0;  // (no options from the config's load bits: V is the variant alone)
     s.config[5] = v;
@@ -413,6 +421,11 @@ TEST(MoeCompile, CtaRunMeasureVariants) {
     EXPECT_NE(name.find(", " + std::to_string(v) + ">"), std::string::npos) << name;
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << name;
   }
+  // FILLTMA at fill 3 (the copy-issuing warp queues the −1 rows behind the row copies) on the default's options.
+  detail::Specialization f3 = specs[0];
+  f3.config[2] = 3;
+  f3.config[5] = kMoeRunFillTma | kMoeRunWarpPad;
+  EXPECT_GT(detail::ensure_cubin(f3, nullptr, false, counters).cubin.size(), 1000u) << f3.describe();
 }
 
 // ---- argument errors ------------------------------------------------------------------------------------------

@@ -444,11 +444,18 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-// PACKED (moe_route_run_kernel's PACK candidate): the rows hold narrow counts — a superblock row E/2 words of two
-// 16-bit counts (expert 2i in the low half), a chunk row E/4 words of four 8-bit counts (a chunk ≤ 255 tokens, a
-// superblock ≤ 65535) — so each CTA reads a quarter to half the bytes.
-template <int E, int NTH, bool PACKED = false>
-__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot) {
+// after_loads(v): called by every thread once its rows are summed (v depends on them; a trace stamp).
+struct MoeNoStamp {
+  __device__ __forceinline__ void operator()(int) const {}
+};
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
+                                                       AfterLoads after_loads);
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false>
+__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
+                                                AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
   const int P = m.multiple_of;
@@ -463,26 +470,18 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
     // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
     // constant offset from the batch's pointer.
-    constexpr int RS = PACKED ? E / 2 : E, RC = PACKED ? E / 4 : E;  // row strides in words
-    const int* sp = m.super + (PACKED ? e / 2 : e);
-    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * RC + (PACKED ? e / 4 : e);
+    const int* sp = m.super + e;
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
 #pragma unroll 1
     for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
       const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-      const int* sq = sp + static_cast<i64>(rb) * RS;
-      const int* cq = cp + static_cast<i64>(rb) * RC;
+      const int* sq = sp + static_cast<i64>(rb) * E;
+      const int* cq = cp + static_cast<i64>(rb) * E;
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * RS) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * RC) : 0;
-      }
-      if constexpr (PACKED) {
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          vs[j] = (static_cast<u32>(vs[j]) >> (16 * (e & 1))) & 0xffffu;
-          vc[j] = (static_cast<u32>(vc[j]) >> (8 * (e & 3))) & 0xffu;
-        }
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -491,12 +490,24 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD>(m, c, tot, pre, base, warp_tot, after_loads);
+}
+
+// moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
+template <int E, int NTH, class AfterLoads, bool WARPPAD>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
+                                                       AfterLoads after_loads) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
+  const int P = m.multiple_of;
   int pc[EPT], local = 0;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     pc[k] = (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
+  after_loads(local + pre[0]);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
   int total;
   // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
   int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
@@ -505,7 +516,20 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
       base[e] = off + pre[k];
-      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets, m.row_id_indices, m.num_out);
+      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
+                         WARPPAD ? nullptr : m.row_id_indices, m.num_out);
+    }
+    if constexpr (WARPPAD) {
+      // The padding rows of this CTA's experts (e % grid == c), a lane a row (k is uniform over the warp).
+      if (m.row_id_indices) {
+        u32 mm = __ballot_sync(0xffffffffu, e < E && e % gridDim.x == c);
+        while (mm) {
+          const int src = __ffs(mm) - 1;
+          mm &= mm - 1u;
+          const int r0 = __shfl_sync(0xffffffffu, off + tot[k], src), r1 = __shfl_sync(0xffffffffu, off + pc[k], src);
+          for (int r = r0 + (threadIdx.x & 31); r < r1 && r < m.num_out; r += 32) m.row_id_indices[r] = -1;
+        }
+      }
     }
     off += pc[k];
   }
@@ -1011,8 +1035,9 @@ template <int W, int TPT> struct MoeRunMinBlocks { static constexpr int value = 
 
 // V (moe_routing_args.h kMoeRun*): the options of the config's `load` bits — APPROX (approximate keys), ISSUELAST
 // (the last warp issues the copies before any CTA barrier), COOP (one cooperative launch: no route_zero; the grid
-// barrier word instead of the arrival counter) — and measurement variants (TRACE, the phases left out, and the
-// candidates EARLY, ISSUE0, PACK, FILLW: see their comments below and bench/NOTES.md session 8).
+// barrier word instead of the arrival counter; only with ISSUELAST) — and measurement variants (TRACE, the phases
+// left out, and the candidates ISSUE0, BULKST, BIASPRE, PERSIST, WARPPAD, FILLTMA: see their comments below and
+// bench/NOTES.md sessions 8–9; EARLY, PACK, FILLW and COOP without ISSUE0 lost in two rounds each and were deleted).
 template <int E, int K, int G, int TG, bool RENORM, bool BIAS, bool MAP, int W, int FM, int TPT, int V = 0>
 __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_route_run_kernel(const MoeRouteArgs a) {
   constexpr int TPW = 32 / TPT;               // tokens per warp
@@ -1026,31 +1051,41 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
-  // FILLW (a candidate): the −1 rows by each warp after its tokens' rows, instead of at the start or after the arrival.
-  constexpr bool FILLW = MAP && (V & kMoeRunFillWarp) != 0;
-  constexpr bool LATE = MAP && FM >= 4 && !FILLW, DEFER = MAP && FM == 5;
+  constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
-                 NOARRIVE = (V & kMoeRunNoArrive) != 0, EARLY = MAP && (V & kMoeRunEarly) != 0;
-  static_assert(!(EARLY && DEFER), "EARLY builds the rows after the arrival: not with fill 5");
-  // COOP (a candidate, outputs exact): a cooperative launch with no moe_route_zero before it; the kernel zeroes the
-  // superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at the
-  // driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
+                 NOARRIVE = (V & kMoeRunNoArrive) != 0;
+  // COOP (config load bit 4, with ISSUELAST): a cooperative launch with no moe_route_zero before it; the kernel
+  // zeroes the superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at
+  // the driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
   constexpr bool COOP = MAP && (V & kMoeRunCoop) != 0;
-  // PACK (a candidate, outputs exact): narrow counts in the chunk and superblock rows (moe_chunk_bases<…, PACKED>).
-  constexpr bool PACK = MAP && (V & kMoeRunPack) != 0;
-  static_assert(!PACK || 32 / TPT * W <= 255, "PACK: 8-bit chunk counts");
   // APPROX (config load 1: a search-space point): the selection on approximate keys, exact σ for the candidates only.
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
   // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
   // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
   constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
+  static_assert(!COOP || ISSUE0, "COOP: with the copies issued before the first CTA barrier");
+  static_assert(!(MAP && FM == 3 && (V & kMoeRunFillTma)) || ISSUE0, "FILLTMA at fill 3: by the copy-issuing warp");
+  // Session 9 candidates (outputs exact): BULKST (the prob and map rows by bulk async copies, one lane a warp),
+  // BIASPRE (the bias clamped — NaN → −inf — and its max |finite| formed once per CTA by warp 0, published by mbarrier
+  // W + 1). (WAITEARLY, COUNTW, NOFENCE and PRELOAD were measured in rounds 1–2 and deleted: bench/NOTES.md.)
+  constexpr bool BULKST = (V & kMoeRunBulkStore) != 0;
+  constexpr bool BIASPRE = BIAS && (V & kMoeRunBiasPre) != 0;
+  // PERSIST (moe_routing_args.h kMoeRunPersist): a.arrive and a.super outlive the call (per stream); no route_zero,
+  // no cooperative launch. par (the arrival word's top bit at the start, read by thread 0 into smisc[1]) picks the
+  // half of the superblock rows this call adds into; it zeroes the other half for the next call.
+  constexpr bool PERSIST = MAP && (V & kMoeRunPersist) != 0;
+  // WARPPAD, FILLTMA (moe_routing_args.h kMoeRunWarpPad, kMoeRunFillTma).
+  constexpr bool WARPPAD = MAP && (V & kMoeRunWarpPad) != 0;
+  constexpr bool FILLTMA = MAP && (FM == 3 || FM == 4) && (V & kMoeRunFillTma) != 0;
+  constexpr bool FILLTMA3 = FILLTMA && FM == 3;
+  static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
   u32 coop_tok = 0;
-  // (4 and 8 threads per token were measured slower in every round of session 7 and removed; the layout code keeps
-  // TPT general.)
+  // (4 and 8 threads per token were measured slower in every round of session 7, and 8 again in session 9 round 2
+  // with the approximate keys; the layout code keeps TPT general.)
   static_assert(TPT == 16 && E % (4 * TPT) == 0 && EPT <= 64, "E / threads per token");
   static_assert(G == 1 ? K <= 2 * TPT
                        : ((EPT % GS == 0 || (GS % EPT == 0 && (SPAN & (SPAN - 1)) == 0)) && GS >= 2 && K <= 2 * TG &&
@@ -1068,7 +1103,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   u64* list = reinterpret_cast<u64*>(run_smem + L.list);
   u8* mapbuf = run_smem + L.mapbuf;
   u32* emask = reinterpret_cast<u32*>(run_smem + L.emask);
-  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);  // [W] rows, [W] the bias
+  u64* bars = reinterpret_cast<u64*>(run_smem + L.bars);  // [W] rows, [W] the bias, [W + 1] BIASPRE's bias ready
+  float* smisc = reinterpret_cast<float*>(run_smem + L.misc);
   const float neg_inf = -__int_as_float(0x7f800000);
 
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -1153,6 +1189,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // which issues the bias copy right away (ISSUELAST: warp W − 1 and its lane 0).
     if (lane < W) mbar_init(&bars[lane], 1);
     if (lane == 0) mbar_init(&bars[W], 1);
+    if (BIASPRE && lane == 1) mbar_init(&bars[W + 1], 1);
     fence_mbar_init();
   }
   if (threadIdx.x == SW * 32) {
@@ -1172,7 +1209,29 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if (warp == SW) {
       __syncwarp();
       asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
+      if constexpr (FILLTMA3 && !NOFILL) {
+        u8* fb = run_smem + L.fillb;
+        for (int q = lane; q < 4096 / 16; q += 32)
+          sts16(smem_u32(fb + 16 * q), Vec16{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}});
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncwarp();
+      }
       issue_rows();
+      if constexpr (FILLTMA3 && !NOFILL) {
+        // The CTA's −1 rows of row_id_map behind its row copies in the copy engine's queue (waited for by this
+        // thread before the loop barrier: the routed entries go on top of them after it).
+        if (lane == 0) {
+          const i64 bytes = static_cast<i64>(nct) * E * 4;
+          u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
+          for (i64 o = 0; o < bytes; o += 4096) {
+            const u32 nb = static_cast<u32>(bytes - o < 4096 ? bytes - o : 4096);
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o),
+                         "r"(smem_u32(run_smem + L.fillb)), "r"(nb)
+                         : "memory");
+          }
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
+      }
       __syncwarp();
       named_barrier_sync(2, NTH);
     } else {
@@ -1192,16 +1251,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       asm volatile("bar.arrive 2, %0;" ::"n"(NTH) : "memory");
     }
-  } else if constexpr (COOP) {
-    for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-    const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-    for (int i = blockIdx.x * NTH + threadIdx.x; i < nsup * E; i += gridDim.x * NTH) a.super[i] = 0;
-    coop_tok = grid_barrier_arrive();  // (its CTA barrier also publishes the mbarrier inits)
   } else {
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     __syncthreads();
   }
   stamp0(kMoeRunTrInit);
+  if constexpr (PERSIST) {
+    if (threadIdx.x == 0) {
+      u32 w;
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
+      reinterpret_cast<u32*>(smisc)[1] = w >> 31;  // (read after the loop barrier)
+    }
+  }
   if constexpr (!ISSUE0) issue_rows();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
@@ -1210,9 +1271,33 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (NOFILL) return;
     const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
     int* rr = a.row_id_map + static_cast<i64>(tc0) * E;
-    for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
+    if constexpr (FILLTMA3) {
+      // (the copy-issuing warp has queued them behind the row copies)
+    } else if constexpr (FILLTMA) {
+      // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
+      // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
+      constexpr int FB = 4096;
+      u8* fb = reinterpret_cast<u8*>(list);
+      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
+      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncthreads();
+      if (threadIdx.x == 0) {
+        const i64 bytes = static_cast<i64>(nct) * E * 4;
+        for (i64 o = 0; o < bytes; o += FB) {
+          const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
+          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(
+                           reinterpret_cast<u8*>(rr) + o),
+                       "r"(smem_u32(fb)), "r"(nb)
+                       : "memory");
+        }
+        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+      }
+    } else {
+      for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) store16(rr + 4 * q, m1);
+    }
   };
-  if constexpr (MAP && !LATE && !FILLW) {
+  if constexpr (MAP && !LATE) {
     fill_rows();
     stamp0(kMoeRunTrFilled);
   }
@@ -1235,7 +1320,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   };
   // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map rows
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
-  // tokens calls it after its selection (EARLY: after the CTA's arrival).
+  // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
@@ -1288,28 +1373,58 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if (!DEFER && !NOROWS && valid) {
+    if constexpr (BULKST) {
+      // BULKST: the warp's rows by bulk async copies from its lane 0 (one a prob row — the shared rows are padded —
+      // and one for the warp's map rows), after every lane's proxy fence (its shared writes → the async proxy).
+      // The copies' reads are waited for before the CTA exits; nothing writes these rows again.
+      if (!DEFER && !NOROWS) {
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncwarp();
+        if (lane == 0) {
+          const int nwt = max(0, min(TPW, nct - warp * TPW));
+          const i64 t0w = tc0 + warp * TPW;
+          for (int i = 0; i < nwt; ++i)
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
+                         "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+                         : "memory");
+          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
+                       "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
+                       : "memory");
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
+      }
+    } else if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll
       for (int u = part; u < E / 4; u += TPT) store16(a.probs + t * E + 4 * u, lds16(smem_u32(prow + 4 * u)));
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) store16(a.routing_map + t * E + 16 * u, lds16(smem_u32(mrow + 16 * u)));
     }
-    if constexpr (FILLW) {
-      // FILLW: the token's −1 row of row_id_map right after its other rows (the routed entries are written over it
-      // after the CTA barriers that follow).
-      if (valid) {
-        const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
-        int* rr = a.row_id_map + static_cast<i64>(tc0 + tl) * E;
-#pragma unroll
-        for (int u = part; u < E / 4; u += TPT) store16(rr + 4 * u, m1);
-      }
-    }
     if constexpr (TRACE) {
       __syncwarp();
       stampw(kMoeRunTrWarp + 4 * warp + 3);
     }
   };
+  if constexpr (BIASPRE) {
+    // BIASPRE: warp 0 clamps the bias in place (a NaN bias counts as −inf: fmaxf drops the NaN; every later use
+    // clamps again, idempotent) and forms max |finite bias| once, then publishes both on mbarrier W + 1 (its arrive
+    // releases at CTA scope what the warp wrote before its __syncwarp; the waiters' try_wait acquires).
+    if (warp == 0) {
+      wait_bar(&bars[W]);
+      float bm = 0.0f;
+      for (int e = lane; e < E; e += 32) {
+        const float b = sbias[e];
+        if (fabsf(b) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(b));
+        sbias[e] = fmaxf(b, neg_inf);
+      }
+#pragma unroll
+      for (int o = 16; o; o >>= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
+      if (lane == 0) smisc[0] = bm;
+      __syncwarp();
+      if (lane == 0) mbar_arrive(&bars[W + 1]);
+    }
+  }
+  constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
     stampw(kMoeRunTrWarp + 4 * warp);
@@ -1319,11 +1434,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     const float* brow = sbias + part * EPT;
     const int e0 = part * EPT;
     // Position c of the thread's arrays holds expert e0 + xo(c): the 16-byte chunks in an order rotated per part
-    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts) touch 8 distinct
-    // bank groups; else in order. Selection does not depend on the order within a block.
+    // (E = 256, rows padded by 32 bytes), so that the 8 lanes of a quarter-warp (2 tokens × 4 parts at 16 threads a
+    // token, 4 × 2 at 8) touch 8 distinct bank groups: the parts whose row offsets part·EPT agree modulo 32 words
+    // (parts 0 / 2 and 1 / 3 at 16, 0 / 1 at 8) differ by one chunk. Else in order. Selection does not depend on the
+    // order within a block.
     constexpr int NC4 = EPT / 4;
-    constexpr bool ROT = E == 256 && TPT == 16 && NB == 1;
-    const int rot = ROT ? (part >> 1) & 1 : 0;
+    constexpr bool ROT = E == 256 && NB == 1;
+    const int rot = ROT ? (part * EPT / 32) & 1 : 0;
     auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
     auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 
@@ -1363,12 +1480,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             sts16(smem_u32(zrow + xo(c)), Vec16{{__float_as_uint(v[c]), __float_as_uint(v[c + 1]),
                                              __float_as_uint(v[c + 2]), __float_as_uint(v[c + 3])}});
         }
-        wait_bar(&bars[W]);  // the bias (long landed)
+        wait_bar(&bars[BB]);  // the bias (long landed)
         // A NaN bias counts as −inf (fmaxf drops the NaN): every key of its expert is −inf, the reference's NaN key.
         float b[EPT];
         lds_row(brow, b);
 #pragma unroll
-        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(v[c], fmaxf(b[c], neg_inf));
+        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(v[c], BIASPRE ? b[c] : fmaxf(b[c], neg_inf));
       } else {
 #pragma unroll
         for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
@@ -1391,15 +1508,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int c = 0; c < EPT; ++c) {
         key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
       }
-      wait_bar(&bars[W]);  // the bias (long landed)
+      wait_bar(&bars[BB]);  // the bias (long landed)
       lds_row(brow, v);
+      if constexpr (BIASPRE) {
 #pragma unroll
-      for (int c = 0; c < EPT; ++c) {
-        if (fabsf(v[c]) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(v[c]));
-        key[c] = __fadd_rn(key[c], fmaxf(v[c], neg_inf));
+        for (int c = 0; c < EPT; ++c) key[c] = __fadd_rn(key[c], v[c]);  // (clamped by warp 0)
+        bm = smisc[0];
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) {
+          if (fabsf(v[c]) < __int_as_float(0x7f800000)) bm = fmaxf(bm, fabsf(v[c]));
+          key[c] = __fadd_rn(key[c], fmaxf(v[c], neg_inf));
+        }
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
       }
-#pragma unroll
-      for (int o = TPW; o < 32; o <<= 1) bm = fmaxf(bm, __shfl_xor_sync(ALL, bm, o));
       bm1 = 1.0f + bm;
       dk = __fmaf_rn(bm1, 4.76837158e-07f, 3.81469727e-06f);  // 2^−18 + (1 + bm)·2^−21
       approx = true;
@@ -1634,14 +1757,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     __syncwarp();
     stampw(kMoeRunTrWarp + 4 * warp + 2);
 
-    if constexpr (!EARLY) emit_rows();
+    emit_rows();
   }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
+  if constexpr (FILLTMA3 && !NOFILL) {
+    if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+  }
   __syncthreads();
   stamp0(kMoeRunTrLoopDone);
-  if constexpr (COOP && ISSUE0) {
-    // Thread CT arrived at the first grid barrier: it waits for the grid, the CTA barrier after it publishes that.
+  if constexpr (COOP) {
+    // COOP: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
+    // everywhere), and a CTA barrier after it publishes that.
     if (threadIdx.x == CT) {
       const u32* word = grid_barrier_word();
       for (u32 it = 0;; ++it) {
@@ -1652,39 +1779,34 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     __syncthreads();
-  } else if constexpr (COOP) {
-    grid_barrier_wait(coop_tok);  // every CTA has zeroed its share of the superblock rows
-  } else {
+  } else if constexpr (!PERSIST) {
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   }
-  stamp0(kMoeRunTrPdl);
-  if constexpr (PACK) {
-    // Four experts a thread: one word of the chunk row (8-bit counts), two packed adds into the superblock row.
-    for (int i = threadIdx.x; i < E / 4; i += NTH) {
-      u32 c[4];
-#pragma unroll
-      for (int j = 0; j < 4; ++j) {
-        c[j] = 0;
-#pragma unroll
-        for (int w = 0; w < NMW; ++w) c[j] += __popc(emask[(4 * i + j) * NMW + w]);
-      }
-      a.chunk_counts[static_cast<i64>(blockIdx.x) * (E / 4) + i] =
-          static_cast<int>(c[0] | c[1] << 8 | c[2] << 16 | c[3] << 24);
-      int* sr = a.super + static_cast<i64>(blockIdx.x / a.super_chunks) * (E / 2) + 2 * i;
-      if (c[0] | c[1]) atomicAdd(sr, static_cast<int>(c[0] | c[1] << 16));
-      if (c[2] | c[3]) atomicAdd(sr + 1, static_cast<int>(c[2] | c[3] << 16));
+  // The superblock rows this call adds into (PERSIST: the half of this call's parity) and the release arrival.
+  const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
+  const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
+  int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
+  auto arrive_release = [&] {  // (one thread)
+    if constexpr (COOP || PERSIST) {
+      const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+      asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;"
+                   : "=r"(coop_tok)
+                   : "l"(COOP ? grid_barrier_word() : a.arrive), "r"(nb)
+                   : "memory");
+    } else {
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     }
-  } else {
-    for (int e = threadIdx.x; e < E; e += NTH) {
-      int c = 0;
+  };
+  stamp0(kMoeRunTrPdl);
+  for (int e = threadIdx.x; e < E; e += NTH) {
+    int c = 0;
 #pragma unroll
-      for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-      if constexpr (MAP) {
-        a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-        if (c) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
-      } else {
-        if (c) atomicAdd(&a.counts[e], c);
-      }
+    for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
+    if constexpr (MAP) {
+      a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
+      if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+    } else {
+      if (c) atomicAdd(&a.counts[e], c);
     }
   }
   if constexpr (MAP) {
@@ -1694,12 +1816,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       coop_tok = grid_barrier_arrive();
     } else {
       __syncthreads();
-      if (!NOARRIVE && threadIdx.x == 0)
-        asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+      if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
-    if constexpr (EARLY) {
-      if (nw > 0) emit_rows();
+    if constexpr (PERSIST) {
+      // The other half for the next call on the stream, whole (the previous call used it, perhaps with more
+      // superblock rows than this one; it has completed), while the CTA waits for the others.
+      int* other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
+      for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
+        store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
     if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
@@ -1719,14 +1844,44 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       stamp0(kMoeRunTrWaited);
     } else {
       if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
-        moe_wait_arrivals<32>(a.arrive);
+        if constexpr (PERSIST) {
+          for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
+            u32 cur;
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
+            if ((coop_tok ^ cur) & 0x80000000u) break;
+            if (it == (1u << 26)) __trap();
+          }
+        } else {
+          moe_wait_arrivals<32>(a.arrive);
+        }
         stamp(kMoeRunTrWaited);
       }
       __syncthreads();
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      moe_chunk_bases<E, NTH, PACK>(a.map, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot));
+      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum.)
+      auto loaded = [&](int dep) {
+        if constexpr (TRACE) {
+          u64 t;
+          asm volatile(
+              "{\n.reg .pred p;\n.reg .u32 d;\nld.volatile.shared.u32 d, [%1];\nadd.u32 d, d, %2;\n"
+              "setp.ne.u32 p, d, 0x7fc00001;\n@p mov.u64 %0, %%globaltimer;\n@!p mov.u64 %0, 1;\n}\n"
+              : "=l"(t)
+              : "r"(smem_u32(bars)), "r"(dep)
+              : "memory");
+          if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
+        }
+      };
+      MoeChunkMap cm = a.map;
+      cm.super = superp;
+      if constexpr (FILLTMA) {
+        // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
+        // barriers order the puts after this).
+        if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+      }
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, base,
+                                                         reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];
@@ -1737,6 +1892,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       stamp0(kMoeRunTrPut);
     }
+  }
+  if constexpr (BULKST || FILLTMA) {
+    if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");  // (the rows' shared memory)
   }
   if constexpr (TRACE) {
     __syncthreads();

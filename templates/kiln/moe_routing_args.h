@@ -54,6 +54,8 @@ struct MoeRouteArgs {
   unsigned* arrive;            // FUSE: CTAs done counting (zeroed first, with the superblock rows)
   int run_tokens;              // moe_route_run_kernel: tokens per CTA (a contiguous run; ≤ 8 per warp)
   unsigned long long* trace;   // moe_route_run_kernel's TRACE variant only: kMoeRunTraceSlots u64 a CTA
+  int persist_half;            // PERSIST: ints in each half of the per-stream superblock rows (zeroed whole for the
+                               // next call)
 };
 
 // moe_route_run_kernel's measurement variants (template argument V, set through the Specialization's unnamed config
@@ -61,7 +63,9 @@ struct MoeRouteArgs {
 // CTA's phase stamps to MoeRouteArgs::trace; the others leave a phase out (their outputs are then incomplete or wrong:
 // timing only): NOFILL the −1 rows of row_id_map, NOROWS the prob and routing-map rows' global stores, NOTAIL the
 // bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
-// there), NOARRIVE the arrival, its spin and everything after it. EARLY (a candidate with exact outputs): see below.
+// there), NOARRIVE the arrival, its spin and everything after it. The candidates (exact outputs) are listed below;
+// values 64 (EARLY), 512 (PACK) and 8192 (FILLW) were candidates that lost in two rounds each (bench/NOTES.md
+// session 8) and are deleted.
 enum : int {
   kMoeRunTrace = 1,
   kMoeRunNoFill = 2,
@@ -69,18 +73,33 @@ enum : int {
   kMoeRunNoTail = 8,
   kMoeRunNoWait = 16,
   kMoeRunNoArrive = 32,
-  kMoeRunEarly = 64,  // a candidate, not an ablation: the CTA arrives right after its selection (counts), and the
-                      // warps build and store their prob / map rows after the arrival, while the grid's other CTAs
-                      // finish (outputs exact)
   kMoeRunNoZero = 128,  // the op launches no moe_route_zero before the kernel (the superblock rows and the arrival
                         // counter keep the previous call's values; implies NOWAIT): what that launch costs
-  kMoeRunCoop = 256,    // a candidate (outputs exact): one cooperative launch, no moe_route_zero (moe_routing.cuh)
-  kMoeRunPack = 512,    // a candidate (outputs exact): narrow counts in the chunk / superblock rows (moe_routing.cuh)
+  kMoeRunCoop = 256,    // config `load` bit 4 (with ISSUELAST): one cooperative launch, no moe_route_zero
   kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
   kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
-  kMoeRunFillWarp = 8192,   // a candidate (outputs exact): the −1 rows by each warp after its tokens' rows
+  // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
+  // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
+  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md.)
+  kMoeRunBulkStore = 65536,
+  kMoeRunBiasPre = 131072,
+  // PERSIST (a candidate, outputs exact): no moe_route_zero and no cooperative launch. MoeRouteArgs::arrive points at
+  // a per-stream word that outlives the call and MoeRouteArgs::super at two halves of superblock rows beside it (zero
+  // when first allocated): the arrival is the self-resetting grid-barrier count (CTA 0 adds 2^31 − (n − 1), the
+  // others 1: the top bit flips once all arrived, the low bits return to 0), the call uses the half of the top bit's
+  // value at its start and zeroes the other half, which the next call on the stream uses.
+  kMoeRunPersist = 262144,
+  // WARPPAD (a candidate, outputs exact): the bases' −1 entries of the inverse list for the padding rows written by a
+  // warp (a lane a row) instead of a loop of the expert's one thread before the bases' last CTA barrier.
+  kMoeRunWarpPad = 8388608,
+  // FILLTMA (a candidate, outputs exact): the −1 rows of row_id_map by bulk async copies from a shared block of −1
+  // instead of 16-byte stores by every thread — with fill 4 after the arrival (the selection's list holds the block),
+  // with fill 3 by the copy-issuing warp right after the row copies (behind them in the copy engine's queue, while the
+  // CTA computes; a block of its own): the release of the other CTA on the SM no longer waits behind them (round 1:
+  // without the fill its arrival came ≈ 0.6 µs earlier).
+  kMoeRunFillTma = 16777216,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -102,7 +121,7 @@ enum : int {
   kMoeRunTrWaited,    // thread 0: the spin saw every CTA
   kMoeRunTrBases,     // moe_chunk_bases done (its final CTA barrier)
   kMoeRunTrPut,       // thread 0: its routed rows stored
-  kMoeRunTrSpare,
+  kMoeRunTrBasesLoaded,  // moe_chunk_bases: thread 0's count rows loaded (before the scan)
   kMoeRunTrWarp = 16,
   kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32,
 };
@@ -116,7 +135,7 @@ struct MoeRunSmem {
   int rsf;     // row stride in floats
   int kp;      // picks per token slot (K rounded up to 4)
   int nmw;     // 32-bit words of a per-expert token mask
-  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, total;
+  int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, fillb, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
 constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
@@ -135,7 +154,9 @@ constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   l.emask = o;  o += moe_run_align16(E * l.nmw * 4);
   l.base = o;   o += moe_run_align16(E * 4);
   l.wtot = o;   o += moe_run_align16(32 * 4);
-  l.bars = o;   o += moe_run_align16((W + 1) * 8);
+  l.bars = o;   o += moe_run_align16((W + 2) * 8);  // [W] rows, [W] the bias, [W + 1] the bias prepared (BIASPRE)
+  l.misc = o;   o += 16;                             // BIASPRE: max |finite bias|
+  l.fillb = o;  o += 4096;                           // FILLTMA at fill 3: a block of −1 for the bulk row fill
   l.total = o;
   return l;
 }

@@ -80,21 +80,19 @@ class MoeRouteMeasure : public GpuTest {
 };
 
 constexpr int kNoFill = kMoeRunNoFill, kNoRows = kMoeRunNoRows, kNoTail = kMoeRunNoTail;
+constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = kMoeRunPersist,
+              kIL = kMoeRunIssueLast, kWarpPad = kMoeRunWarpPad,
+              kFillTma = kMoeRunFillTma;
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: run fill 4 load 0 (session 7)", true, 16, 2, 4, 16, 0, true},
-      {"map: run fill 4 load 6", true, 16, 2, 4, 16, 0, true, 6},
-      {"map: run fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: run fill 3 load 7", true, 16, 2, 3, 16, 0, true, 7},
-      {"map: run fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
-      {"map: run fill 4 load 6 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 6},
-      {"map: run fill 4 load 7 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 7},
-      {"map: run fill 4 load 7 - no tail", true, 16, 2, 4, 16, kNoTail, false, 7},
-      {"map: run 4 load 7 - loads+compute+counts", true, 16, 2, 4, 16, kNoFill | kNoRows | kNoTail, false, 7},
-      {"no map: warp kernel 16x2", false, 16, 2, 0, 0, 0, true},
-      {"no map: run 16w load 2 (tuning file)", false, 16, 2, 0, 16, 0, true, 2},
+      {"map: load 379 fill 3 (default)", true, 16, 2, 3, 16, 0, true, 379},
+      {"map: load 379 fill 4 (-1 rows after the arrival)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 355 (round 3)", true, 16, 2, 4, 16, 0, true, 355},
+      {"map: load 291 (round 2)", true, 16, 2, 4, 16, 0, true, 291},
+      {"map: load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
+      {"map: 379 fill 3 - no tail", true, 16, 2, 3, 16, kNoTail, false, 379},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
   };
 
@@ -149,7 +147,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
   std::printf("\n");
 }
 
-// The candidates with exact outputs (COOP, PACK, ISSUE0 / ISSUELAST, the approximate keys of load 1, combinations)
+// The candidates with exact outputs (COOP, ISSUELAST, the approximate keys of load 1, session 9's, combinations)
 // write the same bits
 // as the CTA-run kernel's plain config (itself checked against the CPU reference by MoeRoutingTest.CtaRunKernel) at the token
 // counts where runs are partial or single (1, 7, 33, 4095) and at 8192, after a call of another config on the same
@@ -168,16 +166,25 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
         synchronize();
         want = download_outputs(in);
       }
+      std::vector<RouteCfg> cands;
       for (int vl : {static_cast<int>(kMoeRunApprox), static_cast<int>(kMoeRunIssueLast), kMoeRunIssueLast | kMoeRunCoop,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox, kMoeRunIssueLast | kMoeRunCoop | kMoeRunFillWarp,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunPack | kMoeRunFillWarp}) {
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox,
+                     // session 9: each alone where it applies, and with the default's options (load 291)
+                     kMoeRunApprox | kBiasPre, kBiasPre, kBulkSt, kWarpPad, kMoeRunIssueLast | kMoeRunApprox | kPersist,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kBiasPre,
+                     kMoeRunIssueLast | kPersist | kBulkSt,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma,
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma}) {
         // (kMoeRunApprox stands for the config's load 1 here)
-        const int v = vl & ~kMoeRunApprox, load = (vl & kMoeRunApprox) ? 1 : 0;
-        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " variant " + std::to_string(v) +
-                     " load " + std::to_string(load));
         RouteCfg c = plain;
-        c.variant = v;
-        c.load = load;
+        c.variant = vl & ~kMoeRunApprox;
+        c.load = (vl & kMoeRunApprox) ? 1 : 0;
+        cands.push_back(c);
+      }
+      for (const RouteCfg& c : cands) {
+        SCOPED_TRACE("T " + std::to_string(T) + " fill " + std::to_string(fill) + " warps " + std::to_string(c.warps) +
+                     " tpt " + std::to_string(c.tpt) + " variant " + std::to_string(c.variant) + " load " +
+                     std::to_string(c.load));
         auto f = force(r, c);
         // Twice: what the first call leaves (count words, the barrier word) must not change the second's outputs.
         for (int rep = 0; rep < 2; ++rep) {
@@ -201,8 +208,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"run 16w fill 4 load 7 (default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"run 16w fill 4 load 7 + FILLW", true, 16, 2, 4, 16, kMoeRunFillWarp, true, 7},
+      {"load 379 fill 3 (default)", true, 16, 2, 3, 16, 0, true, 379},
   };
 
 
@@ -268,13 +274,14 @@ TEST_F(MoeRouteMeasure, Timeline) {
       const int W = c.warps;
       // Columns: µs after the first CTA's entry.
       enum { ENTRY, INIT, ISSUED, FILLED, W0ROWS, LASTROWS, W0DONE, LASTDONE, LOOP, PDL, COUNTED, ARRIVED, WAITED,
-             BASES, PUT, END, NCOL };
+             BLOADED, BASES, PUT, END, NCOL };
       const char* names[NCOL] = {"entry",       "init",          "rows issued", "fill issued", "warp0 rows",
                                  "last rows",   "warp0 stored",  "last stored", "loop barrier", "pdl wait",
-                                 "counted",     "arrived+late",  "spin passed", "bases",        "routed put",
-                                 "end"};
+                                 "counted",     "arrived+late",  "spin passed", "bases loaded", "bases",
+                                 "routed put",  "end"};
       std::vector<std::vector<double>> col(NCOL);
-      std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bases, d_put, d_exit;
+      std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bload, d_bases, d_put,
+          d_exit;
       for (int b = 0; b < ctas; ++b) {
         const double st = static_cast<double>(at(b, kMoeRunTrStartNs) - t0) / 1000.0;
         // (Phase stamps are globaltimer ns; 0 = not reached.)
@@ -318,12 +325,14 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(COUNTED, counted);
         put(ARRIVED, arrived);
         put(WAITED, waited);
+        const double bloaded = rel(at(b, kMoeRunTrBasesLoaded));
+        put(BLOADED, bloaded);
         put(BASES, bases);
         put(PUT, putd);
         put(END, end);
         // Ordered up to the globaltimer's step (32 ns on H100) and the store after a stamp.
         constexpr double tol = 0.1;
-        if (!(c.variant & kMoeRunEarly)) EXPECT_LE(last_done, loop + tol) << "CTA " << b;  // (EARLY: after)
+        EXPECT_LE(last_done, loop + tol) << "CTA " << b;
         if (counted >= 0) EXPECT_LE(loop, counted + tol) << "CTA " << b;
         if (waited >= 0 && counted >= 0) EXPECT_LE(counted, waited + tol) << "CTA " << b;
         EXPECT_LE(loop, end + tol) << "CTA " << b;
@@ -338,6 +347,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
         if (counted >= 0) d_counts.push_back(counted - loop);
         if (waited >= 0 && arrived >= 0) d_spin.push_back(waited - arrived);
         if (bases >= 0 && waited >= 0) d_bases.push_back(bases - waited);
+        if (bloaded >= 0 && waited >= 0) d_bload.push_back(bloaded - waited);
         if (putd >= 0 && bases >= 0) d_put.push_back(putd - bases);
         if (putd >= 0) d_exit.push_back(end - putd);
       }
@@ -363,6 +373,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       row("d counts", d_counts);       // loop barrier → counts published
       row("d spin", d_spin);           // arrival (+ late stores) → every CTA arrived
       row("d bases", d_bases);         // spin passed → bases done
+      row(" . loads", d_bload);         //   spin passed → thread 0's count rows landed
       row("d put", d_put);             // bases → routed rows stored (thread 0)
       row("d exit", d_exit);           // routed rows → the CTA's end
     }

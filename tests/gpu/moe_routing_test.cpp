@@ -258,7 +258,9 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
 }
 // The CTA-run kernel (tpt 16: contiguous token runs per CTA, 16 threads per token, rank-counted candidates, bulk row
 // copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written; load bits: 1 approximate keys, 2 the
-// copies issued by the last warp, 4 one cooperative launch without route_zero): every config of its space on the
+// copies issued by the last warp, 4 one cooperative launch without route_zero, 32 the prob / map rows by bulk copies,
+// 64 the bias prepared once a CTA, 256 the per-stream arrival word and rows instead of 4, 8 the bases' padding rows
+// a lane a row, 16 the −1 rows by bulk copies): every config of its space on the
 // target routing at the token counts (runs of 32 … 64 tokens, a partial last run, a partial last warp), with
 // and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
@@ -267,9 +269,9 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt, load = 0; };
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
                        Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
-                       Cfg{16, 4, 16, 7}})
+                       Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379}})
     for (bool with_map : {true, false}) {
-      if (!with_map && k.fill != 3) continue;
+      if (!with_map && (k.fill != 3 || k.load > 7)) continue;  // (the session-9 options are map options)
       auto forced = [&](Case c) {
         c.warps = k.warps;
         c.tpw = 32 / k.tpt;
@@ -284,7 +286,8 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
       // ties on the −1-rows-at-the-start shapes only (each shape is a compile: device time is scarce).
       for (int64_t T : {7, 8192})
         run_case(forced({T, 256, kLing, true, 16, true, T == 8192}), 500 + T + k.warps + k.fill + k.tpt + with_map);
-      const bool full = k.fill == 3 && k.warps == 16;
+      // (and the default, load 379 at fill 3, and at fill 4: ties, NaN / ±inf and huge biases)
+      const bool full = (k.fill == 3 && k.warps == 16) || k.load == 379;
       if (!full && !(k.fill == 5 && k.tpt == 16 && k.warps == 16)) continue;
       for (int64_t T : {1, 33, 4096, 8191})
         run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
