@@ -125,7 +125,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
-    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
+                               // (full, empty, and the kRgEarlyLd fills')
+    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 24);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
@@ -660,6 +661,9 @@ RouterGemmFwdTmaArgs fwd_tma_args(const TensorRef& x, const Rows& xr, const Tens
   RouterGemmFwdTmaArgs a{};
   encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, x_rows);
   encode_tma_2d(a.tmw, w.data, xr.cols, E, xr.cols * 2, w_rows);
+  a.x = x.data;
+  a.x_stride = xr.stride;
+  a.w = w.data;
   a.out = static_cast<float*>(logits.data);
   a.out_stride = lr.stride;
   a.T = static_cast<int>(xr.rows);
@@ -735,7 +739,8 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
-    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad)) |
+    a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
+                          kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint)) |
               ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
@@ -1119,10 +1124,12 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
   // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
-  // without dynamic shared memory: kRgNoopNoSmem).
+  // without dynamic shared memory: kRgNoopNoSmem); session 9: _eld / _eldall (kRgEarlyLd: the first 2 / STAGES fills
+  // by cp.async, no tensor map), _hint (kRgL2Hint: x evict_first, w evict_last).
   const std::pair<const char*, int> xmc_switches[] = {{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
                                                       {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix},
-                                                      {"_staged", kRgXmcPlain}};
+                                                      {"_staged", kRgXmcPlain}, {"_eld", kRgEarlyLd},
+                                                      {"_eldall", kRgEarlyLd | kRgEarlyLdAll}, {"_hint", kRgL2Hint}};
   strip_switches(part, flags, xmc_switches);
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop
