@@ -164,10 +164,12 @@ __device__ __forceinline__ void tma_load_2d_multicast_hint(u32 dst, const void* 
       "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1), "l"(pol)
       : "memory");
 }
-// 16 bytes global → shared at `dst` (src_bytes 0: zero-filled, nothing read), and the arrival of this thread on `bar`
-// once all its earlier cp.async have landed (noinc: the barrier's count includes these arrivals).
+// 16 bytes global → shared at `dst` (src_bytes 0: zero-filled, nothing read; L2 fills of 256 bytes, as the tensor
+// maps' promotion), and the arrival of this thread on `bar` once all its earlier cp.async have landed (noinc: the
+// barrier's count includes these arrivals).
 __device__ __forceinline__ void cp_async16_to(u32 dst, const void* src, u32 src_bytes) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes) : "memory");
+  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes)
+               : "memory");
 }
 __device__ __forceinline__ void cp_async_arrive_noinc(u32 bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");

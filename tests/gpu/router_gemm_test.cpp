@@ -842,6 +842,135 @@ TEST_F(RouterGemmTest, FwdOpVsSweepAB) {
   detail::driver().cuEventDestroy(ev1);
 }
 
+// Measurement (prints; checks only that every placement gives the default's bits): round 1 of session 9 read the same
+// kernel and config (op and sweep twins alike) at either ≈ 21.1 or ≈ 21.9 µs per bench row. Which property of a row
+// decides? In one process, L2 flushed before every timed call: (a) the default on one buffer set in 4 blocks of 20
+// calls with 200 ms of idle GPU between blocks (a clock or time effect shows as blocks that differ); (b) x, w and the
+// logits at chosen offsets inside their own allocations, all resident, timed round-robin (an address effect shows as
+// placements that differ in every round); (c) six bench instances (router_gemm_instance, fresh allocations and data,
+// as `kiln bench` prepares a row) timed round-robin; (d) the session-9 options against the default on one buffer set,
+// call by call.
+TEST_F(RouterGemmTest, FwdPlacementAndOptionsAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xa8c}), mix_seed({0xa9c}));
+  const std::vector<uint8_t> xh = encode(DType::bf16, x), wh = encode(DType::bf16, w);
+  constexpr size_t kMiB = size_t{1} << 20, kKiB = 1024;
+  const size_t xbytes = T * K * 2, wbytes = E * K * 2, ybytes = T * E * 4;
+  struct Place {
+    const char* name;
+    size_t xoff, woff, yoff;  // bytes into the placement's own allocation
+  };
+  const std::vector<Place> places = {
+      {"x@0 w@32M y@34M", 0, 32 * kMiB, 34 * kMiB},
+      {"x@64K w@33M y@35M+64K", 64 * kKiB, 33 * kMiB, 35 * kMiB + 64 * kKiB},
+      {"x@1M w@34M y@36M", kMiB, 34 * kMiB, 36 * kMiB},
+      {"x@2M+4K w@35M y@38M+4K", 2 * kMiB + 4 * kKiB, 35 * kMiB, 38 * kMiB + 4 * kKiB},
+      {"y@0 w@8M x@10M", 10 * kMiB, 8 * kMiB, 0},
+      {"x@0 y@32M w@40M (adjacent)", 0, 40 * kMiB, 32 * kMiB},
+  };
+  std::vector<DeviceBuffer> bufs;
+  for (const Place& p : places) {
+    bufs.emplace_back(r, 48 * kMiB);
+    char* base = static_cast<char*>(bufs.back().data());
+    detail::copy_to_device(base + p.xoff, xh.data(), xbytes);
+    detail::copy_to_device(base + p.woff, wh.data(), wbytes);
+  }
+  auto call = [&](size_t i, int flags, const detail::RouterGemmConfig* cfg = nullptr) {
+    char* base = static_cast<char*>(bufs[i].data());
+    detail::router_gemm_measure_flags.store(flags);
+    detail::router_gemm_fp32_fwd_config(r, TensorRef::contiguous(base + places[i].xoff, DType::bf16, {T, K}),
+                                        TensorRef::contiguous(base + places[i].woff, DType::bf16, {E, K}),
+                                        TensorRef::contiguous(base + places[i].yoff, DType::f32, {T, E}), 5, cfg,
+                                        nullptr);
+    detail::router_gemm_measure_flags.store(0);
+  };
+  auto logits = [&](size_t i) {
+    std::vector<float> y(T * E);
+    detail::copy_to_host(y.data(), static_cast<char*>(bufs[i].data()) + places[i].yoff, ybytes);
+    return y;
+  };
+  for (size_t i = 0; i < places.size(); ++i) call(i, 0);
+  synchronize();
+  const std::vector<float> want = logits(0);
+  for (size_t i = 1; i < places.size(); ++i) EXPECT_TRUE(bitwise_equal(places[i].name, logits(i), want));
+  detail::L2Flusher l2(r, nullptr);
+  CUevent ev0, ev1;
+  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
+  auto timed = [&](const std::function<void()>& fn) {
+    l2.flush(nullptr);
+    detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
+    fn();
+    detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
+    detail::check(detail::driver().cuEventSynchronize(ev1), "cuEventSynchronize");
+    float ms = 0;
+    detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
+    return static_cast<double>(ms) * 1000.0;
+  };
+  auto report = [](const char* what, const std::string& name, const std::vector<double>& us) {
+    std::vector<double> v = us;
+    std::sort(v.begin(), v.end());
+    std::printf("[place] %s %-34s median %.2f  p10 %.2f  p90 %.2f  (n %zu)\n", what, name.c_str(), detail::median(v),
+                v[v.size() / 10], v[v.size() * 9 / 10], v.size());
+  };
+  // (a) one buffer set, blocks separated by idle time
+  for (int b = 0; b < 4; ++b) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    std::vector<double> us;
+    for (int i = 0; i < 20; ++i) us.push_back(timed([&] { call(0, 0); }));
+    report("(a) block", std::to_string(b), us);
+  }
+  // (b) placements, round-robin
+  std::vector<std::vector<double>> pu(places.size());
+  for (int i = 0; i < 20; ++i)
+    for (size_t k = 0; k < places.size(); ++k) pu[k].push_back(timed([&] { call(k, 0); }));
+  for (size_t k = 0; k < places.size(); ++k) report("(b) placement", places[k].name, pu[k]);
+  // (c) bench instances, round-robin
+  {
+    std::vector<detail::BenchInstance> inst;
+    for (int i = 0; i < 6; ++i) inst.push_back(detail::router_gemm_instance(r, T, K, E, "fwd_tmaxmc"));
+    for (auto& in : inst) in.run(nullptr);
+    synchronize();
+    std::vector<std::vector<double>> iu(inst.size());
+    for (int i = 0; i < 20; ++i)
+      for (size_t k = 0; k < inst.size(); ++k) iu[k].push_back(timed([&] { inst[k].run(nullptr); }));
+    for (size_t k = 0; k < inst.size(); ++k) {
+      const auto* y = static_cast<const char*>(inst[k].outputs[0].data);
+      report("(c) bench instance", std::to_string(k) + " (logits at ...+" +
+                                       std::to_string(reinterpret_cast<uintptr_t>(y) % (64 * kMiB) / kKiB) + " KiB mod 64M)",
+             iu[k]);
+    }
+  }
+  // (d) the options on one buffer set, call by call
+  const detail::RouterGemmConfig s7{128, 128, 64, 2, 2, 7};
+  struct Opt {
+    const char* name;
+    int flags;
+    const detail::RouterGemmConfig* cfg;
+  };
+  const Opt opts[] = {{"default", 0, nullptr},
+                      {"hint (x evict_first, w evict_last)", kRgL2Hint, nullptr},
+                      {"eld (2 cp.async fills)", kRgEarlyLd, nullptr},
+                      {"eldall (6 cp.async fills)", kRgEarlyLd | kRgEarlyLdAll, nullptr},
+                      {"staged epilogue (plain)", kRgXmcPlain, nullptr},
+                      {"epitma (TMA stores only)", kRgEpiTma, nullptr},
+                      {"rot (K walk rotated per tile)", kRgRotateK, nullptr},
+                      {"bal (66 tiles of 125 rows)", kRgBalance, nullptr},
+                      {"7 stages", 0, &s7},
+                      {"nostore", kRgSkipStore, nullptr},
+                      {"default again", 0, nullptr}};
+  for (const Opt& o : opts) call(0, o.flags, o.cfg);  // compiles the 7-stage point outside the timing
+  synchronize();
+  std::vector<std::vector<double>> ou(std::size(opts));
+  for (int i = 0; i < 24; ++i)
+    for (size_t k = 0; k < std::size(opts); ++k) ou[k].push_back(timed([&] { call(0, opts[k].flags, opts[k].cfg); }));
+  for (size_t k = 0; k < std::size(opts); ++k) report("(d) option", opts[k].name, ou[k]);
+  detail::driver().cuEventDestroy(ev0);
+  detail::driver().cuEventDestroy(ev1);
+}
+
 // Session 9 options of the expert-pair forward: the first fills by cp.async (kRgEarlyLd: 2 stages; kRgEarlyLdAll: all
 // STAGES) and the L2 policies of the loads (kRgL2Hint), alone, together and with kRgRotateK, at the default point, 7
 // stages, 64-token tiles (one consumer warpgroup, 8 stages) and where the early fills do not apply (ping-pong, clusters
