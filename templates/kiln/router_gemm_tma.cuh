@@ -565,6 +565,18 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
         trace[kRgTraceSm] = sm;
       }
+      // kRgNoExitSync: instead of the final cluster barrier, the producer waits until every consumer warpgroup of the
+      // cluster has released every fill of this CTA's ring (CUTLASS's producer tail). Then no arrival of the peer can
+      // still target this CTA's barriers, and every multicast write into its stages has landed (its consumers waited
+      // for each): the CTA may leave as soon as its own threads are done.
+      if (flags & kRgNoExitSync)
+        for (int i = 0; i < STAGES; ++i) {
+          ring.wait_empty(s, phase);
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
+          }
+        }
     }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
     if constexpr (WGM > 1) setmaxnreg_inc<232>();
@@ -676,8 +688,9 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     // The TMA stores' shared-memory source stays untouched until it has been read (the CTA may not leave before).
     if (tma_stored) bulk_wait_read();
   }
-  // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers.
-  cluster_sync();
+  // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers (with
+  // kRgNoExitSync the producer's tail above ensures it; the exit stamp is then the producer's).
+  if (!(flags & kRgNoExitSync)) cluster_sync();
   if (trace && tid == 0) trace[kRgTraceExitNs] = globaltimer_ns();
 #else
   __trap();

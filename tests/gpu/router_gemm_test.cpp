@@ -630,6 +630,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"eld (first 2 fills by cp.async)", kRgEarlyLd, def, false},
                        Mode{"eldall (first 6 fills by cp.async)", kRgEarlyLd | kRgEarlyLdAll, def, false},
                        Mode{"hint (x evict_first, w evict_last)", kRgL2Hint, def, false},
+                       Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
                        Mode{"epitma (TMA-store epilogue)", kRgEpiTma, def, false},
@@ -960,6 +961,8 @@ TEST_F(RouterGemmTest, FwdPlacementAndOptionsAB) {
                       {"bal (66 tiles of 125 rows)", kRgBalance, nullptr},
                       {"7 stages", 0, &s7},
                       {"nostore", kRgSkipStore, nullptr},
+                      {"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, nullptr},
+                      {"noexit + staged", kRgNoExitSync | kRgXmcPlain, nullptr},
                       {"default again", 0, nullptr}};
   for (const Opt& o : opts) call(0, o.flags, o.cfg);  // compiles the 7-stage point outside the timing
   synchronize();
@@ -972,7 +975,8 @@ TEST_F(RouterGemmTest, FwdPlacementAndOptionsAB) {
 }
 
 // Session 9 options of the expert-pair forward: the first fills by cp.async (kRgEarlyLd: 2 stages; kRgEarlyLdAll: all
-// STAGES) and the L2 policies of the loads (kRgL2Hint), alone, together and with kRgRotateK, at the default point, 7
+// STAGES), the L2 policies of the loads (kRgL2Hint) and the producer tail instead of the final cluster barrier
+// (kRgNoExitSync), alone, together and with kRgRotateK / the other epilogues, at the default point, 7
 // stages, 64-token tiles (one consumer warpgroup, 8 stages) and where the early fills do not apply (ping-pong, clusters
 // of 4, bk = 128, K shorter than the ring); shapes with a partial last tile, tiny T (the second CTA's rows past T), K
 // not a multiple of 64, several tiles per cluster, strided x rows. Every result must equal the default's bit for bit
@@ -1000,7 +1004,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
       detail::router_gemm_measure_flags.store(0);
       for (int flags : {kRgEarlyLd, kRgEarlyLd | kRgEarlyLdAll, kRgL2Hint, kRgEarlyLd | kRgL2Hint,
                         kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint, kRgEarlyLd | kRgRotateK,
-                        kRgEarlyLd | kRgEarlyLdAll | kRgXmcPlain}) {
+                        kRgEarlyLd | kRgEarlyLdAll | kRgXmcPlain, kRgNoExitSync, kRgNoExitSync | kRgXmcPlain,
+                        kRgNoExitSync | kRgEarlyLd | kRgEarlyLdAll, kRgNoExitSync | kRgEpiTma}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
