@@ -625,7 +625,7 @@ int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 // boxes of 128 bytes (64 bf16 or 32 fp32 columns; 128-byte swizzle: the layout wgmma and the g fragment loads
 // read) × box_rows rows; reads outside the tensor fill zeros.
 void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
-                   bool f32 = false) {
+                   bool f32 = false, CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
   static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
@@ -634,8 +634,8 @@ void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows,
   check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out),
                                         f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
                                         const_cast<void*>(data), dims, strides, box, elem,
-                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
-                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
+                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
+                                        CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
         "cuTensorMapEncodeTiled");
 }
 
@@ -724,6 +724,9 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
     RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm / 2, static_cast<int>(E / cl));
+    if (measure & (kRgXProm128 | kRgXPromNone))  // measurement: x's L2 fills of 128 bytes / no promotion
+      encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, bm / 2, false,
+                    (measure & kRgXProm128) ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B : CU_TENSOR_MAP_L2_PROMOTION_NONE);
     // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
     const int64_t pairs = std::max(1, sms / 2);
     a.tile_rows = bm;
@@ -1126,12 +1129,14 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
   // without dynamic shared memory: kRgNoopNoSmem); session 9: _eld / _eldall (kRgEarlyLd: the first 2 / STAGES fills
   // by cp.async, no tensor map), _hint (kRgL2Hint: x evict_first, w evict_last), _noexit (kRgNoExitSync: the
-  // producer's tail instead of the final cluster barrier).
+  // producer's tail instead of the final cluster barrier), _xp128 / _xp0 (kRgXProm128 / kRgXPromNone: x's tensor map
+  // with L2 fills of 128 bytes / none instead of 256).
   const std::pair<const char*, int> xmc_switches[] = {{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
                                                       {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix},
                                                       {"_staged", kRgXmcPlain}, {"_eld", kRgEarlyLd},
                                                       {"_eldall", kRgEarlyLd | kRgEarlyLdAll}, {"_hint", kRgL2Hint},
-                                                      {"_noexit", kRgNoExitSync}};
+                                                      {"_noexit", kRgNoExitSync}, {"_xp128", kRgXProm128},
+                                                      {"_xp0", kRgXPromNone}};
   strip_switches(part, flags, xmc_switches);
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop

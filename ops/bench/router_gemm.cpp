@@ -234,7 +234,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     for (const char* part : {"fwd", "fwd_tmaxmc", "fwd_tmaxmc_eld", "fwd_tmaxmc_eldall", "fwd_tmaxmc_hint",
                              "fwd_tmaxmc_eld_hint", "fwd_tmaxmc_eldall_hint", "fwd_tmaxmc_plain_eld",
                              "fwd_tmaxmc_nomma_hint", "fwd_tmaxmc_nomma", "fwd_tmaxmc_nostore_eld",
-                             "fwd_tmaxmc_nostore", "fwd_tmaxmc_noexit"})
+                             "fwd_tmaxmc_nostore", "fwd_tmaxmc_noexit",
+                             "fwd_tmaxmc_xp128", "fwd_tmaxmc_xp0"})
       s9(8192, 2048, part);
     for (const char* part : {"fwd_tmaxmc", "fwd_tmaxmc_eld", "fwd_tmaxmc_eldall"}) s9(8192, 7168, part);
     for (int64_t T : {1024, 4096})

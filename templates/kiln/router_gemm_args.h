@@ -66,6 +66,9 @@ constexpr int kRgEarlyLd = 1 << 29, kRgEarlyLdAll = 1 << 30, kRgL2Hint = 1 << 25
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
+// Measurement (host only, expert-pair forward): x's tensor map with L2 promotion 128 B (CUTLASS's default) or none,
+// instead of 256 B.
+constexpr int kRgXProm128 = 1 << 4, kRgXPromNone = 1 << 5;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

@@ -963,6 +963,8 @@ TEST_F(RouterGemmTest, FwdPlacementAndOptionsAB) {
                       {"nostore", kRgSkipStore, nullptr},
                       {"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, nullptr},
                       {"noexit + staged", kRgNoExitSync | kRgXmcPlain, nullptr},
+                      {"x L2 promotion 128 B", kRgXProm128, nullptr},
+                      {"x L2 promotion none", kRgXPromNone, nullptr},
                       {"default again", 0, nullptr}};
   for (const Opt& o : opts) call(0, o.flags, o.cfg);  // compiles the 7-stage point outside the timing
   synchronize();
@@ -1005,7 +1007,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
       for (int flags : {kRgEarlyLd, kRgEarlyLd | kRgEarlyLdAll, kRgL2Hint, kRgEarlyLd | kRgL2Hint,
                         kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint, kRgEarlyLd | kRgRotateK,
                         kRgEarlyLd | kRgEarlyLdAll | kRgXmcPlain, kRgNoExitSync, kRgNoExitSync | kRgXmcPlain,
-                        kRgNoExitSync | kRgEarlyLd | kRgEarlyLdAll, kRgNoExitSync | kRgEpiTma}) {
+                        kRgNoExitSync | kRgEarlyLd | kRgEarlyLdAll, kRgNoExitSync | kRgEpiTma, kRgXProm128,
+                        kRgXPromNone}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
