@@ -70,6 +70,11 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 // 20.88 µs vs 21.04–21.79 for the staged epilogue in the same run; TMA stores alone tie the staged epilogue).
 // 64-token tiles keep the staged epilogue (TMA stores measured 14.1–15.8 vs 14.7 µs there).
 constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiMix;
+// Every tile shape of the expert-pair kernel: no cluster barrier at the end; the producer's tail (kRgNoExitSync) keeps
+// each CTA alive until no peer can still reach its shared memory (session 9, round 3, 8192 × 2048 → 256, options timed
+// call by call: 20.13–20.16 µs vs 20.93–21.86 for the default; the timeline's CTAs left ≈ 0.7 µs after their stores had
+// been performed, waiting at that barrier).
+constexpr int kXmcDefaultAllTiles = kRgNoExitSync;
 
 // The expert-pair forward's ping-pong form: 64-row tiles, two consumer warpgroups taking alternate tiles.
 bool xmc_pingpong(const Specialization& s) { return s.config[C_BM] == 64 && s.config[C_WM] == 2; }
@@ -735,16 +740,17 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
     }
     a.tiles = static_cast<int>((T + a.tile_rows - 1) / a.tile_rows);
-    // The kernel's options: the op's defaults (kXmcDefaultOptions), or exactly the ones a measurement asks for (any of
-    // kRgEpiTma / kRgEpiDirect, or kRgXmcPlain for none of them).
+    // The kernel's options: the op's defaults (kXmcDefaultOptions for 128-token tiles, kXmcDefaultAllTiles), or exactly
+    // the ones a measurement asks for (any of kRgEpiTma / kRgEpiDirect, or kRgXmcPlain for none of them).
     const bool asked = measure & (kRgEpiTma | kRgEpiDirect | kRgXmcPlain);
-    const int opts = asked ? measure : s.config[C_WM] == 2 && !xmc_pingpong(s) ? kXmcDefaultOptions : 0;
+    const int opts =
+        asked ? measure : (s.config[C_WM] == 2 && !xmc_pingpong(s) ? kXmcDefaultOptions : 0) | kXmcDefaultAllTiles;
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
                           kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint | kRgNoExitSync)) |
-              ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+              (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&

@@ -237,9 +237,11 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                              "fwd_tmaxmc_nostore", "fwd_tmaxmc_noexit",
                              "fwd_tmaxmc_xp128", "fwd_tmaxmc_xp0"})
       s9(8192, 2048, part);
-    for (const char* part : {"fwd_tmaxmc", "fwd_tmaxmc_eld", "fwd_tmaxmc_eldall"}) s9(8192, 7168, part);
+    for (const char* part : {"fwd_tmaxmc", "fwd_tmaxmc_eld", "fwd_tmaxmc_eldall", "fwd_tmaxmc_mix_epitma"})
+      s9(8192, 7168, part);
     for (int64_t T : {1024, 4096})
-      for (const char* part : {"fwd_tmaxmc", "fwd_tmaxmc_eld", "fwd_tmaxmc_eldall"}) s9(T, 2048, part);
+      for (const char* part : {"fwd_tmaxmc", "fwd_tmaxmc_eld", "fwd_tmaxmc_eldall", "fwd_tmaxmc_plain"}) s9(T, 2048, part);
+    s9(8192, 2048, "fwd_tmaxmc_mix_epitma");  // the default before kRgNoExitSync (the same epilogue)
     for (const char* part : {"fwd", "fwd_tmaxmc"}) s9(8192, 2048, part, " again");
   }
   // What the sm_90a proxy fence costs (measurement only).

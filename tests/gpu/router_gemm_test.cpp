@@ -1025,6 +1025,66 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
   detail::driver().cuEventDestroy(ev1);
 }
 
+// Measurement (prints; checks that both give the same bits): the op's default since session 9 round 3 (no cluster
+// barrier at the end, kRgNoExitSync) against the one before (the same epilogue with the final cluster barrier: mixed
+// TMA / register stores for 128-token tiles, the staged epilogue for the 64-token tiles below 4225 tokens), call by call
+// round-robin at the bench shapes: 8192 × 2048 and 8192 × 7168 → 256, 4096 and 1024 × 2048 → 256.
+TEST_F(RouterGemmTest, FwdNoExitAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  CUevent ev0, ev1;
+  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{8192, 7168, 256}, Shape{4096, 2048, 256}, Shape{1024, 2048, 256}}) {
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xacc, static_cast<uint64_t>(T)}), mix_seed({0xadc}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+    const int64_t sms = r.impl().device().sm_count;
+    // the op's earlier default: 128-token tiles where their CTA pairs fill ≥ 90 % of the SMs, else 64-token tiles
+    const int before = (T + 127) / 128 * 2 * 10 >= sms * 9 ? kRgEpiTma | kRgEpiMix : kRgXmcPlain;
+    auto call = [&](int flags) {
+      detail::router_gemm_measure_flags.store(flags);
+      router_gemm_fp32_fwd(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}), yb.ref(DType::f32, {T, E}),
+                           nullptr);
+      detail::router_gemm_measure_flags.store(0);
+    };
+    call(before);
+    synchronize();
+    const std::vector<float> want = yb.download<float>(T * E);
+    call(0);
+    synchronize();
+    EXPECT_TRUE(bitwise_equal("default vs the earlier default", yb.download<float>(T * E), want));
+    auto timed = [&](int flags) {
+      l2.flush(nullptr);
+      detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
+      call(flags);
+      detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
+      detail::check(detail::driver().cuEventSynchronize(ev1), "cuEventSynchronize");
+      float ms = 0;
+      detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
+      return static_cast<double>(ms) * 1000.0;
+    };
+    std::vector<double> a, b, a2, b2;
+    for (int i = 0; i < 20; ++i) {
+      a.push_back(timed(0));
+      b.push_back(timed(before));
+      b2.push_back(timed(before));
+      a2.push_back(timed(0));
+    }
+    auto line = [&](const char* name, std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      std::printf("[noexit] T=%lld K=%lld %-36s median %.2f  p10 %.2f  p90 %.2f\n", static_cast<long long>(T),
+                  static_cast<long long>(K), name, detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10]);
+    };
+    line("default (no final cluster barrier)", a);
+    line("earlier default", b);
+    line("earlier default, second slot", b2);
+    line("default, second slot", a2);
+  }
+  detail::driver().cuEventDestroy(ev0);
+  detail::driver().cuEventDestroy(ev1);
+}
+
 // Session 9 options of the expert-pair forward: the first fills by cp.async (kRgEarlyLd: 2 stages; kRgEarlyLdAll: all
 // STAGES), the L2 policies of the loads (kRgL2Hint) and the producer tail instead of the final cluster barrier
 // (kRgNoExitSync), alone, together and with kRgRotateK / the other epilogues, at the default point, 7
