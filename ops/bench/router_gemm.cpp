@@ -152,6 +152,12 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 256, 64, 2, 1, 3}}});
   // dx with w multicast to clusters of 2 (half the L2 reads of w).
   add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});
+  // Session 9: the backward in one launch (precision standard): the dw role then the dx role in each CTA (_one), or
+  // dx then dw (_onex), against the two kernels (router_gemm_fp32_bwd).
+  for (int64_t K : {2048, 7168})
+    for (const char* part : {"bwd_one", "bwd_onex"})
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T=8192 K={} E=256 default", K),
+                       [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});

@@ -90,6 +90,12 @@ struct RouterGemmDwTmaArgs {
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
+// The one-launch backward (router_gemm_bwd_tma_kernel): the dw kernel's and the dx kernel's argument blocks (dx's
+// tiles, trace and flags as for the dx kernel; its grid is dw's).
+struct RouterGemmBwdTmaArgs {
+  RouterGemmDwTmaArgs dw;
+  RouterGemmDxTmaArgs dx;
+};
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
 // unit), last stage landed, MMAs done, last store issued, stores read out; dw: first stage landed, last stage landed,
