@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string_view>
@@ -858,8 +859,64 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
   p.ranges = p.groups * p.cluster;  // the last ranges may be empty (rows past T): they add zeros
   p.rows = static_cast<int>((chunks + p.ranges - 1) / p.ranges * 64);
-  p.workspace_elems = p.groups > 1 ? p.groups * E * K : 0;
+  // (+ one flag word per CTA: the one-launch kernel's in-kernel group sum)
+  p.workspace_elems = p.groups > 1 ? p.groups * E * K + round_up(tiles * p.ranges, 4) : 0;
   return p;
+}
+
+// Clusters of `cy` CTAs (threads, smem) of kernel k resident at once on the device (0: unknown), cached per function:
+// the one-launch backward sums its groups in the kernel only where its whole grid is resident at once.
+int resident_clusters(Runtime::Impl& impl, const Kernel& k, unsigned cy, unsigned threads, unsigned smem) {
+  static std::mutex mu;
+  static std::vector<std::pair<std::pair<CUfunction, unsigned>, int>> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [key, n] : cache)
+      if (key.first == k.fn && key.second == cy) return n;
+  }
+  int n = 0;
+  if (cy > 1) {
+    CUlaunchConfig cfg{};
+    cfg.gridDimX = 1;
+    cfg.gridDimY = cy;
+    cfg.gridDimZ = 1;
+    cfg.blockDimX = threads;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = smem;
+    CUlaunchAttribute attr[1];
+    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[0].value.clusterDim.x = 1;
+    attr[0].value.clusterDim.y = cy;
+    attr[0].value.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;
+  } else {
+    n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  cache.push_back({{k.fn, cy}, n});
+  return n;
+}
+
+// The one-launch kernel's flag tag: never 0 (fresh memory) nor kCapturedTag; under stream capture (a graph replays
+// the launch with the same tag) the flags are cleared first by a memset node and the tag is kCapturedTag, which no
+// uncaptured launch uses.
+unsigned bwd_one_tag(unsigned* flags, size_t words, Stream stream) {
+  static std::atomic<uint32_t> last_tag{0};
+  constexpr uint32_t kCapturedTag = 0xffffffffu;
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+    check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(flags), 0, words, reinterpret_cast<CUstream>(stream)),
+          "cuMemsetD32Async (router_gemm backward flags)");
+    return kCapturedTag;
+  }
+  uint32_t tag;
+  do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
+  return tag;
 }
 // The TMA backward's kernels by precision (0 tf32, 1 high, 2 bf16(g)).
 // 4 (standard, the default): dx
@@ -1020,14 +1077,24 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.cluster[1] = static_cast<unsigned>(plan.cluster);
       d.block[0] = static_cast<unsigned>(threads(sk));
       d.smem = static_cast<unsigned>(smem_bytes(sk));
+      bool fused = false;  // the one-launch kernel adds the groups itself (no dw_reduce)
       if (one) {  // dx's tiles and trace ride along; the dx slots of the trace are per CTA of this grid
-        const RouterGemmBwdTmaArgs b{a, ax};
+        RouterGemmBwdTmaArgs b{a, ax, nullptr, 0};
+        const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
+        fused = plan.groups > 1 && !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
+                !(a.flags & kRgSkipStore) &&
+                resident_clusters(impl, impl.kernel(sone), d.cluster[1], d.block[0], d.smem) * int64_t{plan.cluster} >=
+                    ctas;
+        if (fused) {
+          b.flags = reinterpret_cast<unsigned*>(partial + plan.groups * E * K);
+          b.tag = bwd_one_tag(b.flags, static_cast<size_t>(ctas), stream);
+        }
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
         impl.launch(sdw, d, stream, a);
       }
-      if (plan.groups > 1 && !(a.flags & kRgSkipStore)) {  // the groups' sums, added in group order
+      if (plan.groups > 1 && !(a.flags & kRgSkipStore) && !fused) {  // the groups' sums, added in group order
         const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
         LaunchDims rd;
         rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
@@ -1184,7 +1251,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                                   {"_now", kRgSkipW},      {"_nostore", kRgSkipStore},
                                                   {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                                   {"_noop", kRgNoop},      {"_nomma", kRgSkipMma},
-                                                  {"_noload", kRgSkipLoad}};
+                                                  {"_noload", kRgSkipLoad}, {"_sepred", kRgSepReduce}};
   strip_switches(part, flags, switches);
   if (strip_suffix(part, "_nostore")) flags |= kRgSkipStore;  // the TMA forward without its output stores
   else if (strip_suffix(part, "_high")) precision = 1;

@@ -92,9 +92,15 @@ struct RouterGemmDwTmaArgs {
 };
 // The one-launch backward (router_gemm_bwd_tma_kernel): the dw kernel's and the dx kernel's argument blocks (dx's
 // tiles, trace and flags as for the dx kernel; its grid is dw's).
+// With more than one group of T ranges a tile and `flags` set, the kernel adds the groups' partials itself (no
+// router_gemm_dw_reduce_kernel): each CTA publishes flags[CTA] = tag once its rows of its group's partial are stored,
+// and at its end sums tile rows [R·y, R·y + R) (y = blockIdx.y, R = ceil(128 / ranges)) of every group's partial in
+// group order once the tile's flags all hold the tag (tags: never 0; a flag from another launch holds another tag).
 struct RouterGemmBwdTmaArgs {
   RouterGemmDwTmaArgs dw;
   RouterGemmDxTmaArgs dx;
+  unsigned* flags;                      // [gridDim.x · gridDim.y] or null (router_gemm_dw_reduce_kernel adds them)
+  unsigned tag;
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
@@ -106,6 +112,8 @@ enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
+// Measurement (host only): the one-launch backward leaves the groups' sums to router_gemm_dw_reduce_kernel.
+constexpr int kRgSepReduce = 1 << 18;
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;

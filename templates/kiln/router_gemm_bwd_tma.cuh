@@ -1001,6 +1001,79 @@ __device__ __forceinline__ void router_gemm_dw_tma_prefetch(const RouterGemmDwTm
   }
 }
 
+// The groups' partials of a dw tile added inside the one-launch kernel (RouterGemmBwdTmaArgs::flags), by the 256
+// consumer threads (t = 0 … 255) of every CTA of the tile. publish: after the CTA's rows of its group partial are
+// stored (consumer barrier, then one release store at GPU scope). reduce: waits (one thread, acquire loads) until the
+// tile's ranges all published this launch's tag, then adds rows [R·y, R·y + R) of the G group partials as
+// router_gemm_dw_reduce_kernel does (0 + p0 + p1 + …: the same bits), 16-byte loads through L2.
+template <int K, int E>
+__device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBwdTmaArgs& a, int t) {
+  rgt::bar_sync_consumers();  // every consumer thread's stores of the partial are done
+  if (t == 0) {
+    unsigned* f = a.flags + blockIdx.y * gridDim.x + blockIdx.x;
+    asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
+  }
+}
+template <int K, int E>
+__device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTmaArgs& a, int t) {
+  constexpr int TILES_N = (K + 255) / 256, CPR = 64;  // 16-byte pieces a tile row
+  const int ranges = static_cast<int>(gridDim.y), G = ranges / a.dw.cluster;
+  const int n0 = (blockIdx.x % TILES_N) * 256, e0 = (blockIdx.x / TILES_N) * 128;
+  const int R = (128 + ranges - 1) / ranges, r0 = static_cast<int>(blockIdx.y) * R;
+  if (t == 0) {
+    u64 t0 = 0;
+    for (int y = 0; y < ranges; ++y) {
+      const unsigned* f = a.flags + y * gridDim.x + blockIdx.x;
+      for (u32 n = 0;; ++n) {
+        unsigned v;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory");
+        if (v == a.tag) break;
+        if ((n & 1023u) == 0) {  // a wait normally ends within microseconds; 2 s means a CTA that never arrives
+          const u64 now = globaltimer_ns();
+          if (t0 == 0) t0 = now;
+          else if (now - t0 > 2000000000ull) __trap();
+        }
+      }
+    }
+  }
+  rgt::bar_sync_consumers();
+  const i64 n = static_cast<i64>(E) * K;
+  constexpr int B = 4;  // pieces a thread per round (R = 16: all of them), their G loads issued group by group
+  for (int i0 = t; i0 < R * CPR; i0 += 256 * B) {
+    float sum[B][4];
+    i64 off[B];
+    bool ok[B];
+#pragma unroll
+    for (int b = 0; b < B; ++b) {
+      const int i = i0 + b * 256, r = r0 + i / CPR, c = n0 + (i % CPR) * 4;
+      ok[b] = i < R * CPR && r < 128 && e0 + r < E && c < K;
+      off[b] = static_cast<i64>(e0 + r) * K + c;
+#pragma unroll
+      for (int j = 0; j < 4; ++j) sum[b][j] = 0.f;
+    }
+#pragma unroll
+    for (int g = 0; g < 8; ++g) {
+      if (g >= G) break;
+      float4 q[B];
+#pragma unroll
+      for (int b = 0; b < B; ++b)
+        q[b] = ok[b] ? __ldcg(reinterpret_cast<const float4*>(a.dw.partial + g * n + off[b])) : make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+      for (int b = 0; b < B; ++b) {
+        sum[b][0] += q[b].x;
+        sum[b][1] += q[b].y;
+        sum[b][2] += q[b].z;
+        sum[b][3] += q[b].w;
+      }
+    }
+#pragma unroll
+    for (int b = 0; b < B; ++b)
+      if (ok[b])
+        store16(a.dw.dw + off[b], Vec16{{__float_as_uint(sum[b][0]), __float_as_uint(sum[b][1]),
+                                         __float_as_uint(sum[b][2]), __float_as_uint(sum[b][3])}});
+  }
+}
+
 // The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo), two roles in sequence per CTA.
 // Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1, a.dw.cluster, 1); each
 // CTA is the dw kernel's CTA of the same (tile, T range) — same partition, same pair sums and group partials, so dw
@@ -1072,14 +1145,22 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     }
   } else {  // consumers
     setmaxnreg_inc<232>();
+    const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     if constexpr (ORDER == 0) {
       router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
+      if (reduce) router_gemm_dw_groups_publish<K, E>(a, tid - 128);
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true);
     } else {
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, false);
       router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr);
-      if ((tid & 127) == 0) bulk_wait_read();  // the dx stores have read the staging tiles
+      if (reduce) router_gemm_dw_groups_publish<K, E>(a, tid - 128);
     }
+    if (reduce) {
+      router_gemm_dw_groups_reduce<K, E>(a, tid - 128);
+      if (dwtr && tid == 128) dwtr[kRgTraceWg0 + kRgTraceWgSlots] = rgt::clk();  // (measurement: slice reduced)
+    }
+    if constexpr (ORDER == 1)
+      if ((tid & 127) == 0) bulk_wait_read();  // the dx stores have read the staging tiles
   }
 #else
   __trap();

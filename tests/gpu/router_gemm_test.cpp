@@ -1119,6 +1119,18 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
             << (k ? "dw" : "dx") << " CTA " << c;
       }
       std::printf("  %s\n", k ? "dw" : "dx");
+      if (k == 1 && at(b, 0, kRgTraceWg0 + kRgTraceWgSlots) != 0) {  // the one-launch kernel's in-kernel group sum
+        std::vector<double> v;
+        for (int c = 0; c < n[k]; ++c) {
+          const double st = (static_cast<double>(at(b, c, kRgTraceStartNs)) - static_cast<double>(t0)) / 1000.0;
+          v.push_back(st + (static_cast<double>(at(b, c, kRgTraceWg0 + kRgTraceWgSlots)) - at(b, c, kRgTraceStartClk)) /
+                               ghz / 1000.0);
+        }
+        std::sort(v.begin(), v.end());
+        auto qq = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
+        std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", "groups sum", v.front(), qq(0.1), qq(0.5), qq(0.9),
+                    v.back());
+      }
       for (int q = 0; q < 8; ++q) {
         std::vector<double> v = col[q];
         std::sort(v.begin(), v.end());
