@@ -159,6 +159,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     for (const char* part : {"bwd_one", "bwd_onex", "bwd_one_sepred"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T=8192 K={} E=256 default", K),
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
+  // ... with the dw role's 8 T ranges in clusters of 1 (each CTA's partial stored from its registers, no DSMEM pair
+  // sum; 8 partials a tile summed in the kernel) and with 2 dw stages.
+  for (const char* part : {"bwd_one", "bwd_onex"})
+    add_sweep(cases, part, std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 1, 8, 3}, {64, 256, 64, 2, 8, 2}}});
   for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});

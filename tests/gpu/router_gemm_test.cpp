@@ -1057,6 +1057,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   };
   for (const Mode m : {Mode{"default", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
                        Mode{"one launch, dx then dw", {}, {}, 4},
+                       Mode{"one launch, dw then dx, dw ranges in clusters of 1", {64, 256, 64, 1, 8, 3}, {}, 3},
                        Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
                        Mode{"dw clusters of 1 (8 partials, dw_reduce)", {}, {128, 256, 64, 1, 8, 3}}}) {
     SCOPED_TRACE(m.name);
