@@ -101,6 +101,7 @@ struct RouterGemmBwdTmaArgs {
   RouterGemmDxTmaArgs dx;
   unsigned* flags;                      // [gridDim.x · gridDim.y] or null (router_gemm_dw_reduce_kernel adds them)
   unsigned tag;
+  int interleave;                       // dw then dx: the groups' sum spread over dx's column blocks (else at the end)
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
@@ -114,6 +115,8 @@ enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 // Measurement (host only): the one-launch backward leaves the groups' sums to router_gemm_dw_reduce_kernel.
 constexpr int kRgSepReduce = 1 << 18;
+// Measurement (host only): the one-launch backward (dw first) sums the groups after its dx role, not under it.
+constexpr int kRgEndReduce = 1 << 19;
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;

@@ -221,10 +221,16 @@ __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTma
 // Consumers (both consumer warpgroups, threads 128 … 383): per unit, g rows → A tile, then the MMAs over the ring and
 // the output blocks. wait_stores: wait (thread 128 / 256) until this warpgroup's TMA stores have read the staging tile
 // before returning (the CTA may exit after it); the one-launch kernel waits at its very end instead.
-template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED>
+// hook.before() runs at the start of every 256-column block (before its MMAs), hook.after() once the block's MMAs
+// have completed (before its epilogue): the one-launch kernel hides the groups' sum of dw in them.
+struct RgNoHook {
+  __device__ __forceinline__ void before() {}
+  __device__ __forceinline__ void after() {}
+};
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
 __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTmaArgs& a, u32 base, u32 bars, u32 stg,
                                                            u32 rank, int cluster, int clusters, u64* trace,
-                                                           bool wait_stores) {
+                                                           bool wait_stores, Hook& hook) {
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
   constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
@@ -342,6 +348,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       float acc[NW / 2];
 #pragma unroll
       for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
+      hook.before();
       int prev = -1;
       for (int ec = 0; ec < EC; ++ec) {
         mbar_wait(bars + 8 * s, phase);
@@ -382,6 +389,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
         if constexpr (CM == 1) mbar_arrive(bars + 8 * (STAGES + prev));
         else mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       }
+      hook.after();
       const int c0 = n * BN + (NW == 256 ? 0 : j * 128);  // this warpgroup's first dx column of the block
       if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
         const int rr = row0 + warp * 16 + (lane >> 2);
@@ -492,8 +500,9 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
     }
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     setmaxnreg_inc<232>();
+    RgNoHook nh;
     router_gemm_dx_tma_consume<K, E, STAGES, CM, SPLIT, TM, STAGED>(a, base, bars, stg, rank, cluster, clusters, trace,
-                                                                    true);
+                                                                    true, nh);
   }
   if constexpr (CM > 1) cluster_sync();
 #else
@@ -1015,12 +1024,13 @@ __device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBw
   }
 }
 template <int K, int E>
-__device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTmaArgs& a, int t) {
+__device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTmaArgs& a, int t, int first = 0,
+                                                          bool ready = false) {
   constexpr int TILES_N = (K + 255) / 256, CPR = 64;  // 16-byte pieces a tile row
   const int ranges = static_cast<int>(gridDim.y), G = ranges / a.dw.cluster;
   const int n0 = (blockIdx.x % TILES_N) * 256, e0 = (blockIdx.x / TILES_N) * 128;
   const int R = (128 + ranges - 1) / ranges, r0 = static_cast<int>(blockIdx.y) * R;
-  if (t == 0) {
+  if (t == 0 && !ready) {
     u64 t0 = 0;
     for (int y = 0; y < ranges; ++y) {
       const unsigned* f = a.flags + y * gridDim.x + blockIdx.x;
@@ -1039,7 +1049,7 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
   rgt::bar_sync_consumers();
   const i64 n = static_cast<i64>(E) * K;
   constexpr int B = 4;  // pieces a thread per round (R = 16: all of them), their G loads issued group by group
-  for (int i0 = t; i0 < R * CPR; i0 += 256 * B) {
+  for (int i0 = t + 256 * first; i0 < R * CPR; i0 += 256 * B) {
     float sum[B][4];
     i64 off[B];
     bool ok[B];
@@ -1073,6 +1083,88 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
                                          __float_as_uint(sum[b][2]), __float_as_uint(sum[b][3])}});
   }
 }
+
+// The groups' sum of the one-launch kernel (dw first) spread over its dx column blocks, so its L2 round trips hide
+// under MMAs: each consumer thread owns pieces t, t + 256, … of the CTA's slice (router_gemm_dw_groups_reduce's
+// partition and order: the same bits). Per block: before() issues the loads of its next piece (G partials) once
+// the tile's flags were all seen (relaxed loads, then one acq_rel fence), else the flag loads; after() (the block's
+// MMAs done) adds and stores the piece, or reads the flags. finish() does what is left after the last block (waiting
+// for the flags if they were never all seen) — with one dx tile a CTA and R = 16, 4 of dx's 8 blocks suffice.
+template <int K, int E>
+struct RgGroupsSumHook {
+  const RouterGemmBwdTmaArgs* a;
+  int t, done, np;
+  bool ready, checking, pend;
+  unsigned fl[8];
+  float4 q[8];
+  __device__ __forceinline__ RgGroupsSumHook(const RouterGemmBwdTmaArgs& args, int thread)
+      : a(&args), t(thread), done(0), ready(false), checking(false), pend(false) {
+    const int ranges = static_cast<int>(gridDim.y), R = (128 + ranges - 1) / ranges;
+    np = (R * 64 - t + 255) / 256;  // pieces t, t + 256, … below R·64
+  }
+  __device__ __forceinline__ i64 offset(bool& ok) const {
+    constexpr int TILES_N = (K + 255) / 256;
+    const int ranges = static_cast<int>(gridDim.y), R = (128 + ranges - 1) / ranges;
+    const int n0 = (blockIdx.x % TILES_N) * 256, e0 = (blockIdx.x / TILES_N) * 128;
+    const int i = t + 256 * done, r = static_cast<int>(blockIdx.y) * R + i / 64, c = n0 + (i % 64) * 4;
+    ok = r < 128 && e0 + r < E && c < K;
+    return static_cast<i64>(e0 + r) * K + c;
+  }
+  __device__ __forceinline__ void before() {
+    if (done >= np) return;
+    const int ranges = static_cast<int>(gridDim.y), G = ranges / a->dw.cluster;
+    if (ready) {
+      bool ok;
+      const i64 off = offset(ok);
+#pragma unroll
+      for (int g = 0; g < 8; ++g)
+        if (g < G && ok) q[g] = __ldcg(reinterpret_cast<const float4*>(a->dw.partial + g * (static_cast<i64>(E) * K) + off));
+      pend = true;
+    } else if (!checking) {
+#pragma unroll
+      for (int y = 0; y < 8; ++y)
+        if (y < ranges)
+          asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];"
+                       : "=r"(fl[y])
+                       : "l"(a->flags + y * gridDim.x + blockIdx.x)
+                       : "memory");
+      checking = true;
+    }
+  }
+  __device__ __forceinline__ void after() {
+    const int ranges = static_cast<int>(gridDim.y), G = ranges / a->dw.cluster;
+    if (checking) {
+      bool all = true;
+#pragma unroll
+      for (int y = 0; y < 8; ++y)
+        if (y < ranges) all = all && fl[y] == a->tag;
+      checking = false;
+      if (all) {
+        asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        ready = true;
+      }
+    }
+    if (pend) {
+      bool ok;
+      const i64 off = offset(ok);
+      if (ok) {
+        float sum[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int g = 0; g < 8; ++g)
+          if (g < G) {
+            sum[0] += q[g].x;
+            sum[1] += q[g].y;
+            sum[2] += q[g].z;
+            sum[3] += q[g].w;
+          }
+        store16(a->dw.dw + off, Vec16{{__float_as_uint(sum[0]), __float_as_uint(sum[1]), __float_as_uint(sum[2]),
+                                        __float_as_uint(sum[3])}});
+      }
+      ++done;
+      pend = false;
+    }
+  }
+};
 
 // The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo), two roles in sequence per CTA.
 // Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1, a.dw.cluster, 1); each
@@ -1146,17 +1238,33 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
   } else {  // consumers
     setmaxnreg_inc<232>();
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
+    int first = 0;  // pieces of the groups' sum already done (ORDER 0: under dx's blocks)
+    bool ready = false;
     if constexpr (ORDER == 0) {
       router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
       if (reduce) router_gemm_dw_groups_publish<K, E>(a, tid - 128);
-      router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true);
+      if (reduce && a.interleave) {
+        RgGroupsSumHook<K, E> hook(a, tid - 128);
+        router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
+                                                                      hook);
+        first = hook.done;
+        ready = hook.ready;
+      } else {
+        RgNoHook nh;
+        router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
+                                                                      nh);
+      }
     } else {
-      router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, false);
+      RgNoHook nh;
+      router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, false,
+                                                                    nh);
       router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr);
       if (reduce) router_gemm_dw_groups_publish<K, E>(a, tid - 128);
     }
     if (reduce) {
-      router_gemm_dw_groups_reduce<K, E>(a, tid - 128);
+      // (the wait is thread 0's, for all: with `ready` it saw every flag and fenced already; its barrier orders the
+      // other threads' loads after that)
+      router_gemm_dw_groups_reduce<K, E>(a, tid - 128, first, ready);
       if (dwtr && tid == 128) dwtr[kRgTraceWg0 + kRgTraceWgSlots] = rgt::clk();  // (measurement: slice reduced)
     }
     if constexpr (ORDER == 1)
