@@ -1011,14 +1011,16 @@ __device__ __forceinline__ void router_gemm_dw_tma_prefetch(const RouterGemmDwTm
 }
 
 // The groups' partials of a dw tile added inside the one-launch kernel (RouterGemmBwdTmaArgs::flags), by the 256
-// consumer threads (t = 0 … 255) of every CTA of the tile. publish: after the CTA's rows of its group partial are
-// stored (consumer barrier, then one release store at GPU scope). reduce: waits (one thread, acquire loads) until the
-// tile's ranges all published this launch's tag, then adds rows [R·y, R·y + R) of the G group partials as
-// router_gemm_dw_reduce_kernel does (0 + p0 + p1 + …: the same bits), 16-byte loads through L2.
-template <int K, int E>
-__device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBwdTmaArgs& a, int t) {
-  rgt::bar_sync_consumers();  // every consumer thread's stores of the partial are done
-  if (t == 0) {
+// consumer threads (t = 0 … 255) of every CTA of the tile. Publish: once the CTA's rows of its group partial are
+// stored (a named barrier, then one release store at GPU scope). Reduce: one thread waits until the tile's ranges all
+// published this launch's tag (relaxed loads, then one fence), then the CTA adds rows [R·y, R·y + R) of the G group
+// partials as router_gemm_dw_reduce_kernel does (0 + p0 + p1 + …: the same bits), 16-byte loads through L2.
+// The consumers only arrive (named barrier 5, non-blocking); producer warp 1 waits there and publishes, so the
+// fence's wait for the partial's stores to be performed stays off the consumers' path into the next role.
+__device__ __forceinline__ void router_gemm_dw_groups_arrive() { asm volatile("bar.arrive 5, 288;" ::: "memory"); }
+__device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBwdTmaArgs& a, int lane) {
+  asm volatile("bar.sync 5, 288;" ::: "memory");  // every consumer thread's stores of the partial are done
+  if (lane == 0) {
     unsigned* f = a.flags + blockIdx.y * gridDim.x + blockIdx.x;
     asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
   }
@@ -1031,20 +1033,30 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
   const int n0 = (blockIdx.x % TILES_N) * 256, e0 = (blockIdx.x / TILES_N) * 128;
   const int R = (128 + ranges - 1) / ranges, r0 = static_cast<int>(blockIdx.y) * R;
   if (t == 0 && !ready) {
+    // All the tile's flags loaded at once (relaxed: up to 8 in flight, not 8 acquire round trips in a row), again
+    // until every one holds the tag, then one fence (acquire for all of them).
     u64 t0 = 0;
-    for (int y = 0; y < ranges; ++y) {
-      const unsigned* f = a.flags + y * gridDim.x + blockIdx.x;
-      for (u32 n = 0;; ++n) {
-        unsigned v;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory");
-        if (v == a.tag) break;
-        if ((n & 1023u) == 0) {  // a wait normally ends within microseconds; 2 s means a CTA that never arrives
-          const u64 now = globaltimer_ns();
-          if (t0 == 0) t0 = now;
-          else if (now - t0 > 2000000000ull) __trap();
-        }
+    for (u32 n = 0;; ++n) {
+      bool all = true;
+      unsigned v[8];
+#pragma unroll
+      for (int y = 0; y < 8; ++y)
+        if (y < ranges)
+          asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];"
+                       : "=r"(v[y])
+                       : "l"(a.flags + y * gridDim.x + blockIdx.x)
+                       : "memory");
+#pragma unroll
+      for (int y = 0; y < 8; ++y)
+        if (y < ranges) all = all && v[y] == a.tag;
+      if (all) break;
+      if ((n & 255u) == 0) {  // a wait normally ends within microseconds; 2 s means a CTA that never arrives
+        const u64 now = globaltimer_ns();
+        if (t0 == 0) t0 = now;
+        else if (now - t0 > 2000000000ull) __trap();
       }
     }
+    asm volatile("fence.acq_rel.gpu;" ::: "memory");
   }
   rgt::bar_sync_consumers();
   const i64 n = static_cast<i64>(E) * K;
@@ -1213,6 +1225,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     setmaxnreg_dec<40>();
     int s = 0;
     u32 phase = 0;
+    const bool reduce = a.flags != nullptr;  // (uniform)
     if constexpr (ORDER == 0) {
       if (tid == 0) router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
       router_gemm_dw_tma_producer_tail(a.dw);
@@ -1222,6 +1235,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
         phase = 0;
         router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
                                                                 t0_clk, s, phase);
+      } else if (reduce && tid >= 32 && tid < 64) {
+        router_gemm_dw_groups_publish(a, tid - 32);
       }
     } else {
       if (tid == 0) {
@@ -1234,6 +1249,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
         router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
       }
       router_gemm_dw_tma_producer_tail(a.dw);
+      if (reduce && tid >= 32 && tid < 64) router_gemm_dw_groups_publish(a, tid - 32);
     }
   } else {  // consumers
     setmaxnreg_inc<232>();
@@ -1242,7 +1258,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     bool ready = false;
     if constexpr (ORDER == 0) {
       router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
-      if (reduce) router_gemm_dw_groups_publish<K, E>(a, tid - 128);
+      if (reduce) router_gemm_dw_groups_arrive();
       if (reduce && a.interleave) {
         RgGroupsSumHook<K, E> hook(a, tid - 128);
         router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
@@ -1259,7 +1275,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, false,
                                                                     nh);
       router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr);
-      if (reduce) router_gemm_dw_groups_publish<K, E>(a, tid - 128);
+      if (reduce) router_gemm_dw_groups_arrive();
     }
     if (reduce) {
       // (the wait is thread 0's, for all: with `ready` it saw every flag and fenced already; its barrier orders the
