@@ -102,6 +102,7 @@ struct RouterGemmBwdTmaArgs {
   unsigned* flags;                      // [gridDim.x · gridDim.y] or null (router_gemm_dw_reduce_kernel adds them)
   unsigned tag;
   int interleave;                       // dw then dx: the groups' sum spread over dx's column blocks (else at the end)
+  int prefetch_g;                       // dw then dx: the first dx tile's g rows prefetched into L2 near dw's end
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
@@ -117,6 +118,8 @@ enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
 constexpr int kRgSepReduce = 1 << 18;
 // Measurement (host only): the one-launch backward (dw first) sums the groups after its dx role, not under it.
 constexpr int kRgEndReduce = 1 << 19;
+// Measurement (host only): the one-launch backward (dw first) without the L2 prefetch of dx's g rows.
+constexpr int kRgNoGPrefetch = 1 << 20;
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;

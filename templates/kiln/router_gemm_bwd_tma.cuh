@@ -987,6 +987,10 @@ __device__ __forceinline__ void ring_wait_released(u32 bars, int s, u32 phase) {
     }
   }
 }
+// `bytes` (a multiple of 16) from global memory → L2 only.
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
 // Tile of a tensor map → L2 only (no shared memory, no barrier).
 __device__ __forceinline__ void tma_prefetch_l2_2d(const void* tmap, int c0, int c1) {
   asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
@@ -1227,7 +1231,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     u32 phase = 0;
     const bool reduce = a.flags != nullptr;  // (uniform)
     if constexpr (ORDER == 0) {
-      if (tid == 0) router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
+      if (tid == 0) {
+        router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
+        // dw's last chunk is requested: bring the g rows of the CTA's first dx tile back into L2 (dw streamed them
+        // through it, but also all of x since) while dw's last MMAs and its epilogue run.
+        if (a.prefetch_g && cta < a.dx.tiles) {
+          const int r0 = cta * TM, rows = a.dx.T - r0 < TM ? a.dx.T - r0 : TM;
+          if (a.dx.g_stride == E) {
+            rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0) * E, static_cast<u32>(rows) * E * 4);
+          } else {
+            for (int r = 0; r < rows; ++r) rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0 + r) * a.dx.g_stride, E * 4);
+          }
+        }
+      }
       router_gemm_dw_tma_producer_tail(a.dw);
       if (tid == 0) {
         rgt::ring_wait_released<DWST>(dwbars, s, phase);
