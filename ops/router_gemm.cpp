@@ -933,14 +933,25 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 
 }  // namespace
 
+// Whether the op's default at precision standard with dx and dw both wanted (sm_90a, E ≤ 256) is the one-launch
+// kernel (dw role first) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has
+// 112 CTAs for 128 dx tiles, and runs 210 vs 159 µs).
+constexpr bool kBwdOneLaunchDefault = false;
+bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
+  return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
+}
+
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                              const RouterGemmBwdOptions& options) {
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const int precision = static_cast<int>(options.precision);
-  if (default_bwd_variant(arch, E) >= 2)
-    return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
-           (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
+  if (default_bwd_variant(arch, E) >= 2) {
+    int64_t n = dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems;
+    if (kBwdOneLaunchDefault && precision == 4)  // (either path may run: the larger of the two plans)
+      n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdTmaWx, K, E), T), T, sm_count(rt)).workspace_elems);
+    return n + (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
+  }
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
@@ -965,6 +976,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
+  const bool by_default = variant < 0;
   if (variant < 0) variant = default_bwd_variant(arch, E);
   if (variant != 0 && (variant < 2 || variant > 4))  // (1: the cp.async wgmma kernels, removed in session 7)
     ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 / 4 (TMA, one launch), got {}", variant));
@@ -988,13 +1000,16 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     const bool f16_dx = dx.defined() && precision == 0;
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
     // One launch for both (variants 3 / 4) when both are wanted; else the dx and dw kernels.
-    const bool one = variant >= 3 && dx.defined() && dw.defined();
+    bool one = false;
     Specialization sdw, sone;
     DwTmaPlan plan;
-    if (one) {
-      sone = pick(rt, ck, spec(arch, variant == 3 ? kBwdTmaWx : kBwdTmaXw, K, E), T, force_dx ? force_dx : force_dw);
+    const bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
+    if (dx.defined() && dw.defined() && (variant >= 3 || one_default)) {
+      sone = pick(rt, ck, spec(arch, variant == 4 ? kBwdTmaXw : kBwdTmaWx, K, E), T, force_dx ? force_dx : force_dw);
       plan = dw_tma_plan(sone, T, sm_count(rt));
-    } else if (dw.defined()) {
+      one = variant >= 3 || one_launch_fits(T, K, E, plan);
+    }
+    if (!one && dw.defined()) {
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
       plan = dw_tma_plan(sdw, T, sm_count(rt));
     }
