@@ -934,9 +934,10 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 }  // namespace
 
 // Whether the op's default at precision standard with dx and dw both wanted (sm_90a, E ≤ 256) is the one-launch
-// kernel (dw role first) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has
-// 112 CTAs for 128 dx tiles, and runs 210 vs 159 µs).
-constexpr bool kBwdOneLaunchDefault = false;
+// kernel (dw role first; session 9, round 2: 56.94 vs 58.58 µs for the two kernels in the same run at 8192 × 2048 →
+// 256) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has 112 CTAs for 128
+// dx tiles, and ran 210 vs 159 µs).
+constexpr bool kBwdOneLaunchDefault = true;
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
