@@ -153,7 +153,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // dx with w multicast to clusters of 2 (half the L2 reads of w).
   add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});
   // Session 9: the backward in one launch (precision standard): the dw role then the dx role in each CTA (_one), or
-  // dx then dw (_onex), against the two kernels (router_gemm_fp32_bwd); _sepred: the groups' partials added by
+  // half of dx's column blocks, dw, the other half (_onex), against the two kernels (router_gemm_fp32_bwd); _sepred: the groups' partials added by
   // router_gemm_dw_reduce_kernel instead of inside the kernel; _endred: summed after the dx role instead of under
   // its column blocks; _nogpf: without the L2 prefetch of the dx tile's g rows near the dw role's end.
   for (int64_t K : {2048, 7168})

@@ -167,10 +167,12 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 //
 // Producer (one thread): streams every w chunk of the CTA's units through the ring; (s, phase) are the ring position
 // (in: where to start, 0 / 0 for a fresh ring; out: the next slot after the last one filled).
+// [nbs, nbe): the 256-column blocks to stream (all by default; the one-launch kernel's split order takes halves).
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM>
 __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTmaArgs& a, u32 ring, u32 bars, u32 rank,
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
-                                                           u64 t0_clk, int& s, u32& phase) {
+                                                           u64 t0_clk, int& s, u32& phase, int nbs = 0,
+                                                           int nbe = 1 << 30) {
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
   constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
@@ -186,7 +188,9 @@ __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTma
   u64 first_clk = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int half = (grp * CM + static_cast<int>(rank)) % HALVES;
-    const int nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
+    const int nb0 = half * NB > nbs ? half * NB : nbs;
+    const int nb1 = (half * NB + NB < NCH ? half * NB + NB : NCH) < nbe ? (half * NB + NB < NCH ? half * NB + NB : NCH)
+                                                                          : nbe;
     for (int c = nb0 * EC; c < nb1 * EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / EC, ec = c - n * EC;
@@ -227,10 +231,12 @@ struct RgNoHook {
   __device__ __forceinline__ void before() {}
   __device__ __forceinline__ void after() {}
 };
+// (s, phase): the ring position (in and out, as the producer's); [nbs, nbe): the column blocks, as the producer's.
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
 __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTmaArgs& a, u32 base, u32 bars, u32 stg,
                                                            u32 rank, int cluster, int clusters, u64* trace,
-                                                           bool wait_stores, Hook& hook) {
+                                                           bool wait_stores, Hook& hook, int& s, u32& phase,
+                                                           int nbs = 0, int nbe = 1 << 30) {
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
   constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
@@ -246,11 +252,12 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   const int groups = (a.tiles + CM - 1) / CM;
   const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
   u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
-  int s = 0;
-  u32 phase = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int unit = grp * CM + static_cast<int>(rank), half = unit % HALVES;
-    const int m0 = (unit / HALVES) * BM, nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
+    const int m0 = (unit / HALVES) * BM;
+    const int nb0 = half * NB > nbs ? half * NB : nbs;
+    const int nb1 = (half * NB + NB < NCH ? half * NB + NB : NCH) < nbe ? (half * NB + NB < NCH ? half * NB + NB : NCH)
+                                                                          : nbe;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
     constexpr int UNITS = BM * EC * 8, ITERS = (UNITS + 255) / 256;  // 8-column units (16 bytes of bf16)
@@ -501,8 +508,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     setmaxnreg_inc<232>();
     RgNoHook nh;
+    int s = 0;
+    u32 phase = 0;
     router_gemm_dx_tma_consume<K, E, STAGES, CM, SPLIT, TM, STAGED>(a, base, bars, stg, rank, cluster, clusters, trace,
-                                                                    true, nh);
+                                                                    true, nh, s, phase);
   }
   if constexpr (CM > 1) cluster_sync();
 #else
@@ -991,28 +1000,7 @@ __device__ __forceinline__ void ring_wait_released(u32 bars, int s, u32 phase) {
 __device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
-// Tile of a tensor map → L2 only (no shared memory, no barrier).
-__device__ __forceinline__ void tma_prefetch_l2_2d(const void* tmap, int c0, int c1) {
-  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
-               "r"(c0), "r"(c1)
-               : "memory");
-}
 }  // namespace rgt
-
-// The dw CTA's first `n` chunks (g boxes and x atoms, as router_gemm_dw_tma_produce requests them) → L2.
-template <int K, int E, int BK>
-__device__ __forceinline__ void router_gemm_dw_tma_prefetch(const RouterGemmDwTmaArgs& a, int n) {
-  constexpr int TILES_N = (K + 255) / 256;
-  const int n0 = (blockIdx.x % TILES_N) * 256, e0 = (blockIdx.x / TILES_N) * 128;
-  const int t0 = blockIdx.y * a.split_rows;
-  const int rows = a.T - t0 < a.split_rows ? a.T - t0 : a.split_rows;
-  const int chunks = (rows + BK - 1) / BK < n ? (rows + BK - 1) / BK : n;
-  const int gboxes = (E - e0 + 31) / 32 < 4 ? (E - e0 + 31) / 32 : 4, xatoms = (K - n0 + 63) / 64 < 4 ? (K - n0 + 63) / 64 : 4;
-  for (int c = 0; c < chunks; ++c) {
-    for (int b = 0; b < gboxes; ++b) rgt::tma_prefetch_l2_2d(&a.tmg, e0 + b * 32, t0 + c * BK);
-    for (int q = 0; q < xatoms; ++q) rgt::tma_prefetch_l2_2d(&a.tmx, n0 + q * 64, t0 + c * BK);
-  }
-}
 
 // The groups' partials of a dw tile added inside the one-launch kernel (RouterGemmBwdTmaArgs::flags), by the 256
 // consumer threads (t = 0 … 255) of every CTA of the tile. Publish: once the CTA's rows of its group partial are
@@ -1185,14 +1173,15 @@ struct RgGroupsSumHook {
 // The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo), two roles in sequence per CTA.
 // Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1, a.dw.cluster, 1); each
 // CTA is the dw kernel's CTA of the same (tile, T range) — same partition, same pair sums and group partials, so dw
-// has the same bits (router_gemm_dw_reduce_kernel still adds the groups) — and takes dx tiles cta, cta + ncta, … of
-// the dx kernel's 64-token tiles (CTA id cta = blockIdx.y·gridDim.x + blockIdx.x; dx tiles are independent: the same
-// bits as the dx kernel). dx with 5 stages and the TMA-store epilogue, no multicast.
-// ORDER 0 (dw, then dx): dx's g rows were just streamed through L2 by the dw role; the dx producer refills the ring
-// bytes once the pair's last cluster barrier has passed (with clusters of 1, once every dw stage is released), the
-// consumers rewrite the A tile after theirs. ORDER 1 (dx, then dw): the producer, its last w chunk issued, requests
-// the CTA's first DWST dw chunks into L2, waits until every dx stage is released (all dx MMAs done: the A tile and
-// the ring are free) and fills dw's ring while the consumers still store dx's last block.
+// has the same bits — and takes dx tiles cta, cta + ncta, … of the dx kernel's 64-token tiles (CTA id cta =
+// blockIdx.y·gridDim.x + blockIdx.x; dx tiles are independent: the same bits as the dx kernel). dx with 5 stages and
+// the TMA-store epilogue, no multicast. With a.flags the groups of T ranges are summed in the kernel (above).
+// ORDER 0 (dw, then dx): the dx producer refills the ring bytes once the pair's last cluster barrier has passed (with
+// clusters of 1, once every dw stage is released), the consumers rewrite the A tile after theirs; dx's g rows are
+// prefetched into L2 near dw's end. ORDER 1 (the first half of dx's column blocks, dw, the second half): the first
+// half's 16 MB of dx stores are absorbed by L2 and written back under dw's MMAs instead of all 33 MB at the end (the
+// dx role ran 18 µs after dw against 12 µs first: session 9, round 2); the dw producer starts once every dx stage is
+// released (its MMAs done: the A tile and the ring are free), the second half re-converts its g rows.
 template <int K, int E, int DWST, int ORDER>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __grid_constant__ RouterGemmBwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -1225,73 +1214,63 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
   }
   __syncthreads();
 
+  // ORDER 0: dw, then all of dx's column blocks; ORDER 1: dx's first half of the column blocks, dw, the second half.
+  constexpr int NCH = (K + 255) / 256, H = ORDER == 1 ? NCH / 2 : 0;
   if (wg == 0) {  // producer
     setmaxnreg_dec<40>();
-    int s = 0;
-    u32 phase = 0;
+    int s = 0, xs = 0;  // the dw and dx rings' positions
+    u32 phase = 0, xphase = 0;
     const bool reduce = a.flags != nullptr;  // (uniform)
-    if constexpr (ORDER == 0) {
-      if (tid == 0) {
-        router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
-        // dw's last chunk is requested: bring the g rows of the CTA's first dx tile back into L2 (dw streamed them
-        // through it, but also all of x since) while dw's last MMAs and its epilogue run.
-        if (a.prefetch_g && cta < a.dx.tiles) {
-          const int r0 = cta * TM, rows = a.dx.T - r0 < TM ? a.dx.T - r0 : TM;
-          if (a.dx.g_stride == E) {
-            rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0) * E, static_cast<u32>(rows) * E * 4);
-          } else {
-            for (int r = 0; r < rows; ++r) rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0 + r) * a.dx.g_stride, E * 4);
-          }
+    if (tid == 0) {
+      if constexpr (ORDER == 1) {
+        router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
+                                                                t0_clk, xs, xphase, 0, H);
+        rgt::ring_wait_released<DXST>(dxbars, xs, xphase);  // dx's MMAs are done: its A tile and ring bytes are free
+      }
+      router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
+      // dw's last chunk is requested: bring the g rows of the CTA's first dx tile back into L2 (dw streamed them
+      // through it, but also all of x since) while dw's last MMAs and its epilogue run.
+      if (a.prefetch_g && cta < a.dx.tiles) {
+        const int r0 = cta * TM, rows = a.dx.T - r0 < TM ? a.dx.T - r0 : TM;
+        if (a.dx.g_stride == E) {
+          rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0) * E, static_cast<u32>(rows) * E * 4);
+        } else {
+          for (int r = 0; r < rows; ++r) rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0 + r) * a.dx.g_stride, E * 4);
         }
       }
-      router_gemm_dw_tma_producer_tail(a.dw);
-      if (tid == 0) {
-        rgt::ring_wait_released<DWST>(dwbars, s, phase);
-        s = 0;
-        phase = 0;
-        router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
-                                                                t0_clk, s, phase);
-      } else if (reduce && tid >= 32 && tid < 64) {
-        router_gemm_dw_groups_publish(a, tid - 32);
-      }
-    } else {
-      if (tid == 0) {
-        router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
-                                                                t0_clk, s, phase);
-        router_gemm_dw_tma_prefetch<K, E, BK>(a.dw, DWST);
-        rgt::ring_wait_released<DXST>(dxbars, s, phase);
-        s = 0;
-        phase = 0;
-        router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
-      }
-      router_gemm_dw_tma_producer_tail(a.dw);
-      if (reduce && tid >= 32 && tid < 64) router_gemm_dw_groups_publish(a, tid - 32);
+    }
+    router_gemm_dw_tma_producer_tail(a.dw);
+    if (tid == 0) {
+      rgt::ring_wait_released<DWST>(dwbars, s, phase);
+      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
+                                                              t0_clk, xs, xphase, H);
+    } else if (reduce && tid >= 32 && tid < 64) {
+      router_gemm_dw_groups_publish(a, tid - 32);
     }
   } else {  // consumers
     setmaxnreg_inc<232>();
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
-    int first = 0;  // pieces of the groups' sum already done (ORDER 0: under dx's blocks)
+    int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
-    if constexpr (ORDER == 0) {
-      router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
-      if (reduce) router_gemm_dw_groups_arrive();
-      if (reduce && a.interleave) {
-        RgGroupsSumHook<K, E> hook(a, tid - 128);
-        router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                      hook);
-        first = hook.done;
-        ready = hook.ready;
-      } else {
-        RgNoHook nh;
-        router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                      nh);
-      }
-    } else {
+    int xs = 0;  // the dx ring's position
+    u32 xphase = 0;
+    if constexpr (ORDER == 1) {
       RgNoHook nh;
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, false,
-                                                                    nh);
-      router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr);
-      if (reduce) router_gemm_dw_groups_arrive();
+                                                                    nh, xs, xphase, 0, H);
+    }
+    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
+    if (reduce) router_gemm_dw_groups_arrive();
+    if (reduce && a.interleave) {
+      RgGroupsSumHook<K, E> hook(a, tid - 128);
+      router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
+                                                                    hook, xs, xphase, H);
+      first = hook.done;
+      ready = hook.ready;
+    } else {
+      RgNoHook nh;
+      router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
+                                                                    nh, xs, xphase, H);
     }
     if (reduce) {
       // (the wait is thread 0's, for all: with `ready` it saw every flag and fenced already; its barrier orders the
@@ -1299,8 +1278,6 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
       router_gemm_dw_groups_reduce<K, E>(a, tid - 128, first, ready);
       if (dwtr && tid == 128) dwtr[kRgTraceWg0 + kRgTraceWgSlots] = rgt::clk();  // (measurement: slice reduced)
     }
-    if constexpr (ORDER == 1)
-      if ((tid & 127) == 0) bulk_wait_read();  // the dx stores have read the staging tiles
   }
 #else
   __trap();

@@ -971,9 +971,9 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
                          {1, true, {128, 256, 64, 2, 1, 2}}});
 }
 
-// The backward in one launch (variants 3: dw role then dx role per CTA; 4: dx then dw), precision standard: the same
-// partition and the same kernels' bodies as the two-kernel op (variant 2), so dx and dw equal its bits — at the
-// issue's shape, with a caller's workspace, with several dx tiles a CTA (T = 17000 over 48 CTAs), a partial expert
+// The backward in one launch (variants 3: dw role then dx role per CTA; 4: dx's first half of the column blocks, dw,
+// dx's second half), precision standard: the same partition and the same kernels' bodies as the two-kernel op
+// (variant 2), so dx and dw equal its bits — at the shape, with a caller's workspace, with several dx tiles a CTA (T = 17000 over 48 CTAs), a partial expert
 // tile and partial column blocks (E = 160, K = 1536), one token, one range per tile (T = 64), K = 7168 (56 CTAs), and
 // with clusters of 1 (8 range partials stored from the registers). Both against the fp64 reference too.
 TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
@@ -1053,10 +1053,10 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   struct Mode {
     const char* name;
     detail::RouterGemmConfig dx, dw;  // bm = 0: the default
-    int variant = 2;                  // 3 / 4: one launch (dw then dx / dx then dw; the dx stamps are its CTAs')
+    int variant = 2;                  // 3 / 4: one launch (dw then dx / dx half, dw, dx half; the dx stamps are its CTAs')
   };
   for (const Mode m : {Mode{"default", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
-                       Mode{"one launch, dx then dw", {}, {}, 4},
+                       Mode{"one launch, dx half, dw, dx half", {}, {}, 4},
                        Mode{"one launch, dw then dx, dw ranges in clusters of 1", {64, 256, 64, 1, 8, 3}, {}, 3},
                        Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
                        Mode{"dw clusters of 1 (8 partials, dw_reduce)", {}, {128, 256, 64, 1, 8, 3}}}) {
