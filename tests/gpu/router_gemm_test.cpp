@@ -1028,7 +1028,9 @@ TEST_F(RouterGemmTest, BwdOneLaunchNeedsStandard) {
 // call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
 // the producer's first TMA, A tile ready, last stage landed, MMAs done, last store issued, stores read out, exit;
 // dw: entry, first TMA, first / last stage landed, MMAs done, epilogue done, after the last cluster barrier, exit.
-// The traced outputs must equal the untraced ones bit for bit.
+// The traced outputs must equal the untraced ones bit for bit. Modes: the two kernels (variant 2) and the one-launch
+// kernel's orders (variants 3 / 4; dx 128-token units and dw clusters of 1 in the two kernels: session 9, round 2,
+// in bench/NOTES.md).
 TEST_F(RouterGemmTest, BwdTmaTimeline) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1057,9 +1059,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   };
   for (const Mode m : {Mode{"default", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
                        Mode{"one launch, dx half, dw, dx half", {}, {}, 4},
-                       Mode{"one launch, dw then dx, dw ranges in clusters of 1", {64, 256, 64, 1, 8, 3}, {}, 3},
-                       Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
-                       Mode{"dw clusters of 1 (8 partials, dw_reduce)", {}, {128, 256, 64, 1, 8, 3}}}) {
+                       Mode{"one launch, dw then dx, dw ranges in clusters of 1", {64, 256, 64, 1, 8, 3}, {}, 3}}) {
     SCOPED_TRACE(m.name);
     variant = m.variant;
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
