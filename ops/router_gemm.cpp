@@ -1096,6 +1096,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.smem = static_cast<unsigned>(smem_bytes(sk));
       bool fused = false;  // the one-launch kernel adds the groups itself (no dw_reduce)
       if (one) {  // dx's tiles and trace ride along; the dx slots of the trace are per CTA of this grid
+        if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
         RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0};
         b.prefetch_g = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoGPrefetch);
         const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
@@ -1271,7 +1272,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                                   {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                                   {"_noop", kRgNoop},      {"_nomma", kRgSkipMma},
                                                   {"_noload", kRgSkipLoad}, {"_sepred", kRgSepReduce},
-                                                  {"_endred", kRgEndReduce}, {"_nogpf", kRgNoGPrefetch}};
+                                                  {"_endred", kRgEndReduce}, {"_nogpf", kRgNoGPrefetch},
+                                                  {"_noef", kRgNoXEvictFirst}};
   strip_switches(part, flags, switches);
   if (strip_suffix(part, "_nostore")) flags |= kRgSkipStore;  // the TMA forward without its output stores
   else if (strip_suffix(part, "_high")) precision = 1;

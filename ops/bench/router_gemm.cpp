@@ -155,9 +155,11 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // Session 9: the backward in one launch (precision standard): the dw role then the dx role in each CTA (_one), or
   // half of dx's column blocks, dw, the other half (_onex), against the two kernels (router_gemm_fp32_bwd); _sepred: the groups' partials added by
   // router_gemm_dw_reduce_kernel instead of inside the kernel; _endred: summed after the dx role instead of under
-  // its column blocks; _nogpf: without the L2 prefetch of the dx tile's g rows near the dw role's end.
+  // its column blocks; _nogpf: without the L2 prefetch of the dx tile's g rows near the dw role's end; _noef: x
+  // loaded without the L2 evict-first policy.
   for (int64_t K : {2048, 7168})
-    for (const char* part : {"bwd_one", "bwd_onex", "bwd_one_sepred", "bwd_one_endred", "bwd_one_nogpf"})
+    for (const char* part : {"bwd_one", "bwd_onex", "bwd_one_sepred", "bwd_one_endred", "bwd_one_nogpf", "bwd_one_noef",
+                             "bwd_onex_noef"})
       cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T=8192 K={} E=256 default", K),
                        [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
   // ... with the dw role's 8 T ranges in clusters of 1 (each CTA's partial stored from its registers, no DSMEM pair

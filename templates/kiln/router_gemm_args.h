@@ -120,6 +120,9 @@ constexpr int kRgSepReduce = 1 << 18;
 constexpr int kRgEndReduce = 1 << 19;
 // Measurement (host only): the one-launch backward (dw first) without the L2 prefetch of dx's g rows.
 constexpr int kRgNoGPrefetch = 1 << 20;
+// The dw role's x tiles loaded with an L2 evict-first policy (RouterGemmDwTmaArgs::flags; the one-launch backward
+// sets it unless kRgNoXEvictFirst, measurement, host only).
+constexpr int kRgXEvictFirst = 1 << 21, kRgNoXEvictFirst = 1 << 22;
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;

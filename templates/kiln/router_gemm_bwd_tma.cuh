@@ -141,6 +141,15 @@ __device__ __forceinline__ void trace_producer(u64* trace, u64 t0_ns, u64 t0_clk
   trace[kRgTraceProducerLast] = clk();
 }
 
+// tma_load_2d with an L2 cache policy (createpolicy).
+__device__ __forceinline__ void tma_load_2d_evict_first(u32 dst, const void* tmap, u32 bar, int c0, int c1, u64 policy) {
+  asm volatile(
+      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1, {%3, "
+      "%4}], [%2], %5;" ::"r"(dst),
+      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1), "l"(policy)
+      : "memory");
+}
+
 template <int R>
 __device__ __forceinline__ void fence_u32(u32 (&r)[R]) {
 #pragma unroll
@@ -603,6 +612,8 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
 
   prefetch_tmap(&a.tmg);
   prefetch_tmap(&a.tmx);
+  u64 policy = 0;
+  if (a.flags & kRgXEvictFirst) asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
   u64 first_clk = 0;
   for (int c = 0; c < chunks; ++c) {
     if (trace && c == 0) first_clk = rgt::clk();
@@ -619,7 +630,12 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
       if (b < gboxes) tma_load_2d(st + b * GBOX, &a.tmg, full, e0 + b * 32, t);
 #pragma unroll
     for (int q = 0; q < 4; ++q)
-      if (q < xatoms) tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
+      if (q < xatoms) {
+        if (a.flags & kRgXEvictFirst)  // x is read once: its lines go first, dirty outputs and g stay in L2
+          rgt::tma_load_2d_evict_first(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t, policy);
+        else
+          tma_load_2d(st + 4 * GBOX + q * ATOM, &a.tmx, full, n0 + q * 64, t);
+      }
     }
     if (++s == STAGES) {
       s = 0;
