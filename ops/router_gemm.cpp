@@ -939,6 +939,7 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 // 256) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has 112 CTAs for 128
 // dx tiles, and ran 210 vs 159 µs).
 constexpr bool kBwdOneLaunchDefault = true;
+constexpr uint32_t kBwdOneLaunchDefaultKernel = kBwdTmaWx;  // (the order)
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
@@ -951,7 +952,8 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
   if (default_bwd_variant(arch, E) >= 2) {
     int64_t n = dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems;
     if (kBwdOneLaunchDefault && precision == 4)  // (either path may run: the larger of the two plans)
-      n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdTmaWx, K, E), T), T, sm_count(rt)).workspace_elems);
+      n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdOneLaunchDefaultKernel, K, E), T), T, sm_count(rt))
+                          .workspace_elems);
     return n + (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
   }
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
@@ -1007,7 +1009,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     DwTmaPlan plan;
     const bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
     if (dx.defined() && dw.defined() && (variant >= 3 || one_default)) {
-      sone = pick(rt, ck, spec(arch, variant == 4 ? kBwdTmaXw : kBwdTmaWx, K, E), T, force_dx ? force_dx : force_dw);
+      const uint32_t kid = variant == 4 ? kBwdTmaXw : variant == 3 ? kBwdTmaWx : kBwdOneLaunchDefaultKernel;
+      sone = pick(rt, ck, spec(arch, kid, K, E), T, force_dx ? force_dx : force_dw);
       plan = dw_tma_plan(sone, T, sm_count(rt));
       one = variant >= 3 || one_launch_fits(T, K, E, plan);
     }
