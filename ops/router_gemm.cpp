@@ -40,12 +40,12 @@ enum : uint32_t {
   kFwdTmaXmc = 11,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
   kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14,
-  // The backward in one launch (precision standard), the dw role then the dx role in each CTA (wx), or half of dx's
-  // column blocks, dw, the other half (xw; session 9's round 1–2 xw, all of dx then dw, measured 62.7–64.3 µs):
-  // config = the dw kernel's (bm 64 = dx's tiles, bn 256, bk 64, wm = cluster, wn = most T ranges, stages = dw's).
-  kBwdTmaWx = 15, kBwdTmaXw = 16
+  // The backward in one launch (precision standard), the dw role then the dx role in each CTA (session 9; the other
+  // orders measured slower and were removed): config = the dw kernel's (bm 64 = dx's tiles, bn 256, bk 64, wm =
+  // cluster, wn = most T ranges, stages = dw's).
+  kBwdTma = 15
 };
-bool is_bwd_one(uint32_t k) { return k == kBwdTmaWx || k == kBwdTmaXw; }
+bool is_bwd_one(uint32_t k) { return k == kBwdTma; }
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
 bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16; }
@@ -108,8 +108,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (is_bwd_one(s.kernel)) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_tma_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_STAGES], s.kernel == kBwdTmaWx ? 0 : 1);
+    name = fmt::format("kiln::router_gemm_bwd_tma_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_STAGES]);
     return;
   }
   if (s.kernel == kW16) {
@@ -268,7 +268,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma_wx", "bwd_tma_xw"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -309,8 +309,7 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
                        // stages (4 next to the hi/lo tiles and the staging tiles)
       set_config(s, 64, 256, 64, 2, 1, kernel == kDxTmaSplit ? 4 : 5);
       break;
-    case kBwdTmaWx:
-    case kBwdTmaXw:  // the dw kernel's default (its grid is the launch's)
+    case kBwdTma:  // the dw kernel's default (its grid is the launch's)
       set_config(s, 64, 256, 64, 2, 8, 3);
       break;
     case kDwTma:
@@ -394,8 +393,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
-    case kBwdTmaWx:
-    case kBwdTmaXw:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
+    case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
       set_config(s, 64, 256, 64, 1, 8, 3);
       add(s);
       set_config(s, 64, 256, 64, 2, 8, 2);
@@ -545,7 +543,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
          {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
-          kDwTmaF16, kW16, kBwdTmaWx, kBwdTmaXw})
+          kDwTmaF16, kW16, kBwdTma})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -939,7 +937,6 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 // 256) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has 112 CTAs for 128
 // dx tiles, and ran 210 vs 159 µs).
 constexpr bool kBwdOneLaunchDefault = true;
-constexpr uint32_t kBwdOneLaunchDefaultKernel = kBwdTmaWx;  // (the order)
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
@@ -952,8 +949,7 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
   if (default_bwd_variant(arch, E) >= 2) {
     int64_t n = dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems;
     if (kBwdOneLaunchDefault && precision == 4)  // (either path may run: the larger of the two plans)
-      n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdOneLaunchDefaultKernel, K, E), T), T, sm_count(rt))
-                          .workspace_elems);
+      n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdTma, K, E), T), T, sm_count(rt)).workspace_elems);
     return n + (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
   }
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
@@ -982,8 +978,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   const Arch arch = impl.target_arch();
   const bool by_default = variant < 0;
   if (variant < 0) variant = default_bwd_variant(arch, E);
-  if (variant != 0 && (variant < 2 || variant > 4))  // (1: the cp.async wgmma kernels, removed in session 7)
-    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 / 4 (TMA, one launch), got {}", variant));
+  if (variant != 0 && (variant < 2 || variant > 3))  // (1: the cp.async wgmma kernels, removed in session 7)
+    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 (TMA, one launch), got {}", variant));
   if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
@@ -1003,14 +999,13 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     }
     const bool f16_dx = dx.defined() && precision == 0;
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
-    // One launch for both (variants 3 / 4) when both are wanted; else the dx and dw kernels.
+    // One launch for both (variant 3, or the default where it fits) when both are wanted; else the dx and dw kernels.
     bool one = false;
     Specialization sdw, sone;
     DwTmaPlan plan;
     const bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
     if (dx.defined() && dw.defined() && (variant >= 3 || one_default)) {
-      const uint32_t kid = variant == 4 ? kBwdTmaXw : variant == 3 ? kBwdTmaWx : kBwdOneLaunchDefaultKernel;
-      sone = pick(rt, ck, spec(arch, kid, K, E), T, force_dx ? force_dx : force_dw);
+      sone = pick(rt, ck, spec(arch, kBwdTma, K, E), T, force_dx ? force_dx : force_dw);
       plan = dw_tma_plan(sone, T, sm_count(rt));
       one = variant >= 3 || one_launch_fits(T, K, E, plan);
     }
@@ -1284,8 +1279,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   else if (strip_suffix(part, "_tf32")) precision = 0;
   else if (strip_suffix(part, "_nofence")) flags |= kRgSkipCopyFence;
   int variant = -1;
-  if (strip_suffix(part, "_onex")) variant = 4;      // the backward in one launch, dx's first half, dw, dx's second
-  else if (strip_suffix(part, "_one")) variant = 3;  // the backward in one launch, dw role first
+  if (strip_suffix(part, "_one")) variant = 3;  // the backward in one launch (dw role, then dx role)
   else if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
   else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
   else if (strip_suffix(part, "_tma")) variant = 2;
@@ -1344,7 +1338,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one",    "bwd_onex"};
+                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

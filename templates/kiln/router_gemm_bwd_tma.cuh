@@ -176,12 +176,10 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
 //
 // Producer (one thread): streams every w chunk of the CTA's units through the ring; (s, phase) are the ring position
 // (in: where to start, 0 / 0 for a fresh ring; out: the next slot after the last one filled).
-// [nbs, nbe): the 256-column blocks to stream (all by default; the one-launch kernel's split order takes halves).
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM>
 __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTmaArgs& a, u32 ring, u32 bars, u32 rank,
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
-                                                           u64 t0_clk, int& s, u32& phase, int nbs = 0,
-                                                           int nbe = 1 << 30) {
+                                                           u64 t0_clk, int& s, u32& phase) {
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
   constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
@@ -197,9 +195,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTma
   u64 first_clk = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int half = (grp * CM + static_cast<int>(rank)) % HALVES;
-    const int nb0 = half * NB > nbs ? half * NB : nbs;
-    const int nb1 = (half * NB + NB < NCH ? half * NB + NB : NCH) < nbe ? (half * NB + NB < NCH ? half * NB + NB : NCH)
-                                                                          : nbe;
+    const int nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
     for (int c = nb0 * EC; c < nb1 * EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / EC, ec = c - n * EC;
@@ -240,12 +236,10 @@ struct RgNoHook {
   __device__ __forceinline__ void before() {}
   __device__ __forceinline__ void after() {}
 };
-// (s, phase): the ring position (in and out, as the producer's); [nbs, nbe): the column blocks, as the producer's.
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
 __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTmaArgs& a, u32 base, u32 bars, u32 stg,
                                                            u32 rank, int cluster, int clusters, u64* trace,
-                                                           bool wait_stores, Hook& hook, int& s, u32& phase,
-                                                           int nbs = 0, int nbe = 1 << 30) {
+                                                           bool wait_stores, Hook& hook) {
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
   constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
@@ -261,12 +255,11 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   const int groups = (a.tiles + CM - 1) / CM;
   const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
   u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
+  int s = 0;
+  u32 phase = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int unit = grp * CM + static_cast<int>(rank), half = unit % HALVES;
-    const int m0 = (unit / HALVES) * BM;
-    const int nb0 = half * NB > nbs ? half * NB : nbs;
-    const int nb1 = (half * NB + NB < NCH ? half * NB + NB : NCH) < nbe ? (half * NB + NB < NCH ? half * NB + NB : NCH)
-                                                                          : nbe;
+    const int m0 = (unit / HALVES) * BM, nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
     constexpr int UNITS = BM * EC * 8, ITERS = (UNITS + 255) / 256;  // 8-column units (16 bytes of bf16)
@@ -517,10 +510,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   } else {  // consumers: warpgroup j takes columns 128·j … of every 256-column block
     setmaxnreg_inc<232>();
     RgNoHook nh;
-    int s = 0;
-    u32 phase = 0;
     router_gemm_dx_tma_consume<K, E, STAGES, CM, SPLIT, TM, STAGED>(a, base, bars, stg, rank, cluster, clusters, trace,
-                                                                    true, nh, s, phase);
+                                                                    true, nh);
   }
   if constexpr (CM > 1) cluster_sync();
 #else
@@ -1186,19 +1177,17 @@ struct RgGroupsSumHook {
   }
 };
 
-// The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo), two roles in sequence per CTA.
-// Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1, a.dw.cluster, 1); each
-// CTA is the dw kernel's CTA of the same (tile, T range) — same partition, same pair sums and group partials, so dw
-// has the same bits — and takes dx tiles cta, cta + ncta, … of the dx kernel's 64-token tiles (CTA id cta =
-// blockIdx.y·gridDim.x + blockIdx.x; dx tiles are independent: the same bits as the dx kernel). dx with 5 stages and
-// the TMA-store epilogue, no multicast. With a.flags the groups of T ranges are summed in the kernel (above).
-// ORDER 0 (dw, then dx): the dx producer refills the ring bytes once the pair's last cluster barrier has passed (with
-// clusters of 1, once every dw stage is released), the consumers rewrite the A tile after theirs; dx's g rows are
-// prefetched into L2 near dw's end. ORDER 1 (the first half of dx's column blocks, dw, the second half): the first
-// half's 16 MB of dx stores are absorbed by L2 and written back under dw's MMAs instead of all 33 MB at the end (the
-// dx role ran 18 µs after dw against 12 µs first: session 9, round 2); the dw producer starts once every dx stage is
-// released (its MMAs done: the A tile and the ring are free), the second half re-converts its g rows.
-template <int K, int E, int DWST, int ORDER>
+// The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo): the dw role, then the dx role,
+// in every CTA. Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1,
+// a.dw.cluster, 1); each CTA is the dw kernel's CTA of the same (tile, T range) — same partition, same pair sums and
+// group partials, so dw has the same bits — and then takes dx tiles cta, cta + ncta, … of the dx kernel's 64-token
+// tiles (CTA id cta = blockIdx.y·gridDim.x + blockIdx.x; dx tiles are independent: the same bits as the dx kernel),
+// with 5 stages and the TMA-store epilogue, no multicast. The dx producer refills the ring bytes once the pair's last
+// cluster barrier has passed (with clusters of 1, once every dw stage is released), the consumers rewrite the A tile
+// after theirs; dx's g rows are prefetched into L2 near dw's end, and the dw role's x tiles load L2 evict-first. With
+// a.flags the groups of T ranges are summed in the kernel (above). (Session 9 measured the other orders — all of dx
+// first: 62.7–64.3 µs; half of dx's column blocks, dw, the other half: 62.4 — against 56.3–56.9 for this one.)
+template <int K, int E, int DWST>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __grid_constant__ RouterGemmBwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   constexpr int DXST = 5, TM = 64, BK = 64, DXSPLIT = 0, DWSPLIT = 1;
@@ -1230,19 +1219,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
   }
   __syncthreads();
 
-  // ORDER 0: dw, then all of dx's column blocks; ORDER 1: dx's first half of the column blocks, dw, the second half.
-  constexpr int NCH = (K + 255) / 256, H = ORDER == 1 ? NCH / 2 : 0;
   if (wg == 0) {  // producer
     setmaxnreg_dec<40>();
     int s = 0, xs = 0;  // the dw and dx rings' positions
     u32 phase = 0, xphase = 0;
     const bool reduce = a.flags != nullptr;  // (uniform)
     if (tid == 0) {
-      if constexpr (ORDER == 1) {
-        router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
-                                                                t0_clk, xs, xphase, 0, H);
-        rgt::ring_wait_released<DXST>(dxbars, xs, xphase);  // dx's MMAs are done: its A tile and ring bytes are free
-      }
       router_gemm_dw_tma_produce<K, E, DWST, DWSPLIT, BK>(a.dw, base, dwbars, dwtr, t0_ns, t0_clk, s, phase);
       // dw's last chunk is requested: bring the g rows of the CTA's first dx tile back into L2 (dw streamed them
       // through it, but also all of x since) while dw's last MMAs and its epilogue run.
@@ -1259,7 +1241,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     if (tid == 0) {
       rgt::ring_wait_released<DWST>(dwbars, s, phase);
       router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
-                                                              t0_clk, xs, xphase, H);
+                                                              t0_clk, xs, xphase);
     } else if (reduce && tid >= 32 && tid < 64) {
       router_gemm_dw_groups_publish(a, tid - 32);
     }
@@ -1268,25 +1250,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
-    int xs = 0;  // the dx ring's position
-    u32 xphase = 0;
-    if constexpr (ORDER == 1) {
-      RgNoHook nh;
-      router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, false,
-                                                                    nh, xs, xphase, 0, H);
-    }
     router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
     if (reduce) router_gemm_dw_groups_arrive();
     if (reduce && a.interleave) {
       RgGroupsSumHook<K, E> hook(a, tid - 128);
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                    hook, xs, xphase, H);
+                                                                    hook);
       first = hook.done;
       ready = hook.ready;
     } else {
       RgNoHook nh;
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                    nh, xs, xphase, H);
+                                                                    nh);
     }
     if (reduce) {
       // (the wait is thread 0's, for all: with `ready` it saw every flag and fenced already; its barrier orders the
