@@ -23,6 +23,10 @@
 // in cluster-rank order (deterministic) through distributed shared memory and writes them — to dw, or with more than
 // one cluster per tile to that group's partial, which router_gemm_dw_reduce_kernel adds in group order. C = 1 writes
 // straight from registers.
+//
+// One launch (router_gemm_bwd_tma_kernel, precision standard): both kernels' producer and consumer loops are device
+// functions; every CTA of dw's grid runs its dw role and then its dx tile, and the groups' partials are summed in the
+// kernel (tagged flags, group order) under the dx role's column blocks.
 #pragma once
 #include "kiln/router_gemm_bwd_sm90.cuh"
 #include "kiln/router_gemm_tma.cuh"
