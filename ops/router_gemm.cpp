@@ -6,6 +6,7 @@
 #include <atomic>
 #include <cstring>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <random>
 #include <string_view>
@@ -38,8 +39,13 @@ enum : uint32_t {
   kFwdTmaKs = 10,  // the TMA forward with K split over a cluster (wn = split count)
   kFwdTmaXmc = 11,  // the TMA forward over expert pairs: clusters of 2 CTAs (E/2 each) sharing x by multicast
   // The TMA backward's fp16 pass with power-of-two scales (precision tf32, the default) and its w16 operand prep.
-  kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14
+  kDxTmaF16 = 12, kDwTmaF16 = 13, kW16 = 14,
+  // The backward in one launch (precision standard), the dw role then the dx role in each CTA (session 9; the other
+  // orders measured slower and were removed): config = the dw kernel's (bm 64 = dx's tiles, bn 256, bk 64, wm =
+  // cluster, wn = most T ranges, stages = dw's).
+  kBwdTma = 15
 };
+bool is_bwd_one(uint32_t k) { return k == kBwdTma; }
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
 bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16; }
@@ -105,6 +111,12 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                          s.config[C_STAGES], g_mode(s.kernel), s.config[C_BK]);
     return;
   }
+  if (is_bwd_one(s.kernel)) {
+    source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_bwd_tma_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_STAGES]);
+    return;
+  }
   if (s.kernel == kW16) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     name = fmt::format("kiln::router_gemm_w16_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
@@ -145,6 +157,12 @@ int smem_bytes(const Specialization& s) {
     return core + 1024 + tm * 512 <= 227 * 1024 ? core + 1024 + tm * 512
                                                 : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
+  if (is_bwd_one(s.kernel)) {  // slack + both roles' layouts overlaid + 1 KiB of mbarriers + dx's two staging tiles
+                               // (the template's router_gemm_bwd_tma_smem_bytes)
+    const int ec = static_cast<int>((s.params[P_E] + 63) / 64);
+    const int main = static_cast<int>(round_up(std::max(ec * 64 * 128 + 5 * 32768, std::max(s.config[C_STAGES] * 65536, 128 * 264 * 4)), 1024));
+    return 1024 + main + 1024 + 2 * 16384;
+  }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
                               // fp16 pass's 8 x-amax slots)
     const int stages = s.config[C_STAGES];
@@ -178,7 +196,7 @@ int smem_bytes(const Specialization& s) {
 
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
-  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) return 384;  // producer + 2 consumer warpgroups
+  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || is_bwd_one(s.kernel)) return 384;  // producer + 2 consumers
   if (s.kernel == kW16) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
@@ -208,6 +226,11 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&
            c[C_BN] == 256 && c[C_BK] == 64 && c[C_WM] == 2 && (c[C_WN] == 1 || c[C_WN] == 2 || c[C_WN] == 4) &&
            c[C_STAGES] >= 2 && c[C_STAGES] <= 6 && smem_bytes(s) <= smem_limit(s.arch);
+  if (is_bwd_one(s.kernel))  // dx: 64-token tiles; dw: 128 × 256 tiles, 64-token chunks, wn ≤ 8 ranges in clusters of
+                             // wm, 2–3 stages
+    return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 &&
+           (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -251,7 +274,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -291,6 +314,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
     case kDxTmaSplit:  // no multicast (run of 04:00, the first dx: clusters of 1 / 2 / 4: 30.0 / 30.7 / 56.3 µs); 5
                        // stages (4 next to the hi/lo tiles and the staging tiles)
       set_config(s, 64, 256, 64, 2, 1, kernel == kDxTmaSplit ? 4 : 5);
+      break;
+    case kBwdTma:  // the dw kernel's default (its grid is the launch's)
+      set_config(s, 64, 256, 64, 2, 8, 3);
       break;
     case kDwTma:
     case kDwTmaF16:
@@ -373,6 +399,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
+    case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
+      set_config(s, 64, 256, 64, 1, 8, 3);
+      add(s);
+      set_config(s, 64, 256, 64, 2, 8, 2);
+      add(s);
+      break;
     case kDxTma:
     case kDxTmaF16:
     case kDxTmaSplit:
@@ -517,7 +549,7 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
   if (has_wgmma(arch) && E <= 256)
     for (uint32_t k :
          {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
-          kDwTmaF16, kW16})
+          kDwTmaF16, kW16, kBwdTma})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
 }
 
@@ -840,8 +872,64 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   p.groups = static_cast<int>((ranges + p.cluster - 1) / p.cluster);
   p.ranges = p.groups * p.cluster;  // the last ranges may be empty (rows past T): they add zeros
   p.rows = static_cast<int>((chunks + p.ranges - 1) / p.ranges * 64);
-  p.workspace_elems = p.groups > 1 ? p.groups * E * K : 0;
+  // (+ one flag word per CTA: the one-launch kernel's in-kernel group sum)
+  p.workspace_elems = p.groups > 1 ? p.groups * E * K + round_up(tiles * p.ranges, 4) : 0;
   return p;
+}
+
+// Clusters of `cy` CTAs (threads, smem) of kernel k resident at once on the device (0: unknown), cached per function:
+// the one-launch backward sums its groups in the kernel only where its whole grid is resident at once.
+int resident_clusters(Runtime::Impl& impl, const Kernel& k, unsigned cy, unsigned threads, unsigned smem) {
+  static std::mutex mu;
+  static std::vector<std::pair<std::pair<CUfunction, unsigned>, int>> cache;
+  {
+    std::lock_guard<std::mutex> lock(mu);
+    for (const auto& [key, n] : cache)
+      if (key.first == k.fn && key.second == cy) return n;
+  }
+  int n = 0;
+  if (cy > 1) {
+    CUlaunchConfig cfg{};
+    cfg.gridDimX = 1;
+    cfg.gridDimY = cy;
+    cfg.gridDimZ = 1;
+    cfg.blockDimX = threads;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = smem;
+    CUlaunchAttribute attr[1];
+    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[0].value.clusterDim.x = 1;
+    attr[0].value.clusterDim.y = cy;
+    attr[0].value.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;
+  } else {
+    n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem));
+  }
+  std::lock_guard<std::mutex> lock(mu);
+  cache.push_back({{k.fn, cy}, n});
+  return n;
+}
+
+// The one-launch kernel's flag tag: never 0 (fresh memory) nor kCapturedTag; under stream capture (a graph replays
+// the launch with the same tag) the flags are cleared first by a memset node and the tag is kCapturedTag, which no
+// uncaptured launch uses.
+unsigned bwd_one_tag(unsigned* flags, size_t words, Stream stream) {
+  static std::atomic<uint32_t> last_tag{0};
+  constexpr uint32_t kCapturedTag = 0xffffffffu;
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+    check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(flags), 0, words, reinterpret_cast<CUstream>(stream)),
+          "cuMemsetD32Async (router_gemm backward flags)");
+    return kCapturedTag;
+  }
+  uint32_t tag;
+  do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
+  return tag;
 }
 // The TMA backward's kernels by precision (0 tf32, 1 high, 2 bf16(g)).
 // 4 (standard, the default): dx
@@ -858,14 +946,26 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 
 }  // namespace
 
+// Whether the op's default at precision standard with dx and dw both wanted (sm_90a, E ≤ 256) is the one-launch
+// kernel (dw role first; session 9, round 2: 56.94 vs 58.58 µs for the two kernels in the same run at 8192 × 2048 →
+// 256) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has 112 CTAs for 128
+// dx tiles, and ran 210 vs 159 µs).
+constexpr bool kBwdOneLaunchDefault = true;
+bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
+  return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
+}
+
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                              const RouterGemmBwdOptions& options) {
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const int precision = static_cast<int>(options.precision);
-  if (default_bwd_variant(arch, E) >= 2)
-    return dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems +
-           (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
+  if (default_bwd_variant(arch, E) >= 2) {
+    int64_t n = dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems;
+    if (kBwdOneLaunchDefault && precision == 4)  // (either path may run: the larger of the two plans)
+      n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdTma, K, E), T), T, sm_count(rt)).workspace_elems);
+    return n + (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
+  }
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
   return dw_plan(s, T, sm_count(rt)).workspace_elems;
 }
@@ -890,14 +990,18 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
+  const bool by_default = variant < 0;
   if (variant < 0) variant = default_bwd_variant(arch, E);
-  if (variant != 0 && variant != 2)  // (1: the cp.async wgmma kernels, removed in session 7)
-    ck.invalid("variant", fmt::format("expected 0 (mma.sync) or 2 (TMA), got {}", variant));
+  if (variant != 0 && (variant < 2 || variant > 3))  // (1: the cp.async wgmma kernels, removed in session 7)
+    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 (TMA, one launch), got {}", variant));
   if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
     ck.invalid("precision", fmt::format("expected RouterGemmPrecision::tf32 or ::high, got {}", precision));
-  if (variant == 2) {
+  if (variant >= 3 && precision != 4)
+    ck.invalid("variant", fmt::format("the one-launch backward (variant {}) computes precision standard only, got {}",
+                                      variant, precision));
+  if (variant >= 2) {
     if (T == 0) {  // dx has no rows; dw is an empty sum: zeros
       if (!dw.defined()) return;
       const RouterGemmDwReduceArgs r{nullptr, static_cast<float*>(dw.data), E * K, 0};
@@ -909,9 +1013,17 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     }
     const bool f16_dx = dx.defined() && precision == 0;
     // The workspace: dw's group partials, then (fp16 dx) w16 and its column scales.
-    Specialization sdw;
+    // One launch for both (variant 3, or the default where it fits) when both are wanted; else the dx and dw kernels.
+    bool one = false;
+    Specialization sdw, sone;
     DwTmaPlan plan;
-    if (dw.defined()) {
+    const bool one_default = by_default && kBwdOneLaunchDefault && precision == 4 && !force_dx && !force_dw;
+    if (dx.defined() && dw.defined() && (variant >= 3 || one_default)) {
+      sone = pick(rt, ck, spec(arch, kBwdTma, K, E), T, force_dx ? force_dx : force_dw);
+      plan = dw_tma_plan(sone, T, sm_count(rt));
+      one = variant >= 3 || one_launch_fits(T, K, E, plan);
+    }
+    if (!one && dw.defined()) {
       sdw = pick(rt, ck, spec(arch, dw_tma_kernel(precision), K, E), T, force_dw);
       plan = dw_tma_plan(sdw, T, sm_count(rt));
     }
@@ -930,10 +1042,11 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         ws = reinterpret_cast<float*>(owned);
       }
     }
+    RouterGemmDxTmaArgs ax{};  // (also the one-launch kernel's dx part)
+    Specialization sdx;
     if (dx.defined()) {
-      const Specialization s = pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);
-      const int cm = s.config[C_WN];
-      RouterGemmDxTmaArgs a{};
+      sdx = one ? sone : pick(rt, ck, spec(arch, dx_tma_kernel(precision), K, E), T, force_dx);
+      RouterGemmDxTmaArgs& a = ax;
       if (f16_dx) {  // w → w16 (fp16, column scales 2^−c_k) and 2^c_k; the dx kernel waits for it (PDL)
         void* w16 = ws + part_elems;
         float* colf = ws + part_elems + E * K / 2;
@@ -953,10 +1066,15 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.dx = dx.data;
       a.dx_stride = dxr.stride;
       a.T = static_cast<int>(T);
-      const int tm = s.config[C_BM];
+      const int tm = sdx.config[C_BM];
       a.tiles = static_cast<int>((T + tm - 1) / tm * (tm == 128 ? 2 : 1));  // work units
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       a.flags = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipLoad | kRgSkipStore);
+    }
+    if (dx.defined() && !one) {
+      const Specialization& s = sdx;
+      const int cm = s.config[C_WN];
+      const RouterGemmDxTmaArgs& a = ax;
       const int64_t groups = (a.tiles + cm - 1) / cm;
       const int64_t clusters = std::min<int64_t>(groups, std::max(1, sm_count(rt) / cm));
       LaunchDims d;
@@ -971,8 +1089,9 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       float* partial = plan.workspace_elems > 0 ? ws : nullptr;
       RouterGemmDwTmaArgs a{};
       const bool after_dx = dx.defined();  // T > 0 here: the dx kernel was launched just before
-      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, sdw.config[C_BK], /*f32=*/true);
-      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, sdw.config[C_BK]);
+      const Specialization& sk = one ? sone : sdw;
+      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, sk.config[C_BK], /*f32=*/true);
+      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, sk.config[C_BK]);
       a.dw = static_cast<float*>(dw.data);
       a.partial = partial;
       a.T = static_cast<int>(T);
@@ -985,11 +1104,29 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.grid[0] = static_cast<unsigned>(((E + 127) / 128) * ((K + 255) / 256));
       d.grid[1] = static_cast<unsigned>(plan.ranges);
       d.cluster[1] = static_cast<unsigned>(plan.cluster);
-      d.block[0] = static_cast<unsigned>(threads(sdw));
-      d.smem = static_cast<unsigned>(smem_bytes(sdw));
-      d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
-      impl.launch(sdw, d, stream, a);
-      if (plan.groups > 1 && !(a.flags & kRgSkipStore)) {  // the groups' sums, added in group order
+      d.block[0] = static_cast<unsigned>(threads(sk));
+      d.smem = static_cast<unsigned>(smem_bytes(sk));
+      bool fused = false;  // the one-launch kernel adds the groups itself (no dw_reduce)
+      if (one) {  // dx's tiles and trace ride along; the dx slots of the trace are per CTA of this grid
+        if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
+        RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0};
+        b.prefetch_g = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoGPrefetch);
+        const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
+        fused = plan.groups > 1 && !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
+                !(a.flags & kRgSkipStore) &&
+                resident_clusters(impl, impl.kernel(sone), d.cluster[1], d.block[0], d.smem) * int64_t{plan.cluster} >=
+                    ctas;
+        if (fused) {
+          b.flags = reinterpret_cast<unsigned*>(partial + plan.groups * E * K);
+          b.tag = bwd_one_tag(b.flags, static_cast<size_t>(ctas), stream);
+          b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
+        }
+        impl.launch(sone, d, stream, b);
+      } else {
+        d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)
+        impl.launch(sdw, d, stream, a);
+      }
+      if (plan.groups > 1 && !(a.flags & kRgSkipStore) && !fused) {  // the groups' sums, added in group order
         const RouterGemmDwReduceArgs r{partial, static_cast<float*>(dw.data), E * K, plan.groups};
         LaunchDims rd;
         rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
@@ -1152,7 +1289,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
                                                   {"_now", kRgSkipW},      {"_nostore", kRgSkipStore},
                                                   {"_direct", kRgEpiDirect}, {"_halfstore", kRgHalfStore},
                                                   {"_noop", kRgNoop},      {"_nomma", kRgSkipMma},
-                                                  {"_noload", kRgSkipLoad}};
+                                                  {"_noload", kRgSkipLoad}, {"_sepred", kRgSepReduce},
+                                                  {"_endred", kRgEndReduce}, {"_nogpf", kRgNoGPrefetch},
+                                                  {"_noef", kRgNoXEvictFirst}};
   strip_switches(part, flags, switches);
   if (strip_suffix(part, "_nostore")) flags |= kRgSkipStore;  // the TMA forward without its output stores
   else if (strip_suffix(part, "_high")) precision = 1;
@@ -1160,7 +1299,8 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   else if (strip_suffix(part, "_tf32")) precision = 0;
   else if (strip_suffix(part, "_nofence")) flags |= kRgSkipCopyFence;
   int variant = -1;
-  if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
+  if (strip_suffix(part, "_one")) variant = 3;  // the backward in one launch (dw role, then dx role)
+  else if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
   else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
   else if (strip_suffix(part, "_tma")) variant = 2;
   else if (strip_suffix(part, "_sm90")) variant = 1;
@@ -1218,7 +1358,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32"};
+                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

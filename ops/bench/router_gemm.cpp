@@ -152,6 +152,18 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     add_sweep(cases, part, std::array<std::array<int32_t, 6>, 1>{{{128, 256, 64, 2, 1, 3}}});
   // dx with w multicast to clusters of 2 (half the L2 reads of w).
   add_sweep(cases, "dx_tma", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 2, 2, 5}, {64, 256, 64, 2, 2, 4}}});
+  // Session 9: the backward in one launch (precision standard; the op's default where it fits): the dw role then the
+  // dx role in each CTA (_one), against the two kernels (router_gemm_sweep_bwd_tma); _sepred: the groups' partials added by
+  // router_gemm_dw_reduce_kernel instead of inside the kernel; _endred: summed after the dx role instead of under
+  // its column blocks; _nogpf: without the L2 prefetch of the dx tile's g rows near the dw role's end; _noef: x
+  // loaded without the L2 evict-first policy.
+  for (int64_t K : {2048, 7168})
+    for (const char* part : {"bwd_one", "bwd_one_sepred", "bwd_one_endred", "bwd_one_nogpf", "bwd_one_noef"})
+      cases.push_back({fmt::format("router_gemm_sweep_{}", part), fmt::format("T=8192 K={} E=256 default", K),
+                       [K, part](Runtime& rt) { return router_gemm_instance(rt, 8192, K, 256, part); }});
+  // ... with the dw role's 8 T ranges in clusters of 1 (each CTA's partial stored from its registers, no DSMEM pair
+  // sum; 8 partials a tile summed in the kernel) and with 2 dw stages.
+  add_sweep(cases, "bwd_one", std::array<std::array<int32_t, 6>, 2>{{{64, 256, 64, 1, 8, 3}, {64, 256, 64, 2, 8, 2}}});
   for (const char* part : {"bwd_tma_bf16g", "bwd_tma_tf32"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",
                      [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});

@@ -104,6 +104,20 @@ struct RouterGemmDwTmaArgs {
   int flags;                            // measurement only (0 in the ops): kRgSkipMma / kRgSkipLoad / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgTraceSlots a CTA (kRgTraceBwd*)
 };
+// The one-launch backward (router_gemm_bwd_tma_kernel): the dw kernel's and the dx kernel's argument blocks (dx's
+// tiles, trace and flags as for the dx kernel; its grid is dw's).
+// With more than one group of T ranges a tile and `flags` set, the kernel adds the groups' partials itself (no
+// router_gemm_dw_reduce_kernel): each CTA publishes flags[CTA] = tag once its rows of its group's partial are stored,
+// and at its end sums tile rows [R·y, R·y + R) (y = blockIdx.y, R = ceil(128 / ranges)) of every group's partial in
+// group order once the tile's flags all hold the tag (tags: never 0; a flag from another launch holds another tag).
+struct RouterGemmBwdTmaArgs {
+  RouterGemmDwTmaArgs dw;
+  RouterGemmDxTmaArgs dx;
+  unsigned* flags;                      // [gridDim.x · gridDim.y] or null (router_gemm_dw_reduce_kernel adds them)
+  unsigned tag;
+  int interleave;                       // dw then dx: the groups' sum spread over dx's column blocks (else at the end)
+  int prefetch_g;                       // dw then dx: the first dx tile's g rows prefetched into L2 near dw's end
+};
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
 // unit), last stage landed, MMAs done, last store issued, stores read out; dw: first stage landed, last stage landed,
@@ -114,6 +128,15 @@ enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.
 enum : int { kRgSkipCopyFence = 1, kRgSkipSplitFence = 2, kRgSkipStore = 8 };
+// Measurement (host only): the one-launch backward leaves the groups' sums to router_gemm_dw_reduce_kernel.
+constexpr int kRgSepReduce = 1 << 18;
+// Measurement (host only): the one-launch backward (dw first) sums the groups after its dx role, not under it.
+constexpr int kRgEndReduce = 1 << 19;
+// Measurement (host only): the one-launch backward (dw first) without the L2 prefetch of dx's g rows.
+constexpr int kRgNoGPrefetch = 1 << 20;
+// The dw role's x tiles loaded with an L2 evict-first policy (RouterGemmDwTmaArgs::flags; the one-launch backward
+// sets it unless kRgNoXEvictFirst, measurement, host only).
+constexpr int kRgXEvictFirst = 1 << 21, kRgNoXEvictFirst = 1 << 22;
 constexpr int kRgSkipW = 1 << 9, kRgRotateK = 1 << 10, kRgBalance = 1 << 11, kRgEpiStaged = 1 << 12,
               kRgHalfStore = 1 << 13, kRgEpiDirect = 1 << 14, kRgNoop = 1 << 15, kRgSkipMma = 1 << 16,
               kRgSkipLoad = 1 << 17;

@@ -1363,11 +1363,67 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
                          {1, true, {128, 256, 64, 2, 1, 2}}});
 }
 
+// The backward in one launch (variant 3: the dw role, then the dx role, in every CTA; the op's default at precision
+// standard where it fits), precision standard: the same partition and the same kernels' bodies as the two-kernel op
+// (variant 2), so dx and dw equal its bits — at the shape, with a caller's workspace, with several dx tiles a CTA (T = 17000 over 48 CTAs), a partial expert
+// tile and partial column blocks (E = 160, K = 1536), one token, one range per tile (T = 64), K = 7168 (56 CTAs), and
+// with clusters of 1 (8 range partials stored from the registers). Both against the fp64 reference too.
+TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  struct Case {
+    Shape sh;
+    bool user_ws;
+    detail::RouterGemmConfig cfg;  // bm = 0: the default
+  };
+  const detail::RouterGemmConfig dflt{};
+  for (const Case& c : {Case{{8192, 2048, 256}, true, dflt}, Case{{17000, 1536, 64}, false, dflt},
+                        Case{{777, 1536, 160}, false, dflt}, Case{{1, 2048, 256}, false, dflt},
+                        Case{{64, 2048, 256}, true, dflt}, Case{{4096, 7168, 256}, false, dflt},
+                        Case{{2000, 2048, 256}, false, {64, 256, 64, 1, 8, 3}}}) {
+    const auto [T, K, E] = c.sh;
+    const uint64_t seed = mix_seed({0xd1, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
+    const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+    const BwdRef want(g, x, w, T, K, E);
+    const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
+    for (int variant : {3, -1}) {  // (-1: the op's default — the one launch where it fits, else the two kernels)
+      if (variant < 0 && c.cfg[0]) continue;
+      SCOPED_TRACE("variant " + std::to_string(variant) + " T=" + std::to_string(T) + " K=" + std::to_string(K) +
+                   " E=" + std::to_string(E) + (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
+      const Bwd one = run_bwd(g, x, w, T, K, E, true, true, c.cfg[0] ? &c.cfg : nullptr, nullptr, c.user_ws, variant,
+                              /*precision=*/4);
+      EXPECT_TRUE(one.guards_ok) << "written outside dx, dw or the workspace";
+      if (c.cfg[0]) {  // another T partition than the two-kernel default: the reference only
+        EXPECT_TRUE(want.check_dx(one.dx, 4));
+        EXPECT_TRUE(want.check_dw(one.dw, 4));
+        EXPECT_TRUE(bitwise_equal("dx (one launch vs two kernels)", one.dx, two.dx));
+        continue;
+      }
+      EXPECT_TRUE(bitwise_equal("dx (one launch vs two kernels)", one.dx, two.dx));
+      EXPECT_TRUE(bitwise_equal("dw (one launch vs two kernels)", one.dw, two.dw));
+      EXPECT_TRUE(want.check_dx(one.dx, 4));
+      EXPECT_TRUE(want.check_dw(one.dw, 4));
+    }
+  }
+}
+
+// The one-launch backward's misuse: another precision than standard is refused naming the variant.
+TEST_F(RouterGemmTest, BwdOneLaunchNeedsStandard) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 64, K = 2048, E = 256;
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xd5}), mix_seed({0xd6}));
+  const std::vector<float> g = randn(T * E, mix_seed({0xd7}), 1e-4f);
+  EXPECT_THROW_NAMING(run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 3, /*precision=*/1),
+                      "variant", InvalidArgument);
+}
+
 // Per-CTA timeline of the TMA backward at 8192 × 2048 → 256, precision standard (measurement; prints): one traced
 // call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
 // the producer's first TMA, A tile ready, last stage landed, MMAs done, last store issued, stores read out, exit;
 // dw: entry, first TMA, first / last stage landed, MMAs done, epilogue done, after the last cluster barrier, exit.
-// The traced outputs must equal the untraced ones bit for bit.
+// The traced outputs must equal the untraced ones bit for bit. Modes: the two kernels (variant 2) and the one-launch
+// kernel (variant 3), also with the dw ranges in clusters of 1 (dx 128-token units and dw clusters of 1 in the two
+// kernels: session 9, round 2, in bench/NOTES.md).
 TEST_F(RouterGemmTest, BwdTmaTimeline) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1382,20 +1438,22 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   DeviceBuffer tb(r, slots * 8);
   detail::L2Flusher l2(r, nullptr);
   const detail::RouterGemmConfig* cdw = nullptr;
+  int variant = 2;
   auto call = [&](const detail::RouterGemmConfig* cdx) {
     detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
                                         wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
-                                        dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 2, 4, cdx,
+                                        dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), variant, 4, cdx,
                                         cdw, nullptr);
   };
   struct Mode {
     const char* name;
     detail::RouterGemmConfig dx, dw;  // bm = 0: the default
+    int variant = 2;                  // 3: one launch (dw then dx; the dx stamps are its CTAs')
   };
-  for (const Mode m : {Mode{"default", {}, {}}, Mode{"dx 128-token units, 3 stages", {128, 256, 64, 2, 1, 3}, {}},
-                       Mode{"dx w multicast to 2 CTAs", {64, 256, 64, 2, 2, 5}, {}},
-                       Mode{"dw clusters of 1 (8 partials, dw_reduce)", {}, {128, 256, 64, 1, 8, 3}}}) {
+  for (const Mode m : {Mode{"default", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
+                       Mode{"one launch, dw then dx, dw ranges in clusters of 1", {64, 256, 64, 1, 8, 3}, {}, 3}}) {
     SCOPED_TRACE(m.name);
+    variant = m.variant;
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
     cdw = m.dw[0] ? &m.dw : nullptr;
     call(cdx);
@@ -1454,6 +1512,18 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
             << (k ? "dw" : "dx") << " CTA " << c;
       }
       std::printf("  %s\n", k ? "dw" : "dx");
+      if (k == 1 && at(b, 0, kRgTraceWg0 + kRgTraceWgSlots) != 0) {  // the one-launch kernel's in-kernel group sum
+        std::vector<double> v;
+        for (int c = 0; c < n[k]; ++c) {
+          const double st = (static_cast<double>(at(b, c, kRgTraceStartNs)) - static_cast<double>(t0)) / 1000.0;
+          v.push_back(st + (static_cast<double>(at(b, c, kRgTraceWg0 + kRgTraceWgSlots)) - at(b, c, kRgTraceStartClk)) /
+                               ghz / 1000.0);
+        }
+        std::sort(v.begin(), v.end());
+        auto qq = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
+        std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", "groups sum", v.front(), qq(0.1), qq(0.5), qq(0.9),
+                    v.back());
+      }
       for (int q = 0; q < 8; ++q) {
         std::vector<double> v = col[q];
         std::sort(v.begin(), v.end());
