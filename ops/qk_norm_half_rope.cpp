@@ -7,9 +7,9 @@
 #include <tuple>
 #include <utility>
 
-#include "kiln/dw_reduce_args.h"
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/qk_norm_half_rope_args.h"
+#include "ops/dw_partials.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -374,21 +374,12 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   const int64_t M = g.S * g.B;
   const Specialization reduce = spec(arch, kDwReduce, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype);
   int64_t G = 0;
-  CUdeviceptr owned = 0;
-  float* partial = static_cast<float*>(workspace.data);
+  DwPartials partial(impl, stream, workspace);
   if (M > 0) {
     const Specialization s =
         impl.tuned(spec(arch, kBwd, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype), M);
     G = bwd_grid(rt, s, M);
-    if (want_dw && workspace.defined() && workspace.numel() < G * 2 * g.D)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (qk_norm_half_rope_bwd_workspace_elems), "
-                                              "got {}", G * 2 * g.D, workspace.numel()));
-    if (!want_dw) {
-      partial = nullptr;
-    } else if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(G * 2 * g.D) * 4, stream);
-      partial = reinterpret_cast<float*>(owned);
-    }
+    if (want_dw) partial.reserve(ck, "qk_norm_half_rope_bwd_workspace_elems", G * 2 * g.D);
     QkNormRopeBwdArgs a{};
     a.gq = gq.data;
     a.gk = gk.data;
@@ -397,7 +388,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     a.dqkv = dqkv.data;
     a.dqkv_s_stride = dqkv.strides[0];
     a.dqkv_b_stride = dqkv.strides[1];
-    a.partial = partial;
+    a.partial = want_dw ? partial.data() : nullptr;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
@@ -406,13 +397,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   }
   if (!want_dw) return;
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
-  DwReduceArgs r{partial, dq_norm_weight.data, static_cast<int>(G), dk_norm_weight.data};
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((2 * D + kDwReduceCols - 1) / kDwReduceCols);
-  d.block[0] = kDwReduceThreads;
-  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
-  impl.launch(reduce, d, stream, r);
-  if (owned) impl.free_async(owned, stream);
+  partial.reduce(reduce, G, 2 * D, dq_norm_weight.data, dk_norm_weight.data);
 }
 
 }  // namespace kiln

@@ -367,6 +367,21 @@ TEST_F(GroupRmsNormGateErrors, Eps) {
     EXPECT_THROW_NAMING(bwd(), "eps", InvalidArgument);
   }
 }
+TEST_F(GroupRmsNormGateErrors, NegativeDims) {  // a negative batch count once reached the launch as a huge grid
+  x = TensorRef::contiguous(fake(0), DType::bf16, {-B, S, dim});
+  for (TensorRef* t : {&gate, &out, &dy, &dgate}) t->shape[1] = -B;
+  dx.shape[0] = -B;
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "x", ShapeMismatchError);
+}
+TEST_F(GroupRmsNormGateErrors, WarpItemsBeyondInt32) {  // B·S·groups warp items index with 32-bit ints
+  const int64_t b = int64_t{1} << 14, s = int64_t{1} << 15;  // 2^29 tokens × 4 groups = 2^31
+  x = TensorRef::contiguous(fake(0), DType::bf16, {b, s, dim});
+  dx = TensorRef::contiguous(fake(5), DType::bf16, {b, s, dim});
+  for (TensorRef* t : {&gate, &out, &dy, &dgate}) *t = TensorRef::contiguous(t->data, DType::bf16, {s, b, dim});
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+  EXPECT_THROW_NAMING(bwd(), "x", InvalidArgument);
+}
 
 }  // namespace
 }  // namespace kiln::test

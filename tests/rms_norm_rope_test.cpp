@@ -409,6 +409,23 @@ TEST_F(RmsNormRopeErrors, HiddenDimTooLarge) {
   weight = TensorRef::contiguous(fake(1), DType::bf16, {big});
   EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
 }
+TEST_F(RmsNormRopeErrors, NegativeDims) {  // a negative batch count once reached the launch as a huge grid
+  x = TensorRef::contiguous(fake(0), DType::bf16, {-B, S, Hd});
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "x", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {B, S, Hd});
+  y = TensorRef::contiguous(fake(4), DType::bf16, {B, S, Hd});
+  y.shape[0] = -B;
+  EXPECT_THROW_NAMING(fwd(), "y", ShapeMismatchError);
+}
+TEST_F(RmsNormRopeErrors, RowCountBeyondInt32) {  // B·S rows index with 32-bit ints in the kernels
+  const int64_t b = int64_t{1} << 16, s = (int64_t{1} << 15) + 1;
+  for (TensorRef* t : {&x, &y, &dy, &dx}) *t = TensorRef::contiguous(t->data, DType::bf16, {b, s, Hd});
+  cos = TensorRef::contiguous(fake(2), DType::bf16, {s, D});
+  sin = TensorRef::contiguous(fake(3), DType::bf16, {s, D});
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+  EXPECT_THROW_NAMING(bwd(), "x", InvalidArgument);
+}
 
 }  // namespace
 }  // namespace kiln::test
