@@ -189,6 +189,38 @@ TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
   EXPECT_GT(std::filesystem::file_size(entry + "/kernel.ptx"), 100u);
 }
 
+// KILN_CACHE_MAX_MB prunes the cache after each store: 0 MiB keeps nothing. A malformed value is ignored (with a
+// warning), never read as 0 MiB (which emptied the cache at every store).
+TEST(Compile, CacheCapFromTheEnvironment) {
+  const test::TempDir tmp("kiln-cap-");
+  static FamilyDef tiny{"tiny_for_test", {"k"}, {"N"}, {},
+                        [](const Specialization& s, std::string& source, std::string& name) {
+                          source = "template <int N> __global__ void k(int* p) { *p = N; }\n";
+                          name = "k<" + std::to_string(s.params[0]) + ">";
+                        },
+                        nullptr, nullptr};
+  cache::CubinCache cache(tmp.str());
+  ASSERT_TRUE(cache.enabled());
+  Counters counters;
+  Specialization s;
+  s.family = &tiny;
+  s.arch = Arch::parse("sm_90a");
+  const char* old = std::getenv("KILN_CACHE_MAX_MB");
+  const std::string saved = old ? old : "";
+  for (const char* bad : {"lots", "-1", "2G", "99999999999"}) {
+    setenv("KILN_CACHE_MAX_MB", bad, 1);
+    ++s.params[0];
+    EXPECT_STREQ(ensure_cubin(s, &cache, false, counters).status, "compiled");
+    EXPECT_EQ(cache.list().size(), static_cast<size_t>(s.params[0])) << "KILN_CACHE_MAX_MB=" << bad;
+  }
+  setenv("KILN_CACHE_MAX_MB", "0", 1);
+  ++s.params[0];
+  ensure_cubin(s, &cache, false, counters);
+  EXPECT_EQ(cache.list().size(), 0u);
+  if (old) setenv("KILN_CACHE_MAX_MB", saved.c_str(), 1);
+  else unsetenv("KILN_CACHE_MAX_MB");
+}
+
 }  // namespace
 }  // namespace kiln::detail
 
