@@ -138,6 +138,24 @@ TEST(Cli, CacheCommandsOnAnEmptyDirectory) {
   EXPECT_EQ(json::parse(r.out), json::array());
 }
 
+// A cache that does not exist holds no entries, and the maintenance commands do not create it (a mistyped
+// --cache-dir used to leave the directory behind).
+TEST(Cli, CacheCommandsOnAMissingDirectory) {
+  const TempDir dir;
+  const fs::path missing = dir.path() / "no" / "such" / "cache";
+  for (std::vector<std::string> cmd : {std::vector<std::string>{"ls"}, {"stats"}, {"verify"}, {"verify", "--remove"},
+                                       {"prune", "--max-mb", "0"}, {"clear"}}) {
+    const std::string sub = cmd[0];
+    cmd.insert(cmd.begin(), "cache");
+    for (const char* extra : {"--cache-dir", missing.c_str(), "--json"}) cmd.push_back(extra);
+    const CliResult r = run_kiln(cmd);
+    EXPECT_EQ(r.rc, 0) << sub << "\n" << r;
+    EXPECT_TRUE(contains(r.err, "does not exist")) << sub << "\n" << r;
+    EXPECT_TRUE(json::accept(r.out)) << sub << "\n" << r;
+    EXPECT_FALSE(fs::exists(dir.path() / "no")) << sub << " created the cache directory";
+  }
+}
+
 TEST(Cli, CacheDirDefaultsToTheEnvironment) {
   const TempDir dir;
   const CliResult r = run_kiln({"cache", "stats", "--json"}, {{"KILN_CACHE_DIR", dir.str()}});
