@@ -412,6 +412,13 @@ TEST(TuningDbStrict, UnreadableFile) {
   } catch (const kiln::InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/tuning.json"), std::string::npos) << e.what();
   }
+  const std::string dir = std::filesystem::temp_directory_path().string();  // a directory opens and reads as empty
+  try {
+    TuningDb::load(dir);
+    FAIL() << "no error";
+  } catch (const kiln::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
 }
 
 TEST(TuningDbStrict, EmptyEntriesIsValid) {

@@ -355,6 +355,9 @@ TuningDb TuningDb::parse(std::string_view text, const std::string& source) {
 }
 
 TuningDb TuningDb::load(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))  // opens and reads as empty: "invalid JSON" would mislead
+    throw InvalidArgument(fmt::format("{}: cannot read tuning file: it is a directory", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InvalidArgument(fmt::format("{}: cannot read tuning file: {}", path, std::strerror(errno)));
   std::ostringstream text;
