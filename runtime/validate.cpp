@@ -62,6 +62,8 @@ void Check::contiguous(const char* arg, const TensorRef& t) const {
 
 void Check::rows(const char* arg, const TensorRef& t, int align) const {
   if (t.ndim != 2) shape_error(arg, fmt::format("expected a 2-D tensor, got shape {}", shape_str(t)));
+  if (t.shape[0] < 0 || t.shape[1] < 0)
+    shape_error(arg, fmt::format("expected non-negative dims, got shape {}", shape_str(t)));
   if (t.strides[1] != 1 && t.shape[1] != 1)
     shape_error(arg, fmt::format("expected the last dim contiguous (stride 1), got stride {}", t.strides[1]));
   if (t.shape[0] > 1 && t.strides[0] < t.shape[1])

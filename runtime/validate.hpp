@@ -19,7 +19,7 @@ struct Check {
   // Rank and dims; a dim of -1 accepts any size.
   void shape(const char* arg, const TensorRef& t, std::initializer_list<int64_t> dims) const;
   void contiguous(const char* arg, const TensorRef& t) const;
-  // 2-D, last dim contiguous; the row stride (elements) must keep rows `align`-byte aligned.
+  // 2-D with non-negative dims, last dim contiguous; the row stride (elements) must keep rows `align`-byte aligned.
   void rows(const char* arg, const TensorRef& t, int align) const;
   // A 3-D tensor of token rows (dims 0 and 1 index tokens, dim 2 runs along a row): non-negative dims, the last dim
   // dense, strides of dims 0 and 1 (as stride_of gives them) non-negative multiples of `vec` elements, and unless

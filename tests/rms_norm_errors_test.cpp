@@ -253,6 +253,11 @@ TEST_F(RmsNormBlockQuantErrors, TooManyRows) {
   EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
 }
 
+TEST_F(RmsNormBlockQuantErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
+  x.shape[0] = -M;
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+}
+
 TEST_F(RmsNormBlockQuantErrors, EpsNegativeOrNaN) {
   for (float eps : {-1e-6f, kNaN}) {
     opts.eps = eps;
@@ -347,6 +352,12 @@ TEST_F(RmsNormFwdErrors, TooManyRows) {
   EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
 }
 
+TEST_F(RmsNormFwdErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
+  x.shape[0] = -M;
+  y.shape[0] = -M;
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+}
+
 TEST_F(RmsNormFwdErrors, EpsNegativeOrNaN) {
   for (float e : {-1.0f, kNaN}) {
     eps = e;
@@ -428,6 +439,42 @@ TEST_F(RmsNormBwdErrors, NullPointers) {
   dy.data = fake(0);
   dweight.data = nullptr;
   EXPECT_THROW_NAMING(call(), "dweight", InvalidArgument);
+}
+
+TEST_F(RmsNormBwdErrors, MisalignedPointers) {
+  x.data = static_cast<char*>(fake(1)) + 8;  // rows are read as 16-byte vectors
+  EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
+  x.data = fake(1);
+  dx.data = static_cast<char*>(fake(3)) + 2;
+  EXPECT_THROW_NAMING(call(), "dx", InvalidArgument);
+  dx.data = fake(3);
+  weight.data = static_cast<char*>(fake(2)) + 4;
+  EXPECT_THROW_NAMING(call(), "weight", InvalidArgument);
+}
+
+TEST_F(RmsNormBwdErrors, RowStrides) {
+  dy = TensorRef::strided_2d(fake(0), DType::bf16, M, N, N + 4);  // rows 8 bytes off 16-byte alignment
+  EXPECT_THROW_NAMING(call(), "dy", InvalidArgument);
+  dy = TensorRef::strided_2d(fake(0), DType::bf16, M, N, N / 2);  // overlapping rows
+  EXPECT_THROW_NAMING(call(), "dy", ShapeMismatchError);
+}
+
+TEST_F(RmsNormBwdErrors, NegativeRows) {
+  for (TensorRef* t : {&dy, &x, &dx}) t->shape[0] = -M;
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+}
+
+TEST_F(RmsNormBwdErrors, TooManyRows) {
+  const int64_t m = int64_t{1} << 31;
+  for (TensorRef* t : {&dy, &x, &dx}) *t = TensorRef::contiguous(t->data, DType::bf16, {m, N});
+  EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
+}
+
+TEST_F(RmsNormBwdErrors, WorkspaceDtypeAndAlignment) {
+  workspace = TensorRef::contiguous(fake(5), DType::bf16, {1 << 20});
+  EXPECT_THROW_NAMING(call(), "workspace", UnsupportedDtypeError);
+  workspace = TensorRef::contiguous(static_cast<char*>(fake(5)) + 4, DType::f32, {1 << 20});
+  EXPECT_THROW_NAMING(call(), "workspace", InvalidArgument);
 }
 
 TEST_F(RmsNormBwdErrors, EpsNegativeOrNaN) {

@@ -450,6 +450,21 @@ TEST_F(SiluErrors, MisalignedRows) {
   EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
 }
 
+TEST_F(SiluErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
+  x.shape[0] = -M;
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  x.shape[0] = M;
+  g.shape[0] = -M;
+  EXPECT_THROW_NAMING(bwd(), "g", ShapeMismatchError);
+}
+
+TEST_F(SiluErrors, TooManyRows) {  // rows index with 32-bit ints
+  const int64_t m = int64_t{1} << 31;
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m, 2 * n});
+  out = plain_outputs(m, n);
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+}
+
 class BatchSiluErrors : public ::testing::Test {
  protected:
   static constexpr int64_t M = 1000, n = 256, E = 7;
