@@ -351,6 +351,35 @@ TEST_F(SoftmaxCrossEntropyErrors, OptionValues) {
   EXPECT_THROW_NAMING(fused(), "loss_total", ShapeMismatchError);
 }
 
+TEST_F(SoftmaxCrossEntropyErrors, NegativeDimsAndRowsBeyondInt32) {
+  logits.shape[0] = -M;
+  EXPECT_THROW_NAMING(fwd(), "logits", ShapeMismatchError);
+  EXPECT_THROW_NAMING(fused(), "logits", ShapeMismatchError);
+  logits = TensorRef::contiguous(fake(0), DType::bf16, {int64_t{1} << 16, int64_t{1} << 15, V});  // 2^31 rows
+  EXPECT_THROW_NAMING(fwd(), "logits", InvalidArgument);
+  EXPECT_THROW_NAMING(bwd(), "logits", InvalidArgument);
+  EXPECT_THROW_NAMING(partial(), "logits", InvalidArgument);
+}
+
+TEST_F(SoftmaxCrossEntropyErrors, NullMisalignedAndStridedPerRowTensors) {
+  labels.data = nullptr;
+  EXPECT_THROW_NAMING(fwd(), "labels", InvalidArgument);
+  labels.data = static_cast<char*>(fake(1)) + 4;  // int64: 8-byte aligned
+  EXPECT_THROW_NAMING(fwd(), "labels", InvalidArgument);
+  labels = TensorRef::strided_2d(fake(1), DType::i64, 2, M / 2, M);  // [B, S] with padded rows: not contiguous
+  EXPECT_THROW_NAMING(fwd(), "labels", ShapeMismatchError);
+  labels = TensorRef::contiguous(fake(1), DType::i64, {M});
+  loss.data = static_cast<char*>(fake(2)) + 2;
+  EXPECT_THROW_NAMING(fwd(), "loss", InvalidArgument);
+  EXPECT_THROW_NAMING(fused(), "loss", InvalidArgument);
+  loss.data = fake(2);
+  grad_loss.data = nullptr;
+  EXPECT_THROW_NAMING(bwd(), "grad_loss", InvalidArgument);
+  grad_loss.data = fake(5);
+  dlogits.data = nullptr;
+  EXPECT_THROW_NAMING(bwd(), "dlogits", InvalidArgument);
+}
+
 TEST_F(SoftmaxCrossEntropyErrors, ShardOutsideTheVocabulary) {
   CrossEntropyOptions o = popts();
   o.vocab_total = 2 * V + V / 2;  // the shard [2V, 3V) sticks out
