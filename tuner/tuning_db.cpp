@@ -527,6 +527,18 @@ TuningDb store_entries(const std::string& path, const std::vector<TuningEntry>& 
   return std::move(merged.db);
 }
 
+TuningEntry to_entry(const detail::Specialization& s, uint64_t tokens) {
+  const detail::FamilyDef& f = *s.family;
+  TuningEntry e;
+  e.key.family = f.name;
+  e.key.kernel = f.kernels.at(s.kernel);
+  e.key.arch = s.arch.name();
+  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], s.params[i]);
+  e.key.tokens = tokens;
+  for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], s.config[i]);
+  return e;
+}
+
 bool to_specialization(const TuningEntry& entry, detail::Specialization& out) {
   const detail::FamilyDef* family = detail::find_family(entry.key.family);
   if (!family) return false;
