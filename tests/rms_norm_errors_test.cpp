@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "kiln/ops/rms_norm.hpp"
 #include "test_util.hpp"
@@ -441,15 +442,13 @@ TEST_F(RmsNormBwdErrors, NullPointers) {
   EXPECT_THROW_NAMING(call(), "dweight", InvalidArgument);
 }
 
-TEST_F(RmsNormBwdErrors, MisalignedPointers) {
-  x.data = static_cast<char*>(fake(1)) + 8;  // rows are read as 16-byte vectors
-  EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
-  x.data = fake(1);
-  dx.data = static_cast<char*>(fake(3)) + 2;
-  EXPECT_THROW_NAMING(call(), "dx", InvalidArgument);
-  dx.data = fake(3);
-  weight.data = static_cast<char*>(fake(2)) + 4;
-  EXPECT_THROW_NAMING(call(), "weight", InvalidArgument);
+TEST_F(RmsNormBwdErrors, MisalignedPointers) {  // rows and the weight are read as 16-byte vectors
+  for (const auto& [t, arg, offset] : {std::tuple{&x, "x", 8}, {&dx, "dx", 2}, {&weight, "weight", 4}}) {
+    void* const aligned = t->data;
+    t->data = static_cast<char*>(aligned) + offset;
+    EXPECT_THROW_NAMING(call(), arg, InvalidArgument);
+    t->data = aligned;
+  }
 }
 
 TEST_F(RmsNormBwdErrors, RowStrides) {
