@@ -577,5 +577,29 @@ TEST_F(BatchSiluErrors, StatusAndOptions) {
   EXPECT_THROW_NAMING(fwd(), "output_mode", InvalidArgument);
 }
 
+TEST_F(BatchSiluErrors, NegativeAndTooManyRows) {
+  x.shape[0] = -M;  // once reached the launch as a huge grid
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "x", ShapeMismatchError);
+  const int64_t m = int64_t{1} << 31;  // rows index with 32-bit ints
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m, 2 * n});
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+}
+
+TEST_F(BatchSiluErrors, NullMisalignedAndStridedWeights) {
+  prob.data = nullptr;
+  EXPECT_THROW_NAMING(fwd(), "prob", InvalidArgument);
+  prob.data = static_cast<char*>(fake(6)) + 2;
+  EXPECT_THROW_NAMING(bwd(), "prob", InvalidArgument);
+  prob = TensorRef::strided_2d(fake(6), DType::f32, M, 1, 2);  // [M, 1] with a row stride of 2: not contiguous
+  EXPECT_THROW_NAMING(fwd(), "prob", ShapeMismatchError);
+  prob = TensorRef::contiguous(fake(6), DType::f32, {M});
+  counts.data = static_cast<char*>(fake(7)) + 2;
+  EXPECT_THROW_NAMING(fwd(), "counts", InvalidArgument);
+  counts.data = fake(7);
+  dprob.data = nullptr;
+  EXPECT_THROW_NAMING(bwd(), "dprob", InvalidArgument);
+}
+
 }  // namespace
 }  // namespace kiln::test
