@@ -533,6 +533,16 @@ TEST_F(QkNormRopeErrors, TooManyRows) {
   const int64_t s = (int64_t{1} << 30) + 1;  // S·B > INT32_MAX
   qkv = TensorRef::contiguous(fake(0), DType::bf16, {s, B, W});
   EXPECT_THROW_NAMING(fwd(), "qkv", InvalidArgument);
+  EXPECT_THROW_NAMING(bwd(), "qkv", InvalidArgument);
+}
+
+TEST_F(QkNormRopeErrors, NegativeDims) {
+  qkv.shape[1] = -B;
+  EXPECT_THROW_NAMING(fwd(), "qkv", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "qkv", ShapeMismatchError);
+  qkv.shape[1] = B;
+  dqkv.shape[0] = -S;
+  EXPECT_THROW_NAMING(bwd(), "dqkv", ShapeMismatchError);
 }
 
 TEST(QkNormRopeWorkspace, HeadDimChecked) {
