@@ -67,11 +67,19 @@ std::string iso_now() {
   return buf;
 }
 
-// SASS through the toolkit's cuobjdump, when it is installed (KILN_DUMP=sass only).
-std::string disassemble(const std::string& cubin) {
+// SASS through the toolkit's cuobjdump (KILN_DUMP=sass only). None where the toolkit has no cuobjdump (NVRTC-only
+// installs): one warning, and no kernel.sass, instead of a kernel.sass holding the error text.
+std::optional<std::string> disassemble(const std::string& cubin) {
   namespace fs = std::filesystem;
   fs::path tool = fs::path(cuda_include_dir()) / ".." / "bin" / "cuobjdump";
-  if (!fs::exists(tool)) return "cuobjdump not found beside " + cuda_include_dir() + "\n";
+  if (!fs::exists(tool)) {
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      log(LogLevel::warn, "KILN_DUMP=sass: no cuobjdump at {}; kernel.sass is not written",
+          tool.lexically_normal().string());
+    });
+    return std::nullopt;
+  }
   fs::path tmp = fs::temp_directory_path() / fmt::format("kiln-sass-{}-{}.cubin", ::getpid(), std::rand());
   std::ofstream(tmp, std::ios::binary) << cubin;
   std::string out;
@@ -218,7 +226,8 @@ EnsureResult ensure_cubin(const Specialization& s, cache::CubinCache* cache, boo
     std::vector<std::pair<std::string, std::string>> extras;
     if (dump_wants("source")) extras.emplace_back("source.cu", source);
     if (dump_wants("ptx")) extras.emplace_back("kernel.ptx", out.ptx);
-    if (dump_wants("sass")) extras.emplace_back("kernel.sass", disassemble(res.cubin));
+    if (dump_wants("sass"))
+      if (std::optional<std::string> sass = disassemble(res.cubin)) extras.emplace_back("kernel.sass", std::move(*sass));
     std::string err;
     if (!cache->store(group, res.disk_key, res.cubin, std::move(manifest), extras, &err) && !err.empty())
       log(LogLevel::warn, "could not store {}/{} in the cache: {}", group, res.disk_key, err);

@@ -9,6 +9,7 @@
 
 #include "kiln/kiln.hpp"
 #include "runtime/family.hpp"
+#include "runtime/nvrtc_compiler.hpp"
 #include "runtime/registry.hpp"
 #include "test_util.hpp"
 
@@ -187,6 +188,29 @@ TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
   EXPECT_TRUE(std::filesystem::exists(entry + "/cubin"));
   EXPECT_TRUE(std::filesystem::exists(entry + "/source.cu"));
   EXPECT_GT(std::filesystem::file_size(entry + "/kernel.ptx"), 100u);
+}
+
+// KILN_DUMP=sass disassembles with the toolkit's cuobjdump; where there is none (NVRTC-only installs) it says so once
+// and writes no kernel.sass (it used to write one holding the error text).
+TEST(Compile, DumpSassNeedsCuobjdump) {
+  const test::TempDir tmp("kiln-dump-sass-");
+  setenv("KILN_DUMP", "sass", 1);
+  const bool have_tool = std::filesystem::exists(std::filesystem::path(cuda_include_dir()) / ".." / "bin" / "cuobjdump");
+  Runtime rt(RuntimeOptions{.cache_dir = tmp.str()});
+  ::testing::internal::CaptureStderr();
+  const auto entries = rt.prewarm(load_model("ling-mini-2.0"), {"sm_90a"}, 1, nullptr, nullptr, {"batch_reduce"});
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  unsetenv("KILN_DUMP");
+  ASSERT_FALSE(entries.empty());
+  for (const auto& e : entries) {
+    const std::string sass = tmp.str() + "/sm_90a/" + e.family + "/" + e.key + "/kernel.sass";
+    if (have_tool) {
+      EXPECT_NE(test::read_file(sass).find("Function"), std::string::npos) << sass;
+    } else {
+      EXPECT_FALSE(std::filesystem::exists(sass)) << sass;
+    }
+  }
+  if (!have_tool) EXPECT_NE(err.find("no cuobjdump"), std::string::npos) << err;
 }
 
 // KILN_CACHE_MAX_MB prunes the cache after each store: 0 MiB keeps nothing. A malformed value is ignored (with a
