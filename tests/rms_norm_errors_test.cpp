@@ -254,6 +254,17 @@ TEST_F(RmsNormBlockQuantErrors, TooManyRows) {
   EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
 }
 
+TEST_F(RmsNormBlockQuantErrors, RowsBeyondTheGridLimit) {  // 65535 tiles of 128 tokens (README: M ≤ 8 388 480)
+  const int64_t m = int64_t{65535} * 128 + 1;
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m, 128});
+  weight = TensorRef::contiguous(fake(1), DType::bf16, {128});
+  out = outputs(m, 128);
+  EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m - 1, 128});
+  out = outputs(m - 1, 128);
+  EXPECT_REACHES_DEVICE(call());
+}
+
 TEST_F(RmsNormBlockQuantErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
   x.shape[0] = -M;
   EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
