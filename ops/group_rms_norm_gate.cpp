@@ -338,16 +338,15 @@ std::pair<long long, long long> bs_strides(const TensorRef& t, bool seq_first) {
                    : std::pair<long long, long long>{stride_of(t, 0), stride_of(t, 1)};
 }
 
-// Persistent grid of the backward: the x dimension (token slots) holds every CTA that fits on the GPU at once, split
-// over the segments, never more than there are token groups. The workspace bound uses the thread limit instead of
-// the occupancy (which depends on the weight dtype), so it covers every specialization of the shape.
-int64_t bwd_grid_x(Runtime& rt, const Specialization& s, int64_t M) {
+// Persistent grid (the backward, and the staged forward): the x dimension (token slots) holds every CTA that fits on
+// the GPU at once, split over the segments (grid y), never more than there are token groups. The workspace bound uses
+// the thread limit instead of the occupancy (which depends on the weight dtype), so it covers every specialization of
+// the shape.
+int64_t grid_x(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int warps = s.config[C_WARPS];
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
-  const int64_t nseg = s.params[P_G] / s.config[C_SEG];
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full / nseg, (M + warps - 1) / warps));
+  return impl.persistent_grid(impl.kernel(s), warps * 32, smem_bytes(s), (M + warps - 1) / warps,
+                              s.params[P_G] / s.config[C_SEG]);
 }
 int64_t bwd_grid_x_bound(Runtime& rt, const Specialization& s, int64_t M) {
   const int warps = s.config[C_WARPS];
@@ -401,9 +400,7 @@ void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, con
   LaunchDims d;
   d.block[0] = static_cast<unsigned>(cta_warps * 32);
   if (s.config[C_ROWS] == kRowsStaged) {  // persistent: the CTAs that fit at once, split over the segments
-    const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(cta_warps * 32), smem_bytes(s));
-    const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-    d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min(full / nseg, (g.M + cta_warps - 1) / cta_warps)));
+    d.grid[0] = static_cast<unsigned>(grid_x(rt, s, g.M));
     d.grid[1] = static_cast<unsigned>(nseg);
     d.smem = static_cast<unsigned>(smem_bytes(s));
   } else {  // one warp per (token, segment)
@@ -477,7 +474,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
       if (!in_search_space(plain))
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
-    X = bwd_grid_x(rt, s, g.M);
+    X = grid_x(rt, s, g.M);
     partial.reserve(ck, "group_rms_norm_gate_bwd_workspace_elems", X * g.dim);
     const auto [dy_sb, dy_ss] = bs_strides(dy, opts.transpose);
     const auto [x_sb, x_ss] = bs_strides(x, false);
@@ -495,7 +492,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     d.grid[1] = static_cast<unsigned>(g.G / s.config[C_SEG]);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
     d.smem = static_cast<unsigned>(smem_bytes(s));
-    // The fused reduction waits for every CTA: all must be resident at once. The grid is occupancy-sized (bwd_grid_x),
+    // The fused reduction waits for every CTA: all must be resident at once. The grid is occupancy-sized (grid_x),
     // and the cooperative attribute makes the driver guarantee it, or refuse the launch where fewer SMs are available
     // than the device has (MPS, green contexts): then the two-kernel path runs instead (any grid size works there).
     d.cooperative = fused;

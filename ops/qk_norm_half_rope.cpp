@@ -297,11 +297,8 @@ int rows_per_cta(const Specialization& s) {
 // Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are tiles.
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
-  const int threads = s.config[C_WARPS] * 32;
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), threads, smem_bytes(s));
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
   const int64_t tiles = (M + rows_per_cta(s) - 1) / rows_per_cta(s);
-  return std::max<int64_t>(1, std::min(full, tiles));
+  return impl.persistent_grid(impl.kernel(s), s.config[C_WARPS] * 32, smem_bytes(s), tiles);
 }
 
 constexpr int64_t kMaxCtasPerSm = 32;  // the hardware limit on every arch kiln targets

@@ -242,9 +242,7 @@ int64_t bwd_threads(const Specialization& s) { return is_pipe(s) ? s.config[C_WA
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int rows = s.config[C_ROWS];
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(bwd_threads(s)), smem_bytes(s));
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows - 1) / rows));
+  return impl.persistent_grid(impl.kernel(s), static_cast<int>(bwd_threads(s)), smem_bytes(s), (M + rows - 1) / rows);
 }
 }  // namespace
 

@@ -390,9 +390,7 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int warps = s.config[C_WARPS];
   const int rows_per_cta = warps / split_of(s);
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows_per_cta - 1) / rows_per_cta));
+  return impl.persistent_grid(impl.kernel(s), warps * 32, smem_bytes(s), (M + rows_per_cta - 1) / rows_per_cta);
 }
 }  // namespace
 
