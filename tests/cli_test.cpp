@@ -33,17 +33,10 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace kiln::test;  // run_kiln, CliResult, TempDir, read_file, contains
 
-
-
-
-
-
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
 }
-
-
 
 // ---- usage, help, version ----------------------------------------------------------------------------------------
 
