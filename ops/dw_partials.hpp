@@ -1,10 +1,12 @@
 // ops/dw_partials.hpp — the fp32 weight-gradient partials of the norm families' backward kernels (rms_norm,
 // rms_norm_rope, group_rms_norm_gate, qk_norm_half_rope): one row per CTA of the persistent backward, in the caller's
-// workspace or in stream-ordered scratch, summed into the weight gradient by dw_reduce_kernel (kiln/dw_reduce.cuh).
+// workspace or in stream-ordered scratch, summed into the weight gradient by dw_reduce_kernel (kiln/dw_reduce.cuh),
+// whose search space is one point.
 #pragma once
 #include <fmt/format.h>
 
 #include <cstdint>
+#include <vector>
 
 #include "kiln/dw_reduce_args.h"
 #include "runtime/runtime_impl.hpp"
@@ -69,5 +71,15 @@ class DwPartials {
   float* data_;
   CUdeviceptr owned_ = 0;
 };
+
+// dw_reduce_kernel has nothing to tune: the search space of a family's dw_reduce kernel is its one point (config
+// zero). True, with that point added to `out`, when `base` is the family's `dw_reduce` kernel.
+inline bool dw_reduce_space(const Specialization& base, uint32_t dw_reduce, std::vector<Specialization>& out) {
+  if (base.kernel != dw_reduce) return false;
+  Specialization s = base;
+  s.config = {};
+  out.push_back(s);
+  return true;
+}
 
 }  // namespace kiln::detail

@@ -215,12 +215,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
 // for 4, 8, 16 warps of the kernels that can be the default: staged, kept sigmoids), while the shared memory fits
 // 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  if (dw_reduce_space(base, kDwReduce, out)) return;
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kDwReduce) {
-    out.push_back(s);
-    return;
-  }
   const int64_t dim = base.params[P_DIM], G = base.params[P_G];
   const DType t = static_cast<DType>(base.params[P_DTYPE]);
   const int64_t es = static_cast<int64_t>(dtype_size(t)), d = dim / G;

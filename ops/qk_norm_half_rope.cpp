@@ -113,12 +113,9 @@ Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interl
 
 // A handful of points around the default (every point is compiled in CI): CTA size and load depth.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  if (dw_reduce_space(base, kDwReduce, out)) return;
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kDwReduce) {
-    out.push_back(s);
-    return;
-  }
   const std::span<const Point> points =
       base.kernel == kFwd ? std::span<const Point>(kFwdPoints) : std::span<const Point>(kBwdPoints);
   for (const Point& c : points) {

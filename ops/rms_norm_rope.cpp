@@ -181,12 +181,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
 // fwd: 2–16 warps per CTA. bwd: 1–16 warps × where the second pass finds the rows (re-read, registers, staged),
 // while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  if (dw_reduce_space(base, kDwReduce, out)) return;
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kDwReduce) {
-    out.push_back(s);
-    return;
-  }
   // The heuristic default first (tests and tools read it there), then the other points.
   const Specialization def = spec(base.arch, base.kernel, base.params[P_HD], base.params[P_D],
                                   static_cast<DType>(base.params[P_DTYPE]), static_cast<DType>(base.params[P_W_DTYPE]),
