@@ -264,12 +264,16 @@ std::string default_cache_root() {
   return "";  // the constructor disables the cache and says why
 }
 
-CubinCache::CubinCache(std::string root) : root_(std::move(root)) {
+CubinCache::CubinCache(std::string root, bool create) : root_(std::move(root)) {
   if (root_.empty()) {
     disabled_reason_ = "no cache directory ($KILN_CACHE_DIR, $XDG_CACHE_HOME and $HOME are unset)";
     return;
   }
   std::error_code ec;
+  if (!create && !fs::exists(root_, ec)) {
+    disabled_reason_ = fmt::format("{} does not exist", root_);
+    return;
+  }
   fs::create_directories(root_, ec);
   if (ec) {
     disabled_reason_ = fmt::format("cannot create {}: {}", root_, ec.message());

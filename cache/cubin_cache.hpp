@@ -42,9 +42,10 @@ struct VerifyReport {
 
 class CubinCache {
  public:
-  // Creates `root` if needed. If it cannot be created or written, the cache is disabled (every lookup misses,
-  // stores are dropped) and `enabled()` is false; `disabled_reason()` says why.
-  explicit CubinCache(std::string root);
+  // Creates `root` if needed (with `create`; else a missing root disables the cache: the maintenance tools never
+  // create one). If it cannot be created or written, the cache is disabled (every lookup misses, stores are dropped)
+  // and `enabled()` is false; `disabled_reason()` says why.
+  explicit CubinCache(std::string root, bool create = true);
 
   bool enabled() const { return enabled_; }
   const std::string& root() const { return root_; }

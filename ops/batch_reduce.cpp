@@ -123,9 +123,8 @@ void run(Runtime& rt, const Check& ck, std::span<const TensorRef> xs, const Tens
   if (launch.warps == 0) s = impl.tuned(s, chunks * kBatchReduceChunk);
   const int threads = 32 * s.config[C_WARPS];
   const Kernel& k = impl.kernel(s);
-  int ctas = impl.device().sm_count * impl.resident_per_sm(k, threads, 0);
-  if (launch.max_ctas > 0) ctas = std::min(ctas, launch.max_ctas);
-  ctas = std::max(1, std::min(ctas, C));
+  const int ctas = static_cast<int>(
+      impl.persistent_grid(k, threads, 0, launch.max_ctas > 0 ? std::min(C, launch.max_ctas) : C));
 
   const CUdeviceptr base = impl.alloc_async(total, stream);
   try {

@@ -22,13 +22,15 @@ namespace detail {
 // ops/bench/silu.cpp: a prepared batched instance (32-expert style counts summing to `tokens`).
 BenchInstance batch_silu_bench_instance(Runtime& rt, int64_t tokens, int64_t E, int64_t n, bool bwd, int mode,
                                         bool round);
-// ops/silu_block_quant.cpp: the tile kernel both families run (params, default config, search space, args) and the
-// backward's g check.
+// ops/silu_block_quant.cpp: the tile kernel both families run (params, default config, search space, args, launch)
+// and the backward's g check.
 void silu_tile_spec(Specialization& s, bool batched, int64_t n, int mode, bool round);
 void silu_tile_space(const Specialization& base, bool batched, std::vector<Specialization>& out);
 SiluBlockQuantArgs silu_tile_args(const TensorRef& x, const TensorRef* g, const SiluBlockQuantOutputs& out, int64_t M);
 void check_silu_g(const Check& ck, const TensorRef& g, int64_t M, int64_t n);
 int64_t check_silu_x(const Check& ck, const TensorRef& x);
+void launch_silu_tiles(Runtime::Impl& impl, Specialization s, int64_t M, int64_t tiles, const SiluBlockQuantArgs& a,
+                       bool pdl, Stream stream);
 }  // namespace detail
 
 namespace {
@@ -180,17 +182,8 @@ void launch_schedule(Runtime::Impl& impl, const Common& c, const TensorRef& coun
 
 void launch_tiles(Runtime::Impl& impl, Specialization s, const Common& c, int64_t capacity,
                   const SiluBlockQuantArgs& a, Stream stream) {
-  const int64_t max_tiles = capacity * (c.n / 128);
-  s = impl.tuned(s, c.M);
-  const int smem = smem_bytes(s);
-  const Kernel& k = impl.kernel(s);
-  const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(max_tiles, per_sm * impl.device().sm_count)));
-  d.block[0] = kSiluTileThreads;
-  d.smem = static_cast<unsigned>(smem);
-  d.pdl = true;  // the prologue overlaps the schedule kernel; the kernel waits for it (griddepcontrol.wait)
-  impl.launch(k, d, stream, a);
+  // PDL: the prologue overlaps the schedule kernel; the kernel waits for it (griddepcontrol.wait).
+  launch_silu_tiles(impl, s, c.M, capacity * (c.n / 128), a, true, stream);
 }
 
 // options.check_counts: wait for the schedule and throw if the counts were invalid.

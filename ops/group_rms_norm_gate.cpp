@@ -6,9 +6,9 @@
 #include <atomic>
 #include <cmath>
 
-#include "kiln/dw_reduce_args.h"
 #include "kiln/group_rms_norm_gate_args.h"
 #include "kiln/ops/group_rms_norm_gate.hpp"
+#include "ops/dw_partials.hpp"
 #include "runtime/family.hpp"
 #include "runtime/log.hpp"
 #include "runtime/runtime_impl.hpp"
@@ -215,12 +215,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t dim, int64_t G, bool sha
 // for 4, 8, 16 warps of the kernels that can be the default: staged, kept sigmoids), while the shared memory fits
 // 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  if (dw_reduce_space(base, kDwReduce, out)) return;
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kDwReduce) {
-    out.push_back(s);
-    return;
-  }
   const int64_t dim = base.params[P_DIM], G = base.params[P_G];
   const DType t = static_cast<DType>(base.params[P_DTYPE]);
   const int64_t es = static_cast<int64_t>(dtype_size(t)), d = dim / G;
@@ -271,7 +268,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 // ---- validation --------------------------------------------------------------------------------------------------
 
 // A 3-D activation whose token (b, s) row is at b·stride[bdim] + s·stride[sdim]: shape [B, S, dim] (bdim 0) or
-// [S, B, dim] (bdim 1), dense last dim, non-negative strides keeping every row `vec`-element aligned.
+// [S, B, dim] (bdim 1), dense last dim, non-negative dims and strides keeping every row `vec`-element aligned.
 void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dtype, int64_t B, int64_t S,
                   int64_t dim, bool seq_first, int64_t vec, const char* layout_note) {
   ck.dtype(arg, t, {dtype});
@@ -279,16 +276,7 @@ void check_tokens(const Check& ck, const char* arg, const TensorRef& t, DType dt
   if (t.ndim != 3 || t.shape[0] != d0 || t.shape[1] != d1 || t.shape[2] != dim)
     ck.shape_error(arg, fmt::format("expected shape [{}, {}, {}] ({}), got {}", d0, d1, dim, layout_note,
                                     shape_str(t)));
-  if (t.strides[2] != 1 && dim > 1)
-    ck.shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
-  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
-  if (s0 < 0 || s1 < 0)
-    ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
-  if (s0 % vec != 0 || s1 % vec != 0)
-    ck.invalid(arg, fmt::format("expected strides that are multiples of {} elements (rows aligned to the {}-byte "
-                                "vector width), got [{}, {}, 1]",
-                                vec, vec * static_cast<int64_t>(dtype_size(t.dtype)), t.strides[0], t.strides[1]));
-  if (t.numel() > 0) ck.pointer(arg, t, static_cast<int>(vec * static_cast<int64_t>(dtype_size(t.dtype))));
+  ck.token_rows(arg, t, vec);
 }
 
 struct Geometry {
@@ -347,16 +335,15 @@ std::pair<long long, long long> bs_strides(const TensorRef& t, bool seq_first) {
                    : std::pair<long long, long long>{stride_of(t, 0), stride_of(t, 1)};
 }
 
-// Persistent grid of the backward: the x dimension (token slots) holds every CTA that fits on the GPU at once, split
-// over the segments, never more than there are token groups. The workspace bound uses the thread limit instead of
-// the occupancy (which depends on the weight dtype), so it covers every specialization of the shape.
-int64_t bwd_grid_x(Runtime& rt, const Specialization& s, int64_t M) {
+// Persistent grid (the backward, and the staged forward): the x dimension (token slots) holds every CTA that fits on
+// the GPU at once, split over the segments (grid y), never more than there are token groups. The workspace bound uses
+// the thread limit instead of the occupancy (which depends on the weight dtype), so it covers every specialization of
+// the shape.
+int64_t grid_x(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int warps = s.config[C_WARPS];
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
-  const int64_t nseg = s.params[P_G] / s.config[C_SEG];
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full / nseg, (M + warps - 1) / warps));
+  return impl.persistent_grid(impl.kernel(s), warps * 32, smem_bytes(s), (M + warps - 1) / warps,
+                              s.params[P_G] / s.config[C_SEG]);
 }
 int64_t bwd_grid_x_bound(Runtime& rt, const Specialization& s, int64_t M) {
   const int warps = s.config[C_WARPS];
@@ -410,9 +397,7 @@ void detail::group_rms_norm_gate_fwd_config(Runtime& rt, const TensorRef& x, con
   LaunchDims d;
   d.block[0] = static_cast<unsigned>(cta_warps * 32);
   if (s.config[C_ROWS] == kRowsStaged) {  // persistent: the CTAs that fit at once, split over the segments
-    const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(cta_warps * 32), smem_bytes(s));
-    const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-    d.grid[0] = static_cast<unsigned>(std::max<int64_t>(1, std::min(full / nseg, (g.M + cta_warps - 1) / cta_warps)));
+    d.grid[0] = static_cast<unsigned>(grid_x(rt, s, g.M));
     d.grid[1] = static_cast<unsigned>(nseg);
     d.smem = static_cast<unsigned>(smem_bytes(s));
   } else {  // one warp per (token, segment)
@@ -468,8 +453,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
   const Specialization reducer = spec(arch, kDwReduce, g.dim, g.G, g.shared, x.dtype, weight.dtype);
   int64_t X = 0;
   bool fused = false;  // the backward adds the partial rows itself (C_REDUCE 1)
-  CUdeviceptr owned = 0;
-  float* partial = static_cast<float*>(workspace.data);
+  DwPartials partial(impl, stream, workspace);
   if (g.M > 0) {
     Specialization s = impl.tuned(spec(arch, kBwd, g.dim, g.G, g.shared, x.dtype, weight.dtype), g.M);
     if (rows >= 0) {
@@ -487,16 +471,8 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
       if (!in_search_space(plain))
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
-    X = bwd_grid_x(rt, s, g.M);
-    const int64_t need = X * g.dim;
-    if (workspace.defined() && workspace.numel() < need)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (group_rms_norm_gate_bwd_workspace_elems), "
-                                              "got {}",
-                                              need, workspace.numel()));
-    if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(need) * 4, stream);
-      partial = reinterpret_cast<float*>(owned);
-    }
+    X = grid_x(rt, s, g.M);
+    partial.reserve(ck, "group_rms_norm_gate_bwd_workspace_elems", X * g.dim);
     const auto [dy_sb, dy_ss] = bs_strides(dy, opts.transpose);
     const auto [x_sb, x_ss] = bs_strides(x, false);
     const auto [g_sb, g_ss] = bs_strides(gate, opts.transpose);
@@ -504,8 +480,8 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     const auto [dg_sb, dg_ss] = bs_strides(dgate, opts.transpose);
     GroupNormGateBwdArgs a{dy.data,  dy_sb,    dy_ss,     x.data,  x_sb,  x_ss,    gate.data, g_sb,
                            g_ss,     weight.data, dx.data, dx_sb,   dx_ss, dgate.data, dg_sb, dg_ss,
-                           partial,  static_cast<float*>(dweight.data), static_cast<int>(g.M), static_cast<int>(g.B),
-                           static_cast<int>(g.S), opts.transpose, opts.eps,
+                           partial.data(), static_cast<float*>(dweight.data), static_cast<int>(g.M),
+                           static_cast<int>(g.B), static_cast<int>(g.S), opts.transpose, opts.eps,
                            detail::group_rms_norm_gate_trace.load(std::memory_order_relaxed)};
     fused = s.config[C_REDUCE] != 0;
     LaunchDims d;
@@ -513,7 +489,7 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     d.grid[1] = static_cast<unsigned>(g.G / s.config[C_SEG]);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
     d.smem = static_cast<unsigned>(smem_bytes(s));
-    // The fused reduction waits for every CTA: all must be resident at once. The grid is occupancy-sized (bwd_grid_x),
+    // The fused reduction waits for every CTA: all must be resident at once. The grid is occupancy-sized (grid_x),
     // and the cooperative attribute makes the driver guarantee it, or refuse the launch where fewer SMs are available
     // than the device has (MPS, green contexts): then the two-kernel path runs instead (any grid size works there).
     d.cooperative = fused;
@@ -530,17 +506,10 @@ void detail::group_rms_norm_gate_bwd_config(Runtime& rt, const TensorRef& dy, co
     }
   }
   if (fused) {
-    if (owned) impl.free_async(owned, stream);
+    partial.release();
     return;
   }
-  DwReduceArgs r{partial, dweight.data, static_cast<int>(X)};
-  const int64_t nout = g.shared ? g.d : g.dim;
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((nout + kDwReduceCols - 1) / kDwReduceCols);
-  d.block[0] = kDwReduceThreads;
-  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
-  impl.launch(reducer, d, stream, r);
-  if (owned) impl.free_async(owned, stream);
+  partial.reduce(reducer, X, g.shared ? g.d : g.dim, dweight.data);
 }
 
 }  // namespace kiln

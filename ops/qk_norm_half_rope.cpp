@@ -7,9 +7,9 @@
 #include <tuple>
 #include <utility>
 
-#include "kiln/dw_reduce_args.h"
 #include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/qk_norm_half_rope_args.h"
+#include "ops/dw_partials.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -113,12 +113,9 @@ Specialization spec(Arch arch, uint32_t kernel, int H, int h, int D, bool interl
 
 // A handful of points around the default (every point is compiled in CI): CTA size and load depth.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  if (dw_reduce_space(base, kDwReduce, out)) return;
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kDwReduce) {
-    out.push_back(s);
-    return;
-  }
   const std::span<const Point> points =
       base.kernel == kFwd ? std::span<const Point>(kFwdPoints) : std::span<const Point>(kBwdPoints);
   for (const Point& c : points) {
@@ -297,11 +294,8 @@ int rows_per_cta(const Specialization& s) {
 // Persistent grid of the backward: every CTA that fits on the GPU at once, never more than there are tiles.
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
-  const int threads = s.config[C_WARPS] * 32;
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), threads, smem_bytes(s));
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
   const int64_t tiles = (M + rows_per_cta(s) - 1) / rows_per_cta(s);
-  return std::max<int64_t>(1, std::min(full, tiles));
+  return impl.persistent_grid(impl.kernel(s), s.config[C_WARPS] * 32, smem_bytes(s), tiles);
 }
 
 constexpr int64_t kMaxCtasPerSm = 32;  // the hardware limit on every arch kiln targets
@@ -374,21 +368,12 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   const int64_t M = g.S * g.B;
   const Specialization reduce = spec(arch, kDwReduce, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype);
   int64_t G = 0;
-  CUdeviceptr owned = 0;
-  float* partial = static_cast<float*>(workspace.data);
+  DwPartials partial(impl, stream, workspace);
   if (M > 0) {
     const Specialization s =
         impl.tuned(spec(arch, kBwd, g.H, g.h, D, opts.interleaved, qkv.dtype, q_norm_weight.dtype), M);
     G = bwd_grid(rt, s, M);
-    if (want_dw && workspace.defined() && workspace.numel() < G * 2 * g.D)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (qk_norm_half_rope_bwd_workspace_elems), "
-                                              "got {}", G * 2 * g.D, workspace.numel()));
-    if (!want_dw) {
-      partial = nullptr;
-    } else if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(G * 2 * g.D) * 4, stream);
-      partial = reinterpret_cast<float*>(owned);
-    }
+    if (want_dw) partial.reserve(ck, "qk_norm_half_rope_bwd_workspace_elems", G * 2 * g.D);
     QkNormRopeBwdArgs a{};
     a.gq = gq.data;
     a.gk = gk.data;
@@ -397,7 +382,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
     a.dqkv = dqkv.data;
     a.dqkv_s_stride = dqkv.strides[0];
     a.dqkv_b_stride = dqkv.strides[1];
-    a.partial = partial;
+    a.partial = want_dw ? partial.data() : nullptr;
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(s.config[C_WARPS] * 32);
@@ -406,13 +391,7 @@ void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk
   }
   if (!want_dw) return;
   // Weight gradients = Σ over the CTAs' partials (zeros when there are no rows: a sum over G = 0 partials).
-  DwReduceArgs r{partial, dq_norm_weight.data, static_cast<int>(G), dk_norm_weight.data};
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((2 * D + kDwReduceCols - 1) / kDwReduceCols);
-  d.block[0] = kDwReduceThreads;
-  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
-  impl.launch(reduce, d, stream, r);
-  if (owned) impl.free_async(owned, stream);
+  partial.reduce(reduce, G, 2 * D, dq_norm_weight.data, dk_norm_weight.data);
 }
 
 }  // namespace kiln

@@ -4,10 +4,10 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kiln/dw_reduce_args.h"
 #include "kiln/ops/rms_norm.hpp"
 #include "kiln/rms_norm_args.h"
 #include "ops/bench/rms_norm.hpp"
+#include "ops/dw_partials.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -242,9 +242,7 @@ int64_t bwd_threads(const Specialization& s) { return is_pipe(s) ? s.config[C_WA
 int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int rows = s.config[C_ROWS];
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), static_cast<int>(bwd_threads(s)), smem_bytes(s));
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows - 1) / rows));
+  return impl.persistent_grid(impl.kernel(s), static_cast<int>(bwd_threads(s)), smem_bytes(s), (M + rows - 1) / rows);
 }
 }  // namespace
 
@@ -290,19 +288,11 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
   const Specialization reduce = impl.tuned(spec(arch, kDwReduce, N, x.dtype, weight.dtype, dweight.dtype), M);
   const Specialization s = impl.tuned(spec(arch, kBwd, N, x.dtype, weight.dtype, dweight.dtype), M);
   const int64_t G = M == 0 ? 0 : bwd_grid(rt, s, M);
-  CUdeviceptr owned = 0;
-  float* partial = static_cast<float*>(workspace.data);
+  DwPartials partial(impl, stream, workspace);
   if (M > 0) {
-    if (workspace.defined() && workspace.numel() < G * N)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_bwd_workspace_elems with x's "
-                                              "dtype), got {}",
-                                              G * N, workspace.numel()));
-    if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(G * N) * 4, stream);
-      partial = reinterpret_cast<float*>(owned);
-    }
-    RmsNormBwdArgs a{dy.data, dy.strides[0], x.data, x.strides[0], weight.data, dx.data, dx.strides[0], partial,
-                     static_cast<int>(M), eps};
+    partial.reserve(ck, "rms_norm_bwd_workspace_elems with x's dtype", G * N);
+    RmsNormBwdArgs a{dy.data, dy.strides[0],  x.data, x.strides[0], weight.data, dx.data, dx.strides[0],
+                     partial.data(), static_cast<int>(M), eps};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
     d.block[0] = static_cast<unsigned>(bwd_threads(s));
@@ -310,13 +300,7 @@ void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const Te
     impl.launch(s, d, stream, a);
   }
   // dweight = Σ over CTAs (zero when M == 0: the reduce over G = 0 slices writes zeros).
-  DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((N + kDwReduceCols - 1) / kDwReduceCols);
-  d.block[0] = kDwReduceThreads;
-  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
-  impl.launch(reduce, d, stream, r);
-  if (owned) impl.free_async(owned, stream);
+  partial.reduce(reduce, G, N, dweight.data);
 }
 
 }  // namespace kiln

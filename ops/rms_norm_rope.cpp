@@ -5,9 +5,9 @@
 #include <algorithm>
 #include <cmath>
 
-#include "kiln/dw_reduce_args.h"
 #include "kiln/ops/rms_norm_rope.hpp"
 #include "kiln/rms_norm_rope_args.h"
+#include "ops/dw_partials.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/validate.hpp"
@@ -181,12 +181,9 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
 // fwd: 2–16 warps per CTA. bwd: 1–16 warps × where the second pass finds the rows (re-read, registers, staged),
 // while the shared memory fits 227 KiB. dw_reduce: nothing to tune.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
+  if (dw_reduce_space(base, kDwReduce, out)) return;
   Specialization s = base;
   s.config = {};
-  if (base.kernel == kDwReduce) {
-    out.push_back(s);
-    return;
-  }
   // The heuristic default first (tests and tools read it there), then the other points.
   const Specialization def = spec(base.arch, base.kernel, base.params[P_HD], base.params[P_D],
                                   static_cast<DType>(base.params[P_DTYPE]), static_cast<DType>(base.params[P_W_DTYPE]),
@@ -245,23 +242,15 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 
 // ---- validation --------------------------------------------------------------------------------------------------
 
-// A [B, S, Hd] activation: rank 3, dense last dim, non-negative strides that keep every row `vec`-element aligned.
+// A [B, S, Hd] activation: rank 3, dense last dim, non-negative dims and strides that keep every row `vec`-element
+// aligned.
 void check_bsh(const Check& ck, const char* arg, const TensorRef& t, std::initializer_list<DType> dtypes, int64_t B,
                int64_t S, int64_t Hd, int64_t vec) {
   ck.dtype(arg, t, dtypes);
   if (t.ndim != 3) ck.shape_error(arg, fmt::format("expected a 3-D tensor [B, S, Hd], got shape {}", shape_str(t)));
   if (B >= 0 && (t.shape[0] != B || t.shape[1] != S || t.shape[2] != Hd))
     ck.shape_error(arg, fmt::format("expected shape [{}, {}, {}] (as x), got {}", B, S, Hd, shape_str(t)));
-  if (t.strides[2] != 1 && t.shape[2] > 1)
-    ck.shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
-  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
-  if (s0 < 0 || s1 < 0)
-    ck.shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
-  if (s0 % vec != 0 || s1 % vec != 0)
-    ck.invalid(arg, fmt::format("expected batch and sequence strides that are multiples of {} elements (rows aligned "
-                                "to the {}-byte vector width), got [{}, {}, 1]",
-                                vec, vec * static_cast<int64_t>(dtype_size(t.dtype)), t.strides[0], t.strides[1]));
-  if (t.numel() > 0) ck.pointer(arg, t, static_cast<int>(vec * static_cast<int64_t>(dtype_size(t.dtype))));
+  ck.token_rows(arg, t, vec);
 }
 
 struct Geometry {
@@ -398,9 +387,7 @@ int64_t bwd_grid(Runtime& rt, const Specialization& s, int64_t M) {
   auto& impl = rt.impl();
   const int warps = s.config[C_WARPS];
   const int rows_per_cta = warps / split_of(s);
-  const int per_sm = impl.resident_per_sm(impl.kernel(s), warps * 32, smem_bytes(s));
-  const int64_t full = static_cast<int64_t>(impl.device().sm_count) * per_sm;
-  return std::max<int64_t>(1, std::min<int64_t>(full, (M + rows_per_cta - 1) / rows_per_cta));
+  return impl.persistent_grid(impl.kernel(s), warps * 32, smem_bytes(s), (M + rows_per_cta - 1) / rows_per_cta);
 }
 }  // namespace
 
@@ -448,8 +435,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
   const Arch arch = impl.target_arch();
   const Specialization reduce = spec(arch, kDwReduce, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype);
   int64_t G = 0;
-  CUdeviceptr owned = 0;
-  float* partial = static_cast<float*>(workspace.data);
+  DwPartials partial(impl, stream, workspace);
   if (g.M > 0) {
     Specialization s = impl.tuned(spec(arch, kBwd, g.Hd, g.D, x.dtype, weight.dtype, g.cs_dtype), g.M);
     if (rows >= 0) {
@@ -460,17 +446,11 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
         ck.invalid("config", fmt::format("{} is not in the search space", s.describe()));
     }
     G = bwd_grid(rt, s, g.M);
-    if (workspace.defined() && workspace.numel() < G * g.Hd)
-      ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (rms_norm_rope_bwd_workspace_elems), got {}",
-                                              G * g.Hd, workspace.numel()));
-    if (!workspace.defined()) {
-      owned = impl.alloc_async(static_cast<size_t>(G * g.Hd) * 4, stream);
-      partial = reinterpret_cast<float*>(owned);
-    }
+    partial.reserve(ck, "rms_norm_rope_bwd_workspace_elems", G * g.Hd);
     RmsNormRopeBwdArgs a{dy.data,         stride_of(dy, 0), stride_of(dy, 1), x.data,
                          stride_of(x, 0), stride_of(x, 1),  weight.data,      cos.data,
                          g.cos_ss,        sin.data,         g.sin_ss,         dx.data,
-                         stride_of(dx, 0), stride_of(dx, 1), partial,         static_cast<int>(g.M),
+                         stride_of(dx, 0), stride_of(dx, 1), partial.data(),  static_cast<int>(g.M),
                          static_cast<int>(g.S), eps};
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(G);
@@ -479,13 +459,7 @@ void detail::rms_norm_rope_bwd_config(Runtime& rt, const TensorRef& dy, const Te
     impl.launch(s, d, stream, a);
   }
   // dweight = Σ over CTA slices (zeros when there are no rows: the sum over G = 0 slices).
-  DwReduceArgs r{partial, dweight.data, static_cast<int>(G)};
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>((g.Hd + kDwReduceCols - 1) / kDwReduceCols);
-  d.block[0] = kDwReduceThreads;
-  d.pdl = true;  // starts while the backward's last CTAs finish (dw_reduce_kernel waits for them: kiln/dw_reduce.cuh)
-  impl.launch(reduce, d, stream, r);
-  if (owned) impl.free_async(owned, stream);
+  partial.reduce(reduce, G, g.Hd, dweight.data);
 }
 
 }  // namespace kiln

@@ -100,6 +100,20 @@ int64_t check_silu_x(const Check& ck, const TensorRef& x) {
   if (x.shape[0] > 0) ck.pointer("x", x, 16);
   return two_n / 2;
 }
+// … the tile kernel's launch for either family: `s`'s tuned config at M rows, a persistent grid over `tiles` tiles
+// (with PDL behind the batched family's schedule kernel) …
+void launch_silu_tiles(Runtime::Impl& impl, Specialization s, int64_t M, int64_t tiles, const SiluBlockQuantArgs& a,
+                       bool pdl, Stream stream) {
+  s = impl.tuned(s, M);
+  const int smem = s.family->dynamic_smem_bytes(s);
+  const Kernel& k = impl.kernel(s);
+  LaunchDims d;
+  d.grid[0] = static_cast<unsigned>(impl.persistent_grid(k, kSiluTileThreads, smem, tiles));
+  d.block[0] = kSiluTileThreads;
+  d.smem = static_cast<unsigned>(smem);
+  d.pdl = pdl;
+  impl.launch(k, d, stream, a);
+}
 // … and the backward's g: bf16 [M, n], rows 16-byte aligned (x is [M, 2n]).
 void check_silu_g(const Check& ck, const TensorRef& g, int64_t M, int64_t n) {
   ck.dtype("g", g, {DType::bf16});
@@ -177,19 +191,9 @@ void check_outputs(const Check& ck, const SiluBlockQuantOutputs& o, int64_t M, i
 }
 
 void launch(Runtime& rt, Specialization s, int64_t M, SiluBlockQuantArgs a, Stream stream) {
-  auto& impl = rt.impl();
-  const int64_t n = s.params[P_N];
-  const int64_t tiles = (M + 127) / 128 * (n / 128);
-  s = impl.tuned(s, M);
+  const int64_t tiles = (M + 127) / 128 * (s.params[P_N] / 128);
   a.tiles = static_cast<int>(tiles);
-  const int smem = smem_bytes(s);
-  const Kernel& k = impl.kernel(s);
-  const int64_t per_sm = std::max(1, impl.resident_per_sm(k, kSiluTileThreads, smem));
-  LaunchDims d;
-  d.grid[0] = static_cast<unsigned>(std::min<int64_t>(tiles, per_sm * impl.device().sm_count));
-  d.block[0] = kSiluTileThreads;
-  d.smem = static_cast<unsigned>(smem);
-  impl.launch(k, d, stream, a);
+  launch_silu_tiles(rt.impl(), s, M, tiles, a, false, stream);
 }
 
 }  // namespace

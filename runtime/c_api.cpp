@@ -43,7 +43,22 @@ kiln_status guarded(F&& f) {
   }
 }
 
-kiln::DType dt(kiln_dtype d) { return static_cast<kiln::DType>(d); }
+static_assert(KILN_BF16 == int(kiln::DType::bf16) && KILN_F16 == int(kiln::DType::f16) &&
+              KILN_F32 == int(kiln::DType::f32) && KILN_E4M3 == int(kiln::DType::e4m3) &&
+              KILN_E5M2 == int(kiln::DType::e5m2) && KILN_I32 == int(kiln::DType::i32) &&
+              KILN_I64 == int(kiln::DType::i64) && KILN_I16 == int(kiln::DType::i16) && KILN_U8 == int(kiln::DType::u8),
+              "kiln_dtype numbers kiln::DType");
+
+// A dtype argument of a C call: a value outside the enum (kiln::DType is one byte: 258 would have become fp32)
+// is rejected naming the argument.
+kiln::DType dt(kiln_dtype d, const char* op, const char* arg) {
+  const int v = static_cast<int>(d);
+  if (v < KILN_BF16 || v > KILN_U8)
+    throw kiln::UnsupportedDtypeError(std::string(op) + ": argument '" + arg + "': expected a kiln_dtype (" +
+                                      std::to_string(KILN_BF16) + " … " + std::to_string(KILN_U8) + "), got " +
+                                      std::to_string(v));
+  return static_cast<kiln::DType>(v);
+}
 kiln::Stream st(void* s) { return static_cast<kiln::Stream>(s); }
 kiln::TensorRef t2(const void* p, kiln::DType d, int64_t r, int64_t c) {
   return kiln::TensorRef::contiguous(const_cast<void*>(p), d, {r, c});
@@ -79,6 +94,7 @@ kiln_status kiln_rms_norm_block_quant_fwd(kiln_runtime* rt, const void* x, int64
                                           void* q, float* q_scale, float* rms_inv, void* qT, float* qT_scale,
                                           float eps, int round_scale, int output_mode, void* stream) {
   return guarded([&] {
+    const kiln::DType w = dt(weight_dtype, "kiln_rms_norm_block_quant_fwd", "weight_dtype");
     kiln::RmsNormBlockQuantOutputs out;
     if (output_mode != 1) {
       out.q = t2(q, kiln::DType::e4m3, M, N);
@@ -91,7 +107,7 @@ kiln_status kiln_rms_norm_block_quant_fwd(kiln_runtime* rt, const void* x, int64
     }
     kiln::rms_norm_block_quant_fwd(
         rt_of(rt), kiln::TensorRef::strided_2d(const_cast<void*>(x), kiln::DType::bf16, M, N, x_stride),
-        kiln::TensorRef::contiguous(const_cast<void*>(weight), dt(weight_dtype), {N}), t1(rms_inv_in, kiln::DType::f32, M), out,
+        kiln::TensorRef::contiguous(const_cast<void*>(weight), w, {N}), t1(rms_inv_in, kiln::DType::f32, M), out,
         {eps, round_scale != 0, output_mode}, st(stream));
   });
 }
@@ -99,8 +115,10 @@ kiln_status kiln_rms_norm_block_quant_fwd(kiln_runtime* rt, const void* x, int64
 kiln_status kiln_rms_norm_fwd(kiln_runtime* rt, const void* x, void* y, int64_t M, int64_t N, kiln_dtype dtype,
                               const void* weight, kiln_dtype weight_dtype, float* rms_inv, float eps, void* stream) {
   return guarded([&] {
-    kiln::rms_norm_fwd(rt_of(rt), t2(x, dt(dtype), M, N), kiln::TensorRef::contiguous(const_cast<void*>(weight), dt(weight_dtype), {N}), t2(y, dt(dtype), M, N),
-                       t1(rms_inv, kiln::DType::f32, M), eps, st(stream));
+    const kiln::DType t = dt(dtype, "kiln_rms_norm_fwd", "dtype");
+    const kiln::DType w = dt(weight_dtype, "kiln_rms_norm_fwd", "weight_dtype");
+    kiln::rms_norm_fwd(rt_of(rt), t2(x, t, M, N), kiln::TensorRef::contiguous(const_cast<void*>(weight), w, {N}),
+                       t2(y, t, M, N), t1(rms_inv, kiln::DType::f32, M), eps, st(stream));
   });
 }
 
@@ -108,8 +126,12 @@ kiln_status kiln_rms_norm_bwd(kiln_runtime* rt, const void* dy, const void* x, v
                               kiln_dtype dtype, const void* weight, kiln_dtype weight_dtype, void* dweight,
                               kiln_dtype dweight_dtype, float eps, void* stream) {
   return guarded([&] {
-    kiln::rms_norm_bwd(rt_of(rt), t2(dy, dt(dtype), M, N), t2(x, dt(dtype), M, N), kiln::TensorRef::contiguous(const_cast<void*>(weight), dt(weight_dtype), {N}),
-                       t2(dx, dt(dtype), M, N), kiln::TensorRef::contiguous(dweight, dt(dweight_dtype), {N}), eps, kiln::TensorRef{}, st(stream));
+    const kiln::DType t = dt(dtype, "kiln_rms_norm_bwd", "dtype");
+    const kiln::DType w = dt(weight_dtype, "kiln_rms_norm_bwd", "weight_dtype");
+    const kiln::DType dw = dt(dweight_dtype, "kiln_rms_norm_bwd", "dweight_dtype");
+    kiln::rms_norm_bwd(rt_of(rt), t2(dy, t, M, N), t2(x, t, M, N),
+                       kiln::TensorRef::contiguous(const_cast<void*>(weight), w, {N}), t2(dx, t, M, N),
+                       kiln::TensorRef::contiguous(dweight, dw, {N}), eps, kiln::TensorRef{}, st(stream));
   });
 }
 

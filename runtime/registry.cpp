@@ -4,6 +4,7 @@
 
 #include <fmt/format.h>
 
+#include <charconv>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
@@ -11,6 +12,9 @@
 #include <ctime>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
+#include <optional>
+#include <string_view>
 #include <thread>
 
 #include "kiln/errors.hpp"
@@ -33,6 +37,24 @@ bool dump_wants(const char* what) {
   return v && std::string_view(v).find(what) != std::string_view::npos;
 }
 
+// KILN_CACHE_MAX_MB in bytes, read at each store; none when unset or empty. A value that is not a whole number of MiB
+// in [0, 2^30] (what `kiln cache prune` accepts) is ignored with one warning: strtoull read "lots" or "-1" as 0 MiB
+// and emptied the cache at every store.
+std::optional<uint64_t> cache_cap_bytes() {
+  const char* v = std::getenv("KILN_CACHE_MAX_MB");
+  if (!v || !*v) return std::nullopt;
+  const std::string_view text(v);
+  uint64_t mb = 0;
+  const auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), mb);
+  if (ec == std::errc() && end == text.data() + text.size() && mb <= (uint64_t{1} << 30)) return mb << 20;
+  static std::once_flag warned;
+  std::call_once(warned, [&] {
+    log(LogLevel::warn, "KILN_CACHE_MAX_MB: expected a whole number of MiB in [0, {}], got '{}'; not pruning",
+        uint64_t{1} << 30, text);
+  });
+  return std::nullopt;
+}
+
 bool lineinfo_enabled() {
   const char* v = std::getenv("KILN_LINEINFO");
   return v && *v && std::string_view(v) != "0";
@@ -45,11 +67,19 @@ std::string iso_now() {
   return buf;
 }
 
-// SASS through the toolkit's cuobjdump, when it is installed (KILN_DUMP=sass only).
-std::string disassemble(const std::string& cubin) {
+// SASS through the toolkit's cuobjdump (KILN_DUMP=sass only). None where the toolkit has no cuobjdump (NVRTC-only
+// installs): one warning, and no kernel.sass, instead of a kernel.sass holding the error text.
+std::optional<std::string> disassemble(const std::string& cubin) {
   namespace fs = std::filesystem;
   fs::path tool = fs::path(cuda_include_dir()) / ".." / "bin" / "cuobjdump";
-  if (!fs::exists(tool)) return "cuobjdump not found beside " + cuda_include_dir() + "\n";
+  if (!fs::exists(tool)) {
+    static std::once_flag warned;
+    std::call_once(warned, [&] {
+      log(LogLevel::warn, "KILN_DUMP=sass: no cuobjdump at {}; kernel.sass is not written",
+          tool.lexically_normal().string());
+    });
+    return std::nullopt;
+  }
   fs::path tmp = fs::temp_directory_path() / fmt::format("kiln-sass-{}-{}.cubin", ::getpid(), std::rand());
   std::ofstream(tmp, std::ios::binary) << cubin;
   std::string out;
@@ -196,14 +226,13 @@ EnsureResult ensure_cubin(const Specialization& s, cache::CubinCache* cache, boo
     std::vector<std::pair<std::string, std::string>> extras;
     if (dump_wants("source")) extras.emplace_back("source.cu", source);
     if (dump_wants("ptx")) extras.emplace_back("kernel.ptx", out.ptx);
-    if (dump_wants("sass")) extras.emplace_back("kernel.sass", disassemble(res.cubin));
+    if (dump_wants("sass"))
+      if (std::optional<std::string> sass = disassemble(res.cubin)) extras.emplace_back("kernel.sass", std::move(*sass));
     std::string err;
     if (!cache->store(group, res.disk_key, res.cubin, std::move(manifest), extras, &err) && !err.empty())
       log(LogLevel::warn, "could not store {}/{} in the cache: {}", group, res.disk_key, err);
-    if (const char* cap = std::getenv("KILN_CACHE_MAX_MB"); cap && *cap) {
-      const uint64_t max_bytes = std::strtoull(cap, nullptr, 10) << 20;
-      if (size_t n = cache->prune(max_bytes)) log(LogLevel::info, "KILN_CACHE_MAX_MB: pruned {} entries", n);
-    }
+    if (const std::optional<uint64_t> cap = cache_cap_bytes())
+      if (size_t n = cache->prune(*cap)) log(LogLevel::info, "KILN_CACHE_MAX_MB: pruned {} entries", n);
   }
   return res;
 }

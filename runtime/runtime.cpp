@@ -61,7 +61,8 @@ using namespace detail;
 Runtime::Impl::Impl(RuntimeOptions o, Runtime& owner_) : options(std::move(o)), owner(owner_) {
   families();  // registration assigns family ids before any op builds a key
   if (options.read_env) {
-    if (const char* v = env("KILN_LOG_LEVEL")) options.log_level = parse_level(v);
+    if (options.log_level == LogLevel::warn)  // the default: an explicit level wins, as arch and tuning_db do
+      if (const char* v = env("KILN_LOG_LEVEL")) options.log_level = parse_level(v);
     if (options.arch.empty())
       if (const char* v = env("KILN_ARCH")) options.arch = v;
     if (env_true("KILN_REQUIRE_PREWARMED")) options.require_prewarmed = true;

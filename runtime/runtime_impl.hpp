@@ -2,6 +2,8 @@
 #pragma once
 #include <cuda.h>
 
+#include <algorithm>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -141,6 +143,13 @@ struct Runtime::Impl {
   // How many CTAs of `threads` threads and `smem` dynamic shared memory fit on one SM (asked once per kernel:
   // a persistent recipe always launches a kernel at one block shape).
   int resident_per_sm(const Kernel& k, int threads, int smem);
+  // A persistent grid: the CTAs of `threads` threads and `smem` bytes of dynamic shared memory that fit on the GPU at
+  // once (SMs × resident_per_sm), split `share` ways (a grid dimension of that size beside this one), never more than
+  // `work` (the units to deal out), at least 1.
+  int64_t persistent_grid(const Kernel& k, int threads, int smem, int64_t work, int64_t share = 1) {
+    const int64_t full = static_cast<int64_t>(device().sm_count) * resident_per_sm(k, threads, smem);
+    return std::max<int64_t>(1, std::min(full / share, work));
+  }
 
   // Launches with one by-value struct argument.
   template <typename Args>

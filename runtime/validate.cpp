@@ -62,6 +62,8 @@ void Check::contiguous(const char* arg, const TensorRef& t) const {
 
 void Check::rows(const char* arg, const TensorRef& t, int align) const {
   if (t.ndim != 2) shape_error(arg, fmt::format("expected a 2-D tensor, got shape {}", shape_str(t)));
+  if (t.shape[0] < 0 || t.shape[1] < 0)
+    shape_error(arg, fmt::format("expected non-negative dims, got shape {}", shape_str(t)));
   if (t.strides[1] != 1 && t.shape[1] != 1)
     shape_error(arg, fmt::format("expected the last dim contiguous (stride 1), got stride {}", t.strides[1]));
   if (t.shape[0] > 1 && t.strides[0] < t.shape[1])
@@ -70,6 +72,22 @@ void Check::rows(const char* arg, const TensorRef& t, int align) const {
   if (t.shape[0] > 1 && row_bytes % align != 0)
     invalid(arg, fmt::format("expected a row stride that keeps rows {}-byte aligned, got {} elements ({} bytes)", align,
                              t.strides[0], row_bytes));
+}
+
+void Check::token_rows(const char* arg, const TensorRef& t, int64_t vec) const {
+  if (t.shape[0] < 0 || t.shape[1] < 0 || t.shape[2] < 0)
+    shape_error(arg, fmt::format("expected non-negative dims, got shape {}", shape_str(t)));
+  if (t.strides[2] != 1 && t.shape[2] > 1)
+    shape_error(arg, fmt::format("expected the last dim dense (inner stride 1), got stride {}", t.strides[2]));
+  const int64_t s0 = stride_of(t, 0), s1 = stride_of(t, 1);
+  if (s0 < 0 || s1 < 0)
+    shape_error(arg, fmt::format("expected non-negative strides, got [{}, {}, 1]", t.strides[0], t.strides[1]));
+  const int64_t vec_bytes = vec * static_cast<int64_t>(dtype_size(t.dtype));
+  if (s0 % vec != 0 || s1 % vec != 0)
+    invalid(arg, fmt::format("expected token strides (dims 0 and 1) that are multiples of {} elements (rows aligned to "
+                             "the {}-byte vector width), got [{}, {}, 1]",
+                             vec, vec_bytes, t.strides[0], t.strides[1]));
+  if (t.numel() > 0) pointer(arg, t, static_cast<int>(vec_bytes));
 }
 
 void Check::fits_int32(const char* arg, int64_t value, const char* what) const {

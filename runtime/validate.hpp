@@ -19,8 +19,12 @@ struct Check {
   // Rank and dims; a dim of -1 accepts any size.
   void shape(const char* arg, const TensorRef& t, std::initializer_list<int64_t> dims) const;
   void contiguous(const char* arg, const TensorRef& t) const;
-  // 2-D, last dim contiguous; the row stride (elements) must keep rows `align`-byte aligned.
+  // 2-D with non-negative dims, last dim contiguous; the row stride (elements) must keep rows `align`-byte aligned.
   void rows(const char* arg, const TensorRef& t, int align) const;
+  // A 3-D tensor of token rows (dims 0 and 1 index tokens, dim 2 runs along a row): non-negative dims, the last dim
+  // dense, strides of dims 0 and 1 (as stride_of gives them) non-negative multiples of `vec` elements, and unless
+  // empty a pointer aligned to `vec` elements. The caller checks the dtype and the shape first.
+  void token_rows(const char* arg, const TensorRef& t, int64_t vec) const;
   // A dim that indexes with 32-bit ints.
   void fits_int32(const char* arg, int64_t value, const char* what) const;
   // A scalar argument (eps, a loss weight) that must be finite and ≥ 0; NaN is rejected too.

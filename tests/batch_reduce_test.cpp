@@ -118,5 +118,37 @@ TEST_F(BatchReduceErrors, OptionsAndLaunchShape) {
   EXPECT_THROW_NAMING(count(), "max_ctas", InvalidArgument);
 }
 
+TEST_F(BatchReduceErrors, NegativeDims) {
+  xs[3].shape[1] = -5;
+  EXPECT_THROW_NAMING(norm(), "xs[3]", ShapeMismatchError);
+  EXPECT_THROW_NAMING(count(), "xs[3]", ShapeMismatchError);
+}
+
+TEST_F(BatchReduceErrors, CountOutputAndTensors) {
+  count_out = TensorRef::contiguous(fake(4), DType::i64, {2});
+  EXPECT_THROW_NAMING(count(), "out", ShapeMismatchError);
+  count_out = TensorRef::contiguous(static_cast<char*>(fake(4)) + 4, DType::i64, {1});  // int64: 8-byte aligned
+  EXPECT_THROW_NAMING(count(), "out", InvalidArgument);
+  count_out = TensorRef::contiguous(fake(4), DType::i64, {});
+  xs[1].data = nullptr;
+  EXPECT_THROW_NAMING(count(), "xs[1]", InvalidArgument);
+  xs[1].data = fake(1);
+  xs[3].strides = {60, 1, 5};
+  EXPECT_THROW_NAMING(count(), "xs[3]", ShapeMismatchError);
+}
+
+TEST_F(BatchReduceErrors, MisalignedOutput) {
+  out.data = static_cast<char*>(fake(3)) + 2;  // fp32: 4-byte aligned
+  EXPECT_THROW_NAMING(norm(), "out", InvalidArgument);
+}
+
+// The chunk index of the whole list is a 32-bit int in the kernel (with room for a doubled grid): at most 2^30 − 1
+// chunks of 64 Ki elements.
+TEST_F(BatchReduceErrors, ElementCountBeyondTheChunkIndex) {
+  xs.push_back(TensorRef::contiguous(fake(5), DType::bf16, {int64_t{1} << 47}));  // 2^31 chunks
+  EXPECT_THROW_NAMING(norm(), "xs", InvalidArgument);
+  EXPECT_THROW_NAMING(count(), "xs", InvalidArgument);
+}
+
 }  // namespace
 }  // namespace kiln::test

@@ -58,6 +58,26 @@ TEST(CApi, ErrorsMapToStatusCodesAndNameTheArgument) {
   EXPECT_NE(std::string(kiln_last_error()).find("'rt'"), std::string::npos) << kiln_last_error();
 }
 
+// A dtype outside the enum is rejected naming the argument (kiln::DType is one byte: 258 used to pass as fp32).
+TEST(CApi, DtypeOutsideTheEnum) {
+  Handle h;
+  for (int bad : {-1, 9, 258}) {
+    const auto d = static_cast<kiln_dtype>(bad);
+    EXPECT_EQ(kiln_rms_norm_fwd(h.rt, kFake, kFake, 8, 128, d, kFake, KILN_BF16, nullptr, 1e-6f, nullptr),
+              KILN_ERROR_UNSUPPORTED_DTYPE) << bad;
+    EXPECT_NE(std::string(kiln_last_error()).find("'dtype'"), std::string::npos) << kiln_last_error();
+    EXPECT_EQ(kiln_rms_norm_bwd(h.rt, kFake, kFake, kFake, 8, 128, KILN_BF16, kFake, KILN_BF16, kFake, d, 1e-6f,
+                                nullptr),
+              KILN_ERROR_UNSUPPORTED_DTYPE) << bad;
+    EXPECT_NE(std::string(kiln_last_error()).find("'dweight_dtype'"), std::string::npos) << kiln_last_error();
+    EXPECT_EQ(kiln_rms_norm_block_quant_fwd(h.rt, kFake, 8, 128, 128, kFake, d, nullptr, kFake,
+                                            static_cast<float*>(kFake), nullptr, kFake, static_cast<float*>(kFake),
+                                            1e-6f, 1, 2, nullptr),
+              KILN_ERROR_UNSUPPORTED_DTYPE) << bad;
+    EXPECT_NE(std::string(kiln_last_error()).find("'weight_dtype'"), std::string::npos) << kiln_last_error();
+  }
+}
+
 TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present";
   Handle h;

@@ -33,17 +33,10 @@ namespace fs = std::filesystem;
 using nlohmann::json;
 using namespace kiln::test;  // run_kiln, CliResult, TempDir, read_file, contains
 
-
-
-
-
-
 std::string lower(std::string s) {
   std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
   return s;
 }
-
-
 
 // ---- usage, help, version ----------------------------------------------------------------------------------------
 
@@ -136,6 +129,24 @@ TEST(Cli, CacheCommandsOnAnEmptyDirectory) {
   const CliResult r = run_kiln({"cache", "ls", "--cache-dir", dir.str(), "--json"});
   ASSERT_EQ(r.rc, 0) << r;
   EXPECT_EQ(json::parse(r.out), json::array());
+}
+
+// A cache that does not exist holds no entries, and the maintenance commands do not create it (a mistyped
+// --cache-dir used to leave the directory behind).
+TEST(Cli, CacheCommandsOnAMissingDirectory) {
+  const TempDir dir;
+  const fs::path missing = dir.path() / "no" / "such" / "cache";
+  for (std::vector<std::string> cmd : {std::vector<std::string>{"ls"}, {"stats"}, {"verify"}, {"verify", "--remove"},
+                                       {"prune", "--max-mb", "0"}, {"clear"}}) {
+    const std::string sub = cmd[0];
+    cmd.insert(cmd.begin(), "cache");
+    for (const char* extra : {"--cache-dir", missing.c_str(), "--json"}) cmd.push_back(extra);
+    const CliResult r = run_kiln(cmd);
+    EXPECT_EQ(r.rc, 0) << sub << "\n" << r;
+    EXPECT_TRUE(contains(r.err, "does not exist")) << sub << "\n" << r;
+    EXPECT_TRUE(json::accept(r.out)) << sub << "\n" << r;
+    EXPECT_FALSE(fs::exists(dir.path() / "no")) << sub << " created the cache directory";
+  }
 }
 
 TEST(Cli, CacheDirDefaultsToTheEnvironment) {

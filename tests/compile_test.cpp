@@ -9,6 +9,7 @@
 
 #include "kiln/kiln.hpp"
 #include "runtime/family.hpp"
+#include "runtime/nvrtc_compiler.hpp"
 #include "runtime/registry.hpp"
 #include "test_util.hpp"
 
@@ -187,6 +188,61 @@ TEST(Compile, DumpKeepsSourceAndPtxBesideTheCubin) {
   EXPECT_TRUE(std::filesystem::exists(entry + "/cubin"));
   EXPECT_TRUE(std::filesystem::exists(entry + "/source.cu"));
   EXPECT_GT(std::filesystem::file_size(entry + "/kernel.ptx"), 100u);
+}
+
+// KILN_DUMP=sass disassembles with the toolkit's cuobjdump; where there is none (NVRTC-only installs) it says so once
+// and writes no kernel.sass (it used to write one holding the error text).
+TEST(Compile, DumpSassNeedsCuobjdump) {
+  const test::TempDir tmp("kiln-dump-sass-");
+  setenv("KILN_DUMP", "sass", 1);
+  const bool have_tool = std::filesystem::exists(std::filesystem::path(cuda_include_dir()) / ".." / "bin" / "cuobjdump");
+  Runtime rt(RuntimeOptions{.cache_dir = tmp.str()});
+  ::testing::internal::CaptureStderr();
+  const auto entries = rt.prewarm(load_model("ling-mini-2.0"), {"sm_90a"}, 1, nullptr, nullptr, {"batch_reduce"});
+  const std::string err = ::testing::internal::GetCapturedStderr();
+  unsetenv("KILN_DUMP");
+  ASSERT_FALSE(entries.empty());
+  for (const auto& e : entries) {
+    const std::string sass = tmp.str() + "/sm_90a/" + e.family + "/" + e.key + "/kernel.sass";
+    if (have_tool) {
+      EXPECT_NE(test::read_file(sass).find("Function"), std::string::npos) << sass;
+    } else {
+      EXPECT_FALSE(std::filesystem::exists(sass)) << sass;
+    }
+  }
+  if (!have_tool) EXPECT_NE(err.find("no cuobjdump"), std::string::npos) << err;
+}
+
+// KILN_CACHE_MAX_MB prunes the cache after each store: 0 MiB keeps nothing. A malformed value is ignored (with a
+// warning), never read as 0 MiB (which emptied the cache at every store).
+TEST(Compile, CacheCapFromTheEnvironment) {
+  const test::TempDir tmp("kiln-cap-");
+  static FamilyDef tiny{"tiny_for_test", {"k"}, {"N"}, {},
+                        [](const Specialization& s, std::string& source, std::string& name) {
+                          source = "template <int N> __global__ void k(int* p) { *p = N; }\n";
+                          name = "k<" + std::to_string(s.params[0]) + ">";
+                        },
+                        nullptr, nullptr};
+  cache::CubinCache cache(tmp.str());
+  ASSERT_TRUE(cache.enabled());
+  Counters counters;
+  Specialization s;
+  s.family = &tiny;
+  s.arch = Arch::parse("sm_90a");
+  const char* old = std::getenv("KILN_CACHE_MAX_MB");
+  const std::string saved = old ? old : "";
+  for (const char* bad : {"lots", "-1", "2G", "99999999999"}) {
+    setenv("KILN_CACHE_MAX_MB", bad, 1);
+    ++s.params[0];
+    EXPECT_STREQ(ensure_cubin(s, &cache, false, counters).status, "compiled");
+    EXPECT_EQ(cache.list().size(), static_cast<size_t>(s.params[0])) << "KILN_CACHE_MAX_MB=" << bad;
+  }
+  setenv("KILN_CACHE_MAX_MB", "0", 1);
+  ++s.params[0];
+  ensure_cubin(s, &cache, false, counters);
+  EXPECT_EQ(cache.list().size(), 0u);
+  if (old) setenv("KILN_CACHE_MAX_MB", saved.c_str(), 1);
+  else unsetenv("KILN_CACHE_MAX_MB");
 }
 
 }  // namespace

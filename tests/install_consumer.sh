@@ -3,7 +3,7 @@
 #
 # The install tree works for a separate project: `cmake --install` kiln from BUILD_DIR into a temporary prefix,
 # configure and build examples/consumer against it with find_package(kiln), and run it (exit 0 without a GPU).
-# Also checks that README.md shows examples/consumer/main.cpp verbatim.
+# Also checks that README.md shows examples/consumer/main.cpp verbatim, and what it prints.
 set -euo pipefail
 build=$(cd "$1" && pwd)
 src=$(cd "$2" && pwd)
@@ -28,7 +28,18 @@ if grep -rqs -e "$src/include" -e "$build" "$tmp/build/CMakeFiles/app.dir/flags.
 fi
 
 # The cache goes to the temporary directory; the consumer must not need KILN_* settings from the caller.
-env -u KILN_CACHE_DIR -u KILN_ARCH -u KILN_REQUIRE_PREWARMED "$tmp/build/app" "$tmp/cache"
+env -u KILN_CACHE_DIR -u KILN_ARCH -u KILN_REQUIRE_PREWARMED "$tmp/build/app" "$tmp/cache" | tee "$tmp/app.out"
+
+# README.md shows what it prints (the block after "What it prints without a GPU:", with the cache in /tmp/kiln-cache).
+# The kernel count is left out of the comparison: it grows whenever a family enumerates another kernel.
+awk '/^What it prints without a GPU:/ {want = 1; next}
+     want && /^```/ {if (inside) exit; inside = 1; next}
+     inside {print}' "$src/README.md" | sed -E 's/^prewarmed [0-9]+ kernels/prewarmed N kernels/' >"$tmp/readme_out.txt"
+sed -E "s|$tmp/cache|/tmp/kiln-cache|g; s/^prewarmed [0-9]+ kernels/prewarmed N kernels/" "$tmp/app.out" >"$tmp/app_out.txt"
+if ! diff -u "$tmp/readme_out.txt" "$tmp/app_out.txt"; then
+  echo "README.md's \"What it prints without a GPU\" differs from what examples/consumer prints (update README.md)" >&2
+  exit 1
+fi
 
 # README.md's C++ example is examples/consumer/main.cpp: the ```cpp block that follows the line naming the file.
 awk '/^<!-- examples\/consumer\/main.cpp -->/ {want = 1; next}

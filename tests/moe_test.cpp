@@ -699,6 +699,40 @@ TEST_F(MoePermuteErrors, UnpermuteArguments) {
   x.dtype = DType::bf16;
   EXPECT_THROW_NAMING(unpermute(), "top_k", InvalidArgument);
 }
+TEST_F(MoePermuteErrors, NullMisalignedAndStridedTensors) {
+  inp.data = nullptr;
+  EXPECT_THROW_NAMING(permute(), "inp", InvalidArgument);
+  inp.data = static_cast<char*>(fake(0)) + 8;  // rows move as 16-byte vectors
+  EXPECT_THROW_NAMING(permute(), "inp", InvalidArgument);
+  inp = TensorRef::strided_2d(fake(0), DType::e4m3, T, Hd, Hd + 16);  // padded rows: not taken
+  EXPECT_THROW_NAMING(permute(), "inp", ShapeMismatchError);
+  inp = TensorRef::contiguous(fake(0), DType::e4m3, {T, Hd});
+  map.row_id_map.data = static_cast<char*>(fake(3)) + 2;
+  EXPECT_THROW_NAMING(permute(), "row_id_map", InvalidArgument);
+  EXPECT_THROW_NAMING(unpermute(), "row_id_map", InvalidArgument);
+  map.row_id_map.data = fake(3);
+  scale.data = nullptr;
+  EXPECT_THROW_NAMING(permute(), "scale", InvalidArgument);
+  scale.data = fake(1);
+  probs_out.data = static_cast<char*>(fake(8)) + 2;
+  EXPECT_THROW_NAMING(permute(), "probs_out", InvalidArgument);
+  x.data = static_cast<char*>(fake(9)) + 4;
+  EXPECT_THROW_NAMING(unpermute(), "x", InvalidArgument);
+  x = TensorRef::strided_2d(fake(9), DType::bf16, kOut, Hd, Hd + 8);
+  EXPECT_THROW_NAMING(unpermute(), "x", ShapeMismatchError);
+  x = TensorRef::contiguous(fake(9), DType::bf16, {kOut, Hd});
+  uout.data = nullptr;
+  EXPECT_THROW_NAMING(unpermute(), "out", InvalidArgument);
+}
+TEST_F(MoePermuteErrors, NegativeDimsAndTokenCountBeyondInt32) {
+  map.row_id_map.shape[0] = -T;
+  EXPECT_THROW_NAMING(permute(), "row_id_map", ShapeMismatchError);
+  EXPECT_THROW_NAMING(unpermute(), "row_id_map", ShapeMismatchError);
+  const int64_t big = int64_t{1} << 31;  // T·E map entries index with 32-bit ints
+  map.row_id_map = TensorRef::contiguous(fake(3), DType::i32, {big, E});
+  EXPECT_THROW_NAMING(permute(), "row_id_map", InvalidArgument);
+  EXPECT_THROW_NAMING(unpermute(), "row_id_map", InvalidArgument);
+}
 
 class MoeBlockQuantPermuteErrors : public ::testing::Test {
  protected:

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "kiln/ops/rms_norm.hpp"
 #include "test_util.hpp"
@@ -253,6 +254,22 @@ TEST_F(RmsNormBlockQuantErrors, TooManyRows) {
   EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
 }
 
+TEST_F(RmsNormBlockQuantErrors, RowsBeyondTheGridLimit) {  // 65535 tiles of 128 tokens (README: M ≤ 8 388 480)
+  const int64_t m = int64_t{65535} * 128 + 1;
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m, 128});
+  weight = TensorRef::contiguous(fake(1), DType::bf16, {128});
+  out = outputs(m, 128);
+  EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m - 1, 128});
+  out = outputs(m - 1, 128);
+  EXPECT_REACHES_DEVICE(call());
+}
+
+TEST_F(RmsNormBlockQuantErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
+  x.shape[0] = -M;
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+}
+
 TEST_F(RmsNormBlockQuantErrors, EpsNegativeOrNaN) {
   for (float eps : {-1e-6f, kNaN}) {
     opts.eps = eps;
@@ -347,6 +364,12 @@ TEST_F(RmsNormFwdErrors, TooManyRows) {
   EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
 }
 
+TEST_F(RmsNormFwdErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
+  x.shape[0] = -M;
+  y.shape[0] = -M;
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+}
+
 TEST_F(RmsNormFwdErrors, EpsNegativeOrNaN) {
   for (float e : {-1.0f, kNaN}) {
     eps = e;
@@ -428,6 +451,40 @@ TEST_F(RmsNormBwdErrors, NullPointers) {
   dy.data = fake(0);
   dweight.data = nullptr;
   EXPECT_THROW_NAMING(call(), "dweight", InvalidArgument);
+}
+
+TEST_F(RmsNormBwdErrors, MisalignedPointers) {  // rows and the weight are read as 16-byte vectors
+  for (const auto& [t, arg, offset] : {std::tuple{&x, "x", 8}, {&dx, "dx", 2}, {&weight, "weight", 4}}) {
+    void* const aligned = t->data;
+    t->data = static_cast<char*>(aligned) + offset;
+    EXPECT_THROW_NAMING(call(), arg, InvalidArgument);
+    t->data = aligned;
+  }
+}
+
+TEST_F(RmsNormBwdErrors, RowStrides) {
+  dy = TensorRef::strided_2d(fake(0), DType::bf16, M, N, N + 4);  // rows 8 bytes off 16-byte alignment
+  EXPECT_THROW_NAMING(call(), "dy", InvalidArgument);
+  dy = TensorRef::strided_2d(fake(0), DType::bf16, M, N, N / 2);  // overlapping rows
+  EXPECT_THROW_NAMING(call(), "dy", ShapeMismatchError);
+}
+
+TEST_F(RmsNormBwdErrors, NegativeRows) {
+  for (TensorRef* t : {&dy, &x, &dx}) t->shape[0] = -M;
+  EXPECT_THROW_NAMING(call(), "x", ShapeMismatchError);
+}
+
+TEST_F(RmsNormBwdErrors, TooManyRows) {
+  const int64_t m = int64_t{1} << 31;
+  for (TensorRef* t : {&dy, &x, &dx}) *t = TensorRef::contiguous(t->data, DType::bf16, {m, N});
+  EXPECT_THROW_NAMING(call(), "x", InvalidArgument);
+}
+
+TEST_F(RmsNormBwdErrors, WorkspaceDtypeAndAlignment) {
+  workspace = TensorRef::contiguous(fake(5), DType::bf16, {1 << 20});
+  EXPECT_THROW_NAMING(call(), "workspace", UnsupportedDtypeError);
+  workspace = TensorRef::contiguous(static_cast<char*>(fake(5)) + 4, DType::f32, {1 << 20});
+  EXPECT_THROW_NAMING(call(), "workspace", InvalidArgument);
 }
 
 TEST_F(RmsNormBwdErrors, EpsNegativeOrNaN) {

@@ -7,6 +7,7 @@
 #include <string>
 
 #include "kiln/kiln.hpp"
+#include "runtime/log.hpp"
 #include "test_util.hpp"
 
 namespace kiln {
@@ -88,6 +89,19 @@ TEST(Runtime, BadArchAndLogLevelAreTypedErrors) {
   setenv("KILN_LOG_LEVEL", "loud", 1);
   EXPECT_THROW(Runtime{RuntimeOptions{.memory_only = true}}, InvalidArgument);
   unsetenv("KILN_LOG_LEVEL");
+}
+
+// KILN_LOG_LEVEL fills in the default level only: a level the options set wins (as arch and tuning_db do).
+TEST(Runtime, ExplicitLogLevelWinsOverTheEnvironment) {
+  setenv("KILN_LOG_LEVEL", "debug", 1);
+  {
+    Runtime quiet(RuntimeOptions{.memory_only = true, .log_level = LogLevel::error});
+    EXPECT_EQ(detail::log_level(), LogLevel::error);
+    Runtime by_env(RuntimeOptions{.memory_only = true});
+    EXPECT_EQ(detail::log_level(), LogLevel::debug);
+  }
+  unsetenv("KILN_LOG_LEVEL");
+  detail::set_log_level(LogLevel::warn);
 }
 
 TEST(Runtime, GpuOpWithoutDriverIsADeviceError) {

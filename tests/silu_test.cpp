@@ -9,6 +9,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <tuple>
 
 #include "kiln/ops/silu.hpp"
 #include "kiln/silu_block_quant_args.h"
@@ -450,6 +451,21 @@ TEST_F(SiluErrors, MisalignedRows) {
   EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
 }
 
+TEST_F(SiluErrors, NegativeRows) {  // a negative row count once reached the launch as a huge grid
+  x.shape[0] = -M;
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  x.shape[0] = M;
+  g.shape[0] = -M;
+  EXPECT_THROW_NAMING(bwd(), "g", ShapeMismatchError);
+}
+
+TEST_F(SiluErrors, TooManyRows) {  // rows index with 32-bit ints
+  const int64_t m = int64_t{1} << 31;
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m, 2 * n});
+  out = plain_outputs(m, n);
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+}
+
 class BatchSiluErrors : public ::testing::Test {
  protected:
   static constexpr int64_t M = 1000, n = 256, E = 7;
@@ -560,6 +576,30 @@ TEST_F(BatchSiluErrors, StatusAndOptions) {
   status = {};
   opts.output_mode = -1;
   EXPECT_THROW_NAMING(fwd(), "output_mode", InvalidArgument);
+}
+
+TEST_F(BatchSiluErrors, NegativeAndTooManyRows) {
+  x.shape[0] = -M;  // once reached the launch as a huge grid
+  EXPECT_THROW_NAMING(fwd(), "x", ShapeMismatchError);
+  EXPECT_THROW_NAMING(bwd(), "x", ShapeMismatchError);
+  const int64_t m = int64_t{1} << 31;  // rows index with 32-bit ints
+  x = TensorRef::contiguous(fake(0), DType::bf16, {m, 2 * n});
+  EXPECT_THROW_NAMING(fwd(), "x", InvalidArgument);
+}
+
+TEST_F(BatchSiluErrors, NullMisalignedAndStridedWeights) {
+  // (tensor, its name, the call that reads it, a bad pointer: null or 2 bytes off the 4-byte alignment)
+  for (const auto& [t, arg, backward, null] :
+       {std::tuple{&prob, "prob", false, true}, {&prob, "prob", true, false}, {&counts, "counts", false, false},
+        {&dprob, "dprob", true, true}}) {
+    void* const good = t->data;
+    t->data = null ? nullptr : static_cast<char*>(good) + 2;
+    if (backward) EXPECT_THROW_NAMING(bwd(), arg, InvalidArgument);
+    else EXPECT_THROW_NAMING(fwd(), arg, InvalidArgument);
+    t->data = good;
+  }
+  prob = TensorRef::strided_2d(fake(6), DType::f32, M, 1, 2);  // [M, 1] with a row stride of 2: not contiguous
+  EXPECT_THROW_NAMING(fwd(), "prob", ShapeMismatchError);
 }
 
 }  // namespace

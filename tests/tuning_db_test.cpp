@@ -412,6 +412,13 @@ TEST(TuningDbStrict, UnreadableFile) {
   } catch (const kiln::InvalidArgument& e) {
     EXPECT_NE(std::string(e.what()).find("/nonexistent/tuning.json"), std::string::npos) << e.what();
   }
+  const std::string dir = std::filesystem::temp_directory_path().string();  // a directory opens and reads as empty
+  try {
+    TuningDb::load(dir);
+    FAIL() << "no error";
+  } catch (const kiln::InvalidArgument& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
 }
 
 TEST(TuningDbStrict, EmptyEntriesIsValid) {
@@ -457,14 +464,7 @@ TEST(TuningDbFuzz, RandomTruncatedAndMutatedInputs) {
 // ---- conversion to the runtime's Specialization ------------------------------------------------------------------
 
 TuningEntry entry_for(const kiln::detail::Specialization& s, uint64_t tokens) {
-  TuningEntry e;
-  const kiln::detail::FamilyDef& f = *s.family;
-  e.key.family = f.name;
-  e.key.kernel = f.kernels.at(s.kernel);
-  e.key.arch = s.arch.name();
-  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], s.params[i]);
-  e.key.tokens = tokens;
-  for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], s.config[i]);
+  TuningEntry e = kiln::tuner::to_entry(s, tokens);
   e.median_us = e.default_us = 1.0;
   return e;
 }

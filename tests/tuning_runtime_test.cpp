@@ -69,14 +69,7 @@ Specialization other_config(const Specialization& s, size_t nth = 0) {
 
 TuningEntry entry_for(const Specialization& s, uint64_t tokens, double median_us, const std::string& gpu = "H100",
                       int64_t sm_count = 132) {
-  TuningEntry e;
-  const kiln::detail::FamilyDef& f = *s.family;
-  e.key.family = f.name;
-  e.key.kernel = f.kernels.at(s.kernel);
-  e.key.arch = s.arch.name();
-  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], s.params[i]);
-  e.key.tokens = tokens;
-  for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], s.config[i]);
+  TuningEntry e = kiln::tuner::to_entry(s, tokens);
   e.median_us = median_us;
   e.default_us = median_us * 1.2;
   e.provenance = {gpu, sm_count, "13.0", "13.0", "13.0", "0.1.0", "2026-11-26T00:00:00Z", "node-1"};

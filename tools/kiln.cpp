@@ -865,11 +865,16 @@ int cmd_cache(std::span<const std::string_view> argv) {
   if (args.has("--remove") && sub != "verify") throw UsageError("cache: --remove belongs to 'cache verify'");
   const bool json = args.has("--json");
 
-  kiln::cache::CubinCache cache(args.value("--cache-dir").value_or(kiln::cache::default_cache_root()));
+  // Maintenance never creates the cache: a mistyped --cache-dir left directories behind. A cache that does not exist
+  // holds no entries (every subcommand reports none, with a warning).
+  const std::string root = args.value("--cache-dir").value_or(kiln::cache::default_cache_root());
+  std::error_code ec;
+  const bool missing = !root.empty() && !std::filesystem::exists(root, ec);
+  kiln::cache::CubinCache cache(root, /*create=*/false);
   if (!cache.enabled()) {
     const std::string problem = fmt::format("cache {} is unusable: {}", cache.root(), cache.disabled_reason());
     const bool writes = sub == "prune" || sub == "clear" || (sub == "verify" && args.has("--remove"));
-    if (writes) throw kiln::CacheError(problem);
+    if (writes && !missing) throw kiln::CacheError(problem);
     fmt::print(stderr, "kiln: warning: {}\n", problem);
   }
 

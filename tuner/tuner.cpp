@@ -180,14 +180,9 @@ std::vector<HostOutput> download(const std::vector<TensorRef>& outputs) {
 
 TuningEntry make_entry(Runtime& rt, const Specialization& base, const Specialization& winner, int64_t tokens,
                        double median_us, double default_us) {
-  const detail::FamilyDef& f = *base.family;
-  TuningEntry e;
-  e.key.family = f.name;
-  e.key.kernel = f.kernels.at(base.kernel);
-  e.key.arch = base.arch.name();
-  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], base.params[i]);
-  e.key.tokens = token_bucket(tokens);
-  for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], winner.config[i]);
+  Specialization named = base;
+  named.config = winner.config;
+  TuningEntry e = to_entry(named, token_bucket(tokens));
   // The file format wants positive times; an event pair never measures below its 0.5 µs resolution anyway.
   e.median_us = std::max(median_us, 1e-3);
   e.default_us = std::max(default_us, 1e-3);

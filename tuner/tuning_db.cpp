@@ -355,6 +355,9 @@ TuningDb TuningDb::parse(std::string_view text, const std::string& source) {
 }
 
 TuningDb TuningDb::load(const std::string& path) {
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))  // opens and reads as empty: "invalid JSON" would mislead
+    throw InvalidArgument(fmt::format("{}: cannot read tuning file: it is a directory", path));
   std::ifstream in(path, std::ios::binary);
   if (!in) throw InvalidArgument(fmt::format("{}: cannot read tuning file: {}", path, std::strerror(errno)));
   std::ostringstream text;
@@ -522,6 +525,18 @@ TuningDb store_entries(const std::string& path, const std::vector<TuningEntry>& 
   MergeResult merged = merge(current, incoming);
   merged.db.save(path);
   return std::move(merged.db);
+}
+
+TuningEntry to_entry(const detail::Specialization& s, uint64_t tokens) {
+  const detail::FamilyDef& f = *s.family;
+  TuningEntry e;
+  e.key.family = f.name;
+  e.key.kernel = f.kernels.at(s.kernel);
+  e.key.arch = s.arch.name();
+  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], s.params[i]);
+  e.key.tokens = tokens;
+  for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], s.config[i]);
+  return e;
 }
 
 bool to_specialization(const TuningEntry& entry, detail::Specialization& out) {

@@ -129,5 +129,8 @@ TuningDb store_entries(const std::string& path, const std::vector<TuningEntry>& 
 // The runtime specialization an entry names (family pointer, kernel index, params and config in the family's
 // declared order, arch). False if this build has no such family, kernel or field names (a loaded entry always fits).
 bool to_specialization(const TuningEntry& entry, detail::Specialization& out);
+// The inverse: the entry naming `s` (family, kernel, arch, params and config by the family's names) at token bucket
+// `tokens`; times and provenance are left for the caller.
+TuningEntry to_entry(const detail::Specialization& s, uint64_t tokens);
 
 }  // namespace kiln::tuner

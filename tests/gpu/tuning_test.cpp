@@ -179,12 +179,9 @@ TEST_F(TunerGpu, TwoRunsAgreeWithinTheNoiseBand) {
 // A tuning file with one entry: `fwd` with warps = `warps` (its other config fields as the family builds them) at
 // bucket `tokens`. Field names come from the family, so the file follows the family's current config.
 std::string write_fwd_db(const std::filesystem::path& path, const Specialization& fwd, int warps, uint64_t tokens) {
-  const detail::FamilyDef& f = *fwd.family;
-  tuner::TuningEntry e;
-  e.key = {f.name, f.kernels.at(fwd.kernel), fwd.arch.name(), {}, tokens};
-  for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], fwd.params[i]);
-  for (size_t i = 0; i < f.config_names.size(); ++i)
-    e.config.emplace_back(f.config_names[i], i == 0 ? warps : fwd.config[i]);
+  Specialization s = fwd;
+  s.config[0] = warps;
+  tuner::TuningEntry e = tuner::to_entry(s, tokens);
   e.median_us = 10;
   e.default_us = 11;
   e.provenance = {"some GPU", 1, "13.0", "13.0", "13.0", "0.1.0", "2026-11-26T00:00:00Z", "test"};
@@ -306,11 +303,7 @@ TEST_F(TunerGpu, RanksWithADatabaseAndAPrewarmedCacheNeitherCompileNorTune) {
   fwd.family->search_space(fwd, fwd_space);
   bwd.family->search_space(bwd, bwd_space);
   auto entry = [](const Specialization& s, uint64_t tokens) {
-    tuner::TuningEntry e;
-    const detail::FamilyDef& f = *s.family;
-    e.key = {f.name, f.kernels.at(s.kernel), s.arch.name(), {}, tokens};
-    for (size_t i = 0; i < f.param_names.size(); ++i) e.key.params.emplace_back(f.param_names[i], s.params[i]);
-    for (size_t i = 0; i < f.config_names.size(); ++i) e.config.emplace_back(f.config_names[i], s.config[i]);
+    tuner::TuningEntry e = tuner::to_entry(s, tokens);
     e.median_us = e.default_us = 10;
     e.provenance = {"some GPU", 1, "13.0", "13.0", "13.0", "0.1.0", "2026-11-26T00:00:00Z", "test"};
     return e;
