@@ -201,7 +201,9 @@ void set_warp_default(Specialization& s, bool map) {
 // cooperative launch stays the fallback while a stream captures a graph); round 3: + the bias prepared once a CTA
 // (64), the bases' padding rows a lane a row (8), the −1 rows by bulk copies (16): `load` 379, 17.78 against 18.18
 // for 291 and 18.40 for 7 (314 without a bias); round 4: with the −1 rows queued behind the row copies (fill 3)
-// 17.44 against 17.65 at fill 4 (after the arrival), 18.21 for 7; bench 17.55 at fill 4. Where its grid does not fit at once
+// 17.44 against 17.65 at fill 4 (after the arrival), 18.21 for 7; bench 17.55 at fill 4 — but in the final run's
+// tune (median of ≥ 20, one process with the other families) fill 3 read 19.22 against 17.47 at fill 4, and its bench
+// row 19.12: the default stays at fill 4 (fill 3 is a search-space point). Where its grid does not fit at once
 // (T = 65536) the op
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
@@ -213,7 +215,7 @@ void set_route_default(Specialization& s) {
     s.config = {};
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
-    s.config[C_FILL] = kFusedFillAfter;  // (the −1 rows by bulk copies behind the row copies)
+    s.config[C_FILL] = kFusedFillLate;  // (the −1 rows by bulk copies after the arrival; fill 3: see above)
     s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma |
                        (s.params[P_BIAS] ? kRunApprox | kRunBiasPre : 0);
     s.config[C_TPT] = 16;

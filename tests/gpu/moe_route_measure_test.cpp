@@ -87,12 +87,12 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: load 379 fill 3 (default)", true, 16, 2, 3, 16, 0, true, 379},
-      {"map: load 379 fill 4 (-1 rows after the arrival)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 379 fill 3 (-1 rows behind the row copies)", true, 16, 2, 3, 16, 0, true, 379},
       {"map: load 355 (round 3)", true, 16, 2, 4, 16, 0, true, 355},
       {"map: load 291 (round 2)", true, 16, 2, 4, 16, 0, true, 291},
       {"map: load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: 379 fill 3 - no tail", true, 16, 2, 3, 16, kNoTail, false, 379},
+      {"map: 379 - no tail", true, 16, 2, 4, 16, kNoTail, false, 379},
       {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
   };
 
@@ -208,7 +208,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"load 379 fill 3 (default)", true, 16, 2, 3, 16, 0, true, 379},
+      {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
   };
 
 
