@@ -747,6 +747,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   detail::driver().cuEventDestroy(ev1);
 }
 
+// One call of `fn` on a cold L2, timed with CUDA events (the bench method: detail::time_calls_us): µs.
+double timed_once(detail::L2Flusher& l2, const std::function<void()>& fn) {
+  return detail::time_calls_us([&](Stream) { fn(); }, nullptr, l2, 0, 1)[0];
+}
+
 // Measurement (prints; checks only that both paths give the same bits): `kiln bench`'s op row (router_gemm_fp32_fwd)
 // read 0.5–1.0 µs above the sweep row of the same kernel and config (variant 5, the default) in every round of sessions
 // 4–8. Here, in one process and on the same card: (a) the public op and the variant-5 call on the same buffers and on a
@@ -763,9 +768,6 @@ TEST_F(RouterGemmTest, FwdOpVsSweepAB) {
   DeviceBuffer xA = upload(r, DType::bf16, xa), wA = upload(r, DType::bf16, wa), yA(r, T * E * 4), yA5(r, T * E * 4);
   DeviceBuffer xB = upload(r, DType::bf16, xb_), wB = upload(r, DType::bf16, wb_), yB(r, T * E * 4);
   detail::L2Flusher l2(r, nullptr);
-  CUevent ev0, ev1;
-  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
-  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
   struct Set {
     DeviceBuffer *x, *w, *y;
   };
@@ -782,16 +784,7 @@ TEST_F(RouterGemmTest, FwdOpVsSweepAB) {
   v5(A5);
   synchronize();
   EXPECT_TRUE(bitwise_equal("op vs variant 5", yA5.download<float>(T * E), yA.download<float>(T * E)));
-  auto timed = [&](const std::function<void()>& fn) {
-    l2.flush(nullptr);
-    detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
-    fn();
-    detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
-    detail::check(detail::driver().cuEventSynchronize(ev1), "cuEventSynchronize");
-    float ms = 0;
-    detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
-    return static_cast<double>(ms) * 1000.0;
-  };
+  auto timed = [&](const std::function<void()>& fn) { return timed_once(l2, fn); };
   struct Row {
     const char* name;
     std::function<void()> fn;
@@ -839,8 +832,6 @@ TEST_F(RouterGemmTest, FwdOpVsSweepAB) {
         std::printf("[ab] %s round %d: median %.2f µs\n", name, round, detail::median(us));
       }
   }
-  detail::driver().cuEventDestroy(ev0);
-  detail::driver().cuEventDestroy(ev1);
 }
 
 // Measurement (prints; checks only that every placement gives the default's bits): round 1 of session 9 read the same
@@ -896,19 +887,7 @@ TEST_F(RouterGemmTest, FwdPlacementAB) {
   const std::vector<float> want = logits(0);
   for (size_t i = 1; i < places.size(); ++i) EXPECT_TRUE(bitwise_equal(places[i].name, logits(i), want));
   detail::L2Flusher l2(r, nullptr);
-  CUevent ev0, ev1;
-  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
-  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
-  auto timed = [&](const std::function<void()>& fn) {
-    l2.flush(nullptr);
-    detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
-    fn();
-    detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
-    detail::check(detail::driver().cuEventSynchronize(ev1), "cuEventSynchronize");
-    float ms = 0;
-    detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
-    return static_cast<double>(ms) * 1000.0;
-  };
+  auto timed = [&](const std::function<void()>& fn) { return timed_once(l2, fn); };
   auto report = [](const char* what, const std::string& name, const std::vector<double>& us) {
     std::vector<double> v = us;
     std::sort(v.begin(), v.end());
@@ -943,8 +922,6 @@ TEST_F(RouterGemmTest, FwdPlacementAB) {
              iu[k]);
     }
   }
-  detail::driver().cuEventDestroy(ev0);
-  detail::driver().cuEventDestroy(ev1);
 }
 
 // Measurement (prints; checks only that the options that keep the sums give the default's bits): the expert-pair
@@ -967,19 +944,7 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
   synchronize();
   const std::vector<float> want = yb.download<float>(T * E);
   detail::L2Flusher l2(r, nullptr);
-  CUevent ev0, ev1;
-  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
-  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
-  auto timed = [&](const std::function<void()>& fn) {
-    l2.flush(nullptr);
-    detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
-    fn();
-    detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
-    detail::check(detail::driver().cuEventSynchronize(ev1), "cuEventSynchronize");
-    float ms = 0;
-    detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
-    return static_cast<double>(ms) * 1000.0;
-  };
+  auto timed = [&](const std::function<void()>& fn) { return timed_once(l2, fn); };
   auto report = [](const char* what, const std::string& name, const std::vector<double>& us) {
     std::vector<double> v = us;
     std::sort(v.begin(), v.end());
@@ -1021,8 +986,6 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
     synchronize();
     EXPECT_TRUE(bitwise_equal(o.name, yb.download<float>(T * E), want));
   }
-  detail::driver().cuEventDestroy(ev0);
-  detail::driver().cuEventDestroy(ev1);
 }
 
 // Measurement (prints; checks that both give the same bits): the op's default since session 9 round 3 (no cluster
@@ -1033,9 +996,6 @@ TEST_F(RouterGemmTest, FwdNoExitAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
   detail::L2Flusher l2(r, nullptr);
-  CUevent ev0, ev1;
-  detail::check(detail::driver().cuEventCreate(&ev0, CU_EVENT_DEFAULT), "cuEventCreate");
-  detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{8192, 7168, 256}, Shape{4096, 2048, 256}, Shape{1024, 2048, 256}}) {
     const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xacc, static_cast<uint64_t>(T)}), mix_seed({0xadc}));
     DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
@@ -1054,16 +1014,7 @@ TEST_F(RouterGemmTest, FwdNoExitAB) {
     call(0);
     synchronize();
     EXPECT_TRUE(bitwise_equal("default vs the earlier default", yb.download<float>(T * E), want));
-    auto timed = [&](int flags) {
-      l2.flush(nullptr);
-      detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
-      call(flags);
-      detail::check(detail::driver().cuEventRecord(ev1, nullptr), "cuEventRecord");
-      detail::check(detail::driver().cuEventSynchronize(ev1), "cuEventSynchronize");
-      float ms = 0;
-      detail::check(detail::driver().cuEventElapsedTime(&ms, ev0, ev1), "cuEventElapsedTime");
-      return static_cast<double>(ms) * 1000.0;
-    };
+    auto timed = [&](int flags) { return timed_once(l2, [&] { call(flags); }); };
     std::vector<double> a, b, a2, b2;
     for (int i = 0; i < 20; ++i) {
       a.push_back(timed(0));
@@ -1081,8 +1032,6 @@ TEST_F(RouterGemmTest, FwdNoExitAB) {
     line("earlier default, second slot", b2);
     line("default, second slot", a2);
   }
-  detail::driver().cuEventDestroy(ev0);
-  detail::driver().cuEventDestroy(ev1);
 }
 
 // Session 9 options of the expert-pair forward: the first fills by cp.async (kRgEarlyLd: 2 stages; kRgEarlyLdAll: all
