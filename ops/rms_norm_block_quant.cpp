@@ -488,43 +488,12 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     }
 }
 
-// Persistent ring grid: clusters (of `split` CTAs in mode 2) that can be resident at once, cached per function.
+// Persistent ring grid: clusters (of `split` CTAs in mode 2) that can be resident at once (0: clusters that cannot be
+// co-scheduled; the caller falls back), else groups of `split` CTAs (at least 1).
 int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool cluster, unsigned threads, unsigned smem) {
-  static std::mutex mu;
-  static std::vector<std::pair<CUfunction, int>> cache;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (const auto& [fn, n] : cache)
-      if (fn == k.fn) return n;
-  }
-  int n = 0;
-  if (cluster) {
-    CUlaunchConfig cfg{};
-    cfg.gridDimX = split;
-    cfg.gridDimY = 1;
-    cfg.gridDimZ = 1;
-    cfg.blockDimX = threads;
-    cfg.blockDimY = 1;
-    cfg.blockDimZ = 1;
-    cfg.sharedMemBytes = smem;
-    CUlaunchAttribute attr[1];
-    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr[0].value.clusterDim.x = split;
-    attr[0].value.clusterDim.y = 1;
-    attr[0].value.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;  // treated as unschedulable
-  } else {
-    n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem)) /
-        static_cast<int>(split);
-  }
-  if (!cluster) n = std::max(n, 1);  // clusters: 0 = cannot be co-scheduled (the caller falls back)
-  log(LogLevel::debug, "rms_norm_block_quant: {} {} of {} CTAs ({} threads, {} B shared) resident at once", n,
-      cluster ? "clusters" : "groups", split, threads, smem);
-  std::lock_guard<std::mutex> lock(mu);
-  cache.emplace_back(k.fn, n);
-  return n;
+  if (cluster) return impl.resident_clusters(k, split, threads, smem);
+  return std::max(1, impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem)) /
+                         static_cast<int>(split));
 }
 
 // The GLOBAL exchange's row-sum workspace for `tiles` × `chunks` items (mode 2 with more than one chunk a row):
@@ -533,24 +502,11 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 // is cleared first (a memset node) and the tag is one no uncaptured launch uses. Returns the allocation (0: none).
 CUdeviceptr global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
                              RmsqStreamArgs& sa) {
-  static std::atomic<uint32_t> last_tag{0};
-  constexpr uint32_t kCapturedTag = 0xffffffffu;
   if (mode != 2 || chunks <= 1) return 0;
   const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
   const CUdeviceptr ws = impl.alloc_async(words * 4, stream);
   sa.ws = reinterpret_cast<unsigned long long*>(ws);
-  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
-  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
-    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
-  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
-    check(driver().cuMemsetD32Async(ws, 0, words, reinterpret_cast<CUstream>(stream)),
-          "cuMemsetD32Async (rms_norm_block_quant workspace)");
-    sa.tag = kCapturedTag;
-  } else {
-    uint32_t tag;
-    do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
-    sa.tag = tag;
-  }
+  sa.tag = impl.workspace_tag(ws, words, stream, "cuMemsetD32Async (rms_norm_block_quant workspace)");
   return ws;
 }
 

@@ -877,60 +877,13 @@ DwTmaPlan dw_tma_plan(const Specialization& s, int64_t T, int sms) {
   return p;
 }
 
-// Clusters of `cy` CTAs (threads, smem) of kernel k resident at once on the device (0: unknown), cached per function:
-// the one-launch backward sums its groups in the kernel only where its whole grid is resident at once.
+// Clusters of `cy` CTAs (threads, smem) of kernel k resident at once on the device (0: cannot be co-scheduled): the
+// one-launch backward sums its groups in the kernel only where its whole grid is resident at once.
 int resident_clusters(Runtime::Impl& impl, const Kernel& k, unsigned cy, unsigned threads, unsigned smem) {
-  static std::mutex mu;
-  static std::vector<std::pair<std::pair<CUfunction, unsigned>, int>> cache;
-  {
-    std::lock_guard<std::mutex> lock(mu);
-    for (const auto& [key, n] : cache)
-      if (key.first == k.fn && key.second == cy) return n;
-  }
-  int n = 0;
-  if (cy > 1) {
-    CUlaunchConfig cfg{};
-    cfg.gridDimX = 1;
-    cfg.gridDimY = cy;
-    cfg.gridDimZ = 1;
-    cfg.blockDimX = threads;
-    cfg.blockDimY = 1;
-    cfg.blockDimZ = 1;
-    cfg.sharedMemBytes = smem;
-    CUlaunchAttribute attr[1];
-    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-    attr[0].value.clusterDim.x = 1;
-    attr[0].value.clusterDim.y = cy;
-    attr[0].value.clusterDim.z = 1;
-    cfg.attrs = attr;
-    cfg.numAttrs = 1;
-    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;
-  } else {
-    n = impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem));
-  }
-  std::lock_guard<std::mutex> lock(mu);
-  cache.push_back({{k.fn, cy}, n});
-  return n;
+  if (cy > 1) return impl.resident_clusters(k, cy, threads, smem);
+  return impl.device().sm_count * impl.resident_per_sm(k, static_cast<int>(threads), static_cast<int>(smem));
 }
 
-// The one-launch kernel's flag tag: never 0 (fresh memory) nor kCapturedTag; under stream capture (a graph replays
-// the launch with the same tag) the flags are cleared first by a memset node and the tag is kCapturedTag, which no
-// uncaptured launch uses.
-unsigned bwd_one_tag(unsigned* flags, size_t words, Stream stream) {
-  static std::atomic<uint32_t> last_tag{0};
-  constexpr uint32_t kCapturedTag = 0xffffffffu;
-  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
-  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
-    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
-  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
-    check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(flags), 0, words, reinterpret_cast<CUstream>(stream)),
-          "cuMemsetD32Async (router_gemm backward flags)");
-    return kCapturedTag;
-  }
-  uint32_t tag;
-  do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
-  return tag;
-}
 // The TMA backward's kernels by precision (0 tf32, 1 high, 2 bf16(g)).
 // 4 (standard, the default): dx
 // from bf16(g), dw from hi + lo — the fastest measured (≈ 60 µs: dx 23.9 + dw 35.3 in session 5's round 2, against
@@ -1118,7 +1071,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
                     ctas;
         if (fused) {
           b.flags = reinterpret_cast<unsigned*>(partial + plan.groups * E * K);
-          b.tag = bwd_one_tag(b.flags, static_cast<size_t>(ctas), stream);
+          b.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(b.flags), static_cast<size_t>(ctas), stream,
+                                     "cuMemsetD32Async (router_gemm backward flags)");
           b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
         }
         impl.launch(sone, d, stream, b);

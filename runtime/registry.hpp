@@ -20,6 +20,9 @@ struct Kernel {
   int max_dynamic_smem = 0;
   // CTAs of one SM at the launch shape a persistent recipe uses (0 until first asked; see Runtime::Impl).
   mutable std::atomic<int> resident_per_sm{0};
+  // Clusters resident at once at the launch shape a cluster recipe uses (-1 until first asked; 0: the cluster cannot
+  // be co-scheduled).
+  mutable std::atomic<int> resident_clusters{-1};
 };
 
 // Result of making sure a specialization's cubin exists (no GPU needed).

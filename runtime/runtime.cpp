@@ -345,6 +345,47 @@ int Runtime::Impl::resident_per_sm(const Kernel& k, int threads, int smem) {
   return n;
 }
 
+int Runtime::Impl::resident_clusters(const Kernel& k, unsigned cluster, unsigned threads, unsigned smem) {
+  int n = k.resident_clusters.load(std::memory_order_relaxed);
+  if (n < 0) {
+    CUlaunchConfig cfg{};
+    cfg.gridDimX = cluster;
+    cfg.gridDimY = 1;
+    cfg.gridDimZ = 1;
+    cfg.blockDimX = threads;
+    cfg.blockDimY = 1;
+    cfg.blockDimZ = 1;
+    cfg.sharedMemBytes = smem;
+    CUlaunchAttribute attr[1];
+    attr[0].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    attr[0].value.clusterDim.x = cluster;
+    attr[0].value.clusterDim.y = 1;
+    attr[0].value.clusterDim.z = 1;
+    cfg.attrs = attr;
+    cfg.numAttrs = 1;
+    if (driver().cuOccupancyMaxActiveClusters(&n, k.fn, &cfg) != CUDA_SUCCESS) n = 0;  // treated as unschedulable
+    log(LogLevel::debug, "{} clusters of {} CTAs ({} threads, {} B shared) resident at once", n, cluster, threads,
+        smem);
+    k.resident_clusters.store(n, std::memory_order_relaxed);
+  }
+  return n;
+}
+
+uint32_t Runtime::Impl::workspace_tag(CUdeviceptr ws, size_t words, Stream stream, const char* what) {
+  static std::atomic<uint32_t> last_tag{0};
+  constexpr uint32_t kCapturedTag = 0xffffffffu;
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE) {
+    check(driver().cuMemsetD32Async(ws, 0, words, reinterpret_cast<CUstream>(stream)), what);
+    return kCapturedTag;
+  }
+  uint32_t tag;
+  do tag = last_tag.fetch_add(1, std::memory_order_relaxed) + 1; while (tag == 0 || tag == kCapturedTag);
+  return tag;
+}
+
 Runtime::Impl::ScratchPool::~ScratchPool() {
   if (pool) driver().cuMemPoolDestroy(pool);  // (outstanding frees complete first; the driver releases it then)
 }

@@ -143,6 +143,15 @@ struct Runtime::Impl {
   // How many CTAs of `threads` threads and `smem` dynamic shared memory fit on one SM (asked once per kernel:
   // a persistent recipe always launches a kernel at one block shape).
   int resident_per_sm(const Kernel& k, int threads, int smem);
+  // How many clusters of `cluster` CTAs (`threads` threads, `smem` bytes of dynamic shared memory each) fit on the GPU
+  // at once; 0 where they cannot be co-scheduled (asked once per kernel, as resident_per_sm).
+  int resident_clusters(const Kernel& k, unsigned cluster, unsigned threads, unsigned smem);
+  // The tag of one launch over a tagged workspace (`words` 32-bit words at `ws`: entries count only with this launch's
+  // tag, so the workspace is never cleared between launches): never 0 (fresh memory) nor the captured tag. A CUDA
+  // graph replays a captured launch with the same tag, so under stream capture the workspace is cleared first (a
+  // memset node on `stream`) and the tag is 0xffffffff, which no uncaptured launch uses. `what` names the workspace
+  // in errors.
+  uint32_t workspace_tag(CUdeviceptr ws, size_t words, Stream stream, const char* what);
   // A persistent grid: the CTAs of `threads` threads and `smem` bytes of dynamic shared memory that fit on the GPU at
   // once (SMs × resident_per_sm), split `share` ways (a grid dimension of that size beside this one), never more than
   // `work` (the units to deal out), at least 1.
