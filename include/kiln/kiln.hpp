@@ -11,7 +11,6 @@
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/ops/silu.hpp"
 #include "kiln/ops/batch_reduce.hpp"
-#include "kiln/ops/rms_norm.hpp"
 #include "kiln/ops/softmax_cross_entropy.hpp"
 #include "kiln/runtime.hpp"
 #include "kiln/tensor.hpp"
