@@ -29,6 +29,8 @@ fi
 
 # The cache goes to the temporary directory; the consumer must not need KILN_* settings from the caller.
 env -u KILN_CACHE_DIR -u KILN_ARCH -u KILN_REQUIRE_PREWARMED "$tmp/build/app" "$tmp/cache" | tee "$tmp/app.out"
+# The C ABI from a C program (exit 0: the header compiled as C, the call's error came back as a status + message).
+env -u KILN_CACHE_DIR -u KILN_ARCH -u KILN_REQUIRE_PREWARMED KILN_CACHE_DIR="$tmp/cache" "$tmp/build/c_abi"
 
 # README.md shows what it prints (the block after "What it prints without a GPU:", with the cache in /tmp/kiln-cache).
 # The kernel count is left out of the comparison: it grows whenever a family enumerates another kernel.
