@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false>
+          bool WLDG_BIT = false, bool DYN_BIT = false, bool HALF0_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -226,12 +226,19 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
+  // DYN (TIGHT, not FIRST / START): items 0–2 of the walk as before, the later ones taken from a global counter.
+  // HALF0 (LEAN, two blocks an item): item 0's first block quantized before item 1's pass 1.
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
   constexpr int S = N / C;           // column chunks (items) of a row
   constexpr bool GX = S > 1;         // partial sums exchanged through the workspace
+  // DYN (TIGHT with the workspace, not FIRST / START): the walk's items 0–2 as before, the later ones from a global
+  // counter (rms_norm_block_quant_stream_args.h). HALF0 (LEAN, two blocks an item): item 0's first block quantized
+  // before item 1's pass 1.
+  constexpr bool DYN = DYN_BIT && TIGHT && GX && !FIRST && !START;
+  constexpr bool HALF0 = HALF0_BIT && LEAN && !FIRST && !START && CB == 2;
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0, "the chunks must tile N");
@@ -296,7 +303,27 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
   }
   const int tiles = (a.M + ROWS - 1) / ROWS;
-  const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs)
+  const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs; DYN: not used)
+  // DYN: the CTA's item j is u_j (tile u / S, chunk u % S; none once u ≥ tiles·S): b0 + j·P for j < 3, then 3·P + a
+  // count thread 0 took from the counter behind the workspace's pairs ({count, tag}: a word holding another launch's
+  // tag is replaced by this launch's, one CAS). u_3 is taken in the prologue, u_j (j > 3) at the start of item j − 3's
+  // loop turn, and written to dyn_u[j & 3] before item j − 3's pass-2 barrier: every thread reads it at item j's first
+  // refill (pass 2 of item j − 2) and at the walk's advance after that pass 2. Counts are unique, so every item is
+  // taken exactly once, by whichever CTA asks first: the CTAs that run ahead take more.
+  __shared__ int dyn_u[4];
+  const int total = tiles * S;
+  unsigned long long* const dyn_ctr = sa.ws + static_cast<i64>(tiles) * S * ROWS;
+  auto dyn_item = [&](int j) { return j < 3 ? b0 + j * P : dyn_u[j & 3]; };
+  auto grab_issue = [&]() -> u64 { return atomicAdd(dyn_ctr, 1ull); };
+  auto grab_resolve = [&](u64 v) -> int {
+    while (static_cast<u32>(v >> 32) != sa.tag) {  // another launch's word: install this launch's (count 0 is ours)
+      const u64 seen = v + 1;
+      if (atomicCAS(dyn_ctr, seen, (static_cast<u64>(sa.tag) << 32) | 1ull) == seen) return 3 * P;
+      v = atomicAdd(dyn_ctr, 1ull);
+    }
+    return 3 * P + static_cast<int>(static_cast<u32>(v));
+  };
+  bool cur_ok = true, nxt_ok = b0 + P < total;  // DYN: the current / next item exists
   // LEAN: item it's (tile, chunk) and item it+1's kept in registers, stepped by P = dT·S + dC items a round (the
   // callers only ask for items cur_it and cur_it + 1), instead of two divisions a call.
   const int dT = P / S, dC = P % S;
@@ -357,7 +384,36 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // TIGHT (x contiguous: x_stride == N, checked by the host): the next visit's source as one pointer, its 4 rows at
   // immediate offsets N·2 bytes apart, advanced by 256 bytes within an item and by the walk's step between items.
   const char* t_src = reinterpret_cast<const char*>(xthr + iss_off);
+  bool iss_ok = true;  // DYN: the item of visit `issued` exists
   auto issue_lean = [&]() {  // visit `issued` (every call commits a group: empty past the last visit)
+    if constexpr (DYN) {  // (TIGHT's copies; the item's place in x from u at its first visit)
+      const u32 k = static_cast<u32>(issued);
+      if (k % static_cast<u32>(CB) == 0u) {
+        const int u = dyn_item(static_cast<int>(k / static_cast<u32>(CB)));
+        const int tile = u / S, chunk = u - tile * S;
+        iss_ok = u < total;
+        iss_rows = a.M - tile * ROWS - 4 * hw;
+        t_src = reinterpret_cast<const char*>(xthr + (static_cast<i64>(tile) * ROWS * N + chunk * C));
+      }
+      if (iss_ok) {
+        if (iss_rows >= 4) {
+          const u32 dst = thr_const(kRing) + (k % static_cast<u32>(R)) * (BLOCK * 2);
+#pragma unroll
+          for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, t_src + i * (N * 2));
+        } else {
+#pragma unroll
+          for (int i = 0; i < 4; ++i) {
+            const bool ok = i < iss_rows;
+            cp_async16(ring + ((k % static_cast<u32>(R)) * BLOCK + 4 * hw * 128 + c0) + i * 128,
+                       ok ? static_cast<const void*>(t_src + i * (N * 2)) : static_cast<const void*>(xg), ok);
+          }
+        }
+        t_src += 256;
+      }
+      cp_async_commit();
+      ++issued;
+      return;
+    }
     if constexpr (TIGHT) {
       if (issued < nvis) {
         const u32 k = static_cast<u32>(issued);
@@ -440,6 +496,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   for (int i = tid; i < 3 * 132; i += THREADS) colmax[i] = 0u;
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
+  }
+  bool grab_ok = false;  // DYN (thread 0): the last count taken was an item
+  if constexpr (DYN) {
+    if (tid == 0) {
+      dyn_u[3] = b0 + 2 * P < total ? grab_resolve(grab_issue()) : total;
+      grab_ok = dyn_u[3] < total;
+    }
   }
   if constexpr (WSM) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
@@ -651,7 +714,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
     }
   };
-  auto pass2_lean = [&](int it, const float (&rv)[4]) {
+  // Blocks LO … HI − 1 of item it (HALF0: item 0 in two calls).
+  auto pass2_lean = [&](int it, const float (&rv)[4], auto lo, auto hi) {
+    constexpr int LO = decltype(lo)::value, HI = decltype(hi)::value;
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = item_tile(it);
@@ -667,11 +732,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         weights(col, w8);
       };
 #pragma unroll UNROLL
-      for (int b = 0; b < CB; ++b) {
+      for (int b = LO; b < HI; ++b) {
         const int col = col0 + b * 128;
         const int k = it * CB + b;
         if constexpr (EARLY_POLL) {
-          if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
+          if (b == CB - 1 && (DYN ? nxt_ok : it + 1 < T)) poll_issue(it + 1);
         }
         Vec16 xv[4];
         float w8[8];
@@ -765,7 +830,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     };
     if (valid == ROWS) body(Flag<true>{});
     else body(Flag<false>{});
-    mark(4, it);
+    if constexpr (HI == CB) mark(4, it);
   };
 
   auto pass2 = [&](int it, const float (&rv)[4]) {
@@ -808,7 +873,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     ++cur_it;
     cur_tile = nxt_tile;
     cur_chunk = nxt_chunk;
-    step(nxt_tile, nxt_chunk);
+    if constexpr (DYN) {
+      cur_ok = nxt_ok;
+      const int u = dyn_item(cur_it + 1);
+      nxt_ok = u < total;
+      nxt_tile = u / S;
+      nxt_chunk = u - nxt_tile * S;
+    } else {
+      step(nxt_tile, nxt_chunk);
+    }
   };
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
   // the other R − CB follow once its blocks have landed (with FIRST: once item 0's exchange is complete, so no CTA's
@@ -833,23 +906,44 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
-    pass2_lean(0, rv);
+    pass2_lean(0, rv, IntC<0>{}, IntC<CB>{});
     advance();
     if (T > 1) pass1(1, IntC<R - 1>{});
     it0 = 1;
   }
+  u64 dyn_g = 0;  // DYN (thread 0): the counter's answer for u_{it+3}
 #pragma unroll 1
-  for (int it = it0; it < T; ++it) {
+  for (int it = it0; DYN ? cur_ok : it < T; ++it) {
+    if constexpr (DYN) {
+      if (tid == 0 && it > 0 && grab_ok) dyn_g = grab_issue();
+    }
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
       if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
     else finish(it, rv);
-    if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
+    if constexpr (HALF0) {
+      if (it == 0) {  // item 0's first block before item 1's pass 1 (its exchange then waits in the open)
+        if constexpr (GX) finish(0, rv);
+        pass2_lean(0, rv, IntC<0>{}, IntC<1>{});
+        if (DYN ? nxt_ok : T > 1) pass1(1, IntC<R - CB>{});  // (one more group committed: item 0's first block's)
+        pass2_lean(0, rv, IntC<1>{}, IntC<CB>{});
+        advance();
+        continue;
+      }
+    }
+    if (DYN ? nxt_ok : it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
+    if constexpr (DYN) {
+      if (tid == 0 && it > 0) {  // u_{it+3}, before this pass 2's first barrier
+        const int u = grab_ok ? grab_resolve(dyn_g) : total;
+        dyn_u[(it + 3) & 3] = u;
+        grab_ok = u < total;
+      }
+    }
     if constexpr (LEAN) {
-      pass2_lean(it, rv);
+      pass2_lean(it, rv, IntC<0>{}, IntC<CB>{});
       advance();
     } else {
       pass2(it, rv);
@@ -865,12 +959,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
+// 524288 DYN (TIGHT: the walk's items after the third from a global counter), 1048576 HALF0 (LEAN, two blocks an item:
+// item 0's first block quantized before item 1's pass 1).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
+                                   (V & 524288) != 0, (V & 1048576) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

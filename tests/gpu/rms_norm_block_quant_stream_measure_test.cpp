@@ -56,23 +56,18 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG; stages = ring
-// slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 524288 DYN,
+// 1048576 HALF0; stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
 // 262144, measured by this sweep and timeline in its rounds 1–4: their rows are in bench/NOTES.md). (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
   const std::vector<StreamCfg> cfgs = {
-      {"2048 base cb2 R4", 2048, 2, 4, 1, nullptr},
-      {"2048 LEAN R4", 2048, 2, 4, 3, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+SPLIT+WLDG R4", 2048, 2, 4, 17155, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4 (default)", 2048, 2, 4, 19203, "2048 base cb2 R4"},
-      {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
-      {"7168 LEAN R4", 7168, 2, 4, 3, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+SPLIT+WLDG R4", 7168, 2, 4, 17155, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4 (default)", 7168, 2, 4, 19203, "7168 base cb2 R4"},
+      {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"2048 DYN", 2048, 2, 4, 543491, "2048 default (19203)"},
+      {"2048 HALF0", 2048, 2, 4, 1067779, "2048 default (19203)"},
+      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+      {"7168 DYN", 7168, 2, 4, 543491, "7168 default (19203)"},
+      {"7168 HALF0", 7168, 2, 4, 1067779, "7168 default (19203)"},
   };
 
 
@@ -119,9 +114,11 @@ TEST_F(RmsqStreamMeasure, Profile) {
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = {
-      {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
-      {"2048 LEAN+FIRST+START R4", 2048, 2, 4, 163, nullptr},
-      {"7168 LEAN+FIRST+START R4", 7168, 2, 4, 163, nullptr},
+      {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"2048 HALF0", 2048, 2, 4, 1067779, nullptr},
+      {"2048 DYN", 2048, 2, 4, 543491, nullptr},
+      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+      {"7168 DYN", 7168, 2, 4, 543491, nullptr},
   };
 
 
@@ -244,6 +241,12 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     row5("start (after the first CTA's)", start);
     row5("item 0's first block landed", first_landed);
     row5("end", end);
+    {
+      std::vector<double> items;  // items a CTA quantized (DYN: varies with its pace)
+      for (const Cta& x : ctas)
+        items.push_back(static_cast<double>(std::count_if(x.recs.begin(), x.recs.end(), [](const Rec& r) { return r.kind == 4; })));
+      row5("items quantized", items);
+    }
     for (const auto& [it, v] : wait_blocks) {
       std::printf("  item %2d (%4zu CTAs): blocks wait p50/p90 %5.2f %5.2f | pass 1 %5.2f | exchange p50/p90 %5.2f "
                   "%5.2f | pass 2 p50/p90 %5.2f %5.2f | pass 2 end p50/max %6.2f %6.2f\n",

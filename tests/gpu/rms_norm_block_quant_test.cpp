@@ -612,6 +612,25 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
+// Session 10's variants on the default bits (19203): 524288 DYN (each CTA's items after its third taken from a
+// global counter behind the workspace) and 1048576 HALF0 (item 0's first block quantized before item 1's pass 1),
+// forced, where the counter hands out items (N = 2048 M = 8192 / 8000: 512 / 504 items over 132 CTAs; 4096 M = 8192;
+// 7168 M = 4003 / 8192), with a partial last tile and M % 16 != 0, and with too few items for it (M = 300, 1000, 1).
+// index % 3 == 2: round_scale 0 (DYN then changes nothing: TIGHT only).
+TEST_F(RmsNormBlockQuantTest, StreamKernelDynHalf0Points) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 16, 2, 1, 4, 543491, 3, 8192},  {7168, 2, 16, 2, 1, 4, 543491, 3, 4003},
+      {2048, 2, 16, 2, 1, 4, 543491, 3, 8000},  {4096, 2, 16, 2, 1, 4, 543491, 3, 8192},
+      {7168, 2, 16, 2, 1, 4, 543491, 3, 8192},  {7168, 2, 16, 2, 1, 4, 543491, 3, 300},
+      {2048, 2, 16, 2, 1, 4, 1067779, 3, 8192}, {7168, 2, 16, 2, 1, 4, 1067779, 3, 4003},
+      {2048, 2, 16, 2, 1, 4, 1067779, 3, 1000}, {2048, 2, 16, 2, 1, 4, 1067779, 3, 8000},
+      {4096, 2, 16, 2, 1, 4, 1067779, 3, 3001}, {2048, 2, 16, 2, 1, 4, 1592067, 3, 1},
+      {2048, 2, 16, 2, 1, 4, 1592067, 3, 8000}, {7168, 2, 16, 2, 1, 4, 1592067, 3, 4003},
+      {2048, 2, 16, 2, 1, 4, 543491, 3, 300},   {2048, 2, 16, 2, 1, 4, 543491, 3, 7},
+  };
+  check_points(points, 0x7e);
+}
+
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
@@ -653,7 +672,8 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
 // would give the second the first's r).
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000}};
+      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000},
+      {7168, 2, 16, 2, 1, 4, 543491, 3, 4003}};  // (DYN: its item counter is cleared with the workspace)
   for_each_point(points, [](const SpacePoint& p, size_t) {
     const auto& d = detail::driver();
     const int64_t M = p.M, N = p.N;
