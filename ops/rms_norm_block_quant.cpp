@@ -65,7 +65,8 @@ constexpr int kStreamWldg = 16384;
 // 524288 DYN (on TIGHT, with the workspace): the walk's items after each CTA's third taken from a global counter
 // behind the workspace's pairs (the CTAs that run ahead take more); 1048576 HALF0 (LEAN, two blocks an item): item 0's
 // first block quantized before item 1's pass 1 (session 10, bench/NOTES.md "Session 10 (helper q2)").
-constexpr int kStreamDyn = 524288, kStreamHalf0 = 1048576;
+// 2097152 L2PF (on TIGHT): warp 0 prefetches each item's rows of x into L2 about an item before the ring requests them.
+constexpr int kStreamDyn = 524288, kStreamHalf0 = 1048576, kStreamL2pf = 2097152;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -366,7 +367,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamHalf0,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamHalf0}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamHalf0,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamL2pf,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamL2pf}) {
     if ((overlap & (kStreamStart | kStreamHalf0)) && cb != 2) continue;  // (FIRST + START, HALF0: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
@@ -556,7 +559,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamDyn);
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamDyn | kStreamL2pf);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool DYN_BIT = false, bool HALF0_BIT = false>
+          bool WLDG_BIT = false, bool DYN_BIT = false, bool HALF0_BIT = false, bool L2PF_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -239,6 +239,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // before item 1's pass 1.
   constexpr bool DYN = DYN_BIT && TIGHT && GX && !FIRST && !START;
   constexpr bool HALF0 = HALF0_BIT && LEAN && !FIRST && !START && CB == 2;
+  // L2PF (TIGHT, not FIRST / START): warp 0 prefetches item j's rows into L2 (one bulk prefetch of C·2 bytes a row)
+  // about an item before its blocks are requested: item j at the top of item j − 3's loop turn (items 2 and 3 in
+  // item 0's; DYN: item j when its count is known, before item j − 3's pass 2).
+  constexpr bool L2PF = L2PF_BIT && TIGHT && !FIRST && !START;
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0, "the chunks must tile N");
@@ -324,6 +328,21 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     return 3 * P + static_cast<int>(static_cast<u32>(v));
   };
   bool cur_ok = true, nxt_ok = b0 + P < total;  // DYN: the current / next item exists
+  // L2PF: item u's 128 rows × C columns of x into L2 (warp 0, 4 rows a lane; rows past M skipped).
+  auto prefetch_item = [&](int u) {
+    if (u >= total) return;
+    const int tile = u / S, chunk = u - tile * S;
+    const int m0 = tile * ROWS;
+    const char* base = reinterpret_cast<const char*>(static_cast<const bf16*>(a.x) + (static_cast<i64>(m0) * N + chunk * C));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+      const int r = lane + 32 * i;
+      if (m0 + r < a.M)
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + static_cast<i64>(r) * (N * 2)),
+                     "r"(C * 2)
+                     : "memory");
+    }
+  };
   // LEAN: item it's (tile, chunk) and item it+1's kept in registers, stepped by P = dT·S + dC items a round (the
   // callers only ask for items cur_it and cur_it + 1), instead of two divisions a call.
   const int dT = P / S, dC = P % S;
@@ -917,6 +936,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     if constexpr (DYN) {
       if (tid == 0 && it > 0 && grab_ok) dyn_g = grab_issue();
     }
+    if constexpr (L2PF) {
+      if (warp == 0) {
+        if (it == 0) prefetch_item(dyn_item(2));
+        if (!DYN) prefetch_item(b0 + (it + 3) * P);
+        else if (it == 0) prefetch_item(dyn_u[3]);
+      }
+    }
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
@@ -936,10 +962,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     if (DYN ? nxt_ok : it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
     if constexpr (DYN) {
-      if (tid == 0 && it > 0) {  // u_{it+3}, before this pass 2's first barrier
-        const int u = grab_ok ? grab_resolve(dyn_g) : total;
-        dyn_u[(it + 3) & 3] = u;
-        grab_ok = u < total;
+      if (warp == 0 && it > 0) {  // u_{it+3}, before this pass 2's first barrier
+        int u = total;
+        if (lane == 0) {
+          u = grab_ok ? grab_resolve(dyn_g) : total;
+          dyn_u[(it + 3) & 3] = u;
+          grab_ok = u < total;
+        }
+        if constexpr (L2PF) prefetch_item(__shfl_sync(0xffffffffu, u, 0));
       }
     }
     if constexpr (LEAN) {
@@ -961,13 +991,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
 // 524288 DYN (TIGHT: the walk's items after the third from a global counter), 1048576 HALF0 (LEAN, two blocks an item:
-// item 0's first block quantized before item 1's pass 1).
+// item 0's first block quantized before item 1's pass 1), 2097152 L2PF (TIGHT: x's items prefetched into L2 about an
+// item before their blocks are requested).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 524288) != 0, (V & 1048576) != 0>(sa);
+                                   (V & 524288) != 0, (V & 1048576) != 0, (V & 2097152) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -57,7 +57,7 @@ class RmsqStreamMeasure : public GpuTest {
 };
 
 // Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 524288 DYN,
-// 1048576 HALF0; stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
+// 1048576 HALF0, 2097152 L2PF; stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
 // 262144, measured by this sweep and timeline in its rounds 1–4: their rows are in bench/NOTES.md). (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
 TEST_F(RmsqStreamMeasure, Sweep) {
@@ -65,9 +65,13 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
       {"2048 DYN", 2048, 2, 4, 543491, "2048 default (19203)"},
       {"2048 HALF0", 2048, 2, 4, 1067779, "2048 default (19203)"},
+      {"2048 L2PF", 2048, 2, 4, 2116355, "2048 default (19203)"},
+      {"2048 DYN+L2PF", 2048, 2, 4, 2640643, "2048 default (19203)"},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 DYN", 7168, 2, 4, 543491, "7168 default (19203)"},
       {"7168 HALF0", 7168, 2, 4, 1067779, "7168 default (19203)"},
+      {"7168 L2PF", 7168, 2, 4, 2116355, "7168 default (19203)"},
+      {"7168 DYN+L2PF", 7168, 2, 4, 2640643, "7168 default (19203)"},
   };
 
 
@@ -119,6 +123,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
       {"2048 DYN", 2048, 2, 4, 543491, nullptr},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 DYN", 7168, 2, 4, 543491, nullptr},
+      {"7168 L2PF", 7168, 2, 4, 2116355, nullptr},
   };
 
 
@@ -244,7 +249,8 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     {
       std::vector<double> items;  // items a CTA quantized (DYN: varies with its pace)
       for (const Cta& x : ctas)
-        items.push_back(static_cast<double>(std::count_if(x.recs.begin(), x.recs.end(), [](const Rec& r) { return r.kind == 4; })));
+        items.push_back(static_cast<double>(
+            std::count_if(x.recs.begin(), x.recs.end(), [](const Rec& r) { return r.kind == 4; })));
       row5("items quantized", items);
     }
     for (const auto& [it, v] : wait_blocks) {

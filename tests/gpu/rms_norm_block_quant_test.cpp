@@ -612,7 +612,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// Session 10's variants on the default bits (19203): 524288 DYN (each CTA's items after its third taken from a
+// Session 10's variants on the default bits (19203) — 2097152 L2PF below, — 524288 DYN (each CTA's items after its third taken from a
 // global counter behind the workspace) and 1048576 HALF0 (item 0's first block quantized before item 1's pass 1),
 // forced, where the counter hands out items (N = 2048 M = 8192 / 8000: 512 / 504 items over 132 CTAs; 4096 M = 8192;
 // 7168 M = 4003 / 8192), with a partial last tile and M % 16 != 0, and with too few items for it (M = 300, 1000, 1).
@@ -627,6 +627,9 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelDynHalf0Points) {
       {4096, 2, 16, 2, 1, 4, 1067779, 3, 3001}, {2048, 2, 16, 2, 1, 4, 1592067, 3, 1},
       {2048, 2, 16, 2, 1, 4, 1592067, 3, 8000}, {7168, 2, 16, 2, 1, 4, 1592067, 3, 4003},
       {2048, 2, 16, 2, 1, 4, 543491, 3, 300},   {2048, 2, 16, 2, 1, 4, 543491, 3, 7},
+      // L2PF (bit 2097152): x's items prefetched into L2 ahead of the ring (static walk and DYN)
+      {2048, 2, 16, 2, 1, 4, 2116355, 3, 8000}, {7168, 2, 16, 2, 1, 4, 2116355, 3, 4003},
+      {7168, 2, 16, 2, 1, 4, 2640643, 3, 8192}, {2048, 2, 16, 2, 1, 4, 2640643, 3, 8192},
   };
   check_points(points, 0x7e);
 }
