@@ -369,7 +369,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamHalf0,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamHalf0,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamL2pf,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamL2pf}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamL2pf,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamHalf0 | kStreamL2pf}) {
     if ((overlap & (kStreamStart | kStreamHalf0)) && cb != 2) continue;  // (FIRST + START, HALF0: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||

@@ -67,6 +67,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"2048 HALF0", 2048, 2, 4, 1067779, "2048 default (19203)"},
       {"2048 L2PF", 2048, 2, 4, 2116355, "2048 default (19203)"},
       {"2048 DYN+L2PF", 2048, 2, 4, 2640643, "2048 default (19203)"},
+      {"2048 HALF0+L2PF", 2048, 2, 4, 3164931, "2048 default (19203)"},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 DYN", 7168, 2, 4, 543491, "7168 default (19203)"},
       {"7168 HALF0", 7168, 2, 4, 1067779, "7168 default (19203)"},
@@ -120,7 +121,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
       {"2048 HALF0", 2048, 2, 4, 1067779, nullptr},
-      {"2048 DYN", 2048, 2, 4, 543491, nullptr},
+      {"2048 HALF0+L2PF", 2048, 2, 4, 3164931, nullptr},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 DYN", 7168, 2, 4, 543491, nullptr},
       {"7168 L2PF", 7168, 2, 4, 2116355, nullptr},

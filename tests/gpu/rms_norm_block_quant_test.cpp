@@ -630,6 +630,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelDynHalf0Points) {
       // L2PF (bit 2097152): x's items prefetched into L2 ahead of the ring (static walk and DYN)
       {2048, 2, 16, 2, 1, 4, 2116355, 3, 8000}, {7168, 2, 16, 2, 1, 4, 2116355, 3, 4003},
       {7168, 2, 16, 2, 1, 4, 2640643, 3, 8192}, {2048, 2, 16, 2, 1, 4, 2640643, 3, 8192},
+      {2048, 2, 16, 2, 1, 4, 3164931, 3, 8192}, {7168, 2, 16, 2, 1, 4, 3164931, 3, 4003},  // HALF0 + L2PF
       // one block an item (C = 128: S = 16 / 56, two ring slots)
       {2048, 2, 16, 1, 1, 2, 543491, 3, 8192},  {7168, 2, 16, 1, 1, 2, 2640643, 3, 4003},
   };
