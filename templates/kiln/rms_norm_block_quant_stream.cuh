@@ -239,7 +239,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // before item 1's pass 1.
   constexpr bool DYN = DYN_BIT && TIGHT && GX && !FIRST && !START;
   constexpr bool HALF0 = HALF0_BIT && LEAN && !FIRST && !START && CB == 2;
-  // L2PF (TIGHT, not FIRST / START): warp 0 prefetches item j's rows into L2 (one bulk prefetch of C·2 bytes a row)
+  // L2PF (TIGHT, not FIRST / START): warp 0 prefetches item j's rows into L2 (prefetch.global.L2 a 128-byte line)
   // about an item before its blocks are requested: item j at the top of item j − 3's loop turn (items 2 and 3 in
   // item 0's; DYN: item j when its count is known, before item j − 3's pass 2).
   constexpr bool L2PF = L2PF_BIT && TIGHT && !FIRST && !START;
@@ -328,19 +328,22 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     return 3 * P + static_cast<int>(static_cast<u32>(v));
   };
   bool cur_ok = true, nxt_ok = b0 + P < total;  // DYN: the current / next item exists
-  // L2PF: item u's 128 rows × C columns of x into L2 (warp 0, 4 rows a lane; rows past M skipped).
+  // L2PF: item u's 128 rows × C columns of x into L2 (warp 0: lane l the 128-byte lines l % LPR + LPR·i of rows
+  // l / LPR + (32 / LPR)·j; rows past M skipped). Plain prefetch.global.L2, one line each (session 10 round 1: the
+  // bulk prefetch — cp.async.bulk.prefetch.L2, UBLKPF, one per row from uniform registers — was compiled as a
+  // per-lane waterfall, and the fragment's first L2PF run did not finish).
   auto prefetch_item = [&](int u) {
     if (u >= total) return;
     const int tile = u / S, chunk = u - tile * S;
     const int m0 = tile * ROWS;
+    constexpr int LPR = C * 2 / 128;  // 128-byte lines a row (2 or 4)
     const char* base = reinterpret_cast<const char*>(static_cast<const bf16*>(a.x) + (static_cast<i64>(m0) * N + chunk * C));
+    const int l = lane % LPR, r0 = lane / LPR;
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      const int r = lane + 32 * i;
+    for (int j = 0; j < ROWS * LPR / 32; ++j) {
+      const int r = r0 + (32 / LPR) * j;
       if (m0 + r < a.M)
-        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base + static_cast<i64>(r) * (N * 2)),
-                     "r"(C * 2)
-                     : "memory");
+        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + static_cast<i64>(r) * (N * 2) + l * 128) : "memory");
     }
   };
   // LEAN: item it's (tile, chunk) and item it+1's kept in registers, stepped by P = dT·S + dC items a round (the

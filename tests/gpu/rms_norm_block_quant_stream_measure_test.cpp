@@ -13,6 +13,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <utility>
 #include <string>
@@ -44,8 +45,43 @@ struct StreamCfg {
 };
 
 void force(const StreamCfg& c) {
+  std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
+  std::fflush(stdout);
   ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
+}
+
+// '|'-separated parts of an environment variable (none when unset).
+std::vector<std::string> env_parts(const char* var) {
+  std::vector<std::string> parts;
+  const char* e = std::getenv(var);
+  for (std::string rest = e ? e : "";;) {
+    const size_t bar = rest.find('|');
+    if (!rest.substr(0, bar).empty()) parts.push_back(rest.substr(0, bar));
+    if (bar == std::string::npos) break;
+    rest = rest.substr(bar + 1);
+  }
+  return parts;
+}
+// $KILN_MEASURE_ONLY: '|'-separated parts of config names; only the configs whose names contain one of them run (with
+// their baselines), in their order (unset or empty: all); $KILN_MEASURE_SKIP: '|'-separated whole names that do not.
+std::vector<StreamCfg> only(const std::vector<StreamCfg>& cfgs) {
+  const std::vector<std::string> parts = env_parts("KILN_MEASURE_ONLY"), skip = env_parts("KILN_MEASURE_SKIP");
+  std::vector<bool> keep(cfgs.size(), parts.empty());
+  for (size_t i = 0; i < cfgs.size(); ++i) {
+    for (const std::string& p : parts)
+      if (std::string(cfgs[i].name).find(p) != std::string::npos) keep[i] = true;
+    for (const std::string& p : skip)
+      if (p == cfgs[i].name) keep[i] = false;
+  }
+  for (size_t i = 0; i < cfgs.size(); ++i)
+    if (keep[i] && cfgs[i].baseline)
+      for (size_t j = 0; j < cfgs.size(); ++j)
+        if (std::string(cfgs[j].name) == cfgs[i].baseline) keep[j] = true;
+  std::vector<StreamCfg> out;
+  for (size_t i = 0; i < cfgs.size(); ++i)
+    if (keep[i]) out.push_back(cfgs[i]);
+  return out;
 }
 
 class RmsqStreamMeasure : public GpuTest {
@@ -60,8 +96,9 @@ class RmsqStreamMeasure : public GpuTest {
 // 1048576 HALF0, 2097152 L2PF; stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
 // 262144, measured by this sweep and timeline in its rounds 1–4: their rows are in bench/NOTES.md). (Session
 // 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
-TEST_F(RmsqStreamMeasure, Sweep) {
-  const std::vector<StreamCfg> cfgs = {
+// Session 10's rows (bench/NOTES.md "Session 10 (helper q2)"): the sweep's and the profile's.
+std::vector<StreamCfg> session_cfgs() {
+  return {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
       {"2048 DYN", 2048, 2, 4, 543491, "2048 default (19203)"},
       {"2048 HALF0", 2048, 2, 4, 1067779, "2048 default (19203)"},
@@ -74,6 +111,10 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       {"7168 L2PF", 7168, 2, 4, 2116355, "7168 default (19203)"},
       {"7168 DYN+L2PF", 7168, 2, 4, 2640643, "7168 default (19203)"},
   };
+}
+
+TEST_F(RmsqStreamMeasure, Sweep) {
+  const std::vector<StreamCfg> cfgs = only(session_cfgs());
 
 
 
@@ -96,18 +137,11 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 5, 10);
 }
 
-// One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
-// -c 6`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT + FLAT + SPLIT, and + WLDG at N = 2048 and
-// 7168.
+// One call per config of the sweep's rows, outputs compared bit for bit with the baseline's (a target for `ncu -k
+// regex:stream_kernel`: ncu flushes the caches before each profiled kernel; with $KILN_MEASURE_ONLY a quick check
+// that a variant finishes and matches before it is timed).
 TEST_F(RmsqStreamMeasure, Profile) {
-  const std::vector<StreamCfg> cfgs = {
-      {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 LEAN R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 2048, 2, 4, 19203, "2048 LEAN R4"},
-      {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 LEAN R4"},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 7168, 2, 4, 19203, "7168 LEAN R4"},
-  };
+  const std::vector<StreamCfg> cfgs = only(session_cfgs());
   Runtime& r = rt();
   bind_device(r);
   std::map<int64_t, detail::BenchInstance> inst;
@@ -118,14 +152,14 @@ TEST_F(RmsqStreamMeasure, Profile) {
 
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
-  const std::vector<StreamCfg> cfgs = {
+  const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
       {"2048 HALF0", 2048, 2, 4, 1067779, nullptr},
       {"2048 HALF0+L2PF", 2048, 2, 4, 3164931, nullptr},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 DYN", 7168, 2, 4, 543491, nullptr},
       {"7168 L2PF", 7168, 2, 4, 2116355, nullptr},
-  };
+  });
 
 
   Runtime& r = rt();

@@ -612,29 +612,43 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// Session 10's variants on the default bits (19203) — 2097152 L2PF below, — 524288 DYN (each CTA's items after its third taken from a
-// global counter behind the workspace) and 1048576 HALF0 (item 0's first block quantized before item 1's pass 1),
-// forced, where the counter hands out items (N = 2048 M = 8192 / 8000: 512 / 504 items over 132 CTAs; 4096 M = 8192;
-// 7168 M = 4003 / 8192), with a partial last tile and M % 16 != 0, and with too few items for it (M = 300, 1000, 1).
-// index % 3 == 2: round_scale 0 (DYN then changes nothing: TIGHT only).
-TEST_F(RmsNormBlockQuantTest, StreamKernelDynHalf0Points) {
-  const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 2, 1, 4, 543491, 3, 8192},  {7168, 2, 16, 2, 1, 4, 543491, 3, 4003},
-      {2048, 2, 16, 2, 1, 4, 543491, 3, 8000},  {4096, 2, 16, 2, 1, 4, 543491, 3, 8192},
-      {7168, 2, 16, 2, 1, 4, 543491, 3, 8192},  {7168, 2, 16, 2, 1, 4, 543491, 3, 300},
-      {2048, 2, 16, 2, 1, 4, 1067779, 3, 8192}, {7168, 2, 16, 2, 1, 4, 1067779, 3, 4003},
-      {2048, 2, 16, 2, 1, 4, 1067779, 3, 1000}, {2048, 2, 16, 2, 1, 4, 1067779, 3, 8000},
-      {4096, 2, 16, 2, 1, 4, 1067779, 3, 3001}, {2048, 2, 16, 2, 1, 4, 1592067, 3, 1},
-      {2048, 2, 16, 2, 1, 4, 1592067, 3, 8000}, {7168, 2, 16, 2, 1, 4, 1592067, 3, 4003},
-      {2048, 2, 16, 2, 1, 4, 543491, 3, 300},   {2048, 2, 16, 2, 1, 4, 543491, 3, 7},
-      // L2PF (bit 2097152): x's items prefetched into L2 ahead of the ring (static walk and DYN)
-      {2048, 2, 16, 2, 1, 4, 2116355, 3, 8000}, {7168, 2, 16, 2, 1, 4, 2116355, 3, 4003},
-      {7168, 2, 16, 2, 1, 4, 2640643, 3, 8192}, {2048, 2, 16, 2, 1, 4, 2640643, 3, 8192},
-      {2048, 2, 16, 2, 1, 4, 3164931, 3, 8192}, {7168, 2, 16, 2, 1, 4, 3164931, 3, 4003},  // HALF0 + L2PF
-      // one block an item (C = 128: S = 16 / 56, two ring slots)
-      {2048, 2, 16, 1, 1, 2, 543491, 3, 8192},  {7168, 2, 16, 1, 1, 2, 2640643, 3, 4003},
-  };
-  check_points(points, 0x7e);
+// Session 10's variants on the default bits (19203), forced, each its own test (a variant that hangs is found alone):
+// 524288 DYN (each CTA's items after its third taken from a global counter behind the workspace), 1048576 HALF0 (item
+// 0's first block quantized before item 1's pass 1) and 2097152 L2PF (x's items prefetched into L2 ahead of the ring),
+// where the counter hands out items (N = 2048 M = 8192 / 8000: 512 / 504 items over 132 CTAs; 4096 M = 8192; 7168 M =
+// 4003), with a partial last tile and M % 16 != 0, and with too few items for it (M = 300, 1000, 7, 1). index % 3 ==
+// 2: round_scale 0 (DYN and L2PF then change nothing: TIGHT only).
+TEST_F(RmsNormBlockQuantTest, StreamKernelDynPoints) {
+  check_points({{2048, 2, 16, 2, 1, 4, 543491, 3, 8192},
+                {7168, 2, 16, 2, 1, 4, 543491, 3, 4003},
+                {2048, 2, 16, 2, 1, 4, 543491, 3, 8000},
+                {4096, 2, 16, 2, 1, 4, 543491, 3, 8192},
+                {2048, 2, 16, 2, 1, 4, 543491, 3, 300},
+                {2048, 2, 16, 2, 1, 4, 543491, 3, 7},
+                {2048, 2, 16, 1, 1, 2, 543491, 3, 8192},  // one block an item (C = 128: S = 16, two ring slots)
+                {2048, 2, 16, 2, 1, 4, 543491, 3, 8000}},
+               0x7e);
+}
+TEST_F(RmsNormBlockQuantTest, StreamKernelHalf0Points) {
+  check_points({{2048, 2, 16, 2, 1, 4, 1067779, 3, 8192},
+                {7168, 2, 16, 2, 1, 4, 1067779, 3, 4003},
+                {2048, 2, 16, 2, 1, 4, 1067779, 3, 1000},
+                {2048, 2, 16, 2, 1, 4, 1067779, 3, 8000},
+                {4096, 2, 16, 2, 1, 4, 1067779, 3, 3001},
+                {2048, 2, 16, 2, 1, 4, 1592067, 3, 1},  // + DYN
+                {2048, 2, 16, 2, 1, 4, 1592067, 3, 8000}},
+               0x7f);
+}
+TEST_F(RmsNormBlockQuantTest, StreamKernelL2pfPoints) {
+  check_points({{2048, 2, 16, 2, 1, 4, 2116355, 3, 8000},
+                {7168, 2, 16, 2, 1, 4, 2116355, 3, 4003},
+                {2048, 2, 16, 2, 1, 4, 2116355, 3, 1000},
+                {2048, 2, 16, 2, 1, 4, 2640643, 3, 8192},  // + DYN
+                {7168, 2, 16, 2, 1, 4, 2640643, 3, 4003},
+                {2048, 2, 16, 2, 1, 4, 3164931, 3, 300},  // + HALF0
+                {2048, 2, 16, 2, 1, 4, 3164931, 3, 8192},
+                {7168, 2, 16, 1, 1, 2, 2640643, 3, 4003}},  // DYN + L2PF, one block an item (S = 56)
+               0x80);
 }
 
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
