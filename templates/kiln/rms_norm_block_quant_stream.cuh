@@ -319,19 +319,30 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   unsigned long long* const dyn_ctr = sa.ws + static_cast<i64>(tiles) * S * ROWS;
   auto dyn_item = [&](int j) { return j < 3 ? b0 + j * P : dyn_u[j & 3]; };
   auto grab_issue = [&]() -> u64 { return atomicAdd(dyn_ctr, 1ull); };
+  // The count of a grab whose atomicAdd returned v. A word holding another launch's tag (or fresh memory) is replaced
+  // by this launch's {1, tag} with a CAS on the value actually there (count 0 is then the installer's); a CAS that
+  // finds the word tagged takes a count with an atomicAdd. Terminates: before the install the word changes only by
+  // each CTA's one stale add (≤ P) and the install itself, and each failed CAS sees one of those changes. (Session 10
+  // rounds 1–2 ran a version that answered a failed CAS with another add: every CTA's add kept moving the stale word
+  // under the others' CAS — a livelock of the P CTAs' first grabs, the hangs of those rounds.)
   auto grab_resolve = [&](u64 v) -> int {
-    while (static_cast<u32>(v >> 32) != sa.tag) {  // another launch's word: install this launch's (count 0 is ours)
-      const u64 seen = v + 1;
-      if (atomicCAS(dyn_ctr, seen, (static_cast<u64>(sa.tag) << 32) | 1ull) == seen) return 3 * P;
-      v = atomicAdd(dyn_ctr, 1ull);
+    if (static_cast<u32>(v >> 32) != sa.tag) {
+      const u64 mine = (static_cast<u64>(sa.tag) << 32) | 1ull;
+      u64 cur = v + 1;  // the word after this add, if nothing else moved it
+      for (;;) {
+        const u64 prev = atomicCAS(dyn_ctr, cur, mine);
+        if (prev == cur) return 3 * P;                      // installed: count 0 is ours
+        if (static_cast<u32>(prev >> 32) == sa.tag) break;  // another CTA installed it
+        cur = prev;                                         // another CTA's stale add: again on what is there
+      }
+      v = atomicAdd(dyn_ctr, 1ull);  // (tagged from now on in this launch)
     }
     return 3 * P + static_cast<int>(static_cast<u32>(v));
   };
   bool cur_ok = true, nxt_ok = b0 + P < total;  // DYN: the current / next item exists
   // L2PF: item u's 128 rows × C columns of x into L2 (warp 0: lane l the 128-byte lines l % LPR + LPR·i of rows
-  // l / LPR + (32 / LPR)·j; rows past M skipped). Plain prefetch.global.L2, one line each (session 10 round 1: the
-  // bulk prefetch — cp.async.bulk.prefetch.L2, UBLKPF, one per row from uniform registers — was compiled as a
-  // per-lane waterfall, and the fragment's first L2PF run did not finish).
+  // l / LPR + (32 / LPR)·j; rows past M skipped). Plain prefetch.global.L2, one line each (a
+  // bulk prefetch a row, cp.async.bulk.prefetch.L2, is compiled as a per-lane waterfall of UBLKPF).
   auto prefetch_item = [&](int u) {
     if (u >= total) return;
     const int tile = u / S, chunk = u - tile * S;
