@@ -62,11 +62,13 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// 524288 DYN (on TIGHT, with the workspace): the walk's items after each CTA's third taken from a global counter
-// behind the workspace's pairs (the CTAs that run ahead take more); 1048576 HALF0 (LEAN, two blocks an item): item 0's
-// first block quantized before item 1's pass 1 (session 10, bench/NOTES.md "Session 10 (helper q2)").
-// 2097152 L2PF (on TIGHT): warp 0 prefetches each item's rows of x into L2 about an item before the ring requests them.
-constexpr int kStreamDyn = 524288, kStreamHalf0 = 1048576, kStreamL2pf = 2097152;
+// 4194304 EARLYR (LEAN with the early polls, N = 2048 at two blocks an item): item it's r computed from its polled pairs
+// at the start of item it + 1's pass 1, under that pass (finish only checks the pairs were current). (Session 10 also
+// measured and deleted, bench/NOTES.md "Session 10 (helper q2)": 524288 DYN — the walk's later items from a global
+// counter: 92.7 against 91.1 µs at 7168 —, 1048576 HALF0 — item 0's first block before item 1's pass 1: 28.0 against
+// 25.8 at 2048 — and 2097152 L2PF — x's items prefetched into L2 an item ahead: 30.0 / 109.1 against 25.8 / 91.8.
+// Values stay unused.)
+constexpr int kStreamEarlyR = 4194304;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -365,13 +367,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamHalf0,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamHalf0,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamL2pf,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamDyn | kStreamL2pf,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamHalf0 | kStreamL2pf}) {
-    if ((overlap & (kStreamStart | kStreamHalf0)) && cb != 2) continue;  // (FIRST + START, HALF0: two blocks an item)
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamEarlyR}) {
+    if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
           rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
@@ -514,8 +511,7 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 CUdeviceptr global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
                              RmsqStreamArgs& sa) {
   if (mode != 2 || chunks <= 1) return 0;
-  // (+ 2: the stream kernel's DYN item counter, a {count, tag} word behind the pairs)
-  const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2) + 2;
+  const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
   const CUdeviceptr ws = impl.alloc_async(words * 4, stream);
   sa.ws = reinterpret_cast<unsigned long long*>(ws);
   sa.tag = impl.workspace_tag(ws, words, stream, "cuMemsetD32Async (rms_norm_block_quant workspace)");
@@ -560,7 +556,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamDyn | kStreamL2pf);
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool DYN_BIT = false, bool HALF0_BIT = false, bool L2PF_BIT = false>
+          bool WLDG_BIT = false, bool EARLYR_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -226,23 +226,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
-  // DYN (TIGHT, not FIRST / START): items 0–2 of the walk as before, the later ones taken from a global counter.
-  // HALF0 (LEAN, two blocks an item): item 0's first block quantized before item 1's pass 1.
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
   constexpr int S = N / C;           // column chunks (items) of a row
   constexpr bool GX = S > 1;         // partial sums exchanged through the workspace
-  // DYN (TIGHT with the workspace, not FIRST / START): the walk's items 0–2 as before, the later ones from a global
-  // counter (rms_norm_block_quant_stream_args.h). HALF0 (LEAN, two blocks an item): item 0's first block quantized
-  // before item 1's pass 1.
-  constexpr bool DYN = DYN_BIT && TIGHT && GX && !FIRST && !START;
-  constexpr bool HALF0 = HALF0_BIT && LEAN && !FIRST && !START && CB == 2;
-  // L2PF (TIGHT, not FIRST / START): warp 0 prefetches item j's rows into L2 (prefetch.global.L2 a 128-byte line)
-  // about an item before its blocks are requested: item j at the top of item j − 3's loop turn (items 2 and 3 in
-  // item 0's; DYN: item j when its count is known, before item j − 3's pass 2).
-  constexpr bool L2PF = L2PF_BIT && TIGHT && !FIRST && !START;
   constexpr int BLOCK = ROWS * 128;  // elements of a slot
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0, "the chunks must tile N");
@@ -307,56 +296,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
   }
   const int tiles = (a.M + ROWS - 1) / ROWS;
-  const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs; DYN: not used)
-  // DYN: the CTA's item j is u_j (tile u / S, chunk u % S; none once u ≥ tiles·S): b0 + j·P for j < 3, then 3·P + a
-  // count thread 0 took from the counter behind the workspace's pairs ({count, tag}: a word holding another launch's
-  // tag is replaced by this launch's, one CAS). u_3 is taken in the prologue, u_j (j > 3) at the start of item j − 3's
-  // loop turn, and written to dyn_u[j & 3] before item j − 3's pass-2 barrier: every thread reads it at item j's first
-  // refill (pass 2 of item j − 2) and at the walk's advance after that pass 2. Counts are unique, so every item is
-  // taken exactly once, by whichever CTA asks first: the CTAs that run ahead take more.
-  __shared__ int dyn_u[4];
-  const int total = tiles * S;
-  unsigned long long* const dyn_ctr = sa.ws + static_cast<i64>(tiles) * S * ROWS;
-  auto dyn_item = [&](int j) { return j < 3 ? b0 + j * P : dyn_u[j & 3]; };
-  auto grab_issue = [&]() -> u64 { return atomicAdd(dyn_ctr, 1ull); };
-  // The count of a grab whose atomicAdd returned v. A word holding another launch's tag (or fresh memory) is replaced
-  // by this launch's {1, tag} with a CAS on the value actually there (count 0 is then the installer's); a CAS that
-  // finds the word tagged takes a count with an atomicAdd. Terminates: before the install the word changes only by
-  // each CTA's one stale add (≤ P) and the install itself, and each failed CAS sees one of those changes. (Session 10
-  // rounds 1–2 ran a version that answered a failed CAS with another add: every CTA's add kept moving the stale word
-  // under the others' CAS — a livelock of the P CTAs' first grabs, the hangs of those rounds.)
-  auto grab_resolve = [&](u64 v) -> int {
-    if (static_cast<u32>(v >> 32) != sa.tag) {
-      const u64 mine = (static_cast<u64>(sa.tag) << 32) | 1ull;
-      u64 cur = v + 1;  // the word after this add, if nothing else moved it
-      for (;;) {
-        const u64 prev = atomicCAS(dyn_ctr, cur, mine);
-        if (prev == cur) return 3 * P;                      // installed: count 0 is ours
-        if (static_cast<u32>(prev >> 32) == sa.tag) break;  // another CTA installed it
-        cur = prev;                                         // another CTA's stale add: again on what is there
-      }
-      v = atomicAdd(dyn_ctr, 1ull);  // (tagged from now on in this launch)
-    }
-    return 3 * P + static_cast<int>(static_cast<u32>(v));
-  };
-  bool cur_ok = true, nxt_ok = b0 + P < total;  // DYN: the current / next item exists
-  // L2PF: item u's 128 rows × C columns of x into L2 (warp 0: lane l the 128-byte lines l % LPR + LPR·i of rows
-  // l / LPR + (32 / LPR)·j; rows past M skipped). Plain prefetch.global.L2, one line each (a
-  // bulk prefetch a row, cp.async.bulk.prefetch.L2, is compiled as a per-lane waterfall of UBLKPF).
-  auto prefetch_item = [&](int u) {
-    if (u >= total) return;
-    const int tile = u / S, chunk = u - tile * S;
-    const int m0 = tile * ROWS;
-    constexpr int LPR = C * 2 / 128;  // 128-byte lines a row (2 or 4)
-    const char* base = reinterpret_cast<const char*>(static_cast<const bf16*>(a.x) + (static_cast<i64>(m0) * N + chunk * C));
-    const int l = lane % LPR, r0 = lane / LPR;
-#pragma unroll
-    for (int j = 0; j < ROWS * LPR / 32; ++j) {
-      const int r = r0 + (32 / LPR) * j;
-      if (m0 + r < a.M)
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(base + static_cast<i64>(r) * (N * 2) + l * 128) : "memory");
-    }
-  };
+  const int T = (tiles * S - 1 - b0) / P + 1;  // this CTA's items (the host launches P ≤ tiles·S CTAs)
   // LEAN: item it's (tile, chunk) and item it+1's kept in registers, stepped by P = dT·S + dC items a round (the
   // callers only ask for items cur_it and cur_it + 1), instead of two divisions a call.
   const int dT = P / S, dC = P % S;
@@ -417,36 +357,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // TIGHT (x contiguous: x_stride == N, checked by the host): the next visit's source as one pointer, its 4 rows at
   // immediate offsets N·2 bytes apart, advanced by 256 bytes within an item and by the walk's step between items.
   const char* t_src = reinterpret_cast<const char*>(xthr + iss_off);
-  bool iss_ok = true;  // DYN: the item of visit `issued` exists
   auto issue_lean = [&]() {  // visit `issued` (every call commits a group: empty past the last visit)
-    if constexpr (DYN) {  // (TIGHT's copies; the item's place in x from u at its first visit)
-      const u32 k = static_cast<u32>(issued);
-      if (k % static_cast<u32>(CB) == 0u) {
-        const int u = dyn_item(static_cast<int>(k / static_cast<u32>(CB)));
-        const int tile = u / S, chunk = u - tile * S;
-        iss_ok = u < total;
-        iss_rows = a.M - tile * ROWS - 4 * hw;
-        t_src = reinterpret_cast<const char*>(xthr + (static_cast<i64>(tile) * ROWS * N + chunk * C));
-      }
-      if (iss_ok) {
-        if (iss_rows >= 4) {
-          const u32 dst = thr_const(kRing) + (k % static_cast<u32>(R)) * (BLOCK * 2);
-#pragma unroll
-          for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, t_src + i * (N * 2));
-        } else {
-#pragma unroll
-          for (int i = 0; i < 4; ++i) {
-            const bool ok = i < iss_rows;
-            cp_async16(ring + ((k % static_cast<u32>(R)) * BLOCK + 4 * hw * 128 + c0) + i * 128,
-                       ok ? static_cast<const void*>(t_src + i * (N * 2)) : static_cast<const void*>(xg), ok);
-          }
-        }
-        t_src += 256;
-      }
-      cp_async_commit();
-      ++issued;
-      return;
-    }
     if constexpr (TIGHT) {
       if (issued < nvis) {
         const u32 k = static_cast<u32>(issued);
@@ -530,13 +441,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (SPLIT) {
     if (tid == 0) mbar_init(split_bar, WARPS);
   }
-  bool grab_ok = false;  // DYN (thread 0): the last count taken was an item
-  if constexpr (DYN) {
-    if (tid == 0) {
-      dyn_u[3] = b0 + 2 * P < total ? grab_resolve(grab_issue()) : total;
-      grab_ok = dyn_u[3] < total;
-    }
-  }
   if constexpr (WSM) {  // the weights as fp32 (the same values vec_get gives), 4 a thread and step
     static_assert(N % 4 == 0, "whole 4-weight pieces");
     for (int i = 4 * tid; i < N; i += 4 * THREADS) {
@@ -556,8 +460,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
 
   // Pass 1 of item it: Σx² of the item's chunk per row, stored tagged in the workspace (S > 1).
-  // pb (LEAN): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending.
-  auto pass1 = [&](int it, auto pb) {
+  // pb (LEAN): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending. spec (LEAN): run
+  // before the first block's wait (EARLYR: the previous item's r from its polled pairs, its latency under this pass).
+  auto nospec = [] {};
+  auto pass1 = [&](int it, auto pb, auto&& spec) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
     auto block = [&](int k) {
       Vec16 xv[4];
@@ -570,6 +476,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       // released visit of items < j − 1), so visit j·CB + b has landed when at most R − CB − 1 − b newer ones are
       // pending; item 0 (R committed) and, with FIRST, item 1 (R + CB): R − 1 − b.
       constexpr int PB = decltype(pb)::value;
+      spec();
 #pragma unroll
       for (int b = 0; b < CB; ++b) {
         const int k = it * CB + b;
@@ -623,6 +530,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
   constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
+  // EARLYR (bit 4194304, EARLY_POLL only): item it's r is computed from its early-polled pairs at the start of item it +
+  // 1's pass 1 (the same operations in the same order as finish), so the dependent chain (two butterfly shuffles, the
+  // correctly rounded sqrt and division, four broadcasts) runs under pass 1's loads and sums; finish then only checks
+  // that every pair was current (else it runs as before, polling, and recomputes r).
+  constexpr bool EARLYR = EARLYR_BIT && EARLY_POLL && !FIRST;
+  float rv_spec[4] = {0.f, 0.f, 0.f, 0.f}, rr_spec = 0.f;
+  bool spec_ok = false;  // EARLYR: rv_spec / rr_spec hold the r of the item finish is called for next
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -635,11 +549,39 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
   };
 
+  // EARLYR: item it's r from the pairs in got[] (finish's fast path, unconditionally); true when all were current.
+  auto r_spec = [&](int it) {
+    bool mine = true;
+#pragma unroll
+    for (int k = 0; k < KQ; ++k) mine = mine && (lane + 32 * k >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag);
+    float t = 0.f;
+#pragma unroll
+    for (int k = 0; k < KQ; ++k)
+      if (lane + 32 * k < S * 8) t += __uint_as_float(static_cast<u32>(got[k]));
+    t += __shfl_xor_sync(0xffffffffu, t, 8);
+    t += __shfl_xor_sync(0xffffffffu, t, 16);
+    rr_spec = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
+#pragma unroll
+    for (int i = 0; i < 4; ++i) rv_spec[i] = __shfl_sync(0xffffffffu, rr_spec, 4 * half + i);
+    spec_ok = __all_sync(0xffffffffu, mine);
+    (void)it;
+  };
+
   // r of the thread's 4 rows of item it.
   auto finish = [&](int it, float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const int j = lane & 7;  // this lane computes row 8w + j (lanes ≥ 8 duplicate)
+    if constexpr (EARLYR) {
+      if (spec_ok) {  // (warp-uniform)
+        spec_ok = false;
+        if (item_col(it) == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr_spec;
+#pragma unroll
+        for (int i = 0; i < 4; ++i) rv[i] = rv_spec[i];
+        mark(3, it);
+        return;
+      }
+    }
     float t;
     if constexpr (GX) {
       const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
@@ -747,9 +689,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           w8[j * (8 / WV) + i] = W_F32 ? vec_get<float>(wpre[j], i) : vec_get<bf16>(wpre[j], i);
     }
   };
-  // Blocks LO … HI − 1 of item it (HALF0: item 0 in two calls).
-  auto pass2_lean = [&](int it, const float (&rv)[4], auto lo, auto hi) {
-    constexpr int LO = decltype(lo)::value, HI = decltype(hi)::value;
+  auto pass2_lean = [&](int it, const float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = item_tile(it);
@@ -765,11 +705,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         weights(col, w8);
       };
 #pragma unroll UNROLL
-      for (int b = LO; b < HI; ++b) {
+      for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
         const int k = it * CB + b;
         if constexpr (EARLY_POLL) {
-          if (b == CB - 1 && (DYN ? nxt_ok : it + 1 < T)) poll_issue(it + 1);
+          if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
         }
         Vec16 xv[4];
         float w8[8];
@@ -863,7 +803,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     };
     if (valid == ROWS) body(Flag<true>{});
     else body(Flag<false>{});
-    if constexpr (HI == CB) mark(4, it);
+    mark(4, it);
   };
 
   auto pass2 = [&](int it, const float (&rv)[4]) {
@@ -906,28 +846,20 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     ++cur_it;
     cur_tile = nxt_tile;
     cur_chunk = nxt_chunk;
-    if constexpr (DYN) {
-      cur_ok = nxt_ok;
-      const int u = dyn_item(cur_it + 1);
-      nxt_ok = u < total;
-      nxt_tile = u / S;
-      nxt_chunk = u - nxt_tile * S;
-    } else {
-      step(nxt_tile, nxt_chunk);
-    }
+    step(nxt_tile, nxt_chunk);
   };
   // START: only item 0's blocks were requested (CB groups), so that all CTAs' first items arrive before the rest;
   // the other R − CB follow once its blocks have landed (with FIRST: once item 0's exchange is complete, so no CTA's
   // first item competes with the others' second) — the commit count is then as without START.
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
-    pass1(0, IntC<CB - 1>{});
+    pass1(0, IntC<CB - 1>{}, nospec);
     if constexpr (!FIRST) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
   } else {
-    pass1(0, IntC<R - 1>{});
+    pass1(0, IntC<R - 1>{}, nospec);
   }
   int it0 = 0;
   if constexpr (FIRST) {
@@ -939,55 +871,27 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
-    pass2_lean(0, rv, IntC<0>{}, IntC<CB>{});
+    pass2_lean(0, rv);
     advance();
-    if (T > 1) pass1(1, IntC<R - 1>{});
+    if (T > 1) pass1(1, IntC<R - 1>{}, nospec);
     it0 = 1;
   }
-  u64 dyn_g = 0;  // DYN (thread 0): the counter's answer for u_{it+3}
 #pragma unroll 1
-  for (int it = it0; DYN ? cur_ok : it < T; ++it) {
-    if constexpr (DYN) {
-      if (tid == 0 && it > 0 && grab_ok) dyn_g = grab_issue();
-    }
-    if constexpr (L2PF) {
-      if (warp == 0) {
-        if (it == 0) prefetch_item(dyn_item(2));
-        if (!DYN) prefetch_item(b0 + (it + 3) * P);
-        else if (it == 0) prefetch_item(dyn_u[3]);
-      }
-    }
+  for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
       if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
     else finish(it, rv);
-    if constexpr (HALF0) {
-      if (it == 0) {  // item 0's first block before item 1's pass 1 (its exchange then waits in the open)
-        if constexpr (GX) finish(0, rv);
-        pass2_lean(0, rv, IntC<0>{}, IntC<1>{});
-        if (DYN ? nxt_ok : T > 1) pass1(1, IntC<R - CB>{});  // (one more group committed: item 0's first block's)
-        pass2_lean(0, rv, IntC<1>{}, IntC<CB>{});
-        advance();
-        continue;
-      }
+    if constexpr (EARLYR) {
+      if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{}, [&] { r_spec(it); });
+    } else {
+      if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{}, nospec);
     }
-    if (DYN ? nxt_ok : it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
-    if constexpr (DYN) {
-      if (warp == 0 && it > 0) {  // u_{it+3}, before this pass 2's first barrier
-        int u = total;
-        if (lane == 0) {
-          u = grab_ok ? grab_resolve(dyn_g) : total;
-          dyn_u[(it + 3) & 3] = u;
-          grab_ok = u < total;
-        }
-        if constexpr (L2PF) prefetch_item(__shfl_sync(0xffffffffu, u, 0));
-      }
-    }
     if constexpr (LEAN) {
-      pass2_lean(it, rv, IntC<0>{}, IntC<CB>{});
+      pass2_lean(it, rv);
       advance();
     } else {
       pass2(it, rv);
@@ -1004,15 +908,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 524288 DYN (TIGHT: the walk's items after the third from a global counter), 1048576 HALF0 (LEAN, two blocks an item:
-// item 0's first block quantized before item 1's pass 1), 2097152 L2PF (TIGHT: x's items prefetched into L2 about an
-// item before their blocks are requested).
+// 4194304 EARLYR (LEAN with early polls: item it's r computed at the start of item it + 1's pass 1).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 524288) != 0, (V & 1048576) != 0, (V & 2097152) != 0>(sa);
+                                   (V & 4194304) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -612,43 +612,20 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// Session 10's variants on the default bits (19203), forced, each its own test (a variant that hangs is found alone):
-// 524288 DYN (each CTA's items after its third taken from a global counter behind the workspace), 1048576 HALF0 (item
-// 0's first block quantized before item 1's pass 1) and 2097152 L2PF (x's items prefetched into L2 ahead of the ring),
-// where the counter hands out items (N = 2048 M = 8192 / 8000: 512 / 504 items over 132 CTAs; 4096 M = 8192; 7168 M =
-// 4003), with a partial last tile and M % 16 != 0, and with too few items for it (M = 300, 1000, 7, 1). index % 3 ==
-// 2: round_scale 0 (DYN and L2PF then change nothing: TIGHT only).
-TEST_F(RmsNormBlockQuantTest, StreamKernelDynPoints) {
-  check_points({{2048, 2, 16, 2, 1, 4, 543491, 3, 8192},
-                {7168, 2, 16, 2, 1, 4, 543491, 3, 4003},
-                {2048, 2, 16, 2, 1, 4, 543491, 3, 8000},
-                {4096, 2, 16, 2, 1, 4, 543491, 3, 8192},
-                {2048, 2, 16, 2, 1, 4, 543491, 3, 300},
-                {2048, 2, 16, 2, 1, 4, 543491, 3, 7},
-                {2048, 2, 16, 1, 1, 2, 543491, 3, 8192},  // one block an item (C = 128: S = 16, two ring slots)
-                {2048, 2, 16, 2, 1, 4, 543491, 3, 8000}},
-               0x7e);
-}
-TEST_F(RmsNormBlockQuantTest, StreamKernelHalf0Points) {
-  check_points({{2048, 2, 16, 2, 1, 4, 1067779, 3, 8192},
-                {7168, 2, 16, 2, 1, 4, 1067779, 3, 4003},
-                {2048, 2, 16, 2, 1, 4, 1067779, 3, 1000},
-                {2048, 2, 16, 2, 1, 4, 1067779, 3, 8000},
-                {4096, 2, 16, 2, 1, 4, 1067779, 3, 3001},
-                {2048, 2, 16, 2, 1, 4, 1592067, 3, 1},  // + DYN
-                {2048, 2, 16, 2, 1, 4, 1592067, 3, 8000}},
-               0x7f);
-}
-TEST_F(RmsNormBlockQuantTest, StreamKernelL2pfPoints) {
-  check_points({{2048, 2, 16, 2, 1, 4, 2116355, 3, 8000},
-                {7168, 2, 16, 2, 1, 4, 2116355, 3, 4003},
-                {2048, 2, 16, 2, 1, 4, 2116355, 3, 1000},
-                {2048, 2, 16, 2, 1, 4, 2640643, 3, 8192},  // + DYN
-                {7168, 2, 16, 2, 1, 4, 2640643, 3, 4003},
-                {2048, 2, 16, 2, 1, 4, 3164931, 3, 300},  // + HALF0
-                {2048, 2, 16, 2, 1, 4, 3164931, 3, 8192},
-                {7168, 2, 16, 1, 1, 2, 2640643, 3, 4003}},  // DYN + L2PF, one block an item (S = 56)
-               0x80);
+// EARLYR (bit 4194304 on the default bits 19203: item it's r computed from its early-polled pairs at the start of item
+// it + 1's pass 1; only where the polls are early — two blocks an item at N = 2048, KQ ≤ 2 — else the bit changes
+// nothing), forced: full and partial last tiles, M % 16 != 0, one item a CTA (M = 1, 300), round_scale 0 (index % 3 ==
+// 2), and where it is a no-op (one block an item, N = 4096).
+TEST_F(RmsNormBlockQuantTest, StreamKernelEarlyRPoints) {
+  check_points({{2048, 2, 16, 2, 1, 4, 4213507, 3, 8192},
+                {2048, 2, 16, 2, 1, 4, 4213507, 3, 4003},
+                {2048, 2, 16, 2, 1, 4, 4213507, 3, 8000},
+                {2048, 2, 16, 2, 1, 4, 4213507, 3, 1},
+                {2048, 2, 16, 2, 1, 4, 4213507, 3, 300},
+                {2048, 2, 16, 2, 1, 4, 4213507, 3, 6000},
+                {2048, 2, 16, 1, 1, 2, 4213507, 3, 8192},
+                {4096, 2, 16, 2, 1, 4, 4213507, 3, 3001}},
+               0x81);
 }
 
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
@@ -692,8 +669,7 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
 // would give the second the first's r).
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000},
-      {7168, 2, 16, 2, 1, 4, 543491, 3, 4003}};  // (DYN: its item counter is cleared with the workspace)
+      {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000}};
   for_each_point(points, [](const SpacePoint& p, size_t) {
     const auto& d = detail::driver();
     const int64_t M = p.M, N = p.N;
