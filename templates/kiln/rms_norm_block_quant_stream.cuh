@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool EARLYR_BIT = false>
+          bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -460,10 +460,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   float own = 0.f;  // S = 1: the butterfly's row sum of pass 1 (row 4·hw + (hl >> 2))
 
   // Pass 1 of item it: Σx² of the item's chunk per row, stored tagged in the workspace (S > 1).
-  // pb (LEAN): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending. spec (LEAN): run
-  // before the first block's wait (EARLYR: the previous item's r from its polled pairs, its latency under this pass).
-  auto nospec = [] {};
-  auto pass1 = [&](int it, auto pb, auto&& spec) {
+  // pb (LEAN): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending.
+  auto pass1 = [&](int it, auto pb) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
     auto block = [&](int k) {
       Vec16 xv[4];
@@ -476,7 +474,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       // released visit of items < j − 1), so visit j·CB + b has landed when at most R − CB − 1 − b newer ones are
       // pending; item 0 (R committed) and, with FIRST, item 1 (R + CB): R − 1 − b.
       constexpr int PB = decltype(pb)::value;
-      spec();
 #pragma unroll
       for (int b = 0; b < CB; ++b) {
         const int k = it * CB + b;
@@ -530,13 +527,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
   constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
-  // EARLYR (bit 4194304, EARLY_POLL only): item it's r is computed from its early-polled pairs at the start of item it +
-  // 1's pass 1 (the same operations in the same order as finish), so the dependent chain (two butterfly shuffles, the
-  // correctly rounded sqrt and division, four broadcasts) runs under pass 1's loads and sums; finish then only checks
-  // that every pair was current (else it runs as before, polling, and recomputes r).
-  constexpr bool EARLYR = EARLYR_BIT && EARLY_POLL && !FIRST;
-  float rv_spec[4] = {0.f, 0.f, 0.f, 0.f}, rr_spec = 0.f;
-  bool spec_ok = false;  // EARLYR: rv_spec / rr_spec hold the r of the item finish is called for next
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -549,39 +539,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
   };
 
-  // EARLYR: item it's r from the pairs in got[] (finish's fast path, unconditionally); true when all were current.
-  auto r_spec = [&](int it) {
-    bool mine = true;
-#pragma unroll
-    for (int k = 0; k < KQ; ++k) mine = mine && (lane + 32 * k >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag);
-    float t = 0.f;
-#pragma unroll
-    for (int k = 0; k < KQ; ++k)
-      if (lane + 32 * k < S * 8) t += __uint_as_float(static_cast<u32>(got[k]));
-    t += __shfl_xor_sync(0xffffffffu, t, 8);
-    t += __shfl_xor_sync(0xffffffffu, t, 16);
-    rr_spec = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-#pragma unroll
-    for (int i = 0; i < 4; ++i) rv_spec[i] = __shfl_sync(0xffffffffu, rr_spec, 4 * half + i);
-    spec_ok = __all_sync(0xffffffffu, mine);
-    (void)it;
-  };
-
   // r of the thread's 4 rows of item it.
   auto finish = [&](int it, float (&rv)[4]) {
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const int j = lane & 7;  // this lane computes row 8w + j (lanes ≥ 8 duplicate)
-    if constexpr (EARLYR) {
-      if (spec_ok) {  // (warp-uniform)
-        spec_ok = false;
-        if (item_col(it) == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr_spec;
-#pragma unroll
-        for (int i = 0; i < 4; ++i) rv[i] = rv_spec[i];
-        mark(3, it);
-        return;
-      }
-    }
     float t;
     if constexpr (GX) {
       const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
@@ -853,13 +815,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // first item competes with the others' second) — the commit count is then as without START.
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
-    pass1(0, IntC<CB - 1>{}, nospec);
+    pass1(0, IntC<CB - 1>{});
     if constexpr (!FIRST) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
   } else {
-    pass1(0, IntC<R - 1>{}, nospec);
+    pass1(0, IntC<R - 1>{});
   }
   int it0 = 0;
   if constexpr (FIRST) {
@@ -873,7 +835,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
     pass2_lean(0, rv);
     advance();
-    if (T > 1) pass1(1, IntC<R - 1>{}, nospec);
+    if (T > 1) pass1(1, IntC<R - 1>{});
     it0 = 1;
   }
 #pragma unroll 1
@@ -884,11 +846,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
     else finish(it, rv);
-    if constexpr (EARLYR) {
-      if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{}, [&] { r_spec(it); });
-    } else {
-      if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{}, nospec);
-    }
+    if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
     if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
@@ -907,14 +865,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 4194304 EARLYR (LEAN with early polls: item it's r computed at the start of item it + 1's pass 1).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 4194304) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -8,6 +8,8 @@
 //    in rounds (L2 flushed before each call, as `kiln bench`), so run-to-run drift hits all alike; one compile each.
 //  * Timeline: the TRACE variant's per-CTA records (rms_norm_block_quant_stream_args.h): when each CTA's first block
 //    lands, and per item how long it waits for its blocks, sums, waits for the exchange and quantizes; CTA end times.
+//  * $KILN_MEASURE_ONLY / $KILN_MEASURE_SKIP select configs by name (only() below); each config prints a "[config]" line
+//    before it runs, so a call that does not finish names its config.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -92,15 +94,15 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 4194304 EARLYR
-// (session 10's DYN 524288, HALF0 1048576 and L2PF 2097152 were measured here in its round 3 and deleted); stages = ring slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
-// 262144, measured by this sweep and timeline in its rounds 1–4: their rows are in bench/NOTES.md). (Session
-// 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
-// Session 10's rows (bench/NOTES.md "Session 10 (helper q2)"): the sweep's and the profile's.
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG; stages = ring
+// slots. (Measured here and deleted, rows in bench/NOTES.md: TABLE 1024, AHEADX 4096, SPLIT2 8192; session 9's HELP
+// 32768, HX 131072, EPS 262144; session 10's DYN 524288, HALF0 1048576, L2PF 2097152, EARLYR 4194304. Session 7 and
+// round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here.)
+// The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
 std::vector<StreamCfg> session_cfgs() {
   return {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
-      {"2048 EARLYR", 2048, 2, 4, 4213507, "2048 default (19203)"},
+      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
   };
 }
 
@@ -125,14 +127,21 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   for (const StreamCfg& c : cfgs) names.emplace_back(c.name);
   interleaved_sweep(
       "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", names,
-      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 9, 10);
+      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 5, 10);
 }
 
-// One call per config of the sweep's rows, outputs compared bit for bit with the baseline's (a target for `ncu -k
-// regex:stream_kernel`: ncu flushes the caches before each profiled kernel; with $KILN_MEASURE_ONLY a quick check
-// that a variant finishes and matches before it is timed).
+// One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
+// -c 6`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT + FLAT + SPLIT, and + WLDG at N = 2048 and
+// 7168. (With $KILN_MEASURE_ONLY / _SKIP also a quick check that a config finishes and matches before it is timed.)
 TEST_F(RmsqStreamMeasure, Profile) {
-  const std::vector<StreamCfg> cfgs = only(session_cfgs());
+  const std::vector<StreamCfg> cfgs = only({
+      {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 LEAN R4"},
+      {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 2048, 2, 4, 19203, "2048 LEAN R4"},
+      {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
+      {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 LEAN R4"},
+      {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 7168, 2, 4, 19203, "7168 LEAN R4"},
+  });
   Runtime& r = rt();
   bind_device(r);
   std::map<int64_t, detail::BenchInstance> inst;
@@ -145,7 +154,7 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
-      {"2048 EARLYR", 2048, 2, 4, 4213507, nullptr},
+      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
   });
 
 
@@ -269,7 +278,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     row5("item 0's first block landed", first_landed);
     row5("end", end);
     {
-      std::vector<double> items;  // items a CTA quantized (DYN: varies with its pace)
+      std::vector<double> items;  // items a CTA quantized (the static walk: ⌈items / CTAs⌉ or one fewer)
       for (const Cta& x : ctas)
         items.push_back(static_cast<double>(
             std::count_if(x.recs.begin(), x.recs.end(), [](const Rec& r) { return r.kind == 4; })));

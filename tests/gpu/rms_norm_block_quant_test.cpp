@@ -612,22 +612,6 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// EARLYR (bit 4194304 on the default bits 19203: item it's r computed from its early-polled pairs at the start of item
-// it + 1's pass 1; only where the polls are early — two blocks an item at N = 2048, KQ ≤ 2 — else the bit changes
-// nothing), forced: full and partial last tiles, M % 16 != 0, one item a CTA (M = 1, 300), round_scale 0 (index % 3 ==
-// 2), and where it is a no-op (one block an item, N = 4096).
-TEST_F(RmsNormBlockQuantTest, StreamKernelEarlyRPoints) {
-  check_points({{2048, 2, 16, 2, 1, 4, 4213507, 3, 8192},
-                {2048, 2, 16, 2, 1, 4, 4213507, 3, 4003},
-                {2048, 2, 16, 2, 1, 4, 4213507, 3, 8000},
-                {2048, 2, 16, 2, 1, 4, 4213507, 3, 1},
-                {2048, 2, 16, 2, 1, 4, 4213507, 3, 300},
-                {2048, 2, 16, 2, 1, 4, 4213507, 3, 6000},
-                {2048, 2, 16, 1, 1, 2, 4213507, 3, 8192},
-                {4096, 2, 16, 2, 1, 4, 4213507, 3, 3001}},
-               0x81);
-}
-
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
