@@ -67,6 +67,12 @@ constexpr int kStreamWldg = 16384;
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
 // 262144 EPS — at N > 2048 the next item's polls staged in shared memory a block ahead: 94.8 against 91.1 at 7168, the
 // exchange 1.0 → 0.6 µs an item but pass 2 slower by ≈ 1 µs with 28 KiB more shared memory. Values stay unused.)
+// (Session 10 measured and deleted, bench/NOTES.md "Session 10 (helper q2)", in one process against 19203: 524288 DYN —
+// the walk's items after each CTA's third from a global counter: 92.7 against 91.1 µs at 7168 —, 1048576 HALF0 —
+// item 0's first block quantized before item 1's pass 1: 28.0 against 25.8 at 2048, item 0's exchange exposed —,
+// 2097152 L2PF — x's items prefetched into L2 an item ahead: 30.0 / 109.1 against 25.8 / 91.8 — and 4194304 EARLYR —
+// item it's r computed at the start of item it + 1's pass 1: 27.2 against 25.9 at 2048, though the exchange fell
+// 0.42 → 0.13–0.19 µs an item. Values stay unused.)
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.

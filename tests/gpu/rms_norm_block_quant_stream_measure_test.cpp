@@ -8,11 +8,14 @@
 //    in rounds (L2 flushed before each call, as `kiln bench`), so run-to-run drift hits all alike; one compile each.
 //  * Timeline: the TRACE variant's per-CTA records (rms_norm_block_quant_stream_args.h): when each CTA's first block
 //    lands, and per item how long it waits for its blocks, sums, waits for the exchange and quantizes; CTA end times.
+//  * $KILN_MEASURE_ONLY / $KILN_MEASURE_SKIP select configs by name (only() below); each config prints a "[config]" line
+//    before it runs, so a call that does not finish names its config.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <utility>
 #include <string>
@@ -44,8 +47,43 @@ struct StreamCfg {
 };
 
 void force(const StreamCfg& c) {
+  std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
+  std::fflush(stdout);
   ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
+}
+
+// '|'-separated parts of an environment variable (none when unset).
+std::vector<std::string> env_parts(const char* var) {
+  std::vector<std::string> parts;
+  const char* e = std::getenv(var);
+  for (std::string rest = e ? e : "";;) {
+    const size_t bar = rest.find('|');
+    if (!rest.substr(0, bar).empty()) parts.push_back(rest.substr(0, bar));
+    if (bar == std::string::npos) break;
+    rest = rest.substr(bar + 1);
+  }
+  return parts;
+}
+// $KILN_MEASURE_ONLY: '|'-separated parts of config names; only the configs whose names contain one of them run (with
+// their baselines), in their order (unset or empty: all); $KILN_MEASURE_SKIP: '|'-separated whole names that do not.
+std::vector<StreamCfg> only(const std::vector<StreamCfg>& cfgs) {
+  const std::vector<std::string> parts = env_parts("KILN_MEASURE_ONLY"), skip = env_parts("KILN_MEASURE_SKIP");
+  std::vector<bool> keep(cfgs.size(), parts.empty());
+  for (size_t i = 0; i < cfgs.size(); ++i) {
+    for (const std::string& p : parts)
+      if (std::string(cfgs[i].name).find(p) != std::string::npos) keep[i] = true;
+    for (const std::string& p : skip)
+      if (p == cfgs[i].name) keep[i] = false;
+  }
+  for (size_t i = 0; i < cfgs.size(); ++i)
+    if (keep[i] && cfgs[i].baseline)
+      for (size_t j = 0; j < cfgs.size(); ++j)
+        if (std::string(cfgs[j].name) == cfgs[i].baseline) keep[j] = true;
+  std::vector<StreamCfg> out;
+  for (size_t i = 0; i < cfgs.size(); ++i)
+    if (keep[i]) out.push_back(cfgs[i]);
+  return out;
 }
 
 class RmsqStreamMeasure : public GpuTest {
@@ -57,23 +95,19 @@ class RmsqStreamMeasure : public GpuTest {
 };
 
 // Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG; stages = ring
-// slots (TABLE 1024, AHEADX 4096 and SPLIT2 8192 were deleted; so were session 9's HELP 32768, HX 131072 and EPS
-// 262144, measured by this sweep and timeline in its rounds 1–4: their rows are in bench/NOTES.md). (Session
-// 7 and round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here: see bench/NOTES.md.)
-TEST_F(RmsqStreamMeasure, Sweep) {
-  const std::vector<StreamCfg> cfgs = {
-      {"2048 base cb2 R4", 2048, 2, 4, 1, nullptr},
-      {"2048 LEAN R4", 2048, 2, 4, 3, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+SPLIT R4", 2048, 2, 4, 771, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+SPLIT+WLDG R4", 2048, 2, 4, 17155, "2048 base cb2 R4"},
-      {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4 (default)", 2048, 2, 4, 19203, "2048 base cb2 R4"},
-      {"7168 base cb2 R4", 7168, 2, 4, 1, nullptr},
-      {"7168 LEAN R4", 7168, 2, 4, 3, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+SPLIT+WLDG R4", 7168, 2, 4, 17155, "7168 base cb2 R4"},
-      {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4 (default)", 7168, 2, 4, 19203, "7168 base cb2 R4"},
+// slots. (Measured here and deleted, rows in bench/NOTES.md: TABLE 1024, AHEADX 4096, SPLIT2 8192; session 9's HELP
+// 32768, HX 131072, EPS 262144; session 10's DYN 524288, HALF0 1048576, L2PF 2097152, EARLYR 4194304. Session 7 and
+// round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here.)
+// The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
+std::vector<StreamCfg> session_cfgs() {
+  return {
+      {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
   };
+}
+
+TEST_F(RmsqStreamMeasure, Sweep) {
+  const std::vector<StreamCfg> cfgs = only(session_cfgs());
 
 
 
@@ -98,16 +132,16 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
 // -c 6`: ncu flushes the caches before each profiled kernel): LEAN, TIGHT + FLAT + SPLIT, and + WLDG at N = 2048 and
-// 7168.
+// 7168. (With $KILN_MEASURE_ONLY / _SKIP also a quick check that a config finishes and matches before it is timed.)
 TEST_F(RmsqStreamMeasure, Profile) {
-  const std::vector<StreamCfg> cfgs = {
+  const std::vector<StreamCfg> cfgs = only({
       {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
       {"2048 LEAN+TIGHT+FLAT+SPLIT R4", 2048, 2, 4, 2819, "2048 LEAN R4"},
       {"2048 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 2048, 2, 4, 19203, "2048 LEAN R4"},
       {"7168 LEAN R4", 7168, 2, 4, 3, nullptr},
       {"7168 LEAN+TIGHT+FLAT+SPLIT R4", 7168, 2, 4, 2819, "7168 LEAN R4"},
       {"7168 LEAN+TIGHT+FLAT+SPLIT+WLDG R4", 7168, 2, 4, 19203, "7168 LEAN R4"},
-  };
+  });
   Runtime& r = rt();
   bind_device(r);
   std::map<int64_t, detail::BenchInstance> inst;
@@ -118,11 +152,10 @@ TEST_F(RmsqStreamMeasure, Profile) {
 
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
-  const std::vector<StreamCfg> cfgs = {
-      {"2048 LEAN R4", 2048, 2, 4, 3, nullptr},
-      {"2048 LEAN+FIRST+START R4", 2048, 2, 4, 163, nullptr},
-      {"7168 LEAN+FIRST+START R4", 7168, 2, 4, 163, nullptr},
-  };
+  const std::vector<StreamCfg> cfgs = only({
+      {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+  });
 
 
   Runtime& r = rt();
@@ -244,6 +277,13 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     row5("start (after the first CTA's)", start);
     row5("item 0's first block landed", first_landed);
     row5("end", end);
+    {
+      std::vector<double> items;  // items a CTA quantized (the static walk: ⌈items / CTAs⌉ or one fewer)
+      for (const Cta& x : ctas)
+        items.push_back(static_cast<double>(
+            std::count_if(x.recs.begin(), x.recs.end(), [](const Rec& r) { return r.kind == 4; })));
+      row5("items quantized", items);
+    }
     for (const auto& [it, v] : wait_blocks) {
       std::printf("  item %2d (%4zu CTAs): blocks wait p50/p90 %5.2f %5.2f | pass 1 %5.2f | exchange p50/p90 %5.2f "
                   "%5.2f | pass 2 p50/p90 %5.2f %5.2f | pass 2 end p50/max %6.2f %6.2f\n",
