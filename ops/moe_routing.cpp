@@ -6,8 +6,6 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
-#include <map>
-#include <mutex>
 #include <utility>
 
 #include "kiln/moe_routing_args.h"
@@ -515,36 +513,23 @@ MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int
   return cm;
 }
 
-// The PERSIST candidate's per-stream state (moe_routing_args.h kMoeRunPersist): one arrival word (int 0 of a 128-byte
-// header) and two halves of `half` superblock-row ints after it, zero when allocated; every call leaves the word's
-// low 31 bits at 0 and the half the next call uses zeroed. Keyed by (context, stream): two calls on one stream never
-// overlap; a graph captured from a stream must not run concurrently with calls on that stream (they would share it).
-// Process-lifetime allocations (a measurement candidate: the GPU rounds decide whether it is worth an owned form);
-// a call that needs larger halves gets a new zeroed buffer (the old one stays allocated: an earlier call on the
-// stream may still be running).
+// PERSIST's per-stream state (moe_routing_args.h kMoeRunPersist), owned by the Runtime (Runtime::Impl::stream_state):
+// one arrival word (int 0 of a 128-byte header) and two halves of `half` superblock-row ints after it, zero when
+// allocated; every call leaves the word's low 31 bits at 0 and the half the next call uses zeroed. The halves' size
+// follows from the buffer's (a call with fewer rows uses the halves of the buffer it finds: the kernel zeroes a whole
+// half). Calls on one stream never overlap; under stream capture the op launches without it (a graph's replays may
+// run on other streams, concurrently with the calls on this one).
 struct RouteState {
   int* arrive;
   int* rows;  // [2][half]
   int64_t half;
 };
 RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
-  static std::mutex m;
-  static std::map<std::pair<CUcontext, Stream>, std::pair<CUdeviceptr, int64_t>> states;
-  impl.bind_device();
-  CUcontext ctx = nullptr;
-  check(driver().cuCtxGetCurrent(&ctx), "cuCtxGetCurrent");
-  std::lock_guard g(m);
-  auto& st = states[{ctx, stream}];
-  if (st.second < half) {
-    const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
-    const size_t bytes = 128 + static_cast<size_t>(2 * h) * 4;
-    CUdeviceptr p = 0;
-    check(driver().cuMemAlloc(&p, bytes), "cuMemAlloc (route state)");
-    check(driver().cuMemsetD8(p, 0, bytes), "cuMemsetD8 (route state)");
-    st = {p, h};
-  }
-  int* base = reinterpret_cast<int*>(st.first);
-  return {base, base + 32, st.second};
+  static const char owner = 0;  // (the state's name in the runtime's table)
+  const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
+  const auto buf = impl.stream_state(&owner, stream, 128 + static_cast<size_t>(2 * h) * 4);
+  int* base = reinterpret_cast<int*>(buf.ptr);
+  return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
 }
 
 }  // namespace

@@ -85,9 +85,9 @@ enum : int {
   // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
-  // PERSIST (a candidate, outputs exact): no moe_route_zero and no cooperative launch. MoeRouteArgs::arrive points at
-  // a per-stream word that outlives the call and MoeRouteArgs::super at two halves of superblock rows beside it (zero
-  // when first allocated): the arrival is the self-resetting grid-barrier count (CTA 0 adds 2^31 − (n − 1), the
+  // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
+  // MoeRouteArgs::arrive points at a per-stream word that outlives the call and MoeRouteArgs::super at two halves of
+  // superblock rows beside it (the Runtime's per-stream state, zero when first allocated): the arrival is the self-resetting grid-barrier count (CTA 0 adds 2^31 − (n − 1), the
   // others 1: the top bit flips once all arrived, the low bits return to 0), the call uses the half of the top bit's
   // value at its start and zeroes the other half, which the next call on the stream uses.
   kMoeRunPersist = 262144,
