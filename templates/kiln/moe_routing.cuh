@@ -1080,6 +1080,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool WARPPAD = MAP && (V & kMoeRunWarpPad) != 0;
   constexpr bool FILLTMA = MAP && (FM == 3 || FM == 4) && (V & kMoeRunFillTma) != 0;
   constexpr bool FILLTMA3 = FILLTMA && FM == 3;
+  constexpr bool NOKEYS = (V & kMoeRunNoKeys) != 0, NOSELECT = NOKEYS || (V & kMoeRunNoSelect) != 0;
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1501,7 +1502,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // bits as the exact path.
     bool approx = false;
     float dk = 0.0f, bm1 = 1.0f;  // APPROX: the key error bound, 1 + max|finite bias|
-    if constexpr (APPROX) {
+    if constexpr (NOKEYS) {
+#pragma unroll
+      for (int c = 0; c < EPT; ++c) key[c] = Key{};
+    } else if constexpr (APPROX) {
       float bm = 0.0f, v[EPT];
       lds_row(zrow, v);
 #pragma unroll
@@ -1555,6 +1559,22 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     };
 
     stampw(kMoeRunTrWarp + 4 * warp + 1);
+    // Pick r of the thread's token is expert e (its rank among the CTA's tokens routed to e: the token mask).
+    auto record = [&](int r, int e) {
+      pk[r] = e;
+      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
+    };
+    if constexpr (NOSELECT) {
+      // (timing only: keys formed, no selection; NOKEYS: not even the keys)
+      bool hit = false;
+      if constexpr (!NOKEYS) {
+        Key mx = key[0];
+#pragma unroll
+        for (int c = 1; c < EPT; ++c) mx = kmax(mx, key[c]);
+        hit = kfloat(mx) == 1234.5f;
+      }
+      if (valid && part < K) record(part, e0 + (hit ? 1 : 0));
+    } else {
     bool kept[NB];
     Key lo;
     bool gap_ok = true;  // APPROX: the kept groups are certain
@@ -1668,10 +1688,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (lane >= o) inc += x;
     }
     const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
-    auto record = [&](int r, int e) {
-      pk[r] = e;
-      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
-    };
     if (!__any_sync(ALL, valid && n > CAP)) {
       u64* lst = list + tl * (CAP + 2);
       if (valid) {
@@ -1754,6 +1770,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     }
+    }  // (!NOSELECT)
     __syncwarp();
     stampw(kMoeRunTrWarp + 4 * warp + 2);
 

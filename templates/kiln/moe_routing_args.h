@@ -100,6 +100,11 @@ enum : int {
   // CTA computes; a block of its own): the release of the other CTA on the SM no longer waits behind them (round 1:
   // without the fill its arrival came ≈ 0.6 µs earlier).
   kMoeRunFillTma = 16777216,
+  // Session 10 ablations (timing only, outputs wrong): NOSELECT — the keys are formed (their maximum decides a
+  // never-taken branch, so they are not dead code), then no selection: the thread of part p < K records expert
+  // p·E/16 as pick p; NOKEYS — neither keys nor selection (the same picks). What a faster selection can gain at most.
+  kMoeRunNoSelect = 33554432,
+  kMoeRunNoKeys = 67108864,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
