@@ -67,20 +67,24 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
   return layout && GS >= 2 && K <= 2 * TG;
 }
+// The LEAN selection's layout (moe_routing.cuh): 16 threads per token, a group spans two of them (8 groups).
+bool lean_ok(int64_t E, int64_t G, int64_t TG) { return G == 8 && TG < G && E % 16 == 0; }
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
-// 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4) —
+// 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok) —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
-              kRunBiasPre = 64, kRunPersist = 256;
+              kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
                                            {kRunCoop, kMoeRunCoop},       {kRunWarpPad, kMoeRunWarpPad},
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
-                                           {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist}};
+                                           {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
+                                           {kRunLean, kMoeRunLean}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -322,7 +326,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
       const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
       const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
-      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter},
+      // Session 10: the default with the LEAN selection (approximate keys on 8 groups: lean_ok), fill 4 and 3.
+      const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean : s9;
+      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {lean, kFusedFillLate},
+                                {lean, kFusedFillAfter},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

@@ -81,6 +81,18 @@ __device__ __forceinline__ u32 ordered_bits(float f) {
   return u ^ (static_cast<u32>(static_cast<int>(u) >> 31) | 0x80000000u);  // negative: ~u; else u | sign bit
 }
 
+// a > b (a ≥ b) as 0xffffffff, else 0 (PTX set: a compare without predicates; false if either is NaN).
+__device__ __forceinline__ u32 set_gt_u32(float a, float b) {
+  u32 d;
+  asm("set.gt.u32.f32 %0, %1, %2;" : "=r"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ u32 set_ge_u32(float a, float b) {
+  u32 d;
+  asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(d) : "f"(a), "f"(b));
+  return d;
+}
+
 // Fixed-order butterfly sum (the CPU reference replays it lane by lane).
 __device__ __forceinline__ float warp_sum_rn(float v) {
 #pragma unroll
@@ -1081,6 +1093,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool FILLTMA = MAP && (FM == 3 || FM == 4) && (V & kMoeRunFillTma) != 0;
   constexpr bool FILLTMA3 = FILLTMA && FM == 3;
   constexpr bool NOKEYS = (V & kMoeRunNoKeys) != 0, NOSELECT = NOKEYS || (V & kMoeRunNoSelect) != 0;
+  // LEAN (moe_routing_args.h kMoeRunLean): the approximate-key selection in fewer instructions; Ling's layout only
+  // (a group spans 2 threads, G · 2 = TPT).
+  constexpr bool LEAN = (V & kMoeRunLean) != 0;
+  static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
+                "LEAN: the approximate keys on Ling's group layout");
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1238,6 +1255,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else {
       const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
+        for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
         for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
@@ -1254,6 +1273,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   } else {
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+    if constexpr (LEAN)
+      for (int i = threadIdx.x; i < TPW * W * (CAP + 2) / 2; i += NTH) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
     __syncthreads();
   }
   stamp0(kMoeRunTrInit);
@@ -1558,6 +1579,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
     };
 
+    // The exact σ of expert e0 + o from its logit (the same bits as the thread-wide choice in exact_keys: both forms
+    // agree for z > −87), and its key.
+    auto exact_sigmoid = [](float z) -> float {
+      if (!(z <= -87.0f)) {
+        const float d = kiln_one_plus_exp_lt87(-z);
+        const float r = rcp_ftz(d);
+        return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+      }
+      return kiln_sigmoid(z);
+    };
     stampw(kMoeRunTrWarp + 4 * warp + 1);
     // Pick r of the thread's token is expert e (its rank among the CTA's tokens routed to e: the token mask).
     auto record = [&](int r, int e) {
@@ -1574,6 +1605,164 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         hit = kfloat(mx) == 1234.5f;
       }
       if (valid && part < K) record(part, e0 + (hit ? 1 : 0));
+    } else if constexpr (LEAN) {
+      // LEAN (moe_routing_args.h kMoeRunLean): the same selection in fewer instructions and shorter chains.
+      // The group: the thread's two best keys by a tree (depth 4, not a 16-long chain), merged with the partner's.
+      auto lean_groups = [&](Key& lo_out, bool& kept_out, bool& gap_out) {
+        Key h[EPT / 2], l[EPT / 2];
+#pragma unroll
+        for (int i = 0; i < EPT / 2; ++i) {
+          h[i] = kmax(key[2 * i], key[2 * i + 1]);
+          l[i] = kmin(key[2 * i], key[2 * i + 1]);
+        }
+#pragma unroll
+        for (int w = EPT / 2; w > 1; w >>= 1)
+#pragma unroll
+          for (int i = 0; i < w / 2; ++i) {
+            const Key n2 = kmax(kmin(h[2 * i], h[2 * i + 1]), kmax(l[2 * i], l[2 * i + 1]));
+            h[i] = kmax(h[2 * i], h[2 * i + 1]);
+            l[i] = n2;
+          }
+        Key a1 = h[0], a2 = l[0];
+        {
+          const Key b1 = __shfl_xor_sync(ALL, a1, TPW), b2 = __shfl_xor_sync(ALL, a2, TPW);
+          a2 = kmax(kmin(a1, b1), kmax(a2, b2));
+          a1 = kmax(a1, b1);
+        }
+        // The group score (a NaN sum counts as −inf; never −0, so float order is the reference's ordered-bits
+        // order) and its rank among the token's G groups (score desc, group asc) from G shuffles: first the groups
+        // strictly above (two instructions a group); where that keeps other than TG groups of a token (equal scores
+        // at the cut) the ranks again with the ties broken by group index. With approximate keys also the highest
+        // score strictly below, for the kept groups' margin (judged by the thread of rank TG − 1).
+        const float sc = fmaxf(__fadd_rn(kfloat(a1), kfloat(a2)), neg_inf);
+        // (approximate keys: the lowest kept group is certain when no other group lies within the margin below it)
+        const float floor_sc = __fsub_rn(sc, __fmaf_rn(bm1, 1.90734863e-06f, 4.0f * dk));  // 4·dk + (1 + bm)·2^−19
+        int rank = 0, near = 0;
+        float og[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
+          rank -= static_cast<int>(set_gt_u32(og[g], sc));         // (set: 0 or 0xffffffff, no predicates)
+          if (approx) near -= static_cast<int>(set_ge_u32(og[g], floor_sc));  // (itself included)
+        }
+        const u32 kb = __ballot_sync(ALL, rank < TG) & (0x55555555u << ti);  // (TPW = 2: the token's lanes)
+        const bool tie = __any_sync(ALL, __popc(kb) != SPAN * TG);
+        if (tie) {
+          const int mg = part / SPAN;
+          rank = 0;
+#pragma unroll
+          for (int g = 0; g < G; ++g) rank += og[g] > sc || (og[g] == sc && g < mg) ? 1 : 0;
+        }
+        kept_out = rank < TG;
+        // (approximate keys with equal scores at the cut: not certain either)
+        gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
+        Key lo = kept_out ? a2 : __int_as_float(0x7f800000);
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+        lo_out = lo;
+      };
+      Key lo;
+      bool kept, gap_ok;
+      lean_groups(lo, kept, gap_ok);
+      if constexpr (APPROX) {
+        if (__any_sync(ALL, valid && !gap_ok)) {  // a near tie of group scores: exact keys for the warp
+          approx = false;
+          exact_keys();
+          lean_groups(lo, kept, gap_ok);
+        }
+        if (approx) lo = __fsub_rn(lo, 2.0f * dk);
+      }
+      // Candidates (kept, key ≥ lo) appended to the token's list at positions from a shared-memory counter (list
+      // slot CAP + 1, zero from the kernel start): the list's order does not matter, ranks are counted.
+      u32 m[2] = {0u, 0u};
+#pragma unroll
+      for (int c = 0; c < EPT; ++c)
+        if (kept && key[c] >= lo) m[0] |= 1u << c;
+      u64* lst = list + tl * (CAP + 2);
+      u32* cnt = reinterpret_cast<u32*>(lst + CAP + 1);
+      const u32 mine = __popc(m[0]);
+      u32 pos = 0;
+      if (valid && mine) pos = atomicAdd(cnt, mine);
+      if (valid) {
+        for (u32 mm = m[0]; mm; mm &= mm - 1u) {
+          const int c = __ffs(mm) - 1;
+          if (pos < CAP) lst[pos] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
+          ++pos;
+        }
+      }
+      __syncwarp();
+      const int n = valid ? static_cast<int>(*cnt) : 0;
+      if (!__any_sync(ALL, n > CAP)) {
+        u64 me = 0;
+        if constexpr (APPROX) {
+          if (approx) {
+            // Each candidate's exact σ (stored over its logit: the probs read it) and exact key, spread over the
+            // token's threads as the entries are.
+            if (valid) {
+              float* trow = rows + tl * RSF;
+              for (int qi = part; qi < n; qi += TPT) {
+                const int e = 0xffff - static_cast<int>(lst[qi] & 0xffffu);
+                const float sg = exact_sigmoid(trow[e]);
+                trow[e] = sg;
+                const u64 x = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
+                              static_cast<u32>(0xffff - e);
+                lst[qi] = x;
+                if (qi == part) me = x;
+              }
+            }
+            __syncwarp();
+          }
+        }
+        if (valid) {
+          // Ranks by counting the larger entries: the first 16 slots at once (the slots past n are 0, below every
+          // entry), the rest (n > 16, rare) in a loop.
+          for (int qi = part; qi < n; qi += TPT) {
+            if (qi != part || !approx) me = lst[qi];
+            int rank = 0;
+#pragma unroll
+            for (int r = 0; r < 16; r += 2) {
+              const Vec16 pr = lds16(smem_u32(lst + r));
+              const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+              rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+            }
+            for (int r = 16; r < n; r += 2) {
+              const Vec16 pr = lds16(smem_u32(lst + r));
+              const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+              rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+            }
+            if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
+          }
+        }
+      } else {
+        // Many equal keys: K argmax rounds over the candidates (exact, slower), as below.
+        if constexpr (APPROX) {
+          if (approx && valid) {
+            for (u32 mm = m[0]; mm; mm &= mm - 1u) {
+              const int o = xo(__ffs(mm) - 1);
+              zrow[o] = exact_sigmoid(zrow[o]);
+            }
+          }
+        }
+#pragma unroll 1
+        for (int r = 0; r < K; ++r) {
+          u64 best = 0ull;
+          for (u32 mm = m[0]; mm; mm &= mm - 1u) {
+            const u64 x = entry(__ffs(mm) - 1);
+            best = x > best ? x : best;
+          }
+          u64 top = best;
+#pragma unroll
+          for (int o = TPW; o < 32; o <<= 1) {
+            const u64 x = __shfl_xor_sync(ALL, top, o);
+            top = x > top ? x : top;
+          }
+          if (top != 0ull && best == top) {
+            const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
+            m[0] &= ~(1u << c);
+            if (valid) record(r, e0 + o);
+          }
+        }
+      }
     } else {
     bool kept[NB];
     Key lo;
@@ -1670,16 +1859,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
     for (int c = 0; c < EPT; ++c)
       if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
-    // The exact σ of expert e0 + o from its logit (the same bits as the thread-wide choice in exact_keys: both forms
-    // agree for z > −87), and its key.
-    auto exact_sigmoid = [](float z) -> float {
-      if (!(z <= -87.0f)) {
-        const float d = kiln_one_plus_exp_lt87(-z);
-        const float r = rcp_ftz(d);
-        return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
-      }
-      return kiln_sigmoid(z);
-    };
     const int mine = __popc(m[0]) + __popc(m[1]);
     int inc = mine;  // inclusive prefix over the token's parts
 #pragma unroll

@@ -105,6 +105,12 @@ enum : int {
   // p·E/16 as pick p; NOKEYS — neither keys nor selection (the same picks). What a faster selection can gain at most.
   kMoeRunNoSelect = 33554432,
   kMoeRunNoKeys = 67108864,
+  // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
+  // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
+  // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions
+  // from a shared-memory counter instead of a shuffle prefix, ranks over the first 16 list slots unrolled (zeroed at
+  // the start: no padding, no loop).
+  kMoeRunLean = 134217728,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

@@ -87,6 +87,7 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
       {"map: 379 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 379},
       {"map: 379 - no keys, no selection", true, 16, 2, 4, 16, kMoeRunNoKeys, false, 379},
       {"map: 379 - no tail", true, 16, 2, 4, 16, kNoTail, false, 379},
@@ -170,7 +171,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kBiasPre,
                      kMoeRunIssueLast | kPersist | kBulkSt,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma}) {
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma,
+                     // session 10: the LEAN selection alone and with the default's options (load 507)
+                     kMoeRunApprox | kMoeRunLean,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunLean}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -206,6 +211,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
       {"379 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 379},
+      {"load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
   };
 
 

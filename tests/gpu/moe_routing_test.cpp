@@ -297,7 +297,7 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
 // copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written; load bits: 1 approximate keys, 2 the
 // copies issued by the last warp, 4 one cooperative launch without route_zero, 32 the prob / map rows by bulk copies,
 // 64 the bias prepared once a CTA, 256 the per-stream arrival word and rows instead of 4, 8 the bases' padding rows
-// a lane a row, 16 the −1 rows by bulk copies): every config of its space on the
+// a lane a row, 16 the −1 rows by bulk copies, 128 the LEAN selection): every config of its space on the
 // target routing at the token counts (runs of 32 … 64 tokens, a partial last run, a partial last warp), with
 // and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
@@ -306,7 +306,8 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt, load = 0; };
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
                        Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
-                       Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379}})
+                       Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379},
+                       Cfg{16, 4, 16, 507}, Cfg{16, 3, 16, 507}})
     for (bool with_map : {true, false}) {
       if (!with_map && (k.fill != 3 || k.load > 7)) continue;  // (the session-9 options are map options)
       auto forced = [&](Case c) {
@@ -324,7 +325,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
       for (int64_t T : {7, 8192})
         run_case(forced({T, 256, kLing, true, 16, true, T == 8192}), 500 + T + k.warps + k.fill + k.tpt + with_map);
       // (and the default, load 379 at fill 3, and at fill 4: ties, NaN / ±inf and huge biases)
-      const bool full = (k.fill == 3 && k.warps == 16) || k.load == 379;
+      const bool full = (k.fill == 3 && k.warps == 16) || k.load == 379 || k.load == 507;
       if (!full && !(k.fill == 5 && k.tpt == 16 && k.warps == 16)) continue;
       for (int64_t T : {1, 33, 4096, 8191})
         run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
@@ -337,7 +338,9 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
                             Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
         // (E = 160 does not fit 16 threads per token: E/16 = 10 experts, not a multiple of 4; the approximate keys,
         // load bit 1, need a bias.)
-        const bool fits = o.E != 160 && (!(k.load & 1) || o.bias);
+        // (LEAN, load bit 128: 8 groups only.)
+        const bool fits = o.E != 160 && (!(k.load & 1) || o.bias) &&
+                          (!(k.load & 128) || (o.o.n_group == 8 && o.o.topk_group < 8));
         ASSERT_EQ(detail::in_search_space(route_spec_of(rt(), forced(o))), fits) << name(forced(o));
         if (fits) run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
       }
@@ -437,6 +440,30 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
   d.cuGraphDestroy(graph);
   d.cuStreamDestroy(s1);
   d.cuStreamDestroy(s2);
+}
+// The LEAN selection (load 507 = the default 379 + 128; at fill 4 and 3) against the CPU reference: the target at the
+// token counts with partial runs and warps, ties / NaN / ±inf / huge biases / sub-ulp winners (the exact-key fallback,
+// equal group scores at the cut, more than 16 and more than 32 candidates), and 8 groups of 16 experts (E = 128, 3 of
+// them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among all the others.)
+TEST_F(MoeRoutingTest, LeanSelection) {
+  for (int fill : {4, 3}) {
+    auto lean = [&](Case c) {
+      c.warps = 16;
+      c.tpw = 2;
+      c.fill = fill;
+      c.load = 507;
+      c.tpt = 16;
+      return c;
+    };
+    for (int64_t T : {1, 7, 33, 4096, 8191, 8192})
+      run_case(lean({T, 256, kLing, true, 16, true, T == 4096}), 800 + T + fill);
+    for (int pattern : {1, 2, 3}) {
+      Case c = lean({600, 256, kLing, true, 16});
+      c.pattern = pattern;
+      run_case(c, 820 + pattern + fill);
+    }
+    run_case(lean({777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}), 830 + fill);
+  }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
 
