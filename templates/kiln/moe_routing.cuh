@@ -1354,12 +1354,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         const int r = part + TPT * q;
         if (r < K) {
           pe[q] = pk[r];
-          const float x = rows[tl * RSF + pe[q]];
-          sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+          if constexpr (!LEAN) {  // (LEAN: the ranking thread stored the pick's σ)
+            const float x = rows[tl * RSF + pe[q]];
+            sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+          }
         }
       }
     }
-    __syncwarp();
+    if constexpr (!LEAN) __syncwarp();
     if (valid) {
       float den = 0.0f;
 #pragma unroll
@@ -1637,28 +1639,37 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         const float sc = fmaxf(__fadd_rn(kfloat(a1), kfloat(a2)), neg_inf);
         // (approximate keys: the lowest kept group is certain when no other group lies within the margin below it)
         const float floor_sc = __fsub_rn(sc, __fmaf_rn(bm1, 1.90734863e-06f, 4.0f * dk));  // 4·dk + (1 + bm)·2^−19
+        // The G scores and second-best keys gathered at once (independent shuffles, one latency); the kept groups of
+        // both tokens from one ballot (lane ti + 2·p votes for part p's group): lo = the smallest second-best key of
+        // the kept groups, formed in the thread (no reduction rounds).
         int rank = 0, near = 0;
         float og[G];
+        Key o2[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
+          o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
           rank -= static_cast<int>(set_gt_u32(og[g], sc));         // (set: 0 or 0xffffffff, no predicates)
           if (approx) near -= static_cast<int>(set_ge_u32(og[g], floor_sc));  // (itself included)
         }
-        const u32 kb = __ballot_sync(ALL, rank < TG) & (0x55555555u << ti);  // (TPW = 2: the token's lanes)
-        const bool tie = __any_sync(ALL, __popc(kb) != SPAN * TG);
+        u32 kb = __ballot_sync(ALL, rank < TG);
+        // (warp-uniform: a token whose strict ranks keep other than TG groups has equal scores at the cut)
+        const bool tie = __popc(kb & 0x55555555u) != SPAN * TG || __popc(kb & 0xaaaaaaaau) != SPAN * TG;
         if (tie) {
           const int mg = part / SPAN;
           rank = 0;
 #pragma unroll
           for (int g = 0; g < G; ++g) rank += og[g] > sc || (og[g] == sc && g < mg) ? 1 : 0;
+          kb = __ballot_sync(ALL, rank < TG);
         }
         kept_out = rank < TG;
         // (approximate keys with equal scores at the cut: not certain either)
         gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
-        Key lo = kept_out ? a2 : __int_as_float(0x7f800000);
+        kb >>= ti;  // bit TPW·SPAN·g: group g of the thread's token kept
+        Key lo = __int_as_float(0x7f800000);
 #pragma unroll
-        for (int o = TPW; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+        for (int g = 0; g < G; ++g)
+          if (kb & (1u << (TPW * SPAN * g))) lo = kmin(lo, o2[g]);
         lo_out = lo;
       };
       Key lo;
@@ -1694,6 +1705,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       const int n = valid ? static_cast<int>(*cnt) : 0;
       if (!__any_sync(ALL, n > CAP)) {
         u64 me = 0;
+        float my_sg = 0.0f;
         if constexpr (APPROX) {
           if (approx) {
             // Each candidate's exact σ (stored over its logit: the probs read it) and exact key, spread over the
@@ -1707,7 +1719,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
                 const u64 x = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
                               static_cast<u32>(0xffff - e);
                 lst[qi] = x;
-                if (qi == part) me = x;
+                if (qi == part) {
+                  me = x;
+                  my_sg = sg;
+                }
               }
             }
             __syncwarp();
@@ -1730,7 +1745,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
               const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
               rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
             }
-            if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
+            if (rank < K) {
+              // (the pick's exact σ for the probs: from the σ pass, or stored over its logit)
+              const int e = 0xffff - static_cast<int>(me & 0xffffu);
+              record(rank, e);
+              sp[tl * KP + rank] = approx && qi == part ? my_sg : rows[tl * RSF + e];
+            }
           }
         }
       } else {
@@ -1759,7 +1779,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if (top != 0ull && best == top) {
             const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
             m[0] &= ~(1u << c);
-            if (valid) record(r, e0 + o);
+            if (valid) {
+              record(r, e0 + o);
+              sp[tl * KP + r] = zrow[o];  // (exact σ)
+            }
           }
         }
       }
