@@ -88,9 +88,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
       {"map: load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
+      {"map: load 507 fill 3", true, 16, 2, 3, 16, 0, true, 507},
       {"map: 379 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 379},
-      {"map: 379 - no keys, no selection", true, 16, 2, 4, 16, kMoeRunNoKeys, false, 379},
-      {"map: 379 - no tail", true, 16, 2, 4, 16, kNoTail, false, 379},
   };
 
 
