@@ -74,17 +74,17 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
-// session 10's 128 LEAN (with 1, on 8 groups: lean_ok) —
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok) and 512 LEAN3 (with LEAN and 32) —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
-              kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256;
+              kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
                                            {kRunCoop, kMoeRunCoop},       {kRunWarpPad, kMoeRunWarpPad},
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
-                                           {kRunLean, kMoeRunLean}};
+                                           {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -135,7 +135,7 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   if (is_run(s))
     return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
-                        s.config[C_TPT]).total;
+                        s.config[C_TPT], (run_bits(s) & kMoeRunLean3) != 0).total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -327,9 +327,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
       const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
       // Session 10: the default with the LEAN selection (approximate keys on 8 groups: lean_ok), fill 4 and 3.
+      // (and LEAN3 on it: 1019)
       const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean : s9;
+      const int lean3 = lean != s9 ? lean | kRunLean3 : s9;
       for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {lean, kFusedFillLate},
-                                {lean, kFusedFillAfter},
+                                {lean, kFusedFillAfter}, {lean3, kFusedFillLate}, {lean3, kFusedFillAfter},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

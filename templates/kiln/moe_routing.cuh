@@ -1060,7 +1060,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int SPAN = G > 1 && GS > EPT ? GS / EPT : 1;  // threads per group
   constexpr int NTH = W * 32;
   constexpr int CAP = kMoeRunCap;
-  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT, (V & kMoeRunLean3) != 0);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
@@ -1096,8 +1096,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // LEAN (moe_routing_args.h kMoeRunLean): the approximate-key selection in fewer instructions; Ling's layout only
   // (a group spans 2 threads, G · 2 = TPT).
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
+  constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
+  static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
+                "LEAN3: on LEAN, with the map at fill 3 / 4 and the bulk row copies");
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1257,6 +1260,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
         for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
+      if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
+        for (int i = ot; i < TPW * W * E / 4; i += NTH - 32) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * E / 16; i += NTH - 32) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+      }
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
         for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
@@ -1275,6 +1282,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     if constexpr (LEAN)
       for (int i = threadIdx.x; i < TPW * W * (CAP + 2) / 2; i += NTH) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
+    if constexpr (LEAN3) {
+      for (int i = threadIdx.x; i < TPW * W * E / 4; i += NTH) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+      for (int i = threadIdx.x; i < TPW * W * E / 16; i += NTH) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+    }
     __syncthreads();
   }
   stamp0(kMoeRunTrInit);
@@ -1376,10 +1387,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     }
-    __syncwarp();  // every read of the scores row before it is overwritten
-    float* prow = rows + tl * RSF;
+    if constexpr (!LEAN3) __syncwarp();  // every read of the scores row before it is overwritten
+    // (LEAN3: the prob rows go to their own staging rows, zero from the start, with the map rows)
+    float* prow = LEAN3 ? reinterpret_cast<float*>(run_smem + L.stage) + tl * E : rows + tl * RSF;
     u8* mrow = mapbuf + tl * E;
-    if (valid) {
+    if (!LEAN3 && valid) {
       const Vec16 zero{{0u, 0u, 0u, 0u}};
       // 16-byte units of the rows, spread over the token's threads (E/4 of the prob row, E/16 of the map row).
 #pragma unroll
@@ -1387,7 +1399,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) sts16(smem_u32(mrow + 16 * u), zero);
     }
-    __syncwarp();
+    if constexpr (!LEAN3) __syncwarp();
     if (valid) {
 #pragma unroll
       for (int q = 0; q < MP; ++q)
@@ -1407,10 +1419,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (lane == 0) {
           const int nwt = max(0, min(TPW, nct - warp * TPW));
           const i64 t0w = tc0 + warp * TPW;
-          for (int i = 0; i < nwt; ++i)
-            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
-                         "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+          if constexpr (LEAN3) {  // (the warp's staged prob rows are contiguous: one copy)
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
+                         "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
                          : "memory");
+          } else {
+            for (int i = 0; i < nwt; ++i)
+              asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
+                           "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+                           : "memory");
+          }
           asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
                        "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
                        : "memory");
@@ -1686,20 +1704,38 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       // Candidates (kept, key ≥ lo) appended to the token's list at positions from a shared-memory counter (list
       // slot CAP + 1, zero from the kernel start): the list's order does not matter, ranks are counted.
       u32 m[2] = {0u, 0u};
+      if constexpr (LEAN3) {
+        // (four independent chains of set + or, not one 16-long chain of predicated adds)
+        u32 q4[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
-      for (int c = 0; c < EPT; ++c)
-        if (kept && key[c] >= lo) m[0] |= 1u << c;
+        for (int c = 0; c < EPT; ++c) q4[c & 3] |= set_ge_u32(key[c], lo) & (1u << c);
+        m[0] = kept ? (q4[0] | q4[1]) | (q4[2] | q4[3]) : 0u;
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c)
+          if (kept && key[c] >= lo) m[0] |= 1u << c;
+      }
       u64* lst = list + tl * (CAP + 2);
       u32* cnt = reinterpret_cast<u32*>(lst + CAP + 1);
       const u32 mine = __popc(m[0]);
       u32 pos = 0;
       if (valid && mine) pos = atomicAdd(cnt, mine);
       if (valid) {
-        for (u32 mm = m[0]; mm; mm &= mm - 1u) {
-          const int c = __ffs(mm) - 1;
-          if (pos < CAP) lst[pos] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
-          ++pos;
+        auto put = [&](int c, u32 at) {
+          if (at < CAP) lst[at] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
+        };
+        u32 mm = m[0];
+        if constexpr (LEAN3) {
+          // (the first two candidates unrolled: independent stores, no loop-carried chain)
+          if (mm) {
+            const u32 m2 = mm & (mm - 1u);
+            put(__ffs(mm) - 1, pos);
+            if (m2) put(__ffs(m2) - 1, pos + 1);
+            mm = m2 & (m2 - 1u);
+            pos += 2;
+          }
         }
+        for (; mm; mm &= mm - 1u) put(__ffs(mm) - 1, pos++);
       }
       __syncwarp();
       const int n = valid ? static_cast<int>(*cnt) : 0;

@@ -111,6 +111,11 @@ enum : int {
   // from a shared-memory counter instead of a shuffle prefix, ranks over the first 16 list slots unrolled (zeroed at
   // the start: no padding, no loop).
   kMoeRunLean = 134217728,
+  // LEAN3 (a candidate on LEAN, outputs exact; config `load` bit 512, with BULKST): the prob rows staged in a separate
+  // unpadded buffer and, with the map rows, zeroed at kernel start (the emit writes only the picks: no zero fill in
+  // the chain) and copied out by one bulk copy a warp (was one a row); the candidate mask built in four independent
+  // chains; a thread's first two candidates appended unrolled.
+  kMoeRunLean3 = 268435456,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -144,12 +149,13 @@ enum : int {
 constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
 struct MoeRunSmem {
   int rsf;     // row stride in floats
+  int stage;   // LEAN3's prob rows (0 bytes without it)
   int kp;      // picks per token slot (K rounded up to 4)
   int nmw;     // 32-bit words of a per-expert token mask
   int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, fillb, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
-constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT, bool stage = false) {
   MoeRunSmem l{};
   l.rsf = E == 256 ? E + 8 : E;
   l.kp = (K + 3) / 4 * 4;
@@ -168,6 +174,7 @@ constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   l.bars = o;   o += moe_run_align16((W + 2) * 8);  // [W] rows, [W] the bias, [W + 1] the bias prepared (BIASPRE)
   l.misc = o;   o += 16;                             // BIASPRE: max |finite bias|
   l.fillb = o;  o += 4096;                           // FILLTMA at fill 3: a block of −1 for the bulk row fill
+  l.stage = o;  o += stage ? moe_run_align16(nt * E * 4) : 0;  // LEAN3: the prob rows, unpadded, zero from the start
   l.total = o;
   return l;
 }

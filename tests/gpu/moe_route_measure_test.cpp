@@ -88,7 +88,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
       {"map: load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
-      {"map: load 507 fill 3", true, 16, 2, 3, 16, 0, true, 507},
+      {"map: load 1019 (507 + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
       {"map: 379 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 379},
   };
 
@@ -174,7 +174,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      // session 10: the LEAN selection alone and with the default's options (load 507)
                      kMoeRunApprox | kMoeRunLean,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
-                         kMoeRunLean}) {
+                         kMoeRunLean,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunLean | kMoeRunLean3}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -209,8 +211,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
-      {"379 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 379},
       {"load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
+      {"load 1019 (507 + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
   };
 
 
