@@ -74,17 +74,19 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
-// session 10's 128 LEAN (with 1, on 8 groups: lean_ok) and 512 LEAN3 (with LEAN and 32) —
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
-              kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512;
+              kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
+              kRunFastDiv = 2048;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
                                            {kRunCoop, kMoeRunCoop},       {kRunWarpPad, kMoeRunWarpPad},
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
-                                           {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3}};
+                                           {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
+                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -330,8 +332,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // (and LEAN3 on it: 1019)
       const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean : s9;
       const int lean3 = lean != s9 ? lean | kRunLean3 : s9;
+      // (and round 3's WAITLEAN | FASTDIV on the default and on LEAN3: 3451, 4091)
+      const int wf = kRunWaitLean | kRunFastDiv;
       for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {lean, kFusedFillLate},
                                 {lean, kFusedFillAfter}, {lean3, kFusedFillLate}, {lean3, kFusedFillAfter},
+                                {s9 | wf, kFusedFillLate}, {lean3 | wf, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

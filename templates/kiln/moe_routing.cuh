@@ -81,6 +81,15 @@ __device__ __forceinline__ u32 ordered_bits(float f) {
   return u ^ (static_cast<u32>(static_cast<int>(u) >> 31) | 0x80000000u);  // negative: ~u; else u | sign bit
 }
 
+// x / d and roundup(x, d) for x ≥ 0, d ≥ 1 at run time: a shift / mask where d is a power of two (a branch uniform
+// over the grid), else the division.
+__device__ __forceinline__ int moe_div(int x, int d) {
+  return (d & (d - 1)) == 0 ? x >> (__ffs(d) - 1) : x / d;
+}
+__device__ __forceinline__ int moe_roundup(int x, int d) {
+  return (d & (d - 1)) == 0 ? (x + d - 1) & -d : (x + d - 1) / d * d;
+}
+
 // a > b (a ≥ b) as 0xffffffff, else 0 (PTX set: a compare without predicates; false if either is NaN).
 __device__ __forceinline__ u32 set_gt_u32(float a, float b) {
   u32 d;
@@ -460,19 +469,20 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
-template <int E, int NTH, class AfterLoads, bool WARPPAD = false>
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false>
+// (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
-  const int P = m.multiple_of;
-  const int sb = c / m.super_chunks;
-  const int nsuper = (m.nchunks + m.super_chunks - 1) / m.super_chunks;
+  const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
+  const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
+                             : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
   const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
   int tot[EPT], pre[EPT];
 #pragma unroll
@@ -502,11 +512,11 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
-  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD>(m, c, tot, pre, base, warp_tot, after_loads);
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads, bool WARPPAD>
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
@@ -516,7 +526,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   int pc[EPT], local = 0;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
-    pc[k] = (tot[k] + P - 1) / P * P;
+    pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
   after_loads(local + pre[0]);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
@@ -534,7 +544,8 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     if constexpr (WARPPAD) {
       // The padding rows of this CTA's experts (e % grid == c), a lane a row (k is uniform over the warp).
       if (m.row_id_indices) {
-        u32 mm = __ballot_sync(0xffffffffu, e < E && e % gridDim.x == c);
+        // (FASTDIV: with at least E CTAs, e % grid = e)
+        u32 mm = __ballot_sync(0xffffffffu, e < E && (FASTDIV && gridDim.x >= E ? e : e % gridDim.x) == c);
         while (mm) {
           const int src = __ffs(mm) - 1;
           mm &= mm - 1u;
@@ -1097,6 +1108,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // (a group spans 2 threads, G · 2 = TPT).
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
+  constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1337,6 +1349,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
   // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
+  // (WAITLEAN: no clock read an iteration; each try_wait suspends until a copy of the CTA completes or up to 20 µs,
+  // so 2^22 iterations are seconds or more before a lost copy traps.)
   auto wait_bar = [](u64* b) {
     const u32 bar = smem_u32(b);
     u64 t0 = 0;
@@ -1346,9 +1360,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0, 20000;\nselp.u32 %0, 1, 0, p;\n}\n"
           : "=r"(done) : "r"(bar) : "memory");
       if (done) break;
-      const u64 t = globaltimer_ns();
-      if (it == 0) t0 = t;
-      else if (t - t0 > 2000000000ull) __trap();
+      if constexpr (WAITLEAN) {
+        if (it == (1u << 22)) __trap();
+      } else {
+        const u64 t = globaltimer_ns();
+        if (it == 0) t0 = t;
+        else if (t - t0 > 2000000000ull) __trap();
+      }
     }
   };
   // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map rows
@@ -2038,7 +2056,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   }
   // The superblock rows this call adds into (PERSIST: the half of this call's parity) and the release arrival.
-  const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
+  const int nsup = !MAP ? 0
+                   : FASTDIV ? moe_div(a.map.nchunks + a.map.super_chunks - 1, a.map.super_chunks)
+                             : (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+  const int csb = FASTDIV ? moe_div(blockIdx.x, a.super_chunks) : blockIdx.x / a.super_chunks;  // (the CTA's superblock)
   const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
   auto arrive_release = [&] {  // (one thread)
@@ -2059,7 +2080,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
     if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-      if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+      if (c) atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
     } else {
       if (c) atomicAdd(&a.counts[e], c);
     }
@@ -2135,7 +2156,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         // barriers order the puts after this).
         if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

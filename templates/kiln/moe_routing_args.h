@@ -116,6 +116,14 @@ enum : int {
   // the chain) and copied out by one bulk copy a warp (was one a row); the candidate mask built in four independent
   // chains; a thread's first two candidates appended unrolled.
   kMoeRunLean3 = 268435456,
+  // Session 10 round 3 candidates (outputs unchanged; config `load` bits 1024 / 2048). WAITLEAN: the rows' (and the
+  // bias') mbarrier wait loop without the globaltimer read per iteration (an iteration cap traps instead): each
+  // suspended try_wait wakes at every copy completion of the CTA (≈ 22 iterations a warp measured), ≈ 20 SASS an
+  // iteration → ≈ 5. FASTDIV: the tail's integer divisions by runtime values (P, super_chunks, the grid) as shifts
+  // and masks where the divisor is a power of two (a uniform branch; else the division), the WARPPAD owner test
+  // without a modulo where the grid has at least E CTAs.
+  kMoeRunWaitLean = 536870912,
+  kMoeRunFastDiv = 1073741824,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

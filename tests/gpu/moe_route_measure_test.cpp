@@ -87,9 +87,9 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
-      {"map: load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
-      {"map: load 1019 (507 + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
-      {"map: 379 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 379},
+      {"map: load 3451 (379 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 3451},
+      {"map: load 1019 (379 + LEAN + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
+      {"map: load 4091 (1019 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 4091},
   };
 
 
@@ -176,7 +176,12 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
                          kMoeRunLean,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
-                         kMoeRunLean | kMoeRunLean3}) {
+                         kMoeRunLean | kMoeRunLean3,
+                     // round 3: WAITLEAN + FASTDIV on the default's options and on them + LEAN + LEAN3
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunWaitLean | kMoeRunFastDiv,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunLean | kMoeRunLean3 | kMoeRunWaitLean | kMoeRunFastDiv}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -211,8 +216,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
-      {"load 507 (379 + LEAN)", true, 16, 2, 4, 16, 0, true, 507},
-      {"load 1019 (507 + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
+      {"load 4091 (1019 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 4091},
   };
 
 

@@ -307,7 +307,8 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
                        Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
                        Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379},
-                       Cfg{16, 4, 16, 507}, Cfg{16, 3, 16, 507}, Cfg{16, 4, 16, 1019}, Cfg{16, 3, 16, 1019}})
+                       Cfg{16, 4, 16, 507}, Cfg{16, 3, 16, 507}, Cfg{16, 4, 16, 1019}, Cfg{16, 3, 16, 1019},
+                       Cfg{16, 4, 16, 3451}, Cfg{16, 4, 16, 4091}})
     for (bool with_map : {true, false}) {
       if (!with_map && (k.fill != 3 || k.load > 7)) continue;  // (the session-9 options are map options)
       auto forced = [&](Case c) {
@@ -325,7 +326,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
       for (int64_t T : {7, 8192})
         run_case(forced({T, 256, kLing, true, 16, true, T == 8192}), 500 + T + k.warps + k.fill + k.tpt + with_map);
       // (and the default, load 379 at fill 3, and at fill 4: ties, NaN / ±inf and huge biases)
-      const bool full = (k.fill == 3 && k.warps == 16) || k.load == 379 || k.load == 507 || k.load == 1019;
+      const bool full = (k.fill == 3 && k.warps == 16) || k.load >= 379;
       if (!full && !(k.fill == 5 && k.tpt == 16 && k.warps == 16)) continue;
       for (int64_t T : {1, 33, 4096, 8191})
         run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
@@ -441,13 +442,15 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
   d.cuStreamDestroy(s1);
   d.cuStreamDestroy(s2);
 }
-// The LEAN selection (load 507 = the default 379 + 128; LEAN3 on it, 1019; at fill 4 and 3) against the CPU reference: the target at the
+// The LEAN selection (load 507 = the default 379 + 128; LEAN3 on it, 1019; at fill 4 and 3), and round 3's WAITLEAN +
+// FASTDIV on the default (3451) and on 1019 (4091), at fill 4, against the CPU reference: the target at the
 // token counts with partial runs and warps, ties / NaN / ±inf / huge biases / sub-ulp winners (the exact-key fallback,
 // equal group scores at the cut, more than 16 and more than 32 candidates), and 8 groups of 16 experts (E = 128, 3 of
 // them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among all the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
-  for (int load : {507, 1019})
+  for (int load : {507, 1019, 3451, 4091})
   for (int fill : {4, 3}) {
+    if (load > 1019 && fill == 3) continue;  // (3451 = 379 + WAITLEAN + FASTDIV, 4091 = 1019 + both: fill 4 points)
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
