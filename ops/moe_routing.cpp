@@ -74,11 +74,11 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
-// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV —
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV, 4096 WAITSLEEP (with 1024) —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048;
+              kRunFastDiv = 2048, kRunWaitSleep = 4096;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -86,7 +86,8 @@ int run_bits(const Specialization& s) {
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
-                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv}};
+                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
+                                           {kRunWaitSleep, kMoeRunWaitSleep}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -337,6 +338,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {lean, kFusedFillLate},
                                 {lean, kFusedFillAfter}, {lean3, kFusedFillLate}, {lean3, kFusedFillAfter},
                                 {s9 | wf, kFusedFillLate}, {lean3 | wf, kFusedFillLate},
+                                {lean3 | wf | kRunWaitSleep, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

@@ -90,6 +90,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: load 3451 (379 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 3451},
       {"map: load 1019 (379 + LEAN + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
       {"map: load 4091 (1019 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 4091},
+      {"map: load 8187 (4091 + WAITSLEEP)", true, 16, 2, 4, 16, 0, true, 8187},
   };
 
 
@@ -117,7 +118,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       EXPECT_TRUE(d.first == got.end()) << "first differing output byte " << (d.first - got.begin());
     }
   }
-  const int rounds = 9, calls = 10;
+  const int rounds = 15, calls = 10;
   std::map<std::string, std::vector<double>> med, all;
   for (int round = 0; round < rounds; ++round)
     for (size_t i = 0; i < cfgs.size(); ++i) {
@@ -137,9 +138,11 @@ TEST_F(MoeRouteMeasure, Ablation) {
                 quantile(v, 1), quantile(a, 0.1), quantile(a, 0.5), quantile(a, 0.9));
   }
   // The A/B of the two defaults with the map, round by round (the same process, alternating order).
-  std::printf("[route A/B] round medians, %s vs %s:", cfgs[0].name, cfgs[1].name);
-  for (int k = 0; k < rounds; ++k)
-    std::printf(" %.2f/%.2f", med[cfgs[0].name][k], med[cfgs[1].name][k]);
+  std::printf("[route A/B] round medians in list order (%zu configs), round by round:", cfgs.size());
+  for (int k = 0; k < rounds; ++k) {
+    std::printf(" ");
+    for (size_t i = 0; i < cfgs.size(); ++i) std::printf("%s%.2f", i ? "/" : "", med[cfgs[i].name][k]);
+  }
   std::printf("\n");
 }
 

@@ -308,7 +308,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
                        Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
                        Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379},
                        Cfg{16, 4, 16, 507}, Cfg{16, 3, 16, 507}, Cfg{16, 4, 16, 1019}, Cfg{16, 3, 16, 1019},
-                       Cfg{16, 4, 16, 3451}, Cfg{16, 4, 16, 4091}})
+                       Cfg{16, 4, 16, 3451}, Cfg{16, 4, 16, 4091}, Cfg{16, 4, 16, 8187}})
     for (bool with_map : {true, false}) {
       if (!with_map && (k.fill != 3 || k.load > 7)) continue;  // (the session-9 options are map options)
       auto forced = [&](Case c) {
@@ -448,9 +448,10 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // equal group scores at the cut, more than 16 and more than 32 candidates), and 8 groups of 16 experts (E = 128, 3 of
 // them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among all the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
-  for (int load : {507, 1019, 3451, 4091})
+  for (int load : {3451, 4091, 8187, 507, 1019})
   for (int fill : {4, 3}) {
-    if (load > 1019 && fill == 3) continue;  // (3451 = 379 + WAITLEAN + FASTDIV, 4091 = 1019 + both: fill 4 points)
+    // (3451 = 379 + WAITLEAN + FASTDIV, 4091 = 1019 + both, 8187 = 4091 + WAITSLEEP: fill 4 points)
+    if (load > 1019 && fill == 3) continue;
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
