@@ -74,11 +74,11 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
-// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV, 4096 WAITSLEEP (with 1024) —
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunWaitSleep = 4096;
+              kRunFastDiv = 2048;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -86,8 +86,7 @@ int run_bits(const Specialization& s) {
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
-                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
-                                           {kRunWaitSleep, kMoeRunWaitSleep}};
+                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -223,6 +222,11 @@ void set_route_default(Specialization& s) {
     s.config[C_FILL] = kFusedFillLate;  // (the −1 rows by bulk copies after the arrival; fill 3: see above)
     s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma |
                        (s.params[P_BIAS] ? kRunApprox | kRunBiasPre : 0);
+    // Session 10: with a bias on 8 groups also LEAN + LEAN3 + WAITLEAN + FASTDIV (load 4091): round 4, same process,
+    // 15 rounds: 17.25 µs against 17.55 for 379 (lowest in 13 of 15 round medians), 17.39 for 379 + WAITLEAN + FASTDIV,
+    // 17.50 for 379 + LEAN + LEAN3; round 3: 17.14 against 17.39 / 17.26 / 17.41.
+    if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
+      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -329,16 +333,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
       const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
       const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
-      // Session 10: the default with the LEAN selection (approximate keys on 8 groups: lean_ok), fill 4 and 3.
-      // (and LEAN3 on it: 1019)
-      const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean : s9;
-      const int lean3 = lean != s9 ? lean | kRunLean3 : s9;
-      // (and round 3's WAITLEAN | FASTDIV on the default and on LEAN3: 3451, 4091)
+      // Session 10: WAITLEAN | FASTDIV on session 9's default (3451 with a bias) and, on 8 groups with a bias, with
+      // LEAN + LEAN3 (4091: the default there). (LEAN and LEAN3 without them, 507 / 1019, gained nothing in rounds 2–4
+      // and WAITSLEEP, 8187, nothing in round 4: out of the space.)
       const int wf = kRunWaitLean | kRunFastDiv;
-      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {lean, kFusedFillLate},
-                                {lean, kFusedFillAfter}, {lean3, kFusedFillLate}, {lean3, kFusedFillAfter},
-                                {s9 | wf, kFusedFillLate}, {lean3 | wf, kFusedFillLate},
-                                {lean3 | wf | kRunWaitSleep, kFusedFillLate},
+      const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean | kRunLean3 | wf : s9 | wf;
+      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {s9 | wf, kFusedFillLate},
+                                {lean, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

@@ -123,10 +123,6 @@ enum : int {
   // and masks where the divisor is a power of two (a uniform branch; else the division), the WARPPAD owner test
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
-  // WAITSLEEP (round 4, with WAITLEAN; config `load` bit 4096; the value of session 9's deleted WAITEARLY): a 100-ns
-  // nanosleep after each try_wait that is not done (round 3's counters: the suspended try_wait wakes ≈ every 60 ns,
-  // 52 iterations a warp — the loop then issued 190 warp instructions a token).
-  kMoeRunWaitSleep = 16384,
   kMoeRunFastDiv = 1073741824,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,

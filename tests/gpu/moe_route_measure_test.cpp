@@ -86,11 +86,11 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
-      {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
+      {"map: load 379 (session 9 default)", true, 16, 2, 4, 16, 0, true, 379},
       {"map: load 3451 (379 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 3451},
-      {"map: load 1019 (379 + LEAN + LEAN3)", true, 16, 2, 4, 16, 0, true, 1019},
-      {"map: load 4091 (1019 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"map: load 8187 (4091 + WAITSLEEP)", true, 16, 2, 4, 16, 0, true, 8187},
+      {"map: 4091 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4091},
+      {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
 
@@ -118,7 +118,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       EXPECT_TRUE(d.first == got.end()) << "first differing output byte " << (d.first - got.begin());
     }
   }
-  const int rounds = 15, calls = 10;
+  const int rounds = 9, calls = 10;
   std::map<std::string, std::vector<double>> med, all;
   for (int round = 0; round < rounds; ++round)
     for (size_t i = 0; i < cfgs.size(); ++i) {
@@ -174,7 +174,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kPersist | kBulkSt,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma,
                      kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma,
-                     // session 10: the LEAN selection alone and with the default's options (load 507)
+                     // session 10: the LEAN selection alone, with the options of session 9's default, + LEAN3, + WAITLEAN +
+                     // FASTDIV (the default: load 4091)
                      kMoeRunApprox | kMoeRunLean,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
                          kMoeRunLean,
@@ -218,8 +219,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
-      {"load 4091 (1019 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 4091},
+      {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
   };
 
 
