@@ -628,9 +628,11 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         // the calls on this one): while the stream captures, the cooperative launch instead.
         CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
         check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
+        // (Session 9's cooperative variant: session 10's options were not measured with the cooperative launch.)
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
-          s.config[C_LOAD] = (s.config[C_LOAD] & ~kRunPersist) | kRunCoop | kRunIssueLast;
+          s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv)) |
+                             kRunCoop | kRunIssueLast;
         }
       }
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)

@@ -370,7 +370,8 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
   base.warps = 16;
   base.tpw = 2;
   base.fill = 4;
-  base.load = 379;  // (the default: PERSIST, load bit 256, whatever a tuning file says)
+  base.load = 4091;  // (the default: PERSIST, load bit 256, whatever a tuning file says; under capture session 9's
+                     // cooperative variant)
   base.tpt = 16;
   const auto forced = force_config(r, base);
   auto at = [&](int64_t T) {
