@@ -6,8 +6,6 @@
 #include <atomic>
 #include <bit>
 #include <cmath>
-#include <map>
-#include <mutex>
 #include <utility>
 
 #include "kiln/moe_routing_args.h"
@@ -69,20 +67,26 @@ bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t t
   const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
   return layout && GS >= 2 && K <= 2 * TG;
 }
+// The LEAN selection's layout (moe_routing.cuh): 16 threads per token, a group spans two of them (8 groups).
+bool lean_ok(int64_t E, int64_t G, int64_t TG) { return G == 8 && TG < G && E % 16 == 0; }
 bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_TPT] == 16; }
 // The run kernel's options (its template argument V, moe_routing_args.h kMoeRun*): the config's `load` field as a
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
-// 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4) —
+// 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
-              kRunBiasPre = 64, kRunPersist = 256;
+              kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
+              kRunFastDiv = 2048;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
                                            {kRunCoop, kMoeRunCoop},       {kRunWarpPad, kMoeRunWarpPad},
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
-                                           {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist}};
+                                           {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
+                                           {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
+                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -133,7 +137,7 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   if (is_run(s))
     return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
-                        s.config[C_TPT]).total;
+                        s.config[C_TPT], (run_bits(s) & kMoeRunLean3) != 0).total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -218,6 +222,11 @@ void set_route_default(Specialization& s) {
     s.config[C_FILL] = kFusedFillLate;  // (the −1 rows by bulk copies after the arrival; fill 3: see above)
     s.config[C_LOAD] = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma |
                        (s.params[P_BIAS] ? kRunApprox | kRunBiasPre : 0);
+    // Session 10: with a bias on 8 groups also LEAN + LEAN3 + WAITLEAN + FASTDIV (load 4091): round 4, same process,
+    // 15 rounds: 17.25 µs against 17.55 for 379 (lowest in 13 of 15 round medians), 17.39 for 379 + WAITLEAN + FASTDIV,
+    // 17.50 for 379 + LEAN + LEAN3; round 3: 17.14 against 17.39 / 17.26 / 17.41.
+    if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
+      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -324,7 +333,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
       const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
       const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
-      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter},
+      // Session 10: WAITLEAN | FASTDIV on session 9's default (3451 with a bias) and, on 8 groups with a bias, with
+      // LEAN + LEAN3 (4091: the default there). (LEAN and LEAN3 without them, 507 / 1019, gained nothing in rounds 2–4
+      // and WAITSLEEP, 8187, nothing in round 4: out of the space.)
+      const int wf = kRunWaitLean | kRunFastDiv;
+      const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean | kRunLean3 | wf : s9 | wf;
+      for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {s9 | wf, kFusedFillLate},
+                                {lean, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -515,36 +530,23 @@ MoeChunkMap chunk_map(const MoeRowIdMap* map, int* chunk_counts, int* super, int
   return cm;
 }
 
-// The PERSIST candidate's per-stream state (moe_routing_args.h kMoeRunPersist): one arrival word (int 0 of a 128-byte
-// header) and two halves of `half` superblock-row ints after it, zero when allocated; every call leaves the word's
-// low 31 bits at 0 and the half the next call uses zeroed. Keyed by (context, stream): two calls on one stream never
-// overlap; a graph captured from a stream must not run concurrently with calls on that stream (they would share it).
-// Process-lifetime allocations (a measurement candidate: the GPU rounds decide whether it is worth an owned form);
-// a call that needs larger halves gets a new zeroed buffer (the old one stays allocated: an earlier call on the
-// stream may still be running).
+// PERSIST's per-stream state (moe_routing_args.h kMoeRunPersist), owned by the Runtime (Runtime::Impl::stream_state):
+// one arrival word (int 0 of a 128-byte header) and two halves of `half` superblock-row ints after it, zero when
+// allocated; every call leaves the word's low 31 bits at 0 and the half the next call uses zeroed. The halves' size
+// follows from the buffer's (a call with fewer rows uses the halves of the buffer it finds: the kernel zeroes a whole
+// half). Calls on one stream never overlap; under stream capture the op launches without it (a graph's replays may
+// run on other streams, concurrently with the calls on this one).
 struct RouteState {
   int* arrive;
   int* rows;  // [2][half]
   int64_t half;
 };
 RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
-  static std::mutex m;
-  static std::map<std::pair<CUcontext, Stream>, std::pair<CUdeviceptr, int64_t>> states;
-  impl.bind_device();
-  CUcontext ctx = nullptr;
-  check(driver().cuCtxGetCurrent(&ctx), "cuCtxGetCurrent");
-  std::lock_guard g(m);
-  auto& st = states[{ctx, stream}];
-  if (st.second < half) {
-    const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
-    const size_t bytes = 128 + static_cast<size_t>(2 * h) * 4;
-    CUdeviceptr p = 0;
-    check(driver().cuMemAlloc(&p, bytes), "cuMemAlloc (route state)");
-    check(driver().cuMemsetD8(p, 0, bytes), "cuMemsetD8 (route state)");
-    st = {p, h};
-  }
-  int* base = reinterpret_cast<int*>(st.first);
-  return {base, base + 32, st.second};
+  static const char owner = 0;  // (the state's name in the runtime's table)
+  const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
+  const auto buf = impl.stream_state(&owner, stream, 128 + static_cast<size_t>(2 * h) * 4);
+  int* base = reinterpret_cast<int*>(buf.ptr);
+  return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
 }
 
 }  // namespace
@@ -626,9 +628,11 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         // the calls on this one): while the stream captures, the cooperative launch instead.
         CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
         check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
+        // (Session 9's cooperative variant: session 10's options were not measured with the cooperative launch.)
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
-          s.config[C_LOAD] = (s.config[C_LOAD] & ~kRunPersist) | kRunCoop | kRunIssueLast;
+          s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv)) |
+                             kRunCoop | kRunIssueLast;
         }
       }
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)

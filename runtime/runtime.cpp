@@ -386,6 +386,34 @@ uint32_t Runtime::Impl::workspace_tag(CUdeviceptr ws, size_t words, Stream strea
   return tag;
 }
 
+StreamStateTable::Buffer Runtime::Impl::stream_state(const void* owner, Stream stream, size_t bytes) {
+  // The per-thread default stream is one handle for a different stream on every thread: keyed by a per-thread address.
+  thread_local const char per_thread_key = 0;
+  if (stream == reinterpret_cast<Stream>(CU_STREAM_PER_THREAD))
+    stream = reinterpret_cast<Stream>(const_cast<char*>(&per_thread_key));
+  return stream_states_.get(owner, stream, bytes, [&](size_t n) {
+    bind_device();
+    CUdeviceptr p = 0;
+    check(driver().cuMemAlloc(&p, n), "cuMemAlloc (stream state)");
+    if (const CUresult r = driver().cuMemsetD8(p, 0, n); r != CUDA_SUCCESS) {
+      driver().cuMemFree(p);
+      check(r, "cuMemsetD8 (stream state)");
+    }
+    return p;
+  });
+}
+
+Runtime::Impl::~Impl() {
+  // The buffers of stream_state (cuMemFree waits for the work that may still use them). Errors are ignored: a driver
+  // being torn down at process exit frees them anyway.
+  if (stream_states_.allocations() == 0) return;
+  CUcontext prev = nullptr;
+  const bool had = driver().cuCtxGetCurrent(&prev) == CUDA_SUCCESS;
+  if (driver().cuCtxSetCurrent(device_.context) != CUDA_SUCCESS) return;
+  stream_states_.release_all([](CUdeviceptr p) { driver().cuMemFree(p); });
+  if (had) driver().cuCtxSetCurrent(prev);
+}
+
 Runtime::Impl::ScratchPool::~ScratchPool() {
   if (pool) driver().cuMemPoolDestroy(pool);  // (outstanding frees complete first; the driver releases it then)
 }

@@ -12,6 +12,7 @@
 #include "kiln/runtime.hpp"
 #include "runtime/registry.hpp"
 #include "runtime/specialization.hpp"
+#include "runtime/stream_state.hpp"
 #include "tuner/tuning_table.hpp"
 
 namespace kiln::detail {
@@ -91,9 +92,13 @@ using detail::DeviceInfo;
 using detail::Kernel;
 using detail::LaunchDims;
 using detail::Specialization;
+using detail::StreamStateTable;
 
 struct Runtime::Impl {
   Impl(RuntimeOptions o, Runtime& owner);
+  ~Impl();  // frees the stream states (stream_state)
+  Impl(const Impl&) = delete;
+  Impl& operator=(const Impl&) = delete;
 
   RuntimeOptions options;
   Runtime& owner;  // the public handle (families' tune instances take it)
@@ -152,6 +157,16 @@ struct Runtime::Impl {
   // memset node on `stream`) and the tag is 0xffffffff, which no uncaptured launch uses. `what` names the workspace
   // in errors.
   uint32_t workspace_tag(CUdeviceptr ws, size_t words, Stream stream, const char* what);
+  // Device memory that a recipe keeps per stream from one call to the next (state its kernels leave for the next
+  // call on the stream: calls on one stream never overlap): at least `bytes` at 16-byte alignment, zero when
+  // allocated; `owner` names the recipe's state (the address of a static object of the recipe). A call that finds
+  // its buffer (every call on the stream but the first, or one that needs more bytes) costs a lock-free hash lookup:
+  // no mutex, no driver call; the first allocates (cuMemAlloc + a synchronous memset) under a mutex, as does one that
+  // needs more bytes (a new zeroed buffer: the old one stays allocated until the runtime is destroyed, a call on the
+  // stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a different stream on
+  // every thread) is keyed per thread. Not for a stream under capture: a graph's launches may run on any stream,
+  // concurrently with the calls on this one (the recipe uses stateless launches there).
+  StreamStateTable::Buffer stream_state(const void* owner, Stream stream, size_t bytes);
   // A persistent grid: the CTAs of `threads` threads and `smem` bytes of dynamic shared memory that fit on the GPU at
   // once (SMs × resident_per_sm), split `share` ways (a grid dimension of that size beside this one), never more than
   // `work` (the units to deal out), at least 1.
@@ -205,6 +220,7 @@ struct Runtime::Impl {
   };
   std::mutex scratch_mutex_;
   ScratchPool scratch_;
+  StreamStateTable stream_states_;  // stream_state's buffers (freed by ~Impl)
   std::atomic<bool> device_ready_{false};
   DeviceInfo device_;
   std::optional<Arch> arch_override_;

@@ -336,18 +336,20 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   };
   const auto with_map = run_points_of(specs[0]);
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
-  // and 1 at fill 3 / 4, the default's options at fill 3, and at fill 4 session 9's 291 and 355 and session 8's 7.
-  ASSERT_EQ(with_map.size(), 16u);
+  // and 1 at fill 3 / 4, session 9's default (379) at fill 4 / 3 and with WAITLEAN | FASTDIV (3451), and at fill 4
+  // session 9's 291 and 355.
+  ASSERT_EQ(with_map.size(), 18u);
   // With the map the default is the CTA-run kernel, 16 warps, copies issued by the last warp, the −1 rows as bulk
   // copies after the arrival (fill 4; fill 3 lost in the final run's tune), approximate keys, per-stream arrival word
   // and superblock rows instead of the cooperative launch, prob / map rows by bulk copies, the bias prepared once a
-  // CTA, the bases' padding rows a lane a row (load 1 | 2 | 8 | 16 | 32 | 64 | 256 = 379: the first point of the
-  // space; session 9 round 3); without it the warp kernel.
+  // CTA, the bases' padding rows a lane a row (session 9: load 1 | 2 | 8 | 16 | 32 | 64 | 256 = 379), and on 8 groups
+  // with a bias the LEAN selection with LEAN3's staging, WAITLEAN's wait loop and FASTDIV's tail (session 10 rounds 3
+  // and 4: + 128 | 512 | 1024 | 2048 = 4091): the first point of the space; without the map the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
   EXPECT_EQ(specs[0].config[2], 4);
-  EXPECT_EQ(specs[0].config[3], 379);
+  EXPECT_EQ(specs[0].config[3], 4091);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt, int load) {
@@ -359,7 +361,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     return with_map[0];
   };
   for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 379), find(16, 3, 16, 379), find(16, 4, 16, 291),
-                        find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355)})
+                        find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355),
+                        find(16, 4, 16, 3451), find(16, 4, 16, 4091)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   const auto without = run_points_of(specs[5]);
   // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys

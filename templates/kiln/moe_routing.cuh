@@ -81,6 +81,27 @@ __device__ __forceinline__ u32 ordered_bits(float f) {
   return u ^ (static_cast<u32>(static_cast<int>(u) >> 31) | 0x80000000u);  // negative: ~u; else u | sign bit
 }
 
+// x / d and roundup(x, d) for x ≥ 0, d ≥ 1 at run time: a shift / mask where d is a power of two (a branch uniform
+// over the grid), else the division.
+__device__ __forceinline__ int moe_div(int x, int d) {
+  return (d & (d - 1)) == 0 ? x >> (__ffs(d) - 1) : x / d;
+}
+__device__ __forceinline__ int moe_roundup(int x, int d) {
+  return (d & (d - 1)) == 0 ? (x + d - 1) & -d : (x + d - 1) / d * d;
+}
+
+// a > b (a ≥ b) as 0xffffffff, else 0 (PTX set: a compare without predicates; false if either is NaN).
+__device__ __forceinline__ u32 set_gt_u32(float a, float b) {
+  u32 d;
+  asm("set.gt.u32.f32 %0, %1, %2;" : "=r"(d) : "f"(a), "f"(b));
+  return d;
+}
+__device__ __forceinline__ u32 set_ge_u32(float a, float b) {
+  u32 d;
+  asm("set.ge.u32.f32 %0, %1, %2;" : "=r"(d) : "f"(a), "f"(b));
+  return d;
+}
+
 // Fixed-order butterfly sum (the CPU reference replays it lane by lane).
 __device__ __forceinline__ float warp_sum_rn(float v) {
 #pragma unroll
@@ -448,19 +469,20 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
-template <int E, int NTH, class AfterLoads, bool WARPPAD = false>
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false>
+// (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
-  const int P = m.multiple_of;
-  const int sb = c / m.super_chunks;
-  const int nsuper = (m.nchunks + m.super_chunks - 1) / m.super_chunks;
+  const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
+  const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
+                             : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
   const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
   int tot[EPT], pre[EPT];
 #pragma unroll
@@ -490,11 +512,11 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
-  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD>(m, c, tot, pre, base, warp_tot, after_loads);
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads, bool WARPPAD>
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
@@ -504,7 +526,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   int pc[EPT], local = 0;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
-    pc[k] = (tot[k] + P - 1) / P * P;
+    pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
   after_loads(local + pre[0]);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
@@ -522,7 +544,8 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     if constexpr (WARPPAD) {
       // The padding rows of this CTA's experts (e % grid == c), a lane a row (k is uniform over the warp).
       if (m.row_id_indices) {
-        u32 mm = __ballot_sync(0xffffffffu, e < E && e % gridDim.x == c);
+        // (FASTDIV: with at least E CTAs, e % grid = e)
+        u32 mm = __ballot_sync(0xffffffffu, e < E && (FASTDIV && gridDim.x >= E ? e : e % gridDim.x) == c);
         while (mm) {
           const int src = __ffs(mm) - 1;
           mm &= mm - 1u;
@@ -1048,7 +1071,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int SPAN = G > 1 && GS > EPT ? GS / EPT : 1;  // threads per group
   constexpr int NTH = W * 32;
   constexpr int CAP = kMoeRunCap;
-  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT);
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT, (V & kMoeRunLean3) != 0);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
@@ -1080,6 +1103,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool WARPPAD = MAP && (V & kMoeRunWarpPad) != 0;
   constexpr bool FILLTMA = MAP && (FM == 3 || FM == 4) && (V & kMoeRunFillTma) != 0;
   constexpr bool FILLTMA3 = FILLTMA && FM == 3;
+  constexpr bool NOKEYS = (V & kMoeRunNoKeys) != 0, NOSELECT = NOKEYS || (V & kMoeRunNoSelect) != 0;
+  // LEAN (moe_routing_args.h kMoeRunLean): the approximate-key selection in fewer instructions; Ling's layout only
+  // (a group spans 2 threads, G · 2 = TPT).
+  constexpr bool LEAN = (V & kMoeRunLean) != 0;
+  constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
+  constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
+  static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
+                "LEAN: the approximate keys on Ling's group layout");
+  static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
+                "LEAN3: on LEAN, with the map at fill 3 / 4 and the bulk row copies");
   static_assert(!(PERSIST && COOP), "PERSIST: not with the cooperative launch");
   constexpr int CT = SW == 0 ? 32 : 0;       // COOP with ISSUE0: the thread that arrives at the first grid barrier
   static_assert(!(COOP && NOARRIVE), "COOP arrives at the grid barrier");
@@ -1237,6 +1270,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else {
       const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
+        for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
+      if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
+        for (int i = ot; i < TPW * W * E / 4; i += NTH - 32) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * E / 16; i += NTH - 32) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+      }
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
         for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
@@ -1253,6 +1292,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   } else {
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
+    if constexpr (LEAN)
+      for (int i = threadIdx.x; i < TPW * W * (CAP + 2) / 2; i += NTH) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
+    if constexpr (LEAN3) {
+      for (int i = threadIdx.x; i < TPW * W * E / 4; i += NTH) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+      for (int i = threadIdx.x; i < TPW * W * E / 16; i += NTH) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+    }
     __syncthreads();
   }
   stamp0(kMoeRunTrInit);
@@ -1304,6 +1349,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
   // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
+  // (WAITLEAN: no clock read an iteration; each try_wait suspends until a copy of the CTA completes or up to 20 µs,
+  // so 2^22 iterations are seconds or more before a lost copy traps.)
   auto wait_bar = [](u64* b) {
     const u32 bar = smem_u32(b);
     u64 t0 = 0;
@@ -1313,9 +1360,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0, 20000;\nselp.u32 %0, 1, 0, p;\n}\n"
           : "=r"(done) : "r"(bar) : "memory");
       if (done) break;
-      const u64 t = globaltimer_ns();
-      if (it == 0) t0 = t;
-      else if (t - t0 > 2000000000ull) __trap();
+      if constexpr (WAITLEAN) {
+        if (it == (1u << 22)) __trap();
+      } else {
+        const u64 t = globaltimer_ns();
+        if (it == 0) t0 = t;
+        else if (t - t0 > 2000000000ull) __trap();
+      }
     }
   };
   // The picks' scores, the denominator in pick order (the reference's), the probs; then the token's prob and map rows
@@ -1332,12 +1383,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         const int r = part + TPT * q;
         if (r < K) {
           pe[q] = pk[r];
-          const float x = rows[tl * RSF + pe[q]];
-          sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+          if constexpr (!LEAN) {  // (LEAN: the ranking thread stored the pick's σ)
+            const float x = rows[tl * RSF + pe[q]];
+            sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+          }
         }
       }
     }
-    __syncwarp();
+    if constexpr (!LEAN) __syncwarp();
     if (valid) {
       float den = 0.0f;
 #pragma unroll
@@ -1352,10 +1405,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     }
-    __syncwarp();  // every read of the scores row before it is overwritten
-    float* prow = rows + tl * RSF;
+    if constexpr (!LEAN3) __syncwarp();  // every read of the scores row before it is overwritten
+    // (LEAN3: the prob rows go to their own staging rows, zero from the start, with the map rows)
+    float* prow = LEAN3 ? reinterpret_cast<float*>(run_smem + L.stage) + tl * E : rows + tl * RSF;
     u8* mrow = mapbuf + tl * E;
-    if (valid) {
+    if (!LEAN3 && valid) {
       const Vec16 zero{{0u, 0u, 0u, 0u}};
       // 16-byte units of the rows, spread over the token's threads (E/4 of the prob row, E/16 of the map row).
 #pragma unroll
@@ -1363,7 +1417,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
       for (int u = part; u < E / 16; u += TPT) sts16(smem_u32(mrow + 16 * u), zero);
     }
-    __syncwarp();
+    if constexpr (!LEAN3) __syncwarp();
     if (valid) {
 #pragma unroll
       for (int q = 0; q < MP; ++q)
@@ -1383,10 +1437,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (lane == 0) {
           const int nwt = max(0, min(TPW, nct - warp * TPW));
           const i64 t0w = tc0 + warp * TPW;
-          for (int i = 0; i < nwt; ++i)
-            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
-                         "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+          if constexpr (LEAN3) {  // (the warp's staged prob rows are contiguous: one copy)
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
+                         "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
                          : "memory");
+          } else {
+            for (int i = 0; i < nwt; ++i)
+              asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
+                           "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+                           : "memory");
+          }
           asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
                        "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
                        : "memory");
@@ -1501,7 +1561,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // bits as the exact path.
     bool approx = false;
     float dk = 0.0f, bm1 = 1.0f;  // APPROX: the key error bound, 1 + max|finite bias|
-    if constexpr (APPROX) {
+    if constexpr (NOKEYS) {
+#pragma unroll
+      for (int c = 0; c < EPT; ++c) key[c] = Key{};
+    } else if constexpr (APPROX) {
       float bm = 0.0f, v[EPT];
       lds_row(zrow, v);
 #pragma unroll
@@ -1554,7 +1617,230 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
     };
 
+    // The exact σ of expert e0 + o from its logit (the same bits as the thread-wide choice in exact_keys: both forms
+    // agree for z > −87), and its key.
+    auto exact_sigmoid = [](float z) -> float {
+      if (!(z <= -87.0f)) {
+        const float d = kiln_one_plus_exp_lt87(-z);
+        const float r = rcp_ftz(d);
+        return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
+      }
+      return kiln_sigmoid(z);
+    };
     stampw(kMoeRunTrWarp + 4 * warp + 1);
+    // Pick r of the thread's token is expert e (its rank among the CTA's tokens routed to e: the token mask).
+    auto record = [&](int r, int e) {
+      pk[r] = e;
+      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
+    };
+    if constexpr (NOSELECT) {
+      // (timing only: keys formed, no selection; NOKEYS: not even the keys)
+      bool hit = false;
+      if constexpr (!NOKEYS) {
+        Key mx = key[0];
+#pragma unroll
+        for (int c = 1; c < EPT; ++c) mx = kmax(mx, key[c]);
+        hit = kfloat(mx) == 1234.5f;
+      }
+      if (valid && part < K) record(part, e0 + (hit ? 1 : 0));
+    } else if constexpr (LEAN) {
+      // LEAN (moe_routing_args.h kMoeRunLean): the same selection in fewer instructions and shorter chains.
+      // The group: the thread's two best keys by a tree (depth 4, not a 16-long chain), merged with the partner's.
+      auto lean_groups = [&](Key& lo_out, bool& kept_out, bool& gap_out) {
+        Key h[EPT / 2], l[EPT / 2];
+#pragma unroll
+        for (int i = 0; i < EPT / 2; ++i) {
+          h[i] = kmax(key[2 * i], key[2 * i + 1]);
+          l[i] = kmin(key[2 * i], key[2 * i + 1]);
+        }
+#pragma unroll
+        for (int w = EPT / 2; w > 1; w >>= 1)
+#pragma unroll
+          for (int i = 0; i < w / 2; ++i) {
+            const Key n2 = kmax(kmin(h[2 * i], h[2 * i + 1]), kmax(l[2 * i], l[2 * i + 1]));
+            h[i] = kmax(h[2 * i], h[2 * i + 1]);
+            l[i] = n2;
+          }
+        Key a1 = h[0], a2 = l[0];
+        {
+          const Key b1 = __shfl_xor_sync(ALL, a1, TPW), b2 = __shfl_xor_sync(ALL, a2, TPW);
+          a2 = kmax(kmin(a1, b1), kmax(a2, b2));
+          a1 = kmax(a1, b1);
+        }
+        // The group score (a NaN sum counts as −inf; never −0, so float order is the reference's ordered-bits
+        // order) and its rank among the token's G groups (score desc, group asc) from G shuffles: first the groups
+        // strictly above (two instructions a group); where that keeps other than TG groups of a token (equal scores
+        // at the cut) the ranks again with the ties broken by group index. With approximate keys also the highest
+        // score strictly below, for the kept groups' margin (judged by the thread of rank TG − 1).
+        const float sc = fmaxf(__fadd_rn(kfloat(a1), kfloat(a2)), neg_inf);
+        // (approximate keys: the lowest kept group is certain when no other group lies within the margin below it)
+        const float floor_sc = __fsub_rn(sc, __fmaf_rn(bm1, 1.90734863e-06f, 4.0f * dk));  // 4·dk + (1 + bm)·2^−19
+        // The G scores and second-best keys gathered at once (independent shuffles, one latency); the kept groups of
+        // both tokens from one ballot (lane ti + 2·p votes for part p's group): lo = the smallest second-best key of
+        // the kept groups, formed in the thread (no reduction rounds).
+        int rank = 0, near = 0;
+        float og[G];
+        Key o2[G];
+#pragma unroll
+        for (int g = 0; g < G; ++g) {
+          og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
+          o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
+          rank -= static_cast<int>(set_gt_u32(og[g], sc));         // (set: 0 or 0xffffffff, no predicates)
+          if (approx) near -= static_cast<int>(set_ge_u32(og[g], floor_sc));  // (itself included)
+        }
+        u32 kb = __ballot_sync(ALL, rank < TG);
+        // (warp-uniform: a token whose strict ranks keep other than TG groups has equal scores at the cut)
+        const bool tie = __popc(kb & 0x55555555u) != SPAN * TG || __popc(kb & 0xaaaaaaaau) != SPAN * TG;
+        if (tie) {
+          const int mg = part / SPAN;
+          rank = 0;
+#pragma unroll
+          for (int g = 0; g < G; ++g) rank += og[g] > sc || (og[g] == sc && g < mg) ? 1 : 0;
+          kb = __ballot_sync(ALL, rank < TG);
+        }
+        kept_out = rank < TG;
+        // (approximate keys with equal scores at the cut: not certain either)
+        gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
+        kb >>= ti;  // bit TPW·SPAN·g: group g of the thread's token kept
+        Key lo = __int_as_float(0x7f800000);
+#pragma unroll
+        for (int g = 0; g < G; ++g)
+          if (kb & (1u << (TPW * SPAN * g))) lo = kmin(lo, o2[g]);
+        lo_out = lo;
+      };
+      Key lo;
+      bool kept, gap_ok;
+      lean_groups(lo, kept, gap_ok);
+      if constexpr (APPROX) {
+        if (__any_sync(ALL, valid && !gap_ok)) {  // a near tie of group scores: exact keys for the warp
+          approx = false;
+          exact_keys();
+          lean_groups(lo, kept, gap_ok);
+        }
+        if (approx) lo = __fsub_rn(lo, 2.0f * dk);
+      }
+      // Candidates (kept, key ≥ lo) appended to the token's list at positions from a shared-memory counter (list
+      // slot CAP + 1, zero from the kernel start): the list's order does not matter, ranks are counted.
+      u32 m[2] = {0u, 0u};
+      if constexpr (LEAN3) {
+        // (four independent chains of set + or, not one 16-long chain of predicated adds)
+        u32 q4[4] = {0u, 0u, 0u, 0u};
+#pragma unroll
+        for (int c = 0; c < EPT; ++c) q4[c & 3] |= set_ge_u32(key[c], lo) & (1u << c);
+        m[0] = kept ? (q4[0] | q4[1]) | (q4[2] | q4[3]) : 0u;
+      } else {
+#pragma unroll
+        for (int c = 0; c < EPT; ++c)
+          if (kept && key[c] >= lo) m[0] |= 1u << c;
+      }
+      u64* lst = list + tl * (CAP + 2);
+      u32* cnt = reinterpret_cast<u32*>(lst + CAP + 1);
+      const u32 mine = __popc(m[0]);
+      u32 pos = 0;
+      if (valid && mine) pos = atomicAdd(cnt, mine);
+      if (valid) {
+        auto put = [&](int c, u32 at) {
+          if (at < CAP) lst[at] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
+        };
+        u32 mm = m[0];
+        if constexpr (LEAN3) {
+          // (the first two candidates unrolled: independent stores, no loop-carried chain)
+          if (mm) {
+            const u32 m2 = mm & (mm - 1u);
+            put(__ffs(mm) - 1, pos);
+            if (m2) put(__ffs(m2) - 1, pos + 1);
+            mm = m2 & (m2 - 1u);
+            pos += 2;
+          }
+        }
+        for (; mm; mm &= mm - 1u) put(__ffs(mm) - 1, pos++);
+      }
+      __syncwarp();
+      const int n = valid ? static_cast<int>(*cnt) : 0;
+      if (!__any_sync(ALL, n > CAP)) {
+        u64 me = 0;
+        float my_sg = 0.0f;
+        if constexpr (APPROX) {
+          if (approx) {
+            // Each candidate's exact σ (stored over its logit: the probs read it) and exact key, spread over the
+            // token's threads as the entries are.
+            if (valid) {
+              float* trow = rows + tl * RSF;
+              for (int qi = part; qi < n; qi += TPT) {
+                const int e = 0xffff - static_cast<int>(lst[qi] & 0xffffu);
+                const float sg = exact_sigmoid(trow[e]);
+                trow[e] = sg;
+                const u64 x = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
+                              static_cast<u32>(0xffff - e);
+                lst[qi] = x;
+                if (qi == part) {
+                  me = x;
+                  my_sg = sg;
+                }
+              }
+            }
+            __syncwarp();
+          }
+        }
+        if (valid) {
+          // Ranks by counting the larger entries: the first 16 slots at once (the slots past n are 0, below every
+          // entry), the rest (n > 16, rare) in a loop.
+          for (int qi = part; qi < n; qi += TPT) {
+            if (qi != part || !approx) me = lst[qi];
+            int rank = 0;
+#pragma unroll
+            for (int r = 0; r < 16; r += 2) {
+              const Vec16 pr = lds16(smem_u32(lst + r));
+              const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+              rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+            }
+            for (int r = 16; r < n; r += 2) {
+              const Vec16 pr = lds16(smem_u32(lst + r));
+              const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+              rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+            }
+            if (rank < K) {
+              // (the pick's exact σ for the probs: from the σ pass, or stored over its logit)
+              const int e = 0xffff - static_cast<int>(me & 0xffffu);
+              record(rank, e);
+              sp[tl * KP + rank] = approx && qi == part ? my_sg : rows[tl * RSF + e];
+            }
+          }
+        }
+      } else {
+        // Many equal keys: K argmax rounds over the candidates (exact, slower), as below.
+        if constexpr (APPROX) {
+          if (approx && valid) {
+            for (u32 mm = m[0]; mm; mm &= mm - 1u) {
+              const int o = xo(__ffs(mm) - 1);
+              zrow[o] = exact_sigmoid(zrow[o]);
+            }
+          }
+        }
+#pragma unroll 1
+        for (int r = 0; r < K; ++r) {
+          u64 best = 0ull;
+          for (u32 mm = m[0]; mm; mm &= mm - 1u) {
+            const u64 x = entry(__ffs(mm) - 1);
+            best = x > best ? x : best;
+          }
+          u64 top = best;
+#pragma unroll
+          for (int o = TPW; o < 32; o <<= 1) {
+            const u64 x = __shfl_xor_sync(ALL, top, o);
+            top = x > top ? x : top;
+          }
+          if (top != 0ull && best == top) {
+            const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
+            m[0] &= ~(1u << c);
+            if (valid) {
+              record(r, e0 + o);
+              sp[tl * KP + r] = zrow[o];  // (exact σ)
+            }
+          }
+        }
+      }
+    } else {
     bool kept[NB];
     Key lo;
     bool gap_ok = true;  // APPROX: the kept groups are certain
@@ -1650,16 +1936,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
     for (int c = 0; c < EPT; ++c)
       if (kept[c / BS] && key[c] >= lo) m[c >> 5] |= 1u << (c & 31);
-    // The exact σ of expert e0 + o from its logit (the same bits as the thread-wide choice in exact_keys: both forms
-    // agree for z > −87), and its key.
-    auto exact_sigmoid = [](float z) -> float {
-      if (!(z <= -87.0f)) {
-        const float d = kiln_one_plus_exp_lt87(-z);
-        const float r = rcp_ftz(d);
-        return __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
-      }
-      return kiln_sigmoid(z);
-    };
     const int mine = __popc(m[0]) + __popc(m[1]);
     int inc = mine;  // inclusive prefix over the token's parts
 #pragma unroll
@@ -1668,10 +1944,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (lane >= o) inc += x;
     }
     const int n = __shfl_sync(ALL, inc, ti + TPW * (TPT - 1));
-    auto record = [&](int r, int e) {
-      pk[r] = e;
-      atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
-    };
     if (!__any_sync(ALL, valid && n > CAP)) {
       u64* lst = list + tl * (CAP + 2);
       if (valid) {
@@ -1754,6 +2026,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     }
+    }  // (!NOSELECT)
     __syncwarp();
     stampw(kMoeRunTrWarp + 4 * warp + 2);
 
@@ -1783,7 +2056,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
   }
   // The superblock rows this call adds into (PERSIST: the half of this call's parity) and the release arrival.
-  const int nsup = MAP ? (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks : 0;
+  const int nsup = !MAP ? 0
+                   : FASTDIV ? moe_div(a.map.nchunks + a.map.super_chunks - 1, a.map.super_chunks)
+                             : (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+  const int csb = FASTDIV ? moe_div(blockIdx.x, a.super_chunks) : blockIdx.x / a.super_chunks;  // (the CTA's superblock)
   const u32 par = PERSIST ? reinterpret_cast<const u32*>(smisc)[1] : 0u;
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
   auto arrive_release = [&] {  // (one thread)
@@ -1804,7 +2080,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
     if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-      if (c) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], c);
+      if (c) atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
     } else {
       if (c) atomicAdd(&a.counts[e], c);
     }
@@ -1880,7 +2156,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         // barriers order the puts after this).
         if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

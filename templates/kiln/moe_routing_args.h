@@ -85,9 +85,9 @@ enum : int {
   // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
-  // PERSIST (a candidate, outputs exact): no moe_route_zero and no cooperative launch. MoeRouteArgs::arrive points at
-  // a per-stream word that outlives the call and MoeRouteArgs::super at two halves of superblock rows beside it (zero
-  // when first allocated): the arrival is the self-resetting grid-barrier count (CTA 0 adds 2^31 − (n − 1), the
+  // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
+  // MoeRouteArgs::arrive points at a per-stream word that outlives the call and MoeRouteArgs::super at two halves of
+  // superblock rows beside it (the Runtime's per-stream state, zero when first allocated): the arrival is the self-resetting grid-barrier count (CTA 0 adds 2^31 − (n − 1), the
   // others 1: the top bit flips once all arrived, the low bits return to 0), the call uses the half of the top bit's
   // value at its start and zeroes the other half, which the next call on the stream uses.
   kMoeRunPersist = 262144,
@@ -100,6 +100,30 @@ enum : int {
   // CTA computes; a block of its own): the release of the other CTA on the SM no longer waits behind them (round 1:
   // without the fill its arrival came ≈ 0.6 µs earlier).
   kMoeRunFillTma = 16777216,
+  // Session 10 ablations (timing only, outputs wrong): NOSELECT — the keys are formed (their maximum decides a
+  // never-taken branch, so they are not dead code), then no selection: the thread of part p < K records expert
+  // p·E/16 as pick p; NOKEYS — neither keys nor selection (the same picks). What a faster selection can gain at most.
+  kMoeRunNoSelect = 33554432,
+  kMoeRunNoKeys = 67108864,
+  // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
+  // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
+  // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions
+  // from a shared-memory counter instead of a shuffle prefix, ranks over the first 16 list slots unrolled (zeroed at
+  // the start: no padding, no loop).
+  kMoeRunLean = 134217728,
+  // LEAN3 (a candidate on LEAN, outputs exact; config `load` bit 512, with BULKST): the prob rows staged in a separate
+  // unpadded buffer and, with the map rows, zeroed at kernel start (the emit writes only the picks: no zero fill in
+  // the chain) and copied out by one bulk copy a warp (was one a row); the candidate mask built in four independent
+  // chains; a thread's first two candidates appended unrolled.
+  kMoeRunLean3 = 268435456,
+  // Session 10 round 3 candidates (outputs unchanged; config `load` bits 1024 / 2048). WAITLEAN: the rows' (and the
+  // bias') mbarrier wait loop without the globaltimer read per iteration (an iteration cap traps instead): each
+  // suspended try_wait wakes at every copy completion of the CTA (≈ 22 iterations a warp measured), ≈ 20 SASS an
+  // iteration → ≈ 5. FASTDIV: the tail's integer divisions by runtime values (P, super_chunks, the grid) as shifts
+  // and masks where the divisor is a power of two (a uniform branch; else the division), the WARPPAD owner test
+  // without a modulo where the grid has at least E CTAs.
+  kMoeRunWaitLean = 536870912,
+  kMoeRunFastDiv = 1073741824,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -133,12 +157,13 @@ enum : int {
 constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
 struct MoeRunSmem {
   int rsf;     // row stride in floats
+  int stage;   // LEAN3's prob rows (0 bytes without it)
   int kp;      // picks per token slot (K rounded up to 4)
   int nmw;     // 32-bit words of a per-expert token mask
   int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, fillb, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
-constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT, bool stage = false) {
   MoeRunSmem l{};
   l.rsf = E == 256 ? E + 8 : E;
   l.kp = (K + 3) / 4 * 4;
@@ -157,6 +182,7 @@ constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT) {
   l.bars = o;   o += moe_run_align16((W + 2) * 8);  // [W] rows, [W] the bias, [W + 1] the bias prepared (BIASPRE)
   l.misc = o;   o += 16;                             // BIASPRE: max |finite bias|
   l.fillb = o;  o += 4096;                           // FILLTMA at fill 3: a block of −1 for the bulk row fill
+  l.stage = o;  o += stage ? moe_run_align16(nt * E * 4) : 0;  // LEAN3: the prob rows, unpadded, zero from the start
   l.total = o;
   return l;
 }

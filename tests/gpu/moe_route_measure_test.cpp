@@ -86,14 +86,11 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
-      {"map: warp kernel 16x2 fill 3", true, 16, 2, 3, 0, 0, true},
-      {"map: load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
-      {"map: load 379 fill 3 (-1 rows behind the row copies)", true, 16, 2, 3, 16, 0, true, 379},
-      {"map: load 355 (round 3)", true, 16, 2, 4, 16, 0, true, 355},
-      {"map: load 291 (round 2)", true, 16, 2, 4, 16, 0, true, 291},
-      {"map: load 7 (session 8 default)", true, 16, 2, 4, 16, 0, true, 7},
-      {"map: 379 - no tail", true, 16, 2, 4, 16, kNoTail, false, 379},
-      {"no map: run 16w load 3", false, 16, 2, 0, 16, 0, true, 3},
+      {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
+      {"map: load 379 (session 9 default)", true, 16, 2, 4, 16, 0, true, 379},
+      {"map: load 3451 (379 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 3451},
+      {"map: 4091 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4091},
+      {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
 
@@ -141,9 +138,11 @@ TEST_F(MoeRouteMeasure, Ablation) {
                 quantile(v, 1), quantile(a, 0.1), quantile(a, 0.5), quantile(a, 0.9));
   }
   // The A/B of the two defaults with the map, round by round (the same process, alternating order).
-  std::printf("[route A/B] round medians, warp kernel vs CTA-run default:");
-  for (int k = 0; k < rounds; ++k)
-    std::printf(" %.2f/%.2f", med[cfgs[0].name][k], med[cfgs[1].name][k]);
+  std::printf("[route A/B] round medians in list order (%zu configs), round by round:", cfgs.size());
+  for (int k = 0; k < rounds; ++k) {
+    std::printf(" ");
+    for (size_t i = 0; i < cfgs.size(); ++i) std::printf("%s%.2f", i ? "/" : "", med[cfgs[i].name][k]);
+  }
   std::printf("\n");
 }
 
@@ -174,7 +173,19 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kBiasPre,
                      kMoeRunIssueLast | kPersist | kBulkSt,
                      kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma,
-                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma}) {
+                     kMoeRunIssueLast | kMoeRunCoop | kMoeRunApprox | kBulkSt | kFillTma,
+                     // session 10: the LEAN selection alone, with the options of session 9's default, + LEAN3, + WAITLEAN +
+                     // FASTDIV (the default: load 4091)
+                     kMoeRunApprox | kMoeRunLean,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunLean,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunLean | kMoeRunLean3,
+                     // round 3: WAITLEAN + FASTDIV on the default's options and on them + LEAN + LEAN3
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunWaitLean | kMoeRunFastDiv,
+                     kMoeRunIssueLast | kMoeRunApprox | kPersist | kBulkSt | kWarpPad | kFillTma | kBiasPre |
+                         kMoeRunLean | kMoeRunLean3 | kMoeRunWaitLean | kMoeRunFastDiv}) {
         // (kMoeRunApprox stands for the config's load 1 here)
         RouteCfg c = plain;
         c.variant = vl & ~kMoeRunApprox;
@@ -208,7 +219,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"load 379 (default)", true, 16, 2, 4, 16, 0, true, 379},
+      {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
   };
 
 
@@ -282,6 +293,10 @@ TEST_F(MoeRouteMeasure, Timeline) {
       std::vector<std::vector<double>> col(NCOL);
       std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bload, d_bases, d_put,
           d_exit;
+      // Per warp index (the copies are issued in warp order): µs after the CTA's own entry that its rows landed, its
+      // keys were formed, its picks recorded and its rows stored — whether a warp's compute keeps pace with the
+      // rows' arrival (constant per-warp durations) or falls behind (growing with the warp index).
+      std::vector<std::vector<double>> pw_rows(W), pw_keys(W), pw_sel(W), pw_done(W);
       for (int b = 0; b < ctas; ++b) {
         const double st = static_cast<double>(at(b, kMoeRunTrStartNs) - t0) / 1000.0;
         // (Phase stamps are globaltimer ns; 0 = not reached.)
@@ -300,6 +315,10 @@ TEST_F(MoeRouteMeasure, Timeline) {
           const double kd = rel(at(b, kMoeRunTrWarp + 4 * w + 1)), sd = rel(at(b, kMoeRunTrWarp + 4 * w + 2));
           if (rl < 0 || dn < 0) continue;
           if (kd >= rl && sd >= kd && dn >= sd) {
+            pw_rows[w].push_back(rl - st);
+            pw_keys[w].push_back(kd - st);
+            pw_sel[w].push_back(sd - st);
+            pw_done[w].push_back(dn - st);
             ks.push_back(kd - rl);
             sel.push_back(sd - kd);
             emit.push_back(dn - sd);
@@ -376,6 +395,11 @@ TEST_F(MoeRouteMeasure, Timeline) {
       row(" . loads", d_bload);         //   spin passed → thread 0's count rows landed
       row("d put", d_put);             // bases → routed rows stored (thread 0)
       row("d exit", d_exit);           // routed rows → the CTA's end
+      std::printf("  per warp (p50 over CTAs, µs after the CTA's entry): warp: rows landed / keys / picks / stored\n ");
+      for (int w = 0; w < W; ++w)
+        std::printf(" %d: %.2f/%.2f/%.2f/%.2f%s", w, quantile(pw_rows[w], 0.5), quantile(pw_keys[w], 0.5),
+                    quantile(pw_sel[w], 0.5), quantile(pw_done[w], 0.5), w % 4 == 3 ? "\n " : "");
+      std::printf("\n");
     }
     detail::moe_route_run_trace.store(nullptr);
   }

@@ -19,6 +19,7 @@
 #include "kiln/ops/moe.hpp"
 #include "gpu/moe_route_spec.hpp"
 #include "reference/moe.hpp"
+#include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "test_util.hpp"
@@ -96,83 +97,119 @@ template <typename T>
 
 class MoeRoutingTest : public GpuTest {
  protected:
-  // Routes random logits (with a few special values) through moe_topk_routing_fwd with the map fused, and checks
-  // everything against the reference.
+  // One forward call's inputs, expected outputs and device buffers: random logits (with a few special values, or a
+  // tie pattern) and the reference's routing and map; outputs poisoned.
+  struct Routing {
+    Case c;
+    ref::TopkResult want;
+    ref::RowIdMapResult want_map;
+    int64_t num_out = 0;
+    DeviceBuffer zb, bb, pb, mb, cb, rb, ib, pcb, ob, wsb;
+    MoeRowIdMap map;
+
+    Routing(const Case& cs, uint64_t seed) : c(cs) {
+      Runtime& r = rt();
+      const int64_t T = c.T, E = c.E;
+      std::vector<float> z = randn(T * E, mix_seed({seed, 1}), 2.0f);
+      for (int64_t t = 0; t < T; t += 97) z[t * E + (t % E)] = -std::numeric_limits<float>::infinity();
+      for (int64_t t = 5; t < T; t += 131) z[t * E + ((3 * t) % E)] = 60.0f;  // a dominant expert
+      std::vector<float> b;
+      if (c.bias) b = randn(E, mix_seed({seed, 2}), c.pattern == 2 ? 500.0f : 0.05f);
+      if (c.pattern == 1) {
+        // Exact ties and near-ties (the fast σ path must fall back to exact keys and break ties by expert index).
+        if (c.bias)
+          for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 3) * 1e-7f;
+        const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t e = 0; e < E; ++e) {
+            float& v = z[t * E + e];
+            switch (t % 6) {
+              case 0: v = 0.5f; break;                                          // every key equal (per bias class)
+              case 1: v = 0.25f + static_cast<float>(e % 7) * 3e-8f; break;    // sub-ulp score differences
+              case 2: v = 1.0f + static_cast<float>((e * 37) % 11) * 1e-6f; break;  // ulp-level differences
+              case 3: v = e % 5 == 0 ? nan : e % 5 == 1 ? inf : e % 5 == 2 ? -inf : v; break;
+              case 4: v = e % 2 ? 30.0f : -30.0f; break;                         // saturated scores
+              default: break;                                                    // random
+            }
+          }
+      }
+      if (c.pattern == 3) {
+        // Per token 8 clear winners (2 in each of 4 groups when there are groups) whose logits differ by sub-ulp
+        // amounts: their order comes from exact keys that tie or differ by one ulp (ties to the lower expert).
+        const int64_t GS = E / c.o.n_group;
+        for (float& v : z) v = 0.5f * v - 4.0f;  // the others: σ ≲ 0.3
+        for (int64_t t = 0; t < T; ++t)
+          for (int64_t j = 0; j < 8; ++j) {
+            const int64_t g = c.o.n_group >= 4 ? (j / 2 + t) % c.o.n_group : 0;
+            const int64_t e = g * GS + (j % 2 == 0 ? (t * 7 + j) % GS : (t * 7 + j + GS / 2) % GS);
+            z[t * E + e] = 3.0f + static_cast<float>((t + j * 5) % 4) * 2.4e-7f;
+          }
+        if (c.bias)
+          for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 2) * 6e-8f;
+      }
+      want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
+      num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
+      want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
+      zb = DeviceBuffer(r, T * E * 4);
+      bb = DeviceBuffer(r, E * 4);
+      pb = DeviceBuffer(r, T * E * 4);
+      mb = DeviceBuffer(r, T * E);
+      cb = DeviceBuffer(r, E * 4);
+      rb = DeviceBuffer(r, T * E * 4);
+      ib = DeviceBuffer(r, num_out * 4);
+      pcb = DeviceBuffer(r, E * 4);
+      ob = DeviceBuffer(r, (E + 1) * 4);
+      zb.upload(z);
+      if (c.bias) bb.upload(b);
+      for (DeviceBuffer* x : {&pb, &mb, &cb, &rb, &ib, &pcb, &ob}) x->poison();
+      map = MoeRowIdMap{rb.ref(DType::i32, {T, E}), c.indices ? ib.ref(DType::i32, {num_out}) : TensorRef{}, {},
+                        pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
+      wsb = DeviceBuffer(r, c.workspace ? moe_routing_workspace_elems(T, E) * 4 : 0);
+      wsb.poison();
+    }
+    // moe_topk_routing_fwd on `stream` through runtime `r` (the config in force on this thread).
+    void call(Runtime& r, Stream stream) {
+      const int64_t T = c.T, E = c.E, ws_elems = moe_routing_workspace_elems(T, E);
+      moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
+                           pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o,
+                           stream, c.with_map ? &map : nullptr, c.P,
+                           c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
+    }
+    // The outputs poisoned again (before a call that should rewrite them).
+    void repoison() {
+      for (DeviceBuffer* x : {&pb, &mb, &cb, &rb, &ib, &pcb, &ob}) x->poison();
+    }
+    // Everything against the reference (after the call has completed).
+    void verify() const {
+      SCOPED_TRACE(name(c));
+      const int64_t T = c.T, E = c.E;
+      for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
+                           {"row_id_map", &rb}, {"row_id_indices", &ib}, {"padded_counts", &pcb}, {"offsets", &ob}})
+        EXPECT_TRUE(x->guards_intact()) << nm << " written outside its bounds";
+      EXPECT_TRUE(exact("routing_map", mb.download<uint8_t>(T * E), want.routing_map, E));
+      EXPECT_TRUE(exact("probs", pb.download<float>(T * E), want.probs, E));
+      EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
+      if (!c.with_map) return;
+      EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want_map.row_id_map, E));
+      if (c.indices) EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want_map.row_id_indices));
+      EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want_map.padded_counts));
+      EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), want_map.offsets));
+    }
+  };
+
+  // Routes the case's logits through moe_topk_routing_fwd (with its forced config, if any) and checks everything
+  // against the reference.
   static void run_case(const Case& c, uint64_t seed) {
     SCOPED_TRACE(name(c));
     Runtime& r = rt();
-    const int64_t T = c.T, E = c.E;
-    std::vector<float> z = randn(T * E, mix_seed({seed, 1}), 2.0f);
-    for (int64_t t = 0; t < T; t += 97) z[t * E + (t % E)] = -std::numeric_limits<float>::infinity();
-    for (int64_t t = 5; t < T; t += 131) z[t * E + ((3 * t) % E)] = 60.0f;  // a dominant expert
-    std::vector<float> b;
-    if (c.bias) b = randn(E, mix_seed({seed, 2}), c.pattern == 2 ? 500.0f : 0.05f);
-    if (c.pattern == 1) {
-      // Exact ties and near-ties (the fast σ path must fall back to exact keys and break ties by expert index).
-      if (c.bias)
-        for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 3) * 1e-7f;
-      const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t e = 0; e < E; ++e) {
-          float& v = z[t * E + e];
-          switch (t % 6) {
-            case 0: v = 0.5f; break;                                          // every key equal (per bias class)
-            case 1: v = 0.25f + static_cast<float>(e % 7) * 3e-8f; break;    // sub-ulp score differences
-            case 2: v = 1.0f + static_cast<float>((e * 37) % 11) * 1e-6f; break;  // ulp-level differences
-            case 3: v = e % 5 == 0 ? nan : e % 5 == 1 ? inf : e % 5 == 2 ? -inf : v; break;
-            case 4: v = e % 2 ? 30.0f : -30.0f; break;                         // saturated scores
-            default: break;                                                    // random
-          }
-        }
-    }
-    if (c.pattern == 3) {
-      // Per token 8 clear winners (2 in each of 4 groups when there are groups) whose logits differ by sub-ulp
-      // amounts: their order comes from exact keys that tie or differ by one ulp (ties to the lower expert).
-      const int64_t GS = E / c.o.n_group;
-      for (float& v : z) v = 0.5f * v - 4.0f;  // the others: σ ≲ 0.3
-      for (int64_t t = 0; t < T; ++t)
-        for (int64_t j = 0; j < 8; ++j) {
-          const int64_t g = c.o.n_group >= 4 ? (j / 2 + t) % c.o.n_group : 0;
-          const int64_t e = g * GS + (j % 2 == 0 ? (t * 7 + j) % GS : (t * 7 + j + GS / 2) % GS);
-          z[t * E + e] = 3.0f + static_cast<float>((t + j * 5) % 4) * 2.4e-7f;
-        }
-      if (c.bias)
-        for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 2) * 6e-8f;
-    }
-    const auto want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
-    const int64_t num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
-    const auto want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
-
-    DeviceBuffer zb(r, T * E * 4), bb(r, E * 4), pb(r, T * E * 4), mb(r, T * E), cb(r, E * 4), rb(r, T * E * 4),
-        ib(r, num_out * 4), pcb(r, E * 4), ob(r, (E + 1) * 4);
-    zb.upload(z);
-    if (c.bias) bb.upload(b);
-    for (DeviceBuffer* x : {&pb, &mb, &cb, &rb, &ib, &pcb, &ob}) x->poison();
-    MoeRowIdMap map{rb.ref(DType::i32, {T, E}), c.indices ? ib.ref(DType::i32, {num_out}) : TensorRef{}, {},
-                    pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
-    const int64_t ws_elems = moe_routing_workspace_elems(T, E);
-    DeviceBuffer wsb(r, c.workspace ? ws_elems * 4 : 0);
-    wsb.poison();
+    Routing x(c, seed);
     {
       const auto forced = force_config(r, c);
-      moe_topk_routing_fwd(r, zb.ref(DType::f32, {T, E}), c.bias ? bb.ref(DType::f32, {E}) : TensorRef{},
-                           pb.ref(DType::f32, {T, E}), mb.ref(DType::u8, {T, E}), cb.ref(DType::i32, {E}), c.o,
-                           nullptr, c.with_map ? &map : nullptr, c.P,
-                           c.workspace ? wsb.ref(DType::i32, {ws_elems}) : TensorRef{});
+      x.call(r, nullptr);
       if (forced) EXPECT_GT(forced->applied(), 0u) << "the forced config was not asked for";
     }
     synchronize();
-    for (auto [nm, x] : {std::pair{"probs", &pb}, {"routing_map", &mb}, {"tokens_per_expert", &cb},
-                         {"row_id_map", &rb}, {"row_id_indices", &ib}, {"padded_counts", &pcb}, {"offsets", &ob}})
-      EXPECT_TRUE(x->guards_intact()) << nm << " written outside its bounds";
-    EXPECT_TRUE(exact("routing_map", mb.download<uint8_t>(T * E), want.routing_map, E));
-    EXPECT_TRUE(exact("probs", pb.download<float>(T * E), want.probs, E));
-    EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
-    if (!c.with_map) return;
-    EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want_map.row_id_map, E));
-    if (c.indices) EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want_map.row_id_indices));
-    EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want_map.padded_counts));
-    EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), want_map.offsets));
+    x.verify();
   }
 };
 
@@ -260,7 +297,7 @@ TEST_F(MoeRoutingTest, TiesNearTiesAndLargeBiases) {
 // copies; fill 3 / 4 / 5: when the −1 rows and the prob / map rows are written; load bits: 1 approximate keys, 2 the
 // copies issued by the last warp, 4 one cooperative launch without route_zero, 32 the prob / map rows by bulk copies,
 // 64 the bias prepared once a CTA, 256 the per-stream arrival word and rows instead of 4, 8 the bases' padding rows
-// a lane a row, 16 the −1 rows by bulk copies): every config of its space on the
+// a lane a row, 16 the −1 rows by bulk copies, 128 the LEAN selection): every config of its space on the
 // target routing at the token counts (runs of 32 … 64 tokens, a partial last run, a partial last warp), with
 // and without the map; the shapes it serves beside Ling (no groups,
 // groups of 40 in a 40-expert thread, no bias: keys are the logits), ties (more than 32 candidates: the argmax rounds),
@@ -269,7 +306,8 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
   struct Cfg { int warps, fill, tpt, load = 0; };
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
                        Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
-                       Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379}})
+                       Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379},
+                       Cfg{16, 4, 16, 3451}, Cfg{16, 4, 16, 4091}})
     for (bool with_map : {true, false}) {
       if (!with_map && (k.fill != 3 || k.load > 7)) continue;  // (the session-9 options are map options)
       auto forced = [&](Case c) {
@@ -287,7 +325,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
       for (int64_t T : {7, 8192})
         run_case(forced({T, 256, kLing, true, 16, true, T == 8192}), 500 + T + k.warps + k.fill + k.tpt + with_map);
       // (and the default, load 379 at fill 3, and at fill 4: ties, NaN / ±inf and huge biases)
-      const bool full = (k.fill == 3 && k.warps == 16) || k.load == 379;
+      const bool full = (k.fill == 3 && k.warps == 16) || k.load >= 379;
       if (!full && !(k.fill == 5 && k.tpt == 16 && k.warps == 16)) continue;
       for (int64_t T : {1, 33, 4096, 8191})
         run_case(forced({T, 256, kLing, true, 16, true, T == 4096}), 500 + T + k.warps + k.fill + k.tpt + with_map);
@@ -300,7 +338,9 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
                             Case{777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}}) {
         // (E = 160 does not fit 16 threads per token: E/16 = 10 experts, not a multiple of 4; the approximate keys,
         // load bit 1, need a bias.)
-        const bool fits = o.E != 160 && (!(k.load & 1) || o.bias);
+        // (LEAN, load bit 128: 8 groups only.)
+        const bool fits = o.E != 160 && (!(k.load & 1) || o.bias) &&
+                          (!(k.load & 128) || (o.o.n_group == 8 && o.o.topk_group < 8));
         ASSERT_EQ(detail::in_search_space(route_spec_of(rt(), forced(o))), fits) << name(forced(o));
         if (fits) run_case(forced(o), 540 + o.E + k.warps + k.tpt + with_map);
       }
@@ -314,6 +354,119 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
           if (detail::in_search_space(route_spec_of(rt(), c))) run_case(c, 570 + pattern + k.warps);
         }
     }
+}
+// The default with the map keeps per-stream state in the Runtime (PERSIST, Runtime::Impl::stream_state: an arrival
+// word and two halves of superblock rows that every call leaves ready for the next call on its stream): runs of calls
+// without a synchronization between them on two streams and through two runtimes, the token count growing (a new,
+// larger buffer for the stream) and shrinking (a call on the larger halves), then the op captured in a CUDA graph
+// (no per-stream state under capture: the cooperative launch) and replayed on the capturing stream between
+// uncaptured calls and on another stream — every call bit-exact against the reference. (The two streams are
+// synchronized against each other: two fused-map grids at once could each wait for CTAs the other keeps off the SMs.)
+TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
+  const auto& d = detail::driver();
+  Runtime& r = rt();
+  Runtime r2(test_runtime_options());
+  Case base{8192, 256, kLing, true, 16};
+  base.warps = 16;
+  base.tpw = 2;
+  base.fill = 4;
+  base.load = 4091;  // (the default: PERSIST, load bit 256, whatever a tuning file says; under capture session 9's
+                     // cooperative variant)
+  base.tpt = 16;
+  const auto forced = force_config(r, base);
+  auto at = [&](int64_t T) {
+    Case c = base;
+    c.T = T;
+    return c;
+  };
+  CUstream s1 = nullptr, s2 = nullptr;
+  ASSERT_EQ(d.cuStreamCreate(&s1, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  ASSERT_EQ(d.cuStreamCreate(&s2, CU_STREAM_NON_BLOCKING), CUDA_SUCCESS);
+  const Stream st1 = reinterpret_cast<Stream>(s1), st2 = reinterpret_cast<Stream>(s2);
+  struct Step {
+    Runtime* rt;
+    Stream stream;
+    int64_t T;
+  };
+  const Step steps[] = {{&r, st1, 4096}, {&r, st1, 8192}, {&r, st1, 33},   {&r2, st1, 8192}, {&r, st1, 8191},
+                        {&r2, st1, 1},   {&r, st2, 8192}, {&r, st2, 1000}, {&r2, st2, 4096}, {&r, st2, 8192},
+                        {&r, st1, 7},    {&r2, st1, 8192}};
+  std::vector<std::unique_ptr<Routing>> xs;
+  for (size_t i = 0; i < std::size(steps); ++i)
+    xs.push_back(std::make_unique<Routing>(at(steps[i].T), 700 + i));
+  for (size_t i = 0; i < std::size(steps); ++i) {
+    if (i > 0 && steps[i].stream != steps[i - 1].stream)
+      ASSERT_EQ(d.cuStreamSynchronize(reinterpret_cast<CUstream>(steps[i - 1].stream)), CUDA_SUCCESS);
+    xs[i]->call(*steps[i].rt, steps[i].stream);
+  }
+  synchronize();
+  for (size_t i = 0; i < std::size(steps); ++i) {
+    SCOPED_TRACE("step " + std::to_string(i));
+    xs[i]->verify();
+  }
+
+  Routing g(at(8192), 720), a(at(8192), 721), b(at(2000), 722);
+  ASSERT_EQ(d.cuStreamBeginCapture(s1, CU_STREAM_CAPTURE_MODE_THREAD_LOCAL), CUDA_SUCCESS);
+  g.call(r, st1);
+  CUgraph graph = nullptr;
+  ASSERT_EQ(d.cuStreamEndCapture(s1, &graph), CUDA_SUCCESS);
+  CUgraphExec exec = nullptr;
+  ASSERT_EQ(d.cuGraphInstantiateWithFlags(&exec, graph, 0), CUDA_SUCCESS);
+  a.call(r, st1);
+  ASSERT_EQ(d.cuGraphLaunch(exec, s1), CUDA_SUCCESS);
+  b.call(r, st1);
+  synchronize();
+  {
+    SCOPED_TRACE("replay 1 on the capturing stream");
+    g.verify();
+  }
+  a.verify();
+  b.verify();
+  g.repoison();
+  a.repoison();
+  a.call(r, st1);
+  ASSERT_EQ(d.cuStreamSynchronize(s1), CUDA_SUCCESS);
+  ASSERT_EQ(d.cuGraphLaunch(exec, s2), CUDA_SUCCESS);
+  ASSERT_EQ(d.cuStreamSynchronize(s2), CUDA_SUCCESS);
+  b.repoison();
+  b.call(r, st1);
+  synchronize();
+  {
+    SCOPED_TRACE("replay 2 on another stream");
+    g.verify();
+  }
+  a.verify();
+  b.verify();
+  d.cuGraphExecDestroy(exec);
+  d.cuGraphDestroy(graph);
+  d.cuStreamDestroy(s1);
+  d.cuStreamDestroy(s2);
+}
+// The default with the map on Ling-like shapes, load 4091 (session 9's 379 + the LEAN selection + LEAN3's staging +
+// WAITLEAN + FASTDIV), and session 9's default with only WAITLEAN + FASTDIV (3451), at fill 4, against the CPU
+// reference: the target at the token counts with partial runs and warps, ties / NaN / ±inf / huge biases / sub-ulp
+// winners (the exact-key fallback, equal group scores at the cut, more than 16 and more than 32 candidates), and 8
+// groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
+TEST_F(MoeRoutingTest, LeanSelection) {
+  for (int load : {4091, 3451}) {
+    SCOPED_TRACE("load " + std::to_string(load));
+    auto lean = [&](Case c) {
+      c.warps = 16;
+      c.tpw = 2;
+      c.fill = 4;
+      c.load = load;
+      c.tpt = 16;
+      return c;
+    };
+    for (int64_t T : {1, 7, 33, 4096, 8191, 8192})
+      run_case(lean({T, 256, kLing, true, 16, true, T == 4096}), 800 + T + load);
+    for (int pattern : {1, 2, 3}) {
+      Case c = lean({600, 256, kLing, true, 16});
+      c.pattern = pattern;
+      run_case(c, 820 + pattern + load);
+    }
+    run_case(lean({777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}), 830 + load);
+  }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
 
