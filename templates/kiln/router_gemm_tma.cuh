@@ -138,43 +138,6 @@ struct StageRing {
   }
 };
 
-// L2 cache policies (createpolicy) and the 2-D tensor loads that take one (kRgL2Hint).
-__device__ __forceinline__ u64 policy_evict_first() {
-  u64 p;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-  return p;
-}
-__device__ __forceinline__ u64 policy_evict_last() {
-  u64 p;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
-  return p;
-}
-__device__ __forceinline__ void tma_load_2d_hint(u32 dst, const void* tmap, u32 bar, int c0, int c1, u64 pol) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1), "l"(pol)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_multicast_hint(u32 dst, const void* tmap, u32 bar, int c0, int c1,
-                                                           unsigned short mask, u64 pol) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint"
-      " [%0], [%1, {%4, %5}], [%2], %3, %6;" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1), "l"(pol)
-      : "memory");
-}
-// 16 bytes global → shared at `dst` (src_bytes 0: zero-filled, nothing read; L2 fills of 256 bytes, as the tensor
-// maps' promotion), and the arrival of this thread on `bar` once all its earlier cp.async have landed (noinc: the
-// barrier's count includes these arrivals).
-__device__ __forceinline__ void cp_async16_to(u32 dst, const void* src, u32 src_bytes) {
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_arrive_noinc(u32 bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
-}
-
 // A consumer warpgroup's MMAs on one landed 64-column chunk: acc += A(sa) · B(sb)ᵀ in four k16 steps, then a wait until
 // only this chunk's MMAs are in flight, so the previous chunk's stage may be released.
 template <typename Row>
@@ -405,8 +368,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int CHUNKS = (K + 63) / 64;
   // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
   constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
-  // kRgEarlyLd: clusters of 2 walking one tile at a time, one stage a request, and a first tile of ≥ STAGES chunks.
-  constexpr bool CAN_EARLY = CL == 2 && !PP && ISSUE == 1 && CHUNKS >= STAGES;
   using Row = rg90::WgmmaRow<EH, 0>;
 
   // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
@@ -432,16 +393,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
   if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
-  // kRgEarlyLd: fills 0 … ne − 1 (the cluster's first tile, stages 0 … ne − 1) are copied by the producer warpgroup
-  // with cp.async and complete on efull(s) (128 arrivals); the full barriers of those stages then run one phase behind
-  // (their first completed phase is the stage's second fill).
-  const int ne = CAN_EARLY && load && (flags & kRgEarlyLd) && cluster < groups
-                     ? ((flags & kRgEarlyLdAll) || STAGES < 2 ? STAGES : 2)
-                     : 0;
-  auto efull = [&](int s) { return ring.bars + 8 * (2 * STAGES + s); };
-  // kRgL2Hint: L2 policies of the x and w loads (set by the producer thread before its first fill).
-  const bool hint = flags & kRgL2Hint;
-  u64 pol_x = 0, pol_w = 0;
   // Tile group t's j-th chunk (kRgRotateK: tile t starts at chunk t mod CHUNKS).
   auto kc_of = [&](int t, int j) {
     const int rot = (flags & kRgRotateK) ? t % CHUNKS : 0;
@@ -459,66 +410,24 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     if (!load) return;
     constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
     const int x0 = m0 + ej * XR;  // this CTA's x rows
-    if (x0 < a.T) {
-      if (hint)
-        rgt::tma_load_2d_multicast_hint(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                                        static_cast<unsigned short>(XMASK << (2 * ti)), pol_x);
-      else
-        tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                              static_cast<unsigned short>(XMASK << (2 * ti)));
-    }
+    if (x0 < a.T)
+      tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                            static_cast<unsigned short>(XMASK << (2 * ti)));
     if (load_w) {
-      if constexpr (CL == 2) {
-        if (hint) rgt::tma_load_2d_hint(sb, &a.tmw, full, kc * 64, ej * EH, pol_w);
-        else tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
-      } else {
-        if (hint)
-          rgt::tma_load_2d_multicast_hint(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                          static_cast<unsigned short>(WMASK << ej), pol_w);
-        else
-          tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                static_cast<unsigned short>(WMASK << ej));
-      }
+      if constexpr (CL == 2)
+        tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+      else
+        tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                              static_cast<unsigned short>(WMASK << ej));
     }
   };
 
   u64 t_init = 0, t_cluster = 0, t_pre = 0, t_first = 0;
   if (tid == 0) {
-    for (int s = 0; s < ne; ++s) mbar_init(efull(s), 128);  // the producer warpgroup's cp.async arrivals
     // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
     // cluster: the barrier below needs no release of its own.
     ring.init(READERS);
     if (trace) t_init = rgt::clk();
-  }
-  if (ne) {  // (uniform over the CTA)
-    __syncthreads();  // the early barriers are initialized
-    if (wg == 0) {  // the first ne fills of this CTA's first tile: its whole x tile and its E/2 w rows, 16-byte pieces
-      const int m0 = (cluster * TPG + ti) * rows;
-      const char* const xg = static_cast<const char*>(a.x);
-      const char* const wgl = static_cast<const char*>(a.w) + static_cast<i64>(ej) * EH * K * 2;
-      if (trace && tid == 0) t_pre = rgt::clk();
-      for (int f = 0; f < ne; ++f) {
-        const int kc = kc_of(cluster, f);
-        const u32 sa = ring.stage(f);  // x rows at sa, w rows right after (sb = sa + BM·128)
-#pragma unroll
-        for (int it = 0; it < ((BM + EH) * 8 + 127) / 128; ++it) {
-          const int i = it * 128 + tid, r = i >> 3, c = i & 7;  // row r of the stage (x rows, then w rows), piece c
-          if (i >= (BM + EH) * 8) break;
-          const int col = kc * 64 + c * 8;
-          const u32 dst = sa + r * 128 + ((c ^ (r & 7)) << 4);  // the 128-byte swizzle (TMA's, wgmma's)
-          if (r < BM) {
-            const int row = m0 + r;
-            const bool ok = col < K && row < a.T;
-            rgt::cp_async16_to(dst, ok ? xg + (static_cast<i64>(row) * a.x_stride + col) * 2 : xg, ok ? 16 : 0);
-          } else if (load_w) {
-            const bool ok = col < K;
-            rgt::cp_async16_to(dst, ok ? wgl + (static_cast<i64>(r - BM) * K + col) * 2 : wgl, ok ? 16 : 0);
-          }
-        }
-        rgt::cp_async_arrive_noinc(efull(f));
-        if (trace && tid == 0 && f == 0) t_first = rgt::clk();
-      }
-    }
   }
   cluster_arrive_relaxed();
   cluster_wait();
@@ -527,14 +436,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     if constexpr (WGM > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
       if (trace) t_cluster = rgt::clk();
-      if (hint) {
-        pol_x = rgt::policy_evict_first();
-        pol_w = rgt::policy_evict_last();
-      }
-      int s = ne == STAGES ? 0 : ne;  // the first ne fills of the first tile went out by cp.async
-      u32 phase = ne == STAGES ? 1 : 0;
+      int s = 0;
+      u32 phase = 0;
       for (int t = cluster; t < groups; t += clusters) {
-        for (int j = t == cluster ? ne : 0; j < CHUNKS; ++j) {
+        for (int j = 0; j < CHUNKS; ++j) {
           if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
             ring.wait_empty(s, phase);
 #pragma unroll
@@ -586,7 +491,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
     int s = 0;
     u32 phase = 0;
-    int early = 0;  // early fills seen (kRgEarlyLd)
     bool started = false;  // trace: this warpgroup's first tile is done
     bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
     for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
@@ -606,13 +510,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       int prev = -1;
       const bool last = t + clusters >= groups;
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        if (early < ne) {  // a cp.async fill: landed, then made visible to wgmma (the async proxy)
-          mbar_wait(efull(s), 0);
-          fence_proxy_async();
-          ++early;
-        } else {
-          ring.wait_full(s, s < ne ? phase ^ 1u : phase);
-        }
+        ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {

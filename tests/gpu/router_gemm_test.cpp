@@ -627,9 +627,6 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
-                       Mode{"eld (first 2 fills by cp.async)", kRgEarlyLd, def, false},
-                       Mode{"eldall (first 6 fills by cp.async)", kRgEarlyLd | kRgEarlyLdAll, def, false},
-                       Mode{"hint (x evict_first, w evict_last)", kRgL2Hint, def, false},
                        Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
@@ -952,7 +949,7 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
                 v[v.size() / 10], v[v.size() * 9 / 10], v.size());
   };
   // The options: the epilogues (mixed = default, staged, TMA-only), the K walk rotated per tile, 66 tiles of 125 rows,
-  // 7 stages, no final cluster barrier (the producer's tail), x's L2 promotion 128 B / none, and no stores (ablation).
+  // 7 stages, no final cluster barrier (the producer's tail), and no stores (ablation).
   const detail::RouterGemmConfig s7{128, 128, 64, 2, 2, 7};
   struct Opt {
     const char* name;
@@ -968,10 +965,6 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
                       {"nostore", kRgSkipStore, nullptr},
                       {"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, nullptr},
                       {"noexit + staged", kRgNoExitSync | kRgXmcPlain, nullptr},
-                      {"x L2 promotion 128 B", kRgXProm128, nullptr},
-                      {"x L2 promotion none", kRgXPromNone, nullptr},
-                      {"noexit + x promotion 128 B", kRgNoExitSync | kRgXProm128, nullptr},
-                      {"eld (2 cp.async fills)", kRgEarlyLd, nullptr},
                       {"default again", 0, nullptr}};
   for (const Opt& o : opts) call(0, o.flags, o.cfg);  // compiles the 7-stage point outside the timing
   synchronize();
@@ -1034,14 +1027,13 @@ TEST_F(RouterGemmTest, FwdNoExitAB) {
   }
 }
 
-// Session 9 options of the expert-pair forward: the first fills by cp.async (kRgEarlyLd: 2 stages; kRgEarlyLdAll: all
-// STAGES), the L2 policies of the loads (kRgL2Hint) and the producer tail instead of the final cluster barrier
-// (kRgNoExitSync), alone, together and with kRgRotateK / the other epilogues, at the default point, 7
-// stages, 64-token tiles (one consumer warpgroup, 8 stages) and where the early fills do not apply (ping-pong, clusters
-// of 4, bk = 128, K shorter than the ring); shapes with a partial last tile, tiny T (the second CTA's rows past T), K
-// not a multiple of 64, several tiles per cluster, strided x rows. Every result must equal the default's bit for bit
-// (the same sums in the same order; with kRgRotateK the rotated default's) and the fp64 reference.
-TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
+// The expert-pair forward's producer tail instead of the final cluster barrier (kRgNoExitSync, session 9; the op's
+// default), with the staged / TMA-store epilogues, with kRgRotateK and without it (kRgXmcPlain: none of the op's
+// options), at the default point, 7 stages, 64-token tiles (one consumer warpgroup, 8 stages), ping-pong, clusters of
+// 4, bk = 128; shapes with a partial last tile, tiny T (the second CTA's rows past T), K not a multiple of 64, several
+// tiles per cluster, strided x rows. Every result must equal the default's bit for bit (the same sums in the same
+// order; with kRgRotateK the rotated default's) and the fp64 reference.
+TEST_F(RouterGemmTest, FwdTmaXmcNoExitSync) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
                          Shape{300, 7168, 256}, Shape{1000, 2048, 160}, Shape{130, 320, 128}, Shape{1, 1600, 16}}) {
@@ -1062,11 +1054,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
       detail::router_gemm_measure_flags.store(kRgRotateK);
       const Fwd rot = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       detail::router_gemm_measure_flags.store(0);
-      for (int flags : {kRgEarlyLd, kRgEarlyLd | kRgEarlyLdAll, kRgL2Hint, kRgEarlyLd | kRgL2Hint,
-                        kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint, kRgEarlyLd | kRgRotateK,
-                        kRgEarlyLd | kRgEarlyLdAll | kRgXmcPlain, kRgNoExitSync, kRgNoExitSync | kRgXmcPlain,
-                        kRgNoExitSync | kRgEarlyLd | kRgEarlyLdAll, kRgNoExitSync | kRgEpiTma, kRgXProm128,
-                        kRgXPromNone}) {
+      for (int flags : {kRgXmcPlain, kRgNoExitSync, kRgNoExitSync | kRgXmcPlain, kRgNoExitSync | kRgEpiTma,
+                        kRgNoExitSync | kRgRotateK}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
