@@ -627,6 +627,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
+                       Mode{"lean (session 10 consumer loop)", kRgLean, def, false},
+                       Mode{"noload lean (MMA-only loop)", kRgSkipLoad | kRgLean, def, false},
                        Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
@@ -1066,6 +1068,120 @@ TEST_F(RouterGemmTest, FwdTmaXmcNoExitSync) {
         EXPECT_TRUE(bitwise_equal("logits vs default options", f.y, (flags & kRgRotateK) ? rot.y : base.y));
         EXPECT_TRUE(bitwise_equal("strided rows", g.y, f.y));
       }
+    }
+  }
+}
+
+// Session 10's lean consumer loop of the expert-pair forward (kRgLean: warp-uniform warpgroup index, descriptors advanced
+// by adds, the peer barrier mapped once) and the uniform index alone (kRgUniformWg): the same MMAs in the same order, so
+// every result must equal the default's bit for bit (with kRgRotateK the rotated default's), alone and with the other
+// epilogues / no final cluster barrier, at the default point, 7 stages, 64-token tiles (one consumer warpgroup, 8
+// stages), ping-pong, clusters of 4 and bk = 128; shapes with a partial last tile, tiny T, K not a multiple of 64,
+// several tiles per cluster, strided rows; and the fp64 reference.
+TEST_F(RouterGemmTest, FwdTmaXmcLean) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
+                         Shape{300, 7168, 256}, Shape{1000, 2048, 160}, Shape{130, 320, 128}, Shape{1, 1600, 16}}) {
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xd0c, static_cast<uint64_t>(T)}), mix_seed({0xd1c, static_cast<uint64_t>(E)}));
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const int32_t eh = static_cast<int32_t>(E / 2);
+    const detail::RouterGemmConfig s7{128, eh, 64, 2, 2, 7}, one{64, eh, 64, 1, 2, 8}, pp{64, eh, 64, 2, 2, 9},
+        quad{128, eh, 64, 2, 4, 6}, two{128, eh, 128, 2, 2, 6}, wide{128, eh, 64, 2, 2, 6};
+    std::vector<const detail::RouterGemmConfig*> cfgs = {nullptr, &wide};
+    if (T == 8192 || T == 7) cfgs.insert(cfgs.end(), {&s7, &pp, &two});
+    if (T == 4097 || T == 7 || T == 1 || T == 130) cfgs.push_back(&one);
+    if (E % 32 == 0 && (T == 8192 || T == 300)) cfgs.push_back(&quad);
+    for (const detail::RouterGemmConfig* c : cfgs) {
+      const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
+                                " K=" + std::to_string(K) + " E=" + std::to_string(E);
+      const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+      detail::router_gemm_measure_flags.store(kRgRotateK);
+      const Fwd rot = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+      detail::router_gemm_measure_flags.store(0);
+      for (int flags : {kRgLean, kRgUniformWg, kRgLean | kRgXmcPlain, kRgLean | kRgEpiTma, kRgLean | kRgNoExitSync,
+                        kRgLean | kRgRotateK, kRgUniformWg | kRgXmcPlain}) {
+        SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
+        detail::router_gemm_measure_flags.store(flags);
+        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+        const Fwd g = run_fwd(x, w, T, K, E, c, K + 24, E + 4, 5);  // strided x and logits rows
+        detail::router_gemm_measure_flags.store(0);
+        EXPECT_TRUE(f.guards_ok && g.guards_ok);
+        EXPECT_TRUE(logits_close(f.y, want, K, E));
+        EXPECT_TRUE(bitwise_equal("logits vs default options", f.y, (flags & kRgRotateK) ? rot.y : base.y));
+        EXPECT_TRUE(bitwise_equal("strided rows", g.y, f.y));
+      }
+    }
+  }
+}
+
+// Measurement (prints; checks that the variants give the default's bits): session 10's lean consumer loop (kRgLean) and
+// the warp-uniform warpgroup index alone (kRgUniformWg) against the default, call by call round-robin on one buffer set
+// (24 rounds, L2 flushed before every call), for the whole kernel, the MMA-only loop (kRgSkipLoad: where consumer
+// instructions can show) and the data-only loop (kRgSkipMma), at 8192 × 2048 → 256; the whole kernel also at 8192 ×
+// 7168 and at 4096 / 1024 tokens (64-token tiles, one consumer warpgroup). Per pair also the median of the per-round
+// differences (the calls of one round are adjacent, so a slow phase of the card hits both).
+TEST_F(RouterGemmTest, FwdLeanAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{8192, 7168, 256}, Shape{4096, 2048, 256}, Shape{1024, 2048, 256}}) {
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xd2c, static_cast<uint64_t>(T)}), mix_seed({0xd3c}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+    auto call = [&](int flags) {
+      detail::router_gemm_measure_flags.store(flags);
+      router_gemm_fp32_fwd(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}), yb.ref(DType::f32, {T, E}),
+                           nullptr);
+      detail::router_gemm_measure_flags.store(0);
+    };
+    call(0);
+    synchronize();
+    const std::vector<float> want = yb.download<float>(T * E);
+    for (int f : {kRgLean, kRgUniformWg}) {
+      call(f);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal("lean / uniform vs default", yb.download<float>(T * E), want));
+    }
+    struct Opt {
+      const char* name;
+      int flags;
+    };
+    const bool target = T == 8192 && K == 2048;
+    std::vector<Opt> opts = {{"default", 0}, {"lean", kRgLean}, {"uniform wg only", kRgUniformWg},
+                             {"lean again", kRgLean}, {"default again", 0}};
+    if (target)
+      opts.insert(opts.end(), {{"noload (MMA-only loop)", kRgSkipLoad}, {"noload lean", kRgSkipLoad | kRgLean},
+                               {"noload uniform wg", kRgSkipLoad | kRgUniformWg},
+                               {"nomma (data only)", kRgSkipMma}, {"nomma lean", kRgSkipMma | kRgLean},
+                               {"nostore", kRgSkipStore}, {"nostore lean", kRgSkipStore | kRgLean}});
+    for (const Opt& o : opts) call(o.flags);
+    synchronize();
+    std::vector<std::vector<double>> us(opts.size());
+    for (int i = 0; i < 24; ++i)
+      for (size_t k = 0; k < opts.size(); ++k) us[k].push_back(timed_once(l2, [&] { call(opts[k].flags); }));
+    for (size_t k = 0; k < opts.size(); ++k) {
+      std::vector<double> v = us[k];
+      std::sort(v.begin(), v.end());
+      std::printf("[lean] T=%lld K=%lld %-28s median %.2f  p10 %.2f  p90 %.2f\n", static_cast<long long>(T),
+                  static_cast<long long>(K), opts[k].name, detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10]);
+    }
+    // Paired per-round differences: option k against the default (slot 0), and each ablation against its lean twin.
+    auto paired = [&](size_t a, size_t b) {
+      std::vector<double> d;
+      for (size_t i = 0; i < us[a].size(); ++i) d.push_back(us[b][i] - us[a][i]);
+      std::sort(d.begin(), d.end());
+      std::printf("[lean] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f\n", static_cast<long long>(T),
+                  static_cast<long long>(K), opts[b].name, opts[a].name, detail::median(d), d[d.size() / 10],
+                  d[d.size() * 9 / 10]);
+    };
+    paired(0, 1);
+    paired(0, 2);
+    paired(4, 3);
+    if (target) {
+      paired(5, 6);
+      paired(5, 7);
+      paired(8, 9);
+      paired(10, 11);
     }
   }
 }
