@@ -456,6 +456,12 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   // kRgUniformWg (measurement) — the uniform index with the earlier chunk loop; neither — the earlier code.
   auto roles = [&](auto uni_tag, auto lean_tag) {
     const int wg = decltype(uni_tag)::value ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
+    // kRgSkew2 / 3 / 4 (measurement, lean loop only, one stage a request, no ping-pong): the odd clusters run their ring
+    // over 2 / 3 / 4 stages instead of STAGES — fewer bytes in flight, so a smaller share of DRAM; the even clusters
+    // then finish first and store under the odd ones' loads. Every other form uses all STAGES.
+    const int skew = (flags & kRgSkew2) ? 2 : (flags & kRgSkew3) ? 3 : (flags & kRgSkew4) ? 4 : STAGES;
+    const int depth =
+        decltype(lean_tag)::value && !PP && ISSUE == 1 && (cluster & 1) && skew < STAGES ? skew : STAGES;
     if (wg == 0) {  // producer
       if constexpr (WGM > 1) setmaxnreg_dec<40>();
       if (tid == 0) {
@@ -476,7 +482,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
             if (trace && !t_pre) t_pre = rgt::clk();
             fill(t, j, s);
             if (trace && !t_first) t_first = rgt::clk();
-            if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
+            if (++s == depth) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
               s = 0;
               phase ^= 1;
             }
@@ -499,9 +505,9 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         // still target this CTA's barriers, and every multicast write into its stages has landed (its consumers waited
         // for each): the CTA may leave as soon as its own threads are done.
         if (flags & kRgNoExitSync)
-          for (int i = 0; i < STAGES; ++i) {
+          for (int i = 0; i < depth; ++i) {
             ring.wait_empty(s, phase);
-            if (++s == STAGES) {
+            if (++s == depth) {
               s = 0;
               phase ^= 1;
             }
@@ -568,7 +574,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
                 else rgt::mbar_arrive_remote(rel0 + 8 * prev);
               }
               prev = s;
-              if (++s == STAGES) {
+              if (++s == depth) {
                 s = 0;
                 phase ^= 1;
               }

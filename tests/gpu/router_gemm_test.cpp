@@ -27,8 +27,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,6 +52,15 @@ namespace {
 constexpr double kU = 5.9604644775390625e-08;  // 2⁻²⁴
 constexpr double kSplit = 7.62939453125e-06;   // 2⁻¹⁷
 constexpr double kBf16Round = 3.90625e-03;     // 2⁻⁸: bf16's unit roundoff (8 significant bits)
+
+// "a|b|c" → {"a", "b", "c"} (test filters from the environment).
+std::vector<std::string> split_bar(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  for (size_t e; (e = s.find('|', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+  out.push_back(s.substr(b));
+  return out;
+}
 
 std::string show(float v) {
   char b[48];
@@ -626,9 +637,16 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     bool back_to_back;
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
+  const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
+  const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
                        Mode{"lean (session 10 consumer loop)", kRgLean, def, false},
                        Mode{"noload lean (MMA-only loop)", kRgSkipLoad | kRgLean, def, false},
+                       Mode{"uniform wg only", kRgUniformWg, def, false},
+                       Mode{"nomma lean (data movement + stores)", kRgSkipMma | kRgLean, def, false},
+                       Mode{"nostore lean", kRgSkipStore | kRgLean, def, false},
+                       Mode{"lean skew 3 (odd clusters 3 stages)", kRgLean | kRgSkew3, def, false},
+                       Mode{"lean skew 2 (odd clusters 2 stages)", kRgLean | kRgSkew2, def, false},
                        Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
@@ -645,12 +663,18 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true}}) {
+    // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
+    if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
+      bool hit = false;
+      for (const std::string& part : split_bar(f)) hit = hit || std::string(m.name).find(part) != std::string::npos;
+      if (!hit) continue;
+    }
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore | kRgSkipLoad | kRgSkipMma));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
     run(m.flags, false, cfg, false);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
-    for (int rep = 0; rep < 2; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
       run(m.flags, true, cfg, m.back_to_back);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
       const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceFwdSlots);
@@ -1100,7 +1124,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcLean) {
       const Fwd rot = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       detail::router_gemm_measure_flags.store(0);
       for (int flags : {kRgLean, kRgUniformWg, kRgLean | kRgXmcPlain, kRgLean | kRgEpiTma, kRgLean | kRgNoExitSync,
-                        kRgLean | kRgRotateK, kRgUniformWg | kRgXmcPlain}) {
+                        kRgLean | kRgRotateK, kRgUniformWg | kRgXmcPlain, kRgLean | kRgSkew2, kRgLean | kRgSkew3,
+                        kRgLean | kRgSkew4 | kRgXmcPlain, kRgLean | kRgSkew3 | kRgEpiTma}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -1116,11 +1141,12 @@ TEST_F(RouterGemmTest, FwdTmaXmcLean) {
 }
 
 // Measurement (prints; checks that the variants give the default's bits): session 10's lean consumer loop (kRgLean) and
-// the warp-uniform warpgroup index alone (kRgUniformWg) against the default, call by call round-robin on one buffer set
-// (24 rounds, L2 flushed before every call), for the whole kernel, the MMA-only loop (kRgSkipLoad: where consumer
-// instructions can show) and the data-only loop (kRgSkipMma), at 8192 × 2048 → 256; the whole kernel also at 8192 ×
-// 7168 and at 4096 / 1024 tokens (64-token tiles, one consumer warpgroup). Per pair also the median of the per-round
-// differences (the calls of one round are adjacent, so a slow phase of the card hits both).
+// the warp-uniform warpgroup index alone (kRgUniformWg) against the default, call by call on one buffer set (L2 flushed
+// before every call), for the whole kernel, the MMA-only loop (kRgSkipLoad: where consumer instructions can show), the
+// data-only loop (kRgSkipMma) and the main loop without stores, at 8192 × 2048 → 256; the whole kernel also at 8192 ×
+// 7168 and at 4096 / 1024 tokens (64-token tiles, one consumer warpgroup). Rounds: $KILN_RG_AB_ROUNDS (default 24),
+// each in its own random order (round 1 of session 10 used one fixed order: a call's predecessor was always the same
+// option). Per pair also the per-round differences (median, mean, share of rounds the second is faster).
 TEST_F(RouterGemmTest, FwdLeanAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1153,35 +1179,64 @@ TEST_F(RouterGemmTest, FwdLeanAB) {
       opts.insert(opts.end(), {{"noload (MMA-only loop)", kRgSkipLoad}, {"noload lean", kRgSkipLoad | kRgLean},
                                {"noload uniform wg", kRgSkipLoad | kRgUniformWg},
                                {"nomma (data only)", kRgSkipMma}, {"nomma lean", kRgSkipMma | kRgLean},
-                               {"nostore", kRgSkipStore}, {"nostore lean", kRgSkipStore | kRgLean}});
+                               {"nomma uniform wg", kRgSkipMma | kRgUniformWg},
+                               {"nostore", kRgSkipStore}, {"nostore lean", kRgSkipStore | kRgLean},
+                               {"nostore uniform wg", kRgSkipStore | kRgUniformWg},
+                               {"lean skew 2 (odd clusters 2 stages)", kRgLean | kRgSkew2},
+                               {"lean skew 3", kRgLean | kRgSkew3}, {"lean skew 4", kRgLean | kRgSkew4}});
+    else
+      opts.insert(opts.end(), {{"lean skew 3", kRgLean | kRgSkew3}, {"lean skew 4", kRgLean | kRgSkew4}});
     for (const Opt& o : opts) call(o.flags);
     synchronize();
-    std::vector<std::vector<double>> us(opts.size());
-    for (int i = 0; i < 24; ++i)
-      for (size_t k = 0; k < opts.size(); ++k) us[k].push_back(timed_once(l2, [&] { call(opts[k].flags); }));
+    const char* env = std::getenv("KILN_RG_AB_ROUNDS");
+    const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
+    std::vector<std::vector<double>> us(opts.size(), std::vector<double>(rounds));
+    std::vector<size_t> order(opts.size());
+    std::mt19937 rng(0x5e10 + static_cast<unsigned>(T + K));
+    for (int i = 0; i < rounds; ++i) {
+      for (size_t k = 0; k < order.size(); ++k) order[k] = k;
+      std::shuffle(order.begin(), order.end(), rng);
+      for (size_t k : order) us[k][i] = timed_once(l2, [&] { call(opts[k].flags); });
+    }
+    auto mean = [](const std::vector<double>& v) {
+      double m = 0;
+      for (double x : v) m += x;
+      return m / static_cast<double>(v.size());
+    };
     for (size_t k = 0; k < opts.size(); ++k) {
       std::vector<double> v = us[k];
       std::sort(v.begin(), v.end());
-      std::printf("[lean] T=%lld K=%lld %-28s median %.2f  p10 %.2f  p90 %.2f\n", static_cast<long long>(T),
-                  static_cast<long long>(K), opts[k].name, detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10]);
+      std::printf("[lean] T=%lld K=%lld %-28s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n",
+                  static_cast<long long>(T), static_cast<long long>(K), opts[k].name, detail::median(v), mean(v),
+                  v[v.size() / 10], v[v.size() * 9 / 10], rounds);
     }
     // Paired per-round differences: option k against the default (slot 0), and each ablation against its lean twin.
     auto paired = [&](size_t a, size_t b) {
       std::vector<double> d;
-      for (size_t i = 0; i < us[a].size(); ++i) d.push_back(us[b][i] - us[a][i]);
+      int wins = 0;
+      for (size_t i = 0; i < us[a].size(); ++i) {
+        d.push_back(us[b][i] - us[a][i]);
+        wins += us[b][i] < us[a][i];
+      }
+      const double m = mean(d);
       std::sort(d.begin(), d.end());
-      std::printf("[lean] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f\n", static_cast<long long>(T),
-                  static_cast<long long>(K), opts[b].name, opts[a].name, detail::median(d), d[d.size() / 10],
-                  d[d.size() * 9 / 10]);
+      std::printf("[lean] T=%lld K=%lld paired %s − %s: median %+.2f  mean %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
+                  static_cast<long long>(T), static_cast<long long>(K), opts[b].name, opts[a].name, detail::median(d), m,
+                  d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
     };
     paired(0, 1);
     paired(0, 2);
     paired(4, 3);
+    paired(2, 1);
+    for (size_t k = 5; k < opts.size(); ++k)
+      if (std::string(opts[k].name).rfind("lean skew", 0) == 0) paired(1, k);
     if (target) {
       paired(5, 6);
       paired(5, 7);
       paired(8, 9);
-      paired(10, 11);
+      paired(8, 10);
+      paired(11, 12);
+      paired(11, 13);
     }
   }
 }
