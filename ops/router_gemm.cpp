@@ -776,7 +776,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
-                          kRgNoExitSync | kRgLean | kRgUniformWg | kRgSkew2 | kRgSkew3 | kRgSkew4)) |
+                          kRgNoExitSync)) |
               (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
@@ -1220,11 +1220,10 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
   // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
   // without dynamic shared memory: kRgNoopNoSmem); session 9: _noexit (kRgNoExitSync: the producer's tail instead of
-  // the final cluster barrier); session 10: _lean (kRgLean: the consumers' chunk loop with descriptors advanced by adds).
+  // the final cluster barrier).
   const std::pair<const char*, int> xmc_switches[] = {{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
                                                       {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix},
-                                                      {"_staged", kRgXmcPlain}, {"_noexit", kRgNoExitSync},
-                                                      {"_lean", kRgLean}, {"_uwg", kRgUniformWg}};
+                                                      {"_staged", kRgXmcPlain}, {"_noexit", kRgNoExitSync}};
   strip_switches(part, flags, xmc_switches);
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop

@@ -252,13 +252,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     s9(8192, 2048, "fwd_tmaxmc_mix_epitma");  // the default before kRgNoExitSync (the same epilogue)
     for (const char* part : {"fwd", "fwd_tmaxmc"}) s9(8192, 2048, part, " again");
   }
-  // Session 10 (op "router_gemm_s10_fwd", the part in the shape string): the lean consumer loop (_lean) and the
-  // warp-uniform warpgroup index alone (_uwg) against the default, whole kernel and MMA-only loop (_noload): rows for
-  // ncu's instruction counts (the timing A/B is RouterGemmTest.FwdLeanAB, call by call).
-  for (const char* part : {"fwd_tmaxmc", "fwd_tmaxmc_lean", "fwd_tmaxmc_uwg", "fwd_tmaxmc_noload",
-                           "fwd_tmaxmc_noload_lean"})
-    cases.push_back({"router_gemm_s10_fwd", fmt::format("T=8192 K=2048 E=256 {}", part),
-                     [part](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part); }});
   // What the sm_90a proxy fence costs (measurement only).
   for (const char* part : {"fwd_sm90_nofence"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

@@ -58,17 +58,6 @@ constexpr int kRgXmcPlain = 1 << 28;
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
-// Expert-pair forward option (session 10, measurement until a round decides): kRgLean — the consumers' chunk loop with
-// the wgmma descriptors advanced by integer adds from per-warpgroup base words (no descriptor rebuilt per k16 step),
-// the peer's empty-barrier address mapped once, and the trace / ablation tests hoisted; the same MMAs in the same
-// order (same bits).
-constexpr int kRgLean = 1 << 29;
-// Measurement (expert-pair forward): the warp-uniform warpgroup index of kRgLean with the earlier chunk loop — what each
-// of the two changes does alone.
-constexpr int kRgUniformWg = 1 << 30;
-// Measurement (expert-pair forward with kRgLean, session 10): the odd clusters use 2 / 3 / 4 ring stages (fewer bytes in
-// flight: a smaller DRAM share), so the even ones finish first and write their logits under the odd ones' loads.
-constexpr int kRgSkew2 = 1 << 4, kRgSkew3 = 1 << 5, kRgSkew4 = 1 << 25;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

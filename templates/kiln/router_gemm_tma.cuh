@@ -451,219 +451,173 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   cluster_arrive_relaxed();
   cluster_wait();
 
-  // The roles, instantiated three times: kRgLean — the warpgroup index made warp-uniform by a shuffle (as CUTLASS does:
-  // the compiler then keeps the ring state and the wgmma descriptors in uniform registers) and the lean chunk loop;
-  // kRgUniformWg (measurement) — the uniform index with the earlier chunk loop; neither — the earlier code.
-  auto roles = [&](auto uni_tag, auto lean_tag) {
-    const int wg = decltype(uni_tag)::value ? __shfl_sync(0xffffffffu, tid / 128, 0) : tid / 128;
-    // kRgSkew2 / 3 / 4 (measurement, lean loop only, one stage a request, no ping-pong): the odd clusters run their ring
-    // over 2 / 3 / 4 stages instead of STAGES — fewer bytes in flight, so a smaller share of DRAM; the even clusters
-    // then finish first and store under the odd ones' loads. Every other form uses all STAGES.
-    const int skew = (flags & kRgSkew2) ? 2 : (flags & kRgSkew3) ? 3 : (flags & kRgSkew4) ? 4 : STAGES;
-    const int depth =
-        decltype(lean_tag)::value && !PP && ISSUE == 1 && (cluster & 1) && skew < STAGES ? skew : STAGES;
-    if (wg == 0) {  // producer
-      if constexpr (WGM > 1) setmaxnreg_dec<40>();
-      if (tid == 0) {
-        if (trace) t_cluster = rgt::clk();
-        int s = 0;
-        u32 phase = 0;
-        for (int t = cluster; t < groups; t += clusters) {
-          for (int j = 0; j < CHUNKS; ++j) {
-            if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
-              ring.wait_empty(s, phase);
-  #pragma unroll
-              for (int i = 1; i < ISSUE; ++i)
-                if (j + i < CHUNKS) {
-                  const bool wrap = s + i >= STAGES;
-                  mbar_wait(ring.empty(wrap ? s + i - STAGES : s + i), (wrap ? phase ^ 1 : phase) ^ 1);
-                }
-            }
-            if (trace && !t_pre) t_pre = rgt::clk();
-            fill(t, j, s);
-            if (trace && !t_first) t_first = rgt::clk();
-            if (++s == depth) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
-              s = 0;
-              phase ^= 1;
-            }
-          }
-        }
-        if (trace) {
-          trace[kRgTraceProducerLast] = rgt::clk();
-          trace[kRgTraceProducerFirst] = t_first ? t_first : t_init;
-          trace[kRgTraceProducerPre] = t_pre ? t_pre : t_init;
-          trace[kRgTraceStartNs] = t0_ns;
-          trace[kRgTraceStartClk] = t0_clk;
-          trace[kRgTraceInitDone] = t_init;
-          trace[kRgTraceClusterDone] = t_cluster;
-          u32 sm;
-          asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
-          trace[kRgTraceSm] = sm;
-        }
-        // kRgNoExitSync: instead of the final cluster barrier, the producer waits until every consumer warpgroup of the
-        // cluster has released every fill of this CTA's ring (CUTLASS's producer tail). Then no arrival of the peer can
-        // still target this CTA's barriers, and every multicast write into its stages has landed (its consumers waited
-        // for each): the CTA may leave as soon as its own threads are done.
-        if (flags & kRgNoExitSync)
-          for (int i = 0; i < depth; ++i) {
+  // The warpgroup index made warp-uniform by a shuffle (as CUTLASS does): the compiler then keeps the ring state, the
+  // barrier addresses and the wgmma descriptors in uniform registers (session 10: no R2UR left in the chunk loop).
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
+  if (wg == 0) {  // producer
+    if constexpr (WGM > 1) setmaxnreg_dec<40>();
+    if (tid == 0) {
+      if (trace) t_cluster = rgt::clk();
+      int s = 0;
+      u32 phase = 0;
+      for (int t = cluster; t < groups; t += clusters) {
+        for (int j = 0; j < CHUNKS; ++j) {
+          if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
             ring.wait_empty(s, phase);
-            if (++s == depth) {
-              s = 0;
-              phase ^= 1;
-            }
+#pragma unroll
+            for (int i = 1; i < ISSUE; ++i)
+              if (j + i < CHUNKS) {
+                const bool wrap = s + i >= STAGES;
+                mbar_wait(ring.empty(wrap ? s + i - STAGES : s + i), (wrap ? phase ^ 1 : phase) ^ 1);
+              }
           }
+          if (trace && !t_pre) t_pre = rgt::clk();
+          fill(t, j, s);
+          if (trace && !t_first) t_first = rgt::clk();
+          if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
+            s = 0;
+            phase ^= 1;
+          }
+        }
       }
-    } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
-      if constexpr (WGM > 1) setmaxnreg_inc<232>();
-      // The consumers' work, instantiated twice: LEAN (kRgLean) or not. Two chunk loops in one body made ptxas serialize
-      // every wgmma (a wait after each); separate instantiations keep each pipelined.
-      auto consume = [&](auto lean_tag) {
-        constexpr bool LEAN = decltype(lean_tag)::value;
-        const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
-        const bool lead = trace && (tid & 127) == 0;
-        const bool mma = !(flags & kRgSkipMma);
-        u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
-        // kRgLean: the descriptors' low words of stage 0 (this warpgroup's A rows, B), the same for the whole warpgroup (the
-        // shuffle tells the compiler so); stage s adds s · STAGE / 16. Threads 0 … CL − 1 of the warpgroup release a stage
-        // in CTA (tid mod 128) of the cluster: the peer's empty(0), mapped once; empty(s) is 8·s bytes on.
-        u32 a_lo0 = 0, b_lo0 = 0, rel0 = 0;
-        bool releaser = false;
-        if constexpr (LEAN) {
-          const int wmu = __shfl_sync(0xffffffffu, wm, 0);
-          a_lo0 = rg90::desc_lo(ring.stage(0) + (PP ? 0 : wmu * 64 * 128));
-          b_lo0 = rg90::desc_lo(ring.stage(0) + A_BYTES);
-          releaser = (tid & 127) < CL;
-          rel0 = ring.empty(0);
-          if constexpr (CL > 1)
-            asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(ring.empty(0)), "r"((tid & 127) % CL));
-        }
-        int s = 0;
-        u32 phase = 0;
-        bool started = false;  // trace: this warpgroup's first tile is done
-        bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
-        for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
-          if (PP && (i & 1) != wm) {  // the other warpgroup's tile: skip its CHUNKS stages
-            const int adv = s + CHUNKS;
-            phase ^= static_cast<u32>((adv / STAGES) & 1);
-            s = adv % STAGES;
-            continue;
-          }
-          // Ping-pong hand-off: a full barrier's parity tells phases apart only one phase ahead, so this warpgroup waits
-          // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
-          // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
-          if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
-          const int m0 = (t * TPG + ti) * rows;
-          typename Row::Acc acc;
-          Row::zero(acc);
-          int prev = -1;
-          const bool last = t + clusters >= groups;
-          if constexpr (LEAN) {
-            // The lean chunk loop: the same waits, MMAs (same order) and releases as the loop below.
-            for (int kc = 0; kc < CHUNKS; ++kc) {
-              ring.wait_full(s, phase);
-              if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
-                asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
-              if (lead) {
-                if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
-                if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
-              }
-              const u32 off = static_cast<u32>(s) * (STAGE / 16);
-              if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
-              if (releaser && prev >= 0) {
-                if constexpr (CL == 1) mbar_arrive(rel0 + 8 * prev);
-                else rgt::mbar_arrive_remote(rel0 + 8 * prev);
-              }
-              prev = s;
-              if (++s == depth) {
-                s = 0;
-                phase ^= 1;
-              }
-            }
-          } else {
-            for (int kc = 0; kc < CHUNKS; ++kc) {
-              ring.wait_full(s, phase);
-              if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
-                asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
-              if (lead) {
-                if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
-                if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
-              }
-              if (mma) rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
-              // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
-              ring.template release<CL>(prev, tid, prev >= 0);
-              prev = s;
-              if (++s == STAGES) {
-                s = 0;
-                phase ^= 1;
-              }
-            }
-          }
-          rg90::wgmma_wait<0>();
-          Row::fence(acc);
-          ring.template release<CL>(prev, tid, prev >= 0);
-          started = true;
-          if (lead) tw[kRgTraceMmaDone] = rgt::clk();
-          if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
-          if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
-          const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
-          const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
-          if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
-            const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
-            Row::stage_sw128(acc, slot, lane);
-            fence_proxy_async();
-            __syncwarp();
-            const int row = m0 + r0 + warp * 16;
-            if (lane == 0 && row < a.T) {
-    #pragma unroll
-              for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);
-              bulk_commit();
-              tma_stored = true;
-            }
-            if (lead) tw[kRgTraceStored] = rgt::clk();
-            continue;
-          }
-          float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
-          constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
-          if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
-            // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
-            // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
-            // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of
-            // one row at a time (whole 128-byte lines) instead of 8 rows × 32 bytes.
-            constexpr int PITCH = (EH + 8) * 4, CPR = EH / 4;
-            if constexpr (WGM > 1) asm volatile("bar.sync 5, %0;" ::"n"(WGM * 128) : "memory");
-            const u32 tile = ring.base + wm * 64 * PITCH;
-            Row::stage(acc, tile, warp * 16 + (lane >> 2), lane, PITCH);
-            asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-            const int valid = owned - r0;
-            for (int i = tid & 127; i < 64 * CPR; i += 128) {
-              const int r = i / CPR, c = i - r * CPR;
-              if (r < valid) {
-                store16(out + static_cast<i64>(r) * a.out_stride + c * 4, lds16(tile + r * PITCH + c * 16));
-              }
-            }
-          } else {
-            rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
-          }
-          if (lead) tw[kRgTraceStored] = rgt::clk();
-        }
-        if (trace) {  // measurement only: when this warpgroup's stores have all been performed
-          if (tma_stored) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
-          __threadfence();
-          asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
-          if (lead) {
-            tw[kRgTraceFenced] = rgt::clk();
-            if (wm == 0) trace[kRgTraceEndNs] = globaltimer_ns();
+      if (trace) {
+        trace[kRgTraceProducerLast] = rgt::clk();
+        trace[kRgTraceProducerFirst] = t_first ? t_first : t_init;
+        trace[kRgTraceProducerPre] = t_pre ? t_pre : t_init;
+        trace[kRgTraceStartNs] = t0_ns;
+        trace[kRgTraceStartClk] = t0_clk;
+        trace[kRgTraceInitDone] = t_init;
+        trace[kRgTraceClusterDone] = t_cluster;
+        u32 sm;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+        trace[kRgTraceSm] = sm;
+      }
+      // kRgNoExitSync: instead of the final cluster barrier, the producer waits until every consumer warpgroup of the
+      // cluster has released every fill of this CTA's ring (CUTLASS's producer tail). Then no arrival of the peer can
+      // still target this CTA's barriers, and every multicast write into its stages has landed (its consumers waited
+      // for each): the CTA may leave as soon as its own threads are done.
+      if (flags & kRgNoExitSync)
+        for (int i = 0; i < STAGES; ++i) {
+          ring.wait_empty(s, phase);
+          if (++s == STAGES) {
+            s = 0;
+            phase ^= 1;
           }
         }
-        // The TMA stores' shared-memory source stays untouched until it has been read (the CTA may not leave before).
-        if (tma_stored) bulk_wait_read();
-      };
-      consume(lean_tag);
     }
-  };
-  if (flags & kRgLean) roles(rgt::BoolTag<true>{}, rgt::BoolTag<true>{});
-  else if (flags & kRgUniformWg) roles(rgt::BoolTag<true>{}, rgt::BoolTag<false>{});
-  else roles(rgt::BoolTag<false>{}, rgt::BoolTag<false>{});
+  } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
+    if constexpr (WGM > 1) setmaxnreg_inc<232>();
+    const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
+    const bool lead = trace && (tid & 127) == 0;
+    const bool mma = !(flags & kRgSkipMma);
+    u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
+    // The wgmma descriptors' low words of stage 0 (this warpgroup's A rows, B: warp-uniform); stage s adds
+    // s · STAGE / 16 and a k16 step 2 (rg90::desc_lo). Threads 0 … CL − 1 of the warpgroup release a stage in CTA
+    // (tid mod 128) of the cluster: the peer's empty(0), mapped once; empty(s) is 8·s bytes on.
+    const u32 a_lo0 = rg90::desc_lo(ring.stage(0) + (PP ? 0 : wm * 64 * 128));
+    const u32 b_lo0 = rg90::desc_lo(ring.stage(0) + A_BYTES);
+    const bool releaser = (tid & 127) < CL;
+    u32 rel0 = ring.empty(0);
+    if constexpr (CL > 1)
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(ring.empty(0)), "r"((tid & 127) % CL));
+    int s = 0;
+    u32 phase = 0;
+    bool started = false;  // trace: this warpgroup's first tile is done
+    bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
+    for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
+      if (PP && (i & 1) != wm) {  // the other warpgroup's tile: skip its CHUNKS stages
+        const int adv = s + CHUNKS;
+        phase ^= static_cast<u32>((adv / STAGES) & 1);
+        s = adv % STAGES;
+        continue;
+      }
+      // Ping-pong hand-off: a full barrier's parity tells phases apart only one phase ahead, so this warpgroup waits
+      // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
+      // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
+      if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
+      const int m0 = (t * TPG + ti) * rows;
+      typename Row::Acc acc;
+      Row::zero(acc);
+      int prev = -1;
+      const bool last = t + clusters >= groups;
+      for (int kc = 0; kc < CHUNKS; ++kc) {
+        ring.wait_full(s, phase);
+        if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
+          asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
+        if (lead) {
+          if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
+          if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
+        }
+        const u32 off = static_cast<u32>(s) * (STAGE / 16);
+        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
+        // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
+        if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
+        prev = s;
+        if (++s == STAGES) {
+          s = 0;
+          phase ^= 1;
+        }
+      }
+      rg90::wgmma_wait<0>();
+      Row::fence(acc);
+      ring.template release<CL>(prev, tid, prev >= 0);
+      started = true;
+      if (lead) tw[kRgTraceMmaDone] = rgt::clk();
+      if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
+      if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
+      const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
+      const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
+      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
+        const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
+        Row::stage_sw128(acc, slot, lane);
+        fence_proxy_async();
+        __syncwarp();
+        const int row = m0 + r0 + warp * 16;
+        if (lane == 0 && row < a.T) {
+#pragma unroll
+          for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);
+          bulk_commit();
+          tma_stored = true;
+        }
+        if (lead) tw[kRgTraceStored] = rgt::clk();
+        continue;
+      }
+      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
+      constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
+      if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
+        // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
+        // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,
+        // the minimum) and copies them out with 16-byte loads and stores, a warp writing 32 · 16 contiguous bytes of
+        // one row at a time (whole 128-byte lines) instead of 8 rows × 32 bytes.
+        constexpr int PITCH = (EH + 8) * 4, CPR = EH / 4;
+        if constexpr (WGM > 1) asm volatile("bar.sync 5, %0;" ::"n"(WGM * 128) : "memory");
+        const u32 tile = ring.base + wm * 64 * PITCH;
+        Row::stage(acc, tile, warp * 16 + (lane >> 2), lane, PITCH);
+        asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+        const int valid = owned - r0;
+        for (int i = tid & 127; i < 64 * CPR; i += 128) {
+          const int r = i / CPR, c = i - r * CPR;
+          if (r < valid) {
+            store16(out + static_cast<i64>(r) * a.out_stride + c * 4, lds16(tile + r * PITCH + c * 16));
+          }
+        }
+      } else {
+        rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
+      }
+      if (lead) tw[kRgTraceStored] = rgt::clk();
+    }
+    if (trace) {  // measurement only: when this warpgroup's stores have all been performed
+      if (tma_stored) asm volatile("cp.async.bulk.wait_group 0;" ::: "memory");
+      __threadfence();
+      asm volatile("bar.sync %0, 128;" ::"r"(1 + wm) : "memory");
+      if (lead) {
+        tw[kRgTraceFenced] = rgt::clk();
+        if (wm == 0) trace[kRgTraceEndNs] = globaltimer_ns();
+      }
+    }
+    // The TMA stores' shared-memory source stays untouched until it has been read (the CTA may not leave before).
+    if (tma_stored) bulk_wait_read();
+  }
   // No CTA may leave while its peer can still multicast into its shared memory or arrive on its barriers (with
   // kRgNoExitSync the producer's tail above ensures it; the exit stamp is then the producer's).
   if (!(flags & kRgNoExitSync)) cluster_sync();
