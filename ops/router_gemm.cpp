@@ -331,8 +331,12 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
     case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages
-                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8)
-      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, 6);
+                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8); 7 stages
+                        // where K ≥ 4096 (session 10 round 3, with the lean chunk loop, call by call, 2 × 150 rounds:
+                        // 8192 × 7168 → 256 −0.83 / −0.91 µs, faster in 115 / 114 of 150; 8192 × 2048 −0.10, a tie,
+                        // so 6 stay there), where they fit
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, K >= 4096 ? 7 : 6);
+      if (s.config[C_STAGES] == 7 && smem_bytes(s) > smem_limit(arch)) s.config[C_STAGES] = 6;
       break;
     }
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens

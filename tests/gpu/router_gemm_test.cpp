@@ -1089,53 +1089,71 @@ TEST_F(RouterGemmTest, FwdTmaXmcNoExitSync) {
   }
 }
 
-// Measurement (prints; checks that both configs give the same bits): one more ring stage for the expert-pair forward
-// now that its consumers run at the tensor pipe's rate (session 10: the lean chunk loop) — session 10 round 2 found the
+// Measurement (prints; checks that every arm gives the same bits): one more ring stage for the expert-pair forward now
+// that its consumers run at the tensor pipe's rate (session 10: the lean chunk loop) — session 10 round 2 found the
 // main loop short of bytes in flight (clusters holding 4 of 6 stages ran 1.6 µs slower). Call by call on one buffer set,
-// $KILN_RG_AB_ROUNDS rounds (default 24) each in a random order, L2 flushed before every call: 128-token tiles with 6
-// (the default) / 7 stages at 8192 × 2048 and × 7168 → 256; 64-token tiles with 8 (the default) / 9 stages at 4096 and
-// 1024 × 2048 → 256.
+// $KILN_RG_AB_ROUNDS rounds (default 24) each in a random order, L2 flushed before every call. Arms: the op's default
+// (its config from the tuning database or the heuristic: since round 3, 7 stages for 128-token tiles where K ≥ 4096),
+// the default config with the stage count forced to the default's and to one more (128-token tiles: 6 / 7; 64-token
+// tiles: 8 / 9), and the op's default again. Shapes: $KILN_RG_AB_SHAPES ("TxK,…", E = 256; default 8192x2048,
+// 8192x7168, 4096x2048, 1024x2048).
 TEST_F(RouterGemmTest, FwdStagesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
   detail::L2Flusher l2(r, nullptr);
   const char* env = std::getenv("KILN_RG_AB_ROUNDS");
   const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
-  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{8192, 7168, 256}, Shape{4096, 2048, 256}, Shape{1024, 2048, 256}}) {
+  std::vector<Shape> shapes_ab = {{8192, 2048, 256}, {8192, 7168, 256}, {4096, 2048, 256}, {1024, 2048, 256}};
+  if (const char* sh = std::getenv("KILN_RG_AB_SHAPES"); sh && *sh) {
+    shapes_ab.clear();
+    std::string list(sh);
+    for (char& c : list) c = c == ',' ? '|' : c;
+    for (const std::string& part : split_bar(list)) {
+      const size_t xpos = part.find('x');
+      if (xpos != std::string::npos)
+        shapes_ab.push_back({std::atoll(part.substr(0, xpos).c_str()), std::atoll(part.substr(xpos + 1).c_str()), 256});
+    }
+  }
+  for (auto [T, K, E] : shapes_ab) {
     const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xd4c, static_cast<uint64_t>(T)}), mix_seed({0xd5c}));
     DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
-    const bool big = T == 8192;
+    const bool big = (T + 127) / 128 * 2 * 10 >= r.impl().device().sm_count * 9;  // the op's 128-token tiles
     const detail::RouterGemmConfig a = big ? detail::RouterGemmConfig{128, 128, 64, 2, 2, 6}
                                            : detail::RouterGemmConfig{64, 128, 64, 1, 2, 8};
     detail::RouterGemmConfig b = a;
     b[5] += 1;
-    auto call = [&](const detail::RouterGemmConfig& c) {
+    auto call = [&](const detail::RouterGemmConfig* c) {
       detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                          yb.ref(DType::f32, {T, E}), 5, &c, nullptr);
+                                          yb.ref(DType::f32, {T, E}), -1, c, nullptr);
     };
-    call(a);
+    call(&a);
     synchronize();
     const std::vector<float> want = yb.download<float>(T * E);
-    call(b);
-    synchronize();
-    EXPECT_TRUE(bitwise_equal("one more stage vs the default config", yb.download<float>(T * E), want));
-    const detail::RouterGemmConfig* arm[4] = {&a, &b, &a, &b};
-    const char* name[4] = {"default stages", "one more stage", "default again", "one more again"};
+    using Cfg = const detail::RouterGemmConfig*;
+    for (Cfg c : {static_cast<Cfg>(&b), static_cast<Cfg>(nullptr)}) {
+      call(c);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal(c ? "one more stage vs fewer" : "the op's default vs the forced config",
+                                yb.download<float>(T * E), want));
+    }
+    const detail::RouterGemmConfig* arm[4] = {nullptr, &a, &b, nullptr};
+    std::string name[4] = {"op default", "forced " + std::to_string(a[5]) + " stages",
+                           "forced " + std::to_string(b[5]) + " stages", "op default again"};
     std::vector<std::vector<double>> us(4, std::vector<double>(rounds));
     std::mt19937 rng(0x5e11 + static_cast<unsigned>(T + K));
     std::vector<int> order = {0, 1, 2, 3};
     for (int i = 0; i < rounds; ++i) {
       std::shuffle(order.begin(), order.end(), rng);
-      for (int k : order) us[k][i] = timed_once(l2, [&] { call(*arm[k]); });
+      for (int k : order) us[k][i] = timed_once(l2, [&] { call(arm[k]); });
     }
     for (int k = 0; k < 4; ++k) {
       std::vector<double> v = us[k];
       std::sort(v.begin(), v.end());
-      std::printf("[stages] T=%lld K=%lld %-16s (%d) median %.2f  p10 %.2f  p90 %.2f  (n %d)\n", static_cast<long long>(T),
-                  static_cast<long long>(K), name[k], (*arm[k])[5], detail::median(v), v[v.size() / 10],
+      std::printf("[stages] T=%lld K=%lld %-18s median %.2f  p10 %.2f  p90 %.2f  (n %d)\n", static_cast<long long>(T),
+                  static_cast<long long>(K), name[k].c_str(), detail::median(v), v[v.size() / 10],
                   v[v.size() * 9 / 10], rounds);
     }
-    for (auto [p, q] : {std::pair<int, int>{0, 1}, {2, 3}}) {
+    for (auto [p, q] : {std::pair<int, int>{1, 2}, {1, 0}, {2, 0}, {1, 3}}) {
       std::vector<double> d;
       int wins = 0;
       for (int i = 0; i < rounds; ++i) {
@@ -1144,8 +1162,8 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
       }
       std::sort(d.begin(), d.end());
       std::printf("[stages] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
-                  static_cast<long long>(T), static_cast<long long>(K), name[q], name[p], detail::median(d),
-                  d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
+                  static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
+                  detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
     }
   }
 }
