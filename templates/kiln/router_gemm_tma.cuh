@@ -161,10 +161,6 @@ __device__ __forceinline__ void mma_chunk_lo(typename Row::Acc& acc, u32 a_lo, u
   rg90::wgmma_wait<1>();
   Row::fence(acc);
 }
-template <bool B>
-struct BoolTag {
-  static constexpr bool value = B;
-};
 // One arrival on the barrier at shared::cluster address `remote` (mapa'd once by the caller).
 __device__ __forceinline__ void mbar_arrive_remote(u32 remote) {
   asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
