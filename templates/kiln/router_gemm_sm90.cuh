@@ -129,27 +129,24 @@ struct WgmmaRow {
     fence_regs(a.d);
     Next::fence(a.next);
   }
-  // b_addr: shared address of B's row 0 for this k16 step.
-  __device__ __forceinline__ static void mma(Acc& a, u64 adesc, u32 b_addr) {
-    const u64 b = desc_sw128(b_addr + C0 * 128);
+  // This instruction's wgmma (its N columns) with descriptors adesc / b.
+  __device__ __forceinline__ static void issue(Acc& a, u64 adesc, u64 b) {
     if constexpr (N == 256) wgmma_n256(a.d, adesc, b);
     else if constexpr (N == 128) wgmma_n128(a.d, adesc, b);
     else if constexpr (N == 64) wgmma_n64(a.d, adesc, b);
     else if constexpr (N == 32) wgmma_n32(a.d, adesc, b);
     else if constexpr (N == 16) wgmma_n16(a.d, adesc, b);
     else wgmma_n8(a.d, adesc, b);
+  }
+  // b_addr: shared address of B's row 0 for this k16 step.
+  __device__ __forceinline__ static void mma(Acc& a, u64 adesc, u32 b_addr) {
+    issue(a, adesc, desc_sw128(b_addr + C0 * 128));
     Next::mma(a.next, adesc, b_addr);
   }
   // The same from descriptor low words (desc_lo): b_lo is B's row 0 for this k16 step; instruction C0's rows start
   // C0 · 128 bytes later.
   __device__ __forceinline__ static void mma_lo(Acc& a, u64 adesc, u32 b_lo) {
-    const u64 b = desc_from_lo(b_lo + C0 * 8);
-    if constexpr (N == 256) wgmma_n256(a.d, adesc, b);
-    else if constexpr (N == 128) wgmma_n128(a.d, adesc, b);
-    else if constexpr (N == 64) wgmma_n64(a.d, adesc, b);
-    else if constexpr (N == 32) wgmma_n32(a.d, adesc, b);
-    else if constexpr (N == 16) wgmma_n16(a.d, adesc, b);
-    else wgmma_n8(a.d, adesc, b);
+    issue(a, adesc, desc_from_lo(b_lo + C0 * 8));
     Next::mma_lo(a.next, adesc, b_lo);
   }
   // Writes the accumulators to a row-major fp32 tile in shared memory (`pitch` bytes a row). Register i of the
