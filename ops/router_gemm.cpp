@@ -142,8 +142,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
-                               // (full, empty, and the kRgEarlyLd fills')
-    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 24);
+                               // (full, empty)
+    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs) {  // 1 KiB alignment slack + the ring (x tile, w chunk rounded to 1 KiB) + its mbarriers
     const int e = static_cast<int>(s.params[P_E]);
     const int stage = s.config[C_BM] * 128 + static_cast<int>(round_up(e * 128, 1024));
@@ -331,8 +331,12 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
     case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages
-                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8)
-      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, 6);
+                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8); 7 stages
+                        // where K ≥ 4096 (session 10 round 3, with the lean chunk loop, call by call, 2 × 150 rounds:
+                        // 8192 × 7168 → 256 −0.83 / −0.91 µs, faster in 115 / 114 of 150; 8192 × 2048 −0.10, a tie,
+                        // so 6 stay there), where they fit
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, K >= 4096 ? 7 : 6);
+      if (s.config[C_STAGES] == 7 && smem_bytes(s) > smem_limit(arch)) s.config[C_STAGES] = 6;
       break;
     }
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
@@ -662,7 +666,7 @@ int sm_count(Runtime& rt) { return rt.impl().device().sm_count; }
 // boxes of 128 bytes (64 bf16 or 32 fp32 columns; 128-byte swizzle: the layout wgmma and the g fragment loads
 // read) × box_rows rows; reads outside the tensor fill zeros.
 void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows, int64_t pitch, int box_rows,
-                   bool f32 = false, CUtensorMapL2promotion promotion = CU_TENSOR_MAP_L2_PROMOTION_L2_256B) {
+                   bool f32 = false) {
   static_assert(sizeof(TensorMap) == sizeof(CUtensorMap) && alignof(TensorMap) >= alignof(CUtensorMap));
   const cuuint64_t dims[2] = {static_cast<cuuint64_t>(cols), static_cast<cuuint64_t>(rows)};
   const cuuint64_t strides[1] = {static_cast<cuuint64_t>(pitch)};
@@ -671,7 +675,8 @@ void encode_tma_2d(TensorMap& out, const void* data, int64_t cols, int64_t rows,
   check(driver().cuTensorMapEncodeTiled(reinterpret_cast<CUtensorMap*>(&out),
                                         f32 ? CU_TENSOR_MAP_DATA_TYPE_FLOAT32 : CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2,
                                         const_cast<void*>(data), dims, strides, box, elem,
-                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, promotion,
+                                        CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B,
+                                        CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                                         CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE),
         "cuTensorMapEncodeTiled");
 }
@@ -698,9 +703,6 @@ RouterGemmFwdTmaArgs fwd_tma_args(const TensorRef& x, const Rows& xr, const Tens
   RouterGemmFwdTmaArgs a{};
   encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, x_rows);
   encode_tma_2d(a.tmw, w.data, xr.cols, E, xr.cols * 2, w_rows);
-  a.x = x.data;
-  a.x_stride = xr.stride;
-  a.w = w.data;
   a.out = static_cast<float*>(logits.data);
   a.out_stride = lr.stride;
   a.T = static_cast<int>(xr.rows);
@@ -761,9 +763,6 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
     const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
     RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm / 2, static_cast<int>(E / cl));
-    if (measure & (kRgXProm128 | kRgXPromNone))  // measurement: x's L2 fills of 128 bytes / no promotion
-      encode_tma_2d(a.tmx, x.data, xr.cols, xr.rows, xr.stride * 2, bm / 2, false,
-                    (measure & kRgXProm128) ? CU_TENSOR_MAP_L2_PROMOTION_L2_128B : CU_TENSOR_MAP_L2_PROMOTION_NONE);
     // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
     const int64_t pairs = std::max(1, sms / 2);
     a.tile_rows = bm;
@@ -781,7 +780,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
-                          kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint | kRgNoExitSync)) |
+                          kRgNoExitSync)) |
               (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
@@ -1224,16 +1223,11 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int flags = 0, precision = 4;  // standard (the default)
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
   // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
-  // without dynamic shared memory: kRgNoopNoSmem); session 9: _eld / _eldall (kRgEarlyLd: the first 2 / STAGES fills
-  // by cp.async, no tensor map), _hint (kRgL2Hint: x evict_first, w evict_last), _noexit (kRgNoExitSync: the
-  // producer's tail instead of the final cluster barrier), _xp128 / _xp0 (kRgXProm128 / kRgXPromNone: x's tensor map
-  // with L2 fills of 128 bytes / none instead of 256).
+  // without dynamic shared memory: kRgNoopNoSmem); session 9: _noexit (kRgNoExitSync: the producer's tail instead of
+  // the final cluster barrier).
   const std::pair<const char*, int> xmc_switches[] = {{"_epitma", kRgEpiTma}, {"_plain", kRgXmcPlain},
                                                       {"_noop0", kRgNoop | kRgNoopNoSmem}, {"_mix", kRgEpiMix},
-                                                      {"_staged", kRgXmcPlain}, {"_eld", kRgEarlyLd},
-                                                      {"_eldall", kRgEarlyLd | kRgEarlyLdAll}, {"_hint", kRgL2Hint},
-                                                      {"_noexit", kRgNoExitSync}, {"_xp128", kRgXProm128},
-                                                      {"_xp0", kRgXPromNone}};
+                                                      {"_staged", kRgXmcPlain}, {"_noexit", kRgNoExitSync}};
   strip_switches(part, flags, xmc_switches);
   // Switches (any combination, after the kernel suffix): _nostore (kRgSkipStore); the expert-pair forward's _rot
   // (kRgRotateK), _bal (kRgBalance), _now (kRgSkipW), _direct (kRgEpiDirect), _halfstore (kRgHalfStore); _noop

@@ -26,8 +26,6 @@ struct RouterGemmFwdTmaArgs {
   unsigned long long* trace;            // expert-pair kernel, measurement only (null in the ops): kRgTraceFwdSlots a CTA
   TensorMap tmo;                      // expert-pair kernel with kRgEpiTma: logits [T, E] fp32 in 128-byte-swizzled
                                         // boxes of 32 columns × 16 rows (TMA stores; rows past T clipped)
-  const void* x; long long x_stride;    // expert-pair kernel with kRgEarlyLd: x [T, K] (elements between rows) and
-  const void* w;                        // w [E, K] contiguous, for the first fills by cp.async (no tensor map)
 };
 
 // Trace slots of the expert-pair forward (RouterGemmFwdTmaArgs::trace, kRgTraceSlots per CTA): globaltimer ns and
@@ -57,18 +55,9 @@ constexpr int kRgEpiMix = 1 << 27;
 constexpr int kRgNoopNoSmem = 1 << 26;
 // Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
 constexpr int kRgXmcPlain = 1 << 28;
-// Expert-pair forward options (session 9, measurement until a round decides): kRgEarlyLd — the first 2 ring fills of a
-// cluster's first tile are copied by the producer warpgroup's 128 threads with cp.async (each CTA its whole x tile, no
-// multicast, no tensor map: issued right after the barrier init, before the cluster barrier), completing on their own
-// mbarriers; with kRgEarlyLdAll the first STAGES fills. kRgL2Hint: x loads with an L2 evict_first policy, w loads with
-// evict_last.
-constexpr int kRgEarlyLd = 1 << 29, kRgEarlyLdAll = 1 << 30, kRgL2Hint = 1 << 25;
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
-// Measurement (host only, expert-pair forward): x's tensor map with L2 promotion 128 B (CUTLASS's default) or none,
-// instead of 256 B.
-constexpr int kRgXProm128 = 1 << 4, kRgXPromNone = 1 << 5;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

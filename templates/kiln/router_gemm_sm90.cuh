@@ -28,6 +28,14 @@ __device__ __forceinline__ u64 desc_sw128(u32 smem_byte_addr) {
   return d;
 }
 
+// desc_sw128 split in its two 32-bit words: the high word is the same for every address (SBO 1024 bytes, 128-byte
+// swizzle), and the low word is (addr >> 4) | LBO 1 — for addresses below 256 KiB (every shared-memory address) a
+// 16-byte-granular offset d moves it by d / 16 with no carry out of the start-address field, so a descriptor can be
+// advanced by integer adds: desc_sw128(addr + d) == desc_from_lo(desc_lo(addr) + d / 16).
+constexpr u32 kDescSw128Hi = (1024 >> 4) | (1u << 30);
+__device__ __forceinline__ u32 desc_lo(u32 smem_byte_addr) { return ((smem_byte_addr & 0x3FFFF) >> 4) | (1u << 16); }
+__device__ __forceinline__ u64 desc_from_lo(u32 lo) { return (static_cast<u64>(kDescSw128Hi) << 32) | lo; }
+
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
 template <int N>
@@ -121,16 +129,25 @@ struct WgmmaRow {
     fence_regs(a.d);
     Next::fence(a.next);
   }
-  // b_addr: shared address of B's row 0 for this k16 step.
-  __device__ __forceinline__ static void mma(Acc& a, u64 adesc, u32 b_addr) {
-    const u64 b = desc_sw128(b_addr + C0 * 128);
+  // This instruction's wgmma (its N columns) with descriptors adesc / b.
+  __device__ __forceinline__ static void issue(Acc& a, u64 adesc, u64 b) {
     if constexpr (N == 256) wgmma_n256(a.d, adesc, b);
     else if constexpr (N == 128) wgmma_n128(a.d, adesc, b);
     else if constexpr (N == 64) wgmma_n64(a.d, adesc, b);
     else if constexpr (N == 32) wgmma_n32(a.d, adesc, b);
     else if constexpr (N == 16) wgmma_n16(a.d, adesc, b);
     else wgmma_n8(a.d, adesc, b);
+  }
+  // b_addr: shared address of B's row 0 for this k16 step.
+  __device__ __forceinline__ static void mma(Acc& a, u64 adesc, u32 b_addr) {
+    issue(a, adesc, desc_sw128(b_addr + C0 * 128));
     Next::mma(a.next, adesc, b_addr);
+  }
+  // The same from descriptor low words (desc_lo): b_lo is B's row 0 for this k16 step; instruction C0's rows start
+  // C0 · 128 bytes later.
+  __device__ __forceinline__ static void mma_lo(Acc& a, u64 adesc, u32 b_lo) {
+    issue(a, adesc, desc_from_lo(b_lo + C0 * 8));
+    Next::mma_lo(a.next, adesc, b_lo);
   }
   // Writes the accumulators to a row-major fp32 tile in shared memory (`pitch` bytes a row). Register i of the
   // thread (lane `lane` of warp v in its warpgroup) holds row 16v + lane/4 + 8·((i/2) & 1) — row0 is the first —
@@ -164,6 +181,7 @@ struct WgmmaRow<E, E> {
   __device__ __forceinline__ static void zero(Acc&) {}
   __device__ __forceinline__ static void fence(Acc&) {}
   __device__ __forceinline__ static void mma(Acc&, u64, u32) {}
+  __device__ __forceinline__ static void mma_lo(Acc&, u64, u32) {}
   __device__ __forceinline__ static void stage(const Acc&, u32, int, int, int) {}
   __device__ __forceinline__ static void stage_sw128(const Acc&, u32, int) {}
 };

@@ -138,43 +138,6 @@ struct StageRing {
   }
 };
 
-// L2 cache policies (createpolicy) and the 2-D tensor loads that take one (kRgL2Hint).
-__device__ __forceinline__ u64 policy_evict_first() {
-  u64 p;
-  asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
-  return p;
-}
-__device__ __forceinline__ u64 policy_evict_last() {
-  u64 p;
-  asm volatile("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(p));
-  return p;
-}
-__device__ __forceinline__ void tma_load_2d_hint(u32 dst, const void* tmap, u32 bar, int c0, int c1, u64 pol) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint"
-      " [%0], [%1, {%3, %4}], [%2], %5;" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "r"(c0), "r"(c1), "l"(pol)
-      : "memory");
-}
-__device__ __forceinline__ void tma_load_2d_multicast_hint(u32 dst, const void* tmap, u32 bar, int c0, int c1,
-                                                           unsigned short mask, u64 pol) {
-  asm volatile(
-      "cp.async.bulk.tensor.2d.shared::cluster.global.mbarrier::complete_tx::bytes.multicast::cluster.L2::cache_hint"
-      " [%0], [%1, {%4, %5}], [%2], %3, %6;" ::"r"(dst),
-      "l"(reinterpret_cast<u64>(tmap)), "r"(bar), "h"(mask), "r"(c0), "r"(c1), "l"(pol)
-      : "memory");
-}
-// 16 bytes global → shared at `dst` (src_bytes 0: zero-filled, nothing read; L2 fills of 256 bytes, as the tensor
-// maps' promotion), and the arrival of this thread on `bar` once all its earlier cp.async have landed (noinc: the
-// barrier's count includes these arrivals).
-__device__ __forceinline__ void cp_async16_to(u32 dst, const void* src, u32 src_bytes) {
-  asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src), "r"(src_bytes)
-               : "memory");
-}
-__device__ __forceinline__ void cp_async_arrive_noinc(u32 bar) {
-  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];" ::"r"(bar) : "memory");
-}
-
 // A consumer warpgroup's MMAs on one landed 64-column chunk: acc += A(sa) · B(sb)ᵀ in four k16 steps, then a wait until
 // only this chunk's MMAs are in flight, so the previous chunk's stage may be released.
 template <typename Row>
@@ -186,6 +149,21 @@ __device__ __forceinline__ void mma_chunk(typename Row::Acc& acc, u32 sa, u32 sb
   rg90::wgmma_commit();
   rg90::wgmma_wait<1>();
   Row::fence(acc);
+}
+// The same from the descriptors' low words (rg90::desc_lo of A's and B's first rows): a k16 step is 32 bytes, +2.
+template <typename Row>
+__device__ __forceinline__ void mma_chunk_lo(typename Row::Acc& acc, u32 a_lo, u32 b_lo) {
+  Row::fence(acc);
+  rg90::wgmma_fence();
+#pragma unroll
+  for (int ks = 0; ks < 4; ++ks) Row::mma_lo(acc, rg90::desc_from_lo(a_lo + 2 * ks), b_lo + 2 * ks);
+  rg90::wgmma_commit();
+  rg90::wgmma_wait<1>();
+  Row::fence(acc);
+}
+// One arrival on the barrier at shared::cluster address `remote` (mapa'd once by the caller).
+__device__ __forceinline__ void mbar_arrive_remote(u32 remote) {
+  asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
 }
 
 }  // namespace rgt
@@ -405,8 +383,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int CHUNKS = (K + 63) / 64;
   // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
   constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
-  // kRgEarlyLd: clusters of 2 walking one tile at a time, one stage a request, and a first tile of ≥ STAGES chunks.
-  constexpr bool CAN_EARLY = CL == 2 && !PP && ISSUE == 1 && CHUNKS >= STAGES;
   using Row = rg90::WgmmaRow<EH, 0>;
 
   // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
@@ -423,7 +399,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
 
   extern __shared__ __align__(16) char smem_raw[];
   const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
-  const int tid = threadIdx.x, wg = tid / 128;
+  const int tid = threadIdx.x;
   const u32 rank = blockIdx.x % CL;
   const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
   const int cluster = blockIdx.x / CL, clusters = gridDim.x / CL;
@@ -432,16 +408,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
   if (tid == 128 && (flags & kRgEpiTma)) prefetch_tmap(&a.tmo);  // used at the end: fetched long before
-  // kRgEarlyLd: fills 0 … ne − 1 (the cluster's first tile, stages 0 … ne − 1) are copied by the producer warpgroup
-  // with cp.async and complete on efull(s) (128 arrivals); the full barriers of those stages then run one phase behind
-  // (their first completed phase is the stage's second fill).
-  const int ne = CAN_EARLY && load && (flags & kRgEarlyLd) && cluster < groups
-                     ? ((flags & kRgEarlyLdAll) || STAGES < 2 ? STAGES : 2)
-                     : 0;
-  auto efull = [&](int s) { return ring.bars + 8 * (2 * STAGES + s); };
-  // kRgL2Hint: L2 policies of the x and w loads (set by the producer thread before its first fill).
-  const bool hint = flags & kRgL2Hint;
-  u64 pol_x = 0, pol_w = 0;
   // Tile group t's j-th chunk (kRgRotateK: tile t starts at chunk t mod CHUNKS).
   auto kc_of = [&](int t, int j) {
     const int rot = (flags & kRgRotateK) ? t % CHUNKS : 0;
@@ -459,82 +425,39 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     if (!load) return;
     constexpr unsigned short XMASK = 3, WMASK = CL == 4 ? 5 : 1;  // shifted by 2·ti and by ej
     const int x0 = m0 + ej * XR;  // this CTA's x rows
-    if (x0 < a.T) {
-      if (hint)
-        rgt::tma_load_2d_multicast_hint(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                                        static_cast<unsigned short>(XMASK << (2 * ti)), pol_x);
-      else
-        tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
-                              static_cast<unsigned short>(XMASK << (2 * ti)));
-    }
+    if (x0 < a.T)
+      tma_load_2d_multicast(sa + ej * XR * 128, &a.tmx, full, kc * 64, x0,
+                            static_cast<unsigned short>(XMASK << (2 * ti)));
     if (load_w) {
-      if constexpr (CL == 2) {
-        if (hint) rgt::tma_load_2d_hint(sb, &a.tmw, full, kc * 64, ej * EH, pol_w);
-        else tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
-      } else {
-        if (hint)
-          rgt::tma_load_2d_multicast_hint(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                          static_cast<unsigned short>(WMASK << ej), pol_w);
-        else
-          tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
-                                static_cast<unsigned short>(WMASK << ej));
-      }
+      if constexpr (CL == 2)
+        tma_load_2d(sb, &a.tmw, full, kc * 64, ej * EH);
+      else
+        tma_load_2d_multicast(sb + ti * WR * 128, &a.tmw, full, kc * 64, ej * EH + ti * WR,
+                              static_cast<unsigned short>(WMASK << ej));
     }
   };
 
   u64 t_init = 0, t_cluster = 0, t_pre = 0, t_first = 0;
   if (tid == 0) {
-    for (int s = 0; s < ne; ++s) mbar_init(efull(s), 128);  // the producer warpgroup's cp.async arrivals
     // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
     // cluster: the barrier below needs no release of its own.
     ring.init(READERS);
     if (trace) t_init = rgt::clk();
   }
-  if (ne) {  // (uniform over the CTA)
-    __syncthreads();  // the early barriers are initialized
-    if (wg == 0) {  // the first ne fills of this CTA's first tile: its whole x tile and its E/2 w rows, 16-byte pieces
-      const int m0 = (cluster * TPG + ti) * rows;
-      const char* const xg = static_cast<const char*>(a.x);
-      const char* const wgl = static_cast<const char*>(a.w) + static_cast<i64>(ej) * EH * K * 2;
-      if (trace && tid == 0) t_pre = rgt::clk();
-      for (int f = 0; f < ne; ++f) {
-        const int kc = kc_of(cluster, f);
-        const u32 sa = ring.stage(f);  // x rows at sa, w rows right after (sb = sa + BM·128)
-#pragma unroll
-        for (int it = 0; it < ((BM + EH) * 8 + 127) / 128; ++it) {
-          const int i = it * 128 + tid, r = i >> 3, c = i & 7;  // row r of the stage (x rows, then w rows), piece c
-          if (i >= (BM + EH) * 8) break;
-          const int col = kc * 64 + c * 8;
-          const u32 dst = sa + r * 128 + ((c ^ (r & 7)) << 4);  // the 128-byte swizzle (TMA's, wgmma's)
-          if (r < BM) {
-            const int row = m0 + r;
-            const bool ok = col < K && row < a.T;
-            rgt::cp_async16_to(dst, ok ? xg + (static_cast<i64>(row) * a.x_stride + col) * 2 : xg, ok ? 16 : 0);
-          } else if (load_w) {
-            const bool ok = col < K;
-            rgt::cp_async16_to(dst, ok ? wgl + (static_cast<i64>(r - BM) * K + col) * 2 : wgl, ok ? 16 : 0);
-          }
-        }
-        rgt::cp_async_arrive_noinc(efull(f));
-        if (trace && tid == 0 && f == 0) t_first = rgt::clk();
-      }
-    }
-  }
   cluster_arrive_relaxed();
   cluster_wait();
 
+  // The warpgroup index made warp-uniform by a shuffle (as CUTLASS does): the compiler then keeps the ring state, the
+  // barrier addresses and the wgmma descriptors in uniform registers (session 10: no R2UR left in the chunk loop).
+  const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
   if (wg == 0) {  // producer
     if constexpr (WGM > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
       if (trace) t_cluster = rgt::clk();
-      if (hint) {
-        pol_x = rgt::policy_evict_first();
-        pol_w = rgt::policy_evict_last();
-      }
-      int s = ne == STAGES ? 0 : ne;  // the first ne fills of the first tile went out by cp.async
-      u32 phase = ne == STAGES ? 1 : 0;
+      int s = 0;
+      u32 phase = 0;
       for (int t = cluster; t < groups; t += clusters) {
-        for (int j = t == cluster ? ne : 0; j < CHUNKS; ++j) {
+        for (int j = 0; j < CHUNKS; ++j) {
           if (j % ISSUE == 0) {  // both CTAs' consumers released stage s (and the next ISSUE − 1: they go out together)
             ring.wait_empty(s, phase);
 #pragma unroll
@@ -584,9 +507,17 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     const bool lead = trace && (tid & 127) == 0;
     const bool mma = !(flags & kRgSkipMma);
     u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
+    // The wgmma descriptors' low words of stage 0 (this warpgroup's A rows, B: warp-uniform); stage s adds
+    // s · STAGE / 16 and a k16 step 2 (rg90::desc_lo). Threads 0 … CL − 1 of the warpgroup release a stage in CTA
+    // (tid mod 128) of the cluster: the peer's empty(0), mapped once; empty(s) is 8·s bytes on.
+    const u32 a_lo0 = rg90::desc_lo(ring.stage(0) + (PP ? 0 : wm * 64 * 128));
+    const u32 b_lo0 = rg90::desc_lo(ring.stage(0) + A_BYTES);
+    const bool releaser = (tid & 127) < CL;
+    u32 rel0 = ring.empty(0);
+    if constexpr (CL > 1)
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(ring.empty(0)), "r"((tid & 127) % CL));
     int s = 0;
     u32 phase = 0;
-    int early = 0;  // early fills seen (kRgEarlyLd)
     bool started = false;  // trace: this warpgroup's first tile is done
     bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
     for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
@@ -606,22 +537,17 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       int prev = -1;
       const bool last = t + clusters >= groups;
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        if (early < ne) {  // a cp.async fill: landed, then made visible to wgmma (the async proxy)
-          mbar_wait(efull(s), 0);
-          fence_proxy_async();
-          ++early;
-        } else {
-          ring.wait_full(s, s < ne ? phase ^ 1u : phase);
-        }
+        ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
-        if (mma) rgt::mma_chunk<Row>(acc, ring.stage(s) + (PP ? 0 : wm * 64 * 128), ring.stage(s) + A_BYTES);
+        const u32 off = static_cast<u32>(s) * (STAGE / 16);
+        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
-        ring.template release<CL>(prev, tid, prev >= 0);
+        if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
         prev = s;
         if (++s == STAGES) {
           s = 0;

@@ -27,8 +27,10 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <limits>
+#include <random>
 #include <string>
 #include <thread>
 #include <vector>
@@ -50,6 +52,15 @@ namespace {
 constexpr double kU = 5.9604644775390625e-08;  // 2⁻²⁴
 constexpr double kSplit = 7.62939453125e-06;   // 2⁻¹⁷
 constexpr double kBf16Round = 3.90625e-03;     // 2⁻⁸: bf16's unit roundoff (8 significant bits)
+
+// "a|b|c" → {"a", "b", "c"} (test filters from the environment).
+std::vector<std::string> split_bar(const std::string& s) {
+  std::vector<std::string> out;
+  size_t b = 0;
+  for (size_t e; (e = s.find('|', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+  out.push_back(s.substr(b));
+  return out;
+}
 
 std::string show(float v) {
   char b[48];
@@ -626,10 +637,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     bool back_to_back;
   };
   const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
+  const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
+  const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
-                       Mode{"eld (first 2 fills by cp.async)", kRgEarlyLd, def, false},
-                       Mode{"eldall (first 6 fills by cp.async)", kRgEarlyLd | kRgEarlyLdAll, def, false},
-                       Mode{"hint (x evict_first, w evict_last)", kRgL2Hint, def, false},
                        Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
@@ -646,12 +656,18 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true}}) {
+    // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
+    if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
+      bool hit = false;
+      for (const std::string& part : split_bar(f)) hit = hit || std::string(m.name).find(part) != std::string::npos;
+      if (!hit) continue;
+    }
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore | kRgSkipLoad | kRgSkipMma));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
     run(m.flags, false, cfg, false);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
-    for (int rep = 0; rep < 2; ++rep) {
+    for (int rep = 0; rep < reps; ++rep) {
       run(m.flags, true, cfg, m.back_to_back);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
       const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceFwdSlots);
@@ -952,7 +968,7 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
                 v[v.size() / 10], v[v.size() * 9 / 10], v.size());
   };
   // The options: the epilogues (mixed = default, staged, TMA-only), the K walk rotated per tile, 66 tiles of 125 rows,
-  // 7 stages, no final cluster barrier (the producer's tail), x's L2 promotion 128 B / none, and no stores (ablation).
+  // 7 stages, no final cluster barrier (the producer's tail), and no stores (ablation).
   const detail::RouterGemmConfig s7{128, 128, 64, 2, 2, 7};
   struct Opt {
     const char* name;
@@ -968,10 +984,6 @@ TEST_F(RouterGemmTest, FwdOptionsAB) {
                       {"nostore", kRgSkipStore, nullptr},
                       {"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, nullptr},
                       {"noexit + staged", kRgNoExitSync | kRgXmcPlain, nullptr},
-                      {"x L2 promotion 128 B", kRgXProm128, nullptr},
-                      {"x L2 promotion none", kRgXPromNone, nullptr},
-                      {"noexit + x promotion 128 B", kRgNoExitSync | kRgXProm128, nullptr},
-                      {"eld (2 cp.async fills)", kRgEarlyLd, nullptr},
                       {"default again", 0, nullptr}};
   for (const Opt& o : opts) call(0, o.flags, o.cfg);  // compiles the 7-stage point outside the timing
   synchronize();
@@ -1034,14 +1046,13 @@ TEST_F(RouterGemmTest, FwdNoExitAB) {
   }
 }
 
-// Session 9 options of the expert-pair forward: the first fills by cp.async (kRgEarlyLd: 2 stages; kRgEarlyLdAll: all
-// STAGES), the L2 policies of the loads (kRgL2Hint) and the producer tail instead of the final cluster barrier
-// (kRgNoExitSync), alone, together and with kRgRotateK / the other epilogues, at the default point, 7
-// stages, 64-token tiles (one consumer warpgroup, 8 stages) and where the early fills do not apply (ping-pong, clusters
-// of 4, bk = 128, K shorter than the ring); shapes with a partial last tile, tiny T (the second CTA's rows past T), K
-// not a multiple of 64, several tiles per cluster, strided x rows. Every result must equal the default's bit for bit
-// (the same sums in the same order; with kRgRotateK the rotated default's) and the fp64 reference.
-TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
+// The expert-pair forward's producer tail instead of the final cluster barrier (kRgNoExitSync, session 9; the op's
+// default), with the staged / TMA-store epilogues, with kRgRotateK and without it (kRgXmcPlain: none of the op's
+// options), at the default point, 7 stages, 64-token tiles (one consumer warpgroup, 8 stages), ping-pong, clusters of
+// 4, bk = 128; shapes with a partial last tile, tiny T (the second CTA's rows past T), K not a multiple of 64, several
+// tiles per cluster, strided x rows. Every result must equal the default's bit for bit (the same sums in the same
+// order; with kRgRotateK the rotated default's) and the fp64 reference.
+TEST_F(RouterGemmTest, FwdTmaXmcNoExitSync) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
                          Shape{300, 7168, 256}, Shape{1000, 2048, 160}, Shape{130, 320, 128}, Shape{1, 1600, 16}}) {
@@ -1062,11 +1073,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
       detail::router_gemm_measure_flags.store(kRgRotateK);
       const Fwd rot = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       detail::router_gemm_measure_flags.store(0);
-      for (int flags : {kRgEarlyLd, kRgEarlyLd | kRgEarlyLdAll, kRgL2Hint, kRgEarlyLd | kRgL2Hint,
-                        kRgEarlyLd | kRgEarlyLdAll | kRgL2Hint, kRgEarlyLd | kRgRotateK,
-                        kRgEarlyLd | kRgEarlyLdAll | kRgXmcPlain, kRgNoExitSync, kRgNoExitSync | kRgXmcPlain,
-                        kRgNoExitSync | kRgEarlyLd | kRgEarlyLdAll, kRgNoExitSync | kRgEpiTma, kRgXProm128,
-                        kRgXPromNone}) {
+      for (int flags : {kRgXmcPlain, kRgNoExitSync, kRgNoExitSync | kRgXmcPlain, kRgNoExitSync | kRgEpiTma,
+                        kRgNoExitSync | kRgRotateK}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -1077,6 +1085,85 @@ TEST_F(RouterGemmTest, FwdTmaXmcEarlyFillsAndHints) {
         EXPECT_TRUE(bitwise_equal("logits vs default options", f.y, (flags & kRgRotateK) ? rot.y : base.y));
         EXPECT_TRUE(bitwise_equal("strided rows", g.y, f.y));
       }
+    }
+  }
+}
+
+// Measurement (prints; checks that every arm gives the same bits): one more ring stage for the expert-pair forward now
+// that its consumers run at the tensor pipe's rate (session 10: the lean chunk loop) — session 10 round 2 found the
+// main loop short of bytes in flight (clusters holding 4 of 6 stages ran 1.6 µs slower). Call by call on one buffer set,
+// $KILN_RG_AB_ROUNDS rounds (default 24) each in a random order, L2 flushed before every call. Arms: the op's default
+// (its config from the tuning database or the heuristic: since round 3, 7 stages for 128-token tiles where K ≥ 4096),
+// the default config with the stage count forced to the default's and to one more (128-token tiles: 6 / 7; 64-token
+// tiles: 8 / 9), and the op's default again. Shapes: $KILN_RG_AB_SHAPES ("TxK,…", E = 256; default 8192x2048,
+// 8192x7168, 4096x2048, 1024x2048).
+TEST_F(RouterGemmTest, FwdStagesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
+  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
+  std::vector<Shape> shapes_ab = {{8192, 2048, 256}, {8192, 7168, 256}, {4096, 2048, 256}, {1024, 2048, 256}};
+  if (const char* sh = std::getenv("KILN_RG_AB_SHAPES"); sh && *sh) {
+    shapes_ab.clear();
+    std::string list(sh);
+    for (char& c : list) c = c == ',' ? '|' : c;
+    for (const std::string& part : split_bar(list)) {
+      const size_t xpos = part.find('x');
+      if (xpos != std::string::npos)
+        shapes_ab.push_back({std::atoll(part.substr(0, xpos).c_str()), std::atoll(part.substr(xpos + 1).c_str()), 256});
+    }
+  }
+  for (auto [T, K, E] : shapes_ab) {
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xd4c, static_cast<uint64_t>(T)}), mix_seed({0xd5c}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+    const bool big = (T + 127) / 128 * 2 * 10 >= r.impl().device().sm_count * 9;  // the op's 128-token tiles
+    const detail::RouterGemmConfig a = big ? detail::RouterGemmConfig{128, 128, 64, 2, 2, 6}
+                                           : detail::RouterGemmConfig{64, 128, 64, 1, 2, 8};
+    detail::RouterGemmConfig b = a;
+    b[5] += 1;
+    auto call = [&](const detail::RouterGemmConfig* c) {
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), -1, c, nullptr);
+    };
+    call(&a);
+    synchronize();
+    const std::vector<float> want = yb.download<float>(T * E);
+    using Cfg = const detail::RouterGemmConfig*;
+    for (Cfg c : {static_cast<Cfg>(&b), static_cast<Cfg>(nullptr)}) {
+      call(c);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal(c ? "one more stage vs fewer" : "the op's default vs the forced config",
+                                yb.download<float>(T * E), want));
+    }
+    const detail::RouterGemmConfig* arm[4] = {nullptr, &a, &b, nullptr};
+    std::string name[4] = {"op default", "forced " + std::to_string(a[5]) + " stages",
+                           "forced " + std::to_string(b[5]) + " stages", "op default again"};
+    std::vector<std::vector<double>> us(4, std::vector<double>(rounds));
+    std::mt19937 rng(0x5e11 + static_cast<unsigned>(T + K));
+    std::vector<int> order = {0, 1, 2, 3};
+    for (int i = 0; i < rounds; ++i) {
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int k : order) us[k][i] = timed_once(l2, [&] { call(arm[k]); });
+    }
+    for (int k = 0; k < 4; ++k) {
+      std::vector<double> v = us[k];
+      std::sort(v.begin(), v.end());
+      std::printf("[stages] T=%lld K=%lld %-18s median %.2f  p10 %.2f  p90 %.2f  (n %d)\n", static_cast<long long>(T),
+                  static_cast<long long>(K), name[k].c_str(), detail::median(v), v[v.size() / 10],
+                  v[v.size() * 9 / 10], rounds);
+    }
+    for (auto [p, q] : {std::pair<int, int>{1, 2}, {1, 0}, {2, 0}, {1, 3}}) {
+      std::vector<double> d;
+      int wins = 0;
+      for (int i = 0; i < rounds; ++i) {
+        d.push_back(us[q][i] - us[p][i]);
+        wins += us[q][i] < us[p][i];
+      }
+      std::sort(d.begin(), d.end());
+      std::printf("[stages] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
+                  static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
+                  detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
     }
   }
 }
