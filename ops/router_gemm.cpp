@@ -25,6 +25,7 @@ namespace kiln {
 namespace detail {
 std::atomic<int> router_gemm_measure_flags{0};
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
+std::atomic<int> router_gemm_bwd_one_measure{0};
 }  // namespace detail
 
 namespace {
@@ -1062,7 +1063,11 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       bool fused = false;  // the one-launch kernel adds the groups itself (no dw_reduce)
       if (one) {  // dx's tiles and trace ride along; the dx slots of the trace are per CTA of this grid
         if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
-        RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0};
+        const int om = router_gemm_bwd_one_measure.load(std::memory_order_relaxed);  // (measurement, kRgOne*)
+        if (om & kRgOneDwSkeleton) a.flags |= kRgSkipLoad | kRgSkipMma | kRgSkipStore;
+        RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0, 0};
+        if (om & kRgOneDxNoStore) b.dx.flags |= kRgSkipStore;
+        if (om & kRgOneDxNoLoad) b.dx.flags |= kRgSkipLoad;
         b.prefetch_g = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoGPrefetch);
         const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
         fused = plan.groups > 1 && !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
@@ -1074,6 +1079,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
           b.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(b.flags), static_cast<size_t>(ctas), stream,
                                      "cuMemsetD32Async (router_gemm backward flags)");
           b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
+          b.measure = om & kRgOneGridSync;  // (the grid-wide wait needs the flags)
         }
         impl.launch(sone, d, stream, b);
       } else {

@@ -259,6 +259,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   const int groups = (a.tiles + CM - 1) / CM;
   const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
   u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
+  u64* const tb = tw && clusters * CM <= 512 ? trace + kRgTraceDxBlocks : nullptr;  // (measurement: per block)
   int s = 0;
   u32 phase = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
@@ -366,6 +367,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       for (int ec = 0; ec < EC; ++ec) {
         mbar_wait(bars + 8 * s, phase);
         if (tw) tw[kRgTraceLastFull] = rgt::clk();
+        if (tb && ec == 0 && n - nb0 < 8) tb[2 * (n - nb0)] = rgt::clk();
         const u32 st = ring + s * STAGE + b_cols;
         if (mma) {
         rg90::fence_regs(acc);
@@ -398,6 +400,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       rg90::wgmma_wait<0>();
       rg90::fence_regs(acc);
       if (tw) tw[kRgTraceMmaDone] = rgt::clk();
+      if (tb && n - nb0 < 8) tb[2 * (n - nb0) + 1] = rgt::clk();
       if ((tid & 127) < CM) {
         if constexpr (CM == 1) mbar_arrive(bars + 8 * (STAGES + prev));
         else mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
@@ -904,6 +907,7 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
                    : "memory");
     }
     cluster_sync();  // all partial tiles of the cluster are staged
+    if (tw) tw[kRgTraceDwStaged] = rgt::clk();
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
@@ -1028,6 +1032,25 @@ __device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBw
     asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
   }
 }
+// Measurement (kRgOneGridSync): until every CTA of the grid has published this launch's tag (relaxed loads, then one
+// fence) — a grid-wide wait between the dw and dx roles; only with the groups' flags (the whole grid resident).
+__device__ __noinline__ void router_gemm_bwd_wait_all_published(const RouterGemmBwdTmaArgs& a) {
+  const int n = static_cast<int>(gridDim.x * gridDim.y);
+  u64 t0 = 0;
+  for (int i = 0; i < n;) {
+    unsigned v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.flags + i) : "memory");
+    if (v == a.tag) {
+      ++i;
+      continue;
+    }
+    const u64 now = globaltimer_ns();
+    if (t0 == 0) t0 = now;
+    else if (now - t0 > 2000000000ull) __trap();
+  }
+  asm volatile("fence.acq_rel.gpu;" ::: "memory");
+}
+
 template <int K, int E>
 __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTmaArgs& a, int t, int first = 0,
                                                           bool ready = false) {
@@ -1242,6 +1265,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
       }
     }
     router_gemm_dw_tma_producer_tail(a.dw);
+    if ((a.measure & kRgOneGridSync) && tid < 32) {  // (measurement) warp 0 waits, then lets the consumers go
+      if (tid == 0) router_gemm_bwd_wait_all_published(a);
+      __syncwarp();
+      asm volatile("bar.arrive 6, 288;" ::: "memory");
+    }
     if (tid == 0) {
       rgt::ring_wait_released<DWST>(dwbars, s, phase);
       router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
@@ -1256,6 +1284,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     bool ready = false;
     router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
     if (reduce) router_gemm_dw_groups_arrive();
+    if (a.measure & kRgOneGridSync) asm volatile("bar.sync 6, 288;" ::: "memory");  // (measurement: warp 0's wait)
     if (reduce && a.interleave) {
       RgGroupsSumHook<K, E> hook(a, tid - 128);
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
