@@ -1065,6 +1065,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
         const int om = router_gemm_bwd_one_measure.load(std::memory_order_relaxed);  // (measurement, kRgOne*)
         if (om & kRgOneDwSkeleton) a.flags |= kRgSkipLoad | kRgSkipMma | kRgSkipStore;
+        if (om & kRgOneDwNoStore) a.flags |= kRgSkipStore;
         RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0, 0};
         if (om & kRgOneDxNoStore) b.dx.flags |= kRgSkipStore;
         if (om & kRgOneDxNoLoad) b.dx.flags |= kRgSkipLoad;
@@ -1081,6 +1082,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
           b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
           b.measure = om & kRgOneGridSync;  // (the grid-wide wait needs the flags)
         }
+        b.measure |= om & kRgOneNoGPreload;
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

@@ -124,8 +124,12 @@ struct RouterGemmBwdTmaArgs {
 // (kRgSkipStore / kRgSkipLoad in its args only); kRgOneDwSkeleton: the dw role loads, multiplies and stores nothing
 // (the dx role then starts as at the launch's start); kRgOneGridSync (kernel): no CTA starts its dx role before every
 // CTA has published its dw partial (a grid-wide wait on the groups' flags: the dx roles start in step, as in the dx
-// kernel).
-enum : int { kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneGridSync = 8 };
+// kernel); kRgOneNoGPreload (kernel): the dx role loads its g rows only when it starts (not under dw's epilogue);
+// kRgOneDwNoStore: the dw role stores nothing (no staging, pair sum, partials or groups' sum; loads and MMAs as usual).
+enum : int {
+  kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneGridSync = 8, kRgOneNoGPreload = 16,
+  kRgOneDwNoStore = 32
+};
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
 // unit), last stage landed, MMAs done, last store issued, stores read out; dw: first stage landed, last stage landed,

@@ -240,10 +240,47 @@ struct RgNoHook {
   __device__ __forceinline__ void before() {}
   __device__ __forceinline__ void after() {}
 };
+namespace rgt {
+// The dx consumers' g rows → A tile (bf16(g), hi + lo): 8-column units (16 bytes of bf16) u = it·256 + ct, converted
+// in batches of up to 8 (16 float4 loads a thread in flight).
+template <int E, int TM>
+struct DxGBatch {
+  static constexpr int EC = (E + 63) / 64, UNITS = TM * EC * 8, ITERS = (UNITS + 255) / 256;
+  static constexpr int BATCH = ITERS < 8 ? ITERS : 8;
+};
+// The fp32 g values of batch it0 of the unit at token row m0 (zeros past T and E).
+template <int E, int TM>
+__device__ __forceinline__ void dx_load_g_batch(const RouterGemmDxTmaArgs& a, int m0, int ct, int it0,
+                                                float4 (&v)[DxGBatch<E, TM>::BATCH][2]) {
+  using B = DxGBatch<E, TM>;
+  constexpr int EC = B::EC, UNITS = B::UNITS, ITERS = B::ITERS, BATCH = B::BATCH;
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    const int u = (it0 + b) * 256 + ct;
+    const int r = u / (EC * 8), rest = u - r * (EC * 8), e = (rest >> 3) * 64 + (rest & 7) * 8;
+    v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if ((ITERS % BATCH == 0 || it0 + b < ITERS) && (UNITS % 256 == 0 || u < UNITS) && m0 + r < a.T && e < E) {
+      const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
+      v[b][0] = __ldg(src);
+      v[b][1] = __ldg(src + 1);
+    }
+  }
+}
+// The first batch of a unit's g values loaded ahead (the one launch: by the consumers once dw's accumulators are
+// staged, so the loads' L2 round trip overlaps dw's cluster sum); the dx consumers take it for the unit at m0.
+template <int E, int TM>
+struct DxGPreload {
+  float4 v[DxGBatch<E, TM>::BATCH][2];
+  int m0 = -1;
+  bool loaded = false;
+};
+}  // namespace rgt
+
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
 __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTmaArgs& a, u32 base, u32 bars, u32 stg,
                                                            u32 rank, int cluster, int clusters, u64* trace,
-                                                           bool wait_stores, Hook& hook) {
+                                                           bool wait_stores, Hook& hook,
+                                                           rgt::DxGPreload<E, TM>* pre = nullptr) {
   constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
   constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
   constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
@@ -311,19 +348,18 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
     // then the conversions and shared stores: each unit's store is an asm volatile with a memory clobber, so loads
     // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
     // MMA in the measured kernel of session 5).
-    constexpr int BATCH = ITERS < 8 ? ITERS : 8;
+    constexpr int BATCH = rgt::DxGBatch<E, TM>::BATCH;
     for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
       float4 v[BATCH][2];
+      if (pre && pre->loaded && it0 == 0 && pre->m0 == m0) {  // loaded ahead (the one launch: under dw's epilogue)
 #pragma unroll
-      for (int b = 0; b < BATCH; ++b) {
-        const int u = (it0 + b) * 256 + ct;
-        const int r = u / (EC * 8), rest = u - r * (EC * 8), e = (rest >> 3) * 64 + (rest & 7) * 8;
-        v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if ((ITERS % BATCH == 0 || it0 + b < ITERS) && (UNITS % 256 == 0 || u < UNITS) && m0 + r < a.T && e < E) {
-          const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
-          v[b][0] = __ldg(src);
-          v[b][1] = __ldg(src + 1);
+        for (int b = 0; b < BATCH; ++b) {
+          v[b][0] = pre->v[b][0];
+          v[b][1] = pre->v[b][1];
         }
+        pre->loaded = false;
+      } else {
+        rgt::dx_load_g_batch<E, TM>(a, m0, ct, it0, v);
       }
 #pragma unroll
       for (int b = 0; b < BATCH; ++b) {
@@ -647,9 +683,13 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
 // warpgroup takes part in them through router_gemm_dw_tma_producer_tail).
 // REUSE (the one-launch kernel, dw first): the ring / staging bytes are refilled by TMA afterwards, so the staging
 // tile's generic accesses are ordered before the async proxy's (a proxy fence before the last cluster barrier).
-template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false>
+// done(): called once the accumulators are stored or staged (the one launch loads its dx tile's g rows there).
+struct RgNoDone {
+  __device__ __forceinline__ void operator()() {}
+};
+template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, typename Done = RgNoDone>
 __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTmaArgs& a, u32 base, u32 bars,
-                                                           u64* trace) {
+                                                           u64* trace, Done done = Done{}) {
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
   static_assert(BK == 64 || BK == 32, "T chunks of 64 or 32 tokens");
   constexpr int TILES_N = (K + BN - 1) / BN;
@@ -898,6 +938,7 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
                      "f"(acc[i + 1])
                      : "memory");
     }
+    done();
   } else {
     rgt::bar_sync_consumers();  // every MMA of both warpgroups is done: the ring becomes the staging tile
 #pragma unroll
@@ -906,6 +947,7 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
       asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(base + r * PITCH + col * 4), "f"(acc[i]), "f"(acc[i + 1])
                    : "memory");
     }
+    done();
     cluster_sync();  // all partial tiles of the cluster are staged
     if (tw) tw[kRgTraceDwStaged] = rgt::clk();
     u32 rank;
@@ -1282,19 +1324,29 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
-    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
+    // The first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as dw's
+    // accumulators are staged: their round trip overlaps dw's cluster sum (kRgOneNoGPreload: measurement, off).
+    rgt::DxGPreload<E, TM> pre;
+    auto load_pre = [&] {
+      if (cta < a.dx.tiles && !(a.measure & kRgOneNoGPreload)) {
+        pre.m0 = cta * TM;
+        rgt::dx_load_g_batch<E, TM>(a.dx, pre.m0, tid - 128, 0, pre.v);
+        pre.loaded = true;
+      }
+    };
+    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr, load_pre);
     if (reduce) router_gemm_dw_groups_arrive();
     if (a.measure & kRgOneGridSync) asm volatile("bar.sync 6, 288;" ::: "memory");  // (measurement: warp 0's wait)
     if (reduce && a.interleave) {
       RgGroupsSumHook<K, E> hook(a, tid - 128);
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                    hook);
+                                                                    hook, &pre);
       first = hook.done;
       ready = hook.ready;
     } else {
       RgNoHook nh;
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                    nh);
+                                                                    nh, &pre);
     }
     if (reduce) {
       // (the wait is thread 0's, for all: with `ready` it saw every flag and fenced already; its barrier orders the

@@ -1401,6 +1401,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
   for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
+                       Mode{"one launch, dx g rows not preloaded (session 9)", {}, {}, 3, kRgOneNoGPreload},
                        Mode{"one launch, grid-wide wait before the dx role", {}, {}, 3, kRgOneGridSync},
                        Mode{"one launch, dw role skeleton", {}, {}, 3, kRgOneDwSkeleton}}) {
     SCOPED_TRACE(m.name);
@@ -1515,8 +1516,10 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // of a launch. Call by call round-robin (24 rounds, L2 flushed before every call) at 8192 × 2048 → 256, precision
 // standard: the op's default (one launch) and the two kernels; the one launch with its dx role storing nothing / loading
 // no w (ablations: is the dx role bound by its writes or its w reads?), with its dw role as a skeleton (no loads, MMAs,
-// stores: the dx role as at a launch's start, in the same kernel), with a grid-wide wait before the dx role (the dx
-// roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first; dx and dw alone.
+// stores: the dx role as at a launch's start, in the same kernel) or storing nothing (no dirty partials: is it the
+// partials' write-back or the L2 state after streaming x?), with a grid-wide wait before the dx role (the dx
+// roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first, without the g preload (the
+// dx tile's g rows loaded when the dx role starts, as in session 9); dx and dw alone.
 TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1537,10 +1540,12 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                       {"one launch, dx role stores nothing", 3, 0, kRgOneDxNoStore, true, true, false},
                       {"one launch, dx role loads no w", 3, 0, kRgOneDxNoLoad, true, true, false},
                       {"one launch, dw role skeleton", 3, 0, kRgOneDwSkeleton, true, true, false},
+                      {"one launch, dw role stores nothing", 3, 0, kRgOneDwNoStore, true, true, false},
                       {"one launch, dw skeleton + dx stores nothing", 3, 0, kRgOneDwSkeleton | kRgOneDxNoStore, true,
                        true, false},
                       {"one launch, grid-wide wait before dx", 3, 0, kRgOneGridSync, true, true, true},
                       {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
+                      {"one launch, dx g rows not preloaded (session 9)", 3, 0, kRgOneNoGPreload, true, true, true},
                       {"dx kernel alone", 2, 0, 0, true, false, false},
                       {"dw kernel alone", 2, 0, 0, false, true, false},
                       {"one launch (op default) again", -1, 0, 0, true, true, true}};
