@@ -1081,8 +1081,10 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
                                      "cuMemsetD32Async (router_gemm backward flags)");
           b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
           b.measure = om & kRgOneGridSync;  // (the grid-wide wait needs the flags)
+          if ((om & kRgOneDiscard) && reinterpret_cast<uintptr_t>(partial) % 128 == 0 && K % 32 == 0)
+            b.measure |= kRgOneDiscard;  // (whole 128-byte lines of one CTA's slice)
         }
-        b.measure |= om & kRgOneNoGPreload;
+        b.measure |= om & kRgOneGPreload;
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

@@ -124,11 +124,14 @@ struct RouterGemmBwdTmaArgs {
 // (kRgSkipStore / kRgSkipLoad in its args only); kRgOneDwSkeleton: the dw role loads, multiplies and stores nothing
 // (the dx role then starts as at the launch's start); kRgOneGridSync (kernel): no CTA starts its dx role before every
 // CTA has published its dw partial (a grid-wide wait on the groups' flags: the dx roles start in step, as in the dx
-// kernel); kRgOneNoGPreload (kernel): the dx role loads its g rows only when it starts (not under dw's epilogue);
-// kRgOneDwNoStore: the dw role stores nothing (no staging, pair sum, partials or groups' sum; loads and MMAs as usual).
+// kernel); kRgOneGPreload (kernel): the dx tile's g rows loaded into registers once dw's accumulators are staged (their
+// L2 round trip under dw's pair sum) instead of when the dx role starts; kRgOneDwNoStore: the dw role stores nothing
+// (no staging, pair sum, partials or groups' sum; loads and MMAs as usual); kRgOneDiscard (kernel; the host sets it
+// only with the in-kernel groups' sum, a 128-byte-aligned workspace and K % 32 == 0): the groups' sum drops each line
+// of the partials it has read from L2 (discard.global.L2: never written back to DRAM).
 enum : int {
-  kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneGridSync = 8, kRgOneNoGPreload = 16,
-  kRgOneDwNoStore = 32
+  kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneGridSync = 8, kRgOneGPreload = 16,
+  kRgOneDwNoStore = 32, kRgOneDiscard = 64
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first

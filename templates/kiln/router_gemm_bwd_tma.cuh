@@ -1075,6 +1075,13 @@ __device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBw
     asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
   }
 }
+namespace rgt {
+// The 128-byte line at p (aligned) dropped from L2 without a write-back (its contents become undefined).
+__device__ __forceinline__ void discard_l2_line(const void* p) {
+  asm volatile("discard.global.L2 [%0], 128;" ::"l"(p) : "memory");
+}
+}  // namespace rgt
+
 // Measurement (kRgOneGridSync): until every CTA of the grid has published this launch's tag (relaxed loads, then one
 // fence) — a grid-wide wait between the dw and dx roles; only with the groups' flags (the whole grid resident).
 __device__ __noinline__ void router_gemm_bwd_wait_all_published(const RouterGemmBwdTmaArgs& a) {
@@ -1163,6 +1170,13 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
         store16(a.dw.dw + off[b], Vec16{{__float_as_uint(sum[b][0]), __float_as_uint(sum[b][1]),
                                          __float_as_uint(sum[b][2]), __float_as_uint(sum[b][3])}});
   }
+  if (a.measure & kRgOneDiscard) {  // every piece of the slice is read (and added): its lines leave L2 unwritten
+    rgt::bar_sync_consumers();
+    for (int l = t; l < R * 8 * G; l += 256) {
+      const int g = l / (R * 8), q = l - g * (R * 8), r = r0 + q / 8, c = n0 + (q % 8) * 32;
+      if (r < 128 && e0 + r < E && c < K) rgt::discard_l2_line(a.dw.partial + g * n + static_cast<i64>(e0 + r) * K + c);
+    }
+  }
 }
 
 // The groups' sum of the one-launch kernel (dw first) spread over its dx column blocks, so its L2 round trips hide
@@ -1219,6 +1233,8 @@ struct RgGroupsSumHook {
 #pragma unroll
       for (int y = 0; y < 8; ++y)
         if (y < ranges) all = all && fl[y] == a->tag;
+      // (discard: the 8 lanes reading a line's pieces take them in the same block)
+      if (a->measure & kRgOneDiscard) all = __all_sync(0xffffffffu, all);
       checking = false;
       if (all) {
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
@@ -1240,6 +1256,13 @@ struct RgGroupsSumHook {
           }
         store16(a->dw.dw + off, Vec16{{__float_as_uint(sum[0]), __float_as_uint(sum[1]), __float_as_uint(sum[2]),
                                         __float_as_uint(sum[3])}});
+      }
+      if (a->measure & kRgOneDiscard) {  // lanes 8q … 8q + 7 read the 8 pieces of one line of each partial
+        __syncwarp();
+        if (ok && (t & 7) == 0)
+#pragma unroll
+          for (int g = 0; g < 8; ++g)
+            if (g < G) rgt::discard_l2_line(a->dw.partial + g * (static_cast<i64>(E) * K) + off);
       }
       ++done;
       pend = false;
@@ -1326,10 +1349,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
     // The first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as dw's
-    // accumulators are staged: their round trip overlaps dw's cluster sum (kRgOneNoGPreload: measurement, off).
+    // accumulators are staged: their round trip overlaps dw's cluster sum (kRgOneGPreload: measurement, on).
     rgt::DxGPreload<E, TM> pre;
     auto load_pre = [&] {
-      if (cta < a.dx.tiles && !(a.measure & kRgOneNoGPreload)) {
+      if (cta < a.dx.tiles && (a.measure & kRgOneGPreload)) {
         pre.m0 = cta * TM;
         rgt::dx_load_g_batch<E, TM>(a.dx, pre.m0, tid - 128, 0, pre.v);
         pre.loaded = true;

@@ -1401,7 +1401,8 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
   for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
-                       Mode{"one launch, dx g rows not preloaded (session 9)", {}, {}, 3, kRgOneNoGPreload},
+                       Mode{"one launch, dx g rows preloaded under dw's epilogue", {}, {}, 3, kRgOneGPreload},
+                       Mode{"one launch, g preload + partials discarded", {}, {}, 3, kRgOneGPreload | kRgOneDiscard},
                        Mode{"one launch, grid-wide wait before the dx role", {}, {}, 3, kRgOneGridSync},
                        Mode{"one launch, dw role skeleton", {}, {}, 3, kRgOneDwSkeleton}}) {
     SCOPED_TRACE(m.name);
@@ -1518,8 +1519,9 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // no w (ablations: is the dx role bound by its writes or its w reads?), with its dw role as a skeleton (no loads, MMAs,
 // stores: the dx role as at a launch's start, in the same kernel) or storing nothing (no dirty partials: is it the
 // partials' write-back or the L2 state after streaming x?), with a grid-wide wait before the dx role (the dx
-// roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first, without the g preload (the
-// dx tile's g rows loaded when the dx role starts, as in session 9); dx and dw alone.
+// roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first; the candidates: the dx tile's
+// g rows preloaded into registers under dw's epilogue, the partials' lines discarded from L2 once summed (8 MB never
+// written back), both; dx and dw alone.
 TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1545,7 +1547,9 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                        true, false},
                       {"one launch, grid-wide wait before dx", 3, 0, kRgOneGridSync, true, true, true},
                       {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
-                      {"one launch, dx g rows not preloaded (session 9)", 3, 0, kRgOneNoGPreload, true, true, true},
+                      {"one launch, dx g rows preloaded under dw's epilogue", 3, 0, kRgOneGPreload, true, true, true},
+                      {"one launch, partials discarded from L2 once summed", 3, 0, kRgOneDiscard, true, true, true},
+                      {"one launch, g preload + discard", 3, 0, kRgOneGPreload | kRgOneDiscard, true, true, true},
                       {"dx kernel alone", 2, 0, 0, true, false, false},
                       {"dw kernel alone", 2, 0, 0, false, true, false},
                       {"one launch (op default) again", -1, 0, 0, true, true, true}};
