@@ -1241,9 +1241,10 @@ struct RgGroupsSumHook {
         ready = true;
       }
     }
+    bool ok = false;
+    i64 off = 0;
     if (pend) {
-      bool ok;
-      const i64 off = offset(ok);
+      off = offset(ok);
       if (ok) {
         float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -1257,13 +1258,15 @@ struct RgGroupsSumHook {
         store16(a->dw.dw + off, Vec16{{__float_as_uint(sum[0]), __float_as_uint(sum[1]), __float_as_uint(sum[2]),
                                         __float_as_uint(sum[3])}});
       }
-      if (a->measure & kRgOneDiscard) {  // lanes 8q … 8q + 7 read the 8 pieces of one line of each partial
-        __syncwarp();
-        if (ok && (t & 7) == 0)
+    }
+    if (a->measure & kRgOneDiscard) {  // lanes 8q … 8q + 7 read (and added) the 8 pieces of a line of each partial
+      __syncwarp();
+      if (pend && ok && (t & 7) == 0)
 #pragma unroll
-          for (int g = 0; g < 8; ++g)
-            if (g < G) rgt::discard_l2_line(a->dw.partial + g * (static_cast<i64>(E) * K) + off);
-      }
+        for (int g = 0; g < 8; ++g)
+          if (g < G) rgt::discard_l2_line(a->dw.partial + g * (static_cast<i64>(E) * K) + off);
+    }
+    if (pend) {
       ++done;
       pend = false;
     }
