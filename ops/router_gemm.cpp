@@ -1084,7 +1084,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
           if ((om & kRgOneDiscard) && reinterpret_cast<uintptr_t>(partial) % 128 == 0 && K % 32 == 0)
             b.measure |= kRgOneDiscard;  // (whole 128-byte lines of one CTA's slice)
         }
-        b.measure |= om & kRgOneGPreload;
+        b.measure |= om & (kRgOneGPreload | kRgOneWPrefetch);
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

@@ -128,10 +128,12 @@ struct RouterGemmBwdTmaArgs {
 // L2 round trip under dw's pair sum) instead of when the dx role starts; kRgOneDwNoStore: the dw role stores nothing
 // (no staging, pair sum, partials or groups' sum; loads and MMAs as usual); kRgOneDiscard (kernel; the host sets it
 // only with the in-kernel groups' sum, a 128-byte-aligned workspace and K % 32 == 0): the groups' sum drops each line
-// of the partials it has read from L2 (discard.global.L2: never written back to DRAM).
+// of the partials it has read from L2 (discard.global.L2: never written back to DRAM); kRgOneWPrefetch (kernel): near
+// dw's end each CTA prefetches its share of w (1/gridDim of the 64 × 64 boxes) into L2, so that no dx role waits for
+// w from DRAM.
 enum : int {
   kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneGridSync = 8, kRgOneGPreload = 16,
-  kRgOneDwNoStore = 32, kRgOneDiscard = 64
+  kRgOneDwNoStore = 32, kRgOneDiscard = 64, kRgOneWPrefetch = 128
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first

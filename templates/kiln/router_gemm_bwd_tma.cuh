@@ -1058,6 +1058,12 @@ __device__ __forceinline__ void ring_wait_released(u32 bars, int s, u32 phase) {
 __device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
 }
+// The box at (c0, c1) of a 2-D tensor map → L2 only.
+__device__ __forceinline__ void tma_prefetch_l2_2d(const void* tmap, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
+               "r"(c0), "r"(c1)
+               : "memory");
+}
 }  // namespace rgt
 
 // The groups' partials of a dw tile added inside the one-launch kernel (RouterGemmBwdTmaArgs::flags), by the 256
@@ -1331,6 +1337,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
         } else {
           for (int r = 0; r < rows; ++r) rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0 + r) * a.dx.g_stride, E * 4);
         }
+      }
+      if (a.measure & kRgOneWPrefetch) {  // (measurement) this CTA's share of w's 64 × 64 boxes → L2
+        constexpr int COLS = (K + 63) / 64, ROWS = (E + 63) / 64;
+        for (int i = cta; i < COLS * ROWS; i += ncta) rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
       }
     }
     router_gemm_dw_tma_producer_tail(a.dw);

@@ -1521,7 +1521,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // partials' write-back or the L2 state after streaming x?), with a grid-wide wait before the dx role (the dx
 // roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first; the candidates: the dx tile's
 // g rows preloaded into registers under dw's epilogue, the partials' lines discarded from L2 once summed (8 MB never
-// written back), both; dx and dw alone.
+// written back), both; w prefetched into L2 near dw's end (is w fetched from DRAM by skewed CTAs?); dx and dw alone.
 TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1550,6 +1550,7 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                       {"one launch, dx g rows preloaded under dw's epilogue", 3, 0, kRgOneGPreload, true, true, true},
                       {"one launch, partials discarded from L2 once summed", 3, 0, kRgOneDiscard, true, true, true},
                       {"one launch, g preload + discard", 3, 0, kRgOneGPreload | kRgOneDiscard, true, true, true},
+                      {"one launch, w prefetched into L2 near dw's end", 3, 0, kRgOneWPrefetch, true, true, true},
                       {"dx kernel alone", 2, 0, 0, true, false, false},
                       {"dw kernel alone", 2, 0, 0, false, true, false},
                       {"one launch (op default) again", -1, 0, 0, true, true, true}};
