@@ -1340,7 +1340,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
       }
       if (a.measure & kRgOneWPrefetch) {  // (measurement) this CTA's share of w's 64 × 64 boxes → L2
         constexpr int COLS = (K + 63) / 64, ROWS = (E + 63) / 64;
-        for (int i = cta; i < COLS * ROWS; i += ncta) rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
+        for (int i = cta; i < COLS * ROWS; i += ncta)
+          rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
       }
     }
     router_gemm_dw_tma_producer_tail(a.dw);
