@@ -159,9 +159,10 @@ int smem_bytes(const Specialization& s) {
                                                 : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
   if (is_bwd_one(s.kernel)) {  // slack + both roles' layouts overlaid + 1 KiB of mbarriers + dx's two staging tiles
-                               // (the template's router_gemm_bwd_tma_smem_bytes)
+                               // (the template's router_gemm_bwd_tma_smem_bytes; dw's staging tile: 128 rows of 1 KiB)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64);
-    const int main = static_cast<int>(round_up(std::max(ec * 64 * 128 + 5 * 32768, std::max(s.config[C_STAGES] * 65536, 128 * 264 * 4)), 1024));
+    const int main = static_cast<int>(
+        round_up(std::max(ec * 64 * 128 + 5 * 32768, std::max(s.config[C_STAGES] * 65536, 128 * 1024)), 1024));
     return 1024 + main + 1024 + 2 * 16384;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
@@ -1084,7 +1085,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
           if ((om & kRgOneDiscard) && reinterpret_cast<uintptr_t>(partial) % 128 == 0 && K % 32 == 0)
             b.measure |= kRgOneDiscard;  // (whole 128-byte lines of one CTA's slice)
         }
-        b.measure |= om & (kRgOneGPreload | kRgOneWPrefetch);
+        b.measure |= om & (kRgOneGPreload | kRgOneWPrefetch | kRgOneEarlyDx);
+        if (b.measure & kRgOneEarlyDx) b.measure &= ~kRgOneGridSync;  // (thread 0 fills dx's stage 0 instead)
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

@@ -130,10 +130,12 @@ struct RouterGemmBwdTmaArgs {
 // only with the in-kernel groups' sum, a 128-byte-aligned workspace and K % 32 == 0): the groups' sum drops each line
 // of the partials it has read from L2 (discard.global.L2: never written back to DRAM); kRgOneWPrefetch (kernel): near
 // dw's end each CTA prefetches its share of w (1/gridDim of the 64 × 64 boxes) into L2, so that no dx role waits for
-// w from DRAM.
+// w from DRAM; kRgOneEarlyDx (kernel): dx's start under dw's epilogue — the consumers convert the preloaded g rows into
+// the A tile while the pair's staging barrier completes, and the producer fills dx's ring stage 0 as soon as dw's MMAs
+// are done (dw's staging tile lies above both), the other stages after the pair's last barrier.
 enum : int {
   kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneGridSync = 8, kRgOneGPreload = 16,
-  kRgOneDwNoStore = 32, kRgOneDiscard = 64, kRgOneWPrefetch = 128
+  kRgOneDwNoStore = 32, kRgOneDiscard = 64, kRgOneWPrefetch = 128, kRgOneEarlyDx = 256
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first

@@ -119,10 +119,15 @@ __device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u3
 }
 // Rows [r0, r1) of the dw tile: the sum of the S (2–4) staged partial tiles of this cluster, added in cluster-rank
 // order (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
+// PITCH < 0: the staged rows unpadded (BN·4 bytes), their 16-byte pieces XOR-swizzled with the row (piece p of row r
+// at p ^ (r & 7)).
 template <int BN, int PITCH, int E, int K>
 __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, int r0, int r1, int e0, int n0, int S) {
   constexpr int CPR = BN / 4;
-  auto off = [&](int i) { return (r0 + i / CPR) * PITCH + (i % CPR) * 16; };
+  auto off = [&](int i) {
+    const int r = r0 + i / CPR;
+    return PITCH < 0 ? r * (BN * 4) + (((i % CPR) ^ (r & 7)) << 4) : r * PITCH + (i % CPR) * 16;
+  };
   auto emit = [&](int i, const Vec16& o) {
     const int r = r0 + i / CPR, c4 = i % CPR;
     if (r < r1 && e0 + r < E && n0 + c4 * 4 < K) store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
@@ -213,13 +218,44 @@ __device__ __forceinline__ void dx_load_g_batch(const RouterGemmDxTmaArgs& a, in
     }
   }
 }
+// Batch it0 of a unit's fp32 g values → bf16 (hi, and lo) 16-byte pieces of the swizzled K-major A tile(s) at base.
+template <int E, int TM, int SPLIT>
+__device__ __forceinline__ void dx_store_a_batch(u32 base, int ct, int it0,
+                                                 const float4 (&v)[DxGBatch<E, TM>::BATCH][2]) {
+  using B = DxGBatch<E, TM>;
+  constexpr int EC = B::EC, UNITS = B::UNITS, ITERS = B::ITERS, BATCH = B::BATCH;
+  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM;
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    const int u = (it0 + b) * 256 + ct;
+    if ((ITERS % BATCH != 0 && it0 + b >= ITERS) || (UNITS % 256 != 0 && u >= UNITS)) continue;
+    const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7;
+    const float4 v0 = v[b][0], v1 = v[b][1];
+    Vec16 hi, lo;
+    if constexpr (SPLIT == 1) {  // (zeros split into zeros: rows past T, experts past E)
+      rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
+      rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
+      rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
+      rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
+    } else {
+      hi.w[0] = cvt_bf16x2(v0.x, v0.y);
+      hi.w[1] = cvt_bf16x2(v0.z, v0.w);
+      hi.w[2] = cvt_bf16x2(v1.x, v1.y);
+      hi.w[3] = cvt_bf16x2(v1.z, v1.w);
+    }
+    const u32 off = at * A_ATOM + rg90::swz(r, jj);
+    sts16(base + off, hi);
+    if constexpr (SPLIT == 1) sts16(base + A_TILE + off, lo);
+  }
+}
 // The first batch of a unit's g values loaded ahead (the one launch: by the consumers once dw's accumulators are
-// staged, so the loads' L2 round trip overlaps dw's cluster sum); the dx consumers take it for the unit at m0.
+// staged, so the loads' L2 round trip overlaps dw's cluster sum); the dx consumers take it for the unit at m0, or
+// find its A tile already converted (`converted`: every consumer thread stored its pieces and fenced them).
 template <int E, int TM>
 struct DxGPreload {
   float4 v[DxGBatch<E, TM>::BATCH][2];
   int m0 = -1;
-  bool loaded = false;
+  bool loaded = false, converted = false;
 };
 }  // namespace rgt
 
@@ -231,21 +267,28 @@ struct DxGPreload {
 //
 // Producer (one thread): streams every w chunk of the CTA's units through the ring; (s, phase) are the ring position
 // (in: where to start, 0 / 0 for a fresh ring; out: the next slot after the last one filled).
-template <int K, int E, int STAGES, int CM, int SPLIT, int TM>
+// gate(fills) runs before each fill (fills = the fills made so far): the one launch holds dx's fills past the
+// first there until dw's last cluster barrier (kRgOneEarlyDx).
+struct RgNoGate {
+  __device__ __forceinline__ void operator()(int) {}
+};
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM, typename Gate = RgNoGate>
 __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTmaArgs& a, u32 ring, u32 bars, u32 rank,
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
-                                                           u64 t0_clk, int& s, u32& phase) {
+                                                           u64 t0_clk, int& s, u32& phase, Gate gate = Gate{}) {
   using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
   const int groups = (a.tiles + CM - 1) / CM;
   prefetch_tmap(&a.tmw);
   if constexpr (D::F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
   u64 first_clk = 0;
+  int fills = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int half = (grp * CM + static_cast<int>(rank)) % D::HALVES;
     const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
     for (int c = nb0 * D::EC; c < nb1 * D::EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / D::EC, ec = c - n * D::EC;
+      gate(fills++);
       mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
       const u32 full = bars + 8 * s, st = ring + s * D::STAGE;
       // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
@@ -304,7 +347,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
     const int m0 = (unit / D::HALVES) * D::BM, nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
-    constexpr int UNITS = rgt::DxGBatch<E, TM>::UNITS, ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
+    constexpr int ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
     if constexpr (D::F16) {
       // A warp per row (8 consumer warps: rows cw, cw + 8, …); lane l converts experts 8l … 8l + 7 (lanes past
       // the A tile's EC·64 columns idle, those past E write zeros). The row's finite amax (redux) sets 2^−s_t.
@@ -349,7 +392,10 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
     // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
     // MMA in the measured kernel of session 5).
     constexpr int BATCH = rgt::DxGBatch<E, TM>::BATCH;
-    for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
+    // (the one launch may have converted the first unit's A tile already, under dw's epilogue: kRgOneEarlyDx)
+    const bool converted = pre && pre->converted && pre->m0 == m0;
+    if (converted) pre->converted = false;
+    for (int it0 = 0; it0 < (converted ? 0 : ITERS); it0 += BATCH) {
       float4 v[BATCH][2];
       if (pre && pre->loaded && it0 == 0 && pre->m0 == m0) {  // loaded ahead (the one launch: under dw's epilogue)
 #pragma unroll
@@ -361,28 +407,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       } else {
         rgt::dx_load_g_batch<E, TM>(a, m0, ct, it0, v);
       }
-#pragma unroll
-      for (int b = 0; b < BATCH; ++b) {
-        const int u = (it0 + b) * 256 + ct;
-        if ((ITERS % BATCH != 0 && it0 + b >= ITERS) || (UNITS % 256 != 0 && u >= UNITS)) continue;
-        const int r = u / (D::EC * 8), rest = u - r * (D::EC * 8), at = rest >> 3, jj = rest & 7;
-        const float4 v0 = v[b][0], v1 = v[b][1];
-        Vec16 hi, lo;
-        if constexpr (SPLIT == 1) {  // (zeros split into zeros: rows past T, experts past E)
-          rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
-          rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
-          rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
-          rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
-        } else {
-          hi.w[0] = cvt_bf16x2(v0.x, v0.y);
-          hi.w[1] = cvt_bf16x2(v0.z, v0.w);
-          hi.w[2] = cvt_bf16x2(v1.x, v1.y);
-          hi.w[3] = cvt_bf16x2(v1.z, v1.w);
-        }
-        const u32 off = at * D::A_ATOM + rg90::swz(r, jj);
-        sts16(base + off, hi);
-        if constexpr (SPLIT == 1) sts16(base + D::A_TILE + off, lo);
-      }
+      rgt::dx_store_a_batch<E, TM, SPLIT>(base, ct, it0, v);
     }
     }
     fence_proxy_async();  // the A tile is read by the tensor cores (async proxy)
@@ -684,11 +709,17 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
 // warpgroup takes part in them through router_gemm_dw_tma_producer_tail).
 // REUSE (the one-launch kernel, dw first): the ring / staging bytes are refilled by TMA afterwards, so the staging
 // tile's generic accesses are ordered before the async proxy's (a proxy fence before the last cluster barrier).
-// done(): called once the accumulators are stored or staged (the one launch loads its dx tile's g rows there).
+// done.staged(): once the accumulators are stored or staged; done.arrived(): after this CTA's arrival at the
+// staging cluster barrier, before its wait (the one launch loads its dx tile's g rows, and converts them, there).
+// STG ≥ 0 (the one launch): the staging tile unpadded (1 KiB rows, 16-byte pieces XOR-swizzled with the row) at
+// base + STG instead of padded rows at base, so that the bytes below STG stay free for the next role.
+// kSync: a consumer barrier between the two where no staging cluster barrier separates them (clusters of 1).
 struct RgNoDone {
-  __device__ __forceinline__ void operator()() {}
+  static constexpr bool kSync = false;
+  __device__ __forceinline__ void staged() {}
+  __device__ __forceinline__ void arrived() {}
 };
-template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, typename Done = RgNoDone>
+template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, typename Done = RgNoDone, int STG = -1>
 __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTmaArgs& a, u32 base, u32 bars,
                                                            u64* trace, Done done = Done{}) {
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
@@ -939,23 +970,31 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
                      "f"(acc[i + 1])
                      : "memory");
     }
-    done();
+    done.staged();
+    if constexpr (Done::kSync) rgt::bar_sync_consumers();  // both warpgroups' MMAs are done
+    done.arrived();
   } else {
     rgt::bar_sync_consumers();  // every MMA of both warpgroups is done: the ring becomes the staging tile
 #pragma unroll
     for (int i = 0; i < 128; i += 2) {
       const int r = el + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
-      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(base + r * PITCH + col * 4), "f"(acc[i]), "f"(acc[i + 1])
-                   : "memory");
+      const u32 at = STG < 0 ? base + r * PITCH + col * 4
+                             : base + STG + r * 1024 + ((((col >> 2) ^ (r & 7))) << 4) + (col & 3) * 4;
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at), "f"(acc[i]), "f"(acc[i + 1]) : "memory");
     }
-    done();
-    cluster_sync();  // all partial tiles of the cluster are staged
+    done.staged();
+    cluster_arrive();  // all partial tiles of the cluster are staged
+    done.arrived();
+    cluster_wait();
     if (tw) tw[kRgTraceDwStaged] = rgt::clk();
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
     const int r1 = r0 + per < BM ? r0 + per : BM;
-    rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
+    if constexpr (STG < 0)
+      rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
+    else
+      rgt::dw_cluster_reduce<BN, -1, E, K>(out, base + STG, tid - 128, r0, r1, e0, n0, S);
     if (tw) tw[kRgTraceStored] = rgt::clk();
     // Keep this CTA's tile alive until the others have read it. Relaxed: the remote loads have returned (their
     // sums were stored), and nothing written here is read by the peers — a release would first wait for this
@@ -1032,9 +1071,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 // Shared memory of router_gemm_bwd_tma_kernel: the two roles' layouts overlaid at `base` — dx's A tile + 5-stage ring
 // and dw's ring / staging tile — then 1 KiB of mbarriers (dx's ring at +0, dw's at +256), then dx's two 16 KiB
 // staging tiles (its TMA-store epilogue), after 1 KiB of alignment slack.
+// dw's staging tile (128 unpadded rows of 1 KiB) lies above dx's A tile and ring stage 0, i.e. within dx's layout.
 __host__ __device__ constexpr int router_gemm_bwd_tma_main_bytes(int E, int DWST) {
   const int dx = ((E + 63) / 64) * 64 * 128 + 5 * 32768;
-  const int dw = DWST * 65536 > 128 * 264 * 4 ? DWST * 65536 : 128 * 264 * 4;
+  const int dw = DWST * 65536 > 128 * 1024 ? DWST * 65536 : 128 * 1024;
   return ((dx > dw ? dx : dw) + 1023) / 1024 * 1024;
 }
 __host__ __device__ constexpr int router_gemm_bwd_tma_smem_bytes(int E, int DWST) {
@@ -1279,6 +1319,35 @@ struct RgGroupsSumHook {
   }
 };
 
+// The one launch's dw epilogue callbacks (router_gemm_dw_tma_consume's Done): once dw's accumulators are staged, the
+// consumers load their batch of the CTA's dx tile's g rows (kRgOneGPreload, or with kRgOneEarlyDx); after their
+// arrival at the staging cluster barrier (kRgOneEarlyDx) they convert it into the A tile — below the staging tile,
+// which lies at A_BYTES + 32 KiB, above dx's A tile and ring stage 0 — and fence it for the tensor cores.
+template <int E, int TM>
+struct RgOneDwDone {
+  static constexpr bool kSync = true;
+  const RouterGemmBwdTmaArgs* a;
+  rgt::DxGPreload<E, TM>* pre;
+  u32 base;
+  int cta, ct;
+  __device__ __forceinline__ void staged() {
+    if (cta < a->dx.tiles && (a->measure & (kRgOneGPreload | kRgOneEarlyDx))) {
+      pre->m0 = cta * TM;
+      rgt::dx_load_g_batch<E, TM>(a->dx, pre->m0, ct, 0, pre->v);
+      pre->loaded = true;
+    }
+  }
+  __device__ __forceinline__ void arrived() {
+    using B = rgt::DxGBatch<E, TM>;
+    if (B::ITERS == B::BATCH && pre->loaded && (a->measure & kRgOneEarlyDx)) {  // (the whole A tile in one batch)
+      rgt::dx_store_a_batch<E, TM, 0>(base, ct, 0, pre->v);
+      fence_proxy_async();  // the A tile is read by the tensor cores (async proxy)
+      pre->loaded = false;
+      pre->converted = true;
+    }
+  }
+};
+
 // The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo): the dw role, then the dx role,
 // in every CTA. Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1,
 // a.dw.cluster, 1); each CTA is the dw kernel's CTA of the same (tile, T range) — same partition, same pair sums and
@@ -1344,35 +1413,47 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
           rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
       }
     }
-    router_gemm_dw_tma_producer_tail(a.dw);
-    if ((a.measure & kRgOneGridSync) && tid < 32) {  // (measurement) warp 0 waits, then lets the consumers go
-      if (tid == 0) router_gemm_bwd_wait_all_published(a);
-      __syncwarp();
-      asm volatile("bar.arrive 6, 288;" ::: "memory");
-    }
-    if (tid == 0) {
+    const bool early = (a.measure & kRgOneEarlyDx) != 0;  // (uniform)
+    if (early && tid == 0) {
+      // dw's MMAs are done (its stages released): dx's ring stage 0 (below the staging tile) is filled at once; the
+      // next fills wait for the pair's last cluster barrier (the peer has read this CTA's staging tile).
       rgt::ring_wait_released<DWST>(dwbars, s, phase);
+      bool tail = false;
+      auto gate = [&](int fills) {
+        if (fills == 1 && !tail) {
+          router_gemm_dw_tma_producer_tail(a.dw);
+          tail = true;
+        }
+      };
       router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
-                                                              t0_clk, xs, xphase);
-    } else if (reduce && tid >= 32 && tid < 64) {
-      router_gemm_dw_groups_publish(a, tid - 32);
+                                                              t0_clk, xs, xphase, gate);
+      if (!tail) router_gemm_dw_tma_producer_tail(a.dw);
+    } else {
+      router_gemm_dw_tma_producer_tail(a.dw);
+      if ((a.measure & kRgOneGridSync) && tid < 32) {  // (measurement) warp 0 waits, then lets the consumers go
+        if (tid == 0) router_gemm_bwd_wait_all_published(a);
+        __syncwarp();
+        asm volatile("bar.arrive 6, 288;" ::: "memory");
+      }
+      if (tid == 0) {
+        rgt::ring_wait_released<DWST>(dwbars, s, phase);
+        router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
+                                                                t0_ns, t0_clk, xs, xphase);
+      }
     }
+    if (reduce && tid >= 32 && tid < 64) router_gemm_dw_groups_publish(a, tid - 32);
   } else {  // consumers
     setmaxnreg_inc<232>();
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
     // The first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as dw's
-    // accumulators are staged: their round trip overlaps dw's cluster sum (kRgOneGPreload: measurement, on).
+    // accumulators are staged: their round trip overlaps dw's cluster sum (kRgOneGPreload: measurement, on); with
+    // kRgOneEarlyDx converted into the A tile before the pair's staging barrier completes (RgOneDwDone).
     rgt::DxGPreload<E, TM> pre;
-    auto load_pre = [&] {
-      if (cta < a.dx.tiles && (a.measure & kRgOneGPreload)) {
-        pre.m0 = cta * TM;
-        rgt::dx_load_g_batch<E, TM>(a.dx, pre.m0, tid - 128, 0, pre.v);
-        pre.loaded = true;
-      }
-    };
-    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr, load_pre);
+    const RgOneDwDone<E, TM> done{&a, &pre, base, cta, tid - 128};
+    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true, RgOneDwDone<E, TM>, A_BYTES + 32768>(a.dw, base, dwbars,
+                                                                                                  dwtr, done);
     if (reduce) router_gemm_dw_groups_arrive();
     if (a.measure & kRgOneGridSync) asm volatile("bar.sync 6, 288;" ::: "memory");  // (measurement: warp 0's wait)
     if (reduce && a.interleave) {

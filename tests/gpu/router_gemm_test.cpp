@@ -1335,12 +1335,18 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
     const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
     const BwdRef want(g, x, w, T, K, E);
     const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
-    for (int variant : {3, -1}) {  // (-1: the op's default — the one launch where it fits, else the two kernels)
+    // (-1: the op's default — the one launch where it fits, else the two kernels; session 10's candidates: the
+    // early dx start, the partials discarded once summed, w prefetched into L2)
+    for (auto [variant, om] : {std::pair{3, 0}, std::pair{-1, 0},
+                               std::pair{3, kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch}}) {
       if (variant < 0 && c.cfg[0]) continue;
-      SCOPED_TRACE("variant " + std::to_string(variant) + " T=" + std::to_string(T) + " K=" + std::to_string(K) +
-                   " E=" + std::to_string(E) + (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
+      SCOPED_TRACE("variant " + std::to_string(variant) + " measure " + std::to_string(om) + " T=" +
+                   std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E) +
+                   (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
+      detail::router_gemm_bwd_one_measure.store(om);
       const Bwd one = run_bwd(g, x, w, T, K, E, true, true, c.cfg[0] ? &c.cfg : nullptr, nullptr, c.user_ws, variant,
                               /*precision=*/4);
+      detail::router_gemm_bwd_one_measure.store(0);
       EXPECT_TRUE(one.guards_ok) << "written outside dx, dw or the workspace";
       if (c.cfg[0]) {  // another T partition than the two-kernel default: the reference only
         EXPECT_TRUE(want.check_dx(one.dx, 4));
@@ -1403,6 +1409,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
                        Mode{"one launch, dx g rows preloaded under dw's epilogue", {}, {}, 3, kRgOneGPreload},
                        Mode{"one launch, g preload + partials discarded", {}, {}, 3, kRgOneGPreload | kRgOneDiscard},
+                       Mode{"one launch, early dx start", {}, {}, 3, kRgOneEarlyDx},
                        Mode{"one launch, grid-wide wait before the dx role", {}, {}, 3, kRgOneGridSync},
                        Mode{"one launch, dw role skeleton", {}, {}, 3, kRgOneDwSkeleton}}) {
     SCOPED_TRACE(m.name);
@@ -1521,7 +1528,8 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // partials' write-back or the L2 state after streaming x?), with a grid-wide wait before the dx role (the dx
 // roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first; the candidates: the dx tile's
 // g rows preloaded into registers under dw's epilogue, the partials' lines discarded from L2 once summed (8 MB never
-// written back), both; w prefetched into L2 near dw's end (is w fetched from DRAM by skewed CTAs?); dx and dw alone.
+// written back), both; w prefetched into L2 near dw's end (is w fetched from DRAM by skewed CTAs?); the early dx start
+// (A tile converted and dx's ring stage 0 filled under dw's epilogue); dx and dw alone.
 TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1551,6 +1559,9 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                       {"one launch, partials discarded from L2 once summed", 3, 0, kRgOneDiscard, true, true, true},
                       {"one launch, g preload + discard", 3, 0, kRgOneGPreload | kRgOneDiscard, true, true, true},
                       {"one launch, w prefetched into L2 near dw's end", 3, 0, kRgOneWPrefetch, true, true, true},
+                      {"one launch, early dx start (A tile, stage 0 under dw's epilogue)", 3, 0, kRgOneEarlyDx, true,
+                       true, true},
+                      {"one launch, early dx start + discard", 3, 0, kRgOneEarlyDx | kRgOneDiscard, true, true, true},
                       {"dx kernel alone", 2, 0, 0, true, false, false},
                       {"dw kernel alone", 2, 0, 0, false, true, false},
                       {"one launch (op default) again", -1, 0, 0, true, true, true}};
