@@ -1086,7 +1086,6 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
             b.measure |= kRgOneDiscard;  // (whole 128-byte lines of one CTA's slice)
         }
         b.measure |= om & (kRgOneGPreload | kRgOneWPrefetch | kRgOneEarlyDx);
-        if (b.measure & kRgOneEarlyDx) b.measure &= ~kRgOneGridSync;  // (thread 0 fills dx's stage 0 instead)
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

@@ -267,28 +267,29 @@ struct DxGPreload {
 //
 // Producer (one thread): streams every w chunk of the CTA's units through the ring; (s, phase) are the ring position
 // (in: where to start, 0 / 0 for a fresh ring; out: the next slot after the last one filled).
-// gate(fills) runs before each fill (fills = the fills made so far): the one launch holds dx's fills past the
-// first there until dw's last cluster barrier (kRgOneEarlyDx).
-struct RgNoGate {
-  __device__ __forceinline__ void operator()(int) {}
-};
-template <int K, int E, int STAGES, int CM, int SPLIT, int TM, typename Gate = RgNoGate>
+// RANGE: only fills [from, to) of the CTA's work are made by this call (the one launch fills dx's first stage early,
+// in a call of its own: kRgOneEarlyDx); a call that stops at `to` leaves no trace.
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool RANGE = false>
 __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTmaArgs& a, u32 ring, u32 bars, u32 rank,
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
-                                                           u64 t0_clk, int& s, u32& phase, Gate gate = Gate{}) {
+                                                           u64 t0_clk, int& s, u32& phase, int from = 0,
+                                                           int to = 1 << 30) {
   using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
   const int groups = (a.tiles + CM - 1) / CM;
   prefetch_tmap(&a.tmw);
   if constexpr (D::F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
   u64 first_clk = 0;
-  int fills = 0;
+  int fills = 0;  // (RANGE)
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int half = (grp * CM + static_cast<int>(rank)) % D::HALVES;
     const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
     for (int c = nb0 * D::EC; c < nb1 * D::EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / D::EC, ec = c - n * D::EC;
-      gate(fills++);
+      if constexpr (RANGE) {
+        if (fills == to) return;
+        if (fills++ < from) continue;
+      }
       mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
       const u32 full = bars + 8 * s, st = ring + s * D::STAGE;
       // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
@@ -1413,35 +1414,27 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
           rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
       }
     }
+    // kRgOneEarlyDx: dw's MMAs are done (its stages released) → dx's ring stage 0 (below the staging tile) is
+    // filled at once; the other fills follow the pair's last cluster barrier (the peer has read the staging tile).
     const bool early = (a.measure & kRgOneEarlyDx) != 0;  // (uniform)
     if (early && tid == 0) {
-      // dw's MMAs are done (its stages released): dx's ring stage 0 (below the staging tile) is filled at once; the
-      // next fills wait for the pair's last cluster barrier (the peer has read this CTA's staging tile).
       rgt::ring_wait_released<DWST>(dwbars, s, phase);
-      bool tail = false;
-      auto gate = [&](int fills) {
-        if (fills == 1 && !tail) {
-          router_gemm_dw_tma_producer_tail(a.dw);
-          tail = true;
-        }
-      };
-      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
-                                                              t0_clk, xs, xphase, gate);
-      if (!tail) router_gemm_dw_tma_producer_tail(a.dw);
-    } else {
-      router_gemm_dw_tma_producer_tail(a.dw);
-      if ((a.measure & kRgOneGridSync) && tid < 32) {  // (measurement) warp 0 waits, then lets the consumers go
-        if (tid == 0) router_gemm_bwd_wait_all_published(a);
-        __syncwarp();
-        asm volatile("bar.arrive 6, 288;" ::: "memory");
-      }
-      if (tid == 0) {
-        rgt::ring_wait_released<DWST>(dwbars, s, phase);
-        router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
-                                                                t0_ns, t0_clk, xs, xphase);
-      }
+      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
+                                                                    t0_ns, t0_clk, xs, xphase, 0, 1);
     }
-    if (reduce && tid >= 32 && tid < 64) router_gemm_dw_groups_publish(a, tid - 32);
+    router_gemm_dw_tma_producer_tail(a.dw);
+    if ((a.measure & kRgOneGridSync) && tid < 32) {  // (measurement) warp 0 waits, then lets the consumers go
+      if (tid == 0) router_gemm_bwd_wait_all_published(a);
+      __syncwarp();
+      asm volatile("bar.arrive 6, 288;" ::: "memory");
+    }
+    if (tid == 0) {
+      if (!early) rgt::ring_wait_released<DWST>(dwbars, s, phase);
+      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
+                                                                    t0_ns, t0_clk, xs, xphase, early ? 1 : 0);
+    } else if (reduce && tid >= 32 && tid < 64) {
+      router_gemm_dw_groups_publish(a, tid - 32);
+    }
   } else {  // consumers
     setmaxnreg_inc<232>();
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
