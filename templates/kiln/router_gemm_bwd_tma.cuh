@@ -1275,13 +1275,16 @@ struct RgGroupsSumHook {
   }
   __device__ __forceinline__ void after() {
     const int ranges = static_cast<int>(gridDim.y), G = ranges / a->dw.cluster;
+    bool all = checking;
     if (checking) {
-      bool all = true;
 #pragma unroll
       for (int y = 0; y < 8; ++y)
         if (y < ranges) all = all && fl[y] == a->tag;
-      // (discard: the 8 lanes reading a line's pieces take them in the same block)
-      if (a->measure & kRgOneDiscard) all = __all_sync(0xffffffffu, all);
+    }
+    // (discard: the lanes of a warp that check see the flags ready in the same block, so the 8 lanes reading a line's
+    // pieces read them in the same block; every lane votes, those not checking with `true`)
+    if (a->measure & kRgOneDiscard) all = __all_sync(0xffffffffu, all || !checking) && checking;
+    if (checking) {
       checking = false;
       if (all) {
         asm volatile("fence.acq_rel.gpu;" ::: "memory");

@@ -1316,9 +1316,12 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
 // standard where it fits), precision standard: the same partition and the same kernels' bodies as the two-kernel op
 // (variant 2), so dx and dw equal its bits — at the shape, with a caller's workspace, with several dx tiles a CTA (T = 17000 over 48 CTAs), a partial expert
 // tile and partial column blocks (E = 160, K = 1536), one token, one range per tile (T = 64), K = 7168 (56 CTAs), and
-// with clusters of 1 (8 range partials stored from the registers). Both against the fp64 reference too.
-TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+// with clusters of 1 (8 range partials stored from the registers). Both against the fp64 reference too. `runs`:
+// (variant, kRgOne* measurement switches) of the one launch.
+struct OneLaunchChecks : RouterGemmTest {
+  static void equals_two_kernels(const std::vector<std::pair<int, int>>& runs);
+};
+void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>& runs) {
   struct Case {
     Shape sh;
     bool user_ws;
@@ -1335,10 +1338,7 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
     const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
     const BwdRef want(g, x, w, T, K, E);
     const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
-    // (-1: the op's default — the one launch where it fits, else the two kernels; session 10's candidates: the
-    // early dx start, the partials discarded once summed, w prefetched into L2)
-    for (auto [variant, om] : {std::pair{3, 0}, std::pair{-1, 0},
-                               std::pair{3, kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch}}) {
+    for (auto [variant, om] : runs) {
       if (variant < 0 && c.cfg[0]) continue;
       SCOPED_TRACE("variant " + std::to_string(variant) + " measure " + std::to_string(om) + " T=" +
                    std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E) +
@@ -1360,6 +1360,18 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
       EXPECT_TRUE(want.check_dw(one.dw, 4));
     }
   }
+}
+// (-1: the op's default — the one launch where it fits, else the two kernels)
+TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
+}
+// Session 10's candidates: the early dx start (which preloads), the partials discarded from L2 once summed, w
+// prefetched into L2; the g preload alone with the grid-wide wait (measurement).
+TEST_F(RouterGemmTest, BwdOneLaunchCandidatesEqualTwoKernels) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchChecks::equals_two_kernels(
+      {{3, kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch}, {3, kRgOneGPreload | kRgOneGridSync}});
 }
 
 // The one-launch backward's misuse: another precision than standard is refused naming the variant.
@@ -1407,11 +1419,11 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
   for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
+                       Mode{"one launch, grid-wide wait before the dx role", {}, {}, 3, kRgOneGridSync},
+                       Mode{"one launch, dw role skeleton", {}, {}, 3, kRgOneDwSkeleton},
                        Mode{"one launch, dx g rows preloaded under dw's epilogue", {}, {}, 3, kRgOneGPreload},
                        Mode{"one launch, g preload + partials discarded", {}, {}, 3, kRgOneGPreload | kRgOneDiscard},
-                       Mode{"one launch, early dx start", {}, {}, 3, kRgOneEarlyDx},
-                       Mode{"one launch, grid-wide wait before the dx role", {}, {}, 3, kRgOneGridSync},
-                       Mode{"one launch, dw role skeleton", {}, {}, 3, kRgOneDwSkeleton}}) {
+                       Mode{"one launch, early dx start", {}, {}, 3, kRgOneEarlyDx}}) {
     SCOPED_TRACE(m.name);
     variant = m.variant;
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
@@ -1516,6 +1528,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
           stamp_row(d.c_str(), kRgTraceDxBlocks + 2 * blk + 1);
         }
     }
+    std::fflush(stdout);  // (a later mode's fault leaves this one's lines)
   }
 }
 
@@ -1529,9 +1542,17 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first; the candidates: the dx tile's
 // g rows preloaded into registers under dw's epilogue, the partials' lines discarded from L2 once summed (8 MB never
 // written back), both; w prefetched into L2 near dw's end (is w fetched from DRAM by skewed CTAs?); the early dx start
-// (A tile converted and dx's ring stage 0 filled under dw's epilogue); dx and dw alone.
-TEST_F(RouterGemmTest, BwdOneLaunchAB) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+// (A tile converted and dx's ring stage 0 filled under dw's epilogue); dx and dw alone. Two tests (ablations,
+// candidates), each with the baselines, so that a fault in a candidate leaves the ablations' numbers.
+struct OneLaunchAB : RouterGemmTest {
+  struct Opt {
+    const char* name;
+    int variant, flags, om;
+    bool dx, dw, same_bits;
+  };
+  static void run(const std::vector<Opt>& opts);
+};
+void OneLaunchAB::run(const std::vector<Opt>& opts) {
   Runtime& r = rt();
   const int64_t T = 8192, K = 2048, E = 256;
   const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xbb1}), mix_seed({0xbb2}));
@@ -1540,31 +1561,6 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
   const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K);
   DeviceBuffer wsb(r, ws_elems * 4);
-  struct Opt {
-    const char* name;
-    int variant, flags, om;
-    bool dx, dw, same_bits;
-  };
-  const Opt opts[] = {{"one launch (op default)", -1, 0, 0, true, true, true},
-                      {"two kernels", 2, 0, 0, true, true, true},
-                      {"one launch, dx role stores nothing", 3, 0, kRgOneDxNoStore, true, true, false},
-                      {"one launch, dx role loads no w", 3, 0, kRgOneDxNoLoad, true, true, false},
-                      {"one launch, dw role skeleton", 3, 0, kRgOneDwSkeleton, true, true, false},
-                      {"one launch, dw role stores nothing", 3, 0, kRgOneDwNoStore, true, true, false},
-                      {"one launch, dw skeleton + dx stores nothing", 3, 0, kRgOneDwSkeleton | kRgOneDxNoStore, true,
-                       true, false},
-                      {"one launch, grid-wide wait before dx", 3, 0, kRgOneGridSync, true, true, true},
-                      {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
-                      {"one launch, dx g rows preloaded under dw's epilogue", 3, 0, kRgOneGPreload, true, true, true},
-                      {"one launch, partials discarded from L2 once summed", 3, 0, kRgOneDiscard, true, true, true},
-                      {"one launch, g preload + discard", 3, 0, kRgOneGPreload | kRgOneDiscard, true, true, true},
-                      {"one launch, w prefetched into L2 near dw's end", 3, 0, kRgOneWPrefetch, true, true, true},
-                      {"one launch, early dx start (A tile, stage 0 under dw's epilogue)", 3, 0, kRgOneEarlyDx, true,
-                       true, true},
-                      {"one launch, early dx start + discard", 3, 0, kRgOneEarlyDx | kRgOneDiscard, true, true, true},
-                      {"dx kernel alone", 2, 0, 0, true, false, false},
-                      {"dw kernel alone", 2, 0, 0, false, true, false},
-                      {"one launch (op default) again", -1, 0, 0, true, true, true}};
   auto call = [&](const Opt& o) {
     detail::router_gemm_measure_flags.store(o.flags);
     detail::router_gemm_bwd_one_measure.store(o.om);
@@ -1579,19 +1575,23 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   synchronize();
   const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
   const std::vector<float> dw0 = dwb.download<float>(E * K);
-  for (const Opt& o : opts) call(o);  // compiles every kernel outside the timing
-  synchronize();
+  for (const Opt& o : opts) {  // compiles every kernel outside the timing; one at a time (a hang names its option)
+    std::printf("[bwd ab] first call: %s\n", o.name);
+    std::fflush(stdout);
+    call(o);
+    synchronize();
+  }
   detail::L2Flusher l2(r, nullptr);
-  std::vector<std::vector<double>> us(std::size(opts));
+  std::vector<std::vector<double>> us(opts.size());
   for (int i = 0; i < 24; ++i)
-    for (size_t k = 0; k < std::size(opts); ++k) {
-      const size_t j = i % 2 == 0 ? k : std::size(opts) - 1 - k;  // forward and backward order in turn
+    for (size_t k = 0; k < opts.size(); ++k) {
+      const size_t j = i % 2 == 0 ? k : opts.size() - 1 - k;  // forward and backward order in turn
       us[j].push_back(timed_once(l2, [&] { call(opts[j]); }));
     }
-  for (size_t k = 0; k < std::size(opts); ++k) {
+  for (size_t k = 0; k < opts.size(); ++k) {
     std::vector<double> v = us[k];
     std::sort(v.begin(), v.end());
-    std::printf("[bwd ab] %-48s median %.2f  p10 %.2f  p90 %.2f  (n %zu)\n", opts[k].name, detail::median(v),
+    std::printf("[bwd ab] %-58s median %.2f  p10 %.2f  p90 %.2f  (n %zu)\n", opts[k].name, detail::median(v),
                 v[v.size() / 10], v[v.size() * 9 / 10], v.size());
   }
   for (const Opt& o : opts) {
@@ -1604,6 +1604,38 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
     EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "dx differs";
     EXPECT_TRUE(bitwise_equal("dw", dwb.download<float>(E * K), dw0));
   }
+}
+// The ablations (which part of the dx role after dw is slow).
+TEST_F(RouterGemmTest, BwdOneLaunchAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+                    {"two kernels", 2, 0, 0, true, true, true},
+                    {"one launch, dx role stores nothing", 3, 0, kRgOneDxNoStore, true, true, false},
+                    {"one launch, dx role loads no w", 3, 0, kRgOneDxNoLoad, true, true, false},
+                    {"one launch, dw role skeleton", 3, 0, kRgOneDwSkeleton, true, true, false},
+                    {"one launch, dw role stores nothing", 3, 0, kRgOneDwNoStore, true, true, false},
+                    {"one launch, dw skeleton + dx stores nothing", 3, 0, kRgOneDwSkeleton | kRgOneDxNoStore, true,
+                     true, false},
+                    {"one launch, grid-wide wait before dx", 3, 0, kRgOneGridSync, true, true, true},
+                    {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
+                    {"dx kernel alone", 2, 0, 0, true, false, false},
+                    {"dw kernel alone", 2, 0, 0, false, true, false},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}});
+}
+// The candidates (opt-in until they win here).
+TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+                    {"two kernels", 2, 0, 0, true, true, true},
+                    {"one launch, dx g rows preloaded under dw's epilogue", 3, 0, kRgOneGPreload, true, true, true},
+                    {"one launch, partials discarded from L2 once summed", 3, 0, kRgOneDiscard, true, true, true},
+                    {"one launch, w prefetched into L2 near dw's end", 3, 0, kRgOneWPrefetch, true, true, true},
+                    {"one launch, early dx start (A tile, stage 0 under dw's epi.)", 3, 0, kRgOneEarlyDx, true, true,
+                     true},
+                    {"one launch, early dx start + discard", 3, 0, kRgOneEarlyDx | kRgOneDiscard, true, true, true},
+                    {"one launch, early dx + discard + w prefetch", 3, 0,
+                     kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch, true, true, true},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}});
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
