@@ -248,9 +248,10 @@ __device__ __forceinline__ void dx_store_a_batch(u32 base, int ct, int it0,
     if constexpr (SPLIT == 1) sts16(base + A_TILE + off, lo);
   }
 }
-// The first batch of a unit's g values loaded ahead (the one launch: by the consumers once dw's accumulators are
-// staged, so the loads' L2 round trip overlaps dw's cluster sum); the dx consumers take it for the unit at m0, or
-// find its A tile already converted (`converted`: every consumer thread stored its pieces and fenced them).
+// The first batch of a unit's g values loaded ahead (the one launch, kRgOneEarlyDx: by the consumers once dw's
+// accumulators are staged, so the loads' L2 round trip overlaps dw's cluster sum) and converted into the A tile; the
+// dx consumers find the A tile of the unit at m0 ready (`converted`: every consumer thread stored its pieces and
+// fenced them).
 template <int E, int TM>
 struct DxGPreload {
   float4 v[DxGBatch<E, TM>::BATCH][2];
@@ -398,16 +399,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
     if (converted) pre->converted = false;
     for (int it0 = 0; it0 < (converted ? 0 : ITERS); it0 += BATCH) {
       float4 v[BATCH][2];
-      if (pre && pre->loaded && it0 == 0 && pre->m0 == m0) {  // loaded ahead (the one launch: under dw's epilogue)
-#pragma unroll
-        for (int b = 0; b < BATCH; ++b) {
-          v[b][0] = pre->v[b][0];
-          v[b][1] = pre->v[b][1];
-        }
-        pre->loaded = false;
-      } else {
-        rgt::dx_load_g_batch<E, TM>(a, m0, ct, it0, v);
-      }
+      rgt::dx_load_g_batch<E, TM>(a, m0, ct, it0, v);
       rgt::dx_store_a_batch<E, TM, SPLIT>(base, ct, it0, v);
     }
     }
@@ -1129,25 +1121,6 @@ __device__ __forceinline__ void discard_l2_line(const void* p) {
 }
 }  // namespace rgt
 
-// Measurement (kRgOneGridSync): until every CTA of the grid has published this launch's tag (relaxed loads, then one
-// fence) — a grid-wide wait between the dw and dx roles; only with the groups' flags (the whole grid resident).
-__device__ __noinline__ void router_gemm_bwd_wait_all_published(const RouterGemmBwdTmaArgs& a) {
-  const int n = static_cast<int>(gridDim.x * gridDim.y);
-  u64 t0 = 0;
-  for (int i = 0; i < n;) {
-    unsigned v;
-    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.flags + i) : "memory");
-    if (v == a.tag) {
-      ++i;
-      continue;
-    }
-    const u64 now = globaltimer_ns();
-    if (t0 == 0) t0 = now;
-    else if (now - t0 > 2000000000ull) __trap();
-  }
-  asm volatile("fence.acq_rel.gpu;" ::: "memory");
-}
-
 template <int K, int E>
 __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTmaArgs& a, int t, int first = 0,
                                                           bool ready = false) {
@@ -1217,7 +1190,7 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
         store16(a.dw.dw + off[b], Vec16{{__float_as_uint(sum[b][0]), __float_as_uint(sum[b][1]),
                                          __float_as_uint(sum[b][2]), __float_as_uint(sum[b][3])}});
   }
-  if (a.measure & kRgOneDiscard) {  // every piece of the slice is read (and added): its lines leave L2 unwritten
+  if (a.options & kRgOneDiscard) {  // every piece of the slice is read (and added): its lines leave L2 unwritten
     rgt::bar_sync_consumers();
     for (int l = t; l < R * 8 * G; l += 256) {
       const int g = l / (R * 8), q = l - g * (R * 8), r = r0 + q / 8, c = n0 + (q % 8) * 32;
@@ -1283,7 +1256,7 @@ struct RgGroupsSumHook {
     }
     // (discard: the lanes of a warp that check see the flags ready in the same block, so the 8 lanes reading a line's
     // pieces read them in the same block; every lane votes, those not checking with `true`)
-    if (a->measure & kRgOneDiscard) all = __all_sync(0xffffffffu, all || !checking) && checking;
+    if (a->options & kRgOneDiscard) all = __all_sync(0xffffffffu, all || !checking) && checking;
     if (checking) {
       checking = false;
       if (all) {
@@ -1309,7 +1282,7 @@ struct RgGroupsSumHook {
                                         __float_as_uint(sum[3])}});
       }
     }
-    if (a->measure & kRgOneDiscard) {  // lanes 8q … 8q + 7 read (and added) the 8 pieces of a line of each partial
+    if (a->options & kRgOneDiscard) {  // lanes 8q … 8q + 7 read (and added) the 8 pieces of a line of each partial
       __syncwarp();
       if (pend && ok && (t & 7) == 0)
 #pragma unroll
@@ -1323,9 +1296,9 @@ struct RgGroupsSumHook {
   }
 };
 
-// The one launch's dw epilogue callbacks (router_gemm_dw_tma_consume's Done): once dw's accumulators are staged, the
-// consumers load their batch of the CTA's dx tile's g rows (kRgOneGPreload, or with kRgOneEarlyDx); after their
-// arrival at the staging cluster barrier (kRgOneEarlyDx) they convert it into the A tile — below the staging tile,
+// The one launch's dw epilogue callbacks (router_gemm_dw_tma_consume's Done), kRgOneEarlyDx: once dw's accumulators
+// are staged, the consumers load their batch of the CTA's dx tile's g rows; after their arrival at the staging
+// cluster barrier they convert it into the A tile — below the staging tile,
 // which lies at A_BYTES + 32 KiB, above dx's A tile and ring stage 0 — and fence it for the tensor cores.
 template <int E, int TM>
 struct RgOneDwDone {
@@ -1335,7 +1308,7 @@ struct RgOneDwDone {
   u32 base;
   int cta, ct;
   __device__ __forceinline__ void staged() {
-    if (cta < a->dx.tiles && (a->measure & (kRgOneGPreload | kRgOneEarlyDx))) {
+    if (cta < a->dx.tiles && (a->options & kRgOneEarlyDx)) {
       pre->m0 = cta * TM;
       rgt::dx_load_g_batch<E, TM>(a->dx, pre->m0, ct, 0, pre->v);
       pre->loaded = true;
@@ -1343,7 +1316,7 @@ struct RgOneDwDone {
   }
   __device__ __forceinline__ void arrived() {
     using B = rgt::DxGBatch<E, TM>;
-    if (B::ITERS == B::BATCH && pre->loaded && (a->measure & kRgOneEarlyDx)) {  // (the whole A tile in one batch)
+    if (B::ITERS == B::BATCH && pre->loaded && (a->options & kRgOneEarlyDx)) {  // (the whole A tile in one batch)
       rgt::dx_store_a_batch<E, TM, 0>(base, ct, 0, pre->v);
       fence_proxy_async();  // the A tile is read by the tensor cores (async proxy)
       pre->loaded = false;
@@ -1411,7 +1384,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
           for (int r = 0; r < rows; ++r) rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0 + r) * a.dx.g_stride, E * 4);
         }
       }
-      if (a.measure & kRgOneWPrefetch) {  // (measurement) this CTA's share of w's 64 × 64 boxes → L2
+      if (a.options & kRgOneWPrefetch) {  // (measurement) this CTA's share of w's 64 × 64 boxes → L2
         constexpr int COLS = (K + 63) / 64, ROWS = (E + 63) / 64;
         for (int i = cta; i < COLS * ROWS; i += ncta)
           rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
@@ -1419,18 +1392,13 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     }
     // kRgOneEarlyDx: dw's MMAs are done (its stages released) → dx's ring stage 0 (below the staging tile) is
     // filled at once; the other fills follow the pair's last cluster barrier (the peer has read the staging tile).
-    const bool early = (a.measure & kRgOneEarlyDx) != 0;  // (uniform)
+    const bool early = (a.options & kRgOneEarlyDx) != 0;  // (uniform)
     if (early && tid == 0) {
       rgt::ring_wait_released<DWST>(dwbars, s, phase);
       router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
                                                                     t0_ns, t0_clk, xs, xphase, 0, 1);
     }
     router_gemm_dw_tma_producer_tail(a.dw);
-    if ((a.measure & kRgOneGridSync) && tid < 32) {  // (measurement) warp 0 waits, then lets the consumers go
-      if (tid == 0) router_gemm_bwd_wait_all_published(a);
-      __syncwarp();
-      asm volatile("bar.arrive 6, 288;" ::: "memory");
-    }
     if (tid == 0) {
       if (!early) rgt::ring_wait_released<DWST>(dwbars, s, phase);
       router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
@@ -1443,15 +1411,14 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
-    // The first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as dw's
-    // accumulators are staged: their round trip overlaps dw's cluster sum (kRgOneGPreload: measurement, on); with
-    // kRgOneEarlyDx converted into the A tile before the pair's staging barrier completes (RgOneDwDone).
+    // kRgOneEarlyDx: the first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as
+    // dw's accumulators are staged and converted into the A tile before the pair's staging barrier completes
+    // (RgOneDwDone).
     rgt::DxGPreload<E, TM> pre;
     const RgOneDwDone<E, TM> done{&a, &pre, base, cta, tid - 128};
     router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true, RgOneDwDone<E, TM>, A_BYTES + 32768>(a.dw, base, dwbars,
                                                                                                   dwtr, done);
     if (reduce) router_gemm_dw_groups_arrive();
-    if (a.measure & kRgOneGridSync) asm volatile("bar.sync 6, 288;" ::: "memory");  // (measurement: warp 0's wait)
     if (reduce && a.interleave) {
       RgGroupsSumHook<K, E> hook(a, tid - 128);
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,

@@ -1366,12 +1366,13 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
 }
-// Session 10's candidates: the early dx start (which preloads), the partials discarded from L2 once summed, w
-// prefetched into L2; the g preload alone with the grid-wide wait (measurement).
+// Session 10's options other than the default's (kRgOneExplicit: exactly those named): the early dx start, the
+// partials discarded from L2 once summed, w prefetched into L2; none (session 9's path).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesEqualTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  OneLaunchChecks::equals_two_kernels(
-      {{3, kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch}, {3, kRgOneGPreload | kRgOneGridSync}});
+  const int x = kRgOneExplicit;
+  OneLaunchChecks::equals_two_kernels({{3, x | kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch},
+                                       {3, x | kRgOneEarlyDx | kRgOneWPrefetch}, {3, x}});
 }
 
 // The one-launch backward's misuse: another precision than standard is refused naming the variant.
@@ -1418,12 +1419,13 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int variant = 2;                  // 3: one launch (dw then dx; the dx stamps are its CTAs')
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
-  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
-                       Mode{"one launch, grid-wide wait before the dx role", {}, {}, 3, kRgOneGridSync},
-                       Mode{"one launch, dw role skeleton", {}, {}, 3, kRgOneDwSkeleton},
-                       Mode{"one launch, dx g rows preloaded under dw's epilogue", {}, {}, 3, kRgOneGPreload},
-                       Mode{"one launch, g preload + partials discarded", {}, {}, 3, kRgOneGPreload | kRgOneDiscard},
-                       Mode{"one launch, early dx start", {}, {}, 3, kRgOneEarlyDx}}) {
+  const int ex = kRgOneExplicit;
+  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetched near dw's end)", {}, {}, 3},
+                       Mode{"one launch, session 9's path (no options)", {}, {}, 3, ex},
+                       Mode{"one launch, w prefetch + early dx start", {}, {}, 3, ex | kRgOneWPrefetch | kRgOneEarlyDx},
+                       Mode{"one launch, w prefetch + early dx + discard", {}, {}, 3,
+                            ex | kRgOneWPrefetch | kRgOneEarlyDx | kRgOneDiscard},
+                       Mode{"one launch (default) again", {}, {}, 3}}) {
     SCOPED_TRACE(m.name);
     variant = m.variant;
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
@@ -1532,18 +1534,15 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
   }
 }
 
-// Measurement (prints; checks that the options that keep the sums give the default's bits): session 10, round 1 —
-// why the one launch's dx role runs its column blocks ≈ 40 % slower after the dw role than the dx kernel at the start
-// of a launch. Call by call round-robin (24 rounds, L2 flushed before every call) at 8192 × 2048 → 256, precision
-// standard: the op's default (one launch) and the two kernels; the one launch with its dx role storing nothing / loading
-// no w (ablations: is the dx role bound by its writes or its w reads?), with its dw role as a skeleton (no loads, MMAs,
-// stores: the dx role as at a launch's start, in the same kernel) or storing nothing (no dirty partials: is it the
-// partials' write-back or the L2 state after streaming x?), with a grid-wide wait before the dx role (the dx
-// roles in step, as in the dx kernel: does the CTAs' skew cost?), without x evict-first; the candidates: the dx tile's
-// g rows preloaded into registers under dw's epilogue, the partials' lines discarded from L2 once summed (8 MB never
-// written back), both; w prefetched into L2 near dw's end (is w fetched from DRAM by skewed CTAs?); the early dx start
-// (A tile converted and dx's ring stage 0 filled under dw's epilogue); dx and dw alone. Two tests (ablations,
-// candidates), each with the baselines, so that a fault in a candidate leaves the ablations' numbers.
+// Measurement (prints; checks that the options that keep the sums give the default's bits): session 10 — why the one
+// launch's dx role runs its column blocks ≈ 40 % slower after the dw role than the dx kernel at the start of a launch,
+// and the candidates. Call by call round-robin (L2 flushed before every call) at 8192 × 2048 → 256, precision
+// standard. Ablations (BwdOneLaunchAB): the one launch with its dx role storing nothing / loading no w, its dw role as
+// a skeleton (no loads, MMAs, stores: the dx role as at a launch's start, in the same kernel) or storing nothing, x
+// without evict-first; dx and dw alone. Candidates (BwdOneLaunchCandidatesAB, 60 rounds, paired per round against the
+// default and against the w prefetch): w prefetched into L2 near dw's end, the early dx start (A tile converted and
+// dx's ring stage 0 filled under dw's epilogue), the partials' lines discarded from L2 once summed, and their
+// combinations. Two tests, each with the baselines, so that a fault in a candidate leaves the ablations' numbers.
 struct OneLaunchAB : RouterGemmTest {
   struct Opt {
     const char* name;
@@ -1551,9 +1550,9 @@ struct OneLaunchAB : RouterGemmTest {
     bool dx, dw, same_bits;
     const detail::RouterGemmConfig* cfg = nullptr;  // a forced config (the one launch's), else the default
   };
-  static void run(const std::vector<Opt>& opts);
+  static void run(const std::vector<Opt>& opts, int rounds = 24, size_t ref = 0);
 };
-void OneLaunchAB::run(const std::vector<Opt>& opts) {
+void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
   Runtime& r = rt();
   const int64_t T = 8192, K = 2048, E = 256;
   const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xbb1}), mix_seed({0xbb2}));
@@ -1584,16 +1583,33 @@ void OneLaunchAB::run(const std::vector<Opt>& opts) {
   }
   detail::L2Flusher l2(r, nullptr);
   std::vector<std::vector<double>> us(opts.size());
-  for (int i = 0; i < 24; ++i)
+  for (int i = 0; i < rounds; ++i)
     for (size_t k = 0; k < opts.size(); ++k) {
       const size_t j = i % 2 == 0 ? k : opts.size() - 1 - k;  // forward and backward order in turn
       us[j].push_back(timed_once(l2, [&] { call(opts[j]); }));
     }
+  // Per option: the median, p10, p90 of its calls, and paired against option 0 (the default) and option `ref` in the
+  // same rounds: the median of the per-round differences and the share of rounds in which the option was faster.
+  auto paired = [&](size_t k, size_t r0, double& dmed, double& win) {
+    std::vector<double> d;
+    int w = 0;
+    for (size_t i = 0; i < us[k].size(); ++i) {
+      d.push_back(us[k][i] - us[r0][i]);
+      w += us[k][i] < us[r0][i];
+    }
+    dmed = detail::median(d);
+    win = static_cast<double>(w) / d.size();
+  };
   for (size_t k = 0; k < opts.size(); ++k) {
     std::vector<double> v = us[k];
     std::sort(v.begin(), v.end());
-    std::printf("[bwd ab] %-58s median %.2f  p10 %.2f  p90 %.2f  (n %zu)\n", opts[k].name, detail::median(v),
-                v[v.size() / 10], v[v.size() * 9 / 10], v.size());
+    double d0, w0, dr, wr;
+    paired(k, 0, d0, w0);
+    paired(k, ref, dr, wr);
+    std::printf("[bwd ab] %-50s median %.2f p10 %.2f p90 %.2f | vs default %+.2f (faster in %.0f %%) | vs %zu %+.2f "
+                "(%.0f %%)\n",
+                opts[k].name, detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10], d0, 100 * w0, ref, dr,
+                100 * wr);
   }
   for (const Opt& o : opts) {
     if (!o.same_bits) continue;
@@ -1617,7 +1633,6 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                     {"one launch, dw role stores nothing", 3, 0, kRgOneDwNoStore, true, true, false},
                     {"one launch, dw skeleton + dx stores nothing", 3, 0, kRgOneDwSkeleton | kRgOneDxNoStore, true,
                      true, false},
-                    {"one launch, grid-wide wait before dx", 3, 0, kRgOneGridSync, true, true, true},
                     {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
                     {"dx kernel alone", 2, 0, 0, true, false, false},
                     {"dw kernel alone", 2, 0, 0, false, true, false},
@@ -1626,24 +1641,18 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
 // The candidates (opt-in until they win here).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const detail::RouterGemmConfig c1{64, 256, 64, 1, 8, 3};
-  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+  const int x = kRgOneExplicit, wpf = kRgOneWPrefetch, early = kRgOneEarlyDx, disc = kRgOneDiscard;
+  OneLaunchAB::run({{"one launch (op default: w prefetch)", -1, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
-                    {"one launch, dx g rows preloaded under dw's epilogue", 3, 0, kRgOneGPreload, true, true, true},
-                    {"one launch, partials discarded from L2 once summed", 3, 0, kRgOneDiscard, true, true, true},
-                    {"one launch, w prefetched into L2 near dw's end", 3, 0, kRgOneWPrefetch, true, true, true},
-                    {"one launch, early dx start (A tile, stage 0 under dw's epi.)", 3, 0, kRgOneEarlyDx, true, true,
-                     true},
-                    {"one launch, early dx start + discard", 3, 0, kRgOneEarlyDx | kRgOneDiscard, true, true, true},
-                    {"one launch, early dx + discard + w prefetch", 3, 0,
-                     kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch, true, true, true},
-                    // dw's 8 ranges in clusters of 1 (partials from the registers, no staging, pair barrier or DSMEM
-                    // sum; 16 MB of partials, 8 a tile summed in the kernel: 61.4 vs 56.9 in session 9) — with the
-                    // partials discarded once summed, the early dx start (another T partition: dw's bits differ)
-                    {"one launch, dw clusters of 1", 3, 0, 0, true, true, false, &c1},
-                    {"one launch, dw clusters of 1 + discard + early dx", 3, 0, kRgOneDiscard | kRgOneEarlyDx, true,
-                     true, false, &c1},
-                    {"one launch (op default) again", -1, 0, 0, true, true, true}});
+                    {"session 9's path (no options)", 3, 0, x, true, true, true},
+                    {"early dx start", 3, 0, x | early, true, true, true},
+                    {"discard", 3, 0, x | disc, true, true, true},
+                    {"w prefetch + early dx", 3, 0, x | wpf | early, true, true, true},
+                    {"w prefetch + discard", 3, 0, x | wpf | disc, true, true, true},
+                    {"early dx + discard", 3, 0, x | early | disc, true, true, true},
+                    {"w prefetch + early dx + discard", 3, 0, x | wpf | early | disc, true, true, true},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}},
+                   60, /*ref: session 9's path*/ 2);
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
