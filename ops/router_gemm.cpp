@@ -907,8 +907,10 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 // dx tiles, and ran 210 vs 159 µs).
 constexpr bool kBwdOneLaunchDefault = true;
 // Its options by default (kRgOne*; session 10, round 2: w prefetched into L2 near dw's end 57.34 µs, p10–p90
-// 56.9–58.0, against 59.9–61.5 for session 9's path, bimodal p10 56.7 / p90 62.6, in the same run).
-constexpr int kBwdOneOptions = kRgOneWPrefetch;
+// 56.9–58.0, against 59.9–61.5 for session 9's path, bimodal p10 56.7 / p90 62.6, in the same run; round 3: the w
+// prefetch + the early dx start −0.56 µs paired against the w prefetch, faster in 77 % of 60 rounds — with the A
+// tile's conversion moved after the pair's DSMEM sum for round 4).
+constexpr int kBwdOneOptions = kRgOneWPrefetch | kRgOneEarlyDx;
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
@@ -1069,7 +1071,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
         const int om = router_gemm_bwd_one_measure.load(std::memory_order_relaxed);  // (measurement, kRgOne*)
         // The kernel's options: the defaults, or (measurement, kRgOneExplicit) exactly those named.
-        const int opts = om & kRgOneExplicit ? om & (kRgOneWPrefetch | kRgOneEarlyDx | kRgOneDiscard) : kBwdOneOptions;
+        const int opts = om & kRgOneExplicit ? om & (kRgOneWPrefetch | kRgOneEarlyDx) : kBwdOneOptions;
         if (om & kRgOneDwSkeleton) a.flags |= kRgSkipLoad | kRgSkipMma | kRgSkipStore;
         if (om & kRgOneDwNoStore) a.flags |= kRgSkipStore;
         RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0, 0};
@@ -1086,10 +1088,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
           b.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(b.flags), static_cast<size_t>(ctas), stream,
                                      "cuMemsetD32Async (router_gemm backward flags)");
           b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
-          if ((opts & kRgOneDiscard) && reinterpret_cast<uintptr_t>(partial) % 128 == 0 && K % 32 == 0)
-            b.options |= kRgOneDiscard;  // (whole 128-byte lines of one CTA's slice)
         }
-        b.options |= opts & (kRgOneWPrefetch | kRgOneEarlyDx);
+        b.options = opts;
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

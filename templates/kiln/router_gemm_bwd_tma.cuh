@@ -702,15 +702,16 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
 // warpgroup takes part in them through router_gemm_dw_tma_producer_tail).
 // REUSE (the one-launch kernel, dw first): the ring / staging bytes are refilled by TMA afterwards, so the staging
 // tile's generic accesses are ordered before the async proxy's (a proxy fence before the last cluster barrier).
-// done.staged(): once the accumulators are stored or staged; done.arrived(): after this CTA's arrival at the
-// staging cluster barrier, before its wait (the one launch loads its dx tile's g rows, and converts them, there).
-// STG ≥ 0 (the one launch): the staging tile unpadded (1 KiB rows, 16-byte pieces XOR-swizzled with the row) at
-// base + STG instead of padded rows at base, so that the bytes below STG stay free for the next role.
-// kSync: a consumer barrier between the two where no staging cluster barrier separates them (clusters of 1).
+// done.staged(): once the accumulators are stored or staged; done.reduced(): once this CTA's rows of the cluster's
+// sum are stored, before the last cluster barrier (the one launch loads its dx tile's g rows at the first and
+// converts them into the A tile at the second). STG ≥ 0 (the one launch): the staging tile unpadded (1 KiB rows,
+// 16-byte pieces XOR-swizzled with the row) at base + STG instead of padded rows at base, so that the bytes below STG
+// stay free for the next role. kSync: a consumer barrier between the two with clusters of 1 (no cluster barrier
+// orders the other warpgroup's last MMAs before the second).
 struct RgNoDone {
   static constexpr bool kSync = false;
   __device__ __forceinline__ void staged() {}
-  __device__ __forceinline__ void arrived() {}
+  __device__ __forceinline__ void reduced() {}
 };
 template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, typename Done = RgNoDone, int STG = -1>
 __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTmaArgs& a, u32 base, u32 bars,
@@ -965,7 +966,7 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
     }
     done.staged();
     if constexpr (Done::kSync) rgt::bar_sync_consumers();  // both warpgroups' MMAs are done
-    done.arrived();
+    done.reduced();
   } else {
     rgt::bar_sync_consumers();  // every MMA of both warpgroups is done: the ring becomes the staging tile
 #pragma unroll
@@ -976,9 +977,7 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
       asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at), "f"(acc[i]), "f"(acc[i + 1]) : "memory");
     }
     done.staged();
-    cluster_arrive();  // all partial tiles of the cluster are staged
-    done.arrived();
-    cluster_wait();
+    cluster_sync();  // all partial tiles of the cluster are staged
     if (tw) tw[kRgTraceDwStaged] = rgt::clk();
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
@@ -988,6 +987,7 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
       rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
     else
       rgt::dw_cluster_reduce<BN, -1, E, K>(out, base + STG, tid - 128, r0, r1, e0, n0, S);
+    done.reduced();
     if (tw) tw[kRgTraceStored] = rgt::clk();
     // Keep this CTA's tile alive until the others have read it. Relaxed: the remote loads have returned (their
     // sums were stored), and nothing written here is read by the peers — a release would first wait for this
@@ -1114,13 +1114,6 @@ __device__ __forceinline__ void router_gemm_dw_groups_publish(const RouterGemmBw
     asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
   }
 }
-namespace rgt {
-// The 128-byte line at p (aligned) dropped from L2 without a write-back (its contents become undefined).
-__device__ __forceinline__ void discard_l2_line(const void* p) {
-  asm volatile("discard.global.L2 [%0], 128;" ::"l"(p) : "memory");
-}
-}  // namespace rgt
-
 template <int K, int E>
 __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTmaArgs& a, int t, int first = 0,
                                                           bool ready = false) {
@@ -1190,13 +1183,7 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
         store16(a.dw.dw + off[b], Vec16{{__float_as_uint(sum[b][0]), __float_as_uint(sum[b][1]),
                                          __float_as_uint(sum[b][2]), __float_as_uint(sum[b][3])}});
   }
-  if (a.options & kRgOneDiscard) {  // every piece of the slice is read (and added): its lines leave L2 unwritten
-    rgt::bar_sync_consumers();
-    for (int l = t; l < R * 8 * G; l += 256) {
-      const int g = l / (R * 8), q = l - g * (R * 8), r = r0 + q / 8, c = n0 + (q % 8) * 32;
-      if (r < 128 && e0 + r < E && c < K) rgt::discard_l2_line(a.dw.partial + g * n + static_cast<i64>(e0 + r) * K + c);
-    }
-  }
+
 }
 
 // The groups' sum of the one-launch kernel (dw first) spread over its dx column blocks, so its L2 round trips hide
@@ -1248,26 +1235,20 @@ struct RgGroupsSumHook {
   }
   __device__ __forceinline__ void after() {
     const int ranges = static_cast<int>(gridDim.y), G = ranges / a->dw.cluster;
-    bool all = checking;
     if (checking) {
+      bool all = true;
 #pragma unroll
       for (int y = 0; y < 8; ++y)
         if (y < ranges) all = all && fl[y] == a->tag;
-    }
-    // (discard: the lanes of a warp that check see the flags ready in the same block, so the 8 lanes reading a line's
-    // pieces read them in the same block; every lane votes, those not checking with `true`)
-    if (a->options & kRgOneDiscard) all = __all_sync(0xffffffffu, all || !checking) && checking;
-    if (checking) {
       checking = false;
       if (all) {
         asm volatile("fence.acq_rel.gpu;" ::: "memory");
         ready = true;
       }
     }
-    bool ok = false;
-    i64 off = 0;
     if (pend) {
-      off = offset(ok);
+      bool ok;
+      const i64 off = offset(ok);
       if (ok) {
         float sum[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
@@ -1281,15 +1262,6 @@ struct RgGroupsSumHook {
         store16(a->dw.dw + off, Vec16{{__float_as_uint(sum[0]), __float_as_uint(sum[1]), __float_as_uint(sum[2]),
                                         __float_as_uint(sum[3])}});
       }
-    }
-    if (a->options & kRgOneDiscard) {  // lanes 8q … 8q + 7 read (and added) the 8 pieces of a line of each partial
-      __syncwarp();
-      if (pend && ok && (t & 7) == 0)
-#pragma unroll
-        for (int g = 0; g < 8; ++g)
-          if (g < G) rgt::discard_l2_line(a->dw.partial + g * (static_cast<i64>(E) * K) + off);
-    }
-    if (pend) {
       ++done;
       pend = false;
     }
@@ -1297,9 +1269,11 @@ struct RgGroupsSumHook {
 };
 
 // The one launch's dw epilogue callbacks (router_gemm_dw_tma_consume's Done), kRgOneEarlyDx: once dw's accumulators
-// are staged, the consumers load their batch of the CTA's dx tile's g rows; after their arrival at the staging
-// cluster barrier they convert it into the A tile — below the staging tile,
-// which lies at A_BYTES + 32 KiB, above dx's A tile and ring stage 0 — and fence it for the tensor cores.
+// are staged, the consumers load their batch of the CTA's dx tile's g rows (the loads in flight during the pair's
+// staging barrier and DSMEM sum); once their rows of the pair's sum are stored they convert them into the A tile —
+// below the staging tile, which lies at A_BYTES + 32 KiB, above dx's A tile and ring stage 0 — and fence it for the
+// tensor cores, before the pair's last barrier. (Converting them right after the arrival at the staging barrier, as
+// measured in round 3, stalled the DSMEM sum on the loads: the epilogue ended 1.1 µs later.)
 template <int E, int TM>
 struct RgOneDwDone {
   static constexpr bool kSync = true;
@@ -1314,7 +1288,7 @@ struct RgOneDwDone {
       pre->loaded = true;
     }
   }
-  __device__ __forceinline__ void arrived() {
+  __device__ __forceinline__ void reduced() {
     using B = rgt::DxGBatch<E, TM>;
     if (B::ITERS == B::BATCH && pre->loaded && (a->options & kRgOneEarlyDx)) {  // (the whole A tile in one batch)
       rgt::dx_store_a_batch<E, TM, 0>(base, ct, 0, pre->v);
@@ -1412,8 +1386,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
     // kRgOneEarlyDx: the first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as
-    // dw's accumulators are staged and converted into the A tile before the pair's staging barrier completes
-    // (RgOneDwDone).
+    // dw's accumulators are staged and converted into the A tile before the pair's last barrier (RgOneDwDone).
     rgt::DxGPreload<E, TM> pre;
     const RgOneDwDone<E, TM> done{&a, &pre, base, cta, tid - 128};
     router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true, RgOneDwDone<E, TM>, A_BYTES + 32768>(a.dw, base, dwbars,

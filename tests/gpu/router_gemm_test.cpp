@@ -1366,13 +1366,12 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
 }
-// Session 10's options other than the default's (kRgOneExplicit: exactly those named): the early dx start, the
-// partials discarded from L2 once summed, w prefetched into L2; none (session 9's path).
+// The one launch's options other than the default's (kRgOneExplicit: exactly those named): none (session 9's path),
+// w prefetched into L2 alone, the early dx start alone.
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesEqualTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int x = kRgOneExplicit;
-  OneLaunchChecks::equals_two_kernels({{3, x | kRgOneEarlyDx | kRgOneDiscard | kRgOneWPrefetch},
-                                       {3, x | kRgOneEarlyDx | kRgOneWPrefetch}, {3, x}});
+  OneLaunchChecks::equals_two_kernels({{3, x}, {3, x | kRgOneWPrefetch}, {3, x | kRgOneEarlyDx}});
 }
 
 // The one-launch backward's misuse: another precision than standard is refused naming the variant.
@@ -1420,11 +1419,9 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
   const int ex = kRgOneExplicit;
-  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetched near dw's end)", {}, {}, 3},
+  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetch + early dx start)", {}, {}, 3},
                        Mode{"one launch, session 9's path (no options)", {}, {}, 3, ex},
-                       Mode{"one launch, w prefetch + early dx start", {}, {}, 3, ex | kRgOneWPrefetch | kRgOneEarlyDx},
-                       Mode{"one launch, w prefetch + early dx + discard", {}, {}, 3,
-                            ex | kRgOneWPrefetch | kRgOneEarlyDx | kRgOneDiscard},
+                       Mode{"one launch, w prefetch only", {}, {}, 3, ex | kRgOneWPrefetch},
                        Mode{"one launch (default) again", {}, {}, 3}}) {
     SCOPED_TRACE(m.name);
     variant = m.variant;
@@ -1539,10 +1536,10 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // and the candidates. Call by call round-robin (L2 flushed before every call) at 8192 × 2048 → 256, precision
 // standard. Ablations (BwdOneLaunchAB): the one launch with its dx role storing nothing / loading no w, its dw role as
 // a skeleton (no loads, MMAs, stores: the dx role as at a launch's start, in the same kernel) or storing nothing, x
-// without evict-first; dx and dw alone. Candidates (BwdOneLaunchCandidatesAB, 60 rounds, paired per round against the
-// default and against the w prefetch): w prefetched into L2 near dw's end, the early dx start (A tile converted and
-// dx's ring stage 0 filled under dw's epilogue), the partials' lines discarded from L2 once summed, and their
-// combinations. Two tests, each with the baselines, so that a fault in a candidate leaves the ablations' numbers.
+// without evict-first; dx and dw alone. Options (BwdOneLaunchCandidatesAB, 80 rounds, paired per round against the
+// default and against the w prefetch alone): w prefetched into L2 near dw's end, the early dx start (A tile converted
+// and dx's ring stage 0 filled under dw's epilogue), alone and together (the default), and neither (session 9's path).
+// Two tests, each with the baselines, so that a fault in one leaves the other's numbers.
 struct OneLaunchAB : RouterGemmTest {
   struct Opt {
     const char* name;
@@ -1641,18 +1638,14 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
 // The candidates (opt-in until they win here).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int x = kRgOneExplicit, wpf = kRgOneWPrefetch, early = kRgOneEarlyDx, disc = kRgOneDiscard;
-  OneLaunchAB::run({{"one launch (op default: w prefetch)", -1, 0, 0, true, true, true},
+  const int x = kRgOneExplicit, wpf = kRgOneWPrefetch, early = kRgOneEarlyDx;
+  OneLaunchAB::run({{"one launch (op default: w prefetch + early dx)", -1, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"session 9's path (no options)", 3, 0, x, true, true, true},
-                    {"early dx start", 3, 0, x | early, true, true, true},
-                    {"discard", 3, 0, x | disc, true, true, true},
-                    {"w prefetch + early dx", 3, 0, x | wpf | early, true, true, true},
-                    {"w prefetch + discard", 3, 0, x | wpf | disc, true, true, true},
-                    {"early dx + discard", 3, 0, x | early | disc, true, true, true},
-                    {"w prefetch + early dx + discard", 3, 0, x | wpf | early | disc, true, true, true},
+                    {"w prefetch only", 3, 0, x | wpf, true, true, true},
+                    {"early dx start only", 3, 0, x | early, true, true, true},
                     {"one launch (op default) again", -1, 0, 0, true, true, true}},
-                   60, /*ref: session 9's path*/ 2);
+                   80, /*ref: w prefetch only*/ 3);
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
