@@ -906,11 +906,10 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 // 256) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has 112 CTAs for 128
 // dx tiles, and ran 210 vs 159 µs).
 constexpr bool kBwdOneLaunchDefault = true;
-// Its options by default (kRgOne*; session 10, round 2: w prefetched into L2 near dw's end 57.34 µs, p10–p90
-// 56.9–58.0, against 59.9–61.5 for session 9's path, bimodal p10 56.7 / p90 62.6, in the same run; round 3: the w
-// prefetch + the early dx start −0.56 µs paired against the w prefetch, faster in 77 % of 60 rounds — with the A
-// tile's conversion moved after the pair's DSMEM sum for round 4).
-constexpr int kBwdOneOptions = kRgOneWPrefetch | kRgOneEarlyDx;
+// Its options by default (kRgOne*): w prefetched into L2 near dw's end. Session 10, paired call by call against
+// session 9's path (no options) in the same runs: round 2 57.34 µs (p10–p90 56.9–58.0) against 59.9–61.5 (bimodal,
+// p10 56.7); round 3 +0.14 µs (faster in 45 % of 60 rounds: a tie); round 4 −0.78 (faster in 71 % of 80 rounds).
+constexpr int kBwdOneOptions = kRgOneWPrefetch;
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
@@ -1071,7 +1070,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
         const int om = router_gemm_bwd_one_measure.load(std::memory_order_relaxed);  // (measurement, kRgOne*)
         // The kernel's options: the defaults, or (measurement, kRgOneExplicit) exactly those named.
-        const int opts = om & kRgOneExplicit ? om & (kRgOneWPrefetch | kRgOneEarlyDx) : kBwdOneOptions;
+        const int opts = om & kRgOneExplicit ? om & kRgOneWPrefetch : kBwdOneOptions;
         if (om & kRgOneDwSkeleton) a.flags |= kRgSkipLoad | kRgSkipMma | kRgSkipStore;
         if (om & kRgOneDwNoStore) a.flags |= kRgSkipStore;
         RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0, 0};

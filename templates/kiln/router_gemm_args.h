@@ -117,22 +117,19 @@ struct RouterGemmBwdTmaArgs {
   unsigned tag;
   int interleave;                       // dw then dx: the groups' sum spread over dx's column blocks (else at the end)
   int prefetch_g;                       // dw then dx: the first dx tile's g rows prefetched into L2 near dw's end
-  int options;                          // kRgOneWPrefetch / kRgOneEarlyDx (the host's choice)
+  int options;                          // kRgOneWPrefetch (the host's choice)
 };
 // Switches of the one-launch backward (router_gemm_bwd_one_measure: measurement, host): kRgOneExplicit: the kernel's
 // options (RouterGemmBwdTmaArgs::options) exactly as named, not the op's defaults (kBwdOneOptions); kRgOneDxNoStore /
 // kRgOneDxNoLoad: the dx role alone stores / loads nothing (kRgSkipStore / kRgSkipLoad in its args only);
 // kRgOneDwSkeleton: the dw role loads, multiplies and stores nothing
 // (the dx role then starts as at the launch's start); kRgOneDwNoStore: the dw role stores nothing (no staging, pair
-// sum, partials or groups' sum; loads and MMAs as usual). Options (session 10): kRgOneWPrefetch (kernel): near dw's
+// sum, partials or groups' sum; loads and MMAs as usual). Option (session 10): kRgOneWPrefetch (kernel): near dw's
 // end each CTA prefetches its share of w (1/gridDim of the 64 × 64 boxes) into L2, so that no dx role waits for w
-// from DRAM; kRgOneEarlyDx (kernel): dx's start under dw's epilogue — the consumers load their dx tile's g rows once
-// dw's accumulators are staged and convert them into the A tile once their rows of the pair's sum are stored, and the
-// producer fills dx's ring stage 0 as soon as dw's MMAs are done (dw's staging tile lies above both), the other
-// stages after the pair's last barrier.
+// from DRAM.
 enum : int {
   kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneDwNoStore = 32, kRgOneWPrefetch = 128,
-  kRgOneEarlyDx = 256, kRgOneExplicit = 512
+  kRgOneExplicit = 512
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first

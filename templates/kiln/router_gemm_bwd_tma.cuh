@@ -248,16 +248,6 @@ __device__ __forceinline__ void dx_store_a_batch(u32 base, int ct, int it0,
     if constexpr (SPLIT == 1) sts16(base + A_TILE + off, lo);
   }
 }
-// The first batch of a unit's g values loaded ahead (the one launch, kRgOneEarlyDx: by the consumers once dw's
-// accumulators are staged, so the loads' L2 round trip overlaps dw's cluster sum) and converted into the A tile; the
-// dx consumers find the A tile of the unit at m0 ready (`converted`: every consumer thread stored its pieces and
-// fenced them).
-template <int E, int TM>
-struct DxGPreload {
-  float4 v[DxGBatch<E, TM>::BATCH][2];
-  int m0 = -1;
-  bool loaded = false, converted = false;
-};
 }  // namespace rgt
 
 // The dx kernel's two roles as functions (the one-launch backward, router_gemm_bwd_tma_kernel, runs them after its dw
@@ -268,29 +258,21 @@ struct DxGPreload {
 //
 // Producer (one thread): streams every w chunk of the CTA's units through the ring; (s, phase) are the ring position
 // (in: where to start, 0 / 0 for a fresh ring; out: the next slot after the last one filled).
-// RANGE: only fills [from, to) of the CTA's work are made by this call (the one launch fills dx's first stage early,
-// in a call of its own: kRgOneEarlyDx); a call that stops at `to` leaves no trace.
-template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool RANGE = false>
+template <int K, int E, int STAGES, int CM, int SPLIT, int TM>
 __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTmaArgs& a, u32 ring, u32 bars, u32 rank,
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
-                                                           u64 t0_clk, int& s, u32& phase, int from = 0,
-                                                           int to = 1 << 30) {
+                                                           u64 t0_clk, int& s, u32& phase) {
   using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
   const int groups = (a.tiles + CM - 1) / CM;
   prefetch_tmap(&a.tmw);
   if constexpr (D::F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
   u64 first_clk = 0;
-  int fills = 0;  // (RANGE)
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int half = (grp * CM + static_cast<int>(rank)) % D::HALVES;
     const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
     for (int c = nb0 * D::EC; c < nb1 * D::EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
       const int n = c / D::EC, ec = c - n * D::EC;
-      if constexpr (RANGE) {
-        if (fills == to) return;
-        if (fills++ < from) continue;
-      }
       mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
       const u32 full = bars + 8 * s, st = ring + s * D::STAGE;
       // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
@@ -332,8 +314,7 @@ struct RgNoHook {
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
 __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTmaArgs& a, u32 base, u32 bars, u32 stg,
                                                            u32 rank, int cluster, int clusters, u64* trace,
-                                                           bool wait_stores, Hook& hook,
-                                                           rgt::DxGPreload<E, TM>* pre = nullptr) {
+                                                           bool wait_stores, Hook& hook) {
   using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
   const u32 ring = base + D::A_BYTES;
   const u32 rowf = bars + 16 * STAGES;  // F16: 2^s_t of the unit's TM rows (fp32)
@@ -346,7 +327,8 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
   u32 phase = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
     const int unit = grp * CM + static_cast<int>(rank), half = unit % D::HALVES;
-    const int m0 = (unit / D::HALVES) * D::BM, nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
+    const int m0 = (unit / D::HALVES) * D::BM;
+    const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
     constexpr int ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
@@ -394,10 +376,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
     // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
     // MMA in the measured kernel of session 5).
     constexpr int BATCH = rgt::DxGBatch<E, TM>::BATCH;
-    // (the one launch may have converted the first unit's A tile already, under dw's epilogue: kRgOneEarlyDx)
-    const bool converted = pre && pre->converted && pre->m0 == m0;
-    if (converted) pre->converted = false;
-    for (int it0 = 0; it0 < (converted ? 0 : ITERS); it0 += BATCH) {
+    for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
       float4 v[BATCH][2];
       rgt::dx_load_g_batch<E, TM>(a, m0, ct, it0, v);
       rgt::dx_store_a_batch<E, TM, SPLIT>(base, ct, it0, v);
@@ -702,20 +681,11 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
 // warpgroup takes part in them through router_gemm_dw_tma_producer_tail).
 // REUSE (the one-launch kernel, dw first): the ring / staging bytes are refilled by TMA afterwards, so the staging
 // tile's generic accesses are ordered before the async proxy's (a proxy fence before the last cluster barrier).
-// done.staged(): once the accumulators are stored or staged; done.reduced(): once this CTA's rows of the cluster's
-// sum are stored, before the last cluster barrier (the one launch loads its dx tile's g rows at the first and
-// converts them into the A tile at the second). STG ≥ 0 (the one launch): the staging tile unpadded (1 KiB rows,
-// 16-byte pieces XOR-swizzled with the row) at base + STG instead of padded rows at base, so that the bytes below STG
-// stay free for the next role. kSync: a consumer barrier between the two with clusters of 1 (no cluster barrier
-// orders the other warpgroup's last MMAs before the second).
-struct RgNoDone {
-  static constexpr bool kSync = false;
-  __device__ __forceinline__ void staged() {}
-  __device__ __forceinline__ void reduced() {}
-};
-template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, typename Done = RgNoDone, int STG = -1>
+// STG ≥ 0 (the one launch): the staging tile unpadded (1 KiB rows, 16-byte pieces XOR-swizzled with the row) at
+// base + STG instead of padded rows at base (the one launch's is above dx's A tile and ring stage 0; session 10).
+template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, int STG = -1>
 __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTmaArgs& a, u32 base, u32 bars,
-                                                           u64* trace, Done done = Done{}) {
+                                                           u64* trace) {
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
   static_assert(BK == 64 || BK == 32, "T chunks of 64 or 32 tokens");
   constexpr int TILES_N = (K + BN - 1) / BN;
@@ -964,9 +934,6 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
                      "f"(acc[i + 1])
                      : "memory");
     }
-    done.staged();
-    if constexpr (Done::kSync) rgt::bar_sync_consumers();  // both warpgroups' MMAs are done
-    done.reduced();
   } else {
     rgt::bar_sync_consumers();  // every MMA of both warpgroups is done: the ring becomes the staging tile
 #pragma unroll
@@ -976,7 +943,6 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
                              : base + STG + r * 1024 + ((((col >> 2) ^ (r & 7))) << 4) + (col & 3) * 4;
       asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at), "f"(acc[i]), "f"(acc[i + 1]) : "memory");
     }
-    done.staged();
     cluster_sync();  // all partial tiles of the cluster are staged
     if (tw) tw[kRgTraceDwStaged] = rgt::clk();
     u32 rank;
@@ -987,7 +953,6 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
       rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
     else
       rgt::dw_cluster_reduce<BN, -1, E, K>(out, base + STG, tid - 128, r0, r1, e0, n0, S);
-    done.reduced();
     if (tw) tw[kRgTraceStored] = rgt::clk();
     // Keep this CTA's tile alive until the others have read it. Relaxed: the remote loads have returned (their
     // sums were stored), and nothing written here is read by the peers — a release would first wait for this
@@ -1268,37 +1233,6 @@ struct RgGroupsSumHook {
   }
 };
 
-// The one launch's dw epilogue callbacks (router_gemm_dw_tma_consume's Done), kRgOneEarlyDx: once dw's accumulators
-// are staged, the consumers load their batch of the CTA's dx tile's g rows (the loads in flight during the pair's
-// staging barrier and DSMEM sum); once their rows of the pair's sum are stored they convert them into the A tile —
-// below the staging tile, which lies at A_BYTES + 32 KiB, above dx's A tile and ring stage 0 — and fence it for the
-// tensor cores, before the pair's last barrier. (Converting them right after the arrival at the staging barrier, as
-// measured in round 3, stalled the DSMEM sum on the loads: the epilogue ended 1.1 µs later.)
-template <int E, int TM>
-struct RgOneDwDone {
-  static constexpr bool kSync = true;
-  const RouterGemmBwdTmaArgs* a;
-  rgt::DxGPreload<E, TM>* pre;
-  u32 base;
-  int cta, ct;
-  __device__ __forceinline__ void staged() {
-    if (cta < a->dx.tiles && (a->options & kRgOneEarlyDx)) {
-      pre->m0 = cta * TM;
-      rgt::dx_load_g_batch<E, TM>(a->dx, pre->m0, ct, 0, pre->v);
-      pre->loaded = true;
-    }
-  }
-  __device__ __forceinline__ void reduced() {
-    using B = rgt::DxGBatch<E, TM>;
-    if (B::ITERS == B::BATCH && pre->loaded && (a->options & kRgOneEarlyDx)) {  // (the whole A tile in one batch)
-      rgt::dx_store_a_batch<E, TM, 0>(base, ct, 0, pre->v);
-      fence_proxy_async();  // the A tile is read by the tensor cores (async proxy)
-      pre->loaded = false;
-      pre->converted = true;
-    }
-  }
-};
-
 // The backward in one launch (precision standard: dx from bf16(g), dw from g hi + lo): the dw role, then the dx role,
 // in every CTA. Grid = the dw kernel's: (ceil(E/128)·ceil(K/256), ranges) CTAs of 384 threads, clusters (1,
 // a.dw.cluster, 1); each CTA is the dw kernel's CTA of the same (tile, T range) — same partition, same pair sums and
@@ -1306,8 +1240,9 @@ struct RgOneDwDone {
 // tiles (CTA id cta = blockIdx.y·gridDim.x + blockIdx.x; dx tiles are independent: the same bits as the dx kernel),
 // with 5 stages and the TMA-store epilogue, no multicast. The dx producer refills the ring bytes once the pair's last
 // cluster barrier has passed (with clusters of 1, once every dw stage is released), the consumers rewrite the A tile
-// after theirs; dx's g rows are prefetched into L2 near dw's end, and the dw role's x tiles load L2 evict-first. With
-// a.flags the groups of T ranges are summed in the kernel (above). (Session 9 measured the other orders — all of dx
+// after theirs; dx's g rows are prefetched into L2 near dw's end (and with option kRgOneWPrefetch, the op's default
+// since session 10, all of w: a 64 × 64 box a CTA), and the dw role's x tiles load L2 evict-first. With a.flags the
+// groups of T ranges are summed in the kernel (above). (Session 9 measured the other orders — all of dx
 // first: 62.7–64.3 µs; half of dx's column blocks, dw, the other half: 62.4 — against 56.3–56.9 for this one.)
 template <int K, int E, int DWST>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __grid_constant__ RouterGemmBwdTmaArgs a) {
@@ -1364,19 +1299,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
           rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
       }
     }
-    // kRgOneEarlyDx: dw's MMAs are done (its stages released) → dx's ring stage 0 (below the staging tile) is
-    // filled at once; the other fills follow the pair's last cluster barrier (the peer has read the staging tile).
-    const bool early = (a.options & kRgOneEarlyDx) != 0;  // (uniform)
-    if (early && tid == 0) {
-      rgt::ring_wait_released<DWST>(dwbars, s, phase);
-      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
-                                                                    t0_ns, t0_clk, xs, xphase, 0, 1);
-    }
     router_gemm_dw_tma_producer_tail(a.dw);
     if (tid == 0) {
-      if (!early) rgt::ring_wait_released<DWST>(dwbars, s, phase);
-      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr,
-                                                                    t0_ns, t0_clk, xs, xphase, early ? 1 : 0);
+      rgt::ring_wait_released<DWST>(dwbars, s, phase);
+      router_gemm_dx_tma_produce<K, E, DXST, 1, DXSPLIT, TM>(a.dx, base + A_BYTES, dxbars, 0, cta, ncta, dxtr, t0_ns,
+                                                              t0_clk, xs, xphase);
     } else if (reduce && tid >= 32 && tid < 64) {
       router_gemm_dw_groups_publish(a, tid - 32);
     }
@@ -1385,23 +1312,18 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
-    // kRgOneEarlyDx: the first dx tile's g rows (prefetched into L2 by the producer) loaded into registers as soon as
-    // dw's accumulators are staged and converted into the A tile before the pair's last barrier (RgOneDwDone).
-    rgt::DxGPreload<E, TM> pre;
-    const RgOneDwDone<E, TM> done{&a, &pre, base, cta, tid - 128};
-    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true, RgOneDwDone<E, TM>, A_BYTES + 32768>(a.dw, base, dwbars,
-                                                                                                  dwtr, done);
+    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true, A_BYTES + 32768>(a.dw, base, dwbars, dwtr);
     if (reduce) router_gemm_dw_groups_arrive();
     if (reduce && a.interleave) {
       RgGroupsSumHook<K, E> hook(a, tid - 128);
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                    hook, &pre);
+                                                                    hook);
       first = hook.done;
       ready = hook.ready;
     } else {
       RgNoHook nh;
       router_gemm_dx_tma_consume<K, E, DXST, 1, DXSPLIT, TM, true>(a.dx, base, dxbars, stg, 0, cta, ncta, dxtr, true,
-                                                                    nh, &pre);
+                                                                    nh);
     }
     if (reduce) {
       // (the wait is thread 0's, for all: with `ready` it saw every flag and fenced already; its barrier orders the

@@ -1366,12 +1366,11 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
 }
-// The one launch's options other than the default's (kRgOneExplicit: exactly those named): none (session 9's path),
-// w prefetched into L2 alone, the early dx start alone.
+// The one launch without its default option (kRgOneExplicit with none: session 9's path, the A/B's reference).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesEqualTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const int x = kRgOneExplicit;
-  OneLaunchChecks::equals_two_kernels({{3, x}, {3, x | kRgOneWPrefetch}, {3, x | kRgOneEarlyDx}});
+  OneLaunchChecks::equals_two_kernels({{3, x}});
 }
 
 // The one-launch backward's misuse: another precision than standard is refused naming the variant.
@@ -1384,23 +1383,36 @@ TEST_F(RouterGemmTest, BwdOneLaunchNeedsStandard) {
                       "variant", InvalidArgument);
 }
 
+// The backward's buffers at the issue's shape (8192 × 2048 → 256): g, x, w from the seeds, dx, dw and the advertised
+// workspace (at least 16 partials).
+struct BwdIssueBuffers {
+  static constexpr int64_t T = 8192, K = 2048, E = 256;
+  int64_t ws_elems;
+  DeviceBuffer gb, xb, wb, dxb, dwb, wsb;
+  BwdIssueBuffers(Runtime& r, uint64_t s0, uint64_t s1, uint64_t s2)
+      : ws_elems(std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K)),
+        dxb(r, T * K * 2), dwb(r, E * K * 4), wsb(r, ws_elems * 4) {
+    const auto [x, w] = bf16_xw(T, K, E, s0, s1);
+    gb = upload(r, DType::f32, randn(T * E, s2, 1e-4f));
+    xb = upload(r, DType::bf16, x);
+    wb = upload(r, DType::bf16, w);
+  }
+};
+
 // Per-CTA timeline of the TMA backward at 8192 × 2048 → 256, precision standard (measurement; prints): one traced
 // call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
 // the producer's first TMA, A tile ready, last stage landed, MMAs done, last store issued, stores read out, exit;
 // dw: entry, first TMA, first / last stage landed, MMAs done, epilogue done, after the last cluster barrier, exit.
 // The traced outputs must equal the untraced ones bit for bit. Modes: the two kernels (variant 2) and the one-launch
-// kernel (variant 3), also with the dw ranges in clusters of 1 (dx 128-token units and dw clusters of 1 in the two
-// kernels: session 9, round 2, in bench/NOTES.md).
+// kernel (variant 3) with its default option and without it (session 9's path). Session 10 added per-block dx stamps
+// (a block's first stage landed, its MMAs done) and dw's staging cluster barrier (bench/NOTES.md).
 TEST_F(RouterGemmTest, BwdTmaTimeline) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
-  const int64_t T = 8192, K = 2048, E = 256;
-  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xb1}), mix_seed({0xb2}));
-  const std::vector<float> g = randn(T * E, mix_seed({0xb3}), 1e-4f);
-  DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
-  DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
-  const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K);
-  DeviceBuffer wsb(r, ws_elems * 4);
+  const int64_t T = BwdIssueBuffers::T, K = BwdIssueBuffers::K, E = BwdIssueBuffers::E;
+  BwdIssueBuffers bufs(r, mix_seed({0xb1}), mix_seed({0xb2}), mix_seed({0xb3}));
+  DeviceBuffer &gb = bufs.gb, &xb = bufs.xb, &wb = bufs.wb, &dxb = bufs.dxb, &dwb = bufs.dwb, &wsb = bufs.wsb;
+  const int64_t ws_elems = bufs.ws_elems;
   const size_t slots = 2 * static_cast<size_t>(kRgTraceBwdDwOffset);
   DeviceBuffer tb(r, slots * 8);
   detail::L2Flusher l2(r, nullptr);
@@ -1419,9 +1431,8 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
   const int ex = kRgOneExplicit;
-  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetch + early dx start)", {}, {}, 3},
+  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetched near dw's end)", {}, {}, 3},
                        Mode{"one launch, session 9's path (no options)", {}, {}, 3, ex},
-                       Mode{"one launch, w prefetch only", {}, {}, 3, ex | kRgOneWPrefetch},
                        Mode{"one launch (default) again", {}, {}, 3}}) {
     SCOPED_TRACE(m.name);
     variant = m.variant;
@@ -1536,10 +1547,11 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
 // and the candidates. Call by call round-robin (L2 flushed before every call) at 8192 × 2048 → 256, precision
 // standard. Ablations (BwdOneLaunchAB): the one launch with its dx role storing nothing / loading no w, its dw role as
 // a skeleton (no loads, MMAs, stores: the dx role as at a launch's start, in the same kernel) or storing nothing, x
-// without evict-first; dx and dw alone. Options (BwdOneLaunchCandidatesAB, 80 rounds, paired per round against the
-// default and against the w prefetch alone): w prefetched into L2 near dw's end, the early dx start (A tile converted
-// and dx's ring stage 0 filled under dw's epilogue), alone and together (the default), and neither (session 9's path).
-// Two tests, each with the baselines, so that a fault in one leaves the other's numbers.
+// without evict-first; dx and dw alone. The default option (BwdOneLaunchCandidatesAB, 80 rounds, paired per round):
+// w prefetched into L2 near dw's end against session 9's path (no options) and the two kernels. (Measured in session 10
+// and removed: the dx tile's g rows preloaded under dw's epilogue, the early dx start, the partials discarded from L2
+// once summed, dw's ranges in clusters of 1, a grid-wide wait before the dx role: bench/NOTES.md.) Two tests, each
+// with the baselines, so that a fault in one leaves the other's numbers.
 struct OneLaunchAB : RouterGemmTest {
   struct Opt {
     const char* name;
@@ -1551,13 +1563,10 @@ struct OneLaunchAB : RouterGemmTest {
 };
 void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
   Runtime& r = rt();
-  const int64_t T = 8192, K = 2048, E = 256;
-  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xbb1}), mix_seed({0xbb2}));
-  const std::vector<float> g = randn(T * E, mix_seed({0xbb3}), 1e-4f);
-  DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
-  DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
-  const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K);
-  DeviceBuffer wsb(r, ws_elems * 4);
+  const int64_t T = BwdIssueBuffers::T, K = BwdIssueBuffers::K, E = BwdIssueBuffers::E;
+  BwdIssueBuffers bufs(r, mix_seed({0xbb1}), mix_seed({0xbb2}), mix_seed({0xbb3}));
+  DeviceBuffer &gb = bufs.gb, &xb = bufs.xb, &wb = bufs.wb, &dxb = bufs.dxb, &dwb = bufs.dwb, &wsb = bufs.wsb;
+  const int64_t ws_elems = bufs.ws_elems;
   auto call = [&](const Opt& o) {
     detail::router_gemm_measure_flags.store(o.flags);
     detail::router_gemm_bwd_one_measure.store(o.om);
@@ -1638,14 +1647,11 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
 // The candidates (opt-in until they win here).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int x = kRgOneExplicit, wpf = kRgOneWPrefetch, early = kRgOneEarlyDx;
-  OneLaunchAB::run({{"one launch (op default: w prefetch + early dx)", -1, 0, 0, true, true, true},
+  OneLaunchAB::run({{"one launch (op default: w prefetch)", -1, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
-                    {"session 9's path (no options)", 3, 0, x, true, true, true},
-                    {"w prefetch only", 3, 0, x | wpf, true, true, true},
-                    {"early dx start only", 3, 0, x | early, true, true, true},
+                    {"session 9's path (no options)", 3, 0, kRgOneExplicit, true, true, true},
                     {"one launch (op default) again", -1, 0, 0, true, true, true}},
-                   80, /*ref: w prefetch only*/ 3);
+                   80, /*ref: session 9's path*/ 2);
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
