@@ -25,6 +25,7 @@ namespace kiln {
 namespace detail {
 std::atomic<int> router_gemm_measure_flags{0};
 std::atomic<unsigned long long*> router_gemm_trace{nullptr};
+std::atomic<int> router_gemm_bwd_one_measure{0};
 }  // namespace detail
 
 namespace {
@@ -158,9 +159,10 @@ int smem_bytes(const Specialization& s) {
                                                 : core + (g_mode(s.kernel) == 2 ? tm * 4 : 0);
   }
   if (is_bwd_one(s.kernel)) {  // slack + both roles' layouts overlaid + 1 KiB of mbarriers + dx's two staging tiles
-                               // (the template's router_gemm_bwd_tma_smem_bytes)
+                               // (the template's router_gemm_bwd_tma_smem_bytes; dw's staging tile: 128 rows of 1 KiB)
     const int ec = static_cast<int>((s.params[P_E] + 63) / 64);
-    const int main = static_cast<int>(round_up(std::max(ec * 64 * 128 + 5 * 32768, std::max(s.config[C_STAGES] * 65536, 128 * 264 * 4)), 1024));
+    const int main = static_cast<int>(
+        round_up(std::max(ec * 64 * 128 + 5 * 32768, std::max(s.config[C_STAGES] * 65536, 128 * 1024)), 1024));
     return 1024 + main + 1024 + 2 * 16384;
   }
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
@@ -903,6 +905,10 @@ int64_t w16_elems(int64_t K, int64_t E) { return E * K / 2 + K; }
 // 256) — where none of its CTAs takes more than one dx tile (its grid is dw's: at K = 7168 it has 112 CTAs for 128
 // dx tiles, and ran 210 vs 159 µs).
 constexpr bool kBwdOneLaunchDefault = true;
+// Its options by default (kRgOne*): w prefetched into L2 near dw's end. Session 10, paired call by call against
+// session 9's path (no options) in the same runs: round 2 57.34 µs (p10–p90 56.9–58.0) against 59.9–61.5 (bimodal,
+// p10 56.7); round 3 +0.14 µs (faster in 45 % of 60 rounds: a tie); round 4 −0.78 (faster in 71 % of 80 rounds).
+constexpr int kBwdOneOptions = kRgOneWPrefetch;
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
@@ -1061,7 +1067,14 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       bool fused = false;  // the one-launch kernel adds the groups itself (no dw_reduce)
       if (one) {  // dx's tiles and trace ride along; the dx slots of the trace are per CTA of this grid
         if (!(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoXEvictFirst)) a.flags |= kRgXEvictFirst;
-        RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0};
+        const int om = router_gemm_bwd_one_measure.load(std::memory_order_relaxed);  // (measurement, kRgOne*)
+        // The kernel's options: the defaults, or (measurement, kRgOneExplicit) exactly those named.
+        const int opts = om & kRgOneExplicit ? om & kRgOneWPrefetch : kBwdOneOptions;
+        if (om & kRgOneDwSkeleton) a.flags |= kRgSkipLoad | kRgSkipMma | kRgSkipStore;
+        if (om & kRgOneDwNoStore) a.flags |= kRgSkipStore;
+        RouterGemmBwdTmaArgs b{a, ax, nullptr, 0, 0, 0, 0};
+        if (om & kRgOneDxNoStore) b.dx.flags |= kRgSkipStore;
+        if (om & kRgOneDxNoLoad) b.dx.flags |= kRgSkipLoad;
         b.prefetch_g = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgNoGPrefetch);
         const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
         fused = plan.groups > 1 && !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
@@ -1074,6 +1087,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
                                      "cuMemsetD32Async (router_gemm backward flags)");
           b.interleave = !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgEndReduce);
         }
+        b.options = opts;
         impl.launch(sone, d, stream, b);
       } else {
         d.pdl = after_dx;  // overlaps the dx kernel's last CTAs (no data in common: the dw kernel never waits)

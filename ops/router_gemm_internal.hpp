@@ -34,6 +34,9 @@ extern std::atomic<int> router_gemm_measure_flags;
 // timestamps (RouterGemmFwdTmaArgs::trace). Null in normal use.
 extern std::atomic<unsigned long long*> router_gemm_trace;
 
+// Measurement hook (GPU tests only): kRgOne* switches of the one-launch backward. 0 in normal use.
+extern std::atomic<int> router_gemm_bwd_one_measure;
+
 // A prepared router GEMM at T × K → E (bench cases and the family's tune instances): `part` is "fwd", "bwd" (dx + dw),
 // "dx" or "dw", with the suffixes ops/router_gemm.cpp lists; `force` a tile config (null: the default).
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,

@@ -106,6 +106,19 @@ struct RouterGemmBwdTmaArgs {
   unsigned tag;
   int interleave;                       // dw then dx: the groups' sum spread over dx's column blocks (else at the end)
   int prefetch_g;                       // dw then dx: the first dx tile's g rows prefetched into L2 near dw's end
+  int options;                          // kRgOneWPrefetch (the host's choice)
+};
+// Switches of the one-launch backward (router_gemm_bwd_one_measure: measurement, host): kRgOneExplicit: the kernel's
+// options (RouterGemmBwdTmaArgs::options) exactly as named, not the op's defaults (kBwdOneOptions); kRgOneDxNoStore /
+// kRgOneDxNoLoad: the dx role alone stores / loads nothing (kRgSkipStore / kRgSkipLoad in its args only);
+// kRgOneDwSkeleton: the dw role loads, multiplies and stores nothing
+// (the dx role then starts as at the launch's start); kRgOneDwNoStore: the dw role stores nothing (no staging, pair
+// sum, partials or groups' sum; loads and MMAs as usual). Option (session 10): kRgOneWPrefetch (kernel): near dw's
+// end each CTA prefetches its share of w (1/gridDim of the 64 × 64 boxes) into L2, so that no dx role waits for w
+// from DRAM.
+enum : int {
+  kRgOneDxNoStore = 1, kRgOneDxNoLoad = 2, kRgOneDwSkeleton = 4, kRgOneDwNoStore = 32, kRgOneWPrefetch = 128,
+  kRgOneExplicit = 512
 };
 // Trace of the TMA backward (measurement): the same slots as the forward's — globaltimer ns and SM clock at entry, SM
 // id, the producer's first and last TMA issue — then, for consumer warpgroup 0 (clock): dx: its A tile ready (first
@@ -113,6 +126,10 @@ struct RouterGemmBwdTmaArgs {
 // MMAs done, epilogue done (before the final cluster barrier), after it; and globaltimer ns at the end. The op
 // traces dx into the first kRgTraceBwdDwOffset slots of the buffer and dw after them.
 enum : int { kRgTraceBwdDwOffset = 1024 * 16 };
+// More stamps of the TMA backward (measurement, the timeline test): dx (grids of ≤ 512 CTAs), relative to a CTA's trace
+// slots: at + kRgTraceDxBlocks + 2n / + 2n + 1 (n < 8): its column block n's first stage landed / MMAs done (clock; a
+// persistent CTA's last unit); dw, relative to warpgroup 0's slots: the epilogue's staging cluster barrier passed.
+enum : int { kRgTraceDxBlocks = 8192, kRgTraceDwStaged = kRgTraceWgSlots + 1 };
 
 // Measurement switches of the sm_90a kernels (never set by the ops): skip the generic→async proxy fence after the
 // cp.async data of a chunk has landed, or (unsafe) after the g hi/lo split. They show what the fences cost.

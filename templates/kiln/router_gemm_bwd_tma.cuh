@@ -119,10 +119,15 @@ __device__ __forceinline__ void stmatrix_x4(u32 addr, u32 r0, u32 r1, u32 r2, u3
 }
 // Rows [r0, r1) of the dw tile: the sum of the S (2–4) staged partial tiles of this cluster, added in cluster-rank
 // order (the same bits whichever CTA adds), written to dw rows e0 + r, columns n0 …; 256 threads, `t` = 0 … 255.
+// PITCH < 0: the staged rows unpadded (BN·4 bytes), their 16-byte pieces XOR-swizzled with the row (piece p of row r
+// at p ^ (r & 7)).
 template <int BN, int PITCH, int E, int K>
 __device__ __forceinline__ void dw_cluster_reduce(float* dw, u32 base, int t, int r0, int r1, int e0, int n0, int S) {
   constexpr int CPR = BN / 4;
-  auto off = [&](int i) { return (r0 + i / CPR) * PITCH + (i % CPR) * 16; };
+  auto off = [&](int i) {
+    const int r = r0 + i / CPR;
+    return PITCH < 0 ? r * (BN * 4) + (((i % CPR) ^ (r & 7)) << 4) : r * PITCH + (i % CPR) * 16;
+  };
   auto emit = [&](int i, const Vec16& o) {
     const int r = r0 + i / CPR, c4 = i % CPR;
     if (r < r1 && e0 + r < E && n0 + c4 * 4 < K) store16(dw + static_cast<i64>(e0 + r) * K + n0 + c4 * 4, o);
@@ -172,6 +177,79 @@ __host__ __device__ constexpr bool router_gemm_dx_staged(int E, int STAGES, int 
          227 * 1024;
 }
 
+namespace rgt {
+// The dx roles' tiling, shared by the producer and the consumers: units of TM tokens (64: all K columns; 128: half of
+// the 256-column blocks), chunks of 64 experts × BN = 256 columns as 4 N-major atoms of 64 × 64 (PER_CTA of them
+// fetched by each CTA of a multicast cluster of CM), A tile(s) of ceil(E/64) K-major atoms of TM rows.
+template <int K, int E, int CM, int SPLIT, int TM>
+struct DxTile {
+  static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
+  static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
+  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+  static constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
+  static constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
+  static constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
+  static constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE;
+  static constexpr int STAGE = 4 * ATOM, PER_CTA = 4 / CM;
+  static constexpr bool F16 = SPLIT == 2;
+};
+// The dx consumers' g rows → A tile (bf16(g), hi + lo): 8-column units (16 bytes of bf16) u = it·256 + ct, converted
+// in batches of up to 8 (16 float4 loads a thread in flight).
+template <int E, int TM>
+struct DxGBatch {
+  static constexpr int EC = (E + 63) / 64, UNITS = TM * EC * 8, ITERS = (UNITS + 255) / 256;
+  static constexpr int BATCH = ITERS < 8 ? ITERS : 8;
+};
+// The fp32 g values of batch it0 of the unit at token row m0 (zeros past T and E).
+template <int E, int TM>
+__device__ __forceinline__ void dx_load_g_batch(const RouterGemmDxTmaArgs& a, int m0, int ct, int it0,
+                                                float4 (&v)[DxGBatch<E, TM>::BATCH][2]) {
+  using B = DxGBatch<E, TM>;
+  constexpr int EC = B::EC, UNITS = B::UNITS, ITERS = B::ITERS, BATCH = B::BATCH;
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    const int u = (it0 + b) * 256 + ct;
+    const int r = u / (EC * 8), rest = u - r * (EC * 8), e = (rest >> 3) * 64 + (rest & 7) * 8;
+    v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
+    if ((ITERS % BATCH == 0 || it0 + b < ITERS) && (UNITS % 256 == 0 || u < UNITS) && m0 + r < a.T && e < E) {
+      const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
+      v[b][0] = __ldg(src);
+      v[b][1] = __ldg(src + 1);
+    }
+  }
+}
+// Batch it0 of a unit's fp32 g values → bf16 (hi, and lo) 16-byte pieces of the swizzled K-major A tile(s) at base.
+template <int E, int TM, int SPLIT>
+__device__ __forceinline__ void dx_store_a_batch(u32 base, int ct, int it0,
+                                                 const float4 (&v)[DxGBatch<E, TM>::BATCH][2]) {
+  using B = DxGBatch<E, TM>;
+  constexpr int EC = B::EC, UNITS = B::UNITS, ITERS = B::ITERS, BATCH = B::BATCH;
+  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM;
+#pragma unroll
+  for (int b = 0; b < BATCH; ++b) {
+    const int u = (it0 + b) * 256 + ct;
+    if ((ITERS % BATCH != 0 && it0 + b >= ITERS) || (UNITS % 256 != 0 && u >= UNITS)) continue;
+    const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7;
+    const float4 v0 = v[b][0], v1 = v[b][1];
+    Vec16 hi, lo;
+    if constexpr (SPLIT == 1) {  // (zeros split into zeros: rows past T, experts past E)
+      rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
+      rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
+      rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
+      rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
+    } else {
+      hi.w[0] = cvt_bf16x2(v0.x, v0.y);
+      hi.w[1] = cvt_bf16x2(v0.z, v0.w);
+      hi.w[2] = cvt_bf16x2(v1.x, v1.y);
+      hi.w[3] = cvt_bf16x2(v1.z, v1.w);
+    }
+    const u32 off = at * A_ATOM + rg90::swz(r, jj);
+    sts16(base + off, hi);
+    if constexpr (SPLIT == 1) sts16(base + A_TILE + off, lo);
+  }
+}
+}  // namespace rgt
+
 // The dx kernel's two roles as functions (the one-launch backward, router_gemm_bwd_tma_kernel, runs them after its dw
 // role). Shared-memory layout: the A tile(s) at `base`, the ring right after them (ring = base + A_BYTES), the
 // ring's 2·STAGES mbarriers at `bars` (full[s] at bars + 8s, empty[s] after them; the fp16 pass's row scales after
@@ -184,41 +262,33 @@ template <int K, int E, int STAGES, int CM, int SPLIT, int TM>
 __device__ __forceinline__ void router_gemm_dx_tma_produce(const RouterGemmDxTmaArgs& a, u32 ring, u32 bars, u32 rank,
                                                            int cluster, int clusters, u64* trace, u64 t0_ns,
                                                            u64 t0_clk, int& s, u32& phase) {
-  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
-  constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
-  constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
-  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE, STAGE = 4 * ATOM;
-  constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
-  constexpr bool F16 = SPLIT == 2;
-  static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
-  static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
-  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
+  using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
   const int groups = (a.tiles + CM - 1) / CM;
   prefetch_tmap(&a.tmw);
-  if constexpr (F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
+  if constexpr (D::F16) pdl_wait();  // w16 comes from router_gemm_w16_kernel, launched just before (PDL)
   u64 first_clk = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
-    const int half = (grp * CM + static_cast<int>(rank)) % HALVES;
-    const int nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
-    for (int c = nb0 * EC; c < nb1 * EC; ++c) {
+    const int half = (grp * CM + static_cast<int>(rank)) % D::HALVES;
+    const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
+    for (int c = nb0 * D::EC; c < nb1 * D::EC; ++c) {
       if (trace && first_clk == 0) first_clk = rgt::clk();
-      const int n = c / EC, ec = c - n * EC;
+      const int n = c / D::EC, ec = c - n * D::EC;
       mbar_wait(bars + 8 * (STAGES + s), phase ^ 1);
-      const u32 full = bars + 8 * s, st = ring + s * STAGE;
+      const u32 full = bars + 8 * s, st = ring + s * D::STAGE;
       // Atoms past K (a partial last column block) are not fetched: their columns are never stored.
-      const int atoms = (K - n * BN + 63) / 64 < 4 ? (K - n * BN + 63) / 64 : 4;
+      const int atoms = (K - n * D::BN + 63) / 64 < 4 ? (K - n * D::BN + 63) / 64 : 4;
       if (a.flags & kRgSkipLoad) {  // ablation: no bytes (the MMAs read stale shared memory)
         mbar_arrive_expect_tx(full, 0);
       } else {
-      mbar_arrive_expect_tx(full, atoms * ATOM);
+      mbar_arrive_expect_tx(full, atoms * D::ATOM);
 #pragma unroll
-      for (int p = 0; p < PER_CTA; ++p) {
-        const int at = static_cast<int>(rank) * PER_CTA + p;
+      for (int p = 0; p < D::PER_CTA; ++p) {
+        const int at = static_cast<int>(rank) * D::PER_CTA + p;
         if (at >= atoms) continue;
         if constexpr (CM == 1)
-          tma_load_2d(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64);
+          tma_load_2d(st + at * D::ATOM, &a.tmw, full, n * D::BN + at * 64, ec * 64);
         else
-          tma_load_2d_multicast(st + at * ATOM, &a.tmw, full, n * BN + at * 64, ec * 64,
+          tma_load_2d_multicast(st + at * D::ATOM, &a.tmw, full, n * D::BN + at * 64, ec * 64,
                                      static_cast<unsigned short>((1 << CM) - 1));
       }
       }
@@ -240,39 +310,34 @@ struct RgNoHook {
   __device__ __forceinline__ void before() {}
   __device__ __forceinline__ void after() {}
 };
+
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM, bool STAGED, typename Hook = RgNoHook>
 __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTmaArgs& a, u32 base, u32 bars, u32 stg,
                                                            u32 rank, int cluster, int clusters, u64* trace,
                                                            bool wait_stores, Hook& hook) {
-  constexpr int BM = TM, BN = 256, ATOM = 64 * 128, HALVES = TM == 128 ? 2 : 1;
-  constexpr int NW = TM == 128 ? 256 : 128;  // columns of a chunk each consumer multiplies
-  constexpr int EC = (E + 63) / 64, NCH = (K + BN - 1) / BN, NB = (NCH + HALVES - 1) / HALVES;
-  constexpr int A_ATOM = TM * 128, A_TILE = EC * A_ATOM, A_BYTES = (SPLIT == 1 ? 2 : 1) * A_TILE, STAGE = 4 * ATOM;
-  constexpr int PER_CTA = 4 / CM;  // w atoms each CTA of the cluster fetches per chunk
-  constexpr bool F16 = SPLIT == 2;
-  static_assert(TM == 64 || (TM == 128 && CM == 1), "64-token tiles, or 128-token half-width units (no multicast)");
-  static_assert(CM == 1 || CM == 2 || CM == 4, "cluster of 1, 2 or 4 CTAs");
-  static_assert(E % 8 == 0 && E <= 256, "E: a multiple of 8 up to 256");
-  const u32 ring = base + A_BYTES;
+  using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
+  const u32 ring = base + D::A_BYTES;
   const u32 rowf = bars + 16 * STAGES;  // F16: 2^s_t of the unit's TM rows (fp32)
   const int tid = threadIdx.x, wg = tid / 128;
   const int groups = (a.tiles + CM - 1) / CM;
   const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
   u64* const tw = trace && tid == 128 ? trace + kRgTraceWg0 : nullptr;  // (measurement: warpgroup 0's lead)
+  u64* const tb = tw && clusters * CM <= 512 ? trace + kRgTraceDxBlocks : nullptr;  // (measurement: per block)
   int s = 0;
   u32 phase = 0;
   for (int grp = cluster; grp < groups; grp += clusters) {
-    const int unit = grp * CM + static_cast<int>(rank), half = unit % HALVES;
-    const int m0 = (unit / HALVES) * BM, nb0 = half * NB, nb1 = nb0 + NB < NCH ? nb0 + NB : NCH;
+    const int unit = grp * CM + static_cast<int>(rank), half = unit % D::HALVES;
+    const int m0 = (unit / D::HALVES) * D::BM;
+    const int nb0 = half * D::NB, nb1 = nb0 + D::NB < D::NCH ? nb0 + D::NB : D::NCH;
     // g rows m0 … m0 + BM − 1 → the bf16 A tile(s). Both warpgroups are done with the previous unit's MMAs.
     rgt::bar_sync_consumers();
-    constexpr int UNITS = BM * EC * 8, ITERS = (UNITS + 255) / 256;  // 8-column units (16 bytes of bf16)
-    if constexpr (F16) {
+    constexpr int ITERS = rgt::DxGBatch<E, TM>::ITERS;  // 8-column units
+    if constexpr (D::F16) {
       // A warp per row (8 consumer warps: rows cw, cw + 8, …); lane l converts experts 8l … 8l + 7 (lanes past
       // the A tile's EC·64 columns idle, those past E write zeros). The row's finite amax (redux) sets 2^−s_t.
       // All loads of a batch of 8 rows first (64 registers; the accumulators are not live here).
       const int cw = ct >> 5, e = lane * 8;
-      constexpr int RPW = BM / 8, RB = RPW < 8 ? RPW : 8;
+      constexpr int RPW = D::BM / 8, RB = RPW < 8 ? RPW : 8;
       for (int rb = 0; rb < RPW; rb += RB) {
         float4 v[RB][2];
 #pragma unroll
@@ -300,7 +365,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
           Vec16 h;
 #pragma unroll
           for (int i = 0; i < 4; ++i) h.w[i] = cvt_f16x2(f[2 * i] * inv, f[2 * i + 1] * inv);
-          if (e < EC * 64) sts16(base + (e >> 6) * A_ATOM + rg90::swz(r, (e & 63) >> 3), h);
+          if (e < D::EC * 64) sts16(base + (e >> 6) * D::A_ATOM + rg90::swz(r, (e & 63) >> 3), h);
           if (lane == 0)
             asm volatile("st.shared.f32 [%0], %1;" ::"r"(rowf + r * 4), "f"(pow2i(sexp)) : "memory");
         }
@@ -310,75 +375,46 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
     // then the conversions and shared stores: each unit's store is an asm volatile with a memory clobber, so loads
     // interleaved with the stores would each wait a full round trip (8 in a row at TM = 64: ≈ 5 µs before the first
     // MMA in the measured kernel of session 5).
-    constexpr int BATCH = ITERS < 8 ? ITERS : 8;
+    constexpr int BATCH = rgt::DxGBatch<E, TM>::BATCH;
     for (int it0 = 0; it0 < ITERS; it0 += BATCH) {
       float4 v[BATCH][2];
-#pragma unroll
-      for (int b = 0; b < BATCH; ++b) {
-        const int u = (it0 + b) * 256 + ct;
-        const int r = u / (EC * 8), rest = u - r * (EC * 8), e = (rest >> 3) * 64 + (rest & 7) * 8;
-        v[b][0] = v[b][1] = make_float4(0.f, 0.f, 0.f, 0.f);
-        if ((ITERS % BATCH == 0 || it0 + b < ITERS) && (UNITS % 256 == 0 || u < UNITS) && m0 + r < a.T && e < E) {
-          const float4* src = reinterpret_cast<const float4*>(a.g + static_cast<i64>(m0 + r) * a.g_stride + e);
-          v[b][0] = __ldg(src);
-          v[b][1] = __ldg(src + 1);
-        }
-      }
-#pragma unroll
-      for (int b = 0; b < BATCH; ++b) {
-        const int u = (it0 + b) * 256 + ct;
-        if ((ITERS % BATCH != 0 && it0 + b >= ITERS) || (UNITS % 256 != 0 && u >= UNITS)) continue;
-        const int r = u / (EC * 8), rest = u - r * (EC * 8), at = rest >> 3, jj = rest & 7;
-        const float4 v0 = v[b][0], v1 = v[b][1];
-        Vec16 hi, lo;
-        if constexpr (SPLIT == 1) {  // (zeros split into zeros: rows past T, experts past E)
-          rg::split_bf16x2(v0.x, v0.y, hi.w[0], lo.w[0]);
-          rg::split_bf16x2(v0.z, v0.w, hi.w[1], lo.w[1]);
-          rg::split_bf16x2(v1.x, v1.y, hi.w[2], lo.w[2]);
-          rg::split_bf16x2(v1.z, v1.w, hi.w[3], lo.w[3]);
-        } else {
-          hi.w[0] = cvt_bf16x2(v0.x, v0.y);
-          hi.w[1] = cvt_bf16x2(v0.z, v0.w);
-          hi.w[2] = cvt_bf16x2(v1.x, v1.y);
-          hi.w[3] = cvt_bf16x2(v1.z, v1.w);
-        }
-        const u32 off = at * A_ATOM + rg90::swz(r, jj);
-        sts16(base + off, hi);
-        if constexpr (SPLIT == 1) sts16(base + A_TILE + off, lo);
-      }
+      rgt::dx_load_g_batch<E, TM>(a, m0, ct, it0, v);
+      rgt::dx_store_a_batch<E, TM, SPLIT>(base, ct, it0, v);
     }
     }
     fence_proxy_async();  // the A tile is read by the tensor cores (async proxy)
     rgt::bar_sync_consumers();
     if (tw && tw[kRgTraceFirstFull] == 0) tw[kRgTraceFirstFull] = rgt::clk();  // (A tile ready)
-    if constexpr (F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
+    if constexpr (D::F16) pdl_wait();  // colf (read in the epilogue) comes from router_gemm_w16_kernel
 
     // TM = 64: this warpgroup's 128 columns of each chunk, all 64 rows; TM = 128: all 256 columns, its 64 rows.
-    const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = NW == 256 ? 0 : 2 * j * ATOM;
+    const u32 a_rows = TM == 128 ? j * 64 * 128 : 0, b_cols = D::NW == 256 ? 0 : 2 * j * D::ATOM;
     const int row0 = TM == 128 ? j * 64 : 0;  // this warpgroup's first tile row
     const bool mma = !(a.flags & kRgSkipMma), store = !(a.flags & kRgSkipStore);  // (ablations)
     for (int n = nb0; n < nb1; ++n) {
-      float acc[NW / 2];
+      float acc[D::NW / 2];
 #pragma unroll
-      for (int i = 0; i < NW / 2; ++i) acc[i] = 0.f;
+      for (int i = 0; i < D::NW / 2; ++i) acc[i] = 0.f;
       hook.before();
       int prev = -1;
-      for (int ec = 0; ec < EC; ++ec) {
+      for (int ec = 0; ec < D::EC; ++ec) {
         mbar_wait(bars + 8 * s, phase);
         if (tw) tw[kRgTraceLastFull] = rgt::clk();
-        const u32 st = ring + s * STAGE + b_cols;
+        if (tb && ec == 0 && n - nb0 < 8) tb[2 * (n - nb0)] = rgt::clk();
+        const u32 st = ring + s * D::STAGE + b_cols;
         if (mma) {
         rg90::fence_regs(acc);
         rg90::wgmma_fence();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
-          const u64 b = rg90::desc_sw128_mn(st + ks * 2048, ATOM);
-          if constexpr (F16) {
-            rgt::wgmma_ss_f16<NW, 0, 1>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
+          const u64 b = rg90::desc_sw128_mn(st + ks * 2048, D::ATOM);
+          if constexpr (D::F16) {
+            rgt::wgmma_ss_f16<D::NW, 0, 1>(acc, rg90::desc_sw128(base + ec * D::A_ATOM + a_rows + ks * 32), b);
           } else {
-            rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + ec * A_ATOM + a_rows + ks * 32), b);
+            rg90::wgmma_ss<D::NW, 0, 1>(acc, rg90::desc_sw128(base + ec * D::A_ATOM + a_rows + ks * 32), b);
             if constexpr (SPLIT == 1)
-              rg90::wgmma_ss<NW, 0, 1>(acc, rg90::desc_sw128(base + A_TILE + ec * A_ATOM + a_rows + ks * 32), b);
+              rg90::wgmma_ss<D::NW, 0, 1>(
+                  acc, rg90::desc_sw128(base + D::A_TILE + ec * D::A_ATOM + a_rows + ks * 32), b);
           }
         }
         rg90::wgmma_commit();
@@ -398,19 +434,20 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
       rg90::wgmma_wait<0>();
       rg90::fence_regs(acc);
       if (tw) tw[kRgTraceMmaDone] = rgt::clk();
+      if (tb && n - nb0 < 8) tb[2 * (n - nb0) + 1] = rgt::clk();
       if ((tid & 127) < CM) {
         if constexpr (CM == 1) mbar_arrive(bars + 8 * (STAGES + prev));
         else mbar_arrive_cluster(bars + 8 * (STAGES + prev), static_cast<u32>(tid & 127));
       }
       hook.after();
-      const int c0 = n * BN + (NW == 256 ? 0 : j * 128);  // this warpgroup's first dx column of the block
-      if constexpr (F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
+      const int c0 = n * D::BN + (D::NW == 256 ? 0 : j * 128);  // this warpgroup's first dx column of the block
+      if constexpr (D::F16) {  // × 2^s_t (row) then × 2^c_k (column): exact unless the result leaves fp32's range
         const int rr = row0 + warp * 16 + (lane >> 2);
         float rf[2];
         asm volatile("ld.shared.f32 %0, [%1];" : "=f"(rf[0]) : "r"(rowf + rr * 4));
         asm volatile("ld.shared.f32 %0, [%1];" : "=f"(rf[1]) : "r"(rowf + (rr + 8) * 4));
 #pragma unroll
-        for (int i = 0; i < NW / 2; i += 4) {
+        for (int i = 0; i < D::NW / 2; i += 4) {
           const int col = c0 + 8 * (i >> 2) + 2 * (lane & 3);
           const float2 cf = col < K ? __ldcg(reinterpret_cast<const float2*>(a.colf + col)) : make_float2(0.f, 0.f);
           acc[i] = acc[i] * rf[0] * cf.x;
@@ -424,12 +461,12 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
         // Register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns 8·(i/4) + 2·(l & 3) + {0, 1}:
         // octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its row address from lanes
         // 8m … 8m + 7: row half m & 1, octet o + m/2).
-        const u32 buf = stg + j * (NW * 128);
+        const u32 buf = stg + j * (D::NW * 128);
         if ((tid & 127) == 0) bulk_wait_read();  // the previous block's stores have read the buffer
         rgt::bar_sync_wg(j);
         const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
 #pragma unroll
-        for (int o = 0; o < NW / 8; o += 2) {
+        for (int o = 0; o < D::NW / 8; o += 2) {
           const int col = 8 * (o + (mi >> 1)), at = col >> 6, jj = (col & 63) >> 3;
           rgt::stmatrix_x4(buf + at * 8192 + row * 128 + ((jj ^ (row & 7)) << 4),
                            cvt_bf16x2(acc[4 * o], acc[4 * o + 1]), cvt_bf16x2(acc[4 * o + 2], acc[4 * o + 3]),
@@ -440,7 +477,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
         rgt::bar_sync_wg(j);
         if ((tid & 127) == 0 && m0 + row0 < a.T) {
 #pragma unroll
-          for (int at = 0; at < NW / 64; ++at)
+          for (int at = 0; at < D::NW / 64; ++at)
             if (c0 + at * 64 < K) tma_store_2d(&a.tmdx, buf + at * 8192, c0 + at * 64, m0 + row0);
           bulk_commit();
           if (tw) tw[kRgTraceStored] = rgt::clk();
@@ -449,7 +486,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
         const int rows_valid = a.T - m0 - row0;
         char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0 + row0) * a.dx_stride + c0) * 2;
 #pragma unroll
-        for (int i = 0; i < NW / 2; i += 2) {
+        for (int i = 0; i < D::NW / 2; i += 2) {
           const int r = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
           if (r < rows_valid && c0 + col < K)
             asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(r) * a.dx_stride + col) * 2),
@@ -479,7 +516,7 @@ __device__ __forceinline__ void router_gemm_dx_tma_consume(const RouterGemmDxTma
 template <int K, int E, int STAGES, int CM, int SPLIT, int TM = 64>
 __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid_constant__ RouterGemmDxTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
-  constexpr int EC = (E + 63) / 64, STAGE = 4 * 64 * 128, A_BYTES = (SPLIT == 1 ? 2 : 1) * EC * TM * 128;
+  using D = rgt::DxTile<K, E, CM, SPLIT, TM>;
   constexpr bool STAGED = router_gemm_dx_staged(E, STAGES, SPLIT, TM);
   pdl_launch_dependents();  // the dw kernel (independent data) may take SMs as this grid's CTAs finish
   u64* const trace = a.trace ? a.trace + static_cast<i64>(blockIdx.x) * kRgTraceSlots : nullptr;  // (measurement)
@@ -488,7 +525,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dx_tma_kernel(const __grid
   extern __shared__ __align__(16) char smem_raw[];
   const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
   const u32 base = (raw + 1023u) & ~1023u;
-  const u32 ring = base + A_BYTES, bars = ring + STAGES * STAGE;  // full[s] at bars + 8s, empty[s] after them
+  const u32 ring = base + D::A_BYTES, bars = ring + STAGES * D::STAGE;  // full[s] at bars + 8s, empty[s] after them
   const u32 stg = (bars + 16 * STAGES + 1023u) & ~1023u;         // the staging tiles (STAGED)
   const int tid = threadIdx.x, wg = tid / 128;
   const u32 rank = CM > 1 ? blockIdx.x % CM : 0;
@@ -644,7 +681,9 @@ __device__ __forceinline__ void router_gemm_dw_tma_produce(const RouterGemmDwTma
 // warpgroup takes part in them through router_gemm_dw_tma_producer_tail).
 // REUSE (the one-launch kernel, dw first): the ring / staging bytes are refilled by TMA afterwards, so the staging
 // tile's generic accesses are ordered before the async proxy's (a proxy fence before the last cluster barrier).
-template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false>
+// STG ≥ 0 (the one launch): the staging tile unpadded (1 KiB rows, 16-byte pieces XOR-swizzled with the row) at
+// base + STG instead of padded rows at base (the one launch's is above dx's A tile and ring stage 0; session 10).
+template <int K, int E, int STAGES, int SPLIT, int BK, bool REUSE = false, int STG = -1>
 __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTmaArgs& a, u32 base, u32 bars,
                                                            u64* trace) {
   constexpr int BM = 128, BN = 256, ATOM = BK * 128, GBOX = BK * 128, KS = BK / 16;
@@ -900,15 +939,20 @@ __device__ __forceinline__ void router_gemm_dw_tma_consume(const RouterGemmDwTma
 #pragma unroll
     for (int i = 0; i < 128; i += 2) {
       const int r = el + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
-      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(base + r * PITCH + col * 4), "f"(acc[i]), "f"(acc[i + 1])
-                   : "memory");
+      const u32 at = STG < 0 ? base + r * PITCH + col * 4
+                             : base + STG + r * 1024 + ((((col >> 2) ^ (r & 7))) << 4) + (col & 3) * 4;
+      asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(at), "f"(acc[i]), "f"(acc[i + 1]) : "memory");
     }
     cluster_sync();  // all partial tiles of the cluster are staged
+    if (tw) tw[kRgTraceDwStaged] = rgt::clk();
     u32 rank;
     asm volatile("mov.u32 %0, %%cluster_ctarank;" : "=r"(rank));
     const int per = (BM + S - 1) / S, r0 = static_cast<int>(rank) * per;
     const int r1 = r0 + per < BM ? r0 + per : BM;
-    rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
+    if constexpr (STG < 0)
+      rgt::dw_cluster_reduce<BN, PITCH, E, K>(out, base, tid - 128, r0, r1, e0, n0, S);
+    else
+      rgt::dw_cluster_reduce<BN, -1, E, K>(out, base + STG, tid - 128, r0, r1, e0, n0, S);
     if (tw) tw[kRgTraceStored] = rgt::clk();
     // Keep this CTA's tile alive until the others have read it. Relaxed: the remote loads have returned (their
     // sums were stored), and nothing written here is read by the peers — a release would first wait for this
@@ -985,9 +1029,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_dw_tma_kernel(const __grid
 // Shared memory of router_gemm_bwd_tma_kernel: the two roles' layouts overlaid at `base` — dx's A tile + 5-stage ring
 // and dw's ring / staging tile — then 1 KiB of mbarriers (dx's ring at +0, dw's at +256), then dx's two 16 KiB
 // staging tiles (its TMA-store epilogue), after 1 KiB of alignment slack.
+// dw's staging tile (128 unpadded rows of 1 KiB) lies above dx's A tile and ring stage 0, i.e. within dx's layout.
 __host__ __device__ constexpr int router_gemm_bwd_tma_main_bytes(int E, int DWST) {
   const int dx = ((E + 63) / 64) * 64 * 128 + 5 * 32768;
-  const int dw = DWST * 65536 > 128 * 264 * 4 ? DWST * 65536 : 128 * 264 * 4;
+  const int dw = DWST * 65536 > 128 * 1024 ? DWST * 65536 : 128 * 1024;
   return ((dx > dw ? dx : dw) + 1023) / 1024 * 1024;
 }
 __host__ __device__ constexpr int router_gemm_bwd_tma_smem_bytes(int E, int DWST) {
@@ -1010,6 +1055,12 @@ __device__ __forceinline__ void ring_wait_released(u32 bars, int s, u32 phase) {
 // `bytes` (a multiple of 16) from global memory → L2 only.
 __device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
   asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
+// The box at (c0, c1) of a 2-D tensor map → L2 only.
+__device__ __forceinline__ void tma_prefetch_l2_2d(const void* tmap, int c0, int c1) {
+  asm volatile("cp.async.bulk.prefetch.tensor.2d.L2.global.tile [%0, {%1, %2}];" ::"l"(reinterpret_cast<u64>(tmap)),
+               "r"(c0), "r"(c1)
+               : "memory");
 }
 }  // namespace rgt
 
@@ -1097,6 +1148,7 @@ __device__ __noinline__ void router_gemm_dw_groups_reduce(const RouterGemmBwdTma
         store16(a.dw.dw + off[b], Vec16{{__float_as_uint(sum[b][0]), __float_as_uint(sum[b][1]),
                                          __float_as_uint(sum[b][2]), __float_as_uint(sum[b][3])}});
   }
+
 }
 
 // The groups' sum of the one-launch kernel (dw first) spread over its dx column blocks, so its L2 round trips hide
@@ -1188,8 +1240,9 @@ struct RgGroupsSumHook {
 // tiles (CTA id cta = blockIdx.y·gridDim.x + blockIdx.x; dx tiles are independent: the same bits as the dx kernel),
 // with 5 stages and the TMA-store epilogue, no multicast. The dx producer refills the ring bytes once the pair's last
 // cluster barrier has passed (with clusters of 1, once every dw stage is released), the consumers rewrite the A tile
-// after theirs; dx's g rows are prefetched into L2 near dw's end, and the dw role's x tiles load L2 evict-first. With
-// a.flags the groups of T ranges are summed in the kernel (above). (Session 9 measured the other orders — all of dx
+// after theirs; dx's g rows are prefetched into L2 near dw's end (and with option kRgOneWPrefetch, the op's default
+// since session 10, all of w: a 64 × 64 box a CTA), and the dw role's x tiles load L2 evict-first. With a.flags the
+// groups of T ranges are summed in the kernel (above). (Session 9 measured the other orders — all of dx
 // first: 62.7–64.3 µs; half of dx's column blocks, dw, the other half: 62.4 — against 56.3–56.9 for this one.)
 template <int K, int E, int DWST>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __grid_constant__ RouterGemmBwdTmaArgs a) {
@@ -1240,6 +1293,11 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
           for (int r = 0; r < rows; ++r) rgt::bulk_prefetch_l2(a.dx.g + static_cast<i64>(r0 + r) * a.dx.g_stride, E * 4);
         }
       }
+      if (a.options & kRgOneWPrefetch) {  // (measurement) this CTA's share of w's 64 × 64 boxes → L2
+        constexpr int COLS = (K + 63) / 64, ROWS = (E + 63) / 64;
+        for (int i = cta; i < COLS * ROWS; i += ncta)
+          rgt::tma_prefetch_l2_2d(&a.dx.tmw, (i % COLS) * 64, (i / COLS) * 64);
+      }
     }
     router_gemm_dw_tma_producer_tail(a.dw);
     if (tid == 0) {
@@ -1254,7 +1312,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_tma_kernel(const __gri
     const bool reduce = a.flags != nullptr;  // (uniform: the host sets it only with groups of ranges)
     int first = 0;  // pieces of the groups' sum already done (under dx's blocks)
     bool ready = false;
-    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true>(a.dw, base, dwbars, dwtr);
+    router_gemm_dw_tma_consume<K, E, DWST, DWSPLIT, BK, true, A_BYTES + 32768>(a.dw, base, dwbars, dwtr);
     if (reduce) router_gemm_dw_groups_arrive();
     if (reduce && a.interleave) {
       RgGroupsSumHook<K, E> hook(a, tid - 128);

@@ -1403,9 +1403,12 @@ TEST_F(RouterGemmBwdTmaConfigs, Bf16gDxWide) {
 // standard where it fits), precision standard: the same partition and the same kernels' bodies as the two-kernel op
 // (variant 2), so dx and dw equal its bits — at the issue's shape, with a caller's workspace, with several dx tiles a CTA (T = 17000 over 48 CTAs), a partial expert
 // tile and partial column blocks (E = 160, K = 1536), one token, one range per tile (T = 64), K = 7168 (56 CTAs), and
-// with clusters of 1 (8 range partials stored from the registers). Both against the fp64 reference too.
-TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+// with clusters of 1 (8 range partials stored from the registers). Both against the fp64 reference too. `runs`:
+// (variant, kRgOne* measurement switches) of the one launch.
+struct OneLaunchChecks : RouterGemmTest {
+  static void equals_two_kernels(const std::vector<std::pair<int, int>>& runs);
+};
+void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>& runs) {
   struct Case {
     Shape sh;
     bool user_ws;
@@ -1422,12 +1425,15 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
     const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
     const BwdRef want(g, x, w, T, K, E);
     const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
-    for (int variant : {3, -1}) {  // (-1: the op's default — the one launch where it fits, else the two kernels)
+    for (auto [variant, om] : runs) {
       if (variant < 0 && c.cfg[0]) continue;
-      SCOPED_TRACE("variant " + std::to_string(variant) + " T=" + std::to_string(T) + " K=" + std::to_string(K) +
-                   " E=" + std::to_string(E) + (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
+      SCOPED_TRACE("variant " + std::to_string(variant) + " measure " + std::to_string(om) + " T=" +
+                   std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E) +
+                   (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
+      detail::router_gemm_bwd_one_measure.store(om);
       const Bwd one = run_bwd(g, x, w, T, K, E, true, true, c.cfg[0] ? &c.cfg : nullptr, nullptr, c.user_ws, variant,
                               /*precision=*/4);
+      detail::router_gemm_bwd_one_measure.store(0);
       EXPECT_TRUE(one.guards_ok) << "written outside dx, dw or the workspace";
       if (c.cfg[0]) {  // another T partition than the two-kernel default: the reference only
         EXPECT_TRUE(want.check_dx(one.dx, 4));
@@ -1442,6 +1448,17 @@ TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
     }
   }
 }
+// (-1: the op's default — the one launch where it fits, else the two kernels)
+TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
+}
+// The one launch without its default option (kRgOneExplicit with none: session 9's path, the A/B's reference).
+TEST_F(RouterGemmTest, BwdOneLaunchCandidatesEqualTwoKernels) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int x = kRgOneExplicit;
+  OneLaunchChecks::equals_two_kernels({{3, x}});
+}
 
 // The one-launch backward's misuse: another precision than standard is refused naming the variant.
 TEST_F(RouterGemmTest, BwdOneLaunchNeedsStandard) {
@@ -1453,23 +1470,36 @@ TEST_F(RouterGemmTest, BwdOneLaunchNeedsStandard) {
                       "variant", InvalidArgument);
 }
 
+// The backward's buffers at the issue's shape (8192 × 2048 → 256): g, x, w from the seeds, dx, dw and the advertised
+// workspace (at least 16 partials).
+struct BwdIssueBuffers {
+  static constexpr int64_t T = 8192, K = 2048, E = 256;
+  int64_t ws_elems;
+  DeviceBuffer gb, xb, wb, dxb, dwb, wsb;
+  BwdIssueBuffers(Runtime& r, uint64_t s0, uint64_t s1, uint64_t s2)
+      : ws_elems(std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K)),
+        dxb(r, T * K * 2), dwb(r, E * K * 4), wsb(r, ws_elems * 4) {
+    const auto [x, w] = bf16_xw(T, K, E, s0, s1);
+    gb = upload(r, DType::f32, randn(T * E, s2, 1e-4f));
+    xb = upload(r, DType::bf16, x);
+    wb = upload(r, DType::bf16, w);
+  }
+};
+
 // Per-CTA timeline of the TMA backward at 8192 × 2048 → 256, precision standard (measurement; prints): one traced
 // call after an L2 flush per mode, dx and dw stamps on one time base (µs after the first dx CTA's entry). dx: entry,
 // the producer's first TMA, A tile ready, last stage landed, MMAs done, last store issued, stores read out, exit;
 // dw: entry, first TMA, first / last stage landed, MMAs done, epilogue done, after the last cluster barrier, exit.
 // The traced outputs must equal the untraced ones bit for bit. Modes: the two kernels (variant 2) and the one-launch
-// kernel (variant 3), also with the dw ranges in clusters of 1 (dx 128-token units and dw clusters of 1 in the two
-// kernels: session 9, round 2, in bench/NOTES.md).
+// kernel (variant 3) with its default option and without it (session 9's path). Session 10 added per-block dx stamps
+// (a block's first stage landed, its MMAs done) and dw's staging cluster barrier (bench/NOTES.md).
 TEST_F(RouterGemmTest, BwdTmaTimeline) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
-  const int64_t T = 8192, K = 2048, E = 256;
-  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xb1}), mix_seed({0xb2}));
-  const std::vector<float> g = randn(T * E, mix_seed({0xb3}), 1e-4f);
-  DeviceBuffer gb = upload(r, DType::f32, g), xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w);
-  DeviceBuffer dxb(r, T * K * 2), dwb(r, E * K * 4);
-  const int64_t ws_elems = std::max<int64_t>(router_gemm_fp32_bwd_workspace_elems(r, T, K, E), 16 * E * K);
-  DeviceBuffer wsb(r, ws_elems * 4);
+  const int64_t T = BwdIssueBuffers::T, K = BwdIssueBuffers::K, E = BwdIssueBuffers::E;
+  BwdIssueBuffers bufs(r, mix_seed({0xb1}), mix_seed({0xb2}), mix_seed({0xb3}));
+  DeviceBuffer &gb = bufs.gb, &xb = bufs.xb, &wb = bufs.wb, &dxb = bufs.dxb, &dwb = bufs.dwb, &wsb = bufs.wsb;
+  const int64_t ws_elems = bufs.ws_elems;
   const size_t slots = 2 * static_cast<size_t>(kRgTraceBwdDwOffset);
   DeviceBuffer tb(r, slots * 8);
   detail::L2Flusher l2(r, nullptr);
@@ -1485,13 +1515,17 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     const char* name;
     detail::RouterGemmConfig dx, dw;  // bm = 0: the default
     int variant = 2;                  // 3: one launch (dw then dx; the dx stamps are its CTAs')
+    int om = 0;                       // kRgOne* (measurement switches of the one launch)
   };
-  for (const Mode m : {Mode{"default", {}, {}}, Mode{"one launch, dw then dx", {}, {}, 3},
-                       Mode{"one launch, dw then dx, dw ranges in clusters of 1", {64, 256, 64, 1, 8, 3}, {}, 3}}) {
+  const int ex = kRgOneExplicit;
+  for (const Mode m : {Mode{"two kernels", {}, {}}, Mode{"one launch (default: w prefetched near dw's end)", {}, {}, 3},
+                       Mode{"one launch, session 9's path (no options)", {}, {}, 3, ex},
+                       Mode{"one launch (default) again", {}, {}, 3}}) {
     SCOPED_TRACE(m.name);
     variant = m.variant;
     const detail::RouterGemmConfig* cdx = m.dx[0] ? &m.dx : nullptr;
     cdw = m.dw[0] ? &m.dw : nullptr;
+    detail::router_gemm_bwd_one_measure.store(m.om);
     call(cdx);
     synchronize();
     const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
@@ -1502,6 +1536,7 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
     call(cdx);
     synchronize();
     detail::router_gemm_trace.store(nullptr);
+    detail::router_gemm_bwd_one_measure.store(0);
     EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
     EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
     const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
@@ -1567,8 +1602,143 @@ TEST_F(RouterGemmTest, BwdTmaTimeline) {
         std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", names[k][q], v.front(), qq(0.1), qq(0.5), qq(0.9),
                     v.back());
       }
+      // Session 10: the dw epilogue's staging cluster barrier; dx's column blocks one by one (first stage landed,
+      // MMAs done) — where a block's time goes.
+      auto stamp_row = [&](const char* name, int slot) {
+        std::vector<double> v;
+        for (int c = 0; c < n[k]; ++c) {
+          const uint64_t clk = at(b, c, slot);
+          if (clk == 0) continue;
+          const double st = (static_cast<double>(at(b, c, kRgTraceStartNs)) - static_cast<double>(t0)) / 1000.0;
+          v.push_back(st + (static_cast<double>(clk) - at(b, c, kRgTraceStartClk)) / ghz / 1000.0);
+        }
+        if (v.empty()) return;
+        std::sort(v.begin(), v.end());
+        auto qq = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
+        std::printf("    %-12s %7.2f %7.2f %7.2f %7.2f %7.2f\n", name, v.front(), qq(0.1), qq(0.5), qq(0.9), v.back());
+      };
+      if (k == 1) stamp_row("staged+sync", static_cast<int>(kRgTraceWg0) + kRgTraceDwStaged);
+      if (k == 0 && n[0] <= 512)
+        for (int blk = 0; blk < 8; ++blk) {
+          const std::string f = "blk" + std::to_string(blk) + " full", d = "blk" + std::to_string(blk) + " mma";
+          stamp_row(f.c_str(), kRgTraceDxBlocks + 2 * blk);
+          stamp_row(d.c_str(), kRgTraceDxBlocks + 2 * blk + 1);
+        }
     }
+    std::fflush(stdout);  // (a later mode's fault leaves this one's lines)
   }
+}
+
+// Measurement (prints; checks that the options that keep the sums give the default's bits): session 10 — why the one
+// launch's dx role runs its column blocks ≈ 40 % slower after the dw role than the dx kernel at the start of a launch,
+// and the candidates. Call by call round-robin (L2 flushed before every call) at 8192 × 2048 → 256, precision
+// standard. Ablations (BwdOneLaunchAB): the one launch with its dx role storing nothing / loading no w, its dw role as
+// a skeleton (no loads, MMAs, stores: the dx role as at a launch's start, in the same kernel) or storing nothing, x
+// without evict-first; dx and dw alone. The default option (BwdOneLaunchCandidatesAB, 80 rounds, paired per round):
+// w prefetched into L2 near dw's end against session 9's path (no options) and the two kernels. (Measured in session 10
+// and removed: the dx tile's g rows preloaded under dw's epilogue, the early dx start, the partials discarded from L2
+// once summed, dw's ranges in clusters of 1, a grid-wide wait before the dx role: bench/NOTES.md.) Two tests, each
+// with the baselines, so that a fault in one leaves the other's numbers.
+struct OneLaunchAB : RouterGemmTest {
+  struct Opt {
+    const char* name;
+    int variant, flags, om;
+    bool dx, dw, same_bits;
+    const detail::RouterGemmConfig* cfg = nullptr;  // a forced config (the one launch's), else the default
+  };
+  static void run(const std::vector<Opt>& opts, int rounds = 24, size_t ref = 0);
+};
+void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
+  Runtime& r = rt();
+  const int64_t T = BwdIssueBuffers::T, K = BwdIssueBuffers::K, E = BwdIssueBuffers::E;
+  BwdIssueBuffers bufs(r, mix_seed({0xbb1}), mix_seed({0xbb2}), mix_seed({0xbb3}));
+  DeviceBuffer &gb = bufs.gb, &xb = bufs.xb, &wb = bufs.wb, &dxb = bufs.dxb, &dwb = bufs.dwb, &wsb = bufs.wsb;
+  const int64_t ws_elems = bufs.ws_elems;
+  auto call = [&](const Opt& o) {
+    detail::router_gemm_measure_flags.store(o.flags);
+    detail::router_gemm_bwd_one_measure.store(o.om);
+    detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                        wb.ref(DType::bf16, {E, K}), o.dx ? dxb.ref(DType::bf16, {T, K}) : TensorRef{},
+                                        o.dw ? dwb.ref(DType::f32, {E, K}) : TensorRef{},
+                                        wsb.ref(DType::f32, {ws_elems}), o.variant, 4, o.cfg, nullptr, nullptr);
+    detail::router_gemm_measure_flags.store(0);
+    detail::router_gemm_bwd_one_measure.store(0);
+  };
+  call(opts[0]);
+  synchronize();
+  const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
+  const std::vector<float> dw0 = dwb.download<float>(E * K);
+  for (const Opt& o : opts) {  // compiles every kernel outside the timing; one at a time (a hang names its option)
+    std::printf("[bwd ab] first call: %s\n", o.name);
+    std::fflush(stdout);
+    call(o);
+    synchronize();
+  }
+  detail::L2Flusher l2(r, nullptr);
+  std::vector<std::vector<double>> us(opts.size());
+  for (int i = 0; i < rounds; ++i)
+    for (size_t k = 0; k < opts.size(); ++k) {
+      const size_t j = i % 2 == 0 ? k : opts.size() - 1 - k;  // forward and backward order in turn
+      us[j].push_back(timed_once(l2, [&] { call(opts[j]); }));
+    }
+  // Per option: the median, p10, p90 of its calls, and paired against option 0 (the default) and option `ref` in the
+  // same rounds: the median of the per-round differences and the share of rounds in which the option was faster.
+  auto paired = [&](size_t k, size_t r0, double& dmed, double& win) {
+    std::vector<double> d;
+    int w = 0;
+    for (size_t i = 0; i < us[k].size(); ++i) {
+      d.push_back(us[k][i] - us[r0][i]);
+      w += us[k][i] < us[r0][i];
+    }
+    dmed = detail::median(d);
+    win = static_cast<double>(w) / d.size();
+  };
+  for (size_t k = 0; k < opts.size(); ++k) {
+    std::vector<double> v = us[k];
+    std::sort(v.begin(), v.end());
+    double d0, w0, dr, wr;
+    paired(k, 0, d0, w0);
+    paired(k, ref, dr, wr);
+    std::printf("[bwd ab] %-50s median %.2f p10 %.2f p90 %.2f | vs default %+.2f (faster in %.0f %%) | vs %zu %+.2f "
+                "(%.0f %%)\n",
+                opts[k].name, detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10], d0, 100 * w0, ref, dr,
+                100 * wr);
+  }
+  for (const Opt& o : opts) {
+    if (!o.same_bits) continue;
+    SCOPED_TRACE(o.name);
+    dxb.fill(0);
+    dwb.fill(0);
+    call(o);
+    synchronize();
+    EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "dx differs";
+    EXPECT_TRUE(bitwise_equal("dw", dwb.download<float>(E * K), dw0));
+  }
+}
+// The ablations (which part of the dx role after dw is slow).
+TEST_F(RouterGemmTest, BwdOneLaunchAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+                    {"two kernels", 2, 0, 0, true, true, true},
+                    {"one launch, dx role stores nothing", 3, 0, kRgOneDxNoStore, true, true, false},
+                    {"one launch, dx role loads no w", 3, 0, kRgOneDxNoLoad, true, true, false},
+                    {"one launch, dw role skeleton", 3, 0, kRgOneDwSkeleton, true, true, false},
+                    {"one launch, dw role stores nothing", 3, 0, kRgOneDwNoStore, true, true, false},
+                    {"one launch, dw skeleton + dx stores nothing", 3, 0, kRgOneDwSkeleton | kRgOneDxNoStore, true,
+                     true, false},
+                    {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
+                    {"dx kernel alone", 2, 0, 0, true, false, false},
+                    {"dw kernel alone", 2, 0, 0, false, true, false},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}});
+}
+// The candidates (opt-in until they win here).
+TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchAB::run({{"one launch (op default: w prefetch)", -1, 0, 0, true, true, true},
+                    {"two kernels", 2, 0, 0, true, true, true},
+                    {"session 9's path (no options)", 3, 0, kRgOneExplicit, true, true, true},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}},
+                   80, /*ref: session 9's path*/ 2);
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
