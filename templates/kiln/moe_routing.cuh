@@ -530,32 +530,32 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     }
   } else {
 #pragma unroll
-  for (int k = 0; k < EPT; ++k) {
-    tot[k] = pre[k] = 0;
-    const int e = threadIdx.x * EPT + k;
-    if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
-    // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
-    // constant offset from the batch's pointer.
-    const int* sp = m.super + e;
-    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
+    for (int k = 0; k < EPT; ++k) {
+      tot[k] = pre[k] = 0;
+      const int e = threadIdx.x * EPT + k;
+      if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
+      // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
+      // constant offset from the batch's pointer.
+      const int* sp = m.super + e;
+      const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
 #pragma unroll 1
-    for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
-      const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-      const int* sq = sp + static_cast<i64>(rb) * E;
-      const int* cq = cp + static_cast<i64>(rb) * E;
-      int vs[B], vc[B];
+      for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
+        const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
+        const int* sq = sp + static_cast<i64>(rb) * E;
+        const int* cq = cp + static_cast<i64>(rb) * E;
+        int vs[B], vc[B];
 #pragma unroll
-      for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
-      }
+        for (int j = 0; j < B; ++j) {
+          vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+          vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        }
 #pragma unroll
-      for (int j = 0; j < B; ++j) {
-        tot[k] += vs[j];
-        pre[k] += (j < nb ? vs[j] : 0) + vc[j];
+        for (int j = 0; j < B; ++j) {
+          tot[k] += vs[j];
+          pre[k] += (j < nb ? vs[j] : 0) + vc[j];
+        }
       }
     }
-  }
   }
   moe_chunk_bases_finish<E, NTH, EPT, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
