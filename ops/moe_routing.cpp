@@ -74,12 +74,11 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
-// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV,
-// 4096 BASES2 (a candidate: the bases' rows 2 experts a thread) —
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV —
 // and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunBases2 = 4096;
+              kRunFastDiv = 2048;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -87,8 +86,7 @@ int run_bits(const Specialization& s) {
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
-                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
-                                           {kRunBases2, kMoeRunBases2}};
+                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -337,17 +335,15 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
       // Session 10: WAITLEAN | FASTDIV on session 9's default (3451 with a bias) and, on 8 groups with a bias, with
       // LEAN + LEAN3 (4091: the default there). (LEAN and LEAN3 without them, 507 / 1019, gained nothing in rounds 2–4
-      // and WAITSLEEP, 8187, nothing in round 4: out of the space.) Second cycle (helper topk2), a candidate:
-      // 4091 + BASES2 (8187: the bases' rows 2 experts a thread).
+      // and WAITSLEEP, 8187, nothing in round 4: out of the space.)
       const int wf = kRunWaitLean | kRunFastDiv;
       const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean | kRunLean3 | wf : s9 | wf;
       for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {s9 | wf, kFusedFillLate},
-                                {lean, kFusedFillLate}, {lean | kRunBases2, kFusedFillLate},
+                                {lean, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
         if ((load & kRunBiasPre) && !ap) continue;
-        if ((load & kRunBases2) && !(load & kRunLean)) continue;  // (topk2's candidate: on 4091 only)
         s.config[C_WARPS] = 16;
         s.config[C_TPW] = 2;
         s.config[C_FILL] = fill;
@@ -627,8 +623,6 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       // cost every call an exception and a log line.
       static std::atomic<bool> coop_refused{false};
       if (coop_refused.load(std::memory_order_relaxed)) s.config[C_LOAD] &= ~kRunCoop;
-      // (BASES2 reads the count rows 8 bytes a load: only from an 8-byte aligned workspace)
-      if (reinterpret_cast<uintptr_t>(chunk_counts) % 8 != 0) s.config[C_LOAD] &= ~kRunBases2;
       if (map && (run_bits(s) & kMoeRunPersist)) {
         // PERSIST's per-stream state must not be baked into a graph (a replay on another stream would share it with
         // the calls on this one): while the stream captures, the cooperative launch instead.
@@ -637,8 +631,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         // (Session 9's cooperative variant: session 10's options were not measured with the cooperative launch.)
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
-          s.config[C_LOAD] = (s.config[C_LOAD] &
-                              ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunBases2)) |
+          s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -469,102 +469,59 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int) const {}
 };
-template <int E, int NTH, int EPT, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
-__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[EPT],
-                                                       const int (&pre)[EPT], int* base, int* warp_tot,
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
-template <int N> struct MoeVecInt;  // (N ints as one vector load)
-template <> struct MoeVecInt<2> { using type = int2; };
-template <> struct MoeVecInt<4> { using type = int4; };
-// (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values.) XPT > 0: XPT experts a thread (2 or 4,
-// the rows read XPT ints a load: fewer warps hold experts, fewer load instructions; the same sums), else E / NTH
-// rounded up.
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false, int XPT = 0>
+// (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
-  constexpr int EPT = XPT > 0 ? XPT : (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
-  static_assert(XPT == 0 || ((XPT == 2 || XPT == 4) && E % XPT == 0 && XPT * NTH >= E), "XPT: 2 or 4, dividing E");
+  constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
   const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
                              : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
   const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
   int tot[EPT], pre[EPT];
-  if constexpr (XPT > 0) {
-    // XPT contiguous experts a thread, each row's XPT ints by one 8- / 16-byte load (the rows are E ints, E a
-    // multiple of XPT, from 16-byte aligned bases: the per-stream halves are multiples of 4 ints).
-    using VT = typename MoeVecInt<XPT>::type;
-    auto add = [](int (&acc)[EPT], const VT& v) {
-      acc[0] += v.x;
-      acc[1] += v.y;
-      if constexpr (XPT == 4) {
-        acc[2] += reinterpret_cast<const int4&>(v).z;
-        acc[3] += reinterpret_cast<const int4&>(v).w;
-      }
-    };
 #pragma unroll
-    for (int k = 0; k < EPT; ++k) tot[k] = pre[k] = 0;
-    const int e = threadIdx.x * EPT;
-    if (e < E) {  // (whole warps: the others skip the loads)
-      const int* sp = m.super + e;
-      const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
+  for (int k = 0; k < EPT; ++k) {
+    tot[k] = pre[k] = 0;
+    const int e = threadIdx.x * EPT + k;
+    if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
+    // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
+    // constant offset from the batch's pointer.
+    const int* sp = m.super + e;
+    const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
 #pragma unroll 1
-      for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
-        const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-        const int* sq = sp + static_cast<i64>(rb) * E;
-        const int* cq = cp + static_cast<i64>(rb) * E;
-        VT vs[B], vc[B];
-        const VT z{};
+    for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
+      const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
+      const int* sq = sp + static_cast<i64>(rb) * E;
+      const int* cq = cp + static_cast<i64>(rb) * E;
+      int vs[B], vc[B];
 #pragma unroll
-        for (int j = 0; j < B; ++j) {
-          vs[j] = j < ns ? __ldcg(reinterpret_cast<const VT*>(sq + j * E)) : z;
-          vc[j] = j < nc ? __ldcg(reinterpret_cast<const VT*>(cq + j * E)) : z;
-        }
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          add(tot, vs[j]);
-          if (j < nb) add(pre, vs[j]);
-          add(pre, vc[j]);
-        }
+      for (int j = 0; j < B; ++j) {
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
-    }
-  } else {
 #pragma unroll
-    for (int k = 0; k < EPT; ++k) {
-      tot[k] = pre[k] = 0;
-      const int e = threadIdx.x * EPT + k;
-      if (e >= E) continue;  // whole warps when E ≥ 32·(warps with experts): they skip the loads
-      // Superblock and chunk rows in batches of B each, both batches in flight together; a row is one load at a
-      // constant offset from the batch's pointer.
-      const int* sp = m.super + e;
-      const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
-#pragma unroll 1
-      for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
-        const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
-        const int* sq = sp + static_cast<i64>(rb) * E;
-        const int* cq = cp + static_cast<i64>(rb) * E;
-        int vs[B], vc[B];
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
-          vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
-        }
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          tot[k] += vs[j];
-          pre[k] += (j < nb ? vs[j] : 0) + vc[j];
-        }
+      for (int j = 0; j < B; ++j) {
+        tot[k] += vs[j];
+        pre[k] += (j < nb ? vs[j] : 0) + vc[j];
       }
     }
   }
-  moe_chunk_bases_finish<E, NTH, EPT, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, int EPT, class AfterLoads, bool WARPPAD, bool FASTDIV>
-__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c, const int (&tot)[EPT],
-                                                       const int (&pre)[EPT], int* base, int* warp_tot,
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
   const int P = m.multiple_of;
   int pc[EPT], local = 0;
 #pragma unroll
@@ -1152,9 +1109,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
-  // BASES2 (moe_routing_args.h kMoeRunBases2, a candidate): the bases' count rows read 2 experts a thread (8-byte
-  // loads: half the warps hold experts, half the load instructions).
-  constexpr bool BASES2 = MAP && (V & kMoeRunBases2) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -2202,7 +2156,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         // barriers order the puts after this).
         if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, BASES2 ? 2 : 0>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

@@ -124,8 +124,6 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
-  kMoeRunBases2 = 524288,  // a candidate (outputs exact; session 10, helper topk2): config `load` bit 4096 — the
-                           // bases' count rows read 2 experts a thread by 8-byte loads (moe_chunk_bases XPT = 2)
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
