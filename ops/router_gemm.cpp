@@ -784,9 +784,6 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
                           kRgNoExitSync)) |
               (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
-    // 16-byte register stores (kRgEpiV4) need 16-byte aligned rows.
-    if ((opts & kRgEpiV4) && (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0)
-      a.flags |= kRgEpiV4;
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&

@@ -50,11 +50,6 @@ constexpr int kRgEpiTma = 1 << 24;
 // Measurement (with kRgEpiTma): consumer warpgroup 1 stores its rows from the registers (8-byte stores) while warpgroup
 // 0 uses TMA stores — do the copy engine and the LSU path write in parallel?
 constexpr int kRgEpiMix = 1 << 27;
-// Expert-pair forward option (session 10, helper rfwd2; measurement until an A/B decides): kRgEpiV4 — wherever the
-// kernel stores accumulators from registers (warpgroup 1 with kRgEpiMix, both with kRgEpiDirect, tiles before a
-// cluster's last), 16-byte stores after one lane-pair shuffle per row and pair of 8-column groups instead of 8-byte
-// stores (rgt::StoreRow16). Same bits. The host sets it only for 16-byte aligned logits rows.
-constexpr int kRgEpiV4 = 1 << 29;
 // Measurement (host only, with kRgNoop): launch the no-op grid with no dynamic shared memory — does the 213 KB carve-out
 // cost launch time?
 constexpr int kRgNoopNoSmem = 1 << 26;

@@ -92,47 +92,6 @@ struct StoreRow<N, N> {
   __device__ __forceinline__ static void store(const typename rg90::WgmmaRow<N, N>::Acc&, float*, i64, int, int, int) {}
 };
 
-// The same as StoreRow with 16-byte stores (kRgEpiV4): lanes 2q and 2q + 1 of a quad swap one register pair per row
-// and pair of 8-column groups (g, g + 1) by a shuffle, so that the even lane holds columns 8g + 4·(q/2) … + 3 and the
-// odd lane 8g + 8 + 4·(q/2) … + 3: one st.global.v4 a row and group pair instead of two v2 (half the LSU stores; a
-// warp's store covers 8 rows × 64 contiguous bytes). Needs 16-byte aligned rows (the host's check); an instruction of
-// N = 8 columns (no group pair) keeps the 8-byte stores. All lanes of the warp take part in the shuffles.
-template <int N, int C0>
-struct StoreRow16 {
-  using Row = rg90::WgmmaRow<N, C0>;
-  __device__ __forceinline__ static void store(const typename Row::Acc& a, float* out, i64 ld, int row0, int lane,
-                                               int rows_valid) {
-    constexpr int W = Row::N;
-    if constexpr (W < 16) {
-      StoreRow<N, C0>::store(a, out, ld, row0, lane, rows_valid);
-    } else {
-      const bool odd = lane & 1;
-      const int cq = 4 * ((lane & 3) >> 1) + (odd ? 8 : 0);
-#pragma unroll
-      for (int i = 0; i < W / 2; i += 8) {  // registers i … i + 7: groups g = i/4 and g + 1, rows r and r + 8
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {  // row r (registers i, i+1 | i+4, i+5), row r + 8 (i+2, i+3 | i+6, i+7)
-          const int j = i + 2 * h;
-          const float s0 = odd ? a.d[j] : a.d[j + 4], s1 = odd ? a.d[j + 1] : a.d[j + 5];
-          const float r0 = __shfl_xor_sync(0xffffffffu, s0, 1), r1 = __shfl_xor_sync(0xffffffffu, s1, 1);
-          const float v0 = odd ? r0 : a.d[j], v1 = odd ? r1 : a.d[j + 1];
-          const float v2 = odd ? a.d[j + 4] : r0, v3 = odd ? a.d[j + 5] : r1;
-          const int r = row0 + 8 * h, c = C0 + 8 * (i >> 2) + cq;
-          if (r < rows_valid)
-            asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(out + r * ld + c), "f"(v0), "f"(v1),
-                         "f"(v2), "f"(v3)
-                         : "memory");
-        }
-      }
-      StoreRow16<N, C0 + W>::store(a.next, out, ld, row0, lane, rows_valid);
-    }
-  }
-};
-template <int N>
-struct StoreRow16<N, N> {
-  __device__ __forceinline__ static void store(const typename rg90::WgmmaRow<N, N>::Acc&, float*, i64, int, int, int) {}
-};
-
 // ---- the stage ring of the warp-specialized forward kernels ------------------------------------------------------
 // STAGES stages of STAGE bytes from `base` (the dynamic shared memory rounded up to 1 KiB: the same offset in every CTA
 // of a cluster, which multicast writes rely on), then 2·STAGES mbarriers: full[s] (the producer's arrival and the
@@ -638,8 +597,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
             store16(out + static_cast<i64>(r) * a.out_stride + c * 4, lds16(tile + r * PITCH + c * 16));
           }
         }
-      } else if (flags & kRgEpiV4) {
-        rgt::StoreRow16<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
       } else {
         rgt::StoreRow<EH, 0>::store(acc, out, a.out_stride, warp * 16 + (lane >> 2), lane, owned - r0);
       }

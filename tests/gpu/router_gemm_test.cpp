@@ -571,8 +571,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
       const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
-      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix,
-                        kRgEpiTma | kRgEpiMix | kRgEpiV4, kRgEpiDirect | kRgEpiV4, kRgEpiDirect | kRgEpiV4 | kRgBalance}) {
+      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -1165,72 +1164,6 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
       std::printf("[stages] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
                   static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
                   detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
-    }
-  }
-}
-
-// Measurement (prints; checks that every arm gives the default's bits): the expert-pair forward's 16-byte register
-// stores (kRgEpiV4, session 10 helper rfwd2) against the op's default epilogue (warpgroup 0 TMA stores, warpgroup 1
-// 8-byte stores from its registers), call by call on one buffer set, $KILN_RG_AB_ROUNDS rounds (default 24) each in a
-// random order, L2 flushed before every call. Arms: the op's default, the same options named explicitly (control),
-// mixed with warpgroup 1's stores 16 bytes wide, both warpgroups storing from registers 16 / 8 bytes wide (no staging,
-// no TMA store). Shapes: 8192 × 2048 and 8192 × 7168 → 256.
-TEST_F(RouterGemmTest, FwdEpiV4AB) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  Runtime& r = rt();
-  detail::L2Flusher l2(r, nullptr);
-  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
-  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
-  constexpr int N = 5;
-  const int mix = kRgEpiTma | kRgEpiMix | kRgNoExitSync, direct = kRgEpiDirect | kRgNoExitSync;
-  const int arm[N] = {0, mix, mix | kRgEpiV4, direct | kRgEpiV4, direct};
-  const char* name[N] = {"op default", "mixed (explicit)", "mixed, v4", "direct v4", "direct v2"};
-  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{8192, 7168, 256}}) {
-    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xe4c, static_cast<uint64_t>(K)}), mix_seed({0xe5c}));
-    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
-    auto call = [&](int flags) {
-      detail::router_gemm_measure_flags.store(flags);
-      router_gemm_fp32_fwd(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}), yb.ref(DType::f32, {T, E}),
-                           nullptr);
-      detail::router_gemm_measure_flags.store(0);
-    };
-    call(0);
-    synchronize();
-    const std::vector<float> want = yb.download<float>(T * E);
-    for (int k = 1; k < N; ++k) {
-      yb.poison();
-      call(arm[k]);
-      synchronize();
-      EXPECT_TRUE(bitwise_equal(name[k], yb.download<float>(T * E), want));
-    }
-    std::vector<std::vector<double>> us(N, std::vector<double>(rounds));
-    std::mt19937 rng(0xe4ab + static_cast<unsigned>(K));
-    std::vector<int> order = {0, 1, 2, 3, 4};
-    for (int i = 0; i < rounds; ++i) {
-      std::shuffle(order.begin(), order.end(), rng);
-      for (int k : order) us[k][i] = timed_once(l2, [&] { call(arm[k]); });
-    }
-    for (int k = 0; k < N; ++k) {
-      std::vector<double> v = us[k];
-      std::sort(v.begin(), v.end());
-      double mean = 0;
-      for (double u : v) mean += u / rounds;
-      std::printf("[v4] T=%lld K=%lld %-18s median %.2f (mean %.2f)  p10 %.2f  p90 %.2f  (n %d)\n",
-                  static_cast<long long>(T), static_cast<long long>(K), name[k], detail::median(v), mean,
-                  v[v.size() / 10], v[v.size() * 9 / 10], rounds);
-    }
-    for (auto [p, q] : {std::pair<int, int>{0, 2}, {1, 2}, {0, 3}, {4, 3}, {0, 1}}) {
-      std::vector<double> d;
-      int wins = 0, wins02 = 0;
-      for (int i = 0; i < rounds; ++i) {
-        d.push_back(us[q][i] - us[p][i]);
-        wins += us[q][i] < us[p][i];
-        wins02 += us[q][i] <= us[p][i] - 0.2;
-      }
-      std::sort(d.begin(), d.end());
-      std::printf("[v4] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d, by ≥ 0.2 in %d\n",
-                  static_cast<long long>(T), static_cast<long long>(K), name[q], name[p], detail::median(d),
-                  d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds, wins02);
     }
   }
 }
