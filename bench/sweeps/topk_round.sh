@@ -17,7 +17,7 @@ KREGEX='regex:moe_route_(run_)?kernel'
 CASE='moe_topk_routing_fwd T=8192 E=256 k=8 sigmoid groups=8/4 bias map'
 $K tune --model ling-mini-2.0 --tokens ${TOKENS:-1024,4096,8192} --families moe_routing --out "$OUT/topk-tune.json" --json \
   > "$OUT/topk-tune-table.json" 2> "$OUT/topk-tune.log"
-python3 bench/sweeps/tune_table.py "$OUT/topk-tune-table.json" > "$OUT/topk-tune-table.txt" 2>&1
+python3 bench/tune_table.py "$OUT/topk-tune-table.json" > "$OUT/topk-tune-table.txt" 2>&1
 METRICS='sm__ctas_launched.min,sm__ctas_launched.max,sm__cycles_active.min,sm__cycles_active.max,sm__cycles_active.avg,dram__bytes_read.sum,dram__bytes_write.sum,lts__t_bytes.sum,regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
 for v in set base wide; do
   case $v in set) S=$SET ;; base) S=$BASE ;; wide) S=$WIDE ;; esac
