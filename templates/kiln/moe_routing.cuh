@@ -1627,6 +1627,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       return kiln_sigmoid(z);
     };
+    // APPROX: the exact entry of a candidate listed as 0xffff − e: its exact σ (written over its logit in the token's
+    // row `trow`: the probs read it, returned in sg) and its exact key over 0xffff − e.
+    auto exact_entry = [&](float* trow, u64 listed, float& sg) -> u64 {
+      const int e = 0xffff - static_cast<int>(listed & 0xffffu);
+      sg = exact_sigmoid(trow[e]);
+      trow[e] = sg;
+      return static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
+             static_cast<u32>(0xffff - e);
+    };
     stampw(kMoeRunTrWarp + 4 * warp + 1);
     // Pick r of the thread's token is expert e (its rank among the CTA's tokens routed to e: the token mask).
     auto record = [&](int r, int e) {
@@ -1767,11 +1776,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             if (valid) {
               float* trow = rows + tl * RSF;
               for (int qi = part; qi < n; qi += TPT) {
-                const int e = 0xffff - static_cast<int>(lst[qi] & 0xffffu);
-                const float sg = exact_sigmoid(trow[e]);
-                trow[e] = sg;
-                const u64 x = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
-                              static_cast<u32>(0xffff - e);
+                float sg;
+                const u64 x = exact_entry(trow, lst[qi], sg);
                 lst[qi] = x;
                 if (qi == part) {
                   me = x;
@@ -1968,11 +1974,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if (valid) {
             float* trow = rows + tl * RSF;
             for (int qi = part; qi < n; qi += TPT) {
-              const int e = 0xffff - static_cast<int>(lst[qi] & 0xffffu);
-              const float sg = exact_sigmoid(trow[e]);
-              trow[e] = sg;
-              lst[qi] = static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
-                        static_cast<u32>(0xffff - e);
+              float sg;
+              lst[qi] = exact_entry(trow, lst[qi], sg);
             }
           }
           __syncwarp();
