@@ -108,6 +108,25 @@ struct RouterGemmBwdTmaArgs {
   int prefetch_g;                       // dw then dx: the first dx tile's g rows prefetched into L2 near dw's end
   int options;                          // kRgOneWPrefetch (the host's choice)
 };
+// The fused backward (router_gemm_bwd_fused_kernel, precision standard, session 11): CTA (kb, r) = hidden columns
+// [128·kb, 128·kb + 128) over T range r (split_rows rows, a multiple of 64). tmw = w [E, K] bf16 in boxes of 64 × 64,
+// tmg = g [T, E] fp32 in boxes of 32 × 64, tmx = x [T, K] bf16 in boxes of 64 × 64 (all 128-byte swizzled). With
+// more than one range, range r writes its dw partial to partial[r] ([ranges, E, K]); with `flags` (the whole grid
+// resident) the ranges of a column block add them in the kernel (range order, tagged flags[r·gridDim.x + kb]),
+// else router_gemm_dw_reduce_kernel does (the same order: the same bits).
+struct RouterGemmBwdFusedArgs {
+  TensorMap tmw;
+  TensorMap tmg;
+  TensorMap tmx;
+  void* dx; long long dx_stride;
+  float* dw;                            // [E, K] contiguous
+  float* partial;                       // [ranges, E, K] when ranges > 1, else null
+  unsigned* flags;                      // [gridDim.x · gridDim.y] or null
+  unsigned tag;
+  int T;
+  int split_rows;
+  int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore
+};
 // Switches of the one-launch backward (router_gemm_bwd_one_measure: measurement, host): kRgOneExplicit: the kernel's
 // options (RouterGemmBwdTmaArgs::options) exactly as named, not the op's defaults (kBwdOneOptions); kRgOneDxNoStore /
 // kRgOneDxNoLoad: the dx role alone stores / loads nothing (kRgSkipStore / kRgSkipLoad in its args only);

@@ -1741,6 +1741,76 @@ TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
                    80, /*ref: session 9's path*/ 2);
 }
 
+// The fused backward (variant 4, session 11: dx and dw in one streaming pass per 128-column block; E of 64, 128 or 256,
+// K a multiple of 128). dx multiplies the dx kernel's operands in its order, so it must equal the two kernels' dx bit
+// for bit; dw (another T partition and product order) against the fp64 reference within precision standard's bound;
+// dw the same bits with the ranges' partials added in the kernel (tagged flags) or by router_gemm_dw_reduce_kernel
+// (kRgSepReduce), and again on a second call. Shapes: one token, 7 tokens (one range), partial last tiles (T = 333,
+// 4097), E = 64 / 128, K = 1536 (12 column blocks) and 7168 (56 blocks × 2 ranges), T = 17000 (34 tiles a range), and
+// the shape with a caller's workspace.
+TEST_F(RouterGemmTest, BwdFusedMatchesTwoKernels) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  struct Case {
+    Shape sh;
+    bool user_ws;
+  };
+  // (user_ws: a caller's workspace of router_gemm_fp32_bwd_workspace_elems — which covers the fused plan only while
+  // the fused backward is the default — else the op's own)
+  for (const Case& c : {Case{{1, 2048, 256}, false}, Case{{7, 1536, 64}, false}, Case{{333, 2048, 128}, false},
+                        Case{{4097, 2048, 256}, false}, Case{{17000, 1536, 64}, false}, Case{{2048, 7168, 256}, false},
+                        Case{{8192, 2048, 256}, false}}) {
+    const auto [T, K, E] = c.sh;
+    SCOPED_TRACE("T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+    std::printf("[bwd fused] T=%lld K=%lld E=%lld\n", static_cast<long long>(T), static_cast<long long>(K),
+                static_cast<long long>(E));
+    std::fflush(stdout);
+    const uint64_t seed = mix_seed({0xf1, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
+    const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+    const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
+    const Bwd f = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, /*variant=*/4, /*precision=*/4);
+    EXPECT_TRUE(f.guards_ok) << "written outside dx, dw or the workspace";
+    EXPECT_TRUE(bitwise_equal("dx (fused vs two kernels)", f.dx, two.dx));
+    detail::router_gemm_measure_flags.store(kRgSepReduce);
+    const Bwd sep = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, 4, 4);
+    detail::router_gemm_measure_flags.store(0);
+    EXPECT_TRUE(sep.guards_ok);
+    EXPECT_TRUE(bitwise_equal("dw (fused, in-kernel sum vs dw_reduce)", f.dw, sep.dw));
+    EXPECT_TRUE(bitwise_equal("dx (fused, in-kernel sum vs dw_reduce)", f.dx, sep.dx));
+    const Bwd again = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, 4, 4);
+    EXPECT_TRUE(bitwise_equal("dw (fused, second call)", f.dw, again.dw));
+    const BwdRef want(g, x, w, T, K, E);
+    EXPECT_TRUE(want.check_dx(f.dx, 4));
+    EXPECT_TRUE(want.check_dw(f.dw, 4));
+  }
+}
+// The fused backward's misuse: a shape it does not serve, or only one output, is refused naming the variant.
+TEST_F(RouterGemmTest, BwdFusedRefusesWhatItDoesNotServe) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const int64_t T = 64, K = 2048;
+  for (const int64_t E : {160, 256}) {
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xf5}), mix_seed({0xf6}));
+    const std::vector<float> g = randn(T * E, mix_seed({0xf7}), 1e-4f);
+    EXPECT_THROW_NAMING(run_bwd(g, x, w, T, K, E, true, E == 256 ? false : true, nullptr, nullptr, false, 4, 4),
+                        "variant", InvalidArgument);
+  }
+}
+// Measurement (prints): the fused backward against the op's default (the one launch) and the two kernels, call by call
+// at 8192 × 2048 → 256 (L2 flushed before every call), with ablations of the fused kernel: no MMAs (data movement and
+// the in-place conversion alone), no stores (no dx, no dw partials / sum), the ranges' sum by dw_reduce.
+TEST_F(RouterGemmTest, BwdFusedAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+                    {"fused (variant 4)", 4, 0, 0, true, true, false},
+                    {"two kernels", 2, 0, 0, true, true, true},
+                    {"fused, no MMAs", 4, kRgSkipMma, 0, true, true, false},
+                    {"fused, no stores", 4, kRgSkipStore, 0, true, true, false},
+                    {"fused, ranges summed by dw_reduce", 4, kRgSepReduce, 0, true, true, false},
+                    {"fused again", 4, 0, 0, true, true, false},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}},
+                   40, /*ref: fused*/ 1);
+}
+
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
 // bf16(g) dx and the `high` dw, within their bounds; with the advertised workspace.
 TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {

@@ -1,0 +1,245 @@
+// kiln/router_gemm_bwd_fused.cuh — Hopper (sm_90a) router GEMM backward, dx and dw in one streaming pass (session 11).
+//
+//   dx[t, k] = Σ_e bf16(g)[t, e] · w[e, k]   (bf16)        dw[e, k] = Σ_t (g_hi + g_lo)[t, e] · x[t, k]   (fp32)
+//
+// CTA (kb, r): hidden columns n0 = 128·kb … n0 + 127 over T range r. The CTA keeps w[:, n0 : n0 + 128] in shared
+// memory (TMA once: ceil(E/64) × 2 N-major atoms of 64 experts × 64 columns) and streams its range in tiles of 64
+// tokens through a 2-stage ring: g[t0 : t0 + 64, :] (fp32, 2·E/64 boxes of 32 experts) and x[t0 : t0 + 64, n0 : n0 + 128]
+// (2 atoms). Per tile:
+//   * the consumers convert the fp32 g tile IN PLACE into bf16 hi / lo tiles (hi = bf16(g), lo = bf16(g − hi)): the
+//     fp32 rows of experts [64·ec, 64·ec + 64) (boxes 2ec, 2ec + 1) become hi atom ec (box 2ec's bytes) and lo atom ec
+//     (box 2ec + 1's), 64 tokens × 64 experts each, 128-byte swizzled — the layout of the dx kernel's K-major A tile
+//     and of an N-major operand at once; each warp converts whole rows (the bytes it reads are the bytes it writes);
+//   * dwᵀ[n0 + 64j …, e] += xᵀ · hi + xᵀ · lo: consumer warpgroup j takes the 64 columns of x atom j (M-major A from
+//     shared memory) against all E experts (N-major B: hi / lo atoms), m64nEk16, 4 k16 steps each — its E/2
+//     accumulator registers a thread stay live over the whole range;
+//   * dx[t0 …, n0 + 64j …] = hi · w[:, n0 + 64j …]: warpgroup j takes 64 of the block's columns, m64n64k16 over ec
+//     then k16 (the dx kernel's products in its order), and stores them from its registers (bf16 pairs, rows past T
+//     masked) once the next tile's dw MMAs are issued.
+// Two wgmma groups per tile and warpgroup (dw, then dx); waiting for all but the newest releases the previous tile's
+// stage to the producer and its dx block to the stores.
+// Epilogue: dwᵀ from the registers to dw (one range) or to partial[r]; then (flags) the column block's ranges add the
+// partials in range order, CTA r rows [r·ceil(E/R), …) of the block.
+#pragma once
+#include "kiln/router_gemm_bwd_tma.cuh"
+
+namespace kiln {
+
+// Shared memory: 1 KiB alignment slack, w's slice (E/64 × 16 KiB), 2 stages × (g tile E/64 × 16 KiB + x tile 16 KiB),
+// the mbarriers.
+__host__ __device__ constexpr int router_gemm_bwd_fused_smem_bytes(int E) {
+  return 1024 + 3 * ((E + 63) / 64) * 16384 + 2 * 16384 + 64;
+}
+
+template <int K, int E>
+__global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  static_assert(E == 64 || E == 128 || E == 256, "E: 64, 128 or 256 (one wgmma N)");
+  static_assert(K % 128 == 0, "K: whole 128-column blocks");
+  static_assert(router_gemm_bwd_fused_smem_bytes(E) <= 227 * 1024, "shared memory");
+  constexpr int EC = E / 64, GB = EC * 16384, STAGE = GB + 16384, W_BYTES = EC * 16384, TM = 64;
+  pdl_launch_dependents();  // router_gemm_dw_reduce_kernel (PDL, without flags) waits for this grid
+
+  extern __shared__ __align__(16) char smem_raw[];
+  const u32 raw = static_cast<u32>(__cvta_generic_to_shared(smem_raw));
+  const u32 base = (raw + 1023u) & ~1023u;
+  const u32 wsm = base, ring = base + W_BYTES, bars = ring + 2 * STAGE;
+  const u32 wbar = bars, full0 = bars + 8, empty0 = bars + 24;  // full[s] / empty[s] 8 bytes apart
+  const int tid = threadIdx.x, wg = tid / 128;
+  const int kb = static_cast<int>(blockIdx.x), r = static_cast<int>(blockIdx.y), ranges = static_cast<int>(gridDim.y);
+  const int n0 = kb * 128, t0 = r * a.split_rows;
+  const int rows = a.T - t0 < a.split_rows ? a.T - t0 : a.split_rows;
+  const int chunks = rows > 0 ? (rows + TM - 1) / TM : 0;
+
+  if (tid == 0) {
+    mbar_init(wbar, 1);
+    for (int s = 0; s < 2; ++s) {
+      mbar_init(full0 + 8 * s, 1);
+      mbar_init(empty0 + 8 * s, 2);  // both consumer warpgroups
+    }
+    fence_mbar_init();
+  }
+  __syncthreads();
+
+  if (wg == 0) {  // producer: one thread
+    setmaxnreg_dec<40>();
+    if (tid == 0 && chunks > 0) {
+      prefetch_tmap(&a.tmw);
+      prefetch_tmap(&a.tmg);
+      prefetch_tmap(&a.tmx);
+      mbar_arrive_expect_tx(wbar, W_BYTES);
+#pragma unroll
+      for (int ec = 0; ec < EC; ++ec)
+#pragma unroll
+        for (int ca = 0; ca < 2; ++ca) tma_load_2d(wsm + ec * 16384 + ca * 8192, &a.tmw, wbar, n0 + ca * 64, ec * 64);
+      u64 policy;  // x is read once: its lines go first (g is read by every column block, dx / partials stay)
+      asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+      for (int c = 0; c < chunks; ++c) {
+        const int s = c & 1;
+        mbar_wait(empty0 + 8 * s, static_cast<u32>((c >> 1) & 1) ^ 1u);
+        const u32 st = ring + s * STAGE, full = full0 + 8 * s;
+        const int t = t0 + c * TM;  // rows past T arrive as zeros
+        mbar_arrive_expect_tx(full, STAGE);
+#pragma unroll
+        for (int b = 0; b < 2 * EC; ++b) tma_load_2d(st + b * 8192, &a.tmg, full, b * 32, t);
+#pragma unroll
+        for (int ca = 0; ca < 2; ++ca)
+          rgt::tma_load_2d_evict_first(st + GB + ca * 8192, &a.tmx, full, n0 + ca * 64, t, policy);
+      }
+    }
+  } else {  // consumers
+    setmaxnreg_inc<232>();
+    const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5, cw = ct >> 5;
+    const bool mma = !(a.measure & kRgSkipMma);
+    float accw[E / 2];  // dwᵀ: row n0 + 64j + 16·warp + lane/4 + 8·((i/2) & 1), expert 8·(i/4) + 2·(lane & 3) + (i & 1)
+    float accx[32];     // dx: token row 16·warp + lane/4 + 8·((i/2) & 1), column n0 + 64j + 8·(i/4) + 2·(lane & 3) + (i & 1)
+#pragma unroll
+    for (int i = 0; i < E / 2; ++i) accw[i] = 0.f;
+#pragma unroll
+    for (int i = 0; i < 32; ++i) accx[i] = 0.f;
+    // This warpgroup's 64 × 64 dx block of tile c from accx.
+    auto store_dx = [&](int c) {
+      if (a.measure & kRgSkipStore) return;
+      const int m0 = t0 + c * TM;
+      char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n0 + 64 * j) * 2;
+#pragma unroll
+      for (int i = 0; i < 32; i += 2) {
+        const int row = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
+        if (m0 + row < a.T)
+          asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(row) * a.dx_stride + col) * 2),
+                       "r"(cvt_bf16x2(accx[i], accx[i + 1]))
+                       : "memory");
+      }
+    };
+    // fp32 g of tile c → hi / lo in place (stage c & 1, once it has landed). Row (ec, t) of the tile: 64 experts ×
+    // 4 bytes in boxes 2ec, 2ec + 1 (row t of each: 128 bytes, 16-byte pieces swizzled with t) → hi row t of atom ec
+    // (box 2ec's 128 bytes) and lo row t (box 2ec + 1's). A warp takes 4 rows a step (8 lanes a row, 8 experts a
+    // lane), reads them all, then writes them; then a proxy fence (the tensor cores read them) and a consumer barrier.
+    auto convert = [&](int c) {
+      const u32 st = ring + (c & 1) * STAGE;
+      mbar_wait(full0 + 8 * (c & 1), static_cast<u32>(c >> 1) & 1u);
+#pragma unroll 2
+      for (int step = 0; step < EC * 2; ++step) {
+        const int row = step * 32 + cw * 4 + (lane >> 3), ec = row >> 6, t = row & 63, jj = lane & 7;
+        const u32 src = st + (2 * ec + (jj >> 2)) * 8192 + t * 128;
+        const int q0 = 2 * (jj & 3);
+        const Vec16 v0 = lds16(src + ((q0 ^ (t & 7)) << 4)), v1 = lds16(src + (((q0 + 1) ^ (t & 7)) << 4));
+        __syncwarp();
+        Vec16 hi, lo;
+        rg::split_bf16x2(__uint_as_float(v0.w[0]), __uint_as_float(v0.w[1]), hi.w[0], lo.w[0]);
+        rg::split_bf16x2(__uint_as_float(v0.w[2]), __uint_as_float(v0.w[3]), hi.w[1], lo.w[1]);
+        rg::split_bf16x2(__uint_as_float(v1.w[0]), __uint_as_float(v1.w[1]), hi.w[2], lo.w[2]);
+        rg::split_bf16x2(__uint_as_float(v1.w[2]), __uint_as_float(v1.w[3]), hi.w[3], lo.w[3]);
+        const u32 dst = st + ec * 16384 + rg90::swz(t, jj);
+        sts16(dst, hi);
+        sts16(dst + 8192, lo);
+        __syncwarp();
+      }
+      fence_proxy_async();
+      rgt::bar_sync_consumers();
+    };
+    if (chunks > 0) {
+      mbar_wait(wbar, 0);
+      convert(0);
+    }
+    // Per tile c: group X = dx (hi · w, this warpgroup's 64 columns; the first k16 step overwrites accx), group Y =
+    // dwᵀ += xᵀ · hi + xᵀ · lo; then tile c + 1's conversion (under X and Y), wait for X (all but one group) and
+    // store dx from accx while Y runs, wait for Y and release the stage. No group is in flight across iterations.
+    for (int c = 0; c < chunks; ++c) {
+      const u32 st = ring + (c & 1) * STAGE;
+      if (mma) {
+        rg90::fence_regs(accx);
+        rg90::fence_regs(accw);
+        rg90::wgmma_fence();
+#pragma unroll
+        for (int ec = 0; ec < EC; ++ec)
+#pragma unroll
+          for (int ks = 0; ks < 4; ++ks)
+            rg90::wgmma_ss<64, 0, 1>(accx, rg90::desc_sw128(st + ec * 16384 + ks * 32),
+                                     rg90::desc_sw128_mn(wsm + ec * 16384 + j * 8192 + ks * 2048, 8192),
+                                     ec + ks > 0 ? 1 : 0);
+        rg90::wgmma_commit();
+#pragma unroll
+        for (int ks = 0; ks < 4; ++ks) {
+          const u64 ad = rg90::desc_sw128_mn(st + GB + j * 8192 + ks * 2048, 8192);  // xᵀ: M-major
+          rg90::wgmma_ss<E, 1, 1>(accw, ad, rg90::desc_sw128_mn(st + ks * 2048, 16384));
+          rg90::wgmma_ss<E, 1, 1>(accw, ad, rg90::desc_sw128_mn(st + 8192 + ks * 2048, 16384));
+        }
+        rg90::wgmma_commit();
+      }
+      if (c + 1 < chunks) convert(c + 1);
+      rg90::wgmma_wait<1>();  // (unconditional, as the waits below: ptxas then sees every group retired)
+      rg90::fence_regs(accx);
+      store_dx(c);
+      rg90::wgmma_wait<0>();
+      rg90::fence_regs(accw);
+      if ((tid & 127) == 0) mbar_arrive(empty0 + 8 * (c & 1));
+    }
+
+    // dwᵀ → dw (one range) or partial[r] ([E, K]): 4-byte stores, 8 consecutive columns of 4 experts a warp store.
+    if (!(a.measure & kRgSkipStore)) {
+      float* const out = ranges == 1 ? a.dw : a.partial + static_cast<i64>(r) * E * K;
+      const int k = n0 + 64 * j + 16 * warp + (lane >> 2);
+#pragma unroll
+      for (int i = 0; i < E / 2; ++i) {
+        const int e = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1), kk = k + 8 * ((i >> 1) & 1);
+        asm volatile("st.global.f32 [%0], %1;" ::"l"(out + static_cast<i64>(e) * K + kk), "f"(accw[i]) : "memory");
+      }
+      if (ranges > 1 && a.flags) {
+        // Publish (every consumer thread's stores issued, then one release at GPU scope), wait for the column
+        // block's ranges (relaxed loads, one fence), add rows [R·r, R·r + R) of their partials in range order.
+        rgt::bar_sync_consumers();
+        if (ct == 0) {
+          unsigned* f = a.flags + r * gridDim.x + kb;
+          asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
+          u64 tw = 0;
+          for (u32 n = 0;; ++n) {
+            bool all = true;
+            for (int y = 0; y < ranges; ++y) {
+              unsigned v;
+              asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(a.flags + y * gridDim.x + kb) : "memory");
+              all = all && v == a.tag;
+            }
+            if (all) break;
+            if ((n & 255u) == 0) {  // a wait normally ends within microseconds; 2 s means a CTA that never arrives
+              const u64 now = globaltimer_ns();
+              if (tw == 0) tw = now;
+              else if (now - tw > 2000000000ull) __trap();
+            }
+          }
+          asm volatile("fence.acq_rel.gpu;" ::: "memory");
+        }
+        rgt::bar_sync_consumers();
+        const int R = (E + ranges - 1) / ranges, e0 = r * R;
+        const i64 n = static_cast<i64>(E) * K;
+        for (int i = ct; i < R * 32; i += 256) {
+          const int e = e0 + i / 32;
+          if (e >= E) break;
+          const i64 off = static_cast<i64>(e) * K + n0 + (i % 32) * 4;
+          float sum[4] = {0.f, 0.f, 0.f, 0.f};
+          for (int y0 = 0; y0 < ranges; y0 += 8) {
+            float4 q[8];
+#pragma unroll
+            for (int y = 0; y < 8; ++y)
+              if (y0 + y < ranges) q[y] = __ldcg(reinterpret_cast<const float4*>(a.partial + (y0 + y) * n + off));
+#pragma unroll
+            for (int y = 0; y < 8; ++y)
+              if (y0 + y < ranges) {
+                sum[0] += q[y].x;
+                sum[1] += q[y].y;
+                sum[2] += q[y].z;
+                sum[3] += q[y].w;
+              }
+          }
+          store16(a.dw + off, Vec16{{__float_as_uint(sum[0]), __float_as_uint(sum[1]), __float_as_uint(sum[2]),
+                                     __float_as_uint(sum[3])}});
+        }
+      }
+    }
+  }
+#else
+  __trap();
+#endif
+}
+
+}  // namespace kiln
