@@ -46,8 +46,9 @@ enum : uint32_t {
   // cluster, wn = most T ranges, stages = dw's).
   kBwdTma = 15,
   // The fused backward (precision standard, session 11): dx and dw in one streaming pass over T per 128-column block
-  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 64, wm 2 (consumers), wn =
-  // most T ranges, stages 2.
+  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 64, wm = the consumer
+  // warpgroups multiplying a tile's dx block (2: 64 columns each; 1: alternate tiles, all 128), wn = most T ranges,
+  // stages 2.
   kBwdFused = 16
 };
 bool is_bwd_one(uint32_t k) { return k == kBwdTma; }
@@ -126,7 +127,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kBwdFused) {
     source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
+    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E], s.config[C_WM]);
     return;
   }
   if (s.kernel == kW16) {
@@ -247,9 +248,10 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, 2 consumers, up to wn (≤ 8) T ranges, 2 stages
+  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, dx by wm = 2 consumers (64 columns each) or 1
+                              // (alternate tiles, 128 columns), up to wn (≤ 8) T ranges, 2 stages
     return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 && c[C_BK] == 64 &&
-           c[C_WM] == 2 && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_WM] == 1 || c[C_WM] == 2) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -425,6 +427,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
+    case kBwdFused:  // dx by alternate warpgroups (m64n128: the dx operands read once)
+      set_config(s, 64, 128, 64, 1, 8, 2);
+      add(s);
+      break;
     case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
       set_config(s, 64, 256, 64, 1, 8, 3);
       add(s);

@@ -13,9 +13,9 @@
 //   * dwᵀ[n0 + 64j …, e] += xᵀ · hi + xᵀ · lo: consumer warpgroup j takes the 64 columns of x atom j (M-major A from
 //     shared memory) against all E experts (N-major B: hi / lo atoms), m64nEk16, 4 k16 steps each — its E/2
 //     accumulator registers a thread stay live over the whole range;
-//   * dx[t0 …, n0 + 64j …] = hi · w[:, n0 + 64j …]: warpgroup j takes 64 of the block's columns, m64n64k16 over ec
-//     then k16 (the dx kernel's products in its order), and stores them from its registers (bf16 pairs, rows past T
-//     masked) once the next tile's dw MMAs are issued.
+//   * dx[t0 …, n0 …] = hi · w[:, n0 …]: (DXW = 2) warpgroup j takes 64 of the block's columns, m64n64k16, or (DXW =
+//     1) warpgroup (tile & 1) all 128, m64n128k16 (the dx kernel's instruction); over ec then k16 (the dx kernel's
+//     products in its order), stored from the registers (bf16 pairs, rows past T masked) while dw's MMAs run.
 // Two wgmma groups per tile and warpgroup (dw, then dx); waiting for all but the newest releases the previous tile's
 // stage to the producer and its dx block to the stores.
 // Epilogue: dwᵀ from the registers to dw (one range) or to partial[r]; then (flags) the column block's ranges add the
@@ -31,10 +31,21 @@ __host__ __device__ constexpr int router_gemm_bwd_fused_smem_bytes(int E) {
   return 1024 + 3 * ((E + 63) / 64) * 16384 + 2 * 16384 + 64;
 }
 
-template <int K, int E>
+namespace rgf {
+template <bool B>
+struct BoolC {
+  static constexpr bool value = B;
+};
+}  // namespace rgf
+
+// DXW: the warpgroups multiplying a tile's dx block — 2: each its 64 columns (m64n64k16, every tile); 1: one
+// warpgroup all 128 columns (m64n128k16, the dx kernel's instruction), warpgroup (tile & 1): half the dx operand
+// bytes read from shared memory (its A tile once), 64 more accumulator registers.
+template <int K, int E, int DXW>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E == 64 || E == 128 || E == 256, "E: 64, 128 or 256 (one wgmma N)");
+  static_assert(DXW == 1 || DXW == 2, "dx by 1 or 2 warpgroups");
   static_assert(K % 128 == 0, "K: whole 128-column blocks");
   static_assert(router_gemm_bwd_fused_smem_bytes(E) <= 227 * 1024, "shared memory");
   constexpr int EC = E / 64, GB = EC * 16384, STAGE = GB + 16384, W_BYTES = EC * 16384, TM = 64;
@@ -62,7 +73,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
   __syncthreads();
 
   if (wg == 0) {  // producer: one thread
-    setmaxnreg_dec<40>();
+    setmaxnreg_dec<DXW == 1 ? 24 : 40>();  // (DXW = 1: 24 + 2 × 240 for its 192 accumulator registers)
     if (tid == 0 && chunks > 0) {
       prefetch_tmap(&a.tmw);
       prefetch_tmap(&a.tmg);
@@ -88,22 +99,26 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       }
     }
   } else {  // consumers
-    setmaxnreg_inc<232>();
+    setmaxnreg_inc<DXW == 1 ? 240 : 232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5, cw = ct >> 5;
     const bool mma = !(a.measure & kRgSkipMma);
     float accw[E / 2];  // dwᵀ: row n0 + 64j + 16·warp + lane/4 + 8·((i/2) & 1), expert 8·(i/4) + 2·(lane & 3) + (i & 1)
-    float accx[32];     // dx: token row 16·warp + lane/4 + 8·((i/2) & 1), column n0 + 64j + 8·(i/4) + 2·(lane & 3) + (i & 1)
+    constexpr int NX = 128 / DXW;  // dx columns a warpgroup multiplies
+    // dx: token row 16·warp + lane/4 + 8·((i/2) & 1), column n0 + c0 + 8·(i/4) + 2·(lane & 3) + (i & 1), c0 = 64j (DXW
+    // = 2) or 0
+    float accx[NX / 2];
+    const int c0 = DXW == 2 ? 64 * j : 0;
 #pragma unroll
     for (int i = 0; i < E / 2; ++i) accw[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < 32; ++i) accx[i] = 0.f;
-    // This warpgroup's 64 × 64 dx block of tile c from accx.
+    for (int i = 0; i < NX / 2; ++i) accx[i] = 0.f;
+    // This warpgroup's 64 × NX dx block of tile c from accx.
     auto store_dx = [&](int c) {
       if (a.measure & kRgSkipStore) return;
       const int m0 = t0 + c * TM;
-      char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n0 + 64 * j) * 2;
+      char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n0 + c0) * 2;
 #pragma unroll
-      for (int i = 0; i < 32; i += 2) {
+      for (int i = 0; i < NX / 2; i += 2) {
         const int row = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
         if (m0 + row < a.T)
           asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(row) * a.dx_stride + col) * 2),
@@ -115,15 +130,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     // 4 bytes in boxes 2ec, 2ec + 1 (row t of each: 128 bytes, 16-byte pieces swizzled with t) → hi row t of atom ec
     // (box 2ec's 128 bytes) and lo row t (box 2ec + 1's). A warp takes 4 rows a step (8 lanes a row, 8 experts a
     // lane), reads them all, then writes them; then a proxy fence (the tensor cores read them) and a consumer barrier.
+    // (Shared-memory wavefronts a row: 2 loads × 1 + 2 stores × 1 — conflict-free.)
     auto convert = [&](int c) {
       const u32 st = ring + (c & 1) * STAGE;
       mbar_wait(full0 + 8 * (c & 1), static_cast<u32>(c >> 1) & 1u);
 #pragma unroll 2
       for (int step = 0; step < EC * 2; ++step) {
         const int row = step * 32 + cw * 4 + (lane >> 3), ec = row >> 6, t = row & 63, jj = lane & 7;
-        const u32 src = st + (2 * ec + (jj >> 2)) * 8192 + t * 128;
-        const int q0 = 2 * (jj & 3);
-        const Vec16 v0 = lds16(src + ((q0 ^ (t & 7)) << 4)), v1 = lds16(src + (((q0 + 1) ^ (t & 7)) << 4));
+        const int h = jj >> 2, q0 = 2 * (jj & 3);
+        const u32 src = st + (2 * ec + h) * 8192 + t * 128;
+        // Lanes of box 2ec + 1 load their odd piece first: the 8 lanes of a row (one quarter-warp wavefront of
+        // 16-byte loads) then touch 8 distinct bank groups in each load.
+        const Vec16 u0 = lds16(src + (((q0 + h) ^ (t & 7)) << 4)), u1 = lds16(src + (((q0 + 1 - h) ^ (t & 7)) << 4));
+        const Vec16 v0 = h ? u1 : u0, v1 = h ? u0 : u1;
         __syncwarp();
         Vec16 hi, lo;
         rg::split_bf16x2(__uint_as_float(v0.w[0]), __uint_as_float(v0.w[1]), hi.w[0], lo.w[0]);
@@ -142,23 +161,27 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       mbar_wait(wbar, 0);
       convert(0);
     }
-    // Per tile c: group X = dx (hi · w, this warpgroup's 64 columns; the first k16 step overwrites accx), group Y =
-    // dwᵀ += xᵀ · hi + xᵀ · lo; then tile c + 1's conversion (under X and Y), wait for X (all but one group) and
-    // store dx from accx while Y runs, wait for Y and release the stage. No group is in flight across iterations.
-    for (int c = 0; c < chunks; ++c) {
+    // Tile c: group X = dx (hi · w, NX columns; the first k16 step overwrites accx) where this warpgroup multiplies
+    // it (DX), group Y = dwᵀ += xᵀ · hi + xᵀ · lo; then tile c + 1's conversion (under X and Y), wait for X (all but
+    // one group) and store dx from accx while Y runs, wait for Y and release the stage. No group is in flight across
+    // tiles, and whether a tile has group X is known at compile time (ptxas serializes every wgmma otherwise).
+    auto tile = [&](int c, auto dxc) {
+      constexpr bool DX = decltype(dxc)::value;
       const u32 st = ring + (c & 1) * STAGE;
       if (mma) {
         rg90::fence_regs(accx);
         rg90::fence_regs(accw);
         rg90::wgmma_fence();
+        if constexpr (DX) {
 #pragma unroll
-        for (int ec = 0; ec < EC; ++ec)
+          for (int ec = 0; ec < EC; ++ec)
 #pragma unroll
-          for (int ks = 0; ks < 4; ++ks)
-            rg90::wgmma_ss<64, 0, 1>(accx, rg90::desc_sw128(st + ec * 16384 + ks * 32),
-                                     rg90::desc_sw128_mn(wsm + ec * 16384 + j * 8192 + ks * 2048, 8192),
-                                     ec + ks > 0 ? 1 : 0);
-        rg90::wgmma_commit();
+            for (int ks = 0; ks < 4; ++ks)
+              rg90::wgmma_ss<NX, 0, 1>(accx, rg90::desc_sw128(st + ec * 16384 + ks * 32),
+                                       rg90::desc_sw128_mn(wsm + ec * 16384 + c0 * 128 + ks * 2048, 8192),
+                                       ec + ks > 0 ? 1 : 0);
+          rg90::wgmma_commit();
+        }
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
           const u64 ad = rg90::desc_sw128_mn(st + GB + j * 8192 + ks * 2048, 8192);  // xᵀ: M-major
@@ -168,12 +191,27 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
         rg90::wgmma_commit();
       }
       if (c + 1 < chunks) convert(c + 1);
-      rg90::wgmma_wait<1>();  // (unconditional, as the waits below: ptxas then sees every group retired)
-      rg90::fence_regs(accx);
-      store_dx(c);
+      if constexpr (DX) {
+        rg90::wgmma_wait<1>();  // (unconditional, as the wait below: ptxas then sees every group retired)
+        rg90::fence_regs(accx);
+        store_dx(c);
+      }
       rg90::wgmma_wait<0>();
       rg90::fence_regs(accw);
       if ((tid & 127) == 0) mbar_arrive(empty0 + 8 * (c & 1));
+    };
+    if constexpr (DXW == 2) {
+      for (int c = 0; c < chunks; ++c) tile(c, rgf::BoolC<true>{});
+    } else if (j == 0) {  // even tiles' dx
+      for (int c = 0; c < chunks; c += 2) {
+        tile(c, rgf::BoolC<true>{});
+        if (c + 1 < chunks) tile(c + 1, rgf::BoolC<false>{});
+      }
+    } else {  // odd tiles' dx
+      for (int c = 0; c < chunks; c += 2) {
+        tile(c, rgf::BoolC<false>{});
+        if (c + 1 < chunks) tile(c + 1, rgf::BoolC<true>{});
+      }
     }
 
     // dwᵀ → dw (one range) or partial[r] ([E, K]): 4-byte stores, 8 consecutive columns of 4 experts a warp store.
