@@ -48,8 +48,11 @@ enum : uint32_t {
   // The fused backward (precision standard, session 11): dx and dw in one streaming pass over T per 128-column block
   // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 64, wm = the consumer
   // warpgroups multiplying a tile's dx block (2: 64 columns each; 1: alternate tiles, all 128), wn = most T ranges,
-  // stages 2.
-  kBwdFused = 16
+  // stages 2; bk = how g enters: 64 = fp32 tiles of 64 tokens (TMA) converted to hi / lo in place, 16 = split ahead
+  // into 16-bit hi / lo by router_gemm_g_split_kernel (kGSplit) and loaded by TMA.
+  kBwdFused = 16,
+  // The fused backward's g operand split ahead (bk 16 form): hi = bf16(g), lo = bf16(g − hi) into the workspace.
+  kGSplit = 17
 };
 bool is_bwd_one(uint32_t k) { return k == kBwdTma; }
 // Where the fused backward serves a shape: E one wgmma N (64, 128, 256), whole 128-column blocks.
@@ -127,7 +130,13 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kBwdFused) {
     source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E], s.config[C_WM]);
+    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_WM], s.config[C_BK] == 16 ? "true" : "false");
+    return;
+  }
+  if (s.kernel == kGSplit) {
+    source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
+    name = fmt::format("kiln::router_gemm_g_split_kernel<{}>", s.params[P_E]);
     return;
   }
   if (s.kernel == kW16) {
@@ -153,7 +162,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
-  if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
+  if (s.kernel == kDwReduce || s.kernel == kW16 || s.kernel == kGSplit) return 0;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
                                // (full, empty)
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
@@ -214,7 +223,7 @@ int smem_bytes(const Specialization& s) {
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || is_bwd_one(s.kernel) || s.kernel == kBwdFused) return 384;  // producer + 2 consumers
-  if (s.kernel == kW16) return 256;
+  if (s.kernel == kW16 || s.kernel == kGSplit) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
@@ -227,6 +236,7 @@ int threads(const Specialization& s) {
 bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
   if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
+  if (s.kernel == kGSplit) return has_wgmma(s.arch) && fused_shape(s.params[P_K], s.params[P_E]);
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
@@ -250,8 +260,8 @@ bool valid(const Specialization& s) {
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, dx by wm = 2 consumers (64 columns each) or 1
                               // (alternate tiles, 128 columns), up to wn (≤ 8) T ranges, 2 stages
-    return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 && c[C_BK] == 64 &&
-           (c[C_WM] == 1 || c[C_WM] == 2) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
+    return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 &&
+           (c[C_BK] == 64 || c[C_BK] == 16) && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -295,7 +305,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma", "bwd_fused"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma", "bwd_fused", "g_split"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -329,6 +339,7 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_E] = E;
   switch (kernel) {
     case kW16:  // no tile config
+    case kGSplit:
       break;
     case kDxTma:
     case kDxTmaF16:
@@ -423,12 +434,16 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
   };
   add(def);
-  if (base.kernel == kDwReduce || base.kernel == kW16) return;
+  if (base.kernel == kDwReduce || base.kernel == kW16 || base.kernel == kGSplit) return;
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
-    case kBwdFused:  // dx by alternate warpgroups (m64n128: the dx operands read once)
+    case kBwdFused:  // dx by alternate warpgroups (m64n128: the dx operands read once); g split ahead (bk 16)
       set_config(s, 64, 128, 64, 1, 8, 2);
+      add(s);
+      set_config(s, 64, 128, 16, 2, 8, 2);
+      add(s);
+      set_config(s, 64, 128, 16, 1, 8, 2);
       add(s);
       break;
     case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
@@ -583,7 +598,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
          {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
           kDwTmaF16, kW16, kBwdTma})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
-  if (has_wgmma(arch) && fused_shape(K, E)) out.push_back(spec(arch, kBwdFused, K, E));
+  if (has_wgmma(arch) && fused_shape(K, E))
+    for (uint32_t k : {kBwdFused, kGSplit}) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -944,8 +960,9 @@ constexpr bool kBwdFusedDefault = false;
 // ([ranges, E, K], then one flag word a CTA: the in-kernel sum).
 struct FusedPlan {
   int ranges = 0, rows = 0;
-  int64_t workspace_elems = 0;
+  int64_t workspace_elems = 0, split_offset = 0;
 };
+// (bk 16: + g's hi / lo, [T, E] bf16 each, after them.)
 FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
   FusedPlan p;
   if (T <= 0) return p;
@@ -955,6 +972,10 @@ FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
   p.rows = static_cast<int>(per * 64);
   p.ranges = static_cast<int>((chunks + per - 1) / per);
   p.workspace_elems = p.ranges > 1 ? p.ranges * E * K + round_up(blocks * p.ranges, 4) : 0;
+  if (s.config[C_BK] == 16) {
+    p.split_offset = p.workspace_elems;
+    p.workspace_elems += T * E;  // (two bf16 [T, E] halves)
+  }
   return p;
 }
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
@@ -1044,13 +1065,26 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         }
       }
       RouterGemmBwdFusedArgs a{};
+      const bool pre = sf.config[C_BK] == 16;  // g split ahead into the workspace
       encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
-      encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
       encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
+      if (pre) {
+        char* hi = reinterpret_cast<char*>(ws + fp.split_offset);
+        const RouterGemmGSplitArgs sa{static_cast<const float*>(g.data), gr.stride, hi, hi + T * E * 2,
+                                      static_cast<int>(T)};
+        LaunchDims sd;
+        sd.grid[0] = static_cast<unsigned>((T * E / 8 + 255) / 256);
+        sd.block[0] = 256;
+        impl.launch(spec(arch, kGSplit, K, E), sd, stream, sa);
+        encode_tma_2d(a.tmhi, sa.hi, E, T, E * 2, 64);
+        encode_tma_2d(a.tmlo, sa.lo, E, T, E * 2, 64);
+      } else {
+        encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
+      }
       a.dx = dx.data;
       a.dx_stride = dxr.stride;
       a.dw = static_cast<float*>(dw.data);
-      a.partial = fp.ranges > 1 ? ws : nullptr;
+      a.partial = fp.ranges > 1 ? ws : nullptr;  // (partials first, then the flags, then hi / lo)
       a.T = static_cast<int>(T);
       a.split_rows = fp.rows;
       a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore);
@@ -1059,6 +1093,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.grid[1] = static_cast<unsigned>(fp.ranges);
       d.block[0] = static_cast<unsigned>(threads(sf));
       d.smem = static_cast<unsigned>(smem_bytes(sf));
+      d.pdl = pre;  // launched while the split drains; its producer waits for it before the first g tile
       const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
       const bool fused_sum = fp.ranges > 1 && !(a.measure & kRgSkipStore) &&
                              !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
@@ -1432,7 +1467,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one", "bwd_fused"};
+                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one", "bwd_fused", "bwd_fused"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -118,6 +118,7 @@ struct RouterGemmBwdFusedArgs {
   TensorMap tmw;
   TensorMap tmg;
   TensorMap tmx;
+  TensorMap tmhi, tmlo;                 // PRE: g's bf16 hi / lo [T, E] (router_gemm_g_split_kernel) in boxes of 64 × 64
   void* dx; long long dx_stride;
   float* dw;                            // [E, K] contiguous
   float* partial;                       // [ranges, E, K] when ranges > 1, else null
@@ -126,6 +127,14 @@ struct RouterGemmBwdFusedArgs {
   int T;
   int split_rows;
   int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore
+};
+// router_gemm_g_split_kernel: hi = bf16(g), lo = bf16(g − hi), [T, E] bf16 contiguous each (the fused backward's PRE
+// form reads them by TMA).
+struct RouterGemmGSplitArgs {
+  const float* g; long long g_stride;
+  void* hi;
+  void* lo;
+  int T;
 };
 // Switches of the one-launch backward (router_gemm_bwd_one_measure: measurement, host): kRgOneExplicit: the kernel's
 // options (RouterGemmBwdTmaArgs::options) exactly as named, not the op's defaults (kBwdOneOptions); kRgOneDxNoStore /

@@ -41,7 +41,10 @@ struct BoolC {
 // DXW: the warpgroups multiplying a tile's dx block — 2: each its 64 columns (m64n64k16, every tile); 1: one
 // warpgroup all 128 columns (m64n128k16, the dx kernel's instruction), warpgroup (tile & 1): half the dx operand
 // bytes read from shared memory (its A tile once), 64 more accumulator registers.
-template <int K, int E, int DXW>
+// PRE: g enters already split (bf16 hi / lo from router_gemm_g_split_kernel, launched just before: this grid is
+// launched with PDL and its producer waits for it before the first g tile) — TMA lands the hi / lo atoms straight
+// in the stage, no fp32 tile and no conversion (−128 KB of shared-memory traffic a tile, no consumer barrier).
+template <int K, int E, int DXW, bool PRE = false>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E == 64 || E == 128 || E == 256, "E: 64, 128 or 256 (one wgmma N)");
@@ -76,7 +79,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     setmaxnreg_dec<DXW == 1 ? 24 : 40>();  // (DXW = 1: 24 + 2 × 240 for its 192 accumulator registers)
     if (tid == 0 && chunks > 0) {
       prefetch_tmap(&a.tmw);
-      prefetch_tmap(&a.tmg);
+      if constexpr (PRE) {
+        prefetch_tmap(&a.tmhi);
+        prefetch_tmap(&a.tmlo);
+      } else {
+        prefetch_tmap(&a.tmg);
+      }
       prefetch_tmap(&a.tmx);
       mbar_arrive_expect_tx(wbar, W_BYTES);
 #pragma unroll
@@ -92,10 +100,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
         const int t = t0 + c * TM;  // rows past T arrive as zeros
         mbar_arrive_expect_tx(full, STAGE);
 #pragma unroll
-        for (int b = 0; b < 2 * EC; ++b) tma_load_2d(st + b * 8192, &a.tmg, full, b * 32, t);
-#pragma unroll
         for (int ca = 0; ca < 2; ++ca)
           rgt::tma_load_2d_evict_first(st + GB + ca * 8192, &a.tmx, full, n0 + ca * 64, t, policy);
+        if constexpr (PRE) {
+          if (c == 0) pdl_wait();  // hi / lo come from router_gemm_g_split_kernel (w and the first x tile went before)
+#pragma unroll
+          for (int ec = 0; ec < EC; ++ec) {
+            tma_load_2d(st + ec * 16384, &a.tmhi, full, ec * 64, t);
+            tma_load_2d(st + ec * 16384 + 8192, &a.tmlo, full, ec * 64, t);
+          }
+        } else {
+#pragma unroll
+          for (int b = 0; b < 2 * EC; ++b) tma_load_2d(st + b * 8192, &a.tmg, full, b * 32, t);
+        }
       }
     }
   } else {  // consumers
@@ -134,28 +151,30 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     auto convert = [&](int c) {
       const u32 st = ring + (c & 1) * STAGE;
       mbar_wait(full0 + 8 * (c & 1), static_cast<u32>(c >> 1) & 1u);
+      if constexpr (!PRE) {  // (PRE: landed as hi / lo)
 #pragma unroll 2
-      for (int step = 0; step < EC * 2; ++step) {
-        const int row = step * 32 + cw * 4 + (lane >> 3), ec = row >> 6, t = row & 63, jj = lane & 7;
-        const int h = jj >> 2, q0 = 2 * (jj & 3);
-        const u32 src = st + (2 * ec + h) * 8192 + t * 128;
-        // Lanes of box 2ec + 1 load their odd piece first: the 8 lanes of a row (one quarter-warp wavefront of
-        // 16-byte loads) then touch 8 distinct bank groups in each load.
-        const Vec16 u0 = lds16(src + (((q0 + h) ^ (t & 7)) << 4)), u1 = lds16(src + (((q0 + 1 - h) ^ (t & 7)) << 4));
-        const Vec16 v0 = h ? u1 : u0, v1 = h ? u0 : u1;
-        __syncwarp();
-        Vec16 hi, lo;
-        rg::split_bf16x2(__uint_as_float(v0.w[0]), __uint_as_float(v0.w[1]), hi.w[0], lo.w[0]);
-        rg::split_bf16x2(__uint_as_float(v0.w[2]), __uint_as_float(v0.w[3]), hi.w[1], lo.w[1]);
-        rg::split_bf16x2(__uint_as_float(v1.w[0]), __uint_as_float(v1.w[1]), hi.w[2], lo.w[2]);
-        rg::split_bf16x2(__uint_as_float(v1.w[2]), __uint_as_float(v1.w[3]), hi.w[3], lo.w[3]);
-        const u32 dst = st + ec * 16384 + rg90::swz(t, jj);
-        sts16(dst, hi);
-        sts16(dst + 8192, lo);
-        __syncwarp();
+        for (int step = 0; step < EC * 2; ++step) {
+          const int row = step * 32 + cw * 4 + (lane >> 3), ec = row >> 6, t = row & 63, jj = lane & 7;
+          const int h = jj >> 2, q0 = 2 * (jj & 3);
+          const u32 src = st + (2 * ec + h) * 8192 + t * 128;
+          // Lanes of box 2ec + 1 load their odd piece first: the 8 lanes of a row (one quarter-warp wavefront of
+          // 16-byte loads) then touch 8 distinct bank groups in each load.
+          const Vec16 u0 = lds16(src + (((q0 + h) ^ (t & 7)) << 4)), u1 = lds16(src + (((q0 + 1 - h) ^ (t & 7)) << 4));
+          const Vec16 v0 = h ? u1 : u0, v1 = h ? u0 : u1;
+          __syncwarp();
+          Vec16 hi, lo;
+          rg::split_bf16x2(__uint_as_float(v0.w[0]), __uint_as_float(v0.w[1]), hi.w[0], lo.w[0]);
+          rg::split_bf16x2(__uint_as_float(v0.w[2]), __uint_as_float(v0.w[3]), hi.w[1], lo.w[1]);
+          rg::split_bf16x2(__uint_as_float(v1.w[0]), __uint_as_float(v1.w[1]), hi.w[2], lo.w[2]);
+          rg::split_bf16x2(__uint_as_float(v1.w[2]), __uint_as_float(v1.w[3]), hi.w[3], lo.w[3]);
+          const u32 dst = st + ec * 16384 + rg90::swz(t, jj);
+          sts16(dst, hi);
+          sts16(dst + 8192, lo);
+          __syncwarp();
+        }
+        fence_proxy_async();
+        rgt::bar_sync_consumers();
       }
-      fence_proxy_async();
-      rgt::bar_sync_consumers();
     };
     if (chunks > 0) {
       mbar_wait(wbar, 0);
@@ -278,6 +297,27 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
 #else
   __trap();
 #endif
+}
+
+// g → hi = bf16(g), lo = bf16(g − hi) ([T, E] bf16 each, contiguous), the fused backward's PRE operand: 8 experts a
+// thread (two 16-byte loads, two 16-byte stores), 256 threads a CTA. Lets the fused kernel (PDL) launch at once.
+template <int E>
+__global__ void __launch_bounds__(256) router_gemm_g_split_kernel(const RouterGemmGSplitArgs a) {
+  static_assert(E % 8 == 0, "E: whole 8-expert units");
+  pdl_launch_dependents();
+  const i64 u = static_cast<i64>(blockIdx.x) * 256 + threadIdx.x, row = u / (E / 8);
+  if (row >= a.T) return;
+  const int e = static_cast<int>(u % (E / 8)) * 8;
+  const float* src = a.g + row * a.g_stride + e;
+  const Vec16 v0 = load16_stream(src), v1 = load16_stream(src + 4);
+  Vec16 hi, lo;
+#pragma unroll
+  for (int q = 0; q < 4; ++q) {
+    const Vec16& v = q < 2 ? v0 : v1;
+    rg::split_bf16x2(__uint_as_float(v.w[2 * (q & 1)]), __uint_as_float(v.w[2 * (q & 1) + 1]), hi.w[q], lo.w[q]);
+  }
+  store16(static_cast<char*>(a.hi) + (row * E + e) * 2, hi);
+  store16(static_cast<char*>(a.lo) + (row * E + e) * 2, lo);
 }
 
 }  // namespace kiln
