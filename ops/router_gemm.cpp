@@ -1088,6 +1088,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.T = static_cast<int>(T);
       a.split_rows = fp.rows;
       a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore);
+      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       LaunchDims d;
       d.grid[0] = static_cast<unsigned>(K / 128);
       d.grid[1] = static_cast<unsigned>(fp.ranges);

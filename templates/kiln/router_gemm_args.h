@@ -127,6 +127,15 @@ struct RouterGemmBwdFusedArgs {
   int T;
   int split_rows;
   int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore
+  unsigned long long* trace;            // measurement only (null in the ops): kRgFusedTraceSlots a CTA (kRgFused*)
+};
+// Trace of the fused backward (consumer warpgroup 0's lead thread): globaltimer ns and SM clock at entry, SM id, then
+// SM clock: tile 0 ready (landed / converted), main loop done, dw partial stored, the block's ranges seen (in-kernel
+// sum), end (and globaltimer ns at the end); tile c's MMAs issued at kRgFusedTraceTile + c (c < 32).
+enum : int {
+  kRgFusedTraceStartNs = 0, kRgFusedTraceStartClk = 1, kRgFusedTraceSm = 2, kRgFusedTraceReady = 3,
+  kRgFusedTraceLoop = 4, kRgFusedTraceStored = 5, kRgFusedTraceSeen = 6, kRgFusedTraceEnd = 7, kRgFusedTraceEndNs = 8,
+  kRgFusedTraceTile = 16, kRgFusedTraceSlots = 48
 };
 // router_gemm_g_split_kernel: hi = bf16(g), lo = bf16(g − hi), [T, E] bf16 contiguous each (the fused backward's PRE
 // form reads them by TMA).

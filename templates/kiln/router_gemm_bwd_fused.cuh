@@ -119,6 +119,15 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     setmaxnreg_inc<DXW == 1 ? 240 : 232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5, cw = ct >> 5;
     const bool mma = !(a.measure & kRgSkipMma);
+    // (measurement) consumer warpgroup 0's lead stamps the CTA's phases
+    u64* const tr = a.trace && tid == 128 ? a.trace + static_cast<i64>(r * gridDim.x + kb) * kRgFusedTraceSlots : nullptr;
+    if (tr) {
+      u32 sm;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      tr[kRgFusedTraceStartNs] = globaltimer_ns();
+      tr[kRgFusedTraceStartClk] = rgt::clk();
+      tr[kRgFusedTraceSm] = sm;
+    }
     float accw[E / 2];  // dwᵀ: row n0 + 64j + 16·warp + lane/4 + 8·((i/2) & 1), expert 8·(i/4) + 2·(lane & 3) + (i & 1)
     constexpr int NX = 128 / DXW;  // dx columns a warpgroup multiplies
     // dx: token row 16·warp + lane/4 + 8·((i/2) & 1), column n0 + c0 + 8·(i/4) + 2·(lane & 3) + (i & 1), c0 = 64j (DXW
@@ -180,6 +189,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       mbar_wait(wbar, 0);
       convert(0);
     }
+    if (tr) tr[kRgFusedTraceReady] = rgt::clk();
     // Tile c: group X = dx (hi · w, NX columns; the first k16 step overwrites accx) where this warpgroup multiplies
     // it (DX), group Y = dwᵀ += xᵀ · hi + xᵀ · lo; then tile c + 1's conversion (under X and Y), wait for X (all but
     // one group) and store dx from accx while Y runs, wait for Y and release the stage. No group is in flight across
@@ -187,6 +197,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     auto tile = [&](int c, auto dxc) {
       constexpr bool DX = decltype(dxc)::value;
       const u32 st = ring + (c & 1) * STAGE;
+      if (tr && c < 32) tr[kRgFusedTraceTile + c] = rgt::clk();
       if (mma) {
         rg90::fence_regs(accx);
         rg90::fence_regs(accw);
@@ -233,6 +244,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       }
     }
 
+    if (tr) tr[kRgFusedTraceLoop] = rgt::clk();
     // dwᵀ → dw (one range) or partial[r] ([E, K]): 4-byte stores, 8 consecutive columns of 4 experts a warp store.
     if (!(a.measure & kRgSkipStore)) {
       float* const out = ranges == 1 ? a.dw : a.partial + static_cast<i64>(r) * E * K;
@@ -242,6 +254,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
         const int e = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1), kk = k + 8 * ((i >> 1) & 1);
         asm volatile("st.global.f32 [%0], %1;" ::"l"(out + static_cast<i64>(e) * K + kk), "f"(accw[i]) : "memory");
       }
+      if (tr) tr[kRgFusedTraceStored] = rgt::clk();
       if (ranges > 1 && a.flags) {
         // Publish (every consumer thread's stores issued, then one release at GPU scope), wait for the column
         // block's ranges (relaxed loads, one fence), add rows [R·r, R·r + R) of their partials in range order.
@@ -267,6 +280,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
           asm volatile("fence.acq_rel.gpu;" ::: "memory");
         }
         rgt::bar_sync_consumers();
+        if (tr) tr[kRgFusedTraceSeen] = rgt::clk();
         const int R = (E + ranges - 1) / ranges, e0 = r * R;
         const i64 n = static_cast<i64>(E) * K;
         for (int i = ct; i < R * 32; i += 256) {
@@ -292,6 +306,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
                                      __float_as_uint(sum[3])}});
         }
       }
+    }
+    if (tr) {
+      tr[kRgFusedTraceEnd] = rgt::clk();
+      tr[kRgFusedTraceEndNs] = globaltimer_ns();
     }
   }
 #else

@@ -1830,6 +1830,92 @@ TEST_F(RouterGemmTest, BwdFusedAB) {
                    40, /*ref: fused*/ 1);
 }
 
+// Per-CTA timeline of the fused backward at 8192 × 2048 → 256 (measurement; prints): one traced call after an L2 flush
+// per config; per CTA (consumer warpgroup 0's lead): entry, tile 0 ready, main loop done, dw partial stored, the
+// block's ranges seen, end — µs after the first CTA's entry (p10 / p50 / p90 over the CTAs), and the median cycles
+// between consecutive tiles' MMA issues. The traced outputs must equal the untraced ones bit for bit.
+TEST_F(RouterGemmTest, BwdFusedTimeline) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = BwdIssueBuffers::T, K = BwdIssueBuffers::K, E = BwdIssueBuffers::E;
+  BwdIssueBuffers bufs(r, mix_seed({0xf8}), mix_seed({0xf9}), mix_seed({0xfa}));
+  DeviceBuffer &gb = bufs.gb, &xb = bufs.xb, &wb = bufs.wb, &dxb = bufs.dxb, &dwb = bufs.dwb, &wsb = bufs.wsb;
+  const int64_t ws_elems = bufs.ws_elems;
+  const size_t slots = 1024 * static_cast<size_t>(kRgFusedTraceSlots);
+  DeviceBuffer tb(r, slots * 8);
+  detail::L2Flusher l2(r, nullptr);
+  for (const detail::RouterGemmConfig& cf :
+       {detail::RouterGemmConfig{64, 128, 64, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 64, 1, 8, 2},
+        detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 16, 1, 8, 2}}) {
+    SCOPED_TRACE(fmt_config(cf));
+    auto call = [&] {
+      detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
+                                          wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
+                                          dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 4, 4, &cf,
+                                          nullptr, nullptr);
+    };
+    call();
+    synchronize();
+    const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
+    const std::vector<float> dw0 = dwb.download<float>(E * K);
+    tb.fill(0);
+    l2.flush(nullptr);
+    detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
+    call();
+    synchronize();
+    detail::router_gemm_trace.store(nullptr);
+    EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
+    EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
+    const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
+    auto at = [&](int c, int slot) { return tr[static_cast<size_t>(c) * kRgFusedTraceSlots + slot]; };
+    int n = 0;
+    while (n < 1024 && at(n, kRgFusedTraceStartNs) != 0) ++n;
+    ASSERT_GT(n, 0);
+    std::vector<double> rate;
+    uint64_t t0 = ~0ull;
+    for (int c = 0; c < n; ++c) {
+      const uint64_t gs = at(c, kRgFusedTraceStartNs), ge = at(c, kRgFusedTraceEndNs);
+      const uint64_t cs = at(c, kRgFusedTraceStartClk), ce = at(c, kRgFusedTraceEnd);
+      if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+      t0 = std::min(t0, gs);
+    }
+    ASSERT_FALSE(rate.empty());
+    const double ghz = detail::median(rate);  // cycles per ns
+    auto pct = [](std::vector<double> v) {
+      std::sort(v.begin(), v.end());
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%6.2f %6.2f %6.2f", v[v.size() / 10], v[v.size() / 2], v[v.size() * 9 / 10]);
+      return std::string(buf);
+    };
+    std::printf("[fused timeline] %s: %d CTAs, SM clock %.3f GHz (µs after the first entry: p10 p50 p90)\n",
+                fmt_config(cf).c_str(), n, ghz);
+    const std::pair<const char*, int> phases[] = {{"entry", -1},
+                                                  {"tile 0 ready", kRgFusedTraceReady},
+                                                  {"main loop done", kRgFusedTraceLoop},
+                                                  {"partial stored", kRgFusedTraceStored},
+                                                  {"ranges seen", kRgFusedTraceSeen},
+                                                  {"end", kRgFusedTraceEnd}};
+    for (auto [name, slot] : phases) {
+      std::vector<double> v;
+      for (int c = 0; c < n; ++c) {
+        const double start = static_cast<double>(at(c, kRgFusedTraceStartNs) - t0) / 1000.0;
+        if (slot < 0) v.push_back(start);
+        else if (at(c, slot) >= at(c, kRgFusedTraceStartClk))
+          v.push_back(start + static_cast<double>(at(c, slot) - at(c, kRgFusedTraceStartClk)) / ghz / 1000.0);
+      }
+      if (!v.empty()) std::printf("[fused timeline]   %-16s %s\n", name, pct(v).c_str());
+    }
+    std::vector<double> gap;  // cycles between consecutive tiles' MMA issues
+    for (int c = 0; c < n; ++c)
+      for (int k = 1; k < 32; ++k) {
+        const uint64_t a0 = at(c, kRgFusedTraceTile + k - 1), a1 = at(c, kRgFusedTraceTile + k);
+        if (a0 && a1 > a0) gap.push_back(static_cast<double>(a1 - a0));
+      }
+    if (!gap.empty())
+      std::printf("[fused timeline]   cycles a tile    %s (tensor at the full rate: 3072)\n", pct(gap).c_str());
+  }
+}
+
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
 // bf16(g) dx and the `high` dw, within their bounds; with the advertised workspace.
 TEST_F(RouterGemmTest, BwdTmaStandardIsTheDefault) {
