@@ -49,7 +49,9 @@ enum : uint32_t {
   // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 64, wm = the consumer
   // warpgroups multiplying a tile's dx block (2: 64 columns each; 1: alternate tiles, all 128), wn = most T ranges,
   // stages 2; bk = how g enters: 64 = fp32 tiles of 64 tokens (TMA) converted to hi / lo in place, 16 = split ahead
-  // into 16-bit hi / lo by router_gemm_g_split_kernel (kGSplit) and loaded by TMA.
+  // into 16-bit hi / lo by router_gemm_g_split_kernel (kGSplit) and loaded by TMA, 32 = split into hi / lo by the
+  // fused grid's producer warps (1/KB of each tile's rows a block, tagged tile flags; where the grid is resident,
+  // else the bk 16 form).
   kBwdFused = 16,
   // The fused backward's g operand split ahead (bk 16 form): hi = bf16(g), lo = bf16(g − hi) into the workspace.
   kGSplit = 17
@@ -131,7 +133,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   if (s.kernel == kBwdFused) {
     source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
     name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_BK] == 16 ? "true" : "false");
+                       s.config[C_WM], s.config[C_BK] == 16 ? 1 : s.config[C_BK] == 32 ? 2 : 0);
     return;
   }
   if (s.kernel == kGSplit) {
@@ -261,7 +263,8 @@ bool valid(const Specialization& s) {
   if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, dx by wm = 2 consumers (64 columns each) or 1
                               // (alternate tiles, 128 columns), up to wn (≤ 8) T ranges, 2 stages
     return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 &&
-           (c[C_BK] == 64 || c[C_BK] == 16) && (c[C_WM] == 1 || c[C_WM] == 2) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_BK] == 64 || c[C_BK] == 16 || (c[C_BK] == 32 && c[C_WM] == 2)) && (c[C_WM] == 1 || c[C_WM] == 2) &&
+           c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -444,6 +447,8 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       set_config(s, 64, 128, 16, 2, 8, 2);
       add(s);
       set_config(s, 64, 128, 16, 1, 8, 2);
+      add(s);
+      set_config(s, 64, 128, 32, 2, 8, 2);  // g split by the fused grid itself
       add(s);
       break;
     case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
@@ -960,9 +965,10 @@ constexpr bool kBwdFusedDefault = false;
 // ([ranges, E, K], then one flag word a CTA: the in-kernel sum).
 struct FusedPlan {
   int ranges = 0, rows = 0;
-  int64_t workspace_elems = 0, split_offset = 0;
+  int64_t part_elems = 0, flag_words = 0, tflag_words = 0, split_offset = 0, workspace_elems = 0;
 };
-// (bk 16: + g's hi / lo, [T, E] bf16 each, after them.)
+// Workspace: the range partials and one flag word a CTA (more than one range), then (bk 32) one flag word a tile and
+// block, then (bk 16, 32) g's hi / lo ([T, E] bf16 each).
 FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
   FusedPlan p;
   if (T <= 0) return p;
@@ -971,11 +977,13 @@ FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
   const int64_t per = (chunks + want - 1) / want;  // 64-token tiles a range
   p.rows = static_cast<int>(per * 64);
   p.ranges = static_cast<int>((chunks + per - 1) / per);
-  p.workspace_elems = p.ranges > 1 ? p.ranges * E * K + round_up(blocks * p.ranges, 4) : 0;
-  if (s.config[C_BK] == 16) {
-    p.split_offset = p.workspace_elems;
-    p.workspace_elems += T * E;  // (two bf16 [T, E] halves)
+  if (p.ranges > 1) {
+    p.part_elems = p.ranges * E * K;
+    p.flag_words = round_up(blocks * p.ranges, 4);
   }
+  if (s.config[C_BK] == 32) p.tflag_words = round_up(p.ranges * per * blocks, 4);
+  p.split_offset = p.part_elems + p.flag_words + p.tflag_words;
+  p.workspace_elems = p.split_offset + (s.config[C_BK] != 64 ? T * E : 0);
   return p;
 }
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
@@ -1049,8 +1057,20 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         fused_shape(K, E))
       variant = 4;
     if (variant == 4) {  // the fused backward: one launch (+ dw_reduce where its grid is not resident at once)
-      const Specialization sf = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx ? force_dx : force_dw);
-      const FusedPlan fp = fused_plan(sf, T, sm_count(rt));
+      Specialization sf = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx ? force_dx : force_dw);
+      FusedPlan fp = fused_plan(sf, T, sm_count(rt));
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(K / 128);
+      d.grid[1] = static_cast<unsigned>(fp.ranges);
+      d.block[0] = static_cast<unsigned>(threads(sf));
+      d.smem = static_cast<unsigned>(smem_bytes(sf));
+      const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
+      const bool resident = resident_clusters(impl, impl.kernel(sf), 1, d.block[0], d.smem) >= ctas;
+      if (sf.config[C_BK] == 32 && !resident) {  // (its blocks wait for each other's split: the split kernel instead)
+        sf.config[C_BK] = 16;
+        fp = fused_plan(sf, T, sm_count(rt));
+      }
+      const int gp = sf.config[C_BK] == 16 ? 1 : sf.config[C_BK] == 32 ? 2 : 0;
       if (fp.workspace_elems > 0 && workspace.defined() && workspace.numel() < fp.workspace_elems)
         ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
                                                 fp.workspace_elems, workspace.numel()));
@@ -1065,21 +1085,26 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         }
       }
       RouterGemmBwdFusedArgs a{};
-      const bool pre = sf.config[C_BK] == 16;  // g split ahead into the workspace
       encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
       encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
-      if (pre) {
+      if (gp != 0) {  // g split into the workspace (by the split kernel, or by the fused grid itself)
         char* hi = reinterpret_cast<char*>(ws + fp.split_offset);
-        const RouterGemmGSplitArgs sa{static_cast<const float*>(g.data), gr.stride, hi, hi + T * E * 2,
-                                      static_cast<int>(T)};
+        a.hi = hi;
+        a.lo = hi + T * E * 2;
+        encode_tma_2d(a.tmhi, a.hi, E, T, E * 2, 64);
+        encode_tma_2d(a.tmlo, a.lo, E, T, E * 2, 64);
+        a.g = static_cast<const float*>(g.data);
+        a.g_stride = gr.stride;
+      } else {
+        encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
+      }
+      if (gp == 1) {
+        const RouterGemmGSplitArgs sa{static_cast<const float*>(g.data), gr.stride, a.hi, a.lo, static_cast<int>(T)};
         LaunchDims sd;
         sd.grid[0] = static_cast<unsigned>((T * E / 8 + 255) / 256);
         sd.block[0] = 256;
         impl.launch(spec(arch, kGSplit, K, E), sd, stream, sa);
-        encode_tma_2d(a.tmhi, sa.hi, E, T, E * 2, 64);
-        encode_tma_2d(a.tmlo, sa.lo, E, T, E * 2, 64);
-      } else {
-        encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
+        d.pdl = true;  // launched while the split drains; its producer waits for it before the first g tile
       }
       a.dx = dx.data;
       a.dx_stride = dxr.stride;
@@ -1089,20 +1114,15 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.split_rows = fp.rows;
       a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore);
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(K / 128);
-      d.grid[1] = static_cast<unsigned>(fp.ranges);
-      d.block[0] = static_cast<unsigned>(threads(sf));
-      d.smem = static_cast<unsigned>(smem_bytes(sf));
-      d.pdl = pre;  // launched while the split drains; its producer waits for it before the first g tile
-      const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
       const bool fused_sum = fp.ranges > 1 && !(a.measure & kRgSkipStore) &&
-                             !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
-                             resident_clusters(impl, impl.kernel(sf), 1, d.block[0], d.smem) >= ctas;
-      if (fused_sum) {
-        a.flags = reinterpret_cast<unsigned*>(ws + fp.ranges * E * K);
-        a.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(a.flags), static_cast<size_t>(ctas), stream,
+                             !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) && resident;
+      if (fused_sum || gp == 2) {  // one tag for the range flags and the tile flags
+        unsigned* flags = reinterpret_cast<unsigned*>(ws + fp.part_elems);
+        a.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(flags),
+                                   static_cast<size_t>(fp.flag_words + fp.tflag_words), stream,
                                    "cuMemsetD32Async (router_gemm fused backward flags)");
+        if (fused_sum) a.flags = flags;
+        if (gp == 2) a.tflags = flags + fp.flag_words;
       }
       impl.launch(sf, d, stream, a);
       if (fp.ranges > 1 && !fused_sum && !(a.measure & kRgSkipStore)) {  // the ranges' partials, in range order

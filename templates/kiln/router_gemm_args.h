@@ -118,7 +118,11 @@ struct RouterGemmBwdFusedArgs {
   TensorMap tmw;
   TensorMap tmg;
   TensorMap tmx;
-  TensorMap tmhi, tmlo;                 // PRE: g's bf16 hi / lo [T, E] (router_gemm_g_split_kernel) in boxes of 64 × 64
+  TensorMap tmhi, tmlo;                 // GP 1, 2: g's bf16 hi / lo [T, E] in boxes of 64 × 64
+  const float* g; long long g_stride;   // GP 2: g, split by the kernel's producer warps 1–3 into hi / lo
+  void* hi;
+  void* lo;
+  unsigned* tflags;                     // GP 2: [gridDim.y, tiles, gridDim.x]: tile c of range r split by block kb
   void* dx; long long dx_stride;
   float* dw;                            // [E, K] contiguous
   float* partial;                       // [ranges, E, K] when ranges > 1, else null

@@ -41,14 +41,19 @@ struct BoolC {
 // DXW: the warpgroups multiplying a tile's dx block — 2: each its 64 columns (m64n64k16, every tile); 1: one
 // warpgroup all 128 columns (m64n128k16, the dx kernel's instruction), warpgroup (tile & 1): half the dx operand
 // bytes read from shared memory (its A tile once), 64 more accumulator registers.
-// PRE: g enters already split (bf16 hi / lo from router_gemm_g_split_kernel, launched just before: this grid is
-// launched with PDL and its producer waits for it before the first g tile) — TMA lands the hi / lo atoms straight
-// in the stage, no fp32 tile and no conversion (−128 KB of shared-memory traffic a tile, no consumer barrier).
-template <int K, int E, int DXW, bool PRE = false>
+// GP, how g enters: 0 = fp32 tiles (TMA) converted in place by the consumers; 1 = already split (bf16 hi / lo from
+// router_gemm_g_split_kernel, launched just before: this grid is launched with PDL and its producer waits for it
+// before the first g tile); 2 = split by this grid: producer warps 1–3 of the CTAs of range r split rows kb, kb + KB,
+// … of each of its tiles into hi / lo (global), publishing a tagged flag a tile (the whole grid is resident), and the
+// producer waits for the KB flags of a tile before loading it. 1 and 2: TMA lands the hi / lo atoms straight in the
+// stage, no fp32 tile and no conversion (−128 KB of shared-memory traffic a tile, no consumer barrier).
+template <int K, int E, int DXW, int GP = 0>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E == 64 || E == 128 || E == 256, "E: 64, 128 or 256 (one wgmma N)");
   static_assert(DXW == 1 || DXW == 2, "dx by 1 or 2 warpgroups");
+  static_assert(GP >= 0 && GP <= 2 && (GP != 2 || DXW == 2), "GP 2: its split warps need 40 registers (DXW = 2)");
+  constexpr bool PRE = GP != 0;  // hi / lo land by TMA
   static_assert(K % 128 == 0, "K: whole 128-column blocks");
   static_assert(router_gemm_bwd_fused_smem_bytes(E) <= 227 * 1024, "shared memory");
   constexpr int EC = E / 64, GB = EC * 16384, STAGE = GB + 16384, W_BYTES = EC * 16384, TM = 64;
@@ -77,6 +82,52 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
 
   if (wg == 0) {  // producer: one thread
     setmaxnreg_dec<DXW == 1 ? 24 : 40>();  // (DXW = 1: 24 + 2 × 240 for its 192 accumulator registers)
+    constexpr int KB = K / 128;
+    const int CH = a.split_rows / TM;  // tiles a range (the tile flags' stride)
+    if (GP == 2 && tid >= 32) {
+      // Split: rows q = kb, kb + KB, … < 64 of each tile of the range (2 units of 8 experts a thread at a time),
+      // then (all 96 threads' stores done) one thread publishes the tile's flag.
+      const int ct2 = tid - 32;
+      for (int c = 0; c < chunks; ++c) {
+        const int row0 = t0 + c * TM;
+        const int nq = (TM - kb + KB - 1) / KB;  // rows of the tile this block splits (kb < KB)
+        const int units = nq * (E / 8);
+        for (int u0 = ct2; u0 < units; u0 += 2 * 96) {
+          Vec16 v[2][2];
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int u = u0 + b * 96, row = row0 + kb + KB * (u / (E / 8)), e = 8 * (u % (E / 8));
+            v[b][0] = v[b][1] = Vec16{};
+            if (u < units && row < a.T) {
+              const float* src = a.g + static_cast<i64>(row) * a.g_stride + e;
+              v[b][0] = load16_stream(src);
+              v[b][1] = load16_stream(src + 4);
+            }
+          }
+#pragma unroll
+          for (int b = 0; b < 2; ++b) {
+            const int u = u0 + b * 96, row = row0 + kb + KB * (u / (E / 8)), e = 8 * (u % (E / 8));
+            if (u < units && row < a.T) {
+              Vec16 hi, lo;
+#pragma unroll
+              for (int q = 0; q < 4; ++q)
+                rg::split_bf16x2(__uint_as_float(v[b][q >> 1].w[2 * (q & 1)]),
+                                 __uint_as_float(v[b][q >> 1].w[2 * (q & 1) + 1]), hi.w[q], lo.w[q]);
+              const i64 off = (static_cast<i64>(row) * E + e) * 2;
+              store16(static_cast<char*>(a.hi) + off, hi);
+              store16(static_cast<char*>(a.lo) + off, lo);
+            }
+          }
+        }
+        // (generic stores → the TMA loads of other CTAs: proxy fence, then release at GPU scope)
+        asm volatile("fence.proxy.async.global;" ::: "memory");
+        asm volatile("bar.sync 6, 96;" ::: "memory");
+        if (ct2 == 0) {
+          unsigned* f = a.tflags + (static_cast<i64>(r) * CH + c) * KB + kb;
+          asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
+        }
+      }
+    }
     if (tid == 0 && chunks > 0) {
       prefetch_tmap(&a.tmw);
       if constexpr (PRE) {
@@ -102,8 +153,27 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
 #pragma unroll
         for (int ca = 0; ca < 2; ++ca)
           rgt::tma_load_2d_evict_first(st + GB + ca * 8192, &a.tmx, full, n0 + ca * 64, t, policy);
+        if constexpr (GP == 2) {  // tile c's rows split by every block of the range (relaxed loads, then one fence)
+          const unsigned* f = a.tflags + (static_cast<i64>(r) * CH + c) * KB;
+          u64 tw = 0;
+          for (u32 n = 0;; ++n) {
+            bool all = true;
+            for (int y = 0; y < KB; ++y) {
+              unsigned v;
+              asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f + y) : "memory");
+              all = all && v == a.tag;
+            }
+            if (all) break;
+            if ((n & 255u) == 0) {  // (2 s: a block that never splits — a bug, not a wait)
+              const u64 now = globaltimer_ns();
+              if (tw == 0) tw = now;
+              else if (now - tw > 2000000000ull) __trap();
+            }
+          }
+          asm volatile("fence.acq_rel.gpu;\nfence.proxy.async.global;" ::: "memory");
+        }
         if constexpr (PRE) {
-          if (c == 0) pdl_wait();  // hi / lo come from router_gemm_g_split_kernel (w and the first x tile went before)
+          if (GP == 1 && c == 0) pdl_wait();  // hi / lo from router_gemm_g_split_kernel (w, x tile 0 went before)
 #pragma unroll
           for (int ec = 0; ec < EC; ++ec) {
             tma_load_2d(st + ec * 16384, &a.tmhi, full, ec * 64, t);

@@ -1795,6 +1795,33 @@ TEST_F(RouterGemmTest, BwdFusedMatchesTwoKernels) {
     EXPECT_TRUE(want.check_dw(f.dw, 4));
   }
 }
+// The fused backward with g split by its own grid (bk 32: producer warps 1–3 of the blocks of a range split 1/KB of
+// each tile's rows into the workspace, tagged tile flags; the same hi / lo, so the same bits as the default config),
+// at shapes with 1, 6, 8 and 2 ranges (K = 7168: 56 blocks), then timed call by call against the default config and
+// the split kernel (bk 16) at 8192 × 2048 → 256. A test of its own: a fault here leaves the other tests' numbers.
+TEST_F(RouterGemmTest, BwdFusedInKernelSplit) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const detail::RouterGemmConfig ins{64, 128, 32, 2, 8, 2};
+  for (const Shape sh : {Shape{7, 1536, 64}, Shape{333, 2048, 128}, Shape{4097, 2048, 256}, Shape{2048, 7168, 256}}) {
+    const auto [T, K, E] = sh;
+    SCOPED_TRACE("T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+    const uint64_t seed = mix_seed({0xf3, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
+    const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
+    const Bwd f = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 4, 4);
+    const Bwd in = run_bwd(g, x, w, T, K, E, true, true, &ins, nullptr, false, 4, 4);
+    EXPECT_TRUE(in.guards_ok);
+    EXPECT_TRUE(bitwise_equal("dx (split in the kernel vs default config)", in.dx, f.dx));
+    EXPECT_TRUE(bitwise_equal("dw (split in the kernel vs default config)", in.dw, f.dw));
+  }
+  static const detail::RouterGemmConfig pre2{64, 128, 16, 2, 8, 2};
+  static const detail::RouterGemmConfig ins2{64, 128, 32, 2, 8, 2};
+  OneLaunchAB::run({{"fused (variant 4)", 4, 0, 0, true, true, true},
+                    {"fused, g split ahead (bk 16)", 4, 0, 0, true, true, true, &pre2},
+                    {"fused, g split in the kernel (bk 32)", 4, 0, 0, true, true, true, &ins2},
+                    {"one launch (op default)", -1, 0, 0, true, true, false}},
+                   30, 0);
+}
 // The fused backward's misuse: a shape it does not serve, or only one output, is refused naming the variant.
 TEST_F(RouterGemmTest, BwdFusedRefusesWhatItDoesNotServe) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -1846,7 +1873,8 @@ TEST_F(RouterGemmTest, BwdFusedTimeline) {
   detail::L2Flusher l2(r, nullptr);
   for (const detail::RouterGemmConfig& cf :
        {detail::RouterGemmConfig{64, 128, 64, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 64, 1, 8, 2},
-        detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 16, 1, 8, 2}}) {
+        detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 16, 1, 8, 2},
+        detail::RouterGemmConfig{64, 128, 32, 2, 8, 2}}) {
     SCOPED_TRACE(fmt_config(cf));
     auto call = [&] {
       detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
