@@ -46,9 +46,8 @@ enum : uint32_t {
   // cluster, wn = most T ranges, stages = dw's).
   kBwdTma = 15,
   // The fused backward (precision standard, session 11): dx and dw in one streaming pass over T per 128-column block
-  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 64, wm = the consumer
-  // warpgroups multiplying a tile's dx block (2: 64 columns each; 1: alternate tiles, all 128), wn = most T ranges,
-  // stages 2; bk = how g enters: 64 = fp32 tiles of 64 tokens (TMA) converted to hi / lo in place, 16 = split ahead
+  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), wm 2 (consumers; session 11
+  // round 1 measured wm 1 — dx by alternate warpgroups — slower, removed), wn = most T ranges, stages 2; bk = how g enters: 64 = fp32 tiles of 64 tokens (TMA) converted to hi / lo in place, 16 = split ahead
   // into 16-bit hi / lo by router_gemm_g_split_kernel (kGSplit) and loaded by TMA, 32 = split into hi / lo by the
   // fused grid's producer warps (1/KB of each tile's rows a block, tagged tile flags; where the grid is resident,
   // else the bk 16 form).
@@ -132,8 +131,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kBwdFused) {
     source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_WM], s.config[C_BK] == 16 ? 1 : s.config[C_BK] == 32 ? 2 : 0);
+    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E],
+                       s.config[C_BK] == 16 ? 1 : s.config[C_BK] == 32 ? 2 : 0);
     return;
   }
   if (s.kernel == kGSplit) {
@@ -260,11 +259,10 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, dx by wm = 2 consumers (64 columns each) or 1
-                              // (alternate tiles, 128 columns), up to wn (≤ 8) T ranges, 2 stages
+  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, 2 consumers (dx: 64 columns each), g in by bk,
+                              // up to wn (≤ 8) T ranges, 2 stages
     return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 &&
-           (c[C_BK] == 64 || c[C_BK] == 16 || (c[C_BK] == 32 && c[C_WM] == 2)) && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_BK] == 64 || c[C_BK] == 16 || c[C_BK] == 32) && c[C_WM] == 2 && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -441,14 +439,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
-    case kBwdFused:  // dx by alternate warpgroups (m64n128: the dx operands read once); g split ahead (bk 16)
-      set_config(s, 64, 128, 64, 1, 8, 2);
-      add(s);
+    case kBwdFused:  // g split ahead (bk 16) or by the fused grid itself (bk 32)
       set_config(s, 64, 128, 16, 2, 8, 2);
       add(s);
-      set_config(s, 64, 128, 16, 1, 8, 2);
-      add(s);
-      set_config(s, 64, 128, 32, 2, 8, 2);  // g split by the fused grid itself
+      set_config(s, 64, 128, 32, 2, 8, 2);
       add(s);
       break;
     case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
@@ -1087,6 +1081,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       RouterGemmBwdFusedArgs a{};
       encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
       encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
+      encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
       if (gp != 0) {  // g split into the workspace (by the split kernel, or by the fused grid itself)
         char* hi = reinterpret_cast<char*>(ws + fp.split_offset);
         a.hi = hi;
@@ -1112,7 +1107,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.partial = fp.ranges > 1 ? ws : nullptr;  // (partials first, then the flags, then hi / lo)
       a.T = static_cast<int>(T);
       a.split_rows = fp.rows;
-      a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore);
+      a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore | kRgFusedSkipDx);
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
       const bool fused_sum = fp.ranges > 1 && !(a.measure & kRgSkipStore) &&
                              !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) && resident;

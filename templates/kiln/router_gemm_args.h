@@ -118,6 +118,7 @@ struct RouterGemmBwdFusedArgs {
   TensorMap tmw;
   TensorMap tmg;
   TensorMap tmx;
+  TensorMap tmdx;                       // dx [T, K] bf16 in boxes of 64 × 64 (its TMA stores)
   TensorMap tmhi, tmlo;                 // GP 1, 2: g's bf16 hi / lo [T, E] in boxes of 64 × 64
   const float* g; long long g_stride;   // GP 2: g, split by the kernel's producer warps 1–3 into hi / lo
   void* hi;
@@ -133,6 +134,8 @@ struct RouterGemmBwdFusedArgs {
   int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore
   unsigned long long* trace;            // measurement only (null in the ops): kRgFusedTraceSlots a CTA (kRgFused*)
 };
+// Measurement (the fused backward, RouterGemmBwdFusedArgs::measure): its dx blocks are not stored (dw as usual).
+constexpr int kRgFusedSkipDx = 1 << 25;
 // Trace of the fused backward (consumer warpgroup 0's lead thread): globaltimer ns and SM clock at entry, SM id, then
 // SM clock: tile 0 ready (landed / converted), main loop done, dw partial stored, the block's ranges seen (in-kernel
 // sum), end (and globaltimer ns at the end); tile c's MMAs issued at kRgFusedTraceTile + c (c < 32).

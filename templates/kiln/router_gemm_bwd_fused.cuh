@@ -13,11 +13,11 @@
 //   * dwᵀ[n0 + 64j …, e] += xᵀ · hi + xᵀ · lo: consumer warpgroup j takes the 64 columns of x atom j (M-major A from
 //     shared memory) against all E experts (N-major B: hi / lo atoms), m64nEk16, 4 k16 steps each — its E/2
 //     accumulator registers a thread stay live over the whole range;
-//   * dx[t0 …, n0 …] = hi · w[:, n0 …]: (DXW = 2) warpgroup j takes 64 of the block's columns, m64n64k16, or (DXW =
-//     1) warpgroup (tile & 1) all 128, m64n128k16 (the dx kernel's instruction); over ec then k16 (the dx kernel's
-//     products in its order), stored from the registers (bf16 pairs, rows past T masked) while dw's MMAs run.
-// Two wgmma groups per tile and warpgroup (dw, then dx); waiting for all but the newest releases the previous tile's
-// stage to the producer and its dx block to the stores.
+//   * dx[t0 …, n0 + 64j …] = hi · w[:, n0 + 64j …]: warpgroup j takes 64 of the block's columns, m64n64k16 over ec
+//     then k16 (the dx kernel's products in its order: the same bits); once the tile's MMAs are done, the block goes
+//     through x atom j of the stage (only this warpgroup's dw MMAs read it; stmatrix, swizzled as dx's 64 × 64 TMA
+//     box) and out by one TMA store (rows past T clipped), read before the stage goes back to the producer.
+// Two wgmma groups per tile and warpgroup (dx, then dw), both retired before the next tile's are issued.
 // Epilogue: dwᵀ from the registers to dw (one range) or to partial[r]; then (flags) the column block's ranges add the
 // partials in range order, CTA r rows [r·ceil(E/R), …) of the block.
 #pragma once
@@ -31,28 +31,17 @@ __host__ __device__ constexpr int router_gemm_bwd_fused_smem_bytes(int E) {
   return 1024 + 3 * ((E + 63) / 64) * 16384 + 2 * 16384 + 64;
 }
 
-namespace rgf {
-template <bool B>
-struct BoolC {
-  static constexpr bool value = B;
-};
-}  // namespace rgf
-
-// DXW: the warpgroups multiplying a tile's dx block — 2: each its 64 columns (m64n64k16, every tile); 1: one
-// warpgroup all 128 columns (m64n128k16, the dx kernel's instruction), warpgroup (tile & 1): half the dx operand
-// bytes read from shared memory (its A tile once), 64 more accumulator registers.
 // GP, how g enters: 0 = fp32 tiles (TMA) converted in place by the consumers; 1 = already split (bf16 hi / lo from
 // router_gemm_g_split_kernel, launched just before: this grid is launched with PDL and its producer waits for it
 // before the first g tile); 2 = split by this grid: producer warps 1–3 of the CTAs of range r split rows kb, kb + KB,
 // … of each of its tiles into hi / lo (global), publishing a tagged flag a tile (the whole grid is resident), and the
 // producer waits for the KB flags of a tile before loading it. 1 and 2: TMA lands the hi / lo atoms straight in the
 // stage, no fp32 tile and no conversion (−128 KB of shared-memory traffic a tile, no consumer barrier).
-template <int K, int E, int DXW, int GP = 0>
+template <int K, int E, int GP = 0>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E == 64 || E == 128 || E == 256, "E: 64, 128 or 256 (one wgmma N)");
-  static_assert(DXW == 1 || DXW == 2, "dx by 1 or 2 warpgroups");
-  static_assert(GP >= 0 && GP <= 2 && (GP != 2 || DXW == 2), "GP 2: its split warps need 40 registers (DXW = 2)");
+  static_assert(GP >= 0 && GP <= 2, "g: converted in place, split ahead or split by this grid");
   constexpr bool PRE = GP != 0;  // hi / lo land by TMA
   static_assert(K % 128 == 0, "K: whole 128-column blocks");
   static_assert(router_gemm_bwd_fused_smem_bytes(E) <= 227 * 1024, "shared memory");
@@ -81,7 +70,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
   __syncthreads();
 
   if (wg == 0) {  // producer: one thread
-    setmaxnreg_dec<DXW == 1 ? 24 : 40>();  // (DXW = 1: 24 + 2 × 240 for its 192 accumulator registers)
+    setmaxnreg_dec<40>();
     constexpr int KB = K / 128;
     const int CH = a.split_rows / TM;  // tiles a range (the tile flags' stride)
     if (GP == 2 && tid >= 32) {
@@ -186,7 +175,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       }
     }
   } else {  // consumers
-    setmaxnreg_inc<DXW == 1 ? 240 : 232>();
+    setmaxnreg_inc<232>();
     const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5, cw = ct >> 5;
     const bool mma = !(a.measure & kRgSkipMma);
     // (measurement) consumer warpgroup 0's lead stamps the CTA's phases
@@ -199,27 +188,39 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       tr[kRgFusedTraceSm] = sm;
     }
     float accw[E / 2];  // dwᵀ: row n0 + 64j + 16·warp + lane/4 + 8·((i/2) & 1), expert 8·(i/4) + 2·(lane & 3) + (i & 1)
-    constexpr int NX = 128 / DXW;  // dx columns a warpgroup multiplies
-    // dx: token row 16·warp + lane/4 + 8·((i/2) & 1), column n0 + c0 + 8·(i/4) + 2·(lane & 3) + (i & 1), c0 = 64j (DXW
-    // = 2) or 0
-    float accx[NX / 2];
-    const int c0 = DXW == 2 ? 64 * j : 0;
+    // dx: token row 16·warp + lane/4 + 8·((i/2) & 1), column n0 + 64j + 8·(i/4) + 2·(lane & 3) + (i & 1)
+    float accx[32];
 #pragma unroll
     for (int i = 0; i < E / 2; ++i) accw[i] = 0.f;
 #pragma unroll
-    for (int i = 0; i < NX / 2; ++i) accx[i] = 0.f;
-    // This warpgroup's 64 × NX dx block of tile c from accx.
+    for (int i = 0; i < 32; ++i) accx[i] = 0.f;
+    // This warpgroup's 64 × 64 dx block of tile c from accx → x atom j of its stage (free: this warpgroup's dw MMAs
+    // of the tile are done) by stmatrix — register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns
+    // 8·(i/4) + 2·(l & 3) + {0, 1}: octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its
+    // row address from lanes 8m … 8m + 7) — then one TMA store (rows past T clipped), and the stage goes back to the
+    // producer once the store has read it.
     auto store_dx = [&](int c) {
-      if (a.measure & kRgSkipStore) return;
-      const int m0 = t0 + c * TM;
-      char* out = static_cast<char*>(a.dx) + (static_cast<i64>(m0) * a.dx_stride + n0 + c0) * 2;
+      const u32 buf = ring + (c & 1) * STAGE + GB + j * 8192;
+      const bool out = !(a.measure & (kRgSkipStore | kRgFusedSkipDx));  // (measurement)
+      if (out) {
+        const int mi = lane >> 3, row = warp * 16 + (mi & 1) * 8 + (lane & 7);
 #pragma unroll
-      for (int i = 0; i < NX / 2; i += 2) {
-        const int row = warp * 16 + (lane >> 2) + 8 * ((i >> 1) & 1), col = 8 * (i >> 2) + 2 * (lane & 3);
-        if (m0 + row < a.T)
-          asm volatile("st.global.b32 [%0], %1;" ::"l"(out + (static_cast<i64>(row) * a.dx_stride + col) * 2),
-                       "r"(cvt_bf16x2(accx[i], accx[i + 1]))
-                       : "memory");
+        for (int o = 0; o < 8; o += 2) {
+          const int jj = o + (mi >> 1);
+          rgt::stmatrix_x4(buf + row * 128 + ((jj ^ (row & 7)) << 4), cvt_bf16x2(accx[4 * o], accx[4 * o + 1]),
+                           cvt_bf16x2(accx[4 * o + 2], accx[4 * o + 3]), cvt_bf16x2(accx[4 * o + 4], accx[4 * o + 5]),
+                           cvt_bf16x2(accx[4 * o + 6], accx[4 * o + 7]));
+        }
+        fence_proxy_async();  // stmatrix writes → the copy engine's reads
+      }
+      rgt::bar_sync_wg(j);
+      if ((tid & 127) == 0) {
+        if (out) {
+          tma_store_2d(&a.tmdx, buf, n0 + 64 * j, t0 + c * TM);
+          bulk_commit();
+          bulk_wait_read();
+        }
+        mbar_arrive(empty0 + 8 * (c & 1));
       }
     };
     // fp32 g of tile c → hi / lo in place (stage c & 1, once it has landed). Row (ec, t) of the tile: 64 experts ×
@@ -260,28 +261,24 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
       convert(0);
     }
     if (tr) tr[kRgFusedTraceReady] = rgt::clk();
-    // Tile c: group X = dx (hi · w, NX columns; the first k16 step overwrites accx) where this warpgroup multiplies
-    // it (DX), group Y = dwᵀ += xᵀ · hi + xᵀ · lo; then tile c + 1's conversion (under X and Y), wait for X (all but
-    // one group) and store dx from accx while Y runs, wait for Y and release the stage. No group is in flight across
-    // tiles, and whether a tile has group X is known at compile time (ptxas serializes every wgmma otherwise).
-    auto tile = [&](int c, auto dxc) {
-      constexpr bool DX = decltype(dxc)::value;
+    // Tile c: group X = dx (hi · w, 64 columns; the first k16 step overwrites accx), group Y = dwᵀ += xᵀ · hi + xᵀ ·
+    // lo; then tile c + 1's conversion (under X and Y), wait for both, dx out through x atom j, release the stage.
+    // No group is in flight across tiles (ptxas serializes every wgmma otherwise).
+    for (int c = 0; c < chunks; ++c) {
       const u32 st = ring + (c & 1) * STAGE;
       if (tr && c < 32) tr[kRgFusedTraceTile + c] = rgt::clk();
       if (mma) {
         rg90::fence_regs(accx);
         rg90::fence_regs(accw);
         rg90::wgmma_fence();
-        if constexpr (DX) {
 #pragma unroll
-          for (int ec = 0; ec < EC; ++ec)
+        for (int ec = 0; ec < EC; ++ec)
 #pragma unroll
-            for (int ks = 0; ks < 4; ++ks)
-              rg90::wgmma_ss<NX, 0, 1>(accx, rg90::desc_sw128(st + ec * 16384 + ks * 32),
-                                       rg90::desc_sw128_mn(wsm + ec * 16384 + c0 * 128 + ks * 2048, 8192),
-                                       ec + ks > 0 ? 1 : 0);
-          rg90::wgmma_commit();
-        }
+          for (int ks = 0; ks < 4; ++ks)
+            rg90::wgmma_ss<64, 0, 1>(accx, rg90::desc_sw128(st + ec * 16384 + ks * 32),
+                                     rg90::desc_sw128_mn(wsm + ec * 16384 + j * 8192 + ks * 2048, 8192),
+                                     ec + ks > 0 ? 1 : 0);
+        rg90::wgmma_commit();
 #pragma unroll
         for (int ks = 0; ks < 4; ++ks) {
           const u64 ad = rg90::desc_sw128_mn(st + GB + j * 8192 + ks * 2048, 8192);  // xᵀ: M-major
@@ -291,28 +288,12 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
         rg90::wgmma_commit();
       }
       if (c + 1 < chunks) convert(c + 1);
-      if constexpr (DX) {
-        rg90::wgmma_wait<1>();  // (unconditional, as the wait below: ptxas then sees every group retired)
-        rg90::fence_regs(accx);
-        store_dx(c);
-      }
-      rg90::wgmma_wait<0>();
+      rg90::wgmma_wait<0>();  // (unconditional: ptxas then sees every group retired)
+      rg90::fence_regs(accx);
       rg90::fence_regs(accw);
-      if ((tid & 127) == 0) mbar_arrive(empty0 + 8 * (c & 1));
-    };
-    if constexpr (DXW == 2) {
-      for (int c = 0; c < chunks; ++c) tile(c, rgf::BoolC<true>{});
-    } else if (j == 0) {  // even tiles' dx
-      for (int c = 0; c < chunks; c += 2) {
-        tile(c, rgf::BoolC<true>{});
-        if (c + 1 < chunks) tile(c + 1, rgf::BoolC<false>{});
-      }
-    } else {  // odd tiles' dx
-      for (int c = 0; c < chunks; c += 2) {
-        tile(c, rgf::BoolC<false>{});
-        if (c + 1 < chunks) tile(c + 1, rgf::BoolC<true>{});
-      }
+      store_dx(c);
     }
+    if (chunks > 0 && (tid & 127) == 0) bulk_wait_read();  // (the last store read before the CTA exits: no-op)
 
     if (tr) tr[kRgFusedTraceLoop] = rgt::clk();
     // dwᵀ → dw (one range) or partial[r] ([E, K]): 4-byte stores, 8 consecutive columns of 4 experts a warp store.

@@ -1779,11 +1779,8 @@ TEST_F(RouterGemmTest, BwdFusedMatchesTwoKernels) {
     EXPECT_TRUE(bitwise_equal("dx (fused, in-kernel sum vs dw_reduce)", f.dx, sep.dx));
     const Bwd again = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, 4, 4);
     EXPECT_TRUE(bitwise_equal("dw (fused, second call)", f.dw, again.dw));
-    // dx by alternate warpgroups (wm 1: m64n128, the dx kernel's instruction), g split ahead (bk 16): the same
-    // products in the same order — the same bits.
-    for (const detail::RouterGemmConfig& cf : {detail::RouterGemmConfig{64, 128, 64, 1, 8, 2},
-                                               detail::RouterGemmConfig{64, 128, 16, 2, 8, 2},
-                                               detail::RouterGemmConfig{64, 128, 16, 1, 8, 2}}) {
+    // g split ahead (bk 16): the same products in the same order — the same bits.
+    for (const detail::RouterGemmConfig& cf : {detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}}) {
       SCOPED_TRACE("config " + fmt_config(cf));
       const Bwd f1 = run_bwd(g, x, w, T, K, E, true, true, &cf, nullptr, false, 4, 4);
       EXPECT_TRUE(f1.guards_ok);
@@ -1834,20 +1831,18 @@ TEST_F(RouterGemmTest, BwdFusedRefusesWhatItDoesNotServe) {
   }
 }
 // Measurement (prints): the fused backward against the op's default (the one launch) and the two kernels, call by call
-// at 8192 × 2048 → 256 (L2 flushed before every call), with its dx by alternate warpgroups (wm 1), g split ahead by
-// router_gemm_g_split_kernel (bk 16), both, and ablations of the
-// fused kernel: no MMAs (data movement and the in-place conversion alone), no stores (no dx, no dw partials / sum),
+// at 8192 × 2048 → 256 (L2 flushed before every call), with g split ahead by router_gemm_g_split_kernel (bk 16), and
+// ablations: no MMAs (data movement and the conversion alone), no stores (no dx, no dw partials / sum), no dx stores,
 // the ranges' sum by dw_reduce.
 TEST_F(RouterGemmTest, BwdFusedAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  static const detail::RouterGemmConfig alt{64, 128, 64, 1, 8, 2};  // dx by alternate warpgroups
   static const detail::RouterGemmConfig pre2{64, 128, 16, 2, 8, 2};  // g split ahead (g_split kernel)
-  static const detail::RouterGemmConfig pre1{64, 128, 16, 1, 8, 2};  // both
   OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
                     {"fused (variant 4)", 4, 0, 0, true, true, false},
-                    {"fused, dx by alternate warpgroups (wm 1)", 4, 0, 0, true, true, false, &alt},
                     {"fused, g split ahead (bk 16)", 4, 0, 0, true, true, false, &pre2},
-                    {"fused, g split ahead + wm 1", 4, 0, 0, true, true, false, &pre1},
+                    {"fused bk 16, no stores", 4, kRgSkipStore, 0, true, true, false, &pre2},
+                    {"fused bk 16, no dx stores", 4, kRgFusedSkipDx, 0, true, true, false, &pre2},
+                    {"fused bk 16, no MMAs", 4, kRgSkipMma, 0, true, true, false, &pre2},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"fused, no MMAs", 4, kRgSkipMma, 0, true, true, false},
                     {"fused, no stores", 4, kRgSkipStore, 0, true, true, false},
@@ -1872,8 +1867,7 @@ TEST_F(RouterGemmTest, BwdFusedTimeline) {
   DeviceBuffer tb(r, slots * 8);
   detail::L2Flusher l2(r, nullptr);
   for (const detail::RouterGemmConfig& cf :
-       {detail::RouterGemmConfig{64, 128, 64, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 64, 1, 8, 2},
-        detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 16, 1, 8, 2},
+       {detail::RouterGemmConfig{64, 128, 64, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 16, 2, 8, 2},
         detail::RouterGemmConfig{64, 128, 32, 2, 8, 2}}) {
     SCOPED_TRACE(fmt_config(cf));
     auto call = [&] {
