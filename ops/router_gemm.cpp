@@ -1105,6 +1105,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.dx_stride = dxr.stride;
       a.dw = static_cast<float*>(dw.data);
       a.partial = fp.ranges > 1 ? ws : nullptr;  // (partials first, then the flags, then hi / lo)
+      if (fp.ranges > 1) encode_tma_2d(a.tmpart, a.partial, K, fp.ranges * E, K * 4, static_cast<int>(E), /*f32=*/true);
+      else encode_tma_2d(a.tmpart, dw.data, K, E, K * 4, static_cast<int>(E), /*f32=*/true);
       a.T = static_cast<int>(T);
       a.split_rows = fp.rows;
       a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore | kRgFusedSkipDx);

@@ -119,6 +119,7 @@ struct RouterGemmBwdFusedArgs {
   TensorMap tmg;
   TensorMap tmx;
   TensorMap tmdx;                       // dx [T, K] bf16 in boxes of 64 × 64 (its TMA stores)
+  TensorMap tmpart;                     // the partials [ranges·E, K] (or dw [E, K]) fp32 in boxes of 32 × E
   TensorMap tmhi, tmlo;                 // GP 1, 2: g's bf16 hi / lo [T, E] in boxes of 64 × 64
   const float* g; long long g_stride;   // GP 2: g, split by the kernel's producer warps 1–3 into hi / lo
   void* hi;

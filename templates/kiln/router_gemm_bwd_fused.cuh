@@ -296,14 +296,28 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     if (chunks > 0 && (tid & 127) == 0) bulk_wait_read();  // (the last store read before the CTA exits: no-op)
 
     if (tr) tr[kRgFusedTraceLoop] = rgt::clk();
-    // dwᵀ → dw (one range) or partial[r] ([E, K]): 4-byte stores, 8 consecutive columns of 4 experts a warp store.
+    // dwᵀ → dw (one range) or partial[r] ([E, K]) by TMA stores: once both warpgroups are done with the ring (their
+    // MMAs retired, dx stores read), warpgroup j stages its E × 64 block of dw (experts × columns n0 + 64j …) as two
+    // boxes of E rows × 32 columns (128-byte rows, 16-byte pieces swizzled with the row: conflict-free 4-byte stores
+    // — a warp store is 8 consecutive columns of 4 experts) at ring + j·E·256, then stores them (tmpart: rows r·E … of
+    // the partials, or dw) and waits until they are written (the flags below publish them).
     if (!(a.measure & kRgSkipStore)) {
-      float* const out = ranges == 1 ? a.dw : a.partial + static_cast<i64>(r) * E * K;
-      const int k = n0 + 64 * j + 16 * warp + (lane >> 2);
+      rgt::bar_sync_consumers();
+      const u32 stg = ring + j * E * 256;
 #pragma unroll
       for (int i = 0; i < E / 2; ++i) {
-        const int e = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1), kk = k + 8 * ((i >> 1) & 1);
-        asm volatile("st.global.f32 [%0], %1;" ::"l"(out + static_cast<i64>(e) * K + kk), "f"(accw[i]) : "memory");
+        const int e = 8 * (i >> 2) + 2 * (lane & 3) + (i & 1), kl = 16 * warp + (lane >> 2) + 8 * ((i >> 1) & 1);
+        const u32 at = stg + (kl >> 5) * (E * 128) + e * 128 + ((((kl & 31) >> 2) ^ (e & 7)) << 4) + (kl & 3) * 4;
+        asm volatile("st.shared.f32 [%0], %1;" ::"r"(at), "f"(accw[i]) : "memory");
+      }
+      fence_proxy_async();  // the staged partial → the copy engine
+      rgt::bar_sync_wg(j);
+      if ((tid & 127) == 0) {
+        const int row = ranges == 1 ? 0 : r * E;
+        tma_store_2d(&a.tmpart, stg, n0 + 64 * j, row);
+        tma_store_2d(&a.tmpart, stg + E * 128, n0 + 64 * j + 32, row);
+        bulk_commit();
+        asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");  // written
       }
       if (tr) tr[kRgFusedTraceStored] = rgt::clk();
       if (ranges > 1 && a.flags) {
