@@ -46,11 +46,10 @@ enum : uint32_t {
   // cluster, wn = most T ranges, stages = dw's).
   kBwdTma = 15,
   // The fused backward (precision standard, session 11): dx and dw in one streaming pass over T per 128-column block
-  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), wm 2 (consumers; session 11
-  // round 1 measured wm 1 — dx by alternate warpgroups — slower, removed), wn = most T ranges, stages 2; bk = how g enters: 64 = fp32 tiles of 64 tokens (TMA) converted to hi / lo in place, 16 = split ahead
-  // into 16-bit hi / lo by router_gemm_g_split_kernel (kGSplit) and loaded by TMA, 32 = split into hi / lo by the
-  // fused grid's producer warps (1/KB of each tile's rows a block, tagged tile flags; where the grid is resident,
-  // else the bk 16 form).
+  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 16 (g enters as 16-bit hi /
+  // lo, split ahead by router_gemm_g_split_kernel: kGSplit), wm 2 (consumers), wn = most T ranges, stages 2. (Session
+  // 11 measured and removed: g converted in place from fp32 tiles (bk 64), g split by the fused grid itself (bk 32),
+  // dx by alternate warpgroups (wm 1) — all slower.)
   kBwdFused = 16,
   // The fused backward's g operand split ahead (bk 16 form): hi = bf16(g), lo = bf16(g − hi) into the workspace.
   kGSplit = 17
@@ -131,8 +130,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
   }
   if (s.kernel == kBwdFused) {
     source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}, {}>", s.params[P_K], s.params[P_E],
-                       s.config[C_BK] == 16 ? 1 : s.config[C_BK] == 32 ? 2 : 0);
+    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
     return;
   }
   if (s.kernel == kGSplit) {
@@ -259,10 +257,10 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, 2 consumers (dx: 64 columns each), g in by bk,
-                              // up to wn (≤ 8) T ranges, 2 stages
-    return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 &&
-           (c[C_BK] == 64 || c[C_BK] == 16 || c[C_BK] == 32) && c[C_WM] == 2 && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
+  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, 2 consumers (dx: 64 columns each), g as 16-bit
+                              // hi / lo (bk 16), up to wn (≤ 8) T ranges, 2 stages
+    return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 && c[C_BK] == 16 &&
+           c[C_WM] == 2 && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -352,7 +350,7 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       set_config(s, 64, 256, 64, 2, 8, 3);
       break;
     case kBwdFused:  // up to 8 T ranges (16 column blocks × 8 = 128 CTAs at K = 2048)
-      set_config(s, 64, 128, 64, 2, 8, 2);
+      set_config(s, 64, 128, 16, 2, 8, 2);
       break;
     case kDwTma:
     case kDwTmaF16:
@@ -439,12 +437,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
-    case kBwdFused:  // g split ahead (bk 16) or by the fused grid itself (bk 32)
-      set_config(s, 64, 128, 16, 2, 8, 2);
-      add(s);
-      set_config(s, 64, 128, 32, 2, 8, 2);
-      add(s);
-      break;
     case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
       set_config(s, 64, 256, 64, 1, 8, 3);
       add(s);
@@ -951,18 +943,19 @@ constexpr bool kBwdOneLaunchDefault = true;
 // session 9's path (no options) in the same runs: round 2 57.34 µs (p10–p90 56.9–58.0) against 59.9–61.5 (bimodal,
 // p10 56.7); round 3 +0.14 µs (faster in 45 % of 60 rounds: a tie); round 4 −0.78 (faster in 71 % of 80 rounds).
 constexpr int kBwdOneOptions = kRgOneWPrefetch;
-// Whether the op's default at precision standard with dx and dw both wanted is the fused backward (variant 4) where it
-// serves the shape (fused_shape).
-constexpr bool kBwdFusedDefault = false;
+// Whether the op's default at precision standard with dx and dw both wanted is the fused backward (variant 4): only
+// where it was measured faster than the one launch in the same run (session 11, round 3: 8192 tokens, K 2048, E 256;
+// more tokens only lengthen its main loop, where it gains).
+constexpr bool kBwdFusedDefault = true;
+bool fused_default(int64_t T, int64_t K, int64_t E) { return kBwdFusedDefault && K == 2048 && E == 256 && T >= 8192; }
 // The fused backward's T ranges (kBwdFused): enough that K/128 column blocks × ranges fill the GPU, at most wn, each
 // a multiple of 64 rows, none empty; with more than one, each range's dw partial goes through the workspace
 // ([ranges, E, K], then one flag word a CTA: the in-kernel sum).
 struct FusedPlan {
   int ranges = 0, rows = 0;
-  int64_t part_elems = 0, flag_words = 0, tflag_words = 0, split_offset = 0, workspace_elems = 0;
+  int64_t part_elems = 0, flag_words = 0, split_offset = 0, workspace_elems = 0;
 };
-// Workspace: the range partials and one flag word a CTA (more than one range), then (bk 32) one flag word a tile and
-// block, then (bk 16, 32) g's hi / lo ([T, E] bf16 each).
+// Workspace: the range partials and one flag word a CTA (more than one range), then g's hi / lo ([T, E] bf16 each).
 FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
   FusedPlan p;
   if (T <= 0) return p;
@@ -975,9 +968,8 @@ FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
     p.part_elems = p.ranges * E * K;
     p.flag_words = round_up(blocks * p.ranges, 4);
   }
-  if (s.config[C_BK] == 32) p.tflag_words = round_up(p.ranges * per * blocks, 4);
-  p.split_offset = p.part_elems + p.flag_words + p.tflag_words;
-  p.workspace_elems = p.split_offset + (s.config[C_BK] != 64 ? T * E : 0);
+  p.split_offset = p.part_elems + p.flag_words;
+  p.workspace_elems = p.split_offset + T * E;
   return p;
 }
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
@@ -993,7 +985,7 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
     int64_t n = dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems;
     if (kBwdOneLaunchDefault && precision == 4)  // (either path may run: the larger of the two plans)
       n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdTma, K, E), T), T, sm_count(rt)).workspace_elems);
-    if (kBwdFusedDefault && precision == 4 && fused_shape(K, E))
+    if (precision == 4 && fused_default(T, K, E))
       n = std::max(n, fused_plan(impl.tuned(spec(arch, kBwdFused, K, E), T), T, sm_count(rt)).workspace_elems);
     return n + (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
   }
@@ -1003,6 +995,8 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
   return router_gemm_fp32_bwd_workspace_elems(rt, T, K, E, RouterGemmBwdOptions{});
 }
+
+bool detail::router_gemm_bwd_fused_is_default(int64_t T, int64_t K, int64_t E) { return fused_default(T, K, E); }
 
 void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                          const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
@@ -1047,60 +1041,35 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
       return;
     }
-    if (by_default && kBwdFusedDefault && precision == 4 && !force_dx && !force_dw && dx.defined() && dw.defined() &&
-        fused_shape(K, E))
+    if (by_default && precision == 4 && !force_dx && !force_dw && dx.defined() && dw.defined() && fused_default(T, K, E))
       variant = 4;
-    if (variant == 4) {  // the fused backward: one launch (+ dw_reduce where its grid is not resident at once)
-      Specialization sf = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx ? force_dx : force_dw);
-      FusedPlan fp = fused_plan(sf, T, sm_count(rt));
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(K / 128);
-      d.grid[1] = static_cast<unsigned>(fp.ranges);
-      d.block[0] = static_cast<unsigned>(threads(sf));
-      d.smem = static_cast<unsigned>(smem_bytes(sf));
-      const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
-      const bool resident = resident_clusters(impl, impl.kernel(sf), 1, d.block[0], d.smem) >= ctas;
-      if (sf.config[C_BK] == 32 && !resident) {  // (its blocks wait for each other's split: the split kernel instead)
-        sf.config[C_BK] = 16;
-        fp = fused_plan(sf, T, sm_count(rt));
-      }
-      const int gp = sf.config[C_BK] == 16 ? 1 : sf.config[C_BK] == 32 ? 2 : 0;
-      if (fp.workspace_elems > 0 && workspace.defined() && workspace.numel() < fp.workspace_elems)
+    if (variant == 4) {  // the fused backward: g split, then one launch (+ dw_reduce where it is not resident at once)
+      const Specialization sf = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx ? force_dx : force_dw);
+      const FusedPlan fp = fused_plan(sf, T, sm_count(rt));
+      if (workspace.defined() && workspace.numel() < fp.workspace_elems)
         ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
                                                 fp.workspace_elems, workspace.numel()));
       CUdeviceptr owned = 0;
       float* ws = nullptr;
-      if (fp.workspace_elems > 0) {
-        if (workspace.defined()) {
-          ws = static_cast<float*>(workspace.data);
-        } else {
-          owned = impl.alloc_async(static_cast<size_t>(fp.workspace_elems) * 4, stream);
-          ws = reinterpret_cast<float*>(owned);
-        }
+      if (workspace.defined()) {
+        ws = static_cast<float*>(workspace.data);
+      } else {
+        owned = impl.alloc_async(static_cast<size_t>(fp.workspace_elems) * 4, stream);
+        ws = reinterpret_cast<float*>(owned);
       }
       RouterGemmBwdFusedArgs a{};
+      char* hi = reinterpret_cast<char*>(ws + fp.split_offset);
+      const RouterGemmGSplitArgs sa{static_cast<const float*>(g.data), gr.stride, hi, hi + T * E * 2,
+                                    static_cast<int>(T)};
+      LaunchDims sd;
+      sd.grid[0] = static_cast<unsigned>((T * E / 8 + 255) / 256);
+      sd.block[0] = 256;
+      impl.launch(spec(arch, kGSplit, K, E), sd, stream, sa);
       encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
       encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
       encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
-      if (gp != 0) {  // g split into the workspace (by the split kernel, or by the fused grid itself)
-        char* hi = reinterpret_cast<char*>(ws + fp.split_offset);
-        a.hi = hi;
-        a.lo = hi + T * E * 2;
-        encode_tma_2d(a.tmhi, a.hi, E, T, E * 2, 64);
-        encode_tma_2d(a.tmlo, a.lo, E, T, E * 2, 64);
-        a.g = static_cast<const float*>(g.data);
-        a.g_stride = gr.stride;
-      } else {
-        encode_tma_2d(a.tmg, g.data, E, T, gr.stride * 4, 64, /*f32=*/true);
-      }
-      if (gp == 1) {
-        const RouterGemmGSplitArgs sa{static_cast<const float*>(g.data), gr.stride, a.hi, a.lo, static_cast<int>(T)};
-        LaunchDims sd;
-        sd.grid[0] = static_cast<unsigned>((T * E / 8 + 255) / 256);
-        sd.block[0] = 256;
-        impl.launch(spec(arch, kGSplit, K, E), sd, stream, sa);
-        d.pdl = true;  // launched while the split drains; its producer waits for it before the first g tile
-      }
+      encode_tma_2d(a.tmhi, sa.hi, E, T, E * 2, 64);
+      encode_tma_2d(a.tmlo, sa.lo, E, T, E * 2, 64);
       a.dx = dx.data;
       a.dx_stride = dxr.stride;
       a.dw = static_cast<float*>(dw.data);
@@ -1111,15 +1080,20 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       a.split_rows = fp.rows;
       a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore | kRgFusedSkipDx);
       a.trace = router_gemm_trace.load(std::memory_order_relaxed);
+      LaunchDims d;
+      d.grid[0] = static_cast<unsigned>(K / 128);
+      d.grid[1] = static_cast<unsigned>(fp.ranges);
+      d.block[0] = static_cast<unsigned>(threads(sf));
+      d.smem = static_cast<unsigned>(smem_bytes(sf));
+      d.pdl = true;  // launched while the split drains; its producer waits for it before the first g tile
+      const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
       const bool fused_sum = fp.ranges > 1 && !(a.measure & kRgSkipStore) &&
-                             !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) && resident;
-      if (fused_sum || gp == 2) {  // one tag for the range flags and the tile flags
-        unsigned* flags = reinterpret_cast<unsigned*>(ws + fp.part_elems);
-        a.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(flags),
-                                   static_cast<size_t>(fp.flag_words + fp.tflag_words), stream,
+                             !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
+                             resident_clusters(impl, impl.kernel(sf), 1, d.block[0], d.smem) >= ctas;
+      if (fused_sum) {
+        a.flags = reinterpret_cast<unsigned*>(ws + fp.part_elems);
+        a.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(a.flags), static_cast<size_t>(fp.flag_words), stream,
                                    "cuMemsetD32Async (router_gemm fused backward flags)");
-        if (fused_sum) a.flags = flags;
-        if (gp == 2) a.tflags = flags + fp.flag_words;
       }
       impl.launch(sf, d, stream, a);
       if (fp.ranges > 1 && !fused_sum && !(a.measure & kRgSkipStore)) {  // the ranges' partials, in range order

@@ -195,8 +195,8 @@ TEST(RouterGemmFamily, SearchSpacesHoldTheDefaultAndFit) {
             EXPECT_TRUE(keys.insert(c.key().hex()).second) << c.describe();
             EXPECT_LE(family().dynamic_smem_bytes(c), limit) << arch << " " << c.describe();
           }
-          // dw_reduce, w16, g_split: no tiles
-          if (std::string(arch) == "sm_90a" && s.kernel != 3 && s.kernel != 14 && s.kernel != 17)
+          // dw_reduce, w16, g_split: no tiles; bwd_fused: one tile shape (its design)
+          if (std::string(arch) == "sm_90a" && s.kernel != 3 && s.kernel != 14 && s.kernel != 16 && s.kernel != 17)
             EXPECT_GE(space.size(), 3u) << s.describe();
           if (s.kernel >= 4) EXPECT_EQ(std::string(arch), "sm_90a");
         }

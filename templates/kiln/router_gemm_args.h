@@ -109,22 +109,17 @@ struct RouterGemmBwdTmaArgs {
   int options;                          // kRgOneWPrefetch (the host's choice)
 };
 // The fused backward (router_gemm_bwd_fused_kernel, precision standard, session 11): CTA (kb, r) = hidden columns
-// [128·kb, 128·kb + 128) over T range r (split_rows rows, a multiple of 64). tmw = w [E, K] bf16 in boxes of 64 × 64,
-// tmg = g [T, E] fp32 in boxes of 32 × 64, tmx = x [T, K] bf16 in boxes of 64 × 64 (all 128-byte swizzled). With
+// [128·kb, 128·kb + 128) over T range r (split_rows rows, a multiple of 64). tmw = w [E, K] bf16 and tmx = x [T, K]
+// bf16 in boxes of 64 × 64 (all 128-byte swizzled). With
 // more than one range, range r writes its dw partial to partial[r] ([ranges, E, K]); with `flags` (the whole grid
 // resident) the ranges of a column block add them in the kernel (range order, tagged flags[r·gridDim.x + kb]),
 // else router_gemm_dw_reduce_kernel does (the same order: the same bits).
 struct RouterGemmBwdFusedArgs {
   TensorMap tmw;
-  TensorMap tmg;
   TensorMap tmx;
   TensorMap tmdx;                       // dx [T, K] bf16 in boxes of 64 × 64 (its TMA stores)
   TensorMap tmpart;                     // the partials [ranges·E, K] (or dw [E, K]) fp32 in boxes of 32 × E
-  TensorMap tmhi, tmlo;                 // GP 1, 2: g's bf16 hi / lo [T, E] in boxes of 64 × 64
-  const float* g; long long g_stride;   // GP 2: g, split by the kernel's producer warps 1–3 into hi / lo
-  void* hi;
-  void* lo;
-  unsigned* tflags;                     // GP 2: [gridDim.y, tiles, gridDim.x]: tile c of range r split by block kb
+  TensorMap tmhi, tmlo;                 // g's bf16 hi / lo [T, E] (router_gemm_g_split_kernel) in boxes of 64 × 64
   void* dx; long long dx_stride;
   float* dw;                            // [E, K] contiguous
   float* partial;                       // [ranges, E, K] when ranges > 1, else null
@@ -132,13 +127,13 @@ struct RouterGemmBwdFusedArgs {
   unsigned tag;
   int T;
   int split_rows;
-  int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore
+  int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore / kRgFusedSkipDx
   unsigned long long* trace;            // measurement only (null in the ops): kRgFusedTraceSlots a CTA (kRgFused*)
 };
 // Measurement (the fused backward, RouterGemmBwdFusedArgs::measure): its dx blocks are not stored (dw as usual).
 constexpr int kRgFusedSkipDx = 1 << 25;
 // Trace of the fused backward (consumer warpgroup 0's lead thread): globaltimer ns and SM clock at entry, SM id, then
-// SM clock: tile 0 ready (landed / converted), main loop done, dw partial stored, the block's ranges seen (in-kernel
+// SM clock: tile 0 landed, main loop done, dw partial stored, the block's ranges seen (in-kernel
 // sum), end (and globaltimer ns at the end); tile c's MMAs issued at kRgFusedTraceTile + c (c < 32).
 enum : int {
   kRgFusedTraceStartNs = 0, kRgFusedTraceStartClk = 1, kRgFusedTraceSm = 2, kRgFusedTraceReady = 3,

@@ -2,24 +2,24 @@
 //
 //   dx[t, k] = Σ_e bf16(g)[t, e] · w[e, k]   (bf16)        dw[e, k] = Σ_t (g_hi + g_lo)[t, e] · x[t, k]   (fp32)
 //
+// router_gemm_g_split_kernel first writes hi = bf16(g) and lo = bf16(g − hi) ([T, E] bf16 each, in the workspace);
+// router_gemm_bwd_fused_kernel (launched with PDL behind it) then does both products in one pass over T.
 // CTA (kb, r): hidden columns n0 = 128·kb … n0 + 127 over T range r. The CTA keeps w[:, n0 : n0 + 128] in shared
-// memory (TMA once: ceil(E/64) × 2 N-major atoms of 64 experts × 64 columns) and streams its range in tiles of 64
-// tokens through a 2-stage ring: g[t0 : t0 + 64, :] (fp32, 2·E/64 boxes of 32 experts) and x[t0 : t0 + 64, n0 : n0 + 128]
-// (2 atoms). Per tile:
-//   * the consumers convert the fp32 g tile IN PLACE into bf16 hi / lo tiles (hi = bf16(g), lo = bf16(g − hi)): the
-//     fp32 rows of experts [64·ec, 64·ec + 64) (boxes 2ec, 2ec + 1) become hi atom ec (box 2ec's bytes) and lo atom ec
-//     (box 2ec + 1's), 64 tokens × 64 experts each, 128-byte swizzled — the layout of the dx kernel's K-major A tile
-//     and of an N-major operand at once; each warp converts whole rows (the bytes it reads are the bytes it writes);
-//   * dwᵀ[n0 + 64j …, e] += xᵀ · hi + xᵀ · lo: consumer warpgroup j takes the 64 columns of x atom j (M-major A from
-//     shared memory) against all E experts (N-major B: hi / lo atoms), m64nEk16, 4 k16 steps each — its E/2
-//     accumulator registers a thread stay live over the whole range;
-//   * dx[t0 …, n0 + 64j …] = hi · w[:, n0 + 64j …]: warpgroup j takes 64 of the block's columns, m64n64k16 over ec
-//     then k16 (the dx kernel's products in its order: the same bits); once the tile's MMAs are done, the block goes
-//     through x atom j of the stage (only this warpgroup's dw MMAs read it; stmatrix, swizzled as dx's 64 × 64 TMA
-//     box) and out by one TMA store (rows past T clipped), read before the stage goes back to the producer.
-// Two wgmma groups per tile and warpgroup (dx, then dw), both retired before the next tile's are issued.
-// Epilogue: dwᵀ from the registers to dw (one range) or to partial[r]; then (flags) the column block's ranges add the
-// partials in range order, CTA r rows [r·ceil(E/R), …) of the block.
+// memory (TMA once: E/64 × 2 N-major atoms of 64 experts × 64 columns) and streams its range in tiles of 64 tokens
+// through a 2-stage ring: hi / lo atoms ec (64 tokens × 64 experts, 128-byte swizzled: the layout of the dx kernel's
+// K-major A tile and of an N-major operand at once; its producer waits for the split before the first one) and
+// x[t0 : t0 + 64, n0 : n0 + 128] (2 atoms). Per tile, consumer warpgroup j:
+//   * dx[t0 …, n0 + 64j …] = hi · w[:, n0 + 64j …] (group X: m64n64k16 over ec then k16 — the dx kernel's products in
+//     its order: the same bits);
+//   * dwᵀ[n0 + 64j …, e] += xᵀ · hi + xᵀ · lo (group Y: x atom j as the M-major A against all E experts as the N-major
+//     B, m64nEk16, 4 k16 steps each; its E/2 accumulator registers a thread stay live over the whole range);
+//   * once both groups are retired (no group crosses tiles: ptxas serializes every wgmma otherwise), the dx block goes
+//     through x atom j (only this warpgroup's dw MMAs read it; stmatrix, swizzled as dx's 64 × 64 TMA box) and out by
+//     one TMA store (rows past T clipped), read before the stage goes back to the producer.
+// Epilogue: warpgroup j stages its dw block in the ring and TMA-stores it to dw (one range) or to partial[r]; then
+// (flags) the column block's ranges add the partials in range order, CTA r rows [r·ceil(E/R), …) of the block.
+// (Session 11 also measured g converted in place from fp32 tiles and split by the fused grid itself, and dx by
+// alternate warpgroups: all slower, removed — bench/NOTES.md.)
 #pragma once
 #include "kiln/router_gemm_bwd_tma.cuh"
 
@@ -31,18 +31,10 @@ __host__ __device__ constexpr int router_gemm_bwd_fused_smem_bytes(int E) {
   return 1024 + 3 * ((E + 63) / 64) * 16384 + 2 * 16384 + 64;
 }
 
-// GP, how g enters: 0 = fp32 tiles (TMA) converted in place by the consumers; 1 = already split (bf16 hi / lo from
-// router_gemm_g_split_kernel, launched just before: this grid is launched with PDL and its producer waits for it
-// before the first g tile); 2 = split by this grid: producer warps 1–3 of the CTAs of range r split rows kb, kb + KB,
-// … of each of its tiles into hi / lo (global), publishing a tagged flag a tile (the whole grid is resident), and the
-// producer waits for the KB flags of a tile before loading it. 1 and 2: TMA lands the hi / lo atoms straight in the
-// stage, no fp32 tile and no conversion (−128 KB of shared-memory traffic a tile, no consumer barrier).
-template <int K, int E, int GP = 0>
+template <int K, int E>
 __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __grid_constant__ RouterGemmBwdFusedArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   static_assert(E == 64 || E == 128 || E == 256, "E: 64, 128 or 256 (one wgmma N)");
-  static_assert(GP >= 0 && GP <= 2, "g: converted in place, split ahead or split by this grid");
-  constexpr bool PRE = GP != 0;  // hi / lo land by TMA
   static_assert(K % 128 == 0, "K: whole 128-column blocks");
   static_assert(router_gemm_bwd_fused_smem_bytes(E) <= 227 * 1024, "shared memory");
   constexpr int EC = E / 64, GB = EC * 16384, STAGE = GB + 16384, W_BYTES = EC * 16384, TM = 64;
@@ -71,60 +63,10 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
 
   if (wg == 0) {  // producer: one thread
     setmaxnreg_dec<40>();
-    constexpr int KB = K / 128;
-    const int CH = a.split_rows / TM;  // tiles a range (the tile flags' stride)
-    if (GP == 2 && tid >= 32) {
-      // Split: rows q = kb, kb + KB, … < 64 of each tile of the range (2 units of 8 experts a thread at a time),
-      // then (all 96 threads' stores done) one thread publishes the tile's flag.
-      const int ct2 = tid - 32;
-      for (int c = 0; c < chunks; ++c) {
-        const int row0 = t0 + c * TM;
-        const int nq = (TM - kb + KB - 1) / KB;  // rows of the tile this block splits (kb < KB)
-        const int units = nq * (E / 8);
-        for (int u0 = ct2; u0 < units; u0 += 2 * 96) {
-          Vec16 v[2][2];
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const int u = u0 + b * 96, row = row0 + kb + KB * (u / (E / 8)), e = 8 * (u % (E / 8));
-            v[b][0] = v[b][1] = Vec16{};
-            if (u < units && row < a.T) {
-              const float* src = a.g + static_cast<i64>(row) * a.g_stride + e;
-              v[b][0] = load16_stream(src);
-              v[b][1] = load16_stream(src + 4);
-            }
-          }
-#pragma unroll
-          for (int b = 0; b < 2; ++b) {
-            const int u = u0 + b * 96, row = row0 + kb + KB * (u / (E / 8)), e = 8 * (u % (E / 8));
-            if (u < units && row < a.T) {
-              Vec16 hi, lo;
-#pragma unroll
-              for (int q = 0; q < 4; ++q)
-                rg::split_bf16x2(__uint_as_float(v[b][q >> 1].w[2 * (q & 1)]),
-                                 __uint_as_float(v[b][q >> 1].w[2 * (q & 1) + 1]), hi.w[q], lo.w[q]);
-              const i64 off = (static_cast<i64>(row) * E + e) * 2;
-              store16(static_cast<char*>(a.hi) + off, hi);
-              store16(static_cast<char*>(a.lo) + off, lo);
-            }
-          }
-        }
-        // (generic stores → the TMA loads of other CTAs: proxy fence, then release at GPU scope)
-        asm volatile("fence.proxy.async.global;" ::: "memory");
-        asm volatile("bar.sync 6, 96;" ::: "memory");
-        if (ct2 == 0) {
-          unsigned* f = a.tflags + (static_cast<i64>(r) * CH + c) * KB + kb;
-          asm volatile("fence.acq_rel.gpu;\nst.release.gpu.global.u32 [%0], %1;" ::"l"(f), "r"(a.tag) : "memory");
-        }
-      }
-    }
     if (tid == 0 && chunks > 0) {
       prefetch_tmap(&a.tmw);
-      if constexpr (PRE) {
-        prefetch_tmap(&a.tmhi);
-        prefetch_tmap(&a.tmlo);
-      } else {
-        prefetch_tmap(&a.tmg);
-      }
+      prefetch_tmap(&a.tmhi);
+      prefetch_tmap(&a.tmlo);
       prefetch_tmap(&a.tmx);
       mbar_arrive_expect_tx(wbar, W_BYTES);
 #pragma unroll
@@ -142,41 +84,17 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
 #pragma unroll
         for (int ca = 0; ca < 2; ++ca)
           rgt::tma_load_2d_evict_first(st + GB + ca * 8192, &a.tmx, full, n0 + ca * 64, t, policy);
-        if constexpr (GP == 2) {  // tile c's rows split by every block of the range (relaxed loads, then one fence)
-          const unsigned* f = a.tflags + (static_cast<i64>(r) * CH + c) * KB;
-          u64 tw = 0;
-          for (u32 n = 0;; ++n) {
-            bool all = true;
-            for (int y = 0; y < KB; ++y) {
-              unsigned v;
-              asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f + y) : "memory");
-              all = all && v == a.tag;
-            }
-            if (all) break;
-            if ((n & 255u) == 0) {  // (2 s: a block that never splits — a bug, not a wait)
-              const u64 now = globaltimer_ns();
-              if (tw == 0) tw = now;
-              else if (now - tw > 2000000000ull) __trap();
-            }
-          }
-          asm volatile("fence.acq_rel.gpu;\nfence.proxy.async.global;" ::: "memory");
-        }
-        if constexpr (PRE) {
-          if (GP == 1 && c == 0) pdl_wait();  // hi / lo from router_gemm_g_split_kernel (w, x tile 0 went before)
+        if (c == 0) pdl_wait();  // hi / lo from router_gemm_g_split_kernel (w and x tile 0 went before)
 #pragma unroll
-          for (int ec = 0; ec < EC; ++ec) {
-            tma_load_2d(st + ec * 16384, &a.tmhi, full, ec * 64, t);
-            tma_load_2d(st + ec * 16384 + 8192, &a.tmlo, full, ec * 64, t);
-          }
-        } else {
-#pragma unroll
-          for (int b = 0; b < 2 * EC; ++b) tma_load_2d(st + b * 8192, &a.tmg, full, b * 32, t);
+        for (int ec = 0; ec < EC; ++ec) {
+          tma_load_2d(st + ec * 16384, &a.tmhi, full, ec * 64, t);
+          tma_load_2d(st + ec * 16384 + 8192, &a.tmlo, full, ec * 64, t);
         }
       }
     }
   } else {  // consumers
     setmaxnreg_inc<232>();
-    const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5, cw = ct >> 5;
+    const int j = wg - 1, ct = tid - 128, lane = tid & 31, warp = (tid & 127) >> 5;
     const bool mma = !(a.measure & kRgSkipMma);
     // (measurement) consumer warpgroup 0's lead stamps the CTA's phases
     u64* const tr = a.trace && tid == 128 ? a.trace + static_cast<i64>(r * gridDim.x + kb) * kRgFusedTraceSlots : nullptr;
@@ -197,8 +115,8 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
     // This warpgroup's 64 × 64 dx block of tile c from accx → x atom j of its stage (free: this warpgroup's dw MMAs
     // of the tile are done) by stmatrix — register i of lane l holds row 16·warp + l/4 + 8·((i/2) & 1), columns
     // 8·(i/4) + 2·(l & 3) + {0, 1}: octets o, o + 1 of both row halves are one stmatrix.x4 (matrix m = l/8 takes its
-    // row address from lanes 8m … 8m + 7) — then one TMA store (rows past T clipped), and the stage goes back to the
-    // producer once the store has read it.
+    // row address from lanes 8m … 8m + 7) — then one TMA store (rows past T clipped); the stage goes back to the
+    // producer once the store has read it, checked after the next tile's MMAs are issued (no stall on it here).
     auto store_dx = [&](int c) {
       const u32 buf = ring + (c & 1) * STAGE + GB + j * 8192;
       const bool out = !(a.measure & (kRgSkipStore | kRgFusedSkipDx));  // (measurement)
@@ -214,58 +132,19 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
         fence_proxy_async();  // stmatrix writes → the copy engine's reads
       }
       rgt::bar_sync_wg(j);
-      if ((tid & 127) == 0) {
-        if (out) {
-          tma_store_2d(&a.tmdx, buf, n0 + 64 * j, t0 + c * TM);
-          bulk_commit();
-          bulk_wait_read();
-        }
-        mbar_arrive(empty0 + 8 * (c & 1));
+      if ((tid & 127) == 0 && out) {
+        tma_store_2d(&a.tmdx, buf, n0 + 64 * j, t0 + c * TM);
+        bulk_commit();
       }
     };
-    // fp32 g of tile c → hi / lo in place (stage c & 1, once it has landed). Row (ec, t) of the tile: 64 experts ×
-    // 4 bytes in boxes 2ec, 2ec + 1 (row t of each: 128 bytes, 16-byte pieces swizzled with t) → hi row t of atom ec
-    // (box 2ec's 128 bytes) and lo row t (box 2ec + 1's). A warp takes 4 rows a step (8 lanes a row, 8 experts a
-    // lane), reads them all, then writes them; then a proxy fence (the tensor cores read them) and a consumer barrier.
-    // (Shared-memory wavefronts a row: 2 loads × 1 + 2 stores × 1 — conflict-free.)
-    auto convert = [&](int c) {
-      const u32 st = ring + (c & 1) * STAGE;
-      mbar_wait(full0 + 8 * (c & 1), static_cast<u32>(c >> 1) & 1u);
-      if constexpr (!PRE) {  // (PRE: landed as hi / lo)
-#pragma unroll 2
-        for (int step = 0; step < EC * 2; ++step) {
-          const int row = step * 32 + cw * 4 + (lane >> 3), ec = row >> 6, t = row & 63, jj = lane & 7;
-          const int h = jj >> 2, q0 = 2 * (jj & 3);
-          const u32 src = st + (2 * ec + h) * 8192 + t * 128;
-          // Lanes of box 2ec + 1 load their odd piece first: the 8 lanes of a row (one quarter-warp wavefront of
-          // 16-byte loads) then touch 8 distinct bank groups in each load.
-          const Vec16 u0 = lds16(src + (((q0 + h) ^ (t & 7)) << 4)), u1 = lds16(src + (((q0 + 1 - h) ^ (t & 7)) << 4));
-          const Vec16 v0 = h ? u1 : u0, v1 = h ? u0 : u1;
-          __syncwarp();
-          Vec16 hi, lo;
-          rg::split_bf16x2(__uint_as_float(v0.w[0]), __uint_as_float(v0.w[1]), hi.w[0], lo.w[0]);
-          rg::split_bf16x2(__uint_as_float(v0.w[2]), __uint_as_float(v0.w[3]), hi.w[1], lo.w[1]);
-          rg::split_bf16x2(__uint_as_float(v1.w[0]), __uint_as_float(v1.w[1]), hi.w[2], lo.w[2]);
-          rg::split_bf16x2(__uint_as_float(v1.w[2]), __uint_as_float(v1.w[3]), hi.w[3], lo.w[3]);
-          const u32 dst = st + ec * 16384 + rg90::swz(t, jj);
-          sts16(dst, hi);
-          sts16(dst + 8192, lo);
-          __syncwarp();
-        }
-        fence_proxy_async();
-        rgt::bar_sync_consumers();
-      }
-    };
-    if (chunks > 0) {
-      mbar_wait(wbar, 0);
-      convert(0);
-    }
-    if (tr) tr[kRgFusedTraceReady] = rgt::clk();
-    // Tile c: group X = dx (hi · w, 64 columns; the first k16 step overwrites accx), group Y = dwᵀ += xᵀ · hi + xᵀ ·
-    // lo; then tile c + 1's conversion (under X and Y), wait for both, dx out through x atom j, release the stage.
-    // No group is in flight across tiles (ptxas serializes every wgmma otherwise).
+    if (chunks > 0) mbar_wait(wbar, 0);
+    // Tile c: wait for its stage, group X = dx (hi · w, 64 columns; the first k16 step overwrites accx), group Y =
+    // dwᵀ += xᵀ · hi + xᵀ · lo; release tile c − 1's stage (its dx store has read x atom j), wait for both groups, dx
+    // out through x atom j.
     for (int c = 0; c < chunks; ++c) {
       const u32 st = ring + (c & 1) * STAGE;
+      mbar_wait(full0 + 8 * (c & 1), static_cast<u32>(c >> 1) & 1u);
+      if (tr && c == 0) tr[kRgFusedTraceReady] = rgt::clk();
       if (tr && c < 32) tr[kRgFusedTraceTile + c] = rgt::clk();
       if (mma) {
         rg90::fence_regs(accx);
@@ -287,13 +166,16 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
         }
         rg90::wgmma_commit();
       }
-      if (c + 1 < chunks) convert(c + 1);
+      if (c > 0 && (tid & 127) == 0) {
+        bulk_wait_read();
+        mbar_arrive(empty0 + 8 * ((c - 1) & 1));
+      }
       rg90::wgmma_wait<0>();  // (unconditional: ptxas then sees every group retired)
       rg90::fence_regs(accx);
       rg90::fence_regs(accw);
       store_dx(c);
     }
-    if (chunks > 0 && (tid & 127) == 0) bulk_wait_read();  // (the last store read before the CTA exits: no-op)
+    if (chunks > 0 && (tid & 127) == 0) bulk_wait_read();  // the last dx store has read its x atom
 
     if (tr) tr[kRgFusedTraceLoop] = rgt::clk();
     // dwᵀ → dw (one range) or partial[r] ([E, K]) by TMA stores: once both warpgroups are done with the ring (their
@@ -382,7 +264,7 @@ __global__ void __launch_bounds__(384, 1) router_gemm_bwd_fused_kernel(const __g
 #endif
 }
 
-// g → hi = bf16(g), lo = bf16(g − hi) ([T, E] bf16 each, contiguous), the fused backward's PRE operand: 8 experts a
+// g → hi = bf16(g), lo = bf16(g − hi) ([T, E] bf16 each, contiguous), the fused backward's g operand: 8 experts a
 // thread (two 16-byte loads, two 16-byte stores), 256 threads a CTA. Lets the fused kernel (PDL) launch at once.
 template <int E>
 __global__ void __launch_bounds__(256) router_gemm_g_split_kernel(const RouterGemmGSplitArgs a) {

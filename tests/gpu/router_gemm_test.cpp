@@ -1427,6 +1427,7 @@ void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>&
     const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
     for (auto [variant, om] : runs) {
       if (variant < 0 && c.cfg[0]) continue;
+      if (variant < 0 && detail::router_gemm_bwd_fused_is_default(T, K, E)) continue;  // (BwdFusedMatchesTwoKernels)
       SCOPED_TRACE("variant " + std::to_string(variant) + " measure " + std::to_string(om) + " T=" +
                    std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E) +
                    (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
@@ -1448,7 +1449,7 @@ void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>&
     }
   }
 }
-// (-1: the op's default — the one launch where it fits, else the two kernels)
+// (-1: the op's default — the one launch where it fits, else the two kernels; not where it is the fused backward)
 TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
@@ -1718,7 +1719,7 @@ void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
 // The ablations (which part of the dx role after dw is slow).
 TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+  OneLaunchAB::run({{"one launch (default options)", 3, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"one launch, dx role stores nothing", 3, 0, kRgOneDxNoStore, true, true, false},
                     {"one launch, dx role loads no w", 3, 0, kRgOneDxNoLoad, true, true, false},
@@ -1729,15 +1730,15 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                     {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
                     {"dx kernel alone", 2, 0, 0, true, false, false},
                     {"dw kernel alone", 2, 0, 0, false, true, false},
-                    {"one launch (op default) again", -1, 0, 0, true, true, true}});
+                    {"one launch (default options) again", 3, 0, 0, true, true, true}});
 }
 // The candidates (opt-in until they win here).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  OneLaunchAB::run({{"one launch (op default: w prefetch)", -1, 0, 0, true, true, true},
+  OneLaunchAB::run({{"one launch (default options: w prefetch)", 3, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"session 9's path (no options)", 3, 0, kRgOneExplicit, true, true, true},
-                    {"one launch (op default) again", -1, 0, 0, true, true, true}},
+                    {"one launch (default options) again", 3, 0, 0, true, true, true}},
                    80, /*ref: session 9's path*/ 2);
 }
 
@@ -1754,11 +1755,11 @@ TEST_F(RouterGemmTest, BwdFusedMatchesTwoKernels) {
     Shape sh;
     bool user_ws;
   };
-  // (user_ws: a caller's workspace of router_gemm_fp32_bwd_workspace_elems — which covers the fused plan only while
-  // the fused backward is the default — else the op's own)
+  // (user_ws: a caller's workspace of router_gemm_fp32_bwd_workspace_elems — which covers the fused plan where the
+  // fused backward is the op's default — else the op's own)
   for (const Case& c : {Case{{1, 2048, 256}, false}, Case{{7, 1536, 64}, false}, Case{{333, 2048, 128}, false},
                         Case{{4097, 2048, 256}, false}, Case{{17000, 1536, 64}, false}, Case{{2048, 7168, 256}, false},
-                        Case{{8192, 2048, 256}, false}}) {
+                        Case{{8192, 2048, 256}, true}}) {
     const auto [T, K, E] = c.sh;
     SCOPED_TRACE("T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
     std::printf("[bwd fused] T=%lld K=%lld E=%lld\n", static_cast<long long>(T), static_cast<long long>(K),
@@ -1779,45 +1780,16 @@ TEST_F(RouterGemmTest, BwdFusedMatchesTwoKernels) {
     EXPECT_TRUE(bitwise_equal("dx (fused, in-kernel sum vs dw_reduce)", f.dx, sep.dx));
     const Bwd again = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, 4, 4);
     EXPECT_TRUE(bitwise_equal("dw (fused, second call)", f.dw, again.dw));
-    // g split ahead (bk 16): the same products in the same order — the same bits.
-    for (const detail::RouterGemmConfig& cf : {detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}}) {
-      SCOPED_TRACE("config " + fmt_config(cf));
-      const Bwd f1 = run_bwd(g, x, w, T, K, E, true, true, &cf, nullptr, false, 4, 4);
-      EXPECT_TRUE(f1.guards_ok);
-      EXPECT_TRUE(bitwise_equal("dx (fused config vs two kernels)", f1.dx, two.dx));
-      EXPECT_TRUE(bitwise_equal("dw (fused config vs default config)", f1.dw, f.dw));
+    if (detail::router_gemm_bwd_fused_is_default(T, K, E)) {  // the op's default (standard) is this path
+      const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, true, /*variant=*/-1, 4);
+      EXPECT_TRUE(d.guards_ok);
+      EXPECT_TRUE(bitwise_equal("dx (op default vs fused)", d.dx, f.dx));
+      EXPECT_TRUE(bitwise_equal("dw (op default vs fused)", d.dw, f.dw));
     }
     const BwdRef want(g, x, w, T, K, E);
     EXPECT_TRUE(want.check_dx(f.dx, 4));
     EXPECT_TRUE(want.check_dw(f.dw, 4));
   }
-}
-// The fused backward with g split by its own grid (bk 32: producer warps 1–3 of the blocks of a range split 1/KB of
-// each tile's rows into the workspace, tagged tile flags; the same hi / lo, so the same bits as the default config),
-// at shapes with 1, 6, 8 and 2 ranges (K = 7168: 56 blocks), then timed call by call against the default config and
-// the split kernel (bk 16) at 8192 × 2048 → 256. A test of its own: a fault here leaves the other tests' numbers.
-TEST_F(RouterGemmTest, BwdFusedInKernelSplit) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const detail::RouterGemmConfig ins{64, 128, 32, 2, 8, 2};
-  for (const Shape sh : {Shape{7, 1536, 64}, Shape{333, 2048, 128}, Shape{4097, 2048, 256}, Shape{2048, 7168, 256}}) {
-    const auto [T, K, E] = sh;
-    SCOPED_TRACE("T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
-    const uint64_t seed = mix_seed({0xf3, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
-    const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
-    const Bwd f = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, 4, 4);
-    const Bwd in = run_bwd(g, x, w, T, K, E, true, true, &ins, nullptr, false, 4, 4);
-    EXPECT_TRUE(in.guards_ok);
-    EXPECT_TRUE(bitwise_equal("dx (split in the kernel vs default config)", in.dx, f.dx));
-    EXPECT_TRUE(bitwise_equal("dw (split in the kernel vs default config)", in.dw, f.dw));
-  }
-  static const detail::RouterGemmConfig pre2{64, 128, 16, 2, 8, 2};
-  static const detail::RouterGemmConfig ins2{64, 128, 32, 2, 8, 2};
-  OneLaunchAB::run({{"fused (variant 4)", 4, 0, 0, true, true, true},
-                    {"fused, g split ahead (bk 16)", 4, 0, 0, true, true, true, &pre2},
-                    {"fused, g split in the kernel (bk 32)", 4, 0, 0, true, true, true, &ins2},
-                    {"one launch (op default)", -1, 0, 0, true, true, false}},
-                   30, 0);
 }
 // The fused backward's misuse: a shape it does not serve, or only one output, is refused naming the variant.
 TEST_F(RouterGemmTest, BwdFusedRefusesWhatItDoesNotServe) {
@@ -1831,24 +1803,20 @@ TEST_F(RouterGemmTest, BwdFusedRefusesWhatItDoesNotServe) {
   }
 }
 // Measurement (prints): the fused backward against the op's default (the one launch) and the two kernels, call by call
-// at 8192 × 2048 → 256 (L2 flushed before every call), with g split ahead by router_gemm_g_split_kernel (bk 16), and
-// ablations: no MMAs (data movement and the conversion alone), no stores (no dx, no dw partials / sum), no dx stores,
-// the ranges' sum by dw_reduce.
+// at 8192 × 2048 → 256 (L2 flushed before every call), with ablations: no MMAs (data movement alone), no stores (no
+// dx, no dw partials / sum), no dx stores, the ranges' sum by dw_reduce; and the op's default.
 TEST_F(RouterGemmTest, BwdFusedAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  static const detail::RouterGemmConfig pre2{64, 128, 16, 2, 8, 2};  // g split ahead (g_split kernel)
-  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
+  OneLaunchAB::run({{"one launch", 3, 0, 0, true, true, true},
                     {"fused (variant 4)", 4, 0, 0, true, true, false},
-                    {"fused, g split ahead (bk 16)", 4, 0, 0, true, true, false, &pre2},
-                    {"fused bk 16, no stores", 4, kRgSkipStore, 0, true, true, false, &pre2},
-                    {"fused bk 16, no dx stores", 4, kRgFusedSkipDx, 0, true, true, false, &pre2},
-                    {"fused bk 16, no MMAs", 4, kRgSkipMma, 0, true, true, false, &pre2},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"fused, no MMAs", 4, kRgSkipMma, 0, true, true, false},
                     {"fused, no stores", 4, kRgSkipStore, 0, true, true, false},
+                    {"fused, no dx stores", 4, kRgFusedSkipDx, 0, true, true, false},
                     {"fused, ranges summed by dw_reduce", 4, kRgSepReduce, 0, true, true, false},
                     {"fused again", 4, 0, 0, true, true, false},
-                    {"one launch (op default) again", -1, 0, 0, true, true, true}},
+                    {"one launch again", 3, 0, 0, true, true, true},
+                    {"op default", -1, 0, 0, true, true, false}},
                    40, /*ref: fused*/ 1);
 }
 
@@ -1867,8 +1835,7 @@ TEST_F(RouterGemmTest, BwdFusedTimeline) {
   DeviceBuffer tb(r, slots * 8);
   detail::L2Flusher l2(r, nullptr);
   for (const detail::RouterGemmConfig& cf :
-       {detail::RouterGemmConfig{64, 128, 64, 2, 8, 2}, detail::RouterGemmConfig{64, 128, 16, 2, 8, 2},
-        detail::RouterGemmConfig{64, 128, 32, 2, 8, 2}}) {
+       {detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}}) {
     SCOPED_TRACE(fmt_config(cf));
     auto call = [&] {
       detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
