@@ -44,19 +44,9 @@ enum : uint32_t {
   // The backward in one launch (precision standard), the dw role then the dx role in each CTA (session 9; the other
   // orders measured slower and were removed): config = the dw kernel's (bm 64 = dx's tiles, bn 256, bk 64, wm =
   // cluster, wn = most T ranges, stages = dw's).
-  kBwdTma = 15,
-  // The fused backward (precision standard, session 11): dx and dw in one streaming pass over T per 128-column block
-  // (router_gemm_bwd_fused.cuh). config: bm 64 (token tile), bn 128 (column block), bk 16 (g enters as 16-bit hi /
-  // lo, split ahead by router_gemm_g_split_kernel: kGSplit), wm 2 (consumers), wn = most T ranges, stages 2. (Session
-  // 11 measured and removed: g converted in place from fp32 tiles (bk 64), g split by the fused grid itself (bk 32),
-  // dx by alternate warpgroups (wm 1) — all slower.)
-  kBwdFused = 16,
-  // The fused backward's g operand split ahead (bk 16 form): hi = bf16(g), lo = bf16(g − hi) into the workspace.
-  kGSplit = 17
+  kBwdTma = 15
 };
 bool is_bwd_one(uint32_t k) { return k == kBwdTma; }
-// Where the fused backward serves a shape: E one wgmma N (64, 128, 256), whole 128-column blocks.
-bool fused_shape(int64_t K, int64_t E) { return (E == 64 || E == 128 || E == 256) && K % 128 == 0; }
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
 bool is_dw_tma(uint32_t k) { return k == kDwTma || k == kDwTmaBf16 || k == kDwTmaF16; }
@@ -128,16 +118,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_STAGES]);
     return;
   }
-  if (s.kernel == kBwdFused) {
-    source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_bwd_fused_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
-    return;
-  }
-  if (s.kernel == kGSplit) {
-    source = "#include \"kiln/router_gemm_bwd_fused.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_g_split_kernel<{}>", s.params[P_E]);
-    return;
-  }
   if (s.kernel == kW16) {
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     name = fmt::format("kiln::router_gemm_w16_kernel<{}, {}>", s.params[P_K], s.params[P_E]);
@@ -161,7 +141,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
-  if (s.kernel == kDwReduce || s.kernel == kW16 || s.kernel == kGSplit) return 0;
+  if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
                                // (full, empty)
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
@@ -185,9 +165,6 @@ int smem_bytes(const Specialization& s) {
         round_up(std::max(ec * 64 * 128 + 5 * 32768, std::max(s.config[C_STAGES] * 65536, 128 * 1024)), 1024));
     return 1024 + main + 1024 + 2 * 16384;
   }
-  if (s.kernel == kBwdFused)  // slack + w's slice + 2 stages of (g tile, x tile) + mbarriers (the template's
-                              // router_gemm_bwd_fused_smem_bytes)
-    return 1024 + 3 * static_cast<int>((s.params[P_E] + 63) / 64) * 16384 + 2 * 16384 + 64;
   if (is_dw_tma(s.kernel)) {  // slack + max(ring of bk KiB stages, 128 × 264 fp32 staging tile) + mbarriers (+ the
                               // fp16 pass's 8 x-amax slots)
     const int stages = s.config[C_STAGES];
@@ -221,8 +198,8 @@ int smem_bytes(const Specialization& s) {
 
 // CTA size: warps wm × wn for the mma.sync kernels, wm warpgroups for the wgmma ones.
 int threads(const Specialization& s) {
-  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || is_bwd_one(s.kernel) || s.kernel == kBwdFused) return 384;  // producer + 2 consumers
-  if (s.kernel == kW16 || s.kernel == kGSplit) return 256;
+  if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || is_bwd_one(s.kernel)) return 384;  // producer + 2 consumers
+  if (s.kernel == kW16) return 256;
   if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
@@ -235,7 +212,6 @@ int threads(const Specialization& s) {
 bool valid(const Specialization& s) {
   if (s.kernel == kDwReduce) return true;
   if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
-  if (s.kernel == kGSplit) return has_wgmma(s.arch) && fused_shape(s.params[P_K], s.params[P_E]);
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
@@ -257,10 +233,6 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 64 && c[C_BN] == 256 && c[C_BK] == 64 &&
            (c[C_WM] == 1 || c[C_WM] == 2 || c[C_WM] == 4) && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] >= 2 &&
            c[C_STAGES] <= 3 && smem_bytes(s) <= smem_limit(s.arch);
-  if (s.kernel == kBwdFused)  // 64-token tiles, 128-column blocks, 2 consumers (dx: 64 columns each), g as 16-bit
-                              // hi / lo (bk 16), up to wn (≤ 8) T ranges, 2 stages
-    return has_wgmma(s.arch) && fused_shape(K, E) && c[C_BM] == 64 && c[C_BN] == 128 && c[C_BK] == 16 &&
-           c[C_WM] == 2 && c[C_WN] >= 1 && c[C_WN] <= 8 && c[C_STAGES] == 2 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dw_tma(s.kernel))  // 128 experts × 256 columns, up to wn (≤ 8) T ranges, wm (1, 2, 4) of them a cluster,
                             // T chunks of bk = 64 (2–3 stages) or 32 tokens (2–6 stages)
     return has_wgmma(s.arch) && E <= 256 && c[C_BM] == 128 && c[C_BN] == 256 && (c[C_BK] == 64 || c[C_BK] == 32) &&
@@ -304,7 +276,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma", "bwd_fused", "g_split"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -338,7 +310,6 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   s.params[P_E] = E;
   switch (kernel) {
     case kW16:  // no tile config
-    case kGSplit:
       break;
     case kDxTma:
     case kDxTmaF16:
@@ -348,9 +319,6 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       break;
     case kBwdTma:  // the dw kernel's default (its grid is the launch's)
       set_config(s, 64, 256, 64, 2, 8, 3);
-      break;
-    case kBwdFused:  // up to 8 T ranges (16 column blocks × 8 = 128 CTAs at K = 2048)
-      set_config(s, 64, 128, 16, 2, 8, 2);
       break;
     case kDwTma:
     case kDwTmaF16:
@@ -433,7 +401,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     out.push_back(s);
   };
   add(def);
-  if (base.kernel == kDwReduce || base.kernel == kW16 || base.kernel == kGSplit) return;
+  if (base.kernel == kDwReduce || base.kernel == kW16) return;
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
@@ -589,8 +557,6 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
          {kFwd90, kFwdTma, kDxTma, kDwTma, kFwdTmaKs, kDxTmaSplit, kDwTmaBf16, kFwdTmaXmc, kDxTmaF16,
           kDwTmaF16, kW16, kBwdTma})
       if (k != kFwdTmaXmc || E % 16 == 0) out.push_back(spec(arch, k, K, E));
-  if (has_wgmma(arch) && fused_shape(K, E))
-    for (uint32_t k : {kBwdFused, kGSplit}) out.push_back(spec(arch, k, K, E));
 }
 
 // ---- validation -----------------------------------------------------------------------------------------------
@@ -943,35 +909,6 @@ constexpr bool kBwdOneLaunchDefault = true;
 // session 9's path (no options) in the same runs: round 2 57.34 µs (p10–p90 56.9–58.0) against 59.9–61.5 (bimodal,
 // p10 56.7); round 3 +0.14 µs (faster in 45 % of 60 rounds: a tie); round 4 −0.78 (faster in 71 % of 80 rounds).
 constexpr int kBwdOneOptions = kRgOneWPrefetch;
-// Whether the op's default at precision standard with dx and dw both wanted is the fused backward (variant 4): only
-// where it was measured faster than the one launch in the same run (session 11, round 3: 8192 tokens, K 2048, E 256;
-// more tokens only lengthen its main loop, where it gains).
-constexpr bool kBwdFusedDefault = true;
-bool fused_default(int64_t T, int64_t K, int64_t E) { return kBwdFusedDefault && K == 2048 && E == 256 && T >= 8192; }
-// The fused backward's T ranges (kBwdFused): enough that K/128 column blocks × ranges fill the GPU, at most wn, each
-// a multiple of 64 rows, none empty; with more than one, each range's dw partial goes through the workspace
-// ([ranges, E, K], then one flag word a CTA: the in-kernel sum).
-struct FusedPlan {
-  int ranges = 0, rows = 0;
-  int64_t part_elems = 0, flag_words = 0, split_offset = 0, workspace_elems = 0;
-};
-// Workspace: the range partials and one flag word a CTA (more than one range), then g's hi / lo ([T, E] bf16 each).
-FusedPlan fused_plan(const Specialization& s, int64_t T, int sms) {
-  FusedPlan p;
-  if (T <= 0) return p;
-  const int64_t K = s.params[P_K], E = s.params[P_E], blocks = K / 128, chunks = (T + 63) / 64;
-  const int64_t want = std::min<int64_t>(std::clamp<int64_t>(sms / blocks, 1, s.config[C_WN]), chunks);
-  const int64_t per = (chunks + want - 1) / want;  // 64-token tiles a range
-  p.rows = static_cast<int>(per * 64);
-  p.ranges = static_cast<int>((chunks + per - 1) / per);
-  if (p.ranges > 1) {
-    p.part_elems = p.ranges * E * K;
-    p.flag_words = round_up(blocks * p.ranges, 4);
-  }
-  p.split_offset = p.part_elems + p.flag_words;
-  p.workspace_elems = p.split_offset + T * E;
-  return p;
-}
 bool one_launch_fits(int64_t T, int64_t K, int64_t E, const DwTmaPlan& p) {
   return (T + 63) / 64 <= ((E + 127) / 128) * ((K + 255) / 256) * p.ranges;
 }
@@ -985,8 +922,6 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
     int64_t n = dw_tma_plan(impl.tuned(spec(arch, dw_tma_kernel(precision), K, E), T), T, sm_count(rt)).workspace_elems;
     if (kBwdOneLaunchDefault && precision == 4)  // (either path may run: the larger of the two plans)
       n = std::max(n, dw_tma_plan(impl.tuned(spec(arch, kBwdTma, K, E), T), T, sm_count(rt)).workspace_elems);
-    if (precision == 4 && fused_default(T, K, E))
-      n = std::max(n, fused_plan(impl.tuned(spec(arch, kBwdFused, K, E), T), T, sm_count(rt)).workspace_elems);
     return n + (precision == 0 && T > 0 ? w16_elems(K, E) : 0);
   }
   const Specialization s = impl.tuned(spec(arch, kDw, K, E), T);
@@ -995,8 +930,6 @@ int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, 
 int64_t router_gemm_fp32_bwd_workspace_elems(Runtime& rt, int64_t T, int64_t K, int64_t E) {
   return router_gemm_fp32_bwd_workspace_elems(rt, T, K, E, RouterGemmBwdOptions{});
 }
-
-bool detail::router_gemm_bwd_fused_is_default(int64_t T, int64_t K, int64_t E) { return fused_default(T, K, E); }
 
 void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w,
                                          const TensorRef& dx, const TensorRef& dw, const TensorRef& workspace,
@@ -1017,9 +950,8 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   const Arch arch = impl.target_arch();
   const bool by_default = variant < 0;
   if (variant < 0) variant = default_bwd_variant(arch, E);
-  if (variant != 0 && (variant < 2 || variant > 4))  // (1: the cp.async wgmma kernels, removed in session 7)
-    ck.invalid("variant",
-               fmt::format("expected 0 (mma.sync), 2 (TMA), 3 (TMA, one launch) or 4 (TMA, fused), got {}", variant));
+  if (variant != 0 && (variant < 2 || variant > 3))  // (1: the cp.async wgmma kernels, removed in session 7)
+    ck.invalid("variant", fmt::format("expected 0 (mma.sync), 2 (TMA) or 3 (TMA, one launch), got {}", variant));
   if (variant >= 2 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma backward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
   if (precision < 0 || precision > 4)
@@ -1027,10 +959,6 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   if (variant >= 3 && precision != 4)
     ck.invalid("variant", fmt::format("the one-launch backward (variant {}) computes precision standard only, got {}",
                                       variant, precision));
-  if (variant == 4 && (!fused_shape(K, E) || !dx.defined() || !dw.defined()))
-    ck.invalid("variant", fmt::format("the fused backward (variant 4) needs dx and dw, E of 64, 128 or 256 and K a "
-                                      "multiple of 128 (K = {}, E = {})",
-                                      K, E));
   if (variant >= 2) {
     if (T == 0) {  // dx has no rows; dw is an empty sum: zeros
       if (!dw.defined()) return;
@@ -1039,72 +967,6 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
       d.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
       d.block[0] = 256;
       impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
-      return;
-    }
-    if (by_default && precision == 4 && !force_dx && !force_dw && dx.defined() && dw.defined() && fused_default(T, K, E))
-      variant = 4;
-    if (variant == 4) {  // the fused backward: g split, then one launch (+ dw_reduce where it is not resident at once)
-      const Specialization sf = pick(rt, ck, spec(arch, kBwdFused, K, E), T, force_dx ? force_dx : force_dw);
-      const FusedPlan fp = fused_plan(sf, T, sm_count(rt));
-      if (workspace.defined() && workspace.numel() < fp.workspace_elems)
-        ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
-                                                fp.workspace_elems, workspace.numel()));
-      CUdeviceptr owned = 0;
-      float* ws = nullptr;
-      if (workspace.defined()) {
-        ws = static_cast<float*>(workspace.data);
-      } else {
-        owned = impl.alloc_async(static_cast<size_t>(fp.workspace_elems) * 4, stream);
-        ws = reinterpret_cast<float*>(owned);
-      }
-      RouterGemmBwdFusedArgs a{};
-      char* hi = reinterpret_cast<char*>(ws + fp.split_offset);
-      const RouterGemmGSplitArgs sa{static_cast<const float*>(g.data), gr.stride, hi, hi + T * E * 2,
-                                    static_cast<int>(T)};
-      LaunchDims sd;
-      sd.grid[0] = static_cast<unsigned>((T * E / 8 + 255) / 256);
-      sd.block[0] = 256;
-      impl.launch(spec(arch, kGSplit, K, E), sd, stream, sa);
-      encode_tma_2d(a.tmw, w.data, K, E, K * 2, 64);
-      encode_tma_2d(a.tmx, x.data, K, T, xr.stride * 2, 64);
-      encode_tma_2d(a.tmdx, dx.data, K, T, dxr.stride * 2, 64);
-      encode_tma_2d(a.tmhi, sa.hi, E, T, E * 2, 64);
-      encode_tma_2d(a.tmlo, sa.lo, E, T, E * 2, 64);
-      a.dx = dx.data;
-      a.dx_stride = dxr.stride;
-      a.dw = static_cast<float*>(dw.data);
-      a.partial = fp.ranges > 1 ? ws : nullptr;  // (partials first, then the flags, then hi / lo)
-      if (fp.ranges > 1) encode_tma_2d(a.tmpart, a.partial, K, fp.ranges * E, K * 4, static_cast<int>(E), /*f32=*/true);
-      else encode_tma_2d(a.tmpart, dw.data, K, E, K * 4, static_cast<int>(E), /*f32=*/true);
-      a.T = static_cast<int>(T);
-      a.split_rows = fp.rows;
-      a.measure = router_gemm_measure_flags.load(std::memory_order_relaxed) & (kRgSkipMma | kRgSkipStore | kRgFusedSkipDx);
-      a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-      LaunchDims d;
-      d.grid[0] = static_cast<unsigned>(K / 128);
-      d.grid[1] = static_cast<unsigned>(fp.ranges);
-      d.block[0] = static_cast<unsigned>(threads(sf));
-      d.smem = static_cast<unsigned>(smem_bytes(sf));
-      d.pdl = true;  // launched while the split drains; its producer waits for it before the first g tile
-      const int64_t ctas = static_cast<int64_t>(d.grid[0]) * d.grid[1];
-      const bool fused_sum = fp.ranges > 1 && !(a.measure & kRgSkipStore) &&
-                             !(router_gemm_measure_flags.load(std::memory_order_relaxed) & kRgSepReduce) &&
-                             resident_clusters(impl, impl.kernel(sf), 1, d.block[0], d.smem) >= ctas;
-      if (fused_sum) {
-        a.flags = reinterpret_cast<unsigned*>(ws + fp.part_elems);
-        a.tag = impl.workspace_tag(reinterpret_cast<CUdeviceptr>(a.flags), static_cast<size_t>(fp.flag_words), stream,
-                                   "cuMemsetD32Async (router_gemm fused backward flags)");
-      }
-      impl.launch(sf, d, stream, a);
-      if (fp.ranges > 1 && !fused_sum && !(a.measure & kRgSkipStore)) {  // the ranges' partials, in range order
-        const RouterGemmDwReduceArgs r{ws, static_cast<float*>(dw.data), E * K, fp.ranges};
-        LaunchDims rd;
-        rd.grid[0] = static_cast<unsigned>((E * K / 4 + 255) / 256);
-        rd.block[0] = 256;
-        rd.pdl = true;  // starts while the fused kernel drains; waits for it (griddepcontrol.wait)
-        impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
-      }
-      if (owned) impl.free_async(owned, stream);
       return;
     }
     const bool f16_dx = dx.defined() && precision == 0;
@@ -1400,7 +1262,6 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   else if (strip_suffix(part, "_nofence")) flags |= kRgSkipCopyFence;
   int variant = -1;
   if (strip_suffix(part, "_one")) variant = 3;  // the backward in one launch (dw role, then dx role)
-  else if (strip_suffix(part, "_fused")) variant = 4;  // the fused backward (dx and dw in one pass)
   else if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
   else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
   else if (strip_suffix(part, "_tma")) variant = 2;
@@ -1459,7 +1320,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one", "bwd_fused", "bwd_fused"};
+                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

@@ -27,10 +27,6 @@ void router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const TensorRe
                                  int variant, int precision, const RouterGemmConfig* force_dx,
                                  const RouterGemmConfig* force_dw, Stream stream);
 
-// Whether the backward's default at precision standard, dx and dw both wanted (sm_90a), is the fused backward (variant
-// 4: its dw sums the T ranges in another order than the one launch / two kernels) at T × K → E.
-bool router_gemm_bwd_fused_is_default(int64_t T, int64_t K, int64_t E);
-
 // Measurement hook (bench sweep and GPU tests only): kRgSkip* flags handed to the sm_90a kernels. 0 in normal use.
 extern std::atomic<int> router_gemm_measure_flags;
 

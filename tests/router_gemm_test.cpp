@@ -157,13 +157,13 @@ std::vector<Specialization> enumerated(int K, int E, const char* arch) {
 
 TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   const auto specs = enumerated(2048, 256, "sm_90a");
-  ASSERT_EQ(specs.size(), 18u);
+  ASSERT_EQ(specs.size(), 16u);
   std::set<uint32_t> kernels;
   for (const auto& s : specs) kernels.insert(s.kernel);
   // 4–15: the wgmma kernels, sm_90a only (6–9: the TMA backward from bf16(g) or hi + lo; 11: the forward over expert
   // pairs, E % 16 == 0; 12–14: the TMA backward's fp16 pass and its w operand prep; 15: the backward in one launch,
-  // precision standard; 16–17: the fused backward and its g split, E of 64, 128 or 256 and K a multiple of 128).
-  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17}));
+  // precision standard).
+  EXPECT_EQ(kernels, (std::set<uint32_t>{0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15}));
   std::set<std::pair<uint32_t, int64_t>> keys;  // one entry per kernel and shape (the tuning database's key)
   for (const auto& s : specs) EXPECT_TRUE(keys.insert({s.kernel, s.params[0] * 4096 + s.params[1]}).second);
   EXPECT_EQ(enumerated(2048, 256, "sm_80").size(), 4u);
@@ -172,8 +172,7 @@ TEST(RouterGemmFamily, EnumeratesEveryKernelOfAMoeModelAndNothingForADenseOne) {
   EXPECT_TRUE(enumerated(2048, 0, "sm_90a").empty());
   EXPECT_TRUE(enumerated(2050, 256, "sm_90a").empty());  // K not a multiple of 8: not servable
   const auto ds = enumerated(7168, 256, "sm_90a");
-  ASSERT_EQ(ds.size(), 18u);
-  EXPECT_EQ(enumerated(2048, 160, "sm_90a").size(), 16u);  // no fused backward (E = 160)
+  ASSERT_EQ(ds.size(), 16u);
   EXPECT_EQ(ds[0].params[0], 7168);
   EXPECT_EQ(ds[0].params[1], 256);
 }
@@ -195,8 +194,8 @@ TEST(RouterGemmFamily, SearchSpacesHoldTheDefaultAndFit) {
             EXPECT_TRUE(keys.insert(c.key().hex()).second) << c.describe();
             EXPECT_LE(family().dynamic_smem_bytes(c), limit) << arch << " " << c.describe();
           }
-          // dw_reduce, w16, g_split: no tiles; bwd_fused: one tile shape (its design)
-          if (std::string(arch) == "sm_90a" && s.kernel != 3 && s.kernel != 14 && s.kernel != 16 && s.kernel != 17)
+          // dw_reduce, w16: no tiles
+          if (std::string(arch) == "sm_90a" && s.kernel != 3 && s.kernel != 14)
             EXPECT_GE(space.size(), 3u) << s.describe();
           if (s.kernel >= 4) EXPECT_EQ(std::string(arch), "sm_90a");
         }

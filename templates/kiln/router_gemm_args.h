@@ -108,46 +108,6 @@ struct RouterGemmBwdTmaArgs {
   int prefetch_g;                       // dw then dx: the first dx tile's g rows prefetched into L2 near dw's end
   int options;                          // kRgOneWPrefetch (the host's choice)
 };
-// The fused backward (router_gemm_bwd_fused_kernel, precision standard, session 11): CTA (kb, r) = hidden columns
-// [128·kb, 128·kb + 128) over T range r (split_rows rows, a multiple of 64). tmw = w [E, K] bf16 and tmx = x [T, K]
-// bf16 in boxes of 64 × 64 (all 128-byte swizzled). With
-// more than one range, range r writes its dw partial to partial[r] ([ranges, E, K]); with `flags` (the whole grid
-// resident) the ranges of a column block add them in the kernel (range order, tagged flags[r·gridDim.x + kb]),
-// else router_gemm_dw_reduce_kernel does (the same order: the same bits).
-struct RouterGemmBwdFusedArgs {
-  TensorMap tmw;
-  TensorMap tmx;
-  TensorMap tmdx;                       // dx [T, K] bf16 in boxes of 64 × 64 (its TMA stores)
-  TensorMap tmpart;                     // the partials [ranges·E, K] (or dw [E, K]) fp32 in boxes of 32 × E
-  TensorMap tmhi, tmlo;                 // g's bf16 hi / lo [T, E] (router_gemm_g_split_kernel) in boxes of 64 × 64
-  void* dx; long long dx_stride;
-  float* dw;                            // [E, K] contiguous
-  float* partial;                       // [ranges, E, K] when ranges > 1, else null
-  unsigned* flags;                      // [gridDim.x · gridDim.y] or null
-  unsigned tag;
-  int T;
-  int split_rows;
-  int measure;                          // measurement only (0 in the ops): kRgSkipMma / kRgSkipStore / kRgFusedSkipDx
-  unsigned long long* trace;            // measurement only (null in the ops): kRgFusedTraceSlots a CTA (kRgFused*)
-};
-// Measurement (the fused backward, RouterGemmBwdFusedArgs::measure): its dx blocks are not stored (dw as usual).
-constexpr int kRgFusedSkipDx = 1 << 25;
-// Trace of the fused backward (consumer warpgroup 0's lead thread): globaltimer ns and SM clock at entry, SM id, then
-// SM clock: tile 0 landed, main loop done, dw partial stored, the block's ranges seen (in-kernel
-// sum), end (and globaltimer ns at the end); tile c's MMAs issued at kRgFusedTraceTile + c (c < 32).
-enum : int {
-  kRgFusedTraceStartNs = 0, kRgFusedTraceStartClk = 1, kRgFusedTraceSm = 2, kRgFusedTraceReady = 3,
-  kRgFusedTraceLoop = 4, kRgFusedTraceStored = 5, kRgFusedTraceSeen = 6, kRgFusedTraceEnd = 7, kRgFusedTraceEndNs = 8,
-  kRgFusedTraceTile = 16, kRgFusedTraceSlots = 48
-};
-// router_gemm_g_split_kernel: hi = bf16(g), lo = bf16(g − hi), [T, E] bf16 contiguous each (the fused backward's PRE
-// form reads them by TMA).
-struct RouterGemmGSplitArgs {
-  const float* g; long long g_stride;
-  void* hi;
-  void* lo;
-  int T;
-};
 // Switches of the one-launch backward (router_gemm_bwd_one_measure: measurement, host): kRgOneExplicit: the kernel's
 // options (RouterGemmBwdTmaArgs::options) exactly as named, not the op's defaults (kBwdOneOptions); kRgOneDxNoStore /
 // kRgOneDxNoLoad: the dx role alone stores / loads nothing (kRgSkipStore / kRgSkipLoad in its args only);

@@ -1427,7 +1427,6 @@ void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>&
     const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
     for (auto [variant, om] : runs) {
       if (variant < 0 && c.cfg[0]) continue;
-      if (variant < 0 && detail::router_gemm_bwd_fused_is_default(T, K, E)) continue;  // (BwdFusedMatchesTwoKernels)
       SCOPED_TRACE("variant " + std::to_string(variant) + " measure " + std::to_string(om) + " T=" +
                    std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E) +
                    (c.cfg[0] ? " config " + fmt_config(c.cfg) : std::string()));
@@ -1449,7 +1448,7 @@ void OneLaunchChecks::equals_two_kernels(const std::vector<std::pair<int, int>>&
     }
   }
 }
-// (-1: the op's default — the one launch where it fits, else the two kernels; not where it is the fused backward)
+// (-1: the op's default — the one launch where it fits, else the two kernels)
 TEST_F(RouterGemmTest, BwdOneLaunchEqualsTwoKernels) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   OneLaunchChecks::equals_two_kernels({{3, 0}, {-1, 0}});
@@ -1719,7 +1718,7 @@ void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
 // The ablations (which part of the dx role after dw is slow).
 TEST_F(RouterGemmTest, BwdOneLaunchAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  OneLaunchAB::run({{"one launch (default options)", 3, 0, 0, true, true, true},
+  OneLaunchAB::run({{"one launch (op default)", -1, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"one launch, dx role stores nothing", 3, 0, kRgOneDxNoStore, true, true, false},
                     {"one launch, dx role loads no w", 3, 0, kRgOneDxNoLoad, true, true, false},
@@ -1730,179 +1729,16 @@ TEST_F(RouterGemmTest, BwdOneLaunchAB) {
                     {"one launch, x without evict-first", 3, kRgNoXEvictFirst, 0, true, true, true},
                     {"dx kernel alone", 2, 0, 0, true, false, false},
                     {"dw kernel alone", 2, 0, 0, false, true, false},
-                    {"one launch (default options) again", 3, 0, 0, true, true, true}});
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}});
 }
 // The candidates (opt-in until they win here).
 TEST_F(RouterGemmTest, BwdOneLaunchCandidatesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  OneLaunchAB::run({{"one launch (default options: w prefetch)", 3, 0, 0, true, true, true},
+  OneLaunchAB::run({{"one launch (op default: w prefetch)", -1, 0, 0, true, true, true},
                     {"two kernels", 2, 0, 0, true, true, true},
                     {"session 9's path (no options)", 3, 0, kRgOneExplicit, true, true, true},
-                    {"one launch (default options) again", 3, 0, 0, true, true, true}},
+                    {"one launch (op default) again", -1, 0, 0, true, true, true}},
                    80, /*ref: session 9's path*/ 2);
-}
-
-// The fused backward (variant 4, session 11: dx and dw in one streaming pass per 128-column block; E of 64, 128 or 256,
-// K a multiple of 128). dx multiplies the dx kernel's operands in its order, so it must equal the two kernels' dx bit
-// for bit; dw (another T partition and product order) against the fp64 reference within precision standard's bound;
-// dw the same bits with the ranges' partials added in the kernel (tagged flags) or by router_gemm_dw_reduce_kernel
-// (kRgSepReduce), and again on a second call. Shapes: one token, 7 tokens (one range), partial last tiles (T = 333,
-// 4097), E = 64 / 128, K = 1536 (12 column blocks) and 7168 (56 blocks × 2 ranges), T = 17000 (34 tiles a range), and
-// the issue's shape with a caller's workspace.
-TEST_F(RouterGemmTest, BwdFusedMatchesTwoKernels) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  struct Case {
-    Shape sh;
-    bool user_ws;
-  };
-  // (user_ws: a caller's workspace of router_gemm_fp32_bwd_workspace_elems — which covers the fused plan where the
-  // fused backward is the op's default — else the op's own)
-  for (const Case& c : {Case{{1, 2048, 256}, false}, Case{{7, 1536, 64}, false}, Case{{333, 2048, 128}, false},
-                        Case{{4097, 2048, 256}, false}, Case{{17000, 1536, 64}, false}, Case{{2048, 7168, 256}, false},
-                        Case{{8192, 2048, 256}, true}}) {
-    const auto [T, K, E] = c.sh;
-    SCOPED_TRACE("T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
-    std::printf("[bwd fused] T=%lld K=%lld E=%lld\n", static_cast<long long>(T), static_cast<long long>(K),
-                static_cast<long long>(E));
-    std::fflush(stdout);
-    const uint64_t seed = mix_seed({0xf1, static_cast<uint64_t>(T), static_cast<uint64_t>(K), static_cast<uint64_t>(E)});
-    const auto [x, w] = bf16_xw(T, K, E, mix_seed({seed, 1}), mix_seed({seed, 2}));
-    const std::vector<float> g = randn(T * E, mix_seed({seed, 3}), 1e-4f);
-    const Bwd two = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, false, /*variant=*/2, /*precision=*/4);
-    const Bwd f = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, /*variant=*/4, /*precision=*/4);
-    EXPECT_TRUE(f.guards_ok) << "written outside dx, dw or the workspace";
-    EXPECT_TRUE(bitwise_equal("dx (fused vs two kernels)", f.dx, two.dx));
-    detail::router_gemm_measure_flags.store(kRgSepReduce);
-    const Bwd sep = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, 4, 4);
-    detail::router_gemm_measure_flags.store(0);
-    EXPECT_TRUE(sep.guards_ok);
-    EXPECT_TRUE(bitwise_equal("dw (fused, in-kernel sum vs dw_reduce)", f.dw, sep.dw));
-    EXPECT_TRUE(bitwise_equal("dx (fused, in-kernel sum vs dw_reduce)", f.dx, sep.dx));
-    const Bwd again = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, c.user_ws, 4, 4);
-    EXPECT_TRUE(bitwise_equal("dw (fused, second call)", f.dw, again.dw));
-    if (detail::router_gemm_bwd_fused_is_default(T, K, E)) {  // the op's default (standard) is this path
-      const Bwd d = run_bwd(g, x, w, T, K, E, true, true, nullptr, nullptr, true, /*variant=*/-1, 4);
-      EXPECT_TRUE(d.guards_ok);
-      EXPECT_TRUE(bitwise_equal("dx (op default vs fused)", d.dx, f.dx));
-      EXPECT_TRUE(bitwise_equal("dw (op default vs fused)", d.dw, f.dw));
-    }
-    const BwdRef want(g, x, w, T, K, E);
-    EXPECT_TRUE(want.check_dx(f.dx, 4));
-    EXPECT_TRUE(want.check_dw(f.dw, 4));
-  }
-}
-// The fused backward's misuse: a shape it does not serve, or only one output, is refused naming the variant.
-TEST_F(RouterGemmTest, BwdFusedRefusesWhatItDoesNotServe) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  const int64_t T = 64, K = 2048;
-  for (const int64_t E : {160, 256}) {
-    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xf5}), mix_seed({0xf6}));
-    const std::vector<float> g = randn(T * E, mix_seed({0xf7}), 1e-4f);
-    EXPECT_THROW_NAMING(run_bwd(g, x, w, T, K, E, true, E == 256 ? false : true, nullptr, nullptr, false, 4, 4),
-                        "variant", InvalidArgument);
-  }
-}
-// Measurement (prints): the fused backward against the op's default (the one launch) and the two kernels, call by call
-// at 8192 × 2048 → 256 (L2 flushed before every call), with ablations: no MMAs (data movement alone), no stores (no
-// dx, no dw partials / sum), no dx stores, the ranges' sum by dw_reduce; and the op's default.
-TEST_F(RouterGemmTest, BwdFusedAB) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  OneLaunchAB::run({{"one launch", 3, 0, 0, true, true, true},
-                    {"fused (variant 4)", 4, 0, 0, true, true, false},
-                    {"two kernels", 2, 0, 0, true, true, true},
-                    {"fused, no MMAs", 4, kRgSkipMma, 0, true, true, false},
-                    {"fused, no stores", 4, kRgSkipStore, 0, true, true, false},
-                    {"fused, no dx stores", 4, kRgFusedSkipDx, 0, true, true, false},
-                    {"fused, ranges summed by dw_reduce", 4, kRgSepReduce, 0, true, true, false},
-                    {"fused again", 4, 0, 0, true, true, false},
-                    {"one launch again", 3, 0, 0, true, true, true},
-                    {"op default", -1, 0, 0, true, true, false}},
-                   40, /*ref: fused*/ 1);
-}
-
-// Per-CTA timeline of the fused backward at 8192 × 2048 → 256 (measurement; prints): one traced call after an L2 flush
-// per config; per CTA (consumer warpgroup 0's lead): entry, tile 0 ready, main loop done, dw partial stored, the
-// block's ranges seen, end — µs after the first CTA's entry (p10 / p50 / p90 over the CTAs), and the median cycles
-// between consecutive tiles' MMA issues. The traced outputs must equal the untraced ones bit for bit.
-TEST_F(RouterGemmTest, BwdFusedTimeline) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  Runtime& r = rt();
-  const int64_t T = BwdIssueBuffers::T, K = BwdIssueBuffers::K, E = BwdIssueBuffers::E;
-  BwdIssueBuffers bufs(r, mix_seed({0xf8}), mix_seed({0xf9}), mix_seed({0xfa}));
-  DeviceBuffer &gb = bufs.gb, &xb = bufs.xb, &wb = bufs.wb, &dxb = bufs.dxb, &dwb = bufs.dwb, &wsb = bufs.wsb;
-  const int64_t ws_elems = bufs.ws_elems;
-  const size_t slots = 1024 * static_cast<size_t>(kRgFusedTraceSlots);
-  DeviceBuffer tb(r, slots * 8);
-  detail::L2Flusher l2(r, nullptr);
-  for (const detail::RouterGemmConfig& cf :
-       {detail::RouterGemmConfig{64, 128, 16, 2, 8, 2}}) {
-    SCOPED_TRACE(fmt_config(cf));
-    auto call = [&] {
-      detail::router_gemm_fp32_bwd_config(r, gb.ref(DType::f32, {T, E}), xb.ref(DType::bf16, {T, K}),
-                                          wb.ref(DType::bf16, {E, K}), dxb.ref(DType::bf16, {T, K}),
-                                          dwb.ref(DType::f32, {E, K}), wsb.ref(DType::f32, {ws_elems}), 4, 4, &cf,
-                                          nullptr, nullptr);
-    };
-    call();
-    synchronize();
-    const std::vector<uint16_t> dx0 = dxb.download<uint16_t>(T * K);
-    const std::vector<float> dw0 = dwb.download<float>(E * K);
-    tb.fill(0);
-    l2.flush(nullptr);
-    detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()));
-    call();
-    synchronize();
-    detail::router_gemm_trace.store(nullptr);
-    EXPECT_TRUE(dxb.download<uint16_t>(T * K) == dx0) << "traced dx differs";
-    EXPECT_TRUE(bitwise_equal("traced dw", dwb.download<float>(E * K), dw0));
-    const std::vector<uint64_t> tr = tb.download<uint64_t>(slots);
-    auto at = [&](int c, int slot) { return tr[static_cast<size_t>(c) * kRgFusedTraceSlots + slot]; };
-    int n = 0;
-    while (n < 1024 && at(n, kRgFusedTraceStartNs) != 0) ++n;
-    ASSERT_GT(n, 0);
-    std::vector<double> rate;
-    uint64_t t0 = ~0ull;
-    for (int c = 0; c < n; ++c) {
-      const uint64_t gs = at(c, kRgFusedTraceStartNs), ge = at(c, kRgFusedTraceEndNs);
-      const uint64_t cs = at(c, kRgFusedTraceStartClk), ce = at(c, kRgFusedTraceEnd);
-      if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
-      t0 = std::min(t0, gs);
-    }
-    ASSERT_FALSE(rate.empty());
-    const double ghz = detail::median(rate);  // cycles per ns
-    auto pct = [](std::vector<double> v) {
-      std::sort(v.begin(), v.end());
-      char buf[64];
-      std::snprintf(buf, sizeof buf, "%6.2f %6.2f %6.2f", v[v.size() / 10], v[v.size() / 2], v[v.size() * 9 / 10]);
-      return std::string(buf);
-    };
-    std::printf("[fused timeline] %s: %d CTAs, SM clock %.3f GHz (µs after the first entry: p10 p50 p90)\n",
-                fmt_config(cf).c_str(), n, ghz);
-    const std::pair<const char*, int> phases[] = {{"entry", -1},
-                                                  {"tile 0 ready", kRgFusedTraceReady},
-                                                  {"main loop done", kRgFusedTraceLoop},
-                                                  {"partial stored", kRgFusedTraceStored},
-                                                  {"ranges seen", kRgFusedTraceSeen},
-                                                  {"end", kRgFusedTraceEnd}};
-    for (auto [name, slot] : phases) {
-      std::vector<double> v;
-      for (int c = 0; c < n; ++c) {
-        const double start = static_cast<double>(at(c, kRgFusedTraceStartNs) - t0) / 1000.0;
-        if (slot < 0) v.push_back(start);
-        else if (at(c, slot) >= at(c, kRgFusedTraceStartClk))
-          v.push_back(start + static_cast<double>(at(c, slot) - at(c, kRgFusedTraceStartClk)) / ghz / 1000.0);
-      }
-      if (!v.empty()) std::printf("[fused timeline]   %-16s %s\n", name, pct(v).c_str());
-    }
-    std::vector<double> gap;  // cycles between consecutive tiles' MMA issues
-    for (int c = 0; c < n; ++c)
-      for (int k = 1; k < 32; ++k) {
-        const uint64_t a0 = at(c, kRgFusedTraceTile + k - 1), a1 = at(c, kRgFusedTraceTile + k);
-        if (a0 && a1 > a0) gap.push_back(static_cast<double>(a1 - a0));
-      }
-    if (!gap.empty())
-      std::printf("[fused timeline]   cycles a tile    %s (tensor at the full rate: 3072)\n", pct(gap).c_str());
-  }
 }
 
 // The public default (precision standard): dx from bf16(g) and dw from hi + lo — the same kernels and bits as the
