@@ -94,15 +94,24 @@ class RmsqStreamMeasure : public GpuTest {
   }
 };
 
-// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG; stages = ring
-// slots. (Measured here and deleted, rows in bench/NOTES.md: TABLE 1024, AHEADX 4096, SPLIT2 8192; session 9's HELP
+// Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG, 8388608 SKEW,
+// 16777216 MID, 33554432 PSKEW; stages = ring slots. (Measured here and deleted, rows in bench/NOTES.md: TABLE 1024, AHEADX 4096, SPLIT2 8192; session 9's HELP
 // 32768, HX 131072, EPS 262144; session 10's DYN 524288, HALF0 1048576, L2PF 2097152, EARLYR 4194304. Session 7 and
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here.)
 // The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
 std::vector<StreamCfg> session_cfgs() {
   return {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"2048 SKEW", 2048, 2, 4, 19203 | 8388608, "2048 default (19203)"},
+      {"2048 SKEW+MID", 2048, 2, 4, 19203 | 8388608 | 16777216, "2048 default (19203)"},
+      {"2048 START", 2048, 2, 4, 19203 | 128, "2048 default (19203)"},
+      {"2048 PSKEW", 2048, 2, 4, 19203 | 33554432, "2048 default (19203)"},
+      {"2048 SKEW+PSKEW", 2048, 2, 4, 19203 | 8388608 | 33554432, "2048 default (19203)"},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+      {"7168 SKEW", 7168, 2, 4, 19203 | 8388608, "7168 default (19203)"},
+      {"7168 SKEW+MID", 7168, 2, 4, 19203 | 8388608 | 16777216, "7168 default (19203)"},
+      {"7168 PSKEW", 7168, 2, 4, 19203 | 33554432, "7168 default (19203)"},
+      {"7168 SKEW+PSKEW", 7168, 2, 4, 19203 | 8388608 | 33554432, "7168 default (19203)"},
   };
 }
 
@@ -127,7 +136,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   for (const StreamCfg& c : cfgs) names.emplace_back(c.name);
   interleaved_sweep(
       "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", names,
-      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 5, 10);
+      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 9, 10);
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
@@ -154,7 +163,11 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"2048 SKEW", 2048, 2, 4, 19203 | 8388608, nullptr},
+      {"2048 SKEW+MID", 2048, 2, 4, 19203 | 8388608 | 16777216, nullptr},
+      {"2048 PSKEW", 2048, 2, 4, 19203 | 33554432, nullptr},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+      {"7168 SKEW", 7168, 2, 4, 19203 | 8388608, nullptr},
   });
 
 
