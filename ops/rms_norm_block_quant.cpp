@@ -62,15 +62,6 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// 8388608 SKEW (on LEAN, session 11): from item 1 on, warps 0–7 finish item it's exchange before item it + 1's pass 1,
-// warps 8–15 after it (the default order), so one half's dependent exchange chain issues under the other half's pass 1;
-// 16777216 MID (on SKEW): the early half's exchange after the first block of that pass 1 (its polls a block longer in
-// flight). Bit-exact (the same operations per warp).
-constexpr int kStreamSkew = 8388608, kStreamMid = 16777216;
-// 33554432 PSKEW (on TIGHT + FLAT + SPLIT, session 11): in pass 2 of full tiles warps 8–15 form their row codes after
-// the block's column codes (warps 0–7 between the barrier's arrive and wait, as before), so the halves' dependent
-// chains (row butterfly, column quantizers) fall at different times. Bit-exact.
-constexpr int kStreamPskew = 33554432;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -82,6 +73,14 @@ constexpr int kStreamPskew = 33554432;
 // 2097152 L2PF — x's items prefetched into L2 an item ahead: 30.0 / 109.1 against 25.8 / 91.8 — and 4194304 EARLYR —
 // item it's r computed at the start of item it + 1's pass 1: 27.2 against 25.9 at 2048, though the exchange fell
 // 0.42 → 0.13–0.19 µs an item. Values stay unused.)
+// (Session 11 measured and deleted, bench/NOTES.md "Session 11 (helper q2s11)", 9 × 10 calls in one process against
+// 19203 = 25.15 / 90.24 µs: 8388608 SKEW — warps 0–7 finish an item's exchange before the next item's pass 1: 25.66 /
+// 91.47 —, + 16777216 MID — after its first block: 26.11 / 91.07 —, 33554432 PSKEW — warps 8–15 form a block's row
+// codes after its column codes: 26.16 / 90.70 —, SKEW + PSKEW 25.87 / 91.49, and START (128) on 19203: 26.56 at 2048.
+// Values stay unused.)
+// 67108864 EPOLL (LEAN with early polls — at most 2 a lane — and two blocks an item; session 11): the next item's polls
+// issued at the start of the item's first pass-2 block instead of its last, the stale ones re-polled at its last.
+constexpr int kStreamEpoll = 67108864;
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -375,13 +374,10 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamSkew,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamSkew | kStreamMid,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamStart,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamPskew,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamSkew | kStreamPskew}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamEpoll}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
-    if ((overlap & kStreamSkew) && base.params[P_N] == 128 * cb) continue;  // (SKEW: S > 1)
+    if ((overlap & kStreamEpoll) && (cb != 2 || base.params[P_N] / 256 > 8 || base.params[P_N] / 256 < 2))
+      continue;  // (EPOLL: 2 to 8 chunks, ≤ 2 polls a lane)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
           rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >
@@ -569,7 +565,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
-    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg | kStreamPskew);
+    s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -218,25 +218,16 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool SKEW_BIT = false, bool MID_BIT = false, bool PSKEW_BIT = false>
+          bool WLDG_BIT = false, bool EPOLL_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
   constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
-  constexpr bool PSKEW = PSKEW_BIT && SPLIT && FLAT;
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
-  // SKEW (on LEAN, S > 1): from item 1 on, warps 0–7 form item it's r before item it + 1's pass 1 (MID: after its first
-  // block), warps 8–15 after it (as the default), so one half's dependent exchange chain issues under the other half's
-  // pass-1 arithmetic instead of all 16 warps running it in the same phase. Same operations per warp: the same bits.
-  static_assert(!SKEW_BIT || LEAN, "SKEW is a LEAN variant");
-  static_assert(!MID_BIT || SKEW_BIT, "MID is a SKEW variant");
-  // PSKEW (on TIGHT + FLAT + SPLIT): in pass 2 of full tiles, warps 8–15 form their row codes after the block's column
-  // codes instead of between the barrier's arrive and wait, so the two halves run the row butterfly's and the column
-  // quantizers' dependent chains at different times. Same operations per warp: the same bits.
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
   constexpr int C = CB * 128;
   constexpr int S = N / C;           // column chunks (items) of a row
@@ -470,8 +461,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
   // Pass 1 of item it: Σx² of the item's chunk per row, stored tagged in the workspace (S > 1).
   // pb (LEAN): visit it·CB + b has landed when at most pb − b newer cp.async groups are pending.
-  auto nop = [] {};
-  auto pass1 = [&](int it, auto pb, auto&& mid) {
+  auto pass1 = [&](int it, auto pb) {
     float ss[4] = {0.f, 0.f, 0.f, 0.f};
     auto block = [&](int k) {
       Vec16 xv[4];
@@ -490,7 +480,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         cp_async_wait_group_dyn(PB - b);
         if (b == 0) mark(1, it);
         block(k);
-        if (b == 0) mid();  // (SKEW + MID: the early half's exchange between the item's blocks)
       }
     } else {
 #pragma unroll 1
@@ -538,6 +527,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
   constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
+  // EPOLL (with EARLY_POLL and two blocks an item): item it + 1's polls issued at the start of item it's FIRST pass-2
+  // block instead, and the pairs still stale re-polled at the start of its last block — to tell whether finish's 0.42
+  // µs an item is the polls' return (queued behind the block's refills) or the dependent chain after them.
+  constexpr bool EPOLL = EPOLL_BIT && EARLY_POLL && CB >= 2;
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -546,6 +539,19 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int k = 0; k < KQ; ++k) {
         const int idx = lane + 32 * k;
         got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
+      }
+    }
+  };
+
+  // EPOLL: the pairs of item it that were stale when they returned, loaded again.
+  auto poll_refresh = [&](int it) {
+    if constexpr (GX) {
+      const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
+#pragma unroll
+      for (int k = 0; k < KQ; ++k) {
+        const int idx = lane + 32 * k;
+        if (idx < S * 8 && static_cast<u32>(got[k] >> 32) != sa.tag)
+          got[k] = stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7));
       }
     }
   };
@@ -591,6 +597,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
           }
       }
+      mark(6, it);  // (TRACE: every pair current)
       // Row j's sum in a fixed order (the same in every CTA, so all get the same r): each lane adds its chunks
       // q = (lane >> 3) + 4k in k order, then the four lane groups pairwise (+ commutes: all lanes alike).
       t = 0.f;
@@ -681,7 +688,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
         const int k = it * CB + b;
-        if constexpr (EARLY_POLL) {
+        if constexpr (EPOLL) {
+          if (b == 0 && it + 1 < T) poll_issue(it + 1);
+          if (b == CB - 1 && it + 1 < T) poll_refresh(it + 1);
+        } else if constexpr (EARLY_POLL) {
           if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
         }
         Vec16 xv[4];
@@ -741,7 +751,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           __syncwarp();
           if constexpr (FLAT) mbar_arrive_if(split_bar, lane == 0);
           else if (lane == 0) mbar_arrive(split_bar);
-          if (!PSKEW || warp < WARPS / 2) row_codes_now();  // (PSKEW: warps 8–15 after the column codes)
+          row_codes_now();
           mbar_wait(split_bar, sph & 1u);
           ++sph;
         } else {
@@ -757,9 +767,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           if (warp == 0 && half == 0) {
             col_scales_of(qp, sc);
             bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
-          }
-          if constexpr (PSKEW) {
-            if (warp >= WARPS / 2) row_codes_now();
           }
         } else if constexpr (TF) {
           float qp[8], sc[8];
@@ -829,13 +836,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // first item competes with the others' second) — the commit count is then as without START.
   if constexpr (LEAN) load_w(item_col(0));
   if constexpr (START) {
-    pass1(0, IntC<CB - 1>{}, nop);
+    pass1(0, IntC<CB - 1>{});
     if constexpr (!FIRST) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
   } else {
-    pass1(0, IntC<R - 1>{}, nop);
+    pass1(0, IntC<R - 1>{});
   }
   int it0 = 0;
   if constexpr (FIRST) {
@@ -849,7 +856,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     }
     pass2_lean(0, rv);
     advance();
-    if (T > 1) pass1(1, IntC<R - 1>{}, nop);
+    if (T > 1) pass1(1, IntC<R - 1>{});
     it0 = 1;
   }
 #pragma unroll 1
@@ -860,20 +867,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
     else finish(it, rv);
-    if constexpr (GX && SKEW_BIT) {
-      const bool early = it > it0 && warp < WARPS / 2;  // (warp-uniform; each scheduler gets two warps of each half)
-      if (early && !MID_BIT) finish(it, rv);
-      if (it + 1 < T) {
-        if (MID_BIT && early) pass1(it + 1, IntC<R - CB - 1>{}, [&] { finish(it, rv); });
-        else pass1(it + 1, IntC<R - CB - 1>{}, nop);
-      } else if (MID_BIT && early) {
-        finish(it, rv);
-      }
-      if (!early) finish(it, rv);
-    } else {
-      if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{}, nop);
-      if constexpr (GX) finish(it, rv);
-    }
+    if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
+    if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
       advance();
@@ -892,15 +887,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 8388608 SKEW (LEAN: warps 0–7 finish item it's exchange before item it + 1's pass 1, warps 8–15 after it), 16777216
-// MID (SKEW: the early half's exchange after the first block of that pass 1), 33554432 PSKEW (TIGHT + FLAT + SPLIT:
-// warps 8–15 form a full block's row codes after its column codes).
+// 67108864 EPOLL (LEAN, N = 2048-like: the next item's polls a block earlier, stale pairs re-polled a block later).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 8388608) != 0, (V & 16777216) != 0, (V & 33554432) != 0>(sa);
+                                   (V & 67108864) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
