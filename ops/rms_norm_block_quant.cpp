@@ -76,11 +76,9 @@ constexpr int kStreamWldg = 16384;
 // (Session 11 measured and deleted, bench/NOTES.md "Session 11 (helper q2s11)", 9 × 10 calls in one process against
 // 19203 = 25.15 / 90.24 µs: 8388608 SKEW — warps 0–7 finish an item's exchange before the next item's pass 1: 25.66 /
 // 91.47 —, + 16777216 MID — after its first block: 26.11 / 91.07 —, 33554432 PSKEW — warps 8–15 form a block's row
-// codes after its column codes: 26.16 / 90.70 —, SKEW + PSKEW 25.87 / 91.49, and START (128) on 19203: 26.56 at 2048.
-// Values stay unused.)
-// 67108864 EPOLL (LEAN with early polls — at most 2 a lane — and two blocks an item; session 11): the next item's polls
-// issued at the start of the item's first pass-2 block instead of its last, the stale ones re-polled at its last.
-constexpr int kStreamEpoll = 67108864;
+// codes after its column codes: 26.16 / 90.70 —, SKEW + PSKEW 25.87 / 91.49, and START (128) on 19203: 26.56 at 2048;
+// in round 3 67108864 EPOLL — at 2048 the next item's polls a pass-2 block earlier, stale ones re-polled a block
+// later: 27.57 against 25.22. Values stay unused.)
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -373,11 +371,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamEpoll}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
-    if ((overlap & kStreamEpoll) && (cb != 2 || base.params[P_N] / 256 > 8 || base.params[P_N] / 256 < 2))
-      continue;  // (EPOLL: 2 to 8 chunks, ≤ 2 polls a lane)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
           rms_norm_block_quant_stream_smem_bytes(R, (overlap & kStreamTight) != 0, static_cast<int>(base.params[P_N])) >

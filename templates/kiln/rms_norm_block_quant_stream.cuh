@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool EPOLL_BIT = false>
+          bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -527,10 +527,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // partial sums were stored by every CTA in pass 1 a whole round earlier), so they return during that block instead
   // of during the next pass 1.
   constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
-  // EPOLL (with EARLY_POLL and two blocks an item): item it + 1's polls issued at the start of item it's FIRST pass-2
-  // block instead, and the pairs still stale re-polled at the start of its last block — to tell whether finish's 0.42
-  // µs an item is the polls' return (queued behind the block's refills) or the dependent chain after them.
-  constexpr bool EPOLL = EPOLL_BIT && EARLY_POLL && CB >= 2;
   u64 got[KQ];
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
@@ -539,19 +535,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int k = 0; k < KQ; ++k) {
         const int idx = lane + 32 * k;
         got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
-      }
-    }
-  };
-
-  // EPOLL: the pairs of item it that were stale when they returned, loaded again.
-  auto poll_refresh = [&](int it) {
-    if constexpr (GX) {
-      const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
-#pragma unroll
-      for (int k = 0; k < KQ; ++k) {
-        const int idx = lane + 32 * k;
-        if (idx < S * 8 && static_cast<u32>(got[k] >> 32) != sa.tag)
-          got[k] = stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7));
       }
     }
   };
@@ -597,7 +580,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
           }
       }
-      mark(6, it);  // (TRACE: every pair current)
+      mark(6, it);  // (TRACE: every pair current — the timeline's "polled")
       // Row j's sum in a fixed order (the same in every CTA, so all get the same r): each lane adds its chunks
       // q = (lane >> 3) + 4k in k order, then the four lane groups pairwise (+ commutes: all lanes alike).
       t = 0.f;
@@ -688,10 +671,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int b = 0; b < CB; ++b) {
         const int col = col0 + b * 128;
         const int k = it * CB + b;
-        if constexpr (EPOLL) {
-          if (b == 0 && it + 1 < T) poll_issue(it + 1);
-          if (b == CB - 1 && it + 1 < T) poll_refresh(it + 1);
-        } else if constexpr (EARLY_POLL) {
+        if constexpr (EARLY_POLL) {
           if (b == CB - 1 && it + 1 < T) poll_issue(it + 1);
         }
         Vec16 xv[4];
@@ -886,14 +866,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 67108864 EPOLL (LEAN, N = 2048-like: the next item's polls a block earlier, stale pairs re-polled a block later).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 67108864) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -612,16 +612,6 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// Session 11's EPOLL (bit 67108864 on the default 19203: the next item's polls a pass-2 block earlier, the stale ones
-// re-polled a block later), forced, with a partial last tile, M % 16 != 0 and round_scale 0 (index 2).
-TEST_F(RmsNormBlockQuantTest, StreamKernelEpollPoints) {
-  check_points({{2048, 2, 16, 2, 1, 4, 67128067, 3, 8192},
-                {2048, 2, 16, 2, 1, 4, 67128067, 3, 8000},
-                {2048, 2, 16, 2, 1, 4, 67128067, 3, 4003},
-                {1024, 2, 16, 2, 1, 4, 67128067, 3, 3001}},
-               0x5d);
-}
-
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
