@@ -73,6 +73,12 @@ constexpr int kStreamWldg = 16384;
 // 2097152 L2PF — x's items prefetched into L2 an item ahead: 30.0 / 109.1 against 25.8 / 91.8 — and 4194304 EARLYR —
 // item it's r computed at the start of item it + 1's pass 1: 27.2 against 25.9 at 2048, though the exchange fell
 // 0.42 → 0.13–0.19 µs an item. Values stay unused.)
+// (Session 11 measured and deleted, bench/NOTES.md "Session 11 (helper q2s11)", 9 × 10 calls in one process against
+// 19203 = 25.15 / 90.24 µs: 8388608 SKEW — warps 0–7 finish an item's exchange before the next item's pass 1: 25.66 /
+// 91.47 —, + 16777216 MID — after its first block: 26.11 / 91.07 —, 33554432 PSKEW — warps 8–15 form a block's row
+// codes after its column codes: 26.16 / 90.70 —, SKEW + PSKEW 25.87 / 91.49, and START (128) on 19203: 26.56 at 2048;
+// in round 3 67108864 EPOLL — at 2048 the next item's polls a pass-2 block earlier, stale ones re-polled a block
+// later: 27.57 against 25.22. Values stay unused.)
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.

@@ -580,6 +580,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
           }
       }
+      mark(6, it);  // (TRACE: every pair current — the timeline's "polled")
       // Row j's sum in a fixed order (the same in every CTA, so all get the same r): each lane adds its chunks
       // q = (lane >> 3) + 4k in k order, then the four lane groups pairwise (+ commutes: all lanes alike).
       t = 0.f;

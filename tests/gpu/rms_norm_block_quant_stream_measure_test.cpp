@@ -97,7 +97,8 @@ class RmsqStreamMeasure : public GpuTest {
 // Overlap bits: 1 base, 2 LEAN, 32 FIRST, 128 START, 256 TIGHT, 512 SPLIT, 2048 FLAT, 16384 WLDG; stages = ring
 // slots. (Measured here and deleted, rows in bench/NOTES.md: TABLE 1024, AHEADX 4096, SPLIT2 8192; session 9's HELP
 // 32768, HX 131072, EPS 262144; session 10's DYN 524288, HALF0 1048576, L2PF 2097152, EARLYR 4194304. Session 7 and
-// round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here.)
+// round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
+// MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted.)
 // The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
 std::vector<StreamCfg> session_cfgs() {
   return {
@@ -127,7 +128,7 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   for (const StreamCfg& c : cfgs) names.emplace_back(c.name);
   interleaved_sweep(
       "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", names,
-      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 5, 10);
+      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 9, 10);
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
@@ -234,12 +235,13 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     std::vector<double> start, end, first_landed;
     // Per item index (of a CTA's own walk): block wait (landed − the previous phase end), pass 1 (sums stored −
     // landed), exchange (r ready − the later of the item's pass 1 and the previous pass 2), pass 2 (its duration).
-    std::map<int, std::vector<double>> wait_blocks, pass1, exch, pass2, p2_end;
+    // polled (kind 6, S > 1): every partial sum of the item current, after the same start as the exchange.
+    std::map<int, std::vector<double>> wait_blocks, pass1, exch, pass2, p2_end, polled;
     for (const Cta& x : ctas) {
       const double st = static_cast<double>(x.t0 - t0) / 1000.0;
       start.push_back(st);
       double prev_end = 0;  // the previous phase end (this CTA's clock)
-      std::map<int, double> landed, p1done;
+      std::map<int, double> landed, p1done, ex_start;
       double last_p2 = 0;
       for (const Rec& rec : x.recs) {
         switch (rec.kind) {
@@ -251,8 +253,14 @@ TEST_F(RmsqStreamMeasure, Timeline) {
             if (landed.count(rec.item)) pass1[rec.item].push_back(rec.us - landed[rec.item]);
             p1done[rec.item] = rec.us;
             break;
+          case 6:
+            ex_start[rec.item] = std::max(prev_end, p1done.count(rec.item) ? p1done[rec.item] : 0.0);
+            polled[rec.item].push_back(rec.us - ex_start[rec.item]);
+            break;
           case 3:
-            exch[rec.item].push_back(rec.us - std::max(prev_end, p1done.count(rec.item) ? p1done[rec.item] : 0.0));
+            exch[rec.item].push_back(rec.us - (ex_start.count(rec.item)
+                                                   ? ex_start[rec.item]
+                                                   : std::max(prev_end, p1done.count(rec.item) ? p1done[rec.item] : 0.0)));
             break;
           case 4:
             pass2[rec.item].push_back(rec.us - prev_end);
@@ -266,7 +274,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
             break;
         }
         if (rec.kind == 1 && rec.item == 0) first_landed.push_back(st + rec.us);
-        prev_end = rec.us;
+        if (rec.kind != 6) prev_end = rec.us;
       }
       (void)last_p2;
     }
@@ -286,9 +294,10 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     }
     for (const auto& [it, v] : wait_blocks) {
       std::printf("  item %2d (%4zu CTAs): blocks wait p50/p90 %5.2f %5.2f | pass 1 %5.2f | exchange p50/p90 %5.2f "
-                  "%5.2f | pass 2 p50/p90 %5.2f %5.2f | pass 2 end p50/max %6.2f %6.2f\n",
+                  "%5.2f (polled %5.2f %5.2f) | pass 2 p50/p90 %5.2f %5.2f | pass 2 end p50/max %6.2f %6.2f\n",
                   it, v.size(), q(v, 0.5), q(v, 0.9), q(pass1[it], 0.5), q(exch[it], 0.5), q(exch[it], 0.9),
-                  q(pass2[it], 0.5), q(pass2[it], 0.9), q(p2_end[it], 0.5), q(p2_end[it], 1));
+                  q(polled[it], 0.5), q(polled[it], 0.9), q(pass2[it], 0.5), q(pass2[it], 0.9), q(p2_end[it], 0.5),
+                  q(p2_end[it], 1));
     }
   }
   detail::driver().cuEventDestroy(ev0);
