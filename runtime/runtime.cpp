@@ -403,6 +403,17 @@ StreamStateTable::Buffer Runtime::Impl::stream_state(const void* owner, Stream s
   });
 }
 
+ScratchBuffer Runtime::Impl::scratch(const void* owner, size_t bytes, Stream stream) {
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE || detail::scratch_per_call.load(std::memory_order_relaxed))
+    return {alloc_async(std::max<size_t>(bytes, 16), stream), true};
+  size_t want = 4096;  // (powers of two: a stream's buffer is outgrown a few times at most, and a buffer allocated
+  while (want < bytes) want *= 2;  // for a larger call serves a smaller one)
+  return {stream_state(owner, stream, want).ptr, false};
+}
+
 Runtime::Impl::~Impl() {
   // The buffers of stream_state (cuMemFree waits for the work that may still use them). Errors are ignored: a driver
   // being torn down at process exit frees them anyway.

@@ -3,6 +3,7 @@
 #include <cuda.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -32,6 +33,17 @@ inline thread_local ForcedConfig* t_forced_config = nullptr;
 // > 0 while this thread is tuning: an op a tune instance runs for another specialization (preparing inputs) uses the
 // table or the heuristic and never starts a nested online tune.
 inline thread_local int t_tuning_depth = 0;
+
+// Measurement hook (tests/gpu/scratch_measure_test.cpp): while set, Runtime::Impl::scratch allocates every call's
+// scratch from the stream-ordered pool (alloc_async / free_async), as before the per-stream scratch, for the A/B.
+inline std::atomic<bool> scratch_per_call{false};
+
+// Scratch memory of one call (Runtime::Impl::scratch): `ptr`, and whether the call frees it after its launches
+// (Runtime::Impl::release_scratch: stream-ordered; false for the Runtime's per-stream buffer).
+struct ScratchBuffer {
+  CUdeviceptr ptr = 0;
+  bool per_call = false;
+};
 
 // Installs a ForcedConfig for `candidate` (its shape and config) on this thread for the scope's lifetime.
 class ForceConfigScope {
@@ -91,6 +103,7 @@ using detail::Arch;
 using detail::DeviceInfo;
 using detail::Kernel;
 using detail::LaunchDims;
+using detail::ScratchBuffer;
 using detail::Specialization;
 using detail::StreamStateTable;
 
@@ -186,6 +199,22 @@ struct Runtime::Impl {
     launch(kernel(s), d, stream, args);
   }
   void launch_raw(const Kernel& k, const LaunchDims& d, Stream stream, void** params);
+
+  // Scratch memory for one call on `stream` (≥ `bytes`, 16-byte aligned) that no later call reads: contents a call
+  // writes before it reads them, or words that count only with the call's own tag (workspace_tag), so stale contents
+  // of an earlier call of the same recipe are harmless. `owner` names the recipe's scratch (the address of a static
+  // object of the recipe): recipes never share a buffer. Outside stream capture it is the Runtime's buffer for
+  // (owner, stream) (stream_state: a lock-free lookup on a hit; grown to a power of two ≥ `bytes` when a call needs
+  // more, the outgrown buffer kept until the Runtime is destroyed), reused by every later call of the recipe on the
+  // stream (calls on one stream never overlap; a recipe's first launch of a call never starts early (no PDL), so it
+  // waits for the previous call's last kernel); a call on another stream gets its own. Under stream capture (or when
+  // the capture status cannot be read) it is per-call stream-ordered memory (alloc_async, freed by release_scratch):
+  // a graph owns its allocation, and its replays — on any stream, concurrently with later uncaptured calls on this
+  // one — never alias the per-stream buffer. Call release_scratch after the call's last launch.
+  ScratchBuffer scratch(const void* owner, size_t bytes, Stream stream);
+  void release_scratch(const ScratchBuffer& b, Stream stream) {
+    if (b.per_call) free_async(b.ptr, stream);
+  }
 
   // Stream-ordered scratch memory (cuMemAllocFromPoolAsync / cuMemFreeAsync) from kiln's own pool on the device,
   // created on first use with release threshold UINT64_MAX: freed scratch stays mapped across synchronizations (the
