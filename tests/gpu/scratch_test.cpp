@@ -275,6 +275,7 @@ TEST_F(ScratchMeasure, Launch) {
       {"empty 1x32", nothing, empty(1, 32, 0)},
       {"empty 1x32 + pool alloc/free 512K", nothing, with_pool(empty(1, 32, 0), ws2048)},
       {"empty 1x32 + scratch 512K", nothing, with_scratch(empty(1, 32, 0), ws2048)},
+      {"empty 1x512, mode-2 smem", nothing, empty(1, kRmsqStreamThreads, smem2048)},
       {"empty wave x512, no smem", nothing, empty(wave, kRmsqStreamThreads, 0)},
       {"empty wave x512, mode-2 smem", nothing, empty(wave, kRmsqStreamThreads, smem2048)},
       {"empty wave x512 smem + pool 512K", nothing, with_pool(empty(wave, kRmsqStreamThreads, smem2048), ws2048)},
@@ -287,8 +288,8 @@ TEST_F(ScratchMeasure, Launch) {
       {"router bwd 2048 scratch", per_call(false), rb.run},
   };
   // (second row − first row, per round)
-  const std::vector<std::pair<int, int>> pairs = {{0, 1},  {0, 2},  {3, 4}, {0, 4},  {4, 5},
-                                                  {6, 7},  {8, 9},  {11, 12}, {10, 12}, {10, 11}};
+  const std::vector<std::pair<int, int>> pairs = {{0, 1},  {0, 2},  {0, 3},   {4, 5},   {0, 5}, {5, 6},
+                                                  {7, 8},  {9, 10}, {12, 13}, {11, 13}, {11, 12}};
   std::printf("[scratch] empty kernel wave: %u CTAs (%d an SM) x %d threads, %d B dynamic shared memory\n", wave,
               per_sm, kRmsqStreamThreads, smem2048);
   detail::L2Flusher l2(r, nullptr);
