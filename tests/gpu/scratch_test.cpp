@@ -49,12 +49,18 @@ CUstream new_stream() {
   return s;
 }
 
+// Fills every output of `inst` with 0x55 bytes, in order on `s` (a non-blocking stream: no implicit order with the
+// legacy stream's memsets).
+void poison_outputs(detail::BenchInstance& inst, CUstream s) {
+  for (const TensorRef& t : inst.outputs)
+    detail::check(drv().cuMemsetD8Async(reinterpret_cast<CUdeviceptr>(t.data), 0x55,
+                                        static_cast<size_t>(t.numel()) * dtype_size(t.dtype), s),
+                  "cuMemsetD8Async");
+}
+
 // Every output of `inst` after one call on `s` (the outputs poisoned first: a call must write them all).
 std::vector<uint8_t> run_outputs(detail::BenchInstance& inst, CUstream s) {
-  for (const TensorRef& t : inst.outputs)
-    detail::check(drv().cuMemsetD8(reinterpret_cast<CUdeviceptr>(t.data), 0x55,
-                                   static_cast<size_t>(t.numel()) * dtype_size(t.dtype)),
-                  "cuMemsetD8");
+  poison_outputs(inst, s);
   inst.run(reinterpret_cast<Stream>(s));
   detail::check(drv().cuStreamSynchronize(s), "cuStreamSynchronize");
   return download_outputs(inst);
@@ -154,8 +160,7 @@ void check_streams_and_graph(std::vector<detail::BenchInstance>& inst) {
   ASSERT_EQ(drv().cuGraphInstantiateWithFlags(&exec, graph, 0), CUDA_SUCCESS);
   for (int k = 0; k < 3; ++k) {
     SCOPED_TRACE("replay " + std::to_string(k));
-    for (const TensorRef& t : inst[0].outputs)
-      drv().cuMemsetD8(reinterpret_cast<CUdeviceptr>(t.data), 0x55, static_cast<size_t>(t.numel()) * dtype_size(t.dtype));
+    poison_outputs(inst[0], s1);
     ASSERT_EQ(drv().cuGraphLaunch(exec, s1), CUDA_SUCCESS);
     ASSERT_EQ(drv().cuStreamSynchronize(s1), CUDA_SUCCESS);
     expect_same_bits(download_outputs(inst[0]), want[0], "per call (graph replay)");
