@@ -389,13 +389,16 @@ uint32_t Runtime::Impl::workspace_tag(CUdeviceptr ws, size_t words, Stream strea
 StreamStateTable::Buffer Runtime::Impl::stream_state(const void* owner, Stream stream, size_t bytes) {
   // The per-thread default stream is one handle for a different stream on every thread: keyed by a per-thread address.
   thread_local const char per_thread_key = 0;
-  if (stream == reinterpret_cast<Stream>(CU_STREAM_PER_THREAD))
-    stream = reinterpret_cast<Stream>(const_cast<char*>(&per_thread_key));
-  return stream_states_.get(owner, stream, bytes, [&](size_t n) {
+  const Stream key = stream == reinterpret_cast<Stream>(CU_STREAM_PER_THREAD)
+                         ? reinterpret_cast<Stream>(const_cast<char*>(&per_thread_key))
+                         : stream;
+  return stream_states_.get(owner, key, bytes, [&](size_t n) {
     bind_device();
     CUdeviceptr p = 0;
     check(driver().cuMemAlloc(&p, n), "cuMemAlloc (stream state)");
-    if (const CUresult r = driver().cuMemsetD8(p, 0, n); r != CUDA_SUCCESS) {
+    // Zeroed in order on the stream that uses it: cuMemsetD8 would run on the legacy stream, which a non-blocking
+    // stream's kernels do not wait for (and it may return before the memory is written).
+    if (const CUresult r = driver().cuMemsetD8Async(p, 0, n, reinterpret_cast<CUstream>(stream)); r != CUDA_SUCCESS) {
       driver().cuMemFree(p);
       check(r, "cuMemsetD8 (stream state)");
     }

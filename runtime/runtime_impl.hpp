@@ -174,9 +174,9 @@ struct Runtime::Impl {
   // call on the stream: calls on one stream never overlap): at least `bytes` at 16-byte alignment, zero when
   // allocated; `owner` names the recipe's state (the address of a static object of the recipe). A call that finds
   // its buffer (every call on the stream but the first, or one that needs more bytes) costs a lock-free hash lookup:
-  // no mutex, no driver call; the first allocates (cuMemAlloc + a synchronous memset) under a mutex, as does one that
-  // needs more bytes (a new zeroed buffer: the old one stays allocated until the runtime is destroyed, a call on the
-  // stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a different stream on
+  // no mutex, no driver call; the first allocates (cuMemAlloc, then a memset in order on `stream`) under a mutex, as
+  // does one that needs more bytes (a new zeroed buffer: the old one stays allocated until the runtime is destroyed,
+  // a call on the stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a different stream on
   // every thread) is keyed per thread. Not for a stream under capture: a graph's launches may run on any stream,
   // concurrently with the calls on this one (the recipe uses stateless launches there).
   StreamStateTable::Buffer stream_state(const void* owner, Stream stream, size_t bytes);
