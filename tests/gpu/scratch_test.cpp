@@ -199,7 +199,8 @@ TEST_F(ScratchTest, RouterBwdSameBitsOnStreamsAndInGraph) {
 
 // ---- measurement ----------------------------------------------------------------------------------------------------
 
-// An empty kernel (NVRTC), loaded with room for `max_smem` bytes of dynamic shared memory.
+// An empty kernel (NVRTC), loaded as the registry loads a kernel: room for `max_smem` bytes of dynamic shared memory,
+// non-portable cluster sizes allowed.
 detail::Kernel& empty_kernel(Runtime& r, int max_smem) {
   static detail::Kernel k;
   if (!k.fn) {
@@ -210,6 +211,9 @@ detail::Kernel& empty_kernel(Runtime& r, int max_smem) {
     detail::check(drv().cuModuleLoadData(&mod, out.cubin.data()), "cuModuleLoadData");
     detail::check(drv().cuModuleGetFunction(&k.fn, mod, out.lowered_name.c_str()), "cuModuleGetFunction");
     detail::check(drv().cuFuncSetAttribute(k.fn, CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, max_smem),
+                  "cuFuncSetAttribute");
+    // (as the registry sets on every sm_90 kernel, mode 2's included)
+    detail::check(drv().cuFuncSetAttribute(k.fn, CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
                   "cuFuncSetAttribute");
   }
   return k;
