@@ -139,6 +139,24 @@ void Runtime::Impl::init_device() {
   d.cuDeviceGetName(name, sizeof name, info.device);
   info.name = name;
   device_ = info;
+  // alloc_async's pool, created here, never on a first allocation: that may come under stream capture (a call whose
+  // other scratch is the per-stream buffer), where creating a pool is not permitted and invalidates the capture.
+  {
+    CUmemPoolProps props{};
+    props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    props.location.id = ordinal;
+    CUmemoryPool created = nullptr;
+    if (d.cuMemPoolCreate(&created, &props) == CUDA_SUCCESS) {
+      cuuint64_t keep = ~cuuint64_t{0};
+      if (d.cuMemPoolSetAttribute(created, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep) == CUDA_SUCCESS)
+        scratch_.pool = created;
+      else
+        d.cuMemPoolDestroy(created);
+    }
+    if (!scratch_.pool) log(LogLevel::debug, "scratch memory from the device's default pool (no pool of kiln's own)");
+  }
   device_ready_.store(true, std::memory_order_release);
 }
 
@@ -433,29 +451,8 @@ Runtime::Impl::ScratchPool::~ScratchPool() {
 }
 
 CUdeviceptr Runtime::Impl::alloc_async(size_t bytes, Stream stream) {
-  CUmemoryPool pool = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(scratch_mutex_);
-    if (!scratch_.tried) {
-      scratch_.tried = true;
-      const DeviceInfo& dev = bind_device();
-      CUmemPoolProps props{};
-      props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
-      props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
-      props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      props.location.id = dev.ordinal;
-      CUmemoryPool created = nullptr;
-      if (driver().cuMemPoolCreate(&created, &props) == CUDA_SUCCESS) {
-        cuuint64_t keep = ~cuuint64_t{0};
-        if (driver().cuMemPoolSetAttribute(created, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep) == CUDA_SUCCESS)
-          scratch_.pool = created;
-        else
-          driver().cuMemPoolDestroy(created);
-      }
-      if (!scratch_.pool) log(LogLevel::debug, "scratch memory from the device's default pool (no pool of kiln's own)");
-    }
-    pool = scratch_.pool;
-  }
+  bind_device();
+  const CUmemoryPool pool = scratch_.pool;  // (created by init_device, before the device is published)
   CUdeviceptr p = 0;
   if (pool)
     check(driver().cuMemAllocFromPoolAsync(&p, bytes, pool, reinterpret_cast<CUstream>(stream)),
