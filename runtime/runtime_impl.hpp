@@ -34,7 +34,7 @@ inline thread_local ForcedConfig* t_forced_config = nullptr;
 // table or the heuristic and never starts a nested online tune.
 inline thread_local int t_tuning_depth = 0;
 
-// Measurement hook (tests/gpu/scratch_measure_test.cpp): while set, Runtime::Impl::scratch allocates every call's
+// Measurement hook (tests/gpu/scratch_test.cpp): while set, Runtime::Impl::scratch allocates every call's
 // scratch from the stream-ordered pool (alloc_async / free_async), as before the per-stream scratch, for the A/B.
 inline std::atomic<bool> scratch_per_call{false};
 
@@ -176,9 +176,9 @@ struct Runtime::Impl {
   // its buffer (every call on the stream but the first, or one that needs more bytes) costs a lock-free hash lookup:
   // no mutex, no driver call; the first allocates (cuMemAlloc, then a memset in order on `stream`) under a mutex, as
   // does one that needs more bytes (a new zeroed buffer: the old one stays allocated until the runtime is destroyed,
-  // a call on the stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a different stream on
-  // every thread) is keyed per thread. Not for a stream under capture: a graph's launches may run on any stream,
-  // concurrently with the calls on this one (the recipe uses stateless launches there).
+  // a call on the stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a
+  // different stream on every thread) is keyed per thread. Not for a stream under capture: a graph's launches may run
+  // on any stream, concurrently with the calls on this one (the recipe uses stateless launches there).
   StreamStateTable::Buffer stream_state(const void* owner, Stream stream, size_t bytes);
   // A persistent grid: the CTAs of `threads` threads and `smem` bytes of dynamic shared memory that fit on the GPU at
   // once (SMs × resident_per_sm), split `share` ways (a grid dimension of that size beside this one), never more than
