@@ -126,7 +126,9 @@ void run(Runtime& rt, const Check& ck, std::span<const TensorRef> xs, const Tens
   const int ctas = static_cast<int>(
       impl.persistent_grid(k, threads, 0, launch.max_ctas > 0 ? std::min(C, launch.max_ctas) : C));
 
-  const CUdeviceptr base = impl.alloc_async(total, stream);
+  static const char owner = 0;  // (the header is uploaded by every call; partials are written before they are read)
+  const ScratchBuffer scratch = impl.scratch(&owner, total, stream);
+  const CUdeviceptr base = scratch.ptr;
   try {
     // From pageable memory: the driver stages the bytes before returning (no device synchronization), so `host` may
     // go out of scope.
@@ -144,10 +146,10 @@ void run(Runtime& rt, const Check& ck, std::span<const TensorRef> xs, const Tens
     dims.block[0] = static_cast<unsigned>(threads);
     impl.launch(k, dims, stream, a);
   } catch (...) {
-    impl.free_async(base, stream);
+    impl.release_scratch(scratch, stream);
     throw;
   }
-  impl.free_async(base, stream);
+  impl.release_scratch(scratch, stream);
 }
 
 }  // namespace

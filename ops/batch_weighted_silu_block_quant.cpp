@@ -157,6 +157,7 @@ void check_status(const Check& ck, const TensorRef& status) {
 
 // Workspace: the schedule (4 + 4·capacity ints), then (backward) the dprob partials [n/128, M] fp32.
 struct Workspace {
+  ScratchBuffer scratch;
   CUdeviceptr base = 0;
   int* ws = nullptr;
   float* partial = nullptr;
@@ -165,7 +166,9 @@ struct Workspace {
 Workspace alloc_workspace(Runtime::Impl& impl, int64_t capacity, int64_t partial_floats, Stream stream) {
   const size_t sched_bytes = (static_cast<size_t>(4 + 4 * capacity) * 4 + 255) / 256 * 256;
   Workspace w;
-  w.base = impl.alloc_async(sched_bytes + static_cast<size_t>(partial_floats) * 4, stream);
+  static const char owner = 0;  // (the schedule kernel writes the schedule, the tiles their partials, every call)
+  w.scratch = impl.scratch(&owner, sched_bytes + static_cast<size_t>(partial_floats) * 4, stream);
+  w.base = w.scratch.ptr;
   w.ws = reinterpret_cast<int*>(w.base);
   if (partial_floats > 0) w.partial = reinterpret_cast<float*>(w.base + sched_bytes);
   return w;
@@ -194,7 +197,7 @@ void finish(Runtime::Impl& impl, const Check& ck, const Common& c, const Workspa
     check(driver().cuStreamSynchronize(reinterpret_cast<CUstream>(stream)), "cuStreamSynchronize");
     check(driver().cuMemcpyDtoH(head, w.base, sizeof head), "cuMemcpyDtoH");
   }
-  impl.free_async(w.base, stream);
+  impl.release_scratch(w.scratch, stream);
   if (!sync_check) return;
   if (head[1] == 0) return;
   if (head[3] >= 0) ck.invalid("counts", fmt::format("expected counts ≥ 0, got a negative count at expert {}", head[3]));

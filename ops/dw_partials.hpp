@@ -39,8 +39,9 @@ class DwPartials {
                        fmt::format("expected ≥ {} fp32 elements ({}), got {}", elems, sized_by, workspace_.numel()));
       return;
     }
-    owned_ = impl_.alloc_async(static_cast<size_t>(elems) * 4, stream_);
-    data_ = reinterpret_cast<float*>(owned_);
+    static const char owner = 0;  // (every row is written before dw_reduce reads it: stale rows are harmless)
+    owned_ = impl_.scratch(&owner, static_cast<size_t>(elems) * 4, stream_);
+    data_ = reinterpret_cast<float*>(owned_.ptr);
   }
   // The partial rows (the workspace's pointer, possibly null, until reserve()).
   float* data() const { return data_; }
@@ -58,10 +59,9 @@ class DwPartials {
   }
   // Frees the scratch on the stream (after the kernels launched so far); nothing for the caller's workspace.
   void release() {
-    if (!owned_) return;
-    const CUdeviceptr p = owned_;
-    owned_ = 0;
-    impl_.free_async(p, stream_);
+    const ScratchBuffer b = owned_;
+    owned_ = {};
+    impl_.release_scratch(b, stream_);
   }
 
  private:
@@ -69,7 +69,7 @@ class DwPartials {
   Stream stream_;
   const TensorRef& workspace_;
   float* data_;
-  CUdeviceptr owned_ = 0;
+  ScratchBuffer owned_;
 };
 
 // dw_reduce_kernel has nothing to tune: the search space of a family's dw_reduce kernel is its one point (config

@@ -608,9 +608,12 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                      impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s));
     if (ok) {
       const int64_t SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
-      const CUdeviceptr wsp = workspace.defined() || !map
-                                  ? 0
-                                  : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+      static const char owner = 0;  // (the runtime's scratch: the route zeroes what it counts in)
+      const ScratchBuffer wsb =
+          workspace.defined() || !map
+              ? ScratchBuffer{}
+              : impl.scratch(&owner, static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+      const CUdeviceptr wsp = wsb.ptr;
       int* chunk_counts = !map ? nullptr : workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
       int* super = map ? chunk_counts + NC * E : nullptr;
       unsigned* arrive = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
@@ -686,7 +689,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         d.pdl = true;
         impl.launch(s, d, stream, a);
       }
-      if (wsp) impl.free_async(wsp, stream);
+      impl.release_scratch(wsb, stream);
       return;
     }
     set_warp_default(s, map != nullptr);
@@ -707,8 +710,12 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           "cuMemsetD32Async (tokens_per_expert)");
     return;
   }
-  const CUdeviceptr wsp =
-      workspace.defined() || !map ? 0 : impl.alloc_async(static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+  static const char owner = 0;  // (the runtime's scratch: the route zeroes what it counts in)
+  const ScratchBuffer wsb =
+      workspace.defined() || !map
+          ? ScratchBuffer{}
+          : impl.scratch(&owner, static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+  const CUdeviceptr wsp = wsb.ptr;
   int* chunk_counts = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
   int* super = map ? chunk_counts + NC * E : nullptr;
   // Records (unfused) or the grid arrival counter (fused) after the superblock rows.
@@ -758,7 +765,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     dm.pdl = T > 0;  // waits for route first (with T = 0 it is the recipe's first launch)
     impl.launch(impl.tuned(route_map_spec(arch, E, K, fill_in_map), std::max<int64_t>(T, 1)), dm, stream, ma);
   }
-  if (wsp) impl.free_async(wsp, stream);
+  impl.release_scratch(wsb, stream);
 }
 
 void moe_topk_routing_bwd(Runtime& rt, const TensorRef& dprobs, const TensorRef& logits,
@@ -808,8 +815,11 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
   const Arch arch = impl.target_arch();
   const bool i32 = routing_map.dtype == DType::i32;
   const int64_t NB = nblocks(T);
-  const CUdeviceptr ws = workspace.defined() ? 0 : impl.alloc_async(static_cast<size_t>((std::max<int64_t>(NB, 1)) * E) * 4, stream);
-  int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws);
+  static const char owner = 0;  // (the runtime's scratch: every histogram row is written before it is read)
+  const ScratchBuffer ws =
+      workspace.defined() ? ScratchBuffer{}
+                          : impl.scratch(&owner, static_cast<size_t>((std::max<int64_t>(NB, 1)) * E) * 4, stream);
+  int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws.ptr);
   if (T > 0) {
     MoeMapCountArgs a{routing_map.data, hist, static_cast<int>(T)};
     LaunchDims d;
@@ -818,7 +828,7 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
     impl.launch(impl.tuned(map_spec(arch, kMapCount, E, i32), T), d, stream, a);
   }
   launch_map(impl, arch, routing_map, out, out.tokens_per_expert, hist, T, E, multiple_of, stream);
-  if (ws) impl.free_async(ws, stream);
+  impl.release_scratch(ws, stream);
 }
 
 }  // namespace kiln

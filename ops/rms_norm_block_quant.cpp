@@ -509,16 +509,19 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 }
 
 // The GLOBAL exchange's row-sum workspace for `tiles` × `chunks` items (mode 2 with more than one chunk a row):
-// tagged pairs in stream-ordered scratch, never cleared — a pair counts only with this launch's tag (never 0, so
-// fresh memory never does). A CUDA graph replays a captured launch with the same tag, so under capture the workspace
-// is cleared first (a memset node) and the tag is one no uncaptured launch uses. Returns the allocation (0: none).
-CUdeviceptr global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
-                             RmsqStreamArgs& sa) {
-  if (mode != 2 || chunks <= 1) return 0;
+// tagged pairs in the runtime's scratch (Runtime::Impl::scratch: the stream's buffer, reused by every call on the
+// stream), never cleared — a pair counts only with this launch's tag (never 0, so fresh memory never does, nor does
+// an earlier launch's pair). A CUDA graph replays a captured launch with the same tag, so under capture the workspace
+// (then the graph's own allocation) is cleared first (a memset node) and the tag is one no uncaptured launch uses.
+// Returns the scratch (ptr 0: none); release it after the launch.
+ScratchBuffer global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
+                               RmsqStreamArgs& sa) {
+  if (mode != 2 || chunks <= 1) return {};
+  static const char owner = 0;  // (the workspace's name in the runtime's scratch table)
   const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
-  const CUdeviceptr ws = impl.alloc_async(words * 4, stream);
-  sa.ws = reinterpret_cast<unsigned long long*>(ws);
-  sa.tag = impl.workspace_tag(ws, words, stream, "cuMemsetD32Async (rms_norm_block_quant workspace)");
+  const ScratchBuffer ws = impl.scratch(&owner, words * 4, stream);
+  sa.ws = reinterpret_cast<unsigned long long*>(ws.ptr);
+  sa.tag = impl.workspace_tag(ws.ptr, words, stream, "cuMemsetD32Async (rms_norm_block_quant workspace)");
   return ws;
 }
 
@@ -540,9 +543,9 @@ void launch_tile_gx(Runtime::Impl& impl, const Specialization& s, const RmsNormB
   d.grid[1] = static_cast<unsigned>(tiles);
   d.cluster[0] = static_cast<unsigned>(K);
   RmsqStreamArgs sa{a, nullptr, 0, nullptr};
-  const CUdeviceptr ws = global_workspace(impl, tiles, S / K, 2, stream, sa);  // (none for one cluster a row)
+  const ScratchBuffer ws = global_workspace(impl, tiles, S / K, 2, stream, sa);  // (none for one cluster a row)
   impl.launch(s, d, stream, sa);
-  if (ws) impl.free_async(ws, stream);
+  impl.release_scratch(ws, stream);
 }
 
 }  // namespace
@@ -568,9 +571,9 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   d.smem = static_cast<unsigned>(smem_bytes(s));
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
   RmsqStreamArgs sa{a, nullptr, 0, trace};
-  const CUdeviceptr ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
+  const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);
-  if (ws) impl.free_async(ws, stream);
+  impl.release_scratch(ws, stream);
 }
 
 }  // namespace

@@ -990,14 +990,15 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     if (need > 0 && workspace.defined() && workspace.numel() < need)
       ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
                                               need, workspace.numel()));
-    CUdeviceptr owned = 0;
+    ScratchBuffer owned;  // (the runtime's scratch: partials written before read, flags tagged per launch)
     float* ws = nullptr;
     if (need > 0) {
       if (workspace.defined()) {
         ws = static_cast<float*>(workspace.data);
       } else {
-        owned = impl.alloc_async(static_cast<size_t>(need) * 4, stream);
-        ws = reinterpret_cast<float*>(owned);
+        static const char owner = 0;
+        owned = impl.scratch(&owner, static_cast<size_t>(need) * 4, stream);
+        ws = reinterpret_cast<float*>(owned.ptr);
       }
     }
     RouterGemmDxTmaArgs ax{};  // (also the one-launch kernel's dx part)
@@ -1102,7 +1103,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
         impl.launch(spec(arch, kDwReduce, K, E), rd, stream, r);
       }
     }
-    if (owned) impl.free_async(owned, stream);
+    impl.release_scratch(owned, stream);
     return;
   }
   if (dx.defined() && T > 0) {
@@ -1123,14 +1124,15 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
   if (plan.workspace_elems > 0 && workspace.defined() && workspace.numel() < plan.workspace_elems)
     ck.shape_error("workspace", fmt::format("expected ≥ {} fp32 elements (router_gemm_fp32_bwd_workspace_elems), got {}",
                                             plan.workspace_elems, workspace.numel()));
-  CUdeviceptr owned = 0;
+  ScratchBuffer owned;  // (the runtime's scratch: every partial written before it is read)
   float* partial = nullptr;
   if (plan.workspace_elems > 0) {
     if (workspace.defined()) {
       partial = static_cast<float*>(workspace.data);
     } else {
-      owned = impl.alloc_async(static_cast<size_t>(plan.workspace_elems) * 4, stream);
-      partial = reinterpret_cast<float*>(owned);
+      static const char owner = 0;
+      owned = impl.scratch(&owner, static_cast<size_t>(plan.workspace_elems) * 4, stream);
+      partial = reinterpret_cast<float*>(owned.ptr);
     }
   }
   if (plan.splits > 0) {
@@ -1152,7 +1154,7 @@ void detail::router_gemm_fp32_bwd_config(Runtime& rt, const TensorRef& g, const 
     d.block[0] = 256;
     impl.launch(spec(arch, kDwReduce, K, E), d, stream, r);
   }
-  if (owned) impl.free_async(owned, stream);
+  impl.release_scratch(owned, stream);
 }
 
 void router_gemm_fp32_bwd(Runtime& rt, const TensorRef& g, const TensorRef& x, const TensorRef& w, const TensorRef& dx,

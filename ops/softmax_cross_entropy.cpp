@@ -399,7 +399,7 @@ int64_t check_grid(const Check& ck, int64_t M, int split) {
 
 float* f32(const TensorRef& t) { return static_cast<float*>(t.data); }
 
-// Scratch for one call (stream-ordered): the bad-label flag kiln owns when the caller gives none, the mean
+// Scratch for one call (Runtime::Impl::scratch): the bad-label flag kiln owns when the caller gives none, the mean
 // reduction's per-row gradient, and the fallback's statistics. The label check happens in finish().
 class CallScratch {
  public:
@@ -409,7 +409,8 @@ class CallScratch {
       : impl_(impl), ck_(ck), stream_(stream) {
     own_flag_ = !o.bad_label_row.defined();
     if (own_flag_ || need_scale || stat_rows > 0)
-      base_ = impl.alloc_async(16 + static_cast<size_t>(stat_rows) * 8, stream);
+      scratch_ = impl.scratch(&kOwner, 16 + static_cast<size_t>(stat_rows) * 8, stream);
+    base_ = scratch_.ptr;
     flag_ = own_flag_ ? reinterpret_cast<int*>(base_) : static_cast<int*>(o.bad_label_row.data);
     if (!kernel_inits_flag)
       check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(flag_), 0x7fffffffu, 1,
@@ -418,10 +419,10 @@ class CallScratch {
     stat_rows_ = stat_rows;
   }
   ~CallScratch() {
-    if (base_) try {
-        impl_.free_async(base_, stream_);
-      } catch (...) {
-      }
+    try {
+      impl_.release_scratch(scratch_, stream_);
+    } catch (...) {
+    }
   }
   int* flag() const { return flag_; }
   float* scale() const { return base_ ? reinterpret_cast<float*>(base_ + 4) : nullptr; }
@@ -439,7 +440,9 @@ class CallScratch {
       check(d.cuStreamSynchronize(s), "cuStreamSynchronize (label check)");
     }
     base_ = 0;
-    if (base) impl_.free_async(base, stream_);
+    const ScratchBuffer scratch = scratch_;
+    scratch_ = {};
+    impl_.release_scratch(scratch, stream_);
     if (bad >= M) return;
     int64_t value = 0;
     const size_t eb = dtype_size(labels.dtype);
@@ -461,6 +464,8 @@ class CallScratch {
   Runtime::Impl& impl_;
   const Check& ck_;
   Stream stream_;
+  static constexpr char kOwner = 0;  // (the runtime's scratch: the flag is set by every call, the rest written first)
+  ScratchBuffer scratch_;
   CUdeviceptr base_ = 0;
   int* flag_ = nullptr;
   bool own_flag_ = true;

@@ -139,6 +139,24 @@ void Runtime::Impl::init_device() {
   d.cuDeviceGetName(name, sizeof name, info.device);
   info.name = name;
   device_ = info;
+  // alloc_async's pool, created here, never on a first allocation: that may come under stream capture (a call whose
+  // other scratch is the per-stream buffer), where creating a pool is not permitted and invalidates the capture.
+  {
+    CUmemPoolProps props{};
+    props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
+    props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
+    props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
+    props.location.id = ordinal;
+    CUmemoryPool created = nullptr;
+    if (d.cuMemPoolCreate(&created, &props) == CUDA_SUCCESS) {
+      cuuint64_t keep = ~cuuint64_t{0};
+      if (d.cuMemPoolSetAttribute(created, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep) == CUDA_SUCCESS)
+        scratch_.pool = created;
+      else
+        d.cuMemPoolDestroy(created);
+    }
+    if (!scratch_.pool) log(LogLevel::debug, "scratch memory from the device's default pool (no pool of kiln's own)");
+  }
   device_ready_.store(true, std::memory_order_release);
 }
 
@@ -389,18 +407,32 @@ uint32_t Runtime::Impl::workspace_tag(CUdeviceptr ws, size_t words, Stream strea
 StreamStateTable::Buffer Runtime::Impl::stream_state(const void* owner, Stream stream, size_t bytes) {
   // The per-thread default stream is one handle for a different stream on every thread: keyed by a per-thread address.
   thread_local const char per_thread_key = 0;
-  if (stream == reinterpret_cast<Stream>(CU_STREAM_PER_THREAD))
-    stream = reinterpret_cast<Stream>(const_cast<char*>(&per_thread_key));
-  return stream_states_.get(owner, stream, bytes, [&](size_t n) {
+  const Stream key = stream == reinterpret_cast<Stream>(CU_STREAM_PER_THREAD)
+                         ? reinterpret_cast<Stream>(const_cast<char*>(&per_thread_key))
+                         : stream;
+  return stream_states_.get(owner, key, bytes, [&](size_t n) {
     bind_device();
     CUdeviceptr p = 0;
     check(driver().cuMemAlloc(&p, n), "cuMemAlloc (stream state)");
-    if (const CUresult r = driver().cuMemsetD8(p, 0, n); r != CUDA_SUCCESS) {
+    // Zeroed in order on the stream that uses it: cuMemsetD8 would run on the legacy stream, which a non-blocking
+    // stream's kernels do not wait for (and it may return before the memory is written).
+    if (const CUresult r = driver().cuMemsetD8Async(p, 0, n, reinterpret_cast<CUstream>(stream)); r != CUDA_SUCCESS) {
       driver().cuMemFree(p);
       check(r, "cuMemsetD8 (stream state)");
     }
     return p;
   });
+}
+
+ScratchBuffer Runtime::Impl::scratch(const void* owner, size_t bytes, Stream stream) {
+  CUstreamCaptureStatus capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;
+  if (driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &capture) != CUDA_SUCCESS)
+    capture = CU_STREAM_CAPTURE_STATUS_ACTIVE;  // unknown: the safe path
+  if (capture != CU_STREAM_CAPTURE_STATUS_NONE || detail::scratch_per_call.load(std::memory_order_relaxed))
+    return {alloc_async(std::max<size_t>(bytes, 16), stream), true};
+  size_t want = 4096;  // (powers of two: a stream's buffer is outgrown a few times at most, and a buffer allocated
+  while (want < bytes) want *= 2;  // for a larger call serves a smaller one)
+  return {stream_state(owner, stream, want).ptr, false};
 }
 
 Runtime::Impl::~Impl() {
@@ -419,29 +451,8 @@ Runtime::Impl::ScratchPool::~ScratchPool() {
 }
 
 CUdeviceptr Runtime::Impl::alloc_async(size_t bytes, Stream stream) {
-  CUmemoryPool pool = nullptr;
-  {
-    std::lock_guard<std::mutex> lock(scratch_mutex_);
-    if (!scratch_.tried) {
-      scratch_.tried = true;
-      const DeviceInfo& dev = bind_device();
-      CUmemPoolProps props{};
-      props.allocType = CU_MEM_ALLOCATION_TYPE_PINNED;
-      props.handleTypes = CU_MEM_HANDLE_TYPE_NONE;
-      props.location.type = CU_MEM_LOCATION_TYPE_DEVICE;
-      props.location.id = dev.ordinal;
-      CUmemoryPool created = nullptr;
-      if (driver().cuMemPoolCreate(&created, &props) == CUDA_SUCCESS) {
-        cuuint64_t keep = ~cuuint64_t{0};
-        if (driver().cuMemPoolSetAttribute(created, CU_MEMPOOL_ATTR_RELEASE_THRESHOLD, &keep) == CUDA_SUCCESS)
-          scratch_.pool = created;
-        else
-          driver().cuMemPoolDestroy(created);
-      }
-      if (!scratch_.pool) log(LogLevel::debug, "scratch memory from the device's default pool (no pool of kiln's own)");
-    }
-    pool = scratch_.pool;
-  }
+  bind_device();
+  const CUmemoryPool pool = scratch_.pool;  // (created by init_device, before the device is published)
   CUdeviceptr p = 0;
   if (pool)
     check(driver().cuMemAllocFromPoolAsync(&p, bytes, pool, reinterpret_cast<CUstream>(stream)),

@@ -3,6 +3,7 @@
 #include <cuda.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <memory>
 #include <mutex>
@@ -32,6 +33,17 @@ inline thread_local ForcedConfig* t_forced_config = nullptr;
 // > 0 while this thread is tuning: an op a tune instance runs for another specialization (preparing inputs) uses the
 // table or the heuristic and never starts a nested online tune.
 inline thread_local int t_tuning_depth = 0;
+
+// Measurement hook (tests/gpu/scratch_test.cpp): while set, Runtime::Impl::scratch allocates every call's
+// scratch from the stream-ordered pool (alloc_async / free_async), as before the per-stream scratch, for the A/B.
+inline std::atomic<bool> scratch_per_call{false};
+
+// Scratch memory of one call (Runtime::Impl::scratch): `ptr`, and whether the call frees it after its launches
+// (Runtime::Impl::release_scratch: stream-ordered; false for the Runtime's per-stream buffer).
+struct ScratchBuffer {
+  CUdeviceptr ptr = 0;
+  bool per_call = false;
+};
 
 // Installs a ForcedConfig for `candidate` (its shape and config) on this thread for the scope's lifetime.
 class ForceConfigScope {
@@ -91,6 +103,7 @@ using detail::Arch;
 using detail::DeviceInfo;
 using detail::Kernel;
 using detail::LaunchDims;
+using detail::ScratchBuffer;
 using detail::Specialization;
 using detail::StreamStateTable;
 
@@ -161,11 +174,11 @@ struct Runtime::Impl {
   // call on the stream: calls on one stream never overlap): at least `bytes` at 16-byte alignment, zero when
   // allocated; `owner` names the recipe's state (the address of a static object of the recipe). A call that finds
   // its buffer (every call on the stream but the first, or one that needs more bytes) costs a lock-free hash lookup:
-  // no mutex, no driver call; the first allocates (cuMemAlloc + a synchronous memset) under a mutex, as does one that
-  // needs more bytes (a new zeroed buffer: the old one stays allocated until the runtime is destroyed, a call on the
-  // stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a different stream on
-  // every thread) is keyed per thread. Not for a stream under capture: a graph's launches may run on any stream,
-  // concurrently with the calls on this one (the recipe uses stateless launches there).
+  // no mutex, no driver call; the first allocates (cuMemAlloc, then a memset in order on `stream`) under a mutex, as
+  // does one that needs more bytes (a new zeroed buffer: the old one stays allocated until the runtime is destroyed,
+  // a call on the stream may still use it). The buffer's `bytes` may exceed `bytes`. CU_STREAM_PER_THREAD (a
+  // different stream on every thread) is keyed per thread. Not for a stream under capture: a graph's launches may run
+  // on any stream, concurrently with the calls on this one (the recipe uses stateless launches there).
   StreamStateTable::Buffer stream_state(const void* owner, Stream stream, size_t bytes);
   // A persistent grid: the CTAs of `threads` threads and `smem` bytes of dynamic shared memory that fit on the GPU at
   // once (SMs × resident_per_sm), split `share` ways (a grid dimension of that size beside this one), never more than
@@ -187,10 +200,29 @@ struct Runtime::Impl {
   }
   void launch_raw(const Kernel& k, const LaunchDims& d, Stream stream, void** params);
 
+  // Scratch memory for one call on `stream` (≥ `bytes`, 16-byte aligned) that no later call reads: contents a call
+  // writes before it reads them, or words that count only with the call's own tag (workspace_tag), so stale contents
+  // of an earlier call of the same recipe are harmless. `owner` names the recipe's scratch (the address of a static
+  // object of the recipe): recipes never share a buffer. Outside stream capture it is the Runtime's buffer for
+  // (owner, stream) (stream_state: a lock-free lookup on a hit; grown to a power of two ≥ `bytes` when a call needs
+  // more, the outgrown buffer kept until the Runtime is destroyed), reused by every later call of the recipe on the
+  // stream (calls on one stream never overlap; a recipe's first launch of a call never starts early (no PDL), so it
+  // waits for the previous call's last kernel); a call on another stream gets its own. Under stream capture (or when
+  // the capture status cannot be read) it is per-call stream-ordered memory (alloc_async, freed by release_scratch):
+  // a graph owns its allocation, and its replays — on any stream, concurrently with later uncaptured calls on this
+  // one — never alias the per-stream buffer. Call release_scratch after the call's last launch.
+  ScratchBuffer scratch(const void* owner, size_t bytes, Stream stream);
+  void release_scratch(const ScratchBuffer& b, Stream stream) {
+    if (b.per_call) free_async(b.ptr, stream);
+  }
+
   // Stream-ordered scratch memory (cuMemAllocFromPoolAsync / cuMemFreeAsync) from kiln's own pool on the device,
-  // created on first use with release threshold UINT64_MAX: freed scratch stays mapped across synchronizations (the
-  // default pool's threshold 0 returns it at every synchronize and the next allocation maps it again, inside the
-  // caller's stream order: ≈ 2.5 µs of a timed op measured). Falls back to the device's default pool.
+  // created with the device (init_device: creating it under stream capture would invalidate the capture) with
+  // release threshold UINT64_MAX: freed scratch stays mapped across synchronizations (the default pool's threshold 0
+  // returns it at every synchronize and the next allocation maps it again, inside the caller's stream order: ≈ 2.5 µs
+  // of a timed op measured). Falls back to the device's default pool. Even so an allocation + free around a launch
+  // costs ≈ 0.6 µs of GPU time (session 11: an empty kernel 0.61 µs slower in 100 % of 200 rounds): recipes use
+  // scratch() instead, which takes this path only under stream capture.
   CUdeviceptr alloc_async(size_t bytes, Stream stream);
   void free_async(CUdeviceptr p, Stream stream);
 
@@ -210,15 +242,13 @@ struct Runtime::Impl {
   std::mutex autotune_mutex_;  // one online tune at a time in this process
 
   std::mutex device_mutex_;
-  struct ScratchPool {  // alloc_async's pool (null: not created, or the default pool is used)
+  struct ScratchPool {  // alloc_async's pool, made by init_device (null: the device's default pool is used)
     CUmemoryPool pool = nullptr;
-    bool tried = false;
     ScratchPool() = default;
     ScratchPool(const ScratchPool&) = delete;
     ScratchPool& operator=(const ScratchPool&) = delete;
     ~ScratchPool();
   };
-  std::mutex scratch_mutex_;
   ScratchPool scratch_;
   StreamStateTable stream_states_;  // stream_state's buffers (freed by ~Impl)
   std::atomic<bool> device_ready_{false};

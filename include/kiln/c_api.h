@@ -46,7 +46,7 @@ kiln_status kiln_rms_norm_block_quant_fwd(kiln_runtime* rt, const void* x, int64
 kiln_status kiln_rms_norm_fwd(kiln_runtime* rt, const void* x, void* y, int64_t M, int64_t N, kiln_dtype dtype,
                               const void* weight, kiln_dtype weight_dtype, float* rms_inv, float eps, void* stream);
 
-/* dy, x, dx [M, N] contiguous in dtype; dweight [N] in dweight_dtype. Workspace allocated stream-ordered. */
+/* dy, x, dx [M, N] contiguous in dtype; dweight [N] in dweight_dtype. Workspace: the runtime's scratch. */
 kiln_status kiln_rms_norm_bwd(kiln_runtime* rt, const void* dy, const void* x, void* dx, int64_t M, int64_t N,
                               kiln_dtype dtype, const void* weight, kiln_dtype weight_dtype, void* dweight,
                               kiln_dtype dweight_dtype, float eps, void* stream);
@@ -71,8 +71,8 @@ kiln_tensor kiln_tensor_contiguous(void* data, kiln_dtype dtype, int32_t ndim, c
 /* kiln/ops/router_gemm.hpp: logits[T, E] f32 = x[T, K] bf16 · w[E, K]ᵀ bf16. */
 kiln_status kiln_router_gemm_fp32_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* w,
                                       const kiln_tensor* logits, void* stream);
-/* dx = g · w (bf16), dw = gᵀ · x (f32); dx or dw may be NULL (not both), workspace may be NULL (kiln allocates it
- * stream-ordered). precision: 4 standard (default), 0 tf32, 1 high — kiln::RouterGemmPrecision. */
+/* dx = g · w (bf16), dw = gᵀ · x (f32); dx or dw may be NULL (not both), workspace may be NULL (kiln uses the
+ * runtime's scratch). precision: 4 standard (default), 0 tf32, 1 high — kiln::RouterGemmPrecision. */
 kiln_status kiln_router_gemm_fp32_bwd(kiln_runtime* rt, const kiln_tensor* g, const kiln_tensor* x,
                                       const kiln_tensor* w, const kiln_tensor* dx, const kiln_tensor* dw,
                                       const kiln_tensor* workspace, int precision, void* stream);

@@ -27,8 +27,8 @@ void group_rms_norm_gate_fwd(Runtime& rt, const TensorRef& x, const TensorRef& g
 // dy in out's layout; dx [B, S, dim] (x's layout), dgate in gate's layout, both x's dtype;
 // dweight fp32 with weight's shape: Σ_tokens x·r·dy·σ (summed over groups too for a shared weight), reduced in a fixed
 // order (per-CTA slices, then a second kernel): bitwise reproducible for a given device.
-// workspace: optional fp32 buffer of group_rms_norm_gate_bwd_workspace_elems(…) elements; if empty, kiln allocates
-// one stream-ordered on `stream` and frees it after the launches.
+// workspace: optional fp32 buffer of group_rms_norm_gate_bwd_workspace_elems(…) elements; if empty, kiln uses the
+// Runtime's scratch for `stream` (README: scratch memory).
 void group_rms_norm_gate_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& gate,
                              const TensorRef& weight, const TensorRef& dx, const TensorRef& dgate,
                              const TensorRef& dweight, const GroupRmsNormGateOptions& opts = {},

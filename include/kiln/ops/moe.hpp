@@ -46,9 +46,8 @@ int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of);
 // row-id map is built in the same call (multiple_of ∈ {1, 2, …, 128}) from the routing kernel's per-chunk counts and
 // per-pick records.
 // workspace: optional int32 [≥ moe_routing_workspace_elems(T, E, top_k)] (chunk and superblock counts, the picks'
-// records); its contents need no initialization. If empty, kiln allocates one stream-ordered (cuMemAllocAsync) and
-// frees it after the launches — pass one on hot paths: with the default pool's release threshold an allocation after
-// a synchronization maps memory again (tens of µs).
+// records); its contents need no initialization. If empty, kiln uses the Runtime's scratch for `stream` (README:
+// scratch memory).
 void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef& expert_bias, const TensorRef& probs,
                           const TensorRef& routing_map, const TensorRef& tokens_per_expert,
                           const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map = nullptr,

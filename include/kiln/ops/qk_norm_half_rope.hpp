@@ -55,7 +55,7 @@ void qk_norm_half_rope_fwd(Runtime& rt, const TensorRef& qkv, const TensorRef& q
 // written). dq_norm_weight, dk_norm_weight [D] fp32 (overwritten, not accumulated); either may be empty (not computed;
 // with both empty the weight-gradient reduction is skipped entirely, e.g. for frozen norm weights).
 // workspace: optional fp32 buffer of at least qk_norm_half_rope_bwd_workspace_elems(rt, D) elements; if empty, kiln
-// allocates one stream-ordered on `stream` and frees it after the launches.
+// uses the Runtime's scratch for `stream` (README: scratch memory).
 void qk_norm_half_rope_bwd(Runtime& rt, const TensorRef& gq, const TensorRef& gk, const TensorRef& gv,
                            const TensorRef& qkv, const TensorRef& q_norm_weight, const TensorRef& k_norm_weight,
                            const TensorRef& freqs, const TensorRef& dqkv, const TensorRef& dq_norm_weight,

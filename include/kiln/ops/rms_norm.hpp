@@ -38,8 +38,8 @@ void rms_norm_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight, cons
 // dx = r·dy·w − r³·x·Σ(x·dy·w)/N,  dweight = Σ_rows x·dy·r  (deterministic: fixed-order two-stage reduction).
 // dy, x, dx [M, N] in x's dtype; weight [N]; dweight [N] fp32 or weight's dtype.
 // workspace: optional fp32 buffer of rms_norm_bwd_workspace_elems(rt, M, N, x.dtype) elements (it depends on the
-// device: the persistent grid is as large as the GPU holds at once); if empty, kiln allocates
-// one stream-ordered on `stream` (cuMemAllocAsync) and frees it after the launches.
+// device: the persistent grid is as large as the GPU holds at once); if empty, kiln uses the Runtime's scratch for
+// `stream` (README: scratch memory).
 void rms_norm_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight, const TensorRef& dx,
                   const TensorRef& dweight, float eps, const TensorRef& workspace, Stream stream);
 int64_t rms_norm_bwd_workspace_elems(Runtime& rt, int64_t M, int64_t N, DType dtype = DType::bf16);

@@ -26,8 +26,8 @@ void rms_norm_rope_fwd(Runtime& rt, const TensorRef& x, const TensorRef& weight,
 // The backward (kiln extension; triton_ops has none): dy, x, dx [B, S, Hd] in x's dtype (dx may alias dy);
 // dweight [Hd] fp32 = Σ_rows x·r·gn (gn = the rotation's adjoint applied to dy), reduced in a fixed order
 // (per-CTA slices, then a second kernel): bitwise reproducible for a given device.
-// workspace: optional fp32 buffer of rms_norm_rope_bwd_workspace_elems(…) elements; if empty, kiln allocates one
-// stream-ordered on `stream` and frees it after the launches.
+// workspace: optional fp32 buffer of rms_norm_rope_bwd_workspace_elems(…) elements; if empty, kiln uses the
+// Runtime's scratch for `stream` (README: scratch memory).
 void rms_norm_rope_bwd(Runtime& rt, const TensorRef& dy, const TensorRef& x, const TensorRef& weight,
                        const TensorRef& cos, const TensorRef& sin, const TensorRef& dx, const TensorRef& dweight,
                        float eps = 1e-6f, int num_heads = 0, const TensorRef& workspace = {}, Stream stream = nullptr);

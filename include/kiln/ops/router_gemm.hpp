@@ -26,7 +26,7 @@ void router_gemm_fp32_fwd(Runtime& rt, const TensorRef& x, const TensorRef& w, c
 // multiple of 8), dw [E, K] fp32 contiguous. dx or dw may be left empty (that product is skipped), not both.
 // dw is deterministic: T is cut into a fixed number of ranges whose fp32 partials are added in range order.
 // workspace: optional fp32 buffer of router_gemm_fp32_bwd_workspace_elems(rt, T, K, E[, options]) elements (0 when
-// none is needed); if empty and one is needed, kiln allocates it stream-ordered on `stream` and frees it after the launch.
+// none is needed); if empty and one is needed, kiln uses the Runtime's scratch for `stream` (README: scratch memory).
 //
 // Precision of g in the backward (where kiln differs from linghe, which rounds g to TF32, 11 significant bits):
 //  * standard (default, the fastest measured): dx from bf16(g) — 8 significant bits of g, the precision dx is stored
