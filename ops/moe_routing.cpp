@@ -565,6 +565,16 @@ int64_t moe_routing_workspace_elems(int64_t T, int64_t E, int64_t top_k) {
   return (std::max<int64_t>(nblocks(T), 1) + nsuper(T)) * E + T * k;
 }
 
+namespace {
+// The routing launch's workspace where the caller passed none and the map is built: the runtime's per-stream scratch
+// of `owner` (the route zeroes what it counts in, so stale contents are harmless); none otherwise.
+ScratchBuffer routing_scratch(Runtime::Impl& impl, const void* owner, const TensorRef& workspace, bool map, int64_t T,
+                              int64_t E, int64_t K, Stream stream) {
+  if (workspace.defined() || !map) return {};
+  return impl.scratch(owner, static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+}
+}  // namespace
+
 int64_t moe_max_out_rows(int64_t T, int64_t E, int64_t k, int64_t multiple_of) {
   const int64_t routed = T * std::min(k, E);
   return routed + std::min(E, routed) * (multiple_of - 1);
@@ -608,11 +618,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                      impl.resident_per_sm(impl.kernel(s), static_cast<int>(W * 32), smem_bytes(s));
     if (ok) {
       const int64_t SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
-      static const char owner = 0;  // (the runtime's scratch: the route zeroes what it counts in)
-      const ScratchBuffer wsb =
-          workspace.defined() || !map
-              ? ScratchBuffer{}
-              : impl.scratch(&owner, static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+      static const char owner = 0;
+      const ScratchBuffer wsb = routing_scratch(impl, &owner, workspace, map, T, E, K, stream);
       const CUdeviceptr wsp = wsb.ptr;
       int* chunk_counts = !map ? nullptr : workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
       int* super = map ? chunk_counts + NC * E : nullptr;
@@ -710,11 +717,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           "cuMemsetD32Async (tokens_per_expert)");
     return;
   }
-  static const char owner = 0;  // (the runtime's scratch: the route zeroes what it counts in)
-  const ScratchBuffer wsb =
-      workspace.defined() || !map
-          ? ScratchBuffer{}
-          : impl.scratch(&owner, static_cast<size_t>(moe_routing_workspace_elems(T, E, K)) * 4, stream);
+  static const char owner = 0;
+  const ScratchBuffer wsb = routing_scratch(impl, &owner, workspace, map, T, E, K, stream);
   const CUdeviceptr wsp = wsb.ptr;
   int* chunk_counts = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(wsp);
   int* super = map ? chunk_counts + NC * E : nullptr;
