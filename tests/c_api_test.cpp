@@ -367,4 +367,98 @@ TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   EXPECT_NE(std::string(kiln_last_error()).find("driver"), std::string::npos) << kiln_last_error();
 }
 
+
+// Valid calls of the families above (the shapes and options of tests/gpu/c_api_test.cpp) pass every check and
+// fail only at the first driver call: the translation keeps arguments in place (a swap would fail validation).
+TEST(CApi, ValidCallsOfEveryFamilyReachTheDevice) {
+  if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present (the pointers are fake)";
+  Handle h;
+  auto dev = [](kiln_status st, const char* what) {
+    EXPECT_EQ(st, KILN_ERROR_DEVICE) << what << ": " << kiln_last_error();
+    EXPECT_NE(std::string(kiln_last_error()).find("driver"), std::string::npos) << kiln_last_error();
+  };
+  {
+    constexpr int64_t M = 200, n = 256, E = 3;
+    const kiln_tensor x = desc(KILN_BF16, {M, 2 * n}), g = desc(KILN_BF16, {M, n}), prob = desc(KILN_F32, {M}),
+                      counts = desc(KILN_I32, {E});
+    const int64_t tb = kiln_batch_weighted_silu_max_token_blocks(M, E);
+    for (const int64_t W : {n, 2 * n}) {
+      const kiln_tensor q = desc(KILN_E4M3, {M, W}), qs = desc(KILN_F32, {W / 128, M}), qT = desc(KILN_E4M3, {W, M}),
+                        qTs = desc(KILN_F32, {(M + 127) / 128, W});
+      const kiln_silu_block_quant_outputs o{&q, &qs, &qT, &qTs};
+      const kiln_silu_options co{1, 2, 0, 0};
+      const kiln_tensor bqs = desc(KILN_F32, {M * W / 128}), bqT = desc(KILN_E4M3, {M * W}),
+                        bqTs = desc(KILN_F32, {tb * W}), status = desc(KILN_I32, {1}), dprob = desc(KILN_F32, {M});
+      const kiln_silu_block_quant_outputs bo{&q, &bqs, &bqT, &bqTs};
+      if (W == n) {
+        dev(kiln_silu_block_quant_fwd(h.rt, &x, &o, &co, nullptr), "silu fwd");
+        dev(kiln_batch_weighted_silu_block_quant_fwd(h.rt, &x, &prob, &counts, &bo, &status, &co, nullptr),
+            "bsilu fwd");
+      } else {
+        dev(kiln_silu_block_quant_bwd(h.rt, &g, &x, &o, &co, nullptr), "silu bwd");
+        dev(kiln_batch_weighted_silu_block_quant_bwd(h.rt, &g, &x, &prob, &counts, &bo, &dprob, &status, &co, nullptr),
+            "bsilu bwd");
+      }
+    }
+  }
+  {
+    constexpr int64_t S = 5, B = 3, H = 4, hk = 2, D = 64, W = (H + 2 * hk) * D, off = 2;
+    const kiln_qk_norm_half_rope_options cqo{H, hk, 1e-5f, 1, off, nullptr, 0};
+    const kiln_tensor qkv = desc(KILN_BF16, {S, B, W}), w = desc(KILN_BF16, {D}), fr = desc(KILN_F32, {S + off, D / 2}),
+                      q = desc(KILN_BF16, {B, S, H, D}), k = desc(KILN_BF16, {B, S, hk, D}), dw = desc(KILN_F32, {D});
+    dev(kiln_qk_norm_half_rope_fwd(h.rt, &qkv, &w, &w, &fr, &q, &k, &k, &cqo, nullptr), "qk fwd");
+    dev(kiln_qk_norm_half_rope_bwd(h.rt, &q, &k, &k, &qkv, &w, &w, &fr, &qkv, &dw, &dw, &cqo, nullptr, nullptr),
+        "qk bwd");
+    constexpr int64_t Bn = 2, Sn = 7, Hd = 256;
+    const kiln_tensor x = desc(KILN_BF16, {Bn, Sn, Hd}), rw = desc(KILN_BF16, {Hd}), cs = desc(KILN_F32, {Sn, D}),
+                      rdw = desc(KILN_F32, {Hd}), gate = desc(KILN_BF16, {Sn, Bn, Hd});
+    dev(kiln_rms_norm_rope_fwd(h.rt, &x, &rw, &cs, &cs, &x, 1e-5f, 4, nullptr), "rope fwd");
+    dev(kiln_rms_norm_rope_bwd(h.rt, &x, &x, &rw, &cs, &cs, &x, &rdw, 1e-5f, 0, nullptr, nullptr), "rope bwd");
+    const kiln_group_rms_norm_gate_options cgo{4, 1e-5f, 1};
+    dev(kiln_group_rms_norm_gate_fwd(h.rt, &x, &gate, &rw, &gate, &cgo, nullptr), "gate fwd");
+    dev(kiln_group_rms_norm_gate_bwd(h.rt, &gate, &x, &gate, &rw, &x, &gate, &rdw, &cgo, nullptr, nullptr), "gate bwd");
+  }
+  {
+    constexpr int64_t M = 37, V = 1024, Vs = 512;
+    const kiln_tensor z = desc(KILN_BF16, {M, V}), l = desc(KILN_I64, {M}), f = desc(KILN_F32, {M}),
+                      one = desc(KILN_F32, {1});
+    kiln_tensor dz = z;
+    dz.data = reinterpret_cast<void*>(0x100000000ll);
+    kiln_cross_entropy_options co{-100, 0.1f, 1e-3f, 0, 0, nullptr};
+    dev(kiln_softmax_cross_entropy_fwd(h.rt, &z, &l, &f, &f, &f, &co, nullptr), "ce fwd");
+    dev(kiln_softmax_cross_entropy_bwd(h.rt, &z, &l, &f, &f, &f, &dz, &co, nullptr), "ce bwd");
+    const kiln_fused_cross_entropy_options cfo{1, 0.5f, &one, &f, &f};
+    dev(kiln_softmax_cross_entropy_fused(h.rt, &z, &l, &f, &dz, &cfo, &co, nullptr), "ce fused");
+    co.vocab_total = V;
+    kiln_tensor shard = desc(KILN_BF16, {M, Vs});
+    shard.strides[0] = V;
+    co.vocab_start = Vs;
+    const kiln_tensor part = desc(KILN_F32, {4, M}), parts = desc(KILN_F32, {2, 4, M});
+    dev(kiln_softmax_cross_entropy_partial_fwd(h.rt, &shard, &l, &part, &co, nullptr), "ce partial");
+    co.vocab_start = 0;
+    dev(kiln_softmax_cross_entropy_merge(h.rt, &parts, &l, &f, &f, &f, &co, nullptr), "ce merge");
+  }
+  {
+    const kiln_tensor xs[3] = {desc(KILN_F32, {1000}), desc(KILN_BF16, {33, 7}), desc(KILN_F16, {4101})};
+    const kiln_tensor out = desc(KILN_F32, {1}), out64 = desc(KILN_I64, {1});
+    for (int ord : {0, 1, 2}) {
+      const kiln_batch_norm_options bo{ord, 1, 0};
+      dev(kiln_batch_sum_with_ord(h.rt, xs, 3, &out, &bo, nullptr), "sum");
+    }
+    dev(kiln_batch_count_zero(h.rt, xs, 3, &out64, nullptr), "zeros");
+    constexpr int64_t T = 40, E = 8, k = 2, P = 16, Hd = 256;
+    const int64_t num_out = kiln_moe_max_out_rows(T, E, k, P), nb = kiln_moe_block_quant_scale_blocks(num_out, E);
+    const kiln_tensor rm = desc(KILN_U8, {T, E}), rid = desc(KILN_I32, {T, E}), idx = desc(KILN_I32, {num_out}),
+                      tpe = desc(KILN_I32, {E}), off = desc(KILN_I32, {E + 1});
+    const kiln_moe_row_id_map mk{&rid, &idx, &tpe, nullptr, &off};
+    dev(kiln_moe_make_row_id_map(h.rt, &rm, &mk, P, k, nullptr, nullptr), "make map");
+    const kiln_tensor x = desc(KILN_BF16, {T, Hd}), probs = desc(KILN_F32, {T, E}), q = desc(KILN_E4M3, {num_out, Hd}),
+                      qs = desc(KILN_F32, {num_out * Hd / 128}), qT = desc(KILN_E4M3, {num_out * Hd}),
+                      qTs = desc(KILN_F32, {nb * Hd}), po = desc(KILN_F32, {num_out});
+    const kiln_moe_row_id_map map{&rid, &idx, nullptr, nullptr, &off};
+    const kiln_moe_block_quant_permute_outputs o{&q, &qs, &qT, &qTs, &po};
+    const kiln_moe_permute_options cpo{k, P, 0, 1, 0};
+    dev(kiln_moe_permute_block_quant(h.rt, &x, &probs, &map, &o, &cpo, nullptr), "bq permute");
+  }
+}
 }  // namespace
