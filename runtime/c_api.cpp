@@ -2,6 +2,7 @@
 #include "kiln/c_api.h"
 
 #include <string>
+#include <vector>
 
 #include "kiln/kiln.hpp"
 
@@ -131,6 +132,107 @@ kiln::RouterGemmBwdOptions precision_of(int precision, const char* op) {
   r.precision = static_cast<kiln::RouterGemmPrecision>(precision);
   return r;
 }
+
+// A required struct argument of a C call (a NULL pointer is rejected naming it).
+template <typename T>
+const T& need(const T* p, const char* op, const char* arg, const char* what) {
+  if (!p) throw kiln::InvalidArgument(std::string(op) + ": argument '" + arg + "': expected " + what + ", got null");
+  return *p;
+}
+// The *_workspace_elems calls: out checked, then written.
+template <typename F>
+void put(int64_t* out, const char* op, F&& value) {
+  need(out, op, "out", "a pointer");
+  *out = value();
+}
+
+static_assert(int(kiln::NormOrd::l1) == 0 && int(kiln::NormOrd::l2) == 1 && int(kiln::NormOrd::inf) == 2 &&
+                  int(kiln::Accumulate::f32) == 0 && int(kiln::Accumulate::f64) == 1 &&
+                  int(kiln::LossReduction::sum) == 0 && int(kiln::LossReduction::mean) == 1,
+              "the C option numbers name the C++ enums");
+
+// out / dx of the SiLU ops; `arg` names the struct ("out" or "dx") in messages.
+kiln::SiluBlockQuantOutputs silu_out_of(const kiln_silu_block_quant_outputs* o, const char* op,
+                                        const std::string& arg) {
+  const auto& r = need(o, op, arg.c_str(), "a kiln_silu_block_quant_outputs");
+  return {tr(r.q, op, (arg + ".q").c_str()), tr(r.q_scale, op, (arg + ".q_scale").c_str()),
+          tr(r.qT, op, (arg + ".qT").c_str()), tr(r.qT_scale, op, (arg + ".qT_scale").c_str())};
+}
+
+kiln::BatchSiluOptions silu_of(const kiln_silu_options* o) {
+  kiln::BatchSiluOptions r;
+  if (!o) return r;
+  r.round_scale = o->round_scale != 0;
+  r.output_mode = o->output_mode;
+  r.check_counts = o->check_counts != 0;
+  r.trailing_rows = o->trailing_rows != 0;
+  return r;
+}
+
+kiln::QkNormHalfRopeOptions qk_of(const kiln_qk_norm_half_rope_options* o, const char* op) {
+  kiln::QkNormHalfRopeOptions r;
+  if (!o) return r;
+  r.num_heads = o->num_heads;
+  r.num_groups = o->num_groups;
+  r.eps = o->eps;
+  r.interleaved = o->interleaved != 0;
+  r.position_offset = o->position_offset;
+  r.cu_seqlens = tr(o->cu_seqlens, op, "opts.cu_seqlens");
+  r.max_seqlen = o->max_seqlen;
+  return r;
+}
+
+kiln::GroupRmsNormGateOptions gate_of(const kiln_group_rms_norm_gate_options* o) {
+  kiln::GroupRmsNormGateOptions r;
+  if (!o) return r;
+  r.groups = o->groups;
+  r.eps = o->eps;
+  r.transpose = o->transpose != 0;
+  return r;
+}
+
+kiln::CrossEntropyOptions ce_of(const kiln_cross_entropy_options* o, const char* op) {
+  kiln::CrossEntropyOptions r;
+  if (!o) return r;
+  r.ignore_index = o->ignore_index;
+  r.label_smoothing = o->label_smoothing;
+  r.z_loss = o->z_loss;
+  r.vocab_start = o->vocab_start;
+  r.vocab_total = o->vocab_total;
+  r.bad_label_row = tr(o->bad_label_row, op, "opts.bad_label_row");
+  return r;
+}
+
+kiln::FusedCrossEntropyOptions fused_of(const kiln_fused_cross_entropy_options* o, const char* op) {
+  kiln::FusedCrossEntropyOptions r;
+  if (!o) return r;
+  r.reduction = static_cast<kiln::LossReduction>(o->reduction);
+  r.scale = o->scale;
+  r.loss_total = tr(o->loss_total, op, "fused.loss_total");
+  r.row_max = tr(o->row_max, op, "fused.row_max");
+  r.sum_exp = tr(o->sum_exp, op, "fused.sum_exp");
+  return r;
+}
+
+kiln::BatchNormOptions norm_of(const kiln_batch_norm_options* o) {
+  kiln::BatchNormOptions r;
+  if (!o) return r;
+  r.ord = static_cast<kiln::NormOrd>(o->ord);
+  r.root = o->root != 0;
+  r.accumulate = static_cast<kiln::Accumulate>(o->accumulate);
+  return r;
+}
+
+// The list of a batch reduction: count descriptors, xs[i] named in messages.
+std::vector<kiln::TensorRef> list_of(const kiln_tensor* xs, int64_t count, const char* op) {
+  if (count < 0)
+    throw kiln::InvalidArgument(std::string(op) + ": argument 'count': expected ≥ 0, got " + std::to_string(count));
+  if (count > 0) need(xs, op, "xs", "an array of count tensors");
+  std::vector<kiln::TensorRef> r;
+  r.reserve(static_cast<size_t>(count));
+  for (int64_t i = 0; i < count; ++i) r.push_back(tr(&xs[i], op, ("xs[" + std::to_string(i) + "]").c_str()));
+  return r;
+}
 }  // namespace
 
 extern "C" {
@@ -234,8 +336,8 @@ kiln_status kiln_router_gemm_fp32_bwd_workspace_elems(kiln_runtime* rt, int64_t 
                                                       int precision, int64_t* out) {
   return guarded([&] {
     constexpr const char* op = "kiln_router_gemm_fp32_bwd_workspace_elems";
-    if (!out) throw kiln::InvalidArgument(std::string(op) + ": argument 'out': expected a pointer, got null");
-    *out = kiln::router_gemm_fp32_bwd_workspace_elems(rt_of(rt), T, K, E, precision_of(precision, op));
+    put(out, op,
+        [&] { return kiln::router_gemm_fp32_bwd_workspace_elems(rt_of(rt), T, K, E, precision_of(precision, op)); });
   });
 }
 
@@ -277,8 +379,8 @@ kiln_status kiln_moe_make_row_id_map(kiln_runtime* rt, const kiln_tensor* routin
                                      int multiple_of, int max_per_token, const kiln_tensor* workspace, void* stream) {
   return guarded([&] {
     constexpr const char* op = "kiln_moe_make_row_id_map";
-    if (!out) throw kiln::InvalidArgument(std::string(op) + ": argument 'out': expected a row-id map, got null");
-    kiln::moe_make_row_id_map(rt_of(rt), tr(routing_map, op, "routing_map"), map_of(*out, op), multiple_of,
+    kiln::moe_make_row_id_map(rt_of(rt), tr(routing_map, op, "routing_map"),
+                              map_of(need(out, op, "out", "a row-id map"), op), multiple_of,
                               st(stream), max_per_token, tr(workspace, op, "workspace"));
   });
 }
@@ -289,8 +391,8 @@ kiln_status kiln_moe_permute(kiln_runtime* rt, const kiln_tensor* inp, const kil
                              const kiln_moe_permute_options* opts, void* stream) {
   return guarded([&] {
     constexpr const char* op = "kiln_moe_permute";
-    if (!map) throw kiln::InvalidArgument(std::string(op) + ": argument 'map': expected a row-id map, got null");
-    kiln::moe_permute(rt_of(rt), tr(inp, op, "inp"), tr(scale, op, "scale"), tr(probs, op, "probs"), map_of(*map, op),
+    kiln::moe_permute(rt_of(rt), tr(inp, op, "inp"), tr(scale, op, "scale"), tr(probs, op, "probs"),
+                      map_of(need(map, op, "map", "a row-id map"), op),
                       tr(out, op, "out"), tr(scale_out, op, "scale_out"), tr(probs_out, op, "probs_out"),
                       permute_of(opts), st(stream));
   });
@@ -303,6 +405,252 @@ kiln_status kiln_moe_unpermute(kiln_runtime* rt, const kiln_tensor* x, const kil
     constexpr const char* op = "kiln_moe_unpermute";
     kiln::moe_unpermute(rt_of(rt), tr(x, op, "x"), tr(row_id_map, op, "row_id_map"), tr(weights, op, "weights"),
                         tr(out, op, "out"), tr(restore_probs, op, "restore_probs"), permute_of(opts), st(stream));
+  });
+}
+
+int64_t kiln_moe_block_quant_scale_blocks(int64_t num_out, int64_t E) {
+  return kiln::moe_block_quant_scale_blocks(num_out, E);
+}
+
+kiln_status kiln_moe_permute_block_quant(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* probs,
+                                         const kiln_moe_row_id_map* map,
+                                         const kiln_moe_block_quant_permute_outputs* out,
+                                         const kiln_moe_permute_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_moe_permute_block_quant";
+    const auto& o = need(out, op, "out", "a kiln_moe_block_quant_permute_outputs");
+    kiln::moe_permute_block_quant(rt_of(rt), tr(x, op, "x"), tr(probs, op, "probs"),
+                                  map_of(need(map, op, "map", "a row-id map"), op),
+                                  {tr(o.q, op, "out.q"), tr(o.q_scale, op, "out.q_scale"), tr(o.qT, op, "out.qT"),
+                                   tr(o.qT_scale, op, "out.qT_scale"), tr(o.probs_out, op, "out.probs_out")},
+                                  permute_of(opts), st(stream));
+  });
+}
+
+kiln_status kiln_silu_block_quant_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_silu_block_quant_outputs* out,
+                                      const kiln_silu_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_silu_block_quant_fwd";
+    const kiln::BatchSiluOptions o = silu_of(opts);
+    kiln::silu_block_quant_fwd(rt_of(rt), tr(x, op, "x"), silu_out_of(out, op, "out"), {o.round_scale, o.output_mode},
+                               st(stream));
+  });
+}
+
+kiln_status kiln_silu_block_quant_bwd(kiln_runtime* rt, const kiln_tensor* g, const kiln_tensor* x,
+                                      const kiln_silu_block_quant_outputs* dx, const kiln_silu_options* opts,
+                                      void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_silu_block_quant_bwd";
+    kiln::silu_block_quant_bwd(rt_of(rt), tr(g, op, "g"), tr(x, op, "x"), silu_out_of(dx, op, "dx"),
+                               silu_of(opts).round_scale, st(stream));
+  });
+}
+
+int64_t kiln_batch_weighted_silu_max_token_blocks(int64_t M, int64_t E) {
+  return kiln::batch_weighted_silu_max_token_blocks(M, E);
+}
+
+kiln_status kiln_batch_weighted_silu_block_quant_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* prob,
+                                                     const kiln_tensor* counts,
+                                                     const kiln_silu_block_quant_outputs* out,
+                                                     const kiln_tensor* status, const kiln_silu_options* opts,
+                                                     void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_batch_weighted_silu_block_quant_fwd";
+    kiln::batch_weighted_silu_block_quant_fwd(rt_of(rt), tr(x, op, "x"), tr(prob, op, "prob"),
+                                              tr(counts, op, "counts"), silu_out_of(out, op, "out"),
+                                              tr(status, op, "status"), silu_of(opts), st(stream));
+  });
+}
+
+kiln_status kiln_batch_weighted_silu_block_quant_bwd(kiln_runtime* rt, const kiln_tensor* g, const kiln_tensor* x,
+                                                     const kiln_tensor* prob, const kiln_tensor* counts,
+                                                     const kiln_silu_block_quant_outputs* dx, const kiln_tensor* dprob,
+                                                     const kiln_tensor* status, const kiln_silu_options* opts,
+                                                     void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_batch_weighted_silu_block_quant_bwd";
+    kiln::batch_weighted_silu_block_quant_bwd(rt_of(rt), tr(g, op, "g"), tr(x, op, "x"), tr(prob, op, "prob"),
+                                              tr(counts, op, "counts"), silu_out_of(dx, op, "dx"),
+                                              tr(dprob, op, "dprob"), tr(status, op, "status"), silu_of(opts),
+                                              st(stream));
+  });
+}
+
+kiln_status kiln_qk_norm_half_rope_fwd(kiln_runtime* rt, const kiln_tensor* qkv, const kiln_tensor* q_norm_weight,
+                                       const kiln_tensor* k_norm_weight, const kiln_tensor* freqs,
+                                       const kiln_tensor* q, const kiln_tensor* k, const kiln_tensor* v,
+                                       const kiln_qk_norm_half_rope_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_qk_norm_half_rope_fwd";
+    kiln::qk_norm_half_rope_fwd(rt_of(rt), tr(qkv, op, "qkv"), tr(q_norm_weight, op, "q_norm_weight"),
+                                tr(k_norm_weight, op, "k_norm_weight"), tr(freqs, op, "freqs"), tr(q, op, "q"),
+                                tr(k, op, "k"), tr(v, op, "v"), qk_of(opts, op), st(stream));
+  });
+}
+
+kiln_status kiln_qk_norm_half_rope_bwd(kiln_runtime* rt, const kiln_tensor* gq, const kiln_tensor* gk,
+                                       const kiln_tensor* gv, const kiln_tensor* qkv, const kiln_tensor* q_norm_weight,
+                                       const kiln_tensor* k_norm_weight, const kiln_tensor* freqs,
+                                       const kiln_tensor* dqkv, const kiln_tensor* dq_norm_weight,
+                                       const kiln_tensor* dk_norm_weight, const kiln_qk_norm_half_rope_options* opts,
+                                       const kiln_tensor* workspace, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_qk_norm_half_rope_bwd";
+    kiln::qk_norm_half_rope_bwd(rt_of(rt), tr(gq, op, "gq"), tr(gk, op, "gk"), tr(gv, op, "gv"), tr(qkv, op, "qkv"),
+                                tr(q_norm_weight, op, "q_norm_weight"), tr(k_norm_weight, op, "k_norm_weight"),
+                                tr(freqs, op, "freqs"), tr(dqkv, op, "dqkv"), tr(dq_norm_weight, op, "dq_norm_weight"),
+                                tr(dk_norm_weight, op, "dk_norm_weight"), qk_of(opts, op),
+                                tr(workspace, op, "workspace"), st(stream));
+  });
+}
+
+kiln_status kiln_qk_norm_half_rope_bwd_workspace_elems(kiln_runtime* rt, int64_t head_dim, int64_t* out) {
+  return guarded([&] {
+    put(out, "kiln_qk_norm_half_rope_bwd_workspace_elems",
+        [&] { return kiln::qk_norm_half_rope_bwd_workspace_elems(rt_of(rt), head_dim); });
+  });
+}
+
+kiln_status kiln_rms_norm_rope_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* weight,
+                                   const kiln_tensor* cos, const kiln_tensor* sin, const kiln_tensor* y, float eps,
+                                   int num_heads, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_rms_norm_rope_fwd";
+    kiln::rms_norm_rope_fwd(rt_of(rt), tr(x, op, "x"), tr(weight, op, "weight"), tr(cos, op, "cos"),
+                            tr(sin, op, "sin"), tr(y, op, "y"), eps, num_heads, st(stream));
+  });
+}
+
+kiln_status kiln_rms_norm_rope_bwd(kiln_runtime* rt, const kiln_tensor* dy, const kiln_tensor* x,
+                                   const kiln_tensor* weight, const kiln_tensor* cos, const kiln_tensor* sin,
+                                   const kiln_tensor* dx, const kiln_tensor* dweight, float eps, int num_heads,
+                                   const kiln_tensor* workspace, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_rms_norm_rope_bwd";
+    kiln::rms_norm_rope_bwd(rt_of(rt), tr(dy, op, "dy"), tr(x, op, "x"), tr(weight, op, "weight"), tr(cos, op, "cos"),
+                            tr(sin, op, "sin"), tr(dx, op, "dx"), tr(dweight, op, "dweight"), eps, num_heads,
+                            tr(workspace, op, "workspace"), st(stream));
+  });
+}
+
+kiln_status kiln_rms_norm_rope_bwd_workspace_elems(kiln_runtime* rt, int64_t rows, int64_t hidden, int64_t head_dim,
+                                                   kiln_dtype dtype, int64_t* out) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_rms_norm_rope_bwd_workspace_elems";
+    put(out, op, [&] {
+      return kiln::rms_norm_rope_bwd_workspace_elems(rt_of(rt), rows, hidden, head_dim, dt(dtype, op, "dtype"));
+    });
+  });
+}
+
+kiln_status kiln_group_rms_norm_gate_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* gate,
+                                         const kiln_tensor* weight, const kiln_tensor* out,
+                                         const kiln_group_rms_norm_gate_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_group_rms_norm_gate_fwd";
+    kiln::group_rms_norm_gate_fwd(rt_of(rt), tr(x, op, "x"), tr(gate, op, "gate"), tr(weight, op, "weight"),
+                                  tr(out, op, "out"), gate_of(opts), st(stream));
+  });
+}
+
+kiln_status kiln_group_rms_norm_gate_bwd(kiln_runtime* rt, const kiln_tensor* dy, const kiln_tensor* x,
+                                         const kiln_tensor* gate, const kiln_tensor* weight, const kiln_tensor* dx,
+                                         const kiln_tensor* dgate, const kiln_tensor* dweight,
+                                         const kiln_group_rms_norm_gate_options* opts, const kiln_tensor* workspace,
+                                         void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_group_rms_norm_gate_bwd";
+    kiln::group_rms_norm_gate_bwd(rt_of(rt), tr(dy, op, "dy"), tr(x, op, "x"), tr(gate, op, "gate"),
+                                  tr(weight, op, "weight"), tr(dx, op, "dx"), tr(dgate, op, "dgate"),
+                                  tr(dweight, op, "dweight"), gate_of(opts), tr(workspace, op, "workspace"),
+                                  st(stream));
+  });
+}
+
+kiln_status kiln_group_rms_norm_gate_bwd_workspace_elems(kiln_runtime* rt, int64_t tokens, int64_t dim, int groups,
+                                                         kiln_dtype dtype, int64_t* out) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_group_rms_norm_gate_bwd_workspace_elems";
+    put(out, op, [&] {
+      return kiln::group_rms_norm_gate_bwd_workspace_elems(rt_of(rt), tokens, dim, groups, dt(dtype, op, "dtype"));
+    });
+  });
+}
+
+kiln_status kiln_softmax_cross_entropy_fwd(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* labels,
+                                           const kiln_tensor* loss, const kiln_tensor* row_max,
+                                           const kiln_tensor* sum_exp, const kiln_cross_entropy_options* opts,
+                                           void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_softmax_cross_entropy_fwd";
+    kiln::softmax_cross_entropy_fwd(rt_of(rt), tr(logits, op, "logits"), tr(labels, op, "labels"),
+                                    tr(loss, op, "loss"), tr(row_max, op, "row_max"), tr(sum_exp, op, "sum_exp"),
+                                    ce_of(opts, op), st(stream));
+  });
+}
+
+kiln_status kiln_softmax_cross_entropy_bwd(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* labels,
+                                           const kiln_tensor* row_max, const kiln_tensor* sum_exp,
+                                           const kiln_tensor* grad_loss, const kiln_tensor* dlogits,
+                                           const kiln_cross_entropy_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_softmax_cross_entropy_bwd";
+    kiln::softmax_cross_entropy_bwd(rt_of(rt), tr(logits, op, "logits"), tr(labels, op, "labels"),
+                                    tr(row_max, op, "row_max"), tr(sum_exp, op, "sum_exp"),
+                                    tr(grad_loss, op, "grad_loss"), tr(dlogits, op, "dlogits"), ce_of(opts, op),
+                                    st(stream));
+  });
+}
+
+kiln_status kiln_softmax_cross_entropy_fused(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* labels,
+                                             const kiln_tensor* loss, const kiln_tensor* dlogits,
+                                             const kiln_fused_cross_entropy_options* fused,
+                                             const kiln_cross_entropy_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_softmax_cross_entropy_fused";
+    kiln::softmax_cross_entropy_fused(rt_of(rt), tr(logits, op, "logits"), tr(labels, op, "labels"),
+                                      tr(loss, op, "loss"), tr(dlogits, op, "dlogits"), fused_of(fused, op),
+                                      ce_of(opts, op), st(stream));
+  });
+}
+
+kiln_status kiln_softmax_cross_entropy_partial_fwd(kiln_runtime* rt, const kiln_tensor* logits,
+                                                   const kiln_tensor* labels, const kiln_tensor* partial,
+                                                   const kiln_cross_entropy_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_softmax_cross_entropy_partial_fwd";
+    kiln::softmax_cross_entropy_partial_fwd(rt_of(rt), tr(logits, op, "logits"), tr(labels, op, "labels"),
+                                            tr(partial, op, "partial"), ce_of(opts, op), st(stream));
+  });
+}
+
+kiln_status kiln_softmax_cross_entropy_merge(kiln_runtime* rt, const kiln_tensor* partials, const kiln_tensor* labels,
+                                             const kiln_tensor* loss, const kiln_tensor* row_max,
+                                             const kiln_tensor* sum_exp, const kiln_cross_entropy_options* opts,
+                                             void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_softmax_cross_entropy_merge";
+    kiln::softmax_cross_entropy_merge(rt_of(rt), tr(partials, op, "partials"), tr(labels, op, "labels"),
+                                      tr(loss, op, "loss"), tr(row_max, op, "row_max"), tr(sum_exp, op, "sum_exp"),
+                                      ce_of(opts, op), st(stream));
+  });
+}
+
+kiln_status kiln_batch_sum_with_ord(kiln_runtime* rt, const kiln_tensor* xs, int64_t count, const kiln_tensor* out,
+                                    const kiln_batch_norm_options* opts, void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_batch_sum_with_ord";
+    kiln::batch_sum_with_ord(rt_of(rt), list_of(xs, count, op), tr(out, op, "out"), norm_of(opts), st(stream));
+  });
+}
+
+kiln_status kiln_batch_count_zero(kiln_runtime* rt, const kiln_tensor* xs, int64_t count, const kiln_tensor* out,
+                                  void* stream) {
+  return guarded([&] {
+    constexpr const char* op = "kiln_batch_count_zero";
+    kiln::batch_count_zero(rt_of(rt), list_of(xs, count, op), tr(out, op, "out"), st(stream));
   });
 }
 

@@ -195,6 +195,167 @@ TEST(CApi, MoeErrorsNameTheArgument) {
   EXPECT_EQ(kiln_moe_max_out_rows(8192, 256, 8, 16), 8192 * 8 + 256 * 15);
 }
 
+// The families added after the MoE ops. `fails` checks the status and that the message names the argument.
+::testing::AssertionResult fails(kiln_status got, kiln_status want, const char* arg) {
+  const std::string msg = kiln_last_error();
+  if (got == want && msg.find(std::string("'") + arg + "'") != std::string::npos) return ::testing::AssertionSuccess();
+  return ::testing::AssertionFailure() << "status " << got << " (want " << want << "), message: " << msg
+                                       << " (want it to name '" << arg << "')";
+}
+
+TEST(CApi, SiluErrorsNameTheArgument) {
+  Handle h;
+  constexpr int64_t M = 16, n = 128;
+  const kiln_tensor x = desc(KILN_BF16, {M, 2 * n}), g = desc(KILN_BF16, {M, n});
+  const kiln_tensor q = desc(KILN_E4M3, {M, n}), qs = desc(KILN_F32, {n / 128, M}), qT = desc(KILN_E4M3, {n, M}),
+                    qTs = desc(KILN_F32, {1, n});
+  const kiln_silu_block_quant_outputs out{&q, &qs, &qT, &qTs};
+  kiln_silu_options o{0, 5, 0, 0};
+  EXPECT_TRUE(fails(kiln_silu_block_quant_fwd(h.rt, &x, &out, &o, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "output_mode"));
+  EXPECT_TRUE(fails(kiln_silu_block_quant_fwd(h.rt, &x, nullptr, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "out"));
+  const kiln_tensor x_odd = desc(KILN_BF16, {M, 200});
+  EXPECT_TRUE(fails(kiln_silu_block_quant_fwd(h.rt, &x_odd, &out, nullptr, nullptr), KILN_ERROR_SHAPE_MISMATCH, "x"));
+  // Backward: g in fp32; a dx output of the forward's width (W must be 2n).
+  const kiln_tensor g32 = desc(KILN_F32, {M, n});
+  const kiln_tensor dq = desc(KILN_E4M3, {M, 2 * n}), dqs = desc(KILN_F32, {2 * n / 128, M}),
+                    dqT = desc(KILN_E4M3, {2 * n, M}), dqTs = desc(KILN_F32, {1, 2 * n});
+  const kiln_silu_block_quant_outputs dx{&dq, &dqs, &dqT, &dqTs};
+  EXPECT_TRUE(fails(kiln_silu_block_quant_bwd(h.rt, &g32, &x, &dx, nullptr, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE,
+                    "g"));
+  EXPECT_TRUE(fails(kiln_silu_block_quant_bwd(h.rt, &g, &x, &out, nullptr, nullptr), KILN_ERROR_SHAPE_MISMATCH, "q"));
+  // Batched: prob in bf16, dprob of the wrong length, counts missing, a bad output mode.
+  const kiln_tensor prob = desc(KILN_F32, {M}), prob16 = desc(KILN_BF16, {M}), counts = desc(KILN_I32, {4}),
+                    dprob_short = desc(KILN_F32, {M - 1});
+  const kiln_tensor bq_s = desc(KILN_F32, {M * (n / 128)}), bqT = desc(KILN_E4M3, {M * n}),
+                    bqT_s = desc(KILN_F32, {kiln_batch_weighted_silu_max_token_blocks(M, 4) * n});
+  const kiln_silu_block_quant_outputs bout{&q, &bq_s, &bqT, &bqT_s};
+  EXPECT_TRUE(fails(kiln_batch_weighted_silu_block_quant_fwd(h.rt, &x, &prob16, &counts, &bout, nullptr, nullptr,
+                                                             nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "prob"));
+  EXPECT_TRUE(fails(kiln_batch_weighted_silu_block_quant_fwd(h.rt, &x, &prob, nullptr, &bout, nullptr, nullptr,
+                                                             nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "counts"));
+  EXPECT_TRUE(fails(kiln_batch_weighted_silu_block_quant_fwd(h.rt, &x, &prob, &counts, &bout, nullptr, &o, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "output_mode"));
+  const kiln_tensor bdq_s = desc(KILN_F32, {M * (2 * n / 128)}), bdqT = desc(KILN_E4M3, {M * 2 * n}),
+                    bdqT_s = desc(KILN_F32, {kiln_batch_weighted_silu_max_token_blocks(M, 4) * 2 * n});
+  const kiln_silu_block_quant_outputs bdx{&dq, &bdq_s, &bdqT, &bdqT_s};
+  EXPECT_TRUE(fails(kiln_batch_weighted_silu_block_quant_bwd(h.rt, &g, &x, &prob, &counts, &bdx, &dprob_short, nullptr,
+                                                             nullptr, nullptr),
+                    KILN_ERROR_SHAPE_MISMATCH, "dprob"));
+  EXPECT_TRUE(fails(kiln_batch_weighted_silu_block_quant_bwd(h.rt, &g, &x, &prob, &counts, nullptr, &dprob_short,
+                                                             nullptr, nullptr, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "dx"));
+}
+
+TEST(CApi, NormRopeErrorsNameTheArgument) {
+  Handle h;
+  // qk-norm + half RoPE: S 4, B 2, H 4, h 2, D 64.
+  constexpr int64_t S = 4, B = 2, H = 4, hk = 2, D = 64;
+  const kiln_tensor qkv = desc(KILN_BF16, {S, B, (H + 2 * hk) * D}), w = desc(KILN_BF16, {D}),
+                    fr = desc(KILN_F32, {S, D / 2}), q = desc(KILN_BF16, {B, S, H, D}),
+                    k = desc(KILN_BF16, {B, S, hk, D}),
+                    dw = desc(KILN_F32, {D});
+  EXPECT_TRUE(fails(kiln_qk_norm_half_rope_fwd(h.rt, &qkv, &w, &w, &fr, &q, &k, &k, nullptr, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "num_heads"));
+  kiln_qk_norm_half_rope_options qo{H, hk, 1e-6f, 1, 0, nullptr, 0};
+  const kiln_tensor cu = desc(KILN_I64, {3});
+  qo.cu_seqlens = &cu;
+  EXPECT_TRUE(fails(kiln_qk_norm_half_rope_fwd(h.rt, &qkv, &w, &w, &fr, &q, &k, &k, &qo, nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "cu_seqlens"));
+  qo.cu_seqlens = nullptr;
+  const kiln_tensor dqkv16 = desc(KILN_F16, {S, B, (H + 2 * hk) * D});
+  EXPECT_TRUE(fails(kiln_qk_norm_half_rope_bwd(h.rt, &q, &k, &k, &qkv, &w, &w, &fr, &dqkv16, &dw, &dw, &qo, nullptr,
+                                               nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "dqkv"));
+  EXPECT_TRUE(fails(kiln_qk_norm_half_rope_bwd_workspace_elems(h.rt, D, nullptr), KILN_ERROR_INVALID_ARGUMENT, "out"));
+
+  // RMSNorm + RoPE: x [B, S, 256], D 64.
+  const kiln_tensor x = desc(KILN_BF16, {B, S, 256}), rw = desc(KILN_BF16, {256}), cs = desc(KILN_F32, {S, D}),
+                    y32 = desc(KILN_F32, {B, S, 256}), drw16 = desc(KILN_BF16, {256});
+  EXPECT_TRUE(fails(kiln_rms_norm_rope_fwd(h.rt, &x, &rw, &cs, &cs, &y32, 1e-6f, 0, nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "y"));
+  EXPECT_TRUE(fails(kiln_rms_norm_rope_fwd(h.rt, &x, &rw, &cs, &cs, &x, 1e-6f, -1, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "num_heads"));
+  EXPECT_TRUE(fails(kiln_rms_norm_rope_bwd(h.rt, &x, &x, &rw, &cs, &cs, &x, &drw16, 1e-6f, 0, nullptr, nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "dweight"));
+  int64_t elems = -1;
+  EXPECT_TRUE(fails(kiln_rms_norm_rope_bwd_workspace_elems(h.rt, B * S, 256, D, static_cast<kiln_dtype>(99), &elems),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "dtype"));
+
+  // Group RMSNorm × gate: x [B, S, 256], 3 groups do not divide 256; dgate in the wrong layout.
+  const kiln_tensor gate = desc(KILN_BF16, {S, B, 256}), gw = desc(KILN_BF16, {256}), gdw = desc(KILN_F32, {256});
+  kiln_group_rms_norm_gate_options go{3, 1e-6f, 1};
+  EXPECT_TRUE(fails(kiln_group_rms_norm_gate_fwd(h.rt, &x, &gate, &gw, &gate, &go, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "groups"));
+  EXPECT_TRUE(fails(kiln_group_rms_norm_gate_bwd(h.rt, &gate, &x, &gate, &gw, &x, &x, &gdw, nullptr, nullptr, nullptr),
+                    KILN_ERROR_SHAPE_MISMATCH, "dgate"));
+  EXPECT_TRUE(fails(kiln_group_rms_norm_gate_bwd_workspace_elems(h.rt, B * S, 256, 4, KILN_BF16, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "out"));
+}
+
+TEST(CApi, CrossEntropyErrorsNameTheArgument) {
+  Handle h;
+  constexpr int64_t M = 8, V = 1000;
+  const kiln_tensor z = desc(KILN_BF16, {M, V}), y = desc(KILN_I64, {M}), yf = desc(KILN_F32, {M}),
+                    loss = desc(KILN_F32, {M}), stat = desc(KILN_F32, {M}), g_short = desc(KILN_F32, {M - 1});
+  EXPECT_TRUE(fails(kiln_softmax_cross_entropy_fwd(h.rt, &z, &yf, &loss, &stat, &stat, nullptr, nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "labels"));
+  kiln_cross_entropy_options o{-100, 1.5f, 0.f, 0, 0, nullptr};
+  EXPECT_TRUE(fails(kiln_softmax_cross_entropy_fwd(h.rt, &z, &y, &loss, &stat, &stat, &o, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "label_smoothing"));
+  EXPECT_TRUE(fails(kiln_softmax_cross_entropy_bwd(h.rt, &z, &y, &stat, &stat, &g_short, &z, nullptr, nullptr),
+                    KILN_ERROR_SHAPE_MISMATCH, "grad_loss"));
+  const kiln_fused_cross_entropy_options f{7, 1.f, nullptr, nullptr, nullptr};
+  EXPECT_TRUE(fails(kiln_softmax_cross_entropy_fused(h.rt, &z, &y, &loss, &z, &f, nullptr, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "reduction"));
+  const kiln_tensor part_bad = desc(KILN_F32, {3, M});
+  EXPECT_TRUE(fails(kiln_softmax_cross_entropy_partial_fwd(h.rt, &z, &y, &part_bad, nullptr, nullptr),
+                    KILN_ERROR_SHAPE_MISMATCH, "partial"));
+  const kiln_tensor parts = desc(KILN_F32, {2, 4, M});
+  EXPECT_TRUE(fails(kiln_softmax_cross_entropy_merge(h.rt, &parts, &y, &loss, nullptr, nullptr, nullptr, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "vocab_total"));
+}
+
+TEST(CApi, BatchReduceAndBlockQuantPermuteErrorsNameTheArgument) {
+  Handle h;
+  const kiln_tensor xs[2] = {desc(KILN_F32, {100}), desc(KILN_I32, {7, 3})};
+  const kiln_tensor out = desc(KILN_F32, {1}), out64 = desc(KILN_I64, {1});
+  EXPECT_TRUE(fails(kiln_batch_sum_with_ord(h.rt, xs, 2, &out, nullptr, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE,
+                    "xs[1]"));
+  EXPECT_TRUE(fails(kiln_batch_sum_with_ord(h.rt, nullptr, 2, &out, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "xs"));
+  EXPECT_TRUE(fails(kiln_batch_sum_with_ord(h.rt, xs, -1, &out, nullptr, nullptr), KILN_ERROR_INVALID_ARGUMENT,
+                    "count"));
+  const kiln_batch_norm_options bad_ord{9, 0, 1};
+  EXPECT_TRUE(fails(kiln_batch_sum_with_ord(h.rt, xs, 1, &out, &bad_ord, nullptr), KILN_ERROR_INVALID_ARGUMENT, "ord"));
+  EXPECT_TRUE(fails(kiln_batch_count_zero(h.rt, xs, 1, &out, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE, "out"));
+  EXPECT_TRUE(fails(kiln_batch_count_zero(h.rt, xs, 2, &out64, nullptr), KILN_ERROR_UNSUPPORTED_DTYPE, "xs[1]"));
+
+  // Block-quantized permute: T 32, E 8, Hd 256, top-2, P 16.
+  constexpr int64_t T = 32, E = 8, Hd = 256, P = 16;
+  const int64_t num_out = kiln_moe_max_out_rows(T, E, 2, P), nb = kiln_moe_block_quant_scale_blocks(num_out, E);
+  EXPECT_EQ(nb, (num_out + 127) / 128 + E);
+  const kiln_tensor x = desc(KILN_BF16, {T, Hd}), rid = desc(KILN_I32, {T, E}), idx = desc(KILN_I32, {num_out}),
+                    off = desc(KILN_I32, {E + 1});
+  const kiln_tensor q = desc(KILN_E4M3, {num_out, Hd}), qs = desc(KILN_F32, {num_out * Hd / 128}),
+                    qT = desc(KILN_E4M3, {num_out * Hd}), qTs = desc(KILN_F32, {nb * Hd}),
+                    q16 = desc(KILN_BF16, {num_out, Hd});
+  const kiln_moe_row_id_map map{&rid, &idx, nullptr, nullptr, &off}, no_off{&rid, &idx, nullptr, nullptr, nullptr};
+  const kiln_moe_permute_options po{2, P, 0, 0, 0};
+  const kiln_moe_block_quant_permute_outputs o{&q, &qs, &qT, &qTs, nullptr}, o16{&q16, &qs, &qT, &qTs, nullptr};
+  EXPECT_TRUE(fails(kiln_moe_permute_block_quant(h.rt, &x, nullptr, &map, nullptr, &po, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "out"));
+  EXPECT_TRUE(fails(kiln_moe_permute_block_quant(h.rt, &x, nullptr, nullptr, &o, &po, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "map"));
+  EXPECT_TRUE(fails(kiln_moe_permute_block_quant(h.rt, &x, nullptr, &no_off, &o, &po, nullptr),
+                    KILN_ERROR_INVALID_ARGUMENT, "offsets"));
+  EXPECT_TRUE(fails(kiln_moe_permute_block_quant(h.rt, &x, nullptr, &map, &o16, &po, nullptr),
+                    KILN_ERROR_UNSUPPORTED_DTYPE, "q"));
+}
+
 TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present";
   Handle h;
@@ -206,4 +367,98 @@ TEST(CApi, ValidCallWithoutADriverIsADeviceError) {
   EXPECT_NE(std::string(kiln_last_error()).find("driver"), std::string::npos) << kiln_last_error();
 }
 
+
+// Valid calls of the families above (the shapes and options of tests/gpu/c_api_test.cpp) pass every check and
+// fail only at the first driver call: the translation keeps arguments in place (a swap would fail validation).
+TEST(CApi, ValidCallsOfEveryFamilyReachTheDevice) {
+  if (kiln::detail::driver_available()) GTEST_SKIP() << "a driver is present (the pointers are fake)";
+  Handle h;
+  auto dev = [](kiln_status st, const char* what) {
+    EXPECT_EQ(st, KILN_ERROR_DEVICE) << what << ": " << kiln_last_error();
+    EXPECT_NE(std::string(kiln_last_error()).find("driver"), std::string::npos) << kiln_last_error();
+  };
+  {
+    constexpr int64_t M = 200, n = 256, E = 3;
+    const kiln_tensor x = desc(KILN_BF16, {M, 2 * n}), g = desc(KILN_BF16, {M, n}), prob = desc(KILN_F32, {M}),
+                      counts = desc(KILN_I32, {E});
+    const int64_t tb = kiln_batch_weighted_silu_max_token_blocks(M, E);
+    for (const int64_t W : {n, 2 * n}) {
+      const kiln_tensor q = desc(KILN_E4M3, {M, W}), qs = desc(KILN_F32, {W / 128, M}), qT = desc(KILN_E4M3, {W, M}),
+                        qTs = desc(KILN_F32, {(M + 127) / 128, W});
+      const kiln_silu_block_quant_outputs o{&q, &qs, &qT, &qTs};
+      const kiln_silu_options co{1, 2, 0, 0};
+      const kiln_tensor bqs = desc(KILN_F32, {M * W / 128}), bqT = desc(KILN_E4M3, {M * W}),
+                        bqTs = desc(KILN_F32, {tb * W}), status = desc(KILN_I32, {1}), dprob = desc(KILN_F32, {M});
+      const kiln_silu_block_quant_outputs bo{&q, &bqs, &bqT, &bqTs};
+      if (W == n) {
+        dev(kiln_silu_block_quant_fwd(h.rt, &x, &o, &co, nullptr), "silu fwd");
+        dev(kiln_batch_weighted_silu_block_quant_fwd(h.rt, &x, &prob, &counts, &bo, &status, &co, nullptr),
+            "bsilu fwd");
+      } else {
+        dev(kiln_silu_block_quant_bwd(h.rt, &g, &x, &o, &co, nullptr), "silu bwd");
+        dev(kiln_batch_weighted_silu_block_quant_bwd(h.rt, &g, &x, &prob, &counts, &bo, &dprob, &status, &co, nullptr),
+            "bsilu bwd");
+      }
+    }
+  }
+  {
+    constexpr int64_t S = 5, B = 3, H = 4, hk = 2, D = 64, W = (H + 2 * hk) * D, off = 2;
+    const kiln_qk_norm_half_rope_options cqo{H, hk, 1e-5f, 1, off, nullptr, 0};
+    const kiln_tensor qkv = desc(KILN_BF16, {S, B, W}), w = desc(KILN_BF16, {D}), fr = desc(KILN_F32, {S + off, D / 2}),
+                      q = desc(KILN_BF16, {B, S, H, D}), k = desc(KILN_BF16, {B, S, hk, D}), dw = desc(KILN_F32, {D});
+    dev(kiln_qk_norm_half_rope_fwd(h.rt, &qkv, &w, &w, &fr, &q, &k, &k, &cqo, nullptr), "qk fwd");
+    dev(kiln_qk_norm_half_rope_bwd(h.rt, &q, &k, &k, &qkv, &w, &w, &fr, &qkv, &dw, &dw, &cqo, nullptr, nullptr),
+        "qk bwd");
+    constexpr int64_t Bn = 2, Sn = 7, Hd = 256;
+    const kiln_tensor x = desc(KILN_BF16, {Bn, Sn, Hd}), rw = desc(KILN_BF16, {Hd}), cs = desc(KILN_F32, {Sn, D}),
+                      rdw = desc(KILN_F32, {Hd}), gate = desc(KILN_BF16, {Sn, Bn, Hd});
+    dev(kiln_rms_norm_rope_fwd(h.rt, &x, &rw, &cs, &cs, &x, 1e-5f, 4, nullptr), "rope fwd");
+    dev(kiln_rms_norm_rope_bwd(h.rt, &x, &x, &rw, &cs, &cs, &x, &rdw, 1e-5f, 0, nullptr, nullptr), "rope bwd");
+    const kiln_group_rms_norm_gate_options cgo{4, 1e-5f, 1};
+    dev(kiln_group_rms_norm_gate_fwd(h.rt, &x, &gate, &rw, &gate, &cgo, nullptr), "gate fwd");
+    dev(kiln_group_rms_norm_gate_bwd(h.rt, &gate, &x, &gate, &rw, &x, &gate, &rdw, &cgo, nullptr, nullptr), "gate bwd");
+  }
+  {
+    constexpr int64_t M = 37, V = 1024, Vs = 512;
+    const kiln_tensor z = desc(KILN_BF16, {M, V}), l = desc(KILN_I64, {M}), f = desc(KILN_F32, {M}),
+                      one = desc(KILN_F32, {1});
+    kiln_tensor dz = z;
+    dz.data = reinterpret_cast<void*>(0x100000000ll);
+    kiln_cross_entropy_options co{-100, 0.1f, 1e-3f, 0, 0, nullptr};
+    dev(kiln_softmax_cross_entropy_fwd(h.rt, &z, &l, &f, &f, &f, &co, nullptr), "ce fwd");
+    dev(kiln_softmax_cross_entropy_bwd(h.rt, &z, &l, &f, &f, &f, &dz, &co, nullptr), "ce bwd");
+    const kiln_fused_cross_entropy_options cfo{1, 0.5f, &one, &f, &f};
+    dev(kiln_softmax_cross_entropy_fused(h.rt, &z, &l, &f, &dz, &cfo, &co, nullptr), "ce fused");
+    co.vocab_total = V;
+    kiln_tensor shard = desc(KILN_BF16, {M, Vs});
+    shard.strides[0] = V;
+    co.vocab_start = Vs;
+    const kiln_tensor part = desc(KILN_F32, {4, M}), parts = desc(KILN_F32, {2, 4, M});
+    dev(kiln_softmax_cross_entropy_partial_fwd(h.rt, &shard, &l, &part, &co, nullptr), "ce partial");
+    co.vocab_start = 0;
+    dev(kiln_softmax_cross_entropy_merge(h.rt, &parts, &l, &f, &f, &f, &co, nullptr), "ce merge");
+  }
+  {
+    const kiln_tensor xs[3] = {desc(KILN_F32, {1000}), desc(KILN_BF16, {33, 7}), desc(KILN_F16, {4101})};
+    const kiln_tensor out = desc(KILN_F32, {1}), out64 = desc(KILN_I64, {1});
+    for (int ord : {0, 1, 2}) {
+      const kiln_batch_norm_options bo{ord, 1, 0};
+      dev(kiln_batch_sum_with_ord(h.rt, xs, 3, &out, &bo, nullptr), "sum");
+    }
+    dev(kiln_batch_count_zero(h.rt, xs, 3, &out64, nullptr), "zeros");
+    constexpr int64_t T = 40, E = 8, k = 2, P = 16, Hd = 256;
+    const int64_t num_out = kiln_moe_max_out_rows(T, E, k, P), nb = kiln_moe_block_quant_scale_blocks(num_out, E);
+    const kiln_tensor rm = desc(KILN_U8, {T, E}), rid = desc(KILN_I32, {T, E}), idx = desc(KILN_I32, {num_out}),
+                      tpe = desc(KILN_I32, {E}), off = desc(KILN_I32, {E + 1});
+    const kiln_moe_row_id_map mk{&rid, &idx, &tpe, nullptr, &off};
+    dev(kiln_moe_make_row_id_map(h.rt, &rm, &mk, P, k, nullptr, nullptr), "make map");
+    const kiln_tensor x = desc(KILN_BF16, {T, Hd}), probs = desc(KILN_F32, {T, E}), q = desc(KILN_E4M3, {num_out, Hd}),
+                      qs = desc(KILN_F32, {num_out * Hd / 128}), qT = desc(KILN_E4M3, {num_out * Hd}),
+                      qTs = desc(KILN_F32, {nb * Hd}), po = desc(KILN_F32, {num_out});
+    const kiln_moe_row_id_map map{&rid, &idx, nullptr, nullptr, &off};
+    const kiln_moe_block_quant_permute_outputs o{&q, &qs, &qT, &qTs, &po};
+    const kiln_moe_permute_options cpo{k, P, 0, 1, 0};
+    dev(kiln_moe_permute_block_quant(h.rt, &x, &probs, &map, &o, &cpo, nullptr), "bq permute");
+  }
+}
 }  // namespace

@@ -126,6 +126,164 @@ kiln_status kiln_moe_unpermute(kiln_runtime* rt, const kiln_tensor* x, const kil
                                const kiln_tensor* weights, const kiln_tensor* out, const kiln_tensor* restore_probs,
                                const kiln_moe_permute_options* opts, void* stream);
 
+/* kiln/ops/moe.hpp: the fused permute + pad + fp8 1×128 block quantization (moe_permute_block_quant). probs and
+ * probs_out may be NULL; opts as for kiln_moe_permute (scale_layout and fill_tail unused). */
+typedef struct kiln_moe_block_quant_permute_outputs {
+  const kiln_tensor* q;
+  const kiln_tensor* q_scale;
+  const kiln_tensor* qT;
+  const kiln_tensor* qT_scale;
+  const kiln_tensor* probs_out;
+} kiln_moe_block_quant_permute_outputs;
+int64_t kiln_moe_block_quant_scale_blocks(int64_t num_out, int64_t E);
+kiln_status kiln_moe_permute_block_quant(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* probs,
+                                         const kiln_moe_row_id_map* map,
+                                         const kiln_moe_block_quant_permute_outputs* out,
+                                         const kiln_moe_permute_options* opts, void* stream);
+
+/* ---- the other families -------------------------------------------------------------------------------------------
+ * An options pointer may be NULL: the C++ defaults (stated beside each struct). Booleans are int32 (0 false, else
+ * true); enum numbers are the C++ enums' (out-of-range values are rejected naming the field). A workspace tensor may be
+ * NULL (kiln uses the runtime's scratch); a *_workspace_elems call depends on the device (a device error without a
+ * driver). */
+
+/* kiln/ops/silu.hpp: the quantized outputs (only those the mode produces; the others may be NULL). */
+typedef struct kiln_silu_block_quant_outputs {
+  const kiln_tensor* q;
+  const kiln_tensor* q_scale;
+  const kiln_tensor* qT;
+  const kiln_tensor* qT_scale;
+} kiln_silu_block_quant_outputs;
+/* Defaults: round_scale 0, output_mode 2 (0 row-wise, 1 transposed, 2 both); check_counts 0, trailing_rows 0 (read
+ * by the batched ops only). */
+typedef struct kiln_silu_options {
+  int32_t round_scale;
+  int32_t output_mode;
+  int32_t check_counts;
+  int32_t trailing_rows;
+} kiln_silu_options;
+kiln_status kiln_silu_block_quant_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_silu_block_quant_outputs* out,
+                                      const kiln_silu_options* opts, void* stream);
+/* round_scale of opts only. */
+kiln_status kiln_silu_block_quant_bwd(kiln_runtime* rt, const kiln_tensor* g, const kiln_tensor* x,
+                                      const kiln_silu_block_quant_outputs* dx, const kiln_silu_options* opts,
+                                      void* stream);
+int64_t kiln_batch_weighted_silu_max_token_blocks(int64_t M, int64_t E);
+/* status may be NULL. */
+kiln_status kiln_batch_weighted_silu_block_quant_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* prob,
+                                                     const kiln_tensor* counts,
+                                                     const kiln_silu_block_quant_outputs* out,
+                                                     const kiln_tensor* status, const kiln_silu_options* opts,
+                                                     void* stream);
+kiln_status kiln_batch_weighted_silu_block_quant_bwd(kiln_runtime* rt, const kiln_tensor* g, const kiln_tensor* x,
+                                                     const kiln_tensor* prob, const kiln_tensor* counts,
+                                                     const kiln_silu_block_quant_outputs* dx, const kiln_tensor* dprob,
+                                                     const kiln_tensor* status, const kiln_silu_options* opts,
+                                                     void* stream);
+
+/* kiln/ops/qk_norm_half_rope.hpp. Defaults: num_heads 0, num_groups 0 (both must be set), eps 1e-6, interleaved 1,
+ * position_offset 0, cu_seqlens NULL, max_seqlen 0. */
+typedef struct kiln_qk_norm_half_rope_options {
+  int32_t num_heads;
+  int32_t num_groups;
+  float eps;
+  int32_t interleaved;
+  int64_t position_offset;
+  const kiln_tensor* cu_seqlens;
+  int64_t max_seqlen;
+} kiln_qk_norm_half_rope_options;
+kiln_status kiln_qk_norm_half_rope_fwd(kiln_runtime* rt, const kiln_tensor* qkv, const kiln_tensor* q_norm_weight,
+                                       const kiln_tensor* k_norm_weight, const kiln_tensor* freqs,
+                                       const kiln_tensor* q, const kiln_tensor* k, const kiln_tensor* v,
+                                       const kiln_qk_norm_half_rope_options* opts, void* stream);
+/* dq_norm_weight / dk_norm_weight may be NULL (not computed). */
+kiln_status kiln_qk_norm_half_rope_bwd(kiln_runtime* rt, const kiln_tensor* gq, const kiln_tensor* gk,
+                                       const kiln_tensor* gv, const kiln_tensor* qkv, const kiln_tensor* q_norm_weight,
+                                       const kiln_tensor* k_norm_weight, const kiln_tensor* freqs,
+                                       const kiln_tensor* dqkv, const kiln_tensor* dq_norm_weight,
+                                       const kiln_tensor* dk_norm_weight, const kiln_qk_norm_half_rope_options* opts,
+                                       const kiln_tensor* workspace, void* stream);
+kiln_status kiln_qk_norm_half_rope_bwd_workspace_elems(kiln_runtime* rt, int64_t head_dim, int64_t* out);
+
+/* kiln/ops/rms_norm_rope.hpp (no options struct: eps, and num_heads with 0 meaning Hd/D, as in C++). */
+kiln_status kiln_rms_norm_rope_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* weight,
+                                   const kiln_tensor* cos, const kiln_tensor* sin, const kiln_tensor* y, float eps,
+                                   int num_heads, void* stream);
+kiln_status kiln_rms_norm_rope_bwd(kiln_runtime* rt, const kiln_tensor* dy, const kiln_tensor* x,
+                                   const kiln_tensor* weight, const kiln_tensor* cos, const kiln_tensor* sin,
+                                   const kiln_tensor* dx, const kiln_tensor* dweight, float eps, int num_heads,
+                                   const kiln_tensor* workspace, void* stream);
+kiln_status kiln_rms_norm_rope_bwd_workspace_elems(kiln_runtime* rt, int64_t rows, int64_t hidden, int64_t head_dim,
+                                                   kiln_dtype dtype, int64_t* out);
+
+/* kiln/ops/group_rms_norm_gate.hpp. Defaults: groups 4 (the number of groups), eps 1e-6, transpose 1. */
+typedef struct kiln_group_rms_norm_gate_options {
+  int32_t groups;
+  float eps;
+  int32_t transpose;
+} kiln_group_rms_norm_gate_options;
+kiln_status kiln_group_rms_norm_gate_fwd(kiln_runtime* rt, const kiln_tensor* x, const kiln_tensor* gate,
+                                         const kiln_tensor* weight, const kiln_tensor* out,
+                                         const kiln_group_rms_norm_gate_options* opts, void* stream);
+kiln_status kiln_group_rms_norm_gate_bwd(kiln_runtime* rt, const kiln_tensor* dy, const kiln_tensor* x,
+                                         const kiln_tensor* gate, const kiln_tensor* weight, const kiln_tensor* dx,
+                                         const kiln_tensor* dgate, const kiln_tensor* dweight,
+                                         const kiln_group_rms_norm_gate_options* opts, const kiln_tensor* workspace,
+                                         void* stream);
+kiln_status kiln_group_rms_norm_gate_bwd_workspace_elems(kiln_runtime* rt, int64_t tokens, int64_t dim, int groups,
+                                                         kiln_dtype dtype, int64_t* out);
+
+/* kiln/ops/softmax_cross_entropy.hpp. Defaults: ignore_index -100, label_smoothing 0, z_loss 0, vocab_start 0,
+ * vocab_total 0 (V), bad_label_row NULL (kiln synchronizes and returns KILN_ERROR_INVALID_ARGUMENT naming labels). */
+typedef struct kiln_cross_entropy_options {
+  int64_t ignore_index;
+  float label_smoothing;
+  float z_loss;
+  int64_t vocab_start;
+  int64_t vocab_total;
+  const kiln_tensor* bad_label_row;
+} kiln_cross_entropy_options;
+/* reduction: 0 sum, 1 mean (kiln::LossReduction). Defaults: reduction 1, scale 1, the tensors NULL. */
+typedef struct kiln_fused_cross_entropy_options {
+  int32_t reduction;
+  float scale;
+  const kiln_tensor* loss_total;
+  const kiln_tensor* row_max;
+  const kiln_tensor* sum_exp;
+} kiln_fused_cross_entropy_options;
+/* row_max and sum_exp may be NULL (both or neither). */
+kiln_status kiln_softmax_cross_entropy_fwd(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* labels,
+                                           const kiln_tensor* loss, const kiln_tensor* row_max,
+                                           const kiln_tensor* sum_exp, const kiln_cross_entropy_options* opts,
+                                           void* stream);
+kiln_status kiln_softmax_cross_entropy_bwd(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* labels,
+                                           const kiln_tensor* row_max, const kiln_tensor* sum_exp,
+                                           const kiln_tensor* grad_loss, const kiln_tensor* dlogits,
+                                           const kiln_cross_entropy_options* opts, void* stream);
+kiln_status kiln_softmax_cross_entropy_fused(kiln_runtime* rt, const kiln_tensor* logits, const kiln_tensor* labels,
+                                             const kiln_tensor* loss, const kiln_tensor* dlogits,
+                                             const kiln_fused_cross_entropy_options* fused,
+                                             const kiln_cross_entropy_options* opts, void* stream);
+kiln_status kiln_softmax_cross_entropy_partial_fwd(kiln_runtime* rt, const kiln_tensor* logits,
+                                                   const kiln_tensor* labels, const kiln_tensor* partial,
+                                                   const kiln_cross_entropy_options* opts, void* stream);
+kiln_status kiln_softmax_cross_entropy_merge(kiln_runtime* rt, const kiln_tensor* partials, const kiln_tensor* labels,
+                                             const kiln_tensor* loss, const kiln_tensor* row_max,
+                                             const kiln_tensor* sum_exp, const kiln_cross_entropy_options* opts,
+                                             void* stream);
+
+/* kiln/ops/batch_reduce.hpp: xs is an array of count descriptors (NULL when count is 0). ord: 0 l1, 1 l2, 2 inf
+ * (kiln::NormOrd); accumulate: 0 f32, 1 f64 (kiln::Accumulate). Defaults: ord 1, root 0, accumulate 1. */
+typedef struct kiln_batch_norm_options {
+  int32_t ord;
+  int32_t root;
+  int32_t accumulate;
+} kiln_batch_norm_options;
+kiln_status kiln_batch_sum_with_ord(kiln_runtime* rt, const kiln_tensor* xs, int64_t count, const kiln_tensor* out,
+                                    const kiln_batch_norm_options* opts, void* stream);
+kiln_status kiln_batch_count_zero(kiln_runtime* rt, const kiln_tensor* xs, int64_t count, const kiln_tensor* out,
+                                  void* stream);
+
 #ifdef __cplusplus
 }
 #endif

@@ -10,9 +10,15 @@
 #include <vector>
 
 #include "kiln/c_api.h"
+#include "kiln/ops/batch_reduce.hpp"
+#include "kiln/ops/group_rms_norm_gate.hpp"
 #include "kiln/ops/moe.hpp"
+#include "kiln/ops/qk_norm_half_rope.hpp"
 #include "kiln/ops/rms_norm.hpp"
+#include "kiln/ops/rms_norm_rope.hpp"
 #include "kiln/ops/router_gemm.hpp"
+#include "kiln/ops/silu.hpp"
+#include "kiln/ops/softmax_cross_entropy.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -49,6 +55,12 @@ class CApiGpu : public GpuTest {
                                            << " (guards " << cpp.guards_intact() << c.guards_intact() << ")";
     }
   };
+  // A device buffer of n random values in dtype (seeded), uploaded.
+  DeviceBuffer random_buffer(int64_t n, uint64_t seed, DType d, float stddev = 1.0f, float mean = 0.0f) {
+    DeviceBuffer b(rt(), static_cast<size_t>(n) * dtype_size(d));
+    b.upload(encode(d, random_values(n, seed, d, stddev, mean)));
+    return b;
+  }
   kiln_runtime* crt_ = nullptr;
 };
 
@@ -226,6 +238,325 @@ TEST_F(CApiGpu, RmsNormOpsEqualTheCppOps) {
       << kiln_last_error();
   synchronize();
   for (const auto* p : {&y, &rinv2, &dx, &dw}) ASSERT_TRUE(p->same("rms_norm output"));
+}
+
+// SwiGLU + block quantization, plain (M = 200: a partial 128-token block) and batched over E = 3 experts (one empty),
+// forward and backward, round_scale on.
+TEST_F(CApiGpu, SiluOpsEqualTheCppOps) {
+  Runtime& r = rt();
+  constexpr int64_t M = 200, n = 256, E = 3;
+  const DeviceBuffer x = random_buffer(M * 2 * n, 11, DType::bf16), g = random_buffer(M * n, 12, DType::bf16),
+                     prob = random_buffer(M, 13, DType::f32, 0.2f, 0.5f);
+  DeviceBuffer counts(r, E * 4);
+  counts.upload(std::vector<int32_t>{70, 0, 130});
+  const kiln_tensor cx = ct(x, KILN_BF16, {M, 2 * n}), cg = ct(g, KILN_BF16, {M, n}), cprob = ct(prob, KILN_F32, {M}),
+                    ccounts = ct(counts, KILN_I32, {E});
+  const int64_t tb = kiln_batch_weighted_silu_max_token_blocks(M, E);
+  ASSERT_EQ(tb, batch_weighted_silu_max_token_blocks(M, E));
+  for (const int64_t W : {n, 2 * n}) {
+    SCOPED_TRACE(W);
+    const bool fwd = W == n;
+    // Plain: q [M, W], q_scale [W/128, M], qT [W, M], qT_scale [ceil(M/128), W].
+    Pair q(r, M * W), qs(r, W / 128 * M * 4), qT(r, W * M), qTs(r, (M + 127) / 128 * W * 4);
+    const SiluBlockQuantOutputs out{q.cpp.ref(DType::e4m3, {M, W}), qs.cpp.ref(DType::f32, {W / 128, M}),
+                                    qT.cpp.ref(DType::e4m3, {W, M}), qTs.cpp.ref(DType::f32, {(M + 127) / 128, W})};
+    const kiln_tensor cq = ct(q.c, KILN_E4M3, {M, W}), cqs = ct(qs.c, KILN_F32, {W / 128, M}),
+                      cqT = ct(qT.c, KILN_E4M3, {W, M}), cqTs = ct(qTs.c, KILN_F32, {(M + 127) / 128, W});
+    const kiln_silu_block_quant_outputs cout{&cq, &cqs, &cqT, &cqTs};
+    const kiln_silu_options co{1, 2, 0, 0};
+    if (fwd) {
+      silu_block_quant_fwd(r, x.ref(DType::bf16, {M, 2 * n}), out, {true, 2}, nullptr);
+      ASSERT_EQ(kiln_silu_block_quant_fwd(crt_, &cx, &cout, &co, nullptr), KILN_OK) << kiln_last_error();
+    } else {
+      silu_block_quant_bwd(r, g.ref(DType::bf16, {M, n}), x.ref(DType::bf16, {M, 2 * n}), out, true, nullptr);
+      ASSERT_EQ(kiln_silu_block_quant_bwd(crt_, &cg, &cx, &cout, &co, nullptr), KILN_OK) << kiln_last_error();
+    }
+    synchronize();
+    for (const auto* p : {&q, &qs, &qT, &qTs}) ASSERT_TRUE(p->same("silu_block_quant output"));
+
+    // Batched: flat per-expert segments; status and dprob too.
+    Pair bq(r, M * W), bqs(r, M * W / 128 * 4), bqT(r, M * W), bqTs(r, tb * W * 4), status(r, 4), dprob(r, M * 4);
+    const SiluBlockQuantOutputs bout{bq.cpp.ref(DType::e4m3, {M, W}), bqs.cpp.ref(DType::f32, {M * W / 128}),
+                                     bqT.cpp.ref(DType::e4m3, {M * W}), bqTs.cpp.ref(DType::f32, {tb * W})};
+    const kiln_tensor cbq = ct(bq.c, KILN_E4M3, {M, W}), cbqs = ct(bqs.c, KILN_F32, {M * W / 128}),
+                      cbqT = ct(bqT.c, KILN_E4M3, {M * W}), cbqTs = ct(bqTs.c, KILN_F32, {tb * W}),
+                      cstatus = ct(status.c, KILN_I32, {1}), cdprob = ct(dprob.c, KILN_F32, {M});
+    const kiln_silu_block_quant_outputs cbout{&cbq, &cbqs, &cbqT, &cbqTs};
+    BatchSiluOptions bo;
+    bo.round_scale = true;
+    if (fwd) {
+      batch_weighted_silu_block_quant_fwd(r, x.ref(DType::bf16, {M, 2 * n}), prob.ref(DType::f32, {M}),
+                                          counts.ref(DType::i32, {E}), bout, status.cpp.ref(DType::i32, {1}), bo,
+                                          nullptr);
+      ASSERT_EQ(kiln_batch_weighted_silu_block_quant_fwd(crt_, &cx, &cprob, &ccounts, &cbout, &cstatus, &co, nullptr),
+                KILN_OK)
+          << kiln_last_error();
+    } else {
+      batch_weighted_silu_block_quant_bwd(r, g.ref(DType::bf16, {M, n}), x.ref(DType::bf16, {M, 2 * n}),
+                                          prob.ref(DType::f32, {M}), counts.ref(DType::i32, {E}), bout,
+                                          dprob.cpp.ref(DType::f32, {M}), status.cpp.ref(DType::i32, {1}), bo, nullptr);
+      ASSERT_EQ(kiln_batch_weighted_silu_block_quant_bwd(crt_, &cg, &cx, &cprob, &ccounts, &cbout, &cdprob, &cstatus,
+                                                         &co, nullptr),
+                KILN_OK)
+          << kiln_last_error();
+    }
+    synchronize();
+    for (const auto* p : {&bq, &bqs, &bqT, &bqTs, &status, &dprob})
+      ASSERT_TRUE(p->same("batch_weighted_silu_block_quant output"));
+    ASSERT_EQ(status.c.download<int32_t>(1)[0], 0);
+  }
+}
+
+// qk-norm + half RoPE (interleaved heads, a position offset), RMSNorm + RoPE and group RMSNorm × gate: forward,
+// backward through the runtime's scratch, and the workspace sizes.
+TEST_F(CApiGpu, NormRopeOpsEqualTheCppOps) {
+  Runtime& r = rt();
+  constexpr int64_t S = 5, B = 3, H = 4, hk = 2, D = 64, W = (H + 2 * hk) * D, off = 2;
+  const DeviceBuffer qkv = random_buffer(S * B * W, 21, DType::bf16), wq = random_buffer(D, 22, DType::bf16, 0.2f, 1),
+                     wk = random_buffer(D, 23, DType::bf16, 0.2f, 1),
+                     freqs = random_buffer((S + off) * D / 2, 24, DType::f32, 2.0f),
+                     gq = random_buffer(B * S * H * D, 25, DType::bf16),
+                     gk = random_buffer(B * S * hk * D, 26, DType::bf16),
+                     gv = random_buffer(B * S * hk * D, 27, DType::bf16);
+  QkNormHalfRopeOptions qo;
+  qo.num_heads = H;
+  qo.num_groups = hk;
+  qo.eps = 1e-5f;
+  qo.position_offset = off;
+  const kiln_qk_norm_half_rope_options cqo{H, hk, 1e-5f, 1, off, nullptr, 0};
+  const kiln_tensor cqkv = ct(qkv, KILN_BF16, {S, B, W}), cwq = ct(wq, KILN_BF16, {D}), cwk = ct(wk, KILN_BF16, {D}),
+                    cfreqs = ct(freqs, KILN_F32, {S + off, D / 2}), cgq = ct(gq, KILN_BF16, {B, S, H, D}),
+                    cgk = ct(gk, KILN_BF16, {B, S, hk, D}), cgv = ct(gv, KILN_BF16, {B, S, hk, D});
+  Pair q(r, B * S * H * D * 2), k(r, B * S * hk * D * 2), v(r, B * S * hk * D * 2), dqkv(r, S * B * W * 2),
+      dwq(r, D * 4), dwk(r, D * 4);
+  qk_norm_half_rope_fwd(r, qkv.ref(DType::bf16, {S, B, W}), wq.ref(DType::bf16, {D}), wk.ref(DType::bf16, {D}),
+                        freqs.ref(DType::f32, {S + off, D / 2}), q.cpp.ref(DType::bf16, {B, S, H, D}),
+                        k.cpp.ref(DType::bf16, {B, S, hk, D}), v.cpp.ref(DType::bf16, {B, S, hk, D}), qo, nullptr);
+  const kiln_tensor cq = ct(q.c, KILN_BF16, {B, S, H, D}), ck = ct(k.c, KILN_BF16, {B, S, hk, D}),
+                    cv = ct(v.c, KILN_BF16, {B, S, hk, D});
+  ASSERT_EQ(kiln_qk_norm_half_rope_fwd(crt_, &cqkv, &cwq, &cwk, &cfreqs, &cq, &ck, &cv, &cqo, nullptr), KILN_OK)
+      << kiln_last_error();
+  qk_norm_half_rope_bwd(r, gq.ref(DType::bf16, {B, S, H, D}), gk.ref(DType::bf16, {B, S, hk, D}),
+                        gv.ref(DType::bf16, {B, S, hk, D}), qkv.ref(DType::bf16, {S, B, W}), wq.ref(DType::bf16, {D}),
+                        wk.ref(DType::bf16, {D}), freqs.ref(DType::f32, {S + off, D / 2}),
+                        dqkv.cpp.ref(DType::bf16, {S, B, W}), dwq.cpp.ref(DType::f32, {D}),
+                        dwk.cpp.ref(DType::f32, {D}), qo, {}, nullptr);
+  const kiln_tensor cdqkv = ct(dqkv.c, KILN_BF16, {S, B, W}), cdwq = ct(dwq.c, KILN_F32, {D}),
+                    cdwk = ct(dwk.c, KILN_F32, {D});
+  ASSERT_EQ(kiln_qk_norm_half_rope_bwd(crt_, &cgq, &cgk, &cgv, &cqkv, &cwq, &cwk, &cfreqs, &cdqkv, &cdwq, &cdwk, &cqo,
+                                       nullptr, nullptr),
+            KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&q, &k, &v, &dqkv, &dwq, &dwk}) ASSERT_TRUE(p->same("qk_norm_half_rope output"));
+  int64_t elems = -1;
+  ASSERT_EQ(kiln_qk_norm_half_rope_bwd_workspace_elems(crt_, D, &elems), KILN_OK) << kiln_last_error();
+  ASSERT_EQ(elems, qk_norm_half_rope_bwd_workspace_elems(r, D));
+
+  // RMSNorm + RoPE: x [2, 7, 256], D 64, cos/sin [7, 64] fp32.
+  constexpr int64_t Bn = 2, Sn = 7, Hd = 256;
+  const DeviceBuffer x = random_buffer(Bn * Sn * Hd, 31, DType::bf16), w = random_buffer(Hd, 32, DType::bf16, 0.2f, 1),
+                     cs = random_buffer(Sn * D, 33, DType::f32, 0.5f), sn = random_buffer(Sn * D, 34, DType::f32, 0.5f),
+                     dy = random_buffer(Bn * Sn * Hd, 35, DType::bf16);
+  const TensorRef tx = x.ref(DType::bf16, {Bn, Sn, Hd}), tw = w.ref(DType::bf16, {Hd}),
+                  tcs = cs.ref(DType::f32, {Sn, D}), tsn = sn.ref(DType::f32, {Sn, D}),
+                  tdy = dy.ref(DType::bf16, {Bn, Sn, Hd});
+  const kiln_tensor cx = ct(x, KILN_BF16, {Bn, Sn, Hd}), cw = ct(w, KILN_BF16, {Hd}), ccs = ct(cs, KILN_F32, {Sn, D}),
+                    csn = ct(sn, KILN_F32, {Sn, D}), cdy = ct(dy, KILN_BF16, {Bn, Sn, Hd});
+  Pair y(r, Bn * Sn * Hd * 2), dx(r, Bn * Sn * Hd * 2), dw(r, Hd * 4);
+  rms_norm_rope_fwd(r, tx, tw, tcs, tsn, y.cpp.ref(DType::bf16, {Bn, Sn, Hd}), 1e-5f, 4, nullptr);
+  const kiln_tensor cy = ct(y.c, KILN_BF16, {Bn, Sn, Hd}), cdx = ct(dx.c, KILN_BF16, {Bn, Sn, Hd}),
+                    cdw = ct(dw.c, KILN_F32, {Hd});
+  ASSERT_EQ(kiln_rms_norm_rope_fwd(crt_, &cx, &cw, &ccs, &csn, &cy, 1e-5f, 4, nullptr), KILN_OK) << kiln_last_error();
+  rms_norm_rope_bwd(r, tdy, tx, tw, tcs, tsn, dx.cpp.ref(DType::bf16, {Bn, Sn, Hd}), dw.cpp.ref(DType::f32, {Hd}),
+                    1e-5f, 0, {}, nullptr);
+  ASSERT_EQ(kiln_rms_norm_rope_bwd(crt_, &cdy, &cx, &cw, &ccs, &csn, &cdx, &cdw, 1e-5f, 0, nullptr, nullptr), KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&y, &dx, &dw}) ASSERT_TRUE(p->same("rms_norm_rope output"));
+  ASSERT_EQ(kiln_rms_norm_rope_bwd_workspace_elems(crt_, Bn * Sn, Hd, D, KILN_BF16, &elems), KILN_OK)
+      << kiln_last_error();
+  ASSERT_EQ(elems, rms_norm_rope_bwd_workspace_elems(r, Bn * Sn, Hd, D, DType::bf16));
+
+  // Group RMSNorm × gate, sequence-first gate/out (transpose), 4 groups of 64, eps 1e-5.
+  const DeviceBuffer gate = random_buffer(Sn * Bn * Hd, 41, DType::bf16),
+                     gdy = random_buffer(Sn * Bn * Hd, 42, DType::bf16);
+  GroupRmsNormGateOptions go;
+  go.eps = 1e-5f;
+  const kiln_group_rms_norm_gate_options cgo{4, 1e-5f, 1};
+  const kiln_tensor cgate = ct(gate, KILN_BF16, {Sn, Bn, Hd}), cgdy = ct(gdy, KILN_BF16, {Sn, Bn, Hd});
+  Pair out(r, Sn * Bn * Hd * 2), gdx(r, Bn * Sn * Hd * 2), dgate(r, Sn * Bn * Hd * 2), gdw(r, Hd * 4);
+  group_rms_norm_gate_fwd(r, tx, gate.ref(DType::bf16, {Sn, Bn, Hd}), tw, out.cpp.ref(DType::bf16, {Sn, Bn, Hd}), go,
+                          nullptr);
+  const kiln_tensor cout = ct(out.c, KILN_BF16, {Sn, Bn, Hd}), cgdx = ct(gdx.c, KILN_BF16, {Bn, Sn, Hd}),
+                    cdgate = ct(dgate.c, KILN_BF16, {Sn, Bn, Hd}), cgdw = ct(gdw.c, KILN_F32, {Hd});
+  ASSERT_EQ(kiln_group_rms_norm_gate_fwd(crt_, &cx, &cgate, &cw, &cout, &cgo, nullptr), KILN_OK) << kiln_last_error();
+  group_rms_norm_gate_bwd(r, gdy.ref(DType::bf16, {Sn, Bn, Hd}), tx, gate.ref(DType::bf16, {Sn, Bn, Hd}), tw,
+                          gdx.cpp.ref(DType::bf16, {Bn, Sn, Hd}), dgate.cpp.ref(DType::bf16, {Sn, Bn, Hd}),
+                          gdw.cpp.ref(DType::f32, {Hd}), go, {}, nullptr);
+  ASSERT_EQ(kiln_group_rms_norm_gate_bwd(crt_, &cgdy, &cx, &cgate, &cw, &cgdx, &cdgate, &cgdw, &cgo, nullptr, nullptr),
+            KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&out, &gdx, &dgate, &gdw}) ASSERT_TRUE(p->same("group_rms_norm_gate output"));
+  ASSERT_EQ(kiln_group_rms_norm_gate_bwd_workspace_elems(crt_, Bn * Sn, Hd, 4, KILN_BF16, &elems), KILN_OK)
+      << kiln_last_error();
+  ASSERT_EQ(elems, group_rms_norm_gate_bwd_workspace_elems(r, Bn * Sn, Hd, 4, DType::bf16));
+}
+
+// Cross-entropy with label smoothing and z-loss over V = 1024 (one ignored row): forward, backward, the fused op
+// (mean, with the total and the statistics), and the vocab-parallel pair over two shards of 512 columns.
+TEST_F(CApiGpu, CrossEntropyOpsEqualTheCppOps) {
+  Runtime& r = rt();
+  constexpr int64_t M = 37, V = 1024, Vs = V / 2;
+  const DeviceBuffer z = random_buffer(M * V, 51, DType::bf16, 3.0f), gl = random_buffer(M, 52, DType::f32, 0.5f, 1);
+  std::vector<int64_t> lab(M);
+  for (int64_t m = 0; m < M; ++m) lab[m] = static_cast<int64_t>(mix_seed({53, static_cast<uint64_t>(m)}) % V);
+  lab[5] = -100;
+  DeviceBuffer labels(r, M * 8);
+  labels.upload(lab);
+  CrossEntropyOptions o;
+  o.label_smoothing = 0.1f;
+  o.z_loss = 1e-3f;
+  const kiln_cross_entropy_options co{-100, 0.1f, 1e-3f, 0, 0, nullptr};
+  const TensorRef tz = z.ref(DType::bf16, {M, V}), tl = labels.ref(DType::i64, {M});
+  const kiln_tensor cz = ct(z, KILN_BF16, {M, V}), cl = ct(labels, KILN_I64, {M}), cgl = ct(gl, KILN_F32, {M});
+  Pair loss(r, M * 4), rmax(r, M * 4), sexp(r, M * 4), dz(r, M * V * 2);
+  softmax_cross_entropy_fwd(r, tz, tl, loss.cpp.ref(DType::f32, {M}), rmax.cpp.ref(DType::f32, {M}),
+                            sexp.cpp.ref(DType::f32, {M}), o, nullptr);
+  const kiln_tensor closs = ct(loss.c, KILN_F32, {M}), crmax = ct(rmax.c, KILN_F32, {M}),
+                    csexp = ct(sexp.c, KILN_F32, {M}), cdz = ct(dz.c, KILN_BF16, {M, V});
+  ASSERT_EQ(kiln_softmax_cross_entropy_fwd(crt_, &cz, &cl, &closs, &crmax, &csexp, &co, nullptr), KILN_OK)
+      << kiln_last_error();
+  softmax_cross_entropy_bwd(r, tz, tl, rmax.cpp.ref(DType::f32, {M}), sexp.cpp.ref(DType::f32, {M}),
+                            gl.ref(DType::f32, {M}), dz.cpp.ref(DType::bf16, {M, V}), o, nullptr);
+  ASSERT_EQ(kiln_softmax_cross_entropy_bwd(crt_, &cz, &cl, &crmax, &csexp, &cgl, &cdz, &co, nullptr), KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&loss, &rmax, &sexp, &dz}) ASSERT_TRUE(p->same("softmax_cross_entropy fwd/bwd output"));
+
+  Pair floss(r, M * 4), fdz(r, M * V * 2), total(r, 4), frmax(r, M * 4), fsexp(r, M * 4);
+  FusedCrossEntropyOptions fo;
+  fo.scale = 0.5f;
+  fo.loss_total = total.cpp.ref(DType::f32, {1});
+  fo.row_max = frmax.cpp.ref(DType::f32, {M});
+  fo.sum_exp = fsexp.cpp.ref(DType::f32, {M});
+  softmax_cross_entropy_fused(r, tz, tl, floss.cpp.ref(DType::f32, {M}), fdz.cpp.ref(DType::bf16, {M, V}), fo, o,
+                              nullptr);
+  const kiln_tensor cfloss = ct(floss.c, KILN_F32, {M}), cfdz = ct(fdz.c, KILN_BF16, {M, V}),
+                    ctotal = ct(total.c, KILN_F32, {1}), cfrmax = ct(frmax.c, KILN_F32, {M}),
+                    cfsexp = ct(fsexp.c, KILN_F32, {M});
+  const kiln_fused_cross_entropy_options cfo{1, 0.5f, &ctotal, &cfrmax, &cfsexp};
+  ASSERT_EQ(kiln_softmax_cross_entropy_fused(crt_, &cz, &cl, &cfloss, &cfdz, &cfo, &co, nullptr), KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&floss, &fdz, &total, &frmax, &fsexp}) ASSERT_TRUE(p->same("softmax_cross_entropy_fused"));
+
+  // Vocab-parallel: shard s is the column view [s·512, s·512 + 512) (row stride V); partials [2, 4, M].
+  Pair parts(r, 2 * 4 * M * 4), mloss(r, M * 4), mrmax(r, M * 4), msexp(r, M * 4);
+  CrossEntropyOptions po = o;
+  po.vocab_total = V;
+  kiln_cross_entropy_options cpo = co;
+  cpo.vocab_total = V;
+  for (int64_t s = 0; s < 2; ++s) {
+    po.vocab_start = cpo.vocab_start = s * Vs;
+    char* shard = static_cast<char*>(z.data()) + s * Vs * 2;
+    softmax_cross_entropy_partial_fwd(r, TensorRef::strided_2d(shard, DType::bf16, M, Vs, V), tl,
+                                      TensorRef::contiguous(static_cast<char*>(parts.cpp.data()) + s * 4 * M * 4,
+                                                            DType::f32, {4, M}),
+                                      po, nullptr);
+    kiln_tensor cshard = ct(z, KILN_BF16, {M, Vs});
+    cshard.data = shard;
+    cshard.strides[0] = V;
+    kiln_tensor cpart = ct(parts.c, KILN_F32, {4, M});
+    cpart.data = static_cast<char*>(parts.c.data()) + s * 4 * M * 4;
+    ASSERT_EQ(kiln_softmax_cross_entropy_partial_fwd(crt_, &cshard, &cl, &cpart, &cpo, nullptr), KILN_OK)
+        << kiln_last_error();
+  }
+  po.vocab_start = cpo.vocab_start = 0;  // the merge covers the whole vocabulary
+  softmax_cross_entropy_merge(r, parts.cpp.ref(DType::f32, {2, 4, M}), tl, mloss.cpp.ref(DType::f32, {M}),
+                              mrmax.cpp.ref(DType::f32, {M}), msexp.cpp.ref(DType::f32, {M}), po, nullptr);
+  const kiln_tensor cparts = ct(parts.c, KILN_F32, {2, 4, M}), cmloss = ct(mloss.c, KILN_F32, {M}),
+                    cmrmax = ct(mrmax.c, KILN_F32, {M}), cmsexp = ct(msexp.c, KILN_F32, {M});
+  ASSERT_EQ(kiln_softmax_cross_entropy_merge(crt_, &cparts, &cl, &cmloss, &cmrmax, &cmsexp, &cpo, nullptr), KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&parts, &mloss, &mrmax, &msexp}) ASSERT_TRUE(p->same("softmax_cross_entropy partial/merge"));
+}
+
+// The batch reductions over a mixed list (fp32, bf16 with zeros, fp16), and the fused block-quantized permute over a
+// map from moe_make_row_id_map (T = 40, E = 8, top-2, P = 16, Hd = 256).
+TEST_F(CApiGpu, BatchReduceAndBlockQuantPermuteEqualTheCppOps) {
+  Runtime& r = rt();
+  const DeviceBuffer a = random_buffer(1000, 61, DType::f32), c = random_buffer(4101, 63, DType::f16);
+  std::vector<float> bv = random_values(33 * 7, 62, DType::bf16);
+  for (size_t i = 0; i < bv.size(); i += 5) bv[i] = 0.f;
+  DeviceBuffer b(r, bv.size() * 2);
+  b.upload(encode(DType::bf16, bv));
+  const std::vector<TensorRef> xs{a.ref(DType::f32, {1000}), b.ref(DType::bf16, {33, 7}), c.ref(DType::f16, {4101})};
+  const kiln_tensor cxs[3] = {ct(a, KILN_F32, {1000}), ct(b, KILN_BF16, {33, 7}), ct(c, KILN_F16, {4101})};
+  for (const int ord : {0, 1, 2}) {
+    SCOPED_TRACE(ord);
+    Pair out(r, 4);
+    BatchNormOptions bo;
+    bo.ord = static_cast<NormOrd>(ord);
+    bo.root = true;
+    bo.accumulate = Accumulate::f32;
+    batch_sum_with_ord(r, xs, out.cpp.ref(DType::f32, {1}), bo, nullptr);
+    const kiln_tensor cout = ct(out.c, KILN_F32, {1});
+    const kiln_batch_norm_options cbo{ord, 1, 0};
+    ASSERT_EQ(kiln_batch_sum_with_ord(crt_, cxs, 3, &cout, &cbo, nullptr), KILN_OK) << kiln_last_error();
+    synchronize();
+    ASSERT_TRUE(out.same("batch_sum_with_ord"));
+  }
+  Pair zeros(r, 8);
+  batch_count_zero(r, xs, zeros.cpp.ref(DType::i64, {1}), nullptr);
+  const kiln_tensor czeros = ct(zeros.c, KILN_I64, {1});
+  ASSERT_EQ(kiln_batch_count_zero(crt_, cxs, 3, &czeros, nullptr), KILN_OK) << kiln_last_error();
+  synchronize();
+  ASSERT_TRUE(zeros.same("batch_count_zero"));
+  ASSERT_GE(zeros.c.download<int64_t>(1)[0], static_cast<int64_t>(bv.size() / 5));
+
+  constexpr int64_t T = 40, E = 8, k = 2, P = 16, Hd = 256;
+  const int64_t num_out = kiln_moe_max_out_rows(T, E, k, P), nb = kiln_moe_block_quant_scale_blocks(num_out, E);
+  ASSERT_EQ(nb, moe_block_quant_scale_blocks(num_out, E));
+  std::vector<uint8_t> routing(T * E, 0);
+  for (int64_t t = 0; t < T; ++t) {
+    const int64_t e0 = static_cast<int64_t>(mix_seed({71, static_cast<uint64_t>(t)}) % E);
+    routing[t * E + e0] = routing[t * E + (e0 + 1 + t % (E - 1)) % E] = 1;
+  }
+  DeviceBuffer rmap(r, T * E), rid(r, T * E * 4), idx(r, num_out * 4), tpe(r, E * 4), off(r, (E + 1) * 4);
+  rmap.upload(routing);
+  moe_make_row_id_map(r, rmap.ref(DType::u8, {T, E}),
+                      MoeRowIdMap{rid.ref(DType::i32, {T, E}), idx.ref(DType::i32, {num_out}),
+                                  tpe.ref(DType::i32, {E}), {}, off.ref(DType::i32, {E + 1})},
+                      P, nullptr, k);
+  const DeviceBuffer x = random_buffer(T * Hd, 72, DType::bf16, 2.0f), probs = random_buffer(T * E, 73, DType::f32);
+  Pair q(r, num_out * Hd), qs(r, num_out * Hd / 128 * 4), qT(r, num_out * Hd), qTs(r, nb * Hd * 4),
+      pout(r, num_out * 4);
+  const MoeRowIdMap map{rid.ref(DType::i32, {T, E}), idx.ref(DType::i32, {num_out}), {}, {},
+                        off.ref(DType::i32, {E + 1})};
+  MoePermuteOptions po;
+  po.top_k = k;
+  po.multiple_of = P;
+  po.round_scale = true;
+  moe_permute_block_quant(r, x.ref(DType::bf16, {T, Hd}), probs.ref(DType::f32, {T, E}), map,
+                          {q.cpp.ref(DType::e4m3, {num_out, Hd}), qs.cpp.ref(DType::f32, {num_out * Hd / 128}),
+                           qT.cpp.ref(DType::e4m3, {num_out * Hd}), qTs.cpp.ref(DType::f32, {nb * Hd}),
+                           pout.cpp.ref(DType::f32, {num_out})},
+                          po, nullptr);
+  const kiln_tensor cx = ct(x, KILN_BF16, {T, Hd}), cprobs = ct(probs, KILN_F32, {T, E}),
+                    crid = ct(rid, KILN_I32, {T, E}), cidx = ct(idx, KILN_I32, {num_out}),
+                    coff = ct(off, KILN_I32, {E + 1}), cq = ct(q.c, KILN_E4M3, {num_out, Hd}),
+                    cqs = ct(qs.c, KILN_F32, {num_out * Hd / 128}), cqT = ct(qT.c, KILN_E4M3, {num_out * Hd}),
+                    cqTs = ct(qTs.c, KILN_F32, {nb * Hd}), cpout = ct(pout.c, KILN_F32, {num_out});
+  const kiln_moe_row_id_map cmap{&crid, &cidx, nullptr, nullptr, &coff};
+  const kiln_moe_block_quant_permute_outputs cout{&cq, &cqs, &cqT, &cqTs, &cpout};
+  const kiln_moe_permute_options cpo{k, P, 0, 1, 0};
+  ASSERT_EQ(kiln_moe_permute_block_quant(crt_, &cx, &cprobs, &cmap, &cout, &cpo, nullptr), KILN_OK)
+      << kiln_last_error();
+  synchronize();
+  for (const auto* p : {&q, &qs, &qT, &qTs, &pout}) ASSERT_TRUE(p->same("moe_permute_block_quant output"));
 }
 
 }  // namespace
