@@ -1642,6 +1642,33 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       pk[r] = e;
       atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
     };
+    // K argmax rounds over the thread's candidates (the set bits of the first H words of m): each round the token's
+    // threads take their largest entry, the owner of the token's maximum clears its bit and, for a valid token,
+    // hands (round, expert offset) to `pick` (exact; the fallback where many keys are equal).
+    auto argmax_rounds = [&](u32 (&m)[2], int H, auto&& pick) {
+#pragma unroll 1
+      for (int r = 0; r < K; ++r) {
+        u64 best = 0ull;
+#pragma unroll
+        for (int h = 0; h < H; ++h)
+          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
+            const u64 x = entry(32 * h + __ffs(mm) - 1);
+            best = x > best ? x : best;
+          }
+        u64 top = best;
+#pragma unroll
+        for (int o = TPW; o < 32; o <<= 1) {
+          const u64 x = __shfl_xor_sync(ALL, top, o);
+          top = x > top ? x : top;
+        }
+        if (top != 0ull && best == top) {
+          const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
+          if (H == 1 || c < 32) m[0] &= ~(1u << c);
+          else m[1] &= ~(1u << (c - 32));
+          if (valid) pick(r, o);
+        }
+      }
+    };
     if constexpr (NOSELECT) {
       // (timing only: keys formed, no selection; NOKEYS: not even the keys)
       bool hit = false;
@@ -1823,28 +1850,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             }
           }
         }
-#pragma unroll 1
-        for (int r = 0; r < K; ++r) {
-          u64 best = 0ull;
-          for (u32 mm = m[0]; mm; mm &= mm - 1u) {
-            const u64 x = entry(__ffs(mm) - 1);
-            best = x > best ? x : best;
-          }
-          u64 top = best;
-#pragma unroll
-          for (int o = TPW; o < 32; o <<= 1) {
-            const u64 x = __shfl_xor_sync(ALL, top, o);
-            top = x > top ? x : top;
-          }
-          if (top != 0ull && best == top) {
-            const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
-            m[0] &= ~(1u << c);
-            if (valid) {
-              record(r, e0 + o);
-              sp[tl * KP + r] = zrow[o];  // (exact σ)
-            }
-          }
-        }
+        argmax_rounds(m, 1, [&](int r, int o) {
+          record(r, e0 + o);
+          sp[tl * KP + r] = zrow[o];  // (exact σ)
+        });
       }
     } else {
     bool kept[NB];
@@ -2006,28 +2015,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             }
         }
       }
-#pragma unroll 1
-      for (int r = 0; r < K; ++r) {
-        u64 best = 0ull;
-#pragma unroll
-        for (int h = 0; h < 2; ++h)
-          for (u32 mm = m[h]; mm; mm &= mm - 1u) {
-            const u64 x = entry(32 * h + __ffs(mm) - 1);
-            best = x > best ? x : best;
-          }
-        u64 top = best;
-#pragma unroll
-        for (int o = TPW; o < 32; o <<= 1) {
-          const u64 x = __shfl_xor_sync(ALL, top, o);
-          top = x > top ? x : top;
-        }
-        if (top != 0ull && best == top) {
-          const int o = 0xffff - static_cast<int>(top & 0xffffu) - e0, c = xpos(o);
-          if (c < 32) m[0] &= ~(1u << c);
-          else m[1] &= ~(1u << (c - 32));
-          if (valid) record(r, e0 + o);
-        }
-      }
+      argmax_rounds(m, 2, [&](int r, int o) { record(r, e0 + o); });
     }
     }  // (!NOSELECT)
     __syncwarp();
