@@ -120,6 +120,7 @@ L2Flusher::~L2Flusher() {
 }
 
 void L2Flusher::flush(Stream stream) { l2_flush(rt_, buffer_, kL2FlushBytes, static_cast<unsigned*>(sink_), stream); }
+void L2Flusher::empty(Stream stream) { empty_launch(rt_, static_cast<unsigned*>(sink_), stream); }
 
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
                                   int repeats) {
@@ -259,6 +260,7 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
   report.copy_gbps = measure_copy_gbps(stream, opts.repeats);
 
   L2Flusher l2(rt, stream);
+  report.empty_kernel_us = time_us([&](Stream s) { l2.empty(s); }, stream, l2, opts);
   for (const BenchCase& c : bench_cases()) {
     if (!bench_filter_matches(opts.filter, c.op + " " + c.shape)) continue;
 

@@ -48,6 +48,9 @@ struct BenchResult {
 struct BenchReport {
   std::string device, driver, cuda;
   double copy_gbps = 0;
+  // An empty kernel timed like every case (L2 flushed, events around one launch): the part of every row's µs that
+  // no kernel can remove. It differs between machines of the same kind (3.1 µs on most of the project's H100s).
+  double empty_kernel_us = 0;
   std::vector<BenchResult> results;
   std::vector<std::string> failures;  // "op shape: error" of cases that threw (the run goes on without them)
 };
@@ -69,6 +72,8 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
 
 // Reads `bytes` of `buf` through L2 with a kernel (a read leaves no dirty lines). `sink`: 4 writable bytes.
 void l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream stream);
+// Launches that kernel with nothing to read (one warp): the fixed cost of a timed call (`sink`: 4 writable bytes).
+void empty_launch(Runtime& rt, unsigned* sink, Stream stream);
 
 // Evicts L2 by reading a 256 MB buffer with kiln's l2_flush kernel. The constructor runs it once (so that its
 // compilation is part of no timing) and synchronizes.
@@ -79,6 +84,8 @@ class L2Flusher {
   L2Flusher(const L2Flusher&) = delete;
   L2Flusher& operator=(const L2Flusher&) = delete;
   void flush(Stream stream);
+  // The empty kernel (empty_launch) on the flusher's 4-byte sink.
+  void empty(Stream stream);
 
  private:
   Runtime& rt_;

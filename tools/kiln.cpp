@@ -964,15 +964,17 @@ int cmd_bench(std::span<const std::string_view> argv) {
 
   kiln::Runtime rt;
   const kiln::detail::BenchReport report = kiln::detail::run_benchmarks(rt, options, print_row);
-  fmt::print("device: {}, driver {}, cuda {}; device-to-device copy {:.0f} GB/s\n", report.device, report.driver,
-             report.cuda, report.copy_gbps);
+  fmt::print("device: {}, driver {}, cuda {}; device-to-device copy {:.0f} GB/s; empty kernel {:.2f} us (every row "
+             "includes it)\n",
+             report.device, report.driver, report.cuda, report.copy_gbps, report.empty_kernel_us);
   if (report.results.empty() && report.failures.empty())
     throw kiln::Error(options.filter.empty() ? "no bench cases are registered"
                                              : fmt::format("no bench case matches '{}'", options.filter));
 
   if (json_path) {
     ordered_json out = {{"device", report.device}, {"driver", report.driver}, {"cuda", report.cuda},
-                        {"copy_gbps", report.copy_gbps}, {"cases", ordered_json::array()}};
+                        {"copy_gbps", report.copy_gbps}, {"empty_kernel_us", report.empty_kernel_us},
+                        {"cases", ordered_json::array()}};
     for (const auto& r : report.results)
       out["cases"].push_back({{"op", r.op}, {"shape", r.shape}, {"us", r.us}, {"bytes", r.bytes}, {"gbps", r.gbps},
                               {"pct_copy_bw", r.pct_copy_bw}, {"baseline_us", r.baseline_us},
