@@ -612,6 +612,67 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
+// The stream kernel's FR bit (134217728 on 19203 / its LEAN form where TIGHT is off: finish's chain in fewer
+// instructions, rms_norm_block_quant_stream.cuh) must write the bits of the same config without it — rms_inv too, which
+// the reference checks only within a tolerance — on random rows (checked against the reference as well), all-zero rows
+// (Σx² = 0), rows whose Σx² passes 2^62 and eps 0 / 1e-35 (those lanes take the plain expression: a warp with both
+// kinds), at partial tiles, M % 16 != 0, round_scale 0, one chunk a row (N = 128·CB: no exchange) and a non-power-of-two
+// N (the quotient's three-FMA form).
+TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
+  constexpr int kFr = 134217728;
+  struct FrPoint {
+    int64_t N;
+    int cb, overlap;
+    int64_t M;
+    float eps;
+    bool special, round;
+  };
+  const std::vector<FrPoint> points = {
+      {2048, 2, 19203, 8192, kDefaultEps, false, true}, {7168, 2, 19203, 4003, kDefaultEps, false, true},
+      {2048, 2, 19203, 4003, kDefaultEps, false, false}, {7168, 2, 19203, 1000, kDefaultEps, true, true},
+      {2048, 2, 19203, 1000, 0.0f, true, true},         {5120, 2, 19203, 2048, kDefaultEps, false, true},
+      {2048, 1, 19203, 300, 1e-35f, true, false},       {7168, 1, 19203, 300, 0.0f, true, true},
+      {256, 2, 19203, 3001, kDefaultEps, true, true},   {2048, 2, 19203, 1, kDefaultEps, false, true},
+      {256, 1, 19203, 1000, kDefaultEps, true, true},   {1152, 1, 19203, 1000, 1e-35f, true, true},
+  };
+  for (size_t i = 0; i < points.size(); ++i) {
+    const FrPoint& p = points[i];
+    const std::string what = "N " + std::to_string(p.N) + " cb " + std::to_string(p.cb) + " M " +
+                             std::to_string(p.M) + " eps " + std::to_string(p.eps) + (p.special ? " special" : "") +
+                             (p.round ? "" : " round_scale 0");
+    SCOPED_TRACE(what);
+    Input in = random_input(p.M, p.N, mix_seed({0x7e, static_cast<uint64_t>(i)}));
+    if (p.special)  // rows 3, 4 + 50·k: zero; rows 5 + 50·k: ±2^35 (Σx² ≥ 2^70 · N / 4 ≫ 2^62); row 6: one element
+      for (int64_t m = 0; m < p.M; ++m) {
+        float* row = &in.x[m * p.N];
+        if (m == 3 || (m >= 4 && (m - 4) % 50 == 0)) std::fill_n(row, p.N, 0.0f);
+        if (m >= 5 && (m - 5) % 50 == 0)
+          for (int64_t n = 0; n < p.N; ++n) row[n] = (n % 3 ? 1.0f : -1.0f) * 34359738368.0f * (1 + (n % 4));
+        if (m == 6) {
+          std::fill_n(row, p.N, 0.0f);
+          row[p.N - 1] = 1.0f;
+        }
+      }
+    round_to(DType::bf16, in.x);
+    RunSpec spec;
+    spec.mode = 2;
+    spec.round_scale = p.round;
+    spec.eps = p.eps;
+    const int stages = 2 * p.cb;
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap, 3));
+    const Result base = run(in, spec);
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap | kFr, 3));
+    const Result fr = p.special ? run(in, spec) : run_and_check(in, spec);
+    EXPECT_TRUE(bitwise_equal("rms_inv", fr.rms_inv, base.rms_inv));
+    EXPECT_TRUE(bitwise_equal("q", fr.q, base.q));
+    EXPECT_TRUE(bitwise_equal("q_scale", fr.q_scale, base.q_scale));
+    EXPECT_TRUE(bitwise_equal("qT", fr.qT, base.qT));
+    EXPECT_TRUE(bitwise_equal("qT_scale", fr.qT_scale, base.qT_scale));
+    EXPECT_TRUE(fr.written_outside.empty());
+  }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
 // workspace; rms_norm_block_quant_tile_gx_kernel) and the tile512 kernel (exchange 6: the same grid and exchange,
 // the stream kernel's per-block code), forced: one and two blocks a CTA, S / K = 2 (N = 2048), 4 (4096), 7 (7168:
