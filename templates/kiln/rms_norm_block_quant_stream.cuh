@@ -228,7 +228,7 @@ __device__ __forceinline__ bool rinv_fast_ok(float s) { return __float_as_uint(s
 // t·(1/N) is exact there, so one FMA (what the compiler makes of the expression). Else the quotient: q = t·RN(1/N)
 // is within an ulp of t / N, the residual t − q·N is exact in one FMA, and q + residual·RN(1/N) is t / N correctly
 // rounded (Markstein's theorem; tests/rms_norm_block_quant_stream_math_test.cpp checks every t of [1, 2) at every
-// N = 128·k ≤ 16384 — the range scales by powers of two with no underflow or overflow), then the IEEE addition.
+// N = 128·k ≤ 8192 — the range scales by powers of two with no underflow or overflow), then the IEEE addition.
 template <int N>
 __device__ __forceinline__ float mean_eps_fast(float t, float eps) {
   constexpr float y = 1.0f / static_cast<float>(N);
