@@ -67,6 +67,8 @@ constexpr int kStreamWldg = 16384;
 // instructions without their range branches (rmsq::mean_eps_fast, rinv_fast; the plain expression outside their
 // ranges). bench/NOTES.md "Session 12 (helper q2c)".
 constexpr int kStreamFr = 134217728;
+// 268435456 NOSLEEP (on FR): a stale pair re-polled as soon as the previous poll is back (no __nanosleep(64) between).
+constexpr int kStreamNoSleep = 268435456;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -377,7 +379,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFr}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFr,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFr | kStreamNoSleep}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||

@@ -252,7 +252,7 @@ __device__ __forceinline__ bool div_fast_ok(float t) {
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool FR_BIT = false>
+          bool WLDG_BIT = false, bool FR_BIT = false, bool NOSLEEP_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -261,6 +261,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   constexpr bool FR = FR_BIT;                // finish's chain in fewer instructions (rmsq::rinv_fast; same bits)
+  constexpr bool NOSLEEP = NOSLEEP_BIT && FR;  // FR's re-polls without the __nanosleep between them
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -607,7 +608,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
           }
           break;
         }
-        __nanosleep(64);
+        if constexpr (!NOSLEEP) __nanosleep(64);
 #pragma unroll
         for (int k = 0; k < KQ; ++k)
           if (!ready[k]) {
@@ -991,13 +992,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
+// 134217728 FR (finish's chain in fewer instructions, the same bits: rmsq::rinv_fast), 268435456 NOSLEEP (FR's
+// re-polls of stale pairs back to back, no __nanosleep).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 134217728) != 0>(sa);
+                                   (V & 134217728) != 0, (V & 268435456) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

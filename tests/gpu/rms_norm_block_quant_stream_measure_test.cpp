@@ -100,13 +100,15 @@ class RmsqStreamMeasure : public GpuTest {
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted.)
 // The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
-// Session 12 (q2c): FR 134217728 — finish's chain in fewer instructions, the same bits.
+// Session 12 (q2c): FR 134217728 — finish's chain in fewer instructions, the same bits; NOSLEEP 268435456 on FR —
+// stale pairs re-polled back to back.
 std::vector<StreamCfg> session_cfgs() {
   return {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
       {"2048 FR", 2048, 2, 4, 19203 | 134217728, "2048 default (19203)"},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 FR", 7168, 2, 4, 19203 | 134217728, "7168 default (19203)"},
+      {"7168 FR+NOSLEEP", 7168, 2, 4, 19203 | 134217728 | 268435456, "7168 default (19203)"},
   };
 }
 

@@ -626,6 +626,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
     int64_t M;
     float eps;
     bool special, round;
+    int extra = 0;  // more bits on the FR run only (268435456 NOSLEEP)
   };
   const std::vector<FrPoint> points = {
       {2048, 2, 19203, 8192, kDefaultEps, false, true}, {7168, 2, 19203, 4003, kDefaultEps, false, true},
@@ -634,6 +635,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
       {2048, 1, 19203, 300, 1e-35f, true, false},       {7168, 1, 19203, 300, 0.0f, true, true},
       {256, 2, 19203, 3001, kDefaultEps, true, true},   {2048, 2, 19203, 1, kDefaultEps, false, true},
       {256, 1, 19203, 1000, kDefaultEps, true, true},   {1152, 1, 19203, 1000, 1e-35f, true, true},
+      {7168, 2, 19203, 4003, kDefaultEps, true, true, 268435456}, {2048, 2, 19203, 8000, kDefaultEps, false, false, 268435456},
   };
   for (size_t i = 0; i < points.size(); ++i) {
     const FrPoint& p = points[i];
@@ -661,7 +663,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
     const int stages = 2 * p.cb;
     ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap, 3));
     const Result base = run(in, spec);
-    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap | kFr, 3));
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap | kFr | p.extra, 3));
     const Result fr = p.special ? run(in, spec) : run_and_check(in, spec);
     EXPECT_TRUE(bitwise_equal("rms_inv", fr.rms_inv, base.rms_inv));
     EXPECT_TRUE(bitwise_equal("q", fr.q, base.q));
