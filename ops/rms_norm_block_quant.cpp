@@ -62,13 +62,15 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// 134217728 FR: the exchange's finish in fewer instructions with the same bits — the pairs' tags in one vote, the
-// four lane groups' sums by three independent shuffles, t / N + eps, sqrtf and the reciprocal as CUDA's own fast-path
-// instructions without their range branches (rmsq::mean_eps_fast, rinv_fast; the plain expression outside their
-// ranges). bench/NOTES.md "Session 12 (helper q2c)".
-constexpr int kStreamFr = 134217728;
-// 268435456 NOSLEEP (on FR): a stale pair re-polled as soon as the previous poll is back (no __nanosleep(64) between).
-constexpr int kStreamNoSleep = 268435456;
+// 134217728 FR: the exchange's finish in fewer instructions with the same bits, made of 4 FRC — t / N + eps, sqrtf
+// and the reciprocal as CUDA's own fast-path instructions without their range branches (rmsq::mean_eps_fast,
+// rinv_fast; the plain expression outside their ranges) —, 8 FRR — the pairs' tags in one vote, the four lane groups'
+// sums by three independent shuffles — and 16 FRB — the upper half-warp's rows rotated, r's broadcasts from immediate
+// lanes. bench/NOTES.md "Session 12 (helper q2c)".
+constexpr int kStreamFr = 134217728, kStreamFrc = 4, kStreamFrr = 8, kStreamFrb = 16;
+// 536870912 EAGER: a pair still stale after kRmsqStreamEagerPolls re-polls is summed locally from x (the fallback,
+// the same bits) instead of waited for.
+constexpr int kStreamEager = 536870912;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -380,7 +382,11 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFr,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFr | kStreamNoSleep}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrc,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrr,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrb,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamEager,
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrc | kStreamEager}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||

@@ -100,16 +100,21 @@ class RmsqStreamMeasure : public GpuTest {
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted.)
 // The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
-// Session 12 (q2c): FR 134217728 — finish's chain in fewer instructions, the same bits; NOSLEEP 268435456 on FR —
-// stale pairs re-polled back to back.
+// Session 12 (q2c): FR 134217728 — finish's chain in fewer instructions, the same bits — and its parts alone, FRC 4
+// (the range-branch-free quotient, sqrtf and reciprocal), FRR 8 (one vote, three independent shuffles), FRB 16 (rotated
+// rows, immediate broadcast lanes); EAGER 536870912 — stale pairs summed locally after two re-polls.
 std::vector<StreamCfg> session_cfgs() {
   return {
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
       {"2048 FR", 2048, 2, 4, 19203 | 134217728, "2048 default (19203)"},
-      {"2048 FR+NOSLEEP", 2048, 2, 4, 19203 | 134217728 | 268435456, "2048 default (19203)"},
+      {"2048 FRC", 2048, 2, 4, 19203 | 4, "2048 default (19203)"},
+      {"2048 FRR", 2048, 2, 4, 19203 | 8, "2048 default (19203)"},
+      {"2048 FRB", 2048, 2, 4, 19203 | 16, "2048 default (19203)"},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
       {"7168 FR", 7168, 2, 4, 19203 | 134217728, "7168 default (19203)"},
-      {"7168 FR+NOSLEEP", 7168, 2, 4, 19203 | 134217728 | 268435456, "7168 default (19203)"},
+      {"7168 FRC", 7168, 2, 4, 19203 | 4, "7168 default (19203)"},
+      {"7168 EAGER", 7168, 2, 4, 19203 | 536870912, "7168 default (19203)"},
+      {"7168 FRC+EAGER", 7168, 2, 4, 19203 | 4 | 536870912, "7168 default (19203)"},
   };
 }
 
@@ -161,10 +166,9 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
-      {"2048 FR", 2048, 2, 4, 19203 | 134217728, nullptr},
+      {"2048 FRC", 2048, 2, 4, 19203 | 4, nullptr},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
-      {"7168 FR", 7168, 2, 4, 19203 | 134217728, nullptr},
-      {"7168 FR+NOSLEEP", 7168, 2, 4, 19203 | 134217728 | 268435456, nullptr},
+      {"7168 EAGER", 7168, 2, 4, 19203 | 536870912, nullptr},
   });
 
 

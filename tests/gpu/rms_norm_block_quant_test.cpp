@@ -612,34 +612,40 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// The stream kernel's FR bit (134217728 on 19203 / its LEAN form where TIGHT is off: finish's chain in fewer
-// instructions, rms_norm_block_quant_stream.cuh) must write the bits of the same config without it — rms_inv too, which
-// the reference checks only within a tolerance — on random rows (checked against the reference as well), all-zero rows
-// (Σx² = 0), rows whose Σx² passes 2^62 and eps 0 / 1e-35 (those lanes take the plain expression: a warp with both
-// kinds), at partial tiles, M % 16 != 0, round_scale 0, one chunk a row (N = 128·CB: no exchange) and a non-power-of-two
-// N (the quotient's three-FMA form).
+// The stream kernel's FR bits (134217728 = its parts 4 FRC, 8 FRR, 16 FRB on 19203 / its LEAN form where TIGHT is off:
+// finish's chain in fewer instructions, rms_norm_block_quant_stream.cuh) and EAGER (536870912: stale pairs summed
+// locally after two re-polls, so the fallback runs often) must write the bits of the same config without them —
+// rms_inv too, which the reference checks only within a tolerance — on random rows (checked against the reference as
+// well), all-zero rows (Σx² = 0), rows whose Σx² passes 2^62 and eps 0 / 1e-35 (those lanes take the plain
+// expression: a warp with both kinds), at partial tiles, M % 16 != 0, round_scale 0, one chunk a row (N = 128·CB: no
+// exchange), rows of 2 and 9 chunks (lanes without a pair) and non-power-of-two N (the quotient's three-FMA form).
 TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
-  constexpr int kFr = 134217728;
   struct FrPoint {
     int64_t N;
     int cb, overlap;
     int64_t M;
     float eps;
     bool special, round;
-    int extra = 0;  // more bits on the FR run only (268435456 NOSLEEP)
+    int bits = 134217728;  // the variant bits under test (added to overlap)
   };
   const std::vector<FrPoint> points = {
-      {2048, 2, 19203, 8192, kDefaultEps, false, true}, {7168, 2, 19203, 4003, kDefaultEps, false, true},
-      {2048, 2, 19203, 4003, kDefaultEps, false, false}, {7168, 2, 19203, 1000, kDefaultEps, true, true},
-      {2048, 2, 19203, 1000, 0.0f, true, true},         {5120, 2, 19203, 2048, kDefaultEps, false, true},
-      {2048, 1, 19203, 300, 1e-35f, true, false},       {7168, 1, 19203, 300, 0.0f, true, true},
-      {256, 2, 19203, 3001, kDefaultEps, true, true},   {2048, 2, 19203, 1, kDefaultEps, false, true},
-      {256, 1, 19203, 1000, kDefaultEps, true, true},   {1152, 1, 19203, 1000, 1e-35f, true, true},
-      {7168, 2, 19203, 4003, kDefaultEps, true, true, 268435456}, {2048, 2, 19203, 8000, kDefaultEps, false, false, 268435456},
+      // FR (all three parts)
+      {2048, 2, 19203, 8192, kDefaultEps, false, true},  {7168, 2, 19203, 1000, kDefaultEps, true, true},
+      {2048, 2, 19203, 4003, kDefaultEps, false, false}, {5120, 2, 19203, 2048, 0.0f, true, true},
+      {256, 1, 19203, 1000, kDefaultEps, true, true},    {1152, 1, 19203, 1000, 1e-35f, true, true},
+      {256, 2, 19203, 3001, kDefaultEps, true, true},
+      // the parts alone: FRC, FRR, FRB
+      {7168, 2, 19203, 4003, 0.0f, true, true, 4},  {2048, 2, 19203, 8000, kDefaultEps, false, false, 4},
+      {7168, 2, 19203, 1000, kDefaultEps, true, true, 8}, {256, 1, 19203, 1000, kDefaultEps, true, true, 8},
+      {7168, 2, 19203, 1000, kDefaultEps, true, true, 16}, {1152, 1, 19203, 1000, kDefaultEps, true, true, 16},
+      // EAGER alone and with FRC
+      {7168, 2, 19203, 8192, kDefaultEps, false, true, 536870912}, {7168, 2, 19203, 4003, 1e-35f, true, false, 536870912},
+      {2048, 2, 19203, 8000, kDefaultEps, false, true, 536870912}, {7168, 2, 19203, 8192, kDefaultEps, true, true, 536870916},
   };
   for (size_t i = 0; i < points.size(); ++i) {
     const FrPoint& p = points[i];
-    const std::string what = "N " + std::to_string(p.N) + " cb " + std::to_string(p.cb) + " M " +
+    const std::string what = "bits " + std::to_string(p.bits) + " N " + std::to_string(p.N) + " cb " +
+                             std::to_string(p.cb) + " M " +
                              std::to_string(p.M) + " eps " + std::to_string(p.eps) + (p.special ? " special" : "") +
                              (p.round ? "" : " round_scale 0");
     SCOPED_TRACE(what);
@@ -663,7 +669,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
     const int stages = 2 * p.cb;
     ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap, 3));
     const Result base = run(in, spec);
-    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap | kFr | p.extra, 3));
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(p.N, 2, 16, p.cb, 1, stages, p.overlap | p.bits, 3));
     const Result fr = p.special ? run(in, spec) : run_and_check(in, spec);
     EXPECT_TRUE(bitwise_equal("rms_inv", fr.rms_inv, base.rms_inv));
     EXPECT_TRUE(bitwise_equal("q", fr.q, base.q));
