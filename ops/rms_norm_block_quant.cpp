@@ -68,9 +68,12 @@ constexpr int kStreamWldg = 16384;
 // sums by three independent shuffles — and 16 FRB — the upper half-warp's rows rotated, r's broadcasts from immediate
 // lanes. bench/NOTES.md "Session 12 (helper q2c)".
 constexpr int kStreamFr = 134217728, kStreamFrc = 4, kStreamFrr = 8, kStreamFrb = 16;
-// 536870912 EAGER: a pair still stale after kRmsqStreamEagerPolls re-polls is summed locally from x (the fallback,
-// the same bits) instead of waited for.
-constexpr int kStreamEager = 536870912;
+// 1073741824 FRN (measurement only): finish_fr with none of the parts (the default's operations in its code shape).
+constexpr int kStreamFrn = 1073741824;
+// (Session 12 measured and deleted, bench/NOTES.md "Session 12 (helper q2c)", in one process against 19203: 268435456
+// NOSLEEP — FR's stale pairs re-polled without __nanosleep: 90.34 against 90.29 at 7168 — and 536870912 EAGER — a pair
+// still stale after two re-polls summed locally from x: 110.80 against 90.91 at 7168, the fallbacks' serial re-reads
+// held items up to 26 µs. Values stay unused.)
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -385,8 +388,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrc,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrr,
                       kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrb,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamEager,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrc | kStreamEager}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrn}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||

@@ -253,7 +253,7 @@ __device__ __forceinline__ bool div_fast_ok(float t) {
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
           bool WLDG_BIT = false, bool FRC_BIT = false, bool FRR_BIT = false, bool FRB_BIT = false,
-          bool EAGER_BIT = false>
+          bool FRN_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -265,11 +265,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // and the reciprocal without range branches (rmsq::mean_eps_fast, rinv_fast); FRR: the pairs' tags in one vote
   // before the retry loop, the lane groups' sums by three independent shuffles; FRB: the upper half-warp's rows rotated
   // by 4, r's broadcasts from immediate lanes.
-  constexpr bool FRC = FRC_BIT, FRR = FRR_BIT, FRB = FRB_BIT, ANY_FR = FRC || FRR || FRB;
-  // EAGER: a pair still stale after kRmsqStreamEagerPolls re-polls is summed here from x (the fallback's operations:
-  // the same bits) instead of waited for — a late partner no longer delays this CTA by more than ≈ the re-polls and
-  // one read of its chunk's 8 rows × C columns a warp.
-  constexpr int kSpin = EAGER_BIT ? kRmsqStreamEagerPolls : kRmsqStreamSpinLimit;
+  // FRN (a control, measurement only): finish_fr with none of the parts — the default's operations in finish_fr's
+  // code shape, to tell the parts' effects from what any change of finish's code does to the kernel.
+  constexpr bool FRC = FRC_BIT, FRR = FRR_BIT, FRB = FRB_BIT, ANY_FR = FRC || FRR || FRB || FRN_BIT;
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -601,7 +599,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll
         for (int k = 0; k < KQ; ++k) mine = mine && ready[k];
         if (__all_sync(0xffffffffu, mine)) break;
-        if (tries == kSpin) {
+        if (tries == kRmsqStreamSpinLimit) {
 #pragma unroll
           for (int k = 0; k < KQ; ++k) {
             const u32 ok = __ballot_sync(0xffffffffu, ready[k]);
@@ -716,7 +714,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll
         for (int k = 0; k < KQ; ++k) mine = mine && ready[k];
         if (__all_sync(0xffffffffu, mine)) break;
-        if (tries == kSpin) {
+        if (tries == kRmsqStreamSpinLimit) {
 #pragma unroll
           for (int k = 0; k < KQ; ++k) {
             const u32 ok = __ballot_sync(0xffffffffu, ready[k]);
@@ -1028,15 +1026,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
 // 134217728 FR (finish's chain in fewer instructions, the same bits) = its parts 4 FRC (rmsq::rinv_fast, mean_eps_fast),
-// 8 FRR (one vote, three independent shuffles) and 16 FRB (rotated rows, broadcasts from immediate lanes), 536870912
-// EAGER (stale pairs summed locally after kRmsqStreamEagerPolls re-polls).
+// 8 FRR (one vote, three independent shuffles) and 16 FRB (rotated rows, broadcasts from immediate lanes), 1073741824
+// FRN (measurement only: finish_fr with no part).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
                                    (V & 134217732) != 0, (V & 134217736) != 0, (V & 134217744) != 0,
-                                   (V & 536870912) != 0>(sa);
+                                   (V & 1073741824) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -24,8 +24,6 @@ constexpr int kRmsqStreamTraceSlots = 96;
 // Polls of a warp's partial sums before it sums the missing chunks itself (≈ 64 ns apart: ≈ 0.3 ms). Reached only
 // when a CTA owning a chunk is not resident (another stream's kernels hold SMs): progress without co-residency.
 constexpr int kRmsqStreamSpinLimit = 4096;
-// EAGER (stream config bit 536870912): re-polls of a stale pair before it is summed locally from x.
-constexpr int kRmsqStreamEagerPolls = 2;
 
 // The tile kernel's GX variants (mode 2, rms_norm_block_quant_tile_gx_kernel / _tile512_kernel): the S CTAs of a row
 // form clusters of the largest divisor K ≤ max_k of S (1: none; the host offers them only for K ≥ 2), and the S / K

@@ -613,12 +613,12 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
 }
 
 // The stream kernel's FR bits (134217728 = its parts 4 FRC, 8 FRR, 16 FRB on 19203 / its LEAN form where TIGHT is off:
-// finish's chain in fewer instructions, rms_norm_block_quant_stream.cuh) and EAGER (536870912: stale pairs summed
-// locally after two re-polls, so the fallback runs often) must write the bits of the same config without them —
-// rms_inv too, which the reference checks only within a tolerance — on random rows (checked against the reference as
-// well), all-zero rows (Σx² = 0), rows whose Σx² passes 2^62 and eps 0 / 1e-35 (those lanes take the plain
-// expression: a warp with both kinds), at partial tiles, M % 16 != 0, round_scale 0, one chunk a row (N = 128·CB: no
-// exchange), rows of 2 and 9 chunks (lanes without a pair) and non-power-of-two N (the quotient's three-FMA form).
+// finish's chain in fewer instructions, rms_norm_block_quant_stream.cuh; 1073741824 FRN: none of the parts in FR's code
+// shape) must write the bits of the same config without them — rms_inv too, which the reference checks only within a
+// tolerance — on random rows (checked against the reference as well), all-zero rows (Σx² = 0), rows whose Σx² passes
+// 2^62 and eps 0 / 1e-35 (those lanes take the plain expression: a warp with both kinds), at partial tiles,
+// M % 16 != 0, round_scale 0, one chunk a row (N = 128·CB: no exchange), rows of 2 and 9 chunks (lanes without a pair)
+// and non-power-of-two N (the quotient's three-FMA form).
 TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
   struct FrPoint {
     int64_t N;
@@ -638,9 +638,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelFrPoints) {
       {7168, 2, 19203, 4003, 0.0f, true, true, 4},  {2048, 2, 19203, 8000, kDefaultEps, false, false, 4},
       {7168, 2, 19203, 1000, kDefaultEps, true, true, 8}, {256, 1, 19203, 1000, kDefaultEps, true, true, 8},
       {7168, 2, 19203, 1000, kDefaultEps, true, true, 16}, {1152, 1, 19203, 1000, kDefaultEps, true, true, 16},
-      // EAGER alone and with FRC
-      {7168, 2, 19203, 8192, kDefaultEps, false, true, 536870912}, {7168, 2, 19203, 4003, 1e-35f, true, false, 536870912},
-      {2048, 2, 19203, 8000, kDefaultEps, false, true, 536870912}, {7168, 2, 19203, 8192, kDefaultEps, true, true, 536870916},
+      // FRN
+      {7168, 2, 19203, 4003, kDefaultEps, true, true, 1073741824}, {2048, 2, 19203, 8000, kDefaultEps, false, false, 1073741824},
   };
   for (size_t i = 0; i < points.size(); ++i) {
     const FrPoint& p = points[i];
