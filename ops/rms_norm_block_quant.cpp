@@ -62,18 +62,6 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// 134217728 FR: the exchange's finish in fewer instructions with the same bits, made of 4 FRC — t / N + eps, sqrtf
-// and the reciprocal as CUDA's own fast-path instructions without their range branches (rmsq::mean_eps_fast,
-// rinv_fast; the plain expression outside their ranges) —, 8 FRR — the pairs' tags in one vote, the four lane groups'
-// sums by three independent shuffles — and 16 FRB — the upper half-warp's rows rotated, r's broadcasts from immediate
-// lanes. bench/NOTES.md "Session 12 (helper q2c)".
-constexpr int kStreamFr = 134217728, kStreamFrc = 4, kStreamFrr = 8, kStreamFrb = 16;
-// 1073741824 FRN (measurement only): finish_fr with none of the parts (the default's operations in its code shape).
-constexpr int kStreamFrn = 1073741824;
-// (Session 12 measured and deleted, bench/NOTES.md "Session 12 (helper q2c)", in one process against 19203: 268435456
-// NOSLEEP — FR's stale pairs re-polled without __nanosleep: 90.34 against 90.29 at 7168 — and 536870912 EAGER — a pair
-// still stale after two re-polls summed locally from x: 110.80 against 90.91 at 7168, the fallbacks' serial re-reads
-// held items up to 26 µs. Values stay unused.)
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -91,6 +79,15 @@ constexpr int kStreamFrn = 1073741824;
 // codes after its column codes: 26.16 / 90.70 —, SKEW + PSKEW 25.87 / 91.49, and START (128) on 19203: 26.56 at 2048;
 // in round 3 67108864 EPOLL — at 2048 the next item's polls a pass-2 block earlier, stale ones re-polled a block
 // later: 27.57 against 25.22. Values stay unused.)
+// (Session 12 measured and deleted, bench/NOTES.md "Session 12 (helper q2c)", interleaved against 19203: 134217728 FR —
+// finish's chain in fewer instructions with the same bits (its exchange 0.48 → 0.38 µs an item in the timeline) —
+// 26.06 / 26.24 against 25.06 / 25.34 at 2048, 90.61 / 90.45 / 91.04 against 90.29 / 90.91 / 91.58 at 7168; its parts
+// alone, 4 FRC (the quotient, sqrtf and reciprocal without range branches) 26.11 / 25.74 against 25.34 / 25.14 and
+// 90.32 / 91.58 against 90.91 / 91.58, 8 FRR (one vote, three independent shuffles) 26.00 and 16 FRB (rotated rows,
+// immediate broadcast lanes) 25.82 against 25.34; the control
+// 1073741824 FRN (the default's operations in FR's code shape) 25.78 against 25.14 and 91.87 against 91.58; 268435456
+// NOSLEEP (re-polls without __nanosleep) 90.34 against 90.29; 536870912 EAGER (a stale pair summed locally after two
+// re-polls) 110.80 against 90.91. Values stay unused.)
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.
@@ -383,12 +380,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   constexpr int kTight = kStreamLean | kStreamTight;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFr,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrc,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrr,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrb,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg | kStreamFrn}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||

@@ -209,40 +209,6 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
     store16(dst + kk * step, c);
   }
 }
-// FRC (config bit 4; in FR 134217728): r = 1.0f / sqrtf(t / N + eps) with the bits of that expression in fewer instructions and
-// no branch (bench/NOTES.md "Session 12 (helper q2c)"). rinv_fast(s) is CUDA's own fast path of sqrtf (MUFU.RSQ, s·y
-// and y/2, one FMA residual, one FMA correction) and then of the reciprocal (MUFU.RCP, one FMA Newton step; its
-// 1 − z·q as one FMA with the operand negated: RN is symmetric and z·(±0) + z = z), the same operations on the same
-// operands: the same bits wherever CUDA takes those paths — s in [2^-101, FLT_MAX] (sqrtf's own test,
-// rinv_fast_ok), where sqrtf(s) lies in [2^-51, 2^64] and the reciprocal's fast path always applies.
-__device__ __forceinline__ float rinv_fast(float s) {
-  float y, z;
-  asm("rsqrt.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(s));
-  const float q = __fmul_rn(s, y), h = __fmul_rn(y, 0.5f);
-  const float sq = __fmaf_rn(__fmaf_rn(-q, q, s), h, q);  // sqrtf(s)
-  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(z) : "f"(sq));
-  return __fmaf_rn(z, __fmaf_rn(-z, sq, 1.0f), z);  // 1.0f / sqrtf(s)
-}
-__device__ __forceinline__ bool rinv_fast_ok(float s) { return __float_as_uint(s) - 0x0d000000u <= 0x727fffffu; }
-// t / N + eps with the bits of that expression for t = 0 and t in [2^-64, 2^62] (div_fast_ok). N a power of two:
-// t·(1/N) is exact there, so one FMA (what the compiler makes of the expression). Else the quotient: q = t·RN(1/N)
-// is within an ulp of t / N, the residual t − q·N is exact in one FMA, and q + residual·RN(1/N) is t / N correctly
-// rounded (Markstein's theorem; tests/rms_norm_block_quant_stream_math_test.cpp checks every t of [1, 2) at every
-// N = 128·k ≤ 8192 — the range scales by powers of two with no underflow or overflow), then the IEEE addition.
-template <int N>
-__device__ __forceinline__ float mean_eps_fast(float t, float eps) {
-  constexpr float y = 1.0f / static_cast<float>(N);
-  if constexpr ((N & (N - 1)) == 0) {
-    return __fmaf_rn(t, y, eps);
-  } else {
-    const float q = __fmul_rn(t, y);
-    return __fadd_rn(__fmaf_rn(__fmaf_rn(-q, static_cast<float>(N), t), y, q), eps);
-  }
-}
-__device__ __forceinline__ bool div_fast_ok(float t) {
-  const u32 b = __float_as_uint(t);
-  return b == 0u || b - 0x1f800000u <= 0x5e800000u - 0x1f800000u;
-}
 }  // namespace rmsq
 
 // LEAN (config overlap = 3; bit-exact with the default path): constant cp.async waits (every refill commits a group,
@@ -252,8 +218,7 @@ __device__ __forceinline__ bool div_fast_ok(float t) {
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool FRC_BIT = false, bool FRR_BIT = false, bool FRB_BIT = false,
-          bool FRN_BIT = false>
+          bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -261,13 +226,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
-  // FR = FRC + FRR + FRB: finish's chain in fewer instructions, the same bits (finish_fr). FRC: t / N + eps, sqrtf
-  // and the reciprocal without range branches (rmsq::mean_eps_fast, rinv_fast); FRR: the pairs' tags in one vote
-  // before the retry loop, the lane groups' sums by three independent shuffles; FRB: the upper half-warp's rows rotated
-  // by 4, r's broadcasts from immediate lanes.
-  // FRN (a control, measurement only): finish_fr with none of the parts — the default's operations in finish_fr's
-  // code shape, to tell the parts' effects from what any change of finish's code does to the kernel.
-  constexpr bool FRC = FRC_BIT, FRR = FRR_BIT, FRB = FRB_BIT, ANY_FR = FRC || FRR || FRB || FRN_BIT;
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -570,135 +528,19 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   // of during the next pass 1.
   constexpr bool EARLY_POLL = LEAN && GX && KQ <= 2;
   u64 got[KQ];
-  // FRB: the upper half-warp's lanes hold rows rotated by 4 — lane l computes row 8w + jr, jr = (l & 7) ^ 4·(l >> 4) —
-  // so that its lanes 16 + i hold rows 4 + i, which r's broadcast (half-warp h wants rows 4h + i) then reads from lane
-  // i of each 16-lane segment: immediate source lanes.
-  const int rot = FRB ? (lane >> 2) & 4 : 0;
   auto poll_issue = [&](int it) {
     if constexpr (GX) {
       const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
 #pragma unroll
       for (int k = 0; k < KQ; ++k) {
         const int idx = lane + 32 * k;
-        got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + ((idx & 7) ^ rot)) : 0ull;
+        got[k] = idx < S * 8 ? stream_ld_relaxed(base + (idx >> 3) * ROWS + (idx & 7)) : 0ull;
       }
     }
-  };
-
-  // The default's wait for stale pairs (re-polls, then the local fallback; FRR: entered only when a pair is stale).
-  auto poll_wait = [&](int it) {
-    if constexpr (GX) {
-      const int j = (lane & 7) ^ rot;
-      const u64* base = sa.ws + static_cast<i64>(item_tile(it)) * S * ROWS + 8 * warp;
-      bool ready[KQ];
-#pragma unroll
-      for (int k = 0; k < KQ; ++k) ready[k] = lane + 32 * k >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag;
-#pragma unroll 1
-      for (int tries = 0;; ++tries) {
-        bool mine = true;
-#pragma unroll
-        for (int k = 0; k < KQ; ++k) mine = mine && ready[k];
-        if (__all_sync(0xffffffffu, mine)) break;
-        if (tries == kRmsqStreamSpinLimit) {
-#pragma unroll
-          for (int k = 0; k < KQ; ++k) {
-            const u32 ok = __ballot_sync(0xffffffffu, ready[k]);
-#pragma unroll 1
-            for (int q4 = 0; q4 < 4; ++q4) {
-              const int q = 4 * k + q4;
-              if (q >= S || ((ok >> (8 * q4)) & 0xffu) == 0xffu) continue;  // warp-uniform
-              const float v = chunk_sum(it, q);
-              const float w = __shfl_sync(0xffffffffu, v, 16 * (j >> 2) + 4 * (j & 3));
-              if ((lane >> 3) == q4) got[k] = stream_tagged(w, sa.tag);
-            }
-          }
-          break;
-        }
-        __nanosleep(64);
-#pragma unroll
-        for (int k = 0; k < KQ; ++k)
-          if (!ready[k]) {
-            const int idx = lane + 32 * k;
-            got[k] = stream_ld_relaxed(base + (idx >> 3) * ROWS + ((idx & 7) ^ rot));
-            ready[k] = static_cast<u32>(got[k] >> 32) == sa.tag;
-          }
-      }
-    }
-  };
-  // FRC / FRR / FRB: finish with the same bits (every lane computes row 8w + j's r, as the default's lanes do):
-  //  * FRR: the pairs' tags checked with one vote, the retry addresses only on the slow path (poll_wait); the lane's
-  //    chunk sum without the leading 0 + (the partial sums are never −0: sums of squares from +0), the four lane
-  //    groups' sums fetched by three independent shuffles and added as (t0 + t1) + (t2 + t3) — the default's two
-  //    butterfly rounds give every group exactly these operands in this pairing (+ commutes);
-  //  * FRC: t / N + eps and 1/sqrtf without branches (rmsq::mean_eps_fast, rinv_fast), the default's expression only
-  //    for lanes outside their ranges (one vote: never on data with finite sums below 2^62 and eps ≥ 2^-101);
-  //  * FRB: rotated rows (rot), r's broadcasts from lanes 0–3 of each 16-lane segment (before the rms store).
-  auto finish_fr = [&](int it, float (&rv)[4]) {
-    const int j = (lane & 7) ^ rot;  // (lanes 0 … 7: row 8w + lane)
-    float t;
-    if constexpr (GX) {
-      if constexpr (FRR) {
-        bool mine = true;
-#pragma unroll
-        for (int k = 0; k < KQ; ++k)
-          mine = mine && (lane + 32 * k >= S * 8 || static_cast<u32>(got[k] >> 32) == sa.tag);
-        if (!__all_sync(0xffffffffu, mine)) poll_wait(it);
-      } else {
-        poll_wait(it);
-      }
-      mark(6, it);
-      if constexpr (FRR) {
-        t = lane < S * 8 ? __uint_as_float(static_cast<u32>(got[0])) : 0.f;
-#pragma unroll
-        for (int k = 1; k < KQ; ++k)
-          if (lane + 32 * k < S * 8) t += __uint_as_float(static_cast<u32>(got[k]));
-        // (FRB: lanes l ^ 20 and l ^ 28 are the other half-warp's groups at the same row, which is rotated there)
-        const float t1 = __shfl_xor_sync(0xffffffffu, t, 8), t2 = __shfl_xor_sync(0xffffffffu, t, FRB ? 20 : 16),
-                    t3 = __shfl_xor_sync(0xffffffffu, t, FRB ? 28 : 24);
-        t = (t + t1) + (t2 + t3);
-      } else {
-        t = 0.f;
-#pragma unroll
-        for (int k = 0; k < KQ; ++k)
-          if (lane + 32 * k < S * 8) t += __uint_as_float(static_cast<u32>(got[k]));
-        t += __shfl_xor_sync(0xffffffffu, t, 8);
-        t += __shfl_xor_sync(0xffffffffu, t, FRB ? 20 : 16);
-      }
-    } else {
-      t = __shfl_sync(0xffffffffu, own, 16 * (j >> 2) + 4 * (j & 3));
-    }
-    float rr;
-    if constexpr (FRC) {
-      const float sv = mean_eps_fast<N>(t, a.eps);
-      const bool fast = div_fast_ok(t) && rinv_fast_ok(sv);
-      rr = rinv_fast(sv);
-      if (!__all_sync(0xffffffffu, fast)) {
-        if (!fast) rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-      }
-    } else {
-      rr = 1.0f / sqrtf(t / static_cast<float>(N) + a.eps);
-    }
-    const int m0 = tile_m0(it);
-    if constexpr (FRB) {
-#pragma unroll
-      for (int i = 0; i < 4; ++i) rv[i] = __shfl_sync(0xffffffffu, rr, i, 16);  // rows 4·half + i
-      const int valid = min(ROWS, a.M - m0);
-      if (item_col(it) == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
-    } else {
-      const int valid = min(ROWS, a.M - m0);
-      if (item_col(it) == 0 && a.rms_out && lane < 8 && 8 * warp + j < valid) a.rms_out[m0 + 8 * warp + j] = rr;
-#pragma unroll
-      for (int i = 0; i < 4; ++i) rv[i] = __shfl_sync(0xffffffffu, rr, 4 * half + i);
-    }
-    mark(3, it);
   };
 
   // r of the thread's 4 rows of item it.
   auto finish = [&](int it, float (&rv)[4]) {
-    if constexpr (ANY_FR) {
-      finish_fr(it, rv);
-      return;
-    }
     const int m0 = tile_m0(it);
     const int valid = min(ROWS, a.M - m0);
     const int j = lane & 7;  // this lane computes row 8w + j (lanes ≥ 8 duplicate)
@@ -1024,17 +866,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 134217728 FR (finish's chain in fewer instructions, the same bits) = its parts 4 FRC (rmsq::rinv_fast, mean_eps_fast),
-// 8 FRR (one vote, three independent shuffles) and 16 FRB (rotated rows, broadcasts from immediate lanes), 1073741824
-// FRN (measurement only: finish_fr with no part).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 134217732) != 0, (V & 134217736) != 0, (V & 134217744) != 0,
-                                   (V & 1073741824) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------
