@@ -79,6 +79,15 @@ constexpr int kStreamWldg = 16384;
 // codes after its column codes: 26.16 / 90.70 —, SKEW + PSKEW 25.87 / 91.49, and START (128) on 19203: 26.56 at 2048;
 // in round 3 67108864 EPOLL — at 2048 the next item's polls a pass-2 block earlier, stale ones re-polled a block
 // later: 27.57 against 25.22. Values stay unused.)
+// (Session 12 measured and deleted, bench/NOTES.md "Session 12 (helper q2c)", interleaved against 19203: 134217728 FR —
+// finish's chain in fewer instructions with the same bits (its exchange 0.48 → 0.38 µs an item in the timeline) —
+// 26.06 / 26.24 against 25.06 / 25.34 at 2048, 90.61 / 90.45 / 91.04 against 90.29 / 90.91 / 91.58 at 7168; its parts
+// alone, 4 FRC (the quotient, sqrtf and reciprocal without range branches) 26.11 / 25.74 against 25.34 / 25.14 and
+// 90.32 / 91.58 against 90.91 / 91.58, 8 FRR (one vote, three independent shuffles) 26.00 and 16 FRB (rotated rows,
+// immediate broadcast lanes) 25.82 against 25.34; the control
+// 1073741824 FRN (the default's operations in FR's code shape) 25.78 against 25.14 and 91.87 against 91.58; 268435456
+// NOSLEEP (re-polls without __nanosleep) 90.34 against 90.29; 536870912 EAGER (a stale pair summed locally after two
+// re-polls) 110.80 against 90.91. Values stay unused.)
 bool is_stream(const Specialization& s) { return s.kernel == kTileKernel && s.config[C_EXCHANGE] == kStreamGlobal; }
 // exchange 5 = the non-persistent tile kernel (stages 0, mode 2) with clusters of K = gx_cluster(S) CTAs whose row
 // sums meet in the global workspace (rms_norm_block_quant_tile_gx_kernel): CB = 1 or 2 at any S > 8.

@@ -98,7 +98,8 @@ class RmsqStreamMeasure : public GpuTest {
 // slots. (Measured here and deleted, rows in bench/NOTES.md: TABLE 1024, AHEADX 4096, SPLIT2 8192; session 9's HELP
 // 32768, HX 131072, EPS 262144; session 10's DYN 524288, HALF0 1048576, L2PF 2097152, EARLYR 4194304. Session 7 and
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
-// MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted.)
+// MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted; session 12's FR 134217728,
+// its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise.)
 // The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
 std::vector<StreamCfg> session_cfgs() {
   return {
