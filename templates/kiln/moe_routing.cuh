@@ -465,9 +465,13 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-// after_loads(v): called by every thread once its rows are summed (v depends on them; a trace stamp).
+// after_loads(v, 0): called by every thread once its rows are summed (v depends on them; a trace stamp); after_loads(v,
+// 1): once the block scan is done (v: its result). TOTROW (moe_route_run_kernel's kMoeRunTotRow): m.super holds one
+// more row after the nsuper superblock rows, the totals (every CTA's counts added into it): a thread loads that row
+// for its expert's count and only the superblock rows before c's superblock for its prefix (≤ 1 + 2 · 15 rows at T =
+// 8192 instead of ≤ 16 + 15; on average 16 instead of 23.5).
 struct MoeNoStamp {
-  __device__ __forceinline__ void operator()(int) const {}
+  __device__ __forceinline__ void operator()(int, int) const {}
 };
 template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
@@ -475,7 +479,8 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false,
+          bool TOTROW = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
@@ -494,6 +499,26 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     // constant offset from the batch's pointer.
     const int* sp = m.super + e;
     const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
+    if constexpr (TOTROW) {
+      // The totals row, then the superblock rows before sb and the chunk rows before c (all in flight together).
+      const int tv = __ldcg(sp + static_cast<i64>(nsuper) * E);
+#pragma unroll 1
+      for (int rb = 0; rb < sb || rb < ncr; rb += B) {
+        const int nb = sb - rb, nc = ncr - rb;
+        const int* sq = sp + static_cast<i64>(rb) * E;
+        const int* cq = cp + static_cast<i64>(rb) * E;
+        int vs[B], vc[B];
+#pragma unroll
+        for (int j = 0; j < B; ++j) {
+          vs[j] = j < nb ? __ldcg(sq + j * E) : 0;
+          vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        }
+#pragma unroll
+        for (int j = 0; j < B; ++j) pre[k] += vs[j] + vc[j];
+      }
+      tot[k] = tv;
+      continue;
+    }
 #pragma unroll 1
     for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
       const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
@@ -529,10 +554,11 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
-  after_loads(local + pre[0]);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
+  after_loads(local + pre[0], 0);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
   int total;
   // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
   int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
+  after_loads(off, 1);
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
@@ -1109,6 +1135,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
+  // Session 12 candidates (moe_routing_args.h): TOTROW (a totals row beside the superblock rows: the bases read ≈ a
+  // third fewer count rows after the arrival), LATEWAIT (the late −1 fill's completion waited for after thread 0's
+  // count rows are loaded, not before they are issued).
+  constexpr bool TOTROW = MAP && (V & kMoeRunTotRow) != 0;
+  constexpr bool LATEWAIT = MAP && (V & kMoeRunLateWait) != 0;
+  static_assert(!TOTROW || (V & kMoeRunPersist) != 0, "TOTROW: with PERSIST's per-stream rows (the host sizes them)");
+  static_assert(!LATEWAIT || (FM == 4 && (V & kMoeRunFillTma) != 0), "LATEWAIT: the bulk −1 fill after the arrival");
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -2071,7 +2104,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
     if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-      if (c) atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
+      if (c) {
+        atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
+        if constexpr (TOTROW) atomicAdd(&superp[static_cast<i64>(nsup) * E + e], c);  // (the totals row)
+      }
     } else {
       if (c) atomicAdd(&a.counts[e], c);
     }
@@ -2127,27 +2163,42 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum.)
-      auto loaded = [&](int dep) {
+      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when the
+      // block scan is done.) LATEWAIT: thread 0 waits for its bulk −1 rows here, after its count rows landed (the
+      // scan's CTA barrier then orders the routed entries after them).
+      auto loaded = [&](int dep, int phase) {
+        u64 t = 0;
         if constexpr (TRACE) {
-          u64 t;
           asm volatile(
               "{\n.reg .pred p;\n.reg .u32 d;\nld.volatile.shared.u32 d, [%1];\nadd.u32 d, d, %2;\n"
               "setp.ne.u32 p, d, 0x7fc00001;\n@p mov.u64 %0, %%globaltimer;\n@!p mov.u64 %0, 1;\n}\n"
               : "=l"(t)
               : "r"(smem_u32(bars)), "r"(dep)
               : "memory");
-          if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
+        }
+        if (phase == 0) {
+          if constexpr (TRACE) if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
+          if constexpr (FILLTMA && LATEWAIT) {
+            if (threadIdx.x == 0) {
+              asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+              if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
+            }
+          }
+        } else {
+          if constexpr (TRACE) if (threadIdx.x == 0) tr[kMoeRunTrScanned] = t;
         }
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
-      if constexpr (FILLTMA) {
+      if constexpr (FILLTMA && !LATEWAIT) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
-        if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+        if (threadIdx.x == 0) {
+          asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+          if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
+        }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, TOTROW>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

@@ -124,6 +124,16 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
+  // Session 12 candidates (outputs exact; config `load` bits 4096 / 8192; values of session 9's deleted bases
+  // ablations reused). TOTROW (with PERSIST): every CTA also adds its counts into a totals row after the superblock
+  // rows of the call's half (the host sizes the halves one row larger), and the bases read that row for an expert's
+  // count instead of all superblock rows: after the arrival a CTA reads 1 + sb + (c − sb·SC) rows instead of nsuper +
+  // (c − sb·SC) (T = 8192: 16 on average instead of 23.5, ≈ 4 MB instead of ≈ 6 MB over the grid in one burst).
+  // LATEWAIT (with FILLTMA at fill 4): thread 0 waits for the completion of its bulk −1 rows (issued right after the
+  // CTA's arrival) after its count rows have landed instead of before it issues them — the late CTAs' loads no longer
+  // start behind their own 32 KB of fill.
+  kMoeRunTotRow = 524288,
+  kMoeRunLateWait = 1048576,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -147,7 +157,9 @@ enum : int {
   kMoeRunTrPut,       // thread 0: its routed rows stored
   kMoeRunTrBasesLoaded,  // moe_chunk_bases: thread 0's count rows loaded (before the scan)
   kMoeRunTrWarp = 16,
-  kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32,
+  kMoeRunTrFillDone = kMoeRunTrWarp + 4 * 32,  // thread 0: its bulk −1 rows complete (FILLTMA, fill 4)
+  kMoeRunTrScanned,                            // moe_chunk_bases: its block scan done (every count row of the CTA in)
+  kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32 + 4,
 };
 
 // Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for
