@@ -473,23 +473,62 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int, int) const {}
 };
-template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false, bool ADDBASE = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
+// SPLIT (with TOTROW, one expert a thread and at least 2E threads): thread E + e loads expert e's chunk rows and
+// leaves their sum in base[e] before the scan's CTA barrier; thread e loads the totals row and the superblock rows
+// (≤ 16 rows a thread instead of ≤ 31).
 template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false,
-          bool TOTROW = false>
+          bool TOTROW = false, bool SPLIT = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
+  static_assert(!SPLIT || (TOTROW && NTH >= 2 * E), "SPLIT: with TOTROW, two threads an expert");
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
   const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
                              : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
   const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
   int tot[EPT], pre[EPT];
+  if constexpr (SPLIT) {
+    const int x = static_cast<int>(threadIdx.x);
+    tot[0] = pre[0] = 0;
+    if (x < E) {
+      const int* sp = m.super + x;
+      const int tv = __ldcg(sp + static_cast<i64>(nsuper) * E);
+#pragma unroll 1
+      for (int rb = 0; rb < sb; rb += B) {
+        const int nb = sb - rb;
+        const int* sq = sp + static_cast<i64>(rb) * E;
+        int vs[B];
+#pragma unroll
+        for (int j = 0; j < B; ++j) vs[j] = j < nb ? __ldcg(sq + j * E) : 0;
+#pragma unroll
+        for (int j = 0; j < B; ++j) pre[0] += vs[j];
+      }
+      tot[0] = tv;
+    } else if (x < 2 * E) {
+      const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + (x - E);
+      int cs = 0;
+#pragma unroll 1
+      for (int rb = 0; rb < ncr; rb += B) {
+        const int nc = ncr - rb;
+        const int* cq = cp + static_cast<i64>(rb) * E;
+        int vc[B];
+#pragma unroll
+        for (int j = 0; j < B; ++j) vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+#pragma unroll
+        for (int j = 0; j < B; ++j) cs += vc[j];
+      }
+      base[x - E] = cs;  // (read by thread x − E after the scan's CTA barrier)
+    }
+    moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV, true>(m, c, tot, pre, base, warp_tot, after_loads);
+    return;
+  }
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     tot[k] = pre[k] = 0;
@@ -541,7 +580,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
+// ADDBASE (SPLIT): base[e] holds a part of e's prefix on entry (written before the scan's CTA barrier), added in.
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV, bool ADDBASE>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
@@ -563,7 +603,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      base[e] = off + pre[k];
+      base[e] = off + pre[k] + (ADDBASE ? base[e] : 0);
       moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
                          WARPPAD ? nullptr : m.row_id_indices, m.num_out);
     }
@@ -1140,8 +1180,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // count rows are loaded, not before they are issued).
   constexpr bool TOTROW = MAP && (V & kMoeRunTotRow) != 0;
   constexpr bool LATEWAIT = MAP && (V & kMoeRunLateWait) != 0;
+  // SPLIT (kMoeRunSplit, with TOTROW): the bases' count rows of an expert over two threads (moe_chunk_bases).
+  constexpr bool SPLITB = TOTROW && (V & kMoeRunSplit) != 0 && NTH >= 2 * E;
   static_assert(!TOTROW || (V & kMoeRunPersist) != 0, "TOTROW: with PERSIST's per-stream rows (the host sizes them)");
   static_assert(!LATEWAIT || (FM == 4 && (V & kMoeRunFillTma) != 0), "LATEWAIT: the bulk −1 fill after the arrival");
+  // SCATTER (moe_routing_args.h kMoeRunScatter): the warp's prob and routing-map rows zeroed in global memory at kernel
+  // start (while its rows are in flight), and the emit stores only the K picks (a prob and a map byte each): no row
+  // staging, no bulk copies, and no 2.5 KB a warp in the SM's store queue at the end of the compute.
+  constexpr bool SCATTER = MAP && (V & kMoeRunScatter) != 0;
+  static_assert(!SCATTER || FM != 5, "SCATTER: the rows are not deferred");
+  constexpr bool STAGE0 = LEAN3 && !SCATTER;  // (LEAN3's staging rows zeroed at the start: not used by SCATTER)
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1305,7 +1353,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
         for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
-      if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
+      if constexpr (STAGE0) {  // (LEAN3: the staged prob rows and the map rows start at 0)
         for (int i = ot; i < TPW * W * E / 4; i += NTH - 32) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
         for (int i = ot; i < TPW * W * E / 16; i += NTH - 32) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
       }
@@ -1327,7 +1375,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     if constexpr (LEAN)
       for (int i = threadIdx.x; i < TPW * W * (CAP + 2) / 2; i += NTH) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
-    if constexpr (LEAN3) {
+    if constexpr (STAGE0) {
       for (int i = threadIdx.x; i < TPW * W * E / 4; i += NTH) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
       for (int i = threadIdx.x; i < TPW * W * E / 16; i += NTH) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
     }
@@ -1438,6 +1486,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     }
+    if constexpr (SCATTER) {
+      // SCATTER: the rows are zero in global memory (this warp's stores at the start, ordered by its warp syncs since);
+      // the picks alone.
+      if (valid && !NOROWS) {
+        const i64 t = tc0 + tl;
+#pragma unroll
+        for (int q = 0; q < MP; ++q)
+          if (part + TPT * q < K) {
+            a.probs[t * E + pe[q]] = pv[q];
+            a.routing_map[t * E + pe[q]] = 1;
+          }
+      }
+      if constexpr (TRACE) {
+        __syncwarp();
+        stampw(kMoeRunTrWarp + 4 * warp + 3);
+      }
+      return;
+    }
     if constexpr (!LEAN3) __syncwarp();  // every read of the scores row before it is overwritten
     // (LEAN3: the prob rows go to their own staging rows, zero from the start, with the map rows)
     float* prow = LEAN3 ? reinterpret_cast<float*>(run_smem + L.stage) + tl * E : rows + tl * RSF;
@@ -1516,6 +1582,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       __syncwarp();
       if (lane == 0) mbar_arrive(&bars[W + 1]);
     }
+  }
+  if constexpr (SCATTER) {
+    // SCATTER: the warp's prob and map rows zeroed now, 16 bytes a store (its picks go on top in emit_rows, after
+    // warp syncs that order them behind these stores).
+    if (nw > 0 && !NOROWS) {
+      constexpr int UP = E / 4, UM = E / 16;
+      const Vec16 zero{{0u, 0u, 0u, 0u}};
+      const i64 t0w = tc0 + warp * TPW;
+      for (int u = lane; u < nw * (UP + UM); u += 32) {
+        if (u < nw * UP) store16(a.probs + t0w * E + 4 * u, zero);
+        else store16(a.routing_map + t0w * E + 16 * (u - nw * UP), zero);
+      }
+    }
+    __syncwarp();
   }
   constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
@@ -2198,7 +2278,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, TOTROW>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, TOTROW, SPLITB>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

@@ -134,6 +134,15 @@ enum : int {
   // start behind their own 32 KB of fill.
   kMoeRunTotRow = 524288,
   kMoeRunLateWait = 1048576,
+  // SCATTER (round 2; config `load` bit 16384): each warp zeroes its tokens' prob and routing-map rows in global memory
+  // at kernel start, while its rows are in flight, and its emit stores only the K picks (a prob and a map byte each):
+  // the 2.5 KB a warp of bulk row copies no longer sit in the SM's store queue at the end of the compute, where the
+  // slowest CTA's release waits behind them (d counts p50 1.09, max 1.82 µs in session 10's timeline).
+  kMoeRunScatter = 2097152,
+  // SPLIT (round 2; config `load` bit 32768, with TOTROW): the bases' count rows of an expert over two threads (the
+  // idle half of the CTA): thread e the totals row and the superblock rows before its superblock, thread E + e the
+  // chunk rows before its chunk, joined through shared memory at the scan's barrier (≤ 16 loads a thread, not ≤ 31).
+  kMoeRunSplit = 4194304,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

@@ -93,6 +93,12 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: load 12283 (4091 + LATEWAIT)", true, 16, 2, 4, 16, 0, true, 12283},
       {"map: load 16379 (4091 + both)", true, 16, 2, 4, 16, 0, true, 16379},
       {"map: load 4091 fill 3", true, 16, 2, 3, 16, 0, true, 4091},
+      // SCATTER (16384: the prob / map rows zeroed at the start, the picks alone at the end) at fill 4 / 3; 16379 +
+      // SPLIT (32768: an expert's count rows over two threads); all four
+      {"map: load 20475 (4091 + SCATTER)", true, 16, 2, 4, 16, 0, true, 20475},
+      {"map: load 20475 fill 3", true, 16, 2, 3, 16, 0, true, 20475},
+      {"map: load 49147 (16379 + SPLIT)", true, 16, 2, 4, 16, 0, true, 49147},
+      {"map: load 65531 (49147 + SCATTER)", true, 16, 2, 4, 16, 0, true, 65531},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
@@ -223,7 +229,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"load 16379 (4091 + TOTROW + LATEWAIT)", true, 16, 2, 4, 16, 0, true, 16379},
+      {"load 65531 (4091 + TOTROW + LATEWAIT + SPLIT + SCATTER)", true, 16, 2, 4, 16, 0, true, 65531},
+      {"load 20475 fill 3 (4091 + SCATTER)", true, 16, 2, 3, 16, 0, true, 20475},
   };
 
 
