@@ -466,10 +466,7 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
 // after_loads(v, 0): called by every thread once its rows are summed (v depends on them; a trace stamp); after_loads(v,
-// 1): once the block scan is done (v: its result). TOTROW (moe_route_run_kernel's kMoeRunTotRow): m.super holds one
-// more row after the nsuper superblock rows, the totals (every CTA's counts added into it): a thread loads that row
-// for its expert's count and only the superblock rows before c's superblock for its prefix (≤ 1 + 2 · 15 rows at T =
-// 8192 instead of ≤ 16 + 15; on average 16 instead of 23.5).
+// 1): once the block scan is done (v: its result).
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int, int) const {}
 };
@@ -479,16 +476,19 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
-// SPLIT (with TOTROW, one expert a thread and at least 2E threads): thread E + e loads expert e's chunk rows and
-// leaves their sum in base[e] before the scan's CTA barrier; thread e loads the totals row and the superblock rows
-// (≤ 16 rows a thread instead of ≤ 31).
+// SPLIT (one expert a thread, at least 2E threads): thread e loads expert e's superblock rows, thread E + e its chunk
+// rows (≤ 16 loads a thread instead of ≤ 31) and leaves their sum in base[e] before the scan's CTA barrier. L1: the
+// rows through L1 (ld.ca, after the acquire that saw every arrival: its CCTL.IVALL and the CTA barrier order them),
+// so that the SM's two CTAs, which read the same superblock rows at the same moment, may share their misses (every
+// superblock row sector is requested by every CTA of the grid at once).
 template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false,
-          bool TOTROW = false, bool SPLIT = false>
+          bool SPLIT = false, bool L1 = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
-  static_assert(!SPLIT || (TOTROW && NTH >= 2 * E), "SPLIT: with TOTROW, two threads an expert");
+  static_assert(!SPLIT || NTH >= 2 * E, "SPLIT: two threads an expert");
+  auto ld = [](const int* p) { return L1 ? __ldca(p) : __ldcg(p); };
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
   const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
                              : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
@@ -499,18 +499,19 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     tot[0] = pre[0] = 0;
     if (x < E) {
       const int* sp = m.super + x;
-      const int tv = __ldcg(sp + static_cast<i64>(nsuper) * E);
 #pragma unroll 1
-      for (int rb = 0; rb < sb; rb += B) {
-        const int nb = sb - rb;
+      for (int rb = 0; rb < nsuper; rb += B) {
+        const int ns = nsuper - rb, nb = sb - rb;
         const int* sq = sp + static_cast<i64>(rb) * E;
         int vs[B];
 #pragma unroll
-        for (int j = 0; j < B; ++j) vs[j] = j < nb ? __ldcg(sq + j * E) : 0;
+        for (int j = 0; j < B; ++j) vs[j] = j < ns ? ld(sq + j * E) : 0;
 #pragma unroll
-        for (int j = 0; j < B; ++j) pre[0] += vs[j];
+        for (int j = 0; j < B; ++j) {
+          tot[0] += vs[j];
+          pre[0] += j < nb ? vs[j] : 0;
+        }
       }
-      tot[0] = tv;
     } else if (x < 2 * E) {
       const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + (x - E);
       int cs = 0;
@@ -520,7 +521,7 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
         const int* cq = cp + static_cast<i64>(rb) * E;
         int vc[B];
 #pragma unroll
-        for (int j = 0; j < B; ++j) vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        for (int j = 0; j < B; ++j) vc[j] = j < nc ? ld(cq + j * E) : 0;
 #pragma unroll
         for (int j = 0; j < B; ++j) cs += vc[j];
       }
@@ -538,26 +539,6 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
     // constant offset from the batch's pointer.
     const int* sp = m.super + e;
     const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + e;
-    if constexpr (TOTROW) {
-      // The totals row, then the superblock rows before sb and the chunk rows before c (all in flight together).
-      const int tv = __ldcg(sp + static_cast<i64>(nsuper) * E);
-#pragma unroll 1
-      for (int rb = 0; rb < sb || rb < ncr; rb += B) {
-        const int nb = sb - rb, nc = ncr - rb;
-        const int* sq = sp + static_cast<i64>(rb) * E;
-        const int* cq = cp + static_cast<i64>(rb) * E;
-        int vs[B], vc[B];
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          vs[j] = j < nb ? __ldcg(sq + j * E) : 0;
-          vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
-        }
-#pragma unroll
-        for (int j = 0; j < B; ++j) pre[k] += vs[j] + vc[j];
-      }
-      tot[k] = tv;
-      continue;
-    }
 #pragma unroll 1
     for (int rb = 0; rb < nsuper || rb < ncr; rb += B) {
       const int ns = nsuper - rb, nc = ncr - rb, nb = sb - rb;
@@ -566,8 +547,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
-        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
+        vs[j] = j < ns ? ld(sq + j * E) : 0;
+        vc[j] = j < nc ? ld(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -1175,19 +1156,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
-  // Session 12 candidates (moe_routing_args.h): TOTROW (a totals row beside the superblock rows: the bases read ≈ a
-  // third fewer count rows after the arrival), LATEWAIT (the late −1 fill's completion waited for after thread 0's
-  // count rows are loaded, not before they are issued).
-  constexpr bool TOTROW = MAP && (V & kMoeRunTotRow) != 0;
-  constexpr bool LATEWAIT = MAP && (V & kMoeRunLateWait) != 0;
-  // SPLIT (kMoeRunSplit, with TOTROW): the bases' count rows of an expert over two threads (moe_chunk_bases).
-  constexpr bool SPLITB = TOTROW && (V & kMoeRunSplit) != 0 && NTH >= 2 * E;
-  static_assert(!TOTROW || (V & kMoeRunPersist) != 0, "TOTROW: with PERSIST's per-stream rows (the host sizes them)");
-  static_assert(!LATEWAIT || (FM == 4 && (V & kMoeRunFillTma) != 0), "LATEWAIT: the bulk −1 fill after the arrival");
+  // Session 12 candidates (moe_routing_args.h): SPLIT and L1ROWS (the bases' count rows over two threads an expert /
+  // through L1: moe_chunk_bases), SCATTER (below), SCATLATE (SCATTER's zeroing after the warp's keys instead of at
+  // the start).
+  constexpr bool SPLITB = MAP && (V & kMoeRunSplit) != 0 && NTH >= 2 * E;
+  constexpr bool L1ROWS = MAP && (V & kMoeRunL1Rows) != 0;
   // SCATTER (moe_routing_args.h kMoeRunScatter): the warp's prob and routing-map rows zeroed in global memory at kernel
   // start (while its rows are in flight), and the emit stores only the K picks (a prob and a map byte each): no row
   // staging, no bulk copies, and no 2.5 KB a warp in the SM's store queue at the end of the compute.
-  constexpr bool SCATTER = MAP && (V & kMoeRunScatter) != 0;
+  constexpr bool SCATLATE = MAP && (V & kMoeRunScatLate) != 0;
+  constexpr bool SCATTER = MAP && ((V & kMoeRunScatter) != 0 || SCATLATE);
   static_assert(!SCATTER || FM != 5, "SCATTER: the rows are not deferred");
   constexpr bool STAGE0 = LEAN3 && !SCATTER;  // (LEAN3's staging rows zeroed at the start: not used by SCATTER)
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
@@ -1583,9 +1561,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (lane == 0) mbar_arrive(&bars[W + 1]);
     }
   }
-  if constexpr (SCATTER) {
-    // SCATTER: the warp's prob and map rows zeroed now, 16 bytes a store (its picks go on top in emit_rows, after
-    // warp syncs that order them behind these stores).
+  // SCATTER: the warp's prob and map rows zeroed, 16 bytes a store (its picks go on top in emit_rows, after warp syncs
+  // that order them behind these stores) — here, while its rows are in flight, or (SCATLATE) once its keys are formed.
+  auto zero_rows = [&] {
     if (nw > 0 && !NOROWS) {
       constexpr int UP = E / 4, UM = E / 16;
       const Vec16 zero{{0u, 0u, 0u, 0u}};
@@ -1596,7 +1574,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     __syncwarp();
-  }
+  };
+  if constexpr (SCATTER && !SCATLATE) zero_rows();
   constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
@@ -1750,6 +1729,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
              static_cast<u32>(0xffff - e);
     };
     stampw(kMoeRunTrWarp + 4 * warp + 1);
+    if constexpr (SCATLATE) zero_rows();
     // Pick r of the thread's token is expert e (its rank among the CTA's tokens routed to e: the token mask).
     auto record = [&](int r, int e) {
       pk[r] = e;
@@ -2184,10 +2164,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
     if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
-      if (c) {
-        atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
-        if constexpr (TOTROW) atomicAdd(&superp[static_cast<i64>(nsup) * E + e], c);  // (the totals row)
-      }
+      if (c) atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
     } else {
       if (c) atomicAdd(&a.counts[e], c);
     }
@@ -2244,33 +2221,22 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
       // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when the
-      // block scan is done.) LATEWAIT: thread 0 waits for its bulk −1 rows here, after its count rows landed (the
-      // scan's CTA barrier then orders the routed entries after them).
+      // block scan is done.)
       auto loaded = [&](int dep, int phase) {
-        u64 t = 0;
         if constexpr (TRACE) {
+          u64 t;
           asm volatile(
               "{\n.reg .pred p;\n.reg .u32 d;\nld.volatile.shared.u32 d, [%1];\nadd.u32 d, d, %2;\n"
               "setp.ne.u32 p, d, 0x7fc00001;\n@p mov.u64 %0, %%globaltimer;\n@!p mov.u64 %0, 1;\n}\n"
               : "=l"(t)
               : "r"(smem_u32(bars)), "r"(dep)
               : "memory");
-        }
-        if (phase == 0) {
-          if constexpr (TRACE) if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
-          if constexpr (FILLTMA && LATEWAIT) {
-            if (threadIdx.x == 0) {
-              asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-              if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
-            }
-          }
-        } else {
-          if constexpr (TRACE) if (threadIdx.x == 0) tr[kMoeRunTrScanned] = t;
+          if (threadIdx.x == 0) tr[phase == 0 ? kMoeRunTrBasesLoaded : kMoeRunTrScanned] = t;
         }
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
-      if constexpr (FILLTMA && !LATEWAIT) {
+      if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
         if (threadIdx.x == 0) {
@@ -2278,7 +2244,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, TOTROW, SPLITB>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, SPLITB, L1ROWS>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

@@ -124,25 +124,23 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
-  // Session 12 candidates (outputs exact; config `load` bits 4096 / 8192; values of session 9's deleted bases
-  // ablations reused). TOTROW (with PERSIST): every CTA also adds its counts into a totals row after the superblock
-  // rows of the call's half (the host sizes the halves one row larger), and the bases read that row for an expert's
-  // count instead of all superblock rows: after the arrival a CTA reads 1 + sb + (c − sb·SC) rows instead of nsuper +
-  // (c − sb·SC) (T = 8192: 16 on average instead of 23.5, ≈ 4 MB instead of ≈ 6 MB over the grid in one burst).
-  // LATEWAIT (with FILLTMA at fill 4): thread 0 waits for the completion of its bulk −1 rows (issued right after the
-  // CTA's arrival) after its count rows have landed instead of before it issues them — the late CTAs' loads no longer
-  // start behind their own 32 KB of fill.
-  kMoeRunTotRow = 524288,
-  kMoeRunLateWait = 1048576,
-  // SCATTER (round 2; config `load` bit 16384): each warp zeroes its tokens' prob and routing-map rows in global memory
+  // Session 12 (helper topk3; outputs exact). Round 1 measured and deleted TOTROW (a totals row beside the superblock
+  // rows: +1.05 µs — 256 CTAs' atomics on one 1 KB row delay every release, and the bases' loads did not get shorter)
+  // and LATEWAIT (the late −1 fill's wait after the count rows: ±0); bench/NOTES.md.
+  // SCATTER (config `load` bit 16384): each warp zeroes its tokens' prob and routing-map rows in global memory
   // at kernel start, while its rows are in flight, and its emit stores only the K picks (a prob and a map byte each):
   // the 2.5 KB a warp of bulk row copies no longer sit in the SM's store queue at the end of the compute, where the
   // slowest CTA's release waits behind them (d counts p50 1.09, max 1.82 µs in session 10's timeline).
   kMoeRunScatter = 2097152,
-  // SPLIT (round 2; config `load` bit 32768, with TOTROW): the bases' count rows of an expert over two threads (the
-  // idle half of the CTA): thread e the totals row and the superblock rows before its superblock, thread E + e the
-  // chunk rows before its chunk, joined through shared memory at the scan's barrier (≤ 16 loads a thread, not ≤ 31).
+  // SPLIT (config `load` bit 32768): the bases' count rows of an expert over two threads (the idle half of the CTA):
+  // thread e its superblock rows, thread E + e its chunk rows before the CTA's chunk, joined through shared memory at
+  // the scan's barrier (≤ 16 loads a thread, not ≤ 31). L1ROWS (`load` 65536): the count rows loaded through L1
+  // (ld.ca after the acquire) — every CTA reads every superblock row sector at the same moment (256 requests a
+  // sector); the SM's two CTAs may then share a miss. SCATLATE (`load` 131072, implies SCATTER): SCATTER's zeroing once
+  // the warp's keys are formed (its rows landed) instead of at kernel start.
   kMoeRunSplit = 4194304,
+  kMoeRunL1Rows = 8192,
+  kMoeRunScatLate = 16384,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

@@ -87,18 +87,16 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      // session 12 (helper topk3): the tail after the arrival — the totals row (TOTROW, 4096), the −1 fill's wait
-      // after the count rows (LATEWAIT, 8192), both; 4091 with the −1 rows queued behind the row copies (fill 3)
-      {"map: load 8187 (4091 + TOTROW)", true, 16, 2, 4, 16, 0, true, 8187},
-      {"map: load 12283 (4091 + LATEWAIT)", true, 16, 2, 4, 16, 0, true, 12283},
-      {"map: load 16379 (4091 + both)", true, 16, 2, 4, 16, 0, true, 16379},
-      {"map: load 4091 fill 3", true, 16, 2, 3, 16, 0, true, 4091},
-      // SCATTER (16384: the prob / map rows zeroed at the start, the picks alone at the end) at fill 4 / 3; 16379 +
-      // SPLIT (32768: an expert's count rows over two threads); all four
+      // session 12 (helper topk3), round 2 (round 1: TOTROW +1.05, LATEWAIT ±0, 4091 at fill 3 +2.1 — deleted):
+      // SCATTER (16384: the prob / map rows zeroed at kernel start by each warp, the picks alone at the end),
+      // SCATLATE (131072: the same zeroing once the warp's keys are formed), SPLIT (32768: an expert's count rows over
+      // two threads), L1ROWS (65536: the count rows through L1), SPLIT + L1ROWS, all three
       {"map: load 20475 (4091 + SCATTER)", true, 16, 2, 4, 16, 0, true, 20475},
-      {"map: load 20475 fill 3", true, 16, 2, 3, 16, 0, true, 20475},
-      {"map: load 49147 (16379 + SPLIT)", true, 16, 2, 4, 16, 0, true, 49147},
-      {"map: load 65531 (49147 + SCATTER)", true, 16, 2, 4, 16, 0, true, 65531},
+      {"map: load 135163 (4091 + SCATLATE)", true, 16, 2, 4, 16, 0, true, 135163},
+      {"map: load 36859 (4091 + SPLIT)", true, 16, 2, 4, 16, 0, true, 36859},
+      {"map: load 69627 (4091 + L1ROWS)", true, 16, 2, 4, 16, 0, true, 69627},
+      {"map: load 102395 (+ SPLIT + L1ROWS)", true, 16, 2, 4, 16, 0, true, 102395},
+      {"map: load 118779 (+ all three)", true, 16, 2, 4, 16, 0, true, 118779},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
@@ -229,8 +227,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"load 65531 (4091 + TOTROW + LATEWAIT + SPLIT + SCATTER)", true, 16, 2, 4, 16, 0, true, 65531},
-      {"load 20475 fill 3 (4091 + SCATTER)", true, 16, 2, 3, 16, 0, true, 20475},
+      {"load 118779 (4091 + SCATTER + SPLIT + L1ROWS)", true, 16, 2, 4, 16, 0, true, 118779},
+      {"load 135163 (4091 + SCATLATE)", true, 16, 2, 4, 16, 0, true, 135163},
   };
 
 
