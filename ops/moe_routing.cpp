@@ -76,11 +76,11 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
 // session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV,
 // session 12's candidates 16384 SCATTER, 32768 SPLIT, 65536 L1ROWS, 131072 SCATLATE (SCATTER's zeroing after the
-// keys) — and the measurement variant bits of the unnamed config field 5.
+// keys), 262144 FILLEARLY (with 16 at fill 4) — and the measurement variant bits of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunScatter = 16384, kRunSplit = 32768, kRunL1Rows = 65536,
-              kRunScatLate = 131072;
+              kRunScatLate = 131072, kRunFillEarly = 262144;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -90,7 +90,8 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunScatter, kMoeRunScatter}, {kRunSplit, kMoeRunSplit},
-                                           {kRunL1Rows, kMoeRunL1Rows}, {kRunScatLate, kMoeRunScatLate}};
+                                           {kRunL1Rows, kMoeRunL1Rows}, {kRunScatLate, kMoeRunScatLate},
+                                           {kRunFillEarly, kMoeRunFillEarly}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -349,6 +350,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean | kRunSplit, kFusedFillLate}, {lean | kRunL1Rows, kFusedFillLate},
                                 {lean | kRunSplit | kRunL1Rows, kFusedFillLate},
                                 {lean | kRunScatter | kRunSplit | kRunL1Rows, kFusedFillLate},
+                                {lean | kRunFillEarly, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -651,7 +653,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunScatter | kRunSplit | kRunL1Rows | kRunScatLate)) |
+                                                    kRunScatter | kRunSplit | kRunL1Rows | kRunScatLate |
+                                                    kRunFillEarly)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -338,8 +338,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
   // and 1 at fill 3 / 4, session 9's default (379) at fill 4 / 3 and with WAITLEAN | FASTDIV (3451), and at fill 4
   // session 9's 291 and 355; session 12's candidates on 4091 (fill 4): SCATTER (20475), SCATLATE (135163), SPLIT
-  // (36859), L1ROWS (69627), SPLIT + L1ROWS (102395), all three (118779).
-  ASSERT_EQ(with_map.size(), 24u);
+  // (36859), L1ROWS (69627), SPLIT + L1ROWS (102395), all three (118779), FILLEARLY (266235).
+  ASSERT_EQ(with_map.size(), 25u);
   // With the map the default is the CTA-run kernel, 16 warps, copies issued by the last warp, the −1 rows as bulk
   // copies after the arrival (fill 4; fill 3 lost in the final run's tune), approximate keys, per-stream arrival word
   // and superblock rows instead of the cooperative launch, prob / map rows by bulk copies, the bias prepared once a
@@ -365,7 +365,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
                         find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355),
                         find(16, 4, 16, 3451), find(16, 4, 16, 4091), find(16, 4, 16, 20475), find(16, 4, 16, 135163),
                         find(16, 4, 16, 36859), find(16, 4, 16, 69627), find(16, 4, 16, 102395),
-                        find(16, 4, 16, 118779)})
+                        find(16, 4, 16, 118779), find(16, 4, 16, 266235)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   for (auto [fill, load] : {std::pair{4, 118779}, {4, 135163}}) {  // (session 12: the Timeline's traces)
     detail::Specialization t = find(16, fill, 16, load);

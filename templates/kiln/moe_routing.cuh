@@ -1161,6 +1161,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // the start).
   constexpr bool SPLITB = MAP && (V & kMoeRunSplit) != 0 && NTH >= 2 * E;
   constexpr bool L1ROWS = MAP && (V & kMoeRunL1Rows) != 0;
+  // FILLEARLY (with FILLTMA at fill 4): the bulk −1 rows issued right after the loop barrier, before the counts and
+  // the release, instead of after the arrival (if the release does not wait for async-proxy writes, the fill then
+  // drains during the CTA's own release and the spin, not during its count-row loads after the spin).
+  constexpr bool FILLEARLY = MAP && FM == 4 && (V & kMoeRunFillTma) != 0 && (V & kMoeRunFillEarly) != 0;
   // SCATTER (moe_routing_args.h kMoeRunScatter): the warp's prob and routing-map rows zeroed in global memory at kernel
   // start (while its rows are in flight), and the emit stores only the K picks (a prob and a map byte each): no row
   // staging, no bulk copies, and no 2.5 KB a warp in the SM's store queue at the end of the compute.
@@ -2123,6 +2127,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   __syncthreads();
   stamp0(kMoeRunTrLoopDone);
+  if constexpr (FILLEARLY) fill_rows();  // (FILLEARLY: the bulk −1 rows before the counts and the release)
   if constexpr (COOP) {
     // COOP: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
     // everywhere), and a CTA barrier after it publishes that.
@@ -2186,7 +2191,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (LATE) fill_rows();
+    if constexpr (LATE && !FILLEARLY) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;

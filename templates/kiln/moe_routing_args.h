@@ -141,6 +141,10 @@ enum : int {
   kMoeRunSplit = 4194304,
   kMoeRunL1Rows = 8192,
   kMoeRunScatLate = 16384,
+  // FILLEARLY (config `load` bit 262144, with FILLTMA at fill 4): the bulk −1 rows issued right after the loop
+  // barrier (before the counts and the release) instead of after the arrival: the late CTAs' fill no longer drains
+  // while their count rows load after the spin (round 1: the last 10 % arrivals end ≈ 0.7 µs after the others).
+  kMoeRunFillEarly = 32768,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have

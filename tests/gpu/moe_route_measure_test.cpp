@@ -97,6 +97,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: load 69627 (4091 + L1ROWS)", true, 16, 2, 4, 16, 0, true, 69627},
       {"map: load 102395 (+ SPLIT + L1ROWS)", true, 16, 2, 4, 16, 0, true, 102395},
       {"map: load 118779 (+ all three)", true, 16, 2, 4, 16, 0, true, 118779},
+      // FILLEARLY (262144: the bulk −1 rows before the counts and the release instead of after the arrival)
+      {"map: load 266235 (4091 + FILLEARLY)", true, 16, 2, 4, 16, 0, true, 266235},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
