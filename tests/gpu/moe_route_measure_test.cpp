@@ -454,6 +454,26 @@ TEST_F(MoeRouteMeasure, Timeline) {
                     rl(last_b, kMoeRunTrWaited), rl(last_b, kMoeRunTrFillDone), rl(last_b, kMoeRunTrBasesLoaded),
                     rl(last_b, kMoeRunTrScanned), rl(last_b, kMoeRunTrBases), rl(last_b, kMoeRunTrPut),
                     rl(last_b, kMoeRunTrEndNs), partner, partner >= 0 ? rank[partner] : -1);
+        // The CTAs whose last rows landed last and whose loop barrier came last (the DRAM service skew): their SM
+        // ids, to see whether the same SMs are late in every repeat.
+        {
+          std::vector<std::pair<double, int>> lr, lb;
+          for (int b = 0; b < ctas; ++b) {
+            double m = -1;
+            for (int w = 0; w < W; ++w) m = std::max(m, rl(b, kMoeRunTrWarp + 4 * w));
+            lr.push_back({m, b});
+            lb.push_back({rl(b, kMoeRunTrLoopDone), b});
+          }
+          std::sort(lr.rbegin(), lr.rend());
+          std::sort(lb.rbegin(), lb.rend());
+          std::printf("  latest rows (µs: CTA/SM):");
+          for (int i = 0; i < 12 && i < ctas; ++i)
+            std::printf(" %.2f:%d/%d", lr[i].first, lr[i].second, static_cast<int>(at(lr[i].second, kMoeRunTrSm)));
+          std::printf("\n  latest loop barriers (µs: CTA/SM):");
+          for (int i = 0; i < 12 && i < ctas; ++i)
+            std::printf(" %.2f:%d/%d", lb[i].first, lb[i].second, static_cast<int>(at(lb[i].second, kMoeRunTrSm)));
+          std::printf("\n");
+        }
         // End by the CTA's chunk index in its superblock (its chunk rows: 0 … 15), p50 over the 16 superblocks.
         std::printf("  end − spin passed by chunk in superblock (p50 µs):");
         for (int j = 0; j < 16; ++j) {
