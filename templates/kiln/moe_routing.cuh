@@ -470,66 +470,22 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int, int) const {}
 };
-template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false, bool ADDBASE = false>
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
-// SPLIT (one expert a thread, at least 2E threads): thread e loads expert e's superblock rows, thread E + e its chunk
-// rows (≤ 16 loads a thread instead of ≤ 31) and leaves their sum in base[e] before the scan's CTA barrier. L1: the
-// rows through L1 (ld.ca, after the acquire that saw every arrival: its CCTL.IVALL and the CTA barrier order them),
-// so that the SM's two CTAs, which read the same superblock rows at the same moment, may share their misses (every
-// superblock row sector is requested by every CTA of the grid at once).
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false,
-          bool SPLIT = false, bool L1 = false>
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
                                                 AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
-  static_assert(!SPLIT || NTH >= 2 * E, "SPLIT: two threads an expert");
-  auto ld = [](const int* p) { return L1 ? __ldca(p) : __ldcg(p); };
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
   const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
                              : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
   const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
   int tot[EPT], pre[EPT];
-  if constexpr (SPLIT) {
-    const int x = static_cast<int>(threadIdx.x);
-    tot[0] = pre[0] = 0;
-    if (x < E) {
-      const int* sp = m.super + x;
-#pragma unroll 1
-      for (int rb = 0; rb < nsuper; rb += B) {
-        const int ns = nsuper - rb, nb = sb - rb;
-        const int* sq = sp + static_cast<i64>(rb) * E;
-        int vs[B];
-#pragma unroll
-        for (int j = 0; j < B; ++j) vs[j] = j < ns ? ld(sq + j * E) : 0;
-#pragma unroll
-        for (int j = 0; j < B; ++j) {
-          tot[0] += vs[j];
-          pre[0] += j < nb ? vs[j] : 0;
-        }
-      }
-    } else if (x < 2 * E) {
-      const int* cp = m.chunk_counts + static_cast<i64>(sb) * m.super_chunks * E + (x - E);
-      int cs = 0;
-#pragma unroll 1
-      for (int rb = 0; rb < ncr; rb += B) {
-        const int nc = ncr - rb;
-        const int* cq = cp + static_cast<i64>(rb) * E;
-        int vc[B];
-#pragma unroll
-        for (int j = 0; j < B; ++j) vc[j] = j < nc ? ld(cq + j * E) : 0;
-#pragma unroll
-        for (int j = 0; j < B; ++j) cs += vc[j];
-      }
-      base[x - E] = cs;  // (read by thread x − E after the scan's CTA barrier)
-    }
-    moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV, true>(m, c, tot, pre, base, warp_tot, after_loads);
-    return;
-  }
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     tot[k] = pre[k] = 0;
@@ -547,8 +503,8 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       int vs[B], vc[B];
 #pragma unroll
       for (int j = 0; j < B; ++j) {
-        vs[j] = j < ns ? ld(sq + j * E) : 0;
-        vc[j] = j < nc ? ld(cq + j * E) : 0;
+        vs[j] = j < ns ? __ldcg(sq + j * E) : 0;
+        vc[j] = j < nc ? __ldcg(cq + j * E) : 0;
       }
 #pragma unroll
       for (int j = 0; j < B; ++j) {
@@ -561,8 +517,7 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-// ADDBASE (SPLIT): base[e] holds a part of e's prefix on entry (written before the scan's CTA barrier), added in.
-template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV, bool ADDBASE>
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
@@ -584,7 +539,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      base[e] = off + pre[k] + (ADDBASE ? base[e] : 0);
+      base[e] = off + pre[k];
       moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
                          WARPPAD ? nullptr : m.row_id_indices, m.num_out);
     }
@@ -1156,22 +1111,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
-  // Session 12 candidates (moe_routing_args.h): SPLIT and L1ROWS (the bases' count rows over two threads an expert /
-  // through L1: moe_chunk_bases), SCATTER (below), SCATLATE (SCATTER's zeroing after the warp's keys instead of at
-  // the start).
-  constexpr bool SPLITB = MAP && (V & kMoeRunSplit) != 0 && NTH >= 2 * E;
-  constexpr bool L1ROWS = MAP && (V & kMoeRunL1Rows) != 0;
-  // FILLEARLY (with FILLTMA at fill 4): the bulk −1 rows issued right after the loop barrier, before the counts and
-  // the release, instead of after the arrival (if the release does not wait for async-proxy writes, the fill then
-  // drains during the CTA's own release and the spin, not during its count-row loads after the spin).
-  constexpr bool FILLEARLY = MAP && FM == 4 && (V & kMoeRunFillTma) != 0 && (V & kMoeRunFillEarly) != 0;
-  // SCATTER (moe_routing_args.h kMoeRunScatter): the warp's prob and routing-map rows zeroed in global memory at kernel
-  // start (while its rows are in flight), and the emit stores only the K picks (a prob and a map byte each): no row
-  // staging, no bulk copies, and no 2.5 KB a warp in the SM's store queue at the end of the compute.
-  constexpr bool SCATLATE = MAP && (V & kMoeRunScatLate) != 0;
-  constexpr bool SCATTER = MAP && ((V & kMoeRunScatter) != 0 || SCATLATE);
-  static_assert(!SCATTER || FM != 5, "SCATTER: the rows are not deferred");
-  constexpr bool STAGE0 = LEAN3 && !SCATTER;  // (LEAN3's staging rows zeroed at the start: not used by SCATTER)
+  // DEFER1 (moe_routing_args.h kMoeRunDefer1; with BULKST): the first-half CTAs' row copies after their loop barrier.
+  constexpr bool DEFER1 = MAP && (V & kMoeRunDefer1) != 0;
+  static_assert(!DEFER1 || (V & kMoeRunBulkStore) != 0, "DEFER1: the bulk row copies");
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1335,7 +1277,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
         for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
-      if constexpr (STAGE0) {  // (LEAN3: the staged prob rows and the map rows start at 0)
+      if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
         for (int i = ot; i < TPW * W * E / 4; i += NTH - 32) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
         for (int i = ot; i < TPW * W * E / 16; i += NTH - 32) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
       }
@@ -1357,7 +1299,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
     if constexpr (LEAN)
       for (int i = threadIdx.x; i < TPW * W * (CAP + 2) / 2; i += NTH) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
-    if constexpr (STAGE0) {
+    if constexpr (LEAN3) {
       for (int i = threadIdx.x; i < TPW * W * E / 4; i += NTH) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
       for (int i = threadIdx.x; i < TPW * W * E / 16; i += NTH) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
     }
@@ -1436,6 +1378,30 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
   // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
+  // BULKST: the warp's prob and map rows (staged in shared memory, fenced to the async proxy) by bulk copies from its
+  // lane 0. DEFER1: the CTAs of the grid's first half (the first CTA on each SM) issue them after the loop barrier
+  // instead of as each warp finishes, so that they do not write while the SM's other CTA's rows still land.
+  const bool early_cta = blockIdx.x < gridDim.x / 2;
+  auto issue_row_copies = [&] {
+    if (lane == 0) {
+      const int nwt = max(0, min(TPW, nct - warp * TPW));
+      const i64 t0w = tc0 + warp * TPW;
+      if constexpr (LEAN3) {  // (the warp's staged prob rows are contiguous: one copy)
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
+                     "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
+                     : "memory");
+      } else {
+        for (int i = 0; i < nwt; ++i)
+          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
+                       "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+                       : "memory");
+      }
+      asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
+                   "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
+                   : "memory");
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+  };
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
@@ -1468,24 +1434,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
       }
     }
-    if constexpr (SCATTER) {
-      // SCATTER: the rows are zero in global memory (this warp's stores at the start, ordered by its warp syncs since);
-      // the picks alone.
-      if (valid && !NOROWS) {
-        const i64 t = tc0 + tl;
-#pragma unroll
-        for (int q = 0; q < MP; ++q)
-          if (part + TPT * q < K) {
-            a.probs[t * E + pe[q]] = pv[q];
-            a.routing_map[t * E + pe[q]] = 1;
-          }
-      }
-      if constexpr (TRACE) {
-        __syncwarp();
-        stampw(kMoeRunTrWarp + 4 * warp + 3);
-      }
-      return;
-    }
     if constexpr (!LEAN3) __syncwarp();  // every read of the scores row before it is overwritten
     // (LEAN3: the prob rows go to their own staging rows, zero from the start, with the map rows)
     float* prow = LEAN3 ? reinterpret_cast<float*>(run_smem + L.stage) + tl * E : rows + tl * RSF;
@@ -1515,24 +1463,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (!DEFER && !NOROWS) {
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncwarp();
-        if (lane == 0) {
-          const int nwt = max(0, min(TPW, nct - warp * TPW));
-          const i64 t0w = tc0 + warp * TPW;
-          if constexpr (LEAN3) {  // (the warp's staged prob rows are contiguous: one copy)
-            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
-                         "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
-                         : "memory");
-          } else {
-            for (int i = 0; i < nwt; ++i)
-              asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
-                           "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
-                           : "memory");
-          }
-          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
-                       "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
-                       : "memory");
-          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-        }
+        if (!(DEFER1 && early_cta)) issue_row_copies();
       }
     } else if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
@@ -1565,21 +1496,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (lane == 0) mbar_arrive(&bars[W + 1]);
     }
   }
-  // SCATTER: the warp's prob and map rows zeroed, 16 bytes a store (its picks go on top in emit_rows, after warp syncs
-  // that order them behind these stores) — here, while its rows are in flight, or (SCATLATE) once its keys are formed.
-  auto zero_rows = [&] {
-    if (nw > 0 && !NOROWS) {
-      constexpr int UP = E / 4, UM = E / 16;
-      const Vec16 zero{{0u, 0u, 0u, 0u}};
-      const i64 t0w = tc0 + warp * TPW;
-      for (int u = lane; u < nw * (UP + UM); u += 32) {
-        if (u < nw * UP) store16(a.probs + t0w * E + 4 * u, zero);
-        else store16(a.routing_map + t0w * E + 16 * (u - nw * UP), zero);
-      }
-    }
-    __syncwarp();
-  };
-  if constexpr (SCATTER && !SCATLATE) zero_rows();
   constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
     wait_bar(&bars[warp]);  // the warp's rows
@@ -1733,7 +1649,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
              static_cast<u32>(0xffff - e);
     };
     stampw(kMoeRunTrWarp + 4 * warp + 1);
-    if constexpr (SCATLATE) zero_rows();
     // Pick r of the thread's token is expert e (its rank among the CTA's tokens routed to e: the token mask).
     auto record = [&](int r, int e) {
       pk[r] = e;
@@ -2127,7 +2042,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   __syncthreads();
   stamp0(kMoeRunTrLoopDone);
-  if constexpr (FILLEARLY) fill_rows();  // (FILLEARLY: the bulk −1 rows before the counts and the release)
+  if constexpr (BULKST && DEFER1 && !DEFER && !NOROWS) {
+    if (early_cta && nw > 0) issue_row_copies();  // (DEFER1: the first-half CTAs' rows, after every warp is done)
+  }
   if constexpr (COOP) {
     // COOP: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
     // everywhere), and a CTA barrier after it publishes that.
@@ -2191,7 +2108,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (LATE && !FILLEARLY) fill_rows();
+    if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;
@@ -2225,7 +2142,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when the
+      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when its
       // block scan is done.)
       auto loaded = [&](int dep, int phase) {
         if constexpr (TRACE) {
@@ -2249,7 +2166,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, SPLITB, L1ROWS>(cm, blockIdx.x, base,
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

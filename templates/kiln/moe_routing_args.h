@@ -124,27 +124,15 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
-  // Session 12 (helper topk3; outputs exact). Round 1 measured and deleted TOTROW (a totals row beside the superblock
-  // rows: +1.05 µs — 256 CTAs' atomics on one 1 KB row delay every release, and the bases' loads did not get shorter)
-  // and LATEWAIT (the late −1 fill's wait after the count rows: ±0); bench/NOTES.md.
-  // SCATTER (config `load` bit 16384): each warp zeroes its tokens' prob and routing-map rows in global memory
-  // at kernel start, while its rows are in flight, and its emit stores only the K picks (a prob and a map byte each):
-  // the 2.5 KB a warp of bulk row copies no longer sit in the SM's store queue at the end of the compute, where the
-  // slowest CTA's release waits behind them (d counts p50 1.09, max 1.82 µs in session 10's timeline).
-  kMoeRunScatter = 2097152,
-  // SPLIT (config `load` bit 32768): the bases' count rows of an expert over two threads (the idle half of the CTA):
-  // thread e its superblock rows, thread E + e its chunk rows before the CTA's chunk, joined through shared memory at
-  // the scan's barrier (≤ 16 loads a thread, not ≤ 31). L1ROWS (`load` 65536): the count rows loaded through L1
-  // (ld.ca after the acquire) — every CTA reads every superblock row sector at the same moment (256 requests a
-  // sector); the SM's two CTAs may then share a miss. SCATLATE (`load` 131072, implies SCATTER): SCATTER's zeroing once
-  // the warp's keys are formed (its rows landed) instead of at kernel start.
-  kMoeRunSplit = 4194304,
-  kMoeRunL1Rows = 8192,
-  kMoeRunScatLate = 16384,
-  // FILLEARLY (config `load` bit 262144, with FILLTMA at fill 4): the bulk −1 rows issued right after the loop
-  // barrier (before the counts and the release) instead of after the arrival: the late CTAs' fill no longer drains
-  // while their count rows load after the spin (round 1: the last 10 % arrivals end ≈ 0.7 µs after the others).
-  kMoeRunFillEarly = 32768,
+  // Session 12 (helper topk3): rounds 1–2 measured and deleted TOTROW (a totals row: +1.05 µs), LATEWAIT (±0), SCATTER
+  // (the prob / map rows zeroed at kernel start, the picks alone at the end: +1.0 — the early stores delay the row
+  // copies by ≈ 1.7 µs), SCATLATE (the same zeroing after the warp's keys: +0.29), SPLIT / L1ROWS (the bases' count rows
+  // over two threads / through L1: ±0.03) and FILLEARLY (the bulk −1 rows before the release: +0.46); bench/NOTES.md.
+  // DEFER1 (a candidate, outputs exact; config `load` bit 524288, with BULKST): the CTAs of the grid's first half —
+  // the first CTA on each SM — issue their warps' prob / map row copies after their loop barrier instead of as each
+  // warp finishes: their writes then no longer overlap the SM's second CTA's row loads (the second-half CTAs' rows
+  // land ≈ 1.3 µs after the first half's, and they are the last to arrive).
+  kMoeRunDefer1 = 32768,
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -169,7 +157,7 @@ enum : int {
   kMoeRunTrBasesLoaded,  // moe_chunk_bases: thread 0's count rows loaded (before the scan)
   kMoeRunTrWarp = 16,
   kMoeRunTrFillDone = kMoeRunTrWarp + 4 * 32,  // thread 0: its bulk −1 rows complete (FILLTMA, fill 4)
-  kMoeRunTrScanned,                            // moe_chunk_bases: its block scan done (every count row of the CTA in)
+  kMoeRunTrScanned,                            // moe_chunk_bases: thread 0's block scan done
   kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32 + 4,
 };
 
