@@ -87,10 +87,11 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      // session 12 (helper topk3), round 3 (rounds 1–2: TOTROW, LATEWAIT, fill 3, SCATTER, SCATLATE, SPLIT, L1ROWS,
-      // FILLEARLY — all lost or equal, deleted): DEFER1 (524288: the first-half CTAs' row copies after their loop
-      // barrier); 4091 without the prob / map row stores (timing only: what the rows' writes cost)
-      {"map: load 528379 (4091 + DEFER1)", true, 16, 2, 4, 16, 0, true, 528379},
+      // session 12 (helper topk3), round 4 (rounds 1–3: TOTROW, LATEWAIT, fill 3, SCATTER, SCATLATE, SPLIT, L1ROWS,
+      // FILLEARLY, DEFER1 — all lost or equal, deleted): LATEROWS 4 / 8 (the CTA's last 4 / 8 warps' row copies after
+      // its arrival); 4091 without the prob / map row stores (timing only: what the rows' writes cost, −0.75 in round 3)
+      {"map: load 1052667 (4091 + LATEROWS4)", true, 16, 2, 4, 16, 0, true, 1052667},
+      {"map: load 2101243 (4091 + LATEROWS8)", true, 16, 2, 4, 16, 0, true, 2101243},
       {"map: 4091 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 4091},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
@@ -222,8 +223,8 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"load 528379 (4091 + DEFER1)", true, 16, 2, 4, 16, 0, true, 528379},
-      {"load 4091 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 4091},
+      {"load 1052667 (4091 + LATEROWS4)", true, 16, 2, 4, 16, 0, true, 1052667},
+      {"load 2101243 (4091 + LATEROWS8)", true, 16, 2, 4, 16, 0, true, 2101243},
   };
 
 
