@@ -1111,10 +1111,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
-  // LATEROWS (moe_routing_args.h kMoeRunLateRows4 / 8; with BULKST at fill 4): the last 4 / 8 warps of the CTA to
-  // finish leave their prob / map row copies until after the CTA's arrival (counted by a shared-memory counter).
-  constexpr int LATEROWS = (V & kMoeRunLateRows8) != 0 ? 8 : (V & kMoeRunLateRows4) != 0 ? 4 : 0;
-  static_assert(LATEROWS == 0 || (MAP && FM == 4 && (V & kMoeRunBulkStore) != 0), "LATEROWS: bulk rows at fill 4");
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1276,7 +1272,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else {
       const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
-      if (LATEROWS > 0 && ot == 0) reinterpret_cast<u32*>(smisc)[2] = 0u;
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
         for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
       if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
@@ -1299,7 +1294,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   } else {
     for (int i = threadIdx.x; i < E * NMW; i += NTH) emask[i] = 0u;
-    if (LATEROWS > 0 && threadIdx.x == 0) reinterpret_cast<u32*>(smisc)[2] = 0u;
     if constexpr (LEAN)
       for (int i = threadIdx.x; i < TPW * W * (CAP + 2) / 2; i += NTH) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
     if constexpr (LEAN3) {
@@ -1381,30 +1375,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
   // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
-  // BULKST: the warp's prob and map rows (staged in shared memory, fenced to the async proxy) by bulk copies from its
-  // lane 0 — as the warp finishes, or (LATEROWS, the CTA's last warps to finish) after the CTA's arrival.
-  u32* const wdone = reinterpret_cast<u32*>(smisc) + 2;  // (LATEROWS: the warps that have emitted; zeroed at init)
-  bool rows_late = false;
-  auto issue_row_copies = [&] {
-    if (lane == 0) {
-      const int nwt = max(0, min(TPW, nct - warp * TPW));
-      const i64 t0w = tc0 + warp * TPW;
-      if constexpr (LEAN3) {  // (the warp's staged prob rows are contiguous: one copy)
-        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
-                     "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
-                     : "memory");
-      } else {
-        for (int i = 0; i < nwt; ++i)
-          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
-                       "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
-                       : "memory");
-      }
-      asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
-                   "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
-                   : "memory");
-      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-    }
-  };
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
@@ -1466,14 +1436,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (!DEFER && !NOROWS) {
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncwarp();
-        if constexpr (LATEROWS > 0) {
-          u32 old = 0;
-          if (lane == 0) old = atomicAdd(wdone, 1u);
-          old = __shfl_sync(ALL, old, 0);
-          const int nact = min(W, (nct + TPW - 1) / TPW);  // (the warps with tokens: every one of them emits)
-          rows_late = static_cast<int>(old) >= nact - LATEROWS;
+        if (lane == 0) {
+          const int nwt = max(0, min(TPW, nct - warp * TPW));
+          const i64 t0w = tc0 + warp * TPW;
+          if constexpr (LEAN3) {  // (the warp's staged prob rows are contiguous: one copy)
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
+                         "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
+                         : "memory");
+          } else {
+            for (int i = 0; i < nwt; ++i)
+              asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + (t0w + i) * E),
+                           "r"(smem_u32(rows + (warp * TPW + i) * RSF)), "r"(E * 4)
+                           : "memory");
+          }
+          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
+                       "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
+                       : "memory");
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
         }
-        if (!rows_late) issue_row_copies();
       }
     } else if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
@@ -2116,11 +2096,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
     if constexpr (LATE) fill_rows();
-    // LATEROWS: the last warps' row copies, now that the release is done (thread 0 passed fill_rows' CTA barrier
-    // after its release add).
-    if constexpr (LATEROWS > 0) {
-      if (rows_late) issue_row_copies();
-    }
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;

@@ -124,16 +124,8 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
-  // Session 12 (helper topk3): rounds 1–2 measured and deleted TOTROW (a totals row: +1.05 µs), LATEWAIT (±0), SCATTER
-  // (the prob / map rows zeroed at kernel start, the picks alone at the end: +1.0 — the early stores delay the row
-  // copies by ≈ 1.7 µs), SCATLATE (the same zeroing after the warp's keys: +0.29), SPLIT / L1ROWS (the bases' count rows
-  // over two threads / through L1: ±0.03) and FILLEARLY (the bulk −1 rows before the release: +0.46); bench/NOTES.md.
-  // Round 3 measured and deleted DEFER1 (the first-half CTAs' row copies after their loop barrier: +0.94).
-  // LATEROWS (candidates, outputs exact; config `load` bits 1048576 / 2097152, with BULKST at fill 4): the last 4 / 8
-  // warps of the CTA to finish leave their prob / map row copies until after the CTA's arrival, so that its release
-  // does not wait for them (round 3: without the row stores at all the last arrival comes ≈ 0.8 µs earlier).
-  kMoeRunLateRows4 = 32768,
-  kMoeRunLateRows8 = 64,
+  // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
+  // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
