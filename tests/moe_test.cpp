@@ -364,6 +364,13 @@ TEST(MoeCompile, CtaRunKernelPoints) {
                         find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355),
                         find(16, 4, 16, 3451), find(16, 4, 16, 4091)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
+  {  // (session 12: the Timeline's traced variants of 4091, with and without the prob / map row stores)
+    for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunTrace | kMoeRunNoRows}) {
+      detail::Specialization t = find(16, 4, 16, 4091);
+      t.config[5] = v;
+      EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
+    }
+  }
   const auto without = run_points_of(specs[5]);
   // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys
   // (1)

@@ -465,9 +465,10 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 // counts and offsets; the CTAs together write the inverse list's −1 entries (padding rows, round robin over experts,
 // and the tail up to num_out). The rows are read through L2 (ld.cg): in the fused forward other CTAs of the same
 // launch wrote them. base [E] and warp_tot [NTH / 32] in shared memory; ends with __syncthreads (base complete).
-// after_loads(v): called by every thread once its rows are summed (v depends on them; a trace stamp).
+// after_loads(v, 0): called by every thread once its rows are summed (v depends on them; a trace stamp); after_loads(v,
+// 1): once the block scan is done (v: its result).
 struct MoeNoStamp {
-  __device__ __forceinline__ void operator()(int) const {}
+  __device__ __forceinline__ void operator()(int, int) const {}
 };
 template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
@@ -529,10 +530,11 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
-  after_loads(local + pre[0]);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
+  after_loads(local + pre[0], 0);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
   int total;
   // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
   int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
+  after_loads(off, 1);
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
@@ -2127,8 +2129,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum.)
-      auto loaded = [&](int dep) {
+      // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when its
+      // block scan is done.)
+      auto loaded = [&](int dep, int phase) {
         if constexpr (TRACE) {
           u64 t;
           asm volatile(
@@ -2137,7 +2140,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
               : "=l"(t)
               : "r"(smem_u32(bars)), "r"(dep)
               : "memory");
-          if (threadIdx.x == 0) tr[kMoeRunTrBasesLoaded] = t;
+          if (threadIdx.x == 0) tr[phase == 0 ? kMoeRunTrBasesLoaded : kMoeRunTrScanned] = t;
         }
       };
       MoeChunkMap cm = a.map;
@@ -2145,7 +2148,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
-        if (threadIdx.x == 0) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+        if (threadIdx.x == 0) {
+          asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+          if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
+        }
       }
       moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);

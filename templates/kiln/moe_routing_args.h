@@ -124,6 +124,8 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
+  // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
+  // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
@@ -147,7 +149,9 @@ enum : int {
   kMoeRunTrPut,       // thread 0: its routed rows stored
   kMoeRunTrBasesLoaded,  // moe_chunk_bases: thread 0's count rows loaded (before the scan)
   kMoeRunTrWarp = 16,
-  kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32,
+  kMoeRunTrFillDone = kMoeRunTrWarp + 4 * 32,  // thread 0: its bulk −1 rows complete (FILLTMA, fill 4)
+  kMoeRunTrScanned,                            // moe_chunk_bases: thread 0's block scan done
+  kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32 + 4,
 };
 
 // Shared-memory layout of moe_route_run_kernel (CTA runs, TPT = 16 threads per token, 32 / TPT tokens per warp) for

@@ -10,8 +10,9 @@
 //    round medians, their range, and p10 / p50 / p90 over every call (the CTA-run kernel's run-to-run spread against the
 //    warp kernel's, same process).
 //  * Timeline: the CTA-run kernel's TRACE variant (kMoeRunTrace: per-CTA SM-clock stamps of its phases, per-warp rows
-//    landed / rows stored), one traced call after an L2 flush, three repeats; µs after the first CTA's entry
-//    (min / p10 / p50 / p90 / max over CTAs) and per-CTA phase durations.
+//    landed / rows stored), one traced call after an L2 flush, two repeats; µs after the first CTA's entry
+//    (min / p10 / p50 / p90 / max over CTAs) and per-CTA phase durations; the tail by arrival order and the CTAs / SMs
+//    whose rows and loop barriers come last.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -87,8 +88,8 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
 TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"map: load 379 (session 9 default)", true, 16, 2, 4, 16, 0, true, 379},
-      {"map: load 3451 (379 + WAITLEAN + FASTDIV)", true, 16, 2, 4, 16, 0, true, 3451},
+      // (session 12, helper topk3: nine candidates on 4091 in four rounds, none faster — bench/NOTES.md)
+      {"map: 4091 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 4091},
       {"map: 4091 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4091},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
@@ -118,7 +119,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       EXPECT_TRUE(d.first == got.end()) << "first differing output byte " << (d.first - got.begin());
     }
   }
-  const int rounds = 9, calls = 10;
+  const int rounds = 15, calls = 10;
   std::map<std::string, std::vector<double>> med, all;
   for (int round = 0; round < rounds; ++round)
     for (size_t i = 0; i < cfgs.size(); ++i) {
@@ -216,10 +217,12 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
     }
 }
 
-// One traced call after an L2 flush (three repeats) per config; an untraced call first (the outputs must match).
+// One traced call after an L2 flush (two repeats) per config; an untraced call first (the outputs must match where
+// the config writes everything).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
+      {"load 4091 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 4091},
   };
 
 
@@ -248,7 +251,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
     detail::moe_route_run_trace.store(static_cast<unsigned long long*>(tb.data()));
     in.run(nullptr);  // compiles the TRACE variant
     synchronize();
-    for (int rep = 0; rep < 3; ++rep) {
+    for (int rep = 0; rep < 2; ++rep) {
       tb.fill(0);
       l2.flush(nullptr);
       detail::check(detail::driver().cuEventRecord(ev0, nullptr), "cuEventRecord");
@@ -285,11 +288,11 @@ TEST_F(MoeRouteMeasure, Timeline) {
       const int W = c.warps;
       // Columns: µs after the first CTA's entry.
       enum { ENTRY, INIT, ISSUED, FILLED, W0ROWS, LASTROWS, W0DONE, LASTDONE, LOOP, PDL, COUNTED, ARRIVED, WAITED,
-             BLOADED, BASES, PUT, END, NCOL };
+             FILLDONE, BLOADED, SCANNED, BASES, PUT, END, NCOL };
       const char* names[NCOL] = {"entry",       "init",          "rows issued", "fill issued", "warp0 rows",
                                  "last rows",   "warp0 stored",  "last stored", "loop barrier", "pdl wait",
-                                 "counted",     "arrived+late",  "spin passed", "bases loaded", "bases",
-                                 "routed put",  "end"};
+                                 "counted",     "arrived+late",  "spin passed", "fill done",    "bases loaded",
+                                 "scan done",   "bases",         "routed put",  "end"};
       std::vector<std::vector<double>> col(NCOL);
       std::vector<double> d_rows, d_compute, d_keys, d_sel, d_emit, d_skew, d_counts, d_spin, d_bload, d_bases, d_put,
           d_exit;
@@ -345,7 +348,9 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(ARRIVED, arrived);
         put(WAITED, waited);
         const double bloaded = rel(at(b, kMoeRunTrBasesLoaded));
+        put(FILLDONE, rel(at(b, kMoeRunTrFillDone)));
         put(BLOADED, bloaded);
+        put(SCANNED, rel(at(b, kMoeRunTrScanned)));
         put(BASES, bases);
         put(PUT, putd);
         put(END, end);
@@ -395,6 +400,82 @@ TEST_F(MoeRouteMeasure, Timeline) {
       row(" . loads", d_bload);         //   spin passed → thread 0's count rows landed
       row("d put", d_put);             // bases → routed rows stored (thread 0)
       row("d exit", d_exit);           // routed rows → the CTA's end
+      // The tail by arrival order (session 12): CTAs sorted by their arrival ("counted"); the last 26 (≈ 10 %) against
+      // the rest — spin passed → fill done / thread 0's rows loaded / scan done (every row of the CTA in) / end; and
+      // the CTA that ends last: its arrival rank, chunk in its superblock (b % 16: its chunk rows), SM partner's rank.
+      {
+        std::vector<std::pair<double, int>> order;
+        for (int b = 0; b < ctas; ++b) {
+          const uint64_t cn = at(b, kMoeRunTrCounted);
+          if (cn) order.push_back({static_cast<double>(cn - t0) / 1000.0, b});
+        }
+        std::sort(order.begin(), order.end());
+        std::vector<int> rank(ctas, -1);
+        for (size_t i = 0; i < order.size(); ++i) rank[order[i].second] = static_cast<int>(i);
+        auto rl = [&](int b, int slot) {
+          const uint64_t v = at(b, slot);
+          return v ? static_cast<double>(v - t0) / 1000.0 : -1.0;
+        };
+        const int late_from = static_cast<int>(order.size()) - std::max(1, static_cast<int>(order.size()) / 10);
+        std::vector<double> lf[2], ll[2], ls[2], le[2];
+        int last_b = 0;
+        for (int b = 0; b < ctas; ++b) {
+          if (rl(b, kMoeRunTrEndNs) > rl(last_b, kMoeRunTrEndNs)) last_b = b;
+          if (rank[b] < 0) continue;
+          const int g = rank[b] >= late_from ? 1 : 0;
+          const double w = rl(b, kMoeRunTrWaited);
+          if (w < 0) continue;
+          if (rl(b, kMoeRunTrFillDone) >= 0) lf[g].push_back(rl(b, kMoeRunTrFillDone) - w);
+          if (rl(b, kMoeRunTrBasesLoaded) >= 0) ll[g].push_back(rl(b, kMoeRunTrBasesLoaded) - w);
+          if (rl(b, kMoeRunTrScanned) >= 0) ls[g].push_back(rl(b, kMoeRunTrScanned) - w);
+          le[g].push_back(rl(b, kMoeRunTrEndNs) - w);
+        }
+        for (int g = 0; g < 2; ++g)
+          std::printf("  %s arrivals (%zu): after the spin, p50 / max µs: fill done %.2f / %.2f, rows loaded %.2f / "
+                      "%.2f, scan done %.2f / %.2f, end %.2f / %.2f\n",
+                      g ? "last 10% " : "first 90%", le[g].size(), quantile(lf[g], 0.5), quantile(lf[g], 1),
+                      quantile(ll[g], 0.5), quantile(ll[g], 1), quantile(ls[g], 0.5), quantile(ls[g], 1),
+                      quantile(le[g], 0.5), quantile(le[g], 1));
+        int partner = -1;
+        for (int b = 0; b < ctas; ++b)
+          if (b != last_b && at(b, kMoeRunTrSm) == at(last_b, kMoeRunTrSm)) partner = b;
+        std::printf("  last to end: CTA %d (arrival rank %d of %zu, chunk %d of its superblock), counted %.2f, spin "
+                    "passed %.2f, fill done %.2f, rows loaded %.2f, scan done %.2f, bases %.2f, put %.2f, end %.2f; "
+                    "SM partner CTA %d rank %d\n",
+                    last_b, rank[last_b], order.size(), last_b % 16, rl(last_b, kMoeRunTrCounted),
+                    rl(last_b, kMoeRunTrWaited), rl(last_b, kMoeRunTrFillDone), rl(last_b, kMoeRunTrBasesLoaded),
+                    rl(last_b, kMoeRunTrScanned), rl(last_b, kMoeRunTrBases), rl(last_b, kMoeRunTrPut),
+                    rl(last_b, kMoeRunTrEndNs), partner, partner >= 0 ? rank[partner] : -1);
+        // The CTAs whose last rows landed last and whose loop barrier came last (the DRAM service skew): their SM
+        // ids, to see whether the same SMs are late in every repeat.
+        {
+          std::vector<std::pair<double, int>> lr, lb;
+          for (int b = 0; b < ctas; ++b) {
+            double m = -1;
+            for (int w = 0; w < W; ++w) m = std::max(m, rl(b, kMoeRunTrWarp + 4 * w));
+            lr.push_back({m, b});
+            lb.push_back({rl(b, kMoeRunTrLoopDone), b});
+          }
+          std::sort(lr.rbegin(), lr.rend());
+          std::sort(lb.rbegin(), lb.rend());
+          std::printf("  latest rows (µs: CTA/SM):");
+          for (int i = 0; i < 12 && i < ctas; ++i)
+            std::printf(" %.2f:%d/%d", lr[i].first, lr[i].second, static_cast<int>(at(lr[i].second, kMoeRunTrSm)));
+          std::printf("\n  latest loop barriers (µs: CTA/SM):");
+          for (int i = 0; i < 12 && i < ctas; ++i)
+            std::printf(" %.2f:%d/%d", lb[i].first, lb[i].second, static_cast<int>(at(lb[i].second, kMoeRunTrSm)));
+          std::printf("\n");
+        }
+        // End by the CTA's chunk index in its superblock (its chunk rows: 0 … 15), p50 over the 16 superblocks.
+        std::printf("  end − spin passed by chunk in superblock (p50 µs):");
+        for (int j = 0; j < 16; ++j) {
+          std::vector<double> v;
+          for (int b = j; b < ctas; b += 16)
+            if (rl(b, kMoeRunTrWaited) >= 0) v.push_back(rl(b, kMoeRunTrEndNs) - rl(b, kMoeRunTrWaited));
+          std::printf(" %.2f", quantile(v, 0.5));
+        }
+        std::printf("\n");
+      }
       std::printf("  per warp (p50 over CTAs, µs after the CTA's entry): warp: rows landed / keys / picks / stored\n ");
       for (int w = 0; w < W; ++w)
         std::printf(" %d: %.2f/%.2f/%.2f/%.2f%s", w, quantile(pw_rows[w], 0.5), quantile(pw_keys[w], 0.5),
