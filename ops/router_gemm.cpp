@@ -785,8 +785,10 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
                           kRgNoExitSync)) |
               (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
-    // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
-    const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
+    // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages (ping-pong:
+    // a tile at least as long as the ring, so that the cluster's last tile's fills are the last of every stage).
+    const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) &&
+                         (!xmc_pingpong(s) || (K + 63) / 64 >= s.config[C_STAGES]) &&
                          (E / 2) % 32 == 0 && s.config[C_STAGES] >= 4 && a.tile_rows == bm &&
                          (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
     if (epi_tma) {

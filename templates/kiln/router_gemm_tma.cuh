@@ -361,7 +361,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
 //    a CTA is written by three CTAs of the cluster, so every consumer releases it in all four.
 //  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots, kRgTraceFwdSlots a CTA).
-//  * kRgEpiTma (not with PP; EH % 32 == 0, STAGES ≥ 4 and tile_rows == BM, else ignored): the cluster's last tile leaves
+//  * kRgEpiTma (EH % 32 == 0, STAGES ≥ 4 and tile_rows == BM, else ignored): the cluster's last tile leaves
 //    by TMA stores through a.tmo. Warp v of consumer warpgroup w stages its 16 rows (128-byte-swizzled boxes of 16 ×
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
@@ -381,8 +381,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
-  // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
-  constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
+  // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v (ping-pong:
+  // the stage's whole 64-row x tile, free once the cluster's last tile has landed if a tile is at least as long as the
+  // ring — see kRgEpiTma below).
+  constexpr bool CAN_EPI_TMA = EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192 && (!PP || CHUNKS >= STAGES);
   using Row = rg90::WgmmaRow<EH, 0>;
 
   // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
@@ -564,7 +566,11 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
       if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
-        const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
+        // This warpgroup's x rows in stage `warp`. Ping-pong: the cluster's last tile is this warpgroup's, every fill
+        // of the ring has landed (it waited for its tile's, the last ones) and the other warpgroup's tiles were all
+        // released before them (CHUNKS ≥ STAGES: every stage's last fill is this tile's), so no one reads or writes
+        // stages 0–3 any more.
+        const u32 slot = ring.stage(warp) + (PP ? 0 : wm * 64 * 128);
         Row::stage_sw128(acc, slot, lane);
         fence_proxy_async();
         __syncwarp();

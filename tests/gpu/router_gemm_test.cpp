@@ -636,7 +636,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     detail::RouterGemmConfig cfg;  // bm = 0: the default
     bool back_to_back;
   };
-  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9};
   const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
   const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
@@ -655,7 +655,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"default, back to back (no flush)", 0, def, true},
                        Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
-                       Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true}}) {
+                       Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true},
+                       Mode{"pingpong 9 stages, register stores", 0, pp9, false},
+                       Mode{"pingpong 9 stages, last tile TMA stores", kRgEpiTma | kRgNoExitSync, pp9, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -698,9 +700,12 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       uint64_t t0 = ~0ull;
       for (int c = 0; c < ctas; ++c) t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
       // Columns (µs after the first CTA's start).
-      const char* names[] = {"start",  "prod first", "first full", "last full",  "mma done",  "stored",      "fenced",
-                             "end (gt)", "wg1 fenced", "prod last", "init done", "cluster ok", "before fill", "exit (gt)"};
-      std::vector<std::vector<double>> col(14);
+      const char* names[] = {"start",      "prod first", "first full", "last full",   "mma done",
+                             "stored",     "fenced",     "end (gt)",   "wg1 fenced",  "prod last",
+                             "init done",  "cluster ok", "before fill", "exit (gt)",  "wg1 lastfull",
+                             "wg1 mmadone"};
+      constexpr int COLS = 16;
+      std::vector<std::vector<double>> col(COLS);
       std::vector<std::pair<double, int>> ends;
       for (int c = 0; c < ctas; ++c) {
         const double st = (at(c, kRgTraceStartNs) - t0) / 1000.0;
@@ -720,6 +725,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
         col[11].push_back(rel(at(c, kRgTraceClusterDone)));
         col[12].push_back(rel(at(c, kRgTraceProducerPre)));
         col[13].push_back((at(c, kRgTraceExitNs) - t0) / 1000.0);
+        const uint64_t l1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceLastFull),
+                       m1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceMmaDone);
+        col[14].push_back(f1 && l1 ? rel(l1) : 0.0);
+        col[15].push_back(f1 && m1 ? rel(m1) : 0.0);
         ends.push_back({std::max(col[6].back(), col[8].back()), c});
       }
       double span = 0;
@@ -727,7 +736,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f µs; "
                   "µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
                   m.name, rep, ctas, ghz, event_us, span);
-      for (int k = 0; k < 14; ++k) {
+      for (int k = 0; k < COLS; ++k) {
         std::vector<double> v = col[k];
         std::sort(v.begin(), v.end());
         auto q = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
@@ -1165,6 +1174,81 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
                   static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
                   detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
     }
+  }
+}
+
+// Measurement (prints; checks that the arms that keep the sums give the default's bits): session 12's ping-pong
+// question at 8192 × 2048 → 256 (bench/NOTES.md, "Session 12 (helper rfwd3)"). Arms, each timed once a round in a
+// fresh random order, L2 flushed before every call ($KILN_RG_AB_ROUNDS rounds, default 24): the op's default (128 ×
+// 128 tiles, 6 stages) and its main loop alone (nostore); the ping-pong form (64-row tiles, the two consumer
+// warpgroups taking alternate tiles: the first tile's stores drain under the second one's main loop) at 9 stages with
+// register stores, its last tile by TMA stores (kRgEpiTma), without stores, with only the first tile stored
+// (kRgHalfStore: what the hidden stores cost), and at 6 stages without stores (the ring's bytes in flight). Paired
+// differences per round: median, p10, p90 and the share of rounds the second arm is faster.
+TEST_F(RouterGemmTest, FwdPingPongAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
+  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xe4c}), mix_seed({0xe5c}));
+  DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+  detail::L2Flusher l2(r, nullptr);
+  const detail::RouterGemmConfig pp9{64, 128, 64, 2, 2, 9}, pp6{64, 128, 64, 2, 2, 6};
+  struct Arm {
+    const char* name;
+    int flags;  // measurement flags; with kRgEpiTma / kRgEpiDirect the kernel's options exactly as named
+    const detail::RouterGemmConfig* cfg;
+  };
+  const Arm arms[] = {{"default", 0, nullptr},
+                      {"default nostore", kRgSkipStore, nullptr},
+                      {"pp9 (register stores)", 0, &pp9},
+                      {"pp9 nostore", kRgSkipStore, &pp9},
+                      {"pp9 + last tile TMA stores", kRgEpiTma | kRgNoExitSync, &pp9},
+                      {"pp9 first tile stored only", kRgHalfStore | kRgEpiDirect | kRgNoExitSync, &pp9},
+                      {"pp6 nostore", kRgSkipStore, &pp6},
+                      {"default again", 0, nullptr}};
+  constexpr int N = static_cast<int>(std::size(arms));
+  auto call = [&](const Arm& a) {
+    detail::router_gemm_measure_flags.store(a.flags);
+    detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                        yb.ref(DType::f32, {T, E}), 5, a.cfg, nullptr);
+    detail::router_gemm_measure_flags.store(0);
+  };
+  call(arms[0]);
+  synchronize();
+  const std::vector<float> want = yb.download<float>(T * E);
+  for (const Arm& a : arms) {  // compiles every point outside the timing; the full-output arms give the default's bits
+    call(a);
+    synchronize();
+    if (!(a.flags & (kRgSkipStore | kRgHalfStore))) EXPECT_TRUE(bitwise_equal(a.name, yb.download<float>(T * E), want));
+  }
+  std::vector<std::vector<double>> us(N, std::vector<double>(rounds));
+  std::mt19937 rng(0x5e12);
+  std::vector<int> order(N);
+  for (int k = 0; k < N; ++k) order[k] = k;
+  for (int i = 0; i < rounds; ++i) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int k : order) us[k][i] = timed_once(l2, [&] { call(arms[k]); });
+  }
+  for (int k = 0; k < N; ++k) {
+    std::vector<double> v = us[k];
+    std::sort(v.begin(), v.end());
+    double mean = 0;
+    for (double t : v) mean += t / rounds;
+    std::printf("[pp] %-30s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n", arms[k].name, detail::median(v), mean,
+                v[v.size() / 10], v[v.size() * 9 / 10], rounds);
+  }
+  for (auto [p, q] : {std::pair<int, int>{0, 2}, {0, 4}, {2, 4}, {1, 3}, {3, 5}, {3, 2}, {3, 4}, {1, 0}, {6, 3}, {0, 7}}) {
+    std::vector<double> d;
+    int wins = 0;
+    for (int i = 0; i < rounds; ++i) {
+      d.push_back(us[q][i] - us[p][i]);
+      wins += us[q][i] < us[p][i];
+    }
+    std::sort(d.begin(), d.end());
+    std::printf("[pp] paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n", arms[q].name,
+                arms[p].name, detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
   }
 }
 
