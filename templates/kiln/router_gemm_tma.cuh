@@ -108,10 +108,13 @@ __device__ __forceinline__ void next_stage(int& s, u32& phase) {
 template <int STAGES, int STAGE>
 struct StageRing {
   u32 base, bars;
-  __device__ __forceinline__ explicit StageRing(const char* smem) {
+  // The ring at the start of the dynamic shared memory; its mbarriers after it and `gap` more bytes (a second ring).
+  __device__ __forceinline__ explicit StageRing(const char* smem, u32 gap = 0) {
     base = (smem_u32(smem) + 1023u) & ~1023u;
-    bars = base + STAGES * STAGE;
+    bars = base + STAGES * STAGE + gap;
   }
+  // A ring at `base_` whose mbarriers are at `bars_`.
+  __device__ __forceinline__ StageRing(u32 base_, u32 bars_) : base(base_), bars(bars_) {}
   __device__ __forceinline__ u32 stage(int s) const { return base + s * STAGE; }
   __device__ __forceinline__ u32 full(int s) const { return bars + 8 * s; }
   __device__ __forceinline__ u32 empty(int s) const { return bars + 8 * (STAGES + s); }
@@ -356,6 +359,11 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    (every stage is read by one warpgroup of each CTA). The producer fills the ring in tile order, so warpgroup 1's
 //    main loop starts as warpgroup 0's ends and warpgroup 0 stores its tile under it: only the last tile's store is
 //    left after the last chunk, at the price of w landing once per 64 rows instead of per 128.
+//  * SW > 0 (session 12; clusters of 2, ISSUE = 1): separate rings — STAGES x stages of BM·128 bytes (x multicast as
+//    above, released by the readers of both CTAs) and SW w stages (this CTA's w chunk, released by its own readers),
+//    filled by two producer threads (0: x, 32: w). w comes from L2, so its ring needs only L2 latency's depth and the
+//    shared memory goes to x: with PP, 17 x stages of 8 KiB + 5 w stages of 16 KiB hold 68 KiB of x requests in flight
+//    a CTA against 36 KiB with one ring of 9 (24 KiB) stages. Same MMAs in the same order: the same bits.
 //  * CL = 4: clusters of 2 token tiles × 2 expert halves; CTA rank 2·i + j (token tile i, expert half j) fetches half
 //    of its x tile (multicast to the two CTAs of tile i) and half of its w half (multicast to the two CTAs of half j):
 //    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
@@ -367,7 +375,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
-template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2, int SW = 0>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -381,6 +389,11 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
+  // SW > 0: separate rings — STAGES x stages (A_BYTES each) and SW w stages (B_BYTES), each with its own barriers.
+  constexpr bool SR = SW > 0;
+  static_assert(!SR || (CL == 2 && ISSUE == 1), "separate rings: clusters of 2, one stage at a time");
+  constexpr int XSTAGE = SR ? A_BYTES : STAGE, WS = SR ? SW : 1;
+  constexpr int RING_BYTES = SR ? STAGES * A_BYTES + SW * B_BYTES : STAGES * STAGE;
   // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v (ping-pong:
   // the stage's whole 64-row x tile, free once the cluster's last tile has landed if a tile is at least as long as the
   // ring — see kRgEpiTma below).
@@ -400,7 +413,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
-  const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
+  const rgt::StageRing<STAGES, XSTAGE> ring(smem_raw, SR ? SW * B_BYTES : 0);  // x (and w unless SR)
+  const rgt::StageRing<WS, B_BYTES> wring(ring.base + STAGES * A_BYTES, ring.bars + 16 * STAGES);  // SR: w
   const int tid = threadIdx.x;
   const u32 rank = blockIdx.x % CL;
   const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
@@ -439,11 +453,30 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     }
   };
 
+  // SR: the x half and the w chunk of tile group t's chunk j, into x stage s / w stage s (clusters of 2: x multicast
+  // to both CTAs, w this CTA's own).
+  auto fill_x = [&](int t, int j, int s) {
+    const int m0 = t * rows;
+    const u32 full = ring.full(s);
+    mbar_arrive_expect_tx(full, (load && m0 < a.T ? XR * 128 : 0) + (load && m0 + XR < a.T ? XR * 128 : 0));
+    const int x0 = m0 + ej * XR;
+    if (load && x0 < a.T)
+      tma_load_2d_multicast(ring.stage(s) + ej * XR * 128, &a.tmx, full, kc_of(t, j) * 64, x0,
+                            static_cast<unsigned short>(3));
+  };
+  auto fill_w = [&](int t, int j, int s) {
+    const u32 full = wring.full(s);
+    mbar_arrive_expect_tx(full, load_w ? EH * 128 : 0);
+    if (load_w) tma_load_2d(wring.stage(s), &a.tmw, full, kc_of(t, j) * 64, ej * EH);
+  };
+
   u64 t_init = 0, t_cluster = 0, t_pre = 0, t_first = 0;
   if (tid == 0) {
-    // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
-    // cluster: the barrier below needs no release of its own.
+    // Every consumer warpgroup of the cluster that reads a stage releases it (SR: an x stage; a w stage, written by
+    // this CTA alone, is released by this CTA's readers). The init fence releases the inits to the cluster: the
+    // barrier below needs no release of its own.
     ring.init(READERS);
+    if constexpr (SR) wring.init(PP ? 1 : WGM);
     if (trace) t_init = rgt::clk();
   }
   cluster_arrive_relaxed();
@@ -470,7 +503,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
               }
           }
           if (trace && !t_pre) t_pre = rgt::clk();
-          fill(t, j, s);
+          if constexpr (SR) fill_x(t, j, s);
+          else fill(t, j, s);
           if (trace && !t_first) t_first = rgt::clk();
           if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
@@ -503,6 +537,23 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           }
         }
     }
+    if constexpr (SR) {
+      if (tid == 32) {  // the w ring's producer: the same walk; its stages are free once this CTA's readers released them
+        int s = 0;
+        u32 phase = 0;
+        for (int t = cluster; t < groups; t += clusters)
+          for (int j = 0; j < CHUNKS; ++j) {
+            wring.wait_empty(s, phase);
+            fill_w(t, j, s);
+            rgt::next_stage<SW>(s, phase);
+          }
+        if (flags & kRgNoExitSync)
+          for (int i = 0; i < SW; ++i) {
+            wring.wait_empty(s, phase);
+            rgt::next_stage<SW>(s, phase);
+          }
+      }
+    }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
     if constexpr (WGM > 1) setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
@@ -513,13 +564,14 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     // s · STAGE / 16 and a k16 step 2 (rg90::desc_lo). Threads 0 … CL − 1 of the warpgroup release a stage in CTA
     // (tid mod 128) of the cluster: the peer's empty(0), mapped once; empty(s) is 8·s bytes on.
     const u32 a_lo0 = rg90::desc_lo(ring.stage(0) + (PP ? 0 : wm * 64 * 128));
-    const u32 b_lo0 = rg90::desc_lo(ring.stage(0) + A_BYTES);
+    const u32 b_lo0 = rg90::desc_lo(SR ? wring.stage(0) : ring.stage(0) + A_BYTES);
     const bool releaser = (tid & 127) < CL;
+    const bool wreleaser = (tid & 127) == 0;  // SR: releases a w stage (this CTA's)
     u32 rel0 = ring.empty(0);
     if constexpr (CL > 1)
       asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(ring.empty(0)), "r"((tid & 127) % CL));
-    int s = 0;
-    u32 phase = 0;
+    int s = 0, sw = 0;  // x (SR) or the ring's stage; SR: the w ring's
+    u32 phase = 0, pw = 0;
     bool started = false;  // trace: this warpgroup's first tile is done
     bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
     for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
@@ -527,6 +579,11 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         const int adv = s + CHUNKS;
         phase ^= static_cast<u32>((adv / STAGES) & 1);
         s = adv % STAGES;
+        if constexpr (SR) {
+          const int advw = sw + CHUNKS;
+          pw ^= static_cast<u32>((advw / SW) & 1);
+          sw = advw % SW;
+        }
         continue;
       }
       // Ping-pong hand-off: a full barrier's parity tells phases apart only one phase ahead, so this warpgroup waits
@@ -536,20 +593,27 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       const int m0 = (t * TPG + ti) * rows;
       typename Row::Acc acc;
       Row::zero(acc);
-      int prev = -1;
+      int prev = -1, prevw = -1;
       const bool last = t + clusters >= groups;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         ring.wait_full(s, phase);
+        if constexpr (SR) wring.wait_full(sw, pw);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
-        const u32 off = static_cast<u32>(s) * (STAGE / 16);
-        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
+        const u32 off = static_cast<u32>(s) * (XSTAGE / 16);
+        const u32 offw = SR ? static_cast<u32>(sw) * (B_BYTES / 16) : off;
+        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + offw);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
         if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
+        if constexpr (SR) {
+          if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
+          prevw = sw;
+          rgt::next_stage<SW>(sw, pw);
+        }
         prev = s;
         if (++s == STAGES) {
           s = 0;
@@ -559,6 +623,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       rg90::wgmma_wait<0>();
       Row::fence(acc);
       ring.template release<CL>(prev, tid, prev >= 0);
+      if constexpr (SR)
+        if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
@@ -585,7 +651,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         continue;
       }
       float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
-      constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
+      constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= RING_BYTES;  // the staging fits the ring(s)
       if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
         // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,

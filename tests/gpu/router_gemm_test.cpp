@@ -1177,14 +1177,54 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
   }
 }
 
+// The expert-pair forward with separate x and w rings (variant 6, session 12): the ping-pong form (its default: 17
+// x stages, 5 w stages; and 6 / 15) and 128-token tiles (4 / 9), with register stores, the last tile by TMA stores, the
+// staged epilogue with the final cluster barrier (kRgXmcPlain), the mixed epilogue, the K walk rotated; shapes with
+// partial tiles, tiny T, K not a multiple of 64 and shorter than the ring (one chunk), several tiles per cluster, E of
+// 16 … 256; strided logits. Every result must equal the shared-ring default's bits (the same MMAs in the same order;
+// rotated: the rotated default's) and the fp64 reference; rows past the view untouched.
+TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
+                         Shape{130, 64, 128}, Shape{1000, 2048, 160}, Shape{1, 1600, 16}}) {
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xf0c, static_cast<uint64_t>(T)}), mix_seed({0xf1c, static_cast<uint64_t>(E)}));
+    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
+    const int32_t eh = static_cast<int32_t>(E / 2);
+    const detail::RouterGemmConfig pp6{64, eh, 64, 2, 6, 15}, wide{128, eh, 64, 2, 4, 9};
+    std::vector<const detail::RouterGemmConfig*> cfgs = {nullptr};
+    if (T == 8192 || T == 4097 || T == 130) cfgs.push_back(&wide);
+    if (T == 8192 || T == 17000) cfgs.push_back(&pp6);
+    const Fwd base = run_fwd(x, w, T, K, E, nullptr, 0, 0, 5);
+    detail::router_gemm_measure_flags.store(kRgRotateK);
+    const Fwd base_rot = run_fwd(x, w, T, K, E, nullptr, 0, 0, 5);
+    detail::router_gemm_measure_flags.store(0);
+    for (const detail::RouterGemmConfig* c : cfgs)
+      for (int flags : {0, kRgEpiTma | kRgNoExitSync, kRgXmcPlain, kRgEpiTma | kRgEpiMix | kRgNoExitSync, kRgRotateK}) {
+        SCOPED_TRACE("flags " + std::to_string(flags) + " " + (c ? fmt_config(*c) : std::string("default")) +
+                     " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
+        detail::router_gemm_measure_flags.store(flags);
+        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 6);
+        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 6);  // strided logits
+        detail::router_gemm_measure_flags.store(0);
+        EXPECT_TRUE(f.guards_ok && g.guards_ok);
+        EXPECT_TRUE(logits_close(f.y, want, K, E));
+        EXPECT_TRUE(bitwise_equal("split rings vs the default", f.y, flags & kRgRotateK ? base_rot.y : base.y));
+        EXPECT_TRUE(bitwise_equal("strided logits", g.y, f.y));
+      }
+  }
+}
+
 // Measurement (prints; checks that the arms that keep the sums give the default's bits): session 12's ping-pong
 // question at 8192 × 2048 → 256 (bench/NOTES.md, "Session 12 (helper rfwd3)"). Arms, each timed once a round in a
 // fresh random order, L2 flushed before every call ($KILN_RG_AB_ROUNDS rounds, default 24): the op's default (128 ×
 // 128 tiles, 6 stages) and its main loop alone (nostore); the ping-pong form (64-row tiles, the two consumer
 // warpgroups taking alternate tiles: the first tile's stores drain under the second one's main loop) at 9 stages with
 // register stores, its last tile by TMA stores (kRgEpiTma), without stores, with only the first tile stored
-// (kRgHalfStore: what the hidden stores cost), and at 6 stages without stores (the ring's bytes in flight). Paired
-// differences per round: median, p10, p90 and the share of rounds the second arm is faster.
+// (kRgHalfStore: what the hidden stores cost), and at 6 stages without stores (the ring's bytes in flight); then the
+// separate x and w rings (variant 6): the ping-pong form at 17 x + 5 w stages (last tile by TMA stores; without
+// stores), at 15 + 6, and 128-row tiles at 9 + 4 (mixed epilogue; without stores). Paired differences per round:
+// median, p10, p90 and the share of rounds the second arm is faster.
 TEST_F(RouterGemmTest, FwdPingPongAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1195,10 +1235,13 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
   DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
   detail::L2Flusher l2(r, nullptr);
   const detail::RouterGemmConfig pp9{64, 128, 64, 2, 2, 9}, pp6{64, 128, 64, 2, 2, 6};
+  // variant 6 (separate rings): wn = w stages, stages = x stages
+  const detail::RouterGemmConfig sr17{64, 128, 64, 2, 5, 17}, sr15{64, 128, 64, 2, 6, 15}, srw{128, 128, 64, 2, 4, 9};
   struct Arm {
     const char* name;
     int flags;  // measurement flags; with kRgEpiTma / kRgEpiDirect the kernel's options exactly as named
     const detail::RouterGemmConfig* cfg;
+    int variant = 5;
   };
   const Arm arms[] = {{"default", 0, nullptr},
                       {"default nostore", kRgSkipStore, nullptr},
@@ -1207,18 +1250,26 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
                       {"pp9 + last tile TMA stores", kRgEpiTma | kRgNoExitSync, &pp9},
                       {"pp9 first tile stored only", kRgHalfStore | kRgEpiDirect | kRgNoExitSync, &pp9},
                       {"pp6 nostore", kRgSkipStore, &pp6},
-                      {"default again", 0, nullptr}};
-  constexpr int N = static_cast<int>(std::size(arms));
+                      {"default again", 0, nullptr},
+                      {"sr pp 17x+5w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr17, 6},
+                      {"sr pp 17x+5w nostore", kRgSkipStore, &sr17, 6},
+                      {"sr pp 15x+6w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr15, 6},
+                      {"sr 128-row 9x+4w, mixed", kRgEpiTma | kRgEpiMix | kRgNoExitSync, &srw, 6},
+                      {"sr 128-row 9x+4w nostore", kRgSkipStore, &srw, 6}};
+  // $KILN_RG_PP_NOSR: without the split-ring arms (the first eight only)
+  const char* nosr = std::getenv("KILN_RG_PP_NOSR");
+  const int N = nosr && *nosr ? 8 : static_cast<int>(std::size(arms));
   auto call = [&](const Arm& a) {
     detail::router_gemm_measure_flags.store(a.flags);
     detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                        yb.ref(DType::f32, {T, E}), 5, a.cfg, nullptr);
+                                        yb.ref(DType::f32, {T, E}), a.variant, a.cfg, nullptr);
     detail::router_gemm_measure_flags.store(0);
   };
   call(arms[0]);
   synchronize();
   const std::vector<float> want = yb.download<float>(T * E);
-  for (const Arm& a : arms) {  // compiles every point outside the timing; the full-output arms give the default's bits
+  for (int k = 0; k < N; ++k) {  // compiles every point outside the timing; the full-output arms give the default's bits
+    const Arm& a = arms[k];
     call(a);
     synchronize();
     if (!(a.flags & (kRgSkipStore | kRgHalfStore))) EXPECT_TRUE(bitwise_equal(a.name, yb.download<float>(T * E), want));
@@ -1239,7 +1290,10 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
     std::printf("[pp] %-30s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n", arms[k].name, detail::median(v), mean,
                 v[v.size() / 10], v[v.size() * 9 / 10], rounds);
   }
-  for (auto [p, q] : {std::pair<int, int>{0, 2}, {0, 4}, {2, 4}, {1, 3}, {3, 5}, {3, 2}, {3, 4}, {1, 0}, {6, 3}, {0, 7}}) {
+  // (the last ones: the split rings against the default, against the one-ring ping-pong, and their loops alone)
+  for (auto [p, q] : {std::pair<int, int>{0, 2}, {0, 4}, {2, 4}, {1, 3}, {3, 5}, {3, 2}, {3, 4}, {1, 0}, {6, 3}, {0, 7},
+                      {0, 8}, {4, 8}, {1, 9}, {3, 9}, {9, 8}, {0, 10}, {0, 11}, {1, 12}}) {
+    if (p >= N || q >= N) continue;
     std::vector<double> d;
     int wins = 0;
     for (int i = 0; i < rounds; ++i) {
