@@ -606,12 +606,12 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
   float event_us = 0;
   // traced: L2 flushed first (unless back_to_back: the same call right before instead), CUDA events around the call.
-  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg, bool back_to_back) {
+  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg, bool back_to_back, int variant) {
     tb.fill(0);
     detail::router_gemm_measure_flags.store(flags);
     auto call = [&] {
       detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                          yb.ref(DType::f32, {T, E}), 5, cfg, nullptr);
+                                          yb.ref(DType::f32, {T, E}), variant, cfg, nullptr);
     };
     if (traced) {
       if (back_to_back) call();
@@ -635,8 +635,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     int flags;
     detail::RouterGemmConfig cfg;  // bm = 0: the default
     bool back_to_back;
+    int variant = 5;  // 6: separate x and w rings (cfg: wn = w stages, stages = x stages)
   };
-  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9};
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9},
+      sr17{64, 128, 64, 2, 5, 17};
   const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
   const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
@@ -657,7 +659,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true},
                        Mode{"pingpong 9 stages, register stores", 0, pp9, false},
-                       Mode{"pingpong 9 stages, last tile TMA stores", kRgEpiTma | kRgNoExitSync, pp9, false}}) {
+                       Mode{"pingpong 9 stages, last tile TMA stores", kRgEpiTma | kRgNoExitSync, pp9, false},
+                       Mode{"pingpong split rings 17x + 5w, last tile TMA stores", kRgEpiTma | kRgNoExitSync, sr17, false,
+                            6}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -667,10 +671,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore | kRgSkipLoad | kRgSkipMma));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
-    run(m.flags, false, cfg, false);  // compiles; the untraced result
+    run(m.flags, false, cfg, false, m.variant);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
     for (int rep = 0; rep < reps; ++rep) {
-      run(m.flags, true, cfg, m.back_to_back);
+      run(m.flags, true, cfg, m.back_to_back, m.variant);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
       const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceFwdSlots);
       int ctas = 0;
