@@ -364,6 +364,10 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    filled by two producer threads (0: x, 32: w). w comes from L2, so its ring needs only L2 latency's depth and the
 //    shared memory goes to x: with PP, 17 x stages of 8 KiB + 5 w stages of 16 KiB hold 68 KiB of x requests in flight
 //    a CTA against 36 KiB with one ring of 9 (24 KiB) stages. Same MMAs in the same order: the same bits.
+//  * WMC = 1 (with SW; E % 32 == 0): the pair shares w instead of x — unit u of a cluster is token tiles 2·(u / 2) and
+//    2·(u / 2) + 1 (CTA r takes the second if r = 1) × expert half u mod 2; each CTA fetches its own x tile and half of
+//    the w half (multicast to both). Units u and u ^ 1 (the two halves of a tile pair) run on neighbouring clusters at
+//    the same time, so L2 serves x's second read: L2 → SM 131 MB instead of 161 at 8192 × 2048 with ping-pong.
 //  * CL = 4: clusters of 2 token tiles × 2 expert halves; CTA rank 2·i + j (token tile i, expert half j) fetches half
 //    of its x tile (multicast to the two CTAs of tile i) and half of its w half (multicast to the two CTAs of half j):
 //    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
@@ -375,7 +379,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
-template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2, int SW = 0>
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2, int SW = 0, int WMC = 0>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -392,6 +396,9 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   // SW > 0: separate rings — STAGES x stages (A_BYTES each) and SW w stages (B_BYTES), each with its own barriers.
   constexpr bool SR = SW > 0;
   static_assert(!SR || (CL == 2 && ISSUE == 1), "separate rings: clusters of 2, one stage at a time");
+  static_assert(!WMC || (SR && E % 32 == 0), "w multicast pairs: separate rings, E % 32 == 0");
+  // WMC: the readers that release an x stage (this CTA's) and a w stage (both CTAs': multicast) swap roles
+  constexpr int XREADERS = WMC ? (PP ? 1 : WGM) : READERS, WREADERS = WMC ? READERS : (PP ? 1 : WGM);
   constexpr int XSTAGE = SR ? A_BYTES : STAGE, WS = SR ? SW : 1;
   constexpr int RING_BYTES = SR ? STAGES * A_BYTES + SW * B_BYTES : STAGES * STAGE;
   // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v (ping-pong:
@@ -419,7 +426,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const u32 rank = blockIdx.x % CL;
   const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
   const int cluster = blockIdx.x / CL, clusters = gridDim.x / CL;
-  const int groups = (a.tiles + TPG - 1) / TPG;
+  // WMC: units u = (token tile pair u / 2, expert half u mod 2); CTA r takes tile 2·(u / 2) + r of each.
+  const int groups = WMC ? 2 * ((a.tiles + 1) / 2) : (a.tiles + TPG - 1) / TPG;
   const int rows = a.tile_rows;
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
@@ -455,19 +463,32 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
 
   // SR: the x half and the w chunk of tile group t's chunk j, into x stage s / w stage s (clusters of 2: x multicast
   // to both CTAs, w this CTA's own).
+  // WMC: x is this CTA's own tile (two boxes of XR rows), w half u mod 2 arrives in two halves, one fetched by each
+  // CTA and multicast to both.
   auto fill_x = [&](int t, int j, int s) {
-    const int m0 = t * rows;
+    const int m0 = WMC ? ((t >> 1) * 2 + static_cast<int>(rank)) * rows : t * rows;
     const u32 full = ring.full(s);
     mbar_arrive_expect_tx(full, (load && m0 < a.T ? XR * 128 : 0) + (load && m0 + XR < a.T ? XR * 128 : 0));
-    const int x0 = m0 + ej * XR;
-    if (load && x0 < a.T)
-      tma_load_2d_multicast(ring.stage(s) + ej * XR * 128, &a.tmx, full, kc_of(t, j) * 64, x0,
-                            static_cast<unsigned short>(3));
+    if constexpr (WMC) {
+#pragma unroll
+      for (int b = 0; b < 2; ++b)
+        if (load && m0 + b * XR < a.T) tma_load_2d(ring.stage(s) + b * XR * 128, &a.tmx, full, kc_of(t, j) * 64, m0 + b * XR);
+    } else {
+      const int x0 = m0 + ej * XR;
+      if (load && x0 < a.T)
+        tma_load_2d_multicast(ring.stage(s) + ej * XR * 128, &a.tmx, full, kc_of(t, j) * 64, x0,
+                              static_cast<unsigned short>(3));
+    }
   };
   auto fill_w = [&](int t, int j, int s) {
     const u32 full = wring.full(s);
     mbar_arrive_expect_tx(full, load_w ? EH * 128 : 0);
-    if (load_w) tma_load_2d(wring.stage(s), &a.tmw, full, kc_of(t, j) * 64, ej * EH);
+    if (!load_w) return;
+    if constexpr (WMC)
+      tma_load_2d_multicast(wring.stage(s) + rank * (EH / 2) * 128, &a.tmw, full, kc_of(t, j) * 64,
+                            (t & 1) * EH + static_cast<int>(rank) * (EH / 2), static_cast<unsigned short>(3));
+    else
+      tma_load_2d(wring.stage(s), &a.tmw, full, kc_of(t, j) * 64, ej * EH);
   };
 
   u64 t_init = 0, t_cluster = 0, t_pre = 0, t_first = 0;
@@ -475,8 +496,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     // Every consumer warpgroup of the cluster that reads a stage releases it (SR: an x stage; a w stage, written by
     // this CTA alone, is released by this CTA's readers). The init fence releases the inits to the cluster: the
     // barrier below needs no release of its own.
-    ring.init(READERS);
-    if constexpr (SR) wring.init(PP ? 1 : WGM);
+    ring.init(XREADERS);
+    if constexpr (SR) wring.init(WREADERS);
     if (trace) t_init = rgt::clk();
   }
   cluster_arrive_relaxed();
@@ -566,10 +587,12 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     const u32 a_lo0 = rg90::desc_lo(ring.stage(0) + (PP ? 0 : wm * 64 * 128));
     const u32 b_lo0 = rg90::desc_lo(SR ? wring.stage(0) : ring.stage(0) + A_BYTES);
     const bool releaser = (tid & 127) < CL;
-    const bool wreleaser = (tid & 127) == 0;  // SR: releases a w stage (this CTA's)
-    u32 rel0 = ring.empty(0);
+    const bool wreleaser = (tid & 127) == 0;  // SR: releases a w stage (this CTA's); WMC: an x stage
+    // the multicast ring's empty(0) in CTA (tid mod 128) of the cluster (WMC: the w ring's)
+    u32 rel0 = WMC ? wring.empty(0) : ring.empty(0);
     if constexpr (CL > 1)
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(ring.empty(0)), "r"((tid & 127) % CL));
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(WMC ? wring.empty(0) : ring.empty(0)),
+                   "r"((tid & 127) % CL));
     int s = 0, sw = 0;  // x (SR) or the ring's stage; SR: the w ring's
     u32 phase = 0, pw = 0;
     bool started = false;  // trace: this warpgroup's first tile is done
@@ -590,7 +613,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
       // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
       if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
-      const int m0 = (t * TPG + ti) * rows;
+      const int m0 = WMC ? ((t >> 1) * 2 + static_cast<int>(rank)) * rows : (t * TPG + ti) * rows;
+      const int eh = WMC ? (t & 1) : ej;  // this tile's expert half
       typename Row::Acc acc;
       Row::zero(acc);
       int prev = -1, prevw = -1;
@@ -608,9 +632,15 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         const u32 offw = SR ? static_cast<u32>(sw) * (B_BYTES / 16) : off;
         if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + offw);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
-        if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
+        if constexpr (WMC) {
+          if (wreleaser && prev >= 0) mbar_arrive(ring.empty(prev));
+          if (releaser && prevw >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prevw);
+        } else {
+          if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
+          if constexpr (SR)
+            if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
+        }
         if constexpr (SR) {
-          if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
           prevw = sw;
           rgt::next_stage<SW>(sw, pw);
         }
@@ -622,9 +652,14 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      ring.template release<CL>(prev, tid, prev >= 0);
-      if constexpr (SR)
-        if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
+      if constexpr (WMC) {
+        if (wreleaser && prev >= 0) mbar_arrive(ring.empty(prev));
+        wring.template release<CL>(prevw, tid, prevw >= 0);
+      } else {
+        ring.template release<CL>(prev, tid, prev >= 0);
+        if constexpr (SR)
+          if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
+      }
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
@@ -643,14 +678,14 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         const int row = m0 + r0 + warp * 16;
         if (lane == 0 && row < a.T) {
 #pragma unroll
-          for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);
+          for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, eh * EH + b * 32, row);
           bulk_commit();
           tma_stored = true;
         }
         if (lead) tw[kRgTraceStored] = rgt::clk();
         continue;
       }
-      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
+      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + eh * EH;
       constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= RING_BYTES;  // the staging fits the ring(s)
       if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs

@@ -230,6 +230,7 @@ struct BwdRef {
 
 class RouterGemmTest : public GpuTest {
  protected:
+  void split_rings(int variant);  // FwdTmaXmcSplitRings / FwdTmaWmcSplitRings
   struct Fwd {
     std::vector<float> y;
     bool guards_ok = false;
@@ -1187,10 +1188,11 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
 // partial tiles, tiny T, K not a multiple of 64 and shorter than the ring (one chunk), several tiles per cluster, E of
 // 16 … 256; strided logits. Every result must equal the shared-ring default's bits (the same MMAs in the same order;
 // rotated: the rotated default's) and the fp64 reference; rows past the view untouched.
-TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) {
+void RouterGemmTest::split_rings(int variant) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
-                         Shape{130, 64, 128}, Shape{1000, 2048, 160}, Shape{1, 1600, 16}}) {
+                         Shape{130, 64, 128}, Shape{1000, 2048, 160}, Shape{1, 1600, 16}, Shape{4000, 2048, 256}}) {
+    if (variant == 7 && E % 32 != 0) continue;
     const auto [x, w] =
         bf16_xw(T, K, E, mix_seed({0xf0c, static_cast<uint64_t>(T)}), mix_seed({0xf1c, static_cast<uint64_t>(E)}));
     const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
@@ -1208,8 +1210,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + (c ? fmt_config(*c) : std::string("default")) +
                      " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
         detail::router_gemm_measure_flags.store(flags);
-        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 6);
-        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 6);  // strided logits
+        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, variant);
+        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, variant);  // strided logits
         detail::router_gemm_measure_flags.store(0);
         EXPECT_TRUE(f.guards_ok && g.guards_ok);
         EXPECT_TRUE(logits_close(f.y, want, K, E));
@@ -1218,6 +1220,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) {
       }
   }
 }
+TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) { split_rings(6); }
+// The same with the pair sharing w instead of x (variant 7: CTA r takes token tile 2·(u / 2) + r of unit u; E % 32 == 0;
+// odd tile counts leave the second CTA's last tile past T).
+TEST_F(RouterGemmTest, FwdTmaWmcSplitRings) { split_rings(7); }
 
 // Measurement (prints; checks that the arms that keep the sums give the default's bits): session 12's ping-pong
 // question at 8192 × 2048 → 256 (bench/NOTES.md, "Session 12 (helper rfwd3)"). Arms, each timed once a round in a
@@ -1227,8 +1233,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) {
 // register stores, its last tile by TMA stores (kRgEpiTma), without stores, with only the first tile stored
 // (kRgHalfStore: what the hidden stores cost), and at 6 stages without stores (the ring's bytes in flight); then the
 // separate x and w rings (variant 6): the ping-pong form at 17 x + 5 w stages (last tile by TMA stores; without
-// stores), at 15 + 6, and 128-row tiles at 9 + 4 (mixed epilogue; without stores). Paired differences per round:
-// median, p10, p90 and the share of rounds the second arm is faster.
+// stores), at 15 + 6, and 128-row tiles at 9 + 4 (mixed epilogue; without stores); the ping-pong form with the pair
+// sharing w instead of x (variant 7; last tile TMA, without stores). Paired differences per round: median, p10, p90
+// and the share of rounds the second arm is faster.
 TEST_F(RouterGemmTest, FwdPingPongAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1259,10 +1266,16 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
                       {"sr pp 17x+5w nostore", kRgSkipStore, &sr17, 6},
                       {"sr pp 15x+6w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr15, 6},
                       {"sr 128-row 9x+4w, mixed", kRgEpiTma | kRgEpiMix | kRgNoExitSync, &srw, 6},
-                      {"sr 128-row 9x+4w nostore", kRgSkipStore, &srw, 6}};
-  // $KILN_RG_PP_NOSR: without the split-ring arms (the first eight only)
-  const char* nosr = std::getenv("KILN_RG_PP_NOSR");
-  const int N = nosr && *nosr ? 8 : static_cast<int>(std::size(arms));
+                      {"sr 128-row 9x+4w nostore", kRgSkipStore, &srw, 6},
+                      {"wmc pp 17x+5w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr17, 7},
+                      {"wmc pp 17x+5w nostore", kRgSkipStore, &sr17, 7}};
+  const int N = static_cast<int>(std::size(arms));
+  // $KILN_RG_PP_SKIP: "sr" and / or "wmc" leave out the arms of variant 6 / 7
+  const std::string skip = std::getenv("KILN_RG_PP_SKIP") ? std::getenv("KILN_RG_PP_SKIP") : "";
+  std::vector<bool> on(N);
+  for (int k = 0; k < N; ++k)
+    on[k] = !(arms[k].variant == 6 && skip.find("sr") != std::string::npos) &&
+            !(arms[k].variant == 7 && skip.find("wmc") != std::string::npos);
   auto call = [&](const Arm& a) {
     detail::router_gemm_measure_flags.store(a.flags);
     detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
@@ -1273,6 +1286,7 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
   synchronize();
   const std::vector<float> want = yb.download<float>(T * E);
   for (int k = 0; k < N; ++k) {  // compiles every point outside the timing; the full-output arms give the default's bits
+    if (!on[k]) continue;
     const Arm& a = arms[k];
     call(a);
     synchronize();
@@ -1280,13 +1294,15 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
   }
   std::vector<std::vector<double>> us(N, std::vector<double>(rounds));
   std::mt19937 rng(0x5e12);
-  std::vector<int> order(N);
-  for (int k = 0; k < N; ++k) order[k] = k;
+  std::vector<int> order;
+  for (int k = 0; k < N; ++k)
+    if (on[k]) order.push_back(k);
   for (int i = 0; i < rounds; ++i) {
     std::shuffle(order.begin(), order.end(), rng);
     for (int k : order) us[k][i] = timed_once(l2, [&] { call(arms[k]); });
   }
   for (int k = 0; k < N; ++k) {
+    if (!on[k]) continue;
     std::vector<double> v = us[k];
     std::sort(v.begin(), v.end());
     double mean = 0;
@@ -1296,8 +1312,9 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
   }
   // (the last ones: the split rings against the default, against the one-ring ping-pong, and their loops alone)
   for (auto [p, q] : {std::pair<int, int>{0, 2}, {0, 4}, {2, 4}, {1, 3}, {3, 5}, {3, 2}, {3, 4}, {1, 0}, {6, 3}, {0, 7},
-                      {0, 8}, {4, 8}, {1, 9}, {3, 9}, {9, 8}, {0, 10}, {0, 11}, {1, 12}}) {
-    if (p >= N || q >= N) continue;
+                      {0, 8}, {4, 8}, {1, 9}, {3, 9}, {9, 8}, {0, 10}, {0, 11}, {1, 12}, {0, 13}, {8, 13}, {1, 14},
+                      {9, 14}}) {
+    if (!on[p] || !on[q]) continue;
     std::vector<double> d;
     int wins = 0;
     for (int i = 0; i < rounds; ++i) {
