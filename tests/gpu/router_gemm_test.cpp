@@ -662,7 +662,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"pingpong 9 stages, register stores", 0, pp9, false},
                        Mode{"pingpong 9 stages, last tile TMA stores", kRgEpiTma | kRgNoExitSync, pp9, false},
                        Mode{"pingpong split rings 17x + 5w, last tile TMA stores", kRgEpiTma | kRgNoExitSync, sr17, false,
-                            6}}) {
+                            6},
+                       Mode{"pingpong w-multicast pairs 17x + 5w, last tile TMA stores", kRgEpiTma | kRgNoExitSync, sr17,
+                            false, 7}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -1332,7 +1334,7 @@ TEST_F(RouterGemmTest, FwdPingPongAB) {
 // ("TxK,…", E = 256; default 8192x2048), $KILN_RG_AB_ROUNDS rounds (default 24). $KILN_RG_ARMS: arms separated by '|',
 // each "label=variant/config/flags": variant as router_gemm_fp32_fwd_config's (-1: the op's choice), config
 // "bm.bn.bk.wm.wn.stages" or "-" (the variant's default), flags '+'-separated names (nostore, tma, mix, noexit, plain,
-// direct, half, rot, bal) or "-". Paired: every arm against the first, and the pairs "i-j" of $KILN_RG_AB_PAIRS (',').
+// direct, half, rot, bal, now = no w loaded) or "-". Paired: every arm against the first, and the pairs "i-j" of $KILN_RG_AB_PAIRS (',').
 TEST_F(RouterGemmTest, FwdArmsAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   const char* spec = std::getenv("KILN_RG_ARMS");
@@ -1357,7 +1359,8 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
   };
   const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
                                                {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
-                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance}};
+                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
+                                               {"now", kRgSkipW}};
   std::vector<Arm> arms;
   for (const std::string& a : split(spec, '|')) {
     const size_t eq = a.find('=');
@@ -1415,7 +1418,7 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
     for (const Arm& a : arms) {  // compiles every point outside the timing; full-output arms: the first one's bits
       call(a);
       synchronize();
-      if (a.flags & (kRgSkipStore | kRgHalfStore)) continue;
+      if (a.flags & (kRgSkipStore | kRgHalfStore | kRgSkipW)) continue;
       if (want.empty()) want = yb.download<float>(T * E);
       else EXPECT_TRUE(bitwise_equal(a.name.c_str(), yb.download<float>(T * E), want)) << a.name;
     }
