@@ -44,15 +44,8 @@ enum : uint32_t {
   // The backward in one launch (precision standard), the dw role then the dx role in each CTA (session 9; the other
   // orders measured slower and were removed): config = the dw kernel's (bm 64 = dx's tiles, bn 256, bk 64, wm =
   // cluster, wn = most T ranges, stages = dw's).
-  kBwdTma = 15,
-  // The expert-pair forward with separate x and w rings (session 12, measurement: variant 6 only): config bm, bn = E/2,
-  // bk = 64, wm as kFwdTmaXmc; wn = the w ring's stages (clusters are always pairs), stages = the x ring's.
-  kFwdTmaXmcSr = 16,
-  // The same with the pair sharing w instead of x (session 12, measurement: variant 7; E % 32 == 0): CTA r of a cluster
-  // takes token tile 2·(u / 2) + r of unit u, expert half u mod 2; config as kFwdTmaXmcSr.
-  kFwdTmaWmcSr = 17
+  kBwdTma = 15
 };
-bool is_xmc_sr(uint32_t k) { return k == kFwdTmaXmcSr || k == kFwdTmaWmcSr; }
 bool is_bwd_one(uint32_t k) { return k == kBwdTma; }
 bool is_dx_tma(uint32_t k) { return k == kDxTma || k == kDxTmaSplit || k == kDxTmaF16; }
 
@@ -109,13 +102,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        xmc_pingpong(s) ? 1 : 0, s.config[C_WN]);
     return;
   }
-  if (is_xmc_sr(s.kernel)) {  // x ring of `stages`, w ring of wn stages, clusters of 2 (sharing x, or w)
-    source = "#include \"kiln/router_gemm_tma.cuh\"\n";
-    name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, 1, {}, 2, {}, {}>", s.params[P_K],
-                       s.params[P_E], s.config[C_WM], s.config[C_STAGES], xmc_pingpong(s) ? 1 : 0, s.config[C_WN],
-                       s.kernel == kFwdTmaWmcSr ? 1 : 0);
-    return;
-  }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
     source = "#include \"kiln/router_gemm_bwd_tma.cuh\"\n";
     if (is_dx_tma(s.kernel))
@@ -156,9 +142,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
 // Mirrors rg::OperandTile / rg::smem_bytes in the template: padded operand rows, STAGES ring, epilogue staging.
 int smem_bytes(const Specialization& s) {
   if (s.kernel == kDwReduce || s.kernel == kW16) return 0;
-  if (is_xmc_sr(s.kernel))  // slack + the x ring + the w ring + their mbarriers
-    return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + 16) +
-           s.config[C_WN] * (static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
   if (s.kernel == kFwdTmaXmc)  // slack + the ring (x tile BM·128 B + half of w's chunk, rounded to 1 KiB) + mbarriers
                                // (full, empty)
     return 1024 + s.config[C_STAGES] * (s.config[C_BM] * 128 + static_cast<int>(round_up(s.params[P_E] / 2 * 128, 1024)) + 16);
@@ -217,7 +200,7 @@ int smem_bytes(const Specialization& s) {
 int threads(const Specialization& s) {
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel) || is_bwd_one(s.kernel)) return 384;  // producer + 2 consumers
   if (s.kernel == kW16) return 256;
-  if (s.kernel == kFwdTmaXmc || is_xmc_sr(s.kernel)) return (1 + s.config[C_WM]) * 128;
+  if (s.kernel == kFwdTmaXmc) return (1 + s.config[C_WM]) * 128;
   if (s.kernel == kFwdTma || s.kernel == kFwdTmaKs)  // producer + wm × (E / bn) consumer warpgroups
     return (1 + s.config[C_WM] * static_cast<int>(s.params[P_E] / s.config[C_BN])) * 128;
   return s.kernel == kFwd90 ? s.config[C_WM] * 128 : s.config[C_WM] * s.config[C_WN] * 32;
@@ -231,10 +214,6 @@ bool valid(const Specialization& s) {
   if (s.kernel == kW16) return has_wgmma(s.arch) && s.params[P_E] <= 256;
   const auto& c = s.config;
   const int64_t K = s.params[P_K], E = s.params[P_E];
-  if (is_xmc_sr(s.kernel))  // the same tiles with separate rings: wn w stages, `stages` x stages
-    return has_wgmma(s.arch) && E <= 256 && E % (s.kernel == kFwdTmaWmcSr ? 32 : 16) == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
-           (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) && c[C_BK] == 64 && c[C_WN] >= 2 && c[C_WN] <= 12 &&
-           c[C_STAGES] >= 2 && c[C_STAGES] <= 32 && smem_bytes(s) <= smem_limit(s.arch);
   if (s.kernel == kFwdTmaXmc)  // expert pairs: E/2 experts a CTA, clusters of 2; bm = 64·wm tokens (1–2 consumers
                                // of 64), or bm = 64 with wm = 2 (ping-pong: the consumers take alternate 64-row
                                // tiles); bk = K columns the producer requests at once (64: a stage, 128 / 256: two
@@ -297,7 +276,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 FamilyDef g_family{"router_gemm",
                    {"fwd", "dx", "dw", "dw_reduce", "fwd_sm90", "fwd_tma", "dx_tma", "dw_tma",
                     "dx_tma_split", "dw_tma_bf16", "fwd_tma_ksplit", "fwd_tma_xmc",
-                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma", "fwd_tma_xmc_sr", "fwd_tma_wmc_sr"},
+                    "dx_tma_f16", "dw_tma_f16", "w16", "bwd_tma"},
                    {"K", "E"},
                    {"bm", "bn", "bk", "wm", "wn", "stages"},
                    render,
@@ -362,10 +341,6 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
       if (s.config[C_STAGES] == 7 && smem_bytes(s) > smem_limit(arch)) s.config[C_STAGES] = 6;
       break;
     }
-    case kFwdTmaXmcSr:  // ping-pong over 64-row tiles, 17 x stages of 8 KiB, 5 w stages of 16 KiB (session 12)
-    case kFwdTmaWmcSr:
-      set_config(s, 64, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 5, 17);
-      break;
     case kFwdTmaKs:  // 128 tokens (two consumers, all of E each), K split over 2 CTAs: 128 CTAs at 8192 tokens
       set_config(s, 128, static_cast<int>(E), 64, 2, 2, 4);
       break;
@@ -479,19 +454,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       }
       set_config(s, 64, eh, 64, 2, 4, 9);  // the same with ping-pong
       add(s);
-      break;
-    }
-    case kFwdTmaXmcSr:
-    case kFwdTmaWmcSr: {  // separate rings: ping-pong (x stages, w stages), then 128-token tiles
-      const int eh = static_cast<int>(E / 2);
-      for (auto [ws, xs] : {std::pair{6, 15}, std::pair{4, 19}}) {
-        set_config(s, 64, eh, 64, 2, ws, xs);
-        add(s);
-      }
-      for (auto [ws, xs] : {std::pair{4, 9}, std::pair{5, 8}}) {
-        set_config(s, 128, eh, 64, 2, ws, xs);
-        add(s);
-      }
       break;
     }
     case kDwTma:
@@ -793,23 +755,20 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
   }
   if (variant >= 1 && !(has_wgmma(arch) && E <= 256))
     ck.invalid("variant", fmt::format("the wgmma forward needs sm_90a and E ≤ 256 (arch {}, E = {})", arch.name(), E));
-  if (variant >= 5 && variant <= 7) {  // 6, 7 (measurement): separate x and w rings, the pair sharing x / w
+  if (variant == 5) {
     if (E % 16 != 0) ck.invalid("variant", fmt::format("the expert-pair forward needs E % 16 == 0, got E = {}", E));
-    if (variant == 7 && E % 32 != 0) ck.invalid("variant", fmt::format("w multicast pairs need E % 32 == 0, got {}", E));
-    const uint32_t kern = variant == 7 ? kFwdTmaWmcSr : variant == 6 ? kFwdTmaXmcSr : kFwdTmaXmc;
-    Specialization base = spec(arch, kern, K, E);
-    if (!pairs_fill && variant == 5) set_config(base, 64, static_cast<int>(E / 2), 64, 1, 2, 8);  // smaller tiles
-    if (!valid(base)) base = spec(arch, kern, K, E);
+    Specialization base = spec(arch, kFwdTmaXmc, K, E);
+    if (!pairs_fill) set_config(base, 64, static_cast<int>(E / 2), 64, 1, 2, 8);  // more, smaller tiles
+    if (!valid(base)) base = spec(arch, kFwdTmaXmc, K, E);
     const Specialization s = pick(rt, ck, base, T, force);
     const int bm = s.config[C_BM];
     const int measure = router_gemm_measure_flags.load(std::memory_order_relaxed);
-    // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair); separate rings: always 2
-    const int cl = variant >= 6 ? 2 : s.config[C_WN];
-    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm / 2, static_cast<int>(E / (variant == 7 ? 4 : cl)));
+    const int cl = s.config[C_WN];  // cluster CTAs: 2 (an expert pair) or 4 (2 token tiles × the pair)
+    RouterGemmFwdTmaArgs a = fwd_tma_args(x, xr, w, logits, lr, E, bm / 2, static_cast<int>(E / cl));
     // Tiles of bm rows; with kRgBalance, one tile per CTA pair of the GPU where that needs fewer rows than bm.
     const int64_t pairs = std::max(1, sms / 2);
     a.tile_rows = bm;
-    if ((measure & kRgBalance) && variant != 7) {  // ping-pong: two tiles a pair
+    if (measure & kRgBalance) {  // ping-pong: two tiles a pair
       const int64_t per = xmc_pingpong(s) ? 2 : 1;
       a.tile_rows = static_cast<int>(std::min<int64_t>(bm, (T + pairs * per - 1) / (pairs * per)));
     }
@@ -826,10 +785,8 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
                           kRgNoExitSync)) |
               (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
-    // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages (ping-pong:
-    // a tile at least as long as the ring, so that the cluster's last tile's fills are the last of every stage).
-    const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) &&
-                         (!xmc_pingpong(s) || (K + 63) / 64 >= s.config[C_STAGES]) &&
+    // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
+    const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
                          (E / 2) % 32 == 0 && s.config[C_STAGES] >= 4 && a.tile_rows == bm &&
                          (lr.stride * 4) % 16 == 0 && reinterpret_cast<uintptr_t>(logits.data) % 16 == 0;
     if (epi_tma) {
@@ -837,12 +794,8 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
       a.flags |= kRgEpiTma | (opts & kRgEpiMix);
     }
     a.trace = router_gemm_trace.load(std::memory_order_relaxed);
-    // token tiles a cluster takes at once: cl / 2; w multicast pairs: units of 2 tiles × an expert half, an even number
-    // of clusters so that a tile pair's two units run at the same time
-    const int64_t groups = variant == 7 ? 2 * ((a.tiles + 1) / 2) : (a.tiles + cl / 2 - 1) / (cl / 2);
-    LaunchDims dims = persistent_clusters(s, groups, cl, sms, measure);
-    if (variant == 7 && dims.grid[0] > 2 && dims.grid[0] % 4 != 0) dims.grid[0] -= 2;
-    impl.launch(s, dims, stream, a);
+    const int64_t groups = (a.tiles + cl / 2 - 1) / (cl / 2);  // token tiles a cluster takes at once: cl / 2
+    impl.launch(s, persistent_clusters(s, groups, cl, sms, measure), stream, a);
     return;
   }
   if (variant == 3) {
@@ -1312,8 +1265,6 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   int variant = -1;
   if (strip_suffix(part, "_one")) variant = 3;  // the backward in one launch (dw role, then dx role)
   else if (strip_suffix(part, "_tmaxmc")) variant = 5;     // the TMA forward over expert pairs (x multicast)
-  else if (strip_suffix(part, "_tmaxmcsr")) variant = 6;   // the same with separate x and w rings (session 12)
-  else if (strip_suffix(part, "_tmawmcsr")) variant = 7;   // … and the pair sharing w instead of x
   else if (strip_suffix(part, "_tmaks")) variant = 3;  // the TMA forward with K split over a cluster
   else if (strip_suffix(part, "_tma")) variant = 2;
   else if (strip_suffix(part, "_sm90")) variant = 1;
@@ -1371,7 +1322,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
   static const char* const kParts[] = {"fwd",        "dx",          "dw",          "dw",         "fwd_sm90",
                                        "fwd_tma",     "dx_tma_bf16g", "dw_tma_high",
                                        "dx_tma_high", "dw_tma_bf16g", "fwd_tmaks",  "fwd_tmaxmc", "dx_tma_tf32",
-                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one",      "fwd_tmaxmcsr", "fwd_tmawmcsr"};
+                                       "dw_tma_tf32", "dx_tma_tf32", "bwd_one"};
   return detail::router_gemm_instance(rt, tokens, s.params[P_K] > 0 ? s.params[P_K] : 2048,
                                       s.params[P_E] > 0 ? s.params[P_E] : 256, kParts[s.kernel]);
 }

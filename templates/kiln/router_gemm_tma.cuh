@@ -108,13 +108,10 @@ __device__ __forceinline__ void next_stage(int& s, u32& phase) {
 template <int STAGES, int STAGE>
 struct StageRing {
   u32 base, bars;
-  // The ring at the start of the dynamic shared memory; its mbarriers after it and `gap` more bytes (a second ring).
-  __device__ __forceinline__ explicit StageRing(const char* smem, u32 gap = 0) {
+  __device__ __forceinline__ explicit StageRing(const char* smem) {
     base = (smem_u32(smem) + 1023u) & ~1023u;
-    bars = base + STAGES * STAGE + gap;
+    bars = base + STAGES * STAGE;
   }
-  // A ring at `base_` whose mbarriers are at `bars_`.
-  __device__ __forceinline__ StageRing(u32 base_, u32 bars_) : base(base_), bars(bars_) {}
   __device__ __forceinline__ u32 stage(int s) const { return base + s * STAGE; }
   __device__ __forceinline__ u32 full(int s) const { return bars + 8 * s; }
   __device__ __forceinline__ u32 empty(int s) const { return bars + 8 * (STAGES + s); }
@@ -359,27 +356,18 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    (every stage is read by one warpgroup of each CTA). The producer fills the ring in tile order, so warpgroup 1's
 //    main loop starts as warpgroup 0's ends and warpgroup 0 stores its tile under it: only the last tile's store is
 //    left after the last chunk, at the price of w landing once per 64 rows instead of per 128.
-//  * SW > 0 (session 12; clusters of 2, ISSUE = 1): separate rings — STAGES x stages of BM·128 bytes (x multicast as
-//    above, released by the readers of both CTAs) and SW w stages (this CTA's w chunk, released by its own readers),
-//    filled by two producer threads (0: x, 32: w). w comes from L2, so its ring needs only L2 latency's depth and the
-//    shared memory goes to x: with PP, 17 x stages of 8 KiB + 5 w stages of 16 KiB hold 68 KiB of x requests in flight
-//    a CTA against 36 KiB with one ring of 9 (24 KiB) stages. Same MMAs in the same order: the same bits.
-//  * WMC = 1 (with SW; E % 32 == 0): the pair shares w instead of x — unit u of a cluster is token tiles 2·(u / 2) and
-//    2·(u / 2) + 1 (CTA r takes the second if r = 1) × expert half u mod 2; each CTA fetches its own x tile and half of
-//    the w half (multicast to both). Units u and u ^ 1 (the two halves of a tile pair) run on neighbouring clusters at
-//    the same time, so L2 serves x's second read: L2 → SM 131 MB instead of 161 at 8192 × 2048 with ping-pong.
 //  * CL = 4: clusters of 2 token tiles × 2 expert halves; CTA rank 2·i + j (token tile i, expert half j) fetches half
 //    of its x tile (multicast to the two CTAs of tile i) and half of its w half (multicast to the two CTAs of half j):
 //    x and w both leave L2 once per two CTAs (L2 → SM reads 67 MB instead of 100 at 8192 × 2048 → 256). A stage of
 //    a CTA is written by three CTAs of the cluster, so every consumer releases it in all four.
 //  * a.trace (measurement): per-CTA timestamps (kRgTrace* slots, kRgTraceFwdSlots a CTA).
-//  * kRgEpiTma (EH % 32 == 0, STAGES ≥ 4 and tile_rows == BM, else ignored): the cluster's last tile leaves
+//  * kRgEpiTma (not with PP; EH % 32 == 0, STAGES ≥ 4 and tile_rows == BM, else ignored): the cluster's last tile leaves
 //    by TMA stores through a.tmo. Warp v of consumer warpgroup w stages its 16 rows (128-byte-swizzled boxes of 16 ×
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
-template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2, int SW = 0, int WMC = 0>
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -393,18 +381,8 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
   constexpr int CHUNKS = (K + 63) / 64;
-  // SW > 0: separate rings — STAGES x stages (A_BYTES each) and SW w stages (B_BYTES), each with its own barriers.
-  constexpr bool SR = SW > 0;
-  static_assert(!SR || (CL == 2 && ISSUE == 1), "separate rings: clusters of 2, one stage at a time");
-  static_assert(!WMC || (SR && E % 32 == 0), "w multicast pairs: separate rings, E % 32 == 0");
-  // WMC: the readers that release an x stage (this CTA's) and a w stage (both CTAs': multicast) swap roles
-  constexpr int XREADERS = WMC ? (PP ? 1 : WGM) : READERS, WREADERS = WMC ? READERS : (PP ? 1 : WGM);
-  constexpr int XSTAGE = SR ? A_BYTES : STAGE, WS = SR ? SW : 1;
-  constexpr int RING_BYTES = SR ? STAGES * A_BYTES + SW * B_BYTES : STAGES * STAGE;
-  // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v (ping-pong:
-  // the stage's whole 64-row x tile, free once the cluster's last tile has landed if a tile is at least as long as the
-  // ring — see kRgEpiTma below).
-  constexpr bool CAN_EPI_TMA = EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192 && (!PP || CHUNKS >= STAGES);
+  // The TMA-store epilogue: warp v's 16 × EH fp32 fit the 8 KiB of x rows its warpgroup owns in stage v.
+  constexpr bool CAN_EPI_TMA = !PP && EH % 32 == 0 && STAGES >= 4 && 16 * EH * 4 <= 8192;
   using Row = rg90::WgmmaRow<EH, 0>;
 
   // The descriptors start loading first: the first fill waits for them, and the parameter reads below are a fetch of
@@ -420,14 +398,12 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   const u64 t0_ns = trace ? globaltimer_ns() : 0, t0_clk = trace ? rgt::clk() : 0;
 
   extern __shared__ __align__(16) char smem_raw[];
-  const rgt::StageRing<STAGES, XSTAGE> ring(smem_raw, SR ? SW * B_BYTES : 0);  // x (and w unless SR)
-  const rgt::StageRing<WS, B_BYTES> wring(ring.base + STAGES * A_BYTES, ring.bars + 16 * STAGES);  // SR: w
+  const rgt::StageRing<STAGES, STAGE> ring(smem_raw);
   const int tid = threadIdx.x;
   const u32 rank = blockIdx.x % CL;
   const int ti = static_cast<int>(rank) / 2, ej = static_cast<int>(rank) % 2;  // token tile, expert half
   const int cluster = blockIdx.x / CL, clusters = gridDim.x / CL;
-  // WMC: units u = (token tile pair u / 2, expert half u mod 2); CTA r takes tile 2·(u / 2) + r of each.
-  const int groups = WMC ? 2 * ((a.tiles + 1) / 2) : (a.tiles + TPG - 1) / TPG;
+  const int groups = (a.tiles + TPG - 1) / TPG;
   const int rows = a.tile_rows;
   const int flags = a.flags;
   const bool load = !(flags & kRgSkipLoad), load_w = load && !(flags & kRgSkipW);
@@ -461,43 +437,11 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     }
   };
 
-  // SR: the x half and the w chunk of tile group t's chunk j, into x stage s / w stage s (clusters of 2: x multicast
-  // to both CTAs, w this CTA's own).
-  // WMC: x is this CTA's own tile (two boxes of XR rows), w half u mod 2 arrives in two halves, one fetched by each
-  // CTA and multicast to both.
-  auto fill_x = [&](int t, int j, int s) {
-    const int m0 = WMC ? ((t >> 1) * 2 + static_cast<int>(rank)) * rows : t * rows;
-    const u32 full = ring.full(s);
-    mbar_arrive_expect_tx(full, (load && m0 < a.T ? XR * 128 : 0) + (load && m0 + XR < a.T ? XR * 128 : 0));
-    if constexpr (WMC) {
-#pragma unroll
-      for (int b = 0; b < 2; ++b)
-        if (load && m0 + b * XR < a.T) tma_load_2d(ring.stage(s) + b * XR * 128, &a.tmx, full, kc_of(t, j) * 64, m0 + b * XR);
-    } else {
-      const int x0 = m0 + ej * XR;
-      if (load && x0 < a.T)
-        tma_load_2d_multicast(ring.stage(s) + ej * XR * 128, &a.tmx, full, kc_of(t, j) * 64, x0,
-                              static_cast<unsigned short>(3));
-    }
-  };
-  auto fill_w = [&](int t, int j, int s) {
-    const u32 full = wring.full(s);
-    mbar_arrive_expect_tx(full, load_w ? EH * 128 : 0);
-    if (!load_w) return;
-    if constexpr (WMC)
-      tma_load_2d_multicast(wring.stage(s) + rank * (EH / 2) * 128, &a.tmw, full, kc_of(t, j) * 64,
-                            (t & 1) * EH + static_cast<int>(rank) * (EH / 2), static_cast<unsigned short>(3));
-    else
-      tma_load_2d(wring.stage(s), &a.tmw, full, kc_of(t, j) * 64, ej * EH);
-  };
-
   u64 t_init = 0, t_cluster = 0, t_pre = 0, t_first = 0;
   if (tid == 0) {
-    // Every consumer warpgroup of the cluster that reads a stage releases it (SR: an x stage; a w stage, written by
-    // this CTA alone, is released by this CTA's readers). The init fence releases the inits to the cluster: the
-    // barrier below needs no release of its own.
-    ring.init(XREADERS);
-    if constexpr (SR) wring.init(WREADERS);
+    // Every consumer warpgroup of the cluster that reads a stage releases it. The init fence releases the inits to the
+    // cluster: the barrier below needs no release of its own.
+    ring.init(READERS);
     if (trace) t_init = rgt::clk();
   }
   cluster_arrive_relaxed();
@@ -524,8 +468,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
               }
           }
           if (trace && !t_pre) t_pre = rgt::clk();
-          if constexpr (SR) fill_x(t, j, s);
-          else fill(t, j, s);
+          fill(t, j, s);
           if (trace && !t_first) t_first = rgt::clk();
           if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
@@ -558,23 +501,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           }
         }
     }
-    if constexpr (SR) {
-      if (tid == 32) {  // the w ring's producer: the same walk; its stages are free once this CTA's readers released them
-        int s = 0;
-        u32 phase = 0;
-        for (int t = cluster; t < groups; t += clusters)
-          for (int j = 0; j < CHUNKS; ++j) {
-            wring.wait_empty(s, phase);
-            fill_w(t, j, s);
-            rgt::next_stage<SW>(s, phase);
-          }
-        if (flags & kRgNoExitSync)
-          for (int i = 0; i < SW; ++i) {
-            wring.wait_empty(s, phase);
-            rgt::next_stage<SW>(s, phase);
-          }
-      }
-    }
   } else {  // consumer warpgroup wm: tile rows 64·wm …, this CTA's E/2 experts
     if constexpr (WGM > 1) setmaxnreg_inc<232>();
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
@@ -585,16 +511,13 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     // s · STAGE / 16 and a k16 step 2 (rg90::desc_lo). Threads 0 … CL − 1 of the warpgroup release a stage in CTA
     // (tid mod 128) of the cluster: the peer's empty(0), mapped once; empty(s) is 8·s bytes on.
     const u32 a_lo0 = rg90::desc_lo(ring.stage(0) + (PP ? 0 : wm * 64 * 128));
-    const u32 b_lo0 = rg90::desc_lo(SR ? wring.stage(0) : ring.stage(0) + A_BYTES);
+    const u32 b_lo0 = rg90::desc_lo(ring.stage(0) + A_BYTES);
     const bool releaser = (tid & 127) < CL;
-    const bool wreleaser = (tid & 127) == 0;  // SR: releases a w stage (this CTA's); WMC: an x stage
-    // the multicast ring's empty(0) in CTA (tid mod 128) of the cluster (WMC: the w ring's)
-    u32 rel0 = WMC ? wring.empty(0) : ring.empty(0);
+    u32 rel0 = ring.empty(0);
     if constexpr (CL > 1)
-      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(WMC ? wring.empty(0) : ring.empty(0)),
-                   "r"((tid & 127) % CL));
-    int s = 0, sw = 0;  // x (SR) or the ring's stage; SR: the w ring's
-    u32 phase = 0, pw = 0;
+      asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(rel0) : "r"(ring.empty(0)), "r"((tid & 127) % CL));
+    int s = 0;
+    u32 phase = 0;
     bool started = false;  // trace: this warpgroup's first tile is done
     bool tma_stored = false;  // lane 0: TMA stores in flight (read out of shared memory before the CTA leaves)
     for (int t = cluster, i = 0; t < groups; t += clusters, ++i) {
@@ -602,48 +525,29 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         const int adv = s + CHUNKS;
         phase ^= static_cast<u32>((adv / STAGES) & 1);
         s = adv % STAGES;
-        if constexpr (SR) {
-          const int advw = sw + CHUNKS;
-          pw ^= static_cast<u32>((advw / SW) & 1);
-          sw = advw % SW;
-        }
         continue;
       }
       // Ping-pong hand-off: a full barrier's parity tells phases apart only one phase ahead, so this warpgroup waits
       // on its tile's stages only once the other one has seen the last stage of the tile before land (named barrier
       // 3 + w is what warpgroup w waits on); from then on no stage can be more than one fill ahead of it.
       if (PP && i > 0) asm volatile("bar.sync %0, 256;" ::"r"(3 + wm) : "memory");
-      const int m0 = WMC ? ((t >> 1) * 2 + static_cast<int>(rank)) * rows : (t * TPG + ti) * rows;
-      const int eh = WMC ? (t & 1) : ej;  // this tile's expert half
+      const int m0 = (t * TPG + ti) * rows;
       typename Row::Acc acc;
       Row::zero(acc);
-      int prev = -1, prevw = -1;
+      int prev = -1;
       const bool last = t + clusters >= groups;
       for (int kc = 0; kc < CHUNKS; ++kc) {
         ring.wait_full(s, phase);
-        if constexpr (SR) wring.wait_full(sw, pw);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
         if (lead) {
           if (kc == 0 && !started) tw[kRgTraceFirstFull] = rgt::clk();
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
-        const u32 off = static_cast<u32>(s) * (XSTAGE / 16);
-        const u32 offw = SR ? static_cast<u32>(sw) * (B_BYTES / 16) : off;
-        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + offw);
+        const u32 off = static_cast<u32>(s) * (STAGE / 16);
+        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
-        if constexpr (WMC) {
-          if (wreleaser && prev >= 0) mbar_arrive(ring.empty(prev));
-          if (releaser && prevw >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prevw);
-        } else {
-          if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
-          if constexpr (SR)
-            if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
-        }
-        if constexpr (SR) {
-          prevw = sw;
-          rgt::next_stage<SW>(sw, pw);
-        }
+        if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
         prev = s;
         if (++s == STAGES) {
           s = 0;
@@ -652,14 +556,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       }
       rg90::wgmma_wait<0>();
       Row::fence(acc);
-      if constexpr (WMC) {
-        if (wreleaser && prev >= 0) mbar_arrive(ring.empty(prev));
-        wring.template release<CL>(prevw, tid, prevw >= 0);
-      } else {
-        ring.template release<CL>(prev, tid, prev >= 0);
-        if constexpr (SR)
-          if (wreleaser && prevw >= 0) mbar_arrive(wring.empty(prevw));
-      }
+      ring.template release<CL>(prev, tid, prev >= 0);
       started = true;
       if (lead) tw[kRgTraceMmaDone] = rgt::clk();
       if ((flags & kRgSkipStore) || m0 >= a.T) continue;  // (a cluster's second tile may lie past T)
@@ -667,26 +564,22 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
       if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
-        // This warpgroup's x rows in stage `warp`. Ping-pong: the cluster's last tile is this warpgroup's, every fill
-        // of the ring has landed (it waited for its tile's, the last ones) and the other warpgroup's tiles were all
-        // released before them (CHUNKS ≥ STAGES: every stage's last fill is this tile's), so no one reads or writes
-        // stages 0–3 any more.
-        const u32 slot = ring.stage(warp) + (PP ? 0 : wm * 64 * 128);
+        const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
         Row::stage_sw128(acc, slot, lane);
         fence_proxy_async();
         __syncwarp();
         const int row = m0 + r0 + warp * 16;
         if (lane == 0 && row < a.T) {
 #pragma unroll
-          for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, eh * EH + b * 32, row);
+          for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);
           bulk_commit();
           tma_stored = true;
         }
         if (lead) tw[kRgTraceStored] = rgt::clk();
         continue;
       }
-      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + eh * EH;
-      constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= RING_BYTES;  // the staging fits the ring(s)
+      float* out = a.out + static_cast<i64>(m0 + r0) * a.out_stride + ej * EH;
+      constexpr bool CAN_STAGE = !PP && WGM * 64 * (EH + 8) * 4 <= STAGES * STAGE;  // the staging fits the ring
       if (CAN_STAGE && (flags & kRgEpiStaged) && last && !(flags & kRgEpiMix)) {
         // The cluster's last tile: no load is pending any more, so once every consumer of this CTA is past its MMAs
         // the ring is free. Each warpgroup stages its 64 rows (pitch EH + 8 floats: two wavefronts per 8-byte store,

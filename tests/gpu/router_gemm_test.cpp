@@ -230,7 +230,6 @@ struct BwdRef {
 
 class RouterGemmTest : public GpuTest {
  protected:
-  void split_rings(int variant);  // FwdTmaXmcSplitRings / FwdTmaWmcSplitRings
   struct Fwd {
     std::vector<float> y;
     bool guards_ok = false;
@@ -607,12 +606,12 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
   detail::check(detail::driver().cuEventCreate(&ev1, CU_EVENT_DEFAULT), "cuEventCreate");
   float event_us = 0;
   // traced: L2 flushed first (unless back_to_back: the same call right before instead), CUDA events around the call.
-  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg, bool back_to_back, int variant) {
+  auto run = [&](int flags, bool traced, const detail::RouterGemmConfig* cfg, bool back_to_back) {
     tb.fill(0);
     detail::router_gemm_measure_flags.store(flags);
     auto call = [&] {
       detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                          yb.ref(DType::f32, {T, E}), variant, cfg, nullptr);
+                                          yb.ref(DType::f32, {T, E}), 5, cfg, nullptr);
     };
     if (traced) {
       if (back_to_back) call();
@@ -636,10 +635,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     int flags;
     detail::RouterGemmConfig cfg;  // bm = 0: the default
     bool back_to_back;
-    int variant = 5;  // 6: separate x and w rings (cfg: wn = w stages, stages = x stages)
   };
-  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9},
-      sr17{64, 128, 64, 2, 5, 17};
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9};
   const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
   const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
@@ -659,12 +656,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true},
-                       Mode{"pingpong 9 stages, register stores", 0, pp9, false},
-                       Mode{"pingpong 9 stages, last tile TMA stores", kRgEpiTma | kRgNoExitSync, pp9, false},
-                       Mode{"pingpong split rings 17x + 5w, last tile TMA stores", kRgEpiTma | kRgNoExitSync, sr17, false,
-                            6},
-                       Mode{"pingpong w-multicast pairs 17x + 5w, last tile TMA stores", kRgEpiTma | kRgNoExitSync, sr17,
-                            false, 7}}) {
+                       Mode{"pingpong 9 stages (64-row tiles, warpgroups on alternate tiles)", 0, pp9, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -674,10 +666,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     SCOPED_TRACE(m.name);
     const bool checked = !(m.flags & (kRgSkipStore | kRgSkipW | kRgHalfStore | kRgSkipLoad | kRgSkipMma));
     const detail::RouterGemmConfig* cfg = m.cfg[0] ? &m.cfg : nullptr;
-    run(m.flags, false, cfg, false, m.variant);  // compiles; the untraced result
+    run(m.flags, false, cfg, false);  // compiles; the untraced result
     const std::vector<float> plain = checked ? yb.download<float>(T * E) : std::vector<float>{};
     for (int rep = 0; rep < reps; ++rep) {
-      run(m.flags, true, cfg, m.back_to_back, m.variant);
+      run(m.flags, true, cfg, m.back_to_back);
       if (checked) EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), plain));
       const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(max_ctas) * kRgTraceFwdSlots);
       int ctas = 0;
@@ -1181,151 +1173,6 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
                   static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
                   detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
     }
-  }
-}
-
-// The expert-pair forward with separate x and w rings (variant 6, session 12): the ping-pong form (its default: 17
-// x stages, 5 w stages; and 6 / 15) and 128-token tiles (4 / 9), with register stores, the last tile by TMA stores, the
-// staged epilogue with the final cluster barrier (kRgXmcPlain), the mixed epilogue, the K walk rotated; shapes with
-// partial tiles, tiny T, K not a multiple of 64 and shorter than the ring (one chunk), several tiles per cluster, E of
-// 16 … 256; strided logits. Every result must equal the shared-ring default's bits (the same MMAs in the same order;
-// rotated: the rotated default's) and the fp64 reference; rows past the view untouched.
-void RouterGemmTest::split_rings(int variant) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{4097, 2056, 192}, Shape{17000, 1536, 64}, Shape{7, 2048, 256},
-                         Shape{130, 64, 128}, Shape{1000, 2048, 160}, Shape{1, 1600, 16}, Shape{4000, 2048, 256}}) {
-    if (variant == 7 && E % 32 != 0) continue;
-    const auto [x, w] =
-        bf16_xw(T, K, E, mix_seed({0xf0c, static_cast<uint64_t>(T)}), mix_seed({0xf1c, static_cast<uint64_t>(E)}));
-    const ref::GemmRef want = ref::router_gemm_fwd(x, w, T, K, E);
-    const int32_t eh = static_cast<int32_t>(E / 2);
-    const detail::RouterGemmConfig pp6{64, eh, 64, 2, 6, 15}, wide{128, eh, 64, 2, 4, 9};
-    std::vector<const detail::RouterGemmConfig*> cfgs = {nullptr};
-    if (T == 8192 || T == 4097 || T == 130) cfgs.push_back(&wide);
-    if (T == 8192 || T == 17000) cfgs.push_back(&pp6);
-    const Fwd base = run_fwd(x, w, T, K, E, nullptr, 0, 0, 5);
-    detail::router_gemm_measure_flags.store(kRgRotateK);
-    const Fwd base_rot = run_fwd(x, w, T, K, E, nullptr, 0, 0, 5);
-    detail::router_gemm_measure_flags.store(0);
-    for (const detail::RouterGemmConfig* c : cfgs)
-      for (int flags : {0, kRgEpiTma | kRgNoExitSync, kRgXmcPlain, kRgEpiTma | kRgEpiMix | kRgNoExitSync, kRgRotateK}) {
-        SCOPED_TRACE("flags " + std::to_string(flags) + " " + (c ? fmt_config(*c) : std::string("default")) +
-                     " T=" + std::to_string(T) + " K=" + std::to_string(K) + " E=" + std::to_string(E));
-        detail::router_gemm_measure_flags.store(flags);
-        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, variant);
-        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, variant);  // strided logits
-        detail::router_gemm_measure_flags.store(0);
-        EXPECT_TRUE(f.guards_ok && g.guards_ok);
-        EXPECT_TRUE(logits_close(f.y, want, K, E));
-        EXPECT_TRUE(bitwise_equal("split rings vs the default", f.y, flags & kRgRotateK ? base_rot.y : base.y));
-        EXPECT_TRUE(bitwise_equal("strided logits", g.y, f.y));
-      }
-  }
-}
-TEST_F(RouterGemmTest, FwdTmaXmcSplitRings) { split_rings(6); }
-// The same with the pair sharing w instead of x (variant 7: CTA r takes token tile 2·(u / 2) + r of unit u; E % 32 == 0;
-// odd tile counts leave the second CTA's last tile past T).
-TEST_F(RouterGemmTest, FwdTmaWmcSplitRings) { split_rings(7); }
-
-// Measurement (prints; checks that the arms that keep the sums give the default's bits): session 12's ping-pong
-// question at 8192 × 2048 → 256 (bench/NOTES.md, "Session 12 (helper rfwd3)"). Arms, each timed once a round in a
-// fresh random order, L2 flushed before every call ($KILN_RG_AB_ROUNDS rounds, default 24): the op's default (128 ×
-// 128 tiles, 6 stages) and its main loop alone (nostore); the ping-pong form (64-row tiles, the two consumer
-// warpgroups taking alternate tiles: the first tile's stores drain under the second one's main loop) at 9 stages with
-// register stores, its last tile by TMA stores (kRgEpiTma), without stores, with only the first tile stored
-// (kRgHalfStore: what the hidden stores cost), and at 6 stages without stores (the ring's bytes in flight); then the
-// separate x and w rings (variant 6): the ping-pong form at 17 x + 5 w stages (last tile by TMA stores; without
-// stores), at 15 + 6, and 128-row tiles at 9 + 4 (mixed epilogue; without stores); the ping-pong form with the pair
-// sharing w instead of x (variant 7; last tile TMA, without stores). Paired differences per round: median, p10, p90
-// and the share of rounds the second arm is faster.
-TEST_F(RouterGemmTest, FwdPingPongAB) {
-  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
-  Runtime& r = rt();
-  const int64_t T = 8192, K = 2048, E = 256;
-  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
-  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
-  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xe4c}), mix_seed({0xe5c}));
-  DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
-  detail::L2Flusher l2(r, nullptr);
-  const detail::RouterGemmConfig pp9{64, 128, 64, 2, 2, 9}, pp6{64, 128, 64, 2, 2, 6};
-  // variant 6 (separate rings): wn = w stages, stages = x stages
-  const detail::RouterGemmConfig sr17{64, 128, 64, 2, 5, 17}, sr15{64, 128, 64, 2, 6, 15}, srw{128, 128, 64, 2, 4, 9};
-  struct Arm {
-    const char* name;
-    int flags;  // measurement flags; with kRgEpiTma / kRgEpiDirect the kernel's options exactly as named
-    const detail::RouterGemmConfig* cfg;
-    int variant = 5;
-  };
-  const Arm arms[] = {{"default", 0, nullptr},
-                      {"default nostore", kRgSkipStore, nullptr},
-                      {"pp9 (register stores)", 0, &pp9},
-                      {"pp9 nostore", kRgSkipStore, &pp9},
-                      {"pp9 + last tile TMA stores", kRgEpiTma | kRgNoExitSync, &pp9},
-                      {"pp9 first tile stored only", kRgHalfStore | kRgEpiDirect | kRgNoExitSync, &pp9},
-                      {"pp6 nostore", kRgSkipStore, &pp6},
-                      {"default again", 0, nullptr},
-                      {"sr pp 17x+5w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr17, 6},
-                      {"sr pp 17x+5w nostore", kRgSkipStore, &sr17, 6},
-                      {"sr pp 15x+6w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr15, 6},
-                      {"sr 128-row 9x+4w, mixed", kRgEpiTma | kRgEpiMix | kRgNoExitSync, &srw, 6},
-                      {"sr 128-row 9x+4w nostore", kRgSkipStore, &srw, 6},
-                      {"wmc pp 17x+5w, last tile TMA", kRgEpiTma | kRgNoExitSync, &sr17, 7},
-                      {"wmc pp 17x+5w nostore", kRgSkipStore, &sr17, 7}};
-  const int N = static_cast<int>(std::size(arms));
-  // $KILN_RG_PP_SKIP: "sr" and / or "wmc" leave out the arms of variant 6 / 7
-  const std::string skip = std::getenv("KILN_RG_PP_SKIP") ? std::getenv("KILN_RG_PP_SKIP") : "";
-  std::vector<bool> on(N);
-  for (int k = 0; k < N; ++k)
-    on[k] = !(arms[k].variant == 6 && skip.find("sr") != std::string::npos) &&
-            !(arms[k].variant == 7 && skip.find("wmc") != std::string::npos);
-  auto call = [&](const Arm& a) {
-    detail::router_gemm_measure_flags.store(a.flags);
-    detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                        yb.ref(DType::f32, {T, E}), a.variant, a.cfg, nullptr);
-    detail::router_gemm_measure_flags.store(0);
-  };
-  call(arms[0]);
-  synchronize();
-  const std::vector<float> want = yb.download<float>(T * E);
-  for (int k = 0; k < N; ++k) {  // compiles every point outside the timing; the full-output arms give the default's bits
-    if (!on[k]) continue;
-    const Arm& a = arms[k];
-    call(a);
-    synchronize();
-    if (!(a.flags & (kRgSkipStore | kRgHalfStore))) EXPECT_TRUE(bitwise_equal(a.name, yb.download<float>(T * E), want));
-  }
-  std::vector<std::vector<double>> us(N, std::vector<double>(rounds));
-  std::mt19937 rng(0x5e12);
-  std::vector<int> order;
-  for (int k = 0; k < N; ++k)
-    if (on[k]) order.push_back(k);
-  for (int i = 0; i < rounds; ++i) {
-    std::shuffle(order.begin(), order.end(), rng);
-    for (int k : order) us[k][i] = timed_once(l2, [&] { call(arms[k]); });
-  }
-  for (int k = 0; k < N; ++k) {
-    if (!on[k]) continue;
-    std::vector<double> v = us[k];
-    std::sort(v.begin(), v.end());
-    double mean = 0;
-    for (double t : v) mean += t / rounds;
-    std::printf("[pp] %-30s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n", arms[k].name, detail::median(v), mean,
-                v[v.size() / 10], v[v.size() * 9 / 10], rounds);
-  }
-  // (the last ones: the split rings against the default, against the one-ring ping-pong, and their loops alone)
-  for (auto [p, q] : {std::pair<int, int>{0, 2}, {0, 4}, {2, 4}, {1, 3}, {3, 5}, {3, 2}, {3, 4}, {1, 0}, {6, 3}, {0, 7},
-                      {0, 8}, {4, 8}, {1, 9}, {3, 9}, {9, 8}, {0, 10}, {0, 11}, {1, 12}, {0, 13}, {8, 13}, {1, 14},
-                      {9, 14}}) {
-    if (!on[p] || !on[q]) continue;
-    std::vector<double> d;
-    int wins = 0;
-    for (int i = 0; i < rounds; ++i) {
-      d.push_back(us[q][i] - us[p][i]);
-      wins += us[q][i] < us[p][i];
-    }
-    std::sort(d.begin(), d.end());
-    std::printf("[pp] paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n", arms[q].name,
-                arms[p].name, detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
   }
 }
 
