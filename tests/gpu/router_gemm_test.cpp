@@ -636,7 +636,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     detail::RouterGemmConfig cfg;  // bm = 0: the default
     bool back_to_back;
   };
-  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7};
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9};
   const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
   const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
   for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
@@ -655,7 +655,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"default, back to back (no flush)", 0, def, true},
                        Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
-                       Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true}}) {
+                       Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true},
+                       Mode{"pingpong 9 stages (64-row tiles, warpgroups on alternate tiles)", 0, pp9, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -698,9 +699,12 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       uint64_t t0 = ~0ull;
       for (int c = 0; c < ctas; ++c) t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
       // Columns (µs after the first CTA's start).
-      const char* names[] = {"start",  "prod first", "first full", "last full",  "mma done",  "stored",      "fenced",
-                             "end (gt)", "wg1 fenced", "prod last", "init done", "cluster ok", "before fill", "exit (gt)"};
-      std::vector<std::vector<double>> col(14);
+      const char* names[] = {"start",      "prod first", "first full", "last full",   "mma done",
+                             "stored",     "fenced",     "end (gt)",   "wg1 fenced",  "prod last",
+                             "init done",  "cluster ok", "before fill", "exit (gt)",  "wg1 lastfull",
+                             "wg1 mmadone"};
+      constexpr int COLS = 16;
+      std::vector<std::vector<double>> col(COLS);
       std::vector<std::pair<double, int>> ends;
       for (int c = 0; c < ctas; ++c) {
         const double st = (at(c, kRgTraceStartNs) - t0) / 1000.0;
@@ -720,6 +724,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
         col[11].push_back(rel(at(c, kRgTraceClusterDone)));
         col[12].push_back(rel(at(c, kRgTraceProducerPre)));
         col[13].push_back((at(c, kRgTraceExitNs) - t0) / 1000.0);
+        const uint64_t l1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceLastFull),
+                       m1 = at(c, kRgTraceWg0 + kRgTraceWgSlots + kRgTraceMmaDone);
+        col[14].push_back(f1 && l1 ? rel(l1) : 0.0);
+        col[15].push_back(f1 && m1 ? rel(m1) : 0.0);
         ends.push_back({std::max(col[6].back(), col[8].back()), c});
       }
       double span = 0;
@@ -727,7 +735,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
       std::printf("[timeline] %s rep %d: %d CTAs, SM clock %.3f GHz; events %.2f µs, CTA span (globaltimer) %.2f µs; "
                   "µs after the first CTA start (min / p10 / p50 / p90 / max over CTAs)\n",
                   m.name, rep, ctas, ghz, event_us, span);
-      for (int k = 0; k < 14; ++k) {
+      for (int k = 0; k < COLS; ++k) {
         std::vector<double> v = col[k];
         std::sort(v.begin(), v.end());
         auto q = [&](double p) { return v[static_cast<size_t>(p * (v.size() - 1) + 0.5)]; };
@@ -1163,6 +1171,131 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
       std::sort(d.begin(), d.end());
       std::printf("[stages] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
                   static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
+                  detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
+    }
+  }
+}
+
+// Measurement (prints; checks that every full-output arm gives the first arm's bits): arms named in the environment,
+// each timed once a round in a fresh random order, L2 flushed before every call, at each shape of $KILN_RG_AB_SHAPES
+// ("TxK,…", E = 256; default 8192x2048), $KILN_RG_AB_ROUNDS rounds (default 24). $KILN_RG_ARMS: arms separated by '|',
+// each "label=variant/config/flags": variant as router_gemm_fp32_fwd_config's (-1: the op's choice), config
+// "bm.bn.bk.wm.wn.stages" or "-" (the variant's default), flags '+'-separated names (nostore, tma, mix, noexit, plain,
+// direct, half, rot, bal, now = no w loaded) or "-". Paired: every arm against the first, and the pairs "i-j" of $KILN_RG_AB_PAIRS (',').
+TEST_F(RouterGemmTest, FwdArmsAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  const char* spec = std::getenv("KILN_RG_ARMS");
+  if (!spec || !*spec) GTEST_SKIP() << "no $KILN_RG_ARMS";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
+  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
+  struct Arm {
+    std::string name;
+    int variant = -1;
+    bool has_cfg = false;
+    detail::RouterGemmConfig cfg{};
+    int flags = 0;
+  };
+  auto split = [](const std::string& str, char sep) {
+    std::vector<std::string> out;
+    size_t b = 0;
+    for (size_t e; (e = str.find(sep, b)) != std::string::npos; b = e + 1) out.push_back(str.substr(b, e - b));
+    out.push_back(str.substr(b));
+    return out;
+  };
+  const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
+                                               {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
+                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
+                                               {"now", kRgSkipW}};
+  std::vector<Arm> arms;
+  for (const std::string& a : split(spec, '|')) {
+    const size_t eq = a.find('=');
+    ASSERT_NE(eq, std::string::npos) << a;
+    const std::vector<std::string> f = split(a.substr(eq + 1), '/');
+    ASSERT_EQ(f.size(), 3u) << a;
+    Arm arm;
+    arm.name = a.substr(0, eq);
+    arm.variant = std::atoi(f[0].c_str());
+    if (f[1] != "-") {
+      const std::vector<std::string> c = split(f[1], '.');
+      ASSERT_EQ(c.size(), 6u) << a;
+      for (int i = 0; i < 6; ++i) arm.cfg[i] = std::atoi(c[i].c_str());
+      arm.has_cfg = true;
+    }
+    if (f[2] != "-")
+      for (const std::string& n : split(f[2], '+')) {
+        bool hit = false;
+        for (auto [nm, v] : names)
+          if (n == nm) arm.flags |= v, hit = true;
+        ASSERT_TRUE(hit) << "unknown flag " << n;
+      }
+    arms.push_back(arm);
+  }
+  const int N = static_cast<int>(arms.size());
+  std::vector<std::pair<int, int>> pairs;
+  for (int k = 1; k < N; ++k) pairs.push_back({0, k});
+  if (const char* pe = std::getenv("KILN_RG_AB_PAIRS"); pe && *pe)
+    for (const std::string& p : split(pe, ',')) {
+      const size_t d = p.find('-');
+      if (d == std::string::npos) continue;
+      const int i = std::atoi(p.substr(0, d).c_str()), j = std::atoi(p.substr(d + 1).c_str());
+      if (i >= 0 && j >= 0 && i < N && j < N) pairs.push_back({i, j});
+    }
+  std::vector<Shape> shapes_ab = {{8192, 2048, 256}};
+  if (const char* sh = std::getenv("KILN_RG_AB_SHAPES"); sh && *sh) {
+    shapes_ab.clear();
+    for (const std::string& part : split(sh, ',')) {
+      const size_t xpos = part.find('x');
+      if (xpos != std::string::npos)
+        shapes_ab.push_back({std::atoll(part.substr(0, xpos).c_str()), std::atoll(part.substr(xpos + 1).c_str()), 256});
+    }
+  }
+  for (auto [T, K, E] : shapes_ab) {
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xe6c, static_cast<uint64_t>(T)}), mix_seed({0xe7c}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
+    auto call = [&](const Arm& a) {
+      detail::router_gemm_measure_flags.store(a.flags);
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), a.variant, a.has_cfg ? &a.cfg : nullptr,
+                                          nullptr);
+      detail::router_gemm_measure_flags.store(0);
+    };
+    std::vector<float> want;
+    for (const Arm& a : arms) {  // compiles every point outside the timing; full-output arms: the first one's bits
+      call(a);
+      synchronize();
+      if (a.flags & (kRgSkipStore | kRgHalfStore | kRgSkipW)) continue;
+      if (want.empty()) want = yb.download<float>(T * E);
+      else EXPECT_TRUE(bitwise_equal(a.name.c_str(), yb.download<float>(T * E), want)) << a.name;
+    }
+    std::vector<std::vector<double>> us(N, std::vector<double>(rounds));
+    std::mt19937 rng(0x5e13 + static_cast<unsigned>(T + K));
+    std::vector<int> order(N);
+    for (int k = 0; k < N; ++k) order[k] = k;
+    for (int i = 0; i < rounds; ++i) {
+      std::shuffle(order.begin(), order.end(), rng);
+      for (int k : order) us[k][i] = timed_once(l2, [&] { call(arms[k]); });
+    }
+    for (int k = 0; k < N; ++k) {
+      std::vector<double> v = us[k];
+      std::sort(v.begin(), v.end());
+      double mean = 0;
+      for (double t : v) mean += t / rounds;
+      std::printf("[arms] T=%lld K=%lld %-28s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n",
+                  static_cast<long long>(T), static_cast<long long>(K), arms[k].name.c_str(), detail::median(v), mean,
+                  v[v.size() / 10], v[v.size() * 9 / 10], rounds);
+    }
+    for (auto [p, q] : pairs) {
+      std::vector<double> d;
+      int wins = 0;
+      for (int i = 0; i < rounds; ++i) {
+        d.push_back(us[q][i] - us[p][i]);
+        wins += us[q][i] < us[p][i];
+      }
+      std::sort(d.begin(), d.end());
+      std::printf("[arms] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
+                  static_cast<long long>(T), static_cast<long long>(K), arms[q].name.c_str(), arms[p].name.c_str(),
                   detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
     }
   }
