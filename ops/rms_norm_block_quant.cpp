@@ -562,6 +562,10 @@ namespace detail {
 // Measurement hook (tests): while set, mode-2 calls that run a LEAN stream config run its TRACE variant, writing
 // kRmsqStreamTraceSlots u64 records a CTA (grid of them) to this array.
 std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace{nullptr};
+// Measurement hook (tests): while > 0, stream-kernel calls launch this many CTAs (at most one wave and the items)
+// instead of the host's choice. The bits do not depend on it: an item's partial sums are its own (tile, chunk)'s and
+// the exchange sums a tile's chunks in chunk order whatever CTA ran them.
+std::atomic<int> rms_norm_block_quant_stream_grid{0};
 }  // namespace detail
 namespace {
 
@@ -579,6 +583,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   d.block[0] = kRmsqStreamThreads;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
+  if (const int forced = detail::rms_norm_block_quant_stream_grid.load(std::memory_order_relaxed); forced > 0)
+    d.grid[0] = std::min(d.grid[0], static_cast<unsigned>(forced));
   RmsqStreamArgs sa{a, nullptr, 0, trace};
   const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);

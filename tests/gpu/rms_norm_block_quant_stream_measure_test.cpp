@@ -16,6 +16,7 @@
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <utility>
 #include <string>
@@ -33,6 +34,7 @@ namespace kiln::detail {
 bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
                                        int overlap, int exchange);
 extern std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace;
+extern std::atomic<int> rms_norm_block_quant_stream_grid;
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -44,11 +46,13 @@ struct StreamCfg {
   int col_blocks, stages, overlap;
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
+  int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
 };
 
 void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
   std::fflush(stdout);
+  detail::rms_norm_block_quant_stream_grid.store(c.grid);
   ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
 }
@@ -91,6 +95,7 @@ class RmsqStreamMeasure : public GpuTest {
   void TearDown() override {
     detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0);
     detail::rms_norm_block_quant_stream_trace.store(nullptr);
+    detail::rms_norm_block_quant_stream_grid.store(0);
   }
 };
 
@@ -100,12 +105,64 @@ class RmsqStreamMeasure : public GpuTest {
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted; session 12's FR 134217728,
 // its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise.)
-// The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N.
+// The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N, and
+// session 12 (q2d): the default's cubin on P CTAs instead of the wave (132 on the H100). 2048: 512 items — P = 128
+// gives every CTA 4 and every tile's 8 chunks one step of the walk, 130 still 4 at most (unaligned), 124 / 120 a
+// fifth item to 16 / 32 CTAs; 7168: 1792 items — P = 128 gives 14 each (132: 76 CTAs 14, 56 CTAs 13), 130 still 14 at
+// most, 124 / 120 15.
 std::vector<StreamCfg> session_cfgs() {
+  const char* d2 = "2048 default (19203)";
+  const char* d7 = "7168 default (19203)";
   return {
-      {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
-      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+      {d2, 2048, 2, 4, 19203, nullptr},
+      {"2048 P=128", 2048, 2, 4, 19203, d2, true, 128},
+      {"2048 P=130", 2048, 2, 4, 19203, d2, true, 130},
+      {"2048 P=124", 2048, 2, 4, 19203, d2, true, 124},
+      {"2048 P=120", 2048, 2, 4, 19203, d2, true, 120},
+      {d7, 7168, 2, 4, 19203, nullptr},
+      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
+      {"7168 P=130", 7168, 2, 4, 19203, d7, true, 130},
+      {"7168 P=124", 7168, 2, 4, 19203, d7, true, 124},
+      {"7168 P=120", 7168, 2, 4, 19203, d7, true, 120},
   };
+}
+
+// interleaved_sweep (measure_util.hpp) with each row's round medians also compared, round by round, with its
+// baseline's (the default of the same N): "wins" = rounds where the row's median is lower, and the median of the
+// per-round differences.
+void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
+                  const std::function<void(size_t)>& select,
+                  const std::function<std::function<void(Stream)>(size_t)>& run, detail::L2Flusher& l2, int rounds,
+                  int calls) {
+  std::vector<std::vector<double>> med(cfgs.size());
+  for (int round = 0; round < rounds; ++round)
+    for (size_t k = 0; k < cfgs.size(); ++k) {
+      const size_t i = round % 2 == 0 ? k : cfgs.size() - 1 - k;
+      select(i);
+      med[i].push_back(detail::median(detail::time_calls_us(run(i), nullptr, l2, 2, calls)));
+    }
+  std::printf("%s, %d rounds x %d calls (L2 flushed): median of round medians (min .. max round median), µs; "
+              "against the baseline: median of the per-round differences, rounds won\n",
+              title.c_str(), rounds, calls);
+  for (size_t i = 0; i < cfgs.size(); ++i) {
+    std::vector<double> v = med[i];
+    std::sort(v.begin(), v.end());
+    std::printf("  %-28s %7.2f  (%.2f .. %.2f)", cfgs[i].name, v[v.size() / 2], v.front(), v.back());
+    size_t b = cfgs.size();
+    for (size_t j = 0; j < cfgs.size() && cfgs[i].baseline; ++j)
+      if (std::string(cfgs[j].name) == cfgs[i].baseline) b = j;
+    if (b < cfgs.size()) {
+      std::vector<double> d;
+      int wins = 0;
+      for (int r = 0; r < rounds; ++r) {
+        d.push_back(med[i][r] - med[b][r]);
+        wins += med[i][r] < med[b][r];
+      }
+      std::sort(d.begin(), d.end());
+      std::printf("  diff %+6.2f, won %d / %d", d[d.size() / 2], wins, rounds);
+    }
+    std::printf("\n");
+  }
 }
 
 TEST_F(RmsqStreamMeasure, Sweep) {
@@ -125,11 +182,11 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
   first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); }, at);
-  std::vector<std::string> names;
-  for (const StreamCfg& c : cfgs) names.emplace_back(c.name);
-  interleaved_sweep(
-      "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", names,
-      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, 9, 10);
+  const char* rounds_env = std::getenv("KILN_MEASURE_ROUNDS");
+  const int rounds = rounds_env ? std::max(1, std::atoi(rounds_env)) : 9;
+  paired_sweep(
+      "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", cfgs,
+      [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel
@@ -156,10 +213,10 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
+      {"2048 P=128", 2048, 2, 4, 19203, nullptr, true, 128},
       {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
+      {"7168 P=128", 7168, 2, 4, 19203, nullptr, true, 128},
   });
-
-
   Runtime& r = rt();
   bind_device(r);
   const int64_t M = 8192;

@@ -9,6 +9,7 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -25,6 +26,8 @@ namespace kiln::detail {
 // ops/rms_norm_block_quant.cpp: forces a search-space point for (N, mode); false outside the space.
 bool rms_norm_block_quant_force_config(int64_t N, int mode, int warps, int col_blocks, int prefetch, int stages,
                                        int overlap, int exchange);
+// ops/rms_norm_block_quant.cpp: while > 0, the stream kernel runs on this many CTAs (capped at one wave and the items).
+extern std::atomic<int> rms_norm_block_quant_stream_grid;
 }  // namespace kiln::detail
 
 namespace kiln::test {
@@ -610,6 +613,54 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
       {4096, 2, 16, 2, 1, 4, 19203, 3, 3001}, {5120, 2, 16, 2, 1, 4, 19203, 3, 2048}, {4096, 2, 16, 2, 1, 4, 19203, 3, 7},
   };
   check_points(points, 0x7d);
+}
+
+// The stream kernel on fewer CTAs than one wave (detail::rms_norm_block_quant_stream_grid) writes the same bits as
+// on the wave, rms_inv included: an item's partial sums depend only on its (tile, chunk), and the exchange sums a
+// tile's chunks in chunk order whatever CTA ran them. The default (19203) and LEAN (round_scale 0) at M % 16 != 0 and
+// partial tiles; P = 128 (tiles inside one step of the walk), 124 / 120, and 29 (many items a CTA, P ≥ the chunks).
+TEST_F(RmsNormBlockQuantTest, StreamGridSameBits) {
+  struct GridReset {
+    ~GridReset() { detail::rms_norm_block_quant_stream_grid.store(0); }
+  } reset;
+  struct Case {
+    SpacePoint p;
+    bool round_scale;
+    int grid;
+  };
+  const std::vector<Case> cases = {
+      {{2048, 2, 16, 2, 1, 4, 19203, 3, 8192}, true, 128}, {{2048, 2, 16, 2, 1, 4, 19203, 3, 4003}, true, 128},
+      {{2048, 2, 16, 2, 1, 4, 19203, 3, 8000}, true, 120}, {{2048, 2, 16, 2, 1, 4, 3, 3, 1001}, false, 29},
+      {{7168, 2, 16, 2, 1, 4, 19203, 3, 4003}, true, 128}, {{7168, 2, 16, 2, 1, 4, 19203, 3, 8192}, true, 124},
+      {{7168, 2, 16, 2, 1, 4, 19203, 3, 999}, true, 29},   {{7168, 2, 16, 2, 1, 4, 3, 3, 300}, false, 128},
+      {{4096, 2, 16, 2, 1, 4, 19203, 3, 3001}, true, 100},
+  };
+  for (size_t i = 0; i < cases.size(); ++i) {
+    const Case& c = cases[i];
+    SCOPED_TRACE(describe(c.p) + " round_scale " + std::to_string(c.round_scale) + " grid " + std::to_string(c.grid));
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.p.N, 2, c.p.warps, c.p.col_blocks, c.p.prefetch,
+                                                          c.p.stages, c.p.overlap, c.p.exchange));
+    const Input in = random_input(c.p.M, c.p.N, mix_seed({0x7e, i}));
+    RunSpec spec;
+    spec.round_scale = c.round_scale;
+    detail::rms_norm_block_quant_stream_grid.store(0);
+    const Result wave = run(in, spec);
+    detail::rms_norm_block_quant_stream_grid.store(c.grid);
+    const Result got = i == 0 ? run_and_check(in, spec) : run(in, spec);  // (the first also against the reference)
+    detail::rms_norm_block_quant_stream_grid.store(0);
+    EXPECT_TRUE(got.written_outside.empty());
+    EXPECT_TRUE(got.qT == wave.qT) << "qT differs";
+    EXPECT_TRUE(got.q == wave.q) << "q differs";
+    auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
+      return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
+               return std::bit_cast<uint32_t>(x) == std::bit_cast<uint32_t>(y);
+             });
+    };
+    EXPECT_TRUE(same(got.qT_scale, wave.qT_scale)) << "qT_scale differs";
+    EXPECT_TRUE(same(got.q_scale, wave.q_scale)) << "q_scale differs";
+    EXPECT_TRUE(same(got.rms_inv, wave.rms_inv)) << "rms_inv differs";
+  }
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
 // The tile kernel's GX points (exchange 5: clusters of K = 8 CTAs, the clusters' row sums through a tagged global
