@@ -534,11 +534,22 @@ ScratchBuffer global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, i
   return ws;
 }
 
-// One wave of resident CTAs of kernel k over `items` (the GLOBAL walk).
-unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int threads, unsigned smem) {
+// One wave of resident CTAs of kernel k over `items` (at most the items): the GLOBAL walk's most CTAs (the exchange
+// waits for partners, so every CTA must be resident).
+unsigned global_wave(Runtime::Impl& impl, const Kernel& k, int64_t items, int threads, unsigned smem) {
   const int64_t wave = static_cast<int64_t>(impl.device().sm_count) *
                        impl.resident_per_sm(k, threads, static_cast<int>(smem));
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, wave)));
+}
+// The GLOBAL walk's grid: the wave's most items a CTA, p = ⌈items / wave⌉, on the fewest CTAs that keep it,
+// ⌈items / p⌉ (every CTA then runs p items or p − 1, fewer than p of them p − 1). Session 12 (q2d) round A, in one
+// process against the wave (bench/NOTES.md): N = 2048, M = 8192 (512 items: 128 CTAs instead of 132) 25.22 against
+// 25.49 µs, faster in 15 of 15 rounds; N = 7168 (1792 items: 128) 90.67 against 90.62, 6 of 15. Fewer CTAs with
+// more items each (124, 120) lost 2.6–2.9 µs at 2048 and 1.4–1.6 at 7168. The bits do not depend on the grid.
+unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int threads, unsigned smem) {
+  const int64_t wave = global_wave(impl, k, items, threads, smem);
+  const int64_t per_cta = (items + wave - 1) / wave;
+  return static_cast<unsigned>(std::max<int64_t>(1, (items + per_cta - 1) / per_cta));
 }
 
 // Launches a tile GX config (is_tile_gx(s)): grid (S, tiles), clusters of K, the clusters' row sums in the workspace.
@@ -563,7 +574,7 @@ namespace detail {
 // kRmsqStreamTraceSlots u64 records a CTA (grid of them) to this array.
 std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace{nullptr};
 // Measurement hook (tests): while > 0, stream-kernel calls launch this many CTAs (at most one wave and the items)
-// instead of the host's choice. The bits do not depend on it: an item's partial sums are its own (tile, chunk)'s and
+// instead of the host's choice (global_grid). The bits do not depend on it: an item's partial sums are its own (tile, chunk)'s and
 // the exchange sums a tile's chunks in chunk order whatever CTA ran them.
 std::atomic<int> rms_norm_block_quant_stream_grid{0};
 }  // namespace detail
@@ -582,9 +593,11 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   LaunchDims d;
   d.block[0] = kRmsqStreamThreads;
   d.smem = static_cast<unsigned>(smem_bytes(s));
-  d.grid[0] = global_grid(impl, impl.kernel(s), tiles * chunks, kRmsqStreamThreads, d.smem);
+  const Kernel& k = impl.kernel(s);
+  d.grid[0] = global_grid(impl, k, tiles * chunks, kRmsqStreamThreads, d.smem);
   if (const int forced = detail::rms_norm_block_quant_stream_grid.load(std::memory_order_relaxed); forced > 0)
-    d.grid[0] = std::min(d.grid[0], static_cast<unsigned>(forced));
+    d.grid[0] = std::min(global_wave(impl, k, tiles * chunks, kRmsqStreamThreads, d.smem),
+                         static_cast<unsigned>(forced));
   RmsqStreamArgs sa{a, nullptr, 0, trace};
   const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);

@@ -105,25 +105,22 @@ class RmsqStreamMeasure : public GpuTest {
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted; session 12's FR 134217728,
 // its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise.)
-// The sweep's rows (the variants under measurement go here, each with its baseline): the default at both N, and
-// session 12 (q2d): the default's cubin on P CTAs instead of the wave (132 on the H100). 2048: 512 items — P = 128
-// gives every CTA 4 and every tile's 8 chunks one step of the walk, 130 still 4 at most (unaligned), 124 / 120 a
-// fifth item to 16 / 32 CTAs; 7168: 1792 items — P = 128 gives 14 each (132: 76 CTAs 14, 56 CTAs 13), 130 still 14 at
-// most, 124 / 120 15.
+// The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d): the default's
+// cubin on P CTAs. Round A (P forced against the wave, 132 on the H100) measured 128 / 130 / 124 / 120 at N = 2048
+// and 7168 (bench/NOTES.md); the host's grid is now global_grid's (128 at both N, M = 8192). Round B: the default
+// against the wave (forced) at both N, 2048 P = 130 again, and 7168 P = 131 / 130 / 129.
 std::vector<StreamCfg> session_cfgs() {
-  const char* d2 = "2048 default (19203)";
-  const char* d7 = "7168 default (19203)";
+  const char* w2 = "2048 P=132 (wave)";
+  const char* w7 = "7168 P=132 (wave)";
   return {
-      {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 P=128", 2048, 2, 4, 19203, d2, true, 128},
-      {"2048 P=130", 2048, 2, 4, 19203, d2, true, 130},
-      {"2048 P=124", 2048, 2, 4, 19203, d2, true, 124},
-      {"2048 P=120", 2048, 2, 4, 19203, d2, true, 120},
-      {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
-      {"7168 P=130", 7168, 2, 4, 19203, d7, true, 130},
-      {"7168 P=124", 7168, 2, 4, 19203, d7, true, 124},
-      {"7168 P=120", 7168, 2, 4, 19203, d7, true, 120},
+      {w2, 2048, 2, 4, 19203, nullptr, true, 132},
+      {"2048 default (19203, P=128)", 2048, 2, 4, 19203, w2},
+      {"2048 P=130", 2048, 2, 4, 19203, w2, true, 130},
+      {w7, 7168, 2, 4, 19203, nullptr, true, 132},
+      {"7168 default (19203, P=128)", 7168, 2, 4, 19203, w7},
+      {"7168 P=131", 7168, 2, 4, 19203, w7, true, 131},
+      {"7168 P=130", 7168, 2, 4, 19203, w7, true, 130},
+      {"7168 P=129", 7168, 2, 4, 19203, w7, true, 129},
   };
 }
 
@@ -212,10 +209,10 @@ TEST_F(RmsqStreamMeasure, Profile) {
 // One traced run per config after an L2 flush (and one untraced run before: the outputs must match).
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
-      {"2048 default (19203)", 2048, 2, 4, 19203, nullptr},
-      {"2048 P=128", 2048, 2, 4, 19203, nullptr, true, 128},
-      {"7168 default (19203)", 7168, 2, 4, 19203, nullptr},
-      {"7168 P=128", 7168, 2, 4, 19203, nullptr, true, 128},
+      {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
+      {"2048 P=132 (wave)", 2048, 2, 4, 19203, nullptr, true, 132},
+      {"7168 default (19203, P=128)", 7168, 2, 4, 19203, nullptr},
+      {"7168 P=132 (wave)", 7168, 2, 4, 19203, nullptr, true, 132},
   });
   Runtime& r = rt();
   bind_device(r);

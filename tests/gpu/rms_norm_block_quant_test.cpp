@@ -615,10 +615,12 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// The stream kernel on fewer CTAs than one wave (detail::rms_norm_block_quant_stream_grid) writes the same bits as
-// on the wave, rms_inv included: an item's partial sums depend only on its (tile, chunk), and the exchange sums a
-// tile's chunks in chunk order whatever CTA ran them. The default (19203) and LEAN (round_scale 0) at M % 16 != 0 and
-// partial tiles; P = 128 (tiles inside one step of the walk), 124 / 120, and 29 (many items a CTA, P ≥ the chunks).
+// The stream kernel on fewer CTAs than one wave writes the same bits as on the wave (forced through
+// detail::rms_norm_block_quant_stream_grid), rms_inv included: an item's partial sums depend only on its (tile,
+// chunk), and the exchange sums a tile's chunks in chunk order whatever CTA ran them. Both the host's grid
+// (global_grid: the wave's most items a CTA on the fewest CTAs, e.g. 128 at M = 8192, N = 2048 / 7168) and forced
+// P = 128, 124, 120, 100 and 29 (many items a CTA, P ≥ the chunks), for the default (19203) and LEAN (round_scale 0)
+// at M % 16 != 0 and partial tiles; the first case's host grid also against the reference.
 TEST_F(RmsNormBlockQuantTest, StreamGridSameBits) {
   struct GridReset {
     ~GridReset() { detail::rms_norm_block_quant_stream_grid.store(0); }
@@ -643,22 +645,28 @@ TEST_F(RmsNormBlockQuantTest, StreamGridSameBits) {
     const Input in = random_input(c.p.M, c.p.N, mix_seed({0x7e, i}));
     RunSpec spec;
     spec.round_scale = c.round_scale;
-    detail::rms_norm_block_quant_stream_grid.store(0);
+    detail::rms_norm_block_quant_stream_grid.store(1 << 30);  // (capped: one wave)
     const Result wave = run(in, spec);
+    detail::rms_norm_block_quant_stream_grid.store(0);  // the host's grid
+    const Result host = i == 0 ? run_and_check(in, spec) : run(in, spec);
     detail::rms_norm_block_quant_stream_grid.store(c.grid);
-    const Result got = i == 0 ? run_and_check(in, spec) : run(in, spec);  // (the first also against the reference)
+    const Result forced = run(in, spec);
     detail::rms_norm_block_quant_stream_grid.store(0);
-    EXPECT_TRUE(got.written_outside.empty());
-    EXPECT_TRUE(got.qT == wave.qT) << "qT differs";
-    EXPECT_TRUE(got.q == wave.q) << "q differs";
     auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
       return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
                return std::bit_cast<uint32_t>(x) == std::bit_cast<uint32_t>(y);
              });
     };
-    EXPECT_TRUE(same(got.qT_scale, wave.qT_scale)) << "qT_scale differs";
-    EXPECT_TRUE(same(got.q_scale, wave.q_scale)) << "q_scale differs";
-    EXPECT_TRUE(same(got.rms_inv, wave.rms_inv)) << "rms_inv differs";
+    using Named = std::pair<const char*, const Result*>;
+    for (const auto& [what, got] : {Named{"host grid", &host}, Named{"forced grid", &forced}}) {
+      SCOPED_TRACE(what);
+      EXPECT_TRUE(got->written_outside.empty());
+      EXPECT_TRUE(got->qT == wave.qT) << "qT differs";
+      EXPECT_TRUE(got->q == wave.q) << "q differs";
+      EXPECT_TRUE(same(got->qT_scale, wave.qT_scale)) << "qT_scale differs";
+      EXPECT_TRUE(same(got->q_scale, wave.q_scale)) << "q_scale differs";
+      EXPECT_TRUE(same(got->rms_inv, wave.rms_inv)) << "rms_inv differs";
+    }
   }
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
