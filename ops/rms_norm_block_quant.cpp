@@ -541,15 +541,19 @@ unsigned global_wave(Runtime::Impl& impl, const Kernel& k, int64_t items, int th
                        impl.resident_per_sm(k, threads, static_cast<int>(smem));
   return static_cast<unsigned>(std::max<int64_t>(1, std::min<int64_t>(items, wave)));
 }
-// The GLOBAL walk's grid: the wave's most items a CTA, p = ⌈items / wave⌉, on the fewest CTAs that keep it,
-// ⌈items / p⌉ (every CTA then runs p items or p − 1, fewer than p of them p − 1). Session 12 (q2d) round A, in one
-// process against the wave (bench/NOTES.md): N = 2048, M = 8192 (512 items: 128 CTAs instead of 132) 25.22 against
-// 25.49 µs, faster in 15 of 15 rounds; N = 7168 (1792 items: 128) 90.67 against 90.62, 6 of 15. Fewer CTAs with
-// more items each (124, 120) lost 2.6–2.9 µs at 2048 and 1.4–1.6 at 7168. The bits do not depend on the grid.
+// The GLOBAL walk's grid. Where a CTA runs few items (p = ⌈items / wave⌉ ≤ kGlobalFewItems), the wave's p on the
+// fewest CTAs that keep it, ⌈items / p⌉ (every CTA p items or p − 1, fewer than p of them p − 1): the start burst
+// (two items a CTA) is then half the work or more, and fewer CTAs ask for less of it at once. Else the wave. Session
+// 12 (q2d), same cubin, in one process against the wave forced (bench/NOTES.md): N = 2048, M = 8192 (512 items, p = 4:
+// 128 CTAs instead of 132) −0.29 µs (25.22 against 25.49, faster in 15 of 15 rounds; round B −0.32, 21 of 21); N =
+// 7168 (1792 items, p = 14) 128 CTAs +0.05 (6 of 15) and +0.62 (4 of 21), 129–131 +0.10 to +0.51: the wave stays.
+// The bits do not depend on the grid.
+constexpr int64_t kGlobalFewItems = 4;
 unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int threads, unsigned smem) {
   const int64_t wave = global_wave(impl, k, items, threads, smem);
   const int64_t per_cta = (items + wave - 1) / wave;
-  return static_cast<unsigned>(std::max<int64_t>(1, (items + per_cta - 1) / per_cta));
+  if (per_cta > kGlobalFewItems) return static_cast<unsigned>(wave);
+  return static_cast<unsigned>((items + per_cta - 1) / per_cta);
 }
 
 // Launches a tile GX config (is_tile_gx(s)): grid (S, tiles), clusters of K, the clusters' row sums in the workspace.
@@ -574,8 +578,8 @@ namespace detail {
 // kRmsqStreamTraceSlots u64 records a CTA (grid of them) to this array.
 std::atomic<unsigned long long*> rms_norm_block_quant_stream_trace{nullptr};
 // Measurement hook (tests): while > 0, stream-kernel calls launch this many CTAs (at most one wave and the items)
-// instead of the host's choice (global_grid). The bits do not depend on it: an item's partial sums are its own (tile, chunk)'s and
-// the exchange sums a tile's chunks in chunk order whatever CTA ran them.
+// instead of the host's choice (global_grid). The bits do not depend on it: an item's partial sums are its own
+// (tile, chunk)'s and the exchange sums a tile's chunks in chunk order whatever CTA ran them.
 std::atomic<int> rms_norm_block_quant_stream_grid{0};
 }  // namespace detail
 namespace {

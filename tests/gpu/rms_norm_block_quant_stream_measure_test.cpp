@@ -106,21 +106,21 @@ class RmsqStreamMeasure : public GpuTest {
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted; session 12's FR 134217728,
 // its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise.)
 // The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d): the default's
-// cubin on P CTAs. Round A (P forced against the wave, 132 on the H100) measured 128 / 130 / 124 / 120 at N = 2048
-// and 7168 (bench/NOTES.md); the host's grid is now global_grid's (128 at both N, M = 8192). Round B: the default
-// against the wave (forced) at both N, 2048 P = 130 again, and 7168 P = 131 / 130 / 129.
+// cubin on P CTAs. Rounds A and B (P forced against the wave, 132 on the H100) measured 120–131 at N = 2048 and 7168
+// (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
+// items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C: the default against the wave forced at
+// 2048 (round_scale 1 and 0: LEAN, unmeasured so far) and against P = 128 at 7168.
 std::vector<StreamCfg> session_cfgs() {
   const char* w2 = "2048 P=132 (wave)";
-  const char* w7 = "7168 P=132 (wave)";
+  const char* w2r0 = "2048 rs0 P=132 (wave)";
+  const char* d7 = "7168 default (19203, wave)";
   return {
       {w2, 2048, 2, 4, 19203, nullptr, true, 132},
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, w2},
-      {"2048 P=130", 2048, 2, 4, 19203, w2, true, 130},
-      {w7, 7168, 2, 4, 19203, nullptr, true, 132},
-      {"7168 default (19203, P=128)", 7168, 2, 4, 19203, w7},
-      {"7168 P=131", 7168, 2, 4, 19203, w7, true, 131},
-      {"7168 P=130", 7168, 2, 4, 19203, w7, true, 130},
-      {"7168 P=129", 7168, 2, 4, 19203, w7, true, 129},
+      {w2r0, 2048, 2, 4, 3, nullptr, false, 132},
+      {"2048 rs0 default (LEAN, P=128)", 2048, 2, 4, 3, w2r0, false},
+      {d7, 7168, 2, 4, 19203, nullptr},
+      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
   };
 }
 
@@ -211,8 +211,8 @@ TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
       {"2048 P=132 (wave)", 2048, 2, 4, 19203, nullptr, true, 132},
-      {"7168 default (19203, P=128)", 7168, 2, 4, 19203, nullptr},
-      {"7168 P=132 (wave)", 7168, 2, 4, 19203, nullptr, true, 132},
+      {"7168 default (19203, wave)", 7168, 2, 4, 19203, nullptr},
+      {"7168 P=128", 7168, 2, 4, 19203, nullptr, true, 128},
   });
   Runtime& r = rt();
   bind_device(r);

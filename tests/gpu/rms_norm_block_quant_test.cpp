@@ -618,9 +618,10 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
 // The stream kernel on fewer CTAs than one wave writes the same bits as on the wave (forced through
 // detail::rms_norm_block_quant_stream_grid), rms_inv included: an item's partial sums depend only on its (tile,
 // chunk), and the exchange sums a tile's chunks in chunk order whatever CTA ran them. Both the host's grid
-// (global_grid: the wave's most items a CTA on the fewest CTAs, e.g. 128 at M = 8192, N = 2048 / 7168) and forced
-// P = 128, 124, 120, 100 and 29 (many items a CTA, P ≥ the chunks), for the default (19203) and LEAN (round_scale 0)
-// at M % 16 != 0 and partial tiles; the first case's host grid also against the reference.
+// (global_grid: where a CTA runs ≤ 4 items, the wave's most items a CTA on the fewest CTAs — at N = 2048 128 CTAs for
+// M = 8192 and 4003, 126 for 8000 —, else the wave) and forced P = 128, 124, 120, 100 and 29 (many items a CTA, P ≥
+// the chunks), for the default (19203) and LEAN (round_scale 0) at M % 16 != 0 and partial tiles; the first case's
+// host grid also against the reference.
 TEST_F(RmsNormBlockQuantTest, StreamGridSameBits) {
   struct GridReset {
     ~GridReset() { detail::rms_norm_block_quant_stream_grid.store(0); }
