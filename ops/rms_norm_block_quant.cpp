@@ -545,9 +545,9 @@ unsigned global_wave(Runtime::Impl& impl, const Kernel& k, int64_t items, int th
 // fewest CTAs that keep it, ⌈items / p⌉ (every CTA p items or p − 1, fewer than p of them p − 1): the start burst
 // (two items a CTA) is then half the work or more, and fewer CTAs ask for less of it at once. Else the wave. Session
 // 12 (q2d), same cubin, in one process against the wave forced (bench/NOTES.md): N = 2048, M = 8192 (512 items, p = 4:
-// 128 CTAs instead of 132) −0.29 µs (25.22 against 25.49, faster in 15 of 15 rounds; round B −0.32, 21 of 21); N =
-// 7168 (1792 items, p = 14) 128 CTAs +0.05 (6 of 15) and +0.62 (4 of 21), 129–131 +0.10 to +0.51: the wave stays.
-// The bits do not depend on the grid.
+// 128 CTAs instead of 132) −0.29 / −0.32 / −0.61 µs in rounds A / B / C (faster in 51 of 51 rounds; 25.12–25.22),
+// round_scale 0 (LEAN) −0.18 (15 of 15); N = 7168 (1792 items, p = 14) 128 CTAs +0.05 / +0.62 / +0.93, 129–131 +0.10
+// to +0.51: the wave stays. The bits do not depend on the grid.
 constexpr int64_t kGlobalFewItems = 4;
 unsigned global_grid(Runtime::Impl& impl, const Kernel& k, int64_t items, int threads, unsigned smem) {
   const int64_t wave = global_wave(impl, k, items, threads, smem);
