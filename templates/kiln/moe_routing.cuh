@@ -1111,6 +1111,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
+  // REGROWS (moe_routing_args.h kMoeRunRegRows): the rows by 16-byte register loads of every thread at kernel start
+  // (no row copies, no row mbarrier wait loop), stored into the same shared rows once they land.
+  constexpr bool REGROWS = (V & kMoeRunRegRows) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1189,6 +1192,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       __syncwarp();
     }
   };
+  // REGROWS: the thread's share of its token's row, coalesced (16 threads a token read 256 contiguous bytes a load:
+  // load q of part p = floats 4·(q·TPT + p) … + 3), issued before anything else; waited for on the scoreboard where
+  // they are stored into the shared row (no instructions issued while they are in flight).
+  constexpr int NRL = REGROWS ? E / (4 * TPT) : 1;
+  Vec16 rreg[NRL];
+  if constexpr (REGROWS) {
+    if (valid) {
+      const float* src = a.logits + static_cast<i64>(tc0 + tl) * E;
+      u64 pol;
+      asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+#pragma unroll
+      for (int q = 0; q < NRL; ++q)
+        asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                     : "=r"(rreg[q].w[0]), "=r"(rreg[q].w[1]), "=r"(rreg[q].w[2]), "=r"(rreg[q].w[3])
+                     : "l"(src + 4 * (q * TPT + part)), "l"(pol)
+                     : "memory");
+    }
+  }
   if constexpr (TRACE) {
     if (threadIdx.x == 0) {
       tr[kMoeRunTrStartNs] = gns();
@@ -1201,6 +1222,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 
   auto issue_rows = [&] {
     if (threadIdx.x != SW * 32) return;
+    if constexpr (REGROWS) {  // (every thread loaded its share at kernel start)
+      stamp(kMoeRunTrIssued);
+      return;
+    }
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
@@ -1488,7 +1513,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
-    wait_bar(&bars[warp]);  // the warp's rows
+    if constexpr (REGROWS) {  // the registers loaded at kernel start into the shared rows (the scoreboard waits)
+      if (valid) {
+#pragma unroll
+        for (int q = 0; q < NRL; ++q) sts16(smem_u32(rows + tl * RSF + 4 * (q * TPT + part)), rreg[q]);
+      }
+      __syncwarp();
+    } else {
+      wait_bar(&bars[warp]);  // the warp's rows
+    }
     stampw(kMoeRunTrWarp + 4 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * TPW;

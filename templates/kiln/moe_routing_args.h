@@ -124,6 +124,11 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
+  // REGROWS (session 12 helper topk4's candidate, outputs exact; config `load` bit 4194304): every thread loads its
+  // token's row share by 16-byte register loads at kernel start (coalesced: a token's 16 threads read 256 contiguous
+  // bytes a load) and stores it into the shared row when it lands, instead of thread 0's bulk row copies and each
+  // warp's mbarrier wait loop (≈ 190 of ≈ 917 warp instructions a token, ncu session 10 round 3).
+  kMoeRunRegRows = 32768,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

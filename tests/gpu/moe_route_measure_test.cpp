@@ -89,8 +89,10 @@ TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
       // (session 12, helper topk3: nine candidates on 4091 in four rounds, none faster — bench/NOTES.md)
-      {"map: 4091 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 4091},
+      // session 12, helper topk4: REGROWS (the rows by register loads at kernel start, no row copies / wait loop)
+      {"map: load 4198395 (4091 + REGROWS)", true, 16, 2, 4, 16, 0, true, 4198395},
       {"map: 4091 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4091},
+      {"map: 4198395 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4198395},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
@@ -119,7 +121,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       EXPECT_TRUE(d.first == got.end()) << "first differing output byte " << (d.first - got.begin());
     }
   }
-  const int rounds = 15, calls = 10;
+  const int rounds = 21, calls = 10;
   std::map<std::string, std::vector<double>> med, all;
   for (int round = 0; round < rounds; ++round)
     for (size_t i = 0; i < cfgs.size(); ++i) {
@@ -222,7 +224,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"load 4091 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 4091},
+      {"load 4198395 (4091 + REGROWS)", true, 16, 2, 4, 16, 0, true, 4198395},
   };
 
 
