@@ -124,11 +124,15 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
-  // REGROWS (session 12 helper topk4's candidate, outputs exact; config `load` bit 4194304): every thread loads its
-  // token's row share by 16-byte register loads at kernel start (coalesced: a token's 16 threads read 256 contiguous
-  // bytes a load) and stores it into the shared row when it lands, instead of thread 0's bulk row copies and each
-  // warp's mbarrier wait loop (≈ 190 of ≈ 917 warp instructions a token, ncu session 10 round 3).
-  kMoeRunRegRows = 32768,
+  // (Session 12, helper topk4, round A: REGROWS — every warp's rows by register loads at kernel start, no bulk row
+  // copies — lost +1.27 µs: all rows land at once, no warp computes early; deleted: bench/NOTES.md.)
+  // REGLATE8 / 12 (candidates, outputs exact; config `load` bits 8388608 / 16777216): the CTA's last W/2 (W/4) warps
+  // load their rows by coalesced 16-byte register loads once the CTA's init is done and store them into the shared
+  // rows (no mbarrier wait loop for them), the first warps by the bulk copies as before (they compute early);
+  // REGAFTER (33554432, with REGLATE8): the register loads only after the CTA's copies are issued.
+  kMoeRunRegLate8 = 32768,
+  kMoeRunRegLate12 = 64,
+  kMoeRunRegAfterIssue = 512,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

@@ -89,10 +89,11 @@ TEST_F(MoeRouteMeasure, Ablation) {
   const std::vector<RouteCfg> cfgs = {
       {"map: load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
       // (session 12, helper topk3: nine candidates on 4091 in four rounds, none faster — bench/NOTES.md)
-      // session 12, helper topk4: REGROWS (the rows by register loads at kernel start, no row copies / wait loop)
-      {"map: load 4198395 (4091 + REGROWS)", true, 16, 2, 4, 16, 0, true, 4198395},
-      {"map: 4091 - no selection (keys only)", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4091},
-      {"map: 4198395 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 4198395},
+      // session 12, helper topk4, round B (round A: REGROWS, every warp's rows by register loads, +1.27 — deleted):
+      // the last 8 / 4 warps' rows by register loads after the init (REGLATE8 / 12), REGLATE8 after the copies' issue
+      {"map: load 8392699 (4091 + REGLATE8)", true, 16, 2, 4, 16, 0, true, 8392699},
+      {"map: load 16781307 (4091 + REGLATE12)", true, 16, 2, 4, 16, 0, true, 16781307},
+      {"map: load 41947131 (+ REGLATE8 + AFTER)", true, 16, 2, 4, 16, 0, true, 41947131},
       {"map: 4091 - no tail", true, 16, 2, 4, 16, kNoTail, false, 4091},
   };
 
@@ -224,7 +225,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 4091 (default)", true, 16, 2, 4, 16, 0, true, 4091},
-      {"load 4198395 (4091 + REGROWS)", true, 16, 2, 4, 16, 0, true, 4198395},
+      {"load 8392699 (4091 + REGLATE8)", true, 16, 2, 4, 16, 0, true, 8392699},
+      {"load 16781307 (4091 + REGLATE12)", true, 16, 2, 4, 16, 0, true, 16781307},
+      {"load 41947131 (+ REGLATE8 + AFTER)", true, 16, 2, 4, 16, 0, true, 41947131},
   };
 
 
