@@ -337,8 +337,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   const auto with_map = run_points_of(specs[0]);
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
   // and 1 at fill 3 / 4, session 9's default (379) at fill 4 / 3 and with WAITLEAN | FASTDIV (3451), and at fill 4
-  // session 9's 291 and 355; session 12's REGLATE8 / 12 and REGLATE8 + REGAFTER on 4091 (8392699, 16781307, 41947131).
-  ASSERT_EQ(with_map.size(), 21u);
+  // session 9's 291 and 355; session 12's REGLATE12 and REGPRE4 on 4091 (16781307, 33558523).
+  ASSERT_EQ(with_map.size(), 20u);
   // With the map the default is the CTA-run kernel, 16 warps, copies issued by the last warp, the −1 rows as bulk
   // copies after the arrival (fill 4; fill 3 lost in the final run's tune), approximate keys, per-stream arrival word
   // and superblock rows instead of the cooperative launch, prob / map rows by bulk copies, the bias prepared once a
@@ -362,8 +362,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   };
   for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 379), find(16, 3, 16, 379), find(16, 4, 16, 291),
                         find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355),
-                        find(16, 4, 16, 3451), find(16, 4, 16, 4091), find(16, 4, 16, 8392699),
-                        find(16, 4, 16, 16781307), find(16, 4, 16, 41947131)})
+                        find(16, 4, 16, 3451), find(16, 4, 16, 4091), find(16, 4, 16, 16781307),
+                        find(16, 4, 16, 33558523)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   {  // (session 12: the Timeline's traced variants of 4091, with and without the prob / map row stores)
     for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunTrace | kMoeRunNoRows}) {
@@ -371,8 +371,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
       t.config[5] = v;
       EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
     }
-    // (helper topk4: REGLATE8 / 12 and REGLATE8 + REGAFTER traced)
-    for (int load : {8392699, 16781307, 41947131}) {
+    // (helper topk4: REGLATE12 and REGPRE4 traced)
+    for (int load : {16781307, 33558523}) {
       detail::Specialization t = find(16, 4, 16, load);
       t.config[5] = kMoeRunTrace;
       EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
