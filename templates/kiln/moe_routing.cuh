@@ -1111,13 +1111,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
-  // REGLATE12 / REGPRE4 (moe_routing_args.h kMoeRunRegLate12 / kMoeRunRegPre4): warps RW … RE − 1 load their rows
-  // by 16-byte register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies —
-  // REGLATE12 the last W/4 warps, REGPRE4 the 4 warps before the last (the copy-issuing warp keeps its copies).
-  constexpr bool REGPRE4 = (V & kMoeRunRegPre4) != 0;
-  constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : REGPRE4 ? W - 5 : W, RE = REGPRE4 ? W - 1 : W;
-  constexpr bool REGLATE = RW < RE;
-  static_assert(!((V & kMoeRunRegLate12) && REGPRE4), "REGLATE12 or REGPRE4");
+  // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
+  // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
+  constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
+  constexpr bool REGLATE = RW < W;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1204,7 +1201,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   Vec16 rreg[NRL];
   auto load_regs = [&] {
     if constexpr (REGLATE) {
-      if (warp >= RW && (RE == W || warp < RE) && valid) {
+      if (warp >= RW && valid) {
         const float* src = a.logits + static_cast<i64>(tc0 + tl) * E;
         u64 pol;
         asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
@@ -1232,8 +1229,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
-    for (int w = 0; w < (RE == W ? RW : W); ++w) {
-      if (RE < W && w >= RW && w < RE) continue;  // (REGLATE: warps RW … RE − 1 load their own)
+    for (int w = 0; w < RW; ++w) {  // (REGLATE12: warps RW … W − 1 load their own)
       const int n = max(0, min(TPW, nct - w * TPW));
       if (n == 0) break;
       mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
@@ -1518,7 +1514,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
-    if (REGLATE && warp >= RW && (RE == W || warp < RE)) {  // the register loads into the shared rows (the scoreboard waits for them)
+    if (REGLATE && warp >= RW) {  // the register loads into the shared rows (the scoreboard waits for them)
       if (valid) {
 #pragma unroll
         for (int q = 0; q < NRL; ++q) sts16(smem_u32(rows + tl * RSF + 4 * (q * TPT + part)), rreg[q]);

@@ -128,13 +128,12 @@ enum : int {
   // copies — lost +1.27 µs: all rows land at once, no warp computes early; deleted: bench/NOTES.md.)
   // (Round B: REGLATE8 — the last W/2 warps' rows by register loads — −0.10 µs, and with those loads after the copies'
   // issue +0.79; deleted.)
-  // REGLATE12 (a candidate, outputs exact; config `load` bit 16777216): the CTA's last W/4 warps load their rows by
-  // coalesced 16-byte register loads once the CTA's init is done and store them into the shared rows (no mbarrier
-  // wait loop for them; they land early, ahead of the copy engine's queue), the others by the bulk copies as before.
-  // REGPRE4 (config `load` bit 8388608): the same for the 4 warps before the last (W − 5 … W − 2): the copy-issuing
-  // last warp (ISSUELAST) keeps its copies (it issues them until ≈ 3.7 µs, so its register loads came late).
+  // REGLATE12 (outputs exact; config `load` bit 16777216, in the default with the map since session 12: 16781307 =
+  // 4091 + it): the CTA's last W/4 warps load their rows by coalesced 16-byte register loads once the CTA's init is
+  // done and store them into the shared rows (no mbarrier wait loop for them; they land early, ahead of the copy
+  // engine's queue), the others by the bulk copies as before. (Round C: REGPRE4 — the 4 warps before the last — −0.20
+  // against REGLATE12's −0.23; deleted.)
   kMoeRunRegLate12 = 64,
-  kMoeRunRegPre4 = 32768,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
