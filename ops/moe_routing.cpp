@@ -74,11 +74,12 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // bit set — 1 the approximate-key selection (kMoeRunApprox), 2 the copies issued by the last warp before the first
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
-// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV —
-// and the measurement variant bits of the unnamed config field 5.
+// session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV,
+// session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) — and the measurement variant bits of
+// the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048;
+              kRunFastDiv = 2048, kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -86,7 +87,8 @@ int run_bits(const Specialization& s) {
                                            {kRunFillTma, kMoeRunFillTma}, {kRunBulkSt, kMoeRunBulkStore},
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
-                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv}};
+                                           {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
+                                           {kRunRegLate12, kMoeRunRegLate12}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -225,8 +227,10 @@ void set_route_default(Specialization& s) {
     // Session 10: with a bias on 8 groups also LEAN + LEAN3 + WAITLEAN + FASTDIV (load 4091): round 4, same process,
     // 15 rounds: 17.25 µs against 17.55 for 379 (lowest in 13 of 15 round medians), 17.39 for 379 + WAITLEAN + FASTDIV,
     // 17.50 for 379 + LEAN + LEAN3; round 3: 17.14 against 17.39 / 17.26 / 17.41.
+    // Session 12 (helper topk4): there also REGLATE12 (the CTA's last 4 warps' rows by register loads, load 16781307):
+    // rounds B and C, same process, lower than 4091 in 52 of 52 paired rounds (mean −0.22 / −0.23 µs; by ≥ 0.2 in 33).
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
-      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv;
+      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -340,6 +344,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean | kRunLean3 | wf : s9 | wf;
       for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {s9 | wf, kFusedFillLate},
                                 {lean, kFusedFillLate},
+                                {lean | kRunRegLate12, kFusedFillLate},  // (session 12: + REGLATE12, the default)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -641,7 +646,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         // (Session 9's cooperative variant: session 10's options were not measured with the cooperative launch.)
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
-          s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv)) |
+          s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
+                                                    kRunRegLate12)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -1111,6 +1111,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
+  // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
+  // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
+  constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
+  constexpr bool REGLATE = RW < W;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1189,6 +1193,27 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       __syncwarp();
     }
   };
+  // REGLATE: a register-loading warp's thread loads its share of its token's row, coalesced (16 threads a token read
+  // 256 contiguous bytes a load: load q of part p = floats 4·(q·TPT + p) … + 3), once the CTA's init is done (the
+  // copy-issuing warp: after its copies), and stores it into the shared row where the warp would wait: the
+  // scoreboard waits, no instructions are issued while they are in flight.
+  constexpr int NRL = REGLATE ? E / (4 * TPT) : 1;
+  Vec16 rreg[NRL];
+  auto load_regs = [&] {
+    if constexpr (REGLATE) {
+      if (warp >= RW && valid) {
+        const float* src = a.logits + static_cast<i64>(tc0 + tl) * E;
+        u64 pol;
+        asm volatile("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+#pragma unroll
+        for (int q = 0; q < NRL; ++q)
+          asm volatile("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0,%1,%2,%3}, [%4], %5;"
+                       : "=r"(rreg[q].w[0]), "=r"(rreg[q].w[1]), "=r"(rreg[q].w[2]), "=r"(rreg[q].w[3])
+                       : "l"(src + 4 * (q * TPT + part)), "l"(pol)
+                       : "memory");
+      }
+    }
+  };
   if constexpr (TRACE) {
     if (threadIdx.x == 0) {
       tr[kMoeRunTrStartNs] = gns();
@@ -1204,7 +1229,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
-    for (int w = 0; w < W; ++w) {
+    for (int w = 0; w < RW; ++w) {  // (REGLATE12: warps RW … W − 1 load their own)
       const int n = max(0, min(TPW, nct - w * TPW));
       if (n == 0) break;
       mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
@@ -1311,6 +1336,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
   if constexpr (!ISSUE0) issue_rows();
+  load_regs();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).
@@ -1488,7 +1514,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   constexpr int BB = BIASPRE ? W + 1 : W;  // the barrier behind which the bias is read
   if (nw > 0) {
-    wait_bar(&bars[warp]);  // the warp's rows
+    if (REGLATE && warp >= RW) {  // the register loads into the shared rows (the scoreboard waits for them)
+      if (valid) {
+#pragma unroll
+        for (int q = 0; q < NRL; ++q) sts16(smem_u32(rows + tl * RSF + 4 * (q * TPT + part)), rreg[q]);
+      }
+      __syncwarp();
+    } else {
+      wait_bar(&bars[warp]);  // the warp's rows
+    }
     stampw(kMoeRunTrWarp + 4 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
     const int rt = valid ? tl : warp * TPW;

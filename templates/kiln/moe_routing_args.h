@@ -124,6 +124,16 @@ enum : int {
   // without a modulo where the grid has at least E CTAs.
   kMoeRunWaitLean = 536870912,
   kMoeRunFastDiv = 1073741824,
+  // (Session 12, helper topk4, round A: REGROWS — every warp's rows by register loads at kernel start, no bulk row
+  // copies — lost +1.27 µs: all rows land at once, no warp computes early; deleted: bench/NOTES.md.)
+  // (Round B: REGLATE8 — the last W/2 warps' rows by register loads — −0.10 µs, and with those loads after the copies'
+  // issue +0.79; deleted.)
+  // REGLATE12 (outputs exact; config `load` bit 16777216, in the default with the map since session 12: 16781307 =
+  // 4091 + it): the CTA's last W/4 warps load their rows by coalesced 16-byte register loads once the CTA's init is
+  // done and store them into the shared rows (no mbarrier wait loop for them; they land early, ahead of the copy
+  // engine's queue), the others by the bulk copies as before. (Round C: REGPRE4 — the 4 warps before the last — −0.20
+  // against REGLATE12's −0.23; deleted.)
+  kMoeRunRegLate12 = 64,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

@@ -307,7 +307,7 @@ TEST_F(MoeRoutingTest, CtaRunKernel) {
   for (const Cfg& k : {Cfg{32, 3, 16}, Cfg{16, 3, 16}, Cfg{32, 4, 16}, Cfg{16, 4, 16}, Cfg{32, 5, 16}, Cfg{16, 5, 16},
                        Cfg{16, 3, 16, 1}, Cfg{16, 4, 16, 1}, Cfg{16, 3, 16, 6}, Cfg{16, 4, 16, 6}, Cfg{16, 3, 16, 7},
                        Cfg{16, 4, 16, 7}, Cfg{16, 4, 16, 291}, Cfg{16, 4, 16, 379}, Cfg{16, 3, 16, 379},
-                       Cfg{16, 4, 16, 3451}, Cfg{16, 4, 16, 4091}})
+                       Cfg{16, 4, 16, 3451}, Cfg{16, 4, 16, 4091}, Cfg{16, 4, 16, 16781307}})
     for (bool with_map : {true, false}) {
       if (!with_map && (k.fill != 3 || k.load > 7)) continue;  // (the session-9 options are map options)
       auto forced = [&](Case c) {
@@ -370,8 +370,8 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
   base.warps = 16;
   base.tpw = 2;
   base.fill = 4;
-  base.load = 4091;  // (the default: PERSIST, load bit 256, whatever a tuning file says; under capture session 9's
-                     // cooperative variant)
+  base.load = 16781307;  // (the default: PERSIST, load bit 256, whatever a tuning file says; under capture
+                         // session 9's cooperative variant)
   base.tpt = 16;
   const auto forced = force_config(r, base);
   auto at = [&](int64_t T) {
@@ -448,7 +448,8 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // winners (the exact-key fallback, equal group scores at the cut, more than 16 and more than 32 candidates), and 8
 // groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
-  for (int load : {4091, 3451}) {
+  // (16781307: 4091 + REGLATE12, the default since session 12)
+  for (int load : {16781307, 4091, 3451}) {
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
