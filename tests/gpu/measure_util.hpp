@@ -57,6 +57,23 @@ std::map<std::string, std::vector<uint8_t>> first_runs_checked(const std::vector
   return outs;
 }
 
+// Round-by-round differences other[i] − base[i] of two timings taken in the same rounds, sorted, and the number of
+// rounds in which `other` was faster (the paired A/B every measurement suite prints).
+struct PairedDiff {
+  std::vector<double> d;  // sorted
+  int wins = 0;
+  double at(double q) const { return d.empty() ? 0.0 : d[static_cast<size_t>(q * (d.size() - 1) + 0.5)]; }
+};
+inline PairedDiff paired_diff(const std::vector<double>& base, const std::vector<double>& other) {
+  PairedDiff p;
+  for (size_t i = 0; i < base.size() && i < other.size(); ++i) {
+    p.d.push_back(other[i] - base[i]);
+    p.wins += other[i] < base[i];
+  }
+  std::sort(p.d.begin(), p.d.end());
+  return p;
+}
+
 // Times `names.size()` configs in one process: `rounds` rounds, each calling select(i) (forcing config i) and timing
 // `calls` calls of run(i) (L2 flushed before each, 2 warm-up calls), in forward order in even rounds and backward in
 // odd ones (no config always follows the same one), then prints per config the median of its round medians and the

@@ -149,14 +149,8 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
     for (size_t j = 0; j < cfgs.size() && cfgs[i].baseline; ++j)
       if (std::string(cfgs[j].name) == cfgs[i].baseline) b = j;
     if (b < cfgs.size()) {
-      std::vector<double> d;
-      int wins = 0;
-      for (int r = 0; r < rounds; ++r) {
-        d.push_back(med[i][r] - med[b][r]);
-        wins += med[i][r] < med[b][r];
-      }
-      std::sort(d.begin(), d.end());
-      std::printf("  diff %+6.2f, won %d / %d", d[d.size() / 2], wins, rounds);
+      const PairedDiff pd = paired_diff(med[b], med[i]);
+      std::printf("  diff %+6.2f, won %d / %d", pd.d[pd.d.size() / 2], pd.wins, rounds);
     }
     std::printf("\n");
   }

@@ -44,6 +44,7 @@
 #include "runtime/family.hpp"
 #include "runtime/runtime_impl.hpp"
 #include "runtime/specialization.hpp"
+#include "measure_util.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -53,14 +54,15 @@ constexpr double kU = 5.9604644775390625e-08;  // 2⁻²⁴
 constexpr double kSplit = 7.62939453125e-06;   // 2⁻¹⁷
 constexpr double kBf16Round = 3.90625e-03;     // 2⁻⁸: bf16's unit roundoff (8 significant bits)
 
-// "a|b|c" → {"a", "b", "c"} (test filters from the environment).
-std::vector<std::string> split_bar(const std::string& s) {
+// "a|b|c" → {"a", "b", "c"} with sep '|' (lists from the environment).
+std::vector<std::string> split_on(const std::string& s, char sep) {
   std::vector<std::string> out;
   size_t b = 0;
-  for (size_t e; (e = s.find('|', b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
+  for (size_t e; (e = s.find(sep, b)) != std::string::npos; b = e + 1) out.push_back(s.substr(b, e - b));
   out.push_back(s.substr(b));
   return out;
 }
+std::vector<std::string> split_bar(const std::string& s) { return split_on(s, '|'); }
 
 std::string show(float v) {
   char b[48];
@@ -776,6 +778,57 @@ double timed_once(detail::L2Flusher& l2, const std::function<void()>& fn) {
   return detail::time_calls_us([&](Stream) { fn(); }, nullptr, l2, 0, 1)[0];
 }
 
+// The forward A/Bs' settings: $KILN_RG_AB_ROUNDS (default 24) and $KILN_RG_AB_SHAPES ("TxK,…", E = 256; else `dflt`).
+int ab_rounds() {
+  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
+  return env && std::atoi(env) > 0 ? std::atoi(env) : 24;
+}
+std::vector<Shape> ab_shapes(std::vector<Shape> dflt) {
+  const char* sh = std::getenv("KILN_RG_AB_SHAPES");
+  if (!sh || !*sh) return dflt;
+  std::vector<Shape> out;
+  for (const std::string& part : split_on(sh, ',')) {
+    const size_t xpos = part.find('x');
+    if (xpos != std::string::npos)
+      out.push_back({std::atoll(part.substr(0, xpos).c_str()), std::atoll(part.substr(xpos + 1).c_str()), 256});
+  }
+  return out;
+}
+
+// `arms` calls timed `rounds` times each, every round in a fresh random order (L2 flushed before every call), then
+// printed under `tag`: per arm median / mean / p10 / p90, and per pair (p, q) the per-round differences q − p with the
+// share of rounds q was faster. Returns us[arm][round].
+std::vector<std::vector<double>> ab_random_order(detail::L2Flusher& l2, const char* tag, int64_t T, int64_t K,
+                                                 const std::vector<std::string>& names, int rounds, unsigned seed,
+                                                 const std::function<void(int)>& call,
+                                                 const std::vector<std::pair<int, int>>& pairs) {
+  const int n = static_cast<int>(names.size());
+  std::vector<std::vector<double>> us(n, std::vector<double>(rounds));
+  std::mt19937 rng(seed);
+  std::vector<int> order(n);
+  for (int k = 0; k < n; ++k) order[k] = k;
+  for (int i = 0; i < rounds; ++i) {
+    std::shuffle(order.begin(), order.end(), rng);
+    for (int k : order) us[k][i] = timed_once(l2, [&] { call(k); });
+  }
+  for (int k = 0; k < n; ++k) {
+    std::vector<double> v = us[k];
+    std::sort(v.begin(), v.end());
+    double mean = 0;
+    for (double t : v) mean += t / rounds;
+    std::printf("[%s] T=%lld K=%lld %-28s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n", tag,
+                static_cast<long long>(T), static_cast<long long>(K), names[k].c_str(), detail::median(v), mean,
+                v[v.size() / 10], v[v.size() * 9 / 10], rounds);
+  }
+  for (auto [p, q] : pairs) {
+    const PairedDiff pd = paired_diff(us[p], us[q]);
+    std::printf("[%s] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n", tag,
+                static_cast<long long>(T), static_cast<long long>(K), names[q].c_str(), names[p].c_str(),
+                detail::median(pd.d), pd.d[pd.d.size() / 10], pd.d[pd.d.size() * 9 / 10], pd.wins, rounds);
+  }
+  return us;
+}
+
 // Measurement (prints; checks only that both paths give the same bits): `kiln bench`'s op row (router_gemm_fp32_fwd)
 // read 0.5–1.0 µs above the sweep row of the same kernel and config (variant 5, the default) in every round of sessions
 // 4–8. Here, in one process and on the same card: (a) the public op and the variant-5 call on the same buffers and on a
@@ -1109,20 +1162,8 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
   detail::L2Flusher l2(r, nullptr);
-  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
-  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
-  std::vector<Shape> shapes_ab = {{8192, 2048, 256}, {8192, 7168, 256}, {4096, 2048, 256}, {1024, 2048, 256}};
-  if (const char* sh = std::getenv("KILN_RG_AB_SHAPES"); sh && *sh) {
-    shapes_ab.clear();
-    std::string list(sh);
-    for (char& c : list) c = c == ',' ? '|' : c;
-    for (const std::string& part : split_bar(list)) {
-      const size_t xpos = part.find('x');
-      if (xpos != std::string::npos)
-        shapes_ab.push_back({std::atoll(part.substr(0, xpos).c_str()), std::atoll(part.substr(xpos + 1).c_str()), 256});
-    }
-  }
-  for (auto [T, K, E] : shapes_ab) {
+  const int rounds = ab_rounds();
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}, {8192, 7168, 256}, {4096, 2048, 256}, {1024, 2048, 256}})) {
     const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xd4c, static_cast<uint64_t>(T)}), mix_seed({0xd5c}));
     DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
     const bool big = (T + 127) / 128 * 2 * 10 >= r.impl().device().sm_count * 9;  // the op's 128-token tiles
@@ -1145,34 +1186,11 @@ TEST_F(RouterGemmTest, FwdStagesAB) {
                                 yb.download<float>(T * E), want));
     }
     const detail::RouterGemmConfig* arm[4] = {nullptr, &a, &b, nullptr};
-    std::string name[4] = {"op default", "forced " + std::to_string(a[5]) + " stages",
-                           "forced " + std::to_string(b[5]) + " stages", "op default again"};
-    std::vector<std::vector<double>> us(4, std::vector<double>(rounds));
-    std::mt19937 rng(0x5e11 + static_cast<unsigned>(T + K));
-    std::vector<int> order = {0, 1, 2, 3};
-    for (int i = 0; i < rounds; ++i) {
-      std::shuffle(order.begin(), order.end(), rng);
-      for (int k : order) us[k][i] = timed_once(l2, [&] { call(arm[k]); });
-    }
-    for (int k = 0; k < 4; ++k) {
-      std::vector<double> v = us[k];
-      std::sort(v.begin(), v.end());
-      std::printf("[stages] T=%lld K=%lld %-18s median %.2f  p10 %.2f  p90 %.2f  (n %d)\n", static_cast<long long>(T),
-                  static_cast<long long>(K), name[k].c_str(), detail::median(v), v[v.size() / 10],
-                  v[v.size() * 9 / 10], rounds);
-    }
-    for (auto [p, q] : {std::pair<int, int>{1, 2}, {1, 0}, {2, 0}, {1, 3}}) {
-      std::vector<double> d;
-      int wins = 0;
-      for (int i = 0; i < rounds; ++i) {
-        d.push_back(us[q][i] - us[p][i]);
-        wins += us[q][i] < us[p][i];
-      }
-      std::sort(d.begin(), d.end());
-      std::printf("[stages] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
-                  static_cast<long long>(T), static_cast<long long>(K), name[q].c_str(), name[p].c_str(),
-                  detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
-    }
+    ab_random_order(l2, "stages", T, K,
+                    {"op default", "forced " + std::to_string(a[5]) + " stages",
+                     "forced " + std::to_string(b[5]) + " stages", "op default again"},
+                    rounds, 0x5e11 + static_cast<unsigned>(T + K), [&](int k) { call(arm[k]); },
+                    {{1, 2}, {1, 0}, {2, 0}, {1, 3}});
   }
 }
 
@@ -1188,8 +1206,7 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
   if (!spec || !*spec) GTEST_SKIP() << "no $KILN_RG_ARMS";
   Runtime& r = rt();
   detail::L2Flusher l2(r, nullptr);
-  const char* env = std::getenv("KILN_RG_AB_ROUNDS");
-  const int rounds = env && std::atoi(env) > 0 ? std::atoi(env) : 24;
+  const int rounds = ab_rounds();
   struct Arm {
     std::string name;
     int variant = -1;
@@ -1197,34 +1214,27 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
     detail::RouterGemmConfig cfg{};
     int flags = 0;
   };
-  auto split = [](const std::string& str, char sep) {
-    std::vector<std::string> out;
-    size_t b = 0;
-    for (size_t e; (e = str.find(sep, b)) != std::string::npos; b = e + 1) out.push_back(str.substr(b, e - b));
-    out.push_back(str.substr(b));
-    return out;
-  };
   const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
                                                {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
                                                {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
                                                {"now", kRgSkipW}};
   std::vector<Arm> arms;
-  for (const std::string& a : split(spec, '|')) {
+  for (const std::string& a : split_on(spec, '|')) {
     const size_t eq = a.find('=');
     ASSERT_NE(eq, std::string::npos) << a;
-    const std::vector<std::string> f = split(a.substr(eq + 1), '/');
+    const std::vector<std::string> f = split_on(a.substr(eq + 1), '/');
     ASSERT_EQ(f.size(), 3u) << a;
     Arm arm;
     arm.name = a.substr(0, eq);
     arm.variant = std::atoi(f[0].c_str());
     if (f[1] != "-") {
-      const std::vector<std::string> c = split(f[1], '.');
+      const std::vector<std::string> c = split_on(f[1], '.');
       ASSERT_EQ(c.size(), 6u) << a;
       for (int i = 0; i < 6; ++i) arm.cfg[i] = std::atoi(c[i].c_str());
       arm.has_cfg = true;
     }
     if (f[2] != "-")
-      for (const std::string& n : split(f[2], '+')) {
+      for (const std::string& n : split_on(f[2], '+')) {
         bool hit = false;
         for (auto [nm, v] : names)
           if (n == nm) arm.flags |= v, hit = true;
@@ -1236,22 +1246,15 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
   std::vector<std::pair<int, int>> pairs;
   for (int k = 1; k < N; ++k) pairs.push_back({0, k});
   if (const char* pe = std::getenv("KILN_RG_AB_PAIRS"); pe && *pe)
-    for (const std::string& p : split(pe, ',')) {
+    for (const std::string& p : split_on(pe, ',')) {
       const size_t d = p.find('-');
       if (d == std::string::npos) continue;
       const int i = std::atoi(p.substr(0, d).c_str()), j = std::atoi(p.substr(d + 1).c_str());
       if (i >= 0 && j >= 0 && i < N && j < N) pairs.push_back({i, j});
     }
-  std::vector<Shape> shapes_ab = {{8192, 2048, 256}};
-  if (const char* sh = std::getenv("KILN_RG_AB_SHAPES"); sh && *sh) {
-    shapes_ab.clear();
-    for (const std::string& part : split(sh, ',')) {
-      const size_t xpos = part.find('x');
-      if (xpos != std::string::npos)
-        shapes_ab.push_back({std::atoll(part.substr(0, xpos).c_str()), std::atoll(part.substr(xpos + 1).c_str()), 256});
-    }
-  }
-  for (auto [T, K, E] : shapes_ab) {
+  std::vector<std::string> arm_names;
+  for (const Arm& a : arms) arm_names.push_back(a.name);
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}})) {
     const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xe6c, static_cast<uint64_t>(T)}), mix_seed({0xe7c}));
     DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4);
     auto call = [&](const Arm& a) {
@@ -1269,35 +1272,8 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
       if (want.empty()) want = yb.download<float>(T * E);
       else EXPECT_TRUE(bitwise_equal(a.name.c_str(), yb.download<float>(T * E), want)) << a.name;
     }
-    std::vector<std::vector<double>> us(N, std::vector<double>(rounds));
-    std::mt19937 rng(0x5e13 + static_cast<unsigned>(T + K));
-    std::vector<int> order(N);
-    for (int k = 0; k < N; ++k) order[k] = k;
-    for (int i = 0; i < rounds; ++i) {
-      std::shuffle(order.begin(), order.end(), rng);
-      for (int k : order) us[k][i] = timed_once(l2, [&] { call(arms[k]); });
-    }
-    for (int k = 0; k < N; ++k) {
-      std::vector<double> v = us[k];
-      std::sort(v.begin(), v.end());
-      double mean = 0;
-      for (double t : v) mean += t / rounds;
-      std::printf("[arms] T=%lld K=%lld %-28s median %.2f  mean %.2f  p10 %.2f  p90 %.2f  (n %d)\n",
-                  static_cast<long long>(T), static_cast<long long>(K), arms[k].name.c_str(), detail::median(v), mean,
-                  v[v.size() / 10], v[v.size() * 9 / 10], rounds);
-    }
-    for (auto [p, q] : pairs) {
-      std::vector<double> d;
-      int wins = 0;
-      for (int i = 0; i < rounds; ++i) {
-        d.push_back(us[q][i] - us[p][i]);
-        wins += us[q][i] < us[p][i];
-      }
-      std::sort(d.begin(), d.end());
-      std::printf("[arms] T=%lld K=%lld paired %s − %s: median %+.2f  p10 %+.2f  p90 %+.2f  faster in %d/%d\n",
-                  static_cast<long long>(T), static_cast<long long>(K), arms[q].name.c_str(), arms[p].name.c_str(),
-                  detail::median(d), d[d.size() / 10], d[d.size() * 9 / 10], wins, rounds);
-    }
+    ab_random_order(l2, "arms", T, K, arm_names, rounds, 0x5e13 + static_cast<unsigned>(T + K),
+                    [&](int k) { call(arms[k]); }, pairs);
   }
 }
 
@@ -1817,14 +1793,9 @@ void OneLaunchAB::run(const std::vector<Opt>& opts, int rounds, size_t ref) {
   // Per option: the median, p10, p90 of its calls, and paired against option 0 (the default) and option `ref` in the
   // same rounds: the median of the per-round differences and the share of rounds in which the option was faster.
   auto paired = [&](size_t k, size_t r0, double& dmed, double& win) {
-    std::vector<double> d;
-    int w = 0;
-    for (size_t i = 0; i < us[k].size(); ++i) {
-      d.push_back(us[k][i] - us[r0][i]);
-      w += us[k][i] < us[r0][i];
-    }
-    dmed = detail::median(d);
-    win = static_cast<double>(w) / d.size();
+    const PairedDiff pd = paired_diff(us[r0], us[k]);
+    dmed = detail::median(pd.d);
+    win = static_cast<double>(pd.wins) / pd.d.size();
   };
   for (size_t k = 0; k < opts.size(); ++k) {
     std::vector<double> v = us[k];

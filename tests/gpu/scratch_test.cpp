@@ -271,10 +271,7 @@ double q(std::vector<double> v, double p) {
   return v.empty() ? 0.0 : v[static_cast<size_t>(p * (v.size() - 1) + 0.5)];
 }
 
-class ScratchMeasure : public GpuTest {
- protected:
-  void TearDown() override { detail::scratch_per_call.store(false); }
-};
+class ScratchMeasure : public ScratchTest {};  // (the same reset of the per-call switch)
 
 TEST_F(ScratchMeasure, Launch) {
   Runtime& r = rt();
@@ -394,14 +391,9 @@ TEST_F(ScratchMeasure, Launch) {
                 q(us[i], 0.9));
   std::printf("[scratch] paired (same round): B - A median (p10 .. p90), share of rounds B < A\n");
   for (const auto& [a, b, tag] : pairs) {
-    std::vector<double> d;
-    int wins = 0;
-    for (int k = 0; k < rounds; ++k) {
-      d.push_back(us[b][k] - us[a][k]);
-      wins += us[b][k] < us[a][k];
-    }
-    std::printf("  [pair] %-15s %+6.2f (%+6.2f .. %+6.2f) %3.0f %%  :: %s - %s\n", tag, q(d, 0.5), q(d, 0.1), q(d, 0.9),
-                100.0 * wins / rounds, rows[b].name.c_str(), rows[a].name.c_str());
+    const PairedDiff pd = paired_diff(us[a], us[b]);
+    std::printf("  [pair] %-15s %+6.2f (%+6.2f .. %+6.2f) %3.0f %%  :: %s - %s\n", tag, pd.at(0.5), pd.at(0.1),
+                pd.at(0.9), 100.0 * pd.wins / rounds, rows[b].name.c_str(), rows[a].name.c_str());
   }
   // Host time per call (enqueue only; host_us_per_call: median of 31 rounds of 256 calls), each path twice, alternated.
   std::printf("[scratch] host µs per call (enqueue), pool / scratch, twice alternated\n");
