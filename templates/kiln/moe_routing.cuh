@@ -1946,13 +1946,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
               const int qi = part + TPT * h;
               if (qi < n) {
                 if (h != 0 || !approx) me = lst[qi];
-                int rank = 0;
+                // (LEAN4: x > me counted as the carry out of the 64-bit x + ~me — x + 2^64 − 1 − me ≥ 2^64 exactly
+                // when x > me — added by addc: 2.5 instructions an entry where ptxas pairs the carries, not two
+                // compares, an add and a predicated move)
+                u32 rank_u = 0u;
+                const u32 nlo = ~static_cast<u32>(me), nhi = ~static_cast<u32>(me >> 32);
 #pragma unroll
                 for (int r = 0; r < 16; r += 2) {
                   const Vec16 pr = lds16(smem_u32(lst + r));
-                  const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
-                  rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+                  asm("{\n.reg .u32 t;\n"
+                      "add.cc.u32 t, %3, %1;\naddc.cc.u32 t, %4, %2;\naddc.u32 %0, %0, 0;\n"
+                      "add.cc.u32 t, %5, %1;\naddc.cc.u32 t, %6, %2;\naddc.u32 %0, %0, 0;\n}"
+                      : "+r"(rank_u)
+                      : "r"(nlo), "r"(nhi), "r"(pr.w[0]), "r"(pr.w[1]), "r"(pr.w[2]), "r"(pr.w[3]));
                 }
+                int rank = static_cast<int>(rank_u);
                 for (int r = 16; r < n; r += 2) {
                   const Vec16 pr = lds16(smem_u32(lst + r));
                   const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
