@@ -1809,16 +1809,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         // (LEAN4: bit c = key[c] ≥ lo from the sign of key[c] − lo, shifted in by funnel shifts — FADD + SHF a key,
         // not FSETP + SEL + LOP3. key − lo is < 0 exactly when key < lo: a difference of floats is ±0 only for equal
         // operands, and then +0 (round to nearest, no flush: keys are never NaN, never −0); equal infinities give the
-        // canonical NaN 0x7fffffff, sign 0: ≥, as the comparison. Two chains (positions 8…15 and 0…7), each filled
-        // from its highest position down, so that the last shifted in sits in bit 0.)
-        static_assert(EPT == 16, "LEAN4: 16 keys a thread");
+        // canonical NaN 0x7fffffff, sign 0: ≥, as the comparison. Two chains (positions EPT/2 … EPT − 1 and 0 …
+        // EPT/2 − 1), each filled from its highest position down, so that the last shifted in sits in bit 0.)
+        static_assert(EPT % 2 == 0 && EPT <= 32, "LEAN4: two chains of keys");
+        constexpr u32 EMASK = EPT == 32 ? 0xffffffffu : (1u << EPT) - 1u;
         u32 lt_hi = 0u, lt_lo = 0u;
 #pragma unroll
         for (int c = EPT / 2 - 1; c >= 0; --c) {
           lt_hi = __funnelshift_l(__float_as_uint(__fsub_rn(key[c + EPT / 2], lo)), lt_hi, 1);
           lt_lo = __funnelshift_l(__float_as_uint(__fsub_rn(key[c], lo)), lt_lo, 1);
         }
-        m[0] = kept ? ~(lt_hi << (EPT / 2) | lt_lo) & 0xffffu : 0u;
+        m[0] = kept ? ~(lt_hi << (EPT / 2) | lt_lo) & EMASK : 0u;
       } else if constexpr (LEAN3) {
         // (four independent chains of set + or, not one 16-long chain of predicated adds)
         u32 q4[4] = {0u, 0u, 0u, 0u};
@@ -1855,10 +1856,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (valid) {
           if (approx) {
             // (approximate keys: the mask rotated once into expert order — position c holds expert offset xo(c) =
-            // c + 4·rot mod 16 — so an append is its bit's index, no per-candidate chunk arithmetic; and a position
-            // past the list clamped to the unused slot CAP instead of a bounds branch: with n > CAP the list is not
-            // read, the argmax rounds take the candidates from m)
-            static_assert(EPT == 16 && (!ROT || NC4 == 4), "LEAN4: the rotation of 4 chunks of 4");
+            // c + 4·rot mod EPT (E = 256; else c) — so an append is its bit's index, no per-candidate chunk
+            // arithmetic; and a position past the list clamped to the unused slot CAP instead of a bounds branch:
+            // with n > CAP the list is not read, the argmax rounds take the candidates from m)
+            static_assert(!ROT || (EPT == 16 && NC4 == 4), "LEAN4: the rotation of 4 chunks of 4");
             const u32 m0 = m[0];
             u32 mm = ROT ? ((m0 << (4 * rot)) | (m0 >> (16 - 4 * rot))) & 0xffffu : m0;
             const u32 eb = 0xffffu - static_cast<u32>(e0);
