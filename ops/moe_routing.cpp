@@ -75,11 +75,12 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // CTA barrier (kMoeRunIssueLast), 4 one cooperative launch without route_zero (kMoeRunCoop; only with 2), and session
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
 // session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV,
-// session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) — and the measurement variant bits of
+// session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
+// selection in fewer instructions; not in the space, unmeasured) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunRegLate12 = 16777216;
+              kRunFastDiv = 2048, kRunLean4 = 4096, kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -88,7 +89,7 @@ int run_bits(const Specialization& s) {
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
-                                           {kRunRegLate12, kMoeRunRegLate12}};
+                                           {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -647,7 +648,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12)) |
+                                                    kRunRegLate12 | kRunLean4)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -377,6 +377,21 @@ TEST(MoeCompile, CtaRunKernelPoints) {
       t.config[5] = kMoeRunTrace;
       EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
     }
+    // (helper topk5: LEAN4 on the default, load 16785403 = 16781307 + 4096 — not in the space, unmeasured — plain
+    // and traced: it compiles for the device)
+    for (int v : {0, static_cast<int>(kMoeRunTrace)}) {
+      detail::Specialization t = specs[0];
+      t.config[3] = 16785403;
+      t.config[5] = v;
+      EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
+    }
+    // (and on LeanSelection's 8 groups of 16 experts: E = 128, top-6, 3 groups kept — 8 keys a thread, no rotation)
+    {
+      detail::Specialization t = specs[0];
+      t.params = {128, 6, 1, 8, 3, 0, 1, 0, 1, 0};
+      t.config[3] = 16785403;
+      EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
+    }
   }
   const auto without = run_points_of(specs[5]);
   // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys

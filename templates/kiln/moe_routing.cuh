@@ -1110,6 +1110,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // (a group spans 2 threads, G · 2 = TPT).
   constexpr bool LEAN = (V & kMoeRunLean) != 0;
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
+  // LEAN4 (moe_routing_args.h kMoeRunLean4, on LEAN3): the same selection in fewer SASS instructions a thread.
+  constexpr bool LEAN4 = LEAN3 && (V & kMoeRunLean4) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
@@ -1756,7 +1758,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
-          o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
+          if constexpr (!LEAN4) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
           rank -= static_cast<int>(set_gt_u32(og[g], sc));         // (set: 0 or 0xffffffff, no predicates)
           if (approx) near -= static_cast<int>(set_ge_u32(og[g], floor_sc));  // (itself included)
         }
@@ -1773,11 +1775,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         kept_out = rank < TG;
         // (approximate keys with equal scores at the cut: not certain either)
         gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
-        kb >>= ti;  // bit TPW·SPAN·g: group g of the thread's token kept
         Key lo = __int_as_float(0x7f800000);
+        if constexpr (LEAN4) {
+          // (LEAN4: lo = the minimum of the kept groups' second-best keys by log2 G xor rounds over the token's groups —
+          // log2 G shuffles + minima instead of G shuffles and G predicated minima; both threads of a group hold the
+          // group's a2 after the partner merge; fminf is exact and order-free: the same bits)
+          lo = kept_out ? a2 : lo;
 #pragma unroll
-        for (int g = 0; g < G; ++g)
-          if (kb & (1u << (TPW * SPAN * g))) lo = kmin(lo, o2[g]);
+          for (int o = TPW * SPAN; o < 32; o <<= 1) lo = kmin(lo, __shfl_xor_sync(ALL, lo, o));
+        } else {
+          kb >>= ti;  // bit TPW·SPAN·g: group g of the thread's token kept
+#pragma unroll
+          for (int g = 0; g < G; ++g)
+            if (kb & (1u << (TPW * SPAN * g))) lo = kmin(lo, o2[g]);
+        }
         lo_out = lo;
       };
       Key lo;
@@ -1794,7 +1805,22 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       // Candidates (kept, key ≥ lo) appended to the token's list at positions from a shared-memory counter (list
       // slot CAP + 1, zero from the kernel start): the list's order does not matter, ranks are counted.
       u32 m[2] = {0u, 0u};
-      if constexpr (LEAN3) {
+      if constexpr (LEAN4) {
+        // (LEAN4: bit c = key[c] ≥ lo from the sign of key[c] − lo, shifted in by funnel shifts — FADD + SHF a key,
+        // not FSETP + SEL + LOP3. key − lo is < 0 exactly when key < lo: a difference of floats is ±0 only for equal
+        // operands, and then +0 (round to nearest, no flush: keys are never NaN, never −0); equal infinities give the
+        // canonical NaN 0x7fffffff, sign 0: ≥, as the comparison. Two chains (positions EPT/2 … EPT − 1 and 0 …
+        // EPT/2 − 1), each filled from its highest position down, so that the last shifted in sits in bit 0.)
+        static_assert(EPT % 2 == 0 && EPT <= 32, "LEAN4: two chains of keys");
+        constexpr u32 EMASK = EPT == 32 ? 0xffffffffu : (1u << EPT) - 1u;
+        u32 lt_hi = 0u, lt_lo = 0u;
+#pragma unroll
+        for (int c = EPT / 2 - 1; c >= 0; --c) {
+          lt_hi = __funnelshift_l(__float_as_uint(__fsub_rn(key[c + EPT / 2], lo)), lt_hi, 1);
+          lt_lo = __funnelshift_l(__float_as_uint(__fsub_rn(key[c], lo)), lt_lo, 1);
+        }
+        m[0] = kept ? ~(lt_hi << (EPT / 2) | lt_lo) & EMASK : 0u;
+      } else if constexpr (LEAN3) {
         // (four independent chains of set + or, not one 16-long chain of predicated adds)
         u32 q4[4] = {0u, 0u, 0u, 0u};
 #pragma unroll
@@ -1810,7 +1836,49 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       const u32 mine = __popc(m[0]);
       u32 pos = 0;
       if (valid && mine) pos = atomicAdd(cnt, mine);
-      if (valid) {
+      if constexpr (LEAN4) {
+        // (LEAN4: the appends' value chosen once — approximate keys list expert indices — not per candidate, where
+        // the compiler kept both the index and the exact entry's two shared loads behind a branch in each append)
+        auto append = [&](auto&& val) {
+          auto put = [&](int c, u32 at) {
+            if (at < CAP) lst[at] = val(c);
+          };
+          u32 mm = m[0];
+          if (mm) {  // (the first two unrolled, as LEAN3)
+            const u32 m2 = mm & (mm - 1u);
+            put(__ffs(mm) - 1, pos);
+            if (m2) put(__ffs(m2) - 1, pos + 1);
+            mm = m2 & (m2 - 1u);
+            pos += 2;
+          }
+          for (; mm; mm &= mm - 1u) put(__ffs(mm) - 1, pos++);
+        };
+        if (valid) {
+          if (approx) {
+            // (approximate keys: the mask rotated once into expert order — position c holds expert offset xo(c) =
+            // c + 4·rot mod EPT (E = 256; else c) — so an append is its bit's index, no per-candidate chunk
+            // arithmetic; and a position past the list clamped to the unused slot CAP instead of a bounds branch:
+            // with n > CAP the list is not read, the argmax rounds take the candidates from m)
+            static_assert(!ROT || (EPT == 16 && NC4 == 4), "LEAN4: the rotation of 4 chunks of 4");
+            const u32 m0 = m[0];
+            u32 mm = ROT ? ((m0 << (4 * rot)) | (m0 >> (16 - 4 * rot))) & 0xffffu : m0;
+            const u32 eb = 0xffffu - static_cast<u32>(e0);
+            auto put = [&](u32 at, u32 mbits) {
+              lst[min(at, static_cast<u32>(CAP))] = static_cast<u64>(eb - static_cast<u32>(__ffs(mbits) - 1));
+            };
+            if (mm) {
+              const u32 m2 = mm & (mm - 1u);
+              put(pos, mm);
+              if (m2) put(pos + 1, m2);
+              mm = m2 & (m2 - 1u);
+              pos += 2;
+            }
+            for (; mm; mm &= mm - 1u) put(pos++, mm);
+          } else {
+            append([&](int c) { return entry(c); });
+          }
+        }
+      } else if (valid) {
         auto put = [&](int c, u32 at) {
           if (at < CAP) lst[at] = approx ? static_cast<u64>(0xffff - (e0 + xo(c))) : entry(c);
         };
@@ -1838,6 +1906,23 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             // token's threads as the entries are.
             if (valid) {
               float* trow = rows + tl * RSF;
+              if constexpr (LEAN4) {
+                // (LEAN4: n ≤ CAP = 2·TPT here, so at most two slots a thread: no trip-count arithmetic)
+                static_assert(CAP == 2 * TPT, "LEAN4: two list slots a thread");
+#pragma unroll
+                for (int h = 0; h < 2; ++h) {
+                  const int qi = part + TPT * h;
+                  if (qi < n) {
+                    float sg;
+                    const u64 x = exact_entry(trow, lst[qi], sg);
+                    lst[qi] = x;
+                    if (h == 0) {
+                      me = x;
+                      my_sg = sg;
+                    }
+                  }
+                }
+              } else {
               for (int qi = part; qi < n; qi += TPT) {
                 float sg;
                 const u64 x = exact_entry(trow, lst[qi], sg);
@@ -1847,6 +1932,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
                   my_sg = sg;
                 }
               }
+              }
             }
             __syncwarp();
           }
@@ -1854,6 +1940,41 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if (valid) {
           // Ranks by counting the larger entries: the first 16 slots at once (the slots past n are 0, below every
           // entry), the rest (n > 16, rare) in a loop.
+          if constexpr (LEAN4) {
+            // (LEAN4: at most two slots a thread, unrolled: no trip-count arithmetic)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+              const int qi = part + TPT * h;
+              if (qi < n) {
+                if (h != 0 || !approx) me = lst[qi];
+                // (LEAN4: x > me counted as the carry out of the 64-bit x + ~me — x + 2^64 − 1 − me ≥ 2^64 exactly
+                // when x > me — added by addc: 2.5 instructions an entry where ptxas pairs the carries, not two
+                // compares, an add and a predicated move)
+                u32 rank_u = 0u;
+                const u32 nlo = ~static_cast<u32>(me), nhi = ~static_cast<u32>(me >> 32);
+#pragma unroll
+                for (int r = 0; r < 16; r += 2) {
+                  const Vec16 pr = lds16(smem_u32(lst + r));
+                  asm("{\n.reg .u32 t;\n"
+                      "add.cc.u32 t, %3, %1;\naddc.cc.u32 t, %4, %2;\naddc.u32 %0, %0, 0;\n"
+                      "add.cc.u32 t, %5, %1;\naddc.cc.u32 t, %6, %2;\naddc.u32 %0, %0, 0;\n}"
+                      : "+r"(rank_u)
+                      : "r"(nlo), "r"(nhi), "r"(pr.w[0]), "r"(pr.w[1]), "r"(pr.w[2]), "r"(pr.w[3]));
+                }
+                int rank = static_cast<int>(rank_u);
+                for (int r = 16; r < n; r += 2) {
+                  const Vec16 pr = lds16(smem_u32(lst + r));
+                  const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+                  rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+                }
+                if (rank < K) {
+                  const int e = 0xffff - static_cast<int>(me & 0xffffu);
+                  record(rank, e);
+                  sp[tl * KP + rank] = approx && h == 0 ? my_sg : rows[tl * RSF + e];
+                }
+              }
+            }
+          } else {
           for (int qi = part; qi < n; qi += TPT) {
             if (qi != part || !approx) me = lst[qi];
             int rank = 0;
@@ -1874,6 +1995,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
               record(rank, e);
               sp[tl * KP + rank] = approx && qi == part ? my_sg : rows[tl * RSF + e];
             }
+          }
           }
         }
       } else {

@@ -134,6 +134,12 @@ enum : int {
   // engine's queue), the others by the bulk copies as before. (Round C: REGPRE4 — the 4 warps before the last — −0.20
   // against REGLATE12's −0.23; deleted.)
   kMoeRunRegLate12 = 64,
+  // LEAN4 (session 12, helper topk5, unmeasured; outputs exact; config `load` bit 4096, on LEAN3: 16785403 =
+  // 16781307 + it): LEAN's selection in fewer SASS instructions a thread — the candidate mask from the signs of
+  // key − lo by funnel shifts, lo by log2 G xor rounds of minima, the appends' value chosen once (not per candidate),
+  // the σ and rank passes over at most CAP / TPT = 2 slots a thread without loop arithmetic, the ranks' 64-bit
+  // comparisons as carries added by addc (bench/NOTES.md).
+  kMoeRunLean4 = 8192,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

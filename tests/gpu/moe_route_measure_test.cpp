@@ -92,6 +92,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // lower in 52 of 52 rounds: the default since — bench/NOTES.md)
       {"map: load 16781307 (default)", true, 16, 2, 4, 16, 0, true, 16781307},
       {"map: load 4091 (session 10's default)", true, 16, 2, 4, 16, 0, true, 4091},
+      // (session 12, helper topk5, unmeasured: LEAN4 — the selection in fewer SASS instructions, outputs exact)
+      {"map: load 16785403 (16781307 + LEAN4)", true, 16, 2, 4, 16, 0, true, 16785403},
       {"map: 16781307 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 16781307},
       {"map: 16781307 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 16781307},
       {"map: 16781307 - no tail", true, 16, 2, 4, 16, kNoTail, false, 16781307},

@@ -47,7 +47,7 @@ struct Case {
   int tpt = 0;             // threads per token: 0 the warp kernel, 4 / 8 / 16 the CTA-run kernel (tpw 32 / tpt)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
-                           // 3 eight clear winners per token with sub-ulp differences among them
+                           // 3 eight clear winners per token with sub-ulp differences among them; 4 / 5 non-finite biases (LeanSelection)
 };
 
 // The route kernel's specialization with the case's config (forced for the scope's lifetime by force_config).
@@ -146,6 +146,20 @@ class MoeRoutingTest : public GpuTest {
           }
         if (c.bias)
           for (int64_t e = 0; e < E; ++e) b[e] = static_cast<float>(e % 2) * 6e-8f;
+      }
+      if (c.bias && (c.pattern == 4 || c.pattern == 5)) {
+        // Non-finite biases (session 12, helper topk5: LEAN4's candidate mask takes the sign of key − lo, which for
+        // equal infinite keys is the canonical NaN's). Pattern 4: the experts of groups 3 … 7 biased NaN or −inf
+        // (their keys −inf, their group scores −inf): group 3 is kept by index among the equal −inf scores, lo is −inf
+        // and every key of the kept groups a candidate (more than 32: the argmax rounds). Pattern 5: two experts of
+        // each of groups 0 … 3 biased +inf (group scores +inf, kept; lo +inf: exactly those 8 keys, all equal).
+        const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+        const int64_t GS = E / std::max<int64_t>(c.o.n_group, 1);
+        for (int64_t e = 0; e < E; ++e) {
+          const int64_t g = e / GS, o = e % GS;
+          if (c.pattern == 4 && g >= 3) b[e] = e % 2 ? nan : -inf;
+          if (c.pattern == 5 && g < 4 && (o == 5 || o == GS / 2 + 4)) b[e] = inf;
+        }
       }
       want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
       num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
@@ -448,8 +462,9 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // winners (the exact-key fallback, equal group scores at the cut, more than 16 and more than 32 candidates), and 8
 // groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
-  // (16781307: 4091 + REGLATE12, the default since session 12)
-  for (int load : {16781307, 4091, 3451}) {
+  // (16781307: 4091 + REGLATE12, the default since session 12; 16785403: + LEAN4, session 12 helper topk5's
+  // candidate, unmeasured: the selection in fewer instructions, outputs exact)
+  for (int load : {16785403, 16781307, 4091, 3451}) {
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
@@ -467,6 +482,12 @@ TEST_F(MoeRoutingTest, LeanSelection) {
       run_case(c, 820 + pattern + load);
     }
     run_case(lean({777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}), 830 + load);
+    if (load >= 16781307)  // (non-finite biases: the default and LEAN4)
+      for (int pattern : {4, 5}) {
+        Case c = lean({600, 256, kLing, true, 16});
+        c.pattern = pattern;
+        run_case(c, 840 + pattern + load);
+      }
   }
 }
 TEST_F(MoeRoutingTest, WithoutInverseIndices) { run_case({513, 64, kQwen, false, 16, false}, 8); }
