@@ -76,7 +76,7 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
 // session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV,
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
-// selection in fewer instructions; not in the space, unmeasured) — and the measurement variant bits of
+// selection in fewer instructions; the default since session 13) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
@@ -230,8 +230,10 @@ void set_route_default(Specialization& s) {
     // 17.50 for 379 + LEAN + LEAN3; round 3: 17.14 against 17.39 / 17.26 / 17.41.
     // Session 12 (helper topk4): there also REGLATE12 (the CTA's last 4 warps' rows by register loads, load 16781307):
     // rounds B and C, same process, lower than 4091 in 52 of 52 paired rounds (mean −0.22 / −0.23 µs; by ≥ 0.2 in 33).
+    // Session 13 (round A, helper topk5's LEAN4 from session 12: the selection's common path in 360 instead of 475
+    // SASS a thread): + LEAN4 (load 16785403), same process, Ablation 21 rounds: 16.05 µs against 17.12 (bits equal).
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
-      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12;
+      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -345,7 +347,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       const int lean = ap && lean_ok(E, G, base.params[P_TOPK_GROUPS]) ? s9 | kRunLean | kRunLean3 | wf : s9 | wf;
       for (auto [load, fill] : {std::pair{s9, kFusedFillLate}, {s9, kFusedFillAfter}, {s9 | wf, kFusedFillLate},
                                 {lean, kFusedFillLate},
-                                {lean | kRunRegLate12, kFusedFillLate},  // (session 12: + REGLATE12, the default)
+                                {lean | kRunRegLate12, kFusedFillLate},  // (session 12: + REGLATE12)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4,
+                                 kFusedFillLate},  // (session 13: + LEAN4, the default)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

@@ -462,8 +462,8 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // winners (the exact-key fallback, equal group scores at the cut, more than 16 and more than 32 candidates), and 8
 // groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
-  // (16781307: 4091 + REGLATE12, the default since session 12; 16785403: + LEAN4, session 12 helper topk5's
-  // candidate, unmeasured: the selection in fewer instructions, outputs exact)
+  // (16781307: 4091 + REGLATE12, the default in session 12; 16785403: + LEAN4, the selection in fewer instructions,
+  // the default since session 13)
   for (int load : {16785403, 16781307, 4091, 3451}) {
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
