@@ -62,6 +62,10 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
+// 65536 GATE (on FIRST + START, session 13 q2e; the value was session 9's HSM, never measured): item 1's blocks
+// requested once every CTA's item 0 has landed (a tagged word a CTA after the workspace's pairs) instead of after
+// this CTA's exchange of item 0.
+constexpr int kStreamGate = 65536;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -378,9 +382,11 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   // (Session 7 round 3 also measured LEAN with slots for three items — R = 3·CB: 30.78 / 99.34 µs against 29.38 /
   // 95.60 with two — and FIRST alone — 30.80 / 101.25; removed, as was pass 1 two items ahead, which needs R = 3·CB.)
   constexpr int kTight = kStreamLean | kStreamTight;
+  constexpr int kDefault = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
+                      kDefault, kDefault | kStreamFirst | kStreamStart,
+                      kDefault | kStreamFirst | kStreamStart | kStreamGate}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
@@ -523,11 +529,12 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 // an earlier launch's pair). A CUDA graph replays a captured launch with the same tag, so under capture the workspace
 // (then the graph's own allocation) is cleared first (a memset node) and the tag is one no uncaptured launch uses.
 // Returns the scratch (ptr 0: none); release it after the launch.
+// `extra` more pairs after them (the stream kernel's GATE: one a CTA).
 ScratchBuffer global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
-                               RmsqStreamArgs& sa) {
+                               RmsqStreamArgs& sa, int64_t extra = 0) {
   if (mode != 2 || chunks <= 1) return {};
   static const char owner = 0;  // (the workspace's name in the runtime's scratch table)
-  const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
+  const size_t words = static_cast<size_t>((tiles * chunks * 128 + extra) * 2);
   const ScratchBuffer ws = impl.scratch(&owner, words * 4, stream);
   sa.ws = reinterpret_cast<unsigned long long*>(ws.ptr);
   sa.tag = impl.workspace_tag(ws.ptr, words, stream, "cuMemsetD32Async (rms_norm_block_quant workspace)");
@@ -603,7 +610,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
     d.grid[0] = std::min(global_wave(impl, k, tiles * chunks, kRmsqStreamThreads, d.smem),
                          static_cast<unsigned>(forced));
   RmsqStreamArgs sa{a, nullptr, 0, trace};
-  const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
+  const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa,
+                                            (s.config[C_OVERLAP] & kStreamGate) ? d.grid[0] : 0);
   impl.launch(s, d, stream, sa);
   impl.release_scratch(ws, stream);
 }

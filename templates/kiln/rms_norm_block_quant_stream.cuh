@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false>
+          bool WLDG_BIT = false, bool GATE_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -236,6 +236,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0, "the chunks must tile N");
   static_assert(R >= 2 * CB && R <= kRmsqStreamMaxRing, "the ring holds two items");
+  // GATE (FIRST + START with the workspace): the rest of the ring requested once every CTA's item 0 has landed.
+  constexpr bool GATE = GATE_BIT && FIRST && START && GX;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
@@ -828,9 +830,32 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (FIRST) {
     // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
     // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
+    if constexpr (GATE) {
+      // A grid-wide gate: this CTA's item 0 has landed (pass 1 waited for every thread's pieces); it says so with a
+      // tagged word after the workspace's pairs, and warp 0 waits until all P CTAs have (at most kRmsqStreamSpinLimit
+      // polls: a CTA that is not resident only delays the gate), so no CTA's item-1 requests reach DRAM before every
+      // CTA's item 0 is in. Timing only: the exchange still checks every pair's tag.
+      u64* gate = sa.ws + static_cast<i64>(tiles) * S * ROWS;
+      __syncthreads();
+      if (tid == 0) stream_st_relaxed(gate + b0, stream_tagged(0.f, sa.tag));
+      if (warp == 0) {
+#pragma unroll 1
+        for (int tries = 0; tries < kRmsqStreamSpinLimit; ++tries) {
+          bool in = true;
+#pragma unroll 1
+          for (int c = lane; c < P; c += 32) in = in && static_cast<u32>(stream_ld_relaxed(gate + c) >> 32) == sa.tag;
+          if (__all_sync(0xffffffffu, in)) break;
+          __nanosleep(64);
+        }
+      }
+      __syncthreads();
+      mark(7, 0);
+#pragma unroll 1
+      for (int k = CB; k < R; ++k) issue_lean();
+    }
     if constexpr (GX) poll_issue(0);
     finish(0, rv);
-    if constexpr (START) {
+    if constexpr (START && !GATE) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
@@ -844,7 +869,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
-      if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
+      // (EARLY_POLL: by item it − 1's last block; GATE: item 1's again here, after this CTA's own pass 1 of it —
+      // the early poll ran before any partner's)
+      if (!EARLY_POLL || (!FIRST && it == 0) || (GATE && it == 1)) poll_issue(it);
     }
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
@@ -866,12 +893,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
+// 65536 GATE (FIRST + START: item 1's blocks requested once every CTA's item 0 has landed — a tagged word a CTA after
+// the workspace's pairs — instead of after this CTA's exchange of item 0).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
+                                   (V & 65536) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

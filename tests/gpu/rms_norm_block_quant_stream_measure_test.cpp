@@ -110,17 +110,19 @@ class RmsqStreamMeasure : public GpuTest {
 // (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
 // items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
 // wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
+// Session 13 (q2e): GATE (65536 on FIRST + START on 19203 = 84899: item 1's blocks requested once every CTA's item 0
+// has landed) against the default and its control FS (19363: FIRST + START on 19203, item 1's blocks after this CTA's
+// exchange of item 0 — the same code without the gate).
 std::vector<StreamCfg> session_cfgs() {
-  const char* w2 = "2048 P=132 (wave)";
-  const char* w2r0 = "2048 rs0 P=132 (wave)";
+  const char* d2 = "2048 default (19203, P=128)";
   const char* d7 = "7168 default (19203, wave)";
   return {
-      {w2, 2048, 2, 4, 19203, nullptr, true, 132},
-      {"2048 default (19203, P=128)", 2048, 2, 4, 19203, w2},
-      {w2r0, 2048, 2, 4, 3, nullptr, false, 132},
-      {"2048 rs0 default (LEAN, P=128)", 2048, 2, 4, 3, w2r0, false},
+      {d2, 2048, 2, 4, 19203, nullptr},
+      {"2048 FS (19363)", 2048, 2, 4, 19363, d2},
+      {"2048 GATE (84899)", 2048, 2, 4, 84899, d2},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
+      {"7168 FS (19363)", 7168, 2, 4, 19363, d7},
+      {"7168 GATE (84899)", 7168, 2, 4, 84899, d7},
   };
 }
 
@@ -204,9 +206,10 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
-      {"2048 P=132 (wave)", 2048, 2, 4, 19203, nullptr, true, 132},
+      {"2048 FS (19363)", 2048, 2, 4, 19363, nullptr},
+      {"2048 GATE (84899)", 2048, 2, 4, 84899, nullptr},
       {"7168 default (19203, wave)", 7168, 2, 4, 19203, nullptr},
-      {"7168 P=128", 7168, 2, 4, 19203, nullptr, true, 128},
+      {"7168 GATE (84899)", 7168, 2, 4, 84899, nullptr},
   });
   Runtime& r = rt();
   bind_device(r);
@@ -281,7 +284,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     ASSERT_FALSE(ctas.empty());
     uint64_t t0 = ~0ull;
     for (const Cta& x : ctas) t0 = std::min(t0, x.t0);
-    std::vector<double> start, end, first_landed;
+    std::vector<double> start, end, first_landed, gate_open;
     // Per item index (of a CTA's own walk): block wait (landed − the previous phase end), pass 1 (sums stored −
     // landed), exchange (r ready − the later of the item's pass 1 and the previous pass 2), pass 2 (its duration).
     // polled (kind 6, S > 1): every partial sum of the item current, after the same start as the exchange.
@@ -323,6 +326,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
             break;
         }
         if (rec.kind == 1 && rec.item == 0) first_landed.push_back(st + rec.us);
+        if (rec.kind == 7) gate_open.push_back(st + rec.us);  // (GATE)
         if (rec.kind != 6) prev_end = rec.us;
       }
       (void)last_p2;
@@ -333,6 +337,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
                 c.name, ctas.size(), ms * 1000.0, span);
     row5("start (after the first CTA's)", start);
     row5("item 0's first block landed", first_landed);
+    if (!gate_open.empty()) row5("gate open (GATE)", gate_open);
     row5("end", end);
     {
       std::vector<double> items;  // items a CTA quantized (the static walk: ⌈items / CTAs⌉ or one fewer)
