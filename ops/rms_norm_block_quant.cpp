@@ -64,7 +64,8 @@ constexpr int kStreamFlat = 2048;
 constexpr int kStreamWldg = 16384;
 // 65536 GATE (on FIRST + START, session 13 q2e; the value was session 9's HSM, never measured): item 1's blocks
 // requested once every CTA's item 0 has landed (a tagged word a CTA after the workspace's pairs) instead of after
-// this CTA's exchange of item 0.
+// this CTA's exchange of item 0. With prefetch 2 (GATE2; the stream kernel's prefetch is otherwise always 1): item 1
+// also quantized right after its pass 1, the pass-1 lookahead from item 2 on.
 constexpr int kStreamGate = 65536;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
@@ -127,8 +128,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}{}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP],
+                       s.config[C_PREFETCH] == 2 ? ", 2" : "");  // (prefetch 2: GATE2, items 0 and 1 first)
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -397,6 +399,11 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);
+      if (overlap & kStreamGate) {  // GATE2 (prefetch 2): item 1 also quantized before item 2's pass 1
+        s.config[C_PREFETCH] = 2;
+        out.push_back(s);
+        s.config[C_PREFETCH] = 1;
+      }
     }
   }
 }

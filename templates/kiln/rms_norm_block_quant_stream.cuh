@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool GATE_BIT = false>
+          bool WLDG_BIT = false, bool GATE_BIT = false, bool GATE2_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -238,6 +238,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   static_assert(R >= 2 * CB && R <= kRmsqStreamMaxRing, "the ring holds two items");
   // GATE (FIRST + START with the workspace): the rest of the ring requested once every CTA's item 0 has landed.
   constexpr bool GATE = GATE_BIT && FIRST && START && GX;
+  constexpr bool GATE2 = GATE2_BIT && GATE;  // (item 1 also quantized before the next item's pass 1)
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
@@ -863,15 +864,28 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     advance();
     if (T > 1) pass1(1, IntC<R - 1>{});
     it0 = 1;
+    if constexpr (GATE2) {
+      // GATE2: item 1 too, right after its pass 1 (the gate left the CTAs in step, so its exchange waits little),
+      // while items 2 and 3 arrive; the pass-1 lookahead starts at item 2 (R + 2·CB groups committed before pass 1
+      // of item 2: the same constant as item 1's).
+      if (T > 1) {
+        poll_issue(1);
+        finish(1, rv);
+        pass2_lean(1, rv);
+        advance();
+        if (T > 2) pass1(2, IntC<R - 1>{});
+        it0 = 2;
+      }
+    }
   }
 #pragma unroll 1
   for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
-      // (EARLY_POLL: by item it − 1's last block; GATE: item 1's again here, after this CTA's own pass 1 of it —
-      // the early poll ran before any partner's)
-      if (!EARLY_POLL || (!FIRST && it == 0) || (GATE && it == 1)) poll_issue(it);
+      // (EARLY_POLL: by item it − 1's last block; GATE: the loop's first item's again here, after this CTA's own
+      // pass 1 of it — the early poll ran before any partner's)
+      if (!EARLY_POLL || (!FIRST && it == 0) || (GATE && it == it0)) poll_issue(it);
     }
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
@@ -895,13 +909,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
 // 65536 GATE (FIRST + START: item 1's blocks requested once every CTA's item 0 has landed — a tagged word a CTA after
-// the workspace's pairs — instead of after this CTA's exchange of item 0).
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
+// the workspace's pairs — instead of after this CTA's exchange of item 0). FQ (config prefetch; 2 only with GATE):
+// the items quantized before the pass-1 lookahead starts (2: items 0 and 1).
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int FQ = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 65536) != 0>(sa);
+                                   (V & 65536) != 0, FQ == 2>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -47,13 +47,14 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
+  int prefetch = 1;      // (2: GATE2, items 0 and 1 quantized before the pass-1 lookahead)
 };
 
 void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
   std::fflush(stdout);
   detail::rms_norm_block_quant_stream_grid.store(c.grid);
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
 }
 
@@ -111,8 +112,9 @@ class RmsqStreamMeasure : public GpuTest {
 // items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
 // wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
 // Session 13 (q2e): GATE (65536 on FIRST + START on 19203 = 84899: item 1's blocks requested once every CTA's item 0
-// has landed) against the default and its control FS (19363: FIRST + START on 19203, item 1's blocks after this CTA's
-// exchange of item 0 — the same code without the gate).
+// has landed) and GATE2 (the same with prefetch 2: item 1 also quantized before item 2's pass 1) against the default
+// and the control FS (19363: FIRST + START on 19203, item 1's blocks after this CTA's exchange of item 0 — the same
+// code without the gate).
 std::vector<StreamCfg> session_cfgs() {
   const char* d2 = "2048 default (19203, P=128)";
   const char* d7 = "7168 default (19203, wave)";
@@ -120,9 +122,11 @@ std::vector<StreamCfg> session_cfgs() {
       {d2, 2048, 2, 4, 19203, nullptr},
       {"2048 FS (19363)", 2048, 2, 4, 19363, d2},
       {"2048 GATE (84899)", 2048, 2, 4, 84899, d2},
+      {"2048 GATE2 (84899 pf2)", 2048, 2, 4, 84899, d2, true, 0, 2},
       {d7, 7168, 2, 4, 19203, nullptr},
       {"7168 FS (19363)", 7168, 2, 4, 19363, d7},
       {"7168 GATE (84899)", 7168, 2, 4, 84899, d7},
+      {"7168 GATE2 (84899 pf2)", 7168, 2, 4, 84899, d7, true, 0, 2},
   };
 }
 
@@ -208,6 +212,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
       {"2048 FS (19363)", 2048, 2, 4, 19363, nullptr},
       {"2048 GATE (84899)", 2048, 2, 4, 84899, nullptr},
+      {"2048 GATE2 (84899 pf2)", 2048, 2, 4, 84899, nullptr, true, 0, 2},
       {"7168 default (19203, wave)", 7168, 2, 4, 19203, nullptr},
       {"7168 GATE (84899)", 7168, 2, 4, 84899, nullptr},
   });
