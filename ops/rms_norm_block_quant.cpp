@@ -62,11 +62,10 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// 65536 GATE (on FIRST + START, session 13 q2e; the value was session 9's HSM, never measured): item 1's blocks
-// requested once every CTA's item 0 has landed (a tagged word a CTA after the workspace's pairs) instead of after
-// this CTA's exchange of item 0. With prefetch 2 (GATE2; the stream kernel's prefetch is otherwise always 1): item 1
-// also quantized right after its pass 1, the pass-1 lookahead from item 2 on.
-constexpr int kStreamGate = 65536;
+// Config prefetch 2 on the stream kernel's default (19203, two blocks an item; prefetch is otherwise always 1): HP1
+// (session 13, q2e) — the start asks for item 0 and item 1's first block, item 1's second block is requested after item
+// 0's pass 1, and item 0's exchange waits behind pass 1 of item 1's first block only (the second one summed after item
+// 0's pass 2), so item 0's quantization need not wait for all 16.8 MB of the start (M = 8192, N = 2048).
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -130,7 +129,7 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}{}>", p[P_N],
                        s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP],
-                       s.config[C_PREFETCH] == 2 ? ", 2" : "");  // (prefetch 2: GATE2, items 0 and 1 first)
+                       s.config[C_PREFETCH] == 2 ? ", 2" : "");  // (prefetch 2: HP1)
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -384,11 +383,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   // (Session 7 round 3 also measured LEAN with slots for three items — R = 3·CB: 30.78 / 99.34 µs against 29.38 /
   // 95.60 with two — and FIRST alone — 30.80 / 101.25; removed, as was pass 1 two items ahead, which needs R = 3·CB.)
   constexpr int kTight = kStreamLean | kStreamTight;
-  constexpr int kDefault = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
   for (int overlap : {1, kStreamLean, kStreamLean | kStreamFirst | kStreamStart, kTight, kTight | kStreamSplit,
                       kTight | kStreamFlat, kTight | kStreamFlat | kStreamSplit, kTight | kStreamSplit | kStreamWldg,
-                      kDefault, kDefault | kStreamFirst | kStreamStart,
-                      kDefault | kStreamFirst | kStreamStart | kStreamGate}) {
+                      kTight | kStreamFlat | kStreamSplit | kStreamWldg}) {
     if ((overlap & kStreamStart) && cb != 2) continue;  // (FIRST + START: two blocks an item)
     for (int R : {2 * cb, 2 * cb + 1}) {                // (slots for two items, or one more block: the base only)
       if (R > kRmsqStreamMaxRing ||
@@ -399,7 +396,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);
-      if (overlap & kStreamGate) {  // GATE2 (prefetch 2): item 1 also quantized before item 2's pass 1
+      if (cb == 2 && overlap == (kTight | kStreamFlat | kStreamSplit | kStreamWldg)) {  // HP1 (prefetch 2)
         s.config[C_PREFETCH] = 2;
         out.push_back(s);
         s.config[C_PREFETCH] = 1;
@@ -536,12 +533,11 @@ int ring_groups(Runtime::Impl& impl, const Kernel& k, unsigned split, bool clust
 // an earlier launch's pair). A CUDA graph replays a captured launch with the same tag, so under capture the workspace
 // (then the graph's own allocation) is cleared first (a memset node) and the tag is one no uncaptured launch uses.
 // Returns the scratch (ptr 0: none); release it after the launch.
-// `extra` more pairs after them (the stream kernel's GATE: one a CTA).
 ScratchBuffer global_workspace(Runtime::Impl& impl, int64_t tiles, int chunks, int mode, Stream stream,
-                               RmsqStreamArgs& sa, int64_t extra = 0) {
+                               RmsqStreamArgs& sa) {
   if (mode != 2 || chunks <= 1) return {};
   static const char owner = 0;  // (the workspace's name in the runtime's scratch table)
-  const size_t words = static_cast<size_t>((tiles * chunks * 128 + extra) * 2);
+  const size_t words = static_cast<size_t>(tiles * chunks * 128 * 2);
   const ScratchBuffer ws = impl.scratch(&owner, words * 4, stream);
   sa.ws = reinterpret_cast<unsigned long long*>(ws.ptr);
   sa.tag = impl.workspace_tag(ws.ptr, words, stream, "cuMemsetD32Async (rms_norm_block_quant workspace)");
@@ -617,8 +613,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
     d.grid[0] = std::min(global_wave(impl, k, tiles * chunks, kRmsqStreamThreads, d.smem),
                          static_cast<unsigned>(forced));
   RmsqStreamArgs sa{a, nullptr, 0, trace};
-  const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa,
-                                            (s.config[C_OVERLAP] & kStreamGate) ? d.grid[0] : 0);
+  const ScratchBuffer ws = global_workspace(impl, tiles, chunks, mode, stream, sa);
   impl.launch(s, d, stream, sa);
   impl.release_scratch(ws, stream);
 }

@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool GATE_BIT = false, bool GATE2_BIT = false>
+          bool WLDG_BIT = false, bool HP1_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -236,9 +236,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0, "the chunks must tile N");
   static_assert(R >= 2 * CB && R <= kRmsqStreamMaxRing, "the ring holds two items");
-  // GATE (FIRST + START with the workspace): the rest of the ring requested once every CTA's item 0 has landed.
-  constexpr bool GATE = GATE_BIT && FIRST && START && GX;
-  constexpr bool GATE2 = GATE2_BIT && GATE;  // (item 1 also quantized before the next item's pass 1)
+  // HP1 (config prefetch 2; LEAN, two blocks an item, two items' slots, the workspace): item 0's exchange waits behind
+  // pass 1 of item 1's FIRST block only (its second block requested after item 0's pass 1, summed after item 0's pass 2).
+  constexpr bool HP1 = HP1_BIT && LEAN && !FIRST && !START && GX && CB == 2 && R == 2 * CB;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
@@ -423,7 +423,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
   if constexpr (LEAN) {
 #pragma unroll 1
-    for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
+    for (int k = 0; k < (START ? CB : HP1 ? R - 1 : R); ++k) issue_lean();
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -824,39 +824,53 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
+  } else if constexpr (HP1) {
+    pass1(0, IntC<R - 2>{});  // (R − 1 groups committed: item 0's blocks and item 1's first)
   } else {
     pass1(0, IntC<R - 1>{});
   }
   int it0 = 0;
+  if constexpr (HP1) {
+    // Item 1's second block requested now (the start asked for 12.6 MB at M = 8192, N = 2048, not 16.8), item 0's
+    // polls, pass 1 of item 1's first block (its sums kept in ss1), item 0's exchange and pass 2, then item 1's second
+    // block added to ss1 — pass 1's operations in its order, so the same bits — and its sums stored; the loop from
+    // item 1 (its polls re-issued at the loop top: the early ones ran before any partner's pass 1 of item 1).
+    issue_lean();  // (R groups committed)
+    poll_issue(0);
+    float ss1[4] = {0.f, 0.f, 0.f, 0.f};
+    auto sum_visit = [&](int k) {
+      Vec16 xv[4];
+      read_visit(k, xv);
+#pragma unroll
+      for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss1[i]);
+    };
+    if (T > 1) {
+      cp_async_wait_group_dyn(1);  // visit CB (item 1's first block): one newer group
+      mark(1, 1);
+      sum_visit(CB);
+    }
+    finish(0, rv);
+    pass2_lean(0, rv);
+    advance();
+    if (T > 1) {
+      cp_async_wait_group_dyn(R - 2);  // visit CB + 1: R + CB committed, R − 2 newer
+      sum_visit(CB + 1);
+      const float sum = transpose_reduce4<false>(ss1, hl);
+      const int j = lane & 7;
+      const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
+      if (lane < 8)
+        stream_st_relaxed(sa.ws + (static_cast<i64>(item_tile(1)) * S + item_col(1) / C) * ROWS + 8 * warp + j,
+                          stream_tagged(v, sa.tag));
+      mark(2, 1);
+    }
+    it0 = 1;
+  }
   if constexpr (FIRST) {
     // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
     // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
-    if constexpr (GATE) {
-      // A grid-wide gate: this CTA's item 0 has landed (pass 1 waited for every thread's pieces); it says so with a
-      // tagged word after the workspace's pairs, and warp 0 waits until all P CTAs have (at most kRmsqStreamSpinLimit
-      // polls: a CTA that is not resident only delays the gate), so no CTA's item-1 requests reach DRAM before every
-      // CTA's item 0 is in. Timing only: the exchange still checks every pair's tag.
-      u64* gate = sa.ws + static_cast<i64>(tiles) * S * ROWS;
-      __syncthreads();
-      if (tid == 0) stream_st_relaxed(gate + b0, stream_tagged(0.f, sa.tag));
-      if (warp == 0) {
-#pragma unroll 1
-        for (int tries = 0; tries < kRmsqStreamSpinLimit; ++tries) {
-          bool in = true;
-#pragma unroll 1
-          for (int c = lane; c < P; c += 32) in = in && static_cast<u32>(stream_ld_relaxed(gate + c) >> 32) == sa.tag;
-          if (__all_sync(0xffffffffu, in)) break;
-          __nanosleep(64);
-        }
-      }
-      __syncthreads();
-      mark(7, 0);
-#pragma unroll 1
-      for (int k = CB; k < R; ++k) issue_lean();
-    }
     if constexpr (GX) poll_issue(0);
     finish(0, rv);
-    if constexpr (START && !GATE) {
+    if constexpr (START) {
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
@@ -864,28 +878,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     advance();
     if (T > 1) pass1(1, IntC<R - 1>{});
     it0 = 1;
-    if constexpr (GATE2) {
-      // GATE2: item 1 too, right after its pass 1 (the gate left the CTAs in step, so its exchange waits little),
-      // while items 2 and 3 arrive; the pass-1 lookahead starts at item 2 (R + 2·CB groups committed before pass 1
-      // of item 2: the same constant as item 1's).
-      if (T > 1) {
-        poll_issue(1);
-        finish(1, rv);
-        pass2_lean(1, rv);
-        advance();
-        if (T > 2) pass1(2, IntC<R - 1>{});
-        it0 = 2;
-      }
-    }
   }
 #pragma unroll 1
   for (int it = it0; it < T; ++it) {
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
-      // (EARLY_POLL: by item it − 1's last block; GATE: the loop's first item's again here, after this CTA's own
-      // pass 1 of it — the early poll ran before any partner's)
-      if (!EARLY_POLL || (!FIRST && it == 0) || (GATE && it == it0)) poll_issue(it);
+      // (EARLY_POLL: by item it − 1's last block; HP1: item 1's again, after the CTA's own pass 1 of it)
+      if (!EARLY_POLL || (!FIRST && it == 0) || (HP1 && it == 1)) poll_issue(it);
     }
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
@@ -907,16 +907,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (measurement only), 128 START, 256 TIGHT (LEAN with power-of-two scales and x contiguous), 512 SPLIT (TIGHT with the
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
-// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory),
-// 65536 GATE (FIRST + START: item 1's blocks requested once every CTA's item 0 has landed — a tagged word a CTA after
-// the workspace's pairs — instead of after this CTA's exchange of item 0). FQ (config prefetch; 2 only with GATE):
-// the items quantized before the pass-1 lookahead starts (2: items 0 and 1).
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int FQ = 1>
+// last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
+// HP = 2 (config prefetch 2; the stream kernel's prefetch is otherwise 1): HP1, item 0's exchange behind half of item
+// 1's pass 1 (its first block), the start asking for three blocks.
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int HP = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   (V & 65536) != 0, FQ == 2>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0, HP == 2>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ struct RmsqStreamArgs {
 // each CTA writes slot 0 = its start (globaltimer ns), slot 1 = its SM id, then one record a phase end,
 // (kind << 48) | (item << 40) | (ns since the start): kind 1 = item's first block landed (pass 1's first wait), 2 =
 // pass 1 done (partial sums stored), 3 = r ready (the exchange), 4 = pass 2 done, 5 = the CTA's end, 6 = every partial
-// sum of the item current (inside the exchange, S > 1), 7 = GATE's gate open (every CTA's item 0 landed).
+// sum of the item current (inside the exchange, S > 1).
 constexpr int kRmsqStreamTrace = 64;
 constexpr int kRmsqStreamTraceSlots = 96;
 // Polls of a warp's partial sums before it sums the missing chunks itself (≈ 64 ns apart: ≈ 0.3 ms). Reached only

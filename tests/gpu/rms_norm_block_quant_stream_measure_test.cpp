@@ -47,7 +47,7 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
-  int prefetch = 1;      // (2: GATE2, items 0 and 1 quantized before the pass-1 lookahead)
+  int prefetch = 1;      // (2: HP1 on 19203)
 };
 
 void force(const StreamCfg& c) {
@@ -111,22 +111,17 @@ class RmsqStreamMeasure : public GpuTest {
 // (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
 // items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
 // wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
-// Session 13 (q2e): GATE (65536 on FIRST + START on 19203 = 84899: item 1's blocks requested once every CTA's item 0
-// has landed) and GATE2 (the same with prefetch 2: item 1 also quantized before item 2's pass 1) against the default
-// and the control FS (19363: FIRST + START on 19203, item 1's blocks after this CTA's exchange of item 0 — the same
-// code without the gate).
+// Session 13 (q2e): round B measured GATE / FS (bench/NOTES.md; deleted); HP1 (19203 with prefetch 2: item 0's
+// exchange behind pass 1 of item 1's first block only, item 1's second block requested after item 0's pass 1) against
+// the default.
 std::vector<StreamCfg> session_cfgs() {
   const char* d2 = "2048 default (19203, P=128)";
   const char* d7 = "7168 default (19203, wave)";
   return {
       {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 FS (19363)", 2048, 2, 4, 19363, d2},
-      {"2048 GATE (84899)", 2048, 2, 4, 84899, d2},
-      {"2048 GATE2 (84899 pf2)", 2048, 2, 4, 84899, d2, true, 0, 2},
+      {"2048 HP1 (19203 pf2)", 2048, 2, 4, 19203, d2, true, 0, 2},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 FS (19363)", 7168, 2, 4, 19363, d7},
-      {"7168 GATE (84899)", 7168, 2, 4, 84899, d7},
-      {"7168 GATE2 (84899 pf2)", 7168, 2, 4, 84899, d7, true, 0, 2},
+      {"7168 HP1 (19203 pf2)", 7168, 2, 4, 19203, d7, true, 0, 2},
   };
 }
 
@@ -210,11 +205,9 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
-      {"2048 FS (19363)", 2048, 2, 4, 19363, nullptr},
-      {"2048 GATE (84899)", 2048, 2, 4, 84899, nullptr},
-      {"2048 GATE2 (84899 pf2)", 2048, 2, 4, 84899, nullptr, true, 0, 2},
+      {"2048 HP1 (19203 pf2)", 2048, 2, 4, 19203, nullptr, true, 0, 2},
       {"7168 default (19203, wave)", 7168, 2, 4, 19203, nullptr},
-      {"7168 GATE (84899)", 7168, 2, 4, 84899, nullptr},
+      {"7168 HP1 (19203 pf2)", 7168, 2, 4, 19203, nullptr, true, 0, 2},
   });
   Runtime& r = rt();
   bind_device(r);
@@ -289,7 +282,7 @@ TEST_F(RmsqStreamMeasure, Timeline) {
     ASSERT_FALSE(ctas.empty());
     uint64_t t0 = ~0ull;
     for (const Cta& x : ctas) t0 = std::min(t0, x.t0);
-    std::vector<double> start, end, first_landed, gate_open;
+    std::vector<double> start, end, first_landed;
     // Per item index (of a CTA's own walk): block wait (landed − the previous phase end), pass 1 (sums stored −
     // landed), exchange (r ready − the later of the item's pass 1 and the previous pass 2), pass 2 (its duration).
     // polled (kind 6, S > 1): every partial sum of the item current, after the same start as the exchange.
@@ -331,7 +324,6 @@ TEST_F(RmsqStreamMeasure, Timeline) {
             break;
         }
         if (rec.kind == 1 && rec.item == 0) first_landed.push_back(st + rec.us);
-        if (rec.kind == 7) gate_open.push_back(st + rec.us);  // (GATE)
         if (rec.kind != 6) prev_end = rec.us;
       }
       (void)last_p2;
@@ -342,7 +334,6 @@ TEST_F(RmsqStreamMeasure, Timeline) {
                 c.name, ctas.size(), ms * 1000.0, span);
     row5("start (after the first CTA's)", start);
     row5("item 0's first block landed", first_landed);
-    if (!gate_open.empty()) row5("gate open (GATE)", gate_open);
     row5("end", end);
     {
       std::vector<double> items;  // items a CTA quantized (the static walk: ⌈items / CTAs⌉ or one fewer)

@@ -672,26 +672,20 @@ TEST_F(RmsNormBlockQuantTest, StreamGridSameBits) {
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
-// The stream kernel's GATE (overlap 84899 = 19203 + FIRST 32 + START 128 + GATE 65536: item 1's blocks requested
-// once every CTA's item 0 has landed), GATE2 (prefetch 2: item 1 also quantized before item 2's pass 1;
-// CTAs of 2 or 3 items at M = 2100 / 6000) and the control FS (19363, no gate) write the same bits as the default (19203),
-// rms_inv included: only when blocks are requested and which item is quantized first change, never an item's
-// operations. Partial last tiles, M % 16 != 0, one item a CTA (M = 1; 7168 at M = 300), P = 128 and the wave, and
-// round_scale 0 (the TIGHT bits then change nothing: LEAN + FIRST + START + GATE against LEAN).
-TEST_F(RmsNormBlockQuantTest, StreamGateSameBits) {
+// The stream kernel's HP1 (19203 with config prefetch 2: the start asks for item 0 and item 1's first block, item 0's
+// exchange waits behind pass 1 of item 1's first block only, the second one summed after item 0's pass 2) writes the
+// same bits as 19203, rms_inv included: item 1's partial sums are pass 1's operations in its order, only split around
+// item 0's quantization. CTAs of 1 (M = 1; 7168 at M = 300), 2 (2048 at 2100, 7168 at 1000), 3 (6000) and 4 items,
+// partial last tiles, M % 16 != 0, round_scale 0 (LEAN with prefetch 2 against LEAN).
+TEST_F(RmsNormBlockQuantTest, StreamHp1SameBits) {
   struct Case {
     int64_t N, M;
-    int overlap;
     bool round_scale;
-    int prefetch = 1;  // (2: GATE2 — item 1 also quantized before item 2's pass 1)
   };
   const std::vector<Case> cases = {
-      {2048, 8192, 84899, true},    {2048, 8192, 19363, true},    {2048, 4003, 84899, true},
-      {2048, 8000, 84899, true},    {2048, 1, 84899, true},       {7168, 4003, 84899, true},
-      {7168, 300, 84899, true},     {7168, 8192, 19363, true},    {2048, 1001, 84899, false},
-      {2048, 8192, 84899, true, 2}, {2048, 4003, 84899, true, 2},
-      {2048, 2100, 84899, true, 2}, {2048, 6000, 84899, true, 2}, {7168, 1000, 84899, true, 2},
-      {7168, 300, 84899, true, 2},  {2048, 6001, 84899, false, 2},
+      {2048, 8192, true}, {2048, 4003, true}, {2048, 8000, true}, {2048, 1, true},     {2048, 2100, true},
+      {2048, 6000, true}, {7168, 4003, true}, {7168, 300, true},  {7168, 1000, true},  {7168, 8192, true},
+      {4096, 3001, true}, {2048, 6001, false},
   };
   auto same = [](const std::vector<float>& a, const std::vector<float>& b) {
     return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](float x, float y) {
@@ -700,14 +694,14 @@ TEST_F(RmsNormBlockQuantTest, StreamGateSameBits) {
   };
   for (size_t i = 0; i < cases.size(); ++i) {
     const Case& c = cases[i];
-    SCOPED_TRACE("N " + std::to_string(c.N) + " M " + std::to_string(c.M) + " overlap " + std::to_string(c.overlap) +
-                 " prefetch " + std::to_string(c.prefetch) + " round_scale " + std::to_string(c.round_scale));
+    SCOPED_TRACE("N " + std::to_string(c.N) + " M " + std::to_string(c.M) + " round_scale " +
+                 std::to_string(c.round_scale));
     const Input in = random_input(c.M, c.N, mix_seed({0x7f, i}));
     RunSpec spec;
     spec.round_scale = c.round_scale;
     ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, 2, 1, 4, 19203, 3));
     const Result base = run(in, spec);
-    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, 2, c.prefetch, 4, c.overlap, 3));
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, 2, 2, 4, 19203, 3));
     const Result got = i == 0 ? run_and_check(in, spec) : run(in, spec);
     EXPECT_TRUE(got.written_outside.empty());
     EXPECT_TRUE(got.qT == base.qT) << "qT differs";
@@ -761,7 +755,7 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   const std::vector<SpacePoint> points = {
       {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000},
-      {2048, 2, 16, 2, 1, 4, 84899, 3, 1000}};  // (GATE: its per-CTA words cleared with the pairs)
+      {2048, 2, 16, 2, 2, 4, 19203, 3, 1000}};  // (HP1)
   for_each_point(points, [](const SpacePoint& p, size_t) {
     const auto& d = detail::driver();
     const int64_t M = p.M, N = p.N;
