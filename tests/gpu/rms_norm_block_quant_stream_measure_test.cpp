@@ -105,7 +105,8 @@ class RmsqStreamMeasure : public GpuTest {
 // 32768, HX 131072, EPS 262144; session 10's DYN 524288, HALF0 1048576, L2PF 2097152, EARLYR 4194304. Session 7 and
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted; session 12's FR 134217728,
-// its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise.)
+// its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise;
+// session 13's GATE 65536 (on FIRST + START) and FS (FIRST + START on 19203) likewise.)
 // The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d): the default's
 // cubin on P CTAs. Rounds A and B (P forced against the wave, 132 on the H100) measured 120–131 at N = 2048 and 7168
 // (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
