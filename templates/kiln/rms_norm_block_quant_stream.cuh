@@ -237,7 +237,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   static_assert(N % C == 0, "the chunks must tile N");
   static_assert(R >= 2 * CB && R <= kRmsqStreamMaxRing, "the ring holds two items");
   // HP1 (config prefetch 2; LEAN, two blocks an item, two items' slots, the workspace): item 0's exchange waits behind
-  // pass 1 of item 1's FIRST block only (its second block requested after item 0's pass 1, summed after item 0's pass 2).
+  // pass 1 of item 1's FIRST block only (its second block requested after item 0's exchange, summed after item 0's
+  // pass 2).
   constexpr bool HP1 = HP1_BIT && LEAN && !FIRST && !START && GX && CB == 2 && R == 2 * CB;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
@@ -831,11 +832,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   }
   int it0 = 0;
   if constexpr (HP1) {
-    // Item 1's second block requested now (the start asked for 12.6 MB at M = 8192, N = 2048, not 16.8), item 0's
-    // polls, pass 1 of item 1's first block (its sums kept in ss1), item 0's exchange and pass 2, then item 1's second
-    // block added to ss1 — pass 1's operations in its order, so the same bits — and its sums stored; the loop from
-    // item 1 (its polls re-issued at the loop top: the early ones ran before any partner's pass 1 of item 1).
-    issue_lean();  // (R groups committed)
+    // (The start asked for 12.6 MB at M = 8192, N = 2048, not 16.8.) Item 0's polls, pass 1 of item 1's first block
+    // (its sums kept in ss1), item 0's exchange, item 1's second block requested (after the exchange: loads issued
+    // behind a burst of copies return only after them — session 13 rounds B and C), item 0's pass 2, then item 1's
+    // second block added to ss1 — pass 1's operations in its order, so the same bits — and its sums stored; the loop
+    // from item 1 (its polls re-issued at the loop top: the early ones ran before any partner's pass 1 of item 1).
     poll_issue(0);
     float ss1[4] = {0.f, 0.f, 0.f, 0.f};
     auto sum_visit = [&](int k) {
@@ -845,11 +846,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
       for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss1[i]);
     };
     if (T > 1) {
-      cp_async_wait_group_dyn(1);  // visit CB (item 1's first block): one newer group
+      cp_async_wait_group_dyn(0);  // visit CB (item 1's first block): the newest of R − 1 groups
       mark(1, 1);
       sum_visit(CB);
     }
     finish(0, rv);
+    issue_lean();  // item 1's second block (R groups committed)
     pass2_lean(0, rv);
     advance();
     if (T > 1) {
@@ -909,7 +911,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
 // HP = 2 (config prefetch 2; the stream kernel's prefetch is otherwise 1): HP1, item 0's exchange behind half of item
-// 1's pass 1 (its first block), the start asking for three blocks.
+// 1's pass 1 (its first block), the start asking for three blocks, the fourth after item 0's exchange.
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int HP = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {

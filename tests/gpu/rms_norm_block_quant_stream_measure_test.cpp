@@ -47,7 +47,7 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
-  int prefetch = 1;      // (2: HP1 on 19203)
+  int prefetch = 1;      // (2: HP1b on 19203)
 };
 
 void force(const StreamCfg& c) {
@@ -112,17 +112,17 @@ class RmsqStreamMeasure : public GpuTest {
 // (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
 // items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
 // wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
-// Session 13 (q2e): round B measured GATE / FS (bench/NOTES.md; deleted); HP1 (19203 with prefetch 2: item 0's
-// exchange behind pass 1 of item 1's first block only, item 1's second block requested after item 0's pass 1) against
-// the default.
+// Session 13 (q2e): round B measured GATE / FS, round C HP1 (bench/NOTES.md; deleted); HP1b (19203 with prefetch 2:
+// item 0's exchange behind pass 1 of item 1's first block only, item 1's second block requested after that exchange)
+// against the default.
 std::vector<StreamCfg> session_cfgs() {
   const char* d2 = "2048 default (19203, P=128)";
   const char* d7 = "7168 default (19203, wave)";
   return {
       {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 HP1 (19203 pf2)", 2048, 2, 4, 19203, d2, true, 0, 2},
+      {"2048 HP1b (19203 pf2)", 2048, 2, 4, 19203, d2, true, 0, 2},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 HP1 (19203 pf2)", 7168, 2, 4, 19203, d7, true, 0, 2},
+      {"7168 HP1b (19203 pf2)", 7168, 2, 4, 19203, d7, true, 0, 2},
   };
 }
 
@@ -206,9 +206,9 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
-      {"2048 HP1 (19203 pf2)", 2048, 2, 4, 19203, nullptr, true, 0, 2},
+      {"2048 HP1b (19203 pf2)", 2048, 2, 4, 19203, nullptr, true, 0, 2},
       {"7168 default (19203, wave)", 7168, 2, 4, 19203, nullptr},
-      {"7168 HP1 (19203 pf2)", 7168, 2, 4, 19203, nullptr, true, 0, 2},
+      {"7168 HP1b (19203 pf2)", 7168, 2, 4, 19203, nullptr, true, 0, 2},
   });
   Runtime& r = rt();
   bind_device(r);

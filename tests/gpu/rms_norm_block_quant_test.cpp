@@ -672,8 +672,9 @@ TEST_F(RmsNormBlockQuantTest, StreamGridSameBits) {
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
-// The stream kernel's HP1 (19203 with config prefetch 2: the start asks for item 0 and item 1's first block, item 0's
-// exchange waits behind pass 1 of item 1's first block only, the second one summed after item 0's pass 2) writes the
+// The stream kernel's HP1b (19203 with config prefetch 2: the start asks for item 0 and item 1's first block, item 0's
+// exchange waits behind pass 1 of item 1's first block only, the second one requested after that exchange and summed
+// after item 0's pass 2) writes the
 // same bits as 19203, rms_inv included: item 1's partial sums are pass 1's operations in its order, only split around
 // item 0's quantization. CTAs of 1 (M = 1; 7168 at M = 300), 2 (2048 at 2100, 7168 at 1000), 3 (6000) and 4 items,
 // partial last tiles, M % 16 != 0, round_scale 0 (LEAN with prefetch 2 against LEAN).
@@ -755,7 +756,7 @@ TEST_F(RmsNormBlockQuantTest, TileGlobalPoints) {
 TEST_F(RmsNormBlockQuantTest, StreamGlobalInCudaGraph) {
   const std::vector<SpacePoint> points = {
       {2048, 2, 16, 1, 1, 2, 1, 3, 1000}, {2048, 2, 0, 1, 0, 0, 0, 5, 1000}, {2048, 2, 0, 1, 0, 0, 0, 6, 1000},
-      {2048, 2, 16, 2, 2, 4, 19203, 3, 1000}};  // (HP1)
+      {2048, 2, 16, 2, 2, 4, 19203, 3, 1000}};  // (HP1b)
   for_each_point(points, [](const SpacePoint& p, size_t) {
     const auto& d = detail::driver();
     const int64_t M = p.M, N = p.N;
