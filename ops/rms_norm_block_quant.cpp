@@ -62,11 +62,6 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
-// Config prefetch 2 on the stream kernel's default (19203, two blocks an item; prefetch is otherwise always 1): HP1
-// (session 13, q2e) — the start asks for item 0 and item 1's first block, item 0's exchange waits behind pass 1 of item
-// 1's first block only, item 1's second block is requested after that exchange (and summed after item 0's pass 2), so
-// item 0's quantization need not wait for all 16.8 MB of the start (M = 8192, N = 2048). (Round C's version asked for
-// the second block before item 0's polls, which then came back ≈ 2.7 µs late: +2.8 / +4.7 µs.)
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -128,9 +123,8 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}{}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP],
-                       s.config[C_PREFETCH] == 2 ? ", 2" : "");  // (prefetch 2: HP1)
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -397,11 +391,6 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
       out.push_back(s);
-      if (cb == 2 && overlap == (kTight | kStreamFlat | kStreamSplit | kStreamWldg)) {  // HP1 (prefetch 2)
-        s.config[C_PREFETCH] = 2;
-        out.push_back(s);
-        s.config[C_PREFETCH] = 1;
-      }
     }
   }
 }

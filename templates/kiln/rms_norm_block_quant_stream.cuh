@@ -218,7 +218,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, bool HP1_BIT = false>
+          bool WLDG_BIT = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -236,10 +236,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   static_assert(WARPS == 16, "the thread layout covers 128 rows with 16 warps");
   static_assert(N % C == 0, "the chunks must tile N");
   static_assert(R >= 2 * CB && R <= kRmsqStreamMaxRing, "the ring holds two items");
-  // HP1 (config prefetch 2; LEAN, two blocks an item, two items' slots, the workspace): item 0's exchange waits behind
-  // pass 1 of item 1's FIRST block only (its second block requested after item 0's exchange, summed after item 0's
-  // pass 2).
-  constexpr bool HP1 = HP1_BIT && LEAN && !FIRST && !START && GX && CB == 2 && R == 2 * CB;
 
   extern __shared__ __align__(128) unsigned char smem_raw[];
   bf16* ring = reinterpret_cast<bf16*>(smem_raw);
@@ -424,7 +420,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   };
   if constexpr (LEAN) {
 #pragma unroll 1
-    for (int k = 0; k < (START ? CB : HP1 ? R - 1 : R); ++k) issue_lean();
+    for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -825,48 +821,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll 1
       for (int k = CB; k < R; ++k) issue_lean();
     }
-  } else if constexpr (HP1) {
-    pass1(0, IntC<R - 2>{});  // (R − 1 groups committed: item 0's blocks and item 1's first)
   } else {
     pass1(0, IntC<R - 1>{});
   }
   int it0 = 0;
-  if constexpr (HP1) {
-    // (The start asked for 12.6 MB at M = 8192, N = 2048, not 16.8.) Item 0's polls, pass 1 of item 1's first block
-    // (its sums kept in ss1), item 0's exchange, item 1's second block requested (after the exchange: loads issued
-    // behind a burst of copies return only after them — session 13 rounds B and C), item 0's pass 2, then item 1's
-    // second block added to ss1 — pass 1's operations in its order, so the same bits — and its sums stored; the loop
-    // from item 1 (its polls re-issued at the loop top: the early ones ran before any partner's pass 1 of item 1).
-    poll_issue(0);
-    float ss1[4] = {0.f, 0.f, 0.f, 0.f};
-    auto sum_visit = [&](int k) {
-      Vec16 xv[4];
-      read_visit(k, xv);
-#pragma unroll
-      for (int i = 0; i < 4; ++i) sum_squares8(xv[i], ss1[i]);
-    };
-    if (T > 1) {
-      cp_async_wait_group_dyn(0);  // visit CB (item 1's first block): the newest of R − 1 groups
-      mark(1, 1);
-      sum_visit(CB);
-    }
-    finish(0, rv);
-    issue_lean();  // item 1's second block (R groups committed)
-    pass2_lean(0, rv);
-    advance();
-    if (T > 1) {
-      cp_async_wait_group_dyn(R - 2);  // visit CB + 1: R + CB committed, R − 2 newer
-      sum_visit(CB + 1);
-      const float sum = transpose_reduce4<false>(ss1, hl);
-      const int j = lane & 7;
-      const float v = __shfl_sync(0xffffffffu, sum, 16 * (j >> 2) + 4 * (j & 3));
-      if (lane < 8)
-        stream_st_relaxed(sa.ws + (static_cast<i64>(item_tile(1)) * S + item_col(1) / C) * ROWS + 8 * warp + j,
-                          stream_tagged(v, sa.tag));
-      mark(2, 1);
-    }
-    it0 = 1;
-  }
   if constexpr (FIRST) {
     // Item 0 through its quantization before item 1's pass 1 (its exchange waits in the open, but its pass 2 runs
     // while item 1's blocks are still arriving, and item 2's are requested that much earlier).
@@ -886,8 +844,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     // The workspace is not reused, so the poll of item it flies during pass 1 of item it+1 (S = 1: finish first,
     // `own` is item it's).
     if constexpr (GX) {
-      // (EARLY_POLL: by item it − 1's last block; HP1: item 1's again, after the CTA's own pass 1 of it)
-      if (!EARLY_POLL || (!FIRST && it == 0) || (HP1 && it == 1)) poll_issue(it);
+      if (!EARLY_POLL || (!FIRST && it == 0)) poll_issue(it);  // (EARLY_POLL: by item it − 1's last block)
     }
     else finish(it, rv);
     if (it + 1 < T) pass1(it + 1, IntC<R - CB - 1>{});
@@ -910,13 +867,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
-// HP = 2 (config prefetch 2; the stream kernel's prefetch is otherwise 1): HP1, item 0's exchange behind half of item
-// 1's pass 1 (its first block), the start asking for three blocks, the fourth after item 0's exchange.
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int HP = 1>
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0, HP == 2>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -47,14 +47,13 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
-  int prefetch = 1;      // (2: HP1b on 19203)
 };
 
 void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
   std::fflush(stdout);
   detail::rms_norm_block_quant_stream_grid.store(c.grid);
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages, c.overlap, 3))
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
 }
 
@@ -106,23 +105,24 @@ class RmsqStreamMeasure : public GpuTest {
 // round 1 of session 8 measured FIRST + START, one block an item and round_scale 0 here; session 11's SKEW 8388608,
 // MID 16777216, PSKEW 33554432, START on 19203 and EPOLL 67108864 were measured and deleted; session 12's FR 134217728,
 // its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise;
-// session 13's GATE 65536 (on FIRST + START) and FS (FIRST + START on 19203) likewise.)
+// session 13's GATE 65536 (on FIRST + START), FS (FIRST + START on 19203) and HP1 / HP1b (19203 with prefetch 2)
+// likewise.)
 // The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d): the default's
 // cubin on P CTAs. Rounds A and B (P forced against the wave, 132 on the H100) measured 120–131 at N = 2048 and 7168
 // (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
 // items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
 // wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
-// Session 13 (q2e): round B measured GATE / FS, round C HP1 (bench/NOTES.md; deleted); HP1b (19203 with prefetch 2:
-// item 0's exchange behind pass 1 of item 1's first block only, item 1's second block requested after that exchange)
-// against the default.
 std::vector<StreamCfg> session_cfgs() {
-  const char* d2 = "2048 default (19203, P=128)";
+  const char* w2 = "2048 P=132 (wave)";
+  const char* w2r0 = "2048 rs0 P=132 (wave)";
   const char* d7 = "7168 default (19203, wave)";
   return {
-      {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 HP1b (19203 pf2)", 2048, 2, 4, 19203, d2, true, 0, 2},
+      {w2, 2048, 2, 4, 19203, nullptr, true, 132},
+      {"2048 default (19203, P=128)", 2048, 2, 4, 19203, w2},
+      {w2r0, 2048, 2, 4, 3, nullptr, false, 132},
+      {"2048 rs0 default (LEAN, P=128)", 2048, 2, 4, 3, w2r0, false},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 HP1b (19203 pf2)", 7168, 2, 4, 19203, d7, true, 0, 2},
+      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
   };
 }
 
@@ -206,9 +206,9 @@ TEST_F(RmsqStreamMeasure, Profile) {
 TEST_F(RmsqStreamMeasure, Timeline) {
   const std::vector<StreamCfg> cfgs = only({
       {"2048 default (19203, P=128)", 2048, 2, 4, 19203, nullptr},
-      {"2048 HP1b (19203 pf2)", 2048, 2, 4, 19203, nullptr, true, 0, 2},
+      {"2048 P=132 (wave)", 2048, 2, 4, 19203, nullptr, true, 132},
       {"7168 default (19203, wave)", 7168, 2, 4, 19203, nullptr},
-      {"7168 HP1b (19203 pf2)", 7168, 2, 4, 19203, nullptr, true, 0, 2},
+      {"7168 P=128", 7168, 2, 4, 19203, nullptr, true, 128},
   });
   Runtime& r = rt();
   bind_device(r);
