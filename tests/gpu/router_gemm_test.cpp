@@ -796,6 +796,23 @@ std::vector<Shape> ab_shapes(std::vector<Shape> dflt) {
   return out;
 }
 
+// The forward's measurement flags by name, '+'-separated (nostore, tma, mix, noexit, plain, direct, half, rot, bal,
+// now = no w loaded, relearly): their OR, or −1 if a name is unknown.
+int rg_flags_named(const std::string& spec) {
+  const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
+                                               {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
+                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
+                                               {"now", kRgSkipW},         {"relearly", kRgRelEarly}};
+  int flags = 0;
+  for (const std::string& n : split_on(spec, '+')) {
+    bool hit = false;
+    for (auto [nm, v] : names)
+      if (n == nm) flags |= v, hit = true;
+    if (!hit) return -1;
+  }
+  return flags;
+}
+
 // `arms` calls timed `rounds` times each, every round in a fresh random order (L2 flushed before every call), then
 // printed under `tag`: per arm median / mean / p10 / p90, and per pair (p, q) the per-round differences q − p with the
 // share of rounds q was faster. Returns us[arm][round].
@@ -1215,10 +1232,6 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
     detail::RouterGemmConfig cfg{};
     int flags = 0;
   };
-  const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
-                                               {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
-                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
-                                               {"now", kRgSkipW}};
   std::vector<Arm> arms;
   for (const std::string& a : split_on(spec, '|')) {
     const size_t eq = a.find('=');
@@ -1234,13 +1247,11 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
       for (int i = 0; i < 6; ++i) arm.cfg[i] = std::atoi(c[i].c_str());
       arm.has_cfg = true;
     }
-    if (f[2] != "-")
-      for (const std::string& n : split_on(f[2], '+')) {
-        bool hit = false;
-        for (auto [nm, v] : names)
-          if (n == nm) arm.flags |= v, hit = true;
-        ASSERT_TRUE(hit) << "unknown flag " << n;
-      }
+    if (f[2] != "-") {
+      const int fl = rg_flags_named(f[2]);
+      ASSERT_GE(fl, 0) << "unknown flag in " << f[2];
+      arm.flags = fl;
+    }
     arms.push_back(arm);
   }
   const int N = static_cast<int>(arms.size());
@@ -1284,12 +1295,29 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
 // order with L2 flushed before every call, $KILN_RG_AB_ROUNDS rounds (default here 150), at $KILN_RG_AB_SHAPES
 // (default 8192x2048,8192x7168). Each arm twice (the second pair says how large a difference between two samples of
 // the same thing is in this run), and the op without its logits stores (kRgSkipStore: the main loop and prologue alone,
-// what the store phase costs in this run).
+// what the store phase costs in this run). $KILN_RG_CUBLAS_ARMS adds arms of the op with measurement flags,
+// "label=flag+flag|…" (rg_flags_named), each paired against the op and against cuBLASLt; full-output ones must give the
+// op's bits.
 TEST_F(RouterGemmTest, FwdVsCublasAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
   detail::L2Flusher l2(r, nullptr);
   const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
+  std::vector<std::string> names = {"kiln op", "cuBLASLt", "kiln op again", "cuBLASLt again", "kiln nostore"};
+  std::vector<int> arm_flags = {0, 0, 0, 0, kRgSkipStore};
+  std::vector<std::pair<int, int>> pairs = {{0, 1}, {2, 3}, {0, 2}, {1, 3}, {0, 4}, {4, 1}};
+  if (const char* extra = std::getenv("KILN_RG_CUBLAS_ARMS"); extra && *extra)
+    for (const std::string& a : split_on(extra, '|')) {
+      const size_t eq = a.find('=');
+      ASSERT_NE(eq, std::string::npos) << a;
+      const int fl = rg_flags_named(a.substr(eq + 1));
+      ASSERT_GE(fl, 0) << "unknown flag in " << a;
+      const int k = static_cast<int>(names.size());
+      names.push_back(a.substr(0, eq));
+      arm_flags.push_back(fl);
+      pairs.push_back({0, k});
+      pairs.push_back({1, k});
+    }
   for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}, {8192, 4096, 256}, {8192, 7168, 256}})) {
     detail::CublasLtGemm lt(T, K, E);
     if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
@@ -1308,12 +1336,16 @@ TEST_F(RouterGemmTest, FwdVsCublasAB) {
     std::printf("[cublas] T=%lld K=%lld %s: relative L2 to the op %.3g\n", static_cast<long long>(T),
                 static_cast<long long>(K), lt.description().c_str(), rel);
     EXPECT_LE(rel, 1e-4);
-    ours(kRgSkipStore);  // compiled outside the timing (the same cubin: a run-time flag)
-    synchronize();
-    ab_random_order(l2, "cublas", T, K, {"kiln op", "cuBLASLt", "kiln op again", "cuBLASLt again", "kiln nostore"},
-                    rounds, 0xcb1a + static_cast<unsigned>(T + K),
-                    [&](int k) { k == 4 ? ours(kRgSkipStore) : k % 2 == 0 ? ours() : theirs(); },
-                    {{0, 1}, {2, 3}, {0, 2}, {1, 3}, {0, 4}, {4, 1}});
+    const std::vector<float> want = yb.download<float>(T * E);
+    for (size_t k = 4; k < names.size(); ++k) {  // compiled outside the timing; full-output arms: the op's bits
+      yb.poison();
+      ours(arm_flags[k]);
+      synchronize();
+      if (!(arm_flags[k] & (kRgSkipStore | kRgHalfStore | kRgSkipW)))
+        EXPECT_TRUE(bitwise_equal(names[k].c_str(), yb.download<float>(T * E), want)) << names[k];
+    }
+    ab_random_order(l2, "cublas", T, K, names, rounds, 0xcb1a + static_cast<unsigned>(T + K),
+                    [&](int k) { k == 1 || k == 3 ? theirs() : ours(arm_flags[k]); }, pairs);
   }
 }
 
