@@ -813,13 +813,15 @@ int rg_flags_named(const std::string& spec) {
   return flags;
 }
 
-// `arms` calls timed `rounds` times each, every round in a fresh random order (L2 flushed before every call), then
+// `arms` calls timed `rounds` times each, every round in a fresh random order (L2 flushed before every call; `before`,
+// if given, runs untimed just before the flush), then
 // printed under `tag`: per arm median / mean / p10 / p90, and per pair (p, q) the per-round differences q − p with the
 // share of rounds q was faster. Returns us[arm][round].
 std::vector<std::vector<double>> ab_random_order(detail::L2Flusher& l2, const char* tag, int64_t T, int64_t K,
                                                  const std::vector<std::string>& names, int rounds, unsigned seed,
                                                  const std::function<void(int)>& call,
-                                                 const std::vector<std::pair<int, int>>& pairs) {
+                                                 const std::vector<std::pair<int, int>>& pairs,
+                                                 const std::function<void(int)>& before = {}) {
   const int n = static_cast<int>(names.size());
   std::vector<std::vector<double>> us(n, std::vector<double>(rounds));
   std::mt19937 rng(seed);
@@ -827,7 +829,10 @@ std::vector<std::vector<double>> ab_random_order(detail::L2Flusher& l2, const ch
   for (int k = 0; k < n; ++k) order[k] = k;
   for (int i = 0; i < rounds; ++i) {
     std::shuffle(order.begin(), order.end(), rng);
-    for (int k : order) us[k][i] = timed_once(l2, [&] { call(k); });
+    for (int k : order) {
+      if (before) before(k);  // untimed, before the flush
+      us[k][i] = timed_once(l2, [&] { call(k); });
+    }
   }
   for (int k = 0; k < n; ++k) {
     std::vector<double> v = us[k];
@@ -1346,6 +1351,65 @@ TEST_F(RouterGemmTest, FwdVsCublasAB) {
     }
     ab_random_order(l2, "cublas", T, K, names, rounds, 0xcb1a + static_cast<unsigned>(T + K),
                     [&](int k) { k == 1 || k == 3 ? theirs() : ours(arm_flags[k]); }, pairs);
+  }
+}
+
+// Measurement (prints; checks cuBLASLt's bits against the op's): does a call's time depend on the kernel that ran before
+// the L2 flush? Round B of session 13 read cuBLASLt 18.80 µs against the op's 20.45 as `kiln bench` rows (each timed
+// back to back with itself) but 20.13 against 20.21 call by call in random order. Arms: the timed call (op or cuBLASLt)
+// × the untimed call made just before its flush (op, cuBLASLt, the empty kernel, the op without stores, the op with
+// both warpgroups storing by TMA, the op with both storing from registers; the last three with the producer tail like
+// the default), every round in a fresh random order, $KILN_RG_AB_ROUNDS rounds (default 150), at $KILN_RG_AB_SHAPES
+// (default 8192x2048). Then the bench's own method in blocks (5 warm-up calls, median of 30), op and cuBLASLt
+// alternately, three blocks each.
+TEST_F(RouterGemmTest, FwdOrderAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}})) {
+    detail::CublasLtGemm lt(T, K, E);
+    if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xcb3, static_cast<uint64_t>(T + K)}), mix_seed({0xcb4}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4), yc(r, T * E * 4);
+    auto ours = [&](int flags) {
+      detail::router_gemm_measure_flags.store(flags);
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), -1, nullptr, nullptr);
+      detail::router_gemm_measure_flags.store(0);
+    };
+    auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
+    // The previous call: 0 op, 1 cuBLASLt, 2 empty kernel, 3 op nostore, 4 op TMA-only epilogue, 5 op register stores.
+    const char* prev_names[] = {"op", "cuBLASLt", "empty", "op nostore", "op tma-only", "op direct"};
+    const int prev_flags[] = {0, 0, 0, kRgSkipStore, kRgEpiTma | kRgNoExitSync, kRgEpiDirect | kRgNoExitSync};
+    auto prev = [&](int p) {
+      if (p == 1) theirs();
+      else if (p == 2) l2.empty(nullptr);
+      else ours(prev_flags[p]);
+    };
+    ours(0);
+    theirs();
+    synchronize();
+    const std::vector<float> want = yb.download<float>(T * E);
+    EXPECT_TRUE(bitwise_equal("cuBLASLt vs the op", yc.download<float>(T * E), want));
+    for (int p = 3; p < 6; ++p) prev(p);  // compiled outside the timing
+    synchronize();
+    std::vector<std::string> names;
+    for (const char* timed : {"op", "cuBLASLt"})
+      for (const char* pn : prev_names) names.push_back(std::string(timed) + " after " + pn);
+    ab_random_order(l2, "order", T, K, names, rounds, 0x0cb5 + static_cast<unsigned>(T + K),
+                    [&](int k) { k < 6 ? ours(0) : theirs(); },
+                    {{0, 1}, {0, 2}, {0, 3}, {0, 4}, {0, 5}, {6, 7}, {6, 8}, {6, 9}, {6, 10}, {6, 11}, {0, 6}, {1, 7}},
+                    [&](int k) { prev(k % 6); });
+    for (int b = 0; b < 6; ++b) {
+      const bool op = b % 2 == 0;
+      std::vector<double> v = detail::time_calls_us([&](Stream) { op ? ours(0) : theirs(); }, nullptr, l2, 5, 30);
+      std::sort(v.begin(), v.end());
+      std::printf("[order] T=%lld K=%lld bench-method block %d (%s x 35, back to back): median %.2f  p10 %.2f  p90 "
+                  "%.2f\n",
+                  static_cast<long long>(T), static_cast<long long>(K), b, op ? "op" : "cuBLASLt", detail::median(v),
+                  v[v.size() / 10], v[v.size() * 9 / 10]);
+    }
   }
 }
 
