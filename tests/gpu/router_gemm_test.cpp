@@ -574,7 +574,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
       const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
-      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
+      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix,
+                        kRgRelEarly, kRgEpiTma | kRgNoExitSync | kRgRelEarly}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
