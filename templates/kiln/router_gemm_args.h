@@ -58,10 +58,6 @@ constexpr int kRgXmcPlain = 1 << 28;
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
-// Expert-pair forward option (session 13): kRgRelEarly — each consumer warpgroup waits for its own chunk's MMAs
-// (wgmma.wait_group 0) and releases that chunk's stage at once, instead of keeping one chunk of MMAs in flight and
-// releasing the previous stage after the next one has landed. Same MMAs in the same order: same bits.
-constexpr int kRgRelEarly = 1 << 25;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

@@ -161,18 +161,6 @@ __device__ __forceinline__ void mma_chunk_lo(typename Row::Acc& acc, u32 a_lo, u
   rg90::wgmma_wait<1>();
   Row::fence(acc);
 }
-// The same, waiting for all of this chunk's MMAs when `all` (kRgRelEarly: its stage is released right after).
-template <typename Row>
-__device__ __forceinline__ void mma_chunk_lo_rel(typename Row::Acc& acc, u32 a_lo, u32 b_lo, bool all) {
-  Row::fence(acc);
-  rg90::wgmma_fence();
-#pragma unroll
-  for (int ks = 0; ks < 4; ++ks) Row::mma_lo(acc, rg90::desc_from_lo(a_lo + 2 * ks), b_lo + 2 * ks);
-  rg90::wgmma_commit();
-  if (all) rg90::wgmma_wait<0>();
-  else rg90::wgmma_wait<1>();
-  Row::fence(acc);
-}
 // One arrival on the barrier at shared::cluster address `remote` (mapa'd once by the caller).
 __device__ __forceinline__ void mbar_arrive_remote(u32 remote) {
   asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
@@ -518,7 +506,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     const int wm = wg - 1, lane = tid & 31, warp = (tid & 127) >> 5;
     const bool lead = trace && (tid & 127) == 0;
     const bool mma = !(flags & kRgSkipMma);
-    const bool rel_early = flags & kRgRelEarly;  // release each stage after its own MMAs (wait_group 0)
     u64* const tw = trace ? trace + kRgTraceWg0 + wm * kRgTraceWgSlots : nullptr;
     // The wgmma descriptors' low words of stage 0 (this warpgroup's A rows, B: warp-uniform); stage s adds
     // s · STAGE / 16 and a k16 step 2 (rg90::desc_lo). Threads 0 … CL − 1 of the warpgroup release a stage in CTA
@@ -558,12 +545,10 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           if (kc == CHUNKS - 1) tw[kRgTraceLastFull] = rgt::clk();
         }
         const u32 off = static_cast<u32>(s) * (STAGE / 16);
-        if (mma) rgt::mma_chunk_lo_rel<Row>(acc, a_lo0 + off, b_lo0 + off, rel_early);
-        // the previous chunk's MMAs are done (kRgRelEarly: this chunk's): release its stage in every CTA that wrote
-        // into it
-        const int done = rel_early ? s : prev;
-        if (releaser && done >= 0) rgt::mbar_arrive_remote(rel0 + 8 * done);
-        prev = rel_early ? -1 : s;
+        if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
+        // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
+        if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
+        prev = s;
         if (++s == STAGES) {
           s = 0;
           phase ^= 1;

@@ -574,8 +574,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
       const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
-      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix,
-                        kRgRelEarly, kRgEpiTma | kRgNoExitSync | kRgRelEarly}) {
+      for (int flags : {kRgEpiTma, kRgEpiTma | kRgRotateK, kRgEpiTma | kRgBalance, kRgXmcPlain, kRgEpiTma | kRgEpiMix}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -798,12 +797,12 @@ std::vector<Shape> ab_shapes(std::vector<Shape> dflt) {
 }
 
 // The forward's measurement flags by name, '+'-separated (nostore, tma, mix, noexit, plain, direct, half, rot, bal,
-// now = no w loaded, relearly): their OR, or −1 if a name is unknown.
+// now = no w loaded): their OR, or −1 if a name is unknown.
 int rg_flags_named(const std::string& spec) {
   const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
                                                {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
                                                {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
-                                               {"now", kRgSkipW},         {"relearly", kRgRelEarly}};
+                                               {"now", kRgSkipW}};
   int flags = 0;
   for (const std::string& n : split_on(spec, '+')) {
     bool hit = false;
