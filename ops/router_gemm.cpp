@@ -15,6 +15,7 @@
 
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/router_gemm_args.h"
+#include "ops/bench/cublaslt.hpp"
 #include "ops/router_gemm_internal.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
@@ -1178,6 +1179,7 @@ namespace detail {
 
 struct RouterGemmBuffers {
   std::vector<void*> ptrs;
+  std::shared_ptr<CublasLtGemm> cublas;  // the bench baseline ("_cublas" instances)
   ~RouterGemmBuffers() {
     for (void* p : ptrs) device_free(p);
   }
@@ -1227,6 +1229,31 @@ void strip_switches(std::string& part, int& flags, const std::pair<const char*, 
       }
   }
 }
+
+// The cuBLASLt baseline of a forward instance (logits y = x · wᵀ): timed by the bench like the op, on its own output
+// buffer; run once here beside the op and compared (relative L2 ≤ 1e-4: both sum the same bf16 products in fp32, in
+// different orders). Where cuBLASLt cannot run or disagrees, the instance has no baseline and its name says why.
+void add_cublas_baseline(BenchInstance& inst, RouterGemmBuffers& b, const TensorRef& x, const TensorRef& w,
+                         const TensorRef& y) {
+  const int64_t T = x.shape[0], K = x.shape[1], E = w.shape[0];
+  b.cublas = std::make_shared<CublasLtGemm>(T, K, E);
+  if (!b.cublas->available()) {
+    inst.baseline_name = "cuBLASLt unavailable: " + b.cublas->why();
+    return;
+  }
+  void* yc = b.alloc(static_cast<size_t>(T * E * 4));
+  const std::shared_ptr<CublasLtGemm> lt = b.cublas;
+  const void *xp = x.data, *wp = w.data;
+  inst.run(nullptr);
+  lt->run(xp, wp, yc, nullptr);
+  const double rel = relative_l2_device(yc, y.data, T * E);
+  if (!(rel <= 1e-4)) {
+    inst.baseline_name = fmt::format("cuBLASLt unavailable: its output differs from kiln's (relative L2 {:.3g})", rel);
+    return;
+  }
+  inst.baseline = [lt, xp, wp, yc](Stream s) { lt->run(xp, wp, yc, s); };
+  inst.baseline_name = fmt::format("{} (bf16 x bf16ᵀ → fp32, relative L2 to kiln {:.2g})", lt->description(), rel);
+}
 }  // namespace
 
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part_in,
@@ -1237,6 +1264,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   // from hi + lo).
   std::string part = part_in;
   int flags = 0, precision = 4;  // standard (the default)
+  // "fwd_cublas": the op's forward with cuBLASLt doing the same GEMM as the instance's baseline (ops/bench/cublaslt.hpp:
+  // dlopen'ed here, reported unavailable with the reason where it cannot run; its output checked against the op's once).
+  const bool cublas = strip_suffix(part, "_cublas");
   // The expert-pair forward's session-7 switches (after the others below): _epitma (kRgEpiTma), _mix (kRgEpiMix),
   // _plain / _staged (kRgXmcPlain: none of the op's options, i.e. the staged epilogue), _noop0 (kRgNoop launched
   // without dynamic shared memory: kRgNoopNoSmem); session 9: _noexit (kRgNoExitSync: the producer's tail instead of
@@ -1289,6 +1319,7 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
       with_flags([&] { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); });
     };
     inst.outputs = {y};
+    if (cublas) add_cublas_baseline(inst, *b, x, w, y);
     return inst;
   }
   const TensorRef g = TensorRef::contiguous(b->random(T * E, 1e-3f, false, rd()), DType::f32, {T, E});

@@ -274,10 +274,8 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
       BenchInstance instance = c.prepare(rt);
       r.bytes = instance.bytes;
       r.us = time_us(instance.run, stream, l2, opts);
-      if (instance.baseline) {
-        r.baseline_us = time_us(instance.baseline, stream, l2, opts);
-        r.baseline = instance.baseline_name;
-      }
+      r.baseline = instance.baseline_name;  // also without a baseline to time: then it says why (e.g. unavailable)
+      if (instance.baseline) r.baseline_us = time_us(instance.baseline, stream, l2, opts);
     } catch (const kiln::DeviceError&) {
       throw;
     } catch (const kiln::Error& e) {

@@ -20,7 +20,7 @@ struct BenchInstance {
   uint64_t bytes = 0;                        // minimal bytes moved (each input read once, each output written once)
   std::function<void(Stream)> run;           // the kiln op
   std::function<void(Stream)> baseline;      // a naive baseline (may be empty)
-  std::string baseline_name;                 // e.g. "naive two-pass"
+  std::string baseline_name;                 // e.g. "naive two-pass"; without `baseline`: why there is none
   std::shared_ptr<void> keepalive;           // owns the device buffers
   std::vector<TensorRef> outputs;            // what run() writes (device tensors), compared across configs by the tuner
 };
@@ -40,7 +40,7 @@ struct BenchRegistrar {
 struct BenchResult {
   std::string op, shape;
   double us = 0, baseline_us = 0;
-  std::string baseline;  // what the baseline is (empty: none)
+  std::string baseline;  // what the baseline is (empty: none; with baseline_us 0: why it could not run)
   uint64_t bytes = 0;
   double gbps = 0, pct_copy_bw = 0;
 };

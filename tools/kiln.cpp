@@ -957,7 +957,8 @@ int cmd_bench(std::span<const std::string_view> argv) {
     }
     const bool has_baseline = r.baseline_us > 0;
     fmt::print("{:<{}}  {:<{}}  {:>9.2f}  {:>8.1f}  {:>7.1f}  {:>11}  {:>7}\n", r.op, op_width, r.shape, shape_width,
-               r.us, r.gbps, r.pct_copy_bw, has_baseline ? fmt::format("{:.2f}", r.baseline_us) : "-",
+               r.us, r.gbps, r.pct_copy_bw,
+               has_baseline ? fmt::format("{:.2f}", r.baseline_us) : r.baseline.empty() ? "-" : "n/a",
                has_baseline ? fmt::format("{:.2f}x", r.baseline_us / r.us) : "-");
     std::fflush(stdout);
   };

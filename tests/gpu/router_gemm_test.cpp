@@ -37,6 +37,7 @@
 
 #include "kiln/ops/router_gemm.hpp"
 #include "kiln/router_gemm_args.h"
+#include "ops/bench/cublaslt.hpp"
 #include "ops/router_gemm_internal.hpp"
 #include "reference/router_gemm.hpp"
 #include "runtime/bench.hpp"
@@ -795,13 +796,32 @@ std::vector<Shape> ab_shapes(std::vector<Shape> dflt) {
   return out;
 }
 
-// `arms` calls timed `rounds` times each, every round in a fresh random order (L2 flushed before every call), then
+// The forward's measurement flags by name, '+'-separated (nostore, tma, mix, noexit, plain, direct, half, rot, bal,
+// now = no w loaded): their OR, or −1 if a name is unknown.
+int rg_flags_named(const std::string& spec) {
+  const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
+                                               {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
+                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
+                                               {"now", kRgSkipW}};
+  int flags = 0;
+  for (const std::string& n : split_on(spec, '+')) {
+    bool hit = false;
+    for (auto [nm, v] : names)
+      if (n == nm) flags |= v, hit = true;
+    if (!hit) return -1;
+  }
+  return flags;
+}
+
+// `arms` calls timed `rounds` times each, every round in a fresh random order (L2 flushed before every call; `before`,
+// if given, runs untimed just before the flush), then
 // printed under `tag`: per arm median / mean / p10 / p90, and per pair (p, q) the per-round differences q − p with the
 // share of rounds q was faster. Returns us[arm][round].
 std::vector<std::vector<double>> ab_random_order(detail::L2Flusher& l2, const char* tag, int64_t T, int64_t K,
                                                  const std::vector<std::string>& names, int rounds, unsigned seed,
                                                  const std::function<void(int)>& call,
-                                                 const std::vector<std::pair<int, int>>& pairs) {
+                                                 const std::vector<std::pair<int, int>>& pairs,
+                                                 const std::function<void(int)>& before = {}) {
   const int n = static_cast<int>(names.size());
   std::vector<std::vector<double>> us(n, std::vector<double>(rounds));
   std::mt19937 rng(seed);
@@ -809,7 +829,10 @@ std::vector<std::vector<double>> ab_random_order(detail::L2Flusher& l2, const ch
   for (int k = 0; k < n; ++k) order[k] = k;
   for (int i = 0; i < rounds; ++i) {
     std::shuffle(order.begin(), order.end(), rng);
-    for (int k : order) us[k][i] = timed_once(l2, [&] { call(k); });
+    for (int k : order) {
+      if (before) before(k);  // untimed, before the flush
+      us[k][i] = timed_once(l2, [&] { call(k); });
+    }
   }
   for (int k = 0; k < n; ++k) {
     std::vector<double> v = us[k];
@@ -1214,10 +1237,6 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
     detail::RouterGemmConfig cfg{};
     int flags = 0;
   };
-  const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
-                                               {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
-                                               {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
-                                               {"now", kRgSkipW}};
   std::vector<Arm> arms;
   for (const std::string& a : split_on(spec, '|')) {
     const size_t eq = a.find('=');
@@ -1233,13 +1252,11 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
       for (int i = 0; i < 6; ++i) arm.cfg[i] = std::atoi(c[i].c_str());
       arm.has_cfg = true;
     }
-    if (f[2] != "-")
-      for (const std::string& n : split_on(f[2], '+')) {
-        bool hit = false;
-        for (auto [nm, v] : names)
-          if (n == nm) arm.flags |= v, hit = true;
-        ASSERT_TRUE(hit) << "unknown flag " << n;
-      }
+    if (f[2] != "-") {
+      const int fl = rg_flags_named(f[2]);
+      ASSERT_GE(fl, 0) << "unknown flag in " << f[2];
+      arm.flags = fl;
+    }
     arms.push_back(arm);
   }
   const int N = static_cast<int>(arms.size());
@@ -1274,6 +1291,125 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
     }
     ab_random_order(l2, "arms", T, K, arm_names, rounds, 0x5e13 + static_cast<unsigned>(T + K),
                     [&](int k) { call(arms[k]); }, pairs);
+  }
+}
+
+// Measurement (prints; checks that cuBLASLt's output is within a relative L2 of 1e-4 of the op's): the op's forward
+// against cuBLASLt doing the same GEMM (ops/bench/cublaslt.hpp: bf16 x bf16ᵀ → fp32, the op's layouts, the heuristic's
+// first algorithm; skipped where libcublasLt.so.13 cannot be opened), each arm timed once a round in a fresh random
+// order with L2 flushed before every call, $KILN_RG_AB_ROUNDS rounds (default here 150), at $KILN_RG_AB_SHAPES
+// (default 8192x2048,8192x7168). Each arm twice (the second pair says how large a difference between two samples of
+// the same thing is in this run), and the op without its logits stores (kRgSkipStore: the main loop and prologue alone,
+// what the store phase costs in this run). $KILN_RG_CUBLAS_ARMS adds arms of the op with measurement flags,
+// "label=flag+flag|…" (rg_flags_named), each paired against the op and against cuBLASLt; full-output ones must give the
+// op's bits.
+TEST_F(RouterGemmTest, FwdVsCublasAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
+  std::vector<std::string> names = {"kiln op", "cuBLASLt", "kiln op again", "cuBLASLt again", "kiln nostore"};
+  std::vector<int> arm_flags = {0, 0, 0, 0, kRgSkipStore};
+  std::vector<std::pair<int, int>> pairs = {{0, 1}, {2, 3}, {0, 2}, {1, 3}, {0, 4}, {4, 1}};
+  if (const char* extra = std::getenv("KILN_RG_CUBLAS_ARMS"); extra && *extra)
+    for (const std::string& a : split_on(extra, '|')) {
+      const size_t eq = a.find('=');
+      ASSERT_NE(eq, std::string::npos) << a;
+      const int fl = rg_flags_named(a.substr(eq + 1));
+      ASSERT_GE(fl, 0) << "unknown flag in " << a;
+      const int k = static_cast<int>(names.size());
+      names.push_back(a.substr(0, eq));
+      arm_flags.push_back(fl);
+      pairs.push_back({0, k});
+      pairs.push_back({1, k});
+    }
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}, {8192, 4096, 256}, {8192, 7168, 256}})) {
+    detail::CublasLtGemm lt(T, K, E);
+    if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xcb1, static_cast<uint64_t>(T + K)}), mix_seed({0xcb2}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4), yc(r, T * E * 4);
+    auto ours = [&](int flags = 0) {
+      detail::router_gemm_measure_flags.store(flags);
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), -1, nullptr, nullptr);
+      detail::router_gemm_measure_flags.store(0);
+    };
+    auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
+    ours();
+    theirs();
+    const double rel = detail::relative_l2_device(yc.data(), yb.data(), T * E);
+    std::printf("[cublas] T=%lld K=%lld %s: relative L2 to the op %.3g\n", static_cast<long long>(T),
+                static_cast<long long>(K), lt.description().c_str(), rel);
+    EXPECT_LE(rel, 1e-4);
+    const std::vector<float> want = yb.download<float>(T * E);
+    for (size_t k = 4; k < names.size(); ++k) {  // compiled outside the timing; full-output arms: the op's bits
+      yb.poison();
+      ours(arm_flags[k]);
+      synchronize();
+      if (!(arm_flags[k] & (kRgSkipStore | kRgHalfStore | kRgSkipW)))
+        EXPECT_TRUE(bitwise_equal(names[k].c_str(), yb.download<float>(T * E), want)) << names[k];
+    }
+    ab_random_order(l2, "cublas", T, K, names, rounds, 0xcb1a + static_cast<unsigned>(T + K),
+                    [&](int k) { k == 1 || k == 3 ? theirs() : ours(arm_flags[k]); }, pairs);
+  }
+}
+
+// Measurement (prints; checks cuBLASLt's bits against the op's): does a call's time depend on the kernel that ran before
+// the L2 flush? Round B of session 13 read cuBLASLt 18.80 µs against the op's 20.45 as `kiln bench` rows (each timed
+// back to back with itself) but 20.13 against 20.21 call by call in random order. Arms: the timed call (op or cuBLASLt)
+// × the untimed call made just before its flush (op, cuBLASLt, the empty kernel, the op without stores, the op with
+// both warpgroups storing by TMA, the op with both storing from registers; the last three with the producer tail like
+// the default), every round in a fresh random order, $KILN_RG_AB_ROUNDS rounds (default 150), at $KILN_RG_AB_SHAPES
+// (default 8192x2048). Then the bench's own method in blocks (5 warm-up calls, median of 30), op and cuBLASLt
+// alternately, three blocks each.
+TEST_F(RouterGemmTest, FwdOrderAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}})) {
+    detail::CublasLtGemm lt(T, K, E);
+    if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
+    const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xcb3, static_cast<uint64_t>(T + K)}), mix_seed({0xcb4}));
+    DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4), yc(r, T * E * 4);
+    auto ours = [&](int flags) {
+      detail::router_gemm_measure_flags.store(flags);
+      detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                          yb.ref(DType::f32, {T, E}), -1, nullptr, nullptr);
+      detail::router_gemm_measure_flags.store(0);
+    };
+    auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
+    // The previous call: 0 op, 1 cuBLASLt, 2 empty kernel, 3 op nostore, 4 op TMA-only epilogue, 5 op register stores.
+    const char* prev_names[] = {"op", "cuBLASLt", "empty", "op nostore", "op tma-only", "op direct"};
+    const int prev_flags[] = {0, 0, 0, kRgSkipStore, kRgEpiTma | kRgNoExitSync, kRgEpiDirect | kRgNoExitSync};
+    auto prev = [&](int p) {
+      if (p == 1) theirs();
+      else if (p == 2) l2.empty(nullptr);
+      else ours(prev_flags[p]);
+    };
+    ours(0);
+    theirs();
+    synchronize();
+    const std::vector<float> want = yb.download<float>(T * E);
+    EXPECT_TRUE(bitwise_equal("cuBLASLt vs the op", yc.download<float>(T * E), want));
+    for (int p = 3; p < 6; ++p) prev(p);  // compiled outside the timing
+    synchronize();
+    std::vector<std::string> names;
+    for (const char* timed : {"op", "cuBLASLt"})
+      for (const char* pn : prev_names) names.push_back(std::string(timed) + " after " + pn);
+    ab_random_order(l2, "order", T, K, names, rounds, 0x0cb5 + static_cast<unsigned>(T + K),
+                    [&](int k) { k < 6 ? ours(0) : theirs(); },
+                    {{0, 1}, {0, 2}, {0, 3}, {0, 4}, {0, 5}, {6, 7}, {6, 8}, {6, 9}, {6, 10}, {6, 11}, {0, 6}, {1, 7}},
+                    [&](int k) { prev(k % 6); });
+    for (int b = 0; b < 6; ++b) {
+      const bool op = b % 2 == 0;
+      std::vector<double> v = detail::time_calls_us([&](Stream) { op ? ours(0) : theirs(); }, nullptr, l2, 5, 30);
+      std::sort(v.begin(), v.end());
+      std::printf("[order] T=%lld K=%lld bench-method block %d (%s x 35, back to back): median %.2f  p10 %.2f  p90 "
+                  "%.2f\n",
+                  static_cast<long long>(T), static_cast<long long>(K), b, op ? "op" : "cuBLASLt", detail::median(v),
+                  v[v.size() / 10], v[v.size() * 9 / 10]);
+    }
   }
 }
 
