@@ -82,7 +82,8 @@ enum : int {
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
-  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md.)
+  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384 and
+  // 32768 are session 13's TAIL5 / GRP5 below.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
   // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
@@ -140,6 +141,15 @@ enum : int {
   // the σ and rank passes over at most CAP / TPT = 2 slots a thread without loop arithmetic, the ranks' 64-bit
   // comparisons as carries added by addc (bench/NOTES.md).
   kMoeRunLean4 = 8192,
+  // Session 13 (helper topk6) candidates on LEAN4 (outputs exact; bench/NOTES.md "Session 13 (helper topk6)"):
+  // GRP5 (config `load` bit 16384) — the group ranks and the kept groups' margin count as the sign bits of score
+  // differences (FADD + LEA.HI a group, not FSETP + SEL + IADD3), the tie at the cut as one popcount of the kept
+  // ballot (strict ranks keep ≥ TG groups a token, so a tie is a ballot of more than TPW·SPAN·TG lanes);
+  // TAIL5 (config `load` bit 8192) — with approximate keys and ≤ TPT candidates a token (the common case), the
+  // appends, the σ pass and the ranks without per-lane branches: predicated shared atomic and stores, one slot a
+  // thread, the σ kept in a register (not stored over the logit).
+  kMoeRunTail5 = 16384,
+  kMoeRunGrp5 = 32768,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

@@ -93,6 +93,10 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // (session 12, helper topk5: LEAN4 — the selection in fewer SASS instructions, outputs exact; session 13 round A:
       // 16.05 µs against 17.12, the default since)
       {"map: load 16785403 (default)", true, 16, 2, 4, 16, 0, true, 16785403},
+      // (session 13, helper topk6: candidates on LEAN4, outputs exact — TAIL5 +8192, GRP5 +16384, both)
+      {"map: 16793595 (+ TAIL5)", true, 16, 2, 4, 16, 0, true, 16793595},
+      {"map: 16801787 (+ GRP5)", true, 16, 2, 4, 16, 0, true, 16801787},
+      {"map: 16809979 (+ TAIL5 + GRP5)", true, 16, 2, 4, 16, 0, true, 16809979},
       {"map: load 16781307 (session 12's default)", true, 16, 2, 4, 16, 0, true, 16781307},
       {"map: load 4091 (session 10's default)", true, 16, 2, 4, 16, 0, true, 4091},
       {"map: 16785403 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 16785403},
@@ -143,6 +147,13 @@ TEST_F(MoeRouteMeasure, Ablation) {
     const std::vector<double>& a = all[c.name];
     std::printf("  %-38s %7.2f  (%6.2f .. %6.2f) | %6.2f %6.2f %6.2f\n", c.name, quantile(v, 0.5), quantile(v, 0),
                 quantile(v, 1), quantile(a, 0.1), quantile(a, 0.5), quantile(a, 0.9));
+  }
+  // Each config against the first (the default), round by round: the paired differences' p10 / p50 / p90 and the
+  // rounds in which it was faster.
+  for (size_t i = 1; i < cfgs.size(); ++i) {
+    const PairedDiff pd = paired_diff(med[cfgs[0].name], med[cfgs[i].name]);
+    std::printf("  [vs default] %-38s %+6.2f (p10 %+.2f .. p90 %+.2f), lower in %d / %d rounds\n", cfgs[i].name,
+                pd.at(0.5), pd.at(0.1), pd.at(0.9), pd.wins, rounds);
   }
   // The A/B of the two defaults with the map, round by round (the same process, alternating order).
   std::printf("[route A/B] round medians in list order (%zu configs), round by round:", cfgs.size());
