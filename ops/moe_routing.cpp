@@ -80,7 +80,8 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunLean4 = 4096, kRunTail5 = 8192, kRunGrp5 = 16384, kRunRegLate12 = 16777216;
+              kRunFastDiv = 2048, kRunLean4 = 4096, kRunTail5 = 8192, kRunGrp5 = 16384, kRunStRows = 32768,
+              kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -90,7 +91,8 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
-                                           {kRunTail5, kMoeRunTail5},     {kRunGrp5, kMoeRunGrp5}};
+                                           {kRunTail5, kMoeRunTail5},     {kRunGrp5, kMoeRunGrp5},
+                                           {kRunStRows, kMoeRunStRows}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -355,6 +357,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5, kFusedFillLate},
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5, kFusedFillLate},
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunGrp5,
+                                 kFusedFillLate},
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunStRows, kFusedFillLate},
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunStRows,
                                  kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},

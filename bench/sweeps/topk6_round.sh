@@ -1,18 +1,18 @@
 #!/usr/bin/env bash
-# Session 13 helper topk6's candidates on LEAN4 (16785403): TAIL5 16793595, GRP5 16801787, both 16809979
+# Session 13 helper topk6's candidates on LEAN4 (16785403): TAIL5 16793595, GRP5 16801787, both 16809979, STROWS 16818171, TAIL5 + STROWS 16826363
 # (bench/NOTES.md "Session 13 (helper topk6)"). Run from the repo root on the GPU machine after the build, as a round
-# fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 45 s (timeouts 60 + 40).
+# fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 60 s (timeouts 65 + 30).
 #   1. bit-exactness against the CPU reference (LeanSelection: the candidates first), 2. the same-process A/B (Ablation:
 #   21 rounds × 10 calls, every row's paired difference against 16785403).
 set -u
 O=${O:?set O}
 T=${T:-./build-gpu/tests/kiln_gpu_tests}
 s0=$(date +%s)
-timeout 60 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' > "$O/tests.txt" 2>&1
+timeout 65 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' > "$O/tests.txt" 2>&1
 echo "tests rc=$? ($(( $(date +%s) - s0 )) s) $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.txt" | tr '\n' ' ')"
 grep -E "Failure|load [0-9]+$" "$O/tests.txt" | head -4 | cut -c1-150
-timeout 40 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure.txt" 2>&1
+timeout 30 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure.txt" 2>&1
 echo "ablation rc=$? ($(( $(date +%s) - s0 )) s)"
 grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
-grep -E "^\s+map: " "$O/measure.txt" | head -4 | sed 's/  */ /g' | cut -c1-90
-grep -E "\[vs default\]" "$O/measure.txt" | head -8 | sed 's/  */ /g' | cut -c1-110
+grep -E "^\s+map: " "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
+grep -E "\[vs default\]" "$O/measure.txt" | head -10 | sed 's/  */ /g' | cut -c1-110

@@ -1122,6 +1122,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // GRP5, TAIL5 (moe_routing_args.h kMoeRunGrp5 / kMoeRunTail5, on LEAN4; session 13): the group ranks by sign bits,
   // and the approximate keys' appends, σ and ranks without per-lane branches.
   constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0, TAIL5 = LEAN4 && (V & kMoeRunTail5) != 0;
+  // STROWS (moe_routing_args.h kMoeRunStRows, on LEAN3; session 13): the warp's staged prob / map rows by 16-byte
+  // register stores of all its lanes (LDS + STG) instead of lane 0's two bulk copies and the proxy fence.
+  constexpr bool STROWS = LEAN3 && (V & kMoeRunStRows) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
@@ -1467,7 +1470,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if constexpr (BULKST) {
+    if constexpr (BULKST && !STROWS) {
       // BULKST: the warp's rows by bulk async copies from its lane 0 (one a prob row — the shared rows are padded —
       // and one for the warp's map rows), after every lane's proxy fence (its shared writes → the async proxy).
       // The copies' reads are waited for before the CTA exits; nothing writes these rows again.
@@ -1493,6 +1496,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           asm volatile("cp.async.bulk.commit_group;" ::: "memory");
         }
       }
+    } else if (STROWS && !DEFER && !NOROWS && valid) {
+      // (STROWS: one base address a row and immediate offsets — the thread's chunks are TPT · 16 bytes apart)
+      float* pg = a.probs + static_cast<i64>(tc0 + tl) * E + 4 * part;
+      u8* mg = a.routing_map + static_cast<i64>(tc0 + tl) * E + 16 * part;
+      const u32 ps = smem_u32(prow + 4 * part), ms = smem_u32(mrow + 16 * part);
+#pragma unroll
+      for (int k = 0; k < E / (4 * TPT); ++k) store16(pg + 4 * TPT * k, lds16(ps + 16 * TPT * k));
+#pragma unroll
+      for (int k = 0; k < E / (16 * TPT); ++k) store16(mg + 16 * TPT * k, lds16(ms + 16 * TPT * k));
     } else if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll

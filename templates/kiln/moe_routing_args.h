@@ -82,8 +82,8 @@ enum : int {
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
-  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384 and
-  // 32768 are session 13's TAIL5 / GRP5 below.)
+  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384,
+  // 32768 and 524288 are session 13's TAIL5 / GRP5 / STROWS below.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
   // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
@@ -150,6 +150,10 @@ enum : int {
   // thread, the σ kept in a register (not stored over the logit).
   kMoeRunTail5 = 16384,
   kMoeRunGrp5 = 32768,
+  // STROWS (config `load` bit 32768, on LEAN3) — the warp's staged prob and map rows (zero from the kernel start, the
+  // picks written by the emit) stored by all its lanes with 16-byte loads + stores (5 a thread at E = 256) instead of
+  // lane 0's two bulk copies (≈ 50 SASS of uniform-register set-up and the proxy fence on the warp's path).
+  kMoeRunStRows = 524288,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
