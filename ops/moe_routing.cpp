@@ -81,7 +81,7 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunTail5 = 8192, kRunGrp5 = 16384, kRunStRows = 32768,
-              kRunRegLate12 = 16777216;
+              kRunKey5 = 65536, kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -92,7 +92,7 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunTail5, kMoeRunTail5},     {kRunGrp5, kMoeRunGrp5},
-                                           {kRunStRows, kMoeRunStRows}};
+                                           {kRunStRows, kMoeRunStRows},   {kRunKey5, kMoeRunKey5}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -360,6 +360,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                  kFusedFillLate},
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunStRows, kFusedFillLate},
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunStRows,
+                                 kFusedFillLate},
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunKey5, kFusedFillLate},
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunKey5,
                                  kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},

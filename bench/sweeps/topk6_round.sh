@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 13 helper topk6's candidates on LEAN4 (16785403): TAIL5 16793595, GRP5 16801787, both 16809979, STROWS 16818171, TAIL5 + STROWS 16826363
+# Session 13 helper topk6's candidates on LEAN4 (16785403): TAIL5 16793595, GRP5 16801787, both 16809979, STROWS 16818171, TAIL5 + STROWS 16826363,
+# KEY5 16850939, TAIL5 + KEY5 16859131
 # (bench/NOTES.md "Session 13 (helper topk6)"). Run from the repo root on the GPU machine after the build, as a round
 # fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 60 s (timeouts 65 + 30).
 #   1. bit-exactness against the CPU reference (LeanSelection: the candidates first), 2. the same-process A/B (Ablation:
@@ -15,4 +16,4 @@ timeout 30 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure
 echo "ablation rc=$? ($(( $(date +%s) - s0 )) s)"
 grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
 grep -E "^\s+map: " "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
-grep -E "\[vs default\]" "$O/measure.txt" | head -10 | sed 's/  */ /g' | cut -c1-110
+grep -E "\[vs default\]" "$O/measure.txt" | grep -vE "4091|no tail|no prob" | sed 's/  */ /g' | cut -c1-110

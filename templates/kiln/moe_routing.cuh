@@ -1122,6 +1122,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // GRP5, TAIL5 (moe_routing_args.h kMoeRunGrp5 / kMoeRunTail5, on LEAN4; session 13): the group ranks by sign bits,
   // and the approximate keys' appends, σ and ranks without per-lane branches.
   constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0, TAIL5 = LEAN4 && (V & kMoeRunTail5) != 0;
+  // KEY5 (moe_routing_args.h kMoeRunKey5, on LEAN4; session 13): the approximate keys without the clamp, a NaN
+  // logit detected at the group tree's maximum (the warp then takes exact keys, as for a near tie).
+  constexpr bool KEY5 = LEAN4 && APPROX && (V & kMoeRunKey5) != 0;
   // STROWS (moe_routing_args.h kMoeRunStRows, on LEAN3; session 13): the warp's staged prob / map rows by 16-byte
   // register stores of all its lanes (LDS + STG) instead of lane 0's two bulk copies and the proxy fence.
   constexpr bool STROWS = LEAN3 && (V & kMoeRunStRows) != 0;
@@ -1629,7 +1632,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       lds_row(zrow, v);
 #pragma unroll
       for (int c = 0; c < EPT; ++c) {
+        if constexpr (KEY5) {
+          // (KEY5: no clamp — for z > 20 both forms give 1 + (< 2^−28) = 1 exactly, so the keys are the same bits
+          // except for a NaN logit, whose key is then NaN: the group tree's maximum carries it, the warp takes exact keys)
+          key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(__fmul_rn(v[c], -1.44269504f))));
+        } else {
         key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
+        }
       }
       wait_bar(&bars[BB]);  // the bias (long landed)
       lds_row(brow, v);
@@ -1744,6 +1753,29 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       // The group: the thread's two best keys by a tree (depth 4, not a 16-long chain), merged with the partner's.
       auto lean_groups = [&](Key& lo_out, bool& kept_out, bool& gap_out) {
         Key h[EPT / 2], l[EPT / 2];
+        bool key_nan = false;
+        if constexpr (KEY5) {
+          // (KEY5: the maxima by max.NaN — a NaN key, only from a NaN logit under approximate keys, reaches a1)
+          auto hmax = [](float x, float y) {
+            float r;
+            asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
+            return r;
+          };
+#pragma unroll
+          for (int i = 0; i < EPT / 2; ++i) {
+            h[i] = hmax(key[2 * i], key[2 * i + 1]);
+            l[i] = kmin(key[2 * i], key[2 * i + 1]);
+          }
+#pragma unroll
+          for (int w = EPT / 2; w > 1; w >>= 1)
+#pragma unroll
+            for (int i = 0; i < w / 2; ++i) {
+              const Key n2 = kmax(kmin(h[2 * i], h[2 * i + 1]), kmax(l[2 * i], l[2 * i + 1]));
+              h[i] = hmax(h[2 * i], h[2 * i + 1]);
+              l[i] = n2;
+            }
+          key_nan = approx && h[0] != h[0];
+        } else {
 #pragma unroll
         for (int i = 0; i < EPT / 2; ++i) {
           h[i] = kmax(key[2 * i], key[2 * i + 1]);
@@ -1757,6 +1789,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             h[i] = kmax(h[2 * i], h[2 * i + 1]);
             l[i] = n2;
           }
+        }
         Key a1 = h[0], a2 = l[0];
         {
           const Key b1 = __shfl_xor_sync(ALL, a1, TPW), b2 = __shfl_xor_sync(ALL, a2, TPW);
@@ -1808,6 +1841,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
         kept_out = rank < TG;
         // (approximate keys with equal scores at the cut: not certain either)
+        if constexpr (KEY5) gap_out = !approx || (!tie && (rank != TG - 1 || near == TG) && !key_nan);
+        else
         gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
         Key lo = __int_as_float(0x7f800000);
         if constexpr (LEAN4) {

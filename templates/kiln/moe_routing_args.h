@@ -83,7 +83,7 @@ enum : int {
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
   // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384,
-  // 32768 and 524288 are session 13's TAIL5 / GRP5 / STROWS below.)
+  // 32768, 524288 and 1048576 are session 13's TAIL5 / GRP5 / STROWS / KEY5 below.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
   // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
@@ -154,6 +154,11 @@ enum : int {
   // picks written by the emit) stored by all its lanes with 16-byte loads + stores (5 a thread at E = 256) instead of
   // lane 0's two bulk copies (≈ 50 SASS of uniform-register set-up and the proxy fence on the warp's path).
   kMoeRunStRows = 524288,
+  // KEY5 (config `load` bit 65536, on LEAN4) — the approximate keys without their clamp of −z·log2 e at −20·log2 e (for
+  // z > 20 both give σ̃ = 1 exactly; the clamp only mapped a NaN logit to σ̃ = 1): a NaN logit makes its key NaN, the
+  // group tree's maxima (max.NaN) carry it to the thread's best key, and the warp takes the exact keys as for a near
+  // tie of group scores. −16 FMNMX a thread.
+  kMoeRunKey5 = 1048576,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

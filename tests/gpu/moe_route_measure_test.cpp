@@ -94,12 +94,14 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // 16.05 µs against 17.12, the default since)
       {"map: load 16785403 (default)", true, 16, 2, 4, 16, 0, true, 16785403},
       // (session 13, helper topk6: candidates on LEAN4, outputs exact — TAIL5 +8192, GRP5 +16384, both, STROWS +32768,
-      // TAIL5 + STROWS)
+      // TAIL5 + STROWS, KEY5 +65536, TAIL5 + KEY5)
       {"map: 16793595 (+ TAIL5)", true, 16, 2, 4, 16, 0, true, 16793595},
       {"map: 16801787 (+ GRP5)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: 16809979 (+ TAIL5 + GRP5)", true, 16, 2, 4, 16, 0, true, 16809979},
       {"map: 16818171 (+ STROWS)", true, 16, 2, 4, 16, 0, true, 16818171},
       {"map: 16826363 (+ TAIL5 + STROWS)", true, 16, 2, 4, 16, 0, true, 16826363},
+      {"map: 16850939 (+ KEY5)", true, 16, 2, 4, 16, 0, true, 16850939},
+      {"map: 16859131 (+ TAIL5 + KEY5)", true, 16, 2, 4, 16, 0, true, 16859131},
       {"map: load 16781307 (session 12's default)", true, 16, 2, 4, 16, 0, true, 16781307},
       {"map: load 4091 (session 10's default)", true, 16, 2, 4, 16, 0, true, 4091},
       {"map: 16785403 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 16785403},
