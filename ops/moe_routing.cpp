@@ -80,8 +80,8 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunLean4 = 4096, kRunTail5 = 8192, kRunGrp5 = 16384, kRunStRows = 32768,
-              kRunKey5 = 65536, kRunRegLate12 = 16777216;
+              kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunStRows = 32768,
+              kRunKey5 = 65536, kRunLo8 = 131072, kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -91,8 +91,8 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
-                                           {kRunTail5, kMoeRunTail5},     {kRunGrp5, kMoeRunGrp5},
-                                           {kRunStRows, kMoeRunStRows},   {kRunKey5, kMoeRunKey5}};
+                                           {kRunGrp5, kMoeRunGrp5},       {kRunStRows, kMoeRunStRows},
+                                           {kRunKey5, kMoeRunKey5},       {kRunLo8, kMoeRunLo8}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -353,17 +353,15 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean | kRunRegLate12, kFusedFillLate},  // (session 12: + REGLATE12)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4,
                                  kFusedFillLate},  // (session 13: + LEAN4, the default)
-                                // (session 13, helper topk6: + TAIL5, + GRP5, both — candidates)
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5, kFusedFillLate},
+                                // (session 13, helper topk6: + GRP5, and on it + KEY5, + STROWS, both — candidates)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5, kFusedFillLate},
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunGrp5,
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunKey5,
                                  kFusedFillLate},
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunStRows, kFusedFillLate},
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunStRows,
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunStRows,
                                  kFusedFillLate},
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunKey5, kFusedFillLate},
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunTail5 | kRunKey5,
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunKey5 | kRunStRows,
                                  kFusedFillLate},
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunLo8, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

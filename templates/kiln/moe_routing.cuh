@@ -81,13 +81,6 @@ __device__ __forceinline__ u32 ordered_bits(float f) {
   return u ^ (static_cast<u32>(static_cast<int>(u) >> 31) | 0x80000000u);  // negative: ~u; else u | sign bit
 }
 
-// A shared 8-byte store {lo, hi} at addr where p holds, as one predicated instruction (no branch around it).
-__device__ __forceinline__ void st_shared_u64_if(bool p, u32 addr, u32 lo, u32 hi) {
-  asm volatile("{\n.reg .pred q;\nsetp.ne.u32 q, %0, 0;\n@q st.shared.v2.u32 [%1], {%2, %3};\n}\n"
-               :: "r"(static_cast<u32>(p)), "r"(addr), "r"(lo), "r"(hi)
-               : "memory");
-}
-
 // x / d and roundup(x, d) for x ≥ 0, d ≥ 1 at run time: a shift / mask where d is a power of two (a branch uniform
 // over the grid), else the division.
 __device__ __forceinline__ int moe_div(int x, int d) {
@@ -1119,9 +1112,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   // LEAN4 (moe_routing_args.h kMoeRunLean4, on LEAN3): the same selection in fewer SASS instructions a thread.
   constexpr bool LEAN4 = LEAN3 && (V & kMoeRunLean4) != 0;
-  // GRP5, TAIL5 (moe_routing_args.h kMoeRunGrp5 / kMoeRunTail5, on LEAN4; session 13): the group ranks by sign bits,
-  // and the approximate keys' appends, σ and ranks without per-lane branches.
-  constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0, TAIL5 = LEAN4 && (V & kMoeRunTail5) != 0;
+  // GRP5 (moe_routing_args.h kMoeRunGrp5, on LEAN4; session 13): the group ranks and the margin by sign bits, the tie
+  // at the cut by one popcount.
+  constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0;
+  // LO8 (moe_routing_args.h kMoeRunLo8, on GRP5; session 13): lo from the G second-best keys gathered with the scores
+  // (independent shuffles before the ballot, LEAN's form) instead of LEAN4's log2 G dependent xor rounds after it.
+  constexpr bool LO8 = GRP5 && (V & kMoeRunLo8) != 0;
   // KEY5 (moe_routing_args.h kMoeRunKey5, on LEAN4; session 13): the approximate keys without the clamp, a NaN
   // logit detected at the group tree's maximum (the warp then takes exact keys, as for a near tie).
   constexpr bool KEY5 = LEAN4 && APPROX && (V & kMoeRunKey5) != 0;
@@ -1813,7 +1809,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
-          if constexpr (!LEAN4) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
+          if constexpr (!LEAN4 || LO8) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
           if constexpr (GRP5) {
             // (GRP5: og > sc exactly when sc − og < 0 — scores are never NaN nor −0, a difference of unequal floats is
             // never ±0 (no flush), equal infinities give the canonical NaN, sign clear — so the sign bit is the
@@ -1845,7 +1841,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         else
         gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
         Key lo = __int_as_float(0x7f800000);
-        if constexpr (LEAN4) {
+        if constexpr (LEAN4 && !LO8) {
           // (LEAN4: lo = the minimum of the kept groups' second-best keys by log2 G xor rounds over the token's groups —
           // log2 G shuffles + minima instead of G shuffles and G predicated minima; both threads of a group hold the
           // group's a2 after the partner merge; fminf is exact and order-free: the same bits)
@@ -1904,15 +1900,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       u32* cnt = reinterpret_cast<u32*>(lst + CAP + 1);
       const u32 mine = __popc(m[0]);
       u32 pos = 0;
-      if constexpr (TAIL5) {
-        // (TAIL5: the shared atomic predicated — no branch; the counter's order of adds does not matter)
-        asm volatile("{\n.reg .pred p;\nsetp.ne.u32 p, %2, 0;\n@p atom.shared.add.u32 %0, [%1], %2;\n}\n"
-                     : "+r"(pos)
-                     : "r"(smem_u32(cnt)), "r"(valid ? mine : 0u)
-                     : "memory");
-      } else {
-        if (valid && mine) pos = atomicAdd(cnt, mine);
-      }
+      if (valid && mine) pos = atomicAdd(cnt, mine);
       if constexpr (LEAN4) {
         // (LEAN4: the appends' value chosen once — approximate keys list expert indices — not per candidate, where
         // the compiler kept both the index and the exact entry's two shared loads behind a branch in each append)
@@ -1930,21 +1918,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           }
           for (; mm; mm &= mm - 1u) put(__ffs(mm) - 1, pos++);
         };
-        if (TAIL5 && approx) {
-          // (TAIL5: the first three appends predicated stores — no branch, no bounds branch: a position past the list
-          // is clamped to the unused slot CAP — the rest, rare, in a loop; a lane without a valid token appends none)
-          const u32 m0 = m[0];
-          u32 mm = valid ? (ROT ? ((m0 << (4 * rot)) | (m0 >> (16 - 4 * rot))) & 0xffffu : m0) : 0u;
-          const u32 eb1 = 0x10000u - static_cast<u32>(e0);  // 0xffff − (e0 + bit) = eb1 − __ffs
-          const u32 lb = smem_u32(lst);
-#pragma unroll
-          for (int i = 0; i < 3; ++i) {
-            st_shared_u64_if(mm != 0u, lb + 8u * min(pos + i, static_cast<u32>(CAP)), eb1 - static_cast<u32>(__ffs(mm)), 0u);
-            mm &= mm - 1u;
-          }
-          for (u32 at = pos + 3; mm; mm &= mm - 1u, ++at)
-            lst[min(at, static_cast<u32>(CAP))] = static_cast<u64>(eb1 - static_cast<u32>(__ffs(mm)));
-        } else if (valid) {
+        if (valid) {
           if (approx) {
             // (approximate keys: the mask rotated once into expert order — position c holds expert offset xo(c) =
             // c + 4·rot mod EPT (E = 256; else c) — so an append is its bit's index, no per-candidate chunk
@@ -1988,45 +1962,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       __syncwarp();
       const int n = valid ? static_cast<int>(*cnt) : 0;
-      bool fast5 = false;  // (TAIL5: approximate keys and ≤ TPT candidates in each token of the warp)
-      if constexpr (TAIL5) fast5 = approx && !__any_sync(ALL, n > TPT);
-      if (fast5) {
-        // (TAIL5: slot `part` of the token's list is the thread's — listed when part < n, else 0 — its exact σ from
-        // the logit (a dummy expert where the slot is empty: nothing of it is stored), its exact entry written back
-        // by a predicated store; after the warp's sync its rank among the 16 slots as LEAN4's carries, recorded when
-        // listed and < K. The σ stays in a register: nothing reads it from the row on this path.)
-        const bool has = part < n;
-        const u32 lw = static_cast<u32>(lst[part]);
-        const int e = static_cast<int>((0xffffu ^ lw) & static_cast<u32>(E - 1));
-        const float z = rows[tl * RSF + e];
-        float sg;
-        {
-          const float d = kiln_one_plus_exp_lt87(-z);
-          const float r = rcp_ftz(d);
-          sg = __fmaf_rn(r, __fmaf_rn(-d, r, 1.0f), r);
-        }
-        if (__any_sync(ALL, z <= -87.0f)) {  // (rare: exact_sigmoid's other form)
-          if (z <= -87.0f) sg = kiln_sigmoid(z);
-        }
-        const u32 kx = ordered_bits(__fadd_rn(sg, BIASPRE ? sbias[e] : fmaxf(sbias[e], neg_inf)));
-        st_shared_u64_if(has, smem_u32(lst + part), lw, kx);
-        __syncwarp();
-        u32 rank_u = 0u;
-        const u32 nlo = ~lw, nhi = ~kx;
-#pragma unroll
-        for (int r = 0; r < 16; r += 2) {
-          const Vec16 pr = lds16(smem_u32(lst + r));
-          asm("{\n.reg .u32 t;\n"
-              "add.cc.u32 t, %3, %1;\naddc.cc.u32 t, %4, %2;\naddc.u32 %0, %0, 0;\n"
-              "add.cc.u32 t, %5, %1;\naddc.cc.u32 t, %6, %2;\naddc.u32 %0, %0, 0;\n}"
-              : "+r"(rank_u)
-              : "r"(nlo), "r"(nhi), "r"(pr.w[0]), "r"(pr.w[1]), "r"(pr.w[2]), "r"(pr.w[3]));
-        }
-        if (has && rank_u < static_cast<u32>(K)) {
-          record(static_cast<int>(rank_u), e);
-          sp[tl * KP + static_cast<int>(rank_u)] = sg;
-        }
-      } else if (!__any_sync(ALL, n > CAP)) {
+      if (!__any_sync(ALL, n > CAP)) {
         u64 me = 0;
         float my_sg = 0.0f;
         if constexpr (APPROX) {

@@ -466,10 +466,9 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
   // (16781307: 4091 + REGLATE12, the default in session 12; 16785403: + LEAN4, the selection in fewer instructions,
-  // the default since session 13; session 13's candidates on it: 16793595 + TAIL5, 16801787 + GRP5, 16809979 both,
-  // 16818171 + STROWS, 16826363 + TAIL5 + STROWS, 16850939 + KEY5, 16859131 + TAIL5 + KEY5)
-  for (int load : {16859131, 16850939, 16826363, 16818171, 16809979, 16793595, 16801787, 16785403, 16781307, 4091,
-                   3451}) {
+  // the default since session 13; session 13's candidates on it: 16801787 + GRP5, and on that 16867323 + KEY5,
+  // 16834555 + STROWS, 16900091 + both, 16932859 + LO8)
+  for (int load : {16932859, 16900091, 16834555, 16867323, 16801787, 16785403, 16781307, 4091, 3451}) {
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
