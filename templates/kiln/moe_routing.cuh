@@ -1115,15 +1115,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // GRP5 (moe_routing_args.h kMoeRunGrp5, on LEAN4; session 13): the group ranks and the margin by sign bits, the tie
   // at the cut by one popcount.
   constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0;
-  // LO8 (moe_routing_args.h kMoeRunLo8, on GRP5; session 13): lo from the G second-best keys gathered with the scores
-  // (independent shuffles before the ballot, LEAN's form) instead of LEAN4's log2 G dependent xor rounds after it.
-  constexpr bool LO8 = GRP5 && (V & kMoeRunLo8) != 0;
-  // KEY5 (moe_routing_args.h kMoeRunKey5, on LEAN4; session 13): the approximate keys without the clamp, a NaN
-  // logit detected at the group tree's maximum (the warp then takes exact keys, as for a near tie).
-  constexpr bool KEY5 = LEAN4 && APPROX && (V & kMoeRunKey5) != 0;
-  // STROWS (moe_routing_args.h kMoeRunStRows, on LEAN3; session 13): the warp's staged prob / map rows by 16-byte
-  // register stores of all its lanes (LDS + STG) instead of lane 0's two bulk copies and the proxy fence.
-  constexpr bool STROWS = LEAN3 && (V & kMoeRunStRows) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
@@ -1469,7 +1460,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if constexpr (BULKST && !STROWS) {
+    if constexpr (BULKST) {
       // BULKST: the warp's rows by bulk async copies from its lane 0 (one a prob row — the shared rows are padded —
       // and one for the warp's map rows), after every lane's proxy fence (its shared writes → the async proxy).
       // The copies' reads are waited for before the CTA exits; nothing writes these rows again.
@@ -1495,15 +1486,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           asm volatile("cp.async.bulk.commit_group;" ::: "memory");
         }
       }
-    } else if (STROWS && !DEFER && !NOROWS && valid) {
-      // (STROWS: one base address a row and immediate offsets — the thread's chunks are TPT · 16 bytes apart)
-      float* pg = a.probs + static_cast<i64>(tc0 + tl) * E + 4 * part;
-      u8* mg = a.routing_map + static_cast<i64>(tc0 + tl) * E + 16 * part;
-      const u32 ps = smem_u32(prow + 4 * part), ms = smem_u32(mrow + 16 * part);
-#pragma unroll
-      for (int k = 0; k < E / (4 * TPT); ++k) store16(pg + 4 * TPT * k, lds16(ps + 16 * TPT * k));
-#pragma unroll
-      for (int k = 0; k < E / (16 * TPT); ++k) store16(mg + 16 * TPT * k, lds16(ms + 16 * TPT * k));
     } else if (!DEFER && !NOROWS && valid) {
       const i64 t = tc0 + tl;
 #pragma unroll
@@ -1628,13 +1610,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       lds_row(zrow, v);
 #pragma unroll
       for (int c = 0; c < EPT; ++c) {
-        if constexpr (KEY5) {
-          // (KEY5: no clamp — for z > 20 both forms give 1 + (< 2^−28) = 1 exactly, so the keys are the same bits
-          // except for a NaN logit, whose key is then NaN: the group tree's maximum carries it, the warp takes exact keys)
-          key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(__fmul_rn(v[c], -1.44269504f))));
-        } else {
         key[c] = rcp_ftz(__fadd_rn(1.0f, ex2_ftz(fmaxf(__fmul_rn(v[c], -1.44269504f), -28.8539009f))));
-        }
       }
       wait_bar(&bars[BB]);  // the bias (long landed)
       lds_row(brow, v);
@@ -1749,29 +1725,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       // The group: the thread's two best keys by a tree (depth 4, not a 16-long chain), merged with the partner's.
       auto lean_groups = [&](Key& lo_out, bool& kept_out, bool& gap_out) {
         Key h[EPT / 2], l[EPT / 2];
-        bool key_nan = false;
-        if constexpr (KEY5) {
-          // (KEY5: the maxima by max.NaN — a NaN key, only from a NaN logit under approximate keys, reaches a1)
-          auto hmax = [](float x, float y) {
-            float r;
-            asm("max.NaN.f32 %0, %1, %2;" : "=f"(r) : "f"(x), "f"(y));
-            return r;
-          };
-#pragma unroll
-          for (int i = 0; i < EPT / 2; ++i) {
-            h[i] = hmax(key[2 * i], key[2 * i + 1]);
-            l[i] = kmin(key[2 * i], key[2 * i + 1]);
-          }
-#pragma unroll
-          for (int w = EPT / 2; w > 1; w >>= 1)
-#pragma unroll
-            for (int i = 0; i < w / 2; ++i) {
-              const Key n2 = kmax(kmin(h[2 * i], h[2 * i + 1]), kmax(l[2 * i], l[2 * i + 1]));
-              h[i] = hmax(h[2 * i], h[2 * i + 1]);
-              l[i] = n2;
-            }
-          key_nan = approx && h[0] != h[0];
-        } else {
 #pragma unroll
         for (int i = 0; i < EPT / 2; ++i) {
           h[i] = kmax(key[2 * i], key[2 * i + 1]);
@@ -1785,7 +1738,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             h[i] = kmax(h[2 * i], h[2 * i + 1]);
             l[i] = n2;
           }
-        }
         Key a1 = h[0], a2 = l[0];
         {
           const Key b1 = __shfl_xor_sync(ALL, a1, TPW), b2 = __shfl_xor_sync(ALL, a2, TPW);
@@ -1809,7 +1761,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 #pragma unroll
         for (int g = 0; g < G; ++g) {
           og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
-          if constexpr (!LEAN4 || LO8) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
+          if constexpr (!LEAN4) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
           if constexpr (GRP5) {
             // (GRP5: og > sc exactly when sc − og < 0 — scores are never NaN nor −0, a difference of unequal floats is
             // never ±0 (no flush), equal infinities give the canonical NaN, sign clear — so the sign bit is the
@@ -1837,11 +1789,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
         kept_out = rank < TG;
         // (approximate keys with equal scores at the cut: not certain either)
-        if constexpr (KEY5) gap_out = !approx || (!tie && (rank != TG - 1 || near == TG) && !key_nan);
-        else
         gap_out = !approx || (!tie && (rank != TG - 1 || near == TG));
         Key lo = __int_as_float(0x7f800000);
-        if constexpr (LEAN4 && !LO8) {
+        if constexpr (LEAN4) {
           // (LEAN4: lo = the minimum of the kept groups' second-best keys by log2 G xor rounds over the token's groups —
           // log2 G shuffles + minima instead of G shuffles and G predicated minima; both threads of a group hold the
           // group's a2 after the partner merge; fminf is exact and order-free: the same bits)

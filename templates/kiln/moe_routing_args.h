@@ -82,9 +82,8 @@ enum : int {
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
-  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384
-  // (session 13's TAIL5, deleted), 32768, 524288, 1048576 and 2097152 are session 13's GRP5 / STROWS / KEY5 / LO8
-  // below.)
+  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384,
+  // 524288, 1048576 and 2097152 were session 13's TAIL5, STROWS, KEY5 and LO8, deleted; 32768 is GRP5 below.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
   // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
@@ -142,27 +141,15 @@ enum : int {
   // the σ and rank passes over at most CAP / TPT = 2 slots a thread without loop arithmetic, the ranks' 64-bit
   // comparisons as carries added by addc (bench/NOTES.md).
   kMoeRunLean4 = 8192,
-  // Session 13 (helper topk6) candidates on LEAN4 (outputs exact; bench/NOTES.md "Session 13 (helper topk6)"):
-  // GRP5 (config `load` bit 16384) — the group ranks and the kept groups' margin count as the sign bits of score
-  // differences (FADD + LEA.HI a group, not FSETP + SEL + IADD3), the tie at the cut as one popcount of the kept
-  // ballot (strict ranks keep ≥ TG groups a token, so a tie is a ballot of more than TPW·SPAN·TG lanes). (TAIL5, value
-  // 16384 / config 8192 — the approximate keys' appends, σ and ranks with predicated instructions instead of per-lane
-  // branches, −38 SASS a thread — measured +0.05 µs alone and +0.19 on GRP5 in round B: deleted.)
+  // GRP5 (session 13, helper topk6; outputs exact; config `load` bit 16384, on LEAN4: 16801787 = 16785403 + it, the
+  // default with the map since session 13 round C): the group ranks and the kept groups' margin count as the sign bits
+  // of score differences (FADD + LEA.HI a group, not FSETP + SEL + IADD3), the tie at the cut as one popcount of the
+  // kept ballot (strict ranks keep ≥ TG groups a token, so a tie is a ballot of more than TPW·SPAN·TG lanes). Rounds B
+  // / C, one process: −0.19 / −0.26 µs against 16785403, lower in 52 of 52 rounds. (Measured and deleted, bench/NOTES.md:
+  // TAIL5 — the approximate keys' appends, σ and ranks with predicated instructions, value 16384 — +0.05 alone, +0.19
+  // on GRP5; on GRP5: STROWS — the staged rows by the lanes' 16-byte stores, 524288 — +0.20, KEY5 — the keys without
+  // their clamp, 1048576 — −0.01, LO8 — lo from G shuffles before the ballot, 2097152 — +0.24.)
   kMoeRunGrp5 = 32768,
-  // STROWS (config `load` bit 32768, on LEAN3) — the warp's staged prob and map rows (zero from the kernel start, the
-  // picks written by the emit) stored by all its lanes with 16-byte loads + stores (5 a thread at E = 256) instead of
-  // lane 0's two bulk copies (≈ 50 SASS of uniform-register set-up and the proxy fence on the warp's path).
-  kMoeRunStRows = 524288,
-  // KEY5 (config `load` bit 65536, on LEAN4) — the approximate keys without their clamp of −z·log2 e at −20·log2 e (for
-  // z > 20 both give σ̃ = 1 exactly; the clamp only mapped a NaN logit to σ̃ = 1): a NaN logit makes its key NaN, the
-  // group tree's maxima (max.NaN) carry it to the thread's best key, and the warp takes the exact keys as for a near
-  // tie of group scores. −16 FMNMX a thread.
-  kMoeRunKey5 = 1048576,
-  // LO8 (config `load` bit 131072, on GRP5) — lo (the smallest second-best key of the kept groups) formed in the thread
-  // from the G groups' second-best keys gathered by G independent shuffles beside the scores' (LEAN's form), instead
-  // of log2 G dependent xor rounds after the kept ballot (LEAN4's): +10 SASS a thread, two shuffle latencies fewer on
-  // the chain from the ballot to the candidate mask. A test of whether the selection's chain or its count costs.
-  kMoeRunLo8 = 2097152,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
