@@ -81,7 +81,7 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384,
+              kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunSegIdx = 262144, kRunDRank = 524288,
               kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
@@ -92,7 +92,8 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
-                                           {kRunGrp5, kMoeRunGrp5}};
+                                           {kRunGrp5, kMoeRunGrp5},       {kRunSegIdx, kMoeRunSegIdx},
+                                           {kRunDRank, kMoeRunDRank}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -357,6 +358,12 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                  kFusedFillLate},  // (session 13 round A: + LEAN4)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5,
                                  kFusedFillLate},  // (session 13 round C: + GRP5, the default)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunSegIdx,
+                                 kFusedFillLate},  // (a candidate: + SEGIDX)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank,
+                                 kFusedFillLate},  // (a candidate: + DRANK)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunSegIdx | kRunDRank,
+                                 kFusedFillLate},  // (both)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {

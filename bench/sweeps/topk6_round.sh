@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Session 13 helper topk6's candidates on LEAN4 (16785403): GRP5 16801787, and on it KEY5 16867323, STROWS 16834555,
-# both 16900091, LO8 16932859
+# Session 13 helper topk6's candidates on the default GRP5 (16801787): SEGIDX 17063931, DRANK 17326075,
+# both 17588219
 # (bench/NOTES.md "Session 13 (helper topk6)"). Run from the repo root on the GPU machine after the build, as a round
 # fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 60 s (timeouts 65 + 30).
 #   1. bit-exactness against the CPU reference (LeanSelection: the candidates first), 2. the same-process A/B (Ablation:
-#   31 rounds × 10 calls, every row's paired difference against 16785403).
+#   31 rounds × 10 calls, every row's paired difference against 16801787).
 set -u
 O=${O:?set O}
 T=${T:-./build-gpu/tests/kiln_gpu_tests}

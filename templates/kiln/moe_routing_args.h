@@ -65,7 +65,7 @@ struct MoeRouteArgs {
 // bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
 // there), NOARRIVE the arrival, its spin and everything after it. The candidates (exact outputs) are listed below;
 // values 64 (EARLY), 512 (PACK) and 8192 (FILLW) were candidates that lost in two rounds each (bench/NOTES.md
-// session 8) and are deleted.
+// session 8) and are deleted (512 is session 13's DRANK since).
 enum : int {
   kMoeRunTrace = 1,
   kMoeRunNoFill = 2,
@@ -150,6 +150,17 @@ enum : int {
   // on GRP5; on GRP5: STROWS — the staged rows by the lanes' 16-byte stores, 524288 — +0.20, KEY5 — the keys without
   // their clamp, 1048576 — −0.01, LO8 — lo from G shuffles before the ballot, 2097152 — +0.24.)
   kMoeRunGrp5 = 32768,
+  // SEGIDX (session 13, helper topk6; a candidate on GRP5, outputs exact; config `load` bit 262144): the G group scores
+  // gathered by `shfl.sync.idx` with the segment mask TPW − 1 in its c operand, so that the source lane ti + TPW·SPAN·g
+  // is the immediate TPW·SPAN·g or-ed with the caller's ti by the hardware: no lane-index registers, 7 LOP3 a thread
+  // fewer in the groups phase (ALU), and 7 registers free there.
+  kMoeRunSegIdx = 4194304,
+  // DRANK (session 13, helper topk6; a candidate on GRP5, outputs exact; config `load` bit 524288): the candidate list's
+  // entries (ordered key k, 0xffff − e) stored as the bits of the double 2^52 + k·2^16 + (0xffff − e) (exact: < 2^53;
+  // the same order as doubles and as u64 bits, so the argmax rounds and the > 16-slot loop are unchanged), and the rank
+  // over the first 16 slots as the sign bits of the DADD me − x (FP64 pipe) added by LEA.HI: 16 DADD + 16 ALU a thread
+  // instead of 40 ALU carries (GRP5's kind of move, ALU → another pipe).
+  kMoeRunDRank = 512,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
