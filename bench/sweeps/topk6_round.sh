@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# Session 13 helper topk6's candidates on the default GRP5 (16801787): SEGIDX 17063931, DRANK 17326075,
-# both 17588219
+# Session 13 helper topk6: the default 17326075 (GRP5 + DRANK) against 16801787 (GRP5), 16785403 (LEAN4), 16781307
+# (rounds B–D measured the candidates; this now re-checks the default)
 # (bench/NOTES.md "Session 13 (helper topk6)"). Run from the repo root on the GPU machine after the build, as a round
 # fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 60 s (timeouts 65 + 30).
 #   1. bit-exactness against the CPU reference (LeanSelection: the candidates first), 2. the same-process A/B (Ablation:
-#   31 rounds × 10 calls, every row's paired difference against 16801787).
+#   31 rounds × 10 calls, every row's paired difference against 17326075).
 set -u
 O=${O:?set O}
 T=${T:-./build-gpu/tests/kiln_gpu_tests}

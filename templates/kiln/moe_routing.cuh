@@ -1115,12 +1115,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // GRP5 (moe_routing_args.h kMoeRunGrp5, on LEAN4; session 13): the group ranks and the margin by sign bits, the tie
   // at the cut by one popcount.
   constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0;
-  // SEGIDX (moe_routing_args.h kMoeRunSegIdx, on GRP5; session 13): the G score gathers by shfl.idx with a segment
-  // mask (immediate source lanes).
-  constexpr bool SEGIDX = GRP5 && (V & kMoeRunSegIdx) != 0;
-  static_assert(!SEGIDX || (TPW & (TPW - 1)) == 0, "SEGIDX: the token's lanes are ti + TPW·j");
-  // DRANK (moe_routing_args.h kMoeRunDRank, on GRP5; session 13): the list's entries as doubles, the 16-slot rank count
-  // by DADD signs.
+  // DRANK (moe_routing_args.h kMoeRunDRank, on GRP5; session 13, in the default since round D): the list's entries as
+  // doubles, the 16-slot rank count by DADD signs.
   constexpr bool DRANK = GRP5 && (V & kMoeRunDRank) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
@@ -1777,15 +1773,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         Key o2[G];
 #pragma unroll
         for (int g = 0; g < G; ++g) {
-          if constexpr (SEGIDX) {
-            // (SEGIDX: shfl.idx with segment mask TPW − 1 in c — the source lane is the caller's ti | TPW·SPAN·g, an
-            // immediate: no lane-index register or LOP3 a group)
-            asm volatile("shfl.sync.idx.b32 %0, %1, %2, %3, %4;"
-                         : "=f"(og[g])
-                         : "f"(sc), "r"(TPW * SPAN * g), "n"(((TPW - 1) << 8) | 0x1f), "n"(ALL));
-          } else {
           og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
-          }
           if constexpr (!LEAN4) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
           if constexpr (GRP5) {
             // (GRP5: og > sc exactly when sc − og < 0 — scores are never NaN nor −0, a difference of unequal floats is

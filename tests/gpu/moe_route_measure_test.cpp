@@ -94,16 +94,15 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // 16.05 µs against 17.12, the default since)
       // (session 13, helper topk6: GRP5 — the group ranks by sign bits — −0.19 / −0.26 against 16785403 in rounds B / C,
       // the default since; TAIL5 +0.05, and on GRP5 STROWS +0.20, KEY5 −0.01, LO8 +0.24: deleted — bench/NOTES.md)
-      {"map: load 16801787 (default)", true, 16, 2, 4, 16, 0, true, 16801787},
-      // (candidates on GRP5: SEGIDX +262144, DRANK +524288, both)
-      {"map: 17063931 (+ SEGIDX)", true, 16, 2, 4, 16, 0, true, 17063931},
-      {"map: 17326075 (+ DRANK)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"map: 17588219 (+ SEGIDX + DRANK)", true, 16, 2, 4, 16, 0, true, 17588219},
+      // (round D: DRANK — the candidates' ranks by DADD signs — −0.13 against GRP5, −0.10 against 16785403, the default
+      // since; SEGIDX −0.04: deleted)
+      {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
+      {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
       {"map: load 16781307 (session 12's default)", true, 16, 2, 4, 16, 0, true, 16781307},
-      {"map: 16801787 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 16801787},
-      {"map: 16801787 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 16801787},
-      {"map: 16801787 - no tail", true, 16, 2, 4, 16, kNoTail, false, 16801787},
+      {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
+      {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
+      {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
   };
 
 
@@ -240,7 +239,7 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // the config writes everything).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
-      {"load 16801787 (default)", true, 16, 2, 4, 16, 0, true, 16801787},
+      {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   };
 

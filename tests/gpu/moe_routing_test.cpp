@@ -466,9 +466,9 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
   // (16781307: 4091 + REGLATE12, the default in session 12; 16785403: + LEAN4, the selection in fewer instructions,
-  // the default in session 13 round A; 16801787: + GRP5, the group ranks by sign bits, the default since round C;
-  // candidates on it: 17063931 + SEGIDX, 17326075 + DRANK, 17588219 both)
-  for (int load : {17588219, 17326075, 17063931, 16801787, 16785403, 16781307, 4091, 3451}) {
+  // the default in session 13 round A; 16801787: + GRP5, the group ranks by sign bits, the default in round C;
+  // 17326075: + DRANK, the candidates' ranks by DADD signs, the default since round D)
+  for (int load : {17326075, 16801787, 16785403, 16781307, 4091, 3451}) {
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
