@@ -76,11 +76,14 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // 9's options 8 WARPPAD, 16 FILLTMA (fill 3 with 2, or fill 4), 32 BULKST, 64 BIASPRE, 256 PERSIST (not with 4), and
 // session 10's 128 LEAN (with 1, on 8 groups: lean_ok), 512 LEAN3 (with LEAN and 32), 1024 WAITLEAN, 2048 FASTDIV,
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
-// selection in fewer instructions; the default since session 13) — and the measurement variant bits of
+// selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
+// ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
+// session 13 round D) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
-              kRunFastDiv = 2048, kRunLean4 = 4096, kRunRegLate12 = 16777216;
+              kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
+              kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -89,7 +92,8 @@ int run_bits(const Specialization& s) {
                                            {kRunBiasPre, kMoeRunBiasPre}, {kRunPersist, kMoeRunPersist},
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
-                                           {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4}};
+                                           {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
+                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -232,8 +236,13 @@ void set_route_default(Specialization& s) {
     // rounds B and C, same process, lower than 4091 in 52 of 52 paired rounds (mean −0.22 / −0.23 µs; by ≥ 0.2 in 33).
     // Session 13 (round A, helper topk5's LEAN4 from session 12: the selection's common path in 360 instead of 475
     // SASS a thread): + LEAN4 (load 16785403), same process, Ablation 21 rounds: 16.05 µs against 17.12 (bits equal).
+    // Session 13 rounds B and C (helper topk6's GRP5: the group ranks and margin by sign bits, the tie test by one
+    // popcount): + GRP5 (load 16801787), same process, −0.19 / −0.26 µs against 16785403, lower in 52 of 52 rounds
+    // (round D: +0.03, lower in 7 of 31); round D: + DRANK (the list's entries as doubles, the rank by DADD signs; load
+    // 17326075), −0.13 against 16801787 (lower in 29 of 31), −0.10 against 16785403 (26 of 31).
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
-      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4;
+      s.config[C_LOAD] |=
+          kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -349,7 +358,11 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean, kFusedFillLate},
                                 {lean | kRunRegLate12, kFusedFillLate},  // (session 12: + REGLATE12)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4,
-                                 kFusedFillLate},  // (session 13: + LEAN4, the default)
+                                 kFusedFillLate},  // (session 13 round A: + LEAN4)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5,
+                                 kFusedFillLate},  // (session 13 round C: + GRP5)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank,
+                                 kFusedFillLate},  // (session 13 round D: + DRANK, the default)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -652,7 +665,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -1112,6 +1112,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool LEAN3 = LEAN && (V & kMoeRunLean3) != 0;
   // LEAN4 (moe_routing_args.h kMoeRunLean4, on LEAN3): the same selection in fewer SASS instructions a thread.
   constexpr bool LEAN4 = LEAN3 && (V & kMoeRunLean4) != 0;
+  // GRP5 (moe_routing_args.h kMoeRunGrp5, on LEAN4; session 13): the group ranks and the margin by sign bits, the tie
+  // at the cut by one popcount.
+  constexpr bool GRP5 = LEAN4 && (V & kMoeRunGrp5) != 0;
+  // DRANK (moe_routing_args.h kMoeRunDRank, on GRP5; session 13, in the default since round D): the list's entries as
+  // doubles, the 16-slot rank count by DADD signs.
+  constexpr bool DRANK = GRP5 && (V & kMoeRunDRank) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
@@ -1651,7 +1657,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         return ordered_bits(z != z ? neg_inf : z);
       }
     };
+    // DRANK: an entry (ordered key k, 0xffff − e) is stored as the bits of the double 2^52 + k·2^16 + (0xffff − e) —
+    // the same order as the u64 k << 32 | (0xffff − e) both as doubles and as u64 bits, and exact (< 2^53).
+    auto enc = [](u32 k, u32 lo16) -> u64 {
+      if constexpr (DRANK) return static_cast<u64>(0x43300000u | (k >> 16)) << 32 | (k << 16 | lo16);
+      else return static_cast<u64>(k) << 32 | lo16;
+    };
     auto entry = [&](int c) -> u64 {
+      if constexpr (DRANK) return enc(key_at(c), static_cast<u32>(0xffff - (e0 + xo(c))));
+      else
       return static_cast<u64>(key_at(c)) << 32 | static_cast<u32>(0xffff - (e0 + xo(c)));
     };
 
@@ -1671,6 +1685,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       const int e = 0xffff - static_cast<int>(listed & 0xffffu);
       sg = exact_sigmoid(trow[e]);
       trow[e] = sg;
+      if constexpr (DRANK) return enc(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf))), static_cast<u32>(0xffff - e));
+      else
       return static_cast<u64>(ordered_bits(__fadd_rn(sg, fmaxf(sbias[e], neg_inf)))) << 32 |
              static_cast<u32>(0xffff - e);
     };
@@ -1759,12 +1775,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         for (int g = 0; g < G; ++g) {
           og[g] = __shfl_sync(ALL, sc, ti + TPW * (SPAN * g));
           if constexpr (!LEAN4) o2[g] = __shfl_sync(ALL, a2, ti + TPW * (SPAN * g));
+          if constexpr (GRP5) {
+            // (GRP5: og > sc exactly when sc − og < 0 — scores are never NaN nor −0, a difference of unequal floats is
+            // never ±0 (no flush), equal infinities give the canonical NaN, sign clear — so the sign bit is the
+            // comparison: FADD + LEA.HI a group. near counts og < floor_sc the same way: itself excluded below.)
+            rank += static_cast<int>(__float_as_uint(__fsub_rn(sc, og[g])) >> 31);
+            if (approx) near += static_cast<int>(__float_as_uint(__fsub_rn(og[g], floor_sc)) >> 31);
+          } else {
           rank -= static_cast<int>(set_gt_u32(og[g], sc));         // (set: 0 or 0xffffffff, no predicates)
           if (approx) near -= static_cast<int>(set_ge_u32(og[g], floor_sc));  // (itself included)
+          }
         }
+        if constexpr (GRP5) near = G - near;  // (og ≥ floor_sc: the groups not below it)
         u32 kb = __ballot_sync(ALL, rank < TG);
         // (warp-uniform: a token whose strict ranks keep other than TG groups has equal scores at the cut)
-        const bool tie = __popc(kb & 0x55555555u) != SPAN * TG || __popc(kb & 0xaaaaaaaau) != SPAN * TG;
+        // (GRP5: strict ranks keep at least TG groups of every token — the TG best all have rank < TG — and every lane
+        // of the warp votes for a real row, so the ballot holds more than TPW·SPAN·TG lanes exactly when a tie does)
+        const bool tie = GRP5 ? __popc(kb) != TPW * SPAN * TG
+                              : __popc(kb & 0x55555555u) != SPAN * TG || __popc(kb & 0xaaaaaaaau) != SPAN * TG;
         if (tie) {
           const int mg = part / SPAN;
           rank = 0;
@@ -1951,6 +1979,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
                 // when x > me — added by addc: 2.5 instructions an entry where ptxas pairs the carries, not two
                 // compares, an add and a predicated move)
                 u32 rank_u = 0u;
+                if constexpr (DRANK) {
+                  // (DRANK: x > me exactly when the double me − x < 0 — both are integers in [2^52, 2^52 + 2^48) or an
+                  // empty slot's +0, so the difference is exact and ±0 only for x = me — its sign bit added by LEA.HI:
+                  // a DADD (FP64 pipe) and one ALU instruction an entry instead of 2.5 ALU carries)
+                  const double md = __longlong_as_double(static_cast<long long>(me));
+#pragma unroll
+                  for (int r = 0; r < 16; r += 2) {
+                    const Vec16 pr = lds16(smem_u32(lst + r));
+                    const double d0 = __dsub_rn(md, __hiloint2double(static_cast<int>(pr.w[1]), static_cast<int>(pr.w[0])));
+                    const double d1 = __dsub_rn(md, __hiloint2double(static_cast<int>(pr.w[3]), static_cast<int>(pr.w[2])));
+                    rank_u += static_cast<u32>(__double2hiint(d0)) >> 31;
+                    rank_u += static_cast<u32>(__double2hiint(d1)) >> 31;
+                  }
+                } else {
                 const u32 nlo = ~static_cast<u32>(me), nhi = ~static_cast<u32>(me >> 32);
 #pragma unroll
                 for (int r = 0; r < 16; r += 2) {
@@ -1960,6 +2002,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
                       "add.cc.u32 t, %5, %1;\naddc.cc.u32 t, %6, %2;\naddc.u32 %0, %0, 0;\n}"
                       : "+r"(rank_u)
                       : "r"(nlo), "r"(nhi), "r"(pr.w[0]), "r"(pr.w[1]), "r"(pr.w[2]), "r"(pr.w[3]));
+                }
                 }
                 int rank = static_cast<int>(rank_u);
                 for (int r = 16; r < n; r += 2) {

@@ -65,7 +65,7 @@ struct MoeRouteArgs {
 // bases and the routed rows after the grid-wide arrival, NOWAIT the arrival's spin (the bases read whatever counts are
 // there), NOARRIVE the arrival, its spin and everything after it. The candidates (exact outputs) are listed below;
 // values 64 (EARLY), 512 (PACK) and 8192 (FILLW) were candidates that lost in two rounds each (bench/NOTES.md
-// session 8) and are deleted.
+// session 8) and are deleted (512 is session 13's DRANK since).
 enum : int {
   kMoeRunTrace = 1,
   kMoeRunNoFill = 2,
@@ -82,7 +82,9 @@ enum : int {
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
-  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md.)
+  // and the bases' ablations 524288 / 1048576 were measured in rounds 1–2 and deleted: bench/NOTES.md; 16384,
+  // 524288, 1048576, 2097152 and 4194304 were session 13's TAIL5, STROWS, KEY5, LO8 and SEGIDX, deleted; 32768 is GRP5
+  // and 512 DRANK below.)
   kMoeRunBulkStore = 65536,
   kMoeRunBiasPre = 131072,
   // PERSIST (in the default with the map since session 9): no moe_route_zero and no cooperative launch.
@@ -140,6 +142,24 @@ enum : int {
   // the σ and rank passes over at most CAP / TPT = 2 slots a thread without loop arithmetic, the ranks' 64-bit
   // comparisons as carries added by addc (bench/NOTES.md).
   kMoeRunLean4 = 8192,
+  // GRP5 (session 13, helper topk6; outputs exact; config `load` bit 16384, on LEAN4: 16801787 = 16785403 + it, in the
+  // default with the map since session 13 round C, with DRANK below since round D): the group ranks and the kept
+  // groups' margin count as the sign bits of score differences (FADD + LEA.HI a group, not FSETP + SEL + IADD3), the
+  // tie at the cut as one popcount of the kept ballot (strict ranks keep ≥ TG groups a token, so a tie is a ballot of
+  // more than TPW·SPAN·TG lanes). Rounds B / C, one process: −0.19 / −0.26 µs against 16785403, lower in 52 of 52
+  // rounds; round D: +0.03 (lower in 7 of 31). (Measured and deleted, bench/NOTES.md: TAIL5 — the approximate keys'
+  // appends, σ and ranks with predicated instructions, value 16384 — +0.05 alone, +0.19 on GRP5; on GRP5: STROWS — the
+  // staged rows by the lanes' 16-byte stores, 524288 — +0.20, KEY5 — the keys without their clamp, 1048576 — −0.01,
+  // LO8 — lo from G shuffles before the ballot, 2097152 — +0.24.)
+  kMoeRunGrp5 = 32768,
+  // DRANK (session 13, helper topk6; outputs exact; config `load` bit 524288, on GRP5: 17326075 = 16801787 + it, the
+  // default with the map since session 13 round D): the candidate list's entries (ordered key k, 0xffff − e) stored as
+  // the bits of the double 2^52 + k·2^16 + (0xffff − e) (exact: < 2^53; the same order as doubles and as u64 bits, so
+  // the argmax rounds and the > 16-slot loop are unchanged), and the rank over the first 16 slots as the sign bits of
+  // the DADD me − x (FP64 pipe) added by LEA.HI: 16 DADD + 16 ALU a thread instead of 40 ALU carries. Round D, one
+  // process, 31 rounds: −0.13 µs against 16801787 (lower in 29), −0.10 against 16785403 (lower in 26). (SEGIDX — the
+  // score gathers by shfl.idx with a segment mask, value 4194304 — −0.04, lower in 19 of 31: deleted.)
+  kMoeRunDRank = 512,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

@@ -47,7 +47,8 @@ struct Case {
   int tpt = 0;             // threads per token: 0 the warp kernel, 4 / 8 / 16 the CTA-run kernel (tpw 32 / tpt)
   bool with_map = true;    // build the padded map in the same call (else only probs, routing map and counts)
   int pattern = 0;         // logits: 0 random; 1 ties and ulp-level differences; 2 large biases (keys ~ ±1e3);
-                           // 3 eight clear winners per token with sub-ulp differences among them; 4 / 5 non-finite biases (LeanSelection)
+                           // 3 eight clear winners per token with sub-ulp differences among them; 4 / 5 non-finite biases (LeanSelection);
+                           // 6 random with an isolated NaN logit in every fifth token (LeanSelection)
 };
 
 // The route kernel's specialization with the case's config (forced for the scope's lifetime by force_config).
@@ -161,6 +162,8 @@ class MoeRoutingTest : public GpuTest {
           if (c.pattern == 5 && g < 4 && (o == 5 || o == GS / 2 + 4)) b[e] = inf;
         }
       }
+      if (c.pattern == 6)  // (session 13, KEY5: a NaN logit among random ones — σ 1, a likely pick — its key NaN)
+        for (int64_t t = 0; t < T; t += 5) z[t * E + (7 * t + 3) % E] = std::numeric_limits<float>::quiet_NaN();
       want = ref::topk_routing(z, T, E, b, ref_opts(c.o));
       num_out = moe_max_out_rows(T, E, c.o.top_k, c.P);
       want_map = ref::row_id_map(want.routing_map, T, E, c.P, num_out);
@@ -463,8 +466,9 @@ TEST_F(MoeRoutingTest, PerStreamStateAcrossStreamsRuntimesAndGraphs) {
 // groups of 16 experts (E = 128, 3 of them kept). (MoeRoutingTest.CtaRunKernel runs the same configs among the others.)
 TEST_F(MoeRoutingTest, LeanSelection) {
   // (16781307: 4091 + REGLATE12, the default in session 12; 16785403: + LEAN4, the selection in fewer instructions,
-  // the default since session 13)
-  for (int load : {16785403, 16781307, 4091, 3451}) {
+  // the default in session 13 round A; 16801787: + GRP5, the group ranks by sign bits, the default in round C;
+  // 17326075: + DRANK, the candidates' ranks by DADD signs, the default since round D)
+  for (int load : {17326075, 16801787, 16785403, 16781307, 4091, 3451}) {
     SCOPED_TRACE("load " + std::to_string(load));
     auto lean = [&](Case c) {
       c.warps = 16;
@@ -482,8 +486,8 @@ TEST_F(MoeRoutingTest, LeanSelection) {
       run_case(c, 820 + pattern + load);
     }
     run_case(lean({777, 128, {6, MoeScore::sigmoid, 8, 3, false, 1.0f}, true, 128}), 830 + load);
-    if (load >= 16781307)  // (non-finite biases: the default and LEAN4)
-      for (int pattern : {4, 5}) {
+    if (load >= 16781307)  // (non-finite biases and isolated NaN logits: the default, LEAN4, 16781307)
+      for (int pattern : {4, 5, 6}) {
         Case c = lean({600, 256, kLing, true, 16});
         c.pattern = pattern;
         run_case(c, 840 + pattern + load);
