@@ -109,6 +109,17 @@ __device__ __forceinline__ float warp_sum_rn(float v) {
   return v;
 }
 
+// rank + how many of the list entries in slots [from, to) are larger than me (the rank's count): slots are read two at
+// a time (one 16-byte shared load), so `from` is even and a slot past the list's end holds 0, below every entry.
+__device__ __forceinline__ int moe_count_larger(const u64* lst, int from, int to, u64 me, int rank = 0) {
+  for (int r = from; r < to; r += 2) {
+    const Vec16 pr = lds16(smem_u32(lst + r));
+    const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
+    rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
+  }
+  return rank;
+}
+
 // Scores of one token row: z in, s out (NI chunks of 4 per lane, chunk i valid when 128i + 4·lane < E).
 template <int E, bool SIGMOID>
 __device__ __forceinline__ void moe_scores(const float (&z)[(E + 127) / 128][4], float (&s)[(E + 127) / 128][4],
@@ -2004,12 +2015,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
                       : "r"(nlo), "r"(nhi), "r"(pr.w[0]), "r"(pr.w[1]), "r"(pr.w[2]), "r"(pr.w[3]));
                 }
                 }
-                int rank = static_cast<int>(rank_u);
-                for (int r = 16; r < n; r += 2) {
-                  const Vec16 pr = lds16(smem_u32(lst + r));
-                  const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
-                  rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
-                }
+                const int rank = moe_count_larger(lst, 16, n, me, static_cast<int>(rank_u));
                 if (rank < K) {
                   const int e = 0xffff - static_cast<int>(me & 0xffffu);
                   record(rank, e);
@@ -2020,18 +2026,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           } else {
           for (int qi = part; qi < n; qi += TPT) {
             if (qi != part || !approx) me = lst[qi];
-            int rank = 0;
-#pragma unroll
-            for (int r = 0; r < 16; r += 2) {
-              const Vec16 pr = lds16(smem_u32(lst + r));
-              const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
-              rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
-            }
-            for (int r = 16; r < n; r += 2) {
-              const Vec16 pr = lds16(smem_u32(lst + r));
-              const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
-              rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
-            }
+            const int rank = moe_count_larger(lst, 16, n, me, moe_count_larger(lst, 0, 16, me));
             if (rank < K) {
               // (the pick's exact σ for the probs: from the σ pass, or stored over its logit)
               const int e = 0xffff - static_cast<int>(me & 0xffffu);
@@ -2194,12 +2189,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (valid) {
         for (int qi = part; qi < n; qi += TPT) {
           const u64 me = lst[qi];
-          int rank = 0;
-          for (int r = 0; r < n; r += 2) {
-            const Vec16 pr = lds16(smem_u32(lst + r));
-            const u64 x0 = static_cast<u64>(pr.w[1]) << 32 | pr.w[0], x1 = static_cast<u64>(pr.w[3]) << 32 | pr.w[2];
-            rank += (x0 > me ? 1 : 0) + (x1 > me ? 1 : 0);
-          }
+          const int rank = moe_count_larger(lst, 0, n, me);
           if (rank < K) record(rank, 0xffff - static_cast<int>(me & 0xffffu));
         }
       }
