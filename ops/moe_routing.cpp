@@ -377,6 +377,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 }) == out.end())
           out.push_back(s);
       }
+      // Session 14 (helper topk8): the default's options at 32 warps — one CTA of up to 64 tokens an SM (131 CTAs at
+      // T = 8192 instead of 256: one arrival, one count-row burst and one bases scan an SM).
+      if (lean != (s9 | wf)) {
+        s.config = dflt;
+        s.config[C_WARPS] = 32;
+        out.push_back(s);
+      }
     }
     // (8 threads per token came back in session 9 round 2 — 18.88 µs at 8 warps, 20.19 at 16 against 18.35 for the
     // default: slower again, with 96 registers and 16 warps an SM — and went out of the space again.)

@@ -35,7 +35,7 @@ A)
   grep -E "moe_route_run_kernel<|Duration|Executed Ipc A|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" \
     "$O/ncu-details.txt" | sed 's/  */ /g' | cut -c1-100 | head -6
   KILN_TUNING_DB="$O/forced.json" timeout 45 ncu --clock-control none -k 'regex:moe_route_run_kernel' -c 1 \
-    --section SourceCounters --page source --print-source sass --csv $K bench --repeats 1 --filter "$CASE" \
+    --section SourceCounters --sampling-interval 0 --page source --print-source sass --csv $K bench --repeats 1 --filter "$CASE" \
     > "$O/ncu-source.csv" 2>&1
   echo "ncu source rc=$? ($(el)) $(wc -l < "$O/ncu-source.csv") lines"
   ;;
