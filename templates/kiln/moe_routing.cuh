@@ -1132,8 +1132,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
-  constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
+  // (Session 14, helper topk8: REGLATE8 — the last W/2 warps instead, on the default's faster selection; REGEARLY —
+  // the register-loading warps other than the copy-issuing one issue their loads at entry, before the CTA's init,
+  // instead of after it. Both outputs exact: the same bytes reach the same shared rows.)
+  constexpr int RW = (V & kMoeRunRegLate8) != 0 ? W / 2 : (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
+  constexpr bool REGEARLY = REGLATE && (V & kMoeRunRegEarly) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1233,6 +1237,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
   };
+  if constexpr (REGEARLY) {
+    if (warp != SW) load_regs();  // (REGEARLY: in flight while the CTA inits; the copy-issuing warp after its copies)
+  }
   if constexpr (TRACE) {
     if (threadIdx.x == 0) {
       tr[kMoeRunTrStartNs] = gns();
@@ -1355,7 +1362,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
   if constexpr (!ISSUE0) issue_rows();
-  load_regs();
+  if (!REGEARLY || warp == SW) load_regs();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).

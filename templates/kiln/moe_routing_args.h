@@ -160,6 +160,12 @@ enum : int {
   // process, 31 rounds: −0.13 µs against 16801787 (lower in 29), −0.10 against 16785403 (lower in 26). (SEGIDX — the
   // score gathers by shfl.idx with a segment mask, value 4194304 — −0.04, lower in 19 of 31: deleted.)
   kMoeRunDRank = 512,
+  // REGLATE8 / REGEARLY (session 14, helper topk8; outputs exact; config `load` bits 8192 / 32768 on the default): the
+  // last W/2 warps' rows by register loads instead of W/4 (REGLATE8 lost −0.10 on 4091 in session 12, when the SM's
+  // compute after its first rows, not its last rows, set the loop barrier; the selection is ≈ 1.3 µs a warp shorter
+  // since), and the register loads issued at the CTA's entry instead of after its init (REGEARLY).
+  kMoeRunRegLate8 = 16384,
+  kMoeRunRegEarly = 524288,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

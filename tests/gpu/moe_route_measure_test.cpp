@@ -97,12 +97,14 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // the default since; TAIL5 +0.05, and on GRP5 STROWS +0.20, KEY5 −0.01, LO8 +0.24: deleted — bench/NOTES.md)
       // (round D: DRANK — the candidates' ranks by DADD signs — −0.13 against GRP5, −0.10 against 16785403, the default
       // since; SEGIDX −0.04: deleted)
+      // (session 14, helper topk8: the default's options at 32 warps — one CTA of ≤ 64 tokens an SM, 131 CTAs —, and
+      // on the default REGLATE8 (+ 8192: the last 8 warps' rows by register loads) and REGEARLY (+ 32768: those loads
+      // issued at the CTA's entry))
       {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      // (session 14, helper topk8: the default's options at 32 warps — one CTA of ≤ 64 tokens an SM, 131 CTAs)
       {"map: 17326075 at 32 warps", true, 32, 2, 4, 16, 0, true, 17326075},
-      {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
-      {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-      {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
+      {"map: 17334267 (+ REGLATE8)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192},
+      {"map: 17358843 (+ REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 32768},
+      {"map: 17367035 (+ REGLATE8 + REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192 + 32768},
       {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
   };
@@ -245,6 +247,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 17326075 at 32 warps", true, 32, 2, 4, 16, 0, true, 17326075},
+      {"load 17367035 (+ REGLATE8 + REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192 + 32768},
   };
 
 
