@@ -78,13 +78,15 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D), session 14's candidates 8192 REGLATE8 and 32768 REGEARLY (with 16777216) — and the measurement
+// session 13 round D), session 14's candidates 8192 REGLATE8 and 32768 REGEARLY (with 16777216), 65536 WROW and
+// 131072 WROW2 (unpadded rows, a bulk copy a warp / two warps; with LEAN4) — and the measurement
 // variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunRegLate8 = 8192, kRunRegEarly = 32768;
+              kRunRegLate12 = 16777216, kRunRegLate8 = 8192, kRunRegEarly = 32768, kRunWRow = 65536,
+              kRunWRow2 = 131072;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -95,7 +97,8 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunRegLate8, kMoeRunRegLate8}, {kRunRegEarly, kMoeRunRegEarly}};
+                                           {kRunRegLate8, kMoeRunRegLate8}, {kRunRegEarly, kMoeRunRegEarly},
+                                           {kRunWRow, kMoeRunWRow},       {kRunWRow2, kMoeRunWRow2}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -146,7 +149,9 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   if (is_run(s))
     return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
-                        s.config[C_TPT], (run_bits(s) & kMoeRunLean3) != 0).total;
+                        s.config[C_TPT], (run_bits(s) & kMoeRunLean3) != 0,
+                        (run_bits(s) & (kMoeRunWRow | kMoeRunWRow2)) != 0)
+        .total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -382,12 +387,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // Session 14 (helper topk8): the default's options at 32 warps — one CTA of up to 64 tokens an SM (131 CTAs at
       // T = 8192 instead of 256: one arrival, one count-row burst and one bases scan an SM).
       // Session 14 (helper topk8) candidates on the default: REGLATE8 (8192: the last W/2 warps' rows by register
-      // loads), REGEARLY (32768: the register loads issued at the CTA's entry), both.
+      // loads), REGEARLY (32768: the register loads issued at the CTA's entry), both; WROW / WROW2 (65536 / 131072:
+      // unpadded rows, one bulk copy a warp / two warps).
       if (lean != (s9 | wf)) {
         s.config = dflt;
         s.config[C_WARPS] = 32;
         out.push_back(s);
-        for (int extra : {kRunRegLate8, kRunRegEarly, kRunRegLate8 | kRunRegEarly}) {
+        for (int extra : {kRunRegLate8, kRunRegEarly, kRunRegLate8 | kRunRegEarly, kRunWRow, kRunWRow2}) {
           s.config = dflt;
           s.config[C_LOAD] |= extra;
           out.push_back(s);
@@ -682,7 +688,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunRegLate8 |
-                                                    kRunRegEarly)) |
+                                                    kRunRegEarly | kRunWRow | kRunWRow2)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -2,10 +2,9 @@
 # Session 14 helper topk8 (bench/NOTES.md "Session 14 (helper topk8)"): moe_route_run_kernel's rounds. Run from the
 # repo root on the GPU machine after the build, as a round fragment: $O (output folder), $K (the kiln CLI), $T
 # (build-gpu/tests/kiln_gpu_tests). Stage by the first argument:
-#   A  (fact-finding on the default 17326075, ≤ ≈ 95 s): a fresh Timeline (the default and the default at 32 warps,
-#      TRACE stamps), the Ablation (21 rounds; the 32-warp point's bits against the default's), then ncu of one
-#      default launch of the bench case: the SASS source page (per-instruction executions and stall reasons, sampled
-#      every 32 cycles) and the pipes / scheduler / warp-state sections.
+#   A  (fact-finding on the default 17326075, ≤ ≈ 95 s): a fresh Timeline (the default, the candidates: TRACE
+#      stamps), the Ablation (21 rounds; the candidates' bits against the default's), then ncu of one default launch
+#      of the bench case: the SASS source page (per-instruction executions and stall reasons, sampled every 32 cycles).
 #   B  (candidates): LeanSelection (bit-exact against the CPU reference), then the Ablation (paired, one process).
 set -u
 O=${O:?set O}
@@ -16,11 +15,11 @@ el() { echo "$(( $(date +%s) - s0 )) s"; }
 CASE='moe_topk_routing_fwd T=8192 E=256 k=8 sigmoid groups=8/4 bias map'
 case "${1:-B}" in
 A)
-  timeout 40 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Timeline' > "$O/timeline.txt" 2>&1
+  timeout 50 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Timeline' > "$O/timeline.txt" 2>&1
   echo "timeline rc=$? ($(el))"
   grep -E "route timeline\]|loop barrier|last rows |counted |spin passed|  end  " "$O/timeline.txt" | head -12 |
     sed 's/  */ /g' | cut -c1-110
-  KILN_ROUTE_ABLATION_ROUNDS=21 timeout 30 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure.txt" 2>&1
+  KILN_ROUTE_ABLATION_ROUNDS=21 timeout 35 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure.txt" 2>&1
   echo "ablation rc=$? ($(el))"
   grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
   grep -E "\[vs default\]" "$O/measure.txt" | sed 's/  */ /g' | cut -c1-110
@@ -30,19 +29,6 @@ A)
     --section SourceCounters --sampling-interval 0 --page source --print-source sass --csv $K bench --repeats 1 --filter "$CASE" \
     > "$O/ncu-source.csv" 2>&1
   echo "ncu source rc=$? ($(el)) $(wc -l < "$O/ncu-source.csv") lines"
-  M='sm__inst_executed_pipe_alu.sum,sm__inst_executed_pipe_fma.sum,sm__inst_executed_pipe_fmaheavy.sum,'
-  M+='sm__inst_executed_pipe_fp64.sum,sm__inst_executed_pipe_lsu.sum,sm__inst_executed_pipe_xu.sum,'
-  M+='sm__inst_executed_pipe_cbu.sum,sm__inst_executed_pipe_adu.sum,sm__inst_executed_pipe_uniform.sum,'
-  M+='sm__inst_executed_pipe_tma.sum,sm__inst_executed.sum,sm__cycles_active.avg,sm__cycles_active.max,'
-  M+='smsp__issue_active.avg.pct_of_peak_sustained_active,lts__t_bytes.sum,dram__bytes_read.sum,dram__bytes_write.sum,'
-  M+='regex:smsp__average_warps_issue_stalled_.*_per_issue_active\.ratio'
-  KILN_TUNING_DB="$O/forced.json" timeout 45 ncu --clock-control none -k 'regex:moe_route_run_kernel' -c 1 \
-    --section SpeedOfLight --section WarpStateStats --section SchedulerStats --section ComputeWorkloadAnalysis \
-    --section InstructionStats --section LaunchStats --metrics "$M" $K bench --repeats 1 --filter "$CASE" \
-    > "$O/ncu-details.txt" 2>&1
-  echo "ncu details rc=$? ($(el))"
-  grep -E "moe_route_run_kernel<|Duration|Executed Ipc A|Issue Slots Busy|No Eligible|Warp Cycles Per Issued" \
-    "$O/ncu-details.txt" | sed 's/  */ /g' | cut -c1-100 | head -6
   ;;
 B)
   timeout 60 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' > "$O/tests.txt" 2>&1

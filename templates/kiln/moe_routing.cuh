@@ -1084,7 +1084,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int SPAN = G > 1 && GS > EPT ? GS / EPT : 1;  // threads per group
   constexpr int NTH = W * 32;
   constexpr int CAP = kMoeRunCap;
-  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT, (V & kMoeRunLean3) != 0);
+  // WROW / WROW2 (moe_routing_args.h kMoeRunWRow / kMoeRunWRow2): unpadded rows, one bulk copy a warp / two warps.
+  constexpr int CPW = (V & kMoeRunWRow2) != 0 ? 2 : 1;
+  constexpr bool WROW = (V & (kMoeRunWRow | kMoeRunWRow2)) != 0;
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT, (V & kMoeRunLean3) != 0, WROW);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
@@ -1255,8 +1258,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
 #pragma unroll 1
-    for (int w = 0; w < RW; ++w) {  // (REGLATE12: warps RW … W − 1 load their own)
-      const int n = max(0, min(TPW, nct - w * TPW));
+    for (int w = 0; w < RW; w += CPW) {  // (REGLATE12: warps RW … W − 1 load their own; WROW2: two warps a copy)
+      const int n = max(0, min(TPW * CPW, nct - w * TPW));
       if (n == 0) break;
       mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
       const float* src = a.logits + static_cast<i64>(tc0 + w * TPW) * E;
@@ -1547,7 +1550,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       __syncwarp();
     } else {
-      wait_bar(&bars[warp]);  // the warp's rows
+      wait_bar(&bars[warp & ~(CPW - 1)]);  // the warp's rows (WROW2: on the barrier of the pair's first warp)
     }
     stampw(kMoeRunTrWarp + 4 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
@@ -1562,7 +1565,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // order within a block.
     constexpr int NC4 = EPT / 4;
     constexpr bool ROT = E == 256 && NB == 1;
-    const int rot = ROT ? (part * EPT / 32) & 1 : 0;
+    // (WROW: unpadded rows — a warp's two tokens 1 KB apart, the same banks — so the second token's chunks are rotated
+    // by two more: the 8 lanes (2 tokens × 4 parts) of a quarter-warp at offsets 64·(part & 1) + 16·((q + rot) & 3)
+    // mod 128, rot = (part >> 1) + 2·ti: 8 distinct 16-byte bank groups for every chunk step q)
+    static_assert(!WROW || !ROT || (EPT == 16 && NC4 == 4 && TPW == 2), "WROW: Ling's layout");
+    const int rot = ROT ? (((part * EPT / 32) & 1) + (WROW ? 2 * ti : 0)) & (NC4 - 1) : 0;
     auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
     auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 

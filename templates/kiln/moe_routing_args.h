@@ -166,6 +166,14 @@ enum : int {
   // since), and the register loads issued at the CTA's entry instead of after its init (REGEARLY).
   kMoeRunRegLate8 = 16384,
   kMoeRunRegEarly = 524288,
+  // WROW / WROW2 (session 14, helper topk8; outputs exact; config `load` bits 65536 / 131072 on the default): the rows
+  // unpadded at E = 256 (the 16-byte chunk order rotated per part and per token, so that a quarter-warp's 8 lanes still
+  // touch 8 distinct bank groups), so that a warp's rows (WROW) or two warps' rows (WROW2) land by one bulk copy of 2 /
+  // 4 KB on one barrier instead of one 1-KB copy a row: half / a quarter of the copies — the copy engine issues about
+  // one copy per 50–85 ns an SM (session 8's issue loop; mode 2's ring), which is what delays the SM's second CTA's
+  // rows.
+  kMoeRunWRow = 1048576,
+  kMoeRunWRow2 = 2097152,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
@@ -209,9 +217,9 @@ struct MoeRunSmem {
   int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, fillb, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
-constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT, bool stage = false) {
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT, bool stage = false, bool unpadded = false) {
   MoeRunSmem l{};
-  l.rsf = E == 256 ? E + 8 : E;
+  l.rsf = E == 256 && !unpadded ? E + 8 : E;  // (WROW: unpadded, the chunk order rotated per token as well)
   l.kp = (K + 3) / 4 * 4;
   const int nt = 32 / TPT * W;  // tokens per CTA
   l.nmw = (nt + 31) / 32;

@@ -105,6 +105,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: 17334267 (+ REGLATE8)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192},
       {"map: 17358843 (+ REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 32768},
       {"map: 17367035 (+ REGLATE8 + REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192 + 32768},
+      {"map: 17391611 (+ WROW)", true, 16, 2, 4, 16, 0, true, 17326075 + 65536},
+      {"map: 17457147 (+ WROW2)", true, 16, 2, 4, 16, 0, true, 17326075 + 131072},
       {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
   };
@@ -248,6 +250,8 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 17326075 at 32 warps", true, 32, 2, 4, 16, 0, true, 17326075},
       {"load 17367035 (+ REGLATE8 + REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192 + 32768},
+      {"load 17391611 (+ WROW)", true, 16, 2, 4, 16, 0, true, 17326075 + 65536},
+      {"load 17457147 (+ WROW2)", true, 16, 2, 4, 16, 0, true, 17326075 + 131072},
   };
 
 
