@@ -78,15 +78,16 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D), session 14's candidates 8192 REGLATE8 and 32768 REGEARLY (with 16777216), 65536 WROW and
-// 131072 WROW2 (unpadded rows, a bulk copy a warp / two warps; with LEAN4) — and the measurement
+// session 13 round D), session 14's candidates 32768 REGEARLY (with 16777216), 65536 WROW and
+// 131072 WROW2 (unpadded rows, a bulk copy a warp / two warps; with LEAN4), 4194304 SPINFIRST (thread 0 spins right
+// after the arrival, the bulk −1 rows by thread 32; fill 4 with 16) — and the measurement
 // variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunRegLate8 = 8192, kRunRegEarly = 32768, kRunWRow = 65536,
-              kRunWRow2 = 131072;
+              kRunRegLate12 = 16777216, kRunRegEarly = 32768, kRunWRow = 65536,
+              kRunWRow2 = 131072, kRunSpinFirst = 4194304;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -97,8 +98,9 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunRegLate8, kMoeRunRegLate8}, {kRunRegEarly, kMoeRunRegEarly},
-                                           {kRunWRow, kMoeRunWRow},       {kRunWRow2, kMoeRunWRow2}};
+                                           {kRunRegEarly, kMoeRunRegEarly},
+                                           {kRunWRow, kMoeRunWRow},       {kRunWRow2, kMoeRunWRow2},
+                                           {kRunSpinFirst, kMoeRunSpinFirst}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -384,16 +386,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 }) == out.end())
           out.push_back(s);
       }
-      // Session 14 (helper topk8): the default's options at 32 warps — one CTA of up to 64 tokens an SM (131 CTAs at
-      // T = 8192 instead of 256: one arrival, one count-row burst and one bases scan an SM).
-      // Session 14 (helper topk8) candidates on the default: REGLATE8 (8192: the last W/2 warps' rows by register
-      // loads), REGEARLY (32768: the register loads issued at the CTA's entry), both; WROW / WROW2 (65536 / 131072:
-      // unpadded rows, one bulk copy a warp / two warps).
+      // Session 14 (helper topk8) candidates on the default: REGEARLY (32768: the last W/4 warps' register loads
+      // issued at the CTA's entry), WROW / WROW2 (65536 / 131072: unpadded rows, one bulk copy a warp / two warps),
+      // SPINFIRST (4194304: thread 0 spins right after the arrival, the bulk −1 rows by thread 32), all three.
+      // (Round A, one process, 21 rounds: the default at 32 warps +1.92 µs, REGLATE8 — the last W/2 warps' rows by
+      // register loads — +0.18, with REGEARLY +0.24: deleted.)
       if (lean != (s9 | wf)) {
-        s.config = dflt;
-        s.config[C_WARPS] = 32;
-        out.push_back(s);
-        for (int extra : {kRunRegLate8, kRunRegEarly, kRunRegLate8 | kRunRegEarly, kRunWRow, kRunWRow2}) {
+        for (int extra : {kRunRegEarly, kRunWRow, kRunWRow2, kRunSpinFirst, kRunRegEarly | kRunWRow | kRunSpinFirst,
+                          kRunRegEarly | kRunWRow2 | kRunSpinFirst}) {
           s.config = dflt;
           s.config[C_LOAD] |= extra;
           out.push_back(s);
@@ -687,8 +687,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunRegLate8 |
-                                                    kRunRegEarly | kRunWRow | kRunWRow2)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunRegEarly |
+                                                    kRunWRow | kRunWRow2 | kRunSpinFirst)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -26,19 +26,31 @@ A)
   python3 bench/sweeps/forced_config.py tuner/configs/h100-ling-mini-2.0.json moe_routing route 8192 map=1 \
     "load=17326075,fill=4,warps=16,tokens_per_warp=2,tpt=16" "$O/forced.json" > /dev/null
   KILN_TUNING_DB="$O/forced.json" timeout 45 ncu --clock-control none -k 'regex:moe_route_run_kernel' -c 1 \
-    --section SourceCounters --sampling-interval 0 --page source --print-source sass --csv $K bench --repeats 1 --filter "$CASE" \
+    --section SourceCounters --warp-sampling-interval 0 --page source --print-source sass --csv $K bench --repeats 1 --filter "$CASE" \
     > "$O/ncu-source.csv" 2>&1
   echo "ncu source rc=$? ($(el)) $(wc -l < "$O/ncu-source.csv") lines"
   ;;
 B)
+  # Bit-exactness first (LeanSelection: the candidates against the CPU reference, T = 1 … 8192, ties, NaN, huge and
+  # non-finite biases, E = 128), then the paired A/B (Ablation, 41 rounds × 10 calls, one process), the Timeline of the
+  # default and the candidates, and ncu's source page of the default (stall reasons by SASS, sampled every 32 cycles).
   timeout 60 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' > "$O/tests.txt" 2>&1
   echo "tests rc=$? ($(el)) $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.txt" | tr '\n' ' ')"
-  grep -E "Failure|load [0-9]+$" "$O/tests.txt" | head -4 | cut -c1-150
-  KILN_ROUTE_ABLATION_ROUNDS=${ROUNDS:-41} timeout 45 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' \
+  grep -E "Failure|load [0-9]+ warps" "$O/tests.txt" | head -4 | cut -c1-150
+  KILN_ROUTE_ABLATION_ROUNDS=${ROUNDS:-41} timeout 40 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' \
     > "$O/measure.txt" 2>&1
   echo "ablation rc=$? ($(el))"
   grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
   grep -E "^\s+map: " "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
-  grep -E "\[vs default\]" "$O/measure.txt" | grep -vE "no tail|no prob|no sel" | sed 's/  */ /g' | cut -c1-110
+  grep -E "\[vs default\]" "$O/measure.txt" | sed 's/  */ /g' | cut -c1-110
+  timeout 40 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Timeline' > "$O/timeline.txt" 2>&1
+  echo "timeline rc=$? ($(el))"
+  grep -E "route timeline\]| last rows | spin passed" "$O/timeline.txt" | sed 's/  */ /g' | cut -c1-80 | head -12 > "$O/timeline-short.txt"
+  python3 bench/sweeps/forced_config.py tuner/configs/h100-ling-mini-2.0.json moe_routing route 8192 map=1 \
+    "load=17326075,fill=4,warps=16,tokens_per_warp=2,tpt=16" "$O/forced.json" > /dev/null
+  [ $(( $(date +%s) - s0 )) -lt 75 ] && KILN_TUNING_DB="$O/forced.json" timeout 25 ncu --clock-control none \
+    -k 'regex:moe_route_run_kernel' -c 1 --section SourceCounters --warp-sampling-interval 0 --page source \
+    --print-source sass --csv $K bench --repeats 1 --filter "$CASE" > "$O/ncu-source.csv" 2>&1
+  echo "ncu source ($(el)) $(wc -l < "$O/ncu-source.csv" 2>/dev/null) lines"
   ;;
 esac

@@ -1135,12 +1135,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
-  // (Session 14, helper topk8: REGLATE8 — the last W/2 warps instead, on the default's faster selection; REGEARLY —
-  // the register-loading warps other than the copy-issuing one issue their loads at entry, before the CTA's init,
-  // instead of after it. Both outputs exact: the same bytes reach the same shared rows.)
-  constexpr int RW = (V & kMoeRunRegLate8) != 0 ? W / 2 : (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
+  // (Session 14, helper topk8: REGEARLY — the register-loading warps other than the copy-issuing one issue their
+  // loads at entry, before the CTA's init, instead of after it; outputs exact: the same bytes reach the same shared
+  // rows. REGLATE8 — the last W/2 warps by register loads, on the default's faster selection — lost again in round A:
+  // +0.18 µs, with REGEARLY +0.24; deleted.)
+  constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
   constexpr bool REGEARLY = REGLATE && (V & kMoeRunRegEarly) != 0;
+  // SPINFIRST (moe_routing_args.h kMoeRunSpinFirst; fill 4 with FILLTMA): after the CTA's arrival thread 0 starts its
+  // spin at once; warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows.
+  constexpr bool SPINFIRST = MAP && FM == 4 && (V & kMoeRunSpinFirst) != 0 && (V & kMoeRunFillTma) != 0;
+  constexpr int FT = SPINFIRST ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1378,13 +1383,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else if constexpr (FILLTMA) {
       // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
       // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
+      // (SPINFIRST: warps 1 … W − 1 only, behind named barrier 3, and thread FT copies: warp 0 goes to the spin.)
       constexpr int FB = 4096;
       u8* fb = reinterpret_cast<u8*>(list);
       static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
-      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncthreads();
-      if (threadIdx.x == 0) {
+      if constexpr (SPINFIRST) {
+        if (warp == 0) return;
+        for (int q = threadIdx.x - 32; q < FB / 16; q += NTH - 32) sts16(smem_u32(fb + 16 * q), m1);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        named_barrier_sync(3, NTH - 32);
+      } else {
+        for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
+        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+        __syncthreads();
+      }
+      if (threadIdx.x == FT) {
         const i64 bytes = static_cast<i64>(nct) * E * 4;
         for (i64 o = 0; o < bytes; o += FB) {
           const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
@@ -2351,7 +2364,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
-        if (threadIdx.x == 0) {
+        if (threadIdx.x == FT) {
           asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }

@@ -160,11 +160,10 @@ enum : int {
   // process, 31 rounds: −0.13 µs against 16801787 (lower in 29), −0.10 against 16785403 (lower in 26). (SEGIDX — the
   // score gathers by shfl.idx with a segment mask, value 4194304 — −0.04, lower in 19 of 31: deleted.)
   kMoeRunDRank = 512,
-  // REGLATE8 / REGEARLY (session 14, helper topk8; outputs exact; config `load` bits 8192 / 32768 on the default): the
-  // last W/2 warps' rows by register loads instead of W/4 (REGLATE8 lost −0.10 on 4091 in session 12, when the SM's
-  // compute after its first rows, not its last rows, set the loop barrier; the selection is ≈ 1.3 µs a warp shorter
-  // since), and the register loads issued at the CTA's entry instead of after its init (REGEARLY).
-  kMoeRunRegLate8 = 16384,
+  // REGEARLY (session 14, helper topk8; outputs exact; config `load` bit 32768 on the default): REGLATE12's register
+  // loads issued at the CTA's entry instead of after its init (round A, one process: −0.16 µs, lower in 21 of 21
+  // rounds). (REGLATE8 — the last W/2 warps' rows by register loads, V 16384, config 8192 — +0.18 in round A, and the
+  // default at 32 warps +1.92: deleted.)
   kMoeRunRegEarly = 524288,
   // WROW / WROW2 (session 14, helper topk8; outputs exact; config `load` bits 65536 / 131072 on the default): the rows
   // unpadded at E = 256 (the 16-byte chunk order rotated per part and per token, so that a quarter-warp's 8 lanes still
@@ -174,6 +173,12 @@ enum : int {
   // rows.
   kMoeRunWRow = 1048576,
   kMoeRunWRow2 = 2097152,
+  // SPINFIRST (session 14, helper topk8; outputs exact; config `load` bit 262144, fill 4 with FILLTMA): after its
+  // arrival thread 0 spins at once, and the bulk −1 rows are issued (and waited for) by thread 32 of warp 1: round A's
+  // timeline of 17326075 had the late CTAs' thread 0 issuing its 8 bulk −1 copies for up to ≈ 1.3 µs after its
+  // arrival (the copy engine busy) before its first poll — spin passed p10 9.09 / max 10.66 µs against the last
+  // arrival's 8.45, and the CTA that ended last was that one.
+  kMoeRunSpinFirst = 4194304,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

@@ -97,16 +97,18 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // the default since; TAIL5 +0.05, and on GRP5 STROWS +0.20, KEY5 −0.01, LO8 +0.24: deleted — bench/NOTES.md)
       // (round D: DRANK — the candidates' ranks by DADD signs — −0.13 against GRP5, −0.10 against 16785403, the default
       // since; SEGIDX −0.04: deleted)
-      // (session 14, helper topk8: the default's options at 32 warps — one CTA of ≤ 64 tokens an SM, 131 CTAs —, and
-      // on the default REGLATE8 (+ 8192: the last 8 warps' rows by register loads) and REGEARLY (+ 32768: those loads
-      // issued at the CTA's entry))
+      // (session 14, helper topk8, round A: the default at 32 warps +1.92, REGLATE8 +0.18, REGLATE8 + REGEARLY +0.24:
+      // deleted. Round B: REGEARLY (+ 32768: the register loads at the CTA's entry; −0.16 in round A), WROW / WROW2
+      // (+ 65536 / 131072: one bulk copy a warp / two warps), SPINFIRST (+ 4194304: thread 0 spins right after the
+      // arrival), and the three together)
       {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"map: 17326075 at 32 warps", true, 32, 2, 4, 16, 0, true, 17326075},
-      {"map: 17334267 (+ REGLATE8)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192},
       {"map: 17358843 (+ REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 32768},
-      {"map: 17367035 (+ REGLATE8 + REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192 + 32768},
       {"map: 17391611 (+ WROW)", true, 16, 2, 4, 16, 0, true, 17326075 + 65536},
       {"map: 17457147 (+ WROW2)", true, 16, 2, 4, 16, 0, true, 17326075 + 131072},
+      {"map: 21520379 (+ SPINFIRST)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304},
+      {"map: 21618683 (+ REGEARLY + WROW + SPINFIRST)", true, 16, 2, 4, 16, 0, true, 17326075 + 32768 + 65536 + 4194304},
+      {"map: 21684219 (+ REGEARLY + WROW2 + SPINFIRST)", true, 16, 2, 4, 16, 0, true,
+       17326075 + 32768 + 131072 + 4194304},
       {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
   };
@@ -248,10 +250,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"load 17326075 at 32 warps", true, 32, 2, 4, 16, 0, true, 17326075},
-      {"load 17367035 (+ REGLATE8 + REGEARLY)", true, 16, 2, 4, 16, 0, true, 17326075 + 8192 + 32768},
       {"load 17391611 (+ WROW)", true, 16, 2, 4, 16, 0, true, 17326075 + 65536},
-      {"load 17457147 (+ WROW2)", true, 16, 2, 4, 16, 0, true, 17326075 + 131072},
+      {"load 21520379 (+ SPINFIRST)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304},
+      {"load 21618683 (+ REGEARLY + WROW + SPINFIRST)", true, 16, 2, 4, 16, 0, true, 17326075 + 32768 + 65536 + 4194304},
   };
 
 
