@@ -1145,7 +1145,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // SPINFIRST (moe_routing_args.h kMoeRunSpinFirst; fill 4 with FILLTMA): after the CTA's arrival thread 0 starts its
   // spin at once; warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows.
   constexpr bool SPINFIRST = MAP && FM == 4 && (V & kMoeRunSpinFirst) != 0 && (V & kMoeRunFillTma) != 0;
-  constexpr int FT = SPINFIRST ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
+  // FILLMID (moe_routing_args.h kMoeRunFillMid; fill 4 with FILLTMA and REGLATE12 and ISSUE0): the bulk −1 rows issued
+  // during the compute, by lane 0 of warp RW (the first register-loading warp, done early) once the CTA's last copied
+  // rows have landed, instead of after the arrival; the −1 block written at init (fillb).
+  constexpr bool FILLMID = MAP && FM == 4 && (V & kMoeRunFillMid) != 0 && (V & kMoeRunFillTma) != 0 && RW < W && ISSUE0;
+  constexpr int FT = FILLMID ? RW * 32 : SPINFIRST ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1331,6 +1335,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else {
       const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
       for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      if constexpr (FILLMID && !NOFILL)  // (FILLMID: the −1 block of the bulk −1 rows)
+        for (int i = ot; i < 4096 / 16; i += NTH - 32)
+          sts16(smem_u32(run_smem + L.fillb + 16 * i), Vec16{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}});
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
         for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
       if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
@@ -2241,6 +2248,24 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 
     emit_rows();
   }
+  if constexpr (FILLMID && !NOFILL) {
+    // FILLMID: once the CTA's last copied rows have landed (the copy engine no longer carries this CTA's rows), the
+    // CTA's −1 rows by 4-KB bulk copies of the −1 block, waited for by this thread before the routed entries.
+    if (threadIdx.x == FT) {
+      const int lw = min(RW, (nct + TPW - 1) / TPW) - 1;  // the last warp with copied rows
+      wait_bar(&bars[lw & ~(CPW - 1)]);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      const i64 bytes = static_cast<i64>(nct) * E * 4;
+      u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
+      for (i64 o = 0; o < bytes; o += 4096) {
+        const u32 nb = static_cast<u32>(bytes - o < 4096 ? bytes - o : 4096);
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o),
+                     "r"(smem_u32(run_smem + L.fillb)), "r"(nb)
+                     : "memory");
+      }
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+  }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   if constexpr (FILLTMA3 && !NOFILL) {
@@ -2311,7 +2336,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (LATE) fill_rows();
+    if constexpr (LATE && !FILLMID) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;

@@ -179,6 +179,11 @@ enum : int {
   // arrival (the copy engine busy) before its first poll — spin passed p10 9.09 / max 10.66 µs against the last
   // arrival's 8.45, and the CTA that ended last was that one.
   kMoeRunSpinFirst = 4194304,
+  // FILLMID (session 14, helper topk8; outputs exact; config `load` bit 8388608, fill 4 with FILLTMA and REGLATE12):
+  // the bulk −1 rows issued during the compute — by lane 0 of the first register-loading warp (done early) once the
+  // CTA's last copied rows have landed — instead of after the arrival, so that neither the spin's polls nor the
+  // tail's count-row loads queue behind them.
+  kMoeRunFillMid = 16384,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
