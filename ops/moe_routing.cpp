@@ -81,14 +81,15 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 13 round D), session 14's candidates 32768 REGEARLY (with 16777216), 65536 WROW and
 // 131072 WROW2 (unpadded rows, a bulk copy a warp / two warps; with LEAN4), 4194304 SPINFIRST (thread 0 spins right
 // after the arrival, the bulk −1 rows by thread 32; fill 4 with 16), 8388608 FILLMID (the bulk −1 rows during the
-// compute, once the CTA's copied rows have landed; fill 4 with 16 and 16777216) — and the measurement
+// compute, once the CTA's copied rows have landed; fill 4 with 16 and 16777216), 33554432 PISSUE (the row copies
+// issued by the last W/4 warps' lanes 0; with 16777216 and 2) — and the measurement
 // variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
               kRunRegLate12 = 16777216, kRunRegEarly = 32768, kRunWRow = 65536,
-              kRunWRow2 = 131072, kRunSpinFirst = 4194304, kRunFillMid = 8388608;
+              kRunWRow2 = 131072, kRunSpinFirst = 4194304, kRunFillMid = 8388608, kRunPIssue = 33554432;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -101,7 +102,8 @@ int run_bits(const Specialization& s) {
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
                                            {kRunRegEarly, kMoeRunRegEarly},
                                            {kRunWRow, kMoeRunWRow},       {kRunWRow2, kMoeRunWRow2},
-                                           {kRunSpinFirst, kMoeRunSpinFirst}, {kRunFillMid, kMoeRunFillMid}};
+                                           {kRunSpinFirst, kMoeRunSpinFirst}, {kRunFillMid, kMoeRunFillMid},
+                                           {kRunPIssue, kMoeRunPIssue}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -390,13 +392,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       // Session 14 (helper topk8) candidates on the default: REGEARLY (32768: the last W/4 warps' register loads
       // issued at the CTA's entry), WROW / WROW2 (65536 / 131072: unpadded rows, one bulk copy a warp / two warps),
       // SPINFIRST (4194304: thread 0 spins right after the arrival, the bulk −1 rows by thread 32), FILLMID (8388608:
-      // the bulk −1 rows during the compute), and combinations.
+      // the bulk −1 rows during the compute), PISSUE (33554432: the row copies issued by 4 warps), and combinations.
       // (Round A, one process, 21 rounds: the default at 32 warps +1.92 µs, REGLATE8 — the last W/2 warps' rows by
       // register loads — +0.18, with REGEARLY +0.24: deleted.)
       if (lean != (s9 | wf)) {
-        for (int extra : {kRunRegEarly, kRunWRow, kRunWRow2, kRunSpinFirst, kRunFillMid,
-                          kRunRegEarly | kRunWRow | kRunSpinFirst, kRunRegEarly | kRunWRow2 | kRunSpinFirst,
-                          kRunRegEarly | kRunWRow | kRunFillMid}) {
+        for (int extra : {kRunRegEarly, kRunWRow, kRunWRow2, kRunSpinFirst, kRunFillMid, kRunPIssue,
+                          kRunPIssue | kRunWRow, kRunRegEarly | kRunWRow | kRunSpinFirst,
+                          kRunRegEarly | kRunWRow | kRunFillMid, kRunRegEarly | kRunPIssue | kRunWRow | kRunSpinFirst}) {
           s.config = dflt;
           s.config[C_LOAD] |= extra;
           out.push_back(s);
@@ -691,7 +693,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunRegEarly |
-                                                    kRunWRow | kRunWRow2 | kRunSpinFirst | kRunFillMid)) |
+                                                    kRunWRow | kRunWRow2 | kRunSpinFirst | kRunFillMid |
+                                                    kRunPIssue)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -34,9 +34,11 @@ B)
   # Bit-exactness first (LeanSelection: the candidates against the CPU reference, T = 1 … 8192, ties, NaN, huge and
   # non-finite biases, E = 128), then the paired A/B (Ablation, 41 rounds × 10 calls, one process), the Timeline of the
   # default and the candidates, and ncu's source page of the default (stall reasons by SASS, sampled every 32 cycles).
-  timeout 60 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' > "$O/tests.txt" 2>&1
+  KILN_LEAN_FIRST=${LEAN_FIRST:-12} timeout 60 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' \
+    > "$O/tests.txt" 2>&1
   echo "tests rc=$? ($(el)) $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.txt" | tr '\n' ' ')"
-  grep -E "Failure|load [0-9]+ warps" "$O/tests.txt" | head -4 | cut -c1-150
+  grep -E "Failure|load [0-9]+ warps [0-9]+$" "$O/tests.txt" | head -4 | cut -c1-150
+  echo "lean loads run: $(grep -c '^\[lean\]' "$O/tests.txt")"
   KILN_ROUTE_ABLATION_ROUNDS=${ROUNDS:-41} timeout 40 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' \
     > "$O/measure.txt" 2>&1
   echo "ablation rc=$? ($(el))"

@@ -1102,7 +1102,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
   // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
   // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
-  constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
+  constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
   static_assert(!COOP || ISSUE0, "COOP: with the copies issued before the first CTA barrier");
   static_assert(!(MAP && FM == 3 && (V & kMoeRunFillTma)) || ISSUE0, "FILLTMA at fill 3: by the copy-issuing warp");
@@ -1142,6 +1142,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
   constexpr bool REGEARLY = REGLATE && (V & kMoeRunRegEarly) != 0;
+  // PISSUE (moe_routing_args.h kMoeRunPIssue; with REGLATE12 and ISSUELAST): the row copies issued by lane 0 of each of
+  // the NI = W − RW register-loading warps (copy j — warps CPW·j … — by warp RW + j % NI), each of which also inits
+  // the barriers it arms, instead of all by the last warp's lane 0: NI copies in flight from the start.
+  constexpr bool PISSUE = REGLATE && ISSUE0 && (V & kMoeRunPIssue) != 0;
+  constexpr int NI = PISSUE ? W - RW : 1;      // issuing warps
+  static_assert(!PISSUE || !(MAP && FM == 3 && (V & kMoeRunFillTma)), "PISSUE: not with FILLTMA at fill 3");
   // SPINFIRST (moe_routing_args.h kMoeRunSpinFirst; fill 4 with FILLTMA): after the CTA's arrival thread 0 starts its
   // spin at once; warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows.
   constexpr bool SPINFIRST = MAP && FM == 4 && (V & kMoeRunSpinFirst) != 0 && (V & kMoeRunFillTma) != 0;
@@ -1263,11 +1269,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
 
   auto issue_rows = [&] {
-    if (threadIdx.x != SW * 32) return;
+    if (PISSUE ? (warp < RW || lane != 0) : threadIdx.x != SW * 32) return;
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
+    // (PISSUE: copy j by warp RW + j % NI, in increasing j.)
+    const int w0 = PISSUE ? CPW * (warp - RW) : 0;
 #pragma unroll 1
-    for (int w = 0; w < RW; w += CPW) {  // (REGLATE12: warps RW … W − 1 load their own; WROW2: two warps a copy)
+    for (int w = w0; w < RW; w += CPW * NI) {  // (REGLATE12: warps RW … W − 1 load their own; WROW2: two warps a copy)
       const int n = max(0, min(TPW * CPW, nct - w * TPW));
       if (n == 0) break;
       mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
@@ -1280,12 +1288,18 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           bulk_load_evict_first(rows + (w * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[w]);
       }
     }
-    stamp(kMoeRunTrIssued);
+    if (warp == SW) stamp(kMoeRunTrIssued);
   };
+  if (PISSUE && warp >= RW && warp != SW) {
+    // (PISSUE: the barriers this warp arms — copy j's, the barrier of its first warp CPW·j)
+    if (lane < RW && (lane % CPW) == 0 && (lane / CPW) % NI == warp - RW) mbar_init(&bars[lane], 1);
+    fence_mbar_init();
+  }
   if (warp == SW) {
     // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
     // which issues the bias copy right away (ISSUELAST: warp W − 1 and its lane 0).
-    if (lane < W) mbar_init(&bars[lane], 1);
+    if (PISSUE ? lane < W && !(lane < RW && (lane % CPW) == 0 && (lane / CPW) % NI != warp - RW) : lane < W)
+      mbar_init(&bars[lane], 1);
     if (lane == 0) mbar_init(&bars[W], 1);
     if (BIASPRE && lane == 1) mbar_init(&bars[W + 1], 1);
     fence_mbar_init();
@@ -1304,7 +1318,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // passes once its copies are issued, before its first use of the masks.
     // With COOP the other warps also zero the CTA's share of the superblock rows, and thread CT (the first of them)
     // arrives at the grid barrier once barrier 1 has ordered their stores (it alone waits for the grid, later).
-    if (warp == SW) {
+    if (PISSUE ? warp >= RW : warp == SW) {
       __syncwarp();
       asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
       if constexpr (FILLTMA3 && !NOFILL) {
@@ -1333,20 +1347,22 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       __syncwarp();
       named_barrier_sync(2, NTH);
     } else {
-      const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
-      for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
+      // (the zeroing threads: all but warp SW's — PISSUE: warps 0 … RW − 1)
+      constexpr int NZ = PISSUE ? RW * 32 : NTH - 32;
+      const int ot = PISSUE ? static_cast<int>(threadIdx.x) : threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NZ − 1
+      for (int i = ot; i < E * NMW; i += NZ) emask[i] = 0u;
       if constexpr (FILLMID && !NOFILL)  // (FILLMID: the −1 block of the bulk −1 rows)
-        for (int i = ot; i < 4096 / 16; i += NTH - 32)
+        for (int i = ot; i < 4096 / 16; i += NZ)
           sts16(smem_u32(run_smem + L.fillb + 16 * i), Vec16{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}});
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
-        for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NZ) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
       if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
-        for (int i = ot; i < TPW * W * E / 4; i += NTH - 32) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
-        for (int i = ot; i < TPW * W * E / 16; i += NTH - 32) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * E / 4; i += NZ) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * E / 16; i += NZ) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
       }
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-        for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
+        for (int i = blockIdx.x * NZ + ot; i < nsup * E; i += gridDim.x * NZ) a.super[i] = 0;
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {

@@ -78,7 +78,8 @@ enum : int {
   kMoeRunCoop = 256,    // config `load` bit 4 (with ISSUELAST): one cooperative launch, no moe_route_zero
   kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
-  kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
+  // (2048 was ISSUE0 — thread 0 issues the row copies before the first CTA barrier — which lost to ISSUELAST in
+  // session 8; since session 14 it is PISSUE below.)
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
@@ -184,6 +185,12 @@ enum : int {
   // CTA's last copied rows have landed — instead of after the arrival, so that neither the spin's polls nor the
   // tail's count-row loads queue behind them.
   kMoeRunFillMid = 16384,
+  // PISSUE (session 14, helper topk8; outputs exact; config `load` bit 33554432, with REGLATE12 and ISSUELAST): the row
+  // copies issued by lane 0 of each of the last W/4 warps (copy j by warp 3W/4 + j mod W/4; each inits the barriers
+  // it arms) instead of all by the last warp's lane 0. Round A's W32 timeline: one thread issued the SM's 48 copies in
+  // ≈ 5.6 µs (≈ 115 ns a copy), two threads an SM (the default) ≈ 2 × 24 in ≈ 3.5: the issuing thread, not the copy
+  // engine, paces the copies.
+  kMoeRunPIssue = 2048,
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
