@@ -78,18 +78,16 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D), session 14's candidates 32768 REGEARLY (with 16777216), 65536 WROW and
-// 131072 WROW2 (unpadded rows, a bulk copy a warp / two warps; with LEAN4), 4194304 SPINFIRST (thread 0 spins right
-// after the arrival, the bulk −1 rows by thread 32; fill 4 with 16), 8388608 FILLMID (the bulk −1 rows during the
-// compute, once the CTA's copied rows have landed; fill 4 with 16 and 16777216), 33554432 PISSUE (the row copies
-// issued by the last W/4 warps' lanes 0; with 16777216 and 2) — and the measurement
+// session 13 round D), session 14's candidates 4194304 SPINFIRST (thread 0 spins right after the arrival, the bulk −1
+// rows by thread 32; fill 4 with 16), 67108864 SPINLITE and 134217728 SPINSLOW (the arrival spin by relaxed polls 64 /
+// 256 ns apart; with 256) — and the measurement
 // variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunRegEarly = 32768, kRunWRow = 65536,
-              kRunWRow2 = 131072, kRunSpinFirst = 4194304, kRunFillMid = 8388608, kRunPIssue = 33554432;
+              kRunRegLate12 = 16777216, kRunSpinFirst = 4194304, kRunSpinLite = 67108864,
+              kRunSpinSlow = 134217728;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -100,10 +98,8 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunRegEarly, kMoeRunRegEarly},
-                                           {kRunWRow, kMoeRunWRow},       {kRunWRow2, kMoeRunWRow2},
-                                           {kRunSpinFirst, kMoeRunSpinFirst}, {kRunFillMid, kMoeRunFillMid},
-                                           {kRunPIssue, kMoeRunPIssue}};
+                                           {kRunSpinFirst, kMoeRunSpinFirst}, {kRunSpinLite, kMoeRunSpinLite},
+                                           {kRunSpinSlow, kMoeRunSpinSlow}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -154,9 +150,7 @@ int smem_bytes(const Specialization& s) {
   if (s.kernel != kRoute) return 0;
   if (is_run(s))
     return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
-                        s.config[C_TPT], (run_bits(s) & kMoeRunLean3) != 0,
-                        (run_bits(s) & (kMoeRunWRow | kMoeRunWRow2)) != 0)
-        .total;
+                        s.config[C_TPT], (run_bits(s) & kMoeRunLean3) != 0).total;
   return static_cast<int>(route_smem(s.params[P_E], s.params[P_GROUPS], s.params[P_K], s.params[P_MAP] != 0,
                                      s.config[C_WARPS], s.config[C_TPW]));
 }
@@ -389,16 +383,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 }) == out.end())
           out.push_back(s);
       }
-      // Session 14 (helper topk8) candidates on the default: REGEARLY (32768: the last W/4 warps' register loads
-      // issued at the CTA's entry), WROW / WROW2 (65536 / 131072: unpadded rows, one bulk copy a warp / two warps),
-      // SPINFIRST (4194304: thread 0 spins right after the arrival, the bulk −1 rows by thread 32), FILLMID (8388608:
-      // the bulk −1 rows during the compute), PISSUE (33554432: the row copies issued by 4 warps), and combinations.
-      // (Round A, one process, 21 rounds: the default at 32 warps +1.92 µs, REGLATE8 — the last W/2 warps' rows by
-      // register loads — +0.18, with REGEARLY +0.24: deleted.)
+      // Session 14 (helper topk8) candidates on the default: SPINFIRST (4194304: thread 0 spins right after the
+      // arrival, the bulk −1 rows by thread 32), SPINLITE / SPINSLOW (67108864 / 134217728: the spin by relaxed polls
+      // 64 / 256 ns apart), and SPINFIRST with each. (Rounds A / B, one process, measured and deleted — bench/NOTES.md:
+      // the default at 32 warps +1.92 µs, REGLATE8 +0.18, REGEARLY −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE
+      // +0.10, FILLMID +0.77.)
       if (lean != (s9 | wf)) {
-        for (int extra : {kRunRegEarly, kRunWRow, kRunWRow2, kRunSpinFirst, kRunFillMid, kRunPIssue,
-                          kRunPIssue | kRunWRow, kRunRegEarly | kRunWRow | kRunSpinFirst,
-                          kRunRegEarly | kRunWRow | kRunFillMid, kRunRegEarly | kRunPIssue | kRunWRow | kRunSpinFirst}) {
+        for (int extra : {kRunSpinFirst, kRunSpinLite, kRunSpinSlow, kRunSpinFirst | kRunSpinLite,
+                          kRunSpinFirst | kRunSpinSlow}) {
           s.config = dflt;
           s.config[C_LOAD] |= extra;
           out.push_back(s);
@@ -692,9 +684,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunRegEarly |
-                                                    kRunWRow | kRunWRow2 | kRunSpinFirst | kRunFillMid |
-                                                    kRunPIssue)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunSpinFirst |
+                                                    kRunSpinLite | kRunSpinSlow)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -1084,10 +1084,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr int SPAN = G > 1 && GS > EPT ? GS / EPT : 1;  // threads per group
   constexpr int NTH = W * 32;
   constexpr int CAP = kMoeRunCap;
-  // WROW / WROW2 (moe_routing_args.h kMoeRunWRow / kMoeRunWRow2): unpadded rows, one bulk copy a warp / two warps.
-  constexpr int CPW = (V & kMoeRunWRow2) != 0 ? 2 : 1;
-  constexpr bool WROW = (V & (kMoeRunWRow | kMoeRunWRow2)) != 0;
-  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT, (V & kMoeRunLean3) != 0, WROW);
+  constexpr MoeRunSmem L = moe_run_smem(E, K, W, TPT, (V & kMoeRunLean3) != 0);
   constexpr int RSF = L.rsf, KP = L.kp, NMW = L.nmw;
   constexpr u32 ALL = 0xffffffffu;
   constexpr bool LATE = MAP && FM >= 4, DEFER = MAP && FM == 5;
@@ -1102,7 +1099,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool APPROX = BIAS && (V & kMoeRunApprox) != 0;
   // Candidates: the row copies before the first CTA barrier (ISSUE0); and by the CTA's last warp, whose rows land
   // last anyway, instead of warp 0 (ISSUELAST, with ISSUE0): warp 0 then computes as soon as its rows land.
-  constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST;
+  constexpr bool ISSUELAST = (V & kMoeRunIssueLast) != 0, ISSUE0 = ISSUELAST || (V & kMoeRunIssue0) != 0;
   constexpr int SW = ISSUELAST ? W - 1 : 0;  // the warp that inits the barriers and issues the copies
   static_assert(!COOP || ISSUE0, "COOP: with the copies issued before the first CTA barrier");
   static_assert(!(MAP && FM == 3 && (V & kMoeRunFillTma)) || ISSUE0, "FILLTMA at fill 3: by the copy-issuing warp");
@@ -1135,27 +1132,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
-  // (Session 14, helper topk8: REGEARLY — the register-loading warps other than the copy-issuing one issue their
-  // loads at entry, before the CTA's init, instead of after it; outputs exact: the same bytes reach the same shared
-  // rows. REGLATE8 — the last W/2 warps by register loads, on the default's faster selection — lost again in round A:
-  // +0.18 µs, with REGEARLY +0.24; deleted.)
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
-  constexpr bool REGEARLY = REGLATE && (V & kMoeRunRegEarly) != 0;
-  // PISSUE (moe_routing_args.h kMoeRunPIssue; with REGLATE12 and ISSUELAST): the row copies issued by lane 0 of each of
-  // the NI = W − RW register-loading warps (copy j — warps CPW·j … — by warp RW + j % NI), each of which also inits
-  // the barriers it arms, instead of all by the last warp's lane 0: NI copies in flight from the start.
-  constexpr bool PISSUE = REGLATE && ISSUE0 && (V & kMoeRunPIssue) != 0;
-  constexpr int NI = PISSUE ? W - RW : 1;      // issuing warps
-  static_assert(!PISSUE || !(MAP && FM == 3 && (V & kMoeRunFillTma)), "PISSUE: not with FILLTMA at fill 3");
   // SPINFIRST (moe_routing_args.h kMoeRunSpinFirst; fill 4 with FILLTMA): after the CTA's arrival thread 0 starts its
   // spin at once; warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows.
   constexpr bool SPINFIRST = MAP && FM == 4 && (V & kMoeRunSpinFirst) != 0 && (V & kMoeRunFillTma) != 0;
-  // FILLMID (moe_routing_args.h kMoeRunFillMid; fill 4 with FILLTMA and REGLATE12 and ISSUE0): the bulk −1 rows issued
-  // during the compute, by lane 0 of warp RW (the first register-loading warp, done early) once the CTA's last copied
-  // rows have landed, instead of after the arrival; the −1 block written at init (fillb).
-  constexpr bool FILLMID = MAP && FM == 4 && (V & kMoeRunFillMid) != 0 && (V & kMoeRunFillTma) != 0 && RW < W && ISSUE0;
-  constexpr int FT = FILLMID ? RW * 32 : SPINFIRST ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
+  constexpr int FT = SPINFIRST ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
+  // SPINLITE / SPINSLOW (moe_routing_args.h kMoeRunSpinLite / kMoeRunSpinSlow; PERSIST): the arrival spin polls by
+  // relaxed loads (no L1 invalidation each poll) SPS ns apart, then one acquire fence once every CTA has arrived.
+  constexpr bool SPINLITE = (V & (kMoeRunSpinLite | kMoeRunSpinSlow)) != 0;
+  constexpr int SPS = (V & kMoeRunSpinSlow) != 0 ? 256 : 64;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1255,9 +1241,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
   };
-  if constexpr (REGEARLY) {
-    if (warp != SW) load_regs();  // (REGEARLY: in flight while the CTA inits; the copy-issuing warp after its copies)
-  }
   if constexpr (TRACE) {
     if (threadIdx.x == 0) {
       tr[kMoeRunTrStartNs] = gns();
@@ -1269,14 +1252,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
 
   auto issue_rows = [&] {
-    if (PISSUE ? (warp < RW || lane != 0) : threadIdx.x != SW * 32) return;
+    if (threadIdx.x != SW * 32) return;
     // Every row of the CTA in token order by one thread, so that the rows land in warp order (the copy engine and
     // DRAM serve them about first come, first served): warp 0 computes while the later warps' rows still arrive.
-    // (PISSUE: copy j by warp RW + j % NI, in increasing j.)
-    const int w0 = PISSUE ? CPW * (warp - RW) : 0;
 #pragma unroll 1
-    for (int w = w0; w < RW; w += CPW * NI) {  // (REGLATE12: warps RW … W − 1 load their own; WROW2: two warps a copy)
-      const int n = max(0, min(TPW * CPW, nct - w * TPW));
+    for (int w = 0; w < RW; ++w) {  // (REGLATE12: warps RW … W − 1 load their own)
+      const int n = max(0, min(TPW, nct - w * TPW));
       if (n == 0) break;
       mbar_arrive_expect_tx(&bars[w], static_cast<u32>(n * E * 4));
       const float* src = a.logits + static_cast<i64>(tc0 + w * TPW) * E;
@@ -1288,18 +1269,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           bulk_load_evict_first(rows + (w * TPW + i) * RSF, src + static_cast<i64>(i) * E, E * 4, &bars[w]);
       }
     }
-    if (warp == SW) stamp(kMoeRunTrIssued);
+    stamp(kMoeRunTrIssued);
   };
-  if (PISSUE && warp >= RW && warp != SW) {
-    // (PISSUE: the barriers this warp arms — copy j's, the barrier of its first warp CPW·j)
-    if (lane < RW && (lane % CPW) == 0 && (lane / CPW) % NI == warp - RW) mbar_init(&bars[lane], 1);
-    fence_mbar_init();
-  }
   if (warp == SW) {
     // The rows' barriers by the lanes of warp 0 (published by the CTA barrier below), the bias barrier by thread 0,
     // which issues the bias copy right away (ISSUELAST: warp W − 1 and its lane 0).
-    if (PISSUE ? lane < W && !(lane < RW && (lane % CPW) == 0 && (lane / CPW) % NI != warp - RW) : lane < W)
-      mbar_init(&bars[lane], 1);
+    if (lane < W) mbar_init(&bars[lane], 1);
     if (lane == 0) mbar_init(&bars[W], 1);
     if (BIASPRE && lane == 1) mbar_init(&bars[W + 1], 1);
     fence_mbar_init();
@@ -1318,7 +1293,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // passes once its copies are issued, before its first use of the masks.
     // With COOP the other warps also zero the CTA's share of the superblock rows, and thread CT (the first of them)
     // arrives at the grid barrier once barrier 1 has ordered their stores (it alone waits for the grid, later).
-    if (PISSUE ? warp >= RW : warp == SW) {
+    if (warp == SW) {
       __syncwarp();
       asm volatile("bar.arrive 1, %0;" ::"n"(NTH) : "memory");
       if constexpr (FILLTMA3 && !NOFILL) {
@@ -1347,22 +1322,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       __syncwarp();
       named_barrier_sync(2, NTH);
     } else {
-      // (the zeroing threads: all but warp SW's — PISSUE: warps 0 … RW − 1)
-      constexpr int NZ = PISSUE ? RW * 32 : NTH - 32;
-      const int ot = PISSUE ? static_cast<int>(threadIdx.x) : threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NZ − 1
-      for (int i = ot; i < E * NMW; i += NZ) emask[i] = 0u;
-      if constexpr (FILLMID && !NOFILL)  // (FILLMID: the −1 block of the bulk −1 rows)
-        for (int i = ot; i < 4096 / 16; i += NZ)
-          sts16(smem_u32(run_smem + L.fillb + 16 * i), Vec16{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}});
+      const int ot = threadIdx.x - (warp > SW ? 32 : 0);  // 0 … NTH − 33
+      for (int i = ot; i < E * NMW; i += NTH - 32) emask[i] = 0u;
       if constexpr (LEAN)  // (LEAN: the candidate lists and their counters start at 0)
-        for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NZ) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * (CAP + 2) / 2; i += NTH - 32) sts16(smem_u32(list + 2 * i), Vec16{{0u, 0u, 0u, 0u}});
       if constexpr (LEAN3) {  // (LEAN3: the staged prob rows and the map rows start at 0)
-        for (int i = ot; i < TPW * W * E / 4; i += NZ) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
-        for (int i = ot; i < TPW * W * E / 16; i += NZ) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * E / 4; i += NTH - 32) sts16(smem_u32(run_smem + L.stage + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
+        for (int i = ot; i < TPW * W * E / 16; i += NTH - 32) sts16(smem_u32(mapbuf + 16 * i), Vec16{{0u, 0u, 0u, 0u}});
       }
       if constexpr (COOP) {
         const int nsup = (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-        for (int i = blockIdx.x * NZ + ot; i < nsup * E; i += gridDim.x * NZ) a.super[i] = 0;
+        for (int i = blockIdx.x * (NTH - 32) + ot; i < nsup * E; i += gridDim.x * (NTH - 32)) a.super[i] = 0;
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {
@@ -1393,7 +1363,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   }
   if constexpr (!ISSUE0) issue_rows();
-  if (!REGEARLY || warp == SW) load_regs();
+  load_regs();
   pdl_launch_dependents();
   // The −1 rows of the CTA's tokens in row_id_map (contiguous); the routed entries are written over them after the
   // grid-wide arrival (ordered by the CTA barriers in between).
@@ -1586,7 +1556,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       __syncwarp();
     } else {
-      wait_bar(&bars[warp & ~(CPW - 1)]);  // the warp's rows (WROW2: on the barrier of the pair's first warp)
+      wait_bar(&bars[warp]);  // the warp's rows
     }
     stampw(kMoeRunTrWarp + 4 * warp);
     // A lane past the CTA's tokens computes on its warp's first row (discarded: it writes nothing).
@@ -1601,11 +1571,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // order within a block.
     constexpr int NC4 = EPT / 4;
     constexpr bool ROT = E == 256 && NB == 1;
-    // (WROW: unpadded rows — a warp's two tokens 1 KB apart, the same banks — so the second token's chunks are rotated
-    // by two more: the 8 lanes (2 tokens × 4 parts) of a quarter-warp at offsets 64·(part & 1) + 16·((q + rot) & 3)
-    // mod 128, rot = (part >> 1) + 2·ti: 8 distinct 16-byte bank groups for every chunk step q)
-    static_assert(!WROW || !ROT || (EPT == 16 && NC4 == 4 && TPW == 2), "WROW: Ling's layout");
-    const int rot = ROT ? (((part * EPT / 32) & 1) + (WROW ? 2 * ti : 0)) & (NC4 - 1) : 0;
+    const int rot = ROT ? (part * EPT / 32) & 1 : 0;
     auto xo = [&](int c) { return ROT ? 4 * (((c >> 2) + rot) & (NC4 - 1)) + (c & 3) : c; };
     auto xpos = [&](int o) { return ROT ? 4 * (((o >> 2) - rot) & (NC4 - 1)) + (o & 3) : o; };  // inverse of xo
 
@@ -2264,24 +2230,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
 
     emit_rows();
   }
-  if constexpr (FILLMID && !NOFILL) {
-    // FILLMID: once the CTA's last copied rows have landed (the copy engine no longer carries this CTA's rows), the
-    // CTA's −1 rows by 4-KB bulk copies of the −1 block, waited for by this thread before the routed entries.
-    if (threadIdx.x == FT) {
-      const int lw = min(RW, (nct + TPW - 1) / TPW) - 1;  // the last warp with copied rows
-      wait_bar(&bars[lw & ~(CPW - 1)]);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      const i64 bytes = static_cast<i64>(nct) * E * 4;
-      u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
-      for (i64 o = 0; o < bytes; o += 4096) {
-        const u32 nb = static_cast<u32>(bytes - o < 4096 ? bytes - o : 4096);
-        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o),
-                     "r"(smem_u32(run_smem + L.fillb)), "r"(nb)
-                     : "memory");
-      }
-      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-    }
-  }
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   if constexpr (FILLTMA3 && !NOFILL) {
@@ -2352,7 +2300,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (LATE && !FILLMID) fill_rows();
+    if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;
@@ -2373,10 +2321,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if constexpr (PERSIST) {
           for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
             u32 cur;
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
+            if constexpr (SPINLITE)  // (relaxed polls SPS ns apart; the acquire fence once, below)
+              asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
+            else
+              asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
             if ((coop_tok ^ cur) & 0x80000000u) break;
+            if constexpr (SPINLITE) __nanosleep(SPS);
             if (it == (1u << 26)) __trap();
           }
+          if constexpr (SPINLITE) asm volatile("fence.acq_rel.gpu;" ::: "memory");
         } else {
           moe_wait_arrivals<32>(a.arrive);
         }

@@ -78,8 +78,7 @@ enum : int {
   kMoeRunCoop = 256,    // config `load` bit 4 (with ISSUELAST): one cooperative launch, no moe_route_zero
   kMoeRunApprox = 1024,  // the config `load` = 1 of the CTA-run kernel (a search-space point, not a measurement
                          // variant): selection on approximate keys, exact σ for the candidates only (moe_routing.cuh)
-  // (2048 was ISSUE0 — thread 0 issues the row copies before the first CTA barrier — which lost to ISSUELAST in
-  // session 8; since session 14 it is PISSUE below.)
+  kMoeRunIssue0 = 2048,  // a candidate (outputs exact): thread 0 issues the row copies before the first CTA barrier
   kMoeRunIssueLast = 4096,  // a candidate (outputs exact): as ISSUE0, by the CTA's last warp instead of warp 0
   // Session 9 candidates (outputs exact; moe_routing.cuh): the prob / map rows by bulk async copies (BULKST), the bias
   // clamp and its max |finite| once per CTA (BIASPRE). (16384 WAITEARLY, 32768 COUNTW, 2097152 PRELOAD, 4194304 NOFENCE
@@ -161,36 +160,21 @@ enum : int {
   // process, 31 rounds: −0.13 µs against 16801787 (lower in 29), −0.10 against 16785403 (lower in 26). (SEGIDX — the
   // score gathers by shfl.idx with a segment mask, value 4194304 — −0.04, lower in 19 of 31: deleted.)
   kMoeRunDRank = 512,
-  // REGEARLY (session 14, helper topk8; outputs exact; config `load` bit 32768 on the default): REGLATE12's register
-  // loads issued at the CTA's entry instead of after its init (round A, one process: −0.16 µs, lower in 21 of 21
-  // rounds). (REGLATE8 — the last W/2 warps' rows by register loads, V 16384, config 8192 — +0.18 in round A, and the
-  // default at 32 warps +1.92: deleted.)
-  kMoeRunRegEarly = 524288,
-  // WROW / WROW2 (session 14, helper topk8; outputs exact; config `load` bits 65536 / 131072 on the default): the rows
-  // unpadded at E = 256 (the 16-byte chunk order rotated per part and per token, so that a quarter-warp's 8 lanes still
-  // touch 8 distinct bank groups), so that a warp's rows (WROW) or two warps' rows (WROW2) land by one bulk copy of 2 /
-  // 4 KB on one barrier instead of one 1-KB copy a row: half / a quarter of the copies — the copy engine issues about
-  // one copy per 50–85 ns an SM (session 8's issue loop; mode 2's ring), which is what delays the SM's second CTA's
-  // rows.
-  kMoeRunWRow = 1048576,
-  kMoeRunWRow2 = 2097152,
-  // SPINFIRST (session 14, helper topk8; outputs exact; config `load` bit 262144, fill 4 with FILLTMA): after its
-  // arrival thread 0 spins at once, and the bulk −1 rows are issued (and waited for) by thread 32 of warp 1: round A's
-  // timeline of 17326075 had the late CTAs' thread 0 issuing its 8 bulk −1 copies for up to ≈ 1.3 µs after its
-  // arrival (the copy engine busy) before its first poll — spin passed p10 9.09 / max 10.66 µs against the last
-  // arrival's 8.45, and the CTA that ended last was that one.
+  // SPINFIRST (session 14, helper topk8; outputs exact; config `load` bit 4194304, fill 4 with FILLTMA): after its
+  // arrival thread 0 spins at once, and the bulk −1 rows are issued (and waited for) by thread 32 of warp 1. Round B:
+  // the spin passed within 0.23 µs over the grid (the default: 1.5 µs), but +0.74 µs — the releases of the late CTAs
+  // came ≈ 1.3 µs later while ≈ 250 threads polled the arrival word with acquire loads back to back.
   kMoeRunSpinFirst = 4194304,
-  // FILLMID (session 14, helper topk8; outputs exact; config `load` bit 8388608, fill 4 with FILLTMA and REGLATE12):
-  // the bulk −1 rows issued during the compute — by lane 0 of the first register-loading warp (done early) once the
-  // CTA's last copied rows have landed — instead of after the arrival, so that neither the spin's polls nor the
-  // tail's count-row loads queue behind them.
-  kMoeRunFillMid = 16384,
-  // PISSUE (session 14, helper topk8; outputs exact; config `load` bit 33554432, with REGLATE12 and ISSUELAST): the row
-  // copies issued by lane 0 of each of the last W/4 warps (copy j by warp 3W/4 + j mod W/4; each inits the barriers
-  // it arms) instead of all by the last warp's lane 0. Round A's W32 timeline: one thread issued the SM's 48 copies in
-  // ≈ 5.6 µs (≈ 115 ns a copy), two threads an SM (the default) ≈ 2 × 24 in ≈ 3.5: the issuing thread, not the copy
-  // engine, paces the copies.
-  kMoeRunPIssue = 2048,
+  // SPINLITE / SPINSLOW (session 14, helper topk8; outputs exact; config `load` bits 67108864 / 134217728, PERSIST): the
+  // arrival spin by relaxed loads 64 / 256 ns apart (an acquire load is LDG + CCTL.IVALL, an L1 invalidation each poll,
+  // back to back), then one fence.acq_rel.gpu.
+  kMoeRunSpinLite = 1048576,
+  kMoeRunSpinSlow = 2097152,
+  // (Round A / B, session 14, helper topk8 — measured and deleted: W32 (the default at 32 warps) +1.92; REGLATE8 (the
+  // last W/2 warps by register loads) +0.18; REGEARLY (the register loads at the CTA's entry) −0.16 in round A, +0.22
+  // in round B; WROW / WROW2 (unpadded rows, one bulk copy a warp / two warps) +0.13 / +0.27; PISSUE (the row copies
+  // issued by four warps) +0.10, with WROW +0.03; FILLMID (the bulk −1 rows during the compute) +0.77:
+  // bench/NOTES.md.)
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
@@ -234,9 +218,9 @@ struct MoeRunSmem {
   int rows, bias, sp, picks, list, mapbuf, emask, base, wtot, bars, misc, fillb, total;
 };
 constexpr int moe_run_align16(int x) { return (x + 15) / 16 * 16; }
-constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT, bool stage = false, bool unpadded = false) {
+constexpr MoeRunSmem moe_run_smem(int E, int K, int W, int TPT, bool stage = false) {
   MoeRunSmem l{};
-  l.rsf = E == 256 && !unpadded ? E + 8 : E;  // (WROW: unpadded, the chunk order rotated per token as well)
+  l.rsf = E == 256 ? E + 8 : E;
   l.kp = (K + 3) / 4 * 4;
   const int nt = 32 / TPT * W;  // tokens per CTA
   l.nmw = (nt + 31) / 32;

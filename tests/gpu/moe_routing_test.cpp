@@ -469,13 +469,10 @@ TEST_F(MoeRoutingTest, LeanSelection) {
   // (16781307: 4091 + REGLATE12, the default in session 12; 16785403: + LEAN4, the selection in fewer instructions,
   // the default in session 13 round A; 16801787: + GRP5, the group ranks by sign bits, the default in round C;
   // 17326075: + DRANK, the candidates' ranks by DADD signs, the default since round D; session 14's candidates on it:
-  // + REGEARLY 32768, WROW 65536, WROW2 131072, SPINFIRST 4194304, FILLMID 8388608, PISSUE 33554432)
+  // SPINFIRST 4194304, SPINLITE 67108864, SPINSLOW 134217728)
   int nth = 0;
-  for (auto [load, warps] : {std::pair{17326075 + 32768 + 33554432 + 65536 + 4194304, 16},
-                             {17326075 + 33554432 + 65536, 16}, {17326075 + 33554432, 16},
-                             {17326075 + 32768 + 65536 + 8388608, 16}, {17326075 + 8388608, 16},
-                             {17326075 + 32768 + 65536 + 4194304, 16}, {17326075 + 4194304, 16},
-                             {17326075 + 65536, 16}, {17326075 + 131072, 16}, {17326075 + 32768, 16},
+  for (auto [load, warps] : {std::pair{17326075 + 4194304 + 67108864, 16}, {17326075 + 4194304 + 134217728, 16},
+                             {17326075 + 67108864, 16}, {17326075 + 134217728, 16}, {17326075 + 4194304, 16},
                              {17326075, 16}, {16801787, 16}, {16785403, 16}, {16781307, 16}, {4091, 16}, {3451, 16}}) {
     // ($KILN_LEAN_FIRST = n: only the first n loads of the list — a round's time; the suite runs them all)
     static const int first = std::getenv("KILN_LEAN_FIRST") ? std::atoi(std::getenv("KILN_LEAN_FIRST")) : 0;
