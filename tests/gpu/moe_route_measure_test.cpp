@@ -108,6 +108,8 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: 155738107 (+ SPINFIRST + SPINSLOW)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304 + 134217728},
       {"map: 21520379 (+ SPINFIRST)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304},
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
+      {"map: 17326075 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17326075},
+      {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
   };
 
 
