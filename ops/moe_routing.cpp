@@ -78,16 +78,15 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D), session 14's candidates 4194304 SPINFIRST (thread 0 spins right after the arrival, the bulk −1
-// rows by thread 32; fill 4 with 16), 67108864 SPINLITE and 134217728 SPINSLOW (the arrival spin by relaxed polls 64 /
-// 256 ns apart; with 256) — and the measurement
+// session 13 round D), session 14's candidates 268435456 SPIN2 (thread 0 spins right after its release, the bulk −1
+// rows by thread 32 behind it; fill 4 with 16) and 536870912 FILL1 (the −1 rows by one bulk copy; fill 4 with 16 and
+// 512) — and the measurement
 // variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunSpinFirst = 4194304, kRunSpinLite = 67108864,
-              kRunSpinSlow = 134217728;
+              kRunRegLate12 = 16777216, kRunSpin2 = 268435456, kRunFill1 = 536870912;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -98,8 +97,7 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunSpinFirst, kMoeRunSpinFirst}, {kRunSpinLite, kMoeRunSpinLite},
-                                           {kRunSpinSlow, kMoeRunSpinSlow}};
+                                           {kRunSpin2, kMoeRunSpin2},     {kRunFill1, kMoeRunFill1}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -383,14 +381,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 }) == out.end())
           out.push_back(s);
       }
-      // Session 14 (helper topk8) candidates on the default: SPINFIRST (4194304: thread 0 spins right after the
-      // arrival, the bulk −1 rows by thread 32), SPINLITE / SPINSLOW (67108864 / 134217728: the spin by relaxed polls
-      // 64 / 256 ns apart), and SPINFIRST with each. (Rounds A / B, one process, measured and deleted — bench/NOTES.md:
-      // the default at 32 warps +1.92 µs, REGLATE8 +0.18, REGEARLY −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE
-      // +0.10, FILLMID +0.77.)
+      // Session 14 (helper topk8) candidates on the default: SPIN2 (268435456: thread 0 spins right after its release,
+      // the bulk −1 rows by thread 32 behind it), FILL1 (536870912: the −1 rows by one bulk copy), both. (Rounds A – C,
+      // one process, measured and deleted — bench/NOTES.md: the default at 32 warps +1.92 µs, REGLATE8 +0.18, REGEARLY
+      // −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE +0.10, FILLMID +0.77, SPINFIRST +0.74 / +0.77, SPINLITE /
+      // SPINSLOW +0.56 / +0.61.)
       if (lean != (s9 | wf)) {
-        for (int extra : {kRunSpinFirst, kRunSpinLite, kRunSpinSlow, kRunSpinFirst | kRunSpinLite,
-                          kRunSpinFirst | kRunSpinSlow}) {
+        for (int extra : {kRunSpin2, kRunFill1, kRunSpin2 | kRunFill1}) {
           s.config = dflt;
           s.config[C_LOAD] |= extra;
           out.push_back(s);
@@ -684,8 +681,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunSpinFirst |
-                                                    kRunSpinLite | kRunSpinSlow)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunSpin2 |
+                                                    kRunFill1)) |
                              kRunCoop | kRunIssueLast;
         }
       }

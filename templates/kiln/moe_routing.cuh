@@ -1134,14 +1134,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
-  // SPINFIRST (moe_routing_args.h kMoeRunSpinFirst; fill 4 with FILLTMA): after the CTA's arrival thread 0 starts its
-  // spin at once; warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows.
-  constexpr bool SPINFIRST = MAP && FM == 4 && (V & kMoeRunSpinFirst) != 0 && (V & kMoeRunFillTma) != 0;
-  constexpr int FT = SPINFIRST ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
-  // SPINLITE / SPINSLOW (moe_routing_args.h kMoeRunSpinLite / kMoeRunSpinSlow; PERSIST): the arrival spin polls by
-  // relaxed loads (no L1 invalidation each poll) SPS ns apart, then one acquire fence once every CTA has arrived.
-  constexpr bool SPINLITE = (V & (kMoeRunSpinLite | kMoeRunSpinSlow)) != 0;
-  constexpr int SPS = (V & kMoeRunSpinSlow) != 0 ? 256 : 64;
+  // SPIN2 (moe_routing_args.h kMoeRunSpin2; fill 4 with FILLTMA): after its release thread 0 goes straight to the spin;
+  // warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows, behind
+  // named barrier 3, which warp 0 arrives at once its release is done (the fill must not be in flight during the
+  // release: FILLEARLY, session 12; SPINFIRST, rounds B / C).
+  constexpr bool SPIN2 = MAP && FM == 4 && (V & kMoeRunSpin2) != 0 && (V & kMoeRunFillTma) != 0;
+  constexpr int FT = SPIN2 ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
+  // FILL1 (moe_routing_args.h kMoeRunFill1; fill 4 with FILLTMA and LEAN3): the −1 rows by ONE bulk copy of the CTA's
+  // rows from the staged prob rows' buffer (free once the warps' row copies have read it) filled with −1, instead of
+  // 4-KB copies from a 4-KB block (8 copies at T = 8192, ≈ 0.1 µs of the issuing thread's time each).
+  constexpr bool FILL1 = MAP && FM == 4 && (V & kMoeRunFill1) != 0 && (V & kMoeRunFillTma) != 0 &&
+                         (V & kMoeRunLean3) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1376,15 +1379,25 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else if constexpr (FILLTMA) {
       // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
       // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
-      // (SPINFIRST: warps 1 … W − 1 only, behind named barrier 3, and thread FT copies: warp 0 goes to the spin.)
-      constexpr int FB = 4096;
-      u8* fb = reinterpret_cast<u8*>(list);
-      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
-      if constexpr (SPINFIRST) {
-        if (warp == 0) return;
+      // (SPIN2: warps 1 … W − 1 only, behind named barrier 3, which warp 0 arrives at after its release; thread FT
+      // copies. FILL1: the whole staged prob rows' buffer as the block, one copy.)
+      constexpr int FB = FILL1 ? (32 / TPT) * W * E * 4 : 4096;
+      u8* fb = FILL1 ? run_smem + L.stage : reinterpret_cast<u8*>(list);
+      static_assert(FILL1 || (32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
+      if constexpr (FILL1) {
+        // (the warps' bulk row copies from the staged rows have read them: each warp's lane 0 issued its own)
+        if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
+        __syncwarp();
+      }
+      if constexpr (SPIN2) {
+        if (warp == 0) {
+          __syncwarp();  // (thread 0's release is done)
+          asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
+          return;
+        }
         for (int q = threadIdx.x - 32; q < FB / 16; q += NTH - 32) sts16(smem_u32(fb + 16 * q), m1);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        named_barrier_sync(3, NTH - 32);
+        named_barrier_sync(3, NTH);
       } else {
         for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
@@ -2321,15 +2334,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         if constexpr (PERSIST) {
           for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
             u32 cur;
-            if constexpr (SPINLITE)  // (relaxed polls SPS ns apart; the acquire fence once, below)
-              asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
-            else
-              asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
+            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
             if ((coop_tok ^ cur) & 0x80000000u) break;
-            if constexpr (SPINLITE) __nanosleep(SPS);
             if (it == (1u << 26)) __trap();
           }
-          if constexpr (SPINLITE) asm volatile("fence.acq_rel.gpu;" ::: "memory");
         } else {
           moe_wait_arrivals<32>(a.arrive);
         }

@@ -160,21 +160,21 @@ enum : int {
   // process, 31 rounds: −0.13 µs against 16801787 (lower in 29), −0.10 against 16785403 (lower in 26). (SEGIDX — the
   // score gathers by shfl.idx with a segment mask, value 4194304 — −0.04, lower in 19 of 31: deleted.)
   kMoeRunDRank = 512,
-  // SPINFIRST (session 14, helper topk8; outputs exact; config `load` bit 4194304, fill 4 with FILLTMA): after its
-  // arrival thread 0 spins at once, and the bulk −1 rows are issued (and waited for) by thread 32 of warp 1. Round B:
-  // the spin passed within 0.23 µs over the grid (the default: 1.5 µs), but +0.74 µs — the releases of the late CTAs
-  // came ≈ 1.3 µs later while ≈ 250 threads polled the arrival word with acquire loads back to back.
-  kMoeRunSpinFirst = 4194304,
-  // SPINLITE / SPINSLOW (session 14, helper topk8; outputs exact; config `load` bits 67108864 / 134217728, PERSIST): the
-  // arrival spin by relaxed loads 64 / 256 ns apart (an acquire load is LDG + CCTL.IVALL, an L1 invalidation each poll,
-  // back to back), then one fence.acq_rel.gpu.
-  kMoeRunSpinLite = 1048576,
-  kMoeRunSpinSlow = 2097152,
-  // (Round A / B, session 14, helper topk8 — measured and deleted: W32 (the default at 32 warps) +1.92; REGLATE8 (the
+  // SPIN2 (session 14, helper topk8; outputs exact; config `load` bit 268435456, fill 4 with FILLTMA): after its release
+  // thread 0 spins at once, and the bulk −1 rows are issued (and waited for) by thread 32 once warp 0 has passed its
+  // release (named barrier 3). (Rounds B / C measured SPINFIRST, the same with the fill free to start before thread 0's
+  // release had completed: +0.74 / +0.77 µs, its releases ≈ 0.6 µs longer — deleted.)
+  kMoeRunSpin2 = 4194304,
+  // FILL1 (session 14, helper topk8; outputs exact; config `load` bit 536870912, fill 4 with FILLTMA and LEAN3): the
+  // CTA's −1 rows by one bulk copy from the staged prob rows' buffer filled with −1 (its warps' row copies have read
+  // it) instead of 4-KB copies of a 4-KB block.
+  kMoeRunFill1 = 1048576,
+  // (Rounds A – C, session 14, helper topk8 — measured and deleted: W32 (the default at 32 warps) +1.92; REGLATE8 (the
   // last W/2 warps by register loads) +0.18; REGEARLY (the register loads at the CTA's entry) −0.16 in round A, +0.22
   // in round B; WROW / WROW2 (unpadded rows, one bulk copy a warp / two warps) +0.13 / +0.27; PISSUE (the row copies
-  // issued by four warps) +0.10, with WROW +0.03; FILLMID (the bulk −1 rows during the compute) +0.77:
-  // bench/NOTES.md.)
+  // issued by four warps) +0.10, with WROW +0.03; FILLMID (the bulk −1 rows during the compute) +0.77; SPINFIRST
+  // +0.74 / +0.77; SPINLITE / SPINSLOW (the spin by relaxed polls 64 / 256 ns apart and one acq_rel fence) +0.56 /
+  // +0.61: bench/NOTES.md.)
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };

@@ -97,16 +97,14 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // the default since; TAIL5 +0.05, and on GRP5 STROWS +0.20, KEY5 −0.01, LO8 +0.24: deleted — bench/NOTES.md)
       // (round D: DRANK — the candidates' ranks by DADD signs — −0.13 against GRP5, −0.10 against 16785403, the default
       // since; SEGIDX −0.04: deleted)
-      // (session 14, helper topk8, rounds A / B — measured and deleted: the default at 32 warps +1.92, REGLATE8 +0.18,
-      // REGEARLY −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE +0.10, FILLMID +0.77, SPINFIRST +0.74 — bench/NOTES.md.
-      // Round C: the arrival spin by relaxed polls 64 / 256 ns apart (SPINLITE / SPINSLOW: + 67108864 / 134217728),
-      // alone and with SPINFIRST (+ 4194304: thread 0 spins right after the arrival))
+      // (session 14, helper topk8, rounds A – C — measured and deleted: the default at 32 warps +1.92, REGLATE8 +0.18,
+      // REGEARLY −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE +0.10, FILLMID +0.77, SPINFIRST +0.74 / +0.77,
+      // SPINLITE / SPINSLOW +0.56 / +0.61 — bench/NOTES.md. Round D: SPIN2 (+ 268435456: thread 0 spins right after its
+      // release, the bulk −1 rows by thread 32 behind it), FILL1 (+ 536870912: the −1 rows by one bulk copy), both)
       {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"map: 84434939 (+ SPINLITE)", true, 16, 2, 4, 16, 0, true, 17326075 + 67108864},
-      {"map: 151543803 (+ SPINSLOW)", true, 16, 2, 4, 16, 0, true, 17326075 + 134217728},
-      {"map: 88629243 (+ SPINFIRST + SPINLITE)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304 + 67108864},
-      {"map: 155738107 (+ SPINFIRST + SPINSLOW)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304 + 134217728},
-      {"map: 21520379 (+ SPINFIRST)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304},
+      {"map: 285761531 (+ SPIN2)", true, 16, 2, 4, 16, 0, true, 17326075 + 268435456},
+      {"map: 554196987 (+ FILL1)", true, 16, 2, 4, 16, 0, true, 17326075 + 536870912},
+      {"map: 822632443 (+ SPIN2 + FILL1)", true, 16, 2, 4, 16, 0, true, 17326075 + 268435456 + 536870912},
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
       {"map: 17326075 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17326075},
       {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
@@ -249,9 +247,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = {
       {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"load 84434939 (+ SPINLITE)", true, 16, 2, 4, 16, 0, true, 17326075 + 67108864},
-      {"load 88629243 (+ SPINFIRST + SPINLITE)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304 + 67108864},
-      {"load 155738107 (+ SPINFIRST + SPINSLOW)", true, 16, 2, 4, 16, 0, true, 17326075 + 4194304 + 134217728},
+      {"load 285761531 (+ SPIN2)", true, 16, 2, 4, 16, 0, true, 17326075 + 268435456},
+      {"load 554196987 (+ FILL1)", true, 16, 2, 4, 16, 0, true, 17326075 + 536870912},
+      {"load 822632443 (+ SPIN2 + FILL1)", true, 16, 2, 4, 16, 0, true, 17326075 + 268435456 + 536870912},
   };
 
 
