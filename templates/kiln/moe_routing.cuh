@@ -1145,6 +1145,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // 4-KB copies from a 4-KB block (8 copies at T = 8192, ≈ 0.1 µs of the issuing thread's time each).
   constexpr bool FILL1 = MAP && FM == 4 && (V & kMoeRunFill1) != 0 && (V & kMoeRunFillTma) != 0 &&
                          (V & kMoeRunLean3) != 0;
+  // EARLYCNT (moe_routing_args.h kMoeRunEarlyCnt; PERSIST): each pick adds 1 into its expert's superblock word and into
+  // the CTA's chunk row when it is recorded (relaxed reds while the CTA computes; the chunk rows live in the call's
+  // persist half after the superblock rows, zeroed by the previous call with the rest of that half), so that after the
+  // loop barrier only the release is left (no count loop, no CTA barrier, no stores or atomics in flight behind it
+  // but the last warps').
+  constexpr bool EARLYCNT = PERSIST && (V & kMoeRunEarlyCnt) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1183,6 +1189,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
   const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
   const bool valid = tl < nct;
+  // EARLYCNT: the call's parity (the arrival word's top bit cannot flip before this CTA has arrived) — loaded at the
+  // start, used at the first record, long after it lands — and the CTA's superblock.
+  u32 parw = 0u;
+  if constexpr (EARLYCNT) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(parw) : "l"(a.arrive) : "memory");
   // TRACE: SM clock stamps (asm volatile with a memory clobber: not moved across the loads and stores around them).
   u64* const tr = TRACE ? reinterpret_cast<u64*>(a.trace) + static_cast<i64>(blockIdx.x) * kMoeRunTraceSlots : nullptr;
   // Stamps are globaltimer ns (one clock for every warp and SM: the SM clocks of a CTA's warps disagree) read by a
@@ -1735,6 +1745,14 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     auto record = [&](int r, int e) {
       pk[r] = e;
       atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
+      if constexpr (EARLYCNT) {
+        const int ns = FASTDIV ? moe_div(a.map.nchunks + a.map.super_chunks - 1, a.map.super_chunks)
+                               : (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
+        const int sb = FASTDIV ? moe_div(blockIdx.x, a.super_chunks) : blockIdx.x / a.super_chunks;
+        int* const half = a.super + static_cast<i64>(parw >> 31) * a.persist_half;
+        atomicAdd(half + static_cast<i64>(sb) * E + e, 1);
+        atomicAdd(half + static_cast<i64>(ns + blockIdx.x) * E + e, 1);
+      }
     };
     // K argmax rounds over the thread's candidates (the set bits of the first H words of m): each round the token's
     // threads take their largest entry, the owner of the token's maximum clears its bit and, for a valid token,
@@ -2285,7 +2303,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   };
   stamp0(kMoeRunTrPdl);
-  for (int e = threadIdx.x; e < E; e += NTH) {
+  for (int e = threadIdx.x; e < E && !EARLYCNT; e += NTH) {  // (EARLYCNT: counted as recorded)
     int c = 0;
 #pragma unroll
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
@@ -2302,7 +2320,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
-      __syncthreads();
+      if constexpr (!EARLYCNT) __syncthreads();  // (EARLYCNT: the loop barrier orders the warps' reds before it)
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
@@ -2363,6 +2381,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
+      if constexpr (EARLYCNT) cm.chunk_counts = superp + static_cast<i64>(nsup) * E;  // (in the persist half)
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).

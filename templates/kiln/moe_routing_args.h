@@ -169,6 +169,11 @@ enum : int {
   // CTA's −1 rows by one bulk copy from the staged prob rows' buffer filled with −1 (its warps' row copies have read
   // it) instead of 4-KB copies of a 4-KB block.
   kMoeRunFill1 = 1048576,
+  // EARLYCNT (session 14, helper topk8; outputs exact; config `load` bit 1073741824, with PERSIST): the chunk rows in
+  // the per-stream persist halves after the superblock rows (zeroed by the previous call), and each pick's two counts
+  // added by relaxed reds when it is recorded, so that after the loop barrier the CTA only releases (round A: the
+  // release ≈ 1.1 µs after the loop barrier, p50).
+  kMoeRunEarlyCnt = 2097152,
   // (Rounds A – C, session 14, helper topk8 — measured and deleted: W32 (the default at 32 warps) +1.92; REGLATE8 (the
   // last W/2 warps by register loads) +0.18; REGEARLY (the register loads at the CTA's entry) −0.16 in round A, +0.22
   // in round B; WROW / WROW2 (unpadded rows, one bulk copy a warp / two warps) +0.13 / +0.27; PISSUE (the row copies
