@@ -79,15 +79,14 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
 // session 13 round D), session 14's candidates 268435456 SPIN2 (thread 0 spins right after its release, the bulk −1
-// rows by thread 32 behind it; fill 4 with 16) and 536870912 FILL1 (the −1 rows by one bulk copy; fill 4 with 16 and
-// 512), 1073741824 EARLYCNT (each pick's counts added when recorded, the chunk rows in the persist halves; with 256)
-// — and the measurement
+// rows by thread 32 behind it; fill 4 with 16), 2097152 SPINNAP (the spin's polls 128 ns apart; with 256) and
+// 1073741824 PUTWARP (each expert's routed rows by its own thread as soon as its base is known) — and the measurement
 // variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunSpin2 = 268435456, kRunFill1 = 536870912, kRunEarlyCnt = 1073741824;
+              kRunRegLate12 = 16777216, kRunSpin2 = 268435456, kRunSpinNap = 2097152, kRunPutWarp = 1073741824;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -98,8 +97,8 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunSpin2, kMoeRunSpin2},     {kRunFill1, kMoeRunFill1},
-                                           {kRunEarlyCnt, kMoeRunEarlyCnt}};
+                                           {kRunSpin2, kMoeRunSpin2},     {kRunSpinNap, kMoeRunSpinNap},
+                                           {kRunPutWarp, kMoeRunPutWarp}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -384,13 +383,13 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
           out.push_back(s);
       }
       // Session 14 (helper topk8) candidates on the default: SPIN2 (268435456: thread 0 spins right after its release,
-      // the bulk −1 rows by thread 32 behind it), FILL1 (536870912: the −1 rows by one bulk copy), both; EARLYCNT
-      // (1073741824: each pick's counts added when recorded), alone and with SPIN2. (Rounds A – C,
-      // one process, measured and deleted — bench/NOTES.md: the default at 32 warps +1.92 µs, REGLATE8 +0.18, REGEARLY
-      // −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE +0.10, FILLMID +0.77, SPINFIRST +0.74 / +0.77, SPINLITE /
-      // SPINSLOW +0.56 / +0.61.)
+      // the bulk −1 rows by thread 32 behind it), SPINNAP (2097152: the spin's acquire polls 128 ns apart), both;
+      // PUTWARP (1073741824: each expert's routed rows by its own thread, no base[] barrier), alone and with SPINNAP.
+      // (Rounds A – D, one process, measured and deleted — bench/NOTES.md: the default at 32 warps +1.92 µs, REGLATE8
+      // +0.18, REGEARLY −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE +0.10, FILLMID +0.77, SPINFIRST +0.74 /
+      // +0.77, SPINLITE / SPINSLOW +0.56 / +0.61, FILL1 +0.14, EARLYCNT +2.50; SPIN2 +0.08 in round D.)
       if (lean != (s9 | wf)) {
-        for (int extra : {kRunSpin2, kRunFill1, kRunSpin2 | kRunFill1, kRunEarlyCnt, kRunEarlyCnt | kRunSpin2}) {
+        for (int extra : {kRunSpin2, kRunSpinNap, kRunSpin2 | kRunSpinNap, kRunPutWarp, kRunPutWarp | kRunSpinNap}) {
           s.config = dflt;
           s.config[C_LOAD] |= extra;
           out.push_back(s);
@@ -685,7 +684,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunSpin2 |
-                                                    kRunFill1 | kRunEarlyCnt)) |
+                                                    kRunSpinNap | kRunPutWarp)) |
                              kRunCoop | kRunIssueLast;
         }
       }
@@ -708,8 +707,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.map = cm;
       a.arrive = arrive;
       if (persist) {
-        // (EARLYCNT: the chunk rows too, after the superblock rows of each half)
-        const RouteState rs = route_state(impl, stream, (NS + ((run_bits(s) & kMoeRunEarlyCnt) ? NC : 0)) * E);
+        const RouteState rs = route_state(impl, stream, NS * E);
         a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
         a.super = rs.rows;
         a.map.super = rs.rows;  // (the kernel picks the call's half)

@@ -481,15 +481,20 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int, int) const {}
 };
-template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
+template <class T> struct MoeIsNoStamp { static constexpr bool value = false; };
+template <> struct MoeIsNoStamp<MoeNoStamp> { static constexpr bool value = true; };
+// PerExpert (moe_route_run_kernel's PUTWARP): where not MoeNoStamp, called as per_expert(e, base_e) by expert e's thread
+// instead of storing base[e] — and the final CTA barrier is left out (nothing reads base[]).
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false, class PerExpert = MoeNoStamp>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
-                                                       AfterLoads after_loads);
+                                                       AfterLoads after_loads, PerExpert per_expert = {});
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false,
+          class PerExpert = MoeNoStamp>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
-                                                AfterLoads after_loads = {}) {
+                                                AfterLoads after_loads = {}, PerExpert per_expert = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
@@ -524,15 +529,17 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
-  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV, PerExpert>(m, c, tot, pre, base, warp_tot, after_loads,
+                                                                          per_expert);
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV, class PerExpert>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
-                                                       AfterLoads after_loads) {
+                                                       AfterLoads after_loads, PerExpert per_expert) {
+  constexpr bool PUT = !MoeIsNoStamp<PerExpert>::value;
   constexpr int EPT = (E + NTH - 1) / NTH;
   const int P = m.multiple_of;
   int pc[EPT], local = 0;
@@ -550,7 +557,8 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      base[e] = off + pre[k];
+      if constexpr (PUT) per_expert(e, off + pre[k]);
+      else base[e] = off + pre[k];
       moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
                          WARPPAD ? nullptr : m.row_id_indices, m.num_out);
     }
@@ -570,7 +578,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     off += pc[k];
   }
   moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
-  __syncthreads();  // base[]
+  if constexpr (!PUT) __syncthreads();  // base[]
 }
 
 // The fused forward's grid-wide arrival (the whole grid is resident: the host checks): one thread spins until the
@@ -1140,17 +1148,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // release: FILLEARLY, session 12; SPINFIRST, rounds B / C).
   constexpr bool SPIN2 = MAP && FM == 4 && (V & kMoeRunSpin2) != 0 && (V & kMoeRunFillTma) != 0;
   constexpr int FT = SPIN2 ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
-  // FILL1 (moe_routing_args.h kMoeRunFill1; fill 4 with FILLTMA and LEAN3): the −1 rows by ONE bulk copy of the CTA's
-  // rows from the staged prob rows' buffer (free once the warps' row copies have read it) filled with −1, instead of
-  // 4-KB copies from a 4-KB block (8 copies at T = 8192, ≈ 0.1 µs of the issuing thread's time each).
-  constexpr bool FILL1 = MAP && FM == 4 && (V & kMoeRunFill1) != 0 && (V & kMoeRunFillTma) != 0 &&
-                         (V & kMoeRunLean3) != 0;
-  // EARLYCNT (moe_routing_args.h kMoeRunEarlyCnt; PERSIST): each pick adds 1 into its expert's superblock word and into
-  // the CTA's chunk row when it is recorded (relaxed reds while the CTA computes; the chunk rows live in the call's
-  // persist half after the superblock rows, zeroed by the previous call with the rest of that half), so that after the
-  // loop barrier only the release is left (no count loop, no CTA barrier, no stores or atomics in flight behind it
-  // but the last warps').
-  constexpr bool EARLYCNT = PERSIST && (V & kMoeRunEarlyCnt) != 0;
+  // SPINNAP (moe_routing_args.h kMoeRunSpinNap; PERSIST): the arrival spin's acquire polls 128 ns apart instead of back
+  // to back.
+  constexpr bool SPINNAP = (V & kMoeRunSpinNap) != 0;
+  // PUTWARP (moe_routing_args.h kMoeRunPutWarp; the fused map): each expert's thread stores its routed rows (the CTA's
+  // tokens routed to it, from its token mask, base + rank) as soon as its base is known — no base[] in shared memory,
+  // no CTA barrier before the puts, no per-pick lookups.
+  constexpr bool PUTWARP = MAP && (V & kMoeRunPutWarp) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1189,10 +1193,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   const int nct = min(a.run_tokens, a.T - tc0);      // its tokens (≥ 1)
   const int nw = max(0, min(TPW, nct - warp * TPW)); // the warp's tokens
   const bool valid = tl < nct;
-  // EARLYCNT: the call's parity (the arrival word's top bit cannot flip before this CTA has arrived) — loaded at the
-  // start, used at the first record, long after it lands — and the CTA's superblock.
-  u32 parw = 0u;
-  if constexpr (EARLYCNT) asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(parw) : "l"(a.arrive) : "memory");
   // TRACE: SM clock stamps (asm volatile with a memory clobber: not moved across the loads and stores around them).
   u64* const tr = TRACE ? reinterpret_cast<u64*>(a.trace) + static_cast<i64>(blockIdx.x) * kMoeRunTraceSlots : nullptr;
   // Stamps are globaltimer ns (one clock for every warp and SM: the SM clocks of a CTA's warps disagree) read by a
@@ -1390,15 +1390,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
       // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
       // (SPIN2: warps 1 … W − 1 only, behind named barrier 3, which warp 0 arrives at after its release; thread FT
-      // copies. FILL1: the whole staged prob rows' buffer as the block, one copy.)
-      constexpr int FB = FILL1 ? (32 / TPT) * W * E * 4 : 4096;
-      u8* fb = FILL1 ? run_smem + L.stage : reinterpret_cast<u8*>(list);
-      static_assert(FILL1 || (32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
-      if constexpr (FILL1) {
-        // (the warps' bulk row copies from the staged rows have read them: each warp's lane 0 issued its own)
-        if (lane == 0) asm volatile("cp.async.bulk.wait_group.read 0;" ::: "memory");
-        __syncwarp();
-      }
+      // copies.)
+      constexpr int FB = 4096;
+      u8* fb = reinterpret_cast<u8*>(list);
+      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
       if constexpr (SPIN2) {
         if (warp == 0) {
           __syncwarp();  // (thread 0's release is done)
@@ -1745,14 +1740,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     auto record = [&](int r, int e) {
       pk[r] = e;
       atomicOr(&emask[e * NMW + (tl >> 5)], 1u << (tl & 31));
-      if constexpr (EARLYCNT) {
-        const int ns = FASTDIV ? moe_div(a.map.nchunks + a.map.super_chunks - 1, a.map.super_chunks)
-                               : (a.map.nchunks + a.map.super_chunks - 1) / a.map.super_chunks;
-        const int sb = FASTDIV ? moe_div(blockIdx.x, a.super_chunks) : blockIdx.x / a.super_chunks;
-        int* const half = a.super + static_cast<i64>(parw >> 31) * a.persist_half;
-        atomicAdd(half + static_cast<i64>(sb) * E + e, 1);
-        atomicAdd(half + static_cast<i64>(ns + blockIdx.x) * E + e, 1);
-      }
     };
     // K argmax rounds over the thread's candidates (the set bits of the first H words of m): each round the token's
     // threads take their largest entry, the owner of the token's maximum clears its bit and, for a valid token,
@@ -2303,7 +2290,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
   };
   stamp0(kMoeRunTrPdl);
-  for (int e = threadIdx.x; e < E && !EARLYCNT; e += NTH) {  // (EARLYCNT: counted as recorded)
+  for (int e = threadIdx.x; e < E; e += NTH) {
     int c = 0;
 #pragma unroll
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
@@ -2320,7 +2307,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
-      if constexpr (!EARLYCNT) __syncthreads();  // (EARLYCNT: the loop barrier orders the warps' reds before it)
+      __syncthreads();
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
@@ -2354,6 +2341,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             u32 cur;
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
             if ((coop_tok ^ cur) & 0x80000000u) break;
+            if constexpr (SPINNAP) __nanosleep(128);
             if (it == (1u << 26)) __trap();
           }
         } else {
@@ -2381,7 +2369,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
-      if constexpr (EARLYCNT) cm.chunk_counts = superp + static_cast<i64>(nsup) * E;  // (in the persist half)
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
@@ -2390,10 +2377,23 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
-                                                         reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      if constexpr (PUTWARP) {
+        // PUTWARP: expert e's routed rows by its own thread, its tokens in token order (the rank).
+        auto put_expert = [&](int e, int b) {
+          int r = b;
+#pragma unroll
+          for (int w = 0; w < NMW; ++w)
+            for (u32 mm = emask[e * NMW + w]; mm; mm &= mm - 1u)
+              moe_put_row(a.map, E, static_cast<i64>(tc0) + 32 * w + __ffs(mm) - 1, e, r++);
+        };
+        moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, decltype(put_expert)>(
+            cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded, put_expert);
+      } else {
+        moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
+                                                           reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+      }
       stamp0(kMoeRunTrBases);
-      for (int i = threadIdx.x; i < nct * K; i += NTH) {
+      for (int i = threadIdx.x; i < nct * K && !PUTWARP; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];
         int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
 #pragma unroll

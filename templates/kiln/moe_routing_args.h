@@ -165,21 +165,20 @@ enum : int {
   // release (named barrier 3). (Rounds B / C measured SPINFIRST, the same with the fill free to start before thread 0's
   // release had completed: +0.74 / +0.77 µs, its releases ≈ 0.6 µs longer — deleted.)
   kMoeRunSpin2 = 4194304,
-  // FILL1 (session 14, helper topk8; outputs exact; config `load` bit 536870912, fill 4 with FILLTMA and LEAN3): the
-  // CTA's −1 rows by one bulk copy from the staged prob rows' buffer filled with −1 (its warps' row copies have read
-  // it) instead of 4-KB copies of a 4-KB block.
-  kMoeRunFill1 = 1048576,
-  // EARLYCNT (session 14, helper topk8; outputs exact; config `load` bit 1073741824, with PERSIST): the chunk rows in
-  // the per-stream persist halves after the superblock rows (zeroed by the previous call), and each pick's two counts
-  // added by relaxed reds when it is recorded, so that after the loop barrier the CTA only releases (round A: the
-  // release ≈ 1.1 µs after the loop barrier, p50).
-  kMoeRunEarlyCnt = 2097152,
+  // SPINNAP (session 14, helper topk8; outputs exact; config `load` bit 2097152, PERSIST): the arrival spin's acquire
+  // polls 128 ns apart (NANOSLEEP) instead of back to back: ≈ 250 threads poll one word while the last CTAs release.
+  kMoeRunSpinNap = 1048576,
+  // PUTWARP (session 14, helper topk8; outputs exact; config `load` bit 1073741824, the fused map): each expert's thread
+  // stores the CTA's routed rows of its expert (its token mask in token order: base + rank) right after its base is
+  // known, instead of base[] in shared memory, a CTA barrier and a loop over the CTA's picks by every thread.
+  kMoeRunPutWarp = 2097152,
   // (Rounds A – C, session 14, helper topk8 — measured and deleted: W32 (the default at 32 warps) +1.92; REGLATE8 (the
   // last W/2 warps by register loads) +0.18; REGEARLY (the register loads at the CTA's entry) −0.16 in round A, +0.22
   // in round B; WROW / WROW2 (unpadded rows, one bulk copy a warp / two warps) +0.13 / +0.27; PISSUE (the row copies
   // issued by four warps) +0.10, with WROW +0.03; FILLMID (the bulk −1 rows during the compute) +0.77; SPINFIRST
   // +0.74 / +0.77; SPINLITE / SPINSLOW (the spin by relaxed polls 64 / 256 ns apart and one acq_rel fence) +0.56 /
-  // +0.61: bench/NOTES.md.)
+  // +0.61; round D: FILL1 (the −1 rows by one 32-KB bulk copy) +0.14, EARLYCNT (each pick's counts added by global reds
+  // when recorded) +2.50: bench/NOTES.md.)
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
 };
