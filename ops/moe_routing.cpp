@@ -78,15 +78,12 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D), session 14's candidates 268435456 SPIN2 (thread 0 spins right after its release, the bulk −1
-// rows by thread 32 behind it; fill 4 with 16), 2097152 SPINNAP (the spin's polls 128 ns apart; with 256) and
-// 1073741824 PUTWARP (each expert's routed rows by its own thread as soon as its base is known) — and the measurement
-// variant bits of
+// session 13 round D) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunSpin2 = 268435456, kRunSpinNap = 2097152, kRunPutWarp = 1073741824;
+              kRunRegLate12 = 16777216;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -96,9 +93,7 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
-                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunSpin2, kMoeRunSpin2},     {kRunSpinNap, kMoeRunSpinNap},
-                                           {kRunPutWarp, kMoeRunPutWarp}};
+                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -381,19 +376,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                   return o.config == s.config;
                                 }) == out.end())
           out.push_back(s);
-      }
-      // Session 14 (helper topk8) candidates on the default: SPIN2 (268435456: thread 0 spins right after its release,
-      // the bulk −1 rows by thread 32 behind it), SPINNAP (2097152: the spin's acquire polls 128 ns apart), both;
-      // PUTWARP (1073741824: each expert's routed rows by its own thread, no base[] barrier), alone and with SPINNAP.
-      // (Rounds A – D, one process, measured and deleted — bench/NOTES.md: the default at 32 warps +1.92 µs, REGLATE8
-      // +0.18, REGEARLY −0.16 / +0.22, WROW / WROW2 +0.13 / +0.27, PISSUE +0.10, FILLMID +0.77, SPINFIRST +0.74 /
-      // +0.77, SPINLITE / SPINSLOW +0.56 / +0.61, FILL1 +0.14, EARLYCNT +2.50; SPIN2 +0.08 in round D.)
-      if (lean != (s9 | wf)) {
-        for (int extra : {kRunSpin2, kRunSpinNap, kRunSpin2 | kRunSpinNap, kRunPutWarp, kRunPutWarp | kRunSpinNap}) {
-          s.config = dflt;
-          s.config[C_LOAD] |= extra;
-          out.push_back(s);
-        }
       }
     }
     // (8 threads per token came back in session 9 round 2 — 18.88 µs at 8 warps, 20.19 at 16 against 18.35 for the
@@ -683,8 +665,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunSpin2 |
-                                                    kRunSpinNap | kRunPutWarp)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank)) |
                              kRunCoop | kRunIssueLast;
         }
       }

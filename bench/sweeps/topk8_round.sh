@@ -37,7 +37,7 @@ B)
   KILN_LEAN_FIRST=${LEAN_FIRST:-12} timeout 60 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' \
     > "$O/tests.txt" 2>&1
   echo "tests rc=$? ($(el)) $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.txt" | tr '\n' ' ')"
-  grep -E "Failure|load [0-9]+ warps [0-9]+$" "$O/tests.txt" | head -4 | cut -c1-150
+  grep -E "Failure|load [0-9]+$" "$O/tests.txt" | head -4 | cut -c1-150
   echo "lean loads run: $(grep -c '^\[lean\]' "$O/tests.txt")"
   KILN_ROUTE_ABLATION_ROUNDS=${ROUNDS:-41} timeout 40 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Ablation' \
     > "$O/measure.txt" 2>&1
@@ -50,7 +50,7 @@ B)
   grep -E "route timeline\]| last rows | spin passed" "$O/timeline.txt" | sed 's/  */ /g' | cut -c1-80 | head -12 > "$O/timeline-short.txt"
   python3 bench/sweeps/forced_config.py tuner/configs/h100-ling-mini-2.0.json moe_routing route 8192 map=1 \
     "load=17326075,fill=4,warps=16,tokens_per_warp=2,tpt=16" "$O/forced.json" > /dev/null
-  [ $(( $(date +%s) - s0 )) -lt 75 ] && KILN_TUNING_DB="$O/forced.json" timeout 25 ncu --clock-control none \
+  [ -z "${NO_NCU:-}" ] && [ $(( $(date +%s) - s0 )) -lt 75 ] && KILN_TUNING_DB="$O/forced.json" timeout 25 ncu --clock-control none \
     -k 'regex:moe_route_run_kernel' -c 1 --section SourceCounters --warp-sampling-interval 0 --page source \
     --print-source sass --csv $K bench --repeats 1 --filter "$CASE" > "$O/ncu-source.csv" 2>&1
   echo "ncu source ($(el)) $(wc -l < "$O/ncu-source.csv" 2>/dev/null) lines"

@@ -481,20 +481,15 @@ __global__ void __launch_bounds__(256) moe_map_write_kernel(const MoeMapWriteArg
 struct MoeNoStamp {
   __device__ __forceinline__ void operator()(int, int) const {}
 };
-template <class T> struct MoeIsNoStamp { static constexpr bool value = false; };
-template <> struct MoeIsNoStamp<MoeNoStamp> { static constexpr bool value = true; };
-// PerExpert (moe_route_run_kernel's PUTWARP): where not MoeNoStamp, called as per_expert(e, base_e) by expert e's thread
-// instead of storing base[e] — and the final CTA barrier is left out (nothing reads base[]).
-template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false, class PerExpert = MoeNoStamp>
+template <int E, int NTH, class AfterLoads, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
-                                                       AfterLoads after_loads, PerExpert per_expert = {});
+                                                       AfterLoads after_loads);
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false,
-          class PerExpert = MoeNoStamp>
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
 __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
-                                                AfterLoads after_loads = {}, PerExpert per_expert = {}) {
+                                                AfterLoads after_loads = {}) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
@@ -529,17 +524,15 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
-  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV, PerExpert>(m, c, tot, pre, base, warp_tot, after_loads,
-                                                                          per_expert);
+  moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
 // moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV, class PerExpert>
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
 __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
                                                        const int (&tot)[(E + NTH - 1) / NTH],
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
-                                                       AfterLoads after_loads, PerExpert per_expert) {
-  constexpr bool PUT = !MoeIsNoStamp<PerExpert>::value;
+                                                       AfterLoads after_loads) {
   constexpr int EPT = (E + NTH - 1) / NTH;
   const int P = m.multiple_of;
   int pc[EPT], local = 0;
@@ -557,8 +550,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      if constexpr (PUT) per_expert(e, off + pre[k]);
-      else base[e] = off + pre[k];
+      base[e] = off + pre[k];
       moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
                          WARPPAD ? nullptr : m.row_id_indices, m.num_out);
     }
@@ -578,7 +570,7 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     off += pc[k];
   }
   moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
-  if constexpr (!PUT) __syncthreads();  // base[]
+  __syncthreads();  // base[]
 }
 
 // The fused forward's grid-wide arrival (the whole grid is resident: the host checks): one thread spins until the
@@ -1142,19 +1134,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
-  // SPIN2 (moe_routing_args.h kMoeRunSpin2; fill 4 with FILLTMA): after its release thread 0 goes straight to the spin;
-  // warps 1 … W − 1 prepare the −1 block and thread FT = 32 issues (and later waits for) the bulk −1 rows, behind
-  // named barrier 3, which warp 0 arrives at once its release is done (the fill must not be in flight during the
-  // release: FILLEARLY, session 12; SPINFIRST, rounds B / C).
-  constexpr bool SPIN2 = MAP && FM == 4 && (V & kMoeRunSpin2) != 0 && (V & kMoeRunFillTma) != 0;
-  constexpr int FT = SPIN2 ? 32 : 0;  // the thread that issues the bulk −1 rows (FILLTMA at fill 4)
-  // SPINNAP (moe_routing_args.h kMoeRunSpinNap; PERSIST): the arrival spin's acquire polls 128 ns apart instead of back
-  // to back.
-  constexpr bool SPINNAP = (V & kMoeRunSpinNap) != 0;
-  // PUTWARP (moe_routing_args.h kMoeRunPutWarp; the fused map): each expert's thread stores its routed rows (the CTA's
-  // tokens routed to it, from its token mask, base + rank) as soon as its base is known — no base[] in shared memory,
-  // no CTA barrier before the puts, no per-pick lookups.
-  constexpr bool PUTWARP = MAP && (V & kMoeRunPutWarp) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1389,26 +1368,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     } else if constexpr (FILLTMA) {
       // FILLTMA (after the arrival: the selection's list is free): 4 KB of −1 in shared memory, then thread 0 copies
       // it over the CTA's rows by bulk stores (waited for, with a proxy fence, before the routed entries go on top).
-      // (SPIN2: warps 1 … W − 1 only, behind named barrier 3, which warp 0 arrives at after its release; thread FT
-      // copies.)
       constexpr int FB = 4096;
       u8* fb = reinterpret_cast<u8*>(list);
       static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTMA: the −1 block fits the list");
-      if constexpr (SPIN2) {
-        if (warp == 0) {
-          __syncwarp();  // (thread 0's release is done)
-          asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
-          return;
-        }
-        for (int q = threadIdx.x - 32; q < FB / 16; q += NTH - 32) sts16(smem_u32(fb + 16 * q), m1);
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        named_barrier_sync(3, NTH);
-      } else {
-        for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
-        asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-        __syncthreads();
-      }
-      if (threadIdx.x == FT) {
+      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
+      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
+      __syncthreads();
+      if (threadIdx.x == 0) {
         const i64 bytes = static_cast<i64>(nct) * E * 4;
         for (i64 o = 0; o < bytes; o += FB) {
           const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
@@ -2341,7 +2307,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
             u32 cur;
             asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
             if ((coop_tok ^ cur) & 0x80000000u) break;
-            if constexpr (SPINNAP) __nanosleep(128);
             if (it == (1u << 26)) __trap();
           }
         } else {
@@ -2372,28 +2337,15 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
-        if (threadIdx.x == FT) {
+        if (threadIdx.x == 0) {
           asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      if constexpr (PUTWARP) {
-        // PUTWARP: expert e's routed rows by its own thread, its tokens in token order (the rank).
-        auto put_expert = [&](int e, int b) {
-          int r = b;
-#pragma unroll
-          for (int w = 0; w < NMW; ++w)
-            for (u32 mm = emask[e * NMW + w]; mm; mm &= mm - 1u)
-              moe_put_row(a.map, E, static_cast<i64>(tc0) + 32 * w + __ffs(mm) - 1, e, r++);
-        };
-        moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV, decltype(put_expert)>(
-            cm, blockIdx.x, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded, put_expert);
-      } else {
-        moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
-                                                           reinterpret_cast<int*>(run_smem + L.wtot), loaded);
-      }
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
+                                                         reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
-      for (int i = threadIdx.x; i < nct * K && !PUTWARP; i += NTH) {
+      for (int i = threadIdx.x; i < nct * K; i += NTH) {
         const int t = i / K, e = picks[t * KP + i % K];
         int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
 #pragma unroll

@@ -160,27 +160,15 @@ enum : int {
   // process, 31 rounds: −0.13 µs against 16801787 (lower in 29), −0.10 against 16785403 (lower in 26). (SEGIDX — the
   // score gathers by shfl.idx with a segment mask, value 4194304 — −0.04, lower in 19 of 31: deleted.)
   kMoeRunDRank = 512,
-  // SPIN2 (session 14, helper topk8; outputs exact; config `load` bit 268435456, fill 4 with FILLTMA): after its release
-  // thread 0 spins at once, and the bulk −1 rows are issued (and waited for) by thread 32 once warp 0 has passed its
-  // release (named barrier 3). (Rounds B / C measured SPINFIRST, the same with the fill free to start before thread 0's
-  // release had completed: +0.74 / +0.77 µs, its releases ≈ 0.6 µs longer — deleted.)
-  kMoeRunSpin2 = 4194304,
-  // SPINNAP (session 14, helper topk8; outputs exact; config `load` bit 2097152, PERSIST): the arrival spin's acquire
-  // polls 128 ns apart (NANOSLEEP) instead of back to back: ≈ 250 threads poll one word while the last CTAs release.
-  kMoeRunSpinNap = 1048576,
-  // PUTWARP (session 14, helper topk8; outputs exact; config `load` bit 1073741824, the fused map): each expert's thread
-  // stores the CTA's routed rows of its expert (its token mask in token order: base + rank) right after its base is
-  // known, instead of base[] in shared memory, a CTA barrier and a loop over the CTA's picks by every thread.
-  kMoeRunPutWarp = 2097152,
-  // (Rounds A – C, session 14, helper topk8 — measured and deleted: W32 (the default at 32 warps) +1.92; REGLATE8 (the
-  // last W/2 warps by register loads) +0.18; REGEARLY (the register loads at the CTA's entry) −0.16 in round A, +0.22
-  // in round B; WROW / WROW2 (unpadded rows, one bulk copy a warp / two warps) +0.13 / +0.27; PISSUE (the row copies
-  // issued by four warps) +0.10, with WROW +0.03; FILLMID (the bulk −1 rows during the compute) +0.77; SPINFIRST
-  // +0.74 / +0.77; SPINLITE / SPINSLOW (the spin by relaxed polls 64 / 256 ns apart and one acq_rel fence) +0.56 /
-  // +0.61; round D: FILL1 (the −1 rows by one 32-KB bulk copy) +0.14, EARLYCNT (each pick's counts added by global reds
-  // when recorded) +2.50: bench/NOTES.md.)
   // (Session 12, helper topk3: TOTROW, LATEWAIT, SCATTER, SCATLATE, SPLIT, L1ROWS, FILLEARLY, DEFER1, LATEROWS —
   // candidates on 4091 measured in four rounds, none faster; deleted: bench/NOTES.md.)
+  // (Session 14, helper topk8: on 17326075, measured in one process and deleted — the default at 32 warps +1.92 µs,
+  // REGLATE8 +0.18, REGEARLY −0.16 / +0.22, WROW / WROW2 (unpadded rows, a copy a warp / two) +0.13 / +0.27, PISSUE
+  // (the row copies issued by four warps) +0.10, FILLMID (the bulk −1 rows during the compute) +0.77, SPINFIRST /
+  // SPIN2 (thread 0 spins right after its release) +0.74 / +0.77 / +0.08 / +0.30, SPINLITE / SPINSLOW (relaxed polls
+  // and one acq_rel fence) +0.56 / +0.61, SPINNAP (polls 128 ns apart) +0.02, FILL1 (one 32-KB −1 copy) +0.14,
+  // EARLYCNT (the counts by global reds when recorded) +2.50, PUTWARP (the routed rows by the experts' threads) +0.16:
+  // bench/NOTES.md.)
 };
 // TRACE slots of a CTA: globaltimer ns and SM clock at entry and at the end (after a final CTA barrier), the SM id,
 // then SM clock stamps (thread 0 unless noted) of the phases; per warp w (its lane 0) the clock when its rows have
