@@ -53,6 +53,6 @@ B)
   [ -z "${NO_NCU:-}" ] && [ $(( $(date +%s) - s0 )) -lt 75 ] && KILN_TUNING_DB="$O/forced.json" timeout 25 ncu --clock-control none \
     -k 'regex:moe_route_run_kernel' -c 1 --section SourceCounters --warp-sampling-interval 0 --page source \
     --print-source sass --csv $K bench --repeats 1 --filter "$CASE" > "$O/ncu-source.csv" 2>&1
-  echo "ncu source ($(el)) $(wc -l < "$O/ncu-source.csv" 2>/dev/null) lines"
+  [ -f "$O/ncu-source.csv" ] && echo "ncu source ($(el)) $(wc -l < "$O/ncu-source.csv") lines"
   ;;
 esac
