@@ -62,6 +62,15 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
+// The prefetch field of a stream config: 1 (each item's blocks kept in their ring slots between the passes), and in
+// session 14 | L2 hint bits on the default's structure (19203, two blocks an item, 4 slots; rmsq::kRmsqHint* in
+// rms_norm_block_quant_stream.cuh): 4 X256 — x's copies with the 256-byte L2 prefetch size —, 8 XEF — x's copies with
+// an L2 evict-first policy —, 16 QEL — the q / qT codes stored with an L2 evict-last policy. (2 was session 13's HP1 /
+// HP1b, measured and deleted: the value stays unused.) 32 XEN and 64 QEN are XEF's and QEL's controls: the same
+// cache-hint code with an evict-normal policy (the cache-hint forms move the register allocation). Bit-exact with the
+// default by construction (only cache hints).
+constexpr int kStreamHintX256 = 4, kStreamHintXef = 8, kStreamHintQel = 16, kStreamHintXen = 32, kStreamHintQen = 64;
+constexpr int kStreamHints = kStreamHintX256 | kStreamHintXef | kStreamHintQel | kStreamHintXen | kStreamHintQen;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -123,8 +132,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}{}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP],
+                       s.config[C_PREFETCH] != 1 ? fmt::format(", {}", s.config[C_PREFETCH]) : std::string());
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -393,6 +403,16 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       out.push_back(s);
     }
   }
+  // Session 14: the L2 hint variants of the power-of-two default (kStreamHint*; without power-of-two scales the
+  // kernel drops them with TIGHT, so the points are the default's code there).
+  if (cb == 2) {
+    s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
+    s.config[C_STAGES] = 2 * cb;
+    for (int h : {kStreamHintX256, kStreamHintXef, kStreamHintQel, kStreamHintXen, kStreamHintQen}) {
+      s.config[C_PREFETCH] = 1 | h;
+      out.push_back(s);
+    }
+  }
 }
 
 // Tile-kernel GX points (sm_90, mode 2, one or two blocks a CTA): exchange 5 where a row has more than 8 chunks
@@ -590,8 +610,10 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   if (trace && (s.config[C_OVERLAP] & 2)) s.config[C_OVERLAP] |= kRmsqStreamTrace;  // (not a search-space point)
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
-      (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
+      (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31))) {
     s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
+    s.config[C_PREFETCH] &= ~kStreamHints;  // (the L2 hints are TIGHT variants)
+  }
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -131,6 +131,68 @@ struct IntC {
 __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
+// ---- L2 hints (session 14, config prefetch bits on the stream kernel's 1; measurement variants, the same bits) ----
+// kRmsqHintX256 (4): x's copies with the 256-byte L2 prefetch size (a block's row piece is 256 aligned bytes; the
+// SASS differs only by that suffix); kRmsqHintXef (8): x's copies with an L2 evict-first cache policy (x is read
+// once); kRmsqHintQel (16): the q / qT codes stored with an L2 evict-last cache policy (so that L2 keeps the dirty
+// codes rather than x's clean lines). The policies are compile-time constants (createpolicy with a constant fraction:
+// a uniform-register descriptor, no per-thread register), but the cache-hint forms move the kernel's register
+// allocation, so each has a control with the same code and an evict-normal policy (the default behaviour):
+// kRmsqHintXen (32) for XEF, kRmsqHintQen (64) for QEL.
+constexpr int kRmsqHintX256 = 4, kRmsqHintXef = 8, kRmsqHintQel = 16, kRmsqHintXen = 32, kRmsqHintQen = 64;
+constexpr int kRmsqHints = kRmsqHintX256 | kRmsqHintXef | kRmsqHintQel | kRmsqHintXen | kRmsqHintQen;
+template <int PRIO>  // 0 evict_first, 1 evict_normal, 2 evict_last
+__device__ __forceinline__ u64 l2_policy() {
+  u64 pol;
+  if constexpr (PRIO == 0) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  else if constexpr (PRIO == 1) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
+  else asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+// cp_async16_full with the hint bits H (kRmsqHintX256, kRmsqHintXef / kRmsqHintXen).
+template <int H>
+__device__ __forceinline__ void cp_async16_hint(u32 dst, const void* src) {
+  static_assert(!((H & kRmsqHintXef) && (H & kRmsqHintXen)), "one policy for x");
+  constexpr bool POL = (H & (kRmsqHintXef | kRmsqHintXen)) != 0;
+  constexpr int PRIO = (H & kRmsqHintXef) ? 0 : 1;
+  if constexpr (POL && (H & kRmsqHintX256)) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "l"(l2_policy<PRIO>())
+                 : "memory");
+  } else if constexpr (POL) {
+    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
+                 "l"(l2_policy<PRIO>())
+                 : "memory");
+  } else if constexpr (H & kRmsqHintX256) {
+    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
+  } else {
+    cp_async16_full(dst, src);
+  }
+}
+// The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
+// 8 and 16 bytes.
+template <int H>
+struct CodeStore {
+  static_assert(!((H & kRmsqHintQel) && (H & kRmsqHintQen)), "one policy for the codes");
+  static constexpr bool POL = (H & (kRmsqHintQel | kRmsqHintQen)) != 0;
+  static constexpr int PRIO = (H & kRmsqHintQel) ? 2 : 1;
+  __device__ __forceinline__ void operator()(void* p, uint2 v) const {
+    if constexpr (POL)
+      asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1,%2}, %3;" ::"l"(p), "r"(v.x), "r"(v.y),
+                   "l"(l2_policy<PRIO>())
+                   : "memory");
+    else
+      *reinterpret_cast<uint2*>(p) = v;
+  }
+  __device__ __forceinline__ void operator()(void* p, const Vec16& v) const {
+    if constexpr (POL)
+      asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1,%2,%3,%4}, %5;" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
+                   "r"(v.w[2]), "r"(v.w[3]), "l"(l2_policy<PRIO>())
+                   : "memory");
+    else
+      store16(p, v);
+  }
+};
 using bqt::col_max_at;  // (block_col_max at a 32-bit shared address: block_quant_tile.cuh)
 // store_block_codes of a full block (128 tokens, M % 16 == 0) from per-thread constants: the thread's two 16-byte
 // pieces at ct and ct + 128 words (4 channels on; halves swapped in odd warps: the staging swizzle) go to dst and
@@ -201,12 +263,13 @@ __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
 }
 // store_block_codes_full from a 32-bit shared address (ct_at = the thread's first 16-byte piece; piece 1 is 512 bytes
 // on; halves swapped in odd warps: the staging swizzle) to dst and dst + step.
+template <int H = 0>
 __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
     Vec16 c = lds16(ct_at + 512 * kk);
     if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-    store16(dst + kk * step, c);
+    CodeStore<H>{}(dst + kk * step, c);
   }
 }
 }  // namespace rmsq
@@ -218,7 +281,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false>
+          bool WLDG_BIT = false, int HINT_BITS = 0>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -226,6 +289,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
+  constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the L2 hints (rmsq::kRmsqHint*): TIGHT's copies and stores only
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -364,7 +428,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if (iss_rows >= 4) {
           const u32 dst = thr_const(kRing) + (k % static_cast<u32>(R)) * (BLOCK * 2);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, t_src + i * (N * 2));
+          for (int i = 0; i < 4; ++i) cp_async16_hint<HINT>(dst + i * 256, t_src + i * (N * 2));
         } else {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
@@ -690,7 +754,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         auto store_prev = [&]() {  // the previous block's staged codes (buffer (nb − 1) & 1) out to qT
           if constexpr (TF) {
             if (aligned16 && prev_valid == ROWS)
-              store_block_codes_at(
+              store_block_codes_at<HINT>(
                   thr_const(kCodes) + ((nb + 1) & 1) * 16384,
                   a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
                   static_cast<i64>(4) * a.M, (warp & 1) != 0);
@@ -706,7 +770,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             bqt::row_codes<true>(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                                  a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
                                               static_cast<u32>(m0) + thr_const(kQs)),
-                                 MakeQuantPow2Tight{}, Apply<true>{});
+                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{});
           } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
@@ -867,11 +931,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
+// PF = the config's prefetch field (1; session 14: | the L2 hint bits kRmsqHint*, TIGHT + FLAT full tiles only).
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int PF = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
+                                   PF & rmsq::kRmsqHints>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

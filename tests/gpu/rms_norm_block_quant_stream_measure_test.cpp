@@ -47,13 +47,14 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
+  int prefetch = 1;      // the config's prefetch field (session 14: 1 | the L2 hint bits)
 };
 
 void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
   std::fflush(stdout);
   detail::rms_norm_block_quant_stream_grid.store(c.grid);
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
 }
 
@@ -107,22 +108,27 @@ class RmsqStreamMeasure : public GpuTest {
 // its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise;
 // session 13's GATE 65536 (on FIRST + START), FS (FIRST + START on 19203) and HP1 / HP1b (19203 with prefetch 2)
 // likewise.)
-// The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d): the default's
-// cubin on P CTAs. Rounds A and B (P forced against the wave, 132 on the H100) measured 120–131 at N = 2048 and 7168
-// (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
-// items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
-// wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
+// The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d) measured the
+// default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f): the
+// L2 hints on 19203 (config prefetch 1 | bits; rms_norm_block_quant_stream.cuh): X256 against the default (the SASS
+// differs only by the copies' LTC256B suffix), XEF against its control XEN and QEL against QEN (the same code with an
+// evict-normal policy: the cache-hint forms move the register allocation), the controls against the default.
 std::vector<StreamCfg> session_cfgs() {
-  const char* w2 = "2048 P=132 (wave)";
-  const char* w2r0 = "2048 rs0 P=132 (wave)";
+  const char* d2 = "2048 default (19203, P=128)";
   const char* d7 = "7168 default (19203, wave)";
   return {
-      {w2, 2048, 2, 4, 19203, nullptr, true, 132},
-      {"2048 default (19203, P=128)", 2048, 2, 4, 19203, w2},
-      {w2r0, 2048, 2, 4, 3, nullptr, false, 132},
-      {"2048 rs0 default (LEAN, P=128)", 2048, 2, 4, 3, w2r0, false},
+      {d2, 2048, 2, 4, 19203, nullptr},
+      {"2048 X256 (pf 5)", 2048, 2, 4, 19203, d2, true, 0, 5},
+      {"2048 XEN (pf 33)", 2048, 2, 4, 19203, d2, true, 0, 33},
+      {"2048 XEF (pf 9)", 2048, 2, 4, 19203, "2048 XEN (pf 33)", true, 0, 9},
+      {"2048 QEN (pf 65)", 2048, 2, 4, 19203, d2, true, 0, 65},
+      {"2048 QEL (pf 17)", 2048, 2, 4, 19203, "2048 QEN (pf 65)", true, 0, 17},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
+      {"7168 X256 (pf 5)", 7168, 2, 4, 19203, d7, true, 0, 5},
+      {"7168 XEN (pf 33)", 7168, 2, 4, 19203, d7, true, 0, 33},
+      {"7168 XEF (pf 9)", 7168, 2, 4, 19203, "7168 XEN (pf 33)", true, 0, 9},
+      {"7168 QEN (pf 65)", 7168, 2, 4, 19203, d7, true, 0, 65},
+      {"7168 QEL (pf 17)", 7168, 2, 4, 19203, "7168 QEN (pf 65)", true, 0, 17},
   };
 }
 

@@ -615,6 +615,27 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
+// Session 14's L2-hint variants of the stream default (config prefetch 1 | bits: 4 X256 — x's copies with the 256-byte
+// L2 prefetch size —, 8 XEF / 32 XEN — x's copies with an evict-first / evict-normal cache policy —, 16 QEL / 64 QEN —
+// the q / qT codes stored with an evict-last / evict-normal policy), forced on 19203 against the CPU reference: only
+// cache hints, so the same bits; full tiles take the hinted code, partial last tiles and M % 16 != 0 the LEAN code
+// (index % 3 == 2: round_scale 0, where the kernel drops the hints with TIGHT).
+TEST_F(RmsNormBlockQuantTest, StreamKernelL2HintPoints) {
+  const std::vector<SpacePoint> points = {
+      {2048, 2, 16, 2, 5, 4, 19203, 3, 8192},  {7168, 2, 16, 2, 9, 4, 19203, 3, 4003},
+      {2048, 2, 16, 2, 17, 4, 19203, 3, 8000}, {2048, 2, 16, 2, 17, 4, 19203, 3, 8192},
+      {7168, 2, 16, 2, 33, 4, 19203, 3, 1000}, {4096, 2, 16, 2, 65, 4, 19203, 3, 3001},
+      {2048, 2, 16, 2, 65, 4, 19203, 3, 4003}, {7168, 2, 16, 2, 5, 4, 19203, 3, 300},
+      {2048, 2, 16, 2, 9, 4, 19203, 3, 1},     {2048, 2, 16, 2, 33, 4, 19203, 3, 8192},
+      {7168, 2, 16, 2, 17, 4, 19203, 3, 4003}, {7168, 2, 16, 2, 65, 4, 19203, 3, 8192},
+  };
+  check_points(points, 0x8e);
+  // Not points: a hint on LEAN or on one block an item.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 5, 4, 3, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 9, 2, 19203, 3));
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // The stream kernel on fewer CTAs than one wave writes the same bits as on the wave (forced through
 // detail::rms_norm_block_quant_stream_grid), rms_inv included: an item's partial sums depend only on its (tile,
 // chunk), and the exchange sums a tile's chunks in chunk order whatever CTA ran them. Both the host's grid
