@@ -69,8 +69,13 @@ constexpr int kStreamWldg = 16384;
 // HP1b, measured and deleted: the value stays unused.) 32 XEN and 64 QEN are XEF's and QEL's controls: the same
 // cache-hint code with an evict-normal policy (the cache-hint forms move the register allocation). Bit-exact with the
 // default by construction (only cache hints).
+// 128 PFS1 / 256 PFS2 (both: 3): after pass 2 of item it < PFS each CTA prefetches item it + 3's x into L2 (one 512-byte
+// cp.async.bulk.prefetch.L2 a row) — round A's PM-sampling timeline has DRAM reads idle ≈ 1.5–3 µs after each of the
+// first turns, while the CTAs are in phase.
 constexpr int kStreamHintX256 = 4, kStreamHintXef = 8, kStreamHintQel = 16, kStreamHintXen = 32, kStreamHintQen = 64;
 constexpr int kStreamHints = kStreamHintX256 | kStreamHintXef | kStreamHintQel | kStreamHintXen | kStreamHintQen;
+// 512 PFSC (with PFS1): its control, the same code prefetching item it + 1's x (already copied: in L2).
+constexpr int kStreamPfs1 = 128, kStreamPfs2 = 256, kStreamPfsCtl = 512;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -408,7 +413,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintX256, kStreamHintXef, kStreamHintQel, kStreamHintXen, kStreamHintQen}) {
+    for (int h : {kStreamHintX256, kStreamHintXef, kStreamHintQel, kStreamHintXen, kStreamHintQen, kStreamPfs1,
+                  kStreamPfs2, kStreamPfs1 | kStreamPfsCtl}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }
@@ -612,7 +618,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31))) {
     s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
-    s.config[C_PREFETCH] &= ~kStreamHints;  // (the L2 hints are TIGHT variants)
+    s.config[C_PREFETCH] &= ~kStreamHints;  // (the L2 hints are TIGHT variants; PFS is LEAN's)
   }
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);

@@ -2,12 +2,12 @@
 """Session 14 (helper q2f): a tuning file naming the mode-2 stream configs of the L2-hint A/B (one entry a config, at
 distinct token counts), so that `kiln prewarm --tuning FILE --jobs N` compiles them all in parallel before the
 in-process sweep (tests/gpu/rms_norm_block_quant_stream_measure_test.cpp) finds them in the cache.
-  q2f_cfg.py OUT [PREFETCH …]     (default prefetch values: 1 5 9 17 33 65 = the default and the five hint bits)"""
+  q2f_cfg.py OUT [PREFETCH …]     (default prefetch values: 1 5 9 17 33 65 129 257 = the default, the five hint bits, PFS1, PFS2 and PFS1's control)"""
 import json
 import sys
 
 out = sys.argv[1]
-pfs = [int(v) for v in sys.argv[2:]] or [1, 5, 9, 17, 33, 65]
+pfs = [int(v) for v in sys.argv[2:]] or [1, 5, 9, 17, 33, 65, 129, 257, 641]
 entries, tok = [], 2
 for n in (2048, 7168):
     for pf in pfs:

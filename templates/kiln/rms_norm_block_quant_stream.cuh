@@ -141,6 +141,17 @@ __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
 // kRmsqHintXen (32) for XEF, kRmsqHintQen (64) for QEL.
 constexpr int kRmsqHintX256 = 4, kRmsqHintXef = 8, kRmsqHintQel = 16, kRmsqHintXen = 32, kRmsqHintQen = 64;
 constexpr int kRmsqHints = kRmsqHintX256 | kRmsqHintXef | kRmsqHintQel | kRmsqHintXen | kRmsqHintQen;
+// kRmsqPfs1 (128) / kRmsqPfs2 (256): the start's L2 prefetch (PFS = 1, 2 or 3 with both). Round A's PM-sampling
+// timeline shows DRAM reads idle for ≈ 1.5–3 µs after each of the first turns (all CTAs in phase: between a turn's
+// last refill — item it + 2's, during pass 2 of item it — and the next turn's, no CTA requests anything); so after
+// pass 2 of item it < PFS each CTA asks L2 for item it + 3's x (one 512-byte-a-row cp.async.bulk.prefetch.L2 by each
+// of 128 threads, through the TMA unit, not the LSU that the polls use), which the ring then copies from L2.
+// kRmsqPfsCtl (512, with PFS): the control — the same code prefetching item it + 1's x, which the ring has already
+// copied (its lines are in L2: no new DRAM traffic), since the prefetch block moves the kernel's register allocation.
+constexpr int kRmsqPfs1 = 128, kRmsqPfs2 = 256, kRmsqPfsCtl = 512;
+__device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
+  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
+}
 template <int PRIO>  // 0 evict_first, 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
   u64 pol;
@@ -281,7 +292,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, int HINT_BITS = 0>
+          bool WLDG_BIT = false, int HINT_BITS = 0, int PFS = 0, bool PFS_CTL = false>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -915,6 +926,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
+      if constexpr (PFS > 0) {  // (the start's L2 prefetch: item it + 3's rows, 128 threads a row)
+        // (AHEAD through an opaque move, so that PFS and its control PFSC compile to the same SASS but that immediate)
+        int ahead;
+        asm volatile("mov.b32 %0, %1;" : "=r"(ahead) : "n"(PFS_CTL ? 1 : 3));
+        if (it < PFS && it + ahead < T) {
+          const int u = b0 + (it + ahead) * P, row = (u / S) * ROWS + tid;
+          if (tid < ROWS && row < a.M)
+            bulk_prefetch_l2(xg + static_cast<i64>(row) * a.x_stride + (u % S) * C, static_cast<u32>(C * 2));
+        }
+      }
       advance();
     } else {
       pass2(it, rv);
@@ -931,13 +952,16 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
-// PF = the config's prefetch field (1; session 14: | the L2 hint bits kRmsqHint*, TIGHT + FLAT full tiles only).
+// PF = the config's prefetch field (1; session 14: | the L2 hint bits kRmsqHint* — TIGHT + FLAT full tiles only — and
+// the start's L2 prefetch kRmsqPfs1 / kRmsqPfs2, LEAN).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int PF = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   PF & rmsq::kRmsqHints>(sa);
+                                   PF & rmsq::kRmsqHints,
+                                   ((PF & rmsq::kRmsqPfs1) ? 1 : 0) + ((PF & rmsq::kRmsqPfs2) ? 2 : 0),
+                                   (PF & rmsq::kRmsqPfsCtl) != 0>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

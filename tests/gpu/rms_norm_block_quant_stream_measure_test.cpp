@@ -112,7 +112,9 @@ class RmsqStreamMeasure : public GpuTest {
 // default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f): the
 // L2 hints on 19203 (config prefetch 1 | bits; rms_norm_block_quant_stream.cuh): X256 against the default (the SASS
 // differs only by the copies' LTC256B suffix), XEF against its control XEN and QEL against QEN (the same code with an
-// evict-normal policy: the cache-hint forms move the register allocation), the controls against the default.
+// evict-normal policy: the cache-hint forms move the register allocation), the controls against the default; PFS1 /
+// PFS2 (item it + 3's x prefetched into L2 after pass 2 of item it < 1 / 2) against their control PFSC (the same code
+// prefetching item it + 1's x, already copied), PFSC against the default.
 std::vector<StreamCfg> session_cfgs() {
   const char* d2 = "2048 default (19203, P=128)";
   const char* d7 = "7168 default (19203, wave)";
@@ -123,12 +125,17 @@ std::vector<StreamCfg> session_cfgs() {
       {"2048 XEF (pf 9)", 2048, 2, 4, 19203, "2048 XEN (pf 33)", true, 0, 9},
       {"2048 QEN (pf 65)", 2048, 2, 4, 19203, d2, true, 0, 65},
       {"2048 QEL (pf 17)", 2048, 2, 4, 19203, "2048 QEN (pf 65)", true, 0, 17},
+      {"2048 PFSC (pf 641)", 2048, 2, 4, 19203, d2, true, 0, 641},
+      {"2048 PFS1 (pf 129)", 2048, 2, 4, 19203, "2048 PFSC (pf 641)", true, 0, 129},
       {d7, 7168, 2, 4, 19203, nullptr},
       {"7168 X256 (pf 5)", 7168, 2, 4, 19203, d7, true, 0, 5},
       {"7168 XEN (pf 33)", 7168, 2, 4, 19203, d7, true, 0, 33},
       {"7168 XEF (pf 9)", 7168, 2, 4, 19203, "7168 XEN (pf 33)", true, 0, 9},
       {"7168 QEN (pf 65)", 7168, 2, 4, 19203, d7, true, 0, 65},
       {"7168 QEL (pf 17)", 7168, 2, 4, 19203, "7168 QEN (pf 65)", true, 0, 17},
+      {"7168 PFSC (pf 641)", 7168, 2, 4, 19203, d7, true, 0, 641},
+      {"7168 PFS1 (pf 129)", 7168, 2, 4, 19203, "7168 PFSC (pf 641)", true, 0, 129},
+      {"7168 PFS2 (pf 257)", 7168, 2, 4, 19203, "7168 PFSC (pf 641)", true, 0, 257},
   };
 }
 
