@@ -73,7 +73,6 @@ constexpr int kStreamWldg = 16384;
 // cp.async.bulk.prefetch.L2 a row) — round A's PM-sampling timeline has DRAM reads idle ≈ 1.5–3 µs after each of the
 // first turns, while the CTAs are in phase.
 constexpr int kStreamHintX256 = 4, kStreamHintXef = 8, kStreamHintQel = 16, kStreamHintXen = 32, kStreamHintQen = 64;
-constexpr int kStreamHints = kStreamHintX256 | kStreamHintXef | kStreamHintQel | kStreamHintXen | kStreamHintQen;
 // 512 PFSC (with PFS1): its control, the same code prefetching item it + 1's x (already copied: in L2).
 constexpr int kStreamPfs1 = 128, kStreamPfs2 = 256, kStreamPfsCtl = 512;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
@@ -618,7 +617,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31))) {
     s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
-    s.config[C_PREFETCH] &= ~kStreamHints;  // (the L2 hints are TIGHT variants; PFS is LEAN's)
+    s.config[C_PREFETCH] = 1;  // (the L2 hints are TIGHT variants; PFS's bulk prefetches assume x contiguous too)
   }
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
