@@ -63,18 +63,16 @@ constexpr int kStreamFlat = 2048;
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
 // The prefetch field of a stream config: 1 (each item's blocks kept in their ring slots between the passes), and in
-// session 14 | L2 hint bits on the default's structure (19203, two blocks an item, 4 slots; rmsq::kRmsqHint* in
-// rms_norm_block_quant_stream.cuh): 4 X256 — x's copies with the 256-byte L2 prefetch size —, 8 XEF — x's copies with
-// an L2 evict-first policy —, 16 QEL — the q / qT codes stored with an L2 evict-last policy. (2 was session 13's HP1 /
-// HP1b, measured and deleted: the value stays unused.) 32 XEN and 64 QEN are XEF's and QEL's controls: the same
-// cache-hint code with an evict-normal policy (the cache-hint forms move the register allocation). Bit-exact with the
-// default by construction (only cache hints).
-// 128 PFS1 / 256 PFS2 (both: 3): after pass 2 of item it < PFS each CTA prefetches item it + 3's x into L2 (one 512-byte
-// cp.async.bulk.prefetch.L2 a row) — round A's PM-sampling timeline has DRAM reads idle ≈ 1.5–3 µs after each of the
-// first turns, while the CTAs are in phase.
-constexpr int kStreamHintX256 = 4, kStreamHintXef = 8, kStreamHintQel = 16, kStreamHintXen = 32, kStreamHintQen = 64;
-// 512 PFSC (with PFS1): its control, the same code prefetching item it + 1's x (already copied: in L2).
-constexpr int kStreamPfs1 = 128, kStreamPfs2 = 256, kStreamPfsCtl = 512;
+// session 14 | the codes' L2 hint on the default's structure (19203, two blocks an item, 4 slots; rmsq::kRmsqHint* in
+// rms_norm_block_quant_stream.cuh): 16 QEL — the q / qT codes stored with an L2 evict-last policy — and 64 QEN, its
+// code-shape control (the same code with an evict-normal policy). Bit-exact with the default by construction.
+// (Session 14 round B, 30 rounds in one process, against 19203 = 25.15 / 90.85 µs at 2048 / 7168: QEL −0.02 / −2.08
+// against the default, +0.69 / −2.02 against QEN; measured and deleted: 4 X256 — x's copies with the 256-byte L2
+// prefetch size —, +0.32 / +0.70; 8 XEF — x's copies with an evict-first policy — against its control 32 XEN, +0.11 /
+// +3.01; 128 PFS1 / 256 PFS2 — item it + 3's x prefetched into L2 after pass 2 of item it < 1 / 2 — against their
+// control 512 (item it + 1's), +0.62 / +0.75 and +0.82 at 7168, the control +1.26 / +0.50 against the default.
+// Values 2, 4, 8, 32, 128, 256, 512 stay unused; 2 was session 13's HP1.)
+constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -407,13 +405,12 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       out.push_back(s);
     }
   }
-  // Session 14: the L2 hint variants of the power-of-two default (kStreamHint*; without power-of-two scales the
-  // kernel drops them with TIGHT, so the points are the default's code there).
+  // Session 14: the codes' L2 hint on the power-of-two default (kStreamHint*; without power-of-two scales the kernel
+  // drops it with TIGHT, so the points are the default's code there).
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintX256, kStreamHintXef, kStreamHintQel, kStreamHintXen, kStreamHintQen, kStreamPfs1,
-                  kStreamPfs2, kStreamPfs1 | kStreamPfsCtl}) {
+    for (int h : {kStreamHintQel, kStreamHintQen}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }
@@ -617,7 +614,7 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   if ((s.config[C_OVERLAP] & kStreamTight) &&
       (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31))) {
     s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
-    s.config[C_PREFETCH] = 1;  // (the L2 hints are TIGHT variants; PFS's bulk prefetches assume x contiguous too)
+    s.config[C_PREFETCH] = 1;  // (the codes' L2 hint is a TIGHT variant)
   }
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);

@@ -7,9 +7,9 @@ import json
 import sys
 
 out = sys.argv[1]
-pfs = [int(v) for v in sys.argv[2:]] or [1, 5, 9, 17, 33, 65, 129, 257, 641]
+pfs = [int(v) for v in sys.argv[2:]] or [1, 17, 65]
 entries, tok = [], 2
-for n in (2048, 7168):
+for n in (2048, 4096, 7168):
     for pf in pfs:
         entries.append({"family": "rms_norm_block_quant", "kernel": "tile", "arch": "sm_90a",
                         "params": {"N": n, "mode": 2, "round_scale": 1, "w_f32": 0}, "tokens": tok,

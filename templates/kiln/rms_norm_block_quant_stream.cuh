@@ -131,54 +131,22 @@ struct IntC {
 __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
-// ---- L2 hints (session 14, config prefetch bits on the stream kernel's 1; measurement variants, the same bits) ----
-// kRmsqHintX256 (4): x's copies with the 256-byte L2 prefetch size (a block's row piece is 256 aligned bytes; the
-// SASS differs only by that suffix); kRmsqHintXef (8): x's copies with an L2 evict-first cache policy (x is read
-// once); kRmsqHintQel (16): the q / qT codes stored with an L2 evict-last cache policy (so that L2 keeps the dirty
-// codes rather than x's clean lines). The policies are compile-time constants (createpolicy with a constant fraction:
-// a uniform-register descriptor, no per-thread register), but the cache-hint forms move the kernel's register
-// allocation, so each has a control with the same code and an evict-normal policy (the default behaviour):
-// kRmsqHintXen (32) for XEF, kRmsqHintQen (64) for QEL.
-constexpr int kRmsqHintX256 = 4, kRmsqHintXef = 8, kRmsqHintQel = 16, kRmsqHintXen = 32, kRmsqHintQen = 64;
-constexpr int kRmsqHints = kRmsqHintX256 | kRmsqHintXef | kRmsqHintQel | kRmsqHintXen | kRmsqHintQen;
-// kRmsqPfs1 (128) / kRmsqPfs2 (256): the start's L2 prefetch (PFS = 1, 2 or 3 with both). Round A's PM-sampling
-// timeline shows DRAM reads idle for ≈ 1.5–3 µs after each of the first turns (all CTAs in phase: between a turn's
-// last refill — item it + 2's, during pass 2 of item it — and the next turn's, no CTA requests anything); so after
-// pass 2 of item it < PFS each CTA asks L2 for item it + 3's x (one 512-byte-a-row cp.async.bulk.prefetch.L2 by each
-// of 128 threads, through the TMA unit, not the LSU that the polls use), which the ring then copies from L2.
-// kRmsqPfsCtl (512, with PFS): the control — the same code prefetching item it + 1's x, which the ring has already
-// copied (its lines are in L2: no new DRAM traffic), since the prefetch block moves the kernel's register allocation.
-constexpr int kRmsqPfs1 = 128, kRmsqPfs2 = 256, kRmsqPfsCtl = 512;
-__device__ __forceinline__ void bulk_prefetch_l2(const void* p, u32 bytes) {
-  asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(p), "r"(bytes) : "memory");
-}
-template <int PRIO>  // 0 evict_first, 1 evict_normal, 2 evict_last
+// ---- L2 hints on the codes (session 14, config prefetch bits on the stream kernel's 1) ----
+// kRmsqHintQel (16): the q / qT codes stored with an L2 evict-last cache policy, so that L2 keeps more dirty codes
+// past the kernel's end (fewer DRAM writes inside it; ncu at N = 7168: 93.1 MB written against 100.7). The policy is
+// a compile-time constant (createpolicy with a constant fraction: a uniform-register descriptor, no per-thread
+// register), but the cache-hint form moves the kernel's register allocation, so kRmsqHintQen (64) is its control: the
+// same code with an evict-normal policy (the default behaviour). (Session 14 round B also measured, on the x copies,
+// the 256-byte L2 prefetch size (4), an evict-first policy (8) with its evict-normal control (32), and an L2 prefetch
+// of item it + 3 after pass 2 of the first items (128, 256; control 512): all lost; bench/NOTES.md. Values unused.)
+constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
+template <int PRIO>  // 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
+  static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
   u64 pol;
-  if constexpr (PRIO == 0) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
-  else if constexpr (PRIO == 1) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
+  if constexpr (PRIO == 1) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
   else asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
   return pol;
-}
-// cp_async16_full with the hint bits H (kRmsqHintX256, kRmsqHintXef / kRmsqHintXen).
-template <int H>
-__device__ __forceinline__ void cp_async16_hint(u32 dst, const void* src) {
-  static_assert(!((H & kRmsqHintXef) && (H & kRmsqHintXen)), "one policy for x");
-  constexpr bool POL = (H & (kRmsqHintXef | kRmsqHintXen)) != 0;
-  constexpr int PRIO = (H & kRmsqHintXef) ? 0 : 1;
-  if constexpr (POL && (H & kRmsqHintX256)) {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint.L2::256B [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
-                 "l"(l2_policy<PRIO>())
-                 : "memory");
-  } else if constexpr (POL) {
-    asm volatile("cp.async.cg.shared.global.L2::cache_hint [%0], [%1], 16, %2;" ::"r"(dst), "l"(src),
-                 "l"(l2_policy<PRIO>())
-                 : "memory");
-  } else if constexpr (H & kRmsqHintX256) {
-    asm volatile("cp.async.cg.shared.global.L2::256B [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
-  } else {
-    cp_async16_full(dst, src);
-  }
 }
 // The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
 // 8 and 16 bytes.
@@ -292,7 +260,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false, int HINT_BITS = 0, int PFS = 0, bool PFS_CTL = false>
+          bool WLDG_BIT = false, int HINT_BITS = 0>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -300,7 +268,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
-  constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the L2 hints (rmsq::kRmsqHint*): TIGHT's copies and stores only
+  constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the codes' L2 hint (rmsq::kRmsqHint*): TIGHT's full tiles only
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -439,7 +407,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         if (iss_rows >= 4) {
           const u32 dst = thr_const(kRing) + (k % static_cast<u32>(R)) * (BLOCK * 2);
 #pragma unroll
-          for (int i = 0; i < 4; ++i) cp_async16_hint<HINT>(dst + i * 256, t_src + i * (N * 2));
+          for (int i = 0; i < 4; ++i) cp_async16_full(dst + i * 256, t_src + i * (N * 2));
         } else {
 #pragma unroll
           for (int i = 0; i < 4; ++i) {
@@ -926,16 +894,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     if constexpr (GX) finish(it, rv);
     if constexpr (LEAN) {
       pass2_lean(it, rv);
-      if constexpr (PFS > 0) {  // (the start's L2 prefetch: item it + 3's rows, 128 threads a row)
-        // (AHEAD through an opaque move, so that PFS and its control PFSC compile to the same SASS but that immediate)
-        int ahead;
-        asm volatile("mov.b32 %0, %1;" : "=r"(ahead) : "n"(PFS_CTL ? 1 : 3));
-        if (it < PFS && it + ahead < T) {
-          const int u = b0 + (it + ahead) * P, row = (u / S) * ROWS + tid;
-          if (tid < ROWS && row < a.M)
-            bulk_prefetch_l2(xg + static_cast<i64>(row) * a.x_stride + (u % S) * C, static_cast<u32>(C * 2));
-        }
-      }
       advance();
     } else {
       pass2(it, rv);
@@ -952,16 +910,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
-// PF = the config's prefetch field (1; session 14: | the L2 hint bits kRmsqHint* — TIGHT + FLAT full tiles only — and
-// the start's L2 prefetch kRmsqPfs1 / kRmsqPfs2, LEAN).
+// PF = the config's prefetch field (1; session 14: | the codes' L2 hint bits kRmsqHint*, TIGHT + FLAT full tiles only).
 template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int PF = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   PF & rmsq::kRmsqHints,
-                                   ((PF & rmsq::kRmsqPfs1) ? 1 : 0) + ((PF & rmsq::kRmsqPfs2) ? 2 : 0),
-                                   (PF & rmsq::kRmsqPfsCtl) != 0>(sa);
+                                   PF & (rmsq::kRmsqHintQel | rmsq::kRmsqHintQen)>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@
 //    lands, and per item how long it waits for its blocks, sums, waits for the exchange and quantizes; CTA end times.
 //  * $KILN_MEASURE_ONLY / $KILN_MEASURE_SKIP select configs by name (only() below); each config prints a "[config]" line
 //    before it runs, so a call that does not finish names its config.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -47,8 +48,62 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
-  int prefetch = 1;      // the config's prefetch field (session 14: 1 | the L2 hint bits)
+  int prefetch = 1;      // the config's prefetch field (session 14: 1 | the codes' L2 hint bits)
+  bool cold = false;     // session 14: before each timed call's L2 flush, persisting L2 lines reset to normal
 };
+
+// Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
+// live there), resolved from libcuda directly (measurement only: kiln's driver table does not carry them).
+struct PersistL2 {
+  using Reset = CUresult (*)();
+  using GetLimit = CUresult (*)(size_t*, CUlimit);
+  using SetLimit = CUresult (*)(CUlimit, size_t);
+  Reset reset = nullptr;
+  GetLimit get = nullptr;
+  SetLimit set = nullptr;
+  PersistL2() {
+    if (void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD)) {
+      reset = reinterpret_cast<Reset>(dlsym(lib, "cuCtxResetPersistingL2Cache"));
+      get = reinterpret_cast<GetLimit>(dlsym(lib, "cuCtxGetLimit"));
+      set = reinterpret_cast<SetLimit>(dlsym(lib, "cuCtxSetLimit"));
+    }
+  }
+  size_t limit() const {
+    size_t v = 0;
+    if (get) detail::check(get(&v, CU_LIMIT_PERSISTING_L2_CACHE_SIZE), "cuCtxGetLimit");
+    return v;
+  }
+};
+const PersistL2& persist_l2() {
+  static const PersistL2 p;
+  return p;
+}
+// detail::time_calls_us with, for `cold`, the persisting L2 lines reset to normal before each call's flush (so the
+// 256 MB read evicts evict-last lines a previous call left as well).
+std::vector<double> timed_calls(const std::function<void(Stream)>& fn, detail::L2Flusher& l2, int warmup, int calls,
+                                bool cold) {
+  if (!cold) return detail::time_calls_us(fn, nullptr, l2, warmup, calls);
+  for (int i = 0; i < warmup; ++i) fn(nullptr);
+  synchronize();
+  CUevent e0, e1;
+  detail::check(detail::driver().cuEventCreate(&e0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&e1, CU_EVENT_DEFAULT), "cuEventCreate");
+  std::vector<double> us;
+  for (int i = 0; i < calls; ++i) {
+    detail::check(persist_l2().reset(), "cuCtxResetPersistingL2Cache");
+    l2.flush(nullptr);
+    detail::check(detail::driver().cuEventRecord(e0, nullptr), "cuEventRecord");
+    fn(nullptr);
+    detail::check(detail::driver().cuEventRecord(e1, nullptr), "cuEventRecord");
+    detail::check(detail::driver().cuEventSynchronize(e1), "cuEventSynchronize");
+    float ms = 0;
+    detail::check(detail::driver().cuEventElapsedTime(&ms, e0, e1), "cuEventElapsedTime");
+    us.push_back(ms * 1e3);
+  }
+  detail::driver().cuEventDestroy(e0);
+  detail::driver().cuEventDestroy(e1);
+  return us;
+}
 
 void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
@@ -109,33 +164,29 @@ class RmsqStreamMeasure : public GpuTest {
 // session 13's GATE 65536 (on FIRST + START), FS (FIRST + START on 19203) and HP1 / HP1b (19203 with prefetch 2)
 // likewise.)
 // The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d) measured the
-// default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f): the
-// L2 hints on 19203 (config prefetch 1 | bits; rms_norm_block_quant_stream.cuh): X256 against the default (the SASS
-// differs only by the copies' LTC256B suffix), XEF against its control XEN and QEL against QEN (the same code with an
-// evict-normal policy: the cache-hint forms move the register allocation), the controls against the default; PFS1 /
-// PFS2 (item it + 3's x prefetched into L2 after pass 2 of item it < 1 / 2) against their control PFSC (the same code
-// prefetching item it + 1's x, already copied), PFSC against the default.
+// default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f),
+// round B measured the L2 hints on 19203 (config prefetch 1 | bits) and a start-up L2 prefetch (bench/NOTES.md);
+// round C: QEL (16, the codes stored evict-last) against the default and its control QEN (64, the same code with an
+// evict-normal policy) at 7168, QEL at 2048 and 4096, and "cold" rows where the persisting L2 lines are reset to normal
+// before each call's flush (so that no evict-last line of an earlier call survives the flush).
 std::vector<StreamCfg> session_cfgs() {
   const char* d2 = "2048 default (19203, P=128)";
+  const char* d2c = "2048 default cold";
+  const char* d4 = "4096 default (19203)";
   const char* d7 = "7168 default (19203, wave)";
+  const char* d7c = "7168 default cold";
   return {
       {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 X256 (pf 5)", 2048, 2, 4, 19203, d2, true, 0, 5},
-      {"2048 XEN (pf 33)", 2048, 2, 4, 19203, d2, true, 0, 33},
-      {"2048 XEF (pf 9)", 2048, 2, 4, 19203, "2048 XEN (pf 33)", true, 0, 9},
-      {"2048 QEN (pf 65)", 2048, 2, 4, 19203, d2, true, 0, 65},
-      {"2048 QEL (pf 17)", 2048, 2, 4, 19203, "2048 QEN (pf 65)", true, 0, 17},
-      {"2048 PFSC (pf 641)", 2048, 2, 4, 19203, d2, true, 0, 641},
-      {"2048 PFS1 (pf 129)", 2048, 2, 4, 19203, "2048 PFSC (pf 641)", true, 0, 129},
+      {"2048 QEL (pf 17)", 2048, 2, 4, 19203, d2, true, 0, 17},
+      {d2c, 2048, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"2048 QEL cold", 2048, 2, 4, 19203, d2c, true, 0, 17, true},
+      {d4, 4096, 2, 4, 19203, nullptr},
+      {"4096 QEL (pf 17)", 4096, 2, 4, 19203, d4, true, 0, 17},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 X256 (pf 5)", 7168, 2, 4, 19203, d7, true, 0, 5},
-      {"7168 XEN (pf 33)", 7168, 2, 4, 19203, d7, true, 0, 33},
-      {"7168 XEF (pf 9)", 7168, 2, 4, 19203, "7168 XEN (pf 33)", true, 0, 9},
       {"7168 QEN (pf 65)", 7168, 2, 4, 19203, d7, true, 0, 65},
-      {"7168 QEL (pf 17)", 7168, 2, 4, 19203, "7168 QEN (pf 65)", true, 0, 17},
-      {"7168 PFSC (pf 641)", 7168, 2, 4, 19203, d7, true, 0, 641},
-      {"7168 PFS1 (pf 129)", 7168, 2, 4, 19203, "7168 PFSC (pf 641)", true, 0, 129},
-      {"7168 PFS2 (pf 257)", 7168, 2, 4, 19203, "7168 PFSC (pf 641)", true, 0, 257},
+      {"7168 QEL (pf 17)", 7168, 2, 4, 19203, d7, true, 0, 17},
+      {d7c, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"7168 QEL cold", 7168, 2, 4, 19203, d7c, true, 0, 17, true},
   };
 }
 
@@ -151,7 +202,7 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
     for (size_t k = 0; k < cfgs.size(); ++k) {
       const size_t i = round % 2 == 0 ? k : cfgs.size() - 1 - k;
       select(i);
-      med[i].push_back(detail::median(detail::time_calls_us(run(i), nullptr, l2, 2, calls)));
+      med[i].push_back(detail::median(timed_calls(run(i), l2, 2, calls, cfgs[i].cold)));
     }
   std::printf("%s, %d rounds x %d calls (L2 flushed): median of round medians (min .. max round median), µs; "
               "against the baseline: median of the per-round differences, rounds won\n",
@@ -180,10 +231,11 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
   const int64_t M = 8192;
   std::map<std::pair<int64_t, bool>, detail::BenchInstance> inst;
-  for (int64_t N : {2048, 7168})
-    for (bool round : {true, false})
-      if (round || N == 2048)
-        inst.emplace(std::make_pair(N, round), detail::rms_norm_block_quant_instance(r, M, N, 2, round, false));
+  for (const StreamCfg& c : cfgs)
+    if (!inst.count(std::make_pair(c.N, c.round)))
+      inst.emplace(std::make_pair(c.N, c.round), detail::rms_norm_block_quant_instance(r, M, c.N, 2, c.round, false));
+  std::printf("[stream sweep] persisting L2 limit of the context: %zu bytes%s\n", persist_l2().limit(),
+              persist_l2().reset ? "" : " (cuCtxResetPersistingL2Cache not found: cold rows would fail)");
   auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(std::make_pair(c.N, c.round)); };
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
@@ -193,6 +245,45 @@ TEST_F(RmsqStreamMeasure, Sweep) {
   paired_sweep(
       "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", cfgs,
       [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
+}
+
+// Session 14 (fact-finding, not a kiln setting): QEL against the default with the context's persisting-L2 limit raised
+// to the device's maximum (evict-last lines may be confined to that set-aside), restored afterwards.
+TEST_F(RmsqStreamMeasure, PersistMax) {
+  const char* d2 = "2048 default, persist max";
+  const char* d7 = "7168 default, persist max";
+  const std::vector<StreamCfg> cfgs = only({
+      {d7, 7168, 2, 4, 19203, nullptr},
+      {"7168 QEL, persist max", 7168, 2, 4, 19203, d7, true, 0, 17},
+      {d2, 2048, 2, 4, 19203, nullptr},
+      {"2048 QEL, persist max", 2048, 2, 4, 19203, d2, true, 0, 17},
+  });
+  Runtime& r = rt();
+  bind_device(r);
+  ASSERT_TRUE(persist_l2().set && persist_l2().get) << "cuCtxSetLimit / cuCtxGetLimit not found";
+  int max_bytes = 0;
+  detail::check(detail::driver().cuDeviceGetAttribute(&max_bytes, CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE,
+                                                      0),
+                "cuDeviceGetAttribute");
+  const size_t before = persist_l2().limit();
+  detail::check(persist_l2().set(CU_LIMIT_PERSISTING_L2_CACHE_SIZE, static_cast<size_t>(max_bytes)), "cuCtxSetLimit");
+  struct Restore {
+    size_t v;
+    ~Restore() { persist_l2().set(CU_LIMIT_PERSISTING_L2_CACHE_SIZE, v); }
+  } restore{before};
+  std::printf("[persist max] persisting L2 limit %zu -> %zu bytes (device maximum %d)\n", before, persist_l2().limit(),
+              max_bytes);
+  const int64_t M = 8192;
+  std::map<int64_t, detail::BenchInstance> inst;
+  for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, M, N, 2, true, false));
+  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(c.N); };
+  detail::L2Flusher l2(r, nullptr);
+  first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); }, at);
+  const char* rounds_env = std::getenv("KILN_MEASURE_ROUNDS");
+  const int rounds = rounds_env ? std::max(1, std::atoi(rounds_env)) : 9;
+  paired_sweep(
+      "[persist max] M = 8192, mode 2, round_scale 1", cfgs, [&](size_t i) { force(cfgs[i]); },
+      [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel

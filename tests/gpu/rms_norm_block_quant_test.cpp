@@ -615,26 +615,23 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
-// Session 14's L2-hint variants of the stream default (config prefetch 1 | bits: 4 X256 — x's copies with the 256-byte
-// L2 prefetch size —, 8 XEF / 32 XEN — x's copies with an evict-first / evict-normal cache policy —, 16 QEL / 64 QEN —
-// the q / qT codes stored with an evict-last / evict-normal policy —, 128 PFS1 / 256 PFS2 — item it + 3's x prefetched
-// into L2 after pass 2 of item it < 1 / 2; 641 PFS1's control, item it + 1's), forced on 19203 against the CPU reference: only cache hints and
-// prefetches, so the same bits; full tiles take the hinted code, partial last tiles and M % 16 != 0 the LEAN code
-// (index % 3 == 2: round_scale 0, where the kernel drops the hints with TIGHT; PFS stays). M = 2000 at 7168 with
-// the wave: CTAs of 3 and 4 items (PFS1's item 3 on some only), 1: one row, one item.
+// Session 14's codes' L2 hint on the stream default (config prefetch 1 | 16 QEL — the q / qT codes stored with an L2
+// evict-last policy — or 64 QEN — evict-normal, its control), forced on 19203 against the CPU reference: only cache
+// hints, so the same bits; full tiles take the hinted code, partial last tiles and M % 16 != 0 the LEAN code (index
+// % 3 == 2: round_scale 0, where the kernel drops the hint with TIGHT).
 TEST_F(RmsNormBlockQuantTest, StreamKernelL2HintPoints) {
   const std::vector<SpacePoint> points = {
-      {2048, 2, 16, 2, 5, 4, 19203, 3, 4003},   {7168, 2, 16, 2, 9, 4, 19203, 3, 1000},
-      {2048, 2, 16, 2, 129, 4, 19203, 3, 8000}, {2048, 2, 16, 2, 17, 4, 19203, 3, 4096},
-      {7168, 2, 16, 2, 33, 4, 19203, 3, 1000},  {4096, 2, 16, 2, 257, 4, 19203, 3, 3001},
-      {2048, 2, 16, 2, 65, 4, 19203, 3, 4003},  {7168, 2, 16, 2, 129, 4, 19203, 3, 2000},
-      {2048, 2, 16, 2, 257, 4, 19203, 3, 1},    {7168, 2, 16, 2, 257, 4, 19203, 3, 4003},
-      {2048, 2, 16, 2, 641, 4, 19203, 3, 4003},
+      {2048, 2, 16, 2, 17, 4, 19203, 3, 4096}, {7168, 2, 16, 2, 17, 4, 19203, 3, 4003},
+      {2048, 2, 16, 2, 17, 4, 19203, 3, 8000}, {4096, 2, 16, 2, 17, 4, 19203, 3, 3001},
+      {7168, 2, 16, 2, 65, 4, 19203, 3, 1000}, {2048, 2, 16, 2, 65, 4, 19203, 3, 1},
+      {7168, 2, 16, 2, 17, 4, 19203, 3, 8192},
   };
   check_points(points, 0x8e);
-  // Not points: a hint on LEAN or on one block an item.
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 5, 4, 3, 3));
-  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 9, 2, 19203, 3));
+  // Not points: a hint on LEAN or on one block an item; round B's deleted hints.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 17, 4, 3, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 17, 2, 19203, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 5, 4, 19203, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 129, 4, 19203, 3));
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
