@@ -72,7 +72,10 @@ constexpr int kStreamWldg = 16384;
 // +3.01; 128 PFS1 / 256 PFS2 — item it + 3's x prefetched into L2 after pass 2 of item it < 1 / 2 — against their
 // control 512 (item it + 1's), +0.62 / +0.75 and +0.82 at 7168, the control +1.26 / +0.50 against the default.
 // Values 2, 4, 8, 32, 128, 256, 512 stay unused; 2 was session 13's HP1.)
-constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
+// 1040 QELD (16 | 1024): QEL whose CTAs demote their code lines to evict-normal after their last stores (session 14
+// round C: evict-last lines outlive the kernel and the read-flush; with a 32.8 MB persisting limit the default run
+// after QEL calls took 139 µs instead of 92 at 7168); 1088 (64 | 1024) its control, the same code on QEN.
+constexpr int kStreamHintQel = 16, kStreamHintQen = 64, kStreamHintQeld = 1024;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -410,7 +413,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintQel, kStreamHintQen}) {
+    for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintQeld, kStreamHintQen | kStreamHintQeld}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }

@@ -7,7 +7,7 @@ import json
 import sys
 
 out = sys.argv[1]
-pfs = [int(v) for v in sys.argv[2:]] or [1, 17, 65]
+pfs = [int(v) for v in sys.argv[2:]] or [1, 17, 65, 1041, 1089]
 entries, tok = [], 2
 for n in (2048, 4096, 7168):
     for pf in pfs:

@@ -164,29 +164,30 @@ class RmsqStreamMeasure : public GpuTest {
 // session 13's GATE 65536 (on FIRST + START), FS (FIRST + START on 19203) and HP1 / HP1b (19203 with prefetch 2)
 // likewise.)
 // The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d) measured the
-// default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f),
-// round B measured the L2 hints on 19203 (config prefetch 1 | bits) and a start-up L2 prefetch (bench/NOTES.md);
-// round C: QEL (16, the codes stored evict-last) against the default and its control QEN (64, the same code with an
-// evict-normal policy) at 7168, QEL at 2048 and 4096, and "cold" rows where the persisting L2 lines are reset to normal
-// before each call's flush (so that no evict-last line of an earlier call survives the flush).
+// default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f):
+// round B the L2 hints on 19203 (config prefetch 1 | bits) and a start-up L2 prefetch, round C QEL (16, the codes
+// stored evict-last) with "cold" rows (the persisting L2 lines reset to normal before each call's flush), bench/NOTES.md;
+// round D: QELD (1040: QEL, the CTAs' code lines demoted to evict-normal after their last stores) and its control QEND
+// (1088: the same code on QEN) against the default at 2048 / 4096 / 7168, QEL at 4096 / 7168, and cold at 7168.
 std::vector<StreamCfg> session_cfgs() {
   const char* d2 = "2048 default (19203, P=128)";
-  const char* d2c = "2048 default cold";
   const char* d4 = "4096 default (19203)";
   const char* d7 = "7168 default (19203, wave)";
   const char* d7c = "7168 default cold";
   return {
       {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 QEL (pf 17)", 2048, 2, 4, 19203, d2, true, 0, 17},
-      {d2c, 2048, 2, 4, 19203, nullptr, true, 0, 1, true},
-      {"2048 QEL cold", 2048, 2, 4, 19203, d2c, true, 0, 17, true},
+      {"2048 QEND (pf 1089)", 2048, 2, 4, 19203, d2, true, 0, 1089},
+      {"2048 QELD (pf 1041)", 2048, 2, 4, 19203, d2, true, 0, 1041},
       {d4, 4096, 2, 4, 19203, nullptr},
       {"4096 QEL (pf 17)", 4096, 2, 4, 19203, d4, true, 0, 17},
+      {"4096 QEND (pf 1089)", 4096, 2, 4, 19203, d4, true, 0, 1089},
+      {"4096 QELD (pf 1041)", 4096, 2, 4, 19203, d4, true, 0, 1041},
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 QEN (pf 65)", 7168, 2, 4, 19203, d7, true, 0, 65},
       {"7168 QEL (pf 17)", 7168, 2, 4, 19203, d7, true, 0, 17},
+      {"7168 QEND (pf 1089)", 7168, 2, 4, 19203, d7, true, 0, 1089},
+      {"7168 QELD (pf 1041)", 7168, 2, 4, 19203, d7, true, 0, 1041},
       {d7c, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
-      {"7168 QEL cold", 7168, 2, 4, 19203, d7c, true, 0, 17, true},
+      {"7168 QELD cold", 7168, 2, 4, 19203, d7c, true, 0, 1041, true},
   };
 }
 
@@ -247,16 +248,17 @@ TEST_F(RmsqStreamMeasure, Sweep) {
       [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
 }
 
-// Session 14 (fact-finding, not a kiln setting): QEL against the default with the context's persisting-L2 limit raised
-// to the device's maximum (evict-last lines may be confined to that set-aside), restored afterwards.
+// Session 14 (fact-finding, not a kiln setting): QEL (round C) / QELD (round D) against the default with the context's
+// persisting-L2 limit raised to the device's maximum (evict-last lines may be confined to that set-aside; round C: the
+// default rows run after QEL rows slowed 92 → 139 µs at 7168), restored afterwards.
 TEST_F(RmsqStreamMeasure, PersistMax) {
   const char* d2 = "2048 default, persist max";
   const char* d7 = "7168 default, persist max";
   const std::vector<StreamCfg> cfgs = only({
       {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 QEL, persist max", 7168, 2, 4, 19203, d7, true, 0, 17},
+      {"7168 QELD, persist max", 7168, 2, 4, 19203, d7, true, 0, 1041},
       {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 QEL, persist max", 2048, 2, 4, 19203, d2, true, 0, 17},
+      {"2048 QELD, persist max", 2048, 2, 4, 19203, d2, true, 0, 1041},
   });
   Runtime& r = rt();
   bind_device(r);
