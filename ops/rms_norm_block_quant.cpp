@@ -72,10 +72,17 @@ constexpr int kStreamWldg = 16384;
 // +3.01; 128 PFS1 / 256 PFS2 — item it + 3's x prefetched into L2 after pass 2 of item it < 1 / 2 — against their
 // control 512 (item it + 1's), +0.62 / +0.75 and +0.82 at 7168, the control +1.26 / +0.50 against the default.
 // Values 2, 4, 8, 32, 128, 256, 512 stay unused; 2 was session 13's HP1.)
-// 1040 QELD (16 | 1024): QEL whose CTAs demote their code lines to evict-normal after their last stores (session 14
-// round C: evict-last lines outlive the kernel and the read-flush; with a 32.8 MB persisting limit the default run
-// after QEL calls took 139 µs instead of 92 at 7168); 1088 (64 | 1024) its control, the same code on QEN.
-constexpr int kStreamHintQel = 16, kStreamHintQen = 64, kStreamHintQeld = 1024;
+// (Round D measured 1040 QELD — QEL whose CTAs demote their code lines to evict-normal after a fence at the end, so that
+// no evict-last line outlives the kernel — and its control 1088 on QEN: the demotion cost +4.3 / +4.3 / +9.1 µs at
+// 2048 / 4096 / 7168; deleted, values unused.)
+// QEL is the default where it won, with power-of-two scales and two blocks an item: N ≥ 4096 (make_spec) and at launch
+// M·N ≥ 2^25 elements (the codes ≥ 64 MiB, beyond what L2 keeps; launch_stream drops the bit below: the same bits).
+// Measured in one process against 19203, 30 rounds each (bench/NOTES.md, session 14): N = 7168, M = 8192 −2.02 / −1.98 /
+// −2.29 µs (rounds B / C / D, 29–30 of 30 rounds won), −2.80 with the persisting lines reset before every flush;
+// N = 4096 −0.96 / −1.58 (28 / 30 of 30); N = 2048 (2^24 elements) +0.69 / +0.83 (0 of 30: the previous call's
+// left-over evict-last lines are written back inside the next call; +0.00 with them reset), so not there.
+constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
+constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -312,7 +319,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config = {};
       s.config[C_WARPS] = kRmsqStreamThreads / 32;
       s.config[C_COL_BLOCKS] = scb;
-      s.config[C_PREFETCH] = 1;  // x kept in its ring slots
+      s.config[C_PREFETCH] = 1;  // x kept in its ring slots (| QEL where it won: below)
       s.config[C_STAGES] = 2 * scb;
       // LEAN (session 7 round 5, in one process: 27.66 µs against the base's 29.23 at N = 2048, 92.30 against 94.86
       // at 7168, one block an item 27.74 against 29.60; the bench rows 27.82 / 94.77, round_scale 0 44.90 against
@@ -322,6 +329,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] =
           round && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
       s.config[C_EXCHANGE] = kStreamGlobal;
+      // The codes stored evict-last (QEL, session 14: see kStreamHintQel) from N = 4096; launch_stream keeps it only
+      // where M·N ≥ kStreamQelMinElems.
+      if (round && scb == 2 && N >= 4096) s.config[C_PREFETCH] |= kStreamHintQel;
     }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
@@ -413,7 +423,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintQeld, kStreamHintQen | kStreamHintQeld}) {
+    for (int h : {kStreamHintQel, kStreamHintQen}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }
@@ -619,6 +629,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
     s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
     s.config[C_PREFETCH] = 1;  // (the codes' L2 hint is a TIGHT variant)
   }
+  if ((s.config[C_PREFETCH] & kStreamHintQel) && static_cast<int64_t>(a.M) * s.params[P_N] < kStreamQelMinElems)
+    s.config[C_PREFETCH] &= ~kStreamHintQel;  // (QEL only where the codes exceed what L2 keeps: the same bits)
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -133,22 +133,18 @@ __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
 }
 // ---- L2 hints on the codes (session 14, config prefetch bits on the stream kernel's 1) ----
 // kRmsqHintQel (16): the q / qT codes stored with an L2 evict-last cache policy, so that L2 keeps more dirty codes
-// past the kernel's end (fewer DRAM writes inside it; ncu at N = 7168: 93.1 MB written against 100.7). The policy is
+// past the kernel's end (fewer DRAM writes inside it; ncu at N = 7168: 93.1 MB written against 100.7). Evict-last lines
+// live in the context's persisting-L2 set-aside (cudaLimitPersistingL2CacheSize; 9.8 MB = 30 % of the maximum by
+// default on the bench machine) and outlive the kernel: up to that much of the last codes stay in L2 afterwards (the
+// next reader of q / qT finds them; a read-flush does not evict them). The policy is
 // a compile-time constant (createpolicy with a constant fraction: a uniform-register descriptor, no per-thread
 // register), but the cache-hint form moves the kernel's register allocation, so kRmsqHintQen (64) is its control: the
 // same code with an evict-normal policy (the default behaviour). (Session 14 round B also measured, on the x copies,
 // the 256-byte L2 prefetch size (4), an evict-first policy (8) with its evict-normal control (32), and an L2 prefetch
 // of item it + 3 after pass 2 of the first items (128, 256; control 512): all lost; bench/NOTES.md. Values unused.)
-// kRmsqHintQeld (1024, with QEL): the evict-last lines must not outlive the kernel (the bench's read-flush does not
-// evict them, and later kernels lose that much L2: round C), so after its last stores each CTA fences and its threads
-// demote every code line of the CTA's items to evict-normal (applypriority, SASS CCTL.E.DML2). With QEN instead of
-// QEL (1088): QELD's control, the same code demoting lines that are evict-normal already.
-constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64, kRmsqHintQeld = 1024;
-// The 128-byte L2 line holding p back to evict-normal priority.
-__device__ __forceinline__ void l2_demote_line(const void* p) {
-  asm volatile("applypriority.global.L2::evict_normal [%0], 128;" ::"l"(reinterpret_cast<u64>(p) & ~u64{127})
-               : "memory");
-}
+// (Round D measured QELD — 1040: QEL whose CTAs, after a fence, demote their code lines to evict-normal at the end —
+// and its control 1088 on QEN: the demotion cost +4.3 to +9.1 µs; deleted, values unused.)
+constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
 template <int PRIO>  // 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
   static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
@@ -911,27 +907,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   __syncthreads();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
-  if constexpr ((HINT & (kRmsqHintQel | kRmsqHintQen)) && (HINT & kRmsqHintQeld)) {  // (QEN: QELD's control)
-    // QELD: every code line of this CTA's items back to evict-normal once all its stores are performed. Item j's
-    // lines: q's rows m0 … m0 + valid − 1, C bytes each (C / 128 lines), and qT's C channels, valid tokens each (one
-    // line, or two where M % 128 != 0 puts a 128-token piece across lines); thread t takes line t of each.
-    static_assert(2 * C <= 2 * THREADS, "a line a thread and item");
-    __threadfence();
-    __syncthreads();
-#pragma unroll 1
-    for (int j = 0; j < T; ++j) {
-      const int u = b0 + j * P, m0 = (u / S) * ROWS, col0 = (u % S) * C;
-      const int valid = min(ROWS, a.M - m0);
-      if (tid < C) {  // q: row m0 + r, line k (C / 128 lines a row)
-        const int r = tid / (C / 128), k = tid % (C / 128);
-        if (r < valid) l2_demote_line(a.q + static_cast<i64>(m0 + r) * N + col0 + 128 * k);
-      } else if (tid < 2 * C) {  // qT: channel col0 + c, tokens m0 … m0 + valid − 1
-        const u8* p = a.qT + static_cast<i64>(col0 + tid - C) * a.M + m0;
-        l2_demote_line(p);
-        if (((reinterpret_cast<u64>(p) & 127) + valid) > 128) l2_demote_line(p + valid - 1);
-      }
-    }
-  }
   mark(5, T);
 }
 
@@ -946,7 +921,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   PF & (rmsq::kRmsqHintQel | rmsq::kRmsqHintQen | rmsq::kRmsqHintQeld)>(sa);
+                                   PF & (rmsq::kRmsqHintQel | rmsq::kRmsqHintQen)>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

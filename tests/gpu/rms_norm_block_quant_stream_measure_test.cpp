@@ -50,6 +50,7 @@ struct StreamCfg {
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
   int prefetch = 1;      // the config's prefetch field (session 14: 1 | the codes' L2 hint bits)
   bool cold = false;     // session 14: before each timed call's L2 flush, persisting L2 lines reset to normal
+  bool host = false;     // no config forced: the host's default (make_spec and launch_stream's rules)
 };
 
 // Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
@@ -109,6 +110,10 @@ void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
   std::fflush(stdout);
   detail::rms_norm_block_quant_stream_grid.store(c.grid);
+  if (c.host) {
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+    return;
+  }
   ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
 }
@@ -166,28 +171,24 @@ class RmsqStreamMeasure : public GpuTest {
 // The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d) measured the
 // default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f):
 // round B the L2 hints on 19203 (config prefetch 1 | bits) and a start-up L2 prefetch, round C QEL (16, the codes
-// stored evict-last) with "cold" rows (the persisting L2 lines reset to normal before each call's flush), bench/NOTES.md;
-// round D: QELD (1040: QEL, the CTAs' code lines demoted to evict-normal after their last stores) and its control QEND
-// (1088: the same code on QEN) against the default at 2048 / 4096 / 7168, QEL at 4096 / 7168, and cold at 7168.
+// stored evict-last) with "cold" rows (the persisting L2 lines reset to normal before each call's flush), round D QELD
+// (QEL with the code lines demoted at the end), bench/NOTES.md; round E: the final code — the host's default (QEL from
+// N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced, at 2048 (the same config: an A/A),
+// 4096 and 7168, and cold at 7168.
 std::vector<StreamCfg> session_cfgs() {
-  const char* d2 = "2048 default (19203, P=128)";
-  const char* d4 = "4096 default (19203)";
-  const char* d7 = "7168 default (19203, wave)";
-  const char* d7c = "7168 default cold";
+  const char* o2 = "2048 old default (pf 1)";
+  const char* o4 = "4096 old default (pf 1)";
+  const char* o7 = "7168 old default (pf 1)";
+  const char* o7c = "7168 old default cold";
   return {
-      {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 QEND (pf 1089)", 2048, 2, 4, 19203, d2, true, 0, 1089},
-      {"2048 QELD (pf 1041)", 2048, 2, 4, 19203, d2, true, 0, 1041},
-      {d4, 4096, 2, 4, 19203, nullptr},
-      {"4096 QEL (pf 17)", 4096, 2, 4, 19203, d4, true, 0, 17},
-      {"4096 QEND (pf 1089)", 4096, 2, 4, 19203, d4, true, 0, 1089},
-      {"4096 QELD (pf 1041)", 4096, 2, 4, 19203, d4, true, 0, 1041},
-      {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 QEL (pf 17)", 7168, 2, 4, 19203, d7, true, 0, 17},
-      {"7168 QEND (pf 1089)", 7168, 2, 4, 19203, d7, true, 0, 1089},
-      {"7168 QELD (pf 1041)", 7168, 2, 4, 19203, d7, true, 0, 1041},
-      {d7c, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
-      {"7168 QELD cold", 7168, 2, 4, 19203, d7c, true, 0, 1041, true},
+      {o2, 2048, 2, 4, 19203, nullptr},
+      {"2048 host default", 2048, 2, 4, 19203, o2, true, 0, 1, false, true},
+      {o4, 4096, 2, 4, 19203, nullptr},
+      {"4096 host default (QEL)", 4096, 2, 4, 19203, o4, true, 0, 17, false, true},
+      {o7, 7168, 2, 4, 19203, nullptr},
+      {"7168 host default (QEL)", 7168, 2, 4, 19203, o7, true, 0, 17, false, true},
+      {o7c, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"7168 host default cold", 7168, 2, 4, 19203, o7c, true, 0, 17, true, true},
   };
 }
 
@@ -249,16 +250,17 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 }
 
 // Session 14 (fact-finding, not a kiln setting): QEL (round C) / QELD (round D) against the default with the context's
-// persisting-L2 limit raised to the device's maximum (evict-last lines may be confined to that set-aside; round C: the
-// default rows run after QEL rows slowed 92 → 139 µs at 7168), restored afterwards.
+// persisting-L2 limit raised to the device's maximum (rounds C / D: the default rows, run after QEL / QELD rows, slowed
+// 92 → 139 / 205 µs at 7168 — left-over evict-last lines, or the set-aside itself?). Round E: every row cold (the
+// persisting lines reset to normal before each call's flush), so no row sees another's leftovers.
 TEST_F(RmsqStreamMeasure, PersistMax) {
-  const char* d2 = "2048 default, persist max";
-  const char* d7 = "7168 default, persist max";
+  const char* d2 = "2048 default, persist max, cold";
+  const char* d7 = "7168 default, persist max, cold";
   const std::vector<StreamCfg> cfgs = only({
-      {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 QELD, persist max", 7168, 2, 4, 19203, d7, true, 0, 1041},
-      {d2, 2048, 2, 4, 19203, nullptr},
-      {"2048 QELD, persist max", 2048, 2, 4, 19203, d2, true, 0, 1041},
+      {d7, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"7168 QEL, persist max, cold", 7168, 2, 4, 19203, d7, true, 0, 17, true},
+      {d2, 2048, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"2048 QEL, persist max, cold", 2048, 2, 4, 19203, d2, true, 0, 17, true},
   });
   Runtime& r = rt();
   bind_device(r);
