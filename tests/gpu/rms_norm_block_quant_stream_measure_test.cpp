@@ -19,6 +19,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <string>
 #include <vector>
@@ -51,6 +52,7 @@ struct StreamCfg {
   int prefetch = 1;      // the config's prefetch field (session 14: 1 | the codes' L2 hint bits)
   bool cold = false;     // session 14: before each timed call's L2 flush, persisting L2 lines reset to normal
   bool host = false;     // no config forced: the host's default (make_spec and launch_stream's rules)
+  int64_t M = 8192;      // tokens
 };
 
 // Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
@@ -172,23 +174,20 @@ class RmsqStreamMeasure : public GpuTest {
 // default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f):
 // round B the L2 hints on 19203 (config prefetch 1 | bits) and a start-up L2 prefetch, round C QEL (16, the codes
 // stored evict-last) with "cold" rows (the persisting L2 lines reset to normal before each call's flush), round D QELD
-// (QEL with the code lines demoted at the end), bench/NOTES.md; round E: the final code — the host's default (QEL from
-// N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced, at 2048 (the same config: an A/A),
-// 4096 and 7168, and cold at 7168.
+// (QEL with the code lines demoted at the end), round E the final code at M = 8192 (bench/NOTES.md); round F: the
+// host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
+// 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
 std::vector<StreamCfg> session_cfgs() {
-  const char* o2 = "2048 old default (pf 1)";
-  const char* o4 = "4096 old default (pf 1)";
-  const char* o7 = "7168 old default (pf 1)";
-  const char* o7c = "7168 old default cold";
+  const char* a = "7168x5120 old default (pf 1)";
+  const char* b = "7168x16384 old default (pf 1)";
+  const char* c = "4096x16384 old default (pf 1)";
   return {
-      {o2, 2048, 2, 4, 19203, nullptr},
-      {"2048 host default", 2048, 2, 4, 19203, o2, true, 0, 1, false, true},
-      {o4, 4096, 2, 4, 19203, nullptr},
-      {"4096 host default (QEL)", 4096, 2, 4, 19203, o4, true, 0, 17, false, true},
-      {o7, 7168, 2, 4, 19203, nullptr},
-      {"7168 host default (QEL)", 7168, 2, 4, 19203, o7, true, 0, 17, false, true},
-      {o7c, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
-      {"7168 host default cold", 7168, 2, 4, 19203, o7c, true, 0, 17, true, true},
+      {a, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 5120},
+      {"7168x5120 host default (QEL)", 7168, 2, 4, 19203, a, true, 0, 17, false, true, 5120},
+      {b, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
+      {"7168x16384 host default (QEL)", 7168, 2, 4, 19203, b, true, 0, 17, false, true, 16384},
+      {c, 4096, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
+      {"4096x16384 host default (QEL)", 4096, 2, 4, 19203, c, true, 0, 17, false, true, 16384},
   };
 }
 
@@ -231,21 +230,21 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 
   Runtime& r = rt();
   bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
-  const int64_t M = 8192;
-  std::map<std::pair<int64_t, bool>, detail::BenchInstance> inst;
+  std::map<std::tuple<int64_t, bool, int64_t>, detail::BenchInstance> inst;
+  auto key = [](const StreamCfg& c) { return std::make_tuple(c.N, c.round, c.M); };
   for (const StreamCfg& c : cfgs)
-    if (!inst.count(std::make_pair(c.N, c.round)))
-      inst.emplace(std::make_pair(c.N, c.round), detail::rms_norm_block_quant_instance(r, M, c.N, 2, c.round, false));
+    if (!inst.count(key(c)))
+      inst.emplace(key(c), detail::rms_norm_block_quant_instance(r, c.M, c.N, 2, c.round, false));
   std::printf("[stream sweep] persisting L2 limit of the context: %zu bytes%s\n", persist_l2().limit(),
               persist_l2().reset ? "" : " (cuCtxResetPersistingL2Cache not found: cold rows would fail)");
-  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(std::make_pair(c.N, c.round)); };
+  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(key(c)); };
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
   first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); }, at);
   const char* rounds_env = std::getenv("KILN_MEASURE_ROUNDS");
   const int rounds = rounds_env ? std::max(1, std::atoi(rounds_env)) : 9;
   paired_sweep(
-      "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", cfgs,
+      "[stream sweep] mode 2, M = 8192 unless named, round_scale 1 (rs0: 0)", cfgs,
       [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
 }
 
