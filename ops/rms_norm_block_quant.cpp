@@ -62,6 +62,27 @@ constexpr int kStreamFlat = 2048;
 // their values stay unused.)
 // 16384 WLDG (on TIGHT): LEAN's weights (an LDG a block ahead) instead of the weights in shared memory.
 constexpr int kStreamWldg = 16384;
+// The prefetch field of a stream config: 1 (each item's blocks kept in their ring slots between the passes), and in
+// session 14 | the codes' L2 hint on the default's structure (19203, two blocks an item, 4 slots; rmsq::kRmsqHint* in
+// rms_norm_block_quant_stream.cuh): 16 QEL — the q / qT codes stored with an L2 evict-last policy — and 64 QEN, its
+// code-shape control (the same code with an evict-normal policy). Bit-exact with the default by construction.
+// (Session 14 round B, 30 rounds in one process, against 19203 = 25.15 / 90.85 µs at 2048 / 7168: QEL −0.02 / −2.08
+// against the default, +0.69 / −2.02 against QEN; measured and deleted: 4 X256 — x's copies with the 256-byte L2
+// prefetch size —, +0.32 / +0.70; 8 XEF — x's copies with an evict-first policy — against its control 32 XEN, +0.11 /
+// +3.01; 128 PFS1 / 256 PFS2 — item it + 3's x prefetched into L2 after pass 2 of item it < 1 / 2 — against their
+// control 512 (item it + 1's), +0.62 / +0.75 and +0.82 at 7168, the control +1.26 / +0.50 against the default.
+// Values 2, 4, 8, 32, 128, 256, 512 stay unused; 2 was session 13's HP1.)
+// (Round D measured 1040 QELD — QEL whose CTAs demote their code lines to evict-normal after a fence at the end, so that
+// no evict-last line outlives the kernel — and its control 1088 on QEN: the demotion cost +4.3 / +4.3 / +9.1 µs at
+// 2048 / 4096 / 7168; deleted, values unused.)
+// QEL is the default where it won, with power-of-two scales and two blocks an item: N ≥ 4096 (make_spec) and at launch
+// M·N ≥ 2^25 elements (the codes ≥ 64 MiB, beyond what L2 keeps; launch_stream drops the bit below: the same bits).
+// Measured in one process against 19203, 30 rounds each (bench/NOTES.md, session 14): N = 7168, M = 8192 −2.02 / −1.98 /
+// −2.29 µs (rounds B / C / D, 29–30 of 30 rounds won), −2.80 with the persisting lines reset before every flush;
+// N = 4096 −0.96 / −1.58 (28 / 30 of 30); N = 2048 (2^24 elements) +0.69 / +0.83 (0 of 30: the previous call's
+// left-over evict-last lines are written back inside the next call; +0.00 with them reset), so not there.
+constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
+constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -123,8 +144,9 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                        s.config[C_PREFETCH] != 0, round, wf32);
   else if (is_stream(s)) {  // the stream kernel: its own header (includes the family's)
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
-    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}>", p[P_N],
-                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP]);
+    name = fmt::format("kiln::rms_norm_block_quant_stream_kernel<{}, {}, {}, {}, {}, {}{}>", p[P_N],
+                       s.config[C_COL_BLOCKS], round, wf32, s.config[C_STAGES], s.config[C_OVERLAP],
+                       s.config[C_PREFETCH] != 1 ? fmt::format(", {}", s.config[C_PREFETCH]) : std::string());
   } else if (is_tile512(s)) {
     source = "#include \"kiln/rms_norm_block_quant_stream.cuh\"\n";
     name = fmt::format("kiln::rms_norm_block_quant_tile512_kernel<{}, {}, {}, {}, {}>", p[P_N], s.config[C_COL_BLOCKS],
@@ -297,7 +319,7 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config = {};
       s.config[C_WARPS] = kRmsqStreamThreads / 32;
       s.config[C_COL_BLOCKS] = scb;
-      s.config[C_PREFETCH] = 1;  // x kept in its ring slots
+      s.config[C_PREFETCH] = 1;  // x kept in its ring slots (| QEL where it won: below)
       s.config[C_STAGES] = 2 * scb;
       // LEAN (session 7 round 5, in one process: 27.66 µs against the base's 29.23 at N = 2048, 92.30 against 94.86
       // at 7168, one block an item 27.74 against 29.60; the bench rows 27.82 / 94.77, round_scale 0 44.90 against
@@ -307,6 +329,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       s.config[C_OVERLAP] =
           round && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
       s.config[C_EXCHANGE] = kStreamGlobal;
+      // The codes stored evict-last (QEL, session 14: see kStreamHintQel) from N = 4096; launch_stream keeps it only
+      // where M·N ≥ kStreamQelMinElems.
+      if (round && scb == 2 && N >= 4096) s.config[C_PREFETCH] |= kStreamHintQel;
     }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
@@ -390,6 +415,16 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       if (overlap != 1 && R != 2 * cb) continue;
       s.config[C_OVERLAP] = overlap;
       s.config[C_STAGES] = R;
+      out.push_back(s);
+    }
+  }
+  // Session 14: the codes' L2 hint on the power-of-two default (kStreamHint*; without power-of-two scales the kernel
+  // drops it with TIGHT, so the points are the default's code there).
+  if (cb == 2) {
+    s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
+    s.config[C_STAGES] = 2 * cb;
+    for (int h : {kStreamHintQel, kStreamHintQen}) {
+      s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }
   }
@@ -590,8 +625,12 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
   if (trace && (s.config[C_OVERLAP] & 2)) s.config[C_OVERLAP] |= kRmsqStreamTrace;  // (not a search-space point)
   else trace = nullptr;
   if ((s.config[C_OVERLAP] & kStreamTight) &&
-      (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31)))
+      (a.x_stride != s.params[P_N] || static_cast<int64_t>(a.M) * s.params[P_N] >= (int64_t{1} << 31))) {
     s.config[C_OVERLAP] &= ~(kStreamTight | kStreamSplit | kStreamFlat | kStreamWldg);
+    s.config[C_PREFETCH] = 1;  // (the codes' L2 hint is a TIGHT variant)
+  }
+  if ((s.config[C_PREFETCH] & kStreamHintQel) && static_cast<int64_t>(a.M) * s.params[P_N] < kStreamQelMinElems)
+    s.config[C_PREFETCH] &= ~kStreamHintQel;  // (QEL only where the codes exceed what L2 keeps: the same bits)
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

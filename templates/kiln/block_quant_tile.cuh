@@ -54,9 +54,14 @@ __device__ __forceinline__ void st_global_f32_if(float* p, float v, bool pred) {
 // is < `rows` (the rows of the block that exist, counted from 4·hw); the quantizer parameters come back by four
 // broadcasts, and row i's 8 codes go to q + i·q_stride (this lane's 8 bytes of row 4·hw + i) for i < rows.
 // PRED: the scale stored by a predicated instruction (st_global_f32_if) instead of a divergent branch.
-template <bool PRED = false, class Make, class Apply>
+// store(p, uint2): the codes' 8-byte store (PlainStore8: a plain st.global; the stream kernel's L2-hint variants
+// pass their own).
+struct PlainStore8 {
+  __device__ __forceinline__ void operator()(void* p, uint2 v) const { *reinterpret_cast<uint2*>(p) = v; }
+};
+template <bool PRED = false, class Make, class Apply, class Store = PlainStore8>
 __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int lane, int rows, u8* q, i64 q_stride,
-                                          float* scale, Make make, Apply apply) {
+                                          float* scale, Make make, Apply apply, Store store = {}) {
   float pm[4];
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
@@ -74,7 +79,7 @@ __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int la
       uint2 out;
       out.x = e4m3x4(apply(y[i][0], qp), apply(y[i][1], qp), apply(y[i][2], qp), apply(y[i][3], qp));
       out.y = e4m3x4(apply(y[i][4], qp), apply(y[i][5], qp), apply(y[i][6], qp), apply(y[i][7], qp));
-      *reinterpret_cast<uint2*>(q + i * q_stride) = out;
+      store(q + i * q_stride, out);
     }
   }
 }

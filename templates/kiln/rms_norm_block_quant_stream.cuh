@@ -131,6 +131,52 @@ struct IntC {
 __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
   asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(dst), "l"(src) : "memory");
 }
+// ---- L2 hints on the codes (session 14, config prefetch bits on the stream kernel's 1) ----
+// kRmsqHintQel (16): the q / qT codes stored with an L2 evict-last cache policy, so that L2 keeps more dirty codes
+// past the kernel's end (fewer DRAM writes inside it; ncu at N = 7168: 93.1 MB written against 100.7). Evict-last lines
+// live in the context's persisting-L2 set-aside (cudaLimitPersistingL2CacheSize; 9.8 MB = 30 % of the maximum by
+// default on the bench machine) and outlive the kernel: up to that much of the last codes stay in L2 afterwards (the
+// next reader of q / qT finds them; a read-flush does not evict them). The policy is
+// a compile-time constant (createpolicy with a constant fraction: a uniform-register descriptor, no per-thread
+// register), but the cache-hint form moves the kernel's register allocation, so kRmsqHintQen (64) is its control: the
+// same code with an evict-normal policy (the default behaviour). (Session 14 round B also measured, on the x copies,
+// the 256-byte L2 prefetch size (4), an evict-first policy (8) with its evict-normal control (32), and an L2 prefetch
+// of item it + 3 after pass 2 of the first items (128, 256; control 512): all lost; bench/NOTES.md. Values unused.)
+// (Round D measured QELD — 1040: QEL whose CTAs, after a fence, demote their code lines to evict-normal at the end —
+// and its control 1088 on QEN: the demotion cost +4.3 to +9.1 µs; deleted, values unused.)
+constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
+template <int PRIO>  // 1 evict_normal, 2 evict_last
+__device__ __forceinline__ u64 l2_policy() {
+  static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
+  u64 pol;
+  if constexpr (PRIO == 1) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
+  else asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  return pol;
+}
+// The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
+// 8 and 16 bytes.
+template <int H>
+struct CodeStore {
+  static_assert(!((H & kRmsqHintQel) && (H & kRmsqHintQen)), "one policy for the codes");
+  static constexpr bool POL = (H & (kRmsqHintQel | kRmsqHintQen)) != 0;
+  static constexpr int PRIO = (H & kRmsqHintQel) ? 2 : 1;
+  __device__ __forceinline__ void operator()(void* p, uint2 v) const {
+    if constexpr (POL)
+      asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1,%2}, %3;" ::"l"(p), "r"(v.x), "r"(v.y),
+                   "l"(l2_policy<PRIO>())
+                   : "memory");
+    else
+      *reinterpret_cast<uint2*>(p) = v;
+  }
+  __device__ __forceinline__ void operator()(void* p, const Vec16& v) const {
+    if constexpr (POL)
+      asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1,%2,%3,%4}, %5;" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
+                   "r"(v.w[2]), "r"(v.w[3]), "l"(l2_policy<PRIO>())
+                   : "memory");
+    else
+      store16(p, v);
+  }
+};
 using bqt::col_max_at;  // (block_col_max at a 32-bit shared address: block_quant_tile.cuh)
 // store_block_codes of a full block (128 tokens, M % 16 == 0) from per-thread constants: the thread's two 16-byte
 // pieces at ct and ct + 128 words (4 channels on; halves swapped in odd warps: the staging swizzle) go to dst and
@@ -201,12 +247,13 @@ __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
 }
 // store_block_codes_full from a 32-bit shared address (ct_at = the thread's first 16-byte piece; piece 1 is 512 bytes
 // on; halves swapped in odd warps: the staging swizzle) to dst and dst + step.
+template <int H = 0>
 __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
     Vec16 c = lds16(ct_at + 512 * kk);
     if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-    store16(dst + kk * step, c);
+    CodeStore<H>{}(dst + kk * step, c);
   }
 }
 }  // namespace rmsq
@@ -218,7 +265,7 @@ __device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 ste
 // (LEAN): only item 0's blocks requested at first (with FIRST: the rest after item 0's exchange).
 template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = false, bool TRACE = false,
           bool START = false, bool TIGHT_BIT = false, bool SPLIT_BIT = false, bool FLAT_BIT = false,
-          bool WLDG_BIT = false>
+          bool WLDG_BIT = false, int HINT_BITS = 0>
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
@@ -226,6 +273,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
+  constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the codes' L2 hint (rmsq::kRmsqHint*): TIGHT's full tiles only
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -690,7 +738,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         auto store_prev = [&]() {  // the previous block's staged codes (buffer (nb − 1) & 1) out to qT
           if constexpr (TF) {
             if (aligned16 && prev_valid == ROWS)
-              store_block_codes_at(
+              store_block_codes_at<HINT>(
                   thr_const(kCodes) + ((nb + 1) & 1) * 16384,
                   a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
                   static_cast<i64>(4) * a.M, (warp & 1) != 0);
@@ -706,7 +754,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             bqt::row_codes<true>(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                                  a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
                                               static_cast<u32>(m0) + thr_const(kQs)),
-                                 MakeQuantPow2Tight{}, Apply<true>{});
+                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{});
           } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
@@ -867,11 +915,13 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 // full tiles' block barrier split into an mbarrier arrive before the row codes and a wait after them), 2048 FLAT
 // (TIGHT without divergent branches between the phases of a full block: predicated row-scale stores, the column scales
 // last; the column maxima before the row codes), 16384 WLDG (TIGHT with LEAN's weights, an LDG a block ahead, instead of the weights in shared memory).
-template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1>
+// PF = the config's prefetch field (1; session 14: | the codes' L2 hint bits kRmsqHint*, TIGHT + FLAT full tiles only).
+template <int N, int CB, bool ROUND, bool W_F32, int R, int V = 1, int PF = 1>
 __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
-                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0>(sa);
+                                   (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
+                                   PF & (rmsq::kRmsqHintQel | rmsq::kRmsqHintQen)>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

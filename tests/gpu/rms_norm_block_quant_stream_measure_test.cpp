@@ -10,6 +10,7 @@
 //    lands, and per item how long it waits for its blocks, sums, waits for the exchange and quantizes; CTA end times.
 //  * $KILN_MEASURE_ONLY / $KILN_MEASURE_SKIP select configs by name (only() below); each config prints a "[config]" line
 //    before it runs, so a call that does not finish names its config.
+#include <dlfcn.h>
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -18,6 +19,7 @@
 #include <cstdlib>
 #include <functional>
 #include <map>
+#include <tuple>
 #include <utility>
 #include <string>
 #include <vector>
@@ -47,13 +49,74 @@ struct StreamCfg {
   const char* baseline;  // the config whose outputs it must equal bit for bit (same chunking: same Σx² order)
   bool round = true;     // round_scale
   int grid = 0;          // CTAs launched (detail::rms_norm_block_quant_stream_grid; 0: the host's choice)
+  int prefetch = 1;      // the config's prefetch field (session 14: 1 | the codes' L2 hint bits)
+  bool cold = false;     // session 14: before each timed call's L2 flush, persisting L2 lines reset to normal
+  bool host = false;     // no config forced: the host's default (make_spec and launch_stream's rules)
+  int64_t M = 8192;      // tokens
 };
+
+// Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
+// live there), resolved from libcuda directly (measurement only: kiln's driver table does not carry them).
+struct PersistL2 {
+  using Reset = CUresult (*)();
+  using GetLimit = CUresult (*)(size_t*, CUlimit);
+  using SetLimit = CUresult (*)(CUlimit, size_t);
+  Reset reset = nullptr;
+  GetLimit get = nullptr;
+  SetLimit set = nullptr;
+  PersistL2() {
+    if (void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD)) {
+      reset = reinterpret_cast<Reset>(dlsym(lib, "cuCtxResetPersistingL2Cache"));
+      get = reinterpret_cast<GetLimit>(dlsym(lib, "cuCtxGetLimit"));
+      set = reinterpret_cast<SetLimit>(dlsym(lib, "cuCtxSetLimit"));
+    }
+  }
+  size_t limit() const {
+    size_t v = 0;
+    if (get) detail::check(get(&v, CU_LIMIT_PERSISTING_L2_CACHE_SIZE), "cuCtxGetLimit");
+    return v;
+  }
+};
+const PersistL2& persist_l2() {
+  static const PersistL2 p;
+  return p;
+}
+// detail::time_calls_us with, for `cold`, the persisting L2 lines reset to normal before each call's flush (so the
+// 256 MB read evicts evict-last lines a previous call left as well).
+std::vector<double> timed_calls(const std::function<void(Stream)>& fn, detail::L2Flusher& l2, int warmup, int calls,
+                                bool cold) {
+  if (!cold) return detail::time_calls_us(fn, nullptr, l2, warmup, calls);
+  for (int i = 0; i < warmup; ++i) fn(nullptr);
+  synchronize();
+  CUevent e0, e1;
+  detail::check(detail::driver().cuEventCreate(&e0, CU_EVENT_DEFAULT), "cuEventCreate");
+  detail::check(detail::driver().cuEventCreate(&e1, CU_EVENT_DEFAULT), "cuEventCreate");
+  std::vector<double> us;
+  for (int i = 0; i < calls; ++i) {
+    detail::check(persist_l2().reset(), "cuCtxResetPersistingL2Cache");
+    l2.flush(nullptr);
+    detail::check(detail::driver().cuEventRecord(e0, nullptr), "cuEventRecord");
+    fn(nullptr);
+    detail::check(detail::driver().cuEventRecord(e1, nullptr), "cuEventRecord");
+    detail::check(detail::driver().cuEventSynchronize(e1), "cuEventSynchronize");
+    float ms = 0;
+    detail::check(detail::driver().cuEventElapsedTime(&ms, e0, e1), "cuEventElapsedTime");
+    us.push_back(ms * 1e3);
+  }
+  detail::driver().cuEventDestroy(e0);
+  detail::driver().cuEventDestroy(e1);
+  return us;
+}
 
 void force(const StreamCfg& c) {
   std::printf("[config] %s\n", c.name);  // (progress: a config that does not finish is the last one printed)
   std::fflush(stdout);
   detail::rms_norm_block_quant_stream_grid.store(c.grid);
-  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, 1, c.stages, c.overlap, 3))
+  if (c.host) {
+    ASSERT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+    return;
+  }
+  ASSERT_TRUE(detail::rms_norm_block_quant_force_config(c.N, 2, 16, c.col_blocks, c.prefetch, c.stages, c.overlap, 3))
       << "not a search-space point: " << c.name;
 }
 
@@ -107,22 +170,24 @@ class RmsqStreamMeasure : public GpuTest {
 // its parts FRC 4, FRR 8, FRB 16, the control FRN 1073741824, NOSLEEP 268435456 and EAGER 536870912 likewise;
 // session 13's GATE 65536 (on FIRST + START), FS (FIRST + START on 19203) and HP1 / HP1b (19203 with prefetch 2)
 // likewise.)
-// The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d): the default's
-// cubin on P CTAs. Rounds A and B (P forced against the wave, 132 on the H100) measured 120–131 at N = 2048 and 7168
-// (bench/NOTES.md); the host's grid is now global_grid's (≤ 4 items a CTA: the fewest CTAs that keep the wave's most
-// items a CTA — 128 at N = 2048, M = 8192 —; else the wave, 7168). Round C's rows (kept: the default against the
-// wave forced at 2048, round_scale 1 and 0, and against P = 128 at 7168): −0.61 / −0.18 / +0.93 µs.
+// The sweep's rows (the variants under measurement go here, each with its baseline). Session 12 (q2d) measured the
+// default's cubin on P CTAs here (the host's grid: 128 at N = 2048, M = 8192; the wave at 7168). Session 14 (q2f):
+// round B the L2 hints on 19203 (config prefetch 1 | bits) and a start-up L2 prefetch, round C QEL (16, the codes
+// stored evict-last) with "cold" rows (the persisting L2 lines reset to normal before each call's flush), round D QELD
+// (QEL with the code lines demoted at the end), round E the final code at M = 8192 (bench/NOTES.md); round F: the
+// host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
+// 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
 std::vector<StreamCfg> session_cfgs() {
-  const char* w2 = "2048 P=132 (wave)";
-  const char* w2r0 = "2048 rs0 P=132 (wave)";
-  const char* d7 = "7168 default (19203, wave)";
+  const char* a = "7168x5120 old default (pf 1)";
+  const char* b = "7168x16384 old default (pf 1)";
+  const char* c = "4096x16384 old default (pf 1)";
   return {
-      {w2, 2048, 2, 4, 19203, nullptr, true, 132},
-      {"2048 default (19203, P=128)", 2048, 2, 4, 19203, w2},
-      {w2r0, 2048, 2, 4, 3, nullptr, false, 132},
-      {"2048 rs0 default (LEAN, P=128)", 2048, 2, 4, 3, w2r0, false},
-      {d7, 7168, 2, 4, 19203, nullptr},
-      {"7168 P=128", 7168, 2, 4, 19203, d7, true, 128},
+      {a, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 5120},
+      {"7168x5120 host default (QEL)", 7168, 2, 4, 19203, a, true, 0, 17, false, true, 5120},
+      {b, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
+      {"7168x16384 host default (QEL)", 7168, 2, 4, 19203, b, true, 0, 17, false, true, 16384},
+      {c, 4096, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
+      {"4096x16384 host default (QEL)", 4096, 2, 4, 19203, c, true, 0, 17, false, true, 16384},
   };
 }
 
@@ -138,7 +203,7 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
     for (size_t k = 0; k < cfgs.size(); ++k) {
       const size_t i = round % 2 == 0 ? k : cfgs.size() - 1 - k;
       select(i);
-      med[i].push_back(detail::median(detail::time_calls_us(run(i), nullptr, l2, 2, calls)));
+      med[i].push_back(detail::median(timed_calls(run(i), l2, 2, calls, cfgs[i].cold)));
     }
   std::printf("%s, %d rounds x %d calls (L2 flushed): median of round medians (min .. max round median), µs; "
               "against the baseline: median of the per-round differences, rounds won\n",
@@ -165,21 +230,63 @@ TEST_F(RmsqStreamMeasure, Sweep) {
 
   Runtime& r = rt();
   bind_device(r);  // the bench instance allocates before any op has bound the context on this thread
-  const int64_t M = 8192;
-  std::map<std::pair<int64_t, bool>, detail::BenchInstance> inst;
-  for (int64_t N : {2048, 7168})
-    for (bool round : {true, false})
-      if (round || N == 2048)
-        inst.emplace(std::make_pair(N, round), detail::rms_norm_block_quant_instance(r, M, N, 2, round, false));
-  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(std::make_pair(c.N, c.round)); };
+  std::map<std::tuple<int64_t, bool, int64_t>, detail::BenchInstance> inst;
+  auto key = [](const StreamCfg& c) { return std::make_tuple(c.N, c.round, c.M); };
+  for (const StreamCfg& c : cfgs)
+    if (!inst.count(key(c)))
+      inst.emplace(key(c), detail::rms_norm_block_quant_instance(r, c.M, c.N, 2, c.round, false));
+  std::printf("[stream sweep] persisting L2 limit of the context: %zu bytes%s\n", persist_l2().limit(),
+              persist_l2().reset ? "" : " (cuCtxResetPersistingL2Cache not found: cold rows would fail)");
+  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(key(c)); };
   detail::L2Flusher l2(r, nullptr);
   // Compile + first run of each (outputs checked against the baseline's), then timing rounds.
   first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); }, at);
   const char* rounds_env = std::getenv("KILN_MEASURE_ROUNDS");
   const int rounds = rounds_env ? std::max(1, std::atoi(rounds_env)) : 9;
   paired_sweep(
-      "[stream sweep] M = " + std::to_string(M) + ", mode 2, round_scale 1 (rs0: 0)", cfgs,
+      "[stream sweep] mode 2, M = 8192 unless named, round_scale 1 (rs0: 0)", cfgs,
       [&](size_t i) { force(cfgs[i]); }, [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
+}
+
+// Session 14 (fact-finding, not a kiln setting): QEL (round C) / QELD (round D) against the default with the context's
+// persisting-L2 limit raised to the device's maximum (rounds C / D: the default rows, run after QEL / QELD rows, slowed
+// 92 → 139 / 205 µs at 7168 — left-over evict-last lines, or the set-aside itself?). Round E: every row cold (the
+// persisting lines reset to normal before each call's flush), so no row sees another's leftovers.
+TEST_F(RmsqStreamMeasure, PersistMax) {
+  const char* d2 = "2048 default, persist max, cold";
+  const char* d7 = "7168 default, persist max, cold";
+  const std::vector<StreamCfg> cfgs = only({
+      {d7, 7168, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"7168 QEL, persist max, cold", 7168, 2, 4, 19203, d7, true, 0, 17, true},
+      {d2, 2048, 2, 4, 19203, nullptr, true, 0, 1, true},
+      {"2048 QEL, persist max, cold", 2048, 2, 4, 19203, d2, true, 0, 17, true},
+  });
+  Runtime& r = rt();
+  bind_device(r);
+  ASSERT_TRUE(persist_l2().set && persist_l2().get) << "cuCtxSetLimit / cuCtxGetLimit not found";
+  int max_bytes = 0;
+  detail::check(detail::driver().cuDeviceGetAttribute(&max_bytes, CU_DEVICE_ATTRIBUTE_MAX_PERSISTING_L2_CACHE_SIZE,
+                                                      0),
+                "cuDeviceGetAttribute");
+  const size_t before = persist_l2().limit();
+  detail::check(persist_l2().set(CU_LIMIT_PERSISTING_L2_CACHE_SIZE, static_cast<size_t>(max_bytes)), "cuCtxSetLimit");
+  struct Restore {
+    size_t v;
+    ~Restore() { persist_l2().set(CU_LIMIT_PERSISTING_L2_CACHE_SIZE, v); }
+  } restore{before};
+  std::printf("[persist max] persisting L2 limit %zu -> %zu bytes (device maximum %d)\n", before, persist_l2().limit(),
+              max_bytes);
+  const int64_t M = 8192;
+  std::map<int64_t, detail::BenchInstance> inst;
+  for (int64_t N : {2048, 7168}) inst.emplace(N, detail::rms_norm_block_quant_instance(r, M, N, 2, true, false));
+  auto at = [&](const StreamCfg& c) -> detail::BenchInstance& { return inst.at(c.N); };
+  detail::L2Flusher l2(r, nullptr);
+  first_runs_checked(cfgs, [](const StreamCfg& c) { force(c); }, at);
+  const char* rounds_env = std::getenv("KILN_MEASURE_ROUNDS");
+  const int rounds = rounds_env ? std::max(1, std::atoi(rounds_env)) : 9;
+  paired_sweep(
+      "[persist max] M = 8192, mode 2, round_scale 1", cfgs, [&](size_t i) { force(cfgs[i]); },
+      [&](size_t i) { return at(cfgs[i]).run; }, l2, rounds, 10);
 }
 
 // One call per config, outputs compared with the first config of the same N (a target for `ncu -k regex:stream_kernel

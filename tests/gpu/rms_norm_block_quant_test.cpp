@@ -615,6 +615,29 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   check_points(points, 0x7d);
 }
 
+// Session 14's codes' L2 hint on the stream default (config prefetch 1 | 16 QEL — the q / qT codes stored with an L2
+// evict-last policy, the default from N = 4096 where M·N ≥ 2^25 —, 64 QEN — evict-normal, its control), forced on
+// 19203 against the CPU reference: only cache hints, so the same bits. QEL runs where M·N ≥ 2^25 (7168 × 8000 / 5003
+// / 8192, 4096 × 8200), else the same config without it (launch_stream drops it: 2048 × 4096); full tiles take the
+// hinted code, partial last tiles and M % 16 != 0 the LEAN code (index % 3 == 2: round_scale 0, where the kernel drops
+// the hint with TIGHT).
+TEST_F(RmsNormBlockQuantTest, StreamKernelL2HintPoints) {
+  const std::vector<SpacePoint> points = {
+      {7168, 2, 16, 2, 17, 4, 19203, 3, 8000}, {7168, 2, 16, 2, 17, 4, 19203, 3, 5003},
+      {2048, 2, 16, 2, 17, 4, 19203, 3, 8000}, {4096, 2, 16, 2, 17, 4, 19203, 3, 8200},
+      {7168, 2, 16, 2, 65, 4, 19203, 3, 1000}, {2048, 2, 16, 2, 65, 4, 19203, 3, 1},
+      {7168, 2, 16, 2, 17, 4, 19203, 3, 8192}, {2048, 2, 16, 2, 17, 4, 19203, 3, 4096},
+  };
+  check_points(points, 0x8e);
+  // Not points: a hint on LEAN or on one block an item; round B's deleted hints.
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 17, 4, 3, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 1, 17, 2, 19203, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 5, 4, 19203, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 129, 4, 19203, 3));
+  EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 1041, 4, 19203, 3));
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
 // The stream kernel on fewer CTAs than one wave writes the same bits as on the wave (forced through
 // detail::rms_norm_block_quant_stream_grid), rms_inv included: an item's partial sums depend only on its (tile,
 // chunk), and the exchange sums a tile's chunks in chunk order whatever CTA ran them. Both the host's grid
