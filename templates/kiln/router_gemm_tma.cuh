@@ -366,6 +366,11 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
+//  * kRgDeferTail (defer = D = (flags >> kRgDeferTailShift) & 3 chunks; two consumer warpgroups, not PP, the cluster's
+//    last tile): consumer warpgroup 0 issues the MMAs of its last D chunks only after warpgroup 1 has issued its last
+//    chunk's (named barrier 6), so the tensor pipes finish warpgroup 1's rows ≈ D chunk-halves (≈ 0.15 µs each) earlier
+//    and its register stores (half of the logits) start while warpgroup 0's last MMAs run; warpgroup 0 holds its last
+//    D stages that long (no fill is pending on the last tile). Same MMAs in the same order per warpgroup: same bits.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
@@ -536,7 +541,15 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       Row::zero(acc);
       int prev = -1;
       const bool last = t + clusters >= groups;
+      // kRgDeferTail: warpgroup 0 issues its last `defer` chunks only once warpgroup 1 has issued its last one.
+      int defer = 0;
+      if constexpr (!PP && WGM == 2)
+        if (last) {
+          defer = (flags >> kRgDeferTailShift) & 3;
+          if (defer >= CHUNKS || defer >= STAGES) defer = 0;  // (the last fills need the stages released before)
+        }
       for (int kc = 0; kc < CHUNKS; ++kc) {
+        if (defer && wm == 0 && kc == CHUNKS - defer) asm volatile("bar.sync 6, 256;" ::: "memory");
         ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
@@ -546,6 +559,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         }
         const u32 off = static_cast<u32>(s) * (STAGE / 16);
         if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
+        if (defer && wm == 1 && kc == CHUNKS - 1) asm volatile("bar.arrive 6, 256;" ::: "memory");
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
         if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
         prev = s;
