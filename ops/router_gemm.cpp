@@ -782,9 +782,11 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
+    // kRgDeferTail's chunk count: a measurement's own, else the options'.
+    const int defer = (measure & kRgDeferTailMask) ? (measure & kRgDeferTailMask) : (opts & kRgDeferTailMask);
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
-                          kRgNoExitSync | kRgDeferTailMask)) |
-              (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+                          kRgNoExitSync)) |
+              defer | (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&
