@@ -59,9 +59,10 @@ constexpr int kRgXmcPlain = 1 << 28;
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
 // Expert-pair forward option (session 14, measurement): kRgDeferTail — consumer warpgroup 0 issues its last
-// D = (flags >> kRgDeferTailShift) & 3 (1–3) chunks of the cluster's last tile only after warpgroup 1 has issued its
-// last, so warpgroup 1's half of the logits leaves while warpgroup 0's last MMAs run (router_gemm_tma.cuh). Same bits.
-constexpr int kRgDeferTailShift = 29, kRgDeferTailMask = 3 << kRgDeferTailShift;
+// D = (flags >> kRgDeferTailShift) & 7 (1–7, at most STAGES − 1) chunks of the cluster's last tile only after warpgroup 1
+// has issued its last, so warpgroup 1's half of the logits leaves while warpgroup 0's last MMAs run
+// (router_gemm_tma.cuh). Same bits.
+constexpr int kRgDeferTailShift = 4, kRgDeferTailMask = 7 << kRgDeferTailShift;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

@@ -366,7 +366,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
-//  * kRgDeferTail (defer = D = (flags >> kRgDeferTailShift) & 3 chunks; two consumer warpgroups, not PP, the cluster's
+//  * kRgDeferTail (defer = D = (flags >> kRgDeferTailShift) & 7 chunks; two consumer warpgroups, not PP, the cluster's
 //    last tile): consumer warpgroup 0 issues the MMAs of its last D chunks only after warpgroup 1 has issued its last
 //    chunk's (named barrier 6), so the tensor pipes finish warpgroup 1's rows ≈ D chunk-halves (≈ 0.15 µs each) earlier
 //    and its register stores (half of the logits) start while warpgroup 0's last MMAs run; warpgroup 0 holds its last
@@ -545,7 +545,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       int defer = 0;
       if constexpr (!PP && WGM == 2)
         if (last) {
-          defer = (flags >> kRgDeferTailShift) & 3;
+          defer = (flags >> kRgDeferTailShift) & 7;
           if (defer >= CHUNKS || defer >= STAGES) defer = 0;  // (the last fills need the stages released before)
         }
       for (int kc = 0; kc < CHUNKS; ++kc) {

@@ -589,7 +589,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
   }
 }
 
-// The expert-pair forward's session-14 option kRgDeferTail (warpgroup 0 issues its last 1–3 chunks after warpgroup 1's
+// The expert-pair forward's session-14 option kRgDeferTail (warpgroup 0 issues its last 1–7 chunks after warpgroup 1's
 // last): the same MMAs in the same order per warpgroup, so bit for bit the default options' logits — with the op's
 // options, with the mixed TMA epilogue without the producer tail, the staged and the direct epilogues, at 6 and 7 stages,
 // strided logits, a partial last tile (300 rows), several tiles a cluster (17000 rows, K not a multiple of 64), tiny T,
@@ -610,7 +610,7 @@ TEST_F(RouterGemmTest, FwdTmaXmcDeferTail) {
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
       if (T <= 4097) EXPECT_TRUE(logits_close(base.y, ref::router_gemm_fwd(x, w, T, K, E), K, E)) << where;
-      for (int flags : {1 << kRgDeferTailShift, 2 << kRgDeferTailShift, 3 << kRgDeferTailShift,
+      for (int flags : {1 << kRgDeferTailShift, 3 << kRgDeferTailShift, 5 << kRgDeferTailShift, 7 << kRgDeferTailShift,
                         kRgEpiTma | kRgEpiMix | (2 << kRgDeferTailShift), kRgXmcPlain | (3 << kRgDeferTailShift),
                         kRgEpiDirect | kRgNoExitSync | (2 << kRgDeferTailShift)}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
@@ -699,7 +699,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"pingpong 9 stages (64-row tiles, warpgroups on alternate tiles)", 0, pp9, false},
                        Mode{"defer1 (warpgroup 0's last chunk after warpgroup 1's)", 1 << kRgDeferTailShift, def, false},
                        Mode{"defer2 (warpgroup 0's last 2 chunks after warpgroup 1's)", 2 << kRgDeferTailShift, def, false},
-                       Mode{"defer3 (warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift, def, false}}) {
+                       Mode{"defer3 (warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift, def, false},
+                       Mode{"defer4 (warpgroup 0's last 4 chunks after warpgroup 1's)", 4 << kRgDeferTailShift, def, false},
+                       Mode{"defer5 (warpgroup 0's last 5 chunks after warpgroup 1's)", 5 << kRgDeferTailShift, def, false},
+                       Mode{"defer3 s7 (7 stages, warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift,
+                            stages7, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -845,7 +849,10 @@ int rg_flags_named(const std::string& spec) {
                                                {"now", kRgSkipW},
                                                {"defer1", 1 << kRgDeferTailShift},
                                                {"defer2", 2 << kRgDeferTailShift},
-                                               {"defer3", 3 << kRgDeferTailShift}};
+                                               {"defer3", 3 << kRgDeferTailShift},
+                                               {"defer4", 4 << kRgDeferTailShift},
+                                               {"defer5", 5 << kRgDeferTailShift},
+                                               {"defer6", 6 << kRgDeferTailShift}};
   int flags = 0;
   for (const std::string& n : split_on(spec, '+')) {
     bool hit = false;
