@@ -63,6 +63,10 @@ constexpr int kRgNoExitSync = 1 << 23;
 // has issued its last, so warpgroup 1's half of the logits leaves while warpgroup 0's last MMAs run
 // (router_gemm_tma.cuh). Same bits.
 constexpr int kRgDeferTailShift = 4, kRgDeferTailMask = 7 << kRgDeferTailShift;
+// Expert-pair forward option (session 14, measurement), with kRgEpiMix: m = (flags >> kRgEpiMixWarpsShift) & 3 (1–3) of
+// consumer warpgroup 1's warps store from their registers and its other 4 − m by TMA like warpgroup 0 (0: all 4 from
+// the registers, kRgEpiMix's split). Same bits.
+constexpr int kRgEpiMixWarpsShift = 7, kRgEpiMixWarpsMask = 3 << kRgEpiMixWarpsShift;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

@@ -371,6 +371,9 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    chunk's (named barrier 6), so the tensor pipes finish warpgroup 1's rows ≈ D chunk-halves (≈ 0.15 µs each) earlier
 //    and its register stores (half of the logits) start while warpgroup 0's last MMAs run; warpgroup 0 holds its last
 //    D stages that long (no fill is pending on the last tile). Same MMAs in the same order per warpgroup: same bits.
+//  * kRgEpiMixWarps (with kRgEpiTma + kRgEpiMix; m = (flags >> kRgEpiMixWarpsShift) & 3, 0 = 4): only warpgroup 1's
+//    warps 0 … m − 1 store from their registers; its other warps stage and TMA-store their 16 rows like warpgroup 0's
+//    (in their own x rows, 64–127, of stage `warp`). Same bits.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
@@ -577,7 +580,9 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
-      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
+      // kRgEpiMix: warpgroup 1's warps [0, mixw) store from their registers, the others (and warpgroup 0) by TMA.
+      const int mixw = (flags >> kRgEpiMixWarpsShift) & 3 ? (flags >> kRgEpiMixWarpsShift) & 3 : 4;
+      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1 && warp < mixw)) {
         const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
         Row::stage_sw128(acc, slot, lane);
         fence_proxy_async();

@@ -589,12 +589,13 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
   }
 }
 
-// The expert-pair forward's session-14 option kRgDeferTail (warpgroup 0 issues its last 1–7 chunks after warpgroup 1's
-// last): the same MMAs in the same order per warpgroup, so bit for bit the default options' logits — with the op's
+// The expert-pair forward's session-14 options kRgDeferTail (warpgroup 0 issues its last 1–7 chunks after warpgroup 1's
+// last) and kRgEpiMixWarps (1–3 of warpgroup 1's warps store from registers, the others by TMA): the same MMAs in the
+// same order per warpgroup and the same values stored, so bit for bit the default options' logits — with the op's
 // options, with the mixed TMA epilogue without the producer tail, the staged and the direct epilogues, at 6 and 7 stages,
 // strided logits, a partial last tile (300 rows), several tiles a cluster (17000 rows, K not a multiple of 64), tiny T,
 // E/2 = 96, and where it does not apply (K = 64: one chunk; 64-token tiles: one consumer warpgroup).
-TEST_F(RouterGemmTest, FwdTmaXmcDeferTail) {
+TEST_F(RouterGemmTest, FwdTmaXmcDeferTailAndMixWarps) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{17000, 1040, 256}, Shape{300, 7168, 256}, Shape{7, 2048, 256},
                          Shape{4097, 2056, 192}, Shape{130, 64, 256}}) {
@@ -612,7 +613,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcDeferTail) {
       if (T <= 4097) EXPECT_TRUE(logits_close(base.y, ref::router_gemm_fwd(x, w, T, K, E), K, E)) << where;
       for (int flags : {1 << kRgDeferTailShift, 3 << kRgDeferTailShift, 5 << kRgDeferTailShift, 7 << kRgDeferTailShift,
                         kRgEpiTma | kRgEpiMix | (2 << kRgDeferTailShift), kRgXmcPlain | (3 << kRgDeferTailShift),
-                        kRgEpiDirect | kRgNoExitSync | (2 << kRgDeferTailShift)}) {
+                        kRgEpiDirect | kRgNoExitSync | (2 << kRgDeferTailShift), 1 << kRgEpiMixWarpsShift,
+                        (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift), 3 << kRgEpiMixWarpsShift}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -703,7 +705,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"defer4 (warpgroup 0's last 4 chunks after warpgroup 1's)", 4 << kRgDeferTailShift, def, false},
                        Mode{"defer5 (warpgroup 0's last 5 chunks after warpgroup 1's)", 5 << kRgDeferTailShift, def, false},
                        Mode{"defer3 s7 (7 stages, warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift,
-                            stages7, false}}) {
+                            stages7, false},
+                       Mode{"mix2 (warpgroup 1's warps 2-3 by TMA)", 2 << kRgEpiMixWarpsShift, def, false},
+                       Mode{"defer3 mix2", (3 << kRgDeferTailShift) | (2 << kRgEpiMixWarpsShift), def, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -852,7 +856,10 @@ int rg_flags_named(const std::string& spec) {
                                                {"defer3", 3 << kRgDeferTailShift},
                                                {"defer4", 4 << kRgDeferTailShift},
                                                {"defer5", 5 << kRgDeferTailShift},
-                                               {"defer6", 6 << kRgDeferTailShift}};
+                                               {"defer6", 6 << kRgDeferTailShift},
+                                               {"mix1", 1 << kRgEpiMixWarpsShift},
+                                               {"mix2", 2 << kRgEpiMixWarpsShift},
+                                               {"mix3", 3 << kRgEpiMixWarpsShift}};
   int flags = 0;
   for (const std::string& n : split_on(spec, '+')) {
     bool hit = false;
