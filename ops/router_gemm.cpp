@@ -785,7 +785,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // kRgDeferTail's chunk count: a measurement's own, else the options'.
     const int defer = (measure & kRgDeferTailMask) ? (measure & kRgDeferTailMask) : (opts & kRgDeferTailMask);
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
-                          kRgNoExitSync | kRgEpiMixWarpsMask)) |
+                          kRgNoExitSync | kRgEpiMixWarpsMask | kRgEpiTmaPipe)) |
               defer | (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.

@@ -67,6 +67,9 @@ constexpr int kRgDeferTailShift = 4, kRgDeferTailMask = 7 << kRgDeferTailShift;
 // consumer warpgroup 1's warps store from their registers and its other 4 − m by TMA like warpgroup 0 (0: all 4 from
 // the registers, kRgEpiMix's split). Same bits.
 constexpr int kRgEpiMixWarpsShift = 7, kRgEpiMixWarpsMask = 3 << kRgEpiMixWarpsShift;
+// Expert-pair forward option (session 14, measurement), with kRgEpiTma at E/2 = 128: each TMA-storing warp stages and
+// stores its four 16 × 32 boxes one at a time instead of staging all four first. Same bits.
+constexpr int kRgEpiTmaPipe = 1 << 25;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

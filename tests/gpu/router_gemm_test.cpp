@@ -590,7 +590,8 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
 }
 
 // The expert-pair forward's session-14 options kRgDeferTail (warpgroup 0 issues its last 1–7 chunks after warpgroup 1's
-// last) and kRgEpiMixWarps (1–3 of warpgroup 1's warps store from registers, the others by TMA): the same MMAs in the
+// last), kRgEpiMixWarps (1–3 of warpgroup 1's warps store from registers, the others by TMA) and kRgEpiTmaPipe (TMA
+// boxes stored one at a time as they are staged; also with both warpgroups by TMA): the same MMAs in the
 // same order per warpgroup and the same values stored, so bit for bit the default options' logits — with the op's
 // options, with the mixed TMA epilogue without the producer tail, the staged and the direct epilogues, at 6 and 7 stages,
 // strided logits, a partial last tile (300 rows), several tiles a cluster (17000 rows, K not a multiple of 64), tiny T,
@@ -614,7 +615,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcDeferTailAndMixWarps) {
       for (int flags : {1 << kRgDeferTailShift, 3 << kRgDeferTailShift, 5 << kRgDeferTailShift, 7 << kRgDeferTailShift,
                         kRgEpiTma | kRgEpiMix | (2 << kRgDeferTailShift), kRgXmcPlain | (3 << kRgDeferTailShift),
                         kRgEpiDirect | kRgNoExitSync | (2 << kRgDeferTailShift), 1 << kRgEpiMixWarpsShift,
-                        (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift), 3 << kRgEpiMixWarpsShift}) {
+                        (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift), 3 << kRgEpiMixWarpsShift,
+                        kRgEpiTmaPipe | (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift),
+                        kRgEpiTma | kRgNoExitSync | kRgEpiTmaPipe}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
@@ -707,7 +710,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"defer3 s7 (7 stages, warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift,
                             stages7, false},
                        Mode{"mix2 (warpgroup 1's warps 2-3 by TMA)", 2 << kRgEpiMixWarpsShift, def, false},
-                       Mode{"defer3 mix2", (3 << kRgDeferTailShift) | (2 << kRgEpiMixWarpsShift), def, false}}) {
+                       Mode{"defer3 mix2", (3 << kRgDeferTailShift) | (2 << kRgEpiMixWarpsShift), def, false},
+                       Mode{"pipe (TMA boxes stored as staged)", kRgEpiTmaPipe, def, false},
+                       Mode{"defer3 mix2 pipe", (3 << kRgDeferTailShift) | (2 << kRgEpiMixWarpsShift) | kRgEpiTmaPipe, def,
+                            false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -859,7 +865,8 @@ int rg_flags_named(const std::string& spec) {
                                                {"defer6", 6 << kRgDeferTailShift},
                                                {"mix1", 1 << kRgEpiMixWarpsShift},
                                                {"mix2", 2 << kRgEpiMixWarpsShift},
-                                               {"mix3", 3 << kRgEpiMixWarpsShift}};
+                                               {"mix3", 3 << kRgEpiMixWarpsShift},
+                                               {"pipe", kRgEpiTmaPipe}};
   int flags = 0;
   for (const std::string& n : split_on(spec, '+')) {
     bool hit = false;
