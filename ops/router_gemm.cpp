@@ -77,12 +77,11 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 // leaves by TMA stores from warpgroup 0 and by 8-byte stores from warpgroup 1's registers at once (session 7, round 4:
 // 20.88 µs vs 21.04–21.79 for the staged epilogue in the same run; TMA stores alone tie the staged epilogue).
 // 64-token tiles keep the staged epilogue (TMA stores measured 14.1–15.8 vs 14.7 µs there).
-// Session 14 (call by call against that, 300 random-order rounds, rounds C–D): each TMA-storing warp stores its boxes
-// one at a time as it stages them (kRgEpiTmaPipe), only warpgroup 1's warps 0–1 store from registers (kRgEpiMixWarps
-// 2; its warps 2–3 by TMA), and warpgroup 0 issues its last 3 chunks' MMAs after warpgroup 1's last (kRgDeferTail 3):
-// −0.26 / −0.26 / −0.35 µs at 8192 × 2048 / 4096 / 7168 → 256 (faster in 243 / 225 / 193 of 300 rounds).
-constexpr int kXmcDefaultOptions =
-    kRgEpiTma | kRgEpiMix | kRgEpiTmaPipe | (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift);
+// Session 14: both warpgroups store by TMA, each warp storing its 16 × 32 boxes one at a time as it stages them
+// (kRgEpiTmaPipe; the TMA path had lost only by starting late). Call by call, 300 random-order rounds (rounds D–E): with
+// 7 stages, −0.2 … −0.4 µs against the mixed epilogue at 8192 × 2048 / 4096 / 7168 → 256, within ±0.1 of the mixed
+// epilogue with the same pipelining (with or without warpgroup 0's last chunks deferred), the simplest of them.
+constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiTmaPipe;
 // Every tile shape of the expert-pair kernel: no cluster barrier at the end; the producer's tail (kRgNoExitSync) keeps
 // each CTA alive until no peer can still reach its shared memory (session 9, round 3, 8192 × 2048 → 256, options timed
 // call by call: 20.13–20.16 µs vs 20.93–21.86 for the default; the timeline's CTAs left ≈ 0.7 µs after their stores had
@@ -787,12 +786,9 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // Without kRgEpiTma the last tile of each cluster leaves through shared memory with 16-byte stores (round 2 of
     // session 5: 20.0 µs vs 21.5 with 8-byte stores from the registers at 8192 × 2048 → 256; the timeline's store
     // phase 3.3 vs 3.9 µs).
-    // The counts of kRgDeferTail and kRgEpiMixWarps: a measurement's own, else the options'.
-    auto field = [&](int mask) { return (measure & mask) ? (measure & mask) : (opts & mask); };
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
-                          kRgNoExitSync | kRgEpiTmaPipe)) |
-              field(kRgDeferTailMask) | field(kRgEpiMixWarpsMask) | (opts & (kRgNoExitSync | kRgEpiTmaPipe)) |
-              ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+                          kRgNoExitSync)) |
+              (opts & (kRgNoExitSync | kRgEpiTmaPipe)) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&

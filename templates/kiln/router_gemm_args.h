@@ -58,17 +58,8 @@ constexpr int kRgXmcPlain = 1 << 28;
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
-// Expert-pair forward option (session 14, measurement): kRgDeferTail — consumer warpgroup 0 issues its last
-// D = (flags >> kRgDeferTailShift) & 7 (1–7, at most STAGES − 1) chunks of the cluster's last tile only after warpgroup 1
-// has issued its last, so warpgroup 1's half of the logits leaves while warpgroup 0's last MMAs run
-// (router_gemm_tma.cuh). Same bits.
-constexpr int kRgDeferTailShift = 4, kRgDeferTailMask = 7 << kRgDeferTailShift;
-// Expert-pair forward option (session 14, measurement), with kRgEpiMix: m = (flags >> kRgEpiMixWarpsShift) & 3 (1–3) of
-// consumer warpgroup 1's warps store from their registers and its other 4 − m by TMA like warpgroup 0 (0: all 4 from
-// the registers, kRgEpiMix's split). Same bits.
-constexpr int kRgEpiMixWarpsShift = 7, kRgEpiMixWarpsMask = 3 << kRgEpiMixWarpsShift;
-// Expert-pair forward option (session 14, measurement), with kRgEpiTma at E/2 = 128: each TMA-storing warp stages and
-// stores its four 16 × 32 boxes one at a time instead of staging all four first. Same bits.
+// Expert-pair forward option (session 14), with kRgEpiTma at E/2 = 128: each TMA-storing warp stages and stores its four
+// 16 × 32 boxes one at a time instead of staging all four first. Same bits.
 constexpr int kRgEpiTmaPipe = 1 << 25;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with

@@ -378,14 +378,6 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
-//  * kRgDeferTail (defer = D = (flags >> kRgDeferTailShift) & 7 chunks; two consumer warpgroups, not PP, the cluster's
-//    last tile): consumer warpgroup 0 issues the MMAs of its last D chunks only after warpgroup 1 has issued its last
-//    chunk's (named barrier 6), so the tensor pipes finish warpgroup 1's rows ≈ D chunk-halves (≈ 0.15 µs each) earlier
-//    and its register stores (half of the logits) start while warpgroup 0's last MMAs run; warpgroup 0 holds its last
-//    D stages that long (no fill is pending on the last tile). Same MMAs in the same order per warpgroup: same bits.
-//  * kRgEpiMixWarps (with kRgEpiTma + kRgEpiMix; m = (flags >> kRgEpiMixWarpsShift) & 3, 0 = 4): only warpgroup 1's
-//    warps 0 … m − 1 store from their registers; its other warps stage and TMA-store their 16 rows like warpgroup 0's
-//    (in their own x rows, 64–127, of stage `warp`). Same bits.
 //  * kRgEpiTmaPipe (with kRgEpiTma, E/2 = 128): a TMA-storing warp stages and stores its four 16 × 32 boxes one at a
 //    time (a fence and a store each), so its first box leaves after a quarter of the staging. Same bits.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
@@ -558,15 +550,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       Row::zero(acc);
       int prev = -1;
       const bool last = t + clusters >= groups;
-      // kRgDeferTail: warpgroup 0 issues its last `defer` chunks only once warpgroup 1 has issued its last one.
-      int defer = 0;
-      if constexpr (!PP && WGM == 2)
-        if (last) {
-          defer = (flags >> kRgDeferTailShift) & 7;
-          if (defer >= CHUNKS || defer >= STAGES) defer = 0;  // (the last fills need the stages released before)
-        }
       for (int kc = 0; kc < CHUNKS; ++kc) {
-        if (defer && wm == 0 && kc == CHUNKS - defer) asm volatile("bar.sync 6, 256;" ::: "memory");
         ring.wait_full(s, phase);
         if (PP && kc == CHUNKS - 1 && t + clusters < groups)  // the next tile is the other warpgroup's
           asm volatile("bar.arrive %0, 256;" ::"r"(3 + (wm ^ 1)) : "memory");
@@ -576,7 +560,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         }
         const u32 off = static_cast<u32>(s) * (STAGE / 16);
         if (mma) rgt::mma_chunk_lo<Row>(acc, a_lo0 + off, b_lo0 + off);
-        if (defer && wm == 1 && kc == CHUNKS - 1) asm volatile("bar.arrive 6, 256;" ::: "memory");
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
         if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
         prev = s;
@@ -594,9 +577,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       if ((flags & kRgHalfStore) && wm == 1 && !(flags & kRgEpiStaged)) continue;  // measurement: half the bytes
       const int owned = min(rows, a.T - m0);  // rows of this tile that are its own and inside T
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
-      // kRgEpiMix: warpgroup 1's warps [0, mixw) store from their registers, the others (and warpgroup 0) by TMA.
-      const int mixw = (flags >> kRgEpiMixWarpsShift) & 3 ? (flags >> kRgEpiMixWarpsShift) & 3 : 4;
-      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1 && warp < mixw)) {
+      if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
         const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
         const int row = m0 + r0 + warp * 16;
         if constexpr (EH == 128) {

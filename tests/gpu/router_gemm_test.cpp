@@ -589,14 +589,13 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
   }
 }
 
-// The expert-pair forward's session-14 options kRgDeferTail (warpgroup 0 issues its last 1–7 chunks after warpgroup 1's
-// last), kRgEpiMixWarps (1–3 of warpgroup 1's warps store from registers, the others by TMA) and kRgEpiTmaPipe (TMA
-// boxes stored one at a time as they are staged; also with both warpgroups by TMA): the same MMAs in the
-// same order per warpgroup and the same values stored, so bit for bit the default options' logits — with the op's
-// options, with the mixed TMA epilogue without the producer tail, the staged and the direct epilogues, at 6 and 7 stages,
-// strided logits, a partial last tile (300 rows), several tiles a cluster (17000 rows, K not a multiple of 64), tiny T,
-// E/2 = 96, and where it does not apply (K = 64: one chunk; 64-token tiles: one consumer warpgroup).
-TEST_F(RouterGemmTest, FwdTmaXmcDeferTailAndMixWarps) {
+// The expert-pair forward's session-14 option kRgEpiTmaPipe (the op's default with kRgEpiTma at E/2 = 128: a TMA-storing
+// warp stores each 16 × 32 box as soon as it has staged it): the same values to the same places, so bit for bit the
+// logits of the staged epilogue (kRgXmcPlain, no TMA) — for both warpgroups by TMA (the default), with warpgroup 1 on
+// registers (kRgEpiMix), without the producer tail, at 6 and 7 stages, strided logits, a partial last tile (300 rows),
+// several tiles a cluster (17000 rows, K not a multiple of 64), tiny T, E/2 = 96 (no pipelining), K = 64 and 64-token
+// tiles (staged epilogue).
+TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaPipe) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{17000, 1040, 256}, Shape{300, 7168, 256}, Shape{7, 2048, 256},
                          Shape{4097, 2056, 192}, Shape{130, 64, 256}}) {
@@ -610,21 +609,19 @@ TEST_F(RouterGemmTest, FwdTmaXmcDeferTailAndMixWarps) {
     for (const detail::RouterGemmConfig* c : cfgs) {
       const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
                                 " K=" + std::to_string(K) + " E=" + std::to_string(E);
+      detail::router_gemm_measure_flags.store(kRgXmcPlain);  // the staged epilogue: no TMA stores at all
       const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+      detail::router_gemm_measure_flags.store(0);
       if (T <= 4097) EXPECT_TRUE(logits_close(base.y, ref::router_gemm_fwd(x, w, T, K, E), K, E)) << where;
-      for (int flags : {1 << kRgDeferTailShift, 3 << kRgDeferTailShift, 5 << kRgDeferTailShift, 7 << kRgDeferTailShift,
-                        kRgEpiTma | kRgEpiMix | (2 << kRgDeferTailShift), kRgXmcPlain | (3 << kRgDeferTailShift),
-                        kRgEpiDirect | kRgNoExitSync | (2 << kRgDeferTailShift), 1 << kRgEpiMixWarpsShift,
-                        (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift), 3 << kRgEpiMixWarpsShift,
-                        kRgEpiTmaPipe | (2 << kRgEpiMixWarpsShift) | (3 << kRgDeferTailShift),
-                        kRgEpiTma | kRgNoExitSync | kRgEpiTmaPipe}) {
+      for (int flags : {0, kRgEpiTma | kRgEpiTmaPipe, kRgEpiTma | kRgEpiMix | kRgEpiTmaPipe,
+                        kRgEpiTma | kRgEpiMix | kRgNoExitSync | kRgEpiTmaPipe, kRgEpiTma | kRgNoExitSync | kRgEpiTmaPipe}) {
         SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
         detail::router_gemm_measure_flags.store(flags);
         const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
         const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 5);  // strided logits (16-byte rows: TMA stores)
         detail::router_gemm_measure_flags.store(0);
         EXPECT_TRUE(f.guards_ok && g.guards_ok);
-        EXPECT_TRUE(bitwise_equal("deferred tail vs default options", f.y, base.y));
+        EXPECT_TRUE(bitwise_equal("TMA boxes stored as staged vs the staged epilogue", f.y, base.y));
         EXPECT_TRUE(bitwise_equal("strided logits", g.y, f.y));
       }
     }
@@ -681,10 +678,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     detail::RouterGemmConfig cfg;  // bm = 0: the default
     bool back_to_back;
   };
-  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9};
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9},
+      stages6{128, 128, 64, 2, 2, 6};
   const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
   const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
-  for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
+  for (const Mode m : {Mode{"default (both warpgroups TMA, each box stored as staged)", 0, def, false},
                        Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
@@ -702,18 +700,9 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true},
                        Mode{"pingpong 9 stages (64-row tiles, warpgroups on alternate tiles)", 0, pp9, false},
-                       Mode{"defer1 (warpgroup 0's last chunk after warpgroup 1's)", 1 << kRgDeferTailShift, def, false},
-                       Mode{"defer2 (warpgroup 0's last 2 chunks after warpgroup 1's)", 2 << kRgDeferTailShift, def, false},
-                       Mode{"defer3 (warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift, def, false},
-                       Mode{"defer4 (warpgroup 0's last 4 chunks after warpgroup 1's)", 4 << kRgDeferTailShift, def, false},
-                       Mode{"defer5 (warpgroup 0's last 5 chunks after warpgroup 1's)", 5 << kRgDeferTailShift, def, false},
-                       Mode{"defer3 s7 (7 stages, warpgroup 0's last 3 chunks after warpgroup 1's)", 3 << kRgDeferTailShift,
-                            stages7, false},
-                       Mode{"mix2 (warpgroup 1's warps 2-3 by TMA)", 2 << kRgEpiMixWarpsShift, def, false},
-                       Mode{"defer3 mix2", (3 << kRgDeferTailShift) | (2 << kRgEpiMixWarpsShift), def, false},
-                       Mode{"pipe (TMA boxes stored as staged)", kRgEpiTmaPipe, def, false},
-                       Mode{"defer3 mix2 pipe", (3 << kRgDeferTailShift) | (2 << kRgEpiMixWarpsShift) | kRgEpiTmaPipe, def,
-                            false}}) {
+                       Mode{"session-13 default (mixed epilogue, 6 stages)", kRgEpiTma | kRgEpiMix | kRgNoExitSync, stages6,
+                            false},
+                       Mode{"mixed epilogue + pipe", kRgEpiTma | kRgEpiMix | kRgNoExitSync | kRgEpiTmaPipe, def, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -856,17 +845,7 @@ int rg_flags_named(const std::string& spec) {
   const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
                                                {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
                                                {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
-                                               {"now", kRgSkipW},
-                                               {"defer1", 1 << kRgDeferTailShift},
-                                               {"defer2", 2 << kRgDeferTailShift},
-                                               {"defer3", 3 << kRgDeferTailShift},
-                                               {"defer4", 4 << kRgDeferTailShift},
-                                               {"defer5", 5 << kRgDeferTailShift},
-                                               {"defer6", 6 << kRgDeferTailShift},
-                                               {"mix1", 1 << kRgEpiMixWarpsShift},
-                                               {"mix2", 2 << kRgEpiMixWarpsShift},
-                                               {"mix3", 3 << kRgEpiMixWarpsShift},
-                                               {"pipe", kRgEpiTmaPipe}};
+                                               {"now", kRgSkipW},         {"pipe", kRgEpiTmaPipe}};
   int flags = 0;
   for (const std::string& n : split_on(spec, '+')) {
     bool hit = false;
