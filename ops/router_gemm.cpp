@@ -78,9 +78,9 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 // 20.88 µs vs 21.04–21.79 for the staged epilogue in the same run; TMA stores alone tie the staged epilogue).
 // 64-token tiles keep the staged epilogue (TMA stores measured 14.1–15.8 vs 14.7 µs there).
 // Session 14: both warpgroups store by TMA, each warp storing its 16 × 32 boxes one at a time as it stages them
-// (kRgEpiTmaPipe; the TMA path had lost only by starting late). Call by call, 300 random-order rounds (rounds D–E): with
-// 7 stages, −0.2 … −0.4 µs against the mixed epilogue at 8192 × 2048 / 4096 / 7168 → 256, within ±0.1 of the mixed
-// epilogue with the same pipelining (with or without warpgroup 0's last chunks deferred), the simplest of them.
+// (kRgEpiTmaPipe; the TMA path had lost only by starting late). Call by call, 300 random-order rounds (round F), with
+// 7 stages: −0.42 / −0.22 / −0.18 µs against the mixed epilogue (6 / 7 / 7 stages) at 8192 × 2048 / 4096 / 7168 → 256,
+// +0.03 / +0.03 / −0.05 for the mixed epilogue with the same pipelining (a tie: the simpler one stays).
 constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiTmaPipe;
 // Every tile shape of the expert-pair kernel: no cluster barrier at the end; the producer's tail (kRgNoExitSync) keeps
 // each CTA alive until no peer can still reach its shared memory (session 9, round 3, 8192 × 2048 → 256, options timed
@@ -341,7 +341,8 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
                         // where they fit (run of 07:10: 6 stages 20.5–20.7 µs, 7 stages 20.6, 4 stages 22.5, 64 tokens
                         // × E/2 21.8; session 10 round 3, with the lean chunk loop, call by call, 2 × 150 rounds:
                         // 8192 × 7168 → 256 −0.83 / −0.91 µs for 7, faster in 115 / 114 of 150; at K = 2048 sessions 10
-                        // and 14 read −0.10, −0.10, −0.26, −0.16, +0.03 and, with session 14's epilogue options, −0.09)
+                        // and 14 read −0.10, −0.10, −0.26, −0.16, +0.03 and, with session 14's pipelined TMA epilogue,
+                        // −0.22: session 14 round F, 300 rounds; the tuner keeps 7 there too)
       set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, 7);
       if (s.config[C_STAGES] == 7 && smem_bytes(s) > smem_limit(arch)) s.config[C_STAGES] = 6;
       break;
