@@ -77,7 +77,11 @@ bool has_wgmma(Arch a) { return a.sm == 90 && a.suffix == 'a'; }
 // leaves by TMA stores from warpgroup 0 and by 8-byte stores from warpgroup 1's registers at once (session 7, round 4:
 // 20.88 µs vs 21.04–21.79 for the staged epilogue in the same run; TMA stores alone tie the staged epilogue).
 // 64-token tiles keep the staged epilogue (TMA stores measured 14.1–15.8 vs 14.7 µs there).
-constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiMix;
+// Session 14: both warpgroups store by TMA, each warp storing its 16 × 32 boxes one at a time as it stages them
+// (kRgEpiTmaPipe; the TMA path had lost only by starting late). Call by call, 300 random-order rounds (round F), with
+// 7 stages: −0.42 / −0.22 / −0.18 µs against the mixed epilogue (6 / 7 / 7 stages) at 8192 × 2048 / 4096 / 7168 → 256,
+// +0.03 / +0.03 / −0.05 for the mixed epilogue with the same pipelining (a tie: the simpler one stays).
+constexpr int kXmcDefaultOptions = kRgEpiTma | kRgEpiTmaPipe;
 // Every tile shape of the expert-pair kernel: no cluster barrier at the end; the producer's tail (kRgNoExitSync) keeps
 // each CTA alive until no peer can still reach its shared memory (session 9, round 3, 8192 × 2048 → 256, options timed
 // call by call: 20.13–20.16 µs vs 20.93–21.86 for the default; the timeline's CTAs left ≈ 0.7 µs after their stores had
@@ -333,12 +337,13 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
                    // 22.7 / 34.9)
       set_config(s, 64, static_cast<int>(E), 64, 1, 1, 5);
       break;
-    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 6 stages
-                        // (run of 07:10: 20.5–20.7 µs; 7 stages 20.6, 4 stages 22.5, 64 tokens × E/2 21.8); 7 stages
-                        // where K ≥ 4096 (session 10 round 3, with the lean chunk loop, call by call, 2 × 150 rounds:
-                        // 8192 × 7168 → 256 −0.83 / −0.91 µs, faster in 115 / 114 of 150; 8192 × 2048 −0.10, a tie,
-                        // so 6 stay there), where they fit
-      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, K >= 4096 ? 7 : 6);
+    case kFwdTmaXmc: {  // 128 tokens × E/2 experts a CTA (cuBLAS's nvjet 128x128 2x1 tile at E = 256), 7 stages
+                        // where they fit (run of 07:10: 6 stages 20.5–20.7 µs, 7 stages 20.6, 4 stages 22.5, 64 tokens
+                        // × E/2 21.8; session 10 round 3, with the lean chunk loop, call by call, 2 × 150 rounds:
+                        // 8192 × 7168 → 256 −0.83 / −0.91 µs for 7, faster in 115 / 114 of 150; at K = 2048 sessions 10
+                        // and 14 read −0.10, −0.10, −0.26, −0.16, +0.03 and, with session 14's pipelined TMA epilogue,
+                        // −0.22: session 14 round F, 300 rounds; the tuner keeps 7 there too)
+      set_config(s, 128, static_cast<int>(std::max<int64_t>(E / 2, 8)), 64, 2, 2, 7);
       if (s.config[C_STAGES] == 7 && smem_bytes(s) > smem_limit(arch)) s.config[C_STAGES] = 6;
       break;
     }
@@ -784,7 +789,7 @@ void detail::router_gemm_fp32_fwd_config(Runtime& rt, const TensorRef& x, const 
     // phase 3.3 vs 3.9 µs).
     a.flags = (measure & (kRgSkipStore | kRgSkipW | kRgRotateK | kRgHalfStore | kRgNoop | kRgSkipMma | kRgSkipLoad |
                           kRgNoExitSync)) |
-              (opts & kRgNoExitSync) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
+              (opts & (kRgNoExitSync | kRgEpiTmaPipe)) | ((opts & kRgEpiDirect) ? 0 : kRgEpiStaged);
     // The TMA-store epilogue (kRgEpiTma): whole 16-row boxes of 32 fp32 columns, so tiles that own all their BM rows,
     // E/2 a multiple of 32, rows 16-byte aligned; the 8 KiB of x rows a warp stages into come from 4 stages.
     const bool epi_tma = (opts & kRgEpiTma) && !(opts & kRgEpiDirect) && !xmc_pingpong(s) &&

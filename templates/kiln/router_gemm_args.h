@@ -58,6 +58,9 @@ constexpr int kRgXmcPlain = 1 << 28;
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
+// Expert-pair forward option (session 14), with kRgEpiTma at E/2 = 128: each TMA-storing warp stages and stores its four
+// 16 × 32 boxes one at a time instead of staging all four first. Same bits.
+constexpr int kRgEpiTmaPipe = 1 << 25;
 
 // The TMA backward (router_gemm_bwd_tma.cuh). dx: tmw = w [E, K] bf16 in boxes of 64 columns × 64 rows; g read with
 // plain loads. dw: tmg = g [T, E] fp32 in boxes of 32 columns × 64 rows, tmx = x [T, K] bf16 in boxes of 64 × 64;

@@ -166,6 +166,18 @@ __device__ __forceinline__ void mbar_arrive_remote(u32 remote) {
   asm volatile("mbarrier.arrive.shared::cluster.b64 _, [%0];" ::"r"(remote) : "memory");
 }
 
+// kRgEpiTmaPipe: box b (columns [32b, 32b + 32), registers [16b, 16b + 16)) of a warp's 16 rows of an m64n128
+// accumulator, staged at slot + 2048·b in WgmmaRow::stage_sw128's layout; b is a compile-time value after unrolling.
+__device__ __forceinline__ void stage_box_sw128(const float (&d)[64], u32 slot, int lane, int b) {
+#pragma unroll
+  for (int i = 16 * b; i < 16 * b + 16; i += 2) {
+    const int r = (lane >> 2) + 8 * ((i >> 1) & 1), c = 8 * (i >> 2) + 2 * (lane & 3);
+    const int cc = c & 31, j = cc >> 2;
+    const u32 addr = slot + b * 2048 + r * 128 + ((j ^ (r & 7)) << 4) + (cc & 3) * 4;
+    asm volatile("st.shared.v2.f32 [%0], {%1, %2};" ::"r"(addr), "f"(d[i]), "f"(d[i + 1]) : "memory");
+  }
+}
+
 }  // namespace rgt
 
 // Grid: CM·clusters CTAs (clusters of (CM, 1, 1) when CM > 1), (1 + WGM·WGN)·128 threads, dynamic shared memory:
@@ -366,6 +378,8 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //    32) in the 8 KiB of stage v that held warpgroup w's x rows — the other warpgroup never reads them and no fill
 //    writes the ring after the last tile's, all of which this warpgroup saw land — fences them into the async proxy
 //    and stores its EH/32 boxes from lane 0: no barrier across warps, no LSU stores; rows past T are clipped.
+//  * kRgEpiTmaPipe (with kRgEpiTma, E/2 = 128): a TMA-storing warp stages and stores its four 16 × 32 boxes one at a
+//    time (a fence and a store each), so its first box leaves after a quarter of the staging. Same bits.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
 template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
@@ -565,10 +579,27 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       const int r0 = PP ? 0 : wm * 64;       // this warpgroup's first row in the tile
       if (CAN_EPI_TMA && (flags & kRgEpiTma) && last && rows == BM && !((flags & kRgEpiMix) && wm == 1)) {
         const u32 slot = ring.stage(warp) + wm * 64 * 128;  // this warpgroup's x rows in stage `warp`
+        const int row = m0 + r0 + warp * 16;
+        if constexpr (EH == 128) {
+          if (flags & kRgEpiTmaPipe) {  // each 16 × 32 box leaves as soon as it is staged
+#pragma unroll
+            for (int b = 0; b < 4; ++b) {
+              rgt::stage_box_sw128(acc.d, slot, lane, b);
+              fence_proxy_async();
+              __syncwarp();
+              if (lane == 0 && row < a.T) {
+                tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);
+                bulk_commit();
+              }
+            }
+            tma_stored = lane == 0 && row < a.T;
+            if (lead) tw[kRgTraceStored] = rgt::clk();
+            continue;
+          }
+        }
         Row::stage_sw128(acc, slot, lane);
         fence_proxy_async();
         __syncwarp();
-        const int row = m0 + r0 + warp * 16;
         if (lane == 0 && row < a.T) {
 #pragma unroll
           for (int b = 0; b < EH / 32; ++b) tma_store_2d(&a.tmo, slot + b * 2048, ej * EH + b * 32, row);

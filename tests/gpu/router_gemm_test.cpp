@@ -589,6 +589,45 @@ TEST_F(RouterGemmTest, FwdTmaXmcEpiTma) {
   }
 }
 
+// The expert-pair forward's session-14 option kRgEpiTmaPipe (the op's default with kRgEpiTma at E/2 = 128: a TMA-storing
+// warp stores each 16 × 32 box as soon as it has staged it): the same values to the same places, so bit for bit the
+// logits of the staged epilogue (kRgXmcPlain, no TMA) — for both warpgroups by TMA (the default), with warpgroup 1 on
+// registers (kRgEpiMix), without the producer tail, at 6 and 7 stages, strided logits, a partial last tile (300 rows),
+// several tiles a cluster (17000 rows, K not a multiple of 64), tiny T, E/2 = 96 (no pipelining), K = 64 and 64-token
+// tiles (staged epilogue).
+TEST_F(RouterGemmTest, FwdTmaXmcEpiTmaPipe) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  for (auto [T, K, E] : {Shape{8192, 2048, 256}, Shape{17000, 1040, 256}, Shape{300, 7168, 256}, Shape{7, 2048, 256},
+                         Shape{4097, 2056, 192}, Shape{130, 64, 256}}) {
+    const auto [x, w] =
+        bf16_xw(T, K, E, mix_seed({0xb2c, static_cast<uint64_t>(T)}), mix_seed({0xb3c, static_cast<uint64_t>(E)}));
+    const detail::RouterGemmConfig s7{128, static_cast<int32_t>(E / 2), 64, 2, 2, 7},
+        one{64, static_cast<int32_t>(E / 2), 64, 1, 2, 8};
+    std::vector<const detail::RouterGemmConfig*> cfgs = {nullptr};
+    if (T == 8192) cfgs.push_back(&s7);
+    if (T == 300) cfgs.push_back(&one);
+    for (const detail::RouterGemmConfig* c : cfgs) {
+      const std::string where = (c ? fmt_config(*c) : std::string("default")) + " T=" + std::to_string(T) +
+                                " K=" + std::to_string(K) + " E=" + std::to_string(E);
+      detail::router_gemm_measure_flags.store(kRgXmcPlain);  // the staged epilogue: no TMA stores at all
+      const Fwd base = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+      detail::router_gemm_measure_flags.store(0);
+      if (T <= 4097) EXPECT_TRUE(logits_close(base.y, ref::router_gemm_fwd(x, w, T, K, E), K, E)) << where;
+      for (int flags : {0, kRgEpiTma | kRgEpiTmaPipe, kRgEpiTma | kRgEpiMix | kRgEpiTmaPipe,
+                        kRgEpiTma | kRgEpiMix | kRgNoExitSync | kRgEpiTmaPipe, kRgEpiTma | kRgNoExitSync | kRgEpiTmaPipe}) {
+        SCOPED_TRACE("flags " + std::to_string(flags) + " " + where);
+        detail::router_gemm_measure_flags.store(flags);
+        const Fwd f = run_fwd(x, w, T, K, E, c, 0, 0, 5);
+        const Fwd g = run_fwd(x, w, T, K, E, c, 0, E + 4, 5);  // strided logits (16-byte rows: TMA stores)
+        detail::router_gemm_measure_flags.store(0);
+        EXPECT_TRUE(f.guards_ok && g.guards_ok);
+        EXPECT_TRUE(bitwise_equal("TMA boxes stored as staged vs the staged epilogue", f.y, base.y));
+        EXPECT_TRUE(bitwise_equal("strided logits", g.y, f.y));
+      }
+    }
+  }
+}
+
 // Measurement (prints; checks only that tracing changes no result and that the timestamps are ordered): where the
 // expert-pair forward's time goes at 8192 × 2048 → 256, L2 flushed before each traced run. Per CTA, from
 // RouterGemmFwdTmaArgs::trace: start (globaltimer, µs after the first CTA's), then on the SM clock converted to µs:
@@ -639,10 +678,11 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
     detail::RouterGemmConfig cfg;  // bm = 0: the default
     bool back_to_back;
   };
-  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9};
+  const detail::RouterGemmConfig def{}, stages7{128, 128, 64, 2, 2, 7}, pp9{64, 128, 64, 2, 2, 9},
+      stages6{128, 128, 64, 2, 2, 6};
   const char* reps_env = std::getenv("KILN_RG_TIMELINE_REPS");  // traced runs a mode (default 2)
   const int reps = reps_env && std::atoi(reps_env) > 0 ? std::atoi(reps_env) : 2;
-  for (const Mode m : {Mode{"default (warpgroup 0 TMA stores, warpgroup 1 8-byte stores)", 0, def, false},
+  for (const Mode m : {Mode{"default (both warpgroups TMA, each box stored as staged)", 0, def, false},
                        Mode{"noexit (producer tail, no final cluster barrier)", kRgNoExitSync, def, false},
                        Mode{"default again", 0, def, false},
                        Mode{"staged 16-byte stores (kRgXmcPlain)", kRgXmcPlain, def, false},
@@ -659,7 +699,10 @@ TEST_F(RouterGemmTest, FwdTmaXmcTimeline) {
                        Mode{"staged, back to back (no flush)", kRgXmcPlain, def, true},
                        Mode{"7 stages + mix", kRgEpiTma | kRgEpiMix, stages7, false},
                        Mode{"epitma, back to back (no flush)", kRgEpiTma, def, true},
-                       Mode{"pingpong 9 stages (64-row tiles, warpgroups on alternate tiles)", 0, pp9, false}}) {
+                       Mode{"pingpong 9 stages (64-row tiles, warpgroups on alternate tiles)", 0, pp9, false},
+                       Mode{"session-13 default (mixed epilogue, 6 stages)", kRgEpiTma | kRgEpiMix | kRgNoExitSync, stages6,
+                            false},
+                       Mode{"mixed epilogue + pipe", kRgEpiTma | kRgEpiMix | kRgNoExitSync | kRgEpiTmaPipe, def, false}}) {
     // $KILN_RG_TIMELINE: only the modes whose name contains one of its '|'-separated parts (all when unset).
     if (const char* f = std::getenv("KILN_RG_TIMELINE"); f && *f) {
       bool hit = false;
@@ -802,7 +845,7 @@ int rg_flags_named(const std::string& spec) {
   const std::pair<const char*, int> names[] = {{"nostore", kRgSkipStore}, {"tma", kRgEpiTma},     {"mix", kRgEpiMix},
                                                {"noexit", kRgNoExitSync}, {"plain", kRgXmcPlain}, {"direct", kRgEpiDirect},
                                                {"half", kRgHalfStore},    {"rot", kRgRotateK},    {"bal", kRgBalance},
-                                               {"now", kRgSkipW}};
+                                               {"now", kRgSkipW},         {"pipe", kRgEpiTmaPipe}};
   int flags = 0;
   for (const std::string& n : split_on(spec, '+')) {
     bool hit = false;
@@ -1302,7 +1345,8 @@ TEST_F(RouterGemmTest, FwdArmsAB) {
 // the same thing is in this run), and the op without its logits stores (kRgSkipStore: the main loop and prologue alone,
 // what the store phase costs in this run). $KILN_RG_CUBLAS_ARMS adds arms of the op with measurement flags,
 // "label=flag+flag|…" (rg_flags_named), each paired against the op and against cuBLASLt; full-output ones must give the
-// op's bits.
+// op's bits; "label=flag+flag@S" (flags "-" for none) runs the op's 128-token tiles with S stages. $KILN_RG_AB_PAIRS adds
+// pairs "i-j" (arm indices).
 TEST_F(RouterGemmTest, FwdVsCublasAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   Runtime& r = rt();
@@ -1310,30 +1354,51 @@ TEST_F(RouterGemmTest, FwdVsCublasAB) {
   const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
   std::vector<std::string> names = {"kiln op", "cuBLASLt", "kiln op again", "cuBLASLt again", "kiln nostore"};
   std::vector<int> arm_flags = {0, 0, 0, 0, kRgSkipStore};
+  std::vector<int> arm_stages = {0, 0, 0, 0, 0};  // > 0: the op's default config with this many stages
   std::vector<std::pair<int, int>> pairs = {{0, 1}, {2, 3}, {0, 2}, {1, 3}, {0, 4}, {4, 1}};
   if (const char* extra = std::getenv("KILN_RG_CUBLAS_ARMS"); extra && *extra)
     for (const std::string& a : split_on(extra, '|')) {
+      // "label=flag+flag" or "label=flag+flag@S" (S stages; flags "-" for none)
       const size_t eq = a.find('=');
       ASSERT_NE(eq, std::string::npos) << a;
-      const int fl = rg_flags_named(a.substr(eq + 1));
+      std::string fs = a.substr(eq + 1);
+      int stages = 0;
+      if (const size_t at = fs.find('@'); at != std::string::npos) {
+        stages = std::atoi(fs.substr(at + 1).c_str());
+        fs = fs.substr(0, at);
+      }
+      const int fl = fs == "-" ? 0 : rg_flags_named(fs);
       ASSERT_GE(fl, 0) << "unknown flag in " << a;
       const int k = static_cast<int>(names.size());
       names.push_back(a.substr(0, eq));
       arm_flags.push_back(fl);
+      arm_stages.push_back(stages);
       pairs.push_back({0, k});
       pairs.push_back({1, k});
+    }
+  if (const char* pe = std::getenv("KILN_RG_AB_PAIRS"); pe && *pe)  // more pairs "i-j" (arm indices)
+    for (const std::string& p : split_on(pe, ',')) {
+      const size_t d = p.find('-');
+      if (d == std::string::npos) continue;
+      const int i = std::atoi(p.substr(0, d).c_str()), j = std::atoi(p.substr(d + 1).c_str());
+      if (i >= 0 && j >= 0 && i < static_cast<int>(names.size()) && j < static_cast<int>(names.size()))
+        pairs.push_back({i, j});
     }
   for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}, {8192, 4096, 256}, {8192, 7168, 256}})) {
     detail::CublasLtGemm lt(T, K, E);
     if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
     const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xcb1, static_cast<uint64_t>(T + K)}), mix_seed({0xcb2}));
     DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4), yc(r, T * E * 4);
-    auto ours = [&](int flags = 0) {
+    std::vector<detail::RouterGemmConfig> cfgs(names.size());
+    for (size_t k = 0; k < names.size(); ++k)  // the op's 128-token tiles with the arm's stage count
+      cfgs[k] = detail::RouterGemmConfig{128, static_cast<int32_t>(E / 2), 64, 2, 2, arm_stages[k]};
+    auto ours = [&](int flags = 0, const detail::RouterGemmConfig* cfg = nullptr) {
       detail::router_gemm_measure_flags.store(flags);
       detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                          yb.ref(DType::f32, {T, E}), -1, nullptr, nullptr);
+                                          yb.ref(DType::f32, {T, E}), -1, cfg, nullptr);
       detail::router_gemm_measure_flags.store(0);
     };
+    auto arm_cfg = [&](size_t k) { return arm_stages[k] > 0 ? &cfgs[k] : nullptr; };
     auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
     ours();
     theirs();
@@ -1344,13 +1409,13 @@ TEST_F(RouterGemmTest, FwdVsCublasAB) {
     const std::vector<float> want = yb.download<float>(T * E);
     for (size_t k = 4; k < names.size(); ++k) {  // compiled outside the timing; full-output arms: the op's bits
       yb.poison();
-      ours(arm_flags[k]);
+      ours(arm_flags[k], arm_cfg(k));
       synchronize();
       if (!(arm_flags[k] & (kRgSkipStore | kRgHalfStore | kRgSkipW)))
         EXPECT_TRUE(bitwise_equal(names[k].c_str(), yb.download<float>(T * E), want)) << names[k];
     }
     ab_random_order(l2, "cublas", T, K, names, rounds, 0xcb1a + static_cast<unsigned>(T + K),
-                    [&](int k) { k == 1 || k == 3 ? theirs() : ours(arm_flags[k]); }, pairs);
+                    [&](int k) { k == 1 || k == 3 ? theirs() : ours(arm_flags[k], arm_cfg(k)); }, pairs);
   }
 }
 
