@@ -8,7 +8,6 @@
 #include <fmt/format.h>
 
 #include <algorithm>
-#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <random>
@@ -124,21 +123,10 @@ void L2Flusher::flush(Stream stream) { l2_flush(rt_, buffer_, kL2FlushBytes, sta
 void L2Flusher::empty(Stream stream) { empty_launch(rt_, static_cast<unsigned*>(sink_), stream); }
 
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
-                                  int repeats, double warmup_ms) {
+                                  int repeats) {
   // Warm-up: compilation, module load, first touch.
   for (int i = 0; i < warmup; ++i) fn(stream);
   check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
-  // Then the timed loop's own pattern (flush, call), untimed, in batches of 8 until warmup_ms have passed.
-  if (warmup_ms > 0) {
-    const auto t0 = std::chrono::steady_clock::now();
-    do {
-      for (int i = 0; i < 8; ++i) {
-        l2.flush(stream);
-        fn(stream);
-      }
-      check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
-    } while (std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count() < warmup_ms);
-  }
   Event start, stop;
   std::vector<double> us;
   for (int i = 0; i < std::max(repeats, 1); ++i) {
@@ -153,7 +141,7 @@ std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream 
 
 namespace {
 double time_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, const BenchOptions& opts) {
-  return median(time_calls_us(fn, stream, l2, opts.warmup, opts.repeats, opts.warmup_ms));
+  return median(time_calls_us(fn, stream, l2, opts.warmup, opts.repeats));
 }
 }  // namespace
 

@@ -57,9 +57,6 @@ struct BenchReport {
 
 struct BenchOptions {
   int warmup = 5;
-  // After the `warmup` calls, flushed calls go on untimed until this much wall time has passed (the GPU's clocks and
-  // power state settle under the case's own load; Triton's do_bench warms up for 25 ms).
-  double warmup_ms = 0;
   int repeats = 30;
   std::string filter;  // '|'-separated terms matched against "op shape" (bench_filter_matches)
 };
@@ -96,10 +93,10 @@ class L2Flusher {
   void* sink_ = nullptr;
 };
 
-// Per-call microseconds of `fn`: `warmup` untimed calls (then flushed untimed calls until `warmup_ms` of wall time
-// have passed), then `repeats` calls each timed with CUDA events on a cold L2 (flushed just before). Synchronizes.
+// Per-call microseconds of `fn`: `warmup` untimed calls, then `repeats` calls each timed with CUDA events on a cold
+// L2 (flushed just before). Synchronizes.
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
-                                  int repeats, double warmup_ms = 0);
+                                  int repeats);
 double median(std::vector<double> v);
 
 // "13.0" from 13000 (the encoding of cuDriverGetVersion and CUDA_VERSION: 1000 × major + 10 × minor).

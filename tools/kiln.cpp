@@ -85,7 +85,7 @@ commands:
   presets [--json]
       List the built-in model presets and their dimensions.
 
-  bench [--json FILE] [--filter S[|S…]] [--repeats N] [--warmup-ms MS]
+  bench [--json FILE] [--filter S[|S…]] [--repeats N]
       Time every benchmark case (or those whose "op shape" contains S; an S ending in '$' must end it) on
       the GPU, as a share of the device-to-device copy bandwidth measured in the same run; --json writes
       the results to FILE.
@@ -934,13 +934,12 @@ int cmd_presets(std::span<const std::string_view> argv) {
 // ---- bench -------------------------------------------------------------------------------------------------------
 
 int cmd_bench(std::span<const std::string_view> argv) {
-  const Args args("bench", argv, {"--json", "--filter", "--repeats", "--warmup-ms"}, {});
+  const Args args("bench", argv, {"--json", "--filter", "--repeats"}, {});
   if (args.help()) return print_usage();
   args.no_positional();
   kiln::detail::BenchOptions options;
   options.filter = args.value("--filter").value_or("");
   options.repeats = args.integer("--repeats", 1, 100000, options.repeats);
-  options.warmup_ms = args.integer("--warmup-ms", 0, 60000, static_cast<int>(options.warmup_ms));
   const std::optional<std::string> json_path = args.value("--json");
 
   // Rows are printed as each case finishes (a full run takes minutes), so size the columns from every case up front.
