@@ -83,6 +83,13 @@ constexpr int kStreamWldg = 16384;
 // left-over evict-last lines are written back inside the next call; +0.00 with them reset), so not there.
 constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
 constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
+// Session 15 (q2g), bits on QEL (rmsq::kRmsqHint* in rms_norm_block_quant_stream.cuh; bit-exact by construction):
+// 2048 DISC — each CTA discards from L2 at its start the code lines of its last two items (a previous call's left-over
+// evict-last lines at those addresses are dropped instead of written back inside this call; q, qT 128-byte aligned
+// and M % 128 == 0, else nothing is discarded), 4096 DISCC its control (the first two items' lines); 8192 LATE2 —
+// evict-last only in each CTA's last two items —, 16384 SELALL its control (the per-item selection, all evict-last).
+constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintLate2 = 8192, kStreamHintSelAll = 16384;
+constexpr int kStreamHintOnQel = kStreamHintDisc | kStreamHintDiscC | kStreamHintLate2 | kStreamHintSelAll;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -423,7 +430,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintQel, kStreamHintQen}) {
+    for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc, kStreamHintQel | kStreamHintDiscC,
+                  kStreamHintQel | kStreamHintLate2, kStreamHintQel | kStreamHintSelAll}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }
@@ -630,7 +638,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
     s.config[C_PREFETCH] = 1;  // (the codes' L2 hint is a TIGHT variant)
   }
   if ((s.config[C_PREFETCH] & kStreamHintQel) && static_cast<int64_t>(a.M) * s.params[P_N] < kStreamQelMinElems)
-    s.config[C_PREFETCH] &= ~kStreamHintQel;  // (QEL only where the codes exceed what L2 keeps: the same bits)
+    s.config[C_PREFETCH] &= ~(kStreamHintQel | kStreamHintOnQel);  // (QEL only where the codes exceed what L2
+                                                                     // keeps, with its session-15 bits: the same bits)
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

@@ -145,6 +145,19 @@ __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
 // (Round D measured QELD — 1040: QEL whose CTAs, after a fence, demote their code lines to evict-normal at the end —
 // and its control 1088 on QEN: the demotion cost +4.3 to +9.1 µs; deleted, values unused.)
 constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
+// Session 15 (q2g), bits on QEL (measured in one process; bench/NOTES.md "Session 15 (helper q2g)"):
+// kRmsqHintDisc (2048): before its first stores (at the start, while the first blocks arrive) each CTA discards from
+// L2 (`discard.global.L2`, no write-back) the 128-byte code lines of its last two items — the lines a previous call
+// with the same walk and outputs left there as dirty evict-last lines (they outlive the kernel and the bench's read
+// flush, and each call otherwise writes them back inside its own window). Only lines this kernel then writes whole
+// (q, qT 128-byte aligned, M % 128 == 0, so every tile is full), so their old contents are dead. kRmsqHintDiscC (4096):
+// its control — the same code discarding the CTA's first two items' lines (never left in L2 by a previous call).
+// kRmsqHintLate2 (8192): the codes evict-last only in the CTA's last two items (evict-normal before), so that the
+// previous call's left-over evict-last lines are displaced in the read-free tail instead of the start; kRmsqHintSelAll
+// (16384): its control — the same per-item policy selection with every item evict-last (QEL's policy).
+constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintLate2 = 8192, kRmsqHintSelAll = 16384;
+constexpr int kRmsqHintBits = kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintLate2 |
+                              kRmsqHintSelAll;
 template <int PRIO>  // 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
   static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
@@ -155,15 +168,33 @@ __device__ __forceinline__ u64 l2_policy() {
 }
 // The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
 // 8 and 16 bytes.
+// SEL (kRmsqHintLate2 / kRmsqHintSelAll): the policy chosen per item, `last` = evict-last, else evict-normal (other
+// hints: a stateless functor, the flag ignored).
+template <bool SEL>
+struct CodeStoreSel {
+  __device__ __forceinline__ CodeStoreSel(bool = true) {}
+  static constexpr bool last = true;
+};
+template <>
+struct CodeStoreSel<true> {
+  bool last;
+  __device__ __forceinline__ CodeStoreSel(bool l = true) : last(l) {}
+};
 template <int H>
-struct CodeStore {
+struct CodeStore : CodeStoreSel<(H & (kRmsqHintQel | kRmsqHintQen)) != 0 &&
+                                (H & (kRmsqHintLate2 | kRmsqHintSelAll)) != 0> {
   static_assert(!((H & kRmsqHintQel) && (H & kRmsqHintQen)), "one policy for the codes");
   static constexpr bool POL = (H & (kRmsqHintQel | kRmsqHintQen)) != 0;
+  static constexpr bool SEL = POL && (H & (kRmsqHintLate2 | kRmsqHintSelAll)) != 0;
   static constexpr int PRIO = (H & kRmsqHintQel) ? 2 : 1;
+  using CodeStoreSel<SEL>::CodeStoreSel;
+  __device__ __forceinline__ u64 policy() const {
+    if constexpr (SEL) return this->last ? l2_policy<2>() : l2_policy<1>();
+    else return l2_policy<PRIO>();
+  }
   __device__ __forceinline__ void operator()(void* p, uint2 v) const {
     if constexpr (POL)
-      asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1,%2}, %3;" ::"l"(p), "r"(v.x), "r"(v.y),
-                   "l"(l2_policy<PRIO>())
+      asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1,%2}, %3;" ::"l"(p), "r"(v.x), "r"(v.y), "l"(policy())
                    : "memory");
     else
       *reinterpret_cast<uint2*>(p) = v;
@@ -171,7 +202,7 @@ struct CodeStore {
   __device__ __forceinline__ void operator()(void* p, const Vec16& v) const {
     if constexpr (POL)
       asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1,%2,%3,%4}, %5;" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
-                   "r"(v.w[2]), "r"(v.w[3]), "l"(l2_policy<PRIO>())
+                   "r"(v.w[2]), "r"(v.w[3]), "l"(policy())
                    : "memory");
     else
       store16(p, v);
@@ -248,12 +279,12 @@ __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
 // store_block_codes_full from a 32-bit shared address (ct_at = the thread's first 16-byte piece; piece 1 is 512 bytes
 // on; halves swapped in odd warps: the staging swizzle) to dst and dst + step.
 template <int H = 0>
-__device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap) {
+__device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap, bool last = true) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
     Vec16 c = lds16(ct_at + 512 * kk);
     if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-    CodeStore<H>{}(dst + kk * step, c);
+    CodeStore<H>{last}(dst + kk * step, c);
   }
 }
 }  // namespace rmsq
@@ -274,6 +305,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the codes' L2 hint (rmsq::kRmsqHint*): TIGHT's full tiles only
+  // (Session 15) DISC: the CTA's last two items' code lines discarded at the start (DISCC, the control: its first two
+  // items'); SEL: the codes' policy chosen per item — evict-last from item T − LATE on (LATE2), or always (SELALL).
+  constexpr bool QELON = (HINT & kRmsqHintQel) != 0;
+  constexpr bool DISC = QELON && (HINT & (kRmsqHintDisc | kRmsqHintDiscC)) != 0;
+  constexpr bool DISC_FIRST = (HINT & kRmsqHintDiscC) != 0;
+  constexpr bool SEL = CodeStore<HINT>::SEL;
+  constexpr int LATE = (HINT & kRmsqHintLate2) ? 2 : (1 << 20);
+  static_assert(!((HINT & kRmsqHintDisc) && (HINT & kRmsqHintDiscC)), "DISC or its control");
+  static_assert(!((HINT & kRmsqHintLate2) && (HINT & kRmsqHintSelAll)), "LATE2 or its control");
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -469,6 +509,25 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (LEAN) {
 #pragma unroll 1
     for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
+    if constexpr (DISC) {
+      // The code lines of two of this CTA's items (DISC: its last two, DISCC: its first two), 128 bytes each: q's
+      // 128 rows × CB lines and qT's 128·CB channel rows of the item. Every one is written whole later by this CTA
+      // (full tiles, aligned lines), after the setup barrier below (which orders these weak writes before them).
+      if (((reinterpret_cast<unsigned long long>(a.q) | reinterpret_cast<unsigned long long>(a.qT)) & 127u) == 0u &&
+          (a.M & 127) == 0) {
+        constexpr int LINES = 2 * ROWS * CB;  // an item's lines
+#pragma unroll 1
+        for (int l = tid; l < 2 * LINES; l += THREADS) {
+          const int j = DISC_FIRST ? l / LINES : T - 1 - l / LINES;
+          if (j < 0 || j >= T) continue;
+          const int u = b0 + j * P, tile = u / S, col = (u % S) * C, idx = l % LINES;
+          const unsigned char* line =
+              idx < ROWS * CB ? a.q + (static_cast<i64>(tile) * ROWS + idx / CB) * N + col + (idx % CB) * 128
+                              : a.qT + static_cast<i64>(col + idx - ROWS * CB) * a.M + tile * ROWS;
+          asm volatile("discard.global.L2 [%0], 128;" ::"l"(line) : "memory");
+        }
+      }
+    }
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -651,6 +710,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   int nb = 0;        // blocks quantized so far (uniform): codes buffer nb & 1, column-max buffer nb % 3
   int cmi = 0;
   int prev_m0 = 0, prev_valid = 0, prev_col = -1;  // the block whose codes wait in buffer (nb − 1) & 1
+  bool prev_last = true;                           // SEL: its item's codes evict-last
   const bool aligned16 = (a.M % 16) == 0;
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
   auto store_codes = [&](const u32* ct, int pm0, int pvalid, int pcol) {
@@ -705,6 +765,8 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = item_tile(it);
     const int col0 = item_col(it);
+    bool last = false;  // SEL: this item's codes evict-last (T named only then: the closure stays the default's)
+    if constexpr (SEL) last = it + LATE >= T;
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
@@ -741,7 +803,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
               store_block_codes_at<HINT>(
                   thr_const(kCodes) + ((nb + 1) & 1) * 16384,
                   a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
-                  static_cast<i64>(4) * a.M, (warp & 1) != 0);
+                  static_cast<i64>(4) * a.M, (warp & 1) != 0, prev_last);
             else
               store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
           } else {
@@ -754,7 +816,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             bqt::row_codes<true>(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                                  a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
                                               static_cast<u32>(m0) + thr_const(kQs)),
-                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{});
+                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{last});
           } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
@@ -808,6 +870,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         prev_m0 = m0;
         prev_valid = valid;
         prev_col = col;
+        prev_last = last;
         ++nb;
         cmi = cmi == 2 ? 0 : cmi + 1;
       }
@@ -921,7 +984,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   PF & (rmsq::kRmsqHintQel | rmsq::kRmsqHintQen)>(sa);
+                                   PF & rmsq::kRmsqHintBits>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ struct StreamCfg {
   bool cold = false;     // session 14: before each timed call's L2 flush, persisting L2 lines reset to normal
   bool host = false;     // no config forced: the host's default (make_spec and launch_stream's rules)
   int64_t M = 8192;      // tokens
+  const char* control = nullptr;  // session 15: a second row to pair it with (its code-shape control)
 };
 
 // Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
@@ -178,16 +179,30 @@ class RmsqStreamMeasure : public GpuTest {
 // host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
 // 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
 std::vector<StreamCfg> session_cfgs() {
-  const char* a = "7168x5120 old default (pf 1)";
-  const char* b = "7168x16384 old default (pf 1)";
-  const char* c = "4096x16384 old default (pf 1)";
+  // Session 15 (q2g), round B: on the host default (QEL, pf 17) at 7168 and 4096 — DISC (pf 2065: each CTA discards
+  // its last two items' code lines at its start) with its control DISCC (4113: the first two items'), LATE2 (8209:
+  // evict-last only in the last two items) with its control SELALL (16401), and the default cold (the persisting
+  // lines reset before each flush: no left-overs at all). Each config's timed calls follow its own calls (the bench's
+  // pattern: the left-overs are its own).
+  const char* d7 = "7168 host default (QEL)";
+  const char* d4 = "4096 host default (QEL)";
+  const char* dc7 = "7168 DISCC (pf 4113)";
+  const char* sa7 = "7168 SELALL (pf 16401)";
+  auto row = [](const char* name, int64_t N, int pf, const char* base, const char* control = nullptr,
+                bool cold = false, bool host = false) {
+    StreamCfg c{name, N, 2, 4, 19203, base, true, 0, pf, cold, host};
+    c.control = control;
+    return c;
+  };
   return {
-      {a, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 5120},
-      {"7168x5120 host default (QEL)", 7168, 2, 4, 19203, a, true, 0, 17, false, true, 5120},
-      {b, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
-      {"7168x16384 host default (QEL)", 7168, 2, 4, 19203, b, true, 0, 17, false, true, 16384},
-      {c, 4096, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
-      {"4096x16384 host default (QEL)", 4096, 2, 4, 19203, c, true, 0, 17, false, true, 16384},
+      row(d7, 7168, 17, nullptr, nullptr, false, true),
+      row("7168 host default cold", 7168, 17, d7, nullptr, true, true),
+      row("7168 DISC (pf 2065)", 7168, 2065, d7, dc7),
+      row(dc7, 7168, 4113, d7),
+      row(sa7, 7168, 16401, d7),
+      row("7168 LATE2 (pf 8209)", 7168, 8209, d7, sa7),
+      row(d4, 4096, 17, nullptr, nullptr, false, true),
+      row("4096 DISC (pf 2065)", 4096, 2065, d4),
   };
 }
 
@@ -219,6 +234,11 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
       const PairedDiff pd = paired_diff(med[b], med[i]);
       std::printf("  diff %+6.2f, won %d / %d", pd.d[pd.d.size() / 2], pd.wins, rounds);
     }
+    for (size_t j = 0; j < cfgs.size() && cfgs[i].control; ++j)
+      if (std::string(cfgs[j].name) == cfgs[i].control) {
+        const PairedDiff pd = paired_diff(med[j], med[i]);
+        std::printf("; vs control %+6.2f, won %d / %d", pd.d[pd.d.size() / 2], pd.wins, rounds);
+      }
     std::printf("\n");
   }
 }
