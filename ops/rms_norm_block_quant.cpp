@@ -88,8 +88,12 @@ constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
 // evict-last lines at those addresses are dropped instead of written back inside this call; q, qT 128-byte aligned
 // and M % 128 == 0, else nothing is discarded), 4096 DISCC its control (the first two items' lines); 8192 LATE2 —
 // evict-last only in each CTA's last two items —, 16384 SELALL its control (the per-item selection, all evict-last).
-constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintLate2 = 8192, kStreamHintSelAll = 16384;
-constexpr int kStreamHintOnQel = kStreamHintDisc | kStreamHintDiscC | kStreamHintLate2 | kStreamHintSelAll;
+// 32768 EF2 / 65536 EF4 — the codes of each CTA's first two / four items evict-first (the rest evict-last), so they
+// are written back in the early turns' DRAM slack instead of the DRAM-bound steady state (control: SELALL).
+constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintLate2 = 8192, kStreamHintSelAll = 16384,
+              kStreamHintEf2 = 32768, kStreamHintEf4 = 65536;
+constexpr int kStreamHintOnQel =
+    kStreamHintDisc | kStreamHintDiscC | kStreamHintLate2 | kStreamHintSelAll | kStreamHintEf2 | kStreamHintEf4;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -431,7 +435,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
     for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc, kStreamHintQel | kStreamHintDiscC,
-                  kStreamHintQel | kStreamHintLate2, kStreamHintQel | kStreamHintSelAll}) {
+                  kStreamHintQel | kStreamHintLate2, kStreamHintQel | kStreamHintSelAll, kStreamHintQel | kStreamHintEf2,
+                  kStreamHintQel | kStreamHintEf4}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }

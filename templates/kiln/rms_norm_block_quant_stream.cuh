@@ -155,21 +155,28 @@ constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
 // kRmsqHintLate2 (8192): the codes evict-last only in the CTA's last two items (evict-normal before), so that the
 // previous call's left-over evict-last lines are displaced in the read-free tail instead of the start; kRmsqHintSelAll
 // (16384): its control — the same per-item policy selection with every item evict-last (QEL's policy).
-constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintLate2 = 8192, kRmsqHintSelAll = 16384;
-constexpr int kRmsqHintBits = kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintLate2 |
-                              kRmsqHintSelAll;
-template <int PRIO>  // 1 evict_normal, 2 evict_last
+// kRmsqHintEf2 / kRmsqHintEf4 (32768 / 65536): the codes of the CTA's first two / four items evict-first (then
+// evict-last): the early turns leave DRAM ≈ 50 % idle while L2 absorbs every early code (round A of session 14: writes
+// ≈ 6 % of peak for the first ≈ 20 µs, then ≈ 43 %), so those codes are written back later inside the DRAM-bound
+// steady state; evict-first lines go first, into the early turns' slack. Control: kRmsqHintSelAll.
+constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintLate2 = 8192, kRmsqHintSelAll = 16384,
+              kRmsqHintEf2 = 32768, kRmsqHintEf4 = 65536;
+constexpr int kRmsqHintSelBits = kRmsqHintLate2 | kRmsqHintSelAll | kRmsqHintEf2 | kRmsqHintEf4;
+constexpr int kRmsqHintBits =
+    kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintSelBits;
+template <int PRIO>  // 1 evict_normal, 2 evict_last, 3 evict_first
 __device__ __forceinline__ u64 l2_policy() {
-  static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
+  static_assert(PRIO >= 1 && PRIO <= 3, "evict_normal, evict_last or evict_first");
   u64 pol;
   if constexpr (PRIO == 1) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
-  else asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  else if constexpr (PRIO == 2) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
+  else asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
   return pol;
 }
 // The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
 // 8 and 16 bytes.
-// SEL (kRmsqHintLate2 / kRmsqHintSelAll): the policy chosen per item, `last` = evict-last, else evict-normal (other
-// hints: a stateless functor, the flag ignored).
+// SEL (kRmsqHintSelBits): the policy chosen per item by a flag (`last`): LATE2 / SELALL evict-last if set, else
+// evict-normal; EF2 / EF4 evict-first if set, else evict-last (other hints: a stateless functor, the flag ignored).
 template <bool SEL>
 struct CodeStoreSel {
   __device__ __forceinline__ CodeStoreSel(bool = true) {}
@@ -181,15 +188,16 @@ struct CodeStoreSel<true> {
   __device__ __forceinline__ CodeStoreSel(bool l = true) : last(l) {}
 };
 template <int H>
-struct CodeStore : CodeStoreSel<(H & (kRmsqHintQel | kRmsqHintQen)) != 0 &&
-                                (H & (kRmsqHintLate2 | kRmsqHintSelAll)) != 0> {
+struct CodeStore : CodeStoreSel<(H & (kRmsqHintQel | kRmsqHintQen)) != 0 && (H & kRmsqHintSelBits) != 0> {
   static_assert(!((H & kRmsqHintQel) && (H & kRmsqHintQen)), "one policy for the codes");
   static constexpr bool POL = (H & (kRmsqHintQel | kRmsqHintQen)) != 0;
-  static constexpr bool SEL = POL && (H & (kRmsqHintLate2 | kRmsqHintSelAll)) != 0;
+  static constexpr bool SEL = POL && (H & kRmsqHintSelBits) != 0;
+  static constexpr bool EF = (H & (kRmsqHintEf2 | kRmsqHintEf4)) != 0;
   static constexpr int PRIO = (H & kRmsqHintQel) ? 2 : 1;
   using CodeStoreSel<SEL>::CodeStoreSel;
   __device__ __forceinline__ u64 policy() const {
-    if constexpr (SEL) return this->last ? l2_policy<2>() : l2_policy<1>();
+    if constexpr (SEL && EF) return this->last ? l2_policy<3>() : l2_policy<2>();
+    else if constexpr (SEL) return this->last ? l2_policy<2>() : l2_policy<1>();
     else return l2_policy<PRIO>();
   }
   __device__ __forceinline__ void operator()(void* p, uint2 v) const {
@@ -312,8 +320,9 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool DISC_FIRST = (HINT & kRmsqHintDiscC) != 0;
   constexpr bool SEL = CodeStore<HINT>::SEL;
   constexpr int LATE = (HINT & kRmsqHintLate2) ? 2 : (1 << 20);
+  constexpr int EFN = (HINT & kRmsqHintEf2) ? 2 : (HINT & kRmsqHintEf4) ? 4 : 0;  // EF: items < EFN evict-first
+  static_assert(((HINT & kRmsqHintSelBits) & ((HINT & kRmsqHintSelBits) - 1)) == 0, "one per-item policy");
   static_assert(!((HINT & kRmsqHintDisc) && (HINT & kRmsqHintDiscC)), "DISC or its control");
-  static_assert(!((HINT & kRmsqHintLate2) && (HINT & kRmsqHintSelAll)), "LATE2 or its control");
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -766,7 +775,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     const i64 tb = item_tile(it);
     const int col0 = item_col(it);
     bool last = false;  // SEL: this item's codes evict-last (T named only then: the closure stays the default's)
-    if constexpr (SEL) last = it + LATE >= T;
+    if constexpr (SEL) last = EFN > 0 ? it < EFN : it + LATE >= T;
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)

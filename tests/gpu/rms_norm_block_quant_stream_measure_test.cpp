@@ -181,7 +181,8 @@ class RmsqStreamMeasure : public GpuTest {
 std::vector<StreamCfg> session_cfgs() {
   // Session 15 (q2g), round B: on the host default (QEL, pf 17) at 7168 and 4096 — DISC (pf 2065: each CTA discards
   // its last two items' code lines at its start) with its control DISCC (4113: the first two items'), LATE2 (8209:
-  // evict-last only in the last two items) with its control SELALL (16401), and the default cold (the persisting
+  // evict-last only in the last two items) and EF2 / EF4 (32785 / 65553: the first two / four items' codes
+  // evict-first, the rest evict-last) with their control SELALL (16401), and the default cold (the persisting
   // lines reset before each flush: no left-overs at all). Each config's timed calls follow its own calls (the bench's
   // pattern: the left-overs are its own).
   const char* d7 = "7168 host default (QEL)";
@@ -201,6 +202,8 @@ std::vector<StreamCfg> session_cfgs() {
       row(dc7, 7168, 4113, d7),
       row(sa7, 7168, 16401, d7),
       row("7168 LATE2 (pf 8209)", 7168, 8209, d7, sa7),
+      row("7168 EF2 (pf 32785)", 7168, 32785, d7, sa7),
+      row("7168 EF4 (pf 65553)", 7168, 65553, d7, sa7),
       row(d4, 4096, 17, nullptr, nullptr, false, true),
       row("4096 DISC (pf 2065)", 4096, 2065, d4),
   };

@@ -643,7 +643,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelL2HintPoints) {
 }
 
 // Session 15 (q2g): the bits on QEL — 2048 DISC (each CTA discards its last two items' code lines from L2 at its
-// start), 4096 DISCC (its first two items'), 8192 LATE2 (evict-last only in the last two items), 16384 SELALL — forced
+// start), 4096 DISCC (its first two items'), 8192 LATE2 (evict-last only in the last two items), 16384 SELALL, 65536
+// EF4 (the first four items' codes evict-first) — forced
 // on 19203 against the CPU reference: DISC / DISCC drop only lines the call then writes whole (so the same bits), the
 // others are cache hints. Each point runs the op three times on the same buffers and checks the last call, so the
 // discards meet the previous calls' left-over (dirty, evict-last) lines at those addresses: a line discarded but not
@@ -655,7 +656,7 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelDiscardPoints) {
       {7168, 2, 16, 2, 2065, 4, 19203, 3, 8192},  {4096, 2, 16, 2, 2065, 4, 19203, 3, 8192},
       {7168, 2, 16, 2, 2065, 4, 19203, 3, 8000},  {7168, 2, 16, 2, 4113, 4, 19203, 3, 8192},
       {7168, 2, 16, 2, 8209, 4, 19203, 3, 8192},  {2048, 2, 16, 2, 2065, 4, 19203, 3, 8192},
-      {7168, 2, 16, 2, 16401, 4, 19203, 3, 8192},
+      {7168, 2, 16, 2, 16401, 4, 19203, 3, 8192}, {7168, 2, 16, 2, 65553, 4, 19203, 3, 8192},
   };
   for_each_point(points, [&](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x9d, static_cast<uint64_t>(i)}));
