@@ -86,14 +86,19 @@ constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
 // Session 15 (q2g), bits on QEL (rmsq::kRmsqHint* in rms_norm_block_quant_stream.cuh; bit-exact by construction):
 // 2048 DISC — each CTA discards from L2 at its start the code lines of its last two items (a previous call's left-over
 // evict-last lines at those addresses are dropped instead of written back inside this call; q, qT 128-byte aligned
-// and M % 128 == 0, else nothing is discarded), 4096 DISCC its control (the first two items' lines); 8192 LATE2 —
-// evict-last only in each CTA's last two items —, 16384 SELALL its control (the per-item selection, all evict-last).
+// and M % 128 == 0, else nothing is discarded), 4096 DISCC its control (the first two items' lines); 16384 SELALL —
+// the per-item policy selection, every item evict-last (the EF bits' control). (8192 LATE2 — evict-last only in each
+// CTA's last two items — lost +2.08 µs against SELALL in round A: deleted, value unused.)
 // 32768 EF2 / 65536 EF4 — the codes of each CTA's first two / four items evict-first (the rest evict-last), so they
 // are written back in the early turns' DRAM slack instead of the DRAM-bound steady state (control: SELALL).
-constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintLate2 = 8192, kStreamHintSelAll = 16384,
-              kStreamHintEf2 = 32768, kStreamHintEf4 = 65536;
-constexpr int kStreamHintOnQel =
-    kStreamHintDisc | kStreamHintDiscC | kStreamHintLate2 | kStreamHintSelAll | kStreamHintEf2 | kStreamHintEf4;
+constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintSelAll = 16384, kStreamHintEf2 = 32768,
+              kStreamHintEf4 = 65536;
+// (Round A, 30 rounds in one process against the default 89.04 µs at 7168: DISC +0.51, DISCC +1.25, SELALL +0.43,
+// LATE2 +2.66; 4096 DISC +0.86.) 131072 DISC4 — DISC over the last four items —, 262144 DISCZ — DISC's code
+// discarding nothing (the code-shape control).
+constexpr int kStreamHintDisc4 = 131072, kStreamHintDiscZ = 262144;
+constexpr int kStreamHintOnQel = kStreamHintDisc | kStreamHintDiscC | kStreamHintSelAll | kStreamHintEf2 |
+                                 kStreamHintEf4 | kStreamHintDisc4 | kStreamHintDiscZ;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -435,8 +440,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
     for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc, kStreamHintQel | kStreamHintDiscC,
-                  kStreamHintQel | kStreamHintLate2, kStreamHintQel | kStreamHintSelAll, kStreamHintQel | kStreamHintEf2,
-                  kStreamHintQel | kStreamHintEf4}) {
+                  kStreamHintQel | kStreamHintSelAll, kStreamHintQel | kStreamHintEf2,
+                  kStreamHintQel | kStreamHintEf4, kStreamHintQel | kStreamHintDisc | kStreamHintDisc4,
+                  kStreamHintQel | kStreamHintDiscZ}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }

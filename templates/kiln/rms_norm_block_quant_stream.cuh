@@ -152,18 +152,21 @@ constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
 // flush, and each call otherwise writes them back inside its own window). Only lines this kernel then writes whole
 // (q, qT 128-byte aligned, M % 128 == 0, so every tile is full), so their old contents are dead. kRmsqHintDiscC (4096):
 // its control — the same code discarding the CTA's first two items' lines (never left in L2 by a previous call).
-// kRmsqHintLate2 (8192): the codes evict-last only in the CTA's last two items (evict-normal before), so that the
-// previous call's left-over evict-last lines are displaced in the read-free tail instead of the start; kRmsqHintSelAll
-// (16384): its control — the same per-item policy selection with every item evict-last (QEL's policy).
+// kRmsqHintSelAll (16384): the per-item policy selection below with every item evict-last (QEL's policy): the
+// code-shape control of the EF bits. (Round A also measured 8192 LATE2 — evict-last only in the CTA's last two items,
+// so that the left-overs are displaced in the read-free tail: +2.08 µs against SELALL at 7168, 0 of 30; deleted.)
 // kRmsqHintEf2 / kRmsqHintEf4 (32768 / 65536): the codes of the CTA's first two / four items evict-first (then
 // evict-last): the early turns leave DRAM ≈ 50 % idle while L2 absorbs every early code (round A of session 14: writes
 // ≈ 6 % of peak for the first ≈ 20 µs, then ≈ 43 %), so those codes are written back later inside the DRAM-bound
 // steady state; evict-first lines go first, into the early turns' slack. Control: kRmsqHintSelAll.
-constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintLate2 = 8192, kRmsqHintSelAll = 16384,
-              kRmsqHintEf2 = 32768, kRmsqHintEf4 = 65536;
-constexpr int kRmsqHintSelBits = kRmsqHintLate2 | kRmsqHintSelAll | kRmsqHintEf2 | kRmsqHintEf4;
+// (Round A: DISC −0.58 µs against DISCC but +0.51 against the default; DISCC itself +1.25.) kRmsqHintDisc4 (131072,
+// with kRmsqHintDisc): the last four items' lines; kRmsqHintDiscZ (262144): DISC's code discarding nothing (its items
+// j ≥ T: the same loop, every line skipped) — the code-shape control that separates the discards' cost.
+constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintSelAll = 16384, kRmsqHintEf2 = 32768,
+              kRmsqHintEf4 = 65536, kRmsqHintDisc4 = 131072, kRmsqHintDiscZ = 262144;
+constexpr int kRmsqHintSelBits = kRmsqHintSelAll | kRmsqHintEf2 | kRmsqHintEf4;
 constexpr int kRmsqHintBits =
-    kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintSelBits;
+    kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintSelBits | kRmsqHintDisc4 | kRmsqHintDiscZ;
 template <int PRIO>  // 1 evict_normal, 2 evict_last, 3 evict_first
 __device__ __forceinline__ u64 l2_policy() {
   static_assert(PRIO >= 1 && PRIO <= 3, "evict_normal, evict_last or evict_first");
@@ -175,7 +178,7 @@ __device__ __forceinline__ u64 l2_policy() {
 }
 // The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
 // 8 and 16 bytes.
-// SEL (kRmsqHintSelBits): the policy chosen per item by a flag (`last`): LATE2 / SELALL evict-last if set, else
+// SEL (kRmsqHintSelBits): the policy chosen per item by a flag (`last`): SELALL evict-last if set (always), else
 // evict-normal; EF2 / EF4 evict-first if set, else evict-last (other hints: a stateless functor, the flag ignored).
 template <bool SEL>
 struct CodeStoreSel {
@@ -313,16 +316,19 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the codes' L2 hint (rmsq::kRmsqHint*): TIGHT's full tiles only
-  // (Session 15) DISC: the CTA's last two items' code lines discarded at the start (DISCC, the control: its first two
-  // items'); SEL: the codes' policy chosen per item — evict-last from item T − LATE on (LATE2), or always (SELALL).
+  // (Session 15) DISC: the CTA's last two (DISC4: four) items' code lines discarded at the start (DISCC, a control: its
+  // first two items'; DISCZ: none, DISC's code); SEL: the codes' policy chosen per item — evict-first below item EFN
+  // (EF2 / EF4), evict-last (SELALL: always, by a compare the compiler cannot fold).
   constexpr bool QELON = (HINT & kRmsqHintQel) != 0;
-  constexpr bool DISC = QELON && (HINT & (kRmsqHintDisc | kRmsqHintDiscC)) != 0;
-  constexpr bool DISC_FIRST = (HINT & kRmsqHintDiscC) != 0;
+  constexpr bool DISC = QELON && (HINT & (kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintDiscZ)) != 0;
+  constexpr bool DISC_FIRST = (HINT & kRmsqHintDiscC) != 0, DISC_NONE = (HINT & kRmsqHintDiscZ) != 0;
+  constexpr int DISC_ITEMS = (HINT & kRmsqHintDisc4) ? 4 : 2;
   constexpr bool SEL = CodeStore<HINT>::SEL;
-  constexpr int LATE = (HINT & kRmsqHintLate2) ? 2 : (1 << 20);
+  constexpr int LATE = 1 << 20;
   constexpr int EFN = (HINT & kRmsqHintEf2) ? 2 : (HINT & kRmsqHintEf4) ? 4 : 0;  // EF: items < EFN evict-first
   static_assert(((HINT & kRmsqHintSelBits) & ((HINT & kRmsqHintSelBits) - 1)) == 0, "one per-item policy");
-  static_assert(!((HINT & kRmsqHintDisc) && (HINT & kRmsqHintDiscC)), "DISC or its control");
+  static_assert(((HINT & kRmsqHintDisc) != 0) + ((HINT & kRmsqHintDiscC) != 0) + ((HINT & kRmsqHintDiscZ) != 0) <= 1,
+                "DISC or a control");
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -519,15 +525,18 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 #pragma unroll 1
     for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
     if constexpr (DISC) {
-      // The code lines of two of this CTA's items (DISC: its last two, DISCC: its first two), 128 bytes each: q's
+      // The code lines of DISC_ITEMS of this CTA's items (DISC: its last ones, DISCC: its first ones, DISCZ: none —
+      // items past its last), 128 bytes each: q's
       // 128 rows × CB lines and qT's 128·CB channel rows of the item. Every one is written whole later by this CTA
       // (full tiles, aligned lines), after the setup barrier below (which orders these weak writes before them).
       if (((reinterpret_cast<unsigned long long>(a.q) | reinterpret_cast<unsigned long long>(a.qT)) & 127u) == 0u &&
           (a.M & 127) == 0) {
         constexpr int LINES = 2 * ROWS * CB;  // an item's lines
 #pragma unroll 1
-        for (int l = tid; l < 2 * LINES; l += THREADS) {
-          const int j = DISC_FIRST ? l / LINES : T - 1 - l / LINES;
+        for (int l = tid; l < DISC_ITEMS * LINES; l += THREADS) {
+          // (DISCZ: past the last item by the launch's tag, never 0 — a value the compiler cannot fold — so the loop
+          // keeps DISC's code and skips every line)
+          const int j = DISC_FIRST ? l / LINES : T - 1 - l / LINES + (DISC_NONE && sa.tag != 0u ? DISC_ITEMS : 0);
           if (j < 0 || j >= T) continue;
           const int u = b0 + j * P, tile = u / S, col = (u % S) * C, idx = l % LINES;
           const unsigned char* line =
