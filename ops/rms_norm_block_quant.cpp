@@ -83,22 +83,22 @@ constexpr int kStreamWldg = 16384;
 // left-over evict-last lines are written back inside the next call; +0.00 with them reset), so not there.
 constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
 constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
-// Session 15 (q2g), bits on QEL (rmsq::kRmsqHint* in rms_norm_block_quant_stream.cuh; bit-exact by construction):
-// 2048 DISC — each CTA discards from L2 at its start the code lines of its last two items (a previous call's left-over
-// evict-last lines at those addresses are dropped instead of written back inside this call; q, qT 128-byte aligned
-// and M % 128 == 0, else nothing is discarded), 4096 DISCC its control (the first two items' lines); 16384 SELALL —
-// the per-item policy selection, every item evict-last (the EF bits' control). (8192 LATE2 — evict-last only in each
-// CTA's last two items — lost +2.08 µs against SELALL in round A: deleted, value unused.)
-// 32768 EF2 / 65536 EF4 — the codes of each CTA's first two / four items evict-first (the rest evict-last), so they
-// are written back in the early turns' DRAM slack instead of the DRAM-bound steady state (control: SELALL).
-constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintSelAll = 16384, kStreamHintEf2 = 32768,
-              kStreamHintEf4 = 65536;
-// (Round A, 30 rounds in one process against the default 89.04 µs at 7168: DISC +0.51, DISCC +1.25, SELALL +0.43,
-// LATE2 +2.66; 4096 DISC +0.86.) 131072 DISC4 — DISC over the last four items —, 262144 DISCZ — DISC's code
-// discarding nothing (the code-shape control).
-constexpr int kStreamHintDisc4 = 131072, kStreamHintDiscZ = 262144;
-constexpr int kStreamHintOnQel = kStreamHintDisc | kStreamHintDiscC | kStreamHintSelAll | kStreamHintEf2 |
-                                 kStreamHintEf4 | kStreamHintDisc4 | kStreamHintDiscZ;
+// Session 15 (q2g), bits on QEL against the previous call's left-over evict-last lines (rmsq::kRmsqHint* in
+// rms_norm_block_quant_stream.cuh; bit-exact by construction): 2048 DISC — each CTA discards from L2 at its start the
+// code lines of its last two items (+ 524288 DISC1: the last one), dropping what a previous call with the same walk
+// and outputs left there instead of writing it back inside this call (q, qT 128-byte aligned and M % 128 == 0, else
+// nothing is discarded) —, its controls 4096 DISCC (the first two items' lines) and 262144 DISCZ (DISC's code, no
+// line); 1048576 DEM — at its end each CTA touches its last item's code lines with an evict-normal L2 prefetch, so
+// they leave as normal lines — and its control 2097152 DEMZ (DEM's code, no line).
+// Measured in one process at 7168 (bench/NOTES.md, session 15): round A against the default 89.04 µs — DISC +0.51
+// (−0.58 against DISCC), DISCC +1.25, 8192 LATE2 (evict-last only in the last two items) +2.66, 16384 SELALL (its
+// control: the per-item policy selection) +0.43; 4096 DISC +0.86; round B against 88.08 — DISCZ −0.42, DISC +0.08 /
+// 131072 DISC4 (the last four items) +2.16 / DISCC +1.14 against DISCZ, 32768 / 65536 EF2 / EF4 (the first two /
+// four items' codes evict-first) +3.07 / +3.71 against SELALL. LATE2, SELALL, EF2, EF4, DISC4 deleted (values unused).
+constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintDiscZ = 262144, kStreamHintDisc1 = 524288,
+              kStreamHintDem = 1048576, kStreamHintDemZ = 2097152;
+constexpr int kStreamHintOnQel =
+    kStreamHintDisc | kStreamHintDiscC | kStreamHintDiscZ | kStreamHintDisc1 | kStreamHintDem | kStreamHintDemZ;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -440,9 +440,9 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
     for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc, kStreamHintQel | kStreamHintDiscC,
-                  kStreamHintQel | kStreamHintSelAll, kStreamHintQel | kStreamHintEf2,
-                  kStreamHintQel | kStreamHintEf4, kStreamHintQel | kStreamHintDisc | kStreamHintDisc4,
-                  kStreamHintQel | kStreamHintDiscZ}) {
+                  kStreamHintQel | kStreamHintDiscZ, kStreamHintQel | kStreamHintDisc | kStreamHintDisc1,
+                  kStreamHintQel | kStreamHintDiscZ | kStreamHintDisc1, kStreamHintQel | kStreamHintDem,
+                  kStreamHintQel | kStreamHintDem | kStreamHintDemZ}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }

@@ -145,67 +145,45 @@ __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
 // (Round D measured QELD — 1040: QEL whose CTAs, after a fence, demote their code lines to evict-normal at the end —
 // and its control 1088 on QEN: the demotion cost +4.3 to +9.1 µs; deleted, values unused.)
 constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
-// Session 15 (q2g), bits on QEL (measured in one process; bench/NOTES.md "Session 15 (helper q2g)"):
-// kRmsqHintDisc (2048): before its first stores (at the start, while the first blocks arrive) each CTA discards from
-// L2 (`discard.global.L2`, no write-back) the 128-byte code lines of its last two items — the lines a previous call
-// with the same walk and outputs left there as dirty evict-last lines (they outlive the kernel and the bench's read
-// flush, and each call otherwise writes them back inside its own window). Only lines this kernel then writes whole
-// (q, qT 128-byte aligned, M % 128 == 0, so every tile is full), so their old contents are dead. kRmsqHintDiscC (4096):
-// its control — the same code discarding the CTA's first two items' lines (never left in L2 by a previous call).
-// kRmsqHintSelAll (16384): the per-item policy selection below with every item evict-last (QEL's policy): the
-// code-shape control of the EF bits. (Round A also measured 8192 LATE2 — evict-last only in the CTA's last two items,
-// so that the left-overs are displaced in the read-free tail: +2.08 µs against SELALL at 7168, 0 of 30; deleted.)
-// kRmsqHintEf2 / kRmsqHintEf4 (32768 / 65536): the codes of the CTA's first two / four items evict-first (then
-// evict-last): the early turns leave DRAM ≈ 50 % idle while L2 absorbs every early code (round A of session 14: writes
-// ≈ 6 % of peak for the first ≈ 20 µs, then ≈ 43 %), so those codes are written back later inside the DRAM-bound
-// steady state; evict-first lines go first, into the early turns' slack. Control: kRmsqHintSelAll.
-// (Round A: DISC −0.58 µs against DISCC but +0.51 against the default; DISCC itself +1.25.) kRmsqHintDisc4 (131072,
-// with kRmsqHintDisc): the last four items' lines; kRmsqHintDiscZ (262144): DISC's code discarding nothing (its items
-// j ≥ T: the same loop, every line skipped) — the code-shape control that separates the discards' cost.
-constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintSelAll = 16384, kRmsqHintEf2 = 32768,
-              kRmsqHintEf4 = 65536, kRmsqHintDisc4 = 131072, kRmsqHintDiscZ = 262144;
-constexpr int kRmsqHintSelBits = kRmsqHintSelAll | kRmsqHintEf2 | kRmsqHintEf4;
-constexpr int kRmsqHintBits =
-    kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintSelBits | kRmsqHintDisc4 | kRmsqHintDiscZ;
-template <int PRIO>  // 1 evict_normal, 2 evict_last, 3 evict_first
+// Session 15 (q2g), bits on QEL against the previous call's left-over evict-last lines (they outlive the kernel and
+// the bench's read-flush, so each call otherwise writes them back inside its own window; bench/NOTES.md "Session 15
+// (helper q2g)"):
+// kRmsqHintDisc (2048): at its start (while its first blocks arrive) each CTA discards from L2
+// (`discard.global.L2`, no write-back) the 128-byte code lines of its last two items (kRmsqHintDisc1, 524288: the
+// last one) — the lines a previous call with the same walk and outputs left there. Only lines this kernel then writes
+// whole (q, qT 128-byte aligned, M % 128 == 0: every tile full), so their old contents are dead. Controls:
+// kRmsqHintDiscC (4096) discards its first two items' lines (never left in L2 by a previous call), kRmsqHintDiscZ
+// (262144) runs DISC's code discarding nothing.
+// kRmsqHintDem (1048576): at its end, after its last stores and a barrier, each CTA touches its last item's code
+// lines with `prefetch.global.L2::evict_normal` (one a thread, no fence, nothing waited for), so they leave the
+// kernel as normal dirty lines (a later read-flush evicts them) rather than persisting left-overs. Control:
+// kRmsqHintDemZ (2097152) runs the same code touching no line.
+// (Measured and deleted in session 15: 8192 LATE2 — evict-last only in the CTA's last two items —, 32768 / 65536
+// EF2 / EF4 — the first two / four items' codes evict-first — with their control 16384 SELALL, and 131072 DISC4 —
+// DISC over the last four items. Values unused.)
+constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintDiscZ = 262144, kRmsqHintDisc1 = 524288,
+              kRmsqHintDem = 1048576, kRmsqHintDemZ = 2097152;
+constexpr int kRmsqHintBits = kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintDiscZ |
+                              kRmsqHintDisc1 | kRmsqHintDem | kRmsqHintDemZ;
+template <int PRIO>  // 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
-  static_assert(PRIO >= 1 && PRIO <= 3, "evict_normal, evict_last or evict_first");
+  static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
   u64 pol;
   if constexpr (PRIO == 1) asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(pol));
-  else if constexpr (PRIO == 2) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
-  else asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(pol));
+  else asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(pol));
   return pol;
 }
 // The codes' global stores with the hint bits H (kRmsqHintQel / kRmsqHintQen: an evict-last / evict-normal policy),
 // 8 and 16 bytes.
-// SEL (kRmsqHintSelBits): the policy chosen per item by a flag (`last`): SELALL evict-last if set (always), else
-// evict-normal; EF2 / EF4 evict-first if set, else evict-last (other hints: a stateless functor, the flag ignored).
-template <bool SEL>
-struct CodeStoreSel {
-  __device__ __forceinline__ CodeStoreSel(bool = true) {}
-  static constexpr bool last = true;
-};
-template <>
-struct CodeStoreSel<true> {
-  bool last;
-  __device__ __forceinline__ CodeStoreSel(bool l = true) : last(l) {}
-};
 template <int H>
-struct CodeStore : CodeStoreSel<(H & (kRmsqHintQel | kRmsqHintQen)) != 0 && (H & kRmsqHintSelBits) != 0> {
+struct CodeStore {
   static_assert(!((H & kRmsqHintQel) && (H & kRmsqHintQen)), "one policy for the codes");
   static constexpr bool POL = (H & (kRmsqHintQel | kRmsqHintQen)) != 0;
-  static constexpr bool SEL = POL && (H & kRmsqHintSelBits) != 0;
-  static constexpr bool EF = (H & (kRmsqHintEf2 | kRmsqHintEf4)) != 0;
   static constexpr int PRIO = (H & kRmsqHintQel) ? 2 : 1;
-  using CodeStoreSel<SEL>::CodeStoreSel;
-  __device__ __forceinline__ u64 policy() const {
-    if constexpr (SEL && EF) return this->last ? l2_policy<3>() : l2_policy<2>();
-    else if constexpr (SEL) return this->last ? l2_policy<2>() : l2_policy<1>();
-    else return l2_policy<PRIO>();
-  }
   __device__ __forceinline__ void operator()(void* p, uint2 v) const {
     if constexpr (POL)
-      asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1,%2}, %3;" ::"l"(p), "r"(v.x), "r"(v.y), "l"(policy())
+      asm volatile("st.global.L2::cache_hint.v2.u32 [%0], {%1,%2}, %3;" ::"l"(p), "r"(v.x), "r"(v.y),
+                   "l"(l2_policy<PRIO>())
                    : "memory");
     else
       *reinterpret_cast<uint2*>(p) = v;
@@ -213,7 +191,7 @@ struct CodeStore : CodeStoreSel<(H & (kRmsqHintQel | kRmsqHintQen)) != 0 && (H &
   __device__ __forceinline__ void operator()(void* p, const Vec16& v) const {
     if constexpr (POL)
       asm volatile("st.global.L2::cache_hint.v4.u32 [%0], {%1,%2,%3,%4}, %5;" ::"l"(p), "r"(v.w[0]), "r"(v.w[1]),
-                   "r"(v.w[2]), "r"(v.w[3]), "l"(policy())
+                   "r"(v.w[2]), "r"(v.w[3]), "l"(l2_policy<PRIO>())
                    : "memory");
     else
       store16(p, v);
@@ -290,12 +268,12 @@ __device__ __forceinline__ void mbar_arrive_if(u32 bar, bool pred) {
 // store_block_codes_full from a 32-bit shared address (ct_at = the thread's first 16-byte piece; piece 1 is 512 bytes
 // on; halves swapped in odd warps: the staging swizzle) to dst and dst + step.
 template <int H = 0>
-__device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap, bool last = true) {
+__device__ __forceinline__ void store_block_codes_at(u32 ct_at, u8* dst, i64 step, bool swap) {
 #pragma unroll
   for (int kk = 0; kk < 2; ++kk) {
     Vec16 c = lds16(ct_at + 512 * kk);
     if (swap) c = Vec16{{c.w[2], c.w[3], c.w[0], c.w[1]}};
-    CodeStore<H>{last}(dst + kk * step, c);
+    CodeStore<H>{}(dst + kk * step, c);
   }
 }
 }  // namespace rmsq
@@ -316,17 +294,14 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the codes' L2 hint (rmsq::kRmsqHint*): TIGHT's full tiles only
-  // (Session 15) DISC: the CTA's last two (DISC4: four) items' code lines discarded at the start (DISCC, a control: its
-  // first two items'; DISCZ: none, DISC's code); SEL: the codes' policy chosen per item — evict-first below item EFN
-  // (EF2 / EF4), evict-last (SELALL: always, by a compare the compiler cannot fold).
+  // (Session 15, on QEL) DISC: the CTA's last two (DISC1: last) items' code lines discarded at the start (DISCC: its
+  // first two items'; DISCZ: none, DISC's code); DEM: its last item's code lines touched evict-normal at the end
+  // (DEMZ: none, DEM's code).
   constexpr bool QELON = (HINT & kRmsqHintQel) != 0;
   constexpr bool DISC = QELON && (HINT & (kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintDiscZ)) != 0;
   constexpr bool DISC_FIRST = (HINT & kRmsqHintDiscC) != 0, DISC_NONE = (HINT & kRmsqHintDiscZ) != 0;
-  constexpr int DISC_ITEMS = (HINT & kRmsqHintDisc4) ? 4 : 2;
-  constexpr bool SEL = CodeStore<HINT>::SEL;
-  constexpr int LATE = 1 << 20;
-  constexpr int EFN = (HINT & kRmsqHintEf2) ? 2 : (HINT & kRmsqHintEf4) ? 4 : 0;  // EF: items < EFN evict-first
-  static_assert(((HINT & kRmsqHintSelBits) & ((HINT & kRmsqHintSelBits) - 1)) == 0, "one per-item policy");
+  constexpr int DISC_ITEMS = (HINT & kRmsqHintDisc1) ? 1 : 2;
+  constexpr bool DEM = QELON && (HINT & kRmsqHintDem) != 0, DEM_NONE = (HINT & kRmsqHintDemZ) != 0;
   static_assert(((HINT & kRmsqHintDisc) != 0) + ((HINT & kRmsqHintDiscC) != 0) + ((HINT & kRmsqHintDiscZ) != 0) <= 1,
                 "DISC or a control");
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
@@ -728,7 +703,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   int nb = 0;        // blocks quantized so far (uniform): codes buffer nb & 1, column-max buffer nb % 3
   int cmi = 0;
   int prev_m0 = 0, prev_valid = 0, prev_col = -1;  // the block whose codes wait in buffer (nb − 1) & 1
-  bool prev_last = true;                           // SEL: its item's codes evict-last
   const bool aligned16 = (a.M % 16) == 0;
   const bool scale_aligned = (reinterpret_cast<unsigned long long>(a.qT_scale) & 15u) == 0u;
   auto store_codes = [&](const u32* ct, int pm0, int pvalid, int pcol) {
@@ -783,8 +757,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
     const int valid = min(ROWS, a.M - m0);
     const i64 tb = item_tile(it);
     const int col0 = item_col(it);
-    bool last = false;  // SEL: this item's codes evict-last (T named only then: the closure stays the default's)
-    if constexpr (SEL) last = EFN > 0 ? it < EFN : it + LATE >= T;
     auto body = [&](auto full) {
       constexpr bool FULL = decltype(full)::value;
       constexpr bool TF = TIGHT && FULL;  // TIGHT's code (full tiles)
@@ -821,7 +793,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
               store_block_codes_at<HINT>(
                   thr_const(kCodes) + ((nb + 1) & 1) * 16384,
                   a.qT + (static_cast<u32>(prev_col) * static_cast<u32>(a.M) + prev_m0 + thr_const(kQt)),
-                  static_cast<i64>(4) * a.M, (warp & 1) != 0, prev_last);
+                  static_cast<i64>(4) * a.M, (warp & 1) != 0);
             else
               store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
           } else {
@@ -834,7 +806,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             bqt::row_codes<true>(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                                  a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
                                               static_cast<u32>(m0) + thr_const(kQs)),
-                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{last});
+                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{});
           } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
@@ -888,7 +860,6 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         prev_m0 = m0;
         prev_valid = valid;
         prev_col = col;
-        prev_last = last;
         ++nb;
         cmi = cmi == 2 ? 0 : cmi + 1;
       }
@@ -988,6 +959,24 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   __syncthreads();  // the last block's codes are complete
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
+  if constexpr (DEM) {
+    // The last item's code lines (q's 128 rows × CB lines, qT's 128·CB channel rows) touched evict-normal, after every
+    // store of the CTA was issued (the barrier). DEMZ: the same loop with every line skipped (the item index pushed
+    // past the last by the launch's tag, never 0).
+    __syncthreads();
+    constexpr int LINES = 2 * ROWS * CB;
+    const int j = T - 1 + (DEM_NONE && sa.tag != 0u ? 1 : 0);
+    const int u = b0 + j * P, tile = u / S, col = (u % S) * C;
+    if (j < T && (tile + 1) * ROWS <= a.M) {  // (a full tile: the hinted code)
+#pragma unroll 1
+      for (int idx = tid; idx < LINES; idx += THREADS) {
+        const unsigned char* line =
+            idx < ROWS * CB ? a.q + (static_cast<i64>(tile) * ROWS + idx / CB) * N + col + (idx % CB) * 128
+                            : a.qT + static_cast<i64>(col + idx - ROWS * CB) * a.M + tile * ROWS;
+        asm volatile("prefetch.global.L2::evict_normal [%0];" ::"l"(line) : "memory");
+      }
+    }
+  }
   mark(5, T);
 }
 

@@ -179,16 +179,18 @@ class RmsqStreamMeasure : public GpuTest {
 // host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
 // 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
 std::vector<StreamCfg> session_cfgs() {
-  // Session 15 (q2g) on the host default (QEL, pf 17) at 7168 (and 4096): round A measured DISC (pf 2065: each CTA
-  // discards its last two items' code lines at its start), its control DISCC (4113: the first two items'), LATE2
-  // (8209, deleted) against SELALL (16401) and the default cold (the persisting lines reset before each flush). Round
-  // B: DISC again with DISCZ (262161: DISC's code discarding nothing) and DISC4 (133137: the last four items'),
-  // EF2 / EF4 (32785 / 65553: the first two / four items' codes evict-first, the rest evict-last) against SELALL. Each
-  // config's timed calls follow its own calls (the bench's pattern: the left-overs are its own).
+  // Session 15 (q2g) on the host default (QEL, pf 17) at 7168 (and 4096), against the previous call's left-over
+  // evict-last lines. Round A: DISC (pf 2065: each CTA discards its last two items' code lines at its start), DISCC
+  // (4113: the first two items'), LATE2 (8209) against SELALL (16401), the default cold (the persisting lines reset
+  // before each flush). Round B: DISCZ (262161: DISC's code, no line), DISC4 (133137), EF2 / EF4 (32785 / 65553)
+  // against SELALL. Round C: DISC1 (526353: the last item only) against DISCZ1 (786449), DEM (1048593: the last item's
+  // lines touched evict-normal at the end) against DEMZ (3145745), DISC / DISCZ again. Each config's timed calls
+  // follow its own calls (the bench's pattern: the left-overs are its own).
   const char* d7 = "7168 host default (QEL)";
   const char* d4 = "4096 host default (QEL)";
   const char* dz7 = "7168 DISCZ (pf 262161)";
-  const char* sa7 = "7168 SELALL (pf 16401)";
+  const char* dz17 = "7168 DISCZ1 (pf 786449)";
+  const char* mz7 = "7168 DEMZ (pf 3145745)";
   auto row = [](const char* name, int64_t N, int pf, const char* base, const char* control = nullptr,
                 bool cold = false, bool host = false) {
     StreamCfg c{name, N, 2, 4, 19203, base, true, 0, pf, cold, host};
@@ -198,15 +200,14 @@ std::vector<StreamCfg> session_cfgs() {
   return {
       row(d7, 7168, 17, nullptr, nullptr, false, true),
       row("7168 host default cold", 7168, 17, d7, nullptr, true, true),
+      row(dz17, 7168, 786449, d7),
+      row("7168 DISC1 (pf 526353)", 7168, 526353, d7, dz17),
+      row(mz7, 7168, 3145745, d7),
+      row("7168 DEM (pf 1048593)", 7168, 1048593, d7, mz7),
       row(dz7, 7168, 262161, d7),
       row("7168 DISC (pf 2065)", 7168, 2065, d7, dz7),
-      row("7168 DISC4 (pf 133137)", 7168, 133137, d7, dz7),
-      row("7168 DISCC (pf 4113)", 7168, 4113, d7, dz7),
-      row(sa7, 7168, 16401, d7),
-      row("7168 EF2 (pf 32785)", 7168, 32785, d7, sa7),
-      row("7168 EF4 (pf 65553)", 7168, 65553, d7, sa7),
       row(d4, 4096, 17, nullptr, nullptr, false, true),
-      row("4096 EF4 (pf 65553)", 4096, 65553, d4),
+      row("4096 DEM (pf 1048593)", 4096, 1048593, d4),
   };
 }
 
