@@ -89,16 +89,17 @@ constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
 // and outputs left there instead of writing it back inside this call (q, qT 128-byte aligned and M % 128 == 0, else
 // nothing is discarded) —, its controls 4096 DISCC (the first two items' lines) and 262144 DISCZ (DISC's code, no
 // line); 1048576 DEM — at its end each CTA touches its last item's code lines with an evict-normal L2 prefetch, so
-// they leave as normal lines — and its control 2097152 DEMZ (DEM's code, no line).
+// they leave as normal lines; + 4194304 DEM2: its last two items' — and its control 2097152 DEMZ (DEM's code, no
+// line).
 // Measured in one process at 7168 (bench/NOTES.md, session 15): round A against the default 89.04 µs — DISC +0.51
 // (−0.58 against DISCC), DISCC +1.25, 8192 LATE2 (evict-last only in the last two items) +2.66, 16384 SELALL (its
 // control: the per-item policy selection) +0.43; 4096 DISC +0.86; round B against 88.08 — DISCZ −0.42, DISC +0.08 /
 // 131072 DISC4 (the last four items) +2.16 / DISCC +1.14 against DISCZ, 32768 / 65536 EF2 / EF4 (the first two /
 // four items' codes evict-first) +3.07 / +3.71 against SELALL. LATE2, SELALL, EF2, EF4, DISC4 deleted (values unused).
 constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintDiscZ = 262144, kStreamHintDisc1 = 524288,
-              kStreamHintDem = 1048576, kStreamHintDemZ = 2097152;
-constexpr int kStreamHintOnQel =
-    kStreamHintDisc | kStreamHintDiscC | kStreamHintDiscZ | kStreamHintDisc1 | kStreamHintDem | kStreamHintDemZ;
+              kStreamHintDem = 1048576, kStreamHintDemZ = 2097152, kStreamHintDem2 = 4194304;
+constexpr int kStreamHintOnQel = kStreamHintDisc | kStreamHintDiscC | kStreamHintDiscZ | kStreamHintDisc1 |
+                                 kStreamHintDem | kStreamHintDemZ | kStreamHintDem2;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -442,7 +443,7 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
     for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc, kStreamHintQel | kStreamHintDiscC,
                   kStreamHintQel | kStreamHintDiscZ, kStreamHintQel | kStreamHintDisc | kStreamHintDisc1,
                   kStreamHintQel | kStreamHintDiscZ | kStreamHintDisc1, kStreamHintQel | kStreamHintDem,
-                  kStreamHintQel | kStreamHintDem | kStreamHintDemZ}) {
+                  kStreamHintQel | kStreamHintDem | kStreamHintDemZ, kStreamHintQel | kStreamHintDem | kStreamHintDem2}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }

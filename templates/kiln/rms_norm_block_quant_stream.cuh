@@ -157,14 +157,15 @@ constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
 // kRmsqHintDem (1048576): at its end, after its last stores and a barrier, each CTA touches its last item's code
 // lines with `prefetch.global.L2::evict_normal` (one a thread, no fence, nothing waited for), so they leave the
 // kernel as normal dirty lines (a later read-flush evicts them) rather than persisting left-overs. Control:
-// kRmsqHintDemZ (2097152) runs the same code touching no line.
+// kRmsqHintDemZ (2097152) runs the same code touching no line; kRmsqHintDem2 (4194304, with kRmsqHintDem): its last
+// two items' lines (two a thread).
 // (Measured and deleted in session 15: 8192 LATE2 — evict-last only in the CTA's last two items —, 32768 / 65536
 // EF2 / EF4 — the first two / four items' codes evict-first — with their control 16384 SELALL, and 131072 DISC4 —
 // DISC over the last four items. Values unused.)
 constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscC = 4096, kRmsqHintDiscZ = 262144, kRmsqHintDisc1 = 524288,
-              kRmsqHintDem = 1048576, kRmsqHintDemZ = 2097152;
+              kRmsqHintDem = 1048576, kRmsqHintDemZ = 2097152, kRmsqHintDem2 = 4194304;
 constexpr int kRmsqHintBits = kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscC | kRmsqHintDiscZ |
-                              kRmsqHintDisc1 | kRmsqHintDem | kRmsqHintDemZ;
+                              kRmsqHintDisc1 | kRmsqHintDem | kRmsqHintDemZ | kRmsqHintDem2;
 template <int PRIO>  // 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
   static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
@@ -302,6 +303,7 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool DISC_FIRST = (HINT & kRmsqHintDiscC) != 0, DISC_NONE = (HINT & kRmsqHintDiscZ) != 0;
   constexpr int DISC_ITEMS = (HINT & kRmsqHintDisc1) ? 1 : 2;
   constexpr bool DEM = QELON && (HINT & kRmsqHintDem) != 0, DEM_NONE = (HINT & kRmsqHintDemZ) != 0;
+  constexpr int DEM_ITEMS = (HINT & kRmsqHintDem2) ? 2 : 1;
   static_assert(((HINT & kRmsqHintDisc) != 0) + ((HINT & kRmsqHintDiscC) != 0) + ((HINT & kRmsqHintDiscZ) != 0) <= 1,
                 "DISC or a control");
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
@@ -960,21 +962,20 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (LEAN) store_codes_any(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   else store_codes(codes + ((nb + 1) & 1) * 4096, prev_m0, prev_valid, prev_col);
   if constexpr (DEM) {
-    // The last item's code lines (q's 128 rows × CB lines, qT's 128·CB channel rows) touched evict-normal, after every
-    // store of the CTA was issued (the barrier). DEMZ: the same loop with every line skipped (the item index pushed
-    // past the last by the launch's tag, never 0).
+    // The last DEM_ITEMS items' code lines (q's 128 rows × CB lines, qT's 128·CB channel rows an item) touched
+    // evict-normal, after every store of the CTA was issued (the barrier); full tiles only (the hinted code). DEMZ: the
+    // same loop with every line skipped (the item index pushed past the last by the launch's tag, never 0).
     __syncthreads();
     constexpr int LINES = 2 * ROWS * CB;
-    const int j = T - 1 + (DEM_NONE && sa.tag != 0u ? 1 : 0);
-    const int u = b0 + j * P, tile = u / S, col = (u % S) * C;
-    if (j < T && (tile + 1) * ROWS <= a.M) {  // (a full tile: the hinted code)
 #pragma unroll 1
-      for (int idx = tid; idx < LINES; idx += THREADS) {
-        const unsigned char* line =
-            idx < ROWS * CB ? a.q + (static_cast<i64>(tile) * ROWS + idx / CB) * N + col + (idx % CB) * 128
-                            : a.qT + static_cast<i64>(col + idx - ROWS * CB) * a.M + tile * ROWS;
-        asm volatile("prefetch.global.L2::evict_normal [%0];" ::"l"(line) : "memory");
-      }
+    for (int l = tid; l < DEM_ITEMS * LINES; l += THREADS) {
+      const int j = T - 1 - l / LINES + (DEM_NONE && sa.tag != 0u ? DEM_ITEMS : 0);
+      const int u = b0 + j * P, tile = u / S, col = (u % S) * C, idx = l % LINES;
+      if (j < 0 || j >= T || (tile + 1) * ROWS > a.M) continue;
+      const unsigned char* line =
+          idx < ROWS * CB ? a.q + (static_cast<i64>(tile) * ROWS + idx / CB) * N + col + (idx % CB) * 128
+                          : a.qT + static_cast<i64>(col + idx - ROWS * CB) * a.M + tile * ROWS;
+      asm volatile("prefetch.global.L2::evict_normal [%0];" ::"l"(line) : "memory");
     }
   }
   mark(5, T);

@@ -184,8 +184,8 @@ std::vector<StreamCfg> session_cfgs() {
   // (4113: the first two items'), LATE2 (8209) against SELALL (16401), the default cold (the persisting lines reset
   // before each flush). Round B: DISCZ (262161: DISC's code, no line), DISC4 (133137), EF2 / EF4 (32785 / 65553)
   // against SELALL. Round C: DISC1 (526353: the last item only) against DISCZ1 (786449), DEM (1048593: the last item's
-  // lines touched evict-normal at the end) against DEMZ (3145745), DISC / DISCZ again. Each config's timed calls
-  // follow its own calls (the bench's pattern: the left-overs are its own).
+  // lines touched evict-normal at the end; DEM2, 5242897: the last two items') against DEMZ (3145745), DISC / DISCZ
+  // again. Each config's timed calls follow its own calls (the bench's pattern: the left-overs are its own).
   const char* d7 = "7168 host default (QEL)";
   const char* d4 = "4096 host default (QEL)";
   const char* dz7 = "7168 DISCZ (pf 262161)";
@@ -204,6 +204,7 @@ std::vector<StreamCfg> session_cfgs() {
       row("7168 DISC1 (pf 526353)", 7168, 526353, d7, dz17),
       row(mz7, 7168, 3145745, d7),
       row("7168 DEM (pf 1048593)", 7168, 1048593, d7, mz7),
+      row("7168 DEM2 (pf 5242897)", 7168, 5242897, d7, mz7),
       row(dz7, 7168, 262161, d7),
       row("7168 DISC (pf 2065)", 7168, 2065, d7, dz7),
       row(d4, 4096, 17, nullptr, nullptr, false, true),

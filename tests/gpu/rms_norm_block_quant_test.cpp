@@ -673,14 +673,14 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelDiscardPoints) {
 }
 
 // Session 15 (q2g), round C: 524288 DISC1 (DISC over the last item only) with its control DISCZ1, and 1048576 DEM
-// (each CTA touches its last item's code lines with an evict-normal L2 prefetch at its end) with its control 2097152
-// DEMZ — three calls on the same buffers as above, the last checked against the CPU reference; 4096 × 8200 ends in a
+// (each CTA touches its last item's code lines with an evict-normal L2 prefetch at its end; + 4194304 DEM2: its last
+// two items') with its control 2097152 DEMZ — three calls on the same buffers as above, the last checked against the CPU reference; 4096 × 8200 ends in a
 // partial tile (its CTAs' last items there touch nothing).
 TEST_F(RmsNormBlockQuantTest, StreamKernelDemotePoints) {
   const std::vector<SpacePoint> points = {
       {7168, 2, 16, 2, 526353, 4, 19203, 3, 8192},  {7168, 2, 16, 2, 1048593, 4, 19203, 3, 8192},
       {4096, 2, 16, 2, 1048593, 4, 19203, 3, 8200}, {7168, 2, 16, 2, 3145745, 4, 19203, 3, 8192},
-      {7168, 2, 16, 2, 786449, 4, 19203, 3, 8192},
+      {7168, 2, 16, 2, 786449, 4, 19203, 3, 8192},  {7168, 2, 16, 2, 5242897, 4, 19203, 3, 8192},
   };
   for_each_point(points, [&](const SpacePoint& p, size_t i) {
     const Input in = random_input(p.M, p.N, mix_seed({0x9e, static_cast<uint64_t>(i)}));
