@@ -83,23 +83,21 @@ constexpr int kStreamWldg = 16384;
 // left-over evict-last lines are written back inside the next call; +0.00 with them reset), so not there.
 constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
 constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
-// Session 15 (q2g), bits on QEL against the previous call's left-over evict-last lines (rmsq::kRmsqHint* in
-// rms_norm_block_quant_stream.cuh; bit-exact by construction): 2048 DISC — each CTA discards from L2 at its start the
-// code lines of its last two items (+ 524288 DISC1: the last one), dropping what a previous call with the same walk
-// and outputs left there instead of writing it back inside this call (q, qT 128-byte aligned and M % 128 == 0, else
-// nothing is discarded) —, its controls 4096 DISCC (the first two items' lines) and 262144 DISCZ (DISC's code, no
-// line); 1048576 DEM — at its end each CTA touches its last item's code lines with an evict-normal L2 prefetch, so
-// they leave as normal lines; + 4194304 DEM2: its last two items' — and its control 2097152 DEMZ (DEM's code, no
-// line).
-// Measured in one process at 7168 (bench/NOTES.md, session 15): round A against the default 89.04 µs — DISC +0.51
-// (−0.58 against DISCC), DISCC +1.25, 8192 LATE2 (evict-last only in the last two items) +2.66, 16384 SELALL (its
-// control: the per-item policy selection) +0.43; 4096 DISC +0.86; round B against 88.08 — DISCZ −0.42, DISC +0.08 /
-// 131072 DISC4 (the last four items) +2.16 / DISCC +1.14 against DISCZ, 32768 / 65536 EF2 / EF4 (the first two /
-// four items' codes evict-first) +3.07 / +3.71 against SELALL. LATE2, SELALL, EF2, EF4, DISC4 deleted (values unused).
-constexpr int kStreamHintDisc = 2048, kStreamHintDiscC = 4096, kStreamHintDiscZ = 262144, kStreamHintDisc1 = 524288,
-              kStreamHintDem = 1048576, kStreamHintDemZ = 2097152, kStreamHintDem2 = 4194304;
-constexpr int kStreamHintOnQel = kStreamHintDisc | kStreamHintDiscC | kStreamHintDiscZ | kStreamHintDisc1 |
-                                 kStreamHintDem | kStreamHintDemZ | kStreamHintDem2;
+// Session 15 (q2g), on QEL against the previous call's left-over evict-last lines (rmsq::kRmsqHint* in
+// rms_norm_block_quant_stream.cuh; bit-exact by construction): DISC1 = 2048 | 524288 — at its start each CTA
+// discards from L2 (no write-back) the code lines of its last item, one a thread: what a previous call with the same
+// walk and outputs left there as dirty evict-last lines is dropped instead of written back during this call's start
+// burst (q, qT 128-byte aligned and M % 128 == 0, else nothing is discarded) — and its control DISCZ1 = 262144 |
+// 524288 (DISC1's code, no line). Measured in one process at 7168 × 8192 (bench/NOTES.md, session 15): round C, 30
+// rounds, DISC1 −1.06 µs against QEL (28 of 30), −1.41 against DISCZ1 (29 of 30) — QEL's "cold" gap (its persisting
+// lines reset before each flush) was −1.01 in the same round. DISC1 is the default with QEL from N = 7168 (measured
+// there; 4096 in round D). (Measured and deleted: DISC over the last two / four items (2048 alone, + 131072) and its
+// controls 4096 / 262144 — +0.06 / +0.08 / +0.51, +2.16 —; 1048576 DEM / 4194304 DEM2 — the last items' lines touched
+// evict-normal at the CTA's end, control 2097152 — no gain; 8192 LATE2 +2.66, 32768 / 65536 EF2 / EF4 +3.1 / +3.7 and
+// their control 16384 SELALL. Values unused.)
+constexpr int kStreamHintDisc1 = 2048 | 524288, kStreamHintDiscZ1 = 262144 | 524288;
+constexpr int kStreamHintOnQel = kStreamHintDisc1 | kStreamHintDiscZ1;
+constexpr int64_t kStreamDisc1MinN = 7168;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -349,6 +347,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       // The codes stored evict-last (QEL, session 14: see kStreamHintQel) from N = 4096; launch_stream keeps it only
       // where M·N ≥ kStreamQelMinElems.
       if (round && scb == 2 && N >= 4096) s.config[C_PREFETCH] |= kStreamHintQel;
+      // With it, from N = 7168, DISC1 (session 15: each CTA discards its last item's code lines at its start — the
+      // previous call's left-overs; see kStreamHintDisc1); launch_stream drops both below kStreamQelMinElems.
+      if (round && scb == 2 && N >= kStreamDisc1MinN) s.config[C_PREFETCH] |= kStreamHintDisc1;
     }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
@@ -440,10 +441,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc, kStreamHintQel | kStreamHintDiscC,
-                  kStreamHintQel | kStreamHintDiscZ, kStreamHintQel | kStreamHintDisc | kStreamHintDisc1,
-                  kStreamHintQel | kStreamHintDiscZ | kStreamHintDisc1, kStreamHintQel | kStreamHintDem,
-                  kStreamHintQel | kStreamHintDem | kStreamHintDemZ, kStreamHintQel | kStreamHintDem | kStreamHintDem2}) {
+    for (int h :
+         {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc1, kStreamHintQel | kStreamHintDiscZ1}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }

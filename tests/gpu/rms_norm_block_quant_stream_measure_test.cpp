@@ -179,36 +179,33 @@ class RmsqStreamMeasure : public GpuTest {
 // host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
 // 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
 std::vector<StreamCfg> session_cfgs() {
-  // Session 15 (q2g) on the host default (QEL, pf 17) at 7168 (and 4096), against the previous call's left-over
-  // evict-last lines. Round A: DISC (pf 2065: each CTA discards its last two items' code lines at its start), DISCC
-  // (4113: the first two items'), LATE2 (8209) against SELALL (16401), the default cold (the persisting lines reset
-  // before each flush). Round B: DISCZ (262161: DISC's code, no line), DISC4 (133137), EF2 / EF4 (32785 / 65553)
-  // against SELALL. Round C: DISC1 (526353: the last item only) against DISCZ1 (786449), DEM (1048593: the last item's
-  // lines touched evict-normal at the end; DEM2, 5242897: the last two items') against DEMZ (3145745), DISC / DISCZ
-  // again. Each config's timed calls follow its own calls (the bench's pattern: the left-overs are its own).
-  const char* d7 = "7168 host default (QEL)";
+  // Session 15 (q2g), against QEL's left-over evict-last lines (bench/NOTES.md): rounds A–C measured DISC / DISCC /
+  // DISCZ / DISC4, LATE2, EF2 / EF4 against SELALL, DEM / DEM2 against DEMZ (all deleted) and DISC1 (526353: each CTA
+  // discards its last item's code lines at its start) against DISCZ1 (786449: its code, no line) and QEL. Round D:
+  // the host default (DISC1 with QEL from N = 7168) against QEL forced (the old default) at 7168 × 8192 and 7168 ×
+  // 16384, QEL cold for reference; 4096 (QEL the host default there) against DISC1 and DISCZ1 forced. Each config's
+  // timed calls follow its own calls (the bench's pattern: the left-overs are its own).
+  const char* q7 = "7168 QEL (pf 17, old default)";
+  const char* z7 = "7168 DISCZ1 (pf 786449)";
   const char* d4 = "4096 host default (QEL)";
-  const char* dz7 = "7168 DISCZ (pf 262161)";
-  const char* dz17 = "7168 DISCZ1 (pf 786449)";
-  const char* mz7 = "7168 DEMZ (pf 3145745)";
+  const char* z4 = "4096 DISCZ1 (pf 786449)";
+  const char* q7l = "7168x16384 QEL (pf 17)";
   auto row = [](const char* name, int64_t N, int pf, const char* base, const char* control = nullptr,
-                bool cold = false, bool host = false) {
-    StreamCfg c{name, N, 2, 4, 19203, base, true, 0, pf, cold, host};
+                bool cold = false, bool host = false, int64_t M = 8192) {
+    StreamCfg c{name, N, 2, 4, 19203, base, true, 0, pf, cold, host, M};
     c.control = control;
     return c;
   };
   return {
-      row(d7, 7168, 17, nullptr, nullptr, false, true),
-      row("7168 host default cold", 7168, 17, d7, nullptr, true, true),
-      row(dz17, 7168, 786449, d7),
-      row("7168 DISC1 (pf 526353)", 7168, 526353, d7, dz17),
-      row(mz7, 7168, 3145745, d7),
-      row("7168 DEM (pf 1048593)", 7168, 1048593, d7, mz7),
-      row("7168 DEM2 (pf 5242897)", 7168, 5242897, d7, mz7),
-      row(dz7, 7168, 262161, d7),
-      row("7168 DISC (pf 2065)", 7168, 2065, d7, dz7),
+      row(q7, 7168, 17, nullptr),
+      row("7168 QEL cold", 7168, 17, q7, nullptr, true),
+      row(z7, 7168, 786449, q7),
+      row("7168 host default (DISC1)", 7168, 526353, q7, z7, false, true),
       row(d4, 4096, 17, nullptr, nullptr, false, true),
-      row("4096 DEM (pf 1048593)", 4096, 1048593, d4),
+      row(z4, 4096, 786449, d4),
+      row("4096 DISC1 (pf 526353)", 4096, 526353, d4, z4),
+      row(q7l, 7168, 17, nullptr, nullptr, false, false, 16384),
+      row("7168x16384 host default (DISC1)", 7168, 526353, q7l, nullptr, false, true, 16384),
   };
 }
 
