@@ -90,8 +90,9 @@ constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
 // burst (q, qT 128-byte aligned and M % 128 == 0, else nothing is discarded) — and its control DISCZ1 = 262144 |
 // 524288 (DISC1's code, no line). Measured in one process at 7168 × 8192 (bench/NOTES.md, session 15): round C, 30
 // rounds, DISC1 −1.06 µs against QEL (28 of 30), −1.41 against DISCZ1 (29 of 30) — QEL's "cold" gap (its persisting
-// lines reset before each flush) was −1.01 in the same round. DISC1 is the default with QEL from N = 7168 (measured
-// there; 4096 in round D). (Measured and deleted: DISC over the last two / four items (2048 alone, + 131072) and its
+// lines reset before each flush) was −1.01 in the same round; round D (the host default against QEL forced) −0.70 (27
+// of 30), 7168 × 16384 −0.61 (24 of 30), but 4096 +0.70 (1 of 30). So DISC1 is the default with QEL from N = 7168
+// only (`kiln bench` 7168 in round D: 87.38–87.92 µs over three processes). (Measured and deleted: DISC over the last two / four items (2048 alone, + 131072) and its
 // controls 4096 / 262144 — +0.06 / +0.08 / +0.51, +2.16 —; 1048576 DEM / 4194304 DEM2 — the last items' lines touched
 // evict-normal at the CTA's end, control 2097152 — no gain; 8192 LATE2 +2.66, 32768 / 65536 EF2 / EF4 +3.1 / +3.7 and
 // their control 16384 SELALL. Values unused.)

@@ -153,7 +153,8 @@ constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
 // lines this kernel then writes whole (q, qT 128-byte aligned, M % 128 == 0: every tile full), so their old contents
 // are dead. Control: kRmsqHintDiscZ | kRmsqHintDisc1 (262144 | 524288), DISC1's code discarding nothing. Measured at
 // 7168 × 8192 in round C: −1.06 µs against QEL (28 of 30), −1.41 against its control — the whole "cold" gap (QEL with
-// the persisting lines reset before each flush: −1.01). (Measured and deleted in session 15: DISC over the last two /
+// the persisting lines reset before each flush: −1.01); round D −0.70 (7168 × 16384 −0.61), 4096 +0.70: the default
+// from N = 7168 only. (Measured and deleted in session 15: DISC over the last two /
 // four items — two / four discards a thread — and DISCC (the first two items'): the discards' cost grew with their
 // number a thread and ate the saving; 1048576 DEM / 4194304 DEM2 — the last one / two items' lines touched by
 // prefetch.global.L2::evict_normal at the CTA's end, control 2097152 DEMZ — no gain; 8192 LATE2, 32768 / 65536 EF2 /
