@@ -83,6 +83,22 @@ constexpr int kStreamWldg = 16384;
 // left-over evict-last lines are written back inside the next call; +0.00 with them reset), so not there.
 constexpr int kStreamHintQel = 16, kStreamHintQen = 64;
 constexpr int64_t kStreamQelMinElems = int64_t{1} << 25;
+// Session 15 (q2g), on QEL against the previous call's left-over evict-last lines (rmsq::kRmsqHint* in
+// rms_norm_block_quant_stream.cuh; bit-exact by construction): DISC1 = 2048 | 524288 — at its start each CTA
+// discards from L2 (no write-back) the code lines of its last item, one a thread: what a previous call with the same
+// walk and outputs left there as dirty evict-last lines is dropped instead of written back during this call's start
+// burst (q, qT 128-byte aligned and M % 128 == 0, else nothing is discarded) — and its control DISCZ1 = 262144 |
+// 524288 (DISC1's code, no line). Measured in one process at 7168 × 8192 (bench/NOTES.md, session 15): round C, 30
+// rounds, DISC1 −1.06 µs against QEL (28 of 30), −1.41 against DISCZ1 (29 of 30) — QEL's "cold" gap (its persisting
+// lines reset before each flush) was −1.01 in the same round; round D (the host default against QEL forced) −0.70 (27
+// of 30), 7168 × 16384 −0.61 (24 of 30), but 4096 +0.70 (1 of 30). So DISC1 is the default with QEL from N = 7168
+// only (`kiln bench` 7168 in round D: 87.38–87.92 µs over three processes). (Measured and deleted: DISC over the last two / four items (2048 alone, + 131072) and its
+// controls 4096 / 262144 — +0.06 / +0.08 / +0.51, +2.16 —; 1048576 DEM / 4194304 DEM2 — the last items' lines touched
+// evict-normal at the CTA's end, control 2097152 — no gain; 8192 LATE2 +2.66, 32768 / 65536 EF2 / EF4 +3.1 / +3.7 and
+// their control 16384 SELALL. Values unused.)
+constexpr int kStreamHintDisc1 = 2048 | 524288, kStreamHintDiscZ1 = 262144 | 524288;
+constexpr int kStreamHintOnQel = kStreamHintDisc1 | kStreamHintDiscZ1;
+constexpr int64_t kStreamDisc1MinN = 7168;
 // (Session 9 measured and deleted, bench/NOTES.md "Session 9 (helper q2)": 32768 HELP — 640 threads, pass 1 and the
 // exchange on a helper warpgroup (setmaxnreg 32 / 112): 32.9 / 141.6 µs against 25.9 / 92.6 —, 131072 HX — the
 // exchange alone on it, its polls staged in shared memory: 30.8 / 113.4 against 26.1 / 90.8 in its second round — and
@@ -332,6 +348,9 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       // The codes stored evict-last (QEL, session 14: see kStreamHintQel) from N = 4096; launch_stream keeps it only
       // where M·N ≥ kStreamQelMinElems.
       if (round && scb == 2 && N >= 4096) s.config[C_PREFETCH] |= kStreamHintQel;
+      // With it, from N = 7168, DISC1 (session 15: each CTA discards its last item's code lines at its start — the
+      // previous call's left-overs; see kStreamHintDisc1); launch_stream drops both below kStreamQelMinElems.
+      if (round && scb == 2 && N >= kStreamDisc1MinN) s.config[C_PREFETCH] |= kStreamHintDisc1;
     }
   }
   if (g_forced.N == N && g_forced.mode == mode && ring) {
@@ -423,7 +442,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;
-    for (int h : {kStreamHintQel, kStreamHintQen}) {
+    for (int h :
+         {kStreamHintQel, kStreamHintQen, kStreamHintQel | kStreamHintDisc1, kStreamHintQel | kStreamHintDiscZ1}) {
       s.config[C_PREFETCH] = 1 | h;
       out.push_back(s);
     }
@@ -630,7 +650,8 @@ void launch_stream(Runtime::Impl& impl, Specialization s, int mode, const RmsNor
     s.config[C_PREFETCH] = 1;  // (the codes' L2 hint is a TIGHT variant)
   }
   if ((s.config[C_PREFETCH] & kStreamHintQel) && static_cast<int64_t>(a.M) * s.params[P_N] < kStreamQelMinElems)
-    s.config[C_PREFETCH] &= ~kStreamHintQel;  // (QEL only where the codes exceed what L2 keeps: the same bits)
+    s.config[C_PREFETCH] &= ~(kStreamHintQel | kStreamHintOnQel);  // (QEL only where the codes exceed what L2
+                                                                     // keeps, with its session-15 bits: the same bits)
   const int64_t tiles = (static_cast<int64_t>(a.M) + 127) / 128;
   const int chunks = chunks_of(s);
   LaunchDims d;

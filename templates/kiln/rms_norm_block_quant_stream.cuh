@@ -145,6 +145,22 @@ __device__ __forceinline__ void cp_async16_full(u32 dst, const void* src) {
 // (Round D measured QELD — 1040: QEL whose CTAs, after a fence, demote their code lines to evict-normal at the end —
 // and its control 1088 on QEN: the demotion cost +4.3 to +9.1 µs; deleted, values unused.)
 constexpr int kRmsqHintQel = 16, kRmsqHintQen = 64;
+// Session 15 (q2g), on QEL against the previous call's left-over evict-last lines (they outlive the kernel and the
+// bench's read-flush, so each call otherwise writes them back inside its own window, during its start burst;
+// bench/NOTES.md "Session 15 (helper q2g)"): DISC1 = kRmsqHintDisc | kRmsqHintDisc1 (2048 | 524288): at its start
+// (while its first blocks arrive) each CTA discards from L2 (`discard.global.L2`, no write-back) the 128-byte code
+// lines of its last item — one a thread —, the lines a previous call with the same walk and outputs left there. Only
+// lines this kernel then writes whole (q, qT 128-byte aligned, M % 128 == 0: every tile full), so their old contents
+// are dead. Control: kRmsqHintDiscZ | kRmsqHintDisc1 (262144 | 524288), DISC1's code discarding nothing. Measured at
+// 7168 × 8192 in round C: −1.06 µs against QEL (28 of 30), −1.41 against its control — the whole "cold" gap (QEL with
+// the persisting lines reset before each flush: −1.01); round D −0.70 (7168 × 16384 −0.61), 4096 +0.70: the default
+// from N = 7168 only. (Measured and deleted in session 15: DISC over the last two /
+// four items — two / four discards a thread — and DISCC (the first two items'): the discards' cost grew with their
+// number a thread and ate the saving; 1048576 DEM / 4194304 DEM2 — the last one / two items' lines touched by
+// prefetch.global.L2::evict_normal at the CTA's end, control 2097152 DEMZ — no gain; 8192 LATE2, 32768 / 65536 EF2 /
+// EF4 and their control 16384 SELALL — per-item store policies — all slower. Values unused.)
+constexpr int kRmsqHintDisc = 2048, kRmsqHintDiscZ = 262144, kRmsqHintDisc1 = 524288;
+constexpr int kRmsqHintBits = kRmsqHintQel | kRmsqHintQen | kRmsqHintDisc | kRmsqHintDiscZ | kRmsqHintDisc1;
 template <int PRIO>  // 1 evict_normal, 2 evict_last
 __device__ __forceinline__ u64 l2_policy() {
   static_assert(PRIO == 1 || PRIO == 2, "evict_normal or evict_last");
@@ -274,6 +290,11 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
   constexpr int HINT = TIGHT ? HINT_BITS : 0;  // the codes' L2 hint (rmsq::kRmsqHint*): TIGHT's full tiles only
+  // (Session 15, on QEL) DISC1: the CTA's last item's code lines discarded at its start (DISCZ1: none, DISC1's code).
+  constexpr bool DISC = (HINT & kRmsqHintQel) && (HINT & (kRmsqHintDisc | kRmsqHintDiscZ)) != 0;
+  constexpr bool DISC_NONE = (HINT & kRmsqHintDiscZ) != 0;
+  static_assert(!DISC || ((HINT & kRmsqHintDisc1) && !((HINT & kRmsqHintDisc) && DISC_NONE)),
+                "DISC1 or its control, one item");
   static_assert(!TIGHT || (R & (R - 1)) == 0, "TIGHT: a power-of-two ring");
   const RmsNormBlockQuantArgs& a = sa.a;
   constexpr int ROWS = 128, WARPS = kRmsqStreamThreads / 32, THREADS = kRmsqStreamThreads;
@@ -469,6 +490,26 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
   if constexpr (LEAN) {
 #pragma unroll 1
     for (int k = 0; k < (START ? CB : R); ++k) issue_lean();
+    if constexpr (DISC) {
+      // The code lines of this CTA's last item (DISCZ1: none — the item index pushed past the last by the launch's tag,
+      // never 0, a value the compiler cannot fold, so the loop keeps DISC1's code and skips every line), 128 bytes each:
+      // q's 128 rows × CB lines and qT's 128·CB channel rows. Every one is written whole later by this CTA (full tiles,
+      // aligned lines), after the setup barrier below (which orders these weak writes before those stores).
+      if (((reinterpret_cast<unsigned long long>(a.q) | reinterpret_cast<unsigned long long>(a.qT)) & 127u) == 0u &&
+          (a.M & 127) == 0) {
+        constexpr int LINES = 2 * ROWS * CB;  // an item's lines
+#pragma unroll 1
+        for (int l = tid; l < LINES; l += THREADS) {
+          const int j = T - 1 - l / LINES + (DISC_NONE && sa.tag != 0u ? 1 : 0);
+          if (j < 0 || j >= T) continue;
+          const int u = b0 + j * P, tile = u / S, col = (u % S) * C, idx = l % LINES;
+          const unsigned char* line =
+              idx < ROWS * CB ? a.q + (static_cast<i64>(tile) * ROWS + idx / CB) * N + col + (idx % CB) * 128
+                              : a.qT + static_cast<i64>(col + idx - ROWS * CB) * a.M + tile * ROWS;
+          asm volatile("discard.global.L2 [%0], 128;" ::"l"(line) : "memory");
+        }
+      }
+    }
   } else {
 #pragma unroll 1
     for (int k = 0; k < min(R, nvis); ++k) issue(k);
@@ -921,7 +962,7 @@ __global__ void __launch_bounds__(kRmsqStreamThreads, 1)
     rms_norm_block_quant_stream_kernel(const RmsqStreamArgs sa) {
   rms_norm_block_quant_stream_body<N, CB, ROUND, W_F32, R, (V & 2) != 0, (V & 32) != 0, (V & 64) != 0, (V & 128) != 0,
                                    (V & 256) != 0, (V & 512) != 0, (V & 2048) != 0, (V & 16384) != 0,
-                                   PF & (rmsq::kRmsqHintQel | rmsq::kRmsqHintQen)>(sa);
+                                   PF & rmsq::kRmsqHintBits>(sa);
 }
 
 // ---------------------------------------------------------------------------------------------------------------------

@@ -53,6 +53,7 @@ struct StreamCfg {
   bool cold = false;     // session 14: before each timed call's L2 flush, persisting L2 lines reset to normal
   bool host = false;     // no config forced: the host's default (make_spec and launch_stream's rules)
   int64_t M = 8192;      // tokens
+  const char* control = nullptr;  // session 15: a second row to pair it with (its code-shape control)
 };
 
 // Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
@@ -178,16 +179,33 @@ class RmsqStreamMeasure : public GpuTest {
 // host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
 // 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
 std::vector<StreamCfg> session_cfgs() {
-  const char* a = "7168x5120 old default (pf 1)";
-  const char* b = "7168x16384 old default (pf 1)";
-  const char* c = "4096x16384 old default (pf 1)";
+  // Session 15 (q2g), against QEL's left-over evict-last lines (bench/NOTES.md): rounds A–C measured DISC / DISCC /
+  // DISCZ / DISC4, LATE2, EF2 / EF4 against SELALL, DEM / DEM2 against DEMZ (all deleted) and DISC1 (526353: each CTA
+  // discards its last item's code lines at its start) against DISCZ1 (786449: its code, no line) and QEL. Round D:
+  // the host default (DISC1 with QEL from N = 7168) against QEL forced (the old default) at 7168 × 8192 and 7168 ×
+  // 16384, QEL cold for reference; 4096 (QEL the host default there) against DISC1 and DISCZ1 forced. Each config's
+  // timed calls follow its own calls (the bench's pattern: the left-overs are its own).
+  const char* q7 = "7168 QEL (pf 17, old default)";
+  const char* z7 = "7168 DISCZ1 (pf 786449)";
+  const char* d4 = "4096 host default (QEL)";
+  const char* z4 = "4096 DISCZ1 (pf 786449)";
+  const char* q7l = "7168x16384 QEL (pf 17)";
+  auto row = [](const char* name, int64_t N, int pf, const char* base, const char* control = nullptr,
+                bool cold = false, bool host = false, int64_t M = 8192) {
+    StreamCfg c{name, N, 2, 4, 19203, base, true, 0, pf, cold, host, M};
+    c.control = control;
+    return c;
+  };
   return {
-      {a, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 5120},
-      {"7168x5120 host default (QEL)", 7168, 2, 4, 19203, a, true, 0, 17, false, true, 5120},
-      {b, 7168, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
-      {"7168x16384 host default (QEL)", 7168, 2, 4, 19203, b, true, 0, 17, false, true, 16384},
-      {c, 4096, 2, 4, 19203, nullptr, true, 0, 1, false, false, 16384},
-      {"4096x16384 host default (QEL)", 4096, 2, 4, 19203, c, true, 0, 17, false, true, 16384},
+      row(q7, 7168, 17, nullptr),
+      row("7168 QEL cold", 7168, 17, q7, nullptr, true),
+      row(z7, 7168, 786449, q7),
+      row("7168 host default (DISC1)", 7168, 526353, q7, z7, false, true),
+      row(d4, 4096, 17, nullptr, nullptr, false, true),
+      row(z4, 4096, 786449, d4),
+      row("4096 DISC1 (pf 526353)", 4096, 526353, d4, z4),
+      row(q7l, 7168, 17, nullptr, nullptr, false, false, 16384),
+      row("7168x16384 host default (DISC1)", 7168, 526353, q7l, nullptr, false, true, 16384),
   };
 }
 
@@ -219,6 +237,11 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
       const PairedDiff pd = paired_diff(med[b], med[i]);
       std::printf("  diff %+6.2f, won %d / %d", pd.d[pd.d.size() / 2], pd.wins, rounds);
     }
+    for (size_t j = 0; j < cfgs.size() && cfgs[i].control; ++j)
+      if (std::string(cfgs[j].name) == cfgs[i].control) {
+        const PairedDiff pd = paired_diff(med[j], med[i]);
+        std::printf("; vs control %+6.2f, won %d / %d", pd.d[pd.d.size() / 2], pd.wins, rounds);
+      }
     std::printf("\n");
   }
 }

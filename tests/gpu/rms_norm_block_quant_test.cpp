@@ -66,6 +66,7 @@ struct RunSpec {
   bool with_rms_inv = true;                          // modes 0, 2: ask for rms_inv
   const std::vector<float>* rms_inv_in = nullptr;    // mode 1
   uint8_t poison = DeviceBuffer::kPoison;
+  int calls = 1;  // calls of the op on the same buffers before the outputs are read (the last one's are checked)
 };
 
 struct Result {
@@ -117,9 +118,12 @@ class RmsNormBlockQuantTest : public GpuTest {
     opts.round_scale = spec.round_scale;
     opts.output_mode = spec.mode;
 
-    const uint64_t launches_before = r.stats().launches;
-    rms_norm_block_quant_fwd(r, TensorRef::strided_2d(x_buf.data(), DType::bf16, M, N, in.row_stride),
-                             w_buf.ref(in.w_dtype, {N}), rin, out, opts, nullptr);
+    uint64_t launches_before = r.stats().launches;
+    for (int c = 0; c < spec.calls; ++c) {
+      launches_before = r.stats().launches;
+      rms_norm_block_quant_fwd(r, TensorRef::strided_2d(x_buf.data(), DType::bf16, M, N, in.row_stride),
+                               w_buf.ref(in.w_dtype, {N}), rin, out, opts, nullptr);
+    }
     synchronize();
 
     Result res;
@@ -635,6 +639,42 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelL2HintPoints) {
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(2048, 2, 16, 2, 5, 4, 19203, 3));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 129, 4, 19203, 3));
   EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, 1041, 4, 19203, 3));
+  EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
+}
+
+// Session 15 (q2g): DISC1 (config prefetch 526353 = 1 | QEL 16 | 2048 | 524288: each CTA discards its last item's
+// code lines from L2 at its start; the default with QEL from N = 7168) and its control DISCZ1 (786449: the same code,
+// no line), forced on 19203 against the CPU reference: the discards drop only lines the call then writes whole (so
+// the same bits). Each point runs the op three times on the same buffers and checks the last call, so the discards
+// meet the previous calls' left-over (dirty, evict-last) lines at those addresses: a line discarded but not rewritten
+// would read back stale (the poison) or break a guard zone. M % 128 == 0 discards (7168 × 8192, 4096 × 8192, 7168 ×
+// 5120); 7168 × 8000 (M % 128 != 0) discards nothing; 2048 × 8192 (M·N < 2^25, here at round_scale 0: the LEAN code)
+// runs without QEL and its bits; the host's default at 7168 × 8192 (DISC1) once more without a forced config.
+TEST_F(RmsNormBlockQuantTest, StreamKernelDiscardPoints) {
+  const std::vector<SpacePoint> points = {
+      {7168, 2, 16, 2, 526353, 4, 19203, 3, 8192}, {4096, 2, 16, 2, 526353, 4, 19203, 3, 8192},
+      {7168, 2, 16, 2, 526353, 4, 19203, 3, 8000}, {7168, 2, 16, 2, 786449, 4, 19203, 3, 8192},
+      {7168, 2, 16, 2, 526353, 4, 19203, 3, 5120}, {2048, 2, 16, 2, 526353, 4, 19203, 3, 8192},
+  };
+  for_each_point(points, [&](const SpacePoint& p, size_t i) {
+    const Input in = random_input(p.M, p.N, mix_seed({0x9d, static_cast<uint64_t>(i)}));
+    RunSpec spec;
+    spec.mode = p.mode;
+    spec.round_scale = i != 5;
+    spec.calls = 3;
+    RmsNormBlockQuantTest::run_and_check(in, spec);
+  });
+  {
+    SCOPED_TRACE("host default, 7168 x 8192");
+    const Input in = random_input(8192, 7168, mix_seed({0x9d, 99}));
+    RunSpec spec;
+    spec.round_scale = true;
+    spec.calls = 3;
+    RmsNormBlockQuantTest::run_and_check(in, spec);
+  }
+  // Not points: the bits without QEL or without DISC1's one-item bit; session 15's deleted variants.
+  for (int pf : {2049, 524305, 2065, 4113, 262161, 133137, 8209, 16401, 32785, 65553, 1048593, 3145745, 5242897})
+    EXPECT_FALSE(detail::rms_norm_block_quant_force_config(7168, 2, 16, 2, pf, 4, 19203, 3)) << pf;
   EXPECT_TRUE(detail::rms_norm_block_quant_force_config(0, 0, 0, 0, 0, 0, 0, 0));
 }
 
