@@ -1443,6 +1443,114 @@ TEST_F(RouterGemmTest, FwdOrderAB) {
   }
 }
 
+// Measurement (prints; checks that the swapped outputs carry the same bits): why `kiln bench`'s router_gemm_fp32_fwd row
+// and its cuBLASLt baseline read the other way round from FwdVsCublasAB (session 14: bench rows op 19.58–19.94 µs,
+// cuBLASLt 18.77–19.39 in eight processes; call by call in one process op 19.17, cuBLASLt 19.46). $KILN_RG_BM_INSTANCES
+// (default 3) instances prepared as `kiln bench` prepares the row (router_gemm_instance "fwd_cublas": fresh x / w / op
+// logits y, then cuBLASLt's workspace and logits yc), each (1) timed by the bench's own method right after it is
+// prepared (detail::time_calls_us: 5 warm-up calls, then 30 timed calls with L2 flushed before each; the op's block,
+// then cuBLASLt's — the bench's order). Then, all instances prepared: (2) cuBLASLt's block first, then the op's; (3) the
+// outputs swapped (op → yc, cuBLASLt → y), op block first; (4) every instance's four calls (op / cuBLASLt × y / yc) one
+// by one in a fresh random order every round, $KILN_RG_AB_ROUNDS rounds (default 200); (5) the bench's order again.
+// With $KILN_RG_BM_COPYPROBE=1 the process first does what `kiln bench` does before its rows: the copy probe (two
+// 1 GiB buffers, a memset, 33 device-to-device copies, freed), then the flusher.
+TEST_F(RouterGemmTest, FwdBenchMethodAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  if (const char* cp = std::getenv("KILN_RG_BM_COPYPROBE"); cp && std::atoi(cp) > 0) {
+    const size_t bytes = size_t{1} << 30;
+    DeviceBuffer src(r, bytes), dst(r, bytes);
+    detail::check(detail::driver().cuMemsetD8(reinterpret_cast<CUdeviceptr>(src.data()), 0x3c, bytes), "cuMemsetD8");
+    for (int i = 0; i < 33; ++i)
+      detail::check(detail::driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst.data()),
+                                                       reinterpret_cast<CUdeviceptr>(src.data()), bytes, nullptr),
+                    "cuMemcpyDtoDAsync");
+    synchronize();
+    std::printf("[bm] the copy probe's buffers allocated, copied and freed first\n");
+  }
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 200;
+  const char* ienv = std::getenv("KILN_RG_BM_INSTANCES");
+  const int n_inst = ienv && std::atoi(ienv) > 0 ? std::atoi(ienv) : 3;
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}})) {
+    std::vector<detail::BenchInstance> inst;
+    std::vector<detail::RouterGemmFwdBenchIo> io;
+    auto op = [&](int i, void* out) {
+      detail::router_gemm_fp32_fwd_config(r, io[i].x, io[i].w, TensorRef::contiguous(out, DType::f32, {T, E}), -1,
+                                          nullptr, nullptr);
+    };
+    auto lt = [&](int i, void* out) { io[i].lt->run(io[i].x.data, io[i].w.data, out, nullptr); };
+    auto block = [&](const std::function<void()>& fn) {
+      std::vector<double> v = detail::time_calls_us([&](Stream) { fn(); }, nullptr, l2, 5, 30);
+      std::sort(v.begin(), v.end());
+      return std::array<double, 3>{detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10]};
+    };
+    auto print_blocks = [&](const char* what, int i, const char* n1, std::array<double, 3> a, const char* n2,
+                            std::array<double, 3> b) {
+      std::printf("[bm] T=%lld K=%lld instance %d %-34s %s %.2f (p10 %.2f p90 %.2f)  %s %.2f (p10 %.2f p90 %.2f)  "
+                  "cuBLASLt − op %+.2f\n",
+                  static_cast<long long>(T), static_cast<long long>(K), i, what, n1, a[0], a[1], a[2], n2, b[0], b[1],
+                  b[2], (n1[0] == 'c' ? a[0] - b[0] : b[0] - a[0]));
+    };
+    for (int i = 0; i < n_inst; ++i) {  // (1) prepared, then timed at once, as a bench row is
+      inst.push_back(detail::router_gemm_instance(r, T, K, E, "fwd_cublas"));
+      io.push_back(detail::router_gemm_fwd_bench_io(inst.back()));
+      if (!inst.back().baseline || !io.back().lt) GTEST_SKIP() << "no cuBLASLt baseline: " << inst.back().baseline_name;
+      const auto a = block([&] { inst[i].run(nullptr); });
+      const auto b = block([&] { inst[i].baseline(nullptr); });
+      print_blocks("(1) bench order, just prepared:", i, "op", a, "cuBLASLt", b);
+    }
+    auto download = [&](const void* p) {
+      std::vector<float> v(static_cast<size_t>(T * E));
+      detail::copy_to_host(v.data(), p, v.size() * 4);
+      return v;
+    };
+    for (int i = 0; i < n_inst; ++i) {  // the swapped outputs carry the same bits (untimed)
+      synchronize();
+      const std::vector<float> want = download(io[i].y.data);
+      op(i, io[i].yc);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal("op into cuBLASLt's buffer", download(io[i].yc), want));
+      lt(i, io[i].y.data);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal("cuBLASLt into the op's buffer", download(io[i].y.data), want));
+    }
+    for (int i = 0; i < n_inst; ++i) {
+      const auto b = block([&] { inst[i].baseline(nullptr); });
+      const auto a = block([&] { inst[i].run(nullptr); });
+      print_blocks("(2) cuBLASLt block first:", i, "cuBLASLt", b, "op", a);
+    }
+    for (int i = 0; i < n_inst; ++i) {
+      const auto a = block([&] { op(i, io[i].yc); });
+      const auto b = block([&] { lt(i, io[i].y.data); });
+      print_blocks("(3) outputs swapped, op first:", i, "op→yc", a, "cuBLASLt→y", b);
+    }
+    std::vector<std::string> names;
+    std::vector<std::pair<int, int>> pairs;
+    for (int i = 0; i < n_inst; ++i) {
+      for (const char* n : {"op→y", "cuBLASLt→yc", "op→yc", "cuBLASLt→y"})
+        names.push_back("i" + std::to_string(i) + " " + n);
+      const int b = 4 * i;
+      pairs.insert(pairs.end(), {{b, b + 1}, {b + 2, b + 3}, {b, b + 3}, {b + 2, b + 1}, {b, b + 2}, {b + 1, b + 3}});
+      if (i > 0) pairs.insert(pairs.end(), {{0, b}, {1, b + 1}});
+    }
+    ab_random_order(l2, "bm", T, K, names, rounds, 0xb15 + static_cast<unsigned>(T + K),
+                    [&](int k) {
+                      const int i = k / 4, a = k % 4;
+                      if (a == 0) op(i, io[i].y.data);
+                      else if (a == 1) lt(i, io[i].yc);
+                      else if (a == 2) op(i, io[i].yc);
+                      else lt(i, io[i].y.data);
+                    },
+                    pairs);
+    for (int i = 0; i < n_inst; ++i) {
+      const auto a = block([&] { inst[i].run(nullptr); });
+      const auto b = block([&] { inst[i].baseline(nullptr); });
+      print_blocks("(5) bench order again:", i, "op", a, "cuBLASLt", b);
+    }
+  }
+}
+
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   check_fwd_strided(3, 160, mix_seed({0x9e8}), mix_seed({0x9f8}));
