@@ -1258,6 +1258,7 @@ void add_cublas_baseline(BenchInstance& inst, RouterGemmBuffers& b, const Tensor
     return;
   }
   inst.baseline = [lt, xp, wp, yc](Stream s) { lt->run(xp, wp, yc, s); };
+  inst.paired_baseline = true;  // op and cuBLASLt call by call (session 15: blocks alternate slow / fast)
   b.fwd_io.yc = yc;
   b.fwd_io.lt = lt;
   inst.baseline_name = fmt::format("{} (bf16 x bf16ᵀ → fp32, relative L2 to kiln {:.2g})", lt->description(), rel);

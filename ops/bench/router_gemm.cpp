@@ -13,7 +13,6 @@
 #include <array>
 #include <string>
 
-#include "ops/bench/cublaslt.hpp"
 #include "ops/router_gemm_internal.hpp"
 #include "runtime/bench.hpp"
 
@@ -255,25 +254,18 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     s9(8192, 2048, "fwd_tmaxmc_mix_epitma");  // the default before kRgNoExitSync (the same epilogue)
     for (const char* part : {"fwd", "fwd_tmaxmc"}) s9(8192, 2048, part, " again");
   }
-  // Session 15 (op "router_gemm_s15_fwd", measurement only): why the router_gemm_fp32_fwd row and its cuBLASLt baseline
-  // read the other way round from the paired A/B (FwdVsCublasAB). Each row is a fresh "fwd_cublas" instance timed by the
-  // bench's method (the row's calls back to back, then the baseline's): the op row's twin; the same with cuBLASLt
-  // timed first (row = cuBLASLt, baseline = the op); the outputs swapped (the op writes the baseline's logits buffer,
-  // cuBLASLt the op's); the twin again.
-  for (const char* arm : {"op first", "cuBLASLt first", "outputs swapped", "op first again"})
+  // Session 15 (op "router_gemm_s15_fwd", measurement only): the router_gemm_fp32_fwd row's method against the bench's
+  // blocks. Each row is a fresh "fwd_cublas" instance: "blocks" = the op's calls back to back, then cuBLASLt's (each
+  // block 5 + 30 × 2 launches: the two blocks start at opposite launch parity), "paired" = the two call by call
+  // (time_pair_us, the fp32_fwd row's method); "cuBLASLt first" = row and baseline exchanged (the row's us is cuBLASLt's).
+  for (const char* arm : {"blocks, op first", "blocks, cuBLASLt first", "paired, op first", "paired, cuBLASLt first",
+                          "blocks, op first again"})
     cases.push_back({"router_gemm_s15_fwd", fmt::format("T=8192 K=2048 E=256 {}", arm), [arm](Runtime& rt) {
                        BenchInstance inst = router_gemm_instance(rt, 8192, 2048, 256, "fwd_cublas");
-                       const RouterGemmFwdBenchIo io = router_gemm_fwd_bench_io(inst);
-                       if (!inst.baseline || !io.lt) return inst;  // the row says why there is no baseline
+                       if (!inst.baseline) return inst;  // the row says why there is no baseline
                        const std::string a = arm;
-                       if (a == "cuBLASLt first") {
-                         std::swap(inst.run, inst.baseline);
-                       } else if (a == "outputs swapped") {
-                         Runtime* r = &rt;
-                         const TensorRef yc = TensorRef::contiguous(io.yc, DType::f32, {8192, 256});
-                         inst.run = [r, io, yc](Stream s) { router_gemm_fp32_fwd_config(*r, io.x, io.w, yc, -1, nullptr, s); };
-                         inst.baseline = [io](Stream s) { io.lt->run(io.x.data, io.w.data, io.y.data, s); };
-                       }
+                       inst.paired_baseline = a.starts_with("paired");
+                       if (a.find("cuBLASLt first") != std::string::npos) std::swap(inst.run, inst.baseline);
                        return inst;
                      }});
   // What the sm_90a proxy fence costs (measurement only).

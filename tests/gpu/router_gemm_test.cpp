@@ -1551,6 +1551,116 @@ TEST_F(RouterGemmTest, FwdBenchMethodAB) {
   }
 }
 
+// Measurement (prints; checks the traced logits' bits): round A of session 15 (FwdBenchMethodAB) found the bench's
+// blocks (time_calls_us: 5 warm-up calls + 30 × (flush, call) = 65 launches) alternating slow / fast by ≈ 0.8 µs,
+// whichever kernel runs in them, with the phase set by the process's history — as if each call's time depended on the
+// parity of its launch's index. Here, on one buffer set (op, its main loop alone, cuBLASLt): (a) six op blocks back to
+// back (65 launches each), then six more each after one extra untimed empty launch (66); (b) $KILN_RG_AB_ROUNDS rounds
+// (default 150), each arm timed once a round in a fresh random order, every timed launch's index parity (counted from
+// the loop's start; flush, empty kernel, op and cuBLASLt one launch each) set by one or two untimed empty launches
+// before its flush: op / op nostore / cuBLASLt × even / odd; (c) 16 traced op calls alternating parity: the SMs left
+// idle, the CTA span and the SM clock of each (the expert-pair kernel's trace).
+TEST_F(RouterGemmTest, FwdLaunchParityAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  detail::CublasLtGemm lt(T, K, E);
+  if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xba1}), mix_seed({0xba2}));
+  DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4), yc(r, T * E * 4);
+  constexpr int kCalls = 16, kMaxCtas = 256;
+  DeviceBuffer tb(r, static_cast<size_t>(kCalls) * kMaxCtas * kRgTraceFwdSlots * 8);
+  tb.fill(0);
+  auto ours = [&](int flags) {
+    detail::router_gemm_measure_flags.store(flags);
+    detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                        yb.ref(DType::f32, {T, E}), -1, nullptr, nullptr);
+    detail::router_gemm_measure_flags.store(0);
+  };
+  auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
+  ours(kRgSkipStore);
+  ours(0);
+  theirs();
+  synchronize();
+  const std::vector<float> want = yb.download<float>(T * E);
+  EXPECT_TRUE(bitwise_equal("cuBLASLt vs the op", yc.download<float>(T * E), want));
+  // (a) blocks
+  for (int extra = 0; extra < 2; ++extra) {
+    std::printf("[parity] op blocks of 5 + 30 calls back to back, %s:", extra ? "one empty launch before each (66 launches)"
+                                                                              : "nothing between them (65 launches)");
+    for (int b = 0; b < 6; ++b) {
+      if (extra) l2.empty(nullptr);
+      std::vector<double> v = detail::time_calls_us([&](Stream) { ours(0); }, nullptr, l2, 5, 30);
+      std::printf(" %.2f", detail::median(v));
+    }
+    std::printf("\n");
+  }
+  // (b) call by call with the timed launch's parity set
+  long long launches = 0;
+  auto set_parity = [&](int want_odd) {  // before the flush: 1 or 2 empty launches; then the flush and the call (2)
+    int extra = 1;
+    if ((launches + extra + 2) % 2 != want_odd) extra = 2;
+    for (int e = 0; e < extra; ++e) l2.empty(nullptr);
+    launches += extra + 2;
+  };
+  const std::vector<std::string> names = {"op even", "op odd", "nostore even", "nostore odd", "cuBLASLt even",
+                                          "cuBLASLt odd"};
+  ab_random_order(l2, "parity", T, K, names, rounds, 0xba3,
+                  [&](int k) { k < 2 ? ours(0) : k < 4 ? ours(kRgSkipStore) : theirs(); },
+                  {{0, 1}, {2, 3}, {4, 5}, {0, 4}, {1, 5}, {0, 5}, {1, 4}},
+                  [&](int k) { set_parity(k % 2); });
+  // (c) traced calls, parity alternating
+  synchronize();
+  std::vector<double> ev(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    set_parity(i % 2);
+    ev[i] = timed_once(l2, [&] {
+      detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()) +
+                                      static_cast<size_t>(i) * kMaxCtas * kRgTraceFwdSlots);
+      ours(0);
+      detail::router_gemm_trace.store(nullptr);
+    });
+  }
+  synchronize();
+  EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), want));
+  const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(kCalls) * kMaxCtas * kRgTraceFwdSlots);
+  const int sms = r.impl().device().sm_count;
+  for (int i = 0; i < kCalls; ++i) {
+    auto at = [&](int c, int slot) { return tr[(static_cast<size_t>(i) * kMaxCtas + c) * kRgTraceFwdSlots + slot]; };
+    int ctas = 0;
+    while (ctas < kMaxCtas && at(ctas, kRgTraceStartNs) != 0) ++ctas;
+    ASSERT_GT(ctas, 0);
+    std::vector<int> used(static_cast<size_t>(std::max(sms, 1)), 0);
+    uint64_t t0 = ~0ull, t1 = 0;
+    std::vector<double> rate, first;
+    for (int c = 0; c < ctas; ++c) {
+      const uint64_t sm = at(c, kRgTraceSm);
+      if (sm < used.size()) ++used[sm];
+      t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
+      t1 = std::max<uint64_t>(t1, at(c, kRgTraceEndNs));
+      const uint64_t cs = at(c, kRgTraceStartClk), ce = at(c, kRgTraceWg0 + kRgTraceFenced);
+      const uint64_t gs = at(c, kRgTraceStartNs), ge = at(c, kRgTraceEndNs);
+      if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+    }
+    std::sort(rate.begin(), rate.end());
+    const double ghz = rate.empty() ? 0 : rate[rate.size() / 2];
+    for (int c = 0; c < ctas && ghz > 0; ++c)
+      first.push_back((at(c, kRgTraceStartNs) - t0) / 1000.0 +
+                      (static_cast<double>(at(c, kRgTraceWg0 + kRgTraceFirstFull)) - at(c, kRgTraceStartClk)) / ghz /
+                          1000.0);
+    std::sort(first.begin(), first.end());
+    std::string idle;
+    for (int s = 0; s < sms; ++s)
+      if (!used[s]) idle += (idle.empty() ? "" : ",") + std::to_string(s);
+    std::printf("[parity] traced call %2d (%s): events %.2f µs, CTA span %.2f µs, SM clock %.3f GHz, first stage p50 "
+                "%.2f µs, %d CTAs, idle SMs %s\n",
+                i, i % 2 ? "odd" : "even", ev[i], (t1 - t0) / 1000.0, ghz,
+                first.empty() ? 0.0 : first[first.size() / 2], ctas, idle.c_str());
+  }
+}
+
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   check_fwd_strided(3, 160, mix_seed({0x9e8}), mix_seed({0x9f8}));
