@@ -1558,7 +1558,8 @@ TEST_F(RouterGemmTest, FwdBenchMethodAB) {
 // back (65 launches each), then six more each after one extra untimed empty launch (66); (b) $KILN_RG_AB_ROUNDS rounds
 // (default 150), each arm timed once a round in a fresh random order, every timed launch's index parity (counted from
 // the loop's start; flush, empty kernel, op and cuBLASLt one launch each) set by one or two untimed empty launches
-// before its flush: op / op nostore / cuBLASLt × even / odd; (c) 16 traced op calls alternating parity: the SMs left
+// before its flush: op / op nostore / op noop (the grid returning at once) / noop without dynamic shared memory / the
+// empty kernel / cuBLASLt × even / odd; (c) 16 traced op calls alternating parity: the SMs left
 // idle, the CTA span and the SM clock of each (the expert-pair kernel's trace).
 TEST_F(RouterGemmTest, FwdLaunchParityAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -1581,6 +1582,8 @@ TEST_F(RouterGemmTest, FwdLaunchParityAB) {
   };
   auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
   ours(kRgSkipStore);
+  ours(kRgNoop);
+  ours(kRgNoop | kRgNoopNoSmem);
   ours(0);
   theirs();
   synchronize();
@@ -1605,11 +1608,19 @@ TEST_F(RouterGemmTest, FwdLaunchParityAB) {
     for (int e = 0; e < extra; ++e) l2.empty(nullptr);
     launches += extra + 2;
   };
-  const std::vector<std::string> names = {"op even", "op odd", "nostore even", "nostore odd", "cuBLASLt even",
-                                          "cuBLASLt odd"};
+  // Arms in pairs (even, odd): the op, its main loop alone, its grid returning at once (launch + completion of the 2-CTA
+  // clusters of 213 KB), the same without dynamic shared memory, the empty kernel (one warp), cuBLASLt.
+  const std::vector<std::string> names = {"op even",    "op odd",    "nostore even", "nostore odd",
+                                          "noop even",  "noop odd",  "noop0 even",   "noop0 odd",
+                                          "empty even", "empty odd", "cuBLASLt even", "cuBLASLt odd"};
+  const int arm_flags[] = {0, kRgSkipStore, kRgNoop, kRgNoop | kRgNoopNoSmem};
   ab_random_order(l2, "parity", T, K, names, rounds, 0xba3,
-                  [&](int k) { k < 2 ? ours(0) : k < 4 ? ours(kRgSkipStore) : theirs(); },
-                  {{0, 1}, {2, 3}, {4, 5}, {0, 4}, {1, 5}, {0, 5}, {1, 4}},
+                  [&](int k) {
+                    if (k < 8) ours(arm_flags[k / 2]);
+                    else if (k < 10) l2.empty(nullptr);
+                    else theirs();
+                  },
+                  {{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}, {10, 11}, {0, 10}, {1, 11}},
                   [&](int k) { set_parity(k % 2); });
   // (c) traced calls, parity alternating
   synchronize();
