@@ -726,6 +726,7 @@ LaunchDims persistent_clusters(const Specialization& s, int64_t groups, int cl, 
   d.cluster[0] = static_cast<unsigned>(cl);
   d.block[0] = static_cast<unsigned>(threads(s));
   d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
+  d.cluster_policy = (measure & kRgClusterSpread) ? 1 : (measure & kRgClusterLoadBal) ? 2 : 0;
   return d;
 }
 }  // namespace

@@ -1558,8 +1558,9 @@ TEST_F(RouterGemmTest, FwdBenchMethodAB) {
 // back (65 launches each), then six more each after one extra untimed empty launch (66); (b) $KILN_RG_AB_ROUNDS rounds
 // (default 150), each arm timed once a round in a fresh random order, every timed launch's index parity (counted from
 // the loop's start; flush, empty kernel, op and cuBLASLt one launch each) set by one or two untimed empty launches
-// before its flush: op / op nostore / op noop (the grid returning at once) / noop without dynamic shared memory / the
-// empty kernel / cuBLASLt × even / odd; (c) 16 traced op calls alternating parity: the SMs left
+// before its flush: the op (also launched with the cluster scheduling policies spread / load-balancing), no-op grids of
+// the op's kernel and of the 64-token kernel (no clusters), with and without dynamic shared memory, the empty kernel,
+// cuBLASLt × even / odd; (c) 16 traced op calls alternating parity: the SMs left
 // idle, the CTA span and the SM clock of each (the expert-pair kernel's trace).
 TEST_F(RouterGemmTest, FwdLaunchParityAB) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
@@ -1574,16 +1575,51 @@ TEST_F(RouterGemmTest, FwdLaunchParityAB) {
   constexpr int kCalls = 16, kMaxCtas = 256;
   DeviceBuffer tb(r, static_cast<size_t>(kCalls) * kMaxCtas * kRgTraceFwdSlots * 8);
   tb.fill(0);
-  auto ours = [&](int flags) {
+  // variant -1: the op's kernel (expert pairs, 2-CTA clusters); 2: the 64-token TMA kernel (no clusters), for no-op grids.
+  auto ours = [&](int flags, int variant = -1) {
     detail::router_gemm_measure_flags.store(flags);
     detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
-                                        yb.ref(DType::f32, {T, E}), -1, nullptr, nullptr);
+                                        yb.ref(DType::f32, {T, E}), variant, nullptr, nullptr);
     detail::router_gemm_measure_flags.store(0);
   };
   auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
+  // Arms in pairs (even, odd): the op; the op launched with the cluster scheduling policy spread / load-balancing; its
+  // grid returning at once (2-CTA clusters, 213 KB), the same with spread, the same without dynamic shared memory; the
+  // 64-token TMA kernel's grid returning at once (128 single CTAs, 205 KB / none); the empty kernel (one warp);
+  // cuBLASLt.
+  struct Arm {
+    const char* name;
+    int flags, variant;  // variant -3: the empty kernel, -2: cuBLASLt
+  };
+  const Arm arms[] = {{"op", 0, -1},
+                      {"op spread", kRgClusterSpread, -1},
+                      {"op loadbal", kRgClusterLoadBal, -1},
+                      {"noop", kRgNoop, -1},
+                      {"noop spread", kRgNoop | kRgClusterSpread, -1},
+                      {"noop0", kRgNoop | kRgNoopNoSmem, -1},
+                      {"tma noop", kRgNoop, 2},
+                      {"tma noop0", kRgNoop | kRgNoopNoSmem, 2},
+                      {"empty", 0, -3},
+                      {"cuBLASLt", 0, -2}};
+  const int n_arms = static_cast<int>(std::size(arms));
+  auto arm_call = [&](const Arm& a) {
+    if (a.variant == -3) l2.empty(nullptr);
+    else if (a.variant == -2) theirs();
+    else ours(a.flags, a.variant);
+  };
+  for (const Arm& a : arms) arm_call(a);  // compiles and loads outside the timing
+  synchronize();
   ours(kRgSkipStore);
-  ours(kRgNoop);
-  ours(kRgNoop | kRgNoopNoSmem);
+  for (int f : {kRgClusterSpread, kRgClusterLoadBal}) {  // launch attributes only: the op's bits
+    yb.poison();
+    ours(f);
+    synchronize();
+    const std::vector<float> got = yb.download<float>(T * E);
+    yb.poison();
+    ours(0);
+    synchronize();
+    EXPECT_TRUE(bitwise_equal("cluster scheduling policy", got, yb.download<float>(T * E)));
+  }
   ours(0);
   theirs();
   synchronize();
@@ -1608,19 +1644,16 @@ TEST_F(RouterGemmTest, FwdLaunchParityAB) {
     for (int e = 0; e < extra; ++e) l2.empty(nullptr);
     launches += extra + 2;
   };
-  // Arms in pairs (even, odd): the op, its main loop alone, its grid returning at once (launch + completion of the 2-CTA
-  // clusters of 213 KB), the same without dynamic shared memory, the empty kernel (one warp), cuBLASLt.
-  const std::vector<std::string> names = {"op even",    "op odd",    "nostore even", "nostore odd",
-                                          "noop even",  "noop odd",  "noop0 even",   "noop0 odd",
-                                          "empty even", "empty odd", "cuBLASLt even", "cuBLASLt odd"};
-  const int arm_flags[] = {0, kRgSkipStore, kRgNoop, kRgNoop | kRgNoopNoSmem};
-  ab_random_order(l2, "parity", T, K, names, rounds, 0xba3,
-                  [&](int k) {
-                    if (k < 8) ours(arm_flags[k / 2]);
-                    else if (k < 10) l2.empty(nullptr);
-                    else theirs();
-                  },
-                  {{0, 1}, {2, 3}, {4, 5}, {6, 7}, {8, 9}, {10, 11}, {0, 10}, {1, 11}},
+  std::vector<std::string> names;
+  std::vector<std::pair<int, int>> pairs;
+  for (int a = 0; a < n_arms; ++a) {
+    names.push_back(std::string(arms[a].name) + " even");
+    names.push_back(std::string(arms[a].name) + " odd");
+    pairs.push_back({2 * a, 2 * a + 1});
+  }
+  const int cub = 2 * (n_arms - 1);
+  pairs.insert(pairs.end(), {{0, cub}, {1, cub + 1}, {0, 2}, {1, 3}, {0, 4}, {1, 5}});
+  ab_random_order(l2, "parity", T, K, names, rounds, 0xba3, [&](int k) { arm_call(arms[k / 2]); }, pairs,
                   [&](int k) { set_parity(k % 2); });
   // (c) traced calls, parity alternating
   synchronize();
