@@ -726,7 +726,6 @@ LaunchDims persistent_clusters(const Specialization& s, int64_t groups, int cl, 
   d.cluster[0] = static_cast<unsigned>(cl);
   d.block[0] = static_cast<unsigned>(threads(s));
   d.smem = (measure & kRgNoop) && (measure & kRgNoopNoSmem) ? 0u : static_cast<unsigned>(smem_bytes(s));
-  d.cluster_policy = (measure & kRgClusterSpread) ? 1 : (measure & kRgClusterLoadBal) ? 2 : 0;
   return d;
 }
 }  // namespace
@@ -1259,7 +1258,6 @@ void add_cublas_baseline(BenchInstance& inst, RouterGemmBuffers& b, const Tensor
     return;
   }
   inst.baseline = [lt, xp, wp, yc](Stream s) { lt->run(xp, wp, yc, s); };
-  inst.paired_baseline = true;  // op and cuBLASLt call by call (session 15: blocks alternate slow / fast)
   b.fwd_io.yc = yc;
   b.fwd_io.lt = lt;
   inst.baseline_name = fmt::format("{} (bf16 x bf16ᵀ → fp32, relative L2 to kiln {:.2g})", lt->description(), rel);

@@ -144,25 +144,6 @@ std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream 
   return us;
 }
 
-std::pair<std::vector<double>, std::vector<double>> time_pair_us(const std::function<void(Stream)>& a,
-                                                                 const std::function<void(Stream)>& b, Stream stream,
-                                                                 L2Flusher& l2, int warmup, int repeats) {
-  for (int i = 0; i < warmup; ++i) a(stream);
-  for (int i = 0; i < warmup; ++i) b(stream);
-  check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
-  Event start, stop;
-  std::pair<std::vector<double>, std::vector<double>> us;
-  for (int i = 0; i < std::max(repeats, 1); ++i)
-    for (int k = 0; k < 2; ++k) {
-      l2.flush(stream);
-      start.record(stream);
-      (k == 0 ? a : b)(stream);
-      stop.record(stream);
-      (k == 0 ? us.first : us.second).push_back(stop.ms_since(start) * 1e3);
-    }
-  return us;
-}
-
 namespace {
 double time_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, const BenchOptions& opts) {
   return median(time_calls_us(fn, stream, l2, opts.warmup, opts.repeats));
@@ -297,15 +278,9 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
     try {
       BenchInstance instance = c.prepare(rt);
       r.bytes = instance.bytes;
+      r.us = time_us(instance.run, stream, l2, opts);
       r.baseline = instance.baseline_name;  // also without a baseline to time: then it says why (e.g. unavailable)
-      if (instance.baseline && instance.paired_baseline) {
-        const auto [a, b] = time_pair_us(instance.run, instance.baseline, stream, l2, opts.warmup, opts.repeats);
-        r.us = median(a);
-        r.baseline_us = median(b);
-      } else {
-        r.us = time_us(instance.run, stream, l2, opts);
-        if (instance.baseline) r.baseline_us = time_us(instance.baseline, stream, l2, opts);
-      }
+      if (instance.baseline) r.baseline_us = time_us(instance.baseline, stream, l2, opts);
     } catch (const kiln::DeviceError&) {
       throw;
     } catch (const kiln::Error& e) {

@@ -8,7 +8,6 @@
 #include <functional>
 #include <memory>
 #include <string>
-#include <utility>
 #include <vector>
 
 #include "kiln/runtime.hpp"
@@ -22,10 +21,6 @@ struct BenchInstance {
   std::function<void(Stream)> run;           // the kiln op
   std::function<void(Stream)> baseline;      // a naive baseline (may be empty)
   std::string baseline_name;                 // e.g. "naive two-pass"; without `baseline`: why there is none
-  // Time run and baseline call by call, alternating (time_pair_us), instead of each in its own block
-  // (time_calls_us): both then run in the same conditions — the same launch parity when each is one launch (session 15:
-  // blocks of 65 launches alternate slow / fast by ≈ 0.8 µs for the router GEMM forward and cuBLASLt alike).
-  bool paired_baseline = false;
   std::shared_ptr<void> keepalive;           // owns the device buffers
   std::vector<TensorRef> outputs;            // what run() writes (device tensors), compared across configs by the tuner
 };
@@ -102,11 +97,6 @@ class L2Flusher {
 // L2 (flushed just before). Synchronizes.
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
                                   int repeats);
-// Two functions timed the same way, call by call: `warmup` untimed calls of each, then `repeats` rounds of (flush, a
-// timed, flush, b timed) — every timed call on a cold L2, each after a call of the other. Synchronizes.
-std::pair<std::vector<double>, std::vector<double>> time_pair_us(const std::function<void(Stream)>& a,
-                                                                 const std::function<void(Stream)>& b, Stream stream,
-                                                                 L2Flusher& l2, int warmup, int repeats);
 double median(std::vector<double> v);
 
 // "13.0" from 13000 (the encoding of cuDriverGetVersion and CUDA_VERSION: 1000 × major + 10 × minor).

@@ -182,7 +182,7 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
   cfg.blockDimZ = dims.block[2];
   cfg.sharedMemBytes = dims.smem;
   cfg.hStream = reinterpret_cast<CUstream>(stream);
-  CUlaunchAttribute attr[4];
+  CUlaunchAttribute attr[3];
   unsigned n = 0;
   if (dims.cluster[0] * dims.cluster[1] * dims.cluster[2] > 1) {
     attr[n].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
@@ -190,11 +190,6 @@ void Runtime::Impl::launch_raw(const Kernel& k, const LaunchDims& dims, Stream s
     attr[n].value.clusterDim.y = dims.cluster[1];
     attr[n].value.clusterDim.z = dims.cluster[2];
     ++n;
-    if (dims.cluster_policy) {
-      attr[n].id = CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE;
-      attr[n].value.clusterSchedulingPolicyPreference = static_cast<CUclusterSchedulingPolicy>(dims.cluster_policy);
-      ++n;
-    }
   }
   if (dims.pdl && device_.arch.sm >= 90) {
     attr[n].id = CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;

@@ -94,8 +94,6 @@ struct LaunchDims {
   // Cooperative launch (CU_LAUNCH_ATTRIBUTE_COOPERATIVE): every CTA of the grid is resident at once (the launch fails
   // otherwise), and the kernel gets the driver's grid-barrier word (kiln/grid_sync.cuh).
   bool cooperative = false;
-  // Cluster scheduling policy preference (CU_CLUSTER_SCHEDULING_POLICY_*; 0 = the driver's default, no attribute).
-  int cluster_policy = 0;
 };
 
 }  // namespace kiln::detail

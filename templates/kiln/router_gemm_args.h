@@ -55,10 +55,6 @@ constexpr int kRgEpiMix = 1 << 27;
 constexpr int kRgNoopNoSmem = 1 << 26;
 // Measurement (host only): the expert-pair kernel without any of the options above, whatever the op's defaults.
 constexpr int kRgXmcPlain = 1 << 28;
-// Measurement (host only, session 15): the expert-pair grid launched with the cluster scheduling policy preference
-// spread / load-balancing (CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE) — does the launch-parity cost of
-// clustered grids depend on it?
-constexpr int kRgClusterSpread = 1 << 29, kRgClusterLoadBal = 1 << 30;
 // Expert-pair forward option (session 9): kRgNoExitSync — no cluster barrier at the end; the producer thread waits
 // until every fill of its ring has been released by every consumer of the cluster (CUTLASS's producer tail).
 constexpr int kRgNoExitSync = 1 << 23;
