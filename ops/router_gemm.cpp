@@ -1185,6 +1185,7 @@ namespace detail {
 struct RouterGemmBuffers {
   std::vector<void*> ptrs;
   std::shared_ptr<CublasLtGemm> cublas;  // the bench baseline ("_cublas" instances)
+  RouterGemmFwdBenchIo fwd_io;           // a forward instance's buffers (router_gemm_fwd_bench_io)
   ~RouterGemmBuffers() {
     for (void* p : ptrs) device_free(p);
   }
@@ -1257,6 +1258,8 @@ void add_cublas_baseline(BenchInstance& inst, RouterGemmBuffers& b, const Tensor
     return;
   }
   inst.baseline = [lt, xp, wp, yc](Stream s) { lt->run(xp, wp, yc, s); };
+  b.fwd_io.yc = yc;
+  b.fwd_io.lt = lt;
   inst.baseline_name = fmt::format("{} (bf16 x bf16ᵀ → fp32, relative L2 to kiln {:.2g})", lt->description(), rel);
 }
 }  // namespace
@@ -1324,6 +1327,9 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
       with_flags([&] { router_gemm_fp32_fwd_config(*r, x, w, y, variant, cfg ? &*cfg : nullptr, s); });
     };
     inst.outputs = {y};
+    b->fwd_io.x = x;
+    b->fwd_io.w = w;
+    b->fwd_io.y = y;
     if (cublas) add_cublas_baseline(inst, *b, x, w, y);
     return inst;
   }
@@ -1349,6 +1355,11 @@ BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E,
   if (want_dx) inst.outputs.push_back(dx);
   if (want_dw) inst.outputs.push_back(dw);
   return inst;
+}
+
+RouterGemmFwdBenchIo router_gemm_fwd_bench_io(const BenchInstance& inst) {
+  // Every router_gemm instance's keepalive is its RouterGemmBuffers.
+  return std::static_pointer_cast<RouterGemmBuffers>(inst.keepalive)->fwd_io;
 }
 
 }  // namespace detail

@@ -4,6 +4,7 @@
 #include <array>
 #include <atomic>
 #include <cstdint>
+#include <memory>
 #include <string>
 
 #include "kiln/runtime.hpp"
@@ -41,5 +42,17 @@ extern std::atomic<int> router_gemm_bwd_one_measure;
 // "dx" or "dw", with the suffixes ops/router_gemm.cpp lists; `force` a tile config (null: the default).
 BenchInstance router_gemm_instance(Runtime& rt, int64_t T, int64_t K, int64_t E, const std::string& part,
                                    const RouterGemmConfig* force = nullptr);
+
+class CublasLtGemm;
+// Measurement hook (bench measurement rows and GPU tests only): the buffers of a forward instance prepared with
+// "…_cublas" — x, w, the op's logits y, cuBLASLt's logits yc (allocated after the op's, behind cuBLASLt's 32 MiB
+// workspace, as `kiln bench` prepares the row) and cuBLASLt's plan; yc and lt null where the instance has no cuBLASLt
+// baseline. The instance keeps them alive.
+struct RouterGemmFwdBenchIo {
+  TensorRef x, w, y;
+  void* yc = nullptr;
+  std::shared_ptr<CublasLtGemm> lt;
+};
+RouterGemmFwdBenchIo router_gemm_fwd_bench_io(const BenchInstance& inst);
 
 }  // namespace kiln::detail

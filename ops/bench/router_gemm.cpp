@@ -12,6 +12,7 @@
 #include <algorithm>
 #include <array>
 #include <string>
+#include <utility>
 
 #include "ops/router_gemm_internal.hpp"
 #include "runtime/bench.hpp"
@@ -254,6 +255,15 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
     s9(8192, 2048, "fwd_tmaxmc_mix_epitma");  // the default before kRgNoExitSync (the same epilogue)
     for (const char* part : {"fwd", "fwd_tmaxmc"}) s9(8192, 2048, part, " again");
   }
+  // Session 15 (op "router_gemm_s15_fwd", measurement only): the router_gemm_fp32_fwd row with the op and cuBLASLt
+  // exchanged (the row's us is cuBLASLt's, its baseline the op's). With the parity-balanced method the two read the
+  // same whichever is timed first (round D: cuBLASLt first 18.98, op 19.04; op first 18.98, cuBLASLt 18.94); before
+  // it the block timed first sat on the other launch parity than the second (bench/NOTES.md, session 15).
+  cases.push_back({"router_gemm_s15_fwd", "T=8192 K=2048 E=256 cuBLASLt first", [](Runtime& rt) {
+                     BenchInstance inst = router_gemm_instance(rt, 8192, 2048, 256, "fwd_cublas");
+                     if (inst.baseline) std::swap(inst.run, inst.baseline);  // else the row says why there is none
+                     return inst;
+                   }});
   // What the sm_90a proxy fence costs (measurement only).
   for (const char* part : {"fwd_sm90_nofence"})
     cases.push_back({fmt::format("router_gemm_sweep_{}", part), "T=8192 K=2048 E=256 default",

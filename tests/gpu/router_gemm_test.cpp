@@ -1443,6 +1443,256 @@ TEST_F(RouterGemmTest, FwdOrderAB) {
   }
 }
 
+// Measurement (prints; checks that the swapped outputs carry the same bits): why `kiln bench`'s router_gemm_fp32_fwd
+// row and its cuBLASLt baseline read the other way round from FwdVsCublasAB (session 14: bench rows op 19.58–19.94 µs,
+// cuBLASLt 18.77–19.39 in eight processes; call by call in one process op 19.17, cuBLASLt 19.46). $KILN_RG_BM_INSTANCES
+// (default 3) instances prepared as `kiln bench` prepares the row (router_gemm_instance "fwd_cublas": fresh x / w / op
+// logits y, then cuBLASLt's workspace and logits yc), each (1) timed by the bench's own method right after it is
+// prepared (detail::time_calls_us: 5 warm-up calls, then 30 timed calls with L2 flushed before each — in round A still
+// 65 launches a block; parity-balanced since — the op's block, then cuBLASLt's: the bench's order). Then, all instances
+// prepared: (2) cuBLASLt's block first, then the op's; (3) the outputs swapped (op → yc, cuBLASLt → y), op block first;
+// (4) every instance's four calls (op / cuBLASLt × y / yc) one by one in a fresh random order every round,
+// $KILN_RG_AB_ROUNDS rounds (default 200); (5) the bench's order again. With $KILN_RG_BM_COPYPROBE=1 the process first
+// does what `kiln bench` does before its rows: the copy probe (two 1 GiB buffers, a memset, 33 device-to-device copies,
+// freed), then the flusher.
+TEST_F(RouterGemmTest, FwdBenchMethodAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  if (const char* cp = std::getenv("KILN_RG_BM_COPYPROBE"); cp && std::atoi(cp) > 0) {
+    const size_t bytes = size_t{1} << 30;
+    DeviceBuffer src(r, bytes), dst(r, bytes);
+    detail::check(detail::driver().cuMemsetD8(reinterpret_cast<CUdeviceptr>(src.data()), 0x3c, bytes), "cuMemsetD8");
+    for (int i = 0; i < 33; ++i)
+      detail::check(detail::driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(dst.data()),
+                                                       reinterpret_cast<CUdeviceptr>(src.data()), bytes, nullptr),
+                    "cuMemcpyDtoDAsync");
+    synchronize();
+    std::printf("[bm] the copy probe's buffers allocated, copied and freed first\n");
+  }
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 200;
+  const char* ienv = std::getenv("KILN_RG_BM_INSTANCES");
+  const int n_inst = ienv && std::atoi(ienv) > 0 ? std::atoi(ienv) : 3;
+  for (auto [T, K, E] : ab_shapes({{8192, 2048, 256}})) {
+    std::vector<detail::BenchInstance> inst;
+    std::vector<detail::RouterGemmFwdBenchIo> io;
+    auto op = [&](int i, void* out) {
+      detail::router_gemm_fp32_fwd_config(r, io[i].x, io[i].w, TensorRef::contiguous(out, DType::f32, {T, E}), -1,
+                                          nullptr, nullptr);
+    };
+    auto lt = [&](int i, void* out) { io[i].lt->run(io[i].x.data, io[i].w.data, out, nullptr); };
+    auto block = [&](const std::function<void()>& fn) {
+      std::vector<double> v = detail::time_calls_us([&](Stream) { fn(); }, nullptr, l2, 5, 30);
+      std::sort(v.begin(), v.end());
+      return std::array<double, 3>{detail::median(v), v[v.size() / 10], v[v.size() * 9 / 10]};
+    };
+    auto print_blocks = [&](const char* what, int i, const char* n1, std::array<double, 3> a, const char* n2,
+                            std::array<double, 3> b) {
+      std::printf("[bm] T=%lld K=%lld instance %d %-34s %s %.2f (p10 %.2f p90 %.2f)  %s %.2f (p10 %.2f p90 %.2f)  "
+                  "cuBLASLt − op %+.2f\n",
+                  static_cast<long long>(T), static_cast<long long>(K), i, what, n1, a[0], a[1], a[2], n2, b[0], b[1],
+                  b[2], (n1[0] == 'c' ? a[0] - b[0] : b[0] - a[0]));
+    };
+    for (int i = 0; i < n_inst; ++i) {  // (1) prepared, then timed at once, as a bench row is
+      inst.push_back(detail::router_gemm_instance(r, T, K, E, "fwd_cublas"));
+      io.push_back(detail::router_gemm_fwd_bench_io(inst.back()));
+      if (!inst.back().baseline || !io.back().lt) GTEST_SKIP() << "no cuBLASLt baseline: " << inst.back().baseline_name;
+      const auto a = block([&] { inst[i].run(nullptr); });
+      const auto b = block([&] { inst[i].baseline(nullptr); });
+      print_blocks("(1) bench order, just prepared:", i, "op", a, "cuBLASLt", b);
+    }
+    auto download = [&](const void* p) {
+      std::vector<float> v(static_cast<size_t>(T * E));
+      detail::copy_to_host(v.data(), p, v.size() * 4);
+      return v;
+    };
+    for (int i = 0; i < n_inst; ++i) {  // the swapped outputs carry the same bits (untimed)
+      synchronize();
+      const std::vector<float> want = download(io[i].y.data);
+      op(i, io[i].yc);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal("op into cuBLASLt's buffer", download(io[i].yc), want));
+      lt(i, io[i].y.data);
+      synchronize();
+      EXPECT_TRUE(bitwise_equal("cuBLASLt into the op's buffer", download(io[i].y.data), want));
+    }
+    for (int i = 0; i < n_inst; ++i) {
+      const auto b = block([&] { inst[i].baseline(nullptr); });
+      const auto a = block([&] { inst[i].run(nullptr); });
+      print_blocks("(2) cuBLASLt block first:", i, "cuBLASLt", b, "op", a);
+    }
+    for (int i = 0; i < n_inst; ++i) {
+      const auto a = block([&] { op(i, io[i].yc); });
+      const auto b = block([&] { lt(i, io[i].y.data); });
+      print_blocks("(3) outputs swapped, op first:", i, "op→yc", a, "cuBLASLt→y", b);
+    }
+    std::vector<std::string> names;
+    std::vector<std::pair<int, int>> pairs;
+    for (int i = 0; i < n_inst; ++i) {
+      for (const char* n : {"op→y", "cuBLASLt→yc", "op→yc", "cuBLASLt→y"})
+        names.push_back("i" + std::to_string(i) + " " + n);
+      const int b = 4 * i;
+      pairs.insert(pairs.end(), {{b, b + 1}, {b + 2, b + 3}, {b, b + 3}, {b + 2, b + 1}, {b, b + 2}, {b + 1, b + 3}});
+      if (i > 0) pairs.insert(pairs.end(), {{0, b}, {1, b + 1}});
+    }
+    ab_random_order(l2, "bm", T, K, names, rounds, 0xb15 + static_cast<unsigned>(T + K),
+                    [&](int k) {
+                      const int i = k / 4, a = k % 4;
+                      if (a == 0) op(i, io[i].y.data);
+                      else if (a == 1) lt(i, io[i].yc);
+                      else if (a == 2) op(i, io[i].yc);
+                      else lt(i, io[i].y.data);
+                    },
+                    pairs);
+    for (int i = 0; i < n_inst; ++i) {
+      const auto a = block([&] { inst[i].run(nullptr); });
+      const auto b = block([&] { inst[i].baseline(nullptr); });
+      print_blocks("(5) bench order again:", i, "op", a, "cuBLASLt", b);
+    }
+  }
+}
+
+// Measurement (prints; checks the traced logits' bits): round A of session 15 (FwdBenchMethodAB) found the bench's
+// blocks (time_calls_us: 5 warm-up calls + 30 × (flush, call) = 65 launches) alternating slow / fast by ≈ 0.8 µs,
+// whichever kernel runs in them, with the phase set by the process's history — as if each call's time depended on the
+// parity of its launch's index. Here, on one buffer set: (a) six op blocks back to back by time_calls_us, then six more
+// each after one extra untimed empty launch (rounds B / C: 65 and 66 launches a block, the first six alternating; from
+// round D time_calls_us balances the parity, an empty launch before every other call's flush); (b) $KILN_RG_AB_ROUNDS
+// rounds (default 150), each arm timed once a round in a fresh random order, every timed launch's index parity (counted
+// from the loop's start; flush, empty kernel, op and cuBLASLt one launch each) set by one or two untimed empty launches
+// before its flush: the op, no-op grids of the op's kernel and of the 64-token kernel (no clusters), with and without
+// dynamic shared memory, the empty kernel, cuBLASLt × even / odd; (c) 16 traced op calls alternating parity: the SMs
+// left idle, the CTA span and the SM clock of each (the expert-pair kernel's trace).
+TEST_F(RouterGemmTest, FwdLaunchParityAB) {
+  if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
+  Runtime& r = rt();
+  const int64_t T = 8192, K = 2048, E = 256;
+  detail::CublasLtGemm lt(T, K, E);
+  if (!lt.available()) GTEST_SKIP() << "cuBLASLt: " << lt.why();
+  detail::L2Flusher l2(r, nullptr);
+  const int rounds = std::getenv("KILN_RG_AB_ROUNDS") ? ab_rounds() : 150;
+  const auto [x, w] = bf16_xw(T, K, E, mix_seed({0xba1}), mix_seed({0xba2}));
+  DeviceBuffer xb = upload(r, DType::bf16, x), wb = upload(r, DType::bf16, w), yb(r, T * E * 4), yc(r, T * E * 4);
+  constexpr int kCalls = 16, kMaxCtas = 256;
+  DeviceBuffer tb(r, static_cast<size_t>(kCalls) * kMaxCtas * kRgTraceFwdSlots * 8);
+  tb.fill(0);
+  // variant -1: the op's kernel (expert pairs, 2-CTA clusters); 2: the 64-token TMA kernel (no clusters: no-op grids).
+  auto ours = [&](int flags, int variant = -1) {
+    detail::router_gemm_measure_flags.store(flags);
+    detail::router_gemm_fp32_fwd_config(r, xb.ref(DType::bf16, {T, K}), wb.ref(DType::bf16, {E, K}),
+                                        yb.ref(DType::f32, {T, E}), variant, nullptr, nullptr);
+    detail::router_gemm_measure_flags.store(0);
+  };
+  auto theirs = [&] { lt.run(xb.data(), wb.data(), yc.data(), nullptr); };
+  // Arms in pairs (even, odd): the op; its grid returning at once (2-CTA clusters, 213 KB), the same without dynamic
+  // shared memory; the 64-token TMA kernel's grid returning at once (128 single CTAs, 205 KB / none); the empty kernel
+  // (one warp); cuBLASLt. (Round D of session 15 also launched the op and its no-op grid with the cluster scheduling
+  // policies spread / load-balancing: no parity cost removed beyond noise; deleted.)
+  struct Arm {
+    const char* name;
+    int flags, variant;  // variant -3: the empty kernel, -2: cuBLASLt
+  };
+  const Arm arms[] = {{"op", 0, -1},
+                      {"noop", kRgNoop, -1},
+                      {"noop0", kRgNoop | kRgNoopNoSmem, -1},
+                      {"tma noop", kRgNoop, 2},
+                      {"tma noop0", kRgNoop | kRgNoopNoSmem, 2},
+                      {"empty", 0, -3},
+                      {"cuBLASLt", 0, -2}};
+  const int n_arms = static_cast<int>(std::size(arms));
+  auto arm_call = [&](const Arm& a) {
+    if (a.variant == -3) l2.empty(nullptr);
+    else if (a.variant == -2) theirs();
+    else ours(a.flags, a.variant);
+  };
+  for (const Arm& a : arms) arm_call(a);  // compiles and loads outside the timing
+  synchronize();
+  ours(kRgSkipStore);
+  ours(0);
+  theirs();
+  synchronize();
+  const std::vector<float> want = yb.download<float>(T * E);
+  EXPECT_TRUE(bitwise_equal("cuBLASLt vs the op", yc.download<float>(T * E), want));
+  // (a) blocks
+  for (int extra = 0; extra < 2; ++extra) {
+    std::printf("[parity] op blocks of 5 + 30 calls back to back (time_calls_us), %s:",
+                extra ? "one empty launch before each" : "nothing between them");
+    for (int b = 0; b < 6; ++b) {
+      if (extra) l2.empty(nullptr);
+      std::vector<double> v = detail::time_calls_us([&](Stream) { ours(0); }, nullptr, l2, 5, 30);
+      std::printf(" %.2f", detail::median(v));
+    }
+    std::printf("\n");
+  }
+  // (b) call by call with the timed launch's parity set
+  long long launches = 0;
+  auto set_parity = [&](int want_odd) {  // before the flush: 1 or 2 empty launches; then the flush and the call (2)
+    int extra = 1;
+    if ((launches + extra + 2) % 2 != want_odd) extra = 2;
+    for (int e = 0; e < extra; ++e) l2.empty(nullptr);
+    launches += extra + 2;
+  };
+  std::vector<std::string> names;
+  std::vector<std::pair<int, int>> pairs;
+  for (int a = 0; a < n_arms; ++a) {
+    names.push_back(std::string(arms[a].name) + " even");
+    names.push_back(std::string(arms[a].name) + " odd");
+    pairs.push_back({2 * a, 2 * a + 1});
+  }
+  const int cub = 2 * (n_arms - 1);
+  pairs.insert(pairs.end(), {{0, cub}, {1, cub + 1}});
+  ab_random_order(l2, "parity", T, K, names, rounds, 0xba3, [&](int k) { arm_call(arms[k / 2]); }, pairs,
+                  [&](int k) { set_parity(k % 2); });
+  // (c) traced calls, parity alternating
+  synchronize();
+  std::vector<double> ev(kCalls);
+  for (int i = 0; i < kCalls; ++i) {
+    set_parity(i % 2);
+    ev[i] = timed_once(l2, [&] {
+      detail::router_gemm_trace.store(static_cast<unsigned long long*>(tb.data()) +
+                                      static_cast<size_t>(i) * kMaxCtas * kRgTraceFwdSlots);
+      ours(0);
+      detail::router_gemm_trace.store(nullptr);
+    });
+  }
+  synchronize();
+  EXPECT_TRUE(bitwise_equal("traced logits", yb.download<float>(T * E), want));
+  const std::vector<uint64_t> tr = tb.download<uint64_t>(static_cast<size_t>(kCalls) * kMaxCtas * kRgTraceFwdSlots);
+  const int sms = r.impl().device().sm_count;
+  for (int i = 0; i < kCalls; ++i) {
+    auto at = [&](int c, int slot) { return tr[(static_cast<size_t>(i) * kMaxCtas + c) * kRgTraceFwdSlots + slot]; };
+    int ctas = 0;
+    while (ctas < kMaxCtas && at(ctas, kRgTraceStartNs) != 0) ++ctas;
+    ASSERT_GT(ctas, 0);
+    std::vector<int> used(static_cast<size_t>(std::max(sms, 1)), 0);
+    uint64_t t0 = ~0ull, t1 = 0;
+    std::vector<double> rate, first;
+    for (int c = 0; c < ctas; ++c) {
+      const uint64_t sm = at(c, kRgTraceSm);
+      if (sm < used.size()) ++used[sm];
+      t0 = std::min<uint64_t>(t0, at(c, kRgTraceStartNs));
+      t1 = std::max<uint64_t>(t1, at(c, kRgTraceEndNs));
+      const uint64_t cs = at(c, kRgTraceStartClk), ce = at(c, kRgTraceWg0 + kRgTraceFenced);
+      const uint64_t gs = at(c, kRgTraceStartNs), ge = at(c, kRgTraceEndNs);
+      if (ge > gs && ce > cs) rate.push_back(static_cast<double>(ce - cs) / static_cast<double>(ge - gs));
+    }
+    std::sort(rate.begin(), rate.end());
+    const double ghz = rate.empty() ? 0 : rate[rate.size() / 2];
+    for (int c = 0; c < ctas && ghz > 0; ++c)
+      first.push_back((at(c, kRgTraceStartNs) - t0) / 1000.0 +
+                      (static_cast<double>(at(c, kRgTraceWg0 + kRgTraceFirstFull)) - at(c, kRgTraceStartClk)) / ghz /
+                          1000.0);
+    std::sort(first.begin(), first.end());
+    std::string idle;
+    for (int s = 0; s < sms; ++s)
+      if (!used[s]) idle += (idle.empty() ? "" : ",") + std::to_string(s);
+    std::printf("[parity] traced call %2d (%s): events %.2f µs, CTA span %.2f µs, SM clock %.3f GHz, first stage p50 "
+                "%.2f µs, %d CTAs, idle SMs %s\n",
+                i, i % 2 ? "odd" : "even", ev[i], (t1 - t0) / 1000.0, ghz,
+                first.empty() ? 0.0 : first[first.size() / 2], ctas, idle.c_str());
+  }
+}
+
 TEST_F(RouterGemmTest, FwdTmaKsplitStridedRows) {
   if (!device_has_wgmma(rt())) GTEST_SKIP() << "not an sm_90 device";
   check_fwd_strided(3, 160, mix_seed({0x9e8}), mix_seed({0x9f8}));
