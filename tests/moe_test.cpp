@@ -384,7 +384,11 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     // (helper topk5: LEAN4, load 16785403 = 16781307 + 4096, and helper topk6's GRP5 + DRANK on it, 17326075 — the
     // default since session 13 round D — plain and traced)
     for (auto [load, v] : {std::pair{17326075, 0}, {17326075, static_cast<int>(kMoeRunTrace)},
-                           {16785403, static_cast<int>(kMoeRunTrace)}}) {
+                           {16785403, static_cast<int>(kMoeRunTrace)},
+                           // (session 15, helper topk9: the tail's timing-only probes, plain and traced)
+                           {17326075, static_cast<int>(kMoeRunNoHot)}, {17326075, kMoeRunNoHot | kMoeRunTrace},
+                           {17326075, static_cast<int>(kMoeRunNoSb)}, {17326075, kMoeRunNoSb | kMoeRunTrace},
+                           {17326075, kMoeRunNoSb | kMoeRunNoCr}}) {
       detail::Specialization t = specs[0];
       t.config[3] = load;
       t.config[5] = v;

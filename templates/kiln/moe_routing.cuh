@@ -1091,6 +1091,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0;
+  constexpr bool NOHOT = (V & kMoeRunNoHot) != 0, NOSB = (V & kMoeRunNoSb) != 0,  // (timing-only probes of the tail)
+                 NOCR = (V & kMoeRunNoCr) != 0;
   // COOP (config load bit 4, with ISSUELAST): a cooperative launch with no moe_route_zero before it; the kernel
   // zeroes the superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at
   // the driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
@@ -2334,6 +2336,11 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       };
       MoeChunkMap cm = a.map;
       cm.super = superp;
+      if constexpr (NOHOT) {
+        const int ns = (cm.nchunks + cm.super_chunks - 1) / cm.super_chunks;
+        cm.super = a.chunk_counts + static_cast<i64>(blockIdx.x * 7 % (cm.nchunks - ns + 1)) * E;
+      }
+      if constexpr (NOSB) cm.nchunks = 0;
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
@@ -2342,7 +2349,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
+      // (NOCR: the bases of its superblock's first chunk, which reads no chunk rows)
+      const int cb = NOCR ? static_cast<int>(blockIdx.x) / cm.super_chunks * cm.super_chunks : static_cast<int>(blockIdx.x);
+      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, cb, base,
                                                          reinterpret_cast<int*>(run_smem + L.wtot), loaded);
       stamp0(kMoeRunTrBases);
       for (int i = threadIdx.x; i < nct * K; i += NTH) {

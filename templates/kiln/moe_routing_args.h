@@ -107,6 +107,13 @@ enum : int {
   // p·E/16 as pick p; NOKEYS — neither keys nor selection (the same picks). What a faster selection can gain at most.
   kMoeRunNoSelect = 33554432,
   kMoeRunNoKeys = 67108864,
+  // Session 15 (helper topk9) probes of the tail's count-row loads (timing only, outputs wrong): NOHOT — the CTA's
+  // superblock-row loads aimed at a window of as many chunk rows at a CTA-dependent start (the same loads and bytes,
+  // but ≈ 16 readers a line instead of all 256 CTAs on the 16 hot superblock rows); NOSB — no superblock rows loaded
+  // (the chunk rows only); NOCR — no chunk rows loaded (with NOSB: no count rows at all).
+  kMoeRunNoHot = 2097152,
+  kMoeRunNoSb = 4194304,
+  kMoeRunNoCr = 1048576,
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
   // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions

@@ -71,6 +71,27 @@ double quantile(std::vector<double> v, double p) {
   return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
 }
 
+// $KILN_ROUTE_ONLY (comma-separated substrings): only the configs whose names contain one of them, and the first (the
+// default) — a round's fragment times the rows it decides on without compiling the others.
+std::vector<RouteCfg> only(std::vector<RouteCfg> cfgs) {
+  const char* env = std::getenv("KILN_ROUTE_ONLY");
+  if (!env || !*env) return cfgs;
+  std::vector<std::string> pats;
+  for (std::string v = env; !v.empty();) {
+    const size_t k = v.find(',');
+    pats.push_back(v.substr(0, k));
+    v = k == std::string::npos ? std::string() : v.substr(k + 1);
+  }
+  std::vector<RouteCfg> out{cfgs[0]};
+  for (size_t i = 1; i < cfgs.size(); ++i)
+    for (const std::string& p : pats)
+      if (!p.empty() && std::string(cfgs[i].name).find(p) != std::string::npos) {
+        out.push_back(cfgs[i]);
+        break;
+      }
+  return out;
+}
+
 class MoeRouteMeasure : public GpuTest {
  protected:
   void SetUp() override {
@@ -87,7 +108,7 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
               kFillTma = kMoeRunFillTma;
 
 TEST_F(MoeRouteMeasure, Ablation) {
-  const std::vector<RouteCfg> cfgs = {
+  const std::vector<RouteCfg> cfgs = only({
       // (session 12, helper topk3: nine candidates on 4091 in four rounds, none faster; helper topk4: REGROWS +1.27,
       // REGLATE8 −0.10, REGLATE8 + AFTER +0.79, REGPRE4 −0.20, deleted; REGLATE12 −0.22 / −0.23 in rounds B / C,
       // lower in 52 of 52 rounds: the default since — bench/NOTES.md)
@@ -107,7 +128,11 @@ TEST_F(MoeRouteMeasure, Ablation) {
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
       {"map: 17326075 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17326075},
       {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
-  };
+      // (session 15, helper topk9: probes of the tail's count-row loads, timing only)
+      {"map: 17326075 - no hot rows (probe)", true, 16, 2, 4, 16, kMoeRunNoHot, false, 17326075},
+      {"map: 17326075 - no superblock rows (probe)", true, 16, 2, 4, 16, kMoeRunNoSb, false, 17326075},
+      {"map: 17326075 - no count rows (probe)", true, 16, 2, 4, 16, kMoeRunNoSb | kMoeRunNoCr, false, 17326075},
+  });
 
 
 
@@ -244,10 +269,12 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (two repeats) per config; an untraced call first (the outputs must match where
 // the config writes everything).
 TEST_F(MoeRouteMeasure, Timeline) {
-  const std::vector<RouteCfg> cfgs = {
+  const std::vector<RouteCfg> cfgs = only({
       {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-  };
+      {"load 17326075 - no hot rows (probe)", true, 16, 2, 4, 16, kMoeRunNoHot, false, 17326075},
+      {"load 17326075 - no superblock rows (probe)", true, 16, 2, 4, 16, kMoeRunNoSb, false, 17326075},
+  });
 
 
 
