@@ -78,12 +78,15 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D) — and the measurement variant bits of
+// session 13 round D), session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier) and
+// 65536 / 131072 / 262144 FULLQ / FULLH / FULLALL (the last quarter / half / all of the arrivals write their
+// row_id_map rows whole after the bases, no bulk −1 rows before their spin) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunFullQ = 65536,
+              kRunFullH = 131072, kRunFullAll = 262144;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -93,7 +96,9 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
-                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank}};
+                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
+                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunFullQ, kMoeRunFullQ},
+                                           {kRunFullH, kMoeRunFullH},     {kRunFullAll, kMoeRunFullAll}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -363,6 +368,26 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                  kFusedFillLate},  // (session 13 round C: + GRP5)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank,
                                  kFusedFillLate},  // (session 13 round D: + DRANK, the default)
+                                {lean == (s9 | wf) ? lean
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
+                                 kFusedFillLate},  // (session 15: + EARLYPUT)
+                                // (session 15: the last quarter / half / all of the arrivals write whole rows, alone
+                                // and with EARLYPUT)
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFullQ,
+                                 kFusedFillLate},
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFullH,
+                                 kFusedFillLate},
+                                {lean == (s9 | wf) ? lean
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFullAll,
+                                 kFusedFillLate},
+                                {lean == (s9 | wf) ? lean
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
+                                                         kRunEarlyPut | kRunFullH,
+                                 kFusedFillLate},
+                                {lean == (s9 | wf) ? lean
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
+                                                         kRunEarlyPut | kRunFullAll,
+                                 kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -665,7 +690,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
+                                                    kRunEarlyPut | kRunFullQ | kRunFullH | kRunFullAll)) |
                              kRunCoop | kRunIssueLast;
         }
       }

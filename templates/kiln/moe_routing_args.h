@@ -107,13 +107,20 @@ enum : int {
   // p·E/16 as pick p; NOKEYS — neither keys nor selection (the same picks). What a faster selection can gain at most.
   kMoeRunNoSelect = 33554432,
   kMoeRunNoKeys = 67108864,
-  // Session 15 (helper topk9) probes of the tail's count-row loads (timing only, outputs wrong): NOHOT — the CTA's
-  // superblock-row loads aimed at a window of as many chunk rows at a CTA-dependent start (the same loads and bytes,
-  // but ≈ 16 readers a line instead of all 256 CTAs on the 16 hot superblock rows); NOSB — no superblock rows loaded
-  // (the chunk rows only); NOCR — no chunk rows loaded (with NOSB: no count rows at all).
-  kMoeRunNoHot = 2097152,
-  kMoeRunNoSb = 4194304,
-  kMoeRunNoCr = 1048576,
+  // (Session 15, helper topk9, round A: timing-only probes of the tail's count-row loads — NOHOT, the superblock-row
+  // loads aimed at chunk rows with ≈ 16 requesters a line: +1.81 µs (its wrong totals also made the outputs' tail
+  // write ≈ 61 k more entries); NOSB, no superblock rows: −0.11; no count rows at all: −0.78 — deleted: bench/NOTES.md.)
+  // FULLQ / FULLH / FULLALL (session 15; outputs exact): a CTA whose arrival rank (from its arrival add's return) is
+  // among the last n/4 / n/2 / all n of the grid issues no bulk −1 rows before its spin; after the bases it writes its
+  // row_id_map rows whole — −1 prefilled in shared memory, the routed entries stored there — by one bulk copy.
+  kMoeRunFullQ = 1048576,
+  kMoeRunFullH = 2097152,
+  kMoeRunFullAll = 4194304,
+  // EARLYPUT (session 15, helper topk9; outputs exact): the tail's routed rows put right after the bases' block-scan
+  // barrier (each expert's base less the warps-before total in shared memory beside the warp totals), by the upper
+  // half's threads first, each pick's expert and rank read during the spin; no CTA barrier before the puts' second
+  // half nor after the outputs (moe_chunk_bases_put).
+  kMoeRunEarlyPut = 16384,
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
   // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions

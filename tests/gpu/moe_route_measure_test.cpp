@@ -122,16 +122,19 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // and fill, the counts, the tail's puts — none faster; deleted: bench/NOTES.md. The timing-only rows below say
       // what each phase costs at most.)
       {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
+      // (session 15, helper topk9: EARLYPUT — the tail's puts right after the bases' scan barrier)
+      {"map: load 17334267 (+ EARLYPUT)", true, 16, 2, 4, 16, 0, true, 17334267},
+      {"map: load 17391611 (+ FULLQ)", true, 16, 2, 4, 16, 0, true, 17391611},
+      {"map: load 17457147 (+ FULLH)", true, 16, 2, 4, 16, 0, true, 17457147},
+      {"map: load 17588219 (+ FULLALL)", true, 16, 2, 4, 16, 0, true, 17588219},
+      {"map: load 17465339 (+ EARLYPUT + FULLH)", true, 16, 2, 4, 16, 0, true, 17465339},
+      {"map: load 17596411 (+ EARLYPUT + FULLALL)", true, 16, 2, 4, 16, 0, true, 17596411},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
       {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
       {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
       {"map: 17326075 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17326075},
       {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
-      // (session 15, helper topk9: probes of the tail's count-row loads, timing only)
-      {"map: 17326075 - no hot rows (probe)", true, 16, 2, 4, 16, kMoeRunNoHot, false, 17326075},
-      {"map: 17326075 - no superblock rows (probe)", true, 16, 2, 4, 16, kMoeRunNoSb, false, 17326075},
-      {"map: 17326075 - no count rows (probe)", true, 16, 2, 4, 16, kMoeRunNoSb | kMoeRunNoCr, false, 17326075},
   });
 
 
@@ -272,8 +275,9 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
       {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-      {"load 17326075 - no hot rows (probe)", true, 16, 2, 4, 16, kMoeRunNoHot, false, 17326075},
-      {"load 17326075 - no superblock rows (probe)", true, 16, 2, 4, 16, kMoeRunNoSb, false, 17326075},
+      {"load 17334267 (+ EARLYPUT)", true, 16, 2, 4, 16, 0, true, 17334267},
+      {"load 17457147 (+ FULLH)", true, 16, 2, 4, 16, 0, true, 17457147},
+      {"load 17588219 (+ FULLALL)", true, 16, 2, 4, 16, 0, true, 17588219},
   });
 
 
