@@ -79,14 +79,14 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
 // session 13 round D), session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier) and
-// 65536 / 131072 / 262144 FULLQ / FULLH / FULLALL (the last quarter / half / all of the arrivals write their
-// row_id_map rows whole after the bases, no bulk −1 rows before their spin) — and the measurement variant bits of
+// 65536 / 131072 FILLTAIL / FILLTAILH (the bulk −1 rows issued after the spin, behind the count-row loads, by every CTA
+// / by the last half of the arrivals) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunFullQ = 65536,
-              kRunFullH = 131072, kRunFullAll = 262144;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunFillTail = 65536,
+              kRunFillTailH = 131072;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -97,8 +97,8 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunFullQ, kMoeRunFullQ},
-                                           {kRunFullH, kMoeRunFullH},     {kRunFullAll, kMoeRunFullAll}};
+                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunFillTail, kMoeRunFillTail},
+                                           {kRunFillTailH, kMoeRunFillTailH}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -371,22 +371,20 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
                                  kFusedFillLate},  // (session 15: + EARLYPUT)
-                                // (session 15: the last quarter / half / all of the arrivals write whole rows, alone
+                                // (session 15: the bulk −1 rows after the spin by every CTA / the last half, alone
                                 // and with EARLYPUT)
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFullQ,
-                                 kFusedFillLate},
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFullH,
+                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFillTail,
                                  kFusedFillLate},
                                 {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFullAll,
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFillTailH,
                                  kFusedFillLate},
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunFullH,
+                                                         kRunEarlyPut | kRunFillTail,
                                  kFusedFillLate},
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunFullAll,
+                                                         kRunEarlyPut | kRunFillTailH,
                                  kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
@@ -691,7 +689,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                    kRunEarlyPut | kRunFullQ | kRunFullH | kRunFullAll)) |
+                                                    kRunEarlyPut | kRunFillTail | kRunFillTailH)) |
                              kRunCoop | kRunIssueLast;
         }
       }

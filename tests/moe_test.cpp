@@ -339,8 +339,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   // and 1 at fill 3 / 4, session 9's default (379) at fill 4 / 3 and with WAITLEAN | FASTDIV (3451), and at fill 4
   // session 9's 291 and 355; session 10's 4091 (the default before session 12's REGLATE12); session 12's 16781307;
   // session 13's 16785403 (LEAN4, round A's default) and 16801787 (+ GRP5, round C's).
-  // (session 15: + 17334267, EARLYPUT on the default, and FULLQ / FULLH / FULLALL alone and FULLH / FULLALL with it)
-  ASSERT_EQ(with_map.size(), 28u);
+  // (session 15: + 17334267, EARLYPUT on the default, and FILLTAIL / FILLTAILH alone and with it)
+  ASSERT_EQ(with_map.size(), 27u);
   // With the map the default is the CTA-run kernel, 16 warps, copies issued by the last warp, the −1 rows as bulk
   // copies after the arrival (fill 4; fill 3 lost in the final run's tune), approximate keys, per-stream arrival word
   // and superblock rows instead of the cooperative launch, prob / map rows by bulk copies, the bias prepared once a
@@ -369,8 +369,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
                         find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355),
                         find(16, 4, 16, 3451), find(16, 4, 16, 4091), find(16, 4, 16, 16781307),
                         find(16, 4, 16, 16785403), find(16, 4, 16, 16801787), find(16, 4, 16, 17334267),
-                        find(16, 4, 16, 17391611), find(16, 4, 16, 17457147), find(16, 4, 16, 17588219),
-                        find(16, 4, 16, 17465339), find(16, 4, 16, 17596411)})
+                        find(16, 4, 16, 17391611), find(16, 4, 16, 17457147), find(16, 4, 16, 17399803),
+                        find(16, 4, 16, 17465339)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   {  // (session 12: the Timeline's traced variants of 4091, with and without the prob / map row stores)
     for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunTrace | kMoeRunNoRows}) {
@@ -388,8 +388,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     // default since session 13 round D — plain and traced)
     for (auto [load, v] : {std::pair{17326075, 0}, {17326075, static_cast<int>(kMoeRunTrace)},
                            {16785403, static_cast<int>(kMoeRunTrace)},
-                           {17334267, static_cast<int>(kMoeRunTrace)},  // (session 15: EARLYPUT, FULLH, FULLALL traced)
-                           {17457147, static_cast<int>(kMoeRunTrace)}, {17588219, static_cast<int>(kMoeRunTrace)}}) {
+                           {17334267, static_cast<int>(kMoeRunTrace)},  // (session 15: EARLYPUT, FILLTAIL traced)
+                           {17391611, static_cast<int>(kMoeRunTrace)}, {17399803, static_cast<int>(kMoeRunTrace)}}) {
       detail::Specialization t = specs[0];
       t.config[3] = load;
       t.config[5] = v;
@@ -399,7 +399,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     {
       detail::Specialization t = specs[0];
       t.params = {128, 6, 1, 8, 3, 0, 1, 0, 1, 0};
-      for (int load : {16785403, 16801787, 17326075, 17334267, 17457147, 17596411}) {  // (and session 15's there)
+      for (int load : {16785403, 16801787, 17326075, 17334267, 17391611, 17465339}) {  // (and session 15's there)
         t.config[3] = load;
         EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
       }

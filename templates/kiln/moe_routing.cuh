@@ -1173,10 +1173,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0;
-  // FULLQ / FULLH / FULLALL (moe_routing_args.h; session 15): the last LF/4 of the grid's arrivals write whole rows.
-  constexpr int LF = ((V & kMoeRunFullQ) ? 1 : 0) + ((V & kMoeRunFullH) ? 2 : 0) + ((V & kMoeRunFullAll) ? 4 : 0);
-  constexpr bool FULL = MAP && (V & kMoeRunPersist) != 0 && FM == 4 && (V & kMoeRunFillTma) != 0 && LF > 0;
-  constexpr bool FULLALL = FULL && LF >= 4;
+  // FILLTAIL / FILLTAILH (moe_routing_args.h; session 15): the bulk −1 rows issued after the spin by thread FT (warp
+  // W − 1's lane 0: no count rows), behind the count-row loads, instead of by thread 0 before its spin — by every CTA,
+  // or (FILLTAILH) by those among the last half of the grid's arrivals only.
+  constexpr bool FILLTAIL = MAP && (V & kMoeRunPersist) != 0 && FM == 4 && (V & kMoeRunFillTma) != 0 &&
+                            (V & (kMoeRunFillTail | kMoeRunFillTailH)) != 0;
+  constexpr bool FILLTAILH = FILLTAIL && (V & kMoeRunFillTail) == 0;
   // EARLYPUT (moe_routing_args.h kMoeRunEarlyPut; session 15): the routed rows put right after the bases' scan barrier
   // (moe_chunk_bases_put), each pick's expert and rank in the chunk read during the spin by the upper half's threads.
   constexpr bool EARLYPUT = MAP && (V & kMoeRunPersist) != 0 && (V & kMoeRunEarlyPut) != 0;
@@ -1482,6 +1484,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     fill_rows();
     stamp0(kMoeRunTrFilled);
   }
+  // FILLTAIL: the bulk −1 rows of the CTA's tokens from the 4-KB −1 block in the list (one thread).
+  auto issue_fill = [&] {
+    if constexpr (!NOFILL) {
+      constexpr int FB = 4096;
+      const i64 bytes = static_cast<i64>(nct) * E * 4;
+      u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
+      for (i64 o = 0; o < bytes; o += FB) {
+        const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
+        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o), "r"(smem_u32(list)),
+                     "r"(nb)
+                     : "memory");
+      }
+      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+    }
+  };
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
   // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
@@ -2373,39 +2390,28 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (FULL) {
-      // FULL: −1 over the CTA's rows of row_id_map in shared memory (the rows region, free since the loop barrier) and,
-      // unless every CTA writes whole rows, the 4-KB −1 block of the bulk fill; then thread 0 learns its arrival rank
-      // from its add's return: a late CTA (among the last LF/4 of the grid) goes to its spin without a fill, the others
-      // issue the bulk −1 rows first (as fill_rows). The late flag goes to smisc[2], read after the spin's barrier.
+    if constexpr (FILLTAIL) {
+      constexpr int FB = 4096;  // (the −1 block of the bulk fill, in the list as fill_rows')
+      // FILLTAIL: the −1 block written here; the spin's CTA barrier publishes it to thread FT (a proxy fence by each
+      // writer first). FILLTAILH: thread 0 learns its arrival rank from its add's return; a CTA among the first half
+      // issues its bulk −1 rows now (as fill_rows), the others after the spin. The flag goes to smisc[2].
       const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
-      static_assert(L.bias - L.rows >= (32 / TPT) * W * E * 4, "FULL: the whole rows fit the rows region");
-      for (int q = threadIdx.x; q < nct * (E / 4); q += NTH) sts16(smem_u32(rows + 4 * q), m1);
-      constexpr int FB = 4096;
-      if constexpr (!FULLALL)
-        for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(reinterpret_cast<u8*>(list) + 16 * q), m1);
+      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTAIL: the −1 block fits the list");
+      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(reinterpret_cast<u8*>(list) + 16 * q), m1);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        u32 late = 1u;
-        if constexpr (!FULLALL && !NOARRIVE) {
-          // (the add's return o: the word held par·2^31 at the call's start; CTA 0 adds 2^31 − (n − 1), the others 1)
-          const u32 n = gridDim.x, d = coop_tok - (par << 31), c0 = 0x80000000u - (n - 1u);
-          const u32 rank = d < c0 ? d : d - c0 + 1u;
-          late = rank >= n - ((n * LF) >> 2) ? 1u : 0u;
-        }
-        if (!late && !NOFILL) {
-          const i64 bytes = static_cast<i64>(nct) * E * 4;
-          u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
-          for (i64 o = 0; o < bytes; o += FB) {
-            const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
-            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o),
-                         "r"(smem_u32(list)), "r"(nb)
-                         : "memory");
+      if constexpr (FILLTAILH) {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+          u32 late = 1u;
+          if constexpr (!NOARRIVE) {
+            // (the add's return: the word held par·2^31 at the call's start; CTA 0 adds 2^31 − (n − 1), the others 1)
+            const u32 n = gridDim.x, d = coop_tok - (par << 31), c0 = 0x80000000u - (n - 1u);
+            const u32 rank = d < c0 ? d : d - c0 + 1u;
+            late = rank >= n - (n >> 1) ? 1u : 0u;
           }
-          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+          if (!late) issue_fill();
+          reinterpret_cast<u32*>(smisc)[2] = late;
         }
-        reinterpret_cast<u32*>(smisc)[2] = late;
       }
     } else if constexpr (LATE) {
       fill_rows();
@@ -2457,19 +2463,21 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      // FULL: a late CTA's routed entries go into its −1 rows in shared memory, stored whole after the puts.
-      const bool full = FULLALL || (FULL && reinterpret_cast<const u32*>(smisc)[2] != 0u);
-      auto put = [&](int t, int e, int row) {
-        if (FULL && full) {
-          reinterpret_cast<int*>(rows)[t * E + e] = row;
-          if (a.map.row_id_indices && row < a.map.num_out) a.map.row_id_indices[row] = tc0 + t;
-        } else {
-          moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, row);
-        }
-      };
+      // FILLTAIL: thread FT issues the CTA's bulk −1 rows now, behind the count-row loads of warps 0 … E/32 − 1, and
+      // waits for them (with a proxy fence) before the CTA barrier that precedes the puts: the scan's (EARLYPUT) or the
+      // bases' last (after_loads phase 1).
+      constexpr int FT = NTH - 32;
+      static_assert(!FILLTAIL || FT >= E, "FILLTAIL: thread FT holds no expert");
+      const bool tailfill = FILLTAIL && (!FILLTAILH || reinterpret_cast<const u32*>(smisc)[2] != 0u);
+      if constexpr (FILLTAIL)
+        if (tailfill && threadIdx.x == FT) issue_fill();
       // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when its
       // block scan is done.)
       auto loaded = [&](int dep, int phase) {
+        if constexpr (FILLTAIL) {
+          if (tailfill && threadIdx.x == FT && phase == (EARLYPUT ? 0 : 1))
+            asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+        }
         if constexpr (TRACE) {
           u64 t;
           asm volatile(
@@ -2501,7 +2509,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
               for (int i = i0; i < nct * K; i += NTH) {
                 int t = pt0, e = pe0, rank = pr0;
                 if (i != i0) pick_of(i, t, e, rank);
-                put(t, e, base_of(e) + rank);
+                moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base_of(e) + rank);
               }
             });
         stamp0(kMoeRunTrBases);
@@ -2514,20 +2522,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
 #pragma unroll
           for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
-          if constexpr (FULL) put(t, e, base[e] + rank);
-          else moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
-        }
-      }
-      if constexpr (FULL) {
-        if (full) {  // (uniform over the CTA)
-          asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-          __syncthreads();
-          if (threadIdx.x == 0) {
-            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;\ncp.async.bulk.commit_group;" ::"l"(
-                             a.row_id_map + static_cast<i64>(tc0) * E),
-                         "r"(smem_u32(rows)), "r"(static_cast<u32>(nct * E * 4))
-                         : "memory");
-          }
+          moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
         }
       }
       stamp0(kMoeRunTrPut);

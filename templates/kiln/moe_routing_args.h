@@ -110,12 +110,15 @@ enum : int {
   // (Session 15, helper topk9, round A: timing-only probes of the tail's count-row loads — NOHOT, the superblock-row
   // loads aimed at chunk rows with ≈ 16 requesters a line: +1.81 µs (its wrong totals also made the outputs' tail
   // write ≈ 61 k more entries); NOSB, no superblock rows: −0.11; no count rows at all: −0.78 — deleted: bench/NOTES.md.)
-  // FULLQ / FULLH / FULLALL (session 15; outputs exact): a CTA whose arrival rank (from its arrival add's return) is
-  // among the last n/4 / n/2 / all n of the grid issues no bulk −1 rows before its spin; after the bases it writes its
-  // row_id_map rows whole — −1 prefilled in shared memory, the routed entries stored there — by one bulk copy.
-  kMoeRunFullQ = 1048576,
-  kMoeRunFullH = 2097152,
-  kMoeRunFullAll = 4194304,
+  // (Round B: FULLQ / FULLH / FULLALL — the last quarter / half / all of the arrivals without a bulk −1 fill before
+  // their spin, their row_id_map rows written whole from shared memory after the puts — +0.35 / +0.69 / +0.80 µs:
+  // the whole rows' 8 MB at the end cost ≈ 1.5 µs of L2 writes; deleted: bench/NOTES.md.)
+  // FILLTAIL / FILLTAILH (session 15, round C; outputs exact): the bulk −1 rows issued after the spin by warp W − 1's
+  // lane 0, behind the count-row loads (waited for before the barrier that precedes the puts), instead of by thread 0
+  // between its arrival and its spin — by every CTA, or by those among the last half of the arrivals (the arrival
+  // add's return) only.
+  kMoeRunFillTail = 1048576,
+  kMoeRunFillTailH = 2097152,
   // EARLYPUT (session 15, helper topk9; outputs exact): the tail's routed rows put right after the bases' block-scan
   // barrier (each expert's base less the warps-before total in shared memory beside the warp totals), by the upper
   // half's threads first, each pick's expert and rank read during the spin; no CTA barrier before the puts' second
