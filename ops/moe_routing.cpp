@@ -78,15 +78,13 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D), session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier) and
-// 65536 / 131072 FILLTAIL / FILLTAILH (the bulk −1 rows issued after the spin, behind the count-row loads, by every CTA
-// / by the last half of the arrivals) — and the measurement variant bits of
+// session 13 round D) and session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier; in the
+// default since session 15 round D) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunFillTail = 65536,
-              kRunFillTailH = 131072;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -97,8 +95,7 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunFillTail, kMoeRunFillTail},
-                                           {kRunFillTailH, kMoeRunFillTailH}};
+                                           {kRunEarlyPut, kMoeRunEarlyPut}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -245,9 +242,11 @@ void set_route_default(Specialization& s) {
     // popcount): + GRP5 (load 16801787), same process, −0.19 / −0.26 µs against 16785403, lower in 52 of 52 rounds
     // (round D: +0.03, lower in 7 of 31); round D: + DRANK (the list's entries as doubles, the rank by DADD signs; load
     // 17326075), −0.13 against 16801787 (lower in 29 of 31), −0.10 against 16785403 (26 of 31).
+    // Session 15 rounds B and C (helper topk9's EARLYPUT: the tail's puts right after the bases' one scan barrier;
+    // load 17334267): −0.05 / −0.13 µs against 17326075, lower in 25 / 31 of 41 rounds.
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
-      s.config[C_LOAD] |=
-          kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank;
+      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 |
+                          kRunDRank | kRunEarlyPut;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -367,25 +366,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5,
                                  kFusedFillLate},  // (session 13 round C: + GRP5)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank,
-                                 kFusedFillLate},  // (session 13 round D: + DRANK, the default)
+                                 kFusedFillLate},  // (session 13 round D: + DRANK)
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
-                                 kFusedFillLate},  // (session 15: + EARLYPUT)
-                                // (session 15: the bulk −1 rows after the spin by every CTA / the last half, alone
-                                // and with EARLYPUT)
-                                {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFillTail,
-                                 kFusedFillLate},
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunFillTailH,
-                                 kFusedFillLate},
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunFillTail,
-                                 kFusedFillLate},
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunFillTailH,
-                                 kFusedFillLate},
+                                 kFusedFillLate},  // (session 15 round D: + EARLYPUT, the default)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -689,7 +673,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                    kRunEarlyPut | kRunFillTail | kRunFillTailH)) |
+                                                    kRunEarlyPut)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -25,7 +25,7 @@ A)
     --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure.txt" 2>&1
   echo "ablation rc=$? ($(el))"
   grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
-  grep -E "^\s+map: load 17326075" "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
+  grep -E "^\s+map: load [0-9]+ \(default\)" "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
   grep -E "\[vs default\]" "$O/measure.txt" | sed 's/  */ /g; s/\[vs default\] map: 17326075 - //' | cut -c1-100
   KILN_ROUTE_ONLY='probe' timeout 45 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Timeline' > "$O/timeline.txt" 2>&1
   echo "timeline rc=$? ($(el))"
@@ -39,7 +39,7 @@ B)
     --gtest_filter='MoeRouteMeasure.Ablation' > "$O/measure.txt" 2>&1
   echo "ablation rc=$? ($(el))"
   grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
-  grep -E "^\s+map: load 17326075" "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
+  grep -E "^\s+map: load [0-9]+ \(default\)" "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
   grep -E "\[vs default\]" "$O/measure.txt" | sed 's/  */ /g; s/\[vs default\] map: //' | cut -c1-100
   if [ -n "${TL_ONLY:-}" ] && [ $(( $(date +%s) - s0 )) -lt 60 ]; then
     KILN_ROUTE_ONLY=$TL_ONLY timeout 30 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Timeline' > "$O/timeline.txt" 2>&1

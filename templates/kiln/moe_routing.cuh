@@ -1173,12 +1173,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0;
-  // FILLTAIL / FILLTAILH (moe_routing_args.h; session 15): the bulk −1 rows issued after the spin by thread FT (warp
-  // W − 1's lane 0: no count rows), behind the count-row loads, instead of by thread 0 before its spin — by every CTA,
-  // or (FILLTAILH) by those among the last half of the grid's arrivals only.
-  constexpr bool FILLTAIL = MAP && (V & kMoeRunPersist) != 0 && FM == 4 && (V & kMoeRunFillTma) != 0 &&
-                            (V & (kMoeRunFillTail | kMoeRunFillTailH)) != 0;
-  constexpr bool FILLTAILH = FILLTAIL && (V & kMoeRunFillTail) == 0;
   // EARLYPUT (moe_routing_args.h kMoeRunEarlyPut; session 15): the routed rows put right after the bases' scan barrier
   // (moe_chunk_bases_put), each pick's expert and rank in the chunk read during the spin by the upper half's threads.
   constexpr bool EARLYPUT = MAP && (V & kMoeRunPersist) != 0 && (V & kMoeRunEarlyPut) != 0;
@@ -1484,21 +1478,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     fill_rows();
     stamp0(kMoeRunTrFilled);
   }
-  // FILLTAIL: the bulk −1 rows of the CTA's tokens from the 4-KB −1 block in the list (one thread).
-  auto issue_fill = [&] {
-    if constexpr (!NOFILL) {
-      constexpr int FB = 4096;
-      const i64 bytes = static_cast<i64>(nct) * E * 4;
-      u8* rr = reinterpret_cast<u8*>(a.row_id_map + static_cast<i64>(tc0) * E);
-      for (i64 o = 0; o < bytes; o += FB) {
-        const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
-        asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o), "r"(smem_u32(list)),
-                     "r"(nb)
-                     : "memory");
-      }
-      asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-    }
-  };
 
   // Phase 0 of a barrier: each try_wait may suspend the thread up to 20 µs (few polling instructions while the rows
   // are in flight); a wait past 2 s — a copy that never lands — traps instead of hanging.
@@ -2390,32 +2369,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (FILLTAIL) {
-      constexpr int FB = 4096;  // (the −1 block of the bulk fill, in the list as fill_rows')
-      // FILLTAIL: the −1 block written here; the spin's CTA barrier publishes it to thread FT (a proxy fence by each
-      // writer first). FILLTAILH: thread 0 learns its arrival rank from its add's return; a CTA among the first half
-      // issues its bulk −1 rows now (as fill_rows), the others after the spin. The flag goes to smisc[2].
-      const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
-      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "FILLTAIL: the −1 block fits the list");
-      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(reinterpret_cast<u8*>(list) + 16 * q), m1);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      if constexpr (FILLTAILH) {
-        __syncthreads();
-        if (threadIdx.x == 0) {
-          u32 late = 1u;
-          if constexpr (!NOARRIVE) {
-            // (the add's return: the word held par·2^31 at the call's start; CTA 0 adds 2^31 − (n − 1), the others 1)
-            const u32 n = gridDim.x, d = coop_tok - (par << 31), c0 = 0x80000000u - (n - 1u);
-            const u32 rank = d < c0 ? d : d - c0 + 1u;
-            late = rank >= n - (n >> 1) ? 1u : 0u;
-          }
-          if (!late) issue_fill();
-          reinterpret_cast<u32*>(smisc)[2] = late;
-        }
-      }
-    } else if constexpr (LATE) {
-      fill_rows();
-    }
+    if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;
@@ -2463,21 +2417,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }
     if constexpr (!NOARRIVE && !NOTAIL) {
       int* base = reinterpret_cast<int*>(run_smem + L.base);
-      // FILLTAIL: thread FT issues the CTA's bulk −1 rows now, behind the count-row loads of warps 0 … E/32 − 1, and
-      // waits for them (with a proxy fence) before the CTA barrier that precedes the puts: the scan's (EARLYPUT) or the
-      // bases' last (after_loads phase 1).
-      constexpr int FT = NTH - 32;
-      static_assert(!FILLTAIL || FT >= E, "FILLTAIL: thread FT holds no expert");
-      const bool tailfill = FILLTAIL && (!FILLTAILH || reinterpret_cast<const u32*>(smisc)[2] != 0u);
-      if constexpr (FILLTAIL)
-        if (tailfill && threadIdx.x == FT) issue_fill();
       // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when its
       // block scan is done.)
       auto loaded = [&](int dep, int phase) {
-        if constexpr (FILLTAIL) {
-          if (tailfill && threadIdx.x == FT && phase == (EARLYPUT ? 0 : 1))
-            asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-        }
         if constexpr (TRACE) {
           u64 t;
           asm volatile(

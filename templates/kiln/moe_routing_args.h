@@ -113,16 +113,14 @@ enum : int {
   // (Round B: FULLQ / FULLH / FULLALL — the last quarter / half / all of the arrivals without a bulk −1 fill before
   // their spin, their row_id_map rows written whole from shared memory after the puts — +0.35 / +0.69 / +0.80 µs:
   // the whole rows' 8 MB at the end cost ≈ 1.5 µs of L2 writes; deleted: bench/NOTES.md.)
-  // FILLTAIL / FILLTAILH (session 15, round C; outputs exact): the bulk −1 rows issued after the spin by warp W − 1's
-  // lane 0, behind the count-row loads (waited for before the barrier that precedes the puts), instead of by thread 0
-  // between its arrival and its spin — by every CTA, or by those among the last half of the arrivals (the arrival
-  // add's return) only.
-  kMoeRunFillTail = 1048576,
-  kMoeRunFillTailH = 2097152,
-  // EARLYPUT (session 15, helper topk9; outputs exact): the tail's routed rows put right after the bases' block-scan
-  // barrier (each expert's base less the warps-before total in shared memory beside the warp totals), by the upper
-  // half's threads first, each pick's expert and rank read during the spin; no CTA barrier before the puts' second
-  // half nor after the outputs (moe_chunk_bases_put).
+  // (Round C: FILLTAIL / FILLTAILH — the bulk −1 rows issued after the spin, behind the count-row loads, by every CTA /
+  // by the last half of the arrivals — +0.80 / +0.24 µs: the fill's writes in flight hold the loads back (rows loaded
+  // 2.2 µs after the spin instead of 0.9); deleted: bench/NOTES.md.)
+  // EARLYPUT (session 15, helper topk9; outputs exact; config `load` bit 8192, on 17326075: 17334267, the default with
+  // the map since session 15 round D): the tail's routed rows put right after the bases' block-scan barrier (each
+  // expert's base less the warps-before total in shared memory beside the warp totals), by the upper half's threads
+  // first, each pick's expert and rank read during the spin; no CTA barrier before the puts nor after the outputs
+  // (moe_chunk_bases_put). Rounds B / C, one process: −0.05 / −0.13 µs against 17326075, lower in 25 / 31 of 41.
   kMoeRunEarlyPut = 16384,
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group

@@ -121,21 +121,18 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // (session 14, helper topk8: sixteen candidates on 17326075 in rounds A – E — the load side, the arrival's spin
       // and fill, the counts, the tail's puts — none faster; deleted: bench/NOTES.md. The timing-only rows below say
       // what each phase costs at most.)
-      {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      // (session 15, helper topk9: EARLYPUT — the tail's puts right after the bases' scan barrier)
-      {"map: load 17334267 (+ EARLYPUT)", true, 16, 2, 4, 16, 0, true, 17334267},
-      {"map: load 17391611 (+ FILLTAIL)", true, 16, 2, 4, 16, 0, true, 17391611},
-      {"map: load 17457147 (+ FILLTAILH)", true, 16, 2, 4, 16, 0, true, 17457147},
-      {"map: load 17399803 (+ EARLYPUT + FILLTAIL)", true, 16, 2, 4, 16, 0, true, 17399803},
-      {"map: load 17465339 (+ EARLYPUT + FILLTAILH)", true, 16, 2, 4, 16, 0, true, 17465339},
-      // (round B: FULLQ / FULLH / FULLALL — whole rows written after the puts by the last quarter / half / all of the
-      // arrivals — +0.35 / +0.69 / +0.80 µs, with EARLYPUT +0.26 (FULLH) / +0.48 (FULLALL): deleted)
+      // (session 15, helper topk9: EARLYPUT — the tail's puts right after the bases' scan barrier — the default since
+      // round D; round B: FULLQ / FULLH / FULLALL, whole rows written after the puts by the last quarter / half / all of
+      // the arrivals, +0.35 / +0.69 / +0.80 µs; round C: FILLTAIL / FILLTAILH, the bulk −1 rows after the spin,
+      // +0.80 / +0.24: deleted — bench/NOTES.md)
+      {"map: load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
+      {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-      {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
-      {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
-      {"map: 17326075 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17326075},
-      {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
+      {"map: 17334267 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17334267},
+      {"map: 17334267 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17334267},
+      {"map: 17334267 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17334267},
+      {"map: 17334267 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17334267},
   });
 
 
@@ -274,11 +271,9 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // the config writes everything).
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
-      {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
+      {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
+      {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-      {"load 17334267 (+ EARLYPUT)", true, 16, 2, 4, 16, 0, true, 17334267},
-      {"load 17391611 (+ FILLTAIL)", true, 16, 2, 4, 16, 0, true, 17391611},
-      {"load 17399803 (+ EARLYPUT + FILLTAIL)", true, 16, 2, 4, 16, 0, true, 17399803},
   });
 
 
