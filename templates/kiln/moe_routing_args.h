@@ -122,6 +122,12 @@ enum : int {
   // first, each pick's expert and rank read during the spin; no CTA barrier before the puts nor after the outputs
   // (moe_chunk_bases_put). Rounds B / C, one process: −0.05 / −0.13 µs against 17326075, lower in 25 / 31 of 41.
   kMoeRunEarlyPut = 16384,
+  // HELPFILL (session 15 round D; outputs exact; PERSIST, fill 4 with FILLTMA): CTA c of the grid's first half, after
+  // its own bulk −1 rows, claims CTA j = c + n/2's (an atomic exchange on j's claim word in the per-stream state: the
+  // first of c and j to exchange owns the fill) and, if it wins, fills j's rows too (thread W·32 − 32), then publishes
+  // a filled flag (release) once they are complete. A second-half CTA whose fill was claimed issues none before its
+  // spin; before its puts it waits for its flag (acquire). Claim and flag words hold the call's parity + 1.
+  kMoeRunHelpFill = 1048576,
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
   // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions
@@ -216,6 +222,8 @@ enum : int {
 // E experts, top-K, W warps: byte offsets, each 16-byte aligned. At E = 256 the rows are padded by 32 bytes (with a
 // per-part rotation of the chunk order: conflict-free, one copy per row), else not at all (a few 2–4-way conflicts;
 // a warp's rows are one copy).
+// HELPFILL's claim and filled words in the per-stream state, one each per CTA (a grid of more CTAs does not help).
+constexpr int kMoeRunHelpWords = 1024;
 constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
 struct MoeRunSmem {
   int rsf;     // row stride in floats

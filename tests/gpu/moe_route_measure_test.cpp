@@ -127,6 +127,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // +0.80 / +0.24: deleted — bench/NOTES.md)
       {"map: load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
       {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
+      {"map: load 17399803 (+ HELPFILL)", true, 16, 2, 4, 16, 0, true, 17399803},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
       {"map: 17334267 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17334267},
@@ -273,6 +274,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
       {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
       {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
+      {"load 17399803 (+ HELPFILL)", true, 16, 2, 4, 16, 0, true, 17399803},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   });
 
