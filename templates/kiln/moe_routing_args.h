@@ -122,11 +122,12 @@ enum : int {
   // first, each pick's expert and rank read during the spin; no CTA barrier before the puts nor after the outputs
   // (moe_chunk_bases_put). Rounds B / C, one process: −0.05 / −0.13 µs against 17326075, lower in 25 / 31 of 41.
   kMoeRunEarlyPut = 16384,
-  // HELPFILL (session 15 round D; outputs exact; PERSIST, fill 4 with FILLTMA): CTA c of the grid's first half, after
-  // its own bulk −1 rows, claims CTA j = c + n/2's (an atomic exchange on j's claim word in the per-stream state: the
-  // first of c and j to exchange owns the fill) and, if it wins, fills j's rows too (thread W·32 − 32), then publishes
-  // a filled flag (release) once they are complete. A second-half CTA whose fill was claimed issues none before its
-  // spin; before its puts it waits for its flag (acquire). Claim and flag words hold the call's parity + 1.
+  // HELPFILL (session 15 round D; outputs exact; PERSIST, fill 4 with FILLTMA): before its release, CTA c of the
+  // grid's first half claims CTA j = c + n/2's bulk −1 rows (an atomic exchange on j's claim word in the per-stream
+  // state; j exchanges it too before its own release: the first owns the fill); if c wins, its thread W·32 − 32 fills
+  // j's rows after c's release and publishes j's filled flag (release) once they are complete. A second-half CTA whose
+  // fill was claimed issues none before its spin and waits for its flag (acquire) before its puts; every second-half
+  // CTA clears its claim and filled words after its spin (the claims all happened before the grid's last arrival).
   kMoeRunHelpFill = 1048576,
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
