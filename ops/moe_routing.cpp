@@ -243,8 +243,8 @@ void set_route_default(Specialization& s) {
     // popcount): + GRP5 (load 16801787), same process, −0.19 / −0.26 µs against 16785403, lower in 52 of 52 rounds
     // (round D: +0.03, lower in 7 of 31); round D: + DRANK (the list's entries as doubles, the rank by DADD signs; load
     // 17326075), −0.13 against 16801787 (lower in 29 of 31), −0.10 against 16785403 (26 of 31).
-    // Session 15 rounds B and C (helper topk9's EARLYPUT: the tail's puts right after the bases' one scan barrier;
-    // load 17334267): −0.05 / −0.13 µs against 17326075, lower in 25 / 31 of 41 rounds.
+    // Session 15 rounds B, C and D (helper topk9's EARLYPUT: the tail's puts right after the bases' one scan barrier;
+    // load 17334267): −0.05 / −0.13 / −0.21 µs against 17326075, lower in 25 / 31 / 58 of 41 / 41 / 61 rounds.
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
       s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 |
                           kRunDRank | kRunEarlyPut;

@@ -120,7 +120,8 @@ enum : int {
   // the map since session 15 round D): the tail's routed rows put right after the bases' block-scan barrier (each
   // expert's base less the warps-before total in shared memory beside the warp totals), by the upper half's threads
   // first, each pick's expert and rank read during the spin; no CTA barrier before the puts nor after the outputs
-  // (moe_chunk_bases_put). Rounds B / C, one process: −0.05 / −0.13 µs against 17326075, lower in 25 / 31 of 41.
+  // (moe_chunk_bases_put). Rounds B / C / D, one process: −0.05 / −0.13 / −0.21 µs against 17326075, lower in 25 / 31
+  // / 58 of 41 / 41 / 61 rounds.
   kMoeRunEarlyPut = 16384,
   // HELPFILL (session 15 round D; outputs exact; PERSIST, fill 4 with FILLTMA): before its release, CTA c of the
   // grid's first half claims CTA j = c + n/2's bulk −1 rows (an atomic exchange on j's claim word in the per-stream
