@@ -79,13 +79,12 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
 // session 13 round D) and session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier; in the
-// default since session 15 round D) and 65536 HELPFILL (the first half of the grid also fills the −1 rows of the
-// second half's CTAs that have not arrived yet) — and the measurement variant bits of
+// default since session 15 round D) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunHelpFill = 65536;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -96,7 +95,7 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunHelpFill, kMoeRunHelpFill}};
+                                           {kRunEarlyPut, kMoeRunEarlyPut}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -244,7 +243,8 @@ void set_route_default(Specialization& s) {
     // (round D: +0.03, lower in 7 of 31); round D: + DRANK (the list's entries as doubles, the rank by DADD signs; load
     // 17326075), −0.13 against 16801787 (lower in 29 of 31), −0.10 against 16785403 (26 of 31).
     // Session 15 rounds B, C and D (helper topk9's EARLYPUT: the tail's puts right after the bases' one scan barrier;
-    // load 17334267): −0.05 / −0.13 / −0.21 µs against 17326075, lower in 25 / 31 / 58 of 41 / 41 / 61 rounds.
+    // load 17334267): −0.05 / −0.13 / −0.21 µs against 17326075, lower in 25 / 31 / 58 of 41 / 41 / 61 rounds (round E:
+    // +0.08, lower in 13 of 61: an instance-dependent gain; bench/NOTES.md).
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
       s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 |
                           kRunDRank | kRunEarlyPut;
@@ -371,10 +371,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
                                  kFusedFillLate},  // (session 15 round D: + EARLYPUT, the default)
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut |
-                                                         kRunHelpFill,
-                                 kFusedFillLate},  // (session 15 round D: + HELPFILL)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -576,15 +572,12 @@ struct RouteState {
   int* rows;  // [2][half]
   int64_t half;
 };
-// Layout: the arrival word (a 128-byte header), then HELPFILL's claim and filled words (kMoeRunHelpWords each, one per
-// CTA), then the two halves of superblock rows.
 RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
   static const char owner = 0;  // (the state's name in the runtime's table)
   const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
-  constexpr size_t head = 128 + 2 * kMoeRunHelpWords * 4;
-  const auto buf = impl.stream_state(&owner, stream, head + static_cast<size_t>(2 * h) * 4);
+  const auto buf = impl.stream_state(&owner, stream, 128 + static_cast<size_t>(2 * h) * 4);
   int* base = reinterpret_cast<int*>(buf.ptr);
-  return {base, base + head / 4, static_cast<int64_t>((buf.bytes - head) / 8) / 4 * 4};
+  return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
 }
 
 }  // namespace
@@ -681,7 +674,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                    kRunEarlyPut | kRunHelpFill)) |
+                                                    kRunEarlyPut)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -1176,11 +1176,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // EARLYPUT (moe_routing_args.h kMoeRunEarlyPut; session 15): the routed rows put right after the bases' scan barrier
   // (moe_chunk_bases_put), each pick's expert and rank in the chunk read during the spin by the upper half's threads.
   constexpr bool EARLYPUT = MAP && (V & kMoeRunPersist) != 0 && (V & kMoeRunEarlyPut) != 0;
-  // HELPFILL (moe_routing_args.h kMoeRunHelpFill; session 15): the first half of the grid fills the second half's −1
-  // rows where it gets there first.
-  constexpr bool HELPFILL = MAP && (V & kMoeRunPersist) != 0 && FM == 4 && (V & kMoeRunFillTma) != 0 &&
-                            (V & kMoeRunHelpFill) != 0;
-  constexpr int FT = NTH - 32;  // (HELPFILL: the helping / waiting thread, lane 0 of the last warp)
   // COOP (config load bit 4, with ISSUELAST): a cooperative launch with no moe_route_zero before it; the kernel
   // zeroes the superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at
   // the driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
@@ -2363,33 +2358,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
     } else {
-      if constexpr (HELPFILL) {
-        // HELPFILL's claims, before the release (which orders them before the grid's last arrival, so before any
-        // owner clears its words after its spin): thread 0 of a second-half CTA on its own word (smisc[2]: it owns its
-        // fill), thread FT of a first-half CTA on CTA c + n/2's (smisc[3]: it fills that CTA's rows). A word holds 1
-        // while claimed; its owner clears it (and its filled word) in its tail.
-        const u32 n = gridDim.x, c = blockIdx.x;
-        u32* const claim = reinterpret_cast<u32*>(a.arrive) + 32;
-        const bool help = n <= static_cast<u32>(kMoeRunHelpWords) && n >= 2u;
-        if (threadIdx.x == 0) {
-          u32 own = 1u;
-          if (help && c >= n / 2u) {
-            u32 old;
-            asm volatile("atom.relaxed.gpu.global.exch.b32 %0, [%1], 1;" : "=r"(old) : "l"(claim + c) : "memory");
-            own = old != 1u ? 1u : 0u;
-          }
-          reinterpret_cast<u32*>(smisc)[2] = own;
-        }
-        if (threadIdx.x == FT) {
-          u32 helping = 0u;
-          if (help && c < n / 2u && c + n / 2u < n) {
-            u32 old;
-            asm volatile("atom.relaxed.gpu.global.exch.b32 %0, [%1], 1;" : "=r"(old) : "l"(claim + c + n / 2u) : "memory");
-            helping = old != 1u ? 1u : 0u;
-          }
-          reinterpret_cast<u32*>(smisc)[3] = helping;
-        }
-      }
       __syncthreads();
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
@@ -2401,35 +2369,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
     }
-    if constexpr (HELPFILL) {
-      // HELPFILL: the 4-KB −1 block as fill_rows; then thread 0 issues the CTA's bulk −1 rows if it owns them
-      // (smisc[2]) and thread FT those of CTA c + n/2 if it claimed them (smisc[3]; their filled flag is published
-      // after the spin, below).
-      constexpr int FB = 4096;
-      const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
-      static_assert((32 / TPT) * W * (kMoeRunCap + 2) * 8 >= FB, "HELPFILL: the −1 block fits the list");
-      static_assert(FT >= E, "HELPFILL: thread FT holds no expert");
-      for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(reinterpret_cast<u8*>(list) + 16 * q), m1);
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncthreads();
-      auto fill_of = [&](u32 b) {  // (one thread: the bulk −1 rows of CTA b's tokens)
-        const i64 t0 = static_cast<i64>(b) * a.run_tokens;
-        const i64 bytes = static_cast<i64>(min(a.run_tokens, a.T - static_cast<int>(t0))) * E * 4;
-        u8* rr = reinterpret_cast<u8*>(a.row_id_map + t0 * E);
-        for (i64 o = 0; o < bytes; o += FB) {
-          const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
-          asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(rr + o),
-                       "r"(smem_u32(list)), "r"(nb)
-                       : "memory");
-        }
-        asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-      };
-      if (!NOFILL && threadIdx.x == 0 && reinterpret_cast<const u32*>(smisc)[2] != 0u) fill_of(blockIdx.x);
-      if (!NOFILL && threadIdx.x == FT && reinterpret_cast<const u32*>(smisc)[3] != 0u)
-        fill_of(blockIdx.x + gridDim.x / 2u);
-    } else if constexpr (LATE) {
-      fill_rows();
-    }
+    if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
       constexpr int UP = E / 4, UM = E / 16;
@@ -2479,35 +2419,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       int* base = reinterpret_cast<int*>(run_smem + L.base);
       // (TRACE: a stamp when thread 0's count rows have landed, through a dependency on their sum; and when its
       // block scan is done.)
-      // HELPFILL: thread FT publishes the partner's filled flag once its bulk −1 rows are complete; a second-half CTA's
-      // thread FT waits for its own flag if it did not own its fill, before the CTA barrier that precedes its puts
-      // (after_loads phase 0 with EARLYPUT, else 1), and clears its claim and filled words for the next call.
-      if constexpr (HELPFILL) {
-        if (threadIdx.x == FT && reinterpret_cast<const u32*>(smisc)[3] != 0u) {
-          asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-          u32* const filled = reinterpret_cast<u32*>(a.arrive) + 32 + kMoeRunHelpWords;
-          asm volatile("st.release.gpu.global.u32 [%0], 1;" ::"l"(filled + blockIdx.x + gridDim.x / 2u) : "memory");
-        }
-      }
       auto loaded = [&](int dep, int phase) {
-        if constexpr (HELPFILL) {
-          const u32 n = gridDim.x;
-          if (threadIdx.x == FT && phase == (EARLYPUT ? 0 : 1) && n <= static_cast<u32>(kMoeRunHelpWords) &&
-              n >= 2u && blockIdx.x >= n / 2u) {
-            u32* const claim = reinterpret_cast<u32*>(a.arrive) + 32;
-            u32* const filled = claim + kMoeRunHelpWords;
-            if (reinterpret_cast<const u32*>(smisc)[2] == 0u) {
-              for (u32 it = 0;; ++it) {
-                u32 f;
-                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(f) : "l"(filled + blockIdx.x) : "memory");
-                if (f == 1u) break;
-                if (it == (1u << 26)) __trap();
-              }
-              asm volatile("st.relaxed.gpu.global.u32 [%0], 0;" ::"l"(filled + blockIdx.x) : "memory");
-            }
-            asm volatile("st.relaxed.gpu.global.u32 [%0], 0;" ::"l"(claim + blockIdx.x) : "memory");
-          }
-        }
         if constexpr (TRACE) {
           u64 t;
           asm volatile(

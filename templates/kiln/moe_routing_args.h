@@ -120,16 +120,12 @@ enum : int {
   // the map since session 15 round D): the tail's routed rows put right after the bases' block-scan barrier (each
   // expert's base less the warps-before total in shared memory beside the warp totals), by the upper half's threads
   // first, each pick's expert and rank read during the spin; no CTA barrier before the puts nor after the outputs
-  // (moe_chunk_bases_put). Rounds B / C / D, one process: −0.05 / −0.13 / −0.21 µs against 17326075, lower in 25 / 31
-  // / 58 of 41 / 41 / 61 rounds.
+  // (moe_chunk_bases_put). Rounds B / C / D / E, one process: −0.05 / −0.13 / −0.21 / +0.08 µs against 17326075, lower
+  // in 25 / 31 / 58 / 13 of 41 / 41 / 61 / 61 rounds.
   kMoeRunEarlyPut = 16384,
-  // HELPFILL (session 15 round D; outputs exact; PERSIST, fill 4 with FILLTMA): before its release, CTA c of the
-  // grid's first half claims CTA j = c + n/2's bulk −1 rows (an atomic exchange on j's claim word in the per-stream
-  // state; j exchanges it too before its own release: the first owns the fill); if c wins, its thread W·32 − 32 fills
-  // j's rows after c's release and publishes j's filled flag (release) once they are complete. A second-half CTA whose
-  // fill was claimed issues none before its spin and waits for its flag (acquire) before its puts; every second-half
-  // CTA clears its claim and filled words after its spin (the claims all happened before the grid's last arrival).
-  kMoeRunHelpFill = 1048576,
+  // (Round E: HELPFILL — the grid's first half, by an atomic claim before its release, also filling the bulk −1 rows of
+  // the second half's CTAs that had not claimed them yet — +0.51 µs: the claims and the helpers' extra fills delayed
+  // the last releases by ≈ 2 µs; deleted: bench/NOTES.md.)
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
   // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions
@@ -224,8 +220,6 @@ enum : int {
 // E experts, top-K, W warps: byte offsets, each 16-byte aligned. At E = 256 the rows are padded by 32 bytes (with a
 // per-part rotation of the chunk order: conflict-free, one copy per row), else not at all (a few 2–4-way conflicts;
 // a warp's rows are one copy).
-// HELPFILL's claim and filled words in the per-stream state, one each per CTA (a grid of more CTAs does not help).
-constexpr int kMoeRunHelpWords = 1024;
 constexpr int kMoeRunCap = 32;  // candidates per token in the rank-counting list (more: K argmax rounds instead)
 struct MoeRunSmem {
   int rsf;     // row stride in floats

@@ -124,10 +124,10 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // (session 15, helper topk9: EARLYPUT — the tail's puts right after the bases' scan barrier — the default since
       // round D; round B: FULLQ / FULLH / FULLALL, whole rows written after the puts by the last quarter / half / all of
       // the arrivals, +0.35 / +0.69 / +0.80 µs; round C: FILLTAIL / FILLTAILH, the bulk −1 rows after the spin,
-      // +0.80 / +0.24: deleted — bench/NOTES.md)
+      // +0.80 / +0.24; round E: HELPFILL, the first half also filling the second half's −1 rows, +0.51: deleted —
+      // bench/NOTES.md)
       {"map: load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
       {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"map: load 17399803 (+ HELPFILL)", true, 16, 2, 4, 16, 0, true, 17399803},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
       {"map: 17334267 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17334267},
@@ -274,7 +274,6 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
       {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
       {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
-      {"load 17399803 (+ HELPFILL)", true, 16, 2, 4, 16, 0, true, 17399803},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   });
 
