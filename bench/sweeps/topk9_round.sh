@@ -2,9 +2,9 @@
 # Session 15 helper topk9 (bench/NOTES.md "Session 15 (helper topk9)"): moe_route_run_kernel's tail after the
 # grid-wide spin. Run from the repo root on the GPU machine after the build, as a round fragment: $O (output folder),
 # $T (build-gpu/tests/kiln_gpu_tests). Stage by the first argument:
-#   A  (fact-finding on the default 17326075, ≤ ≈ 70 s): the Ablation (21 rounds, one process) of the default against
-#      the timing-only probes of the count-row loads (no hot rows, no superblock rows, no count rows) and no tail, then
-#      the Timeline of the default and two probes (p50 / max of the tail's stamps).
+#   A  (fact-finding, ≤ ≈ 70 s; session 15 round A ran it on 17326075 with the count-row probes, deleted since): the
+#      Ablation (21 rounds, one process) of the default against the rows named "probe" and no tail, then the Timeline of
+#      the default and the probes (p50 / max of the tail's stamps).
 #   B  (candidates, ≤ ≈ 90 s): LeanSelection of $LOADS (bit-exact against the CPU reference), then the Ablation of
 #      $ONLY (paired against the default, one process, $ROUNDS rounds), then the Timeline of $TL_ONLY.
 set -u
