@@ -78,12 +78,13 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // session 12's 16777216 REGLATE12 (the last W/4 warps' rows by register loads) and 4096 LEAN4 (with LEAN3: the
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
-// session 13 round D) — and the measurement variant bits of
+// session 13 round D) and session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier; in the
+// default since session 15 round D) — and the measurement variant bits of
 // the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -93,7 +94,8 @@ int run_bits(const Specialization& s) {
                                            {kRunLean, kMoeRunLean}, {kRunLean3, kMoeRunLean3},
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
-                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank}};
+                                           {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
+                                           {kRunEarlyPut, kMoeRunEarlyPut}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -240,9 +242,12 @@ void set_route_default(Specialization& s) {
     // popcount): + GRP5 (load 16801787), same process, −0.19 / −0.26 µs against 16785403, lower in 52 of 52 rounds
     // (round D: +0.03, lower in 7 of 31); round D: + DRANK (the list's entries as doubles, the rank by DADD signs; load
     // 17326075), −0.13 against 16801787 (lower in 29 of 31), −0.10 against 16785403 (26 of 31).
+    // Session 15 rounds B, C and D (helper topk9's EARLYPUT: the tail's puts right after the bases' one scan barrier;
+    // load 17334267): −0.05 / −0.13 / −0.21 µs against 17326075, lower in 25 / 31 / 58 of 41 / 41 / 61 rounds (round E:
+    // +0.08, lower in 13 of 61: an instance-dependent gain; bench/NOTES.md).
     if (s.params[P_BIAS] && lean_ok(s.params[P_E], s.params[P_GROUPS], s.params[P_TOPK_GROUPS]))
-      s.config[C_LOAD] |=
-          kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank;
+      s.config[C_LOAD] |= kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv | kRunRegLate12 | kRunLean4 | kRunGrp5 |
+                          kRunDRank | kRunEarlyPut;
     s.config[C_TPT] = 16;
   } else {
     set_warp_default(s, map);
@@ -362,7 +367,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5,
                                  kFusedFillLate},  // (session 13 round C: + GRP5)
                                 {lean == (s9 | wf) ? lean : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank,
-                                 kFusedFillLate},  // (session 13 round D: + DRANK, the default)
+                                 kFusedFillLate},  // (session 13 round D: + DRANK)
+                                {lean == (s9 | wf) ? lean
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
+                                 kFusedFillLate},  // (session 15 round D: + EARLYPUT, the default)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -665,7 +673,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
-                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank)) |
+                                                    kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
+                                                    kRunEarlyPut)) |
                              kRunCoop | kRunIssueLast;
         }
       }

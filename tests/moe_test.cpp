@@ -339,7 +339,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   // and 1 at fill 3 / 4, session 9's default (379) at fill 4 / 3 and with WAITLEAN | FASTDIV (3451), and at fill 4
   // session 9's 291 and 355; session 10's 4091 (the default before session 12's REGLATE12); session 12's 16781307;
   // session 13's 16785403 (LEAN4, round A's default) and 16801787 (+ GRP5, round C's).
-  ASSERT_EQ(with_map.size(), 22u);
+  // (session 15: + 17326075, the default of sessions 13–14, now that EARLYPUT on it, 17334267, is the default)
+  ASSERT_EQ(with_map.size(), 23u);
   // With the map the default is the CTA-run kernel, 16 warps, copies issued by the last warp, the −1 rows as bulk
   // copies after the arrival (fill 4; fill 3 lost in the final run's tune), approximate keys, per-stream arrival word
   // and superblock rows instead of the cooperative launch, prob / map rows by bulk copies, the bias prepared once a
@@ -347,13 +348,14 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   // with a bias the LEAN selection with LEAN3's staging, WAITLEAN's wait loop and FASTDIV's tail (session 10 rounds 3
   // and 4: + 128 | 512 | 1024 | 2048 = 4091) and the last 4 warps' rows by register loads (session 12 rounds B and C:
   // + 16777216 = 16781307) and the LEAN4 selection (session 13 round A: + 4096 = 16785403) with GRP5's group ranks
-  // (session 13 rounds B and C: + 16384 = 16801787) and DRANK's candidate ranks (round D: + 524288 = 17326075): the
+  // (session 13 rounds B and C: + 16384 = 16801787) and DRANK's candidate ranks (round D: + 524288 = 17326075) and
+  // EARLYPUT's puts right after the bases' scan barrier (session 15 rounds B–D: + 8192 = 17334267): the
   // first point of the space; without the map the warp kernel.
   EXPECT_EQ(with_map[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
   EXPECT_EQ(specs[0].config[2], 4);
-  EXPECT_EQ(specs[0].config[3], 17326075);
+  EXPECT_EQ(specs[0].config[3], 17334267);
   EXPECT_EQ(specs[0].config[4], 16);
   EXPECT_EQ(specs[5].config[4], 0);
   auto find = [&](int warps, int fill, int tpt, int load) {
@@ -367,7 +369,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   for (const auto& s : {find(32, 3, 16, 0), find(16, 4, 16, 379), find(16, 3, 16, 379), find(16, 4, 16, 291),
                         find(16, 4, 16, 7), find(16, 5, 16, 0), find(16, 4, 16, 1), find(16, 4, 16, 355),
                         find(16, 4, 16, 3451), find(16, 4, 16, 4091), find(16, 4, 16, 16781307),
-                        find(16, 4, 16, 16785403), find(16, 4, 16, 16801787)})
+                        find(16, 4, 16, 16785403), find(16, 4, 16, 16801787), find(16, 4, 16, 17326075)})
     EXPECT_GT(detail::ensure_cubin(s, nullptr, false, counters).cubin.size(), 1000u) << s.describe();
   {  // (session 12: the Timeline's traced variants of 4091, with and without the prob / map row stores)
     for (int v : {static_cast<int>(kMoeRunTrace), kMoeRunTrace | kMoeRunNoRows}) {
@@ -384,7 +386,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     // (helper topk5: LEAN4, load 16785403 = 16781307 + 4096, and helper topk6's GRP5 + DRANK on it, 17326075 — the
     // default since session 13 round D — plain and traced)
     for (auto [load, v] : {std::pair{17326075, 0}, {17326075, static_cast<int>(kMoeRunTrace)},
-                           {16785403, static_cast<int>(kMoeRunTrace)}}) {
+                           {16785403, static_cast<int>(kMoeRunTrace)},
+                           {17334267, 0}, {17334267, static_cast<int>(kMoeRunTrace)}}) {  // (session 15: EARLYPUT)
       detail::Specialization t = specs[0];
       t.config[3] = load;
       t.config[5] = v;
@@ -394,7 +397,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     {
       detail::Specialization t = specs[0];
       t.params = {128, 6, 1, 8, 3, 0, 1, 0, 1, 0};
-      for (int load : {16785403, 16801787, 17326075}) {  // (and session 13's GRP5 and DRANK there)
+      for (int load : {16785403, 16801787, 17326075, 17334267}) {  // (and GRP5, DRANK, EARLYPUT there)
         t.config[3] = load;
         EXPECT_GT(detail::ensure_cubin(t, nullptr, false, counters).cubin.size(), 1000u) << t.describe();
       }

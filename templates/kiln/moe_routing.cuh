@@ -487,16 +487,16 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
                                                        const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
                                                        AfterLoads after_loads);
 // (FASTDIV: moe_div / moe_roundup for the runtime divisors; the same values)
-template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
-__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
-                                                AfterLoads after_loads = {}) {
+// moe_chunk_bases' loads: each thread's totals and prefixes of its EPT experts (the rows summed).
+template <int E, int NTH, bool FASTDIV = false>
+__device__ __forceinline__ void moe_chunk_rows(const MoeChunkMap& m, int c, int (&tot)[(E + NTH - 1) / NTH],
+                                               int (&pre)[(E + NTH - 1) / NTH]) {
   constexpr int EPT = (E + NTH - 1) / NTH;  // experts per thread (contiguous: the scan's order)
   constexpr int B = 16;
   const int sb = FASTDIV ? moe_div(c, m.super_chunks) : c / m.super_chunks;
   const int nsuper = FASTDIV ? moe_div(m.nchunks + m.super_chunks - 1, m.super_chunks)
                              : (m.nchunks + m.super_chunks - 1) / m.super_chunks;
   const int ncr = c - sb * m.super_chunks;  // chunk rows sb·SC … c − 1
-  int tot[EPT], pre[EPT];
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     tot[k] = pre[k] = 0;
@@ -524,6 +524,13 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
       }
     }
   }
+}
+template <int E, int NTH, class AfterLoads = MoeNoStamp, bool WARPPAD = false, bool FASTDIV = false>
+__device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int* base, int* warp_tot,
+                                                AfterLoads after_loads = {}) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
+  int tot[EPT], pre[EPT];
+  moe_chunk_rows<E, NTH, FASTDIV>(m, c, tot, pre);
   moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
@@ -571,6 +578,81 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
   }
   moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
   __syncthreads();  // base[]
+}
+
+// EARLYPUT (moe_routing_args.h kMoeRunEarlyPut): moe_chunk_bases_finish with the routed rows put right after the
+// block scan's one CTA barrier and no barrier after the outputs. Before that barrier each expert's thread stores its
+// base less the totals of the warps before its own — its warp-exclusive prefix of the padded counts plus its chunk
+// prefix — into part[e]; after it put(base_of) runs, where base_of(e) = part[e] + the totals of the warps before e's:
+// the same integer as moe_chunk_bases' base[e]. Then the outputs, as moe_chunk_bases_finish writes them.
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV, class Put>
+__device__ __forceinline__ void moe_chunk_bases_put(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
+                                                    const int (&pre)[(E + NTH - 1) / NTH], int* part, int* warp_tot,
+                                                    AfterLoads after_loads, Put put) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
+  constexpr int NWU = ((E + EPT - 1) / EPT + 31) / 32;  // the warps that hold experts
+  const int P = m.multiple_of;
+  int pc[EPT], local = 0;
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
+    local += pc[k];
+  }
+  after_loads(local + pre[0], 0);
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  int inc = local;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, inc, o);
+    if (lane >= o) inc += n;
+  }
+  if (lane == 31) warp_tot[w] = inc;
+  {
+    int o = inc - local;
+#pragma unroll
+    for (int k = 0; k < EPT; ++k) {
+      const int e = threadIdx.x * EPT + k;
+      if (e < E) part[e] = o + pre[k];
+      o += pc[k];
+    }
+  }
+  __syncthreads();  // (warp_tot, part)
+  int wt[NWU], before = 0, total = 0;
+#pragma unroll
+  for (int k = 0; k < NWU; ++k) {
+    wt[k] = warp_tot[k];
+    if (k < w) before += wt[k];
+    total += wt[k];
+  }
+  int off = before + inc - local;
+  after_loads(off, 1);
+  put([&](int e) {
+    const int we = (e / EPT) >> 5;
+    int b = part[e];
+#pragma unroll
+    for (int k = 0; k < NWU - 1; ++k) b += k < we ? wt[k] : 0;
+    return b;
+  });
+#pragma unroll
+  for (int k = 0; k < EPT; ++k) {
+    const int e = threadIdx.x * EPT + k;
+    if (e < E)
+      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
+                         WARPPAD ? nullptr : m.row_id_indices, m.num_out);
+    if constexpr (WARPPAD) {
+      if (m.row_id_indices) {
+        u32 mm = __ballot_sync(0xffffffffu, e < E && (FASTDIV && gridDim.x >= E ? e : e % gridDim.x) == c);
+        while (mm) {
+          const int src = __ffs(mm) - 1;
+          mm &= mm - 1u;
+          const int r0 = __shfl_sync(0xffffffffu, off + tot[k], src), r1 = __shfl_sync(0xffffffffu, off + pc[k], src);
+          for (int r = r0 + (threadIdx.x & 31); r < r1 && r < m.num_out; r += 32) m.row_id_indices[r] = -1;
+        }
+      }
+    }
+    off += pc[k];
+  }
+  moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
 }
 
 // The fused forward's grid-wide arrival (the whole grid is resident: the host checks): one thread spins until the
@@ -1091,6 +1173,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool TRACE = (V & kMoeRunTrace) != 0, NOFILL = (V & kMoeRunNoFill) != 0, NOROWS = (V & kMoeRunNoRows) != 0,
                  NOTAIL = (V & kMoeRunNoTail) != 0, NOWAIT = (V & (kMoeRunNoWait | kMoeRunNoZero)) != 0,
                  NOARRIVE = (V & kMoeRunNoArrive) != 0;
+  // EARLYPUT (moe_routing_args.h kMoeRunEarlyPut; session 15): the routed rows put right after the bases' scan barrier
+  // (moe_chunk_bases_put), each pick's expert and rank in the chunk read during the spin by the upper half's threads.
+  constexpr bool EARLYPUT = MAP && (V & kMoeRunPersist) != 0 && (V & kMoeRunEarlyPut) != 0;
   // COOP (config load bit 4, with ISSUELAST): a cooperative launch with no moe_route_zero before it; the kernel
   // zeroes the superblock rows itself behind a first grid barrier (waited for only before its atomics) and arrives at
   // the driver's grid-barrier word (kiln/grid_sync.cuh: needs no reset) instead of the workspace counter.
@@ -2296,6 +2381,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
     }
     stamp0(kMoeRunTrArrived);
+    // EARLYPUT: thread i0 (the upper half first) puts pick i0 (and i0 + NTH …); the first one's token, expert and rank
+    // among the chunk's tokens of that expert are read here, while thread 0 spins (the picks and token masks are final
+    // since the loop barrier).
+    const int i0 = EARLYPUT ? (static_cast<int>(threadIdx.x) + NTH / 2) % NTH : 0;
+    auto pick_of = [&](int i, int& t, int& e, int& rank) {
+      t = i / K;
+      e = picks[t * KP + i % K];
+      rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
+#pragma unroll
+      for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
+    };
+    int pt0 = 0, pe0 = 0, pr0 = 0;
+    if constexpr (EARLYPUT)
+      if (i0 < nct * K) pick_of(i0, pt0, pe0, pr0);
     if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
@@ -2342,15 +2441,31 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
-      moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, blockIdx.x, base,
-                                                         reinterpret_cast<int*>(run_smem + L.wtot), loaded);
-      stamp0(kMoeRunTrBases);
-      for (int i = threadIdx.x; i < nct * K; i += NTH) {
-        const int t = i / K, e = picks[t * KP + i % K];
-        int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
+      const int cb = blockIdx.x;
+      if constexpr (EARLYPUT) {
+        constexpr int EPTB = (E + NTH - 1) / NTH;
+        int tot[EPTB], pre[EPTB];
+        moe_chunk_rows<E, NTH, FASTDIV>(cm, cb, tot, pre);
+        moe_chunk_bases_put<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(
+            cm, cb, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded, [&](auto base_of) {
+              for (int i = i0; i < nct * K; i += NTH) {
+                int t = pt0, e = pe0, rank = pr0;
+                if (i != i0) pick_of(i, t, e, rank);
+                moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base_of(e) + rank);
+              }
+            });
+        stamp0(kMoeRunTrBases);
+      } else {
+        moe_chunk_bases<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(cm, cb, base,
+                                                           reinterpret_cast<int*>(run_smem + L.wtot), loaded);
+        stamp0(kMoeRunTrBases);
+        for (int i = threadIdx.x; i < nct * K; i += NTH) {
+          const int t = i / K, e = picks[t * KP + i % K];
+          int rank = __popc(emask[e * NMW + (t >> 5)] & ((1u << (t & 31)) - 1u));
 #pragma unroll
-        for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
-        moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+          for (int w = 0; w < NMW - 1; ++w) rank += w < (t >> 5) ? __popc(emask[e * NMW + w]) : 0;
+          moe_put_row(a.map, E, static_cast<i64>(tc0) + t, e, base[e] + rank);
+        }
       }
       stamp0(kMoeRunTrPut);
     }

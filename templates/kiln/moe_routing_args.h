@@ -107,6 +107,25 @@ enum : int {
   // p·E/16 as pick p; NOKEYS — neither keys nor selection (the same picks). What a faster selection can gain at most.
   kMoeRunNoSelect = 33554432,
   kMoeRunNoKeys = 67108864,
+  // (Session 15, helper topk9, round A: timing-only probes of the tail's count-row loads — NOHOT, the superblock-row
+  // loads aimed at chunk rows with ≈ 16 requesters a line: +1.81 µs (its wrong totals also made the outputs' tail
+  // write ≈ 61 k more entries); NOSB, no superblock rows: −0.11; no count rows at all: −0.78 — deleted: bench/NOTES.md.)
+  // (Round B: FULLQ / FULLH / FULLALL — the last quarter / half / all of the arrivals without a bulk −1 fill before
+  // their spin, their row_id_map rows written whole from shared memory after the puts — +0.35 / +0.69 / +0.80 µs:
+  // the whole rows' 8 MB at the end cost ≈ 1.5 µs of L2 writes; deleted: bench/NOTES.md.)
+  // (Round C: FILLTAIL / FILLTAILH — the bulk −1 rows issued after the spin, behind the count-row loads, by every CTA /
+  // by the last half of the arrivals — +0.80 / +0.24 µs: the fill's writes in flight hold the loads back (rows loaded
+  // 2.2 µs after the spin instead of 0.9); deleted: bench/NOTES.md.)
+  // EARLYPUT (session 15, helper topk9; outputs exact; config `load` bit 8192, on 17326075: 17334267, the default with
+  // the map since session 15 round D): the tail's routed rows put right after the bases' block-scan barrier (each
+  // expert's base less the warps-before total in shared memory beside the warp totals), by the upper half's threads
+  // first, each pick's expert and rank read during the spin; no CTA barrier before the puts nor after the outputs
+  // (moe_chunk_bases_put). Rounds B / C / D / E, one process: −0.05 / −0.13 / −0.21 / +0.08 µs against 17326075, lower
+  // in 25 / 31 / 58 / 13 of 41 / 41 / 61 / 61 rounds.
+  kMoeRunEarlyPut = 16384,
+  // (Round E: HELPFILL — the grid's first half, by an atomic claim before its release, also filling the bulk −1 rows of
+  // the second half's CTAs that had not claimed them yet — +0.51 µs: the claims and the helpers' extra fills delayed
+  // the last releases by ≈ 2 µs; deleted: bench/NOTES.md.)
   // LEAN (a candidate, outputs exact; config `load` bit 128, with the approximate keys on Ling's layout): the same
   // selection in fewer instructions and shorter dependent chains — the group's two best keys by a tree, the group
   // ranks and the kept groups' margin from one round of G shuffles (no lk / hd reductions), candidate positions

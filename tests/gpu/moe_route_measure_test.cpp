@@ -71,6 +71,27 @@ double quantile(std::vector<double> v, double p) {
   return v[static_cast<size_t>(p * static_cast<double>(v.size() - 1) + 0.5)];
 }
 
+// $KILN_ROUTE_ONLY (comma-separated substrings): only the configs whose names contain one of them, and the first (the
+// default) — a round's fragment times the rows it decides on without compiling the others.
+std::vector<RouteCfg> only(std::vector<RouteCfg> cfgs) {
+  const char* env = std::getenv("KILN_ROUTE_ONLY");
+  if (!env || !*env) return cfgs;
+  std::vector<std::string> pats;
+  for (std::string v = env; !v.empty();) {
+    const size_t k = v.find(',');
+    pats.push_back(v.substr(0, k));
+    v = k == std::string::npos ? std::string() : v.substr(k + 1);
+  }
+  std::vector<RouteCfg> out{cfgs[0]};
+  for (size_t i = 1; i < cfgs.size(); ++i)
+    for (const std::string& p : pats)
+      if (!p.empty() && std::string(cfgs[i].name).find(p) != std::string::npos) {
+        out.push_back(cfgs[i]);
+        break;
+      }
+  return out;
+}
+
 class MoeRouteMeasure : public GpuTest {
  protected:
   void SetUp() override {
@@ -87,7 +108,7 @@ constexpr int kBulkSt = kMoeRunBulkStore, kBiasPre = kMoeRunBiasPre, kPersist = 
               kFillTma = kMoeRunFillTma;
 
 TEST_F(MoeRouteMeasure, Ablation) {
-  const std::vector<RouteCfg> cfgs = {
+  const std::vector<RouteCfg> cfgs = only({
       // (session 12, helper topk3: nine candidates on 4091 in four rounds, none faster; helper topk4: REGROWS +1.27,
       // REGLATE8 −0.10, REGLATE8 + AFTER +0.79, REGPRE4 −0.20, deleted; REGLATE12 −0.22 / −0.23 in rounds B / C,
       // lower in 52 of 52 rounds: the default since — bench/NOTES.md)
@@ -100,14 +121,20 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // (session 14, helper topk8: sixteen candidates on 17326075 in rounds A – E — the load side, the arrival's spin
       // and fill, the counts, the tail's puts — none faster; deleted: bench/NOTES.md. The timing-only rows below say
       // what each phase costs at most.)
-      {"map: load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
+      // (session 15, helper topk9: EARLYPUT — the tail's puts right after the bases' scan barrier — the default since
+      // round D; round B: FULLQ / FULLH / FULLALL, whole rows written after the puts by the last quarter / half / all of
+      // the arrivals, +0.35 / +0.69 / +0.80 µs; round C: FILLTAIL / FILLTAILH, the bulk −1 rows after the spin,
+      // +0.80 / +0.24; round E: HELPFILL, the first half also filling the second half's −1 rows, +0.51: deleted —
+      // bench/NOTES.md)
+      {"map: load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
+      {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-      {"map: 17326075 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17326075},
-      {"map: 17326075 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17326075},
-      {"map: 17326075 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17326075},
-      {"map: 17326075 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17326075},
-  };
+      {"map: 17334267 - no selection", true, 16, 2, 4, 16, kMoeRunNoSelect, false, 17334267},
+      {"map: 17334267 - no tail", true, 16, 2, 4, 16, kNoTail, false, 17334267},
+      {"map: 17334267 - no -1 fill", true, 16, 2, 4, 16, kNoFill, false, 17334267},
+      {"map: 17334267 - no prob / map rows", true, 16, 2, 4, 16, kNoRows, false, 17334267},
+  });
 
 
 
@@ -244,10 +271,11 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 // One traced call after an L2 flush (two repeats) per config; an untraced call first (the outputs must match where
 // the config writes everything).
 TEST_F(MoeRouteMeasure, Timeline) {
-  const std::vector<RouteCfg> cfgs = {
-      {"load 17326075 (default)", true, 16, 2, 4, 16, 0, true, 17326075},
+  const std::vector<RouteCfg> cfgs = only({
+      {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
+      {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
-  };
+  });
 
 
 
