@@ -123,7 +123,7 @@ void L2Flusher::flush(Stream stream) { l2_flush(rt_, buffer_, kL2FlushBytes, sta
 void L2Flusher::empty(Stream stream) { empty_launch(rt_, static_cast<unsigned*>(sink_), stream); }
 
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
-                                  int repeats) {
+                                  int repeats, const std::function<void()>& before_flush) {
   // Warm-up: compilation, module load, first touch.
   for (int i = 0; i < warmup; ++i) fn(stream);
   check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
@@ -134,6 +134,7 @@ std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream 
     // each parity of the stream's launch count whatever ran before. Session 15: some kernels run 0.6-0.8 us slower at
     // one parity (the router GEMM forward, mode 2 at N = 7168; which parity is set by the process's history), and
     // every timed call of an unbalanced block shares one parity, so a row read the slow or the fast mode as a whole.
+    if (before_flush) before_flush();
     if (i & 1) l2.empty(stream);
     l2.flush(stream);
     start.record(stream);

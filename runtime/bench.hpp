@@ -94,9 +94,11 @@ class L2Flusher {
 };
 
 // Per-call microseconds of `fn`: `warmup` untimed calls, then `repeats` calls each timed with CUDA events on a cold
-// L2 (flushed just before). Synchronizes.
+// L2 (flushed just before), half of them at each parity of the stream's launch count (an empty launch before every
+// odd call's flush). `before_flush` (optional, measurement only) runs on the host before each timed call's flush.
+// Synchronizes.
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
-                                  int repeats);
+                                  int repeats, const std::function<void()>& before_flush = {});
 double median(std::vector<double> v);
 
 // "13.0" from 13000 (the encoding of cuDriverGetVersion and CUDA_VERSION: 1000 × major + 10 × minor).

@@ -117,6 +117,35 @@ __device__ __forceinline__ float warp_max(float v) {
   return v;
 }
 
+// Inclusive prefix sum of one int per lane over the full warp (5 shuffles; every lane must call it).
+__device__ __forceinline__ int warp_inclusive_scan(int v) {
+  const int lane = threadIdx.x & 31;
+#pragma unroll
+  for (int o = 1; o < 32; o <<= 1) {
+    const int n = __shfl_up_sync(0xffffffffu, v, o);
+    if (lane >= o) v += n;
+  }
+  return v;
+}
+// Exclusive block-wide scan of one int per thread (NTH threads); returns the prefix, `total` gets the sum. warp_tot:
+// NTH / 32 ints of shared memory. NWU: the warps whose values may be nonzero (the first NWU; the others hold 0).
+template <int NTH, int NWU = NTH / 32>
+__device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& total) {
+  const int w = threadIdx.x >> 5;
+  const int inc = warp_inclusive_scan(v);
+  if ((threadIdx.x & 31) == 31) warp_tot[w] = inc;
+  __syncthreads();
+  int before = 0;
+  total = 0;
+#pragma unroll
+  for (int k = 0; k < NWU; ++k) {
+    const int x = warp_tot[k];
+    if (k < w) before += x;
+    total += x;
+  }
+  return before + inc - v;
+}
+
 // ---- thread-block clusters (sm_90+) ------------------------------------------------------------------------------
 __device__ __forceinline__ void cluster_arrive() {
 #if __CUDA_ARCH__ >= 900

@@ -218,7 +218,6 @@ __global__ void __launch_bounds__(THREADS) moe_unpermute_kernel(const MoeUnpermu
 template <int E>
 __device__ __forceinline__ void expert_block_offsets(const int* offsets, int* b, int* warp_tot) {
   constexpr int EPT = (E + 255) / 256;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   int nb[EPT], local = 0;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
@@ -226,21 +225,8 @@ __device__ __forceinline__ void expert_block_offsets(const int* offsets, int* b,
     nb[k] = e < E ? (offsets[e + 1] - offsets[e] + 127) / 128 : 0;
     local += nb[k];
   }
-  int inc = local;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, inc, o);
-    if (lane >= o) inc += n;
-  }
-  if (lane == 31) warp_tot[w] = inc;
-  __syncthreads();
-  int run = inc - local, total = 0;
-#pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const int x = warp_tot[k];
-    if (k < w) run += x;
-    total += x;
-  }
+  int total;
+  int run = block_exclusive_scan<256>(local, warp_tot, total);
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;

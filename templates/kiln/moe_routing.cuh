@@ -288,12 +288,7 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
   {
     // Warp w scans expert blockIdx.x·32 + w over the 32 slices (lane = slice): 5 shuffles, all warps at once.
     const int x = part[lane][w];
-    int inc = x;
-#pragma unroll
-    for (int o = 1; o < 32; o <<= 1) {
-      const int n = __shfl_up_sync(0xffffffffu, inc, o);
-      if (lane >= o) inc += n;
-    }
+    const int inc = warp_inclusive_scan(x);
     part[lane][w] = inc - x;
     const int ew = blockIdx.x * 32 + w;
     if (lane == 31 && ew < E) a.counts[ew] = inc;
@@ -316,29 +311,6 @@ __global__ void __launch_bounds__(1024) moe_map_scan_kernel(const MoeMapScanArgs
   pdl_launch_dependents();
 }
 
-// Exclusive block-wide scan of one int per thread (NTH threads); returns the prefix, `total` gets the sum. warp_tot:
-// NTH / 32 ints of shared memory. NWU: the warps whose values may be nonzero (the first NWU; the others hold 0).
-template <int NTH, int NWU = NTH / 32>
-__device__ __forceinline__ int block_exclusive_scan(int v, int* warp_tot, int& total) {
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  int inc = v;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, inc, o);
-    if (lane >= o) inc += n;
-  }
-  if (lane == 31) warp_tot[w] = inc;
-  __syncthreads();
-  int before = 0;
-  total = 0;
-#pragma unroll
-  for (int k = 0; k < NWU; ++k) {
-    const int x = warp_tot[k];
-    if (k < w) before += x;
-    total += x;
-  }
-  return before + inc - v;
-}
 __device__ __forceinline__ int block_exclusive_scan256(int v, int* warp_tot, int& total) {
   return block_exclusive_scan<256>(v, warp_tot, total);
 }
@@ -534,30 +506,31 @@ __device__ __forceinline__ void moe_chunk_bases(const MoeChunkMap& m, int c, int
   moe_chunk_bases_finish<E, NTH, AfterLoads, WARPPAD, FASTDIV>(m, c, tot, pre, base, warp_tot, after_loads);
 }
 
-// moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
-template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
-__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
-                                                       const int (&tot)[(E + NTH - 1) / NTH],
-                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
-                                                       AfterLoads after_loads) {
-  constexpr int EPT = (E + NTH - 1) / NTH;
-  const int P = m.multiple_of;
-  int pc[EPT], local = 0;
+// The counts of a thread's EPT experts padded to the map's multiple P (pc); returns their sum.
+template <int EPT, bool FASTDIV>
+__device__ __forceinline__ int moe_padded_counts(int P, const int (&tot)[EPT], int (&pc)[EPT]) {
+  int local = 0;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
     local += pc[k];
   }
-  after_loads(local + pre[0], 0);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
-  int total;
-  // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
-  int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
-  after_loads(off, 1);
+  return local;
+}
+
+// The per-expert outputs of a thread's EPT experts from `off`, the padded offset of its first one (counts, offsets,
+// the padding rows of this CTA's experts with WARPPAD), then the map's tail; each(e, k, o) runs first for every expert
+// e < E (its k and padded offset o).
+template <int E, int NTH, bool WARPPAD, bool FASTDIV, class Each>
+__device__ __forceinline__ void moe_chunk_outputs(const MoeChunkMap& m, int c, const int (&tot)[(E + NTH - 1) / NTH],
+                                                  const int (&pc)[(E + NTH - 1) / NTH], int off, int total,
+                                                  Each each) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
 #pragma unroll
   for (int k = 0; k < EPT; ++k) {
     const int e = threadIdx.x * EPT + k;
     if (e < E) {
-      base[e] = off + pre[k];
+      each(e, k, off);
       moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
                          WARPPAD ? nullptr : m.row_id_indices, m.num_out);
     }
@@ -577,6 +550,24 @@ __device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int
     off += pc[k];
   }
   moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
+}
+
+// moe_chunk_bases' second half, from each thread's totals and prefixes of its EPT experts (the rows summed).
+template <int E, int NTH, class AfterLoads, bool WARPPAD, bool FASTDIV>
+__device__ __forceinline__ void moe_chunk_bases_finish(const MoeChunkMap& m, int c,
+                                                       const int (&tot)[(E + NTH - 1) / NTH],
+                                                       const int (&pre)[(E + NTH - 1) / NTH], int* base, int* warp_tot,
+                                                       AfterLoads after_loads) {
+  constexpr int EPT = (E + NTH - 1) / NTH;
+  int pc[EPT];
+  const int local = moe_padded_counts<EPT, FASTDIV>(m.multiple_of, tot, pc);
+  after_loads(local + pre[0], 0);  // (a trace stamp that waits for the loaded rows: TRACE of moe_route_run_kernel)
+  int total;
+  // Only the first ceil(E / EPT / 32) warps hold experts (the others add 0).
+  int off = block_exclusive_scan<NTH, ((E + EPT - 1) / EPT + 31) / 32>(local, warp_tot, total);
+  after_loads(off, 1);
+  moe_chunk_outputs<E, NTH, WARPPAD, FASTDIV>(m, c, tot, pc, off, total,
+                                              [&](int e, int k, int o) { base[e] = o + pre[k]; });
   __syncthreads();  // base[]
 }
 
@@ -591,22 +582,12 @@ __device__ __forceinline__ void moe_chunk_bases_put(const MoeChunkMap& m, int c,
                                                     AfterLoads after_loads, Put put) {
   constexpr int EPT = (E + NTH - 1) / NTH;
   constexpr int NWU = ((E + EPT - 1) / EPT + 31) / 32;  // the warps that hold experts
-  const int P = m.multiple_of;
-  int pc[EPT], local = 0;
-#pragma unroll
-  for (int k = 0; k < EPT; ++k) {
-    pc[k] = FASTDIV ? moe_roundup(tot[k], P) : (tot[k] + P - 1) / P * P;
-    local += pc[k];
-  }
+  int pc[EPT];
+  const int local = moe_padded_counts<EPT, FASTDIV>(m.multiple_of, tot, pc);
   after_loads(local + pre[0], 0);
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  int inc = local;
-#pragma unroll
-  for (int o = 1; o < 32; o <<= 1) {
-    const int n = __shfl_up_sync(0xffffffffu, inc, o);
-    if (lane >= o) inc += n;
-  }
-  if (lane == 31) warp_tot[w] = inc;
+  const int w = threadIdx.x >> 5;
+  const int inc = warp_inclusive_scan(local);
+  if ((threadIdx.x & 31) == 31) warp_tot[w] = inc;
   {
     int o = inc - local;
 #pragma unroll
@@ -633,26 +614,7 @@ __device__ __forceinline__ void moe_chunk_bases_put(const MoeChunkMap& m, int c,
     for (int k = 0; k < NWU - 1; ++k) b += k < we ? wt[k] : 0;
     return b;
   });
-#pragma unroll
-  for (int k = 0; k < EPT; ++k) {
-    const int e = threadIdx.x * EPT + k;
-    if (e < E)
-      moe_expert_outputs(e, off, tot[k], pc[k], c, m.counts, m.padded_counts, m.offsets,
-                         WARPPAD ? nullptr : m.row_id_indices, m.num_out);
-    if constexpr (WARPPAD) {
-      if (m.row_id_indices) {
-        u32 mm = __ballot_sync(0xffffffffu, e < E && (FASTDIV && gridDim.x >= E ? e : e % gridDim.x) == c);
-        while (mm) {
-          const int src = __ffs(mm) - 1;
-          mm &= mm - 1u;
-          const int r0 = __shfl_sync(0xffffffffu, off + tot[k], src), r1 = __shfl_sync(0xffffffffu, off + pc[k], src);
-          for (int r = r0 + (threadIdx.x & 31); r < r1 && r < m.num_out; r += 32) m.row_id_indices[r] = -1;
-        }
-      }
-    }
-    off += pc[k];
-  }
-  moe_map_outputs_tail<NTH>(E, total, c, m.offsets, m.row_id_indices, m.num_out);
+  moe_chunk_outputs<E, NTH, WARPPAD, FASTDIV>(m, c, tot, pc, off, total, [](int, int, int) {});
 }
 
 // The fused forward's grid-wide arrival (the whole grid is resident: the host checks): one thread spins until the

@@ -87,26 +87,9 @@ const PersistL2& persist_l2() {
 std::vector<double> timed_calls(const std::function<void(Stream)>& fn, detail::L2Flusher& l2, int warmup, int calls,
                                 bool cold) {
   if (!cold) return detail::time_calls_us(fn, nullptr, l2, warmup, calls);
-  for (int i = 0; i < warmup; ++i) fn(nullptr);
-  synchronize();
-  CUevent e0, e1;
-  detail::check(detail::driver().cuEventCreate(&e0, CU_EVENT_DEFAULT), "cuEventCreate");
-  detail::check(detail::driver().cuEventCreate(&e1, CU_EVENT_DEFAULT), "cuEventCreate");
-  std::vector<double> us;
-  for (int i = 0; i < calls; ++i) {
+  return detail::time_calls_us(fn, nullptr, l2, warmup, calls, [] {
     detail::check(persist_l2().reset(), "cuCtxResetPersistingL2Cache");
-    l2.flush(nullptr);
-    detail::check(detail::driver().cuEventRecord(e0, nullptr), "cuEventRecord");
-    fn(nullptr);
-    detail::check(detail::driver().cuEventRecord(e1, nullptr), "cuEventRecord");
-    detail::check(detail::driver().cuEventSynchronize(e1), "cuEventSynchronize");
-    float ms = 0;
-    detail::check(detail::driver().cuEventElapsedTime(&ms, e0, e1), "cuEventElapsedTime");
-    us.push_back(ms * 1e3);
-  }
-  detail::driver().cuEventDestroy(e0);
-  detail::driver().cuEventDestroy(e1);
-  return us;
+  });
 }
 
 void force(const StreamCfg& c) {
