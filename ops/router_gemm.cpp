@@ -105,8 +105,6 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     name = fmt::format("kiln::router_gemm_fwd_tma_xmc_kernel<{}, {}, {}, {}, {}, {}, {}>", s.params[P_K],
                        s.params[P_E], s.config[C_WM], s.config[C_STAGES], s.config[C_BK] / 64,
                        xmc_pingpong(s) ? 1 : 0, s.config[C_WN]);
-    if (s.config[C_BK] % 64)  // measurement (session 16): bk = 64 + SKEW, the odd clusters' ring SKEW stages shorter
-      name.insert(name.size() - 1, fmt::format(", {}", s.config[C_BK] % 64));
     return;
   }
   if (is_dx_tma(s.kernel) || is_dw_tma(s.kernel)) {  // dx: wn = cluster (w multicast); dw: wn = most T splits
@@ -228,9 +226,8 @@ bool valid(const Specialization& s) {
     return has_wgmma(s.arch) && E <= 256 && E % 16 == 0 && c[C_BN] == E / 2 && (c[C_WM] == 1 || c[C_WM] == 2) &&
            (c[C_BM] == 64 * c[C_WM] || xmc_pingpong(s)) &&
            (c[C_WN] == 2 || (c[C_WN] == 4 && E % 32 == 0)) &&
-           (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256 ||
-            (c[C_BK] > 64 && c[C_BK] < 64 + c[C_STAGES] - 3 && c[C_BM] == 128 && c[C_WM] == 2)) &&
-           c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 && c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
+           (c[C_BK] == 64 || c[C_BK] == 128 || c[C_BK] == 256) && c[C_BK] / 64 <= c[C_STAGES] && c[C_STAGES] >= 2 &&
+           c[C_STAGES] <= 12 && smem_bytes(s) <= smem_limit(s.arch);
   if (is_dx_tma(s.kernel))  // 64 tokens (cluster of 1/2/4) or 128 tokens × half the columns (no cluster) a unit,
                             // 256-column blocks, 2 consumers, 2–6 stages
     return has_wgmma(s.arch) && E <= 256 && (c[C_BM] == 64 || (c[C_BM] == 128 && c[C_WN] == 1)) &&

@@ -381,11 +381,7 @@ __global__ void __launch_bounds__((1 + WGM * WGN) * 128, 1)
 //  * kRgEpiTmaPipe (with kRgEpiTma, E/2 = 128): a TMA-storing warp stages and stores its four 16 × 32 boxes one at a
 //    time (a fence and a store each), so its first box leaves after a quarter of the staging. Same bits.
 //  * kRgSkipLoad / kRgSkipMma (bench only): the producer arrives on the full barriers without bytes / no wgmma.
-//  * SKEW > 0 (measurement, session 16; config bk = 64 + SKEW): the odd clusters run their ring over STAGES − SKEW
-//    stages — fewer x bytes in flight, so a smaller share of DRAM: the even clusters finish their loads first and store
-//    their logits while the odd ones still load, and only half of the 8.4 MB burst is left after the last chunk. Same
-//    MMAs in the same order: the same bits. SKEW = 0 is the kernel as before (depth is the constant STAGES).
-template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2, int SKEW = 0>
+template <int K, int E, int WGM, int STAGES, int ISSUE = 1, int PP = 0, int CL = 2>
 __global__ void __launch_bounds__((1 + WGM) * 128, 1)
     router_gemm_fwd_tma_xmc_kernel(const __grid_constant__ RouterGemmFwdTmaArgs a) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -395,7 +391,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   static_assert((ISSUE == 1 || ISSUE == 2 || ISSUE == 4) && ISSUE <= STAGES, "ISSUE: 1, 2 or 4 stages at once");
   static_assert(PP == 0 || WGM == 2, "ping-pong: two consumer warpgroups");
   static_assert(CL == 2 || (CL == 4 && E % 32 == 0), "clusters of 2, or of 4 (E % 32 == 0)");
-  static_assert(SKEW == 0 || (ISSUE == 1 && PP == 0 && STAGES - SKEW >= 4), "SKEW: one stage a request, no ping-pong");
   constexpr int WR = EH / TPG;  // w rows a CTA fetches (its share of its expert half)
   constexpr int READERS = (PP ? 1 : WGM) * CL;  // consumer warpgroups (of the cluster) that release each stage
   constexpr int A_BYTES = BM * 128, B_BYTES = ((EH * 128 + 1023) / 1024) * 1024, STAGE = A_BYTES + B_BYTES;
@@ -469,7 +464,6 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
   // The warpgroup index made warp-uniform by a shuffle (as CUTLASS does): the compiler then keeps the ring state, the
   // barrier addresses and the wgmma descriptors in uniform registers (session 10: no R2UR left in the chunk loop).
   const int wg = __shfl_sync(0xffffffffu, tid / 128, 0);
-  const int depth = SKEW && (cluster & 1) ? STAGES - SKEW : STAGES;  // the stages this CTA's ring runs over
   if (wg == 0) {  // producer
     if constexpr (WGM > 1) setmaxnreg_dec<40>();
     if (tid == 0) {
@@ -490,7 +484,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
           if (trace && !t_pre) t_pre = rgt::clk();
           fill(t, j, s);
           if (trace && !t_first) t_first = rgt::clk();
-          if (++s == depth) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
+          if (++s == STAGES) {  // (not next_stage: through it, two instructions of this kernel's SASS move)
             s = 0;
             phase ^= 1;
           }
@@ -513,9 +507,9 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
       // still target this CTA's barriers, and every multicast write into its stages has landed (its consumers waited
       // for each): the CTA may leave as soon as its own threads are done.
       if (flags & kRgNoExitSync)
-        for (int i = 0; i < depth; ++i) {
+        for (int i = 0; i < STAGES; ++i) {
           ring.wait_empty(s, phase);
-          if (++s == depth) {
+          if (++s == STAGES) {
             s = 0;
             phase ^= 1;
           }
@@ -569,7 +563,7 @@ __global__ void __launch_bounds__((1 + WGM) * 128, 1)
         // the previous chunk's MMAs are done: release its stage in every CTA that wrote into it
         if (releaser && prev >= 0) rgt::mbar_arrive_remote(rel0 + 8 * prev);
         prev = s;
-        if (++s == depth) {
+        if (++s == STAGES) {
           s = 0;
           phase ^= 1;
         }
