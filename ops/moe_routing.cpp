@@ -80,12 +80,14 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
 // session 13 round D) and session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier; in the
 // default since session 15 round D), session 16's 1048576 VALROWS (with EARLYPUT: the count rows polled until their
-// sums validate them, no release and no spin) and 2097152 VALNAP (with VALROWS: 256 ns between poll rounds) — and the
-// measurement variant bits of the unnamed config field 5.
+// sums validate them, no release and no spin), 2097152 VALNAP (with VALROWS: 256 ns between poll rounds) and 4194304
+// VALFILL8 (with VALROWS: the bulk −1 copies one a warp by the upper half's warps) — and the measurement variant bits
+// of the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunValRows = 1048576, kRunValNap = 2097152;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunValRows = 1048576, kRunValNap = 2097152,
+              kRunValFill8 = 4194304;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -97,7 +99,7 @@ int run_bits(const Specialization& s) {
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
                                            {kRunEarlyPut, kMoeRunEarlyPut}, {kRunValRows, kMoeRunValRows},
-                                           {kRunValNap, kMoeRunValNap}};
+                                           {kRunValNap, kMoeRunValNap}, {kRunValFill8, kMoeRunValFill8}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -381,6 +383,10 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
                                                          kRunEarlyPut | kRunValRows | kRunValNap,
                                  kFusedFillLate},  // (session 16: + VALROWS + VALNAP)
+                                {lean == (s9 | wf) ? lean
+                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
+                                                         kRunEarlyPut | kRunValRows | kRunValFill8,
+                                 kFusedFillLate},  // (session 16: + VALROWS + VALFILL8)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -694,7 +700,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                    kRunEarlyPut | kRunValRows | kRunValNap)) |
+                                                    kRunEarlyPut | kRunValRows | kRunValNap | kRunValFill8)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -26,7 +26,7 @@ echo "ablation rc=$? ($(el))"
 grep -E "FAILED|Failure|differing" "$O/measure.txt" | head -2
 grep -E "^\s+map: load [0-9]+ \(default\)" "$O/measure.txt" | head -1 | sed 's/  */ /g' | cut -c1-90
 grep -E "\[vs default\]" "$O/measure.txt" | sed 's/  */ /g; s/\[vs default\] map: //' | cut -c1-100
-if [ $(( $(date +%s) - s0 )) -lt 70 ]; then
+if [ $(( $(date +%s) - s0 )) -lt 75 ]; then
   KILN_ROUTE_ONLY=${TL_ONLY:-VALROWS} timeout 30 stdbuf -oL $T --gtest_filter='MoeRouteMeasure.Timeline' > "$O/timeline.txt" 2>&1
   echo "timeline rc=$? ($(el))"
   tl_summary "$O/timeline.txt" | cut -c1-170

@@ -1186,6 +1186,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // warps' partial sums), E a multiple of 128 (whole 16-byte loads a lane) and at most a thread an expert.
   constexpr bool VALROWS = EARLYPUT && (V & kMoeRunValRows) != 0;
   constexpr bool VALNAP = VALROWS && (V & kMoeRunValNap) != 0;
+  // VALFILL8 (moe_routing_args.h kMoeRunValFill8, with VALROWS and FILLTMA at fill 4): the bulk −1 copies issued one a
+  // warp by lane 0 of warps W/2 … W − 1 instead of all by thread 0, whose warp's rows are then not validated until
+  // its whole issue is done (≈ 0.5–1.3 µs on a late CTA's busy copy engine: session 14).
+  constexpr bool VALFILL8 = VALROWS && FM == 4 && (V & kMoeRunFillTma) != 0 && (V & kMoeRunValFill8) != 0;
   static_assert(!VALROWS || ((V & kMoeRunLean3) != 0 && E % 128 == 0 && E <= NTH && !COOP),
                 "VALROWS: on LEAN3's staging, E a multiple of 128, a thread an expert");
   static_assert(!VALROWS || 2 * W * E * 4 <= L.bias - L.rows, "VALROWS: the warps' sums fit the rows region");
@@ -1433,7 +1437,20 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncthreads();
-      if (threadIdx.x == 0) {
+      if constexpr (VALFILL8) {
+        // (copy j by lane 0 of warp W/2 + j mod W/2)
+        if (lane == 0 && warp >= W / 2) {
+          const i64 bytes = static_cast<i64>(nct) * E * 4;
+          for (i64 o = static_cast<i64>(warp - W / 2) * FB; o < bytes; o += static_cast<i64>(W / 2) * FB) {
+            const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
+            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(
+                             reinterpret_cast<u8*>(rr) + o),
+                         "r"(smem_u32(fb)), "r"(nb)
+                         : "memory");
+          }
+          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
+        }
+      } else if (threadIdx.x == 0) {
         const i64 bytes = static_cast<i64>(nct) * E * 4;
         for (i64 o = 0; o < bytes; o += FB) {
           const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
@@ -2520,9 +2537,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
-        if (threadIdx.x == 0) {
+        if (VALFILL8 ? lane == 0 && warp >= W / 2 : threadIdx.x == 0) {
           asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-          if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
+          if constexpr (TRACE)
+            if (threadIdx.x == (VALFILL8 ? NTH - 32 : 0)) tr[kMoeRunTrFillDone] = gns();
         }
       }
       const int cb = blockIdx.x;

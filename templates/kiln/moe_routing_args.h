@@ -140,6 +140,9 @@ enum : int {
   // PERSIST's parity. VALNAP (2097152, with VALROWS: 20479995): a 256-ns sleep between a warp's poll rounds.
   kMoeRunValRows = 1048576,
   kMoeRunValNap = 2097152,
+  // VALFILL8 (4194304, with VALROWS: 22577147): the bulk −1 copies issued one a warp by warps W/2 … W − 1 (thread 0's
+  // warp validates its rows without waiting for the whole issue).
+  kMoeRunValFill8 = 4194304,
   // (Round E: HELPFILL — the grid's first half, by an atomic claim before its release, also filling the bulk −1 rows of
   // the second half's CTAs that had not claimed them yet — +0.51 µs: the claims and the helpers' extra fills delayed
   // the last releases by ≈ 2 µs; deleted: bench/NOTES.md.)

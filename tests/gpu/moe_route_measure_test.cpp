@@ -131,6 +131,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // release and no spin — and VALNAP, its poll rounds 256 ns apart)
       {"map: load 18382843 (+ VALROWS)", true, 16, 2, 4, 16, 0, true, 18382843},
       {"map: load 20479995 (+ VALROWS + VALNAP)", true, 16, 2, 4, 16, 0, true, 20479995},
+      {"map: load 22577147 (+ VALROWS + VALFILL8)", true, 16, 2, 4, 16, 0, true, 22577147},
       {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
@@ -279,6 +280,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
       {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
       {"load 18382843 (+ VALROWS)", true, 16, 2, 4, 16, 0, true, 18382843},
       {"load 20479995 (+ VALROWS + VALNAP)", true, 16, 2, 4, 16, 0, true, 20479995},
+      {"load 22577147 (+ VALROWS + VALFILL8)", true, 16, 2, 4, 16, 0, true, 22577147},
       {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   });
