@@ -79,15 +79,12 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
 // session 13 round D) and session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier; in the
-// default since session 15 round D), session 16's 1048576 VALROWS (with EARLYPUT: the count rows polled until their
-// sums validate them, no release and no spin), 2097152 VALNAP (with VALROWS: 256 ns between poll rounds) and 4194304
-// VALFILL8 (with VALROWS: the bulk −1 copies one a warp by the upper half's warps) — and the measurement variant bits
-// of the unnamed config field 5.
+// default since session 15 round D) — and the measurement variant bits of
+// the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunValRows = 1048576, kRunValNap = 2097152,
-              kRunValFill8 = 4194304;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -98,8 +95,7 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunValRows, kMoeRunValRows},
-                                           {kRunValNap, kMoeRunValNap}, {kRunValFill8, kMoeRunValFill8}};
+                                           {kRunEarlyPut, kMoeRunEarlyPut}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -375,18 +371,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
                                  kFusedFillLate},  // (session 15 round D: + EARLYPUT, the default)
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunValRows,
-                                 kFusedFillLate},  // (session 16: + VALROWS)
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunValRows | kRunValNap,
-                                 kFusedFillLate},  // (session 16: + VALROWS + VALNAP)
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunValRows | kRunValFill8,
-                                 kFusedFillLate},  // (session 16: + VALROWS + VALFILL8)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -588,22 +572,12 @@ struct RouteState {
   int* rows;  // [2][half]
   int64_t half;
 };
-RouteState route_state_of(const void* owner, Runtime::Impl& impl, Stream stream, int64_t half) {
-  const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
-  const auto buf = impl.stream_state(owner, stream, 128 + static_cast<size_t>(2 * h) * 4);
-  int* base = reinterpret_cast<int*>(buf.ptr);
-  return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
-}
 RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
   static const char owner = 0;  // (the state's name in the runtime's table)
-  return route_state_of(&owner, impl, stream, half);
-}
-// VALROWS' chunk rows (moe_routing_args.h kMoeRunValRows): a state of the same layout — its own arrival word, whose
-// top bit picks the half of chunk rows a VALROWS call stores into (the other half zeroed for the next one) — apart
-// from route_state's, so that the calls of other variants on the stream neither touch nor zero it.
-RouteState route_chunk_state(Runtime::Impl& impl, Stream stream, int64_t half) {
-  static const char owner = 0;
-  return route_state_of(&owner, impl, stream, half);
+  const int64_t h = (half + 3) / 4 * 4;  // (16-byte units: the kernel zeroes by 16 B)
+  const auto buf = impl.stream_state(&owner, stream, 128 + static_cast<size_t>(2 * h) * 4);
+  int* base = reinterpret_cast<int*>(buf.ptr);
+  return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
 }
 
 }  // namespace
@@ -700,7 +674,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                    kRunEarlyPut | kRunValRows | kRunValNap | kRunValFill8)) |
+                                                    kRunEarlyPut)) |
                              kRunCoop | kRunIssueLast;
         }
       }
@@ -728,12 +702,6 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         a.super = rs.rows;
         a.map.super = rs.rows;  // (the kernel picks the call's half)
         a.persist_half = static_cast<int>(rs.half);
-        if (run_bits(s) & kMoeRunValRows) {
-          const RouteState cs = route_chunk_state(impl, stream, NC * E);
-          a.carrive = reinterpret_cast<unsigned*>(cs.arrive);
-          a.crows = cs.rows;
-          a.chunk_half = static_cast<int>(cs.half);
-        }
       }
       a.run_tokens = static_cast<int>(n);
       if (s.config[C_VARIANT] & kMoeRunTrace) {

@@ -1181,18 +1181,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
-  // VALROWS / VALNAP (moe_routing_args.h kMoeRunValRows / kMoeRunValNap; session 16): the count rows polled by every
-  // warp until their sums validate them, no release and no spin; on EARLYPUT and LEAN3 (the rows region holds the
-  // warps' partial sums), E a multiple of 128 (whole 16-byte loads a lane) and at most a thread an expert.
-  constexpr bool VALROWS = EARLYPUT && (V & kMoeRunValRows) != 0;
-  constexpr bool VALNAP = VALROWS && (V & kMoeRunValNap) != 0;
-  // VALFILL8 (moe_routing_args.h kMoeRunValFill8, with VALROWS and FILLTMA at fill 4): the bulk −1 copies issued one a
-  // warp by lane 0 of warps W/2 … W − 1 instead of all by thread 0, whose warp's rows are then not validated until
-  // its whole issue is done (≈ 0.5–1.3 µs on a late CTA's busy copy engine: session 14).
-  constexpr bool VALFILL8 = VALROWS && FM == 4 && (V & kMoeRunFillTma) != 0 && (V & kMoeRunValFill8) != 0;
-  static_assert(!VALROWS || ((V & kMoeRunLean3) != 0 && E % 128 == 0 && E <= NTH && !COOP),
-                "VALROWS: on LEAN3's staging, E a multiple of 128, a thread an expert");
-  static_assert(!VALROWS || 2 * W * E * 4 <= L.bias - L.rows, "VALROWS: the warps' sums fit the rows region");
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1411,10 +1399,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       u32 w;
       asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
       reinterpret_cast<u32*>(smisc)[1] = w >> 31;  // (read after the loop barrier)
-      if constexpr (VALROWS) {  // (VALROWS: the chunk rows' half, from their own arrival word)
-        asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.carrive) : "memory");
-        reinterpret_cast<u32*>(smisc)[2] = w >> 31;
-      }
     }
   }
   if constexpr (!ISSUE0) issue_rows();
@@ -1437,20 +1421,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       for (int q = threadIdx.x; q < FB / 16; q += NTH) sts16(smem_u32(fb + 16 * q), m1);
       asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
       __syncthreads();
-      if constexpr (VALFILL8) {
-        // (copy j by lane 0 of warp W/2 + j mod W/2)
-        if (lane == 0 && warp >= W / 2) {
-          const i64 bytes = static_cast<i64>(nct) * E * 4;
-          for (i64 o = static_cast<i64>(warp - W / 2) * FB; o < bytes; o += static_cast<i64>(W / 2) * FB) {
-            const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
-            asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(
-                             reinterpret_cast<u8*>(rr) + o),
-                         "r"(smem_u32(fb)), "r"(nb)
-                         : "memory");
-          }
-          asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-        }
-      } else if (threadIdx.x == 0) {
+      if (threadIdx.x == 0) {
         const i64 bytes = static_cast<i64>(nct) * E * 4;
         for (i64 o = 0; o < bytes; o += FB) {
           const u32 nb = static_cast<u32>(bytes - o < FB ? bytes - o : FB);
@@ -2336,14 +2307,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     int c = 0;
 #pragma unroll
     for (int w = 0; w < NMW; ++w) c += __popc(emask[e * NMW + w]);
-    if constexpr (VALROWS) {
-      // (VALROWS: the chunk row in the half of this call's chunk parity, by a relaxed store — the pollers' relaxed
-      // loads race with it — over the zeros the previous VALROWS call left there)
-      const u32 cpar = reinterpret_cast<const u32*>(smisc)[2];
-      int* crow = a.crows + static_cast<i64>(cpar) * a.chunk_half + static_cast<i64>(blockIdx.x) * E;
-      asm volatile("st.relaxed.gpu.global.u32 [%0], %1;" ::"l"(crow + e), "r"(c) : "memory");
-      if (c) atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
-    } else if constexpr (MAP) {
+    if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = c;
       if (c) atomicAdd(&superp[static_cast<i64>(csb) * E + e], c);
     } else {
@@ -2355,93 +2319,17 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
     if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
-    } else if constexpr (VALROWS) {
-      // VALROWS: no release — the rows validate themselves — but the self-resetting counts still advance (PERSIST's
-      // parity for the superblock halves, and the chunk rows' own), by relaxed adds.
-      __syncthreads();
-      if (threadIdx.x == 0) {
-        const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-        asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(a.arrive), "r"(nb) : "memory");
-        asm volatile("red.relaxed.gpu.global.add.u32 [%0], %1;" ::"l"(a.carrive), "r"(nb) : "memory");
-      }
     } else {
       __syncthreads();
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
-    // VALROWS: the count rows this CTA reads — the nsup superblock rows (all into the totals, those before the CTA's
-    // superblock also into its prefix), then the ncr chunk rows of its superblock before it (into the prefix) — in
-    // one list; warp w polls rows w and W + w of each 2W of the list, lane l the 16-byte pieces q·32 + l of a row. A
-    // row is complete when its sum is K × its tokens (superblock rows only grow from zero; a chunk row is zero or
-    // final), whatever snapshot its loads saw. The first loads go out right after the counts, before the −1 fill.
-    constexpr int VPL = VALROWS ? E / 128 : 1;
-    Vec16 va[VPL], vb[VPL];
-    // (the warp's sums of its validated rows: the rows region, free since the loop barrier — [W][E] totals, then [W][E]
-    // prefixes; a lane's own 16-byte pieces only, so no warp sync)
-    int* const vsum = reinterpret_cast<int*>(run_smem + L.rows) + warp * E + 4 * lane;
-    const u32 vcpar = VALROWS ? reinterpret_cast<const u32*>(smisc)[2] : 0u;
-    const int vncr = blockIdx.x - csb * a.super_chunks;
-    const int vrows = nsup + vncr;
-    auto vrow_ptr = [&](int r) -> const int* {
-      return r < nsup ? superp + static_cast<i64>(r) * E
-                      : a.crows + static_cast<i64>(vcpar) * a.chunk_half +
-                            static_cast<i64>(csb * a.super_chunks + (r - nsup)) * E;
-    };
-    auto vrow_want = [&](int r) -> u32 {  // K × the row's tokens
-      const int span = r < nsup ? a.super_chunks * a.run_tokens : a.run_tokens;
-      const int t0 = r < nsup ? r * span : (csb * a.super_chunks + (r - nsup)) * a.run_tokens;
-      return static_cast<u32>(K * min(span, a.T - t0));
-    };
-    auto vissue = [&](int r, Vec16 (&v)[VPL]) {
-      if (r >= vrows) return;
-      const int* p = vrow_ptr(r) + 4 * lane;
-#pragma unroll
-      for (int q = 0; q < VPL; ++q)
-        asm volatile("ld.relaxed.gpu.global.v4.u32 {%0,%1,%2,%3}, [%4];"
-                     : "=r"(v[q].w[0]), "=r"(v[q].w[1]), "=r"(v[q].w[2]), "=r"(v[q].w[3])
-                     : "l"(p + 128 * q)
-                     : "memory");
-    };
-    // A row's snapshot: complete (warp-uniform) → added into the lane's totals / prefixes.
-    auto vtake = [&](int r, const Vec16 (&v)[VPL]) -> bool {
-      u32 sum = 0;
-#pragma unroll
-      for (int q = 0; q < VPL; ++q) sum += v[q].w[0] + v[q].w[1] + v[q].w[2] + v[q].w[3];
-      if (__reduce_add_sync(ALL, sum) != vrow_want(r)) return false;
-      const bool tot = r < nsup, pre = r >= nsup || r < csb;
-      auto add = [&](int* p) {
-#pragma unroll
-        for (int q = 0; q < VPL; ++q) {
-          Vec16 x = lds16(smem_u32(p + 128 * q));
-#pragma unroll
-          for (int i = 0; i < 4; ++i) x.w[i] += v[q].w[i];
-          sts16(smem_u32(p + 128 * q), x);
-        }
-      };
-      if (tot) add(vsum);
-      if (pre) add(vsum + W * E);
-      return true;
-    };
-    if constexpr (VALROWS) {
-      vissue(warp, va);
-      vissue(W + warp, vb);
-#pragma unroll
-      for (int q = 0; q < VPL; ++q) {
-        sts16(smem_u32(vsum + 128 * q), Vec16{{0u, 0u, 0u, 0u}});
-        sts16(smem_u32(vsum + W * E + 128 * q), Vec16{{0u, 0u, 0u, 0u}});
-      }
-    }
     if constexpr (PERSIST) {
       // The other half for the next call on the stream, whole (the previous call used it, perhaps with more
       // superblock rows than this one; it has completed), while the CTA waits for the others.
       int* other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
       for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
         store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
-      if constexpr (VALROWS) {  // (and the other half of the chunk rows, for the next VALROWS call)
-        int* cother = a.crows + static_cast<i64>(vcpar ^ 1u) * a.chunk_half;
-        for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.chunk_half; i += 4 * gridDim.x * NTH)
-          store16(cother + i, Vec16{{0u, 0u, 0u, 0u}});
-      }
     }
     if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
@@ -2469,34 +2357,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     int pt0 = 0, pe0 = 0, pr0 = 0;
     if constexpr (EARLYPUT)
       if (i0 < nct * K) pick_of(i0, pt0, pe0, pr0);
-    if constexpr (VALROWS) {
-      // The poll rounds: each warp re-loads its rows that did not validate (VALNAP: 256 ns apart) until both do, then
-      // the next 2W of the list (none at T ≤ 8192: ≤ 16 superblock + ≤ 15 chunk rows); its sums are in shared memory
-      // for the bases after the CTA barrier.
-      u32 rounds = 0;
-      for (int rb = 0; rb < vrows; rb += 2 * W) {
-        const int ra = rb + warp, rbb = rb + W + warp;
-        if (rb > 0) {
-          vissue(ra, va);
-          vissue(rbb, vb);
-        }
-        bool pa = ra < vrows, pb = rbb < vrows;
-        for (u32 it = 0;; ++it) {
-          if (pa && vtake(ra, va)) pa = false;
-          if (pb && vtake(rbb, vb)) pb = false;
-          if (!pa && !pb) break;
-          if (it == (1u << 22)) __trap();  // (rows that never validate: a wait that never ends)
-          if constexpr (VALNAP) __nanosleep(256);
-          if (pa) vissue(ra, va);
-          if (pb) vissue(rbb, vb);
-          ++rounds;
-        }
-      }
-      if constexpr (TRACE)
-        if (threadIdx.x == 0) tr[kMoeRunTrPolls] = rounds;
-      __syncthreads();
-      stamp0(kMoeRunTrWaited);
-    } else if constexpr (COOP) {
+    if constexpr (COOP) {
       if constexpr (NOWAIT) __syncthreads();
       else grid_barrier_wait(coop_tok);
       stamp0(kMoeRunTrWaited);
@@ -2537,30 +2398,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if constexpr (FILLTMA) {
         // The bulk −1 rows complete (long since) before the routed entries are stored over them (the bases' CTA
         // barriers order the puts after this).
-        if (VALFILL8 ? lane == 0 && warp >= W / 2 : threadIdx.x == 0) {
+        if (threadIdx.x == 0) {
           asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-          if constexpr (TRACE)
-            if (threadIdx.x == (VALFILL8 ? NTH - 32 : 0)) tr[kMoeRunTrFillDone] = gns();
+          if constexpr (TRACE) tr[kMoeRunTrFillDone] = gns();
         }
       }
       const int cb = blockIdx.x;
       if constexpr (EARLYPUT) {
         constexpr int EPTB = (E + NTH - 1) / NTH;
         int tot[EPTB], pre[EPTB];
-        if constexpr (VALROWS) {
-          // (the warps' partial sums of the validated rows: EPTB = 1)
-          const int* ptot = reinterpret_cast<const int*>(run_smem + L.rows);
-          tot[0] = pre[0] = 0;
-          if (threadIdx.x < E) {
-#pragma unroll
-            for (int w = 0; w < W; ++w) {
-              tot[0] += ptot[w * E + threadIdx.x];
-              pre[0] += ptot[(W + w) * E + threadIdx.x];
-            }
-          }
-        } else {
-          moe_chunk_rows<E, NTH, FASTDIV>(cm, cb, tot, pre);
-        }
+        moe_chunk_rows<E, NTH, FASTDIV>(cm, cb, tot, pre);
         moe_chunk_bases_put<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(
             cm, cb, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded, [&](auto base_of) {
               for (int i = i0; i < nct * K; i += NTH) {

@@ -56,12 +56,6 @@ struct MoeRouteArgs {
   unsigned long long* trace;   // moe_route_run_kernel's TRACE variant only: kMoeRunTraceSlots u64 a CTA
   int persist_half;            // PERSIST: ints in each half of the per-stream superblock rows (zeroed whole for the
                                // next call)
-  // VALROWS (kMoeRunValRows): the chunk rows in a per-stream state of their own — an arrival word (int 0 of a 128-byte
-  // header: the same self-resetting count as a.arrive, its top bit picks the half) and two halves of chunk_half ints
-  // after it; a call stores its chunk rows into its half and zeroes the other one whole for the next VALROWS call.
-  unsigned* carrive;
-  int* crows;
-  int chunk_half;
 };
 
 // moe_route_run_kernel's measurement variants (template argument V, set through the Specialization's unnamed config
@@ -129,20 +123,12 @@ enum : int {
   // (moe_chunk_bases_put). Rounds B / C / D / E, one process: −0.05 / −0.13 / −0.21 / +0.08 µs against 17326075, lower
   // in 25 / 31 / 58 / 13 of 41 / 41 / 61 / 61 rounds.
   kMoeRunEarlyPut = 16384,
-  // VALROWS (session 16, helper topk10; outputs exact; config `load` bit 1048576, on 17334267: 18382843): no release
-  // and no spin after the counts. Every count row is validated by its own sum instead: a superblock row grows from
-  // zero by atomic adds, and a chunk row (in VALROWS' own per-stream halves, zeroed by the previous call) is stored
-  // once from zero, so a snapshot whose Σ_e equals K × (the row's tokens) holds every final value whatever the loads
-  // raced with. Each warp polls its ≤ 2 rows (superblock row w, chunk row w of the CTA's superblock before it) by
-  // relaxed 16-byte loads until they validate, from right after the CTA's counts — no CTA barrier a poll round, no
-  // acquire spin, one L2 round trip after the last counts land instead of the release, the spin's detection and the
-  // count-row loads — and hands its rows' sums to the bases through shared memory. The arrival add stays (relaxed) for
-  // PERSIST's parity. VALNAP (2097152, with VALROWS: 20479995): a 256-ns sleep between a warp's poll rounds.
-  kMoeRunValRows = 1048576,
-  kMoeRunValNap = 2097152,
-  // VALFILL8 (4194304, with VALROWS: 22577147): the bulk −1 copies issued one a warp by warps W/2 … W − 1 (thread 0's
-  // warp validates its rows without waiting for the whole issue).
-  kMoeRunValFill8 = 4194304,
+  // (Session 16, helper topk10, round A: VALROWS — no release and no spin; every warp polled its count rows by relaxed
+  // loads until their sums validated them (superblock rows grow from zero, chunk rows in their own zeroed per-stream
+  // halves) — +0.53 µs, with VALNAP (256 ns between poll rounds) +0.45, with VALFILL8 (the −1 copies one a warp)
+  // +0.69, lower in 0 / 41 rounds each: the re-polls queue behind the CTA's own bulk −1 fill (a round ≈ 1.5–2 µs:
+  // rows valid at 10.7–11.3 µs against the default's spin 9.1–10.0), and the fill, issued without the release's wait,
+  // delays the SM partner's emits (its loop barrier max +0.5 … +1.1); deleted: bench/NOTES.md.)
   // (Round E: HELPFILL — the grid's first half, by an atomic claim before its release, also filling the bulk −1 rows of
   // the second half's CTAs that had not claimed them yet — +0.51 µs: the claims and the helpers' extra fills delayed
   // the last releases by ≈ 2 µs; deleted: bench/NOTES.md.)
@@ -233,7 +219,6 @@ enum : int {
   kMoeRunTrWarp = 16,
   kMoeRunTrFillDone = kMoeRunTrWarp + 4 * 32,  // thread 0: its bulk −1 rows complete (FILLTMA, fill 4)
   kMoeRunTrScanned,                            // moe_chunk_bases: thread 0's block scan done
-  kMoeRunTrPolls,                              // VALROWS: warp 0's poll rounds (a count, not a stamp)
   kMoeRunTraceSlots = kMoeRunTrWarp + 4 * 32 + 4,
 };
 

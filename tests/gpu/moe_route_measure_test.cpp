@@ -127,11 +127,6 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // +0.80 / +0.24; round E: HELPFILL, the first half also filling the second half's −1 rows, +0.51: deleted —
       // bench/NOTES.md)
       {"map: load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
-      // (session 16, helper topk10: VALROWS — the count rows polled by every warp until their sums validate them, no
-      // release and no spin — and VALNAP, its poll rounds 256 ns apart)
-      {"map: load 18382843 (+ VALROWS)", true, 16, 2, 4, 16, 0, true, 18382843},
-      {"map: load 20479995 (+ VALROWS + VALNAP)", true, 16, 2, 4, 16, 0, true, 20479995},
-      {"map: load 22577147 (+ VALROWS + VALFILL8)", true, 16, 2, 4, 16, 0, true, 22577147},
       {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
@@ -278,9 +273,6 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
       {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
-      {"load 18382843 (+ VALROWS)", true, 16, 2, 4, 16, 0, true, 18382843},
-      {"load 20479995 (+ VALROWS + VALNAP)", true, 16, 2, 4, 16, 0, true, 20479995},
-      {"load 22577147 (+ VALROWS + VALFILL8)", true, 16, 2, 4, 16, 0, true, 22577147},
       {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   });
@@ -535,17 +527,6 @@ TEST_F(MoeRouteMeasure, Timeline) {
           std::printf(" %.2f", quantile(v, 0.5));
         }
         std::printf("\n");
-      }
-      {  // (VALROWS: warp 0's poll rounds after its first loads — 0 = its rows validated at once)
-        std::vector<double> polls;
-        bool any = false;
-        for (int b = 0; b < ctas; ++b) {
-          polls.push_back(static_cast<double>(at(b, kMoeRunTrPolls)));
-          any = any || at(b, kMoeRunTrPolls) != 0;
-        }
-        if (any)
-          std::printf("  poll rounds (warp 0, re-loads after the first): p10 %.0f / p50 %.0f / p90 %.0f / max %.0f\n",
-                      quantile(polls, 0.1), quantile(polls, 0.5), quantile(polls, 0.9), quantile(polls, 1));
       }
       std::printf("  per warp (p50 over CTAs, µs after the CTA's entry): warp: rows landed / keys / picks / stored\n ");
       for (int w = 0; w < W; ++w)
