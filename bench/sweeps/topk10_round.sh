@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# Session 16 helper topk10 (bench/NOTES.md "Session 16 (helper topk10)"): VALROWS — moe_route_run_kernel's count rows
-# polled until their sums validate them (no release, no spin). Run from the repo root on the GPU machine after the
-# build, as a round fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 90 s:
-#   LeanSelection of the first $LOADS loads of its list (bit-exact against the CPU reference; 2 = VALROWS, VALNAP),
+# Session 16 helper topk10 (bench/NOTES.md "Session 16 (helper topk10)"): moe_route_run_kernel's candidates (round A:
+# VALROWS / VALNAP / VALFILL8, deleted; round B: EARLYREL). Run from the repo root on the GPU machine after the build,
+# as a round fragment: $O (output folder), $T (build-gpu/tests/kiln_gpu_tests). ≤ ≈ 90 s:
+#   LeanSelection of the first $LOADS loads of its list (bit-exact against the CPU reference),
 #   then the Ablation of $ONLY (paired against the default, one process, $ROUNDS rounds), then the Timeline of $TL_ONLY.
 set -u
 O=${O:?set O}
@@ -14,8 +14,7 @@ tl_summary() {  # rep 0 of each traced config: the tail's stamps, p50 / max (µs
          sub(/ rep 0:.*/, "", n); printf "%s |", substr(n, 1, 26) } next }
        rep0 && /^  (loop barrier|counted|spin passed|bases|end) / && $(NF - 5) ~ /^[0-9]+$/ {
          k = $1; if ($1 == "spin") k = "valid/spin"; else if ($2 == "loaded") k = "loaded";
-         printf " %s %s/%s", k, $(NF - 2), $NF; if ($1 == "end") printf "\n" }
-       rep0 && /poll rounds/ { printf "   %s\n", $0 }' "$1"
+         printf " %s %s/%s", k, $(NF - 2), $NF; if ($1 == "end") printf "\n" }' "$1"
 }
 KILN_LEAN_FIRST=${LOADS:-2} timeout 50 stdbuf -oL $T --gtest_filter='MoeRoutingTest.LeanSelection' > "$O/tests.txt" 2>&1
 echo "tests rc=$? ($(el)) $(grep -E '^\[  (PASSED|FAILED)' "$O/tests.txt" | tr '\n' ' ')"

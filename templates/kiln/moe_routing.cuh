@@ -1181,6 +1181,13 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
+  // EARLYREL (moe_routing_args.h kMoeRunEarlyRel; session 16): the counts and the release as soon as every warp has
+  // recorded its picks — by the NCW warps that hold experts, behind named barrier 3 (the others arrive there after
+  // their picks, before their emit) and named barrier 4 among themselves — instead of after the loop barrier, which
+  // waits for the last warps' emit (the picks' probs, the staged rows and their bulk copies).
+  constexpr bool EARLYREL = PERSIST && FM == 4 && (V & kMoeRunEarlyRel) != 0;
+  constexpr int NCW = (E + 31) / 32;
+  static_assert(!EARLYREL || (NCW <= W && !COOP), "EARLYREL: a thread an expert");
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -2258,16 +2265,29 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }  // (!NOSELECT)
     __syncwarp();
     stampw(kMoeRunTrWarp + 4 * warp + 2);
+    if constexpr (EARLYREL)  // (the warp's picks and token-mask bits are final: the counts may start)
+      if (warp >= NCW) asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
 
     emit_rows();
   }
+  if constexpr (EARLYREL)
+    if (nw == 0 && warp >= NCW) asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
-  if constexpr (FILLTMA3 && !NOFILL) {
-    if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+  if constexpr (EARLYREL) {
+    // (EARLYREL: the expert warps wait for every warp's picks, not for the others' emits; TRACE's "loop barrier" is
+    // this barrier)
+    if (warp < NCW) {
+      named_barrier_sync(3, NTH);
+      if (threadIdx.x == 0) stamp(kMoeRunTrLoopDone);
+    }
+  } else {
+    if constexpr (FILLTMA3 && !NOFILL) {
+      if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
+    }
+    __syncthreads();
+    stamp0(kMoeRunTrLoopDone);
   }
-  __syncthreads();
-  stamp0(kMoeRunTrLoopDone);
   if constexpr (COOP) {
     // COOP: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
     // everywhere), and a CTA barrier after it publishes that.
@@ -2319,6 +2339,12 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
     if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
+    } else if constexpr (EARLYREL) {
+      // (the expert warps' counts, then thread 0's release: the other warps may still be emitting)
+      if (warp < NCW) {
+        named_barrier_sync(4, NCW * 32);
+        if (!NOARRIVE && threadIdx.x == 0) arrive_release();
+      }
     } else {
       __syncthreads();
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();

@@ -123,6 +123,11 @@ enum : int {
   // (moe_chunk_bases_put). Rounds B / C / D / E, one process: −0.05 / −0.13 / −0.21 / +0.08 µs against 17326075, lower
   // in 25 / 31 / 58 / 13 of 41 / 41 / 61 / 61 rounds.
   kMoeRunEarlyPut = 16384,
+  // EARLYREL (session 16, helper topk10; outputs exact; config `load` bit 2097152, on 17334267: 19431419): the counts
+  // and the arrival's release as soon as every warp has recorded its picks (named barriers 3 / 4: the warps without
+  // experts arrive after their picks and go on to their emit), not after the loop barrier — the release's fence no
+  // longer follows the last warps' emits and their bulk row copies.
+  kMoeRunEarlyRel = 1048576,
   // (Session 16, helper topk10, round A: VALROWS — no release and no spin; every warp polled its count rows by relaxed
   // loads until their sums validated them (superblock rows grow from zero, chunk rows in their own zeroed per-stream
   // halves) — +0.53 µs, with VALNAP (256 ns between poll rounds) +0.45, with VALFILL8 (the −1 copies one a warp)
