@@ -1188,6 +1188,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   constexpr bool EARLYREL = PERSIST && FM == 4 && (V & kMoeRunEarlyRel) != 0;
   constexpr int NCW = (E + 31) / 32;
   static_assert(!EARLYREL || (NCW <= W && !COOP), "EARLYREL: a thread an expert");
+  // RELROWS (moe_routing_args.h kMoeRunRelRows, with EARLYREL and BULKST): the warps without experts issue their prob /
+  // map row copies only once thread 0's release has gone out (named barrier 5: they sync, warp 0 arrives after the
+  // release), so that the release's fence does not wait for them.
+  constexpr bool RELROWS = EARLYREL && BULKST && !NOROWS && !DEFER && NCW < W && (V & kMoeRunRelRows) != 0;
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1535,6 +1539,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (!DEFER && !NOROWS) {
         asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
         __syncwarp();
+        if constexpr (RELROWS)  // (after thread 0's release)
+          if (warp >= NCW) named_barrier_sync(5, (W - NCW + 1) * 32);
         if (lane == 0) {
           const int nwt = max(0, min(TPW, nct - warp * TPW));
           const i64 t0w = tc0 + warp * TPW;
@@ -2272,6 +2278,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   }
   if constexpr (EARLYREL)
     if (nw == 0 && warp >= NCW) asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
+  if constexpr (RELROWS)  // (a warp without tokens has no rows to copy: it only arrives)
+    if (nw == 0 && warp >= NCW) asm volatile("bar.arrive 5, %0;" ::"n"((W - NCW + 1) * 32) : "memory");
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
   if constexpr (EARLYREL) {
@@ -2344,6 +2352,10 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (warp < NCW) {
         named_barrier_sync(4, NCW * 32);
         if (!NOARRIVE && threadIdx.x == 0) arrive_release();
+        if constexpr (RELROWS) {
+          __syncwarp();
+          if (warp == 0) asm volatile("bar.arrive 5, %0;" ::"n"((W - NCW + 1) * 32) : "memory");
+        }
       }
     } else {
       __syncthreads();
