@@ -128,10 +128,13 @@ enum : int {
   // experts arrive after their picks and go on to their emit), not after the loop barrier — the release's fence no
   // longer follows the last warps' emits and their bulk row copies.
   kMoeRunEarlyRel = 1048576,
-  // RELROWS (session 16; outputs exact; config `load` bit 4194304, on EARLYREL: 23625723): the warps without experts
-  // hold their prob / map row copies until thread 0's release has gone out (named barrier 5), so that its fence waits
-  // for none of them.
-  kMoeRunRelRows = 2097152,
+  // LATECOPY (session 16; outputs exact; config `load` bit 8388608, on EARLYREL: 27820027): the row copies of a warp
+  // without experts that reaches them after the counts have started are held and issued after the CTA's count rows
+  // have landed (with the puts), so that neither the release's fence nor the spin and the count-row loads wait for them.
+  kMoeRunLateCopy = 2097152,
+  // (Round C: RELROWS — EARLYREL with the expert-less warps' row copies held until thread 0's release had gone out —
+  // +0.62 µs, lower in 0 / 61 rounds: the release came 0.67 µs sooner (p50) but the held copies, issued in front of
+  // the −1 fill and the spin, delayed the late CTAs' detection and loads (session 12's LATEROWS again); deleted.)
   // (Session 16, helper topk10, round A: VALROWS — no release and no spin; every warp polled its count rows by relaxed
   // loads until their sums validated them (superblock rows grow from zero, chunk rows in their own zeroed per-stream
   // halves) — +0.53 µs, with VALNAP (256 ns between poll rounds) +0.45, with VALFILL8 (the −1 copies one a warp)

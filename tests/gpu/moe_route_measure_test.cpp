@@ -130,7 +130,7 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // (session 16, helper topk10: round A's VALROWS / VALNAP / VALFILL8 +0.53 / +0.45 / +0.69, deleted; EARLYREL —
       // the counts and the release once every warp has recorded its picks, before the last warps' emits)
       {"map: load 19431419 (+ EARLYREL)", true, 16, 2, 4, 16, 0, true, 19431419},
-      {"map: load 23625723 (+ EARLYREL + RELROWS)", true, 16, 2, 4, 16, 0, true, 23625723},
+      {"map: load 27820027 (+ EARLYREL + LATECOPY)", true, 16, 2, 4, 16, 0, true, 27820027},
       {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
@@ -278,7 +278,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
       {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
       {"load 19431419 (+ EARLYREL)", true, 16, 2, 4, 16, 0, true, 19431419},
-      {"load 23625723 (+ EARLYREL + RELROWS)", true, 16, 2, 4, 16, 0, true, 23625723},
+      {"load 27820027 (+ EARLYREL + LATECOPY)", true, 16, 2, 4, 16, 0, true, 27820027},
       {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   });
