@@ -79,15 +79,12 @@ bool is_run(const Specialization& s) { return s.kernel == kRoute && s.config[C_T
 // selection in fewer instructions; in the default since session 13), session 13's 16384 GRP5 (with LEAN4: the group
 // ranks by sign bits) and 524288 DRANK (with GRP5: the candidates' ranks by DADD signs; both in the default since
 // session 13 round D) and session 15's 8192 EARLYPUT (the tail's puts right after the bases' scan barrier; in the
-// default since session 15 round D) and session 16's 2097152 EARLYREL (with PERSIST at fill 4: the counts and the
-// release once every warp has recorded its picks) and 8388608 LATECOPY (with EARLYREL: the row copies that would go
-// out after the counts started held until the count rows have landed) — and the measurement variant bits of the
-// unnamed config field 5.
+// default since session 15 round D) — and the measurement variant bits of
+// the unnamed config field 5.
 constexpr int kRunApprox = 1, kRunIssueLast = 2, kRunCoop = 4, kRunWarpPad = 8, kRunFillTma = 16, kRunBulkSt = 32,
               kRunBiasPre = 64, kRunLean = 128, kRunPersist = 256, kRunLean3 = 512, kRunWaitLean = 1024,
               kRunFastDiv = 2048, kRunLean4 = 4096, kRunGrp5 = 16384, kRunDRank = 524288,
-              kRunRegLate12 = 16777216, kRunEarlyPut = 8192, kRunEarlyRel = 2097152,
-              kRunLateCopy = 8388608;
+              kRunRegLate12 = 16777216, kRunEarlyPut = 8192;
 int run_bits(const Specialization& s) {
   const int load = s.config[C_LOAD];
   constexpr std::pair<int, int> kBits[] = {{kRunApprox, kMoeRunApprox},   {kRunIssueLast, kMoeRunIssueLast},
@@ -98,8 +95,7 @@ int run_bits(const Specialization& s) {
                                            {kRunWaitLean, kMoeRunWaitLean}, {kRunFastDiv, kMoeRunFastDiv},
                                            {kRunRegLate12, kMoeRunRegLate12}, {kRunLean4, kMoeRunLean4},
                                            {kRunGrp5, kMoeRunGrp5},       {kRunDRank, kMoeRunDRank},
-                                           {kRunEarlyPut, kMoeRunEarlyPut}, {kRunEarlyRel, kMoeRunEarlyRel},
-                                           {kRunLateCopy, kMoeRunLateCopy}};
+                                           {kRunEarlyPut, kMoeRunEarlyPut}};
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
@@ -375,14 +371,6 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
                                 {lean == (s9 | wf) ? lean
                                                    : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank | kRunEarlyPut,
                                  kFusedFillLate},  // (session 15 round D: + EARLYPUT, the default)
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunEarlyRel,
-                                 kFusedFillLate},  // (session 16: + EARLYREL)
-                                {lean == (s9 | wf) ? lean
-                                                   : lean | kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                         kRunEarlyPut | kRunEarlyRel | kRunLateCopy,
-                                 kFusedFillLate},  // (session 16: + EARLYREL + LATECOPY)
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap, kFusedFillLate},
                                 {kRunIssueLast | kRunPersist | kRunBulkSt | ap | kRunBiasPre, kFusedFillLate},
                                 {kRunIssueLast | kRunCoop | ap, kFusedFillLate}}) {
@@ -686,7 +674,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
-                                                    kRunEarlyPut | kRunEarlyRel | kRunLateCopy)) |
+                                                    kRunEarlyPut)) |
                              kRunCoop | kRunIssueLast;
         }
       }

@@ -1181,19 +1181,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
   constexpr bool REGLATE = RW < W;
-  // EARLYREL (moe_routing_args.h kMoeRunEarlyRel; session 16): the counts and the release as soon as every warp has
-  // recorded its picks — by the NCW warps that hold experts, behind named barrier 3 (the others arrive there after
-  // their picks, before their emit) and named barrier 4 among themselves — instead of after the loop barrier, which
-  // waits for the last warps' emit (the picks' probs, the staged rows and their bulk copies).
-  constexpr bool EARLYREL = PERSIST && FM == 4 && (V & kMoeRunEarlyRel) != 0;
-  constexpr int NCW = (E + 31) / 32;
-  static_assert(!EARLYREL || (NCW <= W && !COOP), "EARLYREL: a thread an expert");
-  // LATECOPY (moe_routing_args.h kMoeRunLateCopy, with EARLYREL, EARLYPUT and LEAN3's staging): a warp without experts
-  // whose emit reaches its row copies after the count warps have passed named barrier 3 (smisc[2], set there by thread
-  // 0) holds them, and issues them after the CTA's count rows have landed (the bases' scan barrier, with the puts).
-  constexpr bool LATECOPY = EARLYREL && EARLYPUT && BULKST && LEAN3 && !NOROWS && !DEFER && NCW < W &&
-                            (V & kMoeRunLateCopy) != 0;
-  bool copy_held = false;  // (LATECOPY: lane 0 of a warp that held its row copies)
   static_assert(!LEAN || (APPROX && G > 1 && TG < G && NB == 1 && SPAN == 2 && G * SPAN == TPT && TPW == 2),
                 "LEAN: the approximate keys on Ling's group layout");
   static_assert(!((V & kMoeRunLean3) != 0) || (LEAN && MAP && FM != 5 && (V & kMoeRunBulkStore) != 0),
@@ -1412,7 +1399,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       u32 w;
       asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
       reinterpret_cast<u32*>(smisc)[1] = w >> 31;  // (read after the loop barrier)
-      if constexpr (LATECOPY) reinterpret_cast<volatile u32*>(smisc)[2] = 0u;  // (set once the counts start)
     }
   }
   if constexpr (!ISSUE0) issue_rows();
@@ -1481,18 +1467,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
   // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
-  // (LATECOPY: lane 0's bulk copies of its warp's staged prob rows and map rows, as BULKST's LEAN3 path below)
-  auto issue_row_copies = [&] {
-    const int nwt = max(0, min(TPW, nct - warp * TPW));
-    const i64 t0w = tc0 + warp * TPW;
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.probs + t0w * E),
-                 "r"(smem_u32(run_smem + L.stage + warp * TPW * E * 4)), "r"(nwt * E * 4)
-                 : "memory");
-    asm volatile("cp.async.bulk.global.shared::cta.bulk_group [%0], [%1], %2;" ::"l"(a.routing_map + t0w * E),
-                 "r"(smem_u32(mapbuf + warp * TPW * E)), "r"(nwt * E)
-                 : "memory");
-    asm volatile("cp.async.bulk.commit_group;" ::: "memory");
-  };
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
@@ -1547,16 +1521,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         }
     }
     __syncwarp();
-    if constexpr (LATECOPY) {
-      // (LATECOPY: the same copies as below, issued now or held for the tail)
-      asm volatile("fence.proxy.async.shared::cta;" ::: "memory");
-      __syncwarp();
-      const bool hold = warp >= NCW && *reinterpret_cast<volatile u32*>(smisc + 2) != 0u;
-      if (lane == 0) {
-        if (hold) copy_held = true;
-        else issue_row_copies();
-      }
-    } else if constexpr (BULKST) {
+    if constexpr (BULKST) {
       // BULKST: the warp's rows by bulk async copies from its lane 0 (one a prob row — the shared rows are padded —
       // and one for the warp's map rows), after every lane's proxy fence (its shared writes → the async proxy).
       // The copies' reads are waited for before the CTA exits; nothing writes these rows again.
@@ -2293,31 +2258,16 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     }  // (!NOSELECT)
     __syncwarp();
     stampw(kMoeRunTrWarp + 4 * warp + 2);
-    if constexpr (EARLYREL)  // (the warp's picks and token-mask bits are final: the counts may start)
-      if (warp >= NCW) asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
 
     emit_rows();
   }
-  if constexpr (EARLYREL)
-    if (nw == 0 && warp >= NCW) asm volatile("bar.arrive 3, %0;" ::"n"(NTH) : "memory");
 
   // The CTA's counts per expert (token masks), then the chunk row and the superblock atomics (map) or the totals.
-  if constexpr (EARLYREL) {
-    // (EARLYREL: the expert warps wait for every warp's picks, not for the others' emits; TRACE's "loop barrier" is
-    // this barrier)
-    if (warp < NCW) {
-      named_barrier_sync(3, NTH);
-      if (threadIdx.x == 0) stamp(kMoeRunTrLoopDone);
-      if constexpr (LATECOPY)  // (copies not yet issued now would land in front of the release: held)
-        if (threadIdx.x == 0) reinterpret_cast<volatile u32*>(smisc)[2] = 1u;
-    }
-  } else {
-    if constexpr (FILLTMA3 && !NOFILL) {
-      if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
-    }
-    __syncthreads();
-    stamp0(kMoeRunTrLoopDone);
+  if constexpr (FILLTMA3 && !NOFILL) {
+    if (threadIdx.x == SW * 32) asm volatile("cp.async.bulk.wait_group 0;\nfence.proxy.async.global;" ::: "memory");
   }
+  __syncthreads();
+  stamp0(kMoeRunTrLoopDone);
   if constexpr (COOP) {
     // COOP: thread CT arrived at the first grid barrier; it waits for the grid (the superblock rows zeroed
     // everywhere), and a CTA barrier after it publishes that.
@@ -2369,12 +2319,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
     // and an acquire spin; the whole grid is resident (checked on the host; a wait that never ends traps).
     if constexpr (COOP) {
       coop_tok = grid_barrier_arrive();
-    } else if constexpr (EARLYREL) {
-      // (the expert warps' counts, then thread 0's release: the other warps may still be emitting)
-      if (warp < NCW) {
-        named_barrier_sync(4, NCW * 32);
-        if (!NOARRIVE && threadIdx.x == 0) arrive_release();
-      }
     } else {
       __syncthreads();
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
@@ -2466,8 +2410,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
         moe_chunk_rows<E, NTH, FASTDIV>(cm, cb, tot, pre);
         moe_chunk_bases_put<E, NTH, decltype(loaded), WARPPAD, FASTDIV>(
             cm, cb, tot, pre, base, reinterpret_cast<int*>(run_smem + L.wtot), loaded, [&](auto base_of) {
-              if constexpr (LATECOPY)  // (the held row copies, now that the count rows have landed)
-                if (copy_held) issue_row_copies();
               for (int i = i0; i < nct * K; i += NTH) {
                 int t = pt0, e = pe0, rank = pr0;
                 if (i != i0) pick_of(i, t, e, rank);

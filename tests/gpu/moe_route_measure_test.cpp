@@ -127,10 +127,6 @@ TEST_F(MoeRouteMeasure, Ablation) {
       // +0.80 / +0.24; round E: HELPFILL, the first half also filling the second half's −1 rows, +0.51: deleted —
       // bench/NOTES.md)
       {"map: load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
-      // (session 16, helper topk10: round A's VALROWS / VALNAP / VALFILL8 +0.53 / +0.45 / +0.69, deleted; EARLYREL —
-      // the counts and the release once every warp has recorded its picks, before the last warps' emits)
-      {"map: load 19431419 (+ EARLYREL)", true, 16, 2, 4, 16, 0, true, 19431419},
-      {"map: load 27820027 (+ EARLYREL + LATECOPY)", true, 16, 2, 4, 16, 0, true, 27820027},
       {"map: load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"map: load 16801787 (round C's default)", true, 16, 2, 4, 16, 0, true, 16801787},
       {"map: load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
@@ -277,8 +273,6 @@ TEST_F(MoeRouteMeasure, CandidatesMatchTheDefault) {
 TEST_F(MoeRouteMeasure, Timeline) {
   const std::vector<RouteCfg> cfgs = only({
       {"load 17334267 (default)", true, 16, 2, 4, 16, 0, true, 17334267},
-      {"load 19431419 (+ EARLYREL)", true, 16, 2, 4, 16, 0, true, 19431419},
-      {"load 27820027 (+ EARLYREL + LATECOPY)", true, 16, 2, 4, 16, 0, true, 27820027},
       {"load 17326075 (session 14's default)", true, 16, 2, 4, 16, 0, true, 17326075},
       {"load 16785403 (round A's default)", true, 16, 2, 4, 16, 0, true, 16785403},
   });
@@ -414,8 +408,7 @@ TEST_F(MoeRouteMeasure, Timeline) {
         put(END, end);
         // Ordered up to the globaltimer's step (32 ns on H100) and the store after a stamp.
         constexpr double tol = 0.1;
-        // (EARLYREL, config load bit 2097152: the "loop barrier" is the last warp's picks, before its emit)
-        if (!(c.load & 2097152)) EXPECT_LE(last_done, loop + tol) << "CTA " << b;
+        EXPECT_LE(last_done, loop + tol) << "CTA " << b;
         if (counted >= 0) EXPECT_LE(loop, counted + tol) << "CTA " << b;
         if (waited >= 0 && counted >= 0) EXPECT_LE(counted, waited + tol) << "CTA " << b;
         EXPECT_LE(loop, end + tol) << "CTA " << b;

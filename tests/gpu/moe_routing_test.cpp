@@ -469,10 +469,9 @@ TEST_F(MoeRoutingTest, LeanSelection) {
   // (16781307: 4091 + REGLATE12, the default in session 12; 16785403: + LEAN4, the selection in fewer instructions,
   // the default in session 13 round A; 16801787: + GRP5, the group ranks by sign bits, the default in round C;
   // 17326075: + DRANK, the candidates' ranks by DADD signs, the default in sessions 13–14; 17334267: + EARLYPUT, the
-  // tail's puts right after the bases' scan barrier, the default since session 15; 19431419: + EARLYREL, the counts
-  // and the release once every warp has recorded its picks, and 27820027: + LATECOPY, session 16's candidates)
+  // tail's puts right after the bases' scan barrier, the default since session 15)
   int nth = 0;
-  for (int load : {27820027, 19431419, 17334267, 17326075, 16801787, 16785403, 16781307, 4091, 3451}) {
+  for (int load : {17334267, 17326075, 16801787, 16785403, 16781307, 4091, 3451}) {
     // ($KILN_LEAN_FIRST = n: only the first n loads of the list — a round's time; the suite runs them all)
     static const int first = std::getenv("KILN_LEAN_FIRST") ? std::atoi(std::getenv("KILN_LEAN_FIRST")) : 0;
     if (first > 0 && nth++ >= first) break;
