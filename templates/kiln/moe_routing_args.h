@@ -123,6 +123,18 @@ enum : int {
   // (moe_chunk_bases_put). Rounds B / C / D / E, one process: −0.05 / −0.13 / −0.21 / +0.08 µs against 17326075, lower
   // in 25 / 31 / 58 / 13 of 41 / 41 / 61 / 61 rounds.
   kMoeRunEarlyPut = 16384,
+  // (Session 16, helper topk10, round A: VALROWS — no release and no spin; every warp polled its count rows by relaxed
+  // loads until their sums validated them (superblock rows grow from zero, chunk rows in their own zeroed per-stream
+  // halves) — +0.53 µs, with VALNAP (256 ns between poll rounds) +0.45, with VALFILL8 (the −1 copies one a warp)
+  // +0.69, lower in 0 / 41 rounds each: the re-polls queue behind the CTA's own bulk −1 fill (a round ≈ 1.5–2 µs:
+  // rows valid at 10.7–11.3 µs against the default's spin 9.1–10.0), and the fill, issued without the release's wait,
+  // delays the SM partner's emits (its loop barrier max +0.5 … +1.1); deleted: bench/NOTES.md.)
+  // (Session 16, rounds B–D: EARLYREL — the counts and the release as soon as every warp had recorded its picks, by
+  // the expert warps behind named barriers, while the last warps emitted — −0.10 / +0.02 / +0.03 µs, lower in 50 / 26
+  // / 25 of 61 rounds: its fence still waited for the last warps' row copies; RELROWS — those copies held until the
+  // release — +0.62 (the release came 0.57 µs sooner at p50 but later at p90: the held copies and the earlier −1 fills
+  // delayed the late CTAs); LATECOPY — only the copies reached after the counts started held until the count rows had
+  // landed — +0.02; deleted: bench/NOTES.md.)
   // (Round E: HELPFILL — the grid's first half, by an atomic claim before its release, also filling the bulk −1 rows of
   // the second half's CTAs that had not claimed them yet — +0.51 µs: the claims and the helpers' extra fills delayed
   // the last releases by ≈ 2 µs; deleted: bench/NOTES.md.)
