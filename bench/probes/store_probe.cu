@@ -15,7 +15,7 @@
 #include <vector>
 #include <algorithm>
 #include <cuda_runtime.h>
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1);} } while (0)
+#include "probe_timing.cuh"
 
 __device__ __forceinline__ uint32_t sa(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -109,40 +109,21 @@ __global__ void __launch_bounds__(256) read_store_kernel(const char* src, size_t
   if (acc == 0x7fffffff) sink[0] = acc;
 }
 
-__global__ void flush_kernel(const int4* p, size_t n, const int4* q, size_t nq, int* sink) {
-  int4 a = make_int4(0, 0, 0, 0);
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) { int4 v = p[i]; a.x ^= v.x; }
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < nq; i += (size_t)gridDim.x * blockDim.x) { int4 v = q[i]; a.x ^= v.x; }
-  if (a.x == 0x7fffffff) sink[0] = a.x;
-}
-__global__ void empty_kernel() {}
 
 int main() {
   const size_t MB = 1u << 20;
-  int4* fl; const size_t fn = (256 * MB) / 16; CK(cudaMalloc(&fl, fn * 16)); CK(cudaMemset(fl, 2, fn * 16));
   char* dst; const size_t dst_bytes = 272 * MB; CK(cudaMalloc(&dst, dst_bytes)); CK(cudaMemset(dst, 1, dst_bytes));
   char* x; const size_t xb = 8192ull * 4096; CK(cudaMalloc(&x, xb)); CK(cudaMemset(x, 3, xb));
-  int* isink; CK(cudaMalloc(&isink, 64));
-  cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+  ProbeTimer timer;
   CK(cudaFuncSetAttribute(store_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 16384));
-  // warm: (resident = bytes of dst read after the flush so that those lines sit clean in L2)
-  auto time = [&](auto launch, size_t resident = 0) {
-    std::vector<float> v;
-    for (int it = 0; it < 30; ++it) {
-      flush_kernel<<<264, 1024>>>(fl, fn, reinterpret_cast<const int4*>(dst), resident / 16, isink);
-      CK(cudaEventRecord(e0)); launch(); CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
-      float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); if (it >= 5) v.push_back(ms * 1000);
-    }
-    CK(cudaGetLastError());
-    std::sort(v.begin(), v.end()); return v[v.size() / 2];
-  };
-  const float te = time([&] { empty_kernel<<<1, 32>>>(); });
+  const float te = timer.empty_us();
   printf("empty kernel %.2f us (the method's fixed cost)\n", te);
   const char* names[] = {"st16", "st.cs", "acc8", "tma", "no_alloc", "evict_last", "evict_first", "acc16"};
   auto row = [&](const char* what, int grid, size_t bytes, int mode, size_t resident = 0) {
     const size_t q = mode == kStAcc8 || mode == kStAcc16 ? 65536 : mode == kStTma ? 16384 : 4096;
     const size_t per = bytes / grid / q * q;
-    const float t = time([&] { store_kernel<<<grid, 256, mode == kStTma ? 16384 : 0>>>(dst, per, mode); }, resident);
+    const float t = timer.median_us([&] { store_kernel<<<grid, 256, mode == kStTma ? 16384 : 0>>>(dst, per, mode); }, [] {}, dst,
+                                     resident);  // (resident: bytes of dst clean in L2 at the call)
     const double b = (double)per * grid;
     printf("%-34s %-11s grid %4d %6.1f MB: %6.2f us  (-empty %5.2f: %5.0f GB/s)\n", what, names[mode], grid, b / MB, t, t - te,
            b / (t - te) / 1e3);
@@ -160,7 +141,7 @@ int main() {
   // 5. read-then-store shaped like the router forward: 128 CTAs read 256 KB each (x, 32 MB), store 64 KB each (8 MB).
   for (int grid : {128, 512}) for (int spread : {0, 1}) for (size_t smb : {0, 8}) {
     const size_t rper = 32 * MB / grid, sper = smb * MB / grid;
-    const float t = time([&] { read_store_kernel<<<grid, 256>>>(x, rper, dst, sper, spread, isink); });
+    const float t = timer.median_us([&] { read_store_kernel<<<grid, 256>>>(x, rper, dst, sper, spread, timer.sink()); });
     printf("read 32 MB then store %zu MB %-7s grid %4d: %6.2f us\n", smb, spread ? "spread" : "after", grid, t);
   }
   CK(cudaDeviceSynchronize());

@@ -12,7 +12,7 @@
 #include <cuda_runtime.h>
 #include <cuda.h>
 #include <cudaTypedefs.h>
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1);} } while (0)
+#include "probe_timing.cuh"
 
 __device__ __forceinline__ uint32_t sa(const void* p) { return (uint32_t)__cvta_generic_to_shared(p); }
 
@@ -76,18 +76,12 @@ __global__ void stream_kernel(const __grid_constant__ CUtensorMap tm, const __gr
   }
 }
 
-__global__ void flush_kernel(const int4* p, size_t n, int* sink) {
-  int4 a = make_int4(0,0,0,0);
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) { int4 v = p[i]; a.x ^= v.x; }
-  if (a.x == 0x7fffffff) sink[0] = a.x;
-}
 __global__ void read_kernel(const int4* a, size_t n, int* sink) {
   int acc = 0;
   #pragma unroll 4
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) { int4 v = __ldcs(a + i); acc ^= v.x ^ v.w; }
   if (acc == 0x7fffffff) sink[0] = acc;
 }
-__global__ void empty_kernel() {}
 __global__ void copy_kernel(const int4* a, int4* b, size_t n) {
   for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) b[i] = a[i];
 }
@@ -95,31 +89,21 @@ __global__ void copy_kernel(const int4* a, int4* b, size_t n) {
 int main() {
   const int T = 8192, K = 2048, row_bytes = K * 2;
   char* x; CK(cudaMalloc(&x, (size_t)T * row_bytes)); CK(cudaMemset(x, 1, (size_t)T * row_bytes));
-  int4* fl; const size_t fn = (256u << 20) / 16; CK(cudaMalloc(&fl, fn * 16)); CK(cudaMemset(fl, 2, fn * 16));
   int4* cb; CK(cudaMalloc(&cb, (size_t)T * row_bytes));
-  int* isink; CK(cudaMalloc(&isink, 64)); unsigned long long* sink; CK(cudaMalloc(&sink, 64));
-  cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+  unsigned long long* sink; CK(cudaMalloc(&sink, 64));
+  ProbeTimer timer;
   CK(cudaFuncSetAttribute(stream_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, 200 * 1024));
-  auto time = [&](auto launch) {
-    std::vector<float> v;
-    for (int it = 0; it < 30; ++it) {
-      flush_kernel<<<264, 1024>>>(fl, fn, isink);
-      CK(cudaEventRecord(e0)); launch(); CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
-      float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); if (it >= 5) v.push_back(ms * 1000);
-    }
-    std::sort(v.begin(), v.end()); return v[v.size() / 2];
-  };
   const double bytes = (double)T * row_bytes;
   PFN_cuTensorMapEncodeTiled_v12000 encode = nullptr; cudaDriverEntryPointQueryResult q;
   CK(cudaGetDriverEntryPoint("cuTensorMapEncodeTiled", (void**)&encode, cudaEnableDefault, &q));
-  float tc = time([&] { copy_kernel<<<132 * 4, 512>>>((const int4*)x, cb, (size_t)T * row_bytes / 16); });
+  float tc = timer.median_us([&] { copy_kernel<<<132 * 4, 512>>>((const int4*)x, cb, (size_t)T * row_bytes / 16); });
   printf("copy %.2f us  %.0f GB/s (read+write)\n", tc, 2 * bytes / tc / 1e3);
   for (int grid : {132 * 2, 132 * 4, 132 * 8}) for (size_t mb : {8, 16, 33}) {
     size_t n = std::min((size_t)T * row_bytes, mb << 20) / 16;
-    float t = time([&] { read_kernel<<<grid, 512>>>((const int4*)x, n, isink); });
+    float t = timer.median_us([&] { read_kernel<<<grid, 512>>>((const int4*)x, n, timer.sink()); });
     printf("read grid %d %zu MB: %.2f us %.0f GB/s\n", grid, n * 16 >> 20, t, n * 16.0 / t / 1e3);
   }
-  { float t = time([&] { empty_kernel<<<1, 32>>>(); }); printf("empty %.2f us\n", t); }
+  printf("empty %.2f us\n", timer.empty_us());
   char* wbuf; CK(cudaMalloc(&wbuf, 256 * row_bytes)); CK(cudaMemset(wbuf, 3, 256 * row_bytes));
   CUtensorMap tw; { cuuint64_t dims[2] = {(cuuint64_t)K, 256}; cuuint64_t strides[1] = {(cuuint64_t)row_bytes};
     cuuint32_t box[2] = {64, 128}; cuuint32_t es[2] = {1, 1};
@@ -132,7 +116,7 @@ int main() {
     encode(&tm, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, x, dims, strides, box, es, CU_TENSOR_MAP_INTERLEAVE_NONE,
            CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B, CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     size_t sm = (size_t)S * rpc * CW * 5;
-    float t = time([&] { stream_kernel<<<ctas, 64, sm>>>(tm, tw, mode, x, rpc, row_bytes, CW, S, 0, sink); });
+    float t = timer.median_us([&] { stream_kernel<<<ctas, 64, sm>>>(tm, tw, mode, x, rpc, row_bytes, CW, S, 0, sink); });
     CK(cudaGetLastError());
     printf("mode %d (%s%s) S %d: %.2f us  landing/SM %.0f KB\n", mode, mode & 1 ? "+partner x " : "", mode & 2 ? "+w" : "", S, t,
            (rpc * 4096.0 * (1 + (mode & 1)) + ((mode & 2) ? 128 * 4096.0 : 0)) / 1024);

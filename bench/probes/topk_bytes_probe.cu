@@ -14,7 +14,7 @@
 #include <vector>
 #include <algorithm>
 #include <cuda_runtime.h>
-#define CK(x) do { cudaError_t e = (x); if (e != cudaSuccess) { printf("%s: %s\n", #x, cudaGetErrorString(e)); exit(1);} } while (0)
+#include "probe_timing.cuh"
 
 constexpr int T = 8192, E = 256, TPC = 32;  // tokens a CTA
 enum { kRead = 1, kWriteProbs = 2, kWriteMap = 4, kWriteIds = 8, kBarrier = 16, kCountLoad = 32 };
@@ -71,34 +71,16 @@ __global__ void __launch_bounds__(512) topk_bytes_kernel(const float* logits, fl
   if (acc == 0x7fffffff) sink[0] = acc;
 }
 
-__global__ void flush_kernel(const int4* p, size_t n, int* sink) {
-  int4 a = make_int4(0, 0, 0, 0);
-  for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) { int4 v = p[i]; a.x ^= v.x; }
-  if (a.x == 0x7fffffff) sink[0] = a.x;
-}
-__global__ void empty_kernel() {}
 
 int main() {
-  int4* fl; const size_t fn = (256u << 20) / 16; CK(cudaMalloc(&fl, fn * 16)); CK(cudaMemset(fl, 2, fn * 16));
-  float *logits, *probs; uint8_t* map; int *ids, *counts, *isink; unsigned* arrive;
+  float *logits, *probs; uint8_t* map; int *ids, *counts; unsigned* arrive;
   CK(cudaMalloc(&logits, (size_t)T * E * 4)); CK(cudaMemset(logits, 1, (size_t)T * E * 4));
   CK(cudaMalloc(&probs, (size_t)T * E * 4)); CK(cudaMalloc(&map, (size_t)T * E)); CK(cudaMalloc(&ids, (size_t)T * E * 4));
-  CK(cudaMalloc(&counts, 4096)); CK(cudaMemset(counts, 0, 4096)); CK(cudaMalloc(&isink, 64));
+  CK(cudaMalloc(&counts, 4096)); CK(cudaMemset(counts, 0, 4096));
   CK(cudaMalloc(&arrive, 4));
-  cudaEvent_t e0, e1; CK(cudaEventCreate(&e0)); CK(cudaEventCreate(&e1));
+  ProbeTimer timer;
   const int grid = T / TPC;  // 256 CTAs of 512 threads: 2 a SM, as the route kernel
-  auto time = [&](auto launch) {
-    std::vector<float> v;
-    for (int it = 0; it < 30; ++it) {
-      CK(cudaMemsetAsync(arrive, 0, 4));
-      flush_kernel<<<264, 1024>>>(fl, fn, isink);
-      CK(cudaEventRecord(e0)); launch(); CK(cudaEventRecord(e1)); CK(cudaEventSynchronize(e1));
-      float ms; CK(cudaEventElapsedTime(&ms, e0, e1)); if (it >= 5) v.push_back(ms * 1000);
-    }
-    CK(cudaGetLastError());
-    std::sort(v.begin(), v.end()); return v[v.size() / 2];
-  };
-  printf("empty kernel %.2f us\n", time([&] { empty_kernel<<<1, 32>>>(); }));
+  printf("empty kernel %.2f us\n", timer.empty_us());
   const int W = kWriteProbs | kWriteMap | kWriteIds;
   struct Case { const char* name; int mode; } cases[] = {
       {"read logits (8.4 MB)", kRead},
@@ -112,7 +94,8 @@ int main() {
       {"read, arrival, spin only", kRead | kBarrier},
   };
   for (const Case& c : cases) {
-    const float t = time([&] { topk_bytes_kernel<<<grid, 512>>>(logits, probs, map, ids, arrive, counts, c.mode, isink); });
+    const float t = timer.median_us([&] { topk_bytes_kernel<<<grid, 512>>>(logits, probs, map, ids, arrive, counts, c.mode, timer.sink()); },
+                                    [&] { CK(cudaMemsetAsync(arrive, 0, 4)); });
     printf("%-52s %6.2f us\n", c.name, t);
   }
   CK(cudaDeviceSynchronize());
