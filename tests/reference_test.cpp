@@ -10,8 +10,12 @@
 #include <cfloat>
 #include <cmath>
 #include <cstdint>
+#include <cstdlib>
+#include <cstdio>
 #include <limits>
+#include <random>
 #include <set>
+#include <string>
 #include <vector>
 
 #include "kiln/rms_norm_block_quant_args.h"
@@ -274,6 +278,103 @@ TEST(ReferenceE4m3, MatchesNvidiaHostConversion) {
       ASSERT_EQ(a, b) << "v=" << v << " bits " << hex(std::bit_cast<uint32_t>(v));
     }
   }
+}
+
+// ---- division by a block scale without a division a value (templates/kiln/fp8.cuh's scale_div / div_scale) --------
+// The device sequence repeated with host IEEE single operations (SSE arithmetic, std::fma; 1.0f / s1 is __frcp_rn's
+// correctly rounded reciprocal): its result must be IEEE y / s bit for bit wherever |y / s| ≥ 2^-126 and must have the
+// same e4m3 code everywhere, for every block scale s (normal ≥ 1e-30, or +inf) and every y of its block (|y| ≤ 448·s,
+// or NaN). The quantizing kernels' GPU tests then check the device code itself against the reference's division.
+struct HostScaleDiv {
+  float m, s1, inv;
+};
+HostScaleDiv host_scale_div(float s) {
+  const uint32_t b = std::bit_cast<uint32_t>(s);
+  if (b >= 0x7f800000u) return {0.0f, 1.0f, 1.0f};
+  const float s1 = std::bit_cast<float>((b & 0x007fffffu) | 0x3f800000u);
+  return {std::bit_cast<float>(0x7f000000u - (b & 0x7f800000u)), s1, 1.0f / s1};
+}
+float host_div_scale(float y, const HostScaleDiv& d) {
+  const float a = y * d.m;
+  float q = a * d.inv;
+  q = std::fma(-std::fma(d.s1, q, -a), d.inv, q);
+  return std::fma(-std::fma(d.s1, q, -a), d.inv, q);
+}
+// One (y, s) pair: bits where the quotient is ≥ 2^-126 (NaN for NaN), the e4m3 code always. Returns false on a mismatch.
+bool div_scale_matches(float y, float s, std::string* why) {
+  const float want = y / s, got = host_div_scale(y, host_scale_div(s));
+  const uint8_t cw = ref::e4m3_from_float(want), cg = ref::e4m3_from_float(got);
+  const bool bits = std::isnan(want) ? std::isnan(got)
+                                     : (std::fabs(want) < 0x1p-126f ||
+                                        std::bit_cast<uint32_t>(want) == std::bit_cast<uint32_t>(got));
+  if (bits && cw == cg) return true;
+  char b[160];
+  std::snprintf(b, sizeof b, "y %a s %a: y/s %a (e4m3 %02x), div_scale %a (%02x)", y, s, want, cw, got, cg);
+  *why = b;
+  return false;
+}
+
+TEST(ReferenceDivScale, EdgeCases) {
+  std::string why;
+  const float scales[] = {1e-30f, 0x1p-99f, 0x1.8p-90f, 1.0f, 1.5f, 0x1.fffffep0f, 3.0f, 1.0f / 448.0f,
+                          0x1p100f, FLT_MAX / 448.0f, 0x1.fffffep118f, kInf};
+  for (float s : scales) {
+    std::vector<float> ys = {0.0f, -0.0f, kNaN, -kNaN, 0x1p-149f, -0x1p-149f, 0x1p-126f, -0x1.8p-140f};
+    if (!std::isinf(s)) {
+      for (float u : {448.0f, -448.0f, 1.0f, 0.5f, 0x1p-10f, 0x1p-9f, 3 * 0x1p-10f, 1.0625f, 432.0f, 1e-20f}) {
+        const float y = u * s;  // rounded: both sides of the e4m3 ties
+        ys.insert(ys.end(), {y, std::nextafter(y, 0.0f), std::nextafter(y, 2 * y), -y});
+      }
+    } else {
+      ys.insert(ys.end(), {1.0f, -3.5f, FLT_MAX, -FLT_MAX, kInf, -kInf});
+    }
+    for (float y : ys) {
+      if (std::isfinite(s) && (std::isinf(y) || std::fabs(y) > 448.0 * s * (1 + 0x1p-20))) continue;  // not of this block
+      EXPECT_TRUE(div_scale_matches(y, s, &why)) << why;
+    }
+  }
+  // zeros keep their sign through the corrections
+  EXPECT_TRUE(std::signbit(host_div_scale(-0.0f, host_scale_div(3.0f))));
+  EXPECT_FALSE(std::signbit(host_div_scale(0.0f, host_scale_div(3.0f))));
+  EXPECT_TRUE(std::signbit(host_div_scale(-2.0f, host_scale_div(kInf))));
+}
+
+// Every mantissa of s (the sequence's result depends on the exponents only through the exact scaling by m), each at
+// an exponent drawn from the block scales' range, with random y of the block: log-uniform magnitudes from 448·s down
+// to 2^-40·s (where e4m3 codes are decided) and a few far below, both signs; and y on e4m3 ties (RN(m·s) and its
+// neighbours). KILN_DIV_SCALE_ROUNDS (default 2) sets the random y a scale.
+TEST(ReferenceDivScale, EveryScaleMantissaRandomValues) {
+  const char* env = std::getenv("KILN_DIV_SCALE_ROUNDS");
+  const int rounds = env ? std::atoi(env) : 2;
+  std::mt19937_64 rng(20261127);
+  std::uniform_real_distribution<double> lg(-40.0, std::log2(448.0));
+  std::string why;
+  int64_t checked = 0, failures = 0;
+  for (uint32_t mant = 0; mant < (1u << 23); ++mant) {
+    const int e = static_cast<int>(rng() % 219) - 99;  // s in [2^-99, 2^120)
+    const float s = std::bit_cast<float>((static_cast<uint32_t>(e + 127) << 23) | mant);
+    if (s < 1e-30f || !(s <= FLT_MAX / 448.0f)) continue;
+    for (int r = 0; r < rounds; ++r) {
+      const double u = std::exp2(r == 0 && (mant & 7) == 0 ? lg(rng) - 60.0 : lg(rng));
+      float y = static_cast<float>(u * static_cast<double>(s));
+      if (std::fabs(y) > 448.0f * s) y = 448.0f * s;
+      if (rng() & 1) y = -y;
+      ++checked;
+      if (!div_scale_matches(y, s, &why) && failures++ < 5) ADD_FAILURE() << why;
+    }
+    // a tie of the e4m3 rounding: k/16 · 2^j for k odd (the midpoints between codes), scaled by s and rounded
+    const int j = static_cast<int>(rng() % 17) - 10;
+    const float t = static_cast<float>((2 * (rng() % 8) + 17)) / 16.0f * std::exp2f(static_cast<float>(j - 1));
+    if (t <= 448.0f) {
+      const float y = t * s;
+      for (float v : {y, std::nextafter(y, 0.0f), std::nextafter(y, 2 * y)}) {
+        ++checked;
+        if (!div_scale_matches(v, s, &why) && failures++ < 5) ADD_FAILURE() << why;
+      }
+    }
+  }
+  EXPECT_EQ(failures, 0);
+  EXPECT_GT(checked, 20000000);
 }
 
 // ---- the scale rule --------------------------------------------------------------------------------------------

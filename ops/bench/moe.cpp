@@ -248,6 +248,10 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, kLing, true, true, P); }});
   cases.push_back({"moe_topk_routing_fwd", kShape + " sigmoid groups=8/4 bias",
                    [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, kLing, true, false, P); }});
+  // Plain softmax top-8 (no groups, no bias, no renormalization) with the map: the issue's ≤ 15 µs shape with the
+  // simplest routing the op offers (the row above and its map row use the presets' Ling routing).
+  cases.push_back({"moe_topk_routing_fwd", kShape + " softmax map P=16",
+                   [=](Runtime& rt) { return moe_routing_fwd_instance(rt, kT, kE, MoeRoutingOptions{}, false, true, P); }});
   cases.push_back({"moe_topk_routing_bwd", kShape + " sigmoid renorm",
                    [=](Runtime& rt) { return moe_routing_bwd_instance(rt, kT, kE, kLing); }});
   cases.push_back({"moe_make_row_id_map", kShape + " P=16",
@@ -258,6 +262,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [=](Runtime& rt) { return moe_permute_instance(rt, kT, kE, k, P, kH, true, true, true); }});
   cases.push_back({"moe_permute_block_quant", kShape + " H=2048 P=16 round_scale=1 probs",
                    [=](Runtime& rt) { return moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, true, true); }});
+  cases.push_back({"moe_permute_block_quant", kShape + " H=2048 P=16 round_scale=0 probs",
+                   [=](Runtime& rt) { return moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, false, true); }});
   cases.push_back({"moe_unpermute", kShape + " H=2048 P=16 bf16 weighted restore",
                    [=](Runtime& rt) { return moe_unpermute_instance(rt, kT, kE, k, P, kH, DType::bf16, true, true); }});
 });

@@ -8,8 +8,9 @@
 // channel): a channel's amax is a max over the thread's 4 rows, then over the 32 half-warps by shared atomicMax on
 // the float bits (amax ≥ 0), into a column-max buffer of 132 slots (channel c at c + (c >> 5): the 8 channels of a
 // lane have consecutive slots, and the two half-warps of a warp hit 2-way conflicts only).
-// The quantizer is the caller's: make(amax) → TileQuant {scale s, the one number p a lane applies}, and
-// apply(y, p) → the value the e4m3 conversion gets (y·(1/s) with power-of-two scales, y/s otherwise).
+// The quantizer is the caller's: make(amax) → TileQuantT<P> {scale s, the parameter p a lane applies: a float, or
+// fp8.cuh's ScaleDiv for a division}, and apply(y, p) → the value the e4m3 conversion gets (y·(1/s) with power-of-two
+// scales, div_scale(y, p) = y/s otherwise).
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
@@ -18,9 +19,17 @@
 namespace kiln {
 namespace bqt {
 
-struct TileQuant {
-  float s, p;
+template <class P>
+struct TileQuantT {
+  float s;
+  P p;
 };
+using TileQuant = TileQuantT<float>;
+// The parameter P from lane src / lane ^ mask (one shuffle a float).
+__device__ __forceinline__ float shfl_param(float p, int src) { return __shfl_sync(0xffffffffu, p, src); }
+__device__ __forceinline__ ScaleDiv shfl_param(const ScaleDiv& p, int src) { return shfl_scale_div(p, src); }
+__device__ __forceinline__ float shfl_xor_param(float p, int mask) { return __shfl_xor_sync(0xffffffffu, p, mask); }
+__device__ __forceinline__ ScaleDiv shfl_xor_param(const ScaleDiv& p, int mask) { return shfl_xor_scale_div(p, mask); }
 
 // Slot of channel c in a column-max buffer.
 __device__ __forceinline__ int colmax_slot(int c) { return c + (c >> 5); }
@@ -69,12 +78,12 @@ __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int la
 #pragma unroll
     for (int e = 0; e < 8; ++e) pm[i] = fmaxf(pm[i], fabsf(y[i][e]));
   }
-  const TileQuant quant = make(transpose_reduce4<true>(pm, hl));
+  const auto quant = make(transpose_reduce4<true>(pm, hl));
   if constexpr (PRED) st_global_f32_if(scale, quant.s, (hl & 3) == 0 && (hl >> 2) < rows);
   else if ((hl & 3) == 0 && (hl >> 2) < rows) *scale = quant.s;
 #pragma unroll
   for (int i = 0; i < 4; ++i) {
-    const float qp = __shfl_sync(0xffffffffu, quant.p, (lane & 16) | (i << 2));
+    const auto qp = shfl_param(quant.p, (lane & 16) | (i << 2));
     if (i < rows) {
       uint2 out;
       out.x = e4m3x4(apply(y[i][0], qp), apply(y[i][1], qp), apply(y[i][2], qp), apply(y[i][3], qp));
@@ -101,15 +110,15 @@ __device__ __forceinline__ void col_max(u32* cm, const float (&y)[4][8], int cs0
 
 // After the barrier that completed cm: the quantizer parameters qp of channels c0 … c0+7 (each half-warp forms four,
 // the other four come by a shuffle) and, with `scales` (warp-uniform), their scales sc (for half-warp 0 to store).
-template <class Make>
-__device__ __forceinline__ void col_quantizers(const u32* cm, int cs0, int half, bool scales, float (&qp)[8],
+template <class Make, class P>
+__device__ __forceinline__ void col_quantizers(const u32* cm, int cs0, int half, bool scales, P (&qp)[8],
                                                float (&sc)[8], Make make) {
   float mine_s[4];
 #pragma unroll
   for (int e = 0; e < 4; ++e) {
-    const TileQuant quant = make(__uint_as_float(cm[cs0 + 4 * half + e]));
+    const TileQuantT<P> quant = make(__uint_as_float(cm[cs0 + 4 * half + e]));
     mine_s[e] = quant.s;
-    const float other = __shfl_xor_sync(0xffffffffu, quant.p, 16);
+    const P other = shfl_xor_param(quant.p, 16);
     qp[e] = half ? other : quant.p;
     qp[4 + e] = half ? quant.p : other;
   }
@@ -137,8 +146,8 @@ __device__ __forceinline__ void store_scales8(float* dst, const float (&sc)[8], 
 // The thread's transposed codes (4 tokens of each of its 8 channels) into ct, [128 channels][32 slots of 4 tokens]:
 // slot s (tokens 4s … 4s+3) of channel n at s ^ (2·(n >> 3)), so the 32 lanes of a warp (channels c0 + e, slots
 // 2w + half) write 32 different banks.
-template <class Apply>
-__device__ __forceinline__ void stage_codes(u32* ct, const float (&y)[4][8], const float (&qp)[8], int c0, int hw,
+template <class Apply, class P>
+__device__ __forceinline__ void stage_codes(u32* ct, const float (&y)[4][8], const P (&qp)[8], int c0, int hw,
                                             int hl, Apply apply) {
 #pragma unroll
   for (int e = 0; e < 8; ++e)

@@ -45,11 +45,50 @@ __device__ __forceinline__ float block_scale(float amax) {
   return s;
 }
 
-// What quantization multiplies or divides by: with ROUND the exact reciprocal, else s itself.
+// y / s for a block scale s without a division a value (div.rn.f32 costs a MUFU.RCP, its refinement and a range check
+// a value). For s > 0 normal or +inf — every
+// max(amax / 448, 1e-30) — and |y| ≤ 448·s or y NaN — every value of the block s was formed from —
+// div_scale(y, scale_div(s)) is __fdiv_rn(y, s) bit for bit wherever |y / s| ≥ 2^-126, and has its e4m3 code (±0,
+// sign kept) below that:
+//   s = s1·2^k with s1 in [1, 2): a = y·2^-k (exact unless |y / s| < 2^-126), inv = RN(1/s1) (one __frcp_rn a
+//   scale), q = RN(a·inv), then twice q ← RN(q − RN(s1·q − a)·inv): the residual s1·q − a is exact (FMA, q faithful,
+//   no underflow), the first step makes q faithful, the second correctly rounded (Markstein's theorem: inv within half
+//   an ulp of 1/s1 and q faithful ⇒ RN(q + (a − s1·q)·inv) = RN(a / s1)). 2 FMUL + 4 FFMA a value, no branch.
+//   Zeros keep their sign (the residual is formed as s1·q − a and subtracted: RN(−0 − (+0)) = −0). s = +inf: m = 0,
+//   s1 = inv = 1, so a = y·0 = ±0 (finite y) or NaN (y infinite or NaN), as y / inf.
+// tests/reference_test.cpp repeats the sequence on the host against IEEE division (every s1, random y, edge cases).
+struct ScaleDiv {
+  float m, s1, inv;
+};
+__device__ __forceinline__ ScaleDiv scale_div(float s) {
+  const u32 b = __float_as_uint(s);
+  if (b >= 0x7f800000u) return {0.0f, 1.0f, 1.0f};
+  const float s1 = __uint_as_float((b & 0x007fffffu) | 0x3f800000u);
+  return {__uint_as_float(0x7f000000u - (b & 0x7f800000u)), s1, __frcp_rn(s1)};
+}
+__device__ __forceinline__ float div_scale(float y, const ScaleDiv& d) {
+  const float a = __fmul_rn(y, d.m);
+  float q = __fmul_rn(a, d.inv);
+  q = __fmaf_rn(-__fmaf_rn(d.s1, q, -a), d.inv, q);
+  return __fmaf_rn(-__fmaf_rn(d.s1, q, -a), d.inv, q);
+}
+__device__ __forceinline__ ScaleDiv shfl_scale_div(const ScaleDiv& d, int src) {
+  return {__shfl_sync(0xffffffffu, d.m, src), __shfl_sync(0xffffffffu, d.s1, src),
+          __shfl_sync(0xffffffffu, d.inv, src)};
+}
+__device__ __forceinline__ ScaleDiv shfl_xor_scale_div(const ScaleDiv& d, int mask) {
+  return {__shfl_xor_sync(0xffffffffu, d.m, mask), __shfl_xor_sync(0xffffffffu, d.s1, mask),
+          __shfl_xor_sync(0xffffffffu, d.inv, mask)};
+}
+
+// What quantization multiplies or divides by: with ROUND the exact reciprocal, else s through div_scale.
 template <bool ROUND> struct Quantizer {
   float s, inv;
-  __device__ __forceinline__ explicit Quantizer(float scale) : s(scale), inv(ROUND ? 1.0f / scale : scale) {}
-  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
+  ScaleDiv d;
+  __device__ __forceinline__ explicit Quantizer(float scale) : s(scale), inv(ROUND ? 1.0f / scale : scale) {
+    if constexpr (!ROUND) d = scale_div(scale);
+  }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : div_scale(y, d); }
 };
 
 }  // namespace kiln

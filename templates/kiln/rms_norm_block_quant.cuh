@@ -51,18 +51,21 @@ __device__ __forceinline__ void st_async16(float* local_dst, float4 v, u64* loca
 }
 // Quantizer with the reciprocal of a power-of-two scale (ROUND) built from its bits instead of a division:
 // s = 2^e (normal, e ≥ −99) → 1/s = 2^−e, exactly Quantizer's 1.0f / s; s = inf → 0, as 1.0f / inf.
+// Without ROUND: y / s through fp8.cuh's div_scale (d).
 template <bool ROUND>
 struct Quant {
   float s, inv;
+  ScaleDiv d;
   __device__ __forceinline__ explicit Quant(float scale) : s(scale) {
     if constexpr (ROUND) {
       const u32 b = __float_as_uint(scale);
       inv = b >= 0x7f800000u ? 0.f : __uint_as_float(0x7f000000u - b);
     } else {
       inv = scale;
+      d = scale_div(scale);
     }
   }
-  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : __fdiv_rn(y, s); }
+  __device__ __forceinline__ float operator()(float y) const { return ROUND ? y * inv : div_scale(y, d); }
 };
 // block_scale<ROUND>(amax) for an amax that is a max from 0 ignoring NaN (≥ 0, never NaN), as every amax here is;
 // with ROUND from the bits of amax, branch-free and without the division (rms_norm_block_quant_pow2_scale_bits_of_max).

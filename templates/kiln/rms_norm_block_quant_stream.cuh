@@ -38,15 +38,27 @@ namespace rmsq {
 // The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them (ROUND:
 // the reciprocal from the scale's bits, else the scale and a division).
 template <bool ROUND>
-struct MakeQuant {
+struct MakeQuant;
+template <>
+struct MakeQuant<true> {
+  using Param = float;
   __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
-    const Quant<ROUND> q(scale_of_max<ROUND>(amax));
-    return {q.s, ROUND ? q.inv : q.s};
+    const Quant<true> q(scale_of_max<true>(amax));
+    return {q.s, q.inv};
+  }
+};
+template <>
+struct MakeQuant<false> {
+  using Param = ScaleDiv;
+  __device__ __forceinline__ bqt::TileQuantT<ScaleDiv> operator()(float amax) const {
+    const float s = scale_of_max<false>(amax);
+    return {s, scale_div(s)};
   }
 };
 // MakeQuant<true> in fewer instructions (LEAN): the reciprocal straight from amax's bits
 // (rms_norm_block_quant_pow2_inv_bits_of_max), the scale from the reciprocal's.
 struct MakeQuantPow2 {
+  using Param = float;
   __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
     const u32 inv = rms_norm_block_quant_pow2_inv_bits_of_max(__float_as_uint(amax));
     return {__uint_as_float(inv != 0u ? 0x7f000000u - inv : 0x7f800000u), __uint_as_float(inv)};
@@ -62,9 +74,11 @@ struct QuantOf<true, true> {
 };
 template <bool ROUND>
 struct Apply {
-  __device__ __forceinline__ float operator()(float y, float p) const {
-    return ROUND ? __fmul_rn(y, p) : __fdiv_rn(y, p);
-  }
+  __device__ __forceinline__ float operator()(float y, float p) const { return __fmul_rn(y, p); }
+};
+template <>
+struct Apply<false> {
+  __device__ __forceinline__ float operator()(float y, const ScaleDiv& p) const { return div_scale(y, p); }
 };
 using bqt::transpose_reduce4;
 // y = (x·r)·w (fp32, this order: the family's rule) of a thread's 4 rows × 8 channels.
@@ -92,8 +106,10 @@ template <int N, bool ROUND, bool LQ = false>
 __device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], const u32* cm,
                                                 u32* ct, i64 tile, int col, int warp, int half, int hw, int hl, int cs0,
                                                 bool scale_aligned) {
-  float qp[8], sc[8];
-  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, typename QuantOf<ROUND, LQ>::type{});
+  using Make = typename QuantOf<ROUND, LQ>::type;
+  typename Make::Param qp[8];
+  float sc[8];
+  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, Make{});
   if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
   bqt::stage_codes(ct, y, qp, hl * 8, hw, hl, Apply<ROUND>{});
 }

@@ -94,21 +94,25 @@ __device__ __forceinline__ bool silu_table_has(u32 b) {
 // ---- quantizer ------------------------------------------------------------------------------------------------------
 // Quantizer<ROUND> of fp8.cuh with the power-of-two reciprocal formed from the exponent bits instead of a division
 // (same bits: for s = 2^e, e in [-99, 120], 1/s = 2^-e exactly; s = inf gives 0 = 1/inf).
+// Without ROUND the division is fp8.cuh's div_scale.
+template <bool ROUND> struct SiluParam { using type = ScaleDiv; };
+template <> struct SiluParam<true> { using type = float; };
 template <bool ROUND> struct SiluQuant {
   float s, inv;
   __device__ __forceinline__ explicit SiluQuant(float scale) : s(scale) {
     if (ROUND) inv = scale == __int_as_float(0x7f800000) ? 0.0f : __uint_as_float(0x7f000000u - __float_as_uint(scale));
     else inv = scale;
   }
-  __device__ __forceinline__ float operator()(float y) const { return ROUND ? __fmul_rn(y, inv) : __fdiv_rn(y, s); }
-  // What operator() applies (inv with ROUND, else s): the one number a lane needs to quantize with this scale.
-  __device__ __forceinline__ float param() const { return ROUND ? inv : s; }
+  // What operator() applies (inv with ROUND, else the ScaleDiv of s): what a lane needs to quantize with this scale.
+  using Param = typename SiluParam<ROUND>::type;
+  __device__ __forceinline__ Param param() const {
+    if constexpr (ROUND) return inv;
+    else return scale_div(s);
+  }
 };
-// SiluQuant<ROUND>(s)(y), given its param().
-template <bool ROUND>
-__device__ __forceinline__ float silu_quant(float y, float param) {
-  return ROUND ? __fmul_rn(y, param) : __fdiv_rn(y, param);
-}
+// The quantized value of y, given SiluQuant's param().
+__device__ __forceinline__ float silu_quant(float y, float param) { return __fmul_rn(y, param); }
+__device__ __forceinline__ float silu_quant(float y, const ScaleDiv& param) { return div_scale(y, param); }
 
 // block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
 // ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
@@ -129,14 +133,16 @@ __device__ __forceinline__ float silu_block_scale(float amax) {
 // The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them.
 template <bool ROUND>
 struct SiluMakeQuant {
-  __device__ __forceinline__ bqt::TileQuant operator()(float amax) const {
+  using Param = typename SiluQuant<ROUND>::Param;
+  __device__ __forceinline__ bqt::TileQuantT<Param> operator()(float amax) const {
     const SiluQuant<ROUND> q(silu_block_scale<ROUND>(amax));
     return {q.s, q.param()};
   }
 };
 template <bool ROUND>
 struct SiluApply {
-  __device__ __forceinline__ float operator()(float y, float p) const { return silu_quant<ROUND>(y, p); }
+  template <class P>
+  __device__ __forceinline__ float operator()(float y, const P& p) const { return silu_quant(y, p); }
 };
 
 // ---- async copies ---------------------------------------------------------------------------------------------------
@@ -536,7 +542,8 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         for (int h = h0; h < h0 + CT; ++h) {
           // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
           // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
-          float qp[8], sc[8];
+          typename SiluMakeQuant<ROUND>::Param qp[8];
+          float sc[8];
           bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND>{});
           // half-warp 0 of warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
           if (warp == 0 && half == 0)
