@@ -706,6 +706,11 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   int* pe = moe_smem + W * E + W * tpw * 32 * EL + warp * tpw * K;
   float* ps = reinterpret_cast<float*>(moe_smem + W * E + W * tpw * 32 * EL + W * tpw * K) + warp * tpw * K;
   u32* rec = reinterpret_cast<u32*>(moe_smem + W * E + W * tpw * 32 * EL + 2 * W * tpw * K);
+  // Softmax without a bias: the keys are the logits, so the scores stay unnormalized (e^(z − m)) in the rows and only
+  // the K picks a token are divided by its sum (tsum, [W][tpw] after the records), in the picks' stores.
+  constexpr bool LATEDIV = !SIGMOID && !BIAS;
+  float* tsum = reinterpret_cast<float*>(moe_smem + W * E + W * tpw * 32 * EL + 2 * W * tpw * K +
+                                         (MAP ? W * tpw * K : 0)) + warp * tpw;
   pdl_launch_dependents();  // moe_route_map (map) waits for this grid before it reads anything
   for (int e = lane; e < E; e += 32) cnt[e] = 0;
   __syncwarp();
@@ -800,8 +805,12 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
         // Fixed-order butterfly (the CPU reference replays it lane by lane).
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) sum = __fadd_rn(sum, __shfl_xor_sync(ALL, sum, o));
+        if constexpr (LATEDIV) {
+          if (lane == 0) tsum[t - tb] = sum;
+        } else {
 #pragma unroll
-        for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
+          for (int c = 0; c < EL; ++c) s[c] = __fdiv_rn(s[c], sum);
+        }
       }
     };
     // The keys as order-preserving u32 (NaN counts as −inf; 0 = no expert, below every real key) from the scores s:
@@ -968,7 +977,10 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   // the earlier rounds' counts) and the record.
   __syncwarp();
   const int nk = max(0, te - tb) * K;
-  for (int i = lane; i < nk; i += 32) ps[i] = srow[(i / K) * 32 * EL + pe[i]];
+  for (int i = lane; i < nk; i += 32) {
+    const float sv = srow[(i / K) * 32 * EL + pe[i]];
+    ps[i] = LATEDIV ? __fdiv_rn(sv, tsum[i / K]) : sv;
+  }
   __syncwarp();
 #pragma unroll 1
   for (int b = 0; b < nk; b += 32) {
@@ -1177,6 +1189,9 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // doubles, the 16-slot rank count by DADD signs.
   constexpr bool DRANK = GRP5 && (V & kMoeRunDRank) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
+  constexpr bool SOFTMAX = (V & kMoeRunSoftmax) != 0;
+  static_assert(!SOFTMAX || (!BIAS && G == 1 && E / TPT == 2 * (E / 32) && (E == 128 || E == 256)),
+                "SOFTMAX: no bias, no groups, two of moe_route_kernel's lanes a thread");
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
@@ -1467,6 +1482,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
   // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
+  // SOFTMAX: the token's max logit and Σ e^(z − max) (exact_keys), for the picks' scores.
+  float tok_max = 0.0f, tok_sum = 1.0f;
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
@@ -1479,7 +1496,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           pe[q] = pk[r];
           if constexpr (!LEAN) {  // (LEAN: the ranking thread stored the pick's σ)
             const float x = rows[tl * RSF + pe[q]];
-            sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+            if constexpr (SOFTMAX) sp[tl * KP + r] = __fdiv_rn(kiln_exp(__fsub_rn(x, tok_max)), tok_sum);
+            else sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
           }
         }
       }
@@ -1651,6 +1669,35 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       } else {
 #pragma unroll
         for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
+        if constexpr (SOFTMAX) {
+          // moe_route_kernel's softmax sum, bit for bit: its lane L = 2·part + h holds experts e0 + 8h … (EL = EPT/2
+          // of them), summed from 0 in expert order (position xpos(o) holds expert e0 + o), then the xor butterfly
+          // over L (offsets 16, 8, 4, 2 are parts 8, 4, 2, 1 apart, i.e. lanes TPW·that apart; 1 is h).
+          float m = neg_inf;
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) m = fmaxf(m, v[c]);
+#pragma unroll
+          for (int o = TPW; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(ALL, m, o));
+          float ex[EPT];
+#pragma unroll
+          for (int c = 0; c < EPT; ++c) ex[c] = kiln_exp(__fsub_rn(v[c], m));
+          float h0 = 0.0f, h1 = 0.0f;
+#pragma unroll
+          for (int o = 0; o < EPT / 2; ++o) {
+            const float a0 = ROT ? (rot ? ex[4 * (((o >> 2) - 1) & (NC4 - 1)) + (o & 3)] : ex[o]) : ex[o];
+            const int o1 = o + EPT / 2;
+            const float a1 = ROT ? (rot ? ex[4 * (((o1 >> 2) - 1) & (NC4 - 1)) + (o1 & 3)] : ex[o1]) : ex[o1];
+            h0 = __fadd_rn(h0, a0);
+            h1 = __fadd_rn(h1, a1);
+          }
+#pragma unroll
+          for (int o = 16 * TPW / 2; o >= TPW; o >>= 1) {
+            h0 = __fadd_rn(h0, __shfl_xor_sync(ALL, h0, o));
+            h1 = __fadd_rn(h1, __shfl_xor_sync(ALL, h1, o));
+          }
+          tok_max = m;
+          tok_sum = __fadd_rn(h0, h1);
+        }
       }
     };
     // APPROX: keys from σ̃ = rcp.approx(1 + ex2.approx(max(−z·log2 e, −20·log2 e))) (4 instructions, not ≈ 19), within

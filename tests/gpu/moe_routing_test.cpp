@@ -241,6 +241,21 @@ TEST_F(MoeRoutingTest, LingMini65536Tokens) { run_case({65536, 256, kLing, true,
 TEST_F(MoeRoutingTest, QwenSoftmaxRenormalized) {
   for (int64_t T : {1, 7, 4096}) run_case({T, 128, kQwen, false, 1}, 200 + T);
 }
+// Plain softmax top-8 with the map at E = 256 and 128 (the CTA-run kernel's SOFTMAX since session 17: its sum repeats
+// the warp kernel's order), on random logits, ties and ulp-level differences, and isolated NaN logits.
+TEST_F(MoeRoutingTest, PlainSoftmaxWithTheMap) {
+  const MoeRoutingOptions o{8, MoeScore::softmax, 1, 1, false, 1.0f};
+  for (int64_t T : {1, 777, 8192}) run_case({T, 256, o, false, 16}, 500 + T);
+  run_case({4100, 128, {8, MoeScore::softmax, 1, 1, false, 2.0f}, false, 32}, 510);
+  for (int pattern : {1, 2, 3, 6}) {
+    Case c{600, 256, o, false, 16};
+    c.pattern = pattern;
+    run_case(c, 520 + pattern);
+    c.E = 128;
+    c.o.renormalize = true;
+    run_case(c, 530 + pattern);
+  }
+}
 TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
   run_case({777, 8, {1, MoeScore::softmax, 1, 1, false, 1.0f}, false, 128}, 1);
   run_case({4096, 64, {2, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 2);
