@@ -60,11 +60,8 @@ int64_t lane_experts(int64_t E, int64_t G) {
 // per thread), groups of at least 2 experts either whole inside a thread or spanning a power of two of threads, and
 // K ≤ 2·topk_group (grouped) or K ≤ 2·tpt (plain): the two best keys of the kept groups (or of the tpt threads) bound
 // the K-th key from below.
-// Softmax (session 17, the kernel's SOFTMAX): without a bias and groups, where a thread holds two of moe_route_kernel's
-// lanes (E = 32·lane_experts: 128, 256), whose softmax sum it repeats bit for bit.
-bool run_ok(int64_t E, int64_t K, bool sigmoid, bool bias, int64_t G, int64_t TG, int64_t tpt) {
-  if (!sigmoid && (bias || G > 1 || tpt != 16 || (E != 128 && E != 256))) return false;
-  if (E % 16 != 0 || E % (4 * tpt) != 0 || E > 256 || K < 1) return false;
+bool run_ok(int64_t E, int64_t K, bool sigmoid, int64_t G, int64_t TG, int64_t tpt) {
+  if (!sigmoid || E % 16 != 0 || E % (4 * tpt) != 0 || E > 256 || K < 1) return false;
   if (G <= 1) return K <= 2 * tpt;
   const int64_t GS = E / G, EPT = E / tpt;
   const bool layout = EPT % GS == 0 || (GS % EPT == 0 && std::has_single_bit(static_cast<uint64_t>(GS / EPT)));
@@ -102,7 +99,6 @@ int run_bits(const Specialization& s) {
   int v = s.config[C_VARIANT];
   for (auto [cfg, bit] : kBits)
     if (load & cfg) v |= bit;
-  if (s.params[P_SIGMOID] == 0) v |= kMoeRunSoftmax;
   return v;
 }
 // V rendered only where nonzero (", V").
@@ -227,9 +223,8 @@ void set_warp_default(Specialization& s, bool map) {
 // kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
 void set_route_default(Specialization& s) {
   const bool map = s.params[P_MAP] != 0;
-  if (map && s.arch.sm >= 90 &&
-      run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_BIAS] != 0, s.params[P_GROUPS],
-             s.params[P_TOPK_GROUPS], 16)) {
+  if (map && s.arch.sm >= 90 && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
+                    s.params[P_TOPK_GROUPS], 16)) {
     s.config = {};
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
@@ -324,8 +319,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     // it fill 0). (4 and 8 threads per token measured slower in every round of session 7 and were removed.)
     for (int tpt : {16}) {
       if (base.arch.sm < 90) break;  // (cp.async.bulk and mbarrier try_wait: sm_90 and later)
-      if (!run_ok(E, K, base.params[P_SIGMOID] != 0, base.params[P_BIAS] != 0, G, base.params[P_TOPK_GROUPS], tpt))
-        continue;
+      if (!run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], tpt)) continue;
       for (int fill : {kFusedFillAfter, kFusedFillLate, kRunDeferAll}) {
         if (!map && fill != kFusedFillAfter) continue;
         for (int w : {2 * tpt, tpt}) {  // 64 or 32 tokens per CTA
@@ -357,8 +351,7 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
     // Session 9's options on the CTA-run kernel at 16 warps (with the map): the default (379 with a bias, 314
     // without: PERSIST + BULKST + BIASPRE + WARPPAD + FILLTMA) at fill 4 and 3 (−1 rows queued behind the row
     // copies), round 2's 291 (PERSIST + BULKST; 290), round 3's 355 (+ BIASPRE), and session 8's 7 (6) at fill 4.
-    if (map && base.arch.sm >= 90 &&
-        run_ok(E, K, base.params[P_SIGMOID] != 0, base.params[P_BIAS] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
+    if (map && base.arch.sm >= 90 && run_ok(E, K, base.params[P_SIGMOID] != 0, G, base.params[P_TOPK_GROUPS], 16)) {
       const int ap = base.params[P_BIAS] ? kRunApprox : 0, bp = base.params[P_BIAS] ? kRunBiasPre : 0;
       const int s9 = kRunIssueLast | kRunPersist | kRunBulkSt | kRunWarpPad | kRunFillTma | ap | bp;
       // Session 10: WAITLEAN | FASTDIV on session 9's default (3451 with a bias) and, on 8 groups with a bias, with

@@ -1189,9 +1189,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // doubles, the 16-slot rank count by DADD signs.
   constexpr bool DRANK = GRP5 && (V & kMoeRunDRank) != 0;
   constexpr bool WAITLEAN = (V & kMoeRunWaitLean) != 0, FASTDIV = (V & kMoeRunFastDiv) != 0;
-  constexpr bool SOFTMAX = (V & kMoeRunSoftmax) != 0;
-  static_assert(!SOFTMAX || (!BIAS && G == 1 && E / TPT == 2 * (E / 32) && (E == 128 || E == 256)),
-                "SOFTMAX: no bias, no groups, two of moe_route_kernel's lanes a thread");
   // REGLATE12 (moe_routing_args.h kMoeRunRegLate12): warps RW … W − 1 (the last W/4) load their rows by 16-byte
   // register loads (no row copies, no mbarrier wait loop for them), the others by the bulk copies.
   constexpr int RW = (V & kMoeRunRegLate12) != 0 ? 3 * W / 4 : W;
@@ -1482,8 +1479,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   // built in shared memory (over its scores, no longer needed) and copied out complete by 16-byte stores. A warp with
   // tokens calls it after its selection.
   int* const pk = picks + tl * KP;
-  // SOFTMAX: the token's max logit and Σ e^(z − max) (exact_keys), for the picks' scores.
-  float tok_max = 0.0f, tok_sum = 1.0f;
   auto emit_rows = [&] {
     constexpr int MP = (K + TPT - 1) / TPT;  // picks per thread
     float pv[MP];
@@ -1496,8 +1491,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
           pe[q] = pk[r];
           if constexpr (!LEAN) {  // (LEAN: the ranking thread stored the pick's σ)
             const float x = rows[tl * RSF + pe[q]];
-            if constexpr (SOFTMAX) sp[tl * KP + r] = __fdiv_rn(kiln_exp(__fsub_rn(x, tok_max)), tok_sum);
-            else sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
+            sp[tl * KP + r] = BIAS ? x : kiln_sigmoid(x);
           }
         }
       }
@@ -1669,35 +1663,6 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       } else {
 #pragma unroll
         for (int c = 0; c < EPT; ++c) key[c] = ordered_bits(v[c] != v[c] ? neg_inf : v[c]);
-        if constexpr (SOFTMAX) {
-          // moe_route_kernel's softmax sum, bit for bit: its lane L = 2·part + h holds experts e0 + 8h … (EL = EPT/2
-          // of them), summed from 0 in expert order (position xpos(o) holds expert e0 + o), then the xor butterfly
-          // over L (offsets 16, 8, 4, 2 are parts 8, 4, 2, 1 apart, i.e. lanes TPW·that apart; 1 is h).
-          float m = neg_inf;
-#pragma unroll
-          for (int c = 0; c < EPT; ++c) m = fmaxf(m, v[c]);
-#pragma unroll
-          for (int o = TPW; o < 32; o <<= 1) m = fmaxf(m, __shfl_xor_sync(ALL, m, o));
-          float ex[EPT];
-#pragma unroll
-          for (int c = 0; c < EPT; ++c) ex[c] = kiln_exp(__fsub_rn(v[c], m));
-          float h0 = 0.0f, h1 = 0.0f;
-#pragma unroll
-          for (int o = 0; o < EPT / 2; ++o) {
-            const float a0 = ROT ? (rot ? ex[4 * (((o >> 2) - 1) & (NC4 - 1)) + (o & 3)] : ex[o]) : ex[o];
-            const int o1 = o + EPT / 2;
-            const float a1 = ROT ? (rot ? ex[4 * (((o1 >> 2) - 1) & (NC4 - 1)) + (o1 & 3)] : ex[o1]) : ex[o1];
-            h0 = __fadd_rn(h0, a0);
-            h1 = __fadd_rn(h1, a1);
-          }
-#pragma unroll
-          for (int o = 16 * TPW / 2; o >= TPW; o >>= 1) {
-            h0 = __fadd_rn(h0, __shfl_xor_sync(ALL, h0, o));
-            h1 = __fadd_rn(h1, __shfl_xor_sync(ALL, h1, o));
-          }
-          tok_max = m;
-          tok_sum = __fadd_rn(h0, h1);
-        }
       }
     };
     // APPROX: keys from σ̃ = rcp.approx(1 + ex2.approx(max(−z·log2 e, −20·log2 e))) (4 instructions, not ≈ 19), within

@@ -123,11 +123,6 @@ enum : int {
   // (moe_chunk_bases_put). Rounds B / C / D / E, one process: −0.05 / −0.13 / −0.21 / +0.08 µs against 17326075, lower
   // in 25 / 31 / 58 / 13 of 41 / 41 / 61 / 61 rounds.
   kMoeRunEarlyPut = 16384,
-  // SOFTMAX (session 17; set by the host from the params, not a config bit): softmax scores without a bias and
-  // without groups, where E = 32 · lane_experts (128, 256) — the keys are the logits; the token's max and the sum of
-  // e^(z − max) in moe_route_kernel's order (its 32 lanes of E/32 experts summed in expert order, then the xor
-  // butterfly: here two such lanes a thread); only the K picks are divided by the sum.
-  kMoeRunSoftmax = 1048576,
   // (Session 16, helper topk10, round A: VALROWS — no release and no spin; every warp polled its count rows by relaxed
   // loads until their sums validated them (superblock rows grow from zero, chunk rows in their own zeroed per-stream
   // halves) — +0.53 µs, with VALNAP (256 ns between poll rounds) +0.45, with VALFILL8 (the −1 copies one a warp)

@@ -241,8 +241,8 @@ TEST_F(MoeRoutingTest, LingMini65536Tokens) { run_case({65536, 256, kLing, true,
 TEST_F(MoeRoutingTest, QwenSoftmaxRenormalized) {
   for (int64_t T : {1, 7, 4096}) run_case({T, 128, kQwen, false, 1}, 200 + T);
 }
-// Plain softmax top-8 with the map at E = 256 and 128 (the CTA-run kernel's SOFTMAX since session 17: its sum repeats
-// the warp kernel's order), on random logits, ties and ulp-level differences, and isolated NaN logits.
+// Plain softmax top-8 with the map at E = 256 and 128 (the warp kernel without a bias divides only the picks by the
+// sum since session 17), on random logits, ties and ulp-level differences, and isolated NaN logits.
 TEST_F(MoeRoutingTest, PlainSoftmaxWithTheMap) {
   const MoeRoutingOptions o{8, MoeScore::softmax, 1, 1, false, 1.0f};
   for (int64_t T : {1, 777, 8192}) run_case({T, 256, o, false, 16}, 500 + T);
