@@ -261,7 +261,7 @@ TEST_F(MoePermuteTest, UnpermuteOddShapes) {
 // keep the poison.
 class MoePermuteBlockQuantTest : public GpuTest {
  protected:
-  static void run(const Routing& r, int64_t Hd, bool round_scale) {
+  static void run(const Routing& r, int64_t Hd, bool round_scale, bool special = false) {
     SCOPED_TRACE("T=" + std::to_string(r.T) + " E=" + std::to_string(r.E) + " k=" + std::to_string(r.k) +
                  " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " round=" + std::to_string(round_scale));
     Runtime& rt = GpuTest::rt();
@@ -269,6 +269,11 @@ class MoePermuteBlockQuantTest : public GpuTest {
     const int64_t nb = moe_block_quant_scale_blocks(num_out, E);
     std::vector<float> x = randn(T * Hd, mix_seed({static_cast<uint64_t>(T), static_cast<uint64_t>(Hd), 21}), 3.0f);
     for (int64_t i = 0; i < T * Hd; i += 977) x[i] *= 1e4f;  // a few large values set their blocks' scales
+    if (special) {  // NaN, ±inf, ±0 and bf16's extremes in some blocks (an inf makes its blocks' scale inf)
+      const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+      const float vals[] = {nan, inf, -inf, -0.0f, 0.0f, 3.3895314e38f, -3.3895314e38f, 9.2e-41f, 1e-30f};
+      for (int64_t i = 5, k = 0; i < T * Hd; i += 4099, ++k) x[i] = vals[k % 9];
+    }
     round_to(DType::bf16, x);
     const float poison = std::bit_cast<float>(0x55555555u);
     ref::BlockQuantPermuteResult want;
@@ -315,6 +320,8 @@ TEST_F(MoePermuteBlockQuantTest, OddShapes) {
   run(make_routing(4096, 64, 1, 16, 34, 17), 2048, true);  // one expert: 32 full token blocks
   run(make_routing(300, 160, 8, 32, 35), 1536, true);
   run(make_routing(0, 64, 2, 16, 36, -1, 40), 2048, false);
+  run(make_routing(600, 64, 4, 16, 37), 2048, false, true);  // NaN / ±inf / extremes, both scale rules
+  run(make_routing(600, 64, 4, 16, 38), 2048, true, true);
 }
 
 // Permute then unpermute without weights gives k·x for a token routed to k experts (bf16 exact for small k).
