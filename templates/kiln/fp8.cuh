@@ -48,12 +48,13 @@ __device__ __forceinline__ float block_scale(float amax) {
 // y / s for a block scale s without a division a value (div.rn.f32 costs a MUFU.RCP, its refinement and a range check
 // a value). For s > 0 normal or +inf — every
 // max(amax / 448, 1e-30) — and |y| ≤ 448·s or y NaN — every value of the block s was formed from —
-// div_scale(y, scale_div(s)) is __fdiv_rn(y, s) bit for bit wherever |y / s| ≥ 2^-126, and has its e4m3 code (±0,
-// sign kept) below that:
+// div_scale(y, scale_div(s)) is __fdiv_rn(y, s) bit for bit wherever |y / s| ≥ 2^-100, and has its e4m3 code (±0,
+// sign kept) below that (e4m3's smallest step is 2^-9):
 //   s = s1·2^k with s1 in [1, 2): a = y·2^-k (exact unless |y / s| < 2^-126), inv = RN(1/s1) (one __frcp_rn a
-//   scale), q = RN(a·inv), then twice q ← RN(q − RN(s1·q − a)·inv): the residual s1·q − a is exact (FMA, q faithful,
-//   no underflow), the first step makes q faithful, the second correctly rounded (Markstein's theorem: inv within half
-//   an ulp of 1/s1 and q faithful ⇒ RN(q + (a − s1·q)·inv) = RN(a / s1)). 2 FMUL + 4 FFMA a value, no branch.
+//   scale), q = RN(a·inv) (within 1.5 ulps), then twice q ← RN(q − RN(s1·q − a)·inv): the first step makes q faithful
+//   (its error times |1 − s1·inv| ≤ 2^-24), so the second residual s1·q − a is exact (FMA; no underflow while |q| ≥
+//   2^-100) and the second step correctly rounded (Markstein's theorem: inv within half an ulp of 1/s1 and q faithful
+//   ⇒ RN(q + (a − s1·q)·inv) = RN(a / s1)). 2 FMUL + 4 FFMA a value, no branch.
 //   Zeros keep their sign (the residual is formed as s1·q − a and subtracted: RN(−0 − (+0)) = −0). s = +inf: m = 0,
 //   s1 = inv = 1, so a = y·0 = ±0 (finite y) or NaN (y infinite or NaN), as y / inf.
 // tests/reference_test.cpp repeats the sequence on the host against IEEE division (every s1, random y, edge cases).
