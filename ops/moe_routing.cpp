@@ -221,10 +221,15 @@ void set_warp_default(Specialization& s, bool map) {
 // runs the warp kernel's default instead; before sm_90 (no bulk copies or mbarrier waits) the warp kernel. Without
 // the map the warp kernel (8192: 13.92–14.00 vs 14.05–14.10; 4096: 11.33 vs 10.43; the tuning file picks the run
 // kernel with load 2 at 8192: 13.46 against 14.05 in session 8 round 3).
+// Session 17: the CTA-run default only with a bias. Without one the keys are the logits and the warp kernel is
+// faster: plain sigmoid top-8 with the map at 8192 × 256 (kiln tune, H100) took 28.29 µs on the CTA-run default
+// against 19.22 for the best warp config (warps 8, tokens_per_warp 4, fill 3). The run kernel stays a search-space
+// point there.
 void set_route_default(Specialization& s) {
   const bool map = s.params[P_MAP] != 0;
-  if (map && s.arch.sm >= 90 && run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS],
-                    s.params[P_TOPK_GROUPS], 16)) {
+  if (map && s.arch.sm >= 90 && s.params[P_BIAS] != 0 &&
+      run_ok(s.params[P_E], s.params[P_K], s.params[P_SIGMOID] != 0, s.params[P_GROUPS], s.params[P_TOPK_GROUPS],
+             16)) {
     s.config = {};
     s.config[C_WARPS] = 16;
     s.config[C_TPW] = 2;
