@@ -161,10 +161,13 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   //        division per row: ≈ 740 instead of ≈ 970 instructions per warp and row of 1024 channels). Bench (round 1):
   //        staged 16 warps × 4 per row (96 registers, one CTA per SM) 36.75; × 2 per row 39.26; 8 warps × 2 per row
   //        39.78, × 1 per row 50.98; 4 warps × 2 per row 39.66; kept rows × 8 warps 2 per row 40.78, 12 × 1 40.69.
+  //   session 17 (kiln tune, deepseek-v3's Hd = 7168 at 8192 tokens, where 16 staged warps × 4 per row do not fit):
+  //        the default then fell to kept rows (8 warps × 2 per row, registers spilled) at 310.7 µs against 133.4 for
+  //        8 staged warps × 4 per row, the best of the 9 points; that is now the next choice.
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
-  } else if (staged_ok(s, 4) && staged_fits(s, 16, 4)) {
-    s.config[C_WARPS] = 16;
+  } else if (staged_ok(s, 4) && (staged_fits(s, 16, 4) || staged_fits(s, 8, 4))) {
+    s.config[C_WARPS] = staged_fits(s, 16, 4) ? 16 : 8;
     s.config[C_ROWS] = kRowsStaged;
     s.config[C_SPLIT] = 4;
   } else if (kept_ok(s)) {

@@ -195,6 +195,7 @@ std::vector<Case> cases() {
       {2, 100, 1024, 64, bf16},
       {5, 7, 2048, 256, bf16},
       {1, 33, 7168, 128, bf16},                   // DeepSeek-V3 hidden (non-kept rows in the backward)
+      {2, 1031, 7168, 128, bf16},                 // the same over many strips (bwd default: 8 staged warps × 4 a row)
       {2, 50, 4096, 128, f16},
       {2, 50, 2048, 128, f32},
       {2, 9, 18, 6, f32, f16, f32},               // D/2 odd: scalar accesses
