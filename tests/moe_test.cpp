@@ -307,6 +307,34 @@ std::vector<detail::Specialization> ling_like_routing_specs(const detail::Family
   return specs;
 }
 
+// Without an expert bias the default with the map is the warp kernel, even where the CTA-run kernel serves the shape
+// (session 17, kiln tune on the H100, plain sigmoid top-8 + map at 8192 × 256: 28.3 µs on the CTA-run default against
+// 19.1 for the warp kernel's); the CTA-run kernel stays a point of the space there.
+TEST(MoeCompile, NoBiasDefaultsToTheWarpKernel) {
+  Runtime rt(cpu_options());
+  const auto* fam = detail::find_family("moe_routing");
+  ASSERT_NE(fam, nullptr);
+  ModelConfig m;
+  m.name = "plain-sigmoid";
+  m.hidden_size = 2048;
+  m.num_experts = 256;
+  m.num_experts_per_tok = 8;
+  m.scoring_func = "sigmoid";
+  m.norm_topk_prob = true;
+  std::vector<detail::Specialization> specs;
+  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
+  const auto biased = ling_like_routing_specs(*fam);
+  ASSERT_FALSE(specs.empty());
+  ASSERT_EQ(specs[0].kernel, biased[0].kernel);  // the route kernel with the map comes first, as for Ling
+  EXPECT_EQ(specs[0].config[4], 0) << specs[0].describe();
+  EXPECT_EQ(biased[0].config[4], 16) << biased[0].describe();
+  std::vector<detail::Specialization> space;
+  fam->search_space(specs[0], space);
+  bool run_point = false;
+  for (const auto& p : space) run_point |= p.config[4] == 16;
+  EXPECT_TRUE(run_point);
+}
+
 // The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
 // 16 warps × the −1 rows at kernel start or after the arrival with the map, or both them and the prob / map rows
 // after it; fill 0 without; and the session-9 options), not in the softmax ones, and is the default with the map; its

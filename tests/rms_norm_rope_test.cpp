@@ -166,6 +166,20 @@ TEST(RmsNormRopeCompile, SearchSpaceHoldsTheDefaultAndFitsSharedMemory) {
   EXPECT_EQ(specs[1].config[1], 2);
   EXPECT_EQ(specs[1].config[2], 4);
   EXPECT_EQ(family().dynamic_smem_bytes(specs[1]), 2048 * 4 + 16 * 3 * (2 * 512 * 2 + 8));
+  // Hd = 7168 (deepseek-v3): 16 staged warps × 4 a row do not fit shared memory, so the backward default is 8 staged
+  // warps × 4 a row (session 17: 136.9 µs at 8192 tokens, against 310.7 for the kept rows it fell to before).
+  {
+    std::vector<detail::Specialization> ds;
+    family().enumerate(load_model("deepseek-v3"), detail::Arch::parse("sm_90a"), ds);
+    ASSERT_EQ(ds.size(), 3u);
+    ASSERT_EQ(ds[1].kernel, specs[1].kernel);
+    EXPECT_EQ(ds[1].params[0], 7168);
+    EXPECT_EQ(ds[1].config[0], 8);
+    EXPECT_EQ(ds[1].config[1], 2);
+    EXPECT_EQ(ds[1].config[2], 4);
+    EXPECT_LE(family().dynamic_smem_bytes(ds[1]), 227 * 1024);
+    EXPECT_TRUE(detail::in_search_space(ds[1]));
+  }
   // Hd = 7168 bf16 keeps no rows (x and dy would take 224 registers): re-read, 2 warps of 28 KiB slices.
   const auto wide = make(1, 7168, 128, DType::bf16, DType::bf16, DType::bf16, 0, 0);
   std::vector<detail::Specialization> wide_space;
