@@ -164,10 +164,14 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t Hd, int64_t D, DType t, 
   //   session 17 (kiln tune, deepseek-v3's Hd = 7168 at 8192 tokens, where 16 staged warps × 4 per row do not fit):
   //        the default then fell to kept rows (8 warps × 2 per row, registers spilled) at 310.7 µs against 133.4 for
   //        8 staged warps × 4 per row, the best of the 9 points; that is now the next choice.
+  const int staged_warps = kernel == kFwd || !staged_ok(s, 4) ? 0
+                           : staged_fits(s, 16, 4)           ? 16
+                           : staged_fits(s, 8, 4)            ? 8
+                                                             : 0;
   if (kernel == kFwd) {
     s.config[C_WARPS] = 4;
-  } else if (staged_ok(s, 4) && (staged_fits(s, 16, 4) || staged_fits(s, 8, 4))) {
-    s.config[C_WARPS] = staged_fits(s, 16, 4) ? 16 : 8;
+  } else if (staged_warps > 0) {
+    s.config[C_WARPS] = staged_warps;
     s.config[C_ROWS] = kRowsStaged;
     s.config[C_SPLIT] = 4;
   } else if (kept_ok(s)) {

@@ -289,9 +289,8 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_GT(detail::ensure_cubin(space[2], nullptr, false, counters).cubin.size(), 1000u);
 }
 
-// The routing specializations of a Ling-like model (E = 256, top-8, sigmoid, 8 groups / top-4, renormalized, expert
-// bias) for sm_90a, as `kiln prewarm` enumerates them.
-std::vector<detail::Specialization> ling_like_routing_specs(const detail::FamilyDef& fam) {
+// A Ling-like model's routing (E = 256, top-8, sigmoid, 8 groups / top-4, renormalized, expert bias).
+ModelConfig ling_like_model() {
   ModelConfig m;
   m.name = "ling-like";
   m.hidden_size = 2048;
@@ -302,9 +301,24 @@ std::vector<detail::Specialization> ling_like_routing_specs(const detail::Family
   m.topk_group = 4;
   m.norm_topk_prob = true;
   m.expert_bias = true;
+  return m;
+}
+// A model's routing specializations for sm_90a, as `kiln prewarm` enumerates them.
+std::vector<detail::Specialization> routing_specs(const detail::FamilyDef& fam, const ModelConfig& m) {
   std::vector<detail::Specialization> specs;
   fam.enumerate(m, detail::Arch::parse("sm_90a"), specs);
   return specs;
+}
+std::vector<detail::Specialization> ling_like_routing_specs(const detail::FamilyDef& fam) {
+  return routing_specs(fam, ling_like_model());
+}
+// The CTA-run points (config tpt ≠ 0) of a route specialization's search space.
+std::vector<detail::Specialization> run_points_of(const detail::FamilyDef& fam, const detail::Specialization& s) {
+  std::vector<detail::Specialization> space, run;
+  fam.search_space(s, space);
+  for (const auto& p : space)
+    if (p.config[4] != 0) run.push_back(p);
+  return run;
 }
 
 // Without an expert bias the default with the map is the warp kernel, even where the CTA-run kernel serves the shape
@@ -314,25 +328,16 @@ TEST(MoeCompile, NoBiasDefaultsToTheWarpKernel) {
   Runtime rt(cpu_options());
   const auto* fam = detail::find_family("moe_routing");
   ASSERT_NE(fam, nullptr);
-  ModelConfig m;
-  m.name = "plain-sigmoid";
-  m.hidden_size = 2048;
-  m.num_experts = 256;
-  m.num_experts_per_tok = 8;
-  m.scoring_func = "sigmoid";
-  m.norm_topk_prob = true;
-  std::vector<detail::Specialization> specs;
-  fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
-  const auto biased = ling_like_routing_specs(*fam);
+  ModelConfig m = ling_like_model();  // the same routing without groups and without the bias
+  m.n_group = 1;
+  m.topk_group = 1;
+  m.expert_bias = false;
+  const auto specs = routing_specs(*fam, m), biased = ling_like_routing_specs(*fam);
   ASSERT_FALSE(specs.empty());
   ASSERT_EQ(specs[0].kernel, biased[0].kernel);  // the route kernel with the map comes first, as for Ling
   EXPECT_EQ(specs[0].config[4], 0) << specs[0].describe();
   EXPECT_EQ(biased[0].config[4], 16) << biased[0].describe();
-  std::vector<detail::Specialization> space;
-  fam->search_space(specs[0], space);
-  bool run_point = false;
-  for (const auto& p : space) run_point |= p.config[4] == 16;
-  EXPECT_TRUE(run_point);
+  EXPECT_FALSE(run_points_of(*fam, specs[0]).empty());
 }
 
 // The CTA-run kernel (config tpt = 16 threads per token) is in the route space of the sigmoid shapes it serves (32 or
@@ -355,14 +360,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   EXPECT_EQ(specs[9].config[2], 3);
   EXPECT_TRUE(detail::in_search_space(specs[9]));
   detail::Counters counters;
-  auto run_points_of = [&](const detail::Specialization& s) {
-    std::vector<detail::Specialization> space, run;
-    fam->search_space(s, space);
-    for (const auto& p : space)
-      if (p.config[4] != 0) run.push_back(p);
-    return run;
-  };
-  const auto with_map = run_points_of(specs[0]);
+  const auto with_map = run_points_of(*fam, specs[0]);
   // The default, tpt 16 × fill 3 / 4 / 5 × 2 shapes, 16 warps with options (load bits) 1 | 2 | 4 at fill 3 / 4, 2 | 4
   // and 1 at fill 3 / 4, session 9's default (379) at fill 4 / 3 and with WAITLEAN | FASTDIV (3451), and at fill 4
   // session 9's 291 and 355; session 10's 4091 (the default before session 12's REGLATE12); session 12's 16781307;
@@ -431,7 +429,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
       }
     }
   }
-  const auto without = run_points_of(specs[5]);
+  const auto without = run_points_of(*fam, specs[5]);
   // 32 / 16 warps, + at 16 the last warp's issue with approximate keys (load 3), without them (2), approximate keys
   // (1)
   ASSERT_EQ(without.size(), 5u);
@@ -453,7 +451,7 @@ TEST(MoeCompile, CtaRunKernelPoints) {
     detail::Specialization s = specs[0];
     s.params = {};
     std::copy(p.begin(), p.end(), s.params.begin());
-    EXPECT_TRUE(run_points_of(s).empty()) << s.describe();
+    EXPECT_TRUE(run_points_of(*fam, s).empty()) << s.describe();
   }
 }
 

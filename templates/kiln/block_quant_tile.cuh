@@ -27,9 +27,19 @@ struct TileQuantT {
 using TileQuant = TileQuantT<float>;
 // The parameter P from lane src / lane ^ mask (one shuffle a float).
 __device__ __forceinline__ float shfl_param(float p, int src) { return __shfl_sync(0xffffffffu, p, src); }
-__device__ __forceinline__ ScaleDiv shfl_param(const ScaleDiv& p, int src) { return shfl_scale_div(p, src); }
+__device__ __forceinline__ ScaleDiv shfl_param(const ScaleDiv& p, int src) {
+  return {shfl_param(p.m, src), shfl_param(p.s1, src), shfl_param(p.inv, src)};
+}
 __device__ __forceinline__ float shfl_xor_param(float p, int mask) { return __shfl_xor_sync(0xffffffffu, p, mask); }
-__device__ __forceinline__ ScaleDiv shfl_xor_param(const ScaleDiv& p, int mask) { return shfl_xor_scale_div(p, mask); }
+__device__ __forceinline__ ScaleDiv shfl_xor_param(const ScaleDiv& p, int mask) {
+  return {shfl_xor_param(p.m, mask), shfl_xor_param(p.s1, mask), shfl_xor_param(p.inv, mask)};
+}
+// The value the e4m3 conversion gets from y and the parameter: y·(1/s), or y / s through fp8.cuh's div_scale (the
+// `apply` of every family on these stages).
+struct ApplyParam {
+  __device__ __forceinline__ float operator()(float y, float p) const { return __fmul_rn(y, p); }
+  __device__ __forceinline__ float operator()(float y, const ScaleDiv& p) const { return div_scale(y, p); }
+};
 
 // Slot of channel c in a column-max buffer.
 __device__ __forceinline__ int colmax_slot(int c) { return c + (c >> 5); }

@@ -73,14 +73,6 @@ __device__ __forceinline__ float div_scale(float y, const ScaleDiv& d) {
   q = __fmaf_rn(-__fmaf_rn(d.s1, q, -a), d.inv, q);
   return __fmaf_rn(-__fmaf_rn(d.s1, q, -a), d.inv, q);
 }
-__device__ __forceinline__ ScaleDiv shfl_scale_div(const ScaleDiv& d, int src) {
-  return {__shfl_sync(0xffffffffu, d.m, src), __shfl_sync(0xffffffffu, d.s1, src),
-          __shfl_sync(0xffffffffu, d.inv, src)};
-}
-__device__ __forceinline__ ScaleDiv shfl_xor_scale_div(const ScaleDiv& d, int mask) {
-  return {__shfl_xor_sync(0xffffffffu, d.m, mask), __shfl_xor_sync(0xffffffffu, d.s1, mask),
-          __shfl_xor_sync(0xffffffffu, d.inv, mask)};
-}
 
 // What quantization multiplies or divides by: with ROUND the exact reciprocal, else s through div_scale.
 template <bool ROUND> struct Quantizer {

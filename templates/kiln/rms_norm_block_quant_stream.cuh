@@ -73,13 +73,7 @@ struct QuantOf<true, true> {
   using type = MakeQuantPow2;
 };
 template <bool ROUND>
-struct Apply {
-  __device__ __forceinline__ float operator()(float y, float p) const { return __fmul_rn(y, p); }
-};
-template <>
-struct Apply<false> {
-  __device__ __forceinline__ float operator()(float y, const ScaleDiv& p) const { return div_scale(y, p); }
-};
+using Apply = bqt::ApplyParam;
 using bqt::transpose_reduce4;
 // y = (x·r)·w (fp32, this order: the family's rule) of a thread's 4 rows × 8 channels.
 __device__ __forceinline__ void norm_y(const Vec16 (&xv)[4], const float (&rv)[4], const float (&w8)[8],

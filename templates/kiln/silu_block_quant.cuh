@@ -110,9 +110,6 @@ template <bool ROUND> struct SiluQuant {
     else return scale_div(s);
   }
 };
-// The quantized value of y, given SiluQuant's param().
-__device__ __forceinline__ float silu_quant(float y, float param) { return __fmul_rn(y, param); }
-__device__ __forceinline__ float silu_quant(float y, const ScaleDiv& param) { return div_scale(y, param); }
 
 // block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
 // ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
@@ -140,10 +137,7 @@ struct SiluMakeQuant {
   }
 };
 template <bool ROUND>
-struct SiluApply {
-  template <class P>
-  __device__ __forceinline__ float operator()(float y, const P& p) const { return silu_quant(y, p); }
-};
+using SiluApply = bqt::ApplyParam;
 
 // ---- async copies ---------------------------------------------------------------------------------------------------
 // (commit / wait: common.cuh's cp_async_commit / cp_async_wait_group.)
