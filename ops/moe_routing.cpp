@@ -21,7 +21,9 @@ namespace kiln {
 namespace {
 using namespace detail;
 
-enum : uint32_t { kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6 };
+enum : uint32_t {
+  kRoute = 0, kTopkBwd = 1, kMapCount = 2, kMapScan = 3, kMapWrite = 4, kRouteZero = 5, kRouteMap = 6, kMapFused = 7
+};
 enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32, P_MAP, P_FILL };
 // route: warps per CTA, tokens per warp (a chunk of warps·tokens_per_warp ≥ 32 tokens per CTA), how the map is
 // written (0: route fills row_id_map with −1 beside its other stores per token, route_map writes the routed entries;
@@ -33,7 +35,10 @@ enum { P_E, P_K, P_SIGMOID, P_GROUPS, P_TOPK_GROUPS, P_RENORM, P_BIAS, P_MAP_I32
 // contiguous run of ≤ 2·warps tokens, 16 threads per token, rows by bulk copies — sigmoid routing of the shapes run_ok
 // accepts, fused map only, fill 3 / 4 = the −1 rows at kernel start / after the arrival, 5 = the −1 rows and the prob
 // / map rows after the arrival; tokens_per_warp is 2 there; `load` 1 with a bias: the selection on approximate keys,
-// exact σ for the candidates only, moe_routing.cuh APPROX). topk_bwd: warps per CTA.
+// exact σ for the candidates only, moe_routing.cuh APPROX). topk_bwd: warps per CTA. map_fused (moe_make_row_id_map):
+// `fill` 3 = one launch with the −1 rows before the CTA's arrival, 4 = after it, 0 = the three-kernel path
+// (map_count → map_scan → map_write, also where the fused grid does not fit at once); `tokens_per_warp` the least
+// chunk length (0: 32; the op takes the least power of two from there whose grid fits at once).
 // (Removed after measuring: two tokens per warp interleaved, `nt`, slower everywhere in session 5; choosing experts on
 // approximate keys, `select` 1 / 2, no faster in session 6 rounds 1–3; every row of a warp by cp.async at kernel
 // start, `load` 1, and the fused map with the −1 rows per token, `fill` 2, slower at every point in sessions 5–7;
@@ -107,6 +112,10 @@ std::string run_variant(const Specialization& s) {
   return v ? fmt::format(", {}", v) : std::string();
 }
 
+// map_fused's `load` bit PERSIST (the route kernel's number: the stream's arrival word and superblock rows, no
+// route_zero), as the kernel's OPT bit 1.
+int map_fused_opt(const Specialization& s) { return (s.config[C_LOAD] & kRunPersist) ? 1 : 0; }
+
 void render(const Specialization& s, std::string& source, std::string& name) {
   source = "#include \"kiln/moe_routing.cuh\"\n";
   const auto& p = s.params;
@@ -133,6 +142,11 @@ void render(const Specialization& s, std::string& source, std::string& name) {
     case kMapScan: name = fmt::format("kiln::moe_map_scan_kernel<{}>", p[P_E]); break;
     case kRouteZero: name = "kiln::moe_route_zero_kernel"; break;
     case kRouteMap: name = fmt::format("kiln::moe_route_map_kernel<{}, {}, {}>", p[P_E], p[P_K], p[P_FILL] != 0); break;
+    case kMapFused:
+      name = fmt::format("kiln::moe_map_fused_kernel<{}, {}, {}, {}{}>", p[P_E], map_t,
+                         s.config[C_FILL] == kFusedFillLate, map_fused_opt(s),
+                         s.config[C_VARIANT] ? fmt::format(", {}", s.config[C_VARIANT]) : std::string());
+      break;
     default: name = fmt::format("kiln::moe_map_write_kernel<{}, {}>", p[P_E], map_t);
   }
 }
@@ -142,7 +156,12 @@ int64_t route_smem(int64_t E, int64_t G, int64_t K, bool map, int64_t W, int64_t
   return 4 * (W * E + W * tpw * 32 * lane_experts(E, G) + 2 * W * tpw * K + (map ? W * tpw * K : 0) + W * tpw);
 }
 
+// map_fused: mask [E][kMoeMapFusedMaxChunk/32], lane flags [kMoeMapFusedMaxChunk][32], base [E], warp totals [8],
+// parity [8] (the same for every chunk length and option, so that the kernel's residency is one number).
+int64_t map_fused_smem(int64_t E) { return 4 * (E * (kMoeMapFusedMaxChunk / 32) + kMoeMapFusedMaxChunk * 32 + E + 16); }
+
 int smem_bytes(const Specialization& s) {
+  if (s.kernel == kMapFused) return static_cast<int>(map_fused_smem(s.params[P_E]));
   if (s.kernel != kRoute) return 0;
   if (is_run(s))
     return moe_run_smem(static_cast<int>(s.params[P_E]), static_cast<int>(s.params[P_K]), s.config[C_WARPS],
@@ -172,7 +191,7 @@ BenchInstance tune_instance(Runtime& rt, const Specialization& s, int64_t tokens
 }
 
 FamilyDef g_family{"moe_routing",
-                   {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map"},
+                   {"route", "topk_bwd", "map_count", "map_scan", "map_write", "route_zero", "route_map", "map_fused"},
                    {"E", "top_k", "sigmoid", "n_group", "topk_group", "renormalize", "bias", "map_i32", "map",
                     "map_fill"},
                    {"warps", "tokens_per_warp", "fill", "load", "tpt"},
@@ -288,9 +307,19 @@ Specialization bwd_spec(Arch arch, int64_t E, const MoeRoutingOptions& o) {
   return s;
 }
 
+// map_fused's default: one launch, the −1 rows after the CTA's arrival, the stream's superblock rows (H100, T = 8192,
+// E = 256, top-8, P = 16, bench/NOTES.md session 18: 12.9–13.2 µs; behind route_zero 13.7–14.7, the −1 rows before
+// the arrival 15.6–15.9, the three kernels 14.5–15.3).
+void set_map_fused_default(Specialization& s) {
+  s.config = {};
+  s.config[C_FILL] = kFusedFillLate;
+  s.config[C_LOAD] = kRunPersist;
+}
+
 Specialization map_spec(Arch arch, uint32_t kernel, int64_t E, bool map_i32) {
   Specialization s = base_spec(arch, kernel, E);
   if (kernel != kMapScan) s.params[P_MAP_I32] = map_i32;
+  if (kernel == kMapFused) set_map_fused_default(s);
   return s;
 }
 
@@ -398,6 +427,21 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
       s.config[C_WARPS] = w;
       out.push_back(s);
     }
+  } else if (base.kernel == kMapFused) {
+    // The default first, then the −1 rows after / before the arrival × with or without the stream's rows (PERSIST),
+    // then the three kernels.
+    Specialization d = base;
+    set_map_fused_default(d);
+    out.push_back(d);
+    for (int fill : {kFusedFillLate, kFusedFillAfter})
+      for (int load : {kRunPersist, 0}) {
+        s.config[C_FILL] = fill;
+        s.config[C_LOAD] = load;
+        if (s.config != d.config) out.push_back(s);
+      }
+    s.config = {};
+    s.config[C_FILL] = kFillInRoute;
+    out.push_back(s);
   } else {
     out.push_back(s);
   }
@@ -435,6 +479,8 @@ void enumerate(const ModelConfig& m, Arch arch, std::vector<Specialization>& out
     set_warp_default(r, true);
     out.push_back(r);
   }
+  // The row-id map of a given routing map in one launch (moe_make_row_id_map; uint8 maps).
+  out.push_back(map_spec(arch, kMapFused, E, false));
 }
 
 int64_t nblocks(int64_t T) { return (T + kMoeMapBlockTokens - 1) / kMoeMapBlockTokens; }
@@ -592,6 +638,8 @@ namespace detail {
 // (config field 5 with kMoeRunTrace) writes its kMoeRunTraceSlots u64 a CTA to; null = no trace (the variant then
 // writes nothing).
 std::atomic<unsigned long long*> moe_route_run_trace{nullptr};
+// The same for moe_map_fused_kernel's TRACE variant (config field 5 with 64; tests/gpu/moe_map_measure_test.cpp).
+std::atomic<unsigned long long*> moe_map_trace{nullptr};
 }  // namespace detail
 
 KILN_REGISTER_FAMILY(moe_routing, g_family)
@@ -851,17 +899,72 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
     ck.invalid("max_per_token", fmt::format("expected 0 (= E) … E = {}, got {}", E, max_per_token));
   const int64_t k = max_per_token == 0 ? E : max_per_token;
   check_map(ck, out, T, E, k, multiple_of, true);
-  check_workspace(ck, workspace, std::max<int64_t>(nblocks(T), 1) * E);
+  // (either path: the block histograms, or the fused launch's chunk rows, superblock rows and arrival word)
+  check_workspace(ck, workspace, T > 0 ? (nblocks(T) + nsuper(T)) * E + 1 : E);
 
   auto& impl = rt.impl();
   const Arch arch = impl.target_arch();
   const bool i32 = routing_map.dtype == DType::i32;
   const int64_t NB = nblocks(T);
-  static const char owner = 0;  // (the runtime's scratch: every histogram row is written before it is read)
+  // One launch (map_fused, behind route_zero) where its grid of CT-token chunks is resident at once: the least CT
+  // (32 … kMoeMapFusedMaxChunk) that fits; else, or with the config's fill 0, map_count → map_scan → map_write.
+  Specialization f = impl.tuned(map_spec(arch, kMapFused, E, i32), std::max<int64_t>(T, 1));
+  int64_t CT = 0;
+  if (T > 0 && f.config[C_FILL] != kFillInRoute) {
+    const int64_t cap = static_cast<int64_t>(impl.device().sm_count) *
+                        impl.resident_per_sm(impl.kernel(f), 256, smem_bytes(f));
+    for (int64_t ct = std::max<int64_t>(32, f.config[C_TPW]); ct <= kMoeMapFusedMaxChunk && !CT; ct *= 2)
+      if ((T + ct - 1) / ct <= cap) CT = ct;
+  }
+  static const char owner = 0;  // (the runtime's scratch: every row is written or zeroed before it is read)
   const ScratchBuffer ws =
-      workspace.defined() ? ScratchBuffer{}
-                          : impl.scratch(&owner, static_cast<size_t>((std::max<int64_t>(NB, 1)) * E) * 4, stream);
+      workspace.defined()
+          ? ScratchBuffer{}
+          : impl.scratch(&owner, static_cast<size_t>((std::max<int64_t>(NB, 1) + nsuper(T)) * E + 1) * 4, stream);
   int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws.ptr);
+  if (CT > 0) {
+    const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
+    if (f.config[C_LOAD] & kRunPersist) {
+      // The stream's state must not be baked into a graph (a replay on another stream would share it with the calls
+      // on this one): while the stream captures, route_zero + PDL instead.
+      CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
+      check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
+      if (cs != CU_STREAM_CAPTURE_STATUS_NONE) f.config[C_LOAD] &= ~kRunPersist;
+    }
+    const bool persist = (f.config[C_LOAD] & kRunPersist) != 0;
+    MoeMapFusedArgs fa{};
+    int* super = hist + NC * E;
+    unsigned* arrive = reinterpret_cast<unsigned*>(super + NS * E);
+    if (persist) {
+      const RouteState rs = route_state(impl, stream, NS * E);
+      arrive = reinterpret_cast<unsigned*>(rs.arrive);
+      super = rs.rows;
+      fa.persist_half = static_cast<int>(rs.half);
+    } else {
+      const MoeZeroArgs za{super, static_cast<int>(NS * E + 1)};
+      LaunchDims dz;
+      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
+      dz.block[0] = 256;
+      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+    }
+    fa.routing_map = routing_map.data;
+    fa.map = chunk_map(&out, hist, super, static_cast<int*>(out.tokens_per_expert.data), NC, SC, multiple_of);
+    fa.chunk_counts = hist;
+    fa.super = super;
+    fa.arrive = arrive;
+    fa.T = static_cast<int>(T);
+    fa.chunk_tokens = static_cast<int>(CT);
+    if (f.config[C_VARIANT] & 64) fa.trace = detail::moe_map_trace.load(std::memory_order_relaxed);
+    if (!fa.trace) f.config[C_VARIANT] &= ~64;
+    LaunchDims d;
+    d.grid[0] = static_cast<unsigned>(NC);
+    d.block[0] = 256;
+    d.smem = static_cast<unsigned>(smem_bytes(f));
+    d.pdl = !persist;  // after route_zero; waits for it before its atomics
+    impl.launch(f, d, stream, fa);
+    impl.release_scratch(ws, stream);
+    return;
+  }
   if (T > 0) {
     MoeMapCountArgs a{routing_map.data, hist, static_cast<int>(T)};
     LaunchDims d;

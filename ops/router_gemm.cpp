@@ -316,11 +316,17 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
   switch (kernel) {
     case kW16:  // no tile config
       break;
-    case kDxTma:
-    case kDxTmaF16:
-    case kDxTmaSplit:  // no multicast (run of 04:00, the first dx: clusters of 1 / 2 / 4: 30.0 / 30.7 / 56.3 µs); 5
-                       // stages (4 next to the hi/lo tiles and the staging tiles)
-      set_config(s, 64, 256, 64, 2, 1, kernel == kDxTmaSplit ? 4 : 5);
+    case kDxTma:  // no multicast (run of 04:00, the first dx: clusters of 1 / 2 / 4: 30.0 / 30.7 / 56.3 µs), 5 stages
+      set_config(s, 64, 256, 64, 2, 1, 5);
+      break;
+    case kDxTmaSplit:  // (precision high) w multicast to clusters of 2, 4 stages (next to the hi/lo tiles and the
+                       // staging tiles): session 18, 8192 tokens, against no multicast: K = 2048 / 4096 / 7168
+                       // 32.1 / 53.3 / 89.3 µs vs 33.8 / 58.4 / 99.7 (session 17's tuner pick at 7168)
+      set_config(s, 64, 256, 64, 2, 2, 4);
+      break;
+    case kDxTmaF16:  // (precision tf32) 128-token units × half the columns, 3 stages: session 18, 8192 tokens, against
+                     // 64-token tiles × 5 stages: K = 2048 / 4096 / 7168 32.4 / 55.4 / 78.9 µs vs 36.1 / 56.3 / 88.3
+      set_config(s, 128, 256, 64, 2, 1, 3);
       break;
     case kBwdTma:  // the dw kernel's default (its grid is the launch's)
       set_config(s, 64, 256, 64, 2, 8, 3);

@@ -234,8 +234,11 @@ TEST(MoeCompile, NonPresetVariants) {
   std::vector<detail::Specialization> specs;
   fam->enumerate(m, detail::Arch::parse("sm_90a"), specs);
   // route (with the map), topk_bwd, map_count, map_scan, map_write, route without the map, route_zero, route_map
-  // (−1 fill in route, then in route_map).
-  ASSERT_EQ(specs.size(), 9u);
+  // (−1 fill in route, then in route_map), map_fused (moe_make_row_id_map in one launch).
+  ASSERT_EQ(specs.size(), 10u);
+  EXPECT_EQ(specs[9].kernel, 7u);
+  EXPECT_EQ(specs[9].config[2], 4);    // one launch, the −1 rows after the CTA's arrival,
+  EXPECT_EQ(specs[9].config[3], 256);  // the stream's superblock rows (PERSIST)
   EXPECT_EQ(specs[0].kernel, 0u);
   EXPECT_EQ(specs[0].params[8], 1);
   EXPECT_EQ(specs[5].kernel, 0u);
@@ -247,7 +250,20 @@ TEST(MoeCompile, NonPresetVariants) {
   // map writer for an int32 routing map, route without the map, and route_map writing whole rows.
   detail::Specialization wr = specs[4];
   wr.params[7] = 1;
-  for (const auto& s : {specs[0], wr, specs[5], specs[8]}) {
+  // map_fused: the default, the −1 rows after / before the arrival × PERSIST, the three kernels (fill 0);
+  // the kernels compile (the default; route_zero + 16-byte stores before the arrival, for an int32 map at E = 1024,
+  // the map's largest).
+  std::vector<detail::Specialization> fused;
+  fam->search_space(specs[9], fused);
+  ASSERT_EQ(fused.size(), 5u);
+  EXPECT_EQ(fused[0].config, specs[9].config);
+  EXPECT_EQ(fused[3].config[2], 3);
+  EXPECT_EQ(fused[3].config[3], 0);
+  EXPECT_EQ(fused[4].config[2], 0);
+  detail::Specialization wide = fused[3];
+  wide.params[0] = 1024;
+  wide.params[7] = 1;
+  for (const auto& s : {specs[0], wr, specs[5], specs[8], specs[9], wide}) {
     const auto r = detail::ensure_cubin(s, nullptr, false, counters);
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
@@ -352,8 +368,9 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   ASSERT_NE(fam, nullptr);
   const std::vector<detail::Specialization> specs = ling_like_routing_specs(*fam);
   // The 9 of every routing model, then the warp kernel's default with the map (the fallback where the CTA-run grid
-  // does not fit at once), so that prewarm compiles it.
-  ASSERT_EQ(specs.size(), 10u);
+  // does not fit at once), so that prewarm compiles it, then map_fused.
+  ASSERT_EQ(specs.size(), 11u);
+  EXPECT_EQ(specs[10].kernel, 7u);
   EXPECT_EQ(specs[9].kernel, 0u);
   EXPECT_EQ(specs[9].params, specs[0].params);
   EXPECT_EQ(specs[9].config[4], 0);
@@ -650,6 +667,15 @@ TEST(MoeRowIdMapErrors, Validation) {
   EXPECT_REACHES_DEVICE(moe_make_row_id_map(rt, rm, out, 16, nullptr, 2));
   EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 0), "row_id_indices", ShapeMismatchError);
   EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 33), "max_per_token", InvalidArgument);
+  // A workspace of (ceil(T/32) + ceil(T/512))·E + 1 int32 (either path's rows and the arrival word) is enough, one
+  // element less is not; moe_routing_workspace_elems covers it.
+  const int64_t need = (4 + 1) * E + 1;
+  EXPECT_REACHES_DEVICE(
+      moe_make_row_id_map(rt, rm, out, 16, nullptr, 2, TensorRef::contiguous(fake(4), DType::i32, {need})));
+  EXPECT_THROW_NAMING(
+      moe_make_row_id_map(rt, rm, out, 16, nullptr, 2, TensorRef::contiguous(fake(4), DType::i32, {need - 1})),
+      "workspace", ShapeMismatchError);
+  EXPECT_GE(moe_routing_workspace_elems(T, E, 1), need);
   rm.dtype = DType::f32;
   EXPECT_THROW_NAMING(moe_make_row_id_map(rt, rm, out, 16, nullptr, 2), "routing_map", UnsupportedDtypeError);
   rm.dtype = DType::u8;

@@ -10,6 +10,7 @@
 #include <random>
 #include <vector>
 
+#include "kiln/errors.hpp"
 #include "kiln/ops/moe.hpp"
 #include "ops/bench/moe_instances.hpp"
 #include "runtime/bench.hpp"
@@ -256,6 +257,35 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [=](Runtime& rt) { return moe_routing_bwd_instance(rt, kT, kE, kLing); }});
   cases.push_back({"moe_make_row_id_map", kShape + " P=16",
                    [=](Runtime& rt) { return moe_row_id_map_instance(rt, kT, kE, k, P); }});
+  // Session 18 (op "moe_make_row_id_map_cfg", measurement): the map with its config forced — one launch with the −1
+  // rows after (fill 4) or before (3) the CTA's arrival, and the three kernels (fill 0), beside the default row above.
+  // load: 256 the stream's superblock rows (no route_zero), 0 behind route_zero; V: ablations of the one launch
+  // (moe_routing.cuh moe_map_fused_kernel: 1 no −1 fill, 2 no wait, 4 no bases / puts, 16 no puts).
+  struct MapCfg {
+    int fill, load, V;
+  };
+  for (auto [fill, load, V] : {MapCfg{4, 0, 0}, {0, 0, 0}, {3, 256, 0}, {4, 256, 1}, {4, 256, 4}, {4, 256, 16}})
+    cases.push_back({"moe_make_row_id_map_cfg",
+                     kShape + fmt::format(" P=16 fill={} load={}{}", fill, load,
+                                          V ? fmt::format(" V={}", V) : std::string()),
+                     [=](Runtime& rt) {
+                       BenchInstance inst = moe_row_id_map_instance(rt, kT, kE, k, P);
+                       Specialization cand;
+                       cand.family = find_family("moe_routing");
+                       cand.arch = rt.impl().target_arch();
+                       cand.kernel = 7;  // map_fused (ops/moe_routing.cpp)
+                       cand.params[0] = kE;
+                       cand.config[2] = fill;
+                       cand.config[3] = load;
+                       cand.config[5] = V;
+                       auto run = inst.run;
+                       inst.run = [run, cand](Stream st) {
+                         ForceConfigScope force(cand);
+                         run(st);
+                         if (force.applied() == 0) throw kiln::Error("bench: the map op did not ask for its config");
+                       };
+                       return inst;
+                     }});
   cases.push_back({"moe_permute", kShape + " H=2048 P=16 bf16 probs",
                    [=](Runtime& rt) { return moe_permute_instance(rt, kT, kE, k, P, kH, false, false, true); }});
   cases.push_back({"moe_permute", kShape + " H=2048 P=16 fp8 m_major_scales probs",

@@ -143,6 +143,24 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                                  pt.c[2], pt.c[3], pt.c[4], pt.c[5]),
                      [part, cfg](Runtime& rt) { return router_gemm_instance(rt, 8192, 2048, 256, part, &cfg); }});
   }
+  // Session 18 (op "router_gemm_s18_dx", measurement): the dx kernels of precisions high and tf32 at K = 2048, 4096,
+  // 7168, default against session 17's tuner picks at K = 7168 (high: w multicast to clusters of 2, 4 stages; tf32:
+  // 128-token units, 3 stages).
+  for (int64_t K : {2048, 4096, 7168})
+    for (const Pt& pt : {Pt{"dx_tma_high", {}}, Pt{"dx_tma_high", {64, 256, 64, 2, 2, 4}}, Pt{"dx_tma_tf32", {}},
+                         Pt{"dx_tma_tf32", {128, 256, 64, 2, 1, 3}}}) {
+      RouterGemmConfig cfg{};
+      std::copy(pt.c.begin(), pt.c.end(), cfg.begin());
+      const std::string part = pt.part;
+      const bool dflt = pt.c[0] == 0;
+      cases.push_back({"router_gemm_s18_dx",
+                       dflt ? fmt::format("T=8192 K={} E=256 {} default", K, part)
+                            : fmt::format("T=8192 K={} E=256 {} bm={} wn={} stages={}", K, part, pt.c[0], pt.c[4],
+                                          pt.c[5]),
+                       [part, cfg, dflt, K](Runtime& rt) {
+                         return router_gemm_instance(rt, 8192, K, 256, part, dflt ? nullptr : &cfg);
+                       }});
+    }
   // The TMA backward's ablations at precision standard (session 6): each kernel alone, without its MMAs (the data
   // movement and the ring protocol), without its loads (MMAs on stale shared memory), without its stores (dw: no
   // cluster sum, no partials, no dw_reduce), and the skeleton (launch, barriers).

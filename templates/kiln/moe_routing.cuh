@@ -637,6 +637,174 @@ __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, 
   if (m.row_id_indices && row < m.num_out) m.row_id_indices[row] = static_cast<int>(t);
 }
 
+// ---- row-id map in one launch ------------------------------------------------------------------------------------
+// moe_map_fused_kernel (the whole grid resident at once — the host checks): CTA c owns the tokens [c·CT, c·CT + CT)
+// (CT = a.chunk_tokens, a multiple of 32). Its 8 warps load their tokens' routing flags (warp w: tokens w·CT/8 …, four
+// tokens' loads in flight at a time) and record them as per-expert token masks in shared memory (bit lt of
+// mask[e][lt / 32]: token lt of the chunk is routed to e) and per-token lane flags; the CTA writes its chunk row of
+// counts and adds them into its superblock row; then a grid-wide arrival, moe_chunk_bases (the expert offsets, this
+// chunk's prefix, the counts / padded counts / offsets and the inverse list's −1 entries) and each routed entry's row
+// = base[e] + the tokens of the chunk before it in e's mask. The CTA's rows of row_id_map are set to −1 before its
+// arrival, or (LATE) after it, while it waits for the others. The same rows as the three-kernel path (map_count →
+// map_scan → map_write): integer counts, deterministic.
+// OPT (ops/moe_routing.cpp map_fused's `load` bits): 1 PERSIST — the arrival word and the superblock rows are the
+// stream's (a.persist_half ints a half; the CTA-run route kernel's protocol, moe_routing_args.h kMoeRunPersist): no
+// route_zero before the launch; the call adds into the half the word's top bit names at its start, zeroes the other
+// half while it waits, and the self-resetting count (CTA 0 adds 2^31 − (n − 1), the others 1) flips the top bit once
+// every CTA arrived. Without it the kernel runs behind moe_route_zero (PDL), which zeroes the rows and the word.
+// (Session 18 also measured the −1 rows by bulk async copies from a block of −1 in shared memory, the route kernel's
+// FILLTMA: +0.6 µs, removed.)
+// Dynamic shared memory (fixed for every CT ≤ kMoeMapFusedMaxChunk): mask [E][CTmax/32] u32, lane flags [CTmax][32]
+// u32, base [E], warp totals [8], parity [8].
+// V (measurement only, bench rows moe_make_row_id_map_cfg): 1 no −1 fill, 2 no wait for the other CTAs, 4 no bases
+// and puts after the arrival, 16 no puts (the map is then wrong); 64 TRACE: thread 0 stamps its phases into a.trace
+// (kMoeMapTraceSlots a CTA; same outputs).
+template <int E, typename MapT, bool LATE, int OPT = 0, int V = 0>
+__global__ void __launch_bounds__(256) moe_map_fused_kernel(const MoeMapFusedArgs a) {
+  constexpr int NI = (E + 127) / 128;
+  constexpr int MWMAX = kMoeMapFusedMaxChunk / 32;
+  constexpr bool PERSIST = (OPT & 1) != 0;
+  static_assert(NI <= 8, "a lane's flags of a token: 4 bits per 128 experts in one u32");
+  extern __shared__ __align__(16) int moe_smem[];
+  u32* const mask = reinterpret_cast<u32*>(moe_smem);  // [E][MWMAX]
+  u32* const lf = mask + E * MWMAX;                      // [CTmax][32]
+  int* const base = reinterpret_cast<int*>(lf + kMoeMapFusedMaxChunk * 32);
+  int* const warp_tot = base + E;
+  u32* const misc = reinterpret_cast<u32*>(warp_tot + 8);  // [0]: the parity (PERSIST)
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int CT = a.chunk_tokens, MW = CT >> 5, tpw = CT >> 3;  // (tpw: a multiple of 4)
+  const int c = blockIdx.x;
+  const i64 t0 = static_cast<i64>(c) * CT;
+  const int nt = static_cast<int>(min(static_cast<i64>(CT), a.T - t0));
+  auto stamp = [&](int slot) {
+    if constexpr ((V & 64) != 0) {
+      if (threadIdx.x == 0) {
+        u64 ns;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(ns)::"memory");
+        a.trace[static_cast<i64>(c) * kMoeMapTraceSlots + slot] = ns;
+      }
+    }
+  };
+  stamp(0);
+  if (threadIdx.x == 0) {
+    if constexpr ((V & 64) != 0) {
+      u32 sm;
+      asm volatile("mov.u32 %0, %%smid;" : "=r"(sm));
+      a.trace[static_cast<i64>(c) * kMoeMapTraceSlots + 6] = sm;
+    }
+    if constexpr (PERSIST) {
+      u32 w;
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
+      misc[0] = w >> 31;
+    }
+  }
+  for (int i = threadIdx.x; i < E * MWMAX; i += 256) mask[i] = 0u;
+  __syncthreads();
+
+  for (int k0 = 0; k0 < tpw; k0 += 4) {
+    u32 f[4];
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int lt = warp * tpw + k0 + j;
+      f[j] = 0u;
+#pragma unroll
+      for (int i = 0; i < NI; ++i) {
+        const int e0 = 128 * i + 4 * lane;
+        if (lt < nt && e0 < E) f[j] |= load_flags4<MapT>(a.routing_map, (t0 + lt) * E + e0) << (4 * i);
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int lt = warp * tpw + k0 + j;
+      lf[lt * 32 + lane] = f[j];
+      for (u32 m = f[j]; m; m &= m - 1u) {
+        const int b = __ffs(m) - 1;
+        atomicOr(&mask[(128 * (b >> 2) + 4 * lane + (b & 3)) * MWMAX + (lt >> 5)], 1u << (lt & 31));
+      }
+    }
+  }
+  int* const rr = a.map.row_id_map + t0 * E;
+  auto fill_rows = [&] {
+    if constexpr ((V & 1) != 0) return;
+    const Vec16 m1{{0xffffffffu, 0xffffffffu, 0xffffffffu, 0xffffffffu}};
+    for (int q = threadIdx.x; q < nt * (E / 4); q += 256) store16(rr + 4 * q, m1);
+  };
+  if constexpr (!LATE) fill_rows();
+  __syncthreads();  // (mask, parity)
+  stamp(1);
+
+  const u32 par = PERSIST ? misc[0] : 0u;
+  int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
+  if constexpr (!PERSIST) pdl_wait();  // moe_route_zero has zeroed the superblock rows and the arrival word
+  for (int e = threadIdx.x; e < E; e += 256) {
+    int n = 0;
+    for (int w = 0; w < MW; ++w) n += __popc(mask[e * MWMAX + w]);
+    a.chunk_counts[static_cast<i64>(c) * E + e] = n;
+    if (n) atomicAdd(&superp[static_cast<i64>(c / a.map.super_chunks) * E + e], n);
+  }
+  __syncthreads();
+  stamp(2);
+  // Grid-wide arrival: the CTA's count stores and atomics (ordered before it by the barrier), then one release add;
+  // an acquire spin (a wait that never ends traps).
+  u32 tok = 0;
+  if (threadIdx.x == 0) {
+    if constexpr (PERSIST) {
+      const u32 nb = c == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+      asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(tok) : "l"(a.arrive), "r"(nb) : "memory");
+    } else {
+      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    }
+  }
+  if constexpr (PERSIST) {
+    // The other half for the next call on the stream, whole (the previous call used it, perhaps with more superblock
+    // rows than this one; it has completed), while the CTA waits for the others.
+    int* const other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
+    for (int i = 4 * (c * 256 + static_cast<int>(threadIdx.x)); i < a.persist_half; i += 4 * gridDim.x * 256)
+      store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
+  }
+  if constexpr (LATE) fill_rows();
+  if (!(V & 2) && threadIdx.x == 0) {
+    if constexpr (PERSIST) {
+      for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
+        u32 cur;
+        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
+        if ((tok ^ cur) & 0x80000000u) break;
+        if (it == (1u << 26)) __trap();
+      }
+    } else {
+      moe_wait_arrivals<64>(a.arrive);
+    }
+  }
+  __syncthreads();
+  stamp(3);
+  if constexpr ((V & 4) != 0) return;
+  {
+    MoeChunkMap cm = a.map;
+    cm.super = superp;
+    moe_chunk_bases<E, 256>(cm, c, base, warp_tot);
+  }
+  stamp(4);
+  if constexpr ((V & 16) != 0) return;
+
+  // The routed entries over the −1 rows (ordered by the barriers in between): the warp's tokens, a lane's flags each.
+  for (int k = 0; k < tpw; ++k) {
+    const int lt = warp * tpw + k;
+    if (lt >= nt) break;
+    const u32 below = (1u << (lt & 31)) - 1u;
+    for (u32 m = lf[lt * 32 + lane]; m; m &= m - 1u) {
+      const int b = __ffs(m) - 1, e = 128 * (b >> 2) + 4 * lane + (b & 3);
+      const u32* const me = mask + e * MWMAX;
+      int rank = __popc(me[lt >> 5] & below);
+      for (int w = 0; w < (lt >> 5); ++w) rank += __popc(me[w]);
+      moe_put_row(a.map, E, t0 + lt, e, base[e] + rank);
+    }
+  }
+  if constexpr ((V & 64) != 0) {
+    __syncthreads();
+    stamp(5);
+  }
+}
+
 // ---- top-k forward ----------------------------------------------------------------------------------------------
 // Three launches chained by programmatic dependent launch (kiln/pdl.cuh), no host sync, integer counts only:
 //   moe_route_zero  zeroes the superblock count rows (map) or tokens_per_expert (no map);

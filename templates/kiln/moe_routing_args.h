@@ -293,6 +293,23 @@ struct MoeMapScanArgs {
   int nblocks;
 };
 
+// moe_map_fused_kernel: the row-id map in one launch (behind moe_route_zero, which zeroes the superblock rows and
+// the arrival word). Chunks of chunk_tokens (a multiple of 32, ≤ kMoeMapFusedMaxChunk) tokens, one CTA each, the
+// whole grid resident at once (the host checks).
+constexpr int kMoeMapFusedMaxChunk = 256;
+struct MoeMapFusedArgs {
+  const void* routing_map;  // [T, E] u8 or i32
+  MoeChunkMap map;          // the map's outputs; reads the chunk and superblock rows below after the arrival
+  int* chunk_counts;        // [nchunks, E] (= map.chunk_counts)
+  int* super;               // [ceil(nchunks / super_chunks), E] (= map.super; zeroed first)
+  unsigned* arrive;         // CTAs done counting (zeroed first, with the superblock rows)
+  int T;
+  int chunk_tokens;
+  unsigned long long* trace;  // measurement (V & 64): kMoeMapTraceSlots globaltimer stamps a CTA, else null
+  int persist_half;           // PERSIST: ints in each half of the per-stream superblock rows
+};
+constexpr int kMoeMapTraceSlots = 8;  // start, loaded, counted, waited, based, end (ns), SM id
+
 struct MoeMapWriteArgs {
   const void* routing_map;  // [T, E] u8 or i32
   const int* prefix;        // [nblocks, E] exclusive prefix over blocks (map_scan)

@@ -23,4 +23,18 @@ inline detail::Specialization moe_route_spec(detail::Arch arch, int64_t E, const
   return s;
 }
 
+// ops/moe_routing.cpp map_spec(kMapFused): moe_make_row_id_map's specialization with config fill (3 / 4: one launch,
+// the −1 rows before / after the CTA's arrival; 0: map_count → map_scan → map_write) and load (256: the stream's
+// superblock rows and arrival word, no route_zero; 0: behind route_zero).
+inline detail::Specialization moe_map_fused_spec(detail::Arch arch, int64_t E, bool map_i32, int fill, int load = 0) {
+  detail::Specialization s;
+  s.family = detail::find_family("moe_routing");
+  s.arch = arch;
+  s.kernel = 7;
+  s.params = {E, 0, 0, 0, 0, 0, 0, map_i32, 0, 0};
+  s.config[2] = fill;
+  s.config[3] = load;
+  return s;
+}
+
 }  // namespace kiln::test

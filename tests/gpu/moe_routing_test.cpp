@@ -549,17 +549,28 @@ class MoeRowIdMapTest : public GpuTest {
         ob(r, (E + 1) * 4);
     if (i32) fb.upload(std::vector<int32_t>(flags.begin(), flags.end()));
     else fb.upload(flags);
-    for (DeviceBuffer* x : {&rb, &ib, &cb, &pcb, &ob}) x->poison();
-    MoeRowIdMap m{rb.ref(DType::i32, {T, E}), ib.ref(DType::i32, {num_out}), cb.ref(DType::i32, {E}),
-                  pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
-    moe_make_row_id_map(r, fb.ref(i32 ? DType::i32 : DType::u8, {T, E}), m, P, nullptr, k);
-    synchronize();
-    for (DeviceBuffer* x : {&rb, &ib, &cb, &pcb, &ob}) EXPECT_TRUE(x->guards_intact());
-    EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want.row_id_map, E));
-    EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want.row_id_indices));
-    EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
-    EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want.padded_counts));
-    EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), want.offsets));
+    // Every path, twice each (the stream's superblock rows and arrival word are left for the next call, or zeroed by
+    // route_zero before each): one launch with the −1 rows after the CTA's arrival with the stream's rows (the
+    // default) or behind route_zero; before the arrival with either; the three kernels (fill 0).
+    for (auto [fill, load] : {std::pair{4, 256}, {4, 0}, {3, 256}, {3, 0}, {0, 0}}) {
+      SCOPED_TRACE("fill " + std::to_string(fill) + " load " + std::to_string(load));
+      const detail::Specialization s = moe_map_fused_spec(r.impl().target_arch(), E, i32, fill, load);
+      detail::ForceConfigScope force(s);
+      for (int rep = 0; rep < 2; ++rep) {
+        for (DeviceBuffer* x : {&rb, &ib, &cb, &pcb, &ob}) x->poison();
+        MoeRowIdMap m{rb.ref(DType::i32, {T, E}), ib.ref(DType::i32, {num_out}), cb.ref(DType::i32, {E}),
+                      pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
+        moe_make_row_id_map(r, fb.ref(i32 ? DType::i32 : DType::u8, {T, E}), m, P, nullptr, k);
+        synchronize();
+        for (DeviceBuffer* x : {&rb, &ib, &cb, &pcb, &ob}) EXPECT_TRUE(x->guards_intact());
+        EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), want.row_id_map, E));
+        EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), want.row_id_indices));
+        EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), want.counts));
+        EXPECT_TRUE(exact("padded_counts", pcb.download<int32_t>(E), want.padded_counts));
+        EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), want.offsets));
+      }
+      EXPECT_EQ(force.applied(), 2u);
+    }
   }
 };
 
@@ -585,6 +596,26 @@ TEST_F(MoeRowIdMapTest, SparseExpertsAndVariableFanOut) {
     }
   }
   for (int P : {1, 16, 64}) run_map(f, T, E, P, P == 64, 3);
+}
+
+TEST_F(MoeRowIdMapTest, LargestExpertCountAndEdgeTokenCounts) {
+  // E = 1024 (the map's largest: 4 experts a thread in the bases), 0 … 5 experts a token; T = 0, 1, 33 (a partial
+  // second chunk), 777; and T = 131072 (chunks of 128 or 256 tokens, so that the fused grid fits at once).
+  for (int64_t T : {0, 1, 33, 777}) {
+    const int64_t E = 1024;
+    std::vector<uint8_t> f(T * E, 0);
+    uint64_t s = 99 + T;
+    for (int64_t t = 0; t < T; ++t)
+      for (int i = 0; i < static_cast<int>(t % 6); ++i) {
+        s = s * 6364136223846793005ull + 1442695040888963407ull;
+        f[t * E + (s >> 33) % E] = 1;
+      }
+    run_map(f, T, E, T == 777 ? 16 : 1, T == 33, 5);
+  }
+  const int64_t T = 131072, E = 64;
+  std::vector<uint8_t> f(T * E, 0);
+  for (int64_t t = 0; t < T; ++t) f[t * E + (t * 7) % E] = f[t * E + (t * 13 + 5) % E] = 1;
+  run_map(f, T, E, 32, false, 2);
 }
 
 TEST_F(MoeRowIdMapTest, DenseRandomTop8) {

@@ -53,7 +53,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                           const MoeRoutingOptions& opts, Stream stream, const MoeRowIdMap* map = nullptr,
                           int multiple_of = 1, const TensorRef& workspace = {});
 // (max(ceil(T/32), 1) + ceil(T/512))·E + T·k, k = min(top_k, E) (top_k 0: E, enough for any routing and for
-// moe_make_row_id_map, which needs the first term only).
+// moe_make_row_id_map, which needs (ceil(T/32) + ceil(T/512))·E + 1 for T ≥ 1, E for T = 0).
 int64_t moe_routing_workspace_elems(int64_t T, int64_t E, int64_t top_k = 0);
 
 // dlogits [T, E] fp32 from dprobs [T, E] fp32, the forward's logits and routing_map (opts as in the forward).
