@@ -19,6 +19,7 @@
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
 #include "kiln/moe_permute_args.h"
+#include "kiln/ptx.cuh"
 
 namespace kiln {
 
@@ -242,11 +243,22 @@ __device__ __forceinline__ void expert_block_offsets(const int* offsets, int* b,
 // reads (a warp on one row, 32 channel pairs) and the cp.async writes all hit distinct banks.
 __device__ __forceinline__ int bq_word(int row, int chunk) { return row * 64 + ((chunk ^ ((row & 3) << 1)) << 2); }
 
+// Lane-wise max of two pairs of non-negative bf16 (|x| by clearing the sign bits): max.bf16x2 returns the non-NaN
+// operand where one is NaN, as fmaxf does, so the block amax is fmaxf's over the same values.
+__device__ __forceinline__ u32 bf16x2_absmax(u32 m, u32 x) {
+  u32 d;
+  asm("max.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(m), "r"(x & 0x7fff7fffu));
+  return d;
+}
+__device__ __forceinline__ float bf16x2_hmax(u32 m) {
+  return fmaxf(__uint_as_float(m << 16), __uint_as_float(m & 0xffff0000u));
+}
+
 template <int HD, int E, bool ROUND, bool PROBS>
 __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
   static_assert(HD % 128 == 0, "1x128 blocks");
   constexpr int NS = HD / 128;
-  constexpr int CS = 132;  // bytes per row of the code tiles
+  constexpr int CS = kMoeBlockQuantCodePitch;  // bytes per row of the code tiles (16-byte rows)
   extern __shared__ __align__(16) unsigned char smem[];
   u32* tile = reinterpret_cast<u32*>(smem);                          // [128][64] words, swizzled chunks
   unsigned char* qs = smem + 128 * 128 * 2;                          // [128 rows][CS] row-wise codes
@@ -277,13 +289,20 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
       a.probs_out[r] = t >= 0 && t < a.T ? a.probs[static_cast<i64>(t) * E + e] : 0.0f;
   }
   __syncthreads();
-  // Gather: 128 rows × 16 chunks of 8 bf16 (rows past the segment and padding rows read as zeros).
+  // Gather: 128 rows × 16 chunks of 8 bf16 (rows past the segment and padding rows read as zeros). Thread tid takes
+  // chunk tid & 15 of rows tid / 16 + 16k: the rows' swizzle (row & 3) is the same for all eight, so a chunk's slot is
+  // the first one's + 16k rows, and only the source row changes.
+  {
+    const int c = tid & 15, r0 = tid >> 4;
+    const u32 s0 = smem_u32(&tile[bq_word(r0, c)]);
+    const char* const g0 = static_cast<const char*>(a.x) + (cb * 128 + c * 8) * 2;
 #pragma unroll
-  for (int k = 0; k < 8; ++k) {
-    const int v = tid + k * 256, row = v >> 4, c = v & 15;
-    const int t = src[row];
-    const char* g = static_cast<const char*>(a.x) + (static_cast<i64>(t < 0 ? 0 : t) * HD + cb * 128 + c * 8) * 2;
-    cp_async16(&tile[bq_word(row, c)], g, t >= 0);
+    for (int k = 0; k < 8; ++k) {
+      const int t = src[r0 + 16 * k];
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s0 + k * 16 * 64 * 4),
+                   "l"(g0 + static_cast<i64>(t < 0 ? 0 : t) * (HD * 2)), "r"(t >= 0 ? 16 : 0)
+                   : "memory");
+    }
   }
   cp_async_wait_all();
   __syncthreads();
@@ -292,24 +311,26 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   {
     const int row = tid >> 1, h = tid & 1;
     Vec16 v[8];
-    float m = 0.0f;
+    u32 m2 = 0u;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       v[k] = *reinterpret_cast<const Vec16*>(&tile[bq_word(row, 2 * k + h)]);
 #pragma unroll
-      for (int u = 0; u < 8; ++u) m = fmaxf(m, fabsf(vec_get<bf16>(v[k], u)));
+      for (int u = 0; u < 4; ++u) m2 = bf16x2_absmax(m2, v[k].w[u]);
     }
+    float m = bf16x2_hmax(m2);
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
     const float sc = block_scale<ROUND>(m);
     const Quantizer<ROUND> quant(sc);
-    u32* qrow = reinterpret_cast<u32*>(qs + row * CS);
+    const u32 qrow = smem_u32(qs + row * CS);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const Vec16& x = v[k];
-      qrow[(2 * k + h) * 2] = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)),
-                                     quant(vec_get<bf16>(x, 2)), quant(vec_get<bf16>(x, 3)));
-      qrow[(2 * k + h) * 2 + 1] = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)),
-                                         quant(vec_get<bf16>(x, 6)), quant(vec_get<bf16>(x, 7)));
+      const u32 lo = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
+                            quant(vec_get<bf16>(x, 3)));
+      const u32 hi = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
+                            quant(vec_get<bf16>(x, 7)));
+      asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(qrow + (2 * k + h) * 8), "r"(lo), "r"(hi) : "memory");
     }
     if (h == 0 && row < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
   }
@@ -319,13 +340,13 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   {
     const int p = tid & 63, qq = tid >> 6;
     u32 w[32];
-    float m0 = 0.0f, m1 = 0.0f;
+    u32 m2 = 0u;
 #pragma unroll
     for (int i = 0; i < 32; ++i) {
       w[i] = tile[bq_word(qq * 32 + i, p >> 2) + (p & 3)];
-      m0 = fmaxf(m0, fabsf(__uint_as_float(w[i] << 16)));
-      m1 = fmaxf(m1, fabsf(__uint_as_float(w[i] & 0xffff0000u)));
+      m2 = bf16x2_absmax(m2, w[i]);
     }
+    float m0 = __uint_as_float(m2 << 16), m1 = __uint_as_float(m2 & 0xffff0000u);
     part[qq * 128 + 2 * p] = m0;
     part[qq * 128 + 2 * p + 1] = m1;
     __syncthreads();
@@ -338,30 +359,46 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
       ts[1] = s1;
     }
     const Quantizer<ROUND> q0(s0), q1(s1);
-    u32* c0 = reinterpret_cast<u32*>(qts + (2 * p) * CS) + qq * 8;
-    u32* c1 = reinterpret_cast<u32*>(qts + (2 * p + 1) * CS) + qq * 8;
+    const u32 c0 = smem_u32(qts + (2 * p) * CS + qq * 32), c1 = smem_u32(qts + (2 * p + 1) * CS + qq * 32);
 #pragma unroll
-    for (int g = 0; g < 8; ++g) {
-      c0[g] = e4m3x4(q0(__uint_as_float(w[4 * g] << 16)), q0(__uint_as_float(w[4 * g + 1] << 16)),
-                     q0(__uint_as_float(w[4 * g + 2] << 16)), q0(__uint_as_float(w[4 * g + 3] << 16)));
-      c1[g] = e4m3x4(q1(__uint_as_float(w[4 * g] & 0xffff0000u)), q1(__uint_as_float(w[4 * g + 1] & 0xffff0000u)),
-                     q1(__uint_as_float(w[4 * g + 2] & 0xffff0000u)), q1(__uint_as_float(w[4 * g + 3] & 0xffff0000u)));
+    for (int g = 0; g < 2; ++g) {
+      Vec16 o0, o1;
+#pragma unroll
+      for (int u = 0; u < 4; ++u) {
+        const int i = 16 * g + 4 * u;
+        o0.w[u] = e4m3x4(q0(__uint_as_float(w[i] << 16)), q0(__uint_as_float(w[i + 1] << 16)),
+                         q0(__uint_as_float(w[i + 2] << 16)), q0(__uint_as_float(w[i + 3] << 16)));
+        o1.w[u] = e4m3x4(q1(__uint_as_float(w[i] & 0xffff0000u)), q1(__uint_as_float(w[i + 1] & 0xffff0000u)),
+                         q1(__uint_as_float(w[i + 2] & 0xffff0000u)), q1(__uint_as_float(w[i + 3] & 0xffff0000u)));
+      }
+      sts16(c0 + 16 * g, o0);
+      sts16(c1 + 16 * g, o1);
     }
   }
   __syncthreads();
 
-  // Coalesced write-out: a warp per row of codes, 4 bytes per lane (128 bytes per store instruction).
-  for (int row = warp; row < rows; row += 8) {
-    const u32 v = reinterpret_cast<const u32*>(qs + row * CS)[lane];
-    *reinterpret_cast<u32*>(a.q + static_cast<i64>(off + i0 + row) * HD + cb * 128 + lane * 4) = v;
-  }
-  for (int n = warp; n < 128; n += 8) {
-    const u32 v = reinterpret_cast<const u32*>(qts + n * CS)[lane];
-    unsigned char* d = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128 + n) * pc + i0 + lane * 4;
-    if (lane * 4 + 4 <= rows) {
-      *reinterpret_cast<u32*>(d) = v;
+  // Coalesced write-out, 16-byte units: 8 lanes a row of codes, 32 rows a pass. The transposed rows (pc bytes apart)
+  // are 16-byte aligned where pc is a multiple of 16 (then rows is too); else 4 bytes a lane, a warp a row.
+  {
+    const int j = tid & 7;
+    unsigned char* const qd = a.q + static_cast<i64>(off + i0) * HD + cb * 128 + 16 * j;
+    for (int row = tid >> 3; row < rows; row += 32)
+      store16(qd + static_cast<i64>(row) * HD, lds16(smem_u32(qs + row * CS + 16 * j)));
+    unsigned char* const td = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128) * pc + i0;
+    if ((pc & 15) == 0) {
+      if (16 * j < rows)
+        for (int n = tid >> 3; n < 128; n += 32)
+          store16(td + static_cast<i64>(n) * pc + 16 * j, lds16(smem_u32(qts + n * CS + 16 * j)));
     } else {
-      for (int k = 0; lane * 4 + k < rows; ++k) d[k] = static_cast<unsigned char>(v >> (8 * k));
+      for (int n = warp; n < 128; n += 8) {
+        const u32 v = reinterpret_cast<const u32*>(qts + n * CS)[lane];
+        unsigned char* d = td + static_cast<i64>(n) * pc + lane * 4;
+        if (lane * 4 + 4 <= rows) {
+          *reinterpret_cast<u32*>(d) = v;
+        } else {
+          for (int k = 0; lane * 4 + k < rows; ++k) d[k] = static_cast<unsigned char>(v >> (8 * k));
+        }
+      }
     }
   }
 }
