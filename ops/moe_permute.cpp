@@ -120,6 +120,14 @@ Specialization unpermute_spec(Arch arch, int64_t H, DType dtype, int64_t E, bool
   return s;
 }
 
+// permute_block_quant's 128-channel blocks a CTA (config `tokens`; 0: the default, 2 where they divide HD/128 —
+// bench/NOTES.md session 18): the largest of the config's value, 2 and 1 that divides ns.
+int64_t block_quant_cpb(const Specialization& s, int64_t ns) {
+  for (int64_t c : {static_cast<int64_t>(s.config[C_TOKENS]), int64_t{2}, int64_t{1}})
+    if (c >= 1 && ns % c == 0) return c;
+  return 1;
+}
+
 Specialization block_quant_spec(Arch arch, int64_t Hd, int64_t E, bool round, bool probs) {
   Specialization s;
   s.family = &g_family;
@@ -135,13 +143,16 @@ Specialization block_quant_spec(Arch arch, int64_t Hd, int64_t E, bool round, bo
 }
 
 // Threads 64 … 512 (powers of two) and the heuristic's, while a thread holds at most 8 vectors of the row.
-// permute_block_quant: fixed (a 128 × 128 tile per CTA of 256 threads).
+// permute_block_quant: 256 threads, a 128 × 128 tile at a time; 1, 2 (the default) or 4 channel blocks a CTA.
 void search_space(const Specialization& base, std::vector<Specialization>& out) {
   Specialization s = base;
   s.config = {};
   if (base.kernel == kPermuteBlockQuant) {
     s.config[C_THREADS] = 256;
-    out.push_back(s);
+    for (int cpb : {0, 1, 4}) {
+      s.config[C_TOKENS] = cpb;
+      out.push_back(s);
+    }
     return;
   }
   const int64_t nv = row_bytes(base) / 16;
@@ -415,7 +426,8 @@ void moe_permute_block_quant(Runtime& rt, const TensorRef& x, const TensorRef& p
   a.max_blocks = static_cast<int>(nb);
   LaunchDims d;
   d.grid[0] = static_cast<unsigned>(nb);
-  d.grid[1] = static_cast<unsigned>(ns);
+  a.cpb = static_cast<int>(block_quant_cpb(s, ns));
+  d.grid[1] = static_cast<unsigned>(ns / a.cpb);
   d.block[0] = 256;
   d.smem = static_cast<unsigned>(smem_bytes(s));
   impl.launch(s, d, stream, a);

@@ -294,6 +294,31 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [=](Runtime& rt) { return moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, true, true); }});
   cases.push_back({"moe_permute_block_quant", kShape + " H=2048 P=16 round_scale=0 probs",
                    [=](Runtime& rt) { return moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, false, true); }});
+  // Session 18 (op "moe_permute_block_quant_cfg", measurement): 1 or 4 channel blocks a CTA (config `tokens`) beside
+  // the default row above (2).
+  for (int cpb : {1, 4})
+    cases.push_back({"moe_permute_block_quant_cfg", kShape + fmt::format(" H=2048 P=16 round_scale=1 probs cpb={}", cpb),
+                     [=](Runtime& rt) {
+                       BenchInstance inst = moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, true, true);
+                       Specialization cand;  // ops/moe_permute.cpp block_quant_spec
+                       cand.family = find_family("moe_permute");
+                       cand.arch = rt.impl().target_arch();
+                       cand.kernel = 2;
+                       cand.params[0] = kH;
+                       cand.params[1] = kE;
+                       cand.params[4] = 1;
+                       cand.params[5] = static_cast<int64_t>(DType::bf16);
+                       cand.params[8] = 1;
+                       cand.config[0] = 256;
+                       cand.config[1] = cpb;
+                       auto run = inst.run;
+                       inst.run = [run, cand](Stream st) {
+                         ForceConfigScope force(cand);
+                         run(st);
+                         if (force.applied() == 0) throw kiln::Error("bench: the permute op did not ask for its config");
+                       };
+                       return inst;
+                     }});
   cases.push_back({"moe_unpermute", kShape + " H=2048 P=16 bf16 weighted restore",
                    [=](Runtime& rt) { return moe_unpermute_instance(rt, kT, kE, k, P, kH, DType::bf16, true, true); }});
 });

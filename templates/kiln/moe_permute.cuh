@@ -269,15 +269,13 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   int* b = warp_tot + 8;                                             // [E + 1]
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   expert_block_offsets<E>(a.offsets, b, warp_tot);
-  const int gb = blockIdx.x, cb = blockIdx.y;
+  const int gb = blockIdx.x;
   if (gb >= b[E]) return;
-  // The expert whose blocks hold gb: the last e with b[e] ≤ gb (experts with no rows have b[e] = b[e+1]).
-  int lo = 0, hi = E - 1;
-  while (lo < hi) {
-    const int mid = (lo + hi + 1) >> 1;
-    if (b[mid] <= gb) lo = mid; else hi = mid - 1;
-  }
-  const int e = lo;
+  // The expert whose blocks hold gb: the last e with b[e] ≤ gb (b[0] = 0, nondecreasing; experts with no rows have
+  // b[e] = b[e+1]), i.e. the count of such e, less one.
+  int ne = 0;
+  for (int e0 = 0; e0 < E; e0 += 256) ne += __syncthreads_count(e0 + tid < E && b[e0 + tid] <= gb);
+  const int e = ne - 1;
   const int off = a.offsets[e], pc = a.offsets[e + 1] - off;
   const int i0 = (gb - b[e]) * 128;            // first row of the block inside the segment
   const int rows = min(128, pc - i0);          // rows of the segment in this block
@@ -285,25 +283,33 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     const int r = off + i0 + tid;
     const int t = tid < rows && r < a.num_out ? a.row_id_indices[r] : -1;
     src[tid] = t >= 0 && t < a.T ? t : -1;
-    if (PROBS && cb == 0 && tid < rows && r < a.num_out)
+    if (PROBS && blockIdx.y == 0 && tid < rows && r < a.num_out)
       a.probs_out[r] = t >= 0 && t < a.T ? a.probs[static_cast<i64>(t) * E + e] : 0.0f;
   }
   __syncthreads();
-  // Gather: 128 rows × 16 chunks of 8 bf16 (rows past the segment and padding rows read as zeros). Thread tid takes
-  // chunk tid & 15 of rows tid / 16 + 16k: the rows' swizzle (row & 3) is the same for all eight, so a chunk's slot is
-  // the first one's + 16k rows, and only the source row changes.
-  {
-    const int c = tid & 15, r0 = tid >> 4;
-    const u32 s0 = smem_u32(&tile[bq_word(r0, c)]);
-    const char* const g0 = static_cast<const char*>(a.x) + (cb * 128 + c * 8) * 2;
+  // Gather of channel block cb: 128 rows × 16 chunks of 8 bf16 (rows past the segment and padding rows read as
+  // zeros). Thread tid takes chunk tid & 15 of rows tid / 16 + 16k: the rows' swizzle (row & 3) is the same for all
+  // eight, so a chunk's slot is the first one's + 16k rows, and only the source row changes.
+  const int c16 = tid & 15, r16 = tid >> 4;
+  int srow[8];
+#pragma unroll
+  for (int k = 0; k < 8; ++k) srow[k] = src[r16 + 16 * k];
+  const u32 s16 = smem_u32(&tile[bq_word(r16, c16)]);
+  auto gather = [&](int cb) {
+    const char* const g0 = static_cast<const char*>(a.x) + (cb * 128 + c16 * 8) * 2;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const int t = src[r0 + 16 * k];
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s0 + k * 16 * 64 * 4),
+      const int t = srow[k];
+      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s16 + k * 16 * 64 * 4),
                    "l"(g0 + static_cast<i64>(t < 0 ? 0 : t) * (HD * 2)), "r"(t >= 0 ? 16 : 0)
                    : "memory");
     }
-  }
+  };
+  // The CTA's channel blocks cb0 … cb0 + cpb − 1 in turn; the next block's gather is issued once both passes have
+  // read the tile, under the current block's write-out.
+  const int cpb = a.cpb, cb0 = blockIdx.y * cpb;
+  gather(cb0);
+  for (int cb = cb0; cb < cb0 + cpb; ++cb) {
   cp_async_wait_all();
   __syncthreads();
 
@@ -376,6 +382,7 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     }
   }
   __syncthreads();
+  if (cb + 1 < cb0 + cpb) gather(cb + 1);
 
   // Coalesced write-out, 16-byte units: 8 lanes a row of codes, 32 rows a pass. The transposed rows (pc bytes apart)
   // are 16-byte aligned where pc is a multiple of 16 (then rows is too); else 4 bytes a lane, a warp a row.
@@ -401,6 +408,7 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
       }
     }
   }
+  }  // (channel blocks)
 }
 
 }  // namespace kiln

@@ -45,6 +45,7 @@ struct MoePermuteBlockQuantArgs {
   int T;
   int num_out;
   int max_blocks;             // grid.x: an upper bound of Σ_e ceil(pc_e/128)
+  int cpb;                    // 128-channel blocks a CTA (grid.y = HD / 128 / cpb)
 };
 
 // Dynamic shared memory of the block-quantized permute (E experts): the bf16 tile (32 KiB), the row-wise and the

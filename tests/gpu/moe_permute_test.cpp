@@ -12,11 +12,14 @@
 #include <cmath>
 #include <cstdio>
 #include <limits>
+#include <memory>
 #include <string>
 #include <vector>
 
 #include "kiln/ops/moe.hpp"
 #include "reference/moe.hpp"
+#include "runtime/family.hpp"
+#include "runtime/runtime_impl.hpp"
 #include "test_util.hpp"
 
 namespace kiln::test {
@@ -261,10 +264,28 @@ TEST_F(MoePermuteTest, UnpermuteOddShapes) {
 // keep the poison.
 class MoePermuteBlockQuantTest : public GpuTest {
  protected:
-  static void run(const Routing& r, int64_t Hd, bool round_scale, bool special = false) {
+  // cpb ≥ 0: the config forced to that many 128-channel blocks a CTA (ops/moe_permute.cpp config `tokens`; 0 = the
+  // default); −1: the op's own choice.
+  static void run(const Routing& r, int64_t Hd, bool round_scale, bool special = false, int cpb = -1) {
     SCOPED_TRACE("T=" + std::to_string(r.T) + " E=" + std::to_string(r.E) + " k=" + std::to_string(r.k) +
-                 " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " round=" + std::to_string(round_scale));
+                 " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " round=" + std::to_string(round_scale) +
+                 " cpb=" + std::to_string(cpb));
     Runtime& rt = GpuTest::rt();
+    std::unique_ptr<detail::ForceConfigScope> force;
+    if (cpb >= 0) {
+      detail::Specialization s;  // ops/moe_permute.cpp block_quant_spec
+      s.family = detail::find_family("moe_permute");
+      s.arch = rt.impl().target_arch();
+      s.kernel = 2;
+      s.params[0] = Hd;
+      s.params[1] = r.E;
+      s.params[4] = 1;  // probs
+      s.params[5] = static_cast<int64_t>(DType::bf16);
+      s.params[8] = round_scale;
+      s.config[0] = 256;
+      s.config[1] = cpb;
+      force = std::make_unique<detail::ForceConfigScope>(s);
+    }
     const int64_t T = r.T, E = r.E, num_out = r.num_out, ns = Hd / 128;
     const int64_t nb = moe_block_quant_scale_blocks(num_out, E);
     std::vector<float> x = randn(T * Hd, mix_seed({static_cast<uint64_t>(T), static_cast<uint64_t>(Hd), 21}), 3.0f);
@@ -310,6 +331,7 @@ class MoePermuteBlockQuantTest : public GpuTest {
     EXPECT_TRUE(same_bits("qT (segmented)", qT.download<uint8_t>(num_out * Hd), want.qT, Hd));
     EXPECT_TRUE(same_bits("qT_scale (segmented)", qTs.download<float>(nb * Hd), want.qT_scale, Hd));
     EXPECT_TRUE(same_bits("probs_out", po.download<float>(num_out), want.probs_out, num_out));
+    if (force && T > 0) EXPECT_GT(force->applied(), 0u);
   }
 };
 
@@ -322,6 +344,17 @@ TEST_F(MoePermuteBlockQuantTest, OddShapes) {
   run(make_routing(0, 64, 2, 16, 36, -1, 40), 2048, false);
   run(make_routing(600, 64, 4, 16, 37), 2048, false, true);  // NaN / ±inf / extremes, both scale rules
   run(make_routing(600, 64, 4, 16, 38), 2048, true, true);
+}
+// 1, 2 and 4 channel blocks a CTA (the next block's gather under the current one's write-out), and segments padded to
+// 4 or 8 (transposed rows not 16-byte aligned: 4-byte stores).
+TEST_F(MoePermuteBlockQuantTest, ChannelBlocksAndNarrowPadding) {
+  for (int cpb : {1, 2, 4}) {
+    run(make_routing(1000, 64, 4, 16, 39), 1536, true, false, cpb);
+    run(make_routing(333, 8, 2, 16, 40), 7168, false, true, cpb);
+  }
+  run(make_routing(777, 64, 4, 4, 41), 2048, true);
+  run(make_routing(500, 160, 8, 8, 42), 1536, false, true);
+  run(make_routing(500, 160, 8, 8, 43), 1536, true, false, 4);
 }
 
 // Permute then unpermute without weights gives k·x for a token routed to k experts (bf16 exact for small k).
