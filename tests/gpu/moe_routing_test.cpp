@@ -243,6 +243,33 @@ TEST_F(MoeRoutingTest, QwenSoftmaxRenormalized) {
 }
 // Plain softmax top-8 with the map at E = 256 and 128 (the warp kernel without a bias divides only the picks by the
 // sum since session 17), on random logits, ties and ulp-level differences, and isolated NaN logits.
+// The CTA-run route kernel (Ling, with the map: PERSIST) and moe_make_row_id_map's one launch share the stream's
+// superblock rows and arrival word: calls of both on one stream, interleaved and at two token counts (halves of
+// different sizes), each against the reference; the standalone map from the route's routing map.
+TEST_F(MoeRoutingTest, RouteAndStandaloneMapShareTheStreamState) {
+  Runtime& r = rt();
+  for (int rep = 0; rep < 2; ++rep)
+    for (int64_t T : {8192, 3000}) {
+      SCOPED_TRACE("T=" + std::to_string(T) + " rep " + std::to_string(rep));
+      Routing x({T, 256, kLing, true, 16}, 900 + T);
+      x.call(r, nullptr);
+      const int64_t E = 256, num_out = x.num_out;
+      DeviceBuffer rb(r, T * E * 4), ib(r, num_out * 4), cb(r, E * 4), pcb(r, E * 4), ob(r, (E + 1) * 4);
+      for (DeviceBuffer* y : {&rb, &ib, &cb, &pcb, &ob}) y->poison();
+      MoeRowIdMap m{rb.ref(DType::i32, {T, E}), ib.ref(DType::i32, {num_out}), cb.ref(DType::i32, {E}),
+                    pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
+      moe_make_row_id_map(r, x.mb.ref(DType::u8, {T, E}), m, 16, nullptr, 8);
+      x.repoison();
+      x.call(r, nullptr);  // the route again, after the map on the same stream
+      synchronize();
+      x.verify();
+      EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), x.want_map.row_id_map, E));
+      EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), x.want_map.row_id_indices));
+      EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), x.want.counts));
+      EXPECT_TRUE(exact("offsets", ob.download<int32_t>(E + 1), x.want_map.offsets));
+    }
+}
+
 TEST_F(MoeRoutingTest, PlainSoftmaxWithTheMap) {
   const MoeRoutingOptions o{8, MoeScore::softmax, 1, 1, false, 1.0f};
   for (int64_t T : {1, 777, 8192}) run_case({T, 256, o, false, 16}, 500 + T);
