@@ -319,24 +319,31 @@ Specialization spec(Arch arch, uint32_t kernel, int64_t K, int64_t E) {
     case kDxTma:  // no multicast (run of 04:00, the first dx: clusters of 1 / 2 / 4: 30.0 / 30.7 / 56.3 µs), 5 stages
       set_config(s, 64, 256, 64, 2, 1, 5);
       break;
-    case kDxTmaSplit:  // (precision high) w multicast to clusters of 2, 4 stages (next to the hi/lo tiles and the
-                       // staging tiles): session 18, 8192 tokens, against no multicast: K = 2048 / 4096 / 7168
-                       // 32.1 / 53.3 / 89.3 µs vs 33.8 / 58.4 / 99.7 (session 17's tuner pick at 7168)
-      set_config(s, 64, 256, 64, 2, 2, 4);
+    case kDxTmaSplit:  // (precision high) E > 128: w multicast to clusters of 2, 4 stages (next to the hi/lo tiles and
+                       // the staging tiles): session 18, 8192 tokens, E = 256, against no multicast: K = 2048 / 4096 /
+                       // 7168 32.1 / 53.3 / 89.3 µs vs 33.8 / 58.4 / 99.7 (session 17's tuner pick at 7168); E ≤ 128:
+                       // 128-token units, 3 stages (session 18's tune at K = 2048, E = 128: 19.1 µs vs 22.1 for the
+                       // multicast pairs and 20.5 for 64-token tiles without)
+      if (E <= 128)
+        set_config(s, 128, 256, 64, 2, 1, 3);
+      else
+        set_config(s, 64, 256, 64, 2, 2, 4);
       break;
     case kDxTmaF16:  // (precision tf32) 128-token units × half the columns, 3 stages: session 18, 8192 tokens, against
                      // 64-token tiles × 5 stages: K = 2048 / 4096 / 7168 32.4 / 55.4 / 78.9 µs vs 36.1 / 56.3 / 88.3
       set_config(s, 128, 256, 64, 2, 1, 3);
       break;
     case kBwdTma:  // the dw kernel's default (its grid is the launch's)
-      set_config(s, 64, 256, 64, 2, 8, 3);
+      set_config(s, 64, 256, 64, E <= 128 ? 1 : 2, 8, 3);
       break;
     case kDwTma:
     case kDwTmaF16:
     case kDwTmaBf16:  // up to 8 T ranges (16 tiles × 8 = 128 CTAs at E = 256, K = 2048) in clusters of 2 (run of
                       // 04:17: clusters of 4 on 128 CTAs 61.4 µs, on 64 CTAs 48.7 — not every cluster of 4 fits at
-                      // once), 3 stages
-      set_config(s, 128, 256, 64, 2, 8, 3);
+                      // once), 3 stages; at E ≤ 128 (one expert tile: 64 CTAs) clusters of 1 (session 18's tune at
+                      // K = 2048, E = 128: dw 32.4 / 33.5, from bf16(g) 26.2 / 28.7, fp16 pass 39.8 / 41.7, the one
+                      // launch 58.9 / 61.3 µs against clusters of 2)
+      set_config(s, 128, 256, 64, E <= 128 ? 1 : 2, 8, 3);
       break;
     case kFwdTma:  // 64 tokens a CTA (128 CTAs at 8192 tokens), one consumer warpgroup over all of E, 5 stages, no
                    // multicast (run of 04:00: 21.8 µs; two consumers splitting E 22.3, clusters of 2 / 4 sharing w
@@ -417,7 +424,9 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
   const int64_t E = base.params[P_E];
   Specialization s = def;
   switch (base.kernel) {
-    case kBwdTma:  // the dw role's T ranges in clusters of 1 (range partials from the registers), 2 dw stages
+    case kBwdTma:  // the dw role's T ranges in clusters of 2 or 1 (range partials from the registers), 2 dw stages
+      set_config(s, 64, 256, 64, 2, 8, 3);
+      add(s);
       set_config(s, 64, 256, 64, 1, 8, 3);
       add(s);
       set_config(s, 64, 256, 64, 2, 8, 2);
