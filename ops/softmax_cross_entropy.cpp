@@ -85,7 +85,15 @@ void fwd_default(Arch arch, int64_t V, DType t, int& cl, int& threads) {
 
 // Fused: the fewest CTAs per row whose slice fits 48 KiB of shared memory (four or more CTAs per SM keep loads and
 // stores of different rows overlapping), else the fewest that fit at all; 0 when no cluster size ≤ 16 fits (or
-// before sm_90): the op then runs the forward and the backward.
+// before sm_90): the op then runs the forward and the backward. A smaller cluster wins where its resident CTAs hold
+// ≥ 10 % more of a row's slices in an SM's shared memory (228 KiB, 1 KiB a CTA for the driver; ≤ 2048 threads):
+// session 18's tune at M = 8192, bf16: V = 151936 (qwen3) 4 CTAs a row × 3 an SM (228 KB of slices) 1737 µs against
+// 8 × 5 (190 KB) 1825; V = 157184 (Ling) 4 × 2 (157 KB) 2018 against the 48 KiB rule's 8 × 5 (196 KB) 1845.
+int fused_resident_bytes(int64_t V, int eb, int c, int threads) {
+  const int smem = ce_fused_smem_bytes(static_cast<int>(V), eb, c, threads);
+  const int ctas = std::min((228 * 1024) / (smem + 1024), 2048 / threads);
+  return ctas * ce_slice_chunks(static_cast<int>(V), eb, c) * 16;
+}
 void fused_default(Arch arch, int64_t V, DType t, int& cl, int& threads) {
   cl = 0;
   threads = 256;
@@ -96,7 +104,24 @@ void fused_default(Arch arch, int64_t V, DType t, int& cl, int& threads) {
       if (ce_fused_smem_bytes(static_cast<int>(V), eb, c, 256) <= budget) cl = c;
     if (cl) break;
   }
+  if (cl > 1) {
+    const int64_t here = fused_resident_bytes(V, eb, cl, 256);
+    int best = cl;
+    int64_t best_bytes = here;
+    for (int c = cl / 2; c >= 1; c /= 2)
+      if (ce_fused_smem_bytes(static_cast<int>(V), eb, c, 256) <= kSmemBudget) {
+        const int64_t b = fused_resident_bytes(V, eb, c, 256);
+        if (10 * b >= 11 * here && b > best_bytes) {
+          best = c;
+          best_bytes = b;
+        }
+      }
+    cl = best;
+  }
+  // 128 threads for short slices; 512 for slices of ≥ 4096 chunks (≥ 64 KB: at most 3 CTAs an SM, so 1536 threads;
+  // V = 151936 bf16 in clusters of 4: 1679 µs against 1739 with 256 threads, session 18's tune).
   if (cl && ce_slice_chunks(static_cast<int>(V), eb, cl) < 1024) threads = 128;
+  if (cl && ce_slice_chunks(static_cast<int>(V), eb, cl) >= 4096) threads = 512;
 }
 
 // Backward: parts of ≤ 4096 chunks (64 KiB) per CTA, 8 loads in flight per thread. Measured on H100 at M = 8192,

@@ -142,6 +142,13 @@ TEST(SoftmaxCrossEntropySearchSpace, DefaultsAndPruning) {
   EXPECT_EQ(fused.config[0], 8);
   EXPECT_LE(family().dynamic_smem_bytes(fused), 48 * 1024);
   EXPECT_EQ(spec(kBwd, 157184, DType::bf16, DType::i64, false).config[0], 5);
+  // bf16 V = 151936 (qwen3): clusters of 4, whose 76 KB slices fit 3 CTAs an SM (228 KB of a row's slices against
+  // 190 KB for clusters of 8: session 18's tune, 1737 vs 1825 µs); V = 129280 (deepseek): 4 or 8 hold the same, 8
+  // stays.
+  EXPECT_EQ(spec(kFused, 151936, DType::bf16, DType::i64, false).config[0], 4);
+  EXPECT_EQ(spec(kFused, 151936, DType::bf16, DType::i64, false).config[1], 512);  // 4748-chunk slices
+  EXPECT_EQ(fused.config[1], 256);
+  EXPECT_EQ(spec(kFused, 129280, DType::bf16, DType::i64, false).config[0], 8);
   // fp32 at the same V needs a cluster of 16.
   EXPECT_EQ(spec(kFused, 157184, DType::f32, DType::i64, false).config[0], 16);
   // A row that no cluster of ≤ 16 CTAs holds in shared memory: no single-pass kernel (the op runs fwd + bwd).
