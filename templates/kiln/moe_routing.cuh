@@ -11,7 +11,8 @@
 // Backward from dprobs g, recomputing s from the logits and the selection from the routing map:
 //   ds_k = scale·g_k (no renorm) or (scale/D)(g_k − Σ_j g_j s_j / D) for selected k, 0 elsewhere
 //   dz = s ⊙ (ds − Σ ds·s) (softmax) or ds ⊙ s(1 − s) (sigmoid)
-// Row-id map of any routing map (three launches, no host sync): per-block histograms (map_count) → map_scan (per
+// Row-id map of any routing map, no host sync: one launch where its grid is resident at once (moe_map_fused_kernel,
+// below), else three: per-block histograms (map_count) → map_scan (per
 // expert: exclusive prefix over blocks, totals) → map_write (expert offsets off_e = Σ_{e'<e} roundup(c_e', P), each
 // token's destination off_e + prefix[block][e] + rank of the token among the block's tokens routed to e, the inverse
 // index list, padding entries −1). The forward builds the map itself (moe_route → moe_route_map). Integer counts
