@@ -631,6 +631,24 @@ RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
   return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
 }
 
+// Whether `stream` is capturing a CUDA graph: the per-stream state must then not be used (a graph's replays may run
+// on other streams, concurrently with the calls on this one).
+bool stream_capturing(Stream stream) {
+  CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
+  check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
+  return cs != CU_STREAM_CAPTURE_STATUS_NONE;
+}
+
+// route_zero over the n ints at p (≤ 64 CTAs of 256 threads). It lets the next launch start at once (PDL); that
+// kernel waits for it before it adds into the ints.
+void launch_route_zero(Runtime::Impl& impl, Arch arch, int64_t T, int* p, int64_t n, Stream stream) {
+  const MoeZeroArgs za{p, static_cast<int>(n)};
+  LaunchDims dz;
+  dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((n + 255) / 256, 64));
+  dz.block[0] = 256;
+  impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+}
+
 }  // namespace
 
 namespace detail {
@@ -709,10 +727,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       int* super = map ? chunk_counts + NC * E : nullptr;
       unsigned* arrive = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
       const MoeChunkMap cm = chunk_map(map, chunk_counts, super, counts, NC, SC, multiple_of);
-      const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + 1 : E)};
-      LaunchDims dz;
-      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
-      dz.block[0] = 256;
+      int* const zp = map ? super : counts;
+      const int64_t zn = map ? NS * E + 1 : E;
       // A driver that refused the cooperative launch once (MPS, green contexts) is not asked again: the refusal would
       // cost every call an exception and a log line.
       static std::atomic<bool> coop_refused{false};
@@ -720,10 +736,8 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       if (map && (run_bits(s) & kMoeRunPersist)) {
         // PERSIST's per-stream state must not be baked into a graph (a replay on another stream would share it with
         // the calls on this one): while the stream captures, the cooperative launch instead.
-        CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
-        check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
         // (Session 9's cooperative variant: session 10's options were not measured with the cooperative launch.)
-        if (cs != CU_STREAM_CAPTURE_STATUS_NONE) {
+        if (stream_capturing(stream)) {
           s.config[C_VARIANT] &= ~kMoeRunPersist;
           s.config[C_LOAD] = (s.config[C_LOAD] & ~(kRunPersist | kRunLean | kRunLean3 | kRunWaitLean | kRunFastDiv |
                                                     kRunRegLate12 | kRunLean4 | kRunGrp5 | kRunDRank |
@@ -734,7 +748,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       const bool coop = map && (run_bits(s) & kMoeRunCoop);  // (the kernel zeroes them itself)
       const bool persist = map && !coop && (run_bits(s) & kMoeRunPersist);  // (per-stream rows, zeroed by the calls)
       const bool zero = !coop && !persist && !(run_bits(s) & kMoeRunNoZero);  // (a measurement variant leaves it out)
-      if (zero) impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+      if (zero) launch_route_zero(impl, arch, T, zp, zn, stream);
       MoeRouteArgs a{};
       a.logits = static_cast<const float*>(logits.data);
       a.bias = static_cast<const float*>(expert_bias.data);
@@ -777,7 +791,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
         coop_refused.store(true, std::memory_order_relaxed);
         log(LogLevel::warn, "moe_topk_routing_fwd: cooperative launch refused ({}); route_zero + PDL instead", e.what());
         s.config[C_LOAD] &= ~kRunCoop;
-        impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+        launch_route_zero(impl, arch, T, zp, zn, stream);
         d.cooperative = false;
         d.pdl = true;
         impl.launch(s, d, stream, a);
@@ -812,11 +826,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   unsigned* records = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
   const MoeChunkMap cm = chunk_map(map, chunk_counts, super, counts, NC, SC, multiple_of);
   if (T > 0) {
-    const MoeZeroArgs za{map ? super : counts, static_cast<int>(map ? NS * E + (fused ? 1 : 0) : E)};
-    LaunchDims dz;
-    dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
-    dz.block[0] = 256;
-    impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+    launch_route_zero(impl, arch, T, map ? super : counts, map ? NS * E + (fused ? 1 : 0) : E, stream);
 
     MoeRouteArgs a{static_cast<const float*>(logits.data),
                    static_cast<const float*>(expert_bias.data),
@@ -906,7 +916,7 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
   const Arch arch = impl.target_arch();
   const bool i32 = routing_map.dtype == DType::i32;
   const int64_t NB = nblocks(T);
-  // One launch (map_fused, behind route_zero) where its grid of CT-token chunks is resident at once: the least CT
+  // One launch (map_fused) where its grid of CT-token chunks is resident at once: the least CT
   // (32 … kMoeMapFusedMaxChunk) that fits; else, or with the config's fill 0, map_count → map_scan → map_write.
   Specialization f = impl.tuned(map_spec(arch, kMapFused, E, i32), std::max<int64_t>(T, 1));
   int64_t CT = 0;
@@ -924,13 +934,9 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
   int* hist = workspace.defined() ? static_cast<int*>(workspace.data) : reinterpret_cast<int*>(ws.ptr);
   if (CT > 0) {
     const int64_t NC = (T + CT - 1) / CT, SC = super_chunks(NC), NS = (NC + SC - 1) / SC;
-    if (f.config[C_LOAD] & kRunPersist) {
-      // The stream's state must not be baked into a graph (a replay on another stream would share it with the calls
-      // on this one): while the stream captures, route_zero + PDL instead.
-      CUstreamCaptureStatus cs = CU_STREAM_CAPTURE_STATUS_NONE;
-      check(driver().cuStreamIsCapturing(reinterpret_cast<CUstream>(stream), &cs), "cuStreamIsCapturing");
-      if (cs != CU_STREAM_CAPTURE_STATUS_NONE) f.config[C_LOAD] &= ~kRunPersist;
-    }
+    // The stream's superblock rows and arrival word (PERSIST), except while the stream captures a graph: then
+    // route_zero + PDL.
+    if ((f.config[C_LOAD] & kRunPersist) && stream_capturing(stream)) f.config[C_LOAD] &= ~kRunPersist;
     const bool persist = (f.config[C_LOAD] & kRunPersist) != 0;
     MoeMapFusedArgs fa{};
     int* super = hist + NC * E;
@@ -941,11 +947,7 @@ void moe_make_row_id_map(Runtime& rt, const TensorRef& routing_map, const MoeRow
       super = rs.rows;
       fa.persist_half = static_cast<int>(rs.half);
     } else {
-      const MoeZeroArgs za{super, static_cast<int>(NS * E + 1)};
-      LaunchDims dz;
-      dz.grid[0] = static_cast<unsigned>(std::min<int64_t>((za.n + 255) / 256, 64));
-      dz.block[0] = 256;
-      impl.launch(impl.tuned(base_spec(arch, kRouteZero, 0), T), dz, stream, za);
+      launch_route_zero(impl, arch, T, super, NS * E + 1, stream);
     }
     fa.routing_map = routing_map.data;
     fa.map = chunk_map(&out, hist, super, static_cast<int*>(out.tokens_per_expert.data), NC, SC, multiple_of);

@@ -22,6 +22,16 @@
 #include "runtime/runtime_impl.hpp"
 
 namespace kiln::detail {
+
+BenchInstance with_forced_config(BenchInstance inst, const Specialization& cand, const std::string& what) {
+  inst.run = [run = std::move(inst.run), cand, what](Stream s) {
+    ForceConfigScope force(cand);
+    run(s);
+    if (force.applied() == 0) throw kiln::Error(fmt::format("bench: the {} op did not ask for its config", what));
+  };
+  return inst;
+}
+
 namespace {
 
 // The copy-bandwidth probe: large enough that launch overhead and L2 do not matter (1 GiB ≫ 50 MB of L2).

@@ -33,6 +33,12 @@ struct BenchCase {
 
 // Cases register from each family's bench file (ops/<family>_bench.cpp is not required: any TU may register).
 std::vector<BenchCase>& bench_cases();
+
+struct Specialization;
+// `inst` with its op's config forced to `cand`'s (the tuner's forced-config hook, for the call's thread), so that one
+// bench run times a search-space point or a measurement variant beside the default; a call whose op never asks for
+// `cand`'s shape throws (naming `what`).
+BenchInstance with_forced_config(BenchInstance inst, const Specialization& cand, const std::string& what);
 struct BenchRegistrar {
   explicit BenchRegistrar(std::function<void(std::vector<BenchCase>&)> add) { add(bench_cases()); }
 };

@@ -10,7 +10,6 @@
 #include <random>
 #include <vector>
 
-#include "kiln/errors.hpp"
 #include "kiln/ops/moe.hpp"
 #include "ops/bench/moe_instances.hpp"
 #include "runtime/bench.hpp"
@@ -269,7 +268,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                      kShape + fmt::format(" P=16 fill={} load={}{}", fill, load,
                                           V ? fmt::format(" V={}", V) : std::string()),
                      [=](Runtime& rt) {
-                       BenchInstance inst = moe_row_id_map_instance(rt, kT, kE, k, P);
                        Specialization cand;
                        cand.family = find_family("moe_routing");
                        cand.arch = rt.impl().target_arch();
@@ -278,13 +276,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                        cand.config[2] = fill;
                        cand.config[3] = load;
                        cand.config[5] = V;
-                       auto run = inst.run;
-                       inst.run = [run, cand](Stream st) {
-                         ForceConfigScope force(cand);
-                         run(st);
-                         if (force.applied() == 0) throw kiln::Error("bench: the map op did not ask for its config");
-                       };
-                       return inst;
+                       return with_forced_config(moe_row_id_map_instance(rt, kT, kE, k, P), cand, "map");
                      }});
   cases.push_back({"moe_permute", kShape + " H=2048 P=16 bf16 probs",
                    [=](Runtime& rt) { return moe_permute_instance(rt, kT, kE, k, P, kH, false, false, true); }});
@@ -299,7 +291,6 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   for (int cpb : {1, 4})
     cases.push_back({"moe_permute_block_quant_cfg", kShape + fmt::format(" H=2048 P=16 round_scale=1 probs cpb={}", cpb),
                      [=](Runtime& rt) {
-                       BenchInstance inst = moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, true, true);
                        Specialization cand;  // ops/moe_permute.cpp block_quant_spec
                        cand.family = find_family("moe_permute");
                        cand.arch = rt.impl().target_arch();
@@ -311,13 +302,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                        cand.params[8] = 1;
                        cand.config[0] = 256;
                        cand.config[1] = cpb;
-                       auto run = inst.run;
-                       inst.run = [run, cand](Stream st) {
-                         ForceConfigScope force(cand);
-                         run(st);
-                         if (force.applied() == 0) throw kiln::Error("bench: the permute op did not ask for its config");
-                       };
-                       return inst;
+                       return with_forced_config(
+                           moe_permute_block_quant_instance(rt, kT, kE, k, P, kH, true, true), cand, "permute");
                      }});
   cases.push_back({"moe_unpermute", kShape + " H=2048 P=16 bf16 weighted restore",
                    [=](Runtime& rt) { return moe_unpermute_instance(rt, kT, kE, k, P, kH, DType::bf16, true, true); }});

@@ -124,7 +124,6 @@ BenchCase with_config(BenchCase c, const char* family, bool bwd, int64_t n, int 
   c.shape += fmt::format(" stages={} sigma_table={} code_buffers={}", stages, table, code_buffers);
   auto prep = c.prepare;
   c.prepare = [prep, family, bwd, n, mode, stages, table, code_buffers](Runtime& rt) {
-    BenchInstance inst = prep(rt);
     Specialization cand;
     cand.family = find_family(family);
     if (!cand.family) throw kiln::Error(fmt::format("bench: no family {}", family));
@@ -136,13 +135,7 @@ BenchCase with_config(BenchCase c, const char* family, bool bwd, int64_t n, int 
     cand.config[0] = stages;
     cand.config[1] = table;
     cand.config[2] = code_buffers;
-    auto run = inst.run;
-    inst.run = [run, cand](Stream s) {
-      ForceConfigScope force(cand);
-      run(s);
-      if (force.applied() == 0) throw kiln::Error("bench: the SiLU op did not ask for its tuned config");
-    };
-    return inst;
+    return with_forced_config(prep(rt), cand, "SiLU");
   };
   return c;
 }

@@ -13,6 +13,25 @@
 
 namespace kiln {
 
+// The same self-resetting count on any zero-initialized word that outlives the launch (one thread a CTA, after the
+// CTA barrier that orders the CTA's writes before it): grid_count_arrive adds with release semantics at GPU scope and
+// returns the token; grid_count_wait spins (acquire, GPU scope) until the word's top bit differs from the token's,
+// i.e. every CTA of the 1-D grid has arrived, and traps after 2^26 polls instead of hanging.
+__device__ __forceinline__ u32 grid_count_arrive(u32* word) {
+  u32 old;
+  const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
+  asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(old) : "l"(word), "r"(nb) : "memory");
+  return old;
+}
+__device__ __forceinline__ void grid_count_wait(const u32* word, u32 token) {
+  for (u32 it = 0;; ++it) {
+    u32 cur;
+    asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(word) : "memory");
+    if ((token ^ cur) & 0x80000000u) break;
+    if (it == (1u << 26)) __trap();
+  }
+}
+
 __device__ __forceinline__ u32* grid_barrier_word() {
   u32 hi, lo;
   asm("mov.u32 %0, %%envreg1;" : "=r"(hi));

@@ -632,6 +632,15 @@ __device__ __forceinline__ void moe_wait_arrivals(const unsigned* arrive) {
   }
 }
 
+// PERSIST (moe_routing_args.h kMoeRunPersist): the other half of the stream's superblock rows (`half` ints at
+// `other`), zeroed whole for the next call on the stream (the previous call used it, perhaps with more superblock
+// rows than this one; it has completed) by 16-byte stores over the grid's NTH-thread CTAs.
+template <int NTH>
+__device__ __forceinline__ void moe_persist_zero_half(int* other, int half) {
+  for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < half; i += 4 * gridDim.x * NTH)
+    store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
+}
+
 // One routed entry of the map: row_id_map[t][e] = row, and the inverse index.
 __device__ __forceinline__ void moe_put_row(const MoeChunkMap& m, int E, i64 t, int e, int row) {
   m.row_id_map[t * E + e] = row;
@@ -749,32 +758,14 @@ __global__ void __launch_bounds__(256) moe_map_fused_kernel(const MoeMapFusedArg
   // an acquire spin (a wait that never ends traps).
   u32 tok = 0;
   if (threadIdx.x == 0) {
-    if constexpr (PERSIST) {
-      const u32 nb = c == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-      asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(tok) : "l"(a.arrive), "r"(nb) : "memory");
-    } else {
-      asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
-    }
+    if constexpr (PERSIST) tok = grid_count_arrive(a.arrive);
+    else asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
   }
-  if constexpr (PERSIST) {
-    // The other half for the next call on the stream, whole (the previous call used it, perhaps with more superblock
-    // rows than this one; it has completed), while the CTA waits for the others.
-    int* const other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
-    for (int i = 4 * (c * 256 + static_cast<int>(threadIdx.x)); i < a.persist_half; i += 4 * gridDim.x * 256)
-      store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
-  }
+  if constexpr (PERSIST) moe_persist_zero_half<256>(a.super + static_cast<i64>(par ^ 1u) * a.persist_half, a.persist_half);
   if constexpr (LATE) fill_rows();
   if (!(V & 2) && threadIdx.x == 0) {
-    if constexpr (PERSIST) {
-      for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
-        u32 cur;
-        asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
-        if ((tok ^ cur) & 0x80000000u) break;
-        if (it == (1u << 26)) __trap();
-      }
-    } else {
-      moe_wait_arrivals<64>(a.arrive);
-    }
+    if constexpr (PERSIST) grid_count_wait(a.arrive, tok);
+    else moe_wait_arrivals<64>(a.arrive);
   }
   __syncthreads();
   stamp(3);
@@ -1556,11 +1547,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       }
       named_barrier_sync(1, NTH);
       if constexpr (COOP) {
-        if (threadIdx.x == CT) {
-          const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-          asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;" : "=r"(coop_tok) : "l"(grid_barrier_word()), "r"(nb)
-                       : "memory");
-        }
+        if (threadIdx.x == CT) coop_tok = grid_count_arrive(grid_barrier_word());
       }
       asm volatile("bar.arrive 2, %0;" ::"n"(NTH) : "memory");
     }
@@ -2474,11 +2461,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   int* const superp = a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0);
   auto arrive_release = [&] {  // (one thread)
     if constexpr (COOP || PERSIST) {
-      const u32 nb = blockIdx.x == 0 ? 0x80000000u - (gridDim.x - 1) : 1u;
-      asm volatile("atom.add.release.gpu.u32 %0, [%1], %2;"
-                   : "=r"(coop_tok)
-                   : "l"(COOP ? grid_barrier_word() : a.arrive), "r"(nb)
-                   : "memory");
+      coop_tok = grid_count_arrive(COOP ? grid_barrier_word() : a.arrive);
     } else {
       asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
     }
@@ -2505,13 +2488,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       if (!NOARRIVE && threadIdx.x == 0) arrive_release();
     }
     stamp0(kMoeRunTrCounted);
-    if constexpr (PERSIST) {
-      // The other half for the next call on the stream, whole (the previous call used it, perhaps with more
-      // superblock rows than this one; it has completed), while the CTA waits for the others.
-      int* other = a.super + static_cast<i64>(par ^ 1u) * a.persist_half;
-      for (int i = 4 * (blockIdx.x * NTH + threadIdx.x); i < a.persist_half; i += 4 * gridDim.x * NTH)
-        store16(other + i, Vec16{{0u, 0u, 0u, 0u}});
-    }
+    if constexpr (PERSIST)  // (while the CTA waits for the others)
+      moe_persist_zero_half<NTH>(a.super + static_cast<i64>(par ^ 1u) * a.persist_half, a.persist_half);
     if constexpr (LATE) fill_rows();
     if constexpr (DEFER && !NOROWS) {
       // The CTA's prob and map rows (staged in shared memory), 16-byte units over all threads.
@@ -2544,16 +2522,8 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
       stamp0(kMoeRunTrWaited);
     } else {
       if (!NOARRIVE && !NOWAIT && threadIdx.x == 0) {
-        if constexpr (PERSIST) {
-          for (u32 it = 0;; ++it) {  // (the self-resetting count: the top bit flips once every CTA arrived)
-            u32 cur;
-            asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(cur) : "l"(a.arrive) : "memory");
-            if ((coop_tok ^ cur) & 0x80000000u) break;
-            if (it == (1u << 26)) __trap();
-          }
-        } else {
-          moe_wait_arrivals<32>(a.arrive);
-        }
+        if constexpr (PERSIST) grid_count_wait(a.arrive, coop_tok);
+        else moe_wait_arrivals<32>(a.arrive);
         stamp(kMoeRunTrWaited);
       }
       __syncthreads();
