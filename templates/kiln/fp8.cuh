@@ -45,6 +45,26 @@ __device__ __forceinline__ float block_scale(float amax) {
   return s;
 }
 
+// block_scale<true> without the division, for any amax ≥ 0 (or NaN, inf): the power-of-two ceiling of
+// RN(amax / 448) is that of amax / 448 = (M / 1.75)·2^(E − 8), M in [1, 2) amax's significand: 2^(E − 8) for
+// M ≤ 1.75, else 2^(E − 7). (RN never rounds a quotient above 2^k down onto 2^k: amax's relative step at M ≈ 1.75,
+// 2^-23 / 1.75, exceeds the quotient's half step 2^-24; one rounded up onto 2^k has the ceiling 2^k either way.) At
+// least 2^-99 (the ceiling of 1e-30); NaN gives 2^-99 (fmaxf(NaN, 1e-30)), inf gives inf. Checked against the
+// reference's block_scale(amax, true) for every non-negative float once (2^31 values, session 19); in CI for every
+// bf16 and the floats around each exponent's 1.75 (tests/reference_test.cpp).
+__device__ __forceinline__ float block_scale_pow2(float amax) {
+  const u32 b = __float_as_uint(amax) & 0x7fffffffu;
+  if (b >= 0x7f800000u) return b == 0x7f800000u ? amax : __uint_as_float(28u << 23);
+  const int f = static_cast<int>(b >> 23) - 8 + ((b & 0x007fffffu) > 0x00600000u ? 1 : 0);
+  return __uint_as_float(static_cast<u32>(f < 28 ? 28 : f) << 23);
+}
+// block_scale<ROUND> with the power-of-two rule's division replaced (same bits).
+template <bool ROUND>
+__device__ __forceinline__ float block_scale_fast(float amax) {
+  if constexpr (ROUND) return block_scale_pow2(amax);
+  else return block_scale<false>(amax);
+}
+
 // y / s for a block scale s without a division a value (div.rn.f32 costs a MUFU.RCP, its refinement and a range check
 // a value). For s > 0 normal or +inf — every
 // max(amax / 448, 1e-30) — and |y| ≤ 448·s or y NaN — every value of the block s was formed from —
@@ -72,6 +92,31 @@ __device__ __forceinline__ float div_scale(float y, const ScaleDiv& d) {
   float q = __fmul_rn(a, d.inv);
   q = __fmaf_rn(-__fmaf_rn(d.s1, q, -a), d.inv, q);
   return __fmaf_rn(-__fmaf_rn(d.s1, q, -a), d.inv, q);
+}
+
+// Power-of-two scales on bf16 pairs (sm_90+): y = x · inv for both bf16 of x, inv = 1/s a power of two in both
+// halves (`inv2`). The product is the bf16 of x·inv exactly: |x·inv| ≤ 448 (s ≥ the block's amax / 448), and a product
+// that falls below bf16's normal range (|x / s| < 2^-126, rounded or flushed with its sign kept) has e4m3 code ±0 as
+// the exact product has (e4m3's smallest step is 2^-9); NaN stays NaN, inf · 0 (s = inf) is NaN, finite · 0 ±0, as in
+// fp32. So the e4m3 codes of the two halves are those of the fp32 products y·inv, one packed multiply a pair instead
+// of two fp32 ones.
+__device__ __forceinline__ u32 bf16x2_mul(u32 x, u32 inv2) {
+#if __CUDA_ARCH__ >= 900
+  u32 d;
+  asm("mul.rn.bf16x2 %0, %1, %2;" : "=r"(d) : "r"(x), "r"(inv2));
+  return d;
+#else  // (the fp32 products, exact but below 2^-126, truncated: their low 16 bits are 0 there)
+  const float l = __uint_as_float(x << 16) * __uint_as_float(inv2 << 16);
+  const float h = __uint_as_float(x & 0xffff0000u) * __uint_as_float(inv2 & 0xffff0000u);
+  return (__float_as_uint(l) >> 16) | (__float_as_uint(h) & 0xffff0000u);
+#endif
+}
+// inv's bf16 bits (inv a power of two or 0: its low 16 bits are 0) in both halves / lo and hi halves.
+__device__ __forceinline__ u32 bf16x2_pair(float lo, float hi) { return (__float_as_uint(lo) >> 16) | (__float_as_uint(hi) & 0xffff0000u); }
+// Four e4m3 codes of two scaled bf16 pairs: (lo(y0), hi(y0), lo(y1), hi(y1)) in bytes 0 … 3.
+__device__ __forceinline__ u32 e4m3x4_bf16x2(u32 y0, u32 y1) {
+  return e4m3x4(__uint_as_float(y0 << 16), __uint_as_float(y0 & 0xffff0000u), __uint_as_float(y1 << 16),
+                __uint_as_float(y1 & 0xffff0000u));
 }
 
 // What quantization multiplies or divides by: with ROUND the exact reciprocal, else s through div_scale.

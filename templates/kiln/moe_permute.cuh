@@ -295,14 +295,21 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
 #pragma unroll
   for (int k = 0; k < 8; ++k) srow[k] = src[r16 + 16 * k];
   const u32 s16 = smem_u32(&tile[bq_word(r16, c16)]);
+  // Only rows below `live` (the block's rows rounded up to 32) are gathered and quantized: the row pass skips warps
+  // whose 16 rows all lie past the segment, the transposed pass token quarters (32 rows) that do, so an expert's last,
+  // partly filled block costs about in proportion to its rows (at 8192 × 256, top-8, P = 16, random routing: 632
+  // blocks, 18 % of them with ≤ 32 rows, 83 % of the blocks' rows live). Rows from `rows` to `live` are zero-filled:
+  // the live quarters' column amax reads them.
+  const int live = (rows + 31) & ~31;
   auto gather = [&](int cb) {
     const char* const g0 = static_cast<const char*>(a.x) + (cb * 128 + c16 * 8) * 2;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const int t = srow[k];
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s16 + k * 16 * 64 * 4),
-                   "l"(g0 + static_cast<i64>(t < 0 ? 0 : t) * (HD * 2)), "r"(t >= 0 ? 16 : 0)
-                   : "memory");
+      if (r16 + 16 * k < live)
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s16 + k * 16 * 64 * 4),
+                     "l"(g0 + static_cast<i64>(t < 0 ? 0 : t) * (HD * 2)), "r"(t >= 0 ? 16 : 0)
+                     : "memory");
     }
   };
   // The CTA's channel blocks cb0 … cb0 + cpb − 1 in turn; the next block's gather is issued once both passes have
@@ -313,8 +320,9 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   cp_async_wait_all();
   __syncthreads();
 
-  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values; codes to qs.
-  {
+  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values; codes to qs. (A warp
+  // holds rows 16·warp … + 15.)
+  if (16 * warp < rows) {
     const int row = tid >> 1, h = tid & 1;
     Vec16 v[8];
     u32 m2 = 0u;
@@ -326,16 +334,23 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     }
     float m = bf16x2_hmax(m2);
     m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    const float sc = block_scale<ROUND>(m);
+    const float sc = block_scale_fast<ROUND>(m);
     const Quantizer<ROUND> quant(sc);
     const u32 qrow = smem_u32(qs + row * CS);
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
       const Vec16& x = v[k];
-      const u32 lo = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
-                            quant(vec_get<bf16>(x, 3)));
-      const u32 hi = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
-                            quant(vec_get<bf16>(x, 7)));
+      u32 lo, hi;
+      if constexpr (ROUND) {  // (power-of-two scales: one packed bf16 multiply a pair, fp8.cuh bf16x2_mul)
+        const u32 inv2 = bf16x2_pair(quant.inv, quant.inv);
+        lo = e4m3x4_bf16x2(bf16x2_mul(x.w[0], inv2), bf16x2_mul(x.w[1], inv2));
+        hi = e4m3x4_bf16x2(bf16x2_mul(x.w[2], inv2), bf16x2_mul(x.w[3], inv2));
+      } else {
+        lo = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
+                    quant(vec_get<bf16>(x, 3)));
+        hi = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
+                    quant(vec_get<bf16>(x, 7)));
+      }
       asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(qrow + (2 * k + h) * 8), "r"(lo), "r"(hi) : "memory");
     }
     if (h == 0 && row < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
@@ -345,12 +360,14 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   // quarters through shared memory; codes to qts.
   {
     const int p = tid & 63, qq = tid >> 6;
-    u32 w[32];
+    const bool qlive = 32 * qq < rows;  // (a dead quarter's partial amax is 0, that of its zero rows)
+    // (The tile is read twice, for the amax and for the codes: 32 registers fewer live across the barrier, which
+    // keeps the kernel within 3 CTAs' 80 registers without spilling.)
+    auto wat = [&](int i) { return tile[bq_word(qq * 32 + i, p >> 2) + (p & 3)]; };
     u32 m2 = 0u;
+    if (qlive) {
 #pragma unroll
-    for (int i = 0; i < 32; ++i) {
-      w[i] = tile[bq_word(qq * 32 + i, p >> 2) + (p & 3)];
-      m2 = bf16x2_absmax(m2, w[i]);
+      for (int i = 0; i < 32; ++i) m2 = bf16x2_absmax(m2, wat(i));
     }
     float m0 = __uint_as_float(m2 << 16), m1 = __uint_as_float(m2 & 0xffff0000u);
     part[qq * 128 + 2 * p] = m0;
@@ -358,7 +375,7 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     __syncthreads();
     m0 = fmaxf(fmaxf(part[2 * p], part[128 + 2 * p]), fmaxf(part[256 + 2 * p], part[384 + 2 * p]));
     m1 = fmaxf(fmaxf(part[2 * p + 1], part[129 + 2 * p]), fmaxf(part[257 + 2 * p], part[385 + 2 * p]));
-    const float s0 = block_scale<ROUND>(m0), s1 = block_scale<ROUND>(m1);
+    const float s0 = block_scale_fast<ROUND>(m0), s1 = block_scale_fast<ROUND>(m1);
     if (qq == 0) {
       float* ts = a.qT_scale + static_cast<i64>(gb) * HD + cb * 128 + 2 * p;  // b[e] + (gb − b[e]) = gb
       ts[0] = s0;
@@ -366,19 +383,33 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     }
     const Quantizer<ROUND> q0(s0), q1(s1);
     const u32 c0 = smem_u32(qts + (2 * p) * CS + qq * 32), c1 = smem_u32(qts + (2 * p + 1) * CS + qq * 32);
+    if (qlive) {
 #pragma unroll
-    for (int g = 0; g < 2; ++g) {
-      Vec16 o0, o1;
+      for (int g = 0; g < 2; ++g) {
+        Vec16 o0, o1;
 #pragma unroll
-      for (int u = 0; u < 4; ++u) {
-        const int i = 16 * g + 4 * u;
-        o0.w[u] = e4m3x4(q0(__uint_as_float(w[i] << 16)), q0(__uint_as_float(w[i + 1] << 16)),
-                         q0(__uint_as_float(w[i + 2] << 16)), q0(__uint_as_float(w[i + 3] << 16)));
-        o1.w[u] = e4m3x4(q1(__uint_as_float(w[i] & 0xffff0000u)), q1(__uint_as_float(w[i + 1] & 0xffff0000u)),
-                         q1(__uint_as_float(w[i + 2] & 0xffff0000u)), q1(__uint_as_float(w[i + 3] & 0xffff0000u)));
+        for (int u = 0; u < 4; ++u) {
+          u32 w[4];
+#pragma unroll
+          for (int d = 0; d < 4; ++d) w[d] = wat(16 * g + 4 * u + d);
+          if constexpr (ROUND) {  // (channel 2p's inverse scale in the low halves, 2p + 1's in the high ones)
+            const u32 inv2 = bf16x2_pair(q0.inv, q1.inv);
+#pragma unroll
+            for (int d = 0; d < 4; ++d) w[d] = bf16x2_mul(w[d], inv2);
+            o0.w[u] = e4m3x4(__uint_as_float(w[0] << 16), __uint_as_float(w[1] << 16), __uint_as_float(w[2] << 16),
+                             __uint_as_float(w[3] << 16));
+            o1.w[u] = e4m3x4(__uint_as_float(w[0] & 0xffff0000u), __uint_as_float(w[1] & 0xffff0000u),
+                             __uint_as_float(w[2] & 0xffff0000u), __uint_as_float(w[3] & 0xffff0000u));
+          } else {
+            o0.w[u] = e4m3x4(q0(__uint_as_float(w[0] << 16)), q0(__uint_as_float(w[1] << 16)),
+                             q0(__uint_as_float(w[2] << 16)), q0(__uint_as_float(w[3] << 16)));
+            o1.w[u] = e4m3x4(q1(__uint_as_float(w[0] & 0xffff0000u)), q1(__uint_as_float(w[1] & 0xffff0000u)),
+                             q1(__uint_as_float(w[2] & 0xffff0000u)), q1(__uint_as_float(w[3] & 0xffff0000u)));
+          }
+        }
+        sts16(c0 + 16 * g, o0);
+        sts16(c1 + 16 * g, o1);
       }
-      sts16(c0 + 16 * g, o0);
-      sts16(c1 + 16 * g, o1);
     }
   }
   __syncthreads();
