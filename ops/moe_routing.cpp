@@ -128,11 +128,14 @@ void render(const Specialization& s, std::string& source, std::string& name) {
                            s.config[C_WARPS], s.config[C_FILL], s.config[C_TPT], run_variant(s));
         break;
       }
-      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}>", p[P_E],
+      name = fmt::format("kiln::moe_route_kernel<{}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}, {}{}>", p[P_E],
                          p[P_K], p[P_SIGMOID] != 0, p[P_GROUPS], p[P_TOPK_GROUPS], p[P_RENORM] != 0, p[P_BIAS] != 0,
                          p[P_MAP] != 0, fill_outside_loop(s.config[C_FILL]), lane_experts(p[P_E], p[P_GROUPS]),
                          s.config[C_WARPS], p[P_MAP] != 0 && fused_fill(s.config[C_FILL]),
-                         s.config[C_FILL] == kFusedFillLate);
+                         s.config[C_FILL] == kFusedFillLate,
+                         p[P_MAP] != 0 && fused_fill(s.config[C_FILL]) && (s.config[C_LOAD] & kRunPersist)
+                             ? ", true"
+                             : "");
       break;
     case kTopkBwd:
       name = fmt::format("kiln::moe_topk_bwd_kernel<{}, {}, {}, {}>", p[P_E], p[P_SIGMOID] != 0, p[P_RENORM] != 0,
@@ -220,6 +223,7 @@ void set_warp_default(Specialization& s, bool map) {
   s.config[C_WARPS] = 16;
   s.config[C_TPW] = 2;
   s.config[C_FILL] = map ? kFusedFillAfter : kFillInRoute;
+  if (map) s.config[C_LOAD] = kRunPersist;  // (the fused map's arrival on the stream's state; dropped where unfused)
 }
 // The route default: with the map, where the CTA-run kernel serves the shape, that kernel at 16 threads per token in
 // CTAs of 16 warps (32 tokens, 2 per SM) with the −1 rows after the arrival (fill 4) — session 7 rounds 3 and 5 at
@@ -344,8 +348,14 @@ void search_space(const Specialization& base, std::vector<Specialization>& out) 
         s.config[C_WARPS] = w;
         s.config[C_TPW] = tpw;
         s.config[C_FILL] = fill;
-        if (s.config == dflt || route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
-        out.push_back(s);
+        if (route_smem(E, G, K, map, w, tpw) > 160 * 1024) continue;
+        // (the fused map with and without the stream's arrival word and superblock rows: `load` 256, session 19)
+        for (int load : {0, kRunPersist}) {
+          if (load && !fused_fill(fill)) continue;
+          s.config[C_LOAD] = load;
+          if (s.config != dflt) out.push_back(s);
+        }
+        s.config[C_LOAD] = 0;
       }
     }
     // The CTA-run kernel: 16 threads per token in CTAs of 64 or 32 tokens (32 or 16 warps), the −1 rows at kernel
@@ -811,6 +821,10 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
     s.config[C_FILL] = kFillInMap;  // fill 3 / 4 → 1
   const bool fill_in_map = map && s.config[C_FILL] == kFillInMap;
   const bool fused = map && fused_fill(s.config[C_FILL]) && T > 0;
+  // PERSIST (`load` 256, fused map only): the stream's arrival word and superblock rows, no route_zero — not while
+  // the stream captures a graph (a replay on another stream would share them with this one's calls).
+  if (!fused || stream_capturing(stream)) s.config[C_LOAD] &= ~kRunPersist;
+  const bool persist = (s.config[C_LOAD] & kRunPersist) != 0;
   if (!map && T == 0) {
     check(driver().cuMemsetD32Async(reinterpret_cast<CUdeviceptr>(counts), 0, static_cast<size_t>(E),
                                     reinterpret_cast<CUstream>(stream)),
@@ -826,7 +840,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
   unsigned* records = map ? reinterpret_cast<unsigned*>(super + NS * E) : nullptr;
   const MoeChunkMap cm = chunk_map(map, chunk_counts, super, counts, NC, SC, multiple_of);
   if (T > 0) {
-    launch_route_zero(impl, arch, T, map ? super : counts, map ? NS * E + (fused ? 1 : 0) : E, stream);
+    if (!persist) launch_route_zero(impl, arch, T, map ? super : counts, map ? NS * E + (fused ? 1 : 0) : E, stream);
 
     MoeRouteArgs a{static_cast<const float*>(logits.data),
                    static_cast<const float*>(expert_bias.data),
@@ -846,11 +860,18 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    0,
                    nullptr,
                    0};
+    if (persist) {
+      const RouteState rs = route_state(impl, stream, NS * E);
+      a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
+      a.super = rs.rows;
+      a.map.super = rs.rows;  // (the kernel picks the call's half)
+      a.persist_half = static_cast<int>(rs.half);
+    }
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);
     d.smem = static_cast<unsigned>(smem_bytes(s));
-    d.pdl = true;  // after route_zero (kiln's own); waits for it before its atomics
+    d.pdl = !persist;  // after route_zero (kiln's own); waits for it before its atomics
     impl.launch(s, d, stream, a);
   }
   if (map && !fused) {

@@ -268,23 +268,28 @@ TEST(MoeCompile, NonPresetVariants) {
     EXPECT_GT(r.cubin.size(), 1000u) << s.describe();
   }
   // route's search space (warp kernel): how the map is written (fill 0, 1, 3 / 4 = fused, −1 rows after the warp's
-  // tokens / after the CTA's arrival) × (warps, tokens per warp), the default first; the fused fills 3 and 4 compile.
+  // tokens / after the CTA's arrival) × (warps, tokens per warp), the fused fills with and without the stream's
+  // arrival word and superblock rows (`load` 256, PERSIST: the default's), the default first; they compile.
   // Without the map: fill 0 only. (No CTA-run points: softmax.)
   std::vector<detail::Specialization> space;
   fam->search_space(specs[0], space);
-  ASSERT_EQ(space.size(), 12u);
+  ASSERT_EQ(space.size(), 18u);
   EXPECT_EQ(space[0].config, specs[0].config);
-  EXPECT_EQ(specs[0].config[3], 0);  // load 0: the next row into registers
-  EXPECT_EQ(space[8].config[0], 16);
-  EXPECT_EQ(space[8].config[1], 4);
-  EXPECT_EQ(space[8].config[2], 3);
-  EXPECT_EQ(space[8].config[3], 0);
-  EXPECT_GT(detail::ensure_cubin(space[8], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(specs[0].config[3], 256);  // PERSIST
   EXPECT_EQ(space[4].config[2], 1);
-  EXPECT_EQ(space[9].config[0], 8);
-  EXPECT_EQ(space[9].config[2], 4);  // fused, −1 rows after the CTA's arrival
-  EXPECT_GT(detail::ensure_cubin(space[9], nullptr, false, counters).cubin.size(), 1000u);
-  for (const auto& p : space) EXPECT_EQ(p.config[3], 0);
+  EXPECT_EQ(space[10].config[0], 16);
+  EXPECT_EQ(space[10].config[1], 4);
+  EXPECT_EQ(space[10].config[2], 3);
+  EXPECT_EQ(space[10].config[3], 0);
+  EXPECT_EQ(space[11].config[3], 256);
+  EXPECT_EQ(space[12].config[0], 8);
+  EXPECT_EQ(space[12].config[2], 4);  // fused, −1 rows after the CTA's arrival
+  EXPECT_EQ(space[13].config[3], 256);
+  for (int i : {10, 11, 12, 13}) EXPECT_GT(detail::ensure_cubin(space[i], nullptr, false, counters).cubin.size(), 1000u);
+  for (const auto& p : space) EXPECT_EQ(p.config[3], p.config[2] >= 3 ? p.config[3] : 0) << p.describe();
+  int persist = 0;
+  for (const auto& p : space) persist += p.config[3] == 256;
+  EXPECT_EQ(persist, 6);
   space.clear();
   fam->search_space(specs[5], space);
   EXPECT_EQ(space.size(), 3u);

@@ -843,9 +843,14 @@ __device__ __forceinline__ float ordered_float(u32 o) {
 // −1 rows are not written in the token loop (FUSE: by the warp after its tokens; LATE: after the CTA's arrival).
 // The next token's row is loaded into registers while the current one is routed. (Loading every row of the warp at
 // kernel start by cp.async, `load` 1, measured slower at every point in session 7 round 1 and was removed.)
+// PERSIST (FUSE only; ops/moe_routing.cpp `load` 256, session 19): the arrival word and the superblock rows are the
+// stream's, as in the CTA-run kernel and map_fused (moe_routing_args.h kMoeRunPersist): no moe_route_zero before the
+// launch; the call adds into the half the word's top bit names at its start, zeroes the other half while it waits,
+// and arrives at the self-resetting count (grid_count_arrive / grid_count_wait).
 template <int E, int K, bool SIGMOID, int G, int TG, bool RENORM, bool BIAS, bool MAP, bool FILL, int EL, int W,
-          bool FUSE, bool LATE>
+          bool FUSE, bool LATE, bool PERSIST = false>
 __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a) {
+  static_assert(!PERSIST || (MAP && FUSE), "PERSIST: the fused map's arrival");
   constexpr int NCH = EL / 4;
   constexpr int GS = E / G;
   constexpr bool FULLW = E == 32 * EL;                    // every lane owns EL experts
@@ -872,6 +877,14 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   float* tsum = reinterpret_cast<float*>(moe_smem + W * E + W * tpw * 32 * EL + 2 * W * tpw * K +
                                          (MAP ? W * tpw * K : 0)) + warp * tpw;
   pdl_launch_dependents();  // moe_route_map (map) waits for this grid before it reads anything
+  __shared__ u32 persist_par;  // (PERSIST: the arrival word's top bit at the start — this call's half)
+  if constexpr (PERSIST) {
+    if (threadIdx.x == 0) {
+      u32 w;
+      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
+      persist_par = w >> 31;  // (read after the loop's CTA barriers)
+    }
+  }
   for (int e = lane; e < E; e += 32) cnt[e] = 0;
   __syncwarp();
 
@@ -1175,7 +1188,9 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   if constexpr (MAP && FUSE && FILL && !LATE) fill_rows();
 
   __syncthreads();
-  pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  if constexpr (!PERSIST) pdl_wait();  // moe_route_zero has zeroed the rows the atomics below add into
+  const u32 par = PERSIST ? persist_par : 0u;
+  int* const superp = MAP ? a.super + (PERSIST ? static_cast<i64>(par) * a.persist_half : 0) : nullptr;
   for (int e = threadIdx.x; e < E; e += W * 32) {
     int run = 0;
 #pragma unroll
@@ -1186,7 +1201,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     }
     if constexpr (MAP) {
       a.chunk_counts[static_cast<i64>(blockIdx.x) * E + e] = run;
-      if (run) atomicAdd(&a.super[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], run);
+      if (run) atomicAdd(&superp[static_cast<i64>(blockIdx.x / a.super_chunks) * E + e], run);
     } else {
       if (run) atomicAdd(&a.counts[e], run);
     }
@@ -1207,13 +1222,24 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
     __syncthreads();
     // A release add (covering the CTA's count stores and atomics, ordered before it by the barrier) and an acquire
     // spin, as cooperative groups' grid barrier (no SC fences).
-    if (threadIdx.x == 0) asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    u32 tok = 0;
+    if (threadIdx.x == 0) {
+      if constexpr (PERSIST) tok = grid_count_arrive(a.arrive);
+      else asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(a.arrive) : "memory");
+    }
+    if constexpr (PERSIST)  // (while the CTA waits for the others)
+      moe_persist_zero_half<W * 32>(a.super + static_cast<i64>(par ^ 1u) * a.persist_half, a.persist_half);
     if constexpr (FILL && LATE) fill_rows();
-    if (threadIdx.x == 0) moe_wait_arrivals<64>(a.arrive);
+    if (threadIdx.x == 0) {
+      if constexpr (PERSIST) grid_count_wait(a.arrive, tok);
+      else moe_wait_arrivals<64>(a.arrive);
+    }
     __syncthreads();
     // base [E] over the scores' space, the scan's warp totals over the picks' (both dead now).
     int* base = reinterpret_cast<int*>(moe_smem + W * E);
-    moe_chunk_bases<E, W * 32>(a.map, blockIdx.x, base, moe_smem + W * E + W * tpw * 32 * EL);
+    MoeChunkMap cm = a.map;
+    cm.super = superp;
+    moe_chunk_bases<E, W * 32>(cm, blockIdx.x, base, moe_smem + W * E + W * tpw * 32 * EL);
     const int nt = min(W * tpw, a.T - tc0);
     for (int i = threadIdx.x; i < nt * K; i += W * 32) {
       const u32 v = rec[i];

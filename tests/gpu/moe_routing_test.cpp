@@ -259,10 +259,15 @@ TEST_F(MoeRoutingTest, RouteAndStandaloneMapShareTheStreamState) {
       MoeRowIdMap m{rb.ref(DType::i32, {T, E}), ib.ref(DType::i32, {num_out}), cb.ref(DType::i32, {E}),
                     pcb.ref(DType::i32, {E}), ob.ref(DType::i32, {E + 1})};
       moe_make_row_id_map(r, x.mb.ref(DType::u8, {T, E}), m, 16, nullptr, 8);
+      // plain softmax routing with the map (the warp kernel's fused map, on the same per-stream state since session
+      // 19) between the map and the CTA-run kernel's next call
+      Routing y({T, 256, {8, MoeScore::softmax, 1, 1, false, 1.0f}, false, 16}, 950 + T);
+      y.call(r, nullptr);
       x.repoison();
       x.call(r, nullptr);  // the route again, after the map on the same stream
       synchronize();
       x.verify();
+      y.verify();
       EXPECT_TRUE(exact("row_id_map", rb.download<int32_t>(T * E), x.want_map.row_id_map, E));
       EXPECT_TRUE(exact("row_id_indices", ib.download<int32_t>(num_out), x.want_map.row_id_indices));
       EXPECT_TRUE(exact("tokens_per_expert", cb.download<int32_t>(E), x.want.counts));
@@ -302,7 +307,8 @@ TEST_F(MoeRoutingTest, Top1Top2AndOddExpertCounts) {
 TEST_F(MoeRoutingTest, EveryRouteConfigWithAndWithoutTheMap) {
   struct Cfg { int warps, tpw, fill, load; };
   for (const Cfg& k : {Cfg{8, 4, 0, 0}, Cfg{16, 2, 1, 0}, Cfg{16, 4, 0, 0}, Cfg{8, 4, 1, 0}, Cfg{16, 2, 0, 0},
-                       Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0}, Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0}})
+                       Cfg{8, 4, 3, 0}, Cfg{16, 2, 3, 0}, Cfg{16, 4, 3, 0}, Cfg{8, 4, 4, 0}, Cfg{16, 2, 4, 0},
+                       Cfg{16, 2, 3, 256}, Cfg{8, 4, 4, 256}, Cfg{16, 4, 3, 256}})
     for (bool with_map : {true, false}) {
       if (k.fill && !with_map) continue;
       auto forced = [&](Case c) {
