@@ -218,11 +218,15 @@ Specialization base_spec(Arch arch, uint32_t kernel, int64_t E) {
 // 20.51 / 20.62 for the former 8 × 4 fill 3; the fused grid of 256 CTAs needs 2 per SM, 48 registers × 512 threads
 // fit 2), without it 16 warps of 2 tokens (13.95 µs; 8 × 4 14.1). 32-token chunks either way: 256 CTAs at T = 8192,
 // all resident at once. Where the grid does not fit at once, fill 3 runs as fill 1.
+// Session 19: with the map, the fused map on the stream's arrival word and superblock rows (PERSIST, `load` 256: no
+// route_zero launch; plain softmax top-8 + map at 8192 × 256, alternating processes: 18.43–18.72 µs against
+// 20.02–20.13) and then the −1 rows after the CTA's arrival (fill 4: 17.95–18.21 against 18.46–18.67 at fill 3; kiln
+// tune on that shape: every (warps, tokens per warp) faster at fill 4 with PERSIST, 16 × 4 18.11, 16 × 2 18.27).
 void set_warp_default(Specialization& s, bool map) {
   s.config = {};
   s.config[C_WARPS] = 16;
   s.config[C_TPW] = 2;
-  s.config[C_FILL] = map ? kFusedFillAfter : kFillInRoute;
+  s.config[C_FILL] = map ? kFusedFillLate : kFillInRoute;  // (fill 4 runs as fill 1 where the grid does not fit)
   if (map) s.config[C_LOAD] = kRunPersist;  // (the fused map's arrival on the stream's state; dropped where unfused)
 }
 // The route default: with the map, where the CTA-run kernel serves the shape, that kernel at 16 threads per token in

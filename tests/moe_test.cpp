@@ -277,15 +277,15 @@ TEST(MoeCompile, NonPresetVariants) {
   EXPECT_EQ(space[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[3], 256);  // PERSIST
   EXPECT_EQ(space[4].config[2], 1);
-  EXPECT_EQ(space[10].config[0], 16);
-  EXPECT_EQ(space[10].config[1], 4);
-  EXPECT_EQ(space[10].config[2], 3);
-  EXPECT_EQ(space[10].config[3], 0);
-  EXPECT_EQ(space[11].config[3], 256);
-  EXPECT_EQ(space[12].config[0], 8);
-  EXPECT_EQ(space[12].config[2], 4);  // fused, −1 rows after the CTA's arrival
-  EXPECT_EQ(space[13].config[3], 256);
-  for (int i : {10, 11, 12, 13}) EXPECT_GT(detail::ensure_cubin(space[i], nullptr, false, counters).cubin.size(), 1000u);
+  EXPECT_EQ(space[11].config[0], 16);
+  EXPECT_EQ(space[11].config[1], 4);
+  EXPECT_EQ(space[11].config[2], 3);
+  EXPECT_EQ(space[11].config[3], 0);
+  EXPECT_EQ(space[12].config[3], 256);
+  EXPECT_EQ(space[13].config[0], 8);
+  EXPECT_EQ(space[13].config[2], 4);  // fused, −1 rows after the CTA's arrival
+  EXPECT_EQ(space[14].config[3], 256);
+  for (int i : {11, 12, 13, 14}) EXPECT_GT(detail::ensure_cubin(space[i], nullptr, false, counters).cubin.size(), 1000u);
   for (const auto& p : space) EXPECT_EQ(p.config[3], p.config[2] >= 3 ? p.config[3] : 0) << p.describe();
   int persist = 0;
   for (const auto& p : space) persist += p.config[3] == 256;
@@ -293,12 +293,13 @@ TEST(MoeCompile, NonPresetVariants) {
   space.clear();
   fam->search_space(specs[5], space);
   EXPECT_EQ(space.size(), 3u);
-  // The default shape is 16 warps of 2 tokens, with the map (fill 3) and without it, a point of the space.
+  // The default shape is 16 warps of 2 tokens, with the map (fill 4, PERSIST: session 19) and without it, a point of
+  // the space.
   EXPECT_EQ(specs[5].config[0], 16);
   EXPECT_EQ(specs[5].config[1], 2);
   EXPECT_EQ(specs[0].config[0], 16);
   EXPECT_EQ(specs[0].config[1], 2);
-  EXPECT_EQ(specs[0].config[2], 3);
+  EXPECT_EQ(specs[0].config[2], 4);
   EXPECT_TRUE(detail::in_search_space(specs[5]));
   // Two groups per lane (E = 8 in 4 groups of 2, sigmoid, no bias, top-3): the per-lane group layout.
   detail::Specialization small = specs[5];
@@ -379,7 +380,8 @@ TEST(MoeCompile, CtaRunKernelPoints) {
   EXPECT_EQ(specs[9].kernel, 0u);
   EXPECT_EQ(specs[9].params, specs[0].params);
   EXPECT_EQ(specs[9].config[4], 0);
-  EXPECT_EQ(specs[9].config[2], 3);
+  EXPECT_EQ(specs[9].config[2], 4);
+  EXPECT_EQ(specs[9].config[3], 256);
   EXPECT_TRUE(detail::in_search_space(specs[9]));
   detail::Counters counters;
   const auto with_map = run_points_of(*fam, specs[0]);
