@@ -58,8 +58,21 @@ float f16_value(uint16_t h) {
   return sign ? -v : v;
 }
 
+// Whether a and b are both finite nonzero powers of two, one twice the other: a block's power-of-two scale that a
+// config moved by ×2 (see compare_fp8).
+bool pow2_rescaled(double a, double b) {
+  if (!std::isfinite(a) || !std::isfinite(b) || a == 0 || b == 0 || (a < 0) != (b < 0)) return false;
+  int ea = 0, eb = 0;
+  const double ma = std::frexp(std::abs(a), &ea), mb = std::frexp(std::abs(b), &eb);
+  return ma == 0.5 && mb == 0.5 && std::abs(ea - eb) == 1;
+}
+
+// With `scales` (fp32 outputs), an element where both values are powers of two a factor of 2 apart is a rescaled
+// block's scale — the fp32 side of compare_fp8's rescaled blocks — and a few are accepted (at most
+// max(4, n / 10000), kept out of the relative L2), never a systematic change.
 template <typename Decode>
-std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rtol, const char* name) {
+std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rtol, const char* name,
+                           bool scales = false) {
   double ref_sq = 0;
   size_t finite = 0;
   for (size_t i = 0; i < n; ++i) {
@@ -72,7 +85,7 @@ std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rto
   const double rms = finite ? std::sqrt(ref_sq / static_cast<double>(finite)) : 0.0;
   const double atol = rtol * rms;
   double diff_sq = 0;
-  size_t bad = 0, first_bad = 0;
+  size_t bad = 0, first_bad = 0, rescaled = 0, first_rescaled = 0;
   for (size_t i = 0; i < n; ++i) {
     const double r = value(true, i), g = value(false, i);
     bool ok;
@@ -80,12 +93,21 @@ std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rto
       ok = (std::isnan(r) && std::isnan(g)) || r == g;  // NaN where ref has NaN, the same inf where it has inf
     else if (!std::isfinite(g))
       ok = false;
-    else {
+    else if (scales && pow2_rescaled(r, g)) {
+      ok = true;
+      if (rescaled++ == 0) first_rescaled = i;
+    } else {
       diff_sq += (g - r) * (g - r);
       ok = std::abs(g - r) <= atol + rtol * std::abs(r);
     }
     if (!ok && bad++ == 0) first_bad = i;
   }
+  const size_t allowed_rescaled = std::max<size_t>(4, n / 10000);
+  if (bad == 0 && rescaled > allowed_rescaled)
+    return fmt::format("{}: {} of {} values are powers of two twice or half the default's (rescaled blocks; at most {} "
+                       "allowed); first at [{}]: got {:.6g}, default {:.6g}",
+                       name, rescaled, n, allowed_rescaled, first_rescaled, value(false, first_rescaled),
+                       value(true, first_rescaled));
   const double rel = ref_sq > 0 ? std::sqrt(diff_sq / ref_sq) : (diff_sq > 0 ? INFINITY : 0.0);
   if (bad == 0 && rel <= max_rel_l2) return "";
   if (bad == 0)
@@ -239,7 +261,7 @@ std::string compare_outputs(DType dtype, const void* ref_ptr, const void* got_pt
             std::memcpy(&f, (r ? ref : got) + 4 * i, 4);
             return static_cast<double>(f);
           },
-          1e-5, 1e-4, name.c_str());
+          1e-5, 1e-4, name.c_str(), /*scales=*/true);  // (fp32 outputs include the quantizers' scales)
     case DType::e4m3:
       return compare_fp8(ref, got, n, name.c_str(), 0x7e, 8);
     case DType::e5m2:
