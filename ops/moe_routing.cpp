@@ -645,6 +645,16 @@ RouteState route_state(Runtime::Impl& impl, Stream stream, int64_t half) {
   return {base, base + 32, static_cast<int64_t>((buf.bytes - 128) / 8) / 4 * 4};
 }
 
+// PERSIST: a route launch's arrival word and superblock rows (`rows` ints a half) are the stream's; the kernel picks
+// the call's half.
+void persist_on_stream(Runtime::Impl& impl, Stream stream, int64_t rows, MoeRouteArgs& a) {
+  const RouteState rs = route_state(impl, stream, rows);
+  a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
+  a.super = rs.rows;
+  a.map.super = rs.rows;
+  a.persist_half = static_cast<int>(rs.half);
+}
+
 // Whether `stream` is capturing a CUDA graph: the per-stream state must then not be used (a graph's replays may run
 // on other streams, concurrently with the calls on this one).
 bool stream_capturing(Stream stream) {
@@ -777,13 +787,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
       a.scale = opts.scaling_factor;
       a.map = cm;
       a.arrive = arrive;
-      if (persist) {
-        const RouteState rs = route_state(impl, stream, NS * E);
-        a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
-        a.super = rs.rows;
-        a.map.super = rs.rows;  // (the kernel picks the call's half)
-        a.persist_half = static_cast<int>(rs.half);
-      }
+      if (persist) persist_on_stream(impl, stream, NS * E, a);
       a.run_tokens = static_cast<int>(n);
       if (s.config[C_VARIANT] & kMoeRunTrace) {
         a.trace = detail::moe_route_run_trace.load(std::memory_order_relaxed);
@@ -864,13 +868,7 @@ void moe_topk_routing_fwd(Runtime& rt, const TensorRef& logits, const TensorRef&
                    0,
                    nullptr,
                    0};
-    if (persist) {
-      const RouteState rs = route_state(impl, stream, NS * E);
-      a.arrive = reinterpret_cast<unsigned*>(rs.arrive);
-      a.super = rs.rows;
-      a.map.super = rs.rows;  // (the kernel picks the call's half)
-      a.persist_half = static_cast<int>(rs.half);
-    }
+    if (persist) persist_on_stream(impl, stream, NS * E, a);
     LaunchDims d;
     d.grid[0] = static_cast<unsigned>(NC);
     d.block[0] = static_cast<unsigned>(W * 32);

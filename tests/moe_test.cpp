@@ -276,20 +276,17 @@ TEST(MoeCompile, NonPresetVariants) {
   ASSERT_EQ(space.size(), 18u);
   EXPECT_EQ(space[0].config, specs[0].config);
   EXPECT_EQ(specs[0].config[3], 256);  // PERSIST
-  EXPECT_EQ(space[4].config[2], 1);
-  EXPECT_EQ(space[11].config[0], 16);
-  EXPECT_EQ(space[11].config[1], 4);
-  EXPECT_EQ(space[11].config[2], 3);
-  EXPECT_EQ(space[11].config[3], 0);
-  EXPECT_EQ(space[12].config[3], 256);
-  EXPECT_EQ(space[13].config[0], 8);
-  EXPECT_EQ(space[13].config[2], 4);  // fused, −1 rows after the CTA's arrival
-  EXPECT_EQ(space[14].config[3], 256);
-  for (int i : {11, 12, 13, 14}) EXPECT_GT(detail::ensure_cubin(space[i], nullptr, false, counters).cubin.size(), 1000u);
-  for (const auto& p : space) EXPECT_EQ(p.config[3], p.config[2] >= 3 ? p.config[3] : 0) << p.describe();
-  int persist = 0;
-  for (const auto& p : space) persist += p.config[3] == 256;
-  EXPECT_EQ(persist, 6);
+  auto point = [&](int warps, int tpw, int fill, int load) -> const detail::Specialization* {
+    for (const auto& p : space)
+      if (p.config[0] == warps && p.config[1] == tpw && p.config[2] == fill && p.config[3] == load) return &p;
+    return nullptr;
+  };
+  // the 18 points: 3 shapes × (fill 0, 1 without PERSIST; fill 3, 4 with and without it)
+  for (auto [w, tpw] : {std::pair{8, 4}, {16, 2}, {16, 4}})
+    for (auto [fill, load] : {std::pair{0, 0}, {1, 0}, {3, 0}, {3, 256}, {4, 0}, {4, 256}})
+      EXPECT_NE(point(w, tpw, fill, load), nullptr) << w << " × " << tpw << " fill " << fill << " load " << load;
+  for (const auto* p : {point(16, 4, 3, 0), point(16, 4, 3, 256), point(8, 4, 4, 0), point(8, 4, 4, 256)})
+    if (p) EXPECT_GT(detail::ensure_cubin(*p, nullptr, false, counters).cubin.size(), 1000u) << p->describe();
   space.clear();
   fam->search_space(specs[5], space);
   EXPECT_EQ(space.size(), 3u);

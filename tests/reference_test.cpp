@@ -339,40 +339,6 @@ TEST(ReferenceDivScale, EdgeCases) {
   EXPECT_TRUE(std::signbit(host_div_scale(-2.0f, host_scale_div(kInf))));
 }
 
-// ---- power-of-two block scales without a division (templates/kiln/fp8.cuh block_scale_pow2) -------------------------
-// The device function repeated on the host must equal the reference's block_scale(amax, true) — RN(amax / 448) floored
-// at 1e-30, then its power-of-two ceiling — bit for bit (NaN: 2^-99, the device's fmaxf(NaN, 1e-30) rounded up): for
-// every non-negative bf16, inf and NaN, and every float within 2^12 steps of 1.75·2^e (where the rule switches) and of
-// 2^e at every exponent. (All 2^31 non-negative floats were checked once, session 19: 11 s.) The quantizing kernels'
-// GPU tests then check the device code itself.
-float host_block_scale_pow2(float amax) {
-  const uint32_t b = std::bit_cast<uint32_t>(amax) & 0x7fffffffu;
-  if (b >= 0x7f800000u) return b == 0x7f800000u ? amax : std::bit_cast<float>(28u << 23);
-  const int f = static_cast<int>(b >> 23) - 8 + ((b & 0x007fffffu) > 0x00600000u ? 1 : 0);
-  return std::bit_cast<float>(static_cast<uint32_t>(f < 28 ? 28 : f) << 23);
-}
-TEST(ReferenceBlockScalePow2, Bf16AndTheSwitchPoints) {
-  int failures = 0;
-  int64_t checked = 0;
-  auto check = [&](uint32_t bits) {
-    const float amax = std::bit_cast<float>(bits);
-    const float want = std::isnan(amax) ? 0x1p-99f : ref::block_scale(amax, true);
-    const float got = host_block_scale_pow2(amax);
-    ++checked;
-    if (std::bit_cast<uint32_t>(want) != std::bit_cast<uint32_t>(got) && failures++ < 5)
-      ADD_FAILURE() << "amax " << std::hexfloat << amax << ": want " << want << ", got " << got;
-  };
-  for (uint32_t h = 0; h < 0x8000u; ++h) check(h << 16);
-  for (uint32_t e = 0; e < 255; ++e)
-    for (uint32_t m0 : {0x00600000u, 0x00800000u})
-      for (uint32_t d = 0; d < 8192; ++d) {
-        const uint32_t b = (e << 23) + m0 + d - 4096;  // (m0 = 2^23: the next exponent's 2^e)
-        if (b < 0x7f800000u) check(b);
-      }
-  EXPECT_EQ(failures, 0);
-  EXPECT_GT(checked, 4000000);
-}
-
 // Every mantissa of s (the sequence's result depends on the exponents only through the exact scaling by m), each at
 // an exponent drawn from the block scales' range, with random y of the block: log-uniform magnitudes from 448·s down
 // to 2^-40·s (where e4m3 codes are decided) and a few far below, both signs; and y on e4m3 ties (RN(m·s) and its

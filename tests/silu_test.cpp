@@ -166,7 +166,7 @@ TEST(SiluReference, SigmaTableLookupEqualsComputedSigma) {
   }
 }
 
-// The kernels' division-free power-of-two scale (silu_block_scale<true>, transcribed) equals the reference scale
+// The kernels' division-free power-of-two scale (fp8.cuh block_scale_fast<true>, transcribed) equals the reference scale
 // rule for a stride through every non-negative float, every boundary 448·2^k ± 1 ulp, zero, subnormals and inf
 // (the device formula was also checked against the division on every non-negative float).
 TEST(SiluReference, DivisionFreePowerOfTwoScale) {

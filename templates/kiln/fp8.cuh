@@ -45,24 +45,21 @@ __device__ __forceinline__ float block_scale(float amax) {
   return s;
 }
 
-// block_scale<true> without the division, for any amax ≥ 0 (or NaN, inf): the power-of-two ceiling of
-// RN(amax / 448) is that of amax / 448 = (M / 1.75)·2^(E − 8), M in [1, 2) amax's significand: 2^(E − 8) for
-// M ≤ 1.75, else 2^(E − 7). (RN never rounds a quotient above 2^k down onto 2^k: amax's relative step at M ≈ 1.75,
-// 2^-23 / 1.75, exceeds the quotient's half step 2^-24; one rounded up onto 2^k has the ceiling 2^k either way.) At
-// least 2^-99 (the ceiling of 1e-30); NaN gives 2^-99 (fmaxf(NaN, 1e-30)), inf gives inf. Checked against the
-// reference's block_scale(amax, true) for every non-negative float once (2^31 values, session 19); in CI for every
-// bf16 and the floats around each exponent's 1.75 (tests/reference_test.cpp).
-__device__ __forceinline__ float block_scale_pow2(float amax) {
-  const u32 b = __float_as_uint(amax) & 0x7fffffffu;
-  if (b >= 0x7f800000u) return b == 0x7f800000u ? amax : __uint_as_float(28u << 23);
-  const int f = static_cast<int>(b >> 23) - 8 + ((b & 0x007fffffu) > 0x00600000u ? 1 : 0);
-  return __uint_as_float(static_cast<u32>(f < 28 ? 28 : f) << 23);
-}
-// block_scale<ROUND> with the power-of-two rule's division replaced (same bits).
+// block_scale<ROUND>(amax) for an amax ≥ 0 that is not NaN (a max from 0 ignoring NaN, as the quantizers' are); with
+// ROUND without the division: for amax = 1.m·2^E the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k
+// (the next float above 448·2^k divides to more than half an ulp above 2^k), so s = 2^(E − 8 + (1.m > 1.75)), at
+// least 2^−99 (the 1e-30 floor rounded up), inf for inf. Equal to block_scale<true> for every non-negative float
+// (checked exhaustively on the host; tests/silu_test.cpp checks a sample). (The rms_norm_block_quant kernels build the
+// same scale, and its reciprocal, by a carry into the exponent: rms_norm_block_quant_args.h.)
 template <bool ROUND>
 __device__ __forceinline__ float block_scale_fast(float amax) {
-  if constexpr (ROUND) return block_scale_pow2(amax);
-  else return block_scale<false>(amax);
+  if constexpr (!ROUND) {
+    return block_scale<false>(amax);
+  } else {
+    const u32 A = __float_as_uint(amax);
+    const int e = max(static_cast<int>(A >> 23) - 8 + ((A & 0x7fffffu) > 0x600000u ? 1 : 0), 28);
+    return A >= 0x7f800000u ? __uint_as_float(0x7f800000u) : __uint_as_float(static_cast<u32>(e) << 23);
+  }
 }
 
 // y / s for a block scale s without a division a value (div.rn.f32 costs a MUFU.RCP, its refinement and a range check

@@ -632,6 +632,13 @@ __device__ __forceinline__ void moe_wait_arrivals(const unsigned* arrive) {
   }
 }
 
+// PERSIST: the call's half of the stream's superblock rows, the arrival word's top bit when the call starts (a relaxed
+// load by one thread, published to the CTA through shared memory and a later CTA barrier).
+__device__ __forceinline__ u32 moe_persist_parity(const unsigned* arrive) {
+  u32 w;
+  asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(arrive) : "memory");
+  return w >> 31;
+}
 // PERSIST (moe_routing_args.h kMoeRunPersist): the other half of the stream's superblock rows (`half` ints at
 // `other`), zeroed whole for the next call on the stream (the previous call used it, perhaps with more superblock
 // rows than this one; it has completed) by 16-byte stores over the grid's NTH-thread CTAs.
@@ -703,9 +710,7 @@ __global__ void __launch_bounds__(256) moe_map_fused_kernel(const MoeMapFusedArg
       a.trace[static_cast<i64>(c) * kMoeMapTraceSlots + 6] = sm;
     }
     if constexpr (PERSIST) {
-      u32 w;
-      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
-      misc[0] = w >> 31;
+      misc[0] = moe_persist_parity(a.arrive);
     }
   }
   for (int i = threadIdx.x; i < E * MWMAX; i += 256) mask[i] = 0u;
@@ -880,9 +885,7 @@ __global__ void __launch_bounds__(W * 32) moe_route_kernel(const MoeRouteArgs a)
   __shared__ u32 persist_par;  // (PERSIST: the arrival word's top bit at the start — this call's half)
   if constexpr (PERSIST) {
     if (threadIdx.x == 0) {
-      u32 w;
-      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
-      persist_par = w >> 31;  // (read after the loop's CTA barriers)
+      persist_par = moe_persist_parity(a.arrive);  // (read after the loop's CTA barriers)
     }
   }
   for (int e = lane; e < E; e += 32) cnt[e] = 0;
@@ -1590,9 +1593,7 @@ __global__ void __launch_bounds__(W * 32, (MoeRunMinBlocks<W, TPT>::value)) moe_
   stamp0(kMoeRunTrInit);
   if constexpr (PERSIST) {
     if (threadIdx.x == 0) {
-      u32 w;
-      asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(w) : "l"(a.arrive) : "memory");
-      reinterpret_cast<u32*>(smisc)[1] = w >> 31;  // (read after the loop barrier)
+      reinterpret_cast<u32*>(smisc)[1] = moe_persist_parity(a.arrive);  // (read after the loop barrier)
     }
   }
   if constexpr (!ISSUE0) issue_rows();

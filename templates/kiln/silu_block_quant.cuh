@@ -111,28 +111,12 @@ template <bool ROUND> struct SiluQuant {
   }
 };
 
-// block_scale<ROUND>(amax) of fp8.cuh; the power-of-two scale without the division: for amax = 1.m·2^E (fp32,
-// ≥ 0, not NaN) the correctly rounded amax/448 is ≤ 2^k exactly when amax ≤ 448·2^k (the next float above 448·2^k
-// divides to more than half an ulp above 2^k), so s = 2^(E − 8 + (1.m > 1.75)), at least 2^−99 (the 1e-30 floor
-// rounded up), inf for inf. Equal to block_scale<true> for every non-negative float (checked exhaustively on the
-// host; tests/silu_test.cpp checks a sample).
-template <bool ROUND>
-__device__ __forceinline__ float silu_block_scale(float amax) {
-  if constexpr (!ROUND) {
-    return block_scale<false>(amax);
-  } else {
-    const u32 A = __float_as_uint(amax);
-    const int e = max(static_cast<int>(A >> 23) - 8 + ((A & 0x7fffffu) > 0x600000u ? 1 : 0), 28);
-    return A >= 0x7f800000u ? __uint_as_float(0x7f800000u) : __uint_as_float(static_cast<u32>(e) << 23);
-  }
-}
-
 // The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them.
 template <bool ROUND>
 struct SiluMakeQuant {
   using Param = typename SiluQuant<ROUND>::Param;
   __device__ __forceinline__ bqt::TileQuantT<Param> operator()(float amax) const {
-    const SiluQuant<ROUND> q(silu_block_scale<ROUND>(amax));
+    const SiluQuant<ROUND> q(block_scale_fast<ROUND>(amax));
     return {q.s, q.param()};
   }
 };
