@@ -254,15 +254,20 @@ __device__ __forceinline__ float bf16x2_hmax(u32 m) {
   return fmaxf(__uint_as_float(m << 16), __uint_as_float(m & 0xffff0000u));
 }
 
+// Row r's row-wise codes overwrite the first 128 bytes of its own tile row once its warp has read it, 16-byte unit j
+// at unit j ^ (r & 7): the row pass's 8-byte stores (16 rows × 2 threads a warp) take 2 wavefronts, the write-out's
+// 16-byte reads (4 rows × 8 units) 4.
+__device__ __forceinline__ u32 bq_code_byte(int row, int unit) { return row * 256 + ((unit ^ (row & 7)) << 4); }
+
 template <int HD, int E, bool ROUND, bool PROBS>
-__global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
+__global__ void __launch_bounds__(256, 4) moe_permute_block_quant_kernel(const MoePermuteBlockQuantArgs a) {
   static_assert(HD % 128 == 0, "1x128 blocks");
   constexpr int NS = HD / 128;
   constexpr int CS = kMoeBlockQuantCodePitch;  // bytes per row of the code tiles (16-byte rows)
   extern __shared__ __align__(16) unsigned char smem[];
-  u32* tile = reinterpret_cast<u32*>(smem);                          // [128][64] words, swizzled chunks
-  unsigned char* qs = smem + 128 * 128 * 2;                          // [128 rows][CS] row-wise codes
-  unsigned char* qts = qs + 128 * CS;                                // [128 channels][CS] transposed codes
+  u32* tile = reinterpret_cast<u32*>(smem);                          // [128][64] words, swizzled chunks; row codes
+  unsigned char* const qs = smem;                                    // (row r's codes: bq_code_byte(r, ·))
+  unsigned char* qts = smem + 128 * 128 * 2;                         // [128 channels][CS] transposed codes
   float* part = reinterpret_cast<float*>(qts + 128 * CS);            // [4][128]
   int* src = reinterpret_cast<int*>(part + 4 * 128);                 // [128]
   int* warp_tot = src + 128;                                         // [8]
@@ -291,9 +296,6 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   // zeros). Thread tid takes chunk tid & 15 of rows tid / 16 + 16k: the rows' swizzle (row & 3) is the same for all
   // eight, so a chunk's slot is the first one's + 16k rows, and only the source row changes.
   const int c16 = tid & 15, r16 = tid >> 4;
-  int srow[8];
-#pragma unroll
-  for (int k = 0; k < 8; ++k) srow[k] = src[r16 + 16 * k];
   const u32 s16 = smem_u32(&tile[bq_word(r16, c16)]);
   // Only rows below `live` (the block's rows rounded up to 32) are gathered and quantized: the row pass skips warps
   // whose 16 rows all lie past the segment, the transposed pass token quarters (32 rows) that do, so an expert's last,
@@ -305,7 +307,7 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
     const char* const g0 = static_cast<const char*>(a.x) + (cb * 128 + c16 * 8) * 2;
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
-      const int t = srow[k];
+      const int t = src[r16 + 16 * k];  // (re-read at each gather: 8 registers fewer live across the blocks)
       if (r16 + 16 * k < live)
         asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;" ::"r"(s16 + k * 16 * 64 * 4),
                      "l"(g0 + static_cast<i64>(t < 0 ? 0 : t) * (HD * 2)), "r"(t >= 0 ? 16 : 0)
@@ -320,49 +322,12 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
   cp_async_wait_all();
   __syncthreads();
 
-  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values; codes to qs. (A warp
-  // holds rows 16·warp … + 15.)
-  if (16 * warp < rows) {
-    const int row = tid >> 1, h = tid & 1;
-    Vec16 v[8];
-    u32 m2 = 0u;
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      v[k] = *reinterpret_cast<const Vec16*>(&tile[bq_word(row, 2 * k + h)]);
-#pragma unroll
-      for (int u = 0; u < 4; ++u) m2 = bf16x2_absmax(m2, v[k].w[u]);
-    }
-    float m = bf16x2_hmax(m2);
-    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));
-    const float sc = block_scale_fast<ROUND>(m);
-    const Quantizer<ROUND> quant(sc);
-    const u32 qrow = smem_u32(qs + row * CS);
-#pragma unroll
-    for (int k = 0; k < 8; ++k) {
-      const Vec16& x = v[k];
-      u32 lo, hi;
-      if constexpr (ROUND) {  // (power-of-two scales: one packed bf16 multiply a pair, fp8.cuh bf16x2_mul)
-        const u32 inv2 = bf16x2_pair(quant.inv, quant.inv);
-        lo = e4m3x4_bf16x2(bf16x2_mul(x.w[0], inv2), bf16x2_mul(x.w[1], inv2));
-        hi = e4m3x4_bf16x2(bf16x2_mul(x.w[2], inv2), bf16x2_mul(x.w[3], inv2));
-      } else {
-        lo = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
-                    quant(vec_get<bf16>(x, 3)));
-        hi = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
-                    quant(vec_get<bf16>(x, 7)));
-      }
-      asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(qrow + (2 * k + h) * 8), "r"(lo), "r"(hi) : "memory");
-    }
-    if (h == 0 && row < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
-  }
-
-  // Transposed: thread (channel pair p, token quarter qq) holds 32 tokens × 2 channels; column amax over the four
-  // quarters through shared memory; codes to qts.
+  // Transposed first: thread (channel pair p, token quarter qq) holds 32 tokens × 2 channels; column amax over the
+  // four quarters through shared memory; codes to qts.
   {
     const int p = tid & 63, qq = tid >> 6;
     const bool qlive = 32 * qq < rows;  // (a dead quarter's partial amax is 0, that of its zero rows)
-    // (The tile is read twice, for the amax and for the codes: 32 registers fewer live across the barrier, which
-    // keeps the kernel within 3 CTAs' 80 registers without spilling.)
+    // (The tile is read twice, for the amax and for the codes: fewer registers live across the barrier.)
     auto wat = [&](int i) { return tile[bq_word(qq * 32 + i, p >> 2) + (p & 3)]; };
     u32 m2 = 0u;
     if (qlive) {
@@ -412,16 +377,58 @@ __global__ void __launch_bounds__(256, 3) moe_permute_block_quant_kernel(const M
       }
     }
   }
-  __syncthreads();
-  if (cb + 1 < cb0 + cpb) gather(cb + 1);
+  __syncthreads();  // (every column read of the tile done: rows may be overwritten by their codes)
 
-  // Coalesced write-out, 16-byte units: 8 lanes a row of codes, 32 rows a pass. The transposed rows (pc bytes apart)
-  // are 16-byte aligned where pc is a multiple of 16 (then rows is too); else 4 bytes a lane, a warp a row.
+  // Row-wise: two threads per row (tid = 2·row + h); thread h takes chunks 2k + h, 64 values. A warp holds rows
+  // 16·warp … + 15 and reads only them: once read (its __syncwarp), their codes go over them (bq_code_byte).
+  if (16 * warp < rows) {
+    const int row = tid >> 1, h = tid & 1;
+    Vec16 v[8];
+    u32 m2 = 0u;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      v[k] = *reinterpret_cast<const Vec16*>(&tile[bq_word(row, 2 * k + h)]);
+#pragma unroll
+      for (int u = 0; u < 4; ++u) m2 = bf16x2_absmax(m2, v[k].w[u]);
+    }
+    float m = bf16x2_hmax(m2);
+    m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, 1));  // (also orders the warp's reads before its stores below)
+    const float sc = block_scale_fast<ROUND>(m);
+    const Quantizer<ROUND> quant(sc);
+    __syncwarp();
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+      const Vec16& x = v[k];
+      u32 lo, hi;
+      if constexpr (ROUND) {  // (power-of-two scales: one packed bf16 multiply a pair, fp8.cuh bf16x2_mul)
+        const u32 inv2 = bf16x2_pair(quant.inv, quant.inv);
+        lo = e4m3x4_bf16x2(bf16x2_mul(x.w[0], inv2), bf16x2_mul(x.w[1], inv2));
+        hi = e4m3x4_bf16x2(bf16x2_mul(x.w[2], inv2), bf16x2_mul(x.w[3], inv2));
+      } else {
+        lo = e4m3x4(quant(vec_get<bf16>(x, 0)), quant(vec_get<bf16>(x, 1)), quant(vec_get<bf16>(x, 2)),
+                    quant(vec_get<bf16>(x, 3)));
+        hi = e4m3x4(quant(vec_get<bf16>(x, 4)), quant(vec_get<bf16>(x, 5)), quant(vec_get<bf16>(x, 6)),
+                    quant(vec_get<bf16>(x, 7)));
+      }
+      // chunk 2k + h: codes 8·(2k + h) … + 7, the half h of 16-byte unit k
+      asm volatile("st.shared.v2.u32 [%0], {%1, %2};" ::"r"(smem_u32(qs) + bq_code_byte(row, k) + 8 * h), "r"(lo),
+                   "r"(hi)
+                   : "memory");
+    }
+    if (h == 0 && row < rows) a.q_scale[static_cast<i64>(off) * NS + static_cast<i64>(cb) * pc + i0 + row] = sc;
+  }
+  __syncthreads();
+
+  // Coalesced write-out, 16-byte units: 8 lanes a row of codes, 32 rows a pass; the row codes first, so that the
+  // next block's gather (over the tile) is issued under the transposed rows' write-out. The transposed rows (pc bytes
+  // apart) are 16-byte aligned where pc is a multiple of 16 (then rows is too); else 4 bytes a lane, a warp a row.
   {
     const int j = tid & 7;
     unsigned char* const qd = a.q + static_cast<i64>(off + i0) * HD + cb * 128 + 16 * j;
     for (int row = tid >> 3; row < rows; row += 32)
-      store16(qd + static_cast<i64>(row) * HD, lds16(smem_u32(qs + row * CS + 16 * j)));
+      store16(qd + static_cast<i64>(row) * HD, lds16(smem_u32(qs) + bq_code_byte(row, j)));
+    __syncthreads();
+    if (cb + 1 < cb0 + cpb) gather(cb + 1);
     unsigned char* const td = a.qT + static_cast<i64>(off) * HD + static_cast<i64>(cb * 128) * pc + i0;
     if ((pc & 15) == 0) {
       if (16 * j < rows)

@@ -52,8 +52,8 @@ struct MoePermuteBlockQuantArgs {
 // transposed code tiles (128 × 132 bytes each: rows padded to 33 words against bank conflicts), the column
 // partial maxima, the block's source tokens and the experts' block offsets.
 constexpr int kMoeBlockQuantCodePitch = 144;  // bytes a row of the staged code tiles (128 codes, 16-byte rows)
-constexpr int moe_block_quant_smem_bytes(int E) {
-  return 128 * 128 * 2 + 2 * 128 * kMoeBlockQuantCodePitch + 4 * 128 * 4 + 128 * 4 + (E + 1 + 8) * 4;
+constexpr int moe_block_quant_smem_bytes(int E) {  // (the row codes go over the tile: 4 CTAs an SM at E ≤ 256)
+  return 128 * 128 * 2 + 128 * kMoeBlockQuantCodePitch + 4 * 128 * 4 + 128 * 4 + (E + 1 + 8) * 4;
 }
 
 // CTAs that fill the rows past offsets[E] (when num_out exceeds what the map used).
