@@ -23,6 +23,10 @@ struct BenchInstance {
   std::string baseline_name;                 // e.g. "naive two-pass"; without `baseline`: why there is none
   std::shared_ptr<void> keepalive;           // owns the device buffers
   std::vector<TensorRef> outputs;            // what run() writes (device tensors), compared across configs by the tuner
+  // For an op that writes over its own input (in place): puts the input back. The tuner calls it after poisoning
+  // the outputs and before each checked run, so that every candidate is checked on the same real input (poisoned,
+  // an in-place input would be a constant).
+  std::function<void(Stream)> restore;
 };
 
 struct BenchCase {

@@ -605,6 +605,35 @@ TEST(TunerCompare, Fp8AcceptsAFewRescaledBlocksOnly) {
   EXPECT_TRUE(contains(compare_outputs(kiln::DType::e4m3, ref.data(), got.data(), ref.size()), "[0]"));
 }
 
+// The comparisons run over 1 Mi-element chunks on several threads: counts, the first differing index and the relative
+// L2 are those of the whole array, whichever chunk (and thread) saw them.
+TEST(TunerCompare, ChunkedComparisonsReportTheWholeArray) {
+  const size_t n = (size_t{3} << 20) + 777;  // four chunks, the last one short
+  std::vector<uint16_t> a(n);
+  std::mt19937 rng(11);
+  for (auto& v : a) v = static_cast<uint16_t>(0x3f00 + rng() % 0x100);  // bf16 in [0.5, 1)
+  std::vector<uint16_t> b = a;
+  for (size_t i = 0; i < n; i += 3) b[i] ^= 1;  // one-ulp flips in every chunk: accepted
+  EXPECT_EQ(compare_outputs(kiln::DType::bf16, a.data(), b.data(), n), "");
+  b[n - 5] = 0x4000;             // 2.0 where [0.5, 1) was: in the last chunk
+  b[(size_t{1} << 20) + 9] = 0;  // 0 in the second chunk: the first bad one
+  const std::string why = compare_outputs(kiln::DType::bf16, a.data(), b.data(), n);
+  EXPECT_TRUE(contains(why, "2 of " + std::to_string(n)) && contains(why, "[1048585]")) << why;
+
+  std::vector<uint8_t> q(n), g;
+  for (auto& v : q) v = static_cast<uint8_t>(0x20 + rng() % 0x50);
+  g = q;
+  g[(size_t{2} << 20) + 1] = static_cast<uint8_t>(g[(size_t{2} << 20) + 1] + 3);  // third chunk
+  g[(size_t{3} << 20) + 2] = static_cast<uint8_t>(g[(size_t{3} << 20) + 2] + 3);  // fourth chunk
+  const std::string why8 = compare_outputs(kiln::DType::e4m3, q.data(), g.data(), n);
+  EXPECT_TRUE(contains(why8, "2 of " + std::to_string(n)) && contains(why8, "[2097153]")) << why8;
+
+  std::vector<float> f(n, 1.0f), h(n, 1.0f);
+  h[(size_t{3} << 20) + 100] = 1.5f;  // one element of 3 Mi: relative L2 ≈ 2.8e-4, and 0.5 > 1e-4 + 1e-4
+  const std::string whyf = compare_outputs(kiln::DType::f32, f.data(), h.data(), n);
+  EXPECT_TRUE(contains(whyf, "1 of") && contains(whyf, "[3145828]")) << whyf;
+}
+
 std::vector<CandidateResult> timed(std::vector<double> us, std::vector<std::string> status = {}) {
   std::vector<CandidateResult> c;
   for (size_t i = 0; i < us.size(); ++i) {

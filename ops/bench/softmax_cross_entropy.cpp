@@ -91,6 +91,20 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
   inst.keepalive = b;
   Runtime* r = &rt;
   const uint64_t logits_bytes = static_cast<uint64_t>(M * V * eb);
+  // The in-place kinds overwrite the logits: the tuner restores them from a copy before each checked run.
+  auto keep_logits = [&] {
+    void* x0 = b->alloc(M * V * eb);
+    if (logits_bytes)
+      check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(x0), reinterpret_cast<CUdeviceptr>(x),
+                                       logits_bytes, nullptr),
+            "cuMemcpyDtoDAsync");
+    inst.restore = [=](Stream s) {
+      if (logits_bytes)
+        check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(x), reinterpret_cast<CUdeviceptr>(x0),
+                                         logits_bytes, s),
+              "cuMemcpyDtoDAsync (restore the logits)");
+    };
+  };
   switch (kind) {
     case Kind::fwd:
       inst.bytes = logits_bytes + M * lb + 3 * M * 4;
@@ -108,6 +122,7 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
         softmax_cross_entropy_bwd(*r, logits, labels, row_max, sum_exp, grad_loss, logits, bopts, s);
       };
       inst.outputs = {logits};
+      keep_logits();
       break;
     }
     case Kind::fused: {
@@ -117,6 +132,7 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
       inst.bytes = 2 * logits_bytes + M * lb + M * 4 + 4;
       inst.run = [=](Stream s) { softmax_cross_entropy_fused(*r, logits, labels, loss, logits, f, opts, s); };
       inst.outputs = {loss, logits};
+      keep_logits();
       inst.baseline_name = "forward then backward (two passes over the logits)";
       inst.baseline = [=](Stream s) {
         softmax_cross_entropy_fwd(*r, logits, labels, loss, row_max, sum_exp, opts, s);

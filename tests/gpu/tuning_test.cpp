@@ -10,6 +10,7 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -393,13 +394,15 @@ TEST(TuneCliGpu, LingMiniThreeTokenCountsWithinFiveMinutes) {
   EXPECT_LE(seconds, 300.0);
   const nlohmann::json j = nlohmann::json::parse(r.out);
   size_t with_entry = 0;
+  std::map<std::string, double> family_seconds;  // where the run's time went (setup, checks, timing), by family
   for (const auto& res : j.at("results")) {
     const std::string what = fmt::format("{} {} tokens={}", res.at("family").get<std::string>(),
                                          res.at("specialization").get<std::string>(), res.at("tokens").get<int64_t>());
-    std::printf("%-90s default %8.2f best %8.2f gain %+6.1f %% %s rejected %d %s\n", what.c_str(),
+    std::printf("%-90s default %8.2f best %8.2f gain %+6.1f %% %s rejected %d (%.1f s) %s\n", what.c_str(),
                 res.at("default_us").get<double>(), res.at("best_us").get<double>(),
                 res.at("gain_percent").get<double>(), res.at("config").get<std::string>().c_str(),
-                res.at("rejected").get<int>(), res.at("note").get<std::string>().c_str());
+                res.at("rejected").get<int>(), res.at("seconds").get<double>(), res.at("note").get<std::string>().c_str());
+    family_seconds[res.at("family").get<std::string>()] += res.at("seconds").get<double>();
     if (res.at("unused").get<bool>()) continue;  // a kernel the op does not run on this GPU (e.g. a pre-sm_90 path)
     EXPECT_TRUE(res.at("has_entry").get<bool>()) << what << ": " << res.at("note");
     // A search-space config whose output disagrees with the default's is a kernel bug (the tuner protected this
@@ -411,6 +414,7 @@ TEST(TuneCliGpu, LingMiniThreeTokenCountsWithinFiveMinutes) {
     with_entry += res.at("has_entry").get<bool>();
   }
   std::printf("%s\n", j.at("families").dump(2).c_str());
+  for (const auto& [family, sec] : family_seconds) std::printf("[ seconds  ] %-34s %7.1f\n", family.c_str(), sec);
   const tuner::TuningDb db = tuner::TuningDb::load(out);
   EXPECT_EQ(db.entries.size(), with_entry);
   for (const tuner::TuningEntry& e : db.entries) EXPECT_LE(e.median_us, e.default_us) << e.key.describe();
