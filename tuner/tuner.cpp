@@ -73,10 +73,11 @@ bool pow2_rescaled(double a, double b) {
 // chunks' partial results in chunk order: the same verdict and message for any thread count (a CE gradient at 8192
 // tokens is 1.3 G elements: one thread took ≈ 2.6 s a candidate).
 constexpr size_t kCmpChunk = size_t{1} << 20;
+size_t cmp_chunks(size_t n) { return (n + kCmpChunk - 1) / kCmpChunk; }
 
 template <typename F>
 void for_chunks(size_t n, F&& body) {  // body(chunk index, first element, end element)
-  const size_t chunks = (n + kCmpChunk - 1) / kCmpChunk;
+  const size_t chunks = cmp_chunks(n);
   const size_t threads = std::min<size_t>({chunks, std::max(1u, std::thread::hardware_concurrency()), 32});
   std::atomic<size_t> next{0};
   auto work = [&] {
@@ -91,8 +92,7 @@ void for_chunks(size_t n, F&& body) {  // body(chunk index, first element, end e
 
 // Whether the two buffers hold the same bytes (then every comparison below accepts: it is checked first).
 bool same_bytes(const uint8_t* a, const uint8_t* b, size_t bytes) {
-  const size_t chunks = (bytes + kCmpChunk - 1) / kCmpChunk;
-  std::vector<char> differs(chunks, 0);
+  std::vector<char> differs(cmp_chunks(bytes), 0);
   for_chunks(bytes, [&](size_t c, size_t i0, size_t i1) { differs[c] = std::memcmp(a + i0, b + i0, i1 - i0) != 0; });
   return std::find(differs.begin(), differs.end(), 1) == differs.end();
 }
@@ -103,12 +103,11 @@ bool same_bytes(const uint8_t* a, const uint8_t* b, size_t bytes) {
 template <typename Decode>
 std::string compare_floats(size_t n, Decode value, double max_rel_l2, double rtol, const char* name,
                            bool scales = false) {
-  const size_t chunks = (n + kCmpChunk - 1) / kCmpChunk;
   struct Part {
     double ref_sq = 0, diff_sq = 0;
     size_t finite = 0, bad = 0, first_bad = 0, rescaled = 0, first_rescaled = 0;
   };
-  std::vector<Part> part(chunks);
+  std::vector<Part> part(cmp_chunks(n));
   for_chunks(n, [&](size_t c, size_t i0, size_t i1) {
     double sq = 0;  // (locals: the chunk's loop keeps them in registers)
     size_t fin = 0;
@@ -186,7 +185,7 @@ std::string compare_fp8(const uint8_t* ref, const uint8_t* got, size_t n, const 
   struct Part {
     size_t flips = 0, rescaled = 0, bad = 0, first_bad = 0, first_flip = 0, first_rescaled = 0;
   };
-  std::vector<Part> part((n + kCmpChunk - 1) / kCmpChunk);
+  std::vector<Part> part(cmp_chunks(n));
   for_chunks(n, [&](size_t c, size_t i0, size_t i1) {
     Part p;
     for (size_t i = i0; i < i1; ++i) {

@@ -93,16 +93,15 @@ BenchInstance ce_instance(Runtime& rt, Kind kind, int64_t M, int64_t V, DType dt
   const uint64_t logits_bytes = static_cast<uint64_t>(M * V * eb);
   // The in-place kinds overwrite the logits: the tuner restores them from a copy before each checked run.
   auto keep_logits = [&] {
-    void* x0 = b->alloc(M * V * eb);
-    if (logits_bytes)
-      check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(x0), reinterpret_cast<CUdeviceptr>(x),
-                                       logits_bytes, nullptr),
-            "cuMemcpyDtoDAsync");
+    if (logits_bytes == 0) return;
+    void* x0 = b->alloc(logits_bytes);
+    check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(x0), reinterpret_cast<CUdeviceptr>(x),
+                                     logits_bytes, nullptr),
+          "cuMemcpyDtoDAsync");
     inst.restore = [=](Stream s) {
-      if (logits_bytes)
-        check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(x), reinterpret_cast<CUdeviceptr>(x0),
-                                         logits_bytes, s),
-              "cuMemcpyDtoDAsync (restore the logits)");
+      check(driver().cuMemcpyDtoDAsync(reinterpret_cast<CUdeviceptr>(x), reinterpret_cast<CUdeviceptr>(x0),
+                                       logits_bytes, s),
+            "cuMemcpyDtoDAsync (restore the logits)");
     };
   };
   switch (kind) {

@@ -48,11 +48,12 @@ struct MoePermuteBlockQuantArgs {
   int cpb;                    // 128-channel blocks a CTA (grid.y = HD / 128 / cpb)
 };
 
-// Dynamic shared memory of the block-quantized permute (E experts): the bf16 tile (32 KiB), the row-wise and the
-// transposed code tiles (128 × 132 bytes each: rows padded to 33 words against bank conflicts), the column
-// partial maxima, the block's source tokens and the experts' block offsets.
-constexpr int kMoeBlockQuantCodePitch = 144;  // bytes a row of the staged code tiles (128 codes, 16-byte rows)
-constexpr int moe_block_quant_smem_bytes(int E) {  // (the row codes go over the tile: 4 CTAs an SM at E ≤ 256)
+// Dynamic shared memory of the block-quantized permute (E experts): the bf16 tile (32 KiB; each row's row-wise codes
+// are later written over its first 128 bytes), the transposed code tile (128 rows of kMoeBlockQuantCodePitch bytes),
+// the column partial maxima, the block's source tokens and the experts' block offsets: 54.8 KB at E = 256, 4 CTAs
+// an SM.
+constexpr int kMoeBlockQuantCodePitch = 144;  // bytes a row of the transposed code tile (128 codes, 16-byte rows)
+constexpr int moe_block_quant_smem_bytes(int E) {
   return 128 * 128 * 2 + 128 * kMoeBlockQuantCodePitch + 4 * 128 * 4 + 128 * 4 + (E + 1 + 8) * 4;
 }
 
