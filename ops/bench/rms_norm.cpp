@@ -116,8 +116,12 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [](Runtime& rt) { return block_quant(rt, 8192, 2048, 2, false); }});
   cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=0 round_scale=1",
                    [](Runtime& rt) { return block_quant(rt, 8192, 2048, 0, true); }});
+  cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=0 round_scale=0",
+                   [](Runtime& rt) { return block_quant(rt, 8192, 2048, 0, false); }});
   cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=1 round_scale=1",
                    [](Runtime& rt) { return block_quant(rt, 8192, 2048, 1, true); }});
+  cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=1 round_scale=0",
+                   [](Runtime& rt) { return block_quant(rt, 8192, 2048, 1, false); }});
   cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=7168 mode=0 round_scale=1",
                    [](Runtime& rt) { return block_quant(rt, 8192, 7168, 0, true); }});
   cases.push_back({"rms_norm_fwd", "M=8192 N=2048 bf16", [](Runtime& rt) { return norm_fwd(rt, 8192, 2048); }});

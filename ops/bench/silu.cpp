@@ -167,7 +167,7 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   // Row-wise only (the forward's recomputation-free path), default config.
   cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=0 round_scale=1",
                    [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 0, true); }});
-  // round_scale = false (linghe's default): scales amax/448, values divided by them (fp8.cuh's div_scale).
+  // round_scale = false (linghe's default): scales amax/448, values divided by them (fp8.cuh's e4m3x4_div).
   cases.push_back({"silu_block_quant_fwd", "M=16384 n=512 mode=2 round_scale=0",
                    [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, false, 2, false); }});
   cases.push_back({"silu_block_quant_bwd", "M=16384 n=512 round_scale=0",

@@ -9,8 +9,8 @@
 // the float bits (amax ≥ 0), into a column-max buffer of 132 slots (channel c at c + (c >> 5): the 8 channels of a
 // lane have consecutive slots, and the two half-warps of a warp hit 2-way conflicts only).
 // The quantizer is the caller's: make(amax) → TileQuantT<P> {scale s, the parameter p a lane applies: a float, or
-// fp8.cuh's ScaleDiv for a division}, and apply(y, p) → the value the e4m3 conversion gets (y·(1/s) with power-of-two
-// scales, div_scale(y, p) = y/s otherwise).
+// fp8.cuh's ScaleDiv for a division}, and apply(a, b, c, d, p) → the e4m3 codes of four values (of y·(1/s) with
+// power-of-two scales, of y/s otherwise: fp8.cuh's e4m3x4_div).
 #pragma once
 #include "kiln/common.cuh"
 #include "kiln/fp8.cuh"
@@ -28,18 +28,30 @@ using TileQuant = TileQuantT<float>;
 // The parameter P from lane src / lane ^ mask (one shuffle a float).
 __device__ __forceinline__ float shfl_param(float p, int src) { return __shfl_sync(0xffffffffu, p, src); }
 __device__ __forceinline__ ScaleDiv shfl_param(const ScaleDiv& p, int src) {
-  return {shfl_param(p.m, src), shfl_param(p.s1, src), shfl_param(p.inv, src)};
+  return {shfl_param(p.s, src), shfl_param(p.lo, src), shfl_param(p.hi, src)};
 }
 __device__ __forceinline__ float shfl_xor_param(float p, int mask) { return __shfl_xor_sync(0xffffffffu, p, mask); }
 __device__ __forceinline__ ScaleDiv shfl_xor_param(const ScaleDiv& p, int mask) {
-  return {shfl_xor_param(p.m, mask), shfl_xor_param(p.s1, mask), shfl_xor_param(p.inv, mask)};
+  return {shfl_xor_param(p.s, mask), shfl_xor_param(p.lo, mask), shfl_xor_param(p.hi, mask)};
 }
-// The value the e4m3 conversion gets from y and the parameter: y·(1/s), or y / s through fp8.cuh's div_scale (the
-// `apply` of every family on these stages).
+// The e4m3 codes of four values (the first in the lowest byte) from the parameter: of y·(1/s), or of y / s through
+// fp8.cuh's e4m3x4_div (the `apply` of every family on these stages).
+// Tag: DivFast or DivExact (fp8.cuh quantize_batch; the power-of-two form ignores it).
 struct ApplyParam {
-  __device__ __forceinline__ float operator()(float y, float p) const { return __fmul_rn(y, p); }
-  __device__ __forceinline__ float operator()(float y, const ScaleDiv& p) const { return div_scale(y, p); }
+  template <class Tag>
+  __device__ __forceinline__ u32 operator()(Tag, float a, float b, float c, float d, float p, u32&) const {
+    return e4m3x4(__fmul_rn(a, p), __fmul_rn(b, p), __fmul_rn(c, p), __fmul_rn(d, p));
+  }
+  template <class Tag>
+  __device__ __forceinline__ u32 operator()(Tag tag, float a, float b, float c, float d, const ScaleDiv& p,
+                                            u32& miss) const {
+    return e4m3x4_div(tag, a, b, c, d, p, miss);
+  }
 };
+// Whether the parameter P divides (ScaleDiv: fp8.cuh's bracket, then its exact redo in quantize_batch) or
+// multiplies (a float: the code below takes its straight-line form, without quantize_batch).
+template <class P> struct Divides { static constexpr bool value = false; };
+template <> struct Divides<ScaleDiv> { static constexpr bool value = true; };
 
 // Slot of channel c in a column-max buffer.
 __device__ __forceinline__ int colmax_slot(int c) { return c + (c >> 5); }
@@ -95,10 +107,20 @@ __device__ __forceinline__ void row_codes(const float (&y)[4][8], int hl, int la
   for (int i = 0; i < 4; ++i) {
     const auto qp = shfl_param(quant.p, (lane & 16) | (i << 2));
     if (i < rows) {
-      uint2 out;
-      out.x = e4m3x4(apply(y[i][0], qp), apply(y[i][1], qp), apply(y[i][2], qp), apply(y[i][3], qp));
-      out.y = e4m3x4(apply(y[i][4], qp), apply(y[i][5], qp), apply(y[i][6], qp), apply(y[i][7], qp));
-      store(q + i * q_stride, out);
+      if constexpr (Divides<decltype(quant.p)>::value) {
+        quantize_batch<false>([&](auto tag, u32& miss) {
+          uint2 out;
+          out.x = apply(tag, y[i][0], y[i][1], y[i][2], y[i][3], qp, miss);
+          out.y = apply(tag, y[i][4], y[i][5], y[i][6], y[i][7], qp, miss);
+          store(q + i * q_stride, out);
+        });
+      } else {
+        u32 miss = 0u;
+        uint2 out;
+        out.x = apply(DivFast{}, y[i][0], y[i][1], y[i][2], y[i][3], qp, miss);
+        out.y = apply(DivFast{}, y[i][4], y[i][5], y[i][6], y[i][7], qp, miss);
+        store(q + i * q_stride, out);
+      }
     }
   }
 }
@@ -159,10 +181,18 @@ __device__ __forceinline__ void store_scales8(float* dst, const float (&sc)[8], 
 template <class Apply, class P>
 __device__ __forceinline__ void stage_codes(u32* ct, const float (&y)[4][8], const P (&qp)[8], int c0, int hw,
                                             int hl, Apply apply) {
+  if constexpr (Divides<P>::value) {
+    quantize_batch<false>([&](auto tag, u32& miss) {
 #pragma unroll
-  for (int e = 0; e < 8; ++e)
-    ct[(c0 + e) * 32 + (hw ^ (2 * hl))] =
-        e4m3x4(apply(y[0][e], qp[e]), apply(y[1][e], qp[e]), apply(y[2][e], qp[e]), apply(y[3][e], qp[e]));
+      for (int e = 0; e < 8; ++e)
+        ct[(c0 + e) * 32 + (hw ^ (2 * hl))] = apply(tag, y[0][e], y[1][e], y[2][e], y[3][e], qp[e], miss);
+    });
+  } else {
+    u32 miss = 0u;
+#pragma unroll
+    for (int e = 0; e < 8; ++e)
+      ct[(c0 + e) * 32 + (hw ^ (2 * hl))] = apply(DivFast{}, y[0][e], y[1][e], y[2][e], y[3][e], qp[e], miss);
+  }
 }
 
 }  // namespace bqt

@@ -94,7 +94,7 @@ __device__ __forceinline__ bool silu_table_has(u32 b) {
 // ---- quantizer ------------------------------------------------------------------------------------------------------
 // Quantizer<ROUND> of fp8.cuh with the power-of-two reciprocal formed from the exponent bits instead of a division
 // (same bits: for s = 2^e, e in [-99, 120], 1/s = 2^-e exactly; s = inf gives 0 = 1/inf).
-// Without ROUND the division is fp8.cuh's div_scale.
+// Without ROUND the division is fp8.cuh's e4m3x4_div.
 template <bool ROUND> struct SiluParam { using type = ScaleDiv; };
 template <> struct SiluParam<true> { using type = float; };
 template <bool ROUND> struct SiluQuant {

@@ -266,7 +266,8 @@ class MoePermuteBlockQuantTest : public GpuTest {
  protected:
   // cpb ≥ 0: the config forced to that many 128-channel blocks a CTA (ops/moe_permute.cpp config `tokens`; 0 = the
   // default); −1: the op's own choice.
-  static void run(const Routing& r, int64_t Hd, bool round_scale, bool special = false, int cpb = -1) {
+  // special: 1 NaN / ±inf / ±0 / extremes in some blocks, 2 values on e4m3 ties (below).
+  static void run(const Routing& r, int64_t Hd, bool round_scale, int special = 0, int cpb = -1) {
     SCOPED_TRACE("T=" + std::to_string(r.T) + " E=" + std::to_string(r.E) + " k=" + std::to_string(r.k) +
                  " P=" + std::to_string(r.P) + " Hd=" + std::to_string(Hd) + " round=" + std::to_string(round_scale) +
                  " cpb=" + std::to_string(cpb));
@@ -290,10 +291,26 @@ class MoePermuteBlockQuantTest : public GpuTest {
     const int64_t nb = moe_block_quant_scale_blocks(num_out, E);
     std::vector<float> x = randn(T * Hd, mix_seed({static_cast<uint64_t>(T), static_cast<uint64_t>(Hd), 21}), 3.0f);
     for (int64_t i = 0; i < T * Hd; i += 977) x[i] *= 1e4f;  // a few large values set their blocks' scales
-    if (special) {  // NaN, ±inf, ±0 and bf16's extremes in some blocks (an inf makes its blocks' scale inf)
+    if (special == 1) {  // NaN, ±inf, ±0 and bf16's extremes in some blocks (an inf makes its blocks' scale inf)
       const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
       const float vals[] = {nan, inf, -inf, -0.0f, 0.0f, 3.3895314e38f, -3.3895314e38f, 9.2e-41f, 1e-30f};
       for (int64_t i = 5, k = 0; i < T * Hd; i += 4099, ++k) x[i] = vals[k % 9];
+    } else if (special == 2) {
+      // e4m3 ties: ±672 wherever (c − t) % 8 == 0, so every row block, and almost every transposed block, has the
+      // scale 672 / 448 = 1.5, and elsewhere ±1.5·(a midpoint between two e4m3 codes), normal and subnormal, exact in
+      // bf16: y / s is the midpoint itself, which the fast bracket of fp8.cuh's e4m3x4_div cannot decide (its two
+      // codes differ), so these values take its exact path (ties to even).
+      std::vector<float> mids;
+      for (int e = -6; e <= 8; ++e)
+        for (int m = 0; m < 8; ++m)
+          if (const float v = std::ldexp(static_cast<float>(16 + 2 * m + 1), e - 5); v < 448.0f) mids.push_back(v);
+      for (int i = 0; i < 8; ++i) mids.push_back(std::ldexp(static_cast<float>(2 * i + 1), -10));
+      for (int64_t t = 0; t < T; ++t)
+        for (int64_t c = 0; c < Hd; ++c) {
+          const uint64_t h = mix_seed({static_cast<uint64_t>(t), static_cast<uint64_t>(c), 77});
+          const float v = (c - t) % 8 == 0 ? 672.0f : 1.5f * mids[h % mids.size()];
+          x[t * Hd + c] = (h >> 40) & 1 ? -v : v;
+        }
     }
     round_to(DType::bf16, x);
     const float poison = std::bit_cast<float>(0x55555555u);
@@ -342,19 +359,26 @@ TEST_F(MoePermuteBlockQuantTest, OddShapes) {
   run(make_routing(4096, 64, 1, 16, 34, 17), 2048, true);  // one expert: 32 full token blocks
   run(make_routing(300, 160, 8, 32, 35), 1536, true);
   run(make_routing(0, 64, 2, 16, 36, -1, 40), 2048, false);
-  run(make_routing(600, 64, 4, 16, 37), 2048, false, true);  // NaN / ±inf / extremes, both scale rules
-  run(make_routing(600, 64, 4, 16, 38), 2048, true, true);
+  run(make_routing(600, 64, 4, 16, 37), 2048, false, 1);  // NaN / ±inf / extremes, both scale rules
+  run(make_routing(600, 64, 4, 16, 38), 2048, true, 1);
+}
+// Every value a tie of the e4m3 rounding under round_scale 0 (the exact path of the division's fast bracket), and the
+// same values under power-of-two scales.
+TEST_F(MoePermuteBlockQuantTest, E4m3Ties) {
+  run(make_routing(600, 64, 4, 16, 44), 2048, false, 2);
+  run(make_routing(257, 8, 2, 16, 45), 1536, false, 2, 4);
+  run(make_routing(600, 64, 4, 16, 46), 2048, true, 2);
 }
 // 1, 2 and 4 channel blocks a CTA (the next block's gather under the current one's write-out), and segments padded to
 // 4 or 8 (transposed rows not 16-byte aligned: 4-byte stores).
 TEST_F(MoePermuteBlockQuantTest, ChannelBlocksAndNarrowPadding) {
   for (int cpb : {1, 2, 4}) {
-    run(make_routing(1000, 64, 4, 16, 39), 1536, true, false, cpb);
-    run(make_routing(333, 8, 2, 16, 40), 7168, false, true, cpb);
+    run(make_routing(1000, 64, 4, 16, 39), 1536, true, 0, cpb);
+    run(make_routing(333, 8, 2, 16, 40), 7168, false, 1, cpb);
   }
   run(make_routing(777, 64, 4, 4, 41), 2048, true);
-  run(make_routing(500, 160, 8, 8, 42), 1536, false, true);
-  run(make_routing(500, 160, 8, 8, 43), 1536, true, false, 4);
+  run(make_routing(500, 160, 8, 8, 42), 1536, false, 1);
+  run(make_routing(500, 160, 8, 8, 43), 1536, true, 0, 4);
 }
 
 // Permute then unpermute without weights gives k·x for a token routed to k experts (bf16 exact for small k).
