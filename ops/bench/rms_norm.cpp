@@ -114,6 +114,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
   }
   cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=2 round_scale=0",
                    [](Runtime& rt) { return block_quant(rt, 8192, 2048, 2, false); }});
+  cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=7168 mode=2 round_scale=0",
+                   [](Runtime& rt) { return block_quant(rt, 8192, 7168, 2, false); }});
   cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=0 round_scale=1",
                    [](Runtime& rt) { return block_quant(rt, 8192, 2048, 0, true); }});
   cases.push_back({"rms_norm_block_quant_fwd", "M=8192 N=2048 mode=0 round_scale=0",

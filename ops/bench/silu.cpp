@@ -174,6 +174,8 @@ const BenchRegistrar registrar([](std::vector<BenchCase>& cases) {
                    [](Runtime& rt) { return silu_bench_instance(rt, 16384, 512, true, 2, false); }});
   cases.push_back({"batch_weighted_silu_block_quant_fwd", fmt::format("E=32 M={} n=1024 mode=2 round_scale=0", M),
                    [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, false, 2, false); }});
+  cases.push_back({"batch_weighted_silu_block_quant_bwd", fmt::format("E=32 M={} n=1024 round_scale=0", M),
+                   [counts](Runtime& rt) { return batch_silu_instance(rt, counts, 1024, true, 2, false); }});
 });
 
 }  // namespace

@@ -30,9 +30,15 @@ __device__ __forceinline__ float shfl_param(float p, int src) { return __shfl_sy
 __device__ __forceinline__ ScaleDiv shfl_param(const ScaleDiv& p, int src) {
   return {shfl_param(p.s, src), shfl_param(p.lo, src), shfl_param(p.hi, src)};
 }
+__device__ __forceinline__ ScaleDivExact shfl_param(const ScaleDivExact& p, int src) {
+  return {shfl_param(p.m, src), shfl_param(p.s1, src), shfl_param(p.inv, src)};
+}
 __device__ __forceinline__ float shfl_xor_param(float p, int mask) { return __shfl_xor_sync(0xffffffffu, p, mask); }
 __device__ __forceinline__ ScaleDiv shfl_xor_param(const ScaleDiv& p, int mask) {
   return {shfl_xor_param(p.s, mask), shfl_xor_param(p.lo, mask), shfl_xor_param(p.hi, mask)};
+}
+__device__ __forceinline__ ScaleDivExact shfl_xor_param(const ScaleDivExact& p, int mask) {
+  return {shfl_xor_param(p.m, mask), shfl_xor_param(p.s1, mask), shfl_xor_param(p.inv, mask)};
 }
 // The e4m3 codes of four values (the first in the lowest byte) from the parameter: of y·(1/s), or of y / s through
 // fp8.cuh's e4m3x4_div (the `apply` of every family on these stages).
@@ -47,9 +53,14 @@ struct ApplyParam {
                                             u32& miss) const {
     return e4m3x4_div(tag, a, b, c, d, p, miss);
   }
+  template <class Tag>  // (div_exact a value: the batched SiLU backward's, silu_block_quant.cuh SiluMakeQuant)
+  __device__ __forceinline__ u32 operator()(Tag, float a, float b, float c, float d, const ScaleDivExact& p,
+                                            u32&) const {
+    return e4m3x4_exact(a, b, c, d, p);
+  }
 };
-// Whether the parameter P divides (ScaleDiv: fp8.cuh's bracket, then its exact redo in quantize_batch) or
-// multiplies (a float: the code below takes its straight-line form, without quantize_batch).
+// Whether the parameter P divides through fp8.cuh's bracket (ScaleDiv: then its exact redo in quantize_batch) or not
+// (a float multiplies, a ScaleDivExact divides a value at a time: the code below takes its straight-line form).
 template <class P> struct Divides { static constexpr bool value = false; };
 template <> struct Divides<ScaleDiv> { static constexpr bool value = true; };
 

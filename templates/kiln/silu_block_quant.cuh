@@ -112,12 +112,23 @@ template <bool ROUND> struct SiluQuant {
 };
 
 // The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them.
-template <bool ROUND>
+// EXACT (round_scale 0 in the batched backward): the scale by div.rn and div_exact a value, as before session 21 —
+// there fp8.cuh's division-free scale and bracket measured slower (E = 32, n = 1024: 555.7 → 570.3 µs), where the
+// other SiLU kernels gained 9–15 %.
+template <bool ROUND, bool EXACT = false>
 struct SiluMakeQuant {
   using Param = typename SiluQuant<ROUND>::Param;
   __device__ __forceinline__ bqt::TileQuantT<Param> operator()(float amax) const {
     const SiluQuant<ROUND> q(block_scale_fast<ROUND>(amax));
     return {q.s, q.param()};
+  }
+};
+template <>
+struct SiluMakeQuant<false, true> {
+  using Param = ScaleDivExact;
+  __device__ __forceinline__ bqt::TileQuantT<Param> operator()(float amax) const {
+    const float s = block_scale<false>(amax);
+    return {s, scale_div_exact(s)};
   }
 };
 template <bool ROUND>
@@ -480,7 +491,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
                        a.q + static_cast<i64>(cur.row0 + hw * 4) * W + h * N + cur.cb * 128 + c0, W,
                        a.q_scale + static_cast<i64>(cur.seg_start) * (W / 128) +
                            static_cast<i64>(h * NB + cur.cb) * cur.seg_rows + cur.local0 + hw * 4 + (hl >> 2),
-                       SiluMakeQuant<ROUND>{}, SiluApply<ROUND>{});
+                       SiluMakeQuant<ROUND, BATCHED && BWD>{}, SiluApply<ROUND>{});
     }
     if constexpr (BWD && BATCHED) {
 #pragma unroll
@@ -520,9 +531,9 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         for (int h = h0; h < h0 + CT; ++h) {
           // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
           // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
-          typename SiluMakeQuant<ROUND>::Param qp[8];
+          typename SiluMakeQuant<ROUND, BATCHED && BWD>::Param qp[8];
           float sc[8];
-          bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND>{});
+          bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND, BATCHED && BWD>{});
           // half-warp 0 of warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
           if (warp == 0 && half == 0)
             bqt::store_scales8(a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0, sc,
