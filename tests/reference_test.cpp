@@ -405,7 +405,8 @@ TEST(ReferenceDivScale, EveryScaleMantissaRandomValues) {
   EXPECT_GT(checked, 20000000);
   // The bracket decides almost every random value alone (an e4m3 boundary within ≈ 2^-19 of y/s: ≈ 2^-14 of them;
   // more near the bottom of the range, where e4m3's steps are relatively coarse) and almost none on the ties.
-  EXPECT_LT(static_cast<double>(redone), 1e-3 * static_cast<double>(random_checked)) << redone << " of " << random_checked;
+  EXPECT_LT(static_cast<double>(redone), 1e-3 * static_cast<double>(random_checked))
+      << redone << " of " << random_checked;
   EXPECT_GT(static_cast<double>(ties_redone), 0.9 * static_cast<double>(ties)) << ties_redone << " of " << ties;
 }
 

@@ -84,7 +84,7 @@ __device__ __forceinline__ float div_exact(float y, const ScaleDivExact& d) {
 // * else: amax / 448 by div_exact's sequence with 448 = 1.75·2^8 (correctly rounded wherever the quotient is ≥
 //   2^-100, so everywhere above the 1e-30 floor; 1 FMUL + 4 FFMA instead of div.rn's MUFU, refinement and range
 //   check), then the floor; inf for inf. tests/reference_test.cpp compares it with IEEE division for every
-//   non-negative float of a stride-3 walk and around the floor.
+//   non-negative float of a stride-7 walk and around the floor.
 template <bool ROUND>
 __device__ __forceinline__ float block_scale_fast(float amax) {
   const u32 A = __float_as_uint(amax);
@@ -98,9 +98,9 @@ __device__ __forceinline__ float block_scale_fast(float amax) {
 }
 
 // The e4m3 codes of y / s (the correctly rounded fp32 quotient, then cvt.rn.satfinite) without div_exact's 6
-// instructions a value: the quotient is bracketed by two products with reciprocals rounded outwards, and where both
+// instructions a value: the quotient is bracketed by two products with reciprocals widened outwards, and where both
 // products have the same code, so has every float between them — the quotient included (rounding to e4m3 is monotone
-// in the magnitude). 2 FMUL + 1 F2FP a value pair and a compare, against 4 FMUL + 8 FFMA + 1 F2FP.
+// in the magnitude). 4 FMUL + 2 F2FP a value pair and an xor-or, against div_exact's 4 FMUL + 8 FFMA + 1 F2FP.
 //   r = rcp.approx(s) (one MUFU; within 2^-22 of 1/s, PTX guarantees 1 ulp), lo = RN(r·(1 − 2^-19)), hi = RN(r·(1 +
 //   2^-19)) (normal: 1e-30 ≤ s ≤ FLT_MAX/448). |y·hi| ≥ |y/s|·(1 − 2^-22)(1 + 2^-19)(1 − 2^-24) > |y/s|·(1 + 2^-24)
 //   ≥ |RN(y/s)|, and |y·lo| ≤ |y/s|·(1 + 2^-22)(1 − 2^-19)(1 + 2^-24) < |y/s|·(1 − 2^-24) ≤ |RN(y/s)| (for |y/s| ≥
@@ -123,8 +123,11 @@ __device__ __forceinline__ ScaleDiv scale_div(float s) {
 struct DivFast {};
 struct DivExact {};
 __device__ __forceinline__ u32 e4m3x4_div(DivFast, float a, float b, float c, float d, const ScaleDiv& q, u32& miss) {
-  const u32 lo = e4m3x2(__fmul_rn(a, q.lo), __fmul_rn(b, q.lo)) | (e4m3x2(__fmul_rn(c, q.lo), __fmul_rn(d, q.lo)) << 16);
-  const u32 hi = e4m3x2(__fmul_rn(a, q.hi), __fmul_rn(b, q.hi)) | (e4m3x2(__fmul_rn(c, q.hi), __fmul_rn(d, q.hi)) << 16);
+  // (the two halves written out, not e4m3x4: the same code, but the SASS measured in session 21 came from this form)
+  const u32 lo =
+      e4m3x2(__fmul_rn(a, q.lo), __fmul_rn(b, q.lo)) | (e4m3x2(__fmul_rn(c, q.lo), __fmul_rn(d, q.lo)) << 16);
+  const u32 hi =
+      e4m3x2(__fmul_rn(a, q.hi), __fmul_rn(b, q.hi)) | (e4m3x2(__fmul_rn(c, q.hi), __fmul_rn(d, q.hi)) << 16);
   miss |= lo ^ hi;
   return lo;
 }
@@ -172,9 +175,10 @@ __device__ __forceinline__ u32 e4m3x4_bf16x2(u32 y0, u32 y1) {
 
 // What quantization multiplies or divides by: with ROUND the exact reciprocal, else s through div_exact a value.
 // The block-quantized permute's: its values are bf16, and y / s, a quotient of two 8-bit mantissas times 448, falls
-// within e4m3x4_div's bracket (2^-20 then) of an e4m3 tie for ≈ 0.5 % of them (randn blocks; ≈ 3e-5 for the fp32 values of the
-// norm and SiLU kernels), so ≈ 11 % of a thread's 32-value batches and almost every warp ran the redo: the bracket
-// made this kernel slower at round_scale 0 (204 → 259 µs at the bench shape; 223 with a branch every 4 values).
+// within e4m3x4_div's bracket (2^-20 then) of an e4m3 tie for ≈ 0.5 % of them (randn blocks; ≈ 3e-5 for the fp32
+// values of the norm and SiLU kernels), so ≈ 11 % of a thread's 32-value batches and almost every warp ran the redo:
+// the bracket made this kernel slower at round_scale 0 (204 → 259 µs at the bench shape; 223 with a branch every 4
+// values).
 template <bool ROUND> struct Quantizer {
   float s, inv;
   ScaleDivExact d;
