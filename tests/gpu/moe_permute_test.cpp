@@ -298,8 +298,8 @@ class MoePermuteBlockQuantTest : public GpuTest {
     } else if (special == 2) {
       // e4m3 ties: ±672 wherever (c − t) % 8 == 0, so every row block, and almost every transposed block, has the
       // scale 672 / 448 = 1.5, and elsewhere ±1.5·(a midpoint between two e4m3 codes), normal and subnormal, exact in
-      // bf16: y / s is the midpoint itself, which the fast bracket of fp8.cuh's e4m3x4_div cannot decide (its two
-      // codes differ), so these values take its exact path (ties to even).
+      // bf16: y / s is the midpoint itself, rounded to even (through fp8.cuh's div_exact, which the permute runs a
+      // value at a time: such ties are why it does not take e4m3x4_div's bracket, whose codes would differ there).
       std::vector<float> mids;
       for (int e = -6; e <= 8; ++e)
         for (int m = 0; m < 8; ++m)
@@ -362,7 +362,7 @@ TEST_F(MoePermuteBlockQuantTest, OddShapes) {
   run(make_routing(600, 64, 4, 16, 37), 2048, false, 1);  // NaN / ±inf / extremes, both scale rules
   run(make_routing(600, 64, 4, 16, 38), 2048, true, 1);
 }
-// Every value a tie of the e4m3 rounding under round_scale 0 (the exact path of the division's fast bracket), and the
+// Every value a tie of the e4m3 rounding under round_scale 0 (div_exact's quotient exactly on a midpoint), and the
 // same values under power-of-two scales.
 TEST_F(MoePermuteBlockQuantTest, E4m3Ties) {
   run(make_routing(600, 64, 4, 16, 44), 2048, false, 2);
