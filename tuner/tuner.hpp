@@ -4,8 +4,9 @@
 // Per (specialization, token count):
 //   1. The family's tune_instance allocates inputs (fresh random non-zero data) and outputs at that token count.
 //   2. Every candidate runs once through the public op with its config forced (ForceConfigScope) on outputs poisoned
-//      beforehand (an in-place op's input then restored: BenchInstance::restore); its outputs are compared with the default's (compare_outputs: relative L2 by dtype, fp8 codes
-//      exact but for rare one-step flips, integers exact). A candidate that disagrees is rejected and reported.
+//      beforehand (an in-place op's input then restored: BenchInstance::restore); its outputs are compared with the
+//      default's (compare_outputs: relative L2 by dtype, fp8 codes exact but for rare one-step flips, integers
+//      exact). A candidate that disagrees is rejected and reported.
 //   3. Each candidate is timed: warm-up, then ≥ 20 calls each on a cold L2 (runtime/bench.hpp), median.
 //   4. choose(): the fastest valid candidate must beat the default by more than the noise band
 //      max(kNoiseBand · t, kNoiseFloorUs); among candidates within the band of the fastest, the earliest in search-space
