@@ -46,9 +46,11 @@ constexpr int kStreamGlobal = 3;
 // after the block barrier — 29.8–30.1 µs at N = 2048, 99.3 at 7168 against LEAN's 29.4–29.7 / 95.6 — the same at
 // two CTAs an SM, 64 registers with spills — 40.2 / 196.3 — and with an L2 evict-first hint — 29.9 / 101.9; removed.)
 constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
-// 256 TIGHT (LEAN; with power-of-two scales only, else the bit changes nothing): pass 2 of full tiles from per-item bases and per-thread 32-bit offsets, shared
-// memory at 32-bit addresses, the refill from one pointer with x's rows at immediate offsets. Needs x contiguous and
-// M·N < 2^31 (launch_stream drops the bit otherwise: LEAN runs, the same bits).
+// 256 TIGHT (LEAN): pass 2 of full tiles from per-item bases and per-thread 32-bit offsets, shared memory at 32-bit
+// addresses, the refill from one pointer with x's rows at immediate offsets. Needs x contiguous and M·N < 2^31
+// (launch_stream drops the bit otherwise: LEAN runs, the same bits). Up to session 21 power-of-two scales only (the
+// bit changed nothing at round_scale 0); from session 22 also round_scale 0, with its column brackets formed by each
+// thread from the column maxima (rms_norm_block_quant_stream.cuh stage_col_codes_div_at).
 constexpr int kStreamTight = 256;
 // 512 SPLIT (on TIGHT): the full tiles' block barrier as an mbarrier arrive (after the column maxima) and wait (after
 // the row codes), so the warps' skew at the barrier overlaps the row codes.
@@ -342,8 +344,12 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       // 46.6; bit-exact). With power-of-two scales and two blocks an item: LEAN + TIGHT + FLAT + SPLIT + WLDG (session
       // 8 round 4, in one process: N = 2048 25.90 µs against LEAN's 27.71, N = 7168 90.93 against 93.26; ncu 24.19 /
       // 90.72 against 26.27 / 93.95; bit-exact; launch_stream drops the TIGHT bits where x is strided or M·N ≥ 2^31).
+      // round_scale 0 takes the same set from session 22 (TIGHT at round_scale 0, four alternating processes each:
+      // N = 2048 33.12 / 33.20 / 32.78 / 33.07 µs against LEAN's 33.74 / 33.76 / 33.94 / 34.24, N = 7168 98.46 / 96.94
+      // / 97.44 / 95.74 against 98.27 / 97.92 / 97.82 / 98.21; 14.5 M warp instructions against 16.7 M); the L2 hints
+      // stay power-of-two only (not measured at round_scale 0).
       s.config[C_OVERLAP] =
-          round && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
+          scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
       s.config[C_EXCHANGE] = kStreamGlobal;
       // The codes stored evict-last (QEL, session 14: see kStreamHintQel) from N = 4096; launch_stream keeps it only
       // where M·N ≥ kStreamQelMinElems.
@@ -437,8 +443,8 @@ void stream_points(const Specialization& base, int cb, std::vector<Specializatio
       out.push_back(s);
     }
   }
-  // Session 14: the codes' L2 hint on the power-of-two default (kStreamHint*; without power-of-two scales the kernel
-  // drops it with TIGHT, so the points are the default's code there).
+  // Session 14: the codes' L2 hint on the power-of-two default (kStreamHint*; measured with power-of-two scales only,
+  // the default there from N = 4096; at round_scale 0 these points are search-space variants).
   if (cb == 2) {
     s.config[C_OVERLAP] = kTight | kStreamFlat | kStreamSplit | kStreamWldg;
     s.config[C_STAGES] = 2 * cb;

@@ -432,6 +432,57 @@ TEST(ReferenceDivScale, BlockScaleWithoutDivision) {
   EXPECT_EQ(bad, 0);
 }
 
+// fp8.cuh's scale_bracket_of_max: the bracket of 1 / s (s = max(amax / 448, 1e-30)) from amax alone, r =
+// rcp.approx(max(amax, RN(448·1e-30))·2^-8), lo / hi = RN(r·1.75·(1 ∓ 2^-19)). rcp.approx is within 1 ulp of the
+// reciprocal, so both neighbours of the correctly rounded one are checked (lo from the larger, hi from the smaller):
+// lo·(1 + 2^-24) < (1 / s)(1 − 2^-24) and hi·(1 − 2^-24) > (1 / s)(1 + 2^-24) in double (the condition fp8.cuh's
+// argument needs), no wider than (1 / s)(1 ∓ 2^-18) (the redo stays rare), and the codes of y·lo and y·hi of a random
+// y of the block, where they agree, are IEEE y / s's. Every amax mantissa at a random exponent, every float within
+// 2^12 ulps of the floor's boundary and of FLT_MAX, 0, the smallest floats and inf.
+TEST(ReferenceDivScale, BracketOfMax) {
+  const float a0 = 448.0f * 1e-30f;
+  const float c_lo = 1.75f * (1.0f - 0x1p-19f), c_hi = 1.75f * (1.0f + 0x1p-19f);
+  ASSERT_EQ(static_cast<double>(c_lo), 1.75 * (1 - 0x1p-19));  // (exact constants)
+  ASSERT_EQ(static_cast<double>(c_hi), 1.75 * (1 + 0x1p-19));
+  std::mt19937_64 rng(20261128);
+  std::uniform_real_distribution<double> lg(-40.0, std::log2(448.0));
+  int64_t bad = 0, checked = 0;
+  auto check = [&](float amax) {
+    const float s = std::fmax(amax / 448.0f, 1e-30f);
+    const float a = std::fmax(amax, a0) * 0x1p-8f;
+    const float rn = 1.0f / a;
+    const float r_big = std::nextafter(rn, kInf), r_small = std::nextafter(rn, 0.0f);
+    const float lo = r_big * c_lo, hi = r_small * c_hi;
+    ++checked;
+    if (std::isinf(amax)) {  // (rcp.approx(inf) is +0 exactly: lo = hi = 0, as scale_div(inf))
+      if ((rn * c_lo != 0.0f || rn * c_hi != 0.0f) && bad++ < 5) ADD_FAILURE() << "inf: " << rn;
+      return;
+    }
+    const double inv = 1.0 / static_cast<double>(s);
+    const bool sound = static_cast<double>(lo) * (1 + 0x1p-24) < inv * (1 - 0x1p-24) &&
+                       static_cast<double>(hi) * (1 - 0x1p-24) > inv * (1 + 0x1p-24);
+    const bool tight = static_cast<double>(std::nextafter(rn, 0.0f) * c_lo) > inv * (1 - 0x1p-18) &&
+                       static_cast<double>(std::nextafter(rn, kInf) * c_hi) < inv * (1 + 0x1p-18);
+    float y = static_cast<float>(std::exp2(lg(rng)) * static_cast<double>(s));
+    if (std::fabs(y) > amax) y = amax;
+    if (rng() & 1) y = -y;
+    const uint8_t cl = ref::e4m3_from_float(y * lo), ch = ref::e4m3_from_float(y * hi);
+    const bool codes = cl != ch || cl == ref::e4m3_from_float(y / s);
+    if (!(sound && tight && codes) && bad++ < 5)
+      ADD_FAILURE() << std::hexfloat << "amax " << amax << " s " << s << " lo " << lo << " hi " << hi << " y " << y
+                    << (sound ? "" : " (not sound)") << (tight ? "" : " (too wide)") << (codes ? "" : " (codes)");
+  };
+  for (uint32_t mant = 0; mant < (1u << 23); ++mant) {
+    const int e = static_cast<int>(rng() % 254) - 126;  // amax in [2^-126, 2^128)
+    check(std::bit_cast<float>((static_cast<uint32_t>(e + 127) << 23) | mant));
+  }
+  for (uint32_t edge : {std::bit_cast<uint32_t>(a0), std::bit_cast<uint32_t>(FLT_MAX) - 4096})
+    for (uint32_t b = edge - 4096; b <= edge + 4096; ++b) check(std::bit_cast<float>(b));
+  for (float amax : {0.0f, 0x1p-149f, 0x1p-126f, 1e-35f, 448.0f, FLT_MAX, kInf}) check(amax);
+  EXPECT_EQ(bad, 0);
+  EXPECT_GT(checked, 8000000);
+}
+
 // ---- the scale rule --------------------------------------------------------------------------------------------
 
 TEST(ReferenceBlockScale, ZeroBlockGetsTheFloor) {

@@ -120,6 +120,26 @@ __device__ __forceinline__ ScaleDiv scale_div(float s) {
   asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(s));
   return {s, __fmul_rn(r, 1.0f - 0x1p-19f), __fmul_rn(r, 1.0f + 0x1p-19f)};
 }
+// The same bracket straight from the block's amax, without forming s = block_scale_fast<false>(amax) (one FMNMX, one
+// FMUL, one MUFU and two FMULs instead of s's 5 FMUL/FFMA, its floor and scale_div's 3): with a' = max(amax, A0), A0
+// = RN(448·1e-30f), r = rcp.approx(a'·2^-8) (a'·2^-8 exact and normal, so is r: 2^-99 ≤ a'·2^-8 ≤ FLT_MAX·2^-8), lo,
+// hi = RN(r·1.75·(1 ∓ 2^-19)) (both constants exact). 448 / a' is within 2^-22 of 1 / s: for a' = amax ≥ A0 either s
+// = RN(amax / 448) (2^-24) or amax / 448 lies between A0 / 448 and the floor F = 1e-30f (2^-24 of F); for amax < A0,
+// s is F or the float above it and 448 / A0 is within 2^-24 of 1 / F. With rcp.approx's 1 ulp (2^-23) and the
+// product's rounding (2^-24): lo ≤ (1 / s)(1 + 2^-22)(1 + 2^-23)(1 − 2^-19)(1 + 2^-24) < (1 / s)(1 − 2^-19 + 2^-21),
+// so |RN(y·lo)| ≤ |y·lo|(1 + 2^-24) < |y / s|(1 − 2^-24) ≤ |RN(y / s)|, and hi alike: the codes bracket the
+// quotient's code as scale_div's do (its argument above needs r only within ≈ 2^-19.2 of 1 / s). amax = +inf: r = 0,
+// lo = hi = 0, as scale_div(inf). tests/reference_test.cpp checks lo and hi against 1 / s for both extremes of a
+// 1-ulp reciprocal, every amax mantissa at several exponents and around A0 (ReferenceDivScale.BracketOfMax).
+struct ScaleBracket {
+  float lo, hi;
+};
+__device__ __forceinline__ ScaleBracket scale_bracket_of_max(float amax) {
+  float r;
+  const float a = __fmul_rn(fmaxf(amax, 448.0f * 1e-30f), 0x1p-8f);
+  asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(a));
+  return {__fmul_rn(r, 1.75f * (1.0f - 0x1p-19f)), __fmul_rn(r, 1.75f * (1.0f + 0x1p-19f))};
+}
 struct DivFast {};
 struct DivExact {};
 __device__ __forceinline__ u32 e4m3x4_div(DivFast, float a, float b, float c, float d, const ScaleDiv& q, u32& miss) {

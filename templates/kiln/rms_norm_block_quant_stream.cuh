@@ -83,6 +83,32 @@ __device__ __forceinline__ void norm_y(const Vec16 (&xv)[4], const float (&rv)[4
 #pragma unroll
     for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
 }
+// round_scale 0 (TIGHT's full tiles, and block_col_codes): the transposed codes of channels c0 … c0+7 staged at st_at
+// (stage_codes_at's words), each thread forming its 8 brackets itself from the column maxima at cm_at (the address of
+// its slot cs0; fp8.cuh scale_bracket_of_max: no scale, no shuffle, where col_quantizers formed 4 quantizers a thread
+// and exchanged 3 floats each), the batch redone by div_exact from the block scales where a bracket missed.
+__device__ __forceinline__ u32 col_code4(DivFast, const float (&y)[4][8], int e, const ScaleBracket& b, u32, u32& miss) {
+  return e4m3x4_div(DivFast{}, y[0][e], y[1][e], y[2][e], y[3][e], ScaleDiv{0.0f, b.lo, b.hi}, miss);
+}
+__device__ __forceinline__ u32 col_code4(DivExact, const float (&y)[4][8], int e, const ScaleBracket&, u32 cm_at,
+                                         u32&) {
+  const float s = block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
+  return e4m3x4_exact(y[0][e], y[1][e], y[2][e], y[3][e], scale_div_exact(s));
+}
+__device__ __forceinline__ void stage_col_codes_div_at(u32 cm_at, u32 st_at, const float (&y)[4][8]) {
+  ScaleBracket br[8];
+#pragma unroll
+  for (int e = 0; e < 8; ++e) br[e] = scale_bracket_of_max(__uint_as_float(lds_u32(cm_at + 4 * e)));
+  quantize_batch<false>([&](auto tag, u32& miss) {
+#pragma unroll
+    for (int e = 0; e < 8; ++e) sts_u32(st_at + 128 * e, col_code4(tag, y, e, br[e], cm_at, miss));
+  });
+}
+// Their block scales (for the half-warp that stores them).
+__device__ __forceinline__ void col_scales_div(u32 cm_at, float (&sc)[8]) {
+#pragma unroll
+  for (int e = 0; e < 8; ++e) sc[e] = block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
+}
 // The per-block code of the stream and tile512 kernels (block_quant_tile.cuh's layout: y of rows 4·hw …, channels
 // c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
 // and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
@@ -100,12 +126,22 @@ template <int N, bool ROUND, bool LQ = false>
 __device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, const float (&y)[4][8], const u32* cm,
                                                 u32* ct, i64 tile, int col, int warp, int half, int hw, int hl, int cs0,
                                                 bool scale_aligned) {
-  using Make = typename QuantOf<ROUND, LQ>::type;
-  typename Make::Param qp[8];
-  float sc[8];
-  bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, Make{});
-  if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
-  bqt::stage_codes(ct, y, qp, hl * 8, hw, hl, Apply<ROUND>{});
+  if constexpr (!ROUND) {
+    const u32 cm_at = smem_u32(cm + cs0);
+    if (warp == 0 && half == 0) {
+      float sc[8];
+      col_scales_div(cm_at, sc);
+      bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
+    }
+    stage_col_codes_div_at(cm_at, smem_u32(ct + hl * 8 * 32 + (hw ^ (2 * hl))), y);
+  } else {
+    using Make = typename QuantOf<ROUND, LQ>::type;
+    typename Make::Param qp[8];
+    float sc[8];
+    bqt::col_quantizers(cm, cs0, half, warp == 0, qp, sc, Make{});
+    if (warp == 0 && half == 0) bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
+    bqt::stage_codes(ct, y, qp, hl * 8, hw, hl, Apply<ROUND>{});
+  }
 }
 // The staged transposed codes of a block (tokens m0 …, `valid` of them; channels col …) out to qT: warp w stores
 // channels 8w … 8w+7, four per instruction, 8 lanes × 16 bytes a channel's 128 tokens (byte-wise past `valid` or
@@ -257,6 +293,15 @@ __device__ __forceinline__ void stage_codes_at(u32 st_at, const float (&y)[4][8]
     sts_u32(st_at + 128 * e, e4m3x4(__fmul_rn(y[0][e], qp[e]), __fmul_rn(y[1][e], qp[e]), __fmul_rn(y[2][e], qp[e]),
                                   __fmul_rn(y[3][e], qp[e])));
 }
+// The row quantizer of TIGHT's full tiles: MakeQuantPow2Tight, or MakeQuant<false> (scale and bracket) at round_scale 0.
+template <bool ROUND>
+struct TightMakeOf {
+  using type = MakeQuantPow2Tight;
+};
+template <>
+struct TightMakeOf<false> {
+  using type = MakeQuant<false>;
+};
 // The column scales of channels c0 … c0+7 from their multipliers qp (0x7F000000 − the reciprocal's bits, inf for 0).
 __device__ __forceinline__ void col_scales_of(const float (&qp)[8], float (&sc)[8]) {
 #pragma unroll
@@ -295,7 +340,7 @@ template <int N, int CB, bool ROUND, bool W_F32, int R, bool LEAN, bool FIRST = 
 __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStreamArgs& sa) {
   using namespace rmsq;
   static_assert((!FIRST && !START && !TRACE && !TIGHT_BIT) || LEAN, "FIRST, START, TRACE and TIGHT are LEAN variants");
-  constexpr bool TIGHT = TIGHT_BIT && ROUND;  // (without power-of-two scales the bit changes nothing)
+  constexpr bool TIGHT = TIGHT_BIT;
   constexpr bool SPLIT = SPLIT_BIT && TIGHT;   // (TIGHT's full tiles only)
   constexpr bool FLAT = FLAT_BIT && TIGHT;     // (TIGHT's full tiles: no divergent branch between the phases)
   constexpr bool WSM = TIGHT && !WLDG_BIT;  // TIGHT's weights from shared memory (WLDG: LEAN's LDG a block ahead)
@@ -805,12 +850,12 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
             bqt::row_codes<true>(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                                  a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) +
                                               static_cast<u32>(m0) + thr_const(kQs)),
-                                 MakeQuantPow2Tight{}, Apply<true>{}, CodeStore<HINT>{});
+                                 typename TightMakeOf<ROUND>::type{}, Apply<ROUND>{}, CodeStore<HINT>{});
           } else if constexpr (TF) {  // (offsets < M·N < 2^31)
             bqt::row_codes(y, hl, lane, 4, a.q + (static_cast<u32>(m0 * N + col) + thr_const(kQ)), N,
                            a.q_scale + (static_cast<u32>(col >> 7) * static_cast<u32>(a.M) + static_cast<u32>(m0) +
                                         thr_const(kQs)),
-                           MakeQuantPow2Tight{}, Apply<true>{});
+                           typename TightMakeOf<ROUND>::type{}, Apply<ROUND>{});
           } else {
             block_row_codes<N, ROUND, FULL, true>(a, y, m0, valid, col, hw, hl, lane);
           }
@@ -839,7 +884,15 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
         }
         if (prev_col >= 0) store_prev();
 
-        if constexpr (TF && FLAT) {  // (the column scales formed and stored last: warp 0's branch ends the block)
+        if constexpr (TF && !ROUND) {  // (round_scale 0: the brackets from the column maxima, the scales last)
+          const u32 cm_at = thr_const(kColMax) + cmi * (132 * 4);
+          stage_col_codes_div_at(cm_at, thr_const(kStage) + (nb & 1) * 16384, y);
+          if (warp == 0 && half == 0) {
+            float sc[8];
+            col_scales_div(cm_at, sc);
+            bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
+          }
+        } else if constexpr (TF && FLAT) {  // (the column scales formed and stored last: warp 0's branch ends the block)
           float qp[8], sc[8];
           col_quantizers_tight(thr_const(kColMax) + 16 * half + cmi * (132 * 4), half, false, qp, sc);
           stage_codes_at(thr_const(kStage) + (nb & 1) * 16384, y, qp);

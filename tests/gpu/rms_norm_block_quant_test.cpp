@@ -599,7 +599,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelGlobalPoints) {
 TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
   const std::vector<SpacePoint> points = {
       // TIGHT (LEAN + bit 256): the refill from one pointer, pass 2 of full tiles from per-item bases and 32-bit
-      // offsets; partial last tiles and M % 16 != 0 take the LEAN code inside it (index % 3 == 2: round_scale 0)
+      // offsets; partial last tiles and M % 16 != 0 take the LEAN code inside it (index % 3 == 2: round_scale 0, which
+      // runs TIGHT too from session 22: the column brackets from the column maxima, rows through MakeQuant<false>)
       {2048, 2, 16, 2, 1, 4, 259, 3, 8000}, {2048, 2, 16, 2, 1, 4, 259, 3, 4003}, {128, 2, 16, 1, 1, 2, 259, 3, 50001},
       {7168, 2, 16, 2, 1, 4, 259, 3, 4003}, {2048, 2, 16, 1, 1, 2, 259, 3, 1000}, {4096, 2, 16, 2, 1, 4, 259, 3, 3001},
       {7168, 2, 16, 1, 1, 2, 259, 3, 8192}, {2048, 2, 16, 2, 1, 4, 259, 3, 8192}, {2048, 2, 16, 2, 1, 4, 259, 3, 1},
@@ -623,8 +624,8 @@ TEST_F(RmsNormBlockQuantTest, StreamKernelTightPoints) {
 // evict-last policy, the default from N = 4096 where M·N ≥ 2^25 —, 64 QEN — evict-normal, its control), forced on
 // 19203 against the CPU reference: only cache hints, so the same bits. QEL runs where M·N ≥ 2^25 (7168 × 8000 / 5003
 // / 8192, 4096 × 8200), else the same config without it (launch_stream drops it: 2048 × 4096); full tiles take the
-// hinted code, partial last tiles and M % 16 != 0 the LEAN code (index % 3 == 2: round_scale 0, where the kernel drops
-// the hint with TIGHT).
+// hinted code, partial last tiles and M % 16 != 0 the LEAN code (index % 3 == 2: round_scale 0, which from session 22
+// runs the hinted TIGHT code too).
 TEST_F(RmsNormBlockQuantTest, StreamKernelL2HintPoints) {
   const std::vector<SpacePoint> points = {
       {7168, 2, 16, 2, 17, 4, 19203, 3, 8000}, {7168, 2, 16, 2, 17, 4, 19203, 3, 5003},
