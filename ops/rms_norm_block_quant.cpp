@@ -50,7 +50,7 @@ constexpr int kStreamLean = 3, kStreamFirst = 32, kStreamStart = 128;
 // addresses, the refill from one pointer with x's rows at immediate offsets. Needs x contiguous and M·N < 2^31
 // (launch_stream drops the bit otherwise: LEAN runs, the same bits). Up to session 21 power-of-two scales only (the
 // bit changed nothing at round_scale 0); from session 22 also round_scale 0, with its column brackets formed by each
-// thread from the column maxima (rms_norm_block_quant_stream.cuh stage_col_codes_div_at).
+// thread from the column maxima (block_quant_tile.cuh stage_col_codes_div_at).
 constexpr int kStreamTight = 256;
 // 512 SPLIT (on TIGHT): the full tiles' block barrier as an mbarrier arrive (after the column maxima) and wait (after
 // the row codes), so the warps' skew at the barrier overlaps the row codes.

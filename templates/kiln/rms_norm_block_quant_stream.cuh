@@ -83,32 +83,6 @@ __device__ __forceinline__ void norm_y(const Vec16 (&xv)[4], const float (&rv)[4
 #pragma unroll
     for (int e = 0; e < 8; ++e) y[i][e] = __fmul_rn(__fmul_rn(vec_get<bf16>(xv[i], e), rv[i]), w8[e]);
 }
-// round_scale 0 (TIGHT's full tiles, and block_col_codes): the transposed codes of channels c0 … c0+7 staged at st_at
-// (stage_codes_at's words), each thread forming its 8 brackets itself from the column maxima at cm_at (the address of
-// its slot cs0; fp8.cuh scale_bracket_of_max: no scale, no shuffle, where col_quantizers formed 4 quantizers a thread
-// and exchanged 3 floats each), the batch redone by div_exact from the block scales where a bracket missed.
-__device__ __forceinline__ u32 col_code4(DivFast, const float (&y)[4][8], int e, const ScaleBracket& b, u32, u32& miss) {
-  return e4m3x4_div(DivFast{}, y[0][e], y[1][e], y[2][e], y[3][e], ScaleDiv{0.0f, b.lo, b.hi}, miss);
-}
-__device__ __forceinline__ u32 col_code4(DivExact, const float (&y)[4][8], int e, const ScaleBracket&, u32 cm_at,
-                                         u32&) {
-  const float s = block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
-  return e4m3x4_exact(y[0][e], y[1][e], y[2][e], y[3][e], scale_div_exact(s));
-}
-__device__ __forceinline__ void stage_col_codes_div_at(u32 cm_at, u32 st_at, const float (&y)[4][8]) {
-  ScaleBracket br[8];
-#pragma unroll
-  for (int e = 0; e < 8; ++e) br[e] = scale_bracket_of_max(__uint_as_float(lds_u32(cm_at + 4 * e)));
-  quantize_batch<false>([&](auto tag, u32& miss) {
-#pragma unroll
-    for (int e = 0; e < 8; ++e) sts_u32(st_at + 128 * e, col_code4(tag, y, e, br[e], cm_at, miss));
-  });
-}
-// Their block scales (for the half-warp that stores them).
-__device__ __forceinline__ void col_scales_div(u32 cm_at, float (&sc)[8]) {
-#pragma unroll
-  for (int e = 0; e < 8; ++e) sc[e] = block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
-}
 // The per-block code of the stream and tile512 kernels (block_quant_tile.cuh's layout: y of rows 4·hw …, channels
 // c0 = 8·hl …, of the 128×128 block at tokens m0 …, columns col …): row-wise codes and scales, column maxima into cm,
 // and after the barrier the column quantizers, the block's 128 column scales (half-warp 0 of warp 0) and the staged
@@ -130,10 +104,10 @@ __device__ __forceinline__ void block_col_codes(const RmsNormBlockQuantArgs& a, 
     const u32 cm_at = smem_u32(cm + cs0);
     if (warp == 0 && half == 0) {
       float sc[8];
-      col_scales_div(cm_at, sc);
+      bqt::col_scales_div(cm_at, sc);
       bqt::store_scales8(a.qT_scale + tile * N + col + hl * 8, sc, scale_aligned);
     }
-    stage_col_codes_div_at(cm_at, smem_u32(ct + hl * 8 * 32 + (hw ^ (2 * hl))), y);
+    bqt::stage_col_codes_div_at(cm_at, smem_u32(ct + hl * 8 * 32 + (hw ^ (2 * hl))), y);
   } else {
     using Make = typename QuantOf<ROUND, LQ>::type;
     typename Make::Param qp[8];
@@ -886,10 +860,10 @@ __device__ __forceinline__ void rms_norm_block_quant_stream_body(const RmsqStrea
 
         if constexpr (TF && !ROUND) {  // (round_scale 0: the brackets from the column maxima, the scales last)
           const u32 cm_at = thr_const(kColMax) + cmi * (132 * 4);
-          stage_col_codes_div_at(cm_at, thr_const(kStage) + (nb & 1) * 16384, y);
+          bqt::stage_col_codes_div_at(cm_at, thr_const(kStage) + (nb & 1) * 16384, y);
           if (warp == 0 && half == 0) {
             float sc[8];
-            col_scales_div(cm_at, sc);
+            bqt::col_scales_div(cm_at, sc);
             bqt::store_scales8(a.qT_scale + tb * N + col + hl * 8, sc, scale_aligned);
           }
         } else if constexpr (TF && FLAT) {  // (the column scales formed and stored last: warp 0's branch ends the block)

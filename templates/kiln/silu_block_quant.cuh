@@ -529,16 +529,34 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         }
 #pragma unroll
         for (int h = h0; h < h0 + CT; ++h) {
-          // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
-          // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
-          typename SiluMakeQuant<ROUND, BATCHED && BWD>::Param qp[8];
-          float sc[8];
-          bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND, BATCHED && BWD>{});
-          // half-warp 0 of warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
-          if (warp == 0 && half == 0)
-            bqt::store_scales8(a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0, sc,
-                               scale_aligned);
-          bqt::stage_codes(codes + (h - h0) * (128 * 32), v[h], qp, c0, hw, hl, SiluApply<ROUND>{});
+          if constexpr (!ROUND && !BATCHED) {
+            // round_scale 0 (session 22): each thread forms its 8 channels' brackets from the column maxima
+            // (block_quant_tile.cuh stage_col_codes_div_at), half-warp 0 of warp 0 their scales. H100, three
+            // alternating processes each against col_quantizers: backward 30.86 / 31.02 / 30.94 µs against 32.10 /
+            // 32.27 / 32.40, forward 19.97 / 19.89 / 20.00 against 20.00 / 19.90 / 20.03 (a tie; 552 SASS
+            // instructions fewer); the batched forward measured slower with it (283.2–284.1 against 281.3–282.5)
+            // and keeps col_quantizers, as does the batched backward (EXACT).
+            const u32 cm_at = smem_u32(cm + h * 132 + cs0);
+            if (warp == 0 && half == 0) {
+              float sc[8];
+              bqt::col_scales_div(cm_at, sc);
+              bqt::store_scales8(a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0, sc,
+                                 scale_aligned);
+            }
+            bqt::stage_col_codes_div_at(cm_at, smem_u32(codes + (h - h0) * (128 * 32) + c0 * 32 + (hw ^ (2 * hl))),
+                                        v[h]);
+          } else {
+            // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
+            // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
+            typename SiluMakeQuant<ROUND, BATCHED && BWD>::Param qp[8];
+            float sc[8];
+            bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND, BATCHED && BWD>{});
+            // half-warp 0 of warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
+            if (warp == 0 && half == 0)
+              bqt::store_scales8(a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0, sc,
+                                 scale_aligned);
+            bqt::stage_codes(codes + (h - h0) * (128 * 32), v[h], qp, c0, hw, hl, SiluApply<ROUND>{});
+          }
         }
         if constexpr (CODEBUF == 1) {
           __syncthreads();  // codesT complete
