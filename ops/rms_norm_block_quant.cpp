@@ -344,12 +344,25 @@ Specialization make_spec(Arch arch, int64_t N, int mode, bool round, bool w_f32,
       // 46.6; bit-exact). With power-of-two scales and two blocks an item: LEAN + TIGHT + FLAT + SPLIT + WLDG (session
       // 8 round 4, in one process: N = 2048 25.90 µs against LEAN's 27.71, N = 7168 90.93 against 93.26; ncu 24.19 /
       // 90.72 against 26.27 / 93.95; bit-exact; launch_stream drops the TIGHT bits where x is strided or M·N ≥ 2^31).
-      // round_scale 0 takes the same set from session 22 (TIGHT at round_scale 0, four alternating processes each:
-      // N = 2048 33.12 / 33.20 / 32.78 / 33.07 µs against LEAN's 33.74 / 33.76 / 33.94 / 34.24, N = 7168 98.46 / 96.94
-      // / 97.44 / 95.74 against 98.27 / 97.92 / 97.82 / 98.21; 14.5 M warp instructions against 16.7 M); the L2 hints
-      // stay power-of-two only (not measured at round_scale 0).
+      // (Session 22 ran TIGHT at round_scale 0 too. The same set there, two blocks an item, read in `kiln bench`
+      // (four alternating processes each) N = 2048 33.12 / 33.20 / 32.78 / 33.07 µs against LEAN's 33.74 / 33.76 /
+      // 33.94 / 34.24, N = 7168 98.46 / 96.94 / 97.44 / 95.74 against 98.27 / 97.92 / 97.82 / 98.21 — but see below.)
       s.config[C_OVERLAP] =
-          scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
+          round && scb == 2 ? kStreamLean | kStreamTight | kStreamFlat | kStreamSplit | kStreamWldg : kStreamLean;
+      // round_scale 0 up to N = 2048 (16 blocks a row): one block an item, two slots, TIGHT + SPLIT + WLDG (session
+      // 22). `kiln tune` at N = 2048 in one process (H100), each candidate timed alone: 10.22 / 13.44 / 20.00 / 32.27
+      // µs at 1024 / 2048 / 4096 / 8192 tokens, against 12.29 / 14.24 / 21.55 / 33.66 for two blocks an item with
+      // the power-of-two set and 13.10 / 14.94 / 22.62 / 34.18 for LEAN (the session-21 default); re-timed
+      // alternating with the default (one call each, the other kernel in between) it was the tuner's pick at 4096
+      // and 8192 (35.34 against 40.06 µs at 8192). The two-block TIGHT kernel's code is the largest of the stream
+      // variants (6520 SASS instructions at round_scale 0) and loses most when another kernel ran before it — what a
+      // training step does between two calls — so it is not the default at round_scale 0 at any N (from N = 4096
+      // LEAN stays, not measured otherwise).
+      if (!round && nb <= 16) {
+        s.config[C_COL_BLOCKS] = 1;
+        s.config[C_STAGES] = 2;
+        s.config[C_OVERLAP] = kStreamLean | kStreamTight | kStreamSplit | kStreamWldg;
+      }
       s.config[C_EXCHANGE] = kStreamGlobal;
       // The codes stored evict-last (QEL, session 14: see kStreamHintQel) from N = 4096; launch_stream keeps it only
       // where M·N ≥ kStreamQelMinElems.
