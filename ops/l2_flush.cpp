@@ -7,12 +7,20 @@
 namespace kiln::detail {
 namespace {
 
-void render(const Specialization&, std::string& source, std::string& name) {
-  source = "#include \"kiln/l2_flush.cuh\"\n";
-  name = "kiln::l2_flush_kernel";
+// Kernel 0 ("read"): the L2 read-flush. Kernel 1 ("evict_code", `kiln bench --cold-code`): templates/kiln/code_evict.cuh,
+// a kernel of ≈ 320 KB of straight-line code run once on every SM, so that the timed kernel finds none of its code in
+// the SMs' instruction caches.
+void render(const Specialization& s, std::string& source, std::string& name) {
+  if (s.kernel == 1) {
+    source = "#include \"kiln/code_evict.cuh\"\n";
+    name = "kiln::code_evict_kernel";
+  } else {
+    source = "#include \"kiln/l2_flush.cuh\"\n";
+    name = "kiln::l2_flush_kernel";
+  }
 }
 
-FamilyDef g_family{"l2_flush", {"read"}, {}, {}, render, nullptr, nullptr};
+FamilyDef g_family{"l2_flush", {"read", "evict_code"}, {}, {}, render, nullptr, nullptr};
 
 }  // namespace
 
@@ -43,6 +51,24 @@ void l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream
 
 // The same kernel with nothing to read, one warp: what a launch costs between two events.
 void empty_launch(Runtime& rt, unsigned* sink, Stream stream) { launch_l2_flush(rt, sink, 0, sink, stream, 1, 32); }
+
+void evict_code(Runtime& rt, unsigned* sink, Stream stream) {
+  auto& impl = rt.impl();
+  Specialization s;
+  s.family = &g_family;
+  s.kernel = 1;
+  s.arch = impl.target_arch();
+  struct {
+    uint32_t a, b;
+    unsigned* sink;
+  } a{0x01234567u, 0x89abcdefu, sink};
+  LaunchDims d;
+  // Two CTAs an SM's worth (4 warps each: one a sub-partition): an idle GPU's CTA scheduler gives every SM one before
+  // any gets a second, and the second only repeats the same fetches.
+  d.grid[0] = static_cast<unsigned>(2 * impl.device().sm_count);
+  d.block[0] = 128;
+  impl.launch(s, d, stream, a);
+}
 
 }  // namespace kiln::detail
 

@@ -129,7 +129,16 @@ L2Flusher::~L2Flusher() {
   device_free(buffer_);
 }
 
-void L2Flusher::flush(Stream stream) { l2_flush(rt_, buffer_, kL2FlushBytes, static_cast<unsigned*>(sink_), stream); }
+void L2Flusher::flush(Stream stream) {
+  l2_flush(rt_, buffer_, kL2FlushBytes, static_cast<unsigned*>(sink_), stream);
+  if (cold_code_) evict_code(rt_, static_cast<unsigned*>(sink_), stream);
+}
+void L2Flusher::set_cold_code(bool on, Stream stream) {
+  cold_code_ = on;
+  if (!on) return;
+  evict_code(rt_, static_cast<unsigned*>(sink_), stream);
+  check(driver().cuStreamSynchronize(stream), "cuStreamSynchronize");
+}
 void L2Flusher::empty(Stream stream) { empty_launch(rt_, static_cast<unsigned*>(sink_), stream); }
 
 std::vector<double> time_calls_us(const std::function<void(Stream)>& fn, Stream stream, L2Flusher& l2, int warmup,
@@ -276,6 +285,8 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
   report.copy_gbps = measure_copy_gbps(stream, opts.repeats);
 
   L2Flusher l2(rt, stream);
+  l2.set_cold_code(opts.cold_code, stream);
+  report.cold_code = opts.cold_code;
   report.empty_kernel_us = time_us([&](Stream s) { l2.empty(s); }, stream, l2, opts);
   for (const BenchCase& c : bench_cases()) {
     if (!bench_filter_matches(opts.filter, c.op + " " + c.shape)) continue;

@@ -61,6 +61,7 @@ struct BenchReport {
   // An empty kernel timed like every case (L2 flushed, events around one launch): the part of every row's µs that
   // no kernel can remove. It differs between machines of the same kind (3.1 µs on most of the project's H100s).
   double empty_kernel_us = 0;
+  bool cold_code = false;  // BenchOptions::cold_code: every row (and the empty kernel) timed with cold instruction caches
   std::vector<BenchResult> results;
   std::vector<std::string> failures;  // "op shape: error" of cases that threw (the run goes on without them)
 };
@@ -68,6 +69,9 @@ struct BenchReport {
 struct BenchOptions {
   int warmup = 5;
   int repeats = 30;
+  // Before every timed call, also run a kernel of ≈ 320 KB of code on every SM (L2Flusher::set_cold_code), so that
+  // the timed kernel's code is in no SM's instruction cache, as in a training step (`kiln bench --cold-code`).
+  bool cold_code = false;
   std::string filter;  // '|'-separated terms matched against "op shape" (bench_filter_matches)
 };
 
@@ -84,6 +88,9 @@ BenchReport run_benchmarks(Runtime& rt, const BenchOptions& opts,
 void l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream stream);
 // Launches that kernel with nothing to read (one warp): the fixed cost of a timed call (`sink`: 4 writable bytes).
 void empty_launch(Runtime& rt, unsigned* sink, Stream stream);
+// Runs templates/kiln/code_evict.cuh's kernel (≈ 320 KB of straight-line code) on every SM: afterwards no SM's
+// instruction caches hold any other kernel's code (`sink`: 4 writable bytes).
+void evict_code(Runtime& rt, unsigned* sink, Stream stream);
 
 // Evicts L2 by reading a 256 MB buffer with kiln's l2_flush kernel. The constructor runs it once (so that its
 // compilation is part of no timing) and synchronizes.
@@ -93,14 +100,20 @@ class L2Flusher {
   ~L2Flusher();
   L2Flusher(const L2Flusher&) = delete;
   L2Flusher& operator=(const L2Flusher&) = delete;
+  // The L2 read-flush, then (with set_cold_code) evict_code.
   void flush(Stream stream);
   // The empty kernel (empty_launch) on the flusher's 4-byte sink.
   void empty(Stream stream);
+  // Whether flush() also evicts every SM's instruction caches (evict_code). Turning it on runs evict_code once and
+  // synchronizes, so that its compilation is part of no timing.
+  void set_cold_code(bool on, Stream stream);
+  bool cold_code() const { return cold_code_; }
 
  private:
   Runtime& rt_;
   void* buffer_ = nullptr;
   void* sink_ = nullptr;
+  bool cold_code_ = false;
 };
 
 // Per-call microseconds of `fn`: `warmup` untimed calls, then `repeats` calls each timed with CUDA events on a cold

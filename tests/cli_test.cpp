@@ -188,6 +188,17 @@ TEST(Cli, BenchWithoutADriverFails) {
   EXPECT_TRUE(contains(lower(r.err), "driver")) << r;
 }
 
+// --cold-code is a flag of bench: accepted (the run then fails on the missing driver, not on the usage), and it takes
+// no value.
+TEST(Cli, BenchColdCodeIsAFlag) {
+  if (kiln::detail::driver_available()) GTEST_SKIP() << "a CUDA driver and GPU are present";
+  const CliResult r = run_kiln({"bench", "--cold-code", "--filter", "nothing"});
+  EXPECT_EQ(r.rc, 1) << r;
+  EXPECT_TRUE(contains(lower(r.err), "driver")) << r;
+  EXPECT_EQ(run_kiln({"bench", "--cold-code=1"}).rc, 2);
+  EXPECT_EQ(run_kiln({"bench", "--cold"}).rc, 2);
+}
+
 TEST(Cli, BenchBadRepeatsIsBadUsage) {
   EXPECT_EQ(run_kiln({"bench", "--repeats", "0"}).rc, 2);
   EXPECT_EQ(run_kiln({"bench", "--repeats", "ten"}).rc, 2);

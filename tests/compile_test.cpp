@@ -65,6 +65,22 @@ TEST(Compile, FamiliesOutsideModelsCompile) {
   }
 }
 
+// The benchmarks' instruction-cache evictor (l2_flush kernel 1, `kiln bench --cold-code`) is as large as it means to
+// be: its code is a few times an SM's instruction caches (the cubin holds ≈ 320 KB of SASS; more than 256 KB checked).
+TEST(Compile, CodeEvictKernelIsLarge) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  Counters counters;
+  Specialization s;
+  s.family = find_family("l2_flush");
+  ASSERT_NE(s.family, nullptr);
+  ASSERT_EQ(s.family->kernels.size(), 2u);
+  s.kernel = 1;
+  s.arch = Arch::parse("sm_90a");
+  const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
+  EXPECT_GT(r.cubin.size(), 256u * 1024u);
+  EXPECT_NE(r.lowered_name.find("code_evict_kernel"), std::string::npos) << r.lowered_name;
+}
+
 TEST(Compile, OtherArchs) {
   Runtime rt(RuntimeOptions{.memory_only = true});
   Counters counters;

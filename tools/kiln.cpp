@@ -85,10 +85,11 @@ commands:
   presets [--json]
       List the built-in model presets and their dimensions.
 
-  bench [--json FILE] [--filter S[|S…]] [--repeats N]
+  bench [--json FILE] [--filter S[|S…]] [--repeats N] [--cold-code]
       Time every benchmark case (or those whose "op shape" contains S; an S ending in '$' must end it) on
       the GPU, as a share of the device-to-device copy bandwidth measured in the same run; --json writes
-      the results to FILE.
+      the results to FILE. --cold-code also runs, before every timed call, a kernel of ~320 KB of code on
+      every SM, so that the timed kernel's code is in no instruction cache (as after other kernels).
 
   help, --help       show this help
   --version          print kiln's version
@@ -934,12 +935,13 @@ int cmd_presets(std::span<const std::string_view> argv) {
 // ---- bench -------------------------------------------------------------------------------------------------------
 
 int cmd_bench(std::span<const std::string_view> argv) {
-  const Args args("bench", argv, {"--json", "--filter", "--repeats"}, {});
+  const Args args("bench", argv, {"--json", "--filter", "--repeats"}, {"--cold-code"});
   if (args.help()) return print_usage();
   args.no_positional();
   kiln::detail::BenchOptions options;
   options.filter = args.value("--filter").value_or("");
   options.repeats = args.integer("--repeats", 1, 100000, options.repeats);
+  options.cold_code = args.has("--cold-code");
   const std::optional<std::string> json_path = args.value("--json");
 
   // Rows are printed as each case finishes (a full run takes minutes), so size the columns from every case up front.
@@ -966,8 +968,9 @@ int cmd_bench(std::span<const std::string_view> argv) {
   kiln::Runtime rt;
   const kiln::detail::BenchReport report = kiln::detail::run_benchmarks(rt, options, print_row);
   fmt::print("device: {}, driver {}, cuda {}; device-to-device copy {:.0f} GB/s; empty kernel {:.2f} us (every row "
-             "includes it)\n",
-             report.device, report.driver, report.cuda, report.copy_gbps, report.empty_kernel_us);
+             "includes it){}\n",
+             report.device, report.driver, report.cuda, report.copy_gbps, report.empty_kernel_us,
+             report.cold_code ? "; instruction caches evicted before every timed call (--cold-code)" : "");
   if (report.results.empty() && report.failures.empty())
     throw kiln::Error(options.filter.empty() ? "no bench cases are registered"
                                              : fmt::format("no bench case matches '{}'", options.filter));
@@ -975,7 +978,7 @@ int cmd_bench(std::span<const std::string_view> argv) {
   if (json_path) {
     ordered_json out = {{"device", report.device}, {"driver", report.driver}, {"cuda", report.cuda},
                         {"copy_gbps", report.copy_gbps}, {"empty_kernel_us", report.empty_kernel_us},
-                        {"cases", ordered_json::array()}};
+                        {"cold_code", report.cold_code}, {"cases", ordered_json::array()}};
     for (const auto& r : report.results)
       out["cases"].push_back({{"op", r.op}, {"shape", r.shape}, {"us", r.us}, {"bytes", r.bytes}, {"gbps", r.gbps},
                               {"pct_copy_bw", r.pct_copy_bw}, {"baseline_us", r.baseline_us},

@@ -54,6 +54,7 @@ struct StreamCfg {
   bool host = false;     // no config forced: the host's default (make_spec and launch_stream's rules)
   int64_t M = 8192;      // tokens
   const char* control = nullptr;  // session 15: a second row to pair it with (its code-shape control)
+  bool cold_code = false;  // session 22: every SM's instruction caches evicted before each timed call (--cold-code)
 };
 
 // Session 14: the context's persisting-L2 controls (cuda.h's CU_LIMIT_PERSISTING_L2_CACHE_SIZE; evict-last lines may
@@ -161,6 +162,30 @@ class RmsqStreamMeasure : public GpuTest {
 // (QEL with the code lines demoted at the end), round E the final code at M = 8192 (bench/NOTES.md); round F: the
 // host's default (QEL from N = 4096 where M·N ≥ 2^25) against the old default (19203, prefetch 1) forced at other M —
 // 7168 × 5120 (just above the rule's 2^25), 7168 × 16384, 4096 × 16384.
+// Session 22: round_scale 0 at N = 2048, one and two blocks an item, LEAN and TIGHT, each timed as `kiln bench` does
+// and with cold instruction caches (`kiln bench --cold-code`: L2Flusher::set_cold_code) — the tuner read the two-block
+// TIGHT kernel (6520 SASS instructions) ≈ 5 µs slower re-timed right after another kernel than repeated, which code
+// size would explain; the power-of-two default for reference. Baselines: the same chunking (one or two blocks an
+// item); a cold row's baseline is its warm twin (the same config: the same bits).
+std::vector<StreamCfg> session22_cfgs() {
+  auto row = [](const char* name, int cb, int overlap, bool round, const char* base, bool cold_code) {
+    StreamCfg c{name, 2048, cb, 2 * cb, overlap, base, round};
+    c.cold_code = cold_code;
+    return c;
+  };
+  return {
+      row("rs0 LEAN cb2", 2, 3, false, nullptr, false),
+      row("rs0 TIGHT cb2 (19203)", 2, 19203, false, "rs0 LEAN cb2", false),
+      row("rs0 LEAN cb1", 1, 3, false, nullptr, false),
+      row("rs0 TIGHT cb1 (17155)", 1, 17155, false, "rs0 LEAN cb1", false),
+      row("rs1 default (19203)", 2, 19203, true, nullptr, false),
+      row("rs0 LEAN cb2 cold", 2, 3, false, "rs0 LEAN cb2", true),
+      row("rs0 TIGHT cb2 cold", 2, 19203, false, "rs0 TIGHT cb2 (19203)", true),
+      row("rs0 LEAN cb1 cold", 1, 3, false, "rs0 LEAN cb1", true),
+      row("rs0 TIGHT cb1 cold", 1, 17155, false, "rs0 TIGHT cb1 (17155)", true),
+      row("rs1 default cold", 2, 19203, true, "rs1 default (19203)", true),
+  };
+}
 std::vector<StreamCfg> session_cfgs() {
   // Session 15 (q2g), against QEL's left-over evict-last lines (bench/NOTES.md): rounds A–C measured DISC / DISCC /
   // DISCZ / DISC4, LATE2, EF2 / EF4 against SELALL, DEM / DEM2 against DEMZ (all deleted) and DISC1 (526353: each CTA
@@ -204,7 +229,9 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
     for (size_t k = 0; k < cfgs.size(); ++k) {
       const size_t i = round % 2 == 0 ? k : cfgs.size() - 1 - k;
       select(i);
+      if (cfgs[i].cold_code) l2.set_cold_code(true, nullptr);
       med[i].push_back(detail::median(timed_calls(run(i), l2, 2, calls, cfgs[i].cold)));
+      l2.set_cold_code(false, nullptr);
     }
   std::printf("%s, %d rounds x %d calls (L2 flushed): median of round medians (min .. max round median), µs; "
               "against the baseline: median of the per-round differences, rounds won\n",
@@ -230,7 +257,10 @@ void paired_sweep(const std::string& title, const std::vector<StreamCfg>& cfgs,
 }
 
 TEST_F(RmsqStreamMeasure, Sweep) {
-  const std::vector<StreamCfg> cfgs = only(session_cfgs());
+  // $KILN_MEASURE_SESSION=22: session 22's rows (cold instruction caches) instead of session 15's.
+  const char* which = std::getenv("KILN_MEASURE_SESSION");
+  const std::vector<StreamCfg> cfgs =
+      only(which && std::string(which) == "22" ? session22_cfgs() : session_cfgs());
 
 
 
