@@ -130,7 +130,8 @@ __device__ __forceinline__ ScaleDiv scale_div(float s) {
 // so |RN(y·lo)| ≤ |y·lo|(1 + 2^-24) < |y / s|(1 − 2^-24) ≤ |RN(y / s)|, and hi alike: the codes bracket the
 // quotient's code as scale_div's do (its argument above needs r only within ≈ 2^-19.2 of 1 / s). amax = +inf: r = 0,
 // lo = hi = 0, as scale_div(inf). tests/reference_test.cpp checks lo and hi against 1 / s for both extremes of a
-// 1-ulp reciprocal, every amax mantissa at several exponents and around A0 (ReferenceDivScale.BracketOfMax).
+// 1-ulp reciprocal, for every amax mantissa (each at a random exponent) and around A0 and FLT_MAX
+// (ReferenceDivScale.BracketOfMax).
 struct ScaleBracket {
   float lo, hi;
 };
