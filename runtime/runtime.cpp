@@ -11,6 +11,7 @@
 
 #include "kiln/errors.hpp"
 #include "kiln/model.hpp"
+#include "runtime/cubin_elf.hpp"
 #include "runtime/driver.hpp"
 #include "runtime/family.hpp"
 #include "runtime/log.hpp"
@@ -495,7 +496,8 @@ std::vector<PrewarmEntry> Runtime::Impl::ensure_all(const std::vector<Specializa
       PrewarmEntry& e = entries[i];
       try {
         EnsureResult r = ensure_cubin(s, impl.cache.get(), impl.options.require_prewarmed, impl.counters);
-        e = {s.family->name, r.disk_key, s.arch.name(), s.describe(), r.status, r.compile_ms, r.cubin.size()};
+        e = {s.family->name, r.disk_key,    s.arch.name(), s.describe(), r.status, r.compile_ms, r.cubin.size(),
+             cubin_code_bytes(r.cubin, r.lowered_name)};
       } catch (const std::exception& ex) {
         std::lock_guard g(cb_mutex);
         if (errors)

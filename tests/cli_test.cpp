@@ -259,6 +259,9 @@ TEST(CliPrewarm, SecondRunIsAllHits) {
     EXPECT_FALSE(e.at("family").get<std::string>().empty()) << e;
     EXPECT_EQ(e.at("key").get<std::string>().size(), 32u) << e;
     EXPECT_GT(e.at("cubin_bytes").get<uint64_t>(), 0u) << e;
+    // the kernel's SASS: read from the cubin's .text section, inside the cubin
+    EXPECT_GT(e.at("code_bytes").get<uint64_t>(), 0u) << e;
+    EXPECT_LT(e.at("code_bytes").get<uint64_t>(), e.at("cubin_bytes").get<uint64_t>()) << e;
     EXPECT_GT(e.at("compile_ms").get<double>(), 0.0) << e;
     keys.insert(e.at("key").get<std::string>());
   }

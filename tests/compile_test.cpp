@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "kiln/kiln.hpp"
+#include "runtime/cubin_elf.hpp"
 #include "runtime/family.hpp"
 #include "runtime/nvrtc_compiler.hpp"
 #include "runtime/registry.hpp"
@@ -79,6 +80,35 @@ TEST(Compile, CodeEvictKernelIsLarge) {
   const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
   EXPECT_GT(r.cubin.size(), 256u * 1024u);
   EXPECT_NE(r.lowered_name.find("code_evict_kernel"), std::string::npos) << r.lowered_name;
+  // its SASS alone (the .text section): ≈ 5 instructions of 16 bytes a step
+  const uint64_t code = cubin_code_bytes(r.cubin, r.lowered_name);
+  EXPECT_GT(code, 256u * 1024u);
+  EXPECT_LE(code, r.cubin.size());
+}
+
+// cubin_code_bytes reads the kernel's .text section size from the ELF section headers, and 0 for anything else: the
+// L2 flush kernel's few hundred bytes, not the evictor's; a wrong name, a truncated or a non-ELF buffer give 0.
+TEST(CubinElf, CodeBytesOfAKernel) {
+  Runtime rt(RuntimeOptions{.memory_only = true});
+  Counters counters;
+  Specialization s;
+  s.family = find_family("l2_flush");
+  ASSERT_NE(s.family, nullptr);
+  s.arch = Arch::parse("sm_90a");
+  const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
+  const uint64_t code = cubin_code_bytes(r.cubin, r.lowered_name);
+  EXPECT_GT(code, 64u);
+  EXPECT_LT(code, 8192u);
+  EXPECT_EQ(code % 16, 0u);  // whole instructions
+  EXPECT_EQ(cubin_code_bytes(r.cubin, r.lowered_name + "x"), 0u);
+  EXPECT_EQ(cubin_code_bytes(r.cubin, ""), 0u);
+  EXPECT_EQ(cubin_code_bytes(std::string_view(r.cubin).substr(0, 200), r.lowered_name), 0u);
+  EXPECT_EQ(cubin_code_bytes("not an ELF object at all, but long enough to pass the size check of the header..",
+                             r.lowered_name),
+            0u);
+  std::string bad = r.cubin;
+  bad[0x2f] = '\x7f';  // e_shoff far past the end: no section header can be read
+  EXPECT_EQ(cubin_code_bytes(bad, r.lowered_name), 0u);
 }
 
 TEST(Compile, OtherArchs) {

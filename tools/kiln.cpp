@@ -325,7 +325,8 @@ int cmd_prewarm(std::span<const std::string_view> argv) {
     out["entries"] = ordered_json::array();
     for (const auto& e : entries)
       out["entries"].push_back({{"family", e.family}, {"key", e.key}, {"arch", e.arch}, {"params", e.params},
-                                {"status", e.status}, {"compile_ms", e.compile_ms}, {"cubin_bytes", e.cubin_bytes}});
+                                {"status", e.status}, {"compile_ms", e.compile_ms}, {"cubin_bytes", e.cubin_bytes},
+                                {"code_bytes", e.code_bytes}});
     out["summary"] = {{tuning_file ? "tuning" : "model", source}, {"archs", archs},
                       {"total", entries.size()},      {"compiled", by_status["compiled"]},
                       {"hits", by_status["hit"]},     {"rebuilt", by_status["rebuilt"]},
@@ -334,10 +335,11 @@ int cmd_prewarm(std::span<const std::string_view> argv) {
     return 0;
   }
 
-  Table table({"family", "params", "arch", "status", "compile ms", "cubin KiB"}, {false, false, false, false, true, true});
+  Table table({"family", "params", "arch", "status", "compile ms", "cubin KiB", "code KiB"},
+              {false, false, false, false, true, true, true});
   for (const auto& e : entries)
     table.add({e.family, e.params, e.arch, e.status, e.status == "hit" ? "-" : fmt::format("{:.1f}", e.compile_ms),
-               kib(e.cubin_bytes)});
+               kib(e.cubin_bytes), kib(e.code_bytes)});
   table.print(stdout);
   fmt::print("prewarm {}: {} specializations for {} — {} compiled, {} hits, {} rebuilt in {:.2f} s (cache: {})\n",
              source, entries.size(), archs.empty() ? "every arch in the file" : join(archs, ", "), by_status["compiled"], by_status["hit"],

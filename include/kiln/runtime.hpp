@@ -61,6 +61,7 @@ struct PrewarmEntry {
   std::string status;    // "hit" | "compiled" | "rebuilt"
   double compile_ms = 0;
   uint64_t cubin_bytes = 0;
+  uint64_t code_bytes = 0;  // the kernel's SASS (its .text section in the cubin; 0 if it cannot be read)
 };
 
 // How one specialization resolves at a token count (Runtime::resolve).
