@@ -27,21 +27,27 @@ FamilyDef g_family{"l2_flush", {"read", "evict_code"}, {}, {}, render, nullptr, 
 FamilyDef& l2_flush_family() { return g_family; }
 
 namespace {
-void launch_l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream stream, unsigned ctas,
-                     unsigned threads) {
+// Kernel `kernel` of this family, one grid dimension, launched with `args`.
+template <class Args>
+void launch_kernel(Runtime& rt, uint32_t kernel, unsigned ctas, unsigned threads, const Args& args, Stream stream) {
   auto& impl = rt.impl();
   Specialization s;
   s.family = &g_family;
+  s.kernel = kernel;
   s.arch = impl.target_arch();
+  LaunchDims d;
+  d.grid[0] = ctas;
+  d.block[0] = threads;
+  impl.launch(s, d, stream, args);
+}
+void launch_l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream stream, unsigned ctas,
+                     unsigned threads) {
   struct {
     const void* buf;
     long long n16;
     unsigned* sink;
   } a{buf, static_cast<long long>(bytes / 16), sink};
-  LaunchDims d;
-  d.grid[0] = ctas;
-  d.block[0] = threads;
-  impl.launch(s, d, stream, a);
+  launch_kernel(rt, 0, ctas, threads, a, stream);
 }
 }  // namespace
 
@@ -53,21 +59,13 @@ void l2_flush(Runtime& rt, const void* buf, size_t bytes, unsigned* sink, Stream
 void empty_launch(Runtime& rt, unsigned* sink, Stream stream) { launch_l2_flush(rt, sink, 0, sink, stream, 1, 32); }
 
 void evict_code(Runtime& rt, unsigned* sink, Stream stream) {
-  auto& impl = rt.impl();
-  Specialization s;
-  s.family = &g_family;
-  s.kernel = 1;
-  s.arch = impl.target_arch();
   struct {
     uint32_t a, b;
     unsigned* sink;
   } a{0x01234567u, 0x89abcdefu, sink};
-  LaunchDims d;
   // Two CTAs an SM's worth (4 warps each: one a sub-partition): an idle GPU's CTA scheduler gives every SM one before
   // any gets a second, and the second only repeats the same fetches.
-  d.grid[0] = static_cast<unsigned>(2 * impl.device().sm_count);
-  d.block[0] = 128;
-  impl.launch(s, d, stream, a);
+  launch_kernel(rt, 1, static_cast<unsigned>(2 * rt.impl().device().sm_count), 128, a, stream);
 }
 
 }  // namespace kiln::detail

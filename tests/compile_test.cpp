@@ -66,18 +66,23 @@ TEST(Compile, FamiliesOutsideModelsCompile) {
   }
 }
 
+// The l2_flush family's kernel `kernel` (0: the L2 read-flush, 1: the instruction-cache evictor) compiled for sm_90a.
+EnsureResult l2_flush_cubin(uint32_t kernel) {
+  Counters counters;
+  Specialization s;
+  s.family = find_family("l2_flush");
+  EXPECT_NE(s.family, nullptr);
+  EXPECT_EQ(s.family->kernels.size(), 2u);
+  s.kernel = kernel;
+  s.arch = Arch::parse("sm_90a");
+  return ensure_cubin(s, nullptr, false, counters);
+}
+
 // The benchmarks' instruction-cache evictor (l2_flush kernel 1, `kiln bench --cold-code`) is as large as it means to
 // be: its code is a few times an SM's instruction caches (the cubin holds ≈ 320 KB of SASS; more than 256 KB checked).
 TEST(Compile, CodeEvictKernelIsLarge) {
   Runtime rt(RuntimeOptions{.memory_only = true});
-  Counters counters;
-  Specialization s;
-  s.family = find_family("l2_flush");
-  ASSERT_NE(s.family, nullptr);
-  ASSERT_EQ(s.family->kernels.size(), 2u);
-  s.kernel = 1;
-  s.arch = Arch::parse("sm_90a");
-  const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
+  const EnsureResult r = l2_flush_cubin(1);
   EXPECT_GT(r.cubin.size(), 256u * 1024u);
   EXPECT_NE(r.lowered_name.find("code_evict_kernel"), std::string::npos) << r.lowered_name;
   // its SASS alone (the .text section): ≈ 5 instructions of 16 bytes a step
@@ -90,12 +95,7 @@ TEST(Compile, CodeEvictKernelIsLarge) {
 // L2 flush kernel's few hundred bytes, not the evictor's; a wrong name, a truncated or a non-ELF buffer give 0.
 TEST(CubinElf, CodeBytesOfAKernel) {
   Runtime rt(RuntimeOptions{.memory_only = true});
-  Counters counters;
-  Specialization s;
-  s.family = find_family("l2_flush");
-  ASSERT_NE(s.family, nullptr);
-  s.arch = Arch::parse("sm_90a");
-  const EnsureResult r = ensure_cubin(s, nullptr, false, counters);
+  const EnsureResult r = l2_flush_cubin(0);
   const uint64_t code = cubin_code_bytes(r.cubin, r.lowered_name);
   EXPECT_GT(code, 64u);
   EXPECT_LT(code, 8192u);

@@ -215,13 +215,16 @@ __device__ __forceinline__ void stage_codes(u32* ct, const float (&y)[4][8], con
 // column maxima at cm_at (the address of its slot cs0; fp8.cuh scale_bracket_of_max: no scale, no shuffle, where
 // col_quantizers formed 4 quantizers a thread and exchanged 3 floats each), the batch redone by div_exact from the
 // block scales where a bracket missed. The same codes and scales as col_quantizers + stage_codes with a ScaleDiv.
+// The block scale of channel c0 + e from its column maximum.
+__device__ __forceinline__ float col_scale_at(u32 cm_at, int e) {
+  return block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
+}
 __device__ __forceinline__ u32 col_code4(DivFast, const float (&y)[4][8], int e, const ScaleBracket& b, u32, u32& miss) {
   return e4m3x4_div(DivFast{}, y[0][e], y[1][e], y[2][e], y[3][e], ScaleDiv{0.0f, b.lo, b.hi}, miss);
 }
 __device__ __forceinline__ u32 col_code4(DivExact, const float (&y)[4][8], int e, const ScaleBracket&, u32 cm_at,
                                          u32&) {
-  const float s = block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
-  return e4m3x4_exact(y[0][e], y[1][e], y[2][e], y[3][e], scale_div_exact(s));
+  return e4m3x4_exact(y[0][e], y[1][e], y[2][e], y[3][e], scale_div_exact(col_scale_at(cm_at, e)));
 }
 __device__ __forceinline__ void stage_col_codes_div_at(u32 cm_at, u32 st_at, const float (&y)[4][8]) {
   ScaleBracket br[8];
@@ -235,7 +238,7 @@ __device__ __forceinline__ void stage_col_codes_div_at(u32 cm_at, u32 st_at, con
 // Their block scales (for the half-warp that stores them).
 __device__ __forceinline__ void col_scales_div(u32 cm_at, float (&sc)[8]) {
 #pragma unroll
-  for (int e = 0; e < 8; ++e) sc[e] = block_scale_fast<false>(__uint_as_float(lds_u32(cm_at + 4 * e)));
+  for (int e = 0; e < 8; ++e) sc[e] = col_scale_at(cm_at, e);
 }
 }  // namespace bqt
 }  // namespace kiln
