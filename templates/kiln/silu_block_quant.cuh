@@ -112,23 +112,12 @@ template <bool ROUND> struct SiluQuant {
 };
 
 // The quantizer of a block with this amax and its application, as block_quant_tile.cuh's stages take them.
-// EXACT (round_scale 0 in the batched backward): the scale by div.rn and div_exact a value, as before session 21 —
-// there fp8.cuh's division-free scale and bracket measured slower (E = 32, n = 1024: 555.7 → 570.3 µs), where the
-// other SiLU kernels gained 9–15 %.
-template <bool ROUND, bool EXACT = false>
+template <bool ROUND>
 struct SiluMakeQuant {
   using Param = typename SiluQuant<ROUND>::Param;
   __device__ __forceinline__ bqt::TileQuantT<Param> operator()(float amax) const {
     const SiluQuant<ROUND> q(block_scale_fast<ROUND>(amax));
     return {q.s, q.param()};
-  }
-};
-template <>
-struct SiluMakeQuant<false, true> {
-  using Param = ScaleDivExact;
-  __device__ __forceinline__ bqt::TileQuantT<Param> operator()(float amax) const {
-    const float s = block_scale<false>(amax);
-    return {s, scale_div_exact(s)};
   }
 };
 template <bool ROUND>
@@ -491,7 +480,7 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
                        a.q + static_cast<i64>(cur.row0 + hw * 4) * W + h * N + cur.cb * 128 + c0, W,
                        a.q_scale + static_cast<i64>(cur.seg_start) * (W / 128) +
                            static_cast<i64>(h * NB + cur.cb) * cur.seg_rows + cur.local0 + hw * 4 + (hl >> 2),
-                       SiluMakeQuant<ROUND, BATCHED && BWD>{}, SiluApply<ROUND>{});
+                       SiluMakeQuant<ROUND>{}, SiluApply<ROUND>{});
     }
     if constexpr (BWD && BATCHED) {
 #pragma unroll
@@ -529,13 +518,15 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
         }
 #pragma unroll
         for (int h = h0; h < h0 + CT; ++h) {
-          if constexpr (!ROUND && !BATCHED) {
+          if constexpr (!ROUND && !(BATCHED && !BWD)) {
             // round_scale 0 (session 22): each thread forms its 8 channels' brackets from the column maxima
             // (block_quant_tile.cuh stage_col_codes_div_at), half-warp 0 of warp 0 their scales. H100, three
             // alternating processes each against col_quantizers: backward 30.86 / 31.02 / 30.94 µs against 32.10 /
             // 32.27 / 32.40, forward 19.97 / 19.89 / 20.00 against 20.00 / 19.90 / 20.03 (a tie; 552 SASS
             // instructions fewer); the batched forward measured slower with it (283.2–284.1 against 281.3–282.5)
-            // and keeps col_quantizers, as does the batched backward (EXACT).
+            // and keeps col_quantizers. The batched backward (session 23) takes this stage and the division-free
+            // rows together: E = 32, n = 1024, four alternating processes each (H100) 482.7–487.3 µs against
+            // 560.6–567.1 for the exact division it had (which spilled: 24 bytes of stack, 19 call sites).
             const u32 cm_at = smem_u32(cm + h * 132 + cs0);
             if (warp == 0 && half == 0) {
               float sc[8];
@@ -548,9 +539,9 @@ __global__ void __launch_bounds__(kSiluTileThreads, (STAGES == 1 && !BWD) ? 2 : 
           } else {
             // The quantizers of channels c0 … c0+7: each half-warp forms four (scale and parameter), the other
             // half's parameters come by a shuffle (the scales too in warp 0, whose half-warp 0 stores them).
-            typename SiluMakeQuant<ROUND, BATCHED && BWD>::Param qp[8];
+            typename SiluMakeQuant<ROUND>::Param qp[8];
             float sc[8];
-            bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND, BATCHED && BWD>{});
+            bqt::col_quantizers(cm + h * 132, cs0, half, warp == 0, qp, sc, SiluMakeQuant<ROUND>{});
             // half-warp 0 of warp 0 (channels 8l … 8l+7 of this half) writes the tile's 128 column scales
             if (warp == 0 && half == 0)
               bqt::store_scales8(a.qT_scale + static_cast<i64>(cur.gtb) * W + h * N + cur.cb * 128 + c0, sc,
